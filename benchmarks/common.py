@@ -1,0 +1,130 @@
+"""Shared benchmark helpers: timers, ceilings measured in the same run, JSON + PNG writers.
+
+    time_ms(fn)            median / p10 / p90 in ms (CUDA events after warm-up on GPU; perf_counter on CPU)
+    copy_bandwidth_gbs()   device-to-device copy, bytes read + written / time (the memory ceiling)
+    matmul_tflops()        large bf16 matmul rate on random data (the FLOP ceiling)
+    write_results(name, rows, meta)  -> benchmarks/results/<name>.json (+ .png when matplotlib exists)
+"""
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+
+import torch
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short=12", "HEAD"],
+                                       cwd=os.path.dirname(RESULTS), text=True,
+                                       stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return os.environ.get("JAMBA_COMMIT", "unknown")
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()} x{os.cpu_count()} threads={torch.get_num_threads()}"
+
+
+def _flush_l2(device: torch.device, _buf={}):
+    """Overwrite a buffer larger than L2 (H200: 60 MB) so the next run starts from DRAM."""
+    if device.type != "cuda":
+        return
+    b = _buf.get(device)
+    if b is None:
+        b = _buf[device] = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+    b.zero_()
+
+
+def time_ms(fn, device: torch.device = torch.device("cpu"), warmup: int = 5, reps: int = 30,
+            flush_l2: bool = False) -> dict:
+    """Median (and p10/p90) time of fn() in ms."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+        for s, e in evs:
+            if flush_l2:
+                _flush_l2(device)
+            s.record()
+            fn()
+            e.record()
+        torch.cuda.synchronize(device)
+        times = [s.elapsed_time(e) for s, e in evs]
+    else:
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]
+    return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": reps}
+
+
+def copy_bandwidth_gbs(device: torch.device, nbytes: int = 2 << 30) -> float:
+    """Bytes read + written per second by a large device-to-device copy (GB/s, 1e9)."""
+    n = nbytes // 4
+    a = torch.randn(n, device=device)
+    b = torch.empty_like(a)
+    t = time_ms(lambda: b.copy_(a), device, warmup=3, reps=20)["median_ms"]
+    return 2 * n * 4 / (t * 1e-3) / 1e9
+
+
+def matmul_tflops(device: torch.device, n: int = 8192, dtype=torch.bfloat16) -> float:
+    """Dense matmul rate on random data (TFLOP/s)."""
+    if device.type == "cpu":
+        n, dtype = 1024, torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    t = time_ms(lambda: a @ b, device, warmup=3, reps=10)["median_ms"]
+    return 2 * n ** 3 / (t * 1e-3) / 1e12
+
+
+def meta(device: torch.device, **extra) -> dict:
+    m = {"device": device_name(device), "torch": torch.__version__, "commit": git_commit(),
+         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    m.update(extra)
+    return m
+
+
+def write_results(name: str, rows: list, info: dict, plot_key: str = "median_us") -> str:
+    """Writes benchmarks/results/<name>.json and, when matplotlib is importable, a bar chart <name>.png."""
+    os.makedirs(RESULTS, exist_ok=True)
+    path = os.path.join(RESULTS, name + ".json")
+    with open(path, "w") as f:
+        json.dump({"meta": info, "rows": rows}, f, indent=1)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        labels = [r.get("label", r.get("op", "?")) for r in rows if plot_key in r]
+        vals = [r[plot_key] for r in rows if plot_key in r]
+        if vals:
+            fig, ax = plt.subplots(figsize=(10, max(3, 0.3 * len(vals))))
+            ax.barh(range(len(vals)), vals)
+            ax.set_yticks(range(len(vals)))
+            ax.set_yticklabels(labels, fontsize=7)
+            ax.set_xscale("log")
+            ax.set_xlabel(plot_key)
+            ax.set_title(f"{name} on {info.get('device', '?')} @ {info.get('commit', '?')}")
+            fig.tight_layout()
+            fig.savefig(os.path.join(RESULTS, name + ".png"), dpi=100)
+            plt.close(fig)
+    except ImportError:
+        pass
+    return path
+
+
+def fmt_row(label: str, us: float, floor_us: float = None, extra: str = "") -> str:
+    s = f"{label:<58} {us:10.1f} us"
+    if floor_us:
+        s += f" | floor {floor_us:9.1f} us | {100 * floor_us / us:5.1f}% of floor"
+    return s + (" | " + extra if extra else "")

@@ -1,0 +1,188 @@
+/* causal_conv1d.c -- depthwise causal conv1d over time and its decode-step update, on the CPU.
+ *
+ * Exports: jamba_causal_conv1d_check / _cpu, jamba_causal_conv1d_update_check / _cpu.
+ * Math (both): over the history h = concat(state, x) of one channel c,
+ *   out[t] = act(bias[c] + sum_{j<K} w[c,j] * h[t - (K-1) + j]),   act = silu or identity
+ * causal_conv1d : state = initial_state (or zeros); final_state = last S_out entries of h.
+ * _update       : state = conv_state (B, DI, S), S >= K-1, rewritten in place as the last S entries of h.
+ * OpenMP over (batch, channel) rows; fp32 accumulation; outputs rounded once to x's dtype.
+ */
+#include <stdlib.h>
+#include <math.h>
+
+#include "../common.h"
+
+#define CHUNK 1024 /* time steps staged in fp32 per row */
+
+static inline float silu_f(float v) { return v / (1.0f + expf(-v)); }
+
+/* weight (DI, K) and bias (DI,) checks shared by both ops */
+static jamba_status check_weight_bias(const char *op, const jamba_tensor *weight, const jamba_tensor *bias,
+                                      const jamba_tensor *x, int64_t DI) {
+    JAMBA_TRY(jamba_check_tensor(op, "weight", weight, 2, JAMBA_MASK(JAMBA_F32) | JAMBA_MASK(x->dtype), 0));
+    const int64_t K = weight->shape[1];
+    if (K < JAMBA_MIN_CONV_WIDTH || K > JAMBA_MAX_CONV_WIDTH)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: weight: conv width must be in %d..%d, got %lld", op,
+                               JAMBA_MIN_CONV_WIDTH, JAMBA_MAX_CONV_WIDTH, (long long)K);
+    const int64_t wsh[2] = {DI, K}, bsh[1] = {DI};
+    JAMBA_TRY(jamba_check_shape(op, "weight", weight, wsh));
+    JAMBA_TRY(jamba_check_tensor(op, "bias", bias, 1, JAMBA_MASK(JAMBA_F32) | JAMBA_MASK(x->dtype), 1));
+    if (bias->data) JAMBA_TRY(jamba_check_shape(op, "bias", bias, bsh));
+    return JAMBA_OK;
+}
+
+jamba_status jamba_causal_conv1d_check(const jamba_causal_conv1d_params *p) {
+    const char *op = "jamba.causal_conv1d";
+    JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 3, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_unit_stride(op, "x", &p->x, 2));
+    const int64_t B = p->x.shape[0], DI = p->x.shape[1], L = p->x.shape[2];
+    JAMBA_TRY(check_weight_bias(op, &p->weight, &p->bias, &p->x, DI));
+    const int64_t K = p->weight.shape[1];
+    const int64_t osh[3] = {B, DI, L};
+    JAMBA_TRY(jamba_check_tensor(op, "out", &p->out, 3, JAMBA_MASK(p->x.dtype), 0));
+    JAMBA_TRY(jamba_check_shape(op, "out", &p->out, osh));
+    JAMBA_TRY(jamba_check_contiguous(op, "out", &p->out));
+    if (p->initial_state.data) {
+        JAMBA_TRY(jamba_check_tensor(op, "initial_state", &p->initial_state, 3, JAMBA_MASK(p->x.dtype), 0));
+        const int64_t ish[3] = {B, DI, -1};
+        JAMBA_TRY(jamba_check_shape(op, "initial_state", &p->initial_state, ish));
+        if (p->initial_state.shape[2] < K - 1)
+            return jamba_set_error(JAMBA_ERR_SHAPE,
+                                   "%s: initial_state must hold at least width-1 = %lld steps, got shape "
+                                   "(%lld, %lld, %lld)", op, (long long)(K - 1), (long long)B, (long long)DI,
+                                   (long long)p->initial_state.shape[2]);
+        JAMBA_TRY(jamba_check_unit_stride(op, "initial_state", &p->initial_state, 2));
+    }
+    if (p->final_state.data) {
+        JAMBA_TRY(jamba_check_tensor(op, "final_state", &p->final_state, 3, JAMBA_MASK(p->x.dtype), 0));
+        const int64_t fsh[3] = {B, DI, -1};
+        JAMBA_TRY(jamba_check_shape(op, "final_state", &p->final_state, fsh));
+        JAMBA_TRY(jamba_check_unit_stride(op, "final_state", &p->final_state, 2));
+    }
+    return JAMBA_OK;
+}
+
+jamba_status jamba_causal_conv1d_cpu(const jamba_causal_conv1d_params *p) {
+    JAMBA_TRY(jamba_causal_conv1d_check(p));
+    const int64_t B = p->x.shape[0], DI = p->x.shape[1], L = p->x.shape[2], K = p->weight.shape[1];
+    const jamba_dtype dt = p->x.dtype;
+    const int64_t es = jamba_dtype_size(dt);
+    const int has_init = p->initial_state.data != NULL, has_final = p->final_state.data != NULL;
+    const int64_t S_in = has_init ? p->initial_state.shape[2] : 0;
+    const int64_t S_out = has_final ? p->final_state.shape[2] : 0;
+    int oom = 0;
+#pragma omp parallel
+    {
+        float *xin = (float *)malloc(sizeof(float) * (CHUNK + JAMBA_MAX_CONV_WIDTH));
+        float *yo = (float *)malloc(sizeof(float) * CHUNK);
+        if (!xin || !yo) {
+#pragma omp atomic write
+            oom = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t bc = 0; bc < B * DI; bc++) {
+                const int64_t b = bc / DI, c = bc % DI;
+                float w[JAMBA_MAX_CONV_WIDTH] = {0}, bias = 0.f;
+                for (int64_t j = 0; j < K; j++)
+                    w[j] = jamba_load(p->weight.data, p->weight.dtype, c * p->weight.stride[0] + j * p->weight.stride[1]);
+                if (p->bias.data) bias = jamba_load(p->bias.data, p->bias.dtype, c * p->bias.stride[0]);
+                /* row (b, c) of x: x + b*sx0 + c*sx1, unit stride along time */
+                const char *xr = (const char *)p->x.data + (b * p->x.stride[0] + c * p->x.stride[1]) * es;
+                char *orow = (char *)p->out.data + (b * p->out.stride[0] + c * p->out.stride[1]) * es;
+                /* xin[0..K-2] = the K-1 history entries before the current chunk */
+                for (int64_t j = 0; j < K - 1; j++) {
+                    const int64_t pos = S_in - (K - 1) + j; /* index into initial_state */
+                    xin[j] = (has_init && pos >= 0)
+                                 ? jamba_load(p->initial_state.data, dt,
+                                              b * p->initial_state.stride[0] + c * p->initial_state.stride[1] + pos)
+                                 : 0.f;
+                }
+                for (int64_t t0 = 0; t0 < L; t0 += CHUNK) {
+                    const int64_t n = L - t0 < CHUNK ? L - t0 : CHUNK;
+                    jamba_load_row(xin + K - 1, xr + t0 * es, dt, n, 1);
+                    for (int64_t t = 0; t < n; t++) {
+                        float acc = bias;
+                        for (int64_t j = 0; j < K; j++) acc += w[j] * xin[t + j];
+                        yo[t] = p->silu ? silu_f(acc) : acc;
+                    }
+                    jamba_store_row(orow + t0 * es, dt, yo, n, 1);
+                    for (int64_t j = 0; j < K - 1; j++) xin[j] = xin[n + j];
+                }
+                if (has_final) {
+                    /* final_state[j] = h[S_in + L - S_out + j], h = concat(initial_state, x), zeros before */
+                    char *fr = (char *)p->final_state.data +
+                               (b * p->final_state.stride[0] + c * p->final_state.stride[1]) * es;
+                    for (int64_t j = 0; j < S_out; j++) {
+                        const int64_t pos = S_in + L - S_out + j;
+                        float v = 0.f;
+                        if (pos >= S_in) {
+                            v = jamba_load(xr, dt, pos - S_in);
+                        } else if (pos >= 0) {
+                            v = jamba_load(p->initial_state.data, dt,
+                                           b * p->initial_state.stride[0] + c * p->initial_state.stride[1] + pos);
+                        }
+                        jamba_store(fr, dt, j, v);
+                    }
+                }
+            }
+        }
+        free(xin);
+        free(yo);
+    }
+    if (oom) return jamba_set_error(JAMBA_ERR_ARG, "jamba.causal_conv1d: out of memory");
+    return JAMBA_OK;
+}
+
+jamba_status jamba_causal_conv1d_update_check(const jamba_causal_conv1d_update_params *p) {
+    const char *op = "jamba.causal_conv1d_update";
+    JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 3, JAMBA_FLOATS, 0));
+    const int64_t B = p->x.shape[0], DI = p->x.shape[1], L = p->x.shape[2];
+    JAMBA_TRY(check_weight_bias(op, &p->weight, &p->bias, &p->x, DI));
+    const int64_t K = p->weight.shape[1];
+    JAMBA_TRY(jamba_check_tensor(op, "conv_state", &p->conv_state, 3, JAMBA_MASK(p->x.dtype), 0));
+    const int64_t ssh[3] = {B, DI, -1}, osh[3] = {B, DI, L};
+    JAMBA_TRY(jamba_check_shape(op, "conv_state", &p->conv_state, ssh));
+    if (p->conv_state.shape[2] < K - 1)
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: conv_state must hold at least width-1 = %lld steps, got %lld",
+                               op, (long long)(K - 1), (long long)p->conv_state.shape[2]);
+    JAMBA_TRY(jamba_check_unit_stride(op, "conv_state", &p->conv_state, 2));
+    JAMBA_TRY(jamba_check_tensor(op, "out", &p->out, 3, JAMBA_MASK(p->x.dtype), 0));
+    JAMBA_TRY(jamba_check_shape(op, "out", &p->out, osh));
+    JAMBA_TRY(jamba_check_contiguous(op, "out", &p->out));
+    if (p->x.data && p->conv_state.data == p->x.data)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: conv_state must not alias x", op);
+    return JAMBA_OK;
+}
+
+jamba_status jamba_causal_conv1d_update_cpu(const jamba_causal_conv1d_update_params *p) {
+    JAMBA_TRY(jamba_causal_conv1d_update_check(p));
+    const int64_t B = p->x.shape[0], DI = p->x.shape[1], L = p->x.shape[2], K = p->weight.shape[1];
+    const int64_t S = p->conv_state.shape[2];
+    const jamba_dtype dt = p->x.dtype;
+#pragma omp parallel for schedule(static) if (B * DI * (L + S) > 32768)
+    for (int64_t bc = 0; bc < B * DI; bc++) {
+        const int64_t b = bc / DI, c = bc % DI;
+        float w[JAMBA_MAX_CONV_WIDTH] = {0}, bias = 0.f, win[JAMBA_MAX_CONV_WIDTH] = {0};
+        for (int64_t j = 0; j < K; j++)
+            w[j] = jamba_load(p->weight.data, p->weight.dtype, c * p->weight.stride[0] + j * p->weight.stride[1]);
+        if (p->bias.data) bias = jamba_load(p->bias.data, p->bias.dtype, c * p->bias.stride[0]);
+        const int64_t so = b * p->conv_state.stride[0] + c * p->conv_state.stride[1]; /* state row */
+        const int64_t xo = b * p->x.stride[0] + c * p->x.stride[1];
+        const int64_t oo = b * p->out.stride[0] + c * p->out.stride[1];
+        for (int64_t j = 0; j < K - 1; j++) win[j] = jamba_load(p->conv_state.data, dt, so + S - (K - 1) + j);
+        for (int64_t t = 0; t < L; t++) {
+            win[K - 1] = jamba_load(p->x.data, dt, xo + t * p->x.stride[2]);
+            float acc = bias;
+            for (int64_t j = 0; j < K; j++) acc += w[j] * win[j];
+            jamba_store(p->out.data, dt, oo + t, p->silu ? silu_f(acc) : acc);
+            for (int64_t j = 0; j < K - 1; j++) win[j] = win[j + 1];
+        }
+        /* state <- last S entries of concat(state, x) */
+        const int64_t keep = S > L ? S - L : 0;
+        for (int64_t j = 0; j < keep; j++)
+            jamba_store(p->conv_state.data, dt, so + j, jamba_load(p->conv_state.data, dt, so + j + L));
+        for (int64_t j = keep; j < S; j++)
+            jamba_store(p->conv_state.data, dt, so + j, jamba_load(p->x.data, dt, xo + (L - S + j) * p->x.stride[2]));
+    }
+    return JAMBA_OK;
+}

@@ -1,0 +1,170 @@
+/* jamba.h -- the C API of the jamba_ext native core.
+ *
+ * The core is plain C (CPU, C11 + OpenMP) and CUDA C (extern "C" launchers). It never includes a
+ * torch/ATen header: every tensor reaches it as a jamba_tensor (pointer, dtype code, sizes and
+ * element strides), every CUDA launch gets the device index and a cudaStream_t as void *.
+ * Outputs, states and workspaces are allocated by the caller; the core never allocates on a hot path.
+ *
+ * Glossary (used in every file of csrc/):
+ *   B batch   L seqlen   D hidden_size   DI d_inner (mamba_expand * D)   N d_state
+ *   K conv width   R dt_rank   E num_experts   TOPK experts per token   F ffn_dim   T tokens (B*L)
+ *
+ * Conventions:
+ *   - strides are in elements (as torch.Tensor.stride() gives them), int64_t;
+ *   - every function returns a jamba_status; on error, jamba_last_error() holds a thread-local
+ *     message "op: argument: expected ..., got ..." that the Python layer raises unchanged;
+ *   - math is fp32 whatever the activation dtype; recurrent states are fp32 unless documented;
+ *   - a missing optional tensor has data == NULL.
+ */
+#ifndef JAMBA_H
+#define JAMBA_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define JAMBA_MAX_DIMS 4
+#define JAMBA_MIN_CONV_WIDTH 2
+#define JAMBA_MAX_CONV_WIDTH 4     /* conv taps live in registers on both backends */
+#define JAMBA_MAX_D_STATE 256      /* per-channel state lives in registers/shared memory */
+
+/* Status codes: append only, values are part of the ABI. */
+typedef enum {
+    JAMBA_OK = 0,
+    JAMBA_ERR_ARG = 1,      /* bad value of an argument (sizes, ranges) -> ValueError */
+    JAMBA_ERR_SHAPE = 2,    /* mismatched shapes or strides            -> ValueError */
+    JAMBA_ERR_DTYPE = 3,    /* unsupported dtype                       -> TypeError  */
+    JAMBA_ERR_CUDA = 4,     /* CUDA runtime error                      -> RuntimeError */
+    JAMBA_ERR_UNSUPPORTED = 5 /* backend not built, feature missing    -> RuntimeError */
+} jamba_status;
+
+/* dtype codes: append only. */
+typedef enum {
+    JAMBA_F32 = 0,
+    JAMBA_F16 = 1,
+    JAMBA_BF16 = 2,
+    JAMBA_F64 = 3,
+    JAMBA_I32 = 4,
+    JAMBA_I64 = 5
+} jamba_dtype;
+
+typedef struct {
+    void *data;                        /* NULL: tensor absent (optional argument) */
+    jamba_dtype dtype;
+    int ndim;
+    int64_t shape[JAMBA_MAX_DIMS];
+    int64_t stride[JAMBA_MAX_DIMS];    /* elements */
+} jamba_tensor;
+
+/* Where a CUDA launch goes. Ignored by CPU functions. */
+typedef struct {
+    int device;                        /* CUDA device ordinal of every tensor of the call */
+    void *stream;                      /* cudaStream_t of that device (torch's current stream) */
+} jamba_launch;
+
+const char *jamba_last_error(void);
+const char *jamba_status_string(jamba_status s);
+const char *jamba_dtype_name(jamba_dtype d);
+int jamba_has_cuda(void);              /* 1 when the CUDA kernels were compiled in */
+
+/* ------------------------------------------------------------------------------------------------
+ * rms_norm / add_rms_norm                                              (csrc/{cpu,cuda}/rms_norm.*)
+ *   x, residual, out, residual_out: (rows, dim), unit stride along dim, any row stride; f32|f16|bf16
+ *   weight: (dim,), contiguous, f32 or x's dtype.
+ *   add_rms_norm (residual != NULL): s = round_xdtype(x + residual), residual_out = s, x := s.
+ *   out = round_xdtype( float(round_xdtype(x * rsqrt(mean(x^2) + eps))) * float(weight) )
+ *   (HF JambaRMSNorm: statistics in fp32, cast back to the input dtype before the weight product.)
+ */
+typedef struct {
+    jamba_tensor out, x, residual, residual_out, weight;
+    double eps;
+} jamba_rms_norm_params;
+
+jamba_status jamba_rms_norm_check(const jamba_rms_norm_params *p);
+jamba_status jamba_rms_norm_cpu(const jamba_rms_norm_params *p);
+jamba_status jamba_rms_norm_cuda(const jamba_rms_norm_params *p, jamba_launch launch);
+
+/* ------------------------------------------------------------------------------------------------
+ * causal_conv1d                                                   (csrc/{cpu,cuda}/causal_conv1d.*)
+ *   x, out: (B, DI, L) f32|f16|bf16, unit stride along L (B and DI strides free); out contiguous.
+ *   weight: (DI, K) f32 or x's dtype, K in 2..4, any strides.   bias: (DI,) or absent.
+ *   initial_state: (B, DI, S_in) with S_in >= K-1, or absent (zeros); same dtype as x.
+ *   final_state: (B, DI, S_out) or absent; same dtype as x.
+ *   History h = concat(zeros, initial_state, x) along time; with t counted in x:
+ *     out[b,c,t] = act(bias[c] + sum_{j<K} w[c,j] * h[t - (K-1) + j]),  act = silu or identity
+ *     final_state[b,c,:] = the last S_out entries of h (zero-padded on the left).
+ */
+typedef struct {
+    jamba_tensor out, x, weight, bias, initial_state, final_state;
+    int silu;
+} jamba_causal_conv1d_params;
+
+jamba_status jamba_causal_conv1d_check(const jamba_causal_conv1d_params *p);
+jamba_status jamba_causal_conv1d_cpu(const jamba_causal_conv1d_params *p);
+jamba_status jamba_causal_conv1d_cuda(const jamba_causal_conv1d_params *p, jamba_launch launch);
+
+/* causal_conv1d_update (decode)
+ *   x: (B, DI, L) with L >= 1 new tokens (usually 1), any strides; out: (B, DI, L) contiguous;
+ *   x's dtype. weight, bias as for causal_conv1d.
+ *   conv_state: (B, DI, S) in x's dtype, S >= K-1, unit stride along S, updated in place:
+ *     for each new token: h = concat(conv_state, x_t); out_t = act(bias + sum_j w[j]*h[S-K+1+j]);
+ *     conv_state = last S entries of h.
+ */
+typedef struct {
+    jamba_tensor out, x, conv_state, weight, bias;
+    int silu;
+} jamba_causal_conv1d_update_params;
+
+jamba_status jamba_causal_conv1d_update_check(const jamba_causal_conv1d_update_params *p);
+jamba_status jamba_causal_conv1d_update_cpu(const jamba_causal_conv1d_update_params *p);
+jamba_status jamba_causal_conv1d_update_cuda(const jamba_causal_conv1d_update_params *p,
+                                             jamba_launch launch);
+
+/* ------------------------------------------------------------------------------------------------
+ * selective_scan (Mamba-1 forward)                               (csrc/{cpu,cuda}/selective_scan.*)
+ *   u, delta, z, out: (B, DI, L) f32|f16|bf16 (one dtype), unit stride along L; out contiguous.
+ *   A: (DI, N) f32.   Bm, Cm: (B, N, L) f32 or u's dtype, any strides.
+ *   D, delta_bias: (DI,) f32 or absent.   z absent: no gating.
+ *   initial_state: (B, DI, N) f32 or absent (zeros).   last_state: (B, DI, N) f32 or absent.
+ *   dt = delta + delta_bias; if delta_softplus: dt = dt <= 20 ? log1p(exp(dt)) : dt
+ *   h[t] = exp(dt[t] * A) * h[t-1] + dt[t] * Bm[t] * u[t]        (h: (N,) per (b, c), fp32)
+ *   y[t] = sum_n h[t,n] * Cm[t,n] + D * u[t];   if z: y *= z * sigmoid(z);   out = round(y)
+ */
+typedef struct {
+    jamba_tensor out, u, delta, A, Bm, Cm, D, z, delta_bias, initial_state, last_state;
+    int delta_softplus;
+} jamba_selective_scan_params;
+
+jamba_status jamba_selective_scan_check(const jamba_selective_scan_params *p);
+jamba_status jamba_selective_scan_cpu(const jamba_selective_scan_params *p);
+jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_params *p, jamba_launch launch);
+
+/* selective_state_update (one decode step)
+ *   state: (B, DI, N) f32|f16|bf16, unit stride along N, updated in place (math in fp32).
+ *   x, dt, z, out: (B, DI), unit stride along DI (batch stride free); out contiguous.
+ *   A: (DI, N) f32.   Bm, Cm: (B, N), any strides, f32 or x's dtype.   D, dt_bias: (DI,) f32 or absent.
+ *   Same math as one step of selective_scan, with dt_bias / dt_softplus for delta_bias / softplus.
+ */
+typedef struct {
+    jamba_tensor out, state, x, dt, A, Bm, Cm, D, z, dt_bias;
+    int dt_softplus;
+} jamba_selective_state_update_params;
+
+jamba_status jamba_selective_state_update_check(const jamba_selective_state_update_params *p);
+jamba_status jamba_selective_state_update_cpu(const jamba_selective_state_update_params *p);
+jamba_status jamba_selective_state_update_cuda(const jamba_selective_state_update_params *p,
+                                               jamba_launch launch);
+
+/* ------------------------------------------------------------------------------------------------
+ * MoE: routing and fused expert dispatch                                     (csrc/{cpu,cuda}/moe.*)
+ * (section owned by the MoE family; see the comments in csrc/cpu/moe.c)
+ */
+/* JAMBA_MOE_API_BEGIN */
+/* JAMBA_MOE_API_END */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* JAMBA_H */

@@ -1,0 +1,199 @@
+/* module.c -- the CPython extension jamba_ext._C (limited API 3.9, abi3).
+ *
+ * No logic lives here: each function converts its arguments into a params struct of jamba.h, releases
+ * the GIL, calls jamba_<op>_cpu or jamba_<op>_cuda, and turns a failing status into an exception
+ * carrying the core's message (ValueError for argument/shape/dtype errors, RuntimeError otherwise).
+ *
+ * Calling convention (every op):  _C.<op>(backend, device, stream, <tensors...>, <scalars...>)
+ *   backend: 0 = CPU, 1 = CUDA;  device: CUDA ordinal;  stream: cudaStream_t as an int (0 = default)
+ *   a tensor is None (absent) or a tuple (data_ptr, dtype_code, shape_tuple, stride_tuple), strides in
+ *   elements; dtype codes are jamba_dtype values (jamba_ext/ops.py keeps the table).
+ */
+#define Py_LIMITED_API 0x03090000
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <string.h>
+
+#include "../jamba.h"
+
+static int read_dims(PyObject *seq, int64_t *dst, int *ndim, const char *what) {
+    if (!PyTuple_Check(seq)) {
+        PyErr_Format(PyExc_TypeError, "jamba_ext._C: %s must be a tuple", what);
+        return -1;
+    }
+    Py_ssize_t n = PyTuple_Size(seq);
+    if (n > JAMBA_MAX_DIMS) {
+        PyErr_Format(PyExc_ValueError, "jamba_ext._C: tensors of more than %d dimensions are not supported",
+                     JAMBA_MAX_DIMS);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        long long v = PyLong_AsLongLong(PyTuple_GetItem(seq, i));
+        if (v == -1 && PyErr_Occurred()) return -1;
+        dst[i] = (int64_t)v;
+    }
+    *ndim = (int)n;
+    return 0;
+}
+
+/* None -> absent tensor; (ptr, dtype, shape, strides) -> jamba_tensor */
+static int read_tensor(PyObject *o, jamba_tensor *t) {
+    memset(t, 0, sizeof *t);
+    if (o == Py_None) return 0;
+    if (!PyTuple_Check(o) || PyTuple_Size(o) != 4) {
+        PyErr_SetString(PyExc_TypeError, "jamba_ext._C: a tensor is passed as (data_ptr, dtype, shape, strides)");
+        return -1;
+    }
+    unsigned long long ptr = PyLong_AsUnsignedLongLong(PyTuple_GetItem(o, 0));
+    if (PyErr_Occurred()) return -1;
+    long dt = PyLong_AsLong(PyTuple_GetItem(o, 1));
+    if (dt == -1 && PyErr_Occurred()) return -1;
+    int nd_shape = 0, nd_stride = 0;
+    if (read_dims(PyTuple_GetItem(o, 2), t->shape, &nd_shape, "shape") < 0) return -1;
+    if (read_dims(PyTuple_GetItem(o, 3), t->stride, &nd_stride, "strides") < 0) return -1;
+    if (nd_shape != nd_stride) {
+        PyErr_SetString(PyExc_ValueError, "jamba_ext._C: shape and strides differ in length");
+        return -1;
+    }
+    t->data = (void *)(uintptr_t)ptr;
+    t->dtype = (jamba_dtype)dt;
+    t->ndim = nd_shape;
+    return 0;
+}
+
+typedef struct {
+    int cuda;
+    jamba_launch launch;
+} call_ctx;
+
+/* args = (backend, device, stream, t_0 .. t_{nt-1}, s_0 .. s_{ns-1}); scalars returned borrowed. */
+static int parse_call(PyObject *args, call_ctx *c, jamba_tensor **ts, int nt, PyObject **scalars, int ns) {
+    if (!PyTuple_Check(args) || PyTuple_Size(args) != 3 + nt + ns) {
+        PyErr_Format(PyExc_TypeError, "jamba_ext._C: expected %d arguments, got %zd", 3 + nt + ns,
+                     PyTuple_Check(args) ? PyTuple_Size(args) : (Py_ssize_t)-1);
+        return -1;
+    }
+    long backend = PyLong_AsLong(PyTuple_GetItem(args, 0));
+    long device = PyLong_AsLong(PyTuple_GetItem(args, 1));
+    unsigned long long stream = PyLong_AsUnsignedLongLong(PyTuple_GetItem(args, 2));
+    if (PyErr_Occurred()) return -1;
+    c->cuda = backend == 1;
+    c->launch.device = (int)device;
+    c->launch.stream = (void *)(uintptr_t)stream;
+    for (int i = 0; i < nt; i++)
+        if (read_tensor(PyTuple_GetItem(args, 3 + i), ts[i]) < 0) return -1;
+    for (int i = 0; i < ns; i++) scalars[i] = PyTuple_GetItem(args, 3 + nt + i);
+    return 0;
+}
+
+static PyObject *finish(jamba_status s) {
+    if (s == JAMBA_OK) Py_RETURN_NONE;
+    PyObject *type = (s == JAMBA_ERR_ARG || s == JAMBA_ERR_SHAPE || s == JAMBA_ERR_DTYPE) ? PyExc_ValueError
+                                                                                          : PyExc_RuntimeError;
+    const char *msg = jamba_last_error();
+    PyErr_SetString(type, (msg && msg[0]) ? msg : jamba_status_string(s));
+    return NULL;
+}
+
+/* Runs cpu_fn(&p) or cuda_fn(&p, launch) without the GIL. */
+#define JAMBA_RUN(ctx, p, cpu_fn, cuda_fn)                                    \
+    do {                                                                      \
+        jamba_status s_;                                                      \
+        Py_BEGIN_ALLOW_THREADS                                                \
+        s_ = (ctx).cuda ? cuda_fn(&(p), (ctx).launch) : cpu_fn(&(p));         \
+        Py_END_ALLOW_THREADS                                                  \
+        return finish(s_);                                                    \
+    } while (0)
+
+static int as_double(PyObject *o, double *v) {
+    *v = PyFloat_AsDouble(o);
+    return (*v == -1.0 && PyErr_Occurred()) ? -1 : 0;
+}
+static int as_bool(PyObject *o, int *v) {
+    *v = PyObject_IsTrue(o);
+    return *v < 0 ? -1 : 0;
+}
+
+static PyObject *py_rms_norm(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_rms_norm_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.x, &p.residual, &p.residual_out, &p.weight};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 5, sc, 1) < 0 || as_double(sc[0], &p.eps) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_rms_norm_cpu, jamba_rms_norm_cuda);
+}
+
+static PyObject *py_causal_conv1d(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_causal_conv1d_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.x, &p.weight, &p.bias, &p.initial_state, &p.final_state};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 6, sc, 1) < 0 || as_bool(sc[0], &p.silu) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_causal_conv1d_cpu, jamba_causal_conv1d_cuda);
+}
+
+static PyObject *py_causal_conv1d_update(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_causal_conv1d_update_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.x, &p.conv_state, &p.weight, &p.bias};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 5, sc, 1) < 0 || as_bool(sc[0], &p.silu) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_causal_conv1d_update_cpu, jamba_causal_conv1d_update_cuda);
+}
+
+static PyObject *py_selective_scan(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_selective_scan_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.u, &p.delta, &p.A, &p.Bm, &p.Cm, &p.D, &p.z, &p.delta_bias,
+                          &p.initial_state, &p.last_state};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 11, sc, 1) < 0 || as_bool(sc[0], &p.delta_softplus) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_selective_scan_cpu, jamba_selective_scan_cuda);
+}
+
+static PyObject *py_selective_state_update(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_selective_state_update_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.state, &p.x, &p.dt, &p.A, &p.Bm, &p.Cm, &p.D, &p.z, &p.dt_bias};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 10, sc, 1) < 0 || as_bool(sc[0], &p.dt_softplus) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_selective_state_update_cpu, jamba_selective_state_update_cuda);
+}
+
+/* JAMBA_MOE_PY_BEGIN */
+/* JAMBA_MOE_PY_END */
+
+static PyObject *py_has_cuda(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(jamba_has_cuda());
+}
+
+static PyMethodDef methods[] = {
+    {"has_cuda", py_has_cuda, METH_NOARGS, "True when the CUDA kernels were compiled in."},
+    {"rms_norm", py_rms_norm, METH_VARARGS, "rms_norm / add_rms_norm (see csrc/jamba.h)."},
+    {"causal_conv1d", py_causal_conv1d, METH_VARARGS, "causal_conv1d (see csrc/jamba.h)."},
+    {"causal_conv1d_update", py_causal_conv1d_update, METH_VARARGS, "causal_conv1d_update (see csrc/jamba.h)."},
+    {"selective_scan", py_selective_scan, METH_VARARGS, "selective_scan (see csrc/jamba.h)."},
+    {"selective_state_update", py_selective_state_update, METH_VARARGS,
+     "selective_state_update (see csrc/jamba.h)."},
+    /* JAMBA_MOE_METHODS */
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "_C", "jamba_ext native core (C and CUDA C kernels).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&moduledef); }

@@ -1,0 +1,299 @@
+"""torch custom ops of namespace `jamba`, backed by the native core jamba_ext._C.
+
+The only module that touches _C. Each op validates what the core cannot see (devices, ranks needed
+to allocate outputs), allocates outputs with torch (`_alloc`, NaN-poisoned under tests), and calls the
+core on the tensors' device and on torch's current CUDA stream. The core checks shapes, dtypes and
+strides again and its message is raised unchanged (ValueError naming the argument).
+
+Ops (shapes in the letters of csrc/jamba.h):
+  rms_norm(x (..., D), weight (D,), eps) -> (..., D)
+  add_rms_norm(x, residual, weight, eps) -> (normed, x + residual)
+  causal_conv1d(x (B, DI, L), weight (DI, K) | (DI, 1, K), bias?, initial_state? (B, DI, S>=K-1),
+                silu, state_len) -> (out (B, DI, L), final_state (B, DI, state_len))
+  causal_conv1d_update(x (B, DI) | (B, DI, L), conv_state (B, DI, S) [mutated], weight, bias?, silu) -> out
+  selective_scan(u, delta (B, DI, L), A (DI, N) f32, B, C (B, N, L), D? (DI,) f32, z? (B, DI, L),
+                 delta_bias? (DI,) f32, delta_softplus, initial_state? (B, DI, N) f32)
+                 -> (out (B, DI, L), last_state (B, DI, N) f32)
+  selective_state_update(state (B, DI, N) [mutated], x, dt (B, DI), A, B, C (B, N), D?, z?, dt_bias?,
+                         dt_softplus) -> out (B, DI)
+The ops that mutate a state in place (`*_update`) are inference-only (no autograd). The others have
+an autograd formula that differentiates `reference.py` (correct, not fast) until native backward
+kernels exist.
+"""
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C, reference
+
+_DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3,
+               torch.int32: 4, torch.int64: 5}
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+_poison = os.environ.get("JAMBA_EXT_POISON", "0") == "1"
+
+
+def set_poison(on: bool) -> None:
+    """Tests: fill every output the ops allocate with NaN (ints with -1), so an unwritten element shows."""
+    global _poison
+    _poison = bool(on)
+
+
+def has_cuda_kernels() -> bool:
+    return bool(_C.has_cuda())
+
+
+def _alloc(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The one allocation helper for op outputs and states."""
+    if _poison:
+        fill = float("nan") if dtype.is_floating_point else -1
+        return torch.full(tuple(shape), fill, dtype=dtype, device=device)
+    return torch.empty(tuple(shape), dtype=dtype, device=device)
+
+
+def _fail(op: str, msg: str) -> None:
+    raise ValueError(f"jamba.{op}: {msg}")
+
+
+def _desc(op: str, name: str, t: Optional[Tensor]):
+    if t is None:
+        return None
+    code = _DTYPE_CODE.get(t.dtype)
+    if code is None:
+        _fail(op, f"{name} has unsupported dtype {t.dtype}")
+    return (t.data_ptr(), code, tuple(t.shape), tuple(t.stride()))
+
+
+def _check_args(op: str, ref_name: str, ref: Tensor, ranks: dict, **tensors: Optional[Tensor]) -> None:
+    """Every given tensor is a Tensor on ref's device with the rank in `ranks` (when listed)."""
+    for name, t in [(ref_name, ref)] + list(tensors.items()):
+        if t is None:
+            continue
+        if not isinstance(t, Tensor):
+            _fail(op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != ref.device:
+            _fail(op, f"{name} is on {t.device} but {ref_name} is on {ref.device}; all tensors must be on one device")
+        want = ranks.get(name)
+        if want is not None and t.dim() not in (want if isinstance(want, tuple) else (want,)):
+            _fail(op, f"{name} must have {want} dimensions, got {t.dim()} (shape {tuple(t.shape)})")
+
+
+def _call(fn_name: str, device: torch.device, op: str, named: List[Tuple[str, Optional[Tensor]]], *scalars):
+    if device.type == "cuda":
+        if not _C.has_cuda():
+            raise RuntimeError(f"jamba.{op}: jamba_ext was built without CUDA kernels; reinstall with nvcc "
+                               "available (JAMBA_EXT_CUDA=1) to run on {device}")
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        backend, stream = 1, torch.cuda.current_stream(idx).cuda_stream
+    elif device.type == "cpu":
+        backend, idx, stream = 0, 0, 0
+    else:
+        raise ValueError(f"jamba.{op}: tensors on {device} are not supported (cpu or cuda)")
+    descs = [_desc(op, n, t) for n, t in named]
+    getattr(_C, fn_name)(backend, idx, stream, *descs, *scalars)
+
+
+# ---- autograd through the reference -------------------------------------------------------------------
+def _register_reference_autograd(opname: str, ref_fn, n_args: int, tensor_args: Sequence[int]):
+    """Registers a backward for torch.ops.jamba.<opname> that differentiates reference.<fn> (fp32 compute
+    for low-precision inputs). tensor_args: positions of the (optional) tensor inputs."""
+
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*[inputs[i] for i in tensor_args])
+        ctx.others = {i: inputs[i] for i in range(n_args) if i not in tensor_args}
+
+    def backward(ctx, *grads):
+        saved = ctx.saved_tensors
+        args, leaves = [None] * n_args, []
+        for i, t in zip(tensor_args, saved):
+            if t is not None and t.dtype.is_floating_point:
+                up = t.detach().to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+                up.requires_grad_(ctx.needs_input_grad[i])
+                t = up
+            args[i] = t
+            if t is not None and t.requires_grad:
+                leaves.append((i, t))
+        for i, v in ctx.others.items():
+            args[i] = v
+        result = [None] * n_args
+        if not leaves:
+            return tuple(result)
+        with torch.enable_grad():
+            outs = ref_fn(*args)
+            outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+            pairs = [(o, g) for o, g in zip(outs, grads) if g is not None and o.requires_grad]
+            gi = torch.autograd.grad([o for o, _ in pairs], [t for _, t in leaves],
+                                     [g.to(o.dtype) for o, g in pairs], allow_unused=True)
+        for (i, _), g in zip(leaves, gi):
+            orig = saved[list(tensor_args).index(i)]
+            result[i] = None if g is None else g.to(orig.dtype)
+        return tuple(result)
+
+    torch.library.register_autograd(f"jamba::{opname}", backward, setup_context=setup_context)
+
+
+# ---- rms_norm / add_rms_norm ------------------------------------------------------------------------------
+def _rows(op: str, name: str, t: Tensor) -> Tensor:
+    """(..., D) -> (rows, D) view; a view that cannot be flattened is copied (visible, on purpose)."""
+    if t.dim() < 1:
+        _fail(op, f"{name} must have at least 1 dimension, got a scalar")
+    if t.dim() == 2:
+        return t
+    try:
+        return t.view(-1, t.shape[-1]) if t.dim() > 0 else t
+    except RuntimeError:
+        return t.reshape(-1, t.shape[-1])  # non-flattenable strides: one copy
+
+
+@torch.library.custom_op("jamba::rms_norm", mutates_args=())
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """RMSNorm over the last dim (HF JambaRMSNorm numerics). x: (..., D); weight: (D,). Returns x's dtype."""
+    _check_args("rms_norm", "x", x, {"weight": 1}, weight=weight)
+    x2 = _rows("rms_norm", "x", x)
+    out = _alloc(x2.shape, x.dtype, x.device)
+    _call("rms_norm", x.device, "rms_norm",
+          [("out", out), ("x", x2), ("residual", None), ("residual_out", None), ("weight", weight)], float(eps))
+    return out.view(x.shape)
+
+
+@rms_norm.register_fake
+def _(x, weight, eps=1e-6):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("jamba::add_rms_norm", mutates_args=())
+def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """s = x + residual (rounded to x's dtype); returns (rms_norm(s), s). x, residual: (..., D)."""
+    _check_args("add_rms_norm", "x", x, {"weight": 1}, residual=residual, weight=weight)
+    if residual.shape != x.shape:
+        _fail("add_rms_norm", f"residual must have the shape of x {tuple(x.shape)}, got {tuple(residual.shape)}")
+    x2, r2 = _rows("add_rms_norm", "x", x), _rows("add_rms_norm", "residual", residual)
+    out = _alloc(x2.shape, x.dtype, x.device)
+    res_out = _alloc(x2.shape, x.dtype, x.device)
+    _call("rms_norm", x.device, "add_rms_norm",
+          [("out", out), ("x", x2), ("residual", r2), ("residual_out", res_out), ("weight", weight)], float(eps))
+    return out.view(x.shape), res_out.view(x.shape)
+
+
+@add_rms_norm.register_fake
+def _(x, residual, weight, eps=1e-6):
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            torch.empty_like(x, memory_format=torch.contiguous_format))
+
+
+# ---- causal_conv1d --------------------------------------------------------------------------------------
+def _conv_weight(op: str, weight: Tensor) -> Tensor:
+    if weight.dim() == 3 and weight.shape[1] == 1:
+        return weight[:, 0, :]
+    if weight.dim() != 2:
+        _fail(op, f"weight must have shape (d_inner, width) or (d_inner, 1, width), got {tuple(weight.shape)}")
+    return weight
+
+
+@torch.library.custom_op("jamba::causal_conv1d", mutates_args=())
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                  initial_state: Optional[Tensor] = None, silu: bool = True,
+                  state_len: int = -1) -> Tuple[Tensor, Tensor]:
+    """Depthwise causal conv over time. x: (B, DI, L), unit stride along L; weight (DI, K) or (DI, 1, K),
+    K in 2..4; bias (DI,); initial_state (B, DI, S_in >= K-1). Returns (out (B, DI, L),
+    final_state (B, DI, state_len)): the last state_len inputs (state_len -1 means K-1, 0 none)."""
+    op = "causal_conv1d"
+    _check_args(op, "x", x, {"x": 3, "bias": 1, "initial_state": 3},
+                weight=weight, bias=bias, initial_state=initial_state)
+    w = _conv_weight(op, weight)
+    K = w.shape[1]
+    S = K - 1 if state_len < 0 else state_len
+    out = _alloc(x.shape, x.dtype, x.device)
+    final = _alloc((x.shape[0], x.shape[1], S), x.dtype, x.device)
+    _call(op, x.device, op, [("out", out), ("x", x), ("weight", w), ("bias", bias),
+                             ("initial_state", initial_state), ("final_state", final if S > 0 else None)],
+          bool(silu))
+    return out, final
+
+
+@causal_conv1d.register_fake
+def _(x, weight, bias=None, initial_state=None, silu=True, state_len=-1):
+    K = weight.shape[-1]
+    S = K - 1 if state_len < 0 else state_len
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((x.shape[0], x.shape[1], S))
+
+
+@torch.library.custom_op("jamba::causal_conv1d_update", mutates_args=("conv_state",))
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                         silu: bool = True) -> Tensor:
+    """Decode step(s) of causal_conv1d (inference-only). x: (B, DI) or (B, DI, L); conv_state:
+    (B, DI, S >= K-1), updated in place to the last S inputs. Returns out shaped like x."""
+    op = "causal_conv1d_update"
+    _check_args(op, "x", x, {"x": (2, 3), "conv_state": 3, "bias": 1},
+                conv_state=conv_state, weight=weight, bias=bias)
+    x3 = x.unsqueeze(-1) if x.dim() == 2 else x
+    out = _alloc(x3.shape, x.dtype, x.device)
+    _call(op, x.device, op, [("out", out), ("x", x3), ("conv_state", conv_state),
+                             ("weight", _conv_weight(op, weight)), ("bias", bias)], bool(silu))
+    return out.view(x.shape)
+
+
+@causal_conv1d_update.register_fake
+def _(x, conv_state, weight, bias=None, silu=True):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# ---- selective_scan ------------------------------------------------------------------------------------
+@torch.library.custom_op("jamba::selective_scan", mutates_args=())
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                   z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+                   delta_softplus: bool = False,
+                   initial_state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Mamba-1 selective scan (see reference.selective_scan). u, delta, z: (B, DI, L), unit stride along L;
+    A (DI, N) f32; B, C (B, N, L) any strides; D, delta_bias (DI,) f32; initial_state (B, DI, N) f32.
+    Returns (out (B, DI, L) in u's dtype, last_state (B, DI, N) f32)."""
+    op = "selective_scan"
+    _check_args(op, "u", u, {"u": 3, "A": 2, "B": 3, "C": 3, "D": 1, "z": 3, "delta_bias": 1,
+                             "initial_state": 3},
+                delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state)
+    out = _alloc(u.shape, u.dtype, u.device)
+    last = _alloc((u.shape[0], u.shape[1], A.shape[1]), torch.float32, u.device)
+    _call(op, u.device, op, [("out", out), ("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
+                             ("z", z), ("delta_bias", delta_bias), ("initial_state", initial_state),
+                             ("last_state", last)], bool(delta_softplus))
+    return out, last
+
+
+@selective_scan.register_fake
+def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
+    return (torch.empty_like(u, memory_format=torch.contiguous_format),
+            u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32))
+
+
+@torch.library.custom_op("jamba::selective_state_update", mutates_args=("state",))
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                           dt_bias: Optional[Tensor] = None, dt_softplus: bool = False) -> Tensor:
+    """One decode step of the scan (inference-only). state (B, DI, N) f32|bf16|f16, updated in place;
+    x, dt, z (B, DI) unit stride along DI; A (DI, N) f32; B, C (B, N); D, dt_bias (DI,) f32.
+    Returns out (B, DI) in x's dtype."""
+    op = "selective_state_update"
+    _check_args(op, "state", state, {"state": 3, "x": 2, "dt": 2, "A": 2, "B": 2, "C": 2, "D": 1, "z": 2,
+                                     "dt_bias": 1},
+                x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
+    out = _alloc(x.shape, x.dtype, x.device)
+    _call(op, x.device, op, [("out", out), ("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B),
+                             ("C", C), ("D", D), ("z", z), ("dt_bias", dt_bias)], bool(dt_softplus))
+    return out
+
+
+@selective_state_update.register_fake
+def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+_register_reference_autograd("rms_norm", reference.rms_norm, 3, (0, 1))
+_register_reference_autograd("add_rms_norm", reference.add_rms_norm, 4, (0, 1, 2))
+_register_reference_autograd("causal_conv1d", reference.causal_conv1d, 6, (0, 1, 2, 3))
+_register_reference_autograd("selective_scan", reference.selective_scan, 10, (0, 1, 2, 3, 4, 5, 6, 7, 9))
+
+# ---- MoE (section owned by the MoE family) ------------------------------------------------------------
+# JAMBA_MOE_OPS_BEGIN
+# JAMBA_MOE_OPS_END

@@ -1,0 +1,165 @@
+"""Pure-PyTorch reference of every jamba_ext op: the oracle of the tests and the autograd path.
+
+Each function computes in float64 when its activations are float64 and in float32 otherwise, and
+returns activations in the input dtype (states in float32 / float64), so the same code serves as the
+float64 oracle (tests upcast every input) and as a float32-compute reference for low-precision runs.
+The functions are pure: the decode-step references return the new state instead of writing it.
+
+Shapes (glossary of csrc/jamba.h): B batch, L seqlen, DI d_inner, N d_state, K conv width,
+T tokens, H hidden, F ffn_dim, E experts, TOPK experts per token.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _compute_dtype(*ts: Optional[Tensor]) -> torch.dtype:
+    return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+def _f(t: Optional[Tensor], dt: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dt)
+
+
+# ---- RMSNorm --------------------------------------------------------------------------------------
+def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
+    """x: (..., dim); weight: (dim,). HF JambaRMSNorm: fp32 statistics, cast back to x's dtype, times weight."""
+    cd = _compute_dtype(x)
+    h = x.to(cd)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h.to(x.dtype).to(cd) * weight.to(cd)).to(x.dtype)
+
+
+def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """Returns (rms_norm(x + residual), x + residual); the sum is rounded to x's dtype."""
+    s = (x.to(_compute_dtype(x)) + residual.to(_compute_dtype(x))).to(x.dtype)
+    return rms_norm(s, weight, eps), s
+
+
+# ---- causal conv1d ----------------------------------------------------------------------------------
+def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                  initial_state: Optional[Tensor] = None, silu: bool = True,
+                  state_len: int = -1) -> Tuple[Tensor, Tensor]:
+    """x: (B, DI, L); weight: (DI, K) or (DI, 1, K); bias: (DI,); initial_state: (B, DI, S_in >= K-1).
+
+    out[b,c,t] = act(bias[c] + sum_j w[c,j] * h[t-(K-1)+j]) over h = concat(initial_state or 0, x).
+    Returns (out (B, DI, L) in x's dtype, final_state (B, DI, state_len) = last entries of h, zero-padded;
+    state_len -1 means K-1).
+    """
+    w = weight.reshape(weight.shape[0], weight.shape[-1])
+    Bsz, DI, L = x.shape
+    K = w.shape[1]
+    S = K - 1 if state_len < 0 else state_len
+    cd = _compute_dtype(x)
+    xc = x.to(cd)
+    hist = torch.zeros(Bsz, DI, max(K - 1, S), dtype=cd, device=x.device)
+    if initial_state is not None:
+        hist = torch.cat([hist, initial_state.to(cd)], dim=-1)
+    full = torch.cat([hist, xc], dim=-1)
+    padded = full[..., full.shape[-1] - L - (K - 1):]
+    out = F.conv1d(padded, w.to(cd).unsqueeze(1), _f(bias, cd), groups=DI)
+    if silu:
+        out = F.silu(out)
+    final = full[..., full.shape[-1] - S:] if S > 0 else full[..., :0]
+    return out.to(x.dtype), final.to(x.dtype)
+
+
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                         silu: bool = True) -> Tuple[Tensor, Tensor]:
+    """x: (B, DI) or (B, DI, L) new tokens; conv_state: (B, DI, S >= K-1).
+
+    Returns (out shaped like x, new conv_state): the state is the last S entries of concat(state, x).
+    """
+    squeeze = x.dim() == 2
+    x3 = x.unsqueeze(-1) if squeeze else x
+    S = conv_state.shape[-1]
+    out, new_state = causal_conv1d(x3, weight, bias, initial_state=conv_state, silu=silu, state_len=S)
+    return (out.squeeze(-1) if squeeze else out), new_state.to(conv_state.dtype)
+
+
+# ---- selective scan ------------------------------------------------------------------------------------
+def _softplus(v: Tensor) -> Tensor:
+    return torch.where(v <= 20.0, torch.log1p(torch.exp(v)), v)
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                   z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+                   delta_softplus: bool = False,
+                   initial_state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """u, delta, z: (B, DI, L); A: (DI, N); B, C: (B, N, L); D, delta_bias: (DI,); initial_state: (B, DI, N).
+
+    dt = softplus?(delta + delta_bias); h[t] = exp(dt*A) h[t-1] + dt*B[t]*u[t]; y = C[t].h[t] + D*u;
+    y *= silu(z). Returns (y in u's dtype (B, DI, L), last state (B, DI, N) in the compute dtype).
+    """
+    cd = _compute_dtype(u, delta, A)
+    Bsz, DI, L = u.shape
+    N = A.shape[1]
+    uc, dc, Ac, Bc, Cc = u.to(cd), delta.to(cd), A.to(cd), B.to(cd), C.to(cd)
+    if delta_bias is not None:
+        dc = dc + delta_bias.to(cd)[None, :, None]
+    if delta_softplus:
+        dc = _softplus(dc)
+    h = (torch.zeros(Bsz, DI, N, dtype=cd, device=u.device) if initial_state is None
+         else initial_state.to(cd))
+    dA = torch.exp(dc.unsqueeze(-1) * Ac[None, :, None, :])            # (B, DI, L, N)
+    dBu = (dc * uc).unsqueeze(-1) * Bc.transpose(1, 2).unsqueeze(1)    # (B, DI, L, N)
+    ys = []
+    for t in range(L):
+        h = dA[:, :, t] * h + dBu[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", h, Cc[:, :, t]))
+    y = torch.stack(ys, dim=-1) if L > 0 else torch.zeros(Bsz, DI, 0, dtype=cd, device=u.device)
+    if D is not None:
+        y = y + D.to(cd)[None, :, None] * uc
+    if z is not None:
+        y = y * F.silu(z.to(cd))
+    return y.to(u.dtype), h
+
+
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                           dt_bias: Optional[Tensor] = None,
+                           dt_softplus: bool = False) -> Tuple[Tensor, Tensor]:
+    """One decode step. state: (B, DI, N); x, dt, z: (B, DI); A: (DI, N); B, C: (B, N); D, dt_bias: (DI,).
+
+    Returns (y (B, DI) in x's dtype, new state in state's dtype).
+    """
+    y, h = selective_scan(x.unsqueeze(-1), dt.unsqueeze(-1), A, B.unsqueeze(-1), C.unsqueeze(-1), D,
+                          None if z is None else z.unsqueeze(-1), dt_bias, dt_softplus, state)
+    return y.squeeze(-1), h.to(state.dtype)
+
+
+# ---- MoE ----------------------------------------------------------------------------------------------
+def moe_route(router_logits: Tensor, top_k: int) -> Tuple[Tensor, Tensor]:
+    """router_logits: (T, E). Jamba routing: softmax in fp32 (fp64 for fp64 input) over all E experts,
+    then top-k, no renormalisation. Returns (weights (T, TOPK) fp32/fp64, expert ids (T, TOPK) int64)."""
+    p = torch.softmax(router_logits.to(_compute_dtype(router_logits)), dim=-1)
+    w, idx = torch.topk(p, top_k, dim=-1)
+    return w, idx
+
+
+def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
+    """Dense SwiGLU: down(silu(gate(x)) * up(x)). x: (T, H); w_gate, w_up: (F, H); w_down: (H, F)."""
+    return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+
+
+def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
+    """Weighted sum of the routed experts' SwiGLU MLPs.
+
+    x: (T, H); weights, expert_ids: (T, TOPK); w_gate_up: (E, 2F, H), gate rows first then up (the
+    transformers 5.x fused layout); w_down: (E, H, F). Computes in x's dtype (float64 for the oracle):
+    out[t] = sum_j weights[t,j] * down_e(silu(gate_e(x_t)) * up_e(x_t)),  e = expert_ids[t,j].
+    """
+    T, H = x.shape
+    E, F2, _ = w_gate_up.shape
+    Fd = F2 // 2
+    out = torch.zeros(T, H, dtype=x.dtype, device=x.device)
+    for e in range(E):
+        tok, slot = torch.nonzero(expert_ids == e, as_tuple=True)
+        if tok.numel() == 0:
+            continue
+        xe = x[tok]
+        y = swiglu_mlp(xe, w_gate_up[e, :Fd], w_gate_up[e, Fd:], w_down[e])
+        out.index_add_(0, tok, y * weights[tok, slot].to(x.dtype)[:, None])
+    return out

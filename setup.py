@@ -1,0 +1,144 @@
+"""Build of jamba_ext._C: C sources (-O3 -fopenmp) and, when a CUDA toolkit is found, the .cu sources
+compiled by nvcc (sm_80 + sm_90, sm_90a for files that ask for it) in parallel and linked in with a
+static cudart. No torch header, no libtorch: the build needs only a C compiler (and nvcc for CUDA).
+
+Environment:
+  JAMBA_EXT_CUDA=0        CPU only, even when nvcc is present
+  JAMBA_EXT_CUDA=1        CUDA required: a missing toolkit is an error
+  JAMBA_EXT_ARCHS="80;90" CUDA architectures (default 80 and 90)
+  JAMBA_EXT_PTXAS_V=1     print registers / shared memory / spills of every kernel
+  JAMBA_EXT_JOBS=N        parallel nvcc jobs (default: number of CPUs)
+"""
+import concurrent.futures
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def find_cuda_home():
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+        return home
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if os.path.exists("/usr/local/cuda/bin/nvcc"):
+        return "/usr/local/cuda"
+    return None
+
+
+def want_cuda():
+    flag = os.environ.get("JAMBA_EXT_CUDA", "").strip()
+    home = find_cuda_home()
+    if flag == "0":
+        return None
+    if flag == "1" and home is None:
+        raise RuntimeError("JAMBA_EXT_CUDA=1 but no CUDA toolkit was found (set CUDA_HOME or put nvcc on PATH)")
+    return home
+
+
+def cudart_static_dir(home):
+    for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"),
+                os.path.join("targets", "sbsa-linux", "lib")):
+        d = os.path.join(home, sub)
+        if os.path.exists(os.path.join(d, "libcudart_static.a")):
+            return d
+    raise RuntimeError(f"libcudart_static.a not found under {home}")
+
+
+def rel(paths):
+    return [os.path.relpath(p, ROOT) for p in paths]
+
+
+C_SOURCES = rel([os.path.join(ROOT, "csrc", "common.c")]
+                + sorted(glob.glob(os.path.join(ROOT, "csrc", "cpu", "*.c")))
+                + [os.path.join(ROOT, "csrc", "python", "module.c")])
+CU_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
+CUDA_HOME = want_cuda()
+
+
+class BuildExt(build_ext):
+    def build_extension(self, ext):
+        t0 = time.time()
+        if CUDA_HOME is not None and CU_SOURCES:
+            ext.extra_objects = list(ext.extra_objects or []) + self.compile_cuda(CUDA_HOME)
+        super().build_extension(ext)
+        kind = f"C + CUDA ({len(CU_SOURCES)} .cu files)" if CUDA_HOME else "C only (no CUDA)"
+        print(f"jamba_ext: built _C, {kind}, in {time.time() - t0:.1f} s", file=sys.stderr)
+
+    def compile_cuda(self, home):
+        nvcc = os.path.join(home, "bin", "nvcc")
+        archs = [a.strip() for a in os.environ.get("JAMBA_EXT_ARCHS", "80;90").split(";") if a.strip()]
+        out_dir = os.path.join(self.build_temp, "cuda")
+        os.makedirs(out_dir, exist_ok=True)
+
+        def cmd_for(src, obj):
+            with open(src) as f:
+                head = f.read(4096)
+            gencode = []
+            for a in archs:
+                # a file that uses Hopper-only instructions (wgmma, setmaxnreg) says "jamba-build: sm90a"
+                # in its header and gets compute_90a instead of compute_90.
+                aa = "90a" if (a == "90" and "jamba-build: sm90a" in head) else a
+                gencode += [f"-gencode=arch=compute_{aa},code=sm_{aa}"]
+            cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-lineinfo", "-DJAMBA_WITH_CUDA",
+                   "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", "--expt-relaxed-constexpr",
+                   "-I", os.path.join(ROOT, "csrc")] + gencode
+            if os.environ.get("JAMBA_EXT_PTXAS_V") == "1":
+                cmd += ["-Xptxas", "-v"]
+            return cmd
+
+        jobs = []
+        for src in CU_SOURCES:
+            obj = os.path.join(out_dir, os.path.basename(src) + ".o")
+            jobs.append((src, obj, cmd_for(src, obj)))
+
+        def run(job):
+            src, obj, cmd = job
+            t = time.time()
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            return src, obj, r, time.time() - t
+
+        n = int(os.environ.get("JAMBA_EXT_JOBS", "0")) or os.cpu_count() or 1
+        objs, failed = [], []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=n) as ex:
+            for src, obj, r, dt in ex.map(run, jobs):
+                name = os.path.relpath(src, ROOT)
+                if r.stdout or r.stderr:
+                    sys.stderr.write(r.stdout + r.stderr)
+                if r.returncode != 0:
+                    failed.append(name)
+                else:
+                    print(f"jamba_ext: nvcc {name} {dt:.1f} s", file=sys.stderr)
+                    objs.append(obj)
+        if failed:
+            raise RuntimeError("nvcc failed on: " + ", ".join(failed))
+        ext.define_macros = list(ext.define_macros or []) + [("JAMBA_WITH_CUDA", "1")]
+        ext.library_dirs = list(ext.library_dirs or []) + [cudart_static_dir(home)]
+        ext.libraries = list(ext.libraries or []) + ["cudart_static", "stdc++", "rt", "pthread", "dl"]
+        return objs
+
+
+ext = Extension(
+    "jamba_ext._C",
+    sources=C_SOURCES,
+    include_dirs=["csrc"],
+    define_macros=[("Py_LIMITED_API", "0x03090000")],
+    extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"],
+    extra_link_args=["-fopenmp"],
+    py_limited_api=True,
+)
+
+setup(
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExt},
+    options={"bdist_wheel": {"py_limited_api": "cp39"}},
+)
