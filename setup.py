@@ -132,7 +132,7 @@ ext = Extension(
     sources=C_SOURCES,
     include_dirs=["csrc"],
     define_macros=[("Py_LIMITED_API", "0x03090000")],
-    extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"],
+    extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"],
     extra_link_args=["-fopenmp"],
     py_limited_api=True,
 )

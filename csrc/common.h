@@ -93,6 +93,46 @@ void jamba_load_row(float *dst, const void *src, jamba_dtype dt, int64_t n, int6
 /* Stores n f32 values into dst[i*stride]. */
 void jamba_store_row(void *dst, jamba_dtype dt, const float *src, int64_t n, int64_t stride);
 
+/* Hot CPU loops are compiled twice (baseline x86-64 and AVX2+FMA) and picked at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
+#define JAMBA_CPU_CLONES __attribute__((target_clones("default", "arch=haswell")))
+#else
+#define JAMBA_CPU_CLONES
+#endif
+
+/* ---- fast vectorisable math for the CPU kernels ----
+ * jamba_exp2f: 2^x by round-to-nearest range reduction (magic-number rounding, no floorf, so loops
+ * over it vectorise with SSE2/AVX2) and a degree-6 polynomial in f*ln2, |f| <= 0.5: rel. error
+ * below 2e-7. x is clamped to [-125, 126], so the result is always finite and normal. */
+static inline float jamba_exp2f(float x) {
+    x = x < -125.0f ? -125.0f : x; /* keeps p * 2^n normal: denormals are slow */
+    x = x > 126.0f ? 126.0f : x;
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer in the low bits */
+    union { float f; int32_t i; } r, sc;
+    r.f = x + magic;
+    const float f = x - (r.f - magic);                 /* [-0.5, 0.5] */
+    const float g = f * 0.6931471805599453f;
+    float p = 1.0f / 720.0f;
+    p = p * g + 1.0f / 120.0f;
+    p = p * g + 1.0f / 24.0f;
+    p = p * g + 1.0f / 6.0f;
+    p = p * g + 0.5f;
+    p = p * g + 1.0f;
+    p = p * g + 1.0f;
+    sc.i = (r.i - 0x4b400000 + 127) << 23;             /* 2^n, n = bits of r minus the magic number */
+    return p * sc.f;
+}
+#define JAMBA_LOG2E 1.4426950408889634f
+static inline float jamba_silu(float v) { return v / (1.0f + jamba_exp2f(-v * JAMBA_LOG2E)); }
+/* gate[t] = silu(z[t]) for t < n, in two vectorised passes. One fused loop measured 9 ns/element against
+ * 1 ns here (GCC 12, SSE2 and AVX2 alike; cause not established): keep the exp and the division apart. */
+static inline void jamba_silu_row(float *restrict gate, const float *restrict z, int64_t n) {
+#pragma omp simd
+    for (int64_t t = 0; t < n; t++) gate[t] = jamba_exp2f(-z[t] * JAMBA_LOG2E);
+#pragma omp simd
+    for (int64_t t = 0; t < n; t++) gate[t] = z[t] / (1.0f + gate[t]);
+}
+
 static inline int64_t jamba_dtype_size(jamba_dtype d) {
     switch (d) {
     case JAMBA_F32: case JAMBA_I32: return 4;

@@ -162,6 +162,70 @@ jamba_status jamba_selective_state_update_cuda(const jamba_selective_state_updat
  * (section owned by the MoE family; see the comments in csrc/cpu/moe.c)
  */
 /* JAMBA_MOE_API_BEGIN */
+/* Jamba routing (jamba-architecture.md 4.4): p = softmax_fp32(logits) over all E experts; the TOPK largest
+ * p (ties: lower expert id first) with NO renormalisation. The permutation groups the T*TOPK token slots
+ * (slot s = t*TOPK + j) by expert, stable: within an expert, slots keep token order.
+ *   sorted_slots[expert_offsets[e] .. expert_offsets[e+1])  = slots routed to expert e, ascending
+ *   counts[e] = expert_offsets[e+1] - expert_offsets[e];  expert_offsets[0] = 0
+ *   sorted_slots[expert_offsets[E] .. T*TOPK)               = slots whose id is outside [0, E) (ascending),
+ *   so sorted_slots is always a full permutation of 0 .. T*TOPK-1 (a gather with it never goes out of range).
+ * Slots are int32: T*TOPK must stay below 2^31. */
+#define JAMBA_MOE_MAX_EXPERTS 1024  /* CUDA routing keeps one softmax row per warp in shared memory */
+
+typedef struct {
+    jamba_tensor weights;         /* out (T, TOPK) f32, contiguous: the top-k softmax probabilities */
+    jamba_tensor expert_ids;      /* out (T, TOPK) i32, contiguous: descending probability */
+    jamba_tensor expert_offsets;  /* out (E+1,) i32, or absent (data NULL): no permutation */
+    jamba_tensor sorted_slots;    /* out (T*TOPK,) i32; given iff expert_offsets is */
+    jamba_tensor logits;          /* (T, E) f32|f16|bf16 (f64 on CPU), unit stride along E */
+    int64_t top_k;                /* 1 <= TOPK <= E */
+} jamba_moe_route_params;
+
+jamba_status jamba_moe_route_check(const jamba_moe_route_params *p);
+jamba_status jamba_moe_route_cpu(const jamba_moe_route_params *p);
+jamba_status jamba_moe_route_cuda(const jamba_moe_route_params *p, jamba_launch launch);
+
+/* The permutation alone, from given expert ids (ids outside [0, E) go to the tail, see above). */
+typedef struct {
+    jamba_tensor expert_offsets;  /* out (E+1,) i32 */
+    jamba_tensor sorted_slots;    /* out (T*TOPK,) i32 */
+    jamba_tensor expert_ids;      /* (T, TOPK) i32, contiguous */
+    int64_t num_experts;          /* E >= 1 */
+} jamba_moe_permute_params;
+
+jamba_status jamba_moe_permute_check(const jamba_moe_permute_params *p);
+jamba_status jamba_moe_permute_cpu(const jamba_moe_permute_params *p);
+jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p, jamba_launch launch);
+
+/* Fused expert dispatch (CUDA; the CPU build runs its GEMMs in torch, see jamba_ext/ops.py, and calls
+ * jamba_moe_combine_cpu). With dt = x's dtype, round() = rounding to dt (HF semantics in model dtype):
+ *   for each slot s = t*TOPK + j routed to e = expert_ids[s]  (position p in sorted_slots):
+ *     g = round(x_t . w_gate_up[e, f, :]),  u = round(x_t . w_gate_up[e, F+f, :])      f < F
+ *     act[p, f] = round(round(silu(g)) * u)
+ *     slot_out[s, :] = round( round(act[p, :] . w_down[e, :, :]^T) * round(weights[s]) )
+ *   out[t, :] = slot_out[t*TOPK] (+ slot_out[t*TOPK+1] ...), rounded after each add, j ascending.
+ *   A token with an id outside [0, E) gets NaN (the device cannot raise without a host sync).
+ * Shapes: x (T, H) contiguous; out (T, H) contiguous; weights (T, TOPK) f32 contiguous;
+ *   expert_ids (T, TOPK) i32; expert_offsets (E+1,), sorted_slots (T*TOPK,) i32 (from route/permute);
+ *   w_gate_up (E, 2F, H) and w_down (E, H, F) contiguous, x's dtype (gate rows first: transformers 5.x);
+ *   workspaces act (T*TOPK, F) and slot_out (T*TOPK, H), contiguous, x's dtype. */
+typedef enum {
+    JAMBA_MOE_IMPL_AUTO = 0,      /* by size and dtype */
+    JAMBA_MOE_IMPL_MMA = 1,       /* tensor-core grouped GEMM (bf16/f16, H and F multiples of 8) */
+    JAMBA_MOE_IMPL_GEMV = 2,      /* decode: weight-streaming mma kernel, split-K (bf16/f16, H, F % 8 == 0) */
+    JAMBA_MOE_IMPL_SIMT = 3,      /* any dtype and size: fp32 CUDA-core tiles (slow; fp32 inputs, odd sizes) */
+    JAMBA_MOE_IMPL_COMBINE = 4    /* only the combine: slot_out is already filled (e.g. by torch GEMMs) */
+} jamba_moe_impl;
+
+typedef struct {
+    jamba_tensor out, x, weights, expert_ids, expert_offsets, sorted_slots, w_gate_up, w_down;
+    jamba_tensor act, slot_out;   /* workspaces (act unused by JAMBA_MOE_IMPL_COMBINE) */
+    int impl;                     /* jamba_moe_impl */
+} jamba_moe_experts_params;
+
+jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p);
+jamba_status jamba_moe_experts_cpu(const jamba_moe_experts_params *p);  /* impl COMBINE only */
+jamba_status jamba_moe_experts_cuda(const jamba_moe_experts_params *p, jamba_launch launch);
 /* JAMBA_MOE_API_END */
 
 #ifdef __cplusplus

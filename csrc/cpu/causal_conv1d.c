@@ -7,14 +7,42 @@
  * _update       : state = conv_state (B, DI, S), S >= K-1, rewritten in place as the last S entries of h.
  * OpenMP over (batch, channel) rows; fp32 accumulation; outputs rounded once to x's dtype.
  */
-#include <stdlib.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "../common.h"
 
 #define CHUNK 1024 /* time steps staged in fp32 per row */
 
-static inline float silu_f(float v) { return v / (1.0f + expf(-v)); }
+static inline float silu_f(float v) { return jamba_silu(v); }
+
+/* yo[t] = act(bias + sum_j w[j] * xin[t + j]), t < n; xin holds K-1 history entries then n inputs.
+ * The width is unrolled per case so the t loop vectorises. */
+JAMBA_CPU_CLONES
+static void conv_chunk(const float *restrict xin, float *restrict yo, float *restrict tmp, int64_t n,
+                       const float *w, float bias, int64_t K, int silu) {
+    const float w0 = w[0], w1 = w[1], w2 = w[2], w3 = w[3];
+    switch (K) {
+    case 2:
+#pragma omp simd
+        for (int64_t t = 0; t < n; t++) yo[t] = bias + w0 * xin[t] + w1 * xin[t + 1];
+        break;
+    case 3:
+#pragma omp simd
+        for (int64_t t = 0; t < n; t++) yo[t] = bias + w0 * xin[t] + w1 * xin[t + 1] + w2 * xin[t + 2];
+        break;
+    default:
+#pragma omp simd
+        for (int64_t t = 0; t < n; t++)
+            yo[t] = bias + w0 * xin[t] + w1 * xin[t + 1] + w2 * xin[t + 2] + w3 * xin[t + 3];
+        break;
+    }
+    if (silu) {
+        memcpy(tmp, yo, sizeof(float) * (size_t)n);
+        jamba_silu_row(yo, tmp, n);
+    }
+}
 
 /* weight (DI, K) and bias (DI,) checks shared by both ops */
 static jamba_status check_weight_bias(const char *op, const jamba_tensor *weight, const jamba_tensor *bias,
@@ -74,7 +102,7 @@ jamba_status jamba_causal_conv1d_cpu(const jamba_causal_conv1d_params *p) {
 #pragma omp parallel
     {
         float *xin = (float *)malloc(sizeof(float) * (CHUNK + JAMBA_MAX_CONV_WIDTH));
-        float *yo = (float *)malloc(sizeof(float) * CHUNK);
+        float *yo = (float *)malloc(sizeof(float) * 2 * CHUNK); /* outputs + scratch */
         if (!xin || !yo) {
 #pragma omp atomic write
             oom = 1;
@@ -100,11 +128,7 @@ jamba_status jamba_causal_conv1d_cpu(const jamba_causal_conv1d_params *p) {
                 for (int64_t t0 = 0; t0 < L; t0 += CHUNK) {
                     const int64_t n = L - t0 < CHUNK ? L - t0 : CHUNK;
                     jamba_load_row(xin + K - 1, xr + t0 * es, dt, n, 1);
-                    for (int64_t t = 0; t < n; t++) {
-                        float acc = bias;
-                        for (int64_t j = 0; j < K; j++) acc += w[j] * xin[t + j];
-                        yo[t] = p->silu ? silu_f(acc) : acc;
-                    }
+                    conv_chunk(xin, yo, yo + CHUNK, n, w, bias, K, p->silu);
                     jamba_store_row(orow + t0 * es, dt, yo, n, 1);
                     for (int64_t j = 0; j < K - 1; j++) xin[j] = xin[n + j];
                 }

@@ -14,6 +14,21 @@
 
 static const char *OP_NORM = "jamba.rms_norm";
 
+/* One row in fp32: row[] holds s (already rounded to dtype dt); writes row[] = round(s * r) * w. */
+JAMBA_CPU_CLONES
+static void norm_row(float *row, const float *w, int64_t dim, float eps, jamba_dtype dt) {
+    float ss = 0.f;
+#pragma omp simd reduction(+ : ss)
+    for (int64_t i = 0; i < dim; i++) ss += row[i] * row[i];
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    if (dt == JAMBA_F32) {
+#pragma omp simd
+        for (int64_t i = 0; i < dim; i++) row[i] = row[i] * inv * w[i];
+    } else {
+        for (int64_t i = 0; i < dim; i++) row[i] = jamba_round_to(dt, row[i] * inv) * w[i];
+    }
+}
+
 jamba_status jamba_rms_norm_check(const jamba_rms_norm_params *p) {
     const char *op = p->residual.data ? "jamba.add_rms_norm" : OP_NORM;
     JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 2, JAMBA_FLOATS, 0));
@@ -71,10 +86,7 @@ jamba_status jamba_rms_norm_cpu(const jamba_rms_norm_params *p) {
                     jamba_store_row((char *)p->residual_out.data + r * p->residual_out.stride[0] * es, dt, row,
                                     dim, 1);
                 }
-                double ss = 0.0; /* double accumulator: dim can be 8192+ */
-                for (int64_t i = 0; i < dim; i++) ss += (double)row[i] * row[i];
-                const float inv = (float)(1.0 / sqrt(ss / (double)dim + p->eps));
-                for (int64_t i = 0; i < dim; i++) row[i] = jamba_round_to(dt, row[i] * inv) * w[i];
+                norm_row(row, w, dim, (float)p->eps, dt);
                 jamba_store_row((char *)p->out.data + r * p->out.stride[0] * es, dt, row, dim, 1);
             }
         }

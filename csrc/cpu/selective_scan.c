@@ -17,30 +17,32 @@
 #include "../common.h"
 
 #define TCHUNK 256
-#define LOG2E 1.4426950408889634f
+#define LOG2E JAMBA_LOG2E
 
-/* 2^x for x <= 0 (dt*A is never positive for A < 0; positive x is clamped at 64 to stay finite) */
-static inline float exp2_poly(float x) {
-    x = x < -126.0f ? -126.0f : (x > 64.0f ? 64.0f : x);
-    const float xi = floorf(x + 0.5f);
-    const float f = x - xi; /* [-0.5, 0.5] */
-    /* 2^f = e^(f ln2): degree-6 Taylor polynomial in f*ln2, |f ln2| <= 0.347, rel. error < 2e-8 + rounding */
-    const float g = f * 0.6931471805599453f;
-    float p = 1.0f / 720.0f;
-    p = p * g + 1.0f / 120.0f;
-    p = p * g + 1.0f / 24.0f;
-    p = p * g + 1.0f / 6.0f;
-    p = p * g + 0.5f;
-    p = p * g + 1.0f;
-    p = p * g + 1.0f;
-    int32_t bits = ((int32_t)xi + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return p * scale;
+
+/* The recurrence over nt steps of one (b, c) row: db holds dt (bias and softplus applied), a2 = A*log2(e),
+ * bt/ct the (t, n) tiles of B and C, h the state (updated). yb[t] = C[t].h[t] (no D, no gate). */
+JAMBA_CPU_CLONES
+static void scan_row(const float *restrict ub, const float *restrict db, const float *restrict a2,
+                     const float *restrict bt, const float *restrict ct, float *restrict h, float *restrict yb,
+                     int64_t nt, int64_t N) {
+    float dA[JAMBA_MAX_D_STATE];
+    for (int64_t t = 0; t < nt; t++) {
+        const float d = db[t], du = d * ub[t];
+        const float *bn = bt + t * N, *cn = ct + t * N;
+        float y = 0.f;
+#pragma omp simd
+        for (int64_t n = 0; n < N; n++) dA[n] = jamba_exp2f(d * a2[n]);
+#pragma omp simd reduction(+ : y)
+        for (int64_t n = 0; n < N; n++) {
+            h[n] = dA[n] * h[n] + du * bn[n];
+            y += h[n] * cn[n];
+        }
+        yb[t] = y;
+    }
 }
 
 static inline float softplus_f(float v) { return v <= 20.0f ? log1pf(expf(v)) : v; }
-static inline float silu_f(float v) { return v / (1.0f + expf(-v)); }
 
 static jamba_status check_param_vec(const char *op, const char *name, const jamba_tensor *t, int64_t DI) {
     JAMBA_TRY(jamba_check_tensor(op, name, t, 1, JAMBA_MASK(JAMBA_F32), 1));
@@ -134,7 +136,7 @@ jamba_status jamba_selective_scan_cpu(const jamba_selective_scan_params *p) {
 #pragma omp parallel
             {
                 float ub[TCHUNK], db[TCHUNK], zb[TCHUNK], yb[TCHUNK];
-                float a2[JAMBA_MAX_D_STATE], h[JAMBA_MAX_D_STATE], dA[JAMBA_MAX_D_STATE];
+                float a2[JAMBA_MAX_D_STATE], h[JAMBA_MAX_D_STATE];
 #pragma omp for schedule(static)
                 for (int64_t c = 0; c < DI; c++) {
                     /* rows (b, c): u/delta/z + b*s0 + c*s1 (elements), unit stride along time */
@@ -150,24 +152,17 @@ jamba_status jamba_selective_scan_cpu(const jamba_selective_scan_params *p) {
                         h[n] = h_all[c * N + n];
                     }
                     for (int64_t t = 0; t < nt; t++) {
-                        float d = db[t] + dbias;
-                        if (p->delta_softplus) d = softplus_f(d);
-                        const float du = d * ub[t];
-                        const float *bn = bt + t * N, *cn = ct + t * N;
-                        float y = 0.f;
-#pragma omp simd
-                        for (int64_t n = 0; n < N; n++) dA[n] = exp2_poly(d * a2[n]);
-#pragma omp simd reduction(+ : y)
-                        for (int64_t n = 0; n < N; n++) {
-                            h[n] = dA[n] * h[n] + du * bn[n];
-                            y += h[n] * cn[n];
-                        }
-                        yb[t] = y + Dc * ub[t];
+                        const float d = db[t] + dbias;
+                        db[t] = p->delta_softplus ? softplus_f(d) : d;
                     }
+                    scan_row(ub, db, a2, bt, ct, h, yb, nt, N);
+                    if (p->D.data)
+                        for (int64_t t = 0; t < nt; t++) yb[t] += Dc * ub[t];
                     if (p->z.data) {
                         const char *zr = (const char *)p->z.data + (b * p->z.stride[0] + c * p->z.stride[1] + t0) * es;
                         jamba_load_row(zb, zr, dt, nt, 1);
-                        for (int64_t t = 0; t < nt; t++) yb[t] *= silu_f(zb[t]);
+                        jamba_silu_row(db, zb, nt); /* db is free again: reuse it for the gate */
+                        for (int64_t t = 0; t < nt; t++) yb[t] *= db[t];
                     }
                     /* out is contiguous (B, DI, L) */
                     jamba_store_row((char *)p->out.data + ((b * DI + c) * L + t0) * es, dt, yb, nt, 1);
@@ -215,30 +210,57 @@ jamba_status jamba_selective_state_update_check(const jamba_selective_state_upda
     return JAMBA_OK;
 }
 
+/* One step of one (b, c) row: h (N) updated in place, returns C.h. */
+JAMBA_CPU_CLONES
+static float update_row(float *restrict h, const float *restrict a2, const float *restrict bn,
+                        const float *restrict cn, float d, float u, int64_t N) {
+    float y = 0.f, dA[JAMBA_MAX_D_STATE];
+    const float du = d * u;
+#pragma omp simd
+    for (int64_t n = 0; n < N; n++) dA[n] = jamba_exp2f(d * a2[n]); /* exp apart: see jamba_silu_row */
+#pragma omp simd reduction(+ : y)
+    for (int64_t n = 0; n < N; n++) {
+        h[n] = dA[n] * h[n] + du * bn[n];
+        y += h[n] * cn[n];
+    }
+    return y;
+}
+
 jamba_status jamba_selective_state_update_cpu(const jamba_selective_state_update_params *p) {
     JAMBA_TRY(jamba_selective_state_update_check(p));
     const int64_t B = p->x.shape[0], DI = p->x.shape[1], N = p->A.shape[1];
+    if (B == 0 || DI == 0) return JAMBA_OK;
     const jamba_dtype dt = p->x.dtype, sdt = p->state.dtype;
+    /* B and C of every batch row in fp32, (B, N) */
+    float *bc_f = (float *)malloc(sizeof(float) * (size_t)(2 * B * N));
+    if (!bc_f) return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: out of memory");
+    for (int64_t b = 0; b < B; b++) {
+        jamba_load_row(bc_f + b * N, (const char *)p->Bm.data + b * p->Bm.stride[0] * jamba_dtype_size(p->Bm.dtype),
+                       p->Bm.dtype, N, p->Bm.stride[1]);
+        jamba_load_row(bc_f + (B + b) * N,
+                       (const char *)p->Cm.data + b * p->Cm.stride[0] * jamba_dtype_size(p->Cm.dtype), p->Cm.dtype,
+                       N, p->Cm.stride[1]);
+    }
+    const int64_t ses = jamba_dtype_size(sdt);
 #pragma omp parallel for schedule(static) if (B * DI * N > 65536)
     for (int64_t bc = 0; bc < B * DI; bc++) {
         const int64_t b = bc / DI, c = bc % DI;
+        float h[JAMBA_MAX_D_STATE], a2[JAMBA_MAX_D_STATE];
         float d = jamba_load(p->dt.data, dt, b * p->dt.stride[0] + c);
         if (p->dt_bias.data) d += ((const float *)p->dt_bias.data)[c * p->dt_bias.stride[0]];
         if (p->dt_softplus) d = softplus_f(d);
         const float u = jamba_load(p->x.data, dt, b * p->x.stride[0] + c);
-        const int64_t so = b * p->state.stride[0] + c * p->state.stride[1]; /* state row (b, c) */
-        float y = 0.f;
-        for (int64_t n = 0; n < N; n++) {
-            const float a = ((const float *)p->A.data)[c * p->A.stride[0] + n * p->A.stride[1]];
-            const float bn = jamba_load(p->Bm.data, p->Bm.dtype, b * p->Bm.stride[0] + n * p->Bm.stride[1]);
-            const float cn = jamba_load(p->Cm.data, p->Cm.dtype, b * p->Cm.stride[0] + n * p->Cm.stride[1]);
-            const float h = exp2_poly(d * a * LOG2E) * jamba_load(p->state.data, sdt, so + n) + d * bn * u;
-            jamba_store(p->state.data, sdt, so + n, h);
-            y += h * cn;
-        }
+        /* state row (b, c): state + b*s0 + c*s1, unit stride along N */
+        char *srow = (char *)p->state.data + (b * p->state.stride[0] + c * p->state.stride[1]) * ses;
+        jamba_load_row(h, srow, sdt, N, 1);
+        jamba_load_row(a2, (const float *)p->A.data + c * p->A.stride[0], JAMBA_F32, N, p->A.stride[1]);
+        for (int64_t n = 0; n < N; n++) a2[n] *= LOG2E;
+        float y = update_row(h, a2, bc_f + b * N, bc_f + (B + b) * N, d, u, N);
+        jamba_store_row(srow, sdt, h, N, 1);
         if (p->D.data) y += ((const float *)p->D.data)[c * p->D.stride[0]] * u;
-        if (p->z.data) y *= silu_f(jamba_load(p->z.data, dt, b * p->z.stride[0] + c));
+        if (p->z.data) y *= jamba_silu(jamba_load(p->z.data, dt, b * p->z.stride[0] + c));
         jamba_store(p->out.data, dt, b * p->out.stride[0] + c, y);
     }
+    free(bc_f);
     return JAMBA_OK;
 }

@@ -171,6 +171,48 @@ static PyObject *py_selective_state_update(PyObject *self, PyObject *args) {
 }
 
 /* JAMBA_MOE_PY_BEGIN */
+static int as_int64(PyObject *o, int64_t *v) {
+    long long x = PyLong_AsLongLong(o);
+    if (x == -1 && PyErr_Occurred()) return -1;
+    *v = (int64_t)x;
+    return 0;
+}
+
+static PyObject *py_moe_route(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_moe_route_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.weights, &p.expert_ids, &p.expert_offsets, &p.sorted_slots, &p.logits};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 5, sc, 1) < 0 || as_int64(sc[0], &p.top_k) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_moe_route_cpu, jamba_moe_route_cuda);
+}
+
+static PyObject *py_moe_permute(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_moe_permute_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.expert_offsets, &p.sorted_slots, &p.expert_ids};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 3, sc, 1) < 0 || as_int64(sc[0], &p.num_experts) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_moe_permute_cpu, jamba_moe_permute_cuda);
+}
+
+static PyObject *py_moe_experts(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_moe_experts_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.x, &p.weights, &p.expert_ids, &p.expert_offsets, &p.sorted_slots,
+                          &p.w_gate_up, &p.w_down, &p.act, &p.slot_out};
+    PyObject *sc[1];
+    int64_t impl = 0;
+    if (parse_call(args, &c, ts, 10, sc, 1) < 0 || as_int64(sc[0], &impl) < 0) return NULL;
+    p.impl = (int)impl;
+    JAMBA_RUN(c, p, jamba_moe_experts_cpu, jamba_moe_experts_cuda);
+}
 /* JAMBA_MOE_PY_END */
 
 static PyObject *py_has_cuda(PyObject *self, PyObject *args) {
@@ -188,6 +230,9 @@ static PyMethodDef methods[] = {
     {"selective_state_update", py_selective_state_update, METH_VARARGS,
      "selective_state_update (see csrc/jamba.h)."},
     /* JAMBA_MOE_METHODS */
+    {"moe_route", py_moe_route, METH_VARARGS, "moe_route (see csrc/jamba.h)."},
+    {"moe_permute", py_moe_permute, METH_VARARGS, "moe_permute (see csrc/jamba.h)."},
+    {"moe_experts", py_moe_experts, METH_VARARGS, "moe_experts (see csrc/jamba.h)."},
     {NULL, NULL, 0, NULL},
 };
 

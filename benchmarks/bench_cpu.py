@@ -1,0 +1,81 @@
+"""CPU benchmark: the C kernels of jamba_ext against reference.py in torch eager on the same inputs.
+
+Shapes (issue 2): batch 1, d_inner 2048, seqlen 2048, d_state 16, width 4 for the sequence ops; a decode
+step at batch 8 (d_inner 2048); rms_norm over 2048 rows of 2048. fp32 (the CPU dtype that matters).
+Each row is checked against the reference at that shape before it is timed. Prints median times and
+the speedup; writes benchmarks/results/bench_cpu.json (+ .png).
+
+    python benchmarks/bench_cpu.py            # full shapes
+    python benchmarks/bench_cpu.py --smoke    # tiny shapes (CI)
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402
+
+from jamba_ext import ops, reference as R  # noqa: E402
+
+
+def cases(Bsz, DI, L, N, K, Bdec):
+    g = torch.Generator().manual_seed(0)
+    rn = lambda *s, scale=1.0: torch.randn(*s, generator=g) * scale
+    x = rn(Bsz, DI, L)
+    w, b = rn(DI, K, scale=0.5), rn(DI, scale=0.1)
+    u, delta, z = rn(Bsz, DI, L), rn(Bsz, DI, L, scale=0.5), rn(Bsz, DI, L)
+    A = -torch.exp(rn(DI, N, scale=0.5))
+    Bm, Cm = rn(Bsz, N, L), rn(Bsz, N, L)
+    D, dbias = rn(DI), rn(DI, scale=0.2)
+    rows = rn(DI, DI)  # rms_norm: DI rows of DI
+    nw = rn(DI, scale=0.1) + 1
+    # decode step, batch Bdec
+    xs, dts, zs = rn(Bdec, DI), rn(Bdec, DI, scale=0.5), rn(Bdec, DI)
+    bs, cs = rn(Bdec, N), rn(Bdec, N)
+    ssm = rn(Bdec, DI, N)
+    conv_state = rn(Bdec, DI, K)
+    yield ("rms_norm", f"rows={DI} dim={DI}",
+           lambda: ops.rms_norm(rows, nw, 1e-6), lambda: R.rms_norm(rows, nw, 1e-6))
+    yield ("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K} silu",
+           lambda: ops.causal_conv1d(x, w, b, None, True)[0], lambda: R.causal_conv1d(x, w, b, None, True)[0])
+    yield ("selective_scan", f"B={Bsz} DI={DI} L={L} N={N} z,D,softplus",
+           lambda: ops.selective_scan(u, delta, A, Bm, Cm, D, z, dbias, True)[0],
+           lambda: R.selective_scan(u, delta, A, Bm, Cm, D, z, dbias, True)[0])
+    yield ("causal_conv1d_update", f"B={Bdec} DI={DI} K={K} (decode)",
+           lambda: ops.causal_conv1d_update(xs, conv_state.clone(), w, b, True),
+           lambda: R.causal_conv1d_update(xs, conv_state, w, b, True)[0])
+    yield ("selective_state_update", f"B={Bdec} DI={DI} N={N} (decode)",
+           lambda: ops.selective_state_update(ssm.clone(), xs, dts, A, bs, cs, D, zs, dbias, True),
+           lambda: R.selective_state_update(ssm, xs, dts, A, bs, cs, D, zs, dbias, True)[0])
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes, few repetitions (CI)")
+    args = ap.parse_args()
+    shape = (1, 64, 64, 16, 4, 8) if args.smoke else (1, 2048, 2048, 16, 4, 8)
+    reps = 3 if args.smoke else 10
+    dev = torch.device("cpu")
+    print(f"jamba_ext CPU benchmark on {common.device_name(dev)}, torch {torch.__version__}")
+    rows = []
+    for name, desc, ours, ref in cases(*shape):
+        a, r = ours(), ref()
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)  # a fast wrong kernel never reaches the table
+        t_ours = common.time_ms(ours, dev, warmup=2, reps=reps)
+        t_ref = common.time_ms(ref, dev, warmup=1, reps=max(3, reps // 3))
+        ratio = t_ref["median_ms"] / t_ours["median_ms"]
+        rows.append({"op": name, "label": f"{name} {desc}", "shape": desc, "dtype": "float32",
+                     "median_us": t_ours["median_ms"] * 1e3, "p10_us": t_ours["p10_ms"] * 1e3,
+                     "p90_us": t_ours["p90_ms"] * 1e3, "reference_eager_us": t_ref["median_ms"] * 1e3,
+                     "speedup_vs_reference": ratio})
+        print(f"{name:<24} {desc:<40} ours {t_ours['median_ms']:9.3f} ms | torch eager reference "
+              f"{t_ref['median_ms']:9.3f} ms | {ratio:6.1f}x")
+    path = common.write_results("bench_cpu_smoke" if args.smoke else "bench_cpu", rows,
+                                common.meta(dev, threads=torch.get_num_threads(), smoke=args.smoke))
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

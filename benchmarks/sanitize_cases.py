@@ -1,0 +1,41 @@
+"""Runs every CUDA op of jamba_ext once on small, odd shapes, for compute-sanitizer (memcheck, racecheck).
+
+    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py
+Exits non-zero if an op raises; the sanitizer reports memory errors and races itself.
+"""
+import torch
+
+import jamba_ext
+from jamba_ext import ops
+
+
+def main():
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    rn = lambda *s, dt=torch.bfloat16: torch.randn(*s, generator=g, device=dev).to(dt)
+    B, DI, L, N, K = 2, 72, 37, 16, 4
+    x = rn(3, 130)
+    ops.rms_norm(x, rn(130))
+    ops.add_rms_norm(x, rn(3, 130), rn(130))
+    xc = rn(B, DI, L)
+    w, b = rn(DI, K, dt=torch.float32), rn(DI, dt=torch.float32)
+    out, st = ops.causal_conv1d(xc, w, b, None, True, K)
+    ops.causal_conv1d(xc, w, b, rn(B, DI, K - 1), True, -1)
+    ops.causal_conv1d_update(rn(B, DI), st, w, b, True)
+    A = -torch.rand(DI, N, device=dev) - 0.1
+    u, d, z = rn(B, DI, L), rn(B, DI, L), rn(B, DI, L)
+    Bm, Cm = rn(B, N, L), rn(B, N, L)
+    D, db = rn(DI, dt=torch.float32), rn(DI, dt=torch.float32)
+    y, h = ops.selective_scan(u, d, A, Bm, Cm, D, z, db, True, None)
+    ops.selective_scan(u, d, A, Bm, Cm, D, z, db, True, h)
+    ops.selective_state_update(h, rn(B, DI), rn(B, DI), A, rn(B, N), rn(B, N), D, rn(B, DI), db, True)
+    moe = getattr(jamba_ext, "moe", None)
+    if moe is not None and hasattr(moe, "sparse_moe_forward"):
+        T, H, F, E = 13, 72, 88, 4
+        moe.sparse_moe_forward(rn(T, H), rn(E, H), rn(E, 2 * F, H), rn(E, H, F), 2)
+    torch.cuda.synchronize()
+    print("sanitize_cases: all ops ran")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,276 @@
+/* moe.c -- MoE routing, token permutation and the weighted combine on the CPU (C11 + OpenMP), plus the
+ * argument checks shared with csrc/cuda/moe.cu.
+ *
+ * Exports: jamba_moe_route_check / _cpu, jamba_moe_permute_check / _cpu, jamba_moe_experts_check / _cpu.
+ * Math (jamba-architecture.md 4.4, csrc/jamba.h):
+ *   route:   p[t, :] = softmax(fp32(logits[t, :]))  (fp64 for fp64 logits); the TOPK largest p in
+ *            descending order, ties to the lower expert id; weights = p (no renormalisation).
+ *   permute: counting sort of the T*TOPK slots (s = t*TOPK + j) by expert id, stable (token order inside
+ *            an expert); ids outside [0, E) form a last bucket after expert_offsets[E].
+ *   combine: out[t, :] = round(...round(slot_out[t*TOPK] + slot_out[t*TOPK+1]) ... ), j ascending.
+ * The expert GEMMs of the CPU path run in torch (jamba_ext/ops.py, _moe_experts_torch): the CPU's
+ * BLAS (oneDNN/MKL through torch.matmul) beats anything a page of C would do, and the model-dtype
+ * rounding of HF is reproduced there with the same torch ops. jamba_moe_experts_cpu does the combine.
+ * Every output is written, never accumulated.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "../common.h"
+
+static const char *OP_ROUTE = "jamba.moe_route";
+static const char *OP_PERMUTE = "jamba.moe_permute";
+static const char *OP_EXPERTS = "jamba.moe_experts";
+
+#define I32 JAMBA_MASK(JAMBA_I32)
+#define SLOTS_LIMIT 2147483647LL /* slots and offsets are int32 */
+
+/* [data, data + numel * size) of two contiguous tensors overlap */
+static int overlaps(const jamba_tensor *a, const jamba_tensor *b) {
+    if (a->data == NULL || b->data == NULL) return 0;
+    int64_t na = 1, nb = 1;
+    for (int i = 0; i < a->ndim; i++) na *= a->shape[i];
+    for (int i = 0; i < b->ndim; i++) nb *= b->shape[i];
+    if (na == 0 || nb == 0) return 0;
+    const char *a0 = (const char *)a->data, *b0 = (const char *)b->data;
+    return a0 < b0 + nb * jamba_dtype_size(b->dtype) && b0 < a0 + na * jamba_dtype_size(a->dtype);
+}
+
+static jamba_status check_no_overlap(const char *op, const char *name, const jamba_tensor *t,
+                                     const char *other_name, const jamba_tensor *other) {
+    if (!overlaps(t, other)) return JAMBA_OK;
+    return jamba_set_error(JAMBA_ERR_ARG, "%s: %s must not overlap %s in memory", op, name, other_name);
+}
+
+/* expert_offsets (E+1,) and sorted_slots (slots,), both int32 and contiguous */
+static jamba_status check_permutation(const char *op, const jamba_tensor *offsets, const jamba_tensor *sorted,
+                                      int64_t E, int64_t slots) {
+    const int64_t osh[1] = {E + 1}, ssh[1] = {slots};
+    JAMBA_TRY(jamba_check_tensor(op, "expert_offsets", offsets, 1, I32, 0));
+    JAMBA_TRY(jamba_check_shape(op, "expert_offsets", offsets, osh));
+    JAMBA_TRY(jamba_check_contiguous(op, "expert_offsets", offsets));
+    JAMBA_TRY(jamba_check_tensor(op, "sorted_slots", sorted, 1, I32, 0));
+    JAMBA_TRY(jamba_check_shape(op, "sorted_slots", sorted, ssh));
+    JAMBA_TRY(jamba_check_contiguous(op, "sorted_slots", sorted));
+    return check_no_overlap(op, "sorted_slots", sorted, "expert_offsets", offsets);
+}
+
+static jamba_status check_experts_count(const char *op, const char *name, int64_t E) {
+    if (E < 1 || E > JAMBA_MOE_MAX_EXPERTS)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: %s: the number of experts must be in 1..%d, got %lld", op,
+                               name, JAMBA_MOE_MAX_EXPERTS, (long long)E);
+    return JAMBA_OK;
+}
+
+/* ---- route ------------------------------------------------------------------------------------------ */
+jamba_status jamba_moe_route_check(const jamba_moe_route_params *p) {
+    const char *op = OP_ROUTE;
+    JAMBA_TRY(jamba_check_tensor(op, "router_logits", &p->logits, 2, JAMBA_FLOATS | JAMBA_MASK(JAMBA_F64), 0));
+    JAMBA_TRY(jamba_check_unit_stride(op, "router_logits", &p->logits, 1));
+    const int64_t T = p->logits.shape[0], E = p->logits.shape[1], K = p->top_k;
+    JAMBA_TRY(check_experts_count(op, "router_logits (T, E)", E));
+    if (K < 1 || K > E)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: top_k must be in 1..%lld (the number of experts), got %lld",
+                               op, (long long)E, (long long)K);
+    if (T * K >= SLOTS_LIMIT)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: tokens * top_k must be below 2^31, got %lld", op,
+                               (long long)(T * K));
+    const int64_t sh[2] = {T, K};
+    JAMBA_TRY(jamba_check_tensor(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), 0));
+    JAMBA_TRY(jamba_check_shape(op, "weights", &p->weights, sh));
+    JAMBA_TRY(jamba_check_contiguous(op, "weights", &p->weights));
+    JAMBA_TRY(jamba_check_tensor(op, "expert_ids", &p->expert_ids, 2, I32, 0));
+    JAMBA_TRY(jamba_check_shape(op, "expert_ids", &p->expert_ids, sh));
+    JAMBA_TRY(jamba_check_contiguous(op, "expert_ids", &p->expert_ids));
+    JAMBA_TRY(check_no_overlap(op, "weights", &p->weights, "expert_ids", &p->expert_ids));
+    if ((p->expert_offsets.data == NULL) != (p->sorted_slots.data == NULL) && T * K > 0)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: expert_offsets and sorted_slots are given together or not at all",
+                               op);
+    if (p->expert_offsets.data != NULL)
+        JAMBA_TRY(check_permutation(op, &p->expert_offsets, &p->sorted_slots, E, T * K));
+    return JAMBA_OK;
+}
+
+/* softmax of one row (in place, fp64 for fp64 logits, else fp32) then top-k by repeated argmax */
+static void route_row(const jamba_moe_route_params *p, int64_t t, double *buf) {
+    const int64_t E = p->logits.shape[1], K = p->top_k;
+    const char *row = (const char *)p->logits.data + t * p->logits.stride[0] * jamba_dtype_size(p->logits.dtype);
+    float *w = (float *)p->weights.data + t * K;
+    int32_t *ids = (int32_t *)p->expert_ids.data + t * K;
+    if (p->logits.dtype == JAMBA_F64) {
+        const double *l = (const double *)row;
+        double m = -INFINITY, s = 0.0;
+        for (int64_t e = 0; e < E; e++) m = l[e] > m ? l[e] : m;
+        for (int64_t e = 0; e < E; e++) s += (buf[e] = exp(l[e] - m));
+        for (int64_t e = 0; e < E; e++) buf[e] /= s;
+    } else {
+        float m = -INFINITY, s = 0.f;
+        for (int64_t e = 0; e < E; e++) {
+            buf[e] = jamba_load(row, p->logits.dtype, e);
+            m = (float)buf[e] > m ? (float)buf[e] : m;
+        }
+        for (int64_t e = 0; e < E; e++) {
+            float v = expf((float)buf[e] - m);
+            buf[e] = v;
+            s += v;
+        }
+        for (int64_t e = 0; e < E; e++) buf[e] = (double)((float)buf[e] / s);
+    }
+    for (int64_t j = 0; j < K; j++) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; e++) {
+            if (buf[e] < -0.5) continue;            /* taken (probabilities are >= 0) */
+            if (best < 0 || buf[e] > buf[best]) best = e; /* strict >: ties go to the lower id */
+        }
+        w[j] = (float)buf[best];
+        ids[j] = (int32_t)best;
+        buf[best] = -1.0;
+    }
+}
+
+static void permute(int32_t *offsets, int32_t *sorted, const int32_t *ids, int64_t slots, int64_t E) {
+    /* bucket E collects ids outside [0, E); offsets[E] is where it starts */
+    int64_t *count = (int64_t *)calloc((size_t)(E + 2), sizeof(int64_t));
+    for (int64_t s = 0; s < slots; s++) {
+        const int64_t e = (ids[s] >= 0 && ids[s] < E) ? ids[s] : E;
+        count[e + 1]++;
+    }
+    for (int64_t e = 0; e <= E; e++) count[e + 1] += count[e]; /* count[e] = start of bucket e */
+    for (int64_t e = 0; e <= E; e++) offsets[e] = (int32_t)count[e];
+    for (int64_t s = 0; s < slots; s++) { /* stable: slots in ascending order */
+        const int64_t e = (ids[s] >= 0 && ids[s] < E) ? ids[s] : E;
+        sorted[count[e]++] = (int32_t)s;
+    }
+    free(count);
+}
+
+jamba_status jamba_moe_route_cpu(const jamba_moe_route_params *p) {
+    JAMBA_TRY(jamba_moe_route_check(p));
+    const int64_t T = p->logits.shape[0], E = p->logits.shape[1];
+    if (T > 0) {
+#pragma omp parallel
+        {
+            double buf[JAMBA_MOE_MAX_EXPERTS];
+#pragma omp for schedule(static)
+            for (int64_t t = 0; t < T; t++) route_row(p, t, buf);
+        }
+    }
+    if (p->expert_offsets.data != NULL)
+        permute((int32_t *)p->expert_offsets.data, (int32_t *)p->sorted_slots.data,
+                (const int32_t *)p->expert_ids.data, T * p->top_k, E);
+    return JAMBA_OK;
+}
+
+/* ---- permute ---------------------------------------------------------------------------------------- */
+jamba_status jamba_moe_permute_check(const jamba_moe_permute_params *p) {
+    const char *op = OP_PERMUTE;
+    JAMBA_TRY(jamba_check_tensor(op, "expert_ids", &p->expert_ids, 2, I32, 0));
+    JAMBA_TRY(jamba_check_contiguous(op, "expert_ids", &p->expert_ids));
+    JAMBA_TRY(check_experts_count(op, "num_experts", p->num_experts));
+    const int64_t slots = p->expert_ids.shape[0] * p->expert_ids.shape[1];
+    if (slots >= SLOTS_LIMIT)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: tokens * top_k must be below 2^31, got %lld", op,
+                               (long long)slots);
+    JAMBA_TRY(check_permutation(op, &p->expert_offsets, &p->sorted_slots, p->num_experts, slots));
+    JAMBA_TRY(check_no_overlap(op, "sorted_slots", &p->sorted_slots, "expert_ids", &p->expert_ids));
+    return check_no_overlap(op, "expert_offsets", &p->expert_offsets, "expert_ids", &p->expert_ids);
+}
+
+jamba_status jamba_moe_permute_cpu(const jamba_moe_permute_params *p) {
+    JAMBA_TRY(jamba_moe_permute_check(p));
+    permute((int32_t *)p->expert_offsets.data, (int32_t *)p->sorted_slots.data,
+            (const int32_t *)p->expert_ids.data, p->expert_ids.shape[0] * p->expert_ids.shape[1],
+            p->num_experts);
+    return JAMBA_OK;
+}
+
+/* ---- experts (checks shared with CUDA) and the CPU combine ---------------------------------------- */
+static jamba_status check_same_float(const char *op, const char *name, const jamba_tensor *t,
+                                     const jamba_tensor *x, int ndim, const int64_t *shape) {
+    JAMBA_TRY(jamba_check_tensor(op, name, t, ndim, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_same_dtype(op, name, t, "x", x));
+    JAMBA_TRY(jamba_check_shape(op, name, t, shape));
+    return jamba_check_contiguous(op, name, t);
+}
+
+jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p) {
+    const char *op = OP_EXPERTS;
+    if (p->impl < JAMBA_MOE_IMPL_AUTO || p->impl > JAMBA_MOE_IMPL_COMBINE)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: impl must be in 0..4 (jamba_moe_impl), got %d", op, p->impl);
+    JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 2, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_contiguous(op, "x", &p->x));
+    const int64_t T = p->x.shape[0], H = p->x.shape[1];
+    JAMBA_TRY(jamba_check_tensor(op, "w_gate_up", &p->w_gate_up, 3, JAMBA_FLOATS, 0));
+    const int64_t E = p->w_gate_up.shape[0], F2 = p->w_gate_up.shape[1], F = F2 / 2;
+    JAMBA_TRY(check_experts_count(op, "w_gate_up (E, 2F, H)", E));
+    if (F2 % 2 != 0)
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: w_gate_up must have shape (E, 2F, H) with an even middle "
+                               "size (gate rows then up rows), got a middle size of %lld", op, (long long)F2);
+    const int64_t gush[3] = {E, F2, H}, dsh[3] = {E, H, F};
+    JAMBA_TRY(check_same_float(op, "w_gate_up", &p->w_gate_up, &p->x, 3, gush));
+    JAMBA_TRY(check_same_float(op, "w_down", &p->w_down, &p->x, 3, dsh));
+    JAMBA_TRY(jamba_check_tensor(op, "expert_ids", &p->expert_ids, 2, I32, 0));
+    const int64_t K = p->expert_ids.shape[1];
+    const int64_t idsh[2] = {T, K}, xsh[2] = {T, H};
+    JAMBA_TRY(jamba_check_shape(op, "expert_ids", &p->expert_ids, idsh));
+    JAMBA_TRY(jamba_check_contiguous(op, "expert_ids", &p->expert_ids));
+    if (K < 1)
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: expert_ids must have shape (T, TOPK) with TOPK >= 1, got TOPK 0",
+                               op);
+    if (T * K >= SLOTS_LIMIT)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: tokens * top_k must be below 2^31, got %lld", op,
+                               (long long)(T * K));
+    JAMBA_TRY(jamba_check_tensor(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), 0));
+    JAMBA_TRY(jamba_check_shape(op, "weights", &p->weights, idsh));
+    JAMBA_TRY(jamba_check_contiguous(op, "weights", &p->weights));
+    JAMBA_TRY(check_permutation(op, &p->expert_offsets, &p->sorted_slots, E, T * K));
+    JAMBA_TRY(check_same_float(op, "out", &p->out, &p->x, 2, xsh));
+    const int64_t ssh[2] = {T * K, H}, ash[2] = {T * K, F};
+    JAMBA_TRY(check_same_float(op, "slot_out", &p->slot_out, &p->x, 2, ssh));
+    if (p->impl != JAMBA_MOE_IMPL_COMBINE) JAMBA_TRY(check_same_float(op, "act", &p->act, &p->x, 2, ash));
+    const jamba_tensor *ins[] = {&p->x, &p->weights, &p->expert_ids, &p->expert_offsets, &p->sorted_slots,
+                                 &p->w_gate_up, &p->w_down, &p->act, &p->slot_out};
+    const char *names[] = {"x", "weights", "expert_ids", "expert_offsets", "sorted_slots", "w_gate_up",
+                           "w_down", "act", "slot_out"};
+    for (int i = 0; i < 9; i++) JAMBA_TRY(check_no_overlap(op, "out", &p->out, names[i], ins[i]));
+    if (p->impl != JAMBA_MOE_IMPL_COMBINE) {
+        for (int i = 0; i < 7; i++) JAMBA_TRY(check_no_overlap(op, "act", &p->act, names[i], ins[i]));
+        for (int i = 0; i < 7; i++) JAMBA_TRY(check_no_overlap(op, "slot_out", &p->slot_out, names[i], ins[i]));
+        JAMBA_TRY(check_no_overlap(op, "slot_out", &p->slot_out, "act", &p->act));
+    }
+    return JAMBA_OK;
+}
+
+jamba_status jamba_moe_experts_cpu(const jamba_moe_experts_params *p) {
+    JAMBA_TRY(jamba_moe_experts_check(p));
+    if (p->impl != JAMBA_MOE_IMPL_COMBINE)
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "%s: on the CPU the expert GEMMs run in torch "
+                               "(jamba_ext/ops.py); the core only does the combine (impl 4)", OP_EXPERTS);
+    const int64_t T = p->x.shape[0], H = p->x.shape[1], K = p->expert_ids.shape[1];
+    const int64_t E = p->w_gate_up.shape[0];
+    const int32_t *ids = (const int32_t *)p->expert_ids.data;
+    for (int64_t s = 0; s < T * K; s++)
+        if (ids[s] < 0 || ids[s] >= E)
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: expert_ids[%lld, %lld] = %d is outside [0, %lld)",
+                                   OP_EXPERTS, (long long)(s / K), (long long)(s % K), ids[s], (long long)E);
+    const jamba_dtype dt = p->x.dtype;
+    if (T == 0 || H == 0) return JAMBA_OK;
+#pragma omp parallel
+    {
+        float *acc = (float *)malloc((size_t)H * sizeof(float));
+        float *row = (float *)malloc((size_t)H * sizeof(float));
+#pragma omp for schedule(static)
+        for (int64_t t = 0; t < T; t++) {
+            jamba_load_row(acc, (const char *)p->slot_out.data + t * K * H * jamba_dtype_size(dt), dt, H, 1);
+            for (int64_t j = 1; j < K; j++) {
+                jamba_load_row(row, (const char *)p->slot_out.data + (t * K + j) * H * jamba_dtype_size(dt), dt,
+                               H, 1);
+                for (int64_t h = 0; h < H; h++) acc[h] = jamba_round_to(dt, acc[h] + row[h]);
+            }
+            jamba_store_row((char *)p->out.data + t * H * jamba_dtype_size(dt), dt, acc, H, 1);
+        }
+        free(acc);
+        free(row);
+    }
+    return JAMBA_OK;
+}

@@ -1,0 +1,156 @@
+/* common.cuh -- helpers shared by the CUDA kernels of the core (csrc/cuda/*.cu).
+ *
+ *   JAMBA_CUDA_CHECK(expr)     a failing CUDA call -> jamba_set_error("file:line: expr: cudaGetErrorString"),
+ *                              return JAMBA_ERR_CUDA from the enclosing launcher
+ *   JAMBA_LAUNCH_CHECK(what)   after every <<<>>>: cudaGetLastError(); with env JAMBA_EXT_SYNC=1 also
+ *                              cudaStreamSynchronize, so an asynchronous fault names the op that caused it
+ *   jamba_device_guard         switches to jamba_launch.device when it differs, restores the old device
+ *   jamba_ld<T> / jamba_st<T>  scalar dtype conversion (float, __half, __nv_bfloat16) <-> fp32
+ *   jamba_ld_any               load of a runtime-dtype scalar (weights, B/C: f32 or the activation dtype)
+ *   jamba_warp_sum             butterfly sum over a warp (every lane gets the total)
+ *   JAMBA_DISPATCH_FLOAT       switch from a jamba_dtype to a C++ type T (f32, f16, bf16)
+ * Offsets are int64_t everywhere a tensor is indexed.
+ */
+#ifndef JAMBA_CUDA_COMMON_CUH
+#define JAMBA_CUDA_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+/* common.h is C; its CPU helpers use C99 `restrict`, which C++ spells __restrict__ */
+#define restrict __restrict__
+#include "../common.h"
+#undef restrict
+
+#ifndef JAMBA_LOG2E
+#define JAMBA_LOG2E 1.4426950408889634f
+#endif
+#define JAMBA_FULL_MASK 0xffffffffu
+
+/* ---- error checks ------------------------------------------------------------------------------ */
+static inline jamba_status jamba_cuda_fail(cudaError_t e, const char *file, int line, const char *what) {
+    return jamba_set_error(JAMBA_ERR_CUDA, "%s:%d: %s: %s (%s)", file, line, what, cudaGetErrorString(e),
+                           cudaGetErrorName(e));
+}
+
+/* 1 when env JAMBA_EXT_SYNC=1 (read each time: cheap, and tests may flip it between calls) */
+static inline int jamba_sync_each_launch(void) {
+    const char *s = getenv("JAMBA_EXT_SYNC");
+    return s != NULL && s[0] == '1';
+}
+
+#define JAMBA_CUDA_CHECK(expr)                                                \
+    do {                                                                      \
+        cudaError_t jamba_e_ = (expr);                                        \
+        if (jamba_e_ != cudaSuccess)                                          \
+            return jamba_cuda_fail(jamba_e_, __FILE__, __LINE__, #expr);      \
+    } while (0)
+
+/* Use right after a launch on `stream`. Under stream capture a synchronise is illegal: skip it then. */
+#define JAMBA_LAUNCH_CHECK(what, stream)                                                              \
+    do {                                                                                              \
+        cudaError_t jamba_e_ = cudaGetLastError();                                                    \
+        if (jamba_e_ != cudaSuccess) return jamba_cuda_fail(jamba_e_, __FILE__, __LINE__, what);      \
+        if (jamba_sync_each_launch()) {                                                               \
+            cudaStreamCaptureStatus jamba_cs_ = cudaStreamCaptureStatusNone;                          \
+            cudaStreamIsCapturing((stream), &jamba_cs_);                                              \
+            if (jamba_cs_ == cudaStreamCaptureStatusNone) {                                           \
+                jamba_e_ = cudaStreamSynchronize(stream);                                             \
+                if (jamba_e_ != cudaSuccess) return jamba_cuda_fail(jamba_e_, __FILE__, __LINE__, what); \
+            }                                                                                         \
+        }                                                                                             \
+    } while (0)
+
+/* Sets the current device to `device` for the guard's lifetime when it differs (torch may call us from
+ * a thread whose current device is another GPU). ok() is false when a CUDA call failed; err() says why. */
+struct jamba_device_guard {
+    int prev, switched;
+    cudaError_t status;
+    explicit jamba_device_guard(int device) : prev(-1), switched(0), status(cudaSuccess) {
+        status = cudaGetDevice(&prev);
+        if (status == cudaSuccess && prev != device) {
+            status = cudaSetDevice(device);
+            switched = status == cudaSuccess;
+        }
+    }
+    ~jamba_device_guard() {
+        if (switched) cudaSetDevice(prev);
+    }
+    bool ok() const { return status == cudaSuccess; }
+};
+
+#define JAMBA_DEVICE_GUARD(launch)                                                             \
+    jamba_device_guard jamba_guard_((launch).device);                                          \
+    if (!jamba_guard_.ok())                                                                    \
+        return jamba_cuda_fail(jamba_guard_.status, __FILE__, __LINE__, "set device (jamba_launch.device)")
+
+/* Cached per-device properties (csrc/cuda/runtime.cu). */
+extern "C" int jamba_cuda_sm_count(int device);
+
+/* ---- dtype conversion ---------------------------------------------------------------------------- */
+template <typename T> __device__ __forceinline__ float jamba_ld(T v);
+template <> __device__ __forceinline__ float jamba_ld<float>(float v) { return v; }
+template <> __device__ __forceinline__ float jamba_ld<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float jamba_ld<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T jamba_st(float v);
+template <> __device__ __forceinline__ float jamba_st<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half jamba_st<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 jamba_st<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+/* v rounded to T and back (what a store then a load would give) */
+template <typename T> __device__ __forceinline__ float jamba_round(float v) { return jamba_ld<T>(jamba_st<T>(v)); }
+
+/* runtime-dtype scalar load (uniform branch; the dtype is the same for every thread) */
+__device__ __forceinline__ float jamba_ld_any(const void *p, int dtype, int64_t i) {
+    if (dtype == JAMBA_F32) return ((const float *)p)[i];
+    if (dtype == JAMBA_BF16) return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    return __half2float(((const __half *)p)[i]);
+}
+
+/* ---- math ----------------------------------------------------------------------------------------------- */
+/* 2^x on the special-function unit (ex2.approx.ftz: rel. error ~2^-22, denormal results flush to 0) */
+__device__ __forceinline__ float jamba_cu_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+/* softplus with torch's threshold 20 (beta 1) */
+__device__ __forceinline__ float jamba_cu_softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }
+__device__ __forceinline__ float jamba_cu_silu(float v) { return v / (1.f + __expf(-v)); }
+
+/* ---- reductions ----------------------------------------------------------------------------------------- */
+__device__ __forceinline__ float jamba_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(JAMBA_FULL_MASK, v, o);
+    return v;
+}
+
+/* ---- vector access ----------------------------------------------------------------------------------- */
+/* 16-byte vector of T: 4 floats or 8 halves/bf16s */
+template <typename T> struct jamba_vec16 {
+    static constexpr int n = 16 / (int)sizeof(T);
+    union {
+        uint4 raw;
+        T v[16 / sizeof(T)];
+    };
+};
+__host__ __device__ __forceinline__ bool jamba_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* ---- dtype dispatch ------------------------------------------------------------------------------------ */
+#define JAMBA_DISPATCH_FLOAT(dtype, T, ...)                   \
+    switch (dtype) {                                          \
+    case JAMBA_F32: { typedef float T; __VA_ARGS__; break; }  \
+    case JAMBA_F16: { typedef __half T; __VA_ARGS__; break; } \
+    case JAMBA_BF16: { typedef __nv_bfloat16 T; __VA_ARGS__; break; } \
+    default: break;                                           \
+    }
+
+static inline int64_t jamba_ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+/* grid.x is limited to 2^31-1 blocks; kernels loop over "virtual" blocks when more are needed */
+#define JAMBA_MAX_GRID_X 2147483647LL
+
+#endif /* JAMBA_CUDA_COMMON_CUH */

@@ -1,0 +1,181 @@
+/* rms_norm.cu -- RMSNorm and fused residual-add RMSNorm on CUDA.
+ *
+ * Exports: jamba_rms_norm_cuda (rms_norm when p->residual is absent, add_rms_norm when present).
+ * Math (HF JambaRMSNorm, same as csrc/cpu/rms_norm.c), per row of dim elements:
+ *   s   = residual ? round_x(x + residual) : x          (residual_out = s)
+ *   r   = rsqrt(mean(float(s)^2) + eps)                  (fp32 statistics)
+ *   out = round_x( round_x(s * r) * float(weight) )
+ * Layout: rows with unit stride along dim and free row strides (x, residual, out, residual_out);
+ * weight (dim,) contiguous, f32 or x's dtype. out / residual_out are written, never accumulated.
+ */
+#include "common.cuh"
+
+#define RMS_MAX_VEC 8     /* 16-byte vectors a thread keeps in registers (the row is read once) */
+#define RMS_BLOCK 128     /* threads per block when several rows share a block */
+
+struct rms_args {
+    void *out, *res_out;
+    const void *x, *res, *w;
+    int64_t rows, dim;
+    int64_t sx, sr, so, sro; /* row strides (elements) */
+    int wdt;                 /* weight dtype: JAMBA_F32 or x's */
+    float eps;
+};
+
+/* Sum over the TPR threads of one row (blockDim = (TPR, R)); TPR is a multiple of 32. Every thread of
+ * the block must call it (it holds a __syncthreads when TPR > 32). */
+__device__ __forceinline__ float rms_row_sum(float v) {
+    __shared__ float part[32];
+    v = jamba_warp_sum(v);
+    const int tpr = blockDim.x;
+    if (tpr <= 32) return v;
+    const int nw = tpr >> 5, w = threadIdx.x >> 5;
+    if ((threadIdx.x & 31) == 0) part[threadIdx.y * nw + w] = v;
+    __syncthreads();
+    float s = 0.f;
+    for (int i = 0; i < nw; i++) s += part[threadIdx.y * nw + i];
+    return s;
+}
+
+/* rms_norm_vec_kernel: the row lives in registers as 16-byte vectors (read once, written once).
+ *   x, res, out, res_out: (rows, dim) T in {f32, f16, bf16}, every row start 16-byte aligned, dim % VN == 0
+ *   block (TPR, R): R rows per block, TPR threads per row; thread tx owns vectors tx, tx+TPR, ... (< VN*MAX_VEC
+ *   elements per thread); grid.x = ceil(rows / R). */
+template <typename T>
+__global__ void __launch_bounds__(1024) rms_norm_vec_kernel(rms_args a) {
+    typedef jamba_vec16<T> V;
+    const int VN = V::n;
+    const int64_t row = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
+    const bool active = row < a.rows;
+    const int64_t nvec = a.dim / VN;
+    V s[RMS_MAX_VEC];
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < RMS_MAX_VEC; i++) {
+        const int64_t k = (int64_t)i * blockDim.x + threadIdx.x;
+        if (active && k < nvec) {
+            s[i].raw = ((const uint4 *)((const T *)a.x + row * a.sx))[k];
+            if (a.res) {
+                V r;
+                r.raw = ((const uint4 *)((const T *)a.res + row * a.sr))[k];
+#pragma unroll
+                for (int e = 0; e < VN; e++) s[i].v[e] = jamba_st<T>(jamba_ld<T>(s[i].v[e]) + jamba_ld<T>(r.v[e]));
+                ((uint4 *)((T *)a.res_out + row * a.sro))[k] = s[i].raw;
+            }
+#pragma unroll
+            for (int e = 0; e < VN; e++) {
+                const float f = jamba_ld<T>(s[i].v[e]);
+                ss += f * f;
+            }
+        }
+    }
+    const float inv = rsqrtf(rms_row_sum(ss) / (float)a.dim + a.eps);
+#pragma unroll
+    for (int i = 0; i < RMS_MAX_VEC; i++) {
+        const int64_t k = (int64_t)i * blockDim.x + threadIdx.x;
+        if (active && k < nvec) {
+            float w[16 / sizeof(T)];
+            if (a.wdt == JAMBA_F32) {
+#pragma unroll
+                for (int e = 0; e < VN; e += 4) {
+                    const float4 q = ((const float4 *)a.w)[(k * VN + e) / 4];
+                    w[e] = q.x, w[e + 1] = q.y, w[e + 2] = q.z, w[e + 3] = q.w;
+                }
+            } else {
+                V q;
+                q.raw = ((const uint4 *)a.w)[k];
+#pragma unroll
+                for (int e = 0; e < VN; e++) w[e] = jamba_ld<T>(q.v[e]);
+            }
+            V o;
+#pragma unroll
+            for (int e = 0; e < VN; e++) o.v[e] = jamba_st<T>(jamba_round<T>(jamba_ld<T>(s[i].v[e]) * inv) * w[e]);
+            ((uint4 *)((T *)a.out + row * a.so))[k] = o.raw;
+        }
+    }
+}
+
+/* rms_norm_kernel: any alignment and any dim; two passes over the row (the second one re-reads s from
+ *   x or res_out, written by the same thread, through L1/L2). Same block/grid mapping as above. */
+template <typename T>
+__global__ void __launch_bounds__(1024) rms_norm_kernel(rms_args a) {
+    const int64_t row = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
+    const bool active = row < a.rows;
+    const T *x = (const T *)a.x + (active ? row * a.sx : 0);
+    const T *r = a.res ? (const T *)a.res + (active ? row * a.sr : 0) : NULL;
+    T *ro = a.res ? (T *)a.res_out + (active ? row * a.sro : 0) : NULL;
+    float ss = 0.f;
+    if (active) {
+        for (int64_t i = threadIdx.x; i < a.dim; i += blockDim.x) {
+            float f = jamba_ld<T>(x[i]);
+            if (r) {
+                const T sv = jamba_st<T>(f + jamba_ld<T>(r[i]));
+                ro[i] = sv;
+                f = jamba_ld<T>(sv);
+            }
+            ss += f * f;
+        }
+    }
+    const float inv = rsqrtf(rms_row_sum(ss) / (float)a.dim + a.eps);
+    if (!active) return;
+    const T *s = r ? (const T *)ro : x;
+    T *out = (T *)a.out + row * a.so;
+    for (int64_t i = threadIdx.x; i < a.dim; i += blockDim.x) {
+        const float w = jamba_ld_any(a.w, a.wdt, i);
+        out[i] = jamba_st<T>(jamba_round<T>(jamba_ld<T>(s[i]) * inv) * w);
+    }
+}
+
+static int64_t round_up32(int64_t v) { return (v + 31) / 32 * 32; }
+
+template <typename T>
+static jamba_status rms_norm_launch(const rms_args &a, cudaStream_t stream) {
+    const int VN = 16 / (int)sizeof(T);
+    const int64_t es = (int64_t)sizeof(T);
+    /* vector path: every row start and the weight 16-byte aligned, dim a multiple of the vector */
+    bool vec = a.dim % VN == 0 && a.dim / VN <= (int64_t)RMS_MAX_VEC * 1024 && jamba_aligned16(a.x) &&
+               jamba_aligned16(a.out) && jamba_aligned16(a.w) && (a.rows <= 1 || ((a.sx * es) % 16 == 0 &&
+                                                                                   (a.so * es) % 16 == 0));
+    if (a.res)
+        vec = vec && jamba_aligned16(a.res) && jamba_aligned16(a.res_out) &&
+              (a.rows <= 1 || ((a.sr * es) % 16 == 0 && (a.sro * es) % 16 == 0));
+    /* threads per row: ~4 vectors (or 8 scalars) per thread, a multiple of 32, at most 1024 */
+    const int64_t per_row = vec ? jamba_ceil_div(a.dim / VN, 4) : jamba_ceil_div(a.dim, 8);
+    const int tpr = (int)(round_up32(per_row) < 1024 ? round_up32(per_row) : 1024);
+    const int r = tpr >= RMS_BLOCK ? 1 : RMS_BLOCK / tpr;
+    const int64_t blocks = jamba_ceil_div(a.rows, r);
+    if (blocks > JAMBA_MAX_GRID_X)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.rms_norm: too many rows (%lld)", (long long)a.rows);
+    dim3 block(tpr, r);
+    if (vec)
+        rms_norm_vec_kernel<T><<<(unsigned)blocks, block, 0, stream>>>(a);
+    else
+        rms_norm_kernel<T><<<(unsigned)blocks, block, 0, stream>>>(a);
+    JAMBA_LAUNCH_CHECK("jamba.rms_norm: kernel launch", stream);
+    return JAMBA_OK;
+}
+
+extern "C" jamba_status jamba_rms_norm_cuda(const jamba_rms_norm_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_rms_norm_check(p));
+    const int64_t rows = p->x.shape[0], dim = p->x.shape[1];
+    if (rows == 0 || dim == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    rms_args a;
+    a.out = p->out.data;
+    a.res_out = p->residual.data ? p->residual_out.data : NULL;
+    a.x = p->x.data;
+    a.res = p->residual.data;
+    a.w = p->weight.data;
+    a.rows = rows;
+    a.dim = dim;
+    a.sx = p->x.stride[0];
+    a.sr = p->residual.data ? p->residual.stride[0] : 0;
+    a.so = p->out.stride[0];
+    a.sro = p->residual.data ? p->residual_out.stride[0] : 0;
+    a.wdt = (int)p->weight.dtype;
+    a.eps = (float)p->eps;
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = rms_norm_launch<T>(a, stream));
+    return s;
+}
