@@ -106,6 +106,8 @@ jamba_status jamba_check_unit_stride(const char *op, const char *name, const jam
 }
 
 jamba_status jamba_check_contiguous(const char *op, const char *name, const jamba_tensor *t) {
+    for (int i = 0; i < t->ndim; i++)
+        if (t->shape[i] == 0) return JAMBA_OK; /* an empty tensor is contiguous whatever its strides */
     int64_t expect = 1;
     for (int i = t->ndim - 1; i >= 0; i--) {
         if (t->shape[i] > 1 && t->stride[i] != expect) {

@@ -93,6 +93,10 @@ void jamba_load_row(float *dst, const void *src, jamba_dtype dt, int64_t n, int6
 /* Stores n f32 values into dst[i*stride]. */
 void jamba_store_row(void *dst, jamba_dtype dt, const float *src, int64_t n, int64_t stride);
 
+/* Work (elements) below which a CPU kernel runs on one thread: waking an OpenMP team costs more than
+ * it saves there, and torch's own thread pool may be spinning on the same cores (decode steps). */
+#define JAMBA_OMP_MIN_WORK 65536
+
 /* Hot CPU loops are compiled twice (baseline x86-64 and AVX2+FMA) and picked at load time. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__CUDACC__)
 #define JAMBA_CPU_CLONES __attribute__((target_clones("default", "arch=haswell")))

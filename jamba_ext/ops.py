@@ -26,7 +26,12 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import _C, reference
+# Our OpenMP runtime shares the cores with torch's thread pool: threads that spin after a parallel
+# region starve the other pool (seen: a CPU decode step 100x slower). Let ours sleep instead; an
+# explicit OMP_WAIT_POLICY from the user wins. Must be set before _C (and its libgomp) loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from . import _C, reference  # noqa: E402
 
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3,
                torch.int32: 4, torch.int64: 5}
@@ -296,4 +301,188 @@ _register_reference_autograd("selective_scan", reference.selective_scan, 10, (0,
 
 # ---- MoE (section owned by the MoE family) ------------------------------------------------------------
 # JAMBA_MOE_OPS_BEGIN
+#   moe_route(router_logits (T, E), top_k) -> (weights (T, TOPK) f32, expert_ids (T, TOPK) i32,
+#             expert_offsets (E+1,) i32, sorted_slots (T*TOPK,) i32)
+#   moe_permute(expert_ids (T, TOPK), num_experts) -> (expert_offsets, sorted_slots)
+#   moe_experts(x (T, H), weights (T, TOPK), expert_ids (T, TOPK), w_gate_up (E, 2F, H), w_down (E, H, F),
+#               sorted_slots?, expert_offsets?, impl="auto") -> out (T, H)
+# Semantics in csrc/jamba.h (JAMBA_MOE_API). No host synchronisation on CUDA (graph-capturable); the
+# permutation is computed on the device when not given. On CUDA an expert id outside [0, E) cannot raise
+# without a sync: that token's output row is NaN. On the CPU it raises ValueError.
+# CPU path: routing, permutation and combine are C; the expert GEMMs are torch.matmul per expert (the
+# CPU BLAS is faster than anything we would write in C), in the model dtype exactly as HF computes them.
+_MOE_IMPLS = {"auto": 0, "mma": 1, "gemv": 2, "simt": 3, "grouped_mm": 4}
+# auto on CUDA switches to torch._grouped_mm (our routing/permutation/activation/combine around it) from
+# this many token slots (T*TOPK) on, where the benchmark showed it faster; None: never.
+MOE_GROUPED_MM_MIN_SLOTS: Optional[int] = None
+
+
+def _moe_ids32(op: str, expert_ids: Tensor) -> Tensor:
+    if expert_ids.dtype not in (torch.int32, torch.int64):
+        _fail(op, f"expert_ids must have dtype int32 or int64, got {expert_ids.dtype}")
+    # int64 ids (torch.topk's) become int32, the kernels' index type; a small visible copy
+    return expert_ids.to(torch.int32).contiguous()
+
+
+@torch.library.custom_op("jamba::moe_route", mutates_args=())
+def moe_route(router_logits: Tensor, top_k: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Jamba routing: softmax in fp32 over all E experts, top-k, no renormalisation, plus the permutation
+    grouping the T*TOPK slots (s = t*TOPK + j) by expert (stable). router_logits: (T, E), unit stride
+    along E. Returns (weights (T, TOPK) f32, expert_ids (T, TOPK) int32, expert_offsets (E+1,) int32,
+    sorted_slots (T*TOPK,) int32): expert e's slots are sorted_slots[expert_offsets[e]:expert_offsets[e+1]]."""
+    op = "moe_route"
+    _check_args(op, "router_logits", router_logits, {"router_logits": 2})
+    T, E = router_logits.shape
+    dev = router_logits.device
+    w = _alloc((T, top_k), torch.float32, dev)
+    ids = _alloc((T, top_k), torch.int32, dev)
+    offsets = _alloc((E + 1,), torch.int32, dev)
+    slots = _alloc((T * top_k,), torch.int32, dev)
+    _call(op, dev, op, [("weights", w), ("expert_ids", ids), ("expert_offsets", offsets),
+                        ("sorted_slots", slots), ("router_logits", router_logits)], int(top_k))
+    return w, ids, offsets, slots
+
+
+@moe_route.register_fake
+def _(router_logits, top_k):
+    T, E = router_logits.shape
+    return (router_logits.new_empty((T, top_k), dtype=torch.float32),
+            router_logits.new_empty((T, top_k), dtype=torch.int32),
+            router_logits.new_empty((E + 1,), dtype=torch.int32),
+            router_logits.new_empty((T * top_k,), dtype=torch.int32))
+
+
+@torch.library.custom_op("jamba::moe_permute", mutates_args=())
+def moe_permute(expert_ids: Tensor, num_experts: int) -> Tuple[Tensor, Tensor]:
+    """Stable grouping of the slots of expert_ids (T, TOPK) by expert. Returns (expert_offsets (E+1,) int32,
+    sorted_slots (T*TOPK,) int32); ids outside [0, E) are placed after expert_offsets[E]."""
+    op = "moe_permute"
+    _check_args(op, "expert_ids", expert_ids, {"expert_ids": 2})
+    ids = _moe_ids32(op, expert_ids)
+    offsets = _alloc((num_experts + 1,), torch.int32, ids.device)
+    slots = _alloc((ids.numel(),), torch.int32, ids.device)
+    _call(op, ids.device, op, [("expert_offsets", offsets), ("sorted_slots", slots), ("expert_ids", ids)],
+          int(num_experts))
+    return offsets, slots
+
+
+@moe_permute.register_fake
+def _(expert_ids, num_experts):
+    return (expert_ids.new_empty((num_experts + 1,), dtype=torch.int32),
+            expert_ids.new_empty((expert_ids.numel(),), dtype=torch.int32))
+
+
+def _moe_experts_torch(x: Tensor, w32: Tensor, K: int, w_gate_up: Tensor, w_down: Tensor, slots: Tensor,
+                       offsets: Tensor, slot_out: Tensor, grouped: bool) -> None:
+    """slot_out[s] = round(down(round(silu(gate x)) * up x) * round(w[s])) with torch GEMMs in x's dtype:
+    a loop over experts (CPU: offsets read on the host) or two torch._grouped_mm calls (CUDA, no sync)."""
+    silu = torch.nn.functional.silu
+    Fd = w_down.shape[2]
+    wr = w32.reshape(-1).to(x.dtype)
+    s_all = slots.long()
+    if grouped:
+        xs = x.index_select(0, torch.div(s_all, K, rounding_mode="floor"))
+        ends = offsets[1:]
+        gu = torch._grouped_mm(xs, w_gate_up.transpose(1, 2), offs=ends)
+        y = torch._grouped_mm(silu(gu[:, :Fd]) * gu[:, Fd:], w_down.transpose(1, 2), offs=ends)
+        slot_out.index_copy_(0, s_all, y * wr[s_all].unsqueeze(1))
+        return
+    offs = offsets.tolist()
+    for e in range(w_gate_up.shape[0]):
+        lo, hi = offs[e], offs[e + 1]
+        if hi == lo:
+            continue
+        s = s_all[lo:hi]
+        gu = torch.matmul(x.index_select(0, torch.div(s, K, rounding_mode="floor")), w_gate_up[e].t())
+        y = torch.matmul(silu(gu[:, :Fd]) * gu[:, Fd:], w_down[e].t())
+        slot_out.index_copy_(0, s, y * wr[s].unsqueeze(1))
+
+
+def _moe_check_shapes(op, x, ids, w_gate_up, w_down, sorted_slots, expert_offsets) -> None:
+    """The checks the torch GEMM path needs before it runs (the core repeats them, same wording)."""
+    T, H = x.shape
+    E, F2 = w_gate_up.shape[0], w_gate_up.shape[1]
+    if F2 % 2:
+        _fail(op, f"w_gate_up must have shape (E, 2F, H) with an even middle size, got {tuple(w_gate_up.shape)}")
+    for name, t, want in (("w_gate_up", w_gate_up, (E, F2, H)), ("w_down", w_down, (E, H, F2 // 2))):
+        if tuple(t.shape) != want:
+            _fail(op, f"{name} must have shape {want}, got {tuple(t.shape)}")
+        if t.dtype != x.dtype:
+            _fail(op, f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
+        if not t.is_contiguous():
+            _fail(op, f"{name} must be contiguous, got strides {t.stride()} (make the weights contiguous once at load)")
+    if x.dtype not in FLOAT_DTYPES:
+        _fail(op, f"x must have dtype float32, float16 or bfloat16, got {x.dtype}")
+    if ids.shape[0] != T or ids.shape[1] < 1:
+        _fail(op, f"expert_ids must have shape (T, TOPK) = ({T}, >=1), got {tuple(ids.shape)}")
+    if sorted_slots is not None:
+        if tuple(sorted_slots.shape) != (ids.numel(),) or sorted_slots.dtype != torch.int32:
+            _fail(op, f"sorted_slots must be int32 of shape ({ids.numel()},), got {sorted_slots.dtype} "
+                      f"{tuple(sorted_slots.shape)}")
+        if tuple(expert_offsets.shape) != (E + 1,) or expert_offsets.dtype != torch.int32:
+            _fail(op, f"expert_offsets must be int32 of shape ({E + 1},), got {expert_offsets.dtype} "
+                      f"{tuple(expert_offsets.shape)}")
+
+
+@torch.library.custom_op("jamba::moe_experts", mutates_args=())
+def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, w_down: Tensor,
+                sorted_slots: Optional[Tensor] = None, expert_offsets: Optional[Tensor] = None,
+                impl: str = "auto") -> Tensor:
+    """Fused MoE dispatch: out[t] = sum_j round(w[t,j]) * down_e(silu(gate_e x_t) * up_e x_t), e = expert_ids[t,j],
+    in x's dtype with HF's roundings (csrc/jamba.h). x: (T, H); weights: (T, TOPK) (fp32 from moe_route, or
+    any float: cast to fp32, which is exact); expert_ids: (T, TOPK) int32/int64; w_gate_up: (E, 2F, H), gate
+    rows first; w_down: (E, H, F); both contiguous, x's dtype. sorted_slots / expert_offsets: moe_route's
+    permutation (computed here when absent). impl (CUDA): auto | mma | gemv | simt | grouped_mm."""
+    op = "moe_experts"
+    _check_args(op, "x", x, {"x": 2, "weights": 2, "expert_ids": 2, "w_gate_up": 3, "w_down": 3,
+                             "sorted_slots": 1, "expert_offsets": 1},
+                weights=weights, expert_ids=expert_ids, w_gate_up=w_gate_up, w_down=w_down,
+                sorted_slots=sorted_slots, expert_offsets=expert_offsets)
+    if impl not in _MOE_IMPLS:
+        _fail(op, f"impl must be one of {sorted(_MOE_IMPLS)}, got {impl!r}")
+    if (sorted_slots is None) != (expert_offsets is None):
+        _fail(op, "sorted_slots and expert_offsets are given together (moe_route's outputs) or not at all")
+    T, H = x.shape
+    E = w_gate_up.shape[0]
+    Fd = w_down.shape[2]
+    ids = _moe_ids32(op, expert_ids)
+    if not weights.dtype.is_floating_point:
+        _fail(op, f"weights must be a float tensor, got {weights.dtype}")
+    w32 = weights.to(torch.float32).contiguous()  # exact; the kernels round it to x's dtype (HF)
+    if ids.shape != w32.shape:
+        _fail(op, f"expert_ids must have the shape of weights {tuple(w32.shape)}, got {tuple(ids.shape)}")
+    K = ids.shape[1]
+    _moe_check_shapes(op, x, ids, w_gate_up, w_down, sorted_slots, expert_offsets)
+    xc = x.contiguous()  # rows are gathered with 16-byte loads; a strided x is copied once, visibly
+    if sorted_slots is None:
+        expert_offsets, sorted_slots = moe_permute(ids, E)
+    out = _alloc((T, H), x.dtype, x.device)
+    slot_out = _alloc((T * K, H), x.dtype, x.device)
+    code = _MOE_IMPLS[impl]
+    if x.device.type == "cpu" or impl == "grouped_mm" or (
+            impl == "auto" and MOE_GROUPED_MM_MIN_SLOTS is not None and T * K >= MOE_GROUPED_MM_MIN_SLOTS
+            and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")):
+        act = None
+        code = _MOE_IMPLS["grouped_mm"]  # = combine only in the core
+        if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
+            _fail(op, f"expert_ids must be in [0, {E}), got values in [{int(ids.min())}, {int(ids.max())}]")
+        _moe_experts_torch(xc, w32, K, w_gate_up, w_down, sorted_slots, expert_offsets, slot_out,
+                           grouped=x.device.type == "cuda")
+    else:
+        act = _alloc((T * K, Fd), x.dtype, x.device)
+    _call(op, x.device, op, [("out", out), ("x", xc), ("weights", w32), ("expert_ids", ids),
+                             ("expert_offsets", expert_offsets), ("sorted_slots", sorted_slots),
+                             ("w_gate_up", w_gate_up), ("w_down", w_down), ("act", act),
+                             ("slot_out", slot_out)], code)
+    return out
+
+
+@moe_experts.register_fake
+def _(x, weights, expert_ids, w_gate_up, w_down, sorted_slots=None, expert_offsets=None, impl="auto"):
+    return x.new_empty(x.shape)
+
+
+_register_reference_autograd("moe_route", reference.moe_route, 2, (0,))
+_register_reference_autograd(
+    "moe_experts", lambda x, w, ids, gu, d, *_: reference.moe_experts_dense(x, w, ids, gu, d), 8, (0, 1, 2, 3, 4, 5, 6))
 # JAMBA_MOE_OPS_END

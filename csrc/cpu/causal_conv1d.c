@@ -99,7 +99,7 @@ jamba_status jamba_causal_conv1d_cpu(const jamba_causal_conv1d_params *p) {
     const int64_t S_in = has_init ? p->initial_state.shape[2] : 0;
     const int64_t S_out = has_final ? p->final_state.shape[2] : 0;
     int oom = 0;
-#pragma omp parallel
+#pragma omp parallel if (B * DI * L > JAMBA_OMP_MIN_WORK)
     {
         float *xin = (float *)malloc(sizeof(float) * (CHUNK + JAMBA_MAX_CONV_WIDTH));
         float *yo = (float *)malloc(sizeof(float) * 2 * CHUNK); /* outputs + scratch */
@@ -183,7 +183,7 @@ jamba_status jamba_causal_conv1d_update_cpu(const jamba_causal_conv1d_update_par
     const int64_t B = p->x.shape[0], DI = p->x.shape[1], L = p->x.shape[2], K = p->weight.shape[1];
     const int64_t S = p->conv_state.shape[2];
     const jamba_dtype dt = p->x.dtype;
-#pragma omp parallel for schedule(static) if (B * DI * (L + S) > 32768)
+#pragma omp parallel for schedule(static) if (B * DI * (L + S) > JAMBA_OMP_MIN_WORK)
     for (int64_t bc = 0; bc < B * DI; bc++) {
         const int64_t b = bc / DI, c = bc % DI;
         float w[JAMBA_MAX_CONV_WIDTH] = {0}, bias = 0.f, win[JAMBA_MAX_CONV_WIDTH] = {0};

@@ -66,7 +66,7 @@ jamba_status jamba_rms_norm_cpu(const jamba_rms_norm_params *p) {
     jamba_load_row(w, p->weight.data, p->weight.dtype, dim, 1);
     const int64_t es = jamba_dtype_size(dt);
     int oom = 0;
-#pragma omp parallel
+#pragma omp parallel if (rows * dim > JAMBA_OMP_MIN_WORK)
     {
         float *row = (float *)malloc((size_t)dim * sizeof(float));
         float *tmp = has_res ? (float *)malloc((size_t)dim * sizeof(float)) : NULL;

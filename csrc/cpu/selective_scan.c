@@ -133,7 +133,7 @@ jamba_status jamba_selective_scan_cpu(const jamba_selective_scan_params *p) {
                     ct[t * N + n] = jamba_load(p->Cm.data, p->Cm.dtype,
                                                b * p->Cm.stride[0] + n * p->Cm.stride[1] + (t0 + t) * p->Cm.stride[2]);
                 }
-#pragma omp parallel
+#pragma omp parallel if (DI * nt * N > JAMBA_OMP_MIN_WORK)
             {
                 float ub[TCHUNK], db[TCHUNK], zb[TCHUNK], yb[TCHUNK];
                 float a2[JAMBA_MAX_D_STATE], h[JAMBA_MAX_D_STATE];
@@ -242,7 +242,7 @@ jamba_status jamba_selective_state_update_cpu(const jamba_selective_state_update
                        N, p->Cm.stride[1]);
     }
     const int64_t ses = jamba_dtype_size(sdt);
-#pragma omp parallel for schedule(static) if (B * DI * N > 65536)
+#pragma omp parallel for schedule(static) if (B * DI * N > 4 * JAMBA_OMP_MIN_WORK)
     for (int64_t bc = 0; bc < B * DI; bc++) {
         const int64_t b = bc / DI, c = bc % DI;
         float h[JAMBA_MAX_D_STATE], a2[JAMBA_MAX_D_STATE];

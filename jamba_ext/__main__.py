@@ -1,0 +1,172 @@
+"""The jamba-ext command.
+
+    python -m jamba_ext generate --prompt "Hello"                 # built-in small model, byte tokenizer
+    python -m jamba_ext generate --model DIR --prompt "Hello"     # a local transformers Jamba checkpoint
+    jamba-ext generate --prompt "Hello" --max-new-tokens 200 --temperature 0.8 --top-p 0.9
+
+The built-in model is a small random-weight Jamba (fixed seed, see DEFAULT_CONFIG): it exercises every
+kernel (Mamba, attention, MoE) with no download; its text is noise. With --model, DIR holds config.json
++ safetensors (sharded index honoured) and, for text, tokenizer.json (read with the `tokenizers`
+package). Generated text streams to stdout; throughput (prefill and decode tokens/s) and, for long
+generations, a progress bar go to stderr. Exit status 2 on a bad argument or checkpoint.
+"""
+import argparse
+import os
+import sys
+import time
+
+DEFAULT_CONFIG = dict(
+    vocab_size=259, hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4,
+    num_key_value_heads=2, attn_layer_period=8, attn_layer_offset=4, expert_layer_period=2,
+    expert_layer_offset=1, num_experts=8, num_experts_per_tok=2, mamba_d_state=16, mamba_d_conv=4,
+    mamba_expand=2, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+)
+DEFAULT_SEED = 0
+PROGRESS_MIN_TOKENS = 64          # show a progress bar from this many new tokens on
+
+
+class _Bar:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.n, self.t0 = total, enabled, 0, time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if not self.enabled:
+            return
+        frac = self.n / max(self.total, 1)
+        rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
+        fill = int(30 * frac)
+        sys.stderr.write(f"\r[{'#' * fill}{'.' * (30 - fill)}] {self.n}/{self.total} {rate:7.1f} tok/s")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 64 + "\r")
+            sys.stderr.flush()
+
+
+def _fail(msg: str) -> "NoReturn":  # noqa: F821
+    sys.stderr.write(f"jamba-ext: error: {msg}\n")
+    sys.exit(2)
+
+
+def _load(args):
+    import torch
+    from .modeling_jamba import JambaConfig, JambaForCausalLM
+    from .tokenizer import ByteTokenizer, load_tokenizer
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not torch.cuda.is_available():
+        _fail("--device cuda: no CUDA GPU is visible to torch")
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    if args.model is None:
+        cfg = JambaConfig(**DEFAULT_CONFIG)
+        model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=args.seed)
+        return model, ByteTokenizer(), "built-in random Jamba (byte-level tokenizer)"
+    d = args.model
+    if not os.path.isdir(d):
+        _fail(f"--model {d!r}: not a directory")
+    if not os.path.isfile(os.path.join(d, "config.json")):
+        _fail(f"--model {d!r}: no config.json (expected a transformers Jamba checkpoint directory)")
+    try:
+        tok = load_tokenizer(d)
+    except ImportError as e:
+        _fail(str(e))
+    if tok is None:
+        _fail(f"--model {d!r}: no tokenizer.json, so the prompt cannot be encoded")
+    try:
+        model = JambaForCausalLM.from_pretrained(d, dtype=dtype, device=device)
+    except (ValueError, FileNotFoundError, OSError) as e:
+        _fail(f"--model {d!r}: {e}")
+    return model, tok, d
+
+
+def cmd_generate(args) -> int:
+    import torch
+    from .tokenizer import StreamDecoder
+
+    if args.max_new_tokens < 0:
+        _fail("--max-new-tokens must be >= 0")
+    torch.manual_seed(args.seed)
+    model, tok, what = _load(args)
+    ids = tok.encode(args.prompt)
+    if not ids:
+        _fail("--prompt encodes to no tokens")
+    if max(ids) >= model.config.vocab_size:
+        _fail(f"the tokenizer produced id {max(ids)} >= the model's vocab_size {model.config.vocab_size}")
+    sys.stderr.write(f"model: {what} | {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | "
+                     f"{model.device} {model.dtype}\n")
+    show_bar = args.progress if args.progress is not None else args.max_new_tokens >= PROGRESS_MIN_TOKENS
+    # a bar and streamed text on one terminal would overwrite each other: then print the text at the end
+    stream = not (show_bar and sys.stdout.isatty() and sys.stderr.isatty())
+    bar = _Bar(args.max_new_tokens, show_bar)
+    dec = StreamDecoder(tok)
+    times = {}
+    n_new = [0]
+
+    def on_token(t):
+        tid = int(t[0])                              # syncs with the device: the step is done
+        if "first" not in times:
+            times["first"] = time.perf_counter()
+        n_new[0] += 1
+        text = dec.push(tid)
+        if stream and text:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        bar.update()
+
+    sys.stdout.write(args.prompt)
+    sys.stdout.flush()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
+                       do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
+                       top_p=args.top_p, seed=args.seed, streamer=on_token)
+    t1 = time.perf_counter()
+    bar.close()
+    rest = dec.flush()
+    sys.stdout.write((rest if stream else dec.tok.decode(dec.ids)) + "\n")
+    sys.stdout.flush()
+    n = n_new[0]
+    t_first = times.get("first", t1)
+    prefill_s, decode_s = t_first - t0, t1 - t_first
+    msg = f"prefill: {len(ids)} tokens in {prefill_s * 1e3:.1f} ms ({len(ids) / max(prefill_s, 1e-9):.1f} tokens/s)"
+    if n > 1:
+        msg += f" | decode: {n - 1} tokens in {decode_s:.2f} s ({(n - 1) / max(decode_s, 1e-9):.1f} tokens/s)"
+    msg += f" | total: {n} new tokens, {n / max(t1 - t0, 1e-9):.1f} tokens/s"
+    sys.stderr.write(msg + "\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jamba-ext", description="Jamba on the jamba_ext native kernels.")
+    sub = p.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate text from a prompt")
+    g.add_argument("--prompt", required=True, help="the prompt text")
+    g.add_argument("--model", default=None, metavar="DIR",
+                   help="local transformers Jamba checkpoint (default: built-in small random model)")
+    g.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on cuda, float32 on cpu")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and sampling")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    bar = g.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help=f"always show the progress bar (default: from {PROGRESS_MIN_TOKENS} new tokens on)")
+    bar.add_argument("--no-progress", dest="progress", action="store_false")
+    g.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Running transformers' own Jamba on the jamba_ext ops.
+
+Two ways, usable together:
+
+1. `swap_modules(hf_model)`: given a transformers JambaForCausalLM / JambaModel (4.x or 5.x), replaces, in
+   place, every Mamba mixer, sparse-MoE block and RMSNorm with a jamba_ext module that holds the SAME
+   parameter objects (no copy; state_dict keys unchanged). transformers' forward and generate() then run
+   our mixers, MoE and norms; attention, embeddings, masks, cache and sampling stay transformers'.
+   The swapped mixer reads and writes transformers' own cache: the 5.x DynamicCache linear-attention
+   layers (get_conv_state / update_conv_state / get_recurrent_state / update_recurrent_state) and the
+   4.x / early-5.x HybridMambaAttentionDynamicCache (conv_states / ssm_states lists).
+   A transformers 4.x per-expert MoE (experts = ModuleList of MLPs) is fused once: its expert weights are
+   re-pointed (param.data) into views of one (E, 2F, H) / (E, H, F) buffer, so the Parameter objects stay
+   the same and the swapped block reads them without a per-call copy.
+
+       model = transformers.JambaForCausalLM.from_pretrained(...)
+       from jamba_ext.integrations.transformers import swap_modules
+       swap_modules(model)
+       model.generate(...)                       # transformers' generate, our kernels
+
+2. `patch_kernel_functions()`: transformers looks up the Mamba kernels by module-level name in
+   transformers.models.jamba.modeling_jamba. In 5.24 (checked here) they are bound when that module is
+   imported, by `use_kernel_func_from_hub_with_fallback` (integrations/hub_kernels.py): it tries the
+   `causal_conv1d` and `mamba_ssm` packages (Hub kernels first with use_kernels=True) and otherwise
+   keeps a PyTorch loop; the mixer then calls the module globals `causal_conv1d_fn`,
+   `causal_conv1d_update`, `mamba_selective_scan` (selective_scan_fn) and `mamba_selective_state_update`
+   (selective_state_update) at call time. Earlier releases (4.x, early 5.x) import `causal_conv1d_fn`,
+   `causal_conv1d_update`, `selective_scan_fn`, `selective_state_update` under those names and take
+   the CUDA path only when `is_fast_path_available`. `patch_kernel_functions()` rebinds
+   whichever of these names the installed module has to the adapters below (mamba_ssm / causal-conv1d
+   call signatures, backed by jamba_ext.ops) and sets is_fast_path_available when present, so the
+   unmodified transformers mixer runs our kernels (a version with none of these names raises
+   RuntimeError: use swap_modules there). It returns a handle whose .restore() undoes it; it is also
+   a context manager:
+
+       with patch_kernel_functions():
+           model(input_ids)
+
+   Equivalent by hand: `import transformers.models.jamba.modeling_jamba as m;
+   m.mamba_selective_scan = jamba_ext.integrations.transformers.selective_scan_fn` (and so on).
+
+The adapters also serve any other code written against mamba_ssm / causal-conv1d:
+   causal_conv1d_fn(x, weight, bias=None, seq_idx=None, initial_states=None, return_final_states=False,
+                    final_states_out=None, activation=None)
+   causal_conv1d_update(x, conv_state, weight, bias=None, activation=None)
+   selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                     return_last_state=False)
+   selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False)
+Inputs with a non-unit stride along time (transformers passes transposed views) are copied once,
+here, because the kernels need unit stride there.
+"""
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from .. import modeling_jamba as _mj
+from .. import ops as _ops
+
+__all__ = ["swap_modules", "patch_kernel_functions", "causal_conv1d_fn", "causal_conv1d_update",
+           "selective_scan_fn", "selective_state_update"]
+
+
+# ---- kernel-function adapters (mamba_ssm / causal-conv1d signatures) -----------------------------------
+def _silu_flag(activation) -> bool:
+    if activation in (None, False):
+        return False
+    if activation in ("silu", "swish", True):
+        return True
+    raise ValueError(f"jamba_ext causal_conv1d: activation must be None, 'silu' or 'swish', got {activation!r}")
+
+
+def _unit_last(t: Optional[Tensor]) -> Optional[Tensor]:
+    """The kernels need unit stride along the last dim; transformers hands over transposed views."""
+    return t if t is None or t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _no_packing(op: str, **kw) -> None:
+    for k, v in kw.items():
+        if v is not None:
+            raise NotImplementedError(f"jamba_ext {op}: `{k}` (packed / indexed batches) is not supported")
+
+
+def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, seq_idx=None,
+                     initial_states: Optional[Tensor] = None, return_final_states: bool = False,
+                     final_states_out: Optional[Tensor] = None, activation=None, **kwargs):
+    """x (B, DI, L), weight (DI, K) -> out (B, DI, L) [, final_states (B, DI, K-1)]."""
+    _no_packing("causal_conv1d_fn", seq_idx=seq_idx, cu_seqlens=kwargs.get("cu_seqlens"))
+    K = weight.shape[-1]
+    out, final = _ops.causal_conv1d(_unit_last(x), weight, bias, initial_states, _silu_flag(activation),
+                                    K - 1 if return_final_states else 0)
+    if not return_final_states:
+        return out
+    if final_states_out is not None:
+        final_states_out.copy_(final)
+        final = final_states_out
+    return out, final
+
+
+def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
+                         activation=None, cache_seqlens=None, conv_state_indices=None, **kwargs) -> Tensor:
+    """x (B, DI) or (B, DI, L); conv_state (B, DI, S) updated in place -> out shaped like x."""
+    _no_packing("causal_conv1d_update", cache_seqlens=cache_seqlens, conv_state_indices=conv_state_indices)
+    return _ops.causal_conv1d_update(_unit_last(x) if x.dim() == 3 else x, conv_state, weight, bias,
+                                     _silu_flag(activation))
+
+
+def _bc(t: Tensor, name: str) -> Tensor:
+    if t.dim() == 4:
+        if t.shape[1] != 1:
+            raise NotImplementedError(f"jamba_ext selective_scan_fn: {name} with {t.shape[1]} groups "
+                                      "(only 1 group, as Jamba uses)")
+        return t[:, 0]
+    if t.dim() != 3:
+        raise NotImplementedError(f"jamba_ext selective_scan_fn: {name} must be input-dependent (B, N, L), "
+                                  f"got shape {tuple(t.shape)}")
+    return t
+
+
+def selective_scan_fn(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor] = None,
+                      z: Optional[Tensor] = None, delta_bias: Optional[Tensor] = None,
+                      delta_softplus: bool = False, return_last_state: bool = False, **kwargs):
+    """u, delta, z (B, DI, L); A (DI, N); B, C (B, N, L) or (B, 1, N, L) -> out [, last_state fp32]."""
+    out, last = _ops.selective_scan(_unit_last(u), _unit_last(delta), A.float(), _bc(B, "B"), _bc(C, "C"),
+                                    None if D is None else D.float(), _unit_last(z),
+                                    None if delta_bias is None else delta_bias.float(), bool(delta_softplus),
+                                    None)
+    return (out, last) if return_last_state else out
+
+
+def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                           dt_bias: Optional[Tensor] = None, dt_softplus: bool = False,
+                           state_batch_indices=None, **kwargs) -> Tensor:
+    """state (B, DI, N) updated in place; x, dt, z (B, DI); B, C (B, N) -> out (B, DI)."""
+    _no_packing("selective_state_update", state_batch_indices=state_batch_indices)
+    if x.dim() != 2:
+        raise NotImplementedError(f"jamba_ext selective_state_update: x must be (batch, dim) (Mamba-1), "
+                                  f"got shape {tuple(x.shape)}")
+    return _ops.selective_state_update(state, _unit_last(x), _unit_last(dt), A.float(), _unit_last(B),
+                                       _unit_last(C), None if D is None else D.float(), _unit_last(z),
+                                       None if dt_bias is None else dt_bias.float(), bool(dt_softplus))
+
+
+_PATCH_NAMES = {
+    "causal_conv1d_fn": causal_conv1d_fn,
+    "causal_conv1d_update": causal_conv1d_update,
+    "selective_scan_fn": selective_scan_fn,
+    "mamba_selective_scan": selective_scan_fn,
+    "selective_state_update": selective_state_update,
+    "mamba_selective_state_update": selective_state_update,
+}
+
+
+class _Patch:
+    def __init__(self, module, saved):
+        self.module, self.saved, self.names = module, saved, sorted(saved)
+
+    def restore(self) -> None:
+        for k, v in self.saved.items():
+            setattr(self.module, k, v)
+        self.saved = {}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.restore()
+
+
+def patch_kernel_functions(module=None) -> _Patch:
+    """Rebinds transformers' Jamba kernel globals to jamba_ext (see the module docstring). module: the
+    transformers modeling module (default transformers.models.jamba.modeling_jamba). Returns a handle
+    with .names (what was patched) and .restore()."""
+    if module is None:
+        import transformers.models.jamba.modeling_jamba as module
+    saved = {}
+    for name, fn in _PATCH_NAMES.items():
+        if hasattr(module, name):
+            saved[name] = getattr(module, name)
+            setattr(module, name, fn)
+    if hasattr(module, "is_fast_path_available"):
+        saved["is_fast_path_available"] = module.is_fast_path_available
+        module.is_fast_path_available = True
+    if not saved:
+        raise RuntimeError(f"{module.__name__} has none of the kernel names {sorted(_PATCH_NAMES)}; this "
+                           "transformers version resolves its Mamba kernels differently: use swap_modules()")
+    return _Patch(module, saved)
+
+
+# ---- module swap ---------------------------------------------------------------------------------------
+class _HFCache:
+    """The two transformers cache APIs behind one small interface (layer idx fixed)."""
+
+    def __init__(self, cache, idx: int):
+        self.c, self.i = cache, idx
+        self.new_api = hasattr(cache, "get_conv_state")
+
+    def states(self):
+        """(conv_state, ssm_state) when the layer has a previous state, else (None, None)."""
+        c, i = self.c, self.i
+        if self.new_api:
+            conv = c.get_conv_state(i)
+            return (conv, c.get_recurrent_state(i)) if conv is not None else (None, None)
+        if getattr(c, "has_previous_state", False):
+            return c.conv_states[i], c.ssm_states[i]
+        return None, None
+
+    def recording(self) -> bool:
+        return self.new_api and bool(getattr(self.c, "is_recording_past", lambda i: False)(self.i))
+
+    def store(self, conv_final: Tensor, ssm_final: Tensor) -> None:
+        """conv_final (B, DI, K): the last K (masked) pre-conv inputs, already continued from any previous
+        state, so handing it to update_conv_state as the "new inputs" leaves exactly it in the cache."""
+        c, i = self.c, self.i
+        if self.new_api:
+            c.update_conv_state(conv_final, i, conv_kernel_size=conv_final.shape[-1])
+            c.update_recurrent_state(ssm_final, i)
+        else:
+            c.conv_states[i].copy_(conv_final)
+            c.ssm_states[i] = ssm_final           # fp32, as transformers' slow path leaves it
+
+
+class HFJambaMambaMixer(_mj.JambaMambaMixer):
+    """Our mixer over a transformers mixer's submodules and parameters (shared, not copied), speaking
+    transformers' mixer call convention and cache."""
+
+    def __init__(self, hf_mixer: nn.Module):
+        nn.Module.__init__(self)
+        self.layer_idx = hf_mixer.layer_idx
+        self.hidden_size = hf_mixer.hidden_size
+        self.intermediate_size = hf_mixer.intermediate_size
+        self.ssm_state_size = hf_mixer.ssm_state_size
+        self.conv_kernel_size = hf_mixer.conv_kernel_size
+        self.time_step_rank = hf_mixer.time_step_rank
+        for name, p in hf_mixer.named_parameters(recurse=False):     # A_log, D (order kept: same state_dict)
+            setattr(self, name, p)
+        for name, m in hf_mixer.named_children():                     # in_proj, conv1d, ..., c_layernorm
+            setattr(self, name, m)
+        self.config = getattr(hf_mixer, "config", None)
+
+    def forward(self, hidden_states: Tensor, cache=None, attention_mask: Optional[Tensor] = None,
+                cache_params=None, past_key_values=None, **kwargs) -> Tensor:
+        cache = next((c for c in (cache, cache_params, past_key_values) if c is not None), None)
+        L = hidden_states.shape[1]
+        hc = _HFCache(cache, self.layer_idx) if cache is not None else None
+        conv, ssm = hc.states() if hc is not None else (None, None)
+        if conv is not None and L == 1 and conv.shape[0] == hidden_states.shape[0] and not hc.recording():
+            return self.step(hidden_states, conv, ssm)
+        mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 and L > 1 else None
+        if hc is None:
+            return self.prefill(hidden_states, mask, keep_state=False)[0]
+        out, conv_final, ssm_final = self.prefill(hidden_states, mask, conv, ssm, keep_state=True)
+        hc.store(conv_final, ssm_final)
+        return out
+
+
+class HFJambaSparseMoeBlock(_mj.JambaSparseMoeBlock):
+    """Our MoE over a transformers block's router and expert parameters (shared). Returns what the
+    transformers version expects: a tensor (5.x) or (tensor, router_logits) (4.x)."""
+
+    def __init__(self, hf_block: nn.Module):
+        nn.Module.__init__(self)
+        experts = hf_block.experts
+        router = hf_block.router
+        self.hidden_dim = router.weight.shape[1]
+        self.num_experts = router.weight.shape[0]
+        self.top_k = getattr(hf_block, "top_k", None) or getattr(router, "top_k")
+        self.router = router
+        if isinstance(experts, nn.ModuleList):                 # transformers 4.x: fuse once, keep the Parameters
+            self._legacy_tuple = True
+            self.experts = experts
+            self._fused = _repoint_per_expert(experts)
+        else:
+            self._legacy_tuple = False
+            self.experts = experts
+            self._fused = None
+        self.ffn_dim = self._weights()[1].shape[2]
+
+    def _weights(self):
+        if self._fused is not None:
+            return self._fused
+        return self.experts.gate_up_proj, self.experts.down_proj
+
+    def forward(self, hidden_states: Tensor):
+        shape = hidden_states.shape
+        gu, down = self._weights()
+        out, logits = _mj._moe.sparse_moe_forward(hidden_states.reshape(-1, shape[-1]), self.router.weight,
+                                                  gu, down, self.top_k)
+        out = out.view(shape)
+        return (out, logits) if self._legacy_tuple else out
+
+
+def _repoint_per_expert(experts: nn.ModuleList):
+    """Per-expert gate/up/down Linear weights -> views into fused (E, 2F, H) and (E, H, F) tensors. The
+    Parameter objects keep their identity (their .data is re-pointed); one copy, at swap time."""
+    E = len(experts)
+    I, H = experts[0].gate_proj.weight.shape
+    w = experts[0].gate_proj.weight
+    gu = torch.empty(E, 2 * I, H, dtype=w.dtype, device=w.device)
+    down = torch.empty(E, H, I, dtype=w.dtype, device=w.device)
+    with torch.no_grad():
+        for e, ex in enumerate(experts):
+            gu[e, :I].copy_(ex.gate_proj.weight)
+            gu[e, I:].copy_(ex.up_proj.weight)
+            down[e].copy_(ex.down_proj.weight)
+            ex.gate_proj.weight.data = gu[e, :I]
+            ex.up_proj.weight.data = gu[e, I:]
+            ex.down_proj.weight.data = down[e]
+    return gu, down
+
+
+def _swap_norm(hf_norm: nn.Module) -> _mj.JambaRMSNorm:
+    n = _mj.JambaRMSNorm.__new__(_mj.JambaRMSNorm)
+    nn.Module.__init__(n)
+    n.weight = hf_norm.weight
+    n.variance_epsilon = getattr(hf_norm, "variance_epsilon", getattr(hf_norm, "eps", 1e-6))
+    return n
+
+
+def swap_modules(hf_model: nn.Module, mixers: bool = True, moe: bool = True, norms: bool = True) -> dict:
+    """Replaces transformers' JambaMambaMixer / JambaSparseMoeBlock / JambaRMSNorm modules of hf_model in
+    place by jamba_ext modules sharing their parameters. Returns counts {'mixers': n, 'moe': n, 'norms': n}.
+    Idempotent (already swapped modules are left alone)."""
+    counts = {"mixers": 0, "moe": 0, "norms": 0}
+    targets = []
+    for name, mod in hf_model.named_modules():
+        cls = type(mod).__name__
+        if mixers and cls == "JambaMambaMixer" and not isinstance(mod, _mj.JambaMambaMixer):
+            targets.append((name, "mixers"))
+        elif moe and cls == "JambaSparseMoeBlock" and not isinstance(mod, _mj.JambaSparseMoeBlock):
+            targets.append((name, "moe"))
+        elif norms and cls == "JambaRMSNorm" and not isinstance(mod, _mj.JambaRMSNorm):
+            targets.append((name, "norms"))
+    # deepest first, so a mixer built after its inner norms were swapped picks up the swapped norms
+    for name, kind in sorted(targets, key=lambda t: -t[0].count(".")):
+        parent_name, _, attr = name.rpartition(".")
+        parent = hf_model.get_submodule(parent_name) if parent_name else hf_model
+        old = getattr(parent, attr)
+        new = {"mixers": HFJambaMambaMixer, "moe": HFJambaSparseMoeBlock, "norms": _swap_norm}[kind](old)
+        new.train(old.training)
+        setattr(parent, attr, new)
+        counts[kind] += 1
+    return counts

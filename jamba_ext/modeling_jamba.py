@@ -1,0 +1,1123 @@
+"""The Jamba model (AI21, arXiv 2403.19887) on the jamba_ext native ops, HuggingFace-compatible.
+
+    JambaConfig            reads a transformers config.json (same field names, defaults, layer schedule)
+    JambaModel             embeddings -> decoder layers (Mamba | attention mixer, dense MLP | MoE) -> norm
+    JambaForCausalLM       + lm_head; logits_to_keep, loss, from_pretrained(dir), save_pretrained, generate
+    JambaHybridCache       KV per attention layer, conv state (B, DI, K) + fp32 SSM state (B, DI, N) per Mamba layer
+    to_per_expert_state_dict(sd)   5.x fused expert layout -> transformers 4.x / on-disk per-expert keys
+
+Parameter names are transformers' (model.layers.{i}.mamba.in_proj.weight, ...), so
+`ours.load_state_dict(hf.state_dict(), strict=True)` and the reverse both work. Experts are stored in the
+transformers 5.x fused layout (experts.gate_up_proj (E, 2F, H) gate rows first, experts.down_proj
+(E, H, F)); per-expert keys (transformers 4.x, checkpoints on disk) are fused by a load_state_dict
+pre-hook. Math: ../shared/docs/jamba-architecture.md section 4 (HF reference numerics); Mamba, conv,
+norms and MoE go through jamba_ext.ops / jamba_ext.moe; attention through
+F.scaled_dot_product_attention (GQA, causal, no positional embeddings).
+
+Shape letters (csrc/jamba.h): B batch, L new tokens, P cached tokens, H hidden, DI mamba inner width,
+N d_state, K conv width, R dt rank, E experts, F ffn width, V vocab, nh / nkv query / KV heads, hd head dim.
+transformers is not needed at runtime; only the parity tests import it.
+"""
+import json
+import math
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import moe as _moe
+from . import ops as _ops
+from . import reference as _reference
+
+__all__ = ["JambaConfig", "JambaModel", "JambaForCausalLM", "JambaHybridCache", "CausalLMOutput",
+           "to_per_expert_state_dict", "set_backend"]
+
+
+# ---- op backend ----------------------------------------------------------------------------------------
+class _ReferenceBackend:
+    """reference.py behind the ops API (the slow path): the decode ops write their state back in place."""
+    rms_norm = staticmethod(_reference.rms_norm)
+    add_rms_norm = staticmethod(_reference.add_rms_norm)
+    causal_conv1d = staticmethod(_reference.causal_conv1d)
+    selective_scan = staticmethod(_reference.selective_scan)
+
+    @staticmethod
+    def causal_conv1d_update(x, conv_state, weight, bias=None, silu=True):
+        out, new_state = _reference.causal_conv1d_update(x, conv_state, weight, bias, silu)
+        conv_state.copy_(new_state)
+        return out
+
+    @staticmethod
+    def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+        out, new_state = _reference.selective_state_update(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+        state.copy_(new_state)
+        return out
+
+
+_BACKENDS = {"ops": _ops, "reference": _ReferenceBackend}
+_K = _BACKENDS[os.environ.get("JAMBA_EXT_MODEL_BACKEND", "ops")]
+
+
+def set_backend(name: str) -> None:
+    """'ops' (native kernels, the default) or 'reference' (reference.py, slow; for debugging)."""
+    global _K
+    if name not in _BACKENDS:
+        raise ValueError(f"set_backend: name must be one of {sorted(_BACKENDS)}, got {name!r}")
+    _K = _BACKENDS[name]
+
+
+def _torch_version() -> Tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", torch.__version__)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+_SDPA_HAS_GQA = _torch_version() >= (2, 5)
+
+
+# ---- configuration -------------------------------------------------------------------------------------
+_DEFAULTS = dict(
+    vocab_size=65536, tie_word_embeddings=False, hidden_size=4096, intermediate_size=14336,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, hidden_act="silu",
+    initializer_range=0.02, rms_norm_eps=1e-6, use_cache=True, num_logits_to_keep=1,
+    output_router_logits=False, router_aux_loss_coef=0.001, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    sliding_window=None, max_position_embeddings=262144, attention_dropout=0.0, num_experts_per_tok=2,
+    num_experts=16, expert_layer_period=2, expert_layer_offset=1, attn_layer_period=8, attn_layer_offset=4,
+    use_mamba_kernels=True, mamba_d_state=16, mamba_d_conv=4, mamba_expand=2, mamba_dt_rank="auto",
+    mamba_conv_bias=True, mamba_proj_bias=False,
+)
+_POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "num_key_value_heads", "num_experts_per_tok", "num_experts", "expert_layer_period",
+                  "attn_layer_period", "mamba_d_state", "mamba_d_conv", "mamba_expand", "mamba_dt_rank")
+_BOOLS = ("tie_word_embeddings", "use_cache", "output_router_logits", "use_mamba_kernels", "mamba_conv_bias",
+          "mamba_proj_bias")
+
+
+class JambaConfig:
+    """Jamba hyper-parameters with transformers' field names and defaults (jamba-architecture.md 1.1).
+
+    JambaConfig(**fields) or JambaConfig.from_json_file(path) / from_pretrained(dir) / from_dict(d).
+    Unknown keys of a config.json (architectures, dtype, transformers_version, ...) are kept as
+    attributes. Bad values raise ValueError naming the field. "num_local_experts" is an alias of
+    num_experts; mamba_dt_rank "auto" resolves to ceil(hidden_size / 16).
+    """
+    model_type = "jamba"
+
+    def __init__(self, **kwargs):
+        if "num_local_experts" in kwargs:
+            alias = kwargs.pop("num_local_experts")
+            if "num_experts" in kwargs and kwargs["num_experts"] != alias:
+                raise ValueError(f"JambaConfig.num_experts: {kwargs['num_experts']} disagrees with its alias "
+                                 f"num_local_experts {alias}")
+            kwargs["num_experts"] = alias
+        kwargs.pop("model_type", None)
+        values = dict(_DEFAULTS)
+        values.update(kwargs)
+        for k, v in values.items():
+            setattr(self, k, v)
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.mamba_dt_rank == "auto":
+            self.mamba_dt_rank = math.ceil(self.hidden_size / 16) if isinstance(self.hidden_size, int) else None
+        self.validate()
+
+    # -- validation
+    def validate(self) -> None:
+        def bad(field, expected):
+            raise ValueError(f"JambaConfig.{field}: expected {expected}, got {getattr(self, field)!r}")
+
+        for f in _POSITIVE_INTS:
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                bad(f, "a positive int")
+        for f in _BOOLS:
+            if not isinstance(getattr(self, f), bool):
+                bad(f, "a bool")
+        for f, period in (("attn_layer_offset", "attn_layer_period"), ("expert_layer_offset", "expert_layer_period")):
+            v = getattr(self, f)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                bad(f, "a non-negative int")
+            if v >= getattr(self, period):
+                bad(f, f"a value smaller than {period} ({getattr(self, period)})")
+        if self.hidden_size % self.num_attention_heads:
+            bad("num_attention_heads", f"a divisor of hidden_size ({self.hidden_size})")
+        if self.num_attention_heads % self.num_key_value_heads:
+            bad("num_key_value_heads", f"a divisor of num_attention_heads ({self.num_attention_heads})")
+        if self.num_experts_per_tok > self.num_experts:
+            bad("num_experts_per_tok", f"at most num_experts ({self.num_experts})")
+        if not 2 <= self.mamba_d_conv <= 4:
+            bad("mamba_d_conv", "2, 3 or 4 (the conv kernels keep the taps in registers)")
+        if self.mamba_d_state > 256:
+            bad("mamba_d_state", "at most 256 (JAMBA_MAX_D_STATE)")
+        if self.hidden_act not in ("silu", "swish"):
+            bad("hidden_act", "'silu' (the Mamba kernels hard-wire SiLU, as mamba_ssm does)")
+        if not isinstance(self.rms_norm_eps, (int, float)) or isinstance(self.rms_norm_eps, bool) \
+                or not self.rms_norm_eps > 0:
+            bad("rms_norm_eps", "a positive float")
+        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
+            bad("initializer_range", "a non-negative float")
+        for f in ("pad_token_id", "bos_token_id"):
+            v = getattr(self, f)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+                bad(f, "an int or null")
+        eos = self.eos_token_id
+        if eos is not None and not (isinstance(eos, int) or
+                                    (isinstance(eos, (list, tuple)) and all(isinstance(e, int) for e in eos))):
+            bad("eos_token_id", "an int, a list of ints or null")
+        if self.pad_token_id is not None and not -self.vocab_size <= self.pad_token_id < self.vocab_size:
+            bad("pad_token_id", f"an id below vocab_size ({self.vocab_size})")
+
+    # -- derived quantities (exactly as transformers)
+    @property
+    def layers_block_type(self) -> List[str]:
+        return ["attention" if i % self.attn_layer_period == self.attn_layer_offset else "mamba"
+                for i in range(self.num_hidden_layers)]
+
+    @property
+    def layers_num_experts(self) -> List[int]:
+        return [self.num_experts if i % self.expert_layer_period == self.expert_layer_offset else 1
+                for i in range(self.num_hidden_layers)]
+
+    @property
+    def layer_types(self) -> List[str]:
+        return ["linear_attention" if t == "mamba" else "full_attention" for t in self.layers_block_type]
+
+    @property
+    def num_local_experts(self) -> int:
+        return self.num_experts
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def mamba_d_inner(self) -> int:
+        return self.mamba_expand * self.hidden_size
+
+    @property
+    def eos_token_ids(self) -> List[int]:
+        e = self.eos_token_id
+        return [] if e is None else ([e] if isinstance(e, int) else list(e))
+
+    # -- (de)serialisation
+    def to_dict(self) -> dict:
+        d = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        d["model_type"] = "jamba"
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "JambaConfig":
+        d = dict(d)
+        mt = d.get("model_type", "jamba")
+        if mt != "jamba":
+            raise ValueError(f"JambaConfig.model_type: expected 'jamba', got {mt!r}")
+        return cls(**d)
+
+    @classmethod
+    def from_json_file(cls, path: str) -> "JambaConfig":
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+        return cls.from_dict(d)
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "JambaConfig":
+        p = os.path.join(path, "config.json") if os.path.isdir(path) else path
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"no config.json in {path!r}")
+        return cls.from_json_file(p)
+
+    def save_pretrained(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+
+    def to_transformers(self):
+        """The equivalent transformers.JambaConfig (needs transformers)."""
+        from transformers import JambaConfig as HFJambaConfig
+        d = {k: v for k, v in self.to_dict().items() if k in _DEFAULTS}
+        try:
+            return HFJambaConfig(**d)
+        except (TypeError, ValueError):                          # a version without some legacy fields
+            known = HFJambaConfig().to_dict()
+            return HFJambaConfig(**{k: v for k, v in d.items() if k in known})
+
+    def __repr__(self) -> str:
+        return f"JambaConfig({json.dumps(self.to_dict(), sort_keys=True, default=str)})"
+
+
+# ---- cache ---------------------------------------------------------------------------------------------
+class JambaHybridCache:
+    """Inference state of one batch.
+
+    Attention layer i: keys/values (B, nkv, P, hd) in model dtype, stored before GQA repetition, in
+    buffers grown by doubling (or sized once from max_length). Mamba layer i: conv_states[i]
+    (B, DI, K), the last K pre-conv inputs in model dtype (the transformers layout); ssm_states[i]
+    (B, DI, N) fp32. key_mask (B, P) bool, or None when no position is padding.
+    """
+
+    def __init__(self, config: JambaConfig, batch_size: int, max_length: Optional[int] = None):
+        n = config.num_hidden_layers
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.conv_states: List[Optional[Tensor]] = [None] * n
+        self.ssm_states: List[Optional[Tensor]] = [None] * n
+        self._keys: List[Optional[Tensor]] = [None] * n
+        self._values: List[Optional[Tensor]] = [None] * n
+        self.seq_len = 0
+        self.key_mask: Optional[Tensor] = None
+
+    def get_seq_length(self) -> int:
+        return self.seq_len
+
+    def has_state(self, layer_idx: int) -> bool:
+        return self.ssm_states[layer_idx] is not None
+
+    def update_kv(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """k, v: (B, nkv, L, hd) of the new tokens -> views (B, nkv, P + L, hd) over the stored buffers."""
+        past, L = self.seq_len, k.shape[2]
+        need = past + L
+        kb, vb = self._keys[layer_idx], self._values[layer_idx]
+        if kb is None or kb.shape[2] < need:
+            cap = max(need, self.max_length or 0, 2 * kb.shape[2] if kb is not None else 0)
+            nk = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
+            nv = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
+            if kb is not None and past:
+                nk[:, :, :past].copy_(kb[:, :, :past])
+                nv[:, :, :past].copy_(vb[:, :, :past])
+            self._keys[layer_idx], self._values[layer_idx] = kb, vb = nk, nv
+        kb[:, :, past:need].copy_(k)
+        vb[:, :, past:need].copy_(v)
+        return kb[:, :, :need], vb[:, :, :need]
+
+    def keys(self, layer_idx: int) -> Optional[Tensor]:
+        k = self._keys[layer_idx]
+        return None if k is None else k[:, :, :self.seq_len]
+
+    def values(self, layer_idx: int) -> Optional[Tensor]:
+        v = self._values[layer_idx]
+        return None if v is None else v[:, :, :self.seq_len]
+
+
+@dataclass
+class _Step:
+    """What every layer needs to know about the current forward (built once per forward)."""
+    past: int                          # P, tokens already in the cache
+    length: int                        # L, new tokens
+    mamba_mask: Optional[Tensor]       # (B, L) in model dtype, or None (no padding among the new tokens)
+    attn_mask: Optional[Tensor]        # (B, 1, L, P + L) bool (True = attend), or None
+    is_causal: bool                    # let SDPA apply the causal mask itself (no padding, no past)
+
+
+# ---- modules -------------------------------------------------------------------------------------------
+class JambaRMSNorm(nn.Module):
+    """RMSNorm through jamba.rms_norm: fp32 statistics, cast to the input dtype, times weight."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        return _K.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+
+    def extra_repr(self) -> str:
+        return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
+
+
+def _linear_t(x: Tensor, weight: Tensor) -> Tensor:
+    """x (B, L, I) with any strides (typically a transposed (B, I, L) tensor) @ weight (O, I)^T -> (B, L, O)
+    contiguous, as one batched GEMM without copying x (F.linear would fold x into 2-D, a copy)."""
+    if x.shape[0] == 1:                                   # one GEMM; a transposed x is a BLAS transpose flag
+        return F.linear(x[0], weight)[None]
+    return torch.bmm(x, weight.t().expand(x.shape[0], -1, -1))
+
+
+class JambaMambaMixer(nn.Module):
+    """Mamba-1 mixer with Jamba's dt/B/C RMSNorms (jamba-architecture.md 4.3), on the jamba ops.
+
+    forward(hidden_states (B, L, H), cache, layer_idx from construction, mamba_mask (B, L) or None)
+    -> (B, L, H). With a cache holding this layer's state and L == 1 it runs the decode step
+    (causal_conv1d_update + selective_state_update, states updated in place); otherwise the prefill
+    (causal_conv1d + selective_scan), starting from the cached state when there is one, and stores
+    the final conv / SSM state in the cache.
+    """
+
+    def __init__(self, config: JambaConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.hidden_size = H = config.hidden_size
+        self.intermediate_size = DI = config.mamba_d_inner
+        self.ssm_state_size = N = config.mamba_d_state
+        self.conv_kernel_size = K = config.mamba_d_conv
+        self.time_step_rank = R = config.mamba_dt_rank
+        self.in_proj = nn.Linear(H, 2 * DI, bias=config.mamba_proj_bias)
+        self.conv1d = nn.Conv1d(DI, DI, K, groups=DI, padding=K - 1, bias=config.mamba_conv_bias)
+        self.x_proj = nn.Linear(DI, R + 2 * N, bias=False)
+        self.dt_proj = nn.Linear(R, DI, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).repeat(DI, 1))
+        self.D = nn.Parameter(torch.ones(DI))
+        self.out_proj = nn.Linear(DI, H, bias=config.mamba_proj_bias)
+        self.dt_layernorm = JambaRMSNorm(R, eps=config.rms_norm_eps)
+        self.b_layernorm = JambaRMSNorm(N, eps=config.rms_norm_eps)
+        self.c_layernorm = JambaRMSNorm(N, eps=config.rms_norm_eps)
+
+    def _ssm_params(self):
+        """(A = -exp(A_log) (DI, N), D (DI,), dt_bias (DI,)), all fp32 as the kernels take them. Cached
+        while the parameters are unchanged (their version counters) and no gradient is being recorded, so
+        a decode step does not recompute them."""
+        srcs = (self.A_log, self.D, self.dt_proj.bias)
+        key = tuple((t.data_ptr(), t._version, t.dtype) for t in srcs) + (torch.is_inference_mode_enabled(),)
+        cached = getattr(self, "_ssm_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        A = -torch.exp(self.A_log.float())                               # (DI, N) fp32
+        D = self.D.float()                                                # (DI,) fp32
+        dt_bias = self.dt_proj.bias.float()                               # (DI,) fp32, added inside the kernels
+        if torch.is_grad_enabled() and any(t.requires_grad for t in srcs):
+            self._ssm_cache = None                                        # autograd needs the live graph
+        else:
+            self._ssm_cache = (key, (A, D, dt_bias))
+        return A, D, dt_bias
+
+    def forward(self, hidden_states: Tensor, cache: Optional[JambaHybridCache] = None,
+                mamba_mask: Optional[Tensor] = None) -> Tensor:
+        i = self.layer_idx
+        if cache is not None and cache.has_state(i) and hidden_states.shape[1] == 1:
+            return self.step(hidden_states, cache.conv_states[i], cache.ssm_states[i])
+        conv0 = ssm0 = None
+        if cache is not None and cache.has_state(i):                      # chunked prefill: continue the state
+            conv0, ssm0 = cache.conv_states[i], cache.ssm_states[i]
+        out, conv_state, ssm_state = self.prefill(hidden_states, mamba_mask, conv0, ssm0,
+                                                  keep_state=cache is not None)
+        if cache is not None:
+            cache.conv_states[i], cache.ssm_states[i] = conv_state, ssm_state
+        return out
+
+    def prefill(self, hidden_states: Tensor, mamba_mask: Optional[Tensor] = None,
+                conv_state: Optional[Tensor] = None, ssm_state: Optional[Tensor] = None,
+                keep_state: bool = True) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        """hidden_states (B, L, H) -> (out (B, L, H), conv state (B, DI, K) | None, ssm state (B, DI, N) fp32)."""
+        Bsz, L, _ = hidden_states.shape
+        DI, R, N = self.intermediate_size, self.time_step_rank, self.ssm_state_size
+        if mamba_mask is not None:                                        # 0. padding in: zero x and z there
+            hidden_states = hidden_states * mamba_mask[:, :, None].to(hidden_states.dtype)
+        # 1. xz = in_proj(h) as (B, 2DI, L), unit stride along L, so x and z are slices without copies
+        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))     # (B, 2DI, L)
+        if self.in_proj.bias is not None:
+            xz = xz + self.in_proj.bias[:, None]
+        x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI, L) each
+        # 2. depthwise causal conv + SiLU; final state = last K pre-conv inputs (HF cache layout)
+        x, conv_state = _K.causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, conv_state, True,
+                                         self.conv_kernel_size if keep_state else 0)  # (B, DI, L)
+        if mamba_mask is not None:                                        # silu(bias) at pads -> 0 again
+            x = x * mamba_mask[:, None, :].to(x.dtype)
+        # 3. dt, B, C = x_proj(x), each RMS-normalised over its own width
+        xdbl = _linear_t(x.transpose(1, 2), self.x_proj.weight)                    # (B, L, R+2N)
+        dt = self.dt_layernorm(xdbl[..., :R])                                       # (B, L, R)
+        Bm = self.b_layernorm(xdbl[..., R:R + N])                                   # (B, L, N)
+        Cm = self.c_layernorm(xdbl[..., R + N:])                                    # (B, L, N)
+        # 4. delta = W_dt dt (bias added in fp32 inside the scan, as the fast path does)
+        delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))              # (B, DI, L)
+        A, D, dt_bias = self._ssm_params()
+        # 5. selective scan, y = (C.h + D x) * silu(z)
+        y, last = _K.selective_scan(x, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z, dt_bias,
+                                    True, ssm_state)                                # (B, DI, L), (B, DI, N)
+        # 6. out_proj
+        out = _linear_t(y.transpose(1, 2), self.out_proj.weight)                   # (B, L, H)
+        if self.out_proj.bias is not None:
+            out = out + self.out_proj.bias
+        return out, (conv_state if keep_state else None), (last if keep_state else None)
+
+    def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
+        """One decode token. hidden_states (B, 1, H); conv_state (B, DI, K) and ssm_state (B, DI, N) are
+        updated in place. Returns (B, 1, H)."""
+        DI, R, N = self.intermediate_size, self.time_step_rank, self.ssm_state_size
+        xz = F.linear(hidden_states[:, 0], self.in_proj.weight, self.in_proj.bias)  # (B, 2DI)
+        x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI), unit stride
+        x = _K.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, True)  # (B, DI)
+        xdbl = F.linear(x, self.x_proj.weight)                                      # (B, R+2N)
+        dt = self.dt_layernorm(xdbl[:, :R])                                         # (B, R)
+        Bm = self.b_layernorm(xdbl[:, R:R + N])                                     # (B, N)
+        Cm = self.c_layernorm(xdbl[:, R + N:])                                      # (B, N)
+        dt = F.linear(dt, self.dt_proj.weight)                                      # (B, DI), no bias
+        A, D, dt_bias = self._ssm_params()
+        y = _K.selective_state_update(ssm_state, x, dt, A, Bm, Cm, D, z, dt_bias, True)  # (B, DI)
+        return F.linear(y, self.out_proj.weight, self.out_proj.bias)[:, None]        # (B, 1, H)
+
+
+class JambaAttention(nn.Module):
+    """Grouped-query causal attention, no positional embeddings, no biases, scale hd^-0.5 (SDPA)."""
+
+    def __init__(self, config: JambaConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_key_value_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        H, hd = config.hidden_size, self.head_dim
+        self.q_proj = nn.Linear(H, self.num_heads * hd, bias=False)
+        self.k_proj = nn.Linear(H, self.num_key_value_heads * hd, bias=False)
+        self.v_proj = nn.Linear(H, self.num_key_value_heads * hd, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * hd, H, bias=False)
+
+    def forward(self, hidden_states: Tensor, step: _Step, cache: Optional[JambaHybridCache] = None) -> Tensor:
+        Bsz, L, _ = hidden_states.shape
+        hd = self.head_dim
+        q = self.q_proj(hidden_states).view(Bsz, L, self.num_heads, hd).transpose(1, 2)            # (B, nh, L, hd)
+        k = self.k_proj(hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)  # (B, nkv, L, hd)
+        v = self.v_proj(hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)
+        if cache is not None:
+            k, v = cache.update_kv(self.layer_idx, k, v)                                           # (B, nkv, P+L, hd)
+        rep = self.num_heads // self.num_key_value_heads
+        if _SDPA_HAS_GQA:
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.attn_mask, is_causal=step.is_causal,
+                                               enable_gqa=rep > 1)
+        else:
+            if rep > 1:
+                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+            o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.attn_mask, is_causal=step.is_causal)
+        o = o.transpose(1, 2).reshape(Bsz, L, self.num_heads * hd)                                 # (B, L, nh*hd)
+        return self.o_proj(o)
+
+
+class JambaMLP(nn.Module):
+    """Dense SwiGLU MLP: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: JambaConfig):
+        super().__init__()
+        H, I = config.hidden_size, config.intermediate_size
+        self.gate_proj = nn.Linear(H, I, bias=False)
+        self.up_proj = nn.Linear(H, I, bias=False)
+        self.down_proj = nn.Linear(I, H, bias=False)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), None
+
+
+class JambaTopKRouter(nn.Module):
+    """Router weight (E, H), no bias (key feed_forward.router.weight, as in transformers 4.x and 5.x)."""
+
+    def __init__(self, config: JambaConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
+
+
+class JambaExperts(nn.Module):
+    """All experts' weights, transformers 5.x fused layout: gate_up_proj (E, 2F, H), gate rows first;
+    down_proj (E, H, F)."""
+
+    def __init__(self, config: JambaConfig):
+        super().__init__()
+        E, H, I = config.num_experts, config.hidden_size, config.intermediate_size
+        self.num_experts = E
+        self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, H))
+        self.down_proj = nn.Parameter(torch.empty(E, H, I))
+
+
+_EXPERT_KEY = re.compile(r"^experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
+
+
+def _fuse_expert_keys(module: "JambaSparseMoeBlock", state_dict: dict, prefix: str, error_msgs: list) -> None:
+    """load_state_dict pre-hook body: per-expert keys under `prefix` -> experts.gate_up_proj / down_proj."""
+    found: Dict[Tuple[int, str], str] = {}
+    for key in list(state_dict.keys()):
+        if key.startswith(prefix):
+            m = _EXPERT_KEY.match(key[len(prefix):])
+            if m:
+                found[(int(m.group(1)), m.group(2))] = key
+    if not found:
+        return
+    E = module.experts.num_experts
+    I, H = module.experts.down_proj.shape[2], module.experts.down_proj.shape[1]
+    want = {"gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
+    bad = False
+    for (e, name), key in found.items():
+        shape = tuple(state_dict[key].shape)
+        if e >= E:
+            error_msgs.append(f"{key}: expert index {e} out of range, the model has num_experts={E}")
+            bad = True
+        elif shape != want[name]:
+            error_msgs.append(f"size mismatch for {key}: expected shape {want[name]} (from the config), "
+                              f"found {shape} in the checkpoint")
+            bad = True
+    complete = all((e, n) in found for e in range(E) for n in want)
+    if bad or not complete:
+        return  # leave the keys: strict loading reports them as unexpected, the fused ones as missing
+    gate = torch.stack([state_dict.pop(found[(e, "gate_proj")]) for e in range(E)])
+    up = torch.stack([state_dict.pop(found[(e, "up_proj")]) for e in range(E)])
+    state_dict[prefix + "experts.gate_up_proj"] = torch.cat([gate, up], dim=1)        # (E, 2F, H) gate first
+    state_dict[prefix + "experts.down_proj"] = torch.stack(
+        [state_dict.pop(found[(e, "down_proj")]) for e in range(E)])                     # (E, H, F)
+
+
+class JambaSparseMoeBlock(nn.Module):
+    """Top-k MoE, Jamba routing (fp32 softmax, no renormalisation), through jamba_ext.moe.
+    Accepts per-expert state dicts (transformers 4.x / checkpoints on disk) through a load pre-hook."""
+
+    def __init__(self, config: JambaConfig):
+        super().__init__()
+        self.hidden_dim = config.hidden_size
+        self.ffn_dim = config.intermediate_size
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.router = JambaTopKRouter(config)
+        self.experts = JambaExperts(config)
+        self._register_load_state_dict_pre_hook(self._load_hook, with_module=True)
+
+    @staticmethod
+    def _load_hook(module, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        _fuse_expert_keys(module, state_dict, prefix, error_msgs)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """x (B, L, H) -> (out (B, L, H), router logits (B*L, E))."""
+        shape = x.shape
+        out, logits = _moe.sparse_moe_forward(x.reshape(-1, shape[-1]), self.router.weight,
+                                              self.experts.gate_up_proj, self.experts.down_proj, self.top_k)
+        return out.view(shape), logits
+
+
+class _DecoderLayer(nn.Module):
+    """Pre-norm block: h = x + mixer(norm_in(x)); out = h + ffn(norm_ff(h)). The residual add of the
+    previous block is fused into this block's input norm (add_rms_norm), the arithmetic of transformers."""
+
+    def __init__(self, config: JambaConfig, layer_idx: int):
+        super().__init__()
+        ffn = JambaSparseMoeBlock if config.layers_num_experts[layer_idx] > 1 else JambaMLP
+        self.feed_forward = ffn(config)
+        self.input_layernorm = JambaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.pre_ff_layernorm = JambaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def mix(self, h: Tensor, step: _Step, cache: Optional[JambaHybridCache]) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, hidden_states: Tensor, residual: Optional[Tensor], step: _Step,
+                cache: Optional[JambaHybridCache] = None):
+        """Returns (ffn output, residual, router logits | None); the block's output is their sum."""
+        if residual is None:
+            residual = hidden_states
+            h = self.input_layernorm(hidden_states)
+        else:
+            h, residual = _K.add_rms_norm(hidden_states, residual, self.input_layernorm.weight,
+                                          self.input_layernorm.variance_epsilon)
+        h = self.mix(h, step, cache)
+        h, residual = _K.add_rms_norm(h, residual, self.pre_ff_layernorm.weight,
+                                      self.pre_ff_layernorm.variance_epsilon)
+        h, router_logits = self.feed_forward(h)
+        return h, residual, router_logits
+
+
+class JambaMambaDecoderLayer(_DecoderLayer):
+    def __init__(self, config: JambaConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.mamba = JambaMambaMixer(config, layer_idx)
+
+    def mix(self, h, step, cache):
+        return self.mamba(h, cache, step.mamba_mask)
+
+
+class JambaAttentionDecoderLayer(_DecoderLayer):
+    def __init__(self, config: JambaConfig, layer_idx: int):
+        super().__init__(config, layer_idx)
+        self.self_attn = JambaAttention(config, layer_idx)
+
+    def mix(self, h, step, cache):
+        return self.self_attn(h, step, cache)
+
+
+# ---- weights -------------------------------------------------------------------------------------------
+def _init_weights(model: nn.Module, std: float, generator: Optional[torch.Generator] = None) -> None:
+    """transformers' init: N(0, std) for Linear / Conv / Embedding / router / experts, zero biases,
+    A_log = log(1..N), D = 1, norm weights 1, zero padding-row embedding."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (nn.Linear, nn.Conv1d)):
+                m.weight.normal_(0.0, std, generator=generator)
+                if m.bias is not None:
+                    m.bias.zero_()
+            elif isinstance(m, nn.Embedding):
+                m.weight.normal_(0.0, std, generator=generator)
+            elif isinstance(m, JambaRMSNorm):
+                m.weight.fill_(1.0)
+            elif isinstance(m, JambaTopKRouter):
+                m.weight.normal_(0.0, std, generator=generator)
+            elif isinstance(m, JambaExperts):
+                m.gate_up_proj.normal_(0.0, std, generator=generator)
+                m.down_proj.normal_(0.0, std, generator=generator)
+            elif isinstance(m, JambaMambaMixer):
+                N = m.ssm_state_size
+                m.A_log.copy_(torch.log(torch.arange(1, N + 1, dtype=torch.float32)).expand_as(m.A_log))
+                m.D.fill_(1.0)
+        for m in model.modules():                     # after a tied lm_head's init overwrote the embedding
+            if isinstance(m, nn.Embedding) and m.padding_idx is not None:
+                m.weight[m.padding_idx].zero_()
+
+
+def to_per_expert_state_dict(state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Fused expert keys (transformers 5.x, ours) -> per-expert keys experts.{e}.gate_proj/up_proj/down_proj
+    (transformers 4.x, checkpoints on disk). Other keys pass through. The per-expert tensors are views."""
+    out = {}
+    for k, v in state_dict.items():
+        if k.endswith("experts.gate_up_proj"):
+            base, I = k[: -len("gate_up_proj")], v.shape[1] // 2
+            for e in range(v.shape[0]):
+                out[f"{base}{e}.gate_proj.weight"] = v[e, :I]
+                out[f"{base}{e}.up_proj.weight"] = v[e, I:]
+        elif k.endswith("experts.down_proj"):
+            base = k[: -len("down_proj")]
+            for e in range(v.shape[0]):
+                out[f"{base}{e}.down_proj.weight"] = v[e]
+        else:
+            out[k] = v
+    return out
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def _as_dtype(d) -> Optional[torch.dtype]:
+    if d is None or isinstance(d, torch.dtype):
+        return d
+    if isinstance(d, str) and d in _DTYPES:
+        return _DTYPES[d]
+    raise ValueError(f"dtype: expected one of {sorted(_DTYPES)} or a torch.dtype, got {d!r}")
+
+
+def _checkpoint_files(path: str) -> List[str]:
+    """The weight files of a local checkpoint directory, honouring a sharded index."""
+    for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
+                               ("pytorch_model.bin.index.json", "pytorch_model.bin")):
+        index = os.path.join(path, index_name)
+        if os.path.isfile(index):
+            with open(index) as f:
+                weight_map = json.load(f).get("weight_map")
+            if not isinstance(weight_map, dict) or not weight_map:
+                raise ValueError(f"{index}: no weight_map")
+            files = sorted(set(weight_map.values()))
+            missing = [s for s in files if not os.path.isfile(os.path.join(path, s))]
+            if missing:
+                raise FileNotFoundError(f"{index} lists shards that are not in {path!r}: {missing[:5]}")
+            return [os.path.join(path, s) for s in files]
+        if os.path.isfile(os.path.join(path, single)):
+            return [os.path.join(path, single)]
+    raise FileNotFoundError(f"no weights in {path!r}: expected model.safetensors, model.safetensors.index.json, "
+                            "pytorch_model.bin or pytorch_model.bin.index.json")
+
+
+def _iter_checkpoint(files: Sequence[str]) -> Iterable[Tuple[str, Tensor, str]]:
+    for fpath in files:
+        if fpath.endswith(".safetensors"):
+            try:
+                from safetensors import safe_open
+            except ImportError:
+                raise ImportError("reading .safetensors checkpoints needs the `safetensors` package "
+                                  "(pip install safetensors)") from None
+            with safe_open(fpath, framework="pt", device="cpu") as f:
+                for k in f.keys():
+                    yield k, f.get_tensor(k), fpath
+        else:
+            sd = torch.load(fpath, map_location="cpu", weights_only=True)
+            for k, v in sd.items():
+                yield k, v, fpath
+
+
+# ---- models --------------------------------------------------------------------------------------------
+@dataclass
+class CausalLMOutput:
+    logits: Optional[Tensor] = None                 # (B, L_kept, V) in model dtype
+    cache: Optional[JambaHybridCache] = None
+    loss: Optional[Tensor] = None
+    aux_loss: Optional[Tensor] = None
+    router_logits: Optional[Tuple[Tensor, ...]] = None
+    last_hidden_state: Optional[Tensor] = None
+
+    @property
+    def past_key_values(self):
+        return self.cache
+
+
+class _PreTrained(nn.Module):
+    config: JambaConfig
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def init_weights(self, seed: Optional[int] = None) -> None:
+        g = None
+        if seed is not None:
+            g = torch.Generator(device=self.device)
+            g.manual_seed(seed)
+        _init_weights(self, self.config.initializer_range, g)
+
+    @classmethod
+    def from_config(cls, config: JambaConfig, dtype=None, device=None, seed: Optional[int] = None):
+        """A randomly initialised model (transformers' init; seed for reproducibility), built directly on
+        `device` in `dtype` (no fp32 CPU copy first)."""
+        with torch.device("meta"):
+            model = cls(config)
+        if dtype is not None:
+            model = model.to(_as_dtype(dtype))                 # still on meta: no memory, no fp32 copy
+        model = model.to_empty(device=device or "cpu")
+        model._retie()
+        model.init_weights(seed)
+        return model.eval()
+
+    def _retie(self) -> None:
+        pass
+
+    @classmethod
+    def from_pretrained(cls, path: str, dtype=None, device=None, config: Optional[JambaConfig] = None):
+        """Loads a local transformers Jamba checkpoint: config.json + model.safetensors (or a sharded
+        model.safetensors.index.json; pytorch_model.bin also read). Per-expert and fused expert keys both
+        load. dtype: None keeps the config's dtype ("dtype"/"torch_dtype") or float32. No network access.
+        Raises FileNotFoundError for a missing file and ValueError naming every missing, unexpected or
+        mis-shaped key."""
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+        config = config or JambaConfig.from_pretrained(path)
+        files = _checkpoint_files(path)
+        if dtype is None:
+            dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+            dtype = _DTYPES.get(dtype, torch.float32) if isinstance(dtype, str) else torch.float32
+        dtype = _as_dtype(dtype)
+        device = torch.device(device or "cpu")
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to(dtype).to_empty(device=device)
+        model._retie()
+        model._load_checkpoint(files)
+        return model.eval()
+
+    def _load_checkpoint(self, files: Sequence[str]) -> None:
+        params = dict(self.state_dict(keep_vars=True))
+        prefix = "model." if isinstance(self, JambaForCausalLM) else ""
+        loaded, unexpected, errors = set(), [], []
+        per_expert: Dict[str, Dict[Tuple[int, str], Tensor]] = {}
+
+        def put(key: str, value: Tensor, fpath: str):
+            p = params.get(key)
+            if p is None:
+                unexpected.append(key)
+                return
+            if tuple(p.shape) != tuple(value.shape):
+                errors.append(f"{key}: expected shape {tuple(p.shape)} (from config.json), found "
+                              f"{tuple(value.shape)} in {os.path.basename(fpath)}")
+                return
+            with torch.no_grad():
+                p.copy_(value)
+            loaded.add(key)
+
+        for key, value, fpath in _iter_checkpoint(files):
+            if not prefix:                                         # a JambaForCausalLM checkpoint into JambaModel
+                if key == "lm_head.weight":
+                    continue
+                key = key[len("model."):] if key.startswith("model.") else key
+            if prefix == "model." and key not in params and ("model." + key) in params:
+                key = "model." + key                               # a JambaModel checkpoint (no "model." prefix)
+            m = re.match(r"^(.*\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", key)
+            if m and (m.group(1) + "gate_up_proj") in params:
+                base, e, name = m.group(1), int(m.group(2)), m.group(3)
+                gu, down = params[base + "gate_up_proj"], params[base + "down_proj"]
+                E, I, H = gu.shape[0], down.shape[2], down.shape[1]
+                want = (H, I) if name == "down_proj" else (I, H)
+                if e >= E:
+                    errors.append(f"{key}: expert index {e} out of range (num_experts={E}) in "
+                                  f"{os.path.basename(fpath)}")
+                    continue
+                if tuple(value.shape) != want:
+                    errors.append(f"{key}: expected shape {want} (from config.json), found "
+                                  f"{tuple(value.shape)} in {os.path.basename(fpath)}")
+                    continue
+                with torch.no_grad():                              # write straight into the fused slices
+                    if name == "gate_proj":
+                        gu[e, :I].copy_(value)
+                    elif name == "up_proj":
+                        gu[e, I:].copy_(value)
+                    else:
+                        down[e].copy_(value)
+                per_expert.setdefault(base, {})[(e, name)] = True
+                continue
+            put(key, value, fpath)
+        for base, got in per_expert.items():
+            E = params[base + "gate_up_proj"].shape[0]
+            lacking = [f"{base}{e}.{n}.weight" for e in range(E) for n in ("gate_proj", "up_proj", "down_proj")
+                       if (e, n) not in got]
+            if lacking:
+                errors.append(f"missing expert weights: {lacking[:6]}{' ...' if len(lacking) > 6 else ''}")
+            else:
+                loaded.update({base + "gate_up_proj", base + "down_proj"})
+        tied = {"lm_head.weight", prefix + "embed_tokens.weight"}
+        if self.config.tie_word_embeddings and loaded & tied:
+            loaded |= tied                                         # one tensor under two names
+        missing = [k for k in params if k not in loaded]
+        if missing:
+            errors.append(f"missing keys ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            errors.append(f"unexpected keys ({len(unexpected)}): {unexpected[:8]}"
+                          f"{' ...' if len(unexpected) > 8 else ''}")
+        if errors:
+            raise ValueError("checkpoint does not match the model config:\n  " + "\n  ".join(errors))
+
+    def save_pretrained(self, path: str, per_expert: bool = True) -> None:
+        """config.json + model.safetensors. per_expert=True writes the on-disk Hub layout (loads in
+        transformers 4.x and 5.x); a tied lm_head.weight is left out, as transformers does."""
+        from safetensors.torch import save_file
+        os.makedirs(path, exist_ok=True)
+        self.config.save_pretrained(path)
+        sd = {k: v.detach() for k, v in self.state_dict().items()}
+        if self.config.tie_word_embeddings:
+            sd.pop("lm_head.weight", None)
+        if per_expert:
+            sd = to_per_expert_state_dict(sd)
+        save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(path, "model.safetensors"),
+                  metadata={"format": "pt"})
+
+
+class JambaModel(_PreTrained):
+    """embed_tokens -> layers -> final_layernorm. forward -> (last hidden state (B, L, H), cache, router logits)."""
+
+    def __init__(self, config: JambaConfig):
+        super().__init__()
+        self.config = config
+        self.padding_idx = config.pad_token_id
+        self.vocab_size = config.vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, self.padding_idx)
+        kinds = {"attention": JambaAttentionDecoderLayer, "mamba": JambaMambaDecoderLayer}
+        self.layers = nn.ModuleList([kinds[t](config, i) for i, t in enumerate(config.layers_block_type)])
+        self.final_layernorm = JambaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def _step(self, attention_mask: Optional[Tensor], cache: Optional[JambaHybridCache], Bsz: int, L: int,
+              dtype: torch.dtype, device: torch.device) -> Tuple[_Step, Optional[Tensor]]:
+        past = cache.seq_len if cache is not None else 0
+        key_mask = None                                                           # (B, P+L) bool
+        if attention_mask is not None:
+            am = attention_mask.to(device=device, dtype=torch.bool)
+            if am.dim() != 2 or am.shape[0] != Bsz or am.shape[1] not in (L, past + L):
+                raise ValueError(f"attention_mask: expected shape (batch, past + new tokens) = ({Bsz}, {past + L})"
+                                 f" or ({Bsz}, {L}), got {tuple(attention_mask.shape)}")
+            if am.shape[1] == L and past:
+                prev = cache.key_mask if cache.key_mask is not None else am.new_ones(Bsz, past)
+                am = torch.cat([prev, am], dim=1)
+            key_mask = None if bool(am.all()) else am
+        elif cache is not None and cache.key_mask is not None:
+            key_mask = torch.cat([cache.key_mask, cache.key_mask.new_ones(Bsz, L)], dim=1)
+        mamba_mask = None
+        if key_mask is not None and L > 1:
+            new = key_mask[:, past:]
+            mamba_mask = None if bool(new.all()) else new.to(dtype)
+        attn_mask, is_causal = None, False
+        if key_mask is None:
+            if past == 0:
+                is_causal = L > 1
+            elif L > 1:                                                           # chunked prefill: offset causal
+                q = torch.arange(past, past + L, device=device)[:, None]
+                attn_mask = (torch.arange(past + L, device=device)[None, :] <= q)[None, None]
+        else:
+            q = torch.arange(past, past + L, device=device)[:, None]
+            causal = torch.arange(past + L, device=device)[None, :] <= q           # (L, P+L)
+            attn_mask = causal[None, None] & key_mask[:, None, None, :]            # (B, 1, L, P+L)
+            # a padded query attending to nothing would give NaN; let it attend everywhere instead (its
+            # output is padding, and no real token attends to it)
+            attn_mask = attn_mask | ~attn_mask.any(dim=-1, keepdim=True)
+        return _Step(past, L, mamba_mask, attn_mask, is_causal), key_mask
+
+    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
+                cache: Optional[JambaHybridCache] = None, inputs_embeds: Optional[Tensor] = None,
+                use_cache: bool = False, output_router_logits: bool = False, past_key_values=None,
+                position_ids=None):
+        """input_ids (B, L) or inputs_embeds (B, L, H); attention_mask (B, P+L) or (B, L), 1 = token,
+        0 = padding (left padding). past_key_values: alias of cache; position_ids: accepted and unused
+        (Jamba has no positional embeddings). Returns (hidden (B, L, H), cache or None, router logits)."""
+        cache = cache if cache is not None else past_key_values
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds   # (B, L, H)
+        Bsz, L = h.shape[:2]
+        if use_cache and cache is None:
+            cache = JambaHybridCache(self.config, Bsz)
+        step, key_mask = self._step(attention_mask, cache, Bsz, L, h.dtype, h.device)
+        residual, router_logits = None, []
+        for layer in self.layers:
+            h, residual, rl = layer(h, residual, step, cache)
+            if output_router_logits and rl is not None:
+                router_logits.append(rl)
+        if residual is None:
+            h = self.final_layernorm(h)
+        else:
+            h, _ = _K.add_rms_norm(h, residual, self.final_layernorm.weight, self.final_layernorm.variance_epsilon)
+        if cache is not None:
+            cache.seq_len += L
+            cache.key_mask = key_mask
+        return h, cache, tuple(router_logits)
+
+
+def _load_balancing_loss(router_logits: Sequence[Tensor], num_experts: int, top_k: int,
+                         attention_mask: Optional[Tensor]) -> Tensor:
+    """Switch-style aux loss over all MoE layers (jamba-architecture.md 4.4), padding excluded."""
+    logits = torch.cat([r.float() for r in router_logits], dim=0)                     # (layers*T, E)
+    p = torch.softmax(logits, dim=-1)
+    sel = F.one_hot(torch.topk(p, top_k, dim=-1).indices, num_experts).float()         # (M, k, E)
+    if attention_mask is None:
+        f, pbar = sel.mean(0), p.mean(0)
+    else:
+        m = attention_mask[:, -router_logits[0].shape[0] // attention_mask.shape[0]:].reshape(-1).float()
+        m = m.repeat(len(router_logits))
+        f = (sel * m[:, None, None]).sum(0) / m.sum()
+        pbar = (p * m[:, None]).sum(0) / m.sum()
+    return num_experts * (f * pbar[None]).sum()
+
+
+class JambaForCausalLM(_PreTrained):
+    """JambaModel + lm_head (tied to embed_tokens when config.tie_word_embeddings)."""
+
+    def __init__(self, config: JambaConfig):
+        super().__init__()
+        self.config = config
+        self.model = JambaModel(config)
+        self.vocab_size = config.vocab_size
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self._retie()
+
+    def _retie(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
+                cache: Optional[JambaHybridCache] = None, inputs_embeds: Optional[Tensor] = None,
+                labels: Optional[Tensor] = None, use_cache: bool = False, output_router_logits: bool = False,
+                logits_to_keep: Union[int, Tensor] = 0, past_key_values=None,
+                position_ids=None) -> CausalLMOutput:
+        """logits_to_keep: n > 0 keeps the last n positions, 0 all, a 1-D tensor the given positions.
+        labels (B, L): next-token cross-entropy (shifted inside, -100 ignored) + aux loss when
+        output_router_logits."""
+        h, cache, router_logits = self.model(input_ids, attention_mask, cache, inputs_embeds, use_cache,
+                                             output_router_logits, past_key_values)
+        if isinstance(logits_to_keep, int):
+            hk = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
+        else:
+            hk = h[:, logits_to_keep]
+        logits = self.lm_head(hk)                                                     # (B, L_kept, V)
+        loss = aux = None
+        if labels is not None:
+            shift = F.pad(labels, (0, 1), value=-100)[:, 1:]
+            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), shift.reshape(-1).to(logits.device),
+                                   ignore_index=-100)
+        if output_router_logits and router_logits:
+            aux = _load_balancing_loss(router_logits, self.config.num_experts, self.config.num_experts_per_tok,
+                                       attention_mask)
+            if loss is not None:
+                loss = loss + self.config.router_aux_loss_coef * aux
+        return CausalLMOutput(logits=logits, cache=cache, loss=loss, aux_loss=aux,
+                              router_logits=router_logits or None, last_hidden_state=h)
+
+    # ---- generation
+    @staticmethod
+    def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> Tuple[Tensor, Tensor]:
+        n = max(len(p) for p in prompts)
+        if n == 0:
+            raise ValueError("input_ids: every prompt is empty")
+        ids = torch.full((len(prompts), n), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), n), dtype=torch.long)
+        for b, p in enumerate(prompts):
+            if len(p):
+                ids[b, n - len(p):] = torch.as_tensor(list(p), dtype=torch.long)
+                mask[b, n - len(p):] = 1
+        return ids.to(device), mask.to(device)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask: Optional[Tensor] = None, max_new_tokens: int = 32,
+                 do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: Optional[int] = None, eos_token_id: Union[None, int, Sequence[int]] = "config",
+                 pad_token_id: Optional[int] = "config", streamer: Optional[Callable] = None,
+                 max_length: Optional[int] = None) -> Tensor:
+        """Greedy or sampled continuation of a batch of prompts.
+
+        input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
+        lengths (left-padded here). Sampling applies temperature, then top_k, then top_p (nucleus), with a
+        torch.Generator seeded by `seed`. A sequence stops at an EOS id (config.eos_token_id by default;
+        None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
+        streamer: called with the new tokens (B,) after every step (an object with put()/end(), such as
+        transformers' TextStreamer, also works). max_length (prompt + new), when given, overrides
+        max_new_tokens. Returns LongTensor (B, T + n), n <= max_new_tokens.
+        """
+        dev = self.device
+        pad = self.config.pad_token_id if pad_token_id == "config" else pad_token_id
+        pad = 0 if pad is None else pad
+        eos = self.config.eos_token_ids if eos_token_id == "config" else (
+            [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)))
+        if not isinstance(input_ids, Tensor):
+            if input_ids and isinstance(input_ids[0], int):
+                input_ids = [input_ids]
+            input_ids, attention_mask = self._left_pad(input_ids, pad, dev)
+        input_ids = input_ids.to(dev)
+        if input_ids.dim() == 1:
+            input_ids = input_ids[None]
+        if max_length is not None:
+            max_new_tokens = max_length - input_ids.shape[1]
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
+        if do_sample and temperature <= 0:
+            raise ValueError(f"temperature: expected > 0 when sampling, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p: expected in (0, 1], got {top_p}")
+        Bsz, T = input_ids.shape
+        gen = None
+        if do_sample:
+            gen = torch.Generator(device=dev)
+            gen.manual_seed(seed if seed is not None else torch.seed())
+        put = getattr(streamer, "put", streamer)
+        if max_new_tokens == 0:
+            return input_ids
+        cache = JambaHybridCache(self.config, Bsz, max_length=T + max_new_tokens)
+        eos_t = torch.tensor(eos, device=dev, dtype=torch.long) if eos else None
+        unfinished = torch.ones(Bsz, dtype=torch.bool, device=dev)
+        out = [input_ids]
+        logits = self(input_ids, attention_mask, cache=cache, logits_to_keep=1).logits[:, -1]    # (B, V)
+        for i in range(max_new_tokens):
+            nxt = self._pick(logits, do_sample, temperature, top_k, top_p, gen)                   # (B,)
+            nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
+            out.append(nxt[:, None])
+            if put is not None:
+                put(nxt)
+            if eos_t is not None:
+                unfinished &= ~torch.isin(nxt, eos_t)
+                if not bool(unfinished.any()):
+                    break
+            if i + 1 < max_new_tokens:
+                logits = self(nxt[:, None], cache=cache).logits[:, -1]
+        if streamer is not None and hasattr(streamer, "end"):
+            streamer.end()
+        return torch.cat(out, dim=1)
+
+    @staticmethod
+    def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
+              gen: Optional[torch.Generator]) -> Tensor:
+        """logits (B, V) -> token ids (B,)."""
+        if not do_sample:
+            return logits.argmax(dim=-1)
+        scores = logits.float() / temperature
+        if top_k and top_k < scores.shape[-1]:
+            kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if top_p < 1.0:
+            srt, idx = torch.sort(scores, dim=-1, descending=False)
+            cum = torch.softmax(srt, dim=-1).cumsum(dim=-1)
+            drop = cum <= (1 - top_p)                     # the low tail whose mass is at most 1 - top_p
+            drop[:, -1] = False                           # always keep the most likely token
+            scores = scores.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
+        return torch.multinomial(probs, 1, generator=gen)[:, 0]

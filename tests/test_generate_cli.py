@@ -1,0 +1,89 @@
+"""The jamba-ext command: `python -m jamba_ext generate` on the built-in model (subprocess, as a user runs
+it), on a local transformers checkpoint with a tokenizer.json, and its errors for bad --model dirs."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from jamba_ext.__main__ import main
+from jamba_ext.tokenizer import ByteTokenizer, StreamDecoder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args):
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "jamba_ext", *args], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=ROOT)
+
+
+def test_cli_builtin_model_smoke():
+    r = _run("generate", "--prompt", "hello", "--max-new-tokens", "5", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("hello")
+    assert "tokens/s" in r.stderr and "built-in" in r.stderr
+    assert "decode: 4 tokens" in r.stderr
+
+
+def test_cli_builtin_is_deterministic(capsys):
+    outs = []
+    for _ in range(2):
+        assert main(["generate", "--prompt", "ab", "--max-new-tokens", "3", "--device", "cpu",
+                     "--temperature", "0.7", "--seed", "3", "--progress"]) == 0
+        cap = capsys.readouterr()
+        outs.append(cap.out)
+        assert "3/3" in cap.err                       # the progress bar was drawn on stderr
+    assert outs[0] == outs[1]
+
+
+def _tiny_checkpoint(path, with_tokenizer=True):
+    transformers = pytest.importorskip("transformers")
+    from test_model import CONFIGS, make_hf
+    make_hf(CONFIGS["attn1_moe_top2"]).save_pretrained(str(path))
+    if with_tokenizer:
+        tokenizers = pytest.importorskip("tokenizers")
+        words = ["[UNK]", "[PAD]", "[EOS]", "the", "cat", "sat", "on", "a", "mat", "dog"]
+        tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+        tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+        tok.save(str(path / "tokenizer.json"))
+    return transformers
+
+
+def test_cli_local_checkpoint(tmp_path):
+    _tiny_checkpoint(tmp_path)
+    r = _run("generate", "--model", str(tmp_path), "--prompt", "the cat sat", "--max-new-tokens", "4",
+             "--device", "cpu", "--dtype", "float32")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("the cat sat") and "tokens/s" in r.stderr
+
+
+def test_cli_bad_model_dirs(tmp_path, capsys):
+    def fails(args, pattern):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "--prompt", "x", "--device", "cpu", *args])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "jamba-ext: error:" in err and pattern in err, err
+
+    fails(["--model", str(tmp_path / "missing")], "not a directory")
+    fails(["--model", str(tmp_path)], "no config.json")
+    ck = tmp_path / "ck"
+    _tiny_checkpoint(ck, with_tokenizer=False)
+    fails(["--model", str(ck)], "no tokenizer.json")
+    _tiny_checkpoint(ck)
+    os.remove(ck / "model.safetensors")
+    fails(["--model", str(ck)], "no weights")
+    fails(["--max-new-tokens", "-1"], "--max-new-tokens")
+
+
+def test_byte_tokenizer_and_stream_decoder():
+    tok = ByteTokenizer()
+    ids = tok.encode("héllo ✓")
+    assert ids[0] == tok.bos_token_id and tok.decode(ids) == "héllo ✓"
+    dec = StreamDecoder(tok)
+    pieces = [dec.push(i) for i in ids]
+    assert "".join(pieces) + dec.flush() == "héllo ✓"
+    assert all("\ufffd" not in p for p in pieces)      # half characters are held back
+    assert torch.tensor(ids).max() < tok.vocab_size

@@ -1,0 +1,237 @@
+"""jamba_ext.integrations.transformers against the installed transformers.
+
+- swap_modules: transformers' JambaForCausalLM with our Mamba mixers, MoE blocks and RMSNorms swapped in
+  place gives the logits of before the swap (fp32, rel 1e-4), the same greedy generate() tokens (its
+  own cache, its own loop), keeps every Parameter object, and really runs our ops (spied).
+- patch_kernel_functions: the kernel globals transformers' mixer calls are rebound to our adapters; same
+  logits and tokens; restore() puts the originals back.
+- the adapters (mamba_ssm / causal-conv1d signatures) against reference.py in float64.
+- transformers 4.x per-expert experts: the one-time re-pointing keeps Parameter identity.
+"""
+import pytest
+import torch
+from torch import nn
+
+import jamba_ext
+from jamba_ext import ops, reference
+from jamba_ext.integrations import transformers as jt
+
+transformers = pytest.importorskip("transformers")
+from test_model import CONFIGS, FP32_REL, make_hf, prompt_ids, rel_err  # noqa: E402
+
+
+def _spy(monkeypatch, name):
+    calls = []
+    real = getattr(ops, name)
+
+    def wrapped(*a, **k):
+        calls.append(name)
+        return real(*a, **k)
+
+    monkeypatch.setattr(ops, name, wrapped)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
+def test_swap_modules_same_logits_and_generate(monkeypatch, name):
+    cfg = CONFIGS[name]
+    hf = make_hf(cfg)
+    ids = prompt_ids(2, 11, cfg["vocab_size"])
+    with torch.no_grad():
+        before = hf(ids, use_cache=False).logits
+        gen_before = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
+    params = dict(hf.named_parameters())
+    keys = list(hf.state_dict().keys())
+    counts = jt.swap_modules(hf)
+    n_mamba = cfg["num_hidden_layers"] - hf.config.layers_block_type.count("attention")
+    n_moe = sum(e > 1 for e in hf.config.layers_num_experts)
+    assert counts == {"mixers": n_mamba, "moe": n_moe, "norms": 2 * cfg["num_hidden_layers"] + 1 + 3 * n_mamba}
+    assert jt.swap_modules(hf) == {"mixers": 0, "moe": 0, "norms": 0}              # idempotent
+    after_params = dict(hf.named_parameters())
+    assert list(hf.state_dict().keys()) == keys
+    assert after_params.keys() == params.keys() and all(after_params[k] is params[k] for k in params)
+    scans, steps = _spy(monkeypatch, "selective_scan"), _spy(monkeypatch, "selective_state_update")
+    with torch.no_grad():
+        after = hf(ids, use_cache=False).logits
+        assert rel_err(after, before) <= FP32_REL
+        assert len(scans) == n_mamba
+        gen_after = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=10, do_sample=False)
+    assert gen_after.tolist() == gen_before.tolist()
+    assert len(steps) > 0                       # decode went through transformers' cache + our state update
+
+
+def test_swap_padded_batch():
+    cfg = CONFIGS["attn1_moe_top2"]
+    hf = make_hf(cfg)
+    prompts = [prompt_ids(1, n, 101, seed=n)[0].tolist() for n in (9, 4)]
+    ids, mask = jamba_ext.modeling_jamba.JambaForCausalLM._left_pad(prompts, 0, "cpu")
+    with torch.no_grad():
+        before = hf(ids, attention_mask=mask, use_cache=False).logits
+        g_before = hf.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+        jt.swap_modules(hf)
+        after = hf(ids, attention_mask=mask, use_cache=False).logits
+        g_after = hf.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False)
+    real = mask.bool()
+    assert rel_err(after[real], before[real]) <= FP32_REL
+    assert g_after.tolist() == g_before.tolist()
+
+
+def test_patch_kernel_functions(monkeypatch):
+    import transformers.models.jamba.modeling_jamba as hfm
+    cfg = CONFIGS["attn1_moe_top2"]
+    hf = make_hf(cfg)
+    ids = prompt_ids(2, 11, cfg["vocab_size"])
+    originals = {n: getattr(hfm, n) for n in jt._PATCH_NAMES if hasattr(hfm, n)}
+    with torch.no_grad():
+        before = hf(ids, use_cache=False).logits
+        gen_before = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+        scans, convs = _spy(monkeypatch, "selective_scan"), _spy(monkeypatch, "causal_conv1d")
+        with jt.patch_kernel_functions() as handle:
+            assert handle.names and all(getattr(hfm, n) is jt._PATCH_NAMES[n] for n in originals)
+            after = hf(ids, use_cache=False).logits
+            assert len(scans) == 3 and len(convs) == 3
+            gen_after = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False)
+    assert all(getattr(hfm, n) is f for n, f in originals.items())
+    assert rel_err(after, before) <= FP32_REL
+    assert gen_after.tolist() == gen_before.tolist()
+
+
+# ---- adapters vs reference (float64 oracle) ------------------------------------------------------------------
+def test_adapters_match_reference():
+    Bsz, DI, L, N, K = 2, 24, 9, 5, 4
+    xz = torch.randn(Bsz, L, 2 * DI).transpose(1, 2)              # transformers' layout: stride 1 along channels
+    x, z = xz[:, :DI], xz[:, DI:]
+    w, b = torch.randn(DI, K), torch.randn(DI)
+    out = jt.causal_conv1d_fn(x, w, b, activation="silu")
+    ref, _ = reference.causal_conv1d(x.double(), w.double(), b.double(), None, True)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    out2, fin = jt.causal_conv1d_fn(x, w, b, activation=None, return_final_states=True)
+    ref2, fref = reference.causal_conv1d(x.double(), w.double(), b.double(), None, False)
+    torch.testing.assert_close(out2.double(), ref2, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fin.double(), fref, rtol=0, atol=0)
+    state = torch.randn(Bsz, DI, K)
+    s_ref = state.clone()
+    o = jt.causal_conv1d_update(x[:, :, :1], state, w, b, activation="silu")
+    o_ref, s_new = reference.causal_conv1d_update(x[:, :, :1].double(), s_ref.double(), w.double(), b.double(), True)
+    torch.testing.assert_close(o.double(), o_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(state.double(), s_new, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="activation"):
+        jt.causal_conv1d_fn(x, w, b, activation="gelu")
+
+    delta = torch.randn(Bsz, DI, L)
+    A = -torch.rand(DI, N) * 3 - 0.5
+    Bm, Cm = torch.randn(Bsz, N, L), torch.randn(Bsz, 1, N, L)
+    D, db = torch.randn(DI), torch.randn(DI)
+    y, last = jt.selective_scan_fn(x, delta, A, Bm, Cm, D, z, db, True, return_last_state=True)
+    y_ref, last_ref = reference.selective_scan(x.double(), delta.double(), A.double(), Bm.double(),
+                                               Cm[:, 0].double(), D.double(), z.double(), db.double(), True)
+    torch.testing.assert_close(y.double(), y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(last.double(), last_ref, rtol=1e-4, atol=1e-5)
+    h = torch.randn(Bsz, DI, N)
+    h_ref = h.double().clone()
+    o = jt.selective_state_update(h, x[:, :, 0], delta[:, :, 0], A, Bm[:, :, 0], Cm[:, 0, :, 0], D, z[:, :, 0],
+                                  dt_bias=db, dt_softplus=True)
+    o_ref, h_new = reference.selective_state_update(h_ref, x[:, :, 0].double(), delta[:, :, 0].double(),
+                                                    A.double(), Bm[:, :, 0].double(), Cm[:, 0, :, 0].double(),
+                                                    D.double(), z[:, :, 0].double(), db.double(), True)
+    torch.testing.assert_close(o.double(), o_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(h.double(), h_new, rtol=1e-4, atol=1e-5)
+
+
+def test_per_expert_repoint_keeps_parameters():
+    """transformers 4.x layout (ModuleList of MLPs): fused once, Parameter objects unchanged."""
+    E, I, H = 3, 6, 5
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_proj, self.up_proj, self.down_proj = nn.Linear(H, I, False), nn.Linear(H, I, False), \
+                nn.Linear(I, H, False)
+
+    class Block(nn.Module):                       # the shape of transformers 4.x JambaSparseMoeBlock
+        def __init__(self):
+            super().__init__()
+            self.top_k = 2
+            self.router = nn.Linear(H, E, bias=False)
+            self.experts = nn.ModuleList([MLP() for _ in range(E)])
+
+        def forward(self, x):
+            logits = self.router(x)
+            w, idx = torch.topk(torch.softmax(logits.float(), -1), self.top_k, -1)
+            out = torch.zeros_like(x)
+            for t in range(x.shape[0]):
+                for j in range(self.top_k):
+                    ex = self.experts[int(idx[t, j])]
+                    out[t] += w[t, j] * ex.down_proj(torch.nn.functional.silu(ex.gate_proj(x[t])) * ex.up_proj(x[t]))
+            return out, logits
+
+    blk = Block()
+    x = torch.randn(7, H)
+    with torch.no_grad():
+        ref, ref_logits = blk(x)
+    before = {n: p for n, p in blk.named_parameters()}
+    new = jt.HFJambaSparseMoeBlock(blk)
+    assert {n: p for n, p in new.named_parameters()}.keys() == before.keys()
+    assert all(p is before[n] for n, p in new.named_parameters())
+    with torch.no_grad():
+        out, logits = new(x[None])                # legacy return: (hidden, router_logits)
+    torch.testing.assert_close(out[0], ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, ref_logits)
+    with torch.no_grad():                         # the re-pointed views are live: edit a Parameter, output follows
+        blk.experts[1].up_proj.weight.mul_(2)
+    assert new._fused[0].data_ptr() == blk.experts[0].gate_proj.weight.data_ptr()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_swap_bf16():
+    """bf16 on CUDA: the swapped model's logits against transformers fp32 are within 2x of transformers'
+    own bf16 error (+1e-3; norm-wise, see test_model.BF16_REL); generate runs."""
+    from test_model import norm_err
+    if not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    cfg = CONFIGS["attn1_moe_top2"]
+    hf32 = make_hf(cfg, device="cuda")
+    hf16 = make_hf(cfg, device="cuda", dtype=torch.bfloat16)
+    ids = prompt_ids(2, 33, cfg["vocab_size"]).cuda()
+    with torch.no_grad():
+        ref, before = hf32(ids, use_cache=False).logits.float(), hf16(ids, use_cache=False).logits.float()
+        jt.swap_modules(hf16)
+        after = hf16(ids, use_cache=False).logits.float()
+        e_after, e_before = norm_err(after, ref), norm_err(before, ref)
+        assert e_after <= 2 * e_before + 1e-3, (e_after, e_before)
+        g = hf16.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, do_sample=False,
+                          min_new_tokens=8)
+    assert g.shape == (2, 41)
+
+
+def test_swapped_mixer_with_legacy_hybrid_cache():
+    """The 4.x / early-5.x cache API (conv_states / ssm_states lists, has_previous_state flag, called with
+    cache_params=): prefill then decode through a swapped mixer == our model's mixer on its own cache."""
+    cfg = CONFIGS["attn1_moe_top2"]
+    hf = make_hf(cfg)
+    jt.swap_modules(hf)
+    mixer = hf.model.layers[0].mamba
+    Bsz, DI, K, N = 2, mixer.intermediate_size, mixer.conv_kernel_size, mixer.ssm_state_size
+
+    class LegacyCache:                       # the shape of HybridMambaAttentionDynamicCache
+        def __init__(self):
+            self.has_previous_state = False
+            self.conv_states = [torch.zeros(Bsz, DI, K)]
+            self.ssm_states = [torch.zeros(Bsz, DI, N)]
+
+    legacy = LegacyCache()
+    ours = jamba_ext.modeling_jamba.JambaHybridCache(jamba_ext.modeling_jamba.JambaConfig(**cfg), Bsz)
+    x = torch.randn(Bsz, 7, cfg["hidden_size"])
+    with torch.no_grad():
+        a = mixer(x, cache_params=legacy)
+        legacy.has_previous_state = True     # the 4.x model flips it after the first forward
+        b = jamba_ext.modeling_jamba.JambaMambaMixer.forward(mixer, x, ours)
+        assert rel_err(a, b) <= 1e-6
+        torch.testing.assert_close(legacy.conv_states[0], ours.conv_states[0], rtol=0, atol=0)
+        for _ in range(3):
+            t = torch.randn(Bsz, 1, cfg["hidden_size"])
+            a = mixer(t, cache_params=legacy)
+            b = jamba_ext.modeling_jamba.JambaMambaMixer.forward(mixer, t, ours)
+            assert rel_err(a, b) <= 1e-6
+        torch.testing.assert_close(legacy.ssm_states[0], ours.ssm_states[0], rtol=1e-6, atol=1e-6)
