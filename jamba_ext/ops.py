@@ -85,6 +85,17 @@ def _check_args(op: str, ref_name: str, ref: Tensor, ranks: dict, **tensors: Opt
             _fail(op, f"{name} must have {want} dimensions, got {t.dim()} (shape {tuple(t.shape)})")
 
 
+def _fake_devices(op: str, **tensors: Optional[Tensor]) -> None:
+    """Fake kernels run when any argument is on meta: refuse a mix of devices there too (a meta argument
+    among CPU tensors must raise, not return a fake result)."""
+    devs = {name: t.device for name, t in tensors.items() if isinstance(t, Tensor)}
+    if len(set(devs.values())) > 1:
+        first = next(iter(devs))
+        for name, d in devs.items():
+            if d != devs[first]:
+                _fail(op, f"{name} is on {d} but {first} is on {devs[first]}; all tensors must be on one device")
+
+
 def _call(fn_name: str, device: torch.device, op: str, named: List[Tuple[str, Optional[Tensor]]], *scalars):
     if device.type == "cuda":
         if not _C.has_cuda():
@@ -165,6 +176,7 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
 
 @rms_norm.register_fake
 def _(x, weight, eps=1e-6):
+    _fake_devices("rms_norm", x=x, weight=weight)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -184,6 +196,7 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float = 1e-6)
 
 @add_rms_norm.register_fake
 def _(x, residual, weight, eps=1e-6):
+    _fake_devices("add_rms_norm", x=x, residual=residual, weight=weight)
     return (torch.empty_like(x, memory_format=torch.contiguous_format),
             torch.empty_like(x, memory_format=torch.contiguous_format))
 
@@ -209,6 +222,8 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                 weight=weight, bias=bias, initial_state=initial_state)
     w = _conv_weight(op, weight)
     K = w.shape[1]
+    if state_len < -1:
+        _fail(op, f"state_len must be -1 (width - 1), 0 (no final state) or a positive length, got {state_len}")
     S = K - 1 if state_len < 0 else state_len
     out = _alloc(x.shape, x.dtype, x.device)
     final = _alloc((x.shape[0], x.shape[1], S), x.dtype, x.device)
@@ -220,6 +235,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
 
 @causal_conv1d.register_fake
 def _(x, weight, bias=None, initial_state=None, silu=True, state_len=-1):
+    _fake_devices("causal_conv1d", x=x, weight=weight, bias=bias, initial_state=initial_state)
     K = weight.shape[-1]
     S = K - 1 if state_len < 0 else state_len
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((x.shape[0], x.shape[1], S))
@@ -242,6 +258,7 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
 
 @causal_conv1d_update.register_fake
 def _(x, conv_state, weight, bias=None, silu=True):
+    _fake_devices("causal_conv1d_update", x=x, conv_state=conv_state, weight=weight, bias=bias)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
@@ -268,6 +285,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 
 @selective_scan.register_fake
 def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
+    _fake_devices("selective_scan", u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                  initial_state=initial_state)
     return (torch.empty_like(u, memory_format=torch.contiguous_format),
             u.new_empty((u.shape[0], u.shape[1], A.shape[1]), dtype=torch.float32))
 
@@ -291,6 +310,7 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
 
 @selective_state_update.register_fake
 def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
+    _fake_devices("selective_state_update", state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 

@@ -59,7 +59,10 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
         hist = torch.cat([hist, initial_state.to(cd)], dim=-1)
     full = torch.cat([hist, xc], dim=-1)
     padded = full[..., full.shape[-1] - L - (K - 1):]
-    out = F.conv1d(padded, w.to(cd).unsqueeze(1), _f(bias, cd), groups=DI)
+    if L == 0:
+        out = torch.zeros(Bsz, DI, 0, dtype=cd, device=x.device)
+    else:
+        out = F.conv1d(padded, w.to(cd).unsqueeze(1), _f(bias, cd), groups=DI)
     if silu:
         out = F.silu(out)
     final = full[..., full.shape[-1] - S:] if S > 0 else full[..., :0]
@@ -133,10 +136,12 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
 # ---- MoE ----------------------------------------------------------------------------------------------
 def moe_route(router_logits: Tensor, top_k: int) -> Tuple[Tensor, Tensor]:
     """router_logits: (T, E). Jamba routing: softmax in fp32 (fp64 for fp64 input) over all E experts,
-    then top-k, no renormalisation. Returns (weights (T, TOPK) fp32/fp64, expert ids (T, TOPK) int64)."""
+    then top-k, no renormalisation. Returns (weights (T, TOPK) fp32/fp64, expert ids (T, TOPK) int64).
+    Equal probabilities go to the lower expert id (a stable sort; torch.topk leaves ties unspecified, and
+    bf16 logits tie often)."""
     p = torch.softmax(router_logits.to(_compute_dtype(router_logits)), dim=-1)
-    w, idx = torch.topk(p, top_k, dim=-1)
-    return w, idx
+    w, idx = torch.sort(p, dim=-1, descending=True, stable=True)
+    return w[:, :top_k], idx[:, :top_k]
 
 
 def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
@@ -162,4 +167,32 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
         xe = x[tok]
         y = swiglu_mlp(xe, w_gate_up[e, :Fd], w_gate_up[e, Fd:], w_down[e])
         out.index_add_(0, tok, y * weights[tok, slot].to(x.dtype)[:, None])
+    return out
+
+
+def moe_permute(expert_ids: Tensor, num_experts: int) -> Tuple[Tensor, Tensor]:
+    """The permutation of moe_route / moe_permute. expert_ids: (T, TOPK). Slots s = t*TOPK + j are sorted by
+    expert id, stably (token order inside an expert); ids outside [0, E) form a last bucket.
+    Returns (expert_offsets (E+1,) int32: start of each expert's slots and of the bad bucket,
+    sorted_slots (T*TOPK,) int32)."""
+    ids = expert_ids.reshape(-1).long()
+    key = torch.where((ids >= 0) & (ids < num_experts), ids, torch.full_like(ids, num_experts))
+    sorted_slots = torch.sort(key, stable=True).indices
+    counts = torch.bincount(key, minlength=num_experts + 1)
+    offsets = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])[:num_experts + 1]
+    return offsets.to(torch.int32), sorted_slots.to(torch.int32)
+
+
+def moe_experts_dense(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
+    """moe_experts without data-dependent shapes (every expert runs on every token, masked by its combine
+    weight): E times the work, but traceable by torch.compile / AOT autograd. The autograd formula of
+    jamba.moe_experts differentiates this one. Same shapes as moe_experts."""
+    E, F2, _ = w_gate_up.shape
+    Fd = F2 // 2
+    onehot = torch.nn.functional.one_hot(expert_ids.long().clamp(0, E - 1), E).to(x.dtype)   # (T, TOPK, E)
+    cw = (onehot * weights.to(x.dtype).unsqueeze(-1)).sum(1)                                  # (T, E)
+    out = torch.zeros_like(x)
+    for e in range(E):
+        y = swiglu_mlp(x, w_gate_up[e, :Fd], w_gate_up[e, Fd:], w_down[e])
+        out = out + y * cw[:, e:e + 1]
     return out
