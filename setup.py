@@ -23,15 +23,31 @@ from setuptools.command.build_ext import build_ext
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
+def _is_toolkit(home):
+    return bool(home) and os.path.exists(os.path.join(home, "bin", "nvcc")) and any(
+        os.path.exists(os.path.join(home, sub, "libcudart_static.a"))
+        for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"),
+                    os.path.join("targets", "sbsa-linux", "lib")))
+
+
 def find_cuda_home():
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
-        return home
+    """A CUDA toolkit root holding bin/nvcc and libcudart_static.a. `nvcc` on PATH may be a wrapper script
+    (e.g. /usr/local/bin/nvcc exec'ing the real one), so its parent is only one candidate among others."""
+    cands = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH")]
     nvcc = shutil.which("nvcc")
     if nvcc:
-        return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
-    if os.path.exists("/usr/local/cuda/bin/nvcc"):
-        return "/usr/local/cuda"
+        cands.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+        try:  # a wrapper: ask nvcc itself where it lives
+            out = subprocess.run([nvcc, "--dryrun", "--version"], capture_output=True, text=True, timeout=30)
+            for line in (out.stdout + out.stderr).splitlines():
+                if "TOP=" in line:
+                    cands.append(os.path.normpath(line.split("TOP=", 1)[1].strip().strip('"')))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    cands += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for c in cands:
+        if _is_toolkit(c):
+            return c
     return None
 
 

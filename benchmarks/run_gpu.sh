@@ -8,7 +8,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_round.log"
-export PYTHONUNBUFFERED=1 JAMBA_COMMIT=${JAMBA_COMMIT:-unknown}
+export PYTHONUNBUFFERED=1 JAMBA_COMMIT=${JAMBA_COMMIT:-unknown} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mode=${1:-full}
 step() { echo; echo "=== $* ($(date +%T))"; }
 {

@@ -25,6 +25,7 @@
 
 #define SCAN_THREADS 128
 #define SCAN_SMEM_BUDGET (48 * 1024)
+#define SCAN_EU 16 /* u/dt/z elements a thread prefetches per chunk (registers): TC <= SCAN_EU * G */
 
 struct scan_args {
     void *out;
@@ -35,35 +36,122 @@ struct scan_args {
     int64_t su0, su1, sd0, sd1, sz0, sz1;   /* (batch, channel) strides; unit stride along L */
     int64_t sA0, sA1, sB0, sB1, sB2, sC0, sC1, sC2, sD, sdb, si0, si1;
     int bdt, cdt, softplus;
-    int G, CH, TC, Npad; /* threads per channel, channels per block, time chunk, G*SPT */
+    int G, CH, Npad;     /* threads per channel, channels per block (128 / G), G*SPT (powers of two) */
+    int TC, tc_log2;     /* time chunk (a power of two) */
     int bc_nfast;        /* B/C staged with n fastest (their stride along N is the smaller one) */
 };
 
-/* Stages a (TC, Npad) tile of B or C (fp32, zero outside [0, nt) x [0, N)) into s[t*Npad + n]. */
-__device__ __forceinline__ void scan_stage_bc(float *s, const void *p, int dtype, int64_t base, int64_t sn,
-                                              int64_t st, int64_t t0, int nt, const scan_args &a) {
-    const int TC = a.TC, Npad = a.Npad;
+/* raw 32-bit load of a runtime-dtype element (f32 bits, or the 16 bits of bf16/f16) and its conversion */
+__device__ __forceinline__ uint32_t scan_ld_raw(const void *p, int dtype, int64_t i) {
+    return dtype == JAMBA_F32 ? __float_as_uint(((const float *)p)[i]) : (uint32_t)((const uint16_t *)p)[i];
+}
+__device__ __forceinline__ float scan_raw_f(uint32_t r, int dtype) {
+    if (dtype == JAMBA_F32) return __uint_as_float(r);
+    if (dtype == JAMBA_BF16) return __uint_as_float(r << 16);
+    return __half2float(__ushort_as_half((unsigned short)r));
+}
+
+/* The next chunk's inputs, held in registers while the current chunk is scanned: the global loads are
+ * issued before the scan loop and consumed after it, so their latency hides behind the recurrence.
+ * EBC: B/C floats per array and thread (TC * Npad <= EBC * SCAN_THREADS). */
+template <typename T, int EBC> struct scan_regs {
+    T u[SCAN_EU], d[SCAN_EU], z[SCAN_EU];
+    uint32_t b[EBC], c[EBC];
+};
+
+/* Issues the loads of chunk [t0, t0 + nt) for batch b, channels c0 .. c0+CH-1.
+ *   u/dt/z: element k of this thread is e = tid + k*128 of the (CH, TC) tile, l = e / TC, t = e % TC
+ *   (consecutive threads on consecutive t: coalesced along L).
+ *   B/C, n fastest: element e = tid + k*128 of the (TC, Npad) tile, t = e / Npad, n = e % Npad.
+ *   B/C, t fastest: quad k is e = tid + k*128 of the (Npad/4, TC) quad grid: t = e % TC, n = 4*(e / TC) + i. */
+template <typename T, int EBC>
+__device__ __forceinline__ void scan_prefetch(scan_regs<T, EBC> &r, const scan_args &a, int64_t b, int64_t c0,
+                                              int64_t t0, int nt) {
+    const int TC = a.TC, lg = a.tc_log2, CH = a.CH;
+    const T *u = (const T *)a.u, *dl = (const T *)a.delta, *z = (const T *)a.z;
+#pragma unroll
+    for (int k = 0; k < SCAN_EU; k++) {
+        const int e = threadIdx.x + k * SCAN_THREADS, l = e >> lg, t = e & (TC - 1);
+        const int64_t cc = c0 + l;
+        if (l < CH && t < nt && cc < a.DI) {
+            r.u[k] = u[b * a.su0 + cc * a.su1 + t0 + t];
+            r.d[k] = dl[b * a.sd0 + cc * a.sd1 + t0 + t];
+            if (z) r.z[k] = z[b * a.sz0 + cc * a.sz1 + t0 + t];
+        }
+    }
+    const int64_t bB = b * a.sB0, bC = b * a.sC0;
     if (a.bc_nfast) {
-        /* consecutive threads on consecutive n: coalesced when stride along N is 1; conflict-free stores */
-#pragma unroll 4
-        for (int e = threadIdx.x; e < TC * Npad; e += SCAN_THREADS) {
-            const int t = e / Npad, n = e - t * Npad;
-            s[e] = (t < nt && n < a.N) ? jamba_ld_any(p, dtype, base + n * sn + (t0 + t) * st) : 0.f;
+#pragma unroll
+        for (int k = 0; k < EBC; k++) {
+            const int e = threadIdx.x + k * SCAN_THREADS, t = e / a.Npad, n = e & (a.Npad - 1);
+            if (t < nt && n < a.N) {
+                r.b[k] = scan_ld_raw(a.Bm, a.bdt, bB + n * a.sB1 + (t0 + t) * a.sB2);
+                r.c[k] = scan_ld_raw(a.Cm, a.cdt, bC + n * a.sC1 + (t0 + t) * a.sC2);
+            }
         }
     } else {
-        /* consecutive threads on consecutive t: coalesced when stride along L is 1; each thread gathers
-         * 4 consecutive n and writes them as one 16-byte store */
-        const int nq = Npad >> 2;
-#pragma unroll 2
-        for (int e = threadIdx.x; e < TC * nq; e += SCAN_THREADS) {
-            const int q = e / TC, t = e - q * TC;
-            float v[4];
+#pragma unroll
+        for (int k = 0; k < EBC / 4; k++) {
+            const int e = threadIdx.x + k * SCAN_THREADS, q = e >> lg, t = e & (TC - 1);
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const int n = q * 4 + i;
-                v[i] = (t < nt && n < a.N) ? jamba_ld_any(p, dtype, base + n * sn + (t0 + t) * st) : 0.f;
+                if (q < (a.Npad >> 2) && t < nt && n < a.N) {
+                    r.b[k * 4 + i] = scan_ld_raw(a.Bm, a.bdt, bB + n * a.sB1 + (t0 + t) * a.sB2);
+                    r.c[k * 4 + i] = scan_ld_raw(a.Cm, a.cdt, bC + n * a.sC1 + (t0 + t) * a.sC2);
+                }
             }
-            *(float4 *)&s[t * Npad + q * 4] = make_float4(v[0], v[1], v[2], v[3]);
+        }
+    }
+}
+
+/* Writes the prefetched chunk to shared memory in fp32 (dt with bias and softplus applied), zeros where
+ * the tile is outside [0, nt) x channels < DI x states < N, so every lane computes on finite values. */
+template <typename T, int EBC>
+__device__ __forceinline__ void scan_stage(const scan_regs<T, EBC> &r, const scan_args &a, int64_t c0, int nt,
+                                           float *su, float *sdt, float *sz, float *sB, float *sC,
+                                           const float *sbias) {
+    const int TC = a.TC, lg = a.tc_log2, CH = a.CH, TP = TC + 1;
+#pragma unroll
+    for (int k = 0; k < SCAN_EU; k++) {
+        const int e = threadIdx.x + k * SCAN_THREADS, l = e >> lg, t = e & (TC - 1);
+        if (l < CH) {
+            const bool ok = t < nt && c0 + l < a.DI;
+            float dd = 0.f;
+            if (ok) {
+                dd = jamba_ld<T>(r.d[k]) + sbias[l];
+                if (a.softplus) dd = jamba_cu_softplus(dd);
+            }
+            su[l * TP + t] = ok ? jamba_ld<T>(r.u[k]) : 0.f;
+            sdt[l * TP + t] = dd;
+            sz[l * TP + t] = (ok && a.z) ? jamba_ld<T>(r.z[k]) : 0.f;
+        }
+    }
+    if (a.bc_nfast) {
+#pragma unroll
+        for (int k = 0; k < EBC; k++) {
+            const int e = threadIdx.x + k * SCAN_THREADS, t = e / a.Npad, n = e & (a.Npad - 1);
+            if (t < TC) {
+                const bool ok = t < nt && n < a.N;
+                sB[e] = ok ? scan_raw_f(r.b[k], a.bdt) : 0.f;
+                sC[e] = ok ? scan_raw_f(r.c[k], a.cdt) : 0.f;
+            }
+        }
+    } else {
+#pragma unroll
+        for (int k = 0; k < EBC / 4; k++) {
+            const int e = threadIdx.x + k * SCAN_THREADS, q = e >> lg, t = e & (TC - 1);
+            if (q < (a.Npad >> 2)) {
+                float vb[4], vc[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const bool ok = t < nt && q * 4 + i < a.N;
+                    vb[i] = ok ? scan_raw_f(r.b[k * 4 + i], a.bdt) : 0.f;
+                    vc[i] = ok ? scan_raw_f(r.c[k * 4 + i], a.cdt) : 0.f;
+                }
+                *(float4 *)&sB[t * a.Npad + q * 4] = make_float4(vb[0], vb[1], vb[2], vb[3]);
+                *(float4 *)&sC[t * a.Npad + q * 4] = make_float4(vc[0], vc[1], vc[2], vc[3]);
+            }
         }
     }
 }
@@ -74,23 +162,27 @@ __device__ __forceinline__ void scan_stage_bc(float *s, const void *p, int dtype
  *   last_state (B, DI, N) f32 contiguous.
  *   Block (SCAN_THREADS = CH*G): thread -> (local channel lc = tid / G, state group g = tid % G owning states
  *   g*SPT .. g*SPT+SPT-1). Virtual block vb -> (b = vb / nblk, channels c0 .. c0+CH-1), grid-stride loop.
- *   Shared memory: su, sdt (then y), sz as [CH][TC+1] (padded against bank conflicts), sB, sC as [TC][Npad]. */
-template <typename T, int SPT>
+ *   Per chunk of TC steps: stage the prefetched registers to shared memory, issue the next chunk's loads,
+ *   scan, write the outputs. Shared memory: su, sdt, sz, sy (y + D*u) as [CH][TC+1] (padded against bank
+ *   conflicts), sB, sC as [TC][Npad], sbias [CH]. */
+template <typename T, int SPT, int EBC>
 __global__ void __launch_bounds__(SCAN_THREADS) selective_scan_fwd_kernel(scan_args a) {
     extern __shared__ float4 smem4[];
     float *smem = (float *)smem4;
     const int G = a.G, CH = a.CH, TC = a.TC, Npad = a.Npad, TP = TC + 1;
     const int arr = (CH * TP + 3) & ~3; /* keep sB/sC 16-byte aligned */
-    float *su = smem, *sdt = smem + arr, *sz = smem + 2 * arr;
-    float *sB = smem + 3 * arr, *sC = sB + TC * Npad;
+    float *su = smem, *sdt = smem + arr, *sz = smem + 2 * arr, *sy = smem + 3 * arr;
+    float *sB = smem + 4 * arr, *sC = sB + TC * Npad, *sbias = sC + TC * Npad;
     const int lc = threadIdx.x / G, g = threadIdx.x - lc * G;
     const int64_t nblk = (a.DI + CH - 1) / CH;
-    const T *u = (const T *)a.u, *dl = (const T *)a.delta, *z = (const T *)a.z;
+    const T *z = (const T *)a.z;
     T *out = (T *)a.out;
+    scan_regs<T, EBC> r;
 
     for (int64_t vb = blockIdx.x; vb < a.B * nblk; vb += gridDim.x) {
         const int64_t b = vb / nblk, c0 = (vb - b * nblk) * CH, c = c0 + lc;
         const bool valid = c < a.DI;
+        if (a.L > 0) scan_prefetch(r, a, b, c0, 0, (int)(a.L < TC ? a.L : TC));
         float A2[SPT], h[SPT];
 #pragma unroll
         for (int i = 0; i < SPT; i++) {
@@ -100,32 +192,20 @@ __global__ void __launch_bounds__(SCAN_THREADS) selective_scan_fwd_kernel(scan_a
             h[i] = (on && a.init) ? a.init[b * a.si0 + c * a.si1 + n] : 0.f;
         }
         const float Dc = (valid && a.D) ? a.D[c * a.sD] : 0.f;
+        for (int i = threadIdx.x; i < CH; i += SCAN_THREADS)
+            sbias[i] = (a.dbias && c0 + i < a.DI) ? a.dbias[(c0 + i) * a.sdb] : 0.f;
 
         for (int64_t t0 = 0; t0 < a.L; t0 += TC) {
             const int nt = (int)(a.L - t0 < TC ? a.L - t0 : TC);
-            /* 1. stage u, dt, z of the CH channels (rows of nt contiguous steps) */
-#pragma unroll 4
-            for (int e = threadIdx.x; e < CH * TC; e += SCAN_THREADS) {
-                const int l = e / TC, t = e - l * TC;
-                const int64_t cc = c0 + l;
-                float uu = 0.f, dd = 0.f, zz = 0.f;
-                if (cc < a.DI && t < nt) {
-                    uu = jamba_ld<T>(u[b * a.su0 + cc * a.su1 + t0 + t]);
-                    dd = jamba_ld<T>(dl[b * a.sd0 + cc * a.sd1 + t0 + t]);
-                    if (a.dbias) dd += a.dbias[cc * a.sdb];
-                    if (a.softplus) dd = jamba_cu_softplus(dd);
-                    if (z) zz = jamba_ld<T>(z[b * a.sz0 + cc * a.sz1 + t0 + t]);
-                }
-                su[l * TP + t] = uu;
-                sdt[l * TP + t] = dd;
-                sz[l * TP + t] = zz;
-            }
-            scan_stage_bc(sB, a.Bm, a.bdt, b * a.sB0, a.sB1, a.sB2, t0, nt, a);
-            scan_stage_bc(sC, a.Cm, a.cdt, b * a.sC0, a.sC1, a.sC2, t0, nt, a);
+            __syncthreads(); /* the previous chunk's outputs are written; sbias is visible */
+            scan_stage(r, a, c0, nt, su, sdt, sz, sB, sC, sbias);
             __syncthreads();
+            if (t0 + TC < a.L) {
+                const int64_t rem = a.L - t0 - TC;
+                scan_prefetch(r, a, b, c0, t0 + TC, (int)(rem < TC ? rem : TC));
+            }
 
-            /* 2. recurrence over the chunk; y (+ D*u) replaces dt in sdt. The write of sdt[lc][t] by g == 0
-             * follows the shuffles, which need every lane of the group to have read dt[t] already. */
+            /* recurrence over the chunk; the group's g == 0 thread writes y + D*u to sy */
 #pragma unroll 2
             for (int t = 0; t < nt; t++) {
                 const float dt = sdt[lc * TP + t], uu = su[lc * TP + t];
@@ -146,22 +226,21 @@ __global__ void __launch_bounds__(SCAN_THREADS) selective_scan_fwd_kernel(scan_a
                     y = fmaf(h[i], Cv[i], y);
                 }
                 for (int o = G >> 1; o > 0; o >>= 1) y += __shfl_xor_sync(JAMBA_FULL_MASK, y, o);
-                if (g == 0) sdt[lc * TP + t] = fmaf(Dc, uu, y);
+                if (g == 0) sy[lc * TP + t] = fmaf(Dc, uu, y);
             }
             __syncthreads();
 
-            /* 3. gate and write the chunk (coalesced along t) */
+            /* gate and write the chunk (coalesced along t) */
 #pragma unroll 4
             for (int e = threadIdx.x; e < CH * TC; e += SCAN_THREADS) {
-                const int l = e / TC, t = e - l * TC;
+                const int l = e >> a.tc_log2, t = e & (TC - 1);
                 const int64_t cc = c0 + l;
                 if (cc < a.DI && t < nt) {
-                    float y = sdt[l * TP + t];
+                    float y = sy[l * TP + t];
                     if (z) y *= jamba_cu_silu(sz[l * TP + t]);
                     out[(b * a.DI + cc) * a.L + t0 + t] = jamba_st<T>(y);
                 }
             }
-            __syncthreads(); /* the next chunk overwrites the tiles */
         }
         if (valid && a.last) {
 #pragma unroll
@@ -170,6 +249,7 @@ __global__ void __launch_bounds__(SCAN_THREADS) selective_scan_fwd_kernel(scan_a
                 if (n < a.N) a.last[(b * a.DI + c) * a.N + n] = h[i];
             }
         }
+        __syncthreads(); /* sbias of the next virtual block */
     }
 }
 
@@ -186,15 +266,19 @@ static int env_int(const char *name, int dflt) {
 
 static size_t scan_smem_bytes(int CH, int TC, int Npad) {
     const size_t arr = ((size_t)CH * (TC + 1) + 3) & ~(size_t)3;
-    return sizeof(float) * (3 * arr + 2 * (size_t)TC * Npad);
+    return sizeof(float) * (4 * arr + 2 * (size_t)TC * Npad + CH);
 }
+
+/* B/C floats per array and thread held in registers: 16 for SPT 4, 8 for SPT 16 (whose thread already
+ * holds 64 registers of state, A, B and C). */
+#define SCAN_EBC(spt) ((spt) == 4 ? 16 : 8)
 
 template <typename T, int SPT>
 static jamba_status selective_scan_launch(scan_args a, cudaStream_t stream) {
     const size_t smem = scan_smem_bytes(a.CH, a.TC, a.Npad);
     const int64_t nvb = a.B * ((a.DI + a.CH - 1) / a.CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    selective_scan_fwd_kernel<T, SPT><<<(unsigned)grid, SCAN_THREADS, smem, stream>>>(a);
+    selective_scan_fwd_kernel<T, SPT, SCAN_EBC(SPT)><<<(unsigned)grid, SCAN_THREADS, smem, stream>>>(a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch", stream);
     return JAMBA_OK;
 }
@@ -230,22 +314,31 @@ extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_par
         a.bc_nfast = N > 1 && sn < sl;
     }
 
-    /* SPT: 16 states per thread when B*DI alone fills the GPU with two warps per scheduler; else 4
-     * (more threads per channel). N > 128 with SPT 4 would need more than 32 threads per channel. */
+    /* SPT 16 (one thread per channel at N <= 16) only when B*DI alone gives every SM ~8 blocks of 128
+     * threads, or when N > 128 (SPT 4 would need more than 32 threads per channel); else SPT 4 (G = 4
+     * threads per channel at N = 16), which fills the GPU at batch 1 (measured on H200: 1x2048 prefill
+     * 1.04 ms with SPT 4 against 2.66 ms with SPT 16, before the register prefetch). */
     const int sms = jamba_cuda_sm_count(launch.device);
-    const int64_t target = (int64_t)sms * 4 * 32 * 2;
-    int spt = (N <= 128 && B * DI * pow2_at_least(jamba_ceil_div(N, 16)) < target) ? 4 : 16;
+    const int64_t many = (int64_t)sms * 8 * SCAN_THREADS;
+    int spt = (N > 128 || B * DI * pow2_at_least(jamba_ceil_div(N, 16)) >= many) ? 16 : 4;
     const int spt_env = env_int("JAMBA_EXT_SCAN_SPT", 0);
     if (spt_env == 4 && N <= 128) spt = 4;
     if (spt_env == 16) spt = 16;
     a.G = pow2_at_least(jamba_ceil_div(N, spt));
     a.CH = SCAN_THREADS / a.G;
     a.Npad = a.G * spt;
+    /* TC: a power of two with CH*TC <= SCAN_EU*128 (u/dt/z registers), TC*Npad <= EBC*128 (B/C registers)
+     * and the shared memory within 48 KB (no opt-in attribute needed) */
     int tc = 64;
     const int tc_env = env_int("JAMBA_EXT_SCAN_CHUNK", 0);
-    if (tc_env > 0) tc = tc_env > 256 ? 256 : tc_env;
-    while (tc > 1 && scan_smem_bytes(a.CH, tc, a.Npad) > SCAN_SMEM_BUDGET) tc >>= 1;
+    if (tc_env > 0) tc = pow2_at_least(tc_env);
+    while (tc > 1 && ((int64_t)a.CH * tc > (int64_t)SCAN_EU * SCAN_THREADS ||
+                      (int64_t)tc * a.Npad > (int64_t)SCAN_EBC(spt) * SCAN_THREADS ||
+                      scan_smem_bytes(a.CH, tc, a.Npad) > SCAN_SMEM_BUDGET))
+        tc >>= 1;
     a.TC = tc;
+    a.tc_log2 = 0;
+    while ((1 << a.tc_log2) < tc) a.tc_log2++;
 
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
@@ -276,7 +369,8 @@ __device__ __forceinline__ void ssu_load4(const void *p, int dtype, int64_t i, f
         v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
     } else {
         const uint2 q = *(const uint2 *)((const uint16_t *)p + i);
-        const uint16_t *h = (const uint16_t *)&q;
+        const unsigned short h[4] = {(unsigned short)(q.x & 0xffffu), (unsigned short)(q.x >> 16),
+                                     (unsigned short)(q.y & 0xffffu), (unsigned short)(q.y >> 16)};
 #pragma unroll
         for (int k = 0; k < 4; k++)
             v[k] = dtype == JAMBA_BF16 ? __bfloat162float(__ushort_as_bfloat16(h[k]))
@@ -284,12 +378,47 @@ __device__ __forceinline__ void ssu_load4(const void *p, int dtype, int64_t i, f
     }
 }
 
+/* 4 state elements (any alignment, n0 + k < N only) in the state's runtime dtype */
+__device__ __forceinline__ void ssu_load4_scalar(const void *p, int dtype, int64_t i, int64_t nvalid, float v[4]) {
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = k < nvalid ? jamba_ld_any(p, dtype, i + k) : 0.f;
+}
+__device__ __forceinline__ void ssu_store4(void *p, int dtype, int64_t i, int64_t nvalid, bool vec,
+                                           const float v[4]) {
+    if (vec) {
+        if (dtype == JAMBA_F32) {
+            *(float4 *)((float *)p + i) = make_float4(v[0], v[1], v[2], v[3]);
+        } else {
+            unsigned hq[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                hq[k] = dtype == JAMBA_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v[k]))
+                                            : __half_as_ushort(__float2half_rn(v[k]));
+            uint2 q;
+            q.x = hq[0] | (hq[1] << 16);
+            q.y = hq[2] | (hq[3] << 16);
+            *(uint2 *)((uint16_t *)p + i) = q;
+        }
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        if (k >= nvalid) break;
+        if (dtype == JAMBA_F32) ((float *)p)[i + k] = v[k];
+        else if (dtype == JAMBA_BF16) ((__nv_bfloat16 *)p)[i + k] = __float2bfloat16_rn(v[k]);
+        else ((__half *)p)[i + k] = __float2half_rn(v[k]);
+    }
+}
+
+#define SSU_QUADS 2 /* quads of 4 states per thread: N <= 256 = 32 threads x 2 quads x 4 */
+
 /* selective_state_update_kernel
  *   state (B, DI, N) f32|bf16|f16 (runtime), unit stride along N, updated in place; x, dt, z (B, DI) T, unit
  *   stride along DI; out (B, DI) T contiguous; A (DI, N) f32; B, C (B, N) f32|T any strides;
  *   D, dt_bias (DI,) f32.
  *   G threads per (b, c) (G = pow2 >= N/4, <= 32), flat over grid.x; thread g owns the quads of 4 states
- *   q = g, g+G, ... (16-byte state loads when aligned); partial y summed with warp shuffles. */
+ *   q = g and g + G (16-byte state loads when aligned); partial y summed with warp shuffles. Every load
+ *   (state, A, B, C, dt, x, z) is issued before the first arithmetic, so a thread waits for memory once. */
 template <typename T>
 __global__ void __launch_bounds__(128) selective_state_update_kernel(ssu_args a) {
     const int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -297,64 +426,55 @@ __global__ void __launch_bounds__(128) selective_state_update_kernel(ssu_args a)
     const int64_t bc = gid / G;
     const int g = (int)(gid - bc * G);
     const bool valid = bc < a.B * a.DI;
-    float y = 0.f, xu = 0.f;
-    int64_t b = 0, c = 0;
+    const int64_t b = valid ? bc / a.DI : 0, c = valid ? bc - b * a.DI : 0;
+    const int64_t so = b * a.ss0 + c * a.ss1; /* state row (b, c) */
+    float hv[SSU_QUADS][4], Av[SSU_QUADS][4], Bv[SSU_QUADS][4], Cv[SSU_QUADS][4];
+    float draw = 0.f, xu = 0.f, zv = 0.f, Dc = 0.f, dtb = 0.f;
     if (valid) {
-        b = bc / a.DI, c = bc - b * a.DI;
-        float d = jamba_ld<T>(((const T *)a.dt)[b * a.sdt0 + c]);
-        if (a.dtb) d += a.dtb[c * a.sdtb];
-        if (a.softplus) d = jamba_cu_softplus(d);
-        xu = jamba_ld<T>(((const T *)a.x)[b * a.sx0 + c]);
-        const float dxu = d * xu;
-        const int64_t so = b * a.ss0 + c * a.ss1; /* state row (b, c) */
-        for (int64_t n0 = (int64_t)g * 4; n0 < a.N; n0 += (int64_t)G * 4) {
-            float hv[4];
-            if (a.vec) {
-                ssu_load4(a.state, a.stdt, so + n0, hv);
-            } else {
 #pragma unroll
-                for (int k = 0; k < 4; k++) hv[k] = n0 + k < a.N ? jamba_ld_any(a.state, a.stdt, so + n0 + k) : 0.f;
-            }
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const int64_t n = n0 + k;
-                if (n < a.N) {
-                    const float A2 = a.A[c * a.sA0 + n * a.sA1] * JAMBA_LOG2E;
-                    const float bn = jamba_ld_any(a.Bm, a.bdt, b * a.sB0 + n * a.sB1);
-                    const float cn = jamba_ld_any(a.Cm, a.cdt, b * a.sC0 + n * a.sC1);
-                    hv[k] = fmaf(jamba_cu_exp2(d * A2), hv[k], dxu * bn);
-                    /* y uses the fp32 state, before it is rounded into the state's dtype (as mamba_ssm) */
-                    y = fmaf(hv[k], cn, y);
-                }
-            }
-            if (a.vec) {
-                if (a.stdt == JAMBA_F32) {
-                    *(float4 *)((float *)a.state + so + n0) = make_float4(hv[0], hv[1], hv[2], hv[3]);
-                } else {
-                    uint2 q;
-                    uint16_t *hq = (uint16_t *)&q;
-#pragma unroll
-                    for (int k = 0; k < 4; k++)
-                        hq[k] = a.stdt == JAMBA_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(hv[k]))
-                                                     : __half_as_ushort(__float2half_rn(hv[k]));
-                    *(uint2 *)((uint16_t *)a.state + so + n0) = q;
-                }
-            } else {
+        for (int q = 0; q < SSU_QUADS; q++) {
+            const int64_t n0 = ((int64_t)g + (int64_t)q * G) * 4, nv = a.N - n0;
+            if (nv > 0) {
+                if (a.vec) ssu_load4(a.state, a.stdt, so + n0, hv[q]);
+                else ssu_load4_scalar(a.state, a.stdt, so + n0, nv, hv[q]);
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
-                    const int64_t n = n0 + k;
-                    if (n >= a.N) break;
-                    if (a.stdt == JAMBA_F32) ((float *)a.state)[so + n] = hv[k];
-                    else if (a.stdt == JAMBA_BF16) ((__nv_bfloat16 *)a.state)[so + n] = __float2bfloat16_rn(hv[k]);
-                    else ((__half *)a.state)[so + n] = __float2half_rn(hv[k]);
+                    const bool on = k < nv;
+                    Av[q][k] = on ? a.A[c * a.sA0 + (n0 + k) * a.sA1] : 0.f;
+                    Bv[q][k] = on ? jamba_ld_any(a.Bm, a.bdt, b * a.sB0 + (n0 + k) * a.sB1) : 0.f;
+                    Cv[q][k] = on ? jamba_ld_any(a.Cm, a.cdt, b * a.sC0 + (n0 + k) * a.sC1) : 0.f;
                 }
+            }
+        }
+        draw = jamba_ld<T>(((const T *)a.dt)[b * a.sdt0 + c]);
+        xu = jamba_ld<T>(((const T *)a.x)[b * a.sx0 + c]);
+        if (a.z) zv = jamba_ld<T>(((const T *)a.z)[b * a.sz0 + c]);
+        if (a.D) Dc = a.D[c * a.sD];
+        if (a.dtb) dtb = a.dtb[c * a.sdtb];
+    }
+    float y = 0.f;
+    if (valid) {
+        float d = draw + dtb;
+        if (a.softplus) d = jamba_cu_softplus(d);
+        const float dxu = d * xu, dl2 = d * JAMBA_LOG2E;
+#pragma unroll
+        for (int q = 0; q < SSU_QUADS; q++) {
+            const int64_t n0 = ((int64_t)g + (int64_t)q * G) * 4, nv = a.N - n0;
+            if (nv > 0) {
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    /* masked lanes: A = B = C = 0 and h = 0 stay 0; y uses the fp32 state (as mamba_ssm) */
+                    hv[q][k] = fmaf(jamba_cu_exp2(dl2 * Av[q][k]), hv[q][k], dxu * Bv[q][k]);
+                    y = fmaf(hv[q][k], Cv[q][k], y);
+                }
+                ssu_store4(a.state, a.stdt, so + n0, nv, a.vec != 0, hv[q]);
             }
         }
     }
     for (int o = G >> 1; o > 0; o >>= 1) y += __shfl_xor_sync(JAMBA_FULL_MASK, y, o);
     if (valid && g == 0) {
-        if (a.D) y = fmaf(a.D[c * a.sD], xu, y);
-        if (a.z) y *= jamba_cu_silu(jamba_ld<T>(((const T *)a.z)[b * a.sz0 + c]));
+        y = fmaf(Dc, xu, y);
+        if (a.z) y *= jamba_cu_silu(zv);
         ((T *)a.out)[bc] = jamba_st<T>(y);
     }
 }

@@ -1,0 +1,308 @@
+"""GPU benchmark of the Mamba-path kernels (issue 3) at Jamba-v0.1 shapes in bf16, against torch eager on
+the same inputs and against the floor measured in the same run.
+
+Shapes: d_inner 8192, d_state 16, conv width 4. selective_scan and causal_conv1d at batch x seqlen =
+1x2048, 1x8192, 1x32768, 8x2048; the decode updates at batch 1, 16, 64, 256; rms_norm / add_rms_norm over
+8192 rows of hidden 4096.
+Floors: memory-bound kernels: minimal bytes (inputs read once, outputs written once) / measured copy
+bandwidth. selective_scan: max(bytes / bandwidth, exponentials / SFU rate), exponentials =
+batch*d_inner*seqlen*d_state; the SFU ex2 rate is measured by a Triton microbenchmark when Triton works,
+else taken as SMs x 16 ex2/clk x the max SM clock (the JSON says which). Every row is checked against
+the reference at its shape (on sampled channels where the fp32 reference would not fit) before it is
+timed. The decode rows also give the time per call inside a CUDA graph (CPU launch cost removed): at batch
+1 the event-timed figure is the launch path, not the kernel. Writes benchmarks/results/bench_kernels.json
+(+ .png).
+
+    python benchmarks/bench_kernels.py            # full shapes (GPU)
+    python benchmarks/bench_kernels.py --smoke    # tiny shapes, CPU or GPU (CI)
+    python benchmarks/bench_kernels.py --sweep    # also time the scan's tile choices (JAMBA_EXT_SCAN_*)
+"""
+import argparse
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.dirname(HERE))  # the repo root: jamba_ext importable without an install
+import common  # noqa: E402
+
+from jamba_ext import ops, reference as R  # noqa: E402
+
+BF16 = torch.bfloat16
+TOL = dict(rtol=1e-2, atol=1e-2)
+
+
+# ---- ceilings ------------------------------------------------------------------------------------------
+def sfu_rate(dev):
+    """(ex2 per second, how it was obtained)."""
+    if dev.type != "cuda":
+        return None, "n/a (cpu)"
+    try:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def ex2_kernel(out_ptr, n_iter, BLOCK: tl.constexpr):
+            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            x0 = (offs % 97).to(tl.float32) * -0.001 - 0.6
+            x1, x2, x3 = x0 - 0.1, x0 - 0.2, x0 - 0.3
+            for _ in range(n_iter):  # 4 independent chains; 2^x - 1.5 keeps x in (-1.2, -0.5)
+                x0 = tl.exp2(x0) - 1.5
+                x1 = tl.exp2(x1) - 1.5
+                x2 = tl.exp2(x2) - 1.5
+                x3 = tl.exp2(x3) - 1.5
+            tl.store(out_ptr + offs, x0 + x1 + x2 + x3)
+
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+        BLOCK, n_iter = 1024, 4096
+        grid = sms * 16
+        out = torch.empty(grid * BLOCK, device=dev)
+        t = common.time_ms(lambda: ex2_kernel[(grid,)](out, n_iter, BLOCK=BLOCK), dev, warmup=3, reps=10)
+        rate = grid * BLOCK * n_iter * 4 / (t["median_ms"] * 1e-3)
+        return rate, "measured: Triton kernel, 4 independent exp2 chains per thread"
+    except Exception as e:  # noqa: BLE001 -- fall back to the datasheet formula
+        why = f"{type(e).__name__}"
+    props = torch.cuda.get_device_properties(dev)
+    clk_mhz = None
+    try:
+        clk_mhz = float(subprocess.check_output(
+            ["nvidia-smi", "-i", str(dev.index or 0), "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits"],
+            text=True).strip().splitlines()[0])
+    except Exception:  # noqa: BLE001
+        clk_mhz = 1980.0
+    rate = props.multi_processor_count * 16 * clk_mhz * 1e6
+    return rate, f"formula: {props.multi_processor_count} SMs x 16 ex2/clk x {clk_mhz:.0f} MHz (Triton: {why})"
+
+
+# ---- inputs ----------------------------------------------------------------------------------------------
+def rn(*shape, dev, dtype=BF16, scale=1.0, shift=0.0):
+    return (torch.randn(*shape, device=dev) * scale + shift).to(dtype)
+
+
+def scan_args(Bsz, DI, L, N, dev):
+    return dict(u=rn(Bsz, DI, L, dev=dev), delta=rn(Bsz, DI, L, dev=dev, scale=0.5),
+                A=-torch.exp(torch.rand(DI, N, device=dev) * 2.5 - 0.7),
+                B=rn(Bsz, N, L, dev=dev), C=rn(Bsz, N, L, dev=dev),
+                D=torch.randn(DI, device=dev), z=rn(Bsz, DI, L, dev=dev),
+                delta_bias=torch.rand(DI, device=dev) * 3 - 4.5, delta_softplus=True, initial_state=None)
+
+
+def sample_channels(a, idx):
+    """The same scan restricted to channels idx (the reference of a sample)."""
+    s = dict(a)
+    for k in ("u", "delta", "z"):
+        s[k] = a[k][:, idx]
+    for k in ("A", "D", "delta_bias"):
+        s[k] = a[k][idx]
+    return s
+
+
+# ---- rows --------------------------------------------------------------------------------------------
+class Bench:
+    def __init__(self, dev, smoke, reps):
+        self.dev, self.smoke, self.reps = dev, smoke, reps
+        self.rows = []
+        self.bw = common.copy_bandwidth_gbs(dev, nbytes=(64 << 20) if smoke else (2 << 30))
+        self.sfu, self.sfu_how = sfu_rate(dev)
+
+    def time(self, fn, small=False, reps=None, warmup=None):
+        warmup = warmup if warmup is not None else (2 if self.smoke else 10)
+        return common.time_ms(fn, self.dev, warmup=warmup, reps=reps or self.reps, flush_l2=small)
+
+    def graph_us(self, fn, n=20):
+        """GPU time per call with the CPU out of the loop: n calls captured in one CUDA graph, replayed."""
+        if self.dev.type != "cuda":
+            return None
+        try:
+            side = torch.cuda.Stream(self.dev)
+            side.wait_stream(torch.cuda.current_stream(self.dev))
+            with torch.cuda.stream(side):
+                fn()
+            torch.cuda.current_stream(self.dev).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                for _ in range(n):
+                    fn()
+            t = common.time_ms(g.replay, self.dev, warmup=3, reps=20)
+            return t["median_ms"] * 1e3 / n
+        except Exception as e:  # noqa: BLE001 -- a figure we can do without
+            print(f"    (graph timing failed: {type(e).__name__}: {e})")
+            return None
+
+    def row(self, op, shape, fn, nbytes, exps=None, eager=None, small=False, eager_reps=None, graph=False):
+        t = self.time(fn, small)
+        us = t["median_ms"] * 1e3
+        floor_mem = nbytes / (self.bw * 1e9) * 1e6
+        floor, binds = floor_mem, "memory"
+        if exps is not None and self.sfu:
+            floor_sfu = exps / self.sfu * 1e6
+            if floor_sfu > floor_mem:
+                floor, binds = floor_sfu, "sfu"
+        r = dict(op=op, label=f"{op} {shape}", shape=shape, dtype="bf16", median_us=us,
+                 p10_us=t["p10_ms"] * 1e3, p90_us=t["p90_ms"] * 1e3, bytes=nbytes,
+                 gbs=nbytes / (us * 1e-6) / 1e9, pct_copy_bw=100 * nbytes / (us * 1e-6) / 1e9 / self.bw,
+                 floor_us=floor, floor_binds=binds, pct_of_floor=100 * floor / us)
+        if exps is not None:
+            r["exps"] = exps
+        extra = f"{r['gbs']:7.0f} GB/s ({r['pct_copy_bw']:4.1f}% copy bw), floor binds: {binds}"
+        if graph:
+            gu = self.graph_us(fn)
+            if gu is not None:
+                r["graph_us"] = gu
+                r["pct_copy_bw_graph"] = 100 * nbytes / (gu * 1e-6) / 1e9 / self.bw
+                extra += f" | in a CUDA graph {gu:6.1f} us ({r['pct_copy_bw_graph']:4.1f}% copy bw)"
+        if eager is not None:
+            te = self.time(eager, small, reps=eager_reps, warmup=1 if eager_reps else None)
+            r["eager_us"] = te["median_ms"] * 1e3
+            r["speedup_vs_eager"] = r["eager_us"] / us
+            extra += f" | eager {r['eager_us']:9.1f} us (x{r['speedup_vs_eager']:.1f})"
+        print(common.fmt_row(r["label"], us, floor, extra), flush=True)
+        self.rows.append(r)
+        return r
+
+
+def check(name, got, want, **tol):
+    got, want = got.double(), want.double()
+    if torch.isnan(got).any() or not torch.allclose(got, want, **(tol or TOL)):
+        err = (got - want).abs().max().item()
+        raise AssertionError(f"{name}: wrong result at the benchmark shape (max abs err {err:.3e})")
+
+
+def bench_scan(bb, shapes, DI, N, sweep):
+    dev = bb.dev
+    for Bsz, L in shapes:
+        a = scan_args(Bsz, DI, L, N, dev)
+        out, last = ops.selective_scan(**a)
+        idx = torch.arange(0, DI, max(1, DI // 48), device=dev)  # sampled channels, fp64 reference
+        ref_out, ref_last = R.selective_scan(**{k: (v.double() if isinstance(v, torch.Tensor) else v)
+                                                for k, v in sample_channels(a, idx).items()})
+        check("selective_scan", out[:, idx], ref_out)
+        check("selective_scan last_state", last[:, idx], ref_last, rtol=1e-4, atol=1e-4)
+        # bytes: u, delta, z read + out written (bf16), B and C (bf16), last_state (f32), A/D/bias
+        nbytes = 4 * Bsz * DI * L * 2 + 2 * Bsz * N * L * 2 + Bsz * DI * N * 4 + DI * N * 4 + 2 * DI * 4
+        eager = None
+        if Bsz * DI * L <= 8 * 8192 * 2048 and L <= 2048:  # the Python loop over time is slow
+            eager = lambda: R.selective_scan(**a)
+        bb.row("selective_scan", f"B={Bsz} DI={DI} L={L} N={N}", lambda: ops.selective_scan(**a), nbytes,
+               exps=Bsz * DI * L * N, eager=eager, eager_reps=3)
+        if sweep and dev.type == "cuda":
+            for spt in ("4", "16"):
+                for tc in ("16", "32", "64", "128"):
+                    os.environ["JAMBA_EXT_SCAN_SPT"], os.environ["JAMBA_EXT_SCAN_CHUNK"] = spt, tc
+                    try:
+                        check("selective_scan (sweep)", ops.selective_scan(**a)[0][:, idx], ref_out)
+                        t = bb.time(lambda: ops.selective_scan(**a), reps=10)
+                        print(f"    sweep SPT={spt:>2} TC={tc:>3}: {t['median_ms'] * 1e3:8.1f} us", flush=True)
+                        bb.rows.append(dict(op="selective_scan_sweep", shape=f"B={Bsz} L={L} SPT={spt} TC={tc}",
+                                            sweep_us=t["median_ms"] * 1e3))
+                    finally:
+                        del os.environ["JAMBA_EXT_SCAN_SPT"], os.environ["JAMBA_EXT_SCAN_CHUNK"]
+        del a, out, last
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def bench_conv(bb, shapes, DI, K):
+    dev = bb.dev
+    for Bsz, L in shapes:
+        x = rn(Bsz, DI, L, dev=dev)
+        w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
+        out, fin = ops.causal_conv1d(x, w, b, None, True, K - 1)
+        ref_out, ref_fin = R.causal_conv1d(x, w, b, None, True, K - 1)  # fp32 compute, bf16 out
+        check("causal_conv1d", out, ref_out)
+        check("causal_conv1d final_state", fin, ref_fin, rtol=0, atol=0)
+        nbytes = 2 * Bsz * DI * L * 2 + Bsz * DI * (K - 1) * 2 + DI * (K + 1) * 2
+        torch_conv = lambda: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=DI)[..., :L])
+        bb.row("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K}", lambda: ops.causal_conv1d(x, w, b, None, True, K - 1),
+               nbytes, eager=torch_conv)
+        del x, out
+
+
+def bench_decode(bb, batches, DI, N, K):
+    dev = bb.dev
+    for Bsz in batches:
+        # causal_conv1d_update: HF cache layout (B, DI, K) in bf16
+        x = rn(Bsz, DI, dev=dev)
+        w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
+        st = rn(Bsz, DI, K, dev=dev)
+        st_ref = st.clone()
+        out = ops.causal_conv1d_update(x, st, w, b, True)
+        ref_out, ref_st = R.causal_conv1d_update(x, st_ref, w, b, True)
+        check("causal_conv1d_update", out, ref_out)
+        check("causal_conv1d_update state", st, ref_st, rtol=0, atol=0)
+        nbytes = 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * 2 + DI * (K + 1) * 2
+        small = nbytes < (120 << 20)
+        bb.row("causal_conv1d_update", f"B={Bsz} DI={DI} K={K}", lambda: ops.causal_conv1d_update(x, st, w, b, True),
+               nbytes, eager=lambda: R.causal_conv1d_update(x, st, w, b, True), small=small, graph=True)
+        # selective_state_update: fp32 state (as mamba_ssm's benchmark figure), bf16 activations
+        s = dict(state=torch.randn(Bsz, DI, N, device=dev), x=rn(Bsz, DI, dev=dev),
+                 dt=rn(Bsz, DI, dev=dev, scale=0.5), A=-torch.exp(torch.rand(DI, N, device=dev) * 2.5 - 0.7),
+                 B=rn(Bsz, N, dev=dev), C=rn(Bsz, N, dev=dev), D=torch.randn(DI, device=dev),
+                 z=rn(Bsz, DI, dev=dev), dt_bias=torch.rand(DI, device=dev) * 3 - 4.5, dt_softplus=True)
+        st0 = s["state"].clone()
+        y = ops.selective_state_update(**s)
+        ry, rs = R.selective_state_update(**dict(s, state=st0))
+        check("selective_state_update", y, ry)
+        check("selective_state_update state", s["state"], rs, rtol=1e-5, atol=1e-5)
+        nbytes = 2 * Bsz * DI * N * 4 + 4 * Bsz * DI * 2 + 2 * Bsz * N * 2 + DI * N * 4 + 2 * DI * 4
+        small = nbytes < (120 << 20)
+        bb.row("selective_state_update", f"B={Bsz} DI={DI} N={N} state=f32",
+               lambda: ops.selective_state_update(**s), nbytes,
+               eager=lambda: R.selective_state_update(**s), small=small, graph=True)
+
+
+def bench_norm(bb, rows, dim):
+    dev = bb.dev
+    x, r = rn(rows, dim, dev=dev), rn(rows, dim, dev=dev)
+    w = rn(dim, dev=dev, scale=0.3, shift=1.0)
+    check("rms_norm", ops.rms_norm(x, w), R.rms_norm(x, w))
+    o, s = ops.add_rms_norm(x, r, w)
+    ro, rs = R.add_rms_norm(x, r, w)
+    check("add_rms_norm", o, ro)
+    check("add_rms_norm residual", s, rs, rtol=0, atol=0)
+    nb = rows * dim * 2
+    small = 4 * nb < (120 << 20)
+    bb.row("rms_norm", f"rows={rows} dim={dim}", lambda: ops.rms_norm(x, w), 2 * nb + dim * 2,
+           eager=lambda: R.rms_norm(x, w), small=small)
+    bb.row("add_rms_norm", f"rows={rows} dim={dim}", lambda: ops.add_rms_norm(x, r, w), 4 * nb + dim * 2,
+           eager=lambda: R.add_rms_norm(x, r, w), small=small)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
+    ap.add_argument("--sweep", action="store_true", help="time the scan's SPT / chunk choices too")
+    ap.add_argument("--device", default=None)
+    args = ap.parse_args()
+    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cpu" and not args.smoke:
+        ap.error("the full benchmark needs a GPU (use --smoke on CPU)")
+    if dev.type == "cuda" and not ops.has_cuda_kernels():
+        sys.exit("jamba_ext was built without CUDA kernels")
+    torch.manual_seed(0)
+    if args.smoke:
+        DI, N, K = 64, 16, 4
+        scan_shapes, decode_batches, norm_shape = [(1, 32), (2, 33)], [1, 3], (16, 256)
+    else:
+        DI, N, K = 8192, 16, 4
+        scan_shapes, decode_batches, norm_shape = [(1, 2048), (1, 8192), (1, 32768), (8, 2048)], [1, 16, 64, 256], \
+            (8192, 4096)
+    bb = Bench(dev, args.smoke, reps=5 if args.smoke else 30)
+    print(f"device: {common.device_name(dev)} | copy bandwidth {bb.bw:.0f} GB/s | SFU ex2 rate "
+          f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
+    bench_scan(bb, scan_shapes, DI, N, args.sweep)
+    bench_conv(bb, scan_shapes, DI, K)
+    bench_decode(bb, decode_batches, DI, N, K)
+    bench_norm(bb, *norm_shape)
+    info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,
+                       smoke=args.smoke)
+    path = common.write_results("bench_kernels_smoke" if args.smoke else "bench_kernels", bb.rows, info)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,729 @@
+/* moe.cu -- MoE routing, token permutation, grouped expert GEMMs and the weighted combine on CUDA.
+ *
+ * Exports (extern "C"): jamba_moe_route_cuda, jamba_moe_permute_cuda, jamba_moe_experts_cuda.
+ * Math and shapes: csrc/jamba.h (JAMBA_MOE_API) and csrc/cpu/moe.c, the same algorithm in C.
+ * No host synchronisation anywhere: every grid is sized from T, TOPK, E, H, F (known on the host); the
+ * per-expert counts live on the device and the GEMM blocks find their expert from expert_offsets, so
+ * the whole op can be captured in a CUDA graph. No float atomics: every output element is written by
+ * exactly one thread, and the combine adds a token's TOPK slot outputs in a fixed order.
+ *
+ * Kernels (one launch each, in this order):
+ *   moe_route_kernel     one warp per token: fp32 softmax over E (a row in shared memory) + top-k
+ *   moe_permute_kernel   one block per expert bucket: stable compaction of the slots routed to it
+ *   moe_mma_kernel       prefill: grouped GEMM on tensor cores (mma.sync m16n8k16, bf16/f16, fp32
+ *                        accumulate), 128x128x32 tiles, 4-stage cp.async pipeline, ldmatrix from a
+ *                        swizzled shared tile; the A rows are gathered through sorted_slots. Run twice:
+ *                        gate_up (SiLU(gate)*up fused in the epilogue) and down (times the routing weight,
+ *                        scattered to slot order).
+ *   moe_gemv_kernel      decode: few tokens per expert. Streams each touched expert's weights once with
+ *                        16-byte loads, straight into mma fragments (no shared memory), split-K over
+ *                        the 8 warps of a block, reduced in shared memory in a fixed order.
+ *   moe_simt_kernel      fp32 inputs, sizes not multiple of 8, misaligned pointers: fp32 CUDA-core tiles.
+ *   moe_combine_kernel   out[t] = slot_out[t*TOPK] + ... (rounded to the model dtype after each add).
+ * Rounding (HF in model dtype dt): act = round(round(silu(round(g))) * round(u));
+ * slot_out = round(round(y) * round(w)); out = round(o_0 + o_1) ...
+ */
+#include "moe.cuh"
+
+#include <math.h>
+
+/* ---- routing ------------------------------------------------------------------------------------------- */
+#define ROUTE_WARPS 8
+
+/* logits (T, E) f32|f16|bf16, row stride ld, unit stride along E -> weights, ids (T, TOPK).
+ * grid ceil(T / 8), 256 threads, one warp per token; shared: 8 rows of E floats.
+ * p = exp(l - max) / sum (expf, IEEE divide: as torch.softmax); top-k by warp argmax, ties to the lower id;
+ * a NaN row yields ids -1 (treated as out of range downstream: NaN output). */
+__global__ void __launch_bounds__(ROUTE_WARPS * 32)
+moe_route_kernel(const void *logits, int dtype, int64_t T, int E, int64_t ld, int K, float *weights,
+                 int32_t *ids) {
+    extern __shared__ float route_smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int64_t t = (int64_t)blockIdx.x * ROUTE_WARPS + warp;
+    if (t >= T) return; /* whole warp */
+    float *p = route_smem + (size_t)warp * E;
+    float m = -INFINITY;
+    for (int e = lane; e < E; e += 32) {
+        const float v = jamba_ld_any(logits, dtype, t * ld + e);
+        p[e] = v;
+        m = fmaxf(m, v);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(JAMBA_FULL_MASK, m, o));
+    float s = 0.f;
+    for (int e = lane; e < E; e += 32) {
+        const float v = expf(p[e] - m);
+        p[e] = v;
+        s += v;
+    }
+    s = jamba_warp_sum(s);
+    for (int e = lane; e < E; e += 32) p[e] = p[e] / s;
+    __syncwarp();
+    for (int j = 0; j < K; j++) {
+        float best = -1.f;
+        int bi = -1;
+        for (int e = lane; e < E; e += 32) {
+            const float v = p[e];
+            if (v >= 0.f && (bi < 0 || v > best)) { best = v; bi = e; } /* e ascending: ties keep the lower */
+        }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(JAMBA_FULL_MASK, best, o);
+            const int oi = __shfl_xor_sync(JAMBA_FULL_MASK, bi, o);
+            if (oi >= 0 && (bi < 0 || ob > best || (ob == best && oi < bi))) { best = ob; bi = oi; }
+        }
+        if (lane == 0) {
+            weights[t * K + j] = bi >= 0 ? best : __int_as_float(0x7fc00000);
+            ids[t * K + j] = bi;
+            if (bi >= 0) p[bi] = -1.f; /* taken */
+        }
+        __syncwarp();
+    }
+}
+
+/* ---- permutation ------------------------------------------------------------------------------------- */
+#define PERMUTE_THREADS 1024
+
+/* ids (slots,) -> offsets (E+1,), sorted (slots,). grid E+1 (one block per bucket b, b == E: bad ids),
+ * 1024 threads. offsets[b] = #slots with key < b; then the slots with key == b are compacted in ascending
+ * order, a block-wide ballot scan per chunk of 1024 slots. Deterministic, no atomics. */
+__global__ void __launch_bounds__(PERMUTE_THREADS)
+moe_permute_kernel(const int32_t *ids, int64_t slots, int E, int32_t *offsets, int32_t *sorted) {
+    __shared__ int warp_tot[PERMUTE_THREADS / 32];
+    __shared__ int base_sh;
+    const int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int lt = 0;
+    for (int64_t s = threadIdx.x; s < slots; s += PERMUTE_THREADS) lt += moe_key(ids[s], E) < b;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) lt += __shfl_xor_sync(JAMBA_FULL_MASK, lt, o);
+    if (lane == 0) warp_tot[warp] = lt;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int tot = 0;
+        for (int w = 0; w < PERMUTE_THREADS / 32; w++) tot += warp_tot[w];
+        base_sh = tot;
+        offsets[b] = tot;
+    }
+    __syncthreads();
+    int running = base_sh;
+    const unsigned lt_mask = (1u << lane) - 1u;
+    for (int64_t c = 0; c < slots; c += PERMUTE_THREADS) {
+        const int64_t s = c + threadIdx.x;
+        const bool f = s < slots && moe_key(ids[s], E) == b;
+        const unsigned bal = __ballot_sync(JAMBA_FULL_MASK, f);
+        __syncthreads(); /* the previous chunk has read warp_tot */
+        if (lane == 0) warp_tot[warp] = __popc(bal);
+        __syncthreads();
+        int before = 0, total = 0;
+        for (int w = 0; w < PERMUTE_THREADS / 32; w++) {
+            const int v = warp_tot[w];
+            before += w < warp ? v : 0;
+            total += v;
+        }
+        if (f) sorted[running + before + __popc(bal & lt_mask)] = (int32_t)s;
+        running += total;
+    }
+}
+
+/* ---- tensor-core helpers (sm_80+) --------------------------------------------------------------------- */
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+/* c += a (16x16, row) * b (16x8, col), fp32 accumulate */
+template <typename T> __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                              uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4],
+                                                                    uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                             uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* ---- prefill: grouped GEMM on tensor cores ------------------------------------------------------------ */
+#define MMA_BM 128      /* rows (token slots) per block */
+#define MMA_THREADS 256 /* 8 warps: 2 along M (64 rows each) x 4 along N */
+#define MMA_GROUP_M 8   /* block order: 8 m-tiles share each W tile in L2 while it is hot */
+/* Variants (template <T, BK, STAGES, BN>), chosen by impl:
+ *   mma     BK 32, 4 stages, BN 128: warp tile 64 x 32, 64 KB shared, 2 blocks per SM
+ *   mma64   BK 64, 3 stages, BN 128: the same with half the barriers per k, 96 KB, 2 blocks per SM
+ *   mma256  BK 32, 4 stages, BN 256: warp tile 64 x 64 (0.25 ldmatrix per mma instead of 0.375), 96 KB, 1 block
+ * BN counts W rows: for gate_up, BN/2 gate rows and the BN/2 up rows of the same outputs.
+ * A shared row of BK elements holds BK/8 chunks of 16 B, XOR-swizzled so that ldmatrix (8 rows, one chunk
+ * column) and the cp.async stores are free of bank conflicts. */
+#define MMA_SMEM(BK, STAGES, BN) ((MMA_BM + (BN)) * (BK) * (STAGES) * 2)
+
+/* element offset of 16-byte chunk c of row r inside a [rows][BK] tile (BK 32: 64-byte rows, pairs of rows
+ * share a 128-byte bank window; BK 64: 128-byte rows) */
+template <int BK> __device__ __forceinline__ int mma_swz(int r, int c) {
+    return BK == 32 ? r * 32 + ((c ^ ((r >> 1) & 3)) << 3) : r * BK + ((c ^ (r & 7)) << 3);
+}
+
+/* gate_up: act[p, f] for p in the expert's sorted rows, f < F; down: slot_out[slot(p), h].
+ * 1-D grid over (m-tile, n-tile), grouped by MMA_GROUP_M m-tiles; m-tiles from moe_find_tile.
+ * Warp (wm, wn) owns rows wm*64..+63 and the W-tile rows wn*BN/8..+BN/8-1 of each half of the W tile: for
+ * gate_up the two halves are the gate and the up rows of the same BN/8 outputs, so SiLU(gate)*up is formed
+ * in registers. n8-tile ni of a warp (NT = BN/32 of them): half ni / (NT/2), rows +(ni % (NT/2))*8.
+ * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher). */
+template <typename T, int BK, int STAGES, int BN>
+__global__ void __launch_bounds__(MMA_THREADS, BN == 128 ? 2 : 1)
+moe_mma_kernel(moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
+    constexpr int CPR = BK / 8;                           /* 16-byte chunks per shared row */
+    constexpr int LA = MMA_BM * CPR / MMA_THREADS;        /* A chunks per thread per stage */
+    constexpr int LB = BN * CPR / MMA_THREADS;            /* W chunks per thread per stage */
+    constexpr int NT = BN / 32;                           /* n8-tiles per warp */
+    constexpr int WR = BN / 8;                            /* W rows per warp in each half */
+    extern __shared__ __align__(128) unsigned char mma_smem[];
+    T *sA = reinterpret_cast<T *>(mma_smem);
+    T *sB = sA + STAGES * MMA_BM * BK;
+
+    /* grouped block order */
+    const int64_t pid = blockIdx.x;
+    const int64_t in_group = (int64_t)MMA_GROUP_M * n_tiles;
+    const int64_t first_m = (pid / in_group) * MMA_GROUP_M;
+    const int64_t gsize = m_tiles - first_m < MMA_GROUP_M ? m_tiles - first_m : MMA_GROUP_M;
+    const int64_t mt = first_m + (pid % in_group) % gsize;
+    const int64_t nt = (pid % in_group) / gsize;
+
+    int e;
+    int64_t row0, row_end;
+    if (!moe_find_tile(a.offsets, a.E, mt, MMA_BM, &e, &row0, &row_end)) return;
+    const int64_t n0 = nt * (a.gate_up ? BN / 2 : BN);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int wm = warp >> 2, wn = warp & 3;
+    const T *A = reinterpret_cast<const T *>(a.A);
+    const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
+
+    /* this thread's A and W rows of every stage (chunk c = tid + j*256: row c/CPR, chunk c%CPR, the same
+     * chunk column for every j) */
+    const int cc = tid % CPR;
+    const T *a_src[LA], *b_src[LB];
+    bool a_ok[LA], b_ok[LB];
+#pragma unroll
+    for (int j = 0; j < LA; j++) {
+        const int r = (tid + j * MMA_THREADS) / CPR;
+        const int64_t p = row0 + r;
+        a_ok[j] = p < row_end;
+        const int64_t src_row = a_ok[j] ? (a.gate_up ? (int64_t)(a.sorted[p] / a.topk) : p) : 0;
+        a_src[j] = A + src_row * a.Kd + cc * 8;
+    }
+#pragma unroll
+    for (int j = 0; j < LB; j++) {
+        const int r = (tid + j * MMA_THREADS) / CPR;
+        int64_t wrow;
+        if (a.gate_up) {
+            const int64_t f = n0 + (r % (BN / 2));
+            b_ok[j] = f < a.N;
+            wrow = r < BN / 2 ? f : a.N + f;
+        } else {
+            wrow = n0 + r;
+            b_ok[j] = wrow < a.N;
+        }
+        b_src[j] = W + (b_ok[j] ? wrow : 0) * a.Kd + cc * 8;
+    }
+    const uint32_t sA0 = smem_u32(sA), sB0 = smem_u32(sB);
+    const int KT = (int)((a.Kd + BK - 1) / BK);
+
+    auto load_tile = [&](int stage, int kt) {
+        const int64_t k = (int64_t)kt * BK;
+        const bool kin = k + cc * 8 < a.Kd;
+#pragma unroll
+        for (int j = 0; j < LA; j++) {
+            const int r = (tid + j * MMA_THREADS) / CPR;
+            const bool v = a_ok[j] && kin;
+            cp_async16(sA0 + (uint32_t)((stage * MMA_BM * BK + mma_swz<BK>(r, cc)) * 2),
+                       v ? (const void *)(a_src[j] + k) : a.A, v);
+        }
+#pragma unroll
+        for (int j = 0; j < LB; j++) {
+            const int r = (tid + j * MMA_THREADS) / CPR;
+            const bool v = b_ok[j] && kin;
+            cp_async16(sB0 + (uint32_t)((stage * BN * BK + mma_swz<BK>(r, cc)) * 2),
+                       v ? (const void *)(b_src[j] + k) : a.W, v);
+        }
+    };
+
+    float acc[4][NT][4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
+
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < KT) load_tile(s, s);
+        cp_async_commit();
+    }
+    const int lm = lane >> 3, lr = lane & 7; /* ldmatrix: which 8x8 matrix this lane addresses, which row */
+    for (int kt = 0; kt < KT; kt++) {
+        cp_async_wait<STAGES - 2>();
+        __syncthreads();
+        const int nk = kt + STAGES - 1;
+        if (nk < KT) load_tile(nk % STAGES, nk);
+        cp_async_commit();
+        const int stage = kt % STAGES;
+        const uint32_t aS = sA0 + (uint32_t)(stage * MMA_BM * BK * 2);
+        const uint32_t bS = sB0 + (uint32_t)(stage * BN * BK * 2);
+#pragma unroll
+        for (int ks = 0; ks < BK / 16; ks++) {
+            uint32_t af[4][4], bf[NT / 2][4];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) {
+                const int r = wm * 64 + mi * 16 + (lm & 1) * 8 + lr;
+                ldmatrix_x4(af[mi], aS + (uint32_t)(mma_swz<BK>(r, ks * 2 + (lm >> 1)) * 2));
+            }
+#pragma unroll
+            for (int L = 0; L < NT / 2; L++) { /* n8-tiles 2L, 2L+1 */
+                const int r = (L / (NT / 4)) * (BN / 2) + wn * WR + (L % (NT / 4)) * 16 + (lm >> 1) * 8 + lr;
+                ldmatrix_x4(bf[L], bS + (uint32_t)(mma_swz<BK>(r, ks * 2 + (lm & 1)) * 2));
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < NT; ni++)
+                    mma16816<T>(acc[mi][ni], af[mi], bf[ni >> 1][(ni & 1) * 2], bf[ni >> 1][(ni & 1) * 2 + 1]);
+        }
+    }
+    cp_async_wait<0>();
+
+    /* epilogue: accumulator (mi, ni) element r is row g + (r>>1)*8, column tq*2 + (r&1) of its 16x8 tile */
+    const int g = lane >> 2, tq = lane & 3;
+    T *C = reinterpret_cast<T *>(a.C);
+#pragma unroll
+    for (int mi = 0; mi < 4; mi++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int64_t p = row0 + wm * 64 + mi * 16 + g + h * 8;
+            if (p >= row_end) continue;
+            if (a.gate_up) {
+#pragma unroll
+                for (int ni = 0; ni < NT / 2; ni++) { /* gate tile ni, up tile ni + NT/2: the same outputs */
+                    const int64_t f = n0 + wn * WR + ni * 8 + tq * 2;
+                    if (f >= a.N) continue;
+                    store2<T>(C + p * a.N + f, moe_act<T>(acc[mi][ni][h * 2], acc[mi][ni + NT / 2][h * 2]),
+                              moe_act<T>(acc[mi][ni][h * 2 + 1], acc[mi][ni + NT / 2][h * 2 + 1]));
+                }
+            } else {
+                const int64_t slot = a.sorted[p];
+                const float w = a.weights[slot];
+#pragma unroll
+                for (int ni = 0; ni < NT; ni++) {
+                    const int64_t col = n0 + (ni / (NT / 2)) * (BN / 2) + wn * WR + (ni % (NT / 2)) * 8 + tq * 2;
+                    if (col >= a.N) continue;
+                    store2<T>(C + slot * a.N + col, moe_scaled<T>(acc[mi][ni][h * 2], w),
+                              moe_scaled<T>(acc[mi][ni][h * 2 + 1], w));
+                }
+            }
+        }
+    }
+}
+
+/* one launch of a tensor-core variant; raises the dynamic shared-memory limit once per device (not a
+ * stream operation, but kept out of graph captures after the first call; racing threads set the same value) */
+template <typename T, int BK, int STAGES, int BN>
+static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
+    static int smem_set[64];
+    int dev = 0;
+    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_mma_kernel<T, BK, STAGES, BN>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, MMA_SMEM(BK, STAGES, BN)));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    const int64_t m_tiles = jamba_ceil_div(slots, MMA_BM) + a.E;
+    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? BN / 2 : BN);
+    moe_mma_kernel<T, BK, STAGES, BN><<<(unsigned)(m_tiles * n_tiles), MMA_THREADS, MMA_SMEM(BK, STAGES, BN), stream>>>(
+        a, m_tiles, n_tiles);
+    JAMBA_LAUNCH_CHECK("moe_mma_kernel", stream);
+    return JAMBA_OK;
+}
+
+/* ---- decode: weight-streaming kernel ------------------------------------------------------------------- */
+#define GEMV_WARPS 8   /* split-K over the block's warps */
+#define GEMV_TOK 32    /* tokens per pass: 4 mma n-tiles of 8 */
+
+/* out[n, r] = sum_k W[e, r, k] * X[n, k] for the expert's tokens n (as an mma with M = 16 weight rows,
+ * N = 8 tokens). Each lane loads 16 B (8 k values) of its rows and of its tokens at the same k, and uses
+ * elements 0-3 as the k-slots {tq*2, tq*2+1, tq*2+8, tq*2+9} of one m16n8k16 and 4-7 of the next: the
+ * k order inside the dot product is permuted identically for W and X, so no shuffle or shared memory is
+ * needed. Block: 16 outputs x 2 W tiles (gate_up: gate rows f0.. and up rows F+f0..; down: rows h0..h0+31),
+ * all tokens of one expert (blockIdx.y) in passes of 32. grid (ceil(N / (gate_up ? 16 : 32)), E), 256 threads.
+ * Requires Kd % 8 == 0 and 16-byte aligned rows. */
+template <typename T>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2) moe_gemv_kernel(moe_gemm_args a) {
+    __shared__ float red[GEMV_WARPS][32][32]; /* [warp][value][lane] */
+    const int e = blockIdx.y;
+    const int64_t off = a.offsets[e], cnt = a.offsets[e + 1] - off;
+    if (cnt <= 0) return;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    const int64_t base = (int64_t)blockIdx.x * (a.gate_up ? 16 : 32);
+    const T *A = reinterpret_cast<const T *>(a.A);
+    const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
+
+    /* this lane's 4 W rows: tile 0 rows g, g+8; tile 1 rows g, g+8 */
+    const T *wp[4];
+    bool wok[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int tile = i >> 1, rr = (i & 1) * 8 + g;
+        int64_t out_row = a.gate_up ? base + rr : base + tile * 16 + rr;
+        wok[i] = out_row < a.N;
+        const int64_t wrow = (a.gate_up && tile == 1) ? a.N + out_row : out_row;
+        wp[i] = W + (wok[i] ? wrow : 0) * a.Kd;
+    }
+    const int64_t nchunks = (a.Kd + 63) / 64; /* 64 k per warp step: two 16-byte vectors per row */
+
+    for (int64_t t0 = 0; t0 < cnt; t0 += GEMV_TOK) {
+        const int nt_act = (int)((cnt - t0 + 7) / 8 < 4 ? (cnt - t0 + 7) / 8 : 4);
+        const T *xp[4];
+        bool xok[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int64_t n = t0 + j * 8 + g;
+            xok[j] = n < cnt;
+            const int64_t row = xok[j] ? (a.gate_up ? (int64_t)(a.sorted[off + n] / a.topk) : off + n) : 0;
+            xp[j] = A + row * a.Kd;
+        }
+        float acc[2][4][4];
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
+
+#pragma unroll 1
+        for (int64_t c = warp; c < nchunks; c += GEMV_WARPS) {
+            uint4 wv[2][4], xv[2][4];
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                const int64_t k = c * 64 + hh * 32 + tq * 8;
+                const bool kin = k < a.Kd;
+#pragma unroll
+                for (int i = 0; i < 4; i++)
+                    wv[hh][i] = (kin && wok[i]) ? __ldg(reinterpret_cast<const uint4 *>(wp[i] + k)) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    xv[hh][j] = (kin && j < nt_act && xok[j]) ? __ldg(reinterpret_cast<const uint4 *>(xp[j] + k))
+                                                              : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+#pragma unroll
+                for (int tile = 0; tile < 2; tile++) {
+                    const uint4 r0 = wv[hh][tile * 2], r8 = wv[hh][tile * 2 + 1];
+                    const uint32_t a0[4] = {r0.x, r8.x, r0.y, r8.y};
+                    const uint32_t a1[4] = {r0.z, r8.z, r0.w, r8.w};
+#pragma unroll
+                    for (int j = 0; j < 4; j++) {
+                        if (j < nt_act) {
+                            mma16816<T>(acc[tile][j], a0, xv[hh][j].x, xv[hh][j].y);
+                            mma16816<T>(acc[tile][j], a1, xv[hh][j].z, xv[hh][j].w);
+                        }
+                    }
+                }
+            }
+        }
+        /* split-K reduction in warp order (deterministic) */
+#pragma unroll
+        for (int i = 0; i < 2; i++)
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) red[warp][i * 16 + j * 4 + r][lane] = acc[i][j][r];
+        __syncthreads();
+        if (warp < nt_act) {
+            const int j = warp; /* this warp finishes token tile j */
+            float s[2][4];
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) {
+                    float v = 0.f;
+                    for (int w = 0; w < GEMV_WARPS; w++) v += red[w][i * 16 + j * 4 + r][lane];
+                    s[i][r] = v;
+                }
+            T *C = reinterpret_cast<T *>(a.C);
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int64_t n = t0 + j * 8 + tq * 2 + (r & 1);
+                const int rr = g + (r >> 1) * 8;
+                if (n >= cnt) continue;
+                if (a.gate_up) {
+                    const int64_t f = base + rr;
+                    if (f < a.N) C[(off + n) * a.N + f] = jamba_st<T>(moe_act<T>(s[0][r], s[1][r]));
+                } else {
+                    const int64_t slot = a.sorted[off + n];
+                    const float w = a.weights[slot];
+#pragma unroll
+                    for (int tile = 0; tile < 2; tile++) {
+                        const int64_t h = base + tile * 16 + rr;
+                        if (h < a.N) C[slot * a.N + h] = jamba_st<T>(moe_scaled<T>(s[tile][r], w));
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* red is reused by the next pass */
+    }
+}
+
+/* ---- fallback: fp32 CUDA-core tiles ------------------------------------------------------------------- */
+#define SIMT_TILE 32 /* 32 rows x 32 outputs x 32 k; 256 threads, 2x2 outputs each */
+
+/* Same outputs as moe_mma_kernel, any dtype (f32, f16, bf16), any sizes and alignment.
+ * grid (ceil(slots / 32) + E, ceil(N / 32)), 256 threads. */
+template <typename T>
+__global__ void __launch_bounds__(256) moe_simt_kernel(moe_gemm_args a) {
+    __shared__ float sa[SIMT_TILE][SIMT_TILE + 1], sg[SIMT_TILE][SIMT_TILE + 1], su[SIMT_TILE][SIMT_TILE + 1];
+    int e;
+    int64_t row0, row_end;
+    if (!moe_find_tile(a.offsets, a.E, blockIdx.x, SIMT_TILE, &e, &row0, &row_end)) return;
+    const int64_t n0 = (int64_t)blockIdx.y * SIMT_TILE;
+    const T *A = reinterpret_cast<const T *>(a.A);
+    const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
+    const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+    float accg[2][2] = {{0.f, 0.f}, {0.f, 0.f}}, accu[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+    for (int64_t k0 = 0; k0 < a.Kd; k0 += SIMT_TILE) {
+        for (int i = tid; i < SIMT_TILE * SIMT_TILE; i += 256) {
+            const int r = i / SIMT_TILE, kk = i % SIMT_TILE;
+            const int64_t k = k0 + kk, p = row0 + r, n = n0 + r;
+            float va = 0.f, vg = 0.f, vu = 0.f;
+            if (k < a.Kd) {
+                if (p < row_end) {
+                    const int64_t src = a.gate_up ? (int64_t)(a.sorted[p] / a.topk) : p;
+                    va = jamba_ld<T>(A[src * a.Kd + k]);
+                }
+                if (n < a.N) {
+                    vg = jamba_ld<T>(W[n * a.Kd + k]);
+                    if (a.gate_up) vu = jamba_ld<T>(W[(a.N + n) * a.Kd + k]);
+                }
+            }
+            sa[r][kk] = va;
+            sg[r][kk] = vg;
+            su[r][kk] = vu;
+        }
+        __syncthreads();
+#pragma unroll 8
+        for (int kk = 0; kk < SIMT_TILE; kk++) {
+#pragma unroll
+            for (int i = 0; i < 2; i++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    accg[i][j] += sa[ty * 2 + i][kk] * sg[tx * 2 + j][kk];
+                    accu[i][j] += sa[ty * 2 + i][kk] * su[tx * 2 + j][kk];
+                }
+        }
+        __syncthreads();
+    }
+    T *C = reinterpret_cast<T *>(a.C);
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int64_t p = row0 + ty * 2 + i;
+        if (p >= row_end) continue;
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            const int64_t n = n0 + tx * 2 + j;
+            if (n >= a.N) continue;
+            if (a.gate_up) {
+                C[p * a.N + n] = jamba_st<T>(moe_act<T>(accg[i][j], accu[i][j]));
+            } else {
+                const int64_t slot = a.sorted[p];
+                C[slot * a.N + n] = jamba_st<T>(moe_scaled<T>(accg[i][j], a.weights[slot]));
+            }
+        }
+    }
+}
+
+/* ---- combine ------------------------------------------------------------------------------------------ */
+/* out[t, h] = round(...round(slot_out[t*K, h] + slot_out[t*K+1, h])...); NaN when an id of t is bad.
+ * Grid-stride over T*H/vec elements; vec: 16-byte vectors when H allows. */
+template <typename T>
+__global__ void __launch_bounds__(256) moe_combine_kernel(T *out, const T *slot_out, const int32_t *ids, int64_t T_,
+                                                          int64_t H, int K, int E, int vec) {
+    constexpr int V = 16 / (int)sizeof(T);
+    const int64_t per_row = vec ? H / V : H;
+    const int64_t total = T_ * per_row;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t t = i / per_row, c = i % per_row;
+        bool bad = false;
+        for (int j = 0; j < K; j++) bad |= moe_key(ids[t * K + j], E) == E;
+        if (vec) {
+            float acc[V];
+            jamba_vec16<T> v;
+            v.raw = *reinterpret_cast<const uint4 *>(slot_out + (t * K) * H + c * V);
+#pragma unroll
+            for (int q = 0; q < V; q++) acc[q] = jamba_ld<T>(v.v[q]);
+            for (int j = 1; j < K; j++) {
+                v.raw = *reinterpret_cast<const uint4 *>(slot_out + (t * K + j) * H + c * V);
+#pragma unroll
+                for (int q = 0; q < V; q++) acc[q] = jamba_round<T>(acc[q] + jamba_ld<T>(v.v[q]));
+            }
+#pragma unroll
+            for (int q = 0; q < V; q++) v.v[q] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : acc[q]);
+            *reinterpret_cast<uint4 *>(out + t * H + c * V) = v.raw;
+        } else {
+            float acc = jamba_ld<T>(slot_out[(t * K) * H + c]);
+            for (int j = 1; j < K; j++) acc = jamba_round<T>(acc + jamba_ld<T>(slot_out[(t * K + j) * H + c]));
+            out[t * H + c] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : acc);
+        }
+    }
+}
+
+/* ---- launchers ---------------------------------------------------------------------------------------- */
+static jamba_status permute_launch(const int32_t *ids, int64_t slots, int E, int32_t *offsets, int32_t *sorted,
+                                   cudaStream_t stream) {
+    moe_permute_kernel<<<E + 1, PERMUTE_THREADS, 0, stream>>>(ids, slots, E, offsets, sorted);
+    JAMBA_LAUNCH_CHECK("moe_permute_kernel", stream);
+    return JAMBA_OK;
+}
+
+extern "C" jamba_status jamba_moe_route_cuda(const jamba_moe_route_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_moe_route_check(p));
+    if (p->logits.dtype == JAMBA_F64)
+        return jamba_set_error(JAMBA_ERR_DTYPE, "jamba.moe_route: router_logits must have dtype "
+                               "float32|float16|bfloat16 on CUDA, got float64");
+    JAMBA_DEVICE_GUARD(launch);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    const int64_t T = p->logits.shape[0];
+    const int E = (int)p->logits.shape[1], K = (int)p->top_k;
+    if (T > 0) {
+        const size_t smem = (size_t)ROUTE_WARPS * E * sizeof(float);
+        moe_route_kernel<<<(unsigned)jamba_ceil_div(T, ROUTE_WARPS), ROUTE_WARPS * 32, smem, stream>>>(
+            p->logits.data, (int)p->logits.dtype, T, E, p->logits.stride[0], K, (float *)p->weights.data,
+            (int32_t *)p->expert_ids.data);
+        JAMBA_LAUNCH_CHECK("moe_route_kernel", stream);
+    }
+    if (p->expert_offsets.data != NULL)
+        return permute_launch((const int32_t *)p->expert_ids.data, T * K, E, (int32_t *)p->expert_offsets.data,
+                              (int32_t *)p->sorted_slots.data, stream);
+    return JAMBA_OK;
+}
+
+extern "C" jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_moe_permute_check(p));
+    JAMBA_DEVICE_GUARD(launch);
+    return permute_launch((const int32_t *)p->expert_ids.data, p->expert_ids.shape[0] * p->expert_ids.shape[1],
+                          (int)p->num_experts, (int32_t *)p->expert_offsets.data, (int32_t *)p->sorted_slots.data,
+                          (cudaStream_t)launch.stream);
+}
+
+/* one GEMM (gate_up or down) with the chosen engine */
+template <typename T>
+static jamba_status gemm_launch(int impl, const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
+    if (impl == JAMBA_MOE_IMPL_SIMT) {
+        dim3 grid((unsigned)(jamba_ceil_div(slots, SIMT_TILE) + a.E), (unsigned)jamba_ceil_div(a.N, SIMT_TILE));
+        moe_simt_kernel<T><<<grid, 256, 0, stream>>>(a);
+        JAMBA_LAUNCH_CHECK("moe_simt_kernel", stream);
+        return JAMBA_OK;
+    }
+    if constexpr (sizeof(T) == 2) {
+        if (impl == JAMBA_MOE_IMPL_GEMV) {
+            dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 16 : 32), (unsigned)a.E);
+            moe_gemv_kernel<T><<<grid, GEMV_WARPS * 32, 0, stream>>>(a);
+            JAMBA_LAUNCH_CHECK("moe_gemv_kernel", stream);
+            return JAMBA_OK;
+        }
+        if (impl == JAMBA_MOE_IMPL_MMA64) return mma_launch<T, 64, 3, 128>(a, slots, stream);
+        if (impl == JAMBA_MOE_IMPL_MMA256) return mma_launch<T, 32, 4, 256>(a, slots, stream);
+        return mma_launch<T, 32, 4, 128>(a, slots, stream);
+    }
+    return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: tensor-core paths need bf16/f16");
+}
+
+template <typename T>
+static jamba_status combine_launch(const jamba_moe_experts_params *p, int device, cudaStream_t stream) {
+    const int64_t T_ = p->x.shape[0], H = p->x.shape[1];
+    const int K = (int)p->expert_ids.shape[1], E = (int)p->w_gate_up.shape[0];
+    const int V = 16 / (int)sizeof(T);
+    const int vec = (H % V == 0) && jamba_aligned16(p->out.data) && jamba_aligned16(p->slot_out.data);
+    const int64_t work = T_ * (vec ? H / V : H);
+    int64_t blocks = jamba_ceil_div(work, 256);
+    const int64_t cap = (int64_t)jamba_cuda_sm_count(device) * 16; /* grid-stride beyond 16 blocks per SM */
+    blocks = blocks < cap ? blocks : cap;
+    if (blocks < 1) return JAMBA_OK;
+    moe_combine_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>((T *)p->out.data, (const T *)p->slot_out.data,
+                                                               (const int32_t *)p->expert_ids.data, T_, H, K, E, vec);
+    JAMBA_LAUNCH_CHECK("moe_combine_kernel", stream);
+    return JAMBA_OK;
+}
+
+/* Decode regime: the weight-streaming kernel while the average expert sees at most this many slots
+ * (it re-reads an expert's weights once per 32 of its tokens). */
+#define MOE_GEMV_MAX_SLOTS_PER_EXPERT 16
+/* the tensor-core GEMM variant auto uses for more tokens */
+#define MOE_MMA_AUTO JAMBA_MOE_IMPL_MMA
+
+template <typename T>
+static jamba_status experts_launch(const jamba_moe_experts_params *p, int device, cudaStream_t stream) {
+    const int64_t T_ = p->x.shape[0], H = p->x.shape[1], K = p->expert_ids.shape[1];
+    const int64_t E = p->w_gate_up.shape[0], F = p->w_down.shape[2], slots = T_ * K;
+    int impl = p->impl;
+    if (impl != JAMBA_MOE_IMPL_COMBINE && F > 0) {
+        const bool tc_ok = sizeof(T) == 2 && H % 8 == 0 && F % 8 == 0 && jamba_aligned16(p->x.data) &&
+                           jamba_aligned16(p->w_gate_up.data) && jamba_aligned16(p->w_down.data) &&
+                           jamba_aligned16(p->act.data);
+        if (impl == JAMBA_MOE_IMPL_AUTO)
+            impl = !tc_ok ? JAMBA_MOE_IMPL_SIMT
+                          : (slots <= MOE_GEMV_MAX_SLOTS_PER_EXPERT * E ? JAMBA_MOE_IMPL_GEMV : MOE_MMA_AUTO);
+        if (impl != JAMBA_MOE_IMPL_SIMT && !tc_ok)
+            return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl %d (tensor cores) needs bf16/f16 "
+                                   "tensors, H and F multiples of 8 and 16-byte aligned data; got %s, H %lld, F %lld "
+                                   "(use impl simt or auto)", impl, jamba_dtype_name(p->x.dtype), (long long)H,
+                                   (long long)F);
+        if (jamba_ceil_div(F, 16) > 65535 || jamba_ceil_div(H, SIMT_TILE) > 65535 || jamba_ceil_div(F, SIMT_TILE) > 65535)
+            return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: H and F must be below 1048576, got %lld, %lld",
+                                   (long long)H, (long long)F);
+        moe_gemm_args g;
+        g.offsets = (const int32_t *)p->expert_offsets.data;
+        g.sorted = (const int32_t *)p->sorted_slots.data;
+        g.weights = (const float *)p->weights.data;
+        g.E = (int)E;
+        g.topk = (int)K;
+        /* 1. act[p] = silu(gate x) * up x, rows in sorted order */
+        g.A = p->x.data;
+        g.W = p->w_gate_up.data;
+        g.C = p->act.data;
+        g.Kd = H;
+        g.N = F;
+        g.w_rows = 2 * F;
+        g.gate_up = 1;
+        JAMBA_TRY(gemm_launch<T>(impl, g, slots, stream));
+        /* 2. slot_out[slot] = round(down act) * round(w) */
+        g.A = p->act.data;
+        g.W = p->w_down.data;
+        g.C = p->slot_out.data;
+        g.Kd = F;
+        g.N = H;
+        g.w_rows = H;
+        g.gate_up = 0;
+        JAMBA_TRY(gemm_launch<T>(impl, g, slots, stream));
+    } else if (impl != JAMBA_MOE_IMPL_COMBINE && F == 0) {
+        /* F == 0: every expert output is zero */
+        JAMBA_CUDA_CHECK(cudaMemsetAsync(p->slot_out.data, 0, (size_t)(slots * H * sizeof(T)), stream));
+    }
+    /* 3. out[t] = sum over the token's slots, fixed order */
+    return combine_launch<T>(p, device, stream);
+}
+
+extern "C" jamba_status jamba_moe_experts_cuda(const jamba_moe_experts_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_moe_experts_check(p));
+    if (p->x.shape[0] == 0 || p->x.shape[1] == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = experts_launch<T>(p, launch.device, stream));
+    return s;
+}

@@ -1,0 +1,77 @@
+/* moe.cuh -- pieces shared by the MoE CUDA files (moe.cu: routing, permutation, mma.sync / decode / SIMT
+ * GEMMs, combine; moe_wgmma.cu: the sm_90a wgmma GEMM): the GEMM argument block, the m-tile -> expert map,
+ * the HF rounding of the epilogues, cp.async and paired stores. Not part of the C API.
+ */
+#ifndef JAMBA_MOE_CUH
+#define JAMBA_MOE_CUH
+
+#include "common.cuh"
+
+/* ---- shared pieces ----------------------------------------------------------------------------------- */
+/* key of an expert id: its bucket, E for ids outside [0, E) (they go after expert_offsets[E]) */
+__device__ __forceinline__ int moe_key(int id, int E) { return (id >= 0 && id < E) ? id : E; }
+
+/* The m-tiles of all experts, expert-major: tile mt -> (expert, first row, end row) in sorted order.
+ * Upper bound of the tile count, known on the host: ceil(slots / BM) + E. False for tiles past the end. */
+__device__ __forceinline__ bool moe_find_tile(const int32_t *offsets, int E, int64_t mt, int bm, int *e_out,
+                                              int64_t *row0, int64_t *row_end) {
+    for (int e = 0; e < E; e++) {
+        const int64_t lo = offsets[e], hi = offsets[e + 1];
+        const int64_t nt = (hi - lo + bm - 1) / bm;
+        if (mt < nt) {
+            *e_out = e;
+            *row0 = lo + mt * bm;
+            *row_end = hi;
+            return true;
+        }
+        mt -= nt;
+    }
+    return false;
+}
+
+struct moe_gemm_args {
+    const void *A;            /* gate_up: x (T, H), rows gathered by sorted_slots / TOPK; down: act (slots, F) */
+    const void *W;            /* w_gate_up (E, 2F, H) or w_down (E, H, F) */
+    void *C;                  /* gate_up: act (slots, F) in sorted order; down: slot_out (slots, H), slot order */
+    const int32_t *offsets;   /* (E+1,) */
+    const int32_t *sorted;    /* (slots,) */
+    const float *weights;     /* (T*TOPK,) f32, slot order */
+    int64_t Kd;               /* reduction size: H (gate_up) or F (down) */
+    int64_t N;                /* outputs per row: F (gate_up) or H (down) */
+    int64_t w_rows;           /* rows of one expert's W: 2F or H */
+    int E, topk, gate_up;
+};
+
+/* gate_up: value of act from the fp32 dot products; down: value of slot_out */
+template <typename T> __device__ __forceinline__ float moe_act(float g, float u) {
+    const float gr = jamba_round<T>(g);
+    return jamba_round<T>(jamba_round<T>(gr / (1.f + expf(-gr))) * jamba_round<T>(u));
+}
+template <typename T> __device__ __forceinline__ float moe_scaled(float y, float w) {
+    return jamba_round<T>(jamba_round<T>(y) * jamba_round<T>(w));
+}
+
+/* ---- async copies and stores ------------------------------------------------------------------------ */
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* 16-byte global -> shared copy; valid == false writes zeros and reads nothing */
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+/* two adjacent elements (4-byte aligned) */
+template <typename T> __device__ __forceinline__ void store2(T *p, float a, float b);
+template <> __device__ __forceinline__ void store2<__nv_bfloat16>(__nv_bfloat16 *p, float a, float b) {
+    *reinterpret_cast<__nv_bfloat162 *>(p) = __floats2bfloat162_rn(a, b);
+}
+template <> __device__ __forceinline__ void store2<__half>(__half *p, float a, float b) {
+    *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(a, b);
+}
+
+/* engines defined in moe_wgmma.cu (sm_90a); UNSUPPORTED elsewhere */
+jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
+
+#endif /* JAMBA_MOE_CUH */

@@ -1,0 +1,363 @@
+"""CUDA-only checks of the Mamba-path kernels (csrc/cuda/*.cu) beyond the device-parametrised op tests:
+large and odd shapes against the float64 reference (run on the GPU), CPU-vs-CUDA agreement, bit-identical
+reruns, CUDA-graph capture and replay, a tensor on cuda:1, d_inner past the 65535 grid-axis limit, and
+(slow) more than 2^31 elements."""
+import pytest
+import torch
+
+from conftest import STATE_TOL, TOL, assert_close, make_A, randn, uniform, up
+from jamba_ext import ops, reference
+
+pytestmark = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU"),
+              pytest.mark.skipif(not ops.has_cuda_kernels(), reason="built without CUDA kernels")]
+
+DEV = torch.device("cuda")
+# Long recurrences (L up to 70000) in fp32: the per-step exp2 (SFU ex2.approx, ~2 ulp) errors add up along
+# slowly decaying channels, so fp32 gets 5e-5 here instead of conftest's 1e-5.
+TOL_LONG = {torch.float32: dict(rtol=5e-5, atol=5e-5), torch.bfloat16: TOL[torch.bfloat16],
+            torch.float16: TOL[torch.float16]}
+
+
+def scan_inputs(batch, d_inner, d_state, seqlen, dtype, device=DEV, bc_layout="contig", init=True):
+    """Mamba-like inputs: dt = softplus(delta + bias) ~ 0.01..0.3, A = -exp(A_log), random D, z, init.
+    bc_layout: 'contig' (B, N, L) contiguous, or 'xproj' (stride 1 along N, as sliced from x_proj)."""
+    u = randn(batch, d_inner, seqlen, device=device, dtype=dtype)
+    z = randn(batch, d_inner, seqlen, device=device, dtype=dtype)
+    delta = randn(batch, d_inner, seqlen, device=device, dtype=dtype, scale=0.5)
+    if bc_layout == "contig":
+        Bm = randn(batch, d_state, seqlen, device=device, dtype=dtype)
+        Cm = randn(batch, d_state, seqlen, device=device, dtype=dtype)
+    else:
+        xp = randn(batch, seqlen, 2 * d_state + 3, device=device, dtype=dtype)
+        Bm, Cm = xp[..., 3:3 + d_state].transpose(1, 2), xp[..., 3 + d_state:].transpose(1, 2)
+    return dict(u=u, delta=delta, A=make_A(d_inner, d_state, device), B=Bm, C=Cm,
+                D=randn(d_inner, device=device, scale=0.7, shift=0.2), z=z,
+                delta_bias=uniform(d_inner, lo=-4.5, hi=-1.5, device=device), delta_softplus=True,
+                initial_state=randn(batch, d_inner, d_state, device=device) if init else None)
+
+
+def to(a, device):
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in a.items()}
+
+
+def ref64(a):
+    return reference.selective_scan(**{k: (up(v) if isinstance(v, torch.Tensor) else v) for k, v in a.items()})
+
+
+def conv_inputs(batch, d_inner, seqlen, K, dtype, device=DEV, S_in=3):
+    x = randn(batch, d_inner, seqlen, device=device, dtype=dtype)
+    w = randn(d_inner, K, device=device, dtype=dtype, scale=0.6)
+    b = randn(d_inner, device=device, dtype=dtype, scale=0.5)
+    init = randn(batch, d_inner, S_in, device=device, dtype=dtype) if S_in else None
+    return x, w, b, init
+
+
+def decode_inputs(batch, d_inner, d_state, dtype, device=DEV, state_dtype=torch.float32):
+    return dict(state=randn(batch, d_inner, d_state, device=device, dtype=state_dtype),
+                x=randn(batch, d_inner, device=device, dtype=dtype),
+                dt=randn(batch, d_inner, device=device, dtype=dtype, scale=0.5),
+                A=make_A(d_inner, d_state, device),
+                B=randn(batch, d_state, device=device, dtype=dtype),
+                C=randn(batch, d_state, device=device, dtype=dtype),
+                D=randn(d_inner, device=device, scale=0.7, shift=0.2),
+                z=randn(batch, d_inner, device=device, dtype=dtype),
+                dt_bias=uniform(d_inner, lo=-4.5, hi=-1.5, device=device), dt_softplus=True)
+
+
+# ---- large / odd shapes against float64 ------------------------------------------------------------------
+SCAN_SHAPES = [  # batch, d_inner, seqlen
+    (1, 64, 1), (3, 520, 1), (3, 64, 7), (1, 520, 7), (1, 8192, 7),
+    (1, 8192, 2048), (3, 520, 2048), (1, 64, 2049), (3, 520, 2049), (1, 8192, 2049),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("batch,d_inner,seqlen", SCAN_SHAPES, ids=[f"B{b}_DI{d}_L{l}" for b, d, l in SCAN_SHAPES])
+def test_selective_scan_shapes_fp64(dtype, batch, d_inner, seqlen):
+    a = scan_inputs(batch, d_inner, 16, seqlen, dtype, bc_layout="xproj" if d_inner == 520 else "contig")
+    out, last = ops.selective_scan(**a)
+    ref_out, ref_last = ref64(a)
+    assert_close(out, ref_out, **TOL_LONG[dtype])
+    assert_close(last, ref_last, **TOL_LONG[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_selective_scan_seqlen_70000(dtype):
+    """One launch carries the state across ~1100 chunks of time."""
+    a = scan_inputs(1, 64, 16, 70000, dtype)
+    out, last = ops.selective_scan(**a)
+    ref_out, ref_last = ref64(a)
+    assert_close(out, ref_out, **TOL_LONG[dtype])
+    assert_close(last, ref_last, **TOL_LONG[torch.float32])
+
+
+@pytest.mark.parametrize("d_state", [1, 5, 16, 33, 128, 256])
+def test_selective_scan_d_state_sweep(d_state):
+    """d_state not a multiple of the per-thread tile (4 / 16) and up to the limit, both thread splits."""
+    for batch, d_inner in [(1, 40), (3, 300)]:
+        a = scan_inputs(batch, d_inner, d_state, 97, torch.float32, bc_layout="xproj")
+        out, last = ops.selective_scan(**a)
+        ref_out, ref_last = ref64(a)
+        assert_close(out, ref_out, **TOL_LONG[torch.float32])
+        assert_close(last, ref_last, **TOL_LONG[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("batch,d_inner,seqlen", [(1, 64, 1), (3, 520, 7), (1, 8192, 2049), (3, 64, 70000)])
+def test_causal_conv1d_shapes_fp64(dtype, batch, d_inner, seqlen):
+    x, w, b, init = conv_inputs(batch, d_inner, seqlen, 4, dtype)
+    out, fin = ops.causal_conv1d(x, w, b, init, True, 5)
+    ref_out, ref_fin = reference.causal_conv1d(up(x), up(w), up(b), up(init), True, 5)
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(fin, ref_fin, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_causal_conv1d_misaligned_rows(dtype):
+    """Row starts not 16-byte aligned (x sliced at an odd time offset, odd L): the scalar load/store path."""
+    wide = randn(2, 37, 1031, device=DEV, dtype=dtype)
+    x = wide[:, 3:34, 1:]
+    w = randn(31, 3, device=DEV, dtype=torch.float32)
+    out, fin = ops.causal_conv1d(x, w, None, None, False, 2)
+    ref_out, ref_fin = reference.causal_conv1d(up(x), up(w), None, None, False, 2)
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(fin, ref_fin, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("rows,dim", [(1, 4096), (8192, 4096), (7, 16), (300, 256), (5, 8190), (3, 40000)])
+def test_rms_norm_shapes_fp64(dtype, rows, dim):
+    x = randn(rows, dim, device=DEV, dtype=dtype)
+    r = randn(rows, dim, device=DEV, dtype=dtype)
+    w = randn(dim, device=DEV, dtype=dtype, scale=0.4, shift=1.0)
+    assert_close(ops.rms_norm(x, w, 1e-6), reference.rms_norm(up(x), up(w), 1e-6), **TOL[dtype])
+    out, res = ops.add_rms_norm(x, r, w, 1e-6)
+    ref_out, ref_res = reference.add_rms_norm(x, r, w, 1e-6)  # sum rounded to dtype, as the op
+    assert torch.equal(res, ref_res)
+    assert_close(out, reference.rms_norm(up(ref_res), up(w), 1e-6), **TOL[dtype])
+
+
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=["state_f32", "state_bf16"])
+@pytest.mark.parametrize("batch,d_inner", [(1, 8192), (3, 520), (64, 64)])
+def test_selective_state_update_shapes_fp64(state_dtype, batch, d_inner):
+    s = decode_inputs(batch, d_inner, 16, torch.bfloat16, state_dtype=state_dtype)
+    st0 = s["state"].clone()
+    y = ops.selective_state_update(**s)
+    ref_y, ref_state = reference.selective_state_update(**{k: (up(v) if isinstance(v, torch.Tensor) else v)
+                                                          for k, v in dict(s, state=st0).items()})
+    assert_close(y, ref_y, **TOL[torch.bfloat16])
+    assert_close(s["state"], ref_state, **(STATE_TOL if state_dtype == torch.float32 else TOL[state_dtype]))
+
+
+# ---- CPU vs CUDA -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cpu_cuda_agree(dtype):
+    """Both backends compute in fp32 from the same inputs: outputs agree to the output dtype's rounding."""
+    tol = dict(rtol=2e-5, atol=2e-5) if dtype == torch.float32 else TOL[dtype]
+    a = scan_inputs(2, 136, 16, 300, dtype, bc_layout="xproj")
+    g = ops.selective_scan(**a)
+    c = ops.selective_scan(**to(a, "cpu"))
+    for x, y in zip(g, c):
+        assert_close(x.cpu(), y, **tol)
+    x, w, b, init = conv_inputs(2, 136, 300, 4, dtype)
+    g = ops.causal_conv1d(x, w, b, init, True, 4)
+    c = ops.causal_conv1d(x.cpu(), w.cpu(), b.cpu(), init.cpu(), True, 4)
+    for p, q in zip(g, c):
+        assert_close(p.cpu(), q, **tol)
+    st = randn(2, 136, 4, device=DEV, dtype=dtype)
+    st_c = st.cpu()
+    g = ops.causal_conv1d_update(x[..., :3], st, w, b, True)
+    c = ops.causal_conv1d_update(x[..., :3].cpu(), st_c, w.cpu(), b.cpu(), True)
+    assert_close(g.cpu(), c, **tol)
+    assert torch.equal(st.cpu(), st_c)
+    s = decode_inputs(5, 136, 16, dtype)
+    sc = to(s, "cpu")
+    assert_close(ops.selective_state_update(**s).cpu(), ops.selective_state_update(**sc), **tol)
+    assert_close(s["state"].cpu(), sc["state"], rtol=2e-5, atol=2e-5)
+    xr = randn(33, 4096, device=DEV, dtype=dtype)
+    w = randn(4096, device=DEV, dtype=dtype, scale=0.4, shift=1.0)
+    assert_close(ops.rms_norm(xr, w).cpu(), ops.rms_norm(xr.cpu(), w.cpu()), **tol)
+
+
+# ---- determinism, graphs, devices --------------------------------------------------------------------
+def _all_ops(dtype=torch.bfloat16):
+    """(name, fn) pairs; fn() runs one op on fixed inputs and returns its outputs (decode ops on a fresh
+    copy of their state, returned too)."""
+    a = scan_inputs(2, 520, 16, 1000, dtype)
+    x, w, b, init = conv_inputs(2, 520, 1000, 4, dtype)
+    cs = randn(2, 520, 4, device=DEV, dtype=dtype)
+    s = decode_inputs(64, 520, 16, dtype)
+    xr = randn(257, 4096, device=DEV, dtype=dtype)
+    rr = randn(257, 4096, device=DEV, dtype=dtype)
+    wn = randn(4096, device=DEV, dtype=dtype, scale=0.4, shift=1.0)
+
+    def conv_update():
+        st = cs.clone()
+        return ops.causal_conv1d_update(x[..., :1], st, w, b, True), st
+
+    def state_update():
+        st = s["state"].clone()
+        return ops.selective_state_update(**dict(s, state=st)), st
+
+    return [("selective_scan", lambda: ops.selective_scan(**a)),
+            ("causal_conv1d", lambda: ops.causal_conv1d(x, w, b, init, True, 4)),
+            ("causal_conv1d_update", conv_update),
+            ("selective_state_update", state_update),
+            ("rms_norm", lambda: (ops.rms_norm(xr, wn),)),
+            ("add_rms_norm", lambda: ops.add_rms_norm(xr, rr, wn))]
+
+
+def test_bit_identical_reruns():
+    for name, fn in _all_ops():
+        r1, r2 = fn(), fn()
+        for p, q in zip(r1, r2):
+            assert torch.equal(p, q), name
+
+
+def test_cuda_graph_capture_replay():
+    """Each op captured in a CUDA graph (torch's current stream is the capture stream) and replayed after
+    its inputs changed in place gives the eager result on the new inputs."""
+    dtype = torch.bfloat16
+    a = scan_inputs(2, 200, 16, 300, dtype)
+    x, w, b, init = conv_inputs(2, 200, 300, 4, dtype)
+    cs = randn(2, 200, 3, device=DEV, dtype=dtype)
+    s = decode_inputs(4, 200, 16, dtype)
+    xr, rr = randn(50, 4096, device=DEV, dtype=dtype), randn(50, 4096, device=DEV, dtype=dtype)
+    wn = randn(4096, device=DEV, dtype=dtype, scale=0.4, shift=1.0)
+    cs_g, st_g = cs.clone(), s["state"].clone()
+
+    def run(cs_, st_):
+        return (ops.selective_scan(**a), ops.causal_conv1d(x, w, b, init, True, 4),
+                ops.causal_conv1d_update(x[..., :1], cs_, w, b, True),
+                ops.selective_state_update(**dict(s, state=st_)),
+                ops.rms_norm(xr, wn), ops.add_rms_norm(xr, rr, wn))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the graph, as torch recommends
+        run(cs.clone(), s["state"].clone())
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = run(cs_g, st_g)
+    # new inputs, in place
+    for t in (a["u"], a["delta"], a["z"], a["B"], x, xr, rr, s["x"], s["dt"]):
+        t.copy_(torch.randn_like(t, dtype=torch.float32).to(t.dtype))
+    cs_g.copy_(cs)
+    st_g.copy_(s["state"])
+    g.replay()
+    torch.cuda.synchronize()
+    cs_e, st_e = cs.clone(), s["state"].clone()
+    want = run(cs_e, st_e)
+    flat = lambda r: [t for o in r for t in (o if isinstance(o, (tuple, list)) else (o,))]
+    for p, q in zip(flat(outs), flat(want)):
+        assert torch.equal(p, q)
+    assert torch.equal(cs_g, cs_e) and torch.equal(st_g, st_e)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_tensors_on_second_gpu():
+    """Tensors on cuda:1 while the current device is cuda:0: kernels run on cuda:1, on its current stream,
+    and the current device is unchanged afterwards."""
+    torch.cuda.set_device(0)
+    d1 = torch.device("cuda:1")
+    a = scan_inputs(2, 130, 16, 77, torch.float32, device=d1)
+    out, last = ops.selective_scan(**a)
+    assert out.device == d1 and torch.cuda.current_device() == 0
+    ref_out, ref_last = ref64(a)
+    assert_close(out, ref_out, **TOL_LONG[torch.float32])
+    x, w, b, init = conv_inputs(2, 130, 77, 4, torch.float32, device=d1)
+    o, f = ops.causal_conv1d(x, w, b, init, True, 3)
+    ro, rf = reference.causal_conv1d(up(x), up(w), up(b), up(init), True, 3)
+    assert_close(o, ro, **TOL[torch.float32])
+    s = decode_inputs(3, 130, 16, torch.float32, device=d1)
+    st0 = s["state"].clone()
+    y = ops.selective_state_update(**s)
+    ry, rs = reference.selective_state_update(**{k: (up(v) if isinstance(v, torch.Tensor) else v)
+                                                 for k, v in dict(s, state=st0).items()})
+    assert_close(y, ry, **TOL[torch.float32])
+    xr = randn(9, 300, device=d1)
+    wn = randn(300, device=d1)
+    assert_close(ops.rms_norm(xr, wn), reference.rms_norm(up(xr), up(wn)), **TOL[torch.float32])
+    assert torch.cuda.current_device() == 0
+
+
+def test_d_inner_past_grid_axis_limit():
+    """d_inner = 70000 > 65535: every kernel puts the large dimension on grid.x."""
+    DI = 70000
+    a = scan_inputs(2, DI, 16, 5, torch.float32)
+    out, last = ops.selective_scan(**a)
+    ref_out, ref_last = ref64(a)
+    assert_close(out, ref_out, **TOL_LONG[torch.float32])
+    assert_close(last, ref_last, **TOL_LONG[torch.float32])
+    x, w, b, init = conv_inputs(2, DI, 5, 4, torch.float32)
+    o, f = ops.causal_conv1d(x, w, b, init, True, 3)
+    ro, rf = reference.causal_conv1d(up(x), up(w), up(b), up(init), True, 3)
+    assert_close(o, ro, **TOL[torch.float32])
+    assert_close(f, rf, rtol=0, atol=0)
+    cs = randn(2, DI, 3, device=DEV)
+    cs0 = cs.clone()
+    o = ops.causal_conv1d_update(x[..., 0], cs, w, b, True)
+    ro, rs = reference.causal_conv1d_update(up(x[..., 0]), up(cs0), up(w), up(b), True)
+    assert_close(o, ro, **TOL[torch.float32])
+    assert_close(cs, rs, rtol=0, atol=0)
+    s = decode_inputs(2, DI, 16, torch.float32)
+    st0 = s["state"].clone()
+    y = ops.selective_state_update(**s)
+    ry, rs = reference.selective_state_update(**{k: (up(v) if isinstance(v, torch.Tensor) else v)
+                                                 for k, v in dict(s, state=st0).items()})
+    assert_close(y, ry, **TOL[torch.float32])
+    assert_close(s["state"], rs, **STATE_TOL)
+
+
+def test_empty_inputs_write_states():
+    """L = 0: last_state = initial_state, final conv state = the last entries of the history."""
+    a = scan_inputs(2, 33, 16, 0, torch.float32)
+    out, last = ops.selective_scan(**a)
+    assert out.shape == (2, 33, 0) and torch.equal(last, a["initial_state"])
+    a["initial_state"] = None
+    assert torch.equal(ops.selective_scan(**a)[1], torch.zeros(2, 33, 16, device=DEV))
+    x, w, b, init = conv_inputs(2, 33, 0, 4, torch.bfloat16, S_in=5)
+    o, f = ops.causal_conv1d(x, w, b, init, True, 3)
+    assert torch.equal(f, init[..., 2:])
+
+
+# ---- more than 2^31 elements (slow) ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_selective_scan_over_2pow31_elements():
+    """B*DI*L = 2 * 4100 * 262144 > 2^31 in bf16 (4.3 GB per tensor): sampled channels equal the same op
+    run on just those channels (offsets past 2^31 must land on the same values)."""
+    B, DI, L, N = 2, 4100, 262144, 16
+    assert B * DI * L > 2 ** 31
+    a = scan_inputs(B, DI, N, L, torch.bfloat16, init=True)
+    out, last = ops.selective_scan(**a)
+    idx = torch.tensor([0, 1, 2047, 2048, 4097, 4099], device=DEV)
+    sub = dict(a, u=a["u"][:, idx].contiguous(), delta=a["delta"][:, idx].contiguous(),
+               z=a["z"][:, idx].contiguous(), A=a["A"][idx].contiguous(), D=a["D"][idx].contiguous(),
+               delta_bias=a["delta_bias"][idx].contiguous(), initial_state=a["initial_state"][:, idx].contiguous())
+    o2, l2 = ops.selective_scan(**sub)
+    assert torch.equal(out[:, idx], o2)
+    assert torch.equal(last[:, idx], l2)
+    del a, out, sub
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.slow
+def test_causal_conv1d_and_rms_norm_over_2pow31_elements():
+    B, DI, L = 1, 8200, 262144
+    x, w, b, init = conv_inputs(B, DI, L, 4, torch.bfloat16)
+    out, fin = ops.causal_conv1d(x, w, b, init, True, 3)
+    idx = torch.tensor([0, 4095, 4096, 8191, 8199], device=DEV)
+    o2, f2 = ops.causal_conv1d(x[:, idx].contiguous(), w[idx], b[idx], init[:, idx].contiguous(), True, 3)
+    assert torch.equal(out[:, idx], o2) and torch.equal(fin[:, idx], f2)
+    del x, out
+    torch.cuda.empty_cache()
+    rows, dim = 2 ** 31 // 4096 + 3, 4096
+    xr = randn(rows, dim, device=DEV, dtype=torch.bfloat16)
+    wn = randn(dim, device=DEV, dtype=torch.bfloat16, scale=0.4, shift=1.0)
+    o = ops.rms_norm(xr, wn)
+    pick = torch.tensor([0, 2 ** 19, rows - 1], device=DEV)
+    assert torch.equal(o[pick], ops.rms_norm(xr[pick].contiguous(), wn))
+    del xr, o
+    torch.cuda.empty_cache()
