@@ -149,6 +149,7 @@ ext = Extension(
     include_dirs=["csrc"],
     define_macros=[("Py_LIMITED_API", "0x03090000")],
     extra_compile_args=["-O3", "-std=c11", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-fvisibility=hidden", "-Wall", "-Wno-unused-function"],
+    libraries=["m"],
     extra_link_args=["-fopenmp"],
     py_limited_api=True,
 )

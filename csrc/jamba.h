@@ -35,7 +35,7 @@ typedef enum {
     JAMBA_OK = 0,
     JAMBA_ERR_ARG = 1,      /* bad value of an argument (sizes, ranges) -> ValueError */
     JAMBA_ERR_SHAPE = 2,    /* mismatched shapes or strides            -> ValueError */
-    JAMBA_ERR_DTYPE = 3,    /* unsupported dtype                       -> TypeError  */
+    JAMBA_ERR_DTYPE = 3,    /* unsupported dtype                       -> ValueError */
     JAMBA_ERR_CUDA = 4,     /* CUDA runtime error                      -> RuntimeError */
     JAMBA_ERR_UNSUPPORTED = 5 /* backend not built, feature missing    -> RuntimeError */
 } jamba_status;
@@ -214,7 +214,10 @@ typedef enum {
     JAMBA_MOE_IMPL_MMA = 1,       /* tensor-core grouped GEMM (bf16/f16, H and F multiples of 8) */
     JAMBA_MOE_IMPL_GEMV = 2,      /* decode: weight-streaming mma kernel, split-K (bf16/f16, H, F % 8 == 0) */
     JAMBA_MOE_IMPL_SIMT = 3,      /* any dtype and size: fp32 CUDA-core tiles (slow; fp32 inputs, odd sizes) */
-    JAMBA_MOE_IMPL_COMBINE = 4    /* only the combine: slot_out is already filled (e.g. by torch GEMMs) */
+    JAMBA_MOE_IMPL_COMBINE = 4,   /* only the combine: slot_out is already filled (e.g. by torch GEMMs) */
+    JAMBA_MOE_IMPL_MMA64 = 5,     /* MMA with 64-deep k-tiles, 3 stages (96 KB shared) */
+    JAMBA_MOE_IMPL_MMA256 = 6,    /* MMA with 256 W rows per block: 64x64 warp tiles (96 KB shared) */
+    JAMBA_MOE_IMPL_WGMMA = 7      /* Hopper wgmma GEMM, 128x256x64 tiles (sm_90 only; csrc/cuda/moe_wgmma.cu) */
 } jamba_moe_impl;
 
 typedef struct {

@@ -25,6 +25,7 @@
 
 #define SCAN_THREADS 128
 #define SCAN_SMEM_BUDGET (48 * 1024)
+#define SCAN_TB 8  /* time steps per batch of y reductions (registers yp[SCAN_TB]) */
 #define SCAN_EU 16 /* u/dt/z elements a thread prefetches per chunk (registers): TC <= SCAN_EU * G */
 
 struct scan_args {
@@ -156,6 +157,28 @@ __device__ __forceinline__ void scan_stage(const scan_regs<T, EBC> &r, const sca
     }
 }
 
+/* One time step of one thread's SPT states: h = exp2(dt*A2)*h + dt*u*B; returns sum_i h[i]*C[i] (the
+ * thread's part of y). ut: index of (channel, t) in su/sdt; bt: index of (t, first state) in sB/sC. */
+template <int SPT>
+__device__ __forceinline__ float scan_step(const float *sdt, const float *su, const float *sB, const float *sC,
+                                          int ut, int bt, const float (&A2)[SPT], float (&h)[SPT]) {
+    const float dt = sdt[ut], dtu = dt * su[ut];
+    float y = 0.f;
+#pragma unroll
+    for (int i = 0; i < SPT; i += 4) {
+        const float4 bq = *(const float4 *)&sB[bt + i];
+        const float4 cq = *(const float4 *)&sC[bt + i];
+        const float Bv[4] = {bq.x, bq.y, bq.z, bq.w}, Cv[4] = {cq.x, cq.y, cq.z, cq.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float dA = jamba_cu_exp2(dt * A2[i + j]);
+            h[i + j] = fmaf(dA, h[i + j], dtu * Bv[j]);
+            y = fmaf(h[i + j], Cv[j], y);
+        }
+    }
+    return y;
+}
+
 /* selective_scan_fwd_kernel
  *   u, delta, z (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; A (DI, N) f32;
  *   B, C (B, N, L) f32|T any strides; D, delta_bias (DI,) f32; initial_state (B, DI, N) f32 (unit along N);
@@ -205,28 +228,29 @@ __global__ void __launch_bounds__(SCAN_THREADS) selective_scan_fwd_kernel(scan_a
                 scan_prefetch(r, a, b, c0, t0 + TC, (int)(rem < TC ? rem : TC));
             }
 
-            /* recurrence over the chunk; the group's g == 0 thread writes y + D*u to sy */
-#pragma unroll 2
-            for (int t = 0; t < nt; t++) {
-                const float dt = sdt[lc * TP + t], uu = su[lc * TP + t];
-                const float dtu = dt * uu;
-                float Bv[SPT], Cv[SPT];
+            /* recurrence over the chunk, SCAN_TB steps at a time: the partial sums of y stay in registers
+             * and are reduced across the G threads of the channel once per SCAN_TB steps, so no shared
+             * memory store sits between the steps (it would order every later shared load after it) and
+             * the shuffles leave the h chain. The group's g == 0 thread writes y + D*u to sy. */
+            int t = 0;
+            for (; t + SCAN_TB <= nt; t += SCAN_TB) {
+                float yp[SCAN_TB];
 #pragma unroll
-                for (int i = 0; i < SPT; i += 4) {
-                    const float4 bq = *(const float4 *)&sB[t * Npad + g * SPT + i];
-                    const float4 cq = *(const float4 *)&sC[t * Npad + g * SPT + i];
-                    Bv[i] = bq.x, Bv[i + 1] = bq.y, Bv[i + 2] = bq.z, Bv[i + 3] = bq.w;
-                    Cv[i] = cq.x, Cv[i + 1] = cq.y, Cv[i + 2] = cq.z, Cv[i + 3] = cq.w;
-                }
-                float y = 0.f;
+                for (int k = 0; k < SCAN_TB; k++) yp[k] = scan_step<SPT>(sdt, su, sB, sC, lc * TP + t + k,
+                                                                         (t + k) * Npad + g * SPT, A2, h);
 #pragma unroll
-                for (int i = 0; i < SPT; i++) {
-                    const float dA = jamba_cu_exp2(dt * A2[i]);
-                    h[i] = fmaf(dA, h[i], dtu * Bv[i]);
-                    y = fmaf(h[i], Cv[i], y);
+                for (int k = 0; k < SCAN_TB; k++)
+                    for (int o = G >> 1; o > 0; o >>= 1) yp[k] += __shfl_xor_sync(JAMBA_FULL_MASK, yp[k], o);
+                if (g == 0) {
+#pragma unroll
+                    for (int k = 0; k < SCAN_TB; k++)
+                        sy[lc * TP + t + k] = fmaf(Dc, su[lc * TP + t + k], yp[k]);
                 }
+            }
+            for (; t < nt; t++) {
+                float y = scan_step<SPT>(sdt, su, sB, sC, lc * TP + t, t * Npad + g * SPT, A2, h);
                 for (int o = G >> 1; o > 0; o >>= 1) y += __shfl_xor_sync(JAMBA_FULL_MASK, y, o);
-                if (g == 0) sy[lc * TP + t] = fmaf(Dc, uu, y);
+                if (g == 0) sy[lc * TP + t] = fmaf(Dc, su[lc * TP + t], y);
             }
             __syncthreads();
 

@@ -1,0 +1,113 @@
+"""The built extension: importable, abi3 (limited API), torch-free, and honest about its CUDA kernels."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import jamba_ext
+from jamba_ext import _C, ops
+
+SO = _C.__file__
+OP_NAMES = ["rms_norm", "add_rms_norm", "causal_conv1d", "causal_conv1d_update", "selective_scan",
+            "selective_state_update"]
+
+
+def _tool(*cmd):
+    if shutil.which(cmd[0]) is None:
+        pytest.skip(f"{cmd[0]} not available")
+    r = subprocess.run(list(cmd), capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_import_and_ops_registered():
+    assert isinstance(jamba_ext.__version__, str)
+    for name in OP_NAMES:
+        assert hasattr(torch.ops.jamba, name), name
+        assert callable(getattr(ops, name))
+
+
+def test_C_is_abi3_extension():
+    assert os.path.basename(SO).endswith(".abi3.so"), SO
+
+
+def test_C_links_no_torch_and_no_shared_cudart():
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", _tool("readelf", "-d", SO))
+    assert needed, "readelf found no NEEDED entries"
+    for lib in needed:
+        assert not re.search(r"torch|c10|libcudart|python", lib), f"_C links {lib}"
+
+
+def test_C_needs_no_torch_symbols_and_only_limited_api():
+    """No undefined symbol from libtorch/c10/ATen (mangled C++ namespaces), and the only private CPython
+    symbols referenced are those the stable ABI exports (so the module really is limited-API)."""
+    undef = [ln.split()[-1].split("@")[0] for ln in _tool("nm", "-D", "--undefined-only", SO).splitlines()
+             if ln.strip()]
+    torch_syms = [s for s in undef if re.match(r"_ZN(K)?\d*(c10|at|torch|caffe2)", s) or "torch" in s.lower()]
+    assert not torch_syms, torch_syms
+    stable_private = re.compile(r"_Py_(NoneStruct|TrueStruct|FalseStruct|NotImplementedStruct|EllipsisObject|"
+                                r"Dealloc|IncRef|DecRef)$|_PyArg_\w+_SizeT$")
+    private = [s for s in undef if s.startswith("_Py") and not stable_private.match(s)]
+    assert not private, f"non-limited-API CPython symbols: {private}"
+
+
+def test_C_loads_without_torch():
+    """_C imports in a fresh interpreter with torch never imported (it is a plain C extension)."""
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('jamba_ext._C', {SO!r})\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "assert 'torch' not in sys.modules\n"
+            "print(bool(m.has_cuda()))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(ops.has_cuda_kernels())
+
+
+def test_has_cuda_kernels_reflects_build():
+    """has_cuda_kernels() is True exactly when the CUDA runtime / fatbinaries were linked into _C."""
+    assert isinstance(jamba_ext.has_cuda_kernels(), bool)
+    assert jamba_ext.has_cuda_kernels() == ops.has_cuda_kernels() == bool(_C.has_cuda())
+    syms = _tool("nm", SO)
+    if not syms.strip():
+        pytest.skip("_C is stripped")
+    linked = bool(re.search(r"\b(__cudaRegisterFatBinary|cudaLaunchKernel|cudaGetLastError)\b", syms))
+    assert jamba_ext.has_cuda_kernels() == linked
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_tensor_without_cuda_kernels_is_a_clear_error():
+    if ops.has_cuda_kernels():
+        pytest.skip("built with CUDA kernels")
+    x = torch.randn(2, 8, device="cuda")
+    with pytest.raises(RuntimeError, match="without CUDA"):
+        ops.rms_norm(x, torch.randn(8, device="cuda"))
+
+
+# ---- the raw _C calling convention is robust (other front ends may call it) ------------------------------
+def _desc(t):
+    return (t.data_ptr(), {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[t.dtype], tuple(t.shape),
+            tuple(t.stride()))
+
+
+def test_C_missing_required_tensor_is_value_error():
+    w = torch.randn(8)
+    out = torch.empty(2, 8)
+    with pytest.raises(ValueError, match="x"):
+        _C.rms_norm(0, 0, 0, _desc(out), None, None, None, _desc(w), 1e-6)
+
+
+def test_C_malformed_arguments_raise():
+    x = torch.randn(2, 8)
+    with pytest.raises(TypeError):
+        _C.rms_norm(0, 0, 0)                                             # wrong argument count
+    with pytest.raises(TypeError):
+        _C.rms_norm(0, 0, 0, _desc(x), (1, 2), None, None, _desc(x), 1e-6)   # bad tensor tuple
+    five = (x.data_ptr(), 0, (1, 1, 1, 2, 8), (16, 16, 16, 8, 1))
+    with pytest.raises(ValueError):
+        _C.rms_norm(0, 0, 0, _desc(x), five, None, None, _desc(x[0]), 1e-6)   # > 4 dims
+    with pytest.raises(ValueError):
+        _C.rms_norm(0, 0, 0, _desc(x), (x.data_ptr(), 0, (2, 8), (8,)), None, None, _desc(x[0]), 1e-6)

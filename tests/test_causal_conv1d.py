@@ -1,0 +1,261 @@
+"""causal_conv1d and causal_conv1d_update (jamba.causal_conv1d, jamba.causal_conv1d_update) against
+reference.py in float64, state carry-over, decode chains, opcheck, autograd and torch.compile."""
+import pytest
+import torch
+
+from conftest import (LOW_DTYPES, TOL, assert_close, compile_or_skip, dtype_params,
+                      randn, ratio_check, up)
+from jamba_ext import ops, reference
+
+
+def make_conv(batch, d_inner, seqlen, K, device, dtype, *, w3d=False, bias=True, w_f32=False, S_in=None):
+    """x (B, DI, L) as a channel slice of a wider tensor; weight (DI, K) as a transposed (K, DI) buffer, or
+    (DI, 1, K); bias (DI,); initial_state (B, DI, S_in) or None. All random, nonzero."""
+    wide = randn(batch, d_inner + 3, seqlen, device=device, dtype=dtype)
+    x = wide[:, 2:2 + d_inner]
+    wdt = torch.float32 if w_f32 else dtype
+    if w3d:
+        w = randn(d_inner, 1, K, device=device, dtype=wdt, scale=0.6)
+    else:
+        w = randn(K, d_inner, device=device, dtype=wdt, scale=0.6).t()        # strides (1, DI)
+    b = randn(d_inner, device=device, dtype=wdt, scale=0.5) if bias else None
+    init = randn(batch, d_inner, S_in, device=device, dtype=dtype) if S_in is not None else None
+    return x, w, b, init
+
+
+# batch, d_inner, seqlen, K, w3d, bias, silu, w_f32, S_in (initial_state width or None), state_len
+CASES = [
+    (1, 5, 0, 4, False, True, True, False, None, -1),      # seqlen 0
+    (2, 3, 0, 3, False, True, False, True, 2, 5),          # seqlen 0: final_state = zero-padded initial
+    (0, 4, 5, 3, False, True, True, False, 2, -1),         # batch 0
+    (1, 6, 1, 4, True, True, True, False, 3, -1),          # seqlen 1
+    (2, 7, 2, 2, False, False, True, True, None, 0),       # seqlen 2, no final state
+    (3, 5, 3, 3, True, True, False, False, 4, 3),          # state_len == K, wider initial state
+    (2, 9, 37, 4, False, False, False, True, None, 4),     # odd seqlen, state_len == K
+    (1, 11, 129, 4, False, True, True, False, 3, 50),      # state_len > K
+    (2, 3, 5, 4, True, True, True, True, 6, 16),           # state_len > K + L, reaches into initial_state
+    (2, 4, 7, 2, False, True, True, False, None, 12),      # state_len > K + L, zero-padded
+    (1, 3, 2100, 4, False, True, True, True, 3, -1),       # seqlen > 2048 (two CPU chunks)
+    (2, 2, 2500, 3, True, False, False, False, None, 7),   # seqlen > 2048, no bias
+]
+CASE_IDS = [f"B{c[0]}_DI{c[1]}_L{c[2]}_K{c[3]}{'_w3d' if c[4] else ''}{'_bias' if c[5] else ''}"
+            f"{'_silu' if c[6] else ''}{'_wf32' if c[7] else ''}_Sin{c[8]}_S{c[9]}" for c in CASES]
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("batch,d_inner,seqlen,K,w3d,bias,silu,w_f32,S_in,state_len", CASES, ids=CASE_IDS)
+def test_causal_conv1d_matches_fp64(device, dtype, batch, d_inner, seqlen, K, w3d, bias, silu, w_f32, S_in,
+                                    state_len):
+    x, w, b, init = make_conv(batch, d_inner, seqlen, K, device, dtype, w3d=w3d, bias=bias, w_f32=w_f32,
+                              S_in=S_in)
+    out, final = ops.causal_conv1d(x, w, b, init, silu, state_len)
+    S = K - 1 if state_len < 0 else state_len
+    assert out.shape == x.shape and out.dtype == dtype and out.is_contiguous()
+    assert final.shape == (batch, d_inner, S) and final.dtype == dtype
+    ref_out, ref_final = reference.causal_conv1d(up(x), up(w), up(b), up(init), silu, state_len)
+    assert_close(out, ref_out, **TOL[dtype])
+    # the final state is a copy of inputs (or zero padding): exact
+    assert_close(final, ref_final, rtol=0, atol=0)
+    if dtype in LOW_DTYPES and out.numel() > 0:
+        ratio_check(out, reference.causal_conv1d(x, w, b, init, silu, state_len)[0], ref_out)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_causal_conv1d_initial_state_strided(device, dtype):
+    """initial_state as a channel slice of a wider cache, weight/bias as strided views."""
+    x = randn(2, 6, 9, device=device, dtype=dtype)
+    cache = randn(2, 10, 5, device=device, dtype=dtype)
+    init = cache[:, 3:9]                                   # (2, 6, 5), channel stride 5, batch stride 50
+    wbuf = randn(6, 8, device=device, dtype=dtype)
+    w = wbuf[:, 2:6]                                       # (6, 4), row stride 8
+    b = randn(12, device=device, dtype=dtype)[::2]         # stride 2
+    out, final = ops.causal_conv1d(x, w, b, init, True, 7)
+    ref_out, ref_final = reference.causal_conv1d(up(x), up(w), up(b), up(init), True, 7)
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(final, ref_final, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("K", [2, 3, 4])
+@pytest.mark.parametrize("split", [1, 3, 40])
+def test_causal_conv1d_two_halves_equal_one_pass(device, dtype, K, split):
+    """conv(x) == conv(x[:split]) then conv(x[split:], initial_state=final_state of the first part);
+    split 1 < K-1 makes the carried state reach into the zero history."""
+    x, w, b, _ = make_conv(2, 5, 67, K, device, dtype)
+    full, full_final = ops.causal_conv1d(x, w, b, None, True, -1)
+    o1, s1 = ops.causal_conv1d(x[..., :split], w, b, None, True, -1)
+    o2, s2 = ops.causal_conv1d(x[..., split:], w, b, s1, True, -1)
+    assert_close(torch.cat([o1, o2], dim=-1), full, **TOL[dtype])
+    assert_close(s2, full_final, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("K", [2, 3, 4])
+@pytest.mark.parametrize("extra", [0, 1, 3], ids=["S=K-1", "S=K", "S=K+2"])
+def test_causal_conv1d_update_chain_equals_full(device, dtype, K, extra):
+    """A chain of single-token updates from a random conv_state reproduces causal_conv1d over the whole
+    sequence (with that state as initial_state) and leaves conv_state equal to its final state."""
+    batch, d_inner, seqlen = 2, 7, 9
+    S = K - 1 + extra
+    x, w, b, state0 = make_conv(batch, d_inner, seqlen, K, device, dtype, S_in=S)
+    full, full_final = ops.causal_conv1d(x, w, b, state0, True, S)
+    state = state0.clone()
+    outs = []
+    for t in range(seqlen):
+        outs.append(ops.causal_conv1d_update(x[:, :, t], state, w, b, True))
+        assert outs[-1].shape == (batch, d_inner)
+    got = torch.stack(outs, dim=-1)
+    assert_close(got, full, **TOL[dtype])
+    assert_close(state, full_final, rtol=0, atol=0)
+    ref_out, ref_state = reference.causal_conv1d(up(x), up(w), up(b), up(state0), True, S)
+    assert_close(got, ref_out, **TOL[dtype])
+    assert_close(state, ref_state, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("silu", [False, True])
+def test_causal_conv1d_update_multi_token(device, dtype, silu):
+    """(B, DI, L) update with L = 3 new tokens, conv_state a slice of a wider layer cache: only the slice is
+    written, and out/state match the reference."""
+    batch, d_inner, K, S, L = 3, 5, 4, 4, 3
+    x, w, b, _ = make_conv(batch, d_inner, L, K, device, dtype, bias=not silu)
+    cache = randn(batch, d_inner + 4, S, device=device, dtype=dtype)
+    state = cache[:, 1:1 + d_inner]
+    state0 = state.clone()
+    before = cache.clone()
+    out = ops.causal_conv1d_update(x, state, w, b, silu)
+    assert out.shape == x.shape
+    ref_out, ref_state = reference.causal_conv1d_update(up(x), up(state0), up(w), up(b), silu)
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(state, ref_state, rtol=0, atol=0)
+    if dtype in LOW_DTYPES:
+        ratio_check(out, reference.causal_conv1d_update(x, state0, w, b, silu)[0], ref_out)
+    assert torch.equal(cache[:, :1], before[:, :1]) and torch.equal(cache[:, 1 + d_inner:], before[:, 1 + d_inner:])
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_causal_conv1d_update_strided_x(device, dtype):
+    """x of the update as the last time step of a (B, 2*DI, L) tensor: non-unit stride along DI."""
+    batch, d_inner, K = 2, 6, 3
+    xz = randn(batch, 2 * d_inner, 5, device=device, dtype=dtype)
+    x = xz[:, :d_inner, -1]
+    _, w, b, state = make_conv(batch, d_inner, 1, K, device, dtype, S_in=K - 1)
+    state0 = state.clone()
+    out = ops.causal_conv1d_update(x, state, w, b, True)
+    ref_out, ref_state = reference.causal_conv1d_update(up(x), up(state0), up(w), up(b), True)
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(state, ref_state, rtol=0, atol=0)
+
+
+def test_causal_conv1d_update_x_inside_state(device):
+    """x is a view into conv_state itself (the newest cached entry): either rejected naming one of them, or
+    the same answer as with a separate copy of x."""
+    batch, d_inner, K = 2, 5, 4
+    _, w, b, state = make_conv(batch, d_inner, 1, K, device, torch.float32, S_in=K - 1)
+    x = state[:, :, -1]
+    state_copy, x_copy = state.clone(), x.clone()
+    want = ops.causal_conv1d_update(x_copy, state_copy, w, b, True)
+    try:
+        got = ops.causal_conv1d_update(x, state, w, b, True)
+    except ValueError as e:
+        assert "conv_state" in str(e) or ": x" in str(e)
+        return
+    assert_close(got, want, rtol=0, atol=0)
+    assert_close(state, state_copy, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("op", ["causal_conv1d", "causal_conv1d_update"])
+def test_causal_conv1d_deterministic(device, op):
+    x, w, b, init = make_conv(3, 40, 700, 4, device, torch.bfloat16, S_in=3)
+    if op == "causal_conv1d":
+        a = ops.causal_conv1d(x, w, b, init, True, 5)
+        c = ops.causal_conv1d(x, w, b, init, True, 5)
+    else:
+        s1, s2 = init.clone(), init.clone()
+        a = (ops.causal_conv1d_update(x[..., :4], s1, w, b, True), s1)
+        c = (ops.causal_conv1d_update(x[..., :4], s2, w, b, True), s2)
+    for t1, t2 in zip(a, c):
+        assert torch.equal(t1, t2)
+
+
+# ---- opcheck / autograd --------------------------------------------------------------------------------
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+def test_causal_conv1d_opcheck(device, requires_grad):
+    x, w, b, init = make_conv(2, 5, 11, 4, device, torch.float32, S_in=3)
+    for t in (x, w, b, init):
+        t.requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.jamba.causal_conv1d.default, (x, w, b, init, True, 6))
+    torch.library.opcheck(torch.ops.jamba.causal_conv1d.default, (x, w, None, None, False, -1))
+
+
+def test_causal_conv1d_update_opcheck(device):
+    x, w, b, state = make_conv(2, 5, 1, 3, device, torch.float32, S_in=4)
+    torch.library.opcheck(torch.ops.jamba.causal_conv1d_update.default, (x[..., 0], state, w, b, True))
+    torch.library.opcheck(torch.ops.jamba.causal_conv1d_update.default, (x, state, w, None, False))
+
+
+def _grads(fn, inputs):
+    outs = fn(*inputs)
+    torch.manual_seed(11)
+    gs = [torch.randn(o.shape, dtype=torch.float64, device=o.device) for o in outs]
+    loss = sum((o.double() * g).sum() for o, g in zip(outs, gs))
+    return torch.autograd.grad(loss, inputs)
+
+
+@pytest.mark.parametrize("silu", [False, True])
+@pytest.mark.parametrize("state_len", [-1, 9])
+def test_causal_conv1d_grad_matches_fp64(device, silu, state_len):
+    """Gradients of x, weight, bias, initial_state through out and final_state vs float64 autograd of the
+    reference (fp32 backward: tolerance 1e-4 relative)."""
+    x, w, b, init = make_conv(2, 4, 6, 3, device, torch.float32, S_in=4)
+    x, w, b, init = [t.detach().clone().requires_grad_() for t in (x, w, b, init)]
+    got = _grads(lambda *a: ops.causal_conv1d(*a, silu, state_len), [x, w, b, init])
+    ins64 = [up(t).requires_grad_() for t in (x, w, b, init)]
+    want = _grads(lambda *a: reference.causal_conv1d(*a, silu, state_len), ins64)
+    for g, e, t in zip(got, want, (x, w, b, init)):
+        assert g.shape == t.shape and g.dtype == t.dtype
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore:Input #")
+def test_causal_conv1d_gradcheck_fp32(device):
+    """gradcheck of the op itself (the kernels do not take float64: fp32 with loose tolerances): the
+    registered backward is the derivative of the forward the kernel computes."""
+    x, w, b, init = make_conv(1, 2, 4, 3, device, torch.float32, w3d=True, S_in=2)
+    ins = [t.detach().clone().requires_grad_() for t in (x, w, b, init)]
+    assert torch.autograd.gradcheck(lambda *a: ops.causal_conv1d(*a, True, 4), ins, eps=1e-2, atol=5e-3,
+                                    rtol=5e-3, nondet_tol=0.0)
+
+
+# ---- torch.compile -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_causal_conv1d_compile_fullgraph(device, backend):
+    """Prefill then one decode step, compiled as one graph: the in-place state update must survive
+    functionalization."""
+
+    def step(x, x_new, w, b, state):
+        out, final = ops.causal_conv1d(x, w, b, None, True, state.shape[-1])
+        state.copy_(final)
+        y = ops.causal_conv1d_update(x_new, state, w, b, True)
+        return out, y
+
+    x, w, b, state = make_conv(2, 6, 10, 4, device, torch.float32, S_in=3)
+    x_new = randn(2, 6, device=device)
+    s_eager = state.clone()
+    want = step(x, x_new, w, b, s_eager)
+    fn = compile_or_skip(step, backend)
+    got = fn(x, x_new, w, b, state)
+    for g, e in zip(got, want):
+        assert_close(g, e, **TOL[torch.float32])
+    assert_close(state, s_eager, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_causal_conv1d_large(device, dtype):
+    x, w, b, init = make_conv(4, 520, 5000, 4, device, dtype, S_in=3)
+    out, final = ops.causal_conv1d(x, w, b, init, True, -1)
+    ref_out, ref_final = reference.causal_conv1d(up(x), up(w), up(b), up(init), True, -1)
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(final, ref_final, rtol=0, atol=0)
+

@@ -1,0 +1,225 @@
+"""rms_norm and add_rms_norm (jamba.rms_norm, jamba.add_rms_norm) against reference.py in float64."""
+import pytest
+import torch
+
+from conftest import (DTYPES, LOW_DTYPES, TOL, assert_close, compile_or_skip, dtype_params,
+                      norm_weight, randn, ratio_check, up)
+from jamba_ext import ops, reference
+
+# (leading shape, dim): one row, 0 rows, odd dims not a multiple of any vector width, 3-D input.
+SHAPES = [((1,), 7), ((0,), 64), ((5,), 1), ((3, 11), 129), ((2, 3), 1000)]
+SHAPE_IDS = ["1x7", "0x64", "5x1", "3x11x129", "2x3x1000"]
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("lead,dim", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("w_f32", [False, True], ids=["w_xdtype", "w_f32"])
+def test_rms_norm_matches_fp64(device, dtype, lead, dim, w_f32):
+    x = randn(*lead, dim, device=device, dtype=dtype, scale=2.0, shift=0.3)
+    w = norm_weight(dim, device, torch.float32 if w_f32 else dtype)
+    out = ops.rms_norm(x, w, 1e-6)
+    assert out.shape == x.shape and out.dtype == dtype and out.device == x.device
+    ref = reference.rms_norm(up(x), up(w), 1e-6)
+    assert_close(out, ref, **TOL[dtype])
+    if dtype in LOW_DTYPES and x.numel() > 0:
+        ratio_check(out, reference.rms_norm(x, w, 1e-6), ref)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_rms_norm_eps_matters(device, dtype):
+    """Tiny activations: mean(x^2) ~ eps, so a kernel that drops or mis-scales eps is off by ~40%."""
+    x = randn(4, 33, device=device, dtype=dtype, scale=1e-3)
+    w = norm_weight(33, device, dtype)
+    for eps in (1e-6, 1e-5):
+        out = ops.rms_norm(x, w, eps)
+        assert_close(out, reference.rms_norm(up(x), up(w), eps), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", dtype_params(LOW_DTYPES))
+def test_rms_norm_large_activations(device, dtype):
+    """|x| ~ 300: x^2 overflows fp16 (max 65504), so the statistics must be accumulated in fp32."""
+    x = randn(3, 77, device=device, dtype=dtype, scale=300.0)
+    w = norm_weight(77, device, dtype)
+    out = ops.rms_norm(x, w)
+    assert_close(out, reference.rms_norm(up(x), up(w)), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_rms_norm_1d_input(device, dtype):
+    x = randn(37, device=device, dtype=dtype)
+    w = norm_weight(37, device, dtype)
+    out = ops.rms_norm(x, w)
+    assert out.shape == (37,)
+    assert_close(out, reference.rms_norm(up(x), up(w)), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_rms_norm_strided_rows(device, dtype):
+    """Rows with a row stride larger than dim (a column slice), and a 3-D view that cannot be flattened."""
+    big = randn(6, 5, 45, device=device, dtype=dtype)
+    w = norm_weight(40, device, dtype)
+    x = big[:, 1, 3:43]                                  # (6, 40), row stride 225
+    assert_close(ops.rms_norm(x, w), reference.rms_norm(up(x), up(w)), **TOL[dtype])
+    x3 = big[:, :, 3:43].transpose(0, 1)                 # (5, 6, 40): not flattenable to rows
+    out3 = ops.rms_norm(x3, w)
+    assert out3.shape == x3.shape
+    assert_close(out3, reference.rms_norm(up(x3), up(w)), **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("lead,dim", SHAPES, ids=SHAPE_IDS)
+def test_add_rms_norm_matches_fp64(device, dtype, lead, dim):
+    x = randn(*lead, dim, device=device, dtype=dtype, scale=1.5)
+    r = randn(*lead, dim, device=device, dtype=dtype, scale=3.0, shift=-0.2)
+    w = norm_weight(dim, device, dtype)
+    out, s = ops.add_rms_norm(x, r, w, 1e-5)
+    assert out.shape == x.shape and s.shape == x.shape and s.dtype == dtype
+    ref_out, ref_s = reference.add_rms_norm(up(x), up(r), up(w), 1e-5)
+    assert_close(out, ref_out, **TOL[dtype])
+    # the new residual is x + residual rounded once to x's dtype: exact
+    torch.testing.assert_close(s, (x.float() + r.float()).to(dtype), rtol=0, atol=0)
+    if dtype in LOW_DTYPES and x.numel() > 0:
+        ratio_check(out, reference.add_rms_norm(x, r, w, 1e-5)[0], ref_out)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_add_rms_norm_strided(device, dtype):
+    big_x = randn(7, 50, device=device, dtype=dtype)
+    big_r = randn(7, 61, device=device, dtype=dtype)
+    x, r = big_x[:, 5:45], big_r[:, 11:51]
+    w = norm_weight(40, device, torch.float32)
+    out, s = ops.add_rms_norm(x, r, w)
+    ref_out, ref_s = reference.add_rms_norm(up(x), up(r), up(w))
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(s, ref_s, **TOL[dtype])
+
+
+def test_add_rms_norm_residual_other_dtype(device):
+    """x bf16 with an fp32 residual: either rejected naming residual, or computed as documented (sum rounded
+    to x's dtype). Never a silently wrong answer."""
+    x = randn(3, 24, device=device, dtype=torch.bfloat16)
+    r = randn(3, 24, device=device, dtype=torch.float32)
+    w = norm_weight(24, device, torch.float32)
+    try:
+        out, s = ops.add_rms_norm(x, r, w)
+    except ValueError as e:
+        assert "residual" in str(e)
+        return
+    ref_out, ref_s = reference.add_rms_norm(x, r, w)
+    assert_close(s, ref_s, rtol=0, atol=0)
+    assert_close(out, ref_out, **TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("op", ["rms_norm", "add_rms_norm"])
+def test_rms_norm_deterministic(device, op):
+    x = randn(67, 300, device=device, dtype=torch.bfloat16)
+    r = randn(67, 300, device=device, dtype=torch.bfloat16)
+    w = norm_weight(300, device, torch.float32)
+    run = (lambda: (ops.rms_norm(x, w),)) if op == "rms_norm" else (lambda: ops.add_rms_norm(x, r, w))
+    a, b = run(), run()
+    for t1, t2 in zip(a, b):
+        assert torch.equal(t1, t2)
+
+
+# ---- opcheck / autograd --------------------------------------------------------------------------------
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+def test_rms_norm_opcheck(device, requires_grad):
+    x = randn(3, 5, 19, device=device).requires_grad_(requires_grad)
+    w = norm_weight(19, device, torch.float32).requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.jamba.rms_norm.default, (x, w, 1e-5))
+    r = randn(3, 5, 19, device=device).requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.jamba.add_rms_norm.default, (x, r, w, 1e-5))
+
+
+def test_rms_norm_opcheck_bf16(device):
+    x = randn(4, 21, device=device, dtype=torch.bfloat16)
+    w = norm_weight(21, device, torch.bfloat16)
+    torch.library.opcheck(torch.ops.jamba.rms_norm.default, (x, w, 1e-6))
+
+
+# Gradients: the registered backward differentiates reference.py in fp32; compare with autograd of the
+# reference in float64. fp32 gradient error of a normalisation: ~1e-6 relative, atol for near-zero entries.
+GRAD_TOL = dict(rtol=1e-4, atol=1e-5)
+
+
+def _grads(fn, inputs):
+    outs = fn(*inputs)
+    outs = outs if isinstance(outs, tuple) else (outs,)
+    torch.manual_seed(7)
+    gs = [torch.randn(o.shape, dtype=torch.float64, device=o.device) for o in outs]
+    loss = sum((o.double() * g).sum() for o, g in zip(outs, gs))
+    return torch.autograd.grad(loss, inputs)
+
+
+def test_rms_norm_grad_matches_fp64(device):
+    x = randn(2, 3, 29, device=device, scale=1.3).requires_grad_()
+    w = norm_weight(29, device, torch.float32).requires_grad_()
+    got = _grads(lambda a, b: ops.rms_norm(a, b, 1e-5), [x, w])
+    x64, w64 = up(x).requires_grad_(), up(w).requires_grad_()
+    want = _grads(lambda a, b: reference.rms_norm(a, b, 1e-5), [x64, w64])
+    for g, e in zip(got, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g.double(), e, **GRAD_TOL)
+
+
+def test_add_rms_norm_grad_matches_fp64(device):
+    x = randn(5, 31, device=device).requires_grad_()
+    r = randn(5, 31, device=device, scale=2.0).requires_grad_()
+    w = norm_weight(31, device, torch.float32).requires_grad_()
+    got = _grads(lambda a, b, c: ops.add_rms_norm(a, b, c), [x, r, w])
+    ins64 = [up(t).requires_grad_() for t in (x, r, w)]
+    want = _grads(lambda a, b, c: reference.add_rms_norm(a, b, c), ins64)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g.double(), e, **GRAD_TOL)
+
+
+@pytest.mark.filterwarnings("ignore:Input #")
+def test_rms_norm_gradcheck_fp32(device):
+    """gradcheck of the ops themselves (the kernels take no float64: fp32, loose tolerances), so the
+    registered backward is the derivative of the forward the kernel computes."""
+    x = randn(2, 6, device=device, scale=1.5).requires_grad_()
+    r = randn(2, 6, device=device).requires_grad_()
+    w = norm_weight(6, device, torch.float32).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: ops.rms_norm(a, b, 1e-5), (x, w), eps=1e-2, atol=5e-3, rtol=5e-3)
+    assert torch.autograd.gradcheck(lambda a, b, c: ops.add_rms_norm(a, b, c, 1e-5), (x, r, w), eps=1e-2,
+                                    atol=5e-3, rtol=5e-3)
+
+
+def test_rms_norm_grad_bf16(device):
+    """Low-precision gradients come back in the input dtype and agree with fp64 to bf16 accuracy."""
+    x = randn(4, 26, device=device, dtype=torch.bfloat16).requires_grad_()
+    w = norm_weight(26, device, torch.bfloat16).requires_grad_()
+    got = _grads(lambda a, b: ops.rms_norm(a, b), [x, w])
+    want = _grads(lambda a, b: reference.rms_norm(a, b), [up(x).requires_grad_(), up(w).requires_grad_()])
+    for g, e in zip(got, want):
+        assert g.dtype == torch.bfloat16
+        torch.testing.assert_close(g.double(), e, rtol=2e-2, atol=2e-2)
+
+
+# ---- torch.compile -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_rms_norm_compile_fullgraph(device, backend):
+    def block(h, res, w1, w2):
+        y, res2 = ops.add_rms_norm(h, res, w1)
+        return ops.rms_norm(y * 2.0, w2), res2
+
+    h = randn(3, 40, device=device)
+    res = randn(3, 40, device=device)
+    w1, w2 = norm_weight(40, device, torch.float32), norm_weight(40, device, torch.float32)
+    fn = compile_or_skip(block, backend)
+    got = fn(h, res, w1, w2)
+    want = block(h, res, w1, w2)
+    for g, e in zip(got, want):
+        assert_close(g, e, **TOL[torch.float32])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", dtype_params(DTYPES))
+def test_rms_norm_large(device, dtype):
+    x = randn(8192, 4096, device=device, dtype=dtype)
+    r = randn(8192, 4096, device=device, dtype=dtype)
+    w = norm_weight(4096, device, dtype)
+    out, s = ops.add_rms_norm(x, r, w)
+    ref_out, _ = reference.add_rms_norm(up(x), up(r), up(w))
+    assert_close(out, ref_out, **TOL[dtype])
+
