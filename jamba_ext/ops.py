@@ -96,13 +96,20 @@ def _fake_devices(op: str, **tensors: Optional[Tensor]) -> None:
                 _fail(op, f"{name} is on {d} but {first} is on {devs[first]}; all tensors must be on one device")
 
 
+def _raw_stream(idx: int) -> int:
+    """cudaStream_t (as an int) of torch's current stream on device idx. The private accessor costs well under
+    a microsecond, the public torch.cuda.current_stream() several: it matters for launch-bound decode steps."""
+    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    return get(idx) if get is not None else torch.cuda.current_stream(idx).cuda_stream
+
+
 def _call(fn_name: str, device: torch.device, op: str, named: List[Tuple[str, Optional[Tensor]]], *scalars):
     if device.type == "cuda":
         if not _C.has_cuda():
             raise RuntimeError(f"jamba.{op}: jamba_ext was built without CUDA kernels; reinstall with nvcc "
                                "available (JAMBA_EXT_CUDA=1) to run on {device}")
         idx = device.index if device.index is not None else torch.cuda.current_device()
-        backend, stream = 1, torch.cuda.current_stream(idx).cuda_stream
+        backend, stream = 1, _raw_stream(idx)
     elif device.type == "cpu":
         backend, idx, stream = 0, 0, 0
     else:
@@ -331,10 +338,25 @@ _register_reference_autograd("selective_scan", reference.selective_scan, 10, (0,
 # without a sync: that token's output row is NaN. On the CPU it raises ValueError.
 # CPU path: routing, permutation and combine are C; the expert GEMMs are torch.matmul per expert (the
 # CPU BLAS is faster than anything we would write in C), in the model dtype exactly as HF computes them.
-_MOE_IMPLS = {"auto": 0, "mma": 1, "gemv": 2, "simt": 3, "grouped_mm": 4}
-# auto on CUDA switches to torch._grouped_mm (our routing/permutation/activation/combine around it) from
-# this many token slots (T*TOPK) on, where the benchmark showed it faster; None: never.
-MOE_GROUPED_MM_MIN_SLOTS: Optional[int] = None
+_MOE_IMPLS = {"auto": 0, "mma": 1, "gemv": 2, "simt": 3, "grouped_mm": 4, "mma64": 5, "mma256": 6, "wgmma": 7}
+# auto on CUDA switches to torch._grouped_mm (our routing, permutation, activation and combine around it)
+# from this many token slots (T*TOPK) on, for bf16 on Hopper (sm_90), where it beat our wgmma kernel on an
+# H200 at Jamba-v0.1 sizes (benchmarks/results/bench_moe*.json): 4096 tokens 5.90 ms vs 6.77 ms, 16384 tokens
+# 20.9 ms vs 26.8 ms; at 512 tokens ours wins (1.49 ms vs 2.01 ms). The crossover between 1024 and 8192
+# slots was not measured: 4096 slots is an interpolation. None: never.
+MOE_GROUPED_MM_MIN_SLOTS: Optional[int] = 4096
+_SM90 = {}
+
+
+def _moe_grouped_auto(x: Tensor, slots: int, impl: str) -> bool:
+    if impl != "auto" or MOE_GROUPED_MM_MIN_SLOTS is None or slots < MOE_GROUPED_MM_MIN_SLOTS:
+        return False
+    if x.device.type != "cuda" or x.dtype != torch.bfloat16 or not hasattr(torch, "_grouped_mm"):
+        return False
+    idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    if idx not in _SM90:
+        _SM90[idx] = torch.cuda.get_device_capability(idx)[0] == 9
+    return _SM90[idx]
 
 
 def _moe_ids32(op: str, expert_ids: Tensor) -> Tensor:
@@ -452,7 +474,8 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
     in x's dtype with HF's roundings (csrc/jamba.h). x: (T, H); weights: (T, TOPK) (fp32 from moe_route, or
     any float: cast to fp32, which is exact); expert_ids: (T, TOPK) int32/int64; w_gate_up: (E, 2F, H), gate
     rows first; w_down: (E, H, F); both contiguous, x's dtype. sorted_slots / expert_offsets: moe_route's
-    permutation (computed here when absent). impl (CUDA): auto | mma | gemv | simt | grouped_mm."""
+    permutation (computed here when absent). impl (CUDA): auto | mma | mma64 | mma256 | wgmma | gemv | simt | grouped_mm
+    (csrc/jamba.h jamba_moe_impl; grouped_mm: torch._grouped_mm GEMMs inside our routing/combine)."""
     op = "moe_experts"
     _check_args(op, "x", x, {"x": 2, "weights": 2, "expert_ids": 2, "w_gate_up": 3, "w_down": 3,
                              "sorted_slots": 1, "expert_offsets": 1},
@@ -479,9 +502,7 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
     out = _alloc((T, H), x.dtype, x.device)
     slot_out = _alloc((T * K, H), x.dtype, x.device)
     code = _MOE_IMPLS[impl]
-    if x.device.type == "cpu" or impl == "grouped_mm" or (
-            impl == "auto" and MOE_GROUPED_MM_MIN_SLOTS is not None and T * K >= MOE_GROUPED_MM_MIN_SLOTS
-            and x.dtype == torch.bfloat16 and hasattr(torch, "_grouped_mm")):
+    if x.device.type == "cpu" or impl == "grouped_mm" or _moe_grouped_auto(x, T * K, impl):
         act = None
         code = _MOE_IMPLS["grouped_mm"]  # = combine only in the core
         if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
