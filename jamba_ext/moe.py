@@ -1,20 +1,31 @@
 """Sparse MoE forward used by the model: router -> moe_route -> fused expert dispatch -> weighted combine.
 
-    sparse_moe_forward(x (T, H), router_weight (E, H), w_gate_up (E, 2F, H), w_down (E, H, F), top_k)
-        -> (out (T, H) in x's dtype, router_logits (T, E) in x's dtype)
+    sparse_moe_forward(x (T, H) or (..., H), router_weight (E, H), w_gate_up (E, 2F, H), w_down (E, H, F),
+                       top_k) -> (out shaped like x, in x's dtype, router_logits (T, E) in x's dtype)
 
 Jamba semantics (jamba-architecture.md 4.4): router logits in model dtype, softmax in fp32 over all E,
-top-k with no renormalisation, routing weights cast to model dtype, expert = down(silu(gate x) * up x).
-Until the native MoE ops land this runs reference.py.
+top-k with no renormalisation, routing weights cast to model dtype, expert = down(silu(gate x) * up x),
+each expert's weighted output rounded to model dtype and summed in model dtype.
+
+Steps: (1) logits = F.linear (torch GEMM, model dtype, as HF); (2) jamba.moe_route: softmax + top-k +
+the stable permutation grouping token slots by expert (C on CPU, two kernels on CUDA, no host sync);
+(3) jamba.moe_experts: gather + gate/up GEMM with SiLU*up fused + down GEMM scaled by the routing weight,
+then the combine back to token order. CUDA engines by size (impl auto): a weight-streaming decode kernel
+(<= 16 slots per expert on average), our wgmma GEMM (Hopper) or mma.sync GEMM, and from 4096 bf16 slots on
+Hopper torch._grouped_mm for the two GEMMs inside our routing/activation/combine (it was faster there, see
+ops.MOE_GROUPED_MM_MIN_SLOTS). CPU: torch.matmul per expert (see jamba_ext/ops.py). The weights stay in the
+transformers 5.x layout (no repacking, state_dict as HF).
 """
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import reference
+from . import ops
 
 
 def sparse_moe_forward(x: Tensor, router_weight: Tensor, w_gate_up: Tensor, w_down: Tensor, top_k: int):
-    logits = F.linear(x, router_weight)
-    w, ids = reference.moe_route(logits, top_k)
-    out = reference.moe_experts(x, w.to(x.dtype), ids, w_gate_up, w_down)
-    return out, logits
+    shape = x.shape
+    x2 = x.reshape(-1, shape[-1])                                     # (T, H)
+    logits = F.linear(x2, router_weight)                              # (T, E), model dtype
+    weights, ids, offsets, slots = ops.moe_route(logits, top_k)       # (T, TOPK) f32, int32; (E+1,), (T*TOPK,)
+    out = ops.moe_experts(x2, weights, ids, w_gate_up, w_down, slots, offsets)  # (T, H)
+    return out.view(shape), logits

@@ -195,8 +195,8 @@ static jamba_status check_same_float(const char *op, const char *name, const jam
 
 jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p) {
     const char *op = OP_EXPERTS;
-    if (p->impl < JAMBA_MOE_IMPL_AUTO || p->impl > JAMBA_MOE_IMPL_COMBINE)
-        return jamba_set_error(JAMBA_ERR_ARG, "%s: impl must be in 0..4 (jamba_moe_impl), got %d", op, p->impl);
+    if (p->impl < JAMBA_MOE_IMPL_AUTO || p->impl > JAMBA_MOE_IMPL_WGMMA)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: impl must be in 0..7 (jamba_moe_impl), got %d", op, p->impl);
     JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 2, JAMBA_FLOATS, 0));
     JAMBA_TRY(jamba_check_contiguous(op, "x", &p->x));
     const int64_t T = p->x.shape[0], H = p->x.shape[1];

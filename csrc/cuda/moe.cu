@@ -19,6 +19,7 @@
  *                        16-byte loads, straight into mma fragments (no shared memory), split-K over
  *                        the 8 warps of a block, reduced in shared memory in a fixed order.
  *   moe_simt_kernel      fp32 inputs, sizes not multiple of 8, misaligned pointers: fp32 CUDA-core tiles.
+ *   (moe_wgmma.cu)       prefill on Hopper: the same GEMMs with wgmma (sm_90a), impl wgmma.
  *   moe_combine_kernel   out[t] = slot_out[t*TOPK] + ... (rounded to the model dtype after each add).
  * Rounding (HF in model dtype dt): act = round(round(silu(round(g))) * round(u));
  * slot_out = round(round(y) * round(w)); out = round(o_0 + o_1) ...
@@ -26,6 +27,8 @@
 #include "moe.cuh"
 
 #include <math.h>
+
+#include <type_traits>
 
 /* ---- routing ------------------------------------------------------------------------------------------- */
 #define ROUTE_WARPS 8
@@ -636,6 +639,12 @@ static jamba_status gemm_launch(int impl, const moe_gemm_args &a, int64_t slots,
             JAMBA_LAUNCH_CHECK("moe_gemv_kernel", stream);
             return JAMBA_OK;
         }
+        if (impl == JAMBA_MOE_IMPL_WGMMA) {
+            int dev = 0;
+            JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+            return moe_wgmma_gemm(sizeof(T) == 2 && std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16, a, slots,
+                                  dev, stream);
+        }
         if (impl == JAMBA_MOE_IMPL_MMA64) return mma_launch<T, 64, 3, 128>(a, slots, stream);
         if (impl == JAMBA_MOE_IMPL_MMA256) return mma_launch<T, 32, 4, 256>(a, slots, stream);
         return mma_launch<T, 32, 4, 128>(a, slots, stream);
@@ -660,11 +669,15 @@ static jamba_status combine_launch(const jamba_moe_experts_params *p, int device
     return JAMBA_OK;
 }
 
-/* Decode regime: the weight-streaming kernel while the average expert sees at most this many slots
- * (it re-reads an expert's weights once per 32 of its tokens). */
+/* impl auto (measured on an H200, Jamba-v0.1 sizes, bf16; benchmarks/results/bench_moe*.json):
+ *   decode, while the average expert sees at most 16 slots (T <= 128 at E 16, top-2): the weight-streaming
+ *     kernel (it re-reads an expert's weights once per 32 of its tokens); 64 tokens: gemv 1.77 ms = mma64
+ *     1.78 ms < mma 2.24 ms;
+ *   more tokens: wgmma on sm_90 (512 tokens: 1.49 ms vs mma64 1.96, mma 2.39; 16384: 26.8 ms vs 33.1, 40.1),
+ *     else mma64 (faster than mma and mma256 at every measured size).
+ * jamba_ext/ops.py may route large bf16 calls to torch._grouped_mm before reaching here (faster at >= 4096
+ * tokens on the H200: 5.90 vs 6.77 ms). */
 #define MOE_GEMV_MAX_SLOTS_PER_EXPERT 16
-/* the tensor-core GEMM variant auto uses for more tokens */
-#define MOE_MMA_AUTO JAMBA_MOE_IMPL_MMA
 
 template <typename T>
 static jamba_status experts_launch(const jamba_moe_experts_params *p, int device, cudaStream_t stream) {
@@ -676,8 +689,10 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
                            jamba_aligned16(p->w_gate_up.data) && jamba_aligned16(p->w_down.data) &&
                            jamba_aligned16(p->act.data);
         if (impl == JAMBA_MOE_IMPL_AUTO)
-            impl = !tc_ok ? JAMBA_MOE_IMPL_SIMT
-                          : (slots <= MOE_GEMV_MAX_SLOTS_PER_EXPERT * E ? JAMBA_MOE_IMPL_GEMV : MOE_MMA_AUTO);
+            impl = !tc_ok                                      ? JAMBA_MOE_IMPL_SIMT
+                   : slots <= MOE_GEMV_MAX_SLOTS_PER_EXPERT * E ? JAMBA_MOE_IMPL_GEMV
+                   : moe_wgmma_available(device)               ? JAMBA_MOE_IMPL_WGMMA
+                                                               : JAMBA_MOE_IMPL_MMA64;
         if (impl != JAMBA_MOE_IMPL_SIMT && !tc_ok)
             return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl %d (tensor cores) needs bf16/f16 "
                                    "tensors, H and F multiples of 8 and 16-byte aligned data; got %s, H %lld, F %lld "

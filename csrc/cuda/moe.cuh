@@ -73,5 +73,7 @@ template <> __device__ __forceinline__ void store2<__half>(__half *p, float a, f
 
 /* engines defined in moe_wgmma.cu (sm_90a); UNSUPPORTED elsewhere */
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
+/* 1 when the wgmma kernels can run on `device` (a Hopper GPU and sm_90a code in this build), cached */
+int moe_wgmma_available(int device);
 
 #endif /* JAMBA_MOE_CUH */

@@ -1,0 +1,258 @@
+"""Fused MoE dispatch (jamba.moe_route + jamba.moe_experts) against the torch ways of running Jamba's experts.
+
+    python3 benchmarks/bench_moe.py            # H200: Jamba-v0.1 sizes, bf16, tokens 1 .. 16384
+    python3 benchmarks/bench_moe.py --smoke    # tiny shapes, runs on CPU (CI)
+
+Shapes: H 4096, F 14336, E 16, top-2 (Jamba-v0.1), weights in the transformers 5.x fused layout.
+Rows per token count (each checked against an fp32 reference before it is timed):
+  ours            moe_route + moe_experts(impl auto): routing, permutation, both GEMMs, SiLU*up, combine
+  ours:<impl>     one CUDA engine forced: mma / mma64 / mma256 (mma.sync GEMM variants), wgmma (Hopper),
+                  gemv (decode)
+  ours+grouped_mm our routing, permutation and combine around torch._grouped_mm (the allowed fallback)
+  (a) hf_loop     transformers 4.x JambaSparseMoeBlock: one_hot mask, loop over all experts, torch.where
+  (b) sorted_mm   tokens sorted by expert, one torch.matmul pair per expert (host loop over offsets)
+  (c) grouped_mm  the same with torch._grouped_mm (no host loop), routing and combine in torch
+Figures: median time (CUDA events), useful TFLOP/s = 2 * T * TOPK * 3 * H * F / time against the measured
+dense bf16 matmul rate; for <= 64 tokens, bytes of the touched experts' weights (distinct experts * 3*H*F*2)
+against the measured copy bandwidth (floor = bytes / bandwidth).
+"""
+import argparse
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+sys.path.insert(1, os.path.dirname(HERE))  # the repo root: jamba_ext importable without an install
+import common  # noqa: E402
+
+from jamba_ext import ops, reference  # noqa: E402
+
+
+def hf_loop(x, logits, w_gate_up, w_down, K):
+    """(a) transformers 4.x JambaSparseMoeBlock.forward (expert weights as slices of the fused tensors)."""
+    T, H = x.shape
+    E, F2, _ = w_gate_up.shape
+    Fd = F2 // 2
+    p = torch.softmax(logits, dim=1, dtype=torch.float)
+    w, sel = torch.topk(p, K, dim=-1)
+    w = w.to(x.dtype)
+    out = torch.zeros(T, H, dtype=x.dtype, device=x.device)
+    mask = F.one_hot(sel, num_classes=E).permute(2, 1, 0)
+    for e in range(E):
+        idx, top_x = torch.where(mask[e])
+        if top_x.shape[0] == 0:
+            continue
+        cur = x[None, top_x].reshape(-1, H)
+        h = F.linear(F.silu(F.linear(cur, w_gate_up[e, :Fd])) * F.linear(cur, w_gate_up[e, Fd:]), w_down[e])
+        out.index_add_(0, top_x, h * w[top_x, idx, None])
+    return out
+
+
+def _torch_route(x, logits, E, K):
+    p = torch.softmax(logits, dim=1, dtype=torch.float)
+    w, sel = torch.topk(p, K, dim=-1)
+    order = torch.sort(sel.reshape(-1), stable=True).indices
+    counts = torch.bincount(sel.reshape(-1), minlength=E)
+    return w.to(x.dtype).reshape(-1), order, counts
+
+
+def sorted_mm(x, logits, w_gate_up, w_down, K):
+    """(b) tokens sorted by expert, a torch.matmul pair per expert over its contiguous rows."""
+    E, F2, _ = w_gate_up.shape
+    Fd = F2 // 2
+    w, order, counts = _torch_route(x, logits, E, K)
+    xs = x.index_select(0, order // K)
+    ys = torch.empty_like(xs)
+    lo = 0
+    for e, c in enumerate(counts.tolist()):
+        if c:
+            gu = xs[lo:lo + c] @ w_gate_up[e].t()
+            ys[lo:lo + c] = (F.silu(gu[:, :Fd]) * gu[:, Fd:]) @ w_down[e].t()
+        lo += c
+    out = torch.zeros_like(x)
+    out.index_add_(0, order // K, ys * w[order, None])
+    return out
+
+
+def grouped(x, logits, w_gate_up, w_down, K):
+    """(c) torch._grouped_mm for both GEMMs, routing and combine in torch (no host sync)."""
+    E, F2, _ = w_gate_up.shape
+    Fd = F2 // 2
+    w, order, counts = _torch_route(x, logits, E, K)
+    offs = torch.cumsum(counts, 0).to(torch.int32)
+    xs = x.index_select(0, order // K)
+    gu = torch._grouped_mm(xs, w_gate_up.transpose(1, 2), offs=offs)
+    ys = torch._grouped_mm(F.silu(gu[:, :Fd]) * gu[:, Fd:], w_down.transpose(1, 2), offs=offs)
+    out = torch.zeros_like(x)
+    out.index_add_(0, order // K, ys * w[order, None])
+    return out
+
+
+def ours(impl):
+    def run(x, logits, w_gate_up, w_down, K):
+        w, ids, offsets, slots = ops.moe_route(logits, K)
+        return ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
+    return run
+
+
+def kernel_breakdown(fn, iters=3):
+    """GPU time per kernel name (us per call) from torch.profiler; {} when the profiler is unavailable."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(iters):
+                fn()
+            torch.cuda.synchronize()
+        out = {}
+        for ev in prof.key_averages():
+            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+            if t > 0:
+                name = ev.key.split("(")[0].replace("void ", "")[:48]
+                out[name] = out.get(name, 0.0) + t / iters
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+    except Exception as e:  # noqa: BLE001 -- a breakdown is optional
+        return {"unavailable": str(e)[:80]}
+
+
+def sanitize_cases():
+    """Every engine once on shapes with partial tiles (compute-sanitizer memcheck / racecheck target)."""
+    dev = torch.device("cuda")
+    g = torch.Generator(device=dev).manual_seed(0)
+    for T, H, Fd, E, K, dt in [(5, 40, 24, 4, 2, torch.bfloat16), (300, 136, 72, 16, 2, torch.bfloat16),
+                               (150, 264, 200, 3, 1, torch.float16), (9, 37, 23, 3, 2, torch.float32)]:
+        rn = lambda *s: torch.randn(*s, generator=g, device=dev).to(dt)
+        x, wgu, wd = rn(T, H), rn(E, 2 * Fd, H) * H ** -0.5, rn(E, H, Fd) * Fd ** -0.5
+        w, ids, offsets, slots = ops.moe_route(torch.randn(T, E, generator=g, device=dev), K)
+        impls = ["simt", "auto"] + (["mma", "mma64", "mma256", "wgmma", "gemv"] if H % 8 == 0 and dt != torch.float32
+                                    else [])
+        for impl in impls:
+            out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
+            assert not torch.isnan(out).any(), impl
+    torch.cuda.synchronize()
+    print("bench_moe --sanitize: all engines ran")
+
+
+def rel_err(a, b):
+    return ((a.float() - b.float()).norm() / b.float().norm().clamp_min(1e-30)).item()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (CPU ok)")
+    ap.add_argument("--tokens", type=str, default=None, help="comma-separated token counts")
+    ap.add_argument("--reps", type=int, default=None)
+    ap.add_argument("--only", type=str, default=None, help="comma-separated variant names to run (default: all)")
+    ap.add_argument("--skip", type=str, default=None, help="comma-separated variant names to leave out")
+    ap.add_argument("--name", type=str, default=None, help="results file stem (default bench_moe)")
+    ap.add_argument("--sanitize", action="store_true",
+                    help="run every CUDA engine once on small odd shapes (for compute-sanitizer) and exit")
+    args = ap.parse_args()
+    if args.sanitize:
+        return sanitize_cases()
+    dev = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
+    torch.manual_seed(0)
+    if args.smoke:
+        H, Fd, E, K, dtype = 64, 96, 4, 2, torch.bfloat16
+        tokens = [1, 8, 64]
+    else:
+        H, Fd, E, K, dtype = 4096, 14336, 16, 2, torch.bfloat16
+        tokens = [1, 8, 64, 512, 4096, 16384]
+    if args.tokens:
+        tokens = [int(t) for t in args.tokens.split(",")]
+    reps = args.reps or (5 if dev.type == "cpu" else 10)
+
+    bw = common.copy_bandwidth_gbs(dev) if dev.type == "cuda" else common.copy_bandwidth_gbs(dev, 256 << 20)
+    mm = common.matmul_tflops(dev)
+    print(f"device {common.device_name(dev)} | copy {bw:.0f} GB/s | bf16 matmul {mm:.1f} TFLOP/s | "
+          f"H {H} F {Fd} E {E} top-{K} {dtype}", flush=True)
+
+    w_gate_up = (torch.randn(E, 2 * Fd, H, device=dev) * H ** -0.5).to(dtype)
+    w_down = (torch.randn(E, H, Fd, device=dev) * Fd ** -0.5).to(dtype)
+    router = (torch.randn(E, H, device=dev) * H ** -0.5 * 4).to(dtype)
+    has_grouped = dev.type == "cuda" and hasattr(torch, "_grouped_mm")
+
+    variants = [("ours", ours("auto"))]
+    if dev.type == "cuda":
+        variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
+        if has_grouped:
+            variants += [("ours+grouped_mm", ours("grouped_mm"))]
+    variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]
+    if has_grouped:
+        variants += [("(c) grouped_mm", grouped)]
+
+    if args.only:
+        variants = [v for v in variants if v[0] in args.only.split(",")]
+    if args.skip:
+        variants = [v for v in variants if v[0] not in args.skip.split(",")]
+    rows = []
+    for T in tokens:
+        x = torch.randn(T, H, device=dev).to(dtype)
+        logits = F.linear(x, router)
+        w, ids, offsets, slots = ops.moe_route(logits, K)
+        touched = int((offsets[1:] - offsets[:-1] > 0).sum())
+        wbytes = touched * 3 * H * Fd * 2
+        flops = 2 * T * K * 3 * H * Fd
+        # fp32 reference on the same routing (the routing weight rounded to bf16 as HF does), one expert at a time
+        ref = torch.zeros(T, H, device=dev)
+        for e in range(E):
+            tok, slot = torch.nonzero(ids == e, as_tuple=True)
+            if tok.numel():
+                gu = x[tok].float() @ w_gate_up[e].float().t()
+                y = (F.silu(gu[:, :Fd]) * gu[:, Fd:]) @ w_down[e].float().t()
+                ref.index_add_(0, tok, y * w[tok, slot].to(dtype).float()[:, None])
+        base_b = None
+        for name, fn in variants:
+            if (name == "ours:gemv" and T > 512) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64):
+                continue
+            out = fn(x, logits, w_gate_up, w_down, K)
+            err = rel_err(out, ref)
+            ok = err < 2e-2 and not torch.isnan(out).any().item()
+            row = {"label": f"{name} T={T}", "op": name, "tokens": T, "H": H, "F": Fd, "E": E, "top_k": K,
+                   "dtype": str(dtype).replace("torch.", ""), "rel_err_vs_fp32": err, "correct": ok}
+            if not ok:
+                print(f"{name:<18} T={T:<6} WRONG: relative error {err:.3e} vs fp32 reference: not timed", flush=True)
+                rows.append(row)
+                continue
+            t = common.time_ms(lambda: fn(x, logits, w_gate_up, w_down, K), dev, warmup=3, reps=reps)
+            us = t["median_ms"] * 1e3
+            row.update(median_us=us, p10_us=t["p10_ms"] * 1e3, p90_us=t["p90_ms"] * 1e3,
+                       tflops=flops / (us * 1e-6) / 1e12)
+            row["pct_matmul_rate"] = 100 * row["tflops"] / mm
+            extra = f"{row['tflops']:7.1f} TFLOP/s ({row['pct_matmul_rate']:4.1f}% of matmul)"
+            floor_us = None
+            if T <= 64:
+                floor_us = wbytes / (bw * 1e9) * 1e6
+                row.update(weight_bytes=wbytes, experts_touched=touched, floor_us=floor_us,
+                           pct_bw_floor=100 * floor_us / us)
+            if name == "(b) sorted_mm":
+                base_b = us
+            rows.append(row)
+            print(common.fmt_row(f"{name} T={T} err={err:.1e}", us, floor_us, extra), flush=True)
+        for r in rows:
+            if r["tokens"] == T and base_b and "median_us" in r:
+                r["speedup_vs_b"] = base_b / r["median_us"]
+        if dev.type == "cuda":
+            row_ours = next((r for r in rows if r["tokens"] == T and r["op"] == "ours"), None)
+            if row_ours is not None:
+                row_ours["kernels_us"] = kernel_breakdown(lambda: ours("auto")(x, logits, w_gate_up, w_down, K))
+                print("  ours kernels (us/call): " + ", ".join(f"{k} {v:.1f}" for k, v in row_ours["kernels_us"].items()),
+                      flush=True)
+        summary = ", ".join(f"{r['op']} {r['speedup_vs_b']:.2f}x" for r in rows
+                            if r["tokens"] == T and "speedup_vs_b" in r and r["op"].startswith("ours"))
+        print(f"  T={T}: speed-up over (b): {summary}", flush=True)
+
+    info = common.meta(dev, copy_gbs=bw, matmul_tflops=mm, H=H, F=Fd, E=E, top_k=K, dtype=str(dtype),
+                       smoke=args.smoke)
+    name = args.name or ("bench_moe_smoke" if args.smoke else "bench_moe")
+    print("wrote", common.write_results(name, rows, info))
+    if any(not r["correct"] for r in rows if r["op"].startswith("ours")):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

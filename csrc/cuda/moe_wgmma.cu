@@ -1,0 +1,228 @@
+/* moe_wgmma.cu -- the prefill expert GEMM of jamba.moe_experts on Hopper tensor cores (wgmma).
+ * jamba-build: sm90a   (setup.py compiles this file for compute_90a; the sm_80 build gets an empty kernel
+ *                       and moe_wgmma_gemm refuses to run it)
+ *
+ * Exports (C++, inside the library): moe_wgmma_gemm, called by jamba_moe_experts_cuda (csrc/cuda/moe.cu) for
+ * impl wgmma. Same inputs, outputs and epilogues as moe_mma_kernel (see moe.cu): gate_up writes
+ * act = SiLU(gate)*up in sorted row order, down writes round(y) * round(w) to slot order.
+ *
+ * Block: 128 token rows x 256 W rows x 64 k, 256 threads = 2 warpgroups, each one wgmma.m64n256k16 chain over
+ * its 64 rows (fp32 accumulators, 128 per thread). All threads load the next stages with cp.async
+ * (4 stages, 48 KB each, 192 KB) into the 128-byte-swizzled K-major layout wgmma reads through matrix
+ * descriptors (8-row x 128-byte atoms: 16-byte chunk c of row r at chunk c ^ (r & 7); atoms 1024 B apart).
+ * For gate_up the 256 W rows are 128 gate rows and the 128 up rows of the same outputs: accumulator columns
+ * j and j + 128 of a thread belong to one output, so SiLU(gate)*up is formed in registers.
+ * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu).
+ */
+#include "moe.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define MOE_HAS_WGMMA 1
+#else
+#define MOE_HAS_WGMMA 0
+#endif
+
+#define WG_BM 128
+#define WG_BN 256
+#define WG_BK 64
+#define WG_STAGES 4
+#define WG_THREADS 256
+#define WG_GROUP_M 8
+#define WG_STAGE_ELEMS ((WG_BM + WG_BN) * WG_BK)
+#define WG_SMEM (WG_STAGE_ELEMS * WG_STAGES * 2 + 1024) /* + room to align the tiles to 1024 B */
+
+/* element offset of 16-byte chunk c of row r (128-byte rows, 128-byte swizzle) */
+__device__ __forceinline__ int wg_swz(int r, int c) { return r * WG_BK + ((c ^ (r & 7)) << 3); }
+
+/* wgmma matrix descriptor of a K-major, 128-byte-swizzled tile at shared address saddr (1024-aligned):
+ * start address >> 4 (bits 0-13), leading byte offset 1 (unused for swizzled K-major, bits 16-29),
+ * stride byte offset 1024 >> 4 between 8-row atoms (bits 32-45), swizzle mode 1 = 128 B (bits 62-63).
+ * Advancing k by 16 elements (32 bytes) inside the atom adds 2 to the start address field. */
+__device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
+
+template <typename T> __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db);
+#if MOE_HAS_WGMMA
+template <> __device__ __forceinline__ void wgmma_m64n256k16<__nv_bfloat16>(float (&d)[128], uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(1));
+}
+#endif
+
+template <typename T>
+__global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
+#if MOE_HAS_WGMMA
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
+
+    /* grouped block order (as moe_mma_kernel) */
+    const int64_t pid = blockIdx.x;
+    const int64_t in_group = (int64_t)WG_GROUP_M * n_tiles;
+    const int64_t first_m = (pid / in_group) * WG_GROUP_M;
+    const int64_t gsize = m_tiles - first_m < WG_GROUP_M ? m_tiles - first_m : WG_GROUP_M;
+    const int64_t mt = first_m + (pid % in_group) % gsize;
+    const int64_t nt = (pid % in_group) / gsize;
+    int e;
+    int64_t row0, row_end;
+    if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) return;
+    const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
+
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const T *A = reinterpret_cast<const T *>(a.A);
+    const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
+    const int cc = tid & 7; /* 16-byte chunk column of every copy of this thread; rows tid/8 + 32j */
+    const T *a_src[4], *b_src[8];
+    bool a_ok[4], b_ok[8];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int64_t p = row0 + (tid >> 3) + 32 * j;
+        a_ok[j] = p < row_end;
+        const int64_t src_row = a_ok[j] ? (a.gate_up ? (int64_t)(a.sorted[p] / a.topk) : p) : 0;
+        a_src[j] = A + src_row * a.Kd + cc * 8;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        const int r = (tid >> 3) + 32 * j;
+        int64_t wrow;
+        if (a.gate_up) {
+            const int64_t f = n0 + (r & (WG_BN / 2 - 1));
+            b_ok[j] = f < a.N;
+            wrow = r < WG_BN / 2 ? f : a.N + f;
+        } else {
+            wrow = n0 + r;
+            b_ok[j] = wrow < a.N;
+        }
+        b_src[j] = W + (b_ok[j] ? wrow : 0) * a.Kd + cc * 8;
+    }
+    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
+    auto load_tile = [&](int stage, int kt) {
+        const int64_t k = (int64_t)kt * WG_BK;
+        const bool kin = k + cc * 8 < a.Kd;
+        const uint32_t sa = base + (uint32_t)(stage * WG_STAGE_ELEMS * 2), sb = sa + WG_BM * WG_BK * 2;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const bool v = a_ok[j] && kin;
+            cp_async16(sa + (uint32_t)(wg_swz((tid >> 3) + 32 * j, cc) * 2), v ? (const void *)(a_src[j] + k) : a.A, v);
+        }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const bool v = b_ok[j] && kin;
+            cp_async16(sb + (uint32_t)(wg_swz((tid >> 3) + 32 * j, cc) * 2), v ? (const void *)(b_src[j] + k) : a.W, v);
+        }
+    };
+
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.f;
+#pragma unroll
+    for (int s = 0; s < WG_STAGES - 1; s++) {
+        if (s < KT) load_tile(s, s);
+        cp_async_commit();
+    }
+    const int wgi = warp >> 2; /* warpgroup: rows wgi*64 .. +63 of the block */
+    for (int kt = 0; kt < KT; kt++) {
+        cp_async_wait<WG_STAGES - 2>();
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* cp.async writes -> wgmma reads */
+        __syncthreads();
+        const int nk = kt + WG_STAGES - 1;
+        if (nk < KT) load_tile(nk % WG_STAGES, nk);
+        cp_async_commit();
+        const uint32_t sa = base + (uint32_t)((kt % WG_STAGES) * WG_STAGE_ELEMS * 2);
+        const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
+        const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
+#pragma unroll
+        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+    }
+    cp_async_wait<0>();
+
+    /* accumulator i = 4*j + q of a thread: row (warp%4)*16 + lane/4 + (q>>1)*8 of its warpgroup's 64,
+     * column 8*j + (lane%4)*2 + (q&1) of the 256 */
+    const int g = lane >> 2, tq = lane & 3;
+    T *C = reinterpret_cast<T *>(a.C);
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t p = row0 + wgi * 64 + (warp & 3) * 16 + g + h * 8;
+        if (p >= row_end) continue;
+        if (a.gate_up) {
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const int64_t f = n0 + j * 8 + tq * 2;
+                if (f >= a.N) continue;
+                store2<T>(C + p * a.N + f, moe_act<T>(acc[4 * j + 2 * h], acc[4 * (j + 16) + 2 * h]),
+                          moe_act<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 16) + 2 * h + 1]));
+            }
+        } else {
+            const int64_t slot = a.sorted[p];
+            const float w = a.weights[slot];
+#pragma unroll
+            for (int j = 0; j < 32; j++) {
+                const int64_t col = n0 + j * 8 + tq * 2;
+                if (col >= a.N) continue;
+                store2<T>(C + slot * a.N + col, moe_scaled<T>(acc[4 * j + 2 * h], w),
+                          moe_scaled<T>(acc[4 * j + 2 * h + 1], w));
+            }
+        }
+    }
+#endif
+}
+
+int moe_wgmma_available(int dev) {
+    static int avail[64]; /* 0 unknown, 1 usable, -1 not */
+    int st = (dev >= 0 && dev < 64) ? avail[dev] : 0;
+    if (st == 0) {
+        int major = 0;
+        cudaFuncAttributes fa;
+        const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                        cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16>) == cudaSuccess;
+        if (!ok) cudaGetLastError(); /* clear, the caller falls back to another engine */
+        st = (ok && major == 9 && fa.binaryVersion >= 90) ? 1 : -1;
+        if (dev >= 0 && dev < 64) avail[dev] = st;
+    }
+    return st > 0;
+}
+
+template <typename T>
+static jamba_status wgmma_launch(const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
+    static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
+    const int st = moe_wgmma_available(dev) ? 1 : -1;
+    if (st > 0 && (dev < 0 || dev >= 64 || !smem_set[dev])) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              WG_SMEM));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    if (st < 0)
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs a Hopper GPU (sm_90) "
+                               "and a build with sm_90a code (JAMBA_EXT_ARCHS containing 90)");
+    const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
+    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
+    moe_wgmma_kernel<T><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WG_SMEM, stream>>>(a, m_tiles, n_tiles);
+    JAMBA_LAUNCH_CHECK("moe_wgmma_kernel", stream);
+    return JAMBA_OK;
+}
+
+jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
+    if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(a, slots, device, stream);
+    if (dtype == JAMBA_F16) return wgmma_launch<__half>(a, slots, device, stream);
+    return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs bf16/f16");
+}

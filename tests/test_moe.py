@@ -1,0 +1,331 @@
+"""MoE routing, permutation and fused expert dispatch (jamba.moe_route, jamba.moe_permute, jamba.moe_experts,
+jamba_ext.moe.sparse_moe_forward) against reference.py in float64.
+
+Tolerances: MOE_TOL below. The op rounds to the model dtype wherever HF's bf16 path does (gate, up, silu,
+act, the down output, the weight, each product and the sum): about 6 roundings of 2^-9 on the way, and the
+down projection sums F rounded activations, so outputs of magnitude ~1.5 (E=1: weight 1) are off by up to
+~3e-2 against fp64 in bf16, by design (HF does the same). bf16 therefore gets rtol 2e-2, atol 4e-2 (the largest of ~2e5 elements reached 3.5e-2); the real
+precision check on GPU is the ratio test against the same math done by torch in bf16. fp32 runs compare at
+1e-5, except where the GPU accumulates long dot products in another order (fp32 GPU: 1e-4).
+Routing tests use logits with gaps >= 0.25 between experts, so that the top-k choice cannot depend on
+the last bit of an exp (ids are compared exactly).
+"""
+import pytest
+import torch
+
+from conftest import DTYPES, HAS_GPU, LOW_DTYPES, TOL, assert_close, compile_or_skip, dtype_params, graph_replays, \
+    randn, up
+from jamba_ext import moe, ops, reference
+
+# (tokens, H, F): H and F multiples of 8 (the tensor-core paths) but of no tile size (32/64/128), smaller
+# for the large token counts to keep the CPU suite fast.
+TOKEN_SHAPES = [(1, 200, 136), (7, 200, 136), (64, 136, 72), (1000, 72, 40), (8192, 24, 16)]
+EXPERTS_TOPK = [(1, 1), (8, 1), (8, 2), (16, 2)]
+GPU_IMPLS = ["auto", "mma", "mma64", "mma256", "wgmma", "gemv", "simt"]
+MOE_TOL = {torch.float32: TOL[torch.float32], torch.bfloat16: dict(rtol=2e-2, atol=4e-2),
+           torch.float16: TOL[torch.float16]}
+FP32_GPU_TOL = dict(rtol=1e-4, atol=1e-4)
+
+
+def tol_for(device, dtype):
+    if dtype == torch.float32 and device.type == "cuda":
+        return FP32_GPU_TOL
+    return MOE_TOL[dtype]
+
+
+def separated_logits(T, E, device, dtype):
+    """(T, E) logits whose values are a random permutation of 0.37 * (0..E-1) plus noise < 0.06."""
+    rank = torch.argsort(torch.rand(T, E, device=device), dim=1).float()
+    return (rank * 0.37 + torch.rand(T, E, device=device) * 0.06).to(dtype)
+
+
+def expert_weights(E, H, F, device, dtype):
+    w_gate_up = randn(E, 2 * F, H, device=device, dtype=dtype, scale=H ** -0.5)
+    w_down = randn(E, H, F, device=device, dtype=dtype, scale=F ** -0.5)
+    return w_gate_up, w_down
+
+
+def routed(T, E, K, device):
+    """fp32 routing weights and int32 ids from our router on separated logits."""
+    w, ids, offsets, slots = ops.moe_route(separated_logits(T, E, device, torch.float32), K)
+    return w, ids, offsets, slots
+
+
+def ref_experts(x, w, ids, w_gate_up, w_down):
+    """float64 oracle; the routing weight is rounded to the model dtype first, as HF does."""
+    return reference.moe_experts(up(x), w.to(x.dtype).double(), ids.long(), up(w_gate_up), up(w_down))
+
+
+def assert_perm(offsets, slots, ids, E):
+    ref_off, ref_slots = reference.moe_permute(ids.cpu(), E)
+    assert torch.equal(offsets.cpu(), ref_off)
+    assert torch.equal(slots.cpu(), ref_slots)
+
+
+# ---- moe_route ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("T", [0, 1, 7, 64, 1000, 8192])
+@pytest.mark.parametrize("E,K", EXPERTS_TOPK + [(16, 1), (5, 5), (40, 3)])
+def test_moe_route_matches_fp64(device, dtype, T, E, K):
+    logits = separated_logits(T, E, device, dtype)
+    w, ids, offsets, slots = ops.moe_route(logits, K)
+    assert w.dtype == torch.float32 and ids.dtype == torch.int32 and w.shape == (T, K) and ids.shape == (T, K)
+    ref_w, ref_ids = reference.moe_route(up(logits), K)
+    assert torch.equal(ids.long().cpu(), ref_ids.cpu())
+    assert_close(w, ref_w, rtol=1e-5, atol=1e-7)
+    assert_perm(offsets, slots, ids, E)
+
+
+def test_moe_route_no_renormalisation(device):
+    """Jamba keeps the raw softmax values: the top-2 weights sum to < 1."""
+    w, _, _, _ = ops.moe_route(separated_logits(33, 16, device, torch.float32), 2)
+    assert (w.sum(-1) < 0.999).all()
+
+
+def test_moe_route_strided_logits(device):
+    big = separated_logits(20, 24, device, torch.float32)
+    logits = big[:, 4:20]                                   # (20, 16), row stride 24
+    w, ids, offsets, slots = ops.moe_route(logits, 2)
+    ref_w, ref_ids = reference.moe_route(up(logits), 2)
+    assert torch.equal(ids.long().cpu(), ref_ids.cpu())
+    assert_close(w, ref_w, rtol=1e-5, atol=1e-7)
+
+
+# ---- moe_permute ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("T,K,E", [(0, 2, 4), (1, 1, 1), (9, 2, 8), (1000, 2, 16), (3000, 3, 5)])
+def test_moe_permute_matches_reference(device, T, K, E):
+    ids = torch.randint(-2, E + 3, (T, K), device=device, dtype=torch.int32)  # some ids out of range
+    offsets, slots = ops.moe_permute(ids, E)
+    assert_perm(offsets, slots, ids, E)
+    assert torch.equal(torch.sort(slots.cpu().long()).values, torch.arange(T * K))
+
+
+# ---- moe_experts ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("T,H,F", TOKEN_SHAPES, ids=[f"T{t}" for t, _, _ in TOKEN_SHAPES])
+@pytest.mark.parametrize("E,K", EXPERTS_TOPK, ids=[f"E{e}k{k}" for e, k in EXPERTS_TOPK])
+def test_moe_experts_matches_fp64(device, dtype, T, H, F, E, K):
+    x = randn(T, H, device=device, dtype=dtype)
+    w_gate_up, w_down = expert_weights(E, H, F, device, dtype)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets)
+    assert out.shape == (T, H) and out.dtype == dtype
+    ref = ref_experts(x, w, ids, w_gate_up, w_down)
+    assert_close(out, ref, **tol_for(device, dtype))
+    # without the precomputed permutation (computed inside), int64 ids (torch.topk's)
+    out2 = ops.moe_experts(x, w, ids.long(), w_gate_up, w_down)
+    assert torch.equal(out, out2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("impl", GPU_IMPLS + ["grouped_mm"])
+@pytest.mark.parametrize("T,H,F,E,K", [(1, 200, 136, 16, 2), (37, 136, 72, 8, 2), (64, 256, 512, 16, 2),
+                                       (300, 264, 200, 4, 1), (2048, 128, 96, 16, 2)])
+def test_moe_experts_gpu_impls(impl, T, H, F, E, K):
+    """Every CUDA engine on every regime (bf16 against the fp32 and fp64 references), plus a ratio check:
+    our error is at most ~3x the error of the same math done by torch in bf16 (HF's slow path)."""
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    if impl == "grouped_mm" and not hasattr(torch, "_grouped_mm"):
+        pytest.skip("torch._grouped_mm missing")
+    x = randn(T, H, device=dev, dtype=dtype)
+    w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
+    ref = ref_experts(x, w, ids, w_gate_up, w_down)
+    assert_close(out, ref, **MOE_TOL[dtype])
+    ref32 = reference.moe_experts(x.float(), w.to(dtype).float(), ids.long(), w_gate_up.float(), w_down.float())
+    assert_close(out, ref32, **MOE_TOL[dtype])
+    low = reference.moe_experts(x, w.to(dtype), ids.long(), w_gate_up, w_down)
+    err = (out.double() - ref).abs().max().item()
+    err_low = (low.double() - ref).abs().max().item()
+    assert err <= 3 * err_low + 1e-3, f"error {err:.3e} vs bf16 torch path {err_low:.3e}"
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_moe_experts_odd_sizes(device, dtype):
+    """H and F not multiples of 8: the SIMT path on CUDA (tensor-core paths need 16-byte rows)."""
+    T, H, F, E, K = 45, 37, 23, 6, 2
+    x = randn(T, H, device=device, dtype=dtype)
+    w_gate_up, w_down = expert_weights(E, H, F, device, dtype)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets)
+    assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **tol_for(device, dtype))
+
+
+def skip_gpu_impl_on_cpu(device, impl):
+    if device.type == "cpu" and impl != "auto":
+        pytest.skip("CUDA engine")
+
+
+@pytest.mark.parametrize("impl", GPU_IMPLS)
+@pytest.mark.parametrize("dtype", dtype_params(LOW_DTYPES))
+def test_moe_experts_lopsided_routing(device, dtype, impl):
+    """Every token's first choice is expert 3 (one expert gets all 1000 tokens: several m-tiles, many decode
+    passes); second choices among {0, 1}; experts 2 and 4..15 get nothing."""
+    skip_gpu_impl_on_cpu(device, impl)
+    T, H, F, E = 1000, 72, 40, 16
+    x = randn(T, H, device=device, dtype=dtype)
+    w_gate_up, w_down = expert_weights(E, H, F, device, dtype)
+    ids = torch.stack([torch.full((T,), 3, device=device), torch.randint(0, 2, (T,), device=device)], 1).int()
+    w = torch.rand(T, 2, device=device) * 0.5 + 0.1
+    offsets, slots = ops.moe_permute(ids, E)
+    counts = (offsets[1:] - offsets[:-1]).cpu()
+    assert counts[3] == T and counts[2] == 0 and counts[4:].sum() == 0
+    out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
+    assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
+
+
+def test_moe_experts_empty(device):
+    x = randn(0, 24, device=device, dtype=torch.bfloat16)
+    w_gate_up, w_down = expert_weights(4, 24, 16, device, torch.bfloat16)
+    w, ids, offsets, slots = routed(0, 4, 2, device)
+    out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets)
+    assert out.shape == (0, 24)
+
+
+@pytest.mark.parametrize("impl", GPU_IMPLS)
+@pytest.mark.parametrize("T", [1, 64, 1000])
+def test_moe_experts_deterministic(device, T, impl):
+    """Two runs are bit-identical (no float atomics: fixed-order split-K and combine)."""
+    skip_gpu_impl_on_cpu(device, impl)
+    H, F, E, K = 136, 72, 16, 2
+    x = randn(T, H, device=device, dtype=torch.bfloat16)
+    w_gate_up, w_down = expert_weights(E, H, F, device, torch.bfloat16)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    a = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
+    b = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
+    assert torch.equal(a, b)
+    logits = randn(T, E, device=device)
+    r1, r2 = ops.moe_route(logits, K), ops.moe_route(logits, K)
+    assert all(torch.equal(p, q) for p, q in zip(r1, r2))
+
+
+# ---- the model entry ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_sparse_moe_forward_matches_fp64(device, dtype):
+    T, H, F, E, K = 50, 64, 48, 8, 2
+    x = randn(2, T // 2, H, device=device, dtype=dtype)
+    router = randn(E, H, device=device, dtype=dtype, scale=2.0)
+    w_gate_up, w_down = expert_weights(E, H, F, device, dtype)
+    out, logits = moe.sparse_moe_forward(x, router, w_gate_up, w_down, K)
+    assert out.shape == x.shape and logits.shape == (T, E)
+    ref_logits = torch.nn.functional.linear(x.reshape(T, H), router)
+    assert torch.equal(logits, ref_logits)
+    ref_w, ref_ids = reference.moe_route(logits.float(), K)     # fp32 softmax, ties to the lower id
+    ref = reference.moe_experts(up(x.reshape(T, H)), ref_w.to(dtype).double(), ref_ids, up(w_gate_up), up(w_down))
+    assert_close(out.reshape(T, H), ref, **tol_for(device, dtype))
+
+
+# ---- torch integration ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+def test_moe_opcheck(device, requires_grad):
+    T, H, F, E, K = 11, 24, 16, 4, 2
+    logits = randn(T, E, device=device).requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.jamba.moe_route.default, (logits, K))
+    w, ids, offsets, slots = routed(T, E, K, device)
+    torch.library.opcheck(torch.ops.jamba.moe_permute.default, (ids, E))
+    x = randn(T, H, device=device).requires_grad_(requires_grad)
+    w_gate_up, w_down = expert_weights(E, H, F, device, torch.float32)
+    w_gate_up.requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.jamba.moe_experts.default, (x, w, ids, w_gate_up, w_down, slots, offsets, "auto"))
+    torch.library.opcheck(torch.ops.jamba.moe_experts.default, (x, w, ids, w_gate_up, w_down, None, None, "auto"))
+
+
+def test_moe_experts_grad_matches_reference(device):
+    """Autograd goes through reference.moe_experts (correct, not fast)."""
+    T, H, F, E, K = 9, 16, 8, 4, 2
+    x = randn(T, H, device=device).requires_grad_(True)
+    w_gate_up, w_down = expert_weights(E, H, F, device, torch.float32)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets).sum().backward()
+    x2 = x.detach().double().requires_grad_(True)
+    reference.moe_experts(x2, w.double(), ids.long(), up(w_gate_up), up(w_down)).sum().backward()
+    assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager"])
+def test_moe_compile(device, backend):
+    T, H, F, E, K = 13, 24, 16, 4, 2
+    x = randn(T, H, device=device)
+    router = randn(E, H, device=device)
+    w_gate_up, w_down = expert_weights(E, H, F, device, torch.float32)
+    fn = compile_or_skip(moe.sparse_moe_forward, backend)
+    got, _ = fn(x, router, w_gate_up, w_down, K)
+    want, _ = moe.sparse_moe_forward(x, router, w_gate_up, w_down, K)
+    assert_close(got, want, **TOL[torch.float32])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("T", [1, 300])
+def test_moe_cuda_graph(T):
+    """route + experts captured in a CUDA graph (no host sync), replayed on new inputs."""
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    H, F, E, K = 136, 72, 16, 2
+    w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
+    router = randn(E, H, device=dev, dtype=dtype)
+    fn = lambda a: moe.sparse_moe_forward(a, router, w_gate_up, w_down, K)[0]
+    news = [(randn(T, H, device=dev, dtype=dtype),) for _ in range(2)]
+    runs = graph_replays(fn, (randn(T, H, device=dev, dtype=dtype),), news)
+    for (a,), (o,) in zip(news, runs):
+        assert torch.equal(o, fn(a))
+
+
+# ---- bad inputs -----------------------------------------------------------------------------------------
+def test_moe_bad_inputs(device):
+    T, H, F, E, K = 6, 24, 16, 4, 2
+    dt = torch.bfloat16
+    x = randn(T, H, device=device, dtype=dt)
+    w_gate_up, w_down = expert_weights(E, H, F, device, dt)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    run = lambda **kw: ops.moe_experts(**{**dict(x=x, weights=w, expert_ids=ids, w_gate_up=w_gate_up,
+                                                w_down=w_down), **kw})
+    with pytest.raises(ValueError, match="w_down"):
+        run(w_down=w_down[:, :, :-1].contiguous())
+    with pytest.raises(ValueError, match="w_gate_up"):
+        run(w_gate_up=w_gate_up[:, :-1].contiguous())
+    with pytest.raises(ValueError, match="w_gate_up"):
+        run(w_gate_up=w_gate_up.float())
+    with pytest.raises(ValueError, match="w_down"):
+        run(w_down=w_down.transpose(1, 2).contiguous().transpose(1, 2))   # right shape, not contiguous
+    with pytest.raises(ValueError, match="expert_ids"):
+        run(expert_ids=ids.float())
+    with pytest.raises(ValueError, match="expert_ids"):
+        run(expert_ids=ids[:-1])
+    with pytest.raises(ValueError, match="x"):
+        run(x=x.to(torch.int32))
+    with pytest.raises(ValueError, match="sorted_slots"):
+        run(sorted_slots=slots[:-1], expert_offsets=offsets)
+    with pytest.raises(ValueError, match="impl"):
+        run(impl="fast")
+    with pytest.raises(ValueError, match="top_k"):
+        ops.moe_route(randn(T, E, device=device), E + 1)
+    with pytest.raises(ValueError, match="top_k"):
+        ops.moe_route(randn(T, E, device=device), 0)
+    with pytest.raises(ValueError, match="router_logits"):
+        ops.moe_route(randn(2, T, E, device=device), 1)
+    with pytest.raises(ValueError, match="router_logits"):
+        ops.moe_route(randn(T, E, device=device).to(torch.int32), 1)
+    with pytest.raises(ValueError, match="num_experts"):
+        ops.moe_permute(ids, 0)
+
+
+def test_moe_expert_ids_out_of_range(device):
+    """CPU: ValueError naming expert_ids. CUDA: no host sync allowed, so the bad token's row is NaN and the
+    others are right."""
+    T, H, F, E, K = 6, 24, 16, 4, 2
+    x = randn(T, H, device=device, dtype=torch.bfloat16)
+    w_gate_up, w_down = expert_weights(E, H, F, device, torch.bfloat16)
+    w, ids, _, _ = routed(T, E, K, device)
+    bad = ids.clone()
+    bad[2, 1] = E
+    bad[4, 0] = -1
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match="expert_ids"):
+            ops.moe_experts(x, w, bad, w_gate_up, w_down)
+        return
+    out = ops.moe_experts(x, w, bad, w_gate_up, w_down)
+    assert torch.isnan(out[2]).all() and torch.isnan(out[4]).all()
+    good = [0, 1, 3, 5]
+    assert_close(out[good], ref_experts(x, w, ids, w_gate_up, w_down)[good], **MOE_TOL[torch.bfloat16])
