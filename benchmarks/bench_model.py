@@ -190,6 +190,14 @@ def main(argv=None) -> int:
                                 run = lambda _s, h: model.generate(  # noqa: E731
                                     ids, attention_mask=torch.ones_like(ids), max_new_tokens=steps,
                                     min_new_tokens=steps, do_sample=False, streamer=h)
+                            # warm the decode path first (lazy kernel loading, GEMV heuristics, allocator):
+                            # a short prompt and 4 new tokens, untimed
+                            short = ids[:, :64]
+                            if name == "jamba_ext":
+                                model.generate(short, max_new_tokens=4, eos_token_id=None)
+                            else:
+                                model.generate(short, attention_mask=torch.ones_like(short), max_new_tokens=4,
+                                               min_new_tokens=4, do_sample=False)
                             rate, n = generate_timed(run, device, steps)
                             row.update(decode_steps=n, decode_tokens_per_s=None if rate is None else B * rate)
                     except Exception as e:  # noqa: BLE001 -- record and go on: one blind run must yield data

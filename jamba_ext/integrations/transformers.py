@@ -190,24 +190,46 @@ def patch_kernel_functions(module=None) -> _Patch:
 
 # ---- module swap ---------------------------------------------------------------------------------------
 class _HFCache:
-    """The two transformers cache APIs behind one small interface (layer idx fixed)."""
+    """transformers' cache APIs for a Mamba layer behind one small interface (layer idx fixed):
+    'get'    -- get_conv_state / get_recurrent_state accessors (5.2x);
+    'layers' -- has_previous_state(layer_idx) and layers[i].conv_states[0] / recurrent_states[0] (5.1x);
+    'legacy' -- HybridMambaAttentionDynamicCache lists conv_states[i] / ssm_states[i] (4.x)."""
 
     def __init__(self, cache, idx: int):
         self.c, self.i = cache, idx
-        self.new_api = hasattr(cache, "get_conv_state")
+        if hasattr(cache, "get_conv_state"):
+            self.api = "get"
+        elif hasattr(cache, "update_conv_state") and hasattr(cache, "layers"):
+            self.api = "layers"
+        else:
+            self.api = "legacy"
+        self.new_api = self.api != "legacy"
 
     def states(self):
         """(conv_state, ssm_state) when the layer has a previous state, else (None, None)."""
         c, i = self.c, self.i
-        if self.new_api:
+        if self.api == "get":
             conv = c.get_conv_state(i)
             return (conv, c.get_recurrent_state(i)) if conv is not None else (None, None)
+        if self.api == "layers":
+            hp = c.has_previous_state
+            if not (hp(i) if callable(hp) else bool(hp)):
+                return None, None
+            layer = c.layers[i]
+            conv, rec = layer.conv_states, layer.recurrent_states
+            if isinstance(conv, dict):
+                conv, rec = conv.get(0), rec.get(0)
+            return (conv, rec) if conv is not None else (None, None)
         if getattr(c, "has_previous_state", False):
             return c.conv_states[i], c.ssm_states[i]
         return None, None
 
     def recording(self) -> bool:
-        return self.new_api and bool(getattr(self.c, "is_recording_past", lambda i: False)(self.i))
+        if self.api == "get":
+            return bool(getattr(self.c, "is_recording_past", lambda i: False)(self.i))
+        if self.api == "layers":
+            return bool(getattr(self.c.layers[self.i], "record_past", False))
+        return False
 
     def store(self, conv_final: Tensor, ssm_final: Tensor) -> None:
         """conv_final (B, DI, K): the last K (masked) pre-conv inputs, already continued from any previous
