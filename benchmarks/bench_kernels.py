@@ -190,7 +190,7 @@ def bench_scan(bb, shapes, DI, N, sweep):
         bb.row("selective_scan", f"B={Bsz} DI={DI} L={L} N={N}", lambda: ops.selective_scan(**a), nbytes,
                exps=Bsz * DI * L * N, eager=eager, eager_reps=3)
         if sweep and dev.type == "cuda":
-            for spt in ("2", "4"):
+            for spt in ("4", "16"):
                 for tc in ("32", "64"):
                     os.environ["JAMBA_EXT_SCAN_SPT"], os.environ["JAMBA_EXT_SCAN_CHUNK"] = spt, tc
                     try:

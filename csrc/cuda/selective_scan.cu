@@ -164,27 +164,18 @@ __device__ __forceinline__ float scan_step(const float *sdt, const float *su, co
                                           int ut, int bt, const float (&A2)[SPT], float (&h)[SPT]) {
     const float dt = sdt[ut], dtu = dt * su[ut];
     float y = 0.f;
-    if constexpr (SPT == 2) { /* 8-byte loads; bt is even */
-        const float2 bq = *(const float2 *)&sB[bt], cq = *(const float2 *)&sC[bt];
-        const float Bv[2] = {bq.x, bq.y}, Cv[2] = {cq.x, cq.y};
+    /* 16-byte loads; SPT is a multiple of 4. (An SPT 2 tile, twice the threads at batch 1, measured 1.6x
+     * slower on the H200 at every Jamba shape: benchmarks/results/gpu_round2_3b497e2.log.) */
 #pragma unroll
-        for (int j = 0; j < 2; j++) {
-            const float dA = jamba_cu_exp2(dt * A2[j]);
-            h[j] = fmaf(dA, h[j], dtu * Bv[j]);
-            y = fmaf(h[j], Cv[j], y);
-        }
-    } else { /* 16-byte loads; SPT is a multiple of 4 */
+    for (int i = 0; i < SPT; i += 4) {
+        const float4 bq = *(const float4 *)&sB[bt + i];
+        const float4 cq = *(const float4 *)&sC[bt + i];
+        const float Bv[4] = {bq.x, bq.y, bq.z, bq.w}, Cv[4] = {cq.x, cq.y, cq.z, cq.w};
 #pragma unroll
-        for (int i = 0; i < SPT; i += 4) {
-            const float4 bq = *(const float4 *)&sB[bt + i];
-            const float4 cq = *(const float4 *)&sC[bt + i];
-            const float Bv[4] = {bq.x, bq.y, bq.z, bq.w}, Cv[4] = {cq.x, cq.y, cq.z, cq.w};
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const float dA = jamba_cu_exp2(dt * A2[i + j]);
-                h[i + j] = fmaf(dA, h[i + j], dtu * Bv[j]);
-                y = fmaf(h[i + j], Cv[j], y);
-            }
+        for (int j = 0; j < 4; j++) {
+            const float dA = jamba_cu_exp2(dt * A2[i + j]);
+            h[i + j] = fmaf(dA, h[i + j], dtu * Bv[j]);
+            y = fmaf(h[i + j], Cv[j], y);
         }
     }
     return y;
@@ -306,7 +297,7 @@ static size_t scan_smem_bytes(int CH, int TC, int Npad) {
 
 /* B/C floats per array and thread held in registers: 16 for SPT 4, 8 for SPT 16 (whose thread already
  * holds 64 registers of state, A, B and C). */
-#define SCAN_EBC(spt) ((spt) == 4 ? 16 : 8)   /* SPT 2: 8 (16 channels x 64 steps per block) */
+#define SCAN_EBC(spt) ((spt) == 4 ? 16 : 8)
 
 template <typename T, int SPT>
 static jamba_status selective_scan_launch(scan_args a, cudaStream_t stream) {
@@ -359,9 +350,6 @@ extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_par
     const int spt_env = env_int("JAMBA_EXT_SCAN_SPT", 0);
     if (spt_env == 4 && N <= 128) spt = 4;
     if (spt_env == 16) spt = 16;
-    /* SPT 2 (G = 8 threads per channel at N = 16): twice the threads of SPT 4 for the latency-bound
-     * small-batch case; needs 3 <= N <= 64 (Npad = G*2 a multiple of 4, G <= 32). Opt-in for now. */
-    if (spt_env == 2 && N >= 3 && N <= 64) spt = 2;
     a.G = pow2_at_least(jamba_ceil_div(N, spt));
     a.CH = SCAN_THREADS / a.G;
     a.Npad = a.G * spt;
@@ -380,9 +368,7 @@ extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_par
 
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
-    if (spt == 2) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (selective_scan_launch<T, 2>(a, stream)));
-    } else if (spt == 4) {
+    if (spt == 4) {
         JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (selective_scan_launch<T, 4>(a, stream)));
     } else {
         JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (selective_scan_launch<T, 16>(a, stream)));
