@@ -1,0 +1,66 @@
+"""Profile decode steps of the model (torch.profiler): where does a decode step's time go?
+
+On the H200 (round 2, 3b497e2) a decode step of the one-block Jamba-v0.1 model took ~67 ms at batch 1,
+while the GPU work it needs is ~2 ms (weights touched / bandwidth): the step is bound by something else
+(host overhead, a sync, or one slow kernel). This script answers which, in one call:
+
+    python benchmarks/profile_decode.py                  # one-block Jamba-v0.1 on cuda, bf16
+    python benchmarks/profile_decode.py --small          # a small config (CPU ok)
+Prints the top ops by self CPU time and by self device time for N decode steps, and the wall time per step.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true", help="hidden 512, 8 layers (CPU ok)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--prompt", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=8)
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    if args.small:
+        cfg = JambaConfig(vocab_size=4096, hidden_size=512, intermediate_size=1792, num_hidden_layers=8,
+                          num_attention_heads=8, num_key_value_heads=2, num_experts=16)
+    else:  # one block of Jamba-v0.1: 8 layers (1 attention, 7 Mamba, 4 MoE)
+        cfg = JambaConfig(num_hidden_layers=8)
+    torch.manual_seed(0)
+    with torch.device("meta"):
+        model = JambaForCausalLM(cfg)
+    model = model.to_empty(device=dev).to(dtype)
+    for p in model.parameters():
+        p.data.normal_(0, 0.02)
+    for name, p in model.named_parameters():
+        if name.endswith("A_log"):
+            p.data.uniform_(0, 2.7)
+    model.eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, args.prompt), device=dev)
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        model.generate(ids[:, :64], max_new_tokens=4, eos_token_id=None)          # warm-up
+        stamps = []
+        model.generate(ids, max_new_tokens=args.steps, eos_token_id=None,
+                       streamer=lambda t: (sync(), stamps.append(time.perf_counter())))
+        per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
+        print(f"wall time per decode step: {per_step * 1e3:.2f} ms ({dev}, {dtype}, prompt {args.prompt})")
+        acts = [torch.profiler.ProfilerActivity.CPU]
+        if dev.type == "cuda":
+            acts.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=acts) as prof:
+            model.generate(ids[:, :256], max_new_tokens=args.steps, eos_token_id=None)
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
+    if dev.type == "cuda":
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))
+
+
+if __name__ == "__main__":
+    main()
