@@ -75,6 +75,12 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(rn(p, 1.0 / fan_in ** 0.5))
 
 
+def hf_layout(hf_sd: dict, ours_sd: dict) -> dict:
+    """ours_sd in the layout of the installed transformers (5.x fused experts, or 4.x per-expert keys)."""
+    fused = any(k.endswith("experts.gate_up_proj") for k in hf_sd)
+    return ours_sd if fused else to_per_expert_state_dict(ours_sd)
+
+
 def make_hf(cfg: dict, seed: int = 0, dtype=torch.float32, device="cpu"):
     # use_mamba_kernels=False: the PyTorch path is the oracle (4.x and early 5.x raise without mamba_ssm
     # when it is True; 5.24 ignores the flag)
@@ -208,7 +214,7 @@ def test_state_dict_both_ways_and_per_expert_layout():
     assert "model.layers.1.feed_forward.experts.gate_up_proj" in sd
     assert tuple(sd["model.layers.1.feed_forward.experts.gate_up_proj"].shape) == (4, 160, 64)
     hf2 = make_hf(cfg, seed=5)
-    hf2.load_state_dict(sd, strict=True)                                     # ours -> transformers 5.x
+    hf2.load_state_dict(hf_layout(hf2.state_dict(), sd), strict=True)       # ours -> installed transformers
     # transformers 4.x / on-disk layout: per-expert keys, gate first in the fused tensor
     per = to_per_expert_state_dict(sd)
     assert "model.layers.3.feed_forward.experts.2.up_proj.weight" in per
@@ -262,7 +268,9 @@ def test_from_pretrained_sharded_and_dtype(tmp_path):
     ours = JambaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.bfloat16)
     assert ours.dtype == torch.bfloat16
     ref = {k: v.to(torch.bfloat16) for k, v in hf.state_dict().items()}
-    for k, v in ours.state_dict().items():
+    got = hf_layout(ref, ours.state_dict())
+    assert got.keys() == ref.keys()
+    for k, v in got.items():
         assert torch.equal(v, ref[k]), k
     m = JambaModel.from_pretrained(str(tmp_path))                            # the base model reads it too
     assert torch.equal(m.embed_tokens.weight, hf.model.embed_tokens.weight)
