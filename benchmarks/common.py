@@ -14,13 +14,13 @@ import time
 
 import torch
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+RESULTS = os.environ.get("JAMBA_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def git_commit() -> str:
     try:
         return subprocess.check_output(["git", "rev-parse", "--short=12", "HEAD"],
-                                       cwd=os.path.dirname(RESULTS), text=True,
+                                       cwd=os.path.dirname(os.path.abspath(__file__)), text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:
         return os.environ.get("JAMBA_COMMIT", "unknown")
