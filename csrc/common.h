@@ -137,6 +137,29 @@ static inline void jamba_silu_row(float *restrict gate, const float *restrict z,
     for (int64_t t = 0; t < n; t++) gate[t] = z[t] / (1.0f + gate[t]);
 }
 
+/* v[t] = softplus(v[t]) in place, torch's threshold: v > 20 ? v : log1p(exp(v)), evaluated as
+ * max(v, 0) + log1p(e), e = exp(-|v|) in (0, 1], log1p(e) = 2 atanh(s) with s = e / (2 + e) <= 1/3 and the
+ * odd series to s^15 (relative error < 1e-8 + exp2's 2e-7). tmp: n floats. Two passes, as jamba_silu_row. */
+static inline void jamba_softplus_row(float *restrict v, float *restrict tmp, int64_t n) {
+#pragma omp simd
+    for (int64_t t = 0; t < n; t++) tmp[t] = jamba_exp2f(-(v[t] < 0.0f ? -v[t] : v[t]) * JAMBA_LOG2E);
+#pragma omp simd
+    for (int64_t t = 0; t < n; t++) {
+        const float e = tmp[t], s = e / (2.0f + e), s2 = s * s;
+        float q = 1.0f / 15.0f;
+        q = q * s2 + 1.0f / 13.0f;
+        q = q * s2 + 1.0f / 11.0f;
+        q = q * s2 + 1.0f / 9.0f;
+        q = q * s2 + 1.0f / 7.0f;
+        q = q * s2 + 1.0f / 5.0f;
+        q = q * s2 + 1.0f / 3.0f;
+        q = q * s2 + 1.0f;
+        const float r = (v[t] > 0.0f ? v[t] : 0.0f) + 2.0f * s * q;
+        v[t] = v[t] > 20.0f ? v[t] : r;
+    }
+}
+
+
 static inline int64_t jamba_dtype_size(jamba_dtype d) {
     switch (d) {
     case JAMBA_F32: case JAMBA_I32: return 4;

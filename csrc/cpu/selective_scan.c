@@ -42,7 +42,6 @@ static void scan_row(const float *restrict ub, const float *restrict db, const f
     }
 }
 
-static inline float softplus_f(float v) { return v <= 20.0f ? log1pf(expf(v)) : v; }
 
 static jamba_status check_param_vec(const char *op, const char *name, const jamba_tensor *t, int64_t DI) {
     JAMBA_TRY(jamba_check_tensor(op, name, t, 1, JAMBA_MASK(JAMBA_F32), 1));
@@ -151,10 +150,8 @@ jamba_status jamba_selective_scan_cpu(const jamba_selective_scan_params *p) {
                         a2[n] = ((const float *)p->A.data)[c * p->A.stride[0] + n * p->A.stride[1]] * LOG2E;
                         h[n] = h_all[c * N + n];
                     }
-                    for (int64_t t = 0; t < nt; t++) {
-                        const float d = db[t] + dbias;
-                        db[t] = p->delta_softplus ? softplus_f(d) : d;
-                    }
+                    for (int64_t t = 0; t < nt; t++) db[t] += dbias;
+                    if (p->delta_softplus) jamba_softplus_row(db, zb, nt); /* zb: scratch until z loads */
                     scan_row(ub, db, a2, bt, ct, h, yb, nt, N);
                     if (p->D.data)
                         for (int64_t t = 0; t < nt; t++) yb[t] += Dc * ub[t];
@@ -210,14 +207,13 @@ jamba_status jamba_selective_state_update_check(const jamba_selective_state_upda
     return JAMBA_OK;
 }
 
-/* One step of one (b, c) row: h (N) updated in place, returns C.h. */
+/* One step of one (b, c) row: h (N) updated in place, returns C.h. a: A's row (unscaled), dl = dt*log2(e). */
 JAMBA_CPU_CLONES
-static float update_row(float *restrict h, const float *restrict a2, const float *restrict bn,
-                        const float *restrict cn, float d, float u, int64_t N) {
+static float update_row(float *restrict h, const float *restrict a, const float *restrict bn,
+                        const float *restrict cn, float dl, float du, int64_t N) {
     float y = 0.f, dA[JAMBA_MAX_D_STATE];
-    const float du = d * u;
 #pragma omp simd
-    for (int64_t n = 0; n < N; n++) dA[n] = jamba_exp2f(d * a2[n]); /* exp apart: see jamba_silu_row */
+    for (int64_t n = 0; n < N; n++) dA[n] = jamba_exp2f(dl * a[n]); /* exp apart: see jamba_silu_row */
 #pragma omp simd reduction(+ : y)
     for (int64_t n = 0; n < N; n++) {
         h[n] = dA[n] * h[n] + du * bn[n];
@@ -232,8 +228,31 @@ jamba_status jamba_selective_state_update_cpu(const jamba_selective_state_update
     if (B == 0 || DI == 0) return JAMBA_OK;
     const jamba_dtype dt = p->x.dtype, sdt = p->state.dtype;
     /* B and C of every batch row in fp32, (B, N) */
-    float *bc_f = (float *)malloc(sizeof(float) * (size_t)(2 * B * N));
+    /* B and C of every batch row (B, N), then dt of every (b, c) with bias and softplus applied (B, DI),
+     * then DI floats of scratch: all fp32 */
+    float *bc_f = (float *)malloc(sizeof(float) * (size_t)(2 * B * N + B * DI + DI));
     if (!bc_f) return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: out of memory");
+    float *dts = bc_f + 2 * B * N, *scratch = dts + B * DI;
+    /* silu(z) of every (b, c), (B, DI), vectorised as dt: the fused scalar form is the slow one */
+    float *gates = NULL;
+    if (p->z.data) {
+        gates = (float *)malloc(sizeof(float) * (size_t)(B * DI));
+        if (!gates) {
+            free(bc_f);
+            return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: out of memory");
+        }
+        for (int64_t b = 0; b < B; b++) {
+            jamba_load_row(scratch, (const char *)p->z.data + b * p->z.stride[0] * jamba_dtype_size(dt), dt, DI, 1);
+            jamba_silu_row(gates + b * DI, scratch, DI);
+        }
+    }
+    for (int64_t b = 0; b < B; b++) {
+        float *d = dts + b * DI;
+        jamba_load_row(d, (const char *)p->dt.data + b * p->dt.stride[0] * jamba_dtype_size(dt), dt, DI, 1);
+        if (p->dt_bias.data)
+            for (int64_t c = 0; c < DI; c++) d[c] += ((const float *)p->dt_bias.data)[c * p->dt_bias.stride[0]];
+        if (p->dt_softplus) jamba_softplus_row(d, scratch, DI);
+    }
     for (int64_t b = 0; b < B; b++) {
         jamba_load_row(bc_f + b * N, (const char *)p->Bm.data + b * p->Bm.stride[0] * jamba_dtype_size(p->Bm.dtype),
                        p->Bm.dtype, N, p->Bm.stride[1]);
@@ -245,22 +264,25 @@ jamba_status jamba_selective_state_update_cpu(const jamba_selective_state_update
 #pragma omp parallel for schedule(static) if (B * DI * N > 4 * JAMBA_OMP_MIN_WORK)
     for (int64_t bc = 0; bc < B * DI; bc++) {
         const int64_t b = bc / DI, c = bc % DI;
-        float h[JAMBA_MAX_D_STATE], a2[JAMBA_MAX_D_STATE];
-        float d = jamba_load(p->dt.data, dt, b * p->dt.stride[0] + c);
-        if (p->dt_bias.data) d += ((const float *)p->dt_bias.data)[c * p->dt_bias.stride[0]];
-        if (p->dt_softplus) d = softplus_f(d);
+        float hbuf[JAMBA_MAX_D_STATE], abuf[JAMBA_MAX_D_STATE];
+        const float d = dts[bc];
         const float u = jamba_load(p->x.data, dt, b * p->x.stride[0] + c);
-        /* state row (b, c): state + b*s0 + c*s1, unit stride along N */
+        /* state row (b, c): state + b*s0 + c*s1, unit stride along N; an fp32 state is updated where it is */
         char *srow = (char *)p->state.data + (b * p->state.stride[0] + c * p->state.stride[1]) * ses;
-        jamba_load_row(h, srow, sdt, N, 1);
-        jamba_load_row(a2, (const float *)p->A.data + c * p->A.stride[0], JAMBA_F32, N, p->A.stride[1]);
-        for (int64_t n = 0; n < N; n++) a2[n] *= LOG2E;
-        float y = update_row(h, a2, bc_f + b * N, bc_f + (B + b) * N, d, u, N);
-        jamba_store_row(srow, sdt, h, N, 1);
+        float *h = sdt == JAMBA_F32 ? (float *)srow : hbuf;
+        if (sdt != JAMBA_F32) jamba_load_row(h, srow, sdt, N, 1);
+        const float *arow = (const float *)p->A.data + c * p->A.stride[0];
+        if (p->A.stride[1] != 1) {
+            jamba_load_row(abuf, arow, JAMBA_F32, N, p->A.stride[1]);
+            arow = abuf;
+        }
+        float y = update_row(h, arow, bc_f + b * N, bc_f + (B + b) * N, d * LOG2E, d * u, N);
+        if (sdt != JAMBA_F32) jamba_store_row(srow, sdt, h, N, 1);
         if (p->D.data) y += ((const float *)p->D.data)[c * p->D.stride[0]] * u;
-        if (p->z.data) y *= jamba_silu(jamba_load(p->z.data, dt, b * p->z.stride[0] + c));
+        if (gates) y *= gates[bc];
         jamba_store(p->out.data, dt, b * p->out.stride[0] + c, y);
     }
     free(bc_f);
+    free(gates);
     return JAMBA_OK;
 }
