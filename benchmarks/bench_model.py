@@ -3,6 +3,7 @@
     python benchmarks/bench_model.py            # GPU: one Jamba-v0.1 block (8 layers: 1 attention, 7 Mamba,
                                                 #      4 MoE; hidden 4096; bf16; random weights, ~27 GB)
     python benchmarks/bench_model.py --smoke    # tiny CPU config, CI-sized (seconds)
+    python benchmarks/bench_model.py --no-cuda-graph   # without the "jamba_ext+graph" decode rows
 
 Both models share one set of weight tensors (transformers' model is built on the meta device and
 load_state_dict(assign=True) points it at ours), so GPU memory holds the 27 GB once.
@@ -16,12 +17,21 @@ Then for each (batch, prompt length):
 transformers without mamba_ssm / causal-conv1d runs its PyTorch slow path, whose scan materialises
 (B, DI, L, N) fp32 tensors: shapes needing more than --hf-mem-gb for them are skipped (noted in the row).
 A wall-clock budget (--budget-s) skips the remaining transformers measurements when exceeded.
+Rows "jamba_ext+graph" (on by default on CUDA and in --smoke; --cuda-graph / --no-cuda-graph): decode with
+generate(cuda_graph=True), the decode step captured once per generate() call in a CUDA graph over a static
+KV cache and replayed per token. The capture (2 warm-up steps + capture) happens after the prefill and
+before the first new token, so it is outside the timed interval; its time is recorded as graph_capture_ms.
+graph_tokens_match: the graph's greedy tokens equal the eager static-cache decode's on a short prompt
+(the same kernels), graph_tokens_match_dynamic: equal to the default dynamic-cache decode's (in bf16 a
+near tie may flip: the masked static attention can take another SDPA kernel). On CPU the row runs the
+static cache eagerly (no CUDA graphs there) and says so.
 Writes benchmarks/results/bench_model.json (+ .png) or bench_model_smoke.json.
 """
 import argparse
 import os
 import sys
 import time
+import warnings
 
 import torch
 
@@ -95,6 +105,34 @@ def generate_timed(run, device, n_new: int):
     return (n - 1) / (stamps[-1] - stamps[0]), n
 
 
+def graph_decode_row(model, ids, steps: int, device) -> dict:
+    """The "jamba_ext+graph" measurements: decode tokens/s with generate(cuda_graph=True) (the same procedure
+    as the eager row), the capture time, and token agreement with the eager decodes on a short prompt."""
+    B = ids.shape[0]
+    cuda = device.type == "cuda"
+    short = ids[:, :64]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")              # the CPU run warns that it decodes without graphs
+        kw = dict(max_new_tokens=8, eos_token_id=None)
+        g = model.generate(short, cuda_graph=True, **kw)              # also the warm-up of the path
+        info = dict(model._decode_graph_info or {})
+        out = {"graph_captured": bool(info.get("captured")),
+               "graph_tokens_match": g.tolist() == model.generate(short, static_cache=True, **kw).tolist(),
+               "graph_tokens_match_dynamic": g.tolist() == model.generate(short, **kw).tolist()}
+        if not cuda:
+            out["graph_note"] = "no CUDA: static cache, eager"
+        elif not info.get("captured"):
+            out["graph_note"] = f"capture failed, eager static cache: {info.get('error', '?')}"[:300]
+        run = lambda s, _h: model.generate(ids, max_new_tokens=steps, eos_token_id=None,  # noqa: E731
+                                           streamer=s, cuda_graph=True)
+        rate, n = generate_timed(run, device, steps)
+        info = model._decode_graph_info or {}
+    if info.get("capture_s") is not None:
+        out["graph_capture_ms"] = info["capture_s"] * 1e3
+    out.update(decode_steps=n, decode_tokens_per_s=None if rate is None else B * rate)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny CPU config (CI)")
@@ -107,6 +145,8 @@ def main(argv=None) -> int:
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
     ap.add_argument("--hf-mem-gb", type=float, default=40.0)
     ap.add_argument("--budget-s", type=float, default=150.0)
+    ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                    help='add "jamba_ext+graph" decode rows (generate(cuda_graph=True)); default: on for cuda, --smoke')
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -118,6 +158,7 @@ def main(argv=None) -> int:
     prompts = [int(p) for p in (args.prompts or ("64,256" if smoke else "2048,8192")).split(",")]
     steps = args.decode_steps or (8 if smoke else 32)
     reps = 3
+    use_graph = args.cuda_graph if args.cuda_graph is not None else (device.type == "cuda" or smoke)
 
     print(f"building {'smoke' if smoke else 'one-block Jamba-v0.1'} model on {device} {dtype} ...", flush=True)
     ours = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=0)
@@ -159,7 +200,9 @@ def main(argv=None) -> int:
     for L in prompts:
         for B in batches:
             ids = torch.randint(3, cfg.vocab_size, (B, L), device=device)
-            for name, model in (("jamba_ext", ours), ("transformers", hf)):
+            impls = [("jamba_ext", ours)] + ([("jamba_ext+graph", ours)] if use_graph else []) + \
+                [("transformers", hf)]
+            for name, model in impls:
                 if model is None:
                     continue
                 row = {"impl": name, "batch": B, "prompt_len": L, "dtype": str(dtype).replace("torch.", "")}
@@ -169,7 +212,16 @@ def main(argv=None) -> int:
                         row["skipped"] = f"slow-path scan needs ~{need:.0f} GB > --hf-mem-gb {args.hf_mem_gb}"
                     elif time.perf_counter() - t_start > args.budget_s:
                         row["skipped"] = f"time budget {args.budget_s:.0f} s spent"
-                if "skipped" not in row:
+                if "skipped" not in row and name == "jamba_ext+graph":
+                    try:
+                        with torch.no_grad():
+                            row.update(graph_decode_row(model, ids, steps, device))
+                    except Exception as e:  # noqa: BLE001
+                        row["error"] = f"{type(e).__name__}: {e}"[:400]
+                    finally:
+                        if device.type == "cuda":
+                            torch.cuda.empty_cache()
+                elif "skipped" not in row:
                     try:
                         with torch.no_grad():
                             if name == "jamba_ext":
@@ -212,10 +264,14 @@ def main(argv=None) -> int:
     by = {(r["impl"], r["batch"], r["prompt_len"]): r for r in rows}
     for r in rows:
         base = by.get(("transformers", r["batch"], r["prompt_len"]))
-        if r["impl"] == "jamba_ext" and base:
+        if r["impl"].startswith("jamba_ext") and base:
             for k in ("prefill_tokens_per_s", "decode_tokens_per_s"):
                 if r.get(k) and base.get(k):
                     r[k.replace("tokens_per_s", "speedup")] = r[k] / base[k]
+        eager = by.get(("jamba_ext", r["batch"], r["prompt_len"]))
+        if r["impl"] == "jamba_ext+graph" and eager and r.get("decode_tokens_per_s") \
+                and eager.get("decode_tokens_per_s"):
+            r["decode_speedup_vs_eager"] = r["decode_tokens_per_s"] / eager["decode_tokens_per_s"]
     plot_rows = []
     for r in rows:
         for ph in ("prefill", "decode"):
@@ -226,12 +282,12 @@ def main(argv=None) -> int:
                 decode_steps=steps, wall_s=time.perf_counter() - t_start)
     path = write_results("bench_model_smoke" if smoke else "bench_model", rows + plot_rows, info,
                          plot_key="tokens_per_s")
-    print(f"\n{'impl':<13}{'B':>3}{'L':>7}{'prefill tok/s':>16}{'decode tok/s':>14}{'x prefill':>11}{'x decode':>10}")
+    print(f"\n{'impl':<17}{'B':>3}{'L':>7}{'prefill tok/s':>16}{'decode tok/s':>14}{'x prefill':>11}{'x decode':>10}")
     for r in rows:
         f = lambda k, w, p: (f"{r[k]:{w}.{p}f}" if r.get(k) is not None else " " * (w - 1) + "-")  # noqa: E731
-        print(f"{r['impl']:<13}{r['batch']:>3}{r['prompt_len']:>7}{f('prefill_tokens_per_s', 16, 0)}"
+        print(f"{r['impl']:<17}{r['batch']:>3}{r['prompt_len']:>7}{f('prefill_tokens_per_s', 16, 0)}"
               f"{f('decode_tokens_per_s', 14, 1)}{f('prefill_speedup', 11, 2)}{f('decode_speedup', 10, 2)}"
-              f"  {r.get('skipped', '') or r.get('error', '')}")
+              f"  {r.get('skipped', '') or r.get('error', '') or r.get('graph_note', '')}")
     print(f"wrote {path} ({time.perf_counter() - t_start:.0f} s)")
     return 1 if check.get("ok") is False else 0
 

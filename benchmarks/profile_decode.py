@@ -6,6 +6,7 @@ while the GPU work it needs is ~2 ms (weights touched / bandwidth): the step is 
 
     python benchmarks/profile_decode.py                  # one-block Jamba-v0.1 on cuda, bf16
     python benchmarks/profile_decode.py --small          # a small config (CPU ok)
+    python benchmarks/profile_decode.py --cuda-graph     # decode steps replayed from a CUDA graph
 Prints the top ops by self CPU time and by self device time for N decode steps, and the wall time per step.
 """
 import argparse
@@ -25,6 +26,7 @@ def main():
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--prompt", type=int, default=2048)
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--cuda-graph", action="store_true", help="generate(cuda_graph=True)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
@@ -46,17 +48,19 @@ def main():
     ids = torch.randint(0, cfg.vocab_size, (1, args.prompt), device=dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     with torch.no_grad():
-        model.generate(ids[:, :64], max_new_tokens=4, eos_token_id=None)          # warm-up
+        kw = dict(eos_token_id=None, cuda_graph=args.cuda_graph)
+        model.generate(ids[:, :64], max_new_tokens=4, **kw)                          # warm-up
         stamps = []
-        model.generate(ids, max_new_tokens=args.steps, eos_token_id=None,
+        model.generate(ids, max_new_tokens=args.steps, **kw,
                        streamer=lambda t: (sync(), stamps.append(time.perf_counter())))
         per_step = (stamps[-1] - stamps[0]) / max(1, len(stamps) - 1)
-        print(f"wall time per decode step: {per_step * 1e3:.2f} ms ({dev}, {dtype}, prompt {args.prompt})")
+        print(f"wall time per decode step: {per_step * 1e3:.2f} ms ({dev}, {dtype}, prompt {args.prompt}"
+              f"{', CUDA graph: ' + str(model._decode_graph_info) if args.cuda_graph else ''})")
         acts = [torch.profiler.ProfilerActivity.CPU]
         if dev.type == "cuda":
             acts.append(torch.profiler.ProfilerActivity.CUDA)
         with torch.profiler.profile(activities=acts) as prof:
-            model.generate(ids[:, :256], max_new_tokens=args.steps, eos_token_id=None)
+            model.generate(ids[:, :256], max_new_tokens=args.steps, **kw)
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     if dev.type == "cuda":
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=20))

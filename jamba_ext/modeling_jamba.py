@@ -2,8 +2,10 @@
 
     JambaConfig            reads a transformers config.json (same field names, defaults, layer schedule)
     JambaModel             embeddings -> decoder layers (Mamba | attention mixer, dense MLP | MoE) -> norm
-    JambaForCausalLM       + lm_head; logits_to_keep, loss, from_pretrained(dir), save_pretrained, generate
-    JambaHybridCache       KV per attention layer, conv state (B, DI, K) + fp32 SSM state (B, DI, N) per Mamba layer
+    JambaForCausalLM       + lm_head; logits_to_keep, loss, from_pretrained(dir), save_pretrained,
+                           generate (static_cache=, cuda_graph=: the decode step replayed from a CUDA graph)
+    JambaHybridCache       KV per attention layer, conv state (B, DI, K) + fp32 SSM state (B, DI, N) per Mamba layer;
+                           static=True: fixed-size KV + device-side length/mask (CUDA-graph-capturable decode step)
     to_per_expert_state_dict(sd)   5.x fused expert layout -> transformers 4.x / on-disk per-expert keys
 
 Parameter names are transformers' (model.layers.{i}.mamba.in_proj.weight, ...), so
@@ -22,6 +24,7 @@ import json
 import math
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -261,18 +264,69 @@ class JambaHybridCache:
     buffers grown by doubling (or sized once from max_length). Mamba layer i: conv_states[i]
     (B, DI, K), the last K pre-conv inputs in model dtype (the transformers layout); ssm_states[i]
     (B, DI, N) fp32. key_mask (B, P) bool, or None when no position is padding.
+
+    static=True (needs max_length): the static decode mode, for CUDA-graph capture. The KV buffers are
+    allocated once, zero-filled, with `capacity` = max_length rounded up to a multiple of 16 positions,
+    plus a device-side key mask `static_mask` (B, capacity) bool (False past the stored tokens and at
+    padding) and a device-side length `cache_position` (1,) int64. A one-token decode step (no
+    attention_mask given) then has fixed shapes and no per-step Python ints: the new K/V are written with
+    index_copy_ at cache_position, the mask entry is set with index_fill_, attention runs over the whole
+    buffer under static_mask, and cache_position.add_(1) ends the step. Prefill (and any forward with an
+    attention_mask) takes the ordinary path, writing into the same buffers and resetting the mask and
+    position from the host-side seq_len.
     """
 
-    def __init__(self, config: JambaConfig, batch_size: int, max_length: Optional[int] = None):
+    def __init__(self, config: JambaConfig, batch_size: int, max_length: Optional[int] = None,
+                 static: bool = False):
         n = config.num_hidden_layers
+        if static and (max_length is None or max_length <= 0):
+            raise ValueError(f"JambaHybridCache: static=True needs max_length > 0, got {max_length!r}")
         self.batch_size = batch_size
         self.max_length = max_length
+        self.static = bool(static)
+        self.capacity = -(-max_length // 16) * 16 if static else None
         self.conv_states: List[Optional[Tensor]] = [None] * n
         self.ssm_states: List[Optional[Tensor]] = [None] * n
         self._keys: List[Optional[Tensor]] = [None] * n
         self._values: List[Optional[Tensor]] = [None] * n
         self.seq_len = 0
-        self.key_mask: Optional[Tensor] = None
+        self._key_mask: Optional[Tensor] = None
+        self._padded = False                       # static: whether static_mask holds any padding
+        self.static_mask: Optional[Tensor] = None  # static: (B, capacity) bool
+        self.cache_position: Optional[Tensor] = None  # static: (1,) int64, = seq_len on the device
+
+    # -- key mask (static: a view of static_mask, so a captured step's mask updates are seen by the host path)
+    @property
+    def key_mask(self) -> Optional[Tensor]:
+        if not self.static:
+            return self._key_mask
+        if not self._padded or self.static_mask is None:
+            return None
+        return self.static_mask[:, :self.seq_len]
+
+    @key_mask.setter
+    def key_mask(self, m: Optional[Tensor]) -> None:
+        if not self.static:
+            self._key_mask = m
+            return
+        self._padded = m is not None
+        if self.static_mask is not None:
+            self.static_mask.zero_()
+            if m is None:
+                self.static_mask[:, :self.seq_len] = True
+            else:
+                self.static_mask[:, :m.shape[1]].copy_(m)
+
+    def _ensure_static(self, device: torch.device) -> None:
+        """static: the device-side mask and position, made on the first forward (which knows the device)."""
+        if self.static_mask is None:
+            self.static_mask = torch.zeros(self.batch_size, self.capacity, dtype=torch.bool, device=device)
+            self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
+
+    def _sync_static(self) -> None:
+        """static: after a host-path forward, set the device-side position from seq_len (outside any capture)."""
+        if self.cache_position is not None:
+            self.cache_position.fill_(self.seq_len)
 
     def get_seq_length(self) -> int:
         return self.seq_len
@@ -285,7 +339,13 @@ class JambaHybridCache:
         past, L = self.seq_len, k.shape[2]
         need = past + L
         kb, vb = self._keys[layer_idx], self._values[layer_idx]
-        if kb is None or kb.shape[2] < need:
+        if self.static:
+            if need > self.capacity:
+                raise ValueError(f"JambaHybridCache: static cache of max_length {self.max_length} "
+                                 f"(capacity {self.capacity}) cannot hold {need} tokens")
+            if kb is None:
+                kb, vb = self._alloc_static(layer_idx, k, v)
+        elif kb is None or kb.shape[2] < need:
             cap = max(need, self.max_length or 0, 2 * kb.shape[2] if kb is not None else 0)
             nk = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
             nv = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
@@ -297,6 +357,24 @@ class JambaHybridCache:
         vb[:, :, past:need].copy_(v)
         return kb[:, :, :need], vb[:, :, :need]
 
+    def _alloc_static(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        # zero-filled: positions past the stored tokens are masked, but garbage (NaN, inf) there would
+        # still reach the output through 0 * NaN in the attention
+        kb = k.new_zeros(k.shape[0], k.shape[1], self.capacity, k.shape[3])
+        vb = v.new_zeros(v.shape[0], v.shape[1], self.capacity, v.shape[3])
+        self._keys[layer_idx], self._values[layer_idx] = kb, vb
+        return kb, vb
+
+    def update_kv_static(self, layer_idx: int, k: Tensor, v: Tensor) -> Tuple[Tensor, Tensor]:
+        """Static decode step: k, v (B, nkv, 1, hd) written at cache_position (index_copy_, no host int);
+        returns the whole buffers (B, nkv, capacity, hd), to be read under static_mask."""
+        kb, vb = self._keys[layer_idx], self._values[layer_idx]
+        if kb is None:
+            kb, vb = self._alloc_static(layer_idx, k, v)
+        kb.index_copy_(2, self.cache_position, k)
+        vb.index_copy_(2, self.cache_position, v)
+        return kb, vb
+
     def keys(self, layer_idx: int) -> Optional[Tensor]:
         k = self._keys[layer_idx]
         return None if k is None else k[:, :, :self.seq_len]
@@ -304,6 +382,25 @@ class JambaHybridCache:
     def values(self, layer_idx: int) -> Optional[Tensor]:
         v = self._values[layer_idx]
         return None if v is None else v[:, :, :self.seq_len]
+
+    # -- snapshots (CUDA-graph warm-up runs real steps; the state is put back afterwards)
+    def _snapshot(self):
+        clone = lambda ts: [None if t is None else t.clone() for t in ts]  # noqa: E731
+        return (self.seq_len, clone(self.conv_states), clone(self.ssm_states),
+                None if self.static_mask is None else self.static_mask.clone(),
+                None if self.cache_position is None else self.cache_position.clone())
+
+    def _restore(self, snap) -> None:
+        """Puts back a _snapshot in place (the tensors a captured graph reads keep their addresses). The KV
+        slots a warm-up step wrote lie past seq_len: masked, and overwritten by the next real step."""
+        self.seq_len = snap[0]
+        for dst, src in ((self.conv_states, snap[1]), (self.ssm_states, snap[2])):
+            for i, t in enumerate(src):
+                if t is not None:
+                    dst[i].copy_(t)
+        if snap[3] is not None:
+            self.static_mask.copy_(snap[3])
+            self.cache_position.copy_(snap[4])
 
 
 @dataclass
@@ -314,6 +411,7 @@ class _Step:
     mamba_mask: Optional[Tensor]       # (B, L) in model dtype, or None (no padding among the new tokens)
     attn_mask: Optional[Tensor]        # (B, 1, L, P + L) bool (True = attend), or None
     is_causal: bool                    # let SDPA apply the causal mask itself (no padding, no past)
+    static: bool = False               # static decode step: KV at cache.cache_position, attn over the buffer
 
 
 # ---- modules -------------------------------------------------------------------------------------------
@@ -474,7 +572,9 @@ class JambaAttention(nn.Module):
         q = self.q_proj(hidden_states).view(Bsz, L, self.num_heads, hd).transpose(1, 2)            # (B, nh, L, hd)
         k = self.k_proj(hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)  # (B, nkv, L, hd)
         v = self.v_proj(hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)
-        if cache is not None:
+        if step.static:
+            k, v = cache.update_kv_static(self.layer_idx, k, v)                                   # (B, nkv, cap, hd)
+        elif cache is not None:
             k, v = cache.update_kv(self.layer_idx, k, v)                                           # (B, nkv, P+L, hd)
         rep = self.num_heads // self.num_key_value_heads
         if _SDPA_HAS_GQA:
@@ -903,6 +1003,17 @@ class JambaModel(_PreTrained):
     def _step(self, attention_mask: Optional[Tensor], cache: Optional[JambaHybridCache], Bsz: int, L: int,
               dtype: torch.dtype, device: torch.device) -> Tuple[_Step, Optional[Tensor]]:
         past = cache.seq_len if cache is not None else 0
+        if cache is not None and cache.static:
+            if Bsz != cache.batch_size:
+                raise ValueError(f"static cache of batch {cache.batch_size} got a batch of {Bsz}")
+            cache._ensure_static(device)
+            if L == 1 and past > 0 and attention_mask is None:
+                # static decode step: fixed shapes, device-side position; graph-capturable (no host sync)
+                if past >= cache.capacity:
+                    raise ValueError(f"JambaHybridCache: static cache of max_length {cache.max_length} "
+                                     f"(capacity {cache.capacity}) is full ({past} tokens)")
+                cache.static_mask.index_fill_(1, cache.cache_position, True)
+                return _Step(past, 1, None, cache.static_mask[:, None, None, :], False, static=True), None
         key_mask = None                                                           # (B, P+L) bool
         if attention_mask is not None:
             am = attention_mask.to(device=device, dtype=torch.bool)
@@ -961,7 +1072,11 @@ class JambaModel(_PreTrained):
             h, _ = _K.add_rms_norm(h, residual, self.final_layernorm.weight, self.final_layernorm.variance_epsilon)
         if cache is not None:
             cache.seq_len += L
-            cache.key_mask = key_mask
+            if step.static:                    # device-side bookkeeping only (the mask was set in _step)
+                cache.cache_position.add_(1)
+            else:
+                cache.key_mask = key_mask
+                cache._sync_static()
         return h, cache, tuple(router_logits)
 
 
@@ -979,6 +1094,60 @@ def _load_balancing_loss(router_logits: Sequence[Tensor], num_experts: int, top_
         f = (sel * m[:, None, None]).sum(0) / m.sum()
         pbar = (p * m[:, None]).sum(0) / m.sum()
     return num_experts * (f * pbar[None]).sum()
+
+
+class _DecodeGraph:
+    """One static decode step of `model` over `cache` (a static JambaHybridCache after its prefill), captured
+    in a torch.cuda.CUDAGraph: token buffer (B, 1) -> logits buffer (B, V). step(tokens) copies the tokens
+    in, replays, advances the host-side seq_len and returns the logits buffer (overwritten by the next step).
+    """
+    WARMUP = 2                             # eager steps on a side stream before capture (torch's advice)
+
+    def __init__(self, model: "JambaForCausalLM", cache: JambaHybridCache, graph, tokens: Tensor, logits: Tensor):
+        self.model, self.cache, self.graph, self.tokens, self.logits = model, cache, graph, tokens, logits
+
+    @classmethod
+    def capture(cls, model: "JambaForCausalLM", cache: JambaHybridCache, first: Tensor) -> Optional["_DecodeGraph"]:
+        """first (B,): any valid token ids for the warm-up and capture (their effects are undone). Returns None
+        after a warning when anything fails; the cache is then as it was (eager decoding continues)."""
+        import time
+        t0 = time.perf_counter()
+        snap = cache._snapshot()
+        tokens = first.detach().reshape(-1, 1).to(torch.long).clone()          # the static input buffer
+        g = None
+        try:
+            side = torch.cuda.Stream(device=tokens.device)
+            side.wait_stream(torch.cuda.current_stream(tokens.device))
+            with torch.cuda.stream(side):
+                for _ in range(cls.WARMUP):
+                    model(tokens, cache=cache)
+                    cache._restore(snap)
+            torch.cuda.current_stream(tokens.device).wait_stream(side)
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                logits = model(tokens, cache=cache).logits[:, -1]               # (B, V), graph-owned
+            cache._restore(snap)            # capture ran no kernel, but the host-side seq_len moved on
+            torch.cuda.synchronize(tokens.device)
+        except Exception as e:  # noqa: BLE001 -- any failure: fall back to eager decoding
+            try:
+                torch.cuda.synchronize(tokens.device)
+            except Exception:  # noqa: BLE001
+                pass
+            cache._restore(snap)
+            msg = f"{type(e).__name__}: {e}"[:500]
+            model._decode_graph_info = {"captured": False, "error": msg}
+            warnings.warn(f"generate(cuda_graph=True): CUDA-graph capture of the decode step failed ({msg}); "
+                          "decoding eagerly with the static cache", stacklevel=4)  # the caller of generate
+            return None
+        model._decode_graph_info = {"captured": True, "capture_s": time.perf_counter() - t0,
+                                    "warmup_steps": cls.WARMUP}
+        return cls(model, cache, g, tokens, logits)
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self.tokens.copy_(tokens.reshape(-1, 1))
+        self.graph.replay()
+        self.cache.seq_len += 1             # the device-side position was advanced inside the graph
+        return self.logits
 
 
 class JambaForCausalLM(_PreTrained):
@@ -1043,7 +1212,8 @@ class JambaForCausalLM(_PreTrained):
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: Optional[int] = None, eos_token_id: Union[None, int, Sequence[int]] = "config",
                  pad_token_id: Optional[int] = "config", streamer: Optional[Callable] = None,
-                 max_length: Optional[int] = None) -> Tensor:
+                 max_length: Optional[int] = None, cuda_graph: bool = False,
+                 static_cache: Optional[bool] = None) -> Tensor:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
@@ -1053,6 +1223,14 @@ class JambaForCausalLM(_PreTrained):
         streamer: called with the new tokens (B,) after every step (an object with put()/end(), such as
         transformers' TextStreamer, also works). max_length (prompt + new), when given, overrides
         max_new_tokens. Returns LongTensor (B, T + n), n <= max_new_tokens.
+
+        static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
+        at T + max_new_tokens, attention over the whole buffer under a device-side length mask); same
+        tokens, fixed shapes. cuda_graph=True (implies static_cache) on a CUDA model: after the prefill,
+        one decode step (input token buffer -> logits buffer) is warmed up on a side stream, captured in a
+        torch.cuda.CUDAGraph and replayed for every further token (token selection, EOS and the streamer
+        stay outside the graph). If capture fails, a warning is issued and the static cache decodes
+        eagerly; on a CPU model cuda_graph=True warns and runs the static cache eagerly.
         """
         dev = self.device
         pad = self.config.pad_token_id if pad_token_id == "config" else pad_token_id
@@ -1082,11 +1260,21 @@ class JambaForCausalLM(_PreTrained):
         put = getattr(streamer, "put", streamer)
         if max_new_tokens == 0:
             return input_ids
-        cache = JambaHybridCache(self.config, Bsz, max_length=T + max_new_tokens)
+        static = bool(cuda_graph) if static_cache is None else bool(static_cache)
+        if cuda_graph and not static:
+            raise ValueError("cuda_graph=True needs the static cache (static_cache=False was given)")
+        if cuda_graph and dev.type != "cuda":
+            warnings.warn(f"generate(cuda_graph=True): the model is on {dev}, CUDA graphs need a CUDA device; "
+                          "decoding eagerly with the static cache", stacklevel=3)
+        cache = JambaHybridCache(self.config, Bsz, max_length=T + max_new_tokens, static=static)
         eos_t = torch.tensor(eos, device=dev, dtype=torch.long) if eos else None
         unfinished = torch.ones(Bsz, dtype=torch.bool, device=dev)
         out = [input_ids]
         logits = self(input_ids, attention_mask, cache=cache, logits_to_keep=1).logits[:, -1]    # (B, V)
+        graph = None
+        self._decode_graph_info = None
+        if cuda_graph and dev.type == "cuda" and max_new_tokens > 1:
+            graph = _DecodeGraph.capture(self, cache, logits.argmax(dim=-1))   # None (and a warning) on failure
         for i in range(max_new_tokens):
             nxt = self._pick(logits, do_sample, temperature, top_k, top_p, gen)                   # (B,)
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
@@ -1098,7 +1286,10 @@ class JambaForCausalLM(_PreTrained):
                 if not bool(unfinished.any()):
                     break
             if i + 1 < max_new_tokens:
-                logits = self(nxt[:, None], cache=cache).logits[:, -1]
+                if graph is not None:
+                    logits = graph.step(nxt)
+                else:
+                    logits = self(nxt[:, None], cache=cache).logits[:, -1]
         if streamer is not None and hasattr(streamer, "end"):
             streamer.end()
         return torch.cat(out, dim=1)

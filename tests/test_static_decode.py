@@ -1,0 +1,266 @@
+"""Static decode mode (JambaHybridCache(static=True)) and generate(cuda_graph=True).
+
+The static cache holds the KV buffers at a fixed capacity and decodes with fixed shapes: attention over the
+whole buffer under a device-side length mask, K/V written with index_copy_ at a device-side position. On CPU
+(fp32) its decode steps must give the dynamic cache's logits (<= 1e-5 relative) and the same greedy and
+sampled tokens, left padding included. A CPU proxy for "capturable": the aten ops of a static decode step,
+with their shapes and non-tensor arguments, are identical from one step to the next and read no value back
+to the host (a CUDA graph captured at one step then replays every later step). The CUDA tests (marked
+cuda) capture the step for real: generate(cuda_graph=True) against generate(), fp32 and bf16.
+"""
+import contextlib
+import warnings
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import jamba_ext
+from jamba_ext.modeling_jamba import JambaForCausalLM, JambaHybridCache, _DecodeGraph
+
+from test_model import CONFIGS, make_pair, prompt_ids, rel_err
+
+STATIC_REL = 1e-5
+N_STEPS = 8
+NAMES = ["attn1_moe_top2", "attn0_top1_tied", "all_moe_bias", "mamba_dense"]
+
+
+def _ours(name, dtype=torch.float32, device="cpu"):
+    return make_pair(CONFIGS[name], dtype=dtype, device=device)[1]
+
+
+def _prompts(batch):
+    if batch == 1:
+        return [prompt_ids(1, 7, 101, seed=3)[0].tolist()]
+    return [prompt_ids(1, n, 101, seed=n)[0].tolist() for n in (9, 4)]      # left-padded batch of 2
+
+
+@pytest.mark.parametrize("batch", [1, 2], ids=["b1", "b2_padded"])
+@pytest.mark.parametrize("name", NAMES)
+def test_static_decode_matches_dynamic(name, batch):
+    ours = _ours(name)
+    ids, mask = JambaForCausalLM._left_pad(_prompts(batch), 0, "cpu")
+    B, T = ids.shape
+    with torch.no_grad():
+        dyn = JambaHybridCache(ours.config, B)
+        sta = JambaHybridCache(ours.config, B, max_length=T + N_STEPS, static=True)
+        a = ours(ids, mask, cache=dyn).logits
+        b = ours(ids, mask, cache=sta).logits
+        assert rel_err(b, a) <= STATIC_REL
+        tok = a[:, -1].argmax(-1)
+        for s in range(N_STEPS):
+            la = ours(tok[:, None], cache=dyn).logits[:, -1]
+            lb = ours(tok[:, None], cache=sta).logits[:, -1]
+            assert rel_err(lb, la) <= STATIC_REL, f"decode step {s}"
+            tok = la.argmax(-1)
+        assert sta.seq_len == dyn.seq_len == T + N_STEPS and int(sta.cache_position) == T + N_STEPS
+        if "attention" in ours.config.layers_block_type:
+            i = ours.config.layers_block_type.index("attention")
+            assert sta._keys[i].shape[2] == sta.capacity == 16 * -(-(T + N_STEPS) // 16)
+            assert torch.equal(sta.keys(i), dyn.keys(i)) and torch.equal(sta.values(i), dyn.values(i))
+        if batch == 2:
+            assert torch.equal(sta.key_mask, dyn.key_mask)
+        else:
+            assert sta.key_mask is None and dyn.key_mask is None
+        g_dyn = ours.generate(_prompts(batch), max_new_tokens=N_STEPS, eos_token_id=None)
+        g_sta = ours.generate(_prompts(batch), max_new_tokens=N_STEPS, eos_token_id=None, static_cache=True)
+    assert g_sta.tolist() == g_dyn.tolist()
+
+
+def test_static_generate_sampling_eos_streamer_and_cpu_graph_fallback():
+    ours = _ours("attn1_moe_top2")
+    ids = prompt_ids(2, 5, 101)
+    kw = dict(max_new_tokens=8, do_sample=True, temperature=0.9, top_k=20, top_p=0.9, seed=123, eos_token_id=None)
+    seen = []
+    with torch.no_grad():
+        s_dyn = ours.generate(ids, **kw)
+        s_sta = ours.generate(ids, static_cache=True, streamer=lambda t: seen.append(t.clone()), **kw)
+        assert torch.equal(s_sta, s_dyn)
+        assert len(seen) == 8 and torch.equal(torch.stack(seen, 1), s_sta[:, 5:])
+        free = ours.generate(ids[:1], max_new_tokens=6, eos_token_id=None)
+        stop = ours.generate(ids[:1], max_new_tokens=6, eos_token_id=int(free[0, 7]), static_cache=True)
+        assert stop.shape[1] == 8 and stop[0].tolist() == free[0, :8].tolist()
+        # a CPU model: cuda_graph=True warns and decodes eagerly with the static cache
+        with pytest.warns(UserWarning, match="CUDA graphs need a CUDA device"):
+            g = ours.generate(ids, max_new_tokens=6, eos_token_id=None, cuda_graph=True)
+        assert torch.equal(g, ours.generate(ids, max_new_tokens=6, eos_token_id=None))
+        with pytest.raises(ValueError, match="static"):
+            ours.generate(ids, max_new_tokens=2, cuda_graph=True, static_cache=False)
+
+
+def test_static_cache_host_path_after_static_steps():
+    """Chunked prefill / an explicit attention_mask after static decode steps take the host path over the
+    same buffers and see the mask the static steps wrote; decoding continues statically afterwards."""
+    ours = _ours("attn1_moe_top2")
+    prompts = _prompts(2)
+    ids, mask = JambaForCausalLM._left_pad(prompts, 0, "cpu")
+    B, T = ids.shape
+    chunk = prompt_ids(B, 3, 101, seed=9)
+    with torch.no_grad():
+        dyn = JambaHybridCache(ours.config, B)
+        sta = JambaHybridCache(ours.config, B, max_length=T + 12, static=True)
+        for c in (dyn, sta):
+            ours(ids, mask, cache=c)
+        outs = {}
+        for key, c in (("dyn", dyn), ("sta", sta)):
+            got = [ours(torch.full((B, 1), 7 + s), cache=c).logits[:, -1] for s in range(3)]
+            got.append(ours(chunk, cache=c).logits)                                      # chunk of 3 (host path)
+            am = torch.ones(B, c.seq_len + 1, dtype=torch.long)
+            am[:, :T] = mask
+            got.append(ours(torch.full((B, 1), 11), attention_mask=am, cache=c).logits)   # mask over past + new
+            got += [ours(torch.full((B, 1), 20 + s), cache=c).logits[:, -1] for s in range(2)]
+            outs[key] = got
+        for i, (a, b) in enumerate(zip(outs["dyn"], outs["sta"])):
+            assert rel_err(b, a) <= STATIC_REL, f"forward {i}"
+        assert int(sta.cache_position) == sta.seq_len == T + 9
+        assert torch.equal(sta.key_mask, dyn.key_mask)
+        # full: a static cache refuses more tokens than its capacity
+        while sta.seq_len < sta.capacity:
+            ours(torch.full((B, 1), 5), cache=sta)
+        with pytest.raises(ValueError, match="full"):
+            ours(torch.full((B, 1), 5), cache=sta)
+        with pytest.raises(ValueError, match="max_length"):
+            JambaHybridCache(ours.config, 1, static=True)
+
+
+class _Trace(TorchDispatchMode):
+    """Records every top-level op with the shapes, dtypes and non-tensor arguments it got."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+
+        def desc(a):
+            if isinstance(a, torch.Tensor):
+                return ("T", tuple(a.shape), a.dtype, a.stride())
+            if isinstance(a, (list, tuple)):
+                return type(a)(desc(x) for x in a)
+            return repr(a)
+        self.ops.append((str(func), desc(args), desc(tuple(sorted(kwargs.items())))))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["attn1_moe_top2", "attn0_top1_tied"])
+def test_static_step_is_the_same_ops_every_step(name):
+    """What CUDA-graph replay needs, checked on CPU: a static decode step runs the same ops with the same
+    shapes and Python arguments at every position, and reads nothing back to the host (no .item()). The
+    dynamic cache does not (its attention grows by one key per step)."""
+    ours = _ours(name)
+    ids, mask = JambaForCausalLM._left_pad(_prompts(2), 0, "cpu")
+    B, T = ids.shape
+
+    def traces(cache):
+        out = []
+        with torch.no_grad():
+            ours(ids, mask, cache=cache)
+            for s in range(3):
+                tok = torch.full((B, 1), 5 + s)
+                with _Trace() as tr:
+                    ours(tok, cache=cache)
+                out.append(tr.ops)
+        return out
+
+    sta = traces(JambaHybridCache(ours.config, B, max_length=T + 8, static=True))
+    assert sta[0] == sta[1] == sta[2]
+    names = [op[0] for op in sta[0]]
+    assert not [n for n in names if "_local_scalar_dense" in n or "nonzero" in n], names
+    assert "aten.index_copy_.default" in names and "aten.add_.Tensor" in names
+    dyn = traces(JambaHybridCache(ours.config, B))
+    assert dyn[0] != dyn[1]
+
+
+def test_graph_capture_failure_falls_back_with_the_state_intact(monkeypatch):
+    """The capture path up to the graph, on CPU: the warm-up steps run for real and are undone; a capture
+    that fails warns, and decoding continues eagerly from exactly the state before."""
+    ours = _ours("attn1_moe_top2")
+    ids, mask = JambaForCausalLM._left_pad(_prompts(2), 0, "cpu")
+    B, T = ids.shape
+
+    class _Stream:
+        def wait_stream(self, other):
+            pass
+
+    def refuse():
+        raise RuntimeError("capture refused (test)")
+
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device=None: _Stream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: _Stream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", refuse)
+    calls = []
+    hook = ours.model.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        dyn = JambaHybridCache(ours.config, B)
+        sta = JambaHybridCache(ours.config, B, max_length=T + 6, static=True)
+        ours(ids, mask, cache=dyn)
+        logits = ours(ids, mask, cache=sta).logits[:, -1]
+        before = sta._snapshot()
+        calls.clear()
+        with pytest.warns(UserWarning, match="capture of the decode step failed.*capture refused"):
+            assert _DecodeGraph.capture(ours, sta, logits.argmax(-1)) is None
+        assert len(calls) == _DecodeGraph.WARMUP
+        assert ours._decode_graph_info["captured"] is False
+        after = sta._snapshot()
+        assert after[0] == before[0] == T
+        for x, y in zip(before[1] + before[2], after[1] + after[2]):
+            assert (x is None and y is None) or torch.equal(x, y)
+        assert torch.equal(after[3], before[3]) and torch.equal(after[4], before[4])
+        for s in range(5):
+            tok = torch.full((B, 1), 9 + s)
+            assert rel_err(ours(tok, cache=sta).logits, ours(tok, cache=dyn).logits) <= STATIC_REL, s
+    hook.remove()
+
+
+# ---- CUDA: the graph itself ---------------------------------------------------------------------------
+def _near_tie(ours, seq, mask, T, j, rows):
+    """Dynamic-path logits for new token j (after seq[:, :T + j]): the top-2 margin of the given rows,
+    relative to max |logit|."""
+    am = torch.ones(seq.shape[0], T + j, dtype=torch.long, device=seq.device)
+    am[:, :T] = mask
+    with torch.no_grad():
+        lg = ours(seq[:, :T + j], attention_mask=am, logits_to_keep=1).logits[:, -1].float()
+    top = lg.topk(2, dim=-1).values
+    return ((top[:, 0] - top[:, 1]) / lg.abs().amax(dim=-1))[rows].max().item()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
+def test_cuda_graph_generate_matches_eager(name, dtype):
+    if not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    ours = _ours(name, dtype=dtype, device="cuda")
+    n = 12
+    for batch in (1, 2):
+        ids, mask = JambaForCausalLM._left_pad(_prompts(batch), 0, "cuda")
+        T = ids.shape[1]
+        with torch.no_grad():
+            ref = ours.generate(ids, mask, max_new_tokens=n, eos_token_id=None)
+            sta = ours.generate(ids, mask, max_new_tokens=n, eos_token_id=None, static_cache=True)
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                gr = ours.generate(ids, mask, max_new_tokens=n, eos_token_id=None, cuda_graph=True)
+            info = ours._decode_graph_info
+            assert info and info["captured"], (info, [str(x.message) for x in w])
+            # the replayed graph runs the eager static step's kernels: the same tokens
+            assert gr.tolist() == sta.tolist(), f"batch {batch}: graph vs eager static"
+            if dtype == torch.float32 or gr.tolist() == ref.tolist():
+                assert gr.tolist() == ref.tolist(), f"batch {batch}: graph vs dynamic"
+            else:
+                # bf16: static and dynamic attention may take different SDPA kernels (masked vs not), whose
+                # roundings differ; the first differing token must then be a near tie of the dynamic logits
+                diff = (gr != ref).any(dim=0).nonzero()[0].item()
+                rows = (gr[:, diff] != ref[:, diff]).nonzero()[:, 0]
+                margin = _near_tie(ours, ref, mask, T, diff - T, rows)
+                assert margin <= 0.02, f"batch {batch}: tokens differ at {diff - T} with margin {margin:.3g}"
+            # sampling happens outside the graph: same seed, same tokens as the eager static decode
+            kw = dict(max_new_tokens=n, eos_token_id=None, do_sample=True, top_k=20, top_p=0.9, seed=7)
+            s_gr = ours.generate(ids, mask, cuda_graph=True, **kw)
+            s_sta = ours.generate(ids, mask, static_cache=True, **kw)
+            assert s_gr.tolist() == s_sta.tolist(), f"batch {batch}: sampled"
+            if dtype == torch.float32:
+                assert s_gr.tolist() == ours.generate(ids, mask, **kw).tolist()
