@@ -16,9 +16,12 @@ Ops (shapes in the letters of csrc/jamba.h):
                  -> (out (B, DI, L), last_state (B, DI, N) f32)
   selective_state_update(state (B, DI, N) [mutated], x, dt (B, DI), A, B, C (B, N), D?, z?, dt_bias?,
                          dt_softplus) -> out (B, DI)
+  moe_route / moe_permute / moe_experts: see the MoE section below.
 The ops that mutate a state in place (`*_update`) are inference-only (no autograd). The others have
 an autograd formula that differentiates `reference.py` (correct, not fast) until native backward
-kernels exist.
+kernels exist. Each op is registered once as torch.ops.jamba.<name> (what opcheck, torch.compile and
+autograd see); the module-level functions here run the same implementation and skip the dispatcher in
+plain eager inference (see "eager fast path" at the end of this file).
 """
 import os
 from typing import List, Optional, Sequence, Tuple
