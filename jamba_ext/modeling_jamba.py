@@ -80,6 +80,26 @@ def _torch_version() -> Tuple[int, int]:
 
 _SDPA_HAS_GQA = _torch_version() >= (2, 5)
 
+# Decode steps (a few query rows against a KV length that grows every step) keep SDPA off the cuDNN
+# backend: on the H200 (torch 2.11) SDPA picked cuDNN there, and cuDNN built a new execution plan for
+# every new KV length, 133 ms of host time per attention call (benchmarks/profile_decode.py).
+try:
+    from torch.nn.attention import SDPBackend as _SDPBackend, sdpa_kernel as _sdpa_kernel
+
+    _DECODE_SDPA_BACKENDS = [_SDPBackend.FLASH_ATTENTION, _SDPBackend.EFFICIENT_ATTENTION, _SDPBackend.MATH]
+except ImportError:  # torch < 2.3
+    _sdpa_kernel = None
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causal: bool, gqa: bool) -> Tensor:
+    kw = dict(attn_mask=attn_mask, is_causal=is_causal)
+    if gqa:
+        kw["enable_gqa"] = True
+    if _sdpa_kernel is not None and q.is_cuda and q.shape[-2] <= 16:
+        with _sdpa_kernel(_DECODE_SDPA_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, **kw)
+    return F.scaled_dot_product_attention(q, k, v, **kw)
+
 
 # ---- configuration -------------------------------------------------------------------------------------
 _DEFAULTS = dict(
@@ -577,13 +597,9 @@ class JambaAttention(nn.Module):
         elif cache is not None:
             k, v = cache.update_kv(self.layer_idx, k, v)                                           # (B, nkv, P+L, hd)
         rep = self.num_heads // self.num_key_value_heads
-        if _SDPA_HAS_GQA:
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.attn_mask, is_causal=step.is_causal,
-                                               enable_gqa=rep > 1)
-        else:
-            if rep > 1:
-                k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-            o = F.scaled_dot_product_attention(q, k, v, attn_mask=step.attn_mask, is_causal=step.is_causal)
+        if not _SDPA_HAS_GQA and rep > 1:
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        o = _sdpa(q, k, v, step.attn_mask, step.is_causal, _SDPA_HAS_GQA and rep > 1)
         o = o.transpose(1, 2).reshape(Bsz, L, self.num_heads * hd)                                 # (B, L, nh*hd)
         return self.o_proj(o)
 

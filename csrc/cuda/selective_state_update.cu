@@ -1,0 +1,190 @@
+/* selective_state_update.cu -- one decode step of the Mamba-1 selective scan, on CUDA (state in place).
+ *
+ * Exports: jamba_selective_state_update_cuda (checks: csrc/cpu/selective_scan.c).
+ * Math per batch b and channel c, state h (N,) in the state's dtype (f32|bf16|f16), math in fp32:
+ *   dt = dt[b,c] + dt_bias[c];  if softplus: dt = dt <= 20 ? log1p(exp(dt)) : dt
+ *   h  = exp(dt * A[c,:]) * h + dt * B[b,:] * x[b,c];   y = sum_n h[n] * C[b,n] + D[c] * x[b,c]
+ *   if z: y *= z * sigmoid(z);   out[b,c] = round(y);   state[b,c,:] = round(h)
+ * Shapes and layouts: at the kernel below.
+ */
+#include "common.cuh"
+
+static int ssu_pow2_at_least(int64_t v) {
+    int p = 1;
+    while (p < v) p <<= 1;
+    return p;
+}
+
+/* ---- decode step ------------------------------------------------------------------------------------ */
+struct ssu_args {
+    void *out, *state;
+    const void *x, *dt, *z, *Bm, *Cm;
+    const float *A, *D, *dtb;
+    int64_t B, DI, N;
+    int64_t sx0, sdt0, sz0;          /* batch strides; unit stride along DI */
+    int64_t ss0, ss1;                /* state strides (batch, channel); unit along N */
+    int64_t sA0, sA1, sB0, sB1, sC0, sC1, sD, sdtb;
+    int bdt, cdt, stdt, softplus, G, vec;
+};
+
+/* 4 consecutive state elements in the state's runtime dtype (f32|bf16|f16); i is 4-element aligned */
+__device__ __forceinline__ void ssu_load4(const void *p, int dtype, int64_t i, float v[4]) {
+    if (dtype == JAMBA_F32) {
+        const float4 q = *(const float4 *)((const float *)p + i);
+        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    } else {
+        const uint2 q = *(const uint2 *)((const uint16_t *)p + i);
+        const unsigned short h[4] = {(unsigned short)(q.x & 0xffffu), (unsigned short)(q.x >> 16),
+                                     (unsigned short)(q.y & 0xffffu), (unsigned short)(q.y >> 16)};
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            v[k] = dtype == JAMBA_BF16 ? __bfloat162float(__ushort_as_bfloat16(h[k]))
+                                       : __half2float(__ushort_as_half(h[k]));
+    }
+}
+
+/* 4 state elements (any alignment, n0 + k < N only) in the state's runtime dtype */
+__device__ __forceinline__ void ssu_load4_scalar(const void *p, int dtype, int64_t i, int64_t nvalid, float v[4]) {
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = k < nvalid ? jamba_ld_any(p, dtype, i + k) : 0.f;
+}
+__device__ __forceinline__ void ssu_store4(void *p, int dtype, int64_t i, int64_t nvalid, bool vec,
+                                           const float v[4]) {
+    if (vec) {
+        if (dtype == JAMBA_F32) {
+            *(float4 *)((float *)p + i) = make_float4(v[0], v[1], v[2], v[3]);
+        } else {
+            unsigned hq[4];
+#pragma unroll
+            for (int k = 0; k < 4; k++)
+                hq[k] = dtype == JAMBA_BF16 ? __bfloat16_as_ushort(__float2bfloat16_rn(v[k]))
+                                            : __half_as_ushort(__float2half_rn(v[k]));
+            uint2 q;
+            q.x = hq[0] | (hq[1] << 16);
+            q.y = hq[2] | (hq[3] << 16);
+            *(uint2 *)((uint16_t *)p + i) = q;
+        }
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        if (k >= nvalid) break;
+        if (dtype == JAMBA_F32) ((float *)p)[i + k] = v[k];
+        else if (dtype == JAMBA_BF16) ((__nv_bfloat16 *)p)[i + k] = __float2bfloat16_rn(v[k]);
+        else ((__half *)p)[i + k] = __float2half_rn(v[k]);
+    }
+}
+
+#define SSU_QUADS 2 /* quads of 4 states per thread: N <= 256 = 32 threads x 2 quads x 4 */
+
+/* selective_state_update_kernel
+ *   state (B, DI, N) f32|bf16|f16 (runtime), unit stride along N, updated in place; x, dt, z (B, DI) T, unit
+ *   stride along DI; out (B, DI) T contiguous; A (DI, N) f32; B, C (B, N) f32|T any strides;
+ *   D, dt_bias (DI,) f32.
+ *   G threads per (b, c) (G = pow2 >= N/4, <= 32), flat over grid.x; thread g owns the quads of 4 states
+ *   q = g and g + G (16-byte state loads when aligned); partial y summed with warp shuffles. Every load
+ *   (state, A, B, C, dt, x, z) is issued before the first arithmetic, so a thread waits for memory once. */
+template <typename T>
+__global__ void __launch_bounds__(128) selective_state_update_kernel(ssu_args a) {
+    const int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    const int G = a.G;
+    const int64_t bc = gid / G;
+    const int g = (int)(gid - bc * G);
+    const bool valid = bc < a.B * a.DI;
+    const int64_t b = valid ? bc / a.DI : 0, c = valid ? bc - b * a.DI : 0;
+    const int64_t so = b * a.ss0 + c * a.ss1; /* state row (b, c) */
+    float hv[SSU_QUADS][4], Av[SSU_QUADS][4], Bv[SSU_QUADS][4], Cv[SSU_QUADS][4];
+    float draw = 0.f, xu = 0.f, zv = 0.f, Dc = 0.f, dtb = 0.f;
+    if (valid) {
+#pragma unroll
+        for (int q = 0; q < SSU_QUADS; q++) {
+            const int64_t n0 = ((int64_t)g + (int64_t)q * G) * 4, nv = a.N - n0;
+            if (nv > 0) {
+                if (a.vec) ssu_load4(a.state, a.stdt, so + n0, hv[q]);
+                else ssu_load4_scalar(a.state, a.stdt, so + n0, nv, hv[q]);
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    const bool on = k < nv;
+                    Av[q][k] = on ? a.A[c * a.sA0 + (n0 + k) * a.sA1] : 0.f;
+                    Bv[q][k] = on ? jamba_ld_any(a.Bm, a.bdt, b * a.sB0 + (n0 + k) * a.sB1) : 0.f;
+                    Cv[q][k] = on ? jamba_ld_any(a.Cm, a.cdt, b * a.sC0 + (n0 + k) * a.sC1) : 0.f;
+                }
+            }
+        }
+        draw = jamba_ld<T>(((const T *)a.dt)[b * a.sdt0 + c]);
+        xu = jamba_ld<T>(((const T *)a.x)[b * a.sx0 + c]);
+        if (a.z) zv = jamba_ld<T>(((const T *)a.z)[b * a.sz0 + c]);
+        if (a.D) Dc = a.D[c * a.sD];
+        if (a.dtb) dtb = a.dtb[c * a.sdtb];
+    }
+    float y = 0.f;
+    if (valid) {
+        float d = draw + dtb;
+        if (a.softplus) d = jamba_cu_softplus(d);
+        const float dxu = d * xu, dl2 = d * JAMBA_LOG2E;
+#pragma unroll
+        for (int q = 0; q < SSU_QUADS; q++) {
+            const int64_t n0 = ((int64_t)g + (int64_t)q * G) * 4, nv = a.N - n0;
+            if (nv > 0) {
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    /* masked lanes: A = B = C = 0 and h = 0 stay 0; y uses the fp32 state (as mamba_ssm) */
+                    hv[q][k] = fmaf(jamba_cu_exp2(dl2 * Av[q][k]), hv[q][k], dxu * Bv[q][k]);
+                    y = fmaf(hv[q][k], Cv[q][k], y);
+                }
+                ssu_store4(a.state, a.stdt, so + n0, nv, a.vec != 0, hv[q]);
+            }
+        }
+    }
+    for (int o = G >> 1; o > 0; o >>= 1) y += __shfl_xor_sync(JAMBA_FULL_MASK, y, o);
+    if (valid && g == 0) {
+        y = fmaf(Dc, xu, y);
+        if (a.z) y *= jamba_cu_silu(zv);
+        ((T *)a.out)[bc] = jamba_st<T>(y);
+    }
+}
+
+template <typename T>
+static jamba_status selective_state_update_launch(const ssu_args &a, cudaStream_t stream) {
+    const int64_t blocks = jamba_ceil_div(a.B * a.DI * a.G, 128);
+    if (blocks > JAMBA_MAX_GRID_X)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: batch*d_inner too large (%lld)",
+                               (long long)(a.B * a.DI));
+    selective_state_update_kernel<T><<<(unsigned)blocks, 128, 0, stream>>>(a);
+    JAMBA_LAUNCH_CHECK("jamba.selective_state_update: kernel launch", stream);
+    return JAMBA_OK;
+}
+
+extern "C" jamba_status jamba_selective_state_update_cuda(const jamba_selective_state_update_params *p,
+                                                          jamba_launch launch) {
+    JAMBA_TRY(jamba_selective_state_update_check(p));
+    const int64_t B = p->x.shape[0], DI = p->x.shape[1], N = p->A.shape[1];
+    if (B == 0 || DI == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    ssu_args a;
+    memset(&a, 0, sizeof a);
+    a.out = p->out.data, a.state = p->state.data;
+    a.x = p->x.data, a.dt = p->dt.data, a.z = p->z.data, a.Bm = p->Bm.data, a.Cm = p->Cm.data;
+    a.A = (const float *)p->A.data, a.D = (const float *)p->D.data, a.dtb = (const float *)p->dt_bias.data;
+    a.B = B, a.DI = DI, a.N = N;
+    a.sx0 = p->x.stride[0], a.sdt0 = p->dt.stride[0];
+    if (a.z) a.sz0 = p->z.stride[0];
+    a.ss0 = p->state.stride[0], a.ss1 = p->state.stride[1];
+    a.sA0 = p->A.stride[0], a.sA1 = p->A.stride[1];
+    a.sB0 = p->Bm.stride[0], a.sB1 = p->Bm.stride[1];
+    a.sC0 = p->Cm.stride[0], a.sC1 = p->Cm.stride[1];
+    if (a.D) a.sD = p->D.stride[0];
+    if (a.dtb) a.sdtb = p->dt_bias.stride[0];
+    a.bdt = (int)p->Bm.dtype, a.cdt = (int)p->Cm.dtype, a.stdt = (int)p->state.dtype;
+    a.softplus = p->dt_softplus;
+    a.G = ssu_pow2_at_least(jamba_ceil_div(N, 4));
+    if (a.G > 32) a.G = 32;
+    /* 16-byte (f32) / 8-byte (16-bit) state quads: base aligned, N and both outer strides multiples of 4 */
+    const int64_t es = jamba_dtype_size(p->state.dtype);
+    a.vec = N % 4 == 0 && ((uintptr_t)a.state % (uintptr_t)(4 * es)) == 0 && (a.ss0 % 4 == 0 || B <= 1) &&
+            (a.ss1 % 4 == 0 || DI <= 1);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = selective_state_update_launch<T>(a, stream));
+    return s;
+}
