@@ -189,7 +189,25 @@ def bench_scan(bb, shapes, DI, N, sweep):
             eager = lambda: R.selective_scan(**a)
         bb.row("selective_scan", f"B={Bsz} DI={DI} L={L} N={N}", lambda: ops.selective_scan(**a), nbytes,
                exps=Bsz * DI * L * N, eager=eager, eager_reps=3)
-        if sweep and dev.type == "cuda":
+        if dev.type == "cuda":
+            # variants timed in the same run: the previous kernel (JAMBA_EXT_SCAN_IMPL=old), the pipelined
+            # kernel with 16-step chunks, and B/C as the model passes them ((B, L, N) transposed: n-fast)
+            bt = {"B": a["B"].transpose(1, 2).contiguous().transpose(1, 2),
+                  "C": a["C"].transpose(1, 2).contiguous().transpose(1, 2)}
+            for label, env, over in (("old", {"JAMBA_EXT_SCAN_IMPL": "old"}, {}),
+                                     ("TC16", {"JAMBA_EXT_SCAN_CHUNK": "16"}, {}),
+                                     ("B/C n-fast", {}, bt)):
+                os.environ.update(env)
+                try:
+                    av = dict(a, **over)
+                    check(f"selective_scan ({label})", ops.selective_scan(**av)[0][:, idx], ref_out)
+                    bb.row(f"selective_scan ({label})", f"B={Bsz} DI={DI} L={L} N={N}",
+                           lambda: ops.selective_scan(**av), nbytes, exps=Bsz * DI * L * N)
+                finally:
+                    for k in env:
+                        del os.environ[k]
+            del bt
+        if sweep and dev.type == "cuda" and False:  # SPT/TC knobs of the previous kernel (JAMBA_EXT_SCAN_IMPL=old)
             for spt in ("4", "16"):
                 for tc in ("32", "64"):
                     os.environ["JAMBA_EXT_SCAN_SPT"], os.environ["JAMBA_EXT_SCAN_CHUNK"] = spt, tc
@@ -253,6 +271,18 @@ def bench_decode(bb, batches, DI, N, K):
         bb.row("selective_state_update", f"B={Bsz} DI={DI} N={N} state=f32",
                lambda: ops.selective_state_update(**s), nbytes,
                eager=lambda: R.selective_state_update(**s), small=small, graph=True)
+        if dev.type == "cuda":  # the previous kernel (JAMBA_EXT_SSU_IMPL=old, read at every call), for one round
+            os.environ["JAMBA_EXT_SSU_IMPL"] = "old"
+            try:
+                st0 = s["state"].clone()
+                y = ops.selective_state_update(**s)
+                ry, rs = R.selective_state_update(**dict(s, state=st0))
+                check("selective_state_update (old)", y, ry)
+                check("selective_state_update (old) state", s["state"], rs, rtol=1e-5, atol=1e-5)
+                bb.row("selective_state_update (old)", f"B={Bsz} DI={DI} N={N} state=f32",
+                       lambda: ops.selective_state_update(**s), nbytes, small=small, graph=True)
+            finally:
+                del os.environ["JAMBA_EXT_SSU_IMPL"]
 
 
 def bench_norm(bb, rows, dim):
@@ -277,6 +307,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--sweep", action="store_true", help="time the scan's SPT / chunk choices too")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--only", default="", help="comma-separated families: scan,conv,decode,norm (default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu" and not args.smoke:
@@ -294,10 +325,15 @@ def main():
     bb = Bench(dev, args.smoke, reps=5 if args.smoke else 30)
     print(f"device: {common.device_name(dev)} | copy bandwidth {bb.bw:.0f} GB/s | SFU ex2 rate "
           f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
-    bench_scan(bb, scan_shapes, DI, N, args.sweep)
-    bench_conv(bb, scan_shapes, DI, K)
-    bench_decode(bb, decode_batches, DI, N, K)
-    bench_norm(bb, *norm_shape)
+    only = set(filter(None, args.only.split(","))) or {"scan", "conv", "decode", "norm"}
+    if "scan" in only:
+        bench_scan(bb, scan_shapes, DI, N, args.sweep)
+    if "conv" in only:
+        bench_conv(bb, scan_shapes, DI, K)
+    if "decode" in only:
+        bench_decode(bb, decode_batches, DI, N, K)
+    if "norm" in only:
+        bench_norm(bb, *norm_shape)
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,
                        smoke=args.smoke)
     path = common.write_results("bench_kernels_smoke" if args.smoke else "bench_kernels", bb.rows, info)

@@ -28,6 +28,11 @@ def main():
     D, db = rn(DI, dt=torch.float32), rn(DI, dt=torch.float32)
     y, h = ops.selective_scan(u, d, A, Bm, Cm, D, z, db, True, None)
     ops.selective_scan(u, d, A, Bm, Cm, D, z, db, True, h)
+    L2 = 136  # 16-byte aligned rows (cp.async path), 5 chunks of 32 (the ring of 3 stages wraps), tail of 8
+    u2, d2, z2 = rn(B, DI, L2), rn(B, DI, L2), rn(B, DI, L2)
+    Bt, Ct = rn(B, L2, N).transpose(1, 2), rn(B, L2, N).transpose(1, 2)  # the model's n-fast B/C
+    ops.selective_scan(u2, d2, A, Bt, Ct, D, z2, db, True, h)
+    ops.selective_scan(u2, d2, A, rn(B, N, L2), rn(B, N, L2), D, None, db, True, None)
     ops.selective_state_update(h, rn(B, DI), rn(B, DI), A, rn(B, N), rn(B, N), D, rn(B, DI), db, True)
     moe = getattr(jamba_ext, "moe", None)
     if moe is not None and hasattr(moe, "sparse_moe_forward"):

@@ -150,6 +150,129 @@ def test_selective_state_update_shapes_fp64(state_dtype, batch, d_inner):
     assert_close(s["state"], ref_state, **(STATE_TOL if state_dtype == torch.float32 else TOL[state_dtype]))
 
 
+# ---- selective_state_update: fast path (f32 state, N = 16, 16-byte aligned state and A rows) vs general ----
+def _state_view(batch, d_inner, d_state, layout):
+    """(state view, the tensor holding it) in fp32. contig; cache: layer 1 of a (3, B, DI, N) cache; pad_n: rows
+    padded to N + 4 (16-byte aligned, stride along DI != N); pad_di: DI + 3 channels per batch row, viewed from
+    channel 1 (batch stride != DI * N); misaligned: rows start 4 bytes into a row of N + 1 (general path)."""
+    if layout == "contig":
+        full = randn(batch, d_inner, d_state, device=DEV)
+        return full, full
+    if layout == "cache":
+        full = randn(3, batch, d_inner, d_state, device=DEV)
+        return full[1], full
+    if layout == "pad_n":
+        full = randn(batch, d_inner, d_state + 4, device=DEV)
+        return full[..., :d_state], full
+    if layout == "pad_di":
+        full = randn(batch, d_inner + 3, d_state, device=DEV)
+        return full[:, 1:d_inner + 1], full
+    assert layout == "misaligned"
+    full = randn(batch, d_inner, d_state + 1, device=DEV)
+    return full[..., 1:], full
+
+
+def _ssu_check(s, full=None):
+    """Runs the op on s (state updated in place) against the float64 reference; elements of `full` outside
+    the state view stay untouched."""
+    state = s["state"]
+    st0, full0 = state.clone(), None if full is None else full.clone()
+    y = ops.selective_state_update(**s)
+    ref_y, ref_state = reference.selective_state_update(**{k: (up(v) if isinstance(v, torch.Tensor) else v)
+                                                          for k, v in dict(s, state=st0).items()})
+    assert_close(y, ref_y, **TOL[s["x"].dtype])
+    assert_close(state, ref_state, **STATE_TOL)
+    if full is not None:
+        state.copy_(st0)  # the view back to its old values: then the whole backing tensor must be as before
+        assert torch.equal(full, full0)
+
+
+# batch, d_inner, d_state, state layout: batches not a multiple of the fast path's 4 rows per thread, d_inner
+# not a multiple of its 64 channels per block; N = 16 (fast path when aligned) against N = 13, 8, 32 (general)
+SSU_LAYOUT_CASES = [
+    (1, 200, 16, "contig"), (2, 64, 16, "contig"), (3, 520, 16, "contig"), (4, 64, 16, "contig"),
+    (5, 130, 16, "contig"), (8, 8192, 16, "contig"), (66, 200, 16, "contig"), (257, 64, 16, "contig"),
+    (3, 130, 16, "cache"), (7, 65, 16, "pad_n"), (6, 130, 16, "pad_di"), (5, 70, 16, "misaligned"),
+    (1, 1, 16, "pad_n"), (5, 130, 13, "contig"), (6, 70, 13, "pad_n"), (4, 64, 13, "pad_di"),
+    (1, 70, 13, "misaligned"), (5, 70, 8, "contig"), (3, 33, 32, "pad_n"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16], ids=["bf16", "f32", "f16"])
+@pytest.mark.parametrize("batch,d_inner,d_state,layout", SSU_LAYOUT_CASES,
+                         ids=[f"B{b}_DI{d}_N{n}_{l}" for b, d, n, l in SSU_LAYOUT_CASES])
+def test_selective_state_update_layouts_fp64(dtype, batch, d_inner, d_state, layout):
+    s = decode_inputs(batch, d_inner, d_state, dtype)
+    s["state"], full = _state_view(batch, d_inner, d_state, layout)
+    _ssu_check(s, full)
+
+
+def _A_variant(d_inner, d_state, kind):
+    """A (DI, N) fp32: contig; expanded (one row, stride 0 along DI); pad (rows of N + 4, 16-byte aligned: fast
+    path); transposed (stride 1 along DI: general path); misaligned (rows start 4 bytes in: general path)."""
+    A = make_A(d_inner, d_state, DEV)
+    if kind == "contig":
+        return A
+    if kind == "expanded":
+        return A[:1].expand(d_inner, d_state)
+    if kind == "transposed":
+        return A.t().contiguous().t()
+    pad = 4 if kind == "pad" else 1
+    w = torch.zeros(d_inner, d_state + pad, device=DEV)
+    w[:, pad:] = A
+    return w[:, pad:]
+
+
+SSU_ARG_CASES = ["A_expanded", "A_pad", "A_transposed", "A_misaligned", "BC_f32", "BC_xproj", "BC_transposed",
+                 "x_strided", "no_D_z_bias", "no_softplus"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "f32"])
+@pytest.mark.parametrize("batch", [1, 6, 64])
+@pytest.mark.parametrize("case", SSU_ARG_CASES)
+def test_selective_state_update_arg_layouts_fp64(dtype, batch, case):
+    """The fast path's other inputs at N = 16: A strides (vector loads or the general path), B/C of either
+    dtype and any strides (staged through shared memory), strided x/dt/z rows, optional arguments absent."""
+    DI, N = 136, 16
+    s = decode_inputs(batch, DI, N, dtype)
+    if case.startswith("A_"):
+        s["A"] = _A_variant(DI, N, case[2:])
+    elif case == "BC_f32":
+        s["B"], s["C"] = s["B"].float(), s["C"].float()
+    elif case == "BC_xproj":  # sliced from an x_proj-like row: unit stride along N, odd offsets
+        xp = randn(batch, 2 * N + 3, device=DEV, dtype=dtype)
+        s["B"], s["C"] = xp[:, 3:3 + N], xp[:, 3 + N:]
+    elif case == "BC_transposed":
+        s["B"], s["C"] = (randn(N, batch, device=DEV, dtype=dtype).t() for _ in range(2))
+    elif case == "x_strided":  # batch rows of x, dt, z inside wider rows
+        for k in ("x", "dt", "z"):
+            w = randn(batch, DI + 5, device=DEV, dtype=dtype, scale=0.5 if k == "dt" else 1.0)
+            s[k] = w[:, 5:]
+    elif case == "no_D_z_bias":
+        s["D"] = s["z"] = s["dt_bias"] = None
+    else:
+        s["dt_softplus"] = False
+        s["dt"] = uniform(batch, DI, lo=0.01, hi=0.4, device=DEV, dtype=dtype)
+        s["dt_bias"] = uniform(DI, lo=0.0, hi=0.1, device=DEV)  # dt stays positive: decaying states
+    _ssu_check(s)
+
+
+@pytest.mark.parametrize("batch,d_inner,layout", [(1, 8192, "contig"), (6, 130, "pad_di"), (65, 200, "contig"),
+                                                  (7, 65, "pad_n")])
+def test_selective_state_update_fast_equals_old(monkeypatch, batch, d_inner, layout):
+    """The fast kernel does the old kernel's fp32 operations in the same order: bit-identical outputs and
+    states. JAMBA_EXT_SSU_IMPL=old (read at every call) selects the old kernel; remove with it."""
+    s = decode_inputs(batch, d_inner, 16, torch.bfloat16)
+    s["state"], _ = _state_view(batch, d_inner, 16, layout)
+    st_old = s["state"].clone()
+    y_new = ops.selective_state_update(**s)
+    monkeypatch.setenv("JAMBA_EXT_SSU_IMPL", "old")
+    y_old = ops.selective_state_update(**dict(s, state=st_old))
+    monkeypatch.delenv("JAMBA_EXT_SSU_IMPL")
+    assert torch.equal(y_new, y_old)
+    assert torch.equal(s["state"], st_old)
+
+
 # ---- CPU vs CUDA -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 def test_cpu_cuda_agree(dtype):

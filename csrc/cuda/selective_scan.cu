@@ -280,15 +280,452 @@ __global__ void __launch_bounds__(SCAN_THREADS) selective_scan_fwd_kernel(scan_a
     }
 }
 
+static int env_int(const char *name, int dflt) {
+    const char *s = getenv(name);
+    return (s && s[0]) ? atoi(s) : dflt;
+}
+
+/* ==== pipelined fast path (N <= 16) ===================================================================
+ * selective_scan_pc_kernel<T, TC>
+ *   u, delta, z (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; A (DI, N) f32, N <= 16;
+ *   B, C (B, N, L) f32|T with unit stride along L ("t-fast") or along N ("n-fast", the model's transposed
+ *   (B, L, N) view) or any strides (scalar loads); D, delta_bias (DI,) f32; initial_state (B, DI, N) f32,
+ *   unit along N; last_state (B, DI, N) f32 contiguous.
+ *   Block: 128 threads = 4 warps, 32 channels (PC_CH) of one batch row; virtual block vb -> (b, c0), a
+ *   grid-stride loop over B * ceil(DI / 32). Lane: q = lane / 4 -> channel l = warp * 8 + q; g = lane % 4
+ *   owns states 4g .. 4g+3 (padded to 16 with A = B = C = 0, which keeps h = 0 there).
+ *   Time runs in chunks of TC steps through two shared-memory structures:
+ *     raw ring (PC_NSTG stages): the chunk's inputs as stored in global memory (u, delta, z tiles [32][TC] in
+ *       T; B, C as [16][TC] (t-fast / scalar) or [TC][16] (n-fast) in their dtype), filled with 16-byte
+ *       cp.async when rows are 16-byte aligned and the piece lies inside [0, L), else element by element;
+ *     fp32 sets (two): dt (bias + softplus applied), dt*u, D*u, silu(z) as [32][TC+4], B and C as [TC][16];
+ *       zeros outside [0, L) and beyond DI, so the padded steps leave h unchanged (exp(0) = 1, dt*u = 0).
+ *   Iteration k: wait for chunk k+1's copies, ONE __syncthreads, issue chunk k+NSTG's copies, convert chunk
+ *   k+1 (raw -> fp32 set (k+1)&1), scan chunk k from set k&1. Warps of a block drift between conversion
+ *   (memory/ALU) and scan (SFU) inside that interval, which overlaps the two.
+ *   Scan of 8 steps: the 32 exponentials first (dt*A2 then ex2), then the h / y FMA chain; the 4 lanes of a
+ *   channel reduce-scatter their 8 partial y so lane g ends with steps 2g, 2g+1, gates them and stores both
+ *   (one 2-element store when L is even). Hazards: a raw stage is refilled one barrier after its conversion;
+ *   fp32 set p is rewritten one barrier after the scan that read it. */
+#define PC_THREADS 128
+#define PC_CH 32
+#define PC_NS 16
+#define PC_NSTG 3
+
+struct pc_args {
+    void *out;
+    float *last;
+    const void *u, *delta, *z, *Bm, *Cm;
+    const float *A, *D, *dbias, *init;
+    int64_t B, DI, L;
+    int N;
+    int64_t su0, su1, sd0, sd1, sz0, sz1;
+    int64_t sA0, sA1, sB0, sB1, sB2, sC0, sC1, sC2, sD, sdb, si0, si1;
+    int bsz, csz;          /* element size of B / C (2 or 4) */
+    int bdt, cdt;          /* their dtypes */
+    int bmode, cmode;      /* 0: t-fast (unit stride along L), 1: n-fast (unit along N), 2: scalar */
+    int vec_u, vec_b, vec_c; /* 16-byte cp.async allowed for u/delta/z rows, B rows, C rows */
+    int softplus;
+};
+
+template <typename T, int TC> struct pc_cfg {
+    static constexpr int TP = TC + 4;                                    /* fp32 row pitch (16-byte rows) */
+    static constexpr int RAW_U = PC_CH * TC * (int)sizeof(T);            /* bytes of one u/delta/z tile */
+    static constexpr int RAW_BC = PC_NS * TC * 4;                        /* bytes of one B/C tile (<= 4 B) */
+    static constexpr int STAGE = 3 * RAW_U + 2 * RAW_BC;                 /* multiple of 16 */
+    static constexpr int SET = 4 * PC_CH * TP + 2 * TC * PC_NS;          /* floats */
+    static constexpr size_t SMEM = (size_t)PC_NSTG * STAGE + 2 * (size_t)SET * 4 + 2 * PC_CH * 4;
+    static_assert(TC == 16 || TC == 32, "TC 16 or 32 (one B/C piece per thread)");
+};
+
+__device__ __forceinline__ uint32_t pc_smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void pc_cp16(void *dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(pc_smem_u32(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void pc_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int NPEND> __device__ __forceinline__ void pc_wait() {
+    asm volatile("cp.async.wait_group %0;" ::"n"(NPEND) : "memory");
+}
+/* esz-byte element copy global -> shared (2 or 4 bytes) */
+__device__ __forceinline__ void pc_cp_elem(unsigned char *dst, const unsigned char *src, int esz) {
+    if (esz == 4) *(uint32_t *)dst = *(const uint32_t *)src;
+    else *(uint16_t *)dst = *(const uint16_t *)src;
+}
+
+/* One thread's piece of a B or C tile: up to 16 bytes of consecutive elements, fixed for a virtual block.
+ * Rows along t (mode 0): the piece holds steps t .. t+ve-1 of one state; rows along n (mode 1): states
+ * n0 .. n0+nlim-1 of step t. src points at chunk 0; chunk k adds k * step bytes. */
+struct pc_piece {
+    const unsigned char *src;
+    int64_t step;
+    int dst, t, nlim, on;
+};
+
+__device__ __forceinline__ pc_piece pc_plan_bc(const pc_args &a, int m, int64_t b, int TC) {
+    pc_piece pc;
+    pc.on = 0, pc.src = nullptr, pc.step = 0, pc.dst = 0, pc.t = 0, pc.nlim = 0;
+    const int esz = m ? a.csz : a.bsz, mode = m ? a.cmode : a.bmode, ve = 16 / esz;
+    const int64_t sb0 = m ? a.sC0 : a.sB0, sn = m ? a.sC1 : a.sB1, stt = m ? a.sC2 : a.sB2;
+    const unsigned char *base = (const unsigned char *)(m ? a.Cm : a.Bm) + b * sb0 * esz;
+    const int p = threadIdx.x;
+    if (mode == 0) { /* [n][TC]: TC / ve pieces per state row */
+        const int pr = TC / ve, n = p / pr, tp = (p - n * pr) * ve;
+        if (n < a.N) {
+            pc.on = 1, pc.src = base + (n * sn + tp) * esz, pc.step = (int64_t)TC * esz;
+            pc.dst = (n * TC + tp) * esz, pc.t = tp, pc.nlim = ve;
+        }
+    } else if (mode == 1) { /* [TC][16]: ceil(N * esz / 16) pieces per step */
+        const int pn = (a.N * esz + 15) / 16, t = p / pn, n0 = (p - t * pn) * ve;
+        if (t < TC) {
+            pc.on = 1, pc.src = base + (t * stt + n0) * esz, pc.step = (int64_t)TC * stt * esz;
+            pc.dst = (t * PC_NS + n0) * esz, pc.t = t, pc.nlim = a.N - n0 < ve ? a.N - n0 : ve;
+        }
+    }
+    return pc;
+}
+
+__device__ __forceinline__ void pc_cp_elems(unsigned char *dst, const unsigned char *src, int cnt, int esz) {
+    for (int e = 0; e < cnt; e++) {
+        if (esz == 4) ((uint32_t *)dst)[e] = ((const uint32_t *)src)[e];
+        else ((uint16_t *)dst)[e] = ((const uint16_t *)src)[e];
+    }
+}
+
+/* Issues the copies of chunk k = [t0, t0+nt) of (b, c0 .. c0+31) into raw stage `st`. */
+template <typename T, int TC>
+__device__ __forceinline__ void pc_load(const pc_args &a, unsigned char *st, int64_t b, int64_t c0, int64_t k,
+                                        int nt, const pc_piece (&bc)[2]) {
+    using K = pc_cfg<T, TC>;
+    constexpr int VE = 16 / (int)sizeof(T), PR = TC / VE, PPA = PC_CH * PR, NPT = (PPA + PC_THREADS - 1) / PC_THREADS;
+    const int64_t t0 = k * TC;
+#pragma unroll
+    for (int arr = 0; arr < 3; arr++) {
+        const T *srcb = arr == 0 ? (const T *)a.u : arr == 1 ? (const T *)a.delta : (const T *)a.z;
+        if (srcb == nullptr) continue;
+        const int64_t s0 = arr == 0 ? a.su0 : arr == 1 ? a.sd0 : a.sz0, s1 = arr == 0 ? a.su1 : arr == 1 ? a.sd1 : a.sz1;
+#pragma unroll
+        for (int j = 0; j < NPT; j++) {
+            const int p = threadIdx.x + j * PC_THREADS, l = p / PR, tp = (p % PR) * VE;
+            if ((PPA % PC_THREADS != 0 && p >= PPA) || c0 + l >= a.DI) continue;
+            const T *src = srcb + b * s0 + (c0 + l) * s1 + t0 + tp;
+            T *dst = (T *)(st + arr * K::RAW_U) + l * TC + tp;
+            if (a.vec_u && tp + VE <= nt) {
+                pc_cp16(dst, src);
+            } else {
+#pragma unroll
+                for (int e = 0; e < VE; e++)
+                    if (tp + e < nt) dst[e] = src[e];
+            }
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < 2; m++) {
+        unsigned char *dst0 = st + 3 * K::RAW_U + m * K::RAW_BC;
+        const int mode = m ? a.cmode : a.bmode, esz = m ? a.csz : a.bsz;
+        if (mode == 2) { /* any strides: [n][TC], element by element */
+            const unsigned char *base = (const unsigned char *)(m ? a.Cm : a.Bm);
+            const int64_t sb0 = m ? a.sC0 : a.sB0, sn = m ? a.sC1 : a.sB1, stt = m ? a.sC2 : a.sB2;
+            for (int p = threadIdx.x; p < a.N * nt; p += PC_THREADS) {
+                const int n = p / nt, t = p - n * nt;
+                pc_cp_elems(dst0 + (n * TC + t) * esz, base + (b * sb0 + n * sn + (t0 + t) * stt) * esz, 1, esz);
+            }
+            continue;
+        }
+        const pc_piece &pc = bc[m];
+        if (!pc.on) continue;
+        const unsigned char *src = pc.src + k * pc.step;
+        const int ve = 16 / esz;
+        int cnt;
+        if (mode == 0) cnt = nt - pc.t < ve ? nt - pc.t : ve;
+        else cnt = pc.t < nt ? pc.nlim : 0;
+        if (cnt <= 0) continue;
+        if ((m ? a.vec_c : a.vec_b) && cnt == ve) pc_cp16(dst0 + pc.dst, src);
+        else pc_cp_elems(dst0 + pc.dst, src, cnt, esz);
+    }
+}
+
+/* B or C raw tile ([16][TC] or, n-fast, [TC][16], element type E) -> fp32 [TC][16]; zeros outside nt x N */
+template <typename E, int TC>
+__device__ __forceinline__ void pc_convert_bc_t(const E *r, float *dst, bool nfast, int nt, int N) {
+#pragma unroll
+    for (int j = 0; j < TC * PC_NS / PC_THREADS; j++) {
+        const int e = threadIdx.x + j * PC_THREADS, t = e >> 4, n = e & 15;
+        const float v = jamba_ld<E>(r[nfast ? e : n * TC + t]);
+        dst[e] = (t < nt && n < N) ? v : 0.f;
+    }
+}
+template <int TC>
+__device__ __forceinline__ void pc_convert_bc(const unsigned char *r, float *dst, bool nfast, int dt, int nt, int N) {
+    if (dt == JAMBA_F32) pc_convert_bc_t<float, TC>((const float *)r, dst, nfast, nt, N);
+    else if (dt == JAMBA_BF16) pc_convert_bc_t<__nv_bfloat16, TC>((const __nv_bfloat16 *)r, dst, nfast, nt, N);
+    else pc_convert_bc_t<__half, TC>((const __half *)r, dst, nfast, nt, N);
+}
+
+/* 4 consecutive elements of a raw u/delta/z row (8- or 16-byte aligned) */
+template <typename T> __device__ __forceinline__ void pc_ld4(const T *p, float v[4]) {
+    if constexpr (sizeof(T) == 4) {
+        const float4 q = *(const float4 *)p;
+        v[0] = q.x, v[1] = q.y, v[2] = q.z, v[3] = q.w;
+    } else {
+        const uint2 q = *(const uint2 *)p;
+        const T *h = (const T *)&q;
+#pragma unroll
+        for (int i = 0; i < 4; i++) v[i] = jamba_ld<T>(h[i]);
+    }
+}
+
+/* raw stage -> fp32 set (see the kernel comment); zeros outside [0, nt) x channels < DI x states < N.
+ * u/delta/z: a thread converts 4 consecutive steps of one channel per item (8 * TC items). */
+template <typename T, int TC>
+__device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char *st, float *set, int64_t c0,
+                                           int nt, const float *sbias, const float *sD) {
+    using K = pc_cfg<T, TC>;
+    constexpr int TP = K::TP;
+    float *sdt = set, *sdtu = set + PC_CH * TP, *sdu = sdtu + PC_CH * TP, *sgz = sdu + PC_CH * TP;
+    float *sB = sgz + PC_CH * TP, *sC = sB + TC * PC_NS;
+    const T *ru = (const T *)st, *rd = (const T *)(st + K::RAW_U), *rz = (const T *)(st + 2 * K::RAW_U);
+#pragma unroll
+    for (int j = 0; j < PC_CH * TC / 4 / PC_THREADS; j++) {
+        const int e = threadIdx.x + j * PC_THREADS, l = e / (TC / 4), tq = (e % (TC / 4)) * 4;
+        const bool cok = c0 + l < a.DI;
+        float uu[4], dd[4], zz[4], dt[4], dtu[4], du[4], gz[4];
+        pc_ld4<T>(ru + l * TC + tq, uu);
+        pc_ld4<T>(rd + l * TC + tq, dd);
+        if (a.z) pc_ld4<T>(rz + l * TC + tq, zz);
+        const float bias = sbias[l], Dc = sD[l];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const bool ok = cok && tq + i < nt;
+            const float u = ok ? uu[i] : 0.f;
+            float d = dd[i] + bias;
+            if (a.softplus) d = jamba_cu_softplus(d);
+            d = ok ? d : 0.f;
+            dt[i] = d, dtu[i] = d * u, du[i] = Dc * u;
+            gz[i] = (a.z && ok) ? jamba_cu_silu(zz[i]) : 1.f;
+        }
+        const int o = l * TP + tq;
+        *(float4 *)(sdt + o) = make_float4(dt[0], dt[1], dt[2], dt[3]);
+        *(float4 *)(sdtu + o) = make_float4(dtu[0], dtu[1], dtu[2], dtu[3]);
+        *(float4 *)(sdu + o) = make_float4(du[0], du[1], du[2], du[3]);
+        *(float4 *)(sgz + o) = make_float4(gz[0], gz[1], gz[2], gz[3]);
+    }
+    const unsigned char *rB = st + 3 * K::RAW_U, *rC = rB + K::RAW_BC;
+    pc_convert_bc<TC>(rB, sB, a.bmode == 1, a.bdt, nt, a.N);
+    pc_convert_bc<TC>(rC, sC, a.cmode == 1, a.cdt, nt, a.N);
+}
+
+/* 2 consecutive outputs (t, t+1) of one row; pair: both in range and the row's pairs are aligned */
+template <typename T> __device__ __forceinline__ void pc_store2(T *o, float y0, float y1, bool pair, bool ok1) {
+    if (pair) {
+        if constexpr (sizeof(T) == 4) {
+            *(float2 *)o = make_float2(y0, y1);
+        } else {
+            const T v0 = jamba_st<T>(y0), v1 = jamba_st<T>(y1);
+            const uint32_t w = (uint32_t)(*(const uint16_t *)&v0) | ((uint32_t)(*(const uint16_t *)&v1) << 16);
+            *(uint32_t *)o = w;
+        }
+    } else {
+        o[0] = jamba_st<T>(y0);
+        if (ok1) o[1] = jamba_st<T>(y1);
+    }
+}
+
+template <typename T, int TC>
+__global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
+    using K = pc_cfg<T, TC>;
+    constexpr int TP = K::TP;
+    extern __shared__ float4 pc_smem4[];
+    unsigned char *raw = (unsigned char *)pc_smem4;
+    float *sets = (float *)(raw + PC_NSTG * K::STAGE);
+    float *sbias = sets + 2 * K::SET, *sD = sbias + PC_CH;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane & 3, l = warp * 8 + (lane >> 2);
+    const int64_t nblk = (a.DI + PC_CH - 1) / PC_CH, nchunks = (a.L + TC - 1) / TC;
+    T *out = (T *)a.out;
+    const bool pairs = (a.L & 1) == 0; /* out rows (contiguous) keep 2-element alignment */
+
+    for (int64_t vb = blockIdx.x; vb < a.B * nblk; vb += gridDim.x) {
+        const int64_t b = vb / nblk, c0 = (vb - b * nblk) * PC_CH, c = c0 + l;
+        const bool cvalid = c < a.DI;
+        __syncthreads(); /* the previous virtual block is done with sbias / sD / raw / sets */
+        for (int i = threadIdx.x; i < PC_CH; i += PC_THREADS) {
+            const bool ok = c0 + i < a.DI;
+            sbias[i] = (ok && a.dbias) ? a.dbias[(c0 + i) * a.sdb] : 0.f;
+            sD[i] = (ok && a.D) ? a.D[(c0 + i) * a.sD] : 0.f;
+        }
+        float A2[4], h[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int n = 4 * g + i;
+            const bool on = cvalid && n < a.N;
+            A2[i] = on ? a.A[c * a.sA0 + n * a.sA1] * JAMBA_LOG2E : 0.f;
+            h[i] = (on && a.init) ? a.init[b * a.si0 + c * a.si1 + n] : 0.f;
+        }
+        const pc_piece bc[2] = {pc_plan_bc(a, 0, b, TC), pc_plan_bc(a, 1, b, TC)};
+        /* prologue: chunks 0 .. NSTG-1 in flight, chunk 0 converted */
+#pragma unroll
+        for (int s = 0; s < PC_NSTG; s++) {
+            if (s < nchunks) {
+                const int64_t t0 = (int64_t)s * TC;
+                pc_load<T, TC>(a, raw + s * K::STAGE, b, c0, s, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
+            }
+            pc_commit();
+        }
+        pc_wait<PC_NSTG - 1>();
+        __syncthreads(); /* chunk 0's copies and sbias / sD visible */
+        if (nchunks > 0) pc_convert<T, TC>(a, raw, sets, c0, (int)(a.L < TC ? a.L : TC), sbias, sD);
+
+        for (int64_t k = 0; k < nchunks; k++) {
+            pc_wait<PC_NSTG - 2>();
+            __syncthreads();
+            {
+                const int64_t kn = k + PC_NSTG;
+                if (kn < nchunks) {
+                    const int64_t t0 = kn * TC;
+                    pc_load<T, TC>(a, raw + (k % PC_NSTG) * K::STAGE, b, c0, kn, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
+                }
+                pc_commit();
+            }
+            if (k + 1 < nchunks) {
+                const int64_t t0 = (k + 1) * TC;
+                pc_convert<T, TC>(a, raw + ((k + 1) % PC_NSTG) * K::STAGE, sets + ((k + 1) & 1) * K::SET, c0,
+                                  (int)(a.L - t0 < TC ? a.L - t0 : TC), sbias, sD);
+            }
+            const float *set = sets + (k & 1) * K::SET;
+            const float *sdt = set, *sdtu = set + PC_CH * TP, *sdu = sdtu + PC_CH * TP, *sgz = sdu + PC_CH * TP;
+            const float *sB = sgz + PC_CH * TP, *sC = sB + TC * PC_NS;
+            const int64_t t0 = k * TC;
+            T *orow = out + (b * a.DI + c) * a.L + t0;
+#pragma unroll
+            for (int t = 0; t < TC; t += 8) {
+                float dA[8][4], dtu[8], yp[8];
+                {
+                    const float4 d0 = *(const float4 *)(sdt + l * TP + t), d1 = *(const float4 *)(sdt + l * TP + t + 4);
+                    const float4 w0 = *(const float4 *)(sdtu + l * TP + t), w1 = *(const float4 *)(sdtu + l * TP + t + 4);
+                    const float dv[8] = {d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w};
+                    dtu[0] = w0.x, dtu[1] = w0.y, dtu[2] = w0.z, dtu[3] = w0.w;
+                    dtu[4] = w1.x, dtu[5] = w1.y, dtu[6] = w1.z, dtu[7] = w1.w;
+#pragma unroll
+                    for (int m = 0; m < 8; m++)
+#pragma unroll
+                        for (int i = 0; i < 4; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
+                }
+#pragma unroll
+                for (int m = 0; m < 8; m++) {
+                    const float4 bq = *(const float4 *)(sB + (t + m) * PC_NS + 4 * g);
+                    const float4 cq = *(const float4 *)(sC + (t + m) * PC_NS + 4 * g);
+                    const float bv[4] = {bq.x, bq.y, bq.z, bq.w}, cv[4] = {cq.x, cq.y, cq.z, cq.w};
+                    float y = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
+                        y = fmaf(h[i], cv[i], y);
+                    }
+                    yp[m] = y;
+                }
+                /* reduce-scatter over the 4 lanes of the channel: lane g ends with steps 2g, 2g+1 */
+                const bool hi2 = (g & 2) != 0, hi1 = (g & 1) != 0;
+                float r4[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const float send = hi2 ? yp[i] : yp[i + 4], keep = hi2 ? yp[i + 4] : yp[i];
+                    r4[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, 2);
+                }
+                float y2[2];
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    const float send = hi1 ? r4[i] : r4[i + 2], keep = hi1 ? r4[i + 2] : r4[i];
+                    y2[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, 1);
+                }
+                const int tt = t + 2 * g;
+                const int64_t tg = t0 + tt;
+                if (cvalid && tg < a.L) {
+                    const float2 du = *(const float2 *)(sdu + l * TP + tt), gz = *(const float2 *)(sgz + l * TP + tt);
+                    const bool ok1 = tg + 1 < a.L;
+                    pc_store2<T>(orow + tt, (y2[0] + du.x) * gz.x, (y2[1] + du.y) * gz.y,
+                                 pairs && ok1, ok1);
+                }
+            }
+        }
+        pc_wait<0>(); /* no copy in flight into the next virtual block's buffers */
+        if (cvalid && a.last) {
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                if (4 * g + i < a.N) a.last[(b * a.DI + c) * a.N + 4 * g + i] = h[i];
+        }
+    }
+}
+
+template <typename T, int TC> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
+    using K = pc_cfg<T, TC>;
+    const int64_t nvb = a.B * ((a.DI + PC_CH - 1) / PC_CH);
+    const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC>,
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
+    selective_scan_pc_kernel<T, TC><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
+    JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
+    return JAMBA_OK;
+}
+
+static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_t n1, int esz) {
+    const int64_t ve = 16 / esz;
+    return ((uintptr_t)p % 16) == 0 && (s0 % ve == 0 || n0 <= 1) && (s1 % ve == 0 || n1 <= 1);
+}
+
+/* The fast path when it applies (N <= 16, not disabled by JAMBA_EXT_SCAN_IMPL=old); returns 0 if not taken. */
+static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStream_t stream, jamba_status *st) {
+    const int64_t B = p->u.shape[0], DI = p->u.shape[1], L = p->u.shape[2], N = p->A.shape[1];
+    const char *impl = getenv("JAMBA_EXT_SCAN_IMPL");
+    if ((impl && !strcmp(impl, "old")) || N > PC_NS || L == 0) return 0;
+    pc_args a;
+    memset(&a, 0, sizeof a);
+    a.out = p->out.data, a.last = (float *)p->last_state.data;
+    a.u = p->u.data, a.delta = p->delta.data, a.z = p->z.data, a.Bm = p->Bm.data, a.Cm = p->Cm.data;
+    a.A = (const float *)p->A.data, a.D = (const float *)p->D.data;
+    a.dbias = (const float *)p->delta_bias.data, a.init = (const float *)p->initial_state.data;
+    a.B = B, a.DI = DI, a.L = L, a.N = (int)N;
+    a.su0 = p->u.stride[0], a.su1 = p->u.stride[1], a.sd0 = p->delta.stride[0], a.sd1 = p->delta.stride[1];
+    if (a.z) a.sz0 = p->z.stride[0], a.sz1 = p->z.stride[1];
+    a.sA0 = p->A.stride[0], a.sA1 = p->A.stride[1];
+    a.sB0 = p->Bm.stride[0], a.sB1 = p->Bm.stride[1], a.sB2 = p->Bm.stride[2];
+    a.sC0 = p->Cm.stride[0], a.sC1 = p->Cm.stride[1], a.sC2 = p->Cm.stride[2];
+    if (a.D) a.sD = p->D.stride[0];
+    if (a.dbias) a.sdb = p->delta_bias.stride[0];
+    if (a.init) a.si0 = p->initial_state.stride[0], a.si1 = p->initial_state.stride[1];
+    a.bdt = (int)p->Bm.dtype, a.cdt = (int)p->Cm.dtype;
+    a.bsz = (int)jamba_dtype_size(p->Bm.dtype), a.csz = (int)jamba_dtype_size(p->Cm.dtype);
+    a.softplus = p->delta_softplus;
+    const int esz = (int)jamba_dtype_size(p->u.dtype);
+    a.vec_u = pc_aligned(a.u, a.su0, a.su1, B, DI, esz) && pc_aligned(a.delta, a.sd0, a.sd1, B, DI, esz) &&
+              (!a.z || pc_aligned(a.z, a.sz0, a.sz1, B, DI, esz));
+    for (int m = 0; m < 2; m++) {
+        const jamba_tensor &t = m ? p->Cm : p->Bm;
+        const int sz = m ? a.csz : a.bsz;
+        int mode = 2, vec = 0;
+        if (t.stride[2] == 1 || L == 1) {
+            mode = 0; /* rows along t: 16-byte pieces need aligned (b, n) row starts */
+            vec = pc_aligned(t.data, t.stride[0], t.stride[1], B, N, sz);
+        } else if (t.stride[1] == 1 || N == 1) {
+            mode = 1; /* rows along n: aligned (b, t) row starts and whole 16-byte pieces */
+            vec = pc_aligned(t.data, t.stride[0], t.stride[2], B, L, sz);
+        }
+        if (m) a.cmode = mode, a.vec_c = vec;
+        else a.bmode = mode, a.vec_b = vec;
+    }
+    const int tc = env_int("JAMBA_EXT_SCAN_CHUNK", 32); /* 16 or 32 (benchmark knob) */
+    jamba_status s = JAMBA_ERR_DTYPE;
+    if (tc <= 16) {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 16>(a, stream)));
+    } else {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 32>(a, stream)));
+    }
+    *st = s;
+    return 1;
+}
+
 static int pow2_at_least(int64_t v) {
     int p = 1;
     while (p < v) p <<= 1;
     return p;
-}
-
-static int env_int(const char *name, int dflt) {
-    const char *s = getenv(name);
-    return (s && s[0]) ? atoi(s) : dflt;
 }
 
 static size_t scan_smem_bytes(int CH, int TC, int Npad) {
@@ -315,6 +752,10 @@ extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_par
     const int64_t B = p->u.shape[0], DI = p->u.shape[1], L = p->u.shape[2], N = p->A.shape[1];
     if (B == 0 || DI == 0) return JAMBA_OK; /* L == 0 still writes last_state (initial_state or zeros) */
     JAMBA_DEVICE_GUARD(launch);
+    {
+        jamba_status st = JAMBA_OK;
+        if (selective_scan_try_pc(p, (cudaStream_t)launch.stream, &st)) return st;
+    }
     scan_args a;
     memset(&a, 0, sizeof a);
     a.out = p->out.data;

@@ -5,8 +5,14 @@
  *   dt = dt[b,c] + dt_bias[c];  if softplus: dt = dt <= 20 ? log1p(exp(dt)) : dt
  *   h  = exp(dt * A[c,:]) * h + dt * B[b,:] * x[b,c];   y = sum_n h[n] * C[b,n] + D[c] * x[b,c]
  *   if z: y *= z * sigmoid(z);   out[b,c] = round(y);   state[b,c,:] = round(h)
- * Shapes and layouts: at the kernel below.
+ * Shapes and layouts: at each kernel below.
+ * Two kernels: selective_state_update_f32n16_kernel, the fast path (fp32 state, N = 16, 16-byte aligned
+ * state and A rows: Jamba / Mamba-1 decode), and selective_state_update_kernel, the general one (any state
+ * dtype, N, strides). Env JAMBA_EXT_SSU_IMPL=old (read at every call) sends every call to the general
+ * kernel, which is the previous implementation: kept for one GPU round of old-vs-new timing.
  */
+#include <string.h>
+
 #include "common.cuh"
 
 static int ssu_pow2_at_least(int64_t v) {
@@ -15,7 +21,7 @@ static int ssu_pow2_at_least(int64_t v) {
     return p;
 }
 
-/* ---- decode step ------------------------------------------------------------------------------------ */
+/* ---- decode step, general path ---------------------------------------------------------------------- */
 struct ssu_args {
     void *out, *state;
     const void *x, *dt, *z, *Bm, *Cm;
@@ -25,6 +31,7 @@ struct ssu_args {
     int64_t ss0, ss1;                /* state strides (batch, channel); unit along N */
     int64_t sA0, sA1, sB0, sB1, sC0, sC1, sD, sdtb;
     int bdt, cdt, stdt, softplus, G, vec;
+    unsigned ncb;                    /* fast path: channel blocks per batch group */
 };
 
 /* 4 consecutive state elements in the state's runtime dtype (f32|bf16|f16); i is 4-element aligned */
@@ -155,6 +162,120 @@ static jamba_status selective_state_update_launch(const ssu_args &a, cudaStream_
     return JAMBA_OK;
 }
 
+/* ---- fast path: fp32 state, N = 16 ------------------------------------------------------------------ */
+#define SSU_F_NQ 4                         /* quads of 4 states in a row of N = 16 */
+#define SSU_F_CH 64                        /* channels per block */
+#define SSU_F_THREADS (SSU_F_CH * SSU_F_NQ) /* 256 */
+
+/* one 16-byte store (p 16-byte aligned). A plain float4 store is split into 4 scalar STG by nvcc 13 here. */
+__device__ __forceinline__ void ssu_st_f4(float *p, float4 v) {
+    asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w)
+                 : "memory");
+}
+
+/* selective_state_update_f32n16_kernel
+ *   state (B, DI, 16) f32, unit stride along N, base and both outer strides 16-byte aligned, in place;
+ *   A (DI, 16) f32, unit stride along N, rows 16-byte aligned; x, dt, z (B, DI) T, unit stride along DI;
+ *   out (B, DI) T contiguous; B, C (B, 16) f32|T, any strides; D, dt_bias (DI,) f32, any stride.
+ *   Block = 64 channels x 4 batch rows; blockIdx.x = batch group * ncb + channel block. Thread (g, q),
+ *   tid = 4g + q: channel c = 64 * cb + g, states n = 4q .. 4q+3 of the rows (b0 + j, c), j = 0..3, so a
+ *   warp reads and writes 512 contiguous bytes per batch row (contiguous state) and A once per 4 rows.
+ *   Every global load (4 state float4, A float4, dt/x/z, D, dt_bias) is issued before B and C of the 4
+ *   rows are staged in shared memory (fp32, any dtype/stride) and before the first arithmetic.
+ *   The per-row scalars are computed once, not 4 times: lane q of a channel's 4 lanes computes dt
+ *   (softplus) for row b0 + q and broadcasts it; after the 4-lane sum of row j, lane j writes out[b0+j, c].
+ *   Same fp32 operations, in the same order, as selective_state_update_kernel: results are bit-identical. */
+template <typename T>
+__global__ void __launch_bounds__(SSU_F_THREADS, 4) selective_state_update_f32n16_kernel(ssu_args a) {
+    __shared__ float4 sbc[2][SSU_F_NQ][SSU_F_NQ]; /* [B | C][row j][quad]: 16 fp32 per row */
+    const int tid = threadIdx.x, q = tid & (SSU_F_NQ - 1), lane = tid & 31;
+    const unsigned cb = blockIdx.x % a.ncb, bg = blockIdx.x / a.ncb;
+    const int64_t c = (int64_t)cb * SSU_F_CH + (tid >> 2), b0 = (int64_t)bg * SSU_F_NQ;
+    const int64_t rem = a.B - b0;
+    const int nb = rem < SSU_F_NQ ? (int)rem : SSU_F_NQ; /* rows of this batch group: 1..4 */
+    const bool cv = c < a.DI;
+    float *st = (float *)a.state + b0 * a.ss0 + c * a.ss1 + 4 * q; /* state[b0, c, 4q] */
+    float4 h[SSU_F_NQ], Aq = make_float4(0.f, 0.f, 0.f, 0.f);
+    float draw = 0.f, xu = 0.f, zv = 0.f, Dc = 0.f, dtb = 0.f;
+#pragma unroll
+    for (int j = 0; j < SSU_F_NQ; j++) h[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (cv) {
+        Aq = *(const float4 *)(a.A + c * a.sA0 + 4 * q); /* A[c, 4q] */
+#pragma unroll
+        for (int j = 0; j < SSU_F_NQ; j++)
+            if (j < nb) h[j] = *(const float4 *)(st + j * a.ss0); /* state[b0 + j, c, 4q] */
+        if (q < nb) { /* this lane's row b0 + q */
+            const int64_t b = b0 + q;
+            draw = jamba_ld<T>(((const T *)a.dt)[b * a.sdt0 + c]);
+            xu = jamba_ld<T>(((const T *)a.x)[b * a.sx0 + c]);
+            if (a.z) zv = jamba_ld<T>(((const T *)a.z)[b * a.sz0 + c]);
+        }
+        if (a.D) Dc = a.D[c * a.sD];
+        if (a.dtb) dtb = a.dtb[c * a.sdtb];
+    }
+    if (tid < 2 * SSU_F_NQ * 16) { /* B (tid < 64) or C of row b0 + j, element n */
+        const int isC = tid >> 6, j = (tid >> 4) & (SSU_F_NQ - 1), n = tid & 15;
+        float v = 0.f;
+        if (j < nb)
+            v = isC ? jamba_ld_any(a.Cm, a.cdt, (b0 + j) * a.sC0 + n * a.sC1)
+                    : jamba_ld_any(a.Bm, a.bdt, (b0 + j) * a.sB0 + n * a.sB1);
+        ((float *)sbc)[tid] = v;
+    }
+    __syncthreads();
+    float d = draw + dtb;
+    if (a.softplus) d = jamba_cu_softplus(d);
+    const float dxu_q = d * xu, dl2_q = d * JAMBA_LOG2E; /* of row b0 + q */
+    const int g0 = lane & ~(SSU_F_NQ - 1);             /* first lane of this channel */
+    float yq = 0.f;
+#pragma unroll
+    for (int j = 0; j < SSU_F_NQ; j++) {
+        const float dxu = __shfl_sync(JAMBA_FULL_MASK, dxu_q, g0 + j);
+        const float dl2 = __shfl_sync(JAMBA_FULL_MASK, dl2_q, g0 + j);
+        const float4 Bq = sbc[0][j][q], Cq = sbc[1][j][q];
+        float y = 0.f;
+        /* rows j >= nb and channels >= DI: zeros in, nothing stored */
+        h[j].x = fmaf(jamba_cu_exp2(dl2 * Aq.x), h[j].x, dxu * Bq.x);
+        y = fmaf(h[j].x, Cq.x, y);
+        h[j].y = fmaf(jamba_cu_exp2(dl2 * Aq.y), h[j].y, dxu * Bq.y);
+        y = fmaf(h[j].y, Cq.y, y);
+        h[j].z = fmaf(jamba_cu_exp2(dl2 * Aq.z), h[j].z, dxu * Bq.z);
+        y = fmaf(h[j].z, Cq.z, y);
+        h[j].w = fmaf(jamba_cu_exp2(dl2 * Aq.w), h[j].w, dxu * Bq.w);
+        y = fmaf(h[j].w, Cq.w, y);
+        y += __shfl_xor_sync(JAMBA_FULL_MASK, y, 2);
+        y += __shfl_xor_sync(JAMBA_FULL_MASK, y, 1);
+        if (j == q) yq = y;
+    }
+    if (cv) {
+#pragma unroll
+        for (int j = 0; j < SSU_F_NQ; j++)
+            if (j < nb) ssu_st_f4(st + j * a.ss0, h[j]);
+        if (q < nb) {
+            float y = fmaf(Dc, xu, yq);
+            if (a.z) y *= jamba_cu_silu(zv);
+            ((T *)a.out)[(b0 + q) * a.DI + c] = jamba_st<T>(y); /* out[b0 + q, c] */
+        }
+    }
+}
+
+template <typename T>
+static jamba_status selective_state_update_f32n16_launch(ssu_args a, cudaStream_t stream) {
+    const int64_t ncb = jamba_ceil_div(a.DI, SSU_F_CH), blocks = ncb * jamba_ceil_div(a.B, SSU_F_NQ);
+    if (blocks > JAMBA_MAX_GRID_X)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: batch*d_inner too large (%lld)",
+                               (long long)(a.B * a.DI));
+    a.ncb = (unsigned)ncb;
+    selective_state_update_f32n16_kernel<T><<<(unsigned)blocks, SSU_F_THREADS, 0, stream>>>(a);
+    JAMBA_LAUNCH_CHECK("jamba.selective_state_update: kernel launch", stream);
+    return JAMBA_OK;
+}
+
+/* JAMBA_EXT_SSU_IMPL=old: every call takes the general kernel (the previous implementation) */
+static bool ssu_env_old(void) {
+    const char *s = getenv("JAMBA_EXT_SSU_IMPL");
+    return s != NULL && strcmp(s, "old") == 0;
+}
+
 extern "C" jamba_status jamba_selective_state_update_cuda(const jamba_selective_state_update_params *p,
                                                           jamba_launch launch) {
     JAMBA_TRY(jamba_selective_state_update_check(p));
@@ -183,8 +304,15 @@ extern "C" jamba_status jamba_selective_state_update_cuda(const jamba_selective_
     const int64_t es = jamba_dtype_size(p->state.dtype);
     a.vec = N % 4 == 0 && ((uintptr_t)a.state % (uintptr_t)(4 * es)) == 0 && (a.ss0 % 4 == 0 || B <= 1) &&
             (a.ss1 % 4 == 0 || DI <= 1);
+    /* fast path: f32 state, N = 16, 16-byte state quads (a.vec) and A rows with unit stride along N */
+    const bool fast = !ssu_env_old() && p->state.dtype == JAMBA_F32 && N == 16 && a.vec && a.sA1 == 1 &&
+                      ((uintptr_t)a.A % 16u) == 0 && (a.sA0 % 4 == 0 || DI <= 1);
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
-    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = selective_state_update_launch<T>(a, stream));
+    if (fast) {
+        JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = selective_state_update_f32n16_launch<T>(a, stream));
+    } else {
+        JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = selective_state_update_launch<T>(a, stream));
+    }
     return s;
 }
