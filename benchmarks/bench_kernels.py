@@ -195,7 +195,7 @@ def bench_scan(bb, shapes, DI, N, sweep):
             bt = {"B": a["B"].transpose(1, 2).contiguous().transpose(1, 2),
                   "C": a["C"].transpose(1, 2).contiguous().transpose(1, 2)}
             for label, env, over in (("old", {"JAMBA_EXT_SCAN_IMPL": "old"}, {}),
-                                     ("TC16", {"JAMBA_EXT_SCAN_CHUNK": "16"}, {}),
+                                     ("ILV", {"JAMBA_EXT_SCAN_ILV": "1"}, {}),
                                      ("B/C n-fast", {}, bt)):
                 os.environ.update(env)
                 try:
@@ -237,7 +237,33 @@ def bench_conv(bb, shapes, DI, K):
         torch_conv = lambda: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=DI)[..., :L])
         bb.row("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K}", lambda: ops.causal_conv1d(x, w, b, None, True, K - 1),
                nbytes, eager=torch_conv)
+        with old_impl("JAMBA_EXT_CONV_IMPL"):  # the previous kernel, same inputs, same run (then deleted)
+            o2, f2 = ops.causal_conv1d(x, w, b, None, True, K - 1)
+            check("causal_conv1d (old)", o2, ref_out)
+            check("causal_conv1d final_state (old)", f2, ref_fin, rtol=0, atol=0)
+            bb.row("causal_conv1d (old)", f"B={Bsz} DI={DI} L={L} K={K}",
+                   lambda: ops.causal_conv1d(x, w, b, None, True, K - 1), nbytes)
         del x, out
+
+
+def bench_conv_update_old(bb, batches, DI, K):
+    """causal_conv1d_update through the previous kernel (JAMBA_EXT_CONV_IMPL=old), the inputs and byte count
+    of bench_decode's row, to sit beside it in one run until the loser is deleted."""
+    dev = bb.dev
+    for Bsz in batches:
+        x = rn(Bsz, DI, dev=dev)
+        w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
+        st = rn(Bsz, DI, K, dev=dev)
+        st_ref = st.clone()
+        nbytes = 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * 2 + DI * (K + 1) * 2
+        small = nbytes < (120 << 20)
+        with old_impl("JAMBA_EXT_CONV_IMPL"):
+            out = ops.causal_conv1d_update(x, st, w, b, True)
+            ref_out, ref_st = R.causal_conv1d_update(x, st_ref, w, b, True)
+            check("causal_conv1d_update (old)", out, ref_out)
+            check("causal_conv1d_update state (old)", st, ref_st, rtol=0, atol=0)
+            bb.row("causal_conv1d_update (old)", f"B={Bsz} DI={DI} K={K}",
+                   lambda: ops.causal_conv1d_update(x, st, w, b, True), nbytes, small=small, graph=True)
 
 
 def bench_decode(bb, batches, DI, N, K):
@@ -300,6 +326,32 @@ def bench_norm(bb, rows, dim):
            eager=lambda: R.rms_norm(x, w), small=small)
     bb.row("add_rms_norm", f"rows={rows} dim={dim}", lambda: ops.add_rms_norm(x, r, w), 4 * nb + dim * 2,
            eager=lambda: R.add_rms_norm(x, r, w), small=small)
+    with old_impl("JAMBA_EXT_NORM_IMPL"):  # the previous kernel, same inputs, same run (then deleted)
+        check("rms_norm (old)", ops.rms_norm(x, w), R.rms_norm(x, w))
+        o, s = ops.add_rms_norm(x, r, w)
+        check("add_rms_norm (old)", o, ro)
+        check("add_rms_norm residual (old)", s, rs, rtol=0, atol=0)
+        bb.row("rms_norm (old)", f"rows={rows} dim={dim}", lambda: ops.rms_norm(x, w), 2 * nb + dim * 2, small=small)
+        bb.row("add_rms_norm (old)", f"rows={rows} dim={dim}", lambda: ops.add_rms_norm(x, r, w), 4 * nb + dim * 2,
+               small=small)
+
+
+class old_impl:
+    """with old_impl("JAMBA_EXT_CONV_IMPL"): ... runs the kernels' previous implementation (the launchers read
+    the variable at every call); restores the variable after."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __enter__(self):
+        self.saved = os.environ.get(self.name)
+        os.environ[self.name] = "old"
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            del os.environ[self.name]
+        else:
+            os.environ[self.name] = self.saved
 
 
 def main():
@@ -332,6 +384,7 @@ def main():
         bench_conv(bb, scan_shapes, DI, K)
     if "decode" in only:
         bench_decode(bb, decode_batches, DI, N, K)
+    bench_conv_update_old(bb, decode_batches, DI, K)
     if "norm" in only:
         bench_norm(bb, *norm_shape)
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,

@@ -138,6 +138,124 @@ def test_rms_norm_shapes_fp64(dtype, rows, dim):
     assert_close(out, reference.rms_norm(up(ref_res), up(w), 1e-6), **TOL[dtype])
 
 
+# ---- default kernels vs the previous ones (JAMBA_EXT_CONV_IMPL / JAMBA_EXT_NORM_IMPL=old, one GPU round) ----
+ALL_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+ALL_IDS = ["f32", "bf16", "f16"]
+
+
+def _impl(monkeypatch, name, impl):
+    if impl == "old":
+        monkeypatch.setenv(name, "old")
+    else:
+        monkeypatch.delenv(name, raising=False)
+
+
+# batch, d_inner, seqlen, K, S_in (None: no initial state), state_len, silu, w_f32
+CONV_VEC_CASES = [
+    (2, 6, 1024, 4, 3, 4, True, False),       # one bf16 warp segment, two f32 segments
+    (2, 5, 2056, 3, 5, 7, False, True),       # partial last segment, L % 8 == 0
+    (1, 3, 3000, 2, None, 3001, True, False),  # final state longer than L: zero padded
+    (3, 4, 8, 4, 4, 12, True, False),         # L = one bf16 vector, final state reaches into initial_state
+    (2, 3, 40, 4, 3, 2, False, False),
+    (1, 2, 70000, 4, 3, 3, True, True),       # many segments per row
+]
+
+
+@pytest.mark.parametrize("impl", ["default", "old"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
+@pytest.mark.parametrize("batch,d_inner,seqlen,K,S_in,state_len,silu,w_f32", CONV_VEC_CASES,
+                         ids=[f"B{c[0]}_DI{c[1]}_L{c[2]}_K{c[3]}" for c in CONV_VEC_CASES])
+def test_causal_conv1d_vector_path(monkeypatch, impl, dtype, batch, d_inner, seqlen, K, S_in, state_len, silu,
+                                   w_f32):
+    """x a channel slice of a wider tensor with 16-byte aligned rows (the vector loads of the default kernel
+    when L * itemsize % 16 == 0), segment halos, initial / final state; both implementations."""
+    _impl(monkeypatch, "JAMBA_EXT_CONV_IMPL", impl)
+    wide = randn(batch, d_inner + 2, seqlen, device=DEV, dtype=dtype)
+    x = wide[:, 1:1 + d_inner]
+    wdt = torch.float32 if w_f32 else dtype
+    w = randn(d_inner, K, device=DEV, dtype=wdt, scale=0.6)
+    b = randn(d_inner, device=DEV, dtype=wdt, scale=0.5)
+    init = randn(batch, d_inner, S_in, device=DEV, dtype=dtype) if S_in else None
+    out, fin = ops.causal_conv1d(x, w, b, init, silu, state_len)
+    ref_out, ref_fin = reference.causal_conv1d(up(x), up(w), up(b), up(init), silu, state_len)
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(fin, ref_fin, rtol=0, atol=0)
+
+
+UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32", "no_bias", "di_odd",
+                    "state_slice", "state_slice_misaligned", "x_in_state", "seqlen2"]
+
+
+@pytest.mark.parametrize("impl", ["default", "old"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
+@pytest.mark.parametrize("case", UPDATE_VEC_CASES)
+def test_causal_conv1d_update_vector_path(monkeypatch, impl, dtype, case):
+    """The decode step in the HF cache layout (conv_state (B, DI, 4), one token): the default 4-channel
+    kernel (16-byte state rows, vector x / taps when contiguous, element loads otherwise) and the shapes
+    that fall back to the per-channel kernel; conv_state rewritten exactly, neighbours of a slice untouched."""
+    _impl(monkeypatch, "JAMBA_EXT_CONV_IMPL", impl)
+    B, DI, K, S = 3, 36, 4, 4
+    if case == "di_odd":
+        DI = 37
+    if case == "w_transposed_K3":
+        K = 3
+    wdt = torch.float32 if case == "w_f32" else dtype
+    w = randn(K, DI, device=DEV, dtype=wdt, scale=0.6).t() if case == "w_transposed_K3" else \
+        randn(DI, K, device=DEV, dtype=wdt, scale=0.6)
+    b = None if case == "no_bias" else randn(DI, device=DEV, dtype=wdt, scale=0.5)
+    cache = None
+    if case in ("state_slice", "state_slice_misaligned"):
+        cache = randn(B, DI + 8, S, device=DEV, dtype=dtype)
+        c0 = 4 if case == "state_slice" else 1
+        state = cache[:, c0:c0 + DI]
+        before = cache.clone()
+    else:
+        state = randn(B, DI, S, device=DEV, dtype=dtype)
+    if case == "x_slice":
+        x = randn(B, 2 * DI, device=DEV, dtype=dtype)[:, DI:]      # unit channel stride, batch stride 2*DI
+    elif case == "x_strided":
+        x = randn(B, DI, 5, device=DEV, dtype=dtype)[..., -1]       # channel stride 5
+    elif case == "x_in_state":
+        x = state[:, :, -1]
+    elif case == "seqlen2":
+        x = randn(B, DI, 2, device=DEV, dtype=dtype)
+    else:
+        x = randn(B, DI, device=DEV, dtype=dtype)
+    x0, state0 = x.clone(), state.clone()
+    out = ops.causal_conv1d_update(x, state, w, b, True)
+    ref_out, ref_state = reference.causal_conv1d_update(up(x0), up(state0), up(w), up(b), True)
+    assert out.shape == x.shape
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(state, ref_state, rtol=0, atol=0)
+    if cache is not None:
+        c0 = 4 if case == "state_slice" else 1
+        assert torch.equal(cache[:, :c0], before[:, :c0]) and torch.equal(cache[:, c0 + DI:], before[:, c0 + DI:])
+
+
+# rows, dim, w_f32: row kernel with 4 vectors per thread (several rows per block when dim is small), 8
+# vectors per thread (nvec in (2048, 4096]), weights loaded before / after the row sum, the two-pass fallback
+NORM_VEC_CASES = [(9, 64, False), (4, 1000, False), (7, 4096, True), (6, 4096, False), (3, 16384, True),
+                  (5, 20000, False), (2, 24, True)]
+
+
+@pytest.mark.parametrize("impl", ["default", "old"])
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
+@pytest.mark.parametrize("rows,dim,w_f32", NORM_VEC_CASES, ids=[f"R{c[0]}_D{c[1]}{'_wf32' if c[2] else ''}"
+                                                                for c in NORM_VEC_CASES])
+def test_rms_norm_vector_path(monkeypatch, impl, dtype, rows, dim, w_f32):
+    """x and residual as row slices of wider buffers (16-byte aligned row strides): the vector kernels of
+    both implementations at the dims that pick each variant; residual_out exact."""
+    _impl(monkeypatch, "JAMBA_EXT_NORM_IMPL", impl)
+    x = randn(rows, dim + 8, device=DEV, dtype=dtype)[:, :dim]
+    r = randn(rows, dim + 16, device=DEV, dtype=dtype)[:, 8:8 + dim]
+    w = randn(dim, device=DEV, dtype=torch.float32 if w_f32 else dtype, scale=0.4, shift=1.0)
+    assert_close(ops.rms_norm(x, w, 1e-6), reference.rms_norm(up(x), up(w), 1e-6), **TOL[dtype])
+    out, res = ops.add_rms_norm(x, r, w, 1e-6)
+    ref_out, ref_res = reference.add_rms_norm(x, r, w, 1e-6)
+    assert torch.equal(res, ref_res)
+    assert_close(out, reference.rms_norm(up(ref_res), up(w), 1e-6), **TOL[dtype])
+
+
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=["state_f32", "state_bf16"])
 @pytest.mark.parametrize("batch,d_inner", [(1, 8192), (3, 520), (64, 64)])
 def test_selective_state_update_shapes_fp64(state_dtype, batch, d_inner):

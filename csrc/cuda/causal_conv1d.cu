@@ -7,8 +7,94 @@
  * _update       : state = conv_state (B, DI, S), S >= K-1, rewritten in place as the last S entries of h.
  * The taps are kept right-aligned in a 4-wide register array (wpad[4-K+j] = w[j], the rest 0), so one
  * code path serves K = 2..4 with constant register indices. fp32 accumulation, one rounding at the end.
+ *
+ * Kernels (default): causal_conv1d_fwd_warp_kernel (one warp = one row segment of 32 x 4 16-byte vectors,
+ * halo through warp shuffles, no shared memory), causal_conv1d_update_vec_kernel (L == 1, S == 4: one
+ * thread = 4 channels, 16-byte state rows), causal_conv1d_update_kernel (any other update). The previous
+ * forward kernel causal_conv1d_fwd_kernel and the scalar update for every shape stay reachable for one GPU
+ * round with env JAMBA_EXT_CONV_IMPL=old (read at every call, so a benchmark can time both in one process).
+ * The default kernels' SiLU is v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp; old:
+ * __expf and an IEEE division).
  */
+#include <string.h>
+
 #include "common.cuh"
+
+/* 1 when env JAMBA_EXT_CONV_IMPL=old (the previous kernels). Read at every call. */
+static int conv_impl_old(void) {
+    const char *s = getenv("JAMBA_EXT_CONV_IMPL");
+    return s != NULL && strcmp(s, "old") == 0;
+}
+
+/* q = v / d, r = v % d for 0 <= v < n (all threads of a launch see the same n): 32-bit division when n
+ * fits (the 64-bit one is a ~100-instruction subroutine) */
+__device__ __forceinline__ void conv_split(int64_t v, int64_t d, int64_t n, int64_t *q, int64_t *r) {
+    if (n <= (int64_t)0xffffffffu) {
+        const uint32_t v32 = (uint32_t)v, d32 = (uint32_t)d, q32 = v32 / d32;
+        *q = q32, *r = v32 - q32 * d32;
+    } else {
+        *q = v / d, *r = v - *q * d;
+    }
+}
+
+/* 16-byte store (a plain uint4 store of vector 0 came out of nvvm as four 4-byte stores) */
+__device__ __forceinline__ void conv_st16(void *p, uint4 v) {
+    asm volatile("st.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+}
+
+/* silu with the fast division and exp2: v / (1 + 2^(-v log2 e)); 0 (the limit) where the exponential
+ * overflows, v where it is below 2^-126 (flushed to 0) */
+__device__ __forceinline__ float conv_silu(float v) { return __fdividef(v, 1.f + jamba_cu_exp2(-v * JAMBA_LOG2E)); }
+
+/* 16 bytes <-> VN floats on 32-bit words (element access through a union makes the compiler put every
+ * 16-bit element in a register of its own). conv_pk<T>::ld(raw, f), st(f) -> raw (rounded to nearest),
+ * f1(bits) (one element from its bits in the low 16 / 32 bits). */
+template <typename T> struct conv_pk;
+template <> struct conv_pk<float> {
+    static __device__ __forceinline__ float f1(uint32_t u) { return __uint_as_float(u); }
+    static __device__ __forceinline__ void ld(const uint4 &r, float *f) {
+        f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y), f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
+    }
+    static __device__ __forceinline__ uint4 st(const float *f) {
+        return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+    }
+};
+template <> struct conv_pk<__nv_bfloat16> {
+    static __device__ __forceinline__ float f1(uint32_t u) { return __uint_as_float(u << 16); }
+    static __device__ __forceinline__ uint32_t st2(float a, float b) {
+        const __nv_bfloat162 h = __floats2bfloat162_rn(a, b); /* .x = a: the lower address */
+        uint32_t u;
+        memcpy(&u, &h, 4);
+        return u;
+    }
+    static __device__ __forceinline__ void ld2(uint32_t u, float *f) {
+        f[0] = __uint_as_float(u << 16), f[1] = __uint_as_float(u & 0xffff0000u);
+    }
+    static __device__ __forceinline__ void ld(const uint4 &r, float *f) { ld2(r.x, f), ld2(r.y, f + 2), ld2(r.z, f + 4), ld2(r.w, f + 6); }
+    static __device__ __forceinline__ uint4 st(const float *f) {
+        return make_uint4(st2(f[0], f[1]), st2(f[2], f[3]), st2(f[4], f[5]), st2(f[6], f[7]));
+    }
+};
+template <> struct conv_pk<__half> {
+    static __device__ __forceinline__ float f1(uint32_t u) { return __half2float(__ushort_as_half((unsigned short)u)); }
+    static __device__ __forceinline__ uint32_t st2(float a, float b) {
+        const __half2 h = __floats2half2_rn(a, b);
+        uint32_t u;
+        memcpy(&u, &h, 4);
+        return u;
+    }
+    static __device__ __forceinline__ void ld2(uint32_t u, float *f) {
+        __half2 h;
+        memcpy(&h, &u, 4);
+        const float2 q = __half22float2(h);
+        f[0] = q.x, f[1] = q.y;
+    }
+    static __device__ __forceinline__ void ld(const uint4 &r, float *f) { ld2(r.x, f), ld2(r.y, f + 2), ld2(r.z, f + 4), ld2(r.w, f + 6); }
+    static __device__ __forceinline__ uint4 st(const float *f) {
+        return make_uint4(st2(f[0], f[1]), st2(f[2], f[3]), st2(f[4], f[5]), st2(f[6], f[7]));
+    }
+};
 
 #define CONV_THREADS 128
 #define CONV_EPT 16                              /* consecutive time steps per thread: 32-64 bytes of loads
@@ -131,6 +217,7 @@ __global__ void __launch_bounds__(CONV_THREADS) causal_conv1d_fwd_kernel(conv_ar
     }
 }
 
+/* JAMBA_EXT_CONV_IMPL=old: the previous forward launch, unchanged */
 template <typename T>
 static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream, int sms) {
     const int64_t nchunk = a.L > 0 ? jamba_ceil_div(a.L, CONV_TILE) : 1;
@@ -138,6 +225,139 @@ static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream
     (void)sms;
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X; /* the kernel loops beyond */
     causal_conv1d_fwd_kernel<T><<<(unsigned)grid, CONV_THREADS, 0, stream>>>(a, nchunk);
+    JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
+    return JAMBA_OK;
+}
+
+/* causal_conv1d_fwd_warp_kernel<T, VEC>
+ *   x (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; w (DI, K), bias (DI,) f32|T;
+ *   initial_state (B, DI, S_in >= K-1) T, unit stride along S; final_state (B, DI, S_out) T, unit stride.
+ *   One warp = one segment of SEG = 32 * CONV_NV * VN steps of one (b, c) row (1024 steps in bf16/f16, 512
+ *   in f32); lane l owns the VN-step vectors j*32 + l, j < CONV_NV (each load instruction of the warp reads
+ *   512 contiguous bytes). Vector (j, l) takes the 3 steps before it from lane l-1's vector j, and lane 0
+ *   from lane 31's vector j-1, both through one __shfl_sync of the words holding them; lane 0 of vector 0
+ *   reads h[t0-3 .. t0-1] (x before the segment: 3 elements re-read per 1024, or initial_state / zeros).
+ *   Every load of a lane (4 vectors = 64 bytes, taps, bias, halo) is issued before its first store.
+ *   VEC: x and out rows 16-byte aligned and L % VN == 0 (vectors are whole or past L); else element loads
+ *   and stores with the same mapping. Virtual warps vw = (b*DI + c) * nseg + seg, grid-stride looped.
+ *   The warp holding a row's last segment also writes final_state. 128 threads per block. */
+#define CONV_NV 4    /* 16-byte vectors per lane */
+#define CONV_WARPS 4 /* warps per block */
+
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? 8 : 1) causal_conv1d_fwd_warp_kernel(conv_args a, int64_t nseg) {
+    typedef conv_pk<T> P;
+    const int VN = 16 / (int)sizeof(T);
+    const int64_t SEG = 32 * CONV_NV * VN;
+    const int QF = (VN - 3) * (int)sizeof(T) / 4; /* first 32-bit word holding one of the last 3 elements */
+    const int lane = threadIdx.x & 31, src = (lane + 31) & 31;
+    const int64_t nvw = a.B * a.DI * nseg;
+    for (int64_t vw = (int64_t)blockIdx.x * CONV_WARPS + (threadIdx.x >> 5); vw < nvw;
+         vw += (int64_t)gridDim.x * CONV_WARPS) {
+        int64_t seg, bc, c, b;
+        conv_split(vw, nseg, nvw, &bc, &seg);
+        conv_split(bc, a.DI, nvw, &b, &c);
+        const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1; /* row (b, c) of x */
+        T *out = (T *)a.out + bc * a.L;                       /* row (b, c) of out */
+        const T *init = a.init ? (const T *)a.init + b * a.si0 + c * a.si1 : NULL;
+        const int64_t t0 = seg * SEG;
+        const int64_t tl = t0 + (int64_t)lane * VN; /* first step of this lane's vector 0 */
+
+        uint4 v[CONV_NV];
+#pragma unroll
+        for (int j = 0; j < CONV_NV; j++) {
+            const int64_t t = tl + j * 32 * VN;
+            if (VEC) {
+                v[j] = t < a.L ? *(const uint4 *)(x + t) : make_uint4(0u, 0u, 0u, 0u);
+            } else { /* element loads of the raw bits (zero bits = 0.0 past L) */
+                uint32_t u[4];
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    if (sizeof(T) == 4) {
+                        u[q] = t + q < a.L ? *(const uint32_t *)(x + t + q) : 0u;
+                    } else {
+                        const uint32_t lo = t + 2 * q < a.L ? *(const unsigned short *)(x + t + 2 * q) : 0u;
+                        const uint32_t hi = t + 2 * q + 1 < a.L ? *(const unsigned short *)(x + t + 2 * q + 1) : 0u;
+                        u[q] = lo | (hi << 16);
+                    }
+                }
+                v[j] = make_uint4(u[0], u[1], u[2], u[3]);
+            }
+        }
+        float wp[4], bv;
+        conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, &bv);
+        float prev[3]; /* h[t0-3 .. t0-1]: the halo of lane 0's vector 0 (t0 > 0: inside x, before t0 < L) */
+#pragma unroll
+        for (int m = 0; m < 3; m++) {
+            const int64_t t = t0 - 3 + m;
+            float h = 0.f;
+            if (t >= 0) h = jamba_ld<T>(x[t]);
+            else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
+            prev[m] = h;
+        }
+#pragma unroll
+        for (int j = 0; j < CONV_NV; j++) {
+            /* lane l-1's vector j (lane 0: lane 31's), only the words holding its last 3 elements */
+            uint4 nb = make_uint4(0u, 0u, 0u, 0u);
+            nb.w = __shfl_sync(JAMBA_FULL_MASK, v[j].w, src);
+            if (QF <= 2) nb.z = __shfl_sync(JAMBA_FULL_MASK, v[j].z, src);
+            if (QF <= 1) nb.y = __shfl_sync(JAMBA_FULL_MASK, v[j].y, src);
+            float hn[16 / sizeof(T)], win[3 + 16 / sizeof(T)]; /* win[m] = h[t - 3 + m] */
+            P::ld(nb, hn);
+#pragma unroll
+            for (int m = 0; m < 3; m++) {
+                win[m] = lane ? hn[VN - 3 + m] : prev[m];
+                prev[m] = hn[VN - 3 + m]; /* lane 0: lane 31's vector j, the halo of its vector j+1 */
+            }
+            P::ld(v[j], win + 3);
+            float o[16 / sizeof(T)];
+#pragma unroll
+            for (int e = 0; e < VN; e++) {
+                float acc = bv;
+#pragma unroll
+                for (int m = 0; m < 4; m++) acc = fmaf(wp[m], win[e + m], acc);
+                o[e] = acc;
+            }
+            if (a.silu) {
+#pragma unroll
+                for (int e = 0; e < VN; e++) o[e] = conv_silu(o[e]);
+            }
+            const int64_t t = tl + j * 32 * VN;
+            if (VEC) {
+                if (t < a.L) conv_st16(out + t, P::st(o));
+            } else {
+#pragma unroll
+                for (int e = 0; e < VN; e++)
+                    if (t + e < a.L) out[t + e] = jamba_st<T>(o[e]);
+            }
+        }
+        if (a.fin && seg == nseg - 1) {
+            T *fin = (T *)a.fin + b * a.sf0 + c * a.sf1;
+            for (int64_t jj = lane; jj < a.S_out; jj += 32) {
+                const int64_t t = a.L - a.S_out + jj; /* position in x; < 0: in the initial state */
+                float h = 0.f;
+                if (t >= 0) h = jamba_ld<T>(x[t]);
+                else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
+                fin[jj] = jamba_st<T>(h);
+            }
+        }
+    }
+}
+
+template <typename T>
+static jamba_status causal_conv1d_launch_warp(const conv_args &a, cudaStream_t stream) {
+    const int VN = 16 / (int)sizeof(T);
+    const int64_t es = (int64_t)sizeof(T), seg = 32 * CONV_NV * VN;
+    const int64_t nseg = a.L > 0 ? jamba_ceil_div(a.L, seg) : 1;
+    const int64_t nvw = a.B * a.DI * nseg;
+    const bool vec = a.L % VN == 0 && jamba_aligned16(a.x) && jamba_aligned16(a.out) &&
+                     (a.B <= 1 || (a.sx0 * es) % 16 == 0) && (a.DI <= 1 || (a.sx1 * es) % 16 == 0);
+    const int64_t blocks = jamba_ceil_div(nvw, CONV_WARPS);
+    const int64_t grid = blocks < JAMBA_MAX_GRID_X ? blocks : JAMBA_MAX_GRID_X; /* the kernel loops beyond */
+    if (vec)
+        causal_conv1d_fwd_warp_kernel<T, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
+    else
+        causal_conv1d_fwd_warp_kernel<T, false><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
     return JAMBA_OK;
 }
@@ -168,9 +388,13 @@ extern "C" jamba_status jamba_causal_conv1d_cuda(const jamba_causal_conv1d_param
     a.bdt = a.bias ? (int)p->bias.dtype : JAMBA_F32;
     a.silu = p->silu;
     cudaStream_t stream = (cudaStream_t)launch.stream;
-    const int sms = jamba_cuda_sm_count(launch.device);
     jamba_status s = JAMBA_ERR_DTYPE;
-    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch<T>(a, stream, sms));
+    if (conv_impl_old()) {
+        const int sms = jamba_cuda_sm_count(launch.device);
+        JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch<T>(a, stream, sms));
+    } else {
+        JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch_warp<T>(a, stream));
+    }
     return s;
 }
 
@@ -229,8 +453,128 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
     }
 }
 
+/* causal_conv1d_update_vec_kernel<T>: the decode step in the HF cache layout, L == 1 and S == 4.
+ *   x (B, DI, 1) T any strides (xvec: unit channel stride, 4 channels = one 8/16-byte load); out (B, DI, 1)
+ *   T contiguous, 16-byte aligned; conv_state (B, DI, 4) T with rows of 4 contiguous entries (ss1 == 4),
+ *   16-byte aligned groups of 4 rows; w (DI, K), bias (DI,) f32|T (wvec: K == 4, unit tap stride, rows
+ *   aligned: one 8/16-byte load per channel; else conv_taps). DI % 4 == 0.
+ *   One thread = channels c..c+3 of batch b (flat group index on grid.x, 128 threads per block): the 4
+ *   state rows (32 bytes bf16/f16, 64 f32: 2 or 4 16-byte loads), x, taps and bias are all loaded before
+ *   the first store; new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
+ *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten. */
+template <typename T>
+__global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
+    typedef conv_pk<T> P;
+    const int NS = (int)sizeof(T); /* 16-byte chunks in 4 rows x 4 entries */
+    const int64_t ng = a.B * a.DI / 4;
+    const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= ng) return;
+    int64_t b, c;
+    conv_split(g * 4, a.DI, ng * 4, &b, &c);
+    const int64_t bc = g * 4;
+    T *st = (T *)a.state + b * a.ss0 + c * 4;
+    uint32_t sw[4 * NS]; /* the 4 rows as 32-bit words, in memory order */
+#pragma unroll
+    for (int q = 0; q < NS; q++) {
+        const uint4 r = ((const uint4 *)st)[q];
+        sw[4 * q] = r.x, sw[4 * q + 1] = r.y, sw[4 * q + 2] = r.z, sw[4 * q + 3] = r.w;
+    }
+    const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
+    uint32_t xb[4]; /* bits of x[c + i] (16-bit types: in the low half) */
+    if (xvec) {
+        if (sizeof(T) == 4) {
+            const uint4 q = *(const uint4 *)x;
+            xb[0] = q.x, xb[1] = q.y, xb[2] = q.z, xb[3] = q.w;
+        } else {
+            const uint2 q = *(const uint2 *)x;
+            xb[0] = q.x & 0xffffu, xb[1] = q.x >> 16, xb[2] = q.y & 0xffffu, xb[3] = q.y >> 16;
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            xb[i] = sizeof(T) == 4 ? *(const uint32_t *)(x + i * a.sx1) : *(const unsigned short *)(x + i * a.sx1);
+    }
+    float wp[4][4], bv[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (wvec) {
+            if (a.wdt == JAMBA_F32 || sizeof(T) == 4) { /* f32 taps */
+                const float4 q = *(const float4 *)((const float *)a.w + (c + i) * a.sw0);
+                wp[i][0] = q.x, wp[i][1] = q.y, wp[i][2] = q.z, wp[i][3] = q.w;
+            } else { /* 4 taps of T in 8 bytes */
+                const uint2 q = *(const uint2 *)((const T *)a.w + (c + i) * a.sw0);
+                float f[8];
+                P::ld(make_uint4(q.x, q.y, 0u, 0u), f);
+                wp[i][0] = f[0], wp[i][1] = f[1], wp[i][2] = f[2], wp[i][3] = f[3];
+            }
+            bv[i] = a.bias ? jamba_ld_any(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
+        } else {
+            conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c + i, wp[i], &bv[i]);
+        }
+    }
+    /* rows: entries h0..h3 of row i; window (h1, h2, h3, x) */
+    float o[4];
+    uint32_t nw[4 * NS];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float win[4];
+        if (sizeof(T) == 4) {
+            win[0] = P::f1(sw[4 * i + 1]), win[1] = P::f1(sw[4 * i + 2]), win[2] = P::f1(sw[4 * i + 3]);
+            nw[4 * i] = sw[4 * i + 1], nw[4 * i + 1] = sw[4 * i + 2], nw[4 * i + 2] = sw[4 * i + 3];
+            nw[4 * i + 3] = xb[i];
+        } else {
+            const uint32_t w0 = sw[2 * i], w1 = sw[2 * i + 1]; /* (h0 | h1 << 16), (h2 | h3 << 16) */
+            win[0] = P::f1(w0 >> 16), win[1] = P::f1(w1 & 0xffffu), win[2] = P::f1(w1 >> 16);
+            nw[2 * i] = (w0 >> 16) | (w1 << 16);
+            nw[2 * i + 1] = (w1 >> 16) | (xb[i] << 16);
+        }
+        win[3] = P::f1(xb[i]);
+        float acc = bv[i];
+#pragma unroll
+        for (int m = 0; m < 4; m++) acc = fmaf(wp[i][m], win[m], acc);
+        o[i] = a.silu ? conv_silu(acc) : acc;
+    }
+#pragma unroll
+    for (int q = 0; q < NS; q++)
+        ((uint4 *)st)[q] = make_uint4(nw[4 * q], nw[4 * q + 1], nw[4 * q + 2], nw[4 * q + 3]);
+    T *out = (T *)a.out + bc; /* (B, DI, 1) contiguous */
+    if (sizeof(T) == 4) {
+        *(uint4 *)out = make_uint4(__float_as_uint(o[0]), __float_as_uint(o[1]), __float_as_uint(o[2]),
+                                   __float_as_uint(o[3]));
+    } else {
+        float f[8] = {o[0], o[1], o[2], o[3], 0.f, 0.f, 0.f, 0.f};
+        const uint4 r = P::st(f);
+        *(uint2 *)out = make_uint2(r.x, r.y);
+    }
+}
+
+/* default: causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are
+ * 16-byte groups; anything else (and JAMBA_EXT_CONV_IMPL=old): causal_conv1d_update_kernel */
+template <typename T>
+static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, cudaStream_t stream, bool *done) {
+    const int64_t es = (int64_t)sizeof(T);
+    *done = false;
+    if (!(a.L == 1 && a.S == 4 && a.DI % 4 == 0 && a.ss1 == 4 && jamba_aligned16(a.state) &&
+          (a.B <= 1 || (a.ss0 * es) % 16 == 0) && jamba_aligned16(a.out)))
+        return JAMBA_OK;
+    const int xvec = a.sx1 == 1 && ((uintptr_t)a.x % (uintptr_t)(4 * es)) == 0 && (a.B <= 1 || a.sx0 % 4 == 0);
+    const int64_t wes = a.wdt == JAMBA_F32 ? 4 : es;
+    const int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
+    const int64_t blocks = jamba_ceil_div(a.B * a.DI / 4, 128);
+    if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
+    causal_conv1d_update_vec_kernel<T><<<(unsigned)blocks, 128, 0, stream>>>(a, xvec, wvec);
+    JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
+    *done = true;
+    return JAMBA_OK;
+}
+
 template <typename T>
 static jamba_status causal_conv1d_update_launch(const conv_update_args &a, cudaStream_t stream) {
+    if (!conv_impl_old()) {
+        bool done = false;
+        JAMBA_TRY(causal_conv1d_update_launch_vec<T>(a, stream, &done));
+        if (done) return JAMBA_OK;
+    }
     const int64_t n = a.B * a.DI;
     const int64_t blocks = jamba_ceil_div(n, 128);
     if (blocks > JAMBA_MAX_GRID_X)

@@ -15,9 +15,12 @@
  *                        swizzled shared tile; the A rows are gathered through sorted_slots. Run twice:
  *                        gate_up (SiLU(gate)*up fused in the epilogue) and down (times the routing weight,
  *                        scattered to slot order).
- *   moe_gemv_kernel      decode: few tokens per expert. Streams each touched expert's weights once with
- *                        16-byte loads, straight into mma fragments (no shared memory), split-K over
- *                        the 8 warps of a block, reduced in shared memory in a fixed order.
+ *   moe_decode_kernel    decode (impl gemv): few tokens per expert. A grid over the touched experts only
+ *                        (found on the device); each warp streams its W rows through its own cp.async
+ *                        ring in shared memory into mma fragments, split-K over the warps of a block,
+ *                        reduced in shared memory in a fixed order. Run twice, as the prefill GEMM.
+ *   moe_gemv_kernel      the previous decode kernel (env JAMBA_EXT_MOE_DECODE_IMPL=old): grid over all
+ *                        experts, 16-byte loads straight into mma fragments, no pipelining.
  *   moe_simt_kernel      fp32 inputs, sizes not multiple of 8, misaligned pointers: fp32 CUDA-core tiles.
  *   (moe_wgmma.cu)       prefill on Hopper: the same GEMMs with wgmma (sm_90a), impl wgmma.
  *   moe_combine_kernel   out[t] = slot_out[t*TOPK] + ... (rounded to the model dtype after each add).
@@ -27,6 +30,8 @@
 #include "moe.cuh"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <type_traits>
 
@@ -191,12 +196,8 @@ moe_mma_kernel(moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
     T *sB = sA + STAGES * MMA_BM * BK;
 
     /* grouped block order */
-    const int64_t pid = blockIdx.x;
-    const int64_t in_group = (int64_t)MMA_GROUP_M * n_tiles;
-    const int64_t first_m = (pid / in_group) * MMA_GROUP_M;
-    const int64_t gsize = m_tiles - first_m < MMA_GROUP_M ? m_tiles - first_m : MMA_GROUP_M;
-    const int64_t mt = first_m + (pid % in_group) % gsize;
-    const int64_t nt = (pid % in_group) / gsize;
+    int64_t mt, nt;
+    moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, MMA_GROUP_M, &mt, &nt);
 
     int e;
     int64_t row0, row_end;
@@ -483,6 +484,246 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) moe_gemv_kernel(moe_gemm_a
     }
 }
 
+/* ---- decode: compact grid, per-warp cp.async rings (moe_decode_kernel) ---------------------------------- */
+/* The default decode engine (impl gemv; env JAMBA_EXT_MOE_DECODE_IMPL=old selects moe_gemv_kernel above).
+ * Grid: only the touched experts. UB = min(slots, E) bounds the number of experts with tokens (known on the
+ * host, no sync); block b works on the (b / tiles)-th expert with a nonzero count (found on the device from
+ * expert_offsets, moe_nth_expert) and on its output tile b % tiles of DEC_OUTS outputs. Blocks past the
+ * touched experts are the last ones in the grid and exit at once.
+ * Block: 4 warps = DEC_WR row groups x DEC_KS k-splits (gate_up 2 x 2, down 1 x 4). A warp owns DEC_MT = 2
+ * m16 tiles of W rows (gate_up: rows 0-7 of a tile are the gate rows of 8 outputs, rows 8-15 their up rows,
+ * so SiLU(gate)*up is formed in registers; down: 16 output rows) and a 1/KS range of k, streamed in steps of
+ * 64 k: per step and lane 2 x 16 B of each of its 4 W rows (rows g, g+8 of each tile, k + tq*8 and
+ * k + 32 + tq*8: the warp reads whole 128-byte lines), and the same 16 B of its token g of each active
+ * n-tile (up to NT n-tiles of 8 tokens per pass). Each lane copies those pieces with cp.async into its own
+ * slots of a ring of DEC_STAGES(NT) steps in shared memory and reads back only what it copied itself, so a
+ * warp's stream needs no barrier: DEC_STAGES - 1 steps (12-16 KB of weights per warp, 96-128 KB per SM at
+ * 2 blocks of 4 warps) stay in flight while it multiplies the oldest one (mma m16n8k16, the k order
+ * permuted identically for W and x as in moe_gemv_kernel). After the pass the KS partial sums are added in
+ * shared memory in k-split order (deterministic, no atomics) and the first k-split's warps write the outputs.
+ * Tokens of an expert beyond NT*8 take further passes (W re-read per pass).
+ * Shapes: gate_up: x (T, H) rows gathered through sorted_slots, w_gate_up (E, 2F, H) -> act (slots, F) in
+ * sorted order; down: act (slots, F), w_down (E, H, F) -> slot_out (slots, H) in slot order.
+ * Requires Kd % 8 == 0 and 16-byte aligned A, W (checked by the launcher). */
+#define DEC_WARPS 4
+#define DEC_MT 2
+#define DEC_KS(GU) ((GU) ? 2 : 4)
+#define DEC_WR(GU) (DEC_WARPS / DEC_KS(GU))
+#define DEC_OUTS(GU) (DEC_WR(GU) * DEC_MT * ((GU) ? 8 : 16)) /* outputs per block: 32 */
+#define DEC_PIECES(NT) (4 * DEC_MT + 2 * (NT))              /* 16-byte pieces per lane and step */
+#define DEC_STAGES(NT) ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3)
+#define DEC_SMEM(NT) (DEC_WARPS * DEC_STAGES(NT) * DEC_PIECES(NT) * 512) /* 100 KB, 96 KB, 96 KB */
+
+/* the u-th expert (ascending id) with tokens, or -1, with its first sorted row and token count; every lane of
+ * the warp gets them (call with full warps) */
+__device__ __forceinline__ int moe_nth_expert(const int32_t *offsets, int E, int u, int64_t *off, int64_t *cnt) {
+    const int lane = threadIdx.x & 31;
+    for (int e0 = 0; e0 < E; e0 += 32) {
+        const int e = e0 + lane;
+        const int lo = e < E ? offsets[e] : 0, hi = e < E ? offsets[e + 1] : 0;
+        unsigned m = __ballot_sync(JAMBA_FULL_MASK, hi > lo);
+        const int c = __popc(m);
+        if (u < c) { /* warp-uniform */
+            for (int i = 0; i < u; i++) m &= m - 1; /* drop the u lowest set bits */
+            const int src = __ffs(m) - 1;
+            const int l = __shfl_sync(JAMBA_FULL_MASK, lo, src), h = __shfl_sync(JAMBA_FULL_MASK, hi, src);
+            *off = l;
+            *cnt = h - l;
+            return e0 + src;
+        }
+        u -= c;
+    }
+    return -1;
+}
+
+__device__ __forceinline__ uint4 lds128(const unsigned char *p) { return *reinterpret_cast<const uint4 *>(p); }
+
+template <typename T, bool GATE_UP, int NT>
+__global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_args a, int tiles) {
+    constexpr int MT = DEC_MT, KS = DEC_KS(GATE_UP), WR = DEC_WR(GATE_UP), P = DEC_PIECES(NT), S = DEC_STAGES(NT);
+    constexpr int WP = 4 * MT;          /* W pieces per lane and step; x pieces follow */
+    constexpr int V = MT * NT * 4;      /* accumulators per lane */
+    constexpr int STAGE = P * 512;      /* bytes of one ring slot of a warp */
+    extern __shared__ __align__(16) unsigned char dec_smem[];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+    const int wr = warp % WR, ks = warp / WR;
+    int64_t off = 0, cnt = 0;
+    const int e = moe_nth_expert(a.offsets, a.E, (int)(blockIdx.x / (unsigned)tiles), &off, &cnt);
+    if (e < 0) return; /* whole block: no such expert */
+    const int64_t ob = (int64_t)(blockIdx.x % (unsigned)tiles) * DEC_OUTS(GATE_UP) + wr * MT * (GATE_UP ? 8 : 16);
+    const T *A = reinterpret_cast<const T *>(a.A);
+    const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
+    T *C = reinterpret_cast<T *>(a.C);
+
+    /* this lane's W rows: tile i, r = 0: row g, r = 1: row g + 8 (gate_up: gate / up row of output ob+i*8+g) */
+    const T *wp[MT][2];
+    bool wok[MT][2];
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int64_t out = GATE_UP ? ob + i * 8 + g : ob + i * 16 + r * 8 + g;
+            wok[i][r] = out < a.N;
+            const int64_t wrow = (GATE_UP && r) ? a.N + out : out;
+            wp[i][r] = W + (wok[i][r] ? wrow : 0) * a.Kd + tq * 8;
+        }
+    /* this warp's k range: steps [s0, s0 + nsteps) of 64 */
+    const int64_t steps_all = (a.Kd + 63) / 64, per = (steps_all + KS - 1) / KS, s0 = ks * per;
+    const int64_t left = steps_all - s0;
+    const int nsteps = (int)(left < 0 ? 0 : left < per ? left : per);
+
+    const uint32_t ring_s = smem_u32(dec_smem) + (uint32_t)(warp * S * STAGE + lane * 16);
+    const unsigned char *ring_p = dec_smem + warp * S * STAGE + lane * 16;
+    float *red = reinterpret_cast<float *>(dec_smem); /* [warp][V][32], over the rings after a pass */
+
+    for (int64_t t0 = 0; t0 < cnt; t0 += NT * 8) {
+        const int nt_act = (int)((cnt - t0 + 7) / 8 < NT ? (cnt - t0 + 7) / 8 : NT); /* warp-uniform */
+        bool xok[NT];
+        int64_t xrow[NT];
+#pragma unroll
+        for (int j = 0; j < NT; j++) { /* gate_up: the slot loads start here, their values are used below */
+            const int64_t n = t0 + j * 8 + g;
+            xok[j] = j < nt_act && n < cnt;
+            xrow[j] = xok[j] ? (GATE_UP ? (int64_t)a.sorted[off + n] : off + n) : 0;
+        }
+        /* copies of step st (relative to s0) into ring slot `slot`; pieces outside k or the rows are zeros */
+        auto issue_w = [&](int slot, int st) {
+            const int64_t k = (s0 + st) * 64;
+            const uint32_t dst = ring_s + (uint32_t)(slot * STAGE);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int64_t kk = k + h * 32;
+                const bool kin = kk + tq * 8 < a.Kd;
+#pragma unroll
+                for (int i = 0; i < MT; i++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        const bool v = kin && wok[i][r];
+                        cp_async16_mem(dst + (uint32_t)((((i * 2 + h) * 2) + r) * 512),
+                                       v ? (const void *)(wp[i][r] + kk) : a.W, v);
+                    }
+            }
+        };
+        /* the weights of the first steps do not wait for the slot loads: they go out first */
+#pragma unroll
+        for (int st = 0; st < S - 1; st++)
+            if (st < nsteps) issue_w(st, st);
+        const T *xp[NT];
+#pragma unroll
+        for (int j = 0; j < NT; j++) xp[j] = A + (GATE_UP ? xrow[j] / a.topk : xrow[j]) * a.Kd + tq * 8;
+        auto issue_x = [&](int slot, int st) {
+            const int64_t k = (s0 + st) * 64;
+            const uint32_t dst = ring_s + (uint32_t)(slot * STAGE);
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int64_t kk = k + h * 32;
+                const bool kin = kk + tq * 8 < a.Kd;
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    if (j < nt_act) {
+                        const bool v = kin && xok[j];
+                        cp_async16_ca_mem(dst + (uint32_t)((WP + j * 2 + h) * 512), v ? (const void *)(xp[j] + kk) : a.A,
+                                          v);
+                    }
+            }
+        };
+
+        float acc[MT][NT][4];
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
+
+        /* Commit groups: S-1 in the prologue (the first holds all S-1 prologue steps: issued together, they
+         * land together; the others are empty), then one per loop step st holding step st+S-1 (empty past the
+         * end). At step st, S-1+st groups are committed; at most S-2 pending means groups 0 .. st have landed,
+         * and step st is in group 0 (st < S-1) or in the group committed at step st-S+1 (group st). */
+#pragma unroll
+        for (int st = 0; st < S - 1; st++)
+            if (st < nsteps) issue_x(st, st);
+#pragma unroll
+        for (int st = 0; st < S - 1; st++) cp_async_commit_mem();
+        int slot = 0; /* ring slot of step st: st % S */
+#pragma unroll 1
+        for (int st = 0; st < nsteps; st++) {
+            cp_async_wait_mem<S - 2>(); /* step st has landed (this lane's copies) */
+            /* refill the slot read in the previous step (its values went into mma already) */
+            if (st + S - 1 < nsteps) {
+                issue_w(slot == 0 ? S - 1 : slot - 1, st + S - 1);
+                issue_x(slot == 0 ? S - 1 : slot - 1, st + S - 1);
+            }
+            cp_async_commit_mem();
+            const unsigned char *src = ring_p + slot * STAGE;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                uint4 xv[NT];
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    if (j < nt_act) xv[j] = lds128(src + (WP + j * 2 + h) * 512);
+#pragma unroll
+                for (int i = 0; i < MT; i++) {
+                    const uint4 r0 = lds128(src + ((i * 2 + h) * 2) * 512), r8 = lds128(src + ((i * 2 + h) * 2 + 1) * 512);
+                    const uint32_t a0[4] = {r0.x, r8.x, r0.y, r8.y};
+                    const uint32_t a1[4] = {r0.z, r8.z, r0.w, r8.w};
+#pragma unroll
+                    for (int j = 0; j < NT; j++)
+                        if (j < nt_act) {
+                            mma16816<T>(acc[i][j], a0, xv[j].x, xv[j].y);
+                            mma16816<T>(acc[i][j], a1, xv[j].z, xv[j].w);
+                        }
+                }
+            }
+            slot = slot + 1 == S ? 0 : slot + 1;
+        }
+        cp_async_wait_mem<0>();
+        __syncthreads(); /* every warp is done with its ring: red may overwrite it */
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) red[(warp * V + (i * NT + j) * 4 + r) * 32 + lane] = acc[i][j][r];
+        __syncthreads();
+        if (ks == 0) {
+            /* accumulator (i, j) element r: W row g + (r>>1)*8 of tile i, token t0 + j*8 + tq*2 + (r&1) */
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    if (j >= nt_act) continue;
+                    float c[4];
+#pragma unroll
+                    for (int r = 0; r < 4; r++) {
+                        float v = 0.f;
+#pragma unroll
+                        for (int q = 0; q < KS; q++) v += red[((q * WR + wr) * V + (i * NT + j) * 4 + r) * 32 + lane];
+                        c[r] = v;
+                    }
+#pragma unroll
+                    for (int b = 0; b < 2; b++) {
+                        const int64_t n = t0 + j * 8 + tq * 2 + b;
+                        if (n >= cnt) continue;
+                        if (GATE_UP) {
+                            const int64_t f = ob + i * 8 + g;
+                            if (f < a.N) C[(off + n) * a.N + f] = jamba_st<T>(moe_act<T>(c[b], c[2 + b]));
+                        } else {
+                            const int64_t slot_id = a.sorted[off + n];
+                            const float w = a.weights[slot_id];
+#pragma unroll
+                            for (int hh = 0; hh < 2; hh++) {
+                                const int64_t hrow = ob + i * 16 + hh * 8 + g;
+                                if (hrow < a.N) C[slot_id * a.N + hrow] = jamba_st<T>(moe_scaled<T>(c[hh * 2 + b], w));
+                            }
+                        }
+                    }
+                }
+        }
+        __syncthreads(); /* red is over the rings of the next pass */
+    }
+}
+
 /* ---- fallback: fp32 CUDA-core tiles ------------------------------------------------------------------- */
 #define SIMT_TILE 32 /* 32 rows x 32 outputs x 32 k; 256 threads, 2x2 outputs each */
 
@@ -623,6 +864,51 @@ extern "C" jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p
                           (cudaStream_t)launch.stream);
 }
 
+/* one launch of moe_decode_kernel; raises the shared-memory limit once per device (see mma_launch) */
+template <typename T, bool GATE_UP, int NT>
+static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
+    static int smem_set[64];
+    int dev = 0;
+    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM(NT)));
+        /* two blocks per SM need the largest shared-memory carveout */
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT>,
+                                              cudaFuncAttributePreferredSharedMemoryCarveout,
+                                              cudaSharedmemCarveoutMaxShared));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    const int64_t ub = slots < a.E ? slots : a.E; /* experts that can have tokens */
+    const int64_t tiles = jamba_ceil_div(a.N, DEC_OUTS(GATE_UP));
+    if (ub <= 0 || tiles <= 0) return JAMBA_OK;
+    moe_decode_kernel<T, GATE_UP, NT><<<(unsigned)(ub * tiles), DEC_WARPS * 32, DEC_SMEM(NT), stream>>>(a, (int)tiles);
+    JAMBA_LAUNCH_CHECK("moe_decode_kernel", stream);
+    return JAMBA_OK;
+}
+
+/* NT (n-tiles of 8 tokens per pass) from the token count T = slots / TOPK, which bounds an expert's tokens
+ * under top-k routing (distinct ids per token); more tokens on one expert only cost extra passes. */
+template <typename T>
+static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
+    const int64_t tokens = slots / a.topk;
+    if (a.gate_up) {
+        if (tokens <= 8) return decode_launch_nt<T, true, 1>(a, slots, stream);
+        if (tokens <= 16) return decode_launch_nt<T, true, 2>(a, slots, stream);
+        return decode_launch_nt<T, true, 4>(a, slots, stream);
+    }
+    if (tokens <= 8) return decode_launch_nt<T, false, 1>(a, slots, stream);
+    if (tokens <= 16) return decode_launch_nt<T, false, 2>(a, slots, stream);
+    return decode_launch_nt<T, false, 4>(a, slots, stream);
+}
+
+/* env JAMBA_EXT_MOE_DECODE_IMPL=old: impl gemv runs moe_gemv_kernel (the decode kernel before
+ * moe_decode_kernel, kept for comparison in benchmarks/bench_moe.py). Read at each call. */
+static int moe_decode_old(void) {
+    const char *s = getenv("JAMBA_EXT_MOE_DECODE_IMPL");
+    return s != NULL && strcmp(s, "old") == 0;
+}
+
 /* one GEMM (gate_up or down) with the chosen engine */
 template <typename T>
 static jamba_status gemm_launch(int impl, const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
@@ -633,6 +919,7 @@ static jamba_status gemm_launch(int impl, const moe_gemm_args &a, int64_t slots,
         return JAMBA_OK;
     }
     if constexpr (sizeof(T) == 2) {
+        if (impl == JAMBA_MOE_IMPL_GEMV && !moe_decode_old()) return decode_launch<T>(a, slots, stream);
         if (impl == JAMBA_MOE_IMPL_GEMV) {
             dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 16 : 32), (unsigned)a.E);
             moe_gemv_kernel<T><<<grid, GEMV_WARPS * 32, 0, stream>>>(a);
@@ -675,6 +962,9 @@ static jamba_status combine_launch(const jamba_moe_experts_params *p, int device
  *     1.78 ms < mma 2.24 ms;
  *   more tokens: wgmma on sm_90 (512 tokens: 1.49 ms vs mma64 1.96, mma 2.39; 16384: 26.8 ms vs 33.1, 40.1),
  *     else mma64 (faster than mma and mma256 at every measured size).
+ * The gemv numbers above are of moe_gemv_kernel; moe_decode_kernel replaced it as the gemv engine before it was
+ * measured (first GPU round: bench_moe rows "ours" vs "ours (old)"; if it loses to wgmma at 64 tokens, lower
+ * MOE_GEMV_MAX_SLOTS_PER_EXPERT for Hopper).
  * jamba_ext/ops.py may route large bf16 calls to torch._grouped_mm before reaching here (faster at >= 4096
  * tokens on the H200: 5.90 vs 6.77 ms). */
 #define MOE_GEMV_MAX_SLOTS_PER_EXPERT 16

@@ -1,6 +1,6 @@
 /* moe.cuh -- pieces shared by the MoE CUDA files (moe.cu: routing, permutation, mma.sync / decode / SIMT
  * GEMMs, combine; moe_wgmma.cu: the sm_90a wgmma GEMM): the GEMM argument block, the m-tile -> expert map,
- * the HF rounding of the epilogues, cp.async and paired stores. Not part of the C API.
+ * the grouped block order, the HF rounding of the epilogues, cp.async and paired stores. Not part of the C API.
  */
 #ifndef JAMBA_MOE_CUH
 #define JAMBA_MOE_CUH
@@ -27,6 +27,18 @@ __device__ __forceinline__ bool moe_find_tile(const int32_t *offsets, int E, int
         mt -= nt;
     }
     return false;
+}
+
+/* Grouped block order of the prefill GEMMs over an m_tiles x n_tiles grid of output tiles: `group`
+ * consecutive m-tiles visit each n-tile (one W tile) before the next n-tile, so that W tile is re-read while
+ * it is still in L2. Block pid -> (m-tile, n-tile); the last group may hold fewer m-tiles. */
+__device__ __forceinline__ void moe_grouped_tile(int64_t pid, int64_t m_tiles, int64_t n_tiles, int group,
+                                                 int64_t *mt, int64_t *nt) {
+    const int64_t in_group = (int64_t)group * n_tiles;
+    const int64_t first_m = (pid / in_group) * group;
+    const int64_t gsize = m_tiles - first_m < group ? m_tiles - first_m : group;
+    *mt = first_m + (pid % in_group) % gsize;
+    *nt = (pid % in_group) / gsize;
 }
 
 struct moe_gemm_args {
@@ -61,6 +73,21 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool v
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+/* The same with a compiler memory barrier, for code that reads the copied data with plain C++ loads
+ * (the decode kernel): the loads stay after the wait, and reads of a ring slot stay before the copy that
+ * refills it. _ca: cached in L1 too (small operands that the other warps of the SM read again). */
+__device__ __forceinline__ void cp_async16_mem(uint32_t dst, const void *src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async16_ca_mem(uint32_t dst, const void *src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit_mem() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait_mem() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 /* two adjacent elements (4-byte aligned) */
 template <typename T> __device__ __forceinline__ void store2(T *p, float a, float b);

@@ -70,12 +70,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(moe_gemm_args 
     const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
 
     /* grouped block order (as moe_mma_kernel) */
-    const int64_t pid = blockIdx.x;
-    const int64_t in_group = (int64_t)WG_GROUP_M * n_tiles;
-    const int64_t first_m = (pid / in_group) * WG_GROUP_M;
-    const int64_t gsize = m_tiles - first_m < WG_GROUP_M ? m_tiles - first_m : WG_GROUP_M;
-    const int64_t mt = first_m + (pid % in_group) % gsize;
-    const int64_t nt = (pid % in_group) / gsize;
+    int64_t mt, nt;
+    moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
     int e;
     int64_t row0, row_end;
     if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) return;

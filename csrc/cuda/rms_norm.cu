@@ -7,7 +7,14 @@
  *   out = round_x( round_x(s * r) * float(weight) )
  * Layout: rows with unit stride along dim and free row strides (x, residual, out, residual_out);
  * weight (dim,) contiguous, f32 or x's dtype. out / residual_out are written, never accumulated.
+ *
+ * Kernels: rms_norm_row_kernel (default: 16-byte rows, dim <= 4096 16-byte vectors; every load of a thread is
+ * issued before its first store), rms_norm_kernel (any alignment / dim, two passes). The previous vector
+ * kernel rms_norm_vec_kernel stays reachable for one GPU round with env JAMBA_EXT_NORM_IMPL=old (read at
+ * every call, so a benchmark can time both in one process); the loser is deleted after that round.
  */
+#include <string.h>
+
 #include "common.cuh"
 
 #define RMS_MAX_VEC 8     /* 16-byte vectors a thread keeps in registers (the row is read once) */
@@ -126,10 +133,212 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(rms_args a) {
     }
 }
 
+/* rms_norm_row_kernel<T, RES, NV>: the row lives in registers as 16-byte vectors, NV (4 or 8) per thread.
+ *   x, res, out, res_out: (rows, dim) T in {f32, f16, bf16}, every row start 16-byte aligned, dim % VN == 0,
+ *   nvec = dim / VN <= NV * 512; weight (dim,) W = f32 or T, 16-byte aligned.
+ *   block (TPR, R): R rows per block, TPR threads per row (multiple of 32, TPR * R <= 512: up to 128
+ *   registers, no spills); thread tx owns vectors tx + i*TPR, i < NV; grid.x = ceil(rows / R).
+ *   At hidden 4096 bf16: NV 4, TPR 128, R 1 (64 bytes of x per thread, 128 more of x+res for add).
+ *   NV 8 only for nvec in (2048, 4096] (dim up to 32768 bf16 / 16384 f32); larger dims: rms_norm_kernel.
+ *   Order per thread: all loads of x (and res) -> weight loads (before the reduction when the registers
+ *   allow: EARLY_W) -> row sum -> stores. No store comes between two loads, so the compiler keeps every load
+ *   of the thread in flight at once (the old kernel stored res_out between loads and loaded the weight
+ *   between stores, serialising up to 8 round trips per thread). */
+/* 16 bytes <-> floats without splitting 16-bit elements into registers of their own (element access through
+ * the jamba_vec16 union makes the compiler unpack each bf16/f16 into a register: twice the registers).
+ * v16_ld<T>: VN = 16/sizeof(T) floats from one uint4; v16_st<T>: VN floats rounded to T, packed. */
+template <typename T> __device__ __forceinline__ void v16_ld(const uint4 &r, float *f);
+template <typename T> __device__ __forceinline__ uint4 v16_st(const float *f);
+__device__ __forceinline__ void bf16x2_ld(uint32_t u, float *f) {
+    f[0] = __uint_as_float(u << 16);
+    f[1] = __uint_as_float(u & 0xffff0000u);
+}
+__device__ __forceinline__ uint32_t bf16x2_st(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b); /* .x = a: the lower address */
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+__device__ __forceinline__ void f16x2_ld(uint32_t u, float *f) {
+    __half2 h;
+    memcpy(&h, &u, 4);
+    const float2 q = __half22float2(h);
+    f[0] = q.x, f[1] = q.y;
+}
+__device__ __forceinline__ uint32_t f16x2_st(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+template <> __device__ __forceinline__ void v16_ld<float>(const uint4 &r, float *f) {
+    f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y), f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
+}
+template <> __device__ __forceinline__ uint4 v16_st<float>(const float *f) {
+    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+}
+template <> __device__ __forceinline__ void v16_ld<__nv_bfloat16>(const uint4 &r, float *f) {
+    bf16x2_ld(r.x, f), bf16x2_ld(r.y, f + 2), bf16x2_ld(r.z, f + 4), bf16x2_ld(r.w, f + 6);
+}
+template <> __device__ __forceinline__ uint4 v16_st<__nv_bfloat16>(const float *f) {
+    return make_uint4(bf16x2_st(f[0], f[1]), bf16x2_st(f[2], f[3]), bf16x2_st(f[4], f[5]), bf16x2_st(f[6], f[7]));
+}
+template <> __device__ __forceinline__ void v16_ld<__half>(const uint4 &r, float *f) {
+    f16x2_ld(r.x, f), f16x2_ld(r.y, f + 2), f16x2_ld(r.z, f + 4), f16x2_ld(r.w, f + 6);
+}
+template <> __device__ __forceinline__ uint4 v16_st<__half>(const float *f) {
+    return make_uint4(f16x2_st(f[0], f[1]), f16x2_st(f[2], f[3]), f16x2_st(f[4], f[5]), f16x2_st(f[6], f[7]));
+}
+
+template <typename T, typename W, bool RES, int RMS_NV>
+__device__ __forceinline__ void rms_norm_row(const rms_args &a) {
+    const int VN = 16 / (int)sizeof(T);
+    const int NW = (int)(sizeof(W) * VN / 16); /* 16-byte weight chunks per vector: 1, or 2 (f32 w, 2-byte T) */
+    /* registers of row data per thread: early weights only when they fit beside x (and res) in 64 */
+    const bool EARLY_W = RMS_NV * 4 * (RES ? 2 : 1) + RMS_NV * NW * 4 <= 64;
+    const int64_t row = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
+    const bool active = row < a.rows;
+    const int tpr = blockDim.x, tx = threadIdx.x;
+    const int nvec = (int)(a.dim / VN); /* <= RMS_NV * 512 (launcher) */
+    const int64_t r0 = active ? row : 0;
+    const uint4 *xp = (const uint4 *)((const T *)a.x + r0 * a.sx);
+    const uint4 *rp = RES ? (const uint4 *)((const T *)a.res + r0 * a.sr) : NULL;
+    const uint4 *wp = (const uint4 *)a.w; /* vector k of the weight: wp[k * NW + q], q < NW */
+    uint4 s[RMS_NV], r[RES ? RMS_NV : 1], w[RMS_NV][NW];
+#pragma unroll
+    for (int i = 0; i < RMS_NV; i++) {
+        const int k = i * tpr + tx;
+        if (active && k < nvec) {
+            s[i] = xp[k];
+            if (RES) r[RES ? i : 0] = rp[k];
+        }
+    }
+    if (EARLY_W) {
+#pragma unroll
+        for (int i = 0; i < RMS_NV; i++) {
+            const int k = i * tpr + tx;
+            if (active && k < nvec) {
+#pragma unroll
+                for (int q = 0; q < NW; q++) w[i][q] = wp[k * NW + q];
+            }
+        }
+    }
+    float ss = 0.f;
+#pragma unroll
+    for (int i = 0; i < RMS_NV; i++) {
+        const int k = i * tpr + tx;
+        if (active && k < nvec) {
+            float f[16 / sizeof(T)];
+            v16_ld<T>(s[i], f);
+            if (RES) {
+                float g[16 / sizeof(T)];
+                v16_ld<T>(r[RES ? i : 0], g);
+#pragma unroll
+                for (int e = 0; e < VN; e++) f[e] += g[e];
+                s[i] = v16_st<T>(f); /* s = round_x(x + res) */
+                v16_ld<T>(s[i], f);
+            }
+#pragma unroll
+            for (int e = 0; e < VN; e++) ss += f[e] * f[e];
+        }
+    }
+    const float inv = rsqrtf(rms_row_sum(ss) / (float)a.dim + a.eps);
+    if (!active) return;
+    if (!EARLY_W) { /* all weight loads of the thread, then all stores */
+#pragma unroll
+        for (int i = 0; i < RMS_NV; i++) {
+            const int k = i * tpr + tx;
+            if (k < nvec) {
+#pragma unroll
+                for (int q = 0; q < NW; q++) w[i][q] = wp[k * NW + q];
+            }
+        }
+    }
+    uint4 *op = (uint4 *)((T *)a.out + row * a.so);
+    uint4 *rop = RES ? (uint4 *)((T *)a.res_out + row * a.sro) : NULL;
+#pragma unroll
+    for (int i = 0; i < RMS_NV; i++) {
+        const int k = i * tpr + tx;
+        if (k < nvec) {
+            if (RES) rop[k] = s[i];
+            float f[16 / sizeof(T)], wf[16 / sizeof(T)];
+            v16_ld<T>(s[i], f);
+#pragma unroll
+            for (int q = 0; q < NW; q++) v16_ld<W>(w[i][q], wf + q * (VN / NW));
+#pragma unroll
+            for (int e = 0; e < VN; e++) f[e] = jamba_round<T>(f[e] * inv) * wf[e];
+            op[k] = v16_st<T>(f);
+        }
+    }
+}
+
+template <typename T, typename W, bool RES, int NV>
+__global__ void __launch_bounds__(512, (NV == 4 && sizeof(W) == sizeof(T)) ? 2 : 1) rms_norm_row_kernel(rms_args a) {
+    rms_norm_row<T, W, RES, NV>(a);
+}
+
+template <typename T, typename W>
+static void rms_norm_row_go(const rms_args &a, int nv, dim3 grid, dim3 block, cudaStream_t stream) {
+    if (nv == 4 && a.res)
+        rms_norm_row_kernel<T, W, true, 4><<<grid, block, 0, stream>>>(a);
+    else if (nv == 4)
+        rms_norm_row_kernel<T, W, false, 4><<<grid, block, 0, stream>>>(a);
+    else if (a.res)
+        rms_norm_row_kernel<T, W, true, 8><<<grid, block, 0, stream>>>(a);
+    else
+        rms_norm_row_kernel<T, W, false, 8><<<grid, block, 0, stream>>>(a);
+}
+
 static int64_t round_up32(int64_t v) { return (v + 31) / 32 * 32; }
 
+/* 1 when env JAMBA_EXT_NORM_IMPL=old: the previous launch logic (rms_norm_vec_kernel). Read at every call. */
+static int norm_impl_old(void) {
+    const char *s = getenv("JAMBA_EXT_NORM_IMPL");
+    return s != NULL && strcmp(s, "old") == 0;
+}
+
+/* 16-byte rows: every row start of x/out (res/res_out) and the weight aligned, dim a multiple of the vector */
 template <typename T>
-static jamba_status rms_norm_launch(const rms_args &a, cudaStream_t stream) {
+static bool rms_rows_aligned16(const rms_args &a) {
+    const int VN = 16 / (int)sizeof(T);
+    const int64_t es = (int64_t)sizeof(T);
+    bool ok = a.dim % VN == 0 && jamba_aligned16(a.x) && jamba_aligned16(a.out) && jamba_aligned16(a.w) &&
+              (a.rows <= 1 || ((a.sx * es) % 16 == 0 && (a.so * es) % 16 == 0));
+    if (a.res)
+        ok = ok && jamba_aligned16(a.res) && jamba_aligned16(a.res_out) &&
+             (a.rows <= 1 || ((a.sr * es) % 16 == 0 && (a.sro * es) % 16 == 0));
+    return ok;
+}
+
+/* default path: rms_norm_row_kernel when the rows are 16-byte aligned and nvec <= 8 * 512 (NV 4 up to 2048
+ * vectors, NV 8 above), else the two-pass rms_norm_kernel. TPR = nvec / NV rounded up to a warp; rows per
+ * block R = 128 / TPR (>= 1). */
+template <typename T>
+static jamba_status rms_norm_launch_row(const rms_args &a, cudaStream_t stream) {
+    const int VN = 16 / (int)sizeof(T);
+    const int64_t nvec = a.dim / VN;
+    const bool vec = rms_rows_aligned16<T>(a) && nvec <= 8 * 512;
+    const int nv = nvec <= 4 * 512 ? 4 : 8;
+    const int64_t per_row = vec ? jamba_ceil_div(nvec, nv) : jamba_ceil_div(a.dim, 8);
+    const int tpr = (int)(round_up32(per_row) < 1024 ? round_up32(per_row) : 1024);
+    const int r = tpr >= RMS_BLOCK ? 1 : RMS_BLOCK / tpr;
+    const int64_t blocks = jamba_ceil_div(a.rows, r);
+    if (blocks > JAMBA_MAX_GRID_X)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.rms_norm: too many rows (%lld)", (long long)a.rows);
+    dim3 block(tpr, r);
+    if (vec && a.wdt == JAMBA_F32)
+        rms_norm_row_go<T, float>(a, nv, dim3((unsigned)blocks), block, stream);
+    else if (vec)
+        rms_norm_row_go<T, T>(a, nv, dim3((unsigned)blocks), block, stream);
+    else
+        rms_norm_kernel<T><<<(unsigned)blocks, block, 0, stream>>>(a);
+    JAMBA_LAUNCH_CHECK("jamba.rms_norm: kernel launch", stream);
+    return JAMBA_OK;
+}
+
+/* JAMBA_EXT_NORM_IMPL=old: the previous launch logic, unchanged */
+template <typename T>
+static jamba_status rms_norm_launch_old(const rms_args &a, cudaStream_t stream) {
     const int VN = 16 / (int)sizeof(T);
     const int64_t es = (int64_t)sizeof(T);
     /* vector path: every row start and the weight 16-byte aligned, dim a multiple of the vector */
@@ -178,6 +387,7 @@ extern "C" jamba_status jamba_rms_norm_cuda(const jamba_rms_norm_params *p, jamb
     a.eps = (float)p->eps;
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
-    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = rms_norm_launch<T>(a, stream));
+    const int old = norm_impl_old();
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = old ? rms_norm_launch_old<T>(a, stream) : rms_norm_launch_row<T>(a, stream));
     return s;
 }

@@ -474,6 +474,23 @@ template <typename T> __device__ __forceinline__ void pc_ld4(const T *p, float v
     }
 }
 
+/* softplus (torch threshold 20) without log1pf's branches: e = 2^(v log2 e) on the SFU; log1p(e) as the
+ * alternating series to e^6 when e < 1/8 (relative error < e^6/7 = 5e-7), else lg2.approx(1 + e) * ln 2
+ * (absolute error ~2^-22.6 against a result >= 0.17: relative < 1e-6). Both are computed, one selected. */
+__device__ __forceinline__ float pc_softplus(float v) {
+    const float e = jamba_cu_exp2(v * JAMBA_LOG2E);
+    float lg;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(lg) : "f"(1.f + e));
+    const float big = lg * 0.69314718055994531f;
+    const float ser = e * fmaf(e, fmaf(e, fmaf(e, fmaf(e, fmaf(e, -1.f / 6, 0.2f), -0.25f), 1.f / 3), -0.5f), 1.f);
+    const float sp = e < 0.125f ? ser : big;
+    return v <= 20.f ? sp : v;
+}
+/* silu(z) = z * sigmoid(z) with the SFU reciprocal (z -> -inf: 1 + e = inf, result 0) */
+__device__ __forceinline__ float pc_silu(float z) {
+    return __fdividef(z, 1.f + jamba_cu_exp2(-z * JAMBA_LOG2E));
+}
+
 /* raw stage -> fp32 set (see the kernel comment); zeros outside [0, nt) x channels < DI x states < N.
  * u/delta/z: a thread converts 4 consecutive steps of one channel per item (8 * TC items). */
 template <typename T, int TC>
@@ -498,10 +515,10 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
             const bool ok = cok && tq + i < nt;
             const float u = ok ? uu[i] : 0.f;
             float d = dd[i] + bias;
-            if (a.softplus) d = jamba_cu_softplus(d);
+            if (a.softplus) d = pc_softplus(d);
             d = ok ? d : 0.f;
             dt[i] = d, dtu[i] = d * u, du[i] = Dc * u;
-            gz[i] = (a.z && ok) ? jamba_cu_silu(zz[i]) : 1.f;
+            gz[i] = (a.z && ok) ? pc_silu(zz[i]) : 1.f;
         }
         const int o = l * TP + tq;
         *(float4 *)(sdt + o) = make_float4(dt[0], dt[1], dt[2], dt[3]);
@@ -530,7 +547,26 @@ template <typename T> __device__ __forceinline__ void pc_store2(T *o, float y0, 
     }
 }
 
-template <typename T, int TC>
+/* dt and dt*u of 8 consecutive steps (16-byte aligned rows of the fp32 set) */
+__device__ __forceinline__ void pc_ld8(const float *sdt, const float *sdtu, float dv[8], float dtu[8]) {
+    const float4 d0 = *(const float4 *)sdt, d1 = *(const float4 *)(sdt + 4);
+    const float4 w0 = *(const float4 *)sdtu, w1 = *(const float4 *)(sdtu + 4);
+    dv[0] = d0.x, dv[1] = d0.y, dv[2] = d0.z, dv[3] = d0.w, dv[4] = d1.x, dv[5] = d1.y, dv[6] = d1.z, dv[7] = d1.w;
+    dtu[0] = w0.x, dtu[1] = w0.y, dtu[2] = w0.z, dtu[3] = w0.w, dtu[4] = w1.x, dtu[5] = w1.y, dtu[6] = w1.z,
+    dtu[7] = w1.w;
+}
+/* exp2(dt * A2) of 8 steps x this lane's 4 states, and dt*u of the 8 steps */
+__device__ __forceinline__ void pc_exps8(const float *sdt, const float *sdtu, const float (&A2)[4], float (&dA)[8][4],
+                                         float (&dtu)[8]) {
+    float dv[8];
+    pc_ld8(sdt, sdtu, dv, dtu);
+#pragma unroll
+    for (int m = 0; m < 8; m++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
+}
+
+template <typename T, int TC, bool ILV>
 __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
     using K = pc_cfg<T, TC>;
     constexpr int TP = K::TP;
@@ -595,22 +631,26 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
             const float *sB = sgz + PC_CH * TP, *sC = sB + TC * PC_NS;
             const int64_t t0 = k * TC;
             T *orow = out + (b * a.DI + c) * a.L + t0;
+            /* software pipeline over the chunk's 8-step blocks: the exponentials of block j+1 are issued
+             * between the FMA steps of block j, so the SFU and the FMA pipe work side by side in a warp */
+            float dA[8][4], dtu[8];
+            pc_exps8(sdt + l * TP, sdtu + l * TP, A2, dA, dtu);
 #pragma unroll
             for (int t = 0; t < TC; t += 8) {
-                float dA[8][4], dtu[8], yp[8];
-                {
-                    const float4 d0 = *(const float4 *)(sdt + l * TP + t), d1 = *(const float4 *)(sdt + l * TP + t + 4);
-                    const float4 w0 = *(const float4 *)(sdtu + l * TP + t), w1 = *(const float4 *)(sdtu + l * TP + t + 4);
-                    const float dv[8] = {d0.x, d0.y, d0.z, d0.w, d1.x, d1.y, d1.z, d1.w};
-                    dtu[0] = w0.x, dtu[1] = w0.y, dtu[2] = w0.z, dtu[3] = w0.w;
-                    dtu[4] = w1.x, dtu[5] = w1.y, dtu[6] = w1.z, dtu[7] = w1.w;
-#pragma unroll
-                    for (int m = 0; m < 8; m++)
-#pragma unroll
-                        for (int i = 0; i < 4; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
-                }
+                float dAn[8][4], dtun[8], dvn[8], yp[8];
+                if (t + 8 < TC) pc_ld8(sdt + l * TP + t + 8, sdtu + l * TP + t + 8, dvn, dtun);
 #pragma unroll
                 for (int m = 0; m < 8; m++) {
+                    if (t + 8 < TC) {
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            /* ILV: a false dependency on h (0 * h[i], kept: fmaf(0, h, x) is not x for h = inf)
+                             * holds this exponential behind step m's h update, so ptxas interleaves the SFU
+                             * and FMA work instead of issuing all 32 exponentials back to back */
+                            const float arg = ILV ? fmaf(0.f, h[i], dvn[m] * A2[i]) : dvn[m] * A2[i];
+                            dAn[m][i] = jamba_cu_exp2(arg);
+                        }
+                    }
                     const float4 bq = *(const float4 *)(sB + (t + m) * PC_NS + 4 * g);
                     const float4 cq = *(const float4 *)(sC + (t + m) * PC_NS + 4 * g);
                     const float bv[4] = {bq.x, bq.y, bq.z, bq.w}, cv[4] = {cq.x, cq.y, cq.z, cq.w};
@@ -621,6 +661,14 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                         y = fmaf(h[i], cv[i], y);
                     }
                     yp[m] = y;
+                }
+                if (t + 8 < TC) {
+#pragma unroll
+                    for (int m = 0; m < 8; m++) {
+                        dtu[m] = dtun[m];
+#pragma unroll
+                        for (int i = 0; i < 4; i++) dA[m][i] = dAn[m][i];
+                    }
                 }
                 /* reduce-scatter over the 4 lanes of the channel: lane g ends with steps 2g, 2g+1 */
                 const bool hi2 = (g & 2) != 0, hi1 = (g & 1) != 0;
@@ -655,13 +703,13 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     }
 }
 
-template <typename T, int TC> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
+template <typename T, int TC, bool ILV> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
     using K = pc_cfg<T, TC>;
     const int64_t nvb = a.B * ((a.DI + PC_CH - 1) / PC_CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC>,
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, ILV>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
-    selective_scan_pc_kernel<T, TC><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
+    selective_scan_pc_kernel<T, TC, ILV><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
     return JAMBA_OK;
 }
@@ -711,12 +759,13 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
         if (m) a.cmode = mode, a.vec_c = vec;
         else a.bmode = mode, a.vec_b = vec;
     }
-    const int tc = env_int("JAMBA_EXT_SCAN_CHUNK", 32); /* 16 or 32 (benchmark knob) */
+    /* benchmark knob: JAMBA_EXT_SCAN_ILV=1 interleaves the exponentials with the FMA chain (see the kernel) */
+    const int ilv = env_int("JAMBA_EXT_SCAN_ILV", 0);
     jamba_status s = JAMBA_ERR_DTYPE;
-    if (tc <= 16) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 16>(a, stream)));
+    if (ilv) {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 32, true>(a, stream)));
     } else {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 32>(a, stream)));
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 32, false>(a, stream)));
     }
     *st = s;
     return 1;
