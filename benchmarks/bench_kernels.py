@@ -15,7 +15,6 @@ timed. The decode rows also give the time per call inside a CUDA graph (CPU laun
 
     python benchmarks/bench_kernels.py            # full shapes (GPU)
     python benchmarks/bench_kernels.py --smoke    # tiny shapes, CPU or GPU (CI)
-    python benchmarks/bench_kernels.py --sweep    # also time the scan's tile choices (JAMBA_EXT_SCAN_*)
 """
 import argparse
 import os
@@ -172,7 +171,7 @@ def check(name, got, want, **tol):
         raise AssertionError(f"{name}: wrong result at the benchmark shape (max abs err {err:.3e})")
 
 
-def bench_scan(bb, shapes, DI, N, sweep):
+def bench_scan(bb, shapes, DI, N):
     dev = bb.dev
     for Bsz, L in shapes:
         a = scan_args(Bsz, DI, L, N, dev)
@@ -195,7 +194,7 @@ def bench_scan(bb, shapes, DI, N, sweep):
             bt = {"B": a["B"].transpose(1, 2).contiguous().transpose(1, 2),
                   "C": a["C"].transpose(1, 2).contiguous().transpose(1, 2)}
             for label, env, over in (("old", {"JAMBA_EXT_SCAN_IMPL": "old"}, {}),
-                                     ("ILV", {"JAMBA_EXT_SCAN_ILV": "1"}, {}),
+                                     ("G8", {"JAMBA_EXT_SCAN_G": "8"}, {}),
                                      ("B/C n-fast", {}, bt)):
                 os.environ.update(env)
                 try:
@@ -207,18 +206,6 @@ def bench_scan(bb, shapes, DI, N, sweep):
                     for k in env:
                         del os.environ[k]
             del bt
-        if sweep and dev.type == "cuda" and False:  # SPT/TC knobs of the previous kernel (JAMBA_EXT_SCAN_IMPL=old)
-            for spt in ("4", "16"):
-                for tc in ("32", "64"):
-                    os.environ["JAMBA_EXT_SCAN_SPT"], os.environ["JAMBA_EXT_SCAN_CHUNK"] = spt, tc
-                    try:
-                        check("selective_scan (sweep)", ops.selective_scan(**a)[0][:, idx], ref_out)
-                        t = bb.time(lambda: ops.selective_scan(**a), reps=10)
-                        print(f"    sweep SPT={spt:>2} TC={tc:>3}: {t['median_ms'] * 1e3:8.1f} us", flush=True)
-                        bb.rows.append(dict(op="selective_scan_sweep", shape=f"B={Bsz} L={L} SPT={spt} TC={tc}",
-                                            sweep_us=t["median_ms"] * 1e3))
-                    finally:
-                        del os.environ["JAMBA_EXT_SCAN_SPT"], os.environ["JAMBA_EXT_SCAN_CHUNK"]
         del a, out, last
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -236,34 +223,8 @@ def bench_conv(bb, shapes, DI, K):
         nbytes = 2 * Bsz * DI * L * 2 + Bsz * DI * (K - 1) * 2 + DI * (K + 1) * 2
         torch_conv = lambda: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=DI)[..., :L])
         bb.row("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K}", lambda: ops.causal_conv1d(x, w, b, None, True, K - 1),
-               nbytes, eager=torch_conv)
-        with old_impl("JAMBA_EXT_CONV_IMPL"):  # the previous kernel, same inputs, same run (then deleted)
-            o2, f2 = ops.causal_conv1d(x, w, b, None, True, K - 1)
-            check("causal_conv1d (old)", o2, ref_out)
-            check("causal_conv1d final_state (old)", f2, ref_fin, rtol=0, atol=0)
-            bb.row("causal_conv1d (old)", f"B={Bsz} DI={DI} L={L} K={K}",
-                   lambda: ops.causal_conv1d(x, w, b, None, True, K - 1), nbytes)
+               nbytes, eager=torch_conv, graph=True)
         del x, out
-
-
-def bench_conv_update_old(bb, batches, DI, K):
-    """causal_conv1d_update through the previous kernel (JAMBA_EXT_CONV_IMPL=old), the inputs and byte count
-    of bench_decode's row, to sit beside it in one run until the loser is deleted."""
-    dev = bb.dev
-    for Bsz in batches:
-        x = rn(Bsz, DI, dev=dev)
-        w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
-        st = rn(Bsz, DI, K, dev=dev)
-        st_ref = st.clone()
-        nbytes = 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * 2 + DI * (K + 1) * 2
-        small = nbytes < (120 << 20)
-        with old_impl("JAMBA_EXT_CONV_IMPL"):
-            out = ops.causal_conv1d_update(x, st, w, b, True)
-            ref_out, ref_st = R.causal_conv1d_update(x, st_ref, w, b, True)
-            check("causal_conv1d_update (old)", out, ref_out)
-            check("causal_conv1d_update state (old)", st, ref_st, rtol=0, atol=0)
-            bb.row("causal_conv1d_update (old)", f"B={Bsz} DI={DI} K={K}",
-                   lambda: ops.causal_conv1d_update(x, st, w, b, True), nbytes, small=small, graph=True)
 
 
 def bench_decode(bb, batches, DI, N, K):
@@ -297,18 +258,6 @@ def bench_decode(bb, batches, DI, N, K):
         bb.row("selective_state_update", f"B={Bsz} DI={DI} N={N} state=f32",
                lambda: ops.selective_state_update(**s), nbytes,
                eager=lambda: R.selective_state_update(**s), small=small, graph=True)
-        if dev.type == "cuda":  # the previous kernel (JAMBA_EXT_SSU_IMPL=old, read at every call), for one round
-            os.environ["JAMBA_EXT_SSU_IMPL"] = "old"
-            try:
-                st0 = s["state"].clone()
-                y = ops.selective_state_update(**s)
-                ry, rs = R.selective_state_update(**dict(s, state=st0))
-                check("selective_state_update (old)", y, ry)
-                check("selective_state_update (old) state", s["state"], rs, rtol=1e-5, atol=1e-5)
-                bb.row("selective_state_update (old)", f"B={Bsz} DI={DI} N={N} state=f32",
-                       lambda: ops.selective_state_update(**s), nbytes, small=small, graph=True)
-            finally:
-                del os.environ["JAMBA_EXT_SSU_IMPL"]
 
 
 def bench_norm(bb, rows, dim):
@@ -323,21 +272,22 @@ def bench_norm(bb, rows, dim):
     nb = rows * dim * 2
     small = 4 * nb < (120 << 20)
     bb.row("rms_norm", f"rows={rows} dim={dim}", lambda: ops.rms_norm(x, w), 2 * nb + dim * 2,
-           eager=lambda: R.rms_norm(x, w), small=small)
+           eager=lambda: R.rms_norm(x, w), small=small, graph=True)
     bb.row("add_rms_norm", f"rows={rows} dim={dim}", lambda: ops.add_rms_norm(x, r, w), 4 * nb + dim * 2,
-           eager=lambda: R.add_rms_norm(x, r, w), small=small)
+           eager=lambda: R.add_rms_norm(x, r, w), small=small, graph=True)
     with old_impl("JAMBA_EXT_NORM_IMPL"):  # the previous kernel, same inputs, same run (then deleted)
         check("rms_norm (old)", ops.rms_norm(x, w), R.rms_norm(x, w))
         o, s = ops.add_rms_norm(x, r, w)
         check("add_rms_norm (old)", o, ro)
         check("add_rms_norm residual (old)", s, rs, rtol=0, atol=0)
-        bb.row("rms_norm (old)", f"rows={rows} dim={dim}", lambda: ops.rms_norm(x, w), 2 * nb + dim * 2, small=small)
+        bb.row("rms_norm (old)", f"rows={rows} dim={dim}", lambda: ops.rms_norm(x, w), 2 * nb + dim * 2, small=small,
+               graph=True)
         bb.row("add_rms_norm (old)", f"rows={rows} dim={dim}", lambda: ops.add_rms_norm(x, r, w), 4 * nb + dim * 2,
-               small=small)
+               small=small, graph=True)
 
 
 class old_impl:
-    """with old_impl("JAMBA_EXT_CONV_IMPL"): ... runs the kernels' previous implementation (the launchers read
+    """with old_impl("JAMBA_EXT_NORM_IMPL"): ... runs the kernels' previous implementation (the launchers read
     the variable at every call); restores the variable after."""
 
     def __init__(self, name):
@@ -357,7 +307,6 @@ class old_impl:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
-    ap.add_argument("--sweep", action="store_true", help="time the scan's SPT / chunk choices too")
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", default="", help="comma-separated families: scan,conv,decode,norm (default all)")
     args = ap.parse_args()
@@ -379,12 +328,11 @@ def main():
           f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
     only = set(filter(None, args.only.split(","))) or {"scan", "conv", "decode", "norm"}
     if "scan" in only:
-        bench_scan(bb, scan_shapes, DI, N, args.sweep)
+        bench_scan(bb, scan_shapes, DI, N)
     if "conv" in only:
         bench_conv(bb, scan_shapes, DI, K)
     if "decode" in only:
         bench_decode(bb, decode_batches, DI, N, K)
-    bench_conv_update_old(bb, decode_batches, DI, K)
     if "norm" in only:
         bench_norm(bb, *norm_shape)
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,

@@ -8,8 +8,6 @@ Rows per token count (each checked against an fp32 reference before it is timed)
   ours            moe_route + moe_experts(impl auto): routing, permutation, both GEMMs, SiLU*up, combine
   ours:<impl>     one CUDA engine forced: mma / mma64 / mma256 (mma.sync GEMM variants), wgmma (Hopper),
                   gemv (decode: moe_decode_kernel)
-  ... (old)       (T <= 64) the same with env JAMBA_EXT_MOE_DECODE_IMPL=old: the previous decode kernel
-                  (moe_gemv_kernel), timed in the same run for comparison
   ours+grouped_mm our routing, permutation and combine around torch._grouped_mm (the allowed fallback)
   (a) hf_loop     transformers 4.x JambaSparseMoeBlock: one_hot mask, loop over all experts, torch.where
   (b) sorted_mm   tokens sorted by expert, one torch.matmul pair per expert (host loop over offsets)
@@ -93,26 +91,11 @@ def grouped(x, logits, w_gate_up, w_down, K):
     return out
 
 
-def ours(impl, decode_impl=None):
-    """decode_impl "old": env JAMBA_EXT_MOE_DECODE_IMPL=old around the call (impl gemv then runs the previous
-    decode kernel, moe_gemv_kernel, instead of moe_decode_kernel; read by the C side at each call)."""
+def ours(impl):
     def run(x, logits, w_gate_up, w_down, K):
         w, ids, offsets, slots = ops.moe_route(logits, K)
-        if decode_impl is None:
-            return ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
-        prev = os.environ.get(DECODE_ENV)
-        os.environ[DECODE_ENV] = decode_impl
-        try:
-            return ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
-        finally:
-            if prev is None:
-                del os.environ[DECODE_ENV]
-            else:
-                os.environ[DECODE_ENV] = prev
+        return ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
     return run
-
-
-DECODE_ENV = "JAMBA_EXT_MOE_DECODE_IMPL"
 
 
 def kernel_breakdown(fn, iters=3):
@@ -151,9 +134,6 @@ def sanitize_cases():
         for impl in impls:
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
-        if "gemv" in impls:  # the previous decode kernel too
-            out = ours("gemv", "old")(x, torch.randn(T, E, generator=g, device=dev), wgu, wd, K)
-            assert not torch.isnan(out).any(), "gemv (old)"
     torch.cuda.synchronize()
     print("bench_moe --sanitize: all engines ran")
 
@@ -200,8 +180,6 @@ def main():
     variants = [("ours", ours("auto"))]
     if dev.type == "cuda":
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
-        # the previous decode kernel in the same run (T <= 64 only; auto picks gemv there)
-        variants += [("ours (old)", ours("auto", "old")), ("ours:gemv (old)", ours("gemv", "old"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]
@@ -231,8 +209,6 @@ def main():
         base_b = None
         for name, fn in variants:
             if (name == "ours:gemv" and T > 512) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64):
-                continue
-            if name.endswith(" (old)") and T > 64:
                 continue
             out = fn(x, logits, w_gate_up, w_down, K)
             err = rel_err(out, ref)
@@ -267,11 +243,6 @@ def main():
                 row_ours["kernels_us"] = kernel_breakdown(lambda: ours("auto")(x, logits, w_gate_up, w_down, K))
                 print("  ours kernels (us/call): " + ", ".join(f"{k} {v:.1f}" for k, v in row_ours["kernels_us"].items()),
                       flush=True)
-            row_old = next((r for r in rows if r["tokens"] == T and r["op"] == "ours (old)" and "median_us" in r), None)
-            if row_old is not None:
-                row_old["kernels_us"] = kernel_breakdown(lambda: ours("auto", "old")(x, logits, w_gate_up, w_down, K))
-                print("  ours (old) kernels (us/call): " +
-                      ", ".join(f"{k} {v:.1f}" for k, v in row_old["kernels_us"].items()), flush=True)
         summary = ", ".join(f"{r['op']} {r['speedup_vs_b']:.2f}x" for r in rows
                             if r["tokens"] == T and "speedup_vs_b" in r and r["op"].startswith("ours"))
         print(f"  T={T}: speed-up over (b): {summary}", flush=True)

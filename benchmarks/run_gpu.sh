@@ -2,7 +2,7 @@
 # The whole GPU round in one call (device tool, H200): build, every test (CUDA ones included),
 # compute-sanitizer on small cases of every kernel, and the benchmarks. Everything goes to $OUT:
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
-# Usage on the device:  JAMBA_COMMIT=<sha> bash benchmarks/run_gpu.sh [full]
+# Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] bash benchmarks/run_gpu.sh [full]
 #   full: also the slow CUDA tests (> 2^31 elements). Each step has a time limit, so one call fits in ~9 min.
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
@@ -27,18 +27,21 @@ echo "build took $(( $(date +%s) - t0 )) s"
 step "tests marked cuda (the CPU suite runs in CI)"
 slow=0; [ "$mode" = full ] && slow=1
 JAMBA_SLOW=$slow timeout 300 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -40
+step "scan tests again with 8 lanes per channel (JAMBA_EXT_SCAN_G=8, the pipelined kernel's other tiling)"
+JAMBA_EXT_SCAN_G=8 timeout 150 python3 -m pytest -q -m cuda -k "selective_scan" --timeout=120 tests -p no:cacheprovider 2>&1 | tail -5
 
 step "compute-sanitizer memcheck (small cases of every kernel)"
 timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -8
 step "compute-sanitizer racecheck (same cases)"
 timeout 120 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -8
+JAMBA_EXT_SCAN_G=8 timeout 60 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
 
 step "bench_kernels"
-timeout 150 python3 benchmarks/bench_kernels.py 2>&1 | tail -40
+timeout 200 python3 benchmarks/bench_kernels.py 2>&1 | tail -70
 step "bench_moe"
-timeout 150 python3 benchmarks/bench_moe.py 2>&1 | tail -30
+timeout 150 python3 benchmarks/bench_moe.py 2>&1 | tail -90
 step "bench_model"
-timeout 200 python3 benchmarks/bench_model.py --decode-steps 16 --budget-s 60 2>&1 | tail -30
+[ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py --decode-steps 16 --budget-s 60 2>&1 | tail -30
 step "done"
 } 2>&1 | tee "$LOG"
 cp benchmarks/results/bench_kernels.json benchmarks/results/bench_moe.json benchmarks/results/bench_model.json \

@@ -138,7 +138,7 @@ def test_rms_norm_shapes_fp64(dtype, rows, dim):
     assert_close(out, reference.rms_norm(up(ref_res), up(w), 1e-6), **TOL[dtype])
 
 
-# ---- default kernels vs the previous ones (JAMBA_EXT_CONV_IMPL / JAMBA_EXT_NORM_IMPL=old, one GPU round) ----
+# ---- vector paths of conv / conv update / norm (norm: also the previous kernel, JAMBA_EXT_NORM_IMPL=old) ----
 ALL_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ALL_IDS = ["f32", "bf16", "f16"]
 
@@ -161,15 +161,13 @@ CONV_VEC_CASES = [
 ]
 
 
-@pytest.mark.parametrize("impl", ["default", "old"])
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
 @pytest.mark.parametrize("batch,d_inner,seqlen,K,S_in,state_len,silu,w_f32", CONV_VEC_CASES,
                          ids=[f"B{c[0]}_DI{c[1]}_L{c[2]}_K{c[3]}" for c in CONV_VEC_CASES])
-def test_causal_conv1d_vector_path(monkeypatch, impl, dtype, batch, d_inner, seqlen, K, S_in, state_len, silu,
-                                   w_f32):
-    """x a channel slice of a wider tensor with 16-byte aligned rows (the vector loads of the default kernel
-    when L * itemsize % 16 == 0), segment halos, initial / final state; both implementations."""
-    _impl(monkeypatch, "JAMBA_EXT_CONV_IMPL", impl)
+def test_causal_conv1d_vector_path(dtype, batch, d_inner, seqlen, K, S_in, state_len, silu, w_f32):
+    """x a channel slice of a wider tensor with 16-byte aligned rows (the vector loads of the warp kernel
+    when L * itemsize % 16 == 0), segment halos, initial / final state. The element-load variant: odd L and
+    misaligned rows (test_causal_conv1d_misaligned_rows, tests/test_causal_conv1d.py)."""
     wide = randn(batch, d_inner + 2, seqlen, device=DEV, dtype=dtype)
     x = wide[:, 1:1 + d_inner]
     wdt = torch.float32 if w_f32 else dtype
@@ -186,14 +184,13 @@ UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32"
                     "state_slice", "state_slice_misaligned", "x_in_state", "seqlen2"]
 
 
-@pytest.mark.parametrize("impl", ["default", "old"])
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
 @pytest.mark.parametrize("case", UPDATE_VEC_CASES)
-def test_causal_conv1d_update_vector_path(monkeypatch, impl, dtype, case):
-    """The decode step in the HF cache layout (conv_state (B, DI, 4), one token): the default 4-channel
-    kernel (16-byte state rows, vector x / taps when contiguous, element loads otherwise) and the shapes
-    that fall back to the per-channel kernel; conv_state rewritten exactly, neighbours of a slice untouched."""
-    _impl(monkeypatch, "JAMBA_EXT_CONV_IMPL", impl)
+def test_causal_conv1d_update_vector_path(dtype, case):
+    """The decode step in the HF cache layout (conv_state (B, DI, 4), one token): the 4-channel kernel
+    (16-byte state rows, vector x / taps when contiguous, element loads otherwise) and the shapes that fall
+    back to the per-channel kernel (di_odd, state_slice_misaligned, seqlen2); conv_state rewritten exactly,
+    neighbours of a slice untouched."""
     B, DI, K, S = 3, 36, 4, 4
     if case == "di_odd":
         DI = 37
@@ -377,18 +374,16 @@ def test_selective_state_update_arg_layouts_fp64(dtype, batch, case):
 
 @pytest.mark.parametrize("batch,d_inner,layout", [(1, 8192, "contig"), (6, 130, "pad_di"), (65, 200, "contig"),
                                                   (7, 65, "pad_n")])
-def test_selective_state_update_fast_equals_old(monkeypatch, batch, d_inner, layout):
-    """The fast kernel does the old kernel's fp32 operations in the same order: bit-identical outputs and
-    states. JAMBA_EXT_SSU_IMPL=old (read at every call) selects the old kernel; remove with it."""
+def test_selective_state_update_fast_equals_general(batch, d_inner, layout):
+    """The fast kernel does the general kernel's fp32 operations in the same order: bit-identical outputs and
+    states. The same values of A with stride 1 along DI (A transposed) send the call to the general kernel."""
     s = decode_inputs(batch, d_inner, 16, torch.bfloat16)
     s["state"], _ = _state_view(batch, d_inner, 16, layout)
-    st_old = s["state"].clone()
-    y_new = ops.selective_state_update(**s)
-    monkeypatch.setenv("JAMBA_EXT_SSU_IMPL", "old")
-    y_old = ops.selective_state_update(**dict(s, state=st_old))
-    monkeypatch.delenv("JAMBA_EXT_SSU_IMPL")
-    assert torch.equal(y_new, y_old)
-    assert torch.equal(s["state"], st_old)
+    st_gen = s["state"].clone()
+    y_fast = ops.selective_state_update(**s)
+    y_gen = ops.selective_state_update(**dict(s, state=st_gen, A=s["A"].t().contiguous().t()))
+    assert torch.equal(y_fast, y_gen)
+    assert torch.equal(s["state"], st_gen)
 
 
 # ---- CPU vs CUDA -----------------------------------------------------------------------------------------

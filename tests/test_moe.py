@@ -201,8 +201,7 @@ def test_moe_experts_deterministic(device, T, impl):
     assert all(torch.equal(p, q) for p, q in zip(r1, r2))
 
 
-# ---- decode engine (impl gemv): moe_decode_kernel, and the previous kernel behind an env var -----------------
-DECODE_ENV = "JAMBA_EXT_MOE_DECODE_IMPL"
+# ---- decode engine (impl gemv): moe_decode_kernel -------------------------------------------------------------
 # T picks the n-tiles per pass (<= 8 tokens: 1, <= 16: 2, more: 4); H, F multiples of 8 but not of the
 # 32-output tiles or the 64-k steps; (24, 16): one k step, so some k-split warps get no k at all.
 DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (5, 72, 40, 1, 1), (8, 200, 136, 8, 1),
@@ -212,37 +211,26 @@ DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (5, 72, 40, 1, 1), (8,
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("old", [False, True], ids=["new", "old"])
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
 @pytest.mark.parametrize("T,H,F,E,K", DECODE_CASES, ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in DECODE_CASES])
-def test_moe_decode_engine(monkeypatch, old, dtype, T, H, F, E, K):
-    """impl gemv at every n-tile count, tail tiles, idle k-splits, E = 1 / 8 / 16, top-1/2; the previous kernel
-    (JAMBA_EXT_MOE_DECODE_IMPL=old) on the same cases. Deterministic, and new and old agree to rounding."""
+def test_moe_decode_engine(dtype, T, H, F, E, K):
+    """impl gemv at every n-tile count, tail tiles, idle k-splits, E = 1 / 8 / 16, top-1/2: deterministic, and
+    matches the fp64 reference."""
     dev = torch.device("cuda")
     x = randn(T, H, device=dev, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
     w, ids, offsets, slots = routed(T, E, K, dev)
-    if old:
-        monkeypatch.setenv(DECODE_ENV, "old")
     out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv")
     assert torch.equal(out, ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv"))
     assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
-    if not old:
-        monkeypatch.setenv(DECODE_ENV, "old")
-        prev = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv")
-        monkeypatch.delenv(DECODE_ENV)
-        assert_close(out, prev, **MOE_TOL[dtype])
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("old", [False, True], ids=["new", "old"])
 @pytest.mark.parametrize("T", [3, 8, 12, 40])
-def test_moe_decode_repeated_ids(monkeypatch, old, T):
+def test_moe_decode_repeated_ids(T):
     """Both slots of every token on expert 2 (ids repeat within a token): expert 2 has 2T tokens, more than the
     token count that sized the pass (extra passes); the other experts get nothing."""
-    if old:
-        monkeypatch.setenv(DECODE_ENV, "old")
     dev, dtype = torch.device("cuda"), torch.bfloat16
     H, F, E = 136, 72, 4
     x = randn(T, H, device=dev, dtype=dtype)

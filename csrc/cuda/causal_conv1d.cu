@@ -8,23 +8,16 @@
  * The taps are kept right-aligned in a 4-wide register array (wpad[4-K+j] = w[j], the rest 0), so one
  * code path serves K = 2..4 with constant register indices. fp32 accumulation, one rounding at the end.
  *
- * Kernels (default): causal_conv1d_fwd_warp_kernel (one warp = one row segment of 32 x 4 16-byte vectors,
- * halo through warp shuffles, no shared memory), causal_conv1d_update_vec_kernel (L == 1, S == 4: one
- * thread = 4 channels, 16-byte state rows), causal_conv1d_update_kernel (any other update). The previous
- * forward kernel causal_conv1d_fwd_kernel and the scalar update for every shape stay reachable for one GPU
- * round with env JAMBA_EXT_CONV_IMPL=old (read at every call, so a benchmark can time both in one process).
- * The default kernels' SiLU is v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp; old:
- * __expf and an IEEE division).
+ * Kernels: causal_conv1d_fwd_warp_kernel (the forward, every shape: one warp = one row segment of 32 x 4
+ * 16-byte vectors, halo through warp shuffles, no shared memory; element loads/stores when the rows are not
+ * 16-byte vectors), causal_conv1d_update_vec_kernel (L == 1, S == 4: one thread = 4 channels, 16-byte state
+ * rows), causal_conv1d_update_kernel (any other update: one thread per channel).
+ * SiLU: v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp) in the warp and vec kernels;
+ * __expf and an IEEE division in causal_conv1d_update_kernel.
  */
 #include <string.h>
 
 #include "common.cuh"
-
-/* 1 when env JAMBA_EXT_CONV_IMPL=old (the previous kernels). Read at every call. */
-static int conv_impl_old(void) {
-    const char *s = getenv("JAMBA_EXT_CONV_IMPL");
-    return s != NULL && strcmp(s, "old") == 0;
-}
 
 /* q = v / d, r = v % d for 0 <= v < n (all threads of a launch see the same n): 32-bit division when n
  * fits (the 64-bit one is a ~100-instruction subroutine) */
@@ -46,61 +39,6 @@ __device__ __forceinline__ void conv_st16(void *p, uint4 v) {
 /* silu with the fast division and exp2: v / (1 + 2^(-v log2 e)); 0 (the limit) where the exponential
  * overflows, v where it is below 2^-126 (flushed to 0) */
 __device__ __forceinline__ float conv_silu(float v) { return __fdividef(v, 1.f + jamba_cu_exp2(-v * JAMBA_LOG2E)); }
-
-/* 16 bytes <-> VN floats on 32-bit words (element access through a union makes the compiler put every
- * 16-bit element in a register of its own). conv_pk<T>::ld(raw, f), st(f) -> raw (rounded to nearest),
- * f1(bits) (one element from its bits in the low 16 / 32 bits). */
-template <typename T> struct conv_pk;
-template <> struct conv_pk<float> {
-    static __device__ __forceinline__ float f1(uint32_t u) { return __uint_as_float(u); }
-    static __device__ __forceinline__ void ld(const uint4 &r, float *f) {
-        f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y), f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
-    }
-    static __device__ __forceinline__ uint4 st(const float *f) {
-        return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
-    }
-};
-template <> struct conv_pk<__nv_bfloat16> {
-    static __device__ __forceinline__ float f1(uint32_t u) { return __uint_as_float(u << 16); }
-    static __device__ __forceinline__ uint32_t st2(float a, float b) {
-        const __nv_bfloat162 h = __floats2bfloat162_rn(a, b); /* .x = a: the lower address */
-        uint32_t u;
-        memcpy(&u, &h, 4);
-        return u;
-    }
-    static __device__ __forceinline__ void ld2(uint32_t u, float *f) {
-        f[0] = __uint_as_float(u << 16), f[1] = __uint_as_float(u & 0xffff0000u);
-    }
-    static __device__ __forceinline__ void ld(const uint4 &r, float *f) { ld2(r.x, f), ld2(r.y, f + 2), ld2(r.z, f + 4), ld2(r.w, f + 6); }
-    static __device__ __forceinline__ uint4 st(const float *f) {
-        return make_uint4(st2(f[0], f[1]), st2(f[2], f[3]), st2(f[4], f[5]), st2(f[6], f[7]));
-    }
-};
-template <> struct conv_pk<__half> {
-    static __device__ __forceinline__ float f1(uint32_t u) { return __half2float(__ushort_as_half((unsigned short)u)); }
-    static __device__ __forceinline__ uint32_t st2(float a, float b) {
-        const __half2 h = __floats2half2_rn(a, b);
-        uint32_t u;
-        memcpy(&u, &h, 4);
-        return u;
-    }
-    static __device__ __forceinline__ void ld2(uint32_t u, float *f) {
-        __half2 h;
-        memcpy(&h, &u, 4);
-        const float2 q = __half22float2(h);
-        f[0] = q.x, f[1] = q.y;
-    }
-    static __device__ __forceinline__ void ld(const uint4 &r, float *f) { ld2(r.x, f), ld2(r.y, f + 2), ld2(r.z, f + 4), ld2(r.w, f + 6); }
-    static __device__ __forceinline__ uint4 st(const float *f) {
-        return make_uint4(st2(f[0], f[1]), st2(f[2], f[3]), st2(f[4], f[5]), st2(f[6], f[7]));
-    }
-};
-
-#define CONV_THREADS 128
-#define CONV_EPT 16                              /* consecutive time steps per thread: 32-64 bytes of loads
-                                                  * in flight per thread (8 gave 42% of copy bw on H200) */
-#define CONV_TILE (CONV_THREADS * CONV_EPT)      /* time steps per block */
-#define CONV_HALO 3                              /* JAMBA_MAX_CONV_WIDTH - 1 */
 
 struct conv_args {
     void *out, *fin;
@@ -124,111 +62,6 @@ __device__ __forceinline__ void conv_taps(const void *w, int wdt, int64_t sw0, i
     *bv = bias ? jamba_ld_any(bias, bdt, c * sb) : 0.f;
 }
 
-/* causal_conv1d_fwd_kernel
- *   x (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; w (DI, K), bias (DI,) f32|T;
- *   initial_state (B, DI, S_in >= K-1) T, unit stride along S; final_state (B, DI, S_out) T, unit stride.
- *   One block = one (b, c) row x CONV_TILE time steps; thread i owns steps t0 + 16i .. t0 + 16i + 15 in
- *   registers (16-byte loads when the row is aligned) and takes the 3 steps before them from its left
- *   neighbour through shared memory (thread 0: from x before t0, initial_state or zeros).
- *   Blocks are virtual: vb = ((b * DI) + c) * nchunk + chunk, looped with a grid stride (no grid-axis limit).
- *   The block holding a row's last chunk also writes final_state. */
-template <typename T>
-__global__ void __launch_bounds__(CONV_THREADS) causal_conv1d_fwd_kernel(conv_args a, int64_t nchunk) {
-    __shared__ float tail[(CONV_THREADS + 1) * CONV_HALO];
-    typedef jamba_vec16<T> V;
-    const int VN = V::n;
-    const int64_t nvb = a.B * a.DI * nchunk;
-    for (int64_t vb = blockIdx.x; vb < nvb; vb += gridDim.x) {
-        const int64_t chunk = vb % nchunk, bc = vb / nchunk;
-        const int64_t c = bc % a.DI, b = bc / a.DI;
-        const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;         /* row (b, c) of x */
-        T *out = (T *)a.out + bc * a.L;                             /* row (b, c) of out */
-        const T *init = a.init ? (const T *)a.init + b * a.si0 + c * a.si1 : NULL;
-        const int64_t t0 = chunk * CONV_TILE;
-        const int64_t tt = t0 + (int64_t)threadIdx.x * CONV_EPT;   /* this thread's first step */
-
-        float wp[4], bv;
-        conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, &bv);
-
-        float v[CONV_EPT];
-        if (jamba_aligned16(x) && tt + CONV_EPT <= a.L) {
-#pragma unroll
-            for (int q = 0; q < CONV_EPT / VN; q++) {
-                V r;
-                r.raw = *(const uint4 *)(x + tt + q * VN);
-#pragma unroll
-                for (int e = 0; e < VN; e++) v[q * VN + e] = jamba_ld<T>(r.v[e]);
-            }
-        } else {
-#pragma unroll
-            for (int e = 0; e < CONV_EPT; e++) v[e] = tt + e < a.L ? jamba_ld<T>(x[tt + e]) : 0.f;
-        }
-        /* tail[i+1] = last 3 steps of thread i; tail[0] = the 3 steps before t0 */
-#pragma unroll
-        for (int m = 0; m < CONV_HALO; m++) tail[(threadIdx.x + 1) * CONV_HALO + m] = v[CONV_EPT - CONV_HALO + m];
-        if (threadIdx.x == 0) {
-#pragma unroll
-            for (int m = 0; m < CONV_HALO; m++) {
-                const int64_t t = t0 - CONV_HALO + m;
-                float h = 0.f;
-                if (t >= 0) h = jamba_ld<T>(x[t]);
-                else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
-                tail[m] = h;
-            }
-        }
-        __syncthreads();
-        float win[CONV_HALO + CONV_EPT]; /* win[m] = h[tt - 3 + m] */
-#pragma unroll
-        for (int m = 0; m < CONV_HALO; m++) win[m] = tail[threadIdx.x * CONV_HALO + m];
-#pragma unroll
-        for (int e = 0; e < CONV_EPT; e++) win[CONV_HALO + e] = v[e];
-        T o[CONV_EPT];
-#pragma unroll
-        for (int e = 0; e < CONV_EPT; e++) {
-            float acc = bv;
-#pragma unroll
-            for (int m = 0; m < 4; m++) acc = fmaf(wp[m], win[e + m], acc);
-            o[e] = jamba_st<T>(a.silu ? jamba_cu_silu(acc) : acc);
-        }
-        if (jamba_aligned16(out) && ((a.L * (int64_t)sizeof(T)) & 15) == 0 && tt + CONV_EPT <= a.L) {
-#pragma unroll
-            for (int q = 0; q < CONV_EPT / VN; q++) {
-                V r;
-#pragma unroll
-                for (int e = 0; e < VN; e++) r.v[e] = o[q * VN + e];
-                *(uint4 *)(out + tt + q * VN) = r.raw;
-            }
-        } else {
-#pragma unroll
-            for (int e = 0; e < CONV_EPT; e++)
-                if (tt + e < a.L) out[tt + e] = o[e];
-        }
-        if (a.fin && chunk == nchunk - 1) {
-            T *fin = (T *)a.fin + b * a.sf0 + c * a.sf1;
-            for (int64_t j = threadIdx.x; j < a.S_out; j += blockDim.x) {
-                const int64_t t = a.L - a.S_out + j; /* position in x; < 0: in the initial state */
-                float h = 0.f;
-                if (t >= 0) h = jamba_ld<T>(x[t]);
-                else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
-                fin[j] = jamba_st<T>(h);
-            }
-        }
-        __syncthreads(); /* tail is rewritten by the next virtual block */
-    }
-}
-
-/* JAMBA_EXT_CONV_IMPL=old: the previous forward launch, unchanged */
-template <typename T>
-static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream, int sms) {
-    const int64_t nchunk = a.L > 0 ? jamba_ceil_div(a.L, CONV_TILE) : 1;
-    const int64_t nvb = a.B * a.DI * nchunk;
-    (void)sms;
-    const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X; /* the kernel loops beyond */
-    causal_conv1d_fwd_kernel<T><<<(unsigned)grid, CONV_THREADS, 0, stream>>>(a, nchunk);
-    JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
-    return JAMBA_OK;
-}
-
 /* causal_conv1d_fwd_warp_kernel<T, VEC>
  *   x (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; w (DI, K), bias (DI,) f32|T;
  *   initial_state (B, DI, S_in >= K-1) T, unit stride along S; final_state (B, DI, S_out) T, unit stride.
@@ -246,7 +79,7 @@ static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream
 
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? 8 : 1) causal_conv1d_fwd_warp_kernel(conv_args a, int64_t nseg) {
-    typedef conv_pk<T> P;
+    typedef jamba_w16<T> P;
     const int VN = 16 / (int)sizeof(T);
     const int64_t SEG = 32 * CONV_NV * VN;
     const int QF = (VN - 3) * (int)sizeof(T) / 4; /* first 32-bit word holding one of the last 3 elements */
@@ -389,12 +222,7 @@ extern "C" jamba_status jamba_causal_conv1d_cuda(const jamba_causal_conv1d_param
     a.silu = p->silu;
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
-    if (conv_impl_old()) {
-        const int sms = jamba_cuda_sm_count(launch.device);
-        JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch<T>(a, stream, sms));
-    } else {
-        JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch_warp<T>(a, stream));
-    }
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch_warp<T>(a, stream));
     return s;
 }
 
@@ -464,7 +292,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten. */
 template <typename T>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
-    typedef conv_pk<T> P;
+    typedef jamba_w16<T> P;
     const int NS = (int)sizeof(T); /* 16-byte chunks in 4 rows x 4 entries */
     const int64_t ng = a.B * a.DI / 4;
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -548,8 +376,8 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
     }
 }
 
-/* default: causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are
- * 16-byte groups; anything else (and JAMBA_EXT_CONV_IMPL=old): causal_conv1d_update_kernel */
+/* causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are 16-byte
+ * groups (*done = true); anything else: causal_conv1d_update_kernel (causal_conv1d_update_launch) */
 template <typename T>
 static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, cudaStream_t stream, bool *done) {
     const int64_t es = (int64_t)sizeof(T);
@@ -570,11 +398,9 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
 
 template <typename T>
 static jamba_status causal_conv1d_update_launch(const conv_update_args &a, cudaStream_t stream) {
-    if (!conv_impl_old()) {
-        bool done = false;
-        JAMBA_TRY(causal_conv1d_update_launch_vec<T>(a, stream, &done));
-        if (done) return JAMBA_OK;
-    }
+    bool done = false;
+    JAMBA_TRY(causal_conv1d_update_launch_vec<T>(a, stream, &done));
+    if (done) return JAMBA_OK;
     const int64_t n = a.B * a.DI;
     const int64_t blocks = jamba_ceil_div(n, 128);
     if (blocks > JAMBA_MAX_GRID_X)

@@ -8,6 +8,7 @@
  *   jamba_ld<T> / jamba_st<T>  scalar dtype conversion (float, __half, __nv_bfloat16) <-> fp32
  *   jamba_ld_any               load of a runtime-dtype scalar (weights, B/C: f32 or the activation dtype)
  *   jamba_warp_sum             butterfly sum over a warp (every lane gets the total)
+ *   jamba_w16<T>               16 bytes (uint4) <-> 16/sizeof(T) floats on 32-bit words, no unions
  *   JAMBA_DISPATCH_FLOAT       switch from a jamba_dtype to a C++ type T (f32, f16, bf16)
  * Offsets are int64_t everywhere a tensor is indexed.
  */
@@ -138,6 +139,66 @@ template <typename T> struct jamba_vec16 {
     };
 };
 __host__ __device__ __forceinline__ bool jamba_aligned16(const void *p) { return ((uintptr_t)p & 15u) == 0; }
+
+/* 16 bytes <-> VN = 16/sizeof(T) floats on 32-bit words, without splitting 16-bit elements into registers
+ * of their own (element access through the jamba_vec16 union makes the compiler unpack each bf16/f16 into a
+ * register: twice the registers). Shared by causal_conv1d.cu and rms_norm.cu.
+ *   jamba_w16<T>::ld(raw, f)  VN floats from one uint4 (element e at the e-th lowest address)
+ *   jamba_w16<T>::st(f)       VN floats rounded to T (nearest even), packed into one uint4
+ *   jamba_w16<T>::f1(bits)    one element from its bits (the low 16 bits for bf16/f16, all 32 for f32)
+ *   jamba_{bf16,f16}x2_{ld,st}  the same for the two 16-bit elements of one 32-bit word (low half first) */
+__device__ __forceinline__ void jamba_bf16x2_ld(uint32_t u, float *f) {
+    f[0] = __uint_as_float(u << 16);
+    f[1] = __uint_as_float(u & 0xffff0000u);
+}
+__device__ __forceinline__ uint32_t jamba_bf16x2_st(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b); /* .x = a: the lower address */
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+__device__ __forceinline__ void jamba_f16x2_ld(uint32_t u, float *f) {
+    __half2 h;
+    memcpy(&h, &u, 4);
+    const float2 q = __half22float2(h);
+    f[0] = q.x, f[1] = q.y;
+}
+__device__ __forceinline__ uint32_t jamba_f16x2_st(float a, float b) {
+    const __half2 h = __floats2half2_rn(a, b);
+    uint32_t u;
+    memcpy(&u, &h, 4);
+    return u;
+}
+template <typename T> struct jamba_w16;
+template <> struct jamba_w16<float> {
+    static __device__ __forceinline__ float f1(uint32_t u) { return __uint_as_float(u); }
+    static __device__ __forceinline__ void ld(const uint4 &r, float *f) {
+        f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y), f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
+    }
+    static __device__ __forceinline__ uint4 st(const float *f) {
+        return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
+    }
+};
+template <> struct jamba_w16<__nv_bfloat16> {
+    static __device__ __forceinline__ float f1(uint32_t u) { return __uint_as_float(u << 16); }
+    static __device__ __forceinline__ void ld(const uint4 &r, float *f) {
+        jamba_bf16x2_ld(r.x, f), jamba_bf16x2_ld(r.y, f + 2), jamba_bf16x2_ld(r.z, f + 4), jamba_bf16x2_ld(r.w, f + 6);
+    }
+    static __device__ __forceinline__ uint4 st(const float *f) {
+        return make_uint4(jamba_bf16x2_st(f[0], f[1]), jamba_bf16x2_st(f[2], f[3]), jamba_bf16x2_st(f[4], f[5]),
+                          jamba_bf16x2_st(f[6], f[7]));
+    }
+};
+template <> struct jamba_w16<__half> {
+    static __device__ __forceinline__ float f1(uint32_t u) { return __half2float(__ushort_as_half((unsigned short)u)); }
+    static __device__ __forceinline__ void ld(const uint4 &r, float *f) {
+        jamba_f16x2_ld(r.x, f), jamba_f16x2_ld(r.y, f + 2), jamba_f16x2_ld(r.z, f + 4), jamba_f16x2_ld(r.w, f + 6);
+    }
+    static __device__ __forceinline__ uint4 st(const float *f) {
+        return make_uint4(jamba_f16x2_st(f[0], f[1]), jamba_f16x2_st(f[2], f[3]), jamba_f16x2_st(f[4], f[5]),
+                          jamba_f16x2_st(f[6], f[7]));
+    }
+};
 
 /* ---- dtype dispatch ------------------------------------------------------------------------------------ */
 #define JAMBA_DISPATCH_FLOAT(dtype, T, ...)                   \

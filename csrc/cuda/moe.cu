@@ -19,8 +19,6 @@
  *                        (found on the device); each warp streams its W rows through its own cp.async
  *                        ring in shared memory into mma fragments, split-K over the warps of a block,
  *                        reduced in shared memory in a fixed order. Run twice, as the prefill GEMM.
- *   moe_gemv_kernel      the previous decode kernel (env JAMBA_EXT_MOE_DECODE_IMPL=old): grid over all
- *                        experts, 16-byte loads straight into mma fragments, no pipelining.
  *   moe_simt_kernel      fp32 inputs, sizes not multiple of 8, misaligned pointers: fp32 CUDA-core tiles.
  *   (moe_wgmma.cu)       prefill on Hopper: the same GEMMs with wgmma (sm_90a), impl wgmma.
  *   moe_combine_kernel   out[t] = slot_out[t*TOPK] + ... (rounded to the model dtype after each add).
@@ -30,8 +28,6 @@
 #include "moe.cuh"
 
 #include <math.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include <type_traits>
 
@@ -355,137 +351,8 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
     return JAMBA_OK;
 }
 
-/* ---- decode: weight-streaming kernel ------------------------------------------------------------------- */
-#define GEMV_WARPS 8   /* split-K over the block's warps */
-#define GEMV_TOK 32    /* tokens per pass: 4 mma n-tiles of 8 */
-
-/* out[n, r] = sum_k W[e, r, k] * X[n, k] for the expert's tokens n (as an mma with M = 16 weight rows,
- * N = 8 tokens). Each lane loads 16 B (8 k values) of its rows and of its tokens at the same k, and uses
- * elements 0-3 as the k-slots {tq*2, tq*2+1, tq*2+8, tq*2+9} of one m16n8k16 and 4-7 of the next: the
- * k order inside the dot product is permuted identically for W and X, so no shuffle or shared memory is
- * needed. Block: 16 outputs x 2 W tiles (gate_up: gate rows f0.. and up rows F+f0..; down: rows h0..h0+31),
- * all tokens of one expert (blockIdx.y) in passes of 32. grid (ceil(N / (gate_up ? 16 : 32)), E), 256 threads.
- * Requires Kd % 8 == 0 and 16-byte aligned rows. */
-template <typename T>
-__global__ void __launch_bounds__(GEMV_WARPS * 32, 2) moe_gemv_kernel(moe_gemm_args a) {
-    __shared__ float red[GEMV_WARPS][32][32]; /* [warp][value][lane] */
-    const int e = blockIdx.y;
-    const int64_t off = a.offsets[e], cnt = a.offsets[e + 1] - off;
-    if (cnt <= 0) return;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int64_t base = (int64_t)blockIdx.x * (a.gate_up ? 16 : 32);
-    const T *A = reinterpret_cast<const T *>(a.A);
-    const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
-
-    /* this lane's 4 W rows: tile 0 rows g, g+8; tile 1 rows g, g+8 */
-    const T *wp[4];
-    bool wok[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int tile = i >> 1, rr = (i & 1) * 8 + g;
-        int64_t out_row = a.gate_up ? base + rr : base + tile * 16 + rr;
-        wok[i] = out_row < a.N;
-        const int64_t wrow = (a.gate_up && tile == 1) ? a.N + out_row : out_row;
-        wp[i] = W + (wok[i] ? wrow : 0) * a.Kd;
-    }
-    const int64_t nchunks = (a.Kd + 63) / 64; /* 64 k per warp step: two 16-byte vectors per row */
-
-    for (int64_t t0 = 0; t0 < cnt; t0 += GEMV_TOK) {
-        const int nt_act = (int)((cnt - t0 + 7) / 8 < 4 ? (cnt - t0 + 7) / 8 : 4);
-        const T *xp[4];
-        bool xok[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int64_t n = t0 + j * 8 + g;
-            xok[j] = n < cnt;
-            const int64_t row = xok[j] ? (a.gate_up ? (int64_t)(a.sorted[off + n] / a.topk) : off + n) : 0;
-            xp[j] = A + row * a.Kd;
-        }
-        float acc[2][4][4];
-#pragma unroll
-        for (int i = 0; i < 2; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
-
-#pragma unroll 1
-        for (int64_t c = warp; c < nchunks; c += GEMV_WARPS) {
-            uint4 wv[2][4], xv[2][4];
-#pragma unroll
-            for (int hh = 0; hh < 2; hh++) {
-                const int64_t k = c * 64 + hh * 32 + tq * 8;
-                const bool kin = k < a.Kd;
-#pragma unroll
-                for (int i = 0; i < 4; i++)
-                    wv[hh][i] = (kin && wok[i]) ? __ldg(reinterpret_cast<const uint4 *>(wp[i] + k)) : make_uint4(0, 0, 0, 0);
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-                    xv[hh][j] = (kin && j < nt_act && xok[j]) ? __ldg(reinterpret_cast<const uint4 *>(xp[j] + k))
-                                                              : make_uint4(0, 0, 0, 0);
-            }
-#pragma unroll
-            for (int hh = 0; hh < 2; hh++) {
-#pragma unroll
-                for (int tile = 0; tile < 2; tile++) {
-                    const uint4 r0 = wv[hh][tile * 2], r8 = wv[hh][tile * 2 + 1];
-                    const uint32_t a0[4] = {r0.x, r8.x, r0.y, r8.y};
-                    const uint32_t a1[4] = {r0.z, r8.z, r0.w, r8.w};
-#pragma unroll
-                    for (int j = 0; j < 4; j++) {
-                        if (j < nt_act) {
-                            mma16816<T>(acc[tile][j], a0, xv[hh][j].x, xv[hh][j].y);
-                            mma16816<T>(acc[tile][j], a1, xv[hh][j].z, xv[hh][j].w);
-                        }
-                    }
-                }
-            }
-        }
-        /* split-K reduction in warp order (deterministic) */
-#pragma unroll
-        for (int i = 0; i < 2; i++)
-#pragma unroll
-            for (int j = 0; j < 4; j++)
-#pragma unroll
-                for (int r = 0; r < 4; r++) red[warp][i * 16 + j * 4 + r][lane] = acc[i][j][r];
-        __syncthreads();
-        if (warp < nt_act) {
-            const int j = warp; /* this warp finishes token tile j */
-            float s[2][4];
-#pragma unroll
-            for (int i = 0; i < 2; i++)
-#pragma unroll
-                for (int r = 0; r < 4; r++) {
-                    float v = 0.f;
-                    for (int w = 0; w < GEMV_WARPS; w++) v += red[w][i * 16 + j * 4 + r][lane];
-                    s[i][r] = v;
-                }
-            T *C = reinterpret_cast<T *>(a.C);
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const int64_t n = t0 + j * 8 + tq * 2 + (r & 1);
-                const int rr = g + (r >> 1) * 8;
-                if (n >= cnt) continue;
-                if (a.gate_up) {
-                    const int64_t f = base + rr;
-                    if (f < a.N) C[(off + n) * a.N + f] = jamba_st<T>(moe_act<T>(s[0][r], s[1][r]));
-                } else {
-                    const int64_t slot = a.sorted[off + n];
-                    const float w = a.weights[slot];
-#pragma unroll
-                    for (int tile = 0; tile < 2; tile++) {
-                        const int64_t h = base + tile * 16 + rr;
-                        if (h < a.N) C[slot * a.N + h] = jamba_st<T>(moe_scaled<T>(s[tile][r], w));
-                    }
-                }
-            }
-        }
-        __syncthreads(); /* red is reused by the next pass */
-    }
-}
-
-/* ---- decode: compact grid, per-warp cp.async rings (moe_decode_kernel) ---------------------------------- */
-/* The default decode engine (impl gemv; env JAMBA_EXT_MOE_DECODE_IMPL=old selects moe_gemv_kernel above).
+/* ---- decode: weight streaming over the touched experts, per-warp cp.async rings ------------------------- */
+/* The decode engine (impl gemv).
  * Grid: only the touched experts. UB = min(slots, E) bounds the number of experts with tokens (known on the
  * host, no sync); block b works on the (b / tiles)-th expert with a nonzero count (found on the device from
  * expert_offsets, moe_nth_expert) and on its output tile b % tiles of DEC_OUTS outputs. Blocks past the
@@ -499,7 +366,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) moe_gemv_kernel(moe_gemm_a
  * slots of a ring of DEC_STAGES(NT) steps in shared memory and reads back only what it copied itself, so a
  * warp's stream needs no barrier: DEC_STAGES - 1 steps (12-16 KB of weights per warp, 96-128 KB per SM at
  * 2 blocks of 4 warps) stay in flight while it multiplies the oldest one (mma m16n8k16, the k order
- * permuted identically for W and x as in moe_gemv_kernel). After the pass the KS partial sums are added in
+ * permuted identically for W and x, so no shuffle is needed). After the pass the KS partial sums are added in
  * shared memory in k-split order (deterministic, no atomics) and the first k-split's warps write the outputs.
  * Tokens of an expert beyond NT*8 take further passes (W re-read per pass).
  * Shapes: gate_up: x (T, H) rows gathered through sorted_slots, w_gate_up (E, 2F, H) -> act (slots, F) in
@@ -887,26 +754,39 @@ static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cuda
     return JAMBA_OK;
 }
 
+/* Whether the device takes DEC_SMEM(1) = 100 KB of shared memory per block: not sm_86 / sm_89 (99 KB; the
+ * sm_80 code runs there). Cached per device (a device attribute, no stream work: fine inside a capture). */
+static jamba_status decode_nt1_fits(bool *fits) {
+    static int cache[64]; /* 0 unknown, 1 fits, 2 does not */
+    int dev = 0;
+    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+    int c = dev >= 0 && dev < 64 ? cache[dev] : 0;
+    if (c == 0) {
+        int optin = 0;
+        JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+        c = optin >= DEC_SMEM(1) ? 1 : 2;
+        if (dev >= 0 && dev < 64) cache[dev] = c;
+    }
+    *fits = c == 1;
+    return JAMBA_OK;
+}
+
 /* NT (n-tiles of 8 tokens per pass) from the token count T = slots / TOPK, which bounds an expert's tokens
- * under top-k routing (distinct ids per token); more tokens on one expert only cost extra passes. */
+ * under top-k routing (distinct ids per token); more tokens on one expert only cost extra passes. Where the
+ * NT = 1 ring does not fit (decode_nt1_fits), up to 8 tokens run the NT = 2 variant (96 KB, one n-tile idle). */
 template <typename T>
 static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     const int64_t tokens = slots / a.topk;
+    bool nt1 = false;
+    if (tokens <= 8) JAMBA_TRY(decode_nt1_fits(&nt1));
     if (a.gate_up) {
-        if (tokens <= 8) return decode_launch_nt<T, true, 1>(a, slots, stream);
+        if (tokens <= 8 && nt1) return decode_launch_nt<T, true, 1>(a, slots, stream);
         if (tokens <= 16) return decode_launch_nt<T, true, 2>(a, slots, stream);
         return decode_launch_nt<T, true, 4>(a, slots, stream);
     }
-    if (tokens <= 8) return decode_launch_nt<T, false, 1>(a, slots, stream);
+    if (tokens <= 8 && nt1) return decode_launch_nt<T, false, 1>(a, slots, stream);
     if (tokens <= 16) return decode_launch_nt<T, false, 2>(a, slots, stream);
     return decode_launch_nt<T, false, 4>(a, slots, stream);
-}
-
-/* env JAMBA_EXT_MOE_DECODE_IMPL=old: impl gemv runs moe_gemv_kernel (the decode kernel before
- * moe_decode_kernel, kept for comparison in benchmarks/bench_moe.py). Read at each call. */
-static int moe_decode_old(void) {
-    const char *s = getenv("JAMBA_EXT_MOE_DECODE_IMPL");
-    return s != NULL && strcmp(s, "old") == 0;
 }
 
 /* one GEMM (gate_up or down) with the chosen engine */
@@ -919,13 +799,7 @@ static jamba_status gemm_launch(int impl, const moe_gemm_args &a, int64_t slots,
         return JAMBA_OK;
     }
     if constexpr (sizeof(T) == 2) {
-        if (impl == JAMBA_MOE_IMPL_GEMV && !moe_decode_old()) return decode_launch<T>(a, slots, stream);
-        if (impl == JAMBA_MOE_IMPL_GEMV) {
-            dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 16 : 32), (unsigned)a.E);
-            moe_gemv_kernel<T><<<grid, GEMV_WARPS * 32, 0, stream>>>(a);
-            JAMBA_LAUNCH_CHECK("moe_gemv_kernel", stream);
-            return JAMBA_OK;
-        }
+        if (impl == JAMBA_MOE_IMPL_GEMV) return decode_launch<T>(a, slots, stream);
         if (impl == JAMBA_MOE_IMPL_WGMMA) {
             int dev = 0;
             JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
@@ -958,13 +832,12 @@ static jamba_status combine_launch(const jamba_moe_experts_params *p, int device
 
 /* impl auto (measured on an H200, Jamba-v0.1 sizes, bf16; benchmarks/results/bench_moe*.json):
  *   decode, while the average expert sees at most 16 slots (T <= 128 at E 16, top-2): the weight-streaming
- *     kernel (it re-reads an expert's weights once per 32 of its tokens); 64 tokens: gemv 1.77 ms = mma64
- *     1.78 ms < mma 2.24 ms;
+ *     kernel, moe_decode_kernel (it re-reads an expert's weights once per 32 of its tokens). At 2bc5d07
+ *     (bench_moe_2bc5d07.json): 1 token 235 us, 8 tokens 823 us, 64 tokens 1.51 ms (bandwidth floors 165,
+ *     659, 1318 us); at 64 tokens wgmma 1.47 ms, mma64 1.78, mma 2.36 (wgmma slightly ahead there: a lower
+ *     MOE_GEMV_MAX_SLOTS_PER_EXPERT on Hopper is a candidate, not yet measured between 8 and 64 tokens);
  *   more tokens: wgmma on sm_90 (512 tokens: 1.49 ms vs mma64 1.96, mma 2.39; 16384: 26.8 ms vs 33.1, 40.1),
  *     else mma64 (faster than mma and mma256 at every measured size).
- * The gemv numbers above are of moe_gemv_kernel; moe_decode_kernel replaced it as the gemv engine before it was
- * measured (first GPU round: bench_moe rows "ours" vs "ours (old)"; if it loses to wgmma at 64 tokens, lower
- * MOE_GEMV_MAX_SLOTS_PER_EXPERT for Hopper).
  * jamba_ext/ops.py may route large bf16 calls to torch._grouped_mm before reaching here (faster at >= 4096
  * tokens on the H200: 5.90 vs 6.77 ms). */
 #define MOE_GEMV_MAX_SLOTS_PER_EXPERT 16

@@ -143,53 +143,8 @@ __global__ void __launch_bounds__(1024) rms_norm_kernel(rms_args a) {
  *   Order per thread: all loads of x (and res) -> weight loads (before the reduction when the registers
  *   allow: EARLY_W) -> row sum -> stores. No store comes between two loads, so the compiler keeps every load
  *   of the thread in flight at once (the old kernel stored res_out between loads and loaded the weight
- *   between stores, serialising up to 8 round trips per thread). */
-/* 16 bytes <-> floats without splitting 16-bit elements into registers of their own (element access through
- * the jamba_vec16 union makes the compiler unpack each bf16/f16 into a register: twice the registers).
- * v16_ld<T>: VN = 16/sizeof(T) floats from one uint4; v16_st<T>: VN floats rounded to T, packed. */
-template <typename T> __device__ __forceinline__ void v16_ld(const uint4 &r, float *f);
-template <typename T> __device__ __forceinline__ uint4 v16_st(const float *f);
-__device__ __forceinline__ void bf16x2_ld(uint32_t u, float *f) {
-    f[0] = __uint_as_float(u << 16);
-    f[1] = __uint_as_float(u & 0xffff0000u);
-}
-__device__ __forceinline__ uint32_t bf16x2_st(float a, float b) {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b); /* .x = a: the lower address */
-    uint32_t u;
-    memcpy(&u, &h, 4);
-    return u;
-}
-__device__ __forceinline__ void f16x2_ld(uint32_t u, float *f) {
-    __half2 h;
-    memcpy(&h, &u, 4);
-    const float2 q = __half22float2(h);
-    f[0] = q.x, f[1] = q.y;
-}
-__device__ __forceinline__ uint32_t f16x2_st(float a, float b) {
-    const __half2 h = __floats2half2_rn(a, b);
-    uint32_t u;
-    memcpy(&u, &h, 4);
-    return u;
-}
-template <> __device__ __forceinline__ void v16_ld<float>(const uint4 &r, float *f) {
-    f[0] = __uint_as_float(r.x), f[1] = __uint_as_float(r.y), f[2] = __uint_as_float(r.z), f[3] = __uint_as_float(r.w);
-}
-template <> __device__ __forceinline__ uint4 v16_st<float>(const float *f) {
-    return make_uint4(__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3]));
-}
-template <> __device__ __forceinline__ void v16_ld<__nv_bfloat16>(const uint4 &r, float *f) {
-    bf16x2_ld(r.x, f), bf16x2_ld(r.y, f + 2), bf16x2_ld(r.z, f + 4), bf16x2_ld(r.w, f + 6);
-}
-template <> __device__ __forceinline__ uint4 v16_st<__nv_bfloat16>(const float *f) {
-    return make_uint4(bf16x2_st(f[0], f[1]), bf16x2_st(f[2], f[3]), bf16x2_st(f[4], f[5]), bf16x2_st(f[6], f[7]));
-}
-template <> __device__ __forceinline__ void v16_ld<__half>(const uint4 &r, float *f) {
-    f16x2_ld(r.x, f), f16x2_ld(r.y, f + 2), f16x2_ld(r.z, f + 4), f16x2_ld(r.w, f + 6);
-}
-template <> __device__ __forceinline__ uint4 v16_st<__half>(const float *f) {
-    return make_uint4(f16x2_st(f[0], f[1]), f16x2_st(f[2], f[3]), f16x2_st(f[4], f[5]), f16x2_st(f[6], f[7]));
-}
-
+ *   between stores, serialising up to 8 round trips per thread).
+ *   16-byte vectors <-> floats through jamba_w16 (common.cuh): no per-element registers. */
 template <typename T, typename W, bool RES, int RMS_NV>
 __device__ __forceinline__ void rms_norm_row(const rms_args &a) {
     const int VN = 16 / (int)sizeof(T);
@@ -229,14 +184,14 @@ __device__ __forceinline__ void rms_norm_row(const rms_args &a) {
         const int k = i * tpr + tx;
         if (active && k < nvec) {
             float f[16 / sizeof(T)];
-            v16_ld<T>(s[i], f);
+            jamba_w16<T>::ld(s[i], f);
             if (RES) {
                 float g[16 / sizeof(T)];
-                v16_ld<T>(r[RES ? i : 0], g);
+                jamba_w16<T>::ld(r[RES ? i : 0], g);
 #pragma unroll
                 for (int e = 0; e < VN; e++) f[e] += g[e];
-                s[i] = v16_st<T>(f); /* s = round_x(x + res) */
-                v16_ld<T>(s[i], f);
+                s[i] = jamba_w16<T>::st(f); /* s = round_x(x + res) */
+                jamba_w16<T>::ld(s[i], f);
             }
 #pragma unroll
             for (int e = 0; e < VN; e++) ss += f[e] * f[e];
@@ -262,12 +217,12 @@ __device__ __forceinline__ void rms_norm_row(const rms_args &a) {
         if (k < nvec) {
             if (RES) rop[k] = s[i];
             float f[16 / sizeof(T)], wf[16 / sizeof(T)];
-            v16_ld<T>(s[i], f);
+            jamba_w16<T>::ld(s[i], f);
 #pragma unroll
-            for (int q = 0; q < NW; q++) v16_ld<W>(w[i][q], wf + q * (VN / NW));
+            for (int q = 0; q < NW; q++) jamba_w16<W>::ld(w[i][q], wf + q * (VN / NW));
 #pragma unroll
             for (int e = 0; e < VN; e++) f[e] = jamba_round<T>(f[e] * inv) * wf[e];
-            op[k] = v16_st<T>(f);
+            op[k] = jamba_w16<T>::st(f);
         }
     }
 }

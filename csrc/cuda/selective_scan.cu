@@ -10,17 +10,20 @@
  * pre-scaled once per thread. The SFU rate (16 ex2/clk/SM) is the floor of this kernel at Jamba shapes:
  * B*DI*L*N exponentials, against ~1.3 bytes per (b, c, t) of memory traffic per state element.
  *
- * Work split of the scan: G threads per channel (a power of two; G*SPT >= N states, SPT states per
- * thread in registers, SPT = 4 or 16 is the one template tile parameter), CH = 128/G channels per block,
- * all of one batch. Time runs in chunks of TC steps: the block stages u, dt (bias + softplus applied), z
- * of its CH channels and the (TC, N) tiles of B and C in shared memory (coalesced global loads), then
- * each thread walks the chunk with its states in registers, the G partial sums of y are combined with
- * warp shuffles, and the block writes the chunk's outputs with coalesced stores. The state is carried
- * across chunks in registers, so any L (1 .. 1M+) runs in one launch. SPT = 4 (G = 4 at N = 16) is used
- * when B*DI is too small for one thread per channel to fill the GPU (Jamba prefill at batch 1).
- *
- * Tuning knobs (benchmarks only): env JAMBA_EXT_SCAN_SPT = 4|16 and JAMBA_EXT_SCAN_CHUNK = TC override
- * the launcher's choice (TC is still capped by the 48 KB shared-memory budget).
+ * Two kernels:
+ *   selective_scan_pc_kernel (below, "pipelined fast path"): every call with N <= 16 and L >= 1 (Mamba-1,
+ *     Jamba: N = 16). cp.async ring of raw tiles, one barrier per 32-step chunk. H200, bf16, DI 8192:
+ *     1x8192 in ~0.87 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp floor 0.26 ms).
+ *   selective_scan_fwd_kernel (the first design, kept as the general path): N > 16 and L == 0. G threads per
+ *     channel (a power of two; G*SPT >= N states, SPT states per thread in registers, SPT = 4 or 16 is the
+ *     one template tile parameter), CH = 128/G channels per block, all of one batch. Time runs in chunks of
+ *     TC steps: the block stages u, dt (bias + softplus applied), z of its CH channels and the (TC, N) tiles
+ *     of B and C in shared memory (coalesced global loads), then each thread walks the chunk with its
+ *     states in registers, the G partial sums of y are combined with warp shuffles, and the block writes
+ *     the chunk's outputs with coalesced stores. The state is carried across chunks in registers, so any L
+ *     (1 .. 1M+) runs in one launch.
+ * Benchmark knobs: env JAMBA_EXT_SCAN_IMPL=old sends every call to the general kernel; JAMBA_EXT_SCAN_G=8
+ * runs the pipelined kernel with 8 lanes per channel.
  */
 #include "common.cuh"
 
@@ -286,29 +289,29 @@ static int env_int(const char *name, int dflt) {
 }
 
 /* ==== pipelined fast path (N <= 16) ===================================================================
- * selective_scan_pc_kernel<T, TC>
+ * selective_scan_pc_kernel<T, TC, G>
  *   u, delta, z (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; A (DI, N) f32, N <= 16;
  *   B, C (B, N, L) f32|T with unit stride along L ("t-fast") or along N ("n-fast", the model's transposed
  *   (B, L, N) view) or any strides (scalar loads); D, delta_bias (DI,) f32; initial_state (B, DI, N) f32,
  *   unit along N; last_state (B, DI, N) f32 contiguous.
- *   Block: 128 threads = 4 warps, 32 channels (PC_CH) of one batch row; virtual block vb -> (b, c0), a
- *   grid-stride loop over B * ceil(DI / 32). Lane: q = lane / 4 -> channel l = warp * 8 + q; g = lane % 4
- *   owns states 4g .. 4g+3 (padded to 16 with A = B = C = 0, which keeps h = 0 there).
+ *   Block: 128 threads = 4 warps, CH = 128 / G channels of one batch row; virtual block vb -> (b, c0), a
+ *   grid-stride loop over B * ceil(DI / CH). Lane: g = lane % G owns states SPT*g .. SPT*g+SPT-1 (SPT = 16/G;
+ *   padded to 16 with A = B = C = 0, which keeps h = 0 there) of channel l = warp * (32/G) + lane / G.
+ *   G = 4 (4 states per lane) or 8 (2 states per lane: twice the warps for the same channels).
  *   Time runs in chunks of TC steps through two shared-memory structures:
- *     raw ring (PC_NSTG stages): the chunk's inputs as stored in global memory (u, delta, z tiles [32][TC] in
+ *     raw ring (PC_NSTG stages): the chunk's inputs as stored in global memory (u, delta, z tiles [CH][TC] in
  *       T; B, C as [16][TC] (t-fast / scalar) or [TC][16] (n-fast) in their dtype), filled with 16-byte
  *       cp.async when rows are 16-byte aligned and the piece lies inside [0, L), else element by element;
- *     fp32 sets (two): dt (bias + softplus applied), dt*u, D*u, silu(z) as [32][TC+4], B and C as [TC][16];
+ *     fp32 sets (two): dt (bias + softplus applied), dt*u, D*u, silu(z) as [CH][TC+4], B and C as [TC][16];
  *       zeros outside [0, L) and beyond DI, so the padded steps leave h unchanged (exp(0) = 1, dt*u = 0).
  *   Iteration k: wait for chunk k+1's copies, ONE __syncthreads, issue chunk k+NSTG's copies, convert chunk
  *   k+1 (raw -> fp32 set (k+1)&1), scan chunk k from set k&1. Warps of a block drift between conversion
  *   (memory/ALU) and scan (SFU) inside that interval, which overlaps the two.
- *   Scan of 8 steps: the 32 exponentials first (dt*A2 then ex2), then the h / y FMA chain; the 4 lanes of a
- *   channel reduce-scatter their 8 partial y so lane g ends with steps 2g, 2g+1, gates them and stores both
- *   (one 2-element store when L is even). Hazards: a raw stage is refilled one barrier after its conversion;
+ *   Scan of 8 steps: the 8*SPT exponentials (dt*A2 then ex2), then the h / y FMA chain; the G lanes of a
+ *   channel reduce-scatter their 8 partial y so lane g ends with 8/G steps, gates them and stores them
+ *   (G = 4: one 2-element store when L is even). Hazards: a raw stage is refilled one barrier after its conversion;
  *   fp32 set p is rewritten one barrier after the scan that read it. */
 #define PC_THREADS 128
-#define PC_CH 32
 #define PC_NS 16
 #define PC_NSTG 3
 
@@ -328,13 +331,13 @@ struct pc_args {
     int softplus;
 };
 
-template <typename T, int TC> struct pc_cfg {
+template <typename T, int TC, int CH> struct pc_cfg {
     static constexpr int TP = TC + 4;                                    /* fp32 row pitch (16-byte rows) */
-    static constexpr int RAW_U = PC_CH * TC * (int)sizeof(T);            /* bytes of one u/delta/z tile */
+    static constexpr int RAW_U = CH * TC * (int)sizeof(T);               /* bytes of one u/delta/z tile */
     static constexpr int RAW_BC = PC_NS * TC * 4;                        /* bytes of one B/C tile (<= 4 B) */
     static constexpr int STAGE = 3 * RAW_U + 2 * RAW_BC;                 /* multiple of 16 */
-    static constexpr int SET = 4 * PC_CH * TP + 2 * TC * PC_NS;          /* floats */
-    static constexpr size_t SMEM = (size_t)PC_NSTG * STAGE + 2 * (size_t)SET * 4 + 2 * PC_CH * 4;
+    static constexpr int SET = 4 * CH * TP + 2 * TC * PC_NS;             /* floats */
+    static constexpr size_t SMEM = (size_t)PC_NSTG * STAGE + 2 * (size_t)SET * 4 + 2 * CH * 4;
     static_assert(TC == 16 || TC == 32, "TC 16 or 32 (one B/C piece per thread)");
 };
 
@@ -392,11 +395,11 @@ __device__ __forceinline__ void pc_cp_elems(unsigned char *dst, const unsigned c
 }
 
 /* Issues the copies of chunk k = [t0, t0+nt) of (b, c0 .. c0+31) into raw stage `st`. */
-template <typename T, int TC>
+template <typename T, int TC, int CH>
 __device__ __forceinline__ void pc_load(const pc_args &a, unsigned char *st, int64_t b, int64_t c0, int64_t k,
                                         int nt, const pc_piece (&bc)[2]) {
-    using K = pc_cfg<T, TC>;
-    constexpr int VE = 16 / (int)sizeof(T), PR = TC / VE, PPA = PC_CH * PR, NPT = (PPA + PC_THREADS - 1) / PC_THREADS;
+    using K = pc_cfg<T, TC, CH>;
+    constexpr int VE = 16 / (int)sizeof(T), PR = TC / VE, PPA = CH * PR, NPT = (PPA + PC_THREADS - 1) / PC_THREADS;
     const int64_t t0 = k * TC;
 #pragma unroll
     for (int arr = 0; arr < 3; arr++) {
@@ -493,16 +496,16 @@ __device__ __forceinline__ float pc_silu(float z) {
 
 /* raw stage -> fp32 set (see the kernel comment); zeros outside [0, nt) x channels < DI x states < N.
  * u/delta/z: a thread converts 4 consecutive steps of one channel per item (8 * TC items). */
-template <typename T, int TC>
+template <typename T, int TC, int CH>
 __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char *st, float *set, int64_t c0,
                                            int nt, const float *sbias, const float *sD) {
-    using K = pc_cfg<T, TC>;
+    using K = pc_cfg<T, TC, CH>;
     constexpr int TP = K::TP;
-    float *sdt = set, *sdtu = set + PC_CH * TP, *sdu = sdtu + PC_CH * TP, *sgz = sdu + PC_CH * TP;
-    float *sB = sgz + PC_CH * TP, *sC = sB + TC * PC_NS;
+    float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
+    float *sB = sgz + CH * TP, *sC = sB + TC * PC_NS;
     const T *ru = (const T *)st, *rd = (const T *)(st + K::RAW_U), *rz = (const T *)(st + 2 * K::RAW_U);
 #pragma unroll
-    for (int j = 0; j < PC_CH * TC / 4 / PC_THREADS; j++) {
+    for (int j = 0; j < CH * TC / 4 / PC_THREADS; j++) {
         const int e = threadIdx.x + j * PC_THREADS, l = e / (TC / 4), tq = (e % (TC / 4)) * 4;
         const bool cok = c0 + l < a.DI;
         float uu[4], dd[4], zz[4], dt[4], dtu[4], du[4], gz[4];
@@ -555,43 +558,45 @@ __device__ __forceinline__ void pc_ld8(const float *sdt, const float *sdtu, floa
     dtu[0] = w0.x, dtu[1] = w0.y, dtu[2] = w0.z, dtu[3] = w0.w, dtu[4] = w1.x, dtu[5] = w1.y, dtu[6] = w1.z,
     dtu[7] = w1.w;
 }
-/* exp2(dt * A2) of 8 steps x this lane's 4 states, and dt*u of the 8 steps */
-__device__ __forceinline__ void pc_exps8(const float *sdt, const float *sdtu, const float (&A2)[4], float (&dA)[8][4],
-                                         float (&dtu)[8]) {
+/* exp2(dt * A2) of 8 steps x this lane's SPT states, and dt*u of the 8 steps */
+template <int SPT>
+__device__ __forceinline__ void pc_exps8(const float *sdt, const float *sdtu, const float (&A2)[SPT],
+                                         float (&dA)[8][SPT], float (&dtu)[8]) {
     float dv[8];
     pc_ld8(sdt, sdtu, dv, dtu);
 #pragma unroll
     for (int m = 0; m < 8; m++)
 #pragma unroll
-        for (int i = 0; i < 4; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
+        for (int i = 0; i < SPT; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
 }
 
-template <typename T, int TC, bool ILV>
+template <typename T, int TC, int G>
 __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
-    using K = pc_cfg<T, TC>;
+    constexpr int CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
+    using K = pc_cfg<T, TC, CH>;
     constexpr int TP = K::TP;
     extern __shared__ float4 pc_smem4[];
     unsigned char *raw = (unsigned char *)pc_smem4;
     float *sets = (float *)(raw + PC_NSTG * K::STAGE);
-    float *sbias = sets + 2 * K::SET, *sD = sbias + PC_CH;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane & 3, l = warp * 8 + (lane >> 2);
-    const int64_t nblk = (a.DI + PC_CH - 1) / PC_CH, nchunks = (a.L + TC - 1) / TC;
+    float *sbias = sets + 2 * K::SET, *sD = sbias + CH;
+    const int lane = threadIdx.x & 31, g = lane % G, l = (threadIdx.x >> 5) * (32 / G) + lane / G;
+    const int64_t nblk = (a.DI + CH - 1) / CH, nchunks = (a.L + TC - 1) / TC;
     T *out = (T *)a.out;
     const bool pairs = (a.L & 1) == 0; /* out rows (contiguous) keep 2-element alignment */
 
     for (int64_t vb = blockIdx.x; vb < a.B * nblk; vb += gridDim.x) {
-        const int64_t b = vb / nblk, c0 = (vb - b * nblk) * PC_CH, c = c0 + l;
+        const int64_t b = vb / nblk, c0 = (vb - b * nblk) * CH, c = c0 + l;
         const bool cvalid = c < a.DI;
         __syncthreads(); /* the previous virtual block is done with sbias / sD / raw / sets */
-        for (int i = threadIdx.x; i < PC_CH; i += PC_THREADS) {
+        for (int i = threadIdx.x; i < CH; i += PC_THREADS) {
             const bool ok = c0 + i < a.DI;
             sbias[i] = (ok && a.dbias) ? a.dbias[(c0 + i) * a.sdb] : 0.f;
             sD[i] = (ok && a.D) ? a.D[(c0 + i) * a.sD] : 0.f;
         }
-        float A2[4], h[4];
+        float A2[SPT], h[SPT];
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const int n = 4 * g + i;
+        for (int i = 0; i < SPT; i++) {
+            const int n = SPT * g + i;
             const bool on = cvalid && n < a.N;
             A2[i] = on ? a.A[c * a.sA0 + n * a.sA1] * JAMBA_LOG2E : 0.f;
             h[i] = (on && a.init) ? a.init[b * a.si0 + c * a.si1 + n] : 0.f;
@@ -602,13 +607,13 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
         for (int s = 0; s < PC_NSTG; s++) {
             if (s < nchunks) {
                 const int64_t t0 = (int64_t)s * TC;
-                pc_load<T, TC>(a, raw + s * K::STAGE, b, c0, s, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
+                pc_load<T, TC, CH>(a, raw + s * K::STAGE, b, c0, s, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
             }
             pc_commit();
         }
         pc_wait<PC_NSTG - 1>();
         __syncthreads(); /* chunk 0's copies and sbias / sD visible */
-        if (nchunks > 0) pc_convert<T, TC>(a, raw, sets, c0, (int)(a.L < TC ? a.L : TC), sbias, sD);
+        if (nchunks > 0) pc_convert<T, TC, CH>(a, raw, sets, c0, (int)(a.L < TC ? a.L : TC), sbias, sD);
 
         for (int64_t k = 0; k < nchunks; k++) {
             pc_wait<PC_NSTG - 2>();
@@ -617,46 +622,49 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                 const int64_t kn = k + PC_NSTG;
                 if (kn < nchunks) {
                     const int64_t t0 = kn * TC;
-                    pc_load<T, TC>(a, raw + (k % PC_NSTG) * K::STAGE, b, c0, kn, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
+                    pc_load<T, TC, CH>(a, raw + (k % PC_NSTG) * K::STAGE, b, c0, kn,
+                                       (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
                 }
                 pc_commit();
             }
             if (k + 1 < nchunks) {
                 const int64_t t0 = (k + 1) * TC;
-                pc_convert<T, TC>(a, raw + ((k + 1) % PC_NSTG) * K::STAGE, sets + ((k + 1) & 1) * K::SET, c0,
-                                  (int)(a.L - t0 < TC ? a.L - t0 : TC), sbias, sD);
+                pc_convert<T, TC, CH>(a, raw + ((k + 1) % PC_NSTG) * K::STAGE, sets + ((k + 1) & 1) * K::SET, c0,
+                                      (int)(a.L - t0 < TC ? a.L - t0 : TC), sbias, sD);
             }
             const float *set = sets + (k & 1) * K::SET;
-            const float *sdt = set, *sdtu = set + PC_CH * TP, *sdu = sdtu + PC_CH * TP, *sgz = sdu + PC_CH * TP;
-            const float *sB = sgz + PC_CH * TP, *sC = sB + TC * PC_NS;
+            const float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
+            const float *sB = sgz + CH * TP, *sC = sB + TC * PC_NS;
             const int64_t t0 = k * TC;
             T *orow = out + (b * a.DI + c) * a.L + t0;
-            /* software pipeline over the chunk's 8-step blocks: the exponentials of block j+1 are issued
-             * between the FMA steps of block j, so the SFU and the FMA pipe work side by side in a warp */
-            float dA[8][4], dtu[8];
-            pc_exps8(sdt + l * TP, sdtu + l * TP, A2, dA, dtu);
+            /* the exponentials of 8-step block j+1 are written next to block j's FMA steps (ptxas still
+             * groups them; an interleaving forced by a false dependency measured no faster on the H200) */
+            float dA[8][SPT], dtu[8];
+            pc_exps8<SPT>(sdt + l * TP, sdtu + l * TP, A2, dA, dtu);
 #pragma unroll
             for (int t = 0; t < TC; t += 8) {
-                float dAn[8][4], dtun[8], dvn[8], yp[8];
+                float dAn[8][SPT], dtun[8], dvn[8], yp[8];
                 if (t + 8 < TC) pc_ld8(sdt + l * TP + t + 8, sdtu + l * TP + t + 8, dvn, dtun);
 #pragma unroll
                 for (int m = 0; m < 8; m++) {
                     if (t + 8 < TC) {
 #pragma unroll
-                        for (int i = 0; i < 4; i++) {
-                            /* ILV: a false dependency on h (0 * h[i], kept: fmaf(0, h, x) is not x for h = inf)
-                             * holds this exponential behind step m's h update, so ptxas interleaves the SFU
-                             * and FMA work instead of issuing all 32 exponentials back to back */
-                            const float arg = ILV ? fmaf(0.f, h[i], dvn[m] * A2[i]) : dvn[m] * A2[i];
-                            dAn[m][i] = jamba_cu_exp2(arg);
-                        }
+                        for (int i = 0; i < SPT; i++) dAn[m][i] = jamba_cu_exp2(dvn[m] * A2[i]);
                     }
-                    const float4 bq = *(const float4 *)(sB + (t + m) * PC_NS + 4 * g);
-                    const float4 cq = *(const float4 *)(sC + (t + m) * PC_NS + 4 * g);
-                    const float bv[4] = {bq.x, bq.y, bq.z, bq.w}, cv[4] = {cq.x, cq.y, cq.z, cq.w};
+                    float bv[SPT], cv[SPT];
+                    if constexpr (SPT == 4) {
+                        const float4 bq = *(const float4 *)(sB + (t + m) * PC_NS + 4 * g);
+                        const float4 cq = *(const float4 *)(sC + (t + m) * PC_NS + 4 * g);
+                        bv[0] = bq.x, bv[1] = bq.y, bv[2] = bq.z, bv[3] = bq.w;
+                        cv[0] = cq.x, cv[1] = cq.y, cv[2] = cq.z, cv[3] = cq.w;
+                    } else {
+                        const float2 bq = *(const float2 *)(sB + (t + m) * PC_NS + 2 * g);
+                        const float2 cq = *(const float2 *)(sC + (t + m) * PC_NS + 2 * g);
+                        bv[0] = bq.x, bv[1] = bq.y, cv[0] = cq.x, cv[1] = cq.y;
+                    }
                     float y = 0.f;
 #pragma unroll
-                    for (int i = 0; i < 4; i++) {
+                    for (int i = 0; i < SPT; i++) {
                         h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
                         y = fmaf(h[i], cv[i], y);
                     }
@@ -667,49 +675,54 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                     for (int m = 0; m < 8; m++) {
                         dtu[m] = dtun[m];
 #pragma unroll
-                        for (int i = 0; i < 4; i++) dA[m][i] = dAn[m][i];
+                        for (int i = 0; i < SPT; i++) dA[m][i] = dAn[m][i];
                     }
                 }
-                /* reduce-scatter over the 4 lanes of the channel: lane g ends with steps 2g, 2g+1 */
-                const bool hi2 = (g & 2) != 0, hi1 = (g & 1) != 0;
-                float r4[4];
+                /* reduce-scatter over the G lanes of the channel: halve the steps per level (lane bit G/2
+                 * first); lane g ends with 8/G consecutive steps starting at (8/G) * g */
+                float r[8];
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const float send = hi2 ? yp[i] : yp[i + 4], keep = hi2 ? yp[i + 4] : yp[i];
-                    r4[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, 2);
-                }
-                float y2[2];
+                for (int m = 0; m < 8; m++) r[m] = yp[m];
 #pragma unroll
-                for (int i = 0; i < 2; i++) {
-                    const float send = hi1 ? r4[i] : r4[i + 2], keep = hi1 ? r4[i + 2] : r4[i];
-                    y2[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, 1);
+                for (int w = 4, o = G / 2; o > 0; w >>= 1, o >>= 1) {
+                    const bool hi = (g & o) != 0;
+#pragma unroll
+                    for (int i = 0; i < w; i++) {
+                        const float send = hi ? r[i] : r[i + w], keep = hi ? r[i + w] : r[i];
+                        r[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, o);
+                    }
                 }
-                const int tt = t + 2 * g;
-                const int64_t tg = t0 + tt;
-                if (cvalid && tg < a.L) {
-                    const float2 du = *(const float2 *)(sdu + l * TP + tt), gz = *(const float2 *)(sgz + l * TP + tt);
-                    const bool ok1 = tg + 1 < a.L;
-                    pc_store2<T>(orow + tt, (y2[0] + du.x) * gz.x, (y2[1] + du.y) * gz.y,
-                                 pairs && ok1, ok1);
+                if constexpr (G == 4) {
+                    const int tt = t + 2 * g;
+                    const int64_t tg = t0 + tt;
+                    if (cvalid && tg < a.L) {
+                        const float2 du = *(const float2 *)(sdu + l * TP + tt), gz = *(const float2 *)(sgz + l * TP + tt);
+                        const bool ok1 = tg + 1 < a.L;
+                        pc_store2<T>(orow + tt, (r[0] + du.x) * gz.x, (r[1] + du.y) * gz.y, pairs && ok1, ok1);
+                    }
+                } else {
+                    const int tt = t + g;
+                    if (cvalid && t0 + tt < a.L) orow[tt] = jamba_st<T>((r[0] + sdu[l * TP + tt]) * sgz[l * TP + tt]);
                 }
             }
         }
         pc_wait<0>(); /* no copy in flight into the next virtual block's buffers */
         if (cvalid && a.last) {
 #pragma unroll
-            for (int i = 0; i < 4; i++)
-                if (4 * g + i < a.N) a.last[(b * a.DI + c) * a.N + 4 * g + i] = h[i];
+            for (int i = 0; i < SPT; i++)
+                if (SPT * g + i < a.N) a.last[(b * a.DI + c) * a.N + SPT * g + i] = h[i];
         }
     }
 }
 
-template <typename T, int TC, bool ILV> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
-    using K = pc_cfg<T, TC>;
-    const int64_t nvb = a.B * ((a.DI + PC_CH - 1) / PC_CH);
+template <typename T, int G> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
+    constexpr int TC = 32, CH = PC_THREADS / G;
+    using K = pc_cfg<T, TC, CH>;
+    const int64_t nvb = a.B * ((a.DI + CH - 1) / CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, ILV>,
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, G>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
-    selective_scan_pc_kernel<T, TC, ILV><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
+    selective_scan_pc_kernel<T, TC, G><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
     return JAMBA_OK;
 }
@@ -759,13 +772,14 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
         if (m) a.cmode = mode, a.vec_c = vec;
         else a.bmode = mode, a.vec_b = vec;
     }
-    /* benchmark knob: JAMBA_EXT_SCAN_ILV=1 interleaves the exponentials with the FMA chain (see the kernel) */
-    const int ilv = env_int("JAMBA_EXT_SCAN_ILV", 0);
+    /* G lanes per channel: 8 (2 states each, twice the warps) or 4 (4 states each); env JAMBA_EXT_SCAN_G
+     * overrides the choice (benchmarks) */
+    int G = env_int("JAMBA_EXT_SCAN_G", 4);
     jamba_status s = JAMBA_ERR_DTYPE;
-    if (ilv) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 32, true>(a, stream)));
+    if (G == 8) {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 8>(a, stream)));
     } else {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 32, false>(a, stream)));
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 4>(a, stream)));
     }
     *st = s;
     return 1;
@@ -838,17 +852,12 @@ extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_par
     const int sms = jamba_cuda_sm_count(launch.device);
     const int64_t many = (int64_t)sms * 8 * SCAN_THREADS;
     int spt = (N > 128 || B * DI * pow2_at_least(jamba_ceil_div(N, 16)) >= many) ? 16 : 4;
-    const int spt_env = env_int("JAMBA_EXT_SCAN_SPT", 0);
-    if (spt_env == 4 && N <= 128) spt = 4;
-    if (spt_env == 16) spt = 16;
     a.G = pow2_at_least(jamba_ceil_div(N, spt));
     a.CH = SCAN_THREADS / a.G;
     a.Npad = a.G * spt;
     /* TC: a power of two with CH*TC <= SCAN_EU*128 (u/dt/z registers), TC*Npad <= EBC*128 (B/C registers)
      * and the shared memory within 48 KB (no opt-in attribute needed) */
     int tc = 64;
-    const int tc_env = env_int("JAMBA_EXT_SCAN_CHUNK", 0);
-    if (tc_env > 0) tc = pow2_at_least(tc_env);
     while (tc > 1 && ((int64_t)a.CH * tc > (int64_t)SCAN_EU * SCAN_THREADS ||
                       (int64_t)tc * a.Npad > (int64_t)SCAN_EBC(spt) * SCAN_THREADS ||
                       scan_smem_bytes(a.CH, tc, a.Npad) > SCAN_SMEM_BUDGET))

@@ -8,8 +8,7 @@
  * Shapes and layouts: at each kernel below.
  * Two kernels: selective_state_update_f32n16_kernel, the fast path (fp32 state, N = 16, 16-byte aligned
  * state and A rows: Jamba / Mamba-1 decode), and selective_state_update_kernel, the general one (any state
- * dtype, N, strides). Env JAMBA_EXT_SSU_IMPL=old (read at every call) sends every call to the general
- * kernel, which is the previous implementation: kept for one GPU round of old-vs-new timing.
+ * dtype, N, strides: every call the fast path does not take).
  */
 #include <string.h>
 
@@ -270,12 +269,6 @@ static jamba_status selective_state_update_f32n16_launch(ssu_args a, cudaStream_
     return JAMBA_OK;
 }
 
-/* JAMBA_EXT_SSU_IMPL=old: every call takes the general kernel (the previous implementation) */
-static bool ssu_env_old(void) {
-    const char *s = getenv("JAMBA_EXT_SSU_IMPL");
-    return s != NULL && strcmp(s, "old") == 0;
-}
-
 extern "C" jamba_status jamba_selective_state_update_cuda(const jamba_selective_state_update_params *p,
                                                           jamba_launch launch) {
     JAMBA_TRY(jamba_selective_state_update_check(p));
@@ -305,7 +298,7 @@ extern "C" jamba_status jamba_selective_state_update_cuda(const jamba_selective_
     a.vec = N % 4 == 0 && ((uintptr_t)a.state % (uintptr_t)(4 * es)) == 0 && (a.ss0 % 4 == 0 || B <= 1) &&
             (a.ss1 % 4 == 0 || DI <= 1);
     /* fast path: f32 state, N = 16, 16-byte state quads (a.vec) and A rows with unit stride along N */
-    const bool fast = !ssu_env_old() && p->state.dtype == JAMBA_F32 && N == 16 && a.vec && a.sA1 == 1 &&
+    const bool fast = p->state.dtype == JAMBA_F32 && N == 16 && a.vec && a.sA1 == 1 &&
                       ((uintptr_t)a.A % 16u) == 0 && (a.sA0 % 4 == 0 || DI <= 1);
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
