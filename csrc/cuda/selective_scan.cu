@@ -13,7 +13,7 @@
  * Two kernels:
  *   selective_scan_pc_kernel (below, "pipelined fast path"): every call with N <= 16 and L >= 1 (Mamba-1,
  *     Jamba: N = 16). cp.async ring of raw tiles, one barrier per 32-step chunk. H200, bf16, DI 8192:
- *     1x8192 in ~0.87 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp floor 0.26 ms).
+ *     1x8192 in ~0.83 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp floor 0.26 ms).
  *   selective_scan_fwd_kernel (the first design, kept as the general path): N > 16 and L == 0. G threads per
  *     channel (a power of two; G*SPT >= N states, SPT states per thread in registers, SPT = 4 or 16 is the
  *     one template tile parameter), CH = 128/G channels per block, all of one batch. Time runs in chunks of
@@ -22,8 +22,8 @@
  *     states in registers, the G partial sums of y are combined with warp shuffles, and the block writes
  *     the chunk's outputs with coalesced stores. The state is carried across chunks in registers, so any L
  *     (1 .. 1M+) runs in one launch.
- * Benchmark knobs: env JAMBA_EXT_SCAN_IMPL=old sends every call to the general kernel; JAMBA_EXT_SCAN_G=8
- * runs the pipelined kernel with 8 lanes per channel.
+ * Benchmark knobs: env JAMBA_EXT_SCAN_IMPL=old sends every call to the general kernel; JAMBA_EXT_SCAN_G=4|8
+ * forces the pipelined kernel's lanes per channel (default: 8 when 4 would leave the SMs under-filled).
  */
 #include "common.cuh"
 
@@ -733,7 +733,8 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 }
 
 /* The fast path when it applies (N <= 16, not disabled by JAMBA_EXT_SCAN_IMPL=old); returns 0 if not taken. */
-static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStream_t stream, jamba_status *st) {
+static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStream_t stream, int launch_device,
+                                 jamba_status *st) {
     const int64_t B = p->u.shape[0], DI = p->u.shape[1], L = p->u.shape[2], N = p->A.shape[1];
     const char *impl = getenv("JAMBA_EXT_SCAN_IMPL");
     if ((impl && !strcmp(impl, "old")) || N > PC_NS || L == 0) return 0;
@@ -772,9 +773,13 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
         if (m) a.cmode = mode, a.vec_c = vec;
         else a.bmode = mode, a.vec_b = vec;
     }
-    /* G lanes per channel: 8 (2 states each, twice the warps) or 4 (4 states each); env JAMBA_EXT_SCAN_G
-     * overrides the choice (benchmarks) */
-    int G = env_int("JAMBA_EXT_SCAN_G", 4);
+    /* G lanes per channel: 8 (2 states each, twice the warps for the same channels) while G = 4 would give
+     * fewer than 4 blocks per SM (the kernel is latency-bound there: H200 at 2751aca, bf16, DI 8192, 1x8192
+     * 0.83 ms with G = 8 against 0.91 ms with G = 4), else 4 (fewer shuffles and loads per state: 8x2048
+     * 1.51 ms against 1.65 ms). env JAMBA_EXT_SCAN_G = 4|8 overrides the choice (benchmarks). */
+    const int64_t blocks4 = B * ((DI + 31) / 32);
+    int G = blocks4 < 4 * (int64_t)jamba_cuda_sm_count(launch_device) ? 8 : 4;
+    G = env_int("JAMBA_EXT_SCAN_G", G);
     jamba_status s = JAMBA_ERR_DTYPE;
     if (G == 8) {
         JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 8>(a, stream)));
@@ -817,7 +822,7 @@ extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_par
     JAMBA_DEVICE_GUARD(launch);
     {
         jamba_status st = JAMBA_OK;
-        if (selective_scan_try_pc(p, (cudaStream_t)launch.stream, &st)) return st;
+        if (selective_scan_try_pc(p, (cudaStream_t)launch.stream, launch.device, &st)) return st;
     }
     scan_args a;
     memset(&a, 0, sizeof a);
