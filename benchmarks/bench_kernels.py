@@ -277,33 +277,6 @@ def bench_norm(bb, rows, dim):
            eager=lambda: R.rms_norm(x, w), small=small, graph=True)
     bb.row("add_rms_norm", f"rows={rows} dim={dim}", lambda: ops.add_rms_norm(x, r, w), 4 * nb + dim * 2,
            eager=lambda: R.add_rms_norm(x, r, w), small=small, graph=True)
-    with old_impl("JAMBA_EXT_NORM_IMPL"):  # the previous kernel, same inputs, same run (then deleted)
-        check("rms_norm (old)", ops.rms_norm(x, w), R.rms_norm(x, w))
-        o, s = ops.add_rms_norm(x, r, w)
-        check("add_rms_norm (old)", o, ro)
-        check("add_rms_norm residual (old)", s, rs, rtol=0, atol=0)
-        bb.row("rms_norm (old)", f"rows={rows} dim={dim}", lambda: ops.rms_norm(x, w), 2 * nb + dim * 2, small=small,
-               graph=True)
-        bb.row("add_rms_norm (old)", f"rows={rows} dim={dim}", lambda: ops.add_rms_norm(x, r, w), 4 * nb + dim * 2,
-               small=small, graph=True)
-
-
-class old_impl:
-    """with old_impl("JAMBA_EXT_NORM_IMPL"): ... runs the kernels' previous implementation (the launchers read
-    the variable at every call); restores the variable after."""
-
-    def __init__(self, name):
-        self.name = name
-
-    def __enter__(self):
-        self.saved = os.environ.get(self.name)
-        os.environ[self.name] = "old"
-
-    def __exit__(self, *exc):
-        if self.saved is None:
-            del os.environ[self.name]
-        else:
-            os.environ[self.name] = self.saved
 
 
 def main():

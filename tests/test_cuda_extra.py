@@ -138,16 +138,9 @@ def test_rms_norm_shapes_fp64(dtype, rows, dim):
     assert_close(out, reference.rms_norm(up(ref_res), up(w), 1e-6), **TOL[dtype])
 
 
-# ---- vector paths of conv / conv update / norm (norm: also the previous kernel, JAMBA_EXT_NORM_IMPL=old) ----
+# ---- vector paths of conv / conv update / norm ----
 ALL_DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 ALL_IDS = ["f32", "bf16", "f16"]
-
-
-def _impl(monkeypatch, name, impl):
-    if impl == "old":
-        monkeypatch.setenv(name, "old")
-    else:
-        monkeypatch.delenv(name, raising=False)
 
 
 # batch, d_inner, seqlen, K, S_in (None: no initial state), state_len, silu, w_f32
@@ -235,14 +228,12 @@ NORM_VEC_CASES = [(9, 64, False), (4, 1000, False), (7, 4096, True), (6, 4096, F
                   (5, 20000, False), (2, 24, True)]
 
 
-@pytest.mark.parametrize("impl", ["default", "old"])
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
 @pytest.mark.parametrize("rows,dim,w_f32", NORM_VEC_CASES, ids=[f"R{c[0]}_D{c[1]}{'_wf32' if c[2] else ''}"
                                                                 for c in NORM_VEC_CASES])
-def test_rms_norm_vector_path(monkeypatch, impl, dtype, rows, dim, w_f32):
-    """x and residual as row slices of wider buffers (16-byte aligned row strides): the vector kernels of
-    both implementations at the dims that pick each variant; residual_out exact."""
-    _impl(monkeypatch, "JAMBA_EXT_NORM_IMPL", impl)
+def test_rms_norm_vector_path(dtype, rows, dim, w_f32):
+    """x and residual as row slices of wider buffers (16-byte aligned row strides): the row kernel at the dims
+    that pick each variant, and the two-pass fallback; residual_out exact."""
     x = randn(rows, dim + 8, device=DEV, dtype=dtype)[:, :dim]
     r = randn(rows, dim + 16, device=DEV, dtype=dtype)[:, 8:8 + dim]
     w = randn(dim, device=DEV, dtype=torch.float32 if w_f32 else dtype, scale=0.4, shift=1.0)
