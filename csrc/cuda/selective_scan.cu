@@ -32,7 +32,8 @@
 #define SCAN_TB 8  /* time steps per batch of y reductions (registers yp[SCAN_TB]) */
 #define SCAN_EU 16 /* u/dt/z elements a thread prefetches per chunk (registers): TC <= SCAN_EU * G */
 
-struct scan_args {
+/* The operands of one call, shared by both kernels' argument structs (filled by scan_io_fill). */
+struct scan_io {
     void *out;
     float *last;
     const void *u, *delta, *z, *Bm, *Cm;
@@ -41,6 +42,27 @@ struct scan_args {
     int64_t su0, su1, sd0, sd1, sz0, sz1;   /* (batch, channel) strides; unit stride along L */
     int64_t sA0, sA1, sB0, sB1, sB2, sC0, sC1, sC2, sD, sdb, si0, si1;
     int bdt, cdt, softplus;
+};
+
+static void scan_io_fill(scan_io *a, const jamba_selective_scan_params *p) {
+    a->out = p->out.data, a->last = (float *)p->last_state.data;
+    a->u = p->u.data, a->delta = p->delta.data, a->z = p->z.data, a->Bm = p->Bm.data, a->Cm = p->Cm.data;
+    a->A = (const float *)p->A.data, a->D = (const float *)p->D.data;
+    a->dbias = (const float *)p->delta_bias.data, a->init = (const float *)p->initial_state.data;
+    a->B = p->u.shape[0], a->DI = p->u.shape[1], a->L = p->u.shape[2], a->N = p->A.shape[1];
+    a->su0 = p->u.stride[0], a->su1 = p->u.stride[1], a->sd0 = p->delta.stride[0], a->sd1 = p->delta.stride[1];
+    if (a->z) a->sz0 = p->z.stride[0], a->sz1 = p->z.stride[1];
+    a->sA0 = p->A.stride[0], a->sA1 = p->A.stride[1];
+    a->sB0 = p->Bm.stride[0], a->sB1 = p->Bm.stride[1], a->sB2 = p->Bm.stride[2];
+    a->sC0 = p->Cm.stride[0], a->sC1 = p->Cm.stride[1], a->sC2 = p->Cm.stride[2];
+    if (a->D) a->sD = p->D.stride[0];
+    if (a->dbias) a->sdb = p->delta_bias.stride[0];
+    if (a->init) a->si0 = p->initial_state.stride[0], a->si1 = p->initial_state.stride[1];
+    a->bdt = (int)p->Bm.dtype, a->cdt = (int)p->Cm.dtype;
+    a->softplus = p->delta_softplus;
+}
+
+struct scan_args : scan_io {
     int G, CH, Npad;     /* threads per channel, channels per block (128 / G), G*SPT (powers of two) */
     int TC, tc_log2;     /* time chunk (a power of two) */
     int bc_nfast;        /* B/C staged with n fastest (their stride along N is the smaller one) */
@@ -315,20 +337,10 @@ static int env_int(const char *name, int dflt) {
 #define PC_NS 16
 #define PC_NSTG 3
 
-struct pc_args {
-    void *out;
-    float *last;
-    const void *u, *delta, *z, *Bm, *Cm;
-    const float *A, *D, *dbias, *init;
-    int64_t B, DI, L;
-    int N;
-    int64_t su0, su1, sd0, sd1, sz0, sz1;
-    int64_t sA0, sA1, sB0, sB1, sB2, sC0, sC1, sC2, sD, sdb, si0, si1;
-    int bsz, csz;          /* element size of B / C (2 or 4) */
-    int bdt, cdt;          /* their dtypes */
-    int bmode, cmode;      /* 0: t-fast (unit stride along L), 1: n-fast (unit along N), 2: scalar */
+struct pc_args : scan_io {
+    int bsz, csz;            /* element size of B / C (2 or 4) */
+    int bmode, cmode;        /* 0: t-fast (unit stride along L), 1: n-fast (unit along N), 2: scalar */
     int vec_u, vec_b, vec_c; /* 16-byte cp.async allowed for u/delta/z rows, B rows, C rows */
-    int softplus;
 };
 
 template <typename T, int TC, int CH> struct pc_cfg {
@@ -740,22 +752,8 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
     if ((impl && !strcmp(impl, "old")) || N > PC_NS || L == 0) return 0;
     pc_args a;
     memset(&a, 0, sizeof a);
-    a.out = p->out.data, a.last = (float *)p->last_state.data;
-    a.u = p->u.data, a.delta = p->delta.data, a.z = p->z.data, a.Bm = p->Bm.data, a.Cm = p->Cm.data;
-    a.A = (const float *)p->A.data, a.D = (const float *)p->D.data;
-    a.dbias = (const float *)p->delta_bias.data, a.init = (const float *)p->initial_state.data;
-    a.B = B, a.DI = DI, a.L = L, a.N = (int)N;
-    a.su0 = p->u.stride[0], a.su1 = p->u.stride[1], a.sd0 = p->delta.stride[0], a.sd1 = p->delta.stride[1];
-    if (a.z) a.sz0 = p->z.stride[0], a.sz1 = p->z.stride[1];
-    a.sA0 = p->A.stride[0], a.sA1 = p->A.stride[1];
-    a.sB0 = p->Bm.stride[0], a.sB1 = p->Bm.stride[1], a.sB2 = p->Bm.stride[2];
-    a.sC0 = p->Cm.stride[0], a.sC1 = p->Cm.stride[1], a.sC2 = p->Cm.stride[2];
-    if (a.D) a.sD = p->D.stride[0];
-    if (a.dbias) a.sdb = p->delta_bias.stride[0];
-    if (a.init) a.si0 = p->initial_state.stride[0], a.si1 = p->initial_state.stride[1];
-    a.bdt = (int)p->Bm.dtype, a.cdt = (int)p->Cm.dtype;
+    scan_io_fill(&a, p);
     a.bsz = (int)jamba_dtype_size(p->Bm.dtype), a.csz = (int)jamba_dtype_size(p->Cm.dtype);
-    a.softplus = p->delta_softplus;
     const int esz = (int)jamba_dtype_size(p->u.dtype);
     a.vec_u = pc_aligned(a.u, a.su0, a.su1, B, DI, esz) && pc_aligned(a.delta, a.sd0, a.sd1, B, DI, esz) &&
               (!a.z || pc_aligned(a.z, a.sz0, a.sz1, B, DI, esz));
@@ -817,7 +815,7 @@ static jamba_status selective_scan_launch(scan_args a, cudaStream_t stream) {
 
 extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_params *p, jamba_launch launch) {
     JAMBA_TRY(jamba_selective_scan_check(p));
-    const int64_t B = p->u.shape[0], DI = p->u.shape[1], L = p->u.shape[2], N = p->A.shape[1];
+    const int64_t B = p->u.shape[0], DI = p->u.shape[1], N = p->A.shape[1];
     if (B == 0 || DI == 0) return JAMBA_OK; /* L == 0 still writes last_state (initial_state or zeros) */
     JAMBA_DEVICE_GUARD(launch);
     {
@@ -826,23 +824,7 @@ extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_par
     }
     scan_args a;
     memset(&a, 0, sizeof a);
-    a.out = p->out.data;
-    a.last = (float *)p->last_state.data;
-    a.u = p->u.data, a.delta = p->delta.data, a.z = p->z.data, a.Bm = p->Bm.data, a.Cm = p->Cm.data;
-    a.A = (const float *)p->A.data, a.D = (const float *)p->D.data;
-    a.dbias = (const float *)p->delta_bias.data, a.init = (const float *)p->initial_state.data;
-    a.B = B, a.DI = DI, a.L = L, a.N = N;
-    a.su0 = p->u.stride[0], a.su1 = p->u.stride[1];
-    a.sd0 = p->delta.stride[0], a.sd1 = p->delta.stride[1];
-    if (a.z) a.sz0 = p->z.stride[0], a.sz1 = p->z.stride[1];
-    a.sA0 = p->A.stride[0], a.sA1 = p->A.stride[1];
-    a.sB0 = p->Bm.stride[0], a.sB1 = p->Bm.stride[1], a.sB2 = p->Bm.stride[2];
-    a.sC0 = p->Cm.stride[0], a.sC1 = p->Cm.stride[1], a.sC2 = p->Cm.stride[2];
-    if (a.D) a.sD = p->D.stride[0];
-    if (a.dbias) a.sdb = p->delta_bias.stride[0];
-    if (a.init) a.si0 = p->initial_state.stride[0], a.si1 = p->initial_state.stride[1];
-    a.bdt = (int)p->Bm.dtype, a.cdt = (int)p->Cm.dtype;
-    a.softplus = p->delta_softplus;
+    scan_io_fill(&a, p);
     {
         /* B and C share one staging order: n fastest when B's stride along N is the smaller one */
         const int64_t sn = p->Bm.stride[1] < 0 ? -p->Bm.stride[1] : p->Bm.stride[1];
