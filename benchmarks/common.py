@@ -18,12 +18,16 @@ RESULTS = os.environ.get("JAMBA_BENCH_RESULTS") or os.path.join(os.path.dirname(
 
 
 def git_commit() -> str:
+    """JAMBA_COMMIT when set (the device machine gets a copy of the working tree whose .git can be stale:
+    session 2's JSONs said 39bd0df for every round), else git's HEAD."""
+    if os.environ.get("JAMBA_COMMIT"):
+        return os.environ["JAMBA_COMMIT"]
     try:
         return subprocess.check_output(["git", "rev-parse", "--short=12", "HEAD"],
                                        cwd=os.path.dirname(os.path.abspath(__file__)), text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:
-        return os.environ.get("JAMBA_COMMIT", "unknown")
+        return "unknown"
 
 
 def device_name(device: torch.device) -> str:
