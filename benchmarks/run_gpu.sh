@@ -3,12 +3,13 @@
 # compute-sanitizer on small cases of every kernel, and the benchmarks. Everything goes to $OUT:
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
 # Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] bash benchmarks/run_gpu.sh [full]
+#   (pass JAMBA_COMMIT: the device copy of .git may be stale; it goes into the log and every JSON)
 #   full: also the slow CUDA tests (> 2^31 elements). Each step has a time limit, so one call fits in ~9 min.
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_round.log"
-export PYTHONUNBUFFERED=1 JAMBA_COMMIT=${JAMBA_COMMIT:-unknown} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 JAMBA_COMMIT=${JAMBA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mode=${1:-quick}
 step() { echo; echo "=== $* ($(date +%T))"; }
 {
