@@ -264,3 +264,30 @@ def test_cuda_graph_generate_matches_eager(name, dtype):
             assert s_gr.tolist() == s_sta.tolist(), f"batch {batch}: sampled"
             if dtype == torch.float32:
                 assert s_gr.tolist() == ours.generate(ids, mask, **kw).tolist()
+
+
+@pytest.mark.parametrize("lq,lk,masked", [(1, 37, False), (1, 37, True), (16, 64, True), (17, 17, False)])
+def test_sdpa_wrapper_equals_plain_sdpa(device, lq, lk, masked):
+    """modeling_jamba._sdpa (decode-sized queries kept off the cuDNN backend on CUDA) gives what plain SDPA
+    gives, with grouped KV heads and with a boolean mask."""
+    import torch.nn.functional as F
+
+    from jamba_ext import modeling_jamba as mj
+
+    g = torch.Generator().manual_seed(lq * 100 + lk)
+    dt = torch.float32 if device.type == "cpu" else torch.bfloat16
+    q = torch.randn(2, 4, lq, 16, generator=g).to(device, dt)
+    k = torch.randn(2, 2, lk, 16, generator=g).to(device, dt)
+    v = torch.randn(2, 2, lk, 16, generator=g).to(device, dt)
+    mask = (torch.rand(2, 1, lq, lk, generator=g) > 0.3).to(device) if masked else None
+    if mask is not None:
+        mask[..., 0] = True  # no fully masked row
+    kr, vr = k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1)
+    want = F.scaled_dot_product_attention(q.float(), kr.float(), vr.float(), attn_mask=mask,
+                                          is_causal=not masked and lq == lk)
+    if mj._SDPA_HAS_GQA:
+        got = mj._sdpa(q, k, v, mask, not masked and lq == lk, True)
+    else:
+        got = mj._sdpa(q, kr, vr, mask, not masked and lq == lk, False)
+    tol = 1e-5 if dt == torch.float32 else 2e-2
+    torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
