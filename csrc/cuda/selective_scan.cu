@@ -361,12 +361,6 @@ __device__ __forceinline__ void pc_commit() { asm volatile("cp.async.commit_grou
 template <int NPEND> __device__ __forceinline__ void pc_wait() {
     asm volatile("cp.async.wait_group %0;" ::"n"(NPEND) : "memory");
 }
-/* esz-byte element copy global -> shared (2 or 4 bytes) */
-__device__ __forceinline__ void pc_cp_elem(unsigned char *dst, const unsigned char *src, int esz) {
-    if (esz == 4) *(uint32_t *)dst = *(const uint32_t *)src;
-    else *(uint16_t *)dst = *(const uint16_t *)src;
-}
-
 /* One thread's piece of a B or C tile: up to 16 bytes of consecutive elements, fixed for a virtual block.
  * Rows along t (mode 0): the piece holds steps t .. t+ve-1 of one state; rows along n (mode 1): states
  * n0 .. n0+nlim-1 of step t. src points at chunk 0; chunk k adds k * step bytes. */
