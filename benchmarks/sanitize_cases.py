@@ -33,6 +33,9 @@ def main():
     Bt, Ct = rn(B, L2, N).transpose(1, 2), rn(B, L2, N).transpose(1, 2)  # the model's n-fast B/C
     ops.selective_scan(u2, d2, A, Bt, Ct, D, z2, db, True, h)
     ops.selective_scan(u2, d2, A, rn(B, N, L2), rn(B, N, L2), D, None, db, True, None)
+    c64 = slice(0, 64)  # whole blocks of channels: the converter's fast path (no range checks)
+    ops.selective_scan(u2[:, c64].contiguous(), d2[:, c64].contiguous(), A[c64].contiguous(), Bt, Ct,
+                       D[c64].contiguous(), z2[:, c64].contiguous(), db[c64].contiguous(), True, None)
     ops.selective_state_update(h, rn(B, DI), rn(B, DI), A, rn(B, N), rn(B, N), D, rn(B, DI), db, True)
     moe = getattr(jamba_ext, "moe", None)
     if moe is not None and hasattr(moe, "sparse_moe_forward"):

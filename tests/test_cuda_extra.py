@@ -69,6 +69,7 @@ def decode_inputs(batch, d_inner, d_state, dtype, device=DEV, state_dtype=torch.
 SCAN_SHAPES = [  # batch, d_inner, seqlen
     (1, 64, 1), (3, 520, 1), (3, 64, 7), (1, 520, 7), (1, 8192, 7),
     (1, 8192, 2048), (3, 520, 2048), (1, 64, 2049), (3, 520, 2049), (1, 8192, 2049),
+    (1, 64, 72), (3, 520, 264),  # 16-byte rows with a partial last chunk (fast loader, then the general one)
 ]
 
 

@@ -311,7 +311,7 @@ static int env_int(const char *name, int dflt) {
 }
 
 /* ==== pipelined fast path (N <= 16) ===================================================================
- * selective_scan_pc_kernel<T, TC, G>
+ * selective_scan_pc_kernel<T, TC, G, RED>
  *   u, delta, z (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; A (DI, N) f32, N <= 16;
  *   B, C (B, N, L) f32|T with unit stride along L ("t-fast") or along N ("n-fast", the model's transposed
  *   (B, L, N) view) or any strides (scalar loads); D, delta_bias (DI,) f32; initial_state (B, DI, N) f32,
@@ -324,23 +324,36 @@ static int env_int(const char *name, int dflt) {
  *     raw ring (PC_NSTG stages): the chunk's inputs as stored in global memory (u, delta, z tiles [CH][TC] in
  *       T; B, C as [16][TC] (t-fast / scalar) or [TC][16] (n-fast) in their dtype), filled with 16-byte
  *       cp.async when rows are 16-byte aligned and the piece lies inside [0, L), else element by element;
- *     fp32 sets (two): dt (bias + softplus applied), dt*u, D*u, silu(z) as [CH][TC+4], B and C as [TC][16];
- *       zeros outside [0, L) and beyond DI, so the padded steps leave h unchanged (exp(0) = 1, dt*u = 0).
+ *     fp32 sets (two): dt (bias + softplus applied), dt*u, D*u, silu(z) as [CH][TC+4]; B and C as
+ *       [TC][PC_BCP]: row t holds, for each lane index g, B of states SPT*g .. SPT*g+SPT-1 then C of the same
+ *       states (one 16-byte load per lane and step at G = 8, two at G = 4; 4 floats of row padding spread the
+ *       converter's stores over the banks); zeros outside [0, L) and beyond DI, so the padded steps leave h
+ *       unchanged (exp(0) = 1, dt*u = 0).
+ *   Fast path (host flag a.fast: u/delta/z rows and B/C pieces 16-byte aligned, B/C rows along t or n in u's
+ *   dtype, N = 16): full chunks are copied from per-thread source pointers set once per virtual block, and
+ *   converted without range checks when all CH channels exist; the last partial chunk, blocks reaching past
+ *   DI and calls with a.fast = 0 take the general loader / converter.
  *   Iteration k: wait for chunk k+1's copies, ONE __syncthreads, issue chunk k+NSTG's copies, convert chunk
  *   k+1 (raw -> fp32 set (k+1)&1), scan chunk k from set k&1. Warps of a block drift between conversion
  *   (memory/ALU) and scan (SFU) inside that interval, which overlaps the two.
  *   Scan of 8 steps: the 8*SPT exponentials (dt*A2 then ex2), then the h / y FMA chain; the G lanes of a
- *   channel reduce-scatter their 8 partial y so lane g ends with 8/G steps, gates them and stores them
- *   (G = 4: one 2-element store when L is even). Hazards: a raw stage is refilled one barrier after its conversion;
- *   fp32 set p is rewritten one barrier after the scan that read it. */
+ *   channel combine their 8 partial y so lane g ends with 8/G steps, gates them and stores them.
+ *   RED = 1: through a per-warp buffer [group][step][g] (group = one channel's G lanes, 9G floats per group:
+ *   conflict-free stores and 16-byte loads) and two __syncwarp; RED = 0: shuffle reduce-scatter (the
+ *   previous way: its selects cost ~2 instructions per state step at G = 8; kept for one benchmark round).
+ *   Hazards: a raw stage is refilled one barrier after its conversion; fp32 set p is rewritten one barrier
+ *   after the scan that read it; the y buffer is private to its warp. */
 #define PC_THREADS 128
 #define PC_NS 16
 #define PC_NSTG 3
+#define PC_BCP (2 * PC_NS + 4) /* fp32 B/C row pitch (floats) */
+#define PC_YB 288              /* floats of y partials per warp: (32 / G) groups x 9G */
 
 struct pc_args : scan_io {
     int bsz, csz;            /* element size of B / C (2 or 4) */
     int bmode, cmode;        /* 0: t-fast (unit stride along L), 1: n-fast (unit along N), 2: scalar */
     int vec_u, vec_b, vec_c; /* 16-byte cp.async allowed for u/delta/z rows, B rows, C rows */
+    int fast;                /* fast loader / converter for full chunks (see the kernel comment) */
 };
 
 template <typename T, int TC, int CH> struct pc_cfg {
@@ -348,8 +361,12 @@ template <typename T, int TC, int CH> struct pc_cfg {
     static constexpr int RAW_U = CH * TC * (int)sizeof(T);               /* bytes of one u/delta/z tile */
     static constexpr int RAW_BC = PC_NS * TC * 4;                        /* bytes of one B/C tile (<= 4 B) */
     static constexpr int STAGE = 3 * RAW_U + 2 * RAW_BC;                 /* multiple of 16 */
-    static constexpr int SET = 4 * CH * TP + 2 * TC * PC_NS;             /* floats */
-    static constexpr size_t SMEM = (size_t)PC_NSTG * STAGE + 2 * (size_t)SET * 4 + 2 * CH * 4;
+    static constexpr int SET = 4 * CH * TP + TC * PC_BCP;                /* floats */
+    static constexpr size_t SMEM = (size_t)PC_NSTG * STAGE + 2 * (size_t)SET * 4 + 2 * CH * 4 +
+                                   (size_t)(PC_THREADS / 32) * PC_YB * 4;
+    /* u/delta/z 16-byte pieces: VE elements, PR per row, PPA per tile, NPT per thread */
+    static constexpr int VE = 16 / (int)sizeof(T), PR = TC / VE, PPA = CH * PR;
+    static constexpr int NPT = (PPA + PC_THREADS - 1) / PC_THREADS;
     static_assert(TC == 16 || TC == 32, "TC 16 or 32 (one B/C piece per thread)");
 };
 
@@ -393,6 +410,47 @@ __device__ __forceinline__ pc_piece pc_plan_bc(const pc_args &a, int m, int64_t 
     return pc;
 }
 
+/* The fast loader's u/delta/z pieces of this thread (piece p = threadIdx.x + j * 128), set per virtual block */
+template <int NPT> struct pc_uplan {
+    const unsigned char *src[NPT][3]; /* chunk 0 of (u, delta, z); chunk k adds k * TC * sizeof(T) */
+    int dst[NPT];                     /* byte offset in a raw u tile */
+    bool on[NPT];
+};
+template <typename T, int TC, int CH>
+__device__ __forceinline__ pc_uplan<pc_cfg<T, TC, CH>::NPT> pc_plan_u(const pc_args &a, int64_t b, int64_t c0) {
+    using K = pc_cfg<T, TC, CH>;
+    pc_uplan<K::NPT> pl;
+#pragma unroll
+    for (int j = 0; j < K::NPT; j++) {
+        const int p = threadIdx.x + j * PC_THREADS, l = p / K::PR, tp = (p % K::PR) * K::VE;
+        pl.on[j] = p < K::PPA && c0 + l < a.DI;
+        pl.dst[j] = (l * TC + tp) * (int)sizeof(T);
+        const int64_t cc = pl.on[j] ? c0 + l : 0;
+        pl.src[j][0] = (const unsigned char *)((const T *)a.u + b * a.su0 + cc * a.su1 + tp);
+        pl.src[j][1] = (const unsigned char *)((const T *)a.delta + b * a.sd0 + cc * a.sd1 + tp);
+        pl.src[j][2] = a.z ? (const unsigned char *)((const T *)a.z + b * a.sz0 + cc * a.sz1 + tp) : nullptr;
+    }
+    return pl;
+}
+
+/* Fast loader: chunk k (all TC steps inside [0, L)) into raw stage `st`, 16-byte copies only. */
+template <typename T, int TC, int CH>
+__device__ __forceinline__ void pc_load_fast(const pc_args &a, unsigned char *st, int64_t k,
+                                             const pc_uplan<pc_cfg<T, TC, CH>::NPT> &pl, const pc_piece (&bc)[2]) {
+    using K = pc_cfg<T, TC, CH>;
+    const int64_t kb = k * TC * (int64_t)sizeof(T);
+#pragma unroll
+    for (int j = 0; j < K::NPT; j++) {
+        if (!pl.on[j]) continue;
+        pc_cp16(st + pl.dst[j], pl.src[j][0] + kb);
+        pc_cp16(st + K::RAW_U + pl.dst[j], pl.src[j][1] + kb);
+        if (a.z) pc_cp16(st + 2 * K::RAW_U + pl.dst[j], pl.src[j][2] + kb);
+    }
+#pragma unroll
+    for (int m = 0; m < 2; m++)
+        if (bc[m].on) pc_cp16(st + 3 * K::RAW_U + m * K::RAW_BC + bc[m].dst, bc[m].src + k * bc[m].step);
+}
+
 __device__ __forceinline__ void pc_cp_elems(unsigned char *dst, const unsigned char *src, int cnt, int esz) {
     for (int e = 0; e < cnt; e++) {
         if (esz == 4) ((uint32_t *)dst)[e] = ((const uint32_t *)src)[e];
@@ -400,12 +458,12 @@ __device__ __forceinline__ void pc_cp_elems(unsigned char *dst, const unsigned c
     }
 }
 
-/* Issues the copies of chunk k = [t0, t0+nt) of (b, c0 .. c0+31) into raw stage `st`. */
+/* General loader: chunk k = [t0, t0+nt) of (b, c0 .. c0+CH-1) into raw stage `st`. */
 template <typename T, int TC, int CH>
 __device__ __forceinline__ void pc_load(const pc_args &a, unsigned char *st, int64_t b, int64_t c0, int64_t k,
                                         int nt, const pc_piece (&bc)[2]) {
     using K = pc_cfg<T, TC, CH>;
-    constexpr int VE = 16 / (int)sizeof(T), PR = TC / VE, PPA = CH * PR, NPT = (PPA + PC_THREADS - 1) / PC_THREADS;
+    constexpr int VE = K::VE, PR = K::PR, PPA = K::PPA, NPT = K::NPT;
     const int64_t t0 = k * TC;
 #pragma unroll
     for (int arr = 0; arr < 3; arr++) {
@@ -453,21 +511,50 @@ __device__ __forceinline__ void pc_load(const pc_args &a, unsigned char *st, int
     }
 }
 
-/* B or C raw tile ([16][TC] or, n-fast, [TC][16], element type E) -> fp32 [TC][16]; zeros outside nt x N */
-template <typename E, int TC>
-__device__ __forceinline__ void pc_convert_bc_t(const E *r, float *dst, bool nfast, int nt, int N) {
+/* Column of state n of B (m = 0) or C (m = 1) in a fp32 B/C row (see the kernel comment) */
+template <int SPT> __device__ __forceinline__ int pc_bcpos(int n, int m) {
+    return (n / SPT) * 2 * SPT + m * SPT + n % SPT;
+}
+/* General: B or C raw tile ([16][TC] or, n-fast, [TC][16], element type E) -> its columns of the fp32 B/C
+ * rows; zeros outside nt x N */
+template <typename E, int TC, int SPT>
+__device__ __forceinline__ void pc_convert_bc_t(const E *r, float *dst, int m, bool nfast, int nt, int N) {
 #pragma unroll
     for (int j = 0; j < TC * PC_NS / PC_THREADS; j++) {
         const int e = threadIdx.x + j * PC_THREADS, t = e >> 4, n = e & 15;
         const float v = jamba_ld<E>(r[nfast ? e : n * TC + t]);
-        dst[e] = (t < nt && n < N) ? v : 0.f;
+        dst[t * PC_BCP + pc_bcpos<SPT>(n, m)] = (t < nt && n < N) ? v : 0.f;
     }
 }
-template <int TC>
-__device__ __forceinline__ void pc_convert_bc(const unsigned char *r, float *dst, bool nfast, int dt, int nt, int N) {
-    if (dt == JAMBA_F32) pc_convert_bc_t<float, TC>((const float *)r, dst, nfast, nt, N);
-    else if (dt == JAMBA_BF16) pc_convert_bc_t<__nv_bfloat16, TC>((const __nv_bfloat16 *)r, dst, nfast, nt, N);
-    else pc_convert_bc_t<__half, TC>((const __half *)r, dst, nfast, nt, N);
+template <int TC, int SPT>
+__device__ __forceinline__ void pc_convert_bc(const unsigned char *r, float *dst, int m, bool nfast, int dt, int nt,
+                                              int N) {
+    if (dt == JAMBA_F32) pc_convert_bc_t<float, TC, SPT>((const float *)r, dst, m, nfast, nt, N);
+    else if (dt == JAMBA_BF16) pc_convert_bc_t<__nv_bfloat16, TC, SPT>((const __nv_bfloat16 *)r, dst, m, nfast, nt, N);
+    else pc_convert_bc_t<__half, TC, SPT>((const __half *)r, dst, m, nfast, nt, N);
+}
+/* Fast: a full chunk of B and C (N = 16, element type E) -> fp32 B/C rows, one item (step t, lane index g)
+ * = SPT states of B and of C written as 16-byte stores. Items walk t fastest for t-fast tiles, g fastest
+ * for n-fast ones (bank-friendly loads either way). */
+template <typename E, int TC, int G>
+__device__ __forceinline__ void pc_convert_bc_fast(const E *rB, const E *rC, float *dst, bool nfB, bool nfC) {
+    constexpr int SPT = PC_NS / G;
+    static_assert((TC * G) % PC_THREADS == 0 && SPT % 2 == 0, "items per thread");
+    const bool gfast = nfB && nfC;
+#pragma unroll
+    for (int j = 0; j < TC * G / PC_THREADS; j++) {
+        const int e = threadIdx.x + j * PC_THREADS, t = gfast ? e / G : e % TC, g = gfast ? e % G : e / TC;
+        float v[2 * SPT];
+#pragma unroll
+        for (int i = 0; i < SPT; i++) {
+            const int n = g * SPT + i;
+            v[i] = jamba_ld<E>(rB[nfB ? t * PC_NS + n : n * TC + t]);
+            v[SPT + i] = jamba_ld<E>(rC[nfC ? t * PC_NS + n : n * TC + t]);
+        }
+        float *d = dst + t * PC_BCP + g * 2 * SPT;
+#pragma unroll
+        for (int q = 0; q < SPT / 2; q++) *(float4 *)(d + 4 * q) = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
+    }
 }
 
 /* 4 consecutive elements of a raw u/delta/z row (8- or 16-byte aligned) */
@@ -500,20 +587,21 @@ __device__ __forceinline__ float pc_silu(float z) {
     return __fdividef(z, 1.f + jamba_cu_exp2(-z * JAMBA_LOG2E));
 }
 
-/* raw stage -> fp32 set (see the kernel comment); zeros outside [0, nt) x channels < DI x states < N.
+/* raw stage -> fp32 set (see the kernel comment). FULL: all TC steps and CH channels exist and B/C take the
+ * fast converter (a.fast); else zeros outside [0, nt) x channels < DI x states < N.
  * u/delta/z: a thread converts 4 consecutive steps of one channel per item (8 * TC items). */
-template <typename T, int TC, int CH>
+template <typename T, int TC, int CH, int G, bool FULL>
 __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char *st, float *set, int64_t c0,
                                            int nt, const float *sbias, const float *sD) {
     using K = pc_cfg<T, TC, CH>;
-    constexpr int TP = K::TP;
+    constexpr int TP = K::TP, SPT = PC_NS / G;
     float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
-    float *sB = sgz + CH * TP, *sC = sB + TC * PC_NS;
+    float *sBC = sgz + CH * TP;
     const T *ru = (const T *)st, *rd = (const T *)(st + K::RAW_U), *rz = (const T *)(st + 2 * K::RAW_U);
 #pragma unroll
     for (int j = 0; j < CH * TC / 4 / PC_THREADS; j++) {
         const int e = threadIdx.x + j * PC_THREADS, l = e / (TC / 4), tq = (e % (TC / 4)) * 4;
-        const bool cok = c0 + l < a.DI;
+        const bool cok = FULL || c0 + l < a.DI;
         float uu[4], dd[4], zz[4], dt[4], dtu[4], du[4], gz[4];
         pc_ld4<T>(ru + l * TC + tq, uu);
         pc_ld4<T>(rd + l * TC + tq, dd);
@@ -521,7 +609,7 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
         const float bias = sbias[l], Dc = sD[l];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            const bool ok = cok && tq + i < nt;
+            const bool ok = FULL || (cok && tq + i < nt);
             const float u = ok ? uu[i] : 0.f;
             float d = dd[i] + bias;
             if (a.softplus) d = pc_softplus(d);
@@ -536,8 +624,12 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
         *(float4 *)(sgz + o) = make_float4(gz[0], gz[1], gz[2], gz[3]);
     }
     const unsigned char *rB = st + 3 * K::RAW_U, *rC = rB + K::RAW_BC;
-    pc_convert_bc<TC>(rB, sB, a.bmode == 1, a.bdt, nt, a.N);
-    pc_convert_bc<TC>(rC, sC, a.cmode == 1, a.cdt, nt, a.N);
+    if constexpr (FULL) {
+        pc_convert_bc_fast<T, TC, G>((const T *)rB, (const T *)rC, sBC, a.bmode == 1, a.cmode == 1);
+    } else {
+        pc_convert_bc<TC, SPT>(rB, sBC, 0, a.bmode == 1, a.bdt, nt, a.N);
+        pc_convert_bc<TC, SPT>(rC, sBC, 1, a.cmode == 1, a.cdt, nt, a.N);
+    }
 }
 
 /* 2 consecutive outputs (t, t+1) of one row; pair: both in range and the row's pairs are aligned */
@@ -576,7 +668,40 @@ __device__ __forceinline__ void pc_exps8(const float *sdt, const float *sdtu, co
         for (int i = 0; i < SPT; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
 }
 
-template <typename T, int TC, int G>
+/* The G partial sums of 8 steps of a channel -> lane g's 8/G steps r[0 .. 8/G-1] (steps (8/G)*g ..).
+ * yb: this lane's group in the per-warp buffer (RED = 1). */
+template <int G, int RED>
+__device__ __forceinline__ void pc_reduce8(const float (&yp)[8], float (&r)[8], float *yb, int g) {
+    if constexpr (RED == 1) {
+#pragma unroll
+        for (int m = 0; m < 8; m++) yb[m * G + g] = yp[m];
+        __syncwarp();
+        if constexpr (G == 8) { /* row g: 8 partials; halves read in a lane-dependent order (no conflicts) */
+            const int h = (g >> 2) & 1;
+            const float4 p = *(const float4 *)(yb + 8 * g + 4 * h), q = *(const float4 *)(yb + 8 * g + 4 - 4 * h);
+            r[0] = ((p.x + p.y) + (p.z + p.w)) + ((q.x + q.y) + (q.z + q.w)); /* commutative: same in any order */
+        } else { /* G == 4: rows 2g and 2g+1, 4 partials each */
+            const float4 p = *(const float4 *)(yb + 8 * g), q = *(const float4 *)(yb + 8 * g + 4);
+            r[0] = (p.x + p.y) + (p.z + p.w);
+            r[1] = (q.x + q.y) + (q.z + q.w);
+        }
+        __syncwarp();
+    } else { /* shuffle reduce-scatter: halve the steps per level (lane bit G/2 first) */
+#pragma unroll
+        for (int m = 0; m < 8; m++) r[m] = yp[m];
+#pragma unroll
+        for (int w = 4, o = G / 2; o > 0; w >>= 1, o >>= 1) {
+            const bool hi = (g & o) != 0;
+#pragma unroll
+            for (int i = 0; i < w; i++) {
+                const float send = hi ? r[i] : r[i + w], keep = hi ? r[i + w] : r[i];
+                r[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, o);
+            }
+        }
+    }
+}
+
+template <typename T, int TC, int G, int RED>
 __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
     constexpr int CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
     using K = pc_cfg<T, TC, CH>;
@@ -586,13 +711,14 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     float *sets = (float *)(raw + PC_NSTG * K::STAGE);
     float *sbias = sets + 2 * K::SET, *sD = sbias + CH;
     const int lane = threadIdx.x & 31, g = lane % G, l = (threadIdx.x >> 5) * (32 / G) + lane / G;
+    float *yb = sD + CH + (threadIdx.x >> 5) * PC_YB + (lane / G) * 9 * G;
     const int64_t nblk = (a.DI + CH - 1) / CH, nchunks = (a.L + TC - 1) / TC;
     T *out = (T *)a.out;
     const bool pairs = (a.L & 1) == 0; /* out rows (contiguous) keep 2-element alignment */
 
     for (int64_t vb = blockIdx.x; vb < a.B * nblk; vb += gridDim.x) {
         const int64_t b = vb / nblk, c0 = (vb - b * nblk) * CH, c = c0 + l;
-        const bool cvalid = c < a.DI;
+        const bool cvalid = c < a.DI, allch = c0 + CH <= a.DI;
         __syncthreads(); /* the previous virtual block is done with sbias / sD / raw / sets */
         for (int i = threadIdx.x; i < CH; i += PC_THREADS) {
             const bool ok = c0 + i < a.DI;
@@ -608,39 +734,40 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
             h[i] = (on && a.init) ? a.init[b * a.si0 + c * a.si1 + n] : 0.f;
         }
         const pc_piece bc[2] = {pc_plan_bc(a, 0, b, TC), pc_plan_bc(a, 1, b, TC)};
+        const auto upl = pc_plan_u<T, TC, CH>(a, b, c0);
+        auto load = [&](unsigned char *st, int64_t kk) {
+            const int64_t t0 = kk * TC;
+            if (a.fast && t0 + TC <= a.L) pc_load_fast<T, TC, CH>(a, st, kk, upl, bc);
+            else pc_load<T, TC, CH>(a, st, b, c0, kk, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
+        };
+        auto convert = [&](const unsigned char *st, float *set, int64_t kk) {
+            const int64_t t0 = kk * TC;
+            const int nt = (int)(a.L - t0 < TC ? a.L - t0 : TC);
+            if (a.fast && allch && nt == TC) pc_convert<T, TC, CH, G, true>(a, st, set, c0, nt, sbias, sD);
+            else pc_convert<T, TC, CH, G, false>(a, st, set, c0, nt, sbias, sD);
+        };
         /* prologue: chunks 0 .. NSTG-1 in flight, chunk 0 converted */
 #pragma unroll
         for (int s = 0; s < PC_NSTG; s++) {
-            if (s < nchunks) {
-                const int64_t t0 = (int64_t)s * TC;
-                pc_load<T, TC, CH>(a, raw + s * K::STAGE, b, c0, s, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
-            }
+            if (s < nchunks) load(raw + s * K::STAGE, s);
             pc_commit();
         }
         pc_wait<PC_NSTG - 1>();
         __syncthreads(); /* chunk 0's copies and sbias / sD visible */
-        if (nchunks > 0) pc_convert<T, TC, CH>(a, raw, sets, c0, (int)(a.L < TC ? a.L : TC), sbias, sD);
+        if (nchunks > 0) convert(raw, sets, 0);
 
+        int ls = 0, cs = 1 % PC_NSTG; /* raw stages of chunk k + NSTG (= k % NSTG) and of chunk k + 1 */
         for (int64_t k = 0; k < nchunks; k++) {
             pc_wait<PC_NSTG - 2>();
             __syncthreads();
-            {
-                const int64_t kn = k + PC_NSTG;
-                if (kn < nchunks) {
-                    const int64_t t0 = kn * TC;
-                    pc_load<T, TC, CH>(a, raw + (k % PC_NSTG) * K::STAGE, b, c0, kn,
-                                       (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
-                }
-                pc_commit();
-            }
-            if (k + 1 < nchunks) {
-                const int64_t t0 = (k + 1) * TC;
-                pc_convert<T, TC, CH>(a, raw + ((k + 1) % PC_NSTG) * K::STAGE, sets + ((k + 1) & 1) * K::SET, c0,
-                                      (int)(a.L - t0 < TC ? a.L - t0 : TC), sbias, sD);
-            }
+            if (k + PC_NSTG < nchunks) load(raw + ls * K::STAGE, k + PC_NSTG);
+            pc_commit();
+            if (k + 1 < nchunks) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
+            ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
+            cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
             const float *set = sets + (k & 1) * K::SET;
             const float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
-            const float *sB = sgz + CH * TP, *sC = sB + TC * PC_NS;
+            const float *sBC = sgz + CH * TP + g * 2 * SPT;
             const int64_t t0 = k * TC;
             T *orow = out + (b * a.DI + c) * a.L + t0;
             /* the exponentials of 8-step block j+1 are written next to block j's FMA steps (ptxas still
@@ -658,15 +785,14 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                         for (int i = 0; i < SPT; i++) dAn[m][i] = jamba_cu_exp2(dvn[m] * A2[i]);
                     }
                     float bv[SPT], cv[SPT];
+                    const float *bcrow = sBC + (t + m) * PC_BCP;
                     if constexpr (SPT == 4) {
-                        const float4 bq = *(const float4 *)(sB + (t + m) * PC_NS + 4 * g);
-                        const float4 cq = *(const float4 *)(sC + (t + m) * PC_NS + 4 * g);
+                        const float4 bq = *(const float4 *)bcrow, cq = *(const float4 *)(bcrow + 4);
                         bv[0] = bq.x, bv[1] = bq.y, bv[2] = bq.z, bv[3] = bq.w;
                         cv[0] = cq.x, cv[1] = cq.y, cv[2] = cq.z, cv[3] = cq.w;
                     } else {
-                        const float2 bq = *(const float2 *)(sB + (t + m) * PC_NS + 2 * g);
-                        const float2 cq = *(const float2 *)(sC + (t + m) * PC_NS + 2 * g);
-                        bv[0] = bq.x, bv[1] = bq.y, cv[0] = cq.x, cv[1] = cq.y;
+                        const float4 q = *(const float4 *)bcrow;
+                        bv[0] = q.x, bv[1] = q.y, cv[0] = q.z, cv[1] = q.w;
                     }
                     float y = 0.f;
 #pragma unroll
@@ -684,20 +810,8 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                         for (int i = 0; i < SPT; i++) dA[m][i] = dAn[m][i];
                     }
                 }
-                /* reduce-scatter over the G lanes of the channel: halve the steps per level (lane bit G/2
-                 * first); lane g ends with 8/G consecutive steps starting at (8/G) * g */
                 float r[8];
-#pragma unroll
-                for (int m = 0; m < 8; m++) r[m] = yp[m];
-#pragma unroll
-                for (int w = 4, o = G / 2; o > 0; w >>= 1, o >>= 1) {
-                    const bool hi = (g & o) != 0;
-#pragma unroll
-                    for (int i = 0; i < w; i++) {
-                        const float send = hi ? r[i] : r[i + w], keep = hi ? r[i + w] : r[i];
-                        r[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, o);
-                    }
-                }
+                pc_reduce8<G, RED>(yp, r, yb, g);
                 if constexpr (G == 4) {
                     const int tt = t + 2 * g;
                     const int64_t tg = t0 + tt;
@@ -721,14 +835,14 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     }
 }
 
-template <typename T, int G> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
+template <typename T, int G, int RED> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
     constexpr int TC = 32, CH = PC_THREADS / G;
     using K = pc_cfg<T, TC, CH>;
     const int64_t nvb = a.B * ((a.DI + CH - 1) / CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, G>,
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, G, RED>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
-    selective_scan_pc_kernel<T, TC, G><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
+    selective_scan_pc_kernel<T, TC, G, RED><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
     return JAMBA_OK;
 }
@@ -772,11 +886,20 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
     const int64_t blocks4 = B * ((DI + 31) / 32);
     int G = blocks4 < 4 * (int64_t)jamba_cuda_sm_count(launch_device) ? 8 : 4;
     G = env_int("JAMBA_EXT_SCAN_G", G);
+    /* fast loader / converter for full chunks: every piece a 16-byte copy, B/C in u's dtype with N = 16
+     * (env JAMBA_EXT_SCAN_FAST=0 turns it off; JAMBA_EXT_SCAN_RED=0 takes the shuffle reduction: benchmarks) */
+    a.fast = env_int("JAMBA_EXT_SCAN_FAST", 1) && a.vec_u && N == PC_NS && a.bmode != 2 && a.cmode != 2 &&
+             a.vec_b && a.vec_c && p->Bm.dtype == p->u.dtype && p->Cm.dtype == p->u.dtype;
+    const int red = env_int("JAMBA_EXT_SCAN_RED", 1) ? 1 : 0;
     jamba_status s = JAMBA_ERR_DTYPE;
-    if (G == 8) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 8>(a, stream)));
+    if (G == 8 && red) {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 8, 1>(a, stream)));
+    } else if (G == 8) {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 8, 0>(a, stream)));
+    } else if (red) {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 4, 1>(a, stream)));
     } else {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 4>(a, stream)));
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 4, 0>(a, stream)));
     }
     *st = s;
     return 1;
