@@ -242,6 +242,31 @@ def test_moe_decode_repeated_ids(T):
     assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("mode", ["new", "new_nopdl"])
+@pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
+@pytest.mark.parametrize("T,H,F,E,K", DECODE_CASES, ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in DECODE_CASES])
+def test_moe_decode_persistent(monkeypatch, mode, dtype, T, H, F, E, K):
+    """JAMBA_EXT_MOE_DECODE=new / new_nopdl (moe_decode_persist_kernel; A/B switch of issue 4): deterministic,
+    matches the fp64 reference and, within the same tolerance, the default decode kernel."""
+    dev = torch.device("cuda")
+    x = randn(T, H, device=dev, dtype=dtype)
+    w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    old = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv")
+    monkeypatch.setenv("JAMBA_EXT_MOE_DECODE", mode)
+    out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv")
+    assert torch.equal(out, ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv"))
+    assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
+    assert_close(out, old, **MOE_TOL[dtype])
+    # every expert's tokens on one expert (extra passes, the other experts untouched)
+    ids2 = torch.full((T, K), E - 1, device=dev, dtype=torch.int32)
+    offsets2, slots2 = ops.moe_permute(ids2, E)
+    out2 = ops.moe_experts(x, w, ids2, w_gate_up, w_down, slots2, offsets2, "gemv")
+    assert_close(out2, ref_experts(x, w, ids2, w_gate_up, w_down), **MOE_TOL[dtype])
+
+
 # ---- the model entry ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", dtype_params())
 def test_sparse_moe_forward_matches_fp64(device, dtype):

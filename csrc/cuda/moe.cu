@@ -28,6 +28,8 @@
 #include "moe.cuh"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <type_traits>
 
@@ -591,6 +593,282 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
     }
 }
 
+/* ---- decode, persistent variant (JAMBA_EXT_MOE_DECODE=new; A/B switch, the loser goes after the GPU round) ----
+ * Same math, shapes and ring as moe_decode_kernel; what changes is the grid:
+ *   tiles: (touched expert, output tile, token pass), expert-major, then output tile, then pass (the passes over
+ *     one W tile are adjacent: the re-read hits L2). A tile is DEC_MT m16 tiles of W rows (gate_up: 16 outputs,
+ *     their gate and up rows; down: 32 output rows) over all of k, split in DEC_WARPS = 4 k-ranges, one per warp.
+ *   grid: one wave (SMs x resident blocks, 2 per SM), block b takes tiles [b*total/G, (b+1)*total/G) (total
+ *     counted on the device from expert_offsets): at 1 token (2 experts) 1792 gate_up tiles -> 6-7 per block
+ *     (the old grid: 896 blocks = 3.4 waves of 264), 256 down tiles -> 0-1 per block.
+ *   each warp streams its k-range of its block's tiles one after another through ONE ring: the copies of the
+ *     next tile are in flight while the current tile is reduced (no per-block ramp-up, no drained ring).
+ *   the down launch uses programmatic dependent launch (sm_90): the gate_up grid lets it start early, its blocks
+ *     take the SMs that gate_up blocks leave, copy the first DEC_STAGES-1 steps of their W rows, and only then
+ *     wait (griddepcontrol.wait) for act.
+ * Per tile, the k-split partial sums of warps 1..3 go through shared memory `red` (outside the ring) and warp 0
+ * adds them in k-split order and stores: deterministic, no atomics. Shared: ring DEC_SMEM(NT) + red
+ * 3 x (DEC_MT*NT*4) x 32 floats. Requires Kd % 8 == 0 and 16-byte aligned A, W (as moe_decode_kernel). */
+#define DECP_SMEM(NT) (DEC_SMEM(NT) + (DEC_WARPS - 1) * DEC_MT * (NT) * 4 * 32 * 4) /* 103, 102, 108 KB */
+
+/* forward walk over the tiles of the touched experts; tpp: tokens per pass (NT*8), tiles: output tiles */
+struct dec_walk {
+    int e;
+    int64_t base, n, off, cnt, passes;
+};
+__device__ __forceinline__ void dec_walk_to(const moe_gemm_args &a, int tiles, int tpp, dec_walk &w, int64_t i) {
+    if (i < w.base) { w.e = -1; w.base = 0; w.n = 0; } /* restart (only the prologue walks back) */
+    while (i >= w.base + w.n) {                        /* i < total: stops at an expert with tokens */
+        w.base += w.n;
+        w.e++;
+        const int64_t lo = a.offsets[w.e], hi = a.offsets[w.e + 1];
+        w.off = lo;
+        w.cnt = hi > lo ? hi - lo : 0;
+        w.passes = (w.cnt + tpp - 1) / tpp;
+        w.n = w.passes * tiles;
+    }
+}
+
+__device__ __forceinline__ void griddep_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void griddep_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+
+template <typename T, bool GATE_UP, int NT>
+__global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(moe_gemm_args a, int tiles) {
+    constexpr int MT = DEC_MT, KS = DEC_WARPS, P = DEC_PIECES(NT), S = DEC_STAGES(NT);
+    constexpr int WP = 4 * MT;          /* W pieces per lane and step; x pieces follow */
+    constexpr int V = MT * NT * 4;      /* accumulators per lane */
+    constexpr int STAGE = P * 512;      /* bytes of one ring slot of a warp */
+    constexpr int OUTS = MT * (GATE_UP ? 8 : 16), TPP = NT * 8;
+    extern __shared__ __align__(16) unsigned char dec_smem[];
+    if (GATE_UP) griddep_launch_dependents(); /* the down grid may start as soon as SMs free up */
+    const int ks = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+
+    /* this block's tiles [r0, r1) of all touched tiles */
+    int64_t total = 0;
+    for (int e = 0; e < a.E; e++) {
+        const int64_t c = (int64_t)a.offsets[e + 1] - a.offsets[e];
+        total += c > 0 ? (c + TPP - 1) / TPP * tiles : 0;
+    }
+    const int64_t r0 = total * blockIdx.x / gridDim.x, r1 = total * (blockIdx.x + 1) / gridDim.x;
+    if (r0 >= r1) return; /* whole block */
+    const int ntl = (int)(r1 - r0);
+    /* this warp's k range: steps [s0, s0 + nsteps) of 64, the same for every tile */
+    const int64_t steps_all = (a.Kd + 63) / 64, per = (steps_all + KS - 1) / KS, s0 = ks * per;
+    const int64_t left = steps_all - s0;
+    const int nsteps = (int)(left < 0 ? 0 : left < per ? left : per);
+    const int64_t total_q = (int64_t)ntl * nsteps; /* steps of this warp's stream */
+
+    const T *A = reinterpret_cast<const T *>(a.A);
+    T *C = reinterpret_cast<T *>(a.C);
+    const uint32_t ring_s = smem_u32(dec_smem) + (uint32_t)(ks * S * STAGE + lane * 16);
+    const unsigned char *ring_p = dec_smem + ks * S * STAGE + lane * 16;
+    float *red = reinterpret_cast<float *>(dec_smem + DEC_WARPS * S * STAGE); /* [ks-1][V][32] */
+
+    /* issue side: the tile whose steps are being copied */
+    dec_walk wi = {-1, 0, 0, 0, 0, 0};
+    const T *wp[MT][2];
+    bool wok[MT][2];
+    const T *xp[NT];
+    bool xok[NT];
+    int nti = 0;
+    auto setup_issue = [&](int64_t tile) {
+        dec_walk_to(a, tiles, TPP, wi, tile);
+        const int64_t local = tile - wi.base, t0 = (local % wi.passes) * TPP;
+        const int64_t ob = (local / wi.passes) * OUTS;
+        const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)wi.e * a.w_rows * a.Kd;
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int64_t out = GATE_UP ? ob + i * 8 + g : ob + i * 16 + r * 8 + g;
+                wok[i][r] = out < a.N;
+                const int64_t wrow = (GATE_UP && r) ? a.N + out : out;
+                wp[i][r] = W + (wok[i][r] ? wrow : 0) * a.Kd + tq * 8;
+            }
+        const int64_t ntl_ = (wi.cnt - t0 + 7) / 8;
+        nti = (int)(ntl_ < NT ? ntl_ : NT);
+#pragma unroll
+        for (int j = 0; j < NT; j++) {
+            const int64_t n = t0 + j * 8 + g;
+            xok[j] = j < nti && n < wi.cnt;
+            const int64_t row = xok[j] ? (GATE_UP ? (int64_t)(a.sorted[wi.off + n] / a.topk) : wi.off + n) : 0;
+            xp[j] = A + row * a.Kd + tq * 8;
+        }
+    };
+    /* copies of step st (of the issue tile) into ring slot `slot`; pieces outside k or the rows are zeros */
+    auto issue_w = [&](int slot, int st) {
+        const int64_t k = (s0 + st) * 64;
+        const uint32_t dst = ring_s + (uint32_t)(slot * STAGE);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int64_t kk = k + h * 32;
+            const bool kin = kk + tq * 8 < a.Kd;
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int r = 0; r < 2; r++) {
+                    const bool v = kin && wok[i][r];
+                    cp_async16_mem(dst + (uint32_t)((((i * 2 + h) * 2) + r) * 512), v ? (const void *)(wp[i][r] + kk) : a.W,
+                                   v);
+                }
+        }
+    };
+    auto issue_x = [&](int slot, int st) {
+        const int64_t k = (s0 + st) * 64;
+        const uint32_t dst = ring_s + (uint32_t)(slot * STAGE);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int64_t kk = k + h * 32;
+            const bool kin = kk + tq * 8 < a.Kd;
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+                if (j < nti) {
+                    const bool v = kin && xok[j];
+                    cp_async16_ca_mem(dst + (uint32_t)((WP + j * 2 + h) * 512), v ? (const void *)(xp[j] + kk) : a.A, v);
+                }
+        }
+    };
+
+    /* Prologue: steps 0 .. npro-1 into slots 0 .. npro-1. The W pieces first, one commit group per step (they
+     * do not depend on the previous kernel), then griddepcontrol.wait (down: act is complete and visible; a
+     * no-op without programmatic launch), then the x pieces of the same steps in one more group, and a full
+     * wait. After it, at loop step q (q + S groups committed before its wait) at most S-2 pending means the
+     * group of step q (committed at step q-S+1 for q >= S-1) has landed. */
+    const int npro = (int)(total_q < S - 1 ? total_q : S - 1);
+    int cur = -1; /* tile (relative to r0) the issue side is set up for */
+#pragma unroll
+    for (int p = 0; p < S - 1; p++) {
+        if (p < npro) {
+            const int l = p / nsteps;
+            if (l != cur) { setup_issue(r0 + l); cur = l; }
+            issue_w(p, p - l * nsteps);
+        }
+        cp_async_commit_mem();
+    }
+    griddep_wait();
+    cur = -1;
+#pragma unroll
+    for (int p = 0; p < S - 1; p++)
+        if (p < npro) {
+            const int l = p / nsteps;
+            if (l != cur) { setup_issue(r0 + l); cur = l; }
+            issue_x(p, p - l * nsteps);
+        }
+    cp_async_commit_mem();
+    cp_async_wait_mem<0>();
+    /* next step to issue: tile i_lt (relative to r0), step i_st */
+    int i_lt = nsteps > 0 ? npro / nsteps : 0, i_st = nsteps > 0 ? npro % nsteps : 0;
+
+    dec_walk wc = {-1, 0, 0, 0, 0, 0}; /* compute side */
+    int slot = 0;                       /* ring slot of step q: q % S */
+    int64_t q = 0;
+#pragma unroll 1
+    for (int lt = 0; lt < ntl; lt++) {
+        const int64_t tile = r0 + lt;
+        dec_walk_to(a, tiles, TPP, wc, tile);
+        const int64_t local = tile - wc.base, t0 = (local % wc.passes) * TPP, ob = (local / wc.passes) * OUTS;
+        const int64_t off = wc.off, cnt = wc.cnt;
+        const int nt_act = (int)((cnt - t0 + 7) / 8 < NT ? (cnt - t0 + 7) / 8 : NT); /* warp-uniform */
+
+        float acc[MT][NT][4];
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
+#pragma unroll 1
+        for (int st = 0; st < nsteps; st++, q++) {
+            cp_async_wait_mem<S - 2>(); /* step q has landed (this lane's copies) */
+            /* refill the slot read in the previous step (its values went into mma already) */
+            if (q + S - 1 < total_q) {
+                if (i_lt != cur) { setup_issue(r0 + i_lt); cur = i_lt; }
+                const int rs = slot == 0 ? S - 1 : slot - 1;
+                issue_w(rs, i_st);
+                issue_x(rs, i_st);
+                if (++i_st == nsteps) { i_st = 0; i_lt++; }
+            }
+            cp_async_commit_mem();
+            const unsigned char *src = ring_p + slot * STAGE;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                uint4 xv[NT];
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+                    if (j < nt_act) xv[j] = lds128(src + (WP + j * 2 + h) * 512);
+#pragma unroll
+                for (int i = 0; i < MT; i++) {
+                    const uint4 ra = lds128(src + ((i * 2 + h) * 2) * 512), rb = lds128(src + ((i * 2 + h) * 2 + 1) * 512);
+                    const uint32_t a0[4] = {ra.x, rb.x, ra.y, rb.y};
+                    const uint32_t a1[4] = {ra.z, rb.z, ra.w, rb.w};
+#pragma unroll
+                    for (int j = 0; j < NT; j++)
+                        if (j < nt_act) {
+                            mma16816<T>(acc[i][j], a0, xv[j].x, xv[j].y);
+                            mma16816<T>(acc[i][j], a1, xv[j].z, xv[j].w);
+                        }
+                }
+            }
+            slot = slot + 1 == S ? 0 : slot + 1;
+        }
+        /* reduce the KS partial sums of this tile in k-split order; the ring keeps streaming meanwhile */
+        if (ks > 0) {
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int j = 0; j < NT; j++)
+#pragma unroll
+                    for (int r = 0; r < 4; r++) red[((ks - 1) * V + (i * NT + j) * 4 + r) * 32 + lane] = acc[i][j][r];
+        }
+        __syncthreads();
+        if (ks == 0) {
+            /* accumulator (i, j) element r: W row g + (r>>1)*8 of tile i, token t0 + j*8 + tq*2 + (r&1) */
+#pragma unroll
+            for (int i = 0; i < MT; i++)
+#pragma unroll
+                for (int j = 0; j < NT; j++) {
+                    if (j >= nt_act) continue;
+                    float c[4];
+#pragma unroll
+                    for (int r = 0; r < 4; r++) {
+                        float v = 0.f;
+                        v += acc[i][j][r];
+#pragma unroll
+                        for (int qq = 1; qq < KS; qq++) v += red[((qq - 1) * V + (i * NT + j) * 4 + r) * 32 + lane];
+                        c[r] = v;
+                    }
+#pragma unroll
+                    for (int b = 0; b < 2; b++) {
+                        const int64_t n = t0 + j * 8 + tq * 2 + b;
+                        if (n >= cnt) continue;
+                        if (GATE_UP) {
+                            const int64_t f = ob + i * 8 + g;
+                            if (f < a.N) C[(off + n) * a.N + f] = jamba_st<T>(moe_act<T>(c[b], c[2 + b]));
+                        } else {
+                            const int64_t slot_id = a.sorted[off + n];
+                            const float w = a.weights[slot_id];
+#pragma unroll
+                            for (int hh = 0; hh < 2; hh++) {
+                                const int64_t hrow = ob + i * 16 + hh * 8 + g;
+                                if (hrow < a.N) C[slot_id * a.N + hrow] = jamba_st<T>(moe_scaled<T>(c[hh * 2 + b], w));
+                            }
+                        }
+                    }
+                }
+        }
+        __syncthreads(); /* red is free for the next tile */
+    }
+    cp_async_wait_mem<0>(); /* only empty groups are left */
+}
+
 /* ---- fallback: fp32 CUDA-core tiles ------------------------------------------------------------------- */
 #define SIMT_TILE 32 /* 32 rows x 32 outputs x 32 k; 256 threads, 2x2 outputs each */
 
@@ -771,11 +1049,116 @@ static jamba_status decode_nt1_fits(bool *fits) {
     return JAMBA_OK;
 }
 
+/* A/B switch between the decode grids, read at every launch (host side; no stream work):
+ * JAMBA_EXT_MOE_DECODE unset or "old": moe_decode_kernel; "new": moe_decode_persist_kernel with programmatic
+ * dependent launch of the down GEMM (sm_90); "new_nopdl": the same without it. The loser goes after the GPU round. */
+#define DEC_MODE_OLD 0
+#define DEC_MODE_NEW 1
+#define DEC_MODE_NEW_NOPDL 2
+static int decode_mode() {
+    const char *v = getenv("JAMBA_EXT_MOE_DECODE");
+    if (v == NULL) return DEC_MODE_OLD;
+    if (strcmp(v, "new") == 0) return DEC_MODE_NEW;
+    if (strcmp(v, "new_nopdl") == 0) return DEC_MODE_NEW_NOPDL;
+    return DEC_MODE_OLD;
+}
+
+/* one launch of moe_decode_persist_kernel: one wave, SMs x resident blocks (occupancy cached per device, host
+ * queries only). pdl: the down GEMM right after the gate_up one on the same stream, Hopper or later. */
+template <typename T, bool GATE_UP, int NT>
+static jamba_status decode_persist_launch(const moe_gemm_args &a, int64_t slots, bool pdl, cudaStream_t stream) {
+    static int blocks_per_sm[64];
+    int dev = 0;
+    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+    int occ = dev >= 0 && dev < 64 ? blocks_per_sm[dev] : 0;
+    if (occ == 0) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_persist_kernel<T, GATE_UP, NT>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DECP_SMEM(NT)));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_persist_kernel<T, GATE_UP, NT>,
+                                              cudaFuncAttributePreferredSharedMemoryCarveout,
+                                              cudaSharedmemCarveoutMaxShared));
+        JAMBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moe_decode_persist_kernel<T, GATE_UP, NT>,
+                                                                       DEC_WARPS * 32, DECP_SMEM(NT)));
+        if (occ < 1) occ = 1;
+        if (dev >= 0 && dev < 64) blocks_per_sm[dev] = occ;
+    }
+    const int64_t ub = slots < a.E ? slots : a.E; /* experts that can have tokens */
+    const int64_t tiles = jamba_ceil_div(a.N, DEC_MT * (GATE_UP ? 8 : 16));
+    if (ub <= 0 || tiles <= 0) return JAMBA_OK;
+    /* more blocks than tiles only exit; the tile count is known on the device only (bounded by ub*tiles*passes) */
+    const int64_t passes_ub = jamba_ceil_div(slots, NT * 8);
+    int64_t grid = (int64_t)jamba_cuda_sm_count(dev) * occ;
+    if (grid > ub * tiles * passes_ub) grid = ub * tiles * passes_ub;
+    if (grid < 1) grid = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)grid);
+    cfg.blockDim = dim3(DEC_WARPS * 32);
+    cfg.dynamicSmemBytes = DECP_SMEM(NT);
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    JAMBA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_decode_persist_kernel<T, GATE_UP, NT>, a, (int)tiles));
+    JAMBA_LAUNCH_CHECK("moe_decode_persist_kernel", stream);
+    return JAMBA_OK;
+}
+
+/* compute capability major and opt-in shared memory per block of the current device, cached */
+static jamba_status decode_device_caps(int *major, int *smem_optin) {
+    static int cache_major[64], cache_smem[64];
+    int dev = 0;
+    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev >= 0 && dev < 64 && cache_smem[dev] > 0) {
+        *major = cache_major[dev];
+        *smem_optin = cache_smem[dev];
+        return JAMBA_OK;
+    }
+    JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev));
+    JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (dev >= 0 && dev < 64) {
+        cache_major[dev] = *major;
+        cache_smem[dev] = *smem_optin;
+    }
+    return JAMBA_OK;
+}
+
+/* the persistent variant, NT as decode_launch picks it; false in *done where it does not fit (sm_86/89: 99 KB) */
+template <typename T>
+static jamba_status decode_persist_dispatch(const moe_gemm_args &a, int64_t slots, int mode, cudaStream_t stream,
+                                            bool *done) {
+    int major = 0, optin = 0;
+    JAMBA_TRY(decode_device_caps(&major, &optin));
+    const int64_t tokens = slots / a.topk;
+    const int nt = tokens <= 8 ? 1 : tokens <= 16 ? 2 : 4;
+    const int need = nt == 1 ? DECP_SMEM(1) : nt == 2 ? DECP_SMEM(2) : DECP_SMEM(4);
+    *done = optin >= need;
+    if (!*done) return JAMBA_OK;
+    /* the down GEMM directly follows the gate_up one (experts_launch), which triggers it early */
+    const bool pdl = !a.gate_up && mode == DEC_MODE_NEW && major >= 9;
+    if (a.gate_up) {
+        if (nt == 1) return decode_persist_launch<T, true, 1>(a, slots, false, stream);
+        if (nt == 2) return decode_persist_launch<T, true, 2>(a, slots, false, stream);
+        return decode_persist_launch<T, true, 4>(a, slots, false, stream);
+    }
+    if (nt == 1) return decode_persist_launch<T, false, 1>(a, slots, pdl, stream);
+    if (nt == 2) return decode_persist_launch<T, false, 2>(a, slots, pdl, stream);
+    return decode_persist_launch<T, false, 4>(a, slots, pdl, stream);
+}
+
 /* NT (n-tiles of 8 tokens per pass) from the token count T = slots / TOPK, which bounds an expert's tokens
  * under top-k routing (distinct ids per token); more tokens on one expert only cost extra passes. Where the
  * NT = 1 ring does not fit (decode_nt1_fits), up to 8 tokens run the NT = 2 variant (96 KB, one n-tile idle). */
 template <typename T>
 static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
+    const int mode = decode_mode();
+    if (mode != DEC_MODE_OLD) {
+        bool done = false;
+        JAMBA_TRY(decode_persist_dispatch<T>(a, slots, mode, stream, &done));
+        if (done) return JAMBA_OK;
+        /* does not fit: the gate_up GEMM took the same decision, so no dependent launch is pending */
+    }
     const int64_t tokens = slots / a.topk;
     bool nt1 = false;
     if (tokens <= 8) JAMBA_TRY(decode_nt1_fits(&nt1));
