@@ -11,8 +11,10 @@ LOG="$OUT/ab_moe.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export JAMBA_BENCH_RESULTS=${JAMBA_BENCH_RESULTS:-$OUT}  # bench JSON straight into $OUT
 {
-echo "=== build ($(date +%T))"
-JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ " | tail -3
+if ! python3 -c "import jamba_ext, sys; sys.exit(0 if jamba_ext.has_cuda_kernels() else 1)" 2>/dev/null; then
+    echo "=== build ($(date +%T))"
+    JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ " | tail -3
+fi
 for mode in old new new_nopdl; do
     echo; echo "=== bench_moe JAMBA_EXT_MOE_DECODE=$mode ($(date +%T))"
     if [ "$mode" = old ]; then unset JAMBA_EXT_MOE_DECODE; else export JAMBA_EXT_MOE_DECODE=$mode; fi

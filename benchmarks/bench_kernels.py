@@ -197,7 +197,8 @@ def bench_scan(bb, shapes, DI, N):
             for label, env, over in (("old", {"JAMBA_EXT_SCAN_IMPL": "old"}, {}),
                                      ("G4", {"JAMBA_EXT_SCAN_G": "4"}, {}),
                                      ("G8", {"JAMBA_EXT_SCAN_G": "8"}, {}),
-                                     ("shuffle y", {"JAMBA_EXT_SCAN_RED": "0"}, {}),
+                                     ("G8 y buffer", {"JAMBA_EXT_SCAN_G": "8", "JAMBA_EXT_SCAN_RED": "1"}, {}),
+                                     ("G4 y shuffles", {"JAMBA_EXT_SCAN_G": "4", "JAMBA_EXT_SCAN_RED": "0"}, {}),
                                      ("no fast path", {"JAMBA_EXT_SCAN_FAST": "0"}, {}),
                                      ("B/C n-fast", {}, bt)):
                 os.environ.update(env)

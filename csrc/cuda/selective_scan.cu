@@ -890,7 +890,9 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
      * (env JAMBA_EXT_SCAN_FAST=0 turns it off; JAMBA_EXT_SCAN_RED=0 takes the shuffle reduction: benchmarks) */
     a.fast = env_int("JAMBA_EXT_SCAN_FAST", 1) && a.vec_u && N == PC_NS && a.bmode != 2 && a.cmode != 2 &&
              a.vec_b && a.vec_c && p->Bm.dtype == p->u.dtype && p->Cm.dtype == p->u.dtype;
-    const int red = env_int("JAMBA_EXT_SCAN_RED", 1) ? 1 : 0;
+    /* y across a channel's lanes: shuffles at G = 8, the per-warp buffer at G = 4 (H200, 2814ea0, bf16, DI 8192:
+     * 1x8192 G = 8 0.652 ms shuffles / 0.706 ms buffer; 8x2048 G = 4 1.42 ms buffer / 1.46 ms shuffles) */
+    const int red = env_int("JAMBA_EXT_SCAN_RED", G == 4) ? 1 : 0;
     jamba_status s = JAMBA_ERR_DTYPE;
     if (G == 8 && red) {
         JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 8, 1>(a, stream)));
