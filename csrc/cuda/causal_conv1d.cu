@@ -12,13 +12,9 @@
  * 16-byte vectors, halo through warp shuffles, no shared memory; element loads/stores when the rows are not
  * 16-byte vectors), causal_conv1d_update_vec_kernel (L == 1, S == 4: one thread = 4 channels, 16-byte state
  * rows), causal_conv1d_update_kernel (any other update: one thread per channel).
- * Benchmark switch: env JAMBA_EXT_CONV_IMPL=new sends the 16-byte-row forward to causal_conv1d_fwd_pipe_kernel
- * (the warp kernel made persistent, next segment's loads in flight during the current stores; bit-identical),
- * JAMBA_EXT_CONV_NV=2|4 its vectors per lane (default 4). Read at each launch.
  * SiLU: v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp) in the warp and vec kernels;
  * __expf and an IEEE division in causal_conv1d_update_kernel.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "common.cuh"
@@ -199,165 +195,6 @@ static jamba_status causal_conv1d_launch_warp(const conv_args &a, cudaStream_t s
     return JAMBA_OK;
 }
 
-/* ---- forward, pipelined persistent variant (JAMBA_EXT_CONV_IMPL=new) ----------------------------------- */
-/* 16-byte streaming load: read-only path, no L1 allocation (each byte of x is read once, plus a 3-element
- * halo that hits L2). volatile: stays where it is written, before the stores of the previous segment. */
-__device__ __forceinline__ uint4 conv_ld16_stream(const void *p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
-/* everything one warp segment needs before its math: x vectors, halo, taps, bias */
-template <int NV> struct conv_seg_regs {
-    uint4 v[NV];
-    float prev[3], wp[4], bv;
-};
-
-/* issues every load of segment vw of lane `lane` (VEC layout: rows 16-byte aligned, L % VN == 0) */
-template <typename T, int NV>
-__device__ __forceinline__ void conv_seg_load(const conv_args &a, int64_t nseg, int64_t nvw, int64_t vw, int lane,
-                                              conv_seg_regs<NV> &r) {
-    const int VN = 16 / (int)sizeof(T);
-    const int64_t SEG = 32 * NV * VN;
-    int64_t seg, bc, c, b;
-    conv_split(vw, nseg, nvw, &bc, &seg);
-    conv_split(bc, a.DI, nvw, &b, &c);
-    const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1; /* row (b, c) of x */
-    const int64_t t0 = seg * SEG, tl = t0 + (int64_t)lane * VN;
-#pragma unroll
-    for (int j = 0; j < NV; j++) {
-        const int64_t t = tl + j * 32 * VN;
-        r.v[j] = t < a.L ? conv_ld16_stream(x + t) : make_uint4(0u, 0u, 0u, 0u);
-    }
-    conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, r.wp, &r.bv);
-    const T *init = a.init ? (const T *)a.init + b * a.si0 + c * a.si1 : NULL;
-#pragma unroll
-    for (int m = 0; m < 3; m++) { /* h[t0-3 .. t0-1] */
-        const int64_t t = t0 - 3 + m;
-        float h = 0.f;
-        if (t >= 0) h = jamba_ld<T>(x[t]);
-        else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
-        r.prev[m] = h;
-    }
-}
-
-/* causal_conv1d_fwd_pipe_kernel<T, NV>: the forward when rows are 16-byte vectors (the VEC case of
- *   causal_conv1d_fwd_warp_kernel); same shapes, layouts, math and fp32 operation order (bit-identical).
- *   x (B, DI, L) T, unit stride along L, rows 16-byte aligned, L % VN == 0; out (B, DI, L) T contiguous;
- *   w (DI, K), bias (DI,) f32|T; initial_state (B, DI, S_in) T, final_state (B, DI, S_out) T, unit along S.
- *   One warp segment = SEG = 32 * NV * VN steps of one row; lane l owns vectors j*32 + l, j < NV; halo by
- *   shuffles as in the warp kernel. Persistent: the grid is whole waves (SMs x CONV_PIPE_MINB(NV) blocks of
- *   128 threads); warp w takes segments w, w + W, w + 2W, ... (W warps in the grid, so at any time the grid
- *   streams one contiguous stretch of x, as a copy kernel does) and issues every load of its next segment
- *   before the math and stores of the current one: NV x 16 bytes per lane stay in flight while it stores,
- *   with no block launch / drain between segments and a tail of at most one segment per warp. */
-#define CONV_PIPE_MINB(NV) ((NV) >= 4 ? 5 : 6) /* blocks per SM: registers <= 96 (NV 4) / 80 (NV 2), no spills */
-
-template <typename T, int NV>
-__global__ void __launch_bounds__(CONV_WARPS * 32, CONV_PIPE_MINB(NV))
-    causal_conv1d_fwd_pipe_kernel(conv_args a, int64_t nseg) {
-    typedef jamba_w16<T> P;
-    const int VN = 16 / (int)sizeof(T);
-    const int64_t SEG = 32 * NV * VN;
-    const int QF = (VN - 3) * (int)sizeof(T) / 4; /* first 32-bit word holding one of the last 3 elements */
-    const int lane = threadIdx.x & 31, src = (lane + 31) & 31;
-    const int64_t nvw = a.B * a.DI * nseg, W = (int64_t)gridDim.x * CONV_WARPS;
-    int64_t vw = (int64_t)blockIdx.x * CONV_WARPS + (threadIdx.x >> 5);
-    conv_seg_regs<NV> cur;
-    if (vw < nvw) conv_seg_load<T, NV>(a, nseg, nvw, vw, lane, cur);
-    while (vw < nvw) {
-        const int64_t nx = vw + W;
-        conv_seg_regs<NV> nxt;
-        if (nx < nvw) conv_seg_load<T, NV>(a, nseg, nvw, nx, lane, nxt); /* in flight during the stores below */
-        int64_t seg, bc, c, b;
-        conv_split(vw, nseg, nvw, &bc, &seg);
-        conv_split(bc, a.DI, nvw, &b, &c);
-        T *out = (T *)a.out + bc * a.L; /* row (b, c) of out */
-        const int64_t tl = seg * SEG + (int64_t)lane * VN;
-#pragma unroll
-        for (int j = 0; j < NV; j++) {
-            uint4 nb = make_uint4(0u, 0u, 0u, 0u); /* lane l-1's vector j (lane 0: lane 31's) */
-            nb.w = __shfl_sync(JAMBA_FULL_MASK, cur.v[j].w, src);
-            if (QF <= 2) nb.z = __shfl_sync(JAMBA_FULL_MASK, cur.v[j].z, src);
-            if (QF <= 1) nb.y = __shfl_sync(JAMBA_FULL_MASK, cur.v[j].y, src);
-            float hn[16 / sizeof(T)], win[3 + 16 / sizeof(T)]; /* win[m] = h[t - 3 + m] */
-            P::ld(nb, hn);
-#pragma unroll
-            for (int m = 0; m < 3; m++) {
-                win[m] = lane ? hn[VN - 3 + m] : cur.prev[m];
-                cur.prev[m] = hn[VN - 3 + m];
-            }
-            P::ld(cur.v[j], win + 3);
-            float o[16 / sizeof(T)];
-#pragma unroll
-            for (int e = 0; e < VN; e++) {
-                float acc = cur.bv;
-#pragma unroll
-                for (int m = 0; m < 4; m++) acc = fmaf(cur.wp[m], win[e + m], acc);
-                o[e] = acc;
-            }
-            if (a.silu) {
-#pragma unroll
-                for (int e = 0; e < VN; e++) o[e] = conv_silu(o[e]);
-            }
-            const int64_t t = tl + j * 32 * VN;
-            if (t < a.L) conv_st16(out + t, P::st(o));
-        }
-        if (a.fin && seg == nseg - 1) { /* as the warp kernel: the last S_out entries of concat(init, x) */
-            const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
-            const T *init = a.init ? (const T *)a.init + b * a.si0 + c * a.si1 : NULL;
-            T *fin = (T *)a.fin + b * a.sf0 + c * a.sf1;
-            for (int64_t jj = lane; jj < a.S_out; jj += 32) {
-                const int64_t t = a.L - a.S_out + jj;
-                float h = 0.f;
-                if (t >= 0) h = jamba_ld<T>(x[t]);
-                else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
-                fin[jj] = jamba_st<T>(h);
-            }
-        }
-        if (nx < nvw) cur = nxt;
-        vw = nx;
-    }
-}
-
-template <typename T, int NV>
-static jamba_status causal_conv1d_launch_pipe(const conv_args &a, int device, cudaStream_t stream) {
-    const int VN = 16 / (int)sizeof(T);
-    const int64_t nseg = a.L > 0 ? jamba_ceil_div(a.L, (int64_t)32 * NV * VN) : 1;
-    const int64_t nvw = a.B * a.DI * nseg;
-    const int64_t need = jamba_ceil_div(nvw, CONV_WARPS);
-    const int64_t waves = (int64_t)jamba_cuda_sm_count(device) * CONV_PIPE_MINB(NV);
-    const int64_t grid = need < waves ? need : waves;
-    causal_conv1d_fwd_pipe_kernel<T, NV><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
-    JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
-    return JAMBA_OK;
-}
-
-/* JAMBA_EXT_CONV_IMPL=new (benchmark switch, read at each launch): the pipelined kernel for the 16-byte-row
- * case, JAMBA_EXT_CONV_NV=2|4 vectors per lane (default 4); every other case, and the default, goes to the
- * warp kernel. Returns 0 when not taken. */
-static int conv_env_new(const char *name) {
-    const char *s = getenv(name);
-    return s && !strcmp(s, "new");
-}
-
-template <typename T>
-static int causal_conv1d_try_pipe(const conv_args &a, int device, cudaStream_t stream, jamba_status *st) {
-    const int64_t es = (int64_t)sizeof(T);
-    const int VN = 16 / (int)sizeof(T);
-    if (!conv_env_new("JAMBA_EXT_CONV_IMPL") || a.L == 0) return 0;
-    const bool vec = a.L % VN == 0 && jamba_aligned16(a.x) && jamba_aligned16(a.out) &&
-                     (a.B <= 1 || (a.sx0 * es) % 16 == 0) && (a.DI <= 1 || (a.sx1 * es) % 16 == 0);
-    if (!vec) return 0;
-    const char *nv = getenv("JAMBA_EXT_CONV_NV");
-    *st = nv && !strcmp(nv, "2") ? causal_conv1d_launch_pipe<T, 2>(a, device, stream)
-                                 : causal_conv1d_launch_pipe<T, 4>(a, device, stream);
-    return 1;
-}
-
 extern "C" jamba_status jamba_causal_conv1d_cuda(const jamba_causal_conv1d_params *p, jamba_launch launch) {
     JAMBA_TRY(jamba_causal_conv1d_check(p));
     const int64_t B = p->x.shape[0], DI = p->x.shape[1];
@@ -385,9 +222,7 @@ extern "C" jamba_status jamba_causal_conv1d_cuda(const jamba_causal_conv1d_param
     a.silu = p->silu;
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
-    JAMBA_DISPATCH_FLOAT(p->x.dtype, T,
-                         if (!causal_conv1d_try_pipe<T>(a, launch.device, stream, &s))
-                             s = causal_conv1d_launch_warp<T>(a, stream));
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch_warp<T>(a, stream));
     return s;
 }
 

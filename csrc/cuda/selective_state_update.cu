@@ -9,10 +9,7 @@
  * Two kernels: selective_state_update_f32n16_kernel, the fast path (fp32 state, N = 16, 16-byte aligned
  * state and A rows: Jamba / Mamba-1 decode), and selective_state_update_kernel, the general one (any state
  * dtype, N, strides: every call the fast path does not take).
- * Benchmark switch: env JAMBA_EXT_SSU_IMPL=new (read at each launch) runs the fast path as
- * selective_state_update_f32n16_pipe_kernel (persistent, next unit's loads in flight; bit-identical).
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "common.cuh"
@@ -272,128 +269,6 @@ static jamba_status selective_state_update_f32n16_launch(ssu_args a, cudaStream_
     return JAMBA_OK;
 }
 
-/* ---- fast path, pipelined persistent variant (JAMBA_EXT_SSU_IMPL=new) ----------------------------------- */
-/* every global load of one (channel block, batch group) unit of selective_state_update_f32n16_kernel */
-struct ssu_unit_regs {
-    float4 h[SSU_F_NQ], Aq;
-    float draw, xu, zv, Dc, dtb, bc; /* bc: this thread's B or C element (tid < 128), staged after the math */
-};
-
-template <typename T>
-__device__ __forceinline__ void ssu_unit_load(const ssu_args &a, unsigned u, int tid, ssu_unit_regs &r) {
-    const int q = tid & (SSU_F_NQ - 1);
-    const unsigned cb = u % a.ncb, bg = u / a.ncb;
-    const int64_t c = (int64_t)cb * SSU_F_CH + (tid >> 2), b0 = (int64_t)bg * SSU_F_NQ;
-    const int64_t rem = a.B - b0;
-    const int nb = rem < SSU_F_NQ ? (int)rem : SSU_F_NQ;
-    r.Aq = make_float4(0.f, 0.f, 0.f, 0.f);
-    r.draw = r.xu = r.zv = r.Dc = r.dtb = r.bc = 0.f;
-#pragma unroll
-    for (int j = 0; j < SSU_F_NQ; j++) r.h[j] = make_float4(0.f, 0.f, 0.f, 0.f);
-    if (c < a.DI) {
-        const float *st = (const float *)a.state + b0 * a.ss0 + c * a.ss1 + 4 * q;
-        r.Aq = *(const float4 *)(a.A + c * a.sA0 + 4 * q);
-#pragma unroll
-        for (int j = 0; j < SSU_F_NQ; j++)
-            if (j < nb) r.h[j] = *(const float4 *)(st + j * a.ss0);
-        if (q < nb) {
-            const int64_t b = b0 + q;
-            r.draw = jamba_ld<T>(((const T *)a.dt)[b * a.sdt0 + c]);
-            r.xu = jamba_ld<T>(((const T *)a.x)[b * a.sx0 + c]);
-            if (a.z) r.zv = jamba_ld<T>(((const T *)a.z)[b * a.sz0 + c]);
-        }
-        if (a.D) r.Dc = a.D[c * a.sD];
-        if (a.dtb) r.dtb = a.dtb[c * a.sdtb];
-    }
-    if (tid < 2 * SSU_F_NQ * 16) {
-        const int isC = tid >> 6, j = (tid >> 4) & (SSU_F_NQ - 1), n = tid & 15;
-        if (j < nb)
-            r.bc = isC ? jamba_ld_any(a.Cm, a.cdt, (b0 + j) * a.sC0 + n * a.sC1)
-                       : jamba_ld_any(a.Bm, a.bdt, (b0 + j) * a.sB0 + n * a.sB1);
-    }
-}
-
-/* selective_state_update_f32n16_pipe_kernel: selective_state_update_f32n16_kernel's shapes, layouts, thread
- *   mapping and fp32 operations (bit-identical results), made persistent: the grid is whole waves (SMs x
- *   SSU_P_MINB blocks); block k takes units k, k + grid, ... (unit = 64 channels x 4 batch rows) and issues
- *   every load of its next unit (4 state float4 + A float4 per thread = 80 bytes, B/C, scalars) before the
- *   math and stores of the current one. B/C go through a double buffer in shared memory: staged after the
- *   current unit's math, published by the one barrier per unit (which also frees the buffer just read). */
-#define SSU_P_MINB 3 /* blocks of 256 per SM: <= 85 registers for two units' loads without spills */
-
-template <typename T>
-__global__ void __launch_bounds__(SSU_F_THREADS, SSU_P_MINB) selective_state_update_f32n16_pipe_kernel(
-    ssu_args a, unsigned nunits) {
-    __shared__ float4 sbc[2][2][SSU_F_NQ][SSU_F_NQ]; /* [buffer][B | C][row j][quad] */
-    const int tid = threadIdx.x, q = tid & (SSU_F_NQ - 1), lane = tid & 31;
-    const int g0 = lane & ~(SSU_F_NQ - 1); /* first lane of this channel */
-    unsigned u = blockIdx.x;
-    ssu_unit_regs cur;
-    ssu_unit_load<T>(a, u, tid, cur); /* u < nunits: grid <= nunits */
-    if (tid < 2 * SSU_F_NQ * 16) ((float *)sbc[0])[tid] = cur.bc;
-    __syncthreads();
-    for (int k = 0; u < nunits; k ^= 1) {
-        const unsigned nx = u + gridDim.x;
-        ssu_unit_regs nxt;
-        if (nx < nunits) ssu_unit_load<T>(a, nx, tid, nxt); /* in flight during the math and stores below */
-        const unsigned cb = u % a.ncb, bg = u / a.ncb;
-        const int64_t c = (int64_t)cb * SSU_F_CH + (tid >> 2), b0 = (int64_t)bg * SSU_F_NQ;
-        const int64_t rem = a.B - b0;
-        const int nb = rem < SSU_F_NQ ? (int)rem : SSU_F_NQ;
-        float d = cur.draw + cur.dtb;
-        if (a.softplus) d = jamba_cu_softplus(d);
-        const float dxu_q = d * cur.xu, dl2_q = d * JAMBA_LOG2E; /* of row b0 + q */
-        float yq = 0.f;
-#pragma unroll
-        for (int j = 0; j < SSU_F_NQ; j++) {
-            const float dxu = __shfl_sync(JAMBA_FULL_MASK, dxu_q, g0 + j);
-            const float dl2 = __shfl_sync(JAMBA_FULL_MASK, dl2_q, g0 + j);
-            const float4 Bq = sbc[k][0][j][q], Cq = sbc[k][1][j][q];
-            float4 &h = cur.h[j];
-            float y = 0.f;
-            h.x = fmaf(jamba_cu_exp2(dl2 * cur.Aq.x), h.x, dxu * Bq.x);
-            y = fmaf(h.x, Cq.x, y);
-            h.y = fmaf(jamba_cu_exp2(dl2 * cur.Aq.y), h.y, dxu * Bq.y);
-            y = fmaf(h.y, Cq.y, y);
-            h.z = fmaf(jamba_cu_exp2(dl2 * cur.Aq.z), h.z, dxu * Bq.z);
-            y = fmaf(h.z, Cq.z, y);
-            h.w = fmaf(jamba_cu_exp2(dl2 * cur.Aq.w), h.w, dxu * Bq.w);
-            y = fmaf(h.w, Cq.w, y);
-            y += __shfl_xor_sync(JAMBA_FULL_MASK, y, 2);
-            y += __shfl_xor_sync(JAMBA_FULL_MASK, y, 1);
-            if (j == q) yq = y;
-        }
-        if (c < a.DI) {
-            float *st = (float *)a.state + b0 * a.ss0 + c * a.ss1 + 4 * q; /* state[b0, c, 4q] */
-#pragma unroll
-            for (int j = 0; j < SSU_F_NQ; j++)
-                if (j < nb) ssu_st_f4(st + j * a.ss0, cur.h[j]);
-            if (q < nb) {
-                float y = fmaf(cur.Dc, cur.xu, yq);
-                if (a.z) y *= jamba_cu_silu(cur.zv);
-                ((T *)a.out)[(b0 + q) * a.DI + c] = jamba_st<T>(y); /* out[b0 + q, c] */
-            }
-        }
-        if (nx < nunits && tid < 2 * SSU_F_NQ * 16) ((float *)sbc[k ^ 1])[tid] = nxt.bc;
-        __syncthreads(); /* B/C of unit nx visible; every thread is done reading buffer k */
-        if (nx < nunits) cur = nxt;
-        u = nx;
-    }
-}
-
-template <typename T>
-static jamba_status selective_state_update_f32n16_pipe_launch(ssu_args a, int device, cudaStream_t stream) {
-    const int64_t ncb = jamba_ceil_div(a.DI, SSU_F_CH), nunits = ncb * jamba_ceil_div(a.B, SSU_F_NQ);
-    if (nunits > 0xffffffffLL - JAMBA_MAX_GRID_X) /* u + gridDim.x must not wrap in 32 bits */
-        return selective_state_update_f32n16_launch<T>(a, stream);
-    const int64_t waves = (int64_t)jamba_cuda_sm_count(device) * SSU_P_MINB;
-    const int64_t grid = nunits < waves ? nunits : waves;
-    a.ncb = (unsigned)ncb;
-    selective_state_update_f32n16_pipe_kernel<T><<<(unsigned)grid, SSU_F_THREADS, 0, stream>>>(a, (unsigned)nunits);
-    JAMBA_LAUNCH_CHECK("jamba.selective_state_update: kernel launch", stream);
-    return JAMBA_OK;
-}
-
 extern "C" jamba_status jamba_selective_state_update_cuda(const jamba_selective_state_update_params *p,
                                                           jamba_launch launch) {
     JAMBA_TRY(jamba_selective_state_update_check(p));
@@ -427,11 +302,7 @@ extern "C" jamba_status jamba_selective_state_update_cuda(const jamba_selective_
                       ((uintptr_t)a.A % 16u) == 0 && (a.sA0 % 4 == 0 || DI <= 1);
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
-    /* JAMBA_EXT_SSU_IMPL=new (benchmark switch, read at each launch): the pipelined persistent fast kernel */
-    const char *impl = getenv("JAMBA_EXT_SSU_IMPL");
-    if (fast && impl && !strcmp(impl, "new")) {
-        JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = selective_state_update_f32n16_pipe_launch<T>(a, launch.device, stream));
-    } else if (fast) {
+    if (fast) {
         JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = selective_state_update_f32n16_launch<T>(a, stream));
     } else {
         JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = selective_state_update_launch<T>(a, stream));
