@@ -189,17 +189,12 @@ def bench_scan(bb, shapes, DI, N):
         bb.row("selective_scan", f"B={Bsz} DI={DI} L={L} N={N}", lambda: ops.selective_scan(**a), nbytes,
                exps=Bsz * DI * L * N, eager=eager, eager_reps=3)
         if dev.type == "cuda":
-            # variants timed in the same run: the previous kernel (JAMBA_EXT_SCAN_IMPL=old), the pipelined
-            # kernel with 4 and with 8 lanes per channel forced, and B/C as the model passes them ((B, L, N)
-            # transposed: n-fast)
+            # variants timed in the same run: the general kernel (JAMBA_EXT_SCAN_IMPL=old) and B/C as the model
+            # passes them ((B, L, N) transposed: n-fast)
             bt = {"B": a["B"].transpose(1, 2).contiguous().transpose(1, 2),
                   "C": a["C"].transpose(1, 2).contiguous().transpose(1, 2)}
             for label, env, over in (("old", {"JAMBA_EXT_SCAN_IMPL": "old"}, {}),
-                                     ("G4", {"JAMBA_EXT_SCAN_G": "4"}, {}),
-                                     ("G8", {"JAMBA_EXT_SCAN_G": "8"}, {}),
-                                     ("G8 y buffer", {"JAMBA_EXT_SCAN_G": "8", "JAMBA_EXT_SCAN_RED": "1"}, {}),
-                                     ("G4 y shuffles", {"JAMBA_EXT_SCAN_G": "4", "JAMBA_EXT_SCAN_RED": "0"}, {}),
-                                     ("no fast path", {"JAMBA_EXT_SCAN_FAST": "0"}, {}),
+                                     ("no stagger", {"JAMBA_EXT_SCAN_STAGGER": "0"}, {}),
                                      ("B/C n-fast", {}, bt)):
                 os.environ.update(env)
                 try:

@@ -28,14 +28,11 @@ echo "build took $(( $(date +%s) - t0 )) s"
 step "tests marked cuda (the CPU suite runs in CI)"
 slow=0; [ "$mode" = full ] && slow=1
 JAMBA_SLOW=$slow timeout 300 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -40
-step "scan tests again with 8 lanes per channel (JAMBA_EXT_SCAN_G=8, the pipelined kernel's other tiling)"
-JAMBA_EXT_SCAN_G=8 timeout 150 python3 -m pytest -q -m cuda -k "selective_scan" --timeout=120 tests -p no:cacheprovider 2>&1 | tail -5
 
 step "compute-sanitizer memcheck (small cases of every kernel)"
 timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -8
 step "compute-sanitizer racecheck (same cases)"
 timeout 120 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -8
-JAMBA_EXT_SCAN_G=8 timeout 60 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
 
 step "bench_kernels"
 timeout 200 python3 benchmarks/bench_kernels.py 2>&1 | tail -70

@@ -13,7 +13,7 @@
  * Two kernels:
  *   selective_scan_pc_kernel (below, "pipelined fast path"): every call with N <= 16 and L >= 1 (Mamba-1,
  *     Jamba: N = 16). cp.async ring of raw tiles, one barrier per 32-step chunk. H200, bf16, DI 8192:
- *     1x8192 in ~0.83 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp floor 0.26 ms).
+ *     1x8192 in 0.65 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp floor 0.26 ms).
  *   selective_scan_fwd_kernel (the first design, kept as the general path): N > 16 and L == 0. G threads per
  *     channel (a power of two; G*SPT >= N states, SPT states per thread in registers, SPT = 4 or 16 is the
  *     one template tile parameter), CH = 128/G channels per block, all of one batch. Time runs in chunks of
@@ -22,8 +22,7 @@
  *     states in registers, the G partial sums of y are combined with warp shuffles, and the block writes
  *     the chunk's outputs with coalesced stores. The state is carried across chunks in registers, so any L
  *     (1 .. 1M+) runs in one launch.
- * Benchmark knobs: env JAMBA_EXT_SCAN_IMPL=old sends every call to the general kernel; JAMBA_EXT_SCAN_G=4|8
- * forces the pipelined kernel's lanes per channel (default: 8 when 4 would leave the SMs under-filled).
+ * Benchmark knob: env JAMBA_EXT_SCAN_IMPL=old sends every call to the general kernel.
  */
 #include "common.cuh"
 
@@ -305,29 +304,25 @@ __global__ void __launch_bounds__(SCAN_THREADS) selective_scan_fwd_kernel(scan_a
     }
 }
 
-static int env_int(const char *name, int dflt) {
-    const char *s = getenv(name);
-    return (s && s[0]) ? atoi(s) : dflt;
-}
-
 /* ==== pipelined fast path (N <= 16) ===================================================================
- * selective_scan_pc_kernel<T, TC, G, RED>
+ * selective_scan_pc_kernel<T, TC>
  *   u, delta, z (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; A (DI, N) f32, N <= 16;
  *   B, C (B, N, L) f32|T with unit stride along L ("t-fast") or along N ("n-fast", the model's transposed
  *   (B, L, N) view) or any strides (scalar loads); D, delta_bias (DI,) f32; initial_state (B, DI, N) f32,
  *   unit along N; last_state (B, DI, N) f32 contiguous.
- *   Block: 128 threads = 4 warps, CH = 128 / G channels of one batch row; virtual block vb -> (b, c0), a
- *   grid-stride loop over B * ceil(DI / CH). Lane: g = lane % G owns states SPT*g .. SPT*g+SPT-1 (SPT = 16/G;
- *   padded to 16 with A = B = C = 0, which keeps h = 0 there) of channel l = warp * (32/G) + lane / G.
- *   G = 4 (4 states per lane) or 8 (2 states per lane: twice the warps for the same channels).
+ *   Block: 128 threads = 4 warps, CH = 128 / G = 16 channels of one batch row; virtual block vb -> (b, c0), a
+ *   grid-stride loop over B * ceil(DI / CH). Lane: g = lane % G owns states SPT*g .. SPT*g+SPT-1 (G = PC_G = 8
+ *   lanes per channel, SPT = 16/G = 2 states per lane; padded to 16 with A = B = C = 0, which keeps h = 0
+ *   there) of channel l = warp * (32/G) + lane / G. (G = 4, 4 states per lane with half the warps, measured
+ *   slower at every benchmark shape on the H200 at 6c4ae22: 1x8192 0.72 vs 0.65 ms, 8x2048 1.42 vs 1.26 ms.)
  *   Time runs in chunks of TC steps through two shared-memory structures:
  *     raw ring (PC_NSTG stages): the chunk's inputs as stored in global memory (u, delta, z tiles [CH][TC] in
  *       T; B, C as [16][TC] (t-fast / scalar) or [TC][16] (n-fast) in their dtype), filled with 16-byte
  *       cp.async when rows are 16-byte aligned and the piece lies inside [0, L), else element by element;
  *     fp32 sets (two): dt (bias + softplus applied), dt*u, D*u, silu(z) as [CH][TC+4]; B and C as
  *       [TC][PC_BCP]: row t holds, for each lane index g, B of states SPT*g .. SPT*g+SPT-1 then C of the same
- *       states (one 16-byte load per lane and step at G = 8, two at G = 4; 4 floats of row padding spread the
- *       converter's stores over the banks); zeros outside [0, L) and beyond DI, so the padded steps leave h
+ *       states (one 16-byte load per lane and step; 4 floats of row padding spread the converter's stores
+ *       over the banks); zeros outside [0, L) and beyond DI, so the padded steps leave h
  *       unchanged (exp(0) = 1, dt*u = 0).
  *   Fast path (host flag a.fast: u/delta/z rows and B/C pieces 16-byte aligned, B/C rows along t or n in u's
  *   dtype, N = 16): full chunks are copied from per-thread source pointers set once per virtual block, and
@@ -337,23 +332,22 @@ static int env_int(const char *name, int dflt) {
  *   k+1 (raw -> fp32 set (k+1)&1), scan chunk k from set k&1. Warps of a block drift between conversion
  *   (memory/ALU) and scan (SFU) inside that interval, which overlaps the two.
  *   Scan of 8 steps: the 8*SPT exponentials (dt*A2 then ex2), then the h / y FMA chain; the G lanes of a
- *   channel combine their 8 partial y so lane g ends with 8/G steps, gates them and stores them.
- *   RED = 1: through a per-warp buffer [group][step][g] (group = one channel's G lanes, 9G floats per group:
- *   conflict-free stores and 16-byte loads) and two __syncwarp; RED = 0: shuffle reduce-scatter (the
- *   previous way: its selects cost ~2 instructions per state step at G = 8; kept for one benchmark round).
+ *   channel reduce-scatter their 8 partial y with shuffles so lane g ends with step g, gates it and stores
+ *   it. (Through a per-warp shared buffer instead: slower, 0.71 vs 0.65 ms at 1x8192, 6c4ae22.)
  *   Hazards: a raw stage is refilled one barrier after its conversion; fp32 set p is rewritten one barrier
- *   after the scan that read it; the y buffer is private to its warp. */
+ *   after the scan that read it. */
 #define PC_THREADS 128
 #define PC_NS 16
 #define PC_NSTG 3
+#define PC_G 8                 /* lanes per channel */
 #define PC_BCP (2 * PC_NS + 4) /* fp32 B/C row pitch (floats) */
-#define PC_YB 288              /* floats of y partials per warp: (32 / G) groups x 9G */
 
 struct pc_args : scan_io {
     int bsz, csz;            /* element size of B / C (2 or 4) */
     int bmode, cmode;        /* 0: t-fast (unit stride along L), 1: n-fast (unit along N), 2: scalar */
     int vec_u, vec_b, vec_c; /* 16-byte cp.async allowed for u/delta/z rows, B rows, C rows */
     int fast;                /* fast loader / converter for full chunks (see the kernel comment) */
+    int stagger;             /* odd warps convert after their scan (env JAMBA_EXT_SCAN_STAGGER=0: all before) */
 };
 
 template <typename T, int TC, int CH> struct pc_cfg {
@@ -362,8 +356,7 @@ template <typename T, int TC, int CH> struct pc_cfg {
     static constexpr int RAW_BC = PC_NS * TC * 4;                        /* bytes of one B/C tile (<= 4 B) */
     static constexpr int STAGE = 3 * RAW_U + 2 * RAW_BC;                 /* multiple of 16 */
     static constexpr int SET = 4 * CH * TP + TC * PC_BCP;                /* floats */
-    static constexpr size_t SMEM = (size_t)PC_NSTG * STAGE + 2 * (size_t)SET * 4 + 2 * CH * 4 +
-                                   (size_t)(PC_THREADS / 32) * PC_YB * 4;
+    static constexpr size_t SMEM = (size_t)PC_NSTG * STAGE + 2 * (size_t)SET * 4 + 2 * CH * 4;
     /* u/delta/z 16-byte pieces: VE elements, PR per row, PPA per tile, NPT per thread */
     static constexpr int VE = 16 / (int)sizeof(T), PR = TC / VE, PPA = CH * PR;
     static constexpr int NPT = (PPA + PC_THREADS - 1) / PC_THREADS;
@@ -608,12 +601,16 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
         if (a.z) pc_ld4<T>(rz + l * TC + tq, zz);
         const float bias = sbias[l], Dc = sD[l];
 #pragma unroll
+        for (int i = 0; i < 4; i++) dd[i] += bias;
+        if (a.softplus) { /* one branch for the 4 (independent SFU chains in one basic block) */
+#pragma unroll
+            for (int i = 0; i < 4; i++) dd[i] = pc_softplus(dd[i]);
+        }
+#pragma unroll
         for (int i = 0; i < 4; i++) {
             const bool ok = FULL || (cok && tq + i < nt);
             const float u = ok ? uu[i] : 0.f;
-            float d = dd[i] + bias;
-            if (a.softplus) d = pc_softplus(d);
-            d = ok ? d : 0.f;
+            const float d = ok ? dd[i] : 0.f;
             dt[i] = d, dtu[i] = d * u, du[i] = Dc * u;
             gz[i] = (a.z && ok) ? pc_silu(zz[i]) : 1.f;
         }
@@ -629,22 +626,6 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
     } else {
         pc_convert_bc<TC, SPT>(rB, sBC, 0, a.bmode == 1, a.bdt, nt, a.N);
         pc_convert_bc<TC, SPT>(rC, sBC, 1, a.cmode == 1, a.cdt, nt, a.N);
-    }
-}
-
-/* 2 consecutive outputs (t, t+1) of one row; pair: both in range and the row's pairs are aligned */
-template <typename T> __device__ __forceinline__ void pc_store2(T *o, float y0, float y1, bool pair, bool ok1) {
-    if (pair) {
-        if constexpr (sizeof(T) == 4) {
-            *(float2 *)o = make_float2(y0, y1);
-        } else {
-            const T v0 = jamba_st<T>(y0), v1 = jamba_st<T>(y1);
-            const uint32_t w = (uint32_t)(*(const uint16_t *)&v0) | ((uint32_t)(*(const uint16_t *)&v1) << 16);
-            *(uint32_t *)o = w;
-        }
-    } else {
-        o[0] = jamba_st<T>(y0);
-        if (ok1) o[1] = jamba_st<T>(y1);
     }
 }
 
@@ -668,42 +649,26 @@ __device__ __forceinline__ void pc_exps8(const float *sdt, const float *sdtu, co
         for (int i = 0; i < SPT; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
 }
 
-/* The G partial sums of 8 steps of a channel -> lane g's 8/G steps r[0 .. 8/G-1] (steps (8/G)*g ..).
- * yb: this lane's group in the per-warp buffer (RED = 1). */
-template <int G, int RED>
-__device__ __forceinline__ void pc_reduce8(const float (&yp)[8], float (&r)[8], float *yb, int g) {
-    if constexpr (RED == 1) {
+/* The G partial sums of 8 steps of a channel -> lane g's 8/G steps r[0 .. 8/G-1] (steps (8/G)*g ..):
+ * shuffle reduce-scatter, halving the steps per level (lane bit G/2 first) */
+template <int G> __device__ __forceinline__ void pc_reduce8(const float (&yp)[8], float (&r)[8], int g) {
 #pragma unroll
-        for (int m = 0; m < 8; m++) yb[m * G + g] = yp[m];
-        __syncwarp();
-        if constexpr (G == 8) { /* row g: 8 partials; halves read in a lane-dependent order (no conflicts) */
-            const int h = (g >> 2) & 1;
-            const float4 p = *(const float4 *)(yb + 8 * g + 4 * h), q = *(const float4 *)(yb + 8 * g + 4 - 4 * h);
-            r[0] = ((p.x + p.y) + (p.z + p.w)) + ((q.x + q.y) + (q.z + q.w)); /* commutative: same in any order */
-        } else { /* G == 4: rows 2g and 2g+1, 4 partials each */
-            const float4 p = *(const float4 *)(yb + 8 * g), q = *(const float4 *)(yb + 8 * g + 4);
-            r[0] = (p.x + p.y) + (p.z + p.w);
-            r[1] = (q.x + q.y) + (q.z + q.w);
-        }
-        __syncwarp();
-    } else { /* shuffle reduce-scatter: halve the steps per level (lane bit G/2 first) */
+    for (int m = 0; m < 8; m++) r[m] = yp[m];
 #pragma unroll
-        for (int m = 0; m < 8; m++) r[m] = yp[m];
+    for (int w = 4, o = G / 2; o > 0; w >>= 1, o >>= 1) {
+        const bool hi = (g & o) != 0;
 #pragma unroll
-        for (int w = 4, o = G / 2; o > 0; w >>= 1, o >>= 1) {
-            const bool hi = (g & o) != 0;
-#pragma unroll
-            for (int i = 0; i < w; i++) {
-                const float send = hi ? r[i] : r[i + w], keep = hi ? r[i + w] : r[i];
-                r[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, o);
-            }
+        for (int i = 0; i < w; i++) {
+            const float send = hi ? r[i] : r[i + w], keep = hi ? r[i + w] : r[i];
+            r[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, o);
         }
     }
 }
 
-template <typename T, int TC, int G, int RED>
+template <typename T, int TC>
 __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
-    constexpr int CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
+    constexpr int G = PC_G, CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
+    static_assert(SPT == 2, "one 16-byte B/C load per lane and step");
     using K = pc_cfg<T, TC, CH>;
     constexpr int TP = K::TP;
     extern __shared__ float4 pc_smem4[];
@@ -711,10 +676,8 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     float *sets = (float *)(raw + PC_NSTG * K::STAGE);
     float *sbias = sets + 2 * K::SET, *sD = sbias + CH;
     const int lane = threadIdx.x & 31, g = lane % G, l = (threadIdx.x >> 5) * (32 / G) + lane / G;
-    float *yb = sD + CH + (threadIdx.x >> 5) * PC_YB + (lane / G) * 9 * G;
     const int64_t nblk = (a.DI + CH - 1) / CH, nchunks = (a.L + TC - 1) / TC;
     T *out = (T *)a.out;
-    const bool pairs = (a.L & 1) == 0; /* out rows (contiguous) keep 2-element alignment */
 
     for (int64_t vb = blockIdx.x; vb < a.B * nblk; vb += gridDim.x) {
         const int64_t b = vb / nblk, c0 = (vb - b * nblk) * CH, c = c0 + l;
@@ -762,9 +725,10 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
             __syncthreads();
             if (k + PC_NSTG < nchunks) load(raw + ls * K::STAGE, k + PC_NSTG);
             pc_commit();
-            if (k + 1 < nchunks) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
-            ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
-            cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
+            /* a.stagger: odd warps scan first and convert after, so one warp's SFU-bound scan overlaps another's
+             * ALU / shared-memory conversion instead of every warp converting right after the barrier */
+            const bool conv_late = a.stagger && ((threadIdx.x >> 5) & 1);
+            if (k + 1 < nchunks && !conv_late) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
             const float *set = sets + (k & 1) * K::SET;
             const float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
             const float *sBC = sgz + CH * TP + g * 2 * SPT;
@@ -786,11 +750,7 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                     }
                     float bv[SPT], cv[SPT];
                     const float *bcrow = sBC + (t + m) * PC_BCP;
-                    if constexpr (SPT == 4) {
-                        const float4 bq = *(const float4 *)bcrow, cq = *(const float4 *)(bcrow + 4);
-                        bv[0] = bq.x, bv[1] = bq.y, bv[2] = bq.z, bv[3] = bq.w;
-                        cv[0] = cq.x, cv[1] = cq.y, cv[2] = cq.z, cv[3] = cq.w;
-                    } else {
+                    {
                         const float4 q = *(const float4 *)bcrow;
                         bv[0] = q.x, bv[1] = q.y, cv[0] = q.z, cv[1] = q.w;
                     }
@@ -811,20 +771,13 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                     }
                 }
                 float r[8];
-                pc_reduce8<G, RED>(yp, r, yb, g);
-                if constexpr (G == 4) {
-                    const int tt = t + 2 * g;
-                    const int64_t tg = t0 + tt;
-                    if (cvalid && tg < a.L) {
-                        const float2 du = *(const float2 *)(sdu + l * TP + tt), gz = *(const float2 *)(sgz + l * TP + tt);
-                        const bool ok1 = tg + 1 < a.L;
-                        pc_store2<T>(orow + tt, (r[0] + du.x) * gz.x, (r[1] + du.y) * gz.y, pairs && ok1, ok1);
-                    }
-                } else {
-                    const int tt = t + g;
-                    if (cvalid && t0 + tt < a.L) orow[tt] = jamba_st<T>((r[0] + sdu[l * TP + tt]) * sgz[l * TP + tt]);
-                }
+                pc_reduce8<G>(yp, r, g);
+                const int tt = t + g;
+                if (cvalid && t0 + tt < a.L) orow[tt] = jamba_st<T>((r[0] + sdu[l * TP + tt]) * sgz[l * TP + tt]);
             }
+            if (k + 1 < nchunks && conv_late) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
+            ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
+            cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
         }
         pc_wait<0>(); /* no copy in flight into the next virtual block's buffers */
         if (cvalid && a.last) {
@@ -835,14 +788,14 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     }
 }
 
-template <typename T, int G, int RED> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
-    constexpr int TC = 32, CH = PC_THREADS / G;
+template <typename T> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
+    constexpr int TC = 32, CH = PC_THREADS / PC_G;
     using K = pc_cfg<T, TC, CH>;
     const int64_t nvb = a.B * ((a.DI + CH - 1) / CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, G, RED>,
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
-    selective_scan_pc_kernel<T, TC, G, RED><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
+    selective_scan_pc_kernel<T, TC><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
     return JAMBA_OK;
 }
@@ -853,8 +806,7 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 }
 
 /* The fast path when it applies (N <= 16, not disabled by JAMBA_EXT_SCAN_IMPL=old); returns 0 if not taken. */
-static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStream_t stream, int launch_device,
-                                 jamba_status *st) {
+static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStream_t stream, jamba_status *st) {
     const int64_t B = p->u.shape[0], DI = p->u.shape[1], L = p->u.shape[2], N = p->A.shape[1];
     const char *impl = getenv("JAMBA_EXT_SCAN_IMPL");
     if ((impl && !strcmp(impl, "old")) || N > PC_NS || L == 0) return 0;
@@ -879,30 +831,14 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
         if (m) a.cmode = mode, a.vec_c = vec;
         else a.bmode = mode, a.vec_b = vec;
     }
-    /* G lanes per channel: 8 (2 states each, twice the warps for the same channels) while G = 4 would give
-     * fewer than 4 blocks per SM (the kernel is latency-bound there: H200 at 2751aca, bf16, DI 8192, 1x8192
-     * 0.83 ms with G = 8 against 0.91 ms with G = 4), else 4 (fewer shuffles and loads per state: 8x2048
-     * 1.51 ms against 1.65 ms). env JAMBA_EXT_SCAN_G = 4|8 overrides the choice (benchmarks). */
-    const int64_t blocks4 = B * ((DI + 31) / 32);
-    int G = blocks4 < 4 * (int64_t)jamba_cuda_sm_count(launch_device) ? 8 : 4;
-    G = env_int("JAMBA_EXT_SCAN_G", G);
-    /* fast loader / converter for full chunks: every piece a 16-byte copy, B/C in u's dtype with N = 16
-     * (env JAMBA_EXT_SCAN_FAST=0 turns it off; JAMBA_EXT_SCAN_RED=0 takes the shuffle reduction: benchmarks) */
-    a.fast = env_int("JAMBA_EXT_SCAN_FAST", 1) && a.vec_u && N == PC_NS && a.bmode != 2 && a.cmode != 2 &&
-             a.vec_b && a.vec_c && p->Bm.dtype == p->u.dtype && p->Cm.dtype == p->u.dtype;
-    /* y across a channel's lanes: shuffles at G = 8, the per-warp buffer at G = 4 (H200, 2814ea0, bf16, DI 8192:
-     * 1x8192 G = 8 0.652 ms shuffles / 0.706 ms buffer; 8x2048 G = 4 1.42 ms buffer / 1.46 ms shuffles) */
-    const int red = env_int("JAMBA_EXT_SCAN_RED", G == 4) ? 1 : 0;
+    /* fast loader / converter for full chunks: every piece a 16-byte copy, B/C in u's dtype with N = 16 (H200,
+     * 6c4ae22, bf16, DI 8192: 1x8192 0.65 ms against 0.88 ms through the general loader / converter) */
+    a.fast = a.vec_u && N == PC_NS && a.bmode != 2 && a.cmode != 2 && a.vec_b && a.vec_c &&
+             p->Bm.dtype == p->u.dtype && p->Cm.dtype == p->u.dtype;
+    const char *stg = getenv("JAMBA_EXT_SCAN_STAGGER"); /* A/B knob for one GPU round */
+    a.stagger = !(stg && !strcmp(stg, "0"));
     jamba_status s = JAMBA_ERR_DTYPE;
-    if (G == 8 && red) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 8, 1>(a, stream)));
-    } else if (G == 8) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 8, 0>(a, stream)));
-    } else if (red) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 4, 1>(a, stream)));
-    } else {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 4, 0>(a, stream)));
-    }
+    JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = pc_launch<T>(a, stream));
     *st = s;
     return 1;
 }
@@ -939,7 +875,7 @@ extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_par
     JAMBA_DEVICE_GUARD(launch);
     {
         jamba_status st = JAMBA_OK;
-        if (selective_scan_try_pc(p, (cudaStream_t)launch.stream, launch.device, &st)) return st;
+        if (selective_scan_try_pc(p, (cudaStream_t)launch.stream, &st)) return st;
     }
     scan_args a;
     memset(&a, 0, sizeof a);
