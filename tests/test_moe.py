@@ -201,9 +201,9 @@ def test_moe_experts_deterministic(device, T, impl):
     assert all(torch.equal(p, q) for p, q in zip(r1, r2))
 
 
-# ---- decode engine (impl gemv): moe_decode_kernel -------------------------------------------------------------
-# T picks the n-tiles per pass (<= 8 tokens: 1, <= 16: 2, more: 4); H, F multiples of 8 but not of the
-# 32-output tiles or the 64-k steps; (24, 16): one k step, so some k-split warps get no k at all.
+# ---- decode engine (impl gemv): moe_decode_kernel (T > 1), moe_decode_persist_kernel (T == 1) ----------------
+# T picks the kernel and the n-tiles per pass (1 token: persistent; <= 8: 1, <= 16: 2, more: 4); H, F multiples
+# of 8 but not of the 32-output tiles or the 64-k steps; (24, 16): one k step, so some k-split warps get no k at all.
 DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (5, 72, 40, 1, 1), (8, 200, 136, 8, 1),
                 (9, 136, 72, 16, 2), (16, 264, 200, 8, 2), (17, 72, 40, 16, 2), (40, 200, 136, 16, 2),
                 (130, 24, 16, 8, 1)]
@@ -214,8 +214,8 @@ DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (5, 72, 40, 1, 1), (8,
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
 @pytest.mark.parametrize("T,H,F,E,K", DECODE_CASES, ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in DECODE_CASES])
 def test_moe_decode_engine(dtype, T, H, F, E, K):
-    """impl gemv at every n-tile count, tail tiles, idle k-splits, E = 1 / 8 / 16, top-1/2: deterministic, and
-    matches the fp64 reference."""
+    """impl gemv (both kernels) at every n-tile count, tail tiles, idle k-splits, E = 1 / 8 / 16, top-1/2:
+    deterministic, and matches the fp64 reference."""
     dev = torch.device("cuda")
     x = randn(T, H, device=dev, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
@@ -242,29 +242,47 @@ def test_moe_decode_repeated_ids(T):
     assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
 
 
+# T == 1 runs moe_decode_persist_kernel (one-wave persistent grid, decode_launch in moe.cu), T > 1 moe_decode_kernel.
+# H or F = 4104 at E = K = 4: 1028 gate_up / 516 down tiles, more than one wave of blocks (2 per SM) on any GPU, so
+# a block streams several tiles, across expert boundaries, with a half tail tile; the other size 24: one k step
+# (the ring prologue spans several tiles; k-split warps without k). K = 12: twelve experts of 16 touched.
+PERSIST_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (1, 72, 40, 1, 1), (1, 264, 200, 16, 12),
+                 (1, 24, 4104, 4, 4), (1, 4104, 24, 4, 4), (1, 4104, 4104, 4, 4)]
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("mode", ["new", "new_nopdl"])
+@pytest.mark.parametrize("impl", ["gemv", "auto"])
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
-@pytest.mark.parametrize("T,H,F,E,K", DECODE_CASES, ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in DECODE_CASES])
-def test_moe_decode_persistent(monkeypatch, mode, dtype, T, H, F, E, K):
-    """JAMBA_EXT_MOE_DECODE=new / new_nopdl (moe_decode_persist_kernel; A/B switch of issue 4): deterministic,
-    matches the fp64 reference and, within the same tolerance, the default decode kernel."""
+@pytest.mark.parametrize("T,H,F,E,K", PERSIST_CASES,
+                         ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in PERSIST_CASES])
+def test_moe_decode_persistent(impl, dtype, T, H, F, E, K):
+    """One token (moe_decode_persist_kernel; impl auto picks gemv there): deterministic, matches the fp64
+    reference and, within the same tolerance, the same token decoded next to another one (T = 2:
+    moe_decode_kernel); all K slots on one expert (K > 8: extra passes); out-of-range ids give a NaN row."""
     dev = torch.device("cuda")
     x = randn(T, H, device=dev, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
     w, ids, offsets, slots = routed(T, E, K, dev)
-    old = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv")
-    monkeypatch.setenv("JAMBA_EXT_MOE_DECODE", mode)
-    out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv")
-    assert torch.equal(out, ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv"))
+    out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
+    assert torch.equal(out, ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl))
     assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
-    assert_close(out, old, **MOE_TOL[dtype])
-    # every expert's tokens on one expert (extra passes, the other experts untouched)
-    ids2 = torch.full((T, K), E - 1, device=dev, dtype=torch.int32)
-    offsets2, slots2 = ops.moe_permute(ids2, E)
-    out2 = ops.moe_experts(x, w, ids2, w_gate_up, w_down, slots2, offsets2, "gemv")
-    assert_close(out2, ref_experts(x, w, ids2, w_gate_up, w_down), **MOE_TOL[dtype])
+    x2 = torch.cat([x, randn(1, H, device=dev, dtype=dtype)])
+    w2, ids2 = torch.cat([w, w.flip(0)]), torch.cat([ids, ids.flip(1)])
+    pair = ops.moe_experts(x2, w2, ids2, w_gate_up, w_down, impl=impl)
+    assert_close(out, pair[:1], **MOE_TOL[dtype])
+    # all K slots on expert E-1 (ids repeat within the token), K = 12: two passes of 8
+    for k in sorted({K, 12}):
+        idr = torch.full((T, k), E - 1, device=dev, dtype=torch.int32)
+        wr = torch.rand(T, k, device=dev) * 0.5 + 0.1
+        offr, slr = ops.moe_permute(idr, E)
+        outr = ops.moe_experts(x, wr, idr, w_gate_up, w_down, slr, offr, impl)
+        assert torch.equal(outr, ops.moe_experts(x, wr, idr, w_gate_up, w_down, slr, offr, impl))
+        assert_close(outr, ref_experts(x, wr, idr, w_gate_up, w_down), **MOE_TOL[dtype])
+    # one bad id (the other slots still run), every id bad (no tile at all): NaN rows
+    for bad in (torch.cat([torch.full((T, 1), E, device=dev, dtype=torch.int32), ids[:, 1:]], 1),
+                torch.full((T, K), -1, device=dev, dtype=torch.int32)):
+        assert torch.isnan(ops.moe_experts(x, w, bad, w_gate_up, w_down, impl=impl)).all()
 
 
 # ---- the model entry ----------------------------------------------------------------------------------------

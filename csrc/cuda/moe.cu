@@ -19,6 +19,7 @@
  *                        (found on the device); each warp streams its W rows through its own cp.async
  *                        ring in shared memory into mma fragments, split-K over the warps of a block,
  *                        reduced in shared memory in a fixed order. Run twice, as the prefill GEMM.
+ *   moe_decode_persist_kernel  decode at 1 token: the same math and ring over a one-wave persistent grid.
  *   moe_simt_kernel      fp32 inputs, sizes not multiple of 8, misaligned pointers: fp32 CUDA-core tiles.
  *   (moe_wgmma.cu)       prefill on Hopper: the same GEMMs with wgmma (sm_90a), impl wgmma.
  *   moe_combine_kernel   out[t] = slot_out[t*TOPK] + ... (rounded to the model dtype after each add).
@@ -28,8 +29,6 @@
 #include "moe.cuh"
 
 #include <math.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include <type_traits>
 
@@ -354,7 +353,7 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
 }
 
 /* ---- decode: weight streaming over the touched experts, per-warp cp.async rings ------------------------- */
-/* The decode engine (impl gemv).
+/* The decode engine (impl gemv) except at 1 token (moe_decode_persist_kernel below; decode_launch picks).
  * Grid: only the touched experts. UB = min(slots, E) bounds the number of experts with tokens (known on the
  * host, no sync); block b works on the (b / tiles)-th expert with a nonzero count (found on the device from
  * expert_offsets, moe_nth_expert) and on its output tile b % tiles of DEC_OUTS outputs. Blocks past the
@@ -593,23 +592,26 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
     }
 }
 
-/* ---- decode, persistent variant (JAMBA_EXT_MOE_DECODE=new; A/B switch, the loser goes after the GPU round) ----
- * Same math, shapes and ring as moe_decode_kernel; what changes is the grid:
+/* ---- decode at 1 token: persistent one-wave grid ---------------------------------------------------------
+ * moe_decode_persist_kernel (impl gemv at T == 1, see decode_launch). Same math, ring and fragment layout as
+ * moe_decode_kernel with NT = 1 (one n-tile of 8 tokens per pass); what changes is the grid:
  *   tiles: (touched expert, output tile, token pass), expert-major, then output tile, then pass (the passes over
  *     one W tile are adjacent: the re-read hits L2). A tile is DEC_MT m16 tiles of W rows (gate_up: 16 outputs,
  *     their gate and up rows; down: 32 output rows) over all of k, split in DEC_WARPS = 4 k-ranges, one per warp.
  *   grid: one wave (SMs x resident blocks, 2 per SM), block b takes tiles [b*total/G, (b+1)*total/G) (total
  *     counted on the device from expert_offsets): at 1 token (2 experts) 1792 gate_up tiles -> 6-7 per block
- *     (the old grid: 896 blocks = 3.4 waves of 264), 256 down tiles -> 0-1 per block.
+ *     (moe_decode_kernel: 896 blocks = 3.4 waves of 264), 256 down tiles -> 0-1 per block.
  *   each warp streams its k-range of its block's tiles one after another through ONE ring: the copies of the
  *     next tile are in flight while the current tile is reduced (no per-block ramp-up, no drained ring).
- *   the down launch uses programmatic dependent launch (sm_90): the gate_up grid lets it start early, its blocks
- *     take the SMs that gate_up blocks leave, copy the first DEC_STAGES-1 steps of their W rows, and only then
- *     wait (griddepcontrol.wait) for act.
  * Per tile, the k-split partial sums of warps 1..3 go through shared memory `red` (outside the ring) and warp 0
- * adds them in k-split order and stores: deterministic, no atomics. Shared: ring DEC_SMEM(NT) + red
- * 3 x (DEC_MT*NT*4) x 32 floats. Requires Kd % 8 == 0 and 16-byte aligned A, W (as moe_decode_kernel). */
-#define DECP_SMEM(NT) (DEC_SMEM(NT) + (DEC_WARPS - 1) * DEC_MT * (NT) * 4 * 32 * 4) /* 103, 102, 108 KB */
+ * adds them in k-split order and stores: deterministic, no atomics. More than 8 tokens on one expert (ids that
+ * repeat within the token, top-k > 8) take further passes.
+ * Shapes: gate_up: x (1, H) (rows gathered through sorted_slots / TOPK), w_gate_up (E, 2F, H) -> act (TOPK, F)
+ * in sorted order; down: act (TOPK, F), w_down (E, H, F) -> slot_out (TOPK, H) in slot order.
+ * Shared: ring DEC_SMEM(1) + red 3 x (DEC_MT*4) x 32 floats = DECP_SMEM (103 KB: not on sm_86 / sm_89, where
+ * the launcher runs moe_decode_kernel). Requires Kd % 8 == 0 and 16-byte aligned A, W (as moe_decode_kernel). */
+#define DECP_NT 1
+#define DECP_SMEM (DEC_SMEM(DECP_NT) + (DEC_WARPS - 1) * DEC_MT * DECP_NT * 4 * 32 * 4) /* 103 KB */
 
 /* forward walk over the tiles of the touched experts; tpp: tokens per pass (NT*8), tiles: output tiles */
 struct dec_walk {
@@ -629,26 +631,14 @@ __device__ __forceinline__ void dec_walk_to(const moe_gemm_args &a, int tiles, i
     }
 }
 
-__device__ __forceinline__ void griddep_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void griddep_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-
-template <typename T, bool GATE_UP, int NT>
+template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(moe_gemm_args a, int tiles) {
-    constexpr int MT = DEC_MT, KS = DEC_WARPS, P = DEC_PIECES(NT), S = DEC_STAGES(NT);
+    constexpr int NT = DECP_NT, MT = DEC_MT, KS = DEC_WARPS, P = DEC_PIECES(NT), S = DEC_STAGES(NT);
     constexpr int WP = 4 * MT;          /* W pieces per lane and step; x pieces follow */
     constexpr int V = MT * NT * 4;      /* accumulators per lane */
     constexpr int STAGE = P * 512;      /* bytes of one ring slot of a warp */
     constexpr int OUTS = MT * (GATE_UP ? 8 : 16), TPP = NT * 8;
     extern __shared__ __align__(16) unsigned char dec_smem[];
-    if (GATE_UP) griddep_launch_dependents(); /* the down grid may start as soon as SMs free up */
     const int ks = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
 
     /* this block's tiles [r0, r1) of all touched tiles */
@@ -737,10 +727,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(m
         }
     };
 
-    /* Prologue: steps 0 .. npro-1 into slots 0 .. npro-1. The W pieces first, one commit group per step (they
-     * do not depend on the previous kernel), then griddepcontrol.wait (down: act is complete and visible; a
-     * no-op without programmatic launch), then the x pieces of the same steps in one more group, and a full
-     * wait. After it, at loop step q (q + S groups committed before its wait) at most S-2 pending means the
+    /* Prologue: steps 0 .. npro-1 into slots 0 .. npro-1. The W pieces first, one commit group per step, then
+     * the x pieces of the same steps in one more group, and a full wait (the order measured in the A/B at
+     * 6c4ae22). After it, at loop step q (q + S groups committed before its wait) at most S-2 pending means the
      * group of step q (committed at step q-S+1 for q >= S-1) has landed. */
     const int npro = (int)(total_q < S - 1 ? total_q : S - 1);
     int cur = -1; /* tile (relative to r0) the issue side is set up for */
@@ -753,7 +742,6 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(m
         }
         cp_async_commit_mem();
     }
-    griddep_wait();
     cur = -1;
 #pragma unroll
     for (int p = 0; p < S - 1; p++)
@@ -1032,142 +1020,81 @@ static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cuda
     return JAMBA_OK;
 }
 
-/* Whether the device takes DEC_SMEM(1) = 100 KB of shared memory per block: not sm_86 / sm_89 (99 KB; the
- * sm_80 code runs there). Cached per device (a device attribute, no stream work: fine inside a capture). */
-static jamba_status decode_nt1_fits(bool *fits) {
-    static int cache[64]; /* 0 unknown, 1 fits, 2 does not */
+/* opt-in shared memory per block of the current device (sm_86 / sm_89: 99 KB, sm_80: 163 KB, sm_90: 227 KB),
+ * cached per device (a device attribute, no stream work: fine inside a capture) */
+static jamba_status decode_smem_optin(int *optin) {
+    static int cache[64];
     int dev = 0;
     JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
-    int c = dev >= 0 && dev < 64 ? cache[dev] : 0;
-    if (c == 0) {
-        int optin = 0;
-        JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-        c = optin >= DEC_SMEM(1) ? 1 : 2;
-        if (dev >= 0 && dev < 64) cache[dev] = c;
+    if (dev >= 0 && dev < 64 && cache[dev] > 0) {
+        *optin = cache[dev];
+        return JAMBA_OK;
     }
-    *fits = c == 1;
+    JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    if (dev >= 0 && dev < 64) cache[dev] = *optin;
     return JAMBA_OK;
 }
 
-/* A/B switch between the decode grids, read at every launch (host side; no stream work):
- * JAMBA_EXT_MOE_DECODE unset or "old": moe_decode_kernel; "new": moe_decode_persist_kernel with programmatic
- * dependent launch of the down GEMM (sm_90); "new_nopdl": the same without it. The loser goes after the GPU round. */
-#define DEC_MODE_OLD 0
-#define DEC_MODE_NEW 1
-#define DEC_MODE_NEW_NOPDL 2
-static int decode_mode() {
-    const char *v = getenv("JAMBA_EXT_MOE_DECODE");
-    if (v == NULL) return DEC_MODE_OLD;
-    if (strcmp(v, "new") == 0) return DEC_MODE_NEW;
-    if (strcmp(v, "new_nopdl") == 0) return DEC_MODE_NEW_NOPDL;
-    return DEC_MODE_OLD;
-}
-
 /* one launch of moe_decode_persist_kernel: one wave, SMs x resident blocks (occupancy cached per device, host
- * queries only). pdl: the down GEMM right after the gate_up one on the same stream, Hopper or later. */
-template <typename T, bool GATE_UP, int NT>
-static jamba_status decode_persist_launch(const moe_gemm_args &a, int64_t slots, bool pdl, cudaStream_t stream) {
+ * queries only), capped by an upper bound of the tile count (the count itself is known on the device only) */
+template <typename T, bool GATE_UP>
+static jamba_status decode_persist_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     static int blocks_per_sm[64];
     int dev = 0;
     JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
     int occ = dev >= 0 && dev < 64 ? blocks_per_sm[dev] : 0;
     if (occ == 0) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_persist_kernel<T, GATE_UP, NT>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DECP_SMEM(NT)));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_persist_kernel<T, GATE_UP, NT>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_persist_kernel<T, GATE_UP>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DECP_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_persist_kernel<T, GATE_UP>,
                                               cudaFuncAttributePreferredSharedMemoryCarveout,
                                               cudaSharedmemCarveoutMaxShared));
-        JAMBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moe_decode_persist_kernel<T, GATE_UP, NT>,
-                                                                       DEC_WARPS * 32, DECP_SMEM(NT)));
+        JAMBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moe_decode_persist_kernel<T, GATE_UP>,
+                                                                       DEC_WARPS * 32, DECP_SMEM));
         if (occ < 1) occ = 1;
         if (dev >= 0 && dev < 64) blocks_per_sm[dev] = occ;
     }
     const int64_t ub = slots < a.E ? slots : a.E; /* experts that can have tokens */
     const int64_t tiles = jamba_ceil_div(a.N, DEC_MT * (GATE_UP ? 8 : 16));
     if (ub <= 0 || tiles <= 0) return JAMBA_OK;
-    /* more blocks than tiles only exit; the tile count is known on the device only (bounded by ub*tiles*passes) */
-    const int64_t passes_ub = jamba_ceil_div(slots, NT * 8);
+    /* blocks past the tile count only exit; tiles <= ub * tiles * passes (passes: a touched expert's tokens / 8) */
+    const int64_t passes_ub = jamba_ceil_div(slots, DECP_NT * 8);
     int64_t grid = (int64_t)jamba_cuda_sm_count(dev) * occ;
     if (grid > ub * tiles * passes_ub) grid = ub * tiles * passes_ub;
     if (grid < 1) grid = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)grid);
-    cfg.blockDim = dim3(DEC_WARPS * 32);
-    cfg.dynamicSmemBytes = DECP_SMEM(NT);
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
-    JAMBA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_decode_persist_kernel<T, GATE_UP, NT>, a, (int)tiles));
+    moe_decode_persist_kernel<T, GATE_UP><<<(unsigned)grid, DEC_WARPS * 32, DECP_SMEM, stream>>>(a, (int)tiles);
     JAMBA_LAUNCH_CHECK("moe_decode_persist_kernel", stream);
     return JAMBA_OK;
 }
 
-/* compute capability major and opt-in shared memory per block of the current device, cached */
-static jamba_status decode_device_caps(int *major, int *smem_optin) {
-    static int cache_major[64], cache_smem[64];
-    int dev = 0;
-    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
-    if (dev >= 0 && dev < 64 && cache_smem[dev] > 0) {
-        *major = cache_major[dev];
-        *smem_optin = cache_smem[dev];
-        return JAMBA_OK;
-    }
-    JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(major, cudaDevAttrComputeCapabilityMajor, dev));
-    JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
-    if (dev >= 0 && dev < 64) {
-        cache_major[dev] = *major;
-        cache_smem[dev] = *smem_optin;
-    }
-    return JAMBA_OK;
-}
-
-/* the persistent variant, NT as decode_launch picks it; false in *done where it does not fit (sm_86/89: 99 KB) */
-template <typename T>
-static jamba_status decode_persist_dispatch(const moe_gemm_args &a, int64_t slots, int mode, cudaStream_t stream,
-                                            bool *done) {
-    int major = 0, optin = 0;
-    JAMBA_TRY(decode_device_caps(&major, &optin));
-    const int64_t tokens = slots / a.topk;
-    const int nt = tokens <= 8 ? 1 : tokens <= 16 ? 2 : 4;
-    const int need = nt == 1 ? DECP_SMEM(1) : nt == 2 ? DECP_SMEM(2) : DECP_SMEM(4);
-    *done = optin >= need;
-    if (!*done) return JAMBA_OK;
-    /* the down GEMM directly follows the gate_up one (experts_launch), which triggers it early */
-    const bool pdl = !a.gate_up && mode == DEC_MODE_NEW && major >= 9;
-    if (a.gate_up) {
-        if (nt == 1) return decode_persist_launch<T, true, 1>(a, slots, false, stream);
-        if (nt == 2) return decode_persist_launch<T, true, 2>(a, slots, false, stream);
-        return decode_persist_launch<T, true, 4>(a, slots, false, stream);
-    }
-    if (nt == 1) return decode_persist_launch<T, false, 1>(a, slots, pdl, stream);
-    if (nt == 2) return decode_persist_launch<T, false, 2>(a, slots, pdl, stream);
-    return decode_persist_launch<T, false, 4>(a, slots, pdl, stream);
-}
-
-/* NT (n-tiles of 8 tokens per pass) from the token count T = slots / TOPK, which bounds an expert's tokens
+/* The decode grid, from the token count T = slots / TOPK (known on the host; no sync).
+ * T == 1: moe_decode_persist_kernel. H200 A/B at 6c4ae22 (bf16, Jamba-v0.1 sizes H 4096, F 14336, E 16, top-2;
+ * whole op, benchmarks/results/ab_moe_6c4ae22.log), moe_decode_kernel vs moe_decode_persist_kernel:
+ *   T = 1:  222.8 us (gate_up 136.9 + down 70.2)   vs 211.2 us (130.2 + 66.8)   -> persistent
+ *   T = 8:  770.9 us (491.8 + 263.5)               vs 781.2 us (501.5 + 259.8)  -> moe_decode_kernel
+ *   T = 64: 1458.1 us (952.8 + 490.0)              vs 1583.0 us (1037.1 + 529.3) -> moe_decode_kernel
+ *   (a programmatic dependent launch of the down GEMM was slower: 110.5 us at T = 1, and is gone; 2 <= T < 8
+ *   is unmeasured and stays on moe_decode_kernel). Where DECP_SMEM does not fit (sm_86 / sm_89), T == 1 runs
+ *   moe_decode_kernel too.
+ * Otherwise moe_decode_kernel with NT (n-tiles of 8 tokens per pass) from T, which bounds an expert's tokens
  * under top-k routing (distinct ids per token); more tokens on one expert only cost extra passes. Where the
- * NT = 1 ring does not fit (decode_nt1_fits), up to 8 tokens run the NT = 2 variant (96 KB, one n-tile idle). */
+ * NT = 1 ring does not fit (DEC_SMEM(1) = 100 KB > 99 KB on sm_86 / sm_89: the sm_80 code runs there), up to
+ * 8 tokens run the NT = 2 variant (96 KB, one n-tile idle). */
 template <typename T>
 static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
-    const int mode = decode_mode();
-    if (mode != DEC_MODE_OLD) {
-        bool done = false;
-        JAMBA_TRY(decode_persist_dispatch<T>(a, slots, mode, stream, &done));
-        if (done) return JAMBA_OK;
-        /* does not fit: the gate_up GEMM took the same decision, so no dependent launch is pending */
-    }
     const int64_t tokens = slots / a.topk;
-    bool nt1 = false;
-    if (tokens <= 8) JAMBA_TRY(decode_nt1_fits(&nt1));
+    int optin = 0;
+    if (tokens <= 8) JAMBA_TRY(decode_smem_optin(&optin));
+    if (tokens == 1 && optin >= DECP_SMEM)
+        return a.gate_up ? decode_persist_launch<T, true>(a, slots, stream)
+                         : decode_persist_launch<T, false>(a, slots, stream);
+    const bool nt1 = tokens <= 8 && optin >= DEC_SMEM(1);
     if (a.gate_up) {
-        if (tokens <= 8 && nt1) return decode_launch_nt<T, true, 1>(a, slots, stream);
+        if (nt1) return decode_launch_nt<T, true, 1>(a, slots, stream);
         if (tokens <= 16) return decode_launch_nt<T, true, 2>(a, slots, stream);
         return decode_launch_nt<T, true, 4>(a, slots, stream);
     }
-    if (tokens <= 8 && nt1) return decode_launch_nt<T, false, 1>(a, slots, stream);
+    if (nt1) return decode_launch_nt<T, false, 1>(a, slots, stream);
     if (tokens <= 16) return decode_launch_nt<T, false, 2>(a, slots, stream);
     return decode_launch_nt<T, false, 4>(a, slots, stream);
 }
@@ -1215,7 +1142,8 @@ static jamba_status combine_launch(const jamba_moe_experts_params *p, int device
 
 /* impl auto (measured on an H200, Jamba-v0.1 sizes, bf16; benchmarks/results/bench_moe*.json):
  *   decode, while the average expert sees at most 16 slots (T <= 128 at E 16, top-2): the weight-streaming
- *     kernel, moe_decode_kernel (it re-reads an expert's weights once per 32 of its tokens). At 2bc5d07
+ *     kernel, moe_decode_kernel (it re-reads an expert's weights once per 32 of its tokens; at 1 token
+ *     moe_decode_persist_kernel, see decode_launch). At 2bc5d07
  *     (bench_moe_2bc5d07.json): 1 token 235 us, 8 tokens 823 us, 64 tokens 1.51 ms (bandwidth floors 165,
  *     659, 1318 us); at 64 tokens wgmma 1.47 ms, mma64 1.78, mma 2.36 (wgmma slightly ahead there: a lower
  *     MOE_GEMV_MAX_SLOTS_PER_EXPERT on Hopper is a candidate, not yet measured between 8 and 64 tokens);
