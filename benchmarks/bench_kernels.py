@@ -194,9 +194,6 @@ def bench_scan(bb, shapes, DI, N):
             bt = {"B": a["B"].transpose(1, 2).contiguous().transpose(1, 2),
                   "C": a["C"].transpose(1, 2).contiguous().transpose(1, 2)}
             for label, env, over in (("old", {"JAMBA_EXT_SCAN_IMPL": "old"}, {}),
-                                     ("var 00", {"JAMBA_EXT_SCAN_VAR": "00"}, {}),
-                                     ("var 01", {"JAMBA_EXT_SCAN_VAR": "01"}, {}),
-                                     ("var 10", {"JAMBA_EXT_SCAN_VAR": "10"}, {}),
                                      ("B/C n-fast", {}, bt)):
                 os.environ.update(env)
                 try:

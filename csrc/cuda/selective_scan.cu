@@ -582,7 +582,7 @@ __device__ __forceinline__ float pc_silu(float z) {
 /* raw stage -> fp32 set (see the kernel comment). FULL: all TC steps and CH channels exist and B/C take the
  * fast converter (a.fast); else zeros outside [0, nt) x channels < DI x states < N.
  * u/delta/z: a thread converts 4 consecutive steps of one channel per item (8 * TC items). */
-template <typename T, int TC, int CH, int G, bool FULL, bool SP4>
+template <typename T, int TC, int CH, int G, bool FULL>
 __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char *st, float *set, int64_t c0,
                                            int nt, const float *sbias, const float *sD) {
     using K = pc_cfg<T, TC, CH>;
@@ -600,17 +600,11 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
         if (a.z) pc_ld4<T>(rz + l * TC + tq, zz);
         const float bias = sbias[l], Dc = sD[l];
 #pragma unroll
-        for (int i = 0; i < 4; i++) dd[i] += bias;
-        if (SP4 && a.softplus) { /* one branch for the 4 (independent SFU chains in one basic block) */
-#pragma unroll
-            for (int i = 0; i < 4; i++) dd[i] = pc_softplus(dd[i]);
-        }
-#pragma unroll
         for (int i = 0; i < 4; i++) {
             const bool ok = FULL || (cok && tq + i < nt);
             const float u = ok ? uu[i] : 0.f;
-            float d = dd[i];
-            if (!SP4 && a.softplus) d = pc_softplus(d);
+            float d = dd[i] + bias;
+            if (a.softplus) d = pc_softplus(d);
             d = ok ? d : 0.f;
             dt[i] = d, dtu[i] = d * u, du[i] = Dc * u;
             gz[i] = (a.z && ok) ? pc_silu(zz[i]) : 1.f;
@@ -666,7 +660,7 @@ template <int G> __device__ __forceinline__ void pc_reduce8(const float (&yp)[8]
     }
 }
 
-template <typename T, int TC, bool LATE, bool SP4>
+template <typename T, int TC>
 __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
     constexpr int G = PC_G, CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
     static_assert(SPT == 2, "one 16-byte B/C load per lane and step");
@@ -707,8 +701,8 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
         auto convert = [&](const unsigned char *st, float *set, int64_t kk) {
             const int64_t t0 = kk * TC;
             const int nt = (int)(a.L - t0 < TC ? a.L - t0 : TC);
-            if (a.fast && allch && nt == TC) pc_convert<T, TC, CH, G, true, SP4>(a, st, set, c0, nt, sbias, sD);
-            else pc_convert<T, TC, CH, G, false, SP4>(a, st, set, c0, nt, sbias, sD);
+            if (a.fast && allch && nt == TC) pc_convert<T, TC, CH, G, true>(a, st, set, c0, nt, sbias, sD);
+            else pc_convert<T, TC, CH, G, false>(a, st, set, c0, nt, sbias, sD);
         };
         /* prologue: chunks 0 .. NSTG-1 in flight, chunk 0 converted */
 #pragma unroll
@@ -726,14 +720,9 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
             __syncthreads();
             if (k + PC_NSTG < nchunks) load(raw + ls * K::STAGE, k + PC_NSTG);
             pc_commit();
-            /* a.stagger: odd warps scan first and convert after, so one warp's SFU-bound scan overlaps another's
-             * ALU / shared-memory conversion instead of every warp converting right after the barrier */
-            const bool conv_late = LATE && ((threadIdx.x >> 5) & 1);
-            if (k + 1 < nchunks && !conv_late) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
-            if constexpr (!LATE) {
-                ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
-                cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
-            }
+            if (k + 1 < nchunks) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
+            ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
+            cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
             const float *set = sets + (k & 1) * K::SET;
             const float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
             const float *sBC = sgz + CH * TP + g * 2 * SPT;
@@ -780,11 +769,6 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                 const int tt = t + g;
                 if (cvalid && t0 + tt < a.L) orow[tt] = jamba_st<T>((r[0] + sdu[l * TP + tt]) * sgz[l * TP + tt]);
             }
-            if constexpr (LATE) {
-                if (k + 1 < nchunks && conv_late) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
-                ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
-                cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
-            }
         }
         pc_wait<0>(); /* no copy in flight into the next virtual block's buffers */
         if (cvalid && a.last) {
@@ -795,14 +779,14 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     }
 }
 
-template <typename T, bool LATE, bool SP4> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
+template <typename T> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
     constexpr int TC = 32, CH = PC_THREADS / PC_G;
     using K = pc_cfg<T, TC, CH>;
     const int64_t nvb = a.B * ((a.DI + CH - 1) / CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, LATE, SP4>,
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
-    selective_scan_pc_kernel<T, TC, LATE, SP4><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
+    selective_scan_pc_kernel<T, TC><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
     return JAMBA_OK;
 }
@@ -842,20 +826,8 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
      * 6c4ae22, bf16, DI 8192: 1x8192 0.65 ms against 0.88 ms through the general loader / converter) */
     a.fast = a.vec_u && N == PC_NS && a.bmode != 2 && a.cmode != 2 && a.vec_b && a.vec_c &&
              p->Bm.dtype == p->u.dtype && p->Cm.dtype == p->u.dtype;
-    /* A/B knob for one GPU round: JAMBA_EXT_SCAN_VAR = two digits, LATE (odd warps convert after their scan)
-     * and SP4 (softplus of 4 steps in one basic block); default 11 */
-    const char *var = getenv("JAMBA_EXT_SCAN_VAR");
-    const int v = (var && var[0] && var[1]) ? (var[0] - '0') * 2 + (var[1] - '0') : 3;
     jamba_status s = JAMBA_ERR_DTYPE;
-    if (v == 0) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, false, false>(a, stream)));
-    } else if (v == 1) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, false, true>(a, stream)));
-    } else if (v == 2) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, true, false>(a, stream)));
-    } else {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, true, true>(a, stream)));
-    }
+    JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = pc_launch<T>(a, stream));
     *st = s;
     return 1;
 }
