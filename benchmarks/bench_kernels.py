@@ -223,14 +223,6 @@ def bench_conv(bb, shapes, DI, K):
         torch_conv = lambda: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=DI)[..., :L])
         bb.row("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K}", lambda: ops.causal_conv1d(x, w, b, None, True, K - 1),
                nbytes, eager=torch_conv, graph=True)
-        if dev.type == "cuda":  # A/B for one round: SiLU by ex2 + rcp instead of one tanh.approx
-            os.environ["JAMBA_EXT_CONV_SILU"] = "exact"
-            try:
-                check("causal_conv1d (exact silu)", ops.causal_conv1d(x, w, b, None, True, K - 1)[0], ref_out)
-                bb.row("causal_conv1d (exact silu)", f"B={Bsz} DI={DI} L={L} K={K}",
-                       lambda: ops.causal_conv1d(x, w, b, None, True, K - 1), nbytes, graph=True)
-            finally:
-                del os.environ["JAMBA_EXT_CONV_SILU"]
         del x, out
 
 
