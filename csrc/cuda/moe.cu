@@ -406,6 +406,106 @@ __device__ __forceinline__ int moe_nth_expert(const int32_t *offsets, int E, int
 
 __device__ __forceinline__ uint4 lds128(const unsigned char *p) { return *reinterpret_cast<const uint4 *>(p); }
 
+/* ---- pieces shared by the two decode kernels (ring layout per warp and step: MT*4 W pieces, then NT*2 x
+ * pieces, 512 bytes each = 32 lanes x 16 bytes) ---- */
+/* this lane's W rows of an output tile at ob: tile i, r = 0: row g, r = 1: row g + 8 (gate_up: the gate / up
+ * row of output ob+i*8+g); rows past N point at row 0 and are masked */
+template <typename T, int MT, bool GATE_UP>
+__device__ __forceinline__ void dec_w_rows(const moe_gemm_args &a, const T *W, int64_t ob, int g, int tq,
+                                           const T *(&wp)[MT][2], bool (&wok)[MT][2]) {
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int64_t out = GATE_UP ? ob + i * 8 + g : ob + i * 16 + r * 8 + g;
+            wok[i][r] = out < a.N;
+            const int64_t wrow = (GATE_UP && r) ? a.N + out : out;
+            wp[i][r] = W + (wok[i][r] ? wrow : 0) * a.Kd + tq * 8;
+        }
+}
+/* the W copies of k step ks64 (of 64) into the ring slot at dst; pieces outside k or the rows are zeros */
+template <typename T, int MT>
+__device__ __forceinline__ void dec_issue_w(const moe_gemm_args &a, uint32_t dst, int64_t ks64, int tq,
+                                            const T *const (&wp)[MT][2], const bool (&wok)[MT][2]) {
+    const int64_t k = ks64 * 64;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t kk = k + h * 32;
+        const bool kin = kk + tq * 8 < a.Kd;
+#pragma unroll
+        for (int i = 0; i < MT; i++)
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const bool v = kin && wok[i][r];
+                cp_async16_mem(dst + (uint32_t)((((i * 2 + h) * 2) + r) * 512), v ? (const void *)(wp[i][r] + kk) : a.W, v);
+            }
+    }
+}
+/* the x copies (tokens) of k step ks64 into the ring slot at dst, after the WP W pieces */
+template <typename T, int NT, int WP>
+__device__ __forceinline__ void dec_issue_x(const moe_gemm_args &a, uint32_t dst, int64_t ks64, int tq, int nt_act,
+                                            const T *const (&xp)[NT], const bool (&xok)[NT]) {
+    const int64_t k = ks64 * 64;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t kk = k + h * 32;
+        const bool kin = kk + tq * 8 < a.Kd;
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            if (j < nt_act) {
+                const bool v = kin && xok[j];
+                cp_async16_ca_mem(dst + (uint32_t)((WP + j * 2 + h) * 512), v ? (const void *)(xp[j] + kk) : a.A, v);
+            }
+    }
+}
+/* the mma of one landed ring slot (src: this lane's 16 bytes of piece 0) into acc */
+template <typename T, int MT, int NT, int WP>
+__device__ __forceinline__ void dec_mma_slot(float (&acc)[MT][NT][4], const unsigned char *src, int nt_act) {
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        uint4 xv[NT];
+#pragma unroll
+        for (int j = 0; j < NT; j++)
+            if (j < nt_act) xv[j] = lds128(src + (WP + j * 2 + h) * 512);
+#pragma unroll
+        for (int i = 0; i < MT; i++) {
+            const uint4 r0 = lds128(src + ((i * 2 + h) * 2) * 512), r8 = lds128(src + ((i * 2 + h) * 2 + 1) * 512);
+            const uint32_t a0[4] = {r0.x, r8.x, r0.y, r8.y};
+            const uint32_t a1[4] = {r0.z, r8.z, r0.w, r8.w};
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+                if (j < nt_act) {
+                    mma16816<T>(acc[i][j], a0, xv[j].x, xv[j].y);
+                    mma16816<T>(acc[i][j], a1, xv[j].z, xv[j].w);
+                }
+        }
+    }
+}
+/* the outputs of accumulator (i, j) (summed over the k split: c), element r: W row g + (r>>1)*8 of tile i, token
+ * t0 + j*8 + tq*2 + (r&1). gate_up: silu(gate) * up into act (sorted rows); down: scaled by the router weight
+ * into slot_out (slot rows) */
+template <typename T, bool GATE_UP>
+__device__ __forceinline__ void dec_store(const moe_gemm_args &a, T *C, const float (&c)[4], int i, int j, int64_t t0,
+                                          int64_t ob, int64_t off, int64_t cnt, int g, int tq) {
+#pragma unroll
+    for (int b = 0; b < 2; b++) {
+        const int64_t n = t0 + j * 8 + tq * 2 + b;
+        if (n >= cnt) continue;
+        if (GATE_UP) {
+            const int64_t f = ob + i * 8 + g;
+            if (f < a.N) C[(off + n) * a.N + f] = jamba_st<T>(moe_act<T>(c[b], c[2 + b]));
+        } else {
+            const int64_t slot_id = a.sorted[off + n];
+            const float w = a.weights[slot_id];
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                const int64_t hrow = ob + i * 16 + hh * 8 + g;
+                if (hrow < a.N) C[slot_id * a.N + hrow] = jamba_st<T>(moe_scaled<T>(c[hh * 2 + b], w));
+            }
+        }
+    }
+}
+
 template <typename T, bool GATE_UP, int NT>
 __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_args a, int tiles) {
     constexpr int MT = DEC_MT, KS = DEC_KS(GATE_UP), WR = DEC_WR(GATE_UP), P = DEC_PIECES(NT), S = DEC_STAGES(NT);
@@ -423,18 +523,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
     const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
     T *C = reinterpret_cast<T *>(a.C);
 
-    /* this lane's W rows: tile i, r = 0: row g, r = 1: row g + 8 (gate_up: gate / up row of output ob+i*8+g) */
-    const T *wp[MT][2];
+    const T *wp[MT][2]; /* this lane's W rows */
     bool wok[MT][2];
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int64_t out = GATE_UP ? ob + i * 8 + g : ob + i * 16 + r * 8 + g;
-            wok[i][r] = out < a.N;
-            const int64_t wrow = (GATE_UP && r) ? a.N + out : out;
-            wp[i][r] = W + (wok[i][r] ? wrow : 0) * a.Kd + tq * 8;
-        }
+    dec_w_rows<T, MT, GATE_UP>(a, W, ob, g, tq, wp, wok);
     /* this warp's k range: steps [s0, s0 + nsteps) of 64 */
     const int64_t steps_all = (a.Kd + 63) / 64, per = (steps_all + KS - 1) / KS, s0 = ks * per;
     const int64_t left = steps_all - s0;
@@ -454,23 +545,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
             xok[j] = j < nt_act && n < cnt;
             xrow[j] = xok[j] ? (GATE_UP ? (int64_t)a.sorted[off + n] : off + n) : 0;
         }
-        /* copies of step st (relative to s0) into ring slot `slot`; pieces outside k or the rows are zeros */
+        /* copies of step st (relative to s0) into ring slot `slot` */
         auto issue_w = [&](int slot, int st) {
-            const int64_t k = (s0 + st) * 64;
-            const uint32_t dst = ring_s + (uint32_t)(slot * STAGE);
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int64_t kk = k + h * 32;
-                const bool kin = kk + tq * 8 < a.Kd;
-#pragma unroll
-                for (int i = 0; i < MT; i++)
-#pragma unroll
-                    for (int r = 0; r < 2; r++) {
-                        const bool v = kin && wok[i][r];
-                        cp_async16_mem(dst + (uint32_t)((((i * 2 + h) * 2) + r) * 512),
-                                       v ? (const void *)(wp[i][r] + kk) : a.W, v);
-                    }
-            }
+            dec_issue_w<T, MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st, tq, wp, wok);
         };
         /* the weights of the first steps do not wait for the slot loads: they go out first */
 #pragma unroll
@@ -480,20 +557,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
 #pragma unroll
         for (int j = 0; j < NT; j++) xp[j] = A + (GATE_UP ? xrow[j] / a.topk : xrow[j]) * a.Kd + tq * 8;
         auto issue_x = [&](int slot, int st) {
-            const int64_t k = (s0 + st) * 64;
-            const uint32_t dst = ring_s + (uint32_t)(slot * STAGE);
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int64_t kk = k + h * 32;
-                const bool kin = kk + tq * 8 < a.Kd;
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-                    if (j < nt_act) {
-                        const bool v = kin && xok[j];
-                        cp_async16_ca_mem(dst + (uint32_t)((WP + j * 2 + h) * 512), v ? (const void *)(xp[j] + kk) : a.A,
-                                          v);
-                    }
-            }
+            dec_issue_x<T, NT, WP>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st, tq, nt_act, xp, xok);
         };
 
         float acc[MT][NT][4];
@@ -523,26 +587,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
                 issue_x(slot == 0 ? S - 1 : slot - 1, st + S - 1);
             }
             cp_async_commit_mem();
-            const unsigned char *src = ring_p + slot * STAGE;
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                uint4 xv[NT];
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-                    if (j < nt_act) xv[j] = lds128(src + (WP + j * 2 + h) * 512);
-#pragma unroll
-                for (int i = 0; i < MT; i++) {
-                    const uint4 r0 = lds128(src + ((i * 2 + h) * 2) * 512), r8 = lds128(src + ((i * 2 + h) * 2 + 1) * 512);
-                    const uint32_t a0[4] = {r0.x, r8.x, r0.y, r8.y};
-                    const uint32_t a1[4] = {r0.z, r8.z, r0.w, r8.w};
-#pragma unroll
-                    for (int j = 0; j < NT; j++)
-                        if (j < nt_act) {
-                            mma16816<T>(acc[i][j], a0, xv[j].x, xv[j].y);
-                            mma16816<T>(acc[i][j], a1, xv[j].z, xv[j].w);
-                        }
-                }
-            }
+            dec_mma_slot<T, MT, NT, WP>(acc, ring_p + slot * STAGE, nt_act);
             slot = slot + 1 == S ? 0 : slot + 1;
         }
         cp_async_wait_mem<0>();
@@ -569,23 +614,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
                         for (int q = 0; q < KS; q++) v += red[((q * WR + wr) * V + (i * NT + j) * 4 + r) * 32 + lane];
                         c[r] = v;
                     }
-#pragma unroll
-                    for (int b = 0; b < 2; b++) {
-                        const int64_t n = t0 + j * 8 + tq * 2 + b;
-                        if (n >= cnt) continue;
-                        if (GATE_UP) {
-                            const int64_t f = ob + i * 8 + g;
-                            if (f < a.N) C[(off + n) * a.N + f] = jamba_st<T>(moe_act<T>(c[b], c[2 + b]));
-                        } else {
-                            const int64_t slot_id = a.sorted[off + n];
-                            const float w = a.weights[slot_id];
-#pragma unroll
-                            for (int hh = 0; hh < 2; hh++) {
-                                const int64_t hrow = ob + i * 16 + hh * 8 + g;
-                                if (hrow < a.N) C[slot_id * a.N + hrow] = jamba_st<T>(moe_scaled<T>(c[hh * 2 + b], w));
-                            }
-                        }
-                    }
+                    dec_store<T, GATE_UP>(a, C, c, i, j, t0, ob, off, cnt, g, tq);
                 }
         }
         __syncthreads(); /* red is over the rings of the next pass */
@@ -674,15 +703,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(m
         const int64_t local = tile - wi.base, t0 = (local % wi.passes) * TPP;
         const int64_t ob = (local / wi.passes) * OUTS;
         const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)wi.e * a.w_rows * a.Kd;
-#pragma unroll
-        for (int i = 0; i < MT; i++)
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const int64_t out = GATE_UP ? ob + i * 8 + g : ob + i * 16 + r * 8 + g;
-                wok[i][r] = out < a.N;
-                const int64_t wrow = (GATE_UP && r) ? a.N + out : out;
-                wp[i][r] = W + (wok[i][r] ? wrow : 0) * a.Kd + tq * 8;
-            }
+        dec_w_rows<T, MT, GATE_UP>(a, W, ob, g, tq, wp, wok);
         const int64_t ntl_ = (wi.cnt - t0 + 7) / 8;
         nti = (int)(ntl_ < NT ? ntl_ : NT);
 #pragma unroll
@@ -693,38 +714,12 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(m
             xp[j] = A + row * a.Kd + tq * 8;
         }
     };
-    /* copies of step st (of the issue tile) into ring slot `slot`; pieces outside k or the rows are zeros */
+    /* copies of step st (of the issue tile) into ring slot `slot` */
     auto issue_w = [&](int slot, int st) {
-        const int64_t k = (s0 + st) * 64;
-        const uint32_t dst = ring_s + (uint32_t)(slot * STAGE);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int64_t kk = k + h * 32;
-            const bool kin = kk + tq * 8 < a.Kd;
-#pragma unroll
-            for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    const bool v = kin && wok[i][r];
-                    cp_async16_mem(dst + (uint32_t)((((i * 2 + h) * 2) + r) * 512), v ? (const void *)(wp[i][r] + kk) : a.W,
-                                   v);
-                }
-        }
+        dec_issue_w<T, MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st, tq, wp, wok);
     };
     auto issue_x = [&](int slot, int st) {
-        const int64_t k = (s0 + st) * 64;
-        const uint32_t dst = ring_s + (uint32_t)(slot * STAGE);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int64_t kk = k + h * 32;
-            const bool kin = kk + tq * 8 < a.Kd;
-#pragma unroll
-            for (int j = 0; j < NT; j++)
-                if (j < nti) {
-                    const bool v = kin && xok[j];
-                    cp_async16_ca_mem(dst + (uint32_t)((WP + j * 2 + h) * 512), v ? (const void *)(xp[j] + kk) : a.A, v);
-                }
-        }
+        dec_issue_x<T, NT, WP>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st, tq, nti, xp, xok);
     };
 
     /* Prologue: steps 0 .. npro-1 into slots 0 .. npro-1. The W pieces first, one commit group per step, then
@@ -785,26 +780,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(m
                 if (++i_st == nsteps) { i_st = 0; i_lt++; }
             }
             cp_async_commit_mem();
-            const unsigned char *src = ring_p + slot * STAGE;
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                uint4 xv[NT];
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-                    if (j < nt_act) xv[j] = lds128(src + (WP + j * 2 + h) * 512);
-#pragma unroll
-                for (int i = 0; i < MT; i++) {
-                    const uint4 ra = lds128(src + ((i * 2 + h) * 2) * 512), rb = lds128(src + ((i * 2 + h) * 2 + 1) * 512);
-                    const uint32_t a0[4] = {ra.x, rb.x, ra.y, rb.y};
-                    const uint32_t a1[4] = {ra.z, rb.z, ra.w, rb.w};
-#pragma unroll
-                    for (int j = 0; j < NT; j++)
-                        if (j < nt_act) {
-                            mma16816<T>(acc[i][j], a0, xv[j].x, xv[j].y);
-                            mma16816<T>(acc[i][j], a1, xv[j].z, xv[j].w);
-                        }
-                }
-            }
+            dec_mma_slot<T, MT, NT, WP>(acc, ring_p + slot * STAGE, nt_act);
             slot = slot + 1 == S ? 0 : slot + 1;
         }
         /* reduce the KS partial sums of this tile in k-split order; the ring keeps streaming meanwhile */
@@ -833,23 +809,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(m
                         for (int qq = 1; qq < KS; qq++) v += red[((qq - 1) * V + (i * NT + j) * 4 + r) * 32 + lane];
                         c[r] = v;
                     }
-#pragma unroll
-                    for (int b = 0; b < 2; b++) {
-                        const int64_t n = t0 + j * 8 + tq * 2 + b;
-                        if (n >= cnt) continue;
-                        if (GATE_UP) {
-                            const int64_t f = ob + i * 8 + g;
-                            if (f < a.N) C[(off + n) * a.N + f] = jamba_st<T>(moe_act<T>(c[b], c[2 + b]));
-                        } else {
-                            const int64_t slot_id = a.sorted[off + n];
-                            const float w = a.weights[slot_id];
-#pragma unroll
-                            for (int hh = 0; hh < 2; hh++) {
-                                const int64_t hrow = ob + i * 16 + hh * 8 + g;
-                                if (hrow < a.N) C[slot_id * a.N + hrow] = jamba_st<T>(moe_scaled<T>(c[hh * 2 + b], w));
-                            }
-                        }
-                    }
+                    dec_store<T, GATE_UP>(a, C, c, i, j, t0, ob, off, cnt, g, tq);
                 }
         }
         __syncthreads(); /* red is free for the next tile */
