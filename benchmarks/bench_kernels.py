@@ -223,14 +223,6 @@ def bench_conv(bb, shapes, DI, K):
         torch_conv = lambda: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=DI)[..., :L])
         bb.row("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K}", lambda: ops.causal_conv1d(x, w, b, None, True, K - 1),
                nbytes, eager=torch_conv, graph=True)
-        if dev.type == "cuda":  # the SiLU experiment (JAMBA_EXT_CONV_SILU=newton, see causal_conv1d.cu)
-            os.environ["JAMBA_EXT_CONV_SILU"] = "newton"
-            try:
-                check("causal_conv1d (newton silu)", ops.causal_conv1d(x, w, b, None, True, K - 1)[0], ref_out)
-                bb.row("causal_conv1d (newton silu)", f"B={Bsz} DI={DI} L={L} K={K}",
-                       lambda: ops.causal_conv1d(x, w, b, None, True, K - 1), nbytes, graph=True)
-            finally:
-                del os.environ["JAMBA_EXT_CONV_SILU"]
         del x, out
 
 

@@ -39,18 +39,6 @@ __device__ __forceinline__ void conv_st16(void *p, uint4 v) {
 /* silu with the fast division and exp2: v / (1 + 2^(-v log2 e)); 0 (the limit) where the exponential
  * overflows, v where it is below 2^-126 (flushed to 0) */
 __device__ __forceinline__ float conv_silu(float v) { return __fdividef(v, 1.f + jamba_cu_exp2(-v * JAMBA_LOG2E)); }
-/* EXPERIMENT (env JAMBA_EXT_CONV_SILU=newton; not yet run on a GPU): the same silu with one SFU op instead of
- * two. 1/(1 + e) from a bit-trick seed (relative error < 1/8) and three Newton steps on the FMA pipe (< 1e-7);
- * the exponent is capped at 126 so 1 + e stays finite. Reason: the SFU does 2 ops per element here, about half
- * its rate at full memory bandwidth, and one SFU op per element (tanh.approx, not accurate enough) measured
- * 3-7% faster (docs/PERF_NOTES.md). */
-__device__ __forceinline__ float conv_silu_newton(float v) {
-    const float d = 1.f + jamba_cu_exp2(fminf(-v * JAMBA_LOG2E, 126.f));
-    float r = __int_as_float(0x7EF311C7 - __float_as_int(d));
-#pragma unroll
-    for (int i = 0; i < 3; i++) r = fmaf(r, fmaf(-d, r, 1.f), r);
-    return v * r;
-}
 
 struct conv_args {
     void *out, *fin;
@@ -89,7 +77,7 @@ __device__ __forceinline__ void conv_taps(const void *w, int wdt, int64_t sw0, i
 #define CONV_NV 4    /* 16-byte vectors per lane */
 #define CONV_WARPS 4 /* warps per block */
 
-template <typename T, bool VEC, bool NEWTON>
+template <typename T, bool VEC>
 __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? 8 : 1) causal_conv1d_fwd_warp_kernel(conv_args a, int64_t nseg) {
     typedef jamba_w16<T> P;
     const int VN = 16 / (int)sizeof(T);
@@ -165,7 +153,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? 8 : 1) causal_conv1d_fw
             }
             if (a.silu) {
 #pragma unroll
-                for (int e = 0; e < VN; e++) o[e] = NEWTON ? conv_silu_newton(o[e]) : conv_silu(o[e]);
+                for (int e = 0; e < VN; e++) o[e] = conv_silu(o[e]);
             }
             const int64_t t = tl + j * 32 * VN;
             if (VEC) {
@@ -199,15 +187,8 @@ static jamba_status causal_conv1d_launch_warp(const conv_args &a, cudaStream_t s
                      (a.B <= 1 || (a.sx0 * es) % 16 == 0) && (a.DI <= 1 || (a.sx1 * es) % 16 == 0);
     const int64_t blocks = jamba_ceil_div(nvw, CONV_WARPS);
     const int64_t grid = blocks < JAMBA_MAX_GRID_X ? blocks : JAMBA_MAX_GRID_X; /* the kernel loops beyond */
-    const char *sv = getenv("JAMBA_EXT_CONV_SILU"); /* experiment knob, see conv_silu_newton */
-    if (sv && !strcmp(sv, "newton")) {
-        if (vec) causal_conv1d_fwd_warp_kernel<T, true, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
-        else causal_conv1d_fwd_warp_kernel<T, false, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
-    } else if (vec) {
-        causal_conv1d_fwd_warp_kernel<T, true, false><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
-    } else {
-        causal_conv1d_fwd_warp_kernel<T, false, false><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
-    }
+    if (vec) causal_conv1d_fwd_warp_kernel<T, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
+    else causal_conv1d_fwd_warp_kernel<T, false><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
     return JAMBA_OK;
 }
