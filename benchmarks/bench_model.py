@@ -28,6 +28,7 @@ static cache eagerly (no CUDA graphs there) and says so.
 Writes benchmarks/results/bench_model.json (+ .png) or bench_model_smoke.json.
 """
 import argparse
+import copy
 import os
 import sys
 import time
@@ -70,6 +71,23 @@ def build_hf(cfg: JambaConfig, ours: JambaForCausalLM, use_mamba_kernels: bool =
     if left:
         return None, f"transformers model kept meta tensors: {left[:3]}"
     return hf.eval(), f"transformers {transformers.__version__}"
+
+
+def fp32_logits(model: JambaForCausalLM, ids: torch.Tensor):
+    """Logits of an fp32 copy of model (the same weights upcast) on ids, or None when the copy would not fit
+    in free device memory (with room to spare)."""
+    nbytes = sum(p.numel() for p in model.parameters()) * 4
+    if ids.device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(ids.device)
+        if nbytes * 1.3 > free:
+            return None
+    m32 = copy.deepcopy(model).float()
+    try:
+        return m32(ids).logits.float()
+    finally:
+        del m32
+        if ids.device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 def hf_slow_scan_bytes(cfg: JambaConfig, B: int, L: int) -> int:
@@ -168,9 +186,12 @@ def main(argv=None) -> int:
 
     # ---- correctness first
     check = {"ok": None}
-    ids = torch.randint(3, cfg.vocab_size, (1, 64), device=device, generator=None)
+    gen = torch.Generator(device=device)
+    gen.manual_seed(0)
+    ids = torch.randint(3, cfg.vocab_size, (1, 64), device=device, generator=gen)
     with torch.no_grad():
         a = ours(ids).logits.float()
+        ref32 = fp32_logits(ours, ids) if dtype != torch.float32 else None
         if hf is not None:
             try:
                 try:
@@ -180,17 +201,27 @@ def main(argv=None) -> int:
                           "use_mamba_kernels=False", flush=True)
                     hf, hf_note = build_hf(cfg, ours, use_mamba_kernels=False)
                     b = hf(ids, use_cache=False).logits.float()
-                # fp32: max element error / max |logit| <= 1e-4 (the parity tests' bound). bf16: the norm-wise
-                # error ||a - b|| / ||b|| <= 0.1 (tests/test_model.py BF16_REL: both implementations round
-                # differently in bf16; transformers' own bf16 error is of the same size)
+                # fp32: max element error / max |logit| <= 1e-4 (the parity tests' bound). bf16: both models
+                # are compared with the fp32 logits of the same weights (ours upcast): our norm-wise error
+                # ||a - r|| / ||r|| must stay within 1.5x transformers' own bf16 error (+0.02). Without room
+                # for the fp32 copy: ||a - b|| / ||b|| <= 0.1 between the two bf16 runs (a loose bound: on
+                # random weights two bf16 implementations differ by 5-12% run to run).
                 rel = ((a - b).abs().max() / b.abs().max()).item()
                 nrm = ((a - b).norm() / b.norm()).item()
                 agree = (a.argmax(-1) == b.argmax(-1)).float().mean().item()
                 fp32 = dtype == torch.float32
-                ok = rel <= 1e-4 if fp32 else nrm <= 0.1
-                check = {"ok": bool(ok), "max_rel_err": rel, "norm_rel_err": nrm,
-                         "bound": "max_rel_err <= 1e-4" if fp32 else "norm_rel_err <= 0.1",
-                         "top1_agreement": agree, "prompt": 64}
+                check = {"max_rel_err": rel, "norm_rel_err": nrm, "top1_agreement": agree, "prompt": 64}
+                if fp32:
+                    ok, check["bound"] = rel <= 1e-4, "max_rel_err <= 1e-4"
+                elif ref32 is not None:
+                    e_ours = ((a - ref32).norm() / ref32.norm()).item()
+                    e_hf = ((b - ref32).norm() / ref32.norm()).item()
+                    ok = e_ours <= 1.5 * e_hf + 0.02
+                    check.update(ours_vs_fp32=e_ours, transformers_vs_fp32=e_hf,
+                                 bound="ours_vs_fp32 <= 1.5 * transformers_vs_fp32 + 0.02 (norm-wise)")
+                else:
+                    ok, check["bound"] = nrm <= 0.1, "norm_rel_err <= 0.1 (no room for an fp32 copy)"
+                check = {"ok": bool(ok), **check}
             except Exception as e:  # noqa: BLE001 -- the baseline's failure is recorded, ours still measured
                 check = {"ok": None, "error": f"transformers forward failed: {type(e).__name__}: {e}"[:400]}
                 hf, hf_note = None, check["error"]

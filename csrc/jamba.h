@@ -214,7 +214,8 @@ typedef enum {
     JAMBA_MOE_IMPL_MMA = 1,       /* tensor-core grouped GEMM (bf16/f16, H and F multiples of 8) */
     JAMBA_MOE_IMPL_GEMV = 2,      /* decode: weight-streaming mma kernel, split-K (bf16/f16, H, F % 8 == 0) */
     JAMBA_MOE_IMPL_SIMT = 3,      /* any dtype and size: fp32 CUDA-core tiles (slow; fp32 inputs, odd sizes) */
-    JAMBA_MOE_IMPL_COMBINE = 4,   /* only the combine: slot_out is already filled (e.g. by torch GEMMs) */
+    JAMBA_MOE_IMPL_COMBINE = 4,   /* reserved (was: the combine alone; the torch-GEMM path now uses
+                                     jamba_moe_combine below): rejected */
     JAMBA_MOE_IMPL_MMA64 = 5,     /* MMA with 64-deep k-tiles, 3 stages (96 KB shared) */
     JAMBA_MOE_IMPL_MMA256 = 6,    /* MMA with 256 W rows per block: 64x64 warp tiles (96 KB shared) */
     JAMBA_MOE_IMPL_WGMMA = 7      /* Hopper wgmma GEMM, 128x256x64 tiles (sm_90 only; csrc/cuda/moe_wgmma.cu) */
@@ -222,13 +223,45 @@ typedef enum {
 
 typedef struct {
     jamba_tensor out, x, weights, expert_ids, expert_offsets, sorted_slots, w_gate_up, w_down;
-    jamba_tensor act, slot_out;   /* workspaces (act unused by JAMBA_MOE_IMPL_COMBINE) */
+    jamba_tensor act, slot_out;   /* workspaces */
     int impl;                     /* jamba_moe_impl */
 } jamba_moe_experts_params;
 
 jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p);
-jamba_status jamba_moe_experts_cpu(const jamba_moe_experts_params *p);  /* impl COMBINE only */
+jamba_status jamba_moe_experts_cpu(const jamba_moe_experts_params *p);  /* always an error: the CPU runs the
+                                                                         torch-GEMM path (jamba_ext/ops.py) */
 jamba_status jamba_moe_experts_cuda(const jamba_moe_experts_params *p, jamba_launch launch);
+
+/* The pieces around torch GEMMs (the CPU path, and on CUDA the torch._grouped_mm engine of jamba_ext/ops.py):
+ * silu_mul: the SwiGLU activation of a fused gate/up projection, HF's roundings in the dtype dt of gate_up:
+ *   out[m, f] = round(round(silu(g)) * u),  g = gate_up[m, f], u = gate_up[m, F + f], f < F,
+ *   silu(g) = g / (1 + exp(-g)) in fp32 (expf and an IEEE division, as torch).
+ * Shapes: gate_up (M, 2F) f32|f16|bf16, unit stride along the last axis, any row stride;
+ *   out (M, F) contiguous, gate_up's dtype. */
+typedef struct {
+    jamba_tensor out, gate_up;
+} jamba_silu_mul_params;
+
+jamba_status jamba_silu_mul_check(const jamba_silu_mul_params *p);
+jamba_status jamba_silu_mul_cpu(const jamba_silu_mul_params *p);
+jamba_status jamba_silu_mul_cuda(const jamba_silu_mul_params *p, jamba_launch launch);
+
+/* moe_combine: the weighted combine of expert outputs kept in SORTED order (row p of y belongs to slot
+ * sorted_slots[p], as the grouped GEMMs leave them):
+ *   out[t, :] = round(...round(o_0 + o_1)...),  o_j = round(y[pos(s), :] * round(weights[s])),  s = t*TOPK + j,
+ *   pos(s) = the p with sorted_slots[p] == s (written to the workspace slot_pos first).
+ *   A token with an id outside [0, E) gets NaN on CUDA (no host sync); the CPU returns an error.
+ * Shapes: y (T*TOPK, H) contiguous, x's dtype; out (T, H) contiguous, y's dtype; weights (T, TOPK) f32
+ *   contiguous; expert_ids (T, TOPK) i32 contiguous; sorted_slots (T*TOPK,) i32 (a permutation, from
+ *   route / permute); slot_pos (T*TOPK,) i32 workspace. */
+typedef struct {
+    jamba_tensor out, y, weights, expert_ids, sorted_slots, slot_pos;
+    int64_t num_experts;          /* E >= 1 */
+} jamba_moe_combine_params;
+
+jamba_status jamba_moe_combine_check(const jamba_moe_combine_params *p);
+jamba_status jamba_moe_combine_cpu(const jamba_moe_combine_params *p);
+jamba_status jamba_moe_combine_cuda(const jamba_moe_combine_params *p, jamba_launch launch);
 /* JAMBA_MOE_API_END */
 
 #ifdef __cplusplus

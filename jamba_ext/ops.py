@@ -16,7 +16,7 @@ Ops (shapes in the letters of csrc/jamba.h):
                  -> (out (B, DI, L), last_state (B, DI, N) f32)
   selective_state_update(state (B, DI, N) [mutated], x, dt (B, DI), A, B, C (B, N), D?, z?, dt_bias?,
                          dt_softplus) -> out (B, DI)
-  moe_route / moe_permute / moe_experts: see the MoE section below.
+  moe_route / moe_permute / moe_experts / silu_mul / moe_combine: see the MoE section below.
 The ops that mutate a state in place (`*_update`) are inference-only (no autograd). The others have
 an autograd formula that differentiates `reference.py` (correct, not fast) until native backward
 kernels exist. Each op is registered once as torch.ops.jamba.<name> (what opcheck, torch.compile and
@@ -417,30 +417,75 @@ def _(expert_ids, num_experts):
             expert_ids.new_empty((expert_ids.numel(),), dtype=torch.int32))
 
 
-def _moe_experts_torch(x: Tensor, w32: Tensor, K: int, w_gate_up: Tensor, w_down: Tensor, slots: Tensor,
-                       offsets: Tensor, slot_out: Tensor, grouped: bool) -> None:
-    """slot_out[s] = round(down(round(silu(gate x)) * up x) * round(w[s])) with torch GEMMs in x's dtype:
-    a loop over experts (CPU: offsets read on the host) or two torch._grouped_mm calls (CUDA, no sync)."""
-    silu = torch.nn.functional.silu
-    Fd = w_down.shape[2]
-    wr = w32.reshape(-1).to(x.dtype)
-    s_all = slots.long()
+@torch.library.custom_op("jamba::silu_mul", mutates_args=())
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """SwiGLU activation of a fused gate/up projection, in its dtype with HF's roundings:
+    out[..., f] = round(round(silu(g)) * u), g = gate_up[..., f], u = gate_up[..., F + f] (fp32 math).
+    gate_up: (..., 2F) f32/f16/bf16, unit stride along the last axis. Returns (..., F)."""
+    op = "silu_mul"
+    _check_args(op, "gate_up", gate_up, {})
+    g2 = _rows(op, "gate_up", gate_up)
+    if g2.shape[-1] % 2:
+        _fail(op, f"gate_up must have an even last size (gate then up), got shape {tuple(gate_up.shape)}")
+    out = _alloc((g2.shape[0], g2.shape[1] // 2), gate_up.dtype, gate_up.device)
+    _call(op, gate_up.device, op, [("out", out), ("gate_up", g2)])
+    return out.view(*gate_up.shape[:-1], gate_up.shape[-1] // 2)
+
+
+@silu_mul.register_fake
+def _(gate_up):
+    return gate_up.new_empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2))
+
+
+@torch.library.custom_op("jamba::moe_combine", mutates_args=())
+def moe_combine(y: Tensor, weights: Tensor, expert_ids: Tensor, sorted_slots: Tensor, num_experts: int) -> Tensor:
+    """Weighted combine of expert outputs kept in sorted order (row p of y belongs to slot sorted_slots[p]):
+    out[t] = sum_j round(y[pos(t*TOPK + j)] * round(weights[t, j])), rounded to y's dtype after each add, j
+    ascending (HF's roundings). y: (T*TOPK, H); weights (T, TOPK) float; expert_ids (T, TOPK) int32/int64;
+    sorted_slots (T*TOPK,) int32 from moe_route / moe_permute. Returns (T, H) in y's dtype. A token with an
+    id outside [0, num_experts) raises on the CPU and gets a NaN row on CUDA (no host sync)."""
+    op = "moe_combine"
+    _check_args(op, "y", y, {"y": 2, "weights": 2, "expert_ids": 2, "sorted_slots": 1},
+                weights=weights, expert_ids=expert_ids, sorted_slots=sorted_slots)
+    ids = _moe_ids32(op, expert_ids)
+    if not weights.dtype.is_floating_point:
+        _fail(op, f"weights must be a float tensor, got {weights.dtype}")
+    w32 = weights.to(torch.float32).contiguous()
+    T = ids.shape[0]
+    out = _alloc((T, y.shape[1]), y.dtype, y.device)
+    pos = _alloc((ids.numel(),), torch.int32, y.device)
+    _call(op, y.device, op, [("out", out), ("y", y), ("weights", w32), ("expert_ids", ids),
+                             ("sorted_slots", sorted_slots), ("slot_pos", pos)], int(num_experts))
+    return out
+
+
+@moe_combine.register_fake
+def _(y, weights, expert_ids, sorted_slots, num_experts):
+    _fake_devices("moe_combine", y=y, weights=weights, expert_ids=expert_ids, sorted_slots=sorted_slots)
+    return y.new_empty((expert_ids.shape[0], y.shape[1]))
+
+
+def _moe_experts_torch(x: Tensor, w32: Tensor, ids: Tensor, w_gate_up: Tensor, w_down: Tensor, slots: Tensor,
+                       offsets: Tensor, grouped: bool) -> Tensor:
+    """moe_experts with torch GEMMs in x's dtype: the routed rows gathered in sorted order, the gate/up GEMM,
+    silu_mul (ours), the down GEMM into y (sorted order), moe_combine (ours). GEMMs: a loop over experts (CPU:
+    offsets read on the host) or two torch._grouped_mm calls (CUDA, no sync). Rows of y past offsets[E]
+    (slots with a bad id) are left unwritten: the combine raises (CPU) or gives those tokens NaN (CUDA)."""
+    K = ids.shape[1]
+    E = w_gate_up.shape[0]
+    xs = x.index_select(0, torch.div(slots, K, rounding_mode="floor"))
     if grouped:
-        xs = x.index_select(0, torch.div(s_all, K, rounding_mode="floor"))
         ends = offsets[1:]
         gu = torch._grouped_mm(xs, w_gate_up.transpose(1, 2), offs=ends)
-        y = torch._grouped_mm(silu(gu[:, :Fd]) * gu[:, Fd:], w_down.transpose(1, 2), offs=ends)
-        slot_out.index_copy_(0, s_all, y * wr[s_all].unsqueeze(1))
-        return
-    offs = offsets.tolist()
-    for e in range(w_gate_up.shape[0]):
-        lo, hi = offs[e], offs[e + 1]
-        if hi == lo:
-            continue
-        s = s_all[lo:hi]
-        gu = torch.matmul(x.index_select(0, torch.div(s, K, rounding_mode="floor")), w_gate_up[e].t())
-        y = torch.matmul(silu(gu[:, :Fd]) * gu[:, Fd:], w_down[e].t())
-        slot_out.index_copy_(0, s, y * wr[s].unsqueeze(1))
+        y = torch._grouped_mm(silu_mul(gu), w_down.transpose(1, 2), offs=ends)
+    else:
+        y = _alloc((xs.shape[0], x.shape[1]), x.dtype, x.device)
+        offs = offsets.tolist()
+        for e in range(E):
+            lo, hi = offs[e], offs[e + 1]
+            if hi > lo:
+                torch.matmul(silu_mul(torch.matmul(xs[lo:hi], w_gate_up[e].t())), w_down[e].t(), out=y[lo:hi])
+    return moe_combine(y, w32, ids, slots, E)
 
 
 def _moe_check_shapes(op, x, ids, w_gate_up, w_down, sorted_slots, expert_offsets) -> None:
@@ -502,22 +547,20 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
     xc = x.contiguous()  # rows are gathered with 16-byte loads; a strided x is copied once, visibly
     if sorted_slots is None:
         expert_offsets, sorted_slots = moe_permute(ids, E)
-    out = _alloc((T, H), x.dtype, x.device)
-    slot_out = _alloc((T * K, H), x.dtype, x.device)
-    code = _MOE_IMPLS[impl]
     if x.device.type == "cpu" or impl == "grouped_mm" or _moe_grouped_auto(x, T * K, impl):
-        act = None
-        code = _MOE_IMPLS["grouped_mm"]  # = combine only in the core
         if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
             _fail(op, f"expert_ids must be in [0, {E}), got values in [{int(ids.min())}, {int(ids.max())}]")
-        _moe_experts_torch(xc, w32, K, w_gate_up, w_down, sorted_slots, expert_offsets, slot_out,
-                           grouped=x.device.type == "cuda")
-    else:
-        act = _alloc((T * K, Fd), x.dtype, x.device)
+        if T == 0:
+            return _alloc((0, H), x.dtype, x.device)
+        return _moe_experts_torch(xc, w32, ids, w_gate_up, w_down, sorted_slots, expert_offsets,
+                                  grouped=x.device.type == "cuda")
+    out = _alloc((T, H), x.dtype, x.device)
+    slot_out = _alloc((T * K, H), x.dtype, x.device)
+    act = _alloc((T * K, Fd), x.dtype, x.device)
     _call(op, x.device, op, [("out", out), ("x", xc), ("weights", w32), ("expert_ids", ids),
                              ("expert_offsets", expert_offsets), ("sorted_slots", sorted_slots),
                              ("w_gate_up", w_gate_up), ("w_down", w_down), ("act", act),
-                             ("slot_out", slot_out)], code)
+                             ("slot_out", slot_out)], _MOE_IMPLS[impl])
     return out
 
 
@@ -527,6 +570,7 @@ def _(x, weights, expert_ids, w_gate_up, w_down, sorted_slots=None, expert_offse
 
 
 _register_reference_autograd("moe_route", reference.moe_route, 2, (0,))
+_register_reference_autograd("silu_mul", reference.silu_mul, 1, (0,))
 _register_reference_autograd(
     "moe_experts", lambda x, w, ids, gu, d, *_: reference.moe_experts_dense(x, w, ids, gu, d), 8, (0, 1, 2, 3, 4, 5, 6))
 # JAMBA_MOE_OPS_END
@@ -576,3 +620,5 @@ selective_state_update = _fast_path(selective_state_update)
 moe_route = _fast_path(moe_route)
 moe_permute = _fast_path(moe_permute)
 moe_experts = _fast_path(moe_experts)
+silu_mul = _fast_path(silu_mul)
+moe_combine = _fast_path(moe_combine)

@@ -149,6 +149,25 @@ def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tenso
     return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
 
 
+def silu_mul(gate_up: Tensor) -> Tensor:
+    """SwiGLU activation of a fused (..., 2F) gate/up projection: silu(gate) * up, in the compute dtype, cast
+    to gate_up's dtype."""
+    cd = _compute_dtype(gate_up)
+    g, u = gate_up.to(cd).chunk(2, dim=-1)
+    return (F.silu(g) * u).to(gate_up.dtype)
+
+
+def moe_combine(y: Tensor, weights: Tensor, expert_ids: Tensor, sorted_slots: Tensor) -> Tensor:
+    """out[t] = sum_j weights[t, j] * y[p] with sorted_slots[p] = t*TOPK + j (y: expert outputs in sorted
+    order, (T*TOPK, H)), in the compute dtype, cast to y's dtype."""
+    cd = _compute_dtype(y, weights)
+    T, K = expert_ids.shape
+    pos = torch.empty_like(sorted_slots, dtype=torch.long)
+    pos[sorted_slots.long()] = torch.arange(sorted_slots.numel(), device=y.device)
+    rows = y.to(cd)[pos].view(T, K, -1)
+    return (rows * weights.to(cd).unsqueeze(-1)).sum(1).to(y.dtype)
+
+
 def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
     """Weighted sum of the routed experts' SwiGLU MLPs.
 

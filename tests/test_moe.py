@@ -413,3 +413,103 @@ def test_moe_expert_ids_out_of_range(device):
     assert torch.isnan(out[2]).all() and torch.isnan(out[4]).all()
     good = [0, 1, 3, 5]
     assert_close(out[good], ref_experts(x, w, ids, w_gate_up, w_down)[good], **MOE_TOL[torch.bfloat16])
+
+
+# ---- silu_mul / moe_combine: the pieces around torch GEMMs (the CPU path; grouped_mm on CUDA) --------------
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("shape", [(1, 2), (7, 272), (300, 144), (5, 26), (2, 3, 48), (0, 16)])
+def test_silu_mul_matches_fp64(device, dtype, shape):
+    """Odd F (element path), F multiple of 8 (16-byte path), 3-d input, M 0; inputs to +-24 so exp overflows."""
+    gu = randn(*shape, device=device, dtype=torch.float32).mul(8).to(dtype)
+    out = ops.silu_mul(gu)
+    assert out.shape == (*shape[:-1], shape[-1] // 2) and out.dtype == dtype
+    assert_close(out, reference.silu_mul(up(gu)), **TOL[dtype])
+    # HF's two torch ops in the model dtype: the same roundings (one ulp apart at most where exp differs)
+    g, u = gu.chunk(2, dim=-1)
+    assert_close(out, torch.nn.functional.silu(g) * u, rtol=2 ** -7, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_silu_mul_strided_rows(device, dtype):
+    """gate_up a column slice of a wider tensor (row stride > 2F): read in place."""
+    wide = randn(37, 100, device=device, dtype=dtype)
+    gu = wide[:, 4:68]
+    out = ops.silu_mul(gu)
+    assert_close(out, reference.silu_mul(up(gu)), **TOL[dtype])
+
+
+def test_silu_mul_bad_inputs(device):
+    with pytest.raises(ValueError, match="gate_up"):
+        ops.silu_mul(randn(4, 7, device=device))
+    with pytest.raises(ValueError, match="gate_up"):
+        ops.silu_mul(randn(4, 8, device=device).to(torch.int32))
+    with pytest.raises(ValueError, match="gate_up"):
+        ops.silu_mul(randn(8, 4, device=device).t())   # unit stride along rows, not along the last axis
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("T,H,E,K", [(1, 8, 4, 2), (7, 24, 8, 2), (64, 13, 16, 2), (300, 40, 4, 1), (5, 16, 5, 3)])
+def test_moe_combine_matches_fp64(device, dtype, T, H, E, K):
+    """y in sorted order (as the grouped GEMMs leave it), H odd (element path) and multiple of 8."""
+    w, ids, offsets, slots = routed(T, E, K, device)
+    y = randn(T * K, H, device=device, dtype=dtype)
+    out = ops.moe_combine(y, w, ids, slots, E)
+    ref = reference.moe_combine(up(y), w.to(dtype).double(), ids, slots)
+    assert_close(out, ref, **MOE_TOL[dtype])
+    o2 = ops.moe_combine(y, w, ids.long(), slots, E)   # int64 ids (torch.topk's) are accepted
+    assert torch.equal(out, o2)
+
+
+def test_moe_combine_bad_inputs(device):
+    T, H, E, K = 6, 16, 4, 2
+    w, ids, offsets, slots = routed(T, E, K, device)
+    y = randn(T * K, H, device=device)
+    with pytest.raises(ValueError, match="y"):
+        ops.moe_combine(y[:-1], w, ids, slots, E)
+    with pytest.raises(ValueError, match="sorted_slots"):
+        ops.moe_combine(y, w, ids, slots[:-1], E)
+    with pytest.raises(ValueError, match="sorted_slots"):
+        ops.moe_combine(y, w, ids, slots.long(), E)
+    with pytest.raises(ValueError, match="weights"):
+        ops.moe_combine(y, w[:, :1], ids, slots, E)
+    with pytest.raises(ValueError, match="num_experts"):
+        ops.moe_combine(y, w, ids, slots, 0)
+    bad = ids.clone()
+    bad[3, 1] = E
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match="expert_ids"):
+            ops.moe_combine(y, w, bad, slots, E)
+        with pytest.raises(ValueError, match="permutation"):
+            ops.moe_combine(y, w, ids, torch.zeros_like(slots), E)
+    else:
+        out = ops.moe_combine(y, w, bad, slots, E)
+        assert torch.isnan(out[3]).all() and not torch.isnan(out[[0, 1, 2, 4, 5]]).any()
+
+
+def test_silu_mul_moe_combine_opcheck(device):
+    T, H, E, K = 11, 24, 4, 2
+    torch.library.opcheck(torch.ops.jamba.silu_mul.default, (randn(T, 2 * H, device=device),))
+    torch.library.opcheck(torch.ops.jamba.silu_mul.default, (randn(T, 2 * H, device=device).requires_grad_(True),))
+    w, ids, offsets, slots = routed(T, E, K, device)
+    torch.library.opcheck(torch.ops.jamba.moe_combine.default, (randn(T * K, H, device=device), w, ids, slots, E))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_moe_grouped_mm_expert_ids_out_of_range():
+    """The torch._grouped_mm engine with bad ids: NaN rows for those tokens (rows of y past expert_offsets[E]
+    are never written by the grouped GEMMs), the others right."""
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("torch._grouped_mm missing")
+    dev = torch.device("cuda")
+    T, H, F, E, K = 40, 64, 32, 4, 2
+    x = randn(T, H, device=dev, dtype=torch.bfloat16)
+    w_gate_up, w_down = expert_weights(E, H, F, dev, torch.bfloat16)
+    w, ids, _, _ = routed(T, E, K, dev)
+    bad = ids.clone()
+    bad[2, 1] = E
+    bad[30, 0] = -1
+    out = ops.moe_experts(x, w, bad, w_gate_up, w_down, impl="grouped_mm")
+    assert torch.isnan(out[2]).all() and torch.isnan(out[30]).all()
+    good = [t for t in range(T) if t not in (2, 30)]
+    assert_close(out[good], ref_experts(x, w, ids, w_gate_up, w_down)[good], **MOE_TOL[torch.bfloat16])

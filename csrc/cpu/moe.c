@@ -1,16 +1,19 @@
 /* moe.c -- MoE routing, token permutation and the weighted combine on the CPU (C11 + OpenMP), plus the
  * argument checks shared with csrc/cuda/moe.cu.
  *
- * Exports: jamba_moe_route_check / _cpu, jamba_moe_permute_check / _cpu, jamba_moe_experts_check / _cpu.
+ * Exports: jamba_moe_route_check / _cpu, jamba_moe_permute_check / _cpu, jamba_moe_experts_check / _cpu,
+ * jamba_silu_mul_check / _cpu, jamba_moe_combine_check / _cpu.
  * Math (jamba-architecture.md 4.4, csrc/jamba.h):
  *   route:   p[t, :] = softmax(fp32(logits[t, :]))  (fp64 for fp64 logits); the TOPK largest p in
  *            descending order, ties to the lower expert id; weights = p (no renormalisation).
  *   permute: counting sort of the T*TOPK slots (s = t*TOPK + j) by expert id, stable (token order inside
  *            an expert); ids outside [0, E) form a last bucket after expert_offsets[E].
- *   combine: out[t, :] = round(...round(slot_out[t*TOPK] + slot_out[t*TOPK+1]) ... ), j ascending.
+ *   silu_mul: act[m, f] = round(round(silu(g)) * u) of a fused gate/up row (fp32 math, expf).
+ *   combine: out[t, :] = round(...round(o_0 + o_1) ... ), o_j = round(y[pos(t*TOPK + j)] * round(w)), j
+ *            ascending, y in sorted order (pos: the inverse of sorted_slots).
  * The expert GEMMs of the CPU path run in torch (jamba_ext/ops.py, _moe_experts_torch): the CPU's
- * BLAS (oneDNN/MKL through torch.matmul) beats anything a page of C would do, and the model-dtype
- * rounding of HF is reproduced there with the same torch ops. jamba_moe_experts_cpu does the combine.
+ * BLAS (oneDNN/MKL through torch.matmul) beats anything a page of C would do. Between and after them
+ * run silu_mul and the combine (C); jamba_moe_experts_cpu itself only checks and refuses.
  * Every output is written, never accumulated.
  */
 #include <math.h>
@@ -21,6 +24,8 @@
 static const char *OP_ROUTE = "jamba.moe_route";
 static const char *OP_PERMUTE = "jamba.moe_permute";
 static const char *OP_EXPERTS = "jamba.moe_experts";
+static const char *OP_SILU_MUL = "jamba.silu_mul";
+static const char *OP_COMBINE = "jamba.moe_combine";
 
 #define I32 JAMBA_MASK(JAMBA_I32)
 #define SLOTS_LIMIT 2147483647LL /* slots and offsets are int32 */
@@ -195,8 +200,9 @@ static jamba_status check_same_float(const char *op, const char *name, const jam
 
 jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p) {
     const char *op = OP_EXPERTS;
-    if (p->impl < JAMBA_MOE_IMPL_AUTO || p->impl > JAMBA_MOE_IMPL_WGMMA)
-        return jamba_set_error(JAMBA_ERR_ARG, "%s: impl must be in 0..7 (jamba_moe_impl), got %d", op, p->impl);
+    if (p->impl < JAMBA_MOE_IMPL_AUTO || p->impl > JAMBA_MOE_IMPL_WGMMA || p->impl == JAMBA_MOE_IMPL_COMBINE)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: impl must be one of 0-3, 5-7 (jamba_moe_impl), got %d", op,
+                               p->impl);
     JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 2, JAMBA_FLOATS, 0));
     JAMBA_TRY(jamba_check_contiguous(op, "x", &p->x));
     const int64_t T = p->x.shape[0], H = p->x.shape[1];
@@ -227,47 +233,136 @@ jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p) {
     JAMBA_TRY(check_same_float(op, "out", &p->out, &p->x, 2, xsh));
     const int64_t ssh[2] = {T * K, H}, ash[2] = {T * K, F};
     JAMBA_TRY(check_same_float(op, "slot_out", &p->slot_out, &p->x, 2, ssh));
-    if (p->impl != JAMBA_MOE_IMPL_COMBINE) JAMBA_TRY(check_same_float(op, "act", &p->act, &p->x, 2, ash));
+    JAMBA_TRY(check_same_float(op, "act", &p->act, &p->x, 2, ash));
     const jamba_tensor *ins[] = {&p->x, &p->weights, &p->expert_ids, &p->expert_offsets, &p->sorted_slots,
                                  &p->w_gate_up, &p->w_down, &p->act, &p->slot_out};
     const char *names[] = {"x", "weights", "expert_ids", "expert_offsets", "sorted_slots", "w_gate_up",
                            "w_down", "act", "slot_out"};
     for (int i = 0; i < 9; i++) JAMBA_TRY(check_no_overlap(op, "out", &p->out, names[i], ins[i]));
-    if (p->impl != JAMBA_MOE_IMPL_COMBINE) {
-        for (int i = 0; i < 7; i++) JAMBA_TRY(check_no_overlap(op, "act", &p->act, names[i], ins[i]));
-        for (int i = 0; i < 7; i++) JAMBA_TRY(check_no_overlap(op, "slot_out", &p->slot_out, names[i], ins[i]));
-        JAMBA_TRY(check_no_overlap(op, "slot_out", &p->slot_out, "act", &p->act));
-    }
-    return JAMBA_OK;
+    for (int i = 0; i < 7; i++) JAMBA_TRY(check_no_overlap(op, "act", &p->act, names[i], ins[i]));
+    for (int i = 0; i < 7; i++) JAMBA_TRY(check_no_overlap(op, "slot_out", &p->slot_out, names[i], ins[i]));
+    return check_no_overlap(op, "slot_out", &p->slot_out, "act", &p->act);
 }
 
 jamba_status jamba_moe_experts_cpu(const jamba_moe_experts_params *p) {
     JAMBA_TRY(jamba_moe_experts_check(p));
-    if (p->impl != JAMBA_MOE_IMPL_COMBINE)
-        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "%s: on the CPU the expert GEMMs run in torch "
-                               "(jamba_ext/ops.py); the core only does the combine (impl 4)", OP_EXPERTS);
-    const int64_t T = p->x.shape[0], H = p->x.shape[1], K = p->expert_ids.shape[1];
-    const int64_t E = p->w_gate_up.shape[0];
-    const int32_t *ids = (const int32_t *)p->expert_ids.data;
-    for (int64_t s = 0; s < T * K; s++)
+    return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "%s: on the CPU the expert GEMMs run in torch (jamba_ext/ops.py) "
+                           "around jamba_silu_mul_cpu and jamba_moe_combine_cpu", OP_EXPERTS);
+}
+
+/* ---- the pieces around torch GEMMs: silu_mul, combine of sorted rows ----------------------------------- */
+jamba_status jamba_silu_mul_check(const jamba_silu_mul_params *p) {
+    const char *op = OP_SILU_MUL;
+    JAMBA_TRY(jamba_check_tensor(op, "gate_up", &p->gate_up, 2, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_unit_stride(op, "gate_up", &p->gate_up, 1));
+    const int64_t M = p->gate_up.shape[0], F2 = p->gate_up.shape[1];
+    if (F2 % 2 != 0)
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: gate_up must have an even last size (gate then up), got %lld",
+                               op, (long long)F2);
+    const int64_t osh[2] = {M, F2 / 2};
+    JAMBA_TRY(check_same_float(op, "out", &p->out, &p->gate_up, 2, osh));
+    if (M > 0 && F2 > 0 && p->gate_up.stride[0] < F2 && M > 1)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: gate_up rows must not overlap (row stride %lld < %lld)", op,
+                               (long long)p->gate_up.stride[0], (long long)F2);
+    const char *o0 = (const char *)p->out.data, *g0 = (const char *)p->gate_up.data;
+    const int64_t es = jamba_dtype_size(p->out.dtype);
+    if (M > 0 && F2 > 0 && o0 < g0 + ((M - 1) * p->gate_up.stride[0] + F2) * es && g0 < o0 + M * (F2 / 2) * es)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: out must not overlap gate_up in memory", op);
+    return JAMBA_OK;
+}
+
+jamba_status jamba_silu_mul_cpu(const jamba_silu_mul_params *p) {
+    JAMBA_TRY(jamba_silu_mul_check(p));
+    const int64_t M = p->gate_up.shape[0], F = p->gate_up.shape[1] / 2, ld = p->gate_up.stride[0];
+    const jamba_dtype dt = p->gate_up.dtype;
+    const size_t es = jamba_dtype_size(dt);
+    if (M == 0 || F == 0) return JAMBA_OK;
+#pragma omp parallel for schedule(static) if (M * F >= JAMBA_OMP_MIN_WORK)
+    for (int64_t m = 0; m < M; m++) {
+        const char *row = (const char *)p->gate_up.data + m * ld * (int64_t)es;
+        char *orow = (char *)p->out.data + m * F * (int64_t)es;
+        for (int64_t f = 0; f < F; f++) {
+            const float g = jamba_load(row, dt, f), u = jamba_load(row, dt, F + f);
+            const float a = jamba_round_to(dt, g / (1.f + expf(-g)));
+            jamba_store(orow, dt, f, a * u);
+        }
+    }
+    return JAMBA_OK;
+}
+
+jamba_status jamba_moe_combine_check(const jamba_moe_combine_params *p) {
+    const char *op = OP_COMBINE;
+    JAMBA_TRY(jamba_check_tensor(op, "y", &p->y, 2, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_contiguous(op, "y", &p->y));
+    JAMBA_TRY(check_experts_count(op, "num_experts", p->num_experts));
+    JAMBA_TRY(jamba_check_tensor(op, "expert_ids", &p->expert_ids, 2, I32, 0));
+    JAMBA_TRY(jamba_check_contiguous(op, "expert_ids", &p->expert_ids));
+    const int64_t T = p->expert_ids.shape[0], K = p->expert_ids.shape[1], H = p->y.shape[1];
+    if (K < 1)
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: expert_ids must have shape (T, TOPK) with TOPK >= 1, got TOPK 0",
+                               op);
+    if (T * K >= SLOTS_LIMIT)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: tokens * top_k must be below 2^31, got %lld", op,
+                               (long long)(T * K));
+    const int64_t ysh[2] = {T * K, H}, osh[2] = {T, H}, wsh[2] = {T, K}, psh[1] = {T * K};
+    JAMBA_TRY(jamba_check_shape(op, "y", &p->y, ysh));
+    JAMBA_TRY(jamba_check_tensor(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), 0));
+    JAMBA_TRY(jamba_check_shape(op, "weights", &p->weights, wsh));
+    JAMBA_TRY(jamba_check_contiguous(op, "weights", &p->weights));
+    JAMBA_TRY(jamba_check_tensor(op, "sorted_slots", &p->sorted_slots, 1, I32, 0));
+    JAMBA_TRY(jamba_check_shape(op, "sorted_slots", &p->sorted_slots, psh));
+    JAMBA_TRY(jamba_check_contiguous(op, "sorted_slots", &p->sorted_slots));
+    JAMBA_TRY(jamba_check_tensor(op, "slot_pos", &p->slot_pos, 1, I32, 0));
+    JAMBA_TRY(jamba_check_shape(op, "slot_pos", &p->slot_pos, psh));
+    JAMBA_TRY(jamba_check_contiguous(op, "slot_pos", &p->slot_pos));
+    JAMBA_TRY(check_same_float(op, "out", &p->out, &p->y, 2, osh));
+    const jamba_tensor *ins[] = {&p->y, &p->weights, &p->expert_ids, &p->sorted_slots};
+    const char *names[] = {"y", "weights", "expert_ids", "sorted_slots"};
+    for (int i = 0; i < 4; i++) {
+        JAMBA_TRY(check_no_overlap(op, "out", &p->out, names[i], ins[i]));
+        JAMBA_TRY(check_no_overlap(op, "slot_pos", &p->slot_pos, names[i], ins[i]));
+    }
+    return check_no_overlap(op, "slot_pos", &p->slot_pos, "out", &p->out);
+}
+
+jamba_status jamba_moe_combine_cpu(const jamba_moe_combine_params *p) {
+    JAMBA_TRY(jamba_moe_combine_check(p));
+    const int64_t T = p->expert_ids.shape[0], K = p->expert_ids.shape[1], H = p->y.shape[1];
+    const int64_t E = p->num_experts, slots = T * K;
+    const int32_t *ids = (const int32_t *)p->expert_ids.data, *sorted = (const int32_t *)p->sorted_slots.data;
+    int32_t *pos = (int32_t *)p->slot_pos.data;
+    for (int64_t s = 0; s < slots; s++)
         if (ids[s] < 0 || ids[s] >= E)
-            return jamba_set_error(JAMBA_ERR_ARG, "%s: expert_ids[%lld, %lld] = %d is outside [0, %lld)",
-                                   OP_EXPERTS, (long long)(s / K), (long long)(s % K), ids[s], (long long)E);
-    const jamba_dtype dt = p->x.dtype;
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: expert_ids[%lld, %lld] = %d is outside [0, %lld)", OP_COMBINE,
+                                   (long long)(s / K), (long long)(s % K), ids[s], (long long)E);
+    for (int64_t s = 0; s < slots; s++) pos[s] = -1;
+    for (int64_t q = 0; q < slots; q++) {
+        const int32_t s = sorted[q];
+        if (s < 0 || s >= slots || pos[s] >= 0)
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: sorted_slots is not a permutation of 0..%lld (entry %lld = %d)",
+                                   OP_COMBINE, (long long)(slots - 1), (long long)q, s);
+        pos[s] = (int32_t)q;
+    }
+    const jamba_dtype dt = p->y.dtype;
+    const int64_t es = jamba_dtype_size(dt);
+    const float *w = (const float *)p->weights.data;
     if (T == 0 || H == 0) return JAMBA_OK;
-#pragma omp parallel
+#pragma omp parallel if (T * H >= JAMBA_OMP_MIN_WORK)
     {
         float *acc = (float *)malloc((size_t)H * sizeof(float));
         float *row = (float *)malloc((size_t)H * sizeof(float));
 #pragma omp for schedule(static)
         for (int64_t t = 0; t < T; t++) {
-            jamba_load_row(acc, (const char *)p->slot_out.data + t * K * H * jamba_dtype_size(dt), dt, H, 1);
-            for (int64_t j = 1; j < K; j++) {
-                jamba_load_row(row, (const char *)p->slot_out.data + (t * K + j) * H * jamba_dtype_size(dt), dt,
-                               H, 1);
-                for (int64_t h = 0; h < H; h++) acc[h] = jamba_round_to(dt, acc[h] + row[h]);
+            for (int64_t j = 0; j < K; j++) {
+                const int64_t s = t * K + j;
+                const float wr = jamba_round_to(dt, w[s]);
+                jamba_load_row(row, (const char *)p->y.data + (int64_t)pos[s] * H * es, dt, H, 1);
+                for (int64_t h = 0; h < H; h++) {
+                    const float o = jamba_round_to(dt, row[h] * wr);
+                    acc[h] = j ? jamba_round_to(dt, acc[h] + o) : o;
+                }
             }
-            jamba_store_row((char *)p->out.data + t * H * jamba_dtype_size(dt), dt, acc, H, 1);
+            jamba_store_row((char *)p->out.data + t * H * es, dt, acc, H, 1);
         }
         free(acc);
         free(row);

@@ -1110,7 +1110,7 @@ static jamba_status combine_launch(const jamba_moe_experts_params *p, int device
  *   more tokens: wgmma on sm_90 (512 tokens: 1.49 ms vs mma64 1.96, mma 2.39; 16384: 26.8 ms vs 33.1, 40.1),
  *     else mma64 (faster than mma and mma256 at every measured size).
  * jamba_ext/ops.py may route large bf16 calls to torch._grouped_mm before reaching here (faster at >= 4096
- * tokens on the H200: 5.90 vs 6.77 ms). */
+ * tokens on the H200: 5.90 vs 6.77 ms), with jamba_silu_mul / jamba_moe_combine (moe_glue.cu) around it. */
 #define MOE_GEMV_MAX_SLOTS_PER_EXPERT 16
 
 template <typename T>
@@ -1118,7 +1118,7 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
     const int64_t T_ = p->x.shape[0], H = p->x.shape[1], K = p->expert_ids.shape[1];
     const int64_t E = p->w_gate_up.shape[0], F = p->w_down.shape[2], slots = T_ * K;
     int impl = p->impl;
-    if (impl != JAMBA_MOE_IMPL_COMBINE && F > 0) {
+    if (F > 0) {
         const bool tc_ok = sizeof(T) == 2 && H % 8 == 0 && F % 8 == 0 && jamba_aligned16(p->x.data) &&
                            jamba_aligned16(p->w_gate_up.data) && jamba_aligned16(p->w_down.data) &&
                            jamba_aligned16(p->act.data);
@@ -1159,7 +1159,7 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
         g.w_rows = H;
         g.gate_up = 0;
         JAMBA_TRY(gemm_launch<T>(impl, g, slots, stream));
-    } else if (impl != JAMBA_MOE_IMPL_COMBINE && F == 0) {
+    } else {
         /* F == 0: every expert output is zero */
         JAMBA_CUDA_CHECK(cudaMemsetAsync(p->slot_out.data, 0, (size_t)(slots * H * sizeof(T)), stream));
     }

@@ -213,6 +213,27 @@ static PyObject *py_moe_experts(PyObject *self, PyObject *args) {
     p.impl = (int)impl;
     JAMBA_RUN(c, p, jamba_moe_experts_cpu, jamba_moe_experts_cuda);
 }
+
+static PyObject *py_silu_mul(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_silu_mul_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.gate_up};
+    if (parse_call(args, &c, ts, 2, NULL, 0) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_silu_mul_cpu, jamba_silu_mul_cuda);
+}
+
+static PyObject *py_moe_combine(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_moe_combine_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.y, &p.weights, &p.expert_ids, &p.sorted_slots, &p.slot_pos};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 6, sc, 1) < 0 || as_int64(sc[0], &p.num_experts) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_moe_combine_cpu, jamba_moe_combine_cuda);
+}
 /* JAMBA_MOE_PY_END */
 
 static PyObject *py_has_cuda(PyObject *self, PyObject *args) {
@@ -233,6 +254,8 @@ static PyMethodDef methods[] = {
     {"moe_route", py_moe_route, METH_VARARGS, "moe_route (see csrc/jamba.h)."},
     {"moe_permute", py_moe_permute, METH_VARARGS, "moe_permute (see csrc/jamba.h)."},
     {"moe_experts", py_moe_experts, METH_VARARGS, "moe_experts (see csrc/jamba.h)."},
+    {"silu_mul", py_silu_mul, METH_VARARGS, "silu_mul (see csrc/jamba.h)."},
+    {"moe_combine", py_moe_combine, METH_VARARGS, "moe_combine (see csrc/jamba.h)."},
     {NULL, NULL, 0, NULL},
 };
 

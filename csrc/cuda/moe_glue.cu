@@ -1,0 +1,158 @@
+/* moe_glue.cu -- the pieces around torch GEMMs on CUDA: the SwiGLU activation of a fused gate/up projection
+ * and the weighted combine of expert outputs kept in sorted order (jamba_ext/ops.py runs them between and
+ * after its two torch._grouped_mm calls, the prefill engine from 4096 slots on Hopper).
+ *
+ * Exports: jamba_silu_mul_cuda, jamba_moe_combine_cuda (checks and math: csrc/cpu/moe.c, csrc/jamba.h).
+ * Both are memory-bound streams: 16-byte vectors when rows allow, element access otherwise; fp32 math with
+ * HF's roundings in the model dtype (moe_act / moe_scaled of moe.cuh, the epilogues of our own GEMMs).
+ * No atomics, no host synchronisation: a bad expert id gives NaN rows, as in moe_experts.
+ */
+#include "moe.cuh"
+
+#include <string.h>
+
+#define GLUE_THREADS 256
+
+/* silu_mul_kernel<T, VEC>
+ *   gate_up (M, 2F) T, unit stride along 2F, row stride ld (elements); out (M, F) T contiguous.
+ *   grid.x over the row's F / V vectors (VEC: V = 16 / sizeof(T), else V = 1), grid.y over rows (grid-stride
+ *   when M > 65535). out[m, f] = moe_act(gate_up[m, f], gate_up[m, F + f]). */
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(GLUE_THREADS) silu_mul_kernel(T *out, const T *gu, int64_t M, int64_t F, int64_t ld) {
+    constexpr int V = VEC ? 16 / (int)sizeof(T) : 1;
+    const int64_t c = (int64_t)blockIdx.x * GLUE_THREADS + threadIdx.x;
+    if (c * V >= F) return;
+    for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
+        const T *g = gu + m * ld + c * V;
+        T *o = out + m * F + c * V;
+        if (VEC) {
+            jamba_vec16<T> vg, vu, vo;
+            vg.raw = *reinterpret_cast<const uint4 *>(g);
+            vu.raw = *reinterpret_cast<const uint4 *>(g + F);
+#pragma unroll
+            for (int q = 0; q < V; q++) vo.v[q] = jamba_st<T>(moe_act<T>(jamba_ld<T>(vg.v[q]), jamba_ld<T>(vu.v[q])));
+            *reinterpret_cast<uint4 *>(o) = vo.raw;
+        } else {
+            *o = jamba_st<T>(moe_act<T>(jamba_ld<T>(g[0]), jamba_ld<T>(g[F])));
+        }
+    }
+}
+
+extern "C" jamba_status jamba_silu_mul_cuda(const jamba_silu_mul_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_silu_mul_check(p));
+    const int64_t M = p->gate_up.shape[0], F = p->gate_up.shape[1] / 2, ld = p->gate_up.stride[0];
+    if (M == 0 || F == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    const int64_t es = jamba_dtype_size(p->gate_up.dtype), V = 16 / es;
+    const bool vec = F % V == 0 && jamba_aligned16(p->gate_up.data) && jamba_aligned16(p->out.data) &&
+                     (M <= 1 || (ld * es) % 16 == 0);
+    const int64_t cols = vec ? F / V : F;
+    const unsigned gx = (unsigned)jamba_ceil_div(cols, GLUE_THREADS), gy = (unsigned)(M < 65535 ? M : 65535);
+    if (jamba_ceil_div(cols, GLUE_THREADS) > 65535)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.silu_mul: F must be below %lld, got %lld",
+                               (long long)(65535LL * GLUE_THREADS), (long long)F);
+    const dim3 grid(gx, gy);
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->gate_up.dtype, T, {
+        if (vec) silu_mul_kernel<T, true><<<grid, GLUE_THREADS, 0, stream>>>((T *)p->out.data, (const T *)p->gate_up.data, M, F, ld);
+        else silu_mul_kernel<T, false><<<grid, GLUE_THREADS, 0, stream>>>((T *)p->out.data, (const T *)p->gate_up.data, M, F, ld);
+        s = JAMBA_OK;
+    });
+    JAMBA_TRY(s);
+    JAMBA_LAUNCH_CHECK("jamba.silu_mul: kernel launch", stream);
+    return JAMBA_OK;
+}
+
+/* moe_slot_pos_kernel: pos[sorted[q]] = q for q < slots (sorted is a permutation: each pos written once) */
+__global__ void __launch_bounds__(GLUE_THREADS) moe_slot_pos_kernel(int32_t *pos, const int32_t *sorted, int64_t slots) {
+    const int64_t q = (int64_t)blockIdx.x * GLUE_THREADS + threadIdx.x;
+    if (q < slots) {
+        const int32_t s = sorted[q];
+        if (s >= 0 && s < slots) pos[s] = (int32_t)q;
+    }
+}
+
+/* moe_combine_sorted_kernel<T, VEC>
+ *   y (T*K, H) T contiguous, rows in sorted order; pos (T*K,) i32 (row of slot s in y); weights (T, K) f32;
+ *   ids (T, K) i32; out (T, H) T contiguous. grid.x over the H / V vectors of a row, grid.y over tokens
+ *   (grid-stride). out[t] = round(o_0 + o_1 ...), o_j = moe_scaled(y[pos[t*K+j]], w[t*K+j]); NaN rows for
+ *   tokens with an id outside [0, E) (or a position outside y: sorted_slots was not a permutation). */
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(GLUE_THREADS)
+moe_combine_sorted_kernel(T *out, const T *y, const int32_t *pos, const float *weights, const int32_t *ids,
+                          int64_t T_, int64_t H, int K, int E) {
+    constexpr int V = VEC ? 16 / (int)sizeof(T) : 1;
+    const int64_t c = (int64_t)blockIdx.x * GLUE_THREADS + threadIdx.x;
+    if (c * V >= H) return;
+    for (int64_t t = blockIdx.y; t < T_; t += gridDim.y) {
+        float acc[V];
+        bool bad = false;
+        for (int j = 0; j < K; j++) {
+            const int64_t s = t * K + j;
+            const int32_t ps = pos[s];
+            const bool ok = ps >= 0 && ps < T_ * K; /* memory safety for a sorted_slots that is not a permutation */
+            bad |= moe_key(ids[s], E) == E || !ok;
+            const float w = weights[s];
+            const T *row = y + (int64_t)(ok ? ps : 0) * H + c * V;
+            float v[V];
+            if (VEC) {
+                jamba_vec16<T> r;
+                r.raw = *reinterpret_cast<const uint4 *>(row);
+#pragma unroll
+                for (int q = 0; q < V; q++) v[q] = jamba_ld<T>(r.v[q]);
+            } else {
+                v[0] = jamba_ld<T>(row[0]);
+            }
+#pragma unroll
+            for (int q = 0; q < V; q++) {
+                const float o = moe_scaled<T>(v[q], w);
+                acc[q] = j ? jamba_round<T>(acc[q] + o) : o;
+            }
+        }
+        T *o = out + t * H + c * V;
+        if (VEC) {
+            jamba_vec16<T> r;
+#pragma unroll
+            for (int q = 0; q < V; q++) r.v[q] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : acc[q]);
+            *reinterpret_cast<uint4 *>(o) = r.raw;
+        } else {
+            o[0] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : acc[0]);
+        }
+    }
+}
+
+extern "C" jamba_status jamba_moe_combine_cuda(const jamba_moe_combine_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_moe_combine_check(p));
+    const int64_t T_ = p->expert_ids.shape[0], K = p->expert_ids.shape[1], H = p->y.shape[1], slots = T_ * K;
+    if (T_ == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    moe_slot_pos_kernel<<<(unsigned)jamba_ceil_div(slots, GLUE_THREADS), GLUE_THREADS, 0, stream>>>(
+        (int32_t *)p->slot_pos.data, (const int32_t *)p->sorted_slots.data, slots);
+    JAMBA_LAUNCH_CHECK("jamba.moe_combine: slot position kernel launch", stream);
+    if (H == 0) return JAMBA_OK;
+    const int64_t es = jamba_dtype_size(p->y.dtype), V = 16 / es;
+    const bool vec = H % V == 0 && jamba_aligned16(p->y.data) && jamba_aligned16(p->out.data);
+    const int64_t cols = vec ? H / V : H;
+    if (jamba_ceil_div(cols, GLUE_THREADS) > 65535)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_combine: H must be below %lld, got %lld",
+                               (long long)(65535LL * GLUE_THREADS), (long long)H);
+    const dim3 grid((unsigned)jamba_ceil_div(cols, GLUE_THREADS), (unsigned)(T_ < 65535 ? T_ : 65535));
+    const int E = (int)p->num_experts;
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->y.dtype, T, {
+        if (vec)
+            moe_combine_sorted_kernel<T, true><<<grid, GLUE_THREADS, 0, stream>>>(
+                (T *)p->out.data, (const T *)p->y.data, (const int32_t *)p->slot_pos.data,
+                (const float *)p->weights.data, (const int32_t *)p->expert_ids.data, T_, H, (int)K, E);
+        else
+            moe_combine_sorted_kernel<T, false><<<grid, GLUE_THREADS, 0, stream>>>(
+                (T *)p->out.data, (const T *)p->y.data, (const int32_t *)p->slot_pos.data,
+                (const float *)p->weights.data, (const int32_t *)p->expert_ids.data, T_, H, (int)K, E);
+        s = JAMBA_OK;
+    });
+    JAMBA_TRY(s);
+    JAMBA_LAUNCH_CHECK("jamba.moe_combine: kernel launch", stream);
+    return JAMBA_OK;
+}
