@@ -64,7 +64,7 @@ def assert_perm(offsets, slots, ids, E):
 
 # ---- moe_route ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", dtype_params())
-@pytest.mark.parametrize("T", [0, 1, 7, 64, 1000, 8192])
+@pytest.mark.parametrize("T", [0, 1, 7, 32, 33, 64, 1000, 8192])
 @pytest.mark.parametrize("E,K", EXPERTS_TOPK + [(16, 1), (5, 5), (40, 3)])
 def test_moe_route_matches_fp64(device, dtype, T, E, K):
     logits = separated_logits(T, E, device, dtype)
@@ -513,3 +513,22 @@ def test_moe_grouped_mm_expert_ids_out_of_range():
     assert torch.isnan(out[2]).all() and torch.isnan(out[30]).all()
     good = [t for t in range(T) if t not in (2, 30)]
     assert_close(out[good], ref_experts(x, w, ids, w_gate_up, w_down)[good], **MOE_TOL[torch.bfloat16])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("T,E,K", [(1, 16, 2), (7, 8, 2), (32, 16, 2), (21, 64, 3), (3, 5, 5)])
+def test_moe_route_small_kernel_matches_split(monkeypatch, T, E, K):
+    """The one-block route + permute (decode sizes) against the two-kernel path (JAMBA_EXT_MOE_ROUTE=split),
+    with a NaN logits row (ids -1 -> the bad bucket) and tied logits (ties to the lower id)."""
+    dev = torch.device("cuda")
+    logits = separated_logits(T, E, dev, torch.float32)
+    logits[T // 2] = float("nan")
+    if T > 2:
+        logits[0, :] = 1.0
+    got = ops.moe_route(logits, K)
+    monkeypatch.setenv("JAMBA_EXT_MOE_ROUTE", "split")
+    want = ops.moe_route(logits, K)
+    for g, w in zip(got, want):
+        assert torch.equal(g.nan_to_num(-7.0), w.nan_to_num(-7.0))
+    assert (got[1][T // 2] == -1).all()

@@ -10,6 +10,7 @@
  * Kernels (one launch each, in this order):
  *   moe_route_kernel     one warp per token: fp32 softmax over E (a row in shared memory) + top-k
  *   moe_permute_kernel   one block per expert bucket: stable compaction of the slots routed to it
+ *   moe_route_permute_small_kernel  both in one block for decode sizes (T*TOPK <= 64, E <= 64)
  *   moe_mma_kernel       prefill: grouped GEMM on tensor cores (mma.sync m16n8k16, bf16/f16, fp32
  *                        accumulate), 128x128x32 tiles, 4-stage cp.async pipeline, ldmatrix from a
  *                        swizzled shared tile; the A rows are gathered through sorted_slots. Run twice:
@@ -29,24 +30,21 @@
 #include "moe.cuh"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include <type_traits>
 
 /* ---- routing ------------------------------------------------------------------------------------------- */
 #define ROUTE_WARPS 8
 
-/* logits (T, E) f32|f16|bf16, row stride ld, unit stride along E -> weights, ids (T, TOPK).
- * grid ceil(T / 8), 256 threads, one warp per token; shared: 8 rows of E floats.
- * p = exp(l - max) / sum (expf, IEEE divide: as torch.softmax); top-k by warp argmax, ties to the lower id;
- * a NaN row yields ids -1 (treated as out of range downstream: NaN output). */
-__global__ void __launch_bounds__(ROUTE_WARPS * 32)
-moe_route_kernel(const void *logits, int dtype, int64_t T, int E, int64_t ld, int K, float *weights,
-                 int32_t *ids) {
-    extern __shared__ float route_smem[];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int64_t t = (int64_t)blockIdx.x * ROUTE_WARPS + warp;
-    if (t >= T) return; /* whole warp */
-    float *p = route_smem + (size_t)warp * E;
+/* Routing of token t by one warp: p = exp(l - max) / sum over the E logits of row t (expf, IEEE divide: as
+ * torch.softmax; the row is kept in p, E floats of shared memory), then top-k by warp argmax, ties to the
+ * lower id; a NaN row yields ids -1 (treated as out of range downstream: NaN output). Lane 0 writes
+ * weights[t*K + j], ids[t*K + j] (and ids_sh[t*K + j] when given). */
+__device__ __forceinline__ void moe_route_token(const void *logits, int dtype, int64_t t, int E, int64_t ld, int K,
+                                                float *weights, int32_t *ids, float *p, int32_t *ids_sh) {
+    const int lane = threadIdx.x & 31;
     float m = -INFINITY;
     for (int e = lane; e < E; e += 32) {
         const float v = jamba_ld_any(logits, dtype, t * ld + e);
@@ -80,9 +78,55 @@ moe_route_kernel(const void *logits, int dtype, int64_t T, int E, int64_t ld, in
         if (lane == 0) {
             weights[t * K + j] = bi >= 0 ? best : __int_as_float(0x7fc00000);
             ids[t * K + j] = bi;
+            if (ids_sh) ids_sh[t * K + j] = bi;
             if (bi >= 0) p[bi] = -1.f; /* taken */
         }
         __syncwarp();
+    }
+}
+
+/* logits (T, E) f32|f16|bf16, row stride ld, unit stride along E -> weights, ids (T, TOPK).
+ * grid ceil(T / 8), 256 threads, one warp per token (moe_route_token); shared: 8 rows of E floats. */
+__global__ void __launch_bounds__(ROUTE_WARPS * 32)
+moe_route_kernel(const void *logits, int dtype, int64_t T, int E, int64_t ld, int K, float *weights,
+                 int32_t *ids) {
+    extern __shared__ float route_smem[];
+    const int warp = threadIdx.x >> 5;
+    const int64_t t = (int64_t)blockIdx.x * ROUTE_WARPS + warp;
+    if (t >= T) return; /* whole warp */
+    moe_route_token(logits, dtype, t, E, ld, K, weights, ids, route_smem + (size_t)warp * E, NULL);
+}
+
+/* Decode-sized routing and permutation in one launch (T*TOPK <= ROUTE_SMALL_SLOTS, E <= ROUTE_SMALL_E): one
+ * block of 256 threads; warp w routes tokens w, w + 8, ... (moe_route_token, ids also into shared memory);
+ * then thread b <= E writes offsets[b] = #slots with key < b, and slot s goes to sorted[offsets[key(s)] +
+ * #(s' < s with key(s') == key(s))]: the same stable permutation as moe_permute_kernel, by counting (at most
+ * 64 slots). Saves one launch and its gap on every decode step. */
+#define ROUTE_SMALL_SLOTS 64
+#define ROUTE_SMALL_E 64
+__global__ void __launch_bounds__(ROUTE_WARPS * 32)
+moe_route_permute_small_kernel(const void *logits, int dtype, int64_t T, int E, int64_t ld, int K, float *weights,
+                               int32_t *ids, int32_t *offsets, int32_t *sorted) {
+    __shared__ float p_sh[ROUTE_WARPS][ROUTE_SMALL_E];
+    __shared__ int32_t ids_sh[ROUTE_SMALL_SLOTS];
+    __shared__ int32_t off_sh[ROUTE_SMALL_E + 1];
+    const int warp = threadIdx.x >> 5;
+    for (int64_t t = warp; t < T; t += ROUTE_WARPS)
+        moe_route_token(logits, dtype, t, E, ld, K, weights, ids, p_sh[warp], ids_sh);
+    __syncthreads();
+    const int slots = (int)(T * K);
+    for (int b = threadIdx.x; b <= E; b += blockDim.x) {
+        int n = 0;
+        for (int s = 0; s < slots; s++) n += moe_key(ids_sh[s], E) < b;
+        off_sh[b] = n;
+        offsets[b] = n;
+    }
+    __syncthreads();
+    for (int s = threadIdx.x; s < slots; s += blockDim.x) {
+        const int k = moe_key(ids_sh[s], E);
+        int r = 0;
+        for (int q = 0; q < s; q++) r += moe_key(ids_sh[q], E) == k;
+        sorted[off_sh[k] + r] = s;
     }
 }
 
@@ -927,6 +971,13 @@ static jamba_status permute_launch(const int32_t *ids, int64_t slots, int E, int
     return JAMBA_OK;
 }
 
+/* A/B knob of this round (JAMBA_EXT_MOE_ROUTE=split: the two-kernel path at every size; read per call while
+ * the experiment lasts) */
+static bool route_small_enabled() {
+    const char *v = getenv("JAMBA_EXT_MOE_ROUTE");
+    return !(v && !strcmp(v, "split"));
+}
+
 extern "C" jamba_status jamba_moe_route_cuda(const jamba_moe_route_params *p, jamba_launch launch) {
     JAMBA_TRY(jamba_moe_route_check(p));
     if (p->logits.dtype == JAMBA_F64)
@@ -936,6 +987,14 @@ extern "C" jamba_status jamba_moe_route_cuda(const jamba_moe_route_params *p, ja
     cudaStream_t stream = (cudaStream_t)launch.stream;
     const int64_t T = p->logits.shape[0];
     const int E = (int)p->logits.shape[1], K = (int)p->top_k;
+    if (p->expert_offsets.data != NULL && T > 0 && T * K <= ROUTE_SMALL_SLOTS && E <= ROUTE_SMALL_E &&
+        route_small_enabled()) {
+        moe_route_permute_small_kernel<<<1, ROUTE_WARPS * 32, 0, stream>>>(
+            p->logits.data, (int)p->logits.dtype, T, E, p->logits.stride[0], K, (float *)p->weights.data,
+            (int32_t *)p->expert_ids.data, (int32_t *)p->expert_offsets.data, (int32_t *)p->sorted_slots.data);
+        JAMBA_LAUNCH_CHECK("moe_route_permute_small_kernel", stream);
+        return JAMBA_OK;
+    }
     if (T > 0) {
         const size_t smem = (size_t)ROUTE_WARPS * E * sizeof(float);
         moe_route_kernel<<<(unsigned)jamba_ceil_div(T, ROUTE_WARPS), ROUTE_WARPS * 32, smem, stream>>>(
