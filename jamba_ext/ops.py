@@ -571,6 +571,8 @@ def _(x, weights, expert_ids, w_gate_up, w_down, sorted_slots=None, expert_offse
 
 _register_reference_autograd("moe_route", reference.moe_route, 2, (0,))
 _register_reference_autograd("silu_mul", reference.silu_mul, 1, (0,))
+_register_reference_autograd("moe_combine", lambda y, w, ids, slots, E: reference.moe_combine(y, w, ids, slots), 5,
+                            (0, 1, 2, 3))
 _register_reference_autograd(
     "moe_experts", lambda x, w, ids, gu, d, *_: reference.moe_experts_dense(x, w, ids, gu, d), 8, (0, 1, 2, 3, 4, 5, 6))
 # JAMBA_MOE_OPS_END

@@ -532,3 +532,19 @@ def test_moe_route_small_kernel_matches_split(monkeypatch, T, E, K):
     for g, w in zip(got, want):
         assert torch.equal(g.nan_to_num(-7.0), w.nan_to_num(-7.0))
     assert (got[1][T // 2] == -1).all()
+
+
+def test_silu_mul_moe_combine_grad(device):
+    """Autograd of both goes through reference.py."""
+    gu = randn(5, 12, device=device).requires_grad_(True)
+    ops.silu_mul(gu).sum().backward()
+    g2 = gu.detach().double().requires_grad_(True)
+    reference.silu_mul(g2).sum().backward()
+    assert_close(gu.grad, g2.grad, rtol=1e-5, atol=1e-6)
+    T, H, E, K = 6, 8, 4, 2
+    w, ids, offsets, slots = routed(T, E, K, device)
+    y = randn(T * K, H, device=device).requires_grad_(True)
+    ops.moe_combine(y, w, ids, slots, E).square().sum().backward()
+    y2 = y.detach().double().requires_grad_(True)
+    reference.moe_combine(y2, w.double(), ids, slots).square().sum().backward()
+    assert_close(y.grad, y2.grad, rtol=1e-5, atol=1e-6)
