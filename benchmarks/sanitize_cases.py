@@ -40,7 +40,15 @@ def main():
     moe = getattr(jamba_ext, "moe", None)
     if moe is not None and hasattr(moe, "sparse_moe_forward"):
         T, H, F, E = 13, 72, 88, 4
-        moe.sparse_moe_forward(rn(T, H), rn(E, H), rn(E, 2 * F, H), rn(E, H, F), 2)
+        moe.sparse_moe_forward(rn(T, H), rn(E, H), rn(E, 2 * F, H), rn(E, H, F), 2)  # small route+permute kernel
+        ops.moe_route(rn(40, E), 2)                                                  # route, then permute
+        ops.silu_mul(rn(7, 26))                                # element path
+        ops.silu_mul(rn(9, 144)[:, 8:136])                     # 16-byte path, row stride 144
+        wr, ids, _, slots = ops.moe_route(rn(T, E), 2)
+        ops.moe_combine(rn(2 * T, 13), wr, ids, slots, E)      # element path
+        ops.moe_combine(rn(2 * T, H), wr, ids, slots, E)       # 16-byte path
+        if hasattr(torch, "_grouped_mm"):
+            ops.moe_experts(rn(T, H), wr, ids, rn(E, 2 * F, H), rn(E, H, F), impl="grouped_mm")
     torch.cuda.synchronize()
     print("sanitize_cases: all ops ran")
 
