@@ -198,7 +198,8 @@ def main():
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
         if os.environ.get("JAMBA_EXT_AB_ROWS") == "1":  # A/B of this round: route + permute as two launches
-            variants += [("ours (split route)", with_env(ours("auto"), "JAMBA_EXT_MOE_ROUTE", "split"))]
+            variants += [("ours (split route)", with_env(ours("auto"), "JAMBA_EXT_MOE_ROUTE", "split")),
+                         ("ours (k interleave)", with_env(ours("auto"), "JAMBA_EXT_MOE_KIL", "1"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]
     if has_grouped:
         variants += [("(c) grouped_mm", grouped)]
@@ -225,7 +226,7 @@ def main():
                 ref.index_add_(0, tok, y * w[tok, slot].to(dtype).float()[:, None])
         base_b = None
         for name, fn in variants:
-            if (name == "ours:gemv" and T > 512) or (name == "ours (split route)" and T > 32) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64):
+            if (name == "ours:gemv" and T > 512) or (name == "ours (split route)" and T > 32) or (name == "ours (k interleave)" and T > 64) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64):
                 continue
             out = fn(x, logits, w_gate_up, w_down, K)
             err = rel_err(out, ref)

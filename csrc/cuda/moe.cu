@@ -452,6 +452,20 @@ __device__ __forceinline__ uint4 lds128(const unsigned char *p) { return *reinte
 
 /* ---- pieces shared by the two decode kernels (ring layout per warp and step: MT*4 W pieces, then NT*2 x
  * pieces, 512 bytes each = 32 lanes x 16 bytes) ---- */
+/* the k steps (of 64) of k-split warp ks among KS: s0 + st * sk for st < the returned count. a.kil: round-robin
+ * (ks, ks + KS, ...: the KS warps of a block read neighbouring 128-byte pieces of each W row at about the
+ * same time, 512 contiguous bytes per row for DRAM); else the contiguous range ks * ceil(steps / KS) ... */
+__device__ __forceinline__ int dec_k_steps(const moe_gemm_args &a, int ks, int KS, int64_t *s0, int64_t *sk) {
+    const int64_t steps_all = (a.Kd + 63) / 64;
+    if (a.kil) {
+        *s0 = ks, *sk = KS;
+        return (int)(steps_all > ks ? (steps_all - ks + KS - 1) / KS : 0);
+    }
+    const int64_t per = (steps_all + KS - 1) / KS, left = steps_all - ks * per;
+    *s0 = ks * per, *sk = 1;
+    return (int)(left < 0 ? 0 : left < per ? left : per);
+}
+
 /* this lane's W rows of an output tile at ob: tile i, r = 0: row g, r = 1: row g + 8 (gate_up: the gate / up
  * row of output ob+i*8+g); rows past N point at row 0 and are masked */
 template <typename T, int MT, bool GATE_UP>
@@ -570,10 +584,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
     const T *wp[MT][2]; /* this lane's W rows */
     bool wok[MT][2];
     dec_w_rows<T, MT, GATE_UP>(a, W, ob, g, tq, wp, wok);
-    /* this warp's k range: steps [s0, s0 + nsteps) of 64 */
-    const int64_t steps_all = (a.Kd + 63) / 64, per = (steps_all + KS - 1) / KS, s0 = ks * per;
-    const int64_t left = steps_all - s0;
-    const int nsteps = (int)(left < 0 ? 0 : left < per ? left : per);
+    /* this warp's k steps of 64: s0 + st * sk, st < nsteps (kil: ks, ks + KS, ...; else a contiguous range) */
+    int64_t s0, sk;
+    const int nsteps = dec_k_steps(a, ks, KS, &s0, &sk);
 
     const uint32_t ring_s = smem_u32(dec_smem) + (uint32_t)(warp * S * STAGE + lane * 16);
     const unsigned char *ring_p = dec_smem + warp * S * STAGE + lane * 16;
@@ -591,7 +604,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
         }
         /* copies of step st (relative to s0) into ring slot `slot` */
         auto issue_w = [&](int slot, int st) {
-            dec_issue_w<T, MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st, tq, wp, wok);
+            dec_issue_w<T, MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, wp, wok);
         };
         /* the weights of the first steps do not wait for the slot loads: they go out first */
 #pragma unroll
@@ -601,7 +614,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
 #pragma unroll
         for (int j = 0; j < NT; j++) xp[j] = A + (GATE_UP ? xrow[j] / a.topk : xrow[j]) * a.Kd + tq * 8;
         auto issue_x = [&](int slot, int st) {
-            dec_issue_x<T, NT, WP>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st, tq, nt_act, xp, xok);
+            dec_issue_x<T, NT, WP>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, nt_act, xp, xok);
         };
 
         float acc[MT][NT][4];
@@ -723,10 +736,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(m
     const int64_t r0 = total * blockIdx.x / gridDim.x, r1 = total * (blockIdx.x + 1) / gridDim.x;
     if (r0 >= r1) return; /* whole block */
     const int ntl = (int)(r1 - r0);
-    /* this warp's k range: steps [s0, s0 + nsteps) of 64, the same for every tile */
-    const int64_t steps_all = (a.Kd + 63) / 64, per = (steps_all + KS - 1) / KS, s0 = ks * per;
-    const int64_t left = steps_all - s0;
-    const int nsteps = (int)(left < 0 ? 0 : left < per ? left : per);
+    /* this warp's k steps of 64, the same for every tile: s0 + st * sk, st < nsteps (see dec_k_steps) */
+    int64_t s0, sk;
+    const int nsteps = dec_k_steps(a, ks, KS, &s0, &sk);
     const int64_t total_q = (int64_t)ntl * nsteps; /* steps of this warp's stream */
 
     const T *A = reinterpret_cast<const T *>(a.A);
@@ -760,10 +772,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(m
     };
     /* copies of step st (of the issue tile) into ring slot `slot` */
     auto issue_w = [&](int slot, int st) {
-        dec_issue_w<T, MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st, tq, wp, wok);
+        dec_issue_w<T, MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, wp, wok);
     };
     auto issue_x = [&](int slot, int st) {
-        dec_issue_x<T, NT, WP>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st, tq, nti, xp, xok);
+        dec_issue_x<T, NT, WP>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, nti, xp, xok);
     };
 
     /* Prologue: steps 0 .. npro-1 into slots 0 .. npro-1. The W pieces first, one commit group per step, then
@@ -1200,6 +1212,10 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
         g.weights = (const float *)p->weights.data;
         g.E = (int)E;
         g.topk = (int)K;
+        {
+            const char *kv = getenv("JAMBA_EXT_MOE_KIL"); /* A/B knob of this round, read per call */
+            g.kil = kv && !strcmp(kv, "1");
+        }
         /* 1. act[p] = silu(gate x) * up x, rows in sorted order */
         g.A = p->x.data;
         g.W = p->w_gate_up.data;

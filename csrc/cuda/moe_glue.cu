@@ -4,7 +4,7 @@
  *
  * Exports: jamba_silu_mul_cuda, jamba_moe_combine_cuda (checks and math: csrc/cpu/moe.c, csrc/jamba.h).
  * Both are memory-bound streams: 16-byte vectors when rows allow, element access otherwise; fp32 math with
- * HF's roundings in the model dtype (moe_act / moe_scaled of moe.cuh, the epilogues of our own GEMMs).
+ * HF's roundings in the model dtype (moe_scaled of moe.cuh; the SiLU with the fast exp and division).
  * No atomics, no host synchronisation: a bad expert id gives NaN rows, as in moe_experts.
  */
 #include "moe.cuh"
@@ -13,27 +13,47 @@
 
 #define GLUE_THREADS 256
 
+/* round(round(silu(g)) * u) with the fast exponential and division (ex2.approx, ~4 ulp of fp32 in all: the
+ * bf16/f16 result can differ from torch's expf / IEEE-division one by one unit in ~1e-4 of the elements) */
+template <typename T> __device__ __forceinline__ float glue_act(float g, float u) {
+    return jamba_round<T>(jamba_round<T>(__fdividef(g, 1.f + __expf(-g))) * u);
+}
+
 /* silu_mul_kernel<T, VEC>
  *   gate_up (M, 2F) T, unit stride along 2F, row stride ld (elements); out (M, F) T contiguous.
- *   grid.x over the row's F / V vectors (VEC: V = 16 / sizeof(T), else V = 1), grid.y over rows (grid-stride
- *   when M > 65535). out[m, f] = moe_act(gate_up[m, f], gate_up[m, F + f]). */
+ *   grid.x over the row's F / V vectors (VEC: V = 16 / sizeof(T), else V = 1), grid.y over pairs of rows
+ *   (grid-stride when M > 2 * 65535); a thread issues the loads of both rows before any math.
+ *   out[m, f] = glue_act(gate_up[m, f], gate_up[m, F + f]). */
+#define GLUE_ROWS 2
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(GLUE_THREADS) silu_mul_kernel(T *out, const T *gu, int64_t M, int64_t F, int64_t ld) {
     constexpr int V = VEC ? 16 / (int)sizeof(T) : 1;
     const int64_t c = (int64_t)blockIdx.x * GLUE_THREADS + threadIdx.x;
     if (c * V >= F) return;
-    for (int64_t m = blockIdx.y; m < M; m += gridDim.y) {
-        const T *g = gu + m * ld + c * V;
-        T *o = out + m * F + c * V;
+    for (int64_t m0 = (int64_t)blockIdx.y * GLUE_ROWS; m0 < M; m0 += (int64_t)gridDim.y * GLUE_ROWS) {
         if (VEC) {
-            jamba_vec16<T> vg, vu, vo;
-            vg.raw = *reinterpret_cast<const uint4 *>(g);
-            vu.raw = *reinterpret_cast<const uint4 *>(g + F);
+            jamba_vec16<T> vg[GLUE_ROWS], vu[GLUE_ROWS];
 #pragma unroll
-            for (int q = 0; q < V; q++) vo.v[q] = jamba_st<T>(moe_act<T>(jamba_ld<T>(vg.v[q]), jamba_ld<T>(vu.v[q])));
-            *reinterpret_cast<uint4 *>(o) = vo.raw;
+            for (int r = 0; r < GLUE_ROWS; r++)
+                if (m0 + r < M) {
+                    const T *g = gu + (m0 + r) * ld + c * V;
+                    vg[r].raw = *reinterpret_cast<const uint4 *>(g);
+                    vu[r].raw = *reinterpret_cast<const uint4 *>(g + F);
+                }
+#pragma unroll
+            for (int r = 0; r < GLUE_ROWS; r++)
+                if (m0 + r < M) {
+                    jamba_vec16<T> vo;
+#pragma unroll
+                    for (int q = 0; q < V; q++)
+                        vo.v[q] = jamba_st<T>(glue_act<T>(jamba_ld<T>(vg[r].v[q]), jamba_ld<T>(vu[r].v[q])));
+                    *reinterpret_cast<uint4 *>(out + (m0 + r) * F + c * V) = vo.raw;
+                }
         } else {
-            *o = jamba_st<T>(moe_act<T>(jamba_ld<T>(g[0]), jamba_ld<T>(g[F])));
+            for (int r = 0; r < GLUE_ROWS && m0 + r < M; r++) {
+                const T *g = gu + (m0 + r) * ld + c;
+                out[(m0 + r) * F + c] = jamba_st<T>(glue_act<T>(jamba_ld<T>(g[0]), jamba_ld<T>(g[F])));
+            }
         }
     }
 }
@@ -48,7 +68,8 @@ extern "C" jamba_status jamba_silu_mul_cuda(const jamba_silu_mul_params *p, jamb
     const bool vec = F % V == 0 && jamba_aligned16(p->gate_up.data) && jamba_aligned16(p->out.data) &&
                      (M <= 1 || (ld * es) % 16 == 0);
     const int64_t cols = vec ? F / V : F;
-    const unsigned gx = (unsigned)jamba_ceil_div(cols, GLUE_THREADS), gy = (unsigned)(M < 65535 ? M : 65535);
+    const int64_t pairs = jamba_ceil_div(M, GLUE_ROWS);
+    const unsigned gx = (unsigned)jamba_ceil_div(cols, GLUE_THREADS), gy = (unsigned)(pairs < 65535 ? pairs : 65535);
     if (jamba_ceil_div(cols, GLUE_THREADS) > 65535)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.silu_mul: F must be below %lld, got %lld",
                                (long long)(65535LL * GLUE_THREADS), (long long)F);

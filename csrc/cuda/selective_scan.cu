@@ -26,6 +26,8 @@
  */
 #include "common.cuh"
 
+#include <type_traits>
+
 #define SCAN_THREADS 128
 #define SCAN_SMEM_BUDGET (48 * 1024)
 #define SCAN_TB 8  /* time steps per batch of y reductions (registers yp[SCAN_TB]) */
@@ -347,6 +349,11 @@ struct pc_args : scan_io {
     int bmode, cmode;        /* 0: t-fast (unit stride along L), 1: n-fast (unit along N), 2: scalar */
     int vec_u, vec_b, vec_c; /* 16-byte cp.async allowed for u/delta/z rows, B rows, C rows */
     int fast;                /* fast loader / converter for full chunks (see the kernel comment) */
+    /* A/B variants 1-3 (JAMBA_EXT_SCAN_VARIANT, see selective_scan_pc_kernel): */
+    int vec_out;             /* out rows allow 4-element vector stores (L % 4 == 0, out aligned) */
+    int bc_gfast;            /* fast B/C converter: items (t, g) walk g fastest (both B and C n-fast) */
+    int bc_dt[2], bc_dn[2];  /* B, C raw tiles: bytes per step t and per state n */
+    int bc_dj[2], bc_sj;     /* bytes from a thread's B/C item 0 to item 1: in the raw tiles, in the fp32 rows */
 };
 
 template <typename T, int TC, int CH> struct pc_cfg {
@@ -549,6 +556,38 @@ __device__ __forceinline__ void pc_convert_bc_fast(const E *rB, const E *rC, flo
     }
 }
 
+/* Variants 1-3: the fast B/C converter's per-thread byte offsets (item 0 of the raw B and C tiles, of the fp32
+ * rows), set once per kernel; the layout-dependent strides between a thread's loads are uniform (pc_args). */
+struct pc_bcmap {
+    int lb, lc, st;
+};
+template <int TC, int G> __device__ __forceinline__ pc_bcmap pc_plan_bcmap(const pc_args &a) {
+    constexpr int SPT = PC_NS / G;
+    const int e = threadIdx.x, t = a.bc_gfast ? e / G : e % TC, g = a.bc_gfast ? e % G : e / TC;
+    pc_bcmap m;
+    m.lb = t * a.bc_dt[0] + SPT * g * a.bc_dn[0];
+    m.lc = t * a.bc_dt[1] + SPT * g * a.bc_dn[1];
+    m.st = (t * PC_BCP + g * 2 * SPT) * 4;
+    return m;
+}
+/* Variants 1-3: pc_convert_bc_fast with the item mapping of pc_plan_bcmap and no per-chunk index math: per
+ * item, B and C of states SPT*g .. +SPT-1 at step t, one 16-byte store */
+template <typename E, int TC, int G>
+__device__ __forceinline__ void pc_convert_bc_map(const pc_args &a, const unsigned char *rB,
+                                                  const unsigned char *rC, float *sBC, const pc_bcmap &m) {
+    constexpr int SPT = PC_NS / G;
+    static_assert(SPT == 2 && (TC * G) % PC_THREADS == 0, "one 16-byte store per item");
+    const unsigned char *pb = rB + m.lb, *pc = rC + m.lc;
+    unsigned char *d = (unsigned char *)sBC + m.st;
+#pragma unroll
+    for (int j = 0; j < TC * G / PC_THREADS; j++) {
+        const float b0 = jamba_ld<E>(*(const E *)pb), b1 = jamba_ld<E>(*(const E *)(pb + a.bc_dn[0]));
+        const float q0 = jamba_ld<E>(*(const E *)pc), q1 = jamba_ld<E>(*(const E *)(pc + a.bc_dn[1]));
+        *(float4 *)d = make_float4(b0, b1, q0, q1);
+        pb += a.bc_dj[0], pc += a.bc_dj[1], d += a.bc_sj;
+    }
+}
+
 /* 4 consecutive elements of a raw u/delta/z row (8- or 16-byte aligned) */
 template <typename T> __device__ __forceinline__ void pc_ld4(const T *p, float v[4]) {
     if constexpr (sizeof(T) == 4) {
@@ -578,13 +617,29 @@ __device__ __forceinline__ float pc_softplus(float v) {
 __device__ __forceinline__ float pc_silu(float z) {
     return __fdividef(z, 1.f + jamba_cu_exp2(-z * JAMBA_LOG2E));
 }
+/* Variant 3's softplus: max(v, 0) + log1p(e), e = 2^(-|v| log2 e) in (0, 1], log1p(e) = e * P(e) with P a
+ * degree-8 fit of log1p(x)/x on [0, 1] (relative error 1.7e-7 evaluated in fp32, e's ex2.approx error
+ * included: below the 1e-6 of pc_softplus). One SFU op instead of two, no compare / select: v > 20 gives
+ * v + (< 2.1e-9), which rounds to v as torch's threshold does; v = -inf gives 0, NaN stays NaN. */
+__device__ __forceinline__ float pc_softplus_fma(float v) {
+    const float e = jamba_cu_exp2(fabsf(v) * -JAMBA_LOG2E);
+    float q = fmaf(e, 0.005232701078f, -0.029505278916f);
+    q = fmaf(e, q, 0.078226044774f);
+    q = fmaf(e, q, -0.136632576585f);
+    q = fmaf(e, q, 0.191060140729f);
+    q = fmaf(e, q, -0.248429849744f);
+    q = fmaf(e, q, 0.333190977573f);
+    q = fmaf(e, q, -0.499994933605f);
+    q = fmaf(e, q, 0.999999940395f);
+    return fmaf(e, q, fmaxf(v, 0.f));
+}
 
 /* raw stage -> fp32 set (see the kernel comment). FULL: all TC steps and CH channels exist and B/C take the
  * fast converter (a.fast); else zeros outside [0, nt) x channels < DI x states < N.
  * u/delta/z: a thread converts 4 consecutive steps of one channel per item (8 * TC items). */
-template <typename T, int TC, int CH, int G, bool FULL>
+template <typename T, int TC, int CH, int G, bool FULL, int VAR>
 __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char *st, float *set, int64_t c0,
-                                           int nt, const float *sbias, const float *sD) {
+                                           int nt, const float *sbias, const float *sD, const pc_bcmap &bm) {
     using K = pc_cfg<T, TC, CH>;
     constexpr int TP = K::TP, SPT = PC_NS / G;
     float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
@@ -604,7 +659,7 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
             const bool ok = FULL || (cok && tq + i < nt);
             const float u = ok ? uu[i] : 0.f;
             float d = dd[i] + bias;
-            if (a.softplus) d = pc_softplus(d);
+            if (a.softplus) d = VAR >= 3 ? pc_softplus_fma(d) : pc_softplus(d);
             d = ok ? d : 0.f;
             dt[i] = d, dtu[i] = d * u, du[i] = Dc * u;
             gz[i] = (a.z && ok) ? pc_silu(zz[i]) : 1.f;
@@ -616,7 +671,9 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
         *(float4 *)(sgz + o) = make_float4(gz[0], gz[1], gz[2], gz[3]);
     }
     const unsigned char *rB = st + 3 * K::RAW_U, *rC = rB + K::RAW_BC;
-    if constexpr (FULL) {
+    if constexpr (FULL && VAR >= 1) {
+        pc_convert_bc_map<T, TC, G>(a, rB, rC, sBC, bm);
+    } else if constexpr (FULL) {
         pc_convert_bc_fast<T, TC, G>((const T *)rB, (const T *)rC, sBC, a.bmode == 1, a.cmode == 1);
     } else {
         pc_convert_bc<TC, SPT>(rB, sBC, 0, a.bmode == 1, a.bdt, nt, a.N);
@@ -660,7 +717,41 @@ template <int G> __device__ __forceinline__ void pc_reduce8(const float (&yp)[8]
     }
 }
 
-template <typename T, int TC>
+/* Variants 2-3: the G partial sums of all NS steps of a chunk -> lane g's NS/G consecutive steps
+ * (NS/G)*g .. in y[0 .. NS/G-1]; the same shuffle reduce-scatter as pc_reduce8 over NS steps, so that each lane
+ * ends with a run of steps it gates and stores as one vector. One level per call (W, O compile-time: a loop
+ * over the levels was left rolled by nvcc, y in local memory). */
+template <int W, int O, int NS> __device__ __forceinline__ void pc_reduce_lv(float (&y)[NS], int g) {
+    const bool hi = (g & O) != 0;
+#pragma unroll
+    for (int i = 0; i < W; i++) {
+        const float send = hi ? y[i] : y[i + W], keep = hi ? y[i + W] : y[i];
+        y[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, O);
+    }
+}
+template <int G, int NS> __device__ __forceinline__ void pc_reduce_all(float (&y)[NS], int g) {
+    static_assert(G == 8, "three levels");
+    pc_reduce_lv<NS / 2, 4>(y, g);
+    pc_reduce_lv<NS / 4, 2>(y, g);
+    pc_reduce_lv<NS / 8, 1>(y, g);
+}
+/* 4 consecutive outputs as one 8-byte (16-bit T) or 16-byte (f32) store */
+template <typename T> __device__ __forceinline__ void pc_st4(T *p, const float (&v)[4]) {
+    if constexpr (sizeof(T) == 4) {
+        *(float4 *)p = make_float4(v[0], v[1], v[2], v[3]);
+    } else if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        *(uint2 *)p = make_uint2(jamba_bf16x2_st(v[0], v[1]), jamba_bf16x2_st(v[2], v[3]));
+    } else {
+        *(uint2 *)p = make_uint2(jamba_f16x2_st(v[0], v[1]), jamba_f16x2_st(v[2], v[3]));
+    }
+}
+
+/* VAR: the A/B variant of one GPU round (JAMBA_EXT_SCAN_VARIANT, see selective_scan_try_pc); 0 is the kernel
+ * as measured at 0284b7b. 1: the fast B/C converter without per-chunk index math (pc_convert_bc_map). 2: 1 + the
+ * y partial sums of the whole chunk reduce-scattered once (pc_reduce_all), each lane gating and storing 4
+ * consecutive outputs with one vector store, 32-bit chunk arithmetic. 3: 2 + softplus with one SFU op
+ * (pc_softplus_fma). */
+template <typename T, int TC, int VAR>
 __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
     constexpr int G = PC_G, CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
     static_assert(SPT == 2, "one 16-byte B/C load per lane and step");
@@ -673,6 +764,8 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     const int lane = threadIdx.x & 31, g = lane % G, l = (threadIdx.x >> 5) * (32 / G) + lane / G;
     const int64_t nblk = (a.DI + CH - 1) / CH, nchunks = (a.L + TC - 1) / TC;
     T *out = (T *)a.out;
+    pc_bcmap bm = {0, 0, 0};
+    if constexpr (VAR >= 1) bm = pc_plan_bcmap<TC, G>(a);
 
     for (int64_t vb = blockIdx.x; vb < a.B * nblk; vb += gridDim.x) {
         const int64_t b = vb / nblk, c0 = (vb - b * nblk) * CH, c = c0 + l;
@@ -693,16 +786,31 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
         }
         const pc_piece bc[2] = {pc_plan_bc(a, 0, b, TC), pc_plan_bc(a, 1, b, TC)};
         const auto upl = pc_plan_u<T, TC, CH>(a, b, c0);
-        auto load = [&](unsigned char *st, int64_t kk) {
-            const int64_t t0 = kk * TC;
-            if (a.fast && t0 + TC <= a.L) pc_load_fast<T, TC, CH>(a, st, kk, upl, bc);
-            else pc_load<T, TC, CH>(a, st, b, c0, kk, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
+        /* variants 2-3: 32-bit chunk index, steps of chunk k = TC except the last (ntl), output row pointer set
+         * once per virtual block (variant 0: 64-bit chunk arithmetic in every chunk) */
+        using KI = typename std::conditional<(VAR >= 2), int, int64_t>::type;
+        const KI nck = (KI)nchunks;
+        const int ntl = (int)(a.L - (int64_t)(nchunks - 1) * TC);
+        auto steps = [&](KI kk) -> int {
+            if constexpr (VAR >= 2) return kk + 1 < nck ? TC : ntl;
+            else return (int)(a.L - kk * TC < TC ? a.L - kk * TC : TC);
         };
-        auto convert = [&](const unsigned char *st, float *set, int64_t kk) {
-            const int64_t t0 = kk * TC;
-            const int nt = (int)(a.L - t0 < TC ? a.L - t0 : TC);
-            if (a.fast && allch && nt == TC) pc_convert<T, TC, CH, G, true>(a, st, set, c0, nt, sbias, sD);
-            else pc_convert<T, TC, CH, G, false>(a, st, set, c0, nt, sbias, sD);
+        T *const obase = out + (b * a.DI + c) * a.L + 4 * g;
+        auto load = [&](unsigned char *st, KI kk) {
+            if constexpr (VAR >= 2) {
+                const int nt = steps(kk);
+                if (a.fast && nt == TC) pc_load_fast<T, TC, CH>(a, st, kk, upl, bc);
+                else pc_load<T, TC, CH>(a, st, b, c0, kk, nt, bc);
+            } else {
+                const int64_t t0 = kk * TC;
+                if (a.fast && t0 + TC <= a.L) pc_load_fast<T, TC, CH>(a, st, kk, upl, bc);
+                else pc_load<T, TC, CH>(a, st, b, c0, kk, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
+            }
+        };
+        auto convert = [&](const unsigned char *st, float *set, KI kk) {
+            const int nt = steps(kk);
+            if (a.fast && allch && nt == TC) pc_convert<T, TC, CH, G, true, VAR>(a, st, set, c0, nt, sbias, sD, bm);
+            else pc_convert<T, TC, CH, G, false, VAR>(a, st, set, c0, nt, sbias, sD, bm);
         };
         /* prologue: chunks 0 .. NSTG-1 in flight, chunk 0 converted */
 #pragma unroll
@@ -715,12 +823,12 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
         if (nchunks > 0) convert(raw, sets, 0);
 
         int ls = 0, cs = 1 % PC_NSTG; /* raw stages of chunk k + NSTG (= k % NSTG) and of chunk k + 1 */
-        for (int64_t k = 0; k < nchunks; k++) {
+        for (KI k = 0; k < nck; k++) {
             pc_wait<PC_NSTG - 2>();
             __syncthreads();
-            if (k + PC_NSTG < nchunks) load(raw + ls * K::STAGE, k + PC_NSTG);
+            if (k + PC_NSTG < nck) load(raw + ls * K::STAGE, k + PC_NSTG);
             pc_commit();
-            if (k + 1 < nchunks) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
+            if (k + 1 < nck) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
             ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
             cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
             const float *set = sets + (k & 1) * K::SET;
@@ -730,7 +838,7 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
             T *orow = out + (b * a.DI + c) * a.L + t0;
             /* the exponentials of 8-step block j+1 are written next to block j's FMA steps (ptxas still
              * groups them; an interleaving forced by a false dependency measured no faster on the H200) */
-            float dA[8][SPT], dtu[8];
+            float dA[8][SPT], dtu[8], yc[VAR >= 2 ? TC : 1];
             pc_exps8<SPT>(sdt + l * TP, sdtu + l * TP, A2, dA, dtu);
 #pragma unroll
             for (int t = 0; t < TC; t += 8) {
@@ -754,7 +862,8 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                         h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
                         y = fmaf(h[i], cv[i], y);
                     }
-                    yp[m] = y;
+                    if constexpr (VAR >= 2) yc[t + m] = y;
+                    else yp[m] = y;
                 }
                 if (t + 8 < TC) {
 #pragma unroll
@@ -764,10 +873,30 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                         for (int i = 0; i < SPT; i++) dA[m][i] = dAn[m][i];
                     }
                 }
-                float r[8];
-                pc_reduce8<G>(yp, r, g);
-                const int tt = t + g;
-                if (cvalid && t0 + tt < a.L) orow[tt] = jamba_st<T>((r[0] + sdu[l * TP + tt]) * sgz[l * TP + tt]);
+                if constexpr (VAR <= 1) {
+                    float r[8];
+                    pc_reduce8<G>(yp, r, g);
+                    const int tt = t + g;
+                    if (cvalid && t0 + tt < a.L) orow[tt] = jamba_st<T>((r[0] + sdu[l * TP + tt]) * sgz[l * TP + tt]);
+                }
+            }
+            if constexpr (VAR >= 2) {
+                static_assert(TC / G == 4, "4 outputs per lane and chunk");
+                pc_reduce_all<G, TC>(yc, g);
+                const int nst = cvalid ? steps(k) : 0, tt = 4 * g;
+                if (tt < nst) {
+                    const float4 du = *(const float4 *)(sdu + l * TP + tt), gz = *(const float4 *)(sgz + l * TP + tt);
+                    const float v[4] = {(yc[0] + du.x) * gz.x, (yc[1] + du.y) * gz.y, (yc[2] + du.z) * gz.z,
+                                        (yc[3] + du.w) * gz.w};
+                    T *const op = obase + (int64_t)k * TC;
+                    if (a.vec_out && tt + 4 <= nst) {
+                        pc_st4<T>(op, v);
+                    } else {
+#pragma unroll
+                        for (int i = 0; i < 4; i++)
+                            if (tt + i < nst) op[i] = jamba_st<T>(v[i]);
+                    }
+                }
             }
         }
         pc_wait<0>(); /* no copy in flight into the next virtual block's buffers */
@@ -779,14 +908,14 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     }
 }
 
-template <typename T> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
+template <typename T, int VAR> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
     constexpr int TC = 32, CH = PC_THREADS / PC_G;
     using K = pc_cfg<T, TC, CH>;
     const int64_t nvb = a.B * ((a.DI + CH - 1) / CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC>,
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, VAR>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
-    selective_scan_pc_kernel<T, TC><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
+    selective_scan_pc_kernel<T, TC, VAR><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
     return JAMBA_OK;
 }
@@ -826,8 +955,33 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
      * 6c4ae22, bf16, DI 8192: 1x8192 0.65 ms against 0.88 ms through the general loader / converter) */
     a.fast = a.vec_u && N == PC_NS && a.bmode != 2 && a.cmode != 2 && a.vec_b && a.vec_c &&
              p->Bm.dtype == p->u.dtype && p->Cm.dtype == p->u.dtype;
+    /* the variants' host fields: vector stores of out, the fast B/C converter's strides (TC = 32, G = PC_G) */
+    a.vec_out = L % 4 == 0 && (uintptr_t)p->out.data % (4 * esz) == 0;
+    {
+        const int TC = 32, G = PC_G, SPT = PC_NS / PC_G;
+        a.bc_gfast = a.bmode == 1 && a.cmode == 1;
+        const int djt = a.bc_gfast ? PC_THREADS / G : 0, djg = a.bc_gfast ? 0 : PC_THREADS / TC; /* item 1 - item 0 */
+        for (int m = 0; m < 2; m++) {
+            const int nf = (m ? a.cmode : a.bmode) == 1;
+            a.bc_dt[m] = (nf ? PC_NS : 1) * esz, a.bc_dn[m] = (nf ? 1 : TC) * esz;
+            a.bc_dj[m] = djt * a.bc_dt[m] + djg * SPT * a.bc_dn[m];
+        }
+        a.bc_sj = (djt * PC_BCP + djg * 2 * SPT) * 4;
+    }
+    /* A/B knob for one GPU round, read per launch while the experiment exists: JAMBA_EXT_SCAN_VARIANT = 0 (the
+     * kernel of 0284b7b, default), 1, 2, 3 (see selective_scan_pc_kernel) */
+    const char *var = getenv("JAMBA_EXT_SCAN_VARIANT");
+    const int v = (var && var[0] >= '0' && var[0] <= '3') ? var[0] - '0' : 0;
     jamba_status s = JAMBA_ERR_DTYPE;
-    JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = pc_launch<T>(a, stream));
+    if (v == 1) {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 1>(a, stream)));
+    } else if (v == 2) {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 2>(a, stream)));
+    } else if (v == 3) {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 3>(a, stream)));
+    } else {
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 0>(a, stream)));
+    }
     *st = s;
     return 1;
 }
