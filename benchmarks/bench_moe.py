@@ -98,21 +98,6 @@ def ours(impl):
     return run
 
 
-def with_env(fn, key, value):
-    """fn with os.environ[key] = value during each call (an A/B knob read by the core per launch)."""
-    def run(*a):
-        old = os.environ.get(key)
-        os.environ[key] = value
-        try:
-            return fn(*a)
-        finally:
-            if old is None:
-                del os.environ[key]
-            else:
-                os.environ[key] = old
-    return run
-
-
 def kernel_breakdown(fn, iters=3):
     """GPU time per kernel name (us per call) from torch.profiler; {} when the profiler is unavailable."""
     try:
@@ -197,9 +182,6 @@ def main():
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
-        if os.environ.get("JAMBA_EXT_AB_ROWS") == "1":  # A/B of this round: route + permute as two launches
-            variants += [("ours (split route)", with_env(ours("auto"), "JAMBA_EXT_MOE_ROUTE", "split")),
-                         ("ours (k interleave)", with_env(ours("auto"), "JAMBA_EXT_MOE_KIL", "1"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]
     if has_grouped:
         variants += [("(c) grouped_mm", grouped)]
@@ -226,7 +208,7 @@ def main():
                 ref.index_add_(0, tok, y * w[tok, slot].to(dtype).float()[:, None])
         base_b = None
         for name, fn in variants:
-            if (name == "ours:gemv" and T > 512) or (name == "ours (split route)" and T > 32) or (name == "ours (k interleave)" and T > 64) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64):
+            if (name == "ours:gemv" and T > 512) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64):
                 continue
             out = fn(x, logits, w_gate_up, w_down, K)
             err = rel_err(out, ref)

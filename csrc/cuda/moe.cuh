@@ -52,8 +52,6 @@ struct moe_gemm_args {
     int64_t N;                /* outputs per row: F (gate_up) or H (down) */
     int64_t w_rows;           /* rows of one expert's W: 2F or H */
     int E, topk, gate_up;
-    int kil;                  /* decode kernels: k steps of 64 dealt to the k-split warps round-robin (1) or in
-                                 contiguous ranges (0); A/B knob JAMBA_EXT_MOE_KIL of this round */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */
