@@ -204,21 +204,6 @@ def bench_scan(bb, shapes, DI, N):
                 finally:
                     for k in env:
                         del os.environ[k]
-            if os.environ.get("JAMBA_EXT_AB_ROWS") == "1":
-                # A/B round (temporary): variants 1-3 of the pipelined kernel (JAMBA_EXT_SCAN_VARIANT, read per
-                # launch; the main row is variant 0), each checked against the same reference
-                prev = os.environ.get("JAMBA_EXT_SCAN_VARIANT")
-                for v in ("1", "2", "3"):
-                    os.environ["JAMBA_EXT_SCAN_VARIANT"] = v
-                    try:
-                        check(f"selective_scan (v{v})", ops.selective_scan(**a)[0][:, idx], ref_out)
-                        bb.row(f"selective_scan (v{v})", f"B={Bsz} DI={DI} L={L} N={N}",
-                               lambda: ops.selective_scan(**a), nbytes, exps=Bsz * DI * L * N)
-                    finally:
-                        if prev is None:
-                            del os.environ["JAMBA_EXT_SCAN_VARIANT"]
-                        else:
-                            os.environ["JAMBA_EXT_SCAN_VARIANT"] = prev
             del bt
         del a, out, last
         if dev.type == "cuda":
@@ -238,21 +223,6 @@ def bench_conv(bb, shapes, DI, K):
         torch_conv = lambda: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=DI)[..., :L])
         bb.row("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K}", lambda: ops.causal_conv1d(x, w, b, None, True, K - 1),
                nbytes, eager=torch_conv, graph=True)
-        if dev.type == "cuda" and os.environ.get("JAMBA_EXT_AB_ROWS") == "1":
-            # A/B of the forward kernel (JAMBA_EXT_CONV_VARIANT=1..5, see causal_conv1d.cu; read at each launch)
-            for v in range(1, 6):
-                os.environ["JAMBA_EXT_CONV_VARIANT"] = str(v)
-                try:
-                    ov, fv = ops.causal_conv1d(x, w, b, None, True, K - 1)
-                    check(f"causal_conv1d (v{v})", ov, ref_out)
-                    check(f"causal_conv1d (v{v}) final_state", fv, ref_fin, rtol=0, atol=0)
-                    if not (torch.equal(ov, out) and torch.equal(fv, fin)):
-                        print(f"    causal_conv1d (v{v}): NOT bit-identical to variant 0")
-                    bb.row(f"causal_conv1d (v{v})", f"B={Bsz} DI={DI} L={L} K={K}",
-                           lambda: ops.causal_conv1d(x, w, b, None, True, K - 1), nbytes, graph=True)
-                    del ov, fv
-                finally:
-                    del os.environ["JAMBA_EXT_CONV_VARIANT"]
         del x, out
 
 
@@ -287,24 +257,6 @@ def bench_decode(bb, batches, DI, N, K):
         bb.row("selective_state_update", f"B={Bsz} DI={DI} N={N} state=f32",
                lambda: ops.selective_state_update(**s), nbytes,
                eager=lambda: R.selective_state_update(**s), small=small, graph=True)
-        if dev.type == "cuda" and os.environ.get("JAMBA_EXT_AB_ROWS") == "1":
-            # A/B of the fast kernel's occupancy (JAMBA_EXT_SSU_VARIANT=1..2, see selective_state_update.cu)
-            s0 = dict(s, state=st0.clone())
-            y0 = ops.selective_state_update(**s0)
-            for v in range(1, 3):
-                os.environ["JAMBA_EXT_SSU_VARIANT"] = str(v)
-                try:
-                    sv = dict(s, state=st0.clone())
-                    yv = ops.selective_state_update(**sv)
-                    check(f"selective_state_update (v{v})", yv, ry)
-                    check(f"selective_state_update (v{v}) state", sv["state"], rs, rtol=1e-5, atol=1e-5)
-                    if not (torch.equal(yv, y0) and torch.equal(sv["state"], s0["state"])):
-                        print(f"    selective_state_update (v{v}): NOT bit-identical to variant 0")
-                    bb.row(f"selective_state_update (v{v})", f"B={Bsz} DI={DI} N={N} state=f32",
-                           lambda: ops.selective_state_update(**sv), nbytes, small=small, graph=True)
-                finally:
-                    del os.environ["JAMBA_EXT_SSU_VARIANT"]
-            del s0, y0
 
 
 def bench_norm(bb, rows, dim):

@@ -258,7 +258,7 @@ def test_rms_norm_vector_path(dtype, rows, dim, w_f32):
 
 
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=["state_f32", "state_bf16"])
-@pytest.mark.parametrize("batch,d_inner", [(1, 8192), (3, 520), (64, 64)])
+@pytest.mark.parametrize("batch,d_inner", [(1, 8192), (3, 520), (64, 64), (5, 72), (256, 8192)])
 def test_selective_state_update_shapes_fp64(state_dtype, batch, d_inner):
     s = decode_inputs(batch, d_inner, 16, torch.bfloat16, state_dtype=state_dtype)
     st0 = s["state"].clone()
@@ -603,73 +603,58 @@ def test_causal_conv1d_and_rms_norm_over_2pow31_elements():
     torch.cuda.empty_cache()
 
 
-# ---- A/B variants of one GPU round (JAMBA_EXT_CONV_VARIANT, JAMBA_EXT_SSU_VARIANT; removed with the knobs) ----
-# batch, d_inner, seqlen, K, S_in, state_len, silu. Enough segments that each warp of the one-wave grids
-# chains several, across row ends (the halo carried in registers, taps reloaded at a row start).
-CONV_AB_CASES = [
+# ---- conv forward: segments chained within a warp (4 consecutive segments per warp, across row ends) ------
+# batch, d_inner, seqlen, K, S_in, state_len, silu. A warp takes 4 consecutive segments (1024 steps in bf16/f16,
+# 512 in f32) in row order: the halo is carried in registers inside a row, taps, bias and the initial-state
+# halo are reloaded at a row start, and a warp's range usually ends mid-row.
+CONV_CHAIN_CASES = [
     (2, 700, 8200, 4, 3, 4, True),     # bf16/f16: 9 segments of 1024 per row (17 of 512), 16-byte rows
     (2, 700, 8199, 4, 3, 3, True),     # odd L: element loads
     (3, 301, 2056, 3, None, 7, False),  # partial last segment, no initial state, final state past K-1
     (1, 5, 40, 2, 4, 45, True),        # final state longer than L: reaches into the initial state
     (2, 4, 0, 4, 3, 5, True),          # L == 0: final_state only
+    (2, 4, 0, 4, 3, 0, True),          # L == 0, no final state: nothing to write
 ]
 
 
-@pytest.mark.parametrize("variant", [1, 2, 3, 4, 5])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
-@pytest.mark.parametrize("batch,d_inner,seqlen,K,S_in,state_len,silu", CONV_AB_CASES,
-                         ids=[f"B{c[0]}_DI{c[1]}_L{c[2]}_K{c[3]}" for c in CONV_AB_CASES])
-def test_causal_conv1d_ab_variants_bit_identical(monkeypatch, variant, dtype, batch, d_inner, seqlen, K, S_in,
-                                                 state_len, silu):
-    """Each JAMBA_EXT_CONV_VARIANT gives the bits of variant 0 (same fp32 operations in the same order)."""
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
+@pytest.mark.parametrize("batch,d_inner,seqlen,K,S_in,state_len,silu", CONV_CHAIN_CASES,
+                         ids=[f"B{c[0]}_DI{c[1]}_L{c[2]}_K{c[3]}_S{c[5]}" for c in CONV_CHAIN_CASES])
+def test_causal_conv1d_chained_segments_fp64(dtype, batch, d_inner, seqlen, K, S_in, state_len, silu):
     x, w, b, init = conv_inputs(batch, d_inner, seqlen, K, dtype, S_in=S_in or 0)
     x = (x.float() * 6).to(dtype)  # silu over a wide range (exp overflow and underflow)
-    monkeypatch.setenv("JAMBA_EXT_CONV_VARIANT", "0")
-    out0, fin0 = ops.causal_conv1d(x, w, b, init, silu, state_len)
-    monkeypatch.setenv("JAMBA_EXT_CONV_VARIANT", str(variant))
     out, fin = ops.causal_conv1d(x, w, b, init, silu, state_len)
-    torch.cuda.synchronize()
-    assert torch.equal(out, out0)
-    assert torch.equal(fin, fin0)
+    ref_out, ref_fin = reference.causal_conv1d(up(x), up(w), up(b), up(init), silu, state_len)
+    assert out.shape == ref_out.shape and fin.shape == ref_fin.shape
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(fin, ref_fin, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("variant", [1, 2])
-@pytest.mark.parametrize("batch,d_inner", [(5, 72), (256, 8192)])
-def test_selective_state_update_ab_variants_bit_identical(monkeypatch, variant, batch, d_inner):
-    """Each JAMBA_EXT_SSU_VARIANT (occupancy of the fast kernel) gives the bits of variant 0."""
-    s = decode_inputs(batch, d_inner, 16, torch.bfloat16)
-    st = s["state"].clone()
-    monkeypatch.setenv("JAMBA_EXT_SSU_VARIANT", "0")
-    y0 = ops.selective_state_update(**s)
-    monkeypatch.setenv("JAMBA_EXT_SSU_VARIANT", str(variant))
-    y = ops.selective_state_update(**dict(s, state=st))
-    torch.cuda.synchronize()
-    assert torch.equal(y, y0)
-    assert torch.equal(st, s["state"])
-
-
-# ---- A/B variants of the pipelined scan (temporary: JAMBA_EXT_SCAN_VARIANT, selective_scan.cu) ------------
-SCAN_VARIANT_CASES = [  # batch, d_inner, seqlen, B/C layout
+# ---- the pipelined scan (N <= 16, selective_scan.cu) on its fast and general paths ---------------------------
+PC_SCAN_CASES = [  # batch, d_inner, seqlen, B/C layout
     (1, 64, 1, "contig"), (2, 72, 37, "xproj"), (1, 64, 136, "xproj"), (2, 64, 70, "contig"),
     (3, 520, 264, "contig"), (1, 128, 2048, "xproj"), (1, 64, 2050, "contig"),
+    (2, 72, 136, "nfast"), (1, 128, 2048, "nfast"),
 ]
 
 
-@pytest.mark.parametrize("variant", ["1", "2", "3"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
-def test_selective_scan_variants_fp64(monkeypatch, variant, dtype):
-    """Each variant on the fast and general paths (aligned / odd L, partial chunks, channels past DI, both B/C
-    layouts, L = 1), with and without initial state / z / D / bias, and softplus inputs past +-20."""
-    for batch, d_inner, seqlen, layout in SCAN_VARIANT_CASES:
+def test_selective_scan_pipelined_fp64(dtype):
+    """The pipelined kernel on the fast and general paths (aligned / odd L, L % 4 != 0 (scalar stores), partial
+    chunks, channels past DI, B/C t-fast, n-fast unaligned (xproj) and aligned (nfast: the fast converter's
+    g-fast walk), L = 1), with and without initial state / z / D / bias, and softplus inputs past +-20."""
+    for batch, d_inner, seqlen, layout in PC_SCAN_CASES:
         for case in ("full", "bare", "wide"):
-            a = scan_inputs(batch, d_inner, 16, seqlen, dtype, bc_layout=layout, init=case != "bare")
+            a = scan_inputs(batch, d_inner, 16, seqlen, dtype, bc_layout="contig" if layout == "nfast" else layout,
+                            init=case != "bare")
+            if layout == "nfast":  # (B, L, N) contiguous, passed as its (B, N, L) transpose: 16-byte aligned rows
+                a.update(B=a["B"].transpose(1, 2).contiguous().transpose(1, 2),
+                         C=a["C"].transpose(1, 2).contiguous().transpose(1, 2))
             if case == "bare":
                 a.update(z=None, D=None, delta_bias=None)
             elif case == "wide":
                 a["delta"] = (a["delta"].float() * 60).to(dtype)  # softplus inputs to about +-100
-            monkeypatch.setenv("JAMBA_EXT_SCAN_VARIANT", variant)
             out, last = ops.selective_scan(**a)
-            monkeypatch.delenv("JAMBA_EXT_SCAN_VARIANT")
             ref_out, ref_last = ref64(a)
             assert_close(out, ref_out, **TOL_LONG[dtype])
             assert_close(last, ref_last, **TOL_LONG[torch.float32])

@@ -8,14 +8,18 @@
  * The taps are kept right-aligned in a 4-wide register array (wpad[4-K+j] = w[j], the rest 0), so one
  * code path serves K = 2..4 with constant register indices. fp32 accumulation, one rounding at the end.
  *
- * Kernels: causal_conv1d_fwd_warp_kernel (the forward, every shape: one warp = one row segment of 32 x 4
- * 16-byte vectors, halo through warp shuffles, no shared memory; element loads/stores when the rows are not
+ * Kernels (shapes and layouts at each): causal_conv1d_fwd_kernel (the forward, every shape: one warp = 4
+ * consecutive row segments of 32 lanes x 4 16-byte vectors, halo through warp shuffles, the next segment's
+ * loads in flight while one is computed, no shared memory; element loads/stores when the rows are not
  * 16-byte vectors), causal_conv1d_update_vec_kernel (L == 1, S == 4: one thread = 4 channels, 16-byte state
  * rows), causal_conv1d_update_kernel (any other update: one thread per channel).
- * SiLU: v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp) in the warp and vec kernels;
+ * Why this forward (A/B round at eaa685c, benchmarks/results/gpu_round_eaa685c.log, H200, bf16, DI 8192,
+ * graph-timed): of six variants it was fastest at 1x32768 / 8x2048 (275.8 / 141.5 us, 91.1% / 88.8% of copy
+ * bandwidth, against 288.7 / 153.6 for one segment per warp) and within 1% of the best at 1x8192 (74.1 us
+ * vs 73.7; 78.5 before), 23.7 us at 1x2048 (24.4 before; the one-wave 512-step variant: 21.1).
+ * SiLU: v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp) in the forward and vec kernels;
  * __expf and an IEEE division in causal_conv1d_update_kernel.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "common.cuh"
@@ -63,159 +67,22 @@ __device__ __forceinline__ void conv_taps(const void *w, int wdt, int64_t sw0, i
     *bv = bias ? jamba_ld_any(bias, bdt, c * sb) : 0.f;
 }
 
-/* causal_conv1d_fwd_warp_kernel<T, VEC>
- *   x (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; w (DI, K), bias (DI,) f32|T;
- *   initial_state (B, DI, S_in >= K-1) T, unit stride along S; final_state (B, DI, S_out) T, unit stride.
- *   One warp = one segment of SEG = 32 * CONV_NV * VN steps of one (b, c) row (1024 steps in bf16/f16, 512
- *   in f32); lane l owns the VN-step vectors j*32 + l, j < CONV_NV (each load instruction of the warp reads
- *   512 contiguous bytes). Vector (j, l) takes the 3 steps before it from lane l-1's vector j, and lane 0
- *   from lane 31's vector j-1, both through one __shfl_sync of the words holding them; lane 0 of vector 0
- *   reads h[t0-3 .. t0-1] (x before the segment: 3 elements re-read per 1024, or initial_state / zeros).
- *   Every load of a lane (4 vectors = 64 bytes, taps, bias, halo) is issued before its first store.
- *   VEC: x and out rows 16-byte aligned and L % VN == 0 (vectors are whole or past L); else element loads
- *   and stores with the same mapping. Virtual warps vw = (b*DI + c) * nseg + seg, grid-stride looped.
- *   The warp holding a row's last segment also writes final_state. WARPS warps per block (CONV_WARPS = 4;
- *   8 only in the A/B variant 1, see causal_conv1d_launch_warp). */
-#define CONV_NV 4    /* 16-byte vectors per lane */
+#define CONV_NV 4    /* 16-byte vectors per lane and segment */
 #define CONV_WARPS 4 /* warps per block */
+#define CONV_SPW 4   /* segments per warp */
+#define CONV_MINB 6  /* resident blocks per SM asked of ptxas for the VEC instances (<= 80 registers) */
 
-template <typename T, bool VEC, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32, VEC ? 32 / WARPS : 1) causal_conv1d_fwd_warp_kernel(conv_args a, int64_t nseg) {
-    typedef jamba_w16<T> P;
-    const int VN = 16 / (int)sizeof(T);
-    const int64_t SEG = 32 * CONV_NV * VN;
-    const int QF = (VN - 3) * (int)sizeof(T) / 4; /* first 32-bit word holding one of the last 3 elements */
-    const int lane = threadIdx.x & 31, src = (lane + 31) & 31;
-    const int64_t nvw = a.B * a.DI * nseg;
-    for (int64_t vw = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5); vw < nvw;
-         vw += (int64_t)gridDim.x * WARPS) {
-        int64_t seg, bc, c, b;
-        conv_split(vw, nseg, nvw, &bc, &seg);
-        conv_split(bc, a.DI, nvw, &b, &c);
-        const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1; /* row (b, c) of x */
-        T *out = (T *)a.out + bc * a.L;                       /* row (b, c) of out */
-        const T *init = a.init ? (const T *)a.init + b * a.si0 + c * a.si1 : NULL;
-        const int64_t t0 = seg * SEG;
-        const int64_t tl = t0 + (int64_t)lane * VN; /* first step of this lane's vector 0 */
-
-        uint4 v[CONV_NV];
-#pragma unroll
-        for (int j = 0; j < CONV_NV; j++) {
-            const int64_t t = tl + j * 32 * VN;
-            if (VEC) {
-                v[j] = t < a.L ? *(const uint4 *)(x + t) : make_uint4(0u, 0u, 0u, 0u);
-            } else { /* element loads of the raw bits (zero bits = 0.0 past L) */
-                uint32_t u[4];
-#pragma unroll
-                for (int q = 0; q < 4; q++) {
-                    if (sizeof(T) == 4) {
-                        u[q] = t + q < a.L ? *(const uint32_t *)(x + t + q) : 0u;
-                    } else {
-                        const uint32_t lo = t + 2 * q < a.L ? *(const unsigned short *)(x + t + 2 * q) : 0u;
-                        const uint32_t hi = t + 2 * q + 1 < a.L ? *(const unsigned short *)(x + t + 2 * q + 1) : 0u;
-                        u[q] = lo | (hi << 16);
-                    }
-                }
-                v[j] = make_uint4(u[0], u[1], u[2], u[3]);
-            }
-        }
-        float wp[4], bv;
-        conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, &bv);
-        float prev[3]; /* h[t0-3 .. t0-1]: the halo of lane 0's vector 0 (t0 > 0: inside x, before t0 < L) */
-#pragma unroll
-        for (int m = 0; m < 3; m++) {
-            const int64_t t = t0 - 3 + m;
-            float h = 0.f;
-            if (t >= 0) h = jamba_ld<T>(x[t]);
-            else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
-            prev[m] = h;
-        }
-#pragma unroll
-        for (int j = 0; j < CONV_NV; j++) {
-            /* lane l-1's vector j (lane 0: lane 31's), only the words holding its last 3 elements */
-            uint4 nb = make_uint4(0u, 0u, 0u, 0u);
-            nb.w = __shfl_sync(JAMBA_FULL_MASK, v[j].w, src);
-            if (QF <= 2) nb.z = __shfl_sync(JAMBA_FULL_MASK, v[j].z, src);
-            if (QF <= 1) nb.y = __shfl_sync(JAMBA_FULL_MASK, v[j].y, src);
-            float hn[16 / sizeof(T)], win[3 + 16 / sizeof(T)]; /* win[m] = h[t - 3 + m] */
-            P::ld(nb, hn);
-#pragma unroll
-            for (int m = 0; m < 3; m++) {
-                win[m] = lane ? hn[VN - 3 + m] : prev[m];
-                prev[m] = hn[VN - 3 + m]; /* lane 0: lane 31's vector j, the halo of its vector j+1 */
-            }
-            P::ld(v[j], win + 3);
-            float o[16 / sizeof(T)];
-#pragma unroll
-            for (int e = 0; e < VN; e++) {
-                float acc = bv;
-#pragma unroll
-                for (int m = 0; m < 4; m++) acc = fmaf(wp[m], win[e + m], acc);
-                o[e] = acc;
-            }
-            if (a.silu) {
-#pragma unroll
-                for (int e = 0; e < VN; e++) o[e] = conv_silu(o[e]);
-            }
-            const int64_t t = tl + j * 32 * VN;
-            if (VEC) {
-                if (t < a.L) conv_st16(out + t, P::st(o));
-            } else {
-#pragma unroll
-                for (int e = 0; e < VN; e++)
-                    if (t + e < a.L) out[t + e] = jamba_st<T>(o[e]);
-            }
-        }
-        if (a.fin && seg == nseg - 1) {
-            T *fin = (T *)a.fin + b * a.sf0 + c * a.sf1;
-            for (int64_t jj = lane; jj < a.S_out; jj += 32) {
-                const int64_t t = a.L - a.S_out + jj; /* position in x; < 0: in the initial state */
-                float h = 0.f;
-                if (t >= 0) h = jamba_ld<T>(x[t]);
-                else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
-                fin[jj] = jamba_st<T>(h);
-            }
-        }
-    }
-}
-
-/* ---- A/B experiment: JAMBA_EXT_CONV_VARIANT (one GPU round; the losers and the knob go after it) ------- */
-/* 16-byte load of x; HINT: ld.global.nc.L1::no_allocate (read-only path, no L1 line kept: x is read once) */
-template <bool HINT>
-__device__ __forceinline__ uint4 conv_ld16(const void *p) {
-    uint4 v;
-    if (HINT) {
-        asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                     : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                     : "l"(p));
-    } else {
-        v = *(const uint4 *)p;
-    }
-    return v;
-}
-
-/* 16-byte store of out; HINT: st.global.cs (streaming, evict-first: out is not read again by this kernel) */
-template <bool HINT>
-__device__ __forceinline__ void conv_st16_hint(void *p, uint4 v) {
-    if (HINT) {
-        asm volatile("st.global.cs.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
-                     : "memory");
-    } else {
-        conv_st16(p, v);
-    }
-}
-
-/* this lane's NV vectors of one segment of row x (tl: the first step of its vector 0), as the warp kernel
- * loads them: whole 16-byte vectors (VEC) or elements, zero bits past L */
-template <typename T, bool VEC, int NV, bool HINT>
-__device__ __forceinline__ void conv_seg_load(uint4 (&v)[NV], const T *x, int64_t tl, int64_t L) {
+/* this lane's CONV_NV vectors of one segment of row x (tl: the first step of its vector 0): whole 16-byte
+ * vectors (VEC) or elements, zero bits past L */
+template <typename T, bool VEC>
+__device__ __forceinline__ void conv_seg_load(uint4 (&v)[CONV_NV], const T *x, int64_t tl, int64_t L) {
     const int VN = 16 / (int)sizeof(T);
 #pragma unroll
-    for (int j = 0; j < NV; j++) {
+    for (int j = 0; j < CONV_NV; j++) {
         const int64_t t = tl + j * 32 * VN;
         if (VEC) {
-            v[j] = t < L ? conv_ld16<HINT>(x + t) : make_uint4(0u, 0u, 0u, 0u);
-        } else {
+            v[j] = t < L ? *(const uint4 *)(x + t) : make_uint4(0u, 0u, 0u, 0u);
+        } else { /* element loads of the raw bits (zero bits = 0.0 past L) */
             uint32_t u[4];
 #pragma unroll
             for (int q = 0; q < 4; q++) {
@@ -245,17 +112,18 @@ __device__ __forceinline__ void conv_halo(float prev[3], const T *x, const T *in
     }
 }
 
-/* taps, halo shuffles, fp32 sums, silu and stores of one segment: the warp kernel's operations in its order.
+/* halo shuffles, fp32 sums, silu and stores of one segment.
  * prev: lane 0's halo in; out: lane 31's last 3 steps (the halo of the next segment of the row) */
-template <typename T, bool VEC, int NV, bool HINT>
-__device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[NV], float prev[3], const float wp[4], float bv,
-                                                 int silu, T *out, int64_t tl, int64_t L, int lane) {
+template <typename T, bool VEC>
+__device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], float prev[3], const float wp[4],
+                                                 float bv, int silu, T *out, int64_t tl, int64_t L, int lane) {
     typedef jamba_w16<T> P;
     const int VN = 16 / (int)sizeof(T);
-    const int QF = (VN - 3) * (int)sizeof(T) / 4;
+    const int QF = (VN - 3) * (int)sizeof(T) / 4; /* first 32-bit word holding one of the last 3 elements */
     const int src = (lane + 31) & 31;
 #pragma unroll
-    for (int j = 0; j < NV; j++) {
+    for (int j = 0; j < CONV_NV; j++) {
+        /* lane l-1's vector j (lane 0: lane 31's), only the words holding its last 3 elements */
         uint4 nb = make_uint4(0u, 0u, 0u, 0u);
         nb.w = __shfl_sync(JAMBA_FULL_MASK, v[j].w, src);
         if (QF <= 2) nb.z = __shfl_sync(JAMBA_FULL_MASK, v[j].z, src);
@@ -265,7 +133,7 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[NV], float pre
 #pragma unroll
         for (int m = 0; m < 3; m++) {
             win[m] = lane ? hn[VN - 3 + m] : prev[m];
-            prev[m] = hn[VN - 3 + m];
+            prev[m] = hn[VN - 3 + m]; /* lane 0: lane 31's vector j, the halo of its vector j+1 */
         }
         P::ld(v[j], win + 3);
         float o[16 / sizeof(T)];
@@ -282,7 +150,7 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[NV], float pre
         }
         const int64_t t = tl + j * 32 * VN;
         if (VEC) {
-            if (t < L) conv_st16_hint<HINT>(out + t, P::st(o));
+            if (t < L) conv_st16(out + t, P::st(o));
         } else {
 #pragma unroll
             for (int e = 0; e < VN; e++)
@@ -291,45 +159,47 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[NV], float pre
     }
 }
 
-/* causal_conv1d_fwd_pipe_kernel<T, VEC, NV, HINT> (A/B variants 2..4)
- *   Tensors, VEC condition, segment layout (one warp = 32 lanes x NV vectors of VN steps: SEG = 1024 steps
- *   at NV = 4, 512 at NV = 2 in bf16/f16; lane l owns vectors j*32 + l), halo shuffles and fp32 operations as
- *   causal_conv1d_fwd_warp_kernel: the results are bit-identical.
- *   Grid (CONV_WARPS warps per block): one wave (SMs x resident blocks, capped by the work; per = nvw / P,
- *   extra = nvw % P for the P warps) or ceil(nvw / (CONV_WARPS * per)) blocks (extra = 0). Warp p takes
- *   the consecutive virtual warps vw = (b*DI + c) * nseg + seg in [p*per + min(p, extra), +per (+1 when
- *   p < extra), cut at nvw), i.e. the segments of a row in order, then the next row: (b, c, seg) advance by
- *   increments (2 divisions per warp, not per segment), taps and bias are reloaded only at a row start, and
- *   lane 0's halo of a segment with seg > 0 is the tail of the previous one, already in registers.
+/* causal_conv1d_fwd_kernel<T, VEC>
+ *   x (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; w (DI, K), bias (DI,) f32|T;
+ *   initial_state (B, DI, S_in >= K-1) T, unit stride along S; final_state (B, DI, S_out) T, unit stride.
+ *   Segment: SEG = 32 * CONV_NV * VN steps of one (b, c) row (1024 in bf16/f16, 512 in f32); lane l of a
+ *   warp owns the VN-step vectors j*32 + l, j < CONV_NV (each load instruction of the warp reads 512
+ *   contiguous bytes). Vector (j, l) takes the 3 steps before it from lane l-1's vector j, and lane 0 from
+ *   lane 31's vector j-1, both through one __shfl_sync of the words holding them.
+ *   VEC: x and out rows 16-byte aligned and L % VN == 0 (vectors are whole or past L); else element loads
+ *   and stores with the same mapping.
+ *   Grid: CONV_WARPS warps per block, ceil(nvw / (CONV_WARPS * CONV_SPW)) blocks (not persistent: the
+ *   hardware schedules them). Warp p takes the CONV_SPW consecutive virtual warps vw = (b*DI + c) * nseg + seg
+ *   in [p * CONV_SPW, +CONV_SPW), cut at nvw = B * DI * nseg, i.e. the segments of a row in order, then the
+ *   next row: (b, c, seg) advance by increments (2 divisions per warp, not per segment), taps and bias are
+ *   reloaded only at a row start, and lane 0's halo of a segment with seg > 0 is the tail of the previous
+ *   one, already in registers (at a row start: initial_state or zeros).
  *   Register double buffer: the loads of segment i+1 (x; at a row start also taps, bias and the
  *   initial-state halo) are issued before segment i is computed and stored, so a warp keeps up to
- *   2 x NV x 16 bytes per lane in flight and never waits for memory with nothing loaded.
- *   The warp holding a row's last segment writes final_state (from x / initial_state, as the warp kernel).
- *   HINT: x loaded with ld.global.nc.L1::no_allocate, out stored with st.global.cs. */
-#define CONV_PIPE_MINB(NV) ((NV) >= 4 ? 6 : 8) /* resident blocks per SM asked of ptxas (VEC) */
-
-template <typename T, bool VEC, int NV, bool HINT>
-__global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_PIPE_MINB(NV) : 1)
-    causal_conv1d_fwd_pipe_kernel(conv_args a, int nseg, int per, int extra) {
+ *   2 x CONV_NV x 16 bytes per lane in flight and never waits for memory with nothing loaded.
+ *   The warp holding a row's last segment writes final_state (from x / initial_state, before its stores of
+ *   out). Warp, batch, channel and segment counters are 32-bit: the launcher requires nvw <= INT32_MAX. */
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1) causal_conv1d_fwd_kernel(conv_args a, int nseg) {
     const int VN = 16 / (int)sizeof(T);
-    const int SEG = 32 * NV * VN;
+    const int SEG = 32 * CONV_NV * VN;
     const int lane = threadIdx.x & 31;
     const int p = blockIdx.x * CONV_WARPS + (threadIdx.x >> 5);
-    const int64_t nvw = a.B * a.DI * nseg, vw0 = (int64_t)p * per + (p < extra ? p : extra);
+    const int64_t nvw = a.B * a.DI * nseg, vw0 = (int64_t)p * CONV_SPW;
     const int64_t left = nvw - vw0;
-    int n = per + (p < extra ? 1 : 0); /* segments of this warp */
+    int n = CONV_SPW; /* segments of this warp */
     if (left < n) n = (int)(left > 0 ? left : 0);
     if (n <= 0) return;
     int64_t seg64, bc64, b64, c64;
     conv_split(vw0, nseg, nvw, &bc64, &seg64);
     conv_split(bc64, a.DI, nvw, &b64, &c64);
-    int seg = (int)seg64, b = (int)b64, c = (int)c64; /* the launcher checks B, DI, nseg < 2^31 */
+    int seg = (int)seg64, b = (int)b64, c = (int)c64;
     const T *x = (const T *)a.x + b64 * a.sx0 + c64 * a.sx1; /* row (b, c) of x */
     T *out = (T *)a.out + bc64 * a.L;                         /* row (b, c) of out */
     const T *init = a.init ? (const T *)a.init + b64 * a.si0 + c64 * a.si1 : NULL;
-    uint4 v[NV];
+    uint4 v[CONV_NV];
     float wp[4], bv, prev[3];
-    conv_seg_load<T, VEC, NV, HINT>(v, x, (int64_t)seg * SEG + lane * VN, a.L);
+    conv_seg_load<T, VEC>(v, x, (int64_t)seg * SEG + lane * VN, a.L);
     conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, &bv);
     conv_halo<T>(prev, x, init, a.S_in, (int64_t)seg * SEG);
     for (;;) {
@@ -347,7 +217,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_PIPE_MINB(NV) : 1)
                 fin[jj] = jamba_st<T>(h);
             }
         }
-        uint4 nv[NV];
+        uint4 nv[CONV_NV];
         float nwp[4], nbv = 0.f, nprev[3];
         if (more) { /* every load of segment i+1 before the first store of out in segment i */
             if (newrow) {
@@ -358,16 +228,16 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_PIPE_MINB(NV) : 1)
             } else {
                 seg++;
             }
-            conv_seg_load<T, VEC, NV, HINT>(nv, x, (int64_t)seg * SEG + lane * VN, a.L);
+            conv_seg_load<T, VEC>(nv, x, (int64_t)seg * SEG + lane * VN, a.L);
             if (newrow) {
                 conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, nwp, &nbv);
                 conv_halo<T>(nprev, x, init, a.S_in, 0);
             }
         }
-        conv_seg_compute<T, VEC, NV, HINT>(v, prev, wp, bv, a.silu, out, tl, a.L, lane);
+        conv_seg_compute<T, VEC>(v, prev, wp, bv, a.silu, out, tl, a.L, lane);
         if (!more) break;
 #pragma unroll
-        for (int j = 0; j < NV; j++) v[j] = nv[j];
+        for (int j = 0; j < CONV_NV; j++) v[j] = nv[j];
         if (newrow) { /* else prev already holds the tail of segment i (lane 0: from lane 31) */
 #pragma unroll
             for (int m = 0; m < 4; m++) wp[m] = nwp[m];
@@ -379,82 +249,25 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_PIPE_MINB(NV) : 1)
     }
 }
 
-/* blocks per SM of a pipe kernel instance on this device (cached; sizes the one-wave grid only) */
-template <typename T, bool VEC, int NV, bool HINT>
-static jamba_status conv_pipe_launch(const conv_args &a, int spw, int device, cudaStream_t stream) {
-    static int blocks_per_sm[64];
-    const int VN = 16 / (int)sizeof(T);
-    const int64_t seg = 32 * NV * VN;
-    const int64_t nseg = a.L > 0 ? jamba_ceil_div(a.L, seg) : 1;
-    const int64_t nvw = a.B * a.DI * nseg;
-    int occ = device >= 0 && device < 64 ? blocks_per_sm[device] : 0;
-    if (occ == 0) {
-        JAMBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &occ, causal_conv1d_fwd_pipe_kernel<T, VEC, NV, HINT>, CONV_WARPS * 32, 0));
-        if (occ < 1) occ = 1;
-        if (device >= 0 && device < 64) blocks_per_sm[device] = occ;
-    }
-    int64_t grid, per, extra;
-    if (spw > 0) { /* spw segments per warp, as many blocks as that takes (the hardware schedules them) */
-        grid = jamba_ceil_div(nvw, (int64_t)CONV_WARPS * spw), per = spw, extra = 0;
-    } else { /* one wave; every warp gets nvw / P segments, the first nvw % P one more */
-        grid = (int64_t)jamba_cuda_sm_count(device) * occ;
-        const int64_t need = jamba_ceil_div(nvw, CONV_WARPS);
-        if (grid > need) grid = need;
-        per = nvw / (grid * CONV_WARPS), extra = nvw % (grid * CONV_WARPS);
-    }
-    causal_conv1d_fwd_pipe_kernel<T, VEC, NV, HINT><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(
-        a, (int)nseg, (int)per, (int)extra);
-    JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
-    return JAMBA_OK;
-}
-
-/* JAMBA_EXT_CONV_VARIANT (A/B for one GPU round): 0 or unset = causal_conv1d_fwd_warp_kernel as shipped;
- * 1 = the same kernel with 8 warps per block (half the blocks);
- * 2 = pipe kernel, NV 4 (1024-step segments, 80 registers: 6 blocks per SM), one wave;
- * 3 = pipe kernel, NV 2 (512-step segments, 64 registers: 8 blocks per SM), one wave;
- * 4 = pipe kernel, NV 4, 4 segments per warp and as many blocks as that takes (not persistent);
- * 5 = 4 with the streaming hints (ld.global.nc.L1::no_allocate, st.global.cs).
- * Read with getenv on every launch, NOT cached, while this experiment exists: benchmarks/bench_kernels.py
- * switches it between rows of one process and the tests set it per test (one environment scan per call,
- * like JAMBA_LAUNCH_CHECK's JAMBA_EXT_SYNC). */
-static int conv_variant(void) {
-    const char *s = getenv("JAMBA_EXT_CONV_VARIANT");
-    const int v = s ? atoi(s) : 0;
-    return v >= 0 && v <= 5 ? v : 0;
-}
-
 template <typename T>
-static jamba_status causal_conv1d_launch_warp(const conv_args &a, int device, cudaStream_t stream) {
+static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream) {
     const int VN = 16 / (int)sizeof(T);
     const int64_t es = (int64_t)sizeof(T), seg = 32 * CONV_NV * VN;
+    if (a.L == 0 && !a.fin) return JAMBA_OK; /* nothing to write */
     const int64_t nseg = a.L > 0 ? jamba_ceil_div(a.L, seg) : 1;
     const int64_t nvw = a.B * a.DI * nseg;
+    /* B*DI*L >= 2^31 * 1024 elements (2^31 * 512 in f32) when L >= one segment; only rows of less than a
+     * segment (>= 2^31 rows, e.g. L = 1: 4 GiB of bf16 x) get here below that */
+    if (nvw > (int64_t)INT32_MAX)
+        return jamba_set_error(JAMBA_ERR_ARG,
+                               "jamba.causal_conv1d: batch*d_inner*ceil(seqlen/%lld) = %lld row segments, more "
+                               "than the kernel's 32-bit counters allow (2^31-1)",
+                               (long long)seg, (long long)nvw);
     const bool vec = a.L % VN == 0 && jamba_aligned16(a.x) && jamba_aligned16(a.out) &&
                      (a.B <= 1 || (a.sx0 * es) % 16 == 0) && (a.DI <= 1 || (a.sx1 * es) % 16 == 0);
-    int var = conv_variant();
-    if (var >= 2 && nvw > INT32_MAX / 4) var = 0; /* the pipe kernel counts rows and segments in 32 bits */
-    if (var == 2 || var == 4) {
-        const int spw = var == 2 ? 0 : 4;
-        return vec ? conv_pipe_launch<T, true, 4, false>(a, spw, device, stream)
-                   : conv_pipe_launch<T, false, 4, false>(a, spw, device, stream);
-    }
-    if (var == 3) return vec ? conv_pipe_launch<T, true, 2, false>(a, 0, device, stream)
-                             : conv_pipe_launch<T, false, 2, false>(a, 0, device, stream);
-    if (var == 5) return vec ? conv_pipe_launch<T, true, 4, true>(a, 4, device, stream)
-                             : conv_pipe_launch<T, false, 4, true>(a, 4, device, stream);
-    if (var == 1) { /* 8 warps per block */
-        const int64_t blocks = jamba_ceil_div(nvw, 8);
-        const int64_t grid = blocks < JAMBA_MAX_GRID_X ? blocks : JAMBA_MAX_GRID_X;
-        if (vec) causal_conv1d_fwd_warp_kernel<T, true, 8><<<(unsigned)grid, 8 * 32, 0, stream>>>(a, nseg);
-        else causal_conv1d_fwd_warp_kernel<T, false, 8><<<(unsigned)grid, 8 * 32, 0, stream>>>(a, nseg);
-        JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
-        return JAMBA_OK;
-    }
-    const int64_t blocks = jamba_ceil_div(nvw, CONV_WARPS);
-    const int64_t grid = blocks < JAMBA_MAX_GRID_X ? blocks : JAMBA_MAX_GRID_X; /* the kernel loops beyond */
-    if (vec) causal_conv1d_fwd_warp_kernel<T, true, CONV_WARPS><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
-    else causal_conv1d_fwd_warp_kernel<T, false, CONV_WARPS><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, nseg);
+    const int64_t grid = jamba_ceil_div(nvw, (int64_t)CONV_WARPS * CONV_SPW); /* <= 2^27 */
+    if (vec) causal_conv1d_fwd_kernel<T, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg);
+    else causal_conv1d_fwd_kernel<T, false><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
     return JAMBA_OK;
 }
@@ -486,7 +299,7 @@ extern "C" jamba_status jamba_causal_conv1d_cuda(const jamba_causal_conv1d_param
     a.silu = p->silu;
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
-    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch_warp<T>(a, launch.device, stream));
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch<T>(a, stream));
     return s;
 }
 

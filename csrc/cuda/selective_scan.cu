@@ -13,7 +13,8 @@
  * Two kernels:
  *   selective_scan_pc_kernel (below, "pipelined fast path"): every call with N <= 16 and L >= 1 (Mamba-1,
  *     Jamba: N = 16). cp.async ring of raw tiles, one barrier per 32-step chunk. H200, bf16, DI 8192:
- *     1x8192 in 0.65 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp floor 0.26 ms).
+ *     1x8192 in 0.616 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp floor 0.26 ms). Its softplus is
+ *     max(v, 0) + log1p(exp(-|v|)) with log1p as a polynomial (one exponential; see pc_softplus).
  *   selective_scan_fwd_kernel (the first design, kept as the general path): N > 16 and L == 0. G threads per
  *     channel (a power of two; G*SPT >= N states, SPT states per thread in registers, SPT = 4 or 16 is the
  *     one template tile parameter), CH = 128/G channels per block, all of one batch. Time runs in chunks of
@@ -321,21 +322,30 @@ __global__ void __launch_bounds__(SCAN_THREADS) selective_scan_fwd_kernel(scan_a
  *     raw ring (PC_NSTG stages): the chunk's inputs as stored in global memory (u, delta, z tiles [CH][TC] in
  *       T; B, C as [16][TC] (t-fast / scalar) or [TC][16] (n-fast) in their dtype), filled with 16-byte
  *       cp.async when rows are 16-byte aligned and the piece lies inside [0, L), else element by element;
- *     fp32 sets (two): dt (bias + softplus applied), dt*u, D*u, silu(z) as [CH][TC+4]; B and C as
- *       [TC][PC_BCP]: row t holds, for each lane index g, B of states SPT*g .. SPT*g+SPT-1 then C of the same
- *       states (one 16-byte load per lane and step; 4 floats of row padding spread the converter's stores
- *       over the banks); zeros outside [0, L) and beyond DI, so the padded steps leave h
- *       unchanged (exp(0) = 1, dt*u = 0).
+ *     fp32 sets (two): dt (bias + softplus applied; softplus(v) = max(v, 0) + log1p(exp(-|v|)), one ex2 and
+ *       a degree-8 polynomial for log1p, relative error < 5e-7 in fp32: pc_softplus), dt*u, D*u, silu(z) as
+ *       [CH][TC+4]; B and C as [TC][PC_BCP]: row t holds, for each lane index g, B of states SPT*g ..
+ *       SPT*g+SPT-1 then C of the same states (one 16-byte load per lane and step; 4 floats of row padding
+ *       spread the converter's stores over the banks); zeros outside [0, L) and beyond DI, so the padded
+ *       steps leave h unchanged (exp(0) = 1, dt*u = 0).
  *   Fast path (host flag a.fast: u/delta/z rows and B/C pieces 16-byte aligned, B/C rows along t or n in u's
  *   dtype, N = 16): full chunks are copied from per-thread source pointers set once per virtual block, and
- *   converted without range checks when all CH channels exist; the last partial chunk, blocks reaching past
- *   DI and calls with a.fast = 0 take the general loader / converter.
+ *   converted without range checks when all CH channels exist (B/C through per-thread offsets set once per
+ *   kernel: pc_plan_bcmap); the last partial chunk, blocks reaching past DI and calls with a.fast = 0 take the
+ *   general loader / converter.
  *   Iteration k: wait for chunk k+1's copies, ONE __syncthreads, issue chunk k+NSTG's copies, convert chunk
  *   k+1 (raw -> fp32 set (k+1)&1), scan chunk k from set k&1. Warps of a block drift between conversion
  *   (memory/ALU) and scan (SFU) inside that interval, which overlaps the two.
- *   Scan of 8 steps: the 8*SPT exponentials (dt*A2 then ex2), then the h / y FMA chain; the G lanes of a
- *   channel reduce-scatter their 8 partial y with shuffles so lane g ends with step g, gates it and stores
- *   it. (Through a per-warp shared buffer instead: slower, 0.71 vs 0.65 ms at 1x8192, 6c4ae22.)
+ *   Scan of 8 steps: the 8*SPT exponentials (dt*A2 then ex2), then the h / y FMA chain, the partial y of
+ *   each step kept in registers; after the chunk's TC = 32 steps the G lanes of a channel reduce-scatter the
+ *   32 partial sums with shuffles (pc_reduce_all) so lane g ends with steps 4g .. 4g+3, gates them and stores
+ *   them with one vector store (a.vec_out: L % 4 == 0 and out aligned; else element by element). (Through a
+ *   per-warp shared buffer instead: slower, 0.71 vs 0.65 ms at 1x8192, 6c4ae22.)
+ *   Why this form: an A/B round on the H200 (bf16, DI 8192, benchmarks/results/gpu_round_eaa685c.log) measured
+ *   1x2048 / 1x8192 / 1x32768 / 8x2048 in 0.1599 / 0.6161 / 2.442 / 1.206 ms (40.8 / 42.4 / 42.8 / 43.3 % of
+ *   the exp floor) against 0.1689 / 0.6518 / 2.581 / 1.263 ms for the previous kernel (per-8-step reduce and
+ *   scalar store, exp + lg2 softplus, B/C converter offsets per chunk); SASS 12.89 vs 14.12 instructions per
+ *   state step.
  *   Hazards: a raw stage is refilled one barrier after its conversion; fp32 set p is rewritten one barrier
  *   after the scan that read it. */
 #define PC_THREADS 128
@@ -349,7 +359,6 @@ struct pc_args : scan_io {
     int bmode, cmode;        /* 0: t-fast (unit stride along L), 1: n-fast (unit along N), 2: scalar */
     int vec_u, vec_b, vec_c; /* 16-byte cp.async allowed for u/delta/z rows, B rows, C rows */
     int fast;                /* fast loader / converter for full chunks (see the kernel comment) */
-    /* A/B variants 1-3 (JAMBA_EXT_SCAN_VARIANT, see selective_scan_pc_kernel): */
     int vec_out;             /* out rows allow 4-element vector stores (L % 4 == 0, out aligned) */
     int bc_gfast;            /* fast B/C converter: items (t, g) walk g fastest (both B and C n-fast) */
     int bc_dt[2], bc_dn[2];  /* B, C raw tiles: bytes per step t and per state n */
@@ -532,32 +541,10 @@ __device__ __forceinline__ void pc_convert_bc(const unsigned char *r, float *dst
     else if (dt == JAMBA_BF16) pc_convert_bc_t<__nv_bfloat16, TC, SPT>((const __nv_bfloat16 *)r, dst, m, nfast, nt, N);
     else pc_convert_bc_t<__half, TC, SPT>((const __half *)r, dst, m, nfast, nt, N);
 }
-/* Fast: a full chunk of B and C (N = 16, element type E) -> fp32 B/C rows, one item (step t, lane index g)
- * = SPT states of B and of C written as 16-byte stores. Items walk t fastest for t-fast tiles, g fastest
- * for n-fast ones (bank-friendly loads either way). */
-template <typename E, int TC, int G>
-__device__ __forceinline__ void pc_convert_bc_fast(const E *rB, const E *rC, float *dst, bool nfB, bool nfC) {
-    constexpr int SPT = PC_NS / G;
-    static_assert((TC * G) % PC_THREADS == 0 && SPT % 2 == 0, "items per thread");
-    const bool gfast = nfB && nfC;
-#pragma unroll
-    for (int j = 0; j < TC * G / PC_THREADS; j++) {
-        const int e = threadIdx.x + j * PC_THREADS, t = gfast ? e / G : e % TC, g = gfast ? e % G : e / TC;
-        float v[2 * SPT];
-#pragma unroll
-        for (int i = 0; i < SPT; i++) {
-            const int n = g * SPT + i;
-            v[i] = jamba_ld<E>(rB[nfB ? t * PC_NS + n : n * TC + t]);
-            v[SPT + i] = jamba_ld<E>(rC[nfC ? t * PC_NS + n : n * TC + t]);
-        }
-        float *d = dst + t * PC_BCP + g * 2 * SPT;
-#pragma unroll
-        for (int q = 0; q < SPT / 2; q++) *(float4 *)(d + 4 * q) = make_float4(v[4 * q], v[4 * q + 1], v[4 * q + 2], v[4 * q + 3]);
-    }
-}
-
-/* Variants 1-3: the fast B/C converter's per-thread byte offsets (item 0 of the raw B and C tiles, of the fp32
- * rows), set once per kernel; the layout-dependent strides between a thread's loads are uniform (pc_args). */
+/* Fast B/C converter (full chunks, N = 16, B/C in u's dtype): a thread's items (step t, lane index g) walk t
+ * fastest for t-fast tiles, g fastest when both tiles are n-fast (bank-friendly loads either way). Its byte
+ * offsets of item 0 (in the raw B and C tiles, in the fp32 rows) are set once per kernel; the layout-dependent
+ * strides between a thread's items are uniform (pc_args: bc_dt, bc_dn, bc_dj, bc_sj). */
 struct pc_bcmap {
     int lb, lc, st;
 };
@@ -570,8 +557,8 @@ template <int TC, int G> __device__ __forceinline__ pc_bcmap pc_plan_bcmap(const
     m.st = (t * PC_BCP + g * 2 * SPT) * 4;
     return m;
 }
-/* Variants 1-3: pc_convert_bc_fast with the item mapping of pc_plan_bcmap and no per-chunk index math: per
- * item, B and C of states SPT*g .. +SPT-1 at step t, one 16-byte store */
+/* A full chunk of B and C -> fp32 B/C rows with the item mapping of pc_plan_bcmap and no per-chunk index
+ * math: per item, B and C of states SPT*g .. +SPT-1 at step t, one 16-byte store */
 template <typename E, int TC, int G>
 __device__ __forceinline__ void pc_convert_bc_map(const pc_args &a, const unsigned char *rB,
                                                   const unsigned char *rC, float *sBC, const pc_bcmap &m) {
@@ -601,27 +588,17 @@ template <typename T> __device__ __forceinline__ void pc_ld4(const T *p, float v
     }
 }
 
-/* softplus (torch threshold 20) without log1pf's branches: e = 2^(v log2 e) on the SFU; log1p(e) as the
- * alternating series to e^6 when e < 1/8 (relative error < e^6/7 = 5e-7), else lg2.approx(1 + e) * ln 2
- * (absolute error ~2^-22.6 against a result >= 0.17: relative < 1e-6). Both are computed, one selected. */
-__device__ __forceinline__ float pc_softplus(float v) {
-    const float e = jamba_cu_exp2(v * JAMBA_LOG2E);
-    float lg;
-    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(lg) : "f"(1.f + e));
-    const float big = lg * 0.69314718055994531f;
-    const float ser = e * fmaf(e, fmaf(e, fmaf(e, fmaf(e, fmaf(e, -1.f / 6, 0.2f), -0.25f), 1.f / 3), -0.5f), 1.f);
-    const float sp = e < 0.125f ? ser : big;
-    return v <= 20.f ? sp : v;
-}
 /* silu(z) = z * sigmoid(z) with the SFU reciprocal (z -> -inf: 1 + e = inf, result 0) */
 __device__ __forceinline__ float pc_silu(float z) {
     return __fdividef(z, 1.f + jamba_cu_exp2(-z * JAMBA_LOG2E));
 }
-/* Variant 3's softplus: max(v, 0) + log1p(e), e = 2^(-|v| log2 e) in (0, 1], log1p(e) = e * P(e) with P a
- * degree-8 fit of log1p(x)/x on [0, 1] (relative error 1.7e-7 evaluated in fp32, e's ex2.approx error
- * included: below the 1e-6 of pc_softplus). One SFU op instead of two, no compare / select: v > 20 gives
+/* softplus (torch threshold 20) = max(v, 0) + log1p(e), e = 2^(-|v| log2 e) in (0, 1] on the SFU, log1p(e) =
+ * e * P(e) with P a degree-8 fit of log1p(x)/x on [0, 1] (fit error 8e-8). Relative error (CPU emulation of
+ * the fp32 FMA chain over v in [-40, 40]): 2.0e-7 with an exact e, < 4.4e-7 with e off by 2 ulp (ex2.approx;
+ * for v < 0 the result is ~e, so e's error passes through). The earlier form, exp plus lg2.approx or a series
+ * selected by a compare, used two SFU ops for < 1e-6. One SFU op, no compare / select: v > 20 gives
  * v + (< 2.1e-9), which rounds to v as torch's threshold does; v = -inf gives 0, NaN stays NaN. */
-__device__ __forceinline__ float pc_softplus_fma(float v) {
+__device__ __forceinline__ float pc_softplus(float v) {
     const float e = jamba_cu_exp2(fabsf(v) * -JAMBA_LOG2E);
     float q = fmaf(e, 0.005232701078f, -0.029505278916f);
     q = fmaf(e, q, 0.078226044774f);
@@ -637,7 +614,7 @@ __device__ __forceinline__ float pc_softplus_fma(float v) {
 /* raw stage -> fp32 set (see the kernel comment). FULL: all TC steps and CH channels exist and B/C take the
  * fast converter (a.fast); else zeros outside [0, nt) x channels < DI x states < N.
  * u/delta/z: a thread converts 4 consecutive steps of one channel per item (8 * TC items). */
-template <typename T, int TC, int CH, int G, bool FULL, int VAR>
+template <typename T, int TC, int CH, int G, bool FULL>
 __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char *st, float *set, int64_t c0,
                                            int nt, const float *sbias, const float *sD, const pc_bcmap &bm) {
     using K = pc_cfg<T, TC, CH>;
@@ -659,7 +636,7 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
             const bool ok = FULL || (cok && tq + i < nt);
             const float u = ok ? uu[i] : 0.f;
             float d = dd[i] + bias;
-            if (a.softplus) d = VAR >= 3 ? pc_softplus_fma(d) : pc_softplus(d);
+            if (a.softplus) d = pc_softplus(d);
             d = ok ? d : 0.f;
             dt[i] = d, dtu[i] = d * u, du[i] = Dc * u;
             gz[i] = (a.z && ok) ? pc_silu(zz[i]) : 1.f;
@@ -671,10 +648,8 @@ __device__ __forceinline__ void pc_convert(const pc_args &a, const unsigned char
         *(float4 *)(sgz + o) = make_float4(gz[0], gz[1], gz[2], gz[3]);
     }
     const unsigned char *rB = st + 3 * K::RAW_U, *rC = rB + K::RAW_BC;
-    if constexpr (FULL && VAR >= 1) {
+    if constexpr (FULL) {
         pc_convert_bc_map<T, TC, G>(a, rB, rC, sBC, bm);
-    } else if constexpr (FULL) {
-        pc_convert_bc_fast<T, TC, G>((const T *)rB, (const T *)rC, sBC, a.bmode == 1, a.cmode == 1);
     } else {
         pc_convert_bc<TC, SPT>(rB, sBC, 0, a.bmode == 1, a.bdt, nt, a.N);
         pc_convert_bc<TC, SPT>(rC, sBC, 1, a.cmode == 1, a.cdt, nt, a.N);
@@ -701,24 +676,8 @@ __device__ __forceinline__ void pc_exps8(const float *sdt, const float *sdtu, co
         for (int i = 0; i < SPT; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
 }
 
-/* The G partial sums of 8 steps of a channel -> lane g's 8/G steps r[0 .. 8/G-1] (steps (8/G)*g ..):
- * shuffle reduce-scatter, halving the steps per level (lane bit G/2 first) */
-template <int G> __device__ __forceinline__ void pc_reduce8(const float (&yp)[8], float (&r)[8], int g) {
-#pragma unroll
-    for (int m = 0; m < 8; m++) r[m] = yp[m];
-#pragma unroll
-    for (int w = 4, o = G / 2; o > 0; w >>= 1, o >>= 1) {
-        const bool hi = (g & o) != 0;
-#pragma unroll
-        for (int i = 0; i < w; i++) {
-            const float send = hi ? r[i] : r[i + w], keep = hi ? r[i + w] : r[i];
-            r[i] = keep + __shfl_xor_sync(JAMBA_FULL_MASK, send, o);
-        }
-    }
-}
-
-/* Variants 2-3: the G partial sums of all NS steps of a chunk -> lane g's NS/G consecutive steps
- * (NS/G)*g .. in y[0 .. NS/G-1]; the same shuffle reduce-scatter as pc_reduce8 over NS steps, so that each lane
+/* The G partial sums of all NS steps of a chunk -> lane g's NS/G consecutive steps (NS/G)*g .. in
+ * y[0 .. NS/G-1]: shuffle reduce-scatter, halving the steps per level (lane bit G/2 first), so that each lane
  * ends with a run of steps it gates and stores as one vector. One level per call (W, O compile-time: a loop
  * over the levels was left rolled by nvcc, y in local memory). */
 template <int W, int O, int NS> __device__ __forceinline__ void pc_reduce_lv(float (&y)[NS], int g) {
@@ -746,12 +705,7 @@ template <typename T> __device__ __forceinline__ void pc_st4(T *p, const float (
     }
 }
 
-/* VAR: the A/B variant of one GPU round (JAMBA_EXT_SCAN_VARIANT, see selective_scan_try_pc); 0 is the kernel
- * as measured at 0284b7b. 1: the fast B/C converter without per-chunk index math (pc_convert_bc_map). 2: 1 + the
- * y partial sums of the whole chunk reduce-scattered once (pc_reduce_all), each lane gating and storing 4
- * consecutive outputs with one vector store, 32-bit chunk arithmetic. 3: 2 + softplus with one SFU op
- * (pc_softplus_fma). */
-template <typename T, int TC, int VAR>
+template <typename T, int TC>
 __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
     constexpr int G = PC_G, CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
     static_assert(SPT == 2, "one 16-byte B/C load per lane and step");
@@ -764,8 +718,7 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     const int lane = threadIdx.x & 31, g = lane % G, l = (threadIdx.x >> 5) * (32 / G) + lane / G;
     const int64_t nblk = (a.DI + CH - 1) / CH, nchunks = (a.L + TC - 1) / TC;
     T *out = (T *)a.out;
-    pc_bcmap bm = {0, 0, 0};
-    if constexpr (VAR >= 1) bm = pc_plan_bcmap<TC, G>(a);
+    const pc_bcmap bm = pc_plan_bcmap<TC, G>(a);
 
     for (int64_t vb = blockIdx.x; vb < a.B * nblk; vb += gridDim.x) {
         const int64_t b = vb / nblk, c0 = (vb - b * nblk) * CH, c = c0 + l;
@@ -786,31 +739,21 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
         }
         const pc_piece bc[2] = {pc_plan_bc(a, 0, b, TC), pc_plan_bc(a, 1, b, TC)};
         const auto upl = pc_plan_u<T, TC, CH>(a, b, c0);
-        /* variants 2-3: 32-bit chunk index, steps of chunk k = TC except the last (ntl), output row pointer set
-         * once per virtual block (variant 0: 64-bit chunk arithmetic in every chunk) */
-        using KI = typename std::conditional<(VAR >= 2), int, int64_t>::type;
-        const KI nck = (KI)nchunks;
+        /* 32-bit chunk index (L < 2^31 * TC), steps of chunk k = TC except the last (ntl), output row pointer
+         * set once per virtual block */
+        const int nck = (int)nchunks;
         const int ntl = (int)(a.L - (int64_t)(nchunks - 1) * TC);
-        auto steps = [&](KI kk) -> int {
-            if constexpr (VAR >= 2) return kk + 1 < nck ? TC : ntl;
-            else return (int)(a.L - kk * TC < TC ? a.L - kk * TC : TC);
-        };
+        auto steps = [&](int kk) -> int { return kk + 1 < nck ? TC : ntl; };
         T *const obase = out + (b * a.DI + c) * a.L + 4 * g;
-        auto load = [&](unsigned char *st, KI kk) {
-            if constexpr (VAR >= 2) {
-                const int nt = steps(kk);
-                if (a.fast && nt == TC) pc_load_fast<T, TC, CH>(a, st, kk, upl, bc);
-                else pc_load<T, TC, CH>(a, st, b, c0, kk, nt, bc);
-            } else {
-                const int64_t t0 = kk * TC;
-                if (a.fast && t0 + TC <= a.L) pc_load_fast<T, TC, CH>(a, st, kk, upl, bc);
-                else pc_load<T, TC, CH>(a, st, b, c0, kk, (int)(a.L - t0 < TC ? a.L - t0 : TC), bc);
-            }
-        };
-        auto convert = [&](const unsigned char *st, float *set, KI kk) {
+        auto load = [&](unsigned char *st, int kk) {
             const int nt = steps(kk);
-            if (a.fast && allch && nt == TC) pc_convert<T, TC, CH, G, true, VAR>(a, st, set, c0, nt, sbias, sD, bm);
-            else pc_convert<T, TC, CH, G, false, VAR>(a, st, set, c0, nt, sbias, sD, bm);
+            if (a.fast && nt == TC) pc_load_fast<T, TC, CH>(a, st, kk, upl, bc);
+            else pc_load<T, TC, CH>(a, st, b, c0, kk, nt, bc);
+        };
+        auto convert = [&](const unsigned char *st, float *set, int kk) {
+            const int nt = steps(kk);
+            if (a.fast && allch && nt == TC) pc_convert<T, TC, CH, G, true>(a, st, set, c0, nt, sbias, sD, bm);
+            else pc_convert<T, TC, CH, G, false>(a, st, set, c0, nt, sbias, sD, bm);
         };
         /* prologue: chunks 0 .. NSTG-1 in flight, chunk 0 converted */
 #pragma unroll
@@ -823,7 +766,7 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
         if (nchunks > 0) convert(raw, sets, 0);
 
         int ls = 0, cs = 1 % PC_NSTG; /* raw stages of chunk k + NSTG (= k % NSTG) and of chunk k + 1 */
-        for (KI k = 0; k < nck; k++) {
+        for (int k = 0; k < nck; k++) {
             pc_wait<PC_NSTG - 2>();
             __syncthreads();
             if (k + PC_NSTG < nck) load(raw + ls * K::STAGE, k + PC_NSTG);
@@ -834,15 +777,13 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
             const float *set = sets + (k & 1) * K::SET;
             const float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
             const float *sBC = sgz + CH * TP + g * 2 * SPT;
-            const int64_t t0 = k * TC;
-            T *orow = out + (b * a.DI + c) * a.L + t0;
             /* the exponentials of 8-step block j+1 are written next to block j's FMA steps (ptxas still
              * groups them; an interleaving forced by a false dependency measured no faster on the H200) */
-            float dA[8][SPT], dtu[8], yc[VAR >= 2 ? TC : 1];
+            float dA[8][SPT], dtu[8], yc[TC];
             pc_exps8<SPT>(sdt + l * TP, sdtu + l * TP, A2, dA, dtu);
 #pragma unroll
             for (int t = 0; t < TC; t += 8) {
-                float dAn[8][SPT], dtun[8], dvn[8], yp[8];
+                float dAn[8][SPT], dtun[8], dvn[8];
                 if (t + 8 < TC) pc_ld8(sdt + l * TP + t + 8, sdtu + l * TP + t + 8, dvn, dtun);
 #pragma unroll
                 for (int m = 0; m < 8; m++) {
@@ -862,8 +803,7 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                         h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
                         y = fmaf(h[i], cv[i], y);
                     }
-                    if constexpr (VAR >= 2) yc[t + m] = y;
-                    else yp[m] = y;
+                    yc[t + m] = y;
                 }
                 if (t + 8 < TC) {
 #pragma unroll
@@ -873,29 +813,21 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                         for (int i = 0; i < SPT; i++) dA[m][i] = dAn[m][i];
                     }
                 }
-                if constexpr (VAR <= 1) {
-                    float r[8];
-                    pc_reduce8<G>(yp, r, g);
-                    const int tt = t + g;
-                    if (cvalid && t0 + tt < a.L) orow[tt] = jamba_st<T>((r[0] + sdu[l * TP + tt]) * sgz[l * TP + tt]);
-                }
             }
-            if constexpr (VAR >= 2) {
-                static_assert(TC / G == 4, "4 outputs per lane and chunk");
-                pc_reduce_all<G, TC>(yc, g);
-                const int nst = cvalid ? steps(k) : 0, tt = 4 * g;
-                if (tt < nst) {
-                    const float4 du = *(const float4 *)(sdu + l * TP + tt), gz = *(const float4 *)(sgz + l * TP + tt);
-                    const float v[4] = {(yc[0] + du.x) * gz.x, (yc[1] + du.y) * gz.y, (yc[2] + du.z) * gz.z,
-                                        (yc[3] + du.w) * gz.w};
-                    T *const op = obase + (int64_t)k * TC;
-                    if (a.vec_out && tt + 4 <= nst) {
-                        pc_st4<T>(op, v);
-                    } else {
+            static_assert(TC / G == 4, "4 outputs per lane and chunk");
+            pc_reduce_all<G, TC>(yc, g);
+            const int nst = cvalid ? steps(k) : 0, tt = 4 * g;
+            if (tt < nst) {
+                const float4 du = *(const float4 *)(sdu + l * TP + tt), gz = *(const float4 *)(sgz + l * TP + tt);
+                const float v[4] = {(yc[0] + du.x) * gz.x, (yc[1] + du.y) * gz.y, (yc[2] + du.z) * gz.z,
+                                    (yc[3] + du.w) * gz.w};
+                T *const op = obase + (int64_t)k * TC;
+                if (a.vec_out && tt + 4 <= nst) {
+                    pc_st4<T>(op, v);
+                } else {
 #pragma unroll
-                        for (int i = 0; i < 4; i++)
-                            if (tt + i < nst) op[i] = jamba_st<T>(v[i]);
-                    }
+                    for (int i = 0; i < 4; i++)
+                        if (tt + i < nst) op[i] = jamba_st<T>(v[i]);
                 }
             }
         }
@@ -908,14 +840,14 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
     }
 }
 
-template <typename T, int VAR> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
+template <typename T> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
     constexpr int TC = 32, CH = PC_THREADS / PC_G;
     using K = pc_cfg<T, TC, CH>;
     const int64_t nvb = a.B * ((a.DI + CH - 1) / CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, VAR>,
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
-    selective_scan_pc_kernel<T, TC, VAR><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
+    selective_scan_pc_kernel<T, TC><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
     return JAMBA_OK;
 }
@@ -955,7 +887,7 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
      * 6c4ae22, bf16, DI 8192: 1x8192 0.65 ms against 0.88 ms through the general loader / converter) */
     a.fast = a.vec_u && N == PC_NS && a.bmode != 2 && a.cmode != 2 && a.vec_b && a.vec_c &&
              p->Bm.dtype == p->u.dtype && p->Cm.dtype == p->u.dtype;
-    /* the variants' host fields: vector stores of out, the fast B/C converter's strides (TC = 32, G = PC_G) */
+    /* vector stores of out; the fast B/C converter's strides (TC = 32, G = PC_G; see pc_plan_bcmap) */
     a.vec_out = L % 4 == 0 && (uintptr_t)p->out.data % (4 * esz) == 0;
     {
         const int TC = 32, G = PC_G, SPT = PC_NS / PC_G;
@@ -968,20 +900,8 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
         }
         a.bc_sj = (djt * PC_BCP + djg * 2 * SPT) * 4;
     }
-    /* A/B knob for one GPU round, read per launch while the experiment exists: JAMBA_EXT_SCAN_VARIANT = 0 (the
-     * kernel of 0284b7b, default), 1, 2, 3 (see selective_scan_pc_kernel) */
-    const char *var = getenv("JAMBA_EXT_SCAN_VARIANT");
-    const int v = (var && var[0] >= '0' && var[0] <= '3') ? var[0] - '0' : 0;
     jamba_status s = JAMBA_ERR_DTYPE;
-    if (v == 1) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 1>(a, stream)));
-    } else if (v == 2) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 2>(a, stream)));
-    } else if (v == 3) {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 3>(a, stream)));
-    } else {
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T, 0>(a, stream)));
-    }
+    JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = (pc_launch<T>(a, stream)));
     *st = s;
     return 1;
 }

@@ -10,7 +10,6 @@
  * state and A rows: Jamba / Mamba-1 decode), and selective_state_update_kernel, the general one (any state
  * dtype, N, strides: every call the fast path does not take).
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "common.cuh"
@@ -185,10 +184,15 @@ __device__ __forceinline__ void ssu_st_f4(float *p, float4 v) {
  *   The per-row scalars are computed once, not 4 times: lane q of a channel's 4 lanes computes dt
  *   (softplus) for row b0 + q and broadcasts it; after the 4-lane sum of row j, lane j writes out[b0+j, c].
  *   Same fp32 operations, in the same order, as selective_state_update_kernel: results are bit-identical.
- *   MINB: resident blocks per SM asked of ptxas: 4 (64 registers, 32 warps per SM) as shipped; 5 and 6 only
- *   in the A/B below (JAMBA_EXT_SSU_VARIANT). */
-template <typename T, int MINB>
-__global__ void __launch_bounds__(SSU_F_THREADS, MINB) selective_state_update_f32n16_kernel(ssu_args a) {
+ *   5 resident blocks per SM asked of ptxas (48 registers, 40 warps; each thread loads its 64 state bytes,
+ *   waits at the barrier, computes, stores and exits, so more resident blocks = more loads in flight): in the
+ *   A/B round at eaa685c (benchmarks/results/gpu_round_eaa685c.log, H200) batch 256 took 73.6 us (90.9% of copy
+ *   bandwidth) against 78.3 (85.4%) with 4 blocks per SM and 76.8 with 6 (40 registers, spills), batch 1..64
+ *   within 0.4 us of 4 blocks per SM. */
+#define SSU_F_MINB 5
+
+template <typename T>
+__global__ void __launch_bounds__(SSU_F_THREADS, SSU_F_MINB) selective_state_update_f32n16_kernel(ssu_args a) {
     __shared__ float4 sbc[2][SSU_F_NQ][SSU_F_NQ]; /* [B | C][row j][quad]: 16 fp32 per row */
     const int tid = threadIdx.x, q = tid & (SSU_F_NQ - 1), lane = tid & 31;
     const unsigned cb = blockIdx.x % a.ncb, bg = blockIdx.x / a.ncb;
@@ -260,19 +264,6 @@ __global__ void __launch_bounds__(SSU_F_THREADS, MINB) selective_state_update_f3
     }
 }
 
-/* JAMBA_EXT_SSU_VARIANT (A/B for one GPU round; the loser and the knob go after it): 0 or unset = MINB 4
- * as shipped; 1 = MINB 5 (48 registers, no spills: 40 warps per SM); 2 = MINB 6 (40 registers, 8 bytes
- * spilled: 48 warps per SM). Why: every thread loads its 64 state bytes, waits at the barrier, computes and
- * stores, then its block exits; more resident blocks = more of those loads in flight per SM (Little's law:
- * ~4.25 TB/s / 132 SMs x ~1.5 us = ~48 KB per SM; 32 warps keep at most 64 KB, and none during their math).
- * Read with getenv on every launch, NOT cached, while this experiment exists (benchmark rows and tests
- * switch it inside one process; one environment scan per call, like JAMBA_EXT_SYNC). */
-static int ssu_variant(void) {
-    const char *s = getenv("JAMBA_EXT_SSU_VARIANT");
-    const int v = s ? atoi(s) : 0;
-    return v >= 0 && v <= 2 ? v : 0;
-}
-
 template <typename T>
 static jamba_status selective_state_update_f32n16_launch(ssu_args a, cudaStream_t stream) {
     const int64_t ncb = jamba_ceil_div(a.DI, SSU_F_CH), blocks = ncb * jamba_ceil_div(a.B, SSU_F_NQ);
@@ -280,10 +271,7 @@ static jamba_status selective_state_update_f32n16_launch(ssu_args a, cudaStream_
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: batch*d_inner too large (%lld)",
                                (long long)(a.B * a.DI));
     a.ncb = (unsigned)ncb;
-    const int var = ssu_variant();
-    if (var == 1) selective_state_update_f32n16_kernel<T, 5><<<(unsigned)blocks, SSU_F_THREADS, 0, stream>>>(a);
-    else if (var == 2) selective_state_update_f32n16_kernel<T, 6><<<(unsigned)blocks, SSU_F_THREADS, 0, stream>>>(a);
-    else selective_state_update_f32n16_kernel<T, 4><<<(unsigned)blocks, SSU_F_THREADS, 0, stream>>>(a);
+    selective_state_update_f32n16_kernel<T><<<(unsigned)blocks, SSU_F_THREADS, 0, stream>>>(a);
     JAMBA_LAUNCH_CHECK("jamba.selective_state_update: kernel launch", stream);
     return JAMBA_OK;
 }
