@@ -67,6 +67,25 @@ static jamba_status check_experts_count(const char *op, const char *name, int64_
     return JAMBA_OK;
 }
 
+/* expert_ids: (T, TOPK) int32, contiguous (T < 0: any T), TOPK >= 1, T*TOPK below 2^31; when weights is
+ * given: f32 (T, TOPK), contiguous */
+static jamba_status check_ids(const char *op, const jamba_tensor *ids, int64_t T, const jamba_tensor *weights) {
+    JAMBA_TRY(jamba_check_tensor(op, "expert_ids", ids, 2, I32, 0));
+    const int64_t sh[2] = {T < 0 ? ids->shape[0] : T, ids->shape[1]};
+    JAMBA_TRY(jamba_check_shape(op, "expert_ids", ids, sh));
+    JAMBA_TRY(jamba_check_contiguous(op, "expert_ids", ids));
+    if (sh[1] < 1)
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: expert_ids must have shape (T, TOPK) with TOPK >= 1, got TOPK 0",
+                               op);
+    if (sh[0] * sh[1] >= SLOTS_LIMIT)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: tokens * top_k must be below 2^31, got %lld", op,
+                               (long long)(sh[0] * sh[1]));
+    if (weights == NULL) return JAMBA_OK;
+    JAMBA_TRY(jamba_check_tensor(op, "weights", weights, 2, JAMBA_MASK(JAMBA_F32), 0));
+    JAMBA_TRY(jamba_check_shape(op, "weights", weights, sh));
+    return jamba_check_contiguous(op, "weights", weights);
+}
+
 /* ---- route ------------------------------------------------------------------------------------------ */
 jamba_status jamba_moe_route_check(const jamba_moe_route_params *p) {
     const char *op = OP_ROUTE;
@@ -215,20 +234,9 @@ jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p) {
     const int64_t gush[3] = {E, F2, H}, dsh[3] = {E, H, F};
     JAMBA_TRY(check_same_float(op, "w_gate_up", &p->w_gate_up, &p->x, 3, gush));
     JAMBA_TRY(check_same_float(op, "w_down", &p->w_down, &p->x, 3, dsh));
-    JAMBA_TRY(jamba_check_tensor(op, "expert_ids", &p->expert_ids, 2, I32, 0));
+    JAMBA_TRY(check_ids(op, &p->expert_ids, T, &p->weights));
     const int64_t K = p->expert_ids.shape[1];
-    const int64_t idsh[2] = {T, K}, xsh[2] = {T, H};
-    JAMBA_TRY(jamba_check_shape(op, "expert_ids", &p->expert_ids, idsh));
-    JAMBA_TRY(jamba_check_contiguous(op, "expert_ids", &p->expert_ids));
-    if (K < 1)
-        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: expert_ids must have shape (T, TOPK) with TOPK >= 1, got TOPK 0",
-                               op);
-    if (T * K >= SLOTS_LIMIT)
-        return jamba_set_error(JAMBA_ERR_ARG, "%s: tokens * top_k must be below 2^31, got %lld", op,
-                               (long long)(T * K));
-    JAMBA_TRY(jamba_check_tensor(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_shape(op, "weights", &p->weights, idsh));
-    JAMBA_TRY(jamba_check_contiguous(op, "weights", &p->weights));
+    const int64_t xsh[2] = {T, H};
     JAMBA_TRY(check_permutation(op, &p->expert_offsets, &p->sorted_slots, E, T * K));
     JAMBA_TRY(check_same_float(op, "out", &p->out, &p->x, 2, xsh));
     const int64_t ssh[2] = {T * K, H}, ash[2] = {T * K, F};
@@ -295,20 +303,10 @@ jamba_status jamba_moe_combine_check(const jamba_moe_combine_params *p) {
     JAMBA_TRY(jamba_check_tensor(op, "y", &p->y, 2, JAMBA_FLOATS, 0));
     JAMBA_TRY(jamba_check_contiguous(op, "y", &p->y));
     JAMBA_TRY(check_experts_count(op, "num_experts", p->num_experts));
-    JAMBA_TRY(jamba_check_tensor(op, "expert_ids", &p->expert_ids, 2, I32, 0));
-    JAMBA_TRY(jamba_check_contiguous(op, "expert_ids", &p->expert_ids));
+    JAMBA_TRY(check_ids(op, &p->expert_ids, -1, &p->weights));
     const int64_t T = p->expert_ids.shape[0], K = p->expert_ids.shape[1], H = p->y.shape[1];
-    if (K < 1)
-        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: expert_ids must have shape (T, TOPK) with TOPK >= 1, got TOPK 0",
-                               op);
-    if (T * K >= SLOTS_LIMIT)
-        return jamba_set_error(JAMBA_ERR_ARG, "%s: tokens * top_k must be below 2^31, got %lld", op,
-                               (long long)(T * K));
-    const int64_t ysh[2] = {T * K, H}, osh[2] = {T, H}, wsh[2] = {T, K}, psh[1] = {T * K};
+    const int64_t ysh[2] = {T * K, H}, osh[2] = {T, H}, psh[1] = {T * K};
     JAMBA_TRY(jamba_check_shape(op, "y", &p->y, ysh));
-    JAMBA_TRY(jamba_check_tensor(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_shape(op, "weights", &p->weights, wsh));
-    JAMBA_TRY(jamba_check_contiguous(op, "weights", &p->weights));
     JAMBA_TRY(jamba_check_tensor(op, "sorted_slots", &p->sorted_slots, 1, I32, 0));
     JAMBA_TRY(jamba_check_shape(op, "sorted_slots", &p->sorted_slots, psh));
     JAMBA_TRY(jamba_check_contiguous(op, "sorted_slots", &p->sorted_slots));
