@@ -20,6 +20,7 @@
  * SiLU: v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp) in the forward and vec kernels;
  * __expf and an IEEE division in causal_conv1d_update_kernel.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.cuh"
@@ -180,14 +181,17 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   The warp holding a row's last segment writes final_state (from x / initial_state, before its stores of
  *   out). Warp, batch, channel and segment counters are 32-bit: the launcher requires nvw <= INT32_MAX. */
 template <typename T, bool VEC>
-__global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1) causal_conv1d_fwd_kernel(conv_args a, int nseg) {
+__global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
+    causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1) {
     const int VN = 16 / (int)sizeof(T);
     const int SEG = 32 * CONV_NV * VN;
     const int lane = threadIdx.x & 31;
     const int p = blockIdx.x * CONV_WARPS + (threadIdx.x >> 5);
-    const int64_t nvw = a.B * a.DI * nseg, vw0 = (int64_t)p * CONV_SPW;
+    /* warps p < p1 take spw segments each, the later ones (the tail of the launch) one each */
+    const int64_t nvw = a.B * a.DI * nseg;
+    const int64_t vw0 = p < p1 ? (int64_t)p * spw : (int64_t)p1 * spw + (p - p1);
     const int64_t left = nvw - vw0;
-    int n = CONV_SPW; /* segments of this warp */
+    int n = p < p1 ? spw : 1; /* segments of this warp */
     if (left < n) n = (int)(left > 0 ? left : 0);
     if (n <= 0) return;
     int64_t seg64, bc64, b64, c64;
@@ -265,9 +269,21 @@ static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream
                                (long long)seg, (long long)nvw);
     const bool vec = a.L % VN == 0 && jamba_aligned16(a.x) && jamba_aligned16(a.out) &&
                      (a.B <= 1 || (a.sx0 * es) % 16 == 0) && (a.DI <= 1 || (a.sx1 * es) % 16 == 0);
-    const int64_t grid = jamba_ceil_div(nvw, (int64_t)CONV_WARPS * CONV_SPW); /* <= 2^27 */
-    if (vec) causal_conv1d_fwd_kernel<T, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg);
-    else causal_conv1d_fwd_kernel<T, false><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg);
+    /* EXPERIMENT for the next GPU round (read per call while it lasts): JAMBA_EXT_CONV_SPW = segments per warp
+     * (default CONV_SPW), JAMBA_EXT_CONV_TAIL = how many of the last segments go one per warp (default 0): the
+     * fit over the shapes at aeb5304 gives ~7 us of fixed cost per launch, about half the run time of one
+     * block, which is what a ragged last wave of 4-segment warps would cost. */
+    int64_t spw = CONV_SPW, tail = 0;
+    if (const char *e = getenv("JAMBA_EXT_CONV_SPW")) spw = atoll(e) > 0 ? atoll(e) : CONV_SPW;
+    if (const char *e = getenv("JAMBA_EXT_CONV_TAIL")) tail = atoll(e) > 0 ? atoll(e) : 0;
+    if (tail > nvw) tail = nvw;
+    const int64_t p1 = (nvw - tail) / spw;                   /* warps with spw segments */
+    const int64_t warps = p1 + (nvw - p1 * spw);             /* and one segment each for the rest */
+    const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
+    if (vec)
+        causal_conv1d_fwd_kernel<T, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg, (int)spw, (int)p1);
+    else
+        causal_conv1d_fwd_kernel<T, false><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg, (int)spw, (int)p1);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
     return JAMBA_OK;
 }
