@@ -277,8 +277,9 @@ static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream
     if (const char *e = getenv("JAMBA_EXT_CONV_SPW")) spw = atoll(e) > 0 ? atoll(e) : CONV_SPW;
     if (const char *e = getenv("JAMBA_EXT_CONV_TAIL")) tail = atoll(e) > 0 ? atoll(e) : 0;
     if (tail > nvw) tail = nvw;
-    const int64_t p1 = (nvw - tail) / spw;                   /* warps with spw segments */
-    const int64_t warps = p1 + (nvw - p1 * spw);             /* and one segment each for the rest */
+    /* warps with spw segments (the last one may have fewer), then one segment each for the rest */
+    const int64_t p1 = tail ? (nvw - tail) / spw : jamba_ceil_div(nvw, spw);
+    const int64_t warps = tail ? p1 + (nvw - p1 * spw) : p1;
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
     if (vec)
         causal_conv1d_fwd_kernel<T, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg, (int)spw, (int)p1);
