@@ -162,7 +162,7 @@ def main():
         tokens = [1, 8, 64]
     else:
         H, Fd, E, K, dtype = 4096, 14336, 16, 2, torch.bfloat16
-        tokens = [1, 8, 64, 512, 2048, 4096, 16384]  # 2048: one 2K prompt, the auto switch point (4096 slots)
+        tokens = [1, 8, 64, 512, 1024, 2048, 4096, 16384]  # 1024-2048: around the auto switch point (4096 slots)
     if args.tokens:
         tokens = [int(t) for t in args.tokens.split(",")]
     reps = args.reps or (5 if dev.type == "cpu" else 10)
