@@ -597,9 +597,21 @@ class JambaAttention(nn.Module):
         elif cache is not None:
             k, v = cache.update_kv(self.layer_idx, k, v)                                           # (B, nkv, P+L, hd)
         rep = self.num_heads // self.num_key_value_heads
-        if not _SDPA_HAS_GQA and rep > 1:
+        # With enable_gqa and a key mask SDPA has only its math path left (flash takes no mask, the efficient
+        # kernel no unequal head counts; cuDNN is kept off for decode, see _sdpa): it materialises the scores
+        # and copies K/V rep times per call. So, with a mask (static-cache decode of the CUDA graphs, padded
+        # batches, chunked prefill):
+        if L == 1 and rep > 1 and not step.is_causal:
+            # one new token: the rep query heads of a KV head become rep query rows, (B, nkv, rep, hd) against
+            # (B, nkv, S, hd): no K/V copy, no enable_gqa; the mask (B, 1, 1, S) broadcasts over the rows.
+            # Query head h = kv * rep + r, as repeat_interleave / enable_gqa pair them.
+            o = _sdpa(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, step.attn_mask, False, False)
+            return self.o_proj(o.reshape(Bsz, 1, self.num_heads * hd))
+        gqa = rep > 1
+        if gqa and (not _SDPA_HAS_GQA or step.attn_mask is not None):  # several rows under a mask: repeat K/V
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        o = _sdpa(q, k, v, step.attn_mask, step.is_causal, _SDPA_HAS_GQA and rep > 1)
+            gqa = False
+        o = _sdpa(q, k, v, step.attn_mask, step.is_causal, gqa)
         o = o.transpose(1, 2).reshape(Bsz, L, self.num_heads * hd)                                 # (B, L, nh*hd)
         return self.o_proj(o)
 
