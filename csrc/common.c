@@ -210,6 +210,7 @@ void jamba_store_row(void *dst, jamba_dtype dt, const float *src, int64_t n, int
                                "with nvcc available, JAMBA_EXT_CUDA=1)");                           \
     }
 NO_CUDA(jamba_rms_norm_cuda, jamba_rms_norm_params)
+NO_CUDA(jamba_rms_norm_segments_cuda, jamba_rms_norm_segments_params)
 NO_CUDA(jamba_causal_conv1d_cuda, jamba_causal_conv1d_params)
 NO_CUDA(jamba_causal_conv1d_update_cuda, jamba_causal_conv1d_update_params)
 NO_CUDA(jamba_selective_scan_cuda, jamba_selective_scan_params)

@@ -86,6 +86,22 @@ jamba_status jamba_rms_norm_check(const jamba_rms_norm_params *p);
 jamba_status jamba_rms_norm_cpu(const jamba_rms_norm_params *p);
 jamba_status jamba_rms_norm_cuda(const jamba_rms_norm_params *p, jamba_launch launch);
 
+/* rms_norm_segments: the row is cut at ends[0] < ends[1] < ... < ends[nseg-1] = dim into nseg segments, each
+ * RMS-normalised on its own (mean over the segment), same numerics as rms_norm, weight (dim,) = the segments'
+ * weights concatenated. One launch for Mamba's dt / B / C norms of a decode step (three segments of x_proj's
+ * output). x: (rows, dim), unit stride along dim, any row stride; out (rows, dim), same; 1 <= nseg <= 4. */
+#define JAMBA_NORM_MAX_SEGS 4
+typedef struct {
+    jamba_tensor out, x, weight;
+    int64_t nseg;
+    int64_t ends[JAMBA_NORM_MAX_SEGS];
+    double eps;
+} jamba_rms_norm_segments_params;
+
+jamba_status jamba_rms_norm_segments_check(const jamba_rms_norm_segments_params *p);
+jamba_status jamba_rms_norm_segments_cpu(const jamba_rms_norm_segments_params *p);
+jamba_status jamba_rms_norm_segments_cuda(const jamba_rms_norm_segments_params *p, jamba_launch launch);
+
 /* ------------------------------------------------------------------------------------------------
  * causal_conv1d                                                   (csrc/{cpu,cuda}/causal_conv1d.*)
  *   x, out: (B, DI, L) f32|f16|bf16, unit stride along L (B and DI strides free); out contiguous.

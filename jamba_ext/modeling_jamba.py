@@ -44,6 +44,7 @@ __all__ = ["JambaConfig", "JambaModel", "JambaForCausalLM", "JambaHybridCache", 
 class _ReferenceBackend:
     """reference.py behind the ops API (the slow path): the decode ops write their state back in place."""
     rms_norm = staticmethod(_reference.rms_norm)
+    rms_norm_segments = staticmethod(_reference.rms_norm_segments)
     add_rms_norm = staticmethod(_reference.add_rms_norm)
     causal_conv1d = staticmethod(_reference.causal_conv1d)
     selective_scan = staticmethod(_reference.selective_scan)
@@ -505,6 +506,36 @@ class JambaMambaMixer(nn.Module):
             self._ssm_cache = (key, (A, D, dt_bias))
         return A, D, dt_bias
 
+    def _xproj_norms(self, xdbl: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """dt, B, C: the dt / B / C RMSNorms of x_proj's output (..., R+2N), as views of one
+        rms_norm_segments result (one launch instead of three, for the launch-bound decode step) over the
+        concatenated weights, cached while they are unchanged. Three separate norms when a gradient is
+        recorded for the weights or the norms differ in eps / weight dtype (a swapped-in foreign module)."""
+        R, N = self.time_step_rank, self.ssm_state_size
+        w_eps = self._xproj_norm_weight()
+        if w_eps is None:
+            return self.dt_layernorm(xdbl[..., :R]), self.b_layernorm(xdbl[..., R:R + N]), \
+                self.c_layernorm(xdbl[..., R + N:])
+        y = _K.rms_norm_segments(xdbl, w_eps[0], [R, R + N], w_eps[1])
+        return y[..., :R], y[..., R:R + N], y[..., R + N:]
+
+    def _xproj_norm_weight(self) -> Optional[Tuple[Tensor, float]]:
+        """(the dt / B / C norm weights concatenated, eps), cached while the weights are unchanged; None when
+        the fused norm does not apply (see _xproj_norms). The prefill calls it too, so that the first decode
+        step runs the same ops as the next ones (what a CUDA-graph capture of a step relies on)."""
+        norms = (self.dt_layernorm, self.b_layernorm, self.c_layernorm)
+        eps = [getattr(m, "variance_epsilon", None) for m in norms]
+        ws = [getattr(m, "weight", None) for m in norms]
+        if (eps[0] is None or eps.count(eps[0]) != 3 or any(w is None or w.dtype != ws[0].dtype for w in ws)
+                or (torch.is_grad_enabled() and any(w.requires_grad for w in ws))):
+            return None
+        key = tuple((w.data_ptr(), w._version, w.device) for w in ws)
+        cached = getattr(self, "_norm_cache", None)
+        if cached is None or cached[0] != key:
+            cached = (key, (torch.cat([w.detach() for w in ws]), float(eps[0])))
+            self._norm_cache = cached
+        return cached[1]
+
     def forward(self, hidden_states: Tensor, cache: Optional[JambaHybridCache] = None,
                 mamba_mask: Optional[Tensor] = None) -> Tensor:
         i = self.layer_idx
@@ -525,6 +556,8 @@ class JambaMambaMixer(nn.Module):
         """hidden_states (B, L, H) -> (out (B, L, H), conv state (B, DI, K) | None, ssm state (B, DI, N) fp32)."""
         Bsz, L, _ = hidden_states.shape
         DI, R, N = self.intermediate_size, self.time_step_rank, self.ssm_state_size
+        if keep_state:
+            self._xproj_norm_weight()                                     # ready for the decode steps
         if mamba_mask is not None:                                        # 0. padding in: zero x and z there
             hidden_states = hidden_states * mamba_mask[:, :, None].to(hidden_states.dtype)
         # 1. xz = in_proj(h) as (B, 2DI, L), unit stride along L, so x and z are slices without copies
@@ -562,9 +595,7 @@ class JambaMambaMixer(nn.Module):
         x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI), unit stride
         x = _K.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, True)  # (B, DI)
         xdbl = F.linear(x, self.x_proj.weight)                                      # (B, R+2N)
-        dt = self.dt_layernorm(xdbl[:, :R])                                         # (B, R)
-        Bm = self.b_layernorm(xdbl[:, R:R + N])                                     # (B, N)
-        Cm = self.c_layernorm(xdbl[:, R + N:])                                      # (B, N)
+        dt, Bm, Cm = self._xproj_norms(xdbl)                                        # (B, R), (B, N), (B, N) views
         dt = F.linear(dt, self.dt_proj.weight)                                      # (B, DI), no bias
         A, D, dt_bias = self._ssm_params()
         y = _K.selective_state_update(ssm_state, x, dt, A, Bm, Cm, D, z, dt_bias, True)  # (B, DI)

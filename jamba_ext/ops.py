@@ -8,6 +8,7 @@ strides again and its message is raised unchanged (ValueError naming the argumen
 Ops (shapes in the letters of csrc/jamba.h):
   rms_norm(x (..., D), weight (D,), eps) -> (..., D)
   add_rms_norm(x, residual, weight, eps) -> (normed, x + residual)
+  rms_norm_segments(x (..., D), weight (D,), splits, eps) -> each segment of the last dim normalised on its own
   causal_conv1d(x (B, DI, L), weight (DI, K) | (DI, 1, K), bias?, initial_state? (B, DI, S>=K-1),
                 silu, state_len) -> (out (B, DI, L), final_state (B, DI, state_len))
   causal_conv1d_update(x (B, DI) | (B, DI, L), conv_state (B, DI, S) [mutated], weight, bias?, silu) -> out
@@ -211,6 +212,31 @@ def _(x, residual, weight, eps=1e-6):
             torch.empty_like(x, memory_format=torch.contiguous_format))
 
 
+@torch.library.custom_op("jamba::rms_norm_segments", mutates_args=())
+def rms_norm_segments(x: Tensor, weight: Tensor, splits: List[int], eps: float = 1e-6) -> Tensor:
+    """RMSNorm of each segment of the last dim on its own (HF JambaRMSNorm numerics per segment): the last dim
+    D is cut at the increasing split points (at most 3, inside (0, D)); weight (D,) = the segments' weights
+    concatenated. One launch for Mamba's dt / B / C norms. x: (..., D). Returns x's dtype, x's shape."""
+    op = "rms_norm_segments"
+    _check_args(op, "x", x, {"weight": 1}, weight=weight)
+    if len(splits) > 3:
+        _fail(op, f"at most 3 split points (4 segments), got {list(splits)}")
+    x2 = _rows(op, "x", x)
+    out = _alloc(x2.shape, x.dtype, x.device)
+    ends = [int(v) for v in splits] + [int(x.shape[-1])]
+    if any(e <= 0 for e in ends[:-1]):
+        _fail(op, f"split points must be increasing and inside (0, {x.shape[-1]}), got {list(splits)}")
+    ends += [0] * (4 - len(ends))
+    _call(op, x.device, op, [("out", out), ("x", x2), ("weight", weight)], float(eps), *ends)
+    return out.view(x.shape)
+
+
+@rms_norm_segments.register_fake
+def _(x, weight, splits, eps=1e-6):
+    _fake_devices("rms_norm_segments", x=x, weight=weight)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
 # ---- causal_conv1d --------------------------------------------------------------------------------------
 def _conv_weight(op: str, weight: Tensor) -> Tensor:
     if weight.dim() == 3 and weight.shape[1] == 1:
@@ -325,6 +351,7 @@ def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
 
 
 _register_reference_autograd("rms_norm", reference.rms_norm, 3, (0, 1))
+_register_reference_autograd("rms_norm_segments", reference.rms_norm_segments, 4, (0, 1))
 _register_reference_autograd("add_rms_norm", reference.add_rms_norm, 4, (0, 1, 2))
 _register_reference_autograd("causal_conv1d", reference.causal_conv1d, 6, (0, 1, 2, 3))
 _register_reference_autograd("selective_scan", reference.selective_scan, 10, (0, 1, 2, 3, 4, 5, 6, 7, 9))
@@ -614,6 +641,7 @@ def _fast_path(op_def):
 
 
 rms_norm = _fast_path(rms_norm)
+rms_norm_segments = _fast_path(rms_norm_segments)
 add_rms_norm = _fast_path(add_rms_norm)
 causal_conv1d = _fast_path(causal_conv1d)
 causal_conv1d_update = _fast_path(causal_conv1d_update)

@@ -32,6 +32,13 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
     return (h.to(x.dtype).to(cd) * weight.to(cd)).to(x.dtype)
 
 
+def rms_norm_segments(x: Tensor, weight: Tensor, splits, eps: float = 1e-6) -> Tensor:
+    """rms_norm of each segment of the last dim (cut at the split points) with its slice of weight."""
+    bounds = [0] + [int(v) for v in splits] + [x.shape[-1]]
+    parts = [rms_norm(x[..., a:b], weight[a:b], eps) for a, b in zip(bounds[:-1], bounds[1:])]
+    return torch.cat(parts, dim=-1)
+
+
 def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
     """Returns (rms_norm(x + residual), x + residual); the sum is rounded to x's dtype."""
     s = (x.to(_compute_dtype(x)) + residual.to(_compute_dtype(x))).to(x.dtype)

@@ -223,3 +223,54 @@ def test_rms_norm_large(device, dtype):
     ref_out, _ = reference.add_rms_norm(up(x), up(r), up(w))
     assert_close(out, ref_out, **TOL[dtype])
 
+
+
+# ---- rms_norm_segments: each segment of the last dim normalised on its own (Mamba's dt / B / C norms) -----
+SEG_CASES = [((1,), 288, [256, 272]), ((4,), 288, [256, 272]), ((7,), 40, [3]), ((3, 5), 100, [10, 50, 99]),
+             ((0,), 16, [8]), ((2,), 9, [])]
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("lead,dim,splits", SEG_CASES, ids=["1x288", "4x288", "7x40", "3x5x100", "0x16", "2x9"])
+@pytest.mark.parametrize("w_f32", [False, True], ids=["w_xdtype", "w_f32"])
+def test_rms_norm_segments_matches_fp64(device, dtype, lead, dim, splits, w_f32):
+    x = randn(*lead, dim, device=device, dtype=dtype, scale=2.0, shift=0.3)
+    w = norm_weight(dim, device, torch.float32 if w_f32 else dtype)
+    out = ops.rms_norm_segments(x, w, splits, 1e-6)
+    assert out.shape == x.shape and out.dtype == dtype
+    assert_close(out, reference.rms_norm_segments(up(x), up(w), splits, 1e-6), **TOL[dtype])
+    # the same as one rms_norm per segment (bit for bit on the CPU, where both run the same row code)
+    bounds = [0] + splits + [dim]
+    sep = torch.cat([ops.rms_norm(x[..., a:b], w[a:b], 1e-6) for a, b in zip(bounds[:-1], bounds[1:])], -1)
+    if device.type == "cpu":
+        assert torch.equal(out, sep)
+    else:
+        assert_close(out, sep, **TOL[dtype])
+
+
+def test_rms_norm_segments_strided_rows(device):
+    """x a column slice of a wider tensor (row stride > dim), as x_proj's output columns would be."""
+    wide = randn(6, 300, device=device, dtype=torch.bfloat16)
+    x = wide[:, 5:293]
+    w = norm_weight(288, device, torch.bfloat16)
+    out = ops.rms_norm_segments(x, w, [256, 272])
+    assert_close(out, reference.rms_norm_segments(up(x), up(w), [256, 272]), **TOL[torch.bfloat16])
+
+
+def test_rms_norm_segments_bad_inputs(device):
+    x = randn(3, 20, device=device)
+    w = norm_weight(20, device, torch.float32)
+    for splits in ([5, 5], [12, 4], [0], [20], [25], [1, 2, 3, 4]):
+        with pytest.raises(ValueError, match="split|segments"):
+            ops.rms_norm_segments(x, w, splits)
+    with pytest.raises(ValueError, match="weight"):
+        ops.rms_norm_segments(x, w[:-1], [4])
+    with pytest.raises(ValueError, match="eps"):
+        ops.rms_norm_segments(x, w, [4], -1.0)
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+def test_rms_norm_segments_opcheck(device, requires_grad):
+    x = randn(5, 40, device=device).requires_grad_(requires_grad)
+    w = norm_weight(40, device, torch.float32).requires_grad_(requires_grad)
+    torch.library.opcheck(torch.ops.jamba.rms_norm_segments.default, (x, w, [8, 24], 1e-6))

@@ -1,7 +1,7 @@
 /* rms_norm.c -- RMSNorm and fused residual-add RMSNorm on the CPU (C11 + OpenMP over rows).
  *
  * Exports: jamba_rms_norm_check, jamba_rms_norm_cpu (rms_norm when p->residual is absent, add_rms_norm
- * when present). Math (HF JambaRMSNorm), per row of dim elements:
+ * when present), jamba_rms_norm_segments_check / _cpu (the same per segment of a row). Math (HF JambaRMSNorm), per row of dim elements:
  *   s   = residual ? round_x(x + residual) : x          (residual_out = s)
  *   r   = rsqrt(mean(float(s)^2) + eps)
  *   out = round_x( round_x(s * r) * float(weight) )
@@ -95,5 +95,72 @@ jamba_status jamba_rms_norm_cpu(const jamba_rms_norm_params *p) {
     }
     free(w);
     if (oom) return jamba_set_error(JAMBA_ERR_ARG, "jamba.rms_norm: out of memory");
+    return JAMBA_OK;
+}
+
+/* ---- rms_norm_segments ---------------------------------------------------------------------------------- */
+jamba_status jamba_rms_norm_segments_check(const jamba_rms_norm_segments_params *p) {
+    const char *op = "jamba.rms_norm_segments";
+    JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 2, JAMBA_FLOATS, 0));
+    const int64_t rows = p->x.shape[0], dim = p->x.shape[1];
+    const int64_t sh[2] = {rows, dim}, wsh[1] = {dim};
+    JAMBA_TRY(jamba_check_unit_stride(op, "x", &p->x, 1));
+    JAMBA_TRY(jamba_check_tensor(op, "weight", &p->weight, 1, JAMBA_MASK(JAMBA_F32) | JAMBA_MASK(p->x.dtype), 0));
+    JAMBA_TRY(jamba_check_shape(op, "weight", &p->weight, wsh));
+    JAMBA_TRY(jamba_check_unit_stride(op, "weight", &p->weight, 0));
+    JAMBA_TRY(jamba_check_tensor(op, "out", &p->out, 2, JAMBA_MASK(p->x.dtype), 0));
+    JAMBA_TRY(jamba_check_shape(op, "out", &p->out, sh));
+    JAMBA_TRY(jamba_check_unit_stride(op, "out", &p->out, 1));
+    if (p->nseg < 1 || p->nseg > JAMBA_NORM_MAX_SEGS)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: 1 to %d segments, got %lld", op, JAMBA_NORM_MAX_SEGS,
+                               (long long)p->nseg);
+    int64_t prev = 0;
+    for (int64_t i = 0; i < p->nseg; i++) {
+        if (p->ends[i] <= prev)
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: split points must be increasing and inside (0, %lld), got "
+                                   "segment %lld ending at %lld after %lld", op, (long long)dim, (long long)i,
+                                   (long long)p->ends[i], (long long)prev);
+        prev = p->ends[i];
+    }
+    if (prev != dim)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: split points must be inside (0, %lld), the last segment ends at "
+                               "%lld", op, (long long)dim, (long long)prev);
+    if (!(p->eps >= 0.0) || !isfinite(p->eps))
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: eps must be a finite number >= 0, got %g", op, p->eps);
+    return JAMBA_OK;
+}
+
+jamba_status jamba_rms_norm_segments_cpu(const jamba_rms_norm_segments_params *p) {
+    JAMBA_TRY(jamba_rms_norm_segments_check(p));
+    const int64_t rows = p->x.shape[0], dim = p->x.shape[1];
+    if (rows == 0) return JAMBA_OK;
+    const jamba_dtype dt = p->x.dtype;
+    const int64_t es = jamba_dtype_size(dt);
+    float *w = (float *)malloc((size_t)dim * sizeof(float));
+    if (!w) return jamba_set_error(JAMBA_ERR_ARG, "jamba.rms_norm_segments: out of memory (dim %lld)", (long long)dim);
+    jamba_load_row(w, p->weight.data, p->weight.dtype, dim, 1);
+    int oom = 0;
+#pragma omp parallel if (rows * dim > JAMBA_OMP_MIN_WORK)
+    {
+        float *row = (float *)malloc((size_t)dim * sizeof(float));
+        if (!row) {
+#pragma omp atomic write
+            oom = 1;
+        } else {
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < rows; r++) {
+                jamba_load_row(row, (const char *)p->x.data + r * p->x.stride[0] * es, dt, dim, 1);
+                int64_t s0 = 0;
+                for (int64_t i = 0; i < p->nseg; i++) {
+                    norm_row(row + s0, w + s0, p->ends[i] - s0, (float)p->eps, dt);
+                    s0 = p->ends[i];
+                }
+                jamba_store_row((char *)p->out.data + r * p->out.stride[0] * es, dt, row, dim, 1);
+            }
+        }
+        free(row);
+    }
+    free(w);
+    if (oom) return jamba_set_error(JAMBA_ERR_ARG, "jamba.rms_norm_segments: out of memory");
     return JAMBA_OK;
 }

@@ -1,6 +1,7 @@
 /* rms_norm.cu -- RMSNorm and fused residual-add RMSNorm on CUDA.
  *
- * Exports: jamba_rms_norm_cuda (rms_norm when p->residual is absent, add_rms_norm when present).
+ * Exports: jamba_rms_norm_cuda (rms_norm when p->residual is absent, add_rms_norm when present),
+ * jamba_rms_norm_segments_cuda (the same per segment of a row: rms_norm_seg_kernel, at the end).
  * Math (HF JambaRMSNorm, same as csrc/cpu/rms_norm.c), per row of dim elements:
  *   s   = residual ? round_x(x + residual) : x          (residual_out = s)
  *   r   = rsqrt(mean(float(s)^2) + eps)                  (fp32 statistics)
@@ -13,6 +14,8 @@
  * bf16, in a CUDA graph: rms_norm 34.7 us (91% of copy bandwidth), add_rms_norm 67.0 us (94%); the previous
  * vector kernel (37.5 / 71.0 us in the same run) is deleted.
  */
+#include <string.h>
+
 #include "common.cuh"
 
 #define RMS_BLOCK 128     /* threads per block when several rows share a block */
@@ -247,4 +250,75 @@ extern "C" jamba_status jamba_rms_norm_cuda(const jamba_rms_norm_params *p, jamb
     jamba_status s = JAMBA_ERR_DTYPE;
     JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = rms_norm_launch_row<T>(a, stream));
     return s;
+}
+
+/* ---- rms_norm_segments ---------------------------------------------------------------------------------- */
+/* rms_norm_seg_kernel<T>
+ *   x, out: (rows, dim) T, unit stride along dim, row strides sx / so; weight (dim,) f32 or T.
+ *   The row is cut at ends[0] < ... < ends[nseg-1] = dim; each segment is normalised on its own with the
+ *   numerics of rms_norm_kernel (fp32 sum of squares, rsqrtf, round to T before the weight product).
+ *   One warp per row, 8 rows per block: the decode-sized rows of Mamba's dt / B / C norms (dim 256 + 2 x 16
+ *   in Jamba-v0.1), one launch instead of three. */
+struct rms_seg_args {
+    void *out;
+    const void *x, *w;
+    int64_t rows, sx, so;
+    int64_t ends[JAMBA_NORM_MAX_SEGS];
+    int nseg, wdt;
+    float eps;
+};
+
+template <typename T>
+__global__ void __launch_bounds__(256) rms_norm_seg_kernel(rms_seg_args a) {
+    const int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (row >= a.rows) return; /* whole warp */
+    const int lane = threadIdx.x & 31;
+    const T *x = (const T *)a.x + row * a.sx;
+    T *out = (T *)a.out + row * a.so;
+    int64_t s0 = 0;
+#pragma unroll
+    for (int si = 0; si < JAMBA_NORM_MAX_SEGS; si++) { /* constant indices: a.ends stays in the parameter space */
+        if (si >= a.nseg) break;
+        const int64_t s1 = a.ends[si];
+        float ss = 0.f;
+        for (int64_t i = s0 + lane; i < s1; i += 32) {
+            const float f = jamba_ld<T>(x[i]);
+            ss += f * f;
+        }
+        const float inv = rsqrtf(jamba_warp_sum(ss) / (float)(s1 - s0) + a.eps);
+        for (int64_t i = s0 + lane; i < s1; i += 32)
+            out[i] = jamba_st<T>(jamba_round<T>(jamba_ld<T>(x[i]) * inv) * jamba_ld_any(a.w, a.wdt, i));
+        s0 = s1;
+    }
+}
+
+extern "C" jamba_status jamba_rms_norm_segments_cuda(const jamba_rms_norm_segments_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_rms_norm_segments_check(p));
+    const int64_t rows = p->x.shape[0];
+    if (rows == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    rms_seg_args a;
+    memset(&a, 0, sizeof a);
+    a.out = p->out.data;
+    a.x = p->x.data;
+    a.w = p->weight.data;
+    a.rows = rows;
+    a.sx = p->x.stride[0];
+    a.so = p->out.stride[0];
+    for (int i = 0; i < JAMBA_NORM_MAX_SEGS; i++) a.ends[i] = p->ends[i];
+    a.nseg = (int)p->nseg;
+    a.wdt = (int)p->weight.dtype;
+    a.eps = (float)p->eps;
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    const int64_t blocks = jamba_ceil_div(rows, 8);
+    if (blocks > JAMBA_MAX_GRID_X)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.rms_norm_segments: too many rows (%lld)", (long long)rows);
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, {
+        rms_norm_seg_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(a);
+        s = JAMBA_OK;
+    });
+    JAMBA_TRY(s);
+    JAMBA_LAUNCH_CHECK("jamba.rms_norm_segments: kernel launch", stream);
+    return JAMBA_OK;
 }

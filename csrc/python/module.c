@@ -236,6 +236,21 @@ static PyObject *py_moe_combine(PyObject *self, PyObject *args) {
 }
 /* JAMBA_MOE_PY_END */
 
+static PyObject *py_rms_norm_segments(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_rms_norm_segments_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.x, &p.weight};
+    PyObject *sc[1 + JAMBA_NORM_MAX_SEGS];
+    if (parse_call(args, &c, ts, 3, sc, 1 + JAMBA_NORM_MAX_SEGS) < 0 || as_double(sc[0], &p.eps) < 0) return NULL;
+    for (int i = 0; i < JAMBA_NORM_MAX_SEGS; i++) { /* segment ends, 0 after the last */
+        if (as_int64(sc[1 + i], &p.ends[i]) < 0) return NULL;
+        if (p.ends[i] > 0) p.nseg = i + 1;
+    }
+    JAMBA_RUN(c, p, jamba_rms_norm_segments_cpu, jamba_rms_norm_segments_cuda);
+}
+
 static PyObject *py_has_cuda(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -245,6 +260,7 @@ static PyObject *py_has_cuda(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"has_cuda", py_has_cuda, METH_NOARGS, "True when the CUDA kernels were compiled in."},
     {"rms_norm", py_rms_norm, METH_VARARGS, "rms_norm / add_rms_norm (see csrc/jamba.h)."},
+    {"rms_norm_segments", py_rms_norm_segments, METH_VARARGS, "rms_norm_segments (see csrc/jamba.h)."},
     {"causal_conv1d", py_causal_conv1d, METH_VARARGS, "causal_conv1d (see csrc/jamba.h)."},
     {"causal_conv1d_update", py_causal_conv1d_update, METH_VARARGS, "causal_conv1d_update (see csrc/jamba.h)."},
     {"selective_scan", py_selective_scan, METH_VARARGS, "selective_scan (see csrc/jamba.h)."},
