@@ -274,7 +274,7 @@ static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream
      * fit over the shapes at aeb5304 gives ~7 us of fixed cost per launch, about half the run time of one
      * block, which is what a ragged last wave of 4-segment warps would cost. */
     int64_t spw = CONV_SPW, tail = 0;
-    if (const char *e = getenv("JAMBA_EXT_CONV_SPW")) spw = atoll(e) > 0 ? atoll(e) : CONV_SPW;
+    if (const char *e = getenv("JAMBA_EXT_CONV_SPW")) spw = atoll(e) > 0 && atoll(e) <= 1024 ? atoll(e) : CONV_SPW;
     if (const char *e = getenv("JAMBA_EXT_CONV_TAIL")) tail = atoll(e) > 0 ? atoll(e) : 0;
     if (tail > nvw) tail = nvw;
     /* warps with spw segments (the last one may have fewer), then one segment each for the rest */
