@@ -223,21 +223,6 @@ def bench_conv(bb, shapes, DI, K):
         torch_conv = lambda: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=DI)[..., :L])
         bb.row("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K}", lambda: ops.causal_conv1d(x, w, b, None, True, K - 1),
                nbytes, eager=torch_conv, graph=True)
-        if dev.type == "cuda" and os.environ.get("JAMBA_EXT_AB_ROWS") == "1":
-            # EXPERIMENT (causal_conv1d.cu launcher): segments per warp, the last segments one per warp
-            wave = torch.cuda.get_device_properties(dev).multi_processor_count * 6 * 4  # 6 blocks x 4 warps per SM
-            for label, env in (("spw 2", {"JAMBA_EXT_CONV_SPW": "2"}), ("spw 8", {"JAMBA_EXT_CONV_SPW": "8"}),
-                               ("tail 1 wave", {"JAMBA_EXT_CONV_TAIL": str(wave)}),
-                               ("tail 2 waves", {"JAMBA_EXT_CONV_TAIL": str(2 * wave)}),
-                               ("spw 8, tail 1 wave", {"JAMBA_EXT_CONV_SPW": "8", "JAMBA_EXT_CONV_TAIL": str(wave)})):
-                os.environ.update(env)
-                try:
-                    check(f"causal_conv1d ({label})", ops.causal_conv1d(x, w, b, None, True, K - 1)[0], ref_out)
-                    bb.row(f"causal_conv1d ({label})", f"B={Bsz} DI={DI} L={L} K={K}",
-                           lambda: ops.causal_conv1d(x, w, b, None, True, K - 1), nbytes, graph=True)
-                finally:
-                    for k in env:
-                        del os.environ[k]
         del x, out
 
 

@@ -658,20 +658,3 @@ def test_selective_scan_pipelined_fp64(dtype):
             ref_out, ref_last = ref64(a)
             assert_close(out, ref_out, **TOL_LONG[dtype])
             assert_close(last, ref_last, **TOL_LONG[torch.float32])
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
-def test_causal_conv1d_schedule_experiment(monkeypatch, dtype):
-    """EXPERIMENT knobs of the conv launcher (JAMBA_EXT_CONV_SPW segments per warp, JAMBA_EXT_CONV_TAIL last
-    segments one per warp; causal_conv1d.cu): every schedule gives the default's bits, 16-byte and odd rows,
-    rows chained across warps, initial and final state."""
-    for batch, d_inner, seqlen in [(2, 300, 8200), (2, 300, 8199), (3, 5, 3000), (1, 7, 1)]:
-        x, w, b, init = conv_inputs(batch, d_inner, seqlen, 4, dtype)
-        base, base_fin = ops.causal_conv1d(x, w, b, init, True, 5)
-        for spw, tail in [(1, 0), (2, 0), (3, 7), (8, 0), (4, 10 ** 6), (2, 13), (16, 100)]:
-            monkeypatch.setenv("JAMBA_EXT_CONV_SPW", str(spw))
-            monkeypatch.setenv("JAMBA_EXT_CONV_TAIL", str(tail))
-            out, fin = ops.causal_conv1d(x, w, b, init, True, 5)
-            assert torch.equal(out, base) and torch.equal(fin, base_fin), (batch, d_inner, seqlen, spw, tail)
-        monkeypatch.delenv("JAMBA_EXT_CONV_SPW")
-        monkeypatch.delenv("JAMBA_EXT_CONV_TAIL")

@@ -169,9 +169,9 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   lane 31's vector j-1, both through one __shfl_sync of the words holding them.
  *   VEC: x and out rows 16-byte aligned and L % VN == 0 (vectors are whole or past L); else element loads
  *   and stores with the same mapping.
- *   Grid: CONV_WARPS warps per block, ceil(nvw / (CONV_WARPS * CONV_SPW)) blocks (not persistent: the
- *   hardware schedules them). Warp p takes the CONV_SPW consecutive virtual warps vw = (b*DI + c) * nseg + seg
- *   in [p * CONV_SPW, +CONV_SPW), cut at nvw = B * DI * nseg, i.e. the segments of a row in order, then the
+ *   Grid: CONV_WARPS warps per block (not persistent: the hardware schedules the blocks). Warp p < p1 takes
+ *   the spw consecutive virtual warps vw = (b*DI + c) * nseg + seg in [p * spw, +spw), the warps after p1 one
+ *   each (the launch's last wave), cut at nvw = B * DI * nseg, i.e. the segments of a row in order, then the
  *   next row: (b, c, seg) advance by increments (2 divisions per warp, not per segment), taps and bias are
  *   reloaded only at a row start, and lane 0's halo of a segment with seg > 0 is the tail of the previous
  *   one, already in registers (at a row start: initial_state or zeros).
@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
 }
 
 template <typename T>
-static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream) {
+static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStream_t stream) {
     const int VN = 16 / (int)sizeof(T);
     const int64_t es = (int64_t)sizeof(T), seg = 32 * CONV_NV * VN;
     if (a.L == 0 && !a.fin) return JAMBA_OK; /* nothing to write */
@@ -269,17 +269,16 @@ static jamba_status causal_conv1d_launch(const conv_args &a, cudaStream_t stream
                                (long long)seg, (long long)nvw);
     const bool vec = a.L % VN == 0 && jamba_aligned16(a.x) && jamba_aligned16(a.out) &&
                      (a.B <= 1 || (a.sx0 * es) % 16 == 0) && (a.DI <= 1 || (a.sx1 * es) % 16 == 0);
-    /* EXPERIMENT for the next GPU round (read per call while it lasts): JAMBA_EXT_CONV_SPW = segments per warp
-     * (default CONV_SPW), JAMBA_EXT_CONV_TAIL = how many of the last segments go one per warp (default 0): the
-     * fit over the shapes at aeb5304 gives ~7 us of fixed cost per launch, about half the run time of one
-     * block, which is what a ragged last wave of 4-segment warps would cost. */
-    int64_t spw = CONV_SPW, tail = 0;
-    if (const char *e = getenv("JAMBA_EXT_CONV_SPW")) spw = atoll(e) > 0 && atoll(e) <= 1024 ? atoll(e) : CONV_SPW;
-    if (const char *e = getenv("JAMBA_EXT_CONV_TAIL")) tail = atoll(e) > 0 ? atoll(e) : 0;
+    /* Schedule (measured, gpu_round_7dc2073.log): CONV_SPW segments per warp, except that the last wave's worth
+     * of segments (one resident wave = SMs x CONV_MINB blocks x CONV_WARPS warps) go one per warp, so the
+     * launch does not end on a ragged wave of 4-segment warps: 1x8192 74.5 -> 72.5 us, 8x2048 142.1 -> 140.6,
+     * 1x2048 24.5 -> 22.8 (graph-timed, H200 bf16). */
+    const int64_t spw = CONV_SPW;
+    int64_t tail = (int64_t)jamba_cuda_sm_count(device) * CONV_MINB * CONV_WARPS;
     if (tail > nvw) tail = nvw;
-    /* warps with spw segments (the last one may have fewer), then one segment each for the rest */
-    const int64_t p1 = tail ? (nvw - tail) / spw : jamba_ceil_div(nvw, spw);
-    const int64_t warps = tail ? p1 + (nvw - p1 * spw) : p1;
+    /* p1 warps with spw segments, then one segment each for the rest */
+    const int64_t p1 = (nvw - tail) / spw;
+    const int64_t warps = p1 + (nvw - p1 * spw);
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
     if (vec)
         causal_conv1d_fwd_kernel<T, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg, (int)spw, (int)p1);
@@ -316,7 +315,7 @@ extern "C" jamba_status jamba_causal_conv1d_cuda(const jamba_causal_conv1d_param
     a.silu = p->silu;
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
-    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch<T>(a, stream));
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = causal_conv1d_launch<T>(a, launch.device, stream));
     return s;
 }
 
