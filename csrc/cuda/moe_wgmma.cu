@@ -7,8 +7,8 @@
  * act = SiLU(gate)*up in sorted row order, down writes round(y) * round(w) to slot order.
  *
  * Block: 128 token rows x 256 W rows x 64 k, 256 threads = 2 warpgroups, each one wgmma.m64n256k16 chain over
- * its 64 rows (fp32 accumulators, 128 per thread). All threads load the next stages with cp.async
- * (4 stages, 48 KB each, 192 KB) into the 128-byte-swizzled K-major layout wgmma reads through matrix
+ * its 64 rows (fp32 accumulators, 128 per thread). All threads load tiles two k steps ahead with cp.async
+ * (4 stages, 48 KB each, 192 KB; one wgmma group kept in flight, see the main loop) into the 128-byte-swizzled K-major layout wgmma reads through matrix
  * descriptors (8-row x 128-byte atoms: 16-byte chunk c of row r at chunk c ^ (r & 7); atoms 1024 B apart).
  * For gate_up the 256 W rows are 128 gate rows and the 128 up rows of the same outputs: accumulator columns
  * j and j + 128 of a thread belong to one output, so SiLU(gate)*up is formed in registers.
@@ -124,17 +124,21 @@ __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(moe_gemm_args 
     float acc[128];
 #pragma unroll
     for (int i = 0; i < 128; i++) acc[i] = 0.f;
+    /* Pipeline: tiles are loaded WG_STAGES - 2 ahead and one wgmma group stays in flight while the next is
+     * issued. At iteration kt the stages hold tiles kt - 1 (its wgmma may still run), kt (issued now), kt + 1
+     * (landing) and kt + 2 (loaded now, into the stage of tile kt - 2: the barrier below follows every
+     * thread's wait for wgmma group kt - 2). */
 #pragma unroll
-    for (int s = 0; s < WG_STAGES - 1; s++) {
+    for (int s = 0; s < WG_STAGES - 2; s++) {
         if (s < KT) load_tile(s, s);
         cp_async_commit();
     }
     const int wgi = warp >> 2; /* warpgroup: rows wgi*64 .. +63 of the block */
     for (int kt = 0; kt < KT; kt++) {
-        cp_async_wait<WG_STAGES - 2>();
+        cp_async_wait<WG_STAGES - 3>(); /* this thread's copies of tile kt have landed */
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* cp.async writes -> wgmma reads */
         __syncthreads();
-        const int nk = kt + WG_STAGES - 1;
+        const int nk = kt + WG_STAGES - 2;
         if (nk < KT) load_tile(nk % WG_STAGES, nk);
         cp_async_commit();
         const uint32_t sa = base + (uint32_t)((kt % WG_STAGES) * WG_STAGE_ELEMS * 2);
@@ -146,10 +150,13 @@ __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(moe_gemm_args 
 #pragma unroll
         for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
         asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); /* group kt - 1 has finished */
 #pragma unroll
         for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     cp_async_wait<0>();
 
     /* accumulator i = 4*j + q of a thread: row (warp%4)*16 + lane/4 + (q>>1)*8 of its warpgroup's 64,
