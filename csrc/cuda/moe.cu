@@ -1180,7 +1180,7 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
     if (F > 0) {
         const bool tc_ok = sizeof(T) == 2 && H % 8 == 0 && F % 8 == 0 && jamba_aligned16(p->x.data) &&
                            jamba_aligned16(p->w_gate_up.data) && jamba_aligned16(p->w_down.data) &&
-                           jamba_aligned16(p->act.data);
+                           jamba_aligned16(p->act.data) && jamba_aligned16(p->slot_out.data);
         if (impl == JAMBA_MOE_IMPL_AUTO)
             impl = !tc_ok                                      ? JAMBA_MOE_IMPL_SIMT
                    : slots <= MOE_GEMV_MAX_SLOTS_PER_EXPERT * E ? JAMBA_MOE_IMPL_GEMV
@@ -1200,6 +1200,19 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
         g.weights = (const float *)p->weights.data;
         g.E = (int)E;
         g.topk = (int)K;
+        if (impl == JAMBA_MOE_IMPL_WGMMA_TMA) {
+            /* x gathered into sorted order in slot_out (free until the down GEMM writes it), then both GEMMs
+             * with TMA-loaded tiles */
+            const int dt = std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16;
+            JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, stream));
+            g.A = p->slot_out.data, g.W = p->w_gate_up.data, g.C = p->act.data;
+            g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1;
+            JAMBA_TRY(moe_wgmma_tma_gemm(dt, g, slots, device, stream));
+            g.A = p->act.data, g.W = p->w_down.data, g.C = p->slot_out.data;
+            g.Kd = F, g.N = H, g.w_rows = H, g.gate_up = 0;
+            JAMBA_TRY(moe_wgmma_tma_gemm(dt, g, slots, device, stream));
+            return combine_launch<T>(p, device, stream);
+        }
         /* 1. act[p] = silu(gate x) * up x, rows in sorted order */
         g.A = p->x.data;
         g.W = p->w_gate_up.data;

@@ -100,6 +100,11 @@ template <> __device__ __forceinline__ void store2<__half>(__half *p, float a, f
 
 /* engines defined in moe_wgmma.cu (sm_90a); UNSUPPORTED elsewhere */
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
+/* impl wgmma_tma (moe_wgmma.cu): A rows in sorted order (a.gate_up: the rows gathered by moe_gather_rows) */
+jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
+/* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows */
+jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
+                             int64_t H, cudaStream_t stream);
 /* 1 when the wgmma kernels can run on `device` (a Hopper GPU and sm_90a code in this build), cached */
 int moe_wgmma_available(int device);
 

@@ -16,6 +16,8 @@
  */
 #include "moe.cuh"
 
+#include <cuda.h> /* CUtensorMap and its enums (types only: the encoder comes from the runtime's driver entry point) */
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define MOE_HAS_WGMMA 1
 #else
@@ -62,6 +64,41 @@ template <> __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[
         : "l"(da), "l"(db), "r"(1));
 }
 #endif
+
+/* Epilogue of both kernels: the accumulators of warpgroup wgi (rows wgi*64.. of the block's 128) to C.
+ * Accumulator i = 4*j + q of a thread: row (warp%4)*16 + lane/4 + (q>>1)*8 of its warpgroup's 64, column
+ * 8*j + (lane%4)*2 + (q&1) of the 256. gate_up: act = SiLU(gate)*up (columns j and j + 128 of one output),
+ * rows in sorted order; down: round(y) * round(w) to the slot's row. */
+template <typename T>
+__device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float (&acc)[128], int64_t row0,
+                                            int64_t row_end, int64_t n0, int wgi, int warp, int lane) {
+    const int g = lane >> 2, tq = lane & 3;
+    T *C = reinterpret_cast<T *>(a.C);
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t p = row0 + wgi * 64 + (warp & 3) * 16 + g + h * 8;
+        if (p >= row_end) continue;
+        if (a.gate_up) {
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const int64_t f = n0 + j * 8 + tq * 2;
+                if (f >= a.N) continue;
+                store2<T>(C + p * a.N + f, moe_act<T>(acc[4 * j + 2 * h], acc[4 * (j + 16) + 2 * h]),
+                          moe_act<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 16) + 2 * h + 1]));
+            }
+        } else {
+            const int64_t slot = a.sorted[p];
+            const float w = a.weights[slot];
+#pragma unroll
+            for (int j = 0; j < 32; j++) {
+                const int64_t col = n0 + j * 8 + tq * 2;
+                if (col >= a.N) continue;
+                store2<T>(C + slot * a.N + col, moe_scaled<T>(acc[4 * j + 2 * h], w),
+                          moe_scaled<T>(acc[4 * j + 2 * h + 1], w));
+            }
+        }
+    }
+}
 
 template <typename T>
 __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
@@ -159,34 +196,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(moe_gemm_args 
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     cp_async_wait<0>();
 
-    /* accumulator i = 4*j + q of a thread: row (warp%4)*16 + lane/4 + (q>>1)*8 of its warpgroup's 64,
-     * column 8*j + (lane%4)*2 + (q&1) of the 256 */
-    const int g = lane >> 2, tq = lane & 3;
-    T *C = reinterpret_cast<T *>(a.C);
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int64_t p = row0 + wgi * 64 + (warp & 3) * 16 + g + h * 8;
-        if (p >= row_end) continue;
-        if (a.gate_up) {
-#pragma unroll
-            for (int j = 0; j < 16; j++) {
-                const int64_t f = n0 + j * 8 + tq * 2;
-                if (f >= a.N) continue;
-                store2<T>(C + p * a.N + f, moe_act<T>(acc[4 * j + 2 * h], acc[4 * (j + 16) + 2 * h]),
-                          moe_act<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 16) + 2 * h + 1]));
-            }
-        } else {
-            const int64_t slot = a.sorted[p];
-            const float w = a.weights[slot];
-#pragma unroll
-            for (int j = 0; j < 32; j++) {
-                const int64_t col = n0 + j * 8 + tq * 2;
-                if (col >= a.N) continue;
-                store2<T>(C + slot * a.N + col, moe_scaled<T>(acc[4 * j + 2 * h], w),
-                          moe_scaled<T>(acc[4 * j + 2 * h + 1], w));
-            }
-        }
-    }
+    wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
 #endif
 }
 
@@ -228,4 +238,212 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(a, slots, device, stream);
     if (dtype == JAMBA_F16) return wgmma_launch<__half>(a, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs bf16/f16");
+}
+
+/* ---- TMA engine (impl wgmma_tma) ----------------------------------------------------------------------
+ * moe_gather_rows_kernel: xs[p, :] = x[sorted[p] / topk, :] for p < slots (x (T, H), xs (slots, H), both
+ *   contiguous, H % 8 == 0, 16-byte aligned): the gate_up GEMM's A rows in sorted order, so TMA can load them.
+ *   One warp per row, 16-byte vectors.
+ * moe_wgmma_tma_kernel: the same tiles, math and epilogue as moe_wgmma_kernel (128 sorted rows x 256 W rows x
+ *   64 k, 2 warpgroups of m64n256k16), but every tile arrives by TMA (cp.async.bulk.tensor, 128-byte swizzle:
+ *   the layout wg_desc describes) into a 4-stage ring guarded by mbarriers: full[s] (one arrival with the
+ *   stage's 48 KB of transactions) and empty[s] (one arrival per warp once its wgmma reading the stage is
+ *   done). Thread 0 refills the stage of tile kt - 1 with tile kt + 3 as soon as all 8 warps released it;
+ *   one wgmma group stays in flight. A: (slots, Kd) rows in sorted order (gate_up: the gathered x, down: act);
+ *   W: (E * w_rows, Kd). Rows of a box past the expert (or N) feed only outputs that the epilogue skips; boxes
+ *   past the tensor's ends are zero-filled. */
+#define WT_STAGE_BYTES (WG_STAGE_ELEMS * 2)
+#define WT_SMEM (WT_STAGE_BYTES * WG_STAGES + 1024 + 2 * WG_STAGES * 8)
+
+template <typename T>
+__global__ void __launch_bounds__(256) moe_gather_rows_kernel(T *xs, const T *x, const int32_t *sorted, int topk,
+                                                               int64_t slots, int64_t H) {
+    const int64_t p = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (p >= slots) return;
+    const uint4 *src = reinterpret_cast<const uint4 *>(x + (int64_t)(sorted[p] / topk) * H);
+    uint4 *dst = reinterpret_cast<uint4 *>(xs + p * H);
+    for (int64_t v = threadIdx.x & 31; v < H / 8; v += 32) dst[v] = src[v];
+}
+
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+/* wait until the phase with parity `parity` of the barrier has completed */
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+/* 2-d TMA load of the box at (c0 = k, c1 = row) into dst, completing on bar */
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+
+template <typename T>
+__global__ void __launch_bounds__(WG_THREADS, 1)
+    moe_wgmma_tma_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
+                         moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
+#if MOE_HAS_WGMMA
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
+    const uint32_t full = base + WT_STAGE_BYTES * WG_STAGES, empty = full + WG_STAGES * 8;
+
+    int64_t mt, nt;
+    moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
+    int e;
+    int64_t row0, row_end;
+    if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) return;
+    const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
+    const int wrow = (int)((int64_t)e * a.w_rows + n0); /* < 2^31: checked by the launcher */
+    const int arow = (int)row0;
+
+    auto issue = [&](int kt) { /* thread 0: tile kt into its stage */
+        const int st = kt % WG_STAGES;
+        const uint32_t sa = base + (uint32_t)(st * WT_STAGE_BYTES), sb = sa + WG_BM * WG_BK * 2;
+        mbar_expect_tx(full + 8 * st, WT_STAGE_BYTES);
+        tma_load_2d(sa, &tmA, kt * WG_BK, arow, full + 8 * st);
+        if (a.gate_up) {
+            tma_load_2d(sb, &tmW, kt * WG_BK, wrow, full + 8 * st);
+            tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, &tmW, kt * WG_BK, wrow + (int)a.N, full + 8 * st);
+        } else {
+            tma_load_2d(sb, &tmW, kt * WG_BK, wrow, full + 8 * st);
+        }
+    };
+    if (tid == 0) {
+        for (int st = 0; st < WG_STAGES; st++) {
+            mbar_init(full + 8 * st, 1);
+            mbar_init(empty + 8 * st, WG_THREADS / 32);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        for (int kt = 0; kt < WG_STAGES && kt < KT; kt++) issue(kt);
+    }
+    __syncthreads();
+
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.f;
+    const int wgi = warp >> 2;
+    for (int kt = 0; kt < KT; kt++) {
+        const int st = kt % WG_STAGES;
+        mbar_wait(full + 8 * st, (uint32_t)((kt / WG_STAGES) & 1));
+        __syncwarp(); /* the wgmma instructions below are .sync.aligned: the warp converged */
+        const uint32_t sa = base + (uint32_t)(st * WT_STAGE_BYTES);
+        const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
+        const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
+#pragma unroll
+        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+        for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
+        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); /* group kt - 1 has finished */
+#pragma unroll
+        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+        if (kt > 0) {
+            const int ps = (kt - 1) % WG_STAGES;
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty + 8 * ps);
+            if (tid == 0 && kt - 1 + WG_STAGES < KT) {
+                mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / WG_STAGES) & 1));
+                issue(kt - 1 + WG_STAGES);
+            }
+            __syncwarp();
+        }
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+    wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
+#endif
+}
+
+typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                 const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+
+/* cuTensorMapEncodeTiled through the runtime (no link against libcuda), looked up once */
+static wt_encode_fn wt_encoder(void) {
+    static wt_encode_fn fn = NULL;
+    static int tried = 0;
+    if (!tried) {
+        tried = 1;
+        void *f = NULL;
+        cudaDriverEntryPointQueryResult q;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) ==
+                cudaSuccess && q == cudaDriverEntryPointSuccess)
+            fn = (wt_encode_fn)f;
+        else
+            cudaGetLastError();
+    }
+    return fn;
+}
+
+/* a (rows, cols) row-major 2-byte tensor, boxes of 64 columns x box_rows rows, 128-byte swizzle */
+static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t rows, int64_t cols, int box_rows) {
+    wt_encode_fn enc = wt_encoder();
+    if (!enc) return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma_tma: cuTensorMapEncodeTiled "
+                                     "is not available from this driver");
+    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * 2};
+    const cuuint32_t box[2] = {WG_BK, (cuuint32_t)box_rows}, es[2] = {1, 1};
+    const CUresult r = enc(m, dtype == JAMBA_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                           2, const_cast<void *>(ptr), dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+        return jamba_set_error(JAMBA_ERR_CUDA, "jamba.moe_experts: cuTensorMapEncodeTiled failed (%d) for a (%lld, %lld) "
+                               "tensor", (int)r, (long long)rows, (long long)cols);
+    return JAMBA_OK;
+}
+
+template <typename T>
+static jamba_status wgmma_tma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
+    static int smem_set[64];
+    if (!moe_wgmma_available(dev))
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma_tma needs a Hopper GPU (sm_90) "
+                               "and a build with sm_90a code (JAMBA_EXT_ARCHS containing 90)");
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_tma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              WT_SMEM));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    if ((int64_t)a.E * a.w_rows + WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma_tma: more than 2^31 rows");
+    CUtensorMap tmA, tmW;
+    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, WG_BM));
+    JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, a.gate_up ? WG_BN / 2 : WG_BN));
+    const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
+    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
+    moe_wgmma_tma_kernel<T><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a, m_tiles, n_tiles);
+    JAMBA_LAUNCH_CHECK("moe_wgmma_tma_kernel", stream);
+    return JAMBA_OK;
+}
+
+jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
+                             int64_t H, cudaStream_t stream) {
+    if (slots == 0 || H == 0) return JAMBA_OK;
+    if (dtype == JAMBA_BF16)
+        moe_gather_rows_kernel<__nv_bfloat16><<<(unsigned)jamba_ceil_div(slots, 8), 256, 0, stream>>>(
+            (__nv_bfloat16 *)xs, (const __nv_bfloat16 *)x, sorted, topk, slots, H);
+    else
+        moe_gather_rows_kernel<__half><<<(unsigned)jamba_ceil_div(slots, 8), 256, 0, stream>>>(
+            (__half *)xs, (const __half *)x, sorted, topk, slots, H);
+    JAMBA_LAUNCH_CHECK("moe_gather_rows_kernel", stream);
+    return JAMBA_OK;
+}
+
+jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
+    if (slots == 0) return JAMBA_OK;
+    if (dtype == JAMBA_BF16) return wgmma_tma_launch<__nv_bfloat16>(dtype, a, slots, device, stream);
+    if (dtype == JAMBA_F16) return wgmma_tma_launch<__half>(dtype, a, slots, device, stream);
+    return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma_tma needs bf16/f16");
 }
