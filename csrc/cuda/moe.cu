@@ -1200,17 +1200,18 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
         g.weights = (const float *)p->weights.data;
         g.E = (int)E;
         g.topk = (int)K;
-        if (impl == JAMBA_MOE_IMPL_WGMMA_TMA) {
+        if (impl == JAMBA_MOE_IMPL_WGMMA_TMA || impl == JAMBA_MOE_IMPL_WGMMA_TMA2) {
+            const int cl = impl == JAMBA_MOE_IMPL_WGMMA_TMA2 ? 2 : 1;
             /* x gathered into sorted order in slot_out (free until the down GEMM writes it), then both GEMMs
              * with TMA-loaded tiles */
             const int dt = std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16;
             JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, stream));
             g.A = p->slot_out.data, g.W = p->w_gate_up.data, g.C = p->act.data;
             g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1;
-            JAMBA_TRY(moe_wgmma_tma_gemm(dt, g, slots, device, stream));
+            JAMBA_TRY(moe_wgmma_tma_gemm(dt, g, slots, cl, device, stream));
             g.A = p->act.data, g.W = p->w_down.data, g.C = p->slot_out.data;
             g.Kd = F, g.N = H, g.w_rows = H, g.gate_up = 0;
-            JAMBA_TRY(moe_wgmma_tma_gemm(dt, g, slots, device, stream));
+            JAMBA_TRY(moe_wgmma_tma_gemm(dt, g, slots, cl, device, stream));
             return combine_launch<T>(p, device, stream);
         }
         /* 1. act[p] = silu(gate x) * up x, rows in sorted order */

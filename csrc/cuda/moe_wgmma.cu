@@ -16,6 +16,7 @@
  */
 #include "moe.cuh"
 
+#include <string.h>
 #include <cuda.h> /* CUtensorMap and its enums (types only: the encoder comes from the runtime's driver entry point) */
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -287,7 +288,33 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 
-template <typename T>
+/* CL = 2: a cluster of two CTAs takes the m-tiles 2i and 2i + 1 of one 256-row "pair tile" of an expert (pair
+ * tiles never straddle experts) with the same n-tile, so they need the same W tile: rank r loads W rows
+ * [128 r, 128 r + 128) of it (gate_up: rank 0 the gate rows, rank 1 the up rows) and multicasts them into both
+ * CTAs' stage; each CTA's full[s] expects all 48 KB, and empty[s] counts the 8 warps of both CTAs (a stage is
+ * refilled only when the peer released it too). L2 reads per CTA and k tile: 32 KB instead of 48. */
+__device__ __forceinline__ uint32_t cluster_rank(void) {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ void cluster_sync_all(void) {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+/* arrive on the barrier at the same shared offset in CTA `rank` of the cluster */
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(bar), "r"(rank));
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
+}
+__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
+                                               uint16_t mask) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+                 "[%0], [%1, {%2, %3}], [%4], %5;\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask) : "memory");
+}
+
+template <typename T, int CL>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_tma_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                          moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
@@ -295,39 +322,50 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
     const uint32_t full = base + WT_STAGE_BYTES * WG_STAGES, empty = full + WG_STAGES * 8;
+    const uint32_t rank = CL == 2 ? cluster_rank() : 0;
 
+    /* CL == 2: m_tiles counts pair tiles; both CTAs of a cluster find the same one (or both leave) */
     int64_t mt, nt;
-    moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
+    moe_grouped_tile(blockIdx.x / CL, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
     int e;
     int64_t row0, row_end;
-    if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) return;
+    if (!moe_find_tile(a.offsets, a.E, mt, WG_BM * CL, &e, &row0, &row_end)) return;
+    row0 += (int64_t)rank * WG_BM; /* may be >= row_end: this CTA then only helps its peer */
     const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     const int wrow = (int)((int64_t)e * a.w_rows + n0); /* < 2^31: checked by the launcher */
     const int arow = (int)row0;
 
-    auto issue = [&](int kt) { /* thread 0: tile kt into its stage */
+    auto issue = [&](int kt) { /* thread 0: tile kt into its stage (CL == 2: W half multicast to both CTAs) */
         const int st = kt % WG_STAGES;
         const uint32_t sa = base + (uint32_t)(st * WT_STAGE_BYTES), sb = sa + WG_BM * WG_BK * 2;
-        mbar_expect_tx(full + 8 * st, WT_STAGE_BYTES);
-        tma_load_2d(sa, &tmA, kt * WG_BK, arow, full + 8 * st);
-        if (a.gate_up) {
-            tma_load_2d(sb, &tmW, kt * WG_BK, wrow, full + 8 * st);
-            tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, &tmW, kt * WG_BK, wrow + (int)a.N, full + 8 * st);
+        const uint32_t fb = full + 8 * st;
+        mbar_expect_tx(fb, WT_STAGE_BYTES);
+        tma_load_2d(sa, &tmA, kt * WG_BK, arow, fb);
+        if (CL == 2) {
+            const int r = (int)rank;
+            const int w = a.gate_up ? wrow + r * (int)a.N : wrow + r * (WG_BN / 2);
+            tma_load_2d_mc(sb + (uint32_t)(r * (WG_BN / 2) * WG_BK * 2), &tmW, kt * WG_BK, w, fb, (uint16_t)3);
+        } else if (a.gate_up) {
+            tma_load_2d(sb, &tmW, kt * WG_BK, wrow, fb);
+            tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, &tmW, kt * WG_BK, wrow + (int)a.N, fb);
         } else {
-            tma_load_2d(sb, &tmW, kt * WG_BK, wrow, full + 8 * st);
+            tma_load_2d(sb, &tmW, kt * WG_BK, wrow, fb);
+            tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, &tmW, kt * WG_BK, wrow + WG_BN / 2, fb);
         }
     };
     if (tid == 0) {
         for (int st = 0; st < WG_STAGES; st++) {
             mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, WG_THREADS / 32);
+            mbar_init(empty + 8 * st, CL * (WG_THREADS / 32));
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-        for (int kt = 0; kt < WG_STAGES && kt < KT; kt++) issue(kt);
     }
-    __syncthreads();
+    if (CL == 2) cluster_sync_all(); /* the peer's barriers exist before anything lands in them */
+    else __syncthreads();
+    if (tid == 0)
+        for (int kt = 0; kt < WG_STAGES && kt < KT; kt++) issue(kt);
 
     float acc[128];
 #pragma unroll
@@ -352,7 +390,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         if (kt > 0) {
             const int ps = (kt - 1) % WG_STAGES;
             __syncwarp();
-            if (lane == 0) mbar_arrive(empty + 8 * ps);
+            if (lane == 0) {
+                mbar_arrive(empty + 8 * ps);
+                if (CL == 2) mbar_arrive_cluster(empty + 8 * ps, rank ^ 1u);
+            }
             if (tid == 0 && kt - 1 + WG_STAGES < KT) {
                 mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / WG_STAGES) & 1));
                 issue(kt - 1 + WG_STAGES);
@@ -364,6 +405,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
+    if (CL == 2) cluster_sync_all(); /* no CTA leaves while its peer may still arrive on its barriers */
 #endif
 }
 
@@ -405,25 +447,36 @@ static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t r
     return JAMBA_OK;
 }
 
-template <typename T>
+template <typename T, int CL>
 static jamba_status wgmma_tma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     static int smem_set[64];
     if (!moe_wgmma_available(dev))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma_tma needs a Hopper GPU (sm_90) "
                                "and a build with sm_90a code (JAMBA_EXT_ARCHS containing 90)");
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_tma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WT_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_tma_kernel<T, CL>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WT_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
-    if ((int64_t)a.E * a.w_rows + WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX)
+    if ((int64_t)a.E * a.w_rows + WG_BN > INT32_MAX || slots + WG_BM * CL > INT32_MAX)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma_tma: more than 2^31 rows");
     CUtensorMap tmA, tmW;
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, WG_BM));
-    JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, a.gate_up ? WG_BN / 2 : WG_BN));
-    const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
+    JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
+    const int64_t m_tiles = jamba_ceil_div(slots, WG_BM * CL) + a.E;
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    moe_wgmma_tma_kernel<T><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a, m_tiles, n_tiles);
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = dim3((unsigned)(m_tiles * n_tiles * CL));
+    cfg.blockDim = dim3(WG_THREADS);
+    cfg.dynamicSmemBytes = WT_SMEM;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = CL, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    JAMBA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_wgmma_tma_kernel<T, CL>, tmA, tmW, a, m_tiles, n_tiles));
     JAMBA_LAUNCH_CHECK("moe_wgmma_tma_kernel", stream);
     return JAMBA_OK;
 }
@@ -441,9 +494,14 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
     return JAMBA_OK;
 }
 
-jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
+jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int cluster, int device,
+                                cudaStream_t stream) {
     if (slots == 0) return JAMBA_OK;
-    if (dtype == JAMBA_BF16) return wgmma_tma_launch<__nv_bfloat16>(dtype, a, slots, device, stream);
-    if (dtype == JAMBA_F16) return wgmma_tma_launch<__half>(dtype, a, slots, device, stream);
+    if (dtype == JAMBA_BF16)
+        return cluster == 2 ? wgmma_tma_launch<__nv_bfloat16, 2>(dtype, a, slots, device, stream)
+                            : wgmma_tma_launch<__nv_bfloat16, 1>(dtype, a, slots, device, stream);
+    if (dtype == JAMBA_F16)
+        return cluster == 2 ? wgmma_tma_launch<__half, 2>(dtype, a, slots, device, stream)
+                            : wgmma_tma_launch<__half, 1>(dtype, a, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma_tma needs bf16/f16");
 }
