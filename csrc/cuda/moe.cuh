@@ -101,8 +101,8 @@ template <> __device__ __forceinline__ void store2<__half>(__half *p, float a, f
 /* engines defined in moe_wgmma.cu (sm_90a); UNSUPPORTED elsewhere */
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
 /* impl wgmma_tma (moe_wgmma.cu): A rows in sorted order (a.gate_up: the rows gathered by moe_gather_rows) */
-jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int cluster, int device,
-                                cudaStream_t stream); /* cluster 1 or 2 (CTA pairs sharing W tiles) */
+jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int ws, int device,
+                                cudaStream_t stream); /* ws: the warp-specialised persistent kernel */
 /* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows */
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
                              int64_t H, cudaStream_t stream);

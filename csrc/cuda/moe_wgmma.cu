@@ -288,33 +288,19 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 
-/* CL = 2: a cluster of two CTAs takes the m-tiles 2i and 2i + 1 of one 256-row "pair tile" of an expert (pair
- * tiles never straddle experts) with the same n-tile, so they need the same W tile: rank r loads W rows
- * [128 r, 128 r + 128) of it (gate_up: rank 0 the gate rows, rank 1 the up rows) and multicasts them into both
- * CTAs' stage; each CTA's full[s] expects all 48 KB, and empty[s] counts the 8 warps of both CTAs (a stage is
- * refilled only when the peer released it too). L2 reads per CTA and k tile: 32 KB instead of 48. */
-__device__ __forceinline__ uint32_t cluster_rank(void) {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ void cluster_sync_all(void) {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-/* arrive on the barrier at the same shared offset in CTA `rank` of the cluster */
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar, uint32_t rank) {
-    uint32_t remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(bar), "r"(rank));
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(remote) : "memory");
-}
-__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
-                                               uint16_t mask) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
-                 "[%0], [%1, {%2, %3}], [%4], %5;\n"
-                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask) : "memory");
+/* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
+ * completing on full-barrier fb (which expects WT_STAGE_BYTES): A 128 x 64, then W as two 128-row boxes
+ * (gate_up: the gate rows of the 128 outputs and their up rows, N rows further; down: 256 consecutive rows) */
+__device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorMap *tmA, const CUtensorMap *tmW,
+                                         uint32_t sa, uint32_t fb, int kt, int arow, int wrow) {
+    const uint32_t sb = sa + WG_BM * WG_BK * 2;
+    mbar_expect_tx(fb, WT_STAGE_BYTES);
+    tma_load_2d(sa, tmA, kt * WG_BK, arow, fb);
+    tma_load_2d(sb, tmW, kt * WG_BK, wrow, fb);
+    tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, tmW, kt * WG_BK, wrow + (a.gate_up ? (int)a.N : WG_BN / 2), fb);
 }
 
-template <typename T, int CL>
+template <typename T>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_tma_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                          moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
@@ -322,48 +308,29 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
     const uint32_t full = base + WT_STAGE_BYTES * WG_STAGES, empty = full + WG_STAGES * 8;
-    const uint32_t rank = CL == 2 ? cluster_rank() : 0;
-
-    /* CL == 2: m_tiles counts pair tiles; both CTAs of a cluster find the same one (or both leave) */
     int64_t mt, nt;
-    moe_grouped_tile(blockIdx.x / CL, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
+    moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
     int e;
     int64_t row0, row_end;
-    if (!moe_find_tile(a.offsets, a.E, mt, WG_BM * CL, &e, &row0, &row_end)) return;
-    row0 += (int64_t)rank * WG_BM; /* may be >= row_end: this CTA then only helps its peer */
+    if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) return;
     const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     const int wrow = (int)((int64_t)e * a.w_rows + n0); /* < 2^31: checked by the launcher */
     const int arow = (int)row0;
 
-    auto issue = [&](int kt) { /* thread 0: tile kt into its stage (CL == 2: W half multicast to both CTAs) */
-        const int st = kt % WG_STAGES;
-        const uint32_t sa = base + (uint32_t)(st * WT_STAGE_BYTES), sb = sa + WG_BM * WG_BK * 2;
-        const uint32_t fb = full + 8 * st;
-        mbar_expect_tx(fb, WT_STAGE_BYTES);
-        tma_load_2d(sa, &tmA, kt * WG_BK, arow, fb);
-        if (CL == 2) {
-            const int r = (int)rank;
-            const int w = a.gate_up ? wrow + r * (int)a.N : wrow + r * (WG_BN / 2);
-            tma_load_2d_mc(sb + (uint32_t)(r * (WG_BN / 2) * WG_BK * 2), &tmW, kt * WG_BK, w, fb, (uint16_t)3);
-        } else if (a.gate_up) {
-            tma_load_2d(sb, &tmW, kt * WG_BK, wrow, fb);
-            tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, &tmW, kt * WG_BK, wrow + (int)a.N, fb);
-        } else {
-            tma_load_2d(sb, &tmW, kt * WG_BK, wrow, fb);
-            tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, &tmW, kt * WG_BK, wrow + WG_BN / 2, fb);
-        }
+    auto issue = [&](int kt) { /* thread 0: tile kt into its stage */
+        wt_issue(a, &tmA, &tmW, base + (uint32_t)((kt % WG_STAGES) * WT_STAGE_BYTES), full + 8 * (kt % WG_STAGES),
+                 kt, arow, wrow);
     };
     if (tid == 0) {
         for (int st = 0; st < WG_STAGES; st++) {
             mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, CL * (WG_THREADS / 32));
+            mbar_init(empty + 8 * st, WG_THREADS / 32);
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    if (CL == 2) cluster_sync_all(); /* the peer's barriers exist before anything lands in them */
-    else __syncthreads();
+    __syncthreads();
     if (tid == 0)
         for (int kt = 0; kt < WG_STAGES && kt < KT; kt++) issue(kt);
 
@@ -390,10 +357,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         if (kt > 0) {
             const int ps = (kt - 1) % WG_STAGES;
             __syncwarp();
-            if (lane == 0) {
-                mbar_arrive(empty + 8 * ps);
-                if (CL == 2) mbar_arrive_cluster(empty + 8 * ps, rank ^ 1u);
-            }
+            if (lane == 0) mbar_arrive(empty + 8 * ps);
             if (tid == 0 && kt - 1 + WG_STAGES < KT) {
                 mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / WG_STAGES) & 1));
                 issue(kt - 1 + WG_STAGES);
@@ -405,7 +369,91 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
-    if (CL == 2) cluster_sync_all(); /* no CTA leaves while its peer may still arrive on its barriers */
+#endif
+}
+
+/* moe_wgmma_ws_kernel (impl wgmma_ws): the TMA engine, warp-specialised and persistent. 384 threads: warpgroup 0
+ * is the producer (thread 0 issues every TMA load; 40 registers via setmaxnreg), warpgroups 1 and 2 the
+ * consumers (232 registers; rows 0-63 and 64-127 of each 128 x 256 tile). The grid is at most one CTA per SM;
+ * CTA b takes tiles b, b + grid, ... of the grouped order, and the stage ring and its phases run on across
+ * tiles, so the producer fills the next tile's stages while the consumers run the epilogue. */
+#define WS_THREADS 384
+template <typename T>
+__global__ void __launch_bounds__(WS_THREADS, 1)
+    moe_wgmma_ws_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
+                        moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
+#if MOE_HAS_WGMMA
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
+    const uint32_t full = base + WT_STAGE_BYTES * WG_STAGES, empty = full + WG_STAGES * 8;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = tid >> 7;
+    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
+    const int64_t tiles = m_tiles * n_tiles;
+    if (tid == 0) {
+        for (int st = 0; st < WG_STAGES; st++) {
+            mbar_init(full + 8 * st, 1);
+            mbar_init(empty + 8 * st, 8); /* the 8 consumer warps */
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        if (tid != 0) return;
+        uint32_t it = 0; /* k tiles issued so far (all output tiles): stage it % S, use it / S */
+        for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+            int64_t mt, nt, row0, row_end;
+            int e;
+            moe_grouped_tile(t, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
+            if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) continue;
+            const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
+            const int wrow = (int)((int64_t)e * a.w_rows + n0);
+            for (int kt = 0; kt < KT; kt++, it++) {
+                const uint32_t st = it % WG_STAGES;
+                mbar_wait(empty + 8 * st, ((it / WG_STAGES) & 1) ^ 1);
+                wt_issue(a, &tmA, &tmW, base + st * WT_STAGE_BYTES, full + 8 * st, kt, (int)row0, wrow);
+            }
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const int wgi = wg - 1, cw = warp - 4; /* consumer warpgroup, consumer warp 0..7 */
+    uint32_t it = 0;
+    for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
+        int64_t mt, nt, row0, row_end;
+        int e;
+        moe_grouped_tile(t, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
+        if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) continue;
+        const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
+        float acc[128];
+#pragma unroll
+        for (int i = 0; i < 128; i++) acc[i] = 0.f;
+        for (int kt = 0; kt < KT; kt++, it++) {
+            const uint32_t st = it % WG_STAGES;
+            mbar_wait(full + 8 * st, (it / WG_STAGES) & 1);
+            __syncwarp();
+            const uint32_t sa = base + st * WT_STAGE_BYTES;
+            const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
+            const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
+#pragma unroll
+            for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+            for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#pragma unroll
+            for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+            if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * ((it - 1) % WG_STAGES)); /* group it - 1 is done */
+            __syncwarp();
+        }
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+        if (lane == 0) mbar_arrive(empty + 8 * ((it - 1) % WG_STAGES));
+        wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, cw, lane);
+    }
+    (void)warp;
 #endif
 }
 
@@ -447,37 +495,38 @@ static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t r
     return JAMBA_OK;
 }
 
-template <typename T, int CL>
+template <typename T, bool WS>
 static jamba_status wgmma_tma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
-    static int smem_set[64];
+    static int smem_set[2][64];
     if (!moe_wgmma_available(dev))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma_tma needs a Hopper GPU (sm_90) "
                                "and a build with sm_90a code (JAMBA_EXT_ARCHS containing 90)");
-    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_tma_kernel<T, CL>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WT_SMEM));
-        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    if (dev < 0 || dev >= 64 || !smem_set[WS][dev]) {
+        if (WS)
+            JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  WT_SMEM));
+        else
+            JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_tma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                  WT_SMEM));
+        if (dev >= 0 && dev < 64) smem_set[WS][dev] = 1;
     }
-    if ((int64_t)a.E * a.w_rows + WG_BN > INT32_MAX || slots + WG_BM * CL > INT32_MAX)
+    if ((int64_t)a.E * a.w_rows + WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma_tma: more than 2^31 rows");
     CUtensorMap tmA, tmW;
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, WG_BM));
     JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
-    const int64_t m_tiles = jamba_ceil_div(slots, WG_BM * CL) + a.E;
+    const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    cudaLaunchConfig_t cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.gridDim = dim3((unsigned)(m_tiles * n_tiles * CL));
-    cfg.blockDim = dim3(WG_THREADS);
-    cfg.dynamicSmemBytes = WT_SMEM;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = CL, attr[0].val.clusterDim.y = 1, attr[0].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    JAMBA_CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_wgmma_tma_kernel<T, CL>, tmA, tmW, a, m_tiles, n_tiles));
-    JAMBA_LAUNCH_CHECK("moe_wgmma_tma_kernel", stream);
+    if (WS) {
+        const int64_t sms = jamba_cuda_sm_count(dev), tiles = m_tiles * n_tiles;
+        moe_wgmma_ws_kernel<T><<<(unsigned)(tiles < sms ? tiles : sms), WS_THREADS, WT_SMEM, stream>>>(
+            tmA, tmW, a, m_tiles, n_tiles);
+        JAMBA_LAUNCH_CHECK("moe_wgmma_ws_kernel", stream);
+    } else {
+        moe_wgmma_tma_kernel<T><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a, m_tiles,
+                                                                                             n_tiles);
+        JAMBA_LAUNCH_CHECK("moe_wgmma_tma_kernel", stream);
+    }
     return JAMBA_OK;
 }
 
@@ -494,14 +543,14 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
     return JAMBA_OK;
 }
 
-jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int cluster, int device,
+jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int ws, int device,
                                 cudaStream_t stream) {
     if (slots == 0) return JAMBA_OK;
     if (dtype == JAMBA_BF16)
-        return cluster == 2 ? wgmma_tma_launch<__nv_bfloat16, 2>(dtype, a, slots, device, stream)
-                            : wgmma_tma_launch<__nv_bfloat16, 1>(dtype, a, slots, device, stream);
+        return ws ? wgmma_tma_launch<__nv_bfloat16, true>(dtype, a, slots, device, stream)
+                  : wgmma_tma_launch<__nv_bfloat16, false>(dtype, a, slots, device, stream);
     if (dtype == JAMBA_F16)
-        return cluster == 2 ? wgmma_tma_launch<__half, 2>(dtype, a, slots, device, stream)
-                            : wgmma_tma_launch<__half, 1>(dtype, a, slots, device, stream);
+        return ws ? wgmma_tma_launch<__half, true>(dtype, a, slots, device, stream)
+                  : wgmma_tma_launch<__half, false>(dtype, a, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma_tma needs bf16/f16");
 }
