@@ -236,7 +236,7 @@ typedef enum {
     JAMBA_MOE_IMPL_MMA256 = 6,    /* MMA with 256 W rows per block: 64x64 warp tiles (96 KB shared) */
     JAMBA_MOE_IMPL_WGMMA = 7,     /* Hopper wgmma GEMM, 128x256x64 tiles (sm_90 only; csrc/cuda/moe_wgmma.cu) */
     JAMBA_MOE_IMPL_WGMMA_TMA = 8, /* the same GEMM fed by TMA (x gathered into sorted order first) */
-    JAMBA_MOE_IMPL_WGMMA_WS = 9   /* as 8, warp-specialised (a TMA producer warpgroup) and persistent */
+    JAMBA_MOE_IMPL_WGMMA_PRECISE = 9 /* as 8, SiLU with expf and IEEE division (experiment) */
 } jamba_moe_impl;
 
 typedef struct {

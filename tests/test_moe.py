@@ -21,7 +21,7 @@ from jamba_ext import moe, ops, reference
 # for the large token counts to keep the CPU suite fast.
 TOKEN_SHAPES = [(1, 200, 136), (7, 200, 136), (64, 136, 72), (1000, 72, 40), (8192, 24, 16)]
 EXPERTS_TOPK = [(1, 1), (8, 1), (8, 2), (16, 2)]
-GPU_IMPLS = ["auto", "mma", "mma64", "mma256", "wgmma", "wgmma_tma", "wgmma_ws", "gemv", "simt"]
+GPU_IMPLS = ["auto", "mma", "mma64", "mma256", "wgmma", "wgmma_tma", "wgmma_precise", "gemv", "simt"]
 MOE_TOL = {torch.float32: TOL[torch.float32], torch.bfloat16: dict(rtol=2e-2, atol=4e-2),
            torch.float16: TOL[torch.float16]}
 FP32_GPU_TOL = dict(rtol=1e-4, atol=1e-4)
@@ -121,7 +121,7 @@ def test_moe_experts_matches_fp64(device, dtype, T, H, F, E, K):
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 @pytest.mark.parametrize("impl", GPU_IMPLS + ["grouped_mm"])
 @pytest.mark.parametrize("T,H,F,E,K", [(1, 200, 136, 16, 2), (37, 136, 72, 8, 2), (64, 256, 512, 16, 2),
-                                       (300, 264, 200, 4, 1), (2048, 128, 96, 16, 2)])
+                                       (300, 264, 200, 4, 1), (2048, 128, 96, 16, 2), (130, 1096, 1048, 4, 2)])
 def test_moe_experts_gpu_impls(impl, T, H, F, E, K):
     """Every CUDA engine on every regime (bf16 against the fp32 and fp64 references), plus a ratio check:
     our error is at most ~3x the error of the same math done by torch in bf16 (HF's slow path)."""

@@ -1200,8 +1200,8 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
         g.weights = (const float *)p->weights.data;
         g.E = (int)E;
         g.topk = (int)K;
-        if (impl == JAMBA_MOE_IMPL_WGMMA_TMA || impl == JAMBA_MOE_IMPL_WGMMA_WS) {
-            const int cl = impl == JAMBA_MOE_IMPL_WGMMA_WS;
+        if (impl == JAMBA_MOE_IMPL_WGMMA_TMA || impl == JAMBA_MOE_IMPL_WGMMA_PRECISE) {
+            const int cl = impl == JAMBA_MOE_IMPL_WGMMA_PRECISE;
             /* x gathered into sorted order in slot_out (free until the down GEMM writes it), then both GEMMs
              * with TMA-loaded tiles */
             const int dt = std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16;

@@ -59,6 +59,12 @@ template <typename T> __device__ __forceinline__ float moe_act(float g, float u)
     const float gr = jamba_round<T>(g);
     return jamba_round<T>(jamba_round<T>(gr / (1.f + expf(-gr))) * jamba_round<T>(u));
 }
+/* moe_act with the fast exponential and division (ex2.approx, ~4 ulp of fp32 in all): the bf16/f16 result can
+ * differ from moe_act's by one unit in ~1e-4 of the elements (the same math as the silu_mul op) */
+template <typename T> __device__ __forceinline__ float moe_act_fast(float g, float u) {
+    const float gr = jamba_round<T>(g);
+    return jamba_round<T>(jamba_round<T>(__fdividef(gr, 1.f + __expf(-gr))) * jamba_round<T>(u));
+}
 template <typename T> __device__ __forceinline__ float moe_scaled(float y, float w) {
     return jamba_round<T>(jamba_round<T>(y) * jamba_round<T>(w));
 }
@@ -101,8 +107,8 @@ template <> __device__ __forceinline__ void store2<__half>(__half *p, float a, f
 /* engines defined in moe_wgmma.cu (sm_90a); UNSUPPORTED elsewhere */
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
 /* impl wgmma_tma (moe_wgmma.cu): A rows in sorted order (a.gate_up: the rows gathered by moe_gather_rows) */
-jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int ws, int device,
-                                cudaStream_t stream); /* ws: the warp-specialised persistent kernel */
+jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int precise, int device,
+                                cudaStream_t stream); /* precise: expf / IEEE division in the SiLU */
 /* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows */
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
                              int64_t H, cudaStream_t stream);

@@ -13,17 +13,11 @@
 
 #define GLUE_THREADS 256
 
-/* round(round(silu(g)) * u) with the fast exponential and division (ex2.approx, ~4 ulp of fp32 in all: the
- * bf16/f16 result can differ from torch's expf / IEEE-division one by one unit in ~1e-4 of the elements) */
-template <typename T> __device__ __forceinline__ float glue_act(float g, float u) {
-    return jamba_round<T>(jamba_round<T>(__fdividef(g, 1.f + __expf(-g))) * u);
-}
-
 /* silu_mul_kernel<T, VEC>
  *   gate_up (M, 2F) T, unit stride along 2F, row stride ld (elements); out (M, F) T contiguous.
  *   grid.x over the row's F / V vectors (VEC: V = 16 / sizeof(T), else V = 1), grid.y over pairs of rows
  *   (grid-stride when M > 2 * 65535); a thread issues the loads of both rows before any math.
- *   out[m, f] = glue_act(gate_up[m, f], gate_up[m, F + f]). */
+ *   out[m, f] = moe_act_fast(gate_up[m, f], gate_up[m, F + f]) (moe.cuh). */
 #define GLUE_ROWS 2
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(GLUE_THREADS) silu_mul_kernel(T *out, const T *gu, int64_t M, int64_t F, int64_t ld) {
@@ -46,13 +40,13 @@ __global__ void __launch_bounds__(GLUE_THREADS) silu_mul_kernel(T *out, const T 
                     jamba_vec16<T> vo;
 #pragma unroll
                     for (int q = 0; q < V; q++)
-                        vo.v[q] = jamba_st<T>(glue_act<T>(jamba_ld<T>(vg[r].v[q]), jamba_ld<T>(vu[r].v[q])));
+                        vo.v[q] = jamba_st<T>(moe_act_fast<T>(jamba_ld<T>(vg[r].v[q]), jamba_ld<T>(vu[r].v[q])));
                     *reinterpret_cast<uint4 *>(out + (m0 + r) * F + c * V) = vo.raw;
                 }
         } else {
             for (int r = 0; r < GLUE_ROWS && m0 + r < M; r++) {
                 const T *g = gu + (m0 + r) * ld + c;
-                out[(m0 + r) * F + c] = jamba_st<T>(glue_act<T>(jamba_ld<T>(g[0]), jamba_ld<T>(g[F])));
+                out[(m0 + r) * F + c] = jamba_st<T>(moe_act_fast<T>(jamba_ld<T>(g[0]), jamba_ld<T>(g[F])));
             }
         }
     }

@@ -70,7 +70,7 @@ template <> __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[
  * Accumulator i = 4*j + q of a thread: row (warp%4)*16 + lane/4 + (q>>1)*8 of its warpgroup's 64, column
  * 8*j + (lane%4)*2 + (q&1) of the 256. gate_up: act = SiLU(gate)*up (columns j and j + 128 of one output),
  * rows in sorted order; down: round(y) * round(w) to the slot's row. */
-template <typename T>
+template <typename T, bool FAST>
 __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float (&acc)[128], int64_t row0,
                                             int64_t row_end, int64_t n0, int wgi, int warp, int lane) {
     const int g = lane >> 2, tq = lane & 3;
@@ -84,8 +84,12 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
             for (int j = 0; j < 16; j++) {
                 const int64_t f = n0 + j * 8 + tq * 2;
                 if (f >= a.N) continue;
-                store2<T>(C + p * a.N + f, moe_act<T>(acc[4 * j + 2 * h], acc[4 * (j + 16) + 2 * h]),
-                          moe_act<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 16) + 2 * h + 1]));
+                if (FAST)
+                    store2<T>(C + p * a.N + f, moe_act_fast<T>(acc[4 * j + 2 * h], acc[4 * (j + 16) + 2 * h]),
+                              moe_act_fast<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 16) + 2 * h + 1]));
+                else
+                    store2<T>(C + p * a.N + f, moe_act<T>(acc[4 * j + 2 * h], acc[4 * (j + 16) + 2 * h]),
+                              moe_act<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 16) + 2 * h + 1]));
             }
         } else {
             const int64_t slot = a.sorted[p];
@@ -197,7 +201,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) moe_wgmma_kernel(moe_gemm_args 
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     cp_async_wait<0>();
 
-    wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
+    wg_epilogue<T, false>(a, acc, row0, row_end, n0, wgi, warp, lane);
 #endif
 }
 
@@ -300,7 +304,7 @@ __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorM
     tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, tmW, kt * WG_BK, wrow + (a.gate_up ? (int)a.N : WG_BN / 2), fb);
 }
 
-template <typename T>
+template <typename T, bool FAST>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_tma_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                          moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
@@ -368,92 +372,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
-#endif
-}
-
-/* moe_wgmma_ws_kernel (impl wgmma_ws): the TMA engine, warp-specialised and persistent. 384 threads: warpgroup 0
- * is the producer (thread 0 issues every TMA load; 40 registers via setmaxnreg), warpgroups 1 and 2 the
- * consumers (232 registers; rows 0-63 and 64-127 of each 128 x 256 tile). The grid is at most one CTA per SM;
- * CTA b takes tiles b, b + grid, ... of the grouped order, and the stage ring and its phases run on across
- * tiles, so the producer fills the next tile's stages while the consumers run the epilogue. */
-#define WS_THREADS 384
-template <typename T>
-__global__ void __launch_bounds__(WS_THREADS, 1)
-    moe_wgmma_ws_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                        moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
-#if MOE_HAS_WGMMA
-    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
-    const uint32_t full = base + WT_STAGE_BYTES * WG_STAGES, empty = full + WG_STAGES * 8;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wg = tid >> 7;
-    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
-    const int64_t tiles = m_tiles * n_tiles;
-    if (tid == 0) {
-        for (int st = 0; st < WG_STAGES; st++) {
-            mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, 8); /* the 8 consumer warps */
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-    if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-        if (tid != 0) return;
-        uint32_t it = 0; /* k tiles issued so far (all output tiles): stage it % S, use it / S */
-        for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-            int64_t mt, nt, row0, row_end;
-            int e;
-            moe_grouped_tile(t, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
-            if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) continue;
-            const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
-            const int wrow = (int)((int64_t)e * a.w_rows + n0);
-            for (int kt = 0; kt < KT; kt++, it++) {
-                const uint32_t st = it % WG_STAGES;
-                mbar_wait(empty + 8 * st, ((it / WG_STAGES) & 1) ^ 1);
-                wt_issue(a, &tmA, &tmW, base + st * WT_STAGE_BYTES, full + 8 * st, kt, (int)row0, wrow);
-            }
-        }
-        return;
-    }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    const int wgi = wg - 1, cw = warp - 4; /* consumer warpgroup, consumer warp 0..7 */
-    uint32_t it = 0;
-    for (int64_t t = blockIdx.x; t < tiles; t += gridDim.x) {
-        int64_t mt, nt, row0, row_end;
-        int e;
-        moe_grouped_tile(t, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
-        if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) continue;
-        const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
-        float acc[128];
-#pragma unroll
-        for (int i = 0; i < 128; i++) acc[i] = 0.f;
-        for (int kt = 0; kt < KT; kt++, it++) {
-            const uint32_t st = it % WG_STAGES;
-            mbar_wait(full + 8 * st, (it / WG_STAGES) & 1);
-            __syncwarp();
-            const uint32_t sa = base + st * WT_STAGE_BYTES;
-            const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
-            const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
-#pragma unroll
-            for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-            for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-#pragma unroll
-            for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-            if (kt > 0 && lane == 0) mbar_arrive(empty + 8 * ((it - 1) % WG_STAGES)); /* group it - 1 is done */
-            __syncwarp();
-        }
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-        if (lane == 0) mbar_arrive(empty + 8 * ((it - 1) % WG_STAGES));
-        wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, cw, lane);
-    }
-    (void)warp;
+    wg_epilogue<T, FAST>(a, acc, row0, row_end, n0, wgi, warp, lane);
 #endif
 }
 
@@ -495,20 +414,16 @@ static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t r
     return JAMBA_OK;
 }
 
-template <typename T, bool WS>
+template <typename T, bool FAST>
 static jamba_status wgmma_tma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     static int smem_set[2][64];
     if (!moe_wgmma_available(dev))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma_tma needs a Hopper GPU (sm_90) "
                                "and a build with sm_90a code (JAMBA_EXT_ARCHS containing 90)");
-    if (dev < 0 || dev >= 64 || !smem_set[WS][dev]) {
-        if (WS)
-            JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  WT_SMEM));
-        else
-            JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_tma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                  WT_SMEM));
-        if (dev >= 0 && dev < 64) smem_set[WS][dev] = 1;
+    if (dev < 0 || dev >= 64 || !smem_set[FAST][dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_tma_kernel<T, FAST>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WT_SMEM));
+        if (dev >= 0 && dev < 64) smem_set[FAST][dev] = 1;
     }
     if ((int64_t)a.E * a.w_rows + WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma_tma: more than 2^31 rows");
@@ -517,16 +432,9 @@ static jamba_status wgmma_tma_launch(int dtype, const moe_gemm_args &a, int64_t 
     JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
     const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    if (WS) {
-        const int64_t sms = jamba_cuda_sm_count(dev), tiles = m_tiles * n_tiles;
-        moe_wgmma_ws_kernel<T><<<(unsigned)(tiles < sms ? tiles : sms), WS_THREADS, WT_SMEM, stream>>>(
-            tmA, tmW, a, m_tiles, n_tiles);
-        JAMBA_LAUNCH_CHECK("moe_wgmma_ws_kernel", stream);
-    } else {
-        moe_wgmma_tma_kernel<T><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a, m_tiles,
-                                                                                             n_tiles);
-        JAMBA_LAUNCH_CHECK("moe_wgmma_tma_kernel", stream);
-    }
+    moe_wgmma_tma_kernel<T, FAST><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a,
+                                                                                                m_tiles, n_tiles);
+    JAMBA_LAUNCH_CHECK("moe_wgmma_tma_kernel", stream);
     return JAMBA_OK;
 }
 
@@ -543,14 +451,14 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
     return JAMBA_OK;
 }
 
-jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int ws, int device,
+jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int precise, int device,
                                 cudaStream_t stream) {
     if (slots == 0) return JAMBA_OK;
     if (dtype == JAMBA_BF16)
-        return ws ? wgmma_tma_launch<__nv_bfloat16, true>(dtype, a, slots, device, stream)
-                  : wgmma_tma_launch<__nv_bfloat16, false>(dtype, a, slots, device, stream);
+        return precise ? wgmma_tma_launch<__nv_bfloat16, false>(dtype, a, slots, device, stream)
+                       : wgmma_tma_launch<__nv_bfloat16, true>(dtype, a, slots, device, stream);
     if (dtype == JAMBA_F16)
-        return ws ? wgmma_tma_launch<__half, true>(dtype, a, slots, device, stream)
-                  : wgmma_tma_launch<__half, false>(dtype, a, slots, device, stream);
+        return precise ? wgmma_tma_launch<__half, false>(dtype, a, slots, device, stream)
+                       : wgmma_tma_launch<__half, true>(dtype, a, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma_tma needs bf16/f16");
 }

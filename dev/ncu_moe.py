@@ -1,0 +1,12 @@
+import torch, jamba_ext
+from jamba_ext import ops
+torch.manual_seed(0)
+T, H, F, E, K = 4096, 4096, 14336, 16, 2
+dev, dt = torch.device("cuda"), torch.bfloat16
+x = torch.randn(T, H, device=dev, dtype=dt)
+wgu = torch.randn(E, 2 * F, H, device=dev, dtype=dt) * H ** -0.5
+wd = torch.randn(E, H, F, device=dev, dtype=dt) * F ** -0.5
+w, ids, offsets, slots = ops.moe_route(torch.randn(T, E, device=dev), K)
+for impl in ("wgmma_tma", "wgmma_ws"):
+    ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
+torch.cuda.synchronize()
