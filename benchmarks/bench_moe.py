@@ -129,7 +129,7 @@ def sanitize_cases():
         rn = lambda *s: torch.randn(*s, generator=g, device=dev).to(dt)
         x, wgu, wd = rn(T, H), rn(E, 2 * Fd, H) * H ** -0.5, rn(E, H, Fd) * Fd ** -0.5
         w, ids, offsets, slots = ops.moe_route(torch.randn(T, E, generator=g, device=dev), K)
-        impls = ["simt", "auto"] + (["mma", "mma64", "mma256", "wgmma", "wgmma_tma", "wgmma_precise", "gemv"] if H % 8 == 0 and dt != torch.float32
+        impls = ["simt", "auto"] + (["mma", "mma64", "mma256", "wgmma", "gemv"] if H % 8 == 0 and dt != torch.float32
                                     else [])
         for impl in impls:
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
@@ -179,7 +179,7 @@ def main():
 
     variants = [("ours", ours("auto"))]
     if dev.type == "cuda":
-        variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "wgmma_tma", "wgmma_precise", "gemv")]
+        variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

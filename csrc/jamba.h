@@ -234,9 +234,8 @@ typedef enum {
                                      jamba_moe_combine below): rejected */
     JAMBA_MOE_IMPL_MMA64 = 5,     /* MMA with 64-deep k-tiles, 3 stages (96 KB shared) */
     JAMBA_MOE_IMPL_MMA256 = 6,    /* MMA with 256 W rows per block: 64x64 warp tiles (96 KB shared) */
-    JAMBA_MOE_IMPL_WGMMA = 7,     /* Hopper wgmma GEMM, 128x256x64 tiles (sm_90 only; csrc/cuda/moe_wgmma.cu) */
-    JAMBA_MOE_IMPL_WGMMA_TMA = 8, /* the same GEMM fed by TMA (x gathered into sorted order first) */
-    JAMBA_MOE_IMPL_WGMMA_PRECISE = 9 /* as 8, SiLU with expf and IEEE division (experiment) */
+    JAMBA_MOE_IMPL_WGMMA = 7      /* Hopper wgmma GEMM fed by TMA, 128x256x64 tiles (sm_90 only; x gathered into
+                                     sorted order in slot_out first; csrc/cuda/moe_wgmma.cu) */
 } jamba_moe_impl;
 
 typedef struct {

@@ -368,7 +368,7 @@ _register_reference_autograd("selective_scan", reference.selective_scan, 10, (0,
 # without a sync: that token's output row is NaN. On the CPU it raises ValueError.
 # CPU path: routing, permutation and combine are C; the expert GEMMs are torch.matmul per expert (the
 # CPU BLAS is faster than anything we would write in C), in the model dtype exactly as HF computes them.
-_MOE_IMPLS = {"auto": 0, "mma": 1, "gemv": 2, "simt": 3, "grouped_mm": 4, "mma64": 5, "mma256": 6, "wgmma": 7, "wgmma_tma": 8, "wgmma_precise": 9}
+_MOE_IMPLS = {"auto": 0, "mma": 1, "gemv": 2, "simt": 3, "grouped_mm": 4, "mma64": 5, "mma256": 6, "wgmma": 7}
 # auto on CUDA switches to torch._grouped_mm (our routing, permutation, activation and combine around it)
 # from this many token slots (T*TOPK) on, for bf16 on Hopper (sm_90), where it beat our wgmma kernel on an
 # H200 at Jamba-v0.1 sizes (benchmarks/results/bench_moe*.json): 4096 tokens 5.90 ms vs 6.77 ms, 16384 tokens

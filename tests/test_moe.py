@@ -21,7 +21,7 @@ from jamba_ext import moe, ops, reference
 # for the large token counts to keep the CPU suite fast.
 TOKEN_SHAPES = [(1, 200, 136), (7, 200, 136), (64, 136, 72), (1000, 72, 40), (8192, 24, 16)]
 EXPERTS_TOPK = [(1, 1), (8, 1), (8, 2), (16, 2)]
-GPU_IMPLS = ["auto", "mma", "mma64", "mma256", "wgmma", "wgmma_tma", "wgmma_precise", "gemv", "simt"]
+GPU_IMPLS = ["auto", "mma", "mma64", "mma256", "wgmma", "gemv", "simt"]
 MOE_TOL = {torch.float32: TOL[torch.float32], torch.bfloat16: dict(rtol=2e-2, atol=4e-2),
            torch.float16: TOL[torch.float16]}
 FP32_GPU_TOL = dict(rtol=1e-4, atol=1e-4)

@@ -219,8 +219,8 @@ static jamba_status check_same_float(const char *op, const char *name, const jam
 
 jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p) {
     const char *op = OP_EXPERTS;
-    if (p->impl < JAMBA_MOE_IMPL_AUTO || p->impl > JAMBA_MOE_IMPL_WGMMA_PRECISE || p->impl == JAMBA_MOE_IMPL_COMBINE)
-        return jamba_set_error(JAMBA_ERR_ARG, "%s: impl must be one of 0-3, 5-9 (jamba_moe_impl), got %d", op,
+    if (p->impl < JAMBA_MOE_IMPL_AUTO || p->impl > JAMBA_MOE_IMPL_WGMMA || p->impl == JAMBA_MOE_IMPL_COMBINE)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: impl must be one of 0-3, 5-7 (jamba_moe_impl), got %d", op,
                                p->impl);
     JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 2, JAMBA_FLOATS, 0));
     JAMBA_TRY(jamba_check_contiguous(op, "x", &p->x));

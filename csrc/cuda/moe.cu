@@ -22,7 +22,8 @@
  *                        reduced in shared memory in a fixed order. Run twice, as the prefill GEMM.
  *   moe_decode_persist_kernel  decode at 1 token: the same math and ring over a one-wave persistent grid.
  *   moe_simt_kernel      fp32 inputs, sizes not multiple of 8, misaligned pointers: fp32 CUDA-core tiles.
- *   (moe_wgmma.cu)       prefill on Hopper: the same GEMMs with wgmma (sm_90a), impl wgmma.
+ *   (moe_wgmma.cu)       prefill on Hopper, impl wgmma: x gathered into sorted order, the same GEMMs with
+ *                        wgmma fed by TMA (sm_90a).
  *   moe_combine_kernel   out[t] = slot_out[t*TOPK] + ... (rounded to the model dtype after each add).
  * Rounding (HF in model dtype dt): act = round(round(silu(round(g))) * round(u));
  * slot_out = round(round(y) * round(w)); out = round(o_0 + o_1) ...
@@ -1129,12 +1130,6 @@ static jamba_status gemm_launch(int impl, const moe_gemm_args &a, int64_t slots,
     }
     if constexpr (sizeof(T) == 2) {
         if (impl == JAMBA_MOE_IMPL_GEMV) return decode_launch<T>(a, slots, stream);
-        if (impl == JAMBA_MOE_IMPL_WGMMA) {
-            int dev = 0;
-            JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
-            return moe_wgmma_gemm(sizeof(T) == 2 && std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16, a, slots,
-                                  dev, stream);
-        }
         if (impl == JAMBA_MOE_IMPL_MMA64) return mma_launch<T, 64, 3, 128>(a, slots, stream);
         if (impl == JAMBA_MOE_IMPL_MMA256) return mma_launch<T, 32, 4, 256>(a, slots, stream);
         return mma_launch<T, 32, 4, 128>(a, slots, stream);
@@ -1200,18 +1195,17 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
         g.weights = (const float *)p->weights.data;
         g.E = (int)E;
         g.topk = (int)K;
-        if (impl == JAMBA_MOE_IMPL_WGMMA_TMA || impl == JAMBA_MOE_IMPL_WGMMA_PRECISE) {
-            const int cl = impl == JAMBA_MOE_IMPL_WGMMA_PRECISE;
+        if (impl == JAMBA_MOE_IMPL_WGMMA) {
             /* x gathered into sorted order in slot_out (free until the down GEMM writes it), then both GEMMs
-             * with TMA-loaded tiles */
+             * with TMA-loaded tiles (moe_wgmma.cu) */
             const int dt = std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16;
             JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, stream));
             g.A = p->slot_out.data, g.W = p->w_gate_up.data, g.C = p->act.data;
             g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1;
-            JAMBA_TRY(moe_wgmma_tma_gemm(dt, g, slots, cl, device, stream));
+            JAMBA_TRY(moe_wgmma_gemm(dt, g, slots, device, stream));
             g.A = p->act.data, g.W = p->w_down.data, g.C = p->slot_out.data;
             g.Kd = F, g.N = H, g.w_rows = H, g.gate_up = 0;
-            JAMBA_TRY(moe_wgmma_tma_gemm(dt, g, slots, cl, device, stream));
+            JAMBA_TRY(moe_wgmma_gemm(dt, g, slots, device, stream));
             return combine_launch<T>(p, device, stream);
         }
         /* 1. act[p] = silu(gate x) * up x, rows in sorted order */

@@ -104,11 +104,9 @@ template <> __device__ __forceinline__ void store2<__half>(__half *p, float a, f
     *reinterpret_cast<__half2 *>(p) = __floats2half2_rn(a, b);
 }
 
-/* engines defined in moe_wgmma.cu (sm_90a); UNSUPPORTED elsewhere */
+/* engines defined in moe_wgmma.cu (sm_90a; UNSUPPORTED elsewhere). moe_wgmma_gemm: one GEMM with A rows in
+ * sorted order (a.gate_up: the rows gathered by moe_gather_rows) */
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
-/* impl wgmma_tma (moe_wgmma.cu): A rows in sorted order (a.gate_up: the rows gathered by moe_gather_rows) */
-jamba_status moe_wgmma_tma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int precise, int device,
-                                cudaStream_t stream); /* precise: expf / IEEE division in the SiLU */
 /* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows */
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
                              int64_t H, cudaStream_t stream);
