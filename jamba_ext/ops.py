@@ -370,11 +370,11 @@ _register_reference_autograd("selective_scan", reference.selective_scan, 10, (0,
 # CPU BLAS is faster than anything we would write in C), in the model dtype exactly as HF computes them.
 _MOE_IMPLS = {"auto": 0, "mma": 1, "gemv": 2, "simt": 3, "grouped_mm": 4, "mma64": 5, "mma256": 6, "wgmma": 7}
 # auto on CUDA switches to torch._grouped_mm (our routing, permutation, activation and combine around it)
-# from this many token slots (T*TOPK) on, for bf16 on Hopper (sm_90), where it beat our wgmma kernel on an
-# H200 at Jamba-v0.1 sizes (benchmarks/results/bench_moe*.json): 4096 tokens 5.90 ms vs 6.77 ms, 16384 tokens
-# 20.9 ms vs 26.8 ms; at 512 tokens ours wins (1.49 ms vs 2.01 ms). The crossover between 1024 and 8192
-# slots was not measured: 4096 slots is an interpolation. None: never.
-MOE_GROUPED_MM_MIN_SLOTS: Optional[int] = 4096
+# from this many token slots (T*TOPK) on, for bf16 on Hopper (sm_90), where the torch._grouped_mm engine
+# (with our silu_mul / moe_combine) is at least as fast as our TMA-fed wgmma kernel on an H200 at Jamba-v0.1
+# sizes (benchmarks/results/gpu_round_4824cc8.log): 2048 tokens (4096 slots) wgmma 2.78 ms vs 2.98 ms (and
+# 3.32 vs 3.37 at 67c2bfb), 4096 tokens 5.10 vs 5.01 ms, 16384 tokens 20.1 vs 19.5 ms. None: never.
+MOE_GROUPED_MM_MIN_SLOTS: Optional[int] = 8192
 _SM90 = {}
 
 
