@@ -142,6 +142,36 @@ def test_moe_experts_gpu_impls(impl, T, H, F, E, K):
     assert err <= 3 * err_low + 1e-3, f"error {err:.3e} vs bf16 torch path {err_low:.3e}"
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_moe_wgmma_skip_idle_experiment(monkeypatch):
+    """EXPERIMENT knob JAMBA_EXT_WGMMA_SKIP=1 (moe_wgmma.cu): a warpgroup whose rows all lie past its expert's
+    last row issues no wgmma; the outputs keep the default's bits (partial last tiles of every size, an
+    expert with all tokens, empty experts, k tiles wrapping the stage ring, f16 too)."""
+    if torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("wgmma engine: Hopper only")
+    dev = torch.device("cuda")
+    for T, H, F, E, K, dtype in [(300, 264, 200, 4, 1, torch.bfloat16), (130, 1096, 1048, 4, 2, torch.bfloat16),
+                                 (2048, 128, 96, 16, 2, torch.bfloat16), (37, 136, 72, 8, 2, torch.float16),
+                                 (200, 72, 40, 1, 1, torch.bfloat16), (97, 136, 64, 16, 2, torch.float16)]:
+        x = randn(T, H, device=dev, dtype=dtype)
+        w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
+        w, ids, offsets, slots = routed(T, E, K, dev)
+        if E == 16:  # lopsided: expert 3 gets every first choice, experts 8.. none
+            ids = ids.clone()
+            ids[:, 0] = 3
+            ids[:, 1:] = torch.randint(0, 8, (T, K - 1), device=dev, dtype=ids.dtype)
+            ids[:, 1:] += (ids[:, 1:] >= 3).to(ids.dtype)
+            offsets, slots = ops.moe_permute(ids, E)
+        monkeypatch.delenv("JAMBA_EXT_WGMMA_SKIP", raising=False)
+        base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_SKIP", "1")
+        out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.delenv("JAMBA_EXT_WGMMA_SKIP")
+        assert torch.equal(out, base), (T, H, F, E, K, dtype)
+        assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
+
+
 @pytest.mark.parametrize("dtype", dtype_params())
 def test_moe_experts_odd_sizes(device, dtype):
     """H and F not multiples of 8: the SIMT path on CUDA (tensor-core paths need 16-byte rows)."""
