@@ -269,8 +269,12 @@ static wt_encode_fn wt_encoder(void) {
         tried = 1;
         void *f = NULL;
         cudaDriverEntryPointQueryResult q;
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) ==
-                cudaSuccess && q == cudaDriverEntryPointSuccess)
+#if CUDART_VERSION >= 12050
+        const cudaError_t r = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q);
+#else /* CUDA 12.0 - 12.4 toolkits: the unversioned lookup (deprecated from 12.5 on) */
+        const cudaError_t r = cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &f, cudaEnableDefault, &q);
+#endif
+        if (r == cudaSuccess && q == cudaDriverEntryPointSuccess)
             fn = (wt_encode_fn)f;
         else
             cudaGetLastError();
