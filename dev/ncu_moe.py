@@ -1,3 +1,4 @@
+"""moe_experts once at 4096 tokens (Jamba-v0.1, bf16) with the wgmma engine, for Nsight Compute (dev/README.md)."""
 import torch, jamba_ext
 from jamba_ext import ops
 torch.manual_seed(0)
@@ -7,6 +8,6 @@ x = torch.randn(T, H, device=dev, dtype=dt)
 wgu = torch.randn(E, 2 * F, H, device=dev, dtype=dt) * H ** -0.5
 wd = torch.randn(E, H, F, device=dev, dtype=dt) * F ** -0.5
 w, ids, offsets, slots = ops.moe_route(torch.randn(T, E, device=dev), K)
-for impl in ("wgmma_tma", "wgmma_ws"):
+for impl in ("wgmma",):
     ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
 torch.cuda.synchronize()
