@@ -242,21 +242,6 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #endif
 }
 
-int moe_wgmma_available(int dev) {
-    static int avail[64]; /* 0 unknown, 1 usable, -1 not */
-    int st = (dev >= 0 && dev < 64) ? avail[dev] : 0;
-    if (st == 0) {
-        int major = 0;
-        cudaFuncAttributes fa;
-        const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                        cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16, false>) == cudaSuccess;
-        if (!ok) cudaGetLastError(); /* clear, the caller falls back to another engine */
-        st = (ok && major == 9 && fa.binaryVersion >= 90) ? 1 : -1;
-        if (dev >= 0 && dev < 64) avail[dev] = st;
-    }
-    return st > 0;
-}
-
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -282,6 +267,22 @@ static wt_encode_fn wt_encoder(void) {
     return fn;
 }
 
+int moe_wgmma_available(int dev) {
+    static int avail[64]; /* 0 unknown, 1 usable, -1 not */
+    int st = (dev >= 0 && dev < 64) ? avail[dev] : 0;
+    if (st == 0) {
+        int major = 0;
+        cudaFuncAttributes fa;
+        const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                        cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16, false>) == cudaSuccess;
+        if (!ok) cudaGetLastError(); /* clear, the caller falls back to another engine */
+        /* and the driver has the tensor-map encoder (TMA); else impl auto takes the mma.sync engine */
+        st = (ok && major == 9 && fa.binaryVersion >= 90 && wt_encoder() != NULL) ? 1 : -1;
+        if (dev >= 0 && dev < 64) avail[dev] = st;
+    }
+    return st > 0;
+}
+
 /* a (rows, cols) row-major 2-byte tensor, boxes of 64 columns x box_rows rows, 128-byte swizzle */
 static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t rows, int64_t cols, int box_rows) {
     wt_encode_fn enc = wt_encoder();
@@ -303,8 +304,9 @@ template <typename T>
 static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
     if (!moe_wgmma_available(dev))
-        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs a Hopper GPU (sm_90) "
-                               "and a build with sm_90a code (JAMBA_EXT_ARCHS containing 90)");
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs a Hopper GPU (sm_90), "
+                               "a build with sm_90a code (JAMBA_EXT_ARCHS containing 90) and a driver with "
+                               "cuTensorMapEncodeTiled (CUDA 12+)");
     /* EXPERIMENT for the next GPU round (read per call while it lasts): JAMBA_EXT_WGMMA_SKIP=1 takes the SKIP
      * instance. Reason: an expert's last m-tile is on average half empty (16 experts x ~64 idle rows: ~25% of
      * the rows at 2048 tokens, ~12% at 4096), and a warpgroup with no rows left still runs its wgmmas. */
