@@ -523,6 +523,46 @@ def test_tensors_on_second_gpu():
     assert torch.cuda.current_device() == 0
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_more_kernels_on_second_gpu():
+    """The kernels the first two-GPU test leaves out, on cuda:1 while cuda:0 is current, in bf16 (the fast
+    paths: pipelined scan, vector conv / conv update, segment norms, residual norm), on a side stream of
+    cuda:1: results against float64 and the current device unchanged."""
+    torch.cuda.set_device(0)
+    d1 = torch.device("cuda:1")
+    bf = torch.bfloat16
+    side = torch.cuda.Stream(device=d1)
+    with torch.cuda.stream(side):
+        a = scan_inputs(1, 256, 16, 2048, bf, device=d1, bc_layout="xproj")
+        out, last = ops.selective_scan(**a)
+        ref_out, ref_last = ref64(a)
+        x, w, b, init = conv_inputs(2, 256, 4096, 4, bf, device=d1)
+        o, f = ops.causal_conv1d(x, w, b, init, True, 3)
+        cs = randn(4, 256, 4, device=d1, dtype=bf)
+        xu = randn(4, 256, device=d1, dtype=bf)
+        cs0 = cs.clone()
+        yu = ops.causal_conv1d_update(xu, cs, w, b, True)
+        xr = randn(33, 96, device=d1, dtype=bf)
+        wn = randn(96, device=d1, dtype=bf, scale=0.4, shift=1.0)
+        seg = ops.rms_norm_segments(xr, wn, [64, 80])
+        res = randn(33, 96, device=d1, dtype=bf)
+        hn, hr = ops.add_rms_norm(xr, res, wn)
+    side.synchronize()
+    assert torch.cuda.current_device() == 0
+    assert out.device == d1 and o.device == d1 and yu.device == d1 and seg.device == d1
+    assert_close(out, ref_out, **TOL_LONG[bf])
+    assert_close(last, ref_last, **TOL_LONG[torch.float32])
+    ro, rf = reference.causal_conv1d(up(x), up(w), up(b), up(init), True, 3)
+    assert_close(o, ro, **TOL[bf])
+    ry, rs = reference.causal_conv1d_update(up(xu), up(cs0), up(w), up(b), True)
+    assert_close(yu, ry, **TOL[bf])
+    assert_close(cs, rs, **TOL[bf])
+    assert_close(seg, reference.rms_norm_segments(up(xr), up(wn), [64, 80], 1e-6), **TOL[bf])
+    rh, rr = reference.add_rms_norm(up(xr), up(res), up(wn))
+    assert_close(hn, rh, **TOL[bf])
+    assert_close(hr, rr, **TOL[bf])
+
+
 def test_d_inner_past_grid_axis_limit():
     """d_inner = 70000 > 65535: every kernel puts the large dimension on grid.x."""
     DI = 70000

@@ -172,6 +172,27 @@ def test_moe_wgmma_skip_idle_experiment(monkeypatch):
         assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.parametrize("T", [1, 64, 300, 2100])
+def test_moe_on_second_gpu(T):
+    """Routing, permutation and every auto engine of moe_experts (decode kernels, the Hopper wgmma engine,
+    torch._grouped_mm + silu_mul / moe_combine at 8192 slots and more) on cuda:1 while cuda:0 is current, on a
+    side stream of cuda:1: against float64, and the current device unchanged."""
+    torch.cuda.set_device(0)
+    d1 = torch.device("cuda:1")
+    H, F, E, K = (136, 72, 16, 2) if T < 2100 else (256, 128, 16, 2)
+    side = torch.cuda.Stream(device=d1)
+    with torch.cuda.stream(side):
+        x = randn(T * (2 if T == 2100 else 1), H, device=d1, dtype=torch.bfloat16)
+        w_gate_up, w_down = expert_weights(E, H, F, d1, torch.bfloat16)
+        w, ids, offsets, slots = routed(x.shape[0], E, K, d1)
+        out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "auto")
+    side.synchronize()
+    assert torch.cuda.current_device() == 0 and out.device == d1
+    assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[torch.bfloat16])
+
+
 @pytest.mark.parametrize("dtype", dtype_params())
 def test_moe_experts_odd_sizes(device, dtype):
     """H and F not multiples of 8: the SIMT path on CUDA (tensor-core paths need 16-byte rows)."""
