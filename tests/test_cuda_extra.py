@@ -445,7 +445,8 @@ def _all_ops(dtype=torch.bfloat16):
             ("causal_conv1d_update", conv_update),
             ("selective_state_update", state_update),
             ("rms_norm", lambda: (ops.rms_norm(xr, wn),)),
-            ("add_rms_norm", lambda: ops.add_rms_norm(xr, rr, wn))]
+            ("add_rms_norm", lambda: ops.add_rms_norm(xr, rr, wn)),
+            ("rms_norm_segments", lambda: (ops.rms_norm_segments(xr, wn, [256, 272, 288]),))]
 
 
 def test_bit_identical_reruns():
@@ -471,7 +472,7 @@ def test_cuda_graph_capture_replay():
         return (ops.selective_scan(**a), ops.causal_conv1d(x, w, b, init, True, 4),
                 ops.causal_conv1d_update(x[..., :1], cs_, w, b, True),
                 ops.selective_state_update(**dict(s, state=st_)),
-                ops.rms_norm(xr, wn), ops.add_rms_norm(xr, rr, wn))
+                ops.rms_norm(xr, wn), ops.add_rms_norm(xr, rr, wn), ops.rms_norm_segments(xr, wn, [256, 272, 288]))
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
