@@ -151,9 +151,10 @@ def sanitize_cases():
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
         if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # EXPERIMENT knob (moe_wgmma.cu)
-            out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
-                           JAMBA_EXT_WGMMA_SKIP="1")()
-            assert not torch.isnan(out).any(), "wgmma skip"
+            for knob in ("1", "2"):
+                out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
+                               JAMBA_EXT_WGMMA_SKIP=knob)()
+                assert not torch.isnan(out).any(), f"wgmma skip {knob}"
     torch.cuda.synchronize()
     print("bench_moe --sanitize: all engines ran")
 
@@ -201,7 +202,8 @@ def main():
     if dev.type == "cuda":
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
         if os.environ.get("JAMBA_EXT_AB_ROWS") == "1":  # EXPERIMENT (moe_wgmma.cu): idle warpgroups skip
-            variants += [("ours:wgmma (skip idle)", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_SKIP="1"))]
+            variants += [("ours:wgmma (skip idle)", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_SKIP="1")),
+                         ("ours:wgmma (persistent, skip idle)", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_SKIP="2"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

@@ -145,15 +145,17 @@ def test_moe_experts_gpu_impls(impl, T, H, F, E, K):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 def test_moe_wgmma_skip_idle_experiment(monkeypatch):
-    """EXPERIMENT knob JAMBA_EXT_WGMMA_SKIP=1 (moe_wgmma.cu): a warpgroup whose rows all lie past its expert's
-    last row issues no wgmma; the outputs keep the default's bits (partial last tiles of every size, an
-    expert with all tokens, empty experts, k tiles wrapping the stage ring, f16 too)."""
+    """EXPERIMENT knob JAMBA_EXT_WGMMA_SKIP (moe_wgmma.cu): 1, a warpgroup whose rows all lie past its expert's
+    last row issues no wgmma; 2, the same in the persistent kernel. The outputs keep the default's bits
+    (partial last tiles of every size, an expert with all tokens, empty experts, k tiles wrapping the stage
+    ring, more tiles than SMs, f16 too)."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
     for T, H, F, E, K, dtype in [(300, 264, 200, 4, 1, torch.bfloat16), (130, 1096, 1048, 4, 2, torch.bfloat16),
                                  (2048, 128, 96, 16, 2, torch.bfloat16), (37, 136, 72, 8, 2, torch.float16),
-                                 (200, 72, 40, 1, 1, torch.bfloat16), (97, 136, 64, 16, 2, torch.float16)]:
+                                 (200, 72, 40, 1, 1, torch.bfloat16), (97, 136, 64, 16, 2, torch.float16),
+                                 (1000, 256, 2048, 4, 2, torch.bfloat16), (600, 1096, 1040, 8, 2, torch.float16)]:
         x = randn(T, H, device=dev, dtype=dtype)
         w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
         w, ids, offsets, slots = routed(T, E, K, dev)
@@ -165,11 +167,12 @@ def test_moe_wgmma_skip_idle_experiment(monkeypatch):
             offsets, slots = ops.moe_permute(ids, E)
         monkeypatch.delenv("JAMBA_EXT_WGMMA_SKIP", raising=False)
         base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.setenv("JAMBA_EXT_WGMMA_SKIP", "1")
-        out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_WGMMA_SKIP")
-        assert torch.equal(out, base), (T, H, F, E, K, dtype)
-        assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
+        for knob in ("1", "2"):  # 2: the persistent kernel (tiles strided over one CTA per SM), with the skip
+            monkeypatch.setenv("JAMBA_EXT_WGMMA_SKIP", knob)
+            out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+            monkeypatch.delenv("JAMBA_EXT_WGMMA_SKIP")
+            assert torch.equal(out, base), (knob, T, H, F, E, K, dtype)
+        assert_close(base, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
 
 
 @pytest.mark.cuda

@@ -242,6 +242,125 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #endif
 }
 
+/* moe_wgmma_persist_kernel (EXPERIMENT, JAMBA_EXT_WGMMA_SKIP=2, see wgmma_launch): the SKIP kernel made
+ * persistent. Grid = one CTA per SM; CTA b takes the valid tiles among b, b + grid, ... (grouped order). The
+ * stage ring and its phases run on across tiles (global k-tile counter `it`), and thread 0 keeps loading up to
+ * WG_STAGES k tiles ahead across tile boundaries, so the next tile's first stages arrive while the consumers
+ * run the epilogue (the non-persistent kernel starts every tile with an empty ring: ~1-2 us of load latency
+ * per tile, 3-5% of a gate_up tile at 4096 tokens). Same math and epilogue as moe_wgmma_kernel. */
+struct wt_tile {
+    int64_t t, row0, row_end, n0;
+    int e;
+};
+/* the first valid tile at index >= t (stride gridDim.x); t >= tiles when none is left */
+__device__ __forceinline__ void wt_next_valid(const moe_gemm_args &a, int64_t m_tiles, int64_t n_tiles, wt_tile &c) {
+    const int64_t tiles = m_tiles * n_tiles;
+    for (; c.t < tiles; c.t += gridDim.x) {
+        int64_t mt, nt;
+        moe_grouped_tile(c.t, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
+        if (moe_find_tile(a.offsets, a.E, mt, WG_BM, &c.e, &c.row0, &c.row_end)) {
+            c.n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
+            return;
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(WG_THREADS, 1)
+    moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
+                             moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
+#if MOE_HAS_WGMMA
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
+    const uint32_t full = base + WT_STAGE_BYTES * WG_STAGES, empty = full + WG_STAGES * 8;
+    const int64_t tiles = m_tiles * n_tiles;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = warp >> 2;
+    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
+
+    /* producer cursor (thread 0): tile p, its next k tile pk; q = loads issued so far */
+    wt_tile p;
+    p.t = blockIdx.x;
+    int pk = 0;
+    uint32_t q = 0;
+    auto issue_next = [&]() {
+        if (p.t >= tiles) return;
+        const uint32_t st = q % WG_STAGES;
+        wt_issue(a, &tmA, &tmW, base + st * WT_STAGE_BYTES, full + 8 * st, pk, (int)p.row0,
+                 (int)((int64_t)p.e * a.w_rows + p.n0));
+        q++;
+        if (++pk == KT) {
+            pk = 0;
+            p.t += gridDim.x;
+            wt_next_valid(a, m_tiles, n_tiles, p);
+        }
+    };
+    if (tid == 0) {
+        for (int st = 0; st < WG_STAGES; st++) {
+            mbar_init(full + 8 * st, 1);
+            mbar_init(empty + 8 * st, WG_THREADS / 32);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        wt_next_valid(a, m_tiles, n_tiles, p);
+        for (int s = 0; s < WG_STAGES; s++) issue_next();
+    }
+    __syncthreads();
+
+    /* consumed k tiles so far (all tiles): stage it % S, use it / S. Releasing k tile it - 1 lets thread 0
+     * load k tile it - 1 + S (of this tile or a later one) into its stage. */
+    uint32_t it = 0;
+    auto release_prev = [&]() {
+        if (it > 0) {
+            const uint32_t ps = (it - 1) % WG_STAGES;
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty + 8 * ps);
+            if (tid == 0) {
+                mbar_wait(empty + 8 * ps, ((it - 1) / WG_STAGES) & 1);
+                issue_next();
+            }
+            __syncwarp();
+        }
+    };
+    wt_tile c;
+    c.t = blockIdx.x;
+    for (wt_next_valid(a, m_tiles, n_tiles, c); c.t < tiles; c.t += gridDim.x, wt_next_valid(a, m_tiles, n_tiles, c)) {
+        if (c.row0 + wgi * 64 >= c.row_end) { /* idle warpgroup (never warpgroup 0): keep the ring in step */
+            for (int kt = 0; kt < KT; kt++, it++) {
+                mbar_wait(full + 8 * (it % WG_STAGES), (it / WG_STAGES) & 1);
+                release_prev();
+            }
+            continue;
+        }
+        float acc[128];
+#pragma unroll
+        for (int i = 0; i < 128; i++) acc[i] = 0.f;
+        for (int kt = 0; kt < KT; kt++, it++) {
+            const uint32_t st = it % WG_STAGES;
+            mbar_wait(full + 8 * st, (it / WG_STAGES) & 1);
+            __syncwarp();
+            const uint32_t sa = base + st * WT_STAGE_BYTES;
+            const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
+            const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
+#pragma unroll
+            for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+            for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            /* group it - 1 has finished (at a tile's first k tile that group belonged to the previous tile and
+             * was waited for already) */
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#pragma unroll
+            for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+            release_prev();
+        }
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+        wg_epilogue<T>(a, acc, c.row0, c.row_end, c.n0, wgi, warp, lane);
+    }
+#endif
+}
+
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -310,12 +429,14 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     /* EXPERIMENT for the next GPU round (read per call while it lasts): JAMBA_EXT_WGMMA_SKIP=1 takes the SKIP
      * instance. Reason: an expert's last m-tile is on average half empty (16 experts x ~64 idle rows: ~25% of
      * the rows at 2048 tokens, ~12% at 4096), and a warpgroup with no rows left still runs its wgmmas. */
-    const char *skip_env = getenv("JAMBA_EXT_WGMMA_SKIP");
-    const bool skip = skip_env != NULL && skip_env[0] == '1';
+    const char *skip_env = getenv("JAMBA_EXT_WGMMA_SKIP"); /* 2: the persistent kernel (with the skip) */
+    const int skip = skip_env != NULL && (skip_env[0] == '1' || skip_env[0] == '2') ? skip_env[0] - '0' : 0;
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               WT_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              WT_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               WT_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
@@ -327,7 +448,11 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
     const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    if (skip)
+    if (skip == 2) {
+        const int64_t sms = jamba_cuda_sm_count(dev), tiles = m_tiles * n_tiles;
+        moe_wgmma_persist_kernel<T><<<(unsigned)(tiles < sms ? tiles : sms), WG_THREADS, WT_SMEM, stream>>>(
+            tmA, tmW, a, m_tiles, n_tiles);
+    } else if (skip)
         moe_wgmma_kernel<T, true><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a, m_tiles,
                                                                                                  n_tiles);
     else
