@@ -1,6 +1,9 @@
-"""dev/wgmma_ring_sim.py -- model of moe_wgmma_persist_kernel (csrc/cuda/moe_wgmma.cu)'s barrier protocol: random interleavings of 8 warps (warp 0 lane 0 =
-producer inside release_prev), TMA completions at random later times. Checks: no deadlock, every consumed
-stage holds the (tile, kt) the consumer expects, and a stage is never overwritten while a warp still reads it."""
+"""dev/wgmma_ring_sim.py -- model of the barrier protocol of moe_wgmma_persist_kernel (csrc/cuda/moe_wgmma.cu).
+
+Random interleavings of the 8 warps (warp 0 lane 0 is the producer, inside release_prev) and TMA completions
+at random later times. Checks: no deadlock, every consumed stage holds the (tile, kt) the consumer expects,
+and a stage is never overwritten while a warp still reads it.
+"""
 import random
 
 S = 4
