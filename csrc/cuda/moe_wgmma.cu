@@ -22,6 +22,9 @@
  *   end are zero-filled. Grouped block order (moe_grouped_tile), non-persistent.
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
  * TMA maps below 2^31.
+ * EXPERIMENTS waiting for a GPU round (env JAMBA_EXT_WGMMA_SKIP, read per call by wgmma_launch): 1 takes
+ * moe_wgmma_kernel<T, true> (idle warpgroups skip their wgmmas), 2 moe_wgmma_persist_kernel (the same,
+ * persistent); unset: moe_wgmma_kernel<T, false>, the measured kernel.
  */
 #include "moe.cuh"
 
