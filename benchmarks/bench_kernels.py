@@ -195,15 +195,11 @@ def bench_scan(bb, shapes, DI, N):
                   "C": a["C"].transpose(1, 2).contiguous().transpose(1, 2)}
             for label, env, over in (("old", {"JAMBA_EXT_SCAN_IMPL": "old"}, {}),
                                      ("B/C n-fast", {}, bt)):
-                os.environ.update(env)
-                try:
+                with common.env(**env):
                     av = dict(a, **over)
                     check(f"selective_scan ({label})", ops.selective_scan(**av)[0][:, idx], ref_out)
                     bb.row(f"selective_scan ({label})", f"B={Bsz} DI={DI} L={L} N={N}",
                            lambda: ops.selective_scan(**av), nbytes, exps=Bsz * DI * L * N)
-                finally:
-                    for k in env:
-                        del os.environ[k]
             del bt
         del a, out, last
         if dev.type == "cuda":

@@ -101,16 +101,8 @@ def ours(impl):
 def with_env(fn, **env):
     """fn run with the given environment variables set (EXPERIMENT knobs of the kernels, read per call)"""
     def run(*args):
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
-        try:
+        with common.env(**env):
             return fn(*args)
-        finally:
-            for k, v in old.items():
-                if v is None:
-                    del os.environ[k]
-                else:
-                    os.environ[k] = v
     return run
 
 

@@ -5,6 +5,7 @@
     matmul_tflops()        large bf16 matmul rate on random data (the FLOP ceiling)
     write_results(name, rows, meta)  -> benchmarks/results/<name>.json (+ .png when matplotlib exists)
 """
+import contextlib
 import json
 import os
 import platform
@@ -15,6 +16,21 @@ import time
 import torch
 
 RESULTS = os.environ.get("JAMBA_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+@contextlib.contextmanager
+def env(**values):
+    """The environment variables set for the block (EXPERIMENT knobs the kernels read per call), restored after."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def git_commit() -> str:
