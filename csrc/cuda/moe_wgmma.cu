@@ -158,6 +158,42 @@ __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorM
     tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, tmW, kt * WG_BK, wrow + (a.gate_up ? (int)a.N : WG_BN / 2), fb);
 }
 
+/* The ring's shared memory (1024-aligned stages, then full[WG_STAGES] and empty[WG_STAGES]) and its barriers:
+ * full[s] completes on one arrival plus the stage's transactions, empty[s] on one arrival per warp. */
+struct wt_ring {
+    uint32_t base, full, empty;
+};
+__device__ __forceinline__ wt_ring wt_ring_at(const unsigned char *smem) {
+    wt_ring r;
+    r.base = (smem_u32(smem) + 1023u) & ~1023u;
+    r.full = r.base + WT_STAGE_BYTES * WG_STAGES;
+    r.empty = r.full + WG_STAGES * 8;
+    return r;
+}
+__device__ __forceinline__ void wt_ring_init(const wt_ring &r) { /* thread 0, before a __syncthreads */
+    for (int st = 0; st < WG_STAGES; st++) {
+        mbar_init(r.full + 8 * st, 1);
+        mbar_init(r.empty + 8 * st, WG_THREADS / 32);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+}
+/* One k tile of warpgroup wgi from the stage at sa: the 4 wgmmas as one group, then wait until at most this
+ * group is in flight (the previous one, and the stage it read, is done) */
+template <typename T>
+__device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int wgi) {
+    const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
+    const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+}
+
 /* SKIP (EXPERIMENT, JAMBA_EXT_WGMMA_SKIP=1, see wgmma_launch): a warpgroup whose 64 rows all lie past the
  * expert's last row issues no wgmma (it still waits for every stage and releases it, so the ring's phases
  * stay in step); the other warpgroup then has the tensor cores to itself. */
@@ -167,8 +203,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
                      moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
 #if MOE_HAS_WGMMA
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
-    const uint32_t full = base + WT_STAGE_BYTES * WG_STAGES, empty = full + WG_STAGES * 8;
+    const wt_ring ring = wt_ring_at(wg_smem_raw);
+    const uint32_t base = ring.base, full = ring.full, empty = ring.empty;
     int64_t mt, nt;
     moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
     int e;
@@ -184,13 +220,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         wt_issue(a, &tmA, &tmW, base + (uint32_t)((kt % WG_STAGES) * WT_STAGE_BYTES), full + 8 * (kt % WG_STAGES),
                  kt, arow, wrow);
     };
-    if (tid == 0) {
-        for (int st = 0; st < WG_STAGES; st++) {
-            mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, WG_THREADS / 32);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
+    if (tid == 0) wt_ring_init(ring);
     __syncthreads();
     if (tid == 0)
         for (int kt = 0; kt < WG_STAGES && kt < KT; kt++) issue(kt);
@@ -224,18 +254,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         const int st = kt % WG_STAGES;
         mbar_wait(full + 8 * st, (uint32_t)((kt / WG_STAGES) & 1));
         __syncwarp(); /* the wgmma instructions below are .sync.aligned: the warp converged */
-        const uint32_t sa = base + (uint32_t)(st * WT_STAGE_BYTES);
-        const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
-        const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
-#pragma unroll
-        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-        for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory"); /* group kt - 1 has finished */
-#pragma unroll
-        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+        wt_mma_ktile<T>(acc, base + (uint32_t)(st * WT_STAGE_BYTES), wgi); /* group kt - 1 has finished */
         release(kt);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -274,8 +293,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
                              moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
 #if MOE_HAS_WGMMA
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u;
-    const uint32_t full = base + WT_STAGE_BYTES * WG_STAGES, empty = full + WG_STAGES * 8;
+    const wt_ring ring = wt_ring_at(wg_smem_raw);
+    const uint32_t base = ring.base, full = ring.full, empty = ring.empty;
     const int64_t tiles = m_tiles * n_tiles;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = warp >> 2;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
@@ -298,11 +317,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         }
     };
     if (tid == 0) {
-        for (int st = 0; st < WG_STAGES; st++) {
-            mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, WG_THREADS / 32);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        wt_ring_init(ring);
         wt_next_valid(a, m_tiles, n_tiles, p);
         for (int s = 0; s < WG_STAGES; s++) issue_next();
     }
@@ -340,20 +355,9 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
             const uint32_t st = it % WG_STAGES;
             mbar_wait(full + 8 * st, (it / WG_STAGES) & 1);
             __syncwarp();
-            const uint32_t sa = base + st * WT_STAGE_BYTES;
-            const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
-            const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
-#pragma unroll
-            for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-            for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
             /* group it - 1 has finished (at a tile's first k tile that group belonged to the previous tile and
              * was waited for already) */
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-#pragma unroll
-            for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+            wt_mma_ktile<T>(acc, base + st * WT_STAGE_BYTES, wgi);
             release_prev();
         }
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
