@@ -98,14 +98,6 @@ def ours(impl):
     return run
 
 
-def with_env(fn, **env):
-    """fn run with the given environment variables set (EXPERIMENT knobs of the kernels, read per call)"""
-    def run(*args):
-        with common.env(**env):
-            return fn(*args)
-    return run
-
-
 def kernel_breakdown(fn, iters=3):
     """GPU time per kernel name (us per call) from torch.profiler; {} when the profiler is unavailable."""
     try:
@@ -142,11 +134,6 @@ def sanitize_cases():
         for impl in impls:
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
-        if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # EXPERIMENT knob (moe_wgmma.cu)
-            for knob in ("1", "2"):
-                out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
-                               JAMBA_EXT_WGMMA_SKIP=knob)()
-                assert not torch.isnan(out).any(), f"wgmma skip {knob}"
     torch.cuda.synchronize()
     print("bench_moe --sanitize: all engines ran")
 
@@ -193,9 +180,6 @@ def main():
     variants = [("ours", ours("auto"))]
     if dev.type == "cuda":
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
-        if os.environ.get("JAMBA_EXT_AB_ROWS") == "1":  # EXPERIMENT (moe_wgmma.cu): idle warpgroups skip
-            variants += [("ours:wgmma (skip idle)", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_SKIP="1")),
-                         ("ours:wgmma (persistent, skip idle)", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_SKIP="2"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

@@ -22,9 +22,6 @@
  *   end are zero-filled. Grouped block order (moe_grouped_tile), non-persistent.
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
  * TMA maps below 2^31.
- * EXPERIMENTS waiting for a GPU round (env JAMBA_EXT_WGMMA_SKIP, read per call by wgmma_launch): 1 takes
- * moe_wgmma_kernel<T, true> (idle warpgroups skip their wgmmas), 2 moe_wgmma_persist_kernel (the same,
- * persistent); unset: moe_wgmma_kernel<T, false>, the measured kernel.
  */
 #include "moe.cuh"
 
@@ -194,10 +191,7 @@ __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
 }
 
-/* SKIP (EXPERIMENT, JAMBA_EXT_WGMMA_SKIP=1, see wgmma_launch): a warpgroup whose 64 rows all lie past the
- * expert's last row issues no wgmma (it still waits for every stage and releases it, so the ring's phases
- * stay in step); the other warpgroup then has the tensor cores to itself. */
-template <typename T, bool SKIP>
+template <typename T>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                      moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
@@ -229,7 +223,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #pragma unroll
     for (int i = 0; i < 128; i++) acc[i] = 0.f;
     const int wgi = warp >> 2;
-    /* stage release after k tile kt's wgmma group kt - 1 finished (or, idle, right after the wait) */
+    /* stage release after k tile kt's wgmma group kt - 1 finished */
     auto release = [&](int kt) {
         if (kt > 0) {
             const int ps = (kt - 1) % WG_STAGES;
@@ -242,14 +236,6 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
             __syncwarp();
         }
     };
-    if (SKIP && row0 + wgi * 64 >= row_end) {
-        /* idle warpgroup (never warpgroup 0, whose rows start at row0 < row_end): keep the ring in step */
-        for (int kt = 0; kt < KT; kt++) {
-            mbar_wait(full + 8 * (kt % WG_STAGES), (uint32_t)((kt / WG_STAGES) & 1));
-            release(kt);
-        }
-        return;
-    }
     for (int kt = 0; kt < KT; kt++) {
         const int st = kt % WG_STAGES;
         mbar_wait(full + 8 * st, (uint32_t)((kt / WG_STAGES) & 1));
@@ -261,110 +247,6 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
-#endif
-}
-
-/* moe_wgmma_persist_kernel (EXPERIMENT, JAMBA_EXT_WGMMA_SKIP=2, see wgmma_launch): the SKIP kernel made
- * persistent. Grid = one CTA per SM; CTA b takes the valid tiles among b, b + grid, ... (grouped order). The
- * stage ring and its phases run on across tiles (global k-tile counter `it`), and thread 0 keeps loading up to
- * WG_STAGES k tiles ahead across tile boundaries, so the next tile's first stages arrive while the consumers
- * run the epilogue (the non-persistent kernel starts every tile with an empty ring: ~1-2 us of load latency
- * per tile, 3-5% of a gate_up tile at 4096 tokens). Same math and epilogue as moe_wgmma_kernel. */
-struct wt_tile {
-    int64_t t, row0, row_end, n0;
-    int e;
-};
-/* the first valid tile at index >= t (stride gridDim.x); t >= tiles when none is left */
-__device__ __forceinline__ void wt_next_valid(const moe_gemm_args &a, int64_t m_tiles, int64_t n_tiles, wt_tile &c) {
-    const int64_t tiles = m_tiles * n_tiles;
-    for (; c.t < tiles; c.t += gridDim.x) {
-        int64_t mt, nt;
-        moe_grouped_tile(c.t, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
-        if (moe_find_tile(a.offsets, a.E, mt, WG_BM, &c.e, &c.row0, &c.row_end)) {
-            c.n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
-            return;
-        }
-    }
-}
-
-template <typename T>
-__global__ void __launch_bounds__(WG_THREADS, 1)
-    moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                             moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
-#if MOE_HAS_WGMMA
-    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const wt_ring ring = wt_ring_at(wg_smem_raw);
-    const uint32_t base = ring.base, full = ring.full, empty = ring.empty;
-    const int64_t tiles = m_tiles * n_tiles;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = warp >> 2;
-    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
-
-    /* producer cursor (thread 0): tile p, its next k tile pk; q = loads issued so far */
-    wt_tile p;
-    p.t = blockIdx.x;
-    int pk = 0;
-    uint32_t q = 0;
-    auto issue_next = [&]() {
-        if (p.t >= tiles) return;
-        const uint32_t st = q % WG_STAGES;
-        wt_issue(a, &tmA, &tmW, base + st * WT_STAGE_BYTES, full + 8 * st, pk, (int)p.row0,
-                 (int)((int64_t)p.e * a.w_rows + p.n0));
-        q++;
-        if (++pk == KT) {
-            pk = 0;
-            p.t += gridDim.x;
-            wt_next_valid(a, m_tiles, n_tiles, p);
-        }
-    };
-    if (tid == 0) {
-        wt_ring_init(ring);
-        wt_next_valid(a, m_tiles, n_tiles, p);
-        for (int s = 0; s < WG_STAGES; s++) issue_next();
-    }
-    __syncthreads();
-
-    /* consumed k tiles so far (all tiles): stage it % S, use it / S. Releasing k tile it - 1 lets thread 0
-     * load k tile it - 1 + S (of this tile or a later one) into its stage. */
-    uint32_t it = 0;
-    auto release_prev = [&]() {
-        if (it > 0) {
-            const uint32_t ps = (it - 1) % WG_STAGES;
-            __syncwarp();
-            if (lane == 0) mbar_arrive(empty + 8 * ps);
-            if (tid == 0) {
-                mbar_wait(empty + 8 * ps, ((it - 1) / WG_STAGES) & 1);
-                issue_next();
-            }
-            __syncwarp();
-        }
-    };
-    wt_tile c;
-    c.t = blockIdx.x;
-    for (wt_next_valid(a, m_tiles, n_tiles, c); c.t < tiles; c.t += gridDim.x, wt_next_valid(a, m_tiles, n_tiles, c)) {
-        if (c.row0 + wgi * 64 >= c.row_end) { /* idle warpgroup (never warpgroup 0): keep the ring in step */
-            for (int kt = 0; kt < KT; kt++, it++) {
-                mbar_wait(full + 8 * (it % WG_STAGES), (it / WG_STAGES) & 1);
-                release_prev();
-            }
-            continue;
-        }
-        float acc[128];
-#pragma unroll
-        for (int i = 0; i < 128; i++) acc[i] = 0.f;
-        for (int kt = 0; kt < KT; kt++, it++) {
-            const uint32_t st = it % WG_STAGES;
-            mbar_wait(full + 8 * st, (it / WG_STAGES) & 1);
-            __syncwarp();
-            /* group it - 1 has finished (at a tile's first k tile that group belonged to the previous tile and
-             * was waited for already) */
-            wt_mma_ktile<T>(acc, base + st * WT_STAGE_BYTES, wgi);
-            release_prev();
-        }
-        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-        wg_epilogue<T>(a, acc, c.row0, c.row_end, c.n0, wgi, warp, lane);
-    }
 #endif
 }
 
@@ -400,7 +282,7 @@ int moe_wgmma_available(int dev) {
         int major = 0;
         cudaFuncAttributes fa;
         const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                        cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16, false>) == cudaSuccess;
+                        cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16>) == cudaSuccess;
         if (!ok) cudaGetLastError(); /* clear, the caller falls back to another engine */
         /* and the driver has the tensor-map encoder (TMA); else impl auto takes the mma.sync engine */
         st = (ok && major == 9 && fa.binaryVersion >= 90 && wt_encoder() != NULL) ? 1 : -1;
@@ -433,17 +315,8 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs a Hopper GPU (sm_90), "
                                "a build with sm_90a code (JAMBA_EXT_ARCHS containing 90) and a driver with "
                                "cuTensorMapEncodeTiled (CUDA 12+)");
-    /* EXPERIMENT for the next GPU round (read per call while it lasts): JAMBA_EXT_WGMMA_SKIP=1 takes the SKIP
-     * instance. Reason: an expert's last m-tile is on average half empty (16 experts x ~64 idle rows: ~25% of
-     * the rows at 2048 tokens, ~12% at 4096), and a warpgroup with no rows left still runs its wgmmas. */
-    const char *skip_env = getenv("JAMBA_EXT_WGMMA_SKIP"); /* 2: the persistent kernel (with the skip) */
-    const int skip = skip_env != NULL && (skip_env[0] == '1' || skip_env[0] == '2') ? skip_env[0] - '0' : 0;
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WT_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WT_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               WT_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
@@ -455,16 +328,8 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
     const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    if (skip == 2) {
-        const int64_t sms = jamba_cuda_sm_count(dev), tiles = m_tiles * n_tiles;
-        moe_wgmma_persist_kernel<T><<<(unsigned)(tiles < sms ? tiles : sms), WG_THREADS, WT_SMEM, stream>>>(
-            tmA, tmW, a, m_tiles, n_tiles);
-    } else if (skip)
-        moe_wgmma_kernel<T, true><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a, m_tiles,
-                                                                                                 n_tiles);
-    else
-        moe_wgmma_kernel<T, false><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a,
-                                                                                                  m_tiles, n_tiles);
+    moe_wgmma_kernel<T><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a, m_tiles,
+                                                                                       n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_kernel", stream);
     return JAMBA_OK;
 }
