@@ -10,7 +10,8 @@ batch*d_inner*seqlen*d_state; the SFU ex2 rate is measured by a Triton microbenc
 else taken as SMs x 16 ex2/clk x the max SM clock (the JSON says which). Every row is checked against
 the reference at its shape (on sampled channels where the fp32 reference would not fit) before it is
 timed. The decode rows also give the time per call inside a CUDA graph (CPU launch cost removed): at batch
-1 the event-timed figure is the launch path, not the kernel. Writes benchmarks/results/bench_kernels.json
+1 the event-timed figure is the launch path, not the kernel; and that graph again with programmatic dependent
+launch off (env JAMBA_EXT_PDL=0, "no PDL"), which shows what PDL saves between back-to-back kernels. Writes benchmarks/results/bench_kernels.json
 (+ .png).
 
     python benchmarks/bench_kernels.py            # full shapes (GPU)
@@ -154,6 +155,11 @@ class Bench:
                 r["graph_us"] = gu
                 r["pct_copy_bw_graph"] = 100 * nbytes / (gu * 1e-6) / 1e9 / self.bw
                 extra += f" | in a CUDA graph {gu:6.1f} us ({r['pct_copy_bw_graph']:4.1f}% copy bw)"
+                with common.env(JAMBA_EXT_PDL="0"):  # the same graph without programmatic dependent launch
+                    gu0 = self.graph_us(fn)
+                if gu0 is not None:
+                    r["graph_us_no_pdl"] = gu0
+                    extra += f" [no PDL {gu0:6.1f} us]"
         if eager is not None:
             te = self.time(eager, small, reps=eager_reps, warmup=1 if eager_reps else None)
             r["eager_us"] = te["median_ms"] * 1e3

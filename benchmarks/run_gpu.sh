@@ -2,7 +2,9 @@
 # The whole GPU round in one call (device tool, H200): build, every test (CUDA ones included),
 # compute-sanitizer on small cases of every kernel, and the benchmarks. Everything goes to $OUT:
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
-# Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] bash benchmarks/run_gpu.sh [full]
+# Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] bash benchmarks/run_gpu.sh [full]
+#   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model with JAMBA_EXT_PDL=0 first, its JSON kept as
+#   bench_model_nopdl.json)
 #   (pass JAMBA_COMMIT: the device copy of .git may be stale; it goes into the log and every JSON)
 #   full: also the slow CUDA tests (> 2^31 elements). Each step has a time limit, so one call fits in ~9 min.
 set -uo pipefail
@@ -38,6 +40,11 @@ step "bench_kernels"
 timeout 200 python3 benchmarks/bench_kernels.py 2>&1 | tail -70
 step "bench_moe"
 timeout 150 python3 benchmarks/bench_moe.py 2>&1 | tail -90
+if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
+  step "bench_model without programmatic dependent launch (A/B: JAMBA_EXT_PDL=0; 2K prompts, no transformers)"
+  JAMBA_EXT_PDL=0 timeout 150 python3 benchmarks/bench_model.py --prompts 2048 --no-hf --decode-steps 16 --budget-s 40 2>&1 | tail -12
+  cp benchmarks/results/bench_model.json "$OUT"/bench_model_nopdl.json 2>/dev/null
+fi
 step "bench_model"
 [ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py --decode-steps 16 --budget-s 60 2>&1 | tail -30
 step "done"

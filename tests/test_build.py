@@ -111,3 +111,38 @@ def test_C_malformed_arguments_raise():
         _C.rms_norm(0, 0, 0, _desc(x), five, None, None, _desc(x[0]), 1e-6)   # > 4 dims
     with pytest.raises(ValueError):
         _C.rms_norm(0, 0, 0, _desc(x), (x.data_ptr(), 0, (2, 8), (8,)), None, None, _desc(x[0]), 1e-6)
+
+
+# ---- source rules the GPU cannot check for us ------------------------------------------------------------
+CUDA_SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "cuda")
+
+
+def _cuda_sources():
+    if not os.path.isdir(CUDA_SRC):
+        pytest.skip("no csrc/cuda next to the tests (installed without sources)")
+    files = sorted(f for f in os.listdir(CUDA_SRC) if f.endswith((".cu", ".cuh")))
+    assert files
+    return {f: open(os.path.join(CUDA_SRC, f)).read() for f in files}
+
+
+def _strip_comments(s):
+    return re.sub(r"//[^\n]*", "", re.sub(r"/\*.*?\*/", "", s, flags=re.S))
+
+
+def test_every_kernel_starts_with_pdl_wait():
+    """Launches may carry programmatic dependent launch (common.cuh): a kernel may then start while the
+    stream's previous kernel still runs, so each must wait (jamba_pdl_begin) before it touches memory, and
+    every launch must go through jamba_kernel_launch (a <<<>>> launch would bypass the rule's bookkeeping)."""
+    kernels = 0
+    for name, src in _cuda_sources().items():
+        code = _strip_comments(src)
+        assert "<<<" not in code, f"{name}: launch with <<<>>>; use jamba_kernel_launch"
+        for m in re.finditer(r"__global__", code):
+            brace, semi = code.find("{", m.end()), code.find(";", m.end())
+            if semi != -1 and semi < brace:
+                continue  # a declaration
+            first = code[brace + 1:].lstrip()
+            assert first.startswith("jamba_pdl_begin();"), \
+                f"{name}: kernel at offset {m.start()} does not start with jamba_pdl_begin(): {first[:60]!r}"
+            kernels += 1
+    assert kernels >= 20  # the test found the kernels (23 when written)

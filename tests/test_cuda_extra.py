@@ -497,6 +497,63 @@ def test_cuda_graph_capture_replay():
     assert torch.equal(cs_g, cs_e) and torch.equal(st_g, st_e)
 
 
+def test_pdl_dependent_chain(monkeypatch):
+    """Programmatic dependent launch (csrc/cuda/common.cuh): a kernel may be scheduled while the previous one
+    runs, and must wait before touching memory. A decode-like chain where every kernel reads what the kernel
+    right before it wrote (norm -> conv update -> state update -> add+norm -> route -> experts, 24 steps, states
+    updated in place), eager and in a CUDA graph, gives the same bits with PDL on and off (JAMBA_EXT_PDL=0). A
+    kernel that touched memory before its wait would read stale inputs here."""
+    g = torch.Generator(device=DEV).manual_seed(7)
+    rn = lambda *shape, scale=1.0: (torch.randn(*shape, generator=g, device=DEV) * scale).to(torch.bfloat16)
+    Bt, DI, N, E = 64, 512, 16, 8
+    s0 = decode_inputs(Bt, DI, N, torch.bfloat16)
+    h0, res0, cs0 = rn(Bt, DI), rn(Bt, DI), rn(Bt, DI, 4)
+    wn, wc, bc = rn(DI, scale=0.2) + 1, rn(DI, 4, scale=0.5), rn(DI, scale=0.1)
+    router = rn(DI, E, scale=DI ** -0.5 * 4)
+    wgu, wd = rn(E, 2 * 96, DI, scale=DI ** -0.5), rn(E, DI, 96, scale=96 ** -0.5)
+
+    def chain(h, res, cs, st):
+        for _ in range(24):
+            h = ops.rms_norm(h, wn)
+            h = ops.causal_conv1d_update(h, cs, wc, bc, True)
+            h = ops.selective_state_update(**dict(s0, state=st, x=h, z=h))
+            h, res = ops.add_rms_norm(h, res, wn)
+            w, ids, offsets, slots = ops.moe_route(h @ router, 2)
+            h = ops.moe_experts(h, w, ids, wgu, wd, slots, offsets)
+        return h, res
+
+    def eager(pdl):
+        monkeypatch.setenv("JAMBA_EXT_PDL", pdl)
+        cs, st = cs0.clone(), s0["state"].clone()
+        out = chain(h0, res0, cs, st)
+        torch.cuda.synchronize()
+        return (*out, cs, st)
+
+    def graphed(pdl):
+        monkeypatch.setenv("JAMBA_EXT_PDL", pdl)  # read at capture: the launches record it
+        cs, st = cs0.clone(), s0["state"].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            chain(h0, res0, cs0.clone(), s0["state"].clone())
+        torch.cuda.current_stream().wait_stream(side)
+        gr = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(gr):
+            out = chain(h0, res0, cs, st)
+        for _ in range(2):  # replay twice from the same start state: the second must repeat the first
+            cs.copy_(cs0)
+            st.copy_(s0["state"])
+            gr.replay()
+        torch.cuda.synchronize()
+        return (*out, cs, st)
+
+    want = eager("0")
+    assert all(torch.isfinite(t.float()).all() for t in want)
+    for name, got in (("eager, PDL", eager("1")), ("graph, PDL", graphed("1")), ("graph, no PDL", graphed("0"))):
+        for i, (p, q) in enumerate(zip(got, want)):
+            assert torch.equal(p, q), f"{name}: output {i} differs from eager without PDL"
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_tensors_on_second_gpu():
     """Tensors on cuda:1 while the current device is cuda:0: kernels run on cuda:1, on its current stream,

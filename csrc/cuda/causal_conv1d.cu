@@ -183,6 +183,7 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1) {
+    jamba_pdl_begin();
     const int VN = 16 / (int)sizeof(T);
     const int SEG = 32 * CONV_NV * VN;
     const int lane = threadIdx.x & 31;
@@ -281,9 +282,11 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
     const int64_t warps = p1 + (nvw - p1 * spw);
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
     if (vec)
-        causal_conv1d_fwd_kernel<T, true><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg, (int)spw, (int)p1);
+        jamba_kernel_launch(causal_conv1d_fwd_kernel<T, true>, (unsigned)grid, CONV_WARPS * 32, 0, stream, a,
+            (int)nseg, (int)spw, (int)p1);
     else
-        causal_conv1d_fwd_kernel<T, false><<<(unsigned)grid, CONV_WARPS * 32, 0, stream>>>(a, (int)nseg, (int)spw, (int)p1);
+        jamba_kernel_launch(causal_conv1d_fwd_kernel<T, false>, (unsigned)grid, CONV_WARPS * 32, 0, stream, a,
+            (int)nseg, (int)spw, (int)p1);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
     return JAMBA_OK;
 }
@@ -339,6 +342,7 @@ struct conv_update_args {
  *   window registers. */
 template <typename T>
 __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_args a) {
+    jamba_pdl_begin();
     const int64_t bc = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (bc >= a.B * a.DI) return;
     const int64_t c = bc % a.DI, b = bc / a.DI;
@@ -385,6 +389,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten. */
 template <typename T>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
+    jamba_pdl_begin();
     typedef jamba_w16<T> P;
     const int NS = (int)sizeof(T); /* 16-byte chunks in 4 rows x 4 entries */
     const int64_t ng = a.B * a.DI / 4;
@@ -483,7 +488,7 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
     const int64_t blocks = jamba_ceil_div(a.B * a.DI / 4, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
-    causal_conv1d_update_vec_kernel<T><<<(unsigned)blocks, 128, 0, stream>>>(a, xvec, wvec);
+    jamba_kernel_launch(causal_conv1d_update_vec_kernel<T>, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
@@ -499,7 +504,7 @@ static jamba_status causal_conv1d_update_launch(const conv_update_args &a, cudaS
     if (blocks > JAMBA_MAX_GRID_X)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.causal_conv1d_update: batch*d_inner too large (%lld)",
                                (long long)n);
-    causal_conv1d_update_kernel<T><<<(unsigned)blocks, 128, 0, stream>>>(a);
+    jamba_kernel_launch(causal_conv1d_update_kernel<T>, (unsigned)blocks, 128, 0, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     return JAMBA_OK;
 }

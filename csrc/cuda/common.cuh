@@ -2,7 +2,10 @@
  *
  *   JAMBA_CUDA_CHECK(expr)     a failing CUDA call -> jamba_set_error("file:line: expr: cudaGetErrorString"),
  *                              return JAMBA_ERR_CUDA from the enclosing launcher
- *   JAMBA_LAUNCH_CHECK(what)   after every <<<>>>: cudaGetLastError(); with env JAMBA_EXT_SYNC=1 also
+ *   jamba_kernel_launch(k, grid, block, smem, stream, args...)   every launch of the library (no <<<>>>):
+ *                              with programmatic dependent launch (PDL) on sm_90+, see below
+ *   jamba_pdl_begin()          first statement of every kernel: waits for the stream's previous kernel
+ *   JAMBA_LAUNCH_CHECK(what)   after every launch: cudaGetLastError(); with env JAMBA_EXT_SYNC=1 also
  *                              cudaStreamSynchronize, so an asynchronous fault names the op that caused it
  *   jamba_device_guard         switches to jamba_launch.device when it differs, restores the old device
  *   jamba_ld<T> / jamba_st<T>  scalar dtype conversion (float, __half, __nv_bfloat16) <-> fp32
@@ -89,6 +92,62 @@ struct jamba_device_guard {
 
 /* Cached per-device properties (csrc/cuda/runtime.cu). */
 extern "C" int jamba_cuda_sm_count(int device);
+extern "C" int jamba_cuda_pdl_ok(int device);
+
+/* ---- launches: programmatic dependent launch (PDL) --------------------------------------------------
+ * A decode step is a chain of short kernels, and between two dependent kernels of a stream (or a CUDA graph)
+ * the GPU idles while the second one is launched. With PDL (sm_90+) a kernel is launched with
+ * cudaLaunchAttributeProgrammaticStreamSerialization: it may be scheduled as soon as every block of the
+ * previous kernel has executed griddepcontrol.launch_dependents, and its blocks then wait in
+ * griddepcontrol.wait until that kernel has completed and its memory is visible. So every kernel of the library
+ * starts with jamba_pdl_begin() (wait, then allow the next kernel to be scheduled) before it touches global
+ * memory: the order of memory effects is exactly the plain stream order; only launch latency is hidden. A
+ * kernel that follows a non-PDL kernel (torch's, cuBLAS) simply waits for its completion as before.
+ * Used when the device is sm_90+ and runs code compiled for it (jamba_cuda_pdl_ok: the sm_80 build of these
+ * kernels has no griddepcontrol) and env JAMBA_EXT_PDL is not "0" (read per launch, like JAMBA_EXT_SYNC). */
+__device__ __forceinline__ void jamba_pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+static inline int jamba_pdl_enabled(void) {
+    const char *s = getenv("JAMBA_EXT_PDL");
+    if (s != NULL && s[0] == '0') return 0;
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return jamba_cuda_pdl_ok(dev);
+}
+
+/* the arguments converted to the kernel's parameter types (KArgs given explicitly), then launched */
+template <typename... KArgs>
+static inline cudaError_t jamba_launch_converted(const cudaLaunchConfig_t *cfg, const void *kernel, KArgs... args) {
+    void *params[] = {const_cast<void *>(static_cast<const void *>(&args))...};
+    return cudaLaunchKernelExC(cfg, kernel, params);
+}
+
+/* kernel<<<grid, block, smem, stream>>>(args...), with PDL where jamba_pdl_enabled(); a failure is left for
+ * JAMBA_LAUNCH_CHECK's cudaGetLastError (the runtime records it as the thread's last error) */
+template <typename... KArgs, typename... Args>
+static inline void jamba_kernel_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                       cudaStream_t stream, Args &&...args) {
+    static_assert(sizeof...(KArgs) == sizeof...(Args), "jamba_kernel_launch: argument count differs from the kernel's");
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = jamba_pdl_enabled() ? 1 : 0;
+    jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel), static_cast<Args &&>(args)...);
+}
 
 /* ---- dtype conversion ---------------------------------------------------------------------------- */
 template <typename T> __device__ __forceinline__ float jamba_ld(T v);

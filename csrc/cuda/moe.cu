@@ -89,6 +89,7 @@ __device__ __forceinline__ void moe_route_token(const void *logits, int dtype, i
 __global__ void __launch_bounds__(ROUTE_WARPS * 32)
 moe_route_kernel(const void *logits, int dtype, int64_t T, int E, int64_t ld, int K, float *weights,
                  int32_t *ids) {
+    jamba_pdl_begin();
     extern __shared__ float route_smem[];
     const int warp = threadIdx.x >> 5;
     const int64_t t = (int64_t)blockIdx.x * ROUTE_WARPS + warp;
@@ -107,6 +108,7 @@ moe_route_kernel(const void *logits, int dtype, int64_t T, int E, int64_t ld, in
 __global__ void __launch_bounds__(ROUTE_WARPS * 32)
 moe_route_permute_small_kernel(const void *logits, int dtype, int64_t T, int E, int64_t ld, int K, float *weights,
                                int32_t *ids, int32_t *offsets, int32_t *sorted) {
+    jamba_pdl_begin();
     __shared__ float p_sh[ROUTE_WARPS][ROUTE_SMALL_E];
     __shared__ int32_t ids_sh[ROUTE_SMALL_SLOTS];
     __shared__ int32_t off_sh[ROUTE_SMALL_E + 1];
@@ -138,6 +140,7 @@ moe_route_permute_small_kernel(const void *logits, int dtype, int64_t T, int E, 
  * order, a block-wide ballot scan per chunk of 1024 slots. Deterministic, no atomics. */
 __global__ void __launch_bounds__(PERMUTE_THREADS)
 moe_permute_kernel(const int32_t *ids, int64_t slots, int E, int32_t *offsets, int32_t *sorted) {
+    jamba_pdl_begin();
     __shared__ int warp_tot[PERMUTE_THREADS / 32];
     __shared__ int base_sh;
     const int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -227,6 +230,7 @@ template <int BK> __device__ __forceinline__ int mma_swz(int r, int c) {
 template <typename T, int BK, int STAGES, int BN>
 __global__ void __launch_bounds__(MMA_THREADS, BN == 128 ? 2 : 1)
 moe_mma_kernel(moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
+    jamba_pdl_begin();
     constexpr int CPR = BK / 8;                           /* 16-byte chunks per shared row */
     constexpr int LA = MMA_BM * CPR / MMA_THREADS;        /* A chunks per thread per stage */
     constexpr int LB = BN * CPR / MMA_THREADS;            /* W chunks per thread per stage */
@@ -390,8 +394,8 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
     }
     const int64_t m_tiles = jamba_ceil_div(slots, MMA_BM) + a.E;
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? BN / 2 : BN);
-    moe_mma_kernel<T, BK, STAGES, BN><<<(unsigned)(m_tiles * n_tiles), MMA_THREADS, MMA_SMEM(BK, STAGES, BN), stream>>>(
-        a, m_tiles, n_tiles);
+    jamba_kernel_launch(moe_mma_kernel<T, BK, STAGES, BN>, (unsigned)(m_tiles * n_tiles), MMA_THREADS,
+        MMA_SMEM(BK, STAGES, BN), stream, a, m_tiles, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_mma_kernel", stream);
     return JAMBA_OK;
 }
@@ -563,6 +567,7 @@ __device__ __forceinline__ void dec_store(const moe_gemm_args &a, T *C, const fl
 
 template <typename T, bool GATE_UP, int NT>
 __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_args a, int tiles) {
+    jamba_pdl_begin();
     constexpr int MT = DEC_MT, KS = DEC_KS(GATE_UP), WR = DEC_WR(GATE_UP), P = DEC_PIECES(NT), S = DEC_STAGES(NT);
     constexpr int WP = 4 * MT;          /* W pieces per lane and step; x pieces follow */
     constexpr int V = MT * NT * 4;      /* accumulators per lane */
@@ -716,6 +721,7 @@ __device__ __forceinline__ void dec_walk_to(const moe_gemm_args &a, int tiles, i
 
 template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(moe_gemm_args a, int tiles) {
+    jamba_pdl_begin();
     constexpr int NT = DECP_NT, MT = DEC_MT, KS = DEC_WARPS, P = DEC_PIECES(NT), S = DEC_STAGES(NT);
     constexpr int WP = 4 * MT;          /* W pieces per lane and step; x pieces follow */
     constexpr int V = MT * NT * 4;      /* accumulators per lane */
@@ -877,6 +883,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(m
  * grid (ceil(slots / 32) + E, ceil(N / 32)), 256 threads. */
 template <typename T>
 __global__ void __launch_bounds__(256) moe_simt_kernel(moe_gemm_args a) {
+    jamba_pdl_begin();
     __shared__ float sa[SIMT_TILE][SIMT_TILE + 1], sg[SIMT_TILE][SIMT_TILE + 1], su[SIMT_TILE][SIMT_TILE + 1];
     int e;
     int64_t row0, row_end;
@@ -943,6 +950,7 @@ __global__ void __launch_bounds__(256) moe_simt_kernel(moe_gemm_args a) {
 template <typename T>
 __global__ void __launch_bounds__(256) moe_combine_kernel(T *out, const T *slot_out, const int32_t *ids, int64_t T_,
                                                           int64_t H, int K, int E, int vec) {
+    jamba_pdl_begin();
     constexpr int V = 16 / (int)sizeof(T);
     const int64_t per_row = vec ? H / V : H;
     const int64_t total = T_ * per_row;
@@ -975,7 +983,7 @@ __global__ void __launch_bounds__(256) moe_combine_kernel(T *out, const T *slot_
 /* ---- launchers ---------------------------------------------------------------------------------------- */
 static jamba_status permute_launch(const int32_t *ids, int64_t slots, int E, int32_t *offsets, int32_t *sorted,
                                    cudaStream_t stream) {
-    moe_permute_kernel<<<E + 1, PERMUTE_THREADS, 0, stream>>>(ids, slots, E, offsets, sorted);
+    jamba_kernel_launch(moe_permute_kernel, E + 1, PERMUTE_THREADS, 0, stream, ids, slots, E, offsets, sorted);
     JAMBA_LAUNCH_CHECK("moe_permute_kernel", stream);
     return JAMBA_OK;
 }
@@ -990,16 +998,16 @@ extern "C" jamba_status jamba_moe_route_cuda(const jamba_moe_route_params *p, ja
     const int64_t T = p->logits.shape[0];
     const int E = (int)p->logits.shape[1], K = (int)p->top_k;
     if (p->expert_offsets.data != NULL && T > 0 && T * K <= ROUTE_SMALL_SLOTS && E <= ROUTE_SMALL_E) {
-        moe_route_permute_small_kernel<<<1, ROUTE_WARPS * 32, 0, stream>>>(
-            p->logits.data, (int)p->logits.dtype, T, E, p->logits.stride[0], K, (float *)p->weights.data,
+        jamba_kernel_launch(moe_route_permute_small_kernel, 1, ROUTE_WARPS * 32, 0, stream, p->logits.data,
+            (int)p->logits.dtype, T, E, p->logits.stride[0], K, (float *)p->weights.data,
             (int32_t *)p->expert_ids.data, (int32_t *)p->expert_offsets.data, (int32_t *)p->sorted_slots.data);
         JAMBA_LAUNCH_CHECK("moe_route_permute_small_kernel", stream);
         return JAMBA_OK;
     }
     if (T > 0) {
         const size_t smem = (size_t)ROUTE_WARPS * E * sizeof(float);
-        moe_route_kernel<<<(unsigned)jamba_ceil_div(T, ROUTE_WARPS), ROUTE_WARPS * 32, smem, stream>>>(
-            p->logits.data, (int)p->logits.dtype, T, E, p->logits.stride[0], K, (float *)p->weights.data,
+        jamba_kernel_launch(moe_route_kernel, (unsigned)jamba_ceil_div(T, ROUTE_WARPS), ROUTE_WARPS * 32, smem,
+            stream, p->logits.data, (int)p->logits.dtype, T, E, p->logits.stride[0], K, (float *)p->weights.data,
             (int32_t *)p->expert_ids.data);
         JAMBA_LAUNCH_CHECK("moe_route_kernel", stream);
     }
@@ -1035,7 +1043,8 @@ static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cuda
     const int64_t ub = slots < a.E ? slots : a.E; /* experts that can have tokens */
     const int64_t tiles = jamba_ceil_div(a.N, DEC_OUTS(GATE_UP));
     if (ub <= 0 || tiles <= 0) return JAMBA_OK;
-    moe_decode_kernel<T, GATE_UP, NT><<<(unsigned)(ub * tiles), DEC_WARPS * 32, DEC_SMEM(NT), stream>>>(a, (int)tiles);
+    jamba_kernel_launch(moe_decode_kernel<T, GATE_UP, NT>, (unsigned)(ub * tiles), DEC_WARPS * 32, DEC_SMEM(NT),
+        stream, a, (int)tiles);
     JAMBA_LAUNCH_CHECK("moe_decode_kernel", stream);
     return JAMBA_OK;
 }
@@ -1082,7 +1091,8 @@ static jamba_status decode_persist_launch(const moe_gemm_args &a, int64_t slots,
     int64_t grid = (int64_t)jamba_cuda_sm_count(dev) * occ;
     if (grid > ub * tiles * passes_ub) grid = ub * tiles * passes_ub;
     if (grid < 1) grid = 1;
-    moe_decode_persist_kernel<T, GATE_UP><<<(unsigned)grid, DEC_WARPS * 32, DECP_SMEM, stream>>>(a, (int)tiles);
+    jamba_kernel_launch(moe_decode_persist_kernel<T, GATE_UP>, (unsigned)grid, DEC_WARPS * 32, DECP_SMEM, stream, a,
+        (int)tiles);
     JAMBA_LAUNCH_CHECK("moe_decode_persist_kernel", stream);
     return JAMBA_OK;
 }
@@ -1124,7 +1134,7 @@ template <typename T>
 static jamba_status gemm_launch(int impl, const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     if (impl == JAMBA_MOE_IMPL_SIMT) {
         dim3 grid((unsigned)(jamba_ceil_div(slots, SIMT_TILE) + a.E), (unsigned)jamba_ceil_div(a.N, SIMT_TILE));
-        moe_simt_kernel<T><<<grid, 256, 0, stream>>>(a);
+        jamba_kernel_launch(moe_simt_kernel<T>, grid, 256, 0, stream, a);
         JAMBA_LAUNCH_CHECK("moe_simt_kernel", stream);
         return JAMBA_OK;
     }
@@ -1148,8 +1158,8 @@ static jamba_status combine_launch(const jamba_moe_experts_params *p, int device
     const int64_t cap = (int64_t)jamba_cuda_sm_count(device) * 16; /* grid-stride beyond 16 blocks per SM */
     blocks = blocks < cap ? blocks : cap;
     if (blocks < 1) return JAMBA_OK;
-    moe_combine_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>((T *)p->out.data, (const T *)p->slot_out.data,
-                                                               (const int32_t *)p->expert_ids.data, T_, H, K, E, vec);
+    jamba_kernel_launch(moe_combine_kernel<T>, (unsigned)blocks, 256, 0, stream, (T *)p->out.data,
+        (const T *)p->slot_out.data, (const int32_t *)p->expert_ids.data, T_, H, K, E, vec);
     JAMBA_LAUNCH_CHECK("moe_combine_kernel", stream);
     return JAMBA_OK;
 }

@@ -21,6 +21,7 @@
 #define GLUE_ROWS 2
 template <typename T, bool VEC>
 __global__ void __launch_bounds__(GLUE_THREADS) silu_mul_kernel(T *out, const T *gu, int64_t M, int64_t F, int64_t ld) {
+    jamba_pdl_begin();
     constexpr int V = VEC ? 16 / (int)sizeof(T) : 1;
     const int64_t c = (int64_t)blockIdx.x * GLUE_THREADS + threadIdx.x;
     if (c * V >= F) return;
@@ -70,8 +71,10 @@ extern "C" jamba_status jamba_silu_mul_cuda(const jamba_silu_mul_params *p, jamb
     const dim3 grid(gx, gy);
     jamba_status s = JAMBA_ERR_DTYPE;
     JAMBA_DISPATCH_FLOAT(p->gate_up.dtype, T, {
-        if (vec) silu_mul_kernel<T, true><<<grid, GLUE_THREADS, 0, stream>>>((T *)p->out.data, (const T *)p->gate_up.data, M, F, ld);
-        else silu_mul_kernel<T, false><<<grid, GLUE_THREADS, 0, stream>>>((T *)p->out.data, (const T *)p->gate_up.data, M, F, ld);
+        if (vec) jamba_kernel_launch(silu_mul_kernel<T, true>, grid, GLUE_THREADS, 0, stream, (T *)p->out.data,
+            (const T *)p->gate_up.data, M, F, ld);
+        else jamba_kernel_launch(silu_mul_kernel<T, false>, grid, GLUE_THREADS, 0, stream, (T *)p->out.data,
+            (const T *)p->gate_up.data, M, F, ld);
         s = JAMBA_OK;
     });
     JAMBA_TRY(s);
@@ -81,6 +84,7 @@ extern "C" jamba_status jamba_silu_mul_cuda(const jamba_silu_mul_params *p, jamb
 
 /* moe_slot_pos_kernel: pos[sorted[q]] = q for q < slots (sorted is a permutation: each pos written once) */
 __global__ void __launch_bounds__(GLUE_THREADS) moe_slot_pos_kernel(int32_t *pos, const int32_t *sorted, int64_t slots) {
+    jamba_pdl_begin();
     const int64_t q = (int64_t)blockIdx.x * GLUE_THREADS + threadIdx.x;
     if (q < slots) {
         const int32_t s = sorted[q];
@@ -97,6 +101,7 @@ template <typename T, bool VEC>
 __global__ void __launch_bounds__(GLUE_THREADS)
 moe_combine_sorted_kernel(T *out, const T *y, const int32_t *pos, const float *weights, const int32_t *ids,
                           int64_t T_, int64_t H, int K, int E) {
+    jamba_pdl_begin();
     constexpr int V = VEC ? 16 / (int)sizeof(T) : 1;
     const int64_t c = (int64_t)blockIdx.x * GLUE_THREADS + threadIdx.x;
     if (c * V >= H) return;
@@ -143,7 +148,7 @@ extern "C" jamba_status jamba_moe_combine_cuda(const jamba_moe_combine_params *p
     if (T_ == 0) return JAMBA_OK;
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;
-    moe_slot_pos_kernel<<<(unsigned)jamba_ceil_div(slots, GLUE_THREADS), GLUE_THREADS, 0, stream>>>(
+    jamba_kernel_launch(moe_slot_pos_kernel, (unsigned)jamba_ceil_div(slots, GLUE_THREADS), GLUE_THREADS, 0, stream,
         (int32_t *)p->slot_pos.data, (const int32_t *)p->sorted_slots.data, slots);
     JAMBA_LAUNCH_CHECK("jamba.moe_combine: slot position kernel launch", stream);
     if (H == 0) return JAMBA_OK;
@@ -158,13 +163,13 @@ extern "C" jamba_status jamba_moe_combine_cuda(const jamba_moe_combine_params *p
     jamba_status s = JAMBA_ERR_DTYPE;
     JAMBA_DISPATCH_FLOAT(p->y.dtype, T, {
         if (vec)
-            moe_combine_sorted_kernel<T, true><<<grid, GLUE_THREADS, 0, stream>>>(
-                (T *)p->out.data, (const T *)p->y.data, (const int32_t *)p->slot_pos.data,
-                (const float *)p->weights.data, (const int32_t *)p->expert_ids.data, T_, H, (int)K, E);
+            jamba_kernel_launch(moe_combine_sorted_kernel<T, true>, grid, GLUE_THREADS, 0, stream, (T *)p->out.data,
+                (const T *)p->y.data, (const int32_t *)p->slot_pos.data, (const float *)p->weights.data,
+                (const int32_t *)p->expert_ids.data, T_, H, (int)K, E);
         else
-            moe_combine_sorted_kernel<T, false><<<grid, GLUE_THREADS, 0, stream>>>(
-                (T *)p->out.data, (const T *)p->y.data, (const int32_t *)p->slot_pos.data,
-                (const float *)p->weights.data, (const int32_t *)p->expert_ids.data, T_, H, (int)K, E);
+            jamba_kernel_launch(moe_combine_sorted_kernel<T, false>, grid, GLUE_THREADS, 0, stream, (T *)p->out.data,
+                (const T *)p->y.data, (const int32_t *)p->slot_pos.data, (const float *)p->weights.data,
+                (const int32_t *)p->expert_ids.data, T_, H, (int)K, E);
         s = JAMBA_OK;
     });
     JAMBA_TRY(s);

@@ -114,6 +114,7 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
 template <typename T>
 __global__ void __launch_bounds__(256) moe_gather_rows_kernel(T *xs, const T *x, const int32_t *sorted, int topk,
                                                                int64_t slots, int64_t H) {
+    jamba_pdl_begin();
     const int64_t p = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     if (p >= slots) return;
     const uint4 *src = reinterpret_cast<const uint4 *>(x + (int64_t)(sorted[p] / topk) * H);
@@ -195,6 +196,7 @@ template <typename T>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                      moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
+    jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     const wt_ring ring = wt_ring_at(wg_smem_raw);
@@ -328,8 +330,8 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
     const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    moe_wgmma_kernel<T><<<(unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream>>>(tmA, tmW, a, m_tiles,
-                                                                                       n_tiles);
+    jamba_kernel_launch(moe_wgmma_kernel<T>, (unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream, tmA, tmW, a,
+        m_tiles, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_kernel", stream);
     return JAMBA_OK;
 }
@@ -338,10 +340,10 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
                              int64_t H, cudaStream_t stream) {
     if (slots == 0 || H == 0) return JAMBA_OK;
     if (dtype == JAMBA_BF16)
-        moe_gather_rows_kernel<__nv_bfloat16><<<(unsigned)jamba_ceil_div(slots, 8), 256, 0, stream>>>(
+        jamba_kernel_launch(moe_gather_rows_kernel<__nv_bfloat16>, (unsigned)jamba_ceil_div(slots, 8), 256, 0, stream,
             (__nv_bfloat16 *)xs, (const __nv_bfloat16 *)x, sorted, topk, slots, H);
     else
-        moe_gather_rows_kernel<__half><<<(unsigned)jamba_ceil_div(slots, 8), 256, 0, stream>>>(
+        jamba_kernel_launch(moe_gather_rows_kernel<__half>, (unsigned)jamba_ceil_div(slots, 8), 256, 0, stream,
             (__half *)xs, (const __half *)x, sorted, topk, slots, H);
     JAMBA_LAUNCH_CHECK("moe_gather_rows_kernel", stream);
     return JAMBA_OK;

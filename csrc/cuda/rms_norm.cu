@@ -48,6 +48,7 @@ __device__ __forceinline__ float rms_row_sum(float v) {
  *   x or res_out, written by the same thread, through L1/L2). Same block/grid mapping as above. */
 template <typename T>
 __global__ void __launch_bounds__(1024) rms_norm_kernel(rms_args a) {
+    jamba_pdl_begin();
     const int64_t row = (int64_t)blockIdx.x * blockDim.y + threadIdx.y;
     const bool active = row < a.rows;
     const T *x = (const T *)a.x + (active ? row * a.sx : 0);
@@ -171,19 +172,20 @@ __device__ __forceinline__ void rms_norm_row(const rms_args &a) {
 
 template <typename T, typename W, bool RES, int NV>
 __global__ void __launch_bounds__(512, (NV == 4 && sizeof(W) == sizeof(T)) ? 2 : 1) rms_norm_row_kernel(rms_args a) {
+    jamba_pdl_begin();
     rms_norm_row<T, W, RES, NV>(a);
 }
 
 template <typename T, typename W>
 static void rms_norm_row_go(const rms_args &a, int nv, dim3 grid, dim3 block, cudaStream_t stream) {
     if (nv == 4 && a.res)
-        rms_norm_row_kernel<T, W, true, 4><<<grid, block, 0, stream>>>(a);
+        jamba_kernel_launch(rms_norm_row_kernel<T, W, true, 4>, grid, block, 0, stream, a);
     else if (nv == 4)
-        rms_norm_row_kernel<T, W, false, 4><<<grid, block, 0, stream>>>(a);
+        jamba_kernel_launch(rms_norm_row_kernel<T, W, false, 4>, grid, block, 0, stream, a);
     else if (a.res)
-        rms_norm_row_kernel<T, W, true, 8><<<grid, block, 0, stream>>>(a);
+        jamba_kernel_launch(rms_norm_row_kernel<T, W, true, 8>, grid, block, 0, stream, a);
     else
-        rms_norm_row_kernel<T, W, false, 8><<<grid, block, 0, stream>>>(a);
+        jamba_kernel_launch(rms_norm_row_kernel<T, W, false, 8>, grid, block, 0, stream, a);
 }
 
 static int64_t round_up32(int64_t v) { return (v + 31) / 32 * 32; }
@@ -222,7 +224,7 @@ static jamba_status rms_norm_launch_row(const rms_args &a, cudaStream_t stream) 
     else if (vec)
         rms_norm_row_go<T, T>(a, nv, dim3((unsigned)blocks), block, stream);
     else
-        rms_norm_kernel<T><<<(unsigned)blocks, block, 0, stream>>>(a);
+        jamba_kernel_launch(rms_norm_kernel<T>, (unsigned)blocks, block, 0, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.rms_norm: kernel launch", stream);
     return JAMBA_OK;
 }
@@ -270,6 +272,7 @@ struct rms_seg_args {
 
 template <typename T>
 __global__ void __launch_bounds__(256) rms_norm_seg_kernel(rms_seg_args a) {
+    jamba_pdl_begin();
     const int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     if (row >= a.rows) return; /* whole warp */
     const int lane = threadIdx.x & 31;
@@ -315,7 +318,7 @@ extern "C" jamba_status jamba_rms_norm_segments_cuda(const jamba_rms_norm_segmen
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.rms_norm_segments: too many rows (%lld)", (long long)rows);
     jamba_status s = JAMBA_ERR_DTYPE;
     JAMBA_DISPATCH_FLOAT(p->x.dtype, T, {
-        rms_norm_seg_kernel<T><<<(unsigned)blocks, 256, 0, stream>>>(a);
+        jamba_kernel_launch(rms_norm_seg_kernel<T>, (unsigned)blocks, 256, 0, stream, a);
         s = JAMBA_OK;
     });
     JAMBA_TRY(s);

@@ -220,6 +220,7 @@ __device__ __forceinline__ float scan_step(const float *sdt, const float *su, co
  *   conflicts), sB, sC as [TC][Npad], sbias [CH]. */
 template <typename T, int SPT, int EBC>
 __global__ void __launch_bounds__(SCAN_THREADS) selective_scan_fwd_kernel(scan_args a) {
+    jamba_pdl_begin();
     extern __shared__ float4 smem4[];
     float *smem = (float *)smem4;
     const int G = a.G, CH = a.CH, TC = a.TC, Npad = a.Npad, TP = TC + 1;
@@ -707,6 +708,7 @@ template <typename T> __device__ __forceinline__ void pc_st4(T *p, const float (
 
 template <typename T, int TC>
 __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
+    jamba_pdl_begin();
     constexpr int G = PC_G, CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
     static_assert(SPT == 2, "one 16-byte B/C load per lane and step");
     using K = pc_cfg<T, TC, CH>;
@@ -847,7 +849,7 @@ template <typename T> static jamba_status pc_launch(const pc_args &a, cudaStream
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
-    selective_scan_pc_kernel<T, TC><<<(unsigned)grid, PC_THREADS, K::SMEM, stream>>>(a);
+    jamba_kernel_launch(selective_scan_pc_kernel<T, TC>, (unsigned)grid, PC_THREADS, K::SMEM, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
     return JAMBA_OK;
 }
@@ -926,7 +928,8 @@ static jamba_status selective_scan_launch(scan_args a, cudaStream_t stream) {
     const size_t smem = scan_smem_bytes(a.CH, a.TC, a.Npad);
     const int64_t nvb = a.B * ((a.DI + a.CH - 1) / a.CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    selective_scan_fwd_kernel<T, SPT, SCAN_EBC(SPT)><<<(unsigned)grid, SCAN_THREADS, smem, stream>>>(a);
+    jamba_kernel_launch(selective_scan_fwd_kernel<T, SPT, SCAN_EBC(SPT)>, (unsigned)grid, SCAN_THREADS, smem, stream,
+        a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch", stream);
     return JAMBA_OK;
 }

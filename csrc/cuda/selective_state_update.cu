@@ -92,6 +92,7 @@ __device__ __forceinline__ void ssu_store4(void *p, int dtype, int64_t i, int64_
  *   (state, A, B, C, dt, x, z) is issued before the first arithmetic, so a thread waits for memory once. */
 template <typename T>
 __global__ void __launch_bounds__(128) selective_state_update_kernel(ssu_args a) {
+    jamba_pdl_begin();
     const int64_t gid = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     const int G = a.G;
     const int64_t bc = gid / G;
@@ -156,7 +157,7 @@ static jamba_status selective_state_update_launch(const ssu_args &a, cudaStream_
     if (blocks > JAMBA_MAX_GRID_X)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: batch*d_inner too large (%lld)",
                                (long long)(a.B * a.DI));
-    selective_state_update_kernel<T><<<(unsigned)blocks, 128, 0, stream>>>(a);
+    jamba_kernel_launch(selective_state_update_kernel<T>, (unsigned)blocks, 128, 0, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_state_update: kernel launch", stream);
     return JAMBA_OK;
 }
@@ -193,6 +194,7 @@ __device__ __forceinline__ void ssu_st_f4(float *p, float4 v) {
 
 template <typename T>
 __global__ void __launch_bounds__(SSU_F_THREADS, SSU_F_MINB) selective_state_update_f32n16_kernel(ssu_args a) {
+    jamba_pdl_begin();
     __shared__ float4 sbc[2][SSU_F_NQ][SSU_F_NQ]; /* [B | C][row j][quad]: 16 fp32 per row */
     const int tid = threadIdx.x, q = tid & (SSU_F_NQ - 1), lane = tid & 31;
     const unsigned cb = blockIdx.x % a.ncb, bg = blockIdx.x / a.ncb;
@@ -271,7 +273,7 @@ static jamba_status selective_state_update_f32n16_launch(ssu_args a, cudaStream_
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: batch*d_inner too large (%lld)",
                                (long long)(a.B * a.DI));
     a.ncb = (unsigned)ncb;
-    selective_state_update_f32n16_kernel<T><<<(unsigned)blocks, SSU_F_THREADS, 0, stream>>>(a);
+    jamba_kernel_launch(selective_state_update_f32n16_kernel<T>, (unsigned)blocks, SSU_F_THREADS, 0, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_state_update: kernel launch", stream);
     return JAMBA_OK;
 }
