@@ -36,6 +36,9 @@ timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmark
 step "compute-sanitizer racecheck (same cases)"
 timeout 120 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -8
 
+step "compute-sanitizer memcheck of every MoE engine (bench_moe --sanitize)"
+timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/bench_moe.py --sanitize 2>&1 | tail -4
+
 step "bench_kernels"
 timeout 200 python3 benchmarks/bench_kernels.py 2>&1 | tail -70
 step "bench_moe"
