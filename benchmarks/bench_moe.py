@@ -98,14 +98,6 @@ def ours(impl):
     return run
 
 
-def with_env(fn, **env):
-    """fn run with the given environment variables set (EXPERIMENT knobs of the kernels, read per call)"""
-    def run(*args):
-        with common.env(**env):
-            return fn(*args)
-    return run
-
-
 def kernel_breakdown(fn, iters=3):
     """GPU time per kernel name (us per call) from torch.profiler; {} when the profiler is unavailable."""
     try:
@@ -142,10 +134,6 @@ def sanitize_cases():
         for impl in impls:
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
-        if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # EXPERIMENT knob (moe_wgmma.cu)
-            out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
-                           JAMBA_EXT_WGMMA_WGS="3")()
-            assert not torch.isnan(out).any(), "wgmma 192-row tiles"
     torch.cuda.synchronize()
     print("bench_moe --sanitize: all engines ran")
 
@@ -192,8 +180,6 @@ def main():
     variants = [("ours", ours("auto"))]
     if dev.type == "cuda":
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
-        if os.environ.get("JAMBA_EXT_AB_ROWS") == "1":  # EXPERIMENT (moe_wgmma.cu): 192-row blocks
-            variants += [("ours:wgmma (192-row tiles)", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_WGS="3"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]
@@ -221,6 +207,7 @@ def main():
                 y = (F.silu(gu[:, :Fd]) * gu[:, Fd:]) @ w_down[e].float().t()
                 ref.index_add_(0, tok, y * w[tok, slot].to(dtype).float()[:, None])
         base_b = None
+        timed = {}  # correct variants, timed below in turns (common.time_interleaved)
         for name, fn in variants:
             if (name == "ours:gemv" and T > 512) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64):
                 continue
@@ -229,11 +216,15 @@ def main():
             ok = err < 2e-2 and not torch.isnan(out).any().item()
             row = {"label": f"{name} T={T}", "op": name, "tokens": T, "H": H, "F": Fd, "E": E, "top_k": K,
                    "dtype": str(dtype).replace("torch.", ""), "rel_err_vs_fp32": err, "correct": ok}
+            rows.append(row)
             if not ok:
                 print(f"{name:<18} T={T:<6} WRONG: relative error {err:.3e} vs fp32 reference: not timed", flush=True)
-                rows.append(row)
                 continue
-            t = common.time_ms(lambda: fn(x, logits, w_gate_up, w_down, K), dev, warmup=3, reps=reps)
+            timed[name] = (row, (lambda fn=fn: fn(x, logits, w_gate_up, w_down, K)))
+        times = common.time_interleaved({n: f for n, (_, f) in timed.items()}, dev, rounds=5,
+                                        reps=max(1, reps // 5), warmup=1)
+        for name, (row, _) in timed.items():
+            t = times[name]
             us = t["median_ms"] * 1e3
             row.update(median_us=us, p10_us=t["p10_ms"] * 1e3, p90_us=t["p90_ms"] * 1e3,
                        tflops=flops / (us * 1e-6) / 1e12)
@@ -246,8 +237,7 @@ def main():
                            pct_bw_floor=100 * floor_us / us)
             if name == "(b) sorted_mm":
                 base_b = us
-            rows.append(row)
-            print(common.fmt_row(f"{name} T={T} err={err:.1e}", us, floor_us, extra), flush=True)
+            print(common.fmt_row(f"{name} T={T} err={row['rel_err_vs_fp32']:.1e}", us, floor_us, extra), flush=True)
         for r in rows:
             if r["tokens"] == T and base_b and "median_us" in r:
                 r["speedup_vs_b"] = base_b / r["median_us"]

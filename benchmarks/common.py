@@ -1,6 +1,7 @@
 """Shared benchmark helpers: timers, ceilings measured in the same run, JSON + PNG writers.
 
     time_ms(fn)            median / p10 / p90 in ms (CUDA events after warm-up on GPU; perf_counter on CPU)
+    time_interleaved(fns)  the same for several variants, timed in turns (fair under clock drift)
     copy_bandwidth_gbs()   device-to-device copy, bytes read + written / time (the memory ceiling)
     matmul_tflops()        large bf16 matmul rate on random data (the FLOP ceiling)
     write_results(name, rows, meta)  -> benchmarks/results/<name>.json (+ .png when matplotlib exists)
@@ -84,9 +85,30 @@ def time_ms(fn, device: torch.device = torch.device("cpu"), warmup: int = 5, rep
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    times.sort()
-    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]
-    return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": reps}
+    q = lambda f: sorted(times)[min(len(times) - 1, int(f * len(times)))]
+    return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": reps,
+            "times": times}
+
+
+def time_interleaved(fns: dict, device: torch.device, rounds: int = 5, reps: int = 2, warmup: int = 1) -> dict:
+    """time_ms of several functions measured in turns: `rounds` rounds, each timing every function `reps` times
+    after `warmup` calls, the order rotated each round. Sustained load lowers the GPU's clocks (the H200 runs
+    the MoE GEMMs at its power limit), so variants timed one after another drift by 10-15% (session 6 saw two
+    rows of the same engine 12% apart); in turns each variant sees the same mix. {name: time_ms-style dict}"""
+    names = list(fns)
+    samples = {n: [] for n in names}
+    for r in range(rounds):
+        for i in range(len(names)):
+            n = names[(i + r) % len(names)]
+            t = time_ms(fns[n], device, warmup=warmup, reps=reps)
+            samples[n] += t["times"]
+    out = {}
+    for n, times in samples.items():
+        times.sort()
+        q = lambda f: times[min(len(times) - 1, int(f * len(times)))]
+        out[n] = {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": len(times),
+                  "times": times}
+    return out
 
 
 def copy_bandwidth_gbs(device: torch.device, nbytes: int = 2 << 30) -> float:

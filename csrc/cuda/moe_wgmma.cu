@@ -35,14 +35,13 @@
 #define MOE_HAS_WGMMA 0
 #endif
 
-/* WGS consumer warpgroups of 64 rows each: the block is WG_BM(WGS) sorted rows, WG_THREADS(WGS) threads */
-#define WG_BM(WGS) (64 * (WGS))
+#define WG_BM 128
 #define WG_BN 256
 #define WG_BK 64
 #define WG_STAGES 4
-#define WG_THREADS(WGS) (128 * (WGS))
+#define WG_THREADS 256
 #define WG_GROUP_M 8
-#define WG_STAGE_ELEMS(WGS) ((WG_BM(WGS) + WG_BN) * WG_BK)
+#define WG_STAGE_ELEMS ((WG_BM + WG_BN) * WG_BK)
 
 /* wgmma matrix descriptor of a K-major, 128-byte-swizzled tile at shared address saddr (1024-aligned):
  * start address >> 4 (bits 0-13), leading byte offset 1 (unused for swizzled K-major, bits 16-29),
@@ -109,8 +108,8 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
     }
 }
 
-#define WT_STAGE_BYTES(WGS) (WG_STAGE_ELEMS(WGS) * 2)
-#define WT_SMEM(WGS) (WT_STAGE_BYTES(WGS) * WG_STAGES + 1024 + 2 * WG_STAGES * 8) /* + alignment room, barriers */
+#define WT_STAGE_BYTES (WG_STAGE_ELEMS * 2)
+#define WT_SMEM (WT_STAGE_BYTES * WG_STAGES + 1024 + 2 * WG_STAGES * 8) /* + alignment room, barriers */
 
 template <typename T>
 __global__ void __launch_bounds__(256) moe_gather_rows_kernel(T *xs, const T *x, const int32_t *sorted, int topk,
@@ -148,11 +147,10 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
  * completing on full-barrier fb (which expects WT_STAGE_BYTES): A 128 x 64, then W as two 128-row boxes
  * (gate_up: the gate rows of the 128 outputs and their up rows, N rows further; down: 256 consecutive rows) */
-template <int WGS>
 __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorMap *tmA, const CUtensorMap *tmW,
                                          uint32_t sa, uint32_t fb, int kt, int arow, int wrow) {
-    const uint32_t sb = sa + WG_BM(WGS) * WG_BK * 2;
-    mbar_expect_tx(fb, WT_STAGE_BYTES(WGS));
+    const uint32_t sb = sa + WG_BM * WG_BK * 2;
+    mbar_expect_tx(fb, WT_STAGE_BYTES);
     tma_load_2d(sa, tmA, kt * WG_BK, arow, fb);
     tma_load_2d(sb, tmW, kt * WG_BK, wrow, fb);
     tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, tmW, kt * WG_BK, wrow + (a.gate_up ? (int)a.N : WG_BN / 2), fb);
@@ -163,26 +161,26 @@ __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorM
 struct wt_ring {
     uint32_t base, full, empty;
 };
-template <int WGS> __device__ __forceinline__ wt_ring wt_ring_at(const unsigned char *smem) {
+__device__ __forceinline__ wt_ring wt_ring_at(const unsigned char *smem) {
     wt_ring r;
     r.base = (smem_u32(smem) + 1023u) & ~1023u;
-    r.full = r.base + WT_STAGE_BYTES(WGS) * WG_STAGES;
+    r.full = r.base + WT_STAGE_BYTES * WG_STAGES;
     r.empty = r.full + WG_STAGES * 8;
     return r;
 }
-template <int WGS> __device__ __forceinline__ void wt_ring_init(const wt_ring &r) { /* thread 0, then a __syncthreads */
+__device__ __forceinline__ void wt_ring_init(const wt_ring &r) { /* thread 0, before a __syncthreads */
     for (int st = 0; st < WG_STAGES; st++) {
         mbar_init(r.full + 8 * st, 1);
-        mbar_init(r.empty + 8 * st, WG_THREADS(WGS) / 32);
+        mbar_init(r.empty + 8 * st, WG_THREADS / 32);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 /* One k tile of warpgroup wgi from the stage at sa: the 4 wgmmas as one group, then wait until at most this
  * group is in flight (the previous one, and the stage it read, is done) */
-template <typename T, int WGS>
+template <typename T>
 __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int wgi) {
     const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
-    const uint64_t db = wg_desc(sa + WG_BM(WGS) * WG_BK * 2);
+    const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -194,20 +192,20 @@ __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
 }
 
-template <typename T, int WGS>
-__global__ void __launch_bounds__(WG_THREADS(WGS), 1)
+template <typename T>
+__global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                      moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const wt_ring ring = wt_ring_at<WGS>(wg_smem_raw);
+    const wt_ring ring = wt_ring_at(wg_smem_raw);
     const uint32_t base = ring.base, full = ring.full, empty = ring.empty;
     int64_t mt, nt;
     moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
     int e;
     int64_t row0, row_end;
-    if (!moe_find_tile(a.offsets, a.E, mt, WG_BM(WGS), &e, &row0, &row_end)) return;
+    if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) return;
     const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
@@ -215,10 +213,10 @@ __global__ void __launch_bounds__(WG_THREADS(WGS), 1)
     const int arow = (int)row0;
 
     auto issue = [&](int kt) { /* thread 0: tile kt into its stage */
-        wt_issue<WGS>(a, &tmA, &tmW, base + (uint32_t)((kt % WG_STAGES) * WT_STAGE_BYTES(WGS)),
-                      full + 8 * (kt % WG_STAGES), kt, arow, wrow);
+        wt_issue(a, &tmA, &tmW, base + (uint32_t)((kt % WG_STAGES) * WT_STAGE_BYTES), full + 8 * (kt % WG_STAGES),
+                 kt, arow, wrow);
     };
-    if (tid == 0) wt_ring_init<WGS>(ring);
+    if (tid == 0) wt_ring_init(ring);
     __syncthreads();
     if (tid == 0)
         for (int kt = 0; kt < WG_STAGES && kt < KT; kt++) issue(kt);
@@ -244,7 +242,7 @@ __global__ void __launch_bounds__(WG_THREADS(WGS), 1)
         const int st = kt % WG_STAGES;
         mbar_wait(full + 8 * st, (uint32_t)((kt / WG_STAGES) & 1));
         __syncwarp(); /* the wgmma instructions below are .sync.aligned: the warp converged */
-        wt_mma_ktile<T, WGS>(acc, base + (uint32_t)(st * WT_STAGE_BYTES(WGS)), wgi); /* group kt - 1 has finished */
+        wt_mma_ktile<T>(acc, base + (uint32_t)(st * WT_STAGE_BYTES), wgi); /* group kt - 1 has finished */
         release(kt);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -286,7 +284,7 @@ int moe_wgmma_available(int dev) {
         int major = 0;
         cudaFuncAttributes fa;
         const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                        cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16, 2>) == cudaSuccess;
+                        cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16>) == cudaSuccess;
         if (!ok) cudaGetLastError(); /* clear, the caller falls back to another engine */
         /* and the driver has the tensor-map encoder (TMA); else impl auto takes the mma.sync engine */
         st = (ok && major == 9 && fa.binaryVersion >= 90 && wt_encoder() != NULL) ? 1 : -1;
@@ -312,40 +310,30 @@ static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t r
     return JAMBA_OK;
 }
 
-template <typename T, int WGS>
-static jamba_status wgmma_launch_wgs(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
-    static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
-    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T, WGS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WT_SMEM(WGS)));
-        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
-    }
-    if ((int64_t)a.E * a.w_rows + WG_BN > INT32_MAX || slots + WG_BM(WGS) > INT32_MAX)
-        return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma: E * rows of W and the token slots "
-                               "must stay below 2^31 (TMA coordinates); use impl mma");
-    CUtensorMap tmA, tmW;
-    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, WG_BM(WGS)));
-    JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
-    const int64_t m_tiles = jamba_ceil_div(slots, WG_BM(WGS)) + a.E;
-    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    jamba_kernel_launch(moe_wgmma_kernel<T, WGS>, (unsigned)(m_tiles * n_tiles), WG_THREADS(WGS), WT_SMEM(WGS),
-        stream, tmA, tmW, a, m_tiles, n_tiles);
-    JAMBA_LAUNCH_CHECK("moe_wgmma_kernel", stream);
-    return JAMBA_OK;
-}
-
 template <typename T>
 static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
+    static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
     if (!moe_wgmma_available(dev))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs a Hopper GPU (sm_90), "
                                "a build with sm_90a code (JAMBA_EXT_ARCHS containing 90) and a driver with "
                                "cuTensorMapEncodeTiled (CUDA 12+)");
-    /* EXPERIMENT for the next GPU round (read per call while it lasts): JAMBA_EXT_WGMMA_WGS=3 takes 192-row
-     * blocks (3 consumer warpgroups): each m-tile streams the expert's W slice through L2 once, so fewer,
-     * taller m-tiles move less (W + A per k tile: 448 rows for 192 x 256 outputs against 384 for 128 x 256). */
-    const char *wgs = getenv("JAMBA_EXT_WGMMA_WGS");
-    if (wgs != NULL && wgs[0] == '3') return wgmma_launch_wgs<T, 3>(dtype, a, slots, dev, stream);
-    return wgmma_launch_wgs<T, 2>(dtype, a, slots, dev, stream);
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              WT_SMEM));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    if ((int64_t)a.E * a.w_rows + WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma: E * rows of W and the token slots "
+                               "must stay below 2^31 (TMA coordinates); use impl mma");
+    CUtensorMap tmA, tmW;
+    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, WG_BM));
+    JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
+    const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
+    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
+    jamba_kernel_launch(moe_wgmma_kernel<T>, (unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream, tmA, tmW, a,
+        m_tiles, n_tiles);
+    JAMBA_LAUNCH_CHECK("moe_wgmma_kernel", stream);
+    return JAMBA_OK;
 }
 
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
