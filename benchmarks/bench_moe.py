@@ -99,15 +99,19 @@ def ours(impl):
 
 
 def kernel_breakdown(fn, iters=3):
-    """GPU time per kernel name (us per call) from torch.profiler; {} when the profiler is unavailable."""
+    """GPU time per kernel name (us per call) from torch.profiler; {} when the profiler is unavailable.
+    Run with programmatic dependent launch off (JAMBA_EXT_PDL=0): with it, a kernel's blocks may start while
+    the previous kernel runs and wait there, and the profiler counts that wait as the kernel's time (session 6:
+    the combine after the wgmma GEMM read 160 us instead of 15)."""
     try:
         from torch.profiler import ProfilerActivity, profile
-        fn()
-        torch.cuda.synchronize()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(iters):
-                fn()
+        with common.env(JAMBA_EXT_PDL="0"):
+            fn()
             torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(iters):
+                    fn()
+                torch.cuda.synchronize()
         out = {}
         for ev in prof.key_averages():
             t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
