@@ -85,29 +85,47 @@ def time_ms(fn, device: torch.device = torch.device("cpu"), warmup: int = 5, rep
             t0 = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t0) * 1e3)
-    q = lambda f: sorted(times)[min(len(times) - 1, int(f * len(times)))]
-    return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": reps,
-            "times": times}
+    times.sort()
+    q = lambda f: times[min(len(times) - 1, int(f * len(times)))]
+    return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": reps}
 
 
 def time_interleaved(fns: dict, device: torch.device, rounds: int = 5, reps: int = 2, warmup: int = 1) -> dict:
-    """time_ms of several functions measured in turns: `rounds` rounds, each timing every function `reps` times
-    after `warmup` calls, the order rotated each round. Sustained load lowers the GPU's clocks (the H200 runs
-    the MoE GEMMs at its power limit), so variants timed one after another drift by 10-15% (session 6 saw two
-    rows of the same engine 12% apart); in turns each variant sees the same mix. {name: time_ms-style dict}"""
+    """Median / p10 / p90 (ms) of several functions measured in turns: `rounds` rounds, each timing every function
+    `reps` times after `warmup` calls, the order rotated each round. Sustained load lowers the GPU's clocks (the
+    H200 runs the MoE GEMMs at its power limit), so variants timed one after another drift (session 6 saw rows
+    of one engine 12-16% apart); in turns each variant sees the same mix. On CUDA each round's timed calls are
+    queued behind a short GPU sleep, so the host's launch time of a sub-millisecond call is not counted (a
+    freshly synchronised queue made 200 us MoE decode calls read 240 us). {name: dict as time_ms}"""
     names = list(fns)
     samples = {n: [] for n in names}
+    cuda = device.type == "cuda"
     for r in range(rounds):
         for i in range(len(names)):
             n = names[(i + r) % len(names)]
-            t = time_ms(fns[n], device, warmup=warmup, reps=reps)
-            samples[n] += t["times"]
+            fn = fns[n]
+            for _ in range(warmup):
+                fn()
+            if not cuda:
+                for _ in range(reps):
+                    t0 = time.perf_counter()
+                    fn()
+                    samples[n].append((time.perf_counter() - t0) * 1e3)
+                continue
+            torch.cuda.synchronize(device)
+            evs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
+            torch.cuda._sleep(2_000_000)  # ~1 ms: the calls below are queued before the GPU reaches them
+            for s, e in evs:
+                s.record()
+                fn()
+                e.record()
+            torch.cuda.synchronize(device)
+            samples[n] += [s.elapsed_time(e) for s, e in evs]
     out = {}
     for n, times in samples.items():
         times.sort()
         q = lambda f: times[min(len(times) - 1, int(f * len(times)))]
-        out[n] = {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": len(times),
-                  "times": times}
+        out[n] = {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": len(times)}
     return out
 
 
