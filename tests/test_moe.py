@@ -174,7 +174,7 @@ def test_moe_wgmma_tiles():
 @pytest.mark.parametrize("T", [1, 64, 300, 2100])
 def test_moe_on_second_gpu(T):
     """Routing, permutation and every auto engine of moe_experts (decode kernels, the Hopper wgmma engine,
-    torch._grouped_mm + silu_mul / moe_combine at 16384 slots and more) on cuda:1 while cuda:0 is current, on a
+    torch._grouped_mm + silu_mul / moe_combine at 32768 slots and more) on cuda:1 while cuda:0 is current, on a
     side stream of cuda:1: against float64, and the current device unchanged."""
     torch.cuda.set_device(0)
     d1 = torch.device("cuda:1")
