@@ -98,6 +98,14 @@ def ours(impl):
     return run
 
 
+def with_env(fn, **env):
+    """fn run with the given environment variables set (EXPERIMENT knobs of the kernels, read per call)"""
+    def run(*args):
+        with common.env(**env):
+            return fn(*args)
+    return run
+
+
 def kernel_breakdown(fn, iters=3):
     """GPU time per kernel name (us per call) from torch.profiler; {} when the profiler is unavailable.
     Run with programmatic dependent launch off (JAMBA_EXT_PDL=0): with it, a kernel's blocks may start while
@@ -138,6 +146,10 @@ def sanitize_cases():
         for impl in impls:
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
+        if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # EXPERIMENT knob (moe_wgmma.cu)
+            out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
+                           JAMBA_EXT_WGMMA_TAIL="1")()
+            assert not torch.isnan(out).any(), "wgmma 64-row tails"
     torch.cuda.synchronize()
     print("bench_moe --sanitize: all engines ran")
 
@@ -184,6 +196,8 @@ def main():
     variants = [("ours", ours("auto"))]
     if dev.type == "cuda":
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
+        if os.environ.get("JAMBA_EXT_AB_ROWS") == "1":  # EXPERIMENT (moe_wgmma.cu, WT_TAIL)
+            variants += [("ours:wgmma (64-row tails)", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TAIL="1"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

@@ -144,9 +144,10 @@ def test_moe_experts_gpu_impls(impl, T, H, F, E, K):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-def test_moe_wgmma_tiles():
+def test_moe_wgmma_tiles(monkeypatch):
     """The wgmma engine on tile-edge cases: partial last tiles of every size, an expert with all first choices,
-    empty experts, k tiles wrapping the stage ring, more tiles than SMs, f16 too; two runs bit-identical."""
+    empty experts, k tiles wrapping the stage ring, more tiles than SMs, f16 too; two runs bit-identical; the
+    tail-tile experiment (JAMBA_EXT_WGMMA_TAIL=1) bit-identical to the default."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
@@ -163,10 +164,17 @@ def test_moe_wgmma_tiles():
             ids[:, 1:] = torch.randint(0, 8, (T, K - 1), device=dev, dtype=ids.dtype)
             ids[:, 1:] += (ids[:, 1:] >= 3).to(ids.dtype)
             offsets, slots = ops.moe_permute(ids, E)
+        monkeypatch.delenv("JAMBA_EXT_WGMMA_TAIL", raising=False)
         base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, base), (T, H, F, E, K, dtype)
         assert_close(base, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
+        # EXPERIMENT knob (moe_wgmma.cu, WT_TAIL): tails of <= 64 rows as 64 x 512 tiles. Every output is
+        # computed at the same place of the same wgmma instruction as in the default tiling: the same bits.
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_TAIL", "1")
+        tail = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.delenv("JAMBA_EXT_WGMMA_TAIL")
+        assert torch.equal(tail, base), ("tail tiles", T, H, F, E, K, dtype)
 
 
 @pytest.mark.cuda

@@ -22,6 +22,9 @@
  *   end are zero-filled. Grouped block order (moe_grouped_tile), non-persistent.
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
  * TMA maps below 2^31.
+ * EXPERIMENT waiting for a GPU round (env JAMBA_EXT_WGMMA_TAIL=1, read per call by wgmma_launch): an expert's
+ * last partial tile of <= 64 rows runs as a 64 x 512 tile in a second launch (tile modes WT_FULL + WT_TAIL,
+ * below); unset: WT_ALL, the measured kernel (its SASS equals f5b4607's instruction for instruction).
  */
 #include "moe.cuh"
 
@@ -108,8 +111,26 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
     }
 }
 
-#define WT_STAGE_BYTES (WG_STAGE_ELEMS * 2)
-#define WT_SMEM (WT_STAGE_BYTES * WG_STAGES + 1024 + 2 * WG_STAGES * 8) /* + alignment room, barriers */
+/* Tile modes (template parameter MODE of the kernel and its helpers):
+ *   WT_ALL  128 A rows x 256 W rows over every row of every expert, 4 stages of 48 KB (the measured default);
+ *   WT_FULL the same, except that an expert's last partial tile of <= 64 rows is left to WT_TAIL;
+ *   WT_TAIL those tails: 64 A rows x 512 W rows, 3 stages of 72 KB; both warpgroups multiply the same 64 A rows,
+ *           warpgroup wgi by W rows 256 wgi .. +255 (gate_up: the gate and up rows of outputs n0 + 128 wgi ..
+ *           +127; down: 256 consecutive rows), so a tail keeps both warpgroups on useful rows.
+ * WT_FULL + WT_TAIL is an EXPERIMENT (env JAMBA_EXT_WGMMA_TAIL=1, read per call by wgmma_launch; not yet run on
+ * a GPU). Why: the kernel's time follows its count of 128-row tiles, idle rows included (session 6's 192-row
+ * blocks measured as that count predicts), while a warpgroup left without rows does not speed up its partner
+ * (session 5's skip experiment); at 2048 tokens 38 tiles hold 32 tiles' worth of rows. */
+#define WT_ALL 0
+#define WT_FULL 1
+#define WT_TAIL 2
+template <int MODE> struct wt_cfg {
+    static constexpr int BM = MODE == WT_TAIL ? 64 : WG_BM;         /* A rows of a tile */
+    static constexpr int WR = MODE == WT_TAIL ? 2 * WG_BN : WG_BN;  /* W rows of a tile */
+    static constexpr int STAGES = MODE == WT_TAIL ? 3 : WG_STAGES;
+    static constexpr int STAGE_BYTES = (BM + WR) * WG_BK * 2;
+    static constexpr int SMEM = STAGE_BYTES * STAGES + 1024 + 2 * STAGES * 8; /* + alignment room, barriers */
+};
 
 template <typename T>
 __global__ void __launch_bounds__(256) moe_gather_rows_kernel(T *xs, const T *x, const int32_t *sorted, int topk,
@@ -145,15 +166,23 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map
 }
 
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
- * completing on full-barrier fb (which expects WT_STAGE_BYTES): A 128 x 64, then W as two 128-row boxes
- * (gate_up: the gate rows of the 128 outputs and their up rows, N rows further; down: 256 consecutive rows) */
+ * completing on full-barrier fb (which expects the stage's bytes): A BM x 64, then per 256 W rows q two 128-row
+ * boxes (gate_up: the gate rows of outputs 128 q .. +127 and their up rows, N rows further; down: 256
+ * consecutive rows) */
+template <int MODE>
 __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorMap *tmA, const CUtensorMap *tmW,
                                          uint32_t sa, uint32_t fb, int kt, int arow, int wrow) {
-    const uint32_t sb = sa + WG_BM * WG_BK * 2;
-    mbar_expect_tx(fb, WT_STAGE_BYTES);
+    using C = wt_cfg<MODE>;
+    const uint32_t sb = sa + C::BM * WG_BK * 2;
+    mbar_expect_tx(fb, C::STAGE_BYTES);
     tma_load_2d(sa, tmA, kt * WG_BK, arow, fb);
-    tma_load_2d(sb, tmW, kt * WG_BK, wrow, fb);
-    tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, tmW, kt * WG_BK, wrow + (a.gate_up ? (int)a.N : WG_BN / 2), fb);
+#pragma unroll
+    for (int q = 0; q < C::WR / WG_BN; q++) {
+        const uint32_t sq = sb + (uint32_t)(q * WG_BN * WG_BK * 2);
+        const int w0 = wrow + (a.gate_up ? q * (WG_BN / 2) : q * WG_BN);
+        tma_load_2d(sq, tmW, kt * WG_BK, w0, fb);
+        tma_load_2d(sq + (WG_BN / 2) * WG_BK * 2, tmW, kt * WG_BK, w0 + (a.gate_up ? (int)a.N : WG_BN / 2), fb);
+    }
 }
 
 /* The ring's shared memory (1024-aligned stages, then full[WG_STAGES] and empty[WG_STAGES]) and its barriers:
@@ -161,26 +190,28 @@ __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorM
 struct wt_ring {
     uint32_t base, full, empty;
 };
-__device__ __forceinline__ wt_ring wt_ring_at(const unsigned char *smem) {
+template <int MODE> __device__ __forceinline__ wt_ring wt_ring_at(const unsigned char *smem) {
     wt_ring r;
     r.base = (smem_u32(smem) + 1023u) & ~1023u;
-    r.full = r.base + WT_STAGE_BYTES * WG_STAGES;
-    r.empty = r.full + WG_STAGES * 8;
+    r.full = r.base + wt_cfg<MODE>::STAGE_BYTES * wt_cfg<MODE>::STAGES;
+    r.empty = r.full + wt_cfg<MODE>::STAGES * 8;
     return r;
 }
-__device__ __forceinline__ void wt_ring_init(const wt_ring &r) { /* thread 0, before a __syncthreads */
-    for (int st = 0; st < WG_STAGES; st++) {
+template <int MODE> __device__ __forceinline__ void wt_ring_init(const wt_ring &r) { /* thread 0, then a sync */
+    for (int st = 0; st < wt_cfg<MODE>::STAGES; st++) {
         mbar_init(r.full + 8 * st, 1);
         mbar_init(r.empty + 8 * st, WG_THREADS / 32);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
 /* One k tile of warpgroup wgi from the stage at sa: the 4 wgmmas as one group, then wait until at most this
- * group is in flight (the previous one, and the stage it read, is done) */
-template <typename T>
+ * group is in flight (the previous one, and the stage it read, is done). A rows 64 wgi .. and all 256 W rows;
+ * WT_TAIL: all 64 A rows and W rows 256 wgi .. */
+template <typename T, int MODE>
 __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int wgi) {
-    const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
-    const uint64_t db = wg_desc(sa + WG_BM * WG_BK * 2);
+    constexpr bool TAIL = MODE == WT_TAIL;
+    const uint64_t da = wg_desc(sa + (TAIL ? 0u : (uint32_t)(wgi * 64 * WG_BK * 2)));
+    const uint64_t db = wg_desc(sa + wt_cfg<MODE>::BM * WG_BK * 2 + (TAIL ? (uint32_t)(wgi * WG_BN * WG_BK * 2) : 0u));
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -192,34 +223,66 @@ __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
 }
 
-template <typename T>
+/* The tile (expert e, rows row0 .. row_end - 1 of which the tile covers BM from row0) of tile row mt in MODE;
+ * false when mt names no tile (the grid has spare tile rows: their blocks exit) */
+template <int MODE>
+__device__ __forceinline__ bool wt_find_tile(const moe_gemm_args &a, int64_t mt, int *e_out, int64_t *row0,
+                                             int64_t *row_end) {
+    if constexpr (MODE == WT_ALL) {
+        return moe_find_tile(a.offsets, a.E, mt, WG_BM, e_out, row0, row_end);
+    } else if constexpr (MODE == WT_TAIL) { /* tile row mt = expert mt's tail of 1 .. 64 rows, if it has one */
+        if (mt >= a.E) return false;
+        const int64_t lo = a.offsets[mt], hi = a.offsets[mt + 1], rem = (hi - lo) % WG_BM;
+        if (rem == 0 || rem > 64) return false;
+        *e_out = (int)mt, *row0 = hi - rem, *row_end = hi;
+        return true;
+    } else { /* WT_FULL: 128-row tiles, a last partial one only if it has > 64 rows */
+        for (int e = 0; e < a.E; e++) {
+            const int64_t lo = a.offsets[e], hi = a.offsets[e + 1];
+            const int64_t nt = (hi - lo) / WG_BM + ((hi - lo) % WG_BM > 64 ? 1 : 0);
+            if (mt < nt) {
+                *e_out = e, *row0 = lo + mt * WG_BM, *row_end = hi;
+                return true;
+            }
+            mt -= nt;
+        }
+        return false;
+    }
+}
+
+template <typename T, int MODE>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                      moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
+    using C = wt_cfg<MODE>;
+    constexpr int S = C::STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const wt_ring ring = wt_ring_at(wg_smem_raw);
+    const wt_ring ring = wt_ring_at<MODE>(wg_smem_raw);
     const uint32_t base = ring.base, full = ring.full, empty = ring.empty;
     int64_t mt, nt;
     moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
     int e;
     int64_t row0, row_end;
-    if (!moe_find_tile(a.offsets, a.E, mt, WG_BM, &e, &row0, &row_end)) return;
-    const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
+    if (!wt_find_tile<MODE>(a, mt, &e, &row0, &row_end)) return;
+    const int64_t n0 = nt * (a.gate_up ? C::WR / 2 : C::WR);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     const int wrow = (int)((int64_t)e * a.w_rows + n0); /* < 2^31: checked by the launcher */
     const int arow = (int)row0;
+    /* WT_TAIL: both warpgroups hold the tile's 64 rows, warpgroup wgi the outputs of W rows 256 wgi ..; set here,
+     * before the main loop (computed in the epilogue call, ptxas serialised the wgmmas: warning C7515) */
+    [[maybe_unused]] const int64_t n_tail = n0 + (warp >> 2) * (a.gate_up ? WG_BN / 2 : WG_BN);
 
     auto issue = [&](int kt) { /* thread 0: tile kt into its stage */
-        wt_issue(a, &tmA, &tmW, base + (uint32_t)((kt % WG_STAGES) * WT_STAGE_BYTES), full + 8 * (kt % WG_STAGES),
-                 kt, arow, wrow);
+        wt_issue<MODE>(a, &tmA, &tmW, base + (uint32_t)((kt % S) * C::STAGE_BYTES), full + 8 * (kt % S), kt, arow,
+                       wrow);
     };
-    if (tid == 0) wt_ring_init(ring);
+    if (tid == 0) wt_ring_init<MODE>(ring);
     __syncthreads();
     if (tid == 0)
-        for (int kt = 0; kt < WG_STAGES && kt < KT; kt++) issue(kt);
+        for (int kt = 0; kt < S && kt < KT; kt++) issue(kt);
 
     float acc[128];
 #pragma unroll
@@ -228,27 +291,30 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     /* stage release after k tile kt's wgmma group kt - 1 finished */
     auto release = [&](int kt) {
         if (kt > 0) {
-            const int ps = (kt - 1) % WG_STAGES;
+            const int ps = (kt - 1) % S;
             __syncwarp();
             if (lane == 0) mbar_arrive(empty + 8 * ps);
-            if (tid == 0 && kt - 1 + WG_STAGES < KT) {
-                mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / WG_STAGES) & 1));
-                issue(kt - 1 + WG_STAGES);
+            if (tid == 0 && kt - 1 + S < KT) {
+                mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / S) & 1));
+                issue(kt - 1 + S);
             }
             __syncwarp();
         }
     };
     for (int kt = 0; kt < KT; kt++) {
-        const int st = kt % WG_STAGES;
-        mbar_wait(full + 8 * st, (uint32_t)((kt / WG_STAGES) & 1));
+        const int st = kt % S;
+        mbar_wait(full + 8 * st, (uint32_t)((kt / S) & 1));
         __syncwarp(); /* the wgmma instructions below are .sync.aligned: the warp converged */
-        wt_mma_ktile<T>(acc, base + (uint32_t)(st * WT_STAGE_BYTES), wgi); /* group kt - 1 has finished */
+        wt_mma_ktile<T, MODE>(acc, base + (uint32_t)(st * C::STAGE_BYTES), wgi); /* group kt - 1 has finished */
         release(kt);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
+    if constexpr (MODE == WT_TAIL)
+        wg_epilogue<T>(a, acc, row0, row_end, n_tail, 0, warp, lane);
+    else
+        wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
 #endif
 }
 
@@ -284,7 +350,7 @@ int moe_wgmma_available(int dev) {
         int major = 0;
         cudaFuncAttributes fa;
         const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                        cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16>) == cudaSuccess;
+                        cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16, WT_ALL>) == cudaSuccess;
         if (!ok) cudaGetLastError(); /* clear, the caller falls back to another engine */
         /* and the driver has the tensor-map encoder (TMA); else impl auto takes the mma.sync engine */
         st = (ok && major == 9 && fa.binaryVersion >= 90 && wt_encoder() != NULL) ? 1 : -1;
@@ -310,30 +376,46 @@ static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t r
     return JAMBA_OK;
 }
 
+/* one launch of moe_wgmma_kernel<T, MODE>: tile rows (m_tiles) enough for every tile of the mode */
+template <typename T, int MODE>
+static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t slots, int dev,
+                                      const CUtensorMap &tmW, cudaStream_t stream) {
+    using C = wt_cfg<MODE>;
+    static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T, MODE>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              C::SMEM));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    CUtensorMap tmA;
+    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, C::BM));
+    const int64_t m_tiles = MODE == WT_TAIL ? a.E : jamba_ceil_div(slots, WG_BM) + a.E;
+    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? C::WR / 2 : C::WR);
+    jamba_kernel_launch(moe_wgmma_kernel<T, MODE>, (unsigned)(m_tiles * n_tiles), WG_THREADS, C::SMEM, stream, tmA,
+        tmW, a, m_tiles, n_tiles);
+    JAMBA_LAUNCH_CHECK("moe_wgmma_kernel", stream);
+    return JAMBA_OK;
+}
+
 template <typename T>
 static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
-    static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
     if (!moe_wgmma_available(dev))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs a Hopper GPU (sm_90), "
                                "a build with sm_90a code (JAMBA_EXT_ARCHS containing 90) and a driver with "
                                "cuTensorMapEncodeTiled (CUDA 12+)");
-    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WT_SMEM));
-        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
-    }
-    if ((int64_t)a.E * a.w_rows + WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX)
+    if ((int64_t)a.E * a.w_rows + 2 * WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma: E * rows of W and the token slots "
                                "must stay below 2^31 (TMA coordinates); use impl mma");
-    CUtensorMap tmA, tmW;
-    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, WG_BM));
+    CUtensorMap tmW;
     JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
-    const int64_t m_tiles = jamba_ceil_div(slots, WG_BM) + a.E;
-    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    jamba_kernel_launch(moe_wgmma_kernel<T>, (unsigned)(m_tiles * n_tiles), WG_THREADS, WT_SMEM, stream, tmA, tmW, a,
-        m_tiles, n_tiles);
-    JAMBA_LAUNCH_CHECK("moe_wgmma_kernel", stream);
-    return JAMBA_OK;
+    /* EXPERIMENT (see WT_TAIL; read per call while it lasts): JAMBA_EXT_WGMMA_TAIL=1 runs the tiles without the
+     * <= 64-row tails, then the tails as 64 x 512 tiles (a second launch; disjoint outputs) */
+    const char *tail = getenv("JAMBA_EXT_WGMMA_TAIL");
+    if (tail != NULL && tail[0] == '1') {
+        JAMBA_TRY((wgmma_launch_mode<T, WT_FULL>(dtype, a, slots, dev, tmW, stream)));
+        return wgmma_launch_mode<T, WT_TAIL>(dtype, a, slots, dev, tmW, stream);
+    }
+    return wgmma_launch_mode<T, WT_ALL>(dtype, a, slots, dev, tmW, stream);
 }
 
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
