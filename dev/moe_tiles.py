@@ -1,0 +1,104 @@
+"""dev/moe_tiles.py -- the tile counts of the wgmma MoE engine (csrc/cuda/moe_wgmma.cu), without a GPU.
+
+    python3 dev/moe_tiles.py            # tile table for bench_moe's routing + coverage check (~20 s)
+
+1. Tile table. bench_moe's routing (router randn(E, H) * H^-0.5 * 4, x randn(T, H), top-2, H 4096, E 16) replayed
+   on the CPU (the GPU's random numbers differ; the counts' spread is what matters): per token count, the
+   128-row tiles per GEMM pass that the default tiling (WT_ALL) runs, idle rows included, against the rows'
+   worth of tiles, and the same for the tail experiment (WT_FULL + WT_TAIL: a tail of <= 64 rows costs half a
+   tile per 256 W rows, being one 64 x 512 tile) and for 192-row blocks (measured in session 6). Session 6
+   found the engine's time proportional to this count (~50 us per added tile at Jamba-v0.1 sizes, one tile's
+   tensor time), so the table predicts what a tiling buys before a GPU round.
+2. Coverage check. A Python mirror of the kernel's tile mapping (wt_find_tile, the n tiles, the rows and
+   outputs each warpgroup's epilogue writes) over random expert counts: WT_ALL and WT_FULL + WT_TAIL must each
+   write every (row, output) exactly once. Change it with the kernel.
+"""
+import random
+
+import torch
+
+BM, BN = 128, 256
+
+
+def bench_counts(T, H=4096, E=16, K=2, seed=0):
+    torch.manual_seed(seed)
+    router = (torch.randn(E, H) * H ** -0.5 * 4).bfloat16()
+    x = torch.randn(T, H).bfloat16()
+    ids = torch.nn.functional.linear(x, router).float().softmax(-1).topk(K, -1).indices
+    return torch.bincount(ids.flatten(), minlength=E).tolist()
+
+
+def tile_table():
+    print(f"{'tokens':>7} {'rows/128':>9} {'WT_ALL':>7} {'fill':>5} {'FULL+TAIL':>10} {'fill':>5} {'192-row':>8} {'fill':>5}")
+    for T in (512, 1024, 2048, 4096, 8192, 16384):
+        c = bench_counts(T)
+        ideal = 2 * T / BM
+        t_all = sum(-(-n // BM) for n in c)
+        t_split = sum(n // BM + (1 if n % BM > 64 else (0.5 if n % BM else 0)) for n in c)
+        t_192 = sum(-(-n // 192) for n in c) * 192 / BM  # in 128-row tile units of tensor work
+        print(f"{T:>7} {ideal:>9.1f} {t_all:>7} {ideal / t_all:>5.2f} {t_split:>10.1f} {ideal / t_split:>5.2f} "
+              f"{t_192:>8.1f} {ideal / t_192:>5.2f}")
+
+
+def written(offs, N, gate_up, mode):
+    """(row, output) pairs the launch of `mode` ("all", "full", "tail") writes; asserts none twice"""
+    E, slots = len(offs) - 1, offs[-1]
+    wr = 2 * BN if mode == "tail" else BN
+    n_step = wr // 2 if gate_up else wr
+    m_tiles = E if mode == "tail" else -(-slots // BM) + E
+    cov = set()
+    for mt in range(m_tiles):
+        tile = None
+        if mode == "tail":
+            if mt < E:
+                lo, hi = offs[mt], offs[mt + 1]
+                rem = (hi - lo) % BM
+                if 0 < rem <= 64:
+                    tile = (hi - rem, hi)
+        else:
+            m = mt
+            for e in range(E):
+                lo, hi = offs[e], offs[e + 1]
+                last = (hi - lo) % BM > (64 if mode == "full" else 0)
+                nt = (hi - lo) // BM + int(last)
+                if m < nt:
+                    tile = (lo + m * BM, hi)
+                    break
+                m -= nt
+        if tile is None:
+            continue
+        row0, row_end = tile
+        for nt in range(-(-N // n_step)):
+            n0 = nt * n_step
+            for wgi in range(2):
+                if mode == "tail":  # both warpgroups: the 64 rows; warpgroup wgi: outputs of W rows 256 wgi ..
+                    rows, c0 = range(row0, row0 + 64), n0 + wgi * (BN // 2 if gate_up else BN)
+                else:
+                    rows, c0 = range(row0 + 64 * wgi, row0 + 64 * wgi + 64), n0
+                for p in rows:
+                    for f in range(c0, c0 + (BN // 2 if gate_up else BN)):
+                        if p < row_end and f < N:
+                            assert (p, f) not in cov, (mode, p, f)
+                            cov.add((p, f))
+    return cov
+
+
+def coverage_check(trials=100):
+    rng = random.Random(1)
+    for _ in range(trials):
+        counts = [rng.choice([0, 1, 5, 63, 64, 65, 127, 128, 129, 192, 200, 256, 300])
+                  for _ in range(rng.choice([1, 3, 8, 16]))]
+        offs = [0]
+        for n in counts:
+            offs.append(offs[-1] + n)
+        N, gate_up = rng.choice([8, 96, 200, 264, 520]), rng.random() < 0.5
+        every = {(p, f) for p in range(offs[-1]) for f in range(N)}
+        full, tail = written(offs, N, gate_up, "full"), written(offs, N, gate_up, "tail")
+        assert written(offs, N, gate_up, "all") == every, (counts, N, gate_up)
+        assert not (full & tail) and full | tail == every, (counts, N, gate_up)
+    print(f"coverage: WT_ALL and WT_FULL + WT_TAIL write every (row, output) once ({trials} random cases)")
+
+
+if __name__ == "__main__":
+    tile_table()
+    coverage_check()
