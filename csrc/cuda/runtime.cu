@@ -26,8 +26,10 @@ extern "C" int jamba_cuda_sm_count(int device) {
 }
 
 /* Whether the code the device runs was compiled for sm_90+ (ptxVersion: the virtual architecture its SASS, or
- * its JIT, came from), so that every kernel starts with griddepcontrol.wait (jamba_pdl_begin). Judged on this
+ * its JIT, came from), so that every kernel starts with griddepcontrol.wait (jamba_pdl_begin); judged on this
  * probe (never launched), built with the same -gencode list as every kernel except the sm_90a-only wgmma file.
+ * And the driver is CUDA 12.3 or newer, where CUDA graphs got programmatic edges (stream capture of PDL
+ * launches); an older driver runs the kernels without PDL.
  * Cached per device: 1 yes, -1 no, 0 not asked yet. */
 __global__ void jamba_pdl_probe_kernel(int *p) {
     jamba_pdl_begin();
@@ -39,12 +41,13 @@ extern "C" int jamba_cuda_pdl_ok(int device) {
     if (device < 0 || device >= JAMBA_MAX_DEVICES) return 0;
     int v = pdl_cache[device];
     if (v == 0) {
-        int major = 0;
+        int major = 0, driver = 0;
         cudaFuncAttributes fa;
         const bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
-                        cudaFuncGetAttributes(&fa, jamba_pdl_probe_kernel) == cudaSuccess;
+                        cudaFuncGetAttributes(&fa, jamba_pdl_probe_kernel) == cudaSuccess &&
+                        cudaDriverGetVersion(&driver) == cudaSuccess;
         if (!ok) cudaGetLastError();
-        v = (ok && major >= 9 && fa.ptxVersion >= 90) ? 1 : -1;
+        v = (ok && major >= 9 && fa.ptxVersion >= 90 && driver >= 12030) ? 1 : -1;
         pdl_cache[device] = v;
     }
     return v > 0;
