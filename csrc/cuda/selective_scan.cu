@@ -361,6 +361,8 @@ struct pc_args : scan_io {
     int vec_u, vec_b, vec_c; /* 16-byte cp.async allowed for u/delta/z rows, B rows, C rows */
     int fast;                /* fast loader / converter for full chunks (see the kernel comment) */
     int vec_out;             /* out rows allow 4-element vector stores (L % 4 == 0, out aligned) */
+    int off32;               /* a thread's byte offsets inside a virtual block's rows fit in 31 bits (steady loop) */
+    int64_t bc_step[2];      /* steady loop: bytes from chunk k to k+1 of B, C (u's dtype) */
     int bc_gfast;            /* fast B/C converter: items (t, g) walk g fastest (both B and C n-fast) */
     int bc_dt[2], bc_dn[2];  /* B, C raw tiles: bytes per step t and per state n */
     int bc_dj[2], bc_sj;     /* bytes from a thread's B/C item 0 to item 1: in the raw tiles, in the fp32 rows */
@@ -440,6 +442,38 @@ __device__ __forceinline__ pc_uplan<pc_cfg<T, TC, CH>::NPT> pc_plan_u(const pc_a
         pl.src[j][2] = a.z ? (const unsigned char *)((const T *)a.z + b * a.sz0 + cc * a.sz1 + tp) : nullptr;
     }
     return pl;
+}
+
+/* The steady loop's copies (a.fast && a.off32, full chunks, NPT == 1): per thread, 32-bit byte offsets from
+ * block-uniform row bases (chunk k adds k * TC elements, or k * bc_step bytes for B/C), set once per virtual
+ * block, so a chunk's addresses cost one 64-bit add each and no per-thread 64-bit state stays live. */
+struct pc_plan32 {
+    int uo, dof, zo, udst; /* u / delta / z: byte offsets from the block's row bases; raw-tile offset */
+    int bo[2], bdst[2];    /* B, C piece: byte offset from the batch row base; raw-tile offset */
+    bool uon, bon[2];
+};
+template <typename T, int TC, int CH> __device__ __forceinline__ pc_plan32 pc_plan_32(const pc_args &a) {
+    using K = pc_cfg<T, TC, CH>;
+    static_assert(K::NPT == 1, "one u/delta/z piece per thread");
+    pc_plan32 q;
+    const int p = threadIdx.x, l = p / K::PR, tp = (p % K::PR) * K::VE, es = (int)sizeof(T);
+    q.uon = p < K::PPA;
+    q.udst = (l * TC + tp) * es;
+    q.uo = (int)(l * a.su1 + tp) * es, q.dof = (int)(l * a.sd1 + tp) * es, q.zo = (int)(l * a.sz1 + tp) * es;
+#pragma unroll
+    for (int m = 0; m < 2; m++) {
+        const int mode = m ? a.cmode : a.bmode, ve = 16 / es; /* B/C in u's dtype (a.fast) */
+        const int64_t sn = m ? a.sC1 : a.sB1, stt = m ? a.sC2 : a.sB2;
+        q.bon[m] = false, q.bo[m] = 0, q.bdst[m] = 0;
+        if (mode == 0) { /* [n][TC]: TC / ve pieces per state row */
+            const int pr = TC / ve, n = p / pr, t = (p - n * pr) * ve;
+            if (n < a.N) q.bon[m] = true, q.bo[m] = (int)(n * sn + t) * es, q.bdst[m] = (n * TC + t) * es;
+        } else { /* [TC][16]: 16 * es / 16 pieces per step */
+            const int pn = PC_NS * es / 16, t = p / pn, n0 = (p - t * pn) * ve;
+            if (t < TC) q.bon[m] = true, q.bo[m] = (int)(t * stt + n0) * es, q.bdst[m] = (t * PC_NS + n0) * es;
+        }
+    }
+    return q;
 }
 
 /* Fast loader: chunk k (all TC steps inside [0, L)) into raw stage `st`, 16-byte copies only. */
@@ -707,7 +741,7 @@ template <typename T> __device__ __forceinline__ void pc_st4(T *p, const float (
 }
 
 template <typename T, int TC>
-__global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a) {
+__global__ void __launch_bounds__(PC_THREADS, 4) selective_scan_pc_kernel(pc_args a) {
     jamba_pdl_begin();
     constexpr int G = PC_G, CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
     static_assert(SPT == 2, "one 16-byte B/C load per lane and step");
@@ -768,14 +802,8 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
         if (nchunks > 0) convert(raw, sets, 0);
 
         int ls = 0, cs = 1 % PC_NSTG; /* raw stages of chunk k + NSTG (= k % NSTG) and of chunk k + 1 */
-        for (int k = 0; k < nck; k++) {
-            pc_wait<PC_NSTG - 2>();
-            __syncthreads();
-            if (k + PC_NSTG < nck) load(raw + ls * K::STAGE, k + PC_NSTG);
-            pc_commit();
-            if (k + 1 < nck) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
-            ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
-            cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
+        /* scan of chunk k from fp32 set k&1, then its nst outputs (0 .. TC) of this lane stored from op */
+        auto scan_chunk = [&](int k, int nst, T *const op, const bool vec) {
             const float *set = sets + (k & 1) * K::SET;
             const float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
             const float *sBC = sgz + CH * TP + g * 2 * SPT;
@@ -818,13 +846,12 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
             }
             static_assert(TC / G == 4, "4 outputs per lane and chunk");
             pc_reduce_all<G, TC>(yc, g);
-            const int nst = cvalid ? steps(k) : 0, tt = 4 * g;
+            const int tt = 4 * g;
             if (tt < nst) {
                 const float4 du = *(const float4 *)(sdu + l * TP + tt), gz = *(const float4 *)(sgz + l * TP + tt);
                 const float v[4] = {(yc[0] + du.x) * gz.x, (yc[1] + du.y) * gz.y, (yc[2] + du.z) * gz.z,
                                     (yc[3] + du.w) * gz.w};
-                T *const op = obase + (int64_t)k * TC;
-                if (a.vec_out && tt + 4 <= nst) {
+                if (vec && tt + 4 <= nst) {
                     pc_st4<T>(op, v);
                 } else {
 #pragma unroll
@@ -832,6 +859,58 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_pc_kernel(pc_args a
                         if (tt + i < nst) op[i] = jamba_st<T>(v[i]);
                 }
             }
+        };
+        int k = 0;
+        /* Steady loop: chunks k, k+1 and k+NSTG all full, every channel present, fast layouts (a.fast,
+         * a.off32, a.vec_out): no dispatch, addresses from 32-bit per-thread offsets and block-uniform bases
+         * (the general loop below recomputed 64-bit addresses every chunk: ~120 of its ~840 instructions per
+         * thread and chunk in the bf16 SASS of 4824cc8..be9478c). */
+        const int nfull = ntl == TC ? nck : nck - 1;
+        if (a.fast && a.off32 && a.vec_out && allch && PC_NSTG < nfull) {
+            const pc_plan32 q = pc_plan_32<T, TC, CH>(a);
+            const unsigned char *const ub = (const unsigned char *)((const T *)a.u + b * a.su0 + c0 * a.su1);
+            const unsigned char *const db = (const unsigned char *)((const T *)a.delta + b * a.sd0 + c0 * a.sd1);
+            const unsigned char *const zb =
+                a.z ? (const unsigned char *)((const T *)a.z + b * a.sz0 + c0 * a.sz1) : nullptr;
+            /* B / C pieces of chunk k + NSTG (advanced by one chunk per iteration) */
+            const unsigned char *bsrc = (const unsigned char *)((const T *)a.Bm + b * a.sB0) + q.bo[0] +
+                                        PC_NSTG * a.bc_step[0];
+            const unsigned char *csrc = (const unsigned char *)((const T *)a.Cm + b * a.sC0) + q.bo[1] +
+                                        PC_NSTG * a.bc_step[1];
+            T *const ob = out + (b * a.DI + c0) * a.L;
+            const int oo = l * (int)a.L + 4 * g;
+            for (; k + PC_NSTG < nfull; k++) {
+                pc_wait<PC_NSTG - 2>();
+                __syncthreads();
+                {
+                    unsigned char *st = raw + ls * K::STAGE;
+                    const int64_t kn = k + PC_NSTG, kb = kn * (TC * (int64_t)sizeof(T));
+                    if (q.uon) {
+                        pc_cp16(st + q.udst, ub + kb + q.uo);
+                        pc_cp16(st + K::RAW_U + q.udst, db + kb + q.dof);
+                        if (zb) pc_cp16(st + 2 * K::RAW_U + q.udst, zb + kb + q.zo);
+                    }
+                    if (q.bon[0]) pc_cp16(st + 3 * K::RAW_U + q.bdst[0], bsrc);
+                    if (q.bon[1]) pc_cp16(st + 3 * K::RAW_U + K::RAW_BC + q.bdst[1], csrc);
+                    bsrc += a.bc_step[0], csrc += a.bc_step[1];
+                }
+                pc_commit();
+                pc_convert<T, TC, CH, G, true>(a, raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, c0, TC, sbias,
+                                               sD, bm);
+                ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
+                cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
+                scan_chunk(k, TC, ob + (int64_t)k * TC + oo, true);
+            }
+        }
+        for (; k < nck; k++) {
+            pc_wait<PC_NSTG - 2>();
+            __syncthreads();
+            if (k + PC_NSTG < nck) load(raw + ls * K::STAGE, k + PC_NSTG);
+            pc_commit();
+            if (k + 1 < nck) convert(raw + cs * K::STAGE, sets + ((k + 1) & 1) * K::SET, k + 1);
+            ls = ls + 1 == PC_NSTG ? 0 : ls + 1;
+            cs = cs + 1 == PC_NSTG ? 0 : cs + 1;
+            scan_chunk(k, cvalid ? steps(k) : 0, obase + (int64_t)k * TC, a.vec_out != 0);
         }
         pc_wait<0>(); /* no copy in flight into the next virtual block's buffers */
         if (cvalid && a.last) {
@@ -889,6 +968,22 @@ static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStrea
      * 6c4ae22, bf16, DI 8192: 1x8192 0.65 ms against 0.88 ms through the general loader / converter) */
     a.fast = a.vec_u && N == PC_NS && a.bmode != 2 && a.cmode != 2 && a.vec_b && a.vec_c &&
              p->Bm.dtype == p->u.dtype && p->Cm.dtype == p->u.dtype;
+    /* the steady loop's 32-bit per-thread offsets (pc_plan_32): every byte offset inside a virtual block's rows
+     * (CH channels, one chunk, one batch row of B/C) below 2^31, strides not negative */
+    {
+        const int64_t TC = 32, CH = PC_THREADS / PC_G, lim = ((int64_t)1 << 31) - 1;
+        bool ok = L < lim && (CH - 1) * L + TC < lim;
+        const int64_t s1[3] = {a.su1, a.sd1, a.z ? a.sz1 : 0};
+        for (int i = 0; i < 3; i++) ok = ok && s1[i] >= 0 && ((CH - 1) * s1[i] + TC) * esz < lim;
+        for (int m = 0; m < 2; m++) {
+            const int64_t sn = m ? a.sC1 : a.sB1, stt = m ? a.sC2 : a.sB2;
+            ok = ok && sn >= 0 && stt >= 0 && ((PC_NS - 1) * sn + (TC - 1) * stt + PC_NS + TC) * esz < lim;
+        }
+        /* EXPERIMENT knob while the steady loop awaits its GPU A/B (read per call): JAMBA_EXT_SCAN_STEADY=0 */
+        const char *steady = getenv("JAMBA_EXT_SCAN_STEADY");
+        a.off32 = ok && !(steady && !strcmp(steady, "0"));
+        a.bc_step[0] = (a.bmode == 1 ? TC * a.sB2 : TC) * esz, a.bc_step[1] = (a.cmode == 1 ? TC * a.sC2 : TC) * esz;
+    }
     /* vector stores of out; the fast B/C converter's strides (TC = 32, G = PC_G; see pc_plan_bcmap) */
     a.vec_out = L % 4 == 0 && (uintptr_t)p->out.data % (4 * esz) == 0;
     {
