@@ -1,6 +1,9 @@
 """dev/scan_ab.py -- A/B of selective_scan variants behind an EXPERIMENT env knob, timed in turns on one GPU.
 
-    python3 dev/scan_ab.py [--knob JAMBA_EXT_SCAN_STEADY] [--off 0]
+    python3 dev/scan_ab.py --knob JAMBA_EXT_<NAME> [--off 0]
+
+(used for the steady loop of selective_scan_pc_kernel, knob JAMBA_EXT_SCAN_STEADY, since removed:
+benchmarks/results/scan_ab_1fb09d3.log). The knob must be read per call by the host code under test.
 
 For each benchmark shape (bf16, DI 8192, N 16: 1x2048, 1x8192, 1x32768, 8x2048; B/C t-fast and n-fast as
 the model passes them), the op with the knob unset and with knob=off: outputs and last states must be
@@ -22,7 +25,7 @@ from jamba_ext import ops  # noqa: E402
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--knob", default="JAMBA_EXT_SCAN_STEADY")
+    ap.add_argument("--knob", required=True, help="EXPERIMENT env knob read per call")
     ap.add_argument("--off", default="0")
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
