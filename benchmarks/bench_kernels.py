@@ -11,7 +11,9 @@ else taken as SMs x 16 ex2/clk x the max SM clock (the JSON says which). Every r
 the reference at its shape (on sampled channels where the fp32 reference would not fit) before it is
 timed. The decode rows also give the time per call inside a CUDA graph (CPU launch cost removed): at batch
 1 the event-timed figure is the launch path, not the kernel; and that graph again with programmatic dependent
-launch off (env JAMBA_EXT_PDL=0, "no PDL"), which shows what PDL saves between back-to-back kernels. Writes benchmarks/results/bench_kernels.json
+launch off (env JAMBA_EXT_PDL=0, "no PDL"), which shows what PDL saves between back-to-back kernels, and a
+device copy of the same bytes timed the same way ("same-size copy in a graph": the speed a copy reaches at that
+size, per-kernel fixed costs included). Writes benchmarks/results/bench_kernels.json
 (+ .png).
 
     python benchmarks/bench_kernels.py            # full shapes (GPU)
@@ -133,6 +135,20 @@ class Bench:
             print(f"    (graph timing failed: {type(e).__name__}: {e})")
             return None
 
+    def copy_graph_us(self, nbytes, _cache={}):
+        """A device copy moving the same bytes (nbytes/2 read, nbytes/2 written) timed like graph_us: what the
+        copy engine of torch reaches at this size, fixed per-kernel costs included (the copy-bandwidth floor
+        comes from a 2 GiB copy, where they vanish)."""
+        if self.dev.type != "cuda":
+            return None
+        if nbytes not in _cache:
+            half = max(16, nbytes // 2)
+            src = torch.empty(half, dtype=torch.uint8, device=self.dev)
+            dst = torch.empty_like(src)
+            _cache[nbytes] = self.graph_us(lambda: dst.copy_(src))
+            del src, dst
+        return _cache[nbytes]
+
     def row(self, op, shape, fn, nbytes, exps=None, eager=None, small=False, eager_reps=None, graph=False):
         t = self.time(fn, small)
         us = t["median_ms"] * 1e3
@@ -155,6 +171,11 @@ class Bench:
                 r["graph_us"] = gu
                 r["pct_copy_bw_graph"] = 100 * nbytes / (gu * 1e-6) / 1e9 / self.bw
                 extra += f" | in a CUDA graph {gu:6.1f} us ({r['pct_copy_bw_graph']:4.1f}% copy bw)"
+                cu = self.copy_graph_us(nbytes)
+                if cu is not None:
+                    r["copy_graph_us"] = cu
+                    r["pct_of_copy_graph"] = 100 * cu / gu
+                    extra += f" | same-size copy in a graph {cu:6.1f} us (ours at {r['pct_of_copy_graph']:5.1f}% of its speed)"
                 with common.env(JAMBA_EXT_PDL="0"):  # the same graph without programmatic dependent launch
                     gu0 = self.graph_us(fn)
                 if gu0 is not None:
