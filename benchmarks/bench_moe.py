@@ -166,6 +166,8 @@ def main():
     ap.add_argument("--only", type=str, default=None, help="comma-separated variant names to run (default: all)")
     ap.add_argument("--skip", type=str, default=None, help="comma-separated variant names to leave out")
     ap.add_argument("--name", type=str, default=None, help="results file stem (default bench_moe)")
+    ap.add_argument("--small-engines", action="store_true",
+                    help="also time the GEMM engines (mma*, wgmma*) below 64 tokens (skipped there by default)")
     ap.add_argument("--sanitize", action="store_true",
                     help="run every CUDA engine once on small odd shapes (for compute-sanitizer) and exit")
     args = ap.parse_args()
@@ -227,7 +229,8 @@ def main():
         base_b = None
         timed = {}  # correct variants, timed below in turns (common.time_interleaved)
         for name, fn in variants:
-            if (name == "ours:gemv" and T > 512) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64):
+            if (name == "ours:gemv" and T > 512) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64
+                                                     and not args.small_engines):
                 continue
             out = fn(x, logits, w_gate_up, w_down, K)
             err = rel_err(out, ref)
