@@ -11,9 +11,10 @@ Steps: (1) logits = F.linear (torch GEMM, model dtype, as HF); (2) jamba.moe_rou
 the stable permutation grouping token slots by expert (C on CPU, two kernels on CUDA, no host sync);
 (3) jamba.moe_experts: gather + gate/up GEMM with SiLU*up fused + down GEMM scaled by the routing weight,
 then the combine back to token order. CUDA engines by size (impl auto): a weight-streaming decode kernel
-(<= 16 slots per expert on average), our wgmma GEMM (Hopper) or mma.sync GEMM, and from 32768 bf16 slots on
-Hopper torch._grouped_mm for the two GEMMs inside our routing/activation/combine (as fast or faster there,
-see ops.MOE_GROUPED_MM_MIN_SLOTS). CPU: torch.matmul per expert (see jamba_ext/ops.py). The weights stay in the
+(Hopper: <= 1 slot per expert on average, i.e. <= 8 tokens at 16 experts top-2; other GPUs: <= 16), then our
+wgmma GEMM on Hopper (64 x 512 tiles for the <= 64-row tails up to 16 slots per expert) or mma.sync GEMM
+elsewhere; torch._grouped_mm only on request (impl "grouped_mm", see ops.MOE_GROUPED_MM_MIN_SLOTS).
+CPU: torch.matmul per expert (see jamba_ext/ops.py). The weights stay in the
 transformers 5.x layout (no repacking, state_dict as HF).
 """
 import torch.nn.functional as F

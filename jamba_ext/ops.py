@@ -369,14 +369,15 @@ _register_reference_autograd("selective_scan", reference.selective_scan, 10, (0,
 # CPU path: routing, permutation and combine are C; the expert GEMMs are torch.matmul per expert (the
 # CPU BLAS is faster than anything we would write in C), in the model dtype exactly as HF computes them.
 _MOE_IMPLS = {"auto": 0, "mma": 1, "gemv": 2, "simt": 3, "grouped_mm": 4, "mma64": 5, "mma256": 6, "wgmma": 7}
-# auto on CUDA switches to torch._grouped_mm (our routing, permutation, activation and combine around it)
-# from this many token slots (T*TOPK) on, for bf16 on Hopper (sm_90). H200, Jamba-v0.1 sizes, whole op, our
-# wgmma engine against the torch._grouped_mm engine in the same run (benchmarks/results/, session 6):
-# 4096 tokens (8192 slots) 5.26 vs 5.21 / 5.55 ms (gpu_round_a2e0c01), 5.25 vs 5.36 / 5.44 (f5b4607), 4.61 vs
-# 4.99 / 5.06 (0772d22), 4.64 vs 4.95 (moe_final_874320e); 8192 tokens 9.23 vs 9.80 (moe_crossover_32be24a):
-# wgmma. 16384 tokens (32768 slots) 19.6 vs 18.6 / 19.2, 20.0 vs 18.7 / 19.9, 17.8 vs 17.8 / 19.2, 17.56 vs
-# 17.97 / 19.36, 19.16 vs 18.71: a tie within run-to-run spread, taken by torch._grouped_mm. None: never.
-MOE_GROUPED_MM_MIN_SLOTS: Optional[int] = 32768
+# auto on CUDA may switch to torch._grouped_mm (our routing, permutation, activation and combine around it)
+# from this many token slots (T*TOPK) on, for bf16 on Hopper (sm_90); None: never (impl "grouped_mm" still
+# selects it). H200, Jamba-v0.1 sizes, whole op, our wgmma engine against the torch._grouped_mm engine in the
+# same run (benchmarks/results/): 4096 tokens 4.61 vs 4.99 / 5.06 ms (0772d22), 4.64 vs 4.95 (874320e), 4.68 vs
+# 5.38 (be9478c); 8192 tokens 9.23 vs 9.80 (32be24a); 16384 tokens, variants timed in turns: 17.56 vs 17.97 /
+# 19.36 (874320e), 19.16 vs 18.71 (32be24a), 17.66 vs 18.65 / 19.45 (be9478c): our kernel in two of three runs
+# and on average (18.1 vs 18.4 ms), so since session 7 auto keeps our kernels at every size (before: the
+# switch at 32768 slots, a tie called for torch._grouped_mm).
+MOE_GROUPED_MM_MIN_SLOTS: Optional[int] = None
 _SM90 = {}
 
 

@@ -146,8 +146,9 @@ def test_moe_experts_gpu_impls(impl, T, H, F, E, K):
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 def test_moe_wgmma_tiles(monkeypatch):
     """The wgmma engine on tile-edge cases: partial last tiles of every size, an expert with all first choices,
-    empty experts, k tiles wrapping the stage ring, more tiles than SMs, f16 too; two runs bit-identical; the
-    tail-tile experiment (JAMBA_EXT_WGMMA_TAIL=1) bit-identical to the default."""
+    empty experts, k tiles wrapping the stage ring, more tiles than SMs, f16 too; two runs bit-identical; both
+    tilings (JAMBA_EXT_WGMMA_TILES=all: 128 x 256 tiles only; =tail: the <= 64-row tails as 64 x 512 tiles, as
+    impl wgmma runs up to 16 slots per expert) give the same bits."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
@@ -164,26 +165,26 @@ def test_moe_wgmma_tiles(monkeypatch):
             ids[:, 1:] = torch.randint(0, 8, (T, K - 1), device=dev, dtype=ids.dtype)
             ids[:, 1:] += (ids[:, 1:] >= 3).to(ids.dtype)
             offsets, slots = ops.moe_permute(ids, E)
-        monkeypatch.delenv("JAMBA_EXT_WGMMA_TAIL", raising=False)
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "all")
         base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, base), (T, H, F, E, K, dtype)
         assert_close(base, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
-        # EXPERIMENT knob (moe_wgmma.cu, WT_TAIL): tails of <= 64 rows as 64 x 512 tiles. Every output is
-        # computed at the same place of the same wgmma instruction as in the default tiling: the same bits.
-        monkeypatch.setenv("JAMBA_EXT_WGMMA_TAIL", "1")
+        # every output at the same place of the same wgmma instruction in both tilings: the same bits
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "tail")
         tail = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_WGMMA_TAIL")
-        assert torch.equal(tail, base), ("tail tiles", T, H, F, E, K, dtype)
+        monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
+        auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        assert torch.equal(tail, base) and torch.equal(auto, base), ("tilings", T, H, F, E, K, dtype)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 @pytest.mark.parametrize("T", [1, 64, 300, 2100])
 def test_moe_on_second_gpu(T):
-    """Routing, permutation and every auto engine of moe_experts (decode kernels, the Hopper wgmma engine,
-    torch._grouped_mm + silu_mul / moe_combine at 32768 slots and more) on cuda:1 while cuda:0 is current, on a
-    side stream of cuda:1: against float64, and the current device unchanged."""
+    """Routing, permutation and the auto engines of moe_experts (decode kernel, the Hopper wgmma engine in both
+    tilings, mma64 elsewhere) on cuda:1 while cuda:0 is current, on a side stream of cuda:1: against float64,
+    and the current device unchanged."""
     torch.cuda.set_device(0)
     d1 = torch.device("cuda:1")
     H, F, E, K = (136, 72, 16, 2) if T < 2100 else (256, 128, 16, 2)
@@ -398,9 +399,10 @@ def test_moe_compile(device, backend):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("T", [1, 300])
+@pytest.mark.parametrize("T", [1, 64, 300])
 def test_moe_cuda_graph(T):
-    """route + experts captured in a CUDA graph (no host sync), replayed on new inputs."""
+    """route + experts captured in a CUDA graph (no host sync), replayed on new inputs (auto engines on Hopper:
+    the decode kernel at 1 token, wgmma with 64 x 512 tail tiles at 64, 128 x 256 tiles only at 300)."""
     dev, dtype = torch.device("cuda"), torch.bfloat16
     H, F, E, K = 136, 72, 16, 2
     w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)

@@ -1165,17 +1165,19 @@ static jamba_status combine_launch(const jamba_moe_experts_params *p, int device
 }
 
 /* impl auto (measured on an H200, Jamba-v0.1 sizes, bf16; benchmarks/results/bench_moe*.json):
- *   decode, while the average expert sees at most 16 slots (T <= 128 at E 16, top-2): the weight-streaming
- *     kernel, moe_decode_kernel (it re-reads an expert's weights once per 32 of its tokens; at 1 token
- *     moe_decode_persist_kernel, see decode_launch). At 2bc5d07
- *     (bench_moe_2bc5d07.json): 1 token 235 us, 8 tokens 823 us, 64 tokens 1.51 ms (bandwidth floors 165,
- *     659, 1318 us); at 64 tokens wgmma 1.47 ms, mma64 1.78, mma 2.36 (wgmma slightly ahead there: a lower
- *     MOE_GEMV_MAX_SLOTS_PER_EXPERT on Hopper is a candidate, not yet measured between 8 and 64 tokens);
- *   more tokens: wgmma on sm_90 (512 tokens: 1.49 ms vs mma64 1.96, mma 2.39; 16384: 26.8 ms vs 33.1, 40.1),
- *     else mma64 (faster than mma and mma256 at every measured size).
- * jamba_ext/ops.py may route large bf16 calls to torch._grouped_mm before reaching here (faster at >= 4096
- * tokens on the H200: 5.90 vs 6.77 ms), with jamba_silu_mul / jamba_moe_combine (moe_glue.cu) around it. */
+ *   Hopper (wgmma available): the weight-streaming decode kernel (moe_decode_kernel; moe_decode_persist_kernel
+ *     at 1 token, see decode_launch) while the average expert sees at most 1 slot (T <= 8 at E 16, top-2),
+ *     the wgmma engine above (with 64 x 512 tail tiles up to 16 slots per expert: see moe_wgmma.cu). Session 7
+ *     sweep (bench_moe_tiny_3b676ba.json, bench_moe_small_c8ecf91.json), us, decode kernel vs wgmma with
+ *     tail tiles: 4 tokens 557 vs 596, 8: 736 vs 736, 16: 1429 vs 1356, 32: 1383 vs 1296, 64: 1458 vs 1368,
+ *     96: 1469 vs 1383, 128: 1502 vs 1387 (the weight floor: 1318 us from 16 tokens on);
+ *   elsewhere: the decode kernel while the average expert sees at most 16 slots (T <= 128), then mma64
+ *     (faster than mma and mma256 at every measured size; at 64 tokens 1.78 ms vs 1.51 for the decode kernel,
+ *     bench_moe_2bc5d07.json).
+ * jamba_ext/ops.py may route very large bf16 calls to torch._grouped_mm before reaching here
+ * (ops.MOE_GROUPED_MM_MIN_SLOTS), with jamba_silu_mul / jamba_moe_combine (moe_glue.cu) around it. */
 #define MOE_GEMV_MAX_SLOTS_PER_EXPERT 16
+#define MOE_GEMV_MAX_SLOTS_PER_EXPERT_SM90 1
 
 template <typename T>
 static jamba_status experts_launch(const jamba_moe_experts_params *p, int device, cudaStream_t stream) {
@@ -1186,11 +1188,14 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
         const bool tc_ok = sizeof(T) == 2 && H % 8 == 0 && F % 8 == 0 && jamba_aligned16(p->x.data) &&
                            jamba_aligned16(p->w_gate_up.data) && jamba_aligned16(p->w_down.data) &&
                            jamba_aligned16(p->act.data) && jamba_aligned16(p->slot_out.data);
-        if (impl == JAMBA_MOE_IMPL_AUTO)
-            impl = !tc_ok                                      ? JAMBA_MOE_IMPL_SIMT
-                   : slots <= MOE_GEMV_MAX_SLOTS_PER_EXPERT * E ? JAMBA_MOE_IMPL_GEMV
-                   : moe_wgmma_available(device)               ? JAMBA_MOE_IMPL_WGMMA
-                                                               : JAMBA_MOE_IMPL_MMA64;
+        if (impl == JAMBA_MOE_IMPL_AUTO) {
+            const bool hopper = moe_wgmma_available(device);
+            const int64_t gemv_max = (hopper ? MOE_GEMV_MAX_SLOTS_PER_EXPERT_SM90 : MOE_GEMV_MAX_SLOTS_PER_EXPERT) * E;
+            impl = !tc_ok ? JAMBA_MOE_IMPL_SIMT
+                   : slots <= gemv_max ? JAMBA_MOE_IMPL_GEMV
+                   : hopper ? JAMBA_MOE_IMPL_WGMMA
+                            : JAMBA_MOE_IMPL_MMA64;
+        }
         if (impl != JAMBA_MOE_IMPL_SIMT && !tc_ok)
             return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl %d (tensor cores) needs bf16/f16 "
                                    "tensors, H and F multiples of 8 and 16-byte aligned data; got %s, H %lld, F %lld "

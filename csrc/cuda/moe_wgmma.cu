@@ -22,9 +22,9 @@
  *   end are zero-filled. Grouped block order (moe_grouped_tile), non-persistent.
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
  * TMA maps below 2^31.
- * EXPERIMENT waiting for a GPU round (env JAMBA_EXT_WGMMA_TAIL=1, read per call by wgmma_launch): an expert's
- * last partial tile of <= 64 rows runs as a 64 x 512 tile in a second launch (tile modes WT_FULL + WT_TAIL,
- * below); unset: WT_ALL, the measured kernel (its SASS equals f5b4607's instruction for instruction).
+ * Tile modes by size (wgmma_launch): up to MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT slots per expert on average
+ * (few rows per expert: decode batches), each expert's last partial tile of <= 64 rows runs as a 64 x 512 tile
+ * in a second launch (WT_FULL + WT_TAIL, below); above, every tile is 128 x 256 (WT_ALL).
  */
 #include "moe.cuh"
 
@@ -117,10 +117,16 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
  *   WT_TAIL those tails: 64 A rows x 512 W rows, 3 stages of 72 KB; both warpgroups multiply the same 64 A rows,
  *           warpgroup wgi by W rows 256 wgi .. +255 (gate_up: the gate and up rows of outputs n0 + 128 wgi ..
  *           +127; down: 256 consecutive rows), so a tail keeps both warpgroups on useful rows.
- * WT_FULL + WT_TAIL is an EXPERIMENT (env JAMBA_EXT_WGMMA_TAIL=1, read per call by wgmma_launch; not yet run on
- * a GPU). Why: the kernel's time follows its count of 128-row tiles, idle rows included (session 6's 192-row
- * blocks measured as that count predicts), while a warpgroup left without rows does not speed up its partner
- * (session 5's skip experiment); at 2048 tokens 38 tiles hold 32 tiles' worth of rows. */
+ * Every output is computed at the same place of the same wgmma instruction in both tilings: the same bits
+ * (test_moe_wgmma_tiles). Measured (H200, Jamba-v0.1, bf16, whole op; gpu_round_be9478c.log,
+ * bench_moe_tiny_3b676ba.json, bench_moe_small_c8ecf91.json), ms, WT_ALL vs WT_FULL + WT_TAIL: 16 tokens
+ * 1.70 vs 1.36, 32: 1.49 vs 1.30, 64: 1.38-1.50 vs 1.37, 128: 1.384 vs 1.388, 512: 1.462 vs 1.471, 1024: 2.05 vs
+ * 2.44, 2048: 2.81 vs 2.96, 16384: 17.7 vs 20.2. With few rows per expert the tails are the whole work and a
+ * 64-row tile reads the expert's W slice once per 64 rows instead of once per 128 rows half idle; with many,
+ * the second launch streams every expert's weights through L2 again (5.6 GB at these sizes, ~1.3 ms at the
+ * copy bandwidth), which the session-6 tile-count model (predicting a gain at 2048-4096 tokens) left out.
+ * Env JAMBA_EXT_WGMMA_TILES=all|tail (read per call) forces one tiling (tests, benchmarks). */
+#define MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT 16
 #define WT_ALL 0
 #define WT_FULL 1
 #define WT_TAIL 2
@@ -408,10 +414,13 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
                                "must stay below 2^31 (TMA coordinates); use impl mma");
     CUtensorMap tmW;
     JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_BN / 2));
-    /* EXPERIMENT (see WT_TAIL; read per call while it lasts): JAMBA_EXT_WGMMA_TAIL=1 runs the tiles without the
-     * <= 64-row tails, then the tails as 64 x 512 tiles (a second launch; disjoint outputs) */
-    const char *tail = getenv("JAMBA_EXT_WGMMA_TAIL");
-    if (tail != NULL && tail[0] == '1') {
+    /* tile modes by size (see WT_TAIL): the tiles without the <= 64-row tails, then the tails as 64 x 512 tiles
+     * (a second launch; disjoint outputs) while the average expert has at most 16 slots */
+    const char *force = getenv("JAMBA_EXT_WGMMA_TILES");
+    bool tails = slots <= (int64_t)MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT * a.E;
+    if (force != NULL && !strcmp(force, "all")) tails = false;
+    if (force != NULL && !strcmp(force, "tail")) tails = true;
+    if (tails) {
         JAMBA_TRY((wgmma_launch_mode<T, WT_FULL>(dtype, a, slots, dev, tmW, stream)));
         return wgmma_launch_mode<T, WT_TAIL>(dtype, a, slots, dev, tmW, stream);
     }
