@@ -395,7 +395,12 @@ static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t
     }
     CUtensorMap tmA;
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, C::BM));
-    const int64_t m_tiles = MODE == WT_TAIL ? a.E : jamba_ceil_div(slots, WG_BM) + a.E;
+    /* tile rows: WT_ALL at most ceil(slots / 128) + E (one partial tile per expert); WT_TAIL one per expert;
+     * WT_FULL at most slots / 65 too (each of its tiles holds > 64 rows of one expert): at decode sizes the
+     * bound of WT_ALL left ~1900 blocks that only found no tile (33 us at 64 tokens, gpu_round_185aadc.log) */
+    int64_t m_tiles = MODE == WT_TAIL ? a.E : jamba_ceil_div(slots, WG_BM) + a.E;
+    if (MODE == WT_FULL && slots / 65 < m_tiles) m_tiles = slots / 65;
+    if (m_tiles == 0) return JAMBA_OK;
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? C::WR / 2 : C::WR);
     jamba_kernel_launch(moe_wgmma_kernel<T, MODE>, (unsigned)(m_tiles * n_tiles), WG_THREADS, C::SMEM, stream, tmA,
         tmW, a, m_tiles, n_tiles);
