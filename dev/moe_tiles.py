@@ -5,10 +5,12 @@
 1. Tile table. bench_moe's routing (router randn(E, H) * H^-0.5 * 4, x randn(T, H), top-2, H 4096, E 16) replayed
    on the CPU (the GPU's random numbers differ; the counts' spread is what matters): per token count, the
    128-row tiles per GEMM pass that the default tiling (WT_ALL) runs, idle rows included, against the rows'
-   worth of tiles, and the same for the tail experiment (WT_FULL + WT_TAIL: a tail of <= 64 rows costs half a
+   worth of tiles, and the same for the tail tiling (WT_FULL + WT_TAIL: a tail of <= 64 rows costs half a
    tile per 256 W rows, being one 64 x 512 tile) and for 192-row blocks (measured in session 6). Session 6
    found the engine's time proportional to this count (~50 us per added tile at Jamba-v0.1 sizes, one tile's
-   tensor time), so the table predicts what a tiling buys before a GPU round.
+   tensor time); session 7 found where that stops: the tail tiling's second launch streams every expert's
+   weights again (~1.3 ms at these sizes), so it lost at 1024+ tokens while the count predicted a gain, and
+   it is used only up to 16 slots per expert (docs/PERF_NOTES.md, MoE prefill). Count tiles AND weight passes.
 2. Coverage check. A Python mirror of the kernel's tile mapping (wt_find_tile, the n tiles, the rows and
    outputs each warpgroup's epilogue writes) over random expert counts: WT_ALL and WT_FULL + WT_TAIL must each
    write every (row, output) exactly once. Change it with the kernel.
@@ -46,6 +48,8 @@ def written(offs, N, gate_up, mode):
     wr = 2 * BN if mode == "tail" else BN
     n_step = wr // 2 if gate_up else wr
     m_tiles = E if mode == "tail" else -(-slots // BM) + E
+    if mode == "full":  # the launcher's bound (each WT_FULL tile holds > 64 rows), as in wgmma_launch_mode
+        m_tiles = min(m_tiles, slots // 65)
     cov = set()
     for mt in range(m_tiles):
         tile = None
