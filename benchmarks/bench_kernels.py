@@ -299,6 +299,24 @@ def bench_norm(bb, rows, dim):
            eager=lambda: R.add_rms_norm(x, r, w), small=small, graph=True)
 
 
+def bench_norm_segments(bb, dim=288, splits=(256, 272)):
+    """Mamba's dt / B / C norms in one launch at decode sizes (rows = batch), graph-timed; with
+    JAMBA_EXT_AB_ROWS=1 also the EXPERIMENT JAMBA_EXT_NORM_SEG_REG=1 (rms_norm.cu, register-resident rows)."""
+    dev = bb.dev
+    w = rn(dim, dev=dev, scale=0.3, shift=1.0)
+    for rows in ((1, 8) if bb.smoke else (1, 8, 64)):
+        x = rn(rows, dim, dev=dev)
+        variants = [("rms_norm_segments", {})]
+        if os.environ.get("JAMBA_EXT_AB_ROWS") == "1" and dev.type == "cuda":
+            variants.append(("rms_norm_segments (registers)", {"JAMBA_EXT_NORM_SEG_REG": "1"}))
+        for label, env in variants:
+            with common.env(**env):
+                check(label, ops.rms_norm_segments(x, w, list(splits)),
+                      R.rms_norm_segments(x, w, list(splits)))
+                bb.row(label, f"rows={rows} dim={dim}", lambda: ops.rms_norm_segments(x, w, list(splits)),
+                       2 * rows * dim * 2 + dim * 2, small=True, graph=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
@@ -330,6 +348,7 @@ def main():
         bench_decode(bb, decode_batches, DI, N, K)
     if "norm" in only:
         bench_norm(bb, *norm_shape)
+        bench_norm_segments(bb)
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,
                        smoke=args.smoke)
     path = common.write_results("bench_kernels_smoke" if args.smoke else "bench_kernels", bb.rows, info)
