@@ -300,21 +300,14 @@ def bench_norm(bb, rows, dim):
 
 
 def bench_norm_segments(bb, dim=288, splits=(256, 272)):
-    """Mamba's dt / B / C norms in one launch at decode sizes (rows = batch), graph-timed; with
-    JAMBA_EXT_AB_ROWS=1 also the EXPERIMENT JAMBA_EXT_NORM_SEG_REG=1 (rms_norm.cu, register-resident rows)."""
+    """Mamba's dt / B / C norms in one launch at decode sizes (rows = batch), graph-timed."""
     dev = bb.dev
     w = rn(dim, dev=dev, scale=0.3, shift=1.0)
     for rows in ((1, 8) if bb.smoke else (1, 8, 64)):
         x = rn(rows, dim, dev=dev)
-        variants = [("rms_norm_segments", {})]
-        if os.environ.get("JAMBA_EXT_AB_ROWS") == "1" and dev.type == "cuda":
-            variants.append(("rms_norm_segments (registers)", {"JAMBA_EXT_NORM_SEG_REG": "1"}))
-        for label, env in variants:
-            with common.env(**env):
-                check(label, ops.rms_norm_segments(x, w, list(splits)),
-                      R.rms_norm_segments(x, w, list(splits)))
-                bb.row(label, f"rows={rows} dim={dim}", lambda: ops.rms_norm_segments(x, w, list(splits)),
-                       2 * rows * dim * 2 + dim * 2, small=True, graph=True)
+        check("rms_norm_segments", ops.rms_norm_segments(x, w, list(splits)), R.rms_norm_segments(x, w, list(splits)))
+        bb.row("rms_norm_segments", f"rows={rows} dim={dim}", lambda: ops.rms_norm_segments(x, w, list(splits)),
+               2 * rows * dim * 2 + dim * 2, small=True, graph=True)
 
 
 def main():

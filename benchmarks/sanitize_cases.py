@@ -3,8 +3,6 @@
     compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py
 Exits non-zero if an op raises; the sanitizer reports memory errors and races itself.
 """
-import os
-
 import torch
 
 import jamba_ext
@@ -19,11 +17,8 @@ def main():
     x = rn(3, 130)
     ops.rms_norm(x, rn(130))
     ops.add_rms_norm(x, rn(3, 130), rn(130))
-    for reg in ("0", "1"):  # EXPERIMENT JAMBA_EXT_NORM_SEG_REG (rms_norm.cu): the register-resident kernel too
-        os.environ["JAMBA_EXT_NORM_SEG_REG"] = reg
-        ops.rms_norm_segments(rn(5, 300)[:, 6:294], rn(288), [256, 272])   # Mamba's dt / B / C norms, strided rows
-        ops.rms_norm_segments(rn(3, 37), rn(37, dt=torch.float32), [5, 6, 30])
-    del os.environ["JAMBA_EXT_NORM_SEG_REG"]
+    ops.rms_norm_segments(rn(5, 300)[:, 6:294], rn(288), [256, 272])   # Mamba's dt / B / C norms, strided rows
+    ops.rms_norm_segments(rn(3, 37), rn(37, dt=torch.float32), [5, 6, 30])
     xc = rn(B, DI, L)
     w, b = rn(DI, K, dt=torch.float32), rn(DI, dt=torch.float32)
     out, st = ops.causal_conv1d(xc, w, b, None, True, K)

@@ -274,28 +274,3 @@ def test_rms_norm_segments_opcheck(device, requires_grad):
     x = randn(5, 40, device=device).requires_grad_(requires_grad)
     w = norm_weight(40, device, torch.float32).requires_grad_(requires_grad)
     torch.library.opcheck(torch.ops.jamba.rms_norm_segments.default, (x, w, [8, 24], 1e-6))
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
-def test_rms_norm_segments_reg_kernel(monkeypatch, dtype):
-    """EXPERIMENT JAMBA_EXT_NORM_SEG_REG=1 (rms_norm.cu, rms_norm_seg_reg_kernel: rows of dim <= 384 held in
-    registers): against float64 and against the default kernel, on decode-sized rows (Mamba's 256 + 16 + 16),
-    segment edges inside and across 32-element groups, 1-4 segments, f32 and x-dtype weights, strided rows, and
-    a row too wide for it (the default kernel runs)."""
-    dev = torch.device("cuda")
-    for lead, dim, splits in [((1,), 288, [256, 272]), ((9,), 288, [256, 272]), ((3,), 384, [1, 33, 383]),
-                              ((17,), 40, [3]), ((2,), 9, []), ((5,), 100, [10, 50, 99]), ((2,), 500, [250])]:
-        for w_dt in (torch.float32, dtype):
-            x = randn(*lead, dim + 7, device=dev, dtype=dtype, scale=2.0, shift=0.3)[..., 5:5 + dim]
-            w = norm_weight(dim, dev, w_dt)
-            monkeypatch.delenv("JAMBA_EXT_NORM_SEG_REG", raising=False)
-            base = ops.rms_norm_segments(x, w, splits, 1e-6)
-            monkeypatch.setenv("JAMBA_EXT_NORM_SEG_REG", "1")
-            got = ops.rms_norm_segments(x, w, splits, 1e-6)
-            again = ops.rms_norm_segments(x, w, splits, 1e-6)
-            monkeypatch.delenv("JAMBA_EXT_NORM_SEG_REG")
-            assert torch.equal(got, again)
-            assert_close(got, reference.rms_norm_segments(up(x), up(w), splits, 1e-6), **TOL[dtype])
-            assert_close(got, base, **TOL[dtype])

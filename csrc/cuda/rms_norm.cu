@@ -14,7 +14,6 @@
  * bf16, in a CUDA graph: rms_norm 34.7 us (91% of copy bandwidth), add_rms_norm 67.0 us (94%); the previous
  * vector kernel (37.5 / 71.0 us in the same run) is deleted.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "common.cuh"
@@ -296,65 +295,6 @@ __global__ void __launch_bounds__(256) rms_norm_seg_kernel(rms_seg_args a) {
     }
 }
 
-/* rms_norm_seg_reg_kernel<T>: the same op for rows of dim <= 32 * RMS_SEG_R, one warp per row, 8 rows per block.
- *   Lane l holds elements l + 32 r (r < RMS_SEG_R) of x and of the weight in registers, all loaded at once;
- *   each segment's sum of squares is taken over the lane's elements of that segment (in r order), then summed
- *   over the warp. Why: rms_norm_seg_kernel walks a segment with one load per loop trip and reloads x and the
- *   weight for the output pass, a chain of dependent global loads: 6.6 us per call at one 288-wide row in the
- *   decode profile (profile_decode_graph_nopdl_6b49231.log: 7 calls per decode step, 46 us). The sums run in
- *   another order than rms_norm_seg_kernel's (lanes are assigned from the row start, not the segment start).
- *   EXPERIMENT (env JAMBA_EXT_NORM_SEG_REG=1, read per call; written without a GPU): the default stays
- *   rms_norm_seg_kernel until a GPU round has run test_rms_norm_segments_* with the knob and timed both. */
-#define RMS_SEG_R 12
-template <typename T>
-__global__ void __launch_bounds__(256) rms_norm_seg_reg_kernel(rms_seg_args a, int dim) {
-    jamba_pdl_begin();
-    const int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (row >= a.rows) return; /* whole warp */
-    const int lane = threadIdx.x & 31;
-    const T *x = (const T *)a.x + row * a.sx;
-    T *out = (T *)a.out + row * a.so;
-    float xv[RMS_SEG_R], wv[RMS_SEG_R];
-#pragma unroll
-    for (int r = 0; r < RMS_SEG_R; r++) { /* every load before any use */
-        const int i = lane + 32 * r;
-        xv[r] = i < dim ? jamba_ld<T>(x[i]) : 0.f;
-        wv[r] = i < dim ? jamba_ld_any(a.w, a.wdt, i) : 0.f;
-    }
-    /* segment of element i: the count of ends <= i (ends[nseg-1] = dim); sums selected without local arrays */
-    int sg[RMS_SEG_R];
-    float ss[JAMBA_NORM_MAX_SEGS];
-#pragma unroll
-    for (int s = 0; s < JAMBA_NORM_MAX_SEGS; s++) ss[s] = 0.f;
-#pragma unroll
-    for (int r = 0; r < RMS_SEG_R; r++) {
-        const int i = lane + 32 * r;
-        int k = 0;
-#pragma unroll
-        for (int s = 0; s < JAMBA_NORM_MAX_SEGS - 1; s++) k += (s < a.nseg - 1 && i >= a.ends[s]) ? 1 : 0;
-        sg[r] = k;
-        const float q = xv[r] * xv[r];
-#pragma unroll
-        for (int s = 0; s < JAMBA_NORM_MAX_SEGS; s++) ss[s] += k == s ? q : 0.f;
-    }
-    float inv[JAMBA_NORM_MAX_SEGS];
-    int64_t s0 = 0;
-#pragma unroll
-    for (int s = 0; s < JAMBA_NORM_MAX_SEGS; s++) {
-        const int64_t s1 = s < a.nseg ? a.ends[s] : s0 + 1;
-        inv[s] = rsqrtf(jamba_warp_sum(ss[s]) / (float)(s1 - s0) + a.eps);
-        s0 = s1;
-    }
-#pragma unroll
-    for (int r = 0; r < RMS_SEG_R; r++) {
-        const int i = lane + 32 * r;
-        float f = inv[0];
-#pragma unroll
-        for (int s = 1; s < JAMBA_NORM_MAX_SEGS; s++) f = sg[r] == s ? inv[s] : f;
-        if (i < dim) out[i] = jamba_st<T>(jamba_round<T>(xv[r] * f) * wv[r]);
-    }
-}
-
 extern "C" jamba_status jamba_rms_norm_segments_cuda(const jamba_rms_norm_segments_params *p, jamba_launch launch) {
     JAMBA_TRY(jamba_rms_norm_segments_check(p));
     const int64_t rows = p->x.shape[0];
@@ -377,14 +317,8 @@ extern "C" jamba_status jamba_rms_norm_segments_cuda(const jamba_rms_norm_segmen
     if (blocks > JAMBA_MAX_GRID_X)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.rms_norm_segments: too many rows (%lld)", (long long)rows);
     jamba_status s = JAMBA_ERR_DTYPE;
-    const int64_t dim = a.ends[a.nseg - 1];
-    const char *reg = getenv("JAMBA_EXT_NORM_SEG_REG"); /* EXPERIMENT (see rms_norm_seg_reg_kernel) */
-    const bool use_reg = reg != NULL && reg[0] == '1' && dim <= 32 * RMS_SEG_R;
     JAMBA_DISPATCH_FLOAT(p->x.dtype, T, {
-        if (use_reg)
-            jamba_kernel_launch(rms_norm_seg_reg_kernel<T>, (unsigned)blocks, 256, 0, stream, a, (int)dim);
-        else
-            jamba_kernel_launch(rms_norm_seg_kernel<T>, (unsigned)blocks, 256, 0, stream, a);
+        jamba_kernel_launch(rms_norm_seg_kernel<T>, (unsigned)blocks, 256, 0, stream, a);
         s = JAMBA_OK;
     });
     JAMBA_TRY(s);
