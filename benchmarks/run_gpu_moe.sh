@@ -2,7 +2,7 @@
 # The MoE part of a GPU round in one device call: build, the MoE CUDA tests, compute-sanitizer memcheck of every
 # MoE engine, and bench_moe (variants timed in turns). Everything goes to $OUT/moe_round.log and the bench JSON.
 # Usage on the device:  JAMBA_COMMIT=<sha> [JAMBA_EXT_AB_ROWS=1] bash benchmarks/run_gpu_moe.sh [bench_moe args]
-#   e.g. JAMBA_EXT_AB_ROWS=1 bash benchmarks/run_gpu_moe.sh --tokens 512,2048,4096 --only "ours:wgmma,ours:wgmma (swap-AB)"
+#   e.g. bash benchmarks/run_gpu_moe.sh --tokens 512,2048,4096 --only "ours:wgmma,(b) sorted_mm"
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"

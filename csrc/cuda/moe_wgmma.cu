@@ -27,7 +27,6 @@
  * in a second launch (WT_FULL + WT_TAIL, below); above, every tile is 128 x 256 (WT_ALL).
  */
 #include "moe.cuh"
-#include "wgmma_ops.cuh"
 
 #include <stdlib.h>
 #include <string.h>
@@ -56,6 +55,25 @@ __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
            ((uint64_t)1 << 62);
 }
 
+template <typename T> __device__ __forceinline__ void wgmma_m64n256k16(float (&d)[128], uint64_t da, uint64_t db);
+#if MOE_HAS_WGMMA
+template <> __device__ __forceinline__ void wgmma_m64n256k16<__nv_bfloat16>(float (&d)[128], uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_m64n256k16<__half>(float (&d)[128], uint64_t da, uint64_t db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(1));
+}
+#endif
 
 /* Epilogue: the accumulators of warpgroup wgi (rows wgi*64.. of the block's 128) to C.
  * Accumulator i = 4*j + q of a thread: row (warp%4)*16 + lane/4 + (q>>1)*8 of its warpgroup's 64, column
@@ -112,10 +130,9 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
 #define WT_ALL 0
 #define WT_FULL 1
 #define WT_TAIL 2
-#define WT_SWAP 3 /* moe_wgmma_swap_kernel (below): 128 W rows x up to 256 A rows, W as the wgmma's M side */
 template <int MODE> struct wt_cfg {
-    static constexpr int BM = MODE == WT_TAIL ? 64 : MODE == WT_SWAP ? 256 : WG_BM; /* A rows of a tile */
-    static constexpr int WR = MODE == WT_TAIL ? 2 * WG_BN : MODE == WT_SWAP ? 128 : WG_BN; /* W rows of a tile */
+    static constexpr int BM = MODE == WT_TAIL ? 64 : WG_BM;         /* A rows of a tile */
+    static constexpr int WR = MODE == WT_TAIL ? 2 * WG_BN : WG_BN;  /* W rows of a tile */
     static constexpr int STAGES = MODE == WT_TAIL ? 3 : WG_STAGES;
     static constexpr int STAGE_BYTES = (BM + WR) * WG_BK * 2;
     static constexpr int SMEM = STAGE_BYTES * STAGES + 1024 + 2 * STAGES * 8; /* + alignment room, barriers */
@@ -186,40 +203,12 @@ template <int MODE> __device__ __forceinline__ wt_ring wt_ring_at(const unsigned
     r.empty = r.full + wt_cfg<MODE>::STAGES * 8;
     return r;
 }
-template <int S> __device__ __forceinline__ void wt_ring_init(const wt_ring &r) { /* thread 0, then a sync */
-    for (int st = 0; st < S; st++) {
+template <int MODE> __device__ __forceinline__ void wt_ring_init(const wt_ring &r) { /* thread 0, then a sync */
+    for (int st = 0; st < wt_cfg<MODE>::STAGES; st++) {
         mbar_init(r.full + 8 * st, 1);
         mbar_init(r.empty + 8 * st, WG_THREADS / 32);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-}
-/* The k loop of both kernels: thread 0 initialises the ring and fills its S stages; then for every k tile each
- * warp waits for the tile's stage, runs mma(stage address) (one wgmma group; afterwards at most that group is in
- * flight, so the previous k tile's group has finished) and releases the previous k tile's stage, which thread 0
- * refills with k tile kt - 1 + S once all 8 warps have released it. */
-template <int S, typename Issue, typename Mma>
-__device__ __forceinline__ void wt_kloop(const wt_ring &ring, uint32_t stage_bytes, int KT, int tid, int lane,
-                                         Issue &&issue, Mma &&mma) {
-    if (tid == 0) wt_ring_init<S>(ring);
-    __syncthreads();
-    if (tid == 0)
-        for (int kt = 0; kt < S && kt < KT; kt++) issue(kt);
-    for (int kt = 0; kt < KT; kt++) {
-        const int st = kt % S;
-        mbar_wait(ring.full + 8 * st, (uint32_t)((kt / S) & 1));
-        __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
-        mma(ring.base + (uint32_t)st * stage_bytes);
-        if (kt > 0) { /* release the stage of k tile kt - 1 */
-            const int ps = (kt - 1) % S;
-            __syncwarp();
-            if (lane == 0) mbar_arrive(ring.empty + 8 * ps);
-            if (tid == 0 && kt - 1 + S < KT) {
-                mbar_wait(ring.empty + 8 * ps, (uint32_t)(((kt - 1) / S) & 1));
-                issue(kt - 1 + S);
-            }
-            __syncwarp();
-        }
-    }
 }
 /* One k tile of warpgroup wgi from the stage at sa: the 4 wgmmas as one group, then wait until at most this
  * group is in flight (the previous one, and the stage it read, is done). A rows 64 wgi .. and all 256 W rows;
@@ -233,7 +222,7 @@ __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64k16<T, 256>(acc, da + 2 * ks, db + 2 * ks);
+    for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
 #pragma unroll
@@ -277,7 +266,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     constexpr int S = C::STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     const wt_ring ring = wt_ring_at<MODE>(wg_smem_raw);
-    const uint32_t base = ring.base, full = ring.full;
+    const uint32_t base = ring.base, full = ring.full, empty = ring.empty;
     int64_t mt, nt;
     moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
     int e;
@@ -296,11 +285,35 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         wt_issue<MODE>(a, &tmA, &tmW, base + (uint32_t)((kt % S) * C::STAGE_BYTES), full + 8 * (kt % S), kt, arow,
                        wrow);
     };
+    if (tid == 0) wt_ring_init<MODE>(ring);
+    __syncthreads();
+    if (tid == 0)
+        for (int kt = 0; kt < S && kt < KT; kt++) issue(kt);
+
     float acc[128];
 #pragma unroll
     for (int i = 0; i < 128; i++) acc[i] = 0.f;
     const int wgi = warp >> 2;
-    wt_kloop<S>(ring, C::STAGE_BYTES, KT, tid, lane, issue, [&](uint32_t sa) { wt_mma_ktile<T, MODE>(acc, sa, wgi); });
+    /* stage release after k tile kt's wgmma group kt - 1 finished */
+    auto release = [&](int kt) {
+        if (kt > 0) {
+            const int ps = (kt - 1) % S;
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty + 8 * ps);
+            if (tid == 0 && kt - 1 + S < KT) {
+                mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / S) & 1));
+                issue(kt - 1 + S);
+            }
+            __syncwarp();
+        }
+    };
+    for (int kt = 0; kt < KT; kt++) {
+        const int st = kt % S;
+        mbar_wait(full + 8 * st, (uint32_t)((kt / S) & 1));
+        __syncwarp(); /* the wgmma instructions below are .sync.aligned: the warp converged */
+        wt_mma_ktile<T, MODE>(acc, base + (uint32_t)(st * C::STAGE_BYTES), wgi); /* group kt - 1 has finished */
+        release(kt);
+    }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
@@ -308,158 +321,6 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         wg_epilogue<T>(a, acc, row0, row_end, n_tail, 0, warp, lane);
     else
         wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
-#endif
-}
-
-/* ---- swap-AB tiling (WT_SWAP) ------------------------------------------------------------------------------
- * moe_wgmma_swap_kernel<T>: the same two GEMMs with the operands' roles swapped, so that an expert's last rows
- * need not fill a 128-row tile: W rows are the wgmma's M side (64 per warpgroup) and the expert's A rows (tokens)
- * its N side. EXPERIMENT (env JAMBA_EXT_WGMMA_TILES=swap, read per call; written without a GPU).
- *   Chunks: expert e's c rows run as c / 256 chunks of 256 rows and one of c % 256 rows, which multiplies at the
- *     power-of-two width w >= its rows (8 .. 256): 270 rows = 256 + 14 (w 16), where the 128-row tiles take
- *     three tiles, the last holding 14 rows. Each chunk streams the W slice of its tile once (like an m-tile of
- *     moe_wgmma_kernel), so a short chunk saves tensor time and A traffic, not the W pass.
- *   Tile = (chunk, 128 W rows): gate_up: the gate rows of outputs o0 .. o0 + 63 and their up rows (N further),
- *     64 outputs; down: W rows o0 .. o0 + 127, 128 outputs. Per k step each warpgroup issues one m64nWk16 on
- *     acc[0 .. w/2 - 1] (one predicated instruction per width, so no branch: ptxas serialises the wgmmas of a
- *     function that issues them under branches, or on overlapping accumulator slices with different first
- *     registers; it still puts a warpgroup.arrive before each, C7519); accumulator group j covers rows 8j ..
- *   Stage (48 KB, 4 stages): W rows 0 .. 127 (two 64-row TMA boxes: gate_up the gate box, then the up box;
- *     down two consecutive boxes) at 0, then the chunk's first w rows (64-row boxes, or 8-row boxes below 64)
- *     at 16 KB, all K-major, 128-byte swizzle (wg_desc). Ring, barriers and refills: wt_kloop.
- *   Epilogue: the accumulators rounded to T into a [row][W row] staging buffer (WS_SO elements per row; the ring's
- *     memory, after every wgmma has finished), then 16-byte pieces of output rows: gate_up act[p0 + t, o0 ..] =
- *     SiLU(gate) * up from the staged gate and up values (moe_act_fast rounds both to T first, so staging them as
- *     T changes nothing); down slot_out[sorted[p0 + t], o0 ..] = round(y) * round(w) (moe_scaled).
- *   The summation inside a wgmma differs from the 128 x 256 tiles' (outputs sit at other places of other
- *   instructions), so the result can differ from theirs in the last bit; it is checked against the fp32
- *   reference (test_moe_wgmma_tiles). Grid: grouped order (moe_grouped_tile) over ceil(slots / 256) + E chunk
- *   rows x ceil(N / outputs per tile) tiles; blocks without a chunk exit. Shapes: A (slots, Kd) rows in sorted
- *   order, W (E * w_rows, Kd), C as moe_gemm_args says; Kd % 8 == 0, N % 8 == 0, 16-byte aligned A, W and C. */
-#define WS_NT 256              /* A rows of a chunk at most */
-#define WS_WR 128              /* W rows of a tile */
-#define WS_SO (WS_WR + 8)      /* staging row stride in elements (272 bytes: 16-byte rows, no bank conflicts) */
-
-/* chunk row mt -> expert e, first row p0, rows n (1 .. 256) and wgmma width w (the power of two >= n, >= 8) in
- * sorted order; false when mt names no chunk. Expert e's c rows: c / 256 chunks of 256, then one of c % 256 */
-__device__ __forceinline__ bool ws_find_chunk(const moe_gemm_args &a, int64_t mt, int *e_out, int64_t *p0, int *n,
-                                              int *w) {
-    for (int e = 0; e < a.E; e++) {
-        const int64_t lo = a.offsets[e], hi = a.offsets[e + 1];
-        const int64_t nch = (hi - lo + WS_NT - 1) / WS_NT;
-        if (mt < nch) {
-            *e_out = e, *p0 = lo + mt * WS_NT;
-            const int64_t left = hi - *p0;
-            *n = (int)(left < WS_NT ? left : WS_NT);
-            int ww = 8;
-            while (ww < *n) ww *= 2;
-            *w = ww;
-            return true;
-        }
-        mt -= nch;
-    }
-    return false;
-}
-
-/* one k tile of warpgroup wgi: W rows 64 wgi .. (A side) times the chunk's first w rows (B side, w a power of two,
- * 8 .. 256), one wgmma group. One predicated instruction per width, all on acc[0 ..]: ptxas serialises the wgmmas
- * of a function that issues them under branches or on overlapping accumulator slices that start apart */
-template <typename T>
-__device__ __forceinline__ void ws_mma_ktile(float (&acc)[128], uint32_t sa, int wgi, int w) {
-    const uint64_t da = wg_desc(sa + (uint32_t)(wgi * 64 * WG_BK * 2));
-    const uint64_t db = wg_desc(sa + WS_WR * WG_BK * 2);
-#pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-    for (int ks = 0; ks < WG_BK / 16; ks++) {
-        const uint64_t a_ = da + 2 * ks, b_ = db + 2 * ks;
-        wgmma_m64k16<T, 256>(acc, a_, b_); /* every chunk at width 256: columns past w read stale rows, unused */
-    }
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-}
-
-template <typename T>
-__global__ void __launch_bounds__(WG_THREADS, 1)
-    moe_wgmma_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA8,
-                          const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
-    jamba_pdl_begin();
-#if MOE_HAS_WGMMA
-    using C = wt_cfg<WT_SWAP>;
-    extern __shared__ __align__(1024) unsigned char ws_smem_raw[];
-    const wt_ring ring = wt_ring_at<WT_SWAP>(ws_smem_raw);
-    int64_t mt, nt, p0;
-    moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
-    int e, n, w;
-    if (!ws_find_chunk(a, mt, &e, &p0, &n, &w)) return;
-    const int64_t o0 = nt * (a.gate_up ? WS_WR / 2 : WS_WR); /* first output of the tile */
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = warp >> 2;
-    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
-    const int wrow = (int)((int64_t)e * a.w_rows + o0), wrow2 = wrow + (a.gate_up ? (int)a.N : WS_WR / 2);
-    const int arow = (int)p0;
-    /* the chunk's rows: w / 64 boxes of 64 rows, or w / 8 boxes of 8 rows below 64 */
-    const CUtensorMap *tm_rows = w >= 64 ? &tmA : &tmA8;
-    const int box = w >= 64 ? 64 : 8;
-    const uint32_t tx = (uint32_t)(WS_WR + w) * WG_BK * 2;
-    auto issue = [&](int kt) { /* thread 0: k tile kt into its stage */
-        const uint32_t sa = ring.base + (uint32_t)((kt % C::STAGES) * C::STAGE_BYTES), fb = ring.full + 8 * (kt % C::STAGES);
-        mbar_expect_tx(fb, tx);
-        tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-        tma_load_2d(sa + 64 * WG_BK * 2, &tmW, kt * WG_BK, wrow2, fb);
-        for (int r = 0; r < w; r += box) tma_load_2d(sa + (WS_WR + r) * WG_BK * 2, tm_rows, kt * WG_BK, arow + r, fb);
-    };
-    float acc[128];
-#pragma unroll
-    for (int i = 0; i < 128; i++) acc[i] = 0.f;
-    wt_kloop<C::STAGES>(ring, C::STAGE_BYTES, KT, tid, lane, issue,
-                        [&](uint32_t sa) { ws_mma_ktile<T>(acc, sa, wgi, w); });
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    __syncthreads(); /* every wgmma has read its stages: the ring becomes the staging buffer */
-    T *stg = reinterpret_cast<T *>(ws_smem_raw + (ring.base - smem_u32(ws_smem_raw)));
-    {
-        const int wr = wgi * 64 + (warp & 3) * 16 + (lane >> 2), tq = lane & 3;
-#pragma unroll
-        for (int j = 0; j < 32; j++) {
-            if (8 * j >= w) break;
-#pragma unroll
-            for (int q = 0; q < 4; q++)
-                stg[(8 * j + 2 * tq + (q & 1)) * WS_SO + wr + 8 * (q >> 1)] = jamba_st<T>(acc[4 * j + q]);
-        }
-    }
-    __syncthreads();
-    typedef jamba_w16<T> P;
-    T *Cp = reinterpret_cast<T *>(a.C);
-    if (a.gate_up) { /* row t: 64 outputs, 8 pieces of 8 */
-        for (int i = tid; i < n * 8; i += WG_THREADS) {
-            const int t = i >> 3, q = i & 7;
-            const int64_t f = o0 + 8 * q;
-            if (f >= a.N) continue;
-            float gv[8], uv[8], o[8];
-            P::ld(*reinterpret_cast<const uint4 *>(stg + t * WS_SO + 8 * q), gv);
-            P::ld(*reinterpret_cast<const uint4 *>(stg + t * WS_SO + WS_WR / 2 + 8 * q), uv);
-#pragma unroll
-            for (int k = 0; k < 8; k++) o[k] = moe_act_fast<T>(gv[k], uv[k]);
-            *reinterpret_cast<uint4 *>(Cp + (p0 + t) * a.N + f) = P::st(o);
-        }
-    } else { /* row t: 128 outputs, 16 pieces of 8, to the slot's row */
-        for (int i = tid; i < n * 16; i += WG_THREADS) {
-            const int t = i >> 4, q = i & 15;
-            const int64_t f = o0 + 8 * q;
-            if (f >= a.N) continue;
-            const int64_t slot = a.sorted[p0 + t];
-            const float w = a.weights[slot];
-            float y[8];
-            P::ld(*reinterpret_cast<const uint4 *>(stg + t * WS_SO + 8 * q), y);
-#pragma unroll
-            for (int k = 0; k < 8; k++) y[k] = moe_scaled<T>(y[k], w);
-            *reinterpret_cast<uint4 *>(Cp + slot * a.N + f) = P::st(y);
-        }
-    }
 #endif
 }
 
@@ -547,35 +408,13 @@ static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t
     return JAMBA_OK;
 }
 
-/* one launch of moe_wgmma_swap_kernel<T> (WT_SWAP) */
-template <typename T>
-static jamba_status wgmma_launch_swap(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
-    using C = wt_cfg<WT_SWAP>;
-    static int smem_set[64];
-    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_swap_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              C::SMEM));
-        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
-    }
-    CUtensorMap tmA, tmA8, tmW;
-    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 64));
-    JAMBA_TRY(wt_map(&tmA8, dtype, a.A, slots, a.Kd, 8));
-    JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 64));
-    const int64_t m_tiles = jamba_ceil_div(slots, WS_NT) + a.E; /* sum over experts of ceil(c / 256) at most */
-    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WS_WR / 2 : WS_WR);
-    jamba_kernel_launch(moe_wgmma_swap_kernel<T>, (unsigned)(m_tiles * n_tiles), WG_THREADS, C::SMEM, stream, tmA,
-        tmA8, tmW, a, m_tiles, n_tiles);
-    JAMBA_LAUNCH_CHECK("moe_wgmma_swap_kernel", stream);
-    return JAMBA_OK;
-}
-
 template <typename T>
 static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     if (!moe_wgmma_available(dev))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs a Hopper GPU (sm_90), "
                                "a build with sm_90a code (JAMBA_EXT_ARCHS containing 90) and a driver with "
                                "cuTensorMapEncodeTiled (CUDA 12+)");
-    if ((int64_t)a.E * a.w_rows + 2 * WG_BN > INT32_MAX || slots + WS_NT > INT32_MAX)
+    if ((int64_t)a.E * a.w_rows + 2 * WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma: E * rows of W and the token slots "
                                "must stay below 2^31 (TMA coordinates); use impl mma");
     CUtensorMap tmW;
@@ -586,7 +425,6 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     bool tails = slots <= (int64_t)MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT * a.E;
     if (force != NULL && !strcmp(force, "all")) tails = false;
     if (force != NULL && !strcmp(force, "tail")) tails = true;
-    if (force != NULL && !strcmp(force, "swap")) return wgmma_launch_swap<T>(dtype, a, slots, dev, stream);
     if (tails) {
         JAMBA_TRY((wgmma_launch_mode<T, WT_FULL>(dtype, a, slots, dev, tmW, stream)));
         return wgmma_launch_mode<T, WT_TAIL>(dtype, a, slots, dev, tmW, stream);
