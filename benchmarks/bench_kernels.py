@@ -308,6 +308,11 @@ def bench_norm_segments(bb, dim=288, splits=(256, 272)):
         check("rms_norm_segments", ops.rms_norm_segments(x, w, list(splits)), R.rms_norm_segments(x, w, list(splits)))
         bb.row("rms_norm_segments", f"rows={rows} dim={dim}", lambda: ops.rms_norm_segments(x, w, list(splits)),
                2 * rows * dim * 2 + dim * 2, small=True, graph=True)
+        if rows == 1 and not bb.smoke:  # where the ~5 us of one row go: one segment, and rms_norm on the same row
+            bb.row("rms_norm_segments (1 segment)", f"rows={rows} dim={dim}",
+                   lambda: ops.rms_norm_segments(x, w, []), 2 * rows * dim * 2 + dim * 2, small=True, graph=True)
+            bb.row("rms_norm", f"rows={rows} dim={dim}", lambda: ops.rms_norm(x, w),
+                   2 * rows * dim * 2 + dim * 2, small=True, graph=True)
 
 
 def main():

@@ -130,6 +130,7 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
 #define WT_ALL 0
 #define WT_FULL 1
 #define WT_TAIL 2
+#define WT_ALLX 3 /* EXPERIMENT: WT_ALL's tiles in expert-major block order (wt_expert_tile) */
 template <int MODE> struct wt_cfg {
     static constexpr int BM = MODE == WT_TAIL ? 64 : WG_BM;         /* A rows of a tile */
     static constexpr int WR = MODE == WT_TAIL ? 2 * WG_BN : WG_BN;  /* W rows of a tile */
@@ -229,6 +230,25 @@ __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
 }
 
+/* WT_ALLX block order (EXPERIMENT, env JAMBA_EXT_WGMMA_ORDER=expert; written without a GPU): block pid -> expert
+ * e, whose ceil(c / 128) m-tiles x n_tiles blocks are consecutive, n-tile-major: all m-tiles of one expert visit an
+ * n-tile (one W slab) together, and no group of concurrently running blocks mixes two experts' slabs of the same
+ * n-tile. Why: the grouped order (8 m-tiles per group, groups cut across experts) read the gate_up weights ~1.5
+ * times from HBM at 4096 tokens (ncu_moe_65cb2e8.log: 5.7 GB for 3.8 GB of W). False past the last tile. */
+__device__ __forceinline__ bool wt_expert_tile(const moe_gemm_args &a, int64_t pid, int64_t n_tiles, int *e_out,
+                                               int64_t *row0, int64_t *row_end, int64_t *nt) {
+    for (int e = 0; e < a.E; e++) {
+        const int64_t lo = a.offsets[e], hi = a.offsets[e + 1];
+        const int64_t mte = (hi - lo + WG_BM - 1) / WG_BM, nb = mte * n_tiles;
+        if (pid < nb) {
+            *e_out = e, *row0 = lo + (pid % mte) * WG_BM, *row_end = hi, *nt = pid / mte;
+            return true;
+        }
+        pid -= nb;
+    }
+    return false;
+}
+
 /* The tile (expert e, rows row0 .. row_end - 1 of which the tile covers BM from row0) of tile row mt in MODE;
  * false when mt names no tile (the grid has spare tile rows: their blocks exit) */
 template <int MODE>
@@ -268,10 +288,14 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     const wt_ring ring = wt_ring_at<MODE>(wg_smem_raw);
     const uint32_t base = ring.base, full = ring.full, empty = ring.empty;
     int64_t mt, nt;
-    moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
     int e;
     int64_t row0, row_end;
-    if (!wt_find_tile<MODE>(a, mt, &e, &row0, &row_end)) return;
+    if constexpr (MODE == WT_ALLX) {
+        if (!wt_expert_tile(a, blockIdx.x, n_tiles, &e, &row0, &row_end, &nt)) return;
+    } else {
+        moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
+        if (!wt_find_tile<MODE>(a, mt, &e, &row0, &row_end)) return;
+    }
     const int64_t n0 = nt * (a.gate_up ? C::WR / 2 : C::WR);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
@@ -425,6 +449,9 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     bool tails = slots <= (int64_t)MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT * a.E;
     if (force != NULL && !strcmp(force, "all")) tails = false;
     if (force != NULL && !strcmp(force, "tail")) tails = true;
+    const char *order = getenv("JAMBA_EXT_WGMMA_ORDER"); /* EXPERIMENT (wt_expert_tile) */
+    if (!tails && order != NULL && !strcmp(order, "expert"))
+        return wgmma_launch_mode<T, WT_ALLX>(dtype, a, slots, dev, tmW, stream);
     if (tails) {
         JAMBA_TRY((wgmma_launch_mode<T, WT_FULL>(dtype, a, slots, dev, tmW, stream)));
         return wgmma_launch_mode<T, WT_TAIL>(dtype, a, slots, dev, tmW, stream);
