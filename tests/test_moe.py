@@ -176,13 +176,6 @@ def test_moe_wgmma_tiles(monkeypatch):
         monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
         auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(tail, base) and torch.equal(auto, base), ("tilings", T, H, F, E, K, dtype)
-        # EXPERIMENT expert-major block order (JAMBA_EXT_WGMMA_ORDER=expert): the same tiles, the same bits
-        monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "all")
-        monkeypatch.setenv("JAMBA_EXT_WGMMA_ORDER", "expert")
-        order = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_WGMMA_ORDER")
-        monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
-        assert torch.equal(order, base), ("expert order", T, H, F, E, K, dtype)
 
 
 @pytest.mark.cuda

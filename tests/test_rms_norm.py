@@ -226,12 +226,14 @@ def test_rms_norm_large(device, dtype):
 
 
 # ---- rms_norm_segments: each segment of the last dim normalised on its own (Mamba's dt / B / C norms) -----
+# (CUDA: rows of dim <= 384 take the register kernel, longer ones the looping kernel; 384 / 385 are the edge)
 SEG_CASES = [((1,), 288, [256, 272]), ((4,), 288, [256, 272]), ((7,), 40, [3]), ((3, 5), 100, [10, 50, 99]),
-             ((0,), 16, [8]), ((2,), 9, [])]
+             ((0,), 16, [8]), ((2,), 9, []), ((9,), 384, [1, 383]), ((3,), 385, [200]), ((2,), 544, [512, 528])]
 
 
 @pytest.mark.parametrize("dtype", dtype_params())
-@pytest.mark.parametrize("lead,dim,splits", SEG_CASES, ids=["1x288", "4x288", "7x40", "3x5x100", "0x16", "2x9"])
+@pytest.mark.parametrize("lead,dim,splits", SEG_CASES, ids=["1x288", "4x288", "7x40", "3x5x100", "0x16", "2x9",
+                                                            "9x384", "3x385", "2x544"])
 @pytest.mark.parametrize("w_f32", [False, True], ids=["w_xdtype", "w_f32"])
 def test_rms_norm_segments_matches_fp64(device, dtype, lead, dim, splits, w_f32):
     x = randn(*lead, dim, device=device, dtype=dtype, scale=2.0, shift=0.3)

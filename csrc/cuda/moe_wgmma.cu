@@ -19,7 +19,8 @@
  *   of 128 rows (gate_up: the gate rows of 128 outputs and their up rows, so accumulator columns j and j + 128
  *   of a thread belong to one output and SiLU(gate)*up is formed in registers; down: 256 consecutive rows).
  *   Rows of a box past the expert (or past N) feed only outputs that the epilogue skips; boxes past a tensor's
- *   end are zero-filled. Grouped block order (moe_grouped_tile), non-persistent.
+ *   end are zero-filled. Block order: expert-major (wt_expert_tile) for WT_ALL, grouped (moe_grouped_tile) for the
+ *   tail modes; non-persistent.
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
  * TMA maps below 2^31.
  * Tile modes by size (wgmma_launch): up to MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT slots per expert on average
@@ -130,7 +131,6 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
 #define WT_ALL 0
 #define WT_FULL 1
 #define WT_TAIL 2
-#define WT_ALLX 3 /* EXPERIMENT: WT_ALL's tiles in expert-major block order (wt_expert_tile) */
 template <int MODE> struct wt_cfg {
     static constexpr int BM = MODE == WT_TAIL ? 64 : WG_BM;         /* A rows of a tile */
     static constexpr int WR = MODE == WT_TAIL ? 2 * WG_BN : WG_BN;  /* W rows of a tile */
@@ -230,11 +230,12 @@ __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
 }
 
-/* WT_ALLX block order (EXPERIMENT, env JAMBA_EXT_WGMMA_ORDER=expert; written without a GPU): block pid -> expert
- * e, whose ceil(c / 128) m-tiles x n_tiles blocks are consecutive, n-tile-major: all m-tiles of one expert visit an
- * n-tile (one W slab) together, and no group of concurrently running blocks mixes two experts' slabs of the same
- * n-tile. Why: the grouped order (8 m-tiles per group, groups cut across experts) read the gate_up weights ~1.5
- * times from HBM at 4096 tokens (ncu_moe_65cb2e8.log: 5.7 GB for 3.8 GB of W). False past the last tile. */
+/* WT_ALL block order: block pid -> expert e, whose ceil(c / 128) m-tiles x n_tiles blocks are consecutive,
+ * n-tile-major: all m-tiles of one expert visit an n-tile (one W slab) together, and no group of concurrently
+ * running blocks splits an expert's m-tiles. Measured against the grouped order (8 m-tiles per group, groups cut
+ * across experts; moe_order_938b141.log, same bits, timed in turns, ms): 512 tokens 1.419 vs 1.450, 1024: 1.965
+ * vs 2.019, 2048: 2.866 vs 2.885, 4096: 5.176 vs 5.172, 8192: 9.694 vs 9.724, 16384: 19.00 vs 19.29. False past
+ * the last tile. */
 __device__ __forceinline__ bool wt_expert_tile(const moe_gemm_args &a, int64_t pid, int64_t n_tiles, int *e_out,
                                                int64_t *row0, int64_t *row_end, int64_t *nt) {
     for (int e = 0; e < a.E; e++) {
@@ -249,14 +250,13 @@ __device__ __forceinline__ bool wt_expert_tile(const moe_gemm_args &a, int64_t p
     return false;
 }
 
-/* The tile (expert e, rows row0 .. row_end - 1 of which the tile covers BM from row0) of tile row mt in MODE;
+/* The tile (expert e, rows row0 .. row_end - 1 of which the tile covers BM from row0) of tile row mt in WT_FULL /
+ * WT_TAIL (WT_ALL: wt_expert_tile);
  * false when mt names no tile (the grid has spare tile rows: their blocks exit) */
 template <int MODE>
 __device__ __forceinline__ bool wt_find_tile(const moe_gemm_args &a, int64_t mt, int *e_out, int64_t *row0,
                                              int64_t *row_end) {
-    if constexpr (MODE == WT_ALL) {
-        return moe_find_tile(a.offsets, a.E, mt, WG_BM, e_out, row0, row_end);
-    } else if constexpr (MODE == WT_TAIL) { /* tile row mt = expert mt's tail of 1 .. 64 rows, if it has one */
+    if constexpr (MODE == WT_TAIL) { /* tile row mt = expert mt's tail of 1 .. 64 rows, if it has one */
         if (mt >= a.E) return false;
         const int64_t lo = a.offsets[mt], hi = a.offsets[mt + 1], rem = (hi - lo) % WG_BM;
         if (rem == 0 || rem > 64) return false;
@@ -290,7 +290,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     int64_t mt, nt;
     int e;
     int64_t row0, row_end;
-    if constexpr (MODE == WT_ALLX) {
+    if constexpr (MODE == WT_ALL) {
         if (!wt_expert_tile(a, blockIdx.x, n_tiles, &e, &row0, &row_end, &nt)) return;
     } else {
         moe_grouped_tile(blockIdx.x, m_tiles, n_tiles, WG_GROUP_M, &mt, &nt);
@@ -449,9 +449,6 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     bool tails = slots <= (int64_t)MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT * a.E;
     if (force != NULL && !strcmp(force, "all")) tails = false;
     if (force != NULL && !strcmp(force, "tail")) tails = true;
-    const char *order = getenv("JAMBA_EXT_WGMMA_ORDER"); /* EXPERIMENT (wt_expert_tile) */
-    if (!tails && order != NULL && !strcmp(order, "expert"))
-        return wgmma_launch_mode<T, WT_ALLX>(dtype, a, slots, dev, tmW, stream);
     if (tails) {
         JAMBA_TRY((wgmma_launch_mode<T, WT_FULL>(dtype, a, slots, dev, tmW, stream)));
         return wgmma_launch_mode<T, WT_TAIL>(dtype, a, slots, dev, tmW, stream);
