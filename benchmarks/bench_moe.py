@@ -147,7 +147,7 @@ def sanitize_cases():
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
         if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # both tilings (moe_wgmma.cu)
-            for tiles in ("all", "tail", "mix"):
+            for tiles in ("all", "tail"):
                 out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
                                JAMBA_EXT_WGMMA_TILES=tiles)()
                 assert not torch.isnan(out).any(), f"wgmma tiles={tiles}"
@@ -199,8 +199,6 @@ def main():
     variants = [("ours", ours("auto"))]
     if dev.type == "cuda":
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
-        if os.environ.get("JAMBA_EXT_AB_ROWS") == "1":  # EXPERIMENT: full tiles and tails in one launch
-            variants += [("ours:wgmma (mixed tiles)", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="mix"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

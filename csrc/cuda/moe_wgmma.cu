@@ -348,131 +348,6 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #endif
 }
 
-/* ---- one launch for the full tiles and the tails (WT_MIX) ---------------------------------------------------
- * moe_wgmma_mix_kernel<T>: the tiles of WT_FULL (128 x 256) and of WT_TAIL (64 x 512) in ONE launch, expert-major,
- * each tail right after the full tiles on the same W rows. EXPERIMENT (env JAMBA_EXT_WGMMA_TILES=mix, read per
- * call; written without a GPU). Why: the two launches of WT_FULL + WT_TAIL lost from 1024 tokens on because the
- * tails' launch streamed every expert's W from HBM a second time (gpu_round_be9478c.log: 2048 tokens 2.96 vs
- * 2.81 ms); here a tail reads the W rows that its expert's full tiles are reading at about the same time, from L2,
- * and an expert's last <= 64 rows cost a 64 x 512 tile per two n-tiles instead of a half-idle 128 x 256 tile per
- * n-tile (2048 tokens: ~9 such tails among 41 tile rows).
- *   Order (wm_find): per expert e (f_e full m-tiles: 128-row tiles and a last partial one of > 64 rows; t_e = 1
- *   when the last partial tile has 1 .. 64 rows) and super-column j (n-tiles 2j and 2j + 1, 512 W rows): the f_e
- *   tiles of n-tile 2j, the f_e of n-tile 2j + 1, then the tail. Ring: 216 KB, full tiles in 4 stages of 48 KB,
- *   tails in 3 of 72 KB (the stage count and size are per block), A loaded as 64-row boxes in both. Each output
- *   is computed at the same place of the same wgmma instructions as in WT_ALL: the same bits (test_moe_wgmma_tiles).
- *   The wgmmas are the one chain of wt_mma_ktile with the tile kind in the descriptor offsets only (no branch
- *   around a wgmma). */
-#define WM_RING (3 * 72 * 1024) /* >= 4 x 48 KB */
-#define WM_SMEM (WM_RING + 1024 + 2 * WG_STAGES * 8)
-
-/* block pid -> expert e, rows row0 .. row_end - 1 (the tile covers 128, or 64 for a tail, from row0), first output
- * n0, tail or not; false for blocks past the last tile (the grid is an upper bound) or on an n-tile past N */
-__device__ __forceinline__ bool wm_find(const moe_gemm_args &a, int64_t pid, int64_t n_tiles, int *e_out,
-                                        int64_t *row0, int64_t *row_end, int64_t *n0, bool *tail) {
-    const int64_t nj = (n_tiles + 1) / 2;
-    for (int e = 0; e < a.E; e++) {
-        const int64_t lo = a.offsets[e], hi = a.offsets[e + 1], rem = (hi - lo) % WG_BM;
-        const int64_t fe = (hi - lo) / WG_BM + (rem > 64 ? 1 : 0), te = (rem > 0 && rem <= 64) ? 1 : 0;
-        const int64_t per = 2 * fe + te;
-        if (pid < nj * per) {
-            const int64_t j = pid / per, r = pid % per;
-            *e_out = e, *row_end = hi;
-            if (r < 2 * fe) {
-                const int64_t nt = 2 * j + r / fe;
-                *row0 = lo + (r % fe) * WG_BM, *n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN), *tail = false;
-                return nt < n_tiles;
-            }
-            *row0 = hi - rem, *n0 = j * (a.gate_up ? WG_BN : 2 * WG_BN), *tail = true;
-            return true;
-        }
-        pid -= nj * per;
-    }
-    return false;
-}
-
-template <typename T>
-__global__ void __launch_bounds__(WG_THREADS, 1)
-    moe_wgmma_mix_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                         moe_gemm_args a, int64_t n_tiles) {
-    jamba_pdl_begin();
-#if MOE_HAS_WGMMA
-    extern __shared__ __align__(1024) unsigned char wm_smem_raw[];
-    const uint32_t base = (smem_u32(wm_smem_raw) + 1023u) & ~1023u, full = base + WM_RING, empty = full + WG_STAGES * 8;
-    int e;
-    int64_t row0, row_end, n0;
-    bool tail;
-    if (!wm_find(a, blockIdx.x, n_tiles, &e, &row0, &row_end, &n0, &tail)) return;
-    const int S = tail ? 3 : WG_STAGES;
-    const uint32_t bm = tail ? 64u : (uint32_t)WG_BM, stage_bytes = (bm + (tail ? 2u : 1u) * WG_BN) * WG_BK * 2;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = warp >> 2;
-    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
-    const int wrow = (int)((int64_t)e * a.w_rows + n0), arow = (int)row0;
-    /* per warpgroup, set before the main loop: A rows (full: 64 wgi ..; tail: all 64), W rows (full: all 256;
-     * tail: 256 wgi ..), and the epilogue's outputs (tail: n0 + those of W rows 256 wgi ..) */
-    const uint32_t a_off = tail ? 0u : (uint32_t)(wgi * 64 * WG_BK * 2);
-    const uint32_t b_off = bm * WG_BK * 2 + (tail ? (uint32_t)(wgi * WG_BN * WG_BK * 2) : 0u);
-    const int64_t n_ep = tail ? n0 + wgi * (a.gate_up ? WG_BN / 2 : WG_BN) : n0;
-    const int wgi_ep = tail ? 0 : wgi;
-    auto issue = [&](int kt) { /* thread 0: k tile kt into its stage */
-        const int st = kt % S;
-        const uint32_t sa = base + (uint32_t)st * stage_bytes, fb = full + 8 * st, sb = sa + bm * WG_BK * 2;
-        mbar_expect_tx(fb, stage_bytes);
-        tma_load_2d(sa, &tmA, kt * WG_BK, arow, fb);
-        if (!tail) tma_load_2d(sa + 64 * WG_BK * 2, &tmA, kt * WG_BK, arow + 64, fb);
-        for (int q = 0; q < (tail ? 2 : 1); q++) {
-            const uint32_t sq = sb + (uint32_t)(q * WG_BN * WG_BK * 2);
-            const int w0 = wrow + (a.gate_up ? q * (WG_BN / 2) : q * WG_BN);
-            tma_load_2d(sq, &tmW, kt * WG_BK, w0, fb);
-            tma_load_2d(sq + (WG_BN / 2) * WG_BK * 2, &tmW, kt * WG_BK, w0 + (a.gate_up ? (int)a.N : WG_BN / 2), fb);
-        }
-    };
-    if (tid == 0) {
-        for (int st = 0; st < WG_STAGES; st++) {
-            mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, WG_THREADS / 32);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-    if (tid == 0)
-        for (int kt = 0; kt < S && kt < KT; kt++) issue(kt);
-    float acc[128];
-#pragma unroll
-    for (int i = 0; i < 128; i++) acc[i] = 0.f;
-    for (int kt = 0; kt < KT; kt++) {
-        const int st = kt % S;
-        mbar_wait(full + 8 * st, (uint32_t)((kt / S) & 1));
-        __syncwarp(); /* the wgmma instructions below are .sync.aligned: the warp converged */
-        const uint32_t sa = base + (uint32_t)st * stage_bytes;
-        const uint64_t da = wg_desc(sa + a_off), db = wg_desc(sa + b_off);
-#pragma unroll
-        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-        asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-        for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_m64n256k16<T>(acc, da + 2 * ks, db + 2 * ks);
-        asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-#pragma unroll
-        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-        if (kt > 0) { /* group kt - 1 has finished: release its stage, thread 0 refills it */
-            const int ps = (kt - 1) % S;
-            __syncwarp();
-            if (lane == 0) mbar_arrive(empty + 8 * ps);
-            if (tid == 0 && kt - 1 + S < KT) {
-                mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / S) & 1));
-                issue(kt - 1 + S);
-            }
-            __syncwarp();
-        }
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    wg_epilogue<T>(a, acc, row0, row_end, n_ep, wgi_ep, warp, lane);
-#endif
-}
-
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -557,26 +432,6 @@ static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t
     return JAMBA_OK;
 }
 
-/* one launch of moe_wgmma_mix_kernel<T> (WT_MIX) */
-template <typename T>
-static jamba_status wgmma_launch_mix(int dtype, const moe_gemm_args &a, int64_t slots, int dev, const CUtensorMap &tmW,
-                                     cudaStream_t stream) {
-    static int smem_set[64];
-    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_mix_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WM_SMEM));
-        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
-    }
-    CUtensorMap tmA;
-    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 64));
-    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    /* per super-column at most 2 full tiles per 128-row tile (ceil(slots / 128) + E of them) and E tails */
-    const int64_t grid = (n_tiles + 1) / 2 * (2 * (jamba_ceil_div(slots, WG_BM) + a.E) + a.E);
-    jamba_kernel_launch(moe_wgmma_mix_kernel<T>, (unsigned)grid, WG_THREADS, WM_SMEM, stream, tmA, tmW, a, n_tiles);
-    JAMBA_LAUNCH_CHECK("moe_wgmma_mix_kernel", stream);
-    return JAMBA_OK;
-}
-
 template <typename T>
 static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     if (!moe_wgmma_available(dev))
@@ -594,7 +449,6 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     bool tails = slots <= (int64_t)MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT * a.E;
     if (force != NULL && !strcmp(force, "all")) tails = false;
     if (force != NULL && !strcmp(force, "tail")) tails = true;
-    if (force != NULL && !strcmp(force, "mix")) return wgmma_launch_mix<T>(dtype, a, slots, dev, tmW, stream);
     if (tails) {
         JAMBA_TRY((wgmma_launch_mode<T, WT_FULL>(dtype, a, slots, dev, tmW, stream)));
         return wgmma_launch_mode<T, WT_TAIL>(dtype, a, slots, dev, tmW, stream);
