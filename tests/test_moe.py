@@ -92,7 +92,8 @@ def test_moe_route_strided_logits(device):
 
 
 # ---- moe_permute ------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("T,K,E", [(0, 2, 4), (1, 1, 1), (9, 2, 8), (1000, 2, 16), (3000, 3, 5)])
+@pytest.mark.parametrize("T,K,E", [(0, 2, 4), (1, 1, 1), (9, 2, 8), (1000, 2, 16), (3000, 3, 5), (16384, 2, 16),
+                                   (20001, 2, 16)])
 def test_moe_permute_matches_reference(device, T, K, E):
     ids = torch.randint(-2, E + 3, (T, K), device=device, dtype=torch.int32)  # some ids out of range
     offsets, slots = ops.moe_permute(ids, E)

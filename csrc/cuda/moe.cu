@@ -136,45 +136,56 @@ moe_route_permute_small_kernel(const void *logits, int dtype, int64_t T, int E, 
 #define PERMUTE_THREADS 1024
 
 /* ids (slots,) -> offsets (E+1,), sorted (slots,). grid E+1 (one block per bucket b, b == E: bad ids),
- * 1024 threads. offsets[b] = #slots with key < b; then the slots with key == b are compacted in ascending
- * order, a block-wide ballot scan per chunk of 1024 slots. Deterministic, no atomics. */
+ * 1024 threads. Thread t owns the contiguous slots [t * per, (t + 1) * per), per = ceil(slots / 1024): it counts
+ * its slots with key < b and key == b, one block scan turns the counts into offsets[b] (the total below b) and
+ * the thread's first place in bucket b, and a second pass over its slots writes them there in ascending order.
+ * Deterministic, no atomics, two block barriers. (The first version scanned chunks of 1024 slots with two
+ * barriers each: 10.6 / 44.2 us at 8192 / 32768 slots, gpu_round_95e41f3.log.) */
 __global__ void __launch_bounds__(PERMUTE_THREADS)
 moe_permute_kernel(const int32_t *ids, int64_t slots, int E, int32_t *offsets, int32_t *sorted) {
     jamba_pdl_begin();
-    __shared__ int warp_tot[PERMUTE_THREADS / 32];
-    __shared__ int base_sh;
+    __shared__ int warp_lt[PERMUTE_THREADS / 32], warp_eq[PERMUTE_THREADS / 32];
     const int b = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    int lt = 0;
-    for (int64_t s = threadIdx.x; s < slots; s += PERMUTE_THREADS) lt += moe_key(ids[s], E) < b;
+    const int64_t per = (slots + PERMUTE_THREADS - 1) / PERMUTE_THREADS;
+    const int64_t s0 = (int64_t)threadIdx.x * per, s1 = s0 + per < slots ? s0 + per : slots;
+    int lt = 0, eq = 0;
+#pragma unroll 8
+    for (int64_t s = s0; s < s1; s++) {
+        const int k = moe_key(ids[s], E);
+        lt += k < b;
+        eq += k == b;
+    }
+    int incl = eq; /* inclusive scan of eq over the warp */
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) lt += __shfl_xor_sync(JAMBA_FULL_MASK, lt, o);
-    if (lane == 0) warp_tot[warp] = lt;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int tot = 0;
-        for (int w = 0; w < PERMUTE_THREADS / 32; w++) tot += warp_tot[w];
-        base_sh = tot;
-        offsets[b] = tot;
+    for (int o = 1; o < 32; o <<= 1) {
+        const int v = __shfl_up_sync(JAMBA_FULL_MASK, incl, o);
+        if (lane >= o) incl += v;
     }
+    int lts = lt;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) lts += __shfl_xor_sync(JAMBA_FULL_MASK, lts, o);
+    if (lane == 31) warp_eq[warp] = incl;
+    if (lane == 0) warp_lt[warp] = lts;
     __syncthreads();
-    int running = base_sh;
-    const unsigned lt_mask = (1u << lane) - 1u;
-    for (int64_t c = 0; c < slots; c += PERMUTE_THREADS) {
-        const int64_t s = c + threadIdx.x;
-        const bool f = s < slots && moe_key(ids[s], E) == b;
-        const unsigned bal = __ballot_sync(JAMBA_FULL_MASK, f);
-        __syncthreads(); /* the previous chunk has read warp_tot */
-        if (lane == 0) warp_tot[warp] = __popc(bal);
-        __syncthreads();
-        int before = 0, total = 0;
-        for (int w = 0; w < PERMUTE_THREADS / 32; w++) {
-            const int v = warp_tot[w];
-            before += w < warp ? v : 0;
-            total += v;
+    if (warp == 0) { /* exclusive scan of the warps' eq totals, sum of their lt totals */
+        const int v = warp_eq[lane];
+        int x = v;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int y = __shfl_up_sync(JAMBA_FULL_MASK, x, o);
+            if (lane >= o) x += y;
         }
-        if (f) sorted[running + before + __popc(bal & lt_mask)] = (int32_t)s;
-        running += total;
+        int l = warp_lt[lane];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) l += __shfl_xor_sync(JAMBA_FULL_MASK, l, o);
+        warp_eq[lane] = x - v;
+        if (lane == 0) warp_lt[0] = l, offsets[b] = l;
     }
+    __syncthreads();
+    int pos = warp_lt[0] + warp_eq[warp] + incl - eq; /* this thread's first place in bucket b */
+#pragma unroll 8
+    for (int64_t s = s0; s < s1; s++)
+        if (moe_key(ids[s], E) == b) sorted[pos++] = (int32_t)s;
 }
 
 /* ---- tensor-core helpers (sm_80+) --------------------------------------------------------------------- */

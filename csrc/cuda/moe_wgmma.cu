@@ -147,7 +147,13 @@ __global__ void __launch_bounds__(256) moe_gather_rows_kernel(T *xs, const T *x,
     if (p >= slots) return;
     const uint4 *src = reinterpret_cast<const uint4 *>(x + (int64_t)(sorted[p] / topk) * H);
     uint4 *dst = reinterpret_cast<uint4 *>(xs + p * H);
-    for (int64_t v = threadIdx.x & 31; v < H / 8; v += 32) dst[v] = src[v];
+    const int64_t nv = H / 8;
+    int64_t v = threadIdx.x & 31;
+    for (; v + 96 < nv; v += 128) { /* four loads in flight per lane (one at a time: 34 us for 67 MB at 4096 tokens) */
+        const uint4 a0 = src[v], a1 = src[v + 32], a2 = src[v + 64], a3 = src[v + 96];
+        dst[v] = a0, dst[v + 32] = a1, dst[v + 64] = a2, dst[v + 96] = a3;
+    }
+    for (; v < nv; v += 32) dst[v] = src[v];
 }
 
 __device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
