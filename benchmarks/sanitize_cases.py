@@ -44,6 +44,7 @@ def main():
         T, H, F, E = 13, 72, 88, 4
         moe.sparse_moe_forward(rn(T, H), rn(E, H), rn(E, 2 * F, H), rn(E, H, F), 2)  # small route+permute kernel
         ops.moe_route(rn(40, E), 2)                                                  # route, then permute
+        ops.moe_permute(torch.randint(-1, E + 1, (3000, 2), device="cuda", dtype=torch.int32), E)  # 32 warps busy
         ops.silu_mul(rn(7, 26))                                # element path
         ops.silu_mul(rn(9, 144)[:, 8:136])                     # 16-byte path, row stride 144
         wr, ids, _, slots = ops.moe_route(rn(T, E), 2)
