@@ -13,7 +13,8 @@
    it is used only up to 16 slots per expert (docs/PERF_NOTES.md, MoE prefill). Count tiles AND weight passes.
 2. Coverage check. A Python mirror of the kernel's tile mapping (wt_find_tile, the n tiles, the rows and
    outputs each warpgroup's epilogue writes) over random expert counts: WT_ALL and WT_FULL + WT_TAIL must each
-   write every (row, output) exactly once. Change it with the kernel.
+   write every (row, output) exactly once, and WT_ALL's expert-major block order (wt_expert_tile) must visit each
+   of its tiles exactly once within the launch's grid. Change it with the kernel.
 """
 import random
 
@@ -87,6 +88,24 @@ def written(offs, N, gate_up, mode):
     return cov
 
 
+def expert_order_tiles(offs, n_tiles):
+    """Python mirror of wt_expert_tile (WT_ALL's block order): the (row0, n-tile) of every block of the launch's
+    grid (ceil(slots / 128) + E tile rows x n_tiles), None for blocks past the last tile"""
+    E, slots = len(offs) - 1, offs[-1]
+    out = []
+    for pid in range((-(-slots // BM) + E) * n_tiles):
+        tile, q = None, pid
+        for e in range(E):
+            lo, hi = offs[e], offs[e + 1]
+            mte = -(-(hi - lo) // BM)
+            if q < mte * n_tiles:
+                tile = (lo + (q % mte) * BM, q // mte)
+                break
+            q -= mte * n_tiles
+        out.append(tile)
+    return out
+
+
 def coverage_check(trials=100):
     rng = random.Random(1)
     for _ in range(trials):
@@ -100,7 +119,14 @@ def coverage_check(trials=100):
         full, tail = written(offs, N, gate_up, "full"), written(offs, N, gate_up, "tail")
         assert written(offs, N, gate_up, "all") == every, (counts, N, gate_up)
         assert not (full & tail) and full | tail == every, (counts, N, gate_up)
-    print(f"coverage: WT_ALL and WT_FULL + WT_TAIL write every (row, output) once ({trials} random cases)")
+        # WT_ALL's expert-major block order visits each of its tiles exactly once
+        n_tiles = -(-N // (BN // 2 if gate_up else BN))
+        blocks = [t for t in expert_order_tiles(offs, n_tiles) if t is not None]
+        tiles = {(lo + m * BM, nt) for e, (lo, hi) in enumerate(zip(offs[:-1], offs[1:]))
+                 for m in range(-(-(hi - lo) // BM)) for nt in range(n_tiles)}
+        assert len(blocks) == len(set(blocks)) and set(blocks) == tiles, (counts, N, gate_up)
+    print(f"coverage: WT_ALL and WT_FULL + WT_TAIL write every (row, output) once, the expert-major order visits "
+          f"every WT_ALL tile once ({trials} random cases)")
 
 
 if __name__ == "__main__":
