@@ -17,11 +17,16 @@
  * graph-timed): of six variants it was fastest at 1x32768 / 8x2048 (275.8 / 141.5 us, 91.1% / 88.8% of copy
  * bandwidth, against 288.7 / 153.6 for one segment per warp) and within 1% of the best at 1x8192 (74.1 us
  * vs 73.7; 78.5 before), 23.7 us at 1x2048 (24.4 before; the one-wave 512-step variant: 21.1).
+ * EXPERIMENTS (written without a GPU, default off, read per call): JAMBA_EXT_CONV_TYPED=1 (the forward with typed
+ * taps / bias loads, conv_fwd_typed_kernel) and JAMBA_EXT_CONV_UPDATE_TYPED=1 (the same for the vec update kernel,
+ * conv_update_typed_kernel); the default instances' SASS is unchanged by them.
  * SiLU: v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp) in the forward and vec kernels;
  * __expf and an IEEE division in causal_conv1d_update_kernel.
  */
 #include <stdlib.h>
 #include <string.h>
+
+#include <type_traits>
 
 #include "common.cuh"
 
@@ -113,6 +118,44 @@ __device__ __forceinline__ void conv_halo(float prev[3], const T *x, const T *in
     }
 }
 
+/* EXPERIMENT (JAMBA_EXT_CONV_TYPED=1, see causal_conv1d_fwd_kernel): conv_taps with the weight's and the bias's
+ * dtypes as template parameters (no run-time dtype branch between a load and its conversion), and conv_halo with
+ * one predicated load per entry (the source chosen before the load) */
+template <typename W, typename BT>
+__device__ __forceinline__ void conv_taps_typed(const void *w, int64_t sw0, int64_t sw1, int64_t K, const void *bias,
+                                                int64_t sb, int64_t c, float wp[4], float *bv) {
+#pragma unroll
+    for (int m = 0; m < 4; m++) {
+        const int64_t j = m - (4 - K);
+        wp[m] = j >= 0 ? jamba_ld<W>(((const W *)w)[c * sw0 + j * sw1]) : 0.f;
+    }
+    *bv = bias ? jamba_ld<BT>(((const BT *)bias)[c * sb]) : 0.f;
+}
+template <typename T>
+__device__ __forceinline__ void conv_halo_flat(float prev[3], const T *x, const T *init, int64_t S_in, int64_t t0) {
+#pragma unroll
+    for (int m = 0; m < 3; m++) {
+        const int64_t t = t0 - 3 + m;
+        const T *src = t >= 0 ? x + t : (init != NULL && S_in + t >= 0 ? init + (S_in + t) : NULL);
+        prev[m] = src != NULL ? jamba_ld<T>(*src) : 0.f;
+    }
+}
+/* the taps / halo loads of the kernel instance: run-time dtypes (W void, the default) or typed (EXPERIMENT) */
+template <typename T, typename W, typename BT>
+__device__ __forceinline__ void conv_taps_of(const conv_args &a, int64_t c, float wp[4], float *bv) {
+    if constexpr (std::is_void<W>::value)
+        conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, bv);
+    else
+        conv_taps_typed<W, BT>(a.w, a.sw0, a.sw1, a.K, a.bias, a.sb, c, wp, bv);
+}
+template <typename T, typename W>
+__device__ __forceinline__ void conv_halo_of(float prev[3], const T *x, const T *init, int64_t S_in, int64_t t0) {
+    if constexpr (std::is_void<W>::value)
+        conv_halo<T>(prev, x, init, S_in, t0);
+    else
+        conv_halo_flat<T>(prev, x, init, S_in, t0);
+}
+
 /* halo shuffles, fp32 sums, silu and stores of one segment.
  * prev: lane 0's halo in; out: lane 31's last 3 steps (the halo of the next segment of the row) */
 template <typename T, bool VEC>
@@ -180,7 +223,7 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   2 x CONV_NV x 16 bytes per lane in flight and never waits for memory with nothing loaded.
  *   The warp holding a row's last segment writes final_state (from x / initial_state, before its stores of
  *   out). Warp, batch, channel and segment counters are 32-bit: the launcher requires nvw <= INT32_MAX. */
-template <typename T, bool VEC>
+template <typename T, bool VEC, typename W = void, typename BT = void>
 __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1) {
     jamba_pdl_begin();
@@ -205,8 +248,8 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     uint4 v[CONV_NV];
     float wp[4], bv, prev[3];
     conv_seg_load<T, VEC>(v, x, (int64_t)seg * SEG + lane * VN, a.L);
-    conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, &bv);
-    conv_halo<T>(prev, x, init, a.S_in, (int64_t)seg * SEG);
+    conv_taps_of<T, W, BT>(a, c, wp, &bv);
+    conv_halo_of<T, W>(prev, x, init, a.S_in, (int64_t)seg * SEG);
     for (;;) {
         const bool more = --n > 0;
         const bool newrow = seg + 1 == nseg; /* the next segment (if any) starts row bc + 1 */
@@ -235,8 +278,8 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
             }
             conv_seg_load<T, VEC>(nv, x, (int64_t)seg * SEG + lane * VN, a.L);
             if (newrow) {
-                conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, nwp, &nbv);
-                conv_halo<T>(nprev, x, init, a.S_in, 0);
+                conv_taps_of<T, W, BT>(a, c, nwp, &nbv);
+                conv_halo_of<T, W>(nprev, x, init, a.S_in, 0);
             }
         }
         conv_seg_compute<T, VEC>(v, prev, wp, bv, a.silu, out, tl, a.L, lane);
@@ -252,6 +295,20 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
             out += a.L; /* out rows are contiguous: row bc + 1 follows row bc */
         }
     }
+}
+
+/* EXPERIMENT (env JAMBA_EXT_CONV_TYPED=1, read per call; written without a GPU): the VEC forward with typed taps /
+ * bias loads and a branch-free halo (conv_taps_typed, conv_halo_flat). Why: in the default instance each warp
+ * starts with the taps, bias and halo loads behind run-time dtype / position branches, each converted right after
+ * its load, so a warp waits several L2 round trips before its first segment while its x loads are already in
+ * flight; the forward runs at ~91% of a same-size copy's speed at every size (1x8192: 71.5 vs 65.0 us, issue 3's
+ * 90% of copy bandwidth needs 69.8 us). Same math and rounding: the same bits as the default. */
+template <typename T>
+static void (*conv_fwd_typed_kernel(bool wf32, bool bf32))(conv_args, int, int, int) {
+    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_fwd_kernel<T, true, float, float>;
+    if (wf32) return causal_conv1d_fwd_kernel<T, true, float, T>;
+    if (bf32) return causal_conv1d_fwd_kernel<T, true, T, float>;
+    return causal_conv1d_fwd_kernel<T, true, T, T>;
 }
 
 template <typename T>
@@ -281,7 +338,11 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
     const int64_t p1 = (nvw - tail) / spw;
     const int64_t warps = p1 + (nvw - p1 * spw);
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
-    if (vec)
+    const char *typed = getenv("JAMBA_EXT_CONV_TYPED"); /* EXPERIMENT (conv_taps_typed) */
+    if (vec && typed != NULL && typed[0] == '1') {
+        void (*k)(conv_args, int, int, int) = conv_fwd_typed_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32);
+        jamba_kernel_launch(k, (unsigned)grid, CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
+    } else if (vec)
         jamba_kernel_launch(causal_conv1d_fwd_kernel<T, true>, (unsigned)grid, CONV_WARPS * 32, 0, stream, a,
             (int)nseg, (int)spw, (int)p1);
     else
@@ -387,7 +448,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   state rows (32 bytes bf16/f16, 64 f32: 2 or 4 16-byte loads), x, taps and bias are all loaded before
  *   the first store; new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
  *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten. */
-template <typename T>
+template <typename T, typename W = void, typename BT = void>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
     typedef jamba_w16<T> P;
@@ -424,7 +485,12 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         if (wvec) {
-            if (a.wdt == JAMBA_F32 || sizeof(T) == 4) { /* f32 taps */
+            bool wf32;
+            if constexpr (std::is_void<W>::value)
+                wf32 = a.wdt == JAMBA_F32 || sizeof(T) == 4;
+            else
+                wf32 = std::is_same<W, float>::value;
+            if (wf32) { /* f32 taps */
                 const float4 q = *(const float4 *)((const float *)a.w + (c + i) * a.sw0);
                 wp[i][0] = q.x, wp[i][1] = q.y, wp[i][2] = q.z, wp[i][3] = q.w;
             } else { /* 4 taps of T in 8 bytes */
@@ -433,7 +499,10 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
                 P::ld(make_uint4(q.x, q.y, 0u, 0u), f);
                 wp[i][0] = f[0], wp[i][1] = f[1], wp[i][2] = f[2], wp[i][3] = f[3];
             }
-            bv[i] = a.bias ? jamba_ld_any(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
+            if constexpr (std::is_void<BT>::value)
+                bv[i] = a.bias ? jamba_ld_any(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
+            else
+                bv[i] = a.bias ? jamba_ld<BT>(((const BT *)a.bias)[(c + i) * a.sb]) : 0.f;
         } else {
             conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c + i, wp[i], &bv[i]);
         }
@@ -474,6 +543,21 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
     }
 }
 
+/* EXPERIMENT (env JAMBA_EXT_CONV_UPDATE_TYPED=1, read per call; written without a GPU): the vec kernel with the
+ * weight's and the bias's dtypes as template parameters (W, BT = float or T) instead of the run-time switch. Why:
+ * the SASS of the default instance converts each channel's taps and bias right after their loads, between branches
+ * of the run-time dtype switch (jamba_ld_any), so the 4 channels' 8 weight / bias loads wait one L2 round trip
+ * after another before the state is written; the same pattern made rms_norm_segments take 5.0 us per decode row,
+ * 2.1 us with typed loads (gpu_round_95e41f3.log). Target: batch 64 at 4.1 us against a same-size copy's 2.7 us
+ * (issue 3: 90% of copy bandwidth = 2.76 us). Same math and rounding: the same bits as the default. */
+template <typename T>
+static void (*conv_update_typed_kernel(bool wf32, bool bf32))(conv_update_args, int, int) {
+    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float>;
+    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T>;
+    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float>;
+    return causal_conv1d_update_vec_kernel<T, T, T>;
+}
+
 /* causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are 16-byte
  * groups (*done = true); anything else: causal_conv1d_update_kernel (causal_conv1d_update_launch) */
 template <typename T>
@@ -488,7 +572,13 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
     const int64_t blocks = jamba_ceil_div(a.B * a.DI / 4, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
-    jamba_kernel_launch(causal_conv1d_update_vec_kernel<T>, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
+    const char *typed = getenv("JAMBA_EXT_CONV_UPDATE_TYPED"); /* EXPERIMENT, see conv_update_typed_kernel */
+    if (typed != NULL && typed[0] == '1' && wvec) {
+        void (*k)(conv_update_args, int, int) = conv_update_typed_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32);
+        jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
+    } else {
+        jamba_kernel_launch(causal_conv1d_update_vec_kernel<T>, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
+    }
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
