@@ -1,7 +1,8 @@
 /* rms_norm.cu -- RMSNorm and fused residual-add RMSNorm on CUDA.
  *
  * Exports: jamba_rms_norm_cuda (rms_norm when p->residual is absent, add_rms_norm when present),
- * jamba_rms_norm_segments_cuda (the same per segment of a row: rms_norm_seg_kernel, at the end).
+ * jamba_rms_norm_segments_cuda (the same per segment of a row, at the end: rms_norm_seg_reg_kernel for rows of
+ * dim <= 384, rms_norm_seg_kernel for longer ones).
  * Math (HF JambaRMSNorm, same as csrc/cpu/rms_norm.c), per row of dim elements:
  *   s   = residual ? round_x(x + residual) : x          (residual_out = s)
  *   r   = rsqrt(mean(float(s)^2) + eps)                  (fp32 statistics)
@@ -255,7 +256,7 @@ extern "C" jamba_status jamba_rms_norm_cuda(const jamba_rms_norm_params *p, jamb
 }
 
 /* ---- rms_norm_segments ---------------------------------------------------------------------------------- */
-/* rms_norm_seg_kernel<T>
+/* rms_norm_seg_kernel<T> (rows of dim > 384; shorter ones: rms_norm_seg_reg_kernel below)
  *   x, out: (rows, dim) T, unit stride along dim, row strides sx / so; weight (dim,) f32 or T.
  *   The row is cut at ends[0] < ... < ends[nseg-1] = dim; each segment is normalised on its own with the
  *   numerics of rms_norm_kernel (fp32 sum of squares, rsqrtf, round to T before the weight product).
