@@ -61,16 +61,27 @@ struct conv_args {
     int wdt, bdt, silu;
 };
 
-/* right-aligned taps of channel c and its bias (fp32) */
+/* element i of a weight / bias tensor as fp32: W = void: its run-time dtype (dt: JAMBA_F32 or x's); W = float
+ * or T: that type (the EXPERIMENT instances below, without the run-time branch) */
+template <typename W>
+__device__ __forceinline__ float conv_ld(const void *p, int dt, int64_t i) {
+    if constexpr (std::is_void<W>::value)
+        return jamba_ld_any(p, dt, i);
+    else
+        return jamba_ld<W>(((const W *)p)[i]);
+}
+
+/* right-aligned taps of channel c and its bias (fp32); W, BT: conv_ld's */
+template <typename W = void, typename BT = void>
 __device__ __forceinline__ void conv_taps(const void *w, int wdt, int64_t sw0, int64_t sw1, int64_t K,
                                           const void *bias, int bdt, int64_t sb, int64_t c, float wp[4],
                                           float *bv) {
 #pragma unroll
     for (int m = 0; m < 4; m++) {
         const int64_t j = m - (4 - K);
-        wp[m] = j >= 0 ? jamba_ld_any(w, wdt, c * sw0 + j * sw1) : 0.f;
+        wp[m] = j >= 0 ? conv_ld<W>(w, wdt, c * sw0 + j * sw1) : 0.f;
     }
-    *bv = bias ? jamba_ld_any(bias, bdt, c * sb) : 0.f;
+    *bv = bias ? conv_ld<BT>(bias, bdt, c * sb) : 0.f;
 }
 
 #define CONV_NV 4    /* 16-byte vectors per lane and segment */
@@ -118,19 +129,8 @@ __device__ __forceinline__ void conv_halo(float prev[3], const T *x, const T *in
     }
 }
 
-/* EXPERIMENT (JAMBA_EXT_CONV_TYPED=1, see causal_conv1d_fwd_kernel): conv_taps with the weight's and the bias's
- * dtypes as template parameters (no run-time dtype branch between a load and its conversion), and conv_halo with
- * one predicated load per entry (the source chosen before the load) */
-template <typename W, typename BT>
-__device__ __forceinline__ void conv_taps_typed(const void *w, int64_t sw0, int64_t sw1, int64_t K, const void *bias,
-                                                int64_t sb, int64_t c, float wp[4], float *bv) {
-#pragma unroll
-    for (int m = 0; m < 4; m++) {
-        const int64_t j = m - (4 - K);
-        wp[m] = j >= 0 ? jamba_ld<W>(((const W *)w)[c * sw0 + j * sw1]) : 0.f;
-    }
-    *bv = bias ? jamba_ld<BT>(((const BT *)bias)[c * sb]) : 0.f;
-}
+/* EXPERIMENT (JAMBA_EXT_CONV_TYPED=1, see causal_conv1d_fwd_kernel): conv_halo with one predicated load per
+ * entry (the source chosen before the load) */
 template <typename T>
 __device__ __forceinline__ void conv_halo_flat(float prev[3], const T *x, const T *init, int64_t S_in, int64_t t0) {
 #pragma unroll
@@ -140,14 +140,7 @@ __device__ __forceinline__ void conv_halo_flat(float prev[3], const T *x, const 
         prev[m] = src != NULL ? jamba_ld<T>(*src) : 0.f;
     }
 }
-/* the taps / halo loads of the kernel instance: run-time dtypes (W void, the default) or typed (EXPERIMENT) */
-template <typename T, typename W, typename BT>
-__device__ __forceinline__ void conv_taps_of(const conv_args &a, int64_t c, float wp[4], float *bv) {
-    if constexpr (std::is_void<W>::value)
-        conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, bv);
-    else
-        conv_taps_typed<W, BT>(a.w, a.sw0, a.sw1, a.K, a.bias, a.sb, c, wp, bv);
-}
+/* the halo loads of the kernel instance: conv_halo (W void, the default) or conv_halo_flat (EXPERIMENT) */
 template <typename T, typename W>
 __device__ __forceinline__ void conv_halo_of(float prev[3], const T *x, const T *init, int64_t S_in, int64_t t0) {
     if constexpr (std::is_void<W>::value)
@@ -248,7 +241,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     uint4 v[CONV_NV];
     float wp[4], bv, prev[3];
     conv_seg_load<T, VEC>(v, x, (int64_t)seg * SEG + lane * VN, a.L);
-    conv_taps_of<T, W, BT>(a, c, wp, &bv);
+    conv_taps<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, &bv);
     conv_halo_of<T, W>(prev, x, init, a.S_in, (int64_t)seg * SEG);
     for (;;) {
         const bool more = --n > 0;
@@ -278,7 +271,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
             }
             conv_seg_load<T, VEC>(nv, x, (int64_t)seg * SEG + lane * VN, a.L);
             if (newrow) {
-                conv_taps_of<T, W, BT>(a, c, nwp, &nbv);
+                conv_taps<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, nwp, &nbv);
                 conv_halo_of<T, W>(nprev, x, init, a.S_in, 0);
             }
         }
@@ -298,7 +291,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
 }
 
 /* EXPERIMENT (env JAMBA_EXT_CONV_TYPED=1, read per call; written without a GPU): the VEC forward with typed taps /
- * bias loads and a branch-free halo (conv_taps_typed, conv_halo_flat). Why: in the default instance each warp
+ * bias loads (conv_taps<W, BT>) and a branch-free halo (conv_halo_flat). Why: in the default instance each warp
  * starts with the taps, bias and halo loads behind run-time dtype / position branches, each converted right after
  * its load, so a warp waits several L2 round trips before its first segment while its x loads are already in
  * flight; the forward runs at ~91% of a same-size copy's speed at every size (1x8192: 71.5 vs 65.0 us, issue 3's
@@ -338,7 +331,7 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
     const int64_t p1 = (nvw - tail) / spw;
     const int64_t warps = p1 + (nvw - p1 * spw);
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
-    const char *typed = getenv("JAMBA_EXT_CONV_TYPED"); /* EXPERIMENT (conv_taps_typed) */
+    const char *typed = getenv("JAMBA_EXT_CONV_TYPED"); /* EXPERIMENT (conv_fwd_typed_kernel) */
     if (vec && typed != NULL && typed[0] == '1') {
         void (*k)(conv_args, int, int, int) = conv_fwd_typed_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32);
         jamba_kernel_launch(k, (unsigned)grid, CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
@@ -499,10 +492,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
                 P::ld(make_uint4(q.x, q.y, 0u, 0u), f);
                 wp[i][0] = f[0], wp[i][1] = f[1], wp[i][2] = f[2], wp[i][3] = f[3];
             }
-            if constexpr (std::is_void<BT>::value)
-                bv[i] = a.bias ? jamba_ld_any(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
-            else
-                bv[i] = a.bias ? jamba_ld<BT>(((const BT *)a.bias)[(c + i) * a.sb]) : 0.f;
+            bv[i] = a.bias ? conv_ld<BT>(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
         } else {
             conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c + i, wp[i], &bv[i]);
         }
