@@ -3,7 +3,6 @@
     compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py
 Exits non-zero if an op raises; the sanitizer reports memory errors and races itself.
 """
-import os
 
 import torch
 
@@ -25,15 +24,10 @@ def main():
     w, b = rn(DI, K, dt=torch.float32), rn(DI, dt=torch.float32)
     out, st = ops.causal_conv1d(xc, w, b, None, True, K)
     ops.causal_conv1d(xc, w, b, rn(B, DI, K - 1), True, -1)
-    os.environ["JAMBA_EXT_CONV_TYPED"] = "1"  # EXPERIMENT (causal_conv1d.cu): typed taps / bias loads
-    ops.causal_conv1d(rn(B, DI, 2056), w, b, rn(B, DI, K - 1), True, -1)
-    ops.causal_conv1d(rn(B, DI, 2056), rn(DI, K), rn(DI), None, True, K)
-    del os.environ["JAMBA_EXT_CONV_TYPED"]
+    ops.causal_conv1d(rn(B, DI, 2056), w, b, rn(B, DI, K - 1), True, -1)  # 16-byte rows, f32 taps / bias
+    ops.causal_conv1d(rn(B, DI, 2056), rn(DI, K), rn(DI), None, True, K)  # 16-byte rows, bf16 taps / bias
     ops.causal_conv1d_update(rn(B, DI), st, w, b, True)
-    os.environ["JAMBA_EXT_CONV_UPDATE_TYPED"] = "1"  # EXPERIMENT (causal_conv1d.cu): typed weight / bias loads
     ops.causal_conv1d_update(rn(B, DI), st, rn(DI, K), rn(DI), True)
-    ops.causal_conv1d_update(rn(B, DI), st, w, b, True)
-    del os.environ["JAMBA_EXT_CONV_UPDATE_TYPED"]
     A = -torch.rand(DI, N, device=dev) - 0.1
     u, d, z = rn(B, DI, L), rn(B, DI, L), rn(B, DI, L)
     Bm, Cm = rn(B, N, L), rn(B, N, L)

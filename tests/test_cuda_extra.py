@@ -192,12 +192,11 @@ UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32"
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
 @pytest.mark.parametrize("case", UPDATE_VEC_CASES)
-def test_causal_conv1d_update_vector_path(dtype, case, monkeypatch):
+def test_causal_conv1d_update_vector_path(dtype, case):
     """The decode step in the HF cache layout (conv_state (B, DI, 4), one token): the 4-channel kernel
     (16-byte state rows, vector x / taps when contiguous, element loads otherwise) and the shapes that fall
     back to the per-channel kernel (di_odd, state_slice_misaligned, seqlen2); conv_state rewritten exactly,
-    neighbours of a slice untouched. EXPERIMENT JAMBA_EXT_CONV_UPDATE_TYPED=1 (typed weight / bias loads):
-    the same bits as the default."""
+    neighbours of a slice untouched; every weight / bias dtype pair (one kernel instance each)."""
     B, DI, K, S = 3, 36, 4, 4
     if case == "di_odd":
         DI = 37
@@ -227,23 +226,11 @@ def test_causal_conv1d_update_vector_path(dtype, case, monkeypatch):
     else:
         x = randn(B, DI, device=DEV, dtype=dtype)
     x0, state0 = x.clone(), state.clone()
-    cache_t = cache.clone() if cache is not None else None
     out = ops.causal_conv1d_update(x, state, w, b, True)
     ref_out, ref_state = reference.causal_conv1d_update(up(x0), up(state0), up(w), up(b), True)
     assert out.shape == x.shape
     assert_close(out, ref_out, **TOL[dtype])
     assert_close(state, ref_state, rtol=0, atol=0)
-    if case not in ("x_in_state",):  # EXPERIMENT typed loads: same inputs, same bits
-        if cache_t is not None:
-            c0 = 4 if case == "state_slice" else 1
-            state_t = cache_t[:, c0:c0 + DI]
-            state_t.copy_(state0)
-        else:
-            state_t = state0.clone()
-        monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_TYPED", "1")
-        out_t = ops.causal_conv1d_update(x, state_t, w, b, True)  # x is not written (x_in_state left out)
-        monkeypatch.delenv("JAMBA_EXT_CONV_UPDATE_TYPED")
-        assert torch.equal(out_t, out) and torch.equal(state_t, state), case
     if cache is not None:
         c0 = 4 if case == "state_slice" else 1
         assert torch.equal(cache[:, :c0], before[:, :c0]) and torch.equal(cache[:, c0 + DI:], before[:, c0 + DI:])
@@ -744,21 +731,21 @@ def test_causal_conv1d_chained_segments_fp64(dtype, batch, d_inner, seqlen, K, S
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
 @pytest.mark.parametrize("wb", ["x_x", "f32_f32", "x_f32", "f32_x", "x_none"])
-def test_causal_conv1d_typed_loads_same_bits(dtype, wb, monkeypatch):
-    """EXPERIMENT JAMBA_EXT_CONV_TYPED=1 (causal_conv1d.cu: the forward's taps / bias loads typed, branch-free
-    halo): the same bits as the default kernel on the chained-segment shapes, for every weight / bias dtype pair
-    (the typed instances exist for 16-byte rows; other shapes take the default kernel either way)."""
-    for batch, d_inner, seqlen, K, S_in, state_len, silu in CONV_CHAIN_CASES + [(1, 64, 3000, 4, 3, 3, True)]:
+def test_causal_conv1d_weight_bias_dtypes_fp64(dtype, wb):
+    """Every weight / bias dtype pair (the 16-byte-row forward has one kernel instance per pair, typed taps and bias
+    loads; unaligned rows read them through the run-time dtype switch) on the chained-segment shapes, an odd length
+    (element loads) and one with an initial state, against the float64 reference."""
+    for batch, d_inner, seqlen, K, S_in, state_len, silu in CONV_CHAIN_CASES + [(1, 64, 3000, 4, 3, 3, True),
+                                                                                (2, 40, 1001, 4, 3, 3, False)]:
         x, w, b, init = conv_inputs(batch, d_inner, seqlen, K, dtype, S_in=S_in or 0)
         wdt, bdt = wb.split("_")
         if wdt == "f32":
             w = w.float()
         b = None if bdt == "none" else (b.float() if bdt == "f32" else b)
         out, fin = ops.causal_conv1d(x, w, b, init, silu, state_len)
-        monkeypatch.setenv("JAMBA_EXT_CONV_TYPED", "1")
-        out_t, fin_t = ops.causal_conv1d(x, w, b, init, silu, state_len)
-        monkeypatch.delenv("JAMBA_EXT_CONV_TYPED")
-        assert torch.equal(out_t, out) and torch.equal(fin_t, fin), (batch, d_inner, seqlen, wb)
+        ref_out, ref_fin = reference.causal_conv1d(up(x), up(w), up(b), up(init), silu, state_len)
+        assert_close(out, ref_out, **TOL[dtype])
+        assert_close(fin, ref_fin, rtol=0, atol=0)
 
 
 # ---- the pipelined scan (N <= 16, selective_scan.cu) on its fast and general paths ---------------------------

@@ -17,13 +17,16 @@
  * graph-timed): of six variants it was fastest at 1x32768 / 8x2048 (275.8 / 141.5 us, 91.1% / 88.8% of copy
  * bandwidth, against 288.7 / 153.6 for one segment per warp) and within 1% of the best at 1x8192 (74.1 us
  * vs 73.7; 78.5 before), 23.7 us at 1x2048 (24.4 before; the one-wave 512-step variant: 21.1).
- * EXPERIMENTS (written without a GPU, default off, read per call): JAMBA_EXT_CONV_TYPED=1 (the forward with typed
- * taps / bias loads, conv_fwd_typed_kernel) and JAMBA_EXT_CONV_UPDATE_TYPED=1 (the same for the vec update kernel,
- * conv_update_typed_kernel); the default instances' SASS is unchanged by them.
+ * Weight and bias dtypes: the VEC forward and the vec update kernel are instantiated per (weight, bias) dtype pair
+ * (template parameters W, BT = float or T; conv_fwd_vec_kernel, conv_update_vec_kernel pick one), so that a thread's
+ * taps and bias loads go out together. Through the run-time dtype switch (jamba_ld_any, still used by the
+ * element-load forward and the per-channel update) each load was converted behind its own branch, one L2 round
+ * trip after another: A/B in one binary (gpu_round_aa2c3a2.log, H200 bf16, graph-timed, us, switch vs typed):
+ * forward 1x2048 23.3 / 20.3, 1x8192 71.5 / 67.5, 1x32768 274.0 / 258.9, 8x2048 140.0 / 131.7; update batch 1 / 16
+ * / 64 / 256: 1.9 / 1.4, 2.3 / 1.9, 4.1 / 3.6, 9.4 / 8.6. Same bits.
  * SiLU: v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp) in the forward and vec kernels;
  * __expf and an IEEE division in causal_conv1d_update_kernel.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include <type_traits>
@@ -62,7 +65,7 @@ struct conv_args {
 };
 
 /* element i of a weight / bias tensor as fp32: W = void: its run-time dtype (dt: JAMBA_F32 or x's); W = float
- * or T: that type (the EXPERIMENT instances below, without the run-time branch) */
+ * or T: that type, without the run-time branch (the VEC forward and the vec update instances) */
 template <typename W>
 __device__ __forceinline__ float conv_ld(const void *p, int dt, int64_t i) {
     if constexpr (std::is_void<W>::value)
@@ -116,37 +119,16 @@ __device__ __forceinline__ void conv_seg_load(uint4 (&v)[CONV_NV], const T *x, i
     }
 }
 
-/* h[t0-3 .. t0-1] of a row: x before t0 (t0 > 0), else initial_state (S_in entries, unit stride) or zeros */
+/* h[t0-3 .. t0-1] of a row: x before t0 (t0 > 0), else initial_state (S_in entries, unit stride) or zeros; one
+ * predicated load per entry (the source is chosen before the load, so the three loads go out together) */
 template <typename T>
 __device__ __forceinline__ void conv_halo(float prev[3], const T *x, const T *init, int64_t S_in, int64_t t0) {
-#pragma unroll
-    for (int m = 0; m < 3; m++) {
-        const int64_t t = t0 - 3 + m;
-        float h = 0.f;
-        if (t >= 0) h = jamba_ld<T>(x[t]);
-        else if (init && S_in + t >= 0) h = jamba_ld<T>(init[S_in + t]);
-        prev[m] = h;
-    }
-}
-
-/* EXPERIMENT (JAMBA_EXT_CONV_TYPED=1, see causal_conv1d_fwd_kernel): conv_halo with one predicated load per
- * entry (the source chosen before the load) */
-template <typename T>
-__device__ __forceinline__ void conv_halo_flat(float prev[3], const T *x, const T *init, int64_t S_in, int64_t t0) {
 #pragma unroll
     for (int m = 0; m < 3; m++) {
         const int64_t t = t0 - 3 + m;
         const T *src = t >= 0 ? x + t : (init != NULL && S_in + t >= 0 ? init + (S_in + t) : NULL);
         prev[m] = src != NULL ? jamba_ld<T>(*src) : 0.f;
     }
-}
-/* the halo loads of the kernel instance: conv_halo (W void, the default) or conv_halo_flat (EXPERIMENT) */
-template <typename T, typename W>
-__device__ __forceinline__ void conv_halo_of(float prev[3], const T *x, const T *init, int64_t S_in, int64_t t0) {
-    if constexpr (std::is_void<W>::value)
-        conv_halo<T>(prev, x, init, S_in, t0);
-    else
-        conv_halo_flat<T>(prev, x, init, S_in, t0);
 }
 
 /* halo shuffles, fp32 sums, silu and stores of one segment.
@@ -196,8 +178,9 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
     }
 }
 
-/* causal_conv1d_fwd_kernel<T, VEC>
- *   x (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; w (DI, K), bias (DI,) f32|T;
+/* causal_conv1d_fwd_kernel<T, VEC, W, BT>
+ *   x (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; w (DI, K), bias (DI,) f32|T (W, BT: their
+ *   types, or void = read at run time, which the element-load instances do);
  *   initial_state (B, DI, S_in >= K-1) T, unit stride along S; final_state (B, DI, S_out) T, unit stride.
  *   Segment: SEG = 32 * CONV_NV * VN steps of one (b, c) row (1024 in bf16/f16, 512 in f32); lane l of a
  *   warp owns the VN-step vectors j*32 + l, j < CONV_NV (each load instruction of the warp reads 512
@@ -242,7 +225,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     float wp[4], bv, prev[3];
     conv_seg_load<T, VEC>(v, x, (int64_t)seg * SEG + lane * VN, a.L);
     conv_taps<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, &bv);
-    conv_halo_of<T, W>(prev, x, init, a.S_in, (int64_t)seg * SEG);
+    conv_halo<T>(prev, x, init, a.S_in, (int64_t)seg * SEG);
     for (;;) {
         const bool more = --n > 0;
         const bool newrow = seg + 1 == nseg; /* the next segment (if any) starts row bc + 1 */
@@ -272,7 +255,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
             conv_seg_load<T, VEC>(nv, x, (int64_t)seg * SEG + lane * VN, a.L);
             if (newrow) {
                 conv_taps<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, nwp, &nbv);
-                conv_halo_of<T, W>(nprev, x, init, a.S_in, 0);
+                conv_halo<T>(nprev, x, init, a.S_in, 0);
             }
         }
         conv_seg_compute<T, VEC>(v, prev, wp, bv, a.silu, out, tl, a.L, lane);
@@ -290,14 +273,10 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     }
 }
 
-/* EXPERIMENT (env JAMBA_EXT_CONV_TYPED=1, read per call; written without a GPU): the VEC forward with typed taps /
- * bias loads (conv_taps<W, BT>) and a branch-free halo (conv_halo_flat). Why: in the default instance each warp
- * starts with the taps, bias and halo loads behind run-time dtype / position branches, each converted right after
- * its load, so a warp waits several L2 round trips before its first segment while its x loads are already in
- * flight; the forward runs at ~91% of a same-size copy's speed at every size (1x8192: 71.5 vs 65.0 us, issue 3's
- * 90% of copy bandwidth needs 69.8 us). Same math and rounding: the same bits as the default. */
+/* the VEC forward instance for the weight / bias dtypes (f32 or T; no bias: T): typed taps / bias loads (see the
+ * header) */
 template <typename T>
-static void (*conv_fwd_typed_kernel(bool wf32, bool bf32))(conv_args, int, int, int) {
+static void (*conv_fwd_vec_kernel(bool wf32, bool bf32))(conv_args, int, int, int) {
     if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_fwd_kernel<T, true, float, float>;
     if (wf32) return causal_conv1d_fwd_kernel<T, true, float, T>;
     if (bf32) return causal_conv1d_fwd_kernel<T, true, T, float>;
@@ -331,13 +310,9 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
     const int64_t p1 = (nvw - tail) / spw;
     const int64_t warps = p1 + (nvw - p1 * spw);
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
-    const char *typed = getenv("JAMBA_EXT_CONV_TYPED"); /* EXPERIMENT (conv_fwd_typed_kernel) */
-    if (vec && typed != NULL && typed[0] == '1') {
-        void (*k)(conv_args, int, int, int) = conv_fwd_typed_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32);
-        jamba_kernel_launch(k, (unsigned)grid, CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
-    } else if (vec)
-        jamba_kernel_launch(causal_conv1d_fwd_kernel<T, true>, (unsigned)grid, CONV_WARPS * 32, 0, stream, a,
-            (int)nseg, (int)spw, (int)p1);
+    if (vec)
+        jamba_kernel_launch(conv_fwd_vec_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32), (unsigned)grid,
+                            CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
     else
         jamba_kernel_launch(causal_conv1d_fwd_kernel<T, false>, (unsigned)grid, CONV_WARPS * 32, 0, stream, a,
             (int)nseg, (int)spw, (int)p1);
@@ -441,7 +416,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   state rows (32 bytes bf16/f16, 64 f32: 2 or 4 16-byte loads), x, taps and bias are all loaded before
  *   the first store; new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
  *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten. */
-template <typename T, typename W = void, typename BT = void>
+template <typename T, typename W, typename BT>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
     typedef jamba_w16<T> P;
@@ -478,12 +453,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         if (wvec) {
-            bool wf32;
-            if constexpr (std::is_void<W>::value)
-                wf32 = a.wdt == JAMBA_F32 || sizeof(T) == 4;
-            else
-                wf32 = std::is_same<W, float>::value;
-            if (wf32) { /* f32 taps */
+            if (std::is_same<W, float>::value) { /* f32 taps */
                 const float4 q = *(const float4 *)((const float *)a.w + (c + i) * a.sw0);
                 wp[i][0] = q.x, wp[i][1] = q.y, wp[i][2] = q.z, wp[i][3] = q.w;
             } else { /* 4 taps of T in 8 bytes */
@@ -494,7 +464,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
             }
             bv[i] = a.bias ? conv_ld<BT>(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
         } else {
-            conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c + i, wp[i], &bv[i]);
+            conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c + i, wp[i], &bv[i]); /* run-time dtypes */
         }
     }
     /* rows: entries h0..h3 of row i; window (h1, h2, h3, x) */
@@ -533,15 +503,9 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
     }
 }
 
-/* EXPERIMENT (env JAMBA_EXT_CONV_UPDATE_TYPED=1, read per call; written without a GPU): the vec kernel with the
- * weight's and the bias's dtypes as template parameters (W, BT = float or T) instead of the run-time switch. Why:
- * the SASS of the default instance converts each channel's taps and bias right after their loads, between branches
- * of the run-time dtype switch (jamba_ld_any), so the 4 channels' 8 weight / bias loads wait one L2 round trip
- * after another before the state is written; the same pattern made rms_norm_segments take 5.0 us per decode row,
- * 2.1 us with typed loads (gpu_round_95e41f3.log). Target: batch 64 at 4.1 us against a same-size copy's 2.7 us
- * (issue 3: 90% of copy bandwidth = 2.76 us). Same math and rounding: the same bits as the default. */
+/* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T), see the header */
 template <typename T>
-static void (*conv_update_typed_kernel(bool wf32, bool bf32))(conv_update_args, int, int) {
+static void (*conv_update_vec_kernel(bool wf32, bool bf32))(conv_update_args, int, int) {
     if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float>;
     if (wf32) return causal_conv1d_update_vec_kernel<T, float, T>;
     if (bf32) return causal_conv1d_update_vec_kernel<T, T, float>;
@@ -562,13 +526,8 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
     const int64_t blocks = jamba_ceil_div(a.B * a.DI / 4, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
-    const char *typed = getenv("JAMBA_EXT_CONV_UPDATE_TYPED"); /* EXPERIMENT, see conv_update_typed_kernel */
-    if (typed != NULL && typed[0] == '1' && wvec) {
-        void (*k)(conv_update_args, int, int) = conv_update_typed_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32);
-        jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
-    } else {
-        jamba_kernel_launch(causal_conv1d_update_vec_kernel<T>, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
-    }
+    jamba_kernel_launch(conv_update_vec_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32), (unsigned)blocks,
+                        128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
