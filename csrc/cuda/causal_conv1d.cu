@@ -27,6 +27,7 @@
  * SiLU: v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp) in the forward and vec kernels;
  * __expf and an IEEE division in causal_conv1d_update_kernel.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include <type_traits>
@@ -407,47 +408,56 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
     }
 }
 
-/* causal_conv1d_update_vec_kernel<T>: the decode step in the HF cache layout, L == 1 and S == 4.
+/* causal_conv1d_update_vec_kernel<T, W, BT, NB>: the decode step in the HF cache layout, L == 1 and S == 4.
  *   x (B, DI, 1) T any strides (xvec: unit channel stride, 4 channels = one 8/16-byte load); out (B, DI, 1)
  *   T contiguous, 16-byte aligned; conv_state (B, DI, 4) T with rows of 4 contiguous entries (ss1 == 4),
  *   16-byte aligned groups of 4 rows; w (DI, K), bias (DI,) f32|T (wvec: K == 4, unit tap stride, rows
  *   aligned: one 8/16-byte load per channel; else conv_taps). DI % 4 == 0.
- *   One thread = channels c..c+3 of batch b (flat group index on grid.x, 128 threads per block): the 4
- *   state rows (32 bytes bf16/f16, 64 f32: 2 or 4 16-byte loads), x, taps and bias are all loaded before
- *   the first store; new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
- *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten. */
-template <typename T, typename W, typename BT>
+ *   One thread = channels c..c+3 of batch rows NB*bt .. NB*bt+NB-1 (< B) (flat (bt, channel group) index on
+ *   grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch row the 4
+ *   state rows (32 bytes bf16/f16, 64 f32: 2 or 4 16-byte loads) and x, all loaded before the first store;
+ *   new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
+ *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten.
+ *   NB > 1: EXPERIMENT (env JAMBA_EXT_CONV_UPDATE_NB = 2 or 4, read per call; written without a GPU): every
+ *   batch row re-reads the taps and bias (B * DI * 10 bytes in bf16, half the state's bytes: 5 MB at batch 64,
+ *   through L2), NB rows per thread read them once per NB rows. Batch 64 runs at 3.6 us against a same-size
+ *   copy's 2.7 us (gpu_round_aa2c3a2.log); issue 3's 90% of copy bandwidth is 2.76 us. */
+template <typename T, typename W, typename BT, int NB>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
     typedef jamba_w16<T> P;
     const int NS = (int)sizeof(T); /* 16-byte chunks in 4 rows x 4 entries */
-    const int64_t ng = a.B * a.DI / 4;
+    const int64_t ng = (NB == 1 ? a.B : (a.B + NB - 1) / NB) * a.DI / 4;
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= ng) return;
-    int64_t b, c;
-    conv_split(g * 4, a.DI, ng * 4, &b, &c);
-    const int64_t bc = g * 4;
-    T *st = (T *)a.state + b * a.ss0 + c * 4;
-    uint32_t sw[4 * NS]; /* the 4 rows as 32-bit words, in memory order */
+    int64_t bt, c;
+    conv_split(g * 4, a.DI, ng * 4, &bt, &c);
+    uint32_t sw[NB][4 * NS]; /* per batch row: its 4 state rows as 32-bit words, in memory order */
+    uint32_t xb[NB][4];      /* bits of x[b, c + i] (16-bit types: in the low half) */
 #pragma unroll
-    for (int q = 0; q < NS; q++) {
-        const uint4 r = ((const uint4 *)st)[q];
-        sw[4 * q] = r.x, sw[4 * q + 1] = r.y, sw[4 * q + 2] = r.z, sw[4 * q + 3] = r.w;
-    }
-    const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
-    uint32_t xb[4]; /* bits of x[c + i] (16-bit types: in the low half) */
-    if (xvec) {
-        if (sizeof(T) == 4) {
-            const uint4 q = *(const uint4 *)x;
-            xb[0] = q.x, xb[1] = q.y, xb[2] = q.z, xb[3] = q.w;
-        } else {
-            const uint2 q = *(const uint2 *)x;
-            xb[0] = q.x & 0xffffu, xb[1] = q.x >> 16, xb[2] = q.y & 0xffffu, xb[3] = q.y >> 16;
+    for (int r = 0; r < NB; r++) {
+        const int64_t b = bt * NB + r;
+        if (NB > 1 && b >= a.B) break;
+        const T *st = (const T *)a.state + b * a.ss0 + c * 4;
+#pragma unroll
+        for (int q = 0; q < NS; q++) {
+            const uint4 v = ((const uint4 *)st)[q];
+            sw[r][4 * q] = v.x, sw[r][4 * q + 1] = v.y, sw[r][4 * q + 2] = v.z, sw[r][4 * q + 3] = v.w;
         }
-    } else {
+        const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
+        if (xvec) {
+            if (sizeof(T) == 4) {
+                const uint4 q = *(const uint4 *)x;
+                xb[r][0] = q.x, xb[r][1] = q.y, xb[r][2] = q.z, xb[r][3] = q.w;
+            } else {
+                const uint2 q = *(const uint2 *)x;
+                xb[r][0] = q.x & 0xffffu, xb[r][1] = q.x >> 16, xb[r][2] = q.y & 0xffffu, xb[r][3] = q.y >> 16;
+            }
+        } else {
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            xb[i] = sizeof(T) == 4 ? *(const uint32_t *)(x + i * a.sx1) : *(const unsigned short *)(x + i * a.sx1);
+            for (int i = 0; i < 4; i++)
+                xb[r][i] = sizeof(T) == 4 ? *(const uint32_t *)(x + i * a.sx1) : *(const unsigned short *)(x + i * a.sx1);
+        }
     }
     float wp[4][4], bv[4];
 #pragma unroll
@@ -467,49 +477,55 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
             conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c + i, wp[i], &bv[i]); /* run-time dtypes */
         }
     }
-    /* rows: entries h0..h3 of row i; window (h1, h2, h3, x) */
-    float o[4];
-    uint32_t nw[4 * NS];
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        float win[4];
-        if (sizeof(T) == 4) {
-            win[0] = P::f1(sw[4 * i + 1]), win[1] = P::f1(sw[4 * i + 2]), win[2] = P::f1(sw[4 * i + 3]);
-            nw[4 * i] = sw[4 * i + 1], nw[4 * i + 1] = sw[4 * i + 2], nw[4 * i + 2] = sw[4 * i + 3];
-            nw[4 * i + 3] = xb[i];
-        } else {
-            const uint32_t w0 = sw[2 * i], w1 = sw[2 * i + 1]; /* (h0 | h1 << 16), (h2 | h3 << 16) */
-            win[0] = P::f1(w0 >> 16), win[1] = P::f1(w1 & 0xffffu), win[2] = P::f1(w1 >> 16);
-            nw[2 * i] = (w0 >> 16) | (w1 << 16);
-            nw[2 * i + 1] = (w1 >> 16) | (xb[i] << 16);
+    for (int r = 0; r < NB; r++) {
+        const int64_t b = bt * NB + r;
+        if (NB > 1 && b >= a.B) break;
+        /* rows: entries h0..h3 of row i; window (h1, h2, h3, x) */
+        float o[4];
+        uint32_t nw[4 * NS];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            float win[4];
+            if (sizeof(T) == 4) {
+                win[0] = P::f1(sw[r][4 * i + 1]), win[1] = P::f1(sw[r][4 * i + 2]), win[2] = P::f1(sw[r][4 * i + 3]);
+                nw[4 * i] = sw[r][4 * i + 1], nw[4 * i + 1] = sw[r][4 * i + 2], nw[4 * i + 2] = sw[r][4 * i + 3];
+                nw[4 * i + 3] = xb[r][i];
+            } else {
+                const uint32_t w0 = sw[r][2 * i], w1 = sw[r][2 * i + 1]; /* (h0 | h1 << 16), (h2 | h3 << 16) */
+                win[0] = P::f1(w0 >> 16), win[1] = P::f1(w1 & 0xffffu), win[2] = P::f1(w1 >> 16);
+                nw[2 * i] = (w0 >> 16) | (w1 << 16);
+                nw[2 * i + 1] = (w1 >> 16) | (xb[r][i] << 16);
+            }
+            win[3] = P::f1(xb[r][i]);
+            float acc = bv[i];
+#pragma unroll
+            for (int m = 0; m < 4; m++) acc = fmaf(wp[i][m], win[m], acc);
+            o[i] = a.silu ? conv_silu(acc) : acc;
         }
-        win[3] = P::f1(xb[i]);
-        float acc = bv[i];
+        T *st = (T *)a.state + b * a.ss0 + c * 4;
 #pragma unroll
-        for (int m = 0; m < 4; m++) acc = fmaf(wp[i][m], win[m], acc);
-        o[i] = a.silu ? conv_silu(acc) : acc;
-    }
-#pragma unroll
-    for (int q = 0; q < NS; q++)
-        ((uint4 *)st)[q] = make_uint4(nw[4 * q], nw[4 * q + 1], nw[4 * q + 2], nw[4 * q + 3]);
-    T *out = (T *)a.out + bc; /* (B, DI, 1) contiguous */
-    if (sizeof(T) == 4) {
-        *(uint4 *)out = make_uint4(__float_as_uint(o[0]), __float_as_uint(o[1]), __float_as_uint(o[2]),
-                                   __float_as_uint(o[3]));
-    } else {
-        float f[8] = {o[0], o[1], o[2], o[3], 0.f, 0.f, 0.f, 0.f};
-        const uint4 r = P::st(f);
-        *(uint2 *)out = make_uint2(r.x, r.y);
+        for (int q = 0; q < NS; q++)
+            ((uint4 *)st)[q] = make_uint4(nw[4 * q], nw[4 * q + 1], nw[4 * q + 2], nw[4 * q + 3]);
+        T *out = (T *)a.out + b * a.DI + c; /* (B, DI, 1) contiguous */
+        if (sizeof(T) == 4) {
+            *(uint4 *)out = make_uint4(__float_as_uint(o[0]), __float_as_uint(o[1]), __float_as_uint(o[2]),
+                                       __float_as_uint(o[3]));
+        } else {
+            float f[8] = {o[0], o[1], o[2], o[3], 0.f, 0.f, 0.f, 0.f};
+            const uint4 q = P::st(f);
+            *(uint2 *)out = make_uint2(q.x, q.y);
+        }
     }
 }
 
-/* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T), see the header */
-template <typename T>
+/* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T), see the header; NB: the kernel's */
+template <typename T, int NB>
 static void (*conv_update_vec_kernel(bool wf32, bool bf32))(conv_update_args, int, int) {
-    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float>;
-    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T>;
-    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float>;
-    return causal_conv1d_update_vec_kernel<T, T, T>;
+    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB>;
+    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB>;
+    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB>;
+    return causal_conv1d_update_vec_kernel<T, T, T, NB>;
 }
 
 /* causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are 16-byte
@@ -524,10 +540,15 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const int xvec = a.sx1 == 1 && ((uintptr_t)a.x % (uintptr_t)(4 * es)) == 0 && (a.B <= 1 || a.sx0 % 4 == 0);
     const int64_t wes = a.wdt == JAMBA_F32 ? 4 : es;
     const int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
-    const int64_t blocks = jamba_ceil_div(a.B * a.DI / 4, 128);
+    const char *nbs = getenv("JAMBA_EXT_CONV_UPDATE_NB"); /* EXPERIMENT (see the kernel): 2 or 4 batch rows a thread */
+    const int nb = nbs != NULL && (nbs[0] == '2' || nbs[0] == '4') ? nbs[0] - '0' : 1;
+    const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / 4, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
-    jamba_kernel_launch(conv_update_vec_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32), (unsigned)blocks,
-                        128, 0, stream, a, xvec, wvec);
+    const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
+    void (*k)(conv_update_args, int, int) = nb == 4   ? conv_update_vec_kernel<T, 4>(wf32, bf32)
+                                            : nb == 2 ? conv_update_vec_kernel<T, 2>(wf32, bf32)
+                                                      : conv_update_vec_kernel<T, 1>(wf32, bf32);
+    jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
