@@ -119,11 +119,14 @@ def cmd_generate(args) -> int:
 
     sys.stdout.write(args.prompt)
     sys.stdout.flush()
+    # a CUDA model decodes through a captured CUDA graph unless --no-cuda-graph (falls back to eager, with a
+    # warning, if the capture fails); on a CPU model --cuda-graph only warns
+    use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda"
     t0 = time.perf_counter()
     with torch.inference_mode():
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, streamer=on_token)
+                       top_p=args.top_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph)
     t1 = time.perf_counter()
     bar.close()
     rest = dec.flush()
@@ -134,7 +137,9 @@ def cmd_generate(args) -> int:
     prefill_s, decode_s = t_first - t0, t1 - t_first
     msg = f"prefill: {len(ids)} tokens in {prefill_s * 1e3:.1f} ms ({len(ids) / max(prefill_s, 1e-9):.1f} tokens/s)"
     if n > 1:
-        msg += f" | decode: {n - 1} tokens in {decode_s:.2f} s ({(n - 1) / max(decode_s, 1e-9):.1f} tokens/s)"
+        graph = (getattr(model, "_decode_graph_info", None) or {}).get("captured")
+        how = " (CUDA graph)" if graph else (" (eager)" if model.device.type == "cuda" else "")
+        msg += f" | decode{how}: {n - 1} tokens in {decode_s:.2f} s ({(n - 1) / max(decode_s, 1e-9):.1f} tokens/s)"
     msg += f" | total: {n} new tokens, {n / max(t1 - t0, 1e-9):.1f} tokens/s"
     sys.stderr.write(msg + "\n")
     return 0
@@ -159,6 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help=f"always show the progress bar (default: from {PROGRESS_MIN_TOKENS} new tokens on)")
     bar.add_argument("--no-progress", dest="progress", action="store_false")
+    cg = g.add_mutually_exclusive_group()
+    cg.add_argument("--cuda-graph", dest="cuda_graph", action="store_true", default=None,
+                    help="replay each decode step from a captured CUDA graph (default on a CUDA device: ~3x faster "
+                         "decoding at batch 1)")
+    cg.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", help="decode eagerly")
     g.set_defaults(func=cmd_generate)
     return p
 

@@ -24,7 +24,7 @@ def test_cli_builtin_model_smoke():
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("hello")
     assert "tokens/s" in r.stderr and "built-in" in r.stderr
-    assert "decode: 4 tokens" in r.stderr
+    assert "decode: 4 tokens" in r.stderr                 # CPU: no graph, no "(eager)" note
 
 
 def test_cli_builtin_is_deterministic(capsys):
@@ -36,6 +36,18 @@ def test_cli_builtin_is_deterministic(capsys):
         outs.append(cap.out)
         assert "3/3" in cap.err                       # the progress bar was drawn on stderr
     assert outs[0] == outs[1]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cli_cuda_graph_decode_matches_eager():
+    """On a CUDA device the CLI decodes through a CUDA graph by default; greedy fp32 text equals --no-cuda-graph's."""
+    args = ("generate", "--prompt", "graph", "--max-new-tokens", "24", "--device", "cuda", "--dtype", "float32")
+    g, e = _run(*args), _run(*args, "--no-cuda-graph")
+    assert g.returncode == 0 and e.returncode == 0, (g.stderr, e.stderr)
+    assert "decode (CUDA graph): 23 tokens" in g.stderr, g.stderr
+    assert "decode (eager): 23 tokens" in e.stderr, e.stderr
+    assert g.stdout == e.stdout
 
 
 def _tiny_checkpoint(path, with_tokenizer=True):
