@@ -265,11 +265,6 @@ def bench_decode(bb, batches, DI, N, K):
         small = nbytes < (120 << 20)
         bb.row("causal_conv1d_update", f"B={Bsz} DI={DI} K={K}", lambda: ops.causal_conv1d_update(x, st, w, b, True),
                nbytes, eager=lambda: R.causal_conv1d_update(x, st, w, b, True), small=small, graph=True)
-        if os.environ.get("JAMBA_EXT_AB_ROWS") == "1" and dev.type == "cuda":  # EXPERIMENT: batch rows per thread
-            for nb in ("2", "4"):
-                with common.env(JAMBA_EXT_CONV_UPDATE_NB=nb):
-                    bb.row(f"causal_conv1d_update (NB={nb})", f"B={Bsz} DI={DI} K={K}",
-                           lambda: ops.causal_conv1d_update(x, st, w, b, True), nbytes, small=small, graph=True)
         # selective_state_update: fp32 state (as mamba_ssm's benchmark figure), bf16 activations
         s = dict(state=torch.randn(Bsz, DI, N, device=dev), x=rn(Bsz, DI, dev=dev),
                  dt=rn(Bsz, DI, dev=dev, scale=0.5), A=-torch.exp(torch.rand(DI, N, device=dev) * 2.5 - 0.7),

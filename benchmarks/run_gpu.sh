@@ -3,8 +3,8 @@
 # compute-sanitizer on small cases of every kernel, and the benchmarks. Everything goes to $OUT:
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
 # Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] bash benchmarks/run_gpu.sh [full]
-#   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_kernels' conv update rows with the EXPERIMENT
-#   JAMBA_EXT_CONV_UPDATE_NB=2 / 4; bench_model with JAMBA_EXT_PDL=0 first, its JSON kept as bench_model_nopdl.json)
+#   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model with JAMBA_EXT_PDL=0 first, its JSON kept as
+#   bench_model_nopdl.json; experiments add their rows to the benchmarks under the same switch)
 #   (pass JAMBA_COMMIT: the device copy of .git may be stale; it goes into the log and every JSON)
 #   full: also the slow CUDA tests (> 2^31 elements). Each step has a time limit, so one call fits in ~9 min.
 set -uo pipefail

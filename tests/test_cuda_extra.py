@@ -192,15 +192,14 @@ UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32"
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
 @pytest.mark.parametrize("case", UPDATE_VEC_CASES)
-@pytest.mark.parametrize("nb", ["1", "2", "4"])
-def test_causal_conv1d_update_vector_path(dtype, case, nb, monkeypatch):
+@pytest.mark.parametrize("B", [3, 33])
+def test_causal_conv1d_update_vector_path(dtype, case, B):
     """The decode step in the HF cache layout (conv_state (B, DI, 4), one token): the 4-channel kernel
     (16-byte state rows, vector x / taps when contiguous, element loads otherwise) and the shapes that fall
     back to the per-channel kernel (di_odd, state_slice_misaligned, seqlen2); conv_state rewritten exactly,
-    neighbours of a slice untouched; every weight / bias dtype pair (one kernel instance each). nb: EXPERIMENT
-    JAMBA_EXT_CONV_UPDATE_NB (batch rows per thread; batch 3 leaves the last tile partial)."""
-    monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_NB", nb)
-    B, DI, K, S = 3, 36, 4, 4
+    neighbours of a slice untouched; every weight / bias dtype pair (one kernel instance each). Batch 33: two batch
+    rows per thread from 32 rows on, the last thread with one."""
+    DI, K, S = 36, 4, 4
     if case == "di_odd":
         DI = 37
     if case == "w_transposed_K3":

@@ -11,8 +11,8 @@
  * Kernels (shapes and layouts at each): causal_conv1d_fwd_kernel (the forward, every shape: one warp = 4
  * consecutive row segments of 32 lanes x 4 16-byte vectors, halo through warp shuffles, the next segment's
  * loads in flight while one is computed, no shared memory; element loads/stores when the rows are not
- * 16-byte vectors), causal_conv1d_update_vec_kernel (L == 1, S == 4: one thread = 4 channels, 16-byte state
- * rows), causal_conv1d_update_kernel (any other update: one thread per channel).
+ * 16-byte vectors), causal_conv1d_update_vec_kernel (L == 1, S == 4: one thread = 4 channels of 1 or 2 batch
+ * rows, 16-byte state rows), causal_conv1d_update_kernel (any other update: one thread per channel).
  * Why this forward (A/B round at eaa685c, benchmarks/results/gpu_round_eaa685c.log, H200, bf16, DI 8192,
  * graph-timed): of six variants it was fastest at 1x32768 / 8x2048 (275.8 / 141.5 us, 91.1% / 88.8% of copy
  * bandwidth, against 288.7 / 153.6 for one segment per warp) and within 1% of the best at 1x8192 (74.1 us
@@ -27,7 +27,6 @@
  * SiLU: v / (1 + 2^(-v log2 e)) with ex2.approx.ftz and __fdividef (~2 ulp) in the forward and vec kernels;
  * __expf and an IEEE division in causal_conv1d_update_kernel.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include <type_traits>
@@ -413,15 +412,16 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   T contiguous, 16-byte aligned; conv_state (B, DI, 4) T with rows of 4 contiguous entries (ss1 == 4),
  *   16-byte aligned groups of 4 rows; w (DI, K), bias (DI,) f32|T (wvec: K == 4, unit tap stride, rows
  *   aligned: one 8/16-byte load per channel; else conv_taps). DI % 4 == 0.
- *   One thread = channels c..c+3 of batch rows NB*bt .. NB*bt+NB-1 (< B) (flat (bt, channel group) index on
- *   grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch row the 4
+ *   One thread = channels c..c+3 of batch rows NB*bt .. NB*bt+NB-1 (< B; NB = 1 or 2) (flat (bt, channel
+ *   group) index on grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch row the 4
  *   state rows (32 bytes bf16/f16, 64 f32: 2 or 4 16-byte loads) and x, all loaded before the first store;
  *   new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
  *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten.
- *   NB > 1: EXPERIMENT (env JAMBA_EXT_CONV_UPDATE_NB = 2 or 4, read per call; written without a GPU): every
- *   batch row re-reads the taps and bias (B * DI * 10 bytes in bf16, half the state's bytes: 5 MB at batch 64,
- *   through L2), NB rows per thread read them once per NB rows. Batch 64 runs at 3.6 us against a same-size
- *   copy's 2.7 us (gpu_round_aa2c3a2.log); issue 3's 90% of copy bandwidth is 2.76 us. */
+ *   NB = 2 from batch CONV_UPDATE_NB2_MIN_BATCH on: with one row per thread every batch row re-reads the taps
+ *   and bias (B * DI * 10 bytes in bf16, half the state's bytes, through L2); A/B in one binary
+ *   (gpu_round_0520adb.log, H200 bf16, graph-timed, us, NB 1 / 2 / 4): batch 1 1.4 / 1.5 / 1.5, 16: 1.9 / 1.9 /
+ *   2.3, 64: 3.9 / 3.3 / 3.5, 256: 8.8 / 8.9 / 10.3. */
+#define CONV_UPDATE_NB2_MIN_BATCH 32
 template <typename T, typename W, typename BT, int NB>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
@@ -540,14 +540,12 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const int xvec = a.sx1 == 1 && ((uintptr_t)a.x % (uintptr_t)(4 * es)) == 0 && (a.B <= 1 || a.sx0 % 4 == 0);
     const int64_t wes = a.wdt == JAMBA_F32 ? 4 : es;
     const int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
-    const char *nbs = getenv("JAMBA_EXT_CONV_UPDATE_NB"); /* EXPERIMENT (see the kernel): 2 or 4 batch rows a thread */
-    const int nb = nbs != NULL && (nbs[0] == '2' || nbs[0] == '4') ? nbs[0] - '0' : 1;
+    const int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
     const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / 4, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
-    void (*k)(conv_update_args, int, int) = nb == 4   ? conv_update_vec_kernel<T, 4>(wf32, bf32)
-                                            : nb == 2 ? conv_update_vec_kernel<T, 2>(wf32, bf32)
-                                                      : conv_update_vec_kernel<T, 1>(wf32, bf32);
+    void (*k)(conv_update_args, int, int) = nb == 2 ? conv_update_vec_kernel<T, 2>(wf32, bf32)
+                                                    : conv_update_vec_kernel<T, 1>(wf32, bf32);
     jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
