@@ -1,8 +1,10 @@
-"""moe_experts once at 4096 tokens (Jamba-v0.1, bf16) with the wgmma engine, for Nsight Compute (dev/README.md)."""
+"""moe_experts once at T tokens (argv[1], default 4096; Jamba-v0.1, bf16) with the wgmma engine, for Nsight Compute
+(dev/README.md)."""
+import sys
 import torch, jamba_ext
 from jamba_ext import ops
 torch.manual_seed(0)
-T, H, F, E, K = 4096, 4096, 14336, 16, 2
+T, H, F, E, K = int(sys.argv[1]) if len(sys.argv) > 1 else 4096, 4096, 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 x = torch.randn(T, H, device=dev, dtype=dt)
 wgu = torch.randn(E, 2 * F, H, device=dev, dtype=dt) * H ** -0.5
