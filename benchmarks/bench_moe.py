@@ -151,9 +151,6 @@ def sanitize_cases():
                 out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
                                JAMBA_EXT_WGMMA_TILES=tiles)()
                 assert not torch.isnan(out).any(), f"wgmma tiles={tiles}"
-            out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
-                           JAMBA_EXT_WGMMA_TILES="all", JAMBA_EXT_WGMMA_EPI="smem")()  # EXPERIMENT staged epilogue
-            assert not torch.isnan(out).any(), "wgmma staged epilogue"
     torch.cuda.synchronize()
     print("bench_moe --sanitize: all engines ran")
 
@@ -202,8 +199,6 @@ def main():
     variants = [("ours", ours("auto"))]
     if dev.type == "cuda":
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
-        if os.environ.get("JAMBA_EXT_AB_ROWS") == "1":  # EXPERIMENT (moe_wgmma.cu: wg_epilogue_staged)
-            variants += [("ours:wgmma (staged epi)", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_EPI="smem"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

@@ -112,53 +112,6 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
     }
 }
 
-/* EXPERIMENT (env JAMBA_EXT_WGMMA_EPI=smem, read per call, WT_ALL only; written without a GPU): wg_epilogue through
- * shared memory. Each warpgroup writes its 64 rows of outputs (gate_up: 128 act values, down: 256 scaled values per
- * row, in T) into a buffer at the ring's start (rows RS = 16 * (outputs / 8 + 1) bytes apart: the 8 rows of a
- * store instruction fall on different banks), then copies whole 16-byte pieces of rows to global memory (8 or 16
- * per thread) instead of 32 or 64 4-byte stores per thread, each instruction touching 8 rows. Why: Nsight Compute
- * (ncu_moe_a8133c4.log) has the tensor pipe busy 83-88% of the time; the epilogue is part of the rest. Caller:
- * every wgmma of the block finished (wait_group 0, then a block barrier) and no TMA load in flight (all were
- * consumed). Same values, same bits as wg_epilogue. */
-template <typename T>
-__device__ __forceinline__ void wg_epilogue_staged(const moe_gemm_args &a, const float (&acc)[128], int64_t row0,
-                                                   int64_t row_end, int64_t n0, int wgi, int warp, int lane,
-                                                   unsigned char *ring) {
-    const int g = lane >> 2, tq = lane & 3;
-    const int OUTS = a.gate_up ? WG_BN / 2 : WG_BN; /* outputs per row of this tile */
-    const int RS = 2 * OUTS + 16;                    /* bytes between buffer rows */
-    unsigned char *buf = ring + wgi * 64 * (2 * WG_BN + 16);
-#pragma unroll
-    for (int h = 0; h < 2; h++) {
-        const int lr = (warp & 3) * 16 + g + h * 8; /* row of the warpgroup's 64 */
-        const int64_t p = row0 + wgi * 64 + lr;
-        T *br = reinterpret_cast<T *>(buf + lr * RS);
-        if (a.gate_up) {
-#pragma unroll
-            for (int j = 0; j < 16; j++)
-                store2<T>(br + j * 8 + tq * 2, moe_act_fast<T>(acc[4 * j + 2 * h], acc[4 * (j + 16) + 2 * h]),
-                          moe_act_fast<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 16) + 2 * h + 1]));
-        } else {
-            const float w = p < row_end ? a.weights[a.sorted[p]] : 0.f;
-#pragma unroll
-            for (int j = 0; j < 32; j++)
-                store2<T>(br + j * 8 + tq * 2, moe_scaled<T>(acc[4 * j + 2 * h], w),
-                          moe_scaled<T>(acc[4 * j + 2 * h + 1], w));
-        }
-    }
-    asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wgi) : "memory"); /* the warpgroup's rows are in the buffer */
-    const int t = (warp & 3) * 32 + lane, CPR = OUTS / 8; /* thread of the warpgroup; 16-byte pieces per row */
-    T *C = reinterpret_cast<T *>(a.C);
-    for (int q = t; q < 64 * CPR; q += 128) {
-        const int lr = q / CPR, c = q - lr * CPR;
-        const int64_t p = row0 + wgi * 64 + lr, col = n0 + c * 8;
-        if (p >= row_end || col >= a.N) continue; /* N % 8 == 0: a piece is all inside or all outside */
-        const uint4 v = *reinterpret_cast<const uint4 *>(buf + lr * RS + c * 16);
-        const int64_t orow = a.gate_up ? p : (int64_t)a.sorted[p];
-        *reinterpret_cast<uint4 *>(C + orow * a.N + col) = v;
-    }
-}
-
 /* Tile modes (template parameter MODE of the kernel and its helpers):
  *   WT_ALL  128 A rows x 256 W rows over every row of every expert, 4 stages of 48 KB (the measured default);
  *   WT_FULL the same, except that an expert's last partial tile of <= 64 rows is left to WT_TAIL;
@@ -332,7 +285,7 @@ __device__ __forceinline__ bool wt_find_tile(const moe_gemm_args &a, int64_t mt,
 template <typename T, int MODE>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                     moe_gemm_args a, int64_t m_tiles, int64_t n_tiles, int epi_smem) {
+                     moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     using C = wt_cfg<MODE>;
@@ -394,14 +347,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    if constexpr (MODE == WT_TAIL) {
+    if constexpr (MODE == WT_TAIL)
         wg_epilogue<T>(a, acc, row0, row_end, n_tail, 0, warp, lane);
-    } else if (MODE == WT_ALL && epi_smem) { /* EXPERIMENT, see wg_epilogue_staged */
-        __syncthreads(); /* both warpgroups' wgmmas are done with the ring */
-        wg_epilogue_staged<T>(a, acc, row0, row_end, n0, wgi, warp, lane, wg_smem_raw + (base - smem_u32(wg_smem_raw)));
-    } else {
+    else
         wg_epilogue<T>(a, acc, row0, row_end, n0, wgi, warp, lane);
-    }
 #endif
 }
 
@@ -483,10 +432,8 @@ static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t
     if (MODE == WT_FULL && slots / 65 < m_tiles) m_tiles = slots / 65;
     if (m_tiles == 0) return JAMBA_OK;
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? C::WR / 2 : C::WR);
-    const char *epi = getenv("JAMBA_EXT_WGMMA_EPI"); /* EXPERIMENT (wg_epilogue_staged) */
-    const int epi_smem = MODE == WT_ALL && epi != NULL && !strcmp(epi, "smem");
     jamba_kernel_launch(moe_wgmma_kernel<T, MODE>, (unsigned)(m_tiles * n_tiles), WG_THREADS, C::SMEM, stream, tmA,
-        tmW, a, m_tiles, n_tiles, epi_smem);
+        tmW, a, m_tiles, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_kernel", stream);
     return JAMBA_OK;
 }
