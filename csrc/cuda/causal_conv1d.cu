@@ -427,7 +427,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
     jamba_pdl_begin();
     typedef jamba_w16<T> P;
     const int NS = (int)sizeof(T); /* 16-byte chunks in 4 rows x 4 entries */
-    const int64_t ng = (NB == 1 ? a.B : (a.B + NB - 1) / NB) * a.DI / 4;
+    const int64_t ng = (a.B + NB - 1) / NB * a.DI / 4; /* thread groups: batch tiles x channel groups */
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= ng) return;
     int64_t bt, c;
