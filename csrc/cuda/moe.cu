@@ -256,7 +256,7 @@ moe_mma_kernel(moe_gemm_args a, int64_t m_tiles, int64_t n_tiles) {
 
     int e;
     int64_t row0, row_end;
-    if (!moe_find_tile(a.offsets, a.E, mt, MMA_BM, &e, &row0, &row_end)) return;
+    if (!moe_find_tile(a.offsets, a.E, mt, MMA_BM, 0, &e, &row0, &row_end)) return;
     const int64_t n0 = nt * (a.gate_up ? BN / 2 : BN);
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -897,7 +897,7 @@ __global__ void __launch_bounds__(256) moe_simt_kernel(moe_gemm_args a) {
     __shared__ float sa[SIMT_TILE][SIMT_TILE + 1], sg[SIMT_TILE][SIMT_TILE + 1], su[SIMT_TILE][SIMT_TILE + 1];
     int e;
     int64_t row0, row_end;
-    if (!moe_find_tile(a.offsets, a.E, blockIdx.x, SIMT_TILE, &e, &row0, &row_end)) return;
+    if (!moe_find_tile(a.offsets, a.E, blockIdx.x, SIMT_TILE, 0, &e, &row0, &row_end)) return;
     const int64_t n0 = (int64_t)blockIdx.y * SIMT_TILE;
     const T *A = reinterpret_cast<const T *>(a.A);
     const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)e * a.w_rows * a.Kd;

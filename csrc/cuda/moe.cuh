@@ -11,13 +11,15 @@
 /* key of an expert id: its bucket, E for ids outside [0, E) (they go after expert_offsets[E]) */
 __device__ __forceinline__ int moe_key(int id, int E) { return (id >= 0 && id < E) ? id : E; }
 
-/* The m-tiles of all experts, expert-major: tile mt -> (expert, first row, end row) in sorted order.
- * Upper bound of the tile count, known on the host: ceil(slots / BM) + E. False for tiles past the end. */
-__device__ __forceinline__ bool moe_find_tile(const int32_t *offsets, int E, int64_t mt, int bm, int *e_out,
-                                              int64_t *row0, int64_t *row_end) {
+/* The m-tiles of all experts, expert-major: tile mt -> (expert, first row, end row) in sorted order; an expert's
+ * last partial tile counts only if it holds more than min_last rows (0: every partial tile; the wgmma engine's
+ * WT_FULL mode leaves the tails of <= 64 rows to another launch). Upper bound of the tile count, known on the
+ * host: ceil(slots / BM) + E. False for tiles past the end. */
+__device__ __forceinline__ bool moe_find_tile(const int32_t *offsets, int E, int64_t mt, int bm, int min_last,
+                                              int *e_out, int64_t *row0, int64_t *row_end) {
     for (int e = 0; e < E; e++) {
         const int64_t lo = offsets[e], hi = offsets[e + 1];
-        const int64_t nt = (hi - lo + bm - 1) / bm;
+        const int64_t nt = (hi - lo) / bm + ((hi - lo) % bm > min_last ? 1 : 0);
         if (mt < nt) {
             *e_out = e;
             *row0 = lo + mt * bm;

@@ -269,16 +269,7 @@ __device__ __forceinline__ bool wt_find_tile(const moe_gemm_args &a, int64_t mt,
         *e_out = (int)mt, *row0 = hi - rem, *row_end = hi;
         return true;
     } else { /* WT_FULL: 128-row tiles, a last partial one only if it has > 64 rows */
-        for (int e = 0; e < a.E; e++) {
-            const int64_t lo = a.offsets[e], hi = a.offsets[e + 1];
-            const int64_t nt = (hi - lo) / WG_BM + ((hi - lo) % WG_BM > 64 ? 1 : 0);
-            if (mt < nt) {
-                *e_out = e, *row0 = lo + mt * WG_BM, *row_end = hi;
-                return true;
-            }
-            mt -= nt;
-        }
-        return false;
+        return moe_find_tile(a.offsets, a.E, mt, WG_BM, 64, e_out, row0, row_end);
     }
 }
 
