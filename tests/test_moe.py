@@ -174,9 +174,15 @@ def test_moe_wgmma_tiles(monkeypatch):
         # every output at the same place of the same wgmma instruction in both tilings: the same bits
         monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "tail")
         tail = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        # EXPERIMENT JAMBA_EXT_WGMMA_PERSIST=1: the 128 x 256 tiles in a persistent kernel with a producer warp
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "all")
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_PERSIST", "1")
+        persist = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.delenv("JAMBA_EXT_WGMMA_PERSIST")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
         auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(tail, base) and torch.equal(auto, base), ("tilings", T, H, F, E, K, dtype)
+        assert torch.equal(persist, base), ("persistent", T, H, F, E, K, dtype)
 
 
 @pytest.mark.cuda

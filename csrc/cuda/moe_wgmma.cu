@@ -242,18 +242,27 @@ __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int
  * across experts; moe_order_938b141.log, same bits, timed in turns, ms): 512 tokens 1.419 vs 1.450, 1024: 1.965
  * vs 2.019, 2048: 2.866 vs 2.885, 4096: 5.176 vs 5.172, 8192: 9.694 vs 9.724, 16384: 19.00 vs 19.29. False past
  * the last tile. */
-__device__ __forceinline__ bool wt_expert_tile(const moe_gemm_args &a, int64_t pid, int64_t n_tiles, int *e_out,
-                                               int64_t *row0, int64_t *row_end, int64_t *nt) {
-    for (int e = 0; e < a.E; e++) {
-        const int64_t lo = a.offsets[e], hi = a.offsets[e + 1];
-        const int64_t mte = (hi - lo + WG_BM - 1) / WG_BM, nb = mte * n_tiles;
-        if (pid < nb) {
-            *e_out = e, *row0 = lo + (pid % mte) * WG_BM, *row_end = hi, *nt = pid / mte;
+struct wt_cursor { /* expert e's tiles start at block pid `first`; moves only forward */
+    int e;
+    int64_t first;
+};
+__device__ __forceinline__ bool wt_cursor_find(const moe_gemm_args &a, wt_cursor &c, int64_t pid, int64_t n_tiles,
+                                               int *e_out, int64_t *row0, int64_t *row_end, int64_t *nt) {
+    for (; c.e < a.E; c.e++) {
+        const int64_t lo = a.offsets[c.e], hi = a.offsets[c.e + 1];
+        const int64_t mte = (hi - lo + WG_BM - 1) / WG_BM, nb = mte * n_tiles, q = pid - c.first;
+        if (q < nb) {
+            *e_out = c.e, *row0 = lo + (q % mte) * WG_BM, *row_end = hi, *nt = q / mte;
             return true;
         }
-        pid -= nb;
+        c.first += nb;
     }
     return false;
+}
+__device__ __forceinline__ bool wt_expert_tile(const moe_gemm_args &a, int64_t pid, int64_t n_tiles, int *e_out,
+                                               int64_t *row0, int64_t *row_end, int64_t *nt) {
+    wt_cursor c = {0, 0};
+    return wt_cursor_find(a, c, pid, n_tiles, e_out, row0, row_end, nt);
 }
 
 /* The tile (expert e, rows row0 .. row_end - 1 of which the tile covers BM from row0) of tile row mt in WT_FULL /
@@ -345,6 +354,78 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #endif
 }
 
+/* moe_wgmma_persist_kernel<T> (EXPERIMENT, env JAMBA_EXT_WGMMA_PERSIST=1, WT_ALL tiles only): the same tiles,
+ * order, wgmma chains and epilogue as moe_wgmma_kernel<T, WT_ALL> (so the same bits), made persistent with a
+ * producer warp. Grid = min(SMs, tile bound); CTA b takes the tiles b, b + grid, ... of the expert-major order
+ * (tiles cost the same, so the CTAs stay in step and concurrently running tiles remain the window that the
+ * non-persistent launch runs). 288 threads: warps 0-7 the two consumer warpgroups, warp 8 (lane 0) the producer,
+ * which walks the same tile sequence and keeps the 4-stage ring full across tile boundaries: while the consumers
+ * run a tile's epilogue the next tile's first stages are already landing (the non-persistent kernel starts every
+ * tile with an empty ring and one thread doubling as producer that waits for all 8 warps before each refill).
+ * Ring: use u of stage s = k tile q = u * 4 + s of the CTA's sequence; full[s] as before, empty[s] one arrival per
+ * consumer warp after the wgmma group reading it finished; the producer waits for phase u - 1 of empty[s] before
+ * load q (u >= 1). The session-6 persistent attempt (a2e0c01, one consumer thread as producer, grouped order with
+ * invalid tile rows that let CTAs drift apart in the tile order) lost 19% at 2048 tokens. */
+#define WP_THREADS (WG_THREADS + 32)
+template <typename T>
+__global__ void __launch_bounds__(WP_THREADS, 1)
+    moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
+                             moe_gemm_args a, int64_t n_tiles) {
+    jamba_pdl_begin();
+#if MOE_HAS_WGMMA
+    using C = wt_cfg<WT_ALL>;
+    constexpr int S = C::STAGES;
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const wt_ring ring = wt_ring_at<WT_ALL>(wg_smem_raw);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
+    const int64_t wn = a.gate_up ? WG_BN / 2 : WG_BN; /* outputs per n-tile */
+    if (tid == 0) wt_ring_init<WT_ALL>(ring);
+    __syncthreads();
+    wt_cursor cur = {0, 0};
+    int e;
+    int64_t row0, row_end, nt;
+    if (warp == WG_THREADS / 32) { /* producer */
+        if (lane != 0) return;
+        uint32_t q = 0;
+        for (int64_t pid = blockIdx.x; wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
+             pid += gridDim.x) {
+            const int wrow = (int)((int64_t)e * a.w_rows + nt * wn);
+            for (int kt = 0; kt < KT; kt++, q++) {
+                const uint32_t st = q % S;
+                if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
+                wt_issue<WT_ALL>(a, &tmA, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st, kt, (int)row0,
+                                 wrow);
+            }
+        }
+        return;
+    }
+    const int wgi = warp >> 2;
+    uint32_t it = 0; /* k tiles consumed so far */
+    auto release = [&](uint32_t q) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(ring.empty + 8 * (q % S));
+    };
+    for (int64_t pid = blockIdx.x; wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt); pid += gridDim.x) {
+        float acc[128];
+#pragma unroll
+        for (int i = 0; i < 128; i++) acc[i] = 0.f;
+        for (int kt = 0; kt < KT; kt++, it++) {
+            const uint32_t st = it % S;
+            mbar_wait(ring.full + 8 * st, (it / S) & 1);
+            __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
+            wt_mma_ktile<T, WT_ALL>(acc, ring.base + st * C::STAGE_BYTES, wgi); /* group it - 1 has finished */
+            if (kt > 0) release(it - 1);
+        }
+        asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+        for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+        release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
+        wg_epilogue<T>(a, acc, row0, row_end, nt * wn, wgi, warp, lane);
+    }
+#endif
+}
+
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -429,6 +510,29 @@ static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t
     return JAMBA_OK;
 }
 
+/* one launch of moe_wgmma_persist_kernel<T>: a CTA per SM, or fewer when the tile bound is smaller */
+template <typename T>
+static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int64_t slots, int dev,
+                                         const CUtensorMap &tmW, cudaStream_t stream) {
+    using C = wt_cfg<WT_ALL>;
+    static int sms[64]; /* SM count (0: not read yet); the dynamic shared-memory limit raised with it */
+    int nsm = dev >= 0 && dev < 64 ? sms[dev] : 0;
+    if (nsm == 0) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              C::SMEM));
+        JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
+        if (dev >= 0 && dev < 64) sms[dev] = nsm;
+    }
+    CUtensorMap tmA;
+    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, C::BM));
+    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
+    const int64_t bound = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles; /* tiles of the expert-major order */
+    const int64_t grid = bound < nsm ? bound : nsm;
+    jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, C::SMEM, stream, tmA, tmW, a, n_tiles);
+    JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
+    return JAMBA_OK;
+}
+
 template <typename T>
 static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     if (!moe_wgmma_available(dev))
@@ -450,6 +554,8 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
         JAMBA_TRY((wgmma_launch_mode<T, WT_FULL>(dtype, a, slots, dev, tmW, stream)));
         return wgmma_launch_mode<T, WT_TAIL>(dtype, a, slots, dev, tmW, stream);
     }
+    const char *persist = getenv("JAMBA_EXT_WGMMA_PERSIST"); /* EXPERIMENT: moe_wgmma_persist_kernel */
+    if (persist != NULL && persist[0] == '1') return wgmma_launch_persist<T>(dtype, a, slots, dev, tmW, stream);
     return wgmma_launch_mode<T, WT_ALL>(dtype, a, slots, dev, tmW, stream);
 }
 
