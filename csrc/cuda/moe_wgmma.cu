@@ -356,17 +356,24 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 
 /* moe_wgmma_persist_kernel<T> (EXPERIMENT, env JAMBA_EXT_WGMMA_PERSIST=1, WT_ALL tiles only): the same tiles,
  * order, wgmma chains and epilogue as moe_wgmma_kernel<T, WT_ALL> (so the same bits), made persistent with a
- * producer warp. Grid = min(SMs, tile bound); CTA b takes the tiles b, b + grid, ... of the expert-major order
- * (tiles cost the same, so the CTAs stay in step and concurrently running tiles remain the window that the
- * non-persistent launch runs). 288 threads: warps 0-7 the two consumer warpgroups, warp 8 (lane 0) the producer,
- * which walks the same tile sequence and keeps the 4-stage ring full across tile boundaries: while the consumers
- * run a tile's epilogue the next tile's first stages are already landing (the non-persistent kernel starts every
- * tile with an empty ring and one thread doubling as producer that waits for all 8 warps before each refill).
- * Ring: use u of stage s = k tile q = u * 4 + s of the CTA's sequence; full[s] as before, empty[s] one arrival per
- * consumer warp after the wgmma group reading it finished; the producer waits for phase u - 1 of empty[s] before
- * load q (u >= 1). The session-6 persistent attempt (a2e0c01, one consumer thread as producer, grouped order with
- * invalid tile rows that let CTAs drift apart in the tile order) lost 19% at 2048 tokens. */
+ * producer warp. Grid = min(SMs, tile bound). 288 threads: warps 0-7 the two consumer warpgroups, warp 8 (lane 0)
+ * the producer, which keeps the 4-stage ring full across tile boundaries: while the consumers run a tile's
+ * epilogue the next tile's first stages are already landing (the non-persistent kernel starts every tile with an
+ * empty ring, and its thread 0 doubles as producer, waiting for all 8 warps before each refill).
+ * Tiles are handed out dynamically, in expert-major order: CTA b starts with tile b, then takes tile
+ * grid + atomicAdd(wp_sched[0], 1) when it starts loading the next one, so consecutive tiles (an expert's m-tiles
+ * on one W slab) start at about the same time, as the non-persistent launch's block dispatch does. A static
+ * assignment (tiles b, b + grid, ...; ba28626, moe_persist_ba28626.log) lost 9-11% at 1024-2048 tokens: CTAs drift
+ * apart over ~35 tiles and an expert's m-tiles then stream its W slab at different times (L2 misses). The last
+ * CTA to finish resets the counters (wp_sched[1] counts finished CTAs) for the next launch; two launches running
+ * at once on one device (two streams) would share them: EXPERIMENT only.
+ * The producer writes the tile id (-1: none left) into slot[s] of the stage s that receives the tile's first k
+ * tile before loading it; the consumers read it after full[s] completed (the arrive releases the write).
+ * Ring: load q goes to stage q % 4; before load q >= 4 the producer waits for phase q / 4 - 1 of empty[s] (one
+ * arrival per consumer warp after the wgmma group reading the stage finished). */
 #define WP_THREADS (WG_THREADS + 32)
+#define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
+__device__ int wp_sched[2];
 template <typename T>
 __global__ void __launch_bounds__(WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
@@ -377,6 +384,7 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
     constexpr int S = C::STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     const wt_ring ring = wt_ring_at<WT_ALL>(wg_smem_raw);
+    volatile int *slot = reinterpret_cast<volatile int *>(wg_smem_raw + (ring.empty + 8 * S - smem_u32(wg_smem_raw)));
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     const int64_t wn = a.gate_up ? WG_BN / 2 : WG_BN; /* outputs per n-tile */
@@ -388,15 +396,30 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
     if (warp == WG_THREADS / 32) { /* producer */
         if (lane != 0) return;
         uint32_t q = 0;
-        for (int64_t pid = blockIdx.x; wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
-             pid += gridDim.x) {
+        for (int64_t pid = blockIdx.x;;) {
+            const bool found = wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
+            const int64_t next = found ? gridDim.x + (int64_t)atomicAdd(&wp_sched[0], 1) : -1;
+            const uint32_t s0 = q % S;
+            if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * s0, (q / S - 1) & 1);
+            slot[s0] = found ? (int)pid : -1;
+            if (!found) {
+                mbar_arrive(ring.full + 8 * s0); /* no bytes: the consumers read -1 and stop */
+                break;
+            }
             const int wrow = (int)((int64_t)e * a.w_rows + nt * wn);
             for (int kt = 0; kt < KT; kt++, q++) {
                 const uint32_t st = q % S;
-                if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
+                if (kt > 0 && q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
                 wt_issue<WT_ALL>(a, &tmA, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st, kt, (int)row0,
                                  wrow);
             }
+            pid = next;
+        }
+        __threadfence();
+        if (atomicAdd(&wp_sched[1], 1) == (int)gridDim.x - 1) { /* every CTA has taken its last tile id */
+            wp_sched[0] = 0;
+            wp_sched[1] = 0;
+            __threadfence();
         }
         return;
     }
@@ -406,7 +429,10 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
         __syncwarp();
         if (lane == 0) mbar_arrive(ring.empty + 8 * (q % S));
     };
-    for (int64_t pid = blockIdx.x; wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt); pid += gridDim.x) {
+    for (;;) {
+        mbar_wait(ring.full + 8 * (it % S), (it / S) & 1);
+        const int pid = slot[it % S];
+        if (pid < 0 || !wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
         float acc[128];
 #pragma unroll
         for (int i = 0; i < 128; i++) acc[i] = 0.f;
@@ -519,7 +545,7 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     int nsm = dev >= 0 && dev < 64 ? sms[dev] : 0;
     if (nsm == 0) {
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              C::SMEM));
+                                              WP_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
@@ -528,7 +554,7 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
     const int64_t bound = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles; /* tiles of the expert-major order */
     const int64_t grid = bound < nsm ? bound : nsm;
-    jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, C::SMEM, stream, tmA, tmW, a, n_tiles);
+    jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmW, a, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
     return JAMBA_OK;
 }
