@@ -147,7 +147,7 @@ def sanitize_cases():
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
         if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # both tilings (moe_wgmma.cu)
-            for tiles, persist in (("all", "0"), ("tail", "0"), ("all", "1")):
+            for tiles, persist in (("all", "1"), ("tail", "1"), ("all", "0")):
                 out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
                                JAMBA_EXT_WGMMA_TILES=tiles, JAMBA_EXT_WGMMA_PERSIST=persist)()
                 assert not torch.isnan(out).any(), f"wgmma tiles={tiles} persist={persist}"
@@ -199,9 +199,9 @@ def main():
     variants = [("ours", ours("auto"))]
     if dev.type == "cuda":
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
-        # EXPERIMENT: the 128 x 256 tiles in the persistent kernel with a producer warp (moe_wgmma.cu)
-        variants += [("ours:wgmma persist", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
-                                                     JAMBA_EXT_WGMMA_PERSIST="1"))]
+        # A/B: the 128 x 256 tiles in the non-persistent kernel (the default is persistent; moe_wgmma.cu)
+        variants += [("ours:wgmma nonpersist", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
+                                                        JAMBA_EXT_WGMMA_PERSIST="0"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

@@ -224,7 +224,9 @@ jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p, jamba_lau
  * Shapes: x (T, H) contiguous; out (T, H) contiguous; weights (T, TOPK) f32 contiguous;
  *   expert_ids (T, TOPK) i32; expert_offsets (E+1,), sorted_slots (T*TOPK,) i32 (from route/permute);
  *   w_gate_up (E, 2F, H) and w_down (E, H, F) contiguous, x's dtype (gate rows first: transformers 5.x);
- *   workspaces act (T*TOPK, F) and slot_out (T*TOPK, H), contiguous, x's dtype. */
+ *   workspaces act (T*TOPK, F) and slot_out (T*TOPK, H), contiguous, x's dtype; optional workspace sched (>= 2,)
+ *   int32, any contents (the tile counters of the persistent Hopper GEMMs, zeroed on the device before use;
+ *   without it impl wgmma runs its non-persistent kernel). */
 typedef enum {
     JAMBA_MOE_IMPL_AUTO = 0,      /* by size and dtype */
     JAMBA_MOE_IMPL_MMA = 1,       /* tensor-core grouped GEMM (bf16/f16, H and F multiples of 8) */
@@ -241,6 +243,7 @@ typedef enum {
 typedef struct {
     jamba_tensor out, x, weights, expert_ids, expert_offsets, sorted_slots, w_gate_up, w_down;
     jamba_tensor act, slot_out;   /* workspaces */
+    jamba_tensor sched;           /* optional workspace (>= 2,) int32 */
     int impl;                     /* jamba_moe_impl */
 } jamba_moe_experts_params;
 

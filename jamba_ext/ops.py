@@ -587,10 +587,11 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
     out = _alloc((T, H), x.dtype, x.device)
     slot_out = _alloc((T * K, H), x.dtype, x.device)
     act = _alloc((T * K, Fd), x.dtype, x.device)
+    sched = _alloc((2,), torch.int32, x.device)  # tile counters of the persistent Hopper GEMMs (zeroed on device)
     _call(op, x.device, op, [("out", out), ("x", xc), ("weights", w32), ("expert_ids", ids),
                              ("expert_offsets", expert_offsets), ("sorted_slots", sorted_slots),
                              ("w_gate_up", w_gate_up), ("w_down", w_down), ("act", act),
-                             ("slot_out", slot_out)], _MOE_IMPLS[impl])
+                             ("slot_out", slot_out), ("sched", sched)], _MOE_IMPLS[impl])
     return out
 
 

@@ -149,7 +149,8 @@ def test_moe_wgmma_tiles(monkeypatch):
     """The wgmma engine on tile-edge cases: partial last tiles of every size, an expert with all first choices,
     empty experts, k tiles wrapping the stage ring, more tiles than SMs, f16 too; two runs bit-identical; both
     tilings (JAMBA_EXT_WGMMA_TILES=all: 128 x 256 tiles only; =tail: the <= 64-row tails as 64 x 512 tiles, as
-    impl wgmma runs up to 16 slots per expert) give the same bits."""
+    impl wgmma runs up to 16 slots per expert) and both 128 x 256 kernels (persistent, the default, and not:
+    JAMBA_EXT_WGMMA_PERSIST=0) give the same bits."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
@@ -174,15 +175,15 @@ def test_moe_wgmma_tiles(monkeypatch):
         # every output at the same place of the same wgmma instruction in both tilings: the same bits
         monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "tail")
         tail = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        # EXPERIMENT JAMBA_EXT_WGMMA_PERSIST=1: the 128 x 256 tiles in a persistent kernel with a producer warp
+        # the 128 x 256 tiles without the persistent kernel (JAMBA_EXT_WGMMA_PERSIST=0; base ran persistent)
         monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "all")
-        monkeypatch.setenv("JAMBA_EXT_WGMMA_PERSIST", "1")
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_PERSIST", "0")
         persist = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_PERSIST")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
         auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(tail, base) and torch.equal(auto, base), ("tilings", T, H, F, E, K, dtype)
-        assert torch.equal(persist, base), ("persistent", T, H, F, E, K, dtype)
+        assert torch.equal(persist, base), ("non-persistent", T, H, F, E, K, dtype)
 
 
 @pytest.mark.cuda
@@ -458,6 +459,29 @@ def test_moe_bad_inputs(device):
         ops.moe_route(randn(T, E, device=device).to(torch.int32), 1)
     with pytest.raises(ValueError, match="num_experts"):
         ops.moe_permute(ids, 0)
+
+
+def test_moe_experts_sched_workspace_checks():
+    """The C check of the optional tile-counter workspace (ops.moe_experts always passes a good one; the C API
+    takes it from any caller): int32, at least 2 elements, contiguous, not overlapping an operand."""
+    T, H, F, E, K = 5, 16, 8, 4, 2
+    dt = torch.bfloat16
+    x = randn(T, H, dtype=dt)
+    w_gate_up, w_down = expert_weights(E, H, F, torch.device("cpu"), dt)
+    w, ids, offsets, slots = routed(T, E, K, torch.device("cpu"))
+    out, slot_out, act = torch.empty(T, H, dtype=dt), torch.empty(T * K, H, dtype=dt), torch.empty(T * K, F, dtype=dt)
+
+    def call(sched):
+        ops._call("moe_experts", x.device, "moe_experts",
+                  [("out", out), ("x", x), ("weights", w.float().contiguous()), ("expert_ids", ids),
+                   ("expert_offsets", offsets), ("sorted_slots", slots), ("w_gate_up", w_gate_up),
+                   ("w_down", w_down), ("act", act), ("slot_out", slot_out), ("sched", sched)], 0)
+    for bad, msg in [(torch.zeros(2, dtype=torch.int64), "int32"), (torch.zeros(1, dtype=torch.int32), "at least 2"),
+                     (torch.zeros(4, dtype=torch.int32)[::2], "contiguous"), (ids.view(-1)[:2], "overlap")]:
+        with pytest.raises(ValueError, match="sched.*" + msg):
+            call(bad)
+    with pytest.raises(RuntimeError, match="in torch"):  # a good one passes the checks (CPU: GEMMs in torch)
+        call(torch.zeros(2, dtype=torch.int32))
 
 
 def test_moe_expert_ids_out_of_range(device):

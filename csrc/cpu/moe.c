@@ -242,6 +242,13 @@ jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p) {
     const int64_t ssh[2] = {T * K, H}, ash[2] = {T * K, F};
     JAMBA_TRY(check_same_float(op, "slot_out", &p->slot_out, &p->x, 2, ssh));
     JAMBA_TRY(check_same_float(op, "act", &p->act, &p->x, 2, ash));
+    JAMBA_TRY(jamba_check_tensor(op, "sched", &p->sched, 1, I32, 1));
+    if (p->sched.data != NULL) {
+        JAMBA_TRY(jamba_check_contiguous(op, "sched", &p->sched));
+        if (p->sched.shape[0] < 2)
+            return jamba_set_error(JAMBA_ERR_SHAPE, "%s: sched must have at least 2 elements, got %lld", op,
+                                   (long long)p->sched.shape[0]);
+    }
     const jamba_tensor *ins[] = {&p->x, &p->weights, &p->expert_ids, &p->expert_offsets, &p->sorted_slots,
                                  &p->w_gate_up, &p->w_down, &p->act, &p->slot_out};
     const char *names[] = {"x", "weights", "expert_ids", "expert_offsets", "sorted_slots", "w_gate_up",
@@ -249,7 +256,10 @@ jamba_status jamba_moe_experts_check(const jamba_moe_experts_params *p) {
     for (int i = 0; i < 9; i++) JAMBA_TRY(check_no_overlap(op, "out", &p->out, names[i], ins[i]));
     for (int i = 0; i < 7; i++) JAMBA_TRY(check_no_overlap(op, "act", &p->act, names[i], ins[i]));
     for (int i = 0; i < 7; i++) JAMBA_TRY(check_no_overlap(op, "slot_out", &p->slot_out, names[i], ins[i]));
-    return check_no_overlap(op, "slot_out", &p->slot_out, "act", &p->act);
+    JAMBA_TRY(check_no_overlap(op, "slot_out", &p->slot_out, "act", &p->act));
+    if (p->sched.data == NULL) return JAMBA_OK;
+    for (int i = 0; i < 9; i++) JAMBA_TRY(check_no_overlap(op, "sched", &p->sched, names[i], ins[i]));
+    return check_no_overlap(op, "sched", &p->sched, "out", &p->out);
 }
 
 jamba_status jamba_moe_experts_cpu(const jamba_moe_experts_params *p) {

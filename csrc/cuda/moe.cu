@@ -1215,6 +1215,7 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
             return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: H and F must be below 1048576, got %lld, %lld",
                                    (long long)H, (long long)F);
         moe_gemm_args g;
+        g.sched = NULL;
         g.offsets = (const int32_t *)p->expert_offsets.data;
         g.sorted = (const int32_t *)p->sorted_slots.data;
         g.weights = (const float *)p->weights.data;
@@ -1224,12 +1225,13 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
             /* x gathered into sorted order in slot_out (free until the down GEMM writes it), then both GEMMs
              * with TMA-loaded tiles (moe_wgmma.cu) */
             const int dt = std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16;
-            JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, stream));
+            int32_t *sched = (int32_t *)p->sched.data; /* tile counters (persistent kernel), zeroed by the gather */
+            JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, sched, stream));
             g.A = p->slot_out.data, g.W = p->w_gate_up.data, g.C = p->act.data;
-            g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1;
+            g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1, g.sched = sched;
             JAMBA_TRY(moe_wgmma_gemm(dt, g, slots, device, stream));
             g.A = p->act.data, g.W = p->w_down.data, g.C = p->slot_out.data;
-            g.Kd = F, g.N = H, g.w_rows = H, g.gate_up = 0;
+            g.Kd = F, g.N = H, g.w_rows = H, g.gate_up = 0, g.sched = sched ? sched + 1 : NULL;
             JAMBA_TRY(moe_wgmma_gemm(dt, g, slots, device, stream));
             return combine_launch<T>(p, device, stream);
         }

@@ -54,6 +54,7 @@ struct moe_gemm_args {
     int64_t N;                /* outputs per row: F (gate_up) or H (down) */
     int64_t w_rows;           /* rows of one expert's W: 2F or H */
     int E, topk, gate_up;
+    int32_t *sched;           /* impl wgmma: this GEMM's tile counter, zero on entry (NULL: non-persistent kernel) */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */
@@ -109,9 +110,10 @@ template <> __device__ __forceinline__ void store2<__half>(__half *p, float a, f
 /* engines defined in moe_wgmma.cu (sm_90a; UNSUPPORTED elsewhere). moe_wgmma_gemm: one GEMM with A rows in
  * sorted order (a.gate_up: the rows gathered by moe_gather_rows) */
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
-/* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows */
+/* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows; sched[0..1] = 0 (if not NULL:
+ * the tile counters of the two GEMMs that follow) */
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
-                             int64_t H, cudaStream_t stream);
+                             int64_t H, int32_t *sched, cudaStream_t stream);
 /* 1 when the wgmma kernels can run on `device` (a Hopper GPU and sm_90a code in this build), cached */
 int moe_wgmma_available(int device);
 

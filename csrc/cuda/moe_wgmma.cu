@@ -21,11 +21,14 @@
  *   Rows of a box past the expert (or past N) feed only outputs that the epilogue skips; boxes past a tensor's
  *   end are zero-filled. Block order: expert-major (wt_expert_tile) for WT_ALL, grouped (moe_grouped_tile) for the
  *   tail modes; non-persistent.
+ * moe_wgmma_persist_kernel: the WT_ALL tiles of moe_wgmma_kernel (same bits), persistent, with a producer warp
+ *   and tiles handed out through a counter in the op's workspace (see the kernel); the default for WT_ALL when
+ *   the caller passes that workspace (jamba_moe_experts_params.sched) and env JAMBA_EXT_WGMMA_PERSIST is not 0.
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
  * TMA maps below 2^31.
  * Tile modes by size (wgmma_launch): up to MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT slots per expert on average
  * (few rows per expert: decode batches), each expert's last partial tile of <= 64 rows runs as a 64 x 512 tile
- * in a second launch (WT_FULL + WT_TAIL, below); above, every tile is 128 x 256 (WT_ALL).
+ * in a second launch (WT_FULL + WT_TAIL, below); above, every tile is 128 x 256 (WT_ALL, persistent by default).
  */
 #include "moe.cuh"
 
@@ -141,8 +144,9 @@ template <int MODE> struct wt_cfg {
 
 template <typename T>
 __global__ void __launch_bounds__(256) moe_gather_rows_kernel(T *xs, const T *x, const int32_t *sorted, int topk,
-                                                               int64_t slots, int64_t H) {
+                                                               int64_t slots, int64_t H, int32_t *sched) {
     jamba_pdl_begin();
+    if (sched != NULL && blockIdx.x == 0 && threadIdx.x < 2) sched[threadIdx.x] = 0; /* the GEMMs' tile counters */
     const int64_t p = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     if (p >= slots) return;
     const uint4 *src = reinterpret_cast<const uint4 *>(x + (int64_t)(sorted[p] / topk) * H);
@@ -361,19 +365,17 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  * epilogue the next tile's first stages are already landing (the non-persistent kernel starts every tile with an
  * empty ring, and its thread 0 doubles as producer, waiting for all 8 warps before each refill).
  * Tiles are handed out dynamically, in expert-major order: CTA b starts with tile b, then takes tile
- * grid + atomicAdd(wp_sched[0], 1) when it starts loading the next one, so consecutive tiles (an expert's m-tiles
- * on one W slab) start at about the same time, as the non-persistent launch's block dispatch does. A static
- * assignment (tiles b, b + grid, ...; ba28626, moe_persist_ba28626.log) lost 9-11% at 1024-2048 tokens: CTAs drift
- * apart over ~35 tiles and an expert's m-tiles then stream its W slab at different times (L2 misses). The last
- * CTA to finish resets the counters (wp_sched[1] counts finished CTAs) for the next launch; two launches running
- * at once on one device (two streams) would share them: EXPERIMENT only.
+ * grid + atomicAdd(a.sched, 1) (a counter in the op's workspace, zeroed by moe_gather_rows_kernel) when it starts
+ * loading the next one, so consecutive tiles (an expert's m-tiles on one W slab) start at about the same time, as
+ * the non-persistent launch's block dispatch does. A static assignment (tiles b, b + grid, ...; ba28626,
+ * moe_persist_ba28626.log) lost 9-11% at 1024-2048 tokens: CTAs drift apart over ~35 tiles and an expert's
+ * m-tiles then stream its W slab at different times (L2 misses).
  * The producer writes the tile id (-1: none left) into slot[s] of the stage s that receives the tile's first k
  * tile before loading it; the consumers read it after full[s] completed (the arrive releases the write).
  * Ring: load q goes to stage q % 4; before load q >= 4 the producer waits for phase q / 4 - 1 of empty[s] (one
  * arrival per consumer warp after the wgmma group reading the stage finished). */
 #define WP_THREADS (WG_THREADS + 32)
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
-__device__ int wp_sched[2];
 template <typename T>
 __global__ void __launch_bounds__(WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
@@ -398,7 +400,7 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
         uint32_t q = 0;
         for (int64_t pid = blockIdx.x;;) {
             const bool found = wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
-            const int64_t next = found ? gridDim.x + (int64_t)atomicAdd(&wp_sched[0], 1) : -1;
+            const int64_t next = found ? gridDim.x + (int64_t)atomicAdd(a.sched, 1) : -1;
             const uint32_t s0 = q % S;
             if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * s0, (q / S - 1) & 1);
             slot[s0] = found ? (int)pid : -1;
@@ -414,12 +416,6 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
                                  wrow);
             }
             pid = next;
-        }
-        __threadfence();
-        if (atomicAdd(&wp_sched[1], 1) == (int)gridDim.x - 1) { /* every CTA has taken its last tile id */
-            wp_sched[0] = 0;
-            wp_sched[1] = 0;
-            __threadfence();
         }
         return;
     }
@@ -580,20 +576,21 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
         JAMBA_TRY((wgmma_launch_mode<T, WT_FULL>(dtype, a, slots, dev, tmW, stream)));
         return wgmma_launch_mode<T, WT_TAIL>(dtype, a, slots, dev, tmW, stream);
     }
-    const char *persist = getenv("JAMBA_EXT_WGMMA_PERSIST"); /* EXPERIMENT: moe_wgmma_persist_kernel */
-    if (persist != NULL && persist[0] == '1') return wgmma_launch_persist<T>(dtype, a, slots, dev, tmW, stream);
+    const char *persist = getenv("JAMBA_EXT_WGMMA_PERSIST"); /* "0": the non-persistent kernel (A/B) */
+    if (a.sched != NULL && !(persist != NULL && persist[0] == '0'))
+        return wgmma_launch_persist<T>(dtype, a, slots, dev, tmW, stream);
     return wgmma_launch_mode<T, WT_ALL>(dtype, a, slots, dev, tmW, stream);
 }
 
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
-                             int64_t H, cudaStream_t stream) {
+                             int64_t H, int32_t *sched, cudaStream_t stream) {
     if (slots == 0 || H == 0) return JAMBA_OK;
     if (dtype == JAMBA_BF16)
         jamba_kernel_launch(moe_gather_rows_kernel<__nv_bfloat16>, (unsigned)jamba_ceil_div(slots, 8), 256, 0, stream,
-            (__nv_bfloat16 *)xs, (const __nv_bfloat16 *)x, sorted, topk, slots, H);
+            (__nv_bfloat16 *)xs, (const __nv_bfloat16 *)x, sorted, topk, slots, H, sched);
     else
         jamba_kernel_launch(moe_gather_rows_kernel<__half>, (unsigned)jamba_ceil_div(slots, 8), 256, 0, stream,
-            (__half *)xs, (const __half *)x, sorted, topk, slots, H);
+            (__half *)xs, (const __half *)x, sorted, topk, slots, H, sched);
     JAMBA_LAUNCH_CHECK("moe_gather_rows_kernel", stream);
     return JAMBA_OK;
 }

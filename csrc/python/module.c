@@ -206,10 +206,10 @@ static PyObject *py_moe_experts(PyObject *self, PyObject *args) {
     memset(&p, 0, sizeof p);
     call_ctx c;
     jamba_tensor *ts[] = {&p.out, &p.x, &p.weights, &p.expert_ids, &p.expert_offsets, &p.sorted_slots,
-                          &p.w_gate_up, &p.w_down, &p.act, &p.slot_out};
+                          &p.w_gate_up, &p.w_down, &p.act, &p.slot_out, &p.sched};
     PyObject *sc[1];
     int64_t impl = 0;
-    if (parse_call(args, &c, ts, 10, sc, 1) < 0 || as_int64(sc[0], &impl) < 0) return NULL;
+    if (parse_call(args, &c, ts, 11, sc, 1) < 0 || as_int64(sc[0], &impl) < 0) return NULL;
     p.impl = (int)impl;
     JAMBA_RUN(c, p, jamba_moe_experts_cpu, jamba_moe_experts_cuda);
 }
