@@ -265,6 +265,13 @@ def bench_decode(bb, batches, DI, N, K):
         small = nbytes < (120 << 20)
         bb.row("causal_conv1d_update", f"B={Bsz} DI={DI} K={K}", lambda: ops.causal_conv1d_update(x, st, w, b, True),
                nbytes, eager=lambda: R.causal_conv1d_update(x, st, w, b, True), small=small, graph=True)
+        if dev.type == "cuda" and os.environ.get("JAMBA_EXT_AB_ROWS") == "1":
+            # EXPERIMENT: one 16-byte state piece per thread (2 channels in bf16) instead of 4 channels
+            with common.env(JAMBA_EXT_CONV_UPDATE_P16="1"):
+                check("causal_conv1d_update (p16)", ops.causal_conv1d_update(x, st.clone(), w, b, True),
+                      R.causal_conv1d_update(x, st.clone(), w, b, True)[0])
+                bb.row("causal_conv1d_update (p16)", f"B={Bsz} DI={DI} K={K}",
+                       lambda: ops.causal_conv1d_update(x, st, w, b, True), nbytes, small=small, graph=True)
         # selective_state_update: fp32 state (as mamba_ssm's benchmark figure), bf16 activations
         s = dict(state=torch.randn(Bsz, DI, N, device=dev), x=rn(Bsz, DI, dev=dev),
                  dt=rn(Bsz, DI, dev=dev, scale=0.5), A=-torch.exp(torch.rand(DI, N, device=dev) * 2.5 - 0.7),

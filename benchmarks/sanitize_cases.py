@@ -4,6 +4,8 @@
 Exits non-zero if an op raises; the sanitizer reports memory errors and races itself.
 """
 
+import os
+
 import torch
 
 import jamba_ext
@@ -29,6 +31,10 @@ def main():
     ops.causal_conv1d_update(rn(B, DI), st, w, b, True)
     ops.causal_conv1d_update(rn(B, DI), st, rn(DI, K), rn(DI), True)
     ops.causal_conv1d_update(rn(33, DI), rn(33, DI, K), w, b, True)  # two batch rows per thread, the last one alone
+    os.environ["JAMBA_EXT_CONV_UPDATE_P16"] = "1"  # EXPERIMENT: one 16-byte state piece per thread
+    ops.causal_conv1d_update(rn(33, DI), rn(33, DI, K), rn(DI, K), rn(DI), True)
+    ops.causal_conv1d_update(rn(3, DI), rn(3, DI, K), w, b, True)
+    del os.environ["JAMBA_EXT_CONV_UPDATE_P16"]
     A = -torch.rand(DI, N, device=dev) - 0.1
     u, d, z = rn(B, DI, L), rn(B, DI, L), rn(B, DI, L)
     Bm, Cm = rn(B, N, L), rn(B, N, L)

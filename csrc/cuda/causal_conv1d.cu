@@ -407,62 +407,81 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
     }
 }
 
-/* causal_conv1d_update_vec_kernel<T, W, BT, NB>: the decode step in the HF cache layout, L == 1 and S == 4.
- *   x (B, DI, 1) T any strides (xvec: unit channel stride, 4 channels = one 8/16-byte load); out (B, DI, 1)
+/* causal_conv1d_update_vec_kernel<T, W, BT, NB, CPT>: the decode step in the HF cache layout, L == 1 and S == 4.
+ *   x (B, DI, 1) T any strides (xvec: unit channel stride, the CPT channels = one 4/8/16-byte load); out (B, DI, 1)
  *   T contiguous, 16-byte aligned; conv_state (B, DI, 4) T with rows of 4 contiguous entries (ss1 == 4),
  *   16-byte aligned groups of 4 rows; w (DI, K), bias (DI,) f32|T (wvec: K == 4, unit tap stride, rows
- *   aligned: one 8/16-byte load per channel; else conv_taps). DI % 4 == 0.
- *   One thread = channels c..c+3 of batch rows NB*bt .. NB*bt+NB-1 (< B; NB = 1 or 2) (flat (bt, channel
- *   group) index on grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch row the 4
- *   state rows (32 bytes bf16/f16, 64 f32: 2 or 4 16-byte loads) and x, all loaded before the first store;
+ *   aligned: one 8/16-byte load per channel; wvec == 2 with CPT == 2 and 16-bit taps: rows contiguous and 16-byte
+ *   aligned, both channels' taps in one 16-byte load; else conv_taps). DI % 4 == 0.
+ *   One thread = channels c..c+CPT-1 of batch rows NB*bt .. NB*bt+NB-1 (< B; NB = 1 or 2) (flat (bt, channel
+ *   group) index on grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch
+ *   row the CPT state rows (CPT * 4 * sizeof(T) bytes: NQ 16-byte loads) and x, all loaded before the first store;
  *   new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
+ *   CPT = 4 (the default), or 4 / sizeof(T) (EXPERIMENT JAMBA_EXT_CONV_UPDATE_P16=1: one 16-byte state piece per
+ *   thread and row, so that every state load and store of a warp covers 512 contiguous bytes; with CPT = 4 a
+ *   thread's 32 (bf16) or 64 (f32) bytes are 2 or 4 loads 32 or 64 bytes apart across the warp).
  *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten.
  *   NB = 2 from batch CONV_UPDATE_NB2_MIN_BATCH on: with one row per thread every batch row re-reads the taps
  *   and bias (B * DI * 10 bytes in bf16, half the state's bytes, through L2); A/B in one binary
  *   (gpu_round_0520adb.log, H200 bf16, graph-timed, us, NB 1 / 2 / 4): batch 1 1.4 / 1.5 / 1.5, 16: 1.9 / 1.9 /
  *   2.3, 64: 3.9 / 3.3 / 3.5, 256: 8.8 / 8.9 / 10.3. */
 #define CONV_UPDATE_NB2_MIN_BATCH 32
-template <typename T, typename W, typename BT, int NB>
+template <typename T, typename W, typename BT, int NB, int CPT>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
     typedef jamba_w16<T> P;
-    const int NS = (int)sizeof(T); /* 16-byte chunks in 4 rows x 4 entries */
-    const int64_t ng = (a.B + NB - 1) / NB * a.DI / 4; /* thread groups: batch tiles x channel groups */
+    constexpr int NQ = CPT * (int)sizeof(T) / 4; /* 16-byte chunks in CPT rows x 4 entries */
+    static_assert(NQ >= 1 && CPT * (int)sizeof(T) % 4 == 0, "whole 16-byte state pieces");
+    const int64_t ng = (a.B + NB - 1) / NB * a.DI / CPT; /* thread groups: batch tiles x channel groups */
     const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (g >= ng) return;
     int64_t bt, c;
-    conv_split(g * 4, a.DI, ng * 4, &bt, &c);
-    uint32_t sw[NB][4 * NS]; /* per batch row: its 4 state rows as 32-bit words, in memory order */
-    uint32_t xb[NB][4];      /* bits of x[b, c + i] (16-bit types: in the low half) */
+    conv_split(g * CPT, a.DI, ng * CPT, &bt, &c);
+    uint32_t sw[NB][4 * NQ]; /* per batch row: its CPT state rows as 32-bit words, in memory order */
+    uint32_t xb[NB][CPT];    /* bits of x[b, c + i] (16-bit types: in the low half) */
 #pragma unroll
     for (int r = 0; r < NB; r++) {
         const int64_t b = bt * NB + r;
         if (NB > 1 && b >= a.B) break;
         const T *st = (const T *)a.state + b * a.ss0 + c * 4;
 #pragma unroll
-        for (int q = 0; q < NS; q++) {
+        for (int q = 0; q < NQ; q++) {
             const uint4 v = ((const uint4 *)st)[q];
             sw[r][4 * q] = v.x, sw[r][4 * q + 1] = v.y, sw[r][4 * q + 2] = v.z, sw[r][4 * q + 3] = v.w;
         }
         const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
         if (xvec) {
-            if (sizeof(T) == 4) {
+            if constexpr (CPT * sizeof(T) == 16) {
                 const uint4 q = *(const uint4 *)x;
                 xb[r][0] = q.x, xb[r][1] = q.y, xb[r][2] = q.z, xb[r][3] = q.w;
-            } else {
+            } else if constexpr (CPT * sizeof(T) == 8) {
                 const uint2 q = *(const uint2 *)x;
                 xb[r][0] = q.x & 0xffffu, xb[r][1] = q.x >> 16, xb[r][2] = q.y & 0xffffu, xb[r][3] = q.y >> 16;
+            } else { /* 4 bytes: one f32 or two 16-bit channels */
+                const uint32_t q = *(const uint32_t *)x;
+                xb[r][0] = sizeof(T) == 4 ? q : q & 0xffffu;
+                if constexpr (CPT == 2) xb[r][1] = q >> 16;
             }
         } else {
 #pragma unroll
-            for (int i = 0; i < 4; i++)
+            for (int i = 0; i < CPT; i++)
                 xb[r][i] = sizeof(T) == 4 ? *(const uint32_t *)(x + i * a.sx1) : *(const unsigned short *)(x + i * a.sx1);
         }
     }
-    float wp[4][4], bv[4];
+    float wp[CPT][4], bv[CPT];
+    if constexpr (CPT == 2 && !std::is_same<W, float>::value) { /* wvec == 2: both channels' taps in 16 bytes */
+        if (wvec == 2) {
+            float f[8];
+            P::ld(*(const uint4 *)((const T *)a.w + c * 4), f);
 #pragma unroll
-    for (int i = 0; i < 4; i++) {
-        if (wvec) {
+            for (int m = 0; m < 4; m++) wp[0][m] = f[m], wp[1][m] = f[4 + m];
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < CPT; i++) {
+        if (CPT == 2 && !std::is_same<W, float>::value && wvec == 2) {
+            bv[i] = a.bias ? conv_ld<BT>(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
+        } else if (wvec) {
             if (std::is_same<W, float>::value) { /* f32 taps */
                 const float4 q = *(const float4 *)((const float *)a.w + (c + i) * a.sw0);
                 wp[i][0] = q.x, wp[i][1] = q.y, wp[i][2] = q.z, wp[i][3] = q.w;
@@ -482,10 +501,10 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
         const int64_t b = bt * NB + r;
         if (NB > 1 && b >= a.B) break;
         /* rows: entries h0..h3 of row i; window (h1, h2, h3, x) */
-        float o[4];
-        uint32_t nw[4 * NS];
+        float o[4] = {0.f, 0.f, 0.f, 0.f};
+        uint32_t nw[4 * NQ];
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < CPT; i++) {
             float win[4];
             if (sizeof(T) == 4) {
                 win[0] = P::f1(sw[r][4 * i + 1]), win[1] = P::f1(sw[r][4 * i + 2]), win[2] = P::f1(sw[r][4 * i + 3]);
@@ -505,27 +524,31 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
         }
         T *st = (T *)a.state + b * a.ss0 + c * 4;
 #pragma unroll
-        for (int q = 0; q < NS; q++)
+        for (int q = 0; q < NQ; q++)
             ((uint4 *)st)[q] = make_uint4(nw[4 * q], nw[4 * q + 1], nw[4 * q + 2], nw[4 * q + 3]);
         T *out = (T *)a.out + b * a.DI + c; /* (B, DI, 1) contiguous */
-        if (sizeof(T) == 4) {
+        if constexpr (sizeof(T) == 4 && CPT == 4) {
             *(uint4 *)out = make_uint4(__float_as_uint(o[0]), __float_as_uint(o[1]), __float_as_uint(o[2]),
                                        __float_as_uint(o[3]));
+        } else if constexpr (sizeof(T) == 4) {
+            *(float *)out = o[0];
         } else {
             float f[8] = {o[0], o[1], o[2], o[3], 0.f, 0.f, 0.f, 0.f};
             const uint4 q = P::st(f);
-            *(uint2 *)out = make_uint2(q.x, q.y);
+            if constexpr (CPT == 4) *(uint2 *)out = make_uint2(q.x, q.y);
+            else *(uint32_t *)out = q.x;
         }
     }
 }
 
-/* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T), see the header; NB: the kernel's */
-template <typename T, int NB>
+/* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T), see the header; NB, CPT: the
+ * kernel's */
+template <typename T, int NB, int CPT>
 static void (*conv_update_vec_kernel(bool wf32, bool bf32))(conv_update_args, int, int) {
-    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB>;
-    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB>;
-    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB>;
-    return causal_conv1d_update_vec_kernel<T, T, T, NB>;
+    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB, CPT>;
+    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB, CPT>;
+    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB, CPT>;
+    return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT>;
 }
 
 /* causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are 16-byte
@@ -537,15 +560,22 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     if (!(a.L == 1 && a.S == 4 && a.DI % 4 == 0 && a.ss1 == 4 && jamba_aligned16(a.state) &&
           (a.B <= 1 || (a.ss0 * es) % 16 == 0) && jamba_aligned16(a.out)))
         return JAMBA_OK;
-    const int xvec = a.sx1 == 1 && ((uintptr_t)a.x % (uintptr_t)(4 * es)) == 0 && (a.B <= 1 || a.sx0 % 4 == 0);
+    const char *p16 = getenv("JAMBA_EXT_CONV_UPDATE_P16"); /* EXPERIMENT: one 16-byte state piece per thread */
+    const int64_t cpt = (p16 != NULL && p16[0] == '1') ? 4 / es : 4; /* channels per thread */
+    const int xvec = a.sx1 == 1 && ((uintptr_t)a.x % (uintptr_t)(cpt * es)) == 0 && (a.B <= 1 || a.sx0 % cpt == 0);
     const int64_t wes = a.wdt == JAMBA_F32 ? 4 : es;
-    const int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
+    int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
+    if (wvec && cpt == 2 && wes == 2 && a.sw0 == 4 && jamba_aligned16(a.w)) wvec = 2; /* CPT 2: one 16-byte load */
     const int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
-    const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / 4, 128);
+    const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
-    void (*k)(conv_update_args, int, int) = nb == 2 ? conv_update_vec_kernel<T, 2>(wf32, bf32)
-                                                    : conv_update_vec_kernel<T, 1>(wf32, bf32);
+    void (*k)(conv_update_args, int, int);
+    if (cpt == 4)
+        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4>(wf32, bf32) : conv_update_vec_kernel<T, 1, 4>(wf32, bf32);
+    else
+        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32)
+                    : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32);
     jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
