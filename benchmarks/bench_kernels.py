@@ -266,11 +266,12 @@ def bench_decode(bb, batches, DI, N, K):
         bb.row("causal_conv1d_update", f"B={Bsz} DI={DI} K={K}", lambda: ops.causal_conv1d_update(x, st, w, b, True),
                nbytes, eager=lambda: R.causal_conv1d_update(x, st, w, b, True), small=small, graph=True)
         if dev.type == "cuda" and os.environ.get("JAMBA_EXT_AB_ROWS") == "1":
-            # EXPERIMENT: one 16-byte state piece per thread (2 channels in bf16) instead of 4 channels
-            with common.env(JAMBA_EXT_CONV_UPDATE_P16="1"):
-                check("causal_conv1d_update (p16)", ops.causal_conv1d_update(x, st.clone(), w, b, True),
+            # A/B: the other thread layout than the default at this batch (4 channels vs one 16-byte state piece)
+            other = "0" if Bsz >= 128 else "1"
+            with common.env(JAMBA_EXT_CONV_UPDATE_P16=other):
+                check(f"causal_conv1d_update (p16={other})", ops.causal_conv1d_update(x, st.clone(), w, b, True),
                       R.causal_conv1d_update(x, st.clone(), w, b, True)[0])
-                bb.row("causal_conv1d_update (p16)", f"B={Bsz} DI={DI} K={K}",
+                bb.row(f"causal_conv1d_update (p16={other})", f"B={Bsz} DI={DI} K={K}",
                        lambda: ops.causal_conv1d_update(x, st, w, b, True), nbytes, small=small, graph=True)
         # selective_state_update: fp32 state (as mamba_ssm's benchmark figure), bf16 activations
         s = dict(state=torch.randn(Bsz, DI, N, device=dev), x=rn(Bsz, DI, dev=dev),

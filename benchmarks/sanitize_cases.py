@@ -31,7 +31,7 @@ def main():
     ops.causal_conv1d_update(rn(B, DI), st, w, b, True)
     ops.causal_conv1d_update(rn(B, DI), st, rn(DI, K), rn(DI), True)
     ops.causal_conv1d_update(rn(33, DI), rn(33, DI, K), w, b, True)  # two batch rows per thread, the last one alone
-    os.environ["JAMBA_EXT_CONV_UPDATE_P16"] = "1"  # EXPERIMENT: one 16-byte state piece per thread
+    os.environ["JAMBA_EXT_CONV_UPDATE_P16"] = "1"  # one 16-byte state piece per thread (the default from batch 128)
     ops.causal_conv1d_update(rn(33, DI), rn(33, DI, K), rn(DI, K), rn(DI), True)
     ops.causal_conv1d_update(rn(3, DI), rn(3, DI, K), w, b, True)
     del os.environ["JAMBA_EXT_CONV_UPDATE_P16"]

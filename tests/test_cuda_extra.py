@@ -192,16 +192,20 @@ UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32"
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
 @pytest.mark.parametrize("case", UPDATE_VEC_CASES)
-@pytest.mark.parametrize("B", [3, 33])
-@pytest.mark.parametrize("p16", ["0", "1"])
+@pytest.mark.parametrize("B", [3, 33, 129])
+@pytest.mark.parametrize("p16", ["0", "1", "auto"])
 def test_causal_conv1d_update_vector_path(monkeypatch, dtype, case, B, p16):
     """The decode step in the HF cache layout (conv_state (B, DI, 4), one token): the 4-channel kernel
     (16-byte state rows, vector x / taps when contiguous, element loads otherwise) and the shapes that fall
     back to the per-channel kernel (di_odd, state_slice_misaligned, seqlen2); conv_state rewritten exactly,
     neighbours of a slice untouched; every weight / bias dtype pair (one kernel instance each). Batch 33: two batch
-    rows per thread from 32 rows on, the last thread with one. p16 = 1: the EXPERIMENT JAMBA_EXT_CONV_UPDATE_P16
-    (one 16-byte state piece per thread: 2 channels in bf16 / f16, 1 in f32), same bits as the 4-channel kernel."""
-    monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_P16", p16)
+    rows per thread from 32 rows on, the last thread with one. p16: JAMBA_EXT_CONV_UPDATE_P16 forcing the 4-channel
+    threads ("0") or one 16-byte state piece per thread ("1": 2 channels in bf16 / f16, 1 in f32; the default from
+    batch 128 on, "auto"), same bits as the 4-channel kernel."""
+    if p16 == "auto":
+        monkeypatch.delenv("JAMBA_EXT_CONV_UPDATE_P16", raising=False)
+    else:
+        monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_P16", p16)
     DI, K, S = 36, 4, 4
     if case == "di_odd":
         DI = 37
@@ -231,18 +235,18 @@ def test_causal_conv1d_update_vector_path(monkeypatch, dtype, case, B, p16):
     else:
         x = randn(B, DI, device=DEV, dtype=dtype)
     x0, state0 = x.clone(), state.clone()
-    if p16 == "1":  # the default kernel on copies first (x_in_state: x a view of the copy's state)
+    if p16 != "0":  # the 4-channel kernel on copies first (x_in_state: x a view of the copy's state)
         st4 = state0.clone()
         x4 = st4[:, :, -1] if case == "x_in_state" else x0.clone()
-        monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_P16", "0")
-        out4 = ops.causal_conv1d_update(x4, st4, w, b, True)
-        monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_P16", "1")
+        with monkeypatch.context() as m:
+            m.setenv("JAMBA_EXT_CONV_UPDATE_P16", "0")
+            out4 = ops.causal_conv1d_update(x4, st4, w, b, True)
     out = ops.causal_conv1d_update(x, state, w, b, True)
     ref_out, ref_state = reference.causal_conv1d_update(up(x0), up(state0), up(w), up(b), True)
     assert out.shape == x.shape
     assert_close(out, ref_out, **TOL[dtype])
     assert_close(state, ref_state, rtol=0, atol=0)
-    if p16 == "1":
+    if p16 != "0":
         assert torch.equal(out, out4) and torch.equal(state, st4), "p16 kernel differs from the 4-channel kernel"
     if cache is not None:
         c0 = 4 if case == "state_slice" else 1

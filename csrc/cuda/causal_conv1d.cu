@@ -417,15 +417,19 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   group) index on grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch
  *   row the CPT state rows (CPT * 4 * sizeof(T) bytes: NQ 16-byte loads) and x, all loaded before the first store;
  *   new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
- *   CPT = 4 (the default), or 4 / sizeof(T) (EXPERIMENT JAMBA_EXT_CONV_UPDATE_P16=1: one 16-byte state piece per
- *   thread and row, so that every state load and store of a warp covers 512 contiguous bytes; with CPT = 4 a
- *   thread's 32 (bf16) or 64 (f32) bytes are 2 or 4 loads 32 or 64 bytes apart across the warp).
+ *   CPT = 4, or 4 / sizeof(T) from batch CONV_UPDATE_P16_MIN_BATCH on ("p16": one 16-byte state piece per thread
+ *   and row, so that every state load and store of a warp covers 512 contiguous bytes; with CPT = 4 a thread's 32
+ *   (bf16) or 64 (f32) bytes are 2 or 4 loads 32 or 64 bytes apart across the warp). A/B in one binary
+ *   (conv_p16_72bab8d.log, H200 bf16, graph-timed, us, CPT 4 / p16): batch 1 1.4 / 1.4, 16: 1.9 / 1.9, 64: 3.3 /
+ *   3.4, 256: 9.0 / 8.1; batch 128 was not measured (the switch sits between 64 and 256). Env
+ *   JAMBA_EXT_CONV_UPDATE_P16=0 / 1 forces one (tests, A/B).
  *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten.
  *   NB = 2 from batch CONV_UPDATE_NB2_MIN_BATCH on: with one row per thread every batch row re-reads the taps
  *   and bias (B * DI * 10 bytes in bf16, half the state's bytes, through L2); A/B in one binary
  *   (gpu_round_0520adb.log, H200 bf16, graph-timed, us, NB 1 / 2 / 4): batch 1 1.4 / 1.5 / 1.5, 16: 1.9 / 1.9 /
  *   2.3, 64: 3.9 / 3.3 / 3.5, 256: 8.8 / 8.9 / 10.3. */
 #define CONV_UPDATE_NB2_MIN_BATCH 32
+#define CONV_UPDATE_P16_MIN_BATCH 128
 template <typename T, typename W, typename BT, int NB, int CPT>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
@@ -560,8 +564,10 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     if (!(a.L == 1 && a.S == 4 && a.DI % 4 == 0 && a.ss1 == 4 && jamba_aligned16(a.state) &&
           (a.B <= 1 || (a.ss0 * es) % 16 == 0) && jamba_aligned16(a.out)))
         return JAMBA_OK;
-    const char *p16 = getenv("JAMBA_EXT_CONV_UPDATE_P16"); /* EXPERIMENT: one 16-byte state piece per thread */
-    const int64_t cpt = (p16 != NULL && p16[0] == '1') ? 4 / es : 4; /* channels per thread */
+    const char *p16 = getenv("JAMBA_EXT_CONV_UPDATE_P16"); /* "0" / "1" force the choice (see the kernel) */
+    const bool piece = p16 != NULL && (p16[0] == '0' || p16[0] == '1') ? p16[0] == '1'
+                                                                       : a.B >= CONV_UPDATE_P16_MIN_BATCH;
+    const int64_t cpt = piece ? 4 / es : 4; /* channels per thread */
     const int xvec = a.sx1 == 1 && ((uintptr_t)a.x % (uintptr_t)(cpt * es)) == 0 && (a.B <= 1 || a.sx0 % cpt == 0);
     const int64_t wes = a.wdt == JAMBA_F32 ? 4 : es;
     int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
