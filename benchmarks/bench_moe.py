@@ -147,11 +147,10 @@ def sanitize_cases():
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
         if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # both tilings (moe_wgmma.cu)
-            for tiles, persist, ptail in (("all", "1", "0"), ("tail", "1", "0"), ("all", "0", "0"), ("all", "1", "1")):
+            for tiles, persist in (("all", "1"), ("tail", "1"), ("all", "0")):
                 out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
-                               JAMBA_EXT_WGMMA_TILES=tiles, JAMBA_EXT_WGMMA_PERSIST=persist,
-                               JAMBA_EXT_WGMMA_PTAIL=ptail)()
-                assert not torch.isnan(out).any(), f"wgmma tiles={tiles} persist={persist} ptail={ptail}"
+                               JAMBA_EXT_WGMMA_TILES=tiles, JAMBA_EXT_WGMMA_PERSIST=persist)()
+                assert not torch.isnan(out).any(), f"wgmma tiles={tiles} persist={persist}"
     torch.cuda.synchronize()
     print("bench_moe --sanitize: all engines ran")
 
@@ -203,9 +202,6 @@ def main():
         # A/B: the 128 x 256 tiles in the non-persistent kernel (the default is persistent; moe_wgmma.cu)
         variants += [("ours:wgmma nonpersist", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
                                                         JAMBA_EXT_WGMMA_PERSIST="0"))]
-        # EXPERIMENT: each expert's tail of <= 64 rows as one tile over two n-tiles (persistent kernel)
-        variants += [("ours:wgmma ptail", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
-                                                   JAMBA_EXT_WGMMA_PTAIL="1"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

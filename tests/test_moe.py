@@ -180,15 +180,10 @@ def test_moe_wgmma_tiles(monkeypatch):
         monkeypatch.setenv("JAMBA_EXT_WGMMA_PERSIST", "0")
         persist = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_PERSIST")
-        # EXPERIMENT JAMBA_EXT_WGMMA_PTAIL=1: each expert's tail of <= 64 rows as one tile over two n-tiles
-        monkeypatch.setenv("JAMBA_EXT_WGMMA_PTAIL", "1")
-        ptail = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_WGMMA_PTAIL")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
         auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(tail, base) and torch.equal(auto, base), ("tilings", T, H, F, E, K, dtype)
         assert torch.equal(persist, base), ("non-persistent", T, H, F, E, K, dtype)
-        assert torch.equal(ptail, base), ("pair tails", T, H, F, E, K, dtype)
 
 
 @pytest.mark.cuda

@@ -221,12 +221,14 @@ template <int MODE> __device__ __forceinline__ void wt_ring_init(const wt_ring &
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
-/* One k tile of a warpgroup: the 4 wgmmas on its 64 A rows at sa and 256 W rows at sb as one group, then wait
- * until at most this group is in flight (the previous one, and the stage it read, is done). wt_mma_ktile: from
- * the stage at sa, A rows 64 wgi .. and all 256 W rows; WT_TAIL: all 64 A rows and W rows 256 wgi .. */
-template <typename T>
-__device__ __forceinline__ void wt_mma_ab(float (&acc)[128], uint32_t sa, uint32_t sb) {
-    const uint64_t da = wg_desc(sa), db = wg_desc(sb);
+/* One k tile of warpgroup wgi from the stage at sa: the 4 wgmmas as one group, then wait until at most this
+ * group is in flight (the previous one, and the stage it read, is done). A rows 64 wgi .. and all 256 W rows;
+ * WT_TAIL: all 64 A rows and W rows 256 wgi .. */
+template <typename T, int MODE>
+__device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int wgi) {
+    constexpr bool TAIL = MODE == WT_TAIL;
+    const uint64_t da = wg_desc(sa + (TAIL ? 0u : (uint32_t)(wgi * 64 * WG_BK * 2)));
+    const uint64_t db = wg_desc(sa + wt_cfg<MODE>::BM * WG_BK * 2 + (TAIL ? (uint32_t)(wgi * WG_BN * WG_BK * 2) : 0u));
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -236,12 +238,6 @@ __device__ __forceinline__ void wt_mma_ab(float (&acc)[128], uint32_t sa, uint32
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
 #pragma unroll
     for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-}
-template <typename T, int MODE>
-__device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int wgi) {
-    constexpr bool TAIL = MODE == WT_TAIL;
-    wt_mma_ab<T>(acc, sa + (TAIL ? 0u : (uint32_t)(wgi * 64 * WG_BK * 2)),
-                 sa + wt_cfg<MODE>::BM * WG_BK * 2 + (TAIL ? (uint32_t)(wgi * WG_BN * WG_BK * 2) : 0u));
 }
 
 /* WT_ALL block order: block pid -> expert e, whose ceil(c / 128) m-tiles x n_tiles blocks are consecutive,
@@ -271,33 +267,6 @@ __device__ __forceinline__ bool wt_expert_tile(const moe_gemm_args &a, int64_t p
                                                int64_t *row0, int64_t *row_end, int64_t *nt) {
     wt_cursor c = {0, 0};
     return wt_cursor_find(a, c, pid, n_tiles, e_out, row0, row_end, nt);
-}
-
-/* The persistent kernel's order with pair tails (PT): per expert and pair of n-tiles p, the m-tiles of n-tile 2p
- * (128 rows each; a last partial one only if it has > 64 rows), then those of n-tile 2p + 1, then, if the
- * expert's rows end in a tail of 1 .. 64 rows, one tail tile over both n-tiles (*tail = 1; its W slabs were just
- * streamed by the m-tiles before it). */
-__device__ __forceinline__ bool wt_cursor_find_pt(const moe_gemm_args &a, wt_cursor &c, int64_t pid, int64_t n_tiles,
-                                                  int *e_out, int64_t *row0, int64_t *row_end, int64_t *nt,
-                                                  int *tail) {
-    const int64_t np = (n_tiles + 1) / 2;
-    for (; c.e < a.E; c.e++) {
-        const int64_t lo = a.offsets[c.e], hi = a.offsets[c.e + 1], rem = (hi - lo) % WG_BM;
-        const int64_t mf = (hi - lo) / WG_BM + (rem > 64 ? 1 : 0), tl = (rem > 0 && rem <= 64) ? 1 : 0;
-        const int64_t upp = 2 * mf + tl, nb = n_tiles * mf + np * tl, q = pid - c.first;
-        if (q < nb) {
-            const int64_t p = q / upp, r = q - p * upp, nts = n_tiles - 2 * p < 2 ? n_tiles - 2 * p : 2;
-            *e_out = c.e, *row_end = hi;
-            if (r < nts * mf) {
-                *tail = 0, *nt = 2 * p + r / mf, *row0 = lo + (r % mf) * WG_BM;
-            } else {
-                *tail = 1, *nt = 2 * p, *row0 = hi - rem;
-            }
-            return true;
-        }
-        c.first += nb;
-    }
-    return false;
 }
 
 /* The tile (expert e, rows row0 .. row_end - 1 of which the tile covers BM from row0) of tile row mt in WT_FULL /
@@ -407,19 +376,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  * arrival per consumer warp after the wgmma group reading the stage finished). */
 #define WP_THREADS (WG_THREADS + 32)
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
-/* W rows of one 256-row slab at k tile kt into the W area at sb of a ring slot, completing on fb (expects 32 KB) */
-__device__ __forceinline__ void wt_issue_w(const moe_gemm_args &a, const CUtensorMap *tmW, uint32_t sb, uint32_t fb,
-                                           int kt, int wrow) {
-    mbar_expect_tx(fb, WG_BN * WG_BK * 2);
-    tma_load_2d(sb, tmW, kt * WG_BK, wrow, fb);
-    tma_load_2d(sb + (WG_BN / 2) * WG_BK * 2, tmW, kt * WG_BK, wrow + (a.gate_up ? (int)a.N : WG_BN / 2), fb);
-}
-/* PT (EXPERIMENT JAMBA_EXT_WGMMA_PTAIL=1): tiles in wt_cursor_find_pt's order, each expert's tail of <= 64 rows as
- * one tile over two n-tiles: a k step of a tail tile takes two ring slots, [A | W slab 2p] and [- | W slab 2p + 1];
- * both warpgroups multiply the same 64 A rows, warpgroup wgi by slab 2p + wgi (descriptors picked at run time, one
- * unconditional wgmma chain, so every output is computed by the same instructions as in the 128 x 256 tiles:
- * same bits). Cost of a tail: the MMA of one tile for two n-tiles, 80 KB of loads per k step instead of 96. */
-template <typename T, bool PT>
+template <typename T>
 __global__ void __launch_bounds__(WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                              moe_gemm_args a, int64_t n_tiles) {
@@ -427,7 +384,6 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
 #if MOE_HAS_WGMMA
     using C = wt_cfg<WT_ALL>;
     constexpr int S = C::STAGES;
-    constexpr uint32_t AB = WG_BM * WG_BK * 2; /* bytes of a slot's A area (its W area follows) */
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
     const wt_ring ring = wt_ring_at<WT_ALL>(wg_smem_raw);
     volatile int *slot = reinterpret_cast<volatile int *>(wg_smem_raw + (ring.empty + 8 * S - smem_u32(wg_smem_raw)));
@@ -437,47 +393,34 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
     if (tid == 0) wt_ring_init<WT_ALL>(ring);
     __syncthreads();
     wt_cursor cur = {0, 0};
-    int e, tail = 0;
+    int e;
     int64_t row0, row_end, nt;
-    auto find = [&](int64_t pid) -> bool {
-        if constexpr (PT) return wt_cursor_find_pt(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt, &tail);
-        else return wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
-    };
     if (warp == WG_THREADS / 32) { /* producer */
         if (lane != 0) return;
         uint32_t q = 0;
-        auto take = [&](uint32_t qq) { /* ring slot of load qq, free again */
-            const uint32_t st = qq % S;
-            if (qq >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (qq / S - 1) & 1);
-            return st;
-        };
         for (int64_t pid = blockIdx.x;;) {
-            const bool found = find(pid);
+            const bool found = wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
             const int64_t next = found ? gridDim.x + (int64_t)atomicAdd(a.sched, 1) : -1;
-            const uint32_t s0 = take(q);
+            const uint32_t s0 = q % S;
+            if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * s0, (q / S - 1) & 1);
             slot[s0] = found ? (int)pid : -1;
             if (!found) {
                 mbar_arrive(ring.full + 8 * s0); /* no bytes: the consumers read -1 and stop */
                 break;
             }
             const int wrow = (int)((int64_t)e * a.w_rows + nt * wn);
-            for (int kt = 0; kt < KT; kt++) {
-                const uint32_t st = kt > 0 ? take(q) : s0;
+            for (int kt = 0; kt < KT; kt++, q++) {
+                const uint32_t st = q % S;
+                if (kt > 0 && q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
                 wt_issue<WT_ALL>(a, &tmA, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st, kt, (int)row0,
                                  wrow);
-                q++;
-                if (PT && tail) { /* the second n-tile's slab into the next slot's W area */
-                    const uint32_t s2 = take(q);
-                    wt_issue_w(a, &tmW, ring.base + s2 * C::STAGE_BYTES + AB, ring.full + 8 * s2, kt, wrow + (int)wn);
-                    q++;
-                }
             }
             pid = next;
         }
         return;
     }
     const int wgi = warp >> 2;
-    uint32_t it = 0; /* ring slots consumed so far */
+    uint32_t it = 0; /* k tiles consumed so far */
     auto release = [&](uint32_t q) {
         __syncwarp();
         if (lane == 0) mbar_arrive(ring.empty + 8 * (q % S));
@@ -485,34 +428,22 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
     for (;;) {
         mbar_wait(ring.full + 8 * (it % S), (it / S) & 1);
         const int pid = slot[it % S];
-        if (pid < 0 || !find(pid)) break;
-        const uint32_t step = (PT && tail) ? 2u : 1u; /* ring slots per k step */
+        if (pid < 0 || !wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
         float acc[128];
 #pragma unroll
         for (int i = 0; i < 128; i++) acc[i] = 0.f;
-        for (int kt = 0; kt < KT; kt++, it += step) {
-            const uint32_t st = it % S, s2 = (it + 1) % S;
+        for (int kt = 0; kt < KT; kt++, it++) {
+            const uint32_t st = it % S;
             mbar_wait(ring.full + 8 * st, (it / S) & 1);
-            if (PT && tail) mbar_wait(ring.full + 8 * s2, ((it + 1) / S) & 1);
             __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
-            const uint32_t sa = ring.base + st * C::STAGE_BYTES;
-            const bool second = PT && tail && wgi == 1; /* tail: warpgroup 1 on the second n-tile's slab */
-            wt_mma_ab<T>(acc, sa + ((PT && tail) ? 0u : (uint32_t)wgi * 64 * WG_BK * 2),
-                         (second ? ring.base + s2 * C::STAGE_BYTES : sa) + AB); /* group it - step has finished */
-            if (kt > 0) {
-                release(it - step);
-                if (step == 2) release(it - 1);
-            }
+            wt_mma_ktile<T, WT_ALL>(acc, ring.base + st * C::STAGE_BYTES, wgi); /* group it - 1 has finished */
+            if (kt > 0) release(it - 1);
         }
         asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
         for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-        release(it - step); /* the tile's last slots: the producer refills them during the epilogue */
-        if (step == 2) release(it - 1);
-        if (PT && tail)
-            wg_epilogue<T>(a, acc, row0, row_end, (nt + wgi) * wn, 0, warp, lane);
-        else
-            wg_epilogue<T>(a, acc, row0, row_end, nt * wn, wgi, warp, lane);
+        release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
+        wg_epilogue<T>(a, acc, row0, row_end, nt * wn, wgi, warp, lane);
     }
 #endif
 }
@@ -601,16 +532,16 @@ static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t
     return JAMBA_OK;
 }
 
-/* one launch of moe_wgmma_persist_kernel<T, PT>: a CTA per SM, or fewer when the tile bound is smaller */
-template <typename T, bool PT>
+/* one launch of moe_wgmma_persist_kernel<T>: a CTA per SM, or fewer when the tile bound is smaller */
+template <typename T>
 static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int64_t slots, int dev,
                                          const CUtensorMap &tmW, cudaStream_t stream) {
     using C = wt_cfg<WT_ALL>;
     static int sms[64]; /* SM count (0: not read yet); the dynamic shared-memory limit raised with it */
     int nsm = dev >= 0 && dev < 64 ? sms[dev] : 0;
     if (nsm == 0) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, PT>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              WP_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
@@ -619,8 +550,7 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
     const int64_t bound = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles; /* tiles of the expert-major order */
     const int64_t grid = bound < nsm ? bound : nsm;
-    jamba_kernel_launch(moe_wgmma_persist_kernel<T, PT>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmW, a,
-                        n_tiles);
+    jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmW, a, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
     return JAMBA_OK;
 }
@@ -647,11 +577,8 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
         return wgmma_launch_mode<T, WT_TAIL>(dtype, a, slots, dev, tmW, stream);
     }
     const char *persist = getenv("JAMBA_EXT_WGMMA_PERSIST"); /* "0": the non-persistent kernel (A/B) */
-    if (a.sched != NULL && !(persist != NULL && persist[0] == '0')) {
-        const char *ptail = getenv("JAMBA_EXT_WGMMA_PTAIL"); /* EXPERIMENT: tails as tiles over two n-tiles */
-        if (ptail != NULL && ptail[0] == '1') return wgmma_launch_persist<T, true>(dtype, a, slots, dev, tmW, stream);
-        return wgmma_launch_persist<T, false>(dtype, a, slots, dev, tmW, stream);
-    }
+    if (a.sched != NULL && !(persist != NULL && persist[0] == '0'))
+        return wgmma_launch_persist<T>(dtype, a, slots, dev, tmW, stream);
     return wgmma_launch_mode<T, WT_ALL>(dtype, a, slots, dev, tmW, stream);
 }
 
