@@ -23,7 +23,7 @@
  *   moe_decode_persist_kernel  decode at 1 token: the same math and ring over a one-wave persistent grid.
  *   moe_simt_kernel      fp32 inputs, sizes not multiple of 8, misaligned pointers: fp32 CUDA-core tiles.
  *   (moe_wgmma.cu)       prefill on Hopper, impl wgmma: x gathered into sorted order, the same GEMMs with
- *                        wgmma fed by TMA (sm_90a).
+ *                        wgmma fed by TMA (sm_90a); persistent, tiles handed out through the op's sched workspace.
  *   moe_combine_kernel   out[t] = slot_out[t*TOPK] + ... (rounded to the model dtype after each add).
  * Rounding (HF in model dtype dt): act = round(round(silu(round(g))) * round(u));
  * slot_out = round(round(y) * round(w)); out = round(o_0 + o_1) ...
