@@ -169,6 +169,8 @@ def main():
     ap.add_argument("--name", type=str, default=None, help="results file stem (default bench_moe)")
     ap.add_argument("--small-engines", action="store_true",
                     help="also time the GEMM engines (mma*, wgmma*) below 64 tokens (skipped there by default)")
+    ap.add_argument("--order", choices=["rotate", "random"], default="rotate",
+                    help="order of the variants in each timing round (common.time_interleaved)")
     ap.add_argument("--sanitize", action="store_true",
                     help="run every CUDA engine once on small odd shapes (for compute-sanitizer) and exit")
     args = ap.parse_args()
@@ -244,7 +246,7 @@ def main():
                 print(f"{name:<18} T={T:<6} WRONG: relative error {err:.3e} vs fp32 reference: not timed", flush=True)
                 continue
             timed[name] = (row, (lambda fn=fn: fn(x, logits, w_gate_up, w_down, K)))
-        times = common.time_interleaved({n: f for n, (_, f) in timed.items()}, dev, rounds=5,
+        times = common.time_interleaved({n: f for n, (_, f) in timed.items()}, dev, rounds=5, order=args.order,
                                         reps=max(1, reps // 5), warmup=1)
         for name, (row, _) in timed.items():
             t = times[name]

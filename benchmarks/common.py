@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import platform
+import random
 import statistics
 import subprocess
 import time
@@ -90,19 +91,27 @@ def time_ms(fn, device: torch.device = torch.device("cpu"), warmup: int = 5, rep
     return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": reps}
 
 
-def time_interleaved(fns: dict, device: torch.device, rounds: int = 5, reps: int = 2, warmup: int = 1) -> dict:
+def time_interleaved(fns: dict, device: torch.device, rounds: int = 5, reps: int = 2, warmup: int = 1,
+                     order: str = "rotate") -> dict:
     """Median / p10 / p90 (ms) of several functions measured in turns: `rounds` rounds, each timing every function
     `reps` times after `warmup` calls, the order rotated each round. Sustained load lowers the GPU's clocks (the
     H200 runs the MoE GEMMs at its power limit), so variants timed one after another drift (session 6 saw rows
     of one engine 12-16% apart); in turns each variant sees the same mix. On CUDA each round's timed calls are
     queued behind a short GPU sleep, so the host's launch time of a sub-millisecond call is not counted (a
-    freshly synchronised queue made 200 us MoE decode calls read 240 us). {name: dict as time_ms}"""
+    freshly synchronised queue made 200 us MoE decode calls read 240 us). order "rotate" (the default, as
+    measured since session 6) keeps the cyclic order, so each variant always follows the same one; "random" draws
+    a new order each round (seeded), so that no variant always follows a heavy one (docs/PERF_NOTES.md, session 10
+    measurement note: to be compared on a GPU). {name: dict as time_ms}"""
     names = list(fns)
     samples = {n: [] for n in names}
     cuda = device.type == "cuda"
+    if order not in ("rotate", "random"):
+        raise ValueError(f"time_interleaved: order must be 'rotate' or 'random', got {order!r}")
+    rng = random.Random(0)
     for r in range(rounds):
-        for i in range(len(names)):
-            n = names[(i + r) % len(names)]
+        seq = rng.sample(names, len(names)) if order == "random" else [names[(i + r) % len(names)]
+                                                                        for i in range(len(names))]
+        for n in seq:
             fn = fns[n]
             for _ in range(warmup):
                 fn()
