@@ -169,7 +169,7 @@ def main():
     ap.add_argument("--name", type=str, default=None, help="results file stem (default bench_moe)")
     ap.add_argument("--small-engines", action="store_true",
                     help="also time the GEMM engines (mma*, wgmma*) below 64 tokens (skipped there by default)")
-    ap.add_argument("--order", choices=["rotate", "random"], default="rotate",
+    ap.add_argument("--order", choices=["rotate", "random"], default="random",
                     help="order of the variants in each timing round (common.time_interleaved)")
     ap.add_argument("--sanitize", action="store_true",
                     help="run every CUDA engine once on small odd shapes (for compute-sanitizer) and exit")

@@ -92,16 +92,17 @@ def time_ms(fn, device: torch.device = torch.device("cpu"), warmup: int = 5, rep
 
 
 def time_interleaved(fns: dict, device: torch.device, rounds: int = 5, reps: int = 2, warmup: int = 1,
-                     order: str = "rotate") -> dict:
+                     order: str = "random") -> dict:
     """Median / p10 / p90 (ms) of several functions measured in turns: `rounds` rounds, each timing every function
     `reps` times after `warmup` calls, the order rotated each round. Sustained load lowers the GPU's clocks (the
     H200 runs the MoE GEMMs at its power limit), so variants timed one after another drift (session 6 saw rows
     of one engine 12-16% apart); in turns each variant sees the same mix. On CUDA each round's timed calls are
     queued behind a short GPU sleep, so the host's launch time of a sub-millisecond call is not counted (a
-    freshly synchronised queue made 200 us MoE decode calls read 240 us). order "rotate" (the default, as
-    measured since session 6) keeps the cyclic order, so each variant always follows the same one; "random" draws
-    a new order each round (seeded), so that no variant always follows a heavy one (docs/PERF_NOTES.md, session 10
-    measurement note: to be compared on a GPU). {name: dict as time_ms}"""
+    freshly synchronised queue made 200 us MoE decode calls read 240 us). order "random" (the default since
+    session 10) draws a new order each round (seeded); "rotate" (sessions 6-9) keeps the cyclic order, so each
+    variant always follows the same one, and the GPU's state after that one biased it: two rows of one MoE kernel
+    at 16384 tokens read 18.35 and 17.02 ms with "rotate", 18.38 and 18.38 with "random" in the same call
+    (moe_order_dd0a741.log). {name: dict as time_ms}"""
     names = list(fns)
     samples = {n: [] for n in names}
     cuda = device.type == "cuda"

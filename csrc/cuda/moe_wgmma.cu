@@ -361,8 +361,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 /* moe_wgmma_persist_kernel<T> (the WT_ALL default when the op passes its sched workspace; env
  * JAMBA_EXT_WGMMA_PERSIST=0 runs moe_wgmma_kernel<T, WT_ALL> instead): the same tiles, order, wgmma chains and
  * epilogue as moe_wgmma_kernel<T, WT_ALL> (so the same bits), made persistent with a producer warp. Measured in
- * turns against it (gpu_round_516869e.log, H200, Jamba-v0.1, whole op, ms): 512 / 1024 / 2048 / 4096 / 16384 tokens
- * 1.395 / 1.932 / 2.627 / 4.468 / 16.91 vs 1.412 / 1.950 / 2.643 / 4.537 / 19.59. Grid = min(SMs, tile bound). 288 threads: warps 0-7 the two consumer warpgroups, warp 8 (lane 0)
+ * turns against it (gpu_round_516869e.log, H200, Jamba-v0.1, whole op, ms): 512 / 1024 / 2048 / 4096 tokens
+ * 1.395 / 1.932 / 2.627 / 4.468 vs 1.412 / 1.950 / 2.643 / 4.537; 16384 tokens 18.30 vs 18.64 (moe_persist_5ef0e64.log). Grid = min(SMs, tile bound). 288 threads: warps 0-7 the two consumer warpgroups, warp 8 (lane 0)
  * the producer, which keeps the 4-stage ring full across tile boundaries: while the consumers run a tile's
  * epilogue the next tile's first stages are already landing (the non-persistent kernel starts every tile with an
  * empty ring, and its thread 0 doubles as producer, waiting for all 8 warps before each refill).
