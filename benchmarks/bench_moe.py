@@ -204,6 +204,9 @@ def main():
         # A/B: the 128 x 256 tiles in the non-persistent kernel (the default is persistent; moe_wgmma.cu)
         variants += [("ours:wgmma nonpersist", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
                                                         JAMBA_EXT_WGMMA_PERSIST="0"))]
+        # A/B: the persistent kernel without half tiles (an expert's last <= 64 rows as a full 128-row tile)
+        variants += [("ours:wgmma nohalf", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
+                                                    JAMBA_EXT_WGMMA_HALF="0"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

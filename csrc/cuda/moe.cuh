@@ -55,6 +55,7 @@ struct moe_gemm_args {
     int64_t w_rows;           /* rows of one expert's W: 2F or H */
     int E, topk, gate_up;
     int32_t *sched;           /* impl wgmma: this GEMM's tile counter, zero on entry (NULL: non-persistent kernel) */
+    int half_tiles;           /* persistent wgmma kernel: an expert's last <= 64 rows as a half tile (set by its launcher) */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */
