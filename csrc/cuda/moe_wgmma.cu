@@ -186,23 +186,30 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
+/* 3-d TMA load of the box at (c0 = k, c1 = row, 0) into dst (the W map of gate_up: see wt_map) */
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar) : "memory");
+}
 
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
- * completing on full-barrier fb (which expects the stage's bytes): A BM x 64, then the W rows in boxes of 64
- * (gate_up: box 2p the gate rows of outputs 64p .. +63 of the tile, box 2p + 1 their up rows, N rows further;
- * down: consecutive rows). 64-row boxes put a gate row and its up row 64 columns apart in any 128-column half
- * of the stage, which the half tiles of the persistent kernel need (wg_epilogue). */
+ * completing on full-barrier fb (which expects the bytes): A BM x 64 (half: a half tile of the persistent
+ * kernel, 64 rows through a tmA with 64-row boxes; the stage's A rows 64 .. 127 are not written), then the W
+ * rows in 16 KB boxes: gate_up, a 3-d box per 64 outputs (wt_map with pair = F): their 64 gate rows, then their
+ * 64 up rows, so that a gate row and its up row sit 64 columns apart in any 128-column half of the stage
+ * (wg_epilogue; the half tiles need it); down, 128 consecutive rows per box. */
 template <int MODE>
 __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorMap *tmA, const CUtensorMap *tmW,
-                                         uint32_t sa, uint32_t fb, int kt, int arow, int wrow) {
+                                         uint32_t sa, uint32_t fb, int kt, int arow, int wrow, bool half = false) {
     using C = wt_cfg<MODE>;
     const uint32_t sb = sa + C::BM * WG_BK * 2;
-    mbar_expect_tx(fb, C::STAGE_BYTES);
+    mbar_expect_tx(fb, C::STAGE_BYTES - (half ? 64 * WG_BK * 2 : 0));
     tma_load_2d(sa, tmA, kt * WG_BK, arow, fb);
 #pragma unroll
-    for (int bi = 0; bi < C::WR / WG_WBOX; bi++) {
-        const int w0 = a.gate_up ? wrow + WG_WBOX * (bi >> 1) + ((bi & 1) ? (int)a.N : 0) : wrow + WG_WBOX * bi;
-        tma_load_2d(sb + (uint32_t)(bi * WG_WBOX * WG_BK * 2), tmW, kt * WG_BK, w0, fb);
+    for (int bi = 0; bi < C::WR / (2 * WG_WBOX); bi++) {
+        const uint32_t dst = sb + (uint32_t)(bi * 2 * WG_WBOX * WG_BK * 2);
+        if (a.gate_up) tma_load_3d(dst, tmW, kt * WG_BK, wrow + WG_WBOX * bi, fb);
+        else tma_load_2d(dst, tmW, kt * WG_BK, wrow + 2 * WG_WBOX * bi, fb);
     }
 }
 
@@ -423,8 +430,8 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
 template <typename T>
 __global__ void __launch_bounds__(WP_THREADS, 1)
-    moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                             moe_gemm_args a, int64_t n_tiles) {
+    moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
+                             const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     using C = wt_cfg<WT_ALL>;
@@ -454,11 +461,12 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
                 break;
             }
             const int wrow = (int)((int64_t)e * a.w_rows + nt * wn);
+            const bool half = a.half_tiles && row_end - row0 <= 64;
             for (int kt = 0; kt < KT; kt++, q++) {
                 const uint32_t st = q % S;
                 if (kt > 0 && q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
-                wt_issue<WT_ALL>(a, &tmA, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st, kt, (int)row0,
-                                 wrow);
+                wt_issue<WT_ALL>(a, half ? &tmA64 : &tmA, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st, kt,
+                                 (int)row0, wrow, half);
             }
             pid = next;
         }
@@ -519,16 +527,21 @@ int moe_wgmma_available(int dev) {
     return st > 0;
 }
 
-/* a (rows, cols) row-major 2-byte tensor, boxes of 64 columns x box_rows rows, 128-byte swizzle */
-static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t rows, int64_t cols, int box_rows) {
+/* a (rows, cols) row-major 2-byte tensor, boxes of 64 columns x box_rows rows, 128-byte swizzle; pair > 0: a 3-d
+ * view (cols, rows, 2) whose third coordinate adds pair rows, so that one box brings box_rows rows and the
+ * box_rows rows pair further (gate_up: gate rows and their up rows; rows = E * 2F - F keeps row + pair inside the
+ * tensor, and the gate rows of the last expert's outputs >= F, which only feed skipped outputs, read as zeros) */
+static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t rows, int64_t cols, int box_rows,
+                           int64_t pair = 0) {
     wt_encode_fn enc = wt_encoder();
     if (!enc) return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma: cuTensorMapEncodeTiled "
                                      "is not available from this driver");
-    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * 2};
-    const cuuint32_t box[2] = {WG_BK, (cuuint32_t)box_rows}, es[2] = {1, 1};
+    const cuuint64_t dims[3] = {(cuuint64_t)cols, (cuuint64_t)rows, 2};
+    const cuuint64_t strides[2] = {(cuuint64_t)cols * 2, (cuuint64_t)(pair * cols * 2)};
+    const cuuint32_t box[3] = {WG_BK, (cuuint32_t)box_rows, 2}, es[3] = {1, 1, 1};
     const CUresult r = enc(m, dtype == JAMBA_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                           2, const_cast<void *>(ptr), dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                           pair > 0 ? 3 : 2, const_cast<void *>(ptr), dims, strides, box, es,
+                           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                            CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
         return jamba_set_error(JAMBA_ERR_CUDA, "jamba.moe_experts: cuTensorMapEncodeTiled failed (%d) for a (%lld, %lld) "
@@ -575,15 +588,17 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
-    CUtensorMap tmA;
+    CUtensorMap tmA, tmA64; /* A in 128-row boxes (full tiles) and in 64-row boxes (half tiles) */
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, C::BM));
+    JAMBA_TRY(wt_map(&tmA64, dtype, a.A, slots, a.Kd, 64));
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
     const int64_t bound = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles; /* tiles of the expert-major order */
     const int64_t grid = bound < nsm ? bound : nsm;
     moe_gemm_args ap = a;
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF"); /* "0": an expert's last <= 64 rows as a full tile (A/B) */
     ap.half_tiles = !(half != NULL && half[0] == '0');
-    jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmW, ap, n_tiles);
+    jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmA64, tmW, ap,
+        n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
     return JAMBA_OK;
 }
@@ -598,7 +613,8 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma: E * rows of W and the token slots "
                                "must stay below 2^31 (TMA coordinates); use impl mma");
     CUtensorMap tmW;
-    JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_WBOX));
+    if (a.gate_up) JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, WG_WBOX, a.N));
+    else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX));
     /* tile modes by size (see WT_TAIL): the tiles without the <= 64-row tails, then the tails as 64 x 512 tiles
      * (a second launch; disjoint outputs) while the average expert has at most 16 slots */
     const char *force = getenv("JAMBA_EXT_WGMMA_TILES");
