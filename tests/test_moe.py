@@ -150,8 +150,8 @@ def test_moe_wgmma_tiles(monkeypatch):
     empty experts, k tiles wrapping the stage ring, more tiles than SMs, f16 too; two runs bit-identical; both
     tilings (JAMBA_EXT_WGMMA_TILES=all: 128 x 256 tiles only; =tail: the <= 64-row tails as 64 x 512 tiles, as
     impl wgmma runs up to 16 slots per expert) and both 128 x 256 kernels (persistent, the default, with its
-    64 x 256 half tiles for an expert's last <= 64 rows, and not: JAMBA_EXT_WGMMA_PERSIST=0; the persistent one
-    without half tiles: JAMBA_EXT_WGMMA_HALF=0) give the same bits."""
+    64 x 256 half tiles for an expert's last <= 64 rows by size, forced on and off with JAMBA_EXT_WGMMA_HALF=1 / 0,
+    and not: JAMBA_EXT_WGMMA_PERSIST=0) give the same bits."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
@@ -181,15 +181,17 @@ def test_moe_wgmma_tiles(monkeypatch):
         monkeypatch.setenv("JAMBA_EXT_WGMMA_PERSIST", "0")
         persist = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_PERSIST")
-        # the persistent kernel without its half tiles (an expert's last <= 64 rows as a full 128-row tile)
+        # the persistent kernel with and without its half tiles (an expert's last <= 64 rows as 64 x 256)
         monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "0")
         nohalf = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "1")
+        half = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_HALF")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
         auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(tail, base) and torch.equal(auto, base), ("tilings", T, H, F, E, K, dtype)
         assert torch.equal(persist, base), ("non-persistent", T, H, F, E, K, dtype)
-        assert torch.equal(nohalf, base), ("half tiles", T, H, F, E, K, dtype)
+        assert torch.equal(nohalf, base) and torch.equal(half, base), ("half tiles", T, H, F, E, K, dtype)
 
 
 @pytest.mark.cuda

@@ -24,6 +24,7 @@
  * moe_wgmma_persist_kernel: the WT_ALL tiles of moe_wgmma_kernel (same bits), persistent, with a producer warp
  *   and tiles handed out through a counter in the op's workspace (see the kernel); the default for WT_ALL when
  *   the caller passes that workspace (jamba_moe_experts_params.sched) and env JAMBA_EXT_WGMMA_PERSIST is not 0.
+ *   From 384 slots per expert it runs an expert's last <= 64 rows as a 64 x 256 half tile (wp_tile).
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
  * TMA maps below 2^31.
  * Tile modes by size (wgmma_launch): up to MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT slots per expert on average
@@ -395,7 +396,14 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 /* One output tile of the persistent kernel's consumers, k tiles it .. it + KT - 1 of the ring: NA = 128, a full
  * tile (warpgroup wgi: A rows 64 wgi .. +63 times all 256 W rows, m64n256 chains); NA = 64, a half tile (an
  * expert's last <= 64 rows: both warpgroups on A rows 0 .. 63, warpgroup wgi on W rows 128 wgi .. +127, m64n128
- * chains), which takes half the tensor-core time of a full tile for the same loads. */
+ * chains), half the tensor-core time of a full tile for 40 of its 48 KB of loads. Same bits as a full tile
+ * (test_moe_wgmma_tiles). Measured on the H200 (Jamba-v0.1, bf16, whole op, three alternating processes against
+ * the build without them, ab_half_5b40e6e.log; that machine ran ~10% slower than the one of gpu_round_516869e),
+ * ms, half tiles vs none: 4096 tokens 4.71-4.79 vs 4.86-4.95, 2048: 2.93-2.97 vs 2.86-2.96, 1024: 1.69-1.71 vs
+ * 1.66 (at <= 1024 tokens the weights' bandwidth binds and a half tile, done early, lets its CTA run ahead of
+ * the expert's other m-tiles, which then miss the W slab in L2). So they run from
+ * MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT slots per expert on average (3 tile rows). */
+#define MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT 384
 template <typename T, int NA>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0) {
@@ -594,9 +602,10 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
     const int64_t bound = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles; /* tiles of the expert-major order */
     const int64_t grid = bound < nsm ? bound : nsm;
-    moe_gemm_args ap = a;
-    const char *half = getenv("JAMBA_EXT_WGMMA_HALF"); /* "0": an expert's last <= 64 rows as a full tile (A/B) */
-    ap.half_tiles = !(half != NULL && half[0] == '0');
+    moe_gemm_args ap = a; /* half tiles by size (see wp_tile); env JAMBA_EXT_WGMMA_HALF=0 / 1 forces them off / on */
+    const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
+    ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
+    if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
     jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmA64, tmW, ap,
         n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
