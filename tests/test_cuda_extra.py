@@ -187,7 +187,8 @@ def test_causal_conv1d_vector_path(dtype, batch, d_inner, seqlen, K, S_in, state
 
 
 UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32", "b_f32", "w_f32_b_x", "no_bias",
-                    "di_odd", "state_slice", "state_slice_misaligned", "x_in_state", "seqlen2"]
+                    "di_odd", "state_slice", "state_slice_misaligned", "x_in_state", "seqlen2", "w_rows_strided",
+                    "b_strided"]
 
 
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
@@ -196,7 +197,7 @@ UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32"
 @pytest.mark.parametrize("p16", ["0", "1", "auto"])
 def test_causal_conv1d_update_vector_path(monkeypatch, dtype, case, B, p16):
     """The decode step in the HF cache layout (conv_state (B, DI, 4), one token): the 4-channel kernel
-    (16-byte state rows, vector x / taps when contiguous, element loads otherwise) and the shapes that fall
+    (16-byte state rows, vector x / taps / bias when contiguous, element loads otherwise) and the shapes that fall
     back to the per-channel kernel (di_odd, state_slice_misaligned, seqlen2); conv_state rewritten exactly,
     neighbours of a slice untouched; every weight / bias dtype pair (one kernel instance each). Batch 33: two batch
     rows per thread from 32 rows on, the last thread with one. p16: JAMBA_EXT_CONV_UPDATE_P16 forcing the 4-channel
@@ -215,7 +216,11 @@ def test_causal_conv1d_update_vector_path(monkeypatch, dtype, case, B, p16):
     bdt = torch.float32 if case in ("w_f32", "b_f32") else dtype
     w = randn(K, DI, device=DEV, dtype=wdt, scale=0.6).t() if case == "w_transposed_K3" else \
         randn(DI, K, device=DEV, dtype=wdt, scale=0.6)
+    if case == "w_rows_strided":  # rows of 4 taps 8 apart: one vector load per channel, not over channels
+        w = randn(DI, 2 * K, device=DEV, dtype=wdt, scale=0.6)[:, K:]
     b = None if case == "no_bias" else randn(DI, device=DEV, dtype=bdt, scale=0.5)
+    if case == "b_strided":  # bias with stride 2: element loads
+        b = randn(2 * DI, device=DEV, dtype=bdt, scale=0.5)[::2]
     cache = None
     if case in ("state_slice", "state_slice_misaligned"):
         cache = randn(B, DI + 8, S, device=DEV, dtype=dtype)
