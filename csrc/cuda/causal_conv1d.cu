@@ -411,9 +411,8 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   x (B, DI, 1) T any strides (xvec: unit channel stride, the CPT channels = one 4/8/16-byte load); out (B, DI, 1)
  *   T contiguous, 16-byte aligned; conv_state (B, DI, 4) T with rows of 4 contiguous entries (ss1 == 4),
  *   16-byte aligned groups of 4 rows; w (DI, K), bias (DI,) f32|T (wvec: K == 4, unit tap stride, rows
- *   aligned: one 8/16-byte load per channel; wvec == 2: rows contiguous (DI, 4) and 16-byte aligned, the CPT
- *   channels' taps in CPT * 4 * sizeof(W) / 16 16-byte loads; else conv_taps; bvec: bias with unit stride and
- *   aligned, the CPT biases in one load). DI % 4 == 0.
+ *   aligned: one 8/16-byte load per channel; wvec == 2 with CPT == 2 and 16-bit taps: rows contiguous and 16-byte
+ *   aligned, both channels' taps in one 16-byte load; else conv_taps). DI % 4 == 0.
  *   One thread = channels c..c+CPT-1 of batch rows NB*bt .. NB*bt+NB-1 (< B; NB = 1 or 2) (flat (bt, channel
  *   group) index on grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch
  *   row the CPT state rows (CPT * 4 * sizeof(T) bytes: NQ 16-byte loads) and x, all loaded before the first store;
@@ -432,8 +431,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
 #define CONV_UPDATE_NB2_MIN_BATCH 32
 #define CONV_UPDATE_P16_MIN_BATCH 128
 template <typename T, typename W, typename BT, int NB, int CPT>
-__global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec,
-                                                                         int bvec) {
+__global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
     typedef jamba_w16<T> P;
     constexpr int NQ = CPT * (int)sizeof(T) / 4; /* 16-byte chunks in CPT rows x 4 entries */
@@ -475,33 +473,19 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
         }
     }
     float wp[CPT][4], bv[CPT];
-    if (wvec == 2) { /* rows of 4 contiguous taps, 16-byte aligned: the CPT channels' taps in NWQ 16-byte loads */
-        constexpr int EW = 16 / (int)sizeof(W), NWQ = CPT * 4 / EW;
-        static_assert(NWQ >= 1 && CPT * 4 % EW == 0, "whole 16-byte tap pieces");
-        float f[CPT * 4];
+    if constexpr (CPT == 2 && !std::is_same<W, float>::value) { /* wvec == 2: both channels' taps in 16 bytes */
+        if (wvec == 2) {
+            float f[8];
+            P::ld(*(const uint4 *)((const T *)a.w + c * 4), f);
 #pragma unroll
-        for (int q = 0; q < NWQ; q++) jamba_w16<W>::ld(((const uint4 *)((const W *)a.w + c * 4))[q], f + q * EW);
-#pragma unroll
-        for (int i = 0; i < CPT; i++)
-#pragma unroll
-            for (int m = 0; m < 4; m++) wp[i][m] = f[4 * i + m];
-    }
-    if (a.bias && bvec) { /* unit stride, aligned: the CPT biases in one 4-, 8- or 16-byte load */
-        constexpr int BB = CPT * (int)sizeof(BT);
-        static_assert(BB == 4 || BB == 8 || BB == 16, "one vector load");
-        const BT *bp = (const BT *)a.bias + c;
-        uint4 r = make_uint4(0u, 0u, 0u, 0u);
-        if constexpr (BB == 16) r = *(const uint4 *)bp;
-        else if constexpr (BB == 8) r.x = ((const uint2 *)bp)->x, r.y = ((const uint2 *)bp)->y;
-        else r.x = *(const uint32_t *)bp;
-        float f[8];
-        jamba_w16<BT>::ld(r, f);
-#pragma unroll
-        for (int i = 0; i < CPT; i++) bv[i] = f[i];
+            for (int m = 0; m < 4; m++) wp[0][m] = f[m], wp[1][m] = f[4 + m];
+        }
     }
 #pragma unroll
     for (int i = 0; i < CPT; i++) {
-        if (wvec == 1) {
+        if (CPT == 2 && !std::is_same<W, float>::value && wvec == 2) {
+            bv[i] = a.bias ? conv_ld<BT>(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
+        } else if (wvec) {
             if (std::is_same<W, float>::value) { /* f32 taps */
                 const float4 q = *(const float4 *)((const float *)a.w + (c + i) * a.sw0);
                 wp[i][0] = q.x, wp[i][1] = q.y, wp[i][2] = q.z, wp[i][3] = q.w;
@@ -511,12 +495,10 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
                 P::ld(make_uint4(q.x, q.y, 0u, 0u), f);
                 wp[i][0] = f[0], wp[i][1] = f[1], wp[i][2] = f[2], wp[i][3] = f[3];
             }
-        } else if (wvec == 0) {
-            float b0;
-            conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c + i, wp[i], &b0); /* run-time dtypes */
-            if (!bvec) bv[i] = b0;
+            bv[i] = a.bias ? conv_ld<BT>(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
+        } else {
+            conv_taps(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c + i, wp[i], &bv[i]); /* run-time dtypes */
         }
-        if (wvec != 0 && !bvec) bv[i] = a.bias ? conv_ld<BT>(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
     }
 #pragma unroll
     for (int r = 0; r < NB; r++) {
@@ -566,7 +548,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
 /* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T), see the header; NB, CPT: the
  * kernel's */
 template <typename T, int NB, int CPT>
-static void (*conv_update_vec_kernel(bool wf32, bool bf32))(conv_update_args, int, int, int) {
+static void (*conv_update_vec_kernel(bool wf32, bool bf32))(conv_update_args, int, int) {
     if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB, CPT>;
     if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB, CPT>;
     if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB, CPT>;
@@ -589,20 +571,18 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const int xvec = a.sx1 == 1 && ((uintptr_t)a.x % (uintptr_t)(cpt * es)) == 0 && (a.B <= 1 || a.sx0 % cpt == 0);
     const int64_t wes = a.wdt == JAMBA_F32 ? 4 : es;
     int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
-    if (wvec && a.sw0 == 4 && jamba_aligned16(a.w)) wvec = 2; /* contiguous rows: 16-byte loads over channels */
-    const int64_t bes = a.bdt == JAMBA_F32 ? 4 : es;
-    const int bvec = a.bias && a.sb == 1 && ((uintptr_t)a.bias % (uintptr_t)(cpt * bes)) == 0;
+    if (wvec && cpt == 2 && wes == 2 && a.sw0 == 4 && jamba_aligned16(a.w)) wvec = 2; /* CPT 2: one 16-byte load */
     const int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
     const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
-    void (*k)(conv_update_args, int, int, int);
+    void (*k)(conv_update_args, int, int);
     if (cpt == 4)
         k = nb == 2 ? conv_update_vec_kernel<T, 2, 4>(wf32, bf32) : conv_update_vec_kernel<T, 1, 4>(wf32, bf32);
     else
         k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32)
                     : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32);
-    jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec, bvec);
+    jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
