@@ -15,16 +15,17 @@
  *   guarded by mbarriers: full[s] (one arrival carrying the stage's 48 KB of transactions) and empty[s] (one
  *   arrival per warp once its wgmma group reading the stage has finished). Thread 0 refills the stage of k tile
  *   kt - 1 with tile kt + 3 as soon as all 8 warps released it; one wgmma group stays in flight.
- *   A: (slots, Kd) rows in sorted order (gate_up: the gathered x; down: act); W: (E * w_rows, Kd) as two boxes
- *   of 128 rows (gate_up: the gate rows of 128 outputs and their up rows, so accumulator columns j and j + 128
- *   of a thread belong to one output and SiLU(gate)*up is formed in registers; down: 256 consecutive rows).
+ *   A: (slots, Kd) rows in sorted order (gate_up: the gathered x; down: act); W: (E * w_rows, Kd) in two 16 KB
+ *   boxes a stage (gate_up: per 64 outputs one 3-d box, their 64 gate rows then their 64 up rows, so accumulator
+ *   columns j and j + 64 of a thread belong to one output and SiLU(gate)*up is formed in registers; down: 128
+ *   consecutive rows per box).
  *   Rows of a box past the expert (or past N) feed only outputs that the epilogue skips; boxes past a tensor's
  *   end are zero-filled. Block order: expert-major (wt_expert_tile) for WT_ALL, grouped (moe_grouped_tile) for the
  *   tail modes; non-persistent.
  * moe_wgmma_persist_kernel: the WT_ALL tiles of moe_wgmma_kernel (same bits), persistent, with a producer warp
  *   and tiles handed out through a counter in the op's workspace (see the kernel); the default for WT_ALL when
  *   the caller passes that workspace (jamba_moe_experts_params.sched) and env JAMBA_EXT_WGMMA_PERSIST is not 0.
- *   From 384 slots per expert it runs an expert's last <= 64 rows as a 64 x 256 half tile (wp_tile).
+ *   From 384 slots per expert it runs an expert's last <= 64 rows as a 64 x 256 half tile (wp_tile; same bits).
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
  * TMA maps below 2^31.
  * Tile modes by size (wgmma_launch): up to MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT slots per expert on average
@@ -49,7 +50,7 @@
 #define WG_STAGES 4
 #define WG_THREADS 256
 #define WG_GROUP_M 8
-#define WG_WBOX 64 /* W rows per TMA box */
+#define WG_WBOX 64 /* outputs per gate_up W box (their gate and up rows); a down W box holds 2 * WG_WBOX rows */
 
 /* wgmma matrix descriptor of a K-major, 128-byte-swizzled tile at shared address saddr (1024-aligned):
  * start address >> 4 (bits 0-13), leading byte offset 1 (unused for swizzled K-major, bits 16-29),
@@ -84,9 +85,9 @@ WG_DEF_K16(__half, "f16")
 /* Epilogue: a warpgroup's accumulators (NJ * 8 columns: W rows cb .. cb + 8 NJ - 1 of the tile's W stage, cb a
  * multiple of 128; rows prow .. prow + 63 in sorted order) to C.
  * Accumulator i = 4*j + q of a thread: row prow + (warp%4)*16 + lane/4 + (q>>1)*8, column 8*j + (lane%4)*2 + (q&1).
- * W stage layout (wt_issue): boxes of 64 W rows; gate_up: box 2p the gate rows of outputs n0 + 64p .. +63, box
- * 2p + 1 their up rows, so the gate column of output n0 + cb/2 + 64(j/16) + 8(j%8) + .. sits in accumulator
- * block j (j%16 < 8) and its up column in block j + 8, in the same thread: act = SiLU(gate)*up with the fast exp
+ * W stage layout (wt_issue): gate_up, per 64 outputs p, the gate rows of outputs n0 + 64p .. +63 then their up
+ * rows, so the gate column of output n0 + cb/2 + 64(j/16) + 8(j%8) + .. sits in accumulator block j (j%16 < 8)
+ * and its up column in block j + 8, in the same thread: act = SiLU(gate)*up with the fast exp
  * / division (moe_act_fast; measured 4-5% faster than expf / IEEE division at 2048-4096 tokens), rows in sorted
  * order; down: column n0 + cb + 8j + .., round(y) * round(w) to the slot's row. */
 template <typename T, int NJ>
@@ -377,7 +378,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 
 /* moe_wgmma_persist_kernel<T> (the WT_ALL default when the op passes its sched workspace; env
  * JAMBA_EXT_WGMMA_PERSIST=0 runs moe_wgmma_kernel<T, WT_ALL> instead): the same tiles, order, wgmma chains and
- * epilogue as moe_wgmma_kernel<T, WT_ALL> (so the same bits), made persistent with a producer warp. Measured in
+ * epilogue as moe_wgmma_kernel<T, WT_ALL> (so the same bits), made persistent with a producer warp (and, by size,
+ * an expert's last <= 64 rows as a half tile: wp_tile, a.half_tiles; same bits too). Measured in
  * turns against it (gpu_round_516869e.log, H200, Jamba-v0.1, whole op, ms): 512 / 1024 / 2048 / 4096 tokens
  * 1.395 / 1.932 / 2.627 / 4.468 vs 1.412 / 1.950 / 2.643 / 4.537; 16384 tokens 18.30 vs 18.64 (moe_persist_5ef0e64.log). Grid = min(SMs, tile bound). 288 threads: warps 0-7 the two consumer warpgroups, warp 8 (lane 0)
  * the producer, which keeps the 4-stage ring full across tile boundaries: while the consumers run a tile's
