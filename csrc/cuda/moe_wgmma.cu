@@ -406,6 +406,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  * the expert's other m-tiles, which then miss the W slab in L2). So they run from
  * MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT slots per expert on average (3 tile rows). */
 #define MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT 384
+/* the tile rows row0 .. row_end - 1 run as a half tile (the producer and the consumers must agree) */
+__device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
+    return a.half_tiles && row_end - row0 <= 64;
+}
 template <typename T, int NA>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0) {
@@ -471,7 +475,7 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
                 break;
             }
             const int wrow = (int)((int64_t)e * a.w_rows + nt * wn);
-            const bool half = a.half_tiles && row_end - row0 <= 64;
+            const bool half = wp_is_half(a, row0, row_end);
             for (int kt = 0; kt < KT; kt++, q++) {
                 const uint32_t st = q % S;
                 if (kt > 0 && q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
@@ -488,7 +492,7 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
         mbar_wait(ring.full + 8 * (it % S), (it / S) & 1);
         const int pid = slot[it % S];
         if (pid < 0 || !wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
-        if (a.half_tiles && row_end - row0 <= 64)
+        if (wp_is_half(a, row0, row_end))
             wp_tile<T, 64>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
         else
             wp_tile<T, 128>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
