@@ -12,8 +12,12 @@ Rows per token count (each checked against an fp32 reference before it is timed)
   (a) hf_loop     transformers 4.x JambaSparseMoeBlock: one_hot mask, loop over all experts, torch.where
   (b) sorted_mm   tokens sorted by expert, one torch.matmul pair per expert (host loop over offsets)
   (c) grouped_mm  the same with torch._grouped_mm (no host loop), routing and combine in torch
+  dense mm        (>= 512 tokens, a ceiling, not a MoE) the same FLOPs as two dense torch.matmul calls, all
+                  T * TOPK slots through one expert: (T*TOPK, H) x (H, 2F), then (T*TOPK, F) x (F, H); timed in
+                  the same rounds as the rows above, so under the same clocks and power draw
 Figures: median time (CUDA events), useful TFLOP/s = 2 * T * TOPK * 3 * H * F / time against the measured
-dense bf16 matmul rate; for <= 64 tokens, bytes of the touched experts' weights (distinct experts * 3*H*F*2)
+dense bf16 matmul rate (8192^3 at the start, a cool GPU) and, from 512 tokens, against the "dense mm" row of
+the same token count (the column "of dense same-work"); for <= 64 tokens, bytes of the touched experts' weights (distinct experts * 3*H*F*2)
 against the measured copy bandwidth (floor = bytes / bandwidth).
 """
 import argparse
@@ -235,6 +239,14 @@ def main():
                 ref.index_add_(0, tok, y * w[tok, slot].to(dtype).float()[:, None])
         base_b = None
         timed = {}  # correct variants, timed below in turns (common.time_interleaved)
+        dense = None
+        if T >= 512 and (not args.only or "dense mm" in args.only.split(",")) and "dense mm" not in (args.skip or ""):
+            xs = x.repeat(K, 1)
+            dense = {"label": f"dense mm T={T}", "op": "dense mm", "tokens": T, "H": H, "F": Fd, "E": E,
+                     "top_k": K, "dtype": str(dtype).replace("torch.", ""), "correct": True}
+            rows.append(dense)
+            timed["dense mm"] = (dense, lambda: torch.matmul(torch.matmul(xs, w_gate_up[0].t())[:, :Fd],
+                                                             w_down[0].t()))
         for name, fn in variants:
             if (name == "ours:gemv" and T > 512) or (name.startswith(("ours:mma", "ours:wgmma")) and T < 64
                                                      and not args.small_engines):
@@ -258,6 +270,9 @@ def main():
                        tflops=flops / (us * 1e-6) / 1e12)
             row["pct_matmul_rate"] = 100 * row["tflops"] / mm
             extra = f"{row['tflops']:7.1f} TFLOP/s ({row['pct_matmul_rate']:4.1f}% of matmul)"
+            if dense is not None and name != "dense mm":
+                row["pct_dense_same_work"] = 100 * dense["median_us"] / us
+                extra += f" ({row['pct_dense_same_work']:5.1f}% of dense same-work)"
             floor_us = None
             if T <= 64:
                 floor_us = wbytes / (bw * 1e9) * 1e6
@@ -265,7 +280,8 @@ def main():
                            pct_bw_floor=100 * floor_us / us)
             if name == "(b) sorted_mm":
                 base_b = us
-            print(common.fmt_row(f"{name} T={T} err={row['rel_err_vs_fp32']:.1e}", us, floor_us, extra), flush=True)
+            err_s = f" err={row['rel_err_vs_fp32']:.1e}" if "rel_err_vs_fp32" in row else ""
+            print(common.fmt_row(f"{name} T={T}{err_s}", us, floor_us, extra), flush=True)
         for r in rows:
             if r["tokens"] == T and base_b and "median_us" in r:
                 r["speedup_vs_b"] = base_b / r["median_us"]
