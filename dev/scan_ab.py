@@ -1,7 +1,7 @@
 """dev/scan_ab.py -- A/B of selective_scan variants behind an EXPERIMENT env knob, timed in turns on one GPU.
 
     python3 dev/scan_ab.py --knob JAMBA_EXT_<NAME> [--off 0]
-    python3 dev/scan_ab.py --knob JAMBA_EXT_SCAN_FX --off 1,2,4 --tol 1e-2
+    python3 dev/scan_ab.py --knob JAMBA_EXT_<NAME> --off 1,2,4 --tol 1e-2
 
 (used for the steady loop of selective_scan_pc_kernel, knob JAMBA_EXT_SCAN_STEADY, since removed:
 benchmarks/results/scan_ab_1fb09d3.log). The knob must be read per call by the host code under test.

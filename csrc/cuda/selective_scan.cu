@@ -699,29 +699,8 @@ __device__ __forceinline__ void pc_ld8(const float *sdt, const float *sdtu, floa
     dtu[0] = w0.x, dtu[1] = w0.y, dtu[2] = w0.z, dtu[3] = w0.w, dtu[4] = w1.x, dtu[5] = w1.y, dtu[6] = w1.z,
     dtu[7] = w1.w;
 }
-/* EXPERIMENT (JAMBA_EXT_SCAN_FX, bf16 only; issue 3 suggests it): 2^x on the FMA pipe instead of the SFU for
- * FX of every 8 steps (FX 0 / 1 / 2 / 4: none, step 7, steps 3 and 7, odd steps). 2^x = 2^j * p(x - j),
- * j = rint(x) by the 1.5 * 2^23 shift, p a degree-5 fit of 2^f on [-0.5, 0.5] (relative error 2.3e-7 in
- * fp32, ex2.approx's is ~2 ulp), 2^j added to p's exponent field; x clamped to [-126, 127] (finite results
- * only). 11 issue slots (2 FMNMX, 3 FADD, 5 FFMA, 1 LEA) instead of one SFU op of 8 SFU cycles. */
-__device__ __forceinline__ float pc_ex2_fma(float x) {
-    x = fminf(fmaxf(x, -126.f), 127.f);
-    const float t = __fadd_rn(x, 12582912.f), f = __fsub_rn(x, __fsub_rn(t, 12582912.f));
-    float p = 1.327647129e-3f;
-    p = fmaf(p, f, 9.675540961e-3f);
-    p = fmaf(p, f, 5.550713092e-2f);
-    p = fmaf(p, f, 2.402212024e-1f);
-    p = fmaf(p, f, 6.931469440e-1f);
-    p = fmaf(p, f, 1.000000119f);
-    return __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
-}
-template <int FX> __device__ __forceinline__ float pc_ex2_at(float x, int m) {
-    const bool fma_pipe = FX == 1 ? m == 7 : FX == 2 ? (m & 3) == 3 : FX == 4 ? (m & 1) == 1 : false;
-    return fma_pipe ? pc_ex2_fma(x) : jamba_cu_exp2(x);
-}
-
 /* exp2(dt * A2) of 8 steps x this lane's SPT states, and dt*u of the 8 steps */
-template <int SPT, int FX>
+template <int SPT>
 __device__ __forceinline__ void pc_exps8(const float *sdt, const float *sdtu, const float (&A2)[SPT],
                                          float (&dA)[8][SPT], float (&dtu)[8]) {
     float dv[8];
@@ -729,7 +708,7 @@ __device__ __forceinline__ void pc_exps8(const float *sdt, const float *sdtu, co
 #pragma unroll
     for (int m = 0; m < 8; m++)
 #pragma unroll
-        for (int i = 0; i < SPT; i++) dA[m][i] = pc_ex2_at<FX>(dv[m] * A2[i], m);
+        for (int i = 0; i < SPT; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
 }
 
 /* The G partial sums of all NS steps of a chunk -> lane g's NS/G consecutive steps (NS/G)*g .. in
@@ -761,7 +740,7 @@ template <typename T> __device__ __forceinline__ void pc_st4(T *p, const float (
     }
 }
 
-template <typename T, int TC, int FX>
+template <typename T, int TC>
 __global__ void __launch_bounds__(PC_THREADS, 4) selective_scan_pc_kernel(pc_args a) {
     jamba_pdl_begin();
     constexpr int G = PC_G, CH = PC_THREADS / G, SPT = PC_NS / G; /* channels per block, states per lane */
@@ -831,7 +810,7 @@ __global__ void __launch_bounds__(PC_THREADS, 4) selective_scan_pc_kernel(pc_arg
             /* the exponentials of 8-step block j+1 are written next to block j's FMA steps (ptxas still
              * groups them; an interleaving forced by a false dependency measured no faster on the H200) */
             float dA[8][SPT], dtu[8], yc[TC];
-            pc_exps8<SPT, FX>(sdt + l * TP, sdtu + l * TP, A2, dA, dtu);
+            pc_exps8<SPT>(sdt + l * TP, sdtu + l * TP, A2, dA, dtu);
 #pragma unroll
             for (int t = 0; t < TC; t += 8) {
                 float dAn[8][SPT], dtun[8], dvn[8];
@@ -840,7 +819,7 @@ __global__ void __launch_bounds__(PC_THREADS, 4) selective_scan_pc_kernel(pc_arg
                 for (int m = 0; m < 8; m++) {
                     if (t + 8 < TC) {
 #pragma unroll
-                        for (int i = 0; i < SPT; i++) dAn[m][i] = pc_ex2_at<FX>(dvn[m] * A2[i], m);
+                        for (int i = 0; i < SPT; i++) dAn[m][i] = jamba_cu_exp2(dvn[m] * A2[i]);
                     }
                     float bv[SPT], cv[SPT];
                     const float *bcrow = sBC + (t + m) * PC_BCP;
@@ -944,26 +923,16 @@ __global__ void __launch_bounds__(PC_THREADS, 4) selective_scan_pc_kernel(pc_arg
     }
 }
 
-template <typename T, int FX> static jamba_status pc_launch_fx(const pc_args &a, cudaStream_t stream) {
+template <typename T> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
     constexpr int TC = 32, CH = PC_THREADS / PC_G;
     using K = pc_cfg<T, TC, CH>;
     const int64_t nvb = a.B * ((a.DI + CH - 1) / CH);
     const int64_t grid = nvb < JAMBA_MAX_GRID_X ? nvb : JAMBA_MAX_GRID_X;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC, FX>,
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_pc_kernel<T, TC>,
                                           cudaFuncAttributeMaxDynamicSharedMemorySize, (int)K::SMEM));
-    jamba_kernel_launch(selective_scan_pc_kernel<T, TC, FX>, (unsigned)grid, PC_THREADS, K::SMEM, stream, a);
+    jamba_kernel_launch(selective_scan_pc_kernel<T, TC>, (unsigned)grid, PC_THREADS, K::SMEM, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (pipelined)", stream);
     return JAMBA_OK;
-}
-template <typename T> static jamba_status pc_launch(const pc_args &a, cudaStream_t stream) {
-    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-        const char *fx = getenv("JAMBA_EXT_SCAN_FX"); /* EXPERIMENT: see pc_ex2_fma */
-        const int f = fx ? atoi(fx) : 0;
-        if (f == 1) return pc_launch_fx<T, 1>(a, stream);
-        if (f == 2) return pc_launch_fx<T, 2>(a, stream);
-        if (f == 4) return pc_launch_fx<T, 4>(a, stream);
-    }
-    return pc_launch_fx<T, 0>(a, stream);
 }
 
 static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_t n1, int esz) {
