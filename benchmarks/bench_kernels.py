@@ -216,11 +216,13 @@ def bench_scan(bb, shapes, DI, N):
         bb.row("selective_scan", f"B={Bsz} DI={DI} L={L} N={N}", lambda: ops.selective_scan(**a), nbytes,
                exps=Bsz * DI * L * N, eager=eager, eager_reps=3)
         if dev.type == "cuda":
-            # variants timed in the same run: the general kernel (JAMBA_EXT_SCAN_IMPL=old) and B/C as the model
-            # passes them ((B, L, N) transposed: n-fast)
+            # variants timed in the same run: the general kernel (JAMBA_EXT_SCAN_IMPL=old), the pipelined kernel
+            # (=pc; the default takes the bf16 g4 kernel where its layouts hold) and B/C as the model passes them
+            # ((B, L, N) transposed: n-fast)
             bt = {"B": a["B"].transpose(1, 2).contiguous().transpose(1, 2),
                   "C": a["C"].transpose(1, 2).contiguous().transpose(1, 2)}
             for label, env, over in (("old", {"JAMBA_EXT_SCAN_IMPL": "old"}, {}),
+                                     ("pipelined", {"JAMBA_EXT_SCAN_IMPL": "pc"}, {}),
                                      ("B/C n-fast", {}, bt)):
                 with common.env(**env):
                     av = dict(a, **over)

@@ -49,6 +49,10 @@ def main():
     c64 = slice(0, 64)  # whole blocks of channels: the converter's fast path (no range checks)
     ops.selective_scan(u2[:, c64].contiguous(), d2[:, c64].contiguous(), A[c64].contiguous(), Bt, Ct,
                        D[c64].contiguous(), z2[:, c64].contiguous(), db[c64].contiguous(), True, None)
+    # the bf16 g4 kernel (d_inner % 32 == 0, L % 8 == 0): B/C t-fast, initial state, a 24-step tail chunk
+    ops.selective_scan(u2[:, c64, :120].contiguous(), d2[:, c64, :120].contiguous(), A[c64].contiguous(),
+                       rn(B, N, 120), rn(B, N, 120), D[c64].contiguous(), z2[:, c64, :120].contiguous(),
+                       db[c64].contiguous(), True, h[:, c64].contiguous())
     ops.selective_state_update(h, rn(B, DI), rn(B, DI), A, rn(B, N), rn(B, N), D, rn(B, DI), db, True)
     moe = getattr(jamba_ext, "moe", None)
     if moe is not None and hasattr(moe, "sparse_moe_forward"):

@@ -779,10 +779,12 @@ PC_SCAN_CASES = [  # batch, d_inner, seqlen, B/C layout
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
-def test_selective_scan_pipelined_fp64(dtype):
+def test_selective_scan_pipelined_fp64(monkeypatch, dtype):
     """The pipelined kernel on the fast and general paths (aligned / odd L, L % 4 != 0 (scalar stores), partial
     chunks, channels past DI, B/C t-fast, n-fast unaligned (xproj) and aligned (nfast: the fast converter's
-    g-fast walk), L = 1), with and without initial state / z / D / bias, and softplus inputs past +-20."""
+    g-fast walk), L = 1), with and without initial state / z / D / bias, and softplus inputs past +-20.
+    JAMBA_EXT_SCAN_IMPL=pc keeps the bf16 cases that the g4 kernel would take on the pipelined kernel."""
+    monkeypatch.setenv("JAMBA_EXT_SCAN_IMPL", "pc")
     for batch, d_inner, seqlen, layout in PC_SCAN_CASES:
         for case in ("full", "bare", "wide"):
             a = scan_inputs(batch, d_inner, 16, seqlen, dtype, bc_layout="contig" if layout == "nfast" else layout,
@@ -798,3 +800,67 @@ def test_selective_scan_pipelined_fp64(dtype):
             ref_out, ref_last = ref64(a)
             assert_close(out, ref_out, **TOL_LONG[dtype])
             assert_close(last, ref_last, **TOL_LONG[torch.float32])
+
+
+def cuda_kernel_names(fn):
+    """Names of the CUDA kernels fn() launches (torch.profiler), to check which kernel a call took."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {e.key for e in prof.key_averages()}
+
+
+G4_CASES = [  # batch, d_inner, seqlen, B/C layout: L % 8 == 0, d_inner % 32 == 0 (selective_scan_g4_kernel)
+    (1, 32, 8, "contig"), (2, 64, 40, "contig"), (1, 96, 136, "nfast"), (3, 64, 264, "nfast"),
+    (1, 32, 2056, "contig"), (2, 8192, 72, "nfast"), (1, 64, 4096, "nfast"),
+]
+
+
+@pytest.mark.parametrize("case", ["full", "bare", "wide", "no_softplus"])
+def test_selective_scan_g4_fp64(monkeypatch, case):
+    """The bf16 fast kernel (4 lanes per channel, B/C staged as bf16): one chunk shorter than 32 steps, tails of
+    8 / 16 / 24 steps after full chunks, the 3-stage ring wrapping, B/C t-fast and n-fast (the model's x_proj
+    slices), d_inner 8192; with and without initial state / z / D / bias, softplus inputs past +-20 and softplus
+    off; against the float64 reference and against the pipelined kernel (JAMBA_EXT_SCAN_IMPL=pc); the profiler
+    checks which kernel ran."""
+    dtype = torch.bfloat16
+    for batch, d_inner, seqlen, layout in G4_CASES:
+        a = scan_inputs(batch, d_inner, 16, seqlen, dtype, init=case != "bare")
+        if layout == "nfast":  # (B, L, N) contiguous, passed as its (B, N, L) transpose
+            a.update(B=a["B"].transpose(1, 2).contiguous().transpose(1, 2),
+                     C=a["C"].transpose(1, 2).contiguous().transpose(1, 2))
+        if case == "bare":
+            a.update(z=None, D=None, delta_bias=None)
+        elif case == "wide":
+            a["delta"] = (a["delta"].float() * 60).to(dtype)
+        elif case == "no_softplus":
+            a.update(delta=(a["delta"].float().abs() * 0.1).to(dtype), delta_bias=None, delta_softplus=False)
+        monkeypatch.delenv("JAMBA_EXT_SCAN_IMPL", raising=False)
+        res = {}
+        names = cuda_kernel_names(lambda: res.update(g4=ops.selective_scan(**a)))
+        assert any("selective_scan_g4_kernel" in n for n in names), (batch, d_inner, seqlen, layout, names)
+        out, last = res["g4"]
+        ref_out, ref_last = ref64(a)
+        assert_close(out, ref_out, **TOL_LONG[dtype])
+        assert_close(last, ref_last, **TOL_LONG[torch.float32])
+        monkeypatch.setenv("JAMBA_EXT_SCAN_IMPL", "pc")
+        out_pc, last_pc = ops.selective_scan(**a)
+        assert_close(out, out_pc, **TOL_LONG[dtype])
+        assert_close(last, last_pc, **TOL_LONG[torch.float32])
+
+
+def test_selective_scan_g4_declines():
+    """Layouts the g4 kernel does not take go to the pipelined kernel (L % 8, d_inner % 32, unaligned n-fast B/C,
+    f16), still correct."""
+    for batch, d_inner, seqlen, layout, dtype in [(1, 64, 36, "contig", torch.bfloat16),
+                                                  (1, 40, 64, "contig", torch.bfloat16),
+                                                  (1, 64, 64, "xproj", torch.bfloat16),
+                                                  (1, 64, 64, "contig", torch.float16)]:
+        a = scan_inputs(batch, d_inner, 16, seqlen, dtype, bc_layout=layout)
+        res = {}
+        names = cuda_kernel_names(lambda: res.update(o=ops.selective_scan(**a)))
+        assert not any("selective_scan_g4_kernel" in n for n in names), (batch, d_inner, seqlen, layout, dtype)
+        ref_out, ref_last = ref64(a)
+        assert_close(res["o"][0], ref_out, **TOL_LONG[dtype])
+        assert_close(res["o"][1], ref_last, **TOL_LONG[torch.float32])

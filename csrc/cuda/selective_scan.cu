@@ -10,11 +10,15 @@
  * pre-scaled once per thread. The SFU rate (16 ex2/clk/SM) is the floor of this kernel at Jamba shapes:
  * B*DI*L*N exponentials, against ~1.3 bytes per (b, c, t) of memory traffic per state element.
  *
- * Two kernels:
- *   selective_scan_pc_kernel (below, "pipelined fast path"): every call with N <= 16 and L >= 1 (Mamba-1,
- *     Jamba: N = 16). cp.async ring of raw tiles, one barrier per 32-step chunk. H200, bf16, DI 8192:
- *     1x8192 in 0.616 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp floor 0.26 ms). Its softplus is
- *     max(v, 0) + log1p(exp(-|v|)) with log1p as a polynomial (one exponential; see pc_softplus).
+ * Three kernels:
+ *   selective_scan_g4_kernel (the bf16 fast path: N = 16, d_inner % 32 == 0, L % 8 == 0, 16-byte aligned rows,
+ *     B/C t-fast or n-fast): 4 lanes per channel, B/C staged in shared memory as bf16 (half the shared-memory
+ *     traffic of fp32 staging, which bound the pipelined kernel as much as the SFU). Lab: 1x8192 0.53 ms.
+ *   selective_scan_pc_kernel ("pipelined"): every other call with N <= 16 and L >= 1 (Mamba-1, Jamba:
+ *     N = 16; f32 / f16, odd L, odd d_inner, unaligned views). cp.async ring of raw tiles, one barrier per
+ *     32-step chunk. H200, bf16, DI 8192: 1x8192 in 0.6025 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp
+ *     floor 0.26 ms). Its softplus is max(v, 0) + log1p(exp(-|v|)) with log1p as a polynomial (one
+ *     exponential; see pc_softplus).
  *   selective_scan_fwd_kernel (the first design, kept as the general path): N > 16 and L == 0. G threads per
  *     channel (a power of two; G*SPT >= N states, SPT states per thread in registers, SPT = 4 or 16 is the
  *     one template tile parameter), CH = 128/G channels per block, all of one batch. Time runs in chunks of
@@ -23,7 +27,8 @@
  *     states in registers, the G partial sums of y are combined with warp shuffles, and the block writes
  *     the chunk's outputs with coalesced stores. The state is carried across chunks in registers, so any L
  *     (1 .. 1M+) runs in one launch.
- * Benchmark knob: env JAMBA_EXT_SCAN_IMPL=old sends every call to the general kernel.
+ * Benchmark knob: env JAMBA_EXT_SCAN_IMPL=old sends every call to the general kernel, =pc every call with
+ * N <= 16 to the pipelined kernel (not the g4 kernel).
  */
 #include "common.cuh"
 
@@ -940,6 +945,268 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
     return ((uintptr_t)p % 16) == 0 && (s0 % ve == 0 || n0 <= 1) && (s1 % ve == 0 || n1 <= 1);
 }
 
+/* ---- selective_scan_g4_kernel: the bf16 fast path (4 lanes per channel, B/C staged as bf16) ----------------
+ * Shapes / layouts: u, delta, z bf16 (B, DI, L), unit stride along L, 16-byte aligned (batch, channel) rows;
+ * B, C bf16 (B, 16, L) with rows along t (t-fast) or 16 contiguous states per step (n-fast, as sliced from the
+ * model's x_proj output), 16-byte aligned; A (DI, 16), D, delta_bias (DI,), initial_state (B, DI, 16) fp32;
+ * out bf16 (B, DI, L) contiguous, last_state fp32 (B, DI, 16). DI % 32 == 0, L % 8 == 0 (host: g4_ok); any other
+ * call takes selective_scan_pc_kernel.
+ * Block = 128 threads = 32 channels (G4_CH) of one batch row, 4 lanes per channel (g = lane % 4), 4 states per
+ * lane (n = 4g .. 4g+3). Time in 32-step chunks through a 3-stage cp.async ring of raw tiles (u, delta, z:
+ * 32 rows x 64 bytes; B, C: 1 KB each, [n][t] or [t][n]); per chunk one __syncthreads, then: copies of chunk
+ * k+3 issued, chunk k+1 converted, chunk k scanned.
+ *   Conversion (lane g of channel l: steps 8g .. 8g+7): dt = softplus(delta + bias) and dt*u into fp32 rows
+ *   (pitch G4_TP = 36 floats: 16-byte aligned, the 8 rows a warp reads at once in distinct banks); the lane
+ *   keeps the raw u and z words of its 8 steps in registers for its own outputs (D*u and silu(z) are applied
+ *   at the store, nothing staged); B and C go to bf16 pieces [t][g][B(4) C(4)] (16 bytes: one load per lane
+ *   and step). Steps past L in the last chunk: dt = dt*u = 0 and B = C = 0, so h is unchanged.
+ *   Scan: per step SPT x (dt*A2, ex2, dt*u*B, h FMA, y FMA); the exponentials of the next 8 steps are issued
+ *   with the current 8 steps' FMA chains. y: the 4 partial sums of each of the 32 steps reduce-scattered over
+ *   two shuffle levels so lane g ends with steps 8g .. 8g+7: (y + D u) silu(z), one 16-byte store.
+ * Why this form (dev/cuda/scan_ilp_lab.cu, H200, bf16, DI 8192; benchmarks/results/scan_ilp_lab_*.log): the
+ * pipelined kernel's B/C loads deliver 8 bytes of fp32 per state step through shared memory, 2 wavefronts per
+ * warp and state step, which at 16 state steps per clock per SM is as many shared-memory cycles as the SFU
+ * needs for the exponentials (ncu: ~77% of the shared-memory wavefronts busy at 1x8192). bf16 pieces halve it;
+ * 4 lanes per channel instead of 8 cut the reduce-scatter to two levels and the instructions per state step
+ * from ~12 to ~10.5 at 2 warps per scheduler at batch 1 (G = 2, 1 warp per scheduler: 1.6x slower). Lab, ms at
+ * 1x2048 / 1x8192 / 1x32768 / 8x2048: 0.140 / 0.530 / 2.092 / 0.913 against the pipelined kernel's
+ * 0.158 / 0.603 / 2.383 / 1.189 (shipped; 0.155 / 0.593 / 2.338 / 1.106 for its form in the lab).
+ * Hazards: a raw stage is refilled one barrier after its conversion; fp32 set p is rewritten one barrier
+ * after the scan that read it. */
+#define G4_CH 32 /* channels per block */
+#define G4_TC 32 /* steps per chunk */
+#define G4_TP 36 /* fp32 row pitch (floats) */
+#define G4_RAW_U (G4_CH * G4_TC * 2)
+#define G4_RAW_BC (PC_NS * G4_TC * 2)
+#define G4_STAGE (3 * G4_RAW_U + 2 * G4_RAW_BC)
+#define G4_SET (2 * G4_CH * G4_TP + G4_TC * PC_NS) /* floats: dt rows, dt*u rows, bf16 B/C pieces (2 KB) */
+#define G4_SMEM (PC_NSTG * G4_STAGE + 2 * G4_SET * 4)
+
+struct g4_args : scan_io {
+    int bnf, cnf; /* B / C n-fast (16 contiguous states per step); else t-fast */
+};
+
+__device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+__global__ void __launch_bounds__(PC_THREADS) selective_scan_g4_kernel(g4_args a) {
+    jamba_pdl_begin();
+    constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
+    extern __shared__ float4 g4_smem4[];
+    unsigned char *raw = (unsigned char *)g4_smem4;
+    float *sets = (float *)(raw + PC_NSTG * G4_STAGE);
+    const int tid = threadIdx.x, g = tid % G, l = tid / G;
+    const int64_t nblk = a.DI / CH, b = blockIdx.x / nblk, c0 = (blockIdx.x - b * nblk) * CH, c = c0 + l;
+    const int nck = (int)((a.L + TC - 1) / TC), ntl = (int)(a.L - (int64_t)(nck - 1) * TC);
+    typedef __nv_bfloat16 T;
+    /* this thread's copy pieces: u / delta / z row tid / 4, steps 8 (tid % 4) ..; B or C piece tid */
+    const int ur = tid >> 2, uq = tid & 3, mb = tid >> 6;
+    const T *const su = (const T *)a.u + b * a.su0 + (c0 + ur) * a.su1 + 8 * uq;
+    const T *const sd = (const T *)a.delta + b * a.sd0 + (c0 + ur) * a.sd1 + 8 * uq;
+    const T *const sz = a.z ? (const T *)a.z + b * a.sz0 + (c0 + ur) * a.sz1 + 8 * uq : nullptr;
+    const int bnf = mb ? a.cnf : a.bnf;
+    const T *sbc;
+    int bdst, bt;        /* raw-tile offset, first step of the piece */
+    int64_t bstep;       /* elements per chunk */
+    {
+        const T *base = mb ? (const T *)a.Cm + b * a.sC0 : (const T *)a.Bm + b * a.sB0;
+        const int64_t sn = mb ? a.sC1 : a.sB1, stt = mb ? a.sC2 : a.sB2;
+        if (bnf) { /* [t][16]: step (tid >> 1) & 31, states 8 (tid & 1) .. */
+            bt = (tid >> 1) & 31;
+            sbc = base + bt * stt + 8 * (tid & 1), bdst = bt * 32 + 16 * (tid & 1), bstep = TC * stt;
+        } else { /* [n][TC]: state (tid >> 2) & 15, steps 8 (tid & 3) .. */
+            bt = 8 * (tid & 3);
+            sbc = base + ((tid >> 2) & 15) * sn + bt, bdst = ((tid >> 2) & 15) * 64 + 2 * bt, bstep = TC;
+        }
+    }
+    float A2[SPT], h[SPT];
+#pragma unroll
+    for (int i = 0; i < SPT; i++) {
+        const int n = SPT * g + i;
+        A2[i] = a.A[c * a.sA0 + n * a.sA1] * JAMBA_LOG2E;
+        h[i] = a.init ? a.init[b * a.si0 + c * a.si1 + n] : 0.f;
+    }
+    const float bias = a.dbias ? a.dbias[c * a.sdb] : 0.f, Dc = a.D ? a.D[c * a.sD] : 0.f;
+    T *const orow = (T *)a.out + (b * a.DI + c) * a.L + SO * g;
+
+    auto load = [&](int kk) {
+        unsigned char *st = raw + (kk % PC_NSTG) * G4_STAGE;
+        const int nt = kk + 1 < nck ? TC : ntl; /* a multiple of 8 */
+        const int64_t t0 = (int64_t)kk * TC;
+        if (8 * uq < nt) {
+            pc_cp16(st + ur * 64 + uq * 16, su + t0);
+            pc_cp16(st + G4_RAW_U + ur * 64 + uq * 16, sd + t0);
+            if (sz) pc_cp16(st + 2 * G4_RAW_U + ur * 64 + uq * 16, sz + t0);
+        }
+        if (bt < nt) pc_cp16(st + 3 * G4_RAW_U + mb * G4_RAW_BC + bdst, sbc + kk * bstep);
+    };
+    /* chunk kk's raw stage -> fp32 set kk & 1 and bf16 B/C pieces; this lane's raw u / z words into ru / rz */
+    auto convert = [&](int kk, uint32_t(&ru)[SO / 2], uint32_t(&rz)[SO / 2]) {
+        const unsigned char *st = raw + (kk % PC_NSTG) * G4_STAGE;
+        float *set = sets + (kk & 1) * G4_SET;
+        const int nt = kk + 1 < nck ? TC : ntl;
+        const int off = l * 64 + g * 16;
+        const uint4 qu = *(const uint4 *)(st + off), qd = *(const uint4 *)(st + G4_RAW_U + off);
+        ru[0] = qu.x, ru[1] = qu.y, ru[2] = qu.z, ru[3] = qu.w;
+        if (a.z) {
+            const uint4 qz = *(const uint4 *)(st + 2 * G4_RAW_U + off);
+            rz[0] = qz.x, rz[1] = qz.y, rz[2] = qz.z, rz[3] = qz.w;
+        }
+        const uint32_t rd[4] = {qd.x, qd.y, qd.z, qd.w};
+        float dv[SO], duv[SO];
+#pragma unroll
+        for (int j = 0; j < SO; j++) {
+            const float v = (j & 1 ? g4_hi(rd[j / 2]) : g4_lo(rd[j / 2])) + bias;
+            const float d = a.softplus ? pc_softplus(v) : v;
+            const bool on = SO * g + j < nt;
+            dv[j] = on ? d : 0.f;
+            duv[j] = on ? d * (j & 1 ? g4_hi(ru[j / 2]) : g4_lo(ru[j / 2])) : 0.f;
+        }
+        float *pd = set + l * G4_TP + SO * g, *pu = pd + CH * G4_TP;
+        ((float4 *)pd)[0] = make_float4(dv[0], dv[1], dv[2], dv[3]);
+        ((float4 *)pd)[1] = make_float4(dv[4], dv[5], dv[6], dv[7]);
+        ((float4 *)pu)[0] = make_float4(duv[0], duv[1], duv[2], duv[3]);
+        ((float4 *)pu)[1] = make_float4(duv[4], duv[5], duv[6], duv[7]);
+        /* B / C pieces: thread = (B or C, state pair np, steps 4q .. 4q+3), one word (states 2np, 2np+1) per step */
+        const int np = (tid >> 3) & 7, q = tid & 7, n = 2 * np;
+        const unsigned char *rb = st + 3 * G4_RAW_U + mb * G4_RAW_BC;
+        unsigned char *pc = (unsigned char *)(set + 2 * CH * G4_TP) + (n / SPT) * 4 * SPT + (mb * SPT + n % SPT) * 2;
+        uint32_t w[4];
+        if (bnf) { /* raw [t][16]: the pair is one word per step */
+#pragma unroll
+            for (int j = 0; j < 4; j++) w[j] = *(const uint32_t *)(rb + (4 * q + j) * 32 + 2 * n);
+        } else { /* raw [n][TC]: 4 steps of states n and n+1 */
+            const uint2 r0 = *(const uint2 *)(rb + n * 64 + q * 8), r1 = *(const uint2 *)(rb + (n + 1) * 64 + q * 8);
+            w[0] = (r0.x & 0xffffu) | (r1.x << 16), w[1] = (r0.x >> 16) | (r1.x & 0xffff0000u);
+            w[2] = (r0.y & 0xffffu) | (r1.y << 16), w[3] = (r0.y >> 16) | (r1.y & 0xffff0000u);
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) *(uint32_t *)(pc + (4 * q + j) * 64) = 4 * q + j < nt ? w[j] : 0u;
+    };
+    auto ld8 = [&](const float *p, float (&v)[8]) {
+        const float4 x0 = ((const float4 *)p)[0], x1 = ((const float4 *)p)[1];
+        v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
+    };
+    /* iteration k: scan chunk k (its u / z words in ru / rz), convert chunk k+1 into nu / nz */
+    auto step = [&](int k, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2], uint32_t(&nu)[SO / 2],
+                    uint32_t(&nz)[SO / 2]) {
+        pc_wait<PC_NSTG - 2>();
+        __syncthreads();
+        if (k + PC_NSTG < nck) load(k + PC_NSTG);
+        pc_commit();
+        if (k + 1 < nck) convert(k + 1, nu, nz);
+        const float *set = sets + (k & 1) * G4_SET;
+        const float *sdt = set + l * G4_TP, *sdtu = sdt + CH * G4_TP;
+        const unsigned char *sbp = (const unsigned char *)(set + 2 * CH * G4_TP) + g * 4 * SPT;
+        float dA[8][SPT], dtu[8], yc[TC];
+        {
+            float dv[8];
+            ld8(sdt, dv);
+            ld8(sdtu, dtu);
+#pragma unroll
+            for (int m = 0; m < 8; m++)
+#pragma unroll
+                for (int i = 0; i < SPT; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
+        }
+#pragma unroll
+        for (int t = 0; t < TC; t += 8) {
+            float dAn[8][SPT], dtun[8], dvn[8];
+            if (t + 8 < TC) ld8(sdt + t + 8, dvn), ld8(sdtu + t + 8, dtun);
+#pragma unroll
+            for (int m = 0; m < 8; m++) {
+                if (t + 8 < TC) {
+#pragma unroll
+                    for (int i = 0; i < SPT; i++) dAn[m][i] = jamba_cu_exp2(dvn[m] * A2[i]);
+                }
+                const uint4 wq = *(const uint4 *)(sbp + (t + m) * 64);
+                const float bv[SPT] = {g4_lo(wq.x), g4_hi(wq.x), g4_lo(wq.y), g4_hi(wq.y)};
+                const float cv[SPT] = {g4_lo(wq.z), g4_hi(wq.z), g4_lo(wq.w), g4_hi(wq.w)};
+                float y = 0.f;
+#pragma unroll
+                for (int i = 0; i < SPT; i++) {
+                    h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
+                    y = fmaf(h[i], cv[i], y);
+                }
+                yc[t + m] = y;
+            }
+            if (t + 8 < TC) {
+#pragma unroll
+                for (int m = 0; m < 8; m++) {
+                    dtu[m] = dtun[m];
+#pragma unroll
+                    for (int i = 0; i < SPT; i++) dA[m][i] = dAn[m][i];
+                }
+            }
+        }
+        pc_reduce_lv<TC / 2, 2>(yc, g);
+        pc_reduce_lv<TC / 4, 1>(yc, g);
+        const int nt = k + 1 < nck ? TC : ntl;
+        if (SO * g < nt) {
+            uint32_t o[SO / 2];
+#pragma unroll
+            for (int j = 0; j < SO; j += 2) {
+                const uint32_t wu = ru[j / 2];
+                float v0 = yc[j] + Dc * g4_lo(wu), v1 = yc[j + 1] + Dc * g4_hi(wu);
+                if (a.z) v0 *= pc_silu(g4_lo(rz[j / 2])), v1 *= pc_silu(g4_hi(rz[j / 2]));
+                o[j / 2] = jamba_bf16x2_st(v0, v1);
+            }
+            *(uint4 *)(orow + (int64_t)k * TC) = make_uint4(o[0], o[1], o[2], o[3]);
+        }
+    };
+
+#pragma unroll
+    for (int s = 0; s < PC_NSTG; s++) {
+        if (s < nck) load(s);
+        pc_commit();
+    }
+    pc_wait<PC_NSTG - 1>();
+    __syncthreads();
+    uint32_t u0[SO / 2], z0[SO / 2], u1[SO / 2], z1[SO / 2];
+    convert(0, u0, z0);
+    for (int k = 0; k < nck; k += 2) {
+        step(k, u0, z0, u1, z1);
+        if (k + 1 < nck) step(k + 1, u1, z1, u0, z0);
+    }
+    if (a.last) {
+#pragma unroll
+        for (int i = 0; i < SPT; i++) a.last[(b * a.DI + c) * PC_NS + SPT * g + i] = h[i];
+    }
+}
+
+/* The g4 fast path when its layouts hold (see the kernel comment) and JAMBA_EXT_SCAN_IMPL is not "pc" / "old";
+ * returns 0 if not taken. */
+static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStream_t stream, jamba_status *st) {
+    const int64_t B = p->u.shape[0], DI = p->u.shape[1], L = p->u.shape[2], N = p->A.shape[1];
+    const char *impl = getenv("JAMBA_EXT_SCAN_IMPL");
+    if (impl && (!strcmp(impl, "old") || !strcmp(impl, "pc"))) return 0;
+    const jamba_dtype bf = JAMBA_BF16;
+    if (N != PC_NS || L == 0 || L % 8 || DI % G4_CH || p->u.dtype != bf || p->delta.dtype != bf ||
+        (p->z.data && p->z.dtype != bf) || p->Bm.dtype != bf || p->Cm.dtype != bf ||
+        B * (DI / G4_CH) > JAMBA_MAX_GRID_X)
+        return 0;
+    g4_args a;
+    memset(&a, 0, sizeof a);
+    scan_io_fill(&a, p);
+    bool ok = pc_aligned(a.u, a.su0, a.su1, B, DI, 2) && pc_aligned(a.delta, a.sd0, a.sd1, B, DI, 2) &&
+              (!a.z || pc_aligned(a.z, a.sz0, a.sz1, B, DI, 2));
+    for (int m = 0; m < 2; m++) {
+        const jamba_tensor &t = m ? p->Cm : p->Bm;
+        int nf;
+        if (t.stride[2] == 1) nf = 0, ok = ok && pc_aligned(t.data, t.stride[0], t.stride[1], B, N, 2);
+        else if (t.stride[1] == 1) nf = 1, ok = ok && pc_aligned(t.data, t.stride[0], t.stride[2], B, L, 2);
+        else nf = 0, ok = false;
+        if (m) a.cnf = nf;
+        else a.bnf = nf;
+    }
+    if (!ok) return 0;
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_g4_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          G4_SMEM));
+    jamba_kernel_launch(selective_scan_g4_kernel, (unsigned)(B * (DI / G4_CH)), PC_THREADS, G4_SMEM, stream, a);
+    JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (g4)", stream);
+    *st = JAMBA_OK;
+    return 1;
+}
+
 /* The fast path when it applies (N <= 16, not disabled by JAMBA_EXT_SCAN_IMPL=old); returns 0 if not taken. */
 static int selective_scan_try_pc(const jamba_selective_scan_params *p, cudaStream_t stream, jamba_status *st) {
     const int64_t B = p->u.shape[0], DI = p->u.shape[1], L = p->u.shape[2], N = p->A.shape[1];
@@ -1036,6 +1303,7 @@ extern "C" jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_par
     JAMBA_DEVICE_GUARD(launch);
     {
         jamba_status st = JAMBA_OK;
+        if (selective_scan_try_g4(p, (cudaStream_t)launch.stream, &st)) return st;
         if (selective_scan_try_pc(p, (cudaStream_t)launch.stream, &st)) return st;
     }
     scan_args a;
