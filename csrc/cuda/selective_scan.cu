@@ -983,13 +983,15 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 #define G4_SMEM (PC_NSTG * G4_STAGE + 2 * G4_SET * 4)
 
 struct g4_args : scan_io {
-    int bnf, cnf; /* B / C n-fast (16 contiguous states per step); else t-fast */
+    int nfull; /* chunks with all TC steps inside [0, L) */
 };
 
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-__global__ void __launch_bounds__(PC_THREADS) selective_scan_g4_kernel(g4_args a) {
+/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). Chunks that are full and whose copies / conversion
+ * are of full chunks run a steady loop without range checks (FULL), the last ones the checked step. */
+template <bool Z, bool NF> __global__ void __launch_bounds__(PC_THREADS) selective_scan_g4_kernel(g4_args a) {
     jamba_pdl_begin();
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
@@ -1003,15 +1005,14 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_g4_kernel(g4_args a
     const int ur = tid >> 2, uq = tid & 3, mb = tid >> 6;
     const T *const su = (const T *)a.u + b * a.su0 + (c0 + ur) * a.su1 + 8 * uq;
     const T *const sd = (const T *)a.delta + b * a.sd0 + (c0 + ur) * a.sd1 + 8 * uq;
-    const T *const sz = a.z ? (const T *)a.z + b * a.sz0 + (c0 + ur) * a.sz1 + 8 * uq : nullptr;
-    const int bnf = mb ? a.cnf : a.bnf;
+    const T *const sz = Z ? (const T *)a.z + b * a.sz0 + (c0 + ur) * a.sz1 + 8 * uq : nullptr;
     const T *sbc;
-    int bdst, bt;        /* raw-tile offset, first step of the piece */
-    int64_t bstep;       /* elements per chunk */
+    int bdst, bt;   /* raw-tile offset, first step of the piece */
+    int64_t bstep; /* elements per chunk */
     {
         const T *base = mb ? (const T *)a.Cm + b * a.sC0 : (const T *)a.Bm + b * a.sB0;
         const int64_t sn = mb ? a.sC1 : a.sB1, stt = mb ? a.sC2 : a.sB2;
-        if (bnf) { /* [t][16]: step (tid >> 1) & 31, states 8 (tid & 1) .. */
+        if (NF) { /* [t][16]: step (tid >> 1) & 31, states 8 (tid & 1) .. */
             bt = (tid >> 1) & 31;
             sbc = base + bt * stt + 8 * (tid & 1), bdst = bt * 32 + 16 * (tid & 1), bstep = TC * stt;
         } else { /* [n][TC]: state (tid >> 2) & 15, steps 8 (tid & 3) .. */
@@ -1029,26 +1030,26 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_g4_kernel(g4_args a
     const float bias = a.dbias ? a.dbias[c * a.sdb] : 0.f, Dc = a.D ? a.D[c * a.sD] : 0.f;
     T *const orow = (T *)a.out + (b * a.DI + c) * a.L + SO * g;
 
-    auto load = [&](int kk) {
+    /* chunk kk's copies; nt: its steps (TC, or the last chunk's, a multiple of 8) */
+    auto load = [&](int kk, int nt) {
         unsigned char *st = raw + (kk % PC_NSTG) * G4_STAGE;
-        const int nt = kk + 1 < nck ? TC : ntl; /* a multiple of 8 */
         const int64_t t0 = (int64_t)kk * TC;
         if (8 * uq < nt) {
             pc_cp16(st + ur * 64 + uq * 16, su + t0);
             pc_cp16(st + G4_RAW_U + ur * 64 + uq * 16, sd + t0);
-            if (sz) pc_cp16(st + 2 * G4_RAW_U + ur * 64 + uq * 16, sz + t0);
+            if (Z) pc_cp16(st + 2 * G4_RAW_U + ur * 64 + uq * 16, sz + t0);
         }
         if (bt < nt) pc_cp16(st + 3 * G4_RAW_U + mb * G4_RAW_BC + bdst, sbc + kk * bstep);
     };
-    /* chunk kk's raw stage -> fp32 set kk & 1 and bf16 B/C pieces; this lane's raw u / z words into ru / rz */
-    auto convert = [&](int kk, uint32_t(&ru)[SO / 2], uint32_t(&rz)[SO / 2]) {
+    /* chunk kk's raw stage -> fp32 set kk & 1 and bf16 B/C pieces; this lane's raw u / z words into ru / rz.
+     * Steps >= nt: dt = dt*u = 0, B = C = 0. */
+    auto convert = [&](int kk, int nt, uint32_t(&ru)[SO / 2], uint32_t(&rz)[SO / 2]) {
         const unsigned char *st = raw + (kk % PC_NSTG) * G4_STAGE;
         float *set = sets + (kk & 1) * G4_SET;
-        const int nt = kk + 1 < nck ? TC : ntl;
         const int off = l * 64 + g * 16;
         const uint4 qu = *(const uint4 *)(st + off), qd = *(const uint4 *)(st + G4_RAW_U + off);
         ru[0] = qu.x, ru[1] = qu.y, ru[2] = qu.z, ru[3] = qu.w;
-        if (a.z) {
+        if (Z) {
             const uint4 qz = *(const uint4 *)(st + 2 * G4_RAW_U + off);
             rz[0] = qz.x, rz[1] = qz.y, rz[2] = qz.z, rz[3] = qz.w;
         }
@@ -1072,7 +1073,7 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_g4_kernel(g4_args a
         const unsigned char *rb = st + 3 * G4_RAW_U + mb * G4_RAW_BC;
         unsigned char *pc = (unsigned char *)(set + 2 * CH * G4_TP) + (n / SPT) * 4 * SPT + (mb * SPT + n % SPT) * 2;
         uint32_t w[4];
-        if (bnf) { /* raw [t][16]: the pair is one word per step */
+        if (NF) { /* raw [t][16]: the pair is one word per step */
 #pragma unroll
             for (int j = 0; j < 4; j++) w[j] = *(const uint32_t *)(rb + (4 * q + j) * 32 + 2 * n);
         } else { /* raw [n][TC]: 4 steps of states n and n+1 */
@@ -1087,14 +1088,17 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_g4_kernel(g4_args a
         const float4 x0 = ((const float4 *)p)[0], x1 = ((const float4 *)p)[1];
         v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
     };
-    /* iteration k: scan chunk k (its u / z words in ru / rz), convert chunk k+1 into nu / nz */
-    auto step = [&](int k, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2], uint32_t(&nu)[SO / 2],
-                    uint32_t(&nz)[SO / 2]) {
+    /* iteration k: copies of chunk k+NSTG, conversion of chunk k+1 into nu / nz, scan of chunk k (its u / z words
+     * in ru / rz). full (a std::integral_constant): chunks k, k+1 and k+NSTG are all full, no range checks. */
+    auto step = [&](auto full, int k, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2],
+                    uint32_t(&nu)[SO / 2], uint32_t(&nz)[SO / 2]) {
+        constexpr bool FULL = decltype(full)::value;
+        auto steps = [&](int kk) { return FULL || kk + 1 < nck ? TC : ntl; };
         pc_wait<PC_NSTG - 2>();
         __syncthreads();
-        if (k + PC_NSTG < nck) load(k + PC_NSTG);
+        if (FULL || k + PC_NSTG < nck) load(k + PC_NSTG, steps(k + PC_NSTG));
         pc_commit();
-        if (k + 1 < nck) convert(k + 1, nu, nz);
+        if (FULL || k + 1 < nck) convert(k + 1, steps(k + 1), nu, nz);
         const float *set = sets + (k & 1) * G4_SET;
         const float *sdt = set + l * G4_TP, *sdtu = sdt + CH * G4_TP;
         const unsigned char *sbp = (const unsigned char *)(set + 2 * CH * G4_TP) + g * 4 * SPT;
@@ -1140,32 +1144,38 @@ __global__ void __launch_bounds__(PC_THREADS) selective_scan_g4_kernel(g4_args a
         }
         pc_reduce_lv<TC / 2, 2>(yc, g);
         pc_reduce_lv<TC / 4, 1>(yc, g);
-        const int nt = k + 1 < nck ? TC : ntl;
-        if (SO * g < nt) {
+        if (FULL || SO * g < steps(k)) {
             uint32_t o[SO / 2];
 #pragma unroll
             for (int j = 0; j < SO; j += 2) {
                 const uint32_t wu = ru[j / 2];
                 float v0 = yc[j] + Dc * g4_lo(wu), v1 = yc[j + 1] + Dc * g4_hi(wu);
-                if (a.z) v0 *= pc_silu(g4_lo(rz[j / 2])), v1 *= pc_silu(g4_hi(rz[j / 2]));
+                if (Z) v0 *= pc_silu(g4_lo(rz[j / 2])), v1 *= pc_silu(g4_hi(rz[j / 2]));
                 o[j / 2] = jamba_bf16x2_st(v0, v1);
             }
             *(uint4 *)(orow + (int64_t)k * TC) = make_uint4(o[0], o[1], o[2], o[3]);
         }
     };
 
+    const std::integral_constant<bool, true> full;
+    const std::integral_constant<bool, false> checked;
 #pragma unroll
     for (int s = 0; s < PC_NSTG; s++) {
-        if (s < nck) load(s);
+        if (s < nck) load(s, s + 1 < nck ? TC : ntl);
         pc_commit();
     }
     pc_wait<PC_NSTG - 1>();
     __syncthreads();
     uint32_t u0[SO / 2], z0[SO / 2], u1[SO / 2], z1[SO / 2];
-    convert(0, u0, z0);
-    for (int k = 0; k < nck; k += 2) {
-        step(k, u0, z0, u1, z1);
-        if (k + 1 < nck) step(k + 1, u1, z1, u0, z0);
+    convert(0, nck > 1 ? TC : ntl, u0, z0);
+    int k = 0;
+    for (; k + 1 + PC_NSTG < a.nfull; k += 2) { /* steady loop: iterations k and k+1 both FULL */
+        step(full, k, u0, z0, u1, z1);
+        step(full, k + 1, u1, z1, u0, z0);
+    }
+    for (; k < nck; k += 2) {
+        step(checked, k, u0, z0, u1, z1);
+        if (k + 1 < nck) step(checked, k + 1, u1, z1, u0, z0);
     }
     if (a.last) {
 #pragma unroll
@@ -1189,19 +1199,19 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
     scan_io_fill(&a, p);
     bool ok = pc_aligned(a.u, a.su0, a.su1, B, DI, 2) && pc_aligned(a.delta, a.sd0, a.sd1, B, DI, 2) &&
               (!a.z || pc_aligned(a.z, a.sz0, a.sz1, B, DI, 2));
-    for (int m = 0; m < 2; m++) {
+    int nf[2];
+    for (int m = 0; m < 2; m++) { /* B and C both t-fast or both n-fast */
         const jamba_tensor &t = m ? p->Cm : p->Bm;
-        int nf;
-        if (t.stride[2] == 1) nf = 0, ok = ok && pc_aligned(t.data, t.stride[0], t.stride[1], B, N, 2);
-        else if (t.stride[1] == 1) nf = 1, ok = ok && pc_aligned(t.data, t.stride[0], t.stride[2], B, L, 2);
-        else nf = 0, ok = false;
-        if (m) a.cnf = nf;
-        else a.bnf = nf;
+        if (t.stride[2] == 1) nf[m] = 0, ok = ok && pc_aligned(t.data, t.stride[0], t.stride[1], B, N, 2);
+        else if (t.stride[1] == 1) nf[m] = 1, ok = ok && pc_aligned(t.data, t.stride[0], t.stride[2], B, L, 2);
+        else nf[m] = -1, ok = false;
     }
-    if (!ok) return 0;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(selective_scan_g4_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          G4_SMEM));
-    jamba_kernel_launch(selective_scan_g4_kernel, (unsigned)(B * (DI / G4_CH)), PC_THREADS, G4_SMEM, stream, a);
+    if (!ok || nf[0] != nf[1]) return 0;
+    a.nfull = (int)(L / G4_TC);
+    void (*k)(g4_args) = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true> : selective_scan_g4_kernel<true, false>)
+                             : (nf[0] ? selective_scan_g4_kernel<false, true> : selective_scan_g4_kernel<false, false>);
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, G4_SMEM));
+    jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), PC_THREADS, G4_SMEM, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (g4)", stream);
     *st = JAMBA_OK;
     return 1;
