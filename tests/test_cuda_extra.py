@@ -817,12 +817,12 @@ G4_CASES = [  # batch, d_inner, seqlen, B/C layout: L % 8 == 0, d_inner % 32 == 
 ]
 
 
-@pytest.mark.parametrize("case", ["full", "bare", "wide", "no_softplus"])
+@pytest.mark.parametrize("case", ["full", "bare", "wide"])
 def test_selective_scan_g4_fp64(monkeypatch, case):
     """The bf16 fast kernel (4 lanes per channel, B/C staged as bf16): one chunk shorter than 32 steps, tails of
     8 / 16 / 24 steps after full chunks, the 3-stage ring wrapping, B/C t-fast and n-fast (the model's x_proj
-    slices), d_inner 8192; with and without initial state / z / D / bias, softplus inputs past +-20 and softplus
-    off; against the float64 reference and against the pipelined kernel (JAMBA_EXT_SCAN_IMPL=pc); the profiler
+    slices), d_inner 8192; with and without initial state / z / D / bias, softplus inputs past +-20; against the
+    float64 reference and against the pipelined kernel (JAMBA_EXT_SCAN_IMPL=pc); the profiler
     checks which kernel ran."""
     dtype = torch.bfloat16
     for batch, d_inner, seqlen, layout in G4_CASES:
@@ -834,8 +834,6 @@ def test_selective_scan_g4_fp64(monkeypatch, case):
             a.update(z=None, D=None, delta_bias=None)
         elif case == "wide":
             a["delta"] = (a["delta"].float() * 60).to(dtype)
-        elif case == "no_softplus":
-            a.update(delta=(a["delta"].float().abs() * 0.1).to(dtype), delta_bias=None, delta_softplus=False)
         monkeypatch.delenv("JAMBA_EXT_SCAN_IMPL", raising=False)
         res = {}
         names = cuda_kernel_names(lambda: res.update(g4=ops.selective_scan(**a)))
@@ -851,13 +849,19 @@ def test_selective_scan_g4_fp64(monkeypatch, case):
 
 
 def test_selective_scan_g4_declines():
-    """Layouts the g4 kernel does not take go to the pipelined kernel (L % 8, d_inner % 32, unaligned n-fast B/C,
-    f16), still correct."""
+    """Calls the g4 kernel does not take go to the pipelined kernel (L % 8, d_inner % 32, unaligned n-fast B/C,
+    f16, softplus off, B t-fast with C n-fast), still correct."""
     for batch, d_inner, seqlen, layout, dtype in [(1, 64, 36, "contig", torch.bfloat16),
                                                   (1, 40, 64, "contig", torch.bfloat16),
                                                   (1, 64, 64, "xproj", torch.bfloat16),
-                                                  (1, 64, 64, "contig", torch.float16)]:
-        a = scan_inputs(batch, d_inner, 16, seqlen, dtype, bc_layout=layout)
+                                                  (1, 64, 64, "contig", torch.float16),
+                                                  (2, 64, 72, "no_softplus", torch.bfloat16),
+                                                  (1, 64, 64, "mixed", torch.bfloat16)]:
+        a = scan_inputs(batch, d_inner, 16, seqlen, dtype, bc_layout="xproj" if layout == "xproj" else "contig")
+        if layout == "no_softplus":
+            a.update(delta=(a["delta"].float().abs() * 0.1).to(dtype), delta_bias=None, delta_softplus=False)
+        elif layout == "mixed":
+            a["C"] = a["C"].transpose(1, 2).contiguous().transpose(1, 2)
         res = {}
         names = cuda_kernel_names(lambda: res.update(o=ops.selective_scan(**a)))
         assert not any("selective_scan_g4_kernel" in n for n in names), (batch, d_inner, seqlen, layout, dtype)

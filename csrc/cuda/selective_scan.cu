@@ -949,8 +949,9 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
  * Shapes / layouts: u, delta, z bf16 (B, DI, L), unit stride along L, 16-byte aligned (batch, channel) rows;
  * B, C bf16 (B, 16, L) with rows along t (t-fast) or 16 contiguous states per step (n-fast, as sliced from the
  * model's x_proj output), 16-byte aligned; A (DI, 16), D, delta_bias (DI,), initial_state (B, DI, 16) fp32;
- * out bf16 (B, DI, L) contiguous, last_state fp32 (B, DI, 16). DI % 32 == 0, L % 8 == 0 (host: g4_ok); any other
- * call takes selective_scan_pc_kernel.
+ * out bf16 (B, DI, L) contiguous, last_state fp32 (B, DI, 16). DI % 32 == 0, L % 8 == 0, delta_softplus (a run-time
+ * softplus flag made the 8 softplus chains of a lane run one after another behind branches); any other call
+ * takes selective_scan_pc_kernel.
  * Block = 128 threads = 32 channels (G4_CH) of one batch row, 4 lanes per channel (g = lane % 4), 4 states per
  * lane (n = 4g .. 4g+3). Time in 32-step chunks through a 3-stage cp.async ring of raw tiles (u, delta, z:
  * 32 rows x 64 bytes; B, C: 1 KB each, [n][t] or [t][n]); per chunk one __syncthreads, then: copies of chunk
@@ -1058,7 +1059,7 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(PC_THREADS) selecti
 #pragma unroll
         for (int j = 0; j < SO; j++) {
             const float v = (j & 1 ? g4_hi(rd[j / 2]) : g4_lo(rd[j / 2])) + bias;
-            const float d = a.softplus ? pc_softplus(v) : v;
+            const float d = pc_softplus(v); /* delta_softplus (the host takes no other call) */
             const bool on = SO * g + j < nt;
             dv[j] = on ? d : 0.f;
             duv[j] = on ? d * (j & 1 ? g4_hi(ru[j / 2]) : g4_lo(ru[j / 2])) : 0.f;
@@ -1190,7 +1191,7 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
     const char *impl = getenv("JAMBA_EXT_SCAN_IMPL");
     if (impl && (!strcmp(impl, "old") || !strcmp(impl, "pc"))) return 0;
     const jamba_dtype bf = JAMBA_BF16;
-    if (N != PC_NS || L == 0 || L % 8 || DI % G4_CH || p->u.dtype != bf || p->delta.dtype != bf ||
+    if (N != PC_NS || L == 0 || L % 8 || DI % G4_CH || !p->delta_softplus || p->u.dtype != bf || p->delta.dtype != bf ||
         (p->z.data && p->z.dtype != bf) || p->Bm.dtype != bf || p->Cm.dtype != bf ||
         B * (DI / G4_CH) > JAMBA_MAX_GRID_X)
         return 0;
