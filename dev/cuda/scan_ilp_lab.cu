@@ -89,6 +89,39 @@ __device__ __forceinline__ float softplus(float v) {
     q = fmaf(e, q, 0.999999940395f);
     return fmaf(e, q, fmaxf(v, 0.f));
 }
+/* V & 2 (EXPERIMENT): the conversion's exponentials and reciprocals on the FMA pipe instead of the SFU:
+ * 2^x = 2^j p(x - j) (degree-5 fit, relative error 2.3e-7; x clamped to [-126, 126]); 1/d by a bit-trick seed
+ * and three Newton steps (d in [1, 2^126]). */
+__device__ __forceinline__ float ex2_fma(float x) {
+    x = fminf(fmaxf(x, -126.f), 126.f);
+    const float t = __fadd_rn(x, 12582912.f), f = __fsub_rn(x, __fsub_rn(t, 12582912.f));
+    float p = 1.327647129e-3f;
+    p = fmaf(p, f, 9.675540961e-3f);
+    p = fmaf(p, f, 5.550713092e-2f);
+    p = fmaf(p, f, 2.402212024e-1f);
+    p = fmaf(p, f, 6.931469440e-1f);
+    p = fmaf(p, f, 1.000000119f);
+    return __uint_as_float(__float_as_uint(p) + (__float_as_uint(t) << 23));
+}
+__device__ __forceinline__ float rcp_fma(float d) {
+    float r = __uint_as_float(0x7EF311C3u - __float_as_uint(d));
+#pragma unroll
+    for (int i = 0; i < 3; i++) r = r * fmaf(-d, r, 2.f);
+    return r;
+}
+__device__ __forceinline__ float silu_fma(float z) { return z * rcp_fma(1.f + ex2_fma(-z * LOG2E)); }
+__device__ __forceinline__ float softplus_fma(float v) {
+    const float e = ex2_fma(fabsf(v) * -LOG2E);
+    float q = fmaf(e, 0.005232701078f, -0.029505278916f);
+    q = fmaf(e, q, 0.078226044774f);
+    q = fmaf(e, q, -0.136632576585f);
+    q = fmaf(e, q, 0.191060140729f);
+    q = fmaf(e, q, -0.248429849744f);
+    q = fmaf(e, q, 0.333190977573f);
+    q = fmaf(e, q, -0.499994933605f);
+    q = fmaf(e, q, 0.999999940395f);
+    return fmaf(e, q, fmaxf(v, 0.f));
+}
 __device__ __forceinline__ void cp16(void *dst, const void *src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
                  "l"(src)
@@ -130,7 +163,10 @@ template <int G> __device__ __forceinline__ void red_all(float (&y)[TC], int g) 
     if constexpr (G >= 2) red_lv<TC / G, 1>(y, g);
 }
 
-template <int G, bool BH> __global__ void __launch_bounds__(NT) scan_ilp_kernel(Args a) {
+/* V: EXPERIMENT bits (G = 4, BH only): 1 y of a step as a tree (depth 3 instead of 4 dependent FMAs); 2 the
+ * conversion's exp / rcp on the FMA pipe (152 -> 128 SFU ops per warp and chunk); 4 each step's B/C words loaded
+ * one step ahead (register rotation). Written at the end of session 12, not yet run. */
+template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_ilp_kernel(Args a) {
     using K = Cfg<G>;
     constexpr int SPT = K::SPT, CH = K::CH, SO = K::SO;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -183,7 +219,8 @@ template <int G, bool BH> __global__ void __launch_bounds__(NT) scan_ilp_kernel(
 #pragma unroll
         for (int j = 0; j < SO; j++) {
             const uint32_t wd = dr[j / 2], wu = ur[j / 2];
-            const float d = softplus((j & 1 ? bf_hi(wd) : bf_lo(wd)) + bias);
+            const float vin = (j & 1 ? bf_hi(wd) : bf_lo(wd)) + bias;
+            const float d = (V & 2) ? softplus_fma(vin) : softplus(vin);
             dv[j] = d, duv[j] = d * (j & 1 ? bf_hi(wu) : bf_lo(wu));
         }
         st_f<SO>(set + l * TP + g * SO, dv);
@@ -223,6 +260,9 @@ template <int G, bool BH> __global__ void __launch_bounds__(NT) scan_ilp_kernel(
         const float *set = sets + (k & 1) * K::SET;
         const float *sdt = set + l * TP, *sdtu = set + K::SET_DT + l * TP, *sbc = set + 2 * K::SET_DT + SPT * g;
         float dA[8][SPT], dtu[8], yc[TC];
+        const unsigned char *const bcb = (const unsigned char *)(set + 2 * K::SET_DT) + g * 4 * SPT; /* V & 4 */
+        uint4 wnext = make_uint4(0u, 0u, 0u, 0u);
+        if constexpr (BH && (V & 4) && SPT == 4) wnext = *(const uint4 *)bcb;
         {
             float dv[8];
             ld8(sdt, dv);
@@ -243,7 +283,12 @@ template <int G, bool BH> __global__ void __launch_bounds__(NT) scan_ilp_kernel(
                     for (int i = 0; i < SPT; i++) dAn[m][i] = ex2(dvn[m] * A2[i]);
                 }
                 float bv[SPT], cv[SPT];
-                if constexpr (BH) {
+                if constexpr (BH && (V & 4) && SPT == 4) {
+                    const uint4 q = wnext;
+                    if (t + m + 1 < TC) wnext = *(const uint4 *)(bcb + (t + m + 1) * 64);
+                    bv[0] = bf_lo(q.x), bv[1] = bf_hi(q.x), bv[2] = bf_lo(q.y), bv[3] = bf_hi(q.y);
+                    cv[0] = bf_lo(q.z), cv[1] = bf_hi(q.z), cv[2] = bf_lo(q.w), cv[3] = bf_hi(q.w);
+                } else if constexpr (BH) {
                     uint32_t w[SPT];
                     const unsigned char *pc = (const unsigned char *)(set + 2 * K::SET_DT) + (t + m) * 64 + g * 4 * SPT;
                     if constexpr (SPT == 2) {
@@ -275,13 +320,19 @@ template <int G, bool BH> __global__ void __launch_bounds__(NT) scan_ilp_kernel(
                     bv[0] = qb.x, bv[1] = qb.y, cv[0] = qc.x, cv[1] = qc.y;
                 }
                 }
-                float y = 0.f;
+                if constexpr ((V & 1) && SPT == 4) {
 #pragma unroll
-                for (int i = 0; i < SPT; i++) {
-                    h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
-                    y = fmaf(h[i], cv[i], y);
+                    for (int i = 0; i < SPT; i++) h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
+                    yc[t + m] = fmaf(h[0], cv[0], h[1] * cv[1]) + fmaf(h[2], cv[2], h[3] * cv[3]);
+                } else {
+                    float y = 0.f;
+#pragma unroll
+                    for (int i = 0; i < SPT; i++) {
+                        h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
+                        y = fmaf(h[i], cv[i], y);
+                    }
+                    yc[t + m] = y;
                 }
-                yc[t + m] = y;
             }
             if (t + 8 < TC) {
 #pragma unroll
@@ -297,8 +348,9 @@ template <int G, bool BH> __global__ void __launch_bounds__(NT) scan_ilp_kernel(
 #pragma unroll
         for (int j = 0; j < SO; j += 2) {
             const uint32_t wu = ur[j / 2], wz = zr[j / 2];
-            const float v0 = (yc[j] + Dc * bf_lo(wu)) * silu(bf_lo(wz));
-            const float v1 = (yc[j + 1] + Dc * bf_hi(wu)) * silu(bf_hi(wz));
+            const float s0 = (V & 2) ? silu_fma(bf_lo(wz)) : silu(bf_lo(wz));
+            const float s1 = (V & 2) ? silu_fma(bf_hi(wz)) : silu(bf_hi(wz));
+            const float v0 = (yc[j] + Dc * bf_lo(wu)) * s0, v1 = (yc[j + 1] + Dc * bf_hi(wu)) * s1;
             o[j / 2] = bf_pack(v0, v1);
         }
         __nv_bfloat16 *op = orow + (size_t)k * TC;
@@ -334,31 +386,33 @@ static double urand() { /* [0, 1) */
 }
 static double nrand() { return (urand() - 0.5) * 3.4641016151377544; } /* uniform, variance 1 (fast) */
 
-template <int G, bool BH> static void set_smem() {
-    CK(cudaFuncSetAttribute(scan_ilp_kernel<G, BH>, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg<G>::SMEM));
+template <int G, bool BH, int V = 0> static void set_smem() {
+    CK(cudaFuncSetAttribute(scan_ilp_kernel<G, BH, V>, cudaFuncAttributeMaxDynamicSharedMemorySize, Cfg<G>::SMEM));
 }
-template <int G, bool BH> static void launch(const Args &a) {
+template <int G, bool BH, int V = 0> static void launch(const Args &a) {
     const int grid = a.B * (a.DI / Cfg<G>::CH);
-    scan_ilp_kernel<G, BH><<<grid, NT, Cfg<G>::SMEM>>>(a);
+    scan_ilp_kernel<G, BH, V><<<grid, NT, Cfg<G>::SMEM>>>(a);
 }
 struct Variant {
     const char *name;
     void (*run)(const Args &);
     const void *fn;
+    void (*init)();
 };
+#define VAR(name, G, BH, V) {name, launch<G, BH, V>, (const void *)scan_ilp_kernel<G, BH, V>, set_smem<G, BH, V>}
 static const Variant VARIANTS[] = {
-    {"G4", launch<4, false>, (const void *)scan_ilp_kernel<4, false>},
-    {"G4h", launch<4, true>, (const void *)scan_ilp_kernel<4, true>},
-    {"G8", launch<8, false>, (const void *)scan_ilp_kernel<8, false>},
-    {"G8h", launch<8, true>, (const void *)scan_ilp_kernel<8, true>},
-    {"G2h", launch<2, true>, (const void *)scan_ilp_kernel<2, true>},
+    VAR("G4", 4, false, 0), VAR("G4h", 4, true, 0), VAR("G8", 8, false, 0), VAR("G8h", 8, true, 0),
+    VAR("G2h", 2, true, 0),
+    /* session-12 EXPERIMENTS on G4h (not yet run): y tree, conversion on the FMA pipe, B/C one step ahead, all */
+    VAR("G4h+yt", 4, true, 1), VAR("G4h+sfma", 4, true, 2), VAR("G4h+pf", 4, true, 4), VAR("G4h+all", 4, true, 7),
 };
+#undef VAR
 
 int main(int argc, char **argv) {
     const char *only = argc > 1 ? argv[1] : nullptr; /* a variant name, e.g. G4h */
     const int DI = 8192;
     const int shapes[][2] = {{1, 2048}, {1, 8192}, {1, 32768}, {8, 2048}};
-    set_smem<2, true>(), set_smem<4, false>(), set_smem<4, true>(), set_smem<8, false>(), set_smem<8, true>();
+    for (const Variant &var : VARIANTS) var.init();
     for (auto &sh : shapes) {
         const int Bsz = sh[0], L = sh[1];
         const size_t nu = (size_t)Bsz * DI * L, nbc = (size_t)Bsz * N * L;
