@@ -1,5 +1,6 @@
 """One selective_scan call at a Jamba-v0.1 shape, for Nsight Compute:
-    ncu --section WarpStateStats -k regex:pc_kernel -c 1 python3 dev/ncu_scan.py [B L]"""
+    ncu --section WarpStateStats -k regex:selective_scan -c 1 python3 dev/ncu_scan.py [B L]
+(bf16: the g4 kernel; JAMBA_EXT_SCAN_IMPL=pc for the pipelined one)"""
 import sys
 
 import torch

@@ -20,7 +20,7 @@ cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_scan.json"
 
 step "ncu stall reasons (1x8192)"
 timeout 120 ncu --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,smsp__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,smsp__warps_active.avg.per_cycle_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,sm__inst_executed_pipe_xu.avg.pct_of_peak_sustained_active \
-     -k regex:pc_kernel -c 1 python3 dev/ncu_scan.py 1 8192 2>&1 | grep -v "^==\|Warning" | awk '$NF != "0" && $NF != "0.00"' | tail -40
+     -k regex:selective_scan -c 1 python3 dev/ncu_scan.py 1 8192 2>&1 | grep -v "^==\|Warning" | awk '$NF != "0" && $NF != "0.00"' | tail -40
 
 step "done"
 } 2>&1 | tee "$OUT/scan_round.log"
