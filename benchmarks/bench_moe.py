@@ -17,7 +17,8 @@ Rows per token count (each checked against an fp32 reference before it is timed)
                   the same rounds as the rows above, so under the same clocks and power draw
 Figures: median time (CUDA events), useful TFLOP/s = 2 * T * TOPK * 3 * H * F / time against the measured
 dense bf16 matmul rate (8192^3 at the start, a cool GPU) and, from 512 tokens, against the "dense mm" row of
-the same token count (the column "of dense same-work"); for <= 64 tokens, bytes of the touched experts' weights (distinct experts * 3*H*F*2)
+the same token count (the column "of dense same-work"); for <= 64 tokens, bytes of the touched experts' weights
+(distinct experts * 3*H*F*2)
 against the measured copy bandwidth (floor = bytes / bandwidth).
 """
 import argparse
@@ -261,7 +262,7 @@ def main():
                 print(f"{name:<18} T={T:<6} WRONG: relative error {err:.3e} vs fp32 reference: not timed", flush=True)
                 continue
             timed[name] = (row, (lambda fn=fn: fn(x, logits, w_gate_up, w_down, K)))
-        times = common.time_interleaved({n: f for n, (_, f) in timed.items()}, dev, rounds=5, order=args.order,
+        times = common.time_interleaved({n: f for n, (_, f) in timed.items()}, dev, rounds=5, order=args.order, seed=T,
                                         reps=max(1, reps // 5), warmup=1)
         for name, (row, _) in timed.items():
             t = times[name]
