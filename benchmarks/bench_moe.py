@@ -18,8 +18,7 @@ Rows per token count (each checked against an fp32 reference before it is timed)
 Figures: median time (CUDA events), useful TFLOP/s = 2 * T * TOPK * 3 * H * F / time against the measured
 dense bf16 matmul rate (8192^3 at the start, a cool GPU) and, from 512 tokens, against the "dense mm" row of
 the same token count (the column "of dense same-work"); for <= 64 tokens, bytes of the touched experts' weights
-(distinct experts * 3*H*F*2)
-against the measured copy bandwidth (floor = bytes / bandwidth).
+(distinct experts * 3*H*F*2) against the measured copy bandwidth (floor = bytes / bandwidth).
 """
 import argparse
 import os
