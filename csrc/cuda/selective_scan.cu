@@ -716,6 +716,46 @@ __device__ __forceinline__ void pc_exps8(const float *sdt, const float *sdtu, co
         for (int i = 0; i < SPT; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
 }
 
+/* The scan of one TC-step chunk for this lane's SPT states (h in / out) from the fp32 dt / dt*u rows sdt / sdtu:
+ * the exponentials of 8-step block j+1 are written next to block j's FMA steps (ptxas still groups them; an
+ * interleaving forced by a false dependency measured no faster on the H200); bc(s, bv, cv) loads step s's B and
+ * C values of the lane's states; the partial y of each step goes to yc. */
+template <int SPT, int TC, typename BC>
+__device__ __forceinline__ void pc_scan_steps(const float *sdt, const float *sdtu, const float (&A2)[SPT],
+                                              float (&h)[SPT], float (&yc)[TC], const BC &bc) {
+    float dA[8][SPT], dtu[8];
+    pc_exps8<SPT>(sdt, sdtu, A2, dA, dtu);
+#pragma unroll
+    for (int t = 0; t < TC; t += 8) {
+        float dAn[8][SPT], dtun[8], dvn[8];
+        if (t + 8 < TC) pc_ld8(sdt + t + 8, sdtu + t + 8, dvn, dtun);
+#pragma unroll
+        for (int m = 0; m < 8; m++) {
+            if (t + 8 < TC) {
+#pragma unroll
+                for (int i = 0; i < SPT; i++) dAn[m][i] = jamba_cu_exp2(dvn[m] * A2[i]);
+            }
+            float bv[SPT], cv[SPT];
+            bc(t + m, bv, cv);
+            float y = 0.f;
+#pragma unroll
+            for (int i = 0; i < SPT; i++) {
+                h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
+                y = fmaf(h[i], cv[i], y);
+            }
+            yc[t + m] = y;
+        }
+        if (t + 8 < TC) {
+#pragma unroll
+            for (int m = 0; m < 8; m++) {
+                dtu[m] = dtun[m];
+#pragma unroll
+                for (int i = 0; i < SPT; i++) dA[m][i] = dAn[m][i];
+            }
+        }
+    }
+}
+
 /* The G partial sums of all NS steps of a chunk -> lane g's NS/G consecutive steps (NS/G)*g .. in
  * y[0 .. NS/G-1]: shuffle reduce-scatter, halving the steps per level (lane bit G/2 first), so that each lane
  * ends with a run of steps it gates and stores as one vector. One level per call (W, O compile-time: a loop
@@ -812,43 +852,12 @@ __global__ void __launch_bounds__(PC_THREADS, 4) selective_scan_pc_kernel(pc_arg
             const float *set = sets + (k & 1) * K::SET;
             const float *sdt = set, *sdtu = set + CH * TP, *sdu = sdtu + CH * TP, *sgz = sdu + CH * TP;
             const float *sBC = sgz + CH * TP + g * 2 * SPT;
-            /* the exponentials of 8-step block j+1 are written next to block j's FMA steps (ptxas still
-             * groups them; an interleaving forced by a false dependency measured no faster on the H200) */
-            float dA[8][SPT], dtu[8], yc[TC];
-            pc_exps8<SPT>(sdt + l * TP, sdtu + l * TP, A2, dA, dtu);
-#pragma unroll
-            for (int t = 0; t < TC; t += 8) {
-                float dAn[8][SPT], dtun[8], dvn[8];
-                if (t + 8 < TC) pc_ld8(sdt + l * TP + t + 8, sdtu + l * TP + t + 8, dvn, dtun);
-#pragma unroll
-                for (int m = 0; m < 8; m++) {
-                    if (t + 8 < TC) {
-#pragma unroll
-                        for (int i = 0; i < SPT; i++) dAn[m][i] = jamba_cu_exp2(dvn[m] * A2[i]);
-                    }
-                    float bv[SPT], cv[SPT];
-                    const float *bcrow = sBC + (t + m) * PC_BCP;
-                    {
-                        const float4 q = *(const float4 *)bcrow;
-                        bv[0] = q.x, bv[1] = q.y, cv[0] = q.z, cv[1] = q.w;
-                    }
-                    float y = 0.f;
-#pragma unroll
-                    for (int i = 0; i < SPT; i++) {
-                        h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
-                        y = fmaf(h[i], cv[i], y);
-                    }
-                    yc[t + m] = y;
-                }
-                if (t + 8 < TC) {
-#pragma unroll
-                    for (int m = 0; m < 8; m++) {
-                        dtu[m] = dtun[m];
-#pragma unroll
-                        for (int i = 0; i < SPT; i++) dA[m][i] = dAn[m][i];
-                    }
-                }
-            }
+            float yc[TC];
+            const float *const sdl = sdt + l * TP, *const sdul = sdtu + l * TP;
+            pc_scan_steps<SPT, TC>(sdl, sdul, A2, h, yc, [sBC](int st, float(&bv)[SPT], float(&cv)[SPT]) {
+                const float4 q = *(const float4 *)(sBC + st * PC_BCP);
+                bv[0] = q.x, bv[1] = q.y, cv[0] = q.z, cv[1] = q.w;
+            });
             static_assert(TC / G == 4, "4 outputs per lane and chunk");
             pc_reduce_all<G, TC>(yc, g);
             const int tt = 4 * g;
@@ -1085,10 +1094,6 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(PC_THREADS) selecti
 #pragma unroll
         for (int j = 0; j < 4; j++) *(uint32_t *)(pc + (4 * q + j) * 64) = 4 * q + j < nt ? w[j] : 0u;
     };
-    auto ld8 = [&](const float *p, float (&v)[8]) {
-        const float4 x0 = ((const float4 *)p)[0], x1 = ((const float4 *)p)[1];
-        v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
-    };
     /* iteration k: copies of chunk k+NSTG, conversion of chunk k+1 into nu / nz, scan of chunk k (its u / z words
      * in ru / rz). full (a std::integral_constant): chunks k, k+1 and k+NSTG are all full, no range checks. */
     auto step = [&](auto full, int k, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2],
@@ -1103,46 +1108,12 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(PC_THREADS) selecti
         const float *set = sets + (k & 1) * G4_SET;
         const float *sdt = set + l * G4_TP, *sdtu = sdt + CH * G4_TP;
         const unsigned char *sbp = (const unsigned char *)(set + 2 * CH * G4_TP) + g * 4 * SPT;
-        float dA[8][SPT], dtu[8], yc[TC];
-        {
-            float dv[8];
-            ld8(sdt, dv);
-            ld8(sdtu, dtu);
-#pragma unroll
-            for (int m = 0; m < 8; m++)
-#pragma unroll
-                for (int i = 0; i < SPT; i++) dA[m][i] = jamba_cu_exp2(dv[m] * A2[i]);
-        }
-#pragma unroll
-        for (int t = 0; t < TC; t += 8) {
-            float dAn[8][SPT], dtun[8], dvn[8];
-            if (t + 8 < TC) ld8(sdt + t + 8, dvn), ld8(sdtu + t + 8, dtun);
-#pragma unroll
-            for (int m = 0; m < 8; m++) {
-                if (t + 8 < TC) {
-#pragma unroll
-                    for (int i = 0; i < SPT; i++) dAn[m][i] = jamba_cu_exp2(dvn[m] * A2[i]);
-                }
-                const uint4 wq = *(const uint4 *)(sbp + (t + m) * 64);
-                const float bv[SPT] = {g4_lo(wq.x), g4_hi(wq.x), g4_lo(wq.y), g4_hi(wq.y)};
-                const float cv[SPT] = {g4_lo(wq.z), g4_hi(wq.z), g4_lo(wq.w), g4_hi(wq.w)};
-                float y = 0.f;
-#pragma unroll
-                for (int i = 0; i < SPT; i++) {
-                    h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
-                    y = fmaf(h[i], cv[i], y);
-                }
-                yc[t + m] = y;
-            }
-            if (t + 8 < TC) {
-#pragma unroll
-                for (int m = 0; m < 8; m++) {
-                    dtu[m] = dtun[m];
-#pragma unroll
-                    for (int i = 0; i < SPT; i++) dA[m][i] = dAn[m][i];
-                }
-            }
-        }
+        float yc[TC];
+        pc_scan_steps<SPT, TC>(sdt, sdtu, A2, h, yc, [sbp](int st, float(&bv)[SPT], float(&cv)[SPT]) {
+            const uint4 wq = *(const uint4 *)(sbp + st * 64);
+            bv[0] = g4_lo(wq.x), bv[1] = g4_hi(wq.x), bv[2] = g4_lo(wq.y), bv[3] = g4_hi(wq.y);
+            cv[0] = g4_lo(wq.z), cv[1] = g4_hi(wq.z), cv[2] = g4_lo(wq.w), cv[3] = g4_hi(wq.w);
+        });
         pc_reduce_lv<TC / 2, 2>(yc, g);
         pc_reduce_lv<TC / 4, 1>(yc, g);
         if (FULL || SO * g < steps(k)) {
