@@ -76,9 +76,8 @@ __device__ __forceinline__ uint32_t bf_pack(float a, float b) {
     return *(const uint32_t *)&v;
 }
 __device__ __forceinline__ float silu(float z) { return __fdividef(z, 1.f + ex2(-z * LOG2E)); }
-/* softplus with one SFU op (the shipped kernel's form: max(v, 0) + e P(e), e = exp(-|v|)) */
-__device__ __forceinline__ float softplus(float v) {
-    const float e = ex2(fabsf(v) * -LOG2E);
+/* softplus = max(v, 0) + log1p(e), e = exp(-|v|) given, log1p(e) = e P(e) (the shipped kernel's form: one SFU op) */
+__device__ __forceinline__ float softplus_tail(float e, float v) {
     float q = fmaf(e, 0.005232701078f, -0.029505278916f);
     q = fmaf(e, q, 0.078226044774f);
     q = fmaf(e, q, -0.136632576585f);
@@ -89,6 +88,7 @@ __device__ __forceinline__ float softplus(float v) {
     q = fmaf(e, q, 0.999999940395f);
     return fmaf(e, q, fmaxf(v, 0.f));
 }
+__device__ __forceinline__ float softplus(float v) { return softplus_tail(ex2(fabsf(v) * -LOG2E), v); }
 /* V & 2 (EXPERIMENT): the conversion's exponentials and reciprocals on the FMA pipe instead of the SFU:
  * 2^x = 2^j p(x - j) (degree-5 fit, relative error 2.3e-7; x clamped to [-126, 126]); 1/d by a bit-trick seed
  * and three Newton steps (d in [1, 2^126]). */
@@ -110,18 +110,7 @@ __device__ __forceinline__ float rcp_fma(float d) {
     return r;
 }
 __device__ __forceinline__ float silu_fma(float z) { return z * rcp_fma(1.f + ex2_fma(-z * LOG2E)); }
-__device__ __forceinline__ float softplus_fma(float v) {
-    const float e = ex2_fma(fabsf(v) * -LOG2E);
-    float q = fmaf(e, 0.005232701078f, -0.029505278916f);
-    q = fmaf(e, q, 0.078226044774f);
-    q = fmaf(e, q, -0.136632576585f);
-    q = fmaf(e, q, 0.191060140729f);
-    q = fmaf(e, q, -0.248429849744f);
-    q = fmaf(e, q, 0.333190977573f);
-    q = fmaf(e, q, -0.499994933605f);
-    q = fmaf(e, q, 0.999999940395f);
-    return fmaf(e, q, fmaxf(v, 0.f));
-}
+__device__ __forceinline__ float softplus_fma(float v) { return softplus_tail(ex2_fma(fabsf(v) * -LOG2E), v); }
 __device__ __forceinline__ void cp16(void *dst, const void *src) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((uint32_t)__cvta_generic_to_shared(dst)),
                  "l"(src)
