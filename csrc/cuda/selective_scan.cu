@@ -13,7 +13,7 @@
  * Three kernels:
  *   selective_scan_g4_kernel (the bf16 fast path: N = 16, d_inner % 32 == 0, L % 8 == 0, 16-byte aligned rows,
  *     B/C t-fast or n-fast): 4 lanes per channel, B/C staged in shared memory as bf16 (half the shared-memory
- *     traffic of fp32 staging, which bound the pipelined kernel as much as the SFU). Lab: 1x8192 0.53 ms.
+ *     traffic of fp32 staging, which bound the pipelined kernel as much as the SFU). 1x8192: 0.558 ms (604c79a).
  *   selective_scan_pc_kernel ("pipelined"): every other call with N <= 16 and L >= 1 (Mamba-1, Jamba:
  *     N = 16; f32 / f16, odd L, odd d_inner, unaligned views). cp.async ring of raw tiles, one barrier per
  *     32-step chunk. H200, bf16, DI 8192: 1x8192 in 0.6025 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp
@@ -976,7 +976,7 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
  * Why this form (dev/cuda/scan_ilp_lab.cu, H200, bf16, DI 8192; benchmarks/results/scan_ilp_lab_*.log): the
  * pipelined kernel's B/C loads deliver 8 bytes of fp32 per state step through shared memory, 2 wavefronts per
  * warp and state step, which at 16 state steps per clock per SM is as many shared-memory cycles as the SFU
- * needs for the exponentials (ncu: ~77% of the shared-memory wavefronts busy at 1x8192). bf16 pieces halve it;
+ * needs for the exponentials (ncu: shared-memory data pipe 84.6% busy at 1x8192, SFU 52%). bf16 pieces halve it;
  * 4 lanes per channel instead of 8 cut the reduce-scatter to two levels and the instructions per state step
  * from ~12 to ~10.5 at 2 warps per scheduler at batch 1 (G = 2, 1 warp per scheduler: 1.6x slower). Lab, ms at
  * 1x2048 / 1x8192 / 1x32768 / 8x2048: 0.140 / 0.530 / 2.092 / 0.913 against the pipelined kernel's
@@ -996,6 +996,7 @@ struct g4_args : scan_io {
     int nfull; /* chunks with all TC steps inside [0, L) */
 };
 
+/* one bf16 half of a 32-bit word as fp32 (scalar form of jamba_bf16x2_ld; with it the g4 SASS reorders) */
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
