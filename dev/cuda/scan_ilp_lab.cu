@@ -154,7 +154,9 @@ template <int G> __device__ __forceinline__ void red_all(float (&y)[TC], int g) 
 
 /* V: EXPERIMENT bits (G = 4, BH only): 1 y of a step as a tree (depth 3 instead of 4 dependent FMAs); 2 the
  * conversion's exp / rcp on the FMA pipe (152 -> 128 SFU ops per warp and chunk); 4 each step's B/C words loaded
- * one step ahead (register rotation). Written at the end of session 12, not yet run. */
+ * one step ahead (register rotation); 8 the exponentials of the next 8 steps computed across the chunk boundary
+ * (the last group of chunk k computes chunk k + 1's first group from its set, already converted by this warp),
+ * so no chunk starts with 32 exponentials and nothing to overlap them with. */
 template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_ilp_kernel(Args a) {
     using K = Cfg<G>;
     constexpr int SPT = K::SPT, CH = K::CH, SO = K::SO;
@@ -169,6 +171,7 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
                         *zb = a.z + ((size_t)b * a.DI + c0) * L;
     const __nv_bfloat16 *Bb = a.Bm + (size_t)b * N * L, *Cb = a.Cm + (size_t)b * N * L;
     float A2[SPT], h[SPT];
+    float dAc[8][SPT], dtuc[8]; /* the exponentials and dt*u of the next 8 steps (carried across chunks: V & 8) */
 #pragma unroll
     for (int i = 0; i < SPT; i++) A2[i] = a.A[c * N + SPT * g + i] * LOG2E, h[i] = 0.f;
     const float bias = a.bias[c], Dc = a.D[c];
@@ -248,11 +251,16 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
         if (k + 1 < nck) convert(k + 1, nu, nz);
         const float *set = sets + (k & 1) * K::SET;
         const float *sdt = set + l * TP, *sdtu = set + K::SET_DT + l * TP, *sbc = set + 2 * K::SET_DT + SPT * g;
-        float dA[8][SPT], dtu[8], yc[TC];
+        /* V & 8: the next chunk's set (its dt / dtu rows are this warp's own: written by convert(k + 1) above) */
+        const float *nset = sets + ((k + 1) & 1) * K::SET;
+        float(&dA)[8][SPT] = dAc;
+        float(&dtu)[8] = dtuc;
+        float yc[TC];
+        if constexpr ((V & 8) != 0) __syncwarp();
         const unsigned char *const bcb = (const unsigned char *)(set + 2 * K::SET_DT) + g * 4 * SPT; /* V & 4 */
         uint4 wnext = make_uint4(0u, 0u, 0u, 0u);
         if constexpr (BH && (V & 4) && SPT == 4) wnext = *(const uint4 *)bcb;
-        {
+        if constexpr ((V & 8) == 0) {
             float dv[8];
             ld8(sdt, dv);
             ld8(sdtu, dtu);
@@ -264,10 +272,12 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
 #pragma unroll
         for (int t = 0; t < TC; t += 8) {
             float dAn[8][SPT], dtun[8], dvn[8];
+            constexpr bool LA8 = (V & 8) != 0;
             if (t + 8 < TC) ld8(sdt + t + 8, dvn), ld8(sdtu + t + 8, dtun);
+            else if (LA8) ld8(nset + l * TP, dvn), ld8(nset + K::SET_DT + l * TP, dtun);
 #pragma unroll
             for (int m = 0; m < 8; m++) {
-                if (t + 8 < TC) {
+                if (t + 8 < TC || LA8) {
 #pragma unroll
                     for (int i = 0; i < SPT; i++) dAn[m][i] = ex2(dvn[m] * A2[i]);
                 }
@@ -323,7 +333,7 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
                     yc[t + m] = y;
                 }
             }
-            if (t + 8 < TC) {
+            if (t + 8 < TC || LA8) {
 #pragma unroll
                 for (int m = 0; m < 8; m++) {
                     dtu[m] = dtun[m];
@@ -360,6 +370,16 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
     __syncthreads();
     uint32_t u0[SO / 2], z0[SO / 2], u1[SO / 2], z1[SO / 2];
     convert(0, u0, z0);
+    if constexpr ((V & 8) != 0) { /* chunk 0's first 8 steps (then each chunk computes the next one's) */
+        __syncwarp();
+        float dv[8];
+        ld8(sets + l * TP, dv);
+        ld8(sets + K::SET_DT + l * TP, dtuc);
+#pragma unroll
+        for (int m = 0; m < 8; m++)
+#pragma unroll
+            for (int i = 0; i < SPT; i++) dAc[m][i] = ex2(dv[m] * A2[i]);
+    }
     for (int k = 0; k < nck; k += 2) {
         step(k, u0, z0, u1, z1);
         if (k + 1 < nck) step(k + 1, u1, z1, u0, z0);
@@ -394,6 +414,8 @@ static const Variant VARIANTS[] = {
     VAR("G2h", 2, true, 0),
     /* session-12 EXPERIMENTS on G4h (not yet run): y tree, conversion on the FMA pipe, B/C one step ahead, all */
     VAR("G4h+yt", 4, true, 1), VAR("G4h+sfma", 4, true, 2), VAR("G4h+pf", 4, true, 4), VAR("G4h+all", 4, true, 7),
+    /* session 13: the exponentials' 8-step lookahead carried across chunks (no chunk-start bubble) */
+    VAR("G4h+la", 4, true, 8), VAR("G4h+la+pf", 4, true, 12), VAR("G4h+la+yt+pf", 4, true, 13),
 };
 #undef VAR
 
