@@ -36,6 +36,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #define CK(x)                                                                                   \
@@ -55,6 +56,7 @@ struct Args {
     const float *A, *D, *bias;                 /* (DI, N), (DI,), (DI,) */
     __nv_bfloat16 *out;                        /* (B, DI, L) */
     int B, DI, L;
+    int nsm; /* SMs of the device */
 };
 
 template <int G> struct Cfg {
@@ -242,13 +244,14 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
         const float4 x0 = ((const float4 *)p)[0], x1 = ((const float4 *)p)[1];
         v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
     };
-    auto step = [&](int k, const uint32_t(&ur)[SO / 2], const uint32_t(&zr)[SO / 2], uint32_t(&nu)[SO / 2],
-                    uint32_t(&nz)[SO / 2]) {
+    /* SHIFT (a literal at each call, folded after inlining): V & 16, convert(k + 1) after half of the scan */
+    auto step = [&](const bool SHIFT, int k, const uint32_t(&ur)[SO / 2], const uint32_t(&zr)[SO / 2],
+                    uint32_t(&nu)[SO / 2], uint32_t(&nz)[SO / 2]) {
         wait_pending<NSTG - 2>();
         __syncthreads();
         if (k + NSTG < nck) load(k + NSTG);
         commit();
-        if (k + 1 < nck) convert(k + 1, nu, nz);
+        if (!SHIFT && k + 1 < nck) convert(k + 1, nu, nz);
         const float *set = sets + (k & 1) * K::SET;
         const float *sdt = set + l * TP, *sdtu = set + K::SET_DT + l * TP, *sbc = set + 2 * K::SET_DT + SPT * g;
         /* V & 8: the next chunk's set (its dt / dtu rows are this warp's own: written by convert(k + 1) above) */
@@ -271,6 +274,7 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
         }
 #pragma unroll
         for (int t = 0; t < TC; t += 8) {
+            if (SHIFT && t == TC / 2 && k + 1 < nck) convert(k + 1, nu, nz);
             float dAn[8][SPT], dtun[8], dvn[8];
             constexpr bool LA8 = (V & 8) != 0;
             if (t + 8 < TC) ld8(sdt + t + 8, dvn), ld8(sdtu + t + 8, dtun);
@@ -380,9 +384,27 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
 #pragma unroll
             for (int i = 0; i < SPT; i++) dAc[m][i] = ex2(dv[m] * A2[i]);
     }
-    for (int k = 0; k < nck; k += 2) {
-        step(k, u0, z0, u1, z1);
-        if (k + 1 < nck) step(k + 1, u1, z1, u0, z0);
+    /* V & 16: the blocks in the second slot of an SM (blockIdx >= SMs at one block per SM and wave) run the
+     * shifted step, so the two warps of a scheduler are not in the same phase of their chunks (EXPERIMENT: is
+     * the SFU idle because both warps convert at the same time?). V & 32: those blocks start ~1 us late. */
+    constexpr bool shifted = true, plain = false;
+    if constexpr ((V & 32) != 0)
+        if ((int)blockIdx.x >= a.nsm) __nanosleep(1000);
+    bool done = false;
+    if constexpr ((V & 16) != 0) {
+        if ((int)blockIdx.x >= a.nsm) {
+            for (int k = 0; k < nck; k += 2) {
+                step(shifted, k, u0, z0, u1, z1);
+                if (k + 1 < nck) step(shifted, k + 1, u1, z1, u0, z0);
+            }
+            done = true;
+        }
+    }
+    if (!done) {
+        for (int k = 0; k < nck; k += 2) {
+            step(plain, k, u0, z0, u1, z1);
+            if (k + 1 < nck) step(plain, k + 1, u1, z1, u0, z0);
+        }
     }
 }
 
@@ -772,6 +794,7 @@ static const Variant VARIANTS[] = {
     /* session 13: the exponentials' 8-step lookahead carried across chunks (no chunk-start bubble) */
     VAR("G4h+la", 4, true, 8), VAR("G4h+la+pf", 4, true, 12), VAR("G4h+la+yt+pf", 4, true, 13),
     /* session 13: the U mapping (warp = state group, lane = channel; uniform B/C loads) */
+    VAR("G4h+sh", 4, true, 16), VAR("G4h+dly", 4, true, 32), VAR("G4h+sh+dly", 4, true, 48),
     VARU("U", false), VARU("Uh", true),
     {"UI", launch_ui<0>, (const void *)scan_ui_kernel<0>, set_smem_ui<0>},
 };
@@ -812,6 +835,7 @@ int main(int argc, char **argv) {
         CK(cudaMemcpy(dbias, hb.data(), DI * 4, cudaMemcpyHostToDevice));
         a.u = du, a.dt = dd, a.z = dz, a.Bm = dB, a.Cm = dC, a.A = dA, a.D = dD, a.bias = dbias, a.out = dout;
         a.B = Bsz, a.DI = DI, a.L = L;
+        CK(cudaDeviceGetAttribute(&a.nsm, cudaDevAttrMultiProcessorCount, 0));
         /* fp64 reference of sampled (b, c) rows */
         const int samples[][2] = {{0, 0}, {0, 1}, {0, 37}, {0, 4095}, {0, 8191}, {Bsz - 1, 5000}, {Bsz - 1, 8190}};
         std::vector<std::vector<double>> ref;
