@@ -386,7 +386,10 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
     }
     /* V & 16: the blocks in the second slot of an SM (blockIdx >= SMs at one block per SM and wave) run the
      * shifted step, so the two warps of a scheduler are not in the same phase of their chunks (EXPERIMENT: is
-     * the SFU idle because both warps convert at the same time?). V & 32: those blocks start ~1 us late. */
+     * the SFU idle because both warps convert at the same time?). V & 32: those blocks start ~1 us late.
+     * Measured (scan_phase_lab_f5d5fbc.log): the delay changes nothing; the shifted blocks make batch 1 1.8x
+     * slower while 8x2048 (nearly all blocks shifted) loses 2%: two different loop bodies on one SM thrash the
+     * instruction cache. Hence V & 64. */
     constexpr bool shifted = true, plain = false;
     if constexpr ((V & 32) != 0)
         if ((int)blockIdx.x >= a.nsm) __nanosleep(1000);
@@ -400,7 +403,14 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
             done = true;
         }
     }
-    if (!done) {
+    if (!done && (V & 64)) { /* V & 64: one chunk per loop iteration (half the loop's code), raw words moved */
+#pragma unroll 1
+        for (int k = 0; k < nck; k++) {
+            step(plain, k, u0, z0, u1, z1);
+#pragma unroll
+            for (int j = 0; j < SO / 2; j++) u0[j] = u1[j], z0[j] = z1[j];
+        }
+    } else if (!done) {
         for (int k = 0; k < nck; k += 2) {
             step(plain, k, u0, z0, u1, z1);
             if (k + 1 < nck) step(plain, k + 1, u1, z1, u0, z0);
@@ -795,6 +805,7 @@ static const Variant VARIANTS[] = {
     VAR("G4h+la", 4, true, 8), VAR("G4h+la+pf", 4, true, 12), VAR("G4h+la+yt+pf", 4, true, 13),
     /* session 13: the U mapping (warp = state group, lane = channel; uniform B/C loads) */
     VAR("G4h+sh", 4, true, 16), VAR("G4h+dly", 4, true, 32), VAR("G4h+sh+dly", 4, true, 48),
+    VAR("G4h+1c", 4, true, 64), VAR("G4h+1c+pf", 4, true, 68),
     VARU("U", false), VARU("Uh", true),
     {"UI", launch_ui<0>, (const void *)scan_ui_kernel<0>, set_smem_ui<0>},
 };
