@@ -761,6 +761,184 @@ template <int V> __global__ void __launch_bounds__(NT) scan_ui_kernel(Args a) {
     }
 }
 
+/* ---- WS: warp-specialised (session 13, EXPERIMENT) -----------------------------------------------------
+ * scan_ws_kernel: 256 threads = 4 scan warps (32 channels x 4 lanes, the G4h scan: 4 states per lane, bf16 B/C
+ * pieces, y reduce-scattered over 2 shuffle levels) + 4 converter warps (ctid 0..127: the copies of chunk k+3,
+ * conversion of chunk k+1 with G4h's mapping, and the gating and stores of chunk k-1 from the y tile ybuf[2]
+ * [32 ch][YP] the scan warps wrote). One __syncthreads per chunk; the converters also meet at named barrier 1
+ * after their copies land. Why: in the one-role kernel each warp's chunk has an SFU-bound scan phase and a long
+ * SFU-idle phase (conversion, gating), and the two warps of a scheduler run in step (ncu: SFU ~60% busy in every
+ * variant tried); here each scheduler holds scan warps whose SFU demand is even and a converter warp that
+ * fills the issue slots. Scan warps: 128 ex2 per chunk and no other SFU op. */
+constexpr int WS_YP = 36;
+constexpr int WS_SMEM = NSTG * Cfg<4>::STAGE + 2 * Cfg<4>::SET * 4 + 2 * 32 * WS_YP * 4;
+template <int V> __global__ void __launch_bounds__(256) scan_ws_kernel(Args a) {
+    using K = Cfg<4>;
+    constexpr int SPT = 4, CH = 32, SO = 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char *raw = smem;
+    float *sets = (float *)(smem + NSTG * K::STAGE);
+    float *ybuf = sets + 2 * K::SET;
+    const int nblk = a.DI / CH, b = blockIdx.x / nblk, c0 = (blockIdx.x % nblk) * CH;
+    const int nck = a.L / TC;
+    const size_t L = a.L;
+    if (threadIdx.x < 128) { /* ---- scan warps ---- */
+        const int tid = threadIdx.x, g = tid & 3, l = tid >> 2, c = c0 + l;
+        float A2[SPT], h[SPT];
+#pragma unroll
+        for (int i = 0; i < SPT; i++) A2[i] = a.A[c * N + SPT * g + i] * LOG2E, h[i] = 0.f;
+#pragma unroll 1
+        for (int k = 0; k < nck; k++) {
+            __syncthreads();
+            const float *set = sets + (k & 1) * K::SET;
+            const float *sdt = set + l * TP, *sdtu = set + K::SET_DT + l * TP;
+            const unsigned char *bcp = (const unsigned char *)(set + 2 * K::SET_DT) + g * 4 * SPT;
+            float dA[8][SPT], dtu[8], yc[TC];
+            {
+                float dv[8];
+                const float4 x0 = ((const float4 *)sdt)[0], x1 = ((const float4 *)sdt)[1];
+                const float4 w0 = ((const float4 *)sdtu)[0], w1 = ((const float4 *)sdtu)[1];
+                dv[0] = x0.x, dv[1] = x0.y, dv[2] = x0.z, dv[3] = x0.w, dv[4] = x1.x, dv[5] = x1.y, dv[6] = x1.z, dv[7] = x1.w;
+                dtu[0] = w0.x, dtu[1] = w0.y, dtu[2] = w0.z, dtu[3] = w0.w, dtu[4] = w1.x, dtu[5] = w1.y, dtu[6] = w1.z, dtu[7] = w1.w;
+#pragma unroll
+                for (int m = 0; m < 8; m++)
+#pragma unroll
+                    for (int i = 0; i < SPT; i++) dA[m][i] = ex2(dv[m] * A2[i]);
+            }
+#pragma unroll
+            for (int t = 0; t < TC; t += 8) {
+                float dAn[8][SPT], dtun[8], dvn[8];
+                if (t + 8 < TC) {
+                    const float4 x0 = ((const float4 *)(sdt + t + 8))[0], x1 = ((const float4 *)(sdt + t + 8))[1];
+                    const float4 w0 = ((const float4 *)(sdtu + t + 8))[0], w1 = ((const float4 *)(sdtu + t + 8))[1];
+                    dvn[0] = x0.x, dvn[1] = x0.y, dvn[2] = x0.z, dvn[3] = x0.w, dvn[4] = x1.x, dvn[5] = x1.y, dvn[6] = x1.z, dvn[7] = x1.w;
+                    dtun[0] = w0.x, dtun[1] = w0.y, dtun[2] = w0.z, dtun[3] = w0.w, dtun[4] = w1.x, dtun[5] = w1.y, dtun[6] = w1.z, dtun[7] = w1.w;
+                }
+#pragma unroll
+                for (int m = 0; m < 8; m++) {
+                    if (t + 8 < TC) {
+#pragma unroll
+                        for (int i = 0; i < SPT; i++) dAn[m][i] = ex2(dvn[m] * A2[i]);
+                    }
+                    const uint4 q = *(const uint4 *)(bcp + (t + m) * 64);
+                    const float bv[4] = {bf_lo(q.x), bf_hi(q.x), bf_lo(q.y), bf_hi(q.y)};
+                    const float cv[4] = {bf_lo(q.z), bf_hi(q.z), bf_lo(q.w), bf_hi(q.w)};
+                    float y = 0.f;
+#pragma unroll
+                    for (int i = 0; i < SPT; i++) {
+                        h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
+                        y = fmaf(h[i], cv[i], y);
+                    }
+                    yc[t + m] = y;
+                }
+                if (t + 8 < TC) {
+#pragma unroll
+                    for (int m = 0; m < 8; m++) {
+                        dtu[m] = dtun[m];
+#pragma unroll
+                        for (int i = 0; i < SPT; i++) dA[m][i] = dAn[m][i];
+                    }
+                }
+            }
+            red_all<4>(yc, g);
+            float *yr = ybuf + (k & 1) * 32 * WS_YP + l * WS_YP + SO * g;
+            ((float4 *)yr)[0] = make_float4(yc[0], yc[1], yc[2], yc[3]);
+            ((float4 *)yr)[1] = make_float4(yc[4], yc[5], yc[6], yc[7]);
+        }
+        __syncthreads();
+        return;
+    }
+    /* ---- converter warps ---- */
+    const int tid = threadIdx.x - 128, g = tid & 3, l = tid >> 2, c = c0 + l;
+    const float bias = a.bias[c], Dc = a.D[c];
+    __nv_bfloat16 *const orow = a.out + ((size_t)b * a.DI + c) * L + SO * g;
+    const __nv_bfloat16 *ub = a.u + ((size_t)b * a.DI + c0) * L, *db = a.dt + ((size_t)b * a.DI + c0) * L,
+                        *zb = a.z + ((size_t)b * a.DI + c0) * L;
+    const __nv_bfloat16 *Bb = a.Bm + (size_t)b * N * L, *Cb = a.Cm + (size_t)b * N * L;
+    const int r_ld = tid >> 2, q_ld = tid & 3;
+    const int r_bc = (tid >> 2) & 15, m_bc = tid >> 6, q_bc = tid & 3;
+    const __nv_bfloat16 *const src_bc = (m_bc ? Cb : Bb) + (size_t)r_bc * L + q_bc * 8;
+    auto load = [&](int kk) {
+        unsigned char *st = raw + (kk % NSTG) * K::STAGE;
+        const size_t t0 = (size_t)kk * TC, go = (size_t)r_ld * L + t0 + q_ld * 8;
+        cp16(st + r_ld * 64 + q_ld * 16, ub + go);
+        cp16(st + K::RAW_U + r_ld * 64 + q_ld * 16, db + go);
+        cp16(st + 2 * K::RAW_U + r_ld * 64 + q_ld * 16, zb + go);
+        cp16(st + 3 * K::RAW_U + m_bc * K::RAW_BC + r_bc * 64 + q_bc * 16, src_bc + t0);
+    };
+    auto cbar = []() { asm volatile("bar.sync 1, 128;" ::: "memory"); };
+    /* chunk kk's raw stage -> set kk & 1 (dt, dt*u, bf16 B/C pieces); this thread's raw u / z words -> ur / zr */
+    auto convert = [&](int kk, uint32_t(&ur)[4], uint32_t(&zr)[4]) {
+        const unsigned char *st = raw + (kk % NSTG) * K::STAGE;
+        float *set = sets + (kk & 1) * K::SET;
+        uint32_t dr[4];
+        const int off = l * 64 + g * SO * 2;
+        ld_words<SO>(st + off, ur);
+        ld_words<SO>(st + K::RAW_U + off, dr);
+        ld_words<SO>(st + 2 * K::RAW_U + off, zr);
+        float dv[SO], duv[SO];
+#pragma unroll
+        for (int j = 0; j < SO; j++) {
+            const uint32_t wd = dr[j / 2], wu = ur[j / 2];
+            const float d = softplus((j & 1 ? bf_hi(wd) : bf_lo(wd)) + bias);
+            dv[j] = d, duv[j] = d * (j & 1 ? bf_hi(wu) : bf_lo(wu));
+        }
+        st_f<SO>(set + l * TP + g * SO, dv);
+        st_f<SO>(set + K::SET_DT + l * TP + g * SO, duv);
+        const int m = tid >> 6, np = (tid >> 3) & 7, q = tid & 7, n = 2 * np;
+        const unsigned char *rb = st + 3 * K::RAW_U + m * K::RAW_BC + q * 8;
+        const uint2 r0 = *(const uint2 *)(rb + n * 64), r1 = *(const uint2 *)(rb + (n + 1) * 64);
+        unsigned char *bc = (unsigned char *)(set + 2 * K::SET_DT) + (n / SPT) * 4 * SPT + (m * SPT + n % SPT) * 2;
+        const uint32_t a0[2] = {r0.x, r0.y}, a1[2] = {r1.x, r1.y};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint32_t lo = j & 1 ? a0[j / 2] >> 16 : a0[j / 2] & 0xffffu;
+            const uint32_t hi = j & 1 ? a1[j / 2] & 0xffff0000u : a1[j / 2] << 16;
+            *(uint32_t *)(bc + (q * 4 + j) * 64) = lo | hi;
+        }
+    };
+    /* chunk kk's outputs of this thread (steps 8g .. 8g+7 of channel l) from ybuf[kk & 1] and its raw u / z */
+    auto gate = [&](int kk, const uint32_t(&ur)[4], const uint32_t(&zr)[4]) {
+        const float *yr = ybuf + (kk & 1) * 32 * WS_YP + l * WS_YP + SO * g;
+        const float4 y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
+        const float ys[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+        uint32_t o[4];
+#pragma unroll
+        for (int j = 0; j < 8; j += 2) {
+            const uint32_t wu = ur[j / 2], wz = zr[j / 2];
+            const float v0 = (ys[j] + Dc * bf_lo(wu)) * silu(bf_lo(wz)), v1 = (ys[j + 1] + Dc * bf_hi(wu)) * silu(bf_hi(wz));
+            o[j / 2] = bf_pack(v0, v1);
+        }
+        *(uint4 *)(orow + (size_t)kk * TC) = make_uint4(o[0], o[1], o[2], o[3]);
+    };
+#pragma unroll
+    for (int s = 0; s < NSTG; s++) {
+        if (s < nck) load(s);
+        commit();
+    }
+    wait_pending<NSTG - 1>();
+    cbar();
+    uint32_t uc[4], zc[4], up[4], zp[4]; /* raw u / z of chunk k (current) and k - 1 (previous) */
+    convert(0, uc, zc);
+#pragma unroll 1
+    for (int k = 0; k < nck; k++) {
+        __syncthreads(); /* set k & 1 complete; ybuf[(k - 1) & 1] written; stage k % NSTG free */
+        if (k + NSTG < nck) load(k + NSTG);
+        commit();
+        uint32_t un[4], zn[4];
+        if (k + 1 < nck) {
+            wait_pending<NSTG - 1>(); /* chunk k+1's copies (this thread's) */
+            cbar();
+            convert(k + 1, un, zn);
+        }
+        if (k > 0) gate(k - 1, up, zp);
+#pragma unroll
+        for (int j = 0; j < 4; j++) up[j] = uc[j], zp[j] = zc[j], uc[j] = un[j], zc[j] = zn[j];
+    }
+    __syncthreads();
+    if (nck > 0) gate(nck - 1, up, zp);
+}
+
 /* ---- host ------------------------------------------------------------------------------------------ */
 static float bf2f(__nv_bfloat16 v) { return __bfloat162float(v); }
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -794,6 +972,10 @@ template <int V> static void set_smem_ui() {
     CK(cudaFuncSetAttribute(scan_ui_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, UI_SMEM));
 }
 template <int V> static void launch_ui(const Args &a) { scan_ui_kernel<V><<<a.B * (a.DI / UCH), NT, UI_SMEM>>>(a); }
+template <int V> static void set_smem_ws() {
+    CK(cudaFuncSetAttribute(scan_ws_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, WS_SMEM));
+}
+template <int V> static void launch_ws(const Args &a) { scan_ws_kernel<V><<<a.B * (a.DI / 32), 256, WS_SMEM>>>(a); }
 #define VAR(name, G, BH, V) {name, launch<G, BH, V>, (const void *)scan_ilp_kernel<G, BH, V>, set_smem<G, BH, V>}
 #define VARU(name, BH) {name, launch_u<BH>, (const void *)scan_u_kernel<BH>, set_smem_u<BH>}
 static const Variant VARIANTS[] = {
@@ -808,6 +990,7 @@ static const Variant VARIANTS[] = {
     VAR("G4h+1c", 4, true, 64), VAR("G4h+1c+pf", 4, true, 68),
     VARU("U", false), VARU("Uh", true),
     {"UI", launch_ui<0>, (const void *)scan_ui_kernel<0>, set_smem_ui<0>},
+    {"WS", launch_ws<0>, (const void *)scan_ws_kernel<0>, set_smem_ws<0>},
 };
 #undef VAR
 #undef VARU
