@@ -12,8 +12,9 @@
  *
  * Three kernels:
  *   selective_scan_g4_kernel (the bf16 fast path: N = 16, d_inner % 32 == 0, L % 8 == 0, 16-byte aligned rows,
- *     B/C t-fast or n-fast): 4 lanes per channel, B/C staged in shared memory as bf16 (half the shared-memory
- *     traffic of fp32 staging, which bound the pipelined kernel as much as the SFU). 1x8192: 0.558 ms (604c79a).
+ *     B/C t-fast or n-fast): warp-specialised, 4 scan warps (4 lanes per channel, only the exponentials on the
+ *     SFU) beside 4 converter warps (copies, softplus, B/C staged as bf16, gating and stores). Lab, 1x8192: 0.470
+ *     ms against 0.529 for its one-role form (shipped until session 13: 0.558 ms at 604c79a).
  *   selective_scan_pc_kernel ("pipelined"): every other call with N <= 16 and L >= 1 (Mamba-1, Jamba:
  *     N = 16; f32 / f16, odd L, odd d_inner, unaligned views). cp.async ring of raw tiles, one barrier per
  *     32-step chunk. H200, bf16, DI 8192: 1x8192 in 0.6025 ms (old kernel 3.0 ms; mamba_ssm 1.475 ms; exp
@@ -954,64 +955,108 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
     return ((uintptr_t)p % 16) == 0 && (s0 % ve == 0 || n0 <= 1) && (s1 % ve == 0 || n1 <= 1);
 }
 
-/* ---- selective_scan_g4_kernel: the bf16 fast path (4 lanes per channel, B/C staged as bf16) ----------------
+/* ---- selective_scan_g4_kernel: the bf16 fast path (warp-specialised: 4 scan warps + 4 converter warps) -------
  * Shapes / layouts: u, delta, z bf16 (B, DI, L), unit stride along L, 16-byte aligned (batch, channel) rows;
  * B, C bf16 (B, 16, L) with rows along t (t-fast) or 16 contiguous states per step (n-fast, as sliced from the
  * model's x_proj output), 16-byte aligned; A (DI, 16), D, delta_bias (DI,), initial_state (B, DI, 16) fp32;
  * out bf16 (B, DI, L) contiguous, last_state fp32 (B, DI, 16). DI % 32 == 0, L % 8 == 0, delta_softplus (a run-time
  * softplus flag made the 8 softplus chains of a lane run one after another behind branches); any other call
  * takes selective_scan_pc_kernel.
- * Block = 128 threads = 32 channels (G4_CH) of one batch row, 4 lanes per channel (g = lane % 4), 4 states per
- * lane (n = 4g .. 4g+3). Time in 32-step chunks through a 3-stage cp.async ring of raw tiles (u, delta, z:
- * 32 rows x 64 bytes; B, C: 1 KB each, [n][t] or [t][n]); per chunk one __syncthreads, then: copies of chunk
- * k+3 issued, chunk k+1 converted, chunk k scanned.
- *   Conversion (lane g of channel l: steps 8g .. 8g+7): dt = softplus(delta + bias) and dt*u into fp32 rows
- *   (pitch G4_TP = 36 floats: 16-byte aligned, the 8 rows a warp reads at once in distinct banks); the lane
- *   keeps the raw u and z words of its 8 steps in registers for its own outputs (D*u and silu(z) are applied
- *   at the store, nothing staged); B and C go to bf16 pieces [t][g][B(4) C(4)] (16 bytes: one load per lane
- *   and step). Steps past L in the last chunk: dt = dt*u = 0 and B = C = 0, so h is unchanged.
- *   Scan: per step SPT x (dt*A2, ex2, dt*u*B, h FMA, y FMA); the exponentials of the next 8 steps are issued
- *   with the current 8 steps' FMA chains. y: the 4 partial sums of each of the 32 steps reduce-scattered over
- *   two shuffle levels so lane g ends with steps 8g .. 8g+7: (y + D u) silu(z), one 16-byte store.
- * Why this form (dev/cuda/scan_ilp_lab.cu, H200, bf16, DI 8192; benchmarks/results/scan_ilp_lab_*.log): the
- * pipelined kernel's B/C loads deliver 8 bytes of fp32 per state step through shared memory, 2 wavefronts per
- * warp and state step, which at 16 state steps per clock per SM is as many shared-memory cycles as the SFU
- * needs for the exponentials (ncu: shared-memory data pipe 84.6% busy at 1x8192, SFU 52%). bf16 pieces halve it;
- * 4 lanes per channel instead of 8 cut the reduce-scatter to two levels and the instructions per state step
- * from ~12 to ~10.5 at 2 warps per scheduler at batch 1 (G = 2, 1 warp per scheduler: 1.6x slower). Lab, ms at
- * 1x2048 / 1x8192 / 1x32768 / 8x2048: 0.140 / 0.530 / 2.092 / 0.913 against the pipelined kernel's
- * 0.158 / 0.603 / 2.383 / 1.189 (shipped; 0.155 / 0.593 / 2.338 / 1.106 for its form in the lab).
- * Hazards: a raw stage is refilled one barrier after its conversion; fp32 set p is rewritten one barrier
- * after the scan that read it. */
+ * Block = 256 threads for 32 channels (G4_CH) of one batch row, in two roles; time in 32-step chunks.
+ *   Scan warps (threads 0..127): 4 lanes per channel (g = lane % 4), 4 states per lane (n = 4g .. 4g+3). Per chunk
+ *   k: one __syncthreads, then per step SPT x (dt*A2, ex2, dt*u*B, h FMA, y FMA) from the converted set k & 1 (the
+ *   exponentials of the next 8 steps issued with the current 8 steps' FMA chains, pc_scan_steps), the 4 partial
+ *   sums of each step reduce-scattered over two shuffle levels (lane g: steps 8g .. 8g+7) into the y tile
+ *   ybuf[k & 1] (32 channels x G4_TP floats). Their only SFU work is the 128 exponentials per lane and chunk.
+ *   Converter warps (threads 128..255, c = 0..127, lane g = c % 4 of channel c / 4): the copies of chunk k+3 into a
+ *   3-stage cp.async ring of raw tiles (u, delta, z: 32 rows x 64 bytes; B, C: 1 KB each, [n][t] or [t][n]); then
+ *   (after their own copies land and named barrier 1 among them) chunk k+1's conversion: dt = softplus(delta + bias)
+ *   and dt*u of steps 8g .. 8g+7 into fp32 rows (pitch G4_TP = 36 floats: 16-byte aligned, the 8 rows a warp reads
+ *   at once in distinct banks), B and C into bf16 pieces [t][g][B(4) C(4)] (16 bytes: one load per scan lane and
+ *   step), the raw u / z words of those steps kept in registers; then chunk k-1's outputs: (y + D u) silu(z) from
+ *   ybuf[(k - 1) & 1], one 16-byte store. Steps past L in the last chunk: dt = dt*u = 0 and B = C = 0 (h unchanged),
+ *   their outputs not stored.
+ * Why two roles (dev/cuda/scan_ilp_lab.cu, H200, bf16, DI 8192; benchmarks/results/scan_ws*_lab*.log, ms at 1x2048 /
+ *   1x8192 / 1x32768 / 8x2048): with every warp doing all of it (the lab's G4h, this kernel's previous form) a warp's
+ *   chunk is an SFU-bound scan followed by a long SFU-idle stretch (conversion, gating, stores), and the two warps of
+ *   a scheduler run in step: the SFU sat ~60% busy whatever the instruction count (ncu_scan_lab_38d2470.log: 1319 or
+ *   1050 instructions per warp and chunk, the same 61%). Split into roles: 0.125 / 0.470 / 1.850 / 0.921 against
+ *   0.138 / 0.529 / 2.075 / 0.910 in the same run. Earlier steps (session 12): B/C staged as bf16 pieces instead of
+ *   fp32 (the pipelined kernel's B/C loads alone kept shared memory as busy as the SFU), 4 lanes per channel
+ *   instead of 8 (two shuffle levels).
+ * Hazards: a raw stage is refilled one barrier after its conversion; fp32 set p is rewritten one barrier after the
+ * scan that read it; ybuf[p] is rewritten one barrier after the outputs that read it. */
 #define G4_CH 32 /* channels per block */
 #define G4_TC 32 /* steps per chunk */
 #define G4_TP 36 /* fp32 row pitch (floats) */
+#define G4_SCAN_THREADS 128
+#define G4_THREADS 256
 #define G4_RAW_U (G4_CH * G4_TC * 2)
 #define G4_RAW_BC (PC_NS * G4_TC * 2)
 #define G4_STAGE (3 * G4_RAW_U + 2 * G4_RAW_BC)
 #define G4_SET (2 * G4_CH * G4_TP + G4_TC * PC_NS) /* floats: dt rows, dt*u rows, bf16 B/C pieces (2 KB) */
-#define G4_SMEM (PC_NSTG * G4_STAGE + 2 * G4_SET * 4)
+#define G4_YB (G4_CH * G4_TP)                       /* floats: one y tile */
+#define G4_SMEM (PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * G4_YB * 4)
 
-struct g4_args : scan_io {
-    int nfull; /* chunks with all TC steps inside [0, L) */
-};
+typedef scan_io g4_args;
 
 /* one bf16 half of a 32-bit word as fp32 (scalar form of jamba_bf16x2_ld; with it the g4 SASS reorders) */
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). Chunks that are full and whose copies / conversion
- * are of full chunks run a steady loop without range checks (FULL), the last ones the checked step. */
-template <bool Z, bool NF> __global__ void __launch_bounds__(PC_THREADS) selective_scan_g4_kernel(g4_args a) {
+/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). */
+template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(g4_args a) {
     jamba_pdl_begin();
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
     unsigned char *raw = (unsigned char *)g4_smem4;
     float *sets = (float *)(raw + PC_NSTG * G4_STAGE);
-    const int tid = threadIdx.x, g = tid % G, l = tid / G;
-    const int64_t nblk = a.DI / CH, b = blockIdx.x / nblk, c0 = (blockIdx.x - b * nblk) * CH, c = c0 + l;
+    float *ybuf = sets + 2 * G4_SET;
+    const int64_t nblk = a.DI / CH, b = blockIdx.x / nblk, c0 = (blockIdx.x - b * nblk) * CH;
     const int nck = (int)((a.L + TC - 1) / TC), ntl = (int)(a.L - (int64_t)(nck - 1) * TC);
+    auto steps = [&](int kk) { return kk + 1 < nck ? TC : ntl; }; /* a multiple of 8 */
     typedef __nv_bfloat16 T;
+
+    if (threadIdx.x < G4_SCAN_THREADS) { /* ---- scan warps ---- */
+        const int tid = threadIdx.x, g = tid % G, l = tid / G;
+        const int64_t c = c0 + l;
+        float A2[SPT], h[SPT];
+#pragma unroll
+        for (int i = 0; i < SPT; i++) {
+            const int n = SPT * g + i;
+            A2[i] = a.A[c * a.sA0 + n * a.sA1] * JAMBA_LOG2E;
+            h[i] = a.init ? a.init[b * a.si0 + c * a.si1 + n] : 0.f;
+        }
+        for (int k = 0; k < nck; k++) {
+            __syncthreads(); /* set k & 1 converted; ybuf[k & 1] read */
+            const float *set = sets + (k & 1) * G4_SET;
+            const float *sdt = set + l * G4_TP, *sdtu = sdt + CH * G4_TP;
+            const unsigned char *sbp = (const unsigned char *)(set + 2 * CH * G4_TP) + g * 4 * SPT;
+            float yc[TC];
+            pc_scan_steps<SPT, TC>(sdt, sdtu, A2, h, yc, [sbp](int st, float(&bv)[SPT], float(&cv)[SPT]) {
+                const uint4 wq = *(const uint4 *)(sbp + st * 64);
+                bv[0] = g4_lo(wq.x), bv[1] = g4_hi(wq.x), bv[2] = g4_lo(wq.y), bv[3] = g4_hi(wq.y);
+                cv[0] = g4_lo(wq.z), cv[1] = g4_hi(wq.z), cv[2] = g4_lo(wq.w), cv[3] = g4_hi(wq.w);
+            });
+            pc_reduce_lv<TC / 2, 2>(yc, g);
+            pc_reduce_lv<TC / 4, 1>(yc, g);
+            float *yr = ybuf + (k & 1) * G4_YB + l * G4_TP + SO * g;
+            ((float4 *)yr)[0] = make_float4(yc[0], yc[1], yc[2], yc[3]);
+            ((float4 *)yr)[1] = make_float4(yc[4], yc[5], yc[6], yc[7]);
+        }
+        __syncthreads(); /* the converters' last outputs read ybuf after it */
+        if (a.last) {
+#pragma unroll
+            for (int i = 0; i < SPT; i++) a.last[(b * a.DI + c) * PC_NS + SPT * g + i] = h[i];
+        }
+        return;
+    }
+
+    /* ---- converter warps ---- */
+    const int tid = threadIdx.x - G4_SCAN_THREADS, g = tid % G, l = tid / G;
+    const int64_t c = c0 + l;
+    const float bias = a.dbias ? a.dbias[c * a.sdb] : 0.f, Dc = a.D ? a.D[c * a.sD] : 0.f;
+    T *const orow = (T *)a.out + (b * a.DI + c) * a.L + SO * g;
     /* this thread's copy pieces: u / delta / z row tid / 4, steps 8 (tid % 4) ..; B or C piece tid */
     const int ur = tid >> 2, uq = tid & 3, mb = tid >> 6;
     const T *const su = (const T *)a.u + b * a.su0 + (c0 + ur) * a.su1 + 8 * uq;
@@ -1031,17 +1076,7 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(PC_THREADS) selecti
             sbc = base + ((tid >> 2) & 15) * sn + bt, bdst = ((tid >> 2) & 15) * 64 + 2 * bt, bstep = TC;
         }
     }
-    float A2[SPT], h[SPT];
-#pragma unroll
-    for (int i = 0; i < SPT; i++) {
-        const int n = SPT * g + i;
-        A2[i] = a.A[c * a.sA0 + n * a.sA1] * JAMBA_LOG2E;
-        h[i] = a.init ? a.init[b * a.si0 + c * a.si1 + n] : 0.f;
-    }
-    const float bias = a.dbias ? a.dbias[c * a.sdb] : 0.f, Dc = a.D ? a.D[c * a.sD] : 0.f;
-    T *const orow = (T *)a.out + (b * a.DI + c) * a.L + SO * g;
-
-    /* chunk kk's copies; nt: its steps (TC, or the last chunk's, a multiple of 8) */
+    /* chunk kk's copies (nt: its steps) */
     auto load = [&](int kk, int nt) {
         unsigned char *st = raw + (kk % PC_NSTG) * G4_STAGE;
         const int64_t t0 = (int64_t)kk * TC;
@@ -1052,6 +1087,8 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(PC_THREADS) selecti
         }
         if (bt < nt) pc_cp16(st + 3 * G4_RAW_U + mb * G4_RAW_BC + bdst, sbc + kk * bstep);
     };
+    /* the converters' own barrier (named barrier 1): every converter's copies of a stage have landed */
+    auto cbar = []() { asm volatile("bar.sync 1, %0;" ::"n"(G4_THREADS - G4_SCAN_THREADS) : "memory"); };
     /* chunk kk's raw stage -> fp32 set kk & 1 and bf16 B/C pieces; this lane's raw u / z words into ru / rz.
      * Steps >= nt: dt = dt*u = 0, B = C = 0. */
     auto convert = [&](int kk, int nt, uint32_t(&ru)[SO / 2], uint32_t(&rz)[SO / 2]) {
@@ -1095,65 +1132,48 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(PC_THREADS) selecti
 #pragma unroll
         for (int j = 0; j < 4; j++) *(uint32_t *)(pc + (4 * q + j) * 64) = 4 * q + j < nt ? w[j] : 0u;
     };
-    /* iteration k: copies of chunk k+NSTG, conversion of chunk k+1 into nu / nz, scan of chunk k (its u / z words
-     * in ru / rz). full (a std::integral_constant): chunks k, k+1 and k+NSTG are all full, no range checks. */
-    auto step = [&](auto full, int k, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2],
-                    uint32_t(&nu)[SO / 2], uint32_t(&nz)[SO / 2]) {
-        constexpr bool FULL = decltype(full)::value;
-        auto steps = [&](int kk) { return FULL || kk + 1 < nck ? TC : ntl; };
-        pc_wait<PC_NSTG - 2>();
-        __syncthreads();
-        if (FULL || k + PC_NSTG < nck) load(k + PC_NSTG, steps(k + PC_NSTG));
-        pc_commit();
-        if (FULL || k + 1 < nck) convert(k + 1, steps(k + 1), nu, nz);
-        const float *set = sets + (k & 1) * G4_SET;
-        const float *sdt = set + l * G4_TP, *sdtu = sdt + CH * G4_TP;
-        const unsigned char *sbp = (const unsigned char *)(set + 2 * CH * G4_TP) + g * 4 * SPT;
-        float yc[TC];
-        pc_scan_steps<SPT, TC>(sdt, sdtu, A2, h, yc, [sbp](int st, float(&bv)[SPT], float(&cv)[SPT]) {
-            const uint4 wq = *(const uint4 *)(sbp + st * 64);
-            bv[0] = g4_lo(wq.x), bv[1] = g4_hi(wq.x), bv[2] = g4_lo(wq.y), bv[3] = g4_hi(wq.y);
-            cv[0] = g4_lo(wq.z), cv[1] = g4_hi(wq.z), cv[2] = g4_lo(wq.w), cv[3] = g4_hi(wq.w);
-        });
-        pc_reduce_lv<TC / 2, 2>(yc, g);
-        pc_reduce_lv<TC / 4, 1>(yc, g);
-        if (FULL || SO * g < steps(k)) {
-            uint32_t o[SO / 2];
+    /* chunk kk's outputs of this lane (steps 8g .. 8g+7 of channel l) from ybuf[kk & 1] and its raw u / z words */
+    auto gate = [&](int kk, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2]) {
+        if (SO * g >= steps(kk)) return;
+        const float *yr = ybuf + (kk & 1) * G4_YB + l * G4_TP + SO * g;
+        const float4 y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
+        const float yc[SO] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+        uint32_t o[SO / 2];
 #pragma unroll
-            for (int j = 0; j < SO; j += 2) {
-                const uint32_t wu = ru[j / 2];
-                float v0 = yc[j] + Dc * g4_lo(wu), v1 = yc[j + 1] + Dc * g4_hi(wu);
-                if (Z) v0 *= pc_silu(g4_lo(rz[j / 2])), v1 *= pc_silu(g4_hi(rz[j / 2]));
-                o[j / 2] = jamba_bf16x2_st(v0, v1);
-            }
-            *(uint4 *)(orow + (int64_t)k * TC) = make_uint4(o[0], o[1], o[2], o[3]);
+        for (int j = 0; j < SO; j += 2) {
+            const uint32_t wu = ru[j / 2];
+            float v0 = yc[j] + Dc * g4_lo(wu), v1 = yc[j + 1] + Dc * g4_hi(wu);
+            if (Z) v0 *= pc_silu(g4_lo(rz[j / 2])), v1 *= pc_silu(g4_hi(rz[j / 2]));
+            o[j / 2] = jamba_bf16x2_st(v0, v1);
         }
+        *(uint4 *)(orow + (int64_t)kk * TC) = make_uint4(o[0], o[1], o[2], o[3]);
     };
 
-    const std::integral_constant<bool, true> full;
-    const std::integral_constant<bool, false> checked;
 #pragma unroll
     for (int s = 0; s < PC_NSTG; s++) {
-        if (s < nck) load(s, s + 1 < nck ? TC : ntl);
+        if (s < nck) load(s, steps(s));
         pc_commit();
     }
     pc_wait<PC_NSTG - 1>();
-    __syncthreads();
-    uint32_t u0[SO / 2], z0[SO / 2], u1[SO / 2], z1[SO / 2];
-    convert(0, nck > 1 ? TC : ntl, u0, z0);
-    int k = 0;
-    for (; k + 1 + PC_NSTG < a.nfull; k += 2) { /* steady loop: iterations k and k+1 both FULL */
-        step(full, k, u0, z0, u1, z1);
-        step(full, k + 1, u1, z1, u0, z0);
-    }
-    for (; k < nck; k += 2) {
-        step(checked, k, u0, z0, u1, z1);
-        if (k + 1 < nck) step(checked, k + 1, u1, z1, u0, z0);
-    }
-    if (a.last) {
+    cbar();
+    uint32_t uc[SO / 2], zc[SO / 2], up[SO / 2], zp[SO / 2]; /* raw u / z words of chunks k and k - 1 */
+    convert(0, steps(0), uc, zc);
+    for (int k = 0; k < nck; k++) {
+        __syncthreads(); /* set k & 1 complete; ybuf[(k - 1) & 1] written; stage k % NSTG free */
+        if (k + PC_NSTG < nck) load(k + PC_NSTG, steps(k + PC_NSTG));
+        pc_commit();
+        uint32_t un[SO / 2], zn[SO / 2];
+        if (k + 1 < nck) {
+            pc_wait<PC_NSTG - 1>(); /* this thread's copies of chunk k+1 */
+            cbar();
+            convert(k + 1, steps(k + 1), un, zn);
+        }
+        if (k > 0) gate(k - 1, up, zp);
 #pragma unroll
-        for (int i = 0; i < SPT; i++) a.last[(b * a.DI + c) * PC_NS + SPT * g + i] = h[i];
+        for (int j = 0; j < SO / 2; j++) up[j] = uc[j], zp[j] = zc[j], uc[j] = un[j], zc[j] = zn[j];
     }
+    __syncthreads(); /* the scan warps' last y tile */
+    gate(nck - 1, up, zp);
 }
 
 /* The g4 fast path when its layouts hold (see the kernel comment) and JAMBA_EXT_SCAN_IMPL is not "pc" / "old";
@@ -1180,11 +1200,10 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         else nf[m] = -1, ok = false;
     }
     if (!ok || nf[0] != nf[1]) return 0;
-    a.nfull = (int)(L / G4_TC);
     void (*k)(g4_args) = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true> : selective_scan_g4_kernel<true, false>)
                              : (nf[0] ? selective_scan_g4_kernel<false, true> : selective_scan_g4_kernel<false, false>);
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, G4_SMEM));
-    jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), PC_THREADS, G4_SMEM, stream, a);
+    jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), G4_THREADS, G4_SMEM, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (g4)", stream);
     *st = JAMBA_OK;
     return 1;

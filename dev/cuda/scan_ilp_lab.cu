@@ -771,8 +771,11 @@ template <int V> __global__ void __launch_bounds__(NT) scan_ui_kernel(Args a) {
  * variant tried); here each scheduler holds scan warps whose SFU demand is even and a converter warp that
  * fills the issue slots. Scan warps: 128 ex2 per chunk and no other SFU op. */
 constexpr int WS_YP = 36;
-constexpr int WS_SMEM = NSTG * Cfg<4>::STAGE + 2 * Cfg<4>::SET * 4 + 2 * 32 * WS_YP * 4;
-template <int V> __global__ void __launch_bounds__(256) scan_ws_kernel(Args a) {
+/* V & 1: __launch_bounds__(256, 2) (<= 128 registers); V & 2: the scan warps store their 32 partial sums per lane
+ * (ybuf rows [channel][g]) and the converters add the 4 partials (no shuffles in the scan warps) */
+template <int V> constexpr int ws_yrows() { return (V & 2) ? 128 : 32; }
+template <int V> constexpr int ws_smem() { return NSTG * Cfg<4>::STAGE + 2 * Cfg<4>::SET * 4 + 2 * ws_yrows<V>() * WS_YP * 4; }
+template <int V> __global__ void __launch_bounds__(256, (V & 1) ? 2 : 1) scan_ws_kernel(Args a) {
     using K = Cfg<4>;
     constexpr int SPT = 4, CH = 32, SO = 8;
     extern __shared__ __align__(16) unsigned char smem[];
@@ -840,10 +843,16 @@ template <int V> __global__ void __launch_bounds__(256) scan_ws_kernel(Args a) {
                     }
                 }
             }
-            red_all<4>(yc, g);
-            float *yr = ybuf + (k & 1) * 32 * WS_YP + l * WS_YP + SO * g;
-            ((float4 *)yr)[0] = make_float4(yc[0], yc[1], yc[2], yc[3]);
-            ((float4 *)yr)[1] = make_float4(yc[4], yc[5], yc[6], yc[7]);
+            if constexpr ((V & 2) != 0) {
+                float *yr = ybuf + (k & 1) * 128 * WS_YP + tid * WS_YP;
+#pragma unroll
+                for (int i = 0; i < TC / 4; i++) ((float4 *)yr)[i] = make_float4(yc[4 * i], yc[4 * i + 1], yc[4 * i + 2], yc[4 * i + 3]);
+            } else {
+                red_all<4>(yc, g);
+                float *yr = ybuf + (k & 1) * 32 * WS_YP + l * WS_YP + SO * g;
+                ((float4 *)yr)[0] = make_float4(yc[0], yc[1], yc[2], yc[3]);
+                ((float4 *)yr)[1] = make_float4(yc[4], yc[5], yc[6], yc[7]);
+            }
         }
         __syncthreads();
         return;
@@ -899,9 +908,23 @@ template <int V> __global__ void __launch_bounds__(256) scan_ws_kernel(Args a) {
     };
     /* chunk kk's outputs of this thread (steps 8g .. 8g+7 of channel l) from ybuf[kk & 1] and its raw u / z */
     auto gate = [&](int kk, const uint32_t(&ur)[4], const uint32_t(&zr)[4]) {
-        const float *yr = ybuf + (kk & 1) * 32 * WS_YP + l * WS_YP + SO * g;
-        const float4 y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
-        const float ys[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+        float ys[8];
+        if constexpr ((V & 2) != 0) {
+#pragma unroll
+            for (int gg = 0; gg < 4; gg++) {
+                const float *yr = ybuf + (kk & 1) * 128 * WS_YP + (4 * l + gg) * WS_YP + SO * g;
+                const float4 y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
+                const float yv[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+#pragma unroll
+                for (int j = 0; j < 8; j++) ys[j] = gg ? ys[j] + yv[j] : yv[j];
+            }
+        } else {
+            const float *yr = ybuf + (kk & 1) * 32 * WS_YP + l * WS_YP + SO * g;
+            const float4 y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
+            const float yv[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+#pragma unroll
+            for (int j = 0; j < 8; j++) ys[j] = yv[j];
+        }
         uint32_t o[4];
 #pragma unroll
         for (int j = 0; j < 8; j += 2) {
@@ -973,9 +996,9 @@ template <int V> static void set_smem_ui() {
 }
 template <int V> static void launch_ui(const Args &a) { scan_ui_kernel<V><<<a.B * (a.DI / UCH), NT, UI_SMEM>>>(a); }
 template <int V> static void set_smem_ws() {
-    CK(cudaFuncSetAttribute(scan_ws_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, WS_SMEM));
+    CK(cudaFuncSetAttribute(scan_ws_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem<V>()));
 }
-template <int V> static void launch_ws(const Args &a) { scan_ws_kernel<V><<<a.B * (a.DI / 32), 256, WS_SMEM>>>(a); }
+template <int V> static void launch_ws(const Args &a) { scan_ws_kernel<V><<<a.B * (a.DI / 32), 256, ws_smem<V>()>>>(a); }
 #define VAR(name, G, BH, V) {name, launch<G, BH, V>, (const void *)scan_ilp_kernel<G, BH, V>, set_smem<G, BH, V>}
 #define VARU(name, BH) {name, launch_u<BH>, (const void *)scan_u_kernel<BH>, set_smem_u<BH>}
 static const Variant VARIANTS[] = {
@@ -991,6 +1014,9 @@ static const Variant VARIANTS[] = {
     VARU("U", false), VARU("Uh", true),
     {"UI", launch_ui<0>, (const void *)scan_ui_kernel<0>, set_smem_ui<0>},
     {"WS", launch_ws<0>, (const void *)scan_ws_kernel<0>, set_smem_ws<0>},
+    {"WS+lb2", launch_ws<1>, (const void *)scan_ws_kernel<1>, set_smem_ws<1>},
+    {"WS+yc", launch_ws<2>, (const void *)scan_ws_kernel<2>, set_smem_ws<2>},
+    {"WS+yc+lb2", launch_ws<3>, (const void *)scan_ws_kernel<3>, set_smem_ws<3>},
 };
 #undef VAR
 #undef VARU
