@@ -970,7 +970,7 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
  *   ybuf[k & 1] (32 channels x G4_TP floats). Their only SFU work is the 128 exponentials per lane and chunk.
  *   Converter warps (threads 128..255, c = 0..127, lane g = c % 4 of channel c / 4): the copies of chunk k+3 into a
  *   3-stage cp.async ring of raw tiles (u, delta, z: 32 rows x 64 bytes; B, C: 1 KB each, [n][t] or [t][n]); then
- *   (after their own copies land and named barrier 1 among them) chunk k+1's conversion: dt = softplus(delta + bias)
+ *   (after their copies land and a __syncwarp: each warp converts only what its lanes copied) chunk k+1's conversion: dt = softplus(delta + bias)
  *   and dt*u of steps 8g .. 8g+7 into fp32 rows (pitch G4_TP = 36 floats: 16-byte aligned, the 8 rows a warp reads
  *   at once in distinct banks), B and C into bf16 pieces [t][g][B(4) C(4)] (16 bytes: one load per scan lane and
  *   step), the raw u / z words of those steps kept in registers; then chunk k-1's outputs: (y + D u) silu(z) from
@@ -1087,8 +1087,6 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
         }
         if (bt < nt) pc_cp16(st + 3 * G4_RAW_U + mb * G4_RAW_BC + bdst, sbc + kk * bstep);
     };
-    /* the converters' own barrier (named barrier 1): every converter's copies of a stage have landed */
-    auto cbar = []() { asm volatile("bar.sync 1, %0;" ::"n"(G4_THREADS - G4_SCAN_THREADS) : "memory"); };
     /* chunk kk's raw stage -> fp32 set kk & 1 and bf16 B/C pieces; this lane's raw u / z words into ru / rz.
      * Steps >= nt: dt = dt*u = 0, B = C = 0. */
     auto convert = [&](int kk, int nt, uint32_t(&ru)[SO / 2], uint32_t(&rz)[SO / 2]) {
@@ -1116,8 +1114,11 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
         ((float4 *)pd)[1] = make_float4(dv[4], dv[5], dv[6], dv[7]);
         ((float4 *)pu)[0] = make_float4(duv[0], duv[1], duv[2], duv[3]);
         ((float4 *)pu)[1] = make_float4(duv[4], duv[5], duv[6], duv[7]);
-        /* B / C pieces: thread = (B or C, state pair np, steps 4q .. 4q+3), one word (states 2np, 2np+1) per step */
-        const int np = (tid >> 3) & 7, q = tid & 7, n = 2 * np;
+        /* B / C pieces: thread = (B or C, state pair np, steps 4q .. 4q+3), one word (states 2np, 2np+1) per step;
+         * each warp converts what its own lanes copied (t-fast: rows 8w' .. 8w'+7, n-fast: steps 16w' .. 16w'+15
+         * of its B or C tile, w' = warp % 2), so a __syncwarp after the copies land is the only barrier needed */
+        const int np = NF ? (tid >> 2) & 7 : (tid >> 3) & 7, q = NF ? (tid & 3) + 4 * ((tid >> 5) & 1) : tid & 7;
+        const int n = 2 * np;
         const unsigned char *rb = st + 3 * G4_RAW_U + mb * G4_RAW_BC;
         unsigned char *pc = (unsigned char *)(set + 2 * CH * G4_TP) + (n / SPT) * 4 * SPT + (mb * SPT + n % SPT) * 2;
         uint32_t w[4];
@@ -1155,7 +1156,7 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
         pc_commit();
     }
     pc_wait<PC_NSTG - 1>();
-    cbar();
+    __syncwarp(); /* the lanes' copies of chunk 0, visible across the warp (convert reads only its warp's) */
     uint32_t uc[SO / 2], zc[SO / 2], up[SO / 2], zp[SO / 2]; /* raw u / z words of chunks k and k - 1 */
     convert(0, steps(0), uc, zc);
     for (int k = 0; k < nck; k++) {
@@ -1165,7 +1166,7 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
         uint32_t un[SO / 2], zn[SO / 2];
         if (k + 1 < nck) {
             pc_wait<PC_NSTG - 1>(); /* this thread's copies of chunk k+1 */
-            cbar();
+            __syncwarp();
             convert(k + 1, steps(k + 1), un, zn);
         }
         if (k > 0) gate(k - 1, up, zp);
