@@ -26,6 +26,8 @@
  * latency; G = 2 ~7.9 instructions with 1 warp per scheduler.
  * Lab limits: bf16 in / out, N = 16, L % 32 == 0, DI % CH == 0, z and D and delta_bias present, softplus on,
  * zero initial state, no last state. Checked against a float64 CPU reference on sampled channels.
+ * Session 13 added the EXPERIMENT bits V & 8 / 16 / 32 / 64 of scan_ilp_kernel, the U mapping (scan_u_kernel) and
+ * the warp-specialised scan_ws_kernel, whose form ships as selective_scan_g4_kernel (docs/PERF_NOTES.md, session 13).
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -596,170 +598,10 @@ template <bool BH> __global__ void __launch_bounds__(NT) scan_u_kernel(Args a) {
     }
 }
 
-/* ---- UI: the U mapping with a chunk's other work spread over its scan (session 13, EXPERIMENT) ----------
- * scan_ui_kernel: the hypothesis. A warp's chunk has an SFU-bound phase (the scan: ~4.5 instructions per ex2,
- * which costs 8 SFU cycles) and SFU-idle phases (converting the next chunk, reducing and gating y, storing).
- * The two warps of a scheduler do the same work and start together, so they can stay in step: both convert
- * while the SFU idles, then both queue on it. Here the conversion of chunk k+1 (2 of its 8 values per 8-step
- * group) and the output of chunk k-1 (2 of 8 per group) sit inside chunk k's scan groups, one basic block, so
- * each warp's SFU demand is even over the chunk. B/C fp32, y partials double-buffered in ybuf[2] (the output
- * of chunk k-1 reads them after the barrier that opens chunk k). */
-template <int V> __global__ void __launch_bounds__(NT) scan_ui_kernel(Args a) {
-    using K = UCfg<false>;
-    extern __shared__ __align__(16) unsigned char smem[];
-    unsigned char *raw = smem;
-    float *sets = (float *)(smem + NSTG * K::STAGE);
-    float *ybufs = sets + 2 * K::SET;
-    const int tid = threadIdx.x, w = tid >> 5, l = tid & 31;
-    const int nblk = a.DI / UCH, b = blockIdx.x / nblk, c0 = (blockIdx.x % nblk) * UCH, c = c0 + l;
-    const int nck = a.L / TC;
-    const size_t L = a.L;
-    const __nv_bfloat16 *ub = a.u + ((size_t)b * a.DI + c0) * L, *db = a.dt + ((size_t)b * a.DI + c0) * L,
-                        *zb = a.z + ((size_t)b * a.DI + c0) * L;
-    const __nv_bfloat16 *Bb = a.Bm + (size_t)b * N * L, *Cb = a.Cm + (size_t)b * N * L;
-    float A2[4], h[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) A2[i] = a.A[c * N + 4 * w + i] * LOG2E, h[i] = 0.f;
-    const float bias = a.bias[c], Dc = a.D[c];
-    __nv_bfloat16 *const orow = a.out + ((size_t)b * a.DI + c) * L + 8 * w;
-    const int r_ld = tid >> 2, q_ld = tid & 3;
-    const int r_bc = (tid >> 2) & 15, m_bc = tid >> 6, q_bc = tid & 3;
-    const __nv_bfloat16 *const src_bc = (m_bc ? Cb : Bb) + (size_t)r_bc * L + q_bc * 8;
-    const int cq = tid >> 5, cm = (tid >> 4) & 1, cn = tid & 15; /* this thread's B/C conversion: steps 8cq.. */
-    const int bco = (cn >> 2) * 8 + cm * 4 + (cn & 3);
-    auto load = [&](int kk) {
-        unsigned char *st = raw + (kk % NSTG) * K::STAGE;
-        const size_t t0 = (size_t)kk * TC, go = (size_t)r_ld * L + t0 + q_ld * 8;
-        cp16(st + r_ld * 64 + q_ld * 16, ub + go);
-        cp16(st + K::RAW_U + r_ld * 64 + q_ld * 16, db + go);
-        cp16(st + 2 * K::RAW_U + r_ld * 64 + q_ld * 16, zb + go);
-        cp16(st + 3 * K::RAW_U + m_bc * K::RAW_BC + r_bc * 64 + q_bc * 16, src_bc + t0);
-    };
-    auto conv_load = [&](int kk, uint32_t(&ur)[4], uint32_t(&dr)[4], uint32_t(&zr)[4], uint32_t(&bw)[4]) {
-        const unsigned char *st = raw + (kk % NSTG) * K::STAGE;
-        const int off = l * 64 + w * 16;
-        ld_words<8>(st + off, ur);
-        ld_words<8>(st + K::RAW_U + off, dr);
-        ld_words<8>(st + 2 * K::RAW_U + off, zr);
-        const uint4 q = *(const uint4 *)(st + 3 * K::RAW_U + cm * K::RAW_BC + cn * 64 + cq * 16);
-        bw[0] = q.x, bw[1] = q.y, bw[2] = q.z, bw[3] = q.w;
-    };
-    /* values 2j, 2j+1 of this thread's conversion share (j compile-time after unrolling) */
-    auto conv_piece = [&](int j, const uint32_t(&ur)[4], const uint32_t(&dr)[4], const uint32_t(&bw)[4],
-                          float(&dv)[8], float(&duv)[8], uint32_t *bcset) {
-        dv[2 * j] = softplus(bf_lo(dr[j]) + bias), dv[2 * j + 1] = softplus(bf_hi(dr[j]) + bias);
-        duv[2 * j] = dv[2 * j] * bf_lo(ur[j]), duv[2 * j + 1] = dv[2 * j + 1] * bf_hi(ur[j]);
-        bcset[(8 * cq + 2 * j) * 32 + bco] = bw[j] << 16;
-        bcset[(8 * cq + 2 * j + 1) * 32 + bco] = bw[j] & 0xffff0000u;
-    };
-    auto ld8 = [&](const float *p, float (&v)[8]) {
-        const float4 x0 = ((const float4 *)p)[0], x1 = ((const float4 *)p)[1];
-        v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
-    };
-    /* outputs 2j, 2j+1 of this thread's 8 steps of a chunk whose partials are in yb */
-    auto out_piece = [&](int j, const float *yb, const uint32_t(&ur)[4], const uint32_t(&zr)[4], uint32_t(&o)[4]) {
-        float y0 = 0.f, y1 = 0.f;
-#pragma unroll
-        for (int ww = 0; ww < 4; ww++) {
-            const float2 q = *(const float2 *)(yb + (ww * UCH + l) * UYP + 8 * w + 2 * j);
-            y0 += q.x, y1 += q.y;
-        }
-        const float v0 = (y0 + Dc * bf_lo(ur[j])) * silu(bf_lo(zr[j])), v1 = (y1 + Dc * bf_hi(ur[j])) * silu(bf_hi(zr[j]));
-        o[j] = bf_pack(v0, v1);
-    };
-
-#pragma unroll
-    for (int s = 0; s < NSTG; s++) {
-        if (s < nck) load(s);
-        commit();
-    }
-    wait_pending<NSTG - 1>();
-    __syncthreads();
-    uint32_t ucur[4], zcur[4], uprev[4], zprev[4];
-    {
-        uint32_t dr[4], bw[4];
-        float dv[8], duv[8];
-        conv_load(0, ucur, dr, zcur, bw);
-#pragma unroll
-        for (int j = 0; j < 4; j++) conv_piece(j, ucur, dr, bw, dv, duv, (uint32_t *)(sets + 2 * K::SET_DT));
-        st_f<8>(sets + l * TP + 8 * w, dv);
-        st_f<8>(sets + K::SET_DT + l * TP + 8 * w, duv);
-#pragma unroll
-        for (int j = 0; j < 4; j++) uprev[j] = ucur[j], zprev[j] = zcur[j];
-    }
-    for (int k = 0; k < nck; k++) {
-        wait_pending<NSTG - 2>();
-        __syncthreads();
-        if (k + NSTG < nck) load(k + NSTG);
-        commit();
-        const float *set = sets + (k & 1) * K::SET;
-        float *nset = sets + ((k + 1) & 1) * K::SET;
-        const float *sdt = set + l * TP, *sdtu = set + K::SET_DT + l * TP;
-        const uint32_t *sbc = (const uint32_t *)(set + 2 * K::SET_DT) + w * 8;
-        const float *yprev = ybufs + ((k + 1) & 1) * K::YB; /* chunk k-1's partials */
-        uint32_t un[4], dn[4], zn[4], bw[4], o[4];
-        float dvn8[8], duvn8[8];
-        conv_load(k + 1, un, dn, zn, bw); /* past the last chunk: a stale stage, results unused */
-        float dA[8][4], dtu[8], yc[TC];
-        {
-            float dv[8];
-            ld8(sdt, dv);
-            ld8(sdtu, dtu);
-#pragma unroll
-            for (int m = 0; m < 8; m++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) dA[m][i] = ex2(dv[m] * A2[i]);
-        }
-#pragma unroll
-        for (int t = 0; t < TC; t += 8) {
-            const int j = t / 8;
-            conv_piece(j, un, dn, bw, dvn8, duvn8, (uint32_t *)(nset + 2 * K::SET_DT));
-            out_piece(j, yprev, uprev, zprev, o);
-            float dAn[8][4], dtun[8], dvn[8];
-            if (t + 8 < TC) ld8(sdt + t + 8, dvn), ld8(sdtu + t + 8, dtun);
-#pragma unroll
-            for (int m = 0; m < 8; m++) {
-                if (t + 8 < TC) {
-#pragma unroll
-                    for (int i = 0; i < 4; i++) dAn[m][i] = ex2(dvn[m] * A2[i]);
-                }
-                const uint32_t *p = sbc + (t + m) * 32;
-                const float4 qb = *(const float4 *)p, qc = *(const float4 *)(p + 4);
-                const float bv[4] = {qb.x, qb.y, qb.z, qb.w}, cv[4] = {qc.x, qc.y, qc.z, qc.w};
-                float y = 0.f;
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
-                    y = fmaf(h[i], cv[i], y);
-                }
-                yc[t + m] = y;
-            }
-            if (t + 8 < TC) {
-#pragma unroll
-                for (int m = 0; m < 8; m++) {
-                    dtu[m] = dtun[m];
-#pragma unroll
-                    for (int i = 0; i < 4; i++) dA[m][i] = dAn[m][i];
-                }
-            }
-        }
-        st_f<8>(nset + l * TP + 8 * w, dvn8);
-        st_f<8>(nset + K::SET_DT + l * TP + 8 * w, duvn8);
-        float *yr = ybufs + (k & 1) * K::YB + (w * UCH + l) * UYP;
-#pragma unroll
-        for (int i = 0; i < TC / 4; i++) ((float4 *)yr)[i] = make_float4(yc[4 * i], yc[4 * i + 1], yc[4 * i + 2], yc[4 * i + 3]);
-        if (k > 0) *(uint4 *)(orow + (size_t)(k - 1) * TC) = make_uint4(o[0], o[1], o[2], o[3]);
-#pragma unroll
-        for (int j = 0; j < 4; j++) uprev[j] = ucur[j], zprev[j] = zcur[j], ucur[j] = un[j], zcur[j] = zn[j];
-    }
-    __syncthreads();
-    if (nck > 0) {
-        uint32_t o[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++) out_piece(j, ybufs + ((nck - 1) & 1) * K::YB, uprev, zprev, o);
-        *(uint4 *)(orow + (size_t)(nck - 1) * TC) = make_uint4(o[0], o[1], o[2], o[3]);
-    }
-}
+/* ---- UI (session 13, removed): the U mapping with the next chunk's conversion and the previous chunk's gating
+ * spread over the scan's 8-step groups, to even out each warp's SFU demand: 0.772 ms at 1x8192 (U 0.519), short
+ * scoreboard 1.81 and MIO throttle 0.60 per issue (scan_ui_lab_38d2470.log, ncu_scan_lab_38d2470.log). Source in
+ * git at 38d2470 (scan_ui_kernel). */
 
 /* ---- WS: warp-specialised (session 13, EXPERIMENT) -----------------------------------------------------
  * scan_ws_kernel: 256 threads = 4 scan warps (32 channels x 4 lanes, the G4h scan: 4 states per lane, bf16 B/C
@@ -990,11 +832,6 @@ template <bool BH> static void set_smem_u() {
 template <bool BH> static void launch_u(const Args &a) {
     scan_u_kernel<BH><<<a.B * (a.DI / UCH), NT, UCfg<BH>::SMEM>>>(a);
 }
-constexpr int UI_SMEM = NSTG * UCfg<false>::STAGE + 2 * UCfg<false>::SET * 4 + 2 * UCfg<false>::YB * 4;
-template <int V> static void set_smem_ui() {
-    CK(cudaFuncSetAttribute(scan_ui_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, UI_SMEM));
-}
-template <int V> static void launch_ui(const Args &a) { scan_ui_kernel<V><<<a.B * (a.DI / UCH), NT, UI_SMEM>>>(a); }
 template <int V> static void set_smem_ws() {
     CK(cudaFuncSetAttribute(scan_ws_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem<V>()));
 }
@@ -1012,7 +849,6 @@ static const Variant VARIANTS[] = {
     VAR("G4h+sh", 4, true, 16), VAR("G4h+dly", 4, true, 32), VAR("G4h+sh+dly", 4, true, 48),
     VAR("G4h+1c", 4, true, 64), VAR("G4h+1c+pf", 4, true, 68),
     VARU("U", false), VARU("Uh", true),
-    {"UI", launch_ui<0>, (const void *)scan_ui_kernel<0>, set_smem_ui<0>},
     {"WS", launch_ws<0>, (const void *)scan_ws_kernel<0>, set_smem_ws<0>},
     {"WS+lb2", launch_ws<1>, (const void *)scan_ws_kernel<1>, set_smem_ws<1>},
     {"WS+yc", launch_ws<2>, (const void *)scan_ws_kernel<2>, set_smem_ws<2>},
