@@ -804,6 +804,175 @@ template <int V> __global__ void __launch_bounds__(256, (V & 1) ? 2 : 1) scan_ws
     if (nck > 0) gate(nck - 1, up, zp);
 }
 
+/* ---- WSU: warp-specialised with the U mapping in the scan warps (session 13, EXPERIMENT, written, not run) ----
+ * scan_wsu_kernel: the scan warps of scan_ws_kernel with the U mapping: scan warp w = state group w (states
+ * 4w .. 4w+3) of the block's 32 channels, lane = channel; B/C staged as fp32 [t][g][B0..3 C0..3] (two warp-uniform
+ * LDS.128 per step, no unpacks), no shuffles: each lane stores its 32 partial sums per chunk (ybuf[k & 1][w][l]) and
+ * the converter that gates a step adds the 4 partials. Scan-warp loop ~740 instructions per chunk against WS's
+ * ~1000, with the same 128 ex2 (at two scan warps per scheduler the SFU needs 2048 cycles per chunk, the issue
+ * ~1830 with the converter's share: SFU-bound on paper). Converters: every thread converts exactly the pieces it
+ * copied (u / delta / z as in WS; B/C: its row and 8 steps into the fp32 layout), so no barrier among them.
+ * Shared memory: 3 raw stages (24 KB), 2 sets of dt / dt*u rows and fp32 B/C (2 x 13 KB), ybuf 2 x 4 x 32 x TP
+ * floats (36 KB): 87 KB, 2 blocks per SM. Cost: ~224 shared-memory wavefronts per scan warp and chunk (B/C 128 at 2
+ * per uniform LDS.128, dt 64, y 32). */
+template <int V> constexpr int wsu_smem() { return NSTG * UCfg<false>::STAGE + 2 * UCfg<false>::SET * 4 + 2 * UCfg<false>::YB * 4; }
+template <int V> __global__ void __launch_bounds__(256, 2) scan_wsu_kernel(Args a) {
+    using K = UCfg<false>;
+    constexpr int SO = 8;
+    extern __shared__ __align__(16) unsigned char smem[];
+    unsigned char *raw = smem;
+    float *sets = (float *)(smem + NSTG * K::STAGE);
+    float *ybufs = sets + 2 * K::SET;
+    const int nblk = a.DI / UCH, b = blockIdx.x / nblk, c0 = (blockIdx.x % nblk) * UCH;
+    const int nck = a.L / TC;
+    const size_t L = a.L;
+    if (threadIdx.x < 128) { /* ---- scan warps ---- */
+        const int w = threadIdx.x >> 5, l = threadIdx.x & 31, c = c0 + l;
+        float A2[4], h[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) A2[i] = a.A[c * N + 4 * w + i] * LOG2E, h[i] = 0.f;
+        auto ld8 = [](const float *p, float (&v)[8]) {
+            const float4 x0 = ((const float4 *)p)[0], x1 = ((const float4 *)p)[1];
+            v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
+        };
+#pragma unroll 1
+        for (int k = 0; k < nck; k++) {
+            __syncthreads();
+            const float *set = sets + (k & 1) * K::SET;
+            const float *sdt = set + l * TP, *sdtu = set + K::SET_DT + l * TP;
+            const float *sbc = set + 2 * K::SET_DT + w * 8;
+            float dA[8][4], dtu[8], yc[TC];
+            {
+                float dv[8];
+                ld8(sdt, dv);
+                ld8(sdtu, dtu);
+#pragma unroll
+                for (int m = 0; m < 8; m++)
+#pragma unroll
+                    for (int i = 0; i < 4; i++) dA[m][i] = ex2(dv[m] * A2[i]);
+            }
+#pragma unroll
+            for (int t = 0; t < TC; t += 8) {
+                float dAn[8][4], dtun[8], dvn[8];
+                if (t + 8 < TC) ld8(sdt + t + 8, dvn), ld8(sdtu + t + 8, dtun);
+#pragma unroll
+                for (int m = 0; m < 8; m++) {
+                    if (t + 8 < TC) {
+#pragma unroll
+                        for (int i = 0; i < 4; i++) dAn[m][i] = ex2(dvn[m] * A2[i]);
+                    }
+                    const float4 qb = *(const float4 *)(sbc + (t + m) * 32), qc = *(const float4 *)(sbc + (t + m) * 32 + 4);
+                    const float bv[4] = {qb.x, qb.y, qb.z, qb.w}, cv[4] = {qc.x, qc.y, qc.z, qc.w};
+                    float y = 0.f;
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
+                        y = fmaf(h[i], cv[i], y);
+                    }
+                    yc[t + m] = y;
+                }
+                if (t + 8 < TC) {
+#pragma unroll
+                    for (int m = 0; m < 8; m++) {
+                        dtu[m] = dtun[m];
+#pragma unroll
+                        for (int i = 0; i < 4; i++) dA[m][i] = dAn[m][i];
+                    }
+                }
+            }
+            float *yr = ybufs + (k & 1) * K::YB + (w * UCH + l) * UYP;
+#pragma unroll
+            for (int i = 0; i < TC / 4; i++) ((float4 *)yr)[i] = make_float4(yc[4 * i], yc[4 * i + 1], yc[4 * i + 2], yc[4 * i + 3]);
+        }
+        __syncthreads();
+        return;
+    }
+    /* ---- converter warps: thread (l, g) = channel l, steps 8g .. 8g+7; B/C: row n of tile m, steps 8q .. ---- */
+    const int tid = threadIdx.x - 128, g = tid & 3, l = tid >> 2, c = c0 + l;
+    const int n_bc = (tid >> 2) & 15, m_bc = tid >> 6, q_bc = tid & 3;
+    const float bias = a.bias[c], Dc = a.D[c];
+    __nv_bfloat16 *const orow = a.out + ((size_t)b * a.DI + c) * L + SO * g;
+    const __nv_bfloat16 *ub = a.u + ((size_t)b * a.DI + c0) * L, *db = a.dt + ((size_t)b * a.DI + c0) * L,
+                        *zb = a.z + ((size_t)b * a.DI + c0) * L;
+    const __nv_bfloat16 *const src_bc = (m_bc ? a.Cm : a.Bm) + (size_t)b * N * L + (size_t)n_bc * L + q_bc * 8;
+    auto load = [&](int kk) {
+        unsigned char *st = raw + (kk % NSTG) * K::STAGE;
+        const size_t t0 = (size_t)kk * TC, go = (size_t)l * L + t0 + g * 8;
+        cp16(st + l * 64 + g * 16, ub + go);
+        cp16(st + K::RAW_U + l * 64 + g * 16, db + go);
+        cp16(st + 2 * K::RAW_U + l * 64 + g * 16, zb + go);
+        cp16(st + 3 * K::RAW_U + m_bc * K::RAW_BC + n_bc * 64 + q_bc * 16, src_bc + t0);
+    };
+    /* chunk kk: dt, dt*u rows of this thread's 8 steps; B/C: its own copied piece into [t][g][B4 C4] fp32 */
+    auto convert = [&](int kk, uint32_t(&ur)[4], uint32_t(&zr)[4]) {
+        const unsigned char *st = raw + (kk % NSTG) * K::STAGE;
+        float *set = sets + (kk & 1) * K::SET;
+        uint32_t dr[4];
+        const int off = l * 64 + g * 16;
+        ld_words<8>(st + off, ur);
+        ld_words<8>(st + K::RAW_U + off, dr);
+        ld_words<8>(st + 2 * K::RAW_U + off, zr);
+        float dv[8], duv[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const uint32_t wd = dr[j / 2], wu = ur[j / 2];
+            const float d = softplus((j & 1 ? bf_hi(wd) : bf_lo(wd)) + bias);
+            dv[j] = d, duv[j] = d * (j & 1 ? bf_hi(wu) : bf_lo(wu));
+        }
+        st_f<8>(set + l * TP + 8 * g, dv);
+        st_f<8>(set + K::SET_DT + l * TP + 8 * g, duv);
+        const uint4 q = *(const uint4 *)(st + 3 * K::RAW_U + m_bc * K::RAW_BC + n_bc * 64 + q_bc * 16);
+        const uint32_t ww[4] = {q.x, q.y, q.z, q.w};
+        uint32_t *bc = (uint32_t *)(set + 2 * K::SET_DT) + (n_bc >> 2) * 8 + m_bc * 4 + (n_bc & 3);
+#pragma unroll
+        for (int j = 0; j < 8; j++) bc[(8 * q_bc + j) * 32] = j & 1 ? ww[j / 2] & 0xffff0000u : ww[j / 2] << 16;
+    };
+    auto gate = [&](int kk, const uint32_t(&ur)[4], const uint32_t(&zr)[4]) {
+        const float *yb = ybufs + (kk & 1) * K::YB;
+        float ys[8];
+#pragma unroll
+        for (int ww = 0; ww < 4; ww++) {
+            const float *yr = yb + (ww * UCH + l) * UYP + 8 * g;
+            const float4 y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
+            const float yv[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+#pragma unroll
+            for (int j = 0; j < 8; j++) ys[j] = ww ? ys[j] + yv[j] : yv[j];
+        }
+        uint32_t o[4];
+#pragma unroll
+        for (int j = 0; j < 8; j += 2) {
+            const uint32_t wu = ur[j / 2], wz = zr[j / 2];
+            const float v0 = (ys[j] + Dc * bf_lo(wu)) * silu(bf_lo(wz)), v1 = (ys[j + 1] + Dc * bf_hi(wu)) * silu(bf_hi(wz));
+            o[j / 2] = bf_pack(v0, v1);
+        }
+        *(uint4 *)(orow + (size_t)kk * TC) = make_uint4(o[0], o[1], o[2], o[3]);
+    };
+#pragma unroll
+    for (int s = 0; s < NSTG; s++) {
+        if (s < nck) load(s);
+        commit();
+    }
+    wait_pending<NSTG - 1>();
+    uint32_t uc[4], zc[4], up[4], zp[4];
+    convert(0, uc, zc);
+#pragma unroll 1
+    for (int k = 0; k < nck; k++) {
+        __syncthreads();
+        if (k + NSTG < nck) load(k + NSTG);
+        commit();
+        uint32_t un[4], zn[4];
+        if (k + 1 < nck) {
+            wait_pending<NSTG - 1>(); /* this thread's own copies of chunk k+1: all it converts */
+            convert(k + 1, un, zn);
+        }
+        if (k > 0) gate(k - 1, up, zp);
+#pragma unroll
+        for (int j = 0; j < 4; j++) up[j] = uc[j], zp[j] = zc[j], uc[j] = un[j], zc[j] = zn[j];
+    }
+    __syncthreads();
+    if (nck > 0) gate(nck - 1, up, zp);
+}
+
 /* ---- host ------------------------------------------------------------------------------------------ */
 static float bf2f(__nv_bfloat16 v) { return __bfloat162float(v); }
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -836,6 +1005,10 @@ template <int V> static void set_smem_ws() {
     CK(cudaFuncSetAttribute(scan_ws_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem<V>()));
 }
 template <int V> static void launch_ws(const Args &a) { scan_ws_kernel<V><<<a.B * (a.DI / 32), 256, ws_smem<V>()>>>(a); }
+template <int V> static void set_smem_wsu() {
+    CK(cudaFuncSetAttribute(scan_wsu_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, wsu_smem<V>()));
+}
+template <int V> static void launch_wsu(const Args &a) { scan_wsu_kernel<V><<<a.B * (a.DI / UCH), 256, wsu_smem<V>()>>>(a); }
 #define VAR(name, G, BH, V) {name, launch<G, BH, V>, (const void *)scan_ilp_kernel<G, BH, V>, set_smem<G, BH, V>}
 #define VARU(name, BH) {name, launch_u<BH>, (const void *)scan_u_kernel<BH>, set_smem_u<BH>}
 static const Variant VARIANTS[] = {
@@ -853,6 +1026,7 @@ static const Variant VARIANTS[] = {
     {"WS+lb2", launch_ws<1>, (const void *)scan_ws_kernel<1>, set_smem_ws<1>},
     {"WS+yc", launch_ws<2>, (const void *)scan_ws_kernel<2>, set_smem_ws<2>},
     {"WS+yc+lb2", launch_ws<3>, (const void *)scan_ws_kernel<3>, set_smem_ws<3>},
+    {"WSU", launch_wsu<0>, (const void *)scan_wsu_kernel<0>, set_smem_wsu<0>},
 };
 #undef VAR
 #undef VARU
