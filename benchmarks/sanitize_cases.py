@@ -5,14 +5,18 @@ Exits non-zero if an op raises; the sanitizer reports memory errors and races it
 """
 
 import os
+import sys
 
 import torch
 
-import jamba_ext
-from jamba_ext import ops
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, as the benchmarks
+import jamba_ext  # noqa: E402
+from jamba_ext import ops  # noqa: E402
 
 
 def main():
+    if not torch.cuda.is_available() or not jamba_ext.has_cuda_kernels():
+        sys.exit("sanitize_cases: needs a GPU and jamba_ext built with its CUDA kernels (JAMBA_EXT_CUDA=1)")
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
     rn = lambda *s, dt=torch.bfloat16: torch.randn(*s, generator=g, device=dev).to(dt)
