@@ -26,8 +26,9 @@
  * latency; G = 2 ~7.9 instructions with 1 warp per scheduler.
  * Lab limits: bf16 in / out, N = 16, L % 32 == 0, DI % CH == 0, z and D and delta_bias present, softplus on,
  * zero initial state, no last state. Checked against a float64 CPU reference on sampled channels.
- * Session 13 added the EXPERIMENT bits V & 8 / 16 / 32 / 64 of scan_ilp_kernel, the U mapping (scan_u_kernel) and
- * the warp-specialised scan_ws_kernel, whose form ships as selective_scan_g4_kernel (docs/PERF_NOTES.md, session 13).
+ * Session 13 added the EXPERIMENT bits V & 8 / 16 / 32 / 64 of scan_ilp_kernel, the U mapping
+ * (scan_u_kernel, removed: source at 0bb70f7), the warp-specialised scan_ws_kernel, whose form ships as
+ * selective_scan_g4_kernel, and scan_wsu_kernel (docs/PERF_NOTES.md, session 13).
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -420,8 +421,8 @@ template <int G, bool BH, int V = 0> __global__ void __launch_bounds__(NT) scan_
     }
 }
 
-/* ---- U mapping (session 13, EXPERIMENT) -------------------------------------------------------------
- * scan_u_kernel<BH>: warp w of a block = state group w (states 4w .. 4w+3) of the block's 32 channels, lane =
+/* ---- U mapping (session 13, EXPERIMENT; the kernel is gone, its layout serves WSU) ---------------------
+ * scan_u_kernel<BH> (removed): warp w of a block = state group w (states 4w .. 4w+3) of the block's 32 channels, lane =
  * channel. So a step's B / C values are the same for the whole warp (one shared address: a broadcast), no lane
  * needs shuffles for y (each lane sums its 4 states), and the 4 partial sums of a step meet in shared memory
  * (ybuf) after the chunk, one barrier later. BH: B/C staged as bf16 pairs [t][g][B01 B23 C01 C23] (one uniform
@@ -438,165 +439,8 @@ template <bool BH> struct UCfg {
     static constexpr int YB = 4 * UCH * UYP;
     static constexpr int SMEM = NSTG * STAGE + 2 * SET * 4 + YB * 4;
 };
-template <bool BH> __global__ void __launch_bounds__(NT) scan_u_kernel(Args a) {
-    using K = UCfg<BH>;
-    extern __shared__ __align__(16) unsigned char smem[];
-    unsigned char *raw = smem;
-    float *sets = (float *)(smem + NSTG * K::STAGE);
-    float *ybuf = sets + 2 * K::SET;
-    const int tid = threadIdx.x, w = tid >> 5, l = tid & 31;
-    const int nblk = a.DI / UCH, b = blockIdx.x / nblk, c0 = (blockIdx.x % nblk) * UCH, c = c0 + l;
-    const int nck = a.L / TC;
-    const size_t L = a.L;
-    const __nv_bfloat16 *ub = a.u + ((size_t)b * a.DI + c0) * L, *db = a.dt + ((size_t)b * a.DI + c0) * L,
-                        *zb = a.z + ((size_t)b * a.DI + c0) * L;
-    const __nv_bfloat16 *Bb = a.Bm + (size_t)b * N * L, *Cb = a.Cm + (size_t)b * N * L;
-    float A2[4], h[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) A2[i] = a.A[c * N + 4 * w + i] * LOG2E, h[i] = 0.f;
-    const float bias = a.bias[c], Dc = a.D[c];
-    __nv_bfloat16 *const orow = a.out + ((size_t)b * a.DI + c) * L + 8 * w;
-    const int r_ld = tid >> 2, q_ld = tid & 3;
-    const int r_bc = (tid >> 2) & 15, m_bc = tid >> 6, q_bc = tid & 3;
-    const __nv_bfloat16 *const src_bc = (m_bc ? Cb : Bb) + (size_t)r_bc * L + q_bc * 8;
-    auto load = [&](int kk) {
-        unsigned char *st = raw + (kk % NSTG) * K::STAGE;
-        const size_t t0 = (size_t)kk * TC, go = (size_t)r_ld * L + t0 + q_ld * 8;
-        cp16(st + r_ld * 64 + q_ld * 16, ub + go);
-        cp16(st + K::RAW_U + r_ld * 64 + q_ld * 16, db + go);
-        cp16(st + 2 * K::RAW_U + r_ld * 64 + q_ld * 16, zb + go);
-        cp16(st + 3 * K::RAW_U + m_bc * K::RAW_BC + r_bc * 64 + q_bc * 16, src_bc + t0);
-    };
-    auto convert = [&](int kk, uint32_t(&ur)[4], uint32_t(&zr)[4]) {
-        const unsigned char *st = raw + (kk % NSTG) * K::STAGE;
-        float *set = sets + (kk & 1) * K::SET;
-        uint32_t dr[4];
-        const int off = l * 64 + w * 16;
-        ld_words<8>(st + off, ur);
-        ld_words<8>(st + K::RAW_U + off, dr);
-        ld_words<8>(st + 2 * K::RAW_U + off, zr);
-        float dv[8], duv[8];
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const uint32_t wd = dr[j / 2], wu = ur[j / 2];
-            const float d = softplus((j & 1 ? bf_hi(wd) : bf_lo(wd)) + bias);
-            dv[j] = d, duv[j] = d * (j & 1 ? bf_hi(wu) : bf_lo(wu));
-        }
-        st_f<8>(set + l * TP + 8 * w, dv);
-        st_f<8>(set + K::SET_DT + l * TP + 8 * w, duv);
-        /* B/C: warp q = steps 8q .. 8q+7, lane = (m, n) */
-        const int q = tid >> 5, m = (tid >> 4) & 1, n = tid & 15;
-        const uint4 rw = *(const uint4 *)(st + 3 * K::RAW_U + m * K::RAW_BC + n * 64 + q * 16);
-        const uint32_t ww[4] = {rw.x, rw.y, rw.z, rw.w};
-        uint32_t *bc = (uint32_t *)(set + 2 * K::SET_DT);
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            const int t = 8 * q + j;
-            if constexpr (BH) {
-                const unsigned short hv = (unsigned short)(j & 1 ? ww[j / 2] >> 16 : ww[j / 2] & 0xffffu);
-                ((unsigned short *)(bc + t * 16 + (n >> 2) * 4 + m * 2 + ((n & 3) >> 1)))[n & 1] = hv;
-            } else {
-                bc[t * 32 + (n >> 2) * 8 + m * 4 + (n & 3)] = j & 1 ? ww[j / 2] & 0xffff0000u : ww[j / 2] << 16;
-            }
-        }
-    };
-    auto ld8 = [&](const float *p, float (&v)[8]) {
-        const float4 x0 = ((const float4 *)p)[0], x1 = ((const float4 *)p)[1];
-        v[0] = x0.x, v[1] = x0.y, v[2] = x0.z, v[3] = x0.w, v[4] = x1.x, v[5] = x1.y, v[6] = x1.z, v[7] = x1.w;
-    };
-    auto step = [&](int k, const uint32_t(&ur)[4], const uint32_t(&zr)[4], uint32_t(&nu)[4], uint32_t(&nz)[4]) {
-        wait_pending<NSTG - 2>();
-        __syncthreads();
-        if (k + NSTG < nck) load(k + NSTG);
-        commit();
-        if (k + 1 < nck) convert(k + 1, nu, nz);
-        const float *set = sets + (k & 1) * K::SET;
-        const float *sdt = set + l * TP, *sdtu = set + K::SET_DT + l * TP;
-        const uint32_t *sbc = (const uint32_t *)(set + 2 * K::SET_DT) + w * K::BCW;
-        float dA[8][4], dtu[8], yc[TC];
-        {
-            float dv[8];
-            ld8(sdt, dv);
-            ld8(sdtu, dtu);
-#pragma unroll
-            for (int m = 0; m < 8; m++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) dA[m][i] = ex2(dv[m] * A2[i]);
-        }
-#pragma unroll
-        for (int t = 0; t < TC; t += 8) {
-            float dAn[8][4], dtun[8], dvn[8];
-            if (t + 8 < TC) ld8(sdt + t + 8, dvn), ld8(sdtu + t + 8, dtun);
-#pragma unroll
-            for (int m = 0; m < 8; m++) {
-                if (t + 8 < TC) {
-#pragma unroll
-                    for (int i = 0; i < 4; i++) dAn[m][i] = ex2(dvn[m] * A2[i]);
-                }
-                float bv[4], cv[4];
-                const uint32_t *p = sbc + (t + m) * 4 * K::BCW;
-                if constexpr (BH) {
-                    const uint4 qv = *(const uint4 *)p;
-                    bv[0] = bf_lo(qv.x), bv[1] = bf_hi(qv.x), bv[2] = bf_lo(qv.y), bv[3] = bf_hi(qv.y);
-                    cv[0] = bf_lo(qv.z), cv[1] = bf_hi(qv.z), cv[2] = bf_lo(qv.w), cv[3] = bf_hi(qv.w);
-                } else {
-                    const float4 qb = *(const float4 *)p, qc = *(const float4 *)(p + 4);
-                    bv[0] = qb.x, bv[1] = qb.y, bv[2] = qb.z, bv[3] = qb.w;
-                    cv[0] = qc.x, cv[1] = qc.y, cv[2] = qc.z, cv[3] = qc.w;
-                }
-                float y = 0.f;
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    h[i] = fmaf(dA[m][i], h[i], dtu[m] * bv[i]);
-                    y = fmaf(h[i], cv[i], y);
-                }
-                yc[t + m] = y;
-            }
-            if (t + 8 < TC) {
-#pragma unroll
-                for (int m = 0; m < 8; m++) {
-                    dtu[m] = dtun[m];
-#pragma unroll
-                    for (int i = 0; i < 4; i++) dA[m][i] = dAn[m][i];
-                }
-            }
-        }
-        float *yr = ybuf + (w * UCH + l) * UYP;
-#pragma unroll
-        for (int i = 0; i < TC / 4; i++) ((float4 *)yr)[i] = make_float4(yc[4 * i], yc[4 * i + 1], yc[4 * i + 2], yc[4 * i + 3]);
-        __syncthreads();
-        float ys[8];
-        ld8(ybuf + l * UYP + 8 * w, ys);
-#pragma unroll
-        for (int ww = 1; ww < 4; ww++) {
-            float yo[8];
-            ld8(ybuf + (ww * UCH + l) * UYP + 8 * w, yo);
-#pragma unroll
-            for (int j = 0; j < 8; j++) ys[j] += yo[j];
-        }
-        uint32_t o[4];
-#pragma unroll
-        for (int j = 0; j < 8; j += 2) {
-            const uint32_t wu = ur[j / 2], wz = zr[j / 2];
-            const float v0 = (ys[j] + Dc * bf_lo(wu)) * silu(bf_lo(wz)), v1 = (ys[j + 1] + Dc * bf_hi(wu)) * silu(bf_hi(wz));
-            o[j / 2] = bf_pack(v0, v1);
-        }
-        *(uint4 *)(orow + (size_t)k * TC) = make_uint4(o[0], o[1], o[2], o[3]);
-    };
-#pragma unroll
-    for (int s = 0; s < NSTG; s++) {
-        if (s < nck) load(s);
-        commit();
-    }
-    wait_pending<NSTG - 1>();
-    __syncthreads();
-    uint32_t u0[4], z0[4], u1[4], z1[4];
-    convert(0, u0, z0);
-    for (int k = 0; k < nck; k += 2) {
-        step(k, u0, z0, u1, z1);
-        if (k + 1 < nck) step(k + 1, u1, z1, u0, z0);
-    }
-}
+/* scan_u_kernel<BH> itself was removed once WSU (below) took its scan over: source at 0bb70f7 (logs
+ * scan_u_lab_0bb70f7.log, ncu_scan_lab_38d2470.log); UCfg stays for WSU. */
 
 /* ---- UI (session 13, removed): the U mapping with the next chunk's conversion and the previous chunk's gating
  * spread over the scan's 8-step groups, to even out each warp's SFU demand: 0.772 ms at 1x8192 (U 0.519), short
@@ -995,12 +839,6 @@ struct Variant {
     const void *fn;
     void (*init)();
 };
-template <bool BH> static void set_smem_u() {
-    CK(cudaFuncSetAttribute(scan_u_kernel<BH>, cudaFuncAttributeMaxDynamicSharedMemorySize, UCfg<BH>::SMEM));
-}
-template <bool BH> static void launch_u(const Args &a) {
-    scan_u_kernel<BH><<<a.B * (a.DI / UCH), NT, UCfg<BH>::SMEM>>>(a);
-}
 template <int V> static void set_smem_ws() {
     CK(cudaFuncSetAttribute(scan_ws_kernel<V>, cudaFuncAttributeMaxDynamicSharedMemorySize, ws_smem<V>()));
 }
@@ -1010,7 +848,6 @@ template <int V> static void set_smem_wsu() {
 }
 template <int V> static void launch_wsu(const Args &a) { scan_wsu_kernel<V><<<a.B * (a.DI / UCH), 256, wsu_smem<V>()>>>(a); }
 #define VAR(name, G, BH, V) {name, launch<G, BH, V>, (const void *)scan_ilp_kernel<G, BH, V>, set_smem<G, BH, V>}
-#define VARU(name, BH) {name, launch_u<BH>, (const void *)scan_u_kernel<BH>, set_smem_u<BH>}
 static const Variant VARIANTS[] = {
     VAR("G4", 4, false, 0), VAR("G4h", 4, true, 0), VAR("G8", 8, false, 0), VAR("G8h", 8, true, 0),
     VAR("G2h", 2, true, 0),
@@ -1018,10 +855,9 @@ static const Variant VARIANTS[] = {
     VAR("G4h+yt", 4, true, 1), VAR("G4h+sfma", 4, true, 2), VAR("G4h+pf", 4, true, 4), VAR("G4h+all", 4, true, 7),
     /* session 13: the exponentials' 8-step lookahead carried across chunks (no chunk-start bubble) */
     VAR("G4h+la", 4, true, 8), VAR("G4h+la+pf", 4, true, 12), VAR("G4h+la+yt+pf", 4, true, 13),
-    /* session 13: the U mapping (warp = state group, lane = channel; uniform B/C loads) */
+    /* session 13: phase / delay / one chunk per iteration, then the warp-specialised kernels */
     VAR("G4h+sh", 4, true, 16), VAR("G4h+dly", 4, true, 32), VAR("G4h+sh+dly", 4, true, 48),
     VAR("G4h+1c", 4, true, 64), VAR("G4h+1c+pf", 4, true, 68),
-    VARU("U", false), VARU("Uh", true),
     {"WS", launch_ws<0>, (const void *)scan_ws_kernel<0>, set_smem_ws<0>},
     {"WS+lb2", launch_ws<1>, (const void *)scan_ws_kernel<1>, set_smem_ws<1>},
     {"WS+yc", launch_ws<2>, (const void *)scan_ws_kernel<2>, set_smem_ws<2>},
@@ -1029,7 +865,6 @@ static const Variant VARIANTS[] = {
     {"WSU", launch_wsu<0>, (const void *)scan_wsu_kernel<0>, set_smem_wsu<0>},
 };
 #undef VAR
-#undef VARU
 
 int main(int argc, char **argv) {
     const char *only = argc > 1 ? argv[1] : nullptr; /* a variant name, e.g. G4h */
