@@ -998,14 +998,12 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 #define G4_YB (G4_CH * G4_TP)                       /* floats: one y tile */
 #define G4_SMEM (PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * G4_YB * 4)
 
-typedef scan_io g4_args;
-
 /* one bf16 half of a 32-bit word as fp32 (scalar form of jamba_bf16x2_ld; with it the g4 SASS reorders) */
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
 /* Z: z given (the gate); NF: B and C n-fast (else both t-fast). */
-template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(g4_args a) {
+template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
     jamba_pdl_begin();
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
@@ -1188,7 +1186,7 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         (p->z.data && p->z.dtype != bf) || p->Bm.dtype != bf || p->Cm.dtype != bf ||
         B * (DI / G4_CH) > JAMBA_MAX_GRID_X)
         return 0;
-    g4_args a;
+    scan_io a;
     memset(&a, 0, sizeof a);
     scan_io_fill(&a, p);
     bool ok = pc_aligned(a.u, a.su0, a.su1, B, DI, 2) && pc_aligned(a.delta, a.sd0, a.sd1, B, DI, 2) &&
@@ -1201,7 +1199,7 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         else nf[m] = -1, ok = false;
     }
     if (!ok || nf[0] != nf[1]) return 0;
-    void (*k)(g4_args) = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true> : selective_scan_g4_kernel<true, false>)
+    void (*k)(scan_io) = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true> : selective_scan_g4_kernel<true, false>)
                              : (nf[0] ? selective_scan_g4_kernel<false, true> : selective_scan_g4_kernel<false, false>);
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, G4_SMEM));
     jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), G4_THREADS, G4_SMEM, stream, a);
