@@ -456,6 +456,36 @@ template <bool BH> struct UCfg {
  * SFU-idle phase (conversion, gating), and the two warps of a scheduler run in step (ncu: SFU ~60% busy in every
  * variant tried); here each scheduler holds scan warps whose SFU demand is even and a converter warp that
  * fills the issue slots. Scan warps: 128 ex2 per chunk and no other SFU op. */
+/* Converter-side math of WS / WSU (session 14, EXPERIMENT): V & 4 softplus and silu on the FMA pipe (the scan
+ * warps then hold the SFU alone: per channel and step 16 ex2 of the scan + 3 SFU ops of the converters at V = 0);
+ * V & 8 the ceiling of that: no SFU op and WRONG results (softplus = max(v, 0), silu = z / 2), timing only. */
+/* V & 16: silu(z) = h + h tanh(h), h = z / 2 (one SFU op, tanh.approx: absolute error ~|h| 2^-11, so relative
+ * error grows for z < -3); V & 32: softplus(v) = max(v, 0) + ln2 lg2(1 + 2^(-|v| log2 e)) (two SFU ops, 5 other
+ * instructions instead of one SFU op and 11). Both trade accuracy or SFU work for issue slots. */
+__device__ __forceinline__ float tanh_sfu(float x) {
+    float y;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ float lg2_sfu(float x) {
+    float y;
+    asm("lg2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+template <int V> __device__ __forceinline__ float cv_softplus(float v) {
+    if constexpr ((V & 32) != 0) return fmaf(0.69314718056f, lg2_sfu(1.f + ex2(fabsf(v) * -LOG2E)), fmaxf(v, 0.f));
+    else if constexpr ((V & 8) != 0) return fmaxf(v, 0.f);
+    else if constexpr ((V & 4) != 0) return softplus_fma(v);
+    else return softplus(v);
+}
+template <int V> __device__ __forceinline__ float cv_silu(float z) {
+    if constexpr ((V & 16) != 0) {
+        const float h = 0.5f * z;
+        return fmaf(h, tanh_sfu(h), h);
+    } else if constexpr ((V & 8) != 0) return 0.5f * z;
+    else if constexpr ((V & 4) != 0) return silu_fma(z);
+    else return silu(z);
+}
 constexpr int WS_YP = 36;
 /* V & 1: __launch_bounds__(256, 2) (<= 128 registers); V & 2: the scan warps store their 32 partial sums per lane
  * (ybuf rows [channel][g]) and the converters add the 4 partials (no shuffles in the scan warps) */
@@ -575,7 +605,7 @@ template <int V> __global__ void __launch_bounds__(256, (V & 1) ? 2 : 1) scan_ws
 #pragma unroll
         for (int j = 0; j < SO; j++) {
             const uint32_t wd = dr[j / 2], wu = ur[j / 2];
-            const float d = softplus((j & 1 ? bf_hi(wd) : bf_lo(wd)) + bias);
+            const float d = cv_softplus<V>((j & 1 ? bf_hi(wd) : bf_lo(wd)) + bias);
             dv[j] = d, duv[j] = d * (j & 1 ? bf_hi(wu) : bf_lo(wu));
         }
         st_f<SO>(set + l * TP + g * SO, dv);
@@ -615,7 +645,7 @@ template <int V> __global__ void __launch_bounds__(256, (V & 1) ? 2 : 1) scan_ws
 #pragma unroll
         for (int j = 0; j < 8; j += 2) {
             const uint32_t wu = ur[j / 2], wz = zr[j / 2];
-            const float v0 = (ys[j] + Dc * bf_lo(wu)) * silu(bf_lo(wz)), v1 = (ys[j + 1] + Dc * bf_hi(wu)) * silu(bf_hi(wz));
+            const float v0 = (ys[j] + Dc * bf_lo(wu)) * cv_silu<V>(bf_lo(wz)), v1 = (ys[j + 1] + Dc * bf_hi(wu)) * cv_silu<V>(bf_hi(wz));
             o[j / 2] = bf_pack(v0, v1);
         }
         *(uint4 *)(orow + (size_t)kk * TC) = make_uint4(o[0], o[1], o[2], o[3]);
@@ -760,7 +790,7 @@ template <int V> __global__ void __launch_bounds__(256, 2) scan_wsu_kernel(Args 
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             const uint32_t wd = dr[j / 2], wu = ur[j / 2];
-            const float d = softplus((j & 1 ? bf_hi(wd) : bf_lo(wd)) + bias);
+            const float d = cv_softplus<V>((j & 1 ? bf_hi(wd) : bf_lo(wd)) + bias);
             dv[j] = d, duv[j] = d * (j & 1 ? bf_hi(wu) : bf_lo(wu));
         }
         st_f<8>(set + l * TP + 8 * g, dv);
@@ -786,7 +816,7 @@ template <int V> __global__ void __launch_bounds__(256, 2) scan_wsu_kernel(Args 
 #pragma unroll
         for (int j = 0; j < 8; j += 2) {
             const uint32_t wu = ur[j / 2], wz = zr[j / 2];
-            const float v0 = (ys[j] + Dc * bf_lo(wu)) * silu(bf_lo(wz)), v1 = (ys[j + 1] + Dc * bf_hi(wu)) * silu(bf_hi(wz));
+            const float v0 = (ys[j] + Dc * bf_lo(wu)) * cv_silu<V>(bf_lo(wz)), v1 = (ys[j + 1] + Dc * bf_hi(wu)) * cv_silu<V>(bf_hi(wz));
             o[j / 2] = bf_pack(v0, v1);
         }
         *(uint4 *)(orow + (size_t)kk * TC) = make_uint4(o[0], o[1], o[2], o[3]);
@@ -863,6 +893,14 @@ static const Variant VARIANTS[] = {
     {"WS+yc", launch_ws<2>, (const void *)scan_ws_kernel<2>, set_smem_ws<2>},
     {"WS+yc+lb2", launch_ws<3>, (const void *)scan_ws_kernel<3>, set_smem_ws<3>},
     {"WSU", launch_wsu<0>, (const void *)scan_wsu_kernel<0>, set_smem_wsu<0>},
+    {"WS+fma", launch_ws<4>, (const void *)scan_ws_kernel<4>, set_smem_ws<4>},
+    {"WS+nosfu", launch_ws<8>, (const void *)scan_ws_kernel<8>, set_smem_ws<8>},
+    {"WSU+fma", launch_wsu<4>, (const void *)scan_wsu_kernel<4>, set_smem_wsu<4>},
+    {"WSU+nosfu", launch_wsu<8>, (const void *)scan_wsu_kernel<8>, set_smem_wsu<8>},
+    {"WS+th", launch_ws<16>, (const void *)scan_ws_kernel<16>, set_smem_ws<16>},
+    {"WS+lg", launch_ws<32>, (const void *)scan_ws_kernel<32>, set_smem_ws<32>},
+    {"WS+th+lg", launch_ws<48>, (const void *)scan_ws_kernel<48>, set_smem_ws<48>},
+    {"WSU+th+lg", launch_wsu<48>, (const void *)scan_wsu_kernel<48>, set_smem_wsu<48>},
 };
 #undef VAR
 
