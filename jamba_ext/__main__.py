@@ -2,6 +2,7 @@
 
     python -m jamba_ext generate --prompt "Hello"                 # built-in small model, byte tokenizer
     python -m jamba_ext generate --model DIR --prompt "Hello"     # a local transformers Jamba checkpoint
+    python -m jamba_ext check                                     # self-check of every op on this machine
     jamba-ext generate --prompt "Hello" --max-new-tokens 200 --temperature 0.8 --top-p 0.9
 
 The built-in model is a small random-weight Jamba (fixed seed, see DEFAULT_CONFIG): it exercises every
@@ -170,7 +171,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "decoding at batch 1)")
     cg.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", help="decode eagerly")
     g.set_defaults(func=cmd_generate)
+    c = sub.add_parser("check", help="self-check: every op on this machine's devices against the float64 reference")
+    c.add_argument("--device", default="all", help="cpu, cuda[:N] or all (default: CPU and every visible GPU)")
+    c.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16"],
+                   help="activation dtype (repeatable; default: all three)")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_check)
     return p
+
+
+def cmd_check(args) -> int:
+    from . import selfcheck
+    return selfcheck.main(args)
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,245 @@
+"""Installation self-check: every op on fresh random inputs, on each device, against the float64 reference.
+
+    python -m jamba_ext check                  # CPU, and every visible GPU when the CUDA kernels are built
+    python -m jamba_ext check --device cpu --dtype bfloat16
+
+Each op runs on two small shapes (one with odd sizes, one on the kernels' fast paths) in every activation
+dtype; its outputs are compared element-wise with reference.py run in float64 on the same (rounded) inputs:
+|ours - ref| <= atol + rtol |ref|. The report gives, per op and dtype, the worst element's error as a fraction
+of its tolerance (<= 1 passes). This is a smoke test of the build on this machine, not the test suite
+(`python -m pytest`), which covers far more shapes, layouts, states and bad inputs.
+"""
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from . import ops, reference
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# (rtol, atol) of an activation-dtype output: fp32 math everywhere, one rounding of the output (low dtypes);
+# fp32 outputs (recurrent states, router weights) get the fp32 bound whatever the activation dtype.
+TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (1e-2, 1e-2)}
+MOE_TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 4e-2), torch.float16: (1e-2, 2e-2)}
+
+
+class _Gen:
+    """Random inputs on one device from a seeded CPU generator (the same values on every device)."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, seed: int):
+        self.device, self.dtype, self.g = device, dtype, torch.Generator().manual_seed(seed)
+
+    def randn(self, *shape, scale=1.0, shift=0.0, dtype=None):
+        t = torch.randn(*shape, generator=self.g, dtype=torch.float64) * scale + shift
+        return t.to(dtype or self.dtype).to(self.device)
+
+    def uniform(self, *shape, lo=0.0, hi=1.0, dtype=None):
+        t = torch.rand(*shape, generator=self.g, dtype=torch.float64) * (hi - lo) + lo
+        return t.to(dtype or self.dtype).to(self.device)
+
+
+def _up(x):
+    return x.detach().double() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def _ups(d: dict) -> dict:
+    return {k: _up(v) for k, v in d.items()}
+
+
+# Each case: (op name, inputs builder, ours, reference) -> outputs compared pairwise. The builder gets a _Gen
+# and a shape index (0: odd sizes, 1: fast-path sizes).
+def _norm(g: _Gen, s: int):
+    rows, dim = ((3, 7), 130) if s == 0 else ((16,), 1024)
+    return dict(x=g.randn(*rows, dim), weight=g.randn(dim, scale=0.2, shift=1.0))
+
+
+def _add_norm(g: _Gen, s: int):
+    d = _norm(g, s)
+    d["residual"] = g.randn(*d["x"].shape)
+    return d
+
+
+def _segments(g: _Gen, s: int):
+    dim, splits = (50, [40, 45]) if s == 0 else (288, [256, 272])  # split points: Mamba's dt / B / C cuts
+    return dict(x=g.randn(3, dim), weight=g.randn(dim, scale=0.2, shift=1.0), splits=splits)
+
+
+def _conv(g: _Gen, s: int):
+    b, di, seq = (2, 37, 67) if s == 0 else (1, 64, 256)
+    return dict(x=g.randn(b, di, seq), weight=g.randn(di, 4, scale=0.5), bias=g.randn(di, scale=0.5),
+                initial_state=g.randn(b, di, 3) if s == 0 else None, silu=True)
+
+
+def _conv_update(g: _Gen, s: int):
+    b, di = (3, 37) if s == 0 else (8, 256)
+    return dict(x=g.randn(b, di), conv_state=g.randn(b, di, 3), weight=g.randn(di, 4, scale=0.5),
+                bias=g.randn(di, scale=0.5), silu=True)
+
+
+def _A(g: _Gen, di: int, n: int):
+    return -torch.exp(g.uniform(di, n, lo=-0.7, hi=1.8, dtype=torch.float32))
+
+
+def _scan(g: _Gen, s: int):
+    b, di, n, seq = (2, 37, 16, 67) if s == 0 else (1, 64, 16, 128)
+    f32 = torch.float32
+    return dict(u=g.randn(b, di, seq), delta=g.randn(b, di, seq, scale=0.5), A=_A(g, di, n),
+                B=g.randn(b, n, seq), C=g.randn(b, n, seq), D=g.randn(di, dtype=f32), z=g.randn(b, di, seq),
+                delta_bias=g.uniform(di, lo=-4.5, hi=-1.5, dtype=f32), delta_softplus=True,
+                initial_state=g.randn(b, di, n, scale=0.5, dtype=f32) if s == 0 else None)
+
+
+def _state_update(g: _Gen, s: int):
+    b, di, n = (3, 37, 16) if s == 0 else (8, 256, 16)
+    f32 = torch.float32
+    return dict(state=g.randn(b, di, n, scale=0.5, dtype=f32), x=g.randn(b, di), dt=g.randn(b, di, scale=0.5),
+                A=_A(g, di, n), B=g.randn(b, n), C=g.randn(b, n), D=g.randn(di, dtype=f32), z=g.randn(b, di),
+                dt_bias=g.uniform(di, lo=-4.5, hi=-1.5, dtype=f32), dt_softplus=True)
+
+
+def _moe(g: _Gen, s: int):
+    t, h, f, e = (33, 72, 40, 8) if s == 0 else (64, 256, 512, 16)
+    x = g.randn(t, h)
+    logits = g.randn(t, e, dtype=torch.float32)
+    w, ids = reference.moe_route(logits, 2)
+    return dict(x=x, weights=w, expert_ids=ids.to(torch.int32), w_gate_up=g.randn(e, 2 * f, h, scale=h ** -0.5),
+                w_down=g.randn(e, h, f, scale=f ** -0.5))
+
+
+def _route(g: _Gen, s: int):
+    t, e = (33, 8) if s == 0 else (256, 16)
+    return dict(router_logits=g.randn(t, e))
+
+
+def _silu_mul(g: _Gen, s: int):
+    return dict(gate_up=g.randn(*((5, 2 * 37) if s == 0 else (64, 2 * 512))))
+
+
+def _run_route(d):
+    w, ids, _, _ = ops.moe_route(d["router_logits"], 2)
+    return w, ids.long()
+
+
+def _ref_route(d):
+    return reference.moe_route(d["router_logits"].float().double(), 2)
+
+
+def _run_state_update(d):
+    d = dict(d, state=d["state"].clone())
+    out = ops.selective_state_update(**d)
+    return out, d["state"]
+
+
+def _run_conv_update(d):
+    d = dict(d, conv_state=d["conv_state"].clone())
+    out = ops.causal_conv1d_update(**d)
+    return out, d["conv_state"]
+
+
+def _ref(fn: Callable) -> Callable:
+    return lambda d: fn(**_ups(d))
+
+
+CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
+    ("rms_norm", _norm, lambda d: ops.rms_norm(**d), _ref(reference.rms_norm), TOL),
+    ("add_rms_norm", _add_norm, lambda d: ops.add_rms_norm(**d), _ref(reference.add_rms_norm), TOL),
+    ("rms_norm_segments", _segments, lambda d: ops.rms_norm_segments(**d), _ref(reference.rms_norm_segments), TOL),
+    ("causal_conv1d", _conv, lambda d: ops.causal_conv1d(**d), _ref(reference.causal_conv1d), TOL),
+    ("causal_conv1d_update", _conv_update, _run_conv_update, _ref(reference.causal_conv1d_update), TOL),
+    ("selective_scan", _scan, lambda d: ops.selective_scan(**d), _ref(reference.selective_scan), TOL),
+    ("selective_state_update", _state_update, _run_state_update, _ref(reference.selective_state_update), TOL),
+    ("moe_route", _route, _run_route, _ref_route, TOL),
+    ("silu_mul", _silu_mul, lambda d: ops.silu_mul(**d), _ref(reference.silu_mul), TOL),
+    ("moe_experts", _moe, lambda d: ops.moe_experts(**d), _ref(reference.moe_experts), MOE_TOL),
+]
+
+
+def _as_tuple(x) -> Tuple[torch.Tensor, ...]:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _error_ratio(ours: torch.Tensor, ref: torch.Tensor, act_dtype: torch.dtype, tol: Dict) -> float:
+    """Worst |ours - ref| / (atol + rtol |ref|) over the elements (NaN or a shape mismatch: inf)."""
+    if ours.shape != ref.shape:
+        return float("inf")
+    if not ours.is_floating_point():
+        return 0.0 if torch.equal(ours.cpu().long(), ref.cpu().long()) else float("inf")
+    rtol, atol = tol[act_dtype if ours.dtype == act_dtype else torch.float32]
+    a, r = ours.detach().double().cpu(), ref.detach().double().cpu()
+    if torch.isnan(a).any():
+        return float("inf")
+    return (a - r).abs().div(atol + rtol * r.abs()).max().item() if a.numel() else 0.0
+
+
+def devices_available() -> List[torch.device]:
+    devs = [torch.device("cpu")]
+    if ops.has_cuda_kernels() and torch.cuda.is_available():
+        devs += [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    return devs
+
+
+def run(devices: Optional[Sequence[torch.device]] = None, dtypes: Optional[Sequence[torch.dtype]] = None,
+        seed: int = 0, out=None) -> List[dict]:
+    """Runs every case; prints a table to `out` (a file, e.g. sys.stdout; None: silent). Returns one dict per
+    (device, op, dtype): ratio (worst error / tolerance, max over both shapes and all outputs), ok, error."""
+    devices = list(devices) if devices is not None else devices_available()
+    dtypes = list(dtypes) if dtypes is not None else list(DTYPES.values())
+    say = (lambda s: print(s, file=out, flush=True)) if out is not None else (lambda s: None)
+    results = []
+    for dev in devices:
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
+        say(f"{dev} ({name}):")
+        for op, build, ours, ref, tol in CASES:
+            cells = []
+            for dt in dtypes:
+                ratio, err = 0.0, None
+                try:
+                    for s in (0, 1):
+                        d = build(_Gen(dev, dt, seed + 7919 * s), s)
+                        got, want = _as_tuple(ours(d)), _as_tuple(ref(d))
+                        if len(got) != len(want):
+                            raise RuntimeError(f"{len(got)} outputs, the reference has {len(want)}")
+                        for a, r in zip(got, want):
+                            ratio = max(ratio, _error_ratio(a, r, dt, tol))
+                    if dev.type == "cuda":
+                        torch.cuda.synchronize(dev)
+                except Exception as e:  # reported, and counted as a failure
+                    err, ratio = f"{type(e).__name__}: {e}", float("inf")
+                ok = err is None and ratio <= 1.0
+                results.append(dict(device=str(dev), op=op, dtype=str(dt).replace("torch.", ""), ratio=ratio,
+                                    ok=ok, error=err))
+                short = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}[dt]
+                cells.append(f"{short} {'ok  ' if ok else 'FAIL'} {ratio:7.2g}" if err is None else
+                             f"{short} FAIL ({err[:60]})")
+            say(f"  {op:24s} " + " | ".join(cells))
+    return results
+
+
+def main(args) -> int:
+    import sys
+
+    t0 = time.perf_counter()
+    print(f"jamba_ext {__import__('jamba_ext').__version__} | torch {torch.__version__} | "
+          f"CUDA kernels {'built' if ops.has_cuda_kernels() else 'not built'} | "
+          f"GPUs visible to torch: {torch.cuda.device_count() if torch.cuda.is_available() else 0}")
+    if args.device == "all":
+        devices = devices_available()
+    else:
+        dev = torch.device(args.device)
+        if dev.type == "cuda" and not (torch.cuda.is_available() and ops.has_cuda_kernels()):
+            print("jamba-ext: error: --device cuda: " + ("no CUDA GPU is visible to torch" if
+                  not torch.cuda.is_available() else "jamba_ext was built without its CUDA kernels "
+                  "(reinstall with nvcc on the PATH, or JAMBA_EXT_CUDA=1 to make that an error)"), file=sys.stderr)
+            return 2
+        devices = [dev]
+    dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else None
+    print("worst error per op and dtype as a fraction of its tolerance (<= 1 passes; float64 reference)")
+    res = run(devices, dtypes, seed=args.seed, out=sys.stdout)
+    bad = [r for r in res if not r["ok"]]
+    dt = time.perf_counter() - t0
+    if bad:
+        print(f"{len(bad)} of {len(res)} checks FAILED ({dt:.1f} s): " +
+              ", ".join(f"{r['op']} {r['dtype']} on {r['device']}" for r in bad))
+        return 1
+    print(f"all {len(res)} checks passed ({dt:.1f} s)")
+    return 0

@@ -1,0 +1,79 @@
+"""`python -m jamba_ext check`: the installation self-check passes on a good build, and fails (exit 1, the op
+named) when an op is wrong; a GPU that is not there is a clear exit-2 error."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from jamba_ext import ops, selfcheck
+from jamba_ext.__main__ import main
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_check_cli_passes_on_cpu():
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "jamba_ext", "check", "--device", "cpu"], capture_output=True,
+                       text=True, env=env, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all 30 checks passed" in r.stdout
+    for op, *_ in selfcheck.CASES:                       # every op has a row, all three dtypes in it
+        row = next(line for line in r.stdout.splitlines() if line.strip().startswith(op + " "))
+        assert row.count(" ok ") == 3, row
+
+
+def test_check_detects_a_wrong_op(monkeypatch, capsys):
+    """A 1% error in one op (100x the fp32 tolerance) fails the check for that op and no other, exit status 1."""
+    real = ops.rms_norm
+    monkeypatch.setattr(ops, "rms_norm", lambda *a, **k: real(*a, **k) * 1.01)
+    rc = main(["check", "--device", "cpu", "--dtype", "float32"])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "1 of 10 checks FAILED" in out and "rms_norm float32 on cpu" in out
+
+
+def test_check_detects_a_crash_and_nan(monkeypatch):
+    monkeypatch.setattr(ops, "moe_route", lambda logits, k: 1 / 0)
+    res = selfcheck.run([torch.device("cpu")], [torch.float32])
+    bad = {r["op"]: r for r in res if not r["ok"]}
+    assert list(bad) == ["moe_route"] and "ZeroDivisionError" in bad["moe_route"]["error"]
+
+    real = ops.causal_conv1d
+    monkeypatch.undo()
+    monkeypatch.setattr(ops, "causal_conv1d", lambda *a, **k: tuple(t * float("nan") for t in real(*a, **k)))
+    res = selfcheck.run([torch.device("cpu")], [torch.bfloat16])
+    assert [r["op"] for r in res if not r["ok"]] == ["causal_conv1d"]
+
+
+def test_error_ratio_semantics():
+    f32 = torch.float32
+    r = torch.tensor([1.0, -2.0, 0.0], dtype=torch.float64)
+    tol = selfcheck.TOL
+    assert selfcheck._error_ratio(r.float(), r, f32, tol) == 0.0
+    # |d| = atol + rtol |ref| exactly at the bound on the first element: ratio 1
+    a = r.clone()
+    a[0] += 1e-4 + 1e-4 * 1.0
+    assert selfcheck._error_ratio(a, r, torch.float64, {torch.float64: (1e-4, 1e-4), f32: (1e-4, 1e-4)}) == \
+        pytest.approx(1.0, rel=1e-6)
+    assert selfcheck._error_ratio(r[:2].float(), r, f32, tol) == float("inf")            # shape mismatch
+    ids = torch.tensor([1, 2])
+    assert selfcheck._error_ratio(ids, ids.clone(), f32, tol) == 0.0
+    assert selfcheck._error_ratio(ids, ids.flip(0), f32, tol) == float("inf")            # integer outputs: exact
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+def test_check_cuda_without_gpu_is_a_clear_error(capsys):
+    assert main(["check", "--device", "cuda"]) == 2
+    assert "no CUDA GPU is visible" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+def test_check_passes_on_each_gpu(capsys):
+    if not (torch.cuda.is_available() and ops.has_cuda_kernels()):
+        pytest.skip("needs a GPU and the CUDA kernels")
+    res = selfcheck.run([torch.device("cuda", i) for i in range(torch.cuda.device_count())])
+    bad = [r for r in res if not r["ok"]]
+    assert not bad, bad
+    assert len(res) == 30 * torch.cuda.device_count()
