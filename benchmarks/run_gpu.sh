@@ -27,6 +27,9 @@ JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v 
 python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels(), 'built without CUDA'; print('has_cuda_kernels: True')" || exit 1
 echo "build took $(( $(date +%s) - t0 )) s"
 
+step "jamba-ext check (the installation self-check a user runs)"
+timeout 120 python3 -m jamba_ext check 2>&1 | tail -40
+
 step "tests marked cuda (the CPU suite runs in CI)"
 slow=0; [ "$mode" = full ] && slow=1
 JAMBA_SLOW=$slow timeout 300 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -40
