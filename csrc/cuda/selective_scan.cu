@@ -1003,7 +1003,11 @@ __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w <<
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
 /* Z: z given (the gate); NF: B and C n-fast (else both t-fast). */
-template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
+/* LEAN (EXPERIMENT, JAMBA_EXT_SCAN_LEAN=1): the converters' loop without per-step masking in full chunks (one
+ * uniform branch instead of 8 compares and 16 selects per conversion) and with two raw u / z register sets
+ * alternating by chunk parity (the gating of chunk k-1 before the conversion of chunk k+1 frees the set the
+ * conversion then fills; the loop unrolled by 2) instead of three rotated by 16 moves per chunk. */
+template <bool Z, bool NF, bool LEAN> __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
     jamba_pdl_begin();
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
@@ -1103,9 +1107,18 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
         for (int j = 0; j < SO; j++) {
             const float v = (j & 1 ? g4_hi(rd[j / 2]) : g4_lo(rd[j / 2])) + bias;
             const float d = pc_softplus(v); /* delta_softplus (the host takes no other call) */
-            const bool on = SO * g + j < nt;
-            dv[j] = on ? d : 0.f;
-            duv[j] = on ? d * (j & 1 ? g4_hi(ru[j / 2]) : g4_lo(ru[j / 2])) : 0.f;
+            if (LEAN) {
+                dv[j] = d, duv[j] = d * (j & 1 ? g4_hi(ru[j / 2]) : g4_lo(ru[j / 2]));
+            } else {
+                const bool on = SO * g + j < nt;
+                dv[j] = on ? d : 0.f;
+                duv[j] = on ? d * (j & 1 ? g4_hi(ru[j / 2]) : g4_lo(ru[j / 2])) : 0.f;
+            }
+        }
+        if (LEAN && nt < TC) { /* the last chunk only (a block-uniform branch) */
+#pragma unroll
+            for (int j = 0; j < SO; j++)
+                if (SO * g + j >= nt) dv[j] = 0.f, duv[j] = 0.f;
         }
         float *pd = set + l * G4_TP + SO * g, *pu = pd + CH * G4_TP;
         ((float4 *)pd)[0] = make_float4(dv[0], dv[1], dv[2], dv[3]);
@@ -1128,8 +1141,13 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
             w[0] = (r0.x & 0xffffu) | (r1.x << 16), w[1] = (r0.x >> 16) | (r1.x & 0xffff0000u);
             w[2] = (r0.y & 0xffffu) | (r1.y << 16), w[3] = (r0.y >> 16) | (r1.y & 0xffff0000u);
         }
+        if (LEAN && nt < TC) {
 #pragma unroll
-        for (int j = 0; j < 4; j++) *(uint32_t *)(pc + (4 * q + j) * 64) = 4 * q + j < nt ? w[j] : 0u;
+            for (int j = 0; j < 4; j++)
+                if (4 * q + j >= nt) w[j] = 0u;
+        }
+#pragma unroll
+        for (int j = 0; j < 4; j++) *(uint32_t *)(pc + (4 * q + j) * 64) = LEAN || 4 * q + j < nt ? w[j] : 0u;
     };
     /* chunk kk's outputs of this lane (steps 8g .. 8g+7 of channel l) from ybuf[kk & 1] and its raw u / z words */
     auto gate = [&](int kk, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2]) {
@@ -1145,7 +1163,11 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
             if (Z) v0 *= pc_silu(g4_lo(rz[j / 2])), v1 *= pc_silu(g4_hi(rz[j / 2]));
             o[j / 2] = jamba_bf16x2_st(v0, v1);
         }
-        *(uint4 *)(orow + (int64_t)kk * TC) = make_uint4(o[0], o[1], o[2], o[3]);
+        if (LEAN) /* one 16-byte store (as plain C, the compiler split it into four 4-byte stores) */
+            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(orow + (int64_t)kk * TC), "r"(o[0]),
+                         "r"(o[1]), "r"(o[2]), "r"(o[3]));
+        else
+            *(uint4 *)(orow + (int64_t)kk * TC) = make_uint4(o[0], o[1], o[2], o[3]);
     };
 
 #pragma unroll
@@ -1155,6 +1177,29 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
     }
     pc_wait<PC_NSTG - 1>();
     __syncwarp(); /* the lanes' copies of chunk 0, visible across the warp (convert reads only its warp's) */
+    if (LEAN) { /* set X holds chunk k-1's raw words at body(k, X), then receives chunk k+1's: even chunks in S0 */
+        uint32_t u0[SO / 2], z0[SO / 2], u1[SO / 2], z1[SO / 2];
+        auto body = [&](int k, uint32_t(&ux)[SO / 2], uint32_t(&zx)[SO / 2]) {
+            __syncthreads(); /* set k & 1 complete; ybuf[(k - 1) & 1] written; stage k % NSTG free */
+            if (k + PC_NSTG < nck) load(k + PC_NSTG, steps(k + PC_NSTG));
+            pc_commit();
+            if (k > 0) gate(k - 1, ux, zx);
+            if (k + 1 < nck) {
+                pc_wait<PC_NSTG - 1>(); /* this thread's copies of chunk k+1 */
+                __syncwarp();
+                convert(k + 1, steps(k + 1), ux, zx);
+            }
+        };
+        convert(0, steps(0), u0, z0);
+        for (int k = 0; k < nck; k += 2) {
+            body(k, u1, z1);
+            if (k + 1 < nck) body(k + 1, u0, z0);
+        }
+        __syncthreads(); /* the scan warps' last y tile */
+        if ((nck - 1) & 1) gate(nck - 1, u1, z1);
+        else gate(nck - 1, u0, z0);
+        return;
+    }
     uint32_t uc[SO / 2], zc[SO / 2], up[SO / 2], zp[SO / 2]; /* raw u / z words of chunks k and k - 1 */
     convert(0, steps(0), uc, zc);
     for (int k = 0; k < nck; k++) {
@@ -1199,8 +1244,14 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         else nf[m] = -1, ok = false;
     }
     if (!ok || nf[0] != nf[1]) return 0;
-    void (*k)(scan_io) = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true> : selective_scan_g4_kernel<true, false>)
-                             : (nf[0] ? selective_scan_g4_kernel<false, true> : selective_scan_g4_kernel<false, false>);
+    const char *lean = getenv("JAMBA_EXT_SCAN_LEAN"); /* EXPERIMENT (see the kernel's LEAN) */
+    void (*k)(scan_io);
+    if (lean && lean[0] == '1')
+        k = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true, true> : selective_scan_g4_kernel<true, false, true>)
+                : (nf[0] ? selective_scan_g4_kernel<false, true, true> : selective_scan_g4_kernel<false, false, true>);
+    else
+        k = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true, false> : selective_scan_g4_kernel<true, false, false>)
+                : (nf[0] ? selective_scan_g4_kernel<false, true, false> : selective_scan_g4_kernel<false, false, false>);
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, G4_SMEM));
     jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), G4_THREADS, G4_SMEM, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (g4)", stream);
