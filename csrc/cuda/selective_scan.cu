@@ -970,12 +970,17 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
  *   ybuf[k & 1] (32 channels x G4_TP floats). Their only SFU work is the 128 exponentials per lane and chunk.
  *   Converter warps (threads 128..255, c = 0..127, lane g = c % 4 of channel c / 4): the copies of chunk k+3 into a
  *   3-stage cp.async ring of raw tiles (u, delta, z: 32 rows x 64 bytes; B, C: 1 KB each, [n][t] or [t][n]); then
- *   (after their copies land and a __syncwarp: each warp converts only what its lanes copied) chunk k+1's conversion: dt = softplus(delta + bias)
+ *   chunk k-1's outputs (below); then (after their copies land and a __syncwarp: each warp converts only what its
+ *   lanes copied) chunk k+1's conversion: dt = softplus(delta + bias)
  *   and dt*u of steps 8g .. 8g+7 into fp32 rows (pitch G4_TP = 36 floats: 16-byte aligned, the 8 rows a warp reads
  *   at once in distinct banks), B and C into bf16 pieces [t][g][B(4) C(4)] (16 bytes: one load per scan lane and
- *   step), the raw u / z words of those steps kept in registers; then chunk k-1's outputs: (y + D u) silu(z) from
- *   ybuf[(k - 1) & 1], one 16-byte store. Steps past L in the last chunk: dt = dt*u = 0 and B = C = 0 (h unchanged),
- *   their outputs not stored.
+ *   step), the raw u / z words of those steps kept in registers (two sets by chunk parity) until the outputs of the
+ *   chunk: (y + D u) silu(z) from ybuf[k & 1], one 16-byte store. Steps past L in the last chunk: dt = dt*u = 0 and
+ *   B = C = 0 (h unchanged; a branch taken in the last chunk only), their outputs not stored. Session 14
+ *   (scan_lean_ab_e25f711.log, ms at 1x2048 / 1x8192 / 1x32768 / 8x2048, B/C t-fast, then n-fast): the converter
+ *   loop without per-step masks and register rotation, and with the 16-byte store forced (~286 instead of 358 SASS
+ *   instructions per chunk), 0.121 / 0.466 / 1.845 / 0.873, n-fast 0.118 / 0.454 / 1.799 / 0.888, against 0.124 /
+ *   0.478 / 1.891 / 0.899, n-fast 0.123 / 0.472 / 1.869 / 0.922.
  * Why two roles (dev/cuda/scan_ilp_lab.cu, H200, bf16, DI 8192; benchmarks/results/scan_ws*_lab*.log, ms at 1x2048 /
  *   1x8192 / 1x32768 / 8x2048): with every warp doing all of it (the lab's G4h, this kernel's previous form) a warp's
  *   chunk is an SFU-bound scan followed by a long SFU-idle stretch (conversion, gating, stores), and the two warps of
@@ -1003,11 +1008,7 @@ __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w <<
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
 /* Z: z given (the gate); NF: B and C n-fast (else both t-fast). */
-/* LEAN (EXPERIMENT, JAMBA_EXT_SCAN_LEAN=1): the converters' loop without per-step masking in full chunks (one
- * uniform branch instead of 8 compares and 16 selects per conversion) and with two raw u / z register sets
- * alternating by chunk parity (the gating of chunk k-1 before the conversion of chunk k+1 frees the set the
- * conversion then fills; the loop unrolled by 2) instead of three rotated by 16 moves per chunk. */
-template <bool Z, bool NF, bool LEAN> __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
+template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
     jamba_pdl_begin();
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
@@ -1107,15 +1108,9 @@ template <bool Z, bool NF, bool LEAN> __global__ void __launch_bounds__(G4_THREA
         for (int j = 0; j < SO; j++) {
             const float v = (j & 1 ? g4_hi(rd[j / 2]) : g4_lo(rd[j / 2])) + bias;
             const float d = pc_softplus(v); /* delta_softplus (the host takes no other call) */
-            if (LEAN) {
-                dv[j] = d, duv[j] = d * (j & 1 ? g4_hi(ru[j / 2]) : g4_lo(ru[j / 2]));
-            } else {
-                const bool on = SO * g + j < nt;
-                dv[j] = on ? d : 0.f;
-                duv[j] = on ? d * (j & 1 ? g4_hi(ru[j / 2]) : g4_lo(ru[j / 2])) : 0.f;
-            }
+            dv[j] = d, duv[j] = d * (j & 1 ? g4_hi(ru[j / 2]) : g4_lo(ru[j / 2]));
         }
-        if (LEAN && nt < TC) { /* the last chunk only (a block-uniform branch) */
+        if (nt < TC) { /* the last chunk only (a block-uniform branch, not a mask per step) */
 #pragma unroll
             for (int j = 0; j < SO; j++)
                 if (SO * g + j >= nt) dv[j] = 0.f, duv[j] = 0.f;
@@ -1141,13 +1136,13 @@ template <bool Z, bool NF, bool LEAN> __global__ void __launch_bounds__(G4_THREA
             w[0] = (r0.x & 0xffffu) | (r1.x << 16), w[1] = (r0.x >> 16) | (r1.x & 0xffff0000u);
             w[2] = (r0.y & 0xffffu) | (r1.y << 16), w[3] = (r0.y >> 16) | (r1.y & 0xffff0000u);
         }
-        if (LEAN && nt < TC) {
+        if (nt < TC) {
 #pragma unroll
             for (int j = 0; j < 4; j++)
                 if (4 * q + j >= nt) w[j] = 0u;
         }
 #pragma unroll
-        for (int j = 0; j < 4; j++) *(uint32_t *)(pc + (4 * q + j) * 64) = LEAN || 4 * q + j < nt ? w[j] : 0u;
+        for (int j = 0; j < 4; j++) *(uint32_t *)(pc + (4 * q + j) * 64) = w[j];
     };
     /* chunk kk's outputs of this lane (steps 8g .. 8g+7 of channel l) from ybuf[kk & 1] and its raw u / z words */
     auto gate = [&](int kk, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2]) {
@@ -1163,11 +1158,9 @@ template <bool Z, bool NF, bool LEAN> __global__ void __launch_bounds__(G4_THREA
             if (Z) v0 *= pc_silu(g4_lo(rz[j / 2])), v1 *= pc_silu(g4_hi(rz[j / 2]));
             o[j / 2] = jamba_bf16x2_st(v0, v1);
         }
-        if (LEAN) /* one 16-byte store (as plain C, the compiler split it into four 4-byte stores) */
-            asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(orow + (int64_t)kk * TC), "r"(o[0]),
-                         "r"(o[1]), "r"(o[2]), "r"(o[3]));
-        else
-            *(uint4 *)(orow + (int64_t)kk * TC) = make_uint4(o[0], o[1], o[2], o[3]);
+        /* one 16-byte store (written as a uint4 store, the compiler split it into four 4-byte stores) */
+        asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(orow + (int64_t)kk * TC), "r"(o[0]), "r"(o[1]),
+                     "r"(o[2]), "r"(o[3]));
     };
 
 #pragma unroll
@@ -1177,47 +1170,29 @@ template <bool Z, bool NF, bool LEAN> __global__ void __launch_bounds__(G4_THREA
     }
     pc_wait<PC_NSTG - 1>();
     __syncwarp(); /* the lanes' copies of chunk 0, visible across the warp (convert reads only its warp's) */
-    if (LEAN) { /* set X holds chunk k-1's raw words at body(k, X), then receives chunk k+1's: even chunks in S0 */
-        uint32_t u0[SO / 2], z0[SO / 2], u1[SO / 2], z1[SO / 2];
-        auto body = [&](int k, uint32_t(&ux)[SO / 2], uint32_t(&zx)[SO / 2]) {
-            __syncthreads(); /* set k & 1 complete; ybuf[(k - 1) & 1] written; stage k % NSTG free */
-            if (k + PC_NSTG < nck) load(k + PC_NSTG, steps(k + PC_NSTG));
-            pc_commit();
-            if (k > 0) gate(k - 1, ux, zx);
-            if (k + 1 < nck) {
-                pc_wait<PC_NSTG - 1>(); /* this thread's copies of chunk k+1 */
-                __syncwarp();
-                convert(k + 1, steps(k + 1), ux, zx);
-            }
-        };
-        convert(0, steps(0), u0, z0);
-        for (int k = 0; k < nck; k += 2) {
-            body(k, u1, z1);
-            if (k + 1 < nck) body(k + 1, u0, z0);
-        }
-        __syncthreads(); /* the scan warps' last y tile */
-        if ((nck - 1) & 1) gate(nck - 1, u1, z1);
-        else gate(nck - 1, u0, z0);
-        return;
-    }
-    uint32_t uc[SO / 2], zc[SO / 2], up[SO / 2], zp[SO / 2]; /* raw u / z words of chunks k and k - 1 */
-    convert(0, steps(0), uc, zc);
-    for (int k = 0; k < nck; k++) {
+    /* Raw u / z words: set X holds chunk k-1's at body(k, X) (even chunks in S0, odd in S1); the gating of chunk
+     * k-1 comes before the conversion of chunk k+1, which then refills X (two sets by chunk parity, the loop
+     * unrolled by 2; three sets rotated by register moves cost 16 instructions per chunk) */
+    uint32_t u0[SO / 2], z0[SO / 2], u1[SO / 2], z1[SO / 2];
+    auto body = [&](int k, uint32_t(&ux)[SO / 2], uint32_t(&zx)[SO / 2]) {
         __syncthreads(); /* set k & 1 complete; ybuf[(k - 1) & 1] written; stage k % NSTG free */
         if (k + PC_NSTG < nck) load(k + PC_NSTG, steps(k + PC_NSTG));
         pc_commit();
-        uint32_t un[SO / 2], zn[SO / 2];
+        if (k > 0) gate(k - 1, ux, zx);
         if (k + 1 < nck) {
             pc_wait<PC_NSTG - 1>(); /* this thread's copies of chunk k+1 */
             __syncwarp();
-            convert(k + 1, steps(k + 1), un, zn);
+            convert(k + 1, steps(k + 1), ux, zx);
         }
-        if (k > 0) gate(k - 1, up, zp);
-#pragma unroll
-        for (int j = 0; j < SO / 2; j++) up[j] = uc[j], zp[j] = zc[j], uc[j] = un[j], zc[j] = zn[j];
+    };
+    convert(0, steps(0), u0, z0);
+    for (int k = 0; k < nck; k += 2) {
+        body(k, u1, z1);
+        if (k + 1 < nck) body(k + 1, u0, z0);
     }
     __syncthreads(); /* the scan warps' last y tile */
-    gate(nck - 1, up, zp);
+    if ((nck - 1) & 1) gate(nck - 1, u1, z1);
+    else gate(nck - 1, u0, z0);
 }
 
 /* The g4 fast path when its layouts hold (see the kernel comment) and JAMBA_EXT_SCAN_IMPL is not "pc" / "old";
@@ -1244,14 +1219,8 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         else nf[m] = -1, ok = false;
     }
     if (!ok || nf[0] != nf[1]) return 0;
-    const char *lean = getenv("JAMBA_EXT_SCAN_LEAN"); /* EXPERIMENT (see the kernel's LEAN) */
-    void (*k)(scan_io);
-    if (lean && lean[0] == '1')
-        k = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true, true> : selective_scan_g4_kernel<true, false, true>)
-                : (nf[0] ? selective_scan_g4_kernel<false, true, true> : selective_scan_g4_kernel<false, false, true>);
-    else
-        k = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true, false> : selective_scan_g4_kernel<true, false, false>)
-                : (nf[0] ? selective_scan_g4_kernel<false, true, false> : selective_scan_g4_kernel<false, false, false>);
+    void (*k)(scan_io) = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true> : selective_scan_g4_kernel<true, false>)
+                             : (nf[0] ? selective_scan_g4_kernel<false, true> : selective_scan_g4_kernel<false, false>);
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, G4_SMEM));
     jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), G4_THREADS, G4_SMEM, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (g4)", stream);
