@@ -848,6 +848,29 @@ def test_selective_scan_g4_fp64(monkeypatch, case):
         assert_close(last, last_pc, **TOL_LONG[torch.float32])
 
 
+def test_selective_scan_g4_bcf32_same_bits(monkeypatch):
+    """EXPERIMENT JAMBA_EXT_SCAN_BCF32=1 (B/C staged as fp32 instead of bf16 pieces): the bf16 -> fp32 conversion is
+    exact and the scan's arithmetic is unchanged, so outputs and last states are bit-identical to the default
+    staging, with every G4 case's tails, layouts and options."""
+    dtype = torch.bfloat16
+    for i, (batch, d_inner, seqlen, layout) in enumerate(G4_CASES):
+        a = scan_inputs(batch, d_inner, 16, seqlen, dtype, init=i % 2 == 0)
+        if layout == "nfast":
+            a.update(B=a["B"].transpose(1, 2).contiguous().transpose(1, 2),
+                     C=a["C"].transpose(1, 2).contiguous().transpose(1, 2))
+        if i % 3 == 1:
+            a.update(z=None, D=None, delta_bias=None)
+        monkeypatch.delenv("JAMBA_EXT_SCAN_IMPL", raising=False)
+        monkeypatch.delenv("JAMBA_EXT_SCAN_BCF32", raising=False)
+        out, last = ops.selective_scan(**a)
+        monkeypatch.setenv("JAMBA_EXT_SCAN_BCF32", "1")
+        res = {}
+        names = cuda_kernel_names(lambda: res.update(o=ops.selective_scan(**a)))
+        assert any("selective_scan_g4_kernel" in n for n in names), (batch, d_inner, seqlen, layout, names)
+        assert torch.equal(res["o"][0], out), (batch, d_inner, seqlen, layout)
+        assert torch.equal(res["o"][1], last), (batch, d_inner, seqlen, layout)
+
+
 def test_selective_scan_g4_declines():
     """Calls the g4 kernel does not take go to the pipelined kernel (L % 8, d_inner % 32, unaligned n-fast B/C,
     f16, softplus off, B t-fast with C n-fast), still correct."""

@@ -999,22 +999,28 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 #define G4_RAW_U (G4_CH * G4_TC * 2)
 #define G4_RAW_BC (PC_NS * G4_TC * 2)
 #define G4_STAGE (3 * G4_RAW_U + 2 * G4_RAW_BC)
-#define G4_SET (2 * G4_CH * G4_TP + G4_TC * PC_NS) /* floats: dt rows, dt*u rows, bf16 B/C pieces (2 KB) */
-#define G4_YB (G4_CH * G4_TP)                       /* floats: one y tile */
-#define G4_SMEM (PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * G4_YB * 4)
+#define G4_YB (G4_CH * G4_TP) /* floats: one y tile */
+/* floats of one converted set: dt rows, dt*u rows, B/C records [t][g][B(4) C(4)] (bf16: 2 KB; BCF, fp32: 4 KB) */
+template <bool BCF> __host__ __device__ constexpr int g4_set() { return 2 * G4_CH * G4_TP + G4_TC * PC_NS * (BCF ? 2 : 1); }
+template <bool BCF> __host__ __device__ constexpr int g4_smem() { return PC_NSTG * G4_STAGE + 2 * g4_set<BCF>() * 4 + 2 * G4_YB * 4; }
 
 /* one bf16 half of a 32-bit word as fp32 (scalar form of jamba_bf16x2_ld; with it the g4 SASS reorders) */
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). */
-template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
+/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). BCF (EXPERIMENT, JAMBA_EXT_SCAN_BCF32=1, written in
+ * session 14 without device time left, NOT yet run on a GPU): the converters stage B/C as fp32 records (32 bytes per
+ * step and state group) instead of bf16 pieces, so a scan lane reads 2 x 16 bytes per step and unpacks nothing (8
+ * fewer instructions per lane and step, ~16% of the kernel's instructions; one more shared load per lane and step). */
+template <bool Z, bool NF, bool BCF>
+__global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
     jamba_pdl_begin();
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
     unsigned char *raw = (unsigned char *)g4_smem4;
     float *sets = (float *)(raw + PC_NSTG * G4_STAGE);
-    float *ybuf = sets + 2 * G4_SET;
+    constexpr int SETF = g4_set<BCF>();
+    float *ybuf = sets + 2 * SETF;
     const int64_t nblk = a.DI / CH, b = blockIdx.x / nblk, c0 = (blockIdx.x - b * nblk) * CH;
     const int nck = (int)((a.L + TC - 1) / TC), ntl = (int)(a.L - (int64_t)(nck - 1) * TC);
     auto steps = [&](int kk) { return kk + 1 < nck ? TC : ntl; }; /* a multiple of 8 */
@@ -1032,14 +1038,20 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
         }
         for (int k = 0; k < nck; k++) {
             __syncthreads(); /* set k & 1 converted; ybuf[k & 1] read */
-            const float *set = sets + (k & 1) * G4_SET;
+            const float *set = sets + (k & 1) * SETF;
             const float *sdt = set + l * G4_TP, *sdtu = sdt + CH * G4_TP;
-            const unsigned char *sbp = (const unsigned char *)(set + 2 * CH * G4_TP) + g * 4 * SPT;
+            const unsigned char *sbp = (const unsigned char *)(set + 2 * CH * G4_TP) + g * 4 * SPT * (BCF ? 2 : 1);
             float yc[TC];
             pc_scan_steps<SPT, TC>(sdt, sdtu, A2, h, yc, [sbp](int st, float(&bv)[SPT], float(&cv)[SPT]) {
-                const uint4 wq = *(const uint4 *)(sbp + st * 64);
-                bv[0] = g4_lo(wq.x), bv[1] = g4_hi(wq.x), bv[2] = g4_lo(wq.y), bv[3] = g4_hi(wq.y);
-                cv[0] = g4_lo(wq.z), cv[1] = g4_hi(wq.z), cv[2] = g4_lo(wq.w), cv[3] = g4_hi(wq.w);
+                if (BCF) {
+                    const float4 qb = *(const float4 *)(sbp + st * 128), qc = *(const float4 *)(sbp + st * 128 + 16);
+                    bv[0] = qb.x, bv[1] = qb.y, bv[2] = qb.z, bv[3] = qb.w;
+                    cv[0] = qc.x, cv[1] = qc.y, cv[2] = qc.z, cv[3] = qc.w;
+                } else {
+                    const uint4 wq = *(const uint4 *)(sbp + st * 64);
+                    bv[0] = g4_lo(wq.x), bv[1] = g4_hi(wq.x), bv[2] = g4_lo(wq.y), bv[3] = g4_hi(wq.y);
+                    cv[0] = g4_lo(wq.z), cv[1] = g4_hi(wq.z), cv[2] = g4_lo(wq.w), cv[3] = g4_hi(wq.w);
+                }
             });
             pc_reduce_lv<TC / 2, 2>(yc, g);
             pc_reduce_lv<TC / 4, 1>(yc, g);
@@ -1094,7 +1106,7 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
      * Steps >= nt: dt = dt*u = 0, B = C = 0. */
     auto convert = [&](int kk, int nt, uint32_t(&ru)[SO / 2], uint32_t(&rz)[SO / 2]) {
         const unsigned char *st = raw + (kk % PC_NSTG) * G4_STAGE;
-        float *set = sets + (kk & 1) * G4_SET;
+        float *set = sets + (kk & 1) * SETF;
         const int off = l * 64 + g * 16;
         const uint4 qu = *(const uint4 *)(st + off), qd = *(const uint4 *)(st + G4_RAW_U + off);
         ru[0] = qu.x, ru[1] = qu.y, ru[2] = qu.z, ru[3] = qu.w;
@@ -1126,7 +1138,8 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
         const int np = NF ? (tid >> 2) & 7 : (tid >> 3) & 7, q = NF ? (tid & 3) + 4 * ((tid >> 5) & 1) : tid & 7;
         const int n = 2 * np;
         const unsigned char *rb = st + 3 * G4_RAW_U + mb * G4_RAW_BC;
-        unsigned char *pc = (unsigned char *)(set + 2 * CH * G4_TP) + (n / SPT) * 4 * SPT + (mb * SPT + n % SPT) * 2;
+        unsigned char *pc = (unsigned char *)(set + 2 * CH * G4_TP) + (n / SPT) * 4 * SPT * (BCF ? 2 : 1) +
+                            (mb * SPT + n % SPT) * (BCF ? 4 : 2);
         uint32_t w[4];
         if (NF) { /* raw [t][16]: the pair is one word per step */
 #pragma unroll
@@ -1142,7 +1155,10 @@ template <bool Z, bool NF> __global__ void __launch_bounds__(G4_THREADS) selecti
                 if (4 * q + j >= nt) w[j] = 0u;
         }
 #pragma unroll
-        for (int j = 0; j < 4; j++) *(uint32_t *)(pc + (4 * q + j) * 64) = w[j];
+        for (int j = 0; j < 4; j++) {
+            if (BCF) *(uint2 *)(pc + (4 * q + j) * 128) = make_uint2(w[j] << 16, w[j] & 0xffff0000u);
+            else *(uint32_t *)(pc + (4 * q + j) * 64) = w[j];
+        }
     };
     /* chunk kk's outputs of this lane (steps 8g .. 8g+7 of channel l) from ybuf[kk & 1] and its raw u / z words */
     auto gate = [&](int kk, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2]) {
@@ -1219,10 +1235,20 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         else nf[m] = -1, ok = false;
     }
     if (!ok || nf[0] != nf[1]) return 0;
-    void (*k)(scan_io) = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true> : selective_scan_g4_kernel<true, false>)
-                             : (nf[0] ? selective_scan_g4_kernel<false, true> : selective_scan_g4_kernel<false, false>);
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, G4_SMEM));
-    jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), G4_THREADS, G4_SMEM, stream, a);
+    const char *bcf = getenv("JAMBA_EXT_SCAN_BCF32"); /* EXPERIMENT (see the kernel's BCF) */
+    void (*k)(scan_io);
+    int smem;
+    if (bcf && bcf[0] == '1') {
+        k = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true, true> : selective_scan_g4_kernel<true, false, true>)
+                : (nf[0] ? selective_scan_g4_kernel<false, true, true> : selective_scan_g4_kernel<false, false, true>);
+        smem = g4_smem<true>();
+    } else {
+        k = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true, false> : selective_scan_g4_kernel<true, false, false>)
+                : (nf[0] ? selective_scan_g4_kernel<false, true, false> : selective_scan_g4_kernel<false, false, false>);
+        smem = g4_smem<false>();
+    }
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), G4_THREADS, smem, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (g4)", stream);
     *st = JAMBA_OK;
     return 1;
