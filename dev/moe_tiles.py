@@ -41,6 +41,30 @@ def tile_table():
         t_192 = sum(-(-n // 192) for n in c) * 192 / BM  # in 128-row tile units of tensor work
         print(f"{T:>7} {ideal:>9.1f} {t_all:>7} {ideal / t_all:>5.2f} {t_split:>10.1f} {ideal / t_split:>5.2f} "
               f"{t_192:>8.1f} {ideal / t_192:>5.2f}")
+    swap_ab_table()
+
+
+def swap_ab_rows(counts, step, chunk=256):
+    """Token rows of tensor work when the GEMM's operands are swapped (weights = wgmma A, 128 output features per
+    tile; an expert's tokens = wgmma N in chunks of <= chunk, the last rounded up to a multiple of step), and the
+    weight passes (one per token chunk) per expert."""
+    rows = sum((n // chunk) * chunk + -(-(n % chunk) // step) * step for n in counts)
+    passes = sum(-(-n // chunk) for n in counts)
+    return rows, passes
+
+
+def swap_ab_table():
+    """NOT implemented (session 14 planning figures): the tile rows' useful share and the W passes of the current
+    128-row m-tiles against swapped operands with token chunks in steps of 8 / 16 / 64."""
+    print(f"\n{'tokens':>7} {'128-row: useful':>16} {'W passes':>9} | swap-AB useful (W passes) at N step 8 / 16 / 64")
+    for T in (512, 1024, 2048, 4096, 16384):
+        c = bench_counts(T)
+        rows128 = sum(-(-n // BM) * BM for n in c)
+        cells = []
+        for step in (8, 16, 64):
+            r, p = swap_ab_rows(c, step)
+            cells.append(f"{2 * T / r:.3f} ({p})")
+        print(f"{T:>7} {2 * T / rows128:>16.3f} {sum(-(-n // BM) for n in c):>9} | " + " / ".join(cells))
 
 
 def written(offs, N, gate_up, mode):
