@@ -54,8 +54,9 @@ def swap_ab_rows(counts, step, chunk=256):
 
 
 def swap_ab_table():
-    """NOT implemented (session 14 planning figures): the tile rows' useful share and the W passes of the current
-    128-row m-tiles against swapped operands with token chunks in steps of 8 / 16 / 64."""
+    """The tile rows' useful share and the W passes of the current 128-row m-tiles against swapped operands with
+    token chunks in steps of 8 / 16 / 64 (the ceiling of the swap form measured and dropped in session 8:
+    docs/PERF_NOTES.md, MoE prefill)."""
     print(f"\n{'tokens':>7} {'128-row: useful':>16} {'W passes':>9} | swap-AB useful (W passes) at N step 8 / 16 / 64")
     for T in (512, 1024, 2048, 4096, 16384):
         c = bench_counts(T)
