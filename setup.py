@@ -1,4 +1,4 @@
-"""Build of jamba_ext._C: C sources (-O3 -fopenmp) and, when a CUDA toolkit is found, the .cu sources
+"""Build of jamba_ext._C: C sources (-O3 -fopenmp; without OpenMP when the compiler lacks it) and, when a CUDA toolkit is found, the .cu sources
 compiled by nvcc (sm_80 + sm_90, sm_90a for files that ask for it) in parallel and linked in with a
 static cudart. No torch header, no libtorch: the build needs only a C compiler (and nvcc for CUDA).
 
@@ -81,9 +81,30 @@ CU_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 CUDA_HOME = want_cuda()
 
 
+def _compiler_takes_openmp(compiler, tmp):
+    """True when the C compiler compiles and links with -fopenmp (Apple's clang without libomp does not)."""
+    src = os.path.join(tmp, "omp_probe.c")
+    with open(src, "w") as f:
+        f.write("int main(void) {\n    int s = 0;\n#pragma omp parallel for reduction(+ : s)\n"
+                "    for (int i = 0; i < 4; i++) s += i;\n    return s != 6;\n}\n")
+    try:
+        objs = compiler.compile([src], output_dir=tmp, extra_postargs=["-fopenmp"])
+        compiler.link_executable(objs, "omp_probe", output_dir=tmp, extra_postargs=["-fopenmp"])
+        return True
+    except Exception:  # distutils' CompileError / LinkError, or a missing compiler: the build decides below
+        return False
+
+
 class BuildExt(build_ext):
     def build_extension(self, ext):
         t0 = time.time()
+        os.makedirs(self.build_temp, exist_ok=True)
+        if not _compiler_takes_openmp(self.compiler, self.build_temp):
+            # the CPU kernels' "#pragma omp" loops then run on one thread (same results)
+            print("jamba_ext: the C compiler does not take -fopenmp; building the CPU kernels single-threaded "
+                  "(for OpenMP on macOS: brew install libomp)", file=sys.stderr)
+            ext.extra_compile_args = [a for a in ext.extra_compile_args if a != "-fopenmp"] + ["-Wno-unknown-pragmas"]
+            ext.extra_link_args = [a for a in ext.extra_link_args if a != "-fopenmp"]
         if CUDA_HOME is not None and CU_SOURCES:
             ext.extra_objects = list(ext.extra_objects or []) + self.compile_cuda(CUDA_HOME)
         super().build_extension(ext)
