@@ -111,7 +111,7 @@ def _call(fn_name: str, device: torch.device, op: str, named: List[Tuple[str, Op
     if device.type == "cuda":
         if not _C.has_cuda():
             raise RuntimeError(f"jamba.{op}: jamba_ext was built without CUDA kernels; reinstall with nvcc "
-                               "available (JAMBA_EXT_CUDA=1) to run on {device}")
+                               f"available (JAMBA_EXT_CUDA=1) to run on {device}")
         idx = device.index if device.index is not None else torch.cuda.current_device()
         backend, stream = 1, _raw_stream(idx)
     elif device.type == "cpu":

@@ -232,6 +232,9 @@ def main(args) -> int:
                   "(reinstall with nvcc on the PATH, or JAMBA_EXT_CUDA=1 to make that an error)"), file=sys.stderr)
             return 2
         devices = [dev]
+    if torch.cuda.is_available() and not ops.has_cuda_kernels():
+        print("note: a GPU is visible but jamba_ext was built without its CUDA kernels, so ops on GPU tensors raise "
+              "an error; reinstall with nvcc on the PATH (JAMBA_EXT_CUDA=1 makes a missing toolkit an error)")
     dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else None
     print("worst error per op and dtype as a fraction of its tolerance (<= 1 passes; float64 reference)")
     res = run(devices, dtypes, seed=args.seed, out=sys.stdout)

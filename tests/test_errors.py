@@ -267,3 +267,11 @@ def test_all_meta_runs_fake(op):
     want = want if isinstance(want, tuple) else (want,)
     for g, w in zip(got, want):
         assert g.device.type == "meta" and g.shape == w.shape and g.dtype == w.dtype
+
+
+def test_cuda_tensor_without_cuda_kernels_names_the_device(monkeypatch):
+    """A build without the CUDA kernels says so, and names the device, for a GPU tensor (no GPU needed: the check
+    runs before any tensor is touched)."""
+    monkeypatch.setattr(ops._C, "has_cuda", lambda: False)
+    with pytest.raises(RuntimeError, match=r"jamba\.rms_norm: jamba_ext was built without CUDA kernels.*on cuda:1$"):
+        ops._call("rms_norm", torch.device("cuda", 1), "rms_norm", [])
