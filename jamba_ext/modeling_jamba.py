@@ -590,7 +590,7 @@ class JambaMambaMixer(nn.Module):
     def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
         """One decode token. hidden_states (B, 1, H); conv_state (B, DI, K) and ssm_state (B, DI, N) are
         updated in place. Returns (B, 1, H)."""
-        DI, R, N = self.intermediate_size, self.time_step_rank, self.ssm_state_size
+        DI = self.intermediate_size  # R = time_step_rank, N = ssm_state_size in the shape comments
         xz = F.linear(hidden_states[:, 0], self.in_proj.weight, self.in_proj.bias)  # (B, 2DI)
         x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI), unit stride
         x = _K.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, True)  # (B, DI)

@@ -13,7 +13,7 @@ the last bit of an exp (ids are compared exactly).
 import pytest
 import torch
 
-from conftest import DTYPES, HAS_GPU, LOW_DTYPES, TOL, assert_close, compile_or_skip, dtype_params, graph_replays, \
+from conftest import HAS_GPU, LOW_DTYPES, TOL, assert_close, compile_or_skip, dtype_params, graph_replays, \
     randn, up
 from jamba_ext import moe, ops, reference
 
