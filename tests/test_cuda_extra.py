@@ -848,10 +848,13 @@ def test_selective_scan_g4_fp64(monkeypatch, case):
         assert_close(last, last_pc, **TOL_LONG[torch.float32])
 
 
-def test_selective_scan_g4_bcf32_same_bits(monkeypatch):
-    """EXPERIMENT JAMBA_EXT_SCAN_BCF32=1 (B/C staged as fp32 instead of bf16 pieces): the bf16 -> fp32 conversion is
-    exact and the scan's arithmetic is unchanged, so outputs and last states are bit-identical to the default
-    staging, with every G4 case's tails, layouts and options."""
+@pytest.mark.parametrize("switches", [("JAMBA_EXT_SCAN_BCF32",), ("JAMBA_EXT_SCAN_FULL_LOOP",),
+                                      ("JAMBA_EXT_SCAN_BCF32", "JAMBA_EXT_SCAN_FULL_LOOP")])
+def test_selective_scan_g4_experiments_same_bits(monkeypatch, switches):
+    """The g4 kernel's EXPERIMENT switches change no bits: JAMBA_EXT_SCAN_BCF32=1 stages B/C as fp32 instead of bf16
+    pieces (an exact conversion; the scan's arithmetic is unchanged), JAMBA_EXT_SCAN_FULL_LOOP=1 runs full chunks
+    through a loop body without bound checks (the cases have 1 to 128 chunks, tails after full chunks, and take the
+    full-chunk loop from 7 chunks on). Outputs and last states bit-identical to the default, every G4 case."""
     dtype = torch.bfloat16
     for i, (batch, d_inner, seqlen, layout) in enumerate(G4_CASES):
         a = scan_inputs(batch, d_inner, 16, seqlen, dtype, init=i % 2 == 0)
@@ -861,9 +864,11 @@ def test_selective_scan_g4_bcf32_same_bits(monkeypatch):
         if i % 3 == 1:
             a.update(z=None, D=None, delta_bias=None)
         monkeypatch.delenv("JAMBA_EXT_SCAN_IMPL", raising=False)
-        monkeypatch.delenv("JAMBA_EXT_SCAN_BCF32", raising=False)
+        for sw in ("JAMBA_EXT_SCAN_BCF32", "JAMBA_EXT_SCAN_FULL_LOOP"):
+            monkeypatch.delenv(sw, raising=False)
         out, last = ops.selective_scan(**a)
-        monkeypatch.setenv("JAMBA_EXT_SCAN_BCF32", "1")
+        for sw in switches:
+            monkeypatch.setenv(sw, "1")
         res = {}
         names = cuda_kernel_names(lambda: res.update(o=ops.selective_scan(**a)))
         assert any("selective_scan_g4_kernel" in n for n in names), (batch, d_inner, seqlen, layout, names)

@@ -1008,12 +1008,16 @@ template <bool BCF> __host__ __device__ constexpr int g4_smem() { return PC_NSTG
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). BCF (EXPERIMENT, JAMBA_EXT_SCAN_BCF32=1, written in
- * session 14 without device time left, NOT yet run on a GPU): the converters stage B/C as fp32 records (32 bytes per
- * step and state group) instead of bf16 pieces, so a scan lane reads 2 x 16 bytes per step and unpacks nothing (8
- * fewer instructions per lane and step, ~16% of the kernel's instructions; one more shared load per lane and step). */
-template <bool Z, bool NF, bool BCF>
+/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). V: EXPERIMENT bits (written in session 14 without
+ * device time left, NOT yet run on a GPU; 0 = the measured kernel):
+ *   V & 1 (BCF, JAMBA_EXT_SCAN_BCF32=1): the converters stage B/C as fp32 records (32 bytes per step and state
+ *     group) instead of bf16 pieces, so a scan lane reads 2 x 16 bytes per step and unpacks nothing (8 fewer
+ *     instructions per lane and step, ~16% of the kernel's instructions; one more shared load per lane and step);
+ *   V & 2 (FL, JAMBA_EXT_SCAN_FULL_LOOP=1): the converters' chunks 1 .. nck-5, whose copies, conversion and outputs
+ *     are all full, run a loop body without bound checks (steps(), the copy and output guards, the mask branches). */
+template <bool Z, bool NF, int V>
 __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
+    constexpr bool BCF = (V & 1) != 0, FL = (V & 2) != 0;
     jamba_pdl_begin();
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
@@ -1161,8 +1165,8 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
         }
     };
     /* chunk kk's outputs of this lane (steps 8g .. 8g+7 of channel l) from ybuf[kk & 1] and its raw u / z words */
-    auto gate = [&](int kk, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2]) {
-        if (SO * g >= steps(kk)) return;
+    auto gate = [&](int kk, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2], bool check = true) {
+        if (check && SO * g >= steps(kk)) return;
         const float *yr = ybuf + (kk & 1) * G4_YB + l * G4_TP + SO * g;
         const float4 y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
         const float yc[SO] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
@@ -1202,9 +1206,38 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
         }
     };
     convert(0, steps(0), u0, z0);
-    for (int k = 0; k < nck; k += 2) {
-        body(k, u1, z1);
-        if (k + 1 < nck) body(k + 1, u0, z0);
+    if constexpr (FL) {
+        auto body_full = [&](int k, uint32_t(&ux)[SO / 2], uint32_t(&zx)[SO / 2]) { /* 1 <= k <= nck - 5 */
+            __syncthreads();
+            load(k + PC_NSTG, TC);
+            pc_commit();
+            gate(k - 1, ux, zx, false);
+            pc_wait<PC_NSTG - 1>();
+            __syncwarp();
+            convert(k + 1, TC, ux, zx);
+        };
+        int k = 0;
+        if (nck >= 7) {
+            body(0, u1, z1);
+            for (k = 1; k + 1 <= nck - 5; k += 2) {
+                body_full(k, u0, z0);
+                body_full(k + 1, u1, z1);
+            }
+            for (; k < nck; k += 2) { /* k odd: the parity of the sets holds */
+                body(k, u0, z0);
+                if (k + 1 < nck) body(k + 1, u1, z1);
+            }
+        } else {
+            for (; k < nck; k += 2) {
+                body(k, u1, z1);
+                if (k + 1 < nck) body(k + 1, u0, z0);
+            }
+        }
+    } else {
+        for (int k = 0; k < nck; k += 2) {
+            body(k, u1, z1);
+            if (k + 1 < nck) body(k + 1, u0, z0);
+        }
     }
     __syncthreads(); /* the scan warps' last y tile */
     if ((nck - 1) & 1) gate(nck - 1, u1, z1);
@@ -1235,18 +1268,19 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         else nf[m] = -1, ok = false;
     }
     if (!ok || nf[0] != nf[1]) return 0;
-    const char *bcf = getenv("JAMBA_EXT_SCAN_BCF32"); /* EXPERIMENT (see the kernel's BCF) */
-    void (*k)(scan_io);
-    int smem;
-    if (bcf && bcf[0] == '1') {
-        k = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true, true> : selective_scan_g4_kernel<true, false, true>)
-                : (nf[0] ? selective_scan_g4_kernel<false, true, true> : selective_scan_g4_kernel<false, false, true>);
-        smem = g4_smem<true>();
-    } else {
-        k = a.z ? (nf[0] ? selective_scan_g4_kernel<true, true, false> : selective_scan_g4_kernel<true, false, false>)
-                : (nf[0] ? selective_scan_g4_kernel<false, true, false> : selective_scan_g4_kernel<false, false, false>);
-        smem = g4_smem<false>();
-    }
+    const char *bcf = getenv("JAMBA_EXT_SCAN_BCF32"), *fl = getenv("JAMBA_EXT_SCAN_FULL_LOOP"); /* EXPERIMENTS (V) */
+    const int v = (bcf && bcf[0] == '1' ? 1 : 0) | (fl && fl[0] == '1' ? 2 : 0);
+    void (*const ks[4][4])(scan_io) = {
+        {selective_scan_g4_kernel<false, false, 0>, selective_scan_g4_kernel<false, false, 1>,
+         selective_scan_g4_kernel<false, false, 2>, selective_scan_g4_kernel<false, false, 3>},
+        {selective_scan_g4_kernel<false, true, 0>, selective_scan_g4_kernel<false, true, 1>,
+         selective_scan_g4_kernel<false, true, 2>, selective_scan_g4_kernel<false, true, 3>},
+        {selective_scan_g4_kernel<true, false, 0>, selective_scan_g4_kernel<true, false, 1>,
+         selective_scan_g4_kernel<true, false, 2>, selective_scan_g4_kernel<true, false, 3>},
+        {selective_scan_g4_kernel<true, true, 0>, selective_scan_g4_kernel<true, true, 1>,
+         selective_scan_g4_kernel<true, true, 2>, selective_scan_g4_kernel<true, true, 3>}};
+    void (*k)(scan_io) = ks[(a.z ? 2 : 0) + (nf[0] ? 1 : 0)][v];
+    const int smem = v & 1 ? g4_smem<true>() : g4_smem<false>();
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), G4_THREADS, smem, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (g4)", stream);
