@@ -1017,8 +1017,8 @@ __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 
  *     are all full, run a loop body without bound checks (steps(), the copy and output guards, the mask branches). */
 template <bool Z, bool NF, int V>
 __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
-    constexpr bool BCF = (V & 1) != 0, FL = (V & 2) != 0;
     jamba_pdl_begin();
+    constexpr bool BCF = (V & 1) != 0, FL = (V & 2) != 0;
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
     unsigned char *raw = (unsigned char *)g4_smem4;
