@@ -158,7 +158,8 @@ class BuildExt(build_ext):
                     objs.append(obj)
         if failed:
             raise RuntimeError("nvcc failed on: " + ", ".join(failed))
-        ext.define_macros = list(ext.define_macros or []) + [("JAMBA_WITH_CUDA", "1")]
+        ext.define_macros = list(ext.define_macros or []) + [("JAMBA_WITH_CUDA", "1"),
+                                                             ("JAMBA_CUDA_ARCHS", '"' + ";".join(archs) + '"')]
         ext.library_dirs = list(ext.library_dirs or []) + [cudart_static_dir(home)]
         ext.libraries = list(ext.libraries or []) + ["cudart_static", "stdc++", "rt", "pthread", "dl"]
         return objs

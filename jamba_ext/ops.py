@@ -54,6 +54,20 @@ def has_cuda_kernels() -> bool:
     return bool(_C.has_cuda())
 
 
+def cuda_archs() -> List[int]:
+    """The CUDA architectures the kernels were compiled for, e.g. [80, 90] (JAMBA_EXT_ARCHS at build time);
+    [] without CUDA kernels."""
+    getter = getattr(_C, "cuda_archs", None)
+    return [int("".join(ch for ch in a if ch.isdigit())) for a in (getter() if getter else "").split(";") if a]
+
+
+def cuda_arch_runs(capability: Tuple[int, int]) -> bool:
+    """Whether the compiled kernels run on a GPU of this compute capability (major, minor): machine code for sm_XY
+    runs on sm_XZ with Z >= Y (no PTX is embedded, so newer majors need a rebuild)."""
+    major, minor = capability
+    return any(a // 10 == major and a % 10 <= minor for a in cuda_archs())
+
+
 def _alloc(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Tensor:
     """The one allocation helper for op outputs and states."""
     if _poison:

@@ -219,9 +219,15 @@ def main(args) -> int:
     import sys
 
     t0 = time.perf_counter()
+    archs = ", ".join(f"sm_{a}" for a in ops.cuda_archs())
     print(f"jamba_ext {__import__('jamba_ext').__version__} | torch {torch.__version__} | "
-          f"CUDA kernels {'built' if ops.has_cuda_kernels() else 'not built'} | "
+          f"CUDA kernels {'built for ' + archs if ops.has_cuda_kernels() else 'not built'} | "
           f"GPUs visible to torch: {torch.cuda.device_count() if torch.cuda.is_available() else 0}")
+    for i in range(torch.cuda.device_count() if torch.cuda.is_available() and ops.has_cuda_kernels() else 0):
+        cap = torch.cuda.get_device_capability(i)
+        if not ops.cuda_arch_runs(cap):
+            print(f"note: cuda:{i} is sm_{cap[0]}{cap[1]}, which the build's {archs} machine code does not run on: "
+                  f"its checks will fail; reinstall with JAMBA_EXT_ARCHS=\"{cap[0]}{cap[1]}\" (or a list with it)")
     if args.device == "all":
         devices = devices_available()
     else:

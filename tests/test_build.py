@@ -146,3 +146,18 @@ def test_every_kernel_starts_with_pdl_wait():
                 f"{name}: kernel at offset {m.start()} does not start with jamba_pdl_begin(): {first[:60]!r}"
             kernels += 1
     assert kernels >= 20  # the test found the kernels (23 when written)
+
+
+def test_cuda_archs_and_compatibility(monkeypatch):
+    """ops.cuda_archs() reports the build's architectures ([] without CUDA kernels), and cuda_arch_runs follows
+    the machine-code rule: sm_XY code runs on sm_XZ for Z >= Y, never on another major."""
+    archs = ops.cuda_archs()
+    assert (archs == []) == (not ops.has_cuda_kernels()), archs
+    monkeypatch.setattr(ops._C, "cuda_archs", lambda: "80;90a")
+    assert ops.cuda_archs() == [80, 90]
+    assert [ops.cuda_arch_runs(c) for c in [(8, 0), (8, 6), (8, 9), (9, 0), (7, 5), (10, 0), (12, 0)]] == \
+        [True, True, True, True, False, False, False]
+    monkeypatch.setattr(ops._C, "cuda_archs", lambda: "86")
+    assert not ops.cuda_arch_runs((8, 0)) and ops.cuda_arch_runs((8, 9))
+    monkeypatch.setattr(ops._C, "cuda_archs", lambda: "")
+    assert ops.cuda_archs() == [] and not ops.cuda_arch_runs((9, 0))

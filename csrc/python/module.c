@@ -257,8 +257,18 @@ static PyObject *py_has_cuda(PyObject *self, PyObject *args) {
     return PyBool_FromLong(jamba_has_cuda());
 }
 
+#ifndef JAMBA_CUDA_ARCHS
+#define JAMBA_CUDA_ARCHS "" /* setup.py defines it as the JAMBA_EXT_ARCHS list of a CUDA build, e.g. "80;90" */
+#endif
+static PyObject *py_cuda_archs(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyUnicode_FromString(JAMBA_CUDA_ARCHS);
+}
+
 static PyMethodDef methods[] = {
     {"has_cuda", py_has_cuda, METH_NOARGS, "True when the CUDA kernels were compiled in."},
+    {"cuda_archs", py_cuda_archs, METH_NOARGS, "The CUDA architectures compiled in, e.g. \"80;90\" (\"\": none)."},
     {"rms_norm", py_rms_norm, METH_VARARGS, "rms_norm / add_rms_norm (see csrc/jamba.h)."},
     {"rms_norm_segments", py_rms_norm_segments, METH_VARARGS, "rms_norm_segments (see csrc/jamba.h)."},
     {"causal_conv1d", py_causal_conv1d, METH_VARARGS, "causal_conv1d (see csrc/jamba.h)."},
