@@ -77,3 +77,15 @@ def test_check_passes_on_each_gpu(capsys):
     bad = [r for r in res if not r["ok"]]
     assert not bad, bad
     assert len(res) == 30 * torch.cuda.device_count()
+
+
+def test_cli_stops_quietly_when_the_reader_goes_away():
+    """`jamba-ext check | head -1`: a closed pipe ends the command without a traceback."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.Popen([sys.executable, "-m", "jamba_ext", "check", "--device", "cpu"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    p.wait(timeout=300)
+    assert "Traceback" not in err, err
