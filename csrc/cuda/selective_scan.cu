@@ -1206,6 +1206,7 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
         }
     };
     convert(0, steps(0), u0, z0);
+    int k = 0;
     if constexpr (FL) {
         auto body_full = [&](int k, uint32_t(&ux)[SO / 2], uint32_t(&zx)[SO / 2]) { /* 1 <= k <= nck - 5 */
             __syncthreads();
@@ -1216,25 +1217,21 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
             __syncwarp();
             convert(k + 1, TC, ux, zx);
         };
-        int k = 0;
         if (nck >= 7) {
             body(0, u1, z1);
             for (k = 1; k + 1 <= nck - 5; k += 2) {
                 body_full(k, u0, z0);
                 body_full(k + 1, u1, z1);
             }
-            for (; k < nck; k += 2) { /* k odd: the parity of the sets holds */
-                body(k, u0, z0);
-                if (k + 1 < nck) body(k + 1, u1, z1);
-            }
-        } else {
-            for (; k < nck; k += 2) {
-                body(k, u1, z1);
-                if (k + 1 < nck) body(k + 1, u0, z0);
-            }
+        }
+    }
+    if (k & 1) { /* after FL's full-chunk loop: k odd, the checked body for the rest (the sets' parity holds) */
+        for (; k < nck; k += 2) {
+            body(k, u0, z0);
+            if (k + 1 < nck) body(k + 1, u1, z1);
         }
     } else {
-        for (int k = 0; k < nck; k += 2) {
+        for (; k < nck; k += 2) {
             body(k, u1, z1);
             if (k + 1 < nck) body(k + 1, u0, z0);
         }
