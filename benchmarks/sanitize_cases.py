@@ -57,8 +57,8 @@ def main():
     ops.selective_scan(u2[:, c64, :120].contiguous(), d2[:, c64, :120].contiguous(), A[c64].contiguous(),
                        rn(B, N, 120), rn(B, N, 120), D[c64].contiguous(), z2[:, c64, :120].contiguous(),
                        db[c64].contiguous(), True, h[:, c64].contiguous())
-    # the g4 kernel over 8 chunks (7 full, then an 8-step tail; n-fast B/C): with JAMBA_EXT_SCAN_FULL_LOOP=1 its
-    # full-chunk loop body runs (chunks 1 .. 3), then the checked one
+    # the g4 kernel over 8 chunks (7 full, then an 8-step tail; n-fast B/C): its full-chunk loop body runs
+    # (chunks 1 .. 3), then the checked one
     L3 = 232
     ops.selective_scan(rn(B, 64, L3), rn(B, 64, L3), A[c64].contiguous(), rn(B, L3, N).transpose(1, 2),
                        rn(B, L3, N).transpose(1, 2), D[c64].contiguous(), rn(B, 64, L3), db[c64].contiguous(), True,

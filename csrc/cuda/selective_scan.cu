@@ -1000,31 +1000,30 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 #define G4_RAW_BC (PC_NS * G4_TC * 2)
 #define G4_STAGE (3 * G4_RAW_U + 2 * G4_RAW_BC)
 #define G4_YB (G4_CH * G4_TP) /* floats: one y tile */
-/* floats of one converted set: dt rows, dt*u rows, B/C records [t][g][B(4) C(4)] (bf16: 2 KB; BCF, fp32: 4 KB) */
-template <bool BCF> __host__ __device__ constexpr int g4_set() { return 2 * G4_CH * G4_TP + G4_TC * PC_NS * (BCF ? 2 : 1); }
-template <bool BCF> __host__ __device__ constexpr int g4_smem() { return PC_NSTG * G4_STAGE + 2 * g4_set<BCF>() * 4 + 2 * G4_YB * 4; }
+#define G4_SET (2 * G4_CH * G4_TP + G4_TC * PC_NS) /* floats of one converted set: dt rows, dt*u rows, B/C records */
+/* bytes of shared memory: raw stages, two converted sets, two y tiles (YP: two tiles of 4 partial rows per channel) */
+template <bool YP> __host__ __device__ constexpr int g4_smem() { return PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * G4_YB * 4 * (YP ? 4 : 1); }
 
 /* one bf16 half of a 32-bit word as fp32 (scalar form of jamba_bf16x2_ld; with it the g4 SASS reorders) */
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). V: EXPERIMENT bits (written in session 14 without
- * device time left, NOT yet run on a GPU; 0 = the measured kernel):
- *   V & 1 (BCF, JAMBA_EXT_SCAN_BCF32=1): the converters stage B/C as fp32 records (32 bytes per step and state
- *     group) instead of bf16 pieces, so a scan lane reads 2 x 16 bytes per step and unpacks nothing (8 fewer
- *     instructions per lane and step, ~16% of the kernel's instructions; one more shared load per lane and step);
- *   V & 2 (FL, JAMBA_EXT_SCAN_FULL_LOOP=1): the converters' chunks 1 .. nck-5, whose copies, conversion and outputs
- *     are all full, run a loop body without bound checks (steps(), the copy and output guards, the mask branches). */
+/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). V: EXPERIMENT bits (0 = the measured kernel):
+ *   V & 1 (YP, JAMBA_EXT_SCAN_YPART=1, written in session 15): the scan lanes store their 4 partial y sums per
+ *     step (32 floats per lane and chunk, 8 16-byte stores; rows [g][channel], 16-byte blocks XOR-swizzled by 2g,
+ *     conflict-free for both sides) instead of reducing them with shuffles (24 SHFL + 48 FSEL + 24 FADD per lane
+ *     and chunk); the converters add the 4 partials of their 8 steps as (p0 + p2) + (p1 + p3), the shuffle tree's
+ *     order, so the outputs keep their bits. */
 template <bool Z, bool NF, int V>
 __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
     jamba_pdl_begin();
-    constexpr bool BCF = (V & 1) != 0, FL = (V & 2) != 0;
+    constexpr bool YP = (V & 1) != 0;
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
     unsigned char *raw = (unsigned char *)g4_smem4;
     float *sets = (float *)(raw + PC_NSTG * G4_STAGE);
-    constexpr int SETF = g4_set<BCF>();
-    float *ybuf = sets + 2 * SETF;
+    constexpr int SETF = G4_SET, YBF = G4_YB * (YP ? 4 : 1);
+    float *ybuf = sets + 2 * SETF; /* y tiles, YBF floats each */
     const int64_t nblk = a.DI / CH, b = blockIdx.x / nblk, c0 = (blockIdx.x - b * nblk) * CH;
     const int nck = (int)((a.L + TC - 1) / TC), ntl = (int)(a.L - (int64_t)(nck - 1) * TC);
     auto steps = [&](int kk) { return kk + 1 < nck ? TC : ntl; }; /* a multiple of 8 */
@@ -1044,24 +1043,25 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
             __syncthreads(); /* set k & 1 converted; ybuf[k & 1] read */
             const float *set = sets + (k & 1) * SETF;
             const float *sdt = set + l * G4_TP, *sdtu = sdt + CH * G4_TP;
-            const unsigned char *sbp = (const unsigned char *)(set + 2 * CH * G4_TP) + g * 4 * SPT * (BCF ? 2 : 1);
+            const unsigned char *sbp = (const unsigned char *)(set + 2 * CH * G4_TP) + g * 4 * SPT;
             float yc[TC];
             pc_scan_steps<SPT, TC>(sdt, sdtu, A2, h, yc, [sbp](int st, float(&bv)[SPT], float(&cv)[SPT]) {
-                if (BCF) {
-                    const float4 qb = *(const float4 *)(sbp + st * 128), qc = *(const float4 *)(sbp + st * 128 + 16);
-                    bv[0] = qb.x, bv[1] = qb.y, bv[2] = qb.z, bv[3] = qb.w;
-                    cv[0] = qc.x, cv[1] = qc.y, cv[2] = qc.z, cv[3] = qc.w;
-                } else {
-                    const uint4 wq = *(const uint4 *)(sbp + st * 64);
-                    bv[0] = g4_lo(wq.x), bv[1] = g4_hi(wq.x), bv[2] = g4_lo(wq.y), bv[3] = g4_hi(wq.y);
-                    cv[0] = g4_lo(wq.z), cv[1] = g4_hi(wq.z), cv[2] = g4_lo(wq.w), cv[3] = g4_hi(wq.w);
-                }
+                const uint4 wq = *(const uint4 *)(sbp + st * 64);
+                bv[0] = g4_lo(wq.x), bv[1] = g4_hi(wq.x), bv[2] = g4_lo(wq.y), bv[3] = g4_hi(wq.y);
+                cv[0] = g4_lo(wq.z), cv[1] = g4_hi(wq.z), cv[2] = g4_lo(wq.w), cv[3] = g4_hi(wq.w);
             });
-            pc_reduce_lv<TC / 2, 2>(yc, g);
-            pc_reduce_lv<TC / 4, 1>(yc, g);
-            float *yr = ybuf + (k & 1) * G4_YB + l * G4_TP + SO * g;
-            ((float4 *)yr)[0] = make_float4(yc[0], yc[1], yc[2], yc[3]);
-            ((float4 *)yr)[1] = make_float4(yc[4], yc[5], yc[6], yc[7]);
+            if (YP) { /* row (g, l); step block j (steps 4j .. 4j+3) at block j ^ 2g */
+                float4 *yw = (float4 *)(ybuf + (k & 1) * YBF + (g * CH + l) * G4_TP);
+#pragma unroll
+                for (int j = 0; j < TC / 4; j++)
+                    yw[j ^ (2 * g)] = make_float4(yc[4 * j], yc[4 * j + 1], yc[4 * j + 2], yc[4 * j + 3]);
+            } else {
+                pc_reduce_lv<TC / 2, 2>(yc, g);
+                pc_reduce_lv<TC / 4, 1>(yc, g);
+                float *yr = ybuf + (k & 1) * YBF + l * G4_TP + SO * g;
+                ((float4 *)yr)[0] = make_float4(yc[0], yc[1], yc[2], yc[3]);
+                ((float4 *)yr)[1] = make_float4(yc[4], yc[5], yc[6], yc[7]);
+            }
         }
         __syncthreads(); /* the converters' last outputs read ybuf after it */
         if (a.last) {
@@ -1142,8 +1142,7 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
         const int np = NF ? (tid >> 2) & 7 : (tid >> 3) & 7, q = NF ? (tid & 3) + 4 * ((tid >> 5) & 1) : tid & 7;
         const int n = 2 * np;
         const unsigned char *rb = st + 3 * G4_RAW_U + mb * G4_RAW_BC;
-        unsigned char *pc = (unsigned char *)(set + 2 * CH * G4_TP) + (n / SPT) * 4 * SPT * (BCF ? 2 : 1) +
-                            (mb * SPT + n % SPT) * (BCF ? 4 : 2);
+        unsigned char *pc = (unsigned char *)(set + 2 * CH * G4_TP) + (n / SPT) * 4 * SPT + (mb * SPT + n % SPT) * 2;
         uint32_t w[4];
         if (NF) { /* raw [t][16]: the pair is one word per step */
 #pragma unroll
@@ -1159,16 +1158,29 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
                 if (4 * q + j >= nt) w[j] = 0u;
         }
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            if (BCF) *(uint2 *)(pc + (4 * q + j) * 128) = make_uint2(w[j] << 16, w[j] & 0xffff0000u);
-            else *(uint32_t *)(pc + (4 * q + j) * 64) = w[j];
-        }
+        for (int j = 0; j < 4; j++) *(uint32_t *)(pc + (4 * q + j) * 64) = w[j];
     };
     /* chunk kk's outputs of this lane (steps 8g .. 8g+7 of channel l) from ybuf[kk & 1] and its raw u / z words */
     auto gate = [&](int kk, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2], bool check = true) {
         if (check && SO * g >= steps(kk)) return;
-        const float *yr = ybuf + (kk & 1) * G4_YB + l * G4_TP + SO * g;
-        const float4 y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
+        float4 y0, y1;
+        if (YP) { /* partial rows (g', l), blocks 2g, 2g+1 (stored at 2g ^ 2g', 2g+1 ^ 2g') */
+            const float4 *yr = (const float4 *)(ybuf + (kk & 1) * YBF + l * G4_TP);
+            float4 p[4][2];
+#pragma unroll
+            for (int gp = 0; gp < 4; gp++) {
+                p[gp][0] = yr[gp * CH * G4_TP / 4 + ((2 * g) ^ (2 * gp))];
+                p[gp][1] = yr[gp * CH * G4_TP / 4 + ((2 * g + 1) ^ (2 * gp))];
+            }
+            auto add4 = [](const float4 &a0, const float4 &a2, const float4 &a1, const float4 &a3) {
+                return make_float4((a0.x + a2.x) + (a1.x + a3.x), (a0.y + a2.y) + (a1.y + a3.y),
+                                   (a0.z + a2.z) + (a1.z + a3.z), (a0.w + a2.w) + (a1.w + a3.w));
+            };
+            y0 = add4(p[0][0], p[2][0], p[1][0], p[3][0]), y1 = add4(p[0][1], p[2][1], p[1][1], p[3][1]);
+        } else {
+            const float *yr = ybuf + (kk & 1) * YBF + l * G4_TP + SO * g;
+            y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
+        }
         const float yc[SO] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
         uint32_t o[SO / 2];
 #pragma unroll
@@ -1207,25 +1219,24 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
     };
     convert(0, steps(0), u0, z0);
     int k = 0;
-    if constexpr (FL) {
-        auto body_full = [&](int k, uint32_t(&ux)[SO / 2], uint32_t(&zx)[SO / 2]) { /* 1 <= k <= nck - 5 */
-            __syncthreads();
-            load(k + PC_NSTG, TC);
-            pc_commit();
-            gate(k - 1, ux, zx, false);
-            pc_wait<PC_NSTG - 1>();
-            __syncwarp();
-            convert(k + 1, TC, ux, zx);
-        };
-        if (nck >= 7) {
-            body(0, u1, z1);
-            for (k = 1; k + 1 <= nck - 5; k += 2) {
-                body_full(k, u0, z0);
-                body_full(k + 1, u1, z1);
-            }
+    /* chunks 1 .. nck-5: copies, conversion and outputs all full, no bound checks (session 15: 0.7% at 1x8192) */
+    auto body_full = [&](int k, uint32_t(&ux)[SO / 2], uint32_t(&zx)[SO / 2]) {
+        __syncthreads();
+        load(k + PC_NSTG, TC);
+        pc_commit();
+        gate(k - 1, ux, zx, false);
+        pc_wait<PC_NSTG - 1>();
+        __syncwarp();
+        convert(k + 1, TC, ux, zx);
+    };
+    if (nck >= 7) {
+        body(0, u1, z1);
+        for (k = 1; k + 1 <= nck - 5; k += 2) {
+            body_full(k, u0, z0);
+            body_full(k + 1, u1, z1);
         }
     }
-    if (k & 1) { /* after FL's full-chunk loop: k odd, the checked body for the rest (the sets' parity holds) */
+    if (k & 1) { /* after the full-chunk loop: k odd, the checked body for the rest (the sets' parity holds) */
         for (; k < nck; k += 2) {
             body(k, u0, z0);
             if (k + 1 < nck) body(k + 1, u1, z1);
@@ -1265,19 +1276,15 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         else nf[m] = -1, ok = false;
     }
     if (!ok || nf[0] != nf[1]) return 0;
-    const char *bcf = getenv("JAMBA_EXT_SCAN_BCF32"), *fl = getenv("JAMBA_EXT_SCAN_FULL_LOOP"); /* EXPERIMENTS (V) */
-    const int v = (bcf && bcf[0] == '1' ? 1 : 0) | (fl && fl[0] == '1' ? 2 : 0);
-    void (*const ks[4][4])(scan_io) = {
-        {selective_scan_g4_kernel<false, false, 0>, selective_scan_g4_kernel<false, false, 1>,
-         selective_scan_g4_kernel<false, false, 2>, selective_scan_g4_kernel<false, false, 3>},
-        {selective_scan_g4_kernel<false, true, 0>, selective_scan_g4_kernel<false, true, 1>,
-         selective_scan_g4_kernel<false, true, 2>, selective_scan_g4_kernel<false, true, 3>},
-        {selective_scan_g4_kernel<true, false, 0>, selective_scan_g4_kernel<true, false, 1>,
-         selective_scan_g4_kernel<true, false, 2>, selective_scan_g4_kernel<true, false, 3>},
-        {selective_scan_g4_kernel<true, true, 0>, selective_scan_g4_kernel<true, true, 1>,
-         selective_scan_g4_kernel<true, true, 2>, selective_scan_g4_kernel<true, true, 3>}};
+    const char *yp = getenv("JAMBA_EXT_SCAN_YPART"); /* EXPERIMENT (V) */
+    const int v = yp && yp[0] == '1' ? 1 : 0;
+    void (*const ks[4][2])(scan_io) = {
+        {selective_scan_g4_kernel<false, false, 0>, selective_scan_g4_kernel<false, false, 1>},
+        {selective_scan_g4_kernel<false, true, 0>, selective_scan_g4_kernel<false, true, 1>},
+        {selective_scan_g4_kernel<true, false, 0>, selective_scan_g4_kernel<true, false, 1>},
+        {selective_scan_g4_kernel<true, true, 0>, selective_scan_g4_kernel<true, true, 1>}};
     void (*k)(scan_io) = ks[(a.z ? 2 : 0) + (nf[0] ? 1 : 0)][v];
-    const int smem = v & 1 ? g4_smem<true>() : g4_smem<false>();
+    const int smem = v ? g4_smem<true>() : g4_smem<false>();
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), G4_THREADS, smem, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (g4)", stream);
