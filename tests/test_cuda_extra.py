@@ -848,11 +848,11 @@ def test_selective_scan_g4_fp64(monkeypatch, case):
         assert_close(last, last_pc, **TOL_LONG[torch.float32])
 
 
-@pytest.mark.parametrize("switches", [("JAMBA_EXT_SCAN_YPART",)])
+@pytest.mark.parametrize("switches", [("JAMBA_EXT_SCAN_YHALF",)])
 def test_selective_scan_g4_experiments_same_bits(monkeypatch, switches):
-    """The g4 kernel's EXPERIMENT switches change no bits: JAMBA_EXT_SCAN_YPART=1 passes the 4 partial y sums of a
-    channel and step through shared memory instead of a shuffle reduction, added in the shuffle tree's order (the
-    cases have 1 to 128 chunks, tails after full chunks). Outputs and last states bit-identical to the default,
+    """The g4 kernel's EXPERIMENT switches change no bits: JAMBA_EXT_SCAN_YHALF=1 passes the half-reduced y sums
+    through shared memory instead of the reduction's second shuffle level, added as that level adds them (the cases
+    have 1 to 128 chunks, tails after full chunks). Outputs and last states bit-identical to the default,
     every G4 case."""
     dtype = torch.bfloat16
     for i, (batch, d_inner, seqlen, layout) in enumerate(G4_CASES):
@@ -863,7 +863,7 @@ def test_selective_scan_g4_experiments_same_bits(monkeypatch, switches):
         if i % 3 == 1:
             a.update(z=None, D=None, delta_bias=None)
         monkeypatch.delenv("JAMBA_EXT_SCAN_IMPL", raising=False)
-        for sw in ("JAMBA_EXT_SCAN_YPART",):
+        for sw in ("JAMBA_EXT_SCAN_YHALF",):
             monkeypatch.delenv(sw, raising=False)
         out, last = ops.selective_scan(**a)
         for sw in switches:

@@ -1001,28 +1001,33 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 #define G4_STAGE (3 * G4_RAW_U + 2 * G4_RAW_BC)
 #define G4_YB (G4_CH * G4_TP) /* floats: one y tile */
 #define G4_SET (2 * G4_CH * G4_TP + G4_TC * PC_NS) /* floats of one converted set: dt rows, dt*u rows, B/C records */
-/* bytes of shared memory: raw stages, two converted sets, two y tiles (YP: two tiles of 4 partial rows per channel) */
-template <bool YP> __host__ __device__ constexpr int g4_smem() { return PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * G4_YB * 4 * (YP ? 4 : 1); }
+/* bytes of shared memory: raw stages, two converted sets, two y tiles (YH: of 4 half-sum rows per channel) */
+#define G4_YPR (G4_CH + 2) /* YH: rows per lane group (2 padding rows: both sides' 16-byte accesses conflict-free) */
+template <bool YH> __host__ __device__ constexpr int g4_smem() {
+    return PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * (YH ? 4 * G4_YPR * G4_TP : G4_YB) * 4;
+}
 
 /* one bf16 half of a 32-bit word as fp32 (scalar form of jamba_bf16x2_ld; with it the g4 SASS reorders) */
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
 /* Z: z given (the gate); NF: B and C n-fast (else both t-fast). V: EXPERIMENT bits (0 = the measured kernel):
- *   V & 1 (YP, JAMBA_EXT_SCAN_YPART=1, written in session 15): the scan lanes store their 4 partial y sums per
- *     step (32 floats per lane and chunk, 8 16-byte stores; rows [g][channel], 16-byte blocks XOR-swizzled by 2g,
- *     conflict-free for both sides) instead of reducing them with shuffles (24 SHFL + 48 FSEL + 24 FADD per lane
- *     and chunk); the converters add the 4 partials of their 8 steps as (p0 + p2) + (p1 + p3), the shuffle tree's
- *     order, so the outputs keep their bits. */
+ *   V & 1 (YH, JAMBA_EXT_SCAN_YHALF=1, written in session 15): the scan lanes do the first shuffle level of the
+ *     y reduction only and store their 16 half sums (4 16-byte stores; row g * G4_YPR + channel, the padding rows
+ *     make both sides' accesses conflict-free) instead of the second level (8 SHFL + 16 FSEL + 8 FADD per lane and
+ *     chunk); the converters add the two half sums of their 8 steps (the second level's addition: same bits).
+ *     Session 15 measured the full form (all 4 partials through shared memory, no shuffles; scan-warp loop 976
+ *     instead of 1058 instructions per chunk): 168 registers, one block per SM, 586 instead of 451 us at 1x8192;
+ *     bounded to 128 registers it spilled in the scan loop (1020 instructions + 4 local accesses): not run. */
 template <bool Z, bool NF, int V>
 __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
     jamba_pdl_begin();
-    constexpr bool YP = (V & 1) != 0;
+    constexpr bool YH = (V & 1) != 0;
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
     unsigned char *raw = (unsigned char *)g4_smem4;
     float *sets = (float *)(raw + PC_NSTG * G4_STAGE);
-    constexpr int SETF = G4_SET, YBF = G4_YB * (YP ? 4 : 1);
+    constexpr int SETF = G4_SET, YBF = YH ? 4 * G4_YPR * G4_TP : G4_YB;
     float *ybuf = sets + 2 * SETF; /* y tiles, YBF floats each */
     const int64_t nblk = a.DI / CH, b = blockIdx.x / nblk, c0 = (blockIdx.x - b * nblk) * CH;
     const int nck = (int)((a.L + TC - 1) / TC), ntl = (int)(a.L - (int64_t)(nck - 1) * TC);
@@ -1050,13 +1055,13 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
                 bv[0] = g4_lo(wq.x), bv[1] = g4_hi(wq.x), bv[2] = g4_lo(wq.y), bv[3] = g4_hi(wq.y);
                 cv[0] = g4_lo(wq.z), cv[1] = g4_hi(wq.z), cv[2] = g4_lo(wq.w), cv[3] = g4_hi(wq.w);
             });
-            if (YP) { /* row (g, l); step block j (steps 4j .. 4j+3) at block j ^ 2g */
-                float4 *yw = (float4 *)(ybuf + (k & 1) * YBF + (g * CH + l) * G4_TP);
+            pc_reduce_lv<TC / 2, 2>(yc, g); /* lane g: steps 16 (g >> 1) .., summed over lanes g, g ^ 2 */
+            if (YH) { /* row g * G4_YPR + l */
+                float4 *yw = (float4 *)(ybuf + (k & 1) * YBF + (g * G4_YPR + l) * G4_TP);
 #pragma unroll
-                for (int j = 0; j < TC / 4; j++)
-                    yw[j ^ (2 * g)] = make_float4(yc[4 * j], yc[4 * j + 1], yc[4 * j + 2], yc[4 * j + 3]);
+                for (int j = 0; j < TC / 8; j++)
+                    yw[j] = make_float4(yc[4 * j], yc[4 * j + 1], yc[4 * j + 2], yc[4 * j + 3]);
             } else {
-                pc_reduce_lv<TC / 2, 2>(yc, g);
                 pc_reduce_lv<TC / 4, 1>(yc, g);
                 float *yr = ybuf + (k & 1) * YBF + l * G4_TP + SO * g;
                 ((float4 *)yr)[0] = make_float4(yc[0], yc[1], yc[2], yc[3]);
@@ -1164,19 +1169,11 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
     auto gate = [&](int kk, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2], bool check = true) {
         if (check && SO * g >= steps(kk)) return;
         float4 y0, y1;
-        if (YP) { /* partial rows (g', l), blocks 2g, 2g+1 (stored at 2g ^ 2g', 2g+1 ^ 2g') */
-            const float4 *yr = (const float4 *)(ybuf + (kk & 1) * YBF + l * G4_TP);
-            float4 p[4][2];
-#pragma unroll
-            for (int gp = 0; gp < 4; gp++) {
-                p[gp][0] = yr[gp * CH * G4_TP / 4 + ((2 * g) ^ (2 * gp))];
-                p[gp][1] = yr[gp * CH * G4_TP / 4 + ((2 * g + 1) ^ (2 * gp))];
-            }
-            auto add4 = [](const float4 &a0, const float4 &a2, const float4 &a1, const float4 &a3) {
-                return make_float4((a0.x + a2.x) + (a1.x + a3.x), (a0.y + a2.y) + (a1.y + a3.y),
-                                   (a0.z + a2.z) + (a1.z + a3.z), (a0.w + a2.w) + (a1.w + a3.w));
-            };
-            y0 = add4(p[0][0], p[2][0], p[1][0], p[3][0]), y1 = add4(p[0][1], p[2][1], p[1][1], p[3][1]);
+        if (YH) { /* half sums of rows (g & 2) * G4_YPR + l and the next group's, steps 8g .. 8g+7 */
+            const float4 *yr = (const float4 *)(ybuf + (kk & 1) * YBF + ((g & 2) * G4_YPR + l) * G4_TP + SO * (g & 1));
+            const float4 a0 = yr[0], a1 = yr[1], b0 = yr[G4_YPR * G4_TP / 4], b1 = yr[G4_YPR * G4_TP / 4 + 1];
+            y0 = make_float4(a0.x + b0.x, a0.y + b0.y, a0.z + b0.z, a0.w + b0.w);
+            y1 = make_float4(a1.x + b1.x, a1.y + b1.y, a1.z + b1.z, a1.w + b1.w);
         } else {
             const float *yr = ybuf + (kk & 1) * YBF + l * G4_TP + SO * g;
             y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
@@ -1276,7 +1273,7 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         else nf[m] = -1, ok = false;
     }
     if (!ok || nf[0] != nf[1]) return 0;
-    const char *yp = getenv("JAMBA_EXT_SCAN_YPART"); /* EXPERIMENT (V) */
+    const char *yp = getenv("JAMBA_EXT_SCAN_YHALF"); /* EXPERIMENT (V) */
     const int v = yp && yp[0] == '1' ? 1 : 0;
     void (*const ks[4][2])(scan_io) = {
         {selective_scan_g4_kernel<false, false, 0>, selective_scan_g4_kernel<false, false, 1>},
