@@ -2,7 +2,7 @@
 # A/B of selective_scan EXPERIMENT switches in one device call (device tool): build; bench_kernels --only scan
 # with no switch, each switch alone and all together, in turns (two rounds, a JSON per run); then memcheck,
 # racecheck and the scan CUDA tests with all switches on (the tests include the switches' bit-identity test).
-# Usage on the device:  bash dev/scan_env_ab.sh JAMBA_EXT_SCAN_YHALF [ANOTHER_SWITCH ...]
+# Usage on the device:  bash dev/scan_env_ab.sh JAMBA_EXT_SCAN_<SWITCH> [ANOTHER_SWITCH ...]
 #   (log: $OUT/scan_env_ab.log). Session 14 ran its first form for JAMBA_EXT_SCAN_LEAN
 #   (benchmarks/results/scan_lean_ab_e25f711.log).
 [ $# -ge 1 ] || { echo "usage: scan_env_ab.sh ENV_VAR [ENV_VAR ...]"; exit 2; }

@@ -848,33 +848,6 @@ def test_selective_scan_g4_fp64(monkeypatch, case):
         assert_close(last, last_pc, **TOL_LONG[torch.float32])
 
 
-@pytest.mark.parametrize("switches", [("JAMBA_EXT_SCAN_YHALF",)])
-def test_selective_scan_g4_experiments_same_bits(monkeypatch, switches):
-    """The g4 kernel's EXPERIMENT switches change no bits: JAMBA_EXT_SCAN_YHALF=1 passes the half-reduced y sums
-    through shared memory instead of the reduction's second shuffle level, added as that level adds them (the cases
-    have 1 to 128 chunks, tails after full chunks). Outputs and last states bit-identical to the default,
-    every G4 case."""
-    dtype = torch.bfloat16
-    for i, (batch, d_inner, seqlen, layout) in enumerate(G4_CASES):
-        a = scan_inputs(batch, d_inner, 16, seqlen, dtype, init=i % 2 == 0)
-        if layout == "nfast":
-            a.update(B=a["B"].transpose(1, 2).contiguous().transpose(1, 2),
-                     C=a["C"].transpose(1, 2).contiguous().transpose(1, 2))
-        if i % 3 == 1:
-            a.update(z=None, D=None, delta_bias=None)
-        monkeypatch.delenv("JAMBA_EXT_SCAN_IMPL", raising=False)
-        for sw in ("JAMBA_EXT_SCAN_YHALF",):
-            monkeypatch.delenv(sw, raising=False)
-        out, last = ops.selective_scan(**a)
-        for sw in switches:
-            monkeypatch.setenv(sw, "1")
-        res = {}
-        names = cuda_kernel_names(lambda: res.update(o=ops.selective_scan(**a)))
-        assert any("selective_scan_g4_kernel" in n for n in names), (batch, d_inner, seqlen, layout, names)
-        assert torch.equal(res["o"][0], out), (batch, d_inner, seqlen, layout)
-        assert torch.equal(res["o"][1], last), (batch, d_inner, seqlen, layout)
-
-
 def test_selective_scan_g4_declines():
     """Calls the g4 kernel does not take go to the pipelined kernel (L % 8, d_inner % 32, unaligned n-fast B/C,
     f16, softplus off, B t-fast with C n-fast), still correct."""

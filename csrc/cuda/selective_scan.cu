@@ -1001,34 +1001,24 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 #define G4_STAGE (3 * G4_RAW_U + 2 * G4_RAW_BC)
 #define G4_YB (G4_CH * G4_TP) /* floats: one y tile */
 #define G4_SET (2 * G4_CH * G4_TP + G4_TC * PC_NS) /* floats of one converted set: dt rows, dt*u rows, B/C records */
-/* bytes of shared memory: raw stages, two converted sets, two y tiles (YH: of 4 half-sum rows per channel) */
-#define G4_YPR (G4_CH + 2) /* YH: rows per lane group (2 padding rows: both sides' 16-byte accesses conflict-free) */
-template <bool YH> __host__ __device__ constexpr int g4_smem() {
-    return PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * (YH ? 4 * G4_YPR * G4_TP : G4_YB) * 4;
-}
+#define G4_SMEM (PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * G4_YB * 4) /* bytes: raw stages, 2 converted sets, 2 y tiles */
 
 /* one bf16 half of a 32-bit word as fp32 (scalar form of jamba_bf16x2_ld; with it the g4 SASS reorders) */
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). V: EXPERIMENT bits (0 = the measured kernel):
- *   V & 1 (YH, JAMBA_EXT_SCAN_YHALF=1, written in session 15): the scan lanes do the first shuffle level of the
- *     y reduction only and store their 16 half sums (4 16-byte stores; row g * G4_YPR + channel, the padding rows
- *     make both sides' accesses conflict-free) instead of the second level (8 SHFL + 16 FSEL + 8 FADD per lane and
- *     chunk); the converters add the two half sums of their 8 steps (the second level's addition: same bits).
- *     Session 15 measured the full form (all 4 partials through shared memory, no shuffles; scan-warp loop 976
- *     instead of 1058 instructions per chunk): 168 registers, one block per SM, 586 instead of 451 us at 1x8192;
- *     bounded to 128 registers it spilled in the scan loop (1020 instructions + 4 local accesses): not run. */
-template <bool Z, bool NF, int V>
+/* Z: z given (the gate); NF: B and C n-fast (else both t-fast). Session 15 measured, and dropped: B/C staged as fp32
+ * (no unpacking in the scan lanes; 8% slower), the y partial sums through shared memory instead of shuffles (all 4:
+ * 168 registers, one block per SM, 30% slower; the second shuffle level only: 1% slower). */
+template <bool Z, bool NF>
 __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a) {
     jamba_pdl_begin();
-    constexpr bool YH = (V & 1) != 0;
     constexpr int G = 4, SPT = PC_NS / G, CH = G4_CH, TC = G4_TC, SO = TC / G;
     extern __shared__ float4 g4_smem4[];
     unsigned char *raw = (unsigned char *)g4_smem4;
     float *sets = (float *)(raw + PC_NSTG * G4_STAGE);
-    constexpr int SETF = G4_SET, YBF = YH ? 4 * G4_YPR * G4_TP : G4_YB;
-    float *ybuf = sets + 2 * SETF; /* y tiles, YBF floats each */
+    constexpr int SETF = G4_SET;
+    float *ybuf = sets + 2 * SETF;
     const int64_t nblk = a.DI / CH, b = blockIdx.x / nblk, c0 = (blockIdx.x - b * nblk) * CH;
     const int nck = (int)((a.L + TC - 1) / TC), ntl = (int)(a.L - (int64_t)(nck - 1) * TC);
     auto steps = [&](int kk) { return kk + 1 < nck ? TC : ntl; }; /* a multiple of 8 */
@@ -1055,18 +1045,11 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
                 bv[0] = g4_lo(wq.x), bv[1] = g4_hi(wq.x), bv[2] = g4_lo(wq.y), bv[3] = g4_hi(wq.y);
                 cv[0] = g4_lo(wq.z), cv[1] = g4_hi(wq.z), cv[2] = g4_lo(wq.w), cv[3] = g4_hi(wq.w);
             });
-            pc_reduce_lv<TC / 2, 2>(yc, g); /* lane g: steps 16 (g >> 1) .., summed over lanes g, g ^ 2 */
-            if (YH) { /* row g * G4_YPR + l */
-                float4 *yw = (float4 *)(ybuf + (k & 1) * YBF + (g * G4_YPR + l) * G4_TP);
-#pragma unroll
-                for (int j = 0; j < TC / 8; j++)
-                    yw[j] = make_float4(yc[4 * j], yc[4 * j + 1], yc[4 * j + 2], yc[4 * j + 3]);
-            } else {
-                pc_reduce_lv<TC / 4, 1>(yc, g);
-                float *yr = ybuf + (k & 1) * YBF + l * G4_TP + SO * g;
-                ((float4 *)yr)[0] = make_float4(yc[0], yc[1], yc[2], yc[3]);
-                ((float4 *)yr)[1] = make_float4(yc[4], yc[5], yc[6], yc[7]);
-            }
+            pc_reduce_lv<TC / 2, 2>(yc, g);
+            pc_reduce_lv<TC / 4, 1>(yc, g);
+            float *yr = ybuf + (k & 1) * G4_YB + l * G4_TP + SO * g;
+            ((float4 *)yr)[0] = make_float4(yc[0], yc[1], yc[2], yc[3]);
+            ((float4 *)yr)[1] = make_float4(yc[4], yc[5], yc[6], yc[7]);
         }
         __syncthreads(); /* the converters' last outputs read ybuf after it */
         if (a.last) {
@@ -1168,16 +1151,8 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
     /* chunk kk's outputs of this lane (steps 8g .. 8g+7 of channel l) from ybuf[kk & 1] and its raw u / z words */
     auto gate = [&](int kk, const uint32_t(&ru)[SO / 2], const uint32_t(&rz)[SO / 2], bool check = true) {
         if (check && SO * g >= steps(kk)) return;
-        float4 y0, y1;
-        if (YH) { /* half sums of rows (g & 2) * G4_YPR + l and the next group's, steps 8g .. 8g+7 */
-            const float4 *yr = (const float4 *)(ybuf + (kk & 1) * YBF + ((g & 2) * G4_YPR + l) * G4_TP + SO * (g & 1));
-            const float4 a0 = yr[0], a1 = yr[1], b0 = yr[G4_YPR * G4_TP / 4], b1 = yr[G4_YPR * G4_TP / 4 + 1];
-            y0 = make_float4(a0.x + b0.x, a0.y + b0.y, a0.z + b0.z, a0.w + b0.w);
-            y1 = make_float4(a1.x + b1.x, a1.y + b1.y, a1.z + b1.z, a1.w + b1.w);
-        } else {
-            const float *yr = ybuf + (kk & 1) * YBF + l * G4_TP + SO * g;
-            y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
-        }
+        const float *yr = ybuf + (kk & 1) * G4_YB + l * G4_TP + SO * g;
+        const float4 y0 = ((const float4 *)yr)[0], y1 = ((const float4 *)yr)[1];
         const float yc[SO] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
         uint32_t o[SO / 2];
 #pragma unroll
@@ -1273,15 +1248,10 @@ static int selective_scan_try_g4(const jamba_selective_scan_params *p, cudaStrea
         else nf[m] = -1, ok = false;
     }
     if (!ok || nf[0] != nf[1]) return 0;
-    const char *yp = getenv("JAMBA_EXT_SCAN_YHALF"); /* EXPERIMENT (V) */
-    const int v = yp && yp[0] == '1' ? 1 : 0;
-    void (*const ks[4][2])(scan_io) = {
-        {selective_scan_g4_kernel<false, false, 0>, selective_scan_g4_kernel<false, false, 1>},
-        {selective_scan_g4_kernel<false, true, 0>, selective_scan_g4_kernel<false, true, 1>},
-        {selective_scan_g4_kernel<true, false, 0>, selective_scan_g4_kernel<true, false, 1>},
-        {selective_scan_g4_kernel<true, true, 0>, selective_scan_g4_kernel<true, true, 1>}};
-    void (*k)(scan_io) = ks[(a.z ? 2 : 0) + (nf[0] ? 1 : 0)][v];
-    const int smem = v ? g4_smem<true>() : g4_smem<false>();
+    void (*const ks[4])(scan_io) = {selective_scan_g4_kernel<false, false>, selective_scan_g4_kernel<false, true>,
+                                    selective_scan_g4_kernel<true, false>, selective_scan_g4_kernel<true, true>};
+    void (*k)(scan_io) = ks[(a.z ? 2 : 0) + (nf[0] ? 1 : 0)];
+    const int smem = G4_SMEM;
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     jamba_kernel_launch(k, (unsigned)(B * (DI / G4_CH)), G4_THREADS, smem, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan: kernel launch (g4)", stream);
