@@ -638,17 +638,22 @@ __device__ __forceinline__ float pc_silu(float z) {
  * the fp32 FMA chain over v in [-40, 40]): 2.0e-7 with an exact e, < 4.4e-7 with e off by 2 ulp (ex2.approx;
  * for v < 0 the result is ~e, so e's error passes through). The earlier form, exp plus lg2.approx or a series
  * selected by a compare, used two SFU ops for < 1e-6. One SFU op, no compare / select: v > 20 gives
- * v + (< 2.1e-9), which rounds to v as torch's threshold does; v = -inf gives 0, NaN stays NaN. */
-__device__ __forceinline__ float pc_softplus(float v) {
+ * v + (< 2.1e-9), which rounds to v as torch's threshold does; v = -inf gives 0, NaN stays NaN.
+ * SHORT (the g4 converters, session 15): P of degree 6 (reweighted least squares for relative error; log1p's
+ * relative error 1.4e-6 in fp32; bf16 inputs carry 3.9e-3), 2 FFMA fewer: 1% of the g4 kernel's time. */
+template <int N> __device__ __forceinline__ float pc_horner(float x, const float (&c)[N]) { /* c: highest first */
+    float q = c[0];
+#pragma unroll
+    for (int i = 1; i < N; i++) q = fmaf(x, q, c[i]);
+    return q;
+}
+template <bool SHORT = false> __device__ __forceinline__ float pc_softplus(float v) {
     const float e = jamba_cu_exp2(fabsf(v) * -JAMBA_LOG2E);
-    float q = fmaf(e, 0.005232701078f, -0.029505278916f);
-    q = fmaf(e, q, 0.078226044774f);
-    q = fmaf(e, q, -0.136632576585f);
-    q = fmaf(e, q, 0.191060140729f);
-    q = fmaf(e, q, -0.248429849744f);
-    q = fmaf(e, q, 0.333190977573f);
-    q = fmaf(e, q, -0.499994933605f);
-    q = fmaf(e, q, 0.999999940395f);
+    const float q = SHORT ? pc_horner(e, {0.014135826379f, -0.066382117569f, 0.149195984006f, -0.235020130873f,
+                                          0.331088721752f, -0.499868929386f, 0.999998688698f})
+                          : pc_horner(e, {0.005232701078f, -0.029505278916f, 0.078226044774f, -0.136632576585f,
+                                          0.191060140729f, -0.248429849744f, 0.333190977573f, -0.499994933605f,
+                                          0.999999940395f});
     return fmaf(e, q, fmaxf(v, 0.f));
 }
 
@@ -1007,19 +1012,6 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float g4_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
-/* softplus(v) for the g4 converters: as pc_softplus with a degree-6 polynomial for log1p(e) / e on [0, 1]
- * (relative error of log1p 1.4e-6 in fp32 against 5e-7; bf16 inputs carry 3.9e-3): 2 fewer FFMA per step */
-__device__ __forceinline__ float g4_softplus(float v) {
-    const float e = jamba_cu_exp2(fabsf(v) * -JAMBA_LOG2E);
-    float q = fmaf(e, 0.014135826379f, -0.066382117569f);
-    q = fmaf(e, q, 0.149195984006f);
-    q = fmaf(e, q, -0.235020130873f);
-    q = fmaf(e, q, 0.331088721752f);
-    q = fmaf(e, q, -0.499868929386f);
-    q = fmaf(e, q, 0.999998688698f);
-    return fmaf(e, q, fmaxf(v, 0.f));
-}
-
 /* Z: z given (the gate); NF: B and C n-fast (else both t-fast). Session 15 measured, and dropped: B/C staged as fp32
  * (no unpacking in the scan lanes; 8% slower), the y partial sums through shared memory instead of shuffles (all 4:
  * 168 registers, one block per SM, 30% slower; the second shuffle level only: 1% slower). */
@@ -1124,7 +1116,7 @@ __global__ void __launch_bounds__(G4_THREADS) selective_scan_g4_kernel(scan_io a
 #pragma unroll
         for (int j = 0; j < SO; j++) {
             const float v = (j & 1 ? g4_hi(rd[j / 2]) : g4_lo(rd[j / 2])) + bias;
-            const float d = g4_softplus(v); /* delta_softplus (the host takes no other call) */
+            const float d = pc_softplus<true>(v); /* delta_softplus (the host takes no other call) */
             dv[j] = d, duv[j] = d * (j & 1 ? g4_hi(ru[j / 2]) : g4_lo(ru[j / 2]));
         }
         if (nt < TC) { /* the last chunk only (a block-uniform branch, not a mask per step) */
