@@ -985,7 +985,9 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
  *   (scan_lean_ab_e25f711.log, ms at 1x2048 / 1x8192 / 1x32768 / 8x2048, B/C t-fast, then n-fast): the converter
  *   loop without per-step masks and register rotation, and with the 16-byte store forced (~286 instead of 358 SASS
  *   instructions per chunk), 0.121 / 0.466 / 1.845 / 0.873, n-fast 0.118 / 0.454 / 1.799 / 0.888, against 0.124 /
- *   0.478 / 1.891 / 0.899, n-fast 0.123 / 0.472 / 1.869 / 0.922.
+ *   0.478 / 1.891 / 0.899, n-fast 0.123 / 0.472 / 1.869 / 0.922. Session 15: chunks 1 .. nck-5 through a loop body
+ *   without bound checks (scan_bcf_fl_ab_86c5c38.log: 1x8192 n-fast 0.454 -> 0.451) and the degree-6 softplus
+ *   (scan_sp6_8b48241.log): 0.117 / 0.447 / 1.765 / 0.880, n-fast 0.117 / 0.446 / 1.764 / 0.879.
  * Why two roles (dev/cuda/scan_ilp_lab.cu, H200, bf16, DI 8192; benchmarks/results/scan_ws*_lab*.log, ms at 1x2048 /
  *   1x8192 / 1x32768 / 8x2048): with every warp doing all of it (the lab's G4h, this kernel's previous form) a warp's
  *   chunk is an SFU-bound scan followed by a long SFU-idle stretch (conversion, gating, stores), and the two warps of
