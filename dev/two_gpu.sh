@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The two-GPU checks in one device call (kind nvidia-h200-x2): build, the tests that need two GPUs (tensors on cuda:1
+# while cuda:0 is current: every Mamba kernel, the MoE op), and `jamba-ext check`, which checks every visible GPU.
+# Usage on the device:  bash dev/two_gpu.sh   (log: $OUT/two_gpu.log; ~3 min)
+OUT=${OUT:-/tmp/jamba_gpu_out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+{
+echo "=== commit ${JAMBA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null)} ($(date +%T))"
+nvidia-smi -L
+python3 -c "import torch; n = torch.cuda.device_count(); print('GPUs', n); assert n >= 2, 'needs 2 GPUs'" || exit 1
+echo "=== build ($(date +%T))"
+JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ \|WARNING" | tail -1 | cut -c1-100
+echo "=== two-GPU tests ($(date +%T))"
+timeout 240 python3 -m pytest -q -rs -k "second_gpu" tests -p no:cacheprovider --timeout=230 2>&1 | tail -6
+echo "=== jamba-ext check, every GPU ($(date +%T))"
+timeout 120 python3 -m jamba_ext check 2>&1 | tail -25
+echo "=== done ($(date +%T))"
+} 2>&1 | tee "$OUT/two_gpu.log"
