@@ -1008,7 +1008,8 @@ static bool pc_aligned(const void *p, int64_t s0, int64_t s1, int64_t n0, int64_
 #define G4_STAGE (3 * G4_RAW_U + 2 * G4_RAW_BC)
 #define G4_YB (G4_CH * G4_TP) /* floats: one y tile */
 #define G4_SET (2 * G4_CH * G4_TP + G4_TC * PC_NS) /* floats of one converted set: dt rows, dt*u rows, B/C records */
-#define G4_SMEM (PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * G4_YB * 4) /* bytes: raw stages, 2 converted sets, 2 y tiles */
+/* bytes of shared memory: raw stages, two converted sets, two y tiles */
+#define G4_SMEM (PC_NSTG * G4_STAGE + 2 * G4_SET * 4 + 2 * G4_YB * 4)
 
 /* one bf16 half of a 32-bit word as fp32 (scalar form of jamba_bf16x2_ld; with it the g4 SASS reorders) */
 __device__ __forceinline__ float g4_lo(uint32_t w) { return __uint_as_float(w << 16); }
