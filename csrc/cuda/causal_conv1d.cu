@@ -273,6 +273,105 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     }
 }
 
+/* causal_conv1d_flat_kernel<T, W, BT, NV> (EXPERIMENT JAMBA_EXT_CONV_FLAT, see causal_conv1d_launch)
+ *   The VEC forward's layouts (x rows 16-byte aligned with unit stride along L, L % VN == 0; out (B, DI, L)
+ *   contiguous; w, bias, initial / final state as causal_conv1d_fwd_kernel) with the mapping of an elementwise copy:
+ *   the rows' VN-step vectors are numbered g = (b * DI + c) * NR + i (NR = L / VN), warp q of the launch owns
+ *   g in [q * 32 * NV, +32 * NV) and lane l the vectors q * 32 * NV + j * 32 + l, j < NV (each load / store
+ *   instruction of a warp covers 512 contiguous bytes of a row). One pass, no loop: every load of a thread (its NV
+ *   vectors, each vector's taps and bias, the 3-step halos it needs) is issued before its first shuffle.
+ *   Halo of vector (j, l): i == 0 (a row start): initial_state or zeros (conv_halo); else lane l-1's vector j by
+ *   shuffle (l > 0), lane 31's vector j-1 (l == 0, j > 0; received by the shuffle of vector j-1), or x before it
+ *   (l == 0, j == 0; conv_halo's predicated loads).
+ *   final_state: the thread holding a row's last vector; from its registers when S_out <= VN (the last S_out
+ *   steps are in that vector), else by element reads of x / initial_state. */
+#define CONV_FLAT_WARPS 8 /* warps per block */
+template <typename T, typename W, typename BT, int NV>
+__global__ void __launch_bounds__(CONV_FLAT_WARPS * 32) causal_conv1d_flat_kernel(conv_args a) {
+    jamba_pdl_begin();
+    typedef jamba_w16<T> P;
+    constexpr int VN = 16 / (int)sizeof(T);
+    constexpr int QF = (VN - 3) * (int)sizeof(T) / 4; /* first 32-bit word holding one of the last 3 elements */
+    const int lane = threadIdx.x & 31;
+    const int64_t NR = a.L / VN, nv = a.B * a.DI * NR;
+    const int64_t g0 = ((int64_t)blockIdx.x * CONV_FLAT_WARPS + (threadIdx.x >> 5)) * (32 * NV) + lane;
+    uint4 v[NV];
+    float wp[NV][4], bv[NV], hal[NV][3];
+    int64_t ii[NV], bc[NV];
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        const int64_t g = g0 + j * 32;
+        v[j] = make_uint4(0u, 0u, 0u, 0u);
+        bv[j] = 0.f;
+#pragma unroll
+        for (int m = 0; m < 3; m++) hal[j][m] = 0.f;
+        ii[j] = -1, bc[j] = 0;
+        if (g >= nv) continue;
+        int64_t b, c;
+        conv_split(g, NR, nv, &bc[j], &ii[j]);
+        conv_split(bc[j], a.DI, nv, &b, &c);
+        const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
+        v[j] = *(const uint4 *)(x + ii[j] * VN);
+        conv_taps<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp[j], &bv[j]);
+        if (ii[j] == 0 || (lane == 0 && j == 0))
+            conv_halo<T>(hal[j], x, a.init ? (const T *)a.init + b * a.si0 + c * a.si1 : NULL, a.S_in, ii[j] * VN);
+    }
+    const int src = (lane + 31) & 31;
+    float carry[3] = {0.f, 0.f, 0.f}; /* lane 0: the last 3 steps of lane 31's vector j-1 */
+#pragma unroll
+    for (int j = 0; j < NV; j++) {
+        uint4 nb = make_uint4(0u, 0u, 0u, 0u);
+        nb.w = __shfl_sync(JAMBA_FULL_MASK, v[j].w, src);
+        if (QF <= 2) nb.z = __shfl_sync(JAMBA_FULL_MASK, v[j].z, src);
+        if (QF <= 1) nb.y = __shfl_sync(JAMBA_FULL_MASK, v[j].y, src);
+        float hn[VN], win[3 + VN]; /* win[m] = h[t - 3 + m] */
+        P::ld(nb, hn);
+#pragma unroll
+        for (int m = 0; m < 3; m++) {
+            win[m] = ii[j] == 0 || (lane == 0 && j == 0) ? hal[j][m] : lane ? hn[VN - 3 + m] : carry[m];
+            carry[m] = hn[VN - 3 + m];
+        }
+        if (ii[j] < 0) continue;
+        P::ld(v[j], win + 3);
+        float o[VN];
+#pragma unroll
+        for (int e = 0; e < VN; e++) {
+            float acc = bv[j];
+#pragma unroll
+            for (int m = 0; m < 4; m++) acc = fmaf(wp[j][m], win[e + m], acc);
+            o[e] = a.silu ? conv_silu(acc) : acc;
+        }
+        if (a.fin && ii[j] == NR - 1) { /* the row's last vector: final_state */
+            const int64_t b = bc[j] / a.DI, c = bc[j] - b * a.DI;
+            T *fin = (T *)a.fin + b * a.sf0 + c * a.sf1;
+            if (a.S_out <= VN) {
+#pragma unroll
+                for (int e = 0; e < VN; e++) /* x[L - VN + e] = win[3 + e] is final_state[e - (VN - S_out)] */
+                    if (e >= VN - a.S_out) fin[e - (VN - a.S_out)] = jamba_st<T>(win[3 + e]);
+            } else {
+                const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
+                const T *init = a.init ? (const T *)a.init + b * a.si0 + c * a.si1 : NULL;
+                for (int64_t jj = 0; jj < a.S_out; jj++) {
+                    const int64_t t = a.L - a.S_out + jj; /* position in x; < 0: in the initial state */
+                    float h = 0.f;
+                    if (t >= 0) h = jamba_ld<T>(x[t]);
+                    else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
+                    fin[jj] = jamba_st<T>(h);
+                }
+            }
+        }
+        conv_st16((T *)a.out + bc[j] * a.L + ii[j] * VN, P::st(o));
+    }
+}
+
+template <typename T, int NV>
+static void (*conv_flat_kernel(bool wf32, bool bf32))(conv_args) {
+    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_flat_kernel<T, float, float, NV>;
+    if (wf32) return causal_conv1d_flat_kernel<T, float, T, NV>;
+    if (bf32) return causal_conv1d_flat_kernel<T, T, float, NV>;
+    return causal_conv1d_flat_kernel<T, T, T, NV>;
+}
+
 /* the VEC forward instance for the weight / bias dtypes (f32 or T; no bias: T): typed taps / bias loads (see the
  * header) */
 template <typename T>
@@ -303,6 +402,21 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
      * of segments (one resident wave = SMs x CONV_MINB blocks x CONV_WARPS warps) go one per warp, so the
      * launch does not end on a ragged wave of 4-segment warps: 1x8192 74.5 -> 72.5 us, 8x2048 142.1 -> 140.6,
      * 1x2048 24.5 -> 22.8 (graph-timed, H200 bf16). */
+    /* EXPERIMENT JAMBA_EXT_CONV_FLAT = NV (1, 2, 4): causal_conv1d_flat_kernel with NV vectors per lane (VEC
+     * layouts, L > 0) */
+    const char *flat = getenv("JAMBA_EXT_CONV_FLAT");
+    const int fnv = vec && a.L > 0 && flat != NULL ? atoi(flat) : 0;
+    if (fnv == 1 || fnv == 2 || fnv == 4) {
+        const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
+        void (*k)(conv_args) = fnv == 1 ? conv_flat_kernel<T, 1>(wf32, bf32)
+                               : fnv == 2 ? conv_flat_kernel<T, 2>(wf32, bf32) : conv_flat_kernel<T, 4>(wf32, bf32);
+        const int64_t fgrid = jamba_ceil_div(a.B * a.DI * (a.L / VN), 32 * CONV_FLAT_WARPS * (int64_t)fnv);
+        if (fgrid <= JAMBA_MAX_GRID_X) {
+            jamba_kernel_launch(k, (unsigned)fgrid, CONV_FLAT_WARPS * 32, 0, stream, a);
+            JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
+            return JAMBA_OK;
+        }
+    }
     const int64_t spw = CONV_SPW;
     int64_t tail = (int64_t)jamba_cuda_sm_count(device) * CONV_MINB * CONV_WARPS;
     if (tail > nvw) tail = nvw;
