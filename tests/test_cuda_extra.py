@@ -186,31 +186,6 @@ def test_causal_conv1d_vector_path(dtype, batch, d_inner, seqlen, K, S_in, state
     assert_close(fin, ref_fin, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
-@pytest.mark.parametrize("nv", ["1", "2", "4"])
-@pytest.mark.parametrize("batch,d_inner,seqlen,K,S_in,state_len,silu,w_f32", CONV_VEC_CASES,
-                         ids=[f"B{c[0]}_DI{c[1]}_L{c[2]}_K{c[3]}" for c in CONV_VEC_CASES])
-def test_causal_conv1d_flat_same_bits(monkeypatch, dtype, nv, batch, d_inner, seqlen, K, S_in, state_len, silu,
-                                      w_f32):
-    """EXPERIMENT JAMBA_EXT_CONV_FLAT (the copy-shaped forward, NV vectors per lane): the same output and final
-    state bits as the segment kernel on the vector-path cases (rows shorter than a warp's 32 * NV vectors, so
-    warps straddle rows and row starts fall on any lane), and within the float64 tolerance."""
-    wide = randn(batch, d_inner + 2, seqlen, device=DEV, dtype=dtype)
-    x = wide[:, 1:1 + d_inner]
-    wdt = torch.float32 if w_f32 else dtype
-    w = randn(d_inner, K, device=DEV, dtype=wdt, scale=0.6)
-    b = randn(d_inner, device=DEV, dtype=wdt, scale=0.5)
-    init = randn(batch, d_inner, S_in, device=DEV, dtype=dtype) if S_in else None
-    monkeypatch.delenv("JAMBA_EXT_CONV_FLAT", raising=False)
-    out0, fin0 = ops.causal_conv1d(x, w, b, init, silu, state_len)
-    monkeypatch.setenv("JAMBA_EXT_CONV_FLAT", nv)
-    out, fin = ops.causal_conv1d(x, w, b, init, silu, state_len)
-    ref_out, ref_fin = reference.causal_conv1d(up(x), up(w), up(b), up(init), silu, state_len)
-    assert_close(out, ref_out, **TOL[dtype])
-    assert_close(fin, ref_fin, rtol=0, atol=0)
-    assert torch.equal(out, out0) and torch.equal(fin, fin0), "flat kernel differs from the segment kernel"
-
-
 UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32", "b_f32", "w_f32_b_x", "no_bias",
                     "di_odd", "state_slice", "state_slice_misaligned", "x_in_state", "seqlen2", "w_rows_strided",
                     "b_strided"]

@@ -74,53 +74,17 @@ __device__ __forceinline__ float conv_ld(const void *p, int dt, int64_t i) {
         return jamba_ld<W>(((const W *)p)[i]);
 }
 
-/* Raw loads, converted later: a conversion right after its load makes the thread wait for that load before the
- * next instruction, so where several loads must be in flight together (a warp's start, a row start inside the
- * forward's loop), they are issued as raw bits and converted after the last of them (and after the current
- * segment's math). conv_ld_raw<W>: element i's bits (W = void: the run-time dtype, converted at once, as float
- * bits); conv_cvt<W>: those bits as fp32. */
-template <typename W>
-__device__ __forceinline__ uint32_t conv_ld_raw(const void *p, int dt, int64_t i) {
-    if constexpr (std::is_void<W>::value)
-        return __float_as_uint(jamba_ld_any(p, dt, i));
-    else if constexpr (sizeof(W) == 4)
-        return ((const uint32_t *)p)[i];
-    else
-        return ((const unsigned short *)p)[i];
-}
-template <typename W>
-__device__ __forceinline__ float conv_cvt(uint32_t r) {
-    if constexpr (std::is_void<W>::value)
-        return __uint_as_float(r);
-    else
-        return jamba_w16<W>::f1(r);
-}
-
-/* right-aligned taps of channel c and its bias as raw bits (zero bits = 0.0 in every dtype); W, BT: conv_ld's */
-template <typename W = void, typename BT = void>
-__device__ __forceinline__ void conv_taps_raw(const void *w, int wdt, int64_t sw0, int64_t sw1, int64_t K,
-                                              const void *bias, int bdt, int64_t sb, int64_t c, uint32_t wr[5]) {
-#pragma unroll
-    for (int m = 0; m < 4; m++) {
-        const int64_t j = m - (4 - K);
-        wr[m] = j >= 0 ? conv_ld_raw<W>(w, wdt, c * sw0 + j * sw1) : 0u;
-    }
-    wr[4] = bias ? conv_ld_raw<BT>(bias, bdt, c * sb) : 0u;
-}
-template <typename W = void, typename BT = void>
-__device__ __forceinline__ void conv_taps_cvt(const uint32_t wr[5], float wp[4], float *bv) {
-#pragma unroll
-    for (int m = 0; m < 4; m++) wp[m] = conv_cvt<W>(wr[m]);
-    *bv = conv_cvt<BT>(wr[4]);
-}
-/* right-aligned taps of channel c and its bias (fp32) */
+/* right-aligned taps of channel c and its bias (fp32); W, BT: conv_ld's */
 template <typename W = void, typename BT = void>
 __device__ __forceinline__ void conv_taps(const void *w, int wdt, int64_t sw0, int64_t sw1, int64_t K,
                                           const void *bias, int bdt, int64_t sb, int64_t c, float wp[4],
                                           float *bv) {
-    uint32_t wr[5];
-    conv_taps_raw<W, BT>(w, wdt, sw0, sw1, K, bias, bdt, sb, c, wr);
-    conv_taps_cvt<W, BT>(wr, wp, bv);
+#pragma unroll
+    for (int m = 0; m < 4; m++) {
+        const int64_t j = m - (4 - K);
+        wp[m] = j >= 0 ? conv_ld<W>(w, wdt, c * sw0 + j * sw1) : 0.f;
+    }
+    *bv = bias ? conv_ld<BT>(bias, bdt, c * sb) : 0.f;
 }
 
 #define CONV_NV 4    /* 16-byte vectors per lane and segment */
@@ -155,18 +119,15 @@ __device__ __forceinline__ void conv_seg_load(uint4 (&v)[CONV_NV], const T *x, i
     }
 }
 
-/* raw bits of h[t0-3 .. t0-1] of a row: x before t0 (t0 > 0), else initial_state (S_in entries, unit stride) or
- * zeros; none (zeros) where !need. Predicated loads from addresses chosen by selects, no branch (see conv_ld_raw);
- * conv_cvt<T> converts them. */
+/* h[t0-3 .. t0-1] of a row: x before t0 (t0 > 0), else initial_state (S_in entries, unit stride) or zeros; one
+ * predicated load per entry (the source is chosen before the load, so the three loads go out together) */
 template <typename T>
-__device__ __forceinline__ void conv_halo_raw(uint32_t hr[3], const T *x, const T *init, int64_t S_in, int64_t t0,
-                                              bool need) {
+__device__ __forceinline__ void conv_halo(float prev[3], const T *x, const T *init, int64_t S_in, int64_t t0) {
 #pragma unroll
     for (int m = 0; m < 3; m++) {
         const int64_t t = t0 - 3 + m;
-        const bool fx = t >= 0, fi = !fx && init != NULL && S_in + t >= 0;
-        const T *src = fx ? x + t : fi ? init + (S_in + t) : x;
-        hr[m] = need && (fx || fi) ? conv_ld_raw<T>(src, 0, 0) : 0u;
+        const T *src = t >= 0 ? x + t : (init != NULL && S_in + t >= 0 ? init + (S_in + t) : NULL);
+        prev[m] = src != NULL ? jamba_ld<T>(*src) : 0.f;
     }
 }
 
@@ -236,7 +197,7 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   Register double buffer: the loads of segment i+1 (x; at a row start also taps, bias and the
  *   initial-state halo) are issued before segment i is computed and stored, so a warp keeps up to
  *   2 x CONV_NV x 16 bytes per lane in flight and never waits for memory with nothing loaded.
- *   The warp holding a row's last segment writes final_state (from x / initial_state, after its stores of
+ *   The warp holding a row's last segment writes final_state (from x / initial_state, before its stores of
  *   out). Warp, batch, channel and segment counters are 32-bit: the launcher requires nvw <= INT32_MAX. */
 template <typename T, bool VEC, typename W = void, typename BT = void>
 __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
@@ -259,150 +220,57 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     int seg = (int)seg64, b = (int)b64, c = (int)c64;
     const T *x = (const T *)a.x + b64 * a.sx0 + c64 * a.sx1; /* row (b, c) of x */
     T *out = (T *)a.out + bc64 * a.L;                         /* row (b, c) of out */
-    /* NULL + 0 without initial_state: a select, not a branch ahead of the first loads */
-    const T *init = (const T *)a.init + (a.init ? b64 * a.si0 + c64 * a.si1 : 0);
+    const T *init = a.init ? (const T *)a.init + b64 * a.si0 + c64 * a.si1 : NULL;
     uint4 v[CONV_NV];
     float wp[4], bv, prev[3];
-    uint32_t wr[5], hr[3]; /* raw taps / bias and halo: every load before the first conversion (conv_ld_raw) */
     conv_seg_load<T, VEC>(v, x, (int64_t)seg * SEG + lane * VN, a.L);
-    conv_taps_raw<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wr);
-    conv_halo_raw<T>(hr, x, init, a.S_in, (int64_t)seg * SEG, true);
-    conv_taps_cvt<W, BT>(wr, wp, &bv);
-#pragma unroll
-    for (int m = 0; m < 3; m++) prev[m] = conv_cvt<T>(hr[m]);
+    conv_taps<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, &bv);
+    conv_halo<T>(prev, x, init, a.S_in, (int64_t)seg * SEG);
     for (;;) {
         const bool more = --n > 0;
         const bool newrow = seg + 1 == nseg; /* the next segment (if any) starts row bc + 1 */
         const int64_t tl = (int64_t)seg * SEG + lane * VN;
-        uint4 nv[CONV_NV];
-        if (more) { /* segment i+1's x before the first store of out in segment i */
-            const T *xn = x;
-            if (newrow) {
-                const int cn = c + 1 == a.DI ? 0 : c + 1, bn = c + 1 == a.DI ? b + 1 : b;
-                xn = (const T *)a.x + (int64_t)bn * a.sx0 + (int64_t)cn * a.sx1;
-            }
-            conv_seg_load<T, VEC>(nv, xn, (int64_t)(newrow ? 0 : seg + 1) * SEG + lane * VN, a.L);
-        }
-        conv_seg_compute<T, VEC>(v, prev, wp, bv, a.silu, out, tl, a.L, lane);
-        if (a.fin && newrow) { /* last segment of row (b, c): final_state from x / initial_state, after the next
-                                * segment's loads went out and this one's x arrived */
+        if (a.fin && newrow) { /* last segment of row (b, c): final_state from x / initial_state (no store
+                                * of out before it: it only reads x) */
             T *fin = (T *)a.fin + b * a.sf0 + c * a.sf1;
             for (int64_t jj = lane; jj < a.S_out; jj += 32) {
                 const int64_t t = a.L - a.S_out + jj; /* position in x; < 0: in the initial state */
-                T h = jamba_st<T>(0.f);
-                if (t >= 0) h = x[t];
-                else if (init && a.S_in + t >= 0) h = init[a.S_in + t];
-                fin[jj] = h;
+                float h = 0.f;
+                if (t >= 0) h = jamba_ld<T>(x[t]);
+                else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
+                fin[jj] = jamba_st<T>(h);
             }
         }
+        uint4 nv[CONV_NV];
+        float nwp[4], nbv = 0.f, nprev[3];
+        if (more) { /* every load of segment i+1 before the first store of out in segment i */
+            if (newrow) {
+                seg = 0;
+                if (++c == a.DI) c = 0, b++;
+                x = (const T *)a.x + (int64_t)b * a.sx0 + (int64_t)c * a.sx1;
+                if (init) init = (const T *)a.init + (int64_t)b * a.si0 + (int64_t)c * a.si1;
+            } else {
+                seg++;
+            }
+            conv_seg_load<T, VEC>(nv, x, (int64_t)seg * SEG + lane * VN, a.L);
+            if (newrow) {
+                conv_taps<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, nwp, &nbv);
+                conv_halo<T>(nprev, x, init, a.S_in, 0);
+            }
+        }
+        conv_seg_compute<T, VEC>(v, prev, wp, bv, a.silu, out, tl, a.L, lane);
         if (!more) break;
 #pragma unroll
         for (int j = 0; j < CONV_NV; j++) v[j] = nv[j];
-        if (newrow) { /* the next row's taps, bias and halo, while its x is in flight (else prev already holds
-                       * the tail of segment i; lane 0: from lane 31) */
-            seg = 0;
-            if (++c == a.DI) c = 0, b++;
-            x = (const T *)a.x + (int64_t)b * a.sx0 + (int64_t)c * a.sx1;
-            init = (const T *)a.init + (a.init ? (int64_t)b * a.si0 + (int64_t)c * a.si1 : 0);
-            conv_taps_raw<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wr);
-            conv_halo_raw<T>(hr, x, init, a.S_in, 0, true);
-            conv_taps_cvt<W, BT>(wr, wp, &bv);
+        if (newrow) { /* else prev already holds the tail of segment i (lane 0: from lane 31) */
 #pragma unroll
-            for (int m = 0; m < 3; m++) prev[m] = conv_cvt<T>(hr[m]);
+            for (int m = 0; m < 4; m++) wp[m] = nwp[m];
+            bv = nbv;
+#pragma unroll
+            for (int m = 0; m < 3; m++) prev[m] = nprev[m];
             out += a.L; /* out rows are contiguous: row bc + 1 follows row bc */
-        } else {
-            seg++;
         }
     }
-}
-
-/* causal_conv1d_flat_row_kernel<T, W, BT, NV> (EXPERIMENT JAMBA_EXT_CONV_FLAT=NV, see causal_conv1d_launch)
- *   The VEC forward's layouts (x rows 16-byte aligned with unit stride along L, L % VN == 0; out (B, DI, L)
- *   contiguous; w, bias, initial / final state as causal_conv1d_fwd_kernel), NR = L / VN vectors per row,
- *   NR % (32 * NV) == 0. The mapping of an elementwise copy: warp q of the launch owns the 32 * NV vectors
- *   [q * 32 * NV, +32 * NV) of the rows' vectors numbered (b * DI + c) * NR + i, all in one row; lane l the
- *   vectors j * 32 + l of them, j < NV (each load / store instruction of a warp: 512 contiguous bytes). One pass, no
- *   loop: the NV x vectors, then lane 0's 3-step halo (x before the warp's first vector, or initial_state / zeros at
- *   a row start) and the taps and bias as raw bits, then the conversions. Vector (j, l) takes its halo from lane
- *   l-1's vector j and lane 0 from lane 31's vector j-1 by shuffle, as the segment kernel. final_state: the lane
- *   holding the row's last vector; from its registers when S_out <= VN, else by element reads. */
-#define CONV_FLAT_WARPS 8 /* warps per block */
-template <typename T, typename W, typename BT, int NV>
-__global__ void __launch_bounds__(CONV_FLAT_WARPS * 32) causal_conv1d_flat_row_kernel(conv_args a) {
-    jamba_pdl_begin();
-    typedef jamba_w16<T> P;
-    constexpr int VN = 16 / (int)sizeof(T);
-    constexpr int QF = (VN - 3) * (int)sizeof(T) / 4;
-    const int lane = threadIdx.x & 31;
-    const int64_t NR = a.L / VN, nw = a.B * a.DI * (NR / (32 * NV)); /* warps of the launch */
-    const int64_t q = (int64_t)blockIdx.x * CONV_FLAT_WARPS + (threadIdx.x >> 5);
-    if (q >= nw) return; /* whole warps */
-    int64_t bc, i0, b, c;
-    conv_split(q * (32 * NV), NR, nw * 32 * NV, &bc, &i0); /* i0: the warp's first vector in row bc */
-    conv_split(bc, a.DI, nw * 32 * NV, &b, &c);
-    const T *x = (const T *)a.x + b * a.sx0 + c * a.sx1;
-    uint4 v[NV];
-#pragma unroll
-    for (int j = 0; j < NV; j++) v[j] = *(const uint4 *)(x + (i0 + j * 32 + lane) * VN);
-    const T *init = (const T *)a.init + (a.init ? b * a.si0 + c * a.si1 : 0); /* a select (see the segment kernel) */
-    uint32_t hr[3], wr[5];
-    conv_halo_raw<T>(hr, x, init, a.S_in, i0 * VN, lane == 0);
-    conv_taps_raw<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wr);
-    float wp[4], bv, prev[3];
-    conv_taps_cvt<W, BT>(wr, wp, &bv);
-#pragma unroll
-    for (int m = 0; m < 3; m++) prev[m] = conv_cvt<T>(hr[m]);
-    const int src = (lane + 31) & 31;
-    T *out = (T *)a.out + bc * a.L;
-#pragma unroll
-    for (int j = 0; j < NV; j++) {
-        uint4 nb = make_uint4(0u, 0u, 0u, 0u);
-        nb.w = __shfl_sync(JAMBA_FULL_MASK, v[j].w, src);
-        if (QF <= 2) nb.z = __shfl_sync(JAMBA_FULL_MASK, v[j].z, src);
-        if (QF <= 1) nb.y = __shfl_sync(JAMBA_FULL_MASK, v[j].y, src);
-        float hn[VN], win[3 + VN];
-        P::ld(nb, hn);
-#pragma unroll
-        for (int m = 0; m < 3; m++) {
-            win[m] = lane ? hn[VN - 3 + m] : prev[m];
-            prev[m] = hn[VN - 3 + m]; /* lane 0: lane 31's vector j, the halo of its vector j + 1 */
-        }
-        P::ld(v[j], win + 3);
-        float o[VN];
-#pragma unroll
-        for (int e = 0; e < VN; e++) {
-            float acc = bv;
-#pragma unroll
-            for (int m = 0; m < 4; m++) acc = fmaf(wp[m], win[e + m], acc);
-            o[e] = a.silu ? conv_silu(acc) : acc;
-        }
-        const int64_t i = i0 + j * 32 + lane;
-        if (a.fin && i == NR - 1) { /* the row's last vector: final_state */
-            T *fin = (T *)a.fin + b * a.sf0 + c * a.sf1;
-            if (a.S_out <= VN) {
-#pragma unroll
-                for (int e = 0; e < VN; e++)
-                    if (e >= VN - a.S_out) fin[e - (VN - a.S_out)] = jamba_st<T>(win[3 + e]);
-            } else {
-                for (int64_t jj = 0; jj < a.S_out; jj++) {
-                    const int64_t t = a.L - a.S_out + jj;
-                    float h = 0.f;
-                    if (t >= 0) h = jamba_ld<T>(x[t]);
-                    else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);
-                    fin[jj] = jamba_st<T>(h);
-                }
-            }
-        }
-        conv_st16(out + i * VN, P::st(o));
-    }
-}
-
-template <typename T, int NV>
-static void (*conv_flat_row_kernel(bool wf32, bool bf32))(conv_args) {
-    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_flat_row_kernel<T, float, float, NV>;
-    if (wf32) return causal_conv1d_flat_row_kernel<T, float, T, NV>;
-    if (bf32) return causal_conv1d_flat_row_kernel<T, T, float, NV>;
-    return causal_conv1d_flat_row_kernel<T, T, T, NV>;
 }
 
 /* the VEC forward instance for the weight / bias dtypes (f32 or T; no bias: T): typed taps / bias loads (see the
@@ -435,21 +303,6 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
      * of segments (one resident wave = SMs x CONV_MINB blocks x CONV_WARPS warps) go one per warp, so the
      * launch does not end on a ragged wave of 4-segment warps: 1x8192 74.5 -> 72.5 us, 8x2048 142.1 -> 140.6,
      * 1x2048 24.5 -> 22.8 (graph-timed, H200 bf16). */
-    /* EXPERIMENT JAMBA_EXT_CONV_FLAT = NV (1, 2, 4): causal_conv1d_flat_row_kernel where a warp's 32 * NV vectors
-     * lie in one row (VEC layouts, L > 0) */
-    const char *flat = getenv("JAMBA_EXT_CONV_FLAT");
-    const int fnv = vec && a.L > 0 && flat != NULL ? atoi(flat) : 0;
-    if ((fnv == 1 || fnv == 2 || fnv == 4) && (a.L / VN) % (32 * fnv) == 0) {
-        const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
-        void (*k)(conv_args) = fnv == 1 ? conv_flat_row_kernel<T, 1>(wf32, bf32)
-                               : fnv == 2 ? conv_flat_row_kernel<T, 2>(wf32, bf32) : conv_flat_row_kernel<T, 4>(wf32, bf32);
-        const int64_t fgrid = jamba_ceil_div(a.B * a.DI * (a.L / VN), 32 * CONV_FLAT_WARPS * (int64_t)fnv);
-        if (fgrid <= JAMBA_MAX_GRID_X) {
-            jamba_kernel_launch(k, (unsigned)fgrid, CONV_FLAT_WARPS * 32, 0, stream, a);
-            JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
-            return JAMBA_OK;
-        }
-    }
     const int64_t spw = CONV_SPW;
     int64_t tail = (int64_t)jamba_cuda_sm_count(device) * CONV_MINB * CONV_WARPS;
     if (tail > nvw) tail = nvw;
