@@ -201,17 +201,17 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   out). Warp, batch, channel and segment counters are 32-bit: the launcher requires nvw <= INT32_MAX. */
 template <typename T, bool VEC, typename W = void, typename BT = void>
 __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
-    causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1) {
+    causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1, int spw2) {
     jamba_pdl_begin();
     const int VN = 16 / (int)sizeof(T);
     const int SEG = 32 * CONV_NV * VN;
     const int lane = threadIdx.x & 31;
     const int p = blockIdx.x * CONV_WARPS + (threadIdx.x >> 5);
-    /* warps p < p1 take spw segments each, the later ones (the tail of the launch) one each */
+    /* warps p < p1 take spw segments each, the later ones spw2 each (the default schedule: 1, the tail) */
     const int64_t nvw = a.B * a.DI * nseg;
-    const int64_t vw0 = p < p1 ? (int64_t)p * spw : (int64_t)p1 * spw + (p - p1);
+    const int64_t vw0 = p < p1 ? (int64_t)p * spw : (int64_t)p1 * spw + (int64_t)(p - p1) * spw2;
     const int64_t left = nvw - vw0;
-    int n = p < p1 ? spw : 1; /* segments of this warp */
+    int n = p < p1 ? spw : spw2; /* segments of this warp */
     if (left < n) n = (int)(left > 0 ? left : 0);
     if (n <= 0) return;
     int64_t seg64, bc64, b64, c64;
@@ -276,7 +276,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
 /* the VEC forward instance for the weight / bias dtypes (f32 or T; no bias: T): typed taps / bias loads (see the
  * header) */
 template <typename T>
-static void (*conv_fwd_vec_kernel(bool wf32, bool bf32))(conv_args, int, int, int) {
+static void (*conv_fwd_vec_kernel(bool wf32, bool bf32))(conv_args, int, int, int, int) {
     if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_fwd_kernel<T, true, float, float>;
     if (wf32) return causal_conv1d_fwd_kernel<T, true, float, T>;
     if (bf32) return causal_conv1d_fwd_kernel<T, true, T, float>;
@@ -303,19 +303,29 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
      * of segments (one resident wave = SMs x CONV_MINB blocks x CONV_WARPS warps) go one per warp, so the
      * launch does not end on a ragged wave of 4-segment warps: 1x8192 74.5 -> 72.5 us, 8x2048 142.1 -> 140.6,
      * 1x2048 24.5 -> 22.8 (graph-timed, H200 bf16). */
-    const int64_t spw = CONV_SPW;
-    int64_t tail = (int64_t)jamba_cuda_sm_count(device) * CONV_MINB * CONV_WARPS;
+    int64_t spw = CONV_SPW, spw2 = 1;
+    const int64_t slots = (int64_t)jamba_cuda_sm_count(device) * CONV_MINB * CONV_WARPS; /* one resident wave */
+    int64_t tail = slots;
     if (tail > nvw) tail = nvw;
     /* p1 warps with spw segments, then one segment each for the rest */
-    const int64_t p1 = (nvw - tail) / spw;
-    const int64_t warps = p1 + (nvw - p1 * spw);
+    int64_t p1 = (nvw - tail) / spw;
+    /* EXPERIMENT JAMBA_EXT_CONV_SCHED: "round": p1 rounded down to whole waves of spw-segment warps when the last one
+     * would be less than half full (its segments go one per warp); "wave": one resident wave, warp p taking
+     * ceil(nvw / slots) segments for p < nvw % slots, floor(nvw / slots) after (VEC instances) */
+    const char *sched = getenv("JAMBA_EXT_CONV_SCHED");
+    if (sched != NULL && !strcmp(sched, "round") && p1 % slots < slots / 2) {
+        p1 -= p1 % slots;
+    } else if (vec && sched != NULL && !strcmp(sched, "wave") && nvw > slots) {
+        spw2 = nvw / slots, spw = spw2 + 1, p1 = nvw % slots;
+    }
+    const int64_t warps = spw2 == 1 ? p1 + (nvw - p1 * spw) : slots;
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
     if (vec)
         jamba_kernel_launch(conv_fwd_vec_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32), (unsigned)grid,
-                            CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
+                            CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1, (int)spw2);
     else
         jamba_kernel_launch(causal_conv1d_fwd_kernel<T, false>, (unsigned)grid, CONV_WARPS * 32, 0, stream, a,
-            (int)nseg, (int)spw, (int)p1);
+            (int)nseg, (int)spw, (int)p1, 1);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
     return JAMBA_OK;
 }
