@@ -190,7 +190,7 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   and stores with the same mapping.
  *   Grid: CONV_WARPS warps per block (not persistent: the hardware schedules the blocks). Warp p < p1 takes
  *   the spw consecutive virtual warps vw = (b*DI + c) * nseg + seg in [p * spw, +spw), the warps after p1 one
- *   each (the launch's last wave), cut at nvw = B * DI * nseg, i.e. the segments of a row in order, then the
+ *   each (the launch's last wave or more; see the launcher), cut at nvw = B * DI * nseg, i.e. the segments of a row in order, then the
  *   next row: (b, c, seg) advance by increments (2 divisions per warp, not per segment), taps and bias are
  *   reloaded only at a row start, and lane 0's halo of a segment with seg > 0 is the tail of the previous
  *   one, already in registers (at a row start: initial_state or zeros).
@@ -201,17 +201,17 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   out). Warp, batch, channel and segment counters are 32-bit: the launcher requires nvw <= INT32_MAX. */
 template <typename T, bool VEC, typename W = void, typename BT = void>
 __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
-    causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1, int spw2) {
+    causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1) {
     jamba_pdl_begin();
     const int VN = 16 / (int)sizeof(T);
     const int SEG = 32 * CONV_NV * VN;
     const int lane = threadIdx.x & 31;
     const int p = blockIdx.x * CONV_WARPS + (threadIdx.x >> 5);
-    /* warps p < p1 take spw segments each, the later ones spw2 each (the default schedule: 1, the tail) */
+    /* warps p < p1 take spw segments each, the later ones (the tail of the launch) one each */
     const int64_t nvw = a.B * a.DI * nseg;
-    const int64_t vw0 = p < p1 ? (int64_t)p * spw : (int64_t)p1 * spw + (int64_t)(p - p1) * spw2;
+    const int64_t vw0 = p < p1 ? (int64_t)p * spw : (int64_t)p1 * spw + (p - p1);
     const int64_t left = nvw - vw0;
-    int n = p < p1 ? spw : spw2; /* segments of this warp */
+    int n = p < p1 ? spw : 1; /* segments of this warp */
     if (left < n) n = (int)(left > 0 ? left : 0);
     if (n <= 0) return;
     int64_t seg64, bc64, b64, c64;
@@ -276,7 +276,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
 /* the VEC forward instance for the weight / bias dtypes (f32 or T; no bias: T): typed taps / bias loads (see the
  * header) */
 template <typename T>
-static void (*conv_fwd_vec_kernel(bool wf32, bool bf32))(conv_args, int, int, int, int) {
+static void (*conv_fwd_vec_kernel(bool wf32, bool bf32))(conv_args, int, int, int) {
     if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_fwd_kernel<T, true, float, float>;
     if (wf32) return causal_conv1d_fwd_kernel<T, true, float, T>;
     if (bf32) return causal_conv1d_fwd_kernel<T, true, T, float>;
@@ -303,29 +303,24 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
      * of segments (one resident wave = SMs x CONV_MINB blocks x CONV_WARPS warps) go one per warp, so the
      * launch does not end on a ragged wave of 4-segment warps: 1x8192 74.5 -> 72.5 us, 8x2048 142.1 -> 140.6,
      * 1x2048 24.5 -> 22.8 (graph-timed, H200 bf16). */
-    int64_t spw = CONV_SPW, spw2 = 1;
+    const int64_t spw = CONV_SPW;
     const int64_t slots = (int64_t)jamba_cuda_sm_count(device) * CONV_MINB * CONV_WARPS; /* one resident wave */
-    int64_t tail = slots;
-    if (tail > nvw) tail = nvw;
-    /* p1 warps with spw segments, then one segment each for the rest */
+    const int64_t tail = slots < nvw ? slots : nvw;
+    /* p1 warps with spw segments, then one segment each for the rest. Whole waves of spw-segment warps: where the
+     * last one would be less than half full, its segments go one per warp as well (A/B in one binary,
+     * conv_sched_1e51c87.log, graph-timed, H200 bf16, us, without / with: 1x2048 20.2-20.5 / 19.0 (3304 -> 3168
+     * four-segment warps: the 136 after the first wave ran alone for 4 segments), 8x2048 132.7-133.0 / 132.7, 1x32768
+     * 258.9-259.3 / 259.6; 1x8192 is unchanged by the rule). Kept to launches of at least one such wave. */
     int64_t p1 = (nvw - tail) / spw;
-    /* EXPERIMENT JAMBA_EXT_CONV_SCHED: "round": p1 rounded down to whole waves of spw-segment warps when the last one
-     * would be less than half full (its segments go one per warp); "wave": one resident wave, warp p taking
-     * ceil(nvw / slots) segments for p < nvw % slots, floor(nvw / slots) after (VEC instances) */
-    const char *sched = getenv("JAMBA_EXT_CONV_SCHED");
-    if (sched != NULL && !strcmp(sched, "round") && p1 % slots < slots / 2) {
-        p1 -= p1 % slots;
-    } else if (vec && sched != NULL && !strcmp(sched, "wave") && nvw > slots) {
-        spw2 = nvw / slots, spw = spw2 + 1, p1 = nvw % slots;
-    }
-    const int64_t warps = spw2 == 1 ? p1 + (nvw - p1 * spw) : slots;
+    if (p1 >= slots && p1 % slots < slots / 2) p1 -= p1 % slots;
+    const int64_t warps = p1 + (nvw - p1 * spw);
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
     if (vec)
         jamba_kernel_launch(conv_fwd_vec_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32), (unsigned)grid,
-                            CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1, (int)spw2);
+                            CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
     else
         jamba_kernel_launch(causal_conv1d_fwd_kernel<T, false>, (unsigned)grid, CONV_WARPS * 32, 0, stream, a,
-            (int)nseg, (int)spw, (int)p1, 1);
+            (int)nseg, (int)spw, (int)p1);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
     return JAMBA_OK;
 }
@@ -583,7 +578,10 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
     if (wvec && cpt == 2 && wes == 2 && a.sw0 == 4 && jamba_aligned16(a.w)) wvec = 2; /* CPT 2: one 16-byte load */
     const int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
-    const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, 128);
+    /* EXPERIMENT JAMBA_EXT_CONV_UPDATE_BLOCK: threads per block (64, 96, 128 (default)) */
+    const char *bs = getenv("JAMBA_EXT_CONV_UPDATE_BLOCK");
+    const int nthr = bs != NULL && (atoi(bs) == 64 || atoi(bs) == 96) ? atoi(bs) : 128;
+    const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, nthr);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
     void (*k)(conv_update_args, int, int);
@@ -592,7 +590,7 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     else
         k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32)
                     : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32);
-    jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
+    jamba_kernel_launch(k, (unsigned)blocks, nthr, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
