@@ -248,6 +248,13 @@ def bench_conv(bb, shapes, DI, K):
         torch_conv = lambda: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=DI)[..., :L])
         bb.row("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K}", lambda: ops.causal_conv1d(x, w, b, None, True, K - 1),
                nbytes, eager=torch_conv, graph=True)
+        if dev.type == "cuda" and os.environ.get("JAMBA_EXT_AB_ROWS") == "1":
+            # A/B: EXPERIMENT JAMBA_EXT_CONV_SCHED (segments per warp), then the default again (drift check)
+            for sched in ("round", "wave", "default"):
+                with common.env(JAMBA_EXT_CONV_SCHED=sched):
+                    check(f"causal_conv1d (sched {sched})", ops.causal_conv1d(x, w, b, None, True, K - 1)[0], ref_out)
+                    bb.row(f"causal_conv1d (sched {sched})", f"B={Bsz} DI={DI} L={L} K={K}",
+                           lambda: ops.causal_conv1d(x, w, b, None, True, K - 1), nbytes, graph=True)
         del x, out
 
 
@@ -275,14 +282,6 @@ def bench_decode(bb, batches, DI, N, K):
                       R.causal_conv1d_update(x, st.clone(), w, b, True)[0])
                 bb.row(f"causal_conv1d_update (p16={other})", f"B={Bsz} DI={DI} K={K}",
                        lambda: ops.causal_conv1d_update(x, st, w, b, True), nbytes, small=small, graph=True)
-        if dev.type == "cuda" and os.environ.get("JAMBA_EXT_AB_ROWS") == "1":
-            # A/B: EXPERIMENT JAMBA_EXT_CONV_UPDATE_BLOCK (threads per block; 128 is the default: a drift check)
-            for nthr in ("64", "96", "128"):
-                with common.env(JAMBA_EXT_CONV_UPDATE_BLOCK=nthr):
-                    check(f"causal_conv1d_update (block {nthr})", ops.causal_conv1d_update(x, st.clone(), w, b, True),
-                          R.causal_conv1d_update(x, st.clone(), w, b, True)[0])
-                    bb.row(f"causal_conv1d_update (block {nthr})", f"B={Bsz} DI={DI} K={K}",
-                           lambda: ops.causal_conv1d_update(x, st, w, b, True), nbytes, small=small, graph=True)
         # selective_state_update: fp32 state (as mamba_ssm's benchmark figure), bf16 activations
         s = dict(state=torch.randn(Bsz, DI, N, device=dev), x=rn(Bsz, DI, dev=dev),
                  dt=rn(Bsz, DI, dev=dev, scale=0.5), A=-torch.exp(torch.rand(DI, N, device=dev) * 2.5 - 0.7),

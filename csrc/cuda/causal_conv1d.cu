@@ -190,7 +190,8 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   and stores with the same mapping.
  *   Grid: CONV_WARPS warps per block (not persistent: the hardware schedules the blocks). Warp p < p1 takes
  *   the spw consecutive virtual warps vw = (b*DI + c) * nseg + seg in [p * spw, +spw), the warps after p1 one
- *   each (the launch's last wave or more; see the launcher), cut at nvw = B * DI * nseg, i.e. the segments of a row in order, then the
+ *   each (the launch's last wave or more, see the launcher), cut at nvw = B * DI * nseg, i.e. the segments of a
+ *   row in order, then the
  *   next row: (b, c, seg) advance by increments (2 divisions per warp, not per segment), taps and bias are
  *   reloaded only at a row start, and lane 0's halo of a segment with seg > 0 is the tail of the previous
  *   one, already in registers (at a row start: initial_state or zeros).
@@ -578,10 +579,7 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
     if (wvec && cpt == 2 && wes == 2 && a.sw0 == 4 && jamba_aligned16(a.w)) wvec = 2; /* CPT 2: one 16-byte load */
     const int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
-    /* EXPERIMENT JAMBA_EXT_CONV_UPDATE_BLOCK: threads per block (64, 96, 128 (default)) */
-    const char *bs = getenv("JAMBA_EXT_CONV_UPDATE_BLOCK");
-    const int nthr = bs != NULL && (atoi(bs) == 64 || atoi(bs) == 96) ? atoi(bs) : 128;
-    const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, nthr);
+    const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
     void (*k)(conv_update_args, int, int);
@@ -590,7 +588,7 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     else
         k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32)
                     : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32);
-    jamba_kernel_launch(k, (unsigned)blocks, nthr, 0, stream, a, xvec, wvec);
+    jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
