@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Source-level Nsight Compute profile of the shipped MoE wgmma engine (moe_wgmma_persist_kernel) at T tokens (default
+# 4096; Jamba-v0.1, bf16), device tool, one call: builds, profiles the gate_up launch (launch 1) and the down launch
+# (launch 2) of one moe_experts call (dev/ncu_moe.py), writes for each the details page and the per-line stall summary
+# (dev/ncu_src_summary.py) to $OUT. ncu locks the clocks at base: read durations as ratios.
+#   Usage on the device:  bash dev/ncu_moe_src.sh [T]
+T=${1:-4096}
+OUT=${OUT:-/tmp/jamba_gpu_out}; mkdir -p "$OUT"
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
+JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | tail -1
+for g in gate_up down; do
+  skip=0; [ $g = down ] && skip=1
+  timeout 170 ncu --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section SourceCounters \
+    --import-source yes -k regex:moe_wgmma_persist -s $skip -c 1 -f -o /tmp/moe_$g python3 dev/ncu_moe.py $T \
+    > /tmp/ncu_run_$g.log 2>&1; echo "ncu $g rc $?"; tail -2 /tmp/ncu_run_$g.log
+  ncu -i /tmp/moe_$g.ncu-rep --page details > "$OUT/ncu_moe_${g}_details.txt" 2>&1
+  ncu -i /tmp/moe_$g.ncu-rep --page source --csv --print-source sass > /tmp/src_$g.csv 2>&1
+  python3 dev/ncu_src_summary.py /tmp/src_$g.csv 30 2>&1 | cut -c1-300 > "$OUT/ncu_moe_${g}_stalls.txt"
+  grep -v "^\s*$" "$OUT/ncu_moe_${g}_details.txt" | grep -i "duration\|throughput\|stall\|cycles per\|issue\|eligible\|active warps" | head -20
+  head -40 "$OUT/ncu_moe_${g}_stalls.txt"
+done
