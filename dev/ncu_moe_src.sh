@@ -2,7 +2,7 @@
 # Source-level Nsight Compute profile of the shipped MoE wgmma engine (moe_wgmma_persist_kernel) at T tokens (default
 # 4096; Jamba-v0.1, bf16), device tool, one call: builds, profiles the gate_up launch (launch 1) and the down launch
 # (launch 2) of one moe_experts call (dev/ncu_moe.py), writes for each the details page and the per-line stall summary
-# (dev/ncu_src_summary.py) to $OUT. ncu locks the clocks at base: read durations as ratios.
+# (dev/ncu_src_summary.py) and the gzipped per-SASS-line CSV to $OUT. ncu locks the clocks at base: read durations as ratios.
 #   Usage on the device:  bash dev/ncu_moe_src.sh [T]
 T=${1:-4096}
 OUT=${OUT:-/tmp/jamba_gpu_out}; mkdir -p "$OUT"
@@ -16,6 +16,7 @@ for g in gate_up down; do
   ncu -i /tmp/moe_$g.ncu-rep --page details > "$OUT/ncu_moe_${g}_details.txt" 2>&1
   ncu -i /tmp/moe_$g.ncu-rep --page source --csv --print-source sass > /tmp/src_$g.csv 2>&1
   python3 dev/ncu_src_summary.py /tmp/src_$g.csv 30 2>&1 | cut -c1-300 > "$OUT/ncu_moe_${g}_stalls.txt"
+  gzip -c /tmp/src_$g.csv > "$OUT/ncu_moe_${g}_src.csv.gz" # every SASS line's samples, for summaries by code region
   grep -v "^\s*$" "$OUT/ncu_moe_${g}_details.txt" | grep -i "duration\|throughput\|stall\|cycles per\|issue\|eligible\|active warps" | head -20
   head -40 "$OUT/ncu_moe_${g}_stalls.txt"
 done
