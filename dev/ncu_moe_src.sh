@@ -2,7 +2,8 @@
 # Source-level Nsight Compute profile of the shipped MoE wgmma engine (moe_wgmma_persist_kernel) at T tokens (default
 # 4096; Jamba-v0.1, bf16), device tool, one call: builds, profiles the gate_up launch (launch 1) and the down launch
 # (launch 2) of one moe_experts call (dev/ncu_moe.py), writes for each the details page and the per-line stall summary
-# (dev/ncu_src_summary.py) and the gzipped per-SASS-line CSV to $OUT. ncu locks the clocks at base: read durations as ratios.
+# (dev/ncu_src_summary.py) and the gzipped per-SASS-line CSV to $OUT. ncu locks the clocks at base: read durations
+# as ratios.
 #   Usage on the device:  bash dev/ncu_moe_src.sh [T]
 T=${1:-4096}
 OUT=${OUT:-/tmp/jamba_gpu_out}; mkdir -p "$OUT"
