@@ -5,8 +5,6 @@
 #ifndef JAMBA_MOE_CUH
 #define JAMBA_MOE_CUH
 
-#include <type_traits>
-
 #include "common.cuh"
 
 /* ---- shared pieces ----------------------------------------------------------------------------------- */
@@ -70,27 +68,6 @@ template <typename T> __device__ __forceinline__ float moe_act(float g, float u)
 template <typename T> __device__ __forceinline__ float moe_act_fast(float g, float u) {
     const float gr = jamba_round<T>(g);
     return jamba_round<T>(jamba_round<T>(__fdividef(gr, 1.f + __expf(-gr))) * jamba_round<T>(u));
-}
-/* moe_act_fast with the bf16 roundings on the integer pipes (round to nearest even on the bits; NaN stays a NaN)
- * and ex2.approx.ftz: the same values (ex2's subnormal results only ever meet 1 + e, which rounds to 1 either way;
- * a NaN's payload may differ). Conversions (F2F) and MUFU share the SM's 16-per-cycle pipe: moe_act_fast costs 4 F2F
- * and 2 MUFU per output, this 2 MUFU. EXPERIMENT JAMBA_EXT_MOE_ACT=alu (the persistent wgmma kernel's gate_up
- * epilogue). */
-__device__ __forceinline__ float moe_round_bf16_alu(float v) {
-    const uint32_t u = __float_as_uint(v);
-    const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-    return v != v ? v : __uint_as_float(r);
-}
-template <typename T> __device__ __forceinline__ float moe_round_alu(float v) {
-    if constexpr (std::is_same<T, __nv_bfloat16>::value)
-        return moe_round_bf16_alu(v);
-    else
-        return jamba_round<T>(v);
-}
-template <typename T> __device__ __forceinline__ float moe_act_alu(float g, float u) {
-    const float gr = moe_round_alu<T>(g);
-    const float e = jamba_cu_exp2(-gr * JAMBA_LOG2E);
-    return moe_round_alu<T>(moe_round_alu<T>(__fdividef(gr, 1.f + e)) * moe_round_alu<T>(u));
 }
 template <typename T> __device__ __forceinline__ float moe_scaled(float y, float w) {
     return jamba_round<T>(jamba_round<T>(y) * jamba_round<T>(w));
