@@ -93,6 +93,7 @@ WG_DEF_K16(__half, "f16")
 /* 4-byte store of two T, predicated (no branch: the values of every output pair can be computed in one stretch) */
 template <typename T>
 __device__ __forceinline__ void wg_store2_if(bool ok, T *p, float x, float y) {
+    static_assert(sizeof(T) == 2, "two 16-bit values in one 4-byte store");
     T v[2] = {jamba_st<T>(x), jamba_st<T>(y)};
     uint32_t bits;
     memcpy(&bits, v, 4);
