@@ -248,13 +248,6 @@ def bench_conv(bb, shapes, DI, K):
         torch_conv = lambda: F.silu(F.conv1d(x, w.unsqueeze(1), b, padding=K - 1, groups=DI)[..., :L])
         bb.row("causal_conv1d", f"B={Bsz} DI={DI} L={L} K={K}", lambda: ops.causal_conv1d(x, w, b, None, True, K - 1),
                nbytes, eager=torch_conv, graph=True)
-        if dev.type == "cuda" and os.environ.get("JAMBA_EXT_AB_ROWS") == "1":
-            # A/B: EXPERIMENT JAMBA_EXT_CONV_SCHED (segments per warp), then the default again (drift check)
-            for sched in ("round", "wave", "default"):
-                with common.env(JAMBA_EXT_CONV_SCHED=sched):
-                    check(f"causal_conv1d (sched {sched})", ops.causal_conv1d(x, w, b, None, True, K - 1)[0], ref_out)
-                    bb.row(f"causal_conv1d (sched {sched})", f"B={Bsz} DI={DI} L={L} K={K}",
-                           lambda: ops.causal_conv1d(x, w, b, None, True, K - 1), nbytes, graph=True)
         del x, out
 
 

@@ -191,10 +191,9 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   Grid: CONV_WARPS warps per block (not persistent: the hardware schedules the blocks). Warp p < p1 takes
  *   the spw consecutive virtual warps vw = (b*DI + c) * nseg + seg in [p * spw, +spw), the warps after p1 one
  *   each (the launch's last wave or more, see the launcher), cut at nvw = B * DI * nseg, i.e. the segments of a
- *   row in order, then the
- *   next row: (b, c, seg) advance by increments (2 divisions per warp, not per segment), taps and bias are
- *   reloaded only at a row start, and lane 0's halo of a segment with seg > 0 is the tail of the previous
- *   one, already in registers (at a row start: initial_state or zeros).
+ *   row in order, then the next row: (b, c, seg) advance by increments (2 divisions per warp, not per segment),
+ *   taps and bias are reloaded only at a row start, and lane 0's halo of a segment with seg > 0 is the tail of
+ *   the previous one, already in registers (at a row start: initial_state or zeros).
  *   Register double buffer: the loads of segment i+1 (x; at a row start also taps, bias and the
  *   initial-state halo) are issued before segment i is computed and stored, so a warp keeps up to
  *   2 x CONV_NV x 16 bytes per lane in flight and never waits for memory with nothing loaded.
