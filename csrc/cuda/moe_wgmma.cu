@@ -90,39 +90,11 @@ WG_DEF_K16(__half, "f16")
  * and its up column in block j + 8, in the same thread: act = SiLU(gate)*up with the fast exp
  * / division (moe_act_fast; measured 4-5% faster than expf / IEEE division at 2048-4096 tokens), rows in sorted
  * order; down: column n0 + cb + 8j + .., round(y) * round(w) to the slot's row. */
-/* 4-byte store of two T, predicated (no branch: the values of every output pair can be computed in one stretch) */
-template <typename T>
-__device__ __forceinline__ void wg_store2_if(bool ok, T *p, float x, float y) {
-    static_assert(sizeof(T) == 2, "two 16-bit values in one 4-byte store");
-    T v[2] = {jamba_st<T>(x), jamba_st<T>(y)};
-    uint32_t bits;
-    memcpy(&bits, v, 4);
-    asm volatile("{\n\t.reg .pred q;\n\tsetp.ne.b32 q, %2, 0;\n\t@q st.global.b32 [%0], %1;\n\t}" ::"l"(p), "r"(bits),
-                 "r"((int)ok)
-                 : "memory");
-}
-template <typename T, int NJ, bool PS = false>
+template <typename T, int NJ>
 __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float (&acc)[4 * NJ], int64_t prow,
                                             int64_t row_end, int64_t n0, int cb, int warp, int lane) {
     const int g = lane >> 2, tq = lane & 3;
     T *C = reinterpret_cast<T *>(a.C);
-    if constexpr (PS) { /* EXPERIMENT JAMBA_EXT_MOE_EPI=pred: gate_up outputs computed unconditionally, stores predicated */
-        if (a.gate_up) {
-#pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int64_t p = prow + (warp & 3) * 16 + g + h * 8;
-#pragma unroll
-                for (int j = 0; j < NJ; j++) {
-                    if (j & 8) continue; /* compile-time */
-                    const int64_t f = n0 + cb / 2 + 64 * (j >> 4) + 8 * (j & 7) + tq * 2;
-                    wg_store2_if<T>(p < row_end && f < a.N, C + p * a.N + f,
-                                    moe_act_fast<T>(acc[4 * j + 2 * h], acc[4 * (j + 8) + 2 * h]),
-                                    moe_act_fast<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 8) + 2 * h + 1]));
-                }
-            }
-            return;
-        }
-    }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int64_t p = prow + (warp & 3) * 16 + g + h * 8;
@@ -438,7 +410,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 __device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
     return a.half_tiles && row_end - row0 <= 64;
 }
-template <typename T, int NA, bool PS>
+template <typename T, int NA>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0) {
     using C = wt_cfg<WT_ALL>;
@@ -464,13 +436,13 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
 #pragma unroll
     for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
     release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
-    wg_epilogue<T, NA / 4, PS>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2), warp,
+    wg_epilogue<T, NA / 4>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2), warp,
                            lane);
 }
 
 #define WP_THREADS (WG_THREADS + 32)
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
-template <typename T, bool PS = false> /* PS: EXPERIMENT JAMBA_EXT_MOE_EPI=pred (wg_epilogue) */
+template <typename T>
 __global__ void __launch_bounds__(WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
@@ -521,9 +493,9 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
         const int pid = slot[it % S];
         if (pid < 0 || !wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
         if (wp_is_half(a, row0, row_end))
-            wp_tile<T, 64, PS>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
+            wp_tile<T, 64>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
         else
-            wp_tile<T, 128, PS>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
+            wp_tile<T, 128>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
     }
 #endif
 }
@@ -627,8 +599,6 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     if (nsm == 0) {
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               WP_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
@@ -642,10 +612,8 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
     ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* EXPERIMENT: "pred", predicated gate_up stores (wg_epilogue) */
-    void (*k)(const CUtensorMap, const CUtensorMap, const CUtensorMap, moe_gemm_args, int64_t) =
-        epi != NULL && !strcmp(epi, "pred") ? moe_wgmma_persist_kernel<T, true> : moe_wgmma_persist_kernel<T, false>;
-    jamba_kernel_launch(k, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmA64, tmW, ap, n_tiles);
+    jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmA64, tmW, ap,
+        n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
     return JAMBA_OK;
 }
