@@ -410,9 +410,56 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 __device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
     return a.half_tiles && row_end - row0 <= 64;
 }
+/* EXPERIMENT JAMBA_EXT_MOE_EPI=warp (wp_tile / moe_wgmma_persist_kernel template EO): in gate_up, the outputs of
+ * the tile's second W box (n0 + 64 .. n0 + 127) leave the consumers as their rounded (gate, up) pairs (one packed
+ * 32-bit word per output, T bits: gate low, up high) in a 32 KB staging buffer of shared memory, and two
+ * epilogue warps form SiLU(gate)*up from it and store them while the consumers run the next tile's wgmmas; the
+ * consumers still finish the first box themselves. Same values (moe_act_fast rounds gate and up to T first).
+ * Staging: [128 tile rows][32 8-byte chunks] (chunk c = outputs 2c, 2c + 1), chunk c of row r stored at
+ * c ^ 4 (r & 3) (the consumers' 8-byte stores and the epilogue warps' 16-byte loads without bank conflicts);
+ * meta = {row0, row_end, first output, rows} of the staged tile (row_end < 0: no more tiles). Barriers: sfull
+ * (one arrival per consumer thread after its writes), sempty (one per epilogue-warp thread after its reads). */
+struct wp_epi {
+    uint32_t stage, sfull, sempty;
+    volatile int64_t *meta;
+};
+template <typename T> __device__ __forceinline__ uint32_t wg_pack2(float lo, float hi) {
+    if constexpr (std::is_same<T, __half>::value) return jamba_f16x2_st(lo, hi);
+    else return jamba_bf16x2_st(lo, hi);
+}
+/* the consumers' side at a tile's end: wait until the epilogue warps have read the previous staged tile, write
+ * this tile's box-1 pairs (warpgroup wgi: full tile, accumulator blocks 16 .. 31 of rows 64 wgi ..; half tile,
+ * warpgroup 1's blocks 0 .. 15), the meta (thread 0), then arrive on sfull */
 template <typename T, int NA>
+__device__ __forceinline__ void wp_stage_out(const wp_epi &ep, uint32_t &eu, const float (&acc)[NA], bool write,
+                                             int rbase, int warp, int lane, int64_t row0, int64_t row_end,
+                                             int64_t f0, int rows) {
+    if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1);
+    if (write) {
+        constexpr int JB = NA == 128 ? 16 : 0; /* first accumulator block of the staged box */
+        const int g = lane >> 2, tq = lane & 3;
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = rbase + (warp & 3) * 16 + g + h * 8;
+#pragma unroll
+            for (int jj = 0; jj < 8; jj++) {
+                const int j = JB + jj;
+                const uint32_t w0 = wg_pack2<T>(acc[4 * j + 2 * h], acc[4 * (j + 8) + 2 * h]);
+                const uint32_t w1 = wg_pack2<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 8) + 2 * h + 1]);
+                const uint32_t c = (uint32_t)((4 * jj + tq) ^ ((r & 3) << 2));
+                asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(ep.stage + (uint32_t)r * 256u + c * 8u),
+                             "r"(w0), "r"(w1) : "memory");
+            }
+        }
+    }
+    if (warp == 0 && lane == 0) ep.meta[0] = row0, ep.meta[1] = row_end, ep.meta[2] = f0, ep.meta[3] = rows;
+    mbar_arrive(ep.sfull);
+    eu++;
+}
+template <typename T, int NA, bool EO = false>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
-                                        int warp, int lane, int64_t row0, int64_t row_end, int64_t n0) {
+                                        int warp, int lane, int64_t row0, int64_t row_end, int64_t n0,
+                                        const wp_epi &ep, uint32_t &eu) {
     using C = wt_cfg<WT_ALL>;
     constexpr int S = C::STAGES;
     constexpr bool FULL = NA == 128;
@@ -436,14 +483,28 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
 #pragma unroll
     for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
     release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
+    if constexpr (EO) {
+        if (a.gate_up) { /* box 1 to the epilogue warps, box 0 here (half tile: warpgroup 1 = box 1) */
+            wp_stage_out<T, NA>(ep, eu, acc, FULL || wgi == 1, FULL ? wgi * 64 : 0, warp, lane, row0, row_end,
+                                n0 + WG_WBOX, FULL ? WG_BM : 64);
+            if (FULL || wgi == 0)
+                wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0),
+                                   row_end, n0, 0, warp, lane);
+            return;
+        }
+    }
     wg_epilogue<T, NA / 4>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2), warp,
                            lane);
 }
 
 #define WP_THREADS (WG_THREADS + 32)
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
-template <typename T>
-__global__ void __launch_bounds__(WP_THREADS, 1)
+#define WP_EO_WARPS 2 /* epilogue warps of the EO kernel (warps 9, 10) */
+#define WP_EO_THREADS (WP_THREADS + 32 * WP_EO_WARPS)
+#define WP_EO_STAGE_OFF (WG_STAGES * wt_cfg<WT_ALL>::STAGE_BYTES + 128) /* from ring.base; barriers and slots below */
+#define WP_EO_SMEM (WP_EO_STAGE_OFF + WG_BM * 256 + 32 + 1024)          /* staging, meta, alignment room */
+template <typename T, bool EO = false>
+__global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
@@ -456,8 +517,57 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     const int64_t wn = a.gate_up ? WG_BN / 2 : WG_BN; /* outputs per n-tile */
-    if (tid == 0) wt_ring_init<WT_ALL>(ring);
+    wp_epi ep = {0u, 0u, 0u, nullptr};
+    uint32_t eu = 0; /* staged tiles so far (consumers) / drained (epilogue warps) */
+    if constexpr (EO) {
+        ep.stage = ring.base + WP_EO_STAGE_OFF;
+        ep.sfull = ring.empty + 8 * S + 4 * S + 4 * (S & 1); /* after the slots, 8-byte aligned */
+        ep.sempty = ep.sfull + 8;
+        ep.meta = reinterpret_cast<volatile int64_t *>(wg_smem_raw + (ep.stage + WG_BM * 256 - smem_u32(wg_smem_raw)));
+        static_assert(3 * 8 * WG_STAGES + 16 <= 128, "barriers, slots and the staging barriers below the staging");
+    }
+    if (tid == 0) {
+        wt_ring_init<WT_ALL>(ring);
+        if constexpr (EO) {
+            mbar_init(ep.sfull, WG_THREADS);
+            mbar_init(ep.sempty, 32 * WP_EO_WARPS);
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        }
+    }
     __syncthreads();
+    if constexpr (EO) {
+        if (warp > WG_THREADS / 32) { /* epilogue warps: SiLU(gate)*up of the staged boxes */
+            if (!a.gate_up) return;
+            const int et = (warp - WG_THREADS / 32 - 1) * 32 + lane;
+            T *Cp = reinterpret_cast<T *>(a.C);
+            typedef jamba_w16<T> P;
+            for (;; eu++) {
+                mbar_wait(ep.sfull, eu & 1);
+                const int64_t r0 = ep.meta[0], rend = ep.meta[1], f0 = ep.meta[2];
+                const int rows = (int)ep.meta[3];
+                if (rend < 0) break;
+#pragma unroll 4
+                for (int i = et; i < rows * 16; i += 32 * WP_EO_WARPS) { /* 16-byte piece i & 15 of row i >> 4 */
+                    const int r = i >> 4, pc = i & 15;
+                    const int64_t p = r0 + r, f = f0 + 4 * pc;
+                    if (p >= rend || f >= a.N) continue;
+                    uint32_t w[4];
+                    const uint32_t c = (uint32_t)((2 * pc) ^ ((r & 3) << 2));
+                    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                                 : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                                 : "r"(ep.stage + (uint32_t)r * 256u + c * 8u) : "memory");
+                    float o[8];
+#pragma unroll
+                    for (int q = 0; q < 4; q++) o[q] = moe_act_fast<T>(P::f1(w[q] & 0xffffu), P::f1(w[q] >> 16));
+                    o[4] = o[5] = o[6] = o[7] = 0.f;
+                    const uint4 v = P::st(o);
+                    *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(v.x, v.y);
+                }
+                mbar_arrive(ep.sempty);
+            }
+            return;
+        }
+    }
     wt_cursor cur = {0, 0};
     int e;
     int64_t row0, row_end, nt;
@@ -493,9 +603,15 @@ __global__ void __launch_bounds__(WP_THREADS, 1)
         const int pid = slot[it % S];
         if (pid < 0 || !wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
         if (wp_is_half(a, row0, row_end))
-            wp_tile<T, 64>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
+            wp_tile<T, 64, EO>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
         else
-            wp_tile<T, 128>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
+            wp_tile<T, 128, EO>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
+    }
+    if constexpr (EO) { /* no more tiles: tell the epilogue warps */
+        if (a.gate_up) {
+            const float none[64] = {};
+            wp_stage_out<T, 64>(ep, eu, none, false, 0, warp, lane, 0, -1, 0, 0);
+        }
     }
 #endif
 }
@@ -599,6 +715,8 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     if (nsm == 0) {
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               WP_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
@@ -612,8 +730,13 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
     ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmA64, tmW, ap,
-        n_tiles);
+    const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* EXPERIMENT "warp": epilogue warps (wp_epi) */
+    if (epi != NULL && !strcmp(epi, "warp"))
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, true>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
+            tmA64, tmW, ap, n_tiles);
+    else
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmA64, tmW,
+            ap, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
     return JAMBA_OK;
 }
