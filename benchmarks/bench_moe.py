@@ -211,8 +211,9 @@ def main():
         # A/B: the persistent kernel without half tiles (an expert's last <= 64 rows as a full 128-row tile)
         variants += [("ours:wgmma nohalf", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
                                                     JAMBA_EXT_WGMMA_HALF="0"))]
-        # A/B: EXPERIMENT JAMBA_EXT_MOE_EPI=warp (half of gate_up's epilogue in two epilogue warps)
-        variants += [("ours:wgmma epiw", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI="warp"))]
+        # A/B: EXPERIMENT JAMBA_EXT_MOE_EPI=warp / warp2 (half / all of gate_up's epilogue in two epilogue warps)
+        variants += [("ours:wgmma epiw", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI="warp")),
+                     ("ours:wgmma epiw2", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI="warp2"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

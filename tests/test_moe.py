@@ -186,13 +186,16 @@ def test_moe_wgmma_tiles(monkeypatch):
         nohalf = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "1")
         half = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        # EXPERIMENT JAMBA_EXT_MOE_EPI=warp: half of gate_up's epilogue in two epilogue warps, half tiles on and off
-        monkeypatch.setenv("JAMBA_EXT_MOE_EPI", "warp")
-        epi_half = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "0")
-        epi_nohalf = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_MOE_EPI")
-        assert torch.equal(epi_half, base) and torch.equal(epi_nohalf, base), ("epilogue warps", T, H, F, E, K, dtype)
+        # EXPERIMENT JAMBA_EXT_MOE_EPI=warp / warp2: half / all of gate_up's epilogue in two epilogue warps, half
+        # tiles on and off
+        for epi in ("warp", "warp2"):
+            monkeypatch.setenv("JAMBA_EXT_MOE_EPI", epi)
+            monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "1")
+            epi_half = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+            monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "0")
+            epi_nohalf = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+            monkeypatch.delenv("JAMBA_EXT_MOE_EPI")
+            assert torch.equal(epi_half, base) and torch.equal(epi_nohalf, base), (epi, T, H, F, E, K, dtype)
         monkeypatch.delenv("JAMBA_EXT_WGMMA_HALF")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
         auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")

@@ -141,10 +141,11 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
 #define WT_ALL 0
 #define WT_FULL 1
 #define WT_TAIL 2
+#define WT_ALL3 3 /* WT_ALL's tiles in a 3-stage ring (EXPERIMENT JAMBA_EXT_MOE_EPI=warp2, wp_epi) */
 template <int MODE> struct wt_cfg {
     static constexpr int BM = MODE == WT_TAIL ? 64 : WG_BM;         /* A rows of a tile */
     static constexpr int WR = MODE == WT_TAIL ? 2 * WG_BN : WG_BN;  /* W rows of a tile */
-    static constexpr int STAGES = MODE == WT_TAIL ? 3 : WG_STAGES;
+    static constexpr int STAGES = MODE == WT_TAIL || MODE == WT_ALL3 ? 3 : WG_STAGES;
     static constexpr int STAGE_BYTES = (BM + WR) * WG_BK * 2;
     static constexpr int SMEM = STAGE_BYTES * STAGES + 1024 + 2 * STAGES * 8; /* + alignment room, barriers */
 };
@@ -410,13 +411,15 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 __device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
     return a.half_tiles && row_end - row0 <= 64;
 }
-/* EXPERIMENT JAMBA_EXT_MOE_EPI=warp (wp_tile / moe_wgmma_persist_kernel template EO): in gate_up, the outputs of
- * the tile's second W box (n0 + 64 .. n0 + 127) leave the consumers as their rounded (gate, up) pairs (one packed
- * 32-bit word per output, T bits: gate low, up high) in a 32 KB staging buffer of shared memory, and two
- * epilogue warps form SiLU(gate)*up from it and store them while the consumers run the next tile's wgmmas; the
- * consumers still finish the first box themselves. Same values (moe_act_fast rounds gate and up to T first).
- * Staging: [128 tile rows][32 8-byte chunks] (chunk c = outputs 2c, 2c + 1), chunk c of row r stored at
- * c ^ 4 (r & 3) (the consumers' 8-byte stores and the epilogue warps' 16-byte loads without bank conflicts);
+/* EXPERIMENT JAMBA_EXT_MOE_EPI=warp / warp2 (wp_tile / moe_wgmma_persist_kernel template EO = 1 / 2): in gate_up,
+ * the outputs of the tile's second W box (EO 1: n0 + 64 .. n0 + 127) or of both boxes (EO 2: n0 .. n0 + 127) leave
+ * the consumers as their rounded (gate, up) pairs (one packed 32-bit word per output, T bits: gate low, up high)
+ * in a 32 / 64 KB staging buffer of shared memory, and two epilogue warps form SiLU(gate)*up from it and store
+ * them while the consumers run the next tile's wgmmas; with EO 1 the consumers still finish the first box
+ * themselves; EO 2 makes room with a 3-stage ring (WT_ALL3). Same values (moe_act_fast rounds gate and up to T
+ * first). Staging: [128 tile rows][32 EO 8-byte chunks] (chunk c = staged outputs 2c, 2c + 1), chunk c of row r
+ * stored at c ^ 4 (r & 3) (the consumers' 8-byte stores and the epilogue warps' 16-byte loads without bank
+ * conflicts);
  * meta = {row0, row_end, first output, rows} of the staged tile (row_end < 0: no more tiles). Barriers: sfull
  * (one arrival per consumer thread after its writes), sempty (one per epilogue-warp thread after its reads). */
 struct wp_epi {
@@ -428,27 +431,30 @@ template <typename T> __device__ __forceinline__ uint32_t wg_pack2(float lo, flo
     else return jamba_bf16x2_st(lo, hi);
 }
 /* the consumers' side at a tile's end: wait until the epilogue warps have read the previous staged tile, write
- * this tile's box-1 pairs (warpgroup wgi: full tile, accumulator blocks 16 .. 31 of rows 64 wgi ..; half tile,
- * warpgroup 1's blocks 0 .. 15), the meta (thread 0), then arrive on sfull */
-template <typename T, int NA>
+ * this tile's staged pairs (accumulator blocks JB .. JB + 16 NBX - 1 of rows rbase + .., as staged box cb0 ..),
+ * the meta (thread 0), then arrive on sfull. EO 1: full tile, JB 16 (box 1) of rows 64 wgi ..; half tile,
+ * warpgroup 1's blocks 0 .. 15. EO 2: full tile, all 32 blocks; half tile, warpgroup wgi's 16 blocks as box wgi. */
+template <typename T, int EO, int NA, int JB, int NBX>
 __device__ __forceinline__ void wp_stage_out(const wp_epi &ep, uint32_t &eu, const float (&acc)[NA], bool write,
-                                             int rbase, int warp, int lane, int64_t row0, int64_t row_end,
+                                             int rbase, int cb0, int warp, int lane, int64_t row0, int64_t row_end,
                                              int64_t f0, int rows) {
     if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1);
     if (write) {
-        constexpr int JB = NA == 128 ? 16 : 0; /* first accumulator block of the staged box */
         const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int r = rbase + (warp & 3) * 16 + g + h * 8;
 #pragma unroll
-            for (int jj = 0; jj < 8; jj++) {
-                const int j = JB + jj;
-                const uint32_t w0 = wg_pack2<T>(acc[4 * j + 2 * h], acc[4 * (j + 8) + 2 * h]);
-                const uint32_t w1 = wg_pack2<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 8) + 2 * h + 1]);
-                const uint32_t c = (uint32_t)((4 * jj + tq) ^ ((r & 3) << 2));
-                asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(ep.stage + (uint32_t)r * 256u + c * 8u),
-                             "r"(w0), "r"(w1) : "memory");
+            for (int bx = 0; bx < NBX; bx++) {
+#pragma unroll
+                for (int jj = 0; jj < 8; jj++) {
+                    const int j = JB + 16 * bx + jj;
+                    const uint32_t w0 = wg_pack2<T>(acc[4 * j + 2 * h], acc[4 * (j + 8) + 2 * h]);
+                    const uint32_t w1 = wg_pack2<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 8) + 2 * h + 1]);
+                    const uint32_t c = (uint32_t)((32 * (cb0 + bx) + 4 * jj + tq) ^ ((r & 3) << 2));
+                    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n"
+                                 ::"r"(ep.stage + (uint32_t)r * (256u * EO) + c * 8u), "r"(w0), "r"(w1) : "memory");
+                }
             }
         }
     }
@@ -456,12 +462,12 @@ __device__ __forceinline__ void wp_stage_out(const wp_epi &ep, uint32_t &eu, con
     mbar_arrive(ep.sfull);
     eu++;
 }
-template <typename T, int NA, bool EO = false>
+template <typename T, int NA, int EO = 0>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0,
                                         const wp_epi &ep, uint32_t &eu) {
     using C = wt_cfg<WT_ALL>;
-    constexpr int S = C::STAGES;
+    constexpr int S = wt_cfg<EO == 2 ? WT_ALL3 : WT_ALL>::STAGES;
     constexpr bool FULL = NA == 128;
     const uint32_t oa = FULL ? (uint32_t)(wgi * 64 * WG_BK * 2) : 0u;
     const uint32_t ob = WG_BM * WG_BK * 2 + (FULL ? 0u : (uint32_t)(wgi * (WG_BN / 2) * WG_BK * 2));
@@ -483,13 +489,20 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
 #pragma unroll
     for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
     release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
-    if constexpr (EO) {
+    if constexpr (EO == 1) {
         if (a.gate_up) { /* box 1 to the epilogue warps, box 0 here (half tile: warpgroup 1 = box 1) */
-            wp_stage_out<T, NA>(ep, eu, acc, FULL || wgi == 1, FULL ? wgi * 64 : 0, warp, lane, row0, row_end,
-                                n0 + WG_WBOX, FULL ? WG_BM : 64);
+            wp_stage_out<T, 1, NA, FULL ? 16 : 0, 1>(ep, eu, acc, FULL || wgi == 1, FULL ? wgi * 64 : 0, 0, warp,
+                                                    lane, row0, row_end, n0 + WG_WBOX, FULL ? WG_BM : 64);
             if (FULL || wgi == 0)
                 wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0),
                                    row_end, n0, 0, warp, lane);
+            return;
+        }
+    }
+    if constexpr (EO == 2) {
+        if (a.gate_up) { /* both boxes to the epilogue warps */
+            wp_stage_out<T, 2, NA, 0, NA / 64>(ep, eu, acc, true, FULL ? wgi * 64 : 0, FULL ? 0 : wgi, warp, lane,
+                                               row0, row_end, n0, FULL ? WG_BM : 64);
             return;
         }
     }
@@ -499,20 +512,22 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
 
 #define WP_THREADS (WG_THREADS + 32)
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
-#define WP_EO_WARPS 2 /* epilogue warps of the EO kernel (warps 9, 10) */
+#define WP_EO_WARPS 2 /* epilogue warps of the EO kernels (warps 9, 10) */
 #define WP_EO_THREADS (WP_THREADS + 32 * WP_EO_WARPS)
-#define WP_EO_STAGE_OFF (WG_STAGES * wt_cfg<WT_ALL>::STAGE_BYTES + 128) /* from ring.base; barriers and slots below */
-#define WP_EO_SMEM (WP_EO_STAGE_OFF + WG_BM * 256 + 32 + 1024)          /* staging, meta, alignment room */
-template <typename T, bool EO = false>
+/* EO kernels: the staging from ring.base + WP_EO_STAGE_OFF (the ring's barriers and slots below it), then meta */
+#define WP_EO_STAGE_OFF(EO) ((EO == 2 ? 3 : WG_STAGES) * wt_cfg<WT_ALL>::STAGE_BYTES + 128)
+#define WP_EO_SMEM(EO) (WP_EO_STAGE_OFF(EO) + WG_BM * 256 * EO + 32 + 1024) /* + alignment room */
+template <typename T, int EO = 0>
 __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
-    using C = wt_cfg<WT_ALL>;
+    constexpr int RM = EO == 2 ? WT_ALL3 : WT_ALL; /* the ring's mode: 3 stages for EO 2 */
+    using C = wt_cfg<RM>;
     constexpr int S = C::STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const wt_ring ring = wt_ring_at<WT_ALL>(wg_smem_raw);
+    const wt_ring ring = wt_ring_at<RM>(wg_smem_raw);
     volatile int *slot = reinterpret_cast<volatile int *>(wg_smem_raw + (ring.empty + 8 * S - smem_u32(wg_smem_raw)));
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
@@ -520,14 +535,14 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     wp_epi ep = {0u, 0u, 0u, nullptr};
     uint32_t eu = 0; /* staged tiles so far (consumers) / drained (epilogue warps) */
     if constexpr (EO) {
-        ep.stage = ring.base + WP_EO_STAGE_OFF;
+        ep.stage = ring.base + WP_EO_STAGE_OFF(EO);
         ep.sfull = ring.empty + 8 * S + 4 * S + 4 * (S & 1); /* after the slots, 8-byte aligned */
         ep.sempty = ep.sfull + 8;
-        ep.meta = reinterpret_cast<volatile int64_t *>(wg_smem_raw + (ep.stage + WG_BM * 256 - smem_u32(wg_smem_raw)));
+        ep.meta = reinterpret_cast<volatile int64_t *>(wg_smem_raw + (ep.stage + WG_BM * 256 * EO - smem_u32(wg_smem_raw)));
         static_assert(3 * 8 * WG_STAGES + 16 <= 128, "barriers, slots and the staging barriers below the staging");
     }
     if (tid == 0) {
-        wt_ring_init<WT_ALL>(ring);
+        wt_ring_init<RM>(ring);
         if constexpr (EO) {
             mbar_init(ep.sfull, WG_THREADS);
             mbar_init(ep.sempty, 32 * WP_EO_WARPS);
@@ -547,15 +562,15 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
                 const int rows = (int)ep.meta[3];
                 if (rend < 0) break;
 #pragma unroll 4
-                for (int i = et; i < rows * 16; i += 32 * WP_EO_WARPS) { /* 16-byte piece i & 15 of row i >> 4 */
-                    const int r = i >> 4, pc = i & 15;
+                for (int i = et; i < rows * 16 * EO; i += 32 * WP_EO_WARPS) { /* 16-byte piece pc of row r */
+                    const int r = EO == 2 ? i >> 5 : i >> 4, pc = EO == 2 ? i & 31 : i & 15;
                     const int64_t p = r0 + r, f = f0 + 4 * pc;
                     if (p >= rend || f >= a.N) continue;
                     uint32_t w[4];
                     const uint32_t c = (uint32_t)((2 * pc) ^ ((r & 3) << 2));
                     asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
                                  : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-                                 : "r"(ep.stage + (uint32_t)r * 256u + c * 8u) : "memory");
+                                 : "r"(ep.stage + (uint32_t)r * (256u * EO) + c * 8u) : "memory");
                     float o[8];
 #pragma unroll
                     for (int q = 0; q < 4; q++) o[q] = moe_act_fast<T>(P::f1(w[q] & 0xffffu), P::f1(w[q] >> 16));
@@ -610,7 +625,7 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     if constexpr (EO) { /* no more tiles: tell the epilogue warps */
         if (a.gate_up) {
             const float none[64] = {};
-            wp_stage_out<T, 64>(ep, eu, none, false, 0, warp, lane, 0, -1, 0, 0);
+            wp_stage_out<T, EO, 64, 0, 1>(ep, eu, none, false, 0, 0, warp, lane, 0, -1, 0, 0);
         }
     }
 #endif
@@ -715,8 +730,10 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     if (nsm == 0) {
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               WP_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, 1>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM(1)));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, 2>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM(2)));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
@@ -730,9 +747,12 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
     ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* EXPERIMENT "warp": epilogue warps (wp_epi) */
+    const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* EXPERIMENT "warp" / "warp2": epilogue warps (wp_epi) */
     if (epi != NULL && !strcmp(epi, "warp"))
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, true>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 1>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM(1), stream, tmA,
+            tmA64, tmW, ap, n_tiles);
+    else if (epi != NULL && !strcmp(epi, "warp2"))
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 2>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM(2), stream, tmA,
             tmA64, tmW, ap, n_tiles);
     else
         jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmA64, tmW,
