@@ -141,11 +141,10 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
 #define WT_ALL 0
 #define WT_FULL 1
 #define WT_TAIL 2
-#define WT_ALL3 3 /* WT_ALL's tiles in a 3-stage ring (EXPERIMENT JAMBA_EXT_MOE_EPI=warp2, wp_epi) */
 template <int MODE> struct wt_cfg {
     static constexpr int BM = MODE == WT_TAIL ? 64 : WG_BM;         /* A rows of a tile */
     static constexpr int WR = MODE == WT_TAIL ? 2 * WG_BN : WG_BN;  /* W rows of a tile */
-    static constexpr int STAGES = MODE == WT_TAIL || MODE == WT_ALL3 ? 3 : WG_STAGES;
+    static constexpr int STAGES = MODE == WT_TAIL ? 3 : WG_STAGES;
     static constexpr int STAGE_BYTES = (BM + WR) * WG_BK * 2;
     static constexpr int SMEM = STAGE_BYTES * STAGES + 1024 + 2 * STAGES * 8; /* + alignment room, barriers */
 };
@@ -411,17 +410,21 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 __device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
     return a.half_tiles && row_end - row0 <= 64;
 }
+#define WP_EO_WARPS 2 /* epilogue warps of the EO kernels (warps 9, 10) */
 /* EXPERIMENT JAMBA_EXT_MOE_EPI=warp / warp2 (wp_tile / moe_wgmma_persist_kernel template EO = 1 / 2): in gate_up,
- * the outputs of the tile's second W box (EO 1: n0 + 64 .. n0 + 127) or of both boxes (EO 2: n0 .. n0 + 127) leave
- * the consumers as their rounded (gate, up) pairs (one packed 32-bit word per output, T bits: gate low, up high)
- * in a 32 / 64 KB staging buffer of shared memory, and two epilogue warps form SiLU(gate)*up from it and store
- * them while the consumers run the next tile's wgmmas; with EO 1 the consumers still finish the first box
- * themselves; EO 2 makes room with a 3-stage ring (WT_ALL3). Same values (moe_act_fast rounds gate and up to T
- * first). Staging: [128 tile rows][32 EO 8-byte chunks] (chunk c = staged outputs 2c, 2c + 1), chunk c of row r
+ * outputs leave the consumers as their rounded (gate, up) pairs (one packed 32-bit word per output, T bits: gate
+ * low, up high), and two epilogue warps (warps 9, 10) form SiLU(gate)*up from them and store them while the
+ * consumers run the next tile's wgmmas. Same values (moe_act_fast rounds gate and up to T first). EO 1: the
+ * outputs of the tile's second W box (n0 + 64 .. n0 + 127) go to a 32 KB staging buffer after the ring, the
+ * consumers finish the first box themselves. EO 2: the first box too, into the ring stage of the tile's last k
+ * tile, which the consumers then do not release: the epilogue warps release it (8 arrivals on its empty barrier)
+ * once they have read it, before they turn to the second box; the consumers meet at a named barrier first (the
+ * other warpgroup's wgmmas may still read that stage).
+ * A staged box: [128 tile rows][32 8-byte chunks] (chunk c = the box's outputs 2c, 2c + 1), chunk c of row r
  * stored at c ^ 4 (r & 3) (the consumers' 8-byte stores and the epilogue warps' 16-byte loads without bank
- * conflicts);
- * meta = {row0, row_end, first output, rows} of the staged tile (row_end < 0: no more tiles). Barriers: sfull
- * (one arrival per consumer thread after its writes), sempty (one per epilogue-warp thread after its reads). */
+ * conflicts); meta = {row0, row_end, n0, rows, ring stage of box 0} of the staged tile (row_end < 0: no more
+ * tiles). Barriers: sfull (one arrival per consumer thread after its writes), sempty (one per epilogue-warp
+ * thread after its reads). */
 struct wp_epi {
     uint32_t stage, sfull, sempty;
     volatile int64_t *meta;
@@ -430,44 +433,62 @@ template <typename T> __device__ __forceinline__ uint32_t wg_pack2(float lo, flo
     if constexpr (std::is_same<T, __half>::value) return jamba_f16x2_st(lo, hi);
     else return jamba_bf16x2_st(lo, hi);
 }
-/* the consumers' side at a tile's end: wait until the epilogue warps have read the previous staged tile, write
- * this tile's staged pairs (accumulator blocks JB .. JB + 16 NBX - 1 of rows rbase + .., as staged box cb0 ..),
- * the meta (thread 0), then arrive on sfull. EO 1: full tile, JB 16 (box 1) of rows 64 wgi ..; half tile,
- * warpgroup 1's blocks 0 .. 15. EO 2: full tile, all 32 blocks; half tile, warpgroup wgi's 16 blocks as box wgi. */
-template <typename T, int EO, int NA, int JB, int NBX>
-__device__ __forceinline__ void wp_stage_out(const wp_epi &ep, uint32_t &eu, const float (&acc)[NA], bool write,
-                                             int rbase, int cb0, int warp, int lane, int64_t row0, int64_t row_end,
-                                             int64_t f0, int rows) {
-    if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1);
-    if (write) {
-        const int g = lane >> 2, tq = lane & 3;
+/* accumulator blocks JB .. JB + 15 (one W box: gate blocks JB .. JB + 7, up blocks JB + 8 ..) of the warpgroup's
+ * 64 rows as a staged box at dst, rows rbase + .. */
+template <typename T, int NA, int JB>
+__device__ __forceinline__ void wp_put_box(uint32_t dst, const float (&acc)[NA], int rbase, int warp, int lane) {
+    const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int r = rbase + (warp & 3) * 16 + g + h * 8;
+    for (int h = 0; h < 2; h++) {
+        const int r = rbase + (warp & 3) * 16 + g + h * 8;
 #pragma unroll
-            for (int bx = 0; bx < NBX; bx++) {
-#pragma unroll
-                for (int jj = 0; jj < 8; jj++) {
-                    const int j = JB + 16 * bx + jj;
-                    const uint32_t w0 = wg_pack2<T>(acc[4 * j + 2 * h], acc[4 * (j + 8) + 2 * h]);
-                    const uint32_t w1 = wg_pack2<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 8) + 2 * h + 1]);
-                    const uint32_t c = (uint32_t)((32 * (cb0 + bx) + 4 * jj + tq) ^ ((r & 3) << 2));
-                    asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n"
-                                 ::"r"(ep.stage + (uint32_t)r * (256u * EO) + c * 8u), "r"(w0), "r"(w1) : "memory");
-                }
-            }
+        for (int jj = 0; jj < 8; jj++) {
+            const int j = JB + jj;
+            const uint32_t w0 = wg_pack2<T>(acc[4 * j + 2 * h], acc[4 * (j + 8) + 2 * h]);
+            const uint32_t w1 = wg_pack2<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 8) + 2 * h + 1]);
+            const uint32_t c = (uint32_t)((4 * jj + tq) ^ ((r & 3) << 2));
+            asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst + (uint32_t)r * 256u + c * 8u), "r"(w0),
+                         "r"(w1) : "memory");
         }
     }
-    if (warp == 0 && lane == 0) ep.meta[0] = row0, ep.meta[1] = row_end, ep.meta[2] = f0, ep.meta[3] = rows;
+}
+/* the consumers' hand-over of a staged tile (after their box writes): meta (thread 0), then one sfull arrival each */
+__device__ __forceinline__ void wp_post(const wp_epi &ep, uint32_t &eu, int warp, int lane, int64_t row0,
+                                        int64_t row_end, int64_t n0, int rows, int rstage) {
+    if (warp == 0 && lane == 0)
+        ep.meta[0] = row0, ep.meta[1] = row_end, ep.meta[2] = n0, ep.meta[3] = rows, ep.meta[4] = rstage;
     mbar_arrive(ep.sfull);
     eu++;
+}
+/* the epilogue warps' side of one staged box at src: act rows r0 + .. (< rend), outputs f0 .. f0 + 63 (< N) */
+template <typename T>
+__device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t src, int64_t r0, int64_t rend,
+                                             int64_t f0, int rows, int et) {
+    typedef jamba_w16<T> P;
+    T *Cp = reinterpret_cast<T *>(a.C);
+#pragma unroll 4
+    for (int i = et; i < rows * 16; i += 32 * WP_EO_WARPS) { /* 16-byte piece pc of row r: outputs 4 pc .. */
+        const int r = i >> 4, pc = i & 15;
+        const int64_t p = r0 + r, f = f0 + 4 * pc;
+        if (p >= rend || f >= a.N) continue;
+        uint32_t w[4];
+        const uint32_t c = (uint32_t)((2 * pc) ^ ((r & 3) << 2));
+        asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
+                     : "r"(src + (uint32_t)r * 256u + c * 8u) : "memory");
+        float o[8];
+#pragma unroll
+        for (int q = 0; q < 4; q++) o[q] = moe_act_fast<T>(P::f1(w[q] & 0xffffu), P::f1(w[q] >> 16));
+        o[4] = o[5] = o[6] = o[7] = 0.f;
+        const uint4 v = P::st(o);
+        *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(v.x, v.y);
+    }
 }
 template <typename T, int NA, int EO = 0>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0,
                                         const wp_epi &ep, uint32_t &eu) {
     using C = wt_cfg<WT_ALL>;
-    constexpr int S = wt_cfg<EO == 2 ? WT_ALL3 : WT_ALL>::STAGES;
+    constexpr int S = C::STAGES;
     constexpr bool FULL = NA == 128;
     const uint32_t oa = FULL ? (uint32_t)(wgi * 64 * WG_BK * 2) : 0u;
     const uint32_t ob = WG_BM * WG_BK * 2 + (FULL ? 0u : (uint32_t)(wgi * (WG_BN / 2) * WG_BK * 2));
@@ -488,42 +509,44 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
     for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
+    if (EO && a.gate_up) {
+        const uint32_t rs = (it - 1) % S; /* the ring stage of the tile's last k tile */
+        if (EO == 2) asm volatile("bar.sync 1, %0;\n" ::"n"(WG_THREADS) : "memory"); /* both groups' wgmmas done */
+        else release(it - 1);
+        if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1); /* the epilogue warps have read the previous staged tile */
+        if (FULL) {
+            if (EO == 2) wp_put_box<T, NA, 0>(ring.base + rs * C::STAGE_BYTES, acc, wgi * 64, warp, lane);
+            wp_put_box<T, NA, 16>(ep.stage, acc, wgi * 64, warp, lane);
+        } else if (wgi == 1) {
+            wp_put_box<T, NA, 0>(ep.stage, acc, 0, warp, lane);
+        } else if (EO == 2) {
+            wp_put_box<T, NA, 0>(ring.base + rs * C::STAGE_BYTES, acc, 0, warp, lane);
+        }
+        if (EO == 2) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* before the TMA refill */
+        wp_post(ep, eu, warp, lane, row0, row_end, n0, FULL ? WG_BM : 64, (int)rs);
+        if (EO == 1 && (FULL || wgi == 0)) /* box 0 here */
+            wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0), row_end,
+                               n0, 0, warp, lane);
+        return;
+    }
     release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
-    if constexpr (EO == 1) {
-        if (a.gate_up) { /* box 1 to the epilogue warps, box 0 here (half tile: warpgroup 1 = box 1) */
-            wp_stage_out<T, 1, NA, FULL ? 16 : 0, 1>(ep, eu, acc, FULL || wgi == 1, FULL ? wgi * 64 : 0, 0, warp,
-                                                    lane, row0, row_end, n0 + WG_WBOX, FULL ? WG_BM : 64);
-            if (FULL || wgi == 0)
-                wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0),
-                                   row_end, n0, 0, warp, lane);
-            return;
-        }
-    }
-    if constexpr (EO == 2) {
-        if (a.gate_up) { /* both boxes to the epilogue warps */
-            wp_stage_out<T, 2, NA, 0, NA / 64>(ep, eu, acc, true, FULL ? wgi * 64 : 0, FULL ? 0 : wgi, warp, lane,
-                                               row0, row_end, n0, FULL ? WG_BM : 64);
-            return;
-        }
-    }
     wg_epilogue<T, NA / 4>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2), warp,
                            lane);
 }
 
 #define WP_THREADS (WG_THREADS + 32)
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
-#define WP_EO_WARPS 2 /* epilogue warps of the EO kernels (warps 9, 10) */
 #define WP_EO_THREADS (WP_THREADS + 32 * WP_EO_WARPS)
 /* EO kernels: the staging from ring.base + WP_EO_STAGE_OFF (the ring's barriers and slots below it), then meta */
-#define WP_EO_STAGE_OFF(EO) ((EO == 2 ? 3 : WG_STAGES) * wt_cfg<WT_ALL>::STAGE_BYTES + 128)
-#define WP_EO_SMEM(EO) (WP_EO_STAGE_OFF(EO) + WG_BM * 256 * EO + 32 + 1024) /* + alignment room */
+#define WP_EO_STAGE_OFF (WG_STAGES * wt_cfg<WT_ALL>::STAGE_BYTES + 128)
+#define WP_EO_SMEM (WP_EO_STAGE_OFF + WG_BM * 256 + 64 + 1024) /* + alignment room */
 template <typename T, int EO = 0>
 __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
-    constexpr int RM = EO == 2 ? WT_ALL3 : WT_ALL; /* the ring's mode: 3 stages for EO 2 */
+    constexpr int RM = WT_ALL;
     using C = wt_cfg<RM>;
     constexpr int S = C::STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
@@ -535,10 +558,10 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     wp_epi ep = {0u, 0u, 0u, nullptr};
     uint32_t eu = 0; /* staged tiles so far (consumers) / drained (epilogue warps) */
     if constexpr (EO) {
-        ep.stage = ring.base + WP_EO_STAGE_OFF(EO);
+        ep.stage = ring.base + WP_EO_STAGE_OFF;
         ep.sfull = ring.empty + 8 * S + 4 * S + 4 * (S & 1); /* after the slots, 8-byte aligned */
         ep.sempty = ep.sfull + 8;
-        ep.meta = reinterpret_cast<volatile int64_t *>(wg_smem_raw + (ep.stage + WG_BM * 256 * EO - smem_u32(wg_smem_raw)));
+        ep.meta = reinterpret_cast<volatile int64_t *>(wg_smem_raw + (ep.stage + WG_BM * 256 - smem_u32(wg_smem_raw)));
         static_assert(3 * 8 * WG_STAGES + 16 <= 128, "barriers, slots and the staging barriers below the staging");
     }
     if (tid == 0) {
@@ -554,30 +577,20 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
         if (warp > WG_THREADS / 32) { /* epilogue warps: SiLU(gate)*up of the staged boxes */
             if (!a.gate_up) return;
             const int et = (warp - WG_THREADS / 32 - 1) * 32 + lane;
-            T *Cp = reinterpret_cast<T *>(a.C);
-            typedef jamba_w16<T> P;
             for (;; eu++) {
                 mbar_wait(ep.sfull, eu & 1);
-                const int64_t r0 = ep.meta[0], rend = ep.meta[1], f0 = ep.meta[2];
-                const int rows = (int)ep.meta[3];
+                const int64_t r0 = ep.meta[0], rend = ep.meta[1], n0 = ep.meta[2];
+                const int rows = (int)ep.meta[3], rs = (int)ep.meta[4];
                 if (rend < 0) break;
-#pragma unroll 4
-                for (int i = et; i < rows * 16 * EO; i += 32 * WP_EO_WARPS) { /* 16-byte piece pc of row r */
-                    const int r = EO == 2 ? i >> 5 : i >> 4, pc = EO == 2 ? i & 31 : i & 15;
-                    const int64_t p = r0 + r, f = f0 + 4 * pc;
-                    if (p >= rend || f >= a.N) continue;
-                    uint32_t w[4];
-                    const uint32_t c = (uint32_t)((2 * pc) ^ ((r & 3) << 2));
-                    asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
-                                 : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-                                 : "r"(ep.stage + (uint32_t)r * (256u * EO) + c * 8u) : "memory");
-                    float o[8];
-#pragma unroll
-                    for (int q = 0; q < 4; q++) o[q] = moe_act_fast<T>(P::f1(w[q] & 0xffffu), P::f1(w[q] >> 16));
-                    o[4] = o[5] = o[6] = o[7] = 0.f;
-                    const uint4 v = P::st(o);
-                    *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(v.x, v.y);
+                if constexpr (EO == 2) { /* box 0 from the ring stage, which then goes back to the producer */
+                    wp_drain_box<T>(a, ring.base + rs * C::STAGE_BYTES, r0, rend, n0, rows, et);
+                    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+                    __syncwarp();
+                    if (lane == 0) /* 4 of the 8 arrivals the empty barrier expects from each use */
+                        asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0], %1;\n"
+                                     ::"r"(ring.empty + 8 * rs), "r"(WG_THREADS / 32 / WP_EO_WARPS) : "memory");
                 }
+                wp_drain_box<T>(a, ep.stage, r0, rend, n0 + WG_WBOX, rows, et);
                 mbar_arrive(ep.sempty);
             }
             return;
@@ -615,7 +628,9 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     uint32_t it = 0; /* k tiles consumed so far */
     for (;;) {
         mbar_wait(ring.full + 8 * (it % S), (it / S) & 1);
-        const int pid = slot[it % S];
+        /* read by lane 0, the warp's releasing thread (racecheck: other lanes' reads before its arrival were
+         * reported as hazards against the producer's next write) */
+        const int pid = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
         if (pid < 0 || !wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
         if (wp_is_half(a, row0, row_end))
             wp_tile<T, 64, EO>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
@@ -624,8 +639,8 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     }
     if constexpr (EO) { /* no more tiles: tell the epilogue warps */
         if (a.gate_up) {
-            const float none[64] = {};
-            wp_stage_out<T, EO, 64, 0, 1>(ep, eu, none, false, 0, 0, warp, lane, 0, -1, 0, 0);
+            if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1);
+            wp_post(ep, eu, warp, lane, 0, -1, 0, 0, 0);
         }
     }
 #endif
@@ -731,9 +746,9 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               WP_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, 1>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM(1)));
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, 2>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM(2)));
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
@@ -749,10 +764,10 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* EXPERIMENT "warp" / "warp2": epilogue warps (wp_epi) */
     if (epi != NULL && !strcmp(epi, "warp"))
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 1>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM(1), stream, tmA,
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 1>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
             tmA64, tmW, ap, n_tiles);
     else if (epi != NULL && !strcmp(epi, "warp2"))
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 2>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM(2), stream, tmA,
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 2>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
             tmA64, tmW, ap, n_tiles);
     else
         jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmA64, tmW,
