@@ -41,6 +41,8 @@ timeout 120 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmar
 
 step "compute-sanitizer memcheck of every MoE engine (bench_moe --sanitize)"
 timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/bench_moe.py --sanitize 2>&1 | tail -4
+step "compute-sanitizer racecheck of every MoE engine (bench_moe --sanitize, half tiles forced on)"
+JAMBA_EXT_WGMMA_HALF=1 timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/bench_moe.py --sanitize 2>&1 | tail -4
 
 step "bench_kernels"
 timeout 200 python3 benchmarks/bench_kernels.py 2>&1 | tail -70

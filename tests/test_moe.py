@@ -151,7 +151,8 @@ def test_moe_wgmma_tiles(monkeypatch):
     tilings (JAMBA_EXT_WGMMA_TILES=all: 128 x 256 tiles only; =tail: the <= 64-row tails as 64 x 512 tiles, as
     impl wgmma runs up to 16 slots per expert) and both 128 x 256 kernels (persistent, the default, with its
     64 x 256 half tiles for an expert's last <= 64 rows by size, forced on and off with JAMBA_EXT_WGMMA_HALF=1 / 0,
-    and not: JAMBA_EXT_WGMMA_PERSIST=0) give the same bits."""
+    with and without its epilogue warps, JAMBA_EXT_MOE_EPI=0, and not: JAMBA_EXT_WGMMA_PERSIST=0) give the same
+    bits."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
@@ -186,16 +187,16 @@ def test_moe_wgmma_tiles(monkeypatch):
         nohalf = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "1")
         half = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        # EXPERIMENT JAMBA_EXT_MOE_EPI=warp / warp2: half / all of gate_up's epilogue in two epilogue warps, half
-        # tiles on and off
-        for epi in ("warp", "warp2"):
-            monkeypatch.setenv("JAMBA_EXT_MOE_EPI", epi)
-            monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "1")
-            epi_half = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-            monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "0")
-            epi_nohalf = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-            monkeypatch.delenv("JAMBA_EXT_MOE_EPI")
-            assert torch.equal(epi_half, base) and torch.equal(epi_nohalf, base), (epi, T, H, F, E, K, dtype)
+        # the persistent kernel without its epilogue warps (JAMBA_EXT_MOE_EPI=0: the consumers run all of gate_up's
+        # epilogue), half tiles on and off; base ran with them
+        monkeypatch.setenv("JAMBA_EXT_MOE_EPI", "0")
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "1")
+        noepi_half = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "0")
+        noepi_nohalf = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.delenv("JAMBA_EXT_MOE_EPI")
+        assert torch.equal(noepi_half, base) and torch.equal(noepi_nohalf, base), ("no epilogue warps", T, H, F, E, K,
+                                                                                  dtype)
         monkeypatch.delenv("JAMBA_EXT_WGMMA_HALF")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
         auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")

@@ -26,6 +26,8 @@
  *   and tiles handed out through a counter in the op's workspace (see the kernel); the default for WT_ALL when
  *   the caller passes that workspace (jamba_moe_experts_params.sched) and env JAMBA_EXT_WGMMA_PERSIST is not 0.
  *   From 384 slots per expert it runs an expert's last <= 64 rows as a 64 x 256 half tile (wp_tile; same bits).
+ *   In gate_up, two epilogue warps finish half of each tile's outputs from shared memory while the consumers run
+ *   the next tile (wp_epi; same bits; env JAMBA_EXT_MOE_EPI=0: without them).
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
  * TMA maps below 2^31.
  * Tile modes by size (wgmma_launch): up to MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT slots per expert on average
@@ -381,8 +383,9 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  * epilogue as moe_wgmma_kernel<T, WT_ALL> (so the same bits), made persistent with a producer warp (and, by size,
  * an expert's last <= 64 rows as a half tile: wp_tile, a.half_tiles; same bits too). Measured in
  * turns against it (gpu_round_516869e.log, H200, Jamba-v0.1, whole op, ms): 512 / 1024 / 2048 / 4096 tokens
- * 1.395 / 1.932 / 2.627 / 4.468 vs 1.412 / 1.950 / 2.643 / 4.537; 16384 tokens 18.30 vs 18.64 (moe_persist_5ef0e64.log). Grid = min(SMs, tile bound). 288 threads: warps 0-7 the two consumer warpgroups, warp 8 (lane 0)
- * the producer, which keeps the 4-stage ring full across tile boundaries: while the consumers run a tile's
+ * 1.395 / 1.932 / 2.627 / 4.468 vs 1.412 / 1.950 / 2.643 / 4.537; 16384 tokens 18.30 vs 18.64 (moe_persist_5ef0e64.log).
+ * Grid = min(SMs, tile bound). 352 threads (288 with EO = false): warps 0-7 the two consumer warpgroups, warp 8
+ * (lane 0) the producer, warps 9-10 the epilogue warps (wp_epi; gate_up only, they exit in down). The producer keeps the 4-stage ring full across tile boundaries: while the consumers run a tile's
  * epilogue the next tile's first stages are already landing (the non-persistent kernel starts every tile with an
  * empty ring, and its thread 0 doubles as producer, waiting for all 8 warps before each refill).
  * Tiles are handed out dynamically, in expert-major order: CTA b starts with tile b, then takes tile
@@ -392,7 +395,9 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  * moe_persist_ba28626.log) lost 9-11% at 1024-2048 tokens: CTAs drift apart over ~35 tiles and an expert's
  * m-tiles then stream its W slab at different times (L2 misses).
  * The producer writes the tile id (-1: none left) into slot[s] of the stage s that receives the tile's first k
- * tile before loading it; the consumers read it after full[s] completed (the arrive releases the write).
+ * tile before loading it; each consumer warp's lane 0 reads it after full[s] completed (the arrive releases the
+ * write) and passes it on by a shuffle: lane 0 is the thread whose empty[s] arrival orders the read before the
+ * producer's next write (racecheck reported the other lanes' reads).
  * Ring: load q goes to stage q % 4; before load q >= 4 the producer waits for phase q / 4 - 1 of empty[s] (one
  * arrival per consumer warp after the wgmma group reading the stage finished). */
 /* One output tile of the persistent kernel's consumers, k tiles it .. it + KT - 1 of the ring: NA = 128, a full
@@ -410,21 +415,25 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 __device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
     return a.half_tiles && row_end - row0 <= 64;
 }
-#define WP_EO_WARPS 2 /* epilogue warps of the EO kernels (warps 9, 10) */
-/* EXPERIMENT JAMBA_EXT_MOE_EPI=warp / warp2 (wp_tile / moe_wgmma_persist_kernel template EO = 1 / 2): in gate_up,
- * outputs leave the consumers as their rounded (gate, up) pairs (one packed 32-bit word per output, T bits: gate
- * low, up high), and two epilogue warps (warps 9, 10) form SiLU(gate)*up from them and store them while the
- * consumers run the next tile's wgmmas. Same values (moe_act_fast rounds gate and up to T first). EO 1: the
- * outputs of the tile's second W box (n0 + 64 .. n0 + 127) go to a 32 KB staging buffer after the ring, the
- * consumers finish the first box themselves. EO 2: the first box too, into the ring stage of the tile's last k
- * tile, which the consumers then do not release: the epilogue warps release it (8 arrivals on its empty barrier)
- * once they have read it, before they turn to the second box; the consumers meet at a named barrier first (the
- * other warpgroup's wgmmas may still read that stage).
- * A staged box: [128 tile rows][32 8-byte chunks] (chunk c = the box's outputs 2c, 2c + 1), chunk c of row r
- * stored at c ^ 4 (r & 3) (the consumers' 8-byte stores and the epilogue warps' 16-byte loads without bank
- * conflicts); meta = {row0, row_end, n0, rows, ring stage of box 0} of the staged tile (row_end < 0: no more
- * tiles). Barriers: sfull (one arrival per consumer thread after its writes), sempty (one per epilogue-warp
- * thread after its reads). */
+#define WP_EO_WARPS 2 /* epilogue warps of the EO kernel (warps 9, 10) */
+/* Epilogue warps (wp_tile / moe_wgmma_persist_kernel with EO = true, the default; env JAMBA_EXT_MOE_EPI=0 runs
+ * EO = false): in gate_up, the outputs of each tile's second W box (n0 + 64 .. n0 + 127) leave the consumers as
+ * their rounded (gate, up) pairs (one packed 32-bit word per output, T bits: gate low, up high) in a 32 KB staging
+ * buffer after the ring, and two epilogue warps form SiLU(gate)*up from them and store them while the consumers
+ * run the next tile's wgmmas; the consumers finish the first box themselves. Same values (moe_act_fast rounds gate
+ * and up to T first; test_moe_wgmma_tiles). Why: the gate_up epilogue (SiLU and the roundings of 128 x 128
+ * outputs) kept the tensor pipe idle for ~10% of the consumers' time, both warpgroups at once (Nsight Compute,
+ * ncu_moe_src_*_96585ab.*). Measured in turns against EO = false (H200, Jamba-v0.1, bf16, whole op, ms, three
+ * calls, two runs each: moe_epiw_55c24d9.log, moe_epiw2_29dfb3c.log, moe_epiw3_e9e04b4.log): 4096 tokens
+ * 4.835 / 4.888, 4.779 / 4.887, 4.844 / 4.972, 4.846 / 5.049, 4.788 / 4.884, 4.724 / 4.806; 16384: 18.08 / 18.31,
+ * 18.18 / 17.95, 18.17 / 18.75, 18.30 / 18.58, 17.79 / 18.12, 17.74 / 18.14; 2048: 2.666 / 2.641, 2.686 / 2.676,
+ * 2.739 / 2.794, 2.731 / 2.822, 2.631 / 2.667, 2.643 / 2.680. Handing both boxes over lost 1-5% in both forms
+ * tried (a 64 KB staging buffer with a 3-stage ring; the first box in the ring stage of the tile's last k tile,
+ * released by the epilogue warps once read: the ring was a stage short while they drained it).
+ * Staged box: [128 tile rows][32 8-byte chunks] (chunk c = the box's outputs 2c, 2c + 1), chunk c of row r stored
+ * at c ^ 4 (r & 3) (the consumers' 8-byte stores and the epilogue warps' 16-byte loads without bank conflicts);
+ * meta = {row0, row_end, n0, rows} of the staged tile (row_end < 0: no more tiles). Barriers: sfull (one arrival
+ * per consumer thread after its writes), sempty (one per epilogue-warp thread after its reads). */
 struct wp_epi {
     uint32_t stage, sfull, sempty;
     volatile int64_t *meta;
@@ -454,9 +463,8 @@ __device__ __forceinline__ void wp_put_box(uint32_t dst, const float (&acc)[NA],
 }
 /* the consumers' hand-over of a staged tile (after their box writes): meta (thread 0), then one sfull arrival each */
 __device__ __forceinline__ void wp_post(const wp_epi &ep, uint32_t &eu, int warp, int lane, int64_t row0,
-                                        int64_t row_end, int64_t n0, int rows, int rstage) {
-    if (warp == 0 && lane == 0)
-        ep.meta[0] = row0, ep.meta[1] = row_end, ep.meta[2] = n0, ep.meta[3] = rows, ep.meta[4] = rstage;
+                                        int64_t row_end, int64_t n0, int rows) {
+    if (warp == 0 && lane == 0) ep.meta[0] = row0, ep.meta[1] = row_end, ep.meta[2] = n0, ep.meta[3] = rows;
     mbar_arrive(ep.sfull);
     eu++;
 }
@@ -483,7 +491,7 @@ __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t sr
         *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(v.x, v.y);
     }
 }
-template <typename T, int NA, int EO = 0>
+template <typename T, int NA, bool EO>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0,
                                         const wp_epi &ep, uint32_t &eu) {
@@ -509,27 +517,17 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
     for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    if (EO && a.gate_up) {
-        const uint32_t rs = (it - 1) % S; /* the ring stage of the tile's last k tile */
-        if (EO == 2) asm volatile("bar.sync 1, %0;\n" ::"n"(WG_THREADS) : "memory"); /* both groups' wgmmas done */
-        else release(it - 1);
+    release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
+    if (EO && a.gate_up) { /* box 1 to the epilogue warps (half tile: warpgroup 1's outputs), box 0 here */
         if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1); /* the epilogue warps have read the previous staged tile */
-        if (FULL) {
-            if (EO == 2) wp_put_box<T, NA, 0>(ring.base + rs * C::STAGE_BYTES, acc, wgi * 64, warp, lane);
-            wp_put_box<T, NA, 16>(ep.stage, acc, wgi * 64, warp, lane);
-        } else if (wgi == 1) {
-            wp_put_box<T, NA, 0>(ep.stage, acc, 0, warp, lane);
-        } else if (EO == 2) {
-            wp_put_box<T, NA, 0>(ring.base + rs * C::STAGE_BYTES, acc, 0, warp, lane);
-        }
-        if (EO == 2) asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* before the TMA refill */
-        wp_post(ep, eu, warp, lane, row0, row_end, n0, FULL ? WG_BM : 64, (int)rs);
-        if (EO == 1 && (FULL || wgi == 0)) /* box 0 here */
+        if (FULL) wp_put_box<T, NA, 16>(ep.stage, acc, wgi * 64, warp, lane);
+        else if (wgi == 1) wp_put_box<T, NA, 0>(ep.stage, acc, 0, warp, lane);
+        wp_post(ep, eu, warp, lane, row0, row_end, n0, FULL ? WG_BM : 64);
+        if (FULL || wgi == 0)
             wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0), row_end,
                                n0, 0, warp, lane);
         return;
     }
-    release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
     wg_epilogue<T, NA / 4>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2), warp,
                            lane);
 }
@@ -537,20 +535,19 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
 #define WP_THREADS (WG_THREADS + 32)
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
 #define WP_EO_THREADS (WP_THREADS + 32 * WP_EO_WARPS)
-/* EO kernels: the staging from ring.base + WP_EO_STAGE_OFF (the ring's barriers and slots below it), then meta */
+/* EO kernel: the staging from ring.base + WP_EO_STAGE_OFF (the ring's barriers and slots below it), then meta */
 #define WP_EO_STAGE_OFF (WG_STAGES * wt_cfg<WT_ALL>::STAGE_BYTES + 128)
 #define WP_EO_SMEM (WP_EO_STAGE_OFF + WG_BM * 256 + 64 + 1024) /* + alignment room */
-template <typename T, int EO = 0>
+template <typename T, bool EO>
 __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
-    constexpr int RM = WT_ALL;
-    using C = wt_cfg<RM>;
+    using C = wt_cfg<WT_ALL>;
     constexpr int S = C::STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const wt_ring ring = wt_ring_at<RM>(wg_smem_raw);
+    const wt_ring ring = wt_ring_at<WT_ALL>(wg_smem_raw);
     volatile int *slot = reinterpret_cast<volatile int *>(wg_smem_raw + (ring.empty + 8 * S - smem_u32(wg_smem_raw)));
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
@@ -565,7 +562,7 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
         static_assert(3 * 8 * WG_STAGES + 16 <= 128, "barriers, slots and the staging barriers below the staging");
     }
     if (tid == 0) {
-        wt_ring_init<RM>(ring);
+        wt_ring_init<WT_ALL>(ring);
         if constexpr (EO) {
             mbar_init(ep.sfull, WG_THREADS);
             mbar_init(ep.sempty, 32 * WP_EO_WARPS);
@@ -580,16 +577,8 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
             for (;; eu++) {
                 mbar_wait(ep.sfull, eu & 1);
                 const int64_t r0 = ep.meta[0], rend = ep.meta[1], n0 = ep.meta[2];
-                const int rows = (int)ep.meta[3], rs = (int)ep.meta[4];
+                const int rows = (int)ep.meta[3];
                 if (rend < 0) break;
-                if constexpr (EO == 2) { /* box 0 from the ring stage, which then goes back to the producer */
-                    wp_drain_box<T>(a, ring.base + rs * C::STAGE_BYTES, r0, rend, n0, rows, et);
-                    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-                    __syncwarp();
-                    if (lane == 0) /* 4 of the 8 arrivals the empty barrier expects from each use */
-                        asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0], %1;\n"
-                                     ::"r"(ring.empty + 8 * rs), "r"(WG_THREADS / 32 / WP_EO_WARPS) : "memory");
-                }
                 wp_drain_box<T>(a, ep.stage, r0, rend, n0 + WG_WBOX, rows, et);
                 mbar_arrive(ep.sempty);
             }
@@ -640,7 +629,7 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     if constexpr (EO) { /* no more tiles: tell the epilogue warps */
         if (a.gate_up) {
             if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1);
-            wp_post(ep, eu, warp, lane, 0, -1, 0, 0, 0);
+            wp_post(ep, eu, warp, lane, 0, -1, 0, 0);
         }
     }
 #endif
@@ -743,11 +732,9 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     static int sms[64]; /* SM count (0: not read yet); the dynamic shared-memory limit raised with it */
     int nsm = dev >= 0 && dev < 64 ? sms[dev] : 0;
     if (nsm == 0) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WP_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, 1>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, 2>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, false>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
@@ -762,16 +749,13 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
     ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* EXPERIMENT "warp" / "warp2": epilogue warps (wp_epi) */
-    if (epi != NULL && !strcmp(epi, "warp"))
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 1>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
-            tmA64, tmW, ap, n_tiles);
-    else if (epi != NULL && !strcmp(epi, "warp2"))
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 2>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
+    const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
+    if (epi != NULL && epi[0] == '0')
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, false>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA,
             tmA64, tmW, ap, n_tiles);
     else
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA, tmA64, tmW,
-            ap, n_tiles);
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, true>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
+            tmA64, tmW, ap, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
     return JAMBA_OK;
 }
