@@ -151,8 +151,7 @@ def sanitize_cases():
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
         if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # both tilings (moe_wgmma.cu)
-            for tiles, persist, epi in (("all", "1", "1"), ("tail", "1", "1"), ("all", "0", "1"), ("all", "1", "0"),
-                                        ("all", "1", "defer")):
+            for tiles, persist, epi in (("all", "1", "1"), ("tail", "1", "1"), ("all", "0", "1"), ("all", "1", "0")):
                 out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
                                JAMBA_EXT_WGMMA_TILES=tiles, JAMBA_EXT_WGMMA_PERSIST=persist, JAMBA_EXT_MOE_EPI=epi)()
                 assert not torch.isnan(out).any(), f"wgmma tiles={tiles} persist={persist} epi={epi}"
@@ -214,8 +213,6 @@ def main():
                                                     JAMBA_EXT_WGMMA_HALF="0"))]
         # A/B: the persistent kernel without its epilogue warps (the consumers run all of gate_up's epilogue)
         variants += [("ours:wgmma noepiw", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI="0"))]
-        # A/B: EXPERIMENT JAMBA_EXT_MOE_EPI=defer (the consumers' box-0 epilogue overlapped with the next tile)
-        variants += [("ours:wgmma defer", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI="defer"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

@@ -251,22 +251,6 @@ template <typename T, int NA> __device__ __forceinline__ void wg_ktile(float (&a
 #pragma unroll
     for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
 }
-/* wg_ktile in two halves (the deferred epilogue of EXPERIMENT JAMBA_EXT_MOE_EPI=defer runs between them): the
- * group issued and committed; then the wait for all but the newest group */
-template <typename T, int NA> __device__ __forceinline__ void wg_kissue(float (&acc)[NA], uint32_t sa, uint32_t sb) {
-    const uint64_t da = wg_desc(sa), db = wg_desc(sb);
-#pragma unroll
-    for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-    for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(acc, da + 2 * ks, db + 2 * ks);
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int NA> __device__ __forceinline__ void wg_kwait1(float (&acc)[NA]) {
-    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
-}
 /* One k tile of warpgroup wgi from the stage at sa in mode MODE: A rows 64 wgi .. and all 256 W rows; WT_TAIL:
  * all 64 A rows and W rows 256 wgi .. */
 template <typename T, int MODE>
@@ -485,13 +469,13 @@ __device__ __forceinline__ void wp_post(const wp_epi &ep, uint32_t &eu, int warp
     eu++;
 }
 /* the epilogue warps' side of one staged box at src: act rows r0 + .. (< rend), outputs f0 .. f0 + 63 (< N) */
-template <typename T, int NEW> /* NEW: epilogue warps */
+template <typename T>
 __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t src, int64_t r0, int64_t rend,
                                              int64_t f0, int rows, int et) {
     typedef jamba_w16<T> P;
     T *Cp = reinterpret_cast<T *>(a.C);
 #pragma unroll 4
-    for (int i = et; i < rows * 16; i += 32 * NEW) { /* 16-byte piece pc of row r: outputs 4 pc .. */
+    for (int i = et; i < rows * 16; i += 32 * WP_EO_WARPS) { /* 16-byte piece pc of row r: outputs 4 pc .. */
         const int r = i >> 4, pc = i & 15;
         const int64_t p = r0 + r, f = f0 + 4 * pc;
         if (p >= rend || f >= a.N) continue;
@@ -507,43 +491,10 @@ __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t sr
         *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(v.x, v.y);
     }
 }
-/* EXPERIMENT JAMBA_EXT_MOE_EPI=defer (EO = 2): with the epilogue warps, the consumers also defer their own box-0
- * epilogue: at a tile's end they keep its (gate, up) pairs packed in registers (32 words) and form and store them
- * during the next tile's first 4 k tiles, a quarter after each k tile's wgmma group is issued (chunk c: row half
- * c / 2, accumulator blocks 4 (c % 2) .. + 3), so the tensor pipe runs meanwhile; the last tile's at the end. */
-struct wp_pend {
-    uint32_t w[32]; /* w[16 h + 2 jj + q]: the pair of output f0 + 8 jj + 2 tq + q in row p0 + 8 h */
-    int p0, pend, f0;
-    bool has;
-};
-template <typename T>
-__device__ __forceinline__ void wp_pend_chunk(const moe_gemm_args &a, const wp_pend &pd, int c, int tq) {
-    typedef jamba_w16<T> P;
-    const int h = c >> 1;
-    const int64_t p = (int64_t)pd.p0 + 8 * h;
-    if (p >= pd.pend) return;
-    T *Cp = reinterpret_cast<T *>(a.C);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        const int jj = 4 * (c & 1) + k;
-        const int64_t f = (int64_t)pd.f0 + 8 * jj + 2 * tq;
-        if (f >= a.N) continue;
-        const uint32_t w0 = pd.w[16 * h + 2 * jj], w1 = pd.w[16 * h + 2 * jj + 1];
-        store2<T>(Cp + p * a.N + f, moe_act_fast<T>(P::f1(w0 & 0xffffu), P::f1(w0 >> 16)),
-                  moe_act_fast<T>(P::f1(w1 & 0xffffu), P::f1(w1 >> 16)));
-    }
-}
-template <typename T> __device__ __forceinline__ void wp_pend_flush(const moe_gemm_args &a, wp_pend &pd, int c0, int tq) {
-    if (!pd.has) return;
-#pragma unroll
-    for (int c = 0; c < 4; c++)
-        if (c >= c0) wp_pend_chunk<T>(a, pd, c, tq);
-    pd.has = false;
-}
-template <typename T, int NA, int EO>
+template <typename T, int NA, bool EO>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0,
-                                        const wp_epi &ep, uint32_t &eu, wp_pend &pd) {
+                                        const wp_epi &ep, uint32_t &eu) {
     using C = wt_cfg<WT_ALL>;
     constexpr int S = C::STAGES;
     constexpr bool FULL = NA == 128;
@@ -560,20 +511,9 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
         const uint32_t st = it % S, sa = ring.base + st * C::STAGE_BYTES;
         mbar_wait(ring.full + 8 * st, (it / S) & 1);
         __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
-        if constexpr (EO == 2) {
-            wg_kissue<T>(acc, sa + oa, sa + ob);
-            if (pd.has && kt < 4) {
-#pragma unroll
-                for (int c = 0; c < 4; c++)
-                    if (kt == c) wp_pend_chunk<T>(a, pd, c, lane & 3);
-            }
-            wg_kwait1(acc); /* group it - 1 has finished */
-        } else {
-            wg_ktile<T>(acc, sa + oa, sa + ob); /* group it - 1 has finished */
-        }
+        wg_ktile<T>(acc, sa + oa, sa + ob); /* group it - 1 has finished */
         if (kt > 0) release(it - 1);
     }
-    if constexpr (EO == 2) wp_pend_flush<T>(a, pd, KT < 4 ? KT : 4, lane & 3); /* K shorter than 4 k tiles */
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 #pragma unroll
     for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
@@ -583,20 +523,6 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
         if (FULL) wp_put_box<T, NA, 16>(ep.stage, acc, wgi * 64, warp, lane);
         else if (wgi == 1) wp_put_box<T, NA, 0>(ep.stage, acc, 0, warp, lane);
         wp_post(ep, eu, warp, lane, row0, row_end, n0, FULL ? WG_BM : 64);
-        if (EO == 2) { /* box 0 packed, for the next tile's first k tiles */
-            if (FULL || wgi == 0) {
-#pragma unroll
-                for (int h = 0; h < 2; h++)
-#pragma unroll
-                    for (int jj = 0; jj < 8; jj++)
-#pragma unroll
-                        for (int q = 0; q < 2; q++)
-                            pd.w[16 * h + 2 * jj + q] = wg_pack2<T>(acc[4 * jj + 2 * h + q], acc[4 * (jj + 8) + 2 * h + q]);
-                pd.p0 = (int)(row0 + (FULL ? wgi * 64 : 0) + (warp & 3) * 16 + (lane >> 2));
-                pd.pend = (int)row_end, pd.f0 = (int)n0, pd.has = true;
-            }
-            return;
-        }
         if (FULL || wgi == 0)
             wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0), row_end,
                                n0, 0, warp, lane);
@@ -609,16 +535,11 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
 #define WP_THREADS (WG_THREADS + 32)
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
 #define WP_EO_THREADS (WP_THREADS + 32 * WP_EO_WARPS)
-/* EO 2: a whole third warpgroup (the producer warp and 3 epilogue warps), so that setmaxnreg can move registers
- * from it to the consumers (the deferred box-0 pairs need ~200 per consumer thread; the launch allows 168) */
-#define WP_DF_THREADS (WG_THREADS + 128)
-#define WP_DF_REGS_LOW 56
-#define WP_DF_REGS_HIGH 224
 /* EO kernel: the staging from ring.base + WP_EO_STAGE_OFF (the ring's barriers and slots below it), then meta */
 #define WP_EO_STAGE_OFF (WG_STAGES * wt_cfg<WT_ALL>::STAGE_BYTES + 128)
 #define WP_EO_SMEM (WP_EO_STAGE_OFF + WG_BM * 256 + 64 + 1024) /* + alignment room */
-template <typename T, int EO>
-__global__ void __launch_bounds__(EO == 2 ? WP_DF_THREADS : EO ? WP_EO_THREADS : WP_THREADS, 1)
+template <typename T, bool EO>
+__global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
@@ -644,41 +565,30 @@ __global__ void __launch_bounds__(EO == 2 ? WP_DF_THREADS : EO ? WP_EO_THREADS :
         wt_ring_init<WT_ALL>(ring);
         if constexpr (EO) {
             mbar_init(ep.sfull, WG_THREADS);
-            mbar_init(ep.sempty, 32 * (EO == 2 ? 3 : WP_EO_WARPS));
+            mbar_init(ep.sempty, 32 * WP_EO_WARPS);
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
     }
     __syncthreads();
-    wt_cursor cur = {0, 0};
-    int e;
-    int64_t row0, row_end, nt;
-    /* the epilogue warps' loop: SiLU(gate)*up of the staged boxes (EO kernels; gate_up only) */
-    auto epilogue_warps = [&]() {
-        if (!a.gate_up) return;
-        const int et = (warp - WG_THREADS / 32 - 1) * 32 + lane;
-        for (;; eu++) {
-            mbar_wait(ep.sfull, eu & 1);
-            const int64_t r0 = ep.meta[0], rend = ep.meta[1], n0 = ep.meta[2];
-            const int rows = (int)ep.meta[3];
-            if (rend < 0) break;
-            wp_drain_box<T, EO == 2 ? 3 : WP_EO_WARPS>(a, ep.stage, r0, rend, n0 + WG_WBOX, rows, et);
-            mbar_arrive(ep.sempty);
-        }
-    };
-    if constexpr (EO == 1) {
-        if (warp > WG_THREADS / 32) {
-            epilogue_warps();
+    if constexpr (EO) {
+        if (warp > WG_THREADS / 32) { /* epilogue warps: SiLU(gate)*up of the staged boxes */
+            if (!a.gate_up) return;
+            const int et = (warp - WG_THREADS / 32 - 1) * 32 + lane;
+            for (;; eu++) {
+                mbar_wait(ep.sfull, eu & 1);
+                const int64_t r0 = ep.meta[0], rend = ep.meta[1], n0 = ep.meta[2];
+                const int rows = (int)ep.meta[3];
+                if (rend < 0) break;
+                wp_drain_box<T>(a, ep.stage, r0, rend, n0 + WG_WBOX, rows, et);
+                mbar_arrive(ep.sempty);
+            }
             return;
         }
     }
-    if (EO == 2 ? warp >= WG_THREADS / 32 : warp == WG_THREADS / 32) { /* producer (EO 2: and the epilogue warps) */
-        if constexpr (EO == 2) {
-            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(WP_DF_REGS_LOW));
-            if (warp > WG_THREADS / 32) {
-                epilogue_warps();
-                return;
-            }
-        }
+    wt_cursor cur = {0, 0};
+    int e;
+    int64_t row0, row_end, nt;
+    if (warp == WG_THREADS / 32) { /* producer */
         if (lane != 0) return;
         uint32_t q = 0;
         for (int64_t pid = blockIdx.x;;) {
@@ -703,10 +613,7 @@ __global__ void __launch_bounds__(EO == 2 ? WP_DF_THREADS : EO ? WP_EO_THREADS :
         }
         return;
     }
-    if constexpr (EO == 2) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(WP_DF_REGS_HIGH));
     const int wgi = warp >> 2;
-    wp_pend pd;
-    pd.has = false;
     uint32_t it = 0; /* k tiles consumed so far */
     for (;;) {
         mbar_wait(ring.full + 8 * (it % S), (it / S) & 1);
@@ -715,11 +622,10 @@ __global__ void __launch_bounds__(EO == 2 ? WP_DF_THREADS : EO ? WP_EO_THREADS :
         const int pid = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
         if (pid < 0 || !wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
         if (wp_is_half(a, row0, row_end))
-            wp_tile<T, 64, EO>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu, pd);
+            wp_tile<T, 64, EO>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
         else
-            wp_tile<T, 128, EO>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu, pd);
+            wp_tile<T, 128, EO>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
     }
-    if constexpr (EO == 2) wp_pend_flush<T>(a, pd, 0, lane & 3); /* the last tile's box 0 */
     if constexpr (EO) { /* no more tiles: tell the epilogue warps */
         if (a.gate_up) {
             if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1);
@@ -826,11 +732,9 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     static int sms[64]; /* SM count (0: not read yet); the dynamic shared-memory limit raised with it */
     int nsm = dev >= 0 && dev < 64 ? sms[dev] : 0;
     if (nsm == 0) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, 0>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, false>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, 1>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, 2>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
@@ -847,13 +751,10 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
     if (epi != NULL && epi[0] == '0')
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 0>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA,
-            tmA64, tmW, ap, n_tiles);
-    else if (epi != NULL && !strcmp(epi, "defer")) /* EXPERIMENT (wp_pend) */
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 2>, (unsigned)grid, WP_DF_THREADS, WP_EO_SMEM, stream, tmA,
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, false>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA,
             tmA64, tmW, ap, n_tiles);
     else
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, 1>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, true>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
             tmA64, tmW, ap, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
     return JAMBA_OK;
