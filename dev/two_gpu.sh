@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The two-GPU checks in one device call (kind nvidia-h200-x2): build, the tests that need two GPUs (tensors on cuda:1
 # while cuda:0 is current: every Mamba kernel, the MoE op), and `jamba-ext check`, which checks every visible GPU.
-# Usage on the device:  bash dev/two_gpu.sh   (log: $OUT/two_gpu.log; ~3 min)
+# Usage on the device:  JAMBA_COMMIT=<sha> bash dev/two_gpu.sh   (log: $OUT/two_gpu.log; ~1.5 min; pass the sha as
+# a literal: the device's copy of .git may be stale)
 OUT=${OUT:-/tmp/jamba_gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 {
