@@ -429,7 +429,9 @@ __device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0,
  * 18.18 / 17.95, 18.17 / 18.75, 18.30 / 18.58, 17.79 / 18.12, 17.74 / 18.14; 2048: 2.666 / 2.641, 2.686 / 2.676,
  * 2.739 / 2.794, 2.731 / 2.822, 2.631 / 2.667, 2.643 / 2.680. Handing both boxes over lost 1-5% in both forms
  * tried (a 64 KB staging buffer with a 3-stage ring; the first box in the ring stage of the tile's last k tile,
- * released by the epilogue warps once read: the ring was a stage short while they drained it).
+ * released by the epilogue warps once read: the ring was a stage short while they drained it); deferring the
+ * consumers' own box-0 epilogue into the next tile's first k tiles (pairs kept in registers, 384 threads with
+ * setmaxnreg; 9a5983c, moe_defer*_9a5983c.log) was within +-1% over five runs.
  * Staged box: [128 tile rows][32 8-byte chunks] (chunk c = the box's outputs 2c, 2c + 1), chunk c of row r stored
  * at c ^ 4 (r & 3) (the consumers' 8-byte stores and the epilogue warps' 16-byte loads without bank conflicts);
  * meta = {row0, row_end, n0, rows} of the staged tile (row_end < 0: no more tiles). Barriers: sfull (one arrival
