@@ -485,12 +485,10 @@ __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t sr
         const uint32_t c = (uint32_t)((2 * pc) ^ ((r & 3) << 2));
         asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
                      : "r"(src + (uint32_t)r * 256u + c * 8u) : "memory");
-        float o[8];
+        float o[4];
 #pragma unroll
         for (int q = 0; q < 4; q++) o[q] = moe_act_fast<T>(P::f1(w[q] & 0xffffu), P::f1(w[q] >> 16));
-        o[4] = o[5] = o[6] = o[7] = 0.f;
-        const uint4 v = P::st(o);
-        *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(v.x, v.y);
+        *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(wg_pack2<T>(o[0], o[1]), wg_pack2<T>(o[2], o[3]));
     }
 }
 template <typename T, int NA, bool EO>
