@@ -141,7 +141,8 @@ def sanitize_cases():
     g = torch.Generator(device=dev).manual_seed(0)
     for T, H, Fd, E, K, dt in [(5, 40, 24, 4, 2, torch.bfloat16), (300, 136, 72, 16, 2, torch.bfloat16),
                                (150, 264, 200, 3, 1, torch.float16), (9, 37, 23, 3, 2, torch.float32),
-                               (12, 200, 136, 16, 2, torch.bfloat16), (40, 72, 8, 1, 1, torch.float16)]:
+                               (12, 200, 136, 16, 2, torch.bfloat16), (40, 72, 8, 1, 1, torch.float16),
+                               (170, 136, 72, 2, 2, torch.bfloat16)]:  # 170 rows per expert: merged tiles
         rn = lambda *s: torch.randn(*s, generator=g, device=dev).to(dt)
         x, wgu, wd = rn(T, H), rn(E, 2 * Fd, H) * H ** -0.5, rn(E, H, Fd) * Fd ** -0.5
         w, ids, offsets, slots = ops.moe_route(torch.randn(T, E, generator=g, device=dev), K)
@@ -151,10 +152,12 @@ def sanitize_cases():
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
         if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # both tilings (moe_wgmma.cu)
-            for tiles, persist, epi in (("all", "1", "1"), ("tail", "1", "1"), ("all", "0", "1"), ("all", "1", "0")):
+            for tiles, persist, epi, merge in (("all", "1", "1", "0"), ("tail", "1", "1", "0"), ("all", "0", "1", "0"),
+                                               ("all", "1", "0", "0"), ("all", "1", "1", "1")):
                 out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
-                               JAMBA_EXT_WGMMA_TILES=tiles, JAMBA_EXT_WGMMA_PERSIST=persist, JAMBA_EXT_MOE_EPI=epi)()
-                assert not torch.isnan(out).any(), f"wgmma tiles={tiles} persist={persist} epi={epi}"
+                               JAMBA_EXT_WGMMA_TILES=tiles, JAMBA_EXT_WGMMA_PERSIST=persist, JAMBA_EXT_MOE_EPI=epi,
+                               JAMBA_EXT_MOE_MERGE=merge)()
+                assert not torch.isnan(out).any(), f"wgmma tiles={tiles} persist={persist} epi={epi} merge={merge}"
     torch.cuda.synchronize()
     print("bench_moe --sanitize: all engines ran")
 
@@ -213,6 +216,8 @@ def main():
                                                     JAMBA_EXT_WGMMA_HALF="0"))]
         # A/B: the persistent kernel without its epilogue warps (the consumers run all of gate_up's epilogue)
         variants += [("ours:wgmma noepiw", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI="0"))]
+        # A/B: the persistent kernel with merged tiles (an expert's last <= 64 rows join its previous tile)
+        variants += [("ours:wgmma merge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="1"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

@@ -91,6 +91,8 @@ def written(offs, N, gate_up, mode):
                 lo, hi = offs[e], offs[e + 1]
                 last = (hi - lo) % BM > (64 if mode == "full" else 0)
                 nt = (hi - lo) // BM + int(last)
+                if mode == "merge" and hi - lo > BM and 0 < (hi - lo) % BM <= 64:  # wt_cursor_find<true>
+                    nt -= 1
                 if m < nt:
                     tile = (lo + m * BM, hi)
                     break
@@ -105,11 +107,16 @@ def written(offs, N, gate_up, mode):
                     rows, c0 = range(row0, row0 + 64), n0 + wgi * (BN // 2 if gate_up else BN)
                 else:
                     rows, c0 = range(row0 + 64 * wgi, row0 + 64 * wgi + 64), n0
-                for p in rows:
-                    for f in range(c0, c0 + (BN // 2 if gate_up else BN)):
-                        if p < row_end and f < N:
-                            assert (p, f) not in cov, (mode, p, f)
-                            cov.add((p, f))
+                parts = [(rows, c0, BN // 2 if gate_up else BN)]
+                if mode == "merge" and BM < row_end - row0 <= BM + 64:  # wp_tile_mg: the 64 tail rows, W rows 128 wgi ..
+                    parts.append((range(row0 + BM, row0 + BM + 64), n0 + wgi * (BN // 4 if gate_up else BN // 2),
+                                  BN // 4 if gate_up else BN // 2))
+                for rows, c0, width in parts:
+                    for p in rows:
+                        for f in range(c0, c0 + width):
+                            if p < row_end and f < N:
+                                assert (p, f) not in cov, (mode, p, f)
+                                cov.add((p, f))
     return cov
 
 
@@ -143,6 +150,7 @@ def coverage_check(trials=100):
         every = {(p, f) for p in range(offs[-1]) for f in range(N)}
         full, tail = written(offs, N, gate_up, "full"), written(offs, N, gate_up, "tail")
         assert written(offs, N, gate_up, "all") == every, (counts, N, gate_up)
+        assert written(offs, N, gate_up, "merge") == every, (counts, N, gate_up)
         assert not (full & tail) and full | tail == every, (counts, N, gate_up)
         # WT_ALL's expert-major block order visits each of its tiles exactly once
         n_tiles = -(-N // (BN // 2 if gate_up else BN))
@@ -150,7 +158,7 @@ def coverage_check(trials=100):
         tiles = {(lo + m * BM, nt) for e, (lo, hi) in enumerate(zip(offs[:-1], offs[1:]))
                  for m in range(-(-(hi - lo) // BM)) for nt in range(n_tiles)}
         assert len(blocks) == len(set(blocks)) and set(blocks) == tiles, (counts, N, gate_up)
-    print(f"coverage: WT_ALL and WT_FULL + WT_TAIL write every (row, output) once, the expert-major order visits "
+    print(f"coverage: WT_ALL, merged tiles and WT_FULL + WT_TAIL write every (row, output) once, the expert-major order visits "
           f"every WT_ALL tile once ({trials} random cases)")
 
 

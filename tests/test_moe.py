@@ -151,11 +151,12 @@ def test_moe_wgmma_tiles(monkeypatch):
     tilings (JAMBA_EXT_WGMMA_TILES=all: 128 x 256 tiles only; =tail: the <= 64-row tails as 64 x 512 tiles, as
     impl wgmma runs up to 16 slots per expert) and both 128 x 256 kernels (persistent, the default, with its
     64 x 256 half tiles for an expert's last <= 64 rows by size, forced on and off with JAMBA_EXT_WGMMA_HALF=1 / 0,
-    with and without its epilogue warps, JAMBA_EXT_MOE_EPI=0, and not: JAMBA_EXT_WGMMA_PERSIST=0) give the same
-    bits."""
+    with and without its epilogue warps, JAMBA_EXT_MOE_EPI=0, with merged tiles, JAMBA_EXT_MOE_MERGE=1, and not:
+    JAMBA_EXT_WGMMA_PERSIST=0) give the same bits; the cases include experts with 129-192 rows (merged tiles).
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
+    n_merged = 0  # experts whose last <= 64 rows form a merged tile
     for T, H, F, E, K, dtype in [(300, 264, 200, 4, 1, torch.bfloat16), (130, 1096, 1048, 4, 2, torch.bfloat16),
                                  (2048, 128, 96, 16, 2, torch.bfloat16), (37, 136, 72, 8, 2, torch.float16),
                                  (200, 72, 40, 1, 1, torch.bfloat16), (97, 136, 64, 16, 2, torch.float16),
@@ -197,12 +198,20 @@ def test_moe_wgmma_tiles(monkeypatch):
         monkeypatch.delenv("JAMBA_EXT_MOE_EPI")
         assert torch.equal(noepi_half, base) and torch.equal(noepi_nohalf, base), ("no epilogue warps", T, H, F, E, K,
                                                                                   dtype)
+        # merged tiles (an expert's last <= 64 rows in one tile with the 128 rows before them), both GEMMs
+        cnt = (offsets[1:] - offsets[:-1]).tolist()
+        n_merged += sum(1 for c in cnt if c > 128 and 0 < c % 128 <= 64)
+        monkeypatch.setenv("JAMBA_EXT_MOE_MERGE", "1")
+        merged = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.delenv("JAMBA_EXT_MOE_MERGE")
+        assert torch.equal(merged, base), ("merged tiles", T, H, F, E, K, dtype)
         monkeypatch.delenv("JAMBA_EXT_WGMMA_HALF")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")
         auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(tail, base) and torch.equal(auto, base), ("tilings", T, H, F, E, K, dtype)
         assert torch.equal(persist, base), ("non-persistent", T, H, F, E, K, dtype)
         assert torch.equal(nohalf, base) and torch.equal(half, base), ("half tiles", T, H, F, E, K, dtype)
+    assert n_merged >= 3, n_merged
 
 
 @pytest.mark.cuda

@@ -143,11 +143,12 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
 #define WT_ALL 0
 #define WT_FULL 1
 #define WT_TAIL 2
+#define WT_MG 3 /* the ring of the persistent kernel with merged tiles: WT_ALL's stage + 64 tail A rows (wp_tile_mg) */
 template <int MODE> struct wt_cfg {
     static constexpr int BM = MODE == WT_TAIL ? 64 : WG_BM;         /* A rows of a tile */
     static constexpr int WR = MODE == WT_TAIL ? 2 * WG_BN : WG_BN;  /* W rows of a tile */
     static constexpr int STAGES = MODE == WT_TAIL ? 3 : WG_STAGES;
-    static constexpr int STAGE_BYTES = (BM + WR) * WG_BK * 2;
+    static constexpr int STAGE_BYTES = (BM + WR + (MODE == WT_MG ? 64 : 0)) * WG_BK * 2;
     static constexpr int SMEM = STAGE_BYTES * STAGES + 1024 + 2 * STAGES * 8; /* + alignment room, barriers */
 };
 
@@ -204,11 +205,13 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map
  * (wg_epilogue; the half tiles need it); down, 128 consecutive rows per box. */
 template <int MODE>
 __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorMap *tmA, const CUtensorMap *tmW,
-                                         uint32_t sa, uint32_t fb, int kt, int arow, int wrow, bool half = false) {
+                                         uint32_t sa, uint32_t fb, int kt, int arow, int wrow, bool half = false,
+                                         const CUtensorMap *tmT = nullptr, int trow = 0) {
     using C = wt_cfg<MODE>;
     const uint32_t sb = sa + C::BM * WG_BK * 2;
-    mbar_expect_tx(fb, C::STAGE_BYTES - (half ? 64 * WG_BK * 2 : 0));
+    mbar_expect_tx(fb, (C::BM + C::WR) * WG_BK * 2 - (half ? 64 * WG_BK * 2 : 0) + (tmT ? 64 * WG_BK * 2 : 0));
     tma_load_2d(sa, tmA, kt * WG_BK, arow, fb);
+    if (tmT) tma_load_2d(sb + C::WR * WG_BK * 2, tmT, kt * WG_BK, trow, fb); /* WT_MG: a merged tile's 64 tail rows */
 #pragma unroll
     for (int bi = 0; bi < C::WR / (2 * WG_WBOX); bi++) {
         const uint32_t dst = sb + (uint32_t)(bi * 2 * WG_WBOX * WG_BK * 2);
@@ -270,11 +273,15 @@ struct wt_cursor { /* expert e's tiles start at block pid `first`; moves only fo
     int e;
     int64_t first;
 };
+template <bool MG = false>
 __device__ __forceinline__ bool wt_cursor_find(const moe_gemm_args &a, wt_cursor &c, int64_t pid, int64_t n_tiles,
                                                int *e_out, int64_t *row0, int64_t *row_end, int64_t *nt) {
     for (; c.e < a.E; c.e++) {
         const int64_t lo = a.offsets[c.e], hi = a.offsets[c.e + 1];
-        const int64_t mte = (hi - lo + WG_BM - 1) / WG_BM, nb = mte * n_tiles, q = pid - c.first;
+        int64_t mte = (hi - lo + WG_BM - 1) / WG_BM;
+        /* MG: a last partial tile of <= 64 rows joins the tile before it (rows row0 .. row0 + 128 + 64) */
+        if (MG && hi - lo > WG_BM && (hi - lo) % WG_BM != 0 && (hi - lo) % WG_BM <= 64) mte--;
+        const int64_t nb = mte * n_tiles, q = pid - c.first;
         if (q < nb) {
             *e_out = c.e, *row0 = lo + (q % mte) * WG_BM, *row_end = hi, *nt = q / mte;
             return true;
@@ -491,11 +498,11 @@ __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t sr
         *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(wg_pack2<T>(o[0], o[1]), wg_pack2<T>(o[2], o[3]));
     }
 }
-template <typename T, int NA, bool EO>
+template <typename T, int NA, bool EO, int MODE = WT_ALL>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0,
                                         const wp_epi &ep, uint32_t &eu) {
-    using C = wt_cfg<WT_ALL>;
+    using C = wt_cfg<MODE>; /* the ring's stage stride (WT_MG: the merged tiles' kernel) */
     constexpr int S = C::STAGES;
     constexpr bool FULL = NA == 128;
     const uint32_t oa = FULL ? (uint32_t)(wgi * 64 * WG_BK * 2) : 0u;
@@ -532,22 +539,97 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
                            lane);
 }
 
+/* Merged tiles (the persistent kernel with MG = true; env JAMBA_EXT_MOE_MERGE): an expert's last <= 64 rows join
+ * its previous full tile, one tile of 128 + r rows (r <= 64) on one W slab instead of a full tile plus a tile of
+ * r rows (which reads the same W stage into shared memory a second time, and as a 128-row tile leaves 128 - r
+ * rows idle, as a half tile is bound by shared-memory traffic: see wp_tile). Stage (WT_MG): A rows row0 .. +127
+ * (16 KB), W (32 KB), then the 64 tail A rows row0 + 128 .. (8 KB; rows past the expert feed skipped outputs).
+ * Warpgroup wgi: its 64 rows times all 256 W rows (m64n256, acc, as a full tile) and the 64 tail rows times W rows
+ * 128 wgi .. +127 (m64n128, acc2, as a half tile), one wgmma group per k tile: every output at the same place of the
+ * same wgmma instruction as in the other tilings, so the same bits (test_moe_wgmma_tiles). 192 accumulators per
+ * consumer thread: the kernel runs a third warpgroup (the producer warp, 3 idle warps) that gives its registers to
+ * the consumers (setmaxnreg: 2 x 128 x 232 + 128 x 40 = 384 x 168), and has no epilogue warps (no room for their
+ * 32 KB staging next to 4 stages of 56 KB). */
+template <typename T>
+__device__ __forceinline__ void wg_ktile2(float (&acc)[128], float (&acc2)[64], uint32_t sa, uint32_t sb, uint32_t st,
+                                          uint32_t sh) {
+    const uint64_t da = wg_desc(sa), db = wg_desc(sb), dt = wg_desc(st), dh = wg_desc(sh);
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(acc2[i])::"memory");
+    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+    for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(acc, da + 2 * ks, db + 2 * ks);
+#pragma unroll
+    for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(acc2, dt + 2 * ks, dh + 2 * ks);
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(acc2[i])::"memory");
+}
+template <typename T>
+__device__ __forceinline__ void wp_tile_mg(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
+                                           int warp, int lane, int64_t row0, int64_t row_end, int64_t n0) {
+    using C = wt_cfg<WT_MG>;
+    constexpr int S = C::STAGES;
+    const uint32_t oa = (uint32_t)(wgi * 64 * WG_BK * 2), ob = WG_BM * WG_BK * 2;
+    const uint32_t ot = (WG_BM + WG_BN) * WG_BK * 2, oh = ob + (uint32_t)(wgi * (WG_BN / 2) * WG_BK * 2);
+    auto release = [&](uint32_t q) {
+        __syncwarp();
+        if (lane == 0) mbar_arrive(ring.empty + 8 * (q % S));
+    };
+    float acc[128], acc2[64];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 64; i++) acc2[i] = 0.f;
+    for (int kt = 0; kt < KT; kt++, it++) {
+        const uint32_t st = it % S, sa = ring.base + st * C::STAGE_BYTES;
+        mbar_wait(ring.full + 8 * st, (it / S) & 1);
+        __syncwarp();
+        wg_ktile2<T>(acc, acc2, sa + oa, sa + ob, sa + ot, sa + oh);
+        if (kt > 0) release(it - 1);
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(acc2[i])::"memory");
+    release(it - 1);
+    wg_epilogue<T, 32>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane);
+    wg_epilogue<T, 16>(a, acc2, row0 + WG_BM, row_end, n0, wgi * (WG_BN / 2), warp, lane);
+}
+/* MG: the tile at row0 is a merged one (row_end is the expert's end: the rows left from row0 are one full tile plus
+ * 1 .. 64, which wt_cursor_find<true> makes the expert's last tile) */
+__device__ __forceinline__ bool wp_is_merged(int64_t row0, int64_t row_end) {
+    return row_end - row0 > WG_BM && row_end - row0 <= WG_BM + 64;
+}
+#define WP_MG_REGS_LOW 40   /* setmaxnreg of the merged kernel's third warpgroup (producer) */
+#define WP_MG_REGS_HIGH 232 /* and of its consumers */
+
 #define WP_THREADS (WG_THREADS + 32)
 #define WP_SMEM (wt_cfg<WT_ALL>::SMEM + 8 * WG_STAGES)
 #define WP_EO_THREADS (WP_THREADS + 32 * WP_EO_WARPS)
 /* EO kernel: the staging from ring.base + WP_EO_STAGE_OFF (the ring's barriers and slots below it), then meta */
 #define WP_EO_STAGE_OFF (WG_STAGES * wt_cfg<WT_ALL>::STAGE_BYTES + 128)
 #define WP_EO_SMEM (WP_EO_STAGE_OFF + WG_BM * 256 + 64 + 1024) /* + alignment room */
-template <typename T, bool EO>
-__global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
+#define WP_MG_THREADS (WG_THREADS + 128) /* MG kernel: a whole third warpgroup (setmaxnreg works per warpgroup) */
+#define WP_MG_SMEM (wt_cfg<WT_MG>::SMEM + 8 * WG_STAGES)
+template <typename T, bool EO, bool MG = false>
+__global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
-    using C = wt_cfg<WT_ALL>;
+    static_assert(!(EO && MG), "the merged tiles' kernel has no epilogue warps");
+    constexpr int RM = MG ? WT_MG : WT_ALL; /* the ring's layout */
+    using C = wt_cfg<RM>;
     constexpr int S = C::STAGES;
     extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const wt_ring ring = wt_ring_at<WT_ALL>(wg_smem_raw);
+    const wt_ring ring = wt_ring_at<RM>(wg_smem_raw);
     volatile int *slot = reinterpret_cast<volatile int *>(wg_smem_raw + (ring.empty + 8 * S - smem_u32(wg_smem_raw)));
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
@@ -562,7 +644,7 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
         static_assert(3 * 8 * WG_STAGES + 16 <= 128, "barriers, slots and the staging barriers below the staging");
     }
     if (tid == 0) {
-        wt_ring_init<WT_ALL>(ring);
+        wt_ring_init<RM>(ring);
         if constexpr (EO) {
             mbar_init(ep.sfull, WG_THREADS);
             mbar_init(ep.sempty, 32 * WP_EO_WARPS);
@@ -588,11 +670,16 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
     wt_cursor cur = {0, 0};
     int e;
     int64_t row0, row_end, nt;
-    if (warp == WG_THREADS / 32) { /* producer */
+    if (MG ? warp >= WG_THREADS / 32 : warp == WG_THREADS / 32) { /* producer (MG: and 3 idle warps) */
+        if constexpr (MG) { /* registers to the consumers; in a branch every path leaves by return, else ptxas
+                             * ignores setmaxnreg (C7507) */
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(WP_MG_REGS_LOW));
+            if (warp > WG_THREADS / 32) return;
+        }
         if (lane != 0) return;
         uint32_t q = 0;
         for (int64_t pid = blockIdx.x;;) {
-            const bool found = wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
+            const bool found = wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
             const int64_t next = found ? gridDim.x + (int64_t)atomicAdd(a.sched, 1) : -1;
             const uint32_t s0 = q % S;
             if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * s0, (q / S - 1) & 1);
@@ -602,17 +689,19 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
                 break;
             }
             const int wrow = (int)((int64_t)e * a.w_rows + nt * wn);
-            const bool half = wp_is_half(a, row0, row_end);
+            const bool half = !MG && wp_is_half(a, row0, row_end);
+            const bool merged = MG && wp_is_merged(row0, row_end);
             for (int kt = 0; kt < KT; kt++, q++) {
                 const uint32_t st = q % S;
                 if (kt > 0 && q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
-                wt_issue<WT_ALL>(a, half ? &tmA64 : &tmA, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st, kt,
-                                 (int)row0, wrow, half);
+                wt_issue<RM>(a, half ? &tmA64 : &tmA, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st, kt,
+                             (int)row0, wrow, half, merged ? &tmA64 : nullptr, (int)row0 + WG_BM);
             }
             pid = next;
         }
         return;
     }
+    if constexpr (MG) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(WP_MG_REGS_HIGH));
     const int wgi = warp >> 2;
     uint32_t it = 0; /* k tiles consumed so far */
     for (;;) {
@@ -620,11 +709,13 @@ __global__ void __launch_bounds__(EO ? WP_EO_THREADS : WP_THREADS, 1)
         /* read by lane 0, the warp's releasing thread (racecheck: other lanes' reads before its arrival were
          * reported as hazards against the producer's next write) */
         const int pid = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
-        if (pid < 0 || !wt_cursor_find(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
-        if (wp_is_half(a, row0, row_end))
-            wp_tile<T, 64, EO>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
+        if (pid < 0 || !wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
+        if (MG && wp_is_merged(row0, row_end))
+            wp_tile_mg<T>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
+        else if (!MG && wp_is_half(a, row0, row_end))
+            wp_tile<T, 64, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
         else
-            wp_tile<T, 128, EO>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
+            wp_tile<T, 128, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
     }
     if constexpr (EO) { /* no more tiles: tell the epilogue warps */
         if (a.gate_up) {
@@ -736,6 +827,8 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, false, true>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_MG_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
@@ -749,8 +842,15 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
     ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
+    /* merged tiles (wp_tile_mg): env JAMBA_EXT_MOE_MERGE=1 (EXPERIMENT: not measured yet; then no half tiles and
+     * no epilogue warps) */
+    const char *merge = getenv("JAMBA_EXT_MOE_MERGE");
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
-    if (epi != NULL && epi[0] == '0')
+    if (merge != NULL && merge[0] == '1') {
+        ap.half_tiles = 0;
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
+            tmA, tmA64, tmW, ap, n_tiles);
+    } else if (epi != NULL && epi[0] == '0')
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA,
             tmA64, tmW, ap, n_tiles);
     else
