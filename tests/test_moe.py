@@ -152,7 +152,7 @@ def test_moe_wgmma_tiles(monkeypatch):
     impl wgmma runs up to 16 slots per expert) and both 128 x 256 kernels (persistent, the default, with its
     64 x 256 half tiles for an expert's last <= 64 rows by size, forced on and off with JAMBA_EXT_WGMMA_HALF=1 / 0,
     with and without its epilogue warps, JAMBA_EXT_MOE_EPI=0, with merged tiles, JAMBA_EXT_MOE_MERGE=1, and not:
-    JAMBA_EXT_WGMMA_PERSIST=0) give the same bits; the cases include experts with 129-192 rows (merged tiles).
+    JAMBA_EXT_WGMMA_PERSIST=0) give the same bits; the cases include experts with 129-192 rows (merged tiles)."""
     if torch.cuda.get_device_capability()[0] != 9:
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
