@@ -171,6 +171,7 @@ def test_moe_wgmma_tiles(monkeypatch):
             ids[:, 1:] += (ids[:, 1:] >= 3).to(ids.dtype)
             offsets, slots = ops.moe_permute(ids, E)
         monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "all")
+        monkeypatch.setenv("JAMBA_EXT_MOE_MERGE", "0")  # merged tiles (on by size) only where asked for below
         base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, base), (T, H, F, E, K, dtype)
@@ -203,7 +204,7 @@ def test_moe_wgmma_tiles(monkeypatch):
         n_merged += sum(1 for c in cnt if c > 128 and 0 < c % 128 <= 64)
         monkeypatch.setenv("JAMBA_EXT_MOE_MERGE", "1")
         merged = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_MOE_MERGE")
+        monkeypatch.delenv("JAMBA_EXT_MOE_MERGE")  # the size rules from here on (auto)
         assert torch.equal(merged, base), ("merged tiles", T, H, F, E, K, dtype)
         monkeypatch.delenv("JAMBA_EXT_WGMMA_HALF")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_TILES")

@@ -25,7 +25,9 @@
  * moe_wgmma_persist_kernel: the WT_ALL tiles of moe_wgmma_kernel (same bits), persistent, with a producer warp
  *   and tiles handed out through a counter in the op's workspace (see the kernel); the default for WT_ALL when
  *   the caller passes that workspace (jamba_moe_experts_params.sched) and env JAMBA_EXT_WGMMA_PERSIST is not 0.
- *   From 384 slots per expert it runs an expert's last <= 64 rows as a 64 x 256 half tile (wp_tile; same bits).
+ *   From 384 slots per expert it runs an expert's last <= 64 rows as a 64 x 256 half tile (wp_tile; same bits);
+ *   from 128 to 256 slots per expert it merges them into the expert's previous tile instead (wp_tile_mg, in an
+ *   instance with 384 threads, setmaxnreg and 56 KB stages; same bits).
  *   In gate_up, two epilogue warps finish half of each tile's outputs from shared memory while the consumers run
  *   the next tile (wp_epi; same bits; env JAMBA_EXT_MOE_EPI=0: without them).
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
@@ -539,7 +541,8 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
                            lane);
 }
 
-/* Merged tiles (the persistent kernel with MG = true; env JAMBA_EXT_MOE_MERGE): an expert's last <= 64 rows join
+/* Merged tiles (the persistent kernel with MG = true, by size: MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env
+ * JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on): an expert's last <= 64 rows join
  * its previous full tile, one tile of 128 + r rows (r <= 64) on one W slab instead of a full tile plus a tile of
  * r rows (which reads the same W stage into shared memory a second time, and as a 128-row tile leaves 128 - r
  * rows idle, as a half tile is bound by shared-memory traffic: see wp_tile). Stage (WT_MG): A rows row0 .. +127
@@ -607,6 +610,16 @@ __device__ __forceinline__ void wp_tile_mg(const moe_gemm_args &a, const wt_ring
 __device__ __forceinline__ bool wp_is_merged(int64_t row0, int64_t row_end) {
     return row_end - row0 > WG_BM && row_end - row0 <= WG_BM + 64;
 }
+/* Merged tiles by size: from 128 to 256 slots per expert on average (1024-2047 tokens of Jamba-v0.1: there a
+ * typical expert has 129-192 rows, one merged tile and one pass over its weights instead of two; the weights'
+ * bandwidth binds at these sizes). Measured in turns against the default kernel (H200, Jamba-v0.1, bf16, whole op,
+ * two runs each on two machines, moe_merge_f839d54.log, moe_merge2_f5bcb33.log; ms, merged / default): 1024 tokens
+ * 1.530 / 1.673, 1.534 / 1.675, 1.658 / 2.037, 1.664 / 2.042; 2048: 2.822 / 2.904, 2.787 / 2.893, 2.807 / 2.760,
+ * 2.802 / 2.758 (no clear gain: the epilogue warps the merged kernel lacks are worth about as much); 512: 1.424 /
+ * 1.410 (both runs), 768: 1.452 / 1.439, 1.449 / 1.438, 3072: 3.834 / 3.824, 3.989 / 3.851, 4096: 4.917 / 4.861,
+ * 4.896 / 4.829. */
+#define MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT 128
+#define MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT 256
 #define WP_MG_REGS_LOW 40   /* setmaxnreg of the merged kernel's third warpgroup (producer) */
 #define WP_MG_REGS_HIGH 232 /* and of its consumers */
 
@@ -842,11 +855,14 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
     ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    /* merged tiles (wp_tile_mg): env JAMBA_EXT_MOE_MERGE=1 (EXPERIMENT: not measured yet; then no half tiles and
-     * no epilogue warps) */
+    /* merged tiles (wp_tile_mg; no half tiles, no epilogue warps) by size, see MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT;
+     * env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
     const char *merge = getenv("JAMBA_EXT_MOE_MERGE");
+    bool mg = slots >= (int64_t)MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT * a.E &&
+              slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
+    if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
-    if (merge != NULL && merge[0] == '1') {
+    if (mg) {
         ap.half_tiles = 0;
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
             tmA, tmA64, tmW, ap, n_tiles);
