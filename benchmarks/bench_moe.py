@@ -152,14 +152,12 @@ def sanitize_cases():
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
         if "wgmma" in impls and torch.cuda.get_device_capability(dev)[0] == 9:  # both tilings (moe_wgmma.cu)
-            for tiles, persist, epi, merge, clu in (("all", "1", "1", "0", "0"), ("tail", "1", "1", "0", "0"),
-                                                    ("all", "0", "1", "0", "0"), ("all", "1", "0", "0", "0"),
-                                                    ("all", "1", "1", "1", "0"), ("all", "1", "1", "0", "1")):
+            for tiles, persist, epi, merge in (("all", "1", "1", "0"), ("tail", "1", "1", "0"), ("all", "0", "1", "0"),
+                                               ("all", "1", "0", "0"), ("all", "1", "1", "1")):
                 out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "wgmma"),
                                JAMBA_EXT_WGMMA_TILES=tiles, JAMBA_EXT_WGMMA_PERSIST=persist, JAMBA_EXT_MOE_EPI=epi,
-                               JAMBA_EXT_MOE_MERGE=merge, JAMBA_EXT_MOE_CLUSTER=clu)()
-                assert not torch.isnan(out).any(), f"wgmma tiles={tiles} persist={persist} epi={epi} merge={merge} " \
-                                                   f"cluster={clu}"
+                               JAMBA_EXT_MOE_MERGE=merge)()
+                assert not torch.isnan(out).any(), f"wgmma tiles={tiles} persist={persist} epi={epi} merge={merge}"
     torch.cuda.synchronize()
     print("bench_moe --sanitize: all engines ran")
 
@@ -221,8 +219,6 @@ def main():
         # A/B: the persistent kernel without its merged tiles (by default from 128 to 256 slots per expert, an
         # expert's last <= 64 rows join its previous tile; JAMBA_EXT_MOE_MERGE=1 forces them at any size)
         variants += [("ours:wgmma nomerge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="0"))]
-        # A/B: EXPERIMENT 2-CTA clusters sharing each tile's A rows (multicast), where merged tiles are off
-        variants += [("ours:wgmma cluster", with_env(ours("wgmma"), JAMBA_EXT_MOE_CLUSTER="1"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

@@ -199,57 +199,12 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar) : "memory");
 }
 
-/* 2-CTA clusters (the persistent kernel with CL = true): this CTA's rank, a shared address of the partner CTA,
- * an arrival on the partner's barrier, a store to its shared memory, a wait that acquires at cluster scope, the
- * cluster barrier, and a 2-d TMA load multicast to both CTAs (same offset, each CTA's barrier at bar's offset) */
-__device__ __forceinline__ uint32_t cl_rank() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ uint32_t cl_map(uint32_t addr, uint32_t rank) {
-    uint32_t r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
-    return r;
-}
-__device__ __forceinline__ void cl_arrive_remote(uint32_t raddr) {
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(raddr) : "memory");
-}
-__device__ __forceinline__ void cl_st_remote(uint32_t raddr, int v) {
-    asm volatile("st.shared::cluster.u32 [%0], %1;\n" ::"r"(raddr), "r"(v) : "memory");
-}
-__device__ __forceinline__ void cl_wait_acq(uint32_t bar, uint32_t parity) {
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-}
-__device__ __forceinline__ void cl_sync() {
-    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
-}
-__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
-                 "[%0], [%1, {%2, %3}], [%4], %5;\n"
-                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"((unsigned short)3)
-                 : "memory");
-}
-
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
  * completing on full-barrier fb (which expects the bytes): A BM x 64 (half: a half tile of the persistent
  * kernel, 64 rows through a tmA with 64-row boxes; the stage's A rows 64 .. 127 are not written), then the W
  * rows in 16 KB boxes: gate_up, a 3-d box per 64 outputs (wt_map with pair = F): their 64 gate rows, then their
  * 64 up rows, so that a gate row and its up row sit 64 columns apart in any 128-column half of the stage
  * (wg_epilogue; the half tiles need it); down, 128 consecutive rows per box. */
-template <int WR> /* the W rows wrow .. wrow + WR - 1 of k tile kt at sb */
-__device__ __forceinline__ void wt_issue_w(const moe_gemm_args &a, const CUtensorMap *tmW, uint32_t sb, uint32_t fb,
-                                           int kt, int wrow) {
-#pragma unroll
-    for (int bi = 0; bi < WR / (2 * WG_WBOX); bi++) {
-        const uint32_t dst = sb + (uint32_t)(bi * 2 * WG_WBOX * WG_BK * 2);
-        if (a.gate_up) tma_load_3d(dst, tmW, kt * WG_BK, wrow + WG_WBOX * bi, fb);
-        else tma_load_2d(dst, tmW, kt * WG_BK, wrow + 2 * WG_WBOX * bi, fb);
-    }
-}
 template <int MODE>
 __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorMap *tmA, const CUtensorMap *tmW,
                                          uint32_t sa, uint32_t fb, int kt, int arow, int wrow, bool half = false,
@@ -259,17 +214,12 @@ __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorM
     mbar_expect_tx(fb, (C::BM + C::WR) * WG_BK * 2 - (half ? 64 * WG_BK * 2 : 0) + (tmT ? 64 * WG_BK * 2 : 0));
     tma_load_2d(sa, tmA, kt * WG_BK, arow, fb);
     if (tmT) tma_load_2d(sb + C::WR * WG_BK * 2, tmT, kt * WG_BK, trow, fb); /* WT_MG: a merged tile's 64 tail rows */
-    wt_issue_w<C::WR>(a, tmW, sb, fb, kt, wrow);
-}
-/* The cluster kernel's loads of k tile kt (CTA rank of 2; both CTAs on the same A rows, W rows of their own n-tiles):
- * the A rows arrive in 64-row boxes multicast to both CTAs, rank r's box from rank r (rows arow + 64 r; a half
- * tile's one box from rank 0), each CTA's W from itself; every CTA's full barrier expects its whole stage. */
-__device__ __forceinline__ void cl_issue(const moe_gemm_args &a, const CUtensorMap *tmA64, const CUtensorMap *tmW,
-                                         uint32_t sa, uint32_t fb, int kt, int arow, int wrow, bool half, uint32_t rank) {
-    using C = wt_cfg<WT_ALL>;
-    mbar_expect_tx(fb, C::STAGE_BYTES - (half ? 64 * WG_BK * 2 : 0));
-    if (!half || rank == 0) tma_load_2d_mc(sa + rank * 64 * WG_BK * 2, tmA64, kt * WG_BK, arow + 64 * (int)rank, fb);
-    wt_issue_w<C::WR>(a, tmW, sa + C::BM * WG_BK * 2, fb, kt, wrow);
+#pragma unroll
+    for (int bi = 0; bi < C::WR / (2 * WG_WBOX); bi++) {
+        const uint32_t dst = sb + (uint32_t)(bi * 2 * WG_WBOX * WG_BK * 2);
+        if (a.gate_up) tma_load_3d(dst, tmW, kt * WG_BK, wrow + WG_WBOX * bi, fb);
+        else tma_load_2d(dst, tmW, kt * WG_BK, wrow + 2 * WG_WBOX * bi, fb);
+    }
 }
 
 /* The ring's shared memory (1024-aligned stages, then full[WG_STAGES] and empty[WG_STAGES]) and its barriers:
@@ -284,10 +234,10 @@ template <int MODE> __device__ __forceinline__ wt_ring wt_ring_at(const unsigned
     r.empty = r.full + wt_cfg<MODE>::STAGES * 8;
     return r;
 }
-template <int MODE> __device__ __forceinline__ void wt_ring_init(const wt_ring &r, int ctas = 1) { /* thread 0, then a sync */
+template <int MODE> __device__ __forceinline__ void wt_ring_init(const wt_ring &r) { /* thread 0, then a sync */
     for (int st = 0; st < wt_cfg<MODE>::STAGES; st++) {
         mbar_init(r.full + 8 * st, 1);
-        mbar_init(r.empty + 8 * st, WG_THREADS / 32 * ctas); /* ctas: 2 in the cluster kernel (both CTAs' warps) */
+        mbar_init(r.empty + 8 * st, WG_THREADS / 32);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
@@ -550,21 +500,18 @@ __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t sr
         *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(wg_pack2<T>(o[0], o[1]), wg_pack2<T>(o[2], o[3]));
     }
 }
-template <typename T, int NA, bool EO, int MODE = WT_ALL, bool CL = false>
+template <typename T, int NA, bool EO, int MODE = WT_ALL>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0,
-                                        const wp_epi &ep, uint32_t &eu, uint32_t peer_empty = 0u) {
+                                        const wp_epi &ep, uint32_t &eu) {
     using C = wt_cfg<MODE>; /* the ring's stage stride (WT_MG: the merged tiles' kernel) */
     constexpr int S = C::STAGES;
     constexpr bool FULL = NA == 128;
     const uint32_t oa = FULL ? (uint32_t)(wgi * 64 * WG_BK * 2) : 0u;
     const uint32_t ob = WG_BM * WG_BK * 2 + (FULL ? 0u : (uint32_t)(wgi * (WG_BN / 2) * WG_BK * 2));
-    auto release = [&](uint32_t q) { /* CL: the partner's producer writes this stage too (A multicast) */
+    auto release = [&](uint32_t q) {
         __syncwarp();
-        if (lane == 0) {
-            mbar_arrive(ring.empty + 8 * (q % S));
-            if (CL) cl_arrive_remote(peer_empty + 8 * (q % S));
-        }
+        if (lane == 0) mbar_arrive(ring.empty + 8 * (q % S));
     };
     float acc[NA];
 #pragma unroll
@@ -684,29 +631,13 @@ __device__ __forceinline__ bool wp_is_merged(int64_t row0, int64_t row_end) {
 #define WP_EO_SMEM (WP_EO_STAGE_OFF + WG_BM * 256 + 64 + 1024) /* + alignment room */
 #define WP_MG_THREADS (WG_THREADS + 128) /* MG kernel: a whole third warpgroup (setmaxnreg works per warpgroup) */
 #define WP_MG_SMEM (wt_cfg<WT_MG>::SMEM + 8 * WG_STAGES)
-/* CL = true (env JAMBA_EXT_MOE_CLUSTER=1, EXPERIMENT; with EO): 2-CTA clusters. The two CTAs of a cluster take the
- * same tiles' A rows and neighbouring n-tiles (rank r: n-tile 2 np + r of n-pair np; n_tiles counts n-pairs then),
- * and each loads half of the A rows multicast to both (cl_issue): A's L2 reads halve (17% of the kernel's L2 to
- * shared memory bytes; a timing-only hack that skipped A on odd k tiles ran 3.0-3.9% faster at 2048-16384 tokens,
- * moe_hack_b916f88.log). Rank 0's producer draws the tiles and hands each to rank 1's producer through a mailbox
- * (slot[s] of stage s written remotely, then an arrival on rank 1's pbar[s]); every stage is released by both
- * CTAs' consumer warps (16 arrivals on each CTA's empty[s]: a stage is refilled only when both have read it,
- * since the partner writes into it); the CTAs sync as a cluster after init and before exit (no thread returns
- * early: the partner may still arrive on this CTA's barriers). */
-#define WP_EXIT                                                                                                      \
-    do {                                                                                                             \
-        if constexpr (CL) goto cl_done;                                                                              \
-        else return;                                                                                                 \
-    } while (0)
-#pragma nv_diag_suppress 177 /* label cl_done unused in the instances without clusters */
-template <typename T, bool EO, bool MG = false, bool CL = false>
+template <typename T, bool EO, bool MG = false>
 __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     static_assert(!(EO && MG), "the merged tiles' kernel has no epilogue warps");
-    static_assert(!(CL && MG), "the cluster kernel has no merged tiles");
     constexpr int RM = MG ? WT_MG : WT_ALL; /* the ring's layout */
     using C = wt_cfg<RM>;
     constexpr int S = C::STAGES;
@@ -725,31 +656,18 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
         ep.meta = reinterpret_cast<volatile int64_t *>(wg_smem_raw + (ep.stage + WG_BM * 256 - smem_u32(wg_smem_raw)));
         static_assert(3 * 8 * WG_STAGES + 16 <= 128, "barriers, slots and the staging barriers below the staging");
     }
-    [[maybe_unused]] uint32_t rank = 0, pbar = 0, peer_empty = 0;
-    if constexpr (CL) {
-        static_assert(EO && 8 * S + 8 * S + 4 * S + 16 + 8 * S <= 128, "the mailbox barriers below the staging");
-        rank = cl_rank();
-        pbar = ep.sempty + 8;
-        peer_empty = cl_map(ring.empty, rank ^ 1u);
-    }
     if (tid == 0) {
-        wt_ring_init<RM>(ring, CL ? 2 : 1);
+        wt_ring_init<RM>(ring);
         if constexpr (EO) {
             mbar_init(ep.sfull, WG_THREADS);
             mbar_init(ep.sempty, 32 * WP_EO_WARPS);
-            if constexpr (CL)
-                for (int st = 0; st < S; st++) mbar_init(pbar + 8 * st, 1);
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
     }
-    if constexpr (CL) cl_sync(); /* the partner's loads and arrivals come after this CTA's barrier init */
-    else __syncthreads();
-    wt_cursor cur = {0, 0};
-    int e;
-    int64_t row0, row_end, nt;
+    __syncthreads();
     if constexpr (EO) {
         if (warp > WG_THREADS / 32) { /* epilogue warps: SiLU(gate)*up of the staged boxes */
-            if (!a.gate_up) WP_EXIT;
+            if (!a.gate_up) return;
             const int et = (warp - WG_THREADS / 32 - 1) * 32 + lane;
             for (;; eu++) {
                 mbar_wait(ep.sfull, eu & 1);
@@ -759,93 +677,67 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
                 wp_drain_box<T>(a, ep.stage, r0, rend, n0 + WG_WBOX, rows, et);
                 mbar_arrive(ep.sempty);
             }
-            WP_EXIT;
+            return;
         }
     }
+    wt_cursor cur = {0, 0};
+    int e;
+    int64_t row0, row_end, nt;
     if (MG ? warp >= WG_THREADS / 32 : warp == WG_THREADS / 32) { /* producer (MG: and 3 idle warps) */
         if constexpr (MG) { /* registers to the consumers; in a branch every path leaves by return, else ptxas
                              * ignores setmaxnreg (C7507) */
             asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(WP_MG_REGS_LOW));
             if (warp > WG_THREADS / 32) return;
         }
-        if (lane != 0) WP_EXIT;
+        if (lane != 0) return;
         uint32_t q = 0;
-        [[maybe_unused]] uint32_t pph = 0; /* CL rank 1: the parity of each stage's mailbox barrier (bit s) */
-        for (int64_t pid = CL ? (int64_t)(blockIdx.x >> 1) : (int64_t)blockIdx.x;;) {
-            bool found;
-            int64_t next = -1;
+        for (int64_t pid = blockIdx.x;;) {
+            const bool found = wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
+            const int64_t next = found ? gridDim.x + (int64_t)atomicAdd(a.sched, 1) : -1;
             const uint32_t s0 = q % S;
-            if (CL && rank == 1) { /* the tile from rank 0's mailbox */
-                if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * s0, (q / S - 1) & 1);
-                cl_wait_acq(pbar + 8 * s0, (pph >> s0) & 1u);
-                pph ^= 1u << s0;
-                pid = slot[s0];
-                found = pid >= 0 && wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
-            } else {
-                found = wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
-                next = found ? (CL ? (int64_t)(gridDim.x >> 1) : (int64_t)gridDim.x) + (int64_t)atomicAdd(a.sched, 1)
-                             : -1;
-                if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * s0, (q / S - 1) & 1);
-                slot[s0] = found ? (int)pid : -1;
-                if constexpr (CL) { /* rank 1's copy (its stage s0 is free: empty[s0] counts its warps too) */
-                    const uint32_t sl = ring.empty + 8 * S + 4 * s0;
-                    cl_st_remote(cl_map(sl, 1u), found ? (int)pid : -1);
-                    cl_arrive_remote(cl_map(pbar + 8 * s0, 1u));
-                }
-            }
+            if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * s0, (q / S - 1) & 1);
+            slot[s0] = found ? (int)pid : -1;
             if (!found) {
                 mbar_arrive(ring.full + 8 * s0); /* no bytes: the consumers read -1 and stop */
                 break;
             }
-            const int64_t ntc = CL ? 2 * nt + rank : nt; /* this CTA's n-tile */
-            const int wrow = (int)((int64_t)e * a.w_rows + ntc * wn);
+            const int wrow = (int)((int64_t)e * a.w_rows + nt * wn);
             const bool half = !MG && wp_is_half(a, row0, row_end);
             const bool merged = MG && wp_is_merged(row0, row_end);
             for (int kt = 0; kt < KT; kt++, q++) {
                 const uint32_t st = q % S;
                 if (kt > 0 && q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
-                if constexpr (CL)
-                    cl_issue(a, &tmA64, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st, kt, (int)row0, wrow,
-                             half, rank);
-                else
-                    wt_issue<RM>(a, half ? &tmA64 : &tmA, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st,
-                                 kt, (int)row0, wrow, half, merged ? &tmA64 : nullptr, (int)row0 + WG_BM);
+                wt_issue<RM>(a, half ? &tmA64 : &tmA, &tmW, ring.base + st * C::STAGE_BYTES, ring.full + 8 * st, kt,
+                             (int)row0, wrow, half, merged ? &tmA64 : nullptr, (int)row0 + WG_BM);
             }
             pid = next;
         }
-        WP_EXIT;
+        return;
     }
-    {
-        if constexpr (MG) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(WP_MG_REGS_HIGH));
-        const int wgi = warp >> 2;
-        uint32_t it = 0; /* k tiles consumed so far */
-        for (;;) {
-            mbar_wait(ring.full + 8 * (it % S), (it / S) & 1);
-            /* read by lane 0, the warp's releasing thread (racecheck: other lanes' reads before its arrival were
-             * reported as hazards against the producer's next write) */
-            const int pid = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
-            if (pid < 0 || !wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
-            const int64_t n0 = (CL ? 2 * nt + rank : nt) * wn;
-            if (MG && wp_is_merged(row0, row_end))
-                wp_tile_mg<T>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0);
-            else if (!MG && wp_is_half(a, row0, row_end))
-                wp_tile<T, 64, EO, RM, CL>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0, ep, eu, peer_empty);
-            else
-                wp_tile<T, 128, EO, RM, CL>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0, ep, eu, peer_empty);
-        }
-        if constexpr (EO) { /* no more tiles: tell the epilogue warps */
-            if (a.gate_up) {
-                if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1);
-                wp_post(ep, eu, warp, lane, 0, -1, 0, 0);
-            }
+    if constexpr (MG) asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(WP_MG_REGS_HIGH));
+    const int wgi = warp >> 2;
+    uint32_t it = 0; /* k tiles consumed so far */
+    for (;;) {
+        mbar_wait(ring.full + 8 * (it % S), (it / S) & 1);
+        /* read by lane 0, the warp's releasing thread (racecheck: other lanes' reads before its arrival were
+         * reported as hazards against the producer's next write) */
+        const int pid = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
+        if (pid < 0 || !wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
+        if (MG && wp_is_merged(row0, row_end))
+            wp_tile_mg<T>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
+        else if (!MG && wp_is_half(a, row0, row_end))
+            wp_tile<T, 64, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
+        else
+            wp_tile<T, 128, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
+    }
+    if constexpr (EO) { /* no more tiles: tell the epilogue warps */
+        if (a.gate_up) {
+            if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1);
+            wp_post(ep, eu, warp, lane, 0, -1, 0, 0);
         }
     }
-cl_done:
-    if constexpr (CL) cl_sync();
 #endif
 }
-#undef WP_EXIT
-#pragma nv_diag_default 177
 
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
@@ -950,8 +842,6 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, false, true>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_MG_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true, false, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
@@ -972,38 +862,7 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
     if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
-    const char *clu = getenv("JAMBA_EXT_MOE_CLUSTER"); /* "1": 2-CTA clusters (EXPERIMENT; with the epilogue warps) */
-    if (!mg && !(epi != NULL && epi[0] == '0') && clu != NULL && clu[0] == '1') {
-        void (*kern)(CUtensorMap, CUtensorMap, CUtensorMap, moe_gemm_args, int64_t) =
-            moe_wgmma_persist_kernel<T, true, false, true>;
-        static int max_clusters[64]; /* clusters of 2 that fit at once (0: not asked yet) */
-        cudaLaunchConfig_t cfg = {};
-        cfg.blockDim = dim3(WP_EO_THREADS);
-        cfg.dynamicSmemBytes = WP_EO_SMEM;
-        cfg.stream = stream;
-        cudaLaunchAttribute at[2];
-        at[0].id = cudaLaunchAttributeClusterDimension;
-        at[0].val.clusterDim.x = 2, at[0].val.clusterDim.y = 1, at[0].val.clusterDim.z = 1;
-        at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        at[1].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = at;
-        cfg.numAttrs = 1;
-        int mc = dev >= 0 && dev < 64 ? max_clusters[dev] : 0;
-        if (mc == 0) {
-            cfg.gridDim = dim3((unsigned)(nsm - nsm % 2));
-            if (cudaOccupancyMaxActiveClusters(&mc, (const void *)kern, &cfg) != cudaSuccess || mc <= 0) {
-                cudaGetLastError();
-                mc = nsm / 2;
-            }
-            if (dev >= 0 && dev < 64) max_clusters[dev] = mc;
-        }
-        const int64_t n_pairs = jamba_ceil_div(n_tiles, 2);
-        const int64_t ub = (jamba_ceil_div(slots, WG_BM) + a.E) * n_pairs, ncl = ub < mc ? ub : mc;
-        cfg.gridDim = dim3((unsigned)(2 * ncl));
-        cfg.numAttrs = jamba_pdl_enabled() ? 2 : 1;
-        jamba_launch_converted<CUtensorMap, CUtensorMap, CUtensorMap, moe_gemm_args, int64_t>(
-            &cfg, (const void *)kern, tmA, tmA64, tmW, ap, n_pairs);
-    } else if (mg) {
+    if (mg) {
         ap.half_tiles = 0;
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
             tmA, tmA64, tmW, ap, n_tiles);
