@@ -216,7 +216,7 @@ def main():
                                                     JAMBA_EXT_WGMMA_HALF="0"))]
         # A/B: the persistent kernel without its epilogue warps (the consumers run all of gate_up's epilogue)
         variants += [("ours:wgmma noepiw", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI="0"))]
-        # A/B: the persistent kernel without its merged tiles (by default from 128 to 256 slots per expert, an
+        # A/B: the persistent kernel without its merged tiles (by default from 128 to 192 slots per expert, an
         # expert's last <= 64 rows join its previous tile; JAMBA_EXT_MOE_MERGE=1 forces them at any size)
         variants += [("ours:wgmma nomerge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="0"))]
         if has_grouped:

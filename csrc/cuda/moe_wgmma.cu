@@ -26,7 +26,7 @@
  *   and tiles handed out through a counter in the op's workspace (see the kernel); the default for WT_ALL when
  *   the caller passes that workspace (jamba_moe_experts_params.sched) and env JAMBA_EXT_WGMMA_PERSIST is not 0.
  *   From 384 slots per expert it runs an expert's last <= 64 rows as a 64 x 256 half tile (wp_tile; same bits);
- *   from 128 to 256 slots per expert it merges them into the expert's previous tile instead (wp_tile_mg, in an
+ *   from 128 to 192 slots per expert it merges them into the expert's previous tile instead (wp_tile_mg, in an
  *   instance with 384 threads, setmaxnreg and 56 KB stages; same bits).
  *   In gate_up, two epilogue warps finish half of each tile's outputs from shared memory while the consumers run
  *   the next tile (wp_epi; same bits; env JAMBA_EXT_MOE_EPI=0: without them).
@@ -610,16 +610,17 @@ __device__ __forceinline__ void wp_tile_mg(const moe_gemm_args &a, const wt_ring
 __device__ __forceinline__ bool wp_is_merged(int64_t row0, int64_t row_end) {
     return row_end - row0 > WG_BM && row_end - row0 <= WG_BM + 64;
 }
-/* Merged tiles by size: from 128 to 256 slots per expert on average (1024-2047 tokens of Jamba-v0.1: there a
+/* Merged tiles by size: from 128 to 192 slots per expert on average (1024-1535 tokens of Jamba-v0.1: there a
  * typical expert has 129-192 rows, one merged tile and one pass over its weights instead of two; the weights'
  * bandwidth binds at these sizes). Measured in turns against the default kernel (H200, Jamba-v0.1, bf16, whole op,
  * two runs each on two machines, moe_merge_f839d54.log, moe_merge2_f5bcb33.log; ms, merged / default): 1024 tokens
  * 1.530 / 1.673, 1.534 / 1.675, 1.658 / 2.037, 1.664 / 2.042; 2048: 2.822 / 2.904, 2.787 / 2.893, 2.807 / 2.760,
  * 2.802 / 2.758 (no clear gain: the epilogue warps the merged kernel lacks are worth about as much); 512: 1.424 /
  * 1.410 (both runs), 768: 1.452 / 1.439, 1.449 / 1.438, 3072: 3.834 / 3.824, 3.989 / 3.851, 4096: 4.917 / 4.861,
- * 4.896 / 4.829. */
+ * 4.896 / 4.829. Between them (moe_merge_range_f41e06e.log, two runs, merged / not): 1280 tokens 1.665 / 2.186,
+ * 1.657 / 2.180; 1536: 2.180 / 2.201, 2.166 / 2.193; 1792: 2.285 / 2.235, 2.340 / 2.258: so up to 192. */
 #define MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT 128
-#define MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT 256
+#define MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT 192
 #define WP_MG_REGS_LOW 40   /* setmaxnreg of the merged kernel's third warpgroup (producer) */
 #define WP_MG_REGS_HIGH 232 /* and of its consumers */
 
