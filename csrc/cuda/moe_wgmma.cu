@@ -542,10 +542,10 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
 }
 
 /* Merged tiles (the persistent kernel with MG = true, by size: MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env
- * JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on): an expert's last <= 64 rows join
- * its previous full tile, one tile of 128 + r rows (r <= 64) on one W slab instead of a full tile plus a tile of
- * r rows (which reads the same W stage into shared memory a second time, and as a 128-row tile leaves 128 - r
- * rows idle, as a half tile is bound by shared-memory traffic: see wp_tile). Stage (WT_MG): A rows row0 .. +127
+ * JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on): an expert's last <= 64 rows join its previous full tile, one
+ * tile of 128 + r rows (r <= 64) on one W slab instead of a full tile plus a tile of r rows (which reads the same
+ * W stage into shared memory a second time, and as a 128-row tile leaves 128 - r rows idle, as a half tile is
+ * bound by shared-memory traffic: see wp_tile). Stage (WT_MG): A rows row0 .. +127
  * (16 KB), W (32 KB), then the 64 tail A rows row0 + 128 .. (8 KB; rows past the expert feed skipped outputs).
  * Warpgroup wgi: its 64 rows times all 256 W rows (m64n256, acc, as a full tile) and the 64 tail rows times W rows
  * 128 wgi .. +127 (m64n128, acc2, as a half tile), one wgmma group per k tile: every output at the same place of the
