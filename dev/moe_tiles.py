@@ -11,6 +11,9 @@
    tensor time); session 7 found where that stops: the tail tiling's second launch streams every expert's
    weights again (~1.3 ms at these sizes), so it lost at 1024+ tokens while the count predicted a gain, and
    it is used only up to 16 slots per expert (docs/PERF_NOTES.md, MoE prefill). Count tiles AND weight passes.
+   Column "merged": tile units with merged tiles (session 18: an expert's last <= 64 rows in its previous tile, 1.5
+   units), and the W passes (m-tiles per GEMM) with them / without: where the weights' bandwidth binds (1024-1280
+   tokens) the passes predict the gain, at 2048 neither column did (the merged kernel lacks the epilogue warps).
 2. Coverage check. A Python mirror of the kernel's tile mapping (wt_find_tile, the n tiles, the rows and
    outputs each warpgroup's epilogue writes) over random expert counts: WT_ALL and WT_FULL + WT_TAIL must each
    write every (row, output) exactly once, and WT_ALL's expert-major block order (wt_expert_tile) must visit each
@@ -32,15 +35,20 @@ def bench_counts(T, H=4096, E=16, K=2, seed=0):
 
 
 def tile_table():
-    print(f"{'tokens':>7} {'rows/128':>9} {'WT_ALL':>7} {'fill':>5} {'FULL+TAIL':>10} {'fill':>5} {'192-row':>8} {'fill':>5}")
-    for T in (512, 1024, 2048, 4096, 8192, 16384):
+    print(f"{'tokens':>7} {'rows/128':>9} {'WT_ALL':>7} {'fill':>5} {'FULL+TAIL':>10} {'fill':>5} {'192-row':>8} {'fill':>5}"
+          f" {'merged':>7} {'W passes':>9}")
+    for T in (512, 1024, 1280, 1536, 2048, 4096, 8192, 16384):
         c = bench_counts(T)
         ideal = 2 * T / BM
         t_all = sum(-(-n // BM) for n in c)
         t_split = sum(n // BM + (1 if n % BM > 64 else (0.5 if n % BM else 0)) for n in c)
         t_192 = sum(-(-n // 192) for n in c) * 192 / BM  # in 128-row tile units of tensor work
+        # merged tiles (wp_tile_mg): a last partial tile of <= 64 rows joins the tile before it (1.5 units, one pass)
+        mrg = [n > BM and 0 < n % BM <= 64 for n in c]
+        t_mg = sum(n // BM + 0.5 if m else -(-n // BM) for n, m in zip(c, mrg))
+        p_mg = sum(n // BM if m else -(-n // BM) for n, m in zip(c, mrg))
         print(f"{T:>7} {ideal:>9.1f} {t_all:>7} {ideal / t_all:>5.2f} {t_split:>10.1f} {ideal / t_split:>5.2f} "
-              f"{t_192:>8.1f} {ideal / t_192:>5.2f}")
+              f"{t_192:>8.1f} {ideal / t_192:>5.2f} {t_mg:>7.1f} {p_mg:>4} / {t_all:<3}")
     swap_ab_table()
 
 
