@@ -142,8 +142,7 @@ def sanitize_cases():
     for T, H, Fd, E, K, dt in [(5, 40, 24, 4, 2, torch.bfloat16), (300, 136, 72, 16, 2, torch.bfloat16),
                                (150, 264, 200, 3, 1, torch.float16), (9, 37, 23, 3, 2, torch.float32),
                                (12, 200, 136, 16, 2, torch.bfloat16), (40, 72, 8, 1, 1, torch.float16),
-                               (170, 136, 72, 2, 2, torch.bfloat16),  # 170 rows per expert: merged tiles
-                               (600, 264, 200, 8, 2, torch.bfloat16)]:  # ~150: merged tiles with epilogue warps
+                               (170, 136, 72, 2, 2, torch.bfloat16)]:  # 170 rows per expert: merged tiles
         rn = lambda *s: torch.randn(*s, generator=g, device=dev).to(dt)
         x, wgu, wd = rn(T, H), rn(E, 2 * Fd, H) * H ** -0.5, rn(E, H, Fd) * Fd ** -0.5
         w, ids, offsets, slots = ops.moe_route(torch.randn(T, E, generator=g, device=dev), K)
@@ -220,10 +219,8 @@ def main():
         # A/B: the persistent kernel without its merged tiles (by default from 128 to 192 slots per expert, an
         # expert's last <= 64 rows join its previous tile; JAMBA_EXT_MOE_MERGE=1 forces them at any size)
         variants += [("ours:wgmma nomerge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="0"))]
-        # A/B (sizes where they are off): merged tiles forced on, with and without the epilogue warps
+        # A/B (sizes where they are off): merged tiles forced on
         variants += [("ours:wgmma merge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="1"))]
-        variants += [("ours:wgmma merge noepiw", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="1",
-                                                          JAMBA_EXT_MOE_EPI="0"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]

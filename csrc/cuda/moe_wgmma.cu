@@ -455,13 +455,7 @@ template <typename T> __device__ __forceinline__ uint32_t wg_pack2(float lo, flo
 }
 /* accumulator blocks JB .. JB + 15 (one W box: gate blocks JB .. JB + 7, up blocks JB + 8 ..) of the warpgroup's
  * 64 rows as a staged box at dst, rows rbase + .. */
-/* shared address of staged row r: EO kernel, a 32 KB buffer after the ring (rows 256 B apart); MG kernel, the ring's
- * four 8 KB tail-row slots (rows 32 s .. 32 s + 31 in stage s's slot; see wp_tile_mg) */
-template <bool MG> __device__ __forceinline__ uint32_t wp_row(uint32_t stage, int r) {
-    if constexpr (MG) return stage + (uint32_t)(r >> 5) * wt_cfg<WT_MG>::STAGE_BYTES + (uint32_t)(r & 31) * 256u;
-    else return stage + (uint32_t)r * 256u;
-}
-template <typename T, int NA, int JB, bool MG = false>
+template <typename T, int NA, int JB>
 __device__ __forceinline__ void wp_put_box(uint32_t dst, const float (&acc)[NA], int rbase, int warp, int lane) {
     const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
@@ -473,7 +467,7 @@ __device__ __forceinline__ void wp_put_box(uint32_t dst, const float (&acc)[NA],
             const uint32_t w0 = wg_pack2<T>(acc[4 * j + 2 * h], acc[4 * (j + 8) + 2 * h]);
             const uint32_t w1 = wg_pack2<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 8) + 2 * h + 1]);
             const uint32_t c = (uint32_t)((4 * jj + tq) ^ ((r & 3) << 2));
-            asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(wp_row<MG>(dst, r) + c * 8u), "r"(w0),
+            asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst + (uint32_t)r * 256u + c * 8u), "r"(w0),
                          "r"(w1) : "memory");
         }
     }
@@ -486,12 +480,12 @@ __device__ __forceinline__ void wp_post(const wp_epi &ep, uint32_t &eu, int warp
     eu++;
 }
 /* the epilogue warps' side of one staged box at src: act rows r0 + .. (< rend), outputs f0 .. f0 + 63 (< N) */
-template <typename T, bool MG = false>
+template <typename T>
 __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t src, int64_t r0, int64_t rend,
                                              int64_t f0, int rows, int et) {
     typedef jamba_w16<T> P;
     T *Cp = reinterpret_cast<T *>(a.C);
-#pragma unroll (MG ? 2 : 4) /* MG: the epilogue warps have WP_MG_REGS_LOW registers */
+#pragma unroll 4
     for (int i = et; i < rows * 16; i += 32 * WP_EO_WARPS) { /* 16-byte piece pc of row r: outputs 4 pc .. */
         const int r = i >> 4, pc = i & 15;
         const int64_t p = r0 + r, f = f0 + 4 * pc;
@@ -499,32 +493,17 @@ __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t sr
         uint32_t w[4];
         const uint32_t c = (uint32_t)((2 * pc) ^ ((r & 3) << 2));
         asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
-                     : "r"(wp_row<MG>(src, r) + c * 8u) : "memory");
+                     : "r"(src + (uint32_t)r * 256u + c * 8u) : "memory");
         float o[4];
 #pragma unroll
         for (int q = 0; q < 4; q++) o[q] = moe_act_fast<T>(P::f1(w[q] & 0xffffu), P::f1(w[q] >> 16));
         *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(wg_pack2<T>(o[0], o[1]), wg_pack2<T>(o[2], o[3]));
     }
 }
-/* the epilogue warps' loop: drain each staged box (thread et of 32 * WP_EO_WARPS) until the end mark */
-template <typename T, bool MG>
-__device__ __forceinline__ void wp_epi_run(const moe_gemm_args &a, const wp_epi &ep, int et) {
-    for (uint32_t eu = 0;; eu++) {
-        mbar_wait(ep.sfull, eu & 1);
-        const int64_t r0 = ep.meta[0], rend = ep.meta[1], n0 = ep.meta[2];
-        const int rows = (int)ep.meta[3];
-        if (rend < 0) break;
-        wp_drain_box<T, MG>(a, ep.stage, r0, rend, n0 + WG_WBOX, rows, et);
-        mbar_arrive(ep.sempty);
-    }
-}
-struct wp_stage_always { /* wp_tile's question "may this tile's box 1 be staged?" where the answer is always yes */
-    __device__ __forceinline__ bool operator()() const { return true; }
-};
-template <typename T, int NA, bool EO, int MODE = WT_ALL, typename PK = wp_stage_always>
+template <typename T, int NA, bool EO, int MODE = WT_ALL>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0,
-                                        const wp_epi &ep, uint32_t &eu, PK may_stage = PK()) {
+                                        const wp_epi &ep, uint32_t &eu) {
     using C = wt_cfg<MODE>; /* the ring's stage stride (WT_MG: the merged tiles' kernel) */
     constexpr int S = C::STAGES;
     constexpr bool FULL = NA == 128;
@@ -548,10 +527,10 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
 #pragma unroll
     for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
     release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
-    if (EO && a.gate_up && may_stage()) { /* box 1 to the epilogue warps (half tile: warpgroup 1's outputs), box 0 here */
+    if (EO && a.gate_up) { /* box 1 to the epilogue warps (half tile: warpgroup 1's outputs), box 0 here */
         if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1); /* the epilogue warps have read the previous staged tile */
-        if (FULL) wp_put_box<T, NA, 16, MODE == WT_MG>(ep.stage, acc, wgi * 64, warp, lane);
-        else if (wgi == 1) wp_put_box<T, NA, 0, MODE == WT_MG>(ep.stage, acc, 0, warp, lane);
+        if (FULL) wp_put_box<T, NA, 16>(ep.stage, acc, wgi * 64, warp, lane);
+        else if (wgi == 1) wp_put_box<T, NA, 0>(ep.stage, acc, 0, warp, lane);
         wp_post(ep, eu, warp, lane, row0, row_end, n0, FULL ? WG_BM : 64);
         if (FULL || wgi == 0)
             wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0), row_end,
@@ -573,7 +552,8 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
  * same wgmma instruction as in the other tilings, so the same bits (test_moe_wgmma_tiles). 192 accumulators per
  * consumer thread: the kernel runs a third warpgroup (the producer warp, 3 idle warps) that gives its registers to
  * the consumers (setmaxnreg: 2 x 128 x 232 + 128 x 40 = 384 x 168), and has no epilogue warps (no room for their
- * 32 KB staging next to 4 stages of 56 KB). */
+ * 32 KB staging next to 4 stages of 56 KB; staged in the four 8 KB tail-row slots instead, which full tiles leave
+ * empty, they were 0-1.5% slower at 1024-3072 tokens: 8c0becb, moe_mg_eo_8c0becb.log). */
 template <typename T>
 __device__ __forceinline__ void wg_ktile2(float (&acc)[128], float (&acc2)[64], uint32_t sa, uint32_t sb, uint32_t st,
                                           uint32_t sh) {
@@ -653,13 +633,13 @@ __device__ __forceinline__ bool wp_is_merged(int64_t row0, int64_t row_end) {
 #define WP_EO_SMEM (WP_EO_STAGE_OFF + WG_BM * 256 + 64 + 1024) /* + alignment room */
 #define WP_MG_THREADS (WG_THREADS + 128) /* MG kernel: a whole third warpgroup (setmaxnreg works per warpgroup) */
 #define WP_MG_SMEM (wt_cfg<WT_MG>::SMEM + 8 * WG_STAGES)
-#define WP_MG_EO_SMEM (WP_MG_SMEM + 64) /* + the staging barriers and meta after the slots */
 template <typename T, bool EO, bool MG = false>
 __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
+    static_assert(!(EO && MG), "the merged tiles' kernel has no epilogue warps");
     constexpr int RM = MG ? WT_MG : WT_ALL; /* the ring's layout */
     using C = wt_cfg<RM>;
     constexpr int S = C::STAGES;
@@ -672,15 +652,10 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
     wp_epi ep = {0u, 0u, 0u, nullptr};
     uint32_t eu = 0; /* staged tiles so far (consumers) / drained (epilogue warps) */
     if constexpr (EO) {
+        ep.stage = ring.base + WP_EO_STAGE_OFF;
         ep.sfull = ring.empty + 8 * S + 4 * S + 4 * (S & 1); /* after the slots, 8-byte aligned */
         ep.sempty = ep.sfull + 8;
-        if constexpr (MG) { /* staging in the tail-row slots (wp_row), meta after the barriers (WP_MG_EO_SMEM) */
-            ep.stage = ring.base + (WG_BM + WG_BN) * WG_BK * 2;
-            ep.meta = reinterpret_cast<volatile int64_t *>(wg_smem_raw + (ep.sempty + 8 - smem_u32(wg_smem_raw)));
-        } else {
-            ep.stage = ring.base + WP_EO_STAGE_OFF;
-            ep.meta = reinterpret_cast<volatile int64_t *>(wg_smem_raw + (ep.stage + WG_BM * 256 - smem_u32(wg_smem_raw)));
-        }
+        ep.meta = reinterpret_cast<volatile int64_t *>(wg_smem_raw + (ep.stage + WG_BM * 256 - smem_u32(wg_smem_raw)));
         static_assert(3 * 8 * WG_STAGES + 16 <= 128, "barriers, slots and the staging barriers below the staging");
     }
     if (tid == 0) {
@@ -692,9 +667,18 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
         }
     }
     __syncthreads();
-    if constexpr (EO && !MG) {
+    if constexpr (EO) {
         if (warp > WG_THREADS / 32) { /* epilogue warps: SiLU(gate)*up of the staged boxes */
-            if (a.gate_up) wp_epi_run<T, false>(a, ep, (warp - WG_THREADS / 32 - 1) * 32 + lane);
+            if (!a.gate_up) return;
+            const int et = (warp - WG_THREADS / 32 - 1) * 32 + lane;
+            for (;; eu++) {
+                mbar_wait(ep.sfull, eu & 1);
+                const int64_t r0 = ep.meta[0], rend = ep.meta[1], n0 = ep.meta[2];
+                const int rows = (int)ep.meta[3];
+                if (rend < 0) break;
+                wp_drain_box<T>(a, ep.stage, r0, rend, n0 + WG_WBOX, rows, et);
+                mbar_arrive(ep.sempty);
+            }
             return;
         }
     }
@@ -705,16 +689,10 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
         if constexpr (MG) { /* registers to the consumers; in a branch every path leaves by return, else ptxas
                              * ignores setmaxnreg (C7507) */
             asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(WP_MG_REGS_LOW));
-            if (warp > WG_THREADS / 32) { /* EO: warps 9, 10 are the epilogue warps (gate_up), warp 11 idles */
-                if (EO && a.gate_up && warp <= WG_THREADS / 32 + WP_EO_WARPS)
-                    wp_epi_run<T, true>(a, ep, (warp - WG_THREADS / 32 - 1) * 32 + lane);
-                return;
-            }
+            if (warp > WG_THREADS / 32) return;
         }
         if (lane != 0) return;
         uint32_t q = 0;
-        [[maybe_unused]] uint32_t staged = 0; /* MG with EO: boxes the consumers staged before the current tile's */
-        [[maybe_unused]] bool prev_full = false; /*  predecessor, and whether that one is a (stageable) full tile */
         for (int64_t pid = blockIdx.x;;) {
             const bool found = wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
             const int64_t next = found ? gridDim.x + (int64_t)atomicAdd(a.sched, 1) : -1;
@@ -728,18 +706,6 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
             const int wrow = (int)((int64_t)e * a.w_rows + nt * wn);
             const bool half = !MG && wp_is_half(a, row0, row_end);
             const bool merged = MG && wp_is_merged(row0, row_end);
-            if constexpr (MG && EO) { /* the consumers stage a full tile's box 1 in the tail slots unless the next
-                                       * tile is merged (wp_tile's may_stage); a merged tile's tail rows go there
-                                       * only after the epilogue warps have read every box staged before it */
-                if (a.gate_up) {
-                    if (prev_full && !merged) staged++;
-                    if (merged && staged > 0) {
-                        mbar_wait(ep.sempty, (staged - 1) & 1);
-                        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); /* their reads, then TMA */
-                    }
-                    prev_full = !merged;
-                }
-            }
             for (int kt = 0; kt < KT; kt++, q++) {
                 const uint32_t st = q % S;
                 if (kt > 0 && q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
@@ -759,22 +725,10 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
          * reported as hazards against the producer's next write) */
         const int pid = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
         if (pid < 0 || !wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
-        /* MG with EO: a full tile's box 1 may go to the tail slots unless the next tile is merged (its tail rows are
-         * landing there): wait for the next tile's first stage and look (the loop's next wait then passes at once) */
-        [[maybe_unused]] auto next_not_merged = [&]() {
-            mbar_wait(ring.full + 8 * (it % S), (it / S) & 1);
-            const int np = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
-            wt_cursor c2 = cur;
-            int e2;
-            int64_t r2, re2, nt2;
-            return np < 0 || !wt_cursor_find<true>(a, c2, np, n_tiles, &e2, &r2, &re2, &nt2) || !wp_is_merged(r2, re2);
-        };
         if (MG && wp_is_merged(row0, row_end))
             wp_tile_mg<T>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
         else if (!MG && wp_is_half(a, row0, row_end))
             wp_tile<T, 64, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
-        else if constexpr (MG)
-            wp_tile<T, 128, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu, next_not_merged);
         else
             wp_tile<T, 128, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
     }
@@ -890,8 +844,6 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, false, true>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_MG_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_MG_EO_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
@@ -905,25 +857,18 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
     ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    /* merged tiles (wp_tile_mg; no half tiles) by size, see MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env
-     * JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
+    /* merged tiles (wp_tile_mg; no half tiles, no epilogue warps) by size, see MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT;
+     * env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
     const char *merge = getenv("JAMBA_EXT_MOE_MERGE");
     bool mg = slots >= (int64_t)MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT * a.E &&
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
     if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
-    const bool eo = !(epi != NULL && epi[0] == '0');
     if (mg) {
         ap.half_tiles = 0;
-        /* its epilogue warps need >= WG_STAGES k tiles a tile: the order arguments of the tail-slot staging (see
-         * the producer's `staged`) rely on the ring never holding stages of more than two tiles */
-        if (eo && a.Kd > (int64_t)(WG_STAGES - 1) * WG_BK)
-            jamba_kernel_launch(moe_wgmma_persist_kernel<T, true, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_EO_SMEM,
-                stream, tmA, tmA64, tmW, ap, n_tiles);
-        else
-            jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM,
-                stream, tmA, tmA64, tmW, ap, n_tiles);
-    } else if (!eo)
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
+            tmA, tmA64, tmW, ap, n_tiles);
+    } else if (epi != NULL && epi[0] == '0')
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA,
             tmA64, tmW, ap, n_tiles);
     else
