@@ -43,7 +43,8 @@ def tile_table():
         t_all = sum(-(-n // BM) for n in c)
         t_split = sum(n // BM + (1 if n % BM > 64 else (0.5 if n % BM else 0)) for n in c)
         t_192 = sum(-(-n // 192) for n in c) * 192 / BM  # in 128-row tile units of tensor work
-        # merged tiles (wp_tile_mg): a last partial tile of <= 64 rows joins the tile before it (1.5 units, one pass)
+        # merged tiles (wp_tile with NA = 192 in moe_wgmma.cu): a last partial tile of <= 64 rows joins the tile
+        # before it (1.5 units, one pass)
         mrg = [n > BM and 0 < n % BM <= 64 for n in c]
         t_mg = sum(n // BM + 0.5 if m else -(-n // BM) for n, m in zip(c, mrg))
         p_mg = sum(n // BM if m else -(-n // BM) for n, m in zip(c, mrg))
@@ -116,7 +117,7 @@ def written(offs, N, gate_up, mode):
                 else:
                     rows, c0 = range(row0 + 64 * wgi, row0 + 64 * wgi + 64), n0
                 parts = [(rows, c0, BN // 2 if gate_up else BN)]
-                if mode == "merge" and BM < row_end - row0 <= BM + 64:  # wp_tile_mg: the 64 tail rows, W rows 128 wgi ..
+                if mode == "merge" and BM < row_end - row0 <= BM + 64:  # merged: the 64 tail rows, W rows 128 wgi ..
                     parts.append((range(row0 + BM, row0 + BM + 64), n0 + wgi * (BN // 4 if gate_up else BN // 2),
                                   BN // 4 if gate_up else BN // 2))
                 for rows, c0, width in parts:

@@ -26,8 +26,8 @@
  *   and tiles handed out through a counter in the op's workspace (see the kernel); the default for WT_ALL when
  *   the caller passes that workspace (jamba_moe_experts_params.sched) and env JAMBA_EXT_WGMMA_PERSIST is not 0.
  *   From 384 slots per expert it runs an expert's last <= 64 rows as a 64 x 256 half tile (wp_tile; same bits);
- *   from 128 to 192 slots per expert it merges them into the expert's previous tile instead (wp_tile_mg, in an
- *   instance with 384 threads, setmaxnreg and 56 KB stages; same bits).
+ *   from 128 to 192 slots per expert it merges them into the expert's previous tile instead (wp_tile with NA = 192,
+ *   in an instance with 384 threads, setmaxnreg and 56 KB stages; same bits).
  *   In gate_up, two epilogue warps finish half of each tile's outputs from shared memory while the consumers run
  *   the next tile (wp_epi; same bits; env JAMBA_EXT_MOE_EPI=0: without them).
  * Requires Kd % 8 == 0, N % 8 == 0 and 16-byte aligned A, W (checked by the launcher in moe.cu); rows of the
@@ -145,7 +145,7 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
 #define WT_ALL 0
 #define WT_FULL 1
 #define WT_TAIL 2
-#define WT_MG 3 /* the ring of the persistent kernel with merged tiles: WT_ALL's stage + 64 tail A rows (wp_tile_mg) */
+#define WT_MG 3 /* the ring of the persistent kernel with merged tiles: WT_ALL's stage + 64 tail A rows */
 template <int MODE> struct wt_cfg {
     static constexpr int BM = MODE == WT_TAIL ? 64 : WG_BM;         /* A rows of a tile */
     static constexpr int WR = MODE == WT_TAIL ? 2 * WG_BN : WG_BN;  /* W rows of a tile */
@@ -241,28 +241,38 @@ template <int MODE> __device__ __forceinline__ void wt_ring_init(const wt_ring &
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
 }
-/* One k tile of a warpgroup: the 4 wgmmas (k16 steps) of A at shared address sa (64 rows) times W at sb (256 or
- * 128 rows: acc float[128] or float[64]) as one group, then wait until at most this group is in flight (the
- * previous one, and the stage it read, is done). */
-template <typename T, int NA> __device__ __forceinline__ void wg_ktile(float (&acc)[NA], uint32_t sa, uint32_t sb) {
-    const uint64_t da = wg_desc(sa), db = wg_desc(sb);
+/* A wgmma accumulator chain of a k tile: acc (float[128]: N = 256; float[64]: N = 128) += A (64 rows at shared
+ * address sa) times W (N rows at sb) */
+template <int NA> struct wg_chain {
+    float (&acc)[NA];
+    uint32_t sa, sb;
+};
+template <int NA> __device__ __forceinline__ void wg_pin(float (&acc)[NA]) { /* the accumulators stay in registers */
 #pragma unroll
     for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
+}
+/* One k tile of a warpgroup: per chain (one, or two in a merged tile: wp_tile) the 4 wgmmas (k16 steps), all as
+ * one group, then wait until at most this group is in flight (the previous one, and the stage it read, is done). */
+template <typename T, int... NA> __device__ __forceinline__ void wg_ktile(wg_chain<NA>... c) {
+    (wg_pin(c.acc), ...);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+    auto issue = [](auto &ch) {
+        const uint64_t da = wg_desc(ch.sa), db = wg_desc(ch.sb);
 #pragma unroll
-    for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(acc, da + 2 * ks, db + 2 * ks);
+        for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(ch.acc, da + 2 * ks, db + 2 * ks);
+    };
+    (issue(c), ...);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
+    (wg_pin(c.acc), ...);
 }
 /* One k tile of warpgroup wgi from the stage at sa in mode MODE: A rows 64 wgi .. and all 256 W rows; WT_TAIL:
  * all 64 A rows and W rows 256 wgi .. */
 template <typename T, int MODE>
 __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int wgi) {
     constexpr bool TAIL = MODE == WT_TAIL;
-    wg_ktile<T>(acc, sa + (TAIL ? 0u : (uint32_t)(wgi * 64 * WG_BK * 2)),
-                sa + wt_cfg<MODE>::BM * WG_BK * 2 + (TAIL ? (uint32_t)(wgi * WG_BN * WG_BK * 2) : 0u));
+    wg_ktile<T>(wg_chain<128>{acc, sa + (TAIL ? 0u : (uint32_t)(wgi * 64 * WG_BK * 2)),
+                              sa + wt_cfg<MODE>::BM * WG_BK * 2 + (TAIL ? (uint32_t)(wgi * WG_BN * WG_BK * 2) : 0u)});
 }
 
 /* WT_ALL block order: block pid -> expert e, whose ceil(c / 128) m-tiles x n_tiles blocks are consecutive,
@@ -506,28 +516,43 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
                                         const wp_epi &ep, uint32_t &eu) {
     using C = wt_cfg<MODE>; /* the ring's stage stride (WT_MG: the merged tiles' kernel) */
     constexpr int S = C::STAGES;
-    constexpr bool FULL = NA == 128;
+    constexpr bool MGT = NA == 192, FULL = NA != 64; /* NA = 192: a merged tile (MODE WT_MG; see below) */
+    constexpr int N1 = MGT ? 128 : NA;               /* acc: the full (or half) tile's chain, acc2: the tail rows' */
     const uint32_t oa = FULL ? (uint32_t)(wgi * 64 * WG_BK * 2) : 0u;
     const uint32_t ob = WG_BM * WG_BK * 2 + (FULL ? 0u : (uint32_t)(wgi * (WG_BN / 2) * WG_BK * 2));
+    [[maybe_unused]] const uint32_t ot = (WG_BM + WG_BN) * WG_BK * 2,
+                                    oh = WG_BM * WG_BK * 2 + (uint32_t)(wgi * (WG_BN / 2) * WG_BK * 2);
     auto release = [&](uint32_t q) {
         __syncwarp();
         if (lane == 0) mbar_arrive(ring.empty + 8 * (q % S));
     };
-    float acc[NA];
+    float acc[N1];
+    [[maybe_unused]] float acc2[MGT ? 64 : 1];
 #pragma unroll
-    for (int i = 0; i < NA; i++) acc[i] = 0.f;
+    for (int i = 0; i < N1; i++) acc[i] = 0.f;
+    if constexpr (MGT) {
+#pragma unroll
+        for (int i = 0; i < 64; i++) acc2[i] = 0.f;
+    }
     for (int kt = 0; kt < KT; kt++, it++) {
         const uint32_t st = it % S, sa = ring.base + st * C::STAGE_BYTES;
         mbar_wait(ring.full + 8 * st, (it / S) & 1);
         __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
-        wg_ktile<T>(acc, sa + oa, sa + ob); /* group it - 1 has finished */
+        if constexpr (MGT) /* group it - 1 has finished */
+            wg_ktile<T>(wg_chain<128>{acc, sa + oa, sa + ob}, wg_chain<64>{acc2, sa + ot, sa + oh});
+        else
+            wg_ktile<T>(wg_chain<NA>{acc, sa + oa, sa + ob});
         if (kt > 0) release(it - 1);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < NA; i++) asm volatile("" : "+f"(acc[i])::"memory");
+    wg_pin(acc);
+    if constexpr (MGT) wg_pin(acc2);
     release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
-    if (EO && a.gate_up) { /* box 1 to the epilogue warps (half tile: warpgroup 1's outputs), box 0 here */
+    if constexpr (MGT) {
+        wg_epilogue<T, 32>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane);
+        wg_epilogue<T, 16>(a, acc2, row0 + WG_BM, row_end, n0, wgi * (WG_BN / 2), warp, lane);
+        return;
+    } else if (EO && a.gate_up) { /* box 1 to the epilogue warps (half tile: warpgroup 1's outputs), box 0 here */
         if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1); /* the epilogue warps have read the previous staged tile */
         if (FULL) wp_put_box<T, NA, 16>(ep.stage, acc, wgi * 64, warp, lane);
         else if (wgi == 1) wp_put_box<T, NA, 0>(ep.stage, acc, 0, warp, lane);
@@ -536,9 +561,10 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
             wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0), row_end,
                                n0, 0, warp, lane);
         return;
+    } else {
+        wg_epilogue<T, NA / 4>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2), warp,
+                               lane);
     }
-    wg_epilogue<T, NA / 4>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2), warp,
-                           lane);
 }
 
 /* Merged tiles (the persistent kernel with MG = true, by size: MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env
@@ -554,58 +580,6 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
  * the consumers (setmaxnreg: 2 x 128 x 232 + 128 x 40 = 384 x 168), and has no epilogue warps (no room for their
  * 32 KB staging next to 4 stages of 56 KB; staged in the four 8 KB tail-row slots instead, which full tiles leave
  * empty, they were 0-1.5% slower at 1024-3072 tokens: 8c0becb, moe_mg_eo_8c0becb.log). */
-template <typename T>
-__device__ __forceinline__ void wg_ktile2(float (&acc)[128], float (&acc2)[64], uint32_t sa, uint32_t sb, uint32_t st,
-                                          uint32_t sh) {
-    const uint64_t da = wg_desc(sa), db = wg_desc(sb), dt = wg_desc(st), dh = wg_desc(sh);
-#pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-#pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(acc2[i])::"memory");
-    asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-    for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(acc, da + 2 * ks, db + 2 * ks);
-#pragma unroll
-    for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(acc2, dt + 2 * ks, dh + 2 * ks);
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-#pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(acc2[i])::"memory");
-}
-template <typename T>
-__device__ __forceinline__ void wp_tile_mg(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
-                                           int warp, int lane, int64_t row0, int64_t row_end, int64_t n0) {
-    using C = wt_cfg<WT_MG>;
-    constexpr int S = C::STAGES;
-    const uint32_t oa = (uint32_t)(wgi * 64 * WG_BK * 2), ob = WG_BM * WG_BK * 2;
-    const uint32_t ot = (WG_BM + WG_BN) * WG_BK * 2, oh = ob + (uint32_t)(wgi * (WG_BN / 2) * WG_BK * 2);
-    auto release = [&](uint32_t q) {
-        __syncwarp();
-        if (lane == 0) mbar_arrive(ring.empty + 8 * (q % S));
-    };
-    float acc[128], acc2[64];
-#pragma unroll
-    for (int i = 0; i < 128; i++) acc[i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < 64; i++) acc2[i] = 0.f;
-    for (int kt = 0; kt < KT; kt++, it++) {
-        const uint32_t st = it % S, sa = ring.base + st * C::STAGE_BYTES;
-        mbar_wait(ring.full + 8 * st, (it / S) & 1);
-        __syncwarp();
-        wg_ktile2<T>(acc, acc2, sa + oa, sa + ob, sa + ot, sa + oh);
-        if (kt > 0) release(it - 1);
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-#pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(acc2[i])::"memory");
-    release(it - 1);
-    wg_epilogue<T, 32>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane);
-    wg_epilogue<T, 16>(a, acc2, row0 + WG_BM, row_end, n0, wgi * (WG_BN / 2), warp, lane);
-}
 /* MG: the tile at row0 is a merged one (row_end is the expert's end: the rows left from row0 are one full tile plus
  * 1 .. 64, which wt_cursor_find<true> makes the expert's last tile) */
 __device__ __forceinline__ bool wp_is_merged(int64_t row0, int64_t row_end) {
@@ -726,7 +700,7 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
         const int pid = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
         if (pid < 0 || !wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
         if (MG && wp_is_merged(row0, row_end))
-            wp_tile_mg<T>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn);
+            wp_tile<T, 192, false, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
         else if (!MG && wp_is_half(a, row0, row_end))
             wp_tile<T, 64, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
         else
@@ -857,8 +831,8 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
     ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    /* merged tiles (wp_tile_mg; no half tiles, no epilogue warps) by size, see MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT;
-     * env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
+    /* merged tiles (wp_tile, NA = 192; no half tiles, no epilogue warps) by size, see
+     * MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
     const char *merge = getenv("JAMBA_EXT_MOE_MERGE");
     bool mg = slots >= (int64_t)MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT * a.E &&
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
