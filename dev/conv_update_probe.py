@@ -1,0 +1,60 @@
+"""dev/conv_update_probe.py -- causal_conv1d_update at decode batches under env variants, graph-timed like
+bench_kernels (us per call, best of ROUNDS rounds timed in turns), Jamba-v0.1 shapes (d_inner 8192, width 4), bf16
+taps and bias as in the model, next to a same-size torch copy.
+
+    python3 dev/conv_update_probe.py "default" "JAMBA_EXT_CONV_UPDATE_TAPVEC=0"      # on the GPU, ~20 s
+
+Each variant is a space-separated list of NAME=VALUE settings ("default": none). Every variant's output and new
+state must equal the first variant's bit for bit (the variants change loads and schedules, not arithmetic).
+"""
+import os
+import sys
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(1, ROOT)
+import common  # noqa: E402
+from bench_kernels import Bench, rn  # noqa: E402
+
+from jamba_ext import ops  # noqa: E402
+
+
+def parse(v):
+    return dict(kv.split("=", 1) for kv in v.split() if kv != "default")
+
+
+def main():
+    variants = [(v, parse(v)) for v in (sys.argv[1:] or ["default"])]
+    dev = torch.device("cuda")
+    bb = Bench(dev, False, 20)
+    DI, K = 8192, 4
+    rounds = int(os.environ.get("ROUNDS", "3"))
+    for Bsz in (1, 16, 64, 256):
+        x = rn(Bsz, DI, dev=dev)
+        w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
+        st0 = rn(Bsz, DI, K, dev=dev)
+        ref = ref_st = None
+        for name, env in variants:
+            st = st0.clone()
+            with common.env(**env):
+                out = ops.causal_conv1d_update(x, st, w, b, True)
+            if ref is None:
+                ref, ref_st = out, st
+            assert torch.equal(out, ref) and torch.equal(st, ref_st), (name, Bsz)
+        nbytes = 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * 2 + DI * (K + 1) * 2
+        times = {name: [] for name, _ in variants}
+        st = st0.clone()
+        for _ in range(rounds):
+            for name, env in variants:
+                with common.env(**env):
+                    times[name].append(bb.graph_us(lambda: ops.causal_conv1d_update(x, st, w, b, True)))
+        floor = nbytes / (bb.bw * 1e3)
+        print(f"conv_update B={Bsz} ({nbytes / 1e6:.2f} MB, floor {floor:.2f} us, torch copy "
+              f"{bb.copy_graph_us(nbytes):.2f} us): " + " | ".join(f"[{n}] {min(t):.2f}" for n, t in times.items()),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
