@@ -417,8 +417,8 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   T contiguous, 16-byte aligned; conv_state (B, DI, 4) T with rows of 4 contiguous entries (ss1 == 4),
  *   16-byte aligned groups of 4 rows; w (DI, K), bias (DI,) f32|T (wvec: K == 4, unit tap stride, rows
  *   aligned: one 8/16-byte load per channel; wvec >= 2 with 16-bit taps: rows contiguous and 16-byte aligned, two
- *   channels' taps per 16-byte load; wvec == 3 (CPT == 4): also the 4 biases, 16-bit and contiguous, in one
- *   8-byte load; else conv_taps). DI % 4 == 0.
+ *   channels' taps per 16-byte load; wvec == 3: also the CPT biases, 16-bit and contiguous, in one 4/8-byte
+ *   load; else conv_taps). DI % 4 == 0.
  *   One thread = channels c..c+CPT-1 of batch rows NB*bt .. NB*bt+NB-1 (< B; NB = 1 or 2) (flat (bt, channel
  *   group) index on grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch
  *   row the CPT state rows (CPT * 4 * sizeof(T) bytes: NQ 16-byte loads) and x, all loaded before the first store;
@@ -491,18 +491,25 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
             }
         }
     }
-    if constexpr (CPT == 4 && std::is_same<BT, T>::value && sizeof(T) == 2) { /* wvec == 3: the 4 biases in 8 bytes */
+    constexpr bool BVEC = CPT >= 2 && std::is_same<BT, T>::value && sizeof(T) == 2;
+    if constexpr (BVEC) { /* wvec == 3: the CPT biases in one 2 * CPT-byte load */
         if (wvec == 3) {
             float f[8];
-            const uint2 q = *(const uint2 *)((const T *)a.bias + c);
-            P::ld(make_uint4(q.x, q.y, 0u, 0u), f);
+            uint4 q = make_uint4(0u, 0u, 0u, 0u);
+            if constexpr (CPT == 4) {
+                const uint2 h = *(const uint2 *)((const T *)a.bias + c);
+                q.x = h.x, q.y = h.y;
+            } else {
+                q.x = *(const uint32_t *)((const T *)a.bias + c);
+            }
+            P::ld(q, f);
 #pragma unroll
-            for (int i = 0; i < 4; i++) bv[i] = f[i];
+            for (int i = 0; i < CPT; i++) bv[i] = f[i];
         }
     }
 #pragma unroll
     for (int i = 0; i < CPT; i++) {
-        if (CPT == 4 && std::is_same<BT, T>::value && sizeof(T) == 2 && wvec == 3) {
+        if (BVEC && wvec == 3) {
             /* taps and bias above */
         } else if (CPT >= 2 && !std::is_same<W, float>::value && wvec >= 2) {
             bv[i] = a.bias ? conv_ld<BT>(a.bias, a.bdt, (c + i) * a.sb) : 0.f;
@@ -593,15 +600,17 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const int64_t wes = a.wdt == JAMBA_F32 ? 4 : es;
     int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
     /* 16-bit taps in rows of 4, 16-byte aligned: CPT / 2 16-byte loads for the CPT channels (wvec 2); and with
-     * CPT 4 a contiguous, 8-byte aligned 16-bit bias: one 8-byte load for the 4 biases (wvec 3). EXPERIMENT env
+     * a contiguous, aligned 16-bit bias: one 2 * CPT-byte load for the CPT biases (wvec 3). EXPERIMENT env
      * JAMBA_EXT_CONV_UPDATE_TAPVEC=0: CPT 4 loads them per channel (the measured kernel before session 19) */
     const char *tv = getenv("JAMBA_EXT_CONV_UPDATE_TAPVEC");
     const bool tapvec = cpt == 2 || !(tv != NULL && tv[0] == '0');
     if (wvec && tapvec && wes == 2 && a.sw0 == 4 && jamba_aligned16(a.w)) {
         wvec = 2;
-        if (cpt == 4 && a.bias && a.bdt == a.wdt && a.sb == 1 && (uintptr_t)a.bias % 8 == 0) wvec = 3;
+        if (a.bias && a.bdt == a.wdt && a.sb == 1 && (uintptr_t)a.bias % (uintptr_t)(2 * cpt) == 0) wvec = 3;
     }
-    const int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
+    int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
+    const char *nbe = getenv("JAMBA_EXT_CONV_UPDATE_NB"); /* EXPERIMENT: "1" / "2" forces it */
+    if (nbe != NULL && (nbe[0] == '1' || nbe[0] == '2')) nb = nbe[0] - '0';
     const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
