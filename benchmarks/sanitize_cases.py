@@ -34,11 +34,14 @@ def main():
     ops.causal_conv1d(rn(B, DI, 2056), rn(DI, K), rn(DI), None, True, K)  # 16-byte rows, bf16 taps / bias
     ops.causal_conv1d_update(rn(B, DI), st, w, b, True)
     ops.causal_conv1d_update(rn(B, DI), st, rn(DI, K), rn(DI), True)
-    ops.causal_conv1d_update(rn(33, DI), rn(33, DI, K), w, b, True)  # two batch rows per thread, the last one alone
-    os.environ["JAMBA_EXT_CONV_UPDATE_P16"] = "1"  # one 16-byte state piece per thread (the default from batch 128)
+    ops.causal_conv1d_update(rn(129, DI), rn(129, DI, K), w, b, True)  # two batch rows per thread, the last alone
+    ops.causal_conv1d_update(rn(129, DI), rn(129, DI, K), rn(DI, K), rn(DI), True)
+    os.environ["JAMBA_EXT_CONV_UPDATE_P16"] = "0"  # 4 channels per thread (p16, one 16-byte piece, is the default)
     ops.causal_conv1d_update(rn(33, DI), rn(33, DI, K), rn(DI, K), rn(DI), True)
     ops.causal_conv1d_update(rn(3, DI), rn(3, DI, K), w, b, True)
-    del os.environ["JAMBA_EXT_CONV_UPDATE_P16"]
+    os.environ["JAMBA_EXT_CONV_UPDATE_NB"] = "2"  # two batch rows per thread below batch 128 too
+    ops.causal_conv1d_update(rn(33, DI), rn(33, DI, K), rn(DI, K), rn(DI), True)
+    del os.environ["JAMBA_EXT_CONV_UPDATE_P16"], os.environ["JAMBA_EXT_CONV_UPDATE_NB"]
     A = -torch.rand(DI, N, device=dev) - 0.1
     u, d, z = rn(B, DI, L), rn(B, DI, L), rn(B, DI, L)
     Bm, Cm = rn(B, N, L), rn(B, N, L)

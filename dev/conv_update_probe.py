@@ -2,7 +2,7 @@
 bench_kernels (us per call, best of ROUNDS rounds timed in turns), Jamba-v0.1 shapes (d_inner 8192, width 4), bf16
 taps and bias as in the model, next to a same-size torch copy.
 
-    python3 dev/conv_update_probe.py "default" "JAMBA_EXT_CONV_UPDATE_TAPVEC=0"      # on the GPU, ~20 s
+    python3 dev/conv_update_probe.py "default" "JAMBA_EXT_CONV_UPDATE_P16=0" "JAMBA_EXT_CONV_UPDATE_NB=2"   # ~20 s
 
 Each variant is a space-separated list of NAME=VALUE settings ("default": none). Every variant's output and new
 state must equal the first variant's bit for bit (the variants change loads and schedules, not arithmetic).

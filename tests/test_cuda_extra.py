@@ -221,10 +221,10 @@ def test_causal_conv1d_update_vector_path(monkeypatch, dtype, case, B, p16):
     """The decode step in the HF cache layout (conv_state (B, DI, 4), one token): the 4-channel kernel
     (16-byte state rows, vector x / taps / bias when contiguous, element loads otherwise) and the shapes that fall
     back to the per-channel kernel (di_odd, state_slice_misaligned, seqlen2); conv_state rewritten exactly,
-    neighbours of a slice untouched; every weight / bias dtype pair (one kernel instance each). Batch 33: two batch
-    rows per thread from 32 rows on, the last thread with one. p16: JAMBA_EXT_CONV_UPDATE_P16 forcing the 4-channel
-    threads ("0") or one 16-byte state piece per thread ("1": 2 channels in bf16 / f16, 1 in f32; the default from
-    batch 128 on, "auto"), same bits as the 4-channel kernel."""
+    neighbours of a slice untouched; every weight / bias dtype pair (one kernel instance each). Batch 129: two batch
+    rows per thread from 128 rows on, the last thread with one. p16: JAMBA_EXT_CONV_UPDATE_P16 forcing the 4-channel
+    threads ("0") or one 16-byte state piece per thread ("1": 2 channels in bf16 / f16, 1 in f32; the default,
+    "auto"), same bits as the 4-channel kernel."""
     if p16 == "auto":
         monkeypatch.delenv("JAMBA_EXT_CONV_UPDATE_P16", raising=False)
     else:

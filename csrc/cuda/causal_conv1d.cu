@@ -423,19 +423,24 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   group) index on grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch
  *   row the CPT state rows (CPT * 4 * sizeof(T) bytes: NQ 16-byte loads) and x, all loaded before the first store;
  *   new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
- *   CPT = 4, or 4 / sizeof(T) from batch CONV_UPDATE_P16_MIN_BATCH on ("p16": one 16-byte state piece per thread
- *   and row, so that every state load and store of a warp covers 512 contiguous bytes; with CPT = 4 a thread's 32
- *   (bf16) or 64 (f32) bytes are 2 or 4 loads 32 or 64 bytes apart across the warp). A/B in one binary
- *   (conv_p16_72bab8d.log, H200 bf16, graph-timed, us, CPT 4 / p16): batch 1 1.4 / 1.4, 16: 1.9 / 1.9, 64: 3.3 /
- *   3.4, 256: 9.0 / 8.1; batch 128 was not measured (the switch sits between 64 and 256). Env
+ *   CPT = 4 / sizeof(T) ("p16": one 16-byte state piece per thread and row, so that every state load and store of a
+ *   warp covers 512 contiguous bytes; with CPT = 4 a thread's 32 (bf16) or 64 (f32) bytes are 2 or 4 loads 32 or 64
+ *   bytes apart across the warp), or CPT = 4 below batch CONV_UPDATE_P16_MIN_BATCH. Env
  *   JAMBA_EXT_CONV_UPDATE_P16=0 / 1 forces one (tests, A/B).
  *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten.
- *   NB = 2 from batch CONV_UPDATE_NB2_MIN_BATCH on: with one row per thread every batch row re-reads the taps
- *   and bias (B * DI * 10 bytes in bf16, half the state's bytes, through L2); A/B in one binary
- *   (gpu_round_0520adb.log, H200 bf16, graph-timed, us, NB 1 / 2 / 4): batch 1 1.4 / 1.5 / 1.5, 16: 1.9 / 1.9 /
- *   2.3, 64: 3.9 / 3.3 / 3.5, 256: 8.8 / 8.9 / 10.3. */
-#define CONV_UPDATE_NB2_MIN_BATCH 32
-#define CONV_UPDATE_P16_MIN_BATCH 128
+ *   NB = 2 from batch CONV_UPDATE_NB2_MIN_BATCH on (with one row per thread every batch row re-reads the taps and
+ *   bias, B * DI * 10 bytes in bf16, half the state's bytes, through L2), else 1.
+ *   Measured (H200 bf16, graph-timed, us): before the taps and biases came in 16- / 4- / 8-byte groups (wvec 2, 3),
+ *   CPT 4 / p16 (conv_p16_72bab8d.log): batch 1 1.4 / 1.4, 16: 1.9 / 1.9, 64: 3.3 / 3.4, 256: 9.0 / 8.1, and NB 1 /
+ *   2 / 4 (gpu_round_0520adb.log): batch 1 1.4 / 1.5 / 1.5, 16: 1.9 / 1.9 / 2.3, 64: 3.9 / 3.3 / 3.5, 256: 8.8 /
+ *   8.9 / 10.3, so p16 from 128 and NB 2 from 32. With them (conv_nb_468f9b4.log, dev/conv_update_probe.py, best of
+ *   4 rounds in turns; CPT 4 NB 1 or 2 as before / CPT 4 NB 1 / p16 NB 2 / p16 NB 1): batch 1 1.49 / 1.48 / 1.42 /
+ *   1.45, 16: 1.96 / 1.97 / 1.77 / 1.73, 64: 3.65 / 4.11 / 3.24 / 3.01, 256 (p16 NB 2 before): 9.70 / - / 7.83 /
+ *   10.40 (the previous per-channel loads, CPT 4 NB 1 or 2 / p16 at 256: 1.80 / 2.33 / 3.88 / 7.82; a same-size
+ *   torch copy 1.48 / 1.56 / 2.69 / 9.07): so p16 at every batch and NB 2 from 128. Env JAMBA_EXT_CONV_UPDATE_NB=1 /
+ *   2 forces NB. */
+#define CONV_UPDATE_NB2_MIN_BATCH 128
+#define CONV_UPDATE_P16_MIN_BATCH 1
 template <typename T, typename W, typename BT, int NB, int CPT>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
@@ -600,16 +605,13 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const int64_t wes = a.wdt == JAMBA_F32 ? 4 : es;
     int wvec = a.K == 4 && a.sw1 == 1 && a.sw0 % 4 == 0 && ((uintptr_t)a.w % (uintptr_t)(4 * wes)) == 0;
     /* 16-bit taps in rows of 4, 16-byte aligned: CPT / 2 16-byte loads for the CPT channels (wvec 2); and with
-     * a contiguous, aligned 16-bit bias: one 2 * CPT-byte load for the CPT biases (wvec 3). EXPERIMENT env
-     * JAMBA_EXT_CONV_UPDATE_TAPVEC=0: CPT 4 loads them per channel (the measured kernel before session 19) */
-    const char *tv = getenv("JAMBA_EXT_CONV_UPDATE_TAPVEC");
-    const bool tapvec = cpt == 2 || !(tv != NULL && tv[0] == '0');
-    if (wvec && tapvec && wes == 2 && a.sw0 == 4 && jamba_aligned16(a.w)) {
+     * a contiguous, aligned 16-bit bias: one 2 * CPT-byte load for the CPT biases (wvec 3) */
+    if (wvec && wes == 2 && a.sw0 == 4 && jamba_aligned16(a.w)) {
         wvec = 2;
         if (a.bias && a.bdt == a.wdt && a.sb == 1 && (uintptr_t)a.bias % (uintptr_t)(2 * cpt) == 0) wvec = 3;
     }
     int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
-    const char *nbe = getenv("JAMBA_EXT_CONV_UPDATE_NB"); /* EXPERIMENT: "1" / "2" forces it */
+    const char *nbe = getenv("JAMBA_EXT_CONV_UPDATE_NB"); /* "1" / "2" forces it (tests, A/B) */
     if (nbe != NULL && (nbe[0] == '1' || nbe[0] == '2')) nb = nbe[0] - '0';
     const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
