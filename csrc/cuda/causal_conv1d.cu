@@ -442,26 +442,16 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
 #define CONV_UPDATE_NB2_MIN_BATCH 128
 #define CONV_UPDATE_P16_MIN_BATCH 1
 template <typename T, typename W, typename BT, int NB, int CPT>
-__global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec,
-                                                                         int lbt) {
+__global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
     typedef jamba_w16<T> P;
     constexpr int NQ = CPT * (int)sizeof(T) / 4; /* 16-byte chunks in CPT rows x 4 entries */
     static_assert(NQ >= 1 && CPT * (int)sizeof(T) % 4 == 0, "whole 16-byte state pieces");
+    const int64_t ng = (a.B + NB - 1) / NB * a.DI / CPT; /* thread groups: batch tiles x channel groups */
+    const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (g >= ng) return;
     int64_t bt, c;
-    if (lbt == 0) {
-        const int64_t ng = (a.B + NB - 1) / NB * a.DI / CPT; /* thread groups: batch tiles x channel groups */
-        const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-        if (g >= ng) return;
-        conv_split(g * CPT, a.DI, ng * CPT, &bt, &c);
-    } else { /* EXPERIMENT: a block = 128 >> lbt channel groups x 2^lbt batch tiles (grid.y: batch), so that the
-              * threads of a channel group in one block share its taps' loads in L1 */
-        const int lcg = 7 - lbt;
-        const int64_t cg = ((int64_t)blockIdx.x << lcg) + (threadIdx.x & ((1 << lcg) - 1));
-        bt = ((int64_t)blockIdx.y << lbt) + (threadIdx.x >> lcg);
-        if (cg * CPT >= a.DI || bt * NB >= a.B) return;
-        c = cg * CPT;
-    }
+    conv_split(g * CPT, a.DI, ng * CPT, &bt, &c);
     uint32_t sw[NB][4 * NQ]; /* per batch row: its CPT state rows as 32-bit words, in memory order */
     uint32_t xb[NB][CPT];    /* bits of x[b, c + i] (16-bit types: in the low half) */
 #pragma unroll
@@ -591,7 +581,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
 /* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T), see the header; NB, CPT: the
  * kernel's */
 template <typename T, int NB, int CPT>
-static void (*conv_update_vec_kernel(bool wf32, bool bf32))(conv_update_args, int, int, int) {
+static void (*conv_update_vec_kernel(bool wf32, bool bf32))(conv_update_args, int, int) {
     if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB, CPT>;
     if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB, CPT>;
     if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB, CPT>;
@@ -623,21 +613,16 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
     const char *nbe = getenv("JAMBA_EXT_CONV_UPDATE_NB"); /* "1" / "2" forces it (tests, A/B) */
     if (nbe != NULL && (nbe[0] == '1' || nbe[0] == '2')) nb = nbe[0] - '0';
-    const char *lbe = getenv("JAMBA_EXT_CONV_UPDATE_LBT"); /* EXPERIMENT: log2 batch tiles per block, 0-3 */
-    int lbt = lbe != NULL && lbe[0] >= '0' && lbe[0] <= '3' ? lbe[0] - '0' : 0;
-    const int64_t nbt = jamba_ceil_div(a.B, nb);
-    if (jamba_ceil_div(nbt, (int64_t)1 << lbt) > 65535) lbt = 0;
-    const int64_t blocks = lbt ? jamba_ceil_div(a.DI / cpt, (int64_t)128 >> lbt) : jamba_ceil_div(nbt * a.DI / cpt, 128);
+    const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
-    void (*k)(conv_update_args, int, int, int);
+    void (*k)(conv_update_args, int, int);
     if (cpt == 4)
         k = nb == 2 ? conv_update_vec_kernel<T, 2, 4>(wf32, bf32) : conv_update_vec_kernel<T, 1, 4>(wf32, bf32);
     else
         k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32)
                     : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32);
-    const dim3 grid((unsigned)blocks, lbt ? (unsigned)jamba_ceil_div(nbt, (int64_t)1 << lbt) : 1u);
-    jamba_kernel_launch(k, grid, 128, 0, stream, a, xvec, wvec, lbt);
+    jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
