@@ -178,11 +178,60 @@ jamba_status jamba_causal_conv1d_update_check(const jamba_causal_conv1d_update_p
     return JAMBA_OK;
 }
 
+/* The decode step in the HF cache layout, all f32 (L == 1, S == K == 4; see update_fast_ok): out[c] =
+ * act(bias[c] + w[c, 0] h1 + w[c, 1] h2 + w[c, 2] h3 + w[c, 3] x[c]) over channels c < n of one batch row, state row
+ * c (h0, h1, h2, h3) <- (h1, h2, h3, x[c]); the same sums in the same order as the general loop, vectorised over
+ * channels, SiLU as a separate pass (jamba_silu_row). bias may be NULL; tmp: n floats. The general loop costs
+ * ~20 ns a channel on one core (its per-element dtype switches and fused SiLU do not vectorise). */
+JAMBA_CPU_CLONES
+static void conv_update_row_f32(float *st, const float *x, float *restrict out, float *restrict tmp,
+                                const float *restrict w, const float *restrict bias, int64_t n, int silu) {
+#pragma omp simd
+    for (int64_t c = 0; c < n; c++) {
+        const float h1 = st[4 * c + 1], h2 = st[4 * c + 2], h3 = st[4 * c + 3], xv = x[c];
+        out[c] = (bias ? bias[c] : 0.f) + w[4 * c] * h1 + w[4 * c + 1] * h2 + w[4 * c + 2] * h3 + w[4 * c + 3] * xv;
+        st[4 * c] = h1, st[4 * c + 1] = h2, st[4 * c + 2] = h3, st[4 * c + 3] = xv;
+    }
+    if (silu) {
+        memcpy(tmp, out, sizeof(float) * (size_t)n);
+        jamba_silu_row(out, tmp, n);
+    }
+}
+/* conv_update_row_f32 applies: f32 x / state / weight / bias, one step into a 4-entry state of a width-4 conv, state
+ * rows of 4 contiguous entries, x with unit channel stride outside the state's memory (x may be a view of the state,
+ * which the general loop handles), weight rows of 4 contiguous taps, bias contiguous */
+static int update_fast_ok(const jamba_causal_conv1d_update_params *p) {
+    const int64_t B = p->x.shape[0], DI = p->x.shape[1];
+    if (!(p->x.dtype == JAMBA_F32 && p->weight.dtype == JAMBA_F32 && (!p->bias.data || p->bias.dtype == JAMBA_F32) &&
+          p->x.shape[2] == 1 && p->weight.shape[1] == 4 && p->conv_state.shape[2] == 4 &&
+          p->conv_state.stride[1] == 4 && p->x.stride[1] == 1 && p->weight.stride[0] == 4 &&
+          p->weight.stride[1] == 1 && (!p->bias.data || p->bias.stride[0] == 1)))
+        return 0;
+    const char *xs = (const char *)p->x.data, *ss = (const char *)p->conv_state.data;
+    const char *xe = xs + 4 * ((B - 1) * p->x.stride[0] + DI);
+    const char *se = ss + 4 * ((B - 1) * p->conv_state.stride[0] + 4 * DI);
+    return xe <= ss || se <= xs;
+}
+
 jamba_status jamba_causal_conv1d_update_cpu(const jamba_causal_conv1d_update_params *p) {
     JAMBA_TRY(jamba_causal_conv1d_update_check(p));
     const int64_t B = p->x.shape[0], DI = p->x.shape[1], L = p->x.shape[2], K = p->weight.shape[1];
     const int64_t S = p->conv_state.shape[2];
     const jamba_dtype dt = p->x.dtype;
+    if (B > 0 && DI > 0 && update_fast_ok(p)) { /* in chunks of 1024 channels of one batch row */
+        const int64_t nch = (DI + 1023) / 1024;
+#pragma omp parallel for schedule(static) if (B * DI * (L + S) > JAMBA_OMP_MIN_WORK)
+        for (int64_t q = 0; q < B * nch; q++) {
+            float tmp[1024];
+            const int64_t b = q / nch, c0 = (q % nch) * 1024, n = DI - c0 < 1024 ? DI - c0 : 1024;
+            conv_update_row_f32((float *)p->conv_state.data + b * p->conv_state.stride[0] + 4 * c0,
+                                (const float *)p->x.data + b * p->x.stride[0] + c0,
+                                (float *)p->out.data + b * p->out.stride[0] + c0, tmp,
+                                (const float *)p->weight.data + 4 * c0,
+                                p->bias.data ? (const float *)p->bias.data + c0 : NULL, n, p->silu);
+        }
+        return JAMBA_OK;
+    }
 #pragma omp parallel for schedule(static) if (B * DI * (L + S) > JAMBA_OMP_MIN_WORK)
     for (int64_t bc = 0; bc < B * DI; bc++) {
         const int64_t b = bc / DI, c = bc % DI;
