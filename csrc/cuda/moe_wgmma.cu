@@ -402,11 +402,12 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  * epilogue as moe_wgmma_kernel<T, WT_ALL> (so the same bits), made persistent with a producer warp (and, by size,
  * an expert's last <= 64 rows as a half tile: wp_tile, a.half_tiles; same bits too). Measured in
  * turns against it (gpu_round_516869e.log, H200, Jamba-v0.1, whole op, ms): 512 / 1024 / 2048 / 4096 tokens
- * 1.395 / 1.932 / 2.627 / 4.468 vs 1.412 / 1.950 / 2.643 / 4.537; 16384 tokens 18.30 vs 18.64 (moe_persist_5ef0e64.log).
- * Grid = min(SMs, tile bound). 352 threads (288 with EO = false): warps 0-7 the two consumer warpgroups, warp 8
- * (lane 0) the producer, warps 9-10 the epilogue warps (wp_epi; gate_up only, they exit in down). The producer keeps the 4-stage ring full across tile boundaries: while the consumers run a tile's
- * epilogue the next tile's first stages are already landing (the non-persistent kernel starts every tile with an
- * empty ring, and its thread 0 doubles as producer, waiting for all 8 warps before each refill).
+ * 1.395 / 1.932 / 2.627 / 4.468 vs 1.412 / 1.950 / 2.643 / 4.537; 16384 tokens 18.30 vs 18.64
+ * (moe_persist_5ef0e64.log). Grid = min(SMs, tile bound). 352 threads (288 with EO = false, 384 with MG): warps 0-7
+ * the two consumer warpgroups, warp 8 (lane 0) the producer, warps 9-10 the epilogue warps (wp_epi; gate_up only,
+ * they exit in down). The producer keeps the 4-stage ring full across tile boundaries: while the consumers run a
+ * tile's epilogue the next tile's first stages are already landing (the non-persistent kernel starts every tile
+ * with an empty ring, and its thread 0 doubles as producer, waiting for all 8 warps before each refill).
  * Tiles are handed out dynamically, in expert-major order: CTA b starts with tile b, then takes tile
  * grid + atomicAdd(a.sched, 1) (a counter in the op's workspace, zeroed by moe_gather_rows_kernel) when it starts
  * loading the next one, so consecutive tiles (an expert's m-tiles on one W slab) start at about the same time, as
@@ -551,7 +552,6 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
     if constexpr (MGT) {
         wg_epilogue<T, 32>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane);
         wg_epilogue<T, 16>(a, acc2, row0 + WG_BM, row_end, n0, wgi * (WG_BN / 2), warp, lane);
-        return;
     } else if (EO && a.gate_up) { /* box 1 to the epilogue warps (half tile: warpgroup 1's outputs), box 0 here */
         if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1); /* the epilogue warps have read the previous staged tile */
         if (FULL) wp_put_box<T, NA, 16>(ep.stage, acc, wgi * 64, warp, lane);
@@ -560,7 +560,6 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
         if (FULL || wgi == 0)
             wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0), row_end,
                                n0, 0, warp, lane);
-        return;
     } else {
         wg_epilogue<T, NA / 4>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2), warp,
                                lane);
@@ -831,18 +830,17 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
     ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    /* merged tiles (wp_tile, NA = 192; no half tiles, no epilogue warps) by size, see
+    /* merged tiles (wp_tile, NA = 192; the MG kernel has no half tiles and no epilogue warps) by size, see
      * MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
     const char *merge = getenv("JAMBA_EXT_MOE_MERGE");
     bool mg = slots >= (int64_t)MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT * a.E &&
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
     if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
-    if (mg) {
-        ap.half_tiles = 0;
+    if (mg)
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
             tmA, tmA64, tmW, ap, n_tiles);
-    } else if (epi != NULL && epi[0] == '0')
+    else if (epi != NULL && epi[0] == '0')
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA,
             tmA64, tmW, ap, n_tiles);
     else
