@@ -425,8 +425,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
  *   CPT = 4 / sizeof(T) ("p16": one 16-byte state piece per thread and row, so that every state load and store of a
  *   warp covers 512 contiguous bytes; with CPT = 4 a thread's 32 (bf16) or 64 (f32) bytes are 2 or 4 loads 32 or 64
- *   bytes apart across the warp), or CPT = 4 below batch CONV_UPDATE_P16_MIN_BATCH. Env
- *   JAMBA_EXT_CONV_UPDATE_P16=0 / 1 forces one (tests, A/B).
+ *   bytes apart across the warp), at every batch; env JAMBA_EXT_CONV_UPDATE_P16=0 runs CPT = 4 (tests, A/B).
  *   A view x = conv_state[..., j] lands in the same thread's rows: loaded before they are rewritten.
  *   NB = 2 from batch CONV_UPDATE_NB2_MIN_BATCH on (with one row per thread every batch row re-reads the taps and
  *   bias, B * DI * 10 bytes in bf16, half the state's bytes, through L2), else 1.
@@ -440,7 +439,6 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   torch copy 1.48 / 1.56 / 2.69 / 9.07): so p16 at every batch and NB 2 from 128. Env JAMBA_EXT_CONV_UPDATE_NB=1 /
  *   2 forces NB. */
 #define CONV_UPDATE_NB2_MIN_BATCH 128
-#define CONV_UPDATE_P16_MIN_BATCH 1
 template <typename T, typename W, typename BT, int NB, int CPT>
 __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
     jamba_pdl_begin();
@@ -597,9 +595,8 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     if (!(a.L == 1 && a.S == 4 && a.DI % 4 == 0 && a.ss1 == 4 && jamba_aligned16(a.state) &&
           (a.B <= 1 || (a.ss0 * es) % 16 == 0) && jamba_aligned16(a.out)))
         return JAMBA_OK;
-    const char *p16 = getenv("JAMBA_EXT_CONV_UPDATE_P16"); /* "0" / "1" force the choice (see the kernel) */
-    const bool piece = p16 != NULL && (p16[0] == '0' || p16[0] == '1') ? p16[0] == '1'
-                                                                       : a.B >= CONV_UPDATE_P16_MIN_BATCH;
+    const char *p16 = getenv("JAMBA_EXT_CONV_UPDATE_P16"); /* "0": CPT = 4 (see the kernel) */
+    const bool piece = !(p16 != NULL && p16[0] == '0');
     const int64_t cpt = piece ? 4 / es : 4; /* channels per thread */
     const int xvec = a.sx1 == 1 && ((uintptr_t)a.x % (uintptr_t)(cpt * es)) == 0 && (a.B <= 1 || a.sx0 % cpt == 0);
     const int64_t wes = a.wdt == JAMBA_F32 ? 4 : es;
