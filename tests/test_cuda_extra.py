@@ -216,19 +216,22 @@ UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32"
 @pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
 @pytest.mark.parametrize("case", UPDATE_VEC_CASES)
 @pytest.mark.parametrize("B", [3, 33, 129])
-@pytest.mark.parametrize("p16", ["0", "1", "auto"])
+@pytest.mark.parametrize("p16", ["0", "hf0", "auto"])
 def test_causal_conv1d_update_vector_path(monkeypatch, dtype, case, B, p16):
     """The decode step in the HF cache layout (conv_state (B, DI, 4), one token): the 4-channel kernel
     (16-byte state rows, vector x / taps / bias when contiguous, element loads otherwise) and the shapes that fall
     back to the per-channel kernel (di_odd, state_slice_misaligned, seqlen2); conv_state rewritten exactly,
     neighbours of a slice untouched; every weight / bias dtype pair (one kernel instance each). Batch 129: two batch
     rows per thread from 128 rows on, the last thread with one. p16: JAMBA_EXT_CONV_UPDATE_P16 forcing the 4-channel
-    threads ("0") or one 16-byte state piece per thread ("1": 2 channels in bf16 / f16, 1 in f32; the default,
-    "auto"), same bits as the 4-channel kernel."""
-    if p16 == "auto":
-        monkeypatch.delenv("JAMBA_EXT_CONV_UPDATE_P16", raising=False)
-    else:
-        monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_P16", p16)
+    threads ("0") or one 16-byte state piece per thread (the default, "auto": 2 channels in bf16 / f16, 1 in f32;
+    in the model's layout, 16-bit contiguous x, taps and bias, the instance with that layout at compile time),
+    "hf0": JAMBA_EXT_CONV_UPDATE_HF=0 (p16 with the layout read at run time), same bits as the 4-channel kernel."""
+    monkeypatch.delenv("JAMBA_EXT_CONV_UPDATE_P16", raising=False)
+    monkeypatch.delenv("JAMBA_EXT_CONV_UPDATE_HF", raising=False)
+    if p16 == "0":
+        monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_P16", "0")
+    elif p16 == "hf0":
+        monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_HF", "0")
     DI, K, S = 36, 4, 4
     if case == "di_odd":
         DI = 37

@@ -437,11 +437,17 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   1.45, 16: 1.96 / 1.97 / 1.77 / 1.73, 64: 3.65 / 4.11 / 3.24 / 3.01, 256 (p16 NB 2 before): 9.70 / - / 7.83 /
  *   10.40 (the previous per-channel loads, CPT 4 NB 1 or 2 / p16 at 256: 1.80 / 2.33 / 3.88 / 7.82; a same-size
  *   torch copy 1.48 / 1.56 / 2.69 / 9.07): so p16 at every batch and NB 2 from 128. Env JAMBA_EXT_CONV_UPDATE_NB=1 /
- *   2 forces NB. */
+ *   2 forces NB.
+ *   HF: xvec = 1 and wvec = 3 fixed at compile time (16-bit T, CPT 2: the model's decode layout, contiguous x,
+ *   taps and bias of T). The run-time layout instance holds 39 registers in bf16 (NB 1), so 12 blocks of 128 per
+ *   SM: batch 64's 2048 blocks took 1.3 waves; the HF instance holds 28, 16 blocks per SM, one wave.
+ *   Env JAMBA_EXT_CONV_UPDATE_HF=0 runs the run-time layout instance (tests, A/B). */
 #define CONV_UPDATE_NB2_MIN_BATCH 128
-template <typename T, typename W, typename BT, int NB, int CPT>
-__global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_update_args a, int xvec, int wvec) {
+template <typename T, typename W, typename BT, int NB, int CPT, bool HF>
+__global__ void __launch_bounds__(128)
+    causal_conv1d_update_vec_kernel(conv_update_args a, int xvec_, int wvec_) {
     jamba_pdl_begin();
+    const int xvec = HF ? 1 : xvec_, wvec = HF ? 3 : wvec_; /* HF: the layout known at compile time */
     typedef jamba_w16<T> P;
     constexpr int NQ = CPT * (int)sizeof(T) / 4; /* 16-byte chunks in CPT rows x 4 entries */
     static_assert(NQ >= 1 && CPT * (int)sizeof(T) % 4 == 0, "whole 16-byte state pieces");
@@ -576,14 +582,16 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_vec_kernel(conv_upda
     }
 }
 
-/* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T), see the header; NB, CPT: the
- * kernel's */
+/* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T) and, with hf (16-bit T, CPT 2, xvec 1,
+ * wvec 3: the model's decode layout), the HF instance; see the header; NB, CPT: the kernel's */
 template <typename T, int NB, int CPT>
-static void (*conv_update_vec_kernel(bool wf32, bool bf32))(conv_update_args, int, int) {
-    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB, CPT>;
-    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB, CPT>;
-    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB, CPT>;
-    return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT>;
+static void (*conv_update_vec_kernel(bool wf32, bool bf32, bool hf))(conv_update_args, int, int) {
+    if constexpr (sizeof(T) == 2 && CPT == 2)
+        if (hf) return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, true>;
+    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB, CPT, false>;
+    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB, CPT, false>;
+    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB, CPT, false>;
+    return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, false>;
 }
 
 /* causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are 16-byte
@@ -613,12 +621,15 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
+    const char *hfe = getenv("JAMBA_EXT_CONV_UPDATE_HF"); /* "0": the run-time layout instance (tests, A/B) */
+    const bool hf = piece && es == 2 && xvec && wvec == 3 && !(hfe != NULL && hfe[0] == '0');
     void (*k)(conv_update_args, int, int);
     if (cpt == 4)
-        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4>(wf32, bf32) : conv_update_vec_kernel<T, 1, 4>(wf32, bf32);
+        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4>(wf32, bf32, false)
+                    : conv_update_vec_kernel<T, 1, 4>(wf32, bf32, false);
     else
-        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32)
-                    : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32);
+        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32, hf)
+                    : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32, hf);
     jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
