@@ -443,7 +443,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   SM: batch 64's 2048 blocks took 1.3 waves; the HF instance holds 28, 16 blocks per SM, one wave.
  *   Env JAMBA_EXT_CONV_UPDATE_HF=0 runs the run-time layout instance (tests, A/B). */
 #define CONV_UPDATE_NB2_MIN_BATCH 128
-template <typename T, typename W, typename BT, int NB, int CPT, bool HF>
+template <typename T, typename W, typename BT, int NB, int CPT, int HF>
 __global__ void __launch_bounds__(128)
     causal_conv1d_update_vec_kernel(conv_update_args a, int xvec_, int wvec_) {
     jamba_pdl_begin();
@@ -452,10 +452,15 @@ __global__ void __launch_bounds__(128)
     constexpr int NQ = CPT * (int)sizeof(T) / 4; /* 16-byte chunks in CPT rows x 4 entries */
     static_assert(NQ >= 1 && CPT * (int)sizeof(T) % 4 == 0, "whole 16-byte state pieces");
     const int64_t ng = (a.B + NB - 1) / NB * a.DI / CPT; /* thread groups: batch tiles x channel groups */
-    const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (g >= ng) return;
     int64_t bt, c;
-    conv_split(g * CPT, a.DI, ng * CPT, &bt, &c);
+    if constexpr (HF >= 2) { /* grid (channel blocks, batch tiles) */
+        c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * CPT, bt = blockIdx.y;
+        if (c >= a.DI) return;
+    } else {
+        const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+        if (g >= ng) return;
+        conv_split(g * CPT, a.DI, ng * CPT, &bt, &c);
+    }
     uint32_t sw[NB][4 * NQ]; /* per batch row: its CPT state rows as 32-bit words, in memory order */
     uint32_t xb[NB][CPT];    /* bits of x[b, c + i] (16-bit types: in the low half) */
 #pragma unroll
@@ -494,7 +499,8 @@ __global__ void __launch_bounds__(128)
 #pragma unroll
             for (int q = 0; q < CPT / 2; q++) {
                 float f[8];
-                P::ld(((const uint4 *)((const T *)a.w + c * 4))[q], f);
+                const uint4 *wq = (const uint4 *)((const T *)a.w + c * 4) + q;
+                P::ld(HF == 3 ? __ldg(wq) : *wq, f);
 #pragma unroll
                 for (int m = 0; m < 4; m++) wp[2 * q][m] = f[m], wp[2 * q + 1][m] = f[4 + m];
             }
@@ -509,7 +515,8 @@ __global__ void __launch_bounds__(128)
                 const uint2 h = *(const uint2 *)((const T *)a.bias + c);
                 q.x = h.x, q.y = h.y;
             } else {
-                q.x = *(const uint32_t *)((const T *)a.bias + c);
+                const uint32_t *bq = (const uint32_t *)((const T *)a.bias + c);
+                q.x = HF == 3 ? __ldg(bq) : *bq;
             }
             P::ld(q, f);
 #pragma unroll
@@ -585,13 +592,16 @@ __global__ void __launch_bounds__(128)
 /* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T) and, with hf (16-bit T, CPT 2, xvec 1,
  * wvec 3: the model's decode layout), the HF instance; see the header; NB, CPT: the kernel's */
 template <typename T, int NB, int CPT>
-static void (*conv_update_vec_kernel(bool wf32, bool bf32, bool hf))(conv_update_args, int, int) {
-    if constexpr (sizeof(T) == 2 && CPT == 2)
-        if (hf) return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, true>;
-    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB, CPT, false>;
-    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB, CPT, false>;
-    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB, CPT, false>;
-    return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, false>;
+static void (*conv_update_vec_kernel(bool wf32, bool bf32, int hf))(conv_update_args, int, int) {
+    if constexpr (sizeof(T) == 2 && CPT == 2) {
+        if (hf == 1) return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, 1>;
+        if (hf == 2) return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, 2>;
+        if (hf == 3) return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, 3>;
+    }
+    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB, CPT, 0>;
+    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB, CPT, 0>;
+    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB, CPT, 0>;
+    return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, 0>;
 }
 
 /* causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are 16-byte
@@ -622,15 +632,21 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
     const char *hfe = getenv("JAMBA_EXT_CONV_UPDATE_HF"); /* "0": the run-time layout instance (tests, A/B) */
-    const bool hf = piece && es == 2 && xvec && wvec == 3 && !(hfe != NULL && hfe[0] == '0');
+    int hf = piece && es == 2 && xvec && wvec == 3 ? 1 : 0;
+    if (hf && hfe != NULL && hfe[0] >= '0' && hfe[0] <= '3') hf = hfe[0] - '0';
+    dim3 grid((unsigned)blocks);
+    if (hf >= 2) {
+        grid = dim3((unsigned)jamba_ceil_div(a.DI / cpt, 128), (unsigned)jamba_ceil_div(a.B, nb));
+        if (grid.y > 65535) hf = 1, grid = dim3((unsigned)blocks);
+    }
     void (*k)(conv_update_args, int, int);
     if (cpt == 4)
-        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4>(wf32, bf32, false)
-                    : conv_update_vec_kernel<T, 1, 4>(wf32, bf32, false);
+        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4>(wf32, bf32, 0)
+                    : conv_update_vec_kernel<T, 1, 4>(wf32, bf32, 0);
     else
         k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32, hf)
                     : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32, hf);
-    jamba_kernel_launch(k, (unsigned)blocks, 128, 0, stream, a, xvec, wvec);
+    jamba_kernel_launch(k, grid, 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
