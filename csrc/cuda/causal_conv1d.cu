@@ -604,6 +604,58 @@ static void (*conv_update_vec_kernel(bool wf32, bool bf32, int hf))(conv_update_
     return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, 0>;
 }
 
+/* causal_conv1d_update_hf_kernel<T, RPB>: the decode step in the model's layout, 16-bit T only: L == 1, S == 4;
+ *   conv_state (B, DI, 4) T with rows of 4 contiguous entries (ss1 == 4), 16-byte aligned pairs of rows; x (B, DI, 1)
+ *   T, unit channel stride, 4-byte aligned channel pairs; out (B, DI, 1) T contiguous; w (DI, 4) T contiguous and
+ *   16-byte aligned; bias (DI,) T contiguous, 4-byte aligned, or none. DI % 4 == 0.
+ *   Grid (ceil(DI / 64), ceil(B / RPB)), 32 * RPB threads: lane l of warp r = channels c, c + 1 (c = 64 * blockIdx.x
+ *   + 2 * l) of batch row b = RPB * blockIdx.y + r: one 16-byte state piece, one 4-byte x pair. The block's 64
+ *   channels' taps and biases are loaded once, by warp 0, into shared memory (the vec kernel's threads each load
+ *   their own: with one batch row per thread they are as many bytes as the state's, through L2), and read after one
+ *   barrier; the state and x loads are in flight meanwhile. Same arithmetic and bits as the vec kernel. */
+template <typename T, int RPB>
+__global__ void __launch_bounds__(32 * RPB) causal_conv1d_update_hf_kernel(conv_update_args a) {
+    jamba_pdl_begin();
+    typedef jamba_w16<T> P;
+    __shared__ uint4 s_w[32];    /* taps of channels 2l, 2l + 1 */
+    __shared__ uint32_t s_b[32]; /* their biases */
+    const int lane = threadIdx.x & 31, r = threadIdx.x >> 5;
+    const int64_t c = ((int64_t)blockIdx.x * 32 + lane) * 2, b = (int64_t)blockIdx.y * RPB + r;
+    const bool live = c < a.DI && b < a.B;
+    T *st = (T *)a.state + b * a.ss0 + c * 4;
+    uint4 sv = make_uint4(0u, 0u, 0u, 0u);
+    uint32_t xv = 0u;
+    if (live) {
+        sv = *(const uint4 *)st;
+        xv = *(const uint32_t *)((const T *)a.x + b * a.sx0 + c);
+    }
+    if (r == 0 && c < a.DI) {
+        s_w[lane] = *(const uint4 *)((const T *)a.w + c * 4);
+        s_b[lane] = a.bias ? *(const uint32_t *)((const T *)a.bias + c) : 0u; /* zero bits: 0.0 */
+    }
+    __syncthreads();
+    if (!live) return;
+    float wp[8], bv[8];
+    P::ld(s_w[lane], wp);
+    P::ld(make_uint4(s_b[lane], 0u, 0u, 0u), bv);
+    const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w}, xb[2] = {xv & 0xffffu, xv >> 16};
+    uint32_t nw[4];
+    float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const uint32_t w0 = sw[2 * i], w1 = sw[2 * i + 1]; /* (h0 | h1 << 16), (h2 | h3 << 16) */
+        const float win[4] = {P::f1(w0 >> 16), P::f1(w1 & 0xffffu), P::f1(w1 >> 16), P::f1(xb[i])};
+        nw[2 * i] = (w0 >> 16) | (w1 << 16);
+        nw[2 * i + 1] = (w1 >> 16) | (xb[i] << 16);
+        float acc = bv[i];
+#pragma unroll
+        for (int m = 0; m < 4; m++) acc = fmaf(wp[4 * i + m], win[m], acc);
+        o[i] = a.silu ? conv_silu(acc) : acc;
+    }
+    *(uint4 *)st = make_uint4(nw[0], nw[1], nw[2], nw[3]);
+    *(uint32_t *)((T *)a.out + b * a.DI + c) = P::st(o).x;
+}
+
 /* causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are 16-byte
  * groups (*done = true); anything else: causal_conv1d_update_kernel (causal_conv1d_update_launch) */
 template <typename T>
@@ -633,7 +685,18 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
     const char *hfe = getenv("JAMBA_EXT_CONV_UPDATE_HF"); /* "0": the run-time layout instance (tests, A/B) */
     int hf = piece && es == 2 && xvec && wvec == 3 ? 1 : 0;
-    if (hf && hfe != NULL && hfe[0] >= '0' && hfe[0] <= '3') hf = hfe[0] - '0';
+    if (hf && hfe != NULL && hfe[0] >= '0' && hfe[0] <= '9') hf = hfe[0] - '0';
+    if constexpr (sizeof(T) == 2) {
+        if ((hf == 4 || hf == 8) && jamba_ceil_div(a.B, hf) <= 65535) {
+            const dim3 g((unsigned)jamba_ceil_div(a.DI, 64), (unsigned)jamba_ceil_div(a.B, hf));
+            if (hf == 4) jamba_kernel_launch(causal_conv1d_update_hf_kernel<T, 4>, g, 128, 0, stream, a);
+            else jamba_kernel_launch(causal_conv1d_update_hf_kernel<T, 8>, g, 256, 0, stream, a);
+            JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
+            *done = true;
+            return JAMBA_OK;
+        }
+    }
+    if (hf > 3) hf = 1;
     dim3 grid((unsigned)blocks);
     if (hf >= 2) {
         grid = dim3((unsigned)jamba_ceil_div(a.DI / cpt, 128), (unsigned)jamba_ceil_div(a.B, nb));
