@@ -3,6 +3,7 @@ bench_kernels (us per call, best of ROUNDS rounds timed in turns), Jamba-v0.1 sh
 taps and bias as in the model, next to a same-size torch copy.
 
     python3 dev/conv_update_probe.py "default" "JAMBA_EXT_CONV_UPDATE_P16=0" "JAMBA_EXT_CONV_UPDATE_NB=2"   # ~20 s
+    BATCHES=32,64 ROUNDS=5 python3 dev/conv_update_probe.py ...   # other batch sizes (default 1,16,64,256), rounds
 
 Each variant is a space-separated list of NAME=VALUE settings ("default": none). Every variant's output and new
 state must equal the first variant's bit for bit (the variants change loads and schedules, not arithmetic).
@@ -31,7 +32,7 @@ def main():
     bb = Bench(dev, False, 20)
     DI, K = 8192, 4
     rounds = int(os.environ.get("ROUNDS", "3"))
-    for Bsz in (1, 16, 64, 256):
+    for Bsz in [int(v) for v in os.environ.get("BATCHES", "1,16,64,256").split(",")]:
         x = rn(Bsz, DI, dev=dev)
         w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
         st0 = rn(Bsz, DI, K, dev=dev)

@@ -444,7 +444,7 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   Env JAMBA_EXT_CONV_UPDATE_HF=0 runs the run-time layout instance (tests, A/B). */
 #define CONV_UPDATE_NB2_MIN_BATCH 128
 template <typename T, typename W, typename BT, int NB, int CPT, int HF>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(HF >= 2 ? 512 : 128)
     causal_conv1d_update_vec_kernel(conv_update_args a, int xvec_, int wvec_) {
     jamba_pdl_begin();
     const int xvec = HF ? 1 : xvec_, wvec = HF ? 3 : wvec_; /* HF: the layout known at compile time */
@@ -685,21 +685,24 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
     const char *hfe = getenv("JAMBA_EXT_CONV_UPDATE_HF"); /* "0": the run-time layout instance (tests, A/B) */
     int hf = piece && es == 2 && xvec && wvec == 3 ? 1 : 0;
-    if (hf && hfe != NULL && hfe[0] >= '0' && hfe[0] <= '9') hf = hfe[0] - '0';
+    if (hf && hfe != NULL && hfe[0] >= '0' && hfe[0] <= '9') hf = atoi(hfe);
     if constexpr (sizeof(T) == 2) {
-        if ((hf == 4 || hf == 8) && jamba_ceil_div(a.B, hf) <= 65535) {
+        if ((hf == 4 || hf == 8 || hf == 16) && jamba_ceil_div(a.B, hf) <= 65535) {
             const dim3 g((unsigned)jamba_ceil_div(a.DI, 64), (unsigned)jamba_ceil_div(a.B, hf));
             if (hf == 4) jamba_kernel_launch(causal_conv1d_update_hf_kernel<T, 4>, g, 128, 0, stream, a);
+            else if (hf == 16) jamba_kernel_launch(causal_conv1d_update_hf_kernel<T, 16>, g, 512, 0, stream, a);
             else jamba_kernel_launch(causal_conv1d_update_hf_kernel<T, 8>, g, 256, 0, stream, a);
             JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
             *done = true;
             return JAMBA_OK;
         }
     }
+    const int bs = hf == 5 ? 256 : hf == 6 ? 512 : 128; /* EXPERIMENT: HF 2 in bigger blocks */
+    if (hf == 5 || hf == 6) hf = 2;
     if (hf > 3) hf = 1;
     dim3 grid((unsigned)blocks);
     if (hf >= 2) {
-        grid = dim3((unsigned)jamba_ceil_div(a.DI / cpt, 128), (unsigned)jamba_ceil_div(a.B, nb));
+        grid = dim3((unsigned)jamba_ceil_div(a.DI / cpt, bs), (unsigned)jamba_ceil_div(a.B, nb));
         if (grid.y > 65535) hf = 1, grid = dim3((unsigned)blocks);
     }
     void (*k)(conv_update_args, int, int);
@@ -709,7 +712,7 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     else
         k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32, hf)
                     : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32, hf);
-    jamba_kernel_launch(k, grid, 128, 0, stream, a, xvec, wvec);
+    jamba_kernel_launch(k, grid, hf >= 2 ? bs : 128, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
