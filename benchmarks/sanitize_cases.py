@@ -36,6 +36,7 @@ def main():
     ops.causal_conv1d_update(rn(B, DI), st, rn(DI, K), rn(DI), True)
     ops.causal_conv1d_update(rn(129, DI), rn(129, DI, K), w, b, True)  # two batch rows per thread, the last alone
     ops.causal_conv1d_update(rn(129, DI), rn(129, DI, K), rn(DI, K), rn(DI), True)
+    ops.causal_conv1d_update(rn(64, 8200), rn(64, 8200, K), rn(8200, K), rn(8200), True)  # 256-thread blocks, partial
     os.environ["JAMBA_EXT_CONV_UPDATE_P16"] = "0"  # 4 channels per thread (p16, one 16-byte piece, is the default)
     ops.causal_conv1d_update(rn(33, DI), rn(33, DI, K), rn(DI, K), rn(DI), True)
     ops.causal_conv1d_update(rn(3, DI), rn(3, DI, K), w, b, True)

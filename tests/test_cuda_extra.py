@@ -283,6 +283,33 @@ def test_causal_conv1d_update_vector_path(monkeypatch, dtype, case, B, p16):
         assert torch.equal(cache[:, :c0], before[:, :c0]) and torch.equal(cache[:, c0 + DI:], before[:, c0 + DI:])
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("B,DI,nb", [(64, 8192, None), (64, 8200, None), (129, 8200, None), (140000, 4, "1"),
+                                     (5, 520, None)])
+def test_causal_conv1d_update_model_layout(monkeypatch, dtype, B, DI, nb):
+    """The model's decode layout (contiguous 16-bit x, taps and bias) runs the instance with that layout at compile
+    time on a (channel groups, batch tiles) grid: 256-thread blocks from 2^18 threads (batch 64 at DI 8192; DI 8200:
+    a partial last block of channels), 128 below (batch 5), and the flat grid past 65535 batch tiles (140000 rows, one
+    per thread). Same bits as the run-time layout instance (JAMBA_EXT_CONV_UPDATE_HF=0), and the reference."""
+    monkeypatch.delenv("JAMBA_EXT_CONV_UPDATE_HF", raising=False)
+    monkeypatch.delenv("JAMBA_EXT_CONV_UPDATE_P16", raising=False)
+    if nb is None:
+        monkeypatch.delenv("JAMBA_EXT_CONV_UPDATE_NB", raising=False)
+    else:
+        monkeypatch.setenv("JAMBA_EXT_CONV_UPDATE_NB", nb)
+    x, state = randn(B, DI, device=DEV, dtype=dtype), randn(B, DI, 4, device=DEV, dtype=dtype)
+    w, b = randn(DI, 4, device=DEV, dtype=dtype, scale=0.6), randn(DI, device=DEV, dtype=dtype, scale=0.5)
+    st_rt = state.clone()
+    with monkeypatch.context() as m:
+        m.setenv("JAMBA_EXT_CONV_UPDATE_HF", "0")
+        out_rt = ops.causal_conv1d_update(x, st_rt, w, b, True)
+    ref_out, ref_state = reference.causal_conv1d_update(up(x), up(state), up(w), up(b), True)
+    out = ops.causal_conv1d_update(x, state, w, b, True)
+    assert_close(out, ref_out, **TOL[dtype])
+    assert_close(state, ref_state, rtol=0, atol=0)
+    assert torch.equal(out, out_rt) and torch.equal(state, st_rt), "model-layout instance differs from the run-time one"
+
+
 # rows, dim, w_f32: row kernel with 4 vectors per thread (several rows per block when dim is small), 8
 # vectors per thread (nvec in (2048, 4096]), weights loaded before / after the row sum, the two-pass fallback
 NORM_VEC_CASES = [(9, 64, False), (4, 1000, False), (7, 4096, True), (6, 4096, False), (3, 16384, True),

@@ -412,17 +412,17 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
     }
 }
 
-/* causal_conv1d_update_vec_kernel<T, W, BT, NB, CPT>: the decode step in the HF cache layout, L == 1 and S == 4.
+/* causal_conv1d_update_vec_kernel<T, W, BT, NB, CPT, HF>: the decode step in the HF cache layout, L == 1 and S == 4.
  *   x (B, DI, 1) T any strides (xvec: unit channel stride, the CPT channels = one 4/8/16-byte load); out (B, DI, 1)
  *   T contiguous, 16-byte aligned; conv_state (B, DI, 4) T with rows of 4 contiguous entries (ss1 == 4),
  *   16-byte aligned groups of 4 rows; w (DI, K), bias (DI,) f32|T (wvec: K == 4, unit tap stride, rows
  *   aligned: one 8/16-byte load per channel; wvec >= 2 with 16-bit taps: rows contiguous and 16-byte aligned, two
  *   channels' taps per 16-byte load; wvec == 3: also the CPT biases, 16-bit and contiguous, in one 4/8-byte
  *   load; else conv_taps). DI % 4 == 0.
- *   One thread = channels c..c+CPT-1 of batch rows NB*bt .. NB*bt+NB-1 (< B; NB = 1 or 2) (flat (bt, channel
- *   group) index on grid.x, channel groups fastest, 128 threads per block): the taps and bias once, then per batch
- *   row the CPT state rows (CPT * 4 * sizeof(T) bytes: NQ 16-byte loads) and x, all loaded before the first store;
- *   new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
+ *   One thread = channels c..c+CPT-1 of batch rows NB*bt .. NB*bt+NB-1 (< B; NB = 1 or 2) (flat (bt, channel group)
+ *   index on grid.x, channel groups fastest, 128 threads per block; HF: see below): the taps and bias once, then per
+ *   batch row the CPT state rows (CPT * 4 * sizeof(T) bytes: NQ 16-byte loads) and x, all loaded before the first
+ *   store; new row = (h1, h2, h3, x) moved as raw bits (exact); win = (h1, h2, h3, x).
  *   CPT = 4 / sizeof(T) ("p16": one 16-byte state piece per thread and row, so that every state load and store of a
  *   warp covers 512 contiguous bytes; with CPT = 4 a thread's 32 (bf16) or 64 (f32) bytes are 2 or 4 loads 32 or 64
  *   bytes apart across the warp), at every batch; env JAMBA_EXT_CONV_UPDATE_P16=0 runs CPT = 4 (tests, A/B).
@@ -438,13 +438,22 @@ __global__ void __launch_bounds__(128) causal_conv1d_update_kernel(conv_update_a
  *   10.40 (the previous per-channel loads, CPT 4 NB 1 or 2 / p16 at 256: 1.80 / 2.33 / 3.88 / 7.82; a same-size
  *   torch copy 1.48 / 1.56 / 2.69 / 9.07): so p16 at every batch and NB 2 from 128. Env JAMBA_EXT_CONV_UPDATE_NB=1 /
  *   2 forces NB.
- *   HF: xvec = 1 and wvec = 3 fixed at compile time (16-bit T, CPT 2: the model's decode layout, contiguous x,
- *   taps and bias of T). The run-time layout instance holds 39 registers in bf16 (NB 1), so 12 blocks of 128 per
- *   SM: batch 64's 2048 blocks took 1.3 waves; the HF instance holds 28, 16 blocks per SM, one wave.
- *   Env JAMBA_EXT_CONV_UPDATE_HF=0 runs the run-time layout instance (tests, A/B). */
+ *   HF (the model's decode layout: 16-bit T, CPT 2, contiguous x, taps and bias of T, i.e. xvec 1 and wvec 3 fixed at
+ *   compile time): 26 registers instead of the run-time layout instance's 39 (bf16, NB 1), on a (channel groups /
+ *   blockDim.x, batch tiles) grid (no division), in 256-thread blocks from 2^18 threads (batch 64 at DI 8192), else
+ *   128. Measured (dev/conv_update_probe.py, best of 5-6 rounds in turns, us; conv_update_hf_15e1bc8.log,
+ *   conv_update_hf2_a2154f5.log, conv_update_blocks_362c1d7.log): run-time layout instance / HF flat grid / HF 2-D grid
+ *   128 threads / the same in 256: batch 1 1.23 / 1.06 / 0.90 / 0.94, 16: 1.72 / 1.50 / 1.34 / 1.67, 32: - / 1.85 /
+ *   1.83 / 1.97, 64: 3.04 / 2.96 / 2.90 / 2.50, 128 (NB 2): - / 4.53 / 4.43 / 4.49, 256 (NB 2): 7.77 / 7.50 / 7.40 /
+ *   7.40 (a same-size torch copy 1.28 / 1.54 / 1.85 / 2.71 / 4.01 / 9.09; Triton kernels of the same loads and stores,
+ *   dev/conv_update_triton_probe.py, conv_update_triton_78a8344.log: batch 64 2.84). The taps and biases through the
+ *   read-only path, or loaded once per block of 4-16 batch rows into shared memory (a second kernel,
+ *   conv_update_hfk_ac1b20d.log: 2.59 at batch 64, 4.12 at 128, 7.21 at 256): the read-only path changed nothing, the
+ *   second kernel loses at 1-64 and wins 3-7% at 128-256, where this one already beats a same-size copy, so it is not
+ *   kept. Env JAMBA_EXT_CONV_UPDATE_HF=0 runs the run-time layout instance (tests, A/B). */
 #define CONV_UPDATE_NB2_MIN_BATCH 128
-template <typename T, typename W, typename BT, int NB, int CPT, int HF>
-__global__ void __launch_bounds__(HF >= 2 ? 512 : 128)
+template <typename T, typename W, typename BT, int NB, int CPT, bool HF>
+__global__ void __launch_bounds__(HF ? 256 : 128)
     causal_conv1d_update_vec_kernel(conv_update_args a, int xvec_, int wvec_) {
     jamba_pdl_begin();
     const int xvec = HF ? 1 : xvec_, wvec = HF ? 3 : wvec_; /* HF: the layout known at compile time */
@@ -453,7 +462,7 @@ __global__ void __launch_bounds__(HF >= 2 ? 512 : 128)
     static_assert(NQ >= 1 && CPT * (int)sizeof(T) % 4 == 0, "whole 16-byte state pieces");
     const int64_t ng = (a.B + NB - 1) / NB * a.DI / CPT; /* thread groups: batch tiles x channel groups */
     int64_t bt, c;
-    if constexpr (HF >= 2) { /* grid (channel blocks, batch tiles) */
+    if constexpr (HF) { /* grid (channel groups / blockDim.x, batch tiles) */
         c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * CPT, bt = blockIdx.y;
         if (c >= a.DI) return;
     } else {
@@ -499,8 +508,7 @@ __global__ void __launch_bounds__(HF >= 2 ? 512 : 128)
 #pragma unroll
             for (int q = 0; q < CPT / 2; q++) {
                 float f[8];
-                const uint4 *wq = (const uint4 *)((const T *)a.w + c * 4) + q;
-                P::ld(HF == 3 ? __ldg(wq) : *wq, f);
+                P::ld(((const uint4 *)((const T *)a.w + c * 4))[q], f);
 #pragma unroll
                 for (int m = 0; m < 4; m++) wp[2 * q][m] = f[m], wp[2 * q + 1][m] = f[4 + m];
             }
@@ -515,8 +523,7 @@ __global__ void __launch_bounds__(HF >= 2 ? 512 : 128)
                 const uint2 h = *(const uint2 *)((const T *)a.bias + c);
                 q.x = h.x, q.y = h.y;
             } else {
-                const uint32_t *bq = (const uint32_t *)((const T *)a.bias + c);
-                q.x = HF == 3 ? __ldg(bq) : *bq;
+                q.x = *(const uint32_t *)((const T *)a.bias + c);
             }
             P::ld(q, f);
 #pragma unroll
@@ -592,68 +599,13 @@ __global__ void __launch_bounds__(HF >= 2 ? 512 : 128)
 /* the vec update instance for the weight / bias dtypes (f32 or T; no bias: T) and, with hf (16-bit T, CPT 2, xvec 1,
  * wvec 3: the model's decode layout), the HF instance; see the header; NB, CPT: the kernel's */
 template <typename T, int NB, int CPT>
-static void (*conv_update_vec_kernel(bool wf32, bool bf32, int hf))(conv_update_args, int, int) {
-    if constexpr (sizeof(T) == 2 && CPT == 2) {
-        if (hf == 1) return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, 1>;
-        if (hf == 2) return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, 2>;
-        if (hf == 3) return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, 3>;
-    }
-    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB, CPT, 0>;
-    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB, CPT, 0>;
-    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB, CPT, 0>;
-    return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, 0>;
-}
-
-/* causal_conv1d_update_hf_kernel<T, RPB>: the decode step in the model's layout, 16-bit T only: L == 1, S == 4;
- *   conv_state (B, DI, 4) T with rows of 4 contiguous entries (ss1 == 4), 16-byte aligned pairs of rows; x (B, DI, 1)
- *   T, unit channel stride, 4-byte aligned channel pairs; out (B, DI, 1) T contiguous; w (DI, 4) T contiguous and
- *   16-byte aligned; bias (DI,) T contiguous, 4-byte aligned, or none. DI % 4 == 0.
- *   Grid (ceil(DI / 64), ceil(B / RPB)), 32 * RPB threads: lane l of warp r = channels c, c + 1 (c = 64 * blockIdx.x
- *   + 2 * l) of batch row b = RPB * blockIdx.y + r: one 16-byte state piece, one 4-byte x pair. The block's 64
- *   channels' taps and biases are loaded once, by warp 0, into shared memory (the vec kernel's threads each load
- *   their own: with one batch row per thread they are as many bytes as the state's, through L2), and read after one
- *   barrier; the state and x loads are in flight meanwhile. Same arithmetic and bits as the vec kernel. */
-template <typename T, int RPB>
-__global__ void __launch_bounds__(32 * RPB) causal_conv1d_update_hf_kernel(conv_update_args a) {
-    jamba_pdl_begin();
-    typedef jamba_w16<T> P;
-    __shared__ uint4 s_w[32];    /* taps of channels 2l, 2l + 1 */
-    __shared__ uint32_t s_b[32]; /* their biases */
-    const int lane = threadIdx.x & 31, r = threadIdx.x >> 5;
-    const int64_t c = ((int64_t)blockIdx.x * 32 + lane) * 2, b = (int64_t)blockIdx.y * RPB + r;
-    const bool live = c < a.DI && b < a.B;
-    T *st = (T *)a.state + b * a.ss0 + c * 4;
-    uint4 sv = make_uint4(0u, 0u, 0u, 0u);
-    uint32_t xv = 0u;
-    if (live) {
-        sv = *(const uint4 *)st;
-        xv = *(const uint32_t *)((const T *)a.x + b * a.sx0 + c);
-    }
-    if (r == 0 && c < a.DI) {
-        s_w[lane] = *(const uint4 *)((const T *)a.w + c * 4);
-        s_b[lane] = a.bias ? *(const uint32_t *)((const T *)a.bias + c) : 0u; /* zero bits: 0.0 */
-    }
-    __syncthreads();
-    if (!live) return;
-    float wp[8], bv[8];
-    P::ld(s_w[lane], wp);
-    P::ld(make_uint4(s_b[lane], 0u, 0u, 0u), bv);
-    const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w}, xb[2] = {xv & 0xffffu, xv >> 16};
-    uint32_t nw[4];
-    float o[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        const uint32_t w0 = sw[2 * i], w1 = sw[2 * i + 1]; /* (h0 | h1 << 16), (h2 | h3 << 16) */
-        const float win[4] = {P::f1(w0 >> 16), P::f1(w1 & 0xffffu), P::f1(w1 >> 16), P::f1(xb[i])};
-        nw[2 * i] = (w0 >> 16) | (w1 << 16);
-        nw[2 * i + 1] = (w1 >> 16) | (xb[i] << 16);
-        float acc = bv[i];
-#pragma unroll
-        for (int m = 0; m < 4; m++) acc = fmaf(wp[4 * i + m], win[m], acc);
-        o[i] = a.silu ? conv_silu(acc) : acc;
-    }
-    *(uint4 *)st = make_uint4(nw[0], nw[1], nw[2], nw[3]);
-    *(uint32_t *)((T *)a.out + b * a.DI + c) = P::st(o).x;
+static void (*conv_update_vec_kernel(bool wf32, bool bf32, bool hf))(conv_update_args, int, int) {
+    if constexpr (sizeof(T) == 2 && CPT == 2)
+        if (hf) return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, true>;
+    if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_update_vec_kernel<T, float, float, NB, CPT, false>;
+    if (wf32) return causal_conv1d_update_vec_kernel<T, float, T, NB, CPT, false>;
+    if (bf32) return causal_conv1d_update_vec_kernel<T, T, float, NB, CPT, false>;
+    return causal_conv1d_update_vec_kernel<T, T, T, NB, CPT, false>;
 }
 
 /* causal_conv1d_update_vec_kernel when L == 1, S == 4, DI % 4 == 0 and the state rows / out are 16-byte
@@ -680,39 +632,24 @@ static jamba_status causal_conv1d_update_launch_vec(const conv_update_args &a, c
     int nb = a.B >= CONV_UPDATE_NB2_MIN_BATCH ? 2 : 1; /* batch rows per thread (see the kernel) */
     const char *nbe = getenv("JAMBA_EXT_CONV_UPDATE_NB"); /* "1" / "2" forces it (tests, A/B) */
     if (nbe != NULL && (nbe[0] == '1' || nbe[0] == '2')) nb = nbe[0] - '0';
-    const int64_t blocks = jamba_ceil_div(jamba_ceil_div(a.B, nb) * a.DI / cpt, 128);
+    const int64_t ntile = jamba_ceil_div(a.B, nb), ngrp = a.DI / cpt; /* batch tiles, channel groups */
+    const int64_t blocks = jamba_ceil_div(ntile * ngrp, 128);
     if (blocks > JAMBA_MAX_GRID_X) return JAMBA_OK; /* the scalar kernel reports it */
     const bool wf32 = a.wdt == JAMBA_F32, bf32 = a.bias && a.bdt == JAMBA_F32;
+    /* the model's layout (16-bit T, p16, contiguous x, taps and bias): the HF instance on a (channel groups / bs, batch
+     * tiles) grid, in 256-thread blocks from 2^18 threads (batch 64 at DI 8192), else 128 (see the kernel) */
     const char *hfe = getenv("JAMBA_EXT_CONV_UPDATE_HF"); /* "0": the run-time layout instance (tests, A/B) */
-    int hf = piece && es == 2 && xvec && wvec == 3 ? 1 : 0;
-    if (hf && hfe != NULL && hfe[0] >= '0' && hfe[0] <= '9') hf = atoi(hfe);
-    if constexpr (sizeof(T) == 2) {
-        if ((hf == 4 || hf == 8 || hf == 16) && jamba_ceil_div(a.B, hf) <= 65535) {
-            const dim3 g((unsigned)jamba_ceil_div(a.DI, 64), (unsigned)jamba_ceil_div(a.B, hf));
-            if (hf == 4) jamba_kernel_launch(causal_conv1d_update_hf_kernel<T, 4>, g, 128, 0, stream, a);
-            else if (hf == 16) jamba_kernel_launch(causal_conv1d_update_hf_kernel<T, 16>, g, 512, 0, stream, a);
-            else jamba_kernel_launch(causal_conv1d_update_hf_kernel<T, 8>, g, 256, 0, stream, a);
-            JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
-            *done = true;
-            return JAMBA_OK;
-        }
-    }
-    const int bs = hf == 5 ? 256 : hf == 6 ? 512 : 128; /* EXPERIMENT: HF 2 in bigger blocks */
-    if (hf == 5 || hf == 6) hf = 2;
-    if (hf > 3) hf = 1;
-    dim3 grid((unsigned)blocks);
-    if (hf >= 2) {
-        grid = dim3((unsigned)jamba_ceil_div(a.DI / cpt, bs), (unsigned)jamba_ceil_div(a.B, nb));
-        if (grid.y > 65535) hf = 1, grid = dim3((unsigned)blocks);
-    }
+    const bool hf = piece && es == 2 && xvec && wvec == 3 && ntile <= 65535 && !(hfe != NULL && hfe[0] == '0');
+    const int bs = hf && ntile * ngrp >= (1 << 18) ? 256 : 128;
+    const dim3 grid = hf ? dim3((unsigned)jamba_ceil_div(ngrp, bs), (unsigned)ntile) : dim3((unsigned)blocks);
     void (*k)(conv_update_args, int, int);
     if (cpt == 4)
-        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4>(wf32, bf32, 0)
-                    : conv_update_vec_kernel<T, 1, 4>(wf32, bf32, 0);
+        k = nb == 2 ? conv_update_vec_kernel<T, 2, 4>(wf32, bf32, false)
+                    : conv_update_vec_kernel<T, 1, 4>(wf32, bf32, false);
     else
         k = nb == 2 ? conv_update_vec_kernel<T, 2, 4 / sizeof(T)>(wf32, bf32, hf)
                     : conv_update_vec_kernel<T, 1, 4 / sizeof(T)>(wf32, bf32, hf);
-    jamba_kernel_launch(k, grid, hf >= 2 ? bs : 128, 0, stream, a, xvec, wvec);
+    jamba_kernel_launch(k, grid, bs, 0, stream, a, xvec, wvec);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d_update: kernel launch", stream);
     *done = true;
     return JAMBA_OK;
