@@ -4,6 +4,7 @@ taps and bias as in the model, next to a same-size torch copy.
 
     python3 dev/conv_update_probe.py "default" "JAMBA_EXT_CONV_UPDATE_P16=0" "JAMBA_EXT_CONV_UPDATE_NB=2"   # ~20 s
     BATCHES=32,64 ROUNDS=5 python3 dev/conv_update_probe.py ...   # other batch sizes (default 1,16,64,256), rounds
+    BATCHES= FWD=1x2048,1x8192 python3 dev/conv_update_probe.py ...  # the forward (causal_conv1d) at B x L instead
 
 Each variant is a space-separated list of NAME=VALUE settings ("default": none). Every variant's output and new
 state must equal the first variant's bit for bit (the variants change loads and schedules, not arithmetic).
@@ -32,7 +33,7 @@ def main():
     bb = Bench(dev, False, 20)
     DI, K = 8192, 4
     rounds = int(os.environ.get("ROUNDS", "3"))
-    for Bsz in [int(v) for v in os.environ.get("BATCHES", "1,16,64,256").split(",")]:
+    for Bsz in [int(v) for v in os.environ.get("BATCHES", "1,16,64,256").split(",") if v]:
         x = rn(Bsz, DI, dev=dev)
         w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
         st0 = rn(Bsz, DI, K, dev=dev)
@@ -53,6 +54,24 @@ def main():
                     times[name].append(bb.graph_us(lambda: ops.causal_conv1d_update(x, st, w, b, True)))
         floor = nbytes / (bb.bw * 1e3)
         print(f"conv_update B={Bsz} ({nbytes / 1e6:.2f} MB, floor {floor:.2f} us, torch copy "
+              f"{bb.copy_graph_us(nbytes):.2f} us): " + " | ".join(f"[{n}] {min(t):.2f}" for n, t in times.items()),
+              flush=True)
+    for Bsz, L in [tuple(int(u) for u in v.split("x")) for v in os.environ.get("FWD", "").split(",") if v]:
+        x = rn(Bsz, DI, L, dev=dev)
+        w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
+        ref = None
+        for name, env in variants:
+            with common.env(**env):
+                out = ops.causal_conv1d(x, w, b, None, True, K - 1)[0]
+            ref = out if ref is None else ref
+            assert torch.equal(out, ref), (name, Bsz, L)
+        nbytes = 2 * Bsz * DI * L * 2 + DI * (K + 1) * 2 + Bsz * DI * (K - 1) * 2
+        times = {name: [] for name, _ in variants}
+        for _ in range(rounds):
+            for name, env in variants:
+                with common.env(**env):
+                    times[name].append(bb.graph_us(lambda: ops.causal_conv1d(x, w, b, None, True, K - 1)))
+        print(f"causal_conv1d {Bsz}x{L} ({nbytes / 1e6:.2f} MB, floor {nbytes / (bb.bw * 1e3):.2f} us, torch copy "
               f"{bb.copy_graph_us(nbytes):.2f} us): " + " | ".join(f"[{n}] {min(t):.2f}" for n, t in times.items()),
               flush=True)
 
