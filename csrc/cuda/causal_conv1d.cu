@@ -199,14 +199,14 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   2 x CONV_NV x 16 bytes per lane in flight and never waits for memory with nothing loaded.
  *   The warp holding a row's last segment writes final_state (from x / initial_state, before its stores of
  *   out). Warp, batch, channel and segment counters are 32-bit: the launcher requires nvw <= INT32_MAX. */
-template <typename T, bool VEC, typename W = void, typename BT = void, int NW = CONV_WARPS>
-__global__ void __launch_bounds__(NW * 32, VEC ? CONV_MINB * CONV_WARPS / NW : 1)
+template <typename T, bool VEC, typename W = void, typename BT = void>
+__global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1) {
     jamba_pdl_begin();
     const int VN = 16 / (int)sizeof(T);
     const int SEG = 32 * CONV_NV * VN;
     const int lane = threadIdx.x & 31;
-    const int p = blockIdx.x * NW + (threadIdx.x >> 5);
+    const int p = blockIdx.x * CONV_WARPS + (threadIdx.x >> 5);
     /* warps p < p1 take spw segments each, the later ones (the tail of the launch) one each */
     const int64_t nvw = a.B * a.DI * nseg;
     const int64_t vw0 = p < p1 ? (int64_t)p * spw : (int64_t)p1 * spw + (p - p1);
@@ -314,15 +314,8 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
     int64_t p1 = (nvw - tail) / spw;
     if (p1 >= slots && p1 % slots < slots / 2) p1 -= p1 % slots;
     const int64_t warps = p1 + (nvw - p1 * spw);
-    const char *nwe = getenv("JAMBA_EXT_CONV_NW"); /* EXPERIMENT: "8" = 8-warp blocks (bf16/f16 typed T taps) */
-    const bool nw8 = nwe != NULL && nwe[0] == '8' && vec && sizeof(T) == 2 && a.wdt != JAMBA_F32 && a.bias &&
-                     a.bdt != JAMBA_F32;
-    const int64_t nw = nw8 ? 8 : CONV_WARPS;
-    const int64_t grid = jamba_ceil_div(warps, nw); /* <= 2^29 */
-    if (nw8)
-        jamba_kernel_launch(causal_conv1d_fwd_kernel<T, true, T, T, 8>, (unsigned)grid, 256, 0, stream, a, (int)nseg,
-                            (int)spw, (int)p1);
-    else if (vec)
+    const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
+    if (vec)
         jamba_kernel_launch(conv_fwd_vec_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32), (unsigned)grid,
                             CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
     else
