@@ -199,8 +199,8 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], floa
  *   2 x CONV_NV x 16 bytes per lane in flight and never waits for memory with nothing loaded.
  *   The warp holding a row's last segment writes final_state (from x / initial_state, before its stores of
  *   out). Warp, batch, channel and segment counters are 32-bit: the launcher requires nvw <= INT32_MAX. */
-template <typename T, bool VEC, typename W = void, typename BT = void, int MB = CONV_MINB>
-__global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? MB : 1)
+template <typename T, bool VEC, typename W = void, typename BT = void>
+__global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
     causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1) {
     jamba_pdl_begin();
     const int VN = 16 / (int)sizeof(T);
@@ -304,10 +304,7 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
      * launch does not end on a ragged wave of 4-segment warps: 1x8192 74.5 -> 72.5 us, 8x2048 142.1 -> 140.6,
      * 1x2048 24.5 -> 22.8 (graph-timed, H200 bf16). */
     const int64_t spw = CONV_SPW;
-    const char *mbe = getenv("JAMBA_EXT_CONV_MINB"); /* EXPERIMENT: "7" / "8" resident blocks (bf16/f16 T taps) */
-    const int mb = mbe != NULL && (mbe[0] == '7' || mbe[0] == '8') && vec && sizeof(T) == 2 && a.wdt != JAMBA_F32 &&
-                           a.bias && a.bdt != JAMBA_F32 ? mbe[0] - '0' : CONV_MINB;
-    const int64_t slots = (int64_t)jamba_cuda_sm_count(device) * mb * CONV_WARPS; /* one resident wave */
+    const int64_t slots = (int64_t)jamba_cuda_sm_count(device) * CONV_MINB * CONV_WARPS; /* one resident wave */
     const int64_t tail = slots < nvw ? slots : nvw;
     /* p1 warps with spw segments, then one segment each for the rest. Whole waves of spw-segment warps: where the
      * last one would be less than half full, its segments go one per warp as well (A/B in one binary,
@@ -318,10 +315,7 @@ static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStr
     if (p1 >= slots && p1 % slots < slots / 2) p1 -= p1 % slots;
     const int64_t warps = p1 + (nvw - p1 * spw);
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
-    if (mb != CONV_MINB)
-        jamba_kernel_launch(mb == 7 ? causal_conv1d_fwd_kernel<T, true, T, T, 7> : causal_conv1d_fwd_kernel<T, true, T, T, 8>,
-                            (unsigned)grid, CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
-    else if (vec)
+    if (vec)
         jamba_kernel_launch(conv_fwd_vec_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32), (unsigned)grid,
                             CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
     else
