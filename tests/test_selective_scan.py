@@ -230,6 +230,31 @@ def test_selective_state_update_matches_fp64(device, dtype, batch, d_inner, d_st
         ratio_check(y, low_y, ref_y)
 
 
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16], ids=["state_f32", "state_bf16"])
+@pytest.mark.parametrize("a_layout", ["contig", "transposed"])
+def test_selective_state_update_channel_blocks(device, state_dtype, a_layout):
+    """d_inner 37 (the CPU op's blocks of 16 channels: two whole, one partial), the state a channel-strided view
+    (rows N + 3 apart), A with a non-unit stride along N, a state kept in bf16; against float64."""
+    batch, d_inner, d_state = 3, 37, 16
+    steps, _ = _decode_inputs(batch, d_inner, d_state, 1, device, torch.float32)
+    s = steps[0]
+    A = make_A(d_inner, d_state, device)
+    if a_layout == "transposed":
+        A = A.t().contiguous().t()
+    D, db = randn(d_inner, device=device, shift=0.3), uniform(d_inner, lo=-3.0, hi=-0.5, device=device)
+    wide = randn(batch, d_inner, d_state + 3, device=device).to(state_dtype)
+    state = wide[:, :, 1:1 + d_state]
+    state0, wide0 = state.clone(), wide.clone()
+    y = ops.selective_state_update(state, s["x"], s["dt"], A, s["B"], s["C"], D, s["z"], db, True)
+    ref_y, ref_state = reference.selective_state_update(up(state0), up(s["x"]), up(s["dt"]), up(A), up(s["B"]),
+                                                        up(s["C"]), up(D), up(s["z"]), up(db), True)
+    tol = STATE_TOL if state_dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    assert_close(y, ref_y, **(TOL[torch.float32] if state_dtype == torch.float32 else tol))
+    assert_close(state, ref_state, **tol)
+    assert torch.equal(wide[:, :, 0], wide0[:, :, 0]) and torch.equal(wide[:, :, 1 + d_state:],
+                                                                     wide0[:, :, 1 + d_state:])
+
+
 def test_selective_state_update_writes_only_its_state_slice(device):
     """state as one layer's slice of a (layers, B, DI, N) cache: other layers stay untouched."""
     batch, d_inner, d_state = 2, 3, 4

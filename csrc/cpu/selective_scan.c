@@ -207,82 +207,96 @@ jamba_status jamba_selective_state_update_check(const jamba_selective_state_upda
     return JAMBA_OK;
 }
 
-/* One step of one (b, c) row: h (N) updated in place, returns C.h. a: A's row (unscaled), dl = dt*log2(e). */
+/* One step of nc consecutive channels of one batch row: state rows h + c * hs (N, updated in place), A rows a + c * as
+ * (unscaled, unit stride), B and C rows bn / cn of the batch row, dt (bias and softplus applied) and x of each
+ * channel; y[c] = C.h of channel c. One cloned call per block of channels, so the exp2 constants are set up once per
+ * block, not once per channel: 0.372 -> 0.337 ms at batch 8 x 2048 channels, N 16, one thread (best of 400; with the
+ * loops unrolled for N 16 it took 0.42). */
 JAMBA_CPU_CLONES
-static float update_row(float *restrict h, const float *restrict a, const float *restrict bn,
-                        const float *restrict cn, float dl, float du, int64_t N) {
-    float y = 0.f, dA[JAMBA_MAX_D_STATE];
+static void update_rows(float *restrict h, int64_t hs, const float *restrict a, int64_t as, const float *restrict bn,
+                        const float *restrict cn, const float *restrict d, const float *restrict u, float *restrict y,
+                        int64_t nc, int64_t N) {
+    for (int64_t c = 0; c < nc; c++) {
+        float *hc = h + c * hs;
+        const float *ac = a + c * as;
+        const float dl = d[c] * LOG2E, du = d[c] * u[c];
+        float yc = 0.f, dA[JAMBA_MAX_D_STATE];
 #pragma omp simd
-    for (int64_t n = 0; n < N; n++) dA[n] = jamba_exp2f(dl * a[n]); /* exp apart: see jamba_silu_row */
-#pragma omp simd reduction(+ : y)
-    for (int64_t n = 0; n < N; n++) {
-        h[n] = dA[n] * h[n] + du * bn[n];
-        y += h[n] * cn[n];
+        for (int64_t n = 0; n < N; n++) dA[n] = jamba_exp2f(dl * ac[n]); /* exp apart: see jamba_silu_row */
+#pragma omp simd reduction(+ : yc)
+        for (int64_t n = 0; n < N; n++) {
+            hc[n] = dA[n] * hc[n] + du * bn[n];
+            yc += hc[n] * cn[n];
+        }
+        y[c] = yc;
     }
-    return y;
 }
+
+#define SSU_CB 16 /* channels per block of the CPU state update */
 
 jamba_status jamba_selective_state_update_cpu(const jamba_selective_state_update_params *p) {
     JAMBA_TRY(jamba_selective_state_update_check(p));
     const int64_t B = p->x.shape[0], DI = p->x.shape[1], N = p->A.shape[1];
     if (B == 0 || DI == 0) return JAMBA_OK;
     const jamba_dtype dt = p->x.dtype, sdt = p->state.dtype;
-    /* B and C of every batch row in fp32, (B, N) */
-    /* B and C of every batch row (B, N), then dt of every (b, c) with bias and softplus applied (B, DI),
-     * then DI floats of scratch: all fp32 */
-    float *bc_f = (float *)malloc(sizeof(float) * (size_t)(2 * B * N + B * DI + DI));
-    if (!bc_f) return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: out of memory");
-    float *dts = bc_f + 2 * B * N, *scratch = dts + B * DI;
-    /* silu(z) of every (b, c), (B, DI), vectorised as dt: the fused scalar form is the slow one */
-    float *gates = NULL;
-    if (p->z.data) {
-        gates = (float *)malloc(sizeof(float) * (size_t)(B * DI));
-        if (!gates) {
-            free(bc_f);
-            return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: out of memory");
-        }
-        for (int64_t b = 0; b < B; b++) {
-            jamba_load_row(scratch, (const char *)p->z.data + b * p->z.stride[0] * jamba_dtype_size(dt), dt, DI, 1);
-            jamba_silu_row(gates + b * DI, scratch, DI);
-        }
+    const int64_t es = jamba_dtype_size(dt), ses = jamba_dtype_size(sdt);
+    const int a_unit = p->A.stride[1] == 1;
+    /* fp32 scratch: B and C of every batch row (B, N) each; dt of every (b, c) with bias and softplus applied, x and
+     * silu(z) (B, DI) each; DI floats for the softplus; A as (DI, N) rows when its N stride is not 1 */
+    const size_t nf = (size_t)(2 * B * N + 3 * B * DI + DI + (a_unit ? 0 : DI * N));
+    float *buf = (float *)malloc(sizeof(float) * nf);
+    if (!buf) return jamba_set_error(JAMBA_ERR_ARG, "jamba.selective_state_update: out of memory");
+    float *bc_f = buf, *dts = bc_f + 2 * B * N, *xs = dts + B * DI, *gates = xs + B * DI, *scratch = gates + B * DI;
+    const float *A = (const float *)p->A.data;
+    int64_t sa = p->A.stride[0];
+    if (!a_unit) {
+        float *ac = scratch + DI;
+        for (int64_t c = 0; c < DI; c++)
+            jamba_load_row(ac + c * N, A + c * p->A.stride[0], JAMBA_F32, N, p->A.stride[1]);
+        A = ac, sa = N;
     }
     for (int64_t b = 0; b < B; b++) {
         float *d = dts + b * DI;
-        jamba_load_row(d, (const char *)p->dt.data + b * p->dt.stride[0] * jamba_dtype_size(dt), dt, DI, 1);
+        jamba_load_row(d, (const char *)p->dt.data + b * p->dt.stride[0] * es, dt, DI, 1);
         if (p->dt_bias.data)
             for (int64_t c = 0; c < DI; c++) d[c] += ((const float *)p->dt_bias.data)[c * p->dt_bias.stride[0]];
         if (p->dt_softplus) jamba_softplus_row(d, scratch, DI);
-    }
-    for (int64_t b = 0; b < B; b++) {
+        jamba_load_row(xs + b * DI, (const char *)p->x.data + b * p->x.stride[0] * es, dt, DI, 1);
+        if (p->z.data) { /* silu(z), vectorised as dt: the fused scalar form is the slow one */
+            jamba_load_row(scratch, (const char *)p->z.data + b * p->z.stride[0] * es, dt, DI, 1);
+            jamba_silu_row(gates + b * DI, scratch, DI);
+        }
         jamba_load_row(bc_f + b * N, (const char *)p->Bm.data + b * p->Bm.stride[0] * jamba_dtype_size(p->Bm.dtype),
                        p->Bm.dtype, N, p->Bm.stride[1]);
         jamba_load_row(bc_f + (B + b) * N,
                        (const char *)p->Cm.data + b * p->Cm.stride[0] * jamba_dtype_size(p->Cm.dtype), p->Cm.dtype,
                        N, p->Cm.stride[1]);
     }
-    const int64_t ses = jamba_dtype_size(sdt);
+    const int64_t nbc = (DI + SSU_CB - 1) / SSU_CB; /* channel blocks per batch row */
 #pragma omp parallel for schedule(static) if (B * DI * N > 4 * JAMBA_OMP_MIN_WORK)
-    for (int64_t bc = 0; bc < B * DI; bc++) {
-        const int64_t b = bc / DI, c = bc % DI;
-        float hbuf[JAMBA_MAX_D_STATE], abuf[JAMBA_MAX_D_STATE];
-        const float d = dts[bc];
-        const float u = jamba_load(p->x.data, dt, b * p->x.stride[0] + c);
-        /* state row (b, c): state + b*s0 + c*s1, unit stride along N; an fp32 state is updated where it is */
-        char *srow = (char *)p->state.data + (b * p->state.stride[0] + c * p->state.stride[1]) * ses;
+    for (int64_t blk = 0; blk < B * nbc; blk++) {
+        const int64_t b = blk / nbc, c0 = blk % nbc * SSU_CB, nc = DI - c0 < SSU_CB ? DI - c0 : SSU_CB;
+        float hbuf[SSU_CB * JAMBA_MAX_D_STATE], y[SSU_CB];
+        /* state rows (b, c0..): unit stride along N; an fp32 state is updated where it is */
+        char *srow = (char *)p->state.data + (b * p->state.stride[0] + c0 * p->state.stride[1]) * ses;
         float *h = sdt == JAMBA_F32 ? (float *)srow : hbuf;
-        if (sdt != JAMBA_F32) jamba_load_row(h, srow, sdt, N, 1);
-        const float *arow = (const float *)p->A.data + c * p->A.stride[0];
-        if (p->A.stride[1] != 1) {
-            jamba_load_row(abuf, arow, JAMBA_F32, N, p->A.stride[1]);
-            arow = abuf;
+        const int64_t hs = sdt == JAMBA_F32 ? p->state.stride[1] : N;
+        if (sdt != JAMBA_F32)
+            for (int64_t c = 0; c < nc; c++)
+                jamba_load_row(hbuf + c * N, srow + c * p->state.stride[1] * ses, sdt, N, 1);
+        update_rows(h, hs, A + c0 * sa, sa, bc_f + b * N, bc_f + (B + b) * N, dts + b * DI + c0, xs + b * DI + c0, y,
+                    nc, N);
+        if (sdt != JAMBA_F32)
+            for (int64_t c = 0; c < nc; c++)
+                jamba_store_row(srow + c * p->state.stride[1] * ses, sdt, hbuf + c * N, N, 1);
+        for (int64_t c = 0; c < nc; c++) {
+            const int64_t bc = b * DI + c0 + c;
+            float v = y[c];
+            if (p->D.data) v += ((const float *)p->D.data)[(c0 + c) * p->D.stride[0]] * xs[bc];
+            if (p->z.data) v *= gates[bc];
+            jamba_store(p->out.data, dt, b * p->out.stride[0] + c0 + c, v);
         }
-        float y = update_row(h, arow, bc_f + b * N, bc_f + (B + b) * N, d * LOG2E, d * u, N);
-        if (sdt != JAMBA_F32) jamba_store_row(srow, sdt, h, N, 1);
-        if (p->D.data) y += ((const float *)p->D.data)[c * p->D.stride[0]] * u;
-        if (gates) y *= gates[bc];
-        jamba_store(p->out.data, dt, b * p->out.stride[0] + c, y);
     }
-    free(bc_f);
-    free(gates);
+    free(buf);
     return JAMBA_OK;
 }
