@@ -177,9 +177,14 @@ uint16_t jamba_f32_to_f16(float f) {
 }
 
 void jamba_load_row(float *dst, const void *src, jamba_dtype dt, int64_t n, int64_t stride) {
-    if (dt == JAMBA_F32) {
+    if (dt == JAMBA_F32 && stride == 1) { /* the common case, a plain copy (the strided loop does not vectorise) */
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+    } else if (dt == JAMBA_F32) {
         const float *s = (const float *)src;
         for (int64_t i = 0; i < n; i++) dst[i] = s[i * stride];
+    } else if (dt == JAMBA_BF16 && stride == 1) {
+        const uint16_t *s = (const uint16_t *)src;
+        for (int64_t i = 0; i < n; i++) dst[i] = jamba_bf16_to_f32(s[i]);
     } else if (dt == JAMBA_BF16) {
         const uint16_t *s = (const uint16_t *)src;
         for (int64_t i = 0; i < n; i++) dst[i] = jamba_bf16_to_f32(s[i * stride]);
@@ -189,7 +194,9 @@ void jamba_load_row(float *dst, const void *src, jamba_dtype dt, int64_t n, int6
 }
 
 void jamba_store_row(void *dst, jamba_dtype dt, const float *src, int64_t n, int64_t stride) {
-    if (dt == JAMBA_F32) {
+    if (dt == JAMBA_F32 && stride == 1) {
+        memcpy(dst, src, sizeof(float) * (size_t)n);
+    } else if (dt == JAMBA_F32) {
         float *d = (float *)dst;
         for (int64_t i = 0; i < n; i++) d[i * stride] = src[i];
     } else if (dt == JAMBA_BF16) {
