@@ -27,6 +27,25 @@ def parse(v):
     return dict(kv.split("=", 1) for kv in v.split() if kv != "default")
 
 
+def ab(bb, label, variants, rounds, nbytes, check, call):
+    """check() -> tensors that every variant must reproduce bit for bit; call: the op, timed in a CUDA graph, the
+    variants in turns, best of rounds."""
+    ref = None
+    for name, env in variants:
+        with common.env(**env):
+            got = check()
+        ref = got if ref is None else ref
+        assert all(torch.equal(g, r) for g, r in zip(got, ref)), (name, label)
+    times = {name: [] for name, _ in variants}
+    for _ in range(rounds):
+        for name, env in variants:
+            with common.env(**env):
+                times[name].append(bb.graph_us(call))
+    print(f"{label} ({nbytes / 1e6:.2f} MB, floor {nbytes / (bb.bw * 1e3):.2f} us, torch copy "
+          f"{bb.copy_graph_us(nbytes):.2f} us): " + " | ".join(f"[{n}] {min(t):.2f}" for n, t in times.items()),
+          flush=True)
+
+
 def main():
     variants = [(v, parse(v)) for v in (sys.argv[1:] or ["default"])]
     dev = torch.device("cuda")
@@ -37,43 +56,20 @@ def main():
         x = rn(Bsz, DI, dev=dev)
         w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
         st0 = rn(Bsz, DI, K, dev=dev)
-        ref = ref_st = None
-        for name, env in variants:
-            st = st0.clone()
-            with common.env(**env):
-                out = ops.causal_conv1d_update(x, st, w, b, True)
-            if ref is None:
-                ref, ref_st = out, st
-            assert torch.equal(out, ref) and torch.equal(st, ref_st), (name, Bsz)
-        nbytes = 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * 2 + DI * (K + 1) * 2
-        times = {name: [] for name, _ in variants}
         st = st0.clone()
-        for _ in range(rounds):
-            for name, env in variants:
-                with common.env(**env):
-                    times[name].append(bb.graph_us(lambda: ops.causal_conv1d_update(x, st, w, b, True)))
-        floor = nbytes / (bb.bw * 1e3)
-        print(f"conv_update B={Bsz} ({nbytes / 1e6:.2f} MB, floor {floor:.2f} us, torch copy "
-              f"{bb.copy_graph_us(nbytes):.2f} us): " + " | ".join(f"[{n}] {min(t):.2f}" for n, t in times.items()),
-              flush=True)
+
+        def check():
+            s = st0.clone()
+            return ops.causal_conv1d_update(x, s, w, b, True), s
+
+        ab(bb, f"conv_update B={Bsz}", variants, rounds, 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * 2 + DI * (K + 1) * 2,
+           check, lambda: ops.causal_conv1d_update(x, st, w, b, True))
     for Bsz, L in [tuple(int(u) for u in v.split("x")) for v in os.environ.get("FWD", "").split(",") if v]:
         x = rn(Bsz, DI, L, dev=dev)
         w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
-        ref = None
-        for name, env in variants:
-            with common.env(**env):
-                out = ops.causal_conv1d(x, w, b, None, True, K - 1)[0]
-            ref = out if ref is None else ref
-            assert torch.equal(out, ref), (name, Bsz, L)
-        nbytes = 2 * Bsz * DI * L * 2 + DI * (K + 1) * 2 + Bsz * DI * (K - 1) * 2
-        times = {name: [] for name, _ in variants}
-        for _ in range(rounds):
-            for name, env in variants:
-                with common.env(**env):
-                    times[name].append(bb.graph_us(lambda: ops.causal_conv1d(x, w, b, None, True, K - 1)))
-        print(f"causal_conv1d {Bsz}x{L} ({nbytes / 1e6:.2f} MB, floor {nbytes / (bb.bw * 1e3):.2f} us, torch copy "
-              f"{bb.copy_graph_us(nbytes):.2f} us): " + " | ".join(f"[{n}] {min(t):.2f}" for n, t in times.items()),
-              flush=True)
+        fwd = lambda: ops.causal_conv1d(x, w, b, None, True, K - 1)  # noqa: E731
+        ab(bb, f"causal_conv1d {Bsz}x{L}", variants, rounds,
+           2 * Bsz * DI * L * 2 + DI * (K + 1) * 2 + Bsz * DI * (K - 1) * 2, fwd, fwd)
 
 
 if __name__ == "__main__":

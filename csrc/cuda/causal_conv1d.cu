@@ -460,12 +460,12 @@ __global__ void __launch_bounds__(HF ? 256 : 128)
     typedef jamba_w16<T> P;
     constexpr int NQ = CPT * (int)sizeof(T) / 4; /* 16-byte chunks in CPT rows x 4 entries */
     static_assert(NQ >= 1 && CPT * (int)sizeof(T) % 4 == 0, "whole 16-byte state pieces");
-    const int64_t ng = (a.B + NB - 1) / NB * a.DI / CPT; /* thread groups: batch tiles x channel groups */
     int64_t bt, c;
     if constexpr (HF) { /* grid (channel groups / blockDim.x, batch tiles) */
         c = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) * CPT, bt = blockIdx.y;
         if (c >= a.DI) return;
     } else {
+        const int64_t ng = (a.B + NB - 1) / NB * a.DI / CPT; /* thread groups: batch tiles x channel groups */
         const int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
         if (g >= ng) return;
         conv_split(g * CPT, a.DI, ng * CPT, &bt, &c);
