@@ -78,7 +78,7 @@ def _load(args):
     if tok is None:
         _fail(f"--model {d!r}: no tokenizer.json, so the prompt cannot be encoded")
     try:
-        model = JambaForCausalLM.from_pretrained(d, dtype=dtype, device=device)
+        model = JambaForCausalLM.from_pretrained(d, dtype=dtype, device=device, progress=args.progress)
     except (ValueError, FileNotFoundError, OSError) as e:
         _fail(f"--model {d!r}: {e}")
     return model, tok, d
@@ -163,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     bar = g.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help=f"always show the progress bar (default: from {PROGRESS_MIN_TOKENS} new tokens on)")
+                     help=f"always show the progress bar and the weight-loading lines (default: the bar from "
+                     f"{PROGRESS_MIN_TOKENS} new tokens on, the loading lines for checkpoints over 1 GB)")
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     cg = g.add_mutually_exclusive_group()
     cg.add_argument("--cuda-graph", dest="cuda_graph", action="store_true", default=None,

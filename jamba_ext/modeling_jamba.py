@@ -24,6 +24,8 @@ import json
 import math
 import os
 import re
+import sys
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -872,21 +874,50 @@ def _checkpoint_files(path: str) -> List[str]:
                             "pytorch_model.bin or pytorch_model.bin.index.json")
 
 
-def _iter_checkpoint(files: Sequence[str]) -> Iterable[Tuple[str, Tensor, str]]:
+PROGRESS_MIN_BYTES = 1 << 30       # from_pretrained(progress=None) reports files that hold more than this
+
+
+class _LoadProgress:
+    """One stderr line per finished weight file: i/n, name, size, read rate, time since the first file."""
+
+    def __init__(self, files: Sequence[str]):
+        self.n, self.t0 = len(files), time.perf_counter()
+        self.total = sum(os.path.getsize(f) for f in files)
+        self.done, self.i, self.t_file = 0, 0, self.t0
+
+    def file_done(self, fpath: str) -> None:
+        now, size = time.perf_counter(), os.path.getsize(fpath)
+        self.i, self.done = self.i + 1, self.done + size
+        rate = size / max(now - self.t_file, 1e-9) / 1e9
+        sys.stderr.write(f"loading weights: {self.i}/{self.n} {os.path.basename(fpath)} {size / 1e9:.2f} GB "
+                         f"({rate:.2f} GB/s) | {self.done / 1e9:.1f} of {self.total / 1e9:.1f} GB in "
+                         f"{now - self.t0:.1f} s\n")
+        sys.stderr.flush()
+        self.t_file = now
+
+
+def _iter_checkpoint(files: Sequence[str], progress: Optional[_LoadProgress] = None
+                     ) -> Iterable[Tuple[str, Tensor, str]]:
     for fpath in files:
-        if fpath.endswith(".safetensors"):
-            try:
-                from safetensors import safe_open
-            except ImportError:
-                raise ImportError("reading .safetensors checkpoints needs the `safetensors` package "
-                                  "(pip install safetensors)") from None
-            with safe_open(fpath, framework="pt", device="cpu") as f:
-                for k in f.keys():
-                    yield k, f.get_tensor(k), fpath
-        else:
-            sd = torch.load(fpath, map_location="cpu", weights_only=True)
-            for k, v in sd.items():
-                yield k, v, fpath
+        yield from _iter_file(fpath)
+        if progress is not None:
+            progress.file_done(fpath)
+
+
+def _iter_file(fpath: str) -> Iterable[Tuple[str, Tensor, str]]:
+    if fpath.endswith(".safetensors"):
+        try:
+            from safetensors import safe_open
+        except ImportError:
+            raise ImportError("reading .safetensors checkpoints needs the `safetensors` package "
+                              "(pip install safetensors)") from None
+        with safe_open(fpath, framework="pt", device="cpu") as f:
+            for k in f.keys():
+                yield k, f.get_tensor(k), fpath
+    else:
+        sd = torch.load(fpath, map_location="cpu", weights_only=True)
+        for k, v in sd.items():
+            yield k, v, fpath
 
 
 # ---- models --------------------------------------------------------------------------------------------
@@ -939,12 +970,14 @@ class _PreTrained(nn.Module):
         pass
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype=None, device=None, config: Optional[JambaConfig] = None):
+    def from_pretrained(cls, path: str, dtype=None, device=None, config: Optional[JambaConfig] = None,
+                        progress: Optional[bool] = None):
         """Loads a local transformers Jamba checkpoint: config.json + model.safetensors (or a sharded
         model.safetensors.index.json; pytorch_model.bin also read). Per-expert and fused expert keys both
         load. dtype: None keeps the config's dtype ("dtype"/"torch_dtype") or float32. No network access.
-        Raises FileNotFoundError for a missing file and ValueError naming every missing, unexpected or
-        mis-shaped key."""
+        progress: a line per weight file on stderr (its size, GB/s, time so far); None: on when the files
+        hold more than 1 GB. Raises FileNotFoundError for a missing file and ValueError naming every missing,
+        unexpected or mis-shaped key."""
         if not os.path.isdir(path):
             raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
         config = config or JambaConfig.from_pretrained(path)
@@ -958,10 +991,12 @@ class _PreTrained(nn.Module):
             model = cls(config)
         model = model.to(dtype).to_empty(device=device)
         model._retie()
-        model._load_checkpoint(files)
+        if progress is None:
+            progress = sum(os.path.getsize(f) for f in files) > PROGRESS_MIN_BYTES
+        model._load_checkpoint(files, progress)
         return model.eval()
 
-    def _load_checkpoint(self, files: Sequence[str]) -> None:
+    def _load_checkpoint(self, files: Sequence[str], progress: bool = False) -> None:
         params = dict(self.state_dict(keep_vars=True))
         prefix = "model." if isinstance(self, JambaForCausalLM) else ""
         loaded, unexpected, errors = set(), [], []
@@ -980,7 +1015,7 @@ class _PreTrained(nn.Module):
                 p.copy_(value)
             loaded.add(key)
 
-        for key, value, fpath in _iter_checkpoint(files):
+        for key, value, fpath in _iter_checkpoint(files, _LoadProgress(files) if progress else None):
             if not prefix:                                         # a JambaForCausalLM checkpoint into JambaModel
                 if key == "lm_head.weight":
                     continue

@@ -276,6 +276,23 @@ def test_from_pretrained_sharded_and_dtype(tmp_path):
     assert torch.equal(m.embed_tokens.weight, hf.model.embed_tokens.weight)
 
 
+def test_from_pretrained_progress(tmp_path, capsys):
+    """progress=True: one stderr line per weight file, the last one counting every byte; progress=None below
+    1 GB and progress=False: silent."""
+    _save_hf(tmp_path, CONFIGS["attn1_moe_top2"], max_shard_size="100KB")
+    files = json.loads((tmp_path / "model.safetensors.index.json").read_text())["weight_map"].values()
+    n, total = len(set(files)), sum(p.stat().st_size for p in tmp_path.glob("*.safetensors"))
+    assert n > 1
+    capsys.readouterr()                                   # transformers' own save bar
+    JambaForCausalLM.from_pretrained(str(tmp_path), progress=True)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == n and all(line.startswith("loading weights: ") for line in lines), lines
+    assert lines[-1].startswith(f"loading weights: {n}/{n} ") and f" of {total / 1e9:.1f} GB in " in lines[-1]
+    for progress in (None, False):
+        JambaForCausalLM.from_pretrained(str(tmp_path), progress=progress)
+        assert capsys.readouterr().err == ""
+
+
 def test_from_pretrained_clear_errors(tmp_path):
     cfg = CONFIGS["attn1_moe_top2"]
     _save_hf(tmp_path, cfg)
