@@ -3,7 +3,7 @@ the same inputs and against the floor measured in the same run.
 
 Shapes: d_inner 8192, d_state 16, conv width 4. selective_scan and causal_conv1d at batch x seqlen =
 1x2048, 1x8192, 1x32768, 8x2048; the decode updates at batch 1, 16, 64, 256; rms_norm / add_rms_norm over
-8192 rows of hidden 4096.
+8192 rows of hidden 4096; gemv (the decode step's projections, 1 and 8 rows) against F.linear (cuBLAS).
 Floors: memory-bound kernels: minimal bytes (inputs read once, outputs written once) / measured copy
 bandwidth. selective_scan: max(bytes / bandwidth, exponentials / SFU rate), exponentials =
 batch*d_inner*seqlen*d_state; the SFU ex2 rate is measured by a Triton microbenchmark when Triton works,
@@ -325,11 +325,49 @@ def bench_norm_segments(bb, dim=288, splits=(256, 272)):
                    2 * rows * dim * 2 + dim * 2, small=True, graph=True)
 
 
+# Jamba-v0.1's decode-step projections (N, K) (one Mamba layer, the dense MLP, attention, the LM head)
+GEMV_SHAPES = [("mamba in_proj", 16384, 4096), ("mamba x_proj", 288, 8192), ("mamba dt_proj", 8192, 256),
+               ("mamba out_proj", 4096, 8192), ("mlp gate|up", 14336, 4096), ("mlp down", 4096, 14336),
+               ("attn q|o", 4096, 4096), ("attn k|v", 1024, 4096), ("lm_head", 65536, 4096)]
+
+
+def bench_gemv(bb, shapes, rows_list):
+    """jamba.gemv against F.linear (cuBLAS) at decode sizes, both timed in a CUDA graph over a rotation of weight
+    copies that together exceed the L2 (so every call reads its weight from DRAM, as in a decode step).
+    Floor: the weight's bytes / copy bandwidth (x and out are a few KB)."""
+    dev = bb.dev
+    for name, N, K in shapes:
+        nw = max(2, -(-(256 << 20) // (N * K * 2))) if not bb.smoke else 2
+        ws = [rn(N, K, dev=dev, scale=0.02) for _ in range(nw)]
+        for M in rows_list:
+            x = rn(M, K, dev=dev)
+            check(f"gemv {name}", ops.gemv(x, ws[0]), R.gemv(x.float(), ws[0].float()).to(BF16))
+            i = [0]
+
+            def call(f):
+                def fn():
+                    f(x, ws[i[0] % nw])
+                    i[0] += 1
+                return fn
+            ours = bb.graph_us(call(ops.gemv)) if dev.type == "cuda" else bb.time(call(ops.gemv))["median_ms"] * 1e3
+            cub = bb.graph_us(call(F.linear)) if dev.type == "cuda" else bb.time(call(F.linear))["median_ms"] * 1e3
+            nbytes = N * K * 2 + M * (N + K) * 2
+            floor = nbytes / (bb.bw * 1e9) * 1e6
+            r = dict(op="gemv", label=f"gemv {name} M={M} N={N} K={K}", shape=f"M={M} N={N} K={K}", dtype="bf16",
+                     median_us=ours, bytes=nbytes, floor_us=floor, floor_binds="memory", pct_of_floor=100 * floor / ours,
+                     pct_copy_bw=100 * floor / ours, cublas_us=cub, cublas_pct_of_floor=100 * floor / cub,
+                     speedup_vs_cublas=cub / ours, graph_timed=dev.type == "cuda")
+            print(common.fmt_row(r["label"], ours, floor, f"F.linear{' (cuBLAS)' if dev.type == 'cuda' else ''} {cub:7.1f} us ({r['cublas_pct_of_floor']:5.1f}%"
+                                 f" of floor) | x{r['speedup_vs_cublas']:.2f}"), flush=True)
+            bb.rows.append(r)
+        del ws
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--only", default="", help="comma-separated families: scan,conv,decode,norm (default all)")
+    ap.add_argument("--only", default="", help="comma-separated families: scan,conv,decode,norm,gemv (default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu" and not args.smoke:
@@ -347,7 +385,7 @@ def main():
     bb = Bench(dev, args.smoke, reps=5 if args.smoke else 30)
     print(f"device: {common.device_name(dev)} | copy bandwidth {bb.bw:.0f} GB/s | SFU ex2 rate "
           f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
-    only = set(filter(None, args.only.split(","))) or {"scan", "conv", "decode", "norm"}
+    only = set(filter(None, args.only.split(","))) or {"scan", "conv", "decode", "norm", "gemv"}
     if "scan" in only:
         bench_scan(bb, scan_shapes, DI, N)
     if "conv" in only:
@@ -357,6 +395,8 @@ def main():
     if "norm" in only:
         bench_norm(bb, *norm_shape)
         bench_norm_segments(bb)
+    if "gemv" in only:
+        bench_gemv(bb, [("smoke", 40, 264)] if args.smoke else GEMV_SHAPES, (1, 3) if args.smoke else (1, 8))
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,
                        smoke=args.smoke)
     path = common.write_results("bench_kernels_smoke" if args.smoke else "bench_kernels", bb.rows, info)

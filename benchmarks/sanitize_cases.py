@@ -68,6 +68,11 @@ def main():
                        rn(B, L3, N).transpose(1, 2), D[c64].contiguous(), rn(B, 64, L3), db[c64].contiguous(), True,
                        None)
     ops.selective_state_update(h, rn(B, DI), rn(B, DI), A, rn(B, N), rn(B, N), D, rn(B, DI), db, True)
+    for M in (1, 3, 8, 11):                                    # gemv: each x-row group size, two groups at 11
+        ops.gemv(rn(M, 2056), rn(37, 2056), rn(37))            # vector kernel, a partial 256-element chunk
+    ops.gemv(rn(2, 8192), rn(288, 8192))                       # 8 K-slices per row pair
+    ops.gemv(rn(2, 256), rn(100, 256), rn(100, dt=torch.float32))  # 1 K-slice, 16 rows per block, f32 bias
+    ops.gemv(rn(3, 13), rn(9, 13))                             # element kernel
     moe = getattr(jamba_ext, "moe", None)
     if moe is not None and hasattr(moe, "sparse_moe_forward"):
         T, H, F, E = 13, 72, 88, 4

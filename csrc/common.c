@@ -228,4 +228,5 @@ NO_CUDA(jamba_moe_permute_cuda, jamba_moe_permute_params)
 NO_CUDA(jamba_moe_experts_cuda, jamba_moe_experts_params)
 NO_CUDA(jamba_silu_mul_cuda, jamba_silu_mul_params)
 NO_CUDA(jamba_moe_combine_cuda, jamba_moe_combine_params)
+NO_CUDA(jamba_gemv_cuda, jamba_gemv_params)
 __attribute__((weak)) int jamba_has_cuda(void) { return 0; }

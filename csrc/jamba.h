@@ -285,6 +285,22 @@ jamba_status jamba_moe_combine_cpu(const jamba_moe_combine_params *p);
 jamba_status jamba_moe_combine_cuda(const jamba_moe_combine_params *p, jamba_launch launch);
 /* JAMBA_MOE_API_END */
 
+/* ------------------------------------------------------------------------------------------------
+ * gemv: out = x @ weight^T (+ bias) for a few rows of x: the decode step's projections   (csrc/{cpu,cuda}/gemv.*)
+ *   x (M, K), weight (N, K), out (M, N): unit stride along the last dim, any row stride; f32|f16|bf16, one dtype
+ *   for the three. bias (N,), contiguous, x's dtype or f32; optional.
+ *   out[m, n] = round_x( sum_k float(x[m, k]) * float(weight[n, k]) + float(bias[n]) ), fp32 sums in a fixed order
+ *   (deterministic). Any M is valid; the CUDA kernel reads the weight once per 8 rows of x, so it is meant for
+ *   M <= 8 (larger M belongs to a GEMM).
+ */
+typedef struct {
+    jamba_tensor out, x, weight, bias;
+} jamba_gemv_params;
+
+jamba_status jamba_gemv_check(const jamba_gemv_params *p);
+jamba_status jamba_gemv_cpu(const jamba_gemv_params *p);
+jamba_status jamba_gemv_cuda(const jamba_gemv_params *p, jamba_launch launch);
+
 #ifdef __cplusplus
 }
 #endif

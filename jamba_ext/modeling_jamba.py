@@ -50,6 +50,7 @@ class _ReferenceBackend:
     add_rms_norm = staticmethod(_reference.add_rms_norm)
     causal_conv1d = staticmethod(_reference.causal_conv1d)
     selective_scan = staticmethod(_reference.selective_scan)
+    gemv = staticmethod(_reference.gemv)
 
     @staticmethod
     def causal_conv1d_update(x, conv_state, weight, bias=None, silu=True):
@@ -453,6 +454,29 @@ class JambaRMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
+# Projections of at most this many rows of activations (decode steps) run jamba.gemv on CUDA instead of F.linear:
+# cuBLAS reads the long-K, short-N weights of a decode step (Mamba out_proj / x_proj, attention, MLP down) at 58-88% of
+# the bandwidth floor (dev/gemv_probe.py) and cannot overlap our PDL kernels. 0 turns it off (A/B timing).
+GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "8"))
+_HOOKS = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
+
+
+def _proj(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """F.linear(x, weight, bias), on jamba.gemv for a CUDA x of at most GEMV_MAX_ROWS rows (no gradient taken)."""
+    if (x.is_cuda and x.numel() <= GEMV_MAX_ROWS * x.shape[-1] and x.dtype == weight.dtype
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        return _K.gemv(x, weight, bias)
+    return F.linear(x, weight, bias)
+
+
+def _linear(mod: nn.Module, x: Tensor) -> Tensor:
+    """mod(x) for an nn.Linear; through _proj when mod is a plain nn.Linear with no hooks (a wrapped or hooked
+    projection, e.g. an adapter, keeps its own forward)."""
+    if type(mod) is nn.Linear and not (mod._forward_hooks or mod._forward_pre_hooks or any(_HOOKS)):
+        return _proj(x, mod.weight, mod.bias)
+    return mod(x)
+
+
 def _linear_t(x: Tensor, weight: Tensor) -> Tensor:
     """x (B, L, I) with any strides (typically a transposed (B, I, L) tensor) @ weight (O, I)^T -> (B, L, O)
     contiguous, as one batched GEMM without copying x (F.linear would fold x into 2-D, a copy)."""
@@ -593,15 +617,15 @@ class JambaMambaMixer(nn.Module):
         """One decode token. hidden_states (B, 1, H); conv_state (B, DI, K) and ssm_state (B, DI, N) are
         updated in place. Returns (B, 1, H)."""
         DI = self.intermediate_size  # R = time_step_rank, N = ssm_state_size in the shape comments
-        xz = F.linear(hidden_states[:, 0], self.in_proj.weight, self.in_proj.bias)  # (B, 2DI)
+        xz = _proj(hidden_states[:, 0], self.in_proj.weight, self.in_proj.bias)      # (B, 2DI)
         x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI), unit stride
         x = _K.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, True)  # (B, DI)
-        xdbl = F.linear(x, self.x_proj.weight)                                      # (B, R+2N)
+        xdbl = _proj(x, self.x_proj.weight)                                         # (B, R+2N)
         dt, Bm, Cm = self._xproj_norms(xdbl)                                        # (B, R), (B, N), (B, N) views
-        dt = F.linear(dt, self.dt_proj.weight)                                      # (B, DI), no bias
+        dt = _proj(dt, self.dt_proj.weight)                                         # (B, DI), no bias
         A, D, dt_bias = self._ssm_params()
         y = _K.selective_state_update(ssm_state, x, dt, A, Bm, Cm, D, z, dt_bias, True)  # (B, DI)
-        return F.linear(y, self.out_proj.weight, self.out_proj.bias)[:, None]        # (B, 1, H)
+        return _proj(y, self.out_proj.weight, self.out_proj.bias)[:, None]           # (B, 1, H)
 
 
 class JambaAttention(nn.Module):
@@ -622,9 +646,9 @@ class JambaAttention(nn.Module):
     def forward(self, hidden_states: Tensor, step: _Step, cache: Optional[JambaHybridCache] = None) -> Tensor:
         Bsz, L, _ = hidden_states.shape
         hd = self.head_dim
-        q = self.q_proj(hidden_states).view(Bsz, L, self.num_heads, hd).transpose(1, 2)            # (B, nh, L, hd)
-        k = self.k_proj(hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)  # (B, nkv, L, hd)
-        v = self.v_proj(hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)
+        q = _linear(self.q_proj, hidden_states).view(Bsz, L, self.num_heads, hd).transpose(1, 2)            # (B, nh, L, hd)
+        k = _linear(self.k_proj, hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)  # (B, nkv, L, hd)
+        v = _linear(self.v_proj, hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)
         if step.static:
             k, v = cache.update_kv_static(self.layer_idx, k, v)                                   # (B, nkv, cap, hd)
         elif cache is not None:
@@ -639,14 +663,14 @@ class JambaAttention(nn.Module):
             # (B, nkv, S, hd): no K/V copy, no enable_gqa; the mask (B, 1, 1, S) broadcasts over the rows.
             # Query head h = kv * rep + r, as repeat_interleave / enable_gqa pair them.
             o = _sdpa(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, step.attn_mask, False, False)
-            return self.o_proj(o.reshape(Bsz, 1, self.num_heads * hd))
+            return _linear(self.o_proj, o.reshape(Bsz, 1, self.num_heads * hd))
         gqa = rep > 1
         if gqa and (not _SDPA_HAS_GQA or step.attn_mask is not None):  # several rows under a mask: repeat K/V
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             gqa = False
         o = _sdpa(q, k, v, step.attn_mask, step.is_causal, gqa)
         o = o.transpose(1, 2).reshape(Bsz, L, self.num_heads * hd)                                 # (B, L, nh*hd)
-        return self.o_proj(o)
+        return _linear(self.o_proj, o)
 
 
 class JambaMLP(nn.Module):
@@ -660,7 +684,7 @@ class JambaMLP(nn.Module):
         self.down_proj = nn.Linear(I, H, bias=False)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x)), None
+        return _linear(self.down_proj, F.silu(_linear(self.gate_proj, x)) * _linear(self.up_proj, x)), None
 
 
 class JambaTopKRouter(nn.Module):
@@ -1273,7 +1297,7 @@ class JambaForCausalLM(_PreTrained):
             hk = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
         else:
             hk = h[:, logits_to_keep]
-        logits = self.lm_head(hk)                                                     # (B, L_kept, V)
+        logits = _linear(self.lm_head, hk)                                            # (B, L_kept, V)
         loss = aux = None
         if labels is not None:
             shift = F.pad(labels, (0, 1), value=-100)[:, 1:]

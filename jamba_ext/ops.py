@@ -623,6 +623,30 @@ _register_reference_autograd(
 # JAMBA_MOE_OPS_END
 
 
+# ---- gemv (decode-step projections) ----------------------------------------------------------------------
+@torch.library.custom_op("jamba::gemv", mutates_args=())
+def gemv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x @ weight.T (+ bias) for a few rows of x (a decode step's projections): fp32 sums in a fixed order, one
+    rounding to x's dtype. x: (..., K), unit stride along K; weight: (N, K), x's dtype, unit stride along K;
+    bias: (N,), x's dtype or f32. Returns (..., N). Any number of rows is valid; the CUDA kernel reads the weight
+    once per 8 rows, so F.linear (a GEMM) is the better choice from ~8 rows on."""
+    op = "gemv"
+    _check_args(op, "x", x, {"weight": 2, "bias": 1}, weight=weight, bias=bias)
+    x2 = _rows(op, "x", x)
+    out = _alloc((x2.shape[0], weight.shape[0]), x.dtype, x.device)
+    _call(op, x.device, op, [("out", out), ("x", x2), ("weight", weight), ("bias", bias)])
+    return out.view(*x.shape[:-1], weight.shape[0])
+
+
+@gemv.register_fake
+def _(x, weight, bias=None):
+    _fake_devices("gemv", x=x, weight=weight, bias=bias)
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+_register_reference_autograd("gemv", reference.gemv, 3, (0, 1, 2))
+
+
 # ---- eager fast path ---------------------------------------------------------------------------------------
 # A call through the torch dispatcher costs 8 us (rms_norm) to 55 us (selective_state_update: default
 # filling, ADInplaceOrView, autograd wrappers) on top of the op itself: more than the kernels of a decode
@@ -670,3 +694,4 @@ moe_permute = _fast_path(moe_permute)
 moe_experts = _fast_path(moe_experts)
 silu_mul = _fast_path(silu_mul)
 moe_combine = _fast_path(moe_combine)
+gemv = _fast_path(gemv)

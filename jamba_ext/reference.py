@@ -151,6 +151,12 @@ def moe_route(router_logits: Tensor, top_k: int) -> Tuple[Tensor, Tensor]:
     return w[:, :top_k], idx[:, :top_k]
 
 
+def gemv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """x @ weight.T (+ bias) in the compute dtype, cast to x's dtype. x: (..., K); weight: (N, K); bias: (N,)."""
+    cd = _compute_dtype(x)
+    return F.linear(x.to(cd), weight.to(cd), _f(bias, cd)).to(x.dtype)
+
+
 def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
     """Dense SwiGLU: down(silu(gate(x)) * up(x)). x: (T, H); w_gate, w_up: (F, H); w_down: (H, F)."""
     return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)

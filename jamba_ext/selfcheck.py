@@ -115,6 +115,11 @@ def _silu_mul(g: _Gen, s: int):
     return dict(gate_up=g.randn(*((5, 2 * 37) if s == 0 else (64, 2 * 512))))
 
 
+def _gemv(g: _Gen, s: int):
+    m, n, k = (3, 37, 264) if s == 0 else (1, 288, 8192)
+    return dict(x=g.randn(m, k), weight=g.randn(n, k, scale=k ** -0.5), bias=g.randn(n))
+
+
 def _run_route(d):
     w, ids, _, _ = ops.moe_route(d["router_logits"], 2)
     return w, ids.long()
@@ -150,6 +155,7 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("selective_state_update", _state_update, _run_state_update, _ref(reference.selective_state_update), TOL),
     ("moe_route", _route, _run_route, _ref_route, TOL),
     ("silu_mul", _silu_mul, lambda d: ops.silu_mul(**d), _ref(reference.silu_mul), TOL),
+    ("gemv", _gemv, lambda d: ops.gemv(**d), _ref(reference.gemv), TOL),
     ("moe_experts", _moe, lambda d: ops.moe_experts(**d), _ref(reference.moe_experts), MOE_TOL),
 ]
 

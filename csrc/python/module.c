@@ -224,6 +224,16 @@ static PyObject *py_silu_mul(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_silu_mul_cpu, jamba_silu_mul_cuda);
 }
 
+static PyObject *py_gemv(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_gemv_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.x, &p.weight, &p.bias};
+    if (parse_call(args, &c, ts, 4, NULL, 0) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_gemv_cpu, jamba_gemv_cuda);
+}
+
 static PyObject *py_moe_combine(PyObject *self, PyObject *args) {
     (void)self;
     jamba_moe_combine_params p;
@@ -281,6 +291,7 @@ static PyMethodDef methods[] = {
     {"moe_permute", py_moe_permute, METH_VARARGS, "moe_permute (see csrc/jamba.h)."},
     {"moe_experts", py_moe_experts, METH_VARARGS, "moe_experts (see csrc/jamba.h)."},
     {"silu_mul", py_silu_mul, METH_VARARGS, "silu_mul (see csrc/jamba.h)."},
+    {"gemv", py_gemv, METH_VARARGS, "gemv (see csrc/jamba.h)."},
     {"moe_combine", py_moe_combine, METH_VARARGS, "moe_combine (see csrc/jamba.h)."},
     {NULL, NULL, 0, NULL},
 };

@@ -1,0 +1,195 @@
+/* gemv.cu -- out = x @ weight^T (+ bias) for a few rows of x (the decode step's projections), on CUDA.
+ *
+ * Exports: jamba_gemv_cuda (checks: csrc/cpu/gemv.c). Math as csrc/cpu/gemv.c: fp32 dot products in a fixed order
+ * (deterministic), bias added in fp32, one rounding to x's dtype. The summation order differs from the CPU op's.
+ *
+ * Kernels (shapes and layouts at each):
+ *   gemv_vec_kernel<T, MM>: x (M, K), weight (N, K), out (M, N), unit stride along the last dim, rows and base
+ *     pointers 16-byte aligned, K a multiple of VN = 16 / sizeof(T). A block of 8 warps owns RB = 2 * 8 / KW weight
+ *     rows and MM rows of x (grid (N / RB, M / MM)): its warps form 8 / KW row pairs x KW slices of K; lane l of a
+ *     warp reads VN elements of each of its 2 weight rows per chunk of 32 * VN, chunks KW apart, U chunks' weight
+ *     loads issued before the first multiply; x is read through the read-only cache (tiny, shared by every
+ *     block), the weight with L1::no_allocate (read once). Each warp's 2 x MM sums go through a shuffle butterfly,
+ *     then the KW slices of a row are added in slice order through shared memory.
+ *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
+ * Why: cuBLAS at these shapes (dev/gemv_probe.py, benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
+ * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
+ * 22.0 us against 15.8; x_proj 288 x 8192: 7.7 against 1.1; attention o 4096 x 4096: 13.6 against 7.9; MLP down
+ * 4096 x 14336: 31.5 against 27.6), the wide ones at 95-99%; it also cannot start before our PDL kernels end.
+ */
+#include <string.h>
+
+#include "common.cuh"
+
+#define GEMV_WARPS 8 /* warps per block */
+#define GEMV_R 2     /* weight rows per warp */
+
+struct gemv_args {
+    void *out;
+    const void *x, *w, *bias;
+    int64_t M, N, K;
+    int64_t sx, sw, so; /* row strides (elements) */
+    int bdt;            /* bias dtype (JAMBA_F32 or x's); bias may be NULL */
+    int kw;             /* vec kernel: warps along K (1, 2, 4 or 8) */
+};
+
+/* 16 bytes of a weight row: read once, so not kept in L1 */
+__device__ __forceinline__ uint4 gemv_ld_stream(const void *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+__device__ __forceinline__ float gemv_bias(const gemv_args &a, int64_t n) {
+    return a.bias ? jamba_ld_any(a.bias, a.bdt, n) : 0.f;
+}
+
+template <typename T, int MM>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(gemv_args a) {
+    jamba_pdl_begin();
+    constexpr int VN = 16 / (int)sizeof(T), U = MM <= 2 ? 4 : 2; /* elements per 16 bytes; chunks per batch */
+    __shared__ float red[GEMV_WARPS][GEMV_R][MM];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw;
+    const int rows_per_block = GEMV_R * (GEMV_WARPS / kw);
+    const int64_t n0 = (int64_t)blockIdx.x * rows_per_block + (warp / kw) * GEMV_R;
+    const int64_t m0 = (int64_t)blockIdx.y * MM;
+    const int mc = (int)min((int64_t)MM, a.M - m0);
+    const int64_t nchunk = a.K / (32 * VN) + (a.K % (32 * VN) != 0);
+    const T *wrow[GEMV_R];
+    bool wok[GEMV_R];
+#pragma unroll
+    for (int r = 0; r < GEMV_R; r++) {
+        wok[r] = n0 + r < a.N;
+        wrow[r] = (const T *)a.w + (wok[r] ? n0 + r : 0) * a.sw;
+    }
+    float acc[GEMV_R][MM];
+#pragma unroll
+    for (int r = 0; r < GEMV_R; r++)
+#pragma unroll
+        for (int m = 0; m < MM; m++) acc[r][m] = 0.f;
+
+    for (int64_t c0 = ks; c0 < nchunk; c0 += (int64_t)U * kw) {
+        uint4 wv[U][GEMV_R];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t k = (c0 + (int64_t)u * kw) * (32 * VN) + lane * VN;
+#pragma unroll
+            for (int r = 0; r < GEMV_R; r++)
+                wv[u][r] = (k < a.K && wok[r]) ? gemv_ld_stream(wrow[r] + k) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t k = (c0 + (int64_t)u * kw) * (32 * VN) + lane * VN;
+            if (k >= a.K) break;
+            float wf[GEMV_R][VN];
+#pragma unroll
+            for (int r = 0; r < GEMV_R; r++) jamba_w16<T>::ld(wv[u][r], wf[r]);
+#pragma unroll
+            for (int m = 0; m < MM; m++) {
+                if (m >= mc) break;
+                float xf[VN];
+                jamba_w16<T>::ld(__ldg((const uint4 *)((const T *)a.x + (m0 + m) * a.sx + k)), xf);
+#pragma unroll
+                for (int r = 0; r < GEMV_R; r++)
+#pragma unroll
+                    for (int j = 0; j < VN; j++) acc[r][m] = fmaf(xf[j], wf[r][j], acc[r][m]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_R; r++)
+#pragma unroll
+        for (int m = 0; m < MM; m++) {
+            const float v = jamba_warp_sum(acc[r][m]);
+            if (lane == 0) red[warp][r][m] = v;
+        }
+    __syncthreads();
+    /* thread t < rows_per_block * MM: row n0b + t / MM of the block, x row t % MM; slices added in order */
+    const int t = threadIdx.x;
+    if (t < rows_per_block * MM) {
+        const int rb = t / MM, m = t % MM, pair = rb / GEMV_R, r = rb % GEMV_R;
+        const int64_t n = (int64_t)blockIdx.x * rows_per_block + rb;
+        if (n < a.N && m < mc) {
+            float s = 0.f;
+            for (int j = 0; j < kw; j++) s += red[pair * kw + j][r][m];
+            ((T *)a.out)[(m0 + m) * a.so + n] = jamba_st<T>(s + gemv_bias(a, n));
+        }
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) {
+    jamba_pdl_begin();
+    const int lane = threadIdx.x & 31;
+    const int64_t n = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    if (n >= a.N) return;
+    const T *w = (const T *)a.w + n * a.sw;
+    for (int64_t m = 0; m < a.M; m++) {
+        const T *x = (const T *)a.x + m * a.sx;
+        float s = 0.f;
+        for (int64_t k = lane; k < a.K; k += 32) s = fmaf(jamba_ld<T>(x[k]), jamba_ld<T>(w[k]), s);
+        s = jamba_warp_sum(s);
+        if (lane == 0) ((T *)a.out)[m * a.so + n] = jamba_st<T>(s + gemv_bias(a, n));
+    }
+}
+
+template <typename T>
+static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
+    constexpr int VN = 16 / (int)sizeof(T);
+    const bool vec = a.K % VN == 0 && a.sx % VN == 0 && a.sw % VN == 0 && jamba_aligned16(a.x) &&
+                     jamba_aligned16(a.w);
+    if (!vec) {
+        const int64_t blocks = jamba_ceil_div(a.N, GEMV_WARPS);
+        if (blocks > JAMBA_MAX_GRID_X)
+            return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
+        jamba_kernel_launch(gemv_any_kernel<T>, dim3((unsigned)blocks), dim3(GEMV_WARPS * 32), 0, stream, a);
+        JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_any_kernel)", stream);
+        return JAMBA_OK;
+    }
+    /* warps along K: each warp >= 4 chunks where K allows, then more slices while the grid is under 2 waves'
+     * worth of blocks (a short, wide projection such as Mamba's x_proj: N 288, K 8192) */
+    const int64_t nchunk = jamba_ceil_div(a.K, 32 * VN);
+    int kw = 1;
+    while (kw < GEMV_WARPS && nchunk >= 4 * 2 * kw) kw *= 2;
+    while (kw < GEMV_WARPS && 2 * kw <= nchunk && jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
+    a.kw = kw;
+    const int64_t bx = jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw));
+    const int mm = a.M <= 1 ? 1 : a.M <= 2 ? 2 : a.M <= 4 ? 4 : 8;
+    const int64_t by = jamba_ceil_div(a.M, mm);
+    if (bx > JAMBA_MAX_GRID_X || by > 65535)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld, M = %lld: grid too large", (long long)a.N,
+                               (long long)a.M);
+    const dim3 grid((unsigned)bx, (unsigned)by), block(GEMV_WARPS * 32);
+    switch (mm) {
+    case 1: jamba_kernel_launch(gemv_vec_kernel<T, 1>, grid, block, 0, stream, a); break;
+    case 2: jamba_kernel_launch(gemv_vec_kernel<T, 2>, grid, block, 0, stream, a); break;
+    case 4: jamba_kernel_launch(gemv_vec_kernel<T, 4>, grid, block, 0, stream, a); break;
+    default: jamba_kernel_launch(gemv_vec_kernel<T, 8>, grid, block, 0, stream, a); break;
+    }
+    JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_vec_kernel)", stream);
+    return JAMBA_OK;
+}
+
+extern "C" jamba_status jamba_gemv_cuda(const jamba_gemv_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_gemv_check(p));
+    const int64_t M = p->x.shape[0], K = p->x.shape[1], N = p->weight.shape[0];
+    if (M == 0 || N == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.out = p->out.data;
+    a.x = p->x.data;
+    a.w = p->weight.data;
+    a.bias = p->bias.data;
+    a.bdt = p->bias.data ? (int)p->bias.dtype : (int)JAMBA_F32;
+    a.M = M, a.N = N, a.K = K;
+    a.sx = p->x.stride[0], a.sw = p->weight.stride[0], a.so = p->out.stride[0];
+    a.kw = 1;
+    const int sms = jamba_cuda_sm_count(launch.device);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = gemv_launch<T>(a, sms, stream));
+    return s;
+}
