@@ -454,16 +454,36 @@ class JambaRMSNorm(nn.Module):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
 
 
-# Projections of at most this many rows of activations (decode steps) run jamba.gemv on CUDA instead of F.linear:
-# cuBLAS reads the long-K, short-N weights of a decode step (Mamba out_proj / x_proj, attention, MLP down) at 58-88% of
-# the bandwidth floor (dev/gemv_probe.py) and cannot overlap our PDL kernels. 0 turns it off (A/B timing).
-GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "8"))
+# Projections of at most this many rows of activations in a static-cache decode step (the step that
+# generate(cuda_graph=True) captures and replays; eager with static_cache=True) run jamba.gemv instead of F.linear. At one row cuBLAS reads the long-K, short-N weights of
+# a decode step at 26-88% of the bandwidth floor (Mamba x_proj 7.5 us against our 3.7, out_proj 21.6 against 18.9,
+# attention k/v 7.7 against 5.4; H200 bf16, bench_kernels' gemv rows) and cannot overlap our PDL kernels. Not from 2
+# rows on (our x-row loop loses to cuBLAS there: 0.4-0.8x at 8 rows) and not in the dynamic-cache decode step (run
+# eagerly, host-bound: our op's Python path costs more than F.linear's). 0 turns it off (A/B timing).
+GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "1"))
 _HOOKS = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
+_gemv_on = False                                   # inside a static decode step (set by _GemvScope)
+
+
+class _GemvScope:
+    """with _GemvScope(on): _proj may take jamba.gemv (on) or not, restored on exit."""
+
+    def __init__(self, on: bool):
+        self.on = bool(on)
+
+    def __enter__(self):
+        global _gemv_on
+        self.prev, _gemv_on = _gemv_on, self.on
+
+    def __exit__(self, *exc):
+        global _gemv_on
+        _gemv_on = self.prev
 
 
 def _proj(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """F.linear(x, weight, bias), on jamba.gemv for a CUDA x of at most GEMV_MAX_ROWS rows (no gradient taken)."""
-    if (x.is_cuda and x.numel() <= GEMV_MAX_ROWS * x.shape[-1] and x.dtype == weight.dtype
+    """F.linear(x, weight, bias); jamba.gemv for a CUDA x of at most GEMV_MAX_ROWS rows in a static decode step
+    (no gradient taken)."""
+    if (_gemv_on and x.is_cuda and x.numel() <= GEMV_MAX_ROWS * x.shape[-1] and x.dtype == weight.dtype
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
         return _K.gemv(x, weight, bias)
     return F.linear(x, weight, bias)
@@ -1117,6 +1137,7 @@ class JambaModel(_PreTrained):
         kinds = {"attention": JambaAttentionDecoderLayer, "mamba": JambaMambaDecoderLayer}
         self.layers = nn.ModuleList([kinds[t](config, i) for i, t in enumerate(config.layers_block_type)])
         self.final_layernorm = JambaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self._static_step = False                      # whether the last forward was a static decode step
 
     def _step(self, attention_mask: Optional[Tensor], cache: Optional[JambaHybridCache], Bsz: int, L: int,
               dtype: torch.dtype, device: torch.device) -> Tuple[_Step, Optional[Tensor]]:
@@ -1180,10 +1201,12 @@ class JambaModel(_PreTrained):
             cache = JambaHybridCache(self.config, Bsz)
         step, key_mask = self._step(attention_mask, cache, Bsz, L, h.dtype, h.device)
         residual, router_logits = None, []
-        for layer in self.layers:
-            h, residual, rl = layer(h, residual, step, cache)
-            if output_router_logits and rl is not None:
-                router_logits.append(rl)
+        self._static_step = step.static                # read by JambaForCausalLM for its LM head
+        with _GemvScope(step.static):
+            for layer in self.layers:
+                h, residual, rl = layer(h, residual, step, cache)
+                if output_router_logits and rl is not None:
+                    router_logits.append(rl)
         if residual is None:
             h = self.final_layernorm(h)
         else:
@@ -1297,7 +1320,8 @@ class JambaForCausalLM(_PreTrained):
             hk = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
         else:
             hk = h[:, logits_to_keep]
-        logits = _linear(self.lm_head, hk)                                            # (B, L_kept, V)
+        with _GemvScope(self.model._static_step):
+            logits = _linear(self.lm_head, hk)                                        # (B, L_kept, V)
         loss = aux = None
         if labels is not None:
             shift = F.pad(labels, (0, 1), value=-100)[:, 1:]
