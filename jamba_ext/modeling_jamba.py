@@ -461,7 +461,7 @@ class JambaRMSNorm(nn.Module):
 # rows on (our x-row loop loses to cuBLAS there: 0.4-0.8x at 8 rows) and not in the dynamic-cache decode step (run
 # eagerly, host-bound: our op's Python path costs more than F.linear's). 0 turns it off (A/B timing).
 GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "1"))
-_HOOKS = (nn.modules.module._global_forward_hooks, nn.modules.module._global_forward_pre_hooks)
+_HOOKS = tuple(getattr(nn.modules.module, n, {}) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
 _gemv_on = False                                   # inside a static decode step (set by _GemvScope)
 
 
