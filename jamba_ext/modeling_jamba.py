@@ -785,7 +785,7 @@ class JambaSparseMoeBlock(nn.Module):
         """x (B, L, H) -> (out (B, L, H), router logits (B*L, E))."""
         shape = x.shape
         out, logits = _moe.sparse_moe_forward(x.reshape(-1, shape[-1]), self.router.weight,
-                                              self.experts.gate_up_proj, self.experts.down_proj, self.top_k)
+                                              self.experts.gate_up_proj, self.experts.down_proj, self.top_k, _proj)
         return out.view(shape), logits
 
 

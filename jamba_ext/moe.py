@@ -7,7 +7,7 @@ Jamba semantics (jamba-architecture.md 4.4): router logits in model dtype, softm
 top-k with no renormalisation, routing weights cast to model dtype, expert = down(silu(gate x) * up x),
 each expert's weighted output rounded to model dtype and summed in model dtype.
 
-Steps: (1) logits = F.linear (torch GEMM, model dtype, as HF); (2) jamba.moe_route: softmax + top-k +
+Steps: (1) logits = F.linear (torch GEMM, model dtype, as HF; jamba.gemv in the model's static decode step); (2) jamba.moe_route: softmax + top-k +
 the stable permutation grouping token slots by expert (C on CPU, two kernels on CUDA, no host sync);
 (3) jamba.moe_experts: gather + gate/up GEMM with SiLU*up fused + down GEMM scaled by the routing weight,
 then the combine back to token order. CUDA engines by size (impl auto): a weight-streaming decode kernel
@@ -23,10 +23,12 @@ from torch import Tensor
 from . import ops
 
 
-def sparse_moe_forward(x: Tensor, router_weight: Tensor, w_gate_up: Tensor, w_down: Tensor, top_k: int):
+def sparse_moe_forward(x: Tensor, router_weight: Tensor, w_gate_up: Tensor, w_down: Tensor, top_k: int,
+                       linear=F.linear):
+    """linear(x2, router_weight): the router projection (the model passes its decode-step-aware projection)."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])                                     # (T, H)
-    logits = F.linear(x2, router_weight)                              # (T, E), model dtype
+    logits = linear(x2, router_weight)                                # (T, E), model dtype
     weights, ids, offsets, slots = ops.moe_route(logits, top_k)       # (T, TOPK) f32, int32; (E+1,), (T*TOPK,)
     out = ops.moe_experts(x2, weights, ids, w_gate_up, w_down, slots, offsets)  # (T, H)
     return out.view(shape), logits
