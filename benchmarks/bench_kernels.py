@@ -3,7 +3,8 @@ the same inputs and against the floor measured in the same run.
 
 Shapes: d_inner 8192, d_state 16, conv width 4. selective_scan and causal_conv1d at batch x seqlen =
 1x2048, 1x8192, 1x32768, 8x2048; the decode updates at batch 1, 16, 64, 256; rms_norm / add_rms_norm over
-8192 rows of hidden 4096; gemv (the decode step's projections, 1 and 8 rows) against F.linear (cuBLAS).
+8192 rows of hidden 4096; gemv (the decode step's projections, 1 and 8 rows) against F.linear (cuBLAS);
+decode_attention (one token against a 2K-128K KV cache) against SDPA.
 Floors: memory-bound kernels: minimal bytes (inputs read once, outputs written once) / measured copy
 bandwidth. selective_scan: max(bytes / bandwidth, exponentials / SFU rate), exponentials =
 batch*d_inner*seqlen*d_state; the SFU ex2 rate is measured by a Triton microbenchmark when Triton works,
@@ -363,11 +364,50 @@ def bench_gemv(bb, shapes, rows_list):
         del ws
 
 
+def bench_attention(bb, lengths, B=1, H=8, NR=4, D=128):
+    """jamba.decode_attention (one new token, Jamba's 8 KV heads x 4 query heads, head_dim 128) against the SDPA call
+    the model made before it (modeling_jamba._sdpa: query heads as rows, a boolean key mask), both graph-timed over
+    a rotation of caches that together exceed the L2. Floor: K and V bytes / copy bandwidth."""
+    from jamba_ext.modeling_jamba import _sdpa
+    dev = bb.dev
+    for S in lengths:
+        kv_bytes = 2 * B * H * S * D * 2
+        nw = max(2, -(-(256 << 20) // kv_bytes)) if not bb.smoke else 2
+        caches = [(rn(B, H, S, D, dev=dev), rn(B, H, S, D, dev=dev)) for _ in range(nw)]
+        q = rn(B, H, NR, D, dev=dev)
+        mask = torch.ones(B, S, dtype=torch.bool, device=dev)
+        mask[:, S - S // 8:] = False                       # a static cache's unused tail
+        k0, v0 = caches[0]
+        check("decode_attention", ops.decode_attention(q, k0, v0, mask), R.decode_attention(q.float(), k0.float(),
+              v0.float(), mask).to(BF16))
+        i = [0]
+
+        def call(f):
+            def fn():
+                k, v = caches[i[0] % nw]
+                f(k, v)
+                i[0] += 1
+            return fn
+        ours_fn = call(lambda k, v: ops.decode_attention(q, k, v, mask))
+        sdpa_fn = call(lambda k, v: _sdpa(q, k, v, mask[:, None, None, :], False, False))
+        timed = (lambda f: bb.graph_us(f)) if dev.type == "cuda" else (lambda f: bb.time(f)["median_ms"] * 1e3)
+        ours, sdpa = timed(ours_fn), timed(sdpa_fn)
+        floor = kv_bytes / (bb.bw * 1e9) * 1e6
+        r = dict(op="decode_attention", label=f"decode_attention B={B} HKV={H} R={NR} D={D} S={S}",
+                 shape=f"B={B} HKV={H} R={NR} D={D} S={S}", dtype="bf16", median_us=ours, bytes=kv_bytes, floor_us=floor,
+                 floor_binds="memory", pct_of_floor=100 * floor / ours, pct_copy_bw=100 * floor / ours, sdpa_us=sdpa,
+                 speedup_vs_sdpa=sdpa / ours, graph_timed=dev.type == "cuda")
+        print(common.fmt_row(r["label"], ours, floor, f"SDPA (the model's call before) {sdpa:8.1f} us | "
+                             f"x{r['speedup_vs_sdpa']:.1f}"), flush=True)
+        bb.rows.append(r)
+        del caches
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--only", default="", help="comma-separated families: scan,conv,decode,norm,gemv (default all)")
+    ap.add_argument("--only", default="", help="comma-separated families: scan,conv,decode,norm,gemv,attn (default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu" and not args.smoke:
@@ -385,7 +425,7 @@ def main():
     bb = Bench(dev, args.smoke, reps=5 if args.smoke else 30)
     print(f"device: {common.device_name(dev)} | copy bandwidth {bb.bw:.0f} GB/s | SFU ex2 rate "
           f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
-    only = set(filter(None, args.only.split(","))) or {"scan", "conv", "decode", "norm", "gemv"}
+    only = set(filter(None, args.only.split(","))) or {"scan", "conv", "decode", "norm", "gemv", "attn"}
     if "scan" in only:
         bench_scan(bb, scan_shapes, DI, N)
     if "conv" in only:
@@ -397,6 +437,8 @@ def main():
         bench_norm_segments(bb)
     if "gemv" in only:
         bench_gemv(bb, [("smoke", 40, 264)] if args.smoke else GEMV_SHAPES, (1, 3) if args.smoke else (1, 8))
+    if "attn" in only:
+        bench_attention(bb, [64] if args.smoke else [2048, 8192, 32768, 131072])
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,
                        smoke=args.smoke)
     path = common.write_results("bench_kernels_smoke" if args.smoke else "bench_kernels", bb.rows, info)

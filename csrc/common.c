@@ -37,6 +37,7 @@ const char *jamba_dtype_name(jamba_dtype d) {
     case JAMBA_F64: return "float64";
     case JAMBA_I32: return "int32";
     case JAMBA_I64: return "int64";
+    case JAMBA_U8: return "bool/uint8";
     }
     return "unknown";
 }
@@ -229,4 +230,5 @@ NO_CUDA(jamba_moe_experts_cuda, jamba_moe_experts_params)
 NO_CUDA(jamba_silu_mul_cuda, jamba_silu_mul_params)
 NO_CUDA(jamba_moe_combine_cuda, jamba_moe_combine_params)
 NO_CUDA(jamba_gemv_cuda, jamba_gemv_params)
+NO_CUDA(jamba_decode_attention_cuda, jamba_decode_attention_params)
 __attribute__((weak)) int jamba_has_cuda(void) { return 0; }

@@ -170,6 +170,7 @@ static inline int64_t jamba_dtype_size(jamba_dtype d) {
     case JAMBA_F32: case JAMBA_I32: return 4;
     case JAMBA_F16: case JAMBA_BF16: return 2;
     case JAMBA_F64: case JAMBA_I64: return 8;
+    case JAMBA_U8: return 1;
     default: return 0;
     }
 }

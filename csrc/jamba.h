@@ -47,7 +47,8 @@ typedef enum {
     JAMBA_BF16 = 2,
     JAMBA_F64 = 3,
     JAMBA_I32 = 4,
-    JAMBA_I64 = 5
+    JAMBA_I64 = 5,
+    JAMBA_U8 = 6            /* one byte per element; torch.bool and torch.uint8 (masks) */
 } jamba_dtype;
 
 typedef struct {
@@ -300,6 +301,26 @@ typedef struct {
 jamba_status jamba_gemv_check(const jamba_gemv_params *p);
 jamba_status jamba_gemv_cpu(const jamba_gemv_params *p);
 jamba_status jamba_gemv_cuda(const jamba_gemv_params *p, jamba_launch launch);
+
+/* ------------------------------------------------------------------------------------------------
+ * decode_attention: softmax attention of a few query rows per KV head over a KV cache (decode steps; GQA: the R
+ * query heads sharing a KV head, for one new token, are its R rows)                (csrc/{cpu,cuda}/decode_attention.*)
+ *   q, out (B, HKV, R, D); k, v (B, HKV, S, D): unit stride along D, any other strides; f32|f16|bf16, one dtype.
+ *   key_mask (B, S) bool, any strides, optional: 1 = the key takes part (SDPA's boolean mask), absent = every key.
+ *   out[b, h, r] = round_x( sum_j e_j v[b, h, j] / sum_j e_j ), e_j = exp(s_j - max_j s_j),
+ *   s_j = scale * dot(q[b, h, r], k[b, h, j]) over the keys that take part, fp32 throughout; 0 when none does.
+ *   CUDA workspace (unused on the CPU, may be absent there): part_ml (B, HKV, P, R, 2) f32 and part_o
+ *   (B, HKV, P, R, D) f32 for P >= 1 splits of S (the caller picks P; each split's running max / sum and output).
+ *   CUDA: D in {64, 128, 256} and R <= 8 (other sizes: JAMBA_ERR_UNSUPPORTED).
+ */
+typedef struct {
+    jamba_tensor out, q, k, v, key_mask, part_ml, part_o;
+    double scale;
+} jamba_decode_attention_params;
+
+jamba_status jamba_decode_attention_check(const jamba_decode_attention_params *p);
+jamba_status jamba_decode_attention_cpu(const jamba_decode_attention_params *p);
+jamba_status jamba_decode_attention_cuda(const jamba_decode_attention_params *p, jamba_launch launch);
 
 #ifdef __cplusplus
 }

@@ -38,7 +38,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from . import _C, reference  # noqa: E402
 
 _DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3,
-               torch.int32: 4, torch.int64: 5}
+               torch.int32: 4, torch.int64: 5, torch.bool: 6, torch.uint8: 6}
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 _poison = os.environ.get("JAMBA_EXT_POISON", "0") == "1"
@@ -647,6 +647,61 @@ def _(x, weight, bias=None):
 _register_reference_autograd("gemv", reference.gemv, 3, (0, 1, 2))
 
 
+# ---- decode_attention (one new token against the KV cache) ----------------------------------------------------
+ATTN_SPLITS_PER_SM = 4           # CUDA: the keys are split so that about this many blocks per SM run
+_SM_COUNT = {}
+
+
+def _attn_splits(device: torch.device, bh: int, S: int) -> int:
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SM_COUNT:
+        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return max(1, min(-(-S // 16), -(-ATTN_SPLITS_PER_SM * _SM_COUNT[idx] // max(1, bh)), 65535))
+
+
+def _rows16(t: Tensor) -> bool:
+    es = t.element_size()
+    return t.data_ptr() % 16 == 0 and all(st * es % 16 == 0 or n <= 1 for st, n in zip(t.stride()[:-1], t.shape[:-1]))
+
+
+@torch.library.custom_op("jamba::decode_attention", mutates_args=())
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None,
+                     scale: Optional[float] = None) -> Tensor:
+    """Softmax attention of a few query rows per KV head over a KV cache (a decode step; with GQA the query heads
+    of one KV head are its rows): q (B, HKV, R, D); k, v (B, HKV, S, D), one float dtype, unit stride along D;
+    key_mask (B, S) bool, True where the key takes part (SDPA's boolean mask), None: every key; scale: default
+    D^-0.5. fp32 math; a row with no key taking part gives 0. Returns (B, HKV, R, D). CUDA: the keys are split over
+    the SMs ("flash decoding"); D in {64, 128, 256} and R <= 8 there (else RuntimeError); rows that do not start
+    at 16-byte boundaries are copied first."""
+    op = "decode_attention"
+    _check_args(op, "q", q, {"k": 4, "v": 4, "key_mask": 2}, k=k, v=v, key_mask=key_mask)
+    if q.dim() != 4:
+        _fail(op, f"q must have 4 dimensions (batch, kv_heads, rows, head_dim), got shape {tuple(q.shape)}")
+    if key_mask is not None and key_mask.dtype != torch.bool:
+        _fail(op, f"key_mask must be a bool tensor (True: the key takes part), got {key_mask.dtype}")
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    out = _alloc(q.shape, q.dtype, q.device)
+    part_ml = part_o = None
+    if q.device.type == "cuda":
+        q, k, v = (t if _rows16(t) else t.contiguous() for t in (q, k, v))
+        B, H, R, D = q.shape
+        P = _attn_splits(q.device, B * H, k.shape[2] if k.dim() == 4 else 1)
+        part_ml = torch.empty((B, H, P, R, 2), dtype=torch.float32, device=q.device)
+        part_o = torch.empty((B, H, P, R, D), dtype=torch.float32, device=q.device)
+    _call(op, q.device, op, [("out", out), ("q", q), ("k", k), ("v", v), ("key_mask", key_mask),
+                             ("part_ml", part_ml), ("part_o", part_o)], scale)
+    return out
+
+
+@decode_attention.register_fake
+def _(q, k, v, key_mask=None, scale=None):
+    _fake_devices("decode_attention", q=q, k=k, v=v, key_mask=key_mask)
+    return q.new_empty(q.shape)
+
+
+_register_reference_autograd("decode_attention", reference.decode_attention, 5, (0, 1, 2, 3))
+
+
 # ---- eager fast path ---------------------------------------------------------------------------------------
 # A call through the torch dispatcher costs 8 us (rms_norm) to 55 us (selective_state_update: default
 # filling, ADInplaceOrView, autograd wrappers) on top of the op itself: more than the kernels of a decode
@@ -695,3 +750,4 @@ moe_experts = _fast_path(moe_experts)
 silu_mul = _fast_path(silu_mul)
 moe_combine = _fast_path(moe_combine)
 gemv = _fast_path(gemv)
+decode_attention = _fast_path(decode_attention)

@@ -157,6 +157,20 @@ def gemv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return F.linear(x.to(cd), weight.to(cd), _f(bias, cd)).to(x.dtype)
 
 
+def decode_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None,
+                     scale: Optional[float] = None) -> Tensor:
+    """Softmax attention of q (B, HKV, R, D) over k, v (B, HKV, S, D) under key_mask (B, S) bool (True: the key takes
+    part); scale defaults to D^-0.5. A row with no key taking part gives 0. Compute dtype, cast to q's dtype."""
+    cd = _compute_dtype(q)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (q.to(cd) @ k.to(cd).transpose(-1, -2)) * scale                        # (B, HKV, R, S)
+    if key_mask is not None:
+        s = s.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    p = torch.where(torch.isinf(s).all(dim=-1, keepdim=True), torch.zeros_like(p), p)   # no key: 0, not NaN
+    return (p @ v.to(cd)).to(q.dtype)
+
+
 def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
     """Dense SwiGLU: down(silu(gate(x)) * up(x)). x: (T, H); w_gate, w_up: (F, H); w_down: (H, F)."""
     return F.linear(F.silu(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)

@@ -120,6 +120,12 @@ def _gemv(g: _Gen, s: int):
     return dict(x=g.randn(m, k), weight=g.randn(n, k, scale=k ** -0.5), bias=g.randn(n))
 
 
+def _attn(g: _Gen, s: int):
+    b, h, r, d, n = (2, 2, 4, 64, 37) if s == 0 else (1, 8, 4, 128, 1000)
+    return dict(q=g.randn(b, h, r, d), k=g.randn(b, h, n, d), v=g.randn(b, h, n, d),
+                key_mask=(torch.arange(n) % 3 != 1).expand(b, n).to(g.device))
+
+
 def _run_route(d):
     w, ids, _, _ = ops.moe_route(d["router_logits"], 2)
     return w, ids.long()
@@ -156,6 +162,7 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("moe_route", _route, _run_route, _ref_route, TOL),
     ("silu_mul", _silu_mul, lambda d: ops.silu_mul(**d), _ref(reference.silu_mul), TOL),
     ("gemv", _gemv, lambda d: ops.gemv(**d), _ref(reference.gemv), TOL),
+    ("decode_attention", _attn, lambda d: ops.decode_attention(**d), _ref(reference.decode_attention), TOL),
     ("moe_experts", _moe, lambda d: ops.moe_experts(**d), _ref(reference.moe_experts), MOE_TOL),
 ]
 

@@ -316,3 +316,25 @@ def test_static_decode_step_projections_use_gemv(monkeypatch):
         ids2, mask2 = JambaForCausalLM._left_pad(_prompts(2), 0, "cuda")
         ours.generate(ids2, mask2, max_new_tokens=3, eos_token_id=None, static_cache=True)
         assert len(rows) == n_static                  # two rows per step: none
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_decode_steps_use_decode_attention(monkeypatch, static):
+    """On CUDA every one-token step's attention runs jamba.decode_attention (static and dynamic caches, padded batch);
+    the prefill keeps SDPA. fp32: the same tokens as with reference.py's attention in its place."""
+    if not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    from jamba_ext import ops, reference
+    ours = _ours("attn1_moe_top2", dtype=torch.float32, device="cuda")
+    calls, real = [], ops.decode_attention
+    monkeypatch.setattr(ops, "decode_attention", lambda *a: calls.append(a[0].shape) or real(*a))
+    ids, mask = JambaForCausalLM._left_pad(_prompts(2), 0, "cuda")
+    n_attn = sum(t != "mamba" for t in ours.config.layers_block_type)
+    with torch.no_grad():
+        got = ours.generate(ids, mask, max_new_tokens=5, eos_token_id=None, static_cache=static)
+        assert len(calls) == 4 * n_attn, calls               # 4 decode steps after the prefill's token
+        monkeypatch.setattr(ops, "decode_attention", reference.decode_attention)
+        want = ours.generate(ids, mask, max_new_tokens=5, eos_token_id=None, static_cache=static)
+    assert got.tolist() == want.tolist()

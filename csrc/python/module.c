@@ -234,6 +234,17 @@ static PyObject *py_gemv(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_gemv_cpu, jamba_gemv_cuda);
 }
 
+static PyObject *py_decode_attention(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_decode_attention_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.q, &p.k, &p.v, &p.key_mask, &p.part_ml, &p.part_o};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 7, sc, 1) < 0 || as_double(sc[0], &p.scale) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_decode_attention_cpu, jamba_decode_attention_cuda);
+}
+
 static PyObject *py_moe_combine(PyObject *self, PyObject *args) {
     (void)self;
     jamba_moe_combine_params p;
@@ -292,6 +303,7 @@ static PyMethodDef methods[] = {
     {"moe_experts", py_moe_experts, METH_VARARGS, "moe_experts (see csrc/jamba.h)."},
     {"silu_mul", py_silu_mul, METH_VARARGS, "silu_mul (see csrc/jamba.h)."},
     {"gemv", py_gemv, METH_VARARGS, "gemv (see csrc/jamba.h)."},
+    {"decode_attention", py_decode_attention, METH_VARARGS, "decode_attention (see csrc/jamba.h)."},
     {"moe_combine", py_moe_combine, METH_VARARGS, "moe_combine (see csrc/jamba.h)."},
     {NULL, NULL, 0, NULL},
 };
