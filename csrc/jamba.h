@@ -309,8 +309,9 @@ jamba_status jamba_gemv_cuda(const jamba_gemv_params *p, jamba_launch launch);
  *   key_mask (B, S) bool, any strides, optional: 1 = the key takes part (SDPA's boolean mask), absent = every key.
  *   out[b, h, r] = round_x( sum_j e_j v[b, h, j] / sum_j e_j ), e_j = exp(s_j - max_j s_j),
  *   s_j = scale * dot(q[b, h, r], k[b, h, j]) over the keys that take part, fp32 throughout; 0 when none does.
- *   CUDA workspace (unused on the CPU, may be absent there): part_ml (B, HKV, P, R, 2) f32 and part_o
- *   (B, HKV, P, R, D) f32 for P >= 1 splits of S (the caller picks P; each split's running max / sum and output).
+ *   CUDA workspace (unused on the CPU, may be absent there): part_ml (B * HKV, P, R, 2) f32 and part_o
+ *   (B * HKV, P, R, D) f32, contiguous, for P >= 1 splits of S (the caller picks P; each split's running max / sum
+ *   and output).
  *   CUDA: D in {64, 128, 256} and R <= 8 (other sizes: JAMBA_ERR_UNSUPPORTED).
  */
 typedef struct {

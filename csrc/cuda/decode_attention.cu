@@ -10,7 +10,7 @@
  *     K and V rows loaded before the first is used; lane l holds elements [l EPL, (l + 1) EPL) of each row. Per key
  *     and row: the score by a shuffle butterfly, then the online softmax update (running max m, sum l, output o).
  *     The 4 warps' (m, l, o) are merged in warp order through shared memory and written to the workspace:
- *     part_ml (B, HKV, P, R, 2) = (m, l), part_o (B, HKV, P, R, D) = o, unnormalised, both f32 contiguous.
+ *     part_ml (B * HKV, P, R, 2) = (m, l), part_o (B * HKV, P, R, D) = o, unnormalised, both f32 contiguous.
  *   attn_combine_kernel<T>: one block of D threads per (b, h, r): M = max_p m_p, out = sum_p 2^(m_p - M) o_p /
  *     sum_p 2^(m_p - M) l_p over the splits in order (0 where no key takes part).
  * Why: SDPA (torch 2.11, H200) runs one query token against the KV cache in a kernel parallel over (batch, heads,
@@ -218,12 +218,12 @@ extern "C" jamba_status jamba_decode_attention_cuda(const jamba_decode_attention
     const int64_t es = jamba_dtype_size(p->q.dtype);
     if (!attn_rows_aligned(&p->q, es) || !attn_rows_aligned(&p->k, es) || !attn_rows_aligned(&p->v, es))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "%s: q, k and v rows must start at 16-byte boundaries on CUDA", op);
-    JAMBA_TRY(jamba_check_tensor(op, "part_ml", &p->part_ml, 5, JAMBA_MASK(JAMBA_F32), 0));
-    const int64_t P = p->part_ml.shape[2];
-    const int64_t mlsh[5] = {B, H, P, R, 2}, osh[5] = {B, H, P, R, D};
+    JAMBA_TRY(jamba_check_tensor(op, "part_ml", &p->part_ml, 4, JAMBA_MASK(JAMBA_F32), 0));
+    const int64_t P = p->part_ml.shape[1];
+    const int64_t mlsh[4] = {B * H, P, R, 2}, osh[4] = {B * H, P, R, D};
     JAMBA_TRY(jamba_check_shape(op, "part_ml", &p->part_ml, mlsh));
     JAMBA_TRY(jamba_check_contiguous(op, "part_ml", &p->part_ml));
-    JAMBA_TRY(jamba_check_tensor(op, "part_o", &p->part_o, 5, JAMBA_MASK(JAMBA_F32), 0));
+    JAMBA_TRY(jamba_check_tensor(op, "part_o", &p->part_o, 4, JAMBA_MASK(JAMBA_F32), 0));
     JAMBA_TRY(jamba_check_shape(op, "part_o", &p->part_o, osh));
     JAMBA_TRY(jamba_check_contiguous(op, "part_o", &p->part_o));
     if (P < 1 || P > 65535 || B * H > 65535 || B * H * R > JAMBA_MAX_GRID_X)
