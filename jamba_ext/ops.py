@@ -683,7 +683,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
     out = _alloc(q.shape, q.dtype, q.device)
     part_ml = part_o = None
     if q.device.type == "cuda":
-        q, k, v = (t if _rows16(t) else t.contiguous() for t in (q, k, v))
+        q, k, v = (t if _rows16(t) else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
         B, H, R, D = q.shape
         P = _attn_splits(q.device, B * H, k.shape[2] if k.dim() == 4 else 1)
         part_ml = torch.empty((B * H, P, R, 2), dtype=torch.float32, device=q.device)

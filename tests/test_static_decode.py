@@ -323,11 +323,12 @@ def test_static_decode_step_projections_use_gemv(monkeypatch):
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_decode_steps_use_decode_attention(monkeypatch, static):
     """On CUDA every one-token step's attention runs jamba.decode_attention (static and dynamic caches, padded batch);
-    the prefill keeps SDPA. fp32: the same tokens as with reference.py's attention in its place."""
+    the prefill keeps SDPA. fp32: the same tokens as with reference.py's attention in its place, and from the CUDA graph."""
     if not jamba_ext.has_cuda_kernels():
         pytest.skip("jamba_ext built without CUDA kernels")
     from jamba_ext import ops, reference
-    ours = _ours("attn1_moe_top2", dtype=torch.float32, device="cuda")
+    cfg = dict(CONFIGS["attn1_moe_top2"], hidden_size=256, num_attention_heads=4, num_key_value_heads=2)  # head_dim 64
+    ours = make_pair(cfg, dtype=torch.float32, device="cuda")[1]
     calls, real = [], ops.decode_attention
     monkeypatch.setattr(ops, "decode_attention", lambda *a: calls.append(a[0].shape) or real(*a))
     ids, mask = JambaForCausalLM._left_pad(_prompts(2), 0, "cuda")
@@ -335,6 +336,9 @@ def test_decode_steps_use_decode_attention(monkeypatch, static):
     with torch.no_grad():
         got = ours.generate(ids, mask, max_new_tokens=5, eos_token_id=None, static_cache=static)
         assert len(calls) == 4 * n_attn, calls               # 4 decode steps after the prefill's token
+        if static:                                           # captured and replayed: the eager static step's kernels
+            assert ours.generate(ids, mask, max_new_tokens=5, eos_token_id=None, cuda_graph=True).tolist() == \
+                got.tolist(), ours._decode_graph_info
         monkeypatch.setattr(ops, "decode_attention", reference.decode_attention)
         want = ours.generate(ids, mask, max_new_tokens=5, eos_token_id=None, static_cache=static)
     assert got.tolist() == want.tolist()
