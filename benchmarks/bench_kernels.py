@@ -355,11 +355,12 @@ def bench_gemv(bb, shapes, rows_list):
             nbytes = N * K * 2 + M * (N + K) * 2
             floor = nbytes / (bb.bw * 1e9) * 1e6
             r = dict(op="gemv", label=f"gemv {name} M={M} N={N} K={K}", shape=f"M={M} N={N} K={K}", dtype="bf16",
-                     median_us=ours, bytes=nbytes, floor_us=floor, floor_binds="memory", pct_of_floor=100 * floor / ours,
-                     pct_copy_bw=100 * floor / ours, cublas_us=cub, cublas_pct_of_floor=100 * floor / cub,
-                     speedup_vs_cublas=cub / ours, graph_timed=dev.type == "cuda")
-            print(common.fmt_row(r["label"], ours, floor, f"F.linear{' (cuBLAS)' if dev.type == 'cuda' else ''} {cub:7.1f} us ({r['cublas_pct_of_floor']:5.1f}%"
-                                 f" of floor) | x{r['speedup_vs_cublas']:.2f}"), flush=True)
+                     median_us=ours, bytes=nbytes, floor_us=floor, floor_binds="memory",
+                     pct_of_floor=100 * floor / ours, pct_copy_bw=100 * floor / ours, cublas_us=cub,
+                     cublas_pct_of_floor=100 * floor / cub, speedup_vs_cublas=cub / ours, graph_timed=dev.type == "cuda")
+            lin = "F.linear (cuBLAS)" if dev.type == "cuda" else "F.linear"
+            print(common.fmt_row(r["label"], ours, floor, f"{lin} {cub:7.1f} us ({r['cublas_pct_of_floor']:5.1f}% of "
+                                 f"floor) | x{r['speedup_vs_cublas']:.2f}"), flush=True)
             bb.rows.append(r)
         del ws
 
@@ -394,8 +395,9 @@ def bench_attention(bb, lengths, B=1, H=8, NR=4, D=128):
         ours, sdpa = timed(ours_fn), timed(sdpa_fn)
         floor = kv_bytes / (bb.bw * 1e9) * 1e6
         r = dict(op="decode_attention", label=f"decode_attention B={B} HKV={H} R={NR} D={D} S={S}",
-                 shape=f"B={B} HKV={H} R={NR} D={D} S={S}", dtype="bf16", median_us=ours, bytes=kv_bytes, floor_us=floor,
-                 floor_binds="memory", pct_of_floor=100 * floor / ours, pct_copy_bw=100 * floor / ours, sdpa_us=sdpa,
+                 shape=f"B={B} HKV={H} R={NR} D={D} S={S}", dtype="bf16", median_us=ours, bytes=kv_bytes,
+                 floor_us=floor, floor_binds="memory", pct_of_floor=100 * floor / ours,
+                 pct_copy_bw=100 * floor / ours, sdpa_us=sdpa,
                  speedup_vs_sdpa=sdpa / ours, graph_timed=dev.type == "cuda")
         print(common.fmt_row(r["label"], ours, floor, f"SDPA (the model's call before) {sdpa:8.1f} us | "
                              f"x{r['speedup_vs_sdpa']:.1f}"), flush=True)
@@ -407,7 +409,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--device", default=None)
-    ap.add_argument("--only", default="", help="comma-separated families: scan,conv,decode,norm,gemv,attn (default all)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated families: scan,conv,decode,norm,gemv,attn (default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu" and not args.smoke:

@@ -456,11 +456,12 @@ class JambaRMSNorm(nn.Module):
 
 
 # Projections of at most this many rows of activations in a static-cache decode step (the step that
-# generate(cuda_graph=True) captures and replays; eager with static_cache=True) run jamba.gemv instead of F.linear. At one row cuBLAS reads the long-K, short-N weights of
-# a decode step at 26-88% of the bandwidth floor (Mamba x_proj 7.5 us against our 3.7, out_proj 21.6 against 18.9,
-# attention k/v 7.7 against 5.4; H200 bf16, bench_kernels' gemv rows) and cannot overlap our PDL kernels. Not from 2
-# rows on (our x-row loop loses to cuBLAS there: 0.4-0.8x at 8 rows) and not in the dynamic-cache decode step (run
-# eagerly, host-bound: our op's Python path costs more than F.linear's). 0 turns it off (A/B timing).
+# generate(cuda_graph=True) captures and replays; eager with static_cache=True) run jamba.gemv instead of F.linear.
+# At one row cuBLAS reads the long-K, short-N weights of a decode step at 14-88% of the bandwidth floor (Mamba x_proj
+# 7.5 us against our 3.7, out_proj 21.1 against 19.0, attention k/v 7.7 against 5.4; H200 bf16, bench_kernels' gemv
+# rows) and cannot overlap our PDL kernels. Not from 2 rows on (our x-row loop loses to cuBLAS there: 0.4-0.8x at 8
+# rows) and not in the dynamic-cache decode step (run eagerly, host-bound: our op's Python path costs more than
+# F.linear's). 0 turns it off (A/B timing).
 GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "1"))
 _HOOKS = tuple(getattr(nn.modules.module, n, {}) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
 _gemv_on = False                                   # inside a static decode step (set by _GemvScope)
@@ -667,9 +668,10 @@ class JambaAttention(nn.Module):
     def forward(self, hidden_states: Tensor, step: _Step, cache: Optional[JambaHybridCache] = None) -> Tensor:
         Bsz, L, _ = hidden_states.shape
         hd = self.head_dim
-        q = _linear(self.q_proj, hidden_states).view(Bsz, L, self.num_heads, hd).transpose(1, 2)            # (B, nh, L, hd)
-        k = _linear(self.k_proj, hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)  # (B, nkv, L, hd)
-        v = _linear(self.v_proj, hidden_states).view(Bsz, L, self.num_key_value_heads, hd).transpose(1, 2)
+        nkv = self.num_key_value_heads
+        q = _linear(self.q_proj, hidden_states).view(Bsz, L, self.num_heads, hd).transpose(1, 2)   # (B, nh, L, hd)
+        k = _linear(self.k_proj, hidden_states).view(Bsz, L, nkv, hd).transpose(1, 2)              # (B, nkv, L, hd)
+        v = _linear(self.v_proj, hidden_states).view(Bsz, L, nkv, hd).transpose(1, 2)
         if step.static:
             k, v = cache.update_kv_static(self.layer_idx, k, v)                                   # (B, nkv, cap, hd)
         elif cache is not None:

@@ -323,7 +323,8 @@ def test_static_decode_step_projections_use_gemv(monkeypatch):
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_decode_steps_use_decode_attention(monkeypatch, static):
     """On CUDA every one-token step's attention runs jamba.decode_attention (static and dynamic caches, padded batch);
-    the prefill keeps SDPA. fp32: the same tokens as with reference.py's attention in its place, and from the CUDA graph."""
+    the prefill keeps SDPA. fp32: the same tokens as with reference.py's attention in its place, and from the CUDA
+    graph."""
     if not jamba_ext.has_cuda_kernels():
         pytest.skip("jamba_ext built without CUDA kernels")
     from jamba_ext import ops, reference
