@@ -72,6 +72,8 @@ def test_decode_attention_no_key_gives_zero(device):
     out = ops.decode_attention(q, k, v, mask)
     assert torch.equal(out[1], torch.zeros_like(out[1]))
     check(out, q, k, v, mask)
+    q0, k0, v0, _ = make(2, 2, 3, 64, 0, device, torch.bfloat16, "none")      # an empty cache
+    assert torch.equal(ops.decode_attention(q0, k0, v0), torch.zeros_like(q0))
 
 
 @pytest.mark.parametrize("dtype", dtype_params())
