@@ -659,7 +659,8 @@ def test_tensors_on_second_gpu():
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_more_kernels_on_second_gpu():
     """The kernels the first two-GPU test leaves out, on cuda:1 while cuda:0 is current, in bf16 (the fast
-    paths: pipelined scan, vector conv / conv update, segment norms, residual norm), on a side stream of
+    paths: pipelined scan, vector conv / conv update, segment norms, residual norm, gemv, decode attention), on a
+    side stream of
     cuda:1: results against float64 and the current device unchanged."""
     torch.cuda.set_device(0)
     d1 = torch.device("cuda:1")
@@ -680,6 +681,10 @@ def test_more_kernels_on_second_gpu():
         seg = ops.rms_norm_segments(xr, wn, [64, 80])
         res = randn(33, 96, device=d1, dtype=bf)
         hn, hr = ops.add_rms_norm(xr, res, wn)
+        xg, wg = randn(1, 4096, device=d1, dtype=bf), randn(300, 4096, device=d1, dtype=bf, scale=0.02)
+        yg = ops.gemv(xg, wg)
+        qa, ka, va = (randn(1, 8, n, 128, device=d1, dtype=bf) for n in (4, 700, 700))
+        ya = ops.decode_attention(qa, ka, va)
     side.synchronize()
     assert torch.cuda.current_device() == 0
     assert out.device == d1 and o.device == d1 and yu.device == d1 and seg.device == d1
@@ -694,6 +699,9 @@ def test_more_kernels_on_second_gpu():
     rh, rr = reference.add_rms_norm(up(xr), up(res), up(wn))
     assert_close(hn, rh, **TOL[bf])
     assert_close(hr, rr, **TOL[bf])
+    assert yg.device == d1 and ya.device == d1
+    assert_close(yg, reference.gemv(up(xg), up(wg)), **TOL[bf])
+    assert_close(ya, reference.decode_attention(up(qa), up(ka), up(va)), **TOL[bf])
 
 
 def test_d_inner_past_grid_axis_limit():
