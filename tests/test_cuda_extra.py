@@ -660,8 +660,7 @@ def test_tensors_on_second_gpu():
 def test_more_kernels_on_second_gpu():
     """The kernels the first two-GPU test leaves out, on cuda:1 while cuda:0 is current, in bf16 (the fast
     paths: pipelined scan, vector conv / conv update, segment norms, residual norm, gemv, decode attention), on a
-    side stream of
-    cuda:1: results against float64 and the current device unchanged."""
+    side stream of cuda:1: results against float64 and the current device unchanged."""
     torch.cuda.set_device(0)
     d1 = torch.device("cuda:1")
     bf = torch.bfloat16
