@@ -86,18 +86,6 @@ def test_decode_attention_matches_sdpa(device, dtype):
     assert_close(ours, want, **ATTN_TOL[dtype])
 
 
-@pytest.mark.parametrize("B,H,R,D,S", SHAPES, ids=IDS)
-def test_decode_attention_key_loop_variants(device, monkeypatch, B, H, R, D, S):
-    """EXPERIMENT A/B: the key-at-a-time loop (JAMBA_EXT_ATTN_V1=1) against the batched one (default), masked, bf16;
-    both against the fp64 reference (the CPU op ignores the switch)."""
-    q, k, v, mask = make(B, H, R, D, S, device, torch.bfloat16, "random")
-    out2 = ops.decode_attention(q, k, v, mask)
-    monkeypatch.setenv("JAMBA_EXT_ATTN_V1", "1")
-    out1 = ops.decode_attention(q, k, v, mask)
-    check(out1, q, k, v, mask)
-    check(out2, q, k, v, mask)
-
-
 def test_decode_attention_deterministic(device):
     q, k, v, mask = make(1, 8, 4, 128, 3000, device, torch.bfloat16, "random")
     assert torch.equal(ops.decode_attention(q, k, v, mask), ops.decode_attention(q, k, v, mask))

@@ -35,7 +35,6 @@ struct attn_args {
     int64_t B, H, R, S, P, D;
     int64_t sq0, sq1, sq2, sk0, sk1, sk2, sv0, sv1, sv2, so0, so1, so2, sm0, sm1; /* strides (elements) */
     float scale_log2; /* scale * log2(e): scores in log2 units */
-    int v1;           /* EXPERIMENT: 1 = the key-at-a-time loop (env JAMBA_EXT_ATTN_V1=1) */
 };
 
 /* EPL consecutive elements of T as floats (EPL * sizeof(T) = 4, 8, 16 or 32 bytes, aligned to min(16, that)) */
@@ -56,10 +55,6 @@ template <typename T, int EPL> struct attn_lane {
             }
         }
     }
-    __device__ __forceinline__ void zero() {
-#pragma unroll
-        for (int i = 0; i < W; i++) w[i] = 0u;
-    }
     __device__ __forceinline__ void to_float(float *f) const {
 #pragma unroll
         for (int i = 0; i < W; i++) {
@@ -72,97 +67,6 @@ template <typename T, int EPL> struct attn_lane {
         }
     }
 };
-
-/* EXPERIMENT (session 21, not yet measured): the key loop with the next batch's K / V loads issued before this batch
- * is used, the batch's U x R scores reduced in one interleaved butterfly (U R independent shuffles per step instead
- * of a 5-shuffle chain per key and row), and one max / rescale per row and batch. Invalid or masked keys load
- * zeros and score -inf. Env JAMBA_EXT_ATTN_V1=1 runs the key-at-a-time loop (A/B). */
-template <typename T, int EPL, int RM>
-__device__ __forceinline__ void attn_keys_v2(const attn_args &a, int R, int64_t j0, int64_t j1, int warp, const T *kb,
-                                             const T *vb, const unsigned char *mb, const float (&q)[RM][EPL],
-                                             float (&o)[RM][EPL], float (&m)[RM], float (&l)[RM]) {
-    constexpr int U = ATTN_U;
-    int64_t jb = j0 + warp;
-    if (jb >= j1) return;
-    attn_lane<T, EPL> kt[U], vt[U];
-    bool ok[U];
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        const int64_t j = jb + (int64_t)u * ATTN_WARPS;
-        ok[u] = j < j1 && (mb == nullptr || mb[j * a.sm1]);
-        if (ok[u]) {
-            kt[u].load(kb + j * a.sk2);
-            vt[u].load(vb + j * a.sv2);
-        } else {
-            kt[u].zero();
-            vt[u].zero();
-        }
-    }
-    for (; jb < j1; jb += (int64_t)ATTN_WARPS * U) {
-        attn_lane<T, EPL> kn[U], vn[U];
-        bool okn[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t j = jb + (int64_t)(U + u) * ATTN_WARPS;
-            okn[u] = j < j1 && (mb == nullptr || mb[j * a.sm1]);
-            if (okn[u]) {
-                kn[u].load(kb + j * a.sk2);
-                vn[u].load(vb + j * a.sv2);
-            } else {
-                kn[u].zero();
-                vn[u].zero();
-            }
-        }
-        float sc[U][RM], vf[U][EPL];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            float kf[EPL];
-            kt[u].to_float(kf);
-            vt[u].to_float(vf[u]);
-#pragma unroll
-            for (int r = 0; r < RM; r++) {
-                float s = 0.f;
-                if (r < R) {
-#pragma unroll
-                    for (int e = 0; e < EPL; e++) s = fmaf(q[r][e], kf[e], s);
-                }
-                sc[u][r] = s;
-            }
-        }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
-#pragma unroll
-            for (int u = 0; u < U; u++)
-#pragma unroll
-                for (int r = 0; r < RM; r++)
-                    if (r < R) sc[u][r] += __shfl_xor_sync(JAMBA_FULL_MASK, sc[u][r], off);
-#pragma unroll
-        for (int r = 0; r < RM; r++) {
-            if (r >= R) break;
-            float bm = -INFINITY;
-#pragma unroll
-            for (int u = 0; u < U; u++) bm = ok[u] ? fmaxf(bm, sc[u][r]) : bm;
-            const float mn = fmaxf(m[r], bm);
-            if (mn == -INFINITY) continue; /* no key so far (uniform over the warp) */
-            const float c = jamba_cu_exp2(m[r] - mn);
-            float ls = l[r] * c, acc[EPL];
-#pragma unroll
-            for (int e = 0; e < EPL; e++) acc[e] = o[r][e] * c;
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const float w = ok[u] ? jamba_cu_exp2(sc[u][r] - mn) : 0.f;
-                ls += w;
-#pragma unroll
-                for (int e = 0; e < EPL; e++) acc[e] = fmaf(w, vf[u][e], acc[e]);
-            }
-            l[r] = ls, m[r] = mn;
-#pragma unroll
-            for (int e = 0; e < EPL; e++) o[r][e] = acc[e];
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) kt[u] = kn[u], vt[u] = vn[u], ok[u] = okn[u];
-    }
-}
 
 template <typename T, int EPL, int RM>
 __global__ void __launch_bounds__(ATTN_WARPS * 32) attn_split_kernel(attn_args a) {
@@ -193,9 +97,6 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) attn_split_kernel(attn_args a
             for (int e = 0; e < EPL; e++) q[r][e] *= a.scale_log2;
         }
     }
-    if (!a.v1) {
-        attn_keys_v2<T, EPL, RM>(a, R, j0, j1, warp, kb, vb, mb, q, o, m, l);
-    } else {
     for (int64_t jb = j0 + warp; jb < j1; jb += (int64_t)ATTN_WARPS * ATTN_U) {
         attn_lane<T, EPL> kt[ATTN_U], vt[ATTN_U];
         bool ok[ATTN_U];
@@ -228,7 +129,6 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) attn_split_kernel(attn_args a
                 m[r] = mn;
             }
         }
-    }
     }
 #pragma unroll
     for (int r = 0; r < RM; r++) {
@@ -342,8 +242,6 @@ extern "C" jamba_status jamba_decode_attention_cuda(const jamba_decode_attention
     a.so0 = p->out.stride[0], a.so1 = p->out.stride[1], a.so2 = p->out.stride[2];
     if (p->key_mask.data) a.sm0 = p->key_mask.stride[0], a.sm1 = p->key_mask.stride[1];
     a.scale_log2 = (float)(p->scale * 1.4426950408889634);
-    const char *v1 = getenv("JAMBA_EXT_ATTN_V1"); /* EXPERIMENT A/B */
-    a.v1 = v1 != NULL && v1[0] == '1';
     cudaStream_t stream = (cudaStream_t)launch.stream;
     jamba_status s = JAMBA_ERR_DTYPE;
     JAMBA_DISPATCH_FLOAT(p->q.dtype, T, s = attn_launch<T>(a, stream));
