@@ -677,12 +677,12 @@ class JambaAttention(nn.Module):
         elif cache is not None:
             k, v = cache.update_kv(self.layer_idx, k, v)                                           # (B, nkv, P+L, hd)
         rep = self.num_heads // self.num_key_value_heads
-        if L == 1 and q.is_cuda and hd in (64, 128, 256) and rep <= 8 and not (torch.is_grad_enabled() and (
-                q.requires_grad or k.requires_grad)):
+        if L == 1 and q.is_cuda and hd in (64, 128, 256) and rep <= 8 and Bsz * nkv <= 65535 and not (
+                torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)):
             # one new token on CUDA: jamba.decode_attention splits the keys over the SMs (SDPA runs one block per
             # (batch, KV head) here: ~190 us against a 4.5K-key cache, 19 MB of K / V). Query head h = kv * rep + r.
             km = None if step.attn_mask is None else step.attn_mask[:, 0, 0, :]                    # (B, S) bool
-            o = _K.decode_attention(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, km)
+            o = _K.decode_attention(q.reshape(Bsz, nkv, rep, hd), k, v, km)
             return _linear(self.o_proj, o.reshape(Bsz, 1, self.num_heads * hd))
         # With enable_gqa and a key mask SDPA has only its math path left (flash takes no mask, the efficient
         # kernel no unequal head counts; cuDNN is kept off for decode, see _sdpa): it materialises the scores
