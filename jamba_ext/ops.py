@@ -685,7 +685,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
     if q.device.type == "cuda":
         q, k, v = (t if _rows16(t) else t.clone(memory_format=torch.contiguous_format) for t in (q, k, v))
         B, H, R, D = q.shape
-        P = _attn_splits(q.device, B * H, k.shape[2] if k.dim() == 4 else 1)
+        P = _attn_splits(q.device, B * H, k.shape[2])                    # k: 4-D (checked above)
         part_ml = torch.empty((B * H, P, R, 2), dtype=torch.float32, device=q.device)
         part_o = torch.empty((B * H, P, R, D), dtype=torch.float32, device=q.device)
     _call(op, q.device, op, [("out", out), ("q", q), ("k", k), ("v", v), ("key_mask", key_mask),

@@ -12,7 +12,7 @@
  *     block), the weight with L1::no_allocate (read once). Each warp's 2 x MM sums go through a shuffle butterfly,
  *     then the KW slices of a row are added in slice order through shared memory.
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
- * Why: cuBLAS at these shapes (dev/gemv_probe.py, benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
+ * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
  * 22.0 us against 15.8; x_proj 288 x 8192: 7.7 against 1.1; attention o 4096 x 4096: 13.6 against 7.9; MLP down
  * 4096 x 14336: 31.5 against 27.6), the wide ones at 95-99%; it also cannot start before our PDL kernels end.
