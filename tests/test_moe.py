@@ -337,24 +337,29 @@ def test_moe_decode_repeated_ids(T):
     assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
 
 
-# T == 1 runs moe_decode_persist_kernel (one-wave persistent grid, decode_launch in moe.cu), T > 1 moe_decode_kernel.
-# H or F = 4104 at E = K = 4: 1028 gate_up / 516 down tiles, more than one wave of blocks (2 per SM) on any GPU, so
-# a block streams several tiles, across expert boundaries, with a half tail tile; the other size 24: one k step
-# (the ring prologue spans several tiles; k-split warps without k). K = 12: twelve experts of 16 touched.
+# T == 1 runs the GEMV kernels of moe_gemv.cu (t1 "default"; H or F = 4104: a last chunk of 8 elements, 24: one
+# chunk, so warps along K without work), or with JAMBA_EXT_MOE_T1=0 moe_decode_persist_kernel (t1 "ring": one-wave
+# persistent grid, decode_launch in moe.cu; 4104 at E = K = 4: 1028 gate_up / 516 down tiles, more than one wave of
+# blocks, so a block streams several tiles across expert boundaries, with a half tail tile; 24: one k step). T > 1
+# runs moe_decode_kernel. K = 12: twelve experts of 16 touched (more slots than the down kernel's 8 per pass).
 PERSIST_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (1, 72, 40, 1, 1), (1, 264, 200, 16, 12),
                  (1, 24, 4104, 4, 4), (1, 4104, 24, 4, 4), (1, 4104, 4104, 4, 4)]
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("t1", ["default", "ring"])
 @pytest.mark.parametrize("impl", ["gemv", "auto"])
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
 @pytest.mark.parametrize("T,H,F,E,K", PERSIST_CASES,
                          ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in PERSIST_CASES])
-def test_moe_decode_persistent(impl, dtype, T, H, F, E, K):
-    """One token (moe_decode_persist_kernel; impl auto picks gemv there): deterministic, matches the fp64
-    reference and, within the same tolerance, the same token decoded next to another one (T = 2:
-    moe_decode_kernel); all K slots on one expert (K > 8: extra passes); out-of-range ids give a NaN row."""
+def test_moe_decode_persistent(monkeypatch, t1, impl, dtype, T, H, F, E, K):
+    """One token (the GEMV kernels, or the ring kernel with JAMBA_EXT_MOE_T1=0; impl auto picks gemv there):
+    deterministic, matches the fp64 reference and, within the same tolerance, the same token decoded next to
+    another one (T = 2: moe_decode_kernel); all K slots on one expert (K > 8: extra passes); out-of-range ids give
+    a NaN row."""
+    if t1 == "ring":
+        monkeypatch.setenv("JAMBA_EXT_MOE_T1", "0")
     dev = torch.device("cuda")
     x = randn(T, H, device=dev, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
@@ -378,6 +383,24 @@ def test_moe_decode_persistent(impl, dtype, T, H, F, E, K):
     for bad in (torch.cat([torch.full((T, 1), E, device=dev, dtype=torch.int32), ids[:, 1:]], 1),
                 torch.full((T, K), -1, device=dev, dtype=torch.int32)):
         assert torch.isnan(ops.moe_experts(x, w, bad, w_gate_up, w_down, impl=impl)).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("kw", ["1,1", "2,8", "8,2", "4,4"])
+@pytest.mark.parametrize("T,H,F,E,K", [(1, 4104, 2056, 4, 2), (1, 264, 4104, 16, 3), (1, 24, 16, 16, 12)],
+                         ids=["H4104", "F4104", "k12"])
+def test_moe_gemv_t1_warps_along_k(monkeypatch, kw, T, H, F, E, K):
+    """The one-token GEMV kernels with every warps-along-K split forced (JAMBA_EXT_MOE_T1="g,d"; by default it
+    follows the reduction's length): the same result within rounding, deterministic, vs the fp64 reference."""
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    x = randn(T, H, device=dev, dtype=dtype)
+    w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    monkeypatch.setenv("JAMBA_EXT_MOE_T1", kw)
+    out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv")
+    assert torch.equal(out, ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv"))
+    assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
 
 
 # ---- the model entry ----------------------------------------------------------------------------------------

@@ -9,8 +9,8 @@
  *     rows and MM rows of x (grid (N / RB, M / MM)): its warps form 8 / KW row pairs x KW slices of K; lane l of a
  *     warp reads VN elements of each of its 2 weight rows per chunk of 32 * VN, chunks KW apart, U chunks' weight
  *     loads issued before the first multiply; x is read through the read-only cache (tiny, shared by every
- *     block), the weight with L1::no_allocate (read once). Each warp's 2 x MM sums go through a shuffle butterfly,
- *     then the KW slices of a row are added in slice order through shared memory.
+ *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
+ *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
  * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
@@ -19,7 +19,7 @@
  */
 #include <string.h>
 
-#include "common.cuh"
+#include "gemv.cuh"
 
 #define GEMV_WARPS 8 /* warps per block */
 #define GEMV_R 2     /* weight rows per warp */
@@ -33,15 +33,6 @@ struct gemv_args {
     int kw;             /* vec kernel: warps along K (1, 2, 4 or 8) */
 };
 
-/* 16 bytes of a weight row: read once, so not kept in L1 */
-__device__ __forceinline__ uint4 gemv_ld_stream(const void *p) {
-    uint4 r;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-    return r;
-}
-
 __device__ __forceinline__ float gemv_bias(const gemv_args &a, int64_t n) {
     return a.bias ? jamba_ld_any(a.bias, a.bdt, n) : 0.f;
 }
@@ -49,14 +40,13 @@ __device__ __forceinline__ float gemv_bias(const gemv_args &a, int64_t n) {
 template <typename T, int MM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(gemv_args a) {
     jamba_pdl_begin();
-    constexpr int VN = 16 / (int)sizeof(T), U = MM <= 2 ? 4 : 2; /* elements per 16 bytes; chunks per batch */
+    constexpr int U = MM <= 2 ? 4 : 2; /* chunks per batch of loads */
     __shared__ float red[GEMV_WARPS][GEMV_R][MM];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw;
     const int rows_per_block = GEMV_R * (GEMV_WARPS / kw);
     const int64_t n0 = (int64_t)blockIdx.x * rows_per_block + (warp / kw) * GEMV_R;
     const int64_t m0 = (int64_t)blockIdx.y * MM;
     const int mc = (int)min((int64_t)MM, a.M - m0);
-    const int64_t nchunk = a.K / (32 * VN) + (a.K % (32 * VN) != 0);
     const T *wrow[GEMV_R];
     bool wok[GEMV_R];
 #pragma unroll
@@ -70,34 +60,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(gemv_args a) 
 #pragma unroll
         for (int m = 0; m < MM; m++) acc[r][m] = 0.f;
 
-    for (int64_t c0 = ks; c0 < nchunk; c0 += (int64_t)U * kw) {
-        uint4 wv[U][GEMV_R];
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t k = (c0 + (int64_t)u * kw) * (32 * VN) + lane * VN;
-#pragma unroll
-            for (int r = 0; r < GEMV_R; r++)
-                wv[u][r] = (k < a.K && wok[r]) ? gemv_ld_stream(wrow[r] + k) : make_uint4(0u, 0u, 0u, 0u);
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t k = (c0 + (int64_t)u * kw) * (32 * VN) + lane * VN;
-            if (k >= a.K) break;
-            float wf[GEMV_R][VN];
-#pragma unroll
-            for (int r = 0; r < GEMV_R; r++) jamba_w16<T>::ld(wv[u][r], wf[r]);
-#pragma unroll
-            for (int m = 0; m < MM; m++) {
-                if (m >= mc) break;
-                float xf[VN];
-                jamba_w16<T>::ld(__ldg((const uint4 *)((const T *)a.x + (m0 + m) * a.sx + k)), xf);
-#pragma unroll
-                for (int r = 0; r < GEMV_R; r++)
-#pragma unroll
-                    for (int j = 0; j < VN; j++) acc[r][m] = fmaf(xf[j], wf[r][j], acc[r][m]);
-            }
-        }
-    }
+    gemv_warp_dot<T, GEMV_R, MM, U>(wrow, wok, (const T *)a.x + m0 * a.sx, a.sx, mc, a.K, ks, kw, lane, acc);
 #pragma unroll
     for (int r = 0; r < GEMV_R; r++)
 #pragma unroll
@@ -151,8 +114,7 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
     /* warps along K: each warp >= 4 chunks where K allows, then more slices while the grid is under 2 waves'
      * worth of blocks (a short, wide projection such as Mamba's x_proj: N 288, K 8192) */
     const int64_t nchunk = jamba_ceil_div(a.K, 32 * VN);
-    int kw = 1;
-    while (kw < GEMV_WARPS && nchunk >= 4 * 2 * kw) kw *= 2;
+    int kw = gemv_pick_kw(nchunk, GEMV_WARPS);
     while (kw < GEMV_WARPS && 2 * kw <= nchunk && jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
     a.kw = kw;
     const int64_t bx = jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw));
