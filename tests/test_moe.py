@@ -296,8 +296,8 @@ def test_moe_experts_deterministic(device, T, impl):
     assert all(torch.equal(p, q) for p, q in zip(r1, r2))
 
 
-# ---- decode engine (impl gemv): moe_decode_kernel (T > 1), moe_decode_persist_kernel (T == 1) ----------------
-# T picks the kernel and the n-tiles per pass (1 token: persistent; <= 8: 1, <= 16: 2, more: 4); H, F multiples
+# ---- decode engines (impl gemv): moe_gemv.cu (T <= 16), moe_decode_kernel, moe_decode_persist_kernel (T == 1) --
+# T picks the ring kernel and its n-tiles per pass (1 token: persistent; <= 8: 1, <= 16: 2, more: 4); H, F multiples
 # of 8 but not of the 32-output tiles or the 64-k steps; (24, 16): one k step, so some k-split warps get no k at all.
 DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (5, 72, 40, 1, 1), (8, 200, 136, 8, 1),
                 (9, 136, 72, 16, 2), (16, 264, 200, 8, 2), (17, 72, 40, 16, 2), (40, 200, 136, 16, 2),
@@ -306,11 +306,15 @@ DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (5, 72, 40, 1, 1), (8,
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("t1", ["default", "ring"])
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
 @pytest.mark.parametrize("T,H,F,E,K", DECODE_CASES, ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in DECODE_CASES])
-def test_moe_decode_engine(dtype, T, H, F, E, K):
-    """impl gemv (both kernels) at every n-tile count, tail tiles, idle k-splits, E = 1 / 8 / 16, top-1/2:
-    deterministic, and matches the fp64 reference."""
+def test_moe_decode_engine(monkeypatch, t1, dtype, T, H, F, E, K):
+    """impl gemv: up to 16 tokens the GEMV kernels of moe_gemv.cu, with JAMBA_EXT_MOE_GEMV=0 (t1 "ring") and from
+    17 tokens the ring kernels of moe.cu at every n-tile count, tail tiles, idle k-splits; E = 1 / 8 / 16,
+    top-1/2: deterministic, and matches the fp64 reference."""
+    if t1 == "ring":
+        monkeypatch.setenv("JAMBA_EXT_MOE_GEMV", "0")
     dev = torch.device("cuda")
     x = randn(T, H, device=dev, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
@@ -338,7 +342,7 @@ def test_moe_decode_repeated_ids(T):
 
 
 # T == 1 runs the GEMV kernels of moe_gemv.cu (t1 "default"; H or F = 4104: a last chunk of 8 elements, 24: one
-# chunk, so warps along K without work), or with JAMBA_EXT_MOE_T1=0 moe_decode_persist_kernel (t1 "ring": one-wave
+# chunk, so warps along K without work), or with JAMBA_EXT_MOE_GEMV=0 moe_decode_persist_kernel (t1 "ring": one-wave
 # persistent grid, decode_launch in moe.cu; 4104 at E = K = 4: 1028 gate_up / 516 down tiles, more than one wave of
 # blocks, so a block streams several tiles across expert boundaries, with a half tail tile; 24: one k step). T > 1
 # runs moe_decode_kernel. K = 12: twelve experts of 16 touched (more slots than the down kernel's 8 per pass).
@@ -354,12 +358,12 @@ PERSIST_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (1, 72, 40, 1, 1), (1
 @pytest.mark.parametrize("T,H,F,E,K", PERSIST_CASES,
                          ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in PERSIST_CASES])
 def test_moe_decode_persistent(monkeypatch, t1, impl, dtype, T, H, F, E, K):
-    """One token (the GEMV kernels, or the ring kernel with JAMBA_EXT_MOE_T1=0; impl auto picks gemv there):
+    """One token (the GEMV kernels, or the ring kernel with JAMBA_EXT_MOE_GEMV=0; impl auto picks gemv there):
     deterministic, matches the fp64 reference and, within the same tolerance, the same token decoded next to
     another one (T = 2: moe_decode_kernel); all K slots on one expert (K > 8: extra passes); out-of-range ids give
     a NaN row."""
     if t1 == "ring":
-        monkeypatch.setenv("JAMBA_EXT_MOE_T1", "0")
+        monkeypatch.setenv("JAMBA_EXT_MOE_GEMV", "0")
     dev = torch.device("cuda")
     x = randn(T, H, device=dev, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
@@ -390,14 +394,14 @@ def test_moe_decode_persistent(monkeypatch, t1, impl, dtype, T, H, F, E, K):
 @pytest.mark.parametrize("kw", ["1,1", "2,8", "8,2", "4,4"])
 @pytest.mark.parametrize("T,H,F,E,K", [(1, 4104, 2056, 4, 2), (1, 264, 4104, 16, 3), (1, 24, 16, 16, 12)],
                          ids=["H4104", "F4104", "k12"])
-def test_moe_gemv_t1_warps_along_k(monkeypatch, kw, T, H, F, E, K):
-    """The one-token GEMV kernels with every warps-along-K split forced (JAMBA_EXT_MOE_T1="g,d"; by default it
+def test_moe_gemv_warps_along_k(monkeypatch, kw, T, H, F, E, K):
+    """The one-token GEMV kernels with every warps-along-K split forced (JAMBA_EXT_MOE_GEMV="g,d"; by default it
     follows the reduction's length): the same result within rounding, deterministic, vs the fp64 reference."""
     dev, dtype = torch.device("cuda"), torch.bfloat16
     x = randn(T, H, device=dev, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
     w, ids, offsets, slots = routed(T, E, K, dev)
-    monkeypatch.setenv("JAMBA_EXT_MOE_T1", kw)
+    monkeypatch.setenv("JAMBA_EXT_MOE_GEMV", kw)
     out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv")
     assert torch.equal(out, ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "gemv"))
     assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])

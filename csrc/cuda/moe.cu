@@ -1235,9 +1235,9 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
             JAMBA_TRY(moe_wgmma_gemm(dt, g, slots, device, stream));
             return combine_launch<T>(p, device, stream);
         }
-        if (sizeof(T) == 2 && impl == JAMBA_MOE_IMPL_GEMV) { /* one token: moe_gemv.cu (both GEMMs, the combine) */
+        if (sizeof(T) == 2 && impl == JAMBA_MOE_IMPL_GEMV) { /* few tokens: moe_gemv.cu (both GEMMs, the combine) */
             int ran = 0;
-            JAMBA_TRY(moe_gemv_t1(std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16, p, stream, &ran));
+            JAMBA_TRY(moe_gemv_decode(std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16, p, stream, &ran));
             if (ran) return JAMBA_OK;
         }
         /* 1. act[p] = silu(gate x) * up x, rows in sorted order */

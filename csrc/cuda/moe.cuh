@@ -115,9 +115,10 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
  * the tile counters of the two GEMMs that follow) */
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
                              int64_t H, int32_t *sched, cudaStream_t stream);
-/* the experts of one token (T == 1) by the weight-streaming GEMVs of moe_gemv.cu, fused combine included; *ran = 0
- * when the path does not apply (T != 1, dtype not bf16/f16, env JAMBA_EXT_MOE_T1=0): nothing was launched */
-jamba_status moe_gemv_t1(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran);
+/* the experts of a few tokens by the weight-streaming GEMVs of moe_gemv.cu, fused combine included; *ran = 0
+ * when the path does not apply (more tokens than it takes, dtype not bf16/f16, env JAMBA_EXT_MOE_GEMV=0): nothing
+ * was launched */
+jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran);
 /* 1 when the wgmma kernels can run on `device` (a Hopper GPU and sm_90a code in this build), cached */
 int moe_wgmma_available(int device);
 

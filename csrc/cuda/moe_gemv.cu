@@ -1,26 +1,28 @@
-/* moe_gemv.cu -- the MoE experts of ONE token on CUDA (batch-1 decode): two weight-streaming GEMV kernels.
+/* moe_gemv.cu -- the MoE experts of a few tokens on CUDA (decode): two weight-streaming GEMV kernels.
  *
- * Called by experts_launch (moe.cu) for impl gemv / auto when T == 1; same math and roundings as the other engines
+ * Called by experts_launch (moe.cu) for impl gemv / auto when T <= MG_MAX_TOKENS; same math and roundings as the other engines
  * (moe.cuh: moe_act, moe_scaled; the combine's order), fp32 sums in a fixed order (deterministic; the order differs
  * from the other engines', so results agree to rounding, not bit for bit).
  *
  * Kernels (8 warps a block; the dot-product loop is gemv_warp_dot of gemv.cuh: 16-byte weight loads with
  * L1::no_allocate, U = 4 chunks' loads in flight per warp, kw warps along the reduction, slices added in order):
  *   moe_gemv_gate_up_kernel<T>: x (T, H) contiguous, w_gate_up (E, 2F, H) (gate rows [0, F), up rows [F, 2F)),
- *     act (T*TOPK, F) in SLOT order (row s: slot s; a workspace only these two kernels read). grid (ceil(F / NR),
- *     T*TOPK), NR = 8 / kw outputs a block: warp group q of the block computes output f = bx NR + q of slot
- *     s = by, i.e. the gate row f and the up row F + f of expert ids[s] against x row s / TOPK;
+ *     act (T*TOPK, F) in SLOT order (row s: slot s; a workspace only these two kernels read). grid (T*TOPK,
+ *     ceil(F / NR)), NR = 8 / kw outputs a block: warp group q of the block computes output f = by NR + q of slot
+ *     s = bx (the slots of one row block are neighbours in the launch order: an expert's rows that several slots
+ *     read come from DRAM once), i.e. the gate row f and the up row F + f of expert ids[s] against x row s / TOPK;
  *     act[s, f] = moe_act(gate, up). Slots with an id outside [0, E) are skipped.
  *   moe_gemv_down_kernel<T>: act as above, w_down (E, H, F), out (T, H) contiguous, weights (T*TOPK) f32 slot order.
- *     grid (ceil(H / (2 NR)), T): warp group q computes rows h0 + 2q, h0 + 2q + 1 of w_down[ids[s]] against act
+ *     grid (T, ceil(H / (2 NR))): warp group q computes rows h0 + 2q, h0 + 2q + 1 of w_down[ids[s]] against act
  *     row s for each slot s = t TOPK + j in turn (the weights of all of the token's slots stream through the same
  *     warps, no wait between slots); out[t, h] = round(...round(o_0 + o_1)...), o_j = moe_scaled(y_j, weights[s])
- *     (the combine of moe_combine_kernel, fused); NaN where an id of the token is out of range.
+ *     (the combine of moe_combine_kernel, fused); NaN where an id of the token is out of range. A weight row is
+ *     read once per slot that takes its expert: fine while the tokens are few (MG_MAX_TOKENS).
  * Why: at one token the op is a read of 2 experts x 3 matrices (705 MB at Jamba-v0.1 sizes). The shared-memory
- * ring + mma kernel that ran it (moe_decode_persist_kernel) streamed at ~82% of the copy-bandwidth floor; the
- * register-direct GEMV loop of jamba.gemv read Jamba's LM head (537 MB) at ~104% of it (a pure read stream).
- * Launch: moe_gemv_t1 (declared in moe.cuh); kw from gemv_pick_kw; env JAMBA_EXT_MOE_T1 = "0" turns the path
- * off (the persistent ring kernel runs), "g,d" forces the warps along K of the two kernels (A/B).
+ * ring + mma kernel that ran it (moe_decode_persist_kernel) streamed at ~85% of the copy-bandwidth floor (195.6 us;
+ * gate_up 122, down 64, combine 2); these kernels at 98% (168.7 us; 105 + 61), benchmarks/results/moe_t1_741609f.log.
+ * Launch: moe_gemv_decode (declared in moe.cuh); kw from gemv_pick_kw; env JAMBA_EXT_MOE_GEMV = "0" turns the path
+ * off (the ring kernels of moe.cu run), "g,d" forces the warps along K of the two kernels (A/B).
  */
 #include "gemv.cuh"
 #include "moe.cuh"
@@ -32,6 +34,9 @@
 #define MG_WARPS 8
 #define MG_U 4     /* chunks per batch of loads */
 #define MG_SLOTS 8 /* slots of a token reduced per pass of the down kernel's shared buffer */
+#ifndef MG_MAX_TOKENS
+#define MG_MAX_TOKENS 16 /* tokens up to which experts_launch runs these kernels */
+#endif
 
 struct moe_gemv_args {
     const void *x, *wgu, *wd;
@@ -47,10 +52,10 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     jamba_pdl_begin();
     __shared__ float red[MG_WARPS][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw, nr = MG_WARPS / kw;
-    const int64_t s = blockIdx.y;
+    const int64_t s = blockIdx.x;
     const int e = a.ids[s];
     if (e < 0 || e >= a.E) return; /* whole block */
-    const int64_t f = (int64_t)blockIdx.x * nr + warp / kw;
+    const int64_t f = (int64_t)blockIdx.y * nr + warp / kw;
     const T *W = (const T *)a.wgu + (int64_t)e * 2 * a.F * a.H;
     const bool ok = f < a.F;
     const T *wrow[2] = {W + (ok ? f : 0) * a.H, W + (ok ? a.F + f : 0) * a.H};
@@ -64,7 +69,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     }
     __syncthreads();
     const int q = threadIdx.x;
-    const int64_t fo = (int64_t)blockIdx.x * nr + q;
+    const int64_t fo = (int64_t)blockIdx.y * nr + q;
     if (q < nr && fo < a.F) {
         float g = 0.f, u = 0.f;
         for (int j = 0; j < kw; j++) g += red[q * kw + j][0], u += red[q * kw + j][1];
@@ -77,7 +82,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gem
     jamba_pdl_begin();
     __shared__ float red[MG_SLOTS][MG_WARPS][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw, nr = MG_WARPS / kw;
-    const int64_t t = blockIdx.y, h0 = (int64_t)blockIdx.x * 2 * nr, hw = h0 + 2 * (warp / kw);
+    const int64_t t = blockIdx.x, h0 = (int64_t)blockIdx.y * 2 * nr, hw = h0 + 2 * (warp / kw);
     const int i = threadIdx.x; /* i < 2 nr: output row h0 + i of the block */
     float comb = 0.f;
     bool bad = false;
@@ -125,9 +130,9 @@ __global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gem
         ((T *)a.out)[t * a.H + h0 + i] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : comb);
 }
 
-/* "g,d" of JAMBA_EXT_MOE_T1 (warps along K of the two kernels; 0: pick), -1 when the path is off */
+/* "g,d" of JAMBA_EXT_MOE_GEMV (warps along K of the two kernels; 0: pick), -1 when the path is off */
 static int mg_env(int *kwg, int *kwd) {
-    const char *s = getenv("JAMBA_EXT_MOE_T1");
+    const char *s = getenv("JAMBA_EXT_MOE_GEMV");
     *kwg = *kwd = 0;
     if (s == NULL) return 0;
     if (s[0] == '0' && s[1] == '\0') return -1;
@@ -154,21 +159,22 @@ static jamba_status mg_launch(const jamba_moe_experts_params *p, cudaStream_t st
     int kwg, kwd;
     mg_env(&kwg, &kwd);
     a.kw = mg_kw(kwg, a.H, VN);
-    const dim3 g1((unsigned)jamba_ceil_div(a.F, MG_WARPS / a.kw), (unsigned)(T_ * a.K));
+    const dim3 g1((unsigned)(T_ * a.K), (unsigned)jamba_ceil_div(a.F, MG_WARPS / a.kw));
     jamba_kernel_launch(moe_gemv_gate_up_kernel<T>, g1, dim3(MG_WARPS * 32), 0, stream, a);
     JAMBA_LAUNCH_CHECK("moe_gemv_gate_up_kernel", stream);
     a.kw = mg_kw(kwd, a.F, VN);
-    const dim3 g2((unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)), (unsigned)T_);
+    const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)));
     jamba_kernel_launch(moe_gemv_down_kernel<T>, g2, dim3(MG_WARPS * 32), 0, stream, a);
     JAMBA_LAUNCH_CHECK("moe_gemv_down_kernel", stream);
     return JAMBA_OK;
 }
 
-jamba_status moe_gemv_t1(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran) {
+jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran) {
     int kwg, kwd;
     *ran = 0;
-    const int64_t T_ = p->x.shape[0], slots = T_ * p->expert_ids.shape[1];
-    if (mg_env(&kwg, &kwd) < 0 || T_ != 1 || slots > 65535 || p->w_down.shape[2] == 0) return JAMBA_OK;
+    const int64_t T_ = p->x.shape[0], H = p->x.shape[1], F = p->w_down.shape[2];
+    /* grid.y: F / NR and H / (2 NR) blocks with NR >= 1 */
+    if (mg_env(&kwg, &kwd) < 0 || T_ > MG_MAX_TOKENS || F == 0 || F > 65535 || H > 2 * 65535) return JAMBA_OK;
     *ran = 1;
     if (dtype == JAMBA_BF16) return mg_launch<__nv_bfloat16>(p, stream);
     if (dtype == JAMBA_F16) return mg_launch<__half>(p, stream);
