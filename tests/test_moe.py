@@ -296,10 +296,10 @@ def test_moe_experts_deterministic(device, T, impl):
     assert all(torch.equal(p, q) for p, q in zip(r1, r2))
 
 
-# ---- decode engines (impl gemv): moe_gemv.cu (T <= 16), moe_decode_kernel, moe_decode_persist_kernel (T == 1) --
+# ---- decode engines (impl gemv): moe_gemv.cu (T <= 4), moe_decode_kernel, moe_decode_persist_kernel (T == 1) ---
 # T picks the ring kernel and its n-tiles per pass (1 token: persistent; <= 8: 1, <= 16: 2, more: 4); H, F multiples
 # of 8 but not of the 32-output tiles or the 64-k steps; (24, 16): one k step, so some k-split warps get no k at all.
-DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (5, 72, 40, 1, 1), (8, 200, 136, 8, 1),
+DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (3, 264, 200, 4, 3), (4, 72, 40, 1, 1), (5, 72, 40, 1, 1), (8, 200, 136, 8, 1),
                 (9, 136, 72, 16, 2), (16, 264, 200, 8, 2), (17, 72, 40, 16, 2), (40, 200, 136, 16, 2),
                 (130, 24, 16, 8, 1)]
 
@@ -310,8 +310,8 @@ DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (5, 72, 40, 1, 1), (8,
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
 @pytest.mark.parametrize("T,H,F,E,K", DECODE_CASES, ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in DECODE_CASES])
 def test_moe_decode_engine(monkeypatch, t1, dtype, T, H, F, E, K):
-    """impl gemv: up to 16 tokens the GEMV kernels of moe_gemv.cu, with JAMBA_EXT_MOE_GEMV=0 (t1 "ring") and from
-    17 tokens the ring kernels of moe.cu at every n-tile count, tail tiles, idle k-splits; E = 1 / 8 / 16,
+    """impl gemv: up to 4 tokens the GEMV kernels of moe_gemv.cu, with JAMBA_EXT_MOE_GEMV=0 (t1 "ring") and from
+    5 tokens the ring kernels of moe.cu at every n-tile count, tail tiles, idle k-splits; E = 1 / 8 / 16,
     top-1/2: deterministic, and matches the fp64 reference."""
     if t1 == "ring":
         monkeypatch.setenv("JAMBA_EXT_MOE_GEMV", "0")

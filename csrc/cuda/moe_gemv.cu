@@ -1,7 +1,7 @@
 /* moe_gemv.cu -- the MoE experts of a few tokens on CUDA (decode): two weight-streaming GEMV kernels.
  *
- * Called by experts_launch (moe.cu) for impl gemv / auto when T <= MG_MAX_TOKENS; same math and roundings as the other engines
- * (moe.cuh: moe_act, moe_scaled; the combine's order), fp32 sums in a fixed order (deterministic; the order differs
+ * Called by experts_launch (moe.cu) for impl gemv / auto when T <= MG_MAX_TOKENS; same math and roundings as the
+ * other engines (moe.cuh: moe_act, moe_scaled; the combine's order), fp32 sums in a fixed order (deterministic; the order differs
  * from the other engines', so results agree to rounding, not bit for bit).
  *
  * Kernels (8 warps a block; the dot-product loop is gemv_warp_dot of gemv.cuh: 16-byte weight loads with
@@ -9,18 +9,23 @@
  *   moe_gemv_gate_up_kernel<T>: x (T, H) contiguous, w_gate_up (E, 2F, H) (gate rows [0, F), up rows [F, 2F)),
  *     act (T*TOPK, F) in SLOT order (row s: slot s; a workspace only these two kernels read). grid (T*TOPK,
  *     ceil(F / NR)), NR = 8 / kw outputs a block: warp group q of the block computes output f = by NR + q of slot
- *     s = bx (the slots of one row block are neighbours in the launch order: an expert's rows that several slots
- *     read come from DRAM once), i.e. the gate row f and the up row F + f of expert ids[s] against x row s / TOPK;
+ *     s = bx (the slots of one row block are neighbours in the launch order, so an expert's rows that several slots
+ *     read can come from L2), i.e. the gate row f and the up row F + f of expert ids[s] against x row s / TOPK;
  *     act[s, f] = moe_act(gate, up). Slots with an id outside [0, E) are skipped.
  *   moe_gemv_down_kernel<T>: act as above, w_down (E, H, F), out (T, H) contiguous, weights (T*TOPK) f32 slot order.
  *     grid (T, ceil(H / (2 NR))): warp group q computes rows h0 + 2q, h0 + 2q + 1 of w_down[ids[s]] against act
  *     row s for each slot s = t TOPK + j in turn (the weights of all of the token's slots stream through the same
  *     warps, no wait between slots); out[t, h] = round(...round(o_0 + o_1)...), o_j = moe_scaled(y_j, weights[s])
  *     (the combine of moe_combine_kernel, fused); NaN where an id of the token is out of range. A weight row is
- *     read once per slot that takes its expert: fine while the tokens are few (MG_MAX_TOKENS).
+ *     read once per slot that takes its expert (from DRAM or, when the slots' blocks run close enough, from L2): fine
+ *     while the tokens are few (MG_MAX_TOKENS).
  * Why: at one token the op is a read of 2 experts x 3 matrices (705 MB at Jamba-v0.1 sizes). The shared-memory
  * ring + mma kernel that ran it (moe_decode_persist_kernel) streamed at ~85% of the copy-bandwidth floor (195.6 us;
  * gate_up 122, down 64, combine 2); these kernels at 98% (168.7 us; 105 + 61), benchmarks/results/moe_t1_741609f.log.
+ * In turns against the ring kernels (dev/moe_gemv_ab.py, moe_gemv_ab_ea608ec.log; CUDA graphs, us per call, % of the touched
+ * weights' floor): 1 token 167.9 vs 196.6 (97.8 vs 83.6%), 2: 314.7 vs 364.1 (101 vs 87%), 4: 568.1 vs 624.8 (97.6
+ * vs 88.7%), but 8: 1046 vs 919 and 16: 2025 vs 1219 (slots sharing an expert: its rows are read per slot, the L2
+ * catches only part of it). So up to 4 tokens.
  * Launch: moe_gemv_decode (declared in moe.cuh); kw from gemv_pick_kw; env JAMBA_EXT_MOE_GEMV = "0" turns the path
  * off (the ring kernels of moe.cu run), "g,d" forces the warps along K of the two kernels (A/B).
  */
@@ -34,9 +39,7 @@
 #define MG_WARPS 8
 #define MG_U 4     /* chunks per batch of loads */
 #define MG_SLOTS 8 /* slots of a token reduced per pass of the down kernel's shared buffer */
-#ifndef MG_MAX_TOKENS
-#define MG_MAX_TOKENS 16 /* tokens up to which experts_launch runs these kernels */
-#endif
+#define MG_MAX_TOKENS 4 /* tokens up to which experts_launch runs these kernels (the A/B above) */
 
 struct moe_gemv_args {
     const void *x, *wgu, *wd;
