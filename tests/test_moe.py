@@ -299,7 +299,8 @@ def test_moe_experts_deterministic(device, T, impl):
 # ---- decode engines (impl gemv): moe_gemv.cu (T <= 4), moe_decode_kernel, moe_decode_persist_kernel (T == 1) ---
 # T picks the ring kernel and its n-tiles per pass (1 token: persistent; <= 8: 1, <= 16: 2, more: 4); H, F multiples
 # of 8 but not of the 32-output tiles or the 64-k steps; (24, 16): one k step, so some k-split warps get no k at all.
-DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (3, 264, 200, 4, 3), (4, 72, 40, 1, 1), (5, 72, 40, 1, 1), (8, 200, 136, 8, 1),
+DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (3, 264, 200, 4, 3), (4, 72, 40, 1, 1), (5, 72, 40, 1, 1),
+                (8, 200, 136, 8, 1),
                 (9, 136, 72, 16, 2), (16, 264, 200, 8, 2), (17, 72, 40, 16, 2), (40, 200, 136, 16, 2),
                 (130, 24, 16, 8, 1)]
 
