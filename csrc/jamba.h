@@ -231,7 +231,8 @@ jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p, jamba_lau
 typedef enum {
     JAMBA_MOE_IMPL_AUTO = 0,      /* by size and dtype */
     JAMBA_MOE_IMPL_MMA = 1,       /* tensor-core grouped GEMM (bf16/f16, H and F multiples of 8) */
-    JAMBA_MOE_IMPL_GEMV = 2,      /* decode: weight-streaming mma kernel, split-K (bf16/f16, H, F % 8 == 0) */
+    JAMBA_MOE_IMPL_GEMV = 2,      /* decode: weight-streaming GEMVs up to 4 tokens, then an mma kernel, split-K
+                                     (bf16/f16, H, F % 8 == 0) */
     JAMBA_MOE_IMPL_SIMT = 3,      /* any dtype and size: fp32 CUDA-core tiles (slow; fp32 inputs, odd sizes) */
     JAMBA_MOE_IMPL_COMBINE = 4,   /* reserved (was: the combine alone; the torch-GEMM path now uses
                                      jamba_moe_combine below): rejected */

@@ -16,11 +16,12 @@
  *                        swizzled shared tile; the A rows are gathered through sorted_slots. Run twice:
  *                        gate_up (SiLU(gate)*up fused in the epilogue) and down (times the routing weight,
  *                        scattered to slot order).
+ *   (moe_gemv.cu)        decode (impl gemv) up to 4 tokens: register-direct GEMVs, combine fused (moe_gemv_decode).
  *   moe_decode_kernel    decode (impl gemv): few tokens per expert. A grid over the touched experts only
  *                        (found on the device); each warp streams its W rows through its own cp.async
  *                        ring in shared memory into mma fragments, split-K over the warps of a block,
  *                        reduced in shared memory in a fixed order. Run twice, as the prefill GEMM.
- *   moe_decode_persist_kernel  decode at 1 token: the same math and ring over a one-wave persistent grid.
+ *   moe_decode_persist_kernel  decode at 1 token with JAMBA_EXT_MOE_GEMV=0: the same ring, one-wave persistent grid.
  *   moe_simt_kernel      fp32 inputs, sizes not multiple of 8, misaligned pointers: fp32 CUDA-core tiles.
  *   (moe_wgmma.cu)       prefill on Hopper, impl wgmma: x gathered into sorted order, the same GEMMs with
  *                        wgmma fed by TMA (sm_90a); persistent, tiles handed out through the op's sched workspace.
@@ -1107,7 +1108,8 @@ static jamba_status decode_persist_launch(const moe_gemm_args &a, int64_t slots,
     return JAMBA_OK;
 }
 
-/* The decode grid, from the token count T = slots / TOPK (known on the host; no sync).
+/* The ring kernels' grid, from the token count T = slots / TOPK (known on the host; no sync); up to 4 tokens
+ * experts_launch runs moe_gemv.cu's kernels instead unless JAMBA_EXT_MOE_GEMV=0.
  * T == 1: moe_decode_persist_kernel. H200 A/B at 6c4ae22 (bf16, Jamba-v0.1 sizes H 4096, F 14336, E 16, top-2;
  * whole op, benchmarks/results/ab_moe_6c4ae22.log), moe_decode_kernel vs moe_decode_persist_kernel:
  *   T = 1:  222.8 us (gate_up 136.9 + down 70.2)   vs 211.2 us (130.2 + 66.8)   -> persistent
@@ -1175,8 +1177,8 @@ static jamba_status combine_launch(const jamba_moe_experts_params *p, int device
 }
 
 /* impl auto (measured on an H200, Jamba-v0.1 sizes, bf16; benchmarks/results/bench_moe*.json):
- *   Hopper (wgmma available): the weight-streaming decode kernel (moe_decode_kernel; moe_decode_persist_kernel
- *     at 1 token, see decode_launch) while the average expert sees at most 1 slot (T <= 8 at E 16, top-2),
+ *   Hopper (wgmma available): the weight-streaming decode kernels (moe_gemv.cu up to 4 tokens, then
+ *     moe_decode_kernel, see decode_launch) while the average expert sees at most 1 slot (T <= 8 at E 16, top-2),
  *     the wgmma engine above (with 64 x 512 tail tiles up to 16 slots per expert: see moe_wgmma.cu). Session 7
  *     sweep (bench_moe_tiny_3b676ba.json, bench_moe_small_c8ecf91.json), us, decode kernel vs wgmma with
  *     tail tiles: 4 tokens 557 vs 596, 8: 736 vs 736, 16: 1429 vs 1356, 32: 1383 vs 1296, 64: 1458 vs 1368,
