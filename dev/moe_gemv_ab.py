@@ -23,6 +23,8 @@ from jamba_ext import ops  # noqa: E402
 
 
 def envs(v):
+    if v == "grp2":  # EXPERIMENT: the grouped kernel's 2-token instance
+        return {"JAMBA_EXT_MOE_GEMV": "g", "JAMBA_EXT_MOE_GMM": "2"}
     return {"JAMBA_EXT_MOE_GEMV": "0"} if v in ("ring", "auto0") else {"JAMBA_EXT_MOE_GEMV": "g"} \
         if v == "grouped" else {"JAMBA_EXT_MOE_GEMV": v.replace("/", ",")} if "/" in v else {}
 
@@ -56,7 +58,7 @@ def main():
                     y = (torch.nn.functional.silu(gu[:, :Fd]) * gu[:, Fd:]) @ w_down[e].float().t()
                     r.index_add_(0, tok, y * w[tok, slot].bfloat16().float()[:, None])
             ref.append(r)
-        variants = ["default", "ring", "auto0"] + (["grouped"] if T <= 4 else []) + \
+        variants = ["default", "ring", "auto0", "grp2"] + (["grouped"] if T <= 4 else []) + \
             (args.kw.split(",") if T == 1 and args.kw else [])
         impl = {v: "auto" if v == "auto0" else "gemv" for v in variants}
 

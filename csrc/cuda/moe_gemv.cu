@@ -44,6 +44,9 @@
 #define MG_U 4     /* chunks per batch of loads */
 #define MG_SLOTS 8 /* slots of a token reduced per pass of the down kernel's shared buffer */
 #define MG_MAX_TOKENS 4 /* tokens up to which experts_launch runs the slot kernels (the A/B above) */
+#ifndef MG_MM
+#define MG_MM 4 /* tokens of an expert per pass of the grouped kernel */
+#endif
 #ifndef MG_GROUPED_MAX_TOKENS
 #define MG_GROUPED_MAX_TOKENS 16 /* tokens up to which decode_launch runs the grouped kernel */
 #endif
@@ -161,7 +164,7 @@ template <typename T, int MM> struct mg_rows_gathered {
 template <typename T, bool GATE_UP, int MM>
 __global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_grouped_kernel(moe_gemm_args a, int kw) {
     jamba_pdl_begin();
-    constexpr int U = MM <= 2 ? 4 : 2;
+    constexpr int U = MM <= 4 ? 4 : 2;
     __shared__ float red[MG_WARPS][2][MM];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % kw, nr = MG_WARPS / kw;
     int64_t off = 0, cnt = 0;
@@ -275,12 +278,21 @@ jamba_status moe_gemv_grouped(int dtype, const moe_gemm_args &a, int64_t slots, 
     if (by > 65535) return JAMBA_OK;
     *ran = 1;
     const dim3 grid((unsigned)ub, (unsigned)by), block(MG_WARPS * 32);
-    if (dtype == JAMBA_BF16) {
-        if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, true, 8>, grid, block, 0, stream, a, kw);
-        else jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, false, 8>, grid, block, 0, stream, a, kw);
+    const char *gmm = getenv("JAMBA_EXT_MOE_GMM"); /* EXPERIMENT: "2" runs the 2-token instance */
+    if (gmm != NULL && gmm[0] == '2') {
+        if (dtype == JAMBA_BF16) {
+            if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, true, 2>, grid, block, 0, stream, a, kw);
+            else jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, false, 2>, grid, block, 0, stream, a, kw);
+        } else {
+            if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__half, true, 2>, grid, block, 0, stream, a, kw);
+            else jamba_kernel_launch(moe_gemv_grouped_kernel<__half, false, 2>, grid, block, 0, stream, a, kw);
+        }
+    } else if (dtype == JAMBA_BF16) {
+        if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, true, MG_MM>, grid, block, 0, stream, a, kw);
+        else jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, false, MG_MM>, grid, block, 0, stream, a, kw);
     } else {
-        if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__half, true, 8>, grid, block, 0, stream, a, kw);
-        else jamba_kernel_launch(moe_gemv_grouped_kernel<__half, false, 8>, grid, block, 0, stream, a, kw);
+        if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__half, true, MG_MM>, grid, block, 0, stream, a, kw);
+        else jamba_kernel_launch(moe_gemv_grouped_kernel<__half, false, MG_MM>, grid, block, 0, stream, a, kw);
     }
     JAMBA_LAUNCH_CHECK("moe_gemv_grouped_kernel", stream);
     return JAMBA_OK;
