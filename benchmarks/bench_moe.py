@@ -152,8 +152,8 @@ def sanitize_cases():
         for impl in impls:
             out = ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, impl)
             assert not torch.isnan(out).any(), impl
-        if T <= 16 and "gemv" in impls:  # the ring kernels and forced splits of the GEMV kernels (moe_gemv.cu)
-            for t1 in ("0", "1,1", "8,8", "g", "g1,1"):
+        if T <= 4 and "gemv" in impls:  # the ring kernels and forced splits of the GEMV kernels (moe_gemv.cu)
+            for t1 in ("0", "1,1", "8,8"):
                 out = with_env(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets, "gemv"),
                                JAMBA_EXT_MOE_GEMV=t1)()
                 assert not torch.isnan(out).any(), f"gemv JAMBA_EXT_MOE_GEMV={t1}"

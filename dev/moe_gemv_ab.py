@@ -1,7 +1,6 @@
 """MoE experts at decode sizes, Jamba-v0.1, bf16: the GEMV kernels of moe_gemv.cu (impl gemv, the default path up
 to its token limit) against the engines they replace: impl gemv with JAMBA_EXT_MOE_GEMV=0 ("ring": the
-shared-memory ring kernels of moe.cu), impl auto with it ("auto0": what auto ran before, wgmma from 9 tokens) and,
-up to 4 tokens, the grouped kernel in place of the slot kernels ("grouped": JAMBA_EXT_MOE_GEMV=g),
+shared-memory ring kernels of moe.cu) and impl auto with it ("auto0": what auto ran before, wgmma from 9 tokens),
 and, at one token, against kw choices of the GEMV kernels ("g/d": JAMBA_EXT_MOE_GEMV="g,d", warps along K of
 gate_up, down). Per token count: 16 routings from random logits cycled (the touched weights are not in L2 from
 the previous call); eager calls timed in turns (benchmarks/common.time_interleaved, behind a GPU sleep), then
@@ -23,10 +22,8 @@ from jamba_ext import ops  # noqa: E402
 
 
 def envs(v):
-    if v == "grp2":  # EXPERIMENT: the grouped kernel's 2-token instance
-        return {"JAMBA_EXT_MOE_GEMV": "g", "JAMBA_EXT_MOE_GMM": "2"}
-    return {"JAMBA_EXT_MOE_GEMV": "0"} if v in ("ring", "auto0") else {"JAMBA_EXT_MOE_GEMV": "g"} \
-        if v == "grouped" else {"JAMBA_EXT_MOE_GEMV": v.replace("/", ",")} if "/" in v else {}
+    return {"JAMBA_EXT_MOE_GEMV": "0"} if v in ("ring", "auto0") else \
+        {"JAMBA_EXT_MOE_GEMV": v.replace("/", ",")} if "/" in v else {}
 
 
 def main():
@@ -58,8 +55,7 @@ def main():
                     y = (torch.nn.functional.silu(gu[:, :Fd]) * gu[:, Fd:]) @ w_down[e].float().t()
                     r.index_add_(0, tok, y * w[tok, slot].bfloat16().float()[:, None])
             ref.append(r)
-        variants = ["default", "ring", "auto0", "grp2"] + (["grouped"] if T <= 4 else []) + \
-            (args.kw.split(",") if T == 1 and args.kw else [])
+        variants = ["default", "ring", "auto0"] + (args.kw.split(",") if T == 1 and args.kw else [])
         impl = {v: "auto" if v == "auto0" else "gemv" for v in variants}
 
         def one(v, c):

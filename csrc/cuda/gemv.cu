@@ -60,8 +60,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(gemv_args a) 
 #pragma unroll
         for (int m = 0; m < MM; m++) acc[r][m] = 0.f;
 
-    const gemv_rows_strided<T> xr = {(const T *)a.x + m0 * a.sx, a.sx};
-    gemv_warp_dot<T, GEMV_R, MM, U>(wrow, wok, xr, mc, a.K, ks, kw, lane, acc);
+    gemv_warp_dot<T, GEMV_R, MM, U>(wrow, wok, (const T *)a.x + m0 * a.sx, a.sx, mc, a.K, ks, kw, lane, acc);
 #pragma unroll
     for (int r = 0; r < GEMV_R; r++)
 #pragma unroll

@@ -3,7 +3,6 @@
  *
  *   gemv_ld_stream(p)                      16 bytes of a weight row, ld.global.nc with L1::no_allocate (read once)
  *   gemv_warp_dot<T, R, MM, U>(...)        one warp's partial dot products of R weight rows with MM rows of x
- *   gemv_rows_strided<T>                   x rows at a fixed stride (the XR argument of gemv_warp_dot)
  *
  * Layout of gemv_warp_dot: weight rows and x rows have unit stride, K elements, 16-byte aligned starts, K a
  * multiple of VN = 16 / sizeof(T). K is cut into chunks of 32 * VN elements; the warp takes chunks ks, ks + kw,
@@ -25,18 +24,12 @@ __device__ __forceinline__ uint4 gemv_ld_stream(const void *p) {
     return r;
 }
 
-/* x row m at x + m * sx */
-template <typename T> struct gemv_rows_strided {
-    const T *x;
-    int64_t sx;
-    __device__ __forceinline__ const T *row(int m) const { return x + m * sx; }
-};
-
-/* wrow[r]: weight row r (wok[r] false: not read, counts as zeros); xr.row(m): x row m (XR: gemv_rows_strided or
- * any type with that member), mc <= MM rows used */
-template <typename T, int R, int MM, int U, class XR>
-__device__ __forceinline__ void gemv_warp_dot(const T *const (&wrow)[R], const bool (&wok)[R], const XR &xr, int mc,
-                                              int64_t K, int ks, int kw, int lane, float (&acc)[R][MM]) {
+/* wrow[r]: weight row r (wok[r] false: not read, counts as zeros); x: row 0 of x, sx its row stride, mc <= MM
+ * rows used */
+template <typename T, int R, int MM, int U>
+__device__ __forceinline__ void gemv_warp_dot(const T *const (&wrow)[R], const bool (&wok)[R], const T *x,
+                                              int64_t sx, int mc, int64_t K, int ks, int kw, int lane,
+                                              float (&acc)[R][MM]) {
     constexpr int VN = 16 / (int)sizeof(T);
     const int64_t nchunk = K / (32 * VN) + (K % (32 * VN) != 0);
     for (int64_t c0 = ks; c0 < nchunk; c0 += (int64_t)U * kw) {
@@ -59,7 +52,7 @@ __device__ __forceinline__ void gemv_warp_dot(const T *const (&wrow)[R], const b
             for (int m = 0; m < MM; m++) {
                 if (m >= mc) break;
                 float xf[VN];
-                jamba_w16<T>::ld(__ldg((const uint4 *)(xr.row(m) + k)), xf);
+                jamba_w16<T>::ld(__ldg((const uint4 *)(x + m * sx + k)), xf);
 #pragma unroll
                 for (int r = 0; r < R; r++)
 #pragma unroll

@@ -441,6 +441,28 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
 #define DEC_STAGES(NT) ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3)
 #define DEC_SMEM(NT) (DEC_WARPS * DEC_STAGES(NT) * DEC_PIECES(NT) * 512) /* 100 KB, 96 KB, 96 KB */
 
+/* the u-th expert (ascending id) with tokens, or -1, with its first sorted row and token count; every lane of
+ * the warp gets them (call with full warps) */
+__device__ __forceinline__ int moe_nth_expert(const int32_t *offsets, int E, int u, int64_t *off, int64_t *cnt) {
+    const int lane = threadIdx.x & 31;
+    for (int e0 = 0; e0 < E; e0 += 32) {
+        const int e = e0 + lane;
+        const int lo = e < E ? offsets[e] : 0, hi = e < E ? offsets[e + 1] : 0;
+        unsigned m = __ballot_sync(JAMBA_FULL_MASK, hi > lo);
+        const int c = __popc(m);
+        if (u < c) { /* warp-uniform */
+            for (int i = 0; i < u; i++) m &= m - 1; /* drop the u lowest set bits */
+            const int src = __ffs(m) - 1;
+            const int l = __shfl_sync(JAMBA_FULL_MASK, lo, src), h = __shfl_sync(JAMBA_FULL_MASK, hi, src);
+            *off = l;
+            *cnt = h - l;
+            return e0 + src;
+        }
+        u -= c;
+    }
+    return -1;
+}
+
 __device__ __forceinline__ uint4 lds128(const unsigned char *p) { return *reinterpret_cast<const uint4 *>(p); }
 
 /* ---- pieces shared by the two decode kernels (ring layout per warp and step: MT*4 W pieces, then NT*2 x
@@ -1103,9 +1125,6 @@ static jamba_status decode_persist_launch(const moe_gemm_args &a, int64_t slots,
 template <typename T>
 static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     const int64_t tokens = slots / a.topk;
-    int ran = 0;
-    JAMBA_TRY(moe_gemv_grouped(std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16, a, slots, stream, &ran));
-    if (ran) return JAMBA_OK;
     int optin = 0;
     if (tokens <= 8) JAMBA_TRY(decode_smem_optin(&optin));
     if (tokens == 1 && optin >= DECP_SMEM)

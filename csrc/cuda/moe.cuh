@@ -31,28 +31,6 @@ __device__ __forceinline__ bool moe_find_tile(const int32_t *offsets, int E, int
     return false;
 }
 
-/* the u-th expert (ascending id) with tokens, or -1, with its first sorted row and token count; every lane of
- * the warp gets them (call with full warps) */
-__device__ __forceinline__ int moe_nth_expert(const int32_t *offsets, int E, int u, int64_t *off, int64_t *cnt) {
-    const int lane = threadIdx.x & 31;
-    for (int e0 = 0; e0 < E; e0 += 32) {
-        const int e = e0 + lane;
-        const int lo = e < E ? offsets[e] : 0, hi = e < E ? offsets[e + 1] : 0;
-        unsigned m = __ballot_sync(JAMBA_FULL_MASK, hi > lo);
-        const int c = __popc(m);
-        if (u < c) { /* warp-uniform */
-            for (int i = 0; i < u; i++) m &= m - 1; /* drop the u lowest set bits */
-            const int src = __ffs(m) - 1;
-            const int l = __shfl_sync(JAMBA_FULL_MASK, lo, src), h = __shfl_sync(JAMBA_FULL_MASK, hi, src);
-            *off = l;
-            *cnt = h - l;
-            return e0 + src;
-        }
-        u -= c;
-    }
-    return -1;
-}
-
 /* Grouped block order of the prefill GEMMs over an m_tiles x n_tiles grid of output tiles: `group`
  * consecutive m-tiles visit each n-tile (one W tile) before the next n-tile, so that W tile is re-read while
  * it is still in L2. Block pid -> (m-tile, n-tile); the last group may hold fewer m-tiles. */
@@ -141,9 +119,6 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
  * when the path does not apply (more tokens than it takes, dtype not bf16/f16, env JAMBA_EXT_MOE_GEMV=0): nothing
  * was launched */
 jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran);
-/* one GEMM of moe_decode_kernel's contract by moe_gemv.cu's grouped GEMV kernel (dtype bf16 or f16; *ran = 0: the
- * size or env JAMBA_EXT_MOE_GEMV=0 leaves it to the caller, nothing launched) */
-jamba_status moe_gemv_grouped(int dtype, const moe_gemm_args &a, int64_t slots, cudaStream_t stream, int *ran);
 /* 1 when the wgmma kernels can run on `device` (a Hopper GPU and sm_90a code in this build), cached */
 int moe_wgmma_available(int device);
 

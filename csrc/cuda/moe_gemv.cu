@@ -19,19 +19,18 @@
  *     (the combine of moe_combine_kernel, fused); NaN where an id of the token is out of range. A weight row is
  *     read once per slot that takes its expert (from DRAM or, when the slots' blocks run close enough, from L2): fine
  *     while the tokens are few (MG_MAX_TOKENS).
- *   moe_gemv_grouped_kernel<T, GATE_UP, MM>: one GEMM of the ring kernels' contract (moe_gemm_args), an expert's
- *     tokens (up to MM = 8 a pass) against each weight row read once; decode_launch runs it up to
- *     MG_GROUPED_MAX_TOKENS (then the combine kernel of moe.cu). Layout at the kernel.
  * Why: at one token the op is a read of 2 experts x 3 matrices (705 MB at Jamba-v0.1 sizes). The shared-memory
  * ring + mma kernel that ran it (moe_decode_persist_kernel) streamed at ~85% of the copy-bandwidth floor (195.6 us;
  * gate_up 122, down 64, combine 2); these kernels at 98% (168.7 us; 105 + 61), benchmarks/results/moe_t1_741609f.log.
  * In turns against the ring kernels (dev/moe_gemv_ab.py, moe_gemv_ab_ea608ec.log; CUDA graphs, us per call, % of
  * the touched weights' floor): 1 token 167.9 vs 196.6 (97.8 vs 83.6%), 2: 314.7 vs 364.1 (101 vs 87%), 4: 568.1
  * vs 624.8 (97.6 vs 88.7%), but 8: 1046 vs 919 and 16: 2025 vs 1219 (slots sharing an expert: its rows are read
- * per slot, the L2 catches only part of it). So up to 4 tokens.
- * Launch: moe_gemv_decode and moe_gemv_grouped (declared in moe.cuh); kw from gemv_pick_kw; env JAMBA_EXT_MOE_GEMV
- * (A/B, tests; mg_env): "0" turns both paths off (the ring kernels of moe.cu run), "k1,k2" forces the warps along K
- * of the gate_up / down kernels, "g" or "gk1,k2" runs the grouped kernel from one token.
+ * per slot, the L2 catches only part of it). So up to 4 tokens. An expert-grouped form (each weight row against up
+ * to 2 / 4 / 8 of its expert's tokens, then the combine kernel; EXPERIMENT 7efb8ac, 9cc3ed5, reverted) lost to the
+ * slot kernels at 1-4 tokens and to the ring kernels at 6-12 (e.g. 8 tokens 1054 / 1072 / 1189 us against 892;
+ * moe_gemv_ab_7efb8ac.log, moe_gemv_ab_9cc3ed5.log): the token rows' loads and FMAs in the dependent path.
+ * Launch: moe_gemv_decode (declared in moe.cuh); kw from gemv_pick_kw; env JAMBA_EXT_MOE_GEMV = "0" turns the path
+ * off (the ring kernels of moe.cu run), "g,d" forces the warps along K of the two kernels (A/B).
  */
 #include "gemv.cuh"
 #include "moe.cuh"
@@ -43,13 +42,7 @@
 #define MG_WARPS 8
 #define MG_U 4     /* chunks per batch of loads */
 #define MG_SLOTS 8 /* slots of a token reduced per pass of the down kernel's shared buffer */
-#define MG_MAX_TOKENS 4 /* tokens up to which experts_launch runs the slot kernels (the A/B above) */
-#ifndef MG_MM
-#define MG_MM 4 /* tokens of an expert per pass of the grouped kernel */
-#endif
-#ifndef MG_GROUPED_MAX_TOKENS
-#define MG_GROUPED_MAX_TOKENS 16 /* tokens up to which decode_launch runs the grouped kernel */
-#endif
+#define MG_MAX_TOKENS 4 /* tokens up to which experts_launch runs these kernels (the A/B above) */
 
 struct moe_gemv_args {
     const void *x, *wgu, *wd;
@@ -74,8 +67,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     const T *wrow[2] = {W + (ok ? f : 0) * a.H, W + (ok ? a.F + f : 0) * a.H};
     const bool wok[2] = {ok, ok};
     float acc[2][1] = {{0.f}, {0.f}};
-    const gemv_rows_strided<T> xr = {(const T *)a.x + (s / a.K) * a.H, 0};
-    gemv_warp_dot<T, 2, 1, MG_U>(wrow, wok, xr, 1, a.H, ks, kw, lane, acc);
+    gemv_warp_dot<T, 2, 1, MG_U>(wrow, wok, (const T *)a.x + (s / a.K) * a.H, 0, 1, a.H, ks, kw, lane, acc);
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const float v = jamba_warp_sum(acc[r][0]);
@@ -115,8 +107,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gem
                 wrow[r] = W + (wok[r] ? hw + r : 0) * a.F;
             }
             float acc[2][1] = {{0.f}, {0.f}};
-            const gemv_rows_strided<T> xr = {(const T *)a.act + s * a.F, 0};
-            gemv_warp_dot<T, 2, 1, MG_U>(wrow, wok, xr, 1, a.F, ks, kw, lane, acc);
+            gemv_warp_dot<T, 2, 1, MG_U>(wrow, wok, (const T *)a.act + s * a.F, 0, 1, a.F, ks, kw, lane, acc);
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 const float v = jamba_warp_sum(acc[r][0]);
@@ -145,96 +136,14 @@ __global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gem
         ((T *)a.out)[t * a.H + h0 + i] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : comb);
 }
 
-/* x rows gathered by index: row m at x + idx[m] * ld */
-template <typename T, int MM> struct mg_rows_gathered {
-    const T *x;
-    int64_t ld;
-    int64_t idx[MM];
-    __device__ __forceinline__ const T *row(int m) const { return x + idx[m] * ld; }
-};
-
-/* moe_gemv_grouped_kernel<T, GATE_UP, MM>: one GEMM of the ring kernels' contract (moe_gemm_args, moe.cuh: gate_up
- * x rows gathered through sorted_slots / TOPK -> act in sorted order; down act -> slot_out in slot order, times the
- * routing weight), each weight row read once per expert and pass of up to MM of its tokens.
- * grid (min(slots, E), ceil(N / NR) gate_up or ceil(N / (2 NR)) down), 8 warps = NR = 8 / kw row groups x kw
- * slices of K: block (u, b) takes the u-th expert with tokens (moe_nth_expert; blocks past the touched ones exit)
- * and output rows b NR + q (gate_up: gate row f and up row N + f of output f) or b 2 NR + 2q, + 1 (down) for warp
- * group q; each pass multiplies those 2 rows with MM token rows (gemv_warp_dot), sums the slices in order through
- * shared memory and stores MM x NR (gate_up) or MM x 2 NR (down) outputs. */
-template <typename T, bool GATE_UP, int MM>
-__global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_grouped_kernel(moe_gemm_args a, int kw) {
-    jamba_pdl_begin();
-    constexpr int U = MM <= 4 ? 4 : 2;
-    __shared__ float red[MG_WARPS][2][MM];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ks = warp % kw, nr = MG_WARPS / kw;
-    int64_t off = 0, cnt = 0;
-    const int e = moe_nth_expert(a.offsets, a.E, (int)blockIdx.x, &off, &cnt);
-    if (e < 0) return; /* whole block */
-    const int outs = GATE_UP ? nr : 2 * nr;  /* outputs of the block per token */
-    const int64_t n0 = (int64_t)blockIdx.y * outs, nw = GATE_UP ? n0 + warp / kw : n0 + 2 * (warp / kw);
-    const T *W = (const T *)a.W + (int64_t)e * a.w_rows * a.Kd;
-    const T *wrow[2];
-    bool wok[2];
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int64_t n = GATE_UP ? nw : nw + r, wr = GATE_UP && r ? a.N + nw : n;
-        wok[r] = n < a.N;
-        wrow[r] = W + (wok[r] ? wr : 0) * a.Kd;
-    }
-    for (int64_t p0 = 0; p0 < cnt; p0 += MM) {
-        const int mc = (int)(cnt - p0 < MM ? cnt - p0 : MM);
-        mg_rows_gathered<T, MM> xr;
-        xr.x = (const T *)a.A, xr.ld = a.Kd;
-#pragma unroll
-        for (int m = 0; m < MM; m++)
-            xr.idx[m] = m < mc ? (GATE_UP ? (int64_t)(a.sorted[off + p0 + m] / a.topk) : off + p0 + m) : 0;
-        float acc[2][MM];
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-#pragma unroll
-            for (int m = 0; m < MM; m++) acc[r][m] = 0.f;
-        gemv_warp_dot<T, 2, MM, U>(wrow, wok, xr, mc, a.Kd, ks, kw, lane, acc);
-#pragma unroll
-        for (int r = 0; r < 2; r++)
-#pragma unroll
-            for (int m = 0; m < MM; m++) {
-                const float v = jamba_warp_sum(acc[r][m]);
-                if (lane == 0) red[warp][r][m] = v;
-            }
-        __syncthreads();
-        /* thread t: token p0 + t % MM, output t / MM of the block */
-        const int t = threadIdx.x, m = t % MM, o = t / MM;
-        if (o < outs && m < mc) {
-            const int q = GATE_UP ? o : o / 2, r = GATE_UP ? 0 : o % 2;
-            const int64_t n = n0 + o;
-            if (n < a.N) {
-                float v0 = 0.f, v1 = 0.f;
-                for (int j = 0; j < kw; j++) {
-                    v0 += red[q * kw + j][r][m];
-                    if (GATE_UP) v1 += red[q * kw + j][1][m];
-                }
-                if (GATE_UP) {
-                    ((T *)a.C)[(off + p0 + m) * a.N + n] = jamba_st<T>(moe_act<T>(v0, v1));
-                } else {
-                    const int64_t slot = a.sorted[off + p0 + m];
-                    ((T *)a.C)[slot * a.N + n] = jamba_st<T>(moe_scaled<T>(v0, a.weights[slot]));
-                }
-            }
-        }
-        __syncthreads();
-    }
-}
-
-/* JAMBA_EXT_MOE_GEMV: "0" turns the kernels off (-1); "[g]k1,k2": the warps along K of the gate_up / down kernels
- * (0: picked by size); a leading 'g' runs the grouped kernel where the slot kernels would (returns 1) */
+/* "g,d" of JAMBA_EXT_MOE_GEMV (warps along K of the two kernels; 0: pick), -1 when the path is off */
 static int mg_env(int *kwg, int *kwd) {
     const char *s = getenv("JAMBA_EXT_MOE_GEMV");
     *kwg = *kwd = 0;
     if (s == NULL) return 0;
     if (s[0] == '0' && s[1] == '\0') return -1;
-    const int grouped = s[0] == 'g';
-    if (sscanf(s + grouped, "%d,%d", kwg, kwd) != 2) *kwg = *kwd = 0;
-    return grouped;
+    if (sscanf(s, "%d,%d", kwg, kwd) != 2) *kwg = *kwd = 0;
+    return 0;
 }
 
 static int mg_kw(int forced, int64_t K, int vn) {
@@ -266,44 +175,12 @@ static jamba_status mg_launch(const jamba_moe_experts_params *p, cudaStream_t st
     return JAMBA_OK;
 }
 
-jamba_status moe_gemv_grouped(int dtype, const moe_gemm_args &a, int64_t slots, cudaStream_t stream, int *ran) {
-    int kwg, kwd;
-    *ran = 0;
-    const int64_t tokens = slots / a.topk;
-    if (mg_env(&kwg, &kwd) < 0 || tokens > MG_GROUPED_MAX_TOKENS) return JAMBA_OK;
-    const int kw = mg_kw(a.gate_up ? kwg : kwd, a.Kd, 8);
-    const int64_t outs = a.gate_up ? MG_WARPS / kw : 2 * (MG_WARPS / kw);
-    const int64_t ub = slots < a.E ? slots : a.E, by = jamba_ceil_div(a.N, outs);
-    if (ub <= 0 || by <= 0) return JAMBA_OK;
-    if (by > 65535) return JAMBA_OK;
-    *ran = 1;
-    const dim3 grid((unsigned)ub, (unsigned)by), block(MG_WARPS * 32);
-    const char *gmm = getenv("JAMBA_EXT_MOE_GMM"); /* EXPERIMENT: "2" runs the 2-token instance */
-    if (gmm != NULL && gmm[0] == '2') {
-        if (dtype == JAMBA_BF16) {
-            if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, true, 2>, grid, block, 0, stream, a, kw);
-            else jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, false, 2>, grid, block, 0, stream, a, kw);
-        } else {
-            if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__half, true, 2>, grid, block, 0, stream, a, kw);
-            else jamba_kernel_launch(moe_gemv_grouped_kernel<__half, false, 2>, grid, block, 0, stream, a, kw);
-        }
-    } else if (dtype == JAMBA_BF16) {
-        if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, true, MG_MM>, grid, block, 0, stream, a, kw);
-        else jamba_kernel_launch(moe_gemv_grouped_kernel<__nv_bfloat16, false, MG_MM>, grid, block, 0, stream, a, kw);
-    } else {
-        if (a.gate_up) jamba_kernel_launch(moe_gemv_grouped_kernel<__half, true, MG_MM>, grid, block, 0, stream, a, kw);
-        else jamba_kernel_launch(moe_gemv_grouped_kernel<__half, false, MG_MM>, grid, block, 0, stream, a, kw);
-    }
-    JAMBA_LAUNCH_CHECK("moe_gemv_grouped_kernel", stream);
-    return JAMBA_OK;
-}
-
 jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran) {
     int kwg, kwd;
     *ran = 0;
     const int64_t T_ = p->x.shape[0], H = p->x.shape[1], F = p->w_down.shape[2];
     /* grid.y: F / NR and H / (2 NR) blocks with NR >= 1 */
-    if (mg_env(&kwg, &kwd) != 0 || T_ > MG_MAX_TOKENS || F == 0 || F > 65535 || H > 2 * 65535) return JAMBA_OK;
+    if (mg_env(&kwg, &kwd) < 0 || T_ > MG_MAX_TOKENS || F == 0 || F > 65535 || H > 2 * 65535) return JAMBA_OK;
     *ran = 1;
     if (dtype == JAMBA_BF16) return mg_launch<__nv_bfloat16>(p, stream);
     if (dtype == JAMBA_F16) return mg_launch<__half>(p, stream);
