@@ -296,8 +296,8 @@ def test_moe_experts_deterministic(device, T, impl):
     assert all(torch.equal(p, q) for p, q in zip(r1, r2))
 
 
-# ---- decode engines (impl gemv): moe_gemv.cu (T <= 4), moe_decode_kernel, moe_decode_persist_kernel (T == 1) ---
-# T picks the ring kernel and its n-tiles per pass (1 token: persistent; <= 8: 1, <= 16: 2, more: 4); H, F multiples
+# ---- decode engines (impl gemv): moe_gemv.cu (T <= 4), moe_decode_kernel (the ring kernel) -----------------------
+# T picks the ring kernel's n-tiles per pass (<= 8: 1, <= 16: 2, more: 4); H, F multiples
 # of 8 but not of the 32-output tiles or the 64-k steps; (24, 16): one k step, so some k-split warps get no k at all.
 DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (3, 264, 200, 4, 3), (4, 72, 40, 1, 1), (5, 72, 40, 1, 1),
                 (8, 200, 136, 8, 1),
@@ -343,11 +343,9 @@ def test_moe_decode_repeated_ids(T):
 
 
 # T == 1 runs the GEMV kernels of moe_gemv.cu (t1 "default"; H or F = 4104: a last chunk of 8 elements, 24: one
-# chunk, so warps along K without work), or with JAMBA_EXT_MOE_GEMV=0 moe_decode_persist_kernel (t1 "ring": one-wave
-# persistent grid, decode_launch in moe.cu; 4104 at E = K = 4: 1028 gate_up / 516 down tiles, more than one wave of
-# blocks, so a block streams several tiles across expert boundaries, with a half tail tile; 24: one k step). T > 1
-# runs moe_decode_kernel. K = 12: twelve experts of 16 touched (more slots than the down kernel's 8 per pass).
-PERSIST_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (1, 72, 40, 1, 1), (1, 264, 200, 16, 12),
+# chunk, so warps along K without work), or with JAMBA_EXT_MOE_GEMV=0 moe_decode_kernel (t1 "ring"; 4104: a half
+# tail tile; 24: one k step). K = 12: twelve experts of 16 touched (more slots than the down kernel's 8 per pass).
+ONE_TOKEN_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (1, 72, 40, 1, 1), (1, 264, 200, 16, 12),
                  (1, 24, 4104, 4, 4), (1, 4104, 24, 4, 4), (1, 4104, 4104, 4, 4)]
 
 
@@ -356,9 +354,9 @@ PERSIST_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (1, 72, 40, 1, 1), (1
 @pytest.mark.parametrize("t1", ["default", "ring"])
 @pytest.mark.parametrize("impl", ["gemv", "auto"])
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
-@pytest.mark.parametrize("T,H,F,E,K", PERSIST_CASES,
-                         ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in PERSIST_CASES])
-def test_moe_decode_persistent(monkeypatch, t1, impl, dtype, T, H, F, E, K):
+@pytest.mark.parametrize("T,H,F,E,K", ONE_TOKEN_CASES,
+                         ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in ONE_TOKEN_CASES])
+def test_moe_decode_one_token(monkeypatch, t1, impl, dtype, T, H, F, E, K):
     """One token (the GEMV kernels, or the ring kernel with JAMBA_EXT_MOE_GEMV=0; impl auto picks gemv there):
     deterministic, matches the fp64 reference and, within the same tolerance, the same token decoded next to
     another one (T = 2: moe_decode_kernel); all K slots on one expert (K > 8: extra passes); out-of-range ids give

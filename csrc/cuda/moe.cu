@@ -21,7 +21,6 @@
  *                        (found on the device); each warp streams its W rows through its own cp.async
  *                        ring in shared memory into mma fragments, split-K over the warps of a block,
  *                        reduced in shared memory in a fixed order. Run twice, as the prefill GEMM.
- *   moe_decode_persist_kernel  decode at 1 token with JAMBA_EXT_MOE_GEMV=0: the same ring, one-wave persistent grid.
  *   moe_simt_kernel      fp32 inputs, sizes not multiple of 8, misaligned pointers: fp32 CUDA-core tiles.
  *   (moe_wgmma.cu)       prefill on Hopper, impl wgmma: x gathered into sorted order, the same GEMMs with
  *                        wgmma fed by TMA (sm_90a); persistent, tiles handed out through the op's sched workspace.
@@ -412,7 +411,7 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
 }
 
 /* ---- decode: weight streaming over the touched experts, per-warp cp.async rings ------------------------- */
-/* The decode engine (impl gemv) except at 1 token (moe_decode_persist_kernel below; decode_launch picks).
+/* The decode engine (impl gemv) from 5 tokens (1-4: moe_gemv.cu, unless JAMBA_EXT_MOE_GEMV=0).
  * Grid: only the touched experts. UB = min(slots, E) bounds the number of experts with tokens (known on the
  * host, no sync); block b works on the (b / tiles)-th expert with a nonzero count (found on the device from
  * expert_offsets, moe_nth_expert) and on its output tile b % tiles of DEC_OUTS outputs. Blocks past the
@@ -691,202 +690,6 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
     }
 }
 
-/* ---- decode at 1 token: persistent one-wave grid ---------------------------------------------------------
- * moe_decode_persist_kernel (impl gemv at T == 1, see decode_launch). Same math, ring and fragment layout as
- * moe_decode_kernel with NT = 1 (one n-tile of 8 tokens per pass); what changes is the grid:
- *   tiles: (touched expert, output tile, token pass), expert-major, then output tile, then pass (the passes over
- *     one W tile are adjacent: the re-read hits L2). A tile is DEC_MT m16 tiles of W rows (gate_up: 16 outputs,
- *     their gate and up rows; down: 32 output rows) over all of k, split in DEC_WARPS = 4 k-ranges, one per warp.
- *   grid: one wave (SMs x resident blocks, 2 per SM), block b takes tiles [b*total/G, (b+1)*total/G) (total
- *     counted on the device from expert_offsets): at 1 token (2 experts) 1792 gate_up tiles -> 6-7 per block
- *     (moe_decode_kernel: 896 blocks = 3.4 waves of 264), 256 down tiles -> 0-1 per block.
- *   each warp streams its k-range of its block's tiles one after another through ONE ring: the copies of the
- *     next tile are in flight while the current tile is reduced (no per-block ramp-up, no drained ring).
- * Per tile, the k-split partial sums of warps 1..3 go through shared memory `red` (outside the ring) and warp 0
- * adds them in k-split order and stores: deterministic, no atomics. More than 8 tokens on one expert (ids that
- * repeat within the token, top-k > 8) take further passes.
- * Shapes: gate_up: x (1, H) (rows gathered through sorted_slots / TOPK), w_gate_up (E, 2F, H) -> act (TOPK, F)
- * in sorted order; down: act (TOPK, F), w_down (E, H, F) -> slot_out (TOPK, H) in slot order.
- * Shared: ring DEC_SMEM(1) + red 3 x (DEC_MT*4) x 32 floats = DECP_SMEM (103 KB: not on sm_86 / sm_89, where
- * the launcher runs moe_decode_kernel). Requires Kd % 8 == 0 and 16-byte aligned A, W (as moe_decode_kernel). */
-#define DECP_NT 1
-#define DECP_SMEM (DEC_SMEM(DECP_NT) + (DEC_WARPS - 1) * DEC_MT * DECP_NT * 4 * 32 * 4) /* 103 KB */
-
-/* forward walk over the tiles of the touched experts; tpp: tokens per pass (NT*8), tiles: output tiles */
-struct dec_walk {
-    int e;
-    int64_t base, n, off, cnt, passes;
-};
-__device__ __forceinline__ void dec_walk_to(const moe_gemm_args &a, int tiles, int tpp, dec_walk &w, int64_t i) {
-    if (i < w.base) { w.e = -1; w.base = 0; w.n = 0; } /* restart (only the prologue walks back) */
-    while (i >= w.base + w.n) {                        /* i < total: stops at an expert with tokens */
-        w.base += w.n;
-        w.e++;
-        const int64_t lo = a.offsets[w.e], hi = a.offsets[w.e + 1];
-        w.off = lo;
-        w.cnt = hi > lo ? hi - lo : 0;
-        w.passes = (w.cnt + tpp - 1) / tpp;
-        w.n = w.passes * tiles;
-    }
-}
-
-template <typename T, bool GATE_UP>
-__global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_persist_kernel(moe_gemm_args a, int tiles) {
-    jamba_pdl_begin();
-    constexpr int NT = DECP_NT, MT = DEC_MT, KS = DEC_WARPS, P = DEC_PIECES(NT), S = DEC_STAGES(NT);
-    constexpr int WP = 4 * MT;          /* W pieces per lane and step; x pieces follow */
-    constexpr int V = MT * NT * 4;      /* accumulators per lane */
-    constexpr int STAGE = P * 512;      /* bytes of one ring slot of a warp */
-    constexpr int OUTS = MT * (GATE_UP ? 8 : 16), TPP = NT * 8;
-    extern __shared__ __align__(16) unsigned char dec_smem[];
-    const int ks = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-
-    /* this block's tiles [r0, r1) of all touched tiles */
-    int64_t total = 0;
-    for (int e = 0; e < a.E; e++) {
-        const int64_t c = (int64_t)a.offsets[e + 1] - a.offsets[e];
-        total += c > 0 ? (c + TPP - 1) / TPP * tiles : 0;
-    }
-    const int64_t r0 = total * blockIdx.x / gridDim.x, r1 = total * (blockIdx.x + 1) / gridDim.x;
-    if (r0 >= r1) return; /* whole block */
-    const int ntl = (int)(r1 - r0);
-    /* this warp's k steps of 64, the same for every tile: s0 + st * sk, st < nsteps (see dec_k_steps) */
-    int64_t s0, sk;
-    const int nsteps = dec_k_steps(a, ks, KS, &s0, &sk);
-    const int64_t total_q = (int64_t)ntl * nsteps; /* steps of this warp's stream */
-
-    const T *A = reinterpret_cast<const T *>(a.A);
-    T *C = reinterpret_cast<T *>(a.C);
-    const uint32_t ring_s = smem_u32(dec_smem) + (uint32_t)(ks * S * STAGE + lane * 16);
-    const unsigned char *ring_p = dec_smem + ks * S * STAGE + lane * 16;
-    float *red = reinterpret_cast<float *>(dec_smem + DEC_WARPS * S * STAGE); /* [ks-1][V][32] */
-
-    /* issue side: the tile whose steps are being copied */
-    dec_walk wi = {-1, 0, 0, 0, 0, 0};
-    const T *wp[MT][2];
-    bool wok[MT][2];
-    const T *xp[NT];
-    bool xok[NT];
-    int nti = 0;
-    auto setup_issue = [&](int64_t tile) {
-        dec_walk_to(a, tiles, TPP, wi, tile);
-        const int64_t local = tile - wi.base, t0 = (local % wi.passes) * TPP;
-        const int64_t ob = (local / wi.passes) * OUTS;
-        const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)wi.e * a.w_rows * a.Kd;
-        dec_w_rows<T, MT, GATE_UP>(a, W, ob, g, tq, wp, wok);
-        const int64_t ntl_ = (wi.cnt - t0 + 7) / 8;
-        nti = (int)(ntl_ < NT ? ntl_ : NT);
-#pragma unroll
-        for (int j = 0; j < NT; j++) {
-            const int64_t n = t0 + j * 8 + g;
-            xok[j] = j < nti && n < wi.cnt;
-            const int64_t row = xok[j] ? (GATE_UP ? (int64_t)(a.sorted[wi.off + n] / a.topk) : wi.off + n) : 0;
-            xp[j] = A + row * a.Kd + tq * 8;
-        }
-    };
-    /* copies of step st (of the issue tile) into ring slot `slot` */
-    auto issue_w = [&](int slot, int st) {
-        dec_issue_w<T, MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, wp, wok);
-    };
-    auto issue_x = [&](int slot, int st) {
-        dec_issue_x<T, NT, WP>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, nti, xp, xok);
-    };
-
-    /* Prologue: steps 0 .. npro-1 into slots 0 .. npro-1. The W pieces first, one commit group per step, then
-     * the x pieces of the same steps in one more group, and a full wait (the order measured in the A/B at
-     * 6c4ae22). After it, at loop step q (q + S groups committed before its wait) at most S-2 pending means the
-     * group of step q (committed at step q-S+1 for q >= S-1) has landed. */
-    const int npro = (int)(total_q < S - 1 ? total_q : S - 1);
-    int cur = -1; /* tile (relative to r0) the issue side is set up for */
-#pragma unroll
-    for (int p = 0; p < S - 1; p++) {
-        if (p < npro) {
-            const int l = p / nsteps;
-            if (l != cur) { setup_issue(r0 + l); cur = l; }
-            issue_w(p, p - l * nsteps);
-        }
-        cp_async_commit_mem();
-    }
-    cur = -1;
-#pragma unroll
-    for (int p = 0; p < S - 1; p++)
-        if (p < npro) {
-            const int l = p / nsteps;
-            if (l != cur) { setup_issue(r0 + l); cur = l; }
-            issue_x(p, p - l * nsteps);
-        }
-    cp_async_commit_mem();
-    cp_async_wait_mem<0>();
-    /* next step to issue: tile i_lt (relative to r0), step i_st */
-    int i_lt = nsteps > 0 ? npro / nsteps : 0, i_st = nsteps > 0 ? npro % nsteps : 0;
-
-    dec_walk wc = {-1, 0, 0, 0, 0, 0}; /* compute side */
-    int slot = 0;                       /* ring slot of step q: q % S */
-    int64_t q = 0;
-#pragma unroll 1
-    for (int lt = 0; lt < ntl; lt++) {
-        const int64_t tile = r0 + lt;
-        dec_walk_to(a, tiles, TPP, wc, tile);
-        const int64_t local = tile - wc.base, t0 = (local % wc.passes) * TPP, ob = (local / wc.passes) * OUTS;
-        const int64_t off = wc.off, cnt = wc.cnt;
-        const int nt_act = (int)((cnt - t0 + 7) / 8 < NT ? (cnt - t0 + 7) / 8 : NT); /* warp-uniform */
-
-        float acc[MT][NT][4];
-#pragma unroll
-        for (int i = 0; i < MT; i++)
-#pragma unroll
-            for (int j = 0; j < NT; j++)
-#pragma unroll
-                for (int r = 0; r < 4; r++) acc[i][j][r] = 0.f;
-#pragma unroll 1
-        for (int st = 0; st < nsteps; st++, q++) {
-            cp_async_wait_mem<S - 2>(); /* step q has landed (this lane's copies) */
-            /* refill the slot read in the previous step (its values went into mma already) */
-            if (q + S - 1 < total_q) {
-                if (i_lt != cur) { setup_issue(r0 + i_lt); cur = i_lt; }
-                const int rs = slot == 0 ? S - 1 : slot - 1;
-                issue_w(rs, i_st);
-                issue_x(rs, i_st);
-                if (++i_st == nsteps) { i_st = 0; i_lt++; }
-            }
-            cp_async_commit_mem();
-            dec_mma_slot<T, MT, NT, WP>(acc, ring_p + slot * STAGE, nt_act);
-            slot = slot + 1 == S ? 0 : slot + 1;
-        }
-        /* reduce the KS partial sums of this tile in k-split order; the ring keeps streaming meanwhile */
-        if (ks > 0) {
-#pragma unroll
-            for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int j = 0; j < NT; j++)
-#pragma unroll
-                    for (int r = 0; r < 4; r++) red[((ks - 1) * V + (i * NT + j) * 4 + r) * 32 + lane] = acc[i][j][r];
-        }
-        __syncthreads();
-        if (ks == 0) {
-            /* accumulator (i, j) element r: W row g + (r>>1)*8 of tile i, token t0 + j*8 + tq*2 + (r&1) */
-#pragma unroll
-            for (int i = 0; i < MT; i++)
-#pragma unroll
-                for (int j = 0; j < NT; j++) {
-                    if (j >= nt_act) continue;
-                    float c[4];
-#pragma unroll
-                    for (int r = 0; r < 4; r++) {
-                        float v = 0.f;
-                        v += acc[i][j][r];
-#pragma unroll
-                        for (int qq = 1; qq < KS; qq++) v += red[((qq - 1) * V + (i * NT + j) * 4 + r) * 32 + lane];
-                        c[r] = v;
-                    }
-                    dec_store<T, GATE_UP>(a, C, c, i, j, t0, ob, off, cnt, g, tq);
-                }
-        }
-        __syncthreads(); /* red is free for the next tile */
-    }
-    cp_async_wait_mem<0>(); /* only empty groups are left */
-}
-
 /* ---- fallback: fp32 CUDA-core tiles ------------------------------------------------------------------- */
 #define SIMT_TILE 32 /* 32 rows x 32 outputs x 32 k; 256 threads, 2x2 outputs each */
 
@@ -1075,50 +878,12 @@ static jamba_status decode_smem_optin(int *optin) {
     return JAMBA_OK;
 }
 
-/* one launch of moe_decode_persist_kernel: one wave, SMs x resident blocks (occupancy cached per device, host
- * queries only), capped by an upper bound of the tile count (the count itself is known on the device only) */
-template <typename T, bool GATE_UP>
-static jamba_status decode_persist_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
-    static int blocks_per_sm[64];
-    int dev = 0;
-    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
-    int occ = dev >= 0 && dev < 64 ? blocks_per_sm[dev] : 0;
-    if (occ == 0) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_persist_kernel<T, GATE_UP>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DECP_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_persist_kernel<T, GATE_UP>,
-                                              cudaFuncAttributePreferredSharedMemoryCarveout,
-                                              cudaSharedmemCarveoutMaxShared));
-        JAMBA_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, moe_decode_persist_kernel<T, GATE_UP>,
-                                                                       DEC_WARPS * 32, DECP_SMEM));
-        if (occ < 1) occ = 1;
-        if (dev >= 0 && dev < 64) blocks_per_sm[dev] = occ;
-    }
-    const int64_t ub = slots < a.E ? slots : a.E; /* experts that can have tokens */
-    const int64_t tiles = jamba_ceil_div(a.N, DEC_MT * (GATE_UP ? 8 : 16));
-    if (ub <= 0 || tiles <= 0) return JAMBA_OK;
-    /* blocks past the tile count only exit; tiles <= ub * tiles * passes (passes: a touched expert's tokens / 8) */
-    const int64_t passes_ub = jamba_ceil_div(slots, DECP_NT * 8);
-    int64_t grid = (int64_t)jamba_cuda_sm_count(dev) * occ;
-    if (grid > ub * tiles * passes_ub) grid = ub * tiles * passes_ub;
-    if (grid < 1) grid = 1;
-    jamba_kernel_launch(moe_decode_persist_kernel<T, GATE_UP>, (unsigned)grid, DEC_WARPS * 32, DECP_SMEM, stream, a,
-        (int)tiles);
-    JAMBA_LAUNCH_CHECK("moe_decode_persist_kernel", stream);
-    return JAMBA_OK;
-}
-
 /* The ring kernels' grid, from the token count T = slots / TOPK (known on the host; no sync); up to 4 tokens
  * experts_launch runs moe_gemv.cu's kernels instead unless JAMBA_EXT_MOE_GEMV=0.
- * T == 1: moe_decode_persist_kernel. H200 A/B at 6c4ae22 (bf16, Jamba-v0.1 sizes H 4096, F 14336, E 16, top-2;
- * whole op, benchmarks/results/ab_moe_6c4ae22.log), moe_decode_kernel vs moe_decode_persist_kernel:
- *   T = 1:  222.8 us (gate_up 136.9 + down 70.2)   vs 211.2 us (130.2 + 66.8)   -> persistent
- *   T = 8:  770.9 us (491.8 + 263.5)               vs 781.2 us (501.5 + 259.8)  -> moe_decode_kernel
- *   T = 64: 1458.1 us (952.8 + 490.0)              vs 1583.0 us (1037.1 + 529.3) -> moe_decode_kernel
- *   (a programmatic dependent launch of the down GEMM was slower: 110.5 us at T = 1, and is gone; 2 <= T < 8
- *   is unmeasured and stays on moe_decode_kernel). Where DECP_SMEM does not fit (sm_86 / sm_89), T == 1 runs
- *   moe_decode_kernel too.
- * Otherwise moe_decode_kernel with NT (n-tiles of 8 tokens per pass) from T, which bounds an expert's tokens
+ * (A one-token variant of the ring kernel over a one-wave persistent grid, moe_decode_persist_kernel, ran 1 token
+ * from session 3 until moe_gemv.cu's kernels beat it, 167.8 vs 196.4 us, moe_gemv_ab_ea608ec.log; removed, in git
+ * history at 4c66ce5.)
+ * moe_decode_kernel with NT (n-tiles of 8 tokens per pass) from T, which bounds an expert's tokens
  * under top-k routing (distinct ids per token); more tokens on one expert only cost extra passes. Where the
  * NT = 1 ring does not fit (DEC_SMEM(1) = 100 KB > 99 KB on sm_86 / sm_89: the sm_80 code runs there), up to
  * 8 tokens run the NT = 2 variant (96 KB, one n-tile idle). */
@@ -1127,9 +892,6 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
     const int64_t tokens = slots / a.topk;
     int optin = 0;
     if (tokens <= 8) JAMBA_TRY(decode_smem_optin(&optin));
-    if (tokens == 1 && optin >= DECP_SMEM)
-        return a.gate_up ? decode_persist_launch<T, true>(a, slots, stream)
-                         : decode_persist_launch<T, false>(a, slots, stream);
     const bool nt1 = tokens <= 8 && optin >= DEC_SMEM(1);
     if (a.gate_up) {
         if (nt1) return decode_launch_nt<T, true, 1>(a, slots, stream);
