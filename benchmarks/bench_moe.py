@@ -214,7 +214,7 @@ def main():
     variants = [("ours", ours("auto"))]
     if dev.type == "cuda":
         variants += [(f"ours:{impl}", ours(impl)) for impl in ("mma", "mma64", "mma256", "wgmma", "gemv")]
-        # A/B at decode sizes: the shared-memory ring kernels instead of the GEMV kernels (moe_gemv.cu)
+        # A/B up to 4 tokens: the shared-memory ring kernel instead of the GEMV kernels (moe_gemv.cu)
         variants += [("ours:gemv ring", with_env(ours("gemv"), JAMBA_EXT_MOE_GEMV="0"))]
         # A/B: the 128 x 256 tiles in the non-persistent kernel (the default is persistent; moe_wgmma.cu)
         variants += [("ours:wgmma nonpersist", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
@@ -266,7 +266,7 @@ def main():
             timed["dense mm"] = (dense, lambda: torch.matmul(torch.matmul(xs, w_gate_up[0].t())[:, :Fd],
                                                              w_down[0].t()))
         for name, fn in variants:
-            if (name == "ours:gemv" and T > 512) or (name == "ours:gemv ring" and T > 64) or \
+            if (name == "ours:gemv" and T > 512) or (name == "ours:gemv ring" and T > 4) or \
                     (name.startswith(("ours:mma", "ours:wgmma")) and T < 64 and not args.small_engines):
                 continue
             out = fn(x, logits, w_gate_up, w_down, K)
