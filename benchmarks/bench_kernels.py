@@ -393,14 +393,16 @@ def bench_attention(bb, lengths, B=1, H=8, NR=4, D=128):
         sdpa_fn = call(lambda k, v: _sdpa(q, k, v, mask[:, None, None, :], False, False))
         timed = (lambda f: bb.graph_us(f)) if dev.type == "cuda" else (lambda f: bb.time(f)["median_ms"] * 1e3)
         ours, sdpa = timed(ours_fn), timed(sdpa_fn)
+        with common.env(JAMBA_EXT_ATTN_MMA="0"):  # A/B: the CUDA-core kernel (the default before the tensor-core one)
+            simt = timed(ours_fn)
         floor = kv_bytes / (bb.bw * 1e9) * 1e6
         r = dict(op="decode_attention", label=f"decode_attention B={B} HKV={H} R={NR} D={D} S={S}",
                  shape=f"B={B} HKV={H} R={NR} D={D} S={S}", dtype="bf16", median_us=ours, bytes=kv_bytes,
                  floor_us=floor, floor_binds="memory", pct_of_floor=100 * floor / ours,
-                 pct_copy_bw=100 * floor / ours, sdpa_us=sdpa,
+                 pct_copy_bw=100 * floor / ours, sdpa_us=sdpa, simt_kernel_us=simt,
                  speedup_vs_sdpa=sdpa / ours, graph_timed=dev.type == "cuda")
         print(common.fmt_row(r["label"], ours, floor, f"SDPA (the model's call before) {sdpa:8.1f} us | "
-                             f"x{r['speedup_vs_sdpa']:.1f}"), flush=True)
+                             f"x{r['speedup_vs_sdpa']:.1f} | CUDA-core kernel {simt:6.1f} us"), flush=True)
         bb.rows.append(r)
         del caches
 

@@ -74,8 +74,11 @@ def main():
     ops.gemv(rn(2, 256), rn(100, 256), rn(100, dt=torch.float32))  # 1 K-slice, 16 rows per block, f32 bias
     ops.gemv(rn(3, 13), rn(9, 13))                             # element kernel
     mk = torch.rand(2, 300, generator=g, device=dev) > 0.3
-    ops.decode_attention(rn(2, 3, 4, 128), rn(2, 3, 300, 128), rn(2, 3, 300, 128), mk)   # 4-row instance, masked
-    ops.decode_attention(rn(1, 2, 5, 64), rn(1, 2, 7, 64), rn(1, 2, 7, 64))              # 8-row instance, empty splits
+    for mma in ("1", "0"):  # the tensor-core kernel (bf16 / f16, D 64 / 128), then the CUDA-core one
+        os.environ["JAMBA_EXT_ATTN_MMA"] = mma
+        ops.decode_attention(rn(2, 3, 4, 128), rn(2, 3, 300, 128), rn(2, 3, 300, 128), mk)  # 4 rows, masked
+        ops.decode_attention(rn(1, 2, 5, 64), rn(1, 2, 7, 64), rn(1, 2, 7, 64))             # 8-row form, empty splits
+    del os.environ["JAMBA_EXT_ATTN_MMA"]
     ops.decode_attention(rn(1, 1, 2, 256, dt=torch.float32), rn(1, 1, 40, 256, dt=torch.float32),
                          rn(1, 1, 40, 256, dt=torch.float32))
     moe = getattr(jamba_ext, "moe", None)

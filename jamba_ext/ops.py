@@ -648,7 +648,8 @@ _register_reference_autograd("gemv", reference.gemv, 3, (0, 1, 2))
 
 
 # ---- decode_attention (one new token against the KV cache) ----------------------------------------------------
-ATTN_SPLITS_PER_SM = 4           # CUDA: the keys are split so that about this many blocks per SM run
+ATTN_SPLITS_PER_SM = 3           # CUDA: the keys are split so that about this many blocks per SM run (one wave
+#                                  of the tensor-core kernel, 3 resident blocks of 128 threads at 170 registers)
 _SM_COUNT = {}
 
 

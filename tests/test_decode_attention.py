@@ -128,6 +128,26 @@ def test_decode_attention_opcheck(device, requires_grad):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("kernel", ["mma", "simt"])
+@pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
+@pytest.mark.parametrize("B,H,R,D,S", [(1, 8, 4, 128, 1), (1, 8, 4, 128, 17), (2, 3, 8, 64, 300), (1, 2, 5, 128, 4500),
+                                       (3, 1, 1, 64, 33)], ids=["s1", "s17", "r8_d64", "r5_s4500", "b3_r1"])
+def test_decode_attention_cuda_kernels(monkeypatch, kernel, dtype, B, H, R, D, S):
+    """Both CUDA kernels for bf16 / f16 at D 64 / 128: the tensor-core one (the default there) and the CUDA-core one
+    (JAMBA_EXT_ATTN_MMA=0; fp32 and D 256 always run it) against fp64; NaN in the K / V rows of masked keys changes
+    nothing (masked keys are never read), a partial last tile of 16 keys, 1-8 rows."""
+    if kernel == "simt":
+        monkeypatch.setenv("JAMBA_EXT_ATTN_MMA", "0")
+    q, k, v, mask = make(B, H, R, D, S, "cuda", dtype, "random")
+    out = ops.decode_attention(q, k, v, mask)
+    check(out, q, k, v, mask)
+    hide = mask[:, None, :, None]
+    kn, vn = torch.where(hide, k, float("nan")), torch.where(hide, v, float("nan"))
+    assert torch.equal(ops.decode_attention(q, kn, vn, mask), out)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 def test_decode_attention_long_cache_cuda_and_graph():
     """70000 keys (many keys per split) against the reference, and a CUDA-graph replay with new queries."""
     from conftest import graph_replays

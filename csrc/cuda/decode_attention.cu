@@ -11,6 +11,9 @@
  *     and row: the score by a shuffle butterfly, then the online softmax update (running max m, sum l, output o).
  *     The 4 warps' (m, l, o) are merged in warp order through shared memory and written to the workspace:
  *     part_ml (B * HKV, P, R, 2) = (m, l), part_o (B * HKV, P, R, D) = o, unnormalised, both f32 contiguous.
+ *   attn_mma_kernel<T, D>: bf16 / f16 at D 64 / 128 (the default there; env JAMBA_EXT_ATTN_MMA=0 runs
+ *     attn_split_kernel instead): the same split and workspace, q k^T and p v on tensor cores (mma.sync with the
+ *     query rows as M, k-permuted 16-byte loads, movmatrix for v). Layout at the kernel.
  *   attn_combine_kernel<T>: one block of D threads per (b, h, r): M = max_p m_p, out = sum_p 2^(m_p - M) o_p /
  *     sum_p 2^(m_p - M) l_p over the splits in order (0 where no key takes part).
  * Why: SDPA (torch 2.11, H200) runs one query token against the KV cache in a kernel parallel over (batch, heads,
@@ -18,6 +21,7 @@
  * cache whose K and V are 19 MB (4.4 us at copy bandwidth); dev/gemv_decode_ab.py's kernel totals,
  * benchmarks/results/gemv_decode_ab_2bc8e58.log.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include <type_traits>
@@ -67,6 +71,33 @@ template <typename T, int EPL> struct attn_lane {
         }
     }
 };
+
+/* The ATTN_WARPS warps' (m, l, o) of rows r < R, left in shared memory, merged in warp order into the workspace
+ * (part_ml, part_o of split p); thread t handles element t % D of rows t / D, t / D + 128 / D, ... Call after a
+ * barrier. */
+template <int RM, int D>
+__device__ __forceinline__ void attn_merge_warps(const attn_args &a, const float (&sh_ml)[ATTN_WARPS][RM][2],
+                                                 const float (&sh_o)[ATTN_WARPS][RM][D], int64_t bh, int64_t p) {
+    const int R = (int)a.R;
+    const int64_t base = (bh * a.P + p) * a.R;
+    for (int i = threadIdx.x; i < R * D; i += ATTN_WARPS * 32) {
+        const int r = i / D, d = i % D;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, sh_ml[w][r][0]);
+        float L = 0.f, O = 0.f;
+        if (M > -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < ATTN_WARPS; w++) {
+                const float c = jamba_cu_exp2(sh_ml[w][r][0] - M);
+                L = fmaf(sh_ml[w][r][1], c, L);
+                O = fmaf(sh_o[w][r][d], c, O);
+            }
+        }
+        a.part_o[(base + r) * D + d] = O;
+        if (d == 0) a.part_ml[(base + r) * 2] = M, a.part_ml[(base + r) * 2 + 1] = L;
+    }
+}
 
 template <typename T, int EPL, int RM>
 __global__ void __launch_bounds__(ATTN_WARPS * 32) attn_split_kernel(attn_args a) {
@@ -138,25 +169,148 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) attn_split_kernel(attn_args a
         for (int e = 0; e < EPL; e++) sh_o[warp][r][lane * EPL + e] = o[r][e];
     }
     __syncthreads();
-    /* merge the warps in order: thread t handles element t % D of rows t / D, t / D + 128 / D, ... */
-    const int64_t base = (bh * a.P + p) * a.R;
-    for (int i = threadIdx.x; i < R * D; i += ATTN_WARPS * 32) {
-        const int r = i / D, d = i % D;
-        float M = -INFINITY;
+    attn_merge_warps<RM, D>(a, sh_ml, sh_o, bh, p);
+}
+
+/* ---- tensor-core form (bf16 / f16, D 64 or 128) ----------------------------------------------------------- */
+/* mma.sync with A rows 8..15 zero, outputs of rows 0..7 only (g = lane / 4, tq = lane % 4; pairs packed low element
+ * first): attn_mma16: d0, d1 += A[g][k] B[k][2tq, 2tq + 1] over k < 16 (m16n8k16: a0 = A[g][2tq, 2tq + 1],
+ * a2 = A[g][2tq + 8, 2tq + 9], b0 = B[2tq, 2tq + 1][g], b1 = B[2tq + 8, 2tq + 9][g]); attn_mma8: the same over
+ * k < 8 (m16n8k8: a0, b0) */
+template <typename T>
+__device__ __forceinline__ void attn_mma16(float &d0, float &d1, uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1) {
+    float j0, j1;
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %10, %10};\n"
+            : "+f"(d0), "+f"(d1), "=f"(j0), "=f"(j1)
+            : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.f));
+    else
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+            "{%0, %1, %10, %10};\n"
+            : "+f"(d0), "+f"(d1), "=f"(j0), "=f"(j1)
+            : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1), "f"(0.f));
+}
+template <typename T>
+__device__ __forceinline__ void attn_mma8(float &d0, float &d1, uint32_t a0, uint32_t b0) {
+    float j0, j1;
+    if constexpr (std::is_same<T, __nv_bfloat16>::value)
+        asm("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %7, %7};\n"
+            : "+f"(d0), "+f"(d1), "=f"(j0), "=f"(j1)
+            : "r"(a0), "r"(0u), "r"(b0), "f"(0.f));
+    else
+        asm("mma.sync.aligned.m16n8k8.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %7, %7};\n"
+            : "+f"(d0), "+f"(d1), "=f"(j0), "=f"(j1)
+            : "r"(a0), "r"(0u), "r"(b0), "f"(0.f));
+}
+/* the transpose of the 8 x 8 16-bit matrix whose row lane / 4, columns 2 (lane % 4) + {0, 1} this lane holds */
+__device__ __forceinline__ uint32_t attn_trans8(uint32_t x) {
+    uint32_t y;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(y) : "r"(x));
+    return y;
+}
+template <typename T> __device__ __forceinline__ uint32_t attn_pack2(float a, float b) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) return jamba_bf16x2_st(a, b);
+    else return jamba_f16x2_st(a, b);
+}
+__device__ __forceinline__ uint32_t attn_word(const uint4 &v, int w) {
+    return w == 0 ? v.x : w == 1 ? v.y : w == 2 ? v.z : v.w;
+}
+
+/* attn_mma_kernel<T, D>: the same split, workspace and warp merge as attn_split_kernel (grid (P, B * HKV), 4
+ * warps, R <= 8 rows, same layouts and alignment), the products on tensor cores. Warp w takes the tiles of 8 keys
+ * w, w + 4, ... of its split. Lane l (g = l / 4, tq = l % 4) loads the 16-byte chunks tq, tq + 4, ... (NCH = D / 32
+ * of them) of key row g of the tile, K and V, and of query row g (zeros for g >= R). Since a dot product may sum
+ * its terms in any order, word 2h (2h + 1) of chunk tq + 4i serves as the k = 2tq, 2tq + 1 (2tq + 8, 2tq + 9) pair
+ * of k-step 2i + h for q (A) and k (B) alike: S = q k^T by D / 16 m16n8k16 mma, query rows as M (rows 8-15 zero),
+ * keys as N, with no shuffle. The C fragment of S (row g, keys 2tq, 2tq + 1) is the A fragment of P v (m16n8k8,
+ * keys as K) once exponentiated (online softmax per row: the row max by two shuffles within the lane quad, l
+ * summed per lane and over the quad at the end) and rounded to T. For B = v the pairs must run along keys: each
+ * word of the loaded v chunks is one lane's part of an 8 x 8 block (keys x 4 column pairs), transposed by
+ * movmatrix; block (i, w) becomes the n-tile whose column n is element (n / 2 + 4i) * 8 + 2w + n % 2, so after
+ * the D / 8 mma of a tile lane (g, tq) holds elements (tq + 4i) * 8 + 0..7 of output row g: chunk tq + 4i, as it
+ * loaded it. Keys past the split or masked out: no loads (zeros), score -inf. Registers: 158 at D 128 with 8-key
+ * tiles, so 3 blocks of 128 threads per SM (ops.ATTN_SPLITS_PER_SM = 3: one wave); 16-key tiles took ~170 (2
+ * blocks), and capped at 128 for 4 blocks either form spilled. */
+template <typename T, int D>
+__global__ void __launch_bounds__(ATTN_WARPS * 32, 3) attn_mma_kernel(attn_args a) {
+    jamba_pdl_begin();
+    constexpr int NCH = D / 32, RM = 8;
+    __shared__ float sh_ml[ATTN_WARPS][RM][2];
+    __shared__ float sh_o[ATTN_WARPS][RM][D];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, tq = lane & 3;
+    const int64_t bh = blockIdx.y, b = bh / a.H, h = bh % a.H, p = blockIdx.x;
+    const int R = (int)a.R;
+    const int64_t C = (a.S + a.P - 1) / a.P, j0 = p * C, j1 = min(a.S, j0 + C);
+    const T *kb = (const T *)a.k + b * a.sk0 + h * a.sk1 + tq * 8;
+    const T *vb = (const T *)a.v + b * a.sv0 + h * a.sv1 + tq * 8;
+    const unsigned char *mb = a.mask ? a.mask + b * a.sm0 : nullptr;
+
+    uint4 qv[NCH];
 #pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, sh_ml[w][r][0]);
-        float L = 0.f, O = 0.f;
-        if (M > -INFINITY) {
+    for (int i = 0; i < NCH; i++)
+        qv[i] = g < R ? *(const uint4 *)((const T *)a.q + b * a.sq0 + h * a.sq1 + g * a.sq2 + tq * 8 + i * 32)
+                      : make_uint4(0u, 0u, 0u, 0u);
+    float o[NCH][4][2];
 #pragma unroll
-            for (int w = 0; w < ATTN_WARPS; w++) {
-                const float c = jamba_cu_exp2(sh_ml[w][r][0] - M);
-                L = fmaf(sh_ml[w][r][1], c, L);
-                O = fmaf(sh_o[w][r][d], c, O);
-            }
+    for (int i = 0; i < NCH; i++)
+#pragma unroll
+        for (int w = 0; w < 4; w++) o[i][w][0] = o[i][w][1] = 0.f;
+    float m = -INFINITY, l = 0.f;
+    const int64_t ntiles = (j1 - j0 + 7) / 8;
+#pragma unroll 1
+    for (int64_t t = warp; t < ntiles; t += ATTN_WARPS) {
+        const int64_t base = j0 + t * 8, jr = base + g;
+        const bool ok = jr < j1 && (mb == nullptr || mb[jr * a.sm1]);
+        uint4 kt[NCH], vt[NCH];
+#pragma unroll
+        for (int i = 0; i < NCH; i++) {
+            kt[i] = ok ? *(const uint4 *)(kb + jr * a.sk2 + i * 32) : make_uint4(0u, 0u, 0u, 0u);
+            vt[i] = ok ? *(const uint4 *)(vb + jr * a.sv2 + i * 32) : make_uint4(0u, 0u, 0u, 0u);
         }
-        a.part_o[(base + r) * D + d] = O;
-        if (d == 0) a.part_ml[(base + r) * 2] = M, a.part_ml[(base + r) * 2 + 1] = L;
+        float sc[2] = {0.f, 0.f}; /* keys base + 2 tq + e */
+#pragma unroll
+        for (int i = 0; i < NCH; i++)
+#pragma unroll
+            for (int h2 = 0; h2 < 2; h2++)
+                attn_mma16<T>(sc[0], sc[1], attn_word(qv[i], 2 * h2), attn_word(qv[i], 2 * h2 + 1),
+                              attn_word(kt[i], 2 * h2), attn_word(kt[i], 2 * h2 + 1));
+        float mt = -INFINITY;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int64_t j = base + 2 * tq + e;
+            const bool okc = j < j1 && (mb == nullptr || mb[j * a.sm1]);
+            sc[e] = okc ? sc[e] * a.scale_log2 : -INFINITY;
+            mt = fmaxf(mt, sc[e]);
+        }
+        mt = fmaxf(mt, __shfl_xor_sync(JAMBA_FULL_MASK, mt, 1));
+        mt = fmaxf(mt, __shfl_xor_sync(JAMBA_FULL_MASK, mt, 2));
+        const float mn = fmaxf(m, mt), mu = mn == -INFINITY ? 0.f : mn, c = jamba_cu_exp2(m - mu);
+        const float p0 = jamba_cu_exp2(sc[0] - mu), p1 = jamba_cu_exp2(sc[1] - mu);
+        l = l * c + (p0 + p1);
+        m = mn;
+        const uint32_t pa = attn_pack2<T>(p0, p1);
+#pragma unroll
+        for (int i = 0; i < NCH; i++)
+#pragma unroll
+            for (int w = 0; w < 4; w++) {
+                o[i][w][0] *= c, o[i][w][1] *= c;
+                attn_mma8<T>(o[i][w][0], o[i][w][1], pa, attn_trans8(attn_word(vt[i], w)));
+            }
     }
+    l += __shfl_xor_sync(JAMBA_FULL_MASK, l, 1);
+    l += __shfl_xor_sync(JAMBA_FULL_MASK, l, 2);
+    if (g < R) {
+        if (tq == 0) sh_ml[warp][g][0] = m, sh_ml[warp][g][1] = l;
+#pragma unroll
+        for (int i = 0; i < NCH; i++)
+#pragma unroll
+            for (int w = 0; w < 4; w++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) sh_o[warp][g][(tq + 4 * i) * 8 + 2 * w + e] = o[i][w][e];
+    }
+    __syncthreads();
+    attn_merge_warps<RM, D>(a, sh_ml, sh_o, bh, p);
 }
 
 template <typename T>
@@ -188,12 +342,24 @@ static void attn_launch_split(const attn_args &a, cudaStream_t stream) {
 template <typename T>
 static jamba_status attn_launch(const attn_args &a, cudaStream_t stream) {
     const int rm8 = a.R > 4;
+    const char *mma_env = getenv("JAMBA_EXT_ATTN_MMA"); /* "0": the CUDA-core kernel (A/B, tests) */
+    const bool mma = !std::is_same<T, float>::value && (a.D == 64 || a.D == 128) &&
+                     !(mma_env != NULL && mma_env[0] == '0');
+    if (mma) {
+        if constexpr (!std::is_same<T, float>::value) {
+            const dim3 grid((unsigned)a.P, (unsigned)(a.B * a.H)), block(ATTN_WARPS * 32);
+            if (a.D == 64) jamba_kernel_launch(attn_mma_kernel<T, 64>, grid, block, 0, stream, a);
+            else jamba_kernel_launch(attn_mma_kernel<T, 128>, grid, block, 0, stream, a);
+            JAMBA_LAUNCH_CHECK("jamba.decode_attention (attn_mma_kernel)", stream);
+        }
+    } else {
     switch (a.D) {
     case 64: rm8 ? attn_launch_split<T, 2, 8>(a, stream) : attn_launch_split<T, 2, 4>(a, stream); break;
     case 128: rm8 ? attn_launch_split<T, 4, 8>(a, stream) : attn_launch_split<T, 4, 4>(a, stream); break;
     default: rm8 ? attn_launch_split<T, 8, 8>(a, stream) : attn_launch_split<T, 8, 4>(a, stream); break;
     }
     JAMBA_LAUNCH_CHECK("jamba.decode_attention (attn_split_kernel)", stream);
+    }
     jamba_kernel_launch(attn_combine_kernel<T>, dim3((unsigned)(a.B * a.H * a.R)), dim3((unsigned)a.D), 0, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.decode_attention (attn_combine_kernel)", stream);
     return JAMBA_OK;
