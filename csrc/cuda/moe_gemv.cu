@@ -21,7 +21,8 @@
  *     while the tokens are few (MG_MAX_TOKENS).
  * Why: at one token the op is a read of 2 experts x 3 matrices (705 MB at Jamba-v0.1 sizes). The shared-memory
  * ring + mma kernel that ran it (moe_decode_persist_kernel, since removed) streamed at ~85% of the copy-bandwidth
- * floor (195.6 us; gate_up 122, down 64, combine 2); these kernels at 98% (168.7 us; 105 + 61), benchmarks/results/moe_t1_741609f.log.
+ * floor (195.6 us; gate_up 122, down 64, combine 2); these kernels at 98% (168.7 us; 105 + 61),
+ * benchmarks/results/moe_t1_741609f.log.
  * In turns against the ring kernels (dev/moe_gemv_ab.py, moe_gemv_ab_ea608ec.log; CUDA graphs, us per call, % of
  * the touched weights' floor): 1 token 167.9 vs 196.6 (97.8 vs 83.6%), 2: 314.7 vs 364.1 (101 vs 87%), 4: 568.1
  * vs 624.8 (97.6 vs 88.7%), but 8: 1046 vs 919 and 16: 2025 vs 1219 (slots sharing an expert: its rows are read
