@@ -22,8 +22,6 @@ from jamba_ext import ops  # noqa: E402
 
 
 def envs(v):
-    if v == "down4":  # EXPERIMENT: the down kernel capped at 64 registers (4 blocks per SM)
-        return {"JAMBA_EXT_MOE_DOWN_MINB": "4"}
     return {"JAMBA_EXT_MOE_GEMV": "0"} if v in ("ring", "auto0") else \
         {"JAMBA_EXT_MOE_GEMV": v.replace("/", ",")} if "/" in v else {}
 
@@ -57,8 +55,7 @@ def main():
                     y = (torch.nn.functional.silu(gu[:, :Fd]) * gu[:, Fd:]) @ w_down[e].float().t()
                     r.index_add_(0, tok, y * w[tok, slot].bfloat16().float()[:, None])
             ref.append(r)
-        variants = ["default", "ring", "auto0"] + (["down4"] if T <= 4 else []) + \
-            (args.kw.split(",") if T == 1 and args.kw else [])
+        variants = ["default", "ring", "auto0"] + (args.kw.split(",") if T == 1 and args.kw else [])
         impl = {v: "auto" if v == "auto0" else "gemv" for v in variants}
 
         def one(v, c):

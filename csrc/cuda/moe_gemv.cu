@@ -84,8 +84,8 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     }
 }
 
-template <typename T, int MINB>
-__global__ void __launch_bounds__(MG_WARPS * 32, MINB) moe_gemv_down_kernel(moe_gemv_args a) {
+template <typename T>
+__global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gemv_args a) {
     jamba_pdl_begin();
     __shared__ float red[MG_SLOTS][MG_WARPS][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw, nr = MG_WARPS / kw;
@@ -171,11 +171,7 @@ static jamba_status mg_launch(const jamba_moe_experts_params *p, cudaStream_t st
     JAMBA_LAUNCH_CHECK("moe_gemv_gate_up_kernel", stream);
     a.kw = mg_kw(kwd, a.F, VN);
     const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)));
-    const char *minb = getenv("JAMBA_EXT_MOE_DOWN_MINB"); /* EXPERIMENT: "4" caps registers for 4 blocks per SM */
-    if (minb != NULL && minb[0] == '4')
-        jamba_kernel_launch(moe_gemv_down_kernel<T, 4>, g2, dim3(MG_WARPS * 32), 0, stream, a);
-    else
-        jamba_kernel_launch(moe_gemv_down_kernel<T, 3>, g2, dim3(MG_WARPS * 32), 0, stream, a);
+    jamba_kernel_launch(moe_gemv_down_kernel<T>, g2, dim3(MG_WARPS * 32), 0, stream, a);
     JAMBA_LAUNCH_CHECK("moe_gemv_down_kernel", stream);
     return JAMBA_OK;
 }
