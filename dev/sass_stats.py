@@ -7,8 +7,9 @@
 Prints, per matching kernel: the instruction count, the most common opcodes, the MUFU / shuffle / shared /
 global / tensor-core (HGMMA, HMMA) counts, and the lines between the first and the last MUFU.EX2 (a rough
 size of an exponential-heavy inner loop). --diff-rev REV compiles the file as it was at git revision REV too
-and says whether the two instruction streams are equal with registers, predicates and constants masked
-(the check docs/CONTRIBUTING.md asks for when code moves after its last GPU round).
+(in that revision's csrc tree, so with its own headers: a change that also edits a header compiles on both sides)
+and says whether the two instruction streams are equal with registers, predicates and constants masked (the check
+docs/CONTRIBUTING.md asks for when code moves after its last GPU round).
 Needs nvcc (CUDA 12+) and cuobjdump; the VM's toolkit has no cuobjdump: see docs/CONTRIBUTING.md for the pip
 wheels that carry it (put their bin/ on PATH or pass --cuobjdump).
 """
@@ -25,17 +26,27 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSN = re.compile(r"^\s+/\*[0-9a-f]+\*/\s+(.*?)\s*;")
 
 
-def cubin(src_text, name, arch, tmp):
-    src = os.path.join(ROOT, "csrc", "cuda", f"_sass_{os.getpid()}_{name}.cu")  # includes resolve as in place
+def cubin(src_text, name, arch, tmp, root=ROOT):
+    """src_text compiled as a file of root/csrc/cuda (its includes resolve to that tree's headers)"""
+    src = os.path.join(root, "csrc", "cuda", f"_sass_{os.getpid()}_{name}.cu")
     with open(src, "w") as f:
         f.write(src_text)
     out = os.path.join(tmp, name + ".cubin")
     try:
-        subprocess.run(["nvcc", "-cubin", "-O3", "-std=c++17", "-DJAMBA_WITH_CUDA", "-I", os.path.join(ROOT, "csrc"),
+        subprocess.run(["nvcc", "-cubin", "-O3", "-std=c++17", "-DJAMBA_WITH_CUDA", "-I", os.path.join(root, "csrc"),
                         f"-gencode=arch=compute_{arch},code=sm_{arch}", "-o", out, src], check=True)
     finally:
         os.remove(src)
     return out
+
+
+def tree_at(rev, tmp):
+    """csrc/ as it was at git revision rev, exported under tmp/old (so that an old file meets its own headers)"""
+    root = os.path.join(tmp, "old")
+    os.makedirs(root)
+    archive = subprocess.run(["git", "archive", rev, "csrc"], cwd=ROOT, check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", root], input=archive, check=True)
+    return root
 
 
 def kernels(cubin_path, cuobjdump, pattern, match):
@@ -98,7 +109,7 @@ def main():
         if args.diff_rev:
             old_text = subprocess.run(["git", "show", f"{args.diff_rev}:{args.cu}"], cwd=ROOT, check=True,
                                       capture_output=True, text=True).stdout
-            old = kernels(cubin(old_text, "old", arch, tmp), args.cuobjdump, args.kernel,
+            old = kernels(cubin(old_text, "old", arch, tmp, tree_at(args.diff_rev, tmp)), args.cuobjdump, args.kernel,
                           args.old_match if args.old_match is not None else args.match)
             for name, ins in now.items():
                 oname = name if name in old else (next(iter(old)) if len(old) == 1 else None)
