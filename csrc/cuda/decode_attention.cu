@@ -339,26 +339,34 @@ static void attn_launch_split(const attn_args &a, cudaStream_t stream) {
                         dim3(ATTN_WARPS * 32), 0, stream, a);
 }
 
+/* attn_mma_kernel where it applies (bf16 / f16, D 64 or 128, env JAMBA_EXT_ATTN_MMA not "0"): *launched = 1 */
+template <typename T>
+static jamba_status attn_launch_mma(const attn_args &a, cudaStream_t stream, int *launched) {
+    *launched = 0;
+    if constexpr (!std::is_same<T, float>::value) {
+        const char *env = getenv("JAMBA_EXT_ATTN_MMA"); /* "0": the CUDA-core kernel (A/B, tests) */
+        if (!(a.D == 64 || a.D == 128) || (env != NULL && env[0] == '0')) return JAMBA_OK;
+        const dim3 grid((unsigned)a.P, (unsigned)(a.B * a.H)), block(ATTN_WARPS * 32);
+        if (a.D == 64) jamba_kernel_launch(attn_mma_kernel<T, 64>, grid, block, 0, stream, a);
+        else jamba_kernel_launch(attn_mma_kernel<T, 128>, grid, block, 0, stream, a);
+        JAMBA_LAUNCH_CHECK("jamba.decode_attention (attn_mma_kernel)", stream);
+        *launched = 1;
+    }
+    return JAMBA_OK;
+}
+
 template <typename T>
 static jamba_status attn_launch(const attn_args &a, cudaStream_t stream) {
-    const int rm8 = a.R > 4;
-    const char *mma_env = getenv("JAMBA_EXT_ATTN_MMA"); /* "0": the CUDA-core kernel (A/B, tests) */
-    const bool mma = !std::is_same<T, float>::value && (a.D == 64 || a.D == 128) &&
-                     !(mma_env != NULL && mma_env[0] == '0');
-    if (mma) {
-        if constexpr (!std::is_same<T, float>::value) {
-            const dim3 grid((unsigned)a.P, (unsigned)(a.B * a.H)), block(ATTN_WARPS * 32);
-            if (a.D == 64) jamba_kernel_launch(attn_mma_kernel<T, 64>, grid, block, 0, stream, a);
-            else jamba_kernel_launch(attn_mma_kernel<T, 128>, grid, block, 0, stream, a);
-            JAMBA_LAUNCH_CHECK("jamba.decode_attention (attn_mma_kernel)", stream);
+    int launched = 0;
+    JAMBA_TRY(attn_launch_mma<T>(a, stream, &launched));
+    if (!launched) {
+        const int rm8 = a.R > 4;
+        switch (a.D) {
+        case 64: rm8 ? attn_launch_split<T, 2, 8>(a, stream) : attn_launch_split<T, 2, 4>(a, stream); break;
+        case 128: rm8 ? attn_launch_split<T, 4, 8>(a, stream) : attn_launch_split<T, 4, 4>(a, stream); break;
+        default: rm8 ? attn_launch_split<T, 8, 8>(a, stream) : attn_launch_split<T, 8, 4>(a, stream); break;
         }
-    } else {
-    switch (a.D) {
-    case 64: rm8 ? attn_launch_split<T, 2, 8>(a, stream) : attn_launch_split<T, 2, 4>(a, stream); break;
-    case 128: rm8 ? attn_launch_split<T, 4, 8>(a, stream) : attn_launch_split<T, 4, 4>(a, stream); break;
-    default: rm8 ? attn_launch_split<T, 8, 8>(a, stream) : attn_launch_split<T, 8, 4>(a, stream); break;
-    }
-    JAMBA_LAUNCH_CHECK("jamba.decode_attention (attn_split_kernel)", stream);
+        JAMBA_LAUNCH_CHECK("jamba.decode_attention (attn_split_kernel)", stream);
     }
     jamba_kernel_launch(attn_combine_kernel<T>, dim3((unsigned)(a.B * a.H * a.R)), dim3((unsigned)a.D), 0, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.decode_attention (attn_combine_kernel)", stream);

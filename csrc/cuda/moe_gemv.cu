@@ -137,7 +137,8 @@ __global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gem
         ((T *)a.out)[t * a.H + h0 + i] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : comb);
 }
 
-/* "g,d" of JAMBA_EXT_MOE_GEMV (warps along K of the two kernels; 0: pick), -1 when the path is off */
+/* "g,d" of JAMBA_EXT_MOE_GEMV (warps along K of the two kernels; 0: pick), -1 when the path is off; read once a
+ * call, by moe_gemv_decode */
 static int mg_env(int *kwg, int *kwd) {
     const char *s = getenv("JAMBA_EXT_MOE_GEMV");
     *kwg = *kwd = 0;
@@ -153,7 +154,7 @@ static int mg_kw(int forced, int64_t K, int vn) {
 }
 
 template <typename T>
-static jamba_status mg_launch(const jamba_moe_experts_params *p, cudaStream_t stream) {
+static jamba_status mg_launch(const jamba_moe_experts_params *p, int kwg, int kwd, cudaStream_t stream) {
     constexpr int VN = 16 / (int)sizeof(T);
     moe_gemv_args a;
     memset(&a, 0, sizeof a);
@@ -163,8 +164,6 @@ static jamba_status mg_launch(const jamba_moe_experts_params *p, cudaStream_t st
     a.H = p->x.shape[1], a.F = p->w_down.shape[2];
     a.K = (int)p->expert_ids.shape[1], a.E = (int)p->w_gate_up.shape[0];
     const int64_t T_ = p->x.shape[0];
-    int kwg, kwd;
-    mg_env(&kwg, &kwd);
     a.kw = mg_kw(kwg, a.H, VN);
     const dim3 g1((unsigned)(T_ * a.K), (unsigned)jamba_ceil_div(a.F, MG_WARPS / a.kw));
     jamba_kernel_launch(moe_gemv_gate_up_kernel<T>, g1, dim3(MG_WARPS * 32), 0, stream, a);
@@ -183,8 +182,8 @@ jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaS
     /* grid.y: F / NR and H / (2 NR) blocks with NR >= 1 */
     if (mg_env(&kwg, &kwd) < 0 || T_ > MG_MAX_TOKENS || F == 0 || F > 65535 || H > 2 * 65535) return JAMBA_OK;
     *ran = 1;
-    if (dtype == JAMBA_BF16) return mg_launch<__nv_bfloat16>(p, stream);
-    if (dtype == JAMBA_F16) return mg_launch<__half>(p, stream);
+    if (dtype == JAMBA_BF16) return mg_launch<__nv_bfloat16>(p, kwg, kwd, stream);
+    if (dtype == JAMBA_F16) return mg_launch<__half>(p, kwg, kwd, stream);
     *ran = 0;
     return JAMBA_OK;
 }
