@@ -4,6 +4,8 @@
                                                 #      4 MoE; hidden 4096; bf16; random weights, ~27 GB)
     python benchmarks/bench_model.py --smoke    # tiny CPU config, CI-sized (seconds)
     python benchmarks/bench_model.py --no-cuda-graph   # without the "jamba_ext+graph" decode rows
+    python benchmarks/bench_model.py --layers 32  # the whole Jamba-v0.1 (4 blocks, 51.6B params, ~103 GB in
+                                                #      bf16: one H200); writes bench_model_L32.json
 
 Both models share one set of weight tensors (transformers' model is built on the meta device and
 load_state_dict(assign=True) points it at ours), so GPU memory holds the 27 GB once.
@@ -25,7 +27,16 @@ graph_tokens_match: the graph's greedy tokens equal the eager static-cache decod
 (the same kernels), graph_tokens_match_dynamic: equal to the default dynamic-cache decode's (in bf16 a
 near tie may flip: the masked static attention can take another SDPA kernel). On CPU the row runs the
 static cache eagerly (no CUDA graphs there) and says so.
-Writes benchmarks/results/bench_model.json (+ .png) or bench_model_smoke.json.
+Decode floor (CUDA): the bytes one decode step must read, at the copy bandwidth measured at the start:
+every weight except the embedding table (one row of it per token) and the experts, plus per MoE layer the
+experts the batch touches (batch 1: top-k; batch B: the expected number of distinct experts when each token
+picks top-k of E uniformly, E (1 - ((E - k) / E)^B): random weights route about uniformly), plus the KV cache
+read by the attention layers and the Mamba conv / SSM states read and written. decode_floor_tokens_per_s is
+batch / that time, decode_pct_of_floor the measured rate against it.
+Without room for an fp32 copy of the model (e.g. --layers 32), the fp32 reference logits of the check are
+computed a layer at a time (each layer upcast, run, freed).
+Writes benchmarks/results/bench_model.json (+ .png), bench_model_L<layers>.json for other depths, or
+bench_model_smoke.json.
 """
 import argparse
 import copy
@@ -37,7 +48,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import meta, time_ms, write_results  # noqa: E402
+from common import copy_bandwidth_gbs, meta, time_ms, write_results  # noqa: E402
 
 from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
 
@@ -74,13 +85,13 @@ def build_hf(cfg: JambaConfig, ours: JambaForCausalLM, use_mamba_kernels: bool =
 
 
 def fp32_logits(model: JambaForCausalLM, ids: torch.Tensor):
-    """Logits of an fp32 copy of model (the same weights upcast) on ids, or None when the copy would not fit
-    in free device memory (with room to spare)."""
+    """Logits of an fp32 copy of model (the same weights upcast) on ids; when the whole copy would not fit in
+    free device memory (with room to spare), a layer at a time (fp32_logits_layerwise)."""
     nbytes = sum(p.numel() for p in model.parameters()) * 4
     if ids.device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(ids.device)
         if nbytes * 1.3 > free:
-            return None
+            return fp32_logits_layerwise(model, ids)
     m32 = copy.deepcopy(model).float()
     try:
         return m32(ids).logits.float()
@@ -88,6 +99,51 @@ def fp32_logits(model: JambaForCausalLM, ids: torch.Tensor):
         del m32
         if ids.device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def fp32_logits_layerwise(model: JambaForCausalLM, ids: torch.Tensor):
+    """fp32 logits of model on ids (no cache, no padding) with one fp32 layer in memory at a time: the model's
+    own layer loop (JambaModel.forward) with each decoder layer deep-copied, upcast, run and freed."""
+    m = model.model
+    B, L = ids.shape
+    step, _ = m._step(None, None, B, L, torch.float32, ids.device)
+    h, residual = m.embed_tokens(ids).float(), None
+    for layer in m.layers:
+        l32 = copy.deepcopy(layer).float()
+        h, residual, _ = l32(h, residual, step, None)
+        del l32
+    h = h if residual is None else h + residual
+    h = copy.deepcopy(m.final_layernorm).float()(h)
+    return torch.nn.functional.linear(h, model.lm_head.weight.float()).float()
+
+
+def decode_bytes(model: JambaForCausalLM, B: int, L: int) -> int:
+    """Bytes a decode step of batch B at context L must read (see the module docstring, "Decode floor")."""
+    cfg = model.config
+    total = 0
+    for name, p in model.named_parameters():
+        if "embed_tokens" in name or ".experts." in name:
+            continue
+        total += p.numel() * p.element_size()
+    el = next(model.parameters()).element_size()
+    total += B * cfg.hidden_size * el                                           # embedding rows
+    E, k = cfg.num_experts, cfg.num_experts_per_tok
+    touched = k if B == 1 else E * (1 - ((E - k) / E) ** B)
+    n_moe = n_attn = 0
+    for layer in model.model.layers:
+        ex = getattr(getattr(layer, "feed_forward", None), "experts", None)
+        if ex is not None:
+            n_moe += 1
+            per = sum(p.numel() for p in ex.parameters()) * el / ex.num_experts
+            total += touched * per
+        if hasattr(layer, "self_attn"):
+            n_attn += 1
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    total += n_attn * B * L * 2 * cfg.num_key_value_heads * head_dim * el      # K and V read
+    n_mamba = cfg.num_hidden_layers - n_attn
+    di = cfg.mamba_d_inner
+    total += n_mamba * B * 2 * (di * cfg.mamba_d_state * 4 + di * (cfg.mamba_d_conv - 1) * el)  # states r + w
+    return int(total)
 
 
 def hf_slow_scan_bytes(cfg: JambaConfig, B: int, L: int) -> int:
@@ -162,6 +218,8 @@ def main(argv=None) -> int:
                     help="default: bfloat16 on cuda, float32 on cpu")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers")
     ap.add_argument("--hf-mem-gb", type=float, default=40.0)
+    ap.add_argument("--layers", type=int, default=None,
+                    help="decoder layers (default 8: one Jamba-v0.1 block; 32: the whole model, ~103 GB in bf16)")
     ap.add_argument("--budget-s", type=float, default=150.0)
     ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                     help='add "jamba_ext+graph" decode rows (generate(cuda_graph=True)); default: on for cuda, --smoke')
@@ -170,7 +228,11 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
     smoke = args.smoke
-    cfg = JambaConfig(**(SMOKE if smoke else ONE_BLOCK))
+    layers = args.layers or (SMOKE if smoke else ONE_BLOCK)["num_hidden_layers"]
+    if layers < 1:
+        ap.error(f"--layers must be >= 1, got {layers}")
+    cfg = JambaConfig(**dict(SMOKE if smoke else ONE_BLOCK, num_hidden_layers=layers))
+    default_depth = layers == (SMOKE if smoke else ONE_BLOCK)["num_hidden_layers"]
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
     batches = [int(b) for b in (args.batches or ("1,4" if smoke else "1,8")).split(",")]
     prompts = [int(p) for p in (args.prompts or ("64,256" if smoke else "2048,8192")).split(",")]
@@ -178,9 +240,11 @@ def main(argv=None) -> int:
     reps = 3
     use_graph = args.cuda_graph if args.cuda_graph is not None else (device.type == "cuda" or smoke)
 
-    print(f"building {'smoke' if smoke else 'one-block Jamba-v0.1'} model on {device} {dtype} ...", flush=True)
+    what = "smoke" if smoke else ("one-block Jamba-v0.1" if layers == 8 else f"{layers}-layer Jamba-v0.1")
+    print(f"building {what} model on {device} {dtype} ...", flush=True)
     ours = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=0)
     n_params = sum(p.numel() for p in ours.parameters())
+    copy_gbs = copy_bandwidth_gbs(device) if device.type == "cuda" else None
     hf, hf_note = (None, "skipped (--no-hf)") if args.no_hf else build_hf(cfg, ours)
     print(f"{n_params / 1e9:.2f}B params; baseline: {hf_note}", flush=True)
 
@@ -291,9 +355,13 @@ def main(argv=None) -> int:
                 rows.append(row)
                 print(row, flush=True)
 
-    # speedups against transformers, and the rows the plot shows
+    # speedups against transformers, the decode floor, and the rows the plot shows
     by = {(r["impl"], r["batch"], r["prompt_len"]): r for r in rows}
     for r in rows:
+        if copy_gbs and r.get("decode_tokens_per_s"):
+            nb = decode_bytes(ours, r["batch"], r["prompt_len"] + steps // 2)
+            r["decode_floor_tokens_per_s"] = r["batch"] / (nb / (copy_gbs * 1e9))
+            r["decode_pct_of_floor"] = 100 * r["decode_tokens_per_s"] / r["decode_floor_tokens_per_s"]
         base = by.get(("transformers", r["batch"], r["prompt_len"]))
         if r["impl"].startswith("jamba_ext") and base:
             for k in ("prefill_tokens_per_s", "decode_tokens_per_s"):
@@ -309,15 +377,18 @@ def main(argv=None) -> int:
             if r.get(f"{ph}_tokens_per_s"):
                 plot_rows.append({"label": f"{ph} {r['impl']} B={r['batch']} L={r['prompt_len']}",
                                   "tokens_per_s": r[f"{ph}_tokens_per_s"]})
-    info = meta(device, config=cfg.to_dict(), n_params=n_params, baseline=hf_note, check=check,
+    info = meta(device, config=cfg.to_dict(), n_params=n_params, baseline=hf_note, check=check, copy_gbs=copy_gbs,
                 decode_steps=steps, wall_s=time.perf_counter() - t_start)
-    path = write_results("bench_model_smoke" if smoke else "bench_model", rows + plot_rows, info,
+    name = "bench_model_smoke" if smoke else "bench_model"
+    path = write_results(name if default_depth else f"{name}_L{layers}", rows + plot_rows, info,
                          plot_key="tokens_per_s")
-    print(f"\n{'impl':<17}{'B':>3}{'L':>7}{'prefill tok/s':>16}{'decode tok/s':>14}{'x prefill':>11}{'x decode':>10}")
+    print(f"\n{'impl':<17}{'B':>3}{'L':>7}{'prefill tok/s':>16}{'decode tok/s':>14}{'x prefill':>11}{'x decode':>10}"
+          f"{'% floor':>9}")
     for r in rows:
         f = lambda k, w, p: (f"{r[k]:{w}.{p}f}" if r.get(k) is not None else " " * (w - 1) + "-")  # noqa: E731
         print(f"{r['impl']:<17}{r['batch']:>3}{r['prompt_len']:>7}{f('prefill_tokens_per_s', 16, 0)}"
               f"{f('decode_tokens_per_s', 14, 1)}{f('prefill_speedup', 11, 2)}{f('decode_speedup', 10, 2)}"
+              f"{f('decode_pct_of_floor', 9, 1)}"
               f"  {r.get('skipped', '') or r.get('error', '') or r.get('graph_note', '')}")
     print(f"wrote {path} ({time.perf_counter() - t_start:.0f} s)")
     return 1 if check.get("ok") is False else 0
