@@ -14,8 +14,9 @@ agreement) and recorded; a failed check marks the run (exit status 1 after the r
 Then for each (batch, prompt length):
   prefill tokens/s = batch * prompt / median time of a forward with logits_to_keep=1 (CUDA events);
   decode tokens/s  = batch * (n - 1) / (time of the last new token - time of the first), inside one
-                     generate() call of n new tokens (greedy, EOS off), timestamps taken after a device
-                     synchronize in the streamer; the same procedure for both models.
+                     generate() call of n new tokens (greedy, EOS off), each timestamp taken when the token is
+                     on the host: ours hands the streamer a host copy (generate() runs one step ahead on CUDA),
+                     transformers a device tensor, so its streamer synchronizes the device first.
 transformers without mamba_ssm / causal-conv1d runs its PyTorch slow path, whose scan materialises
 (B, DI, L, N) fp32 tensors: shapes needing more than --hf-mem-gb for them are skipped (noted in the row).
 A wall-clock budget (--budget-s) skips the remaining transformers measurements when exceeded.
@@ -155,18 +156,18 @@ def generate_timed(run, device, n_new: int):
     """run(streamer) calls a generate(); returns (decode tokens per sequence per s, n tokens seen)."""
     stamps = []
 
-    def streamer(t):
-        sync(device)
+    def streamer(t):            # ours: put() gets the token as a host copy, already there (no sync needed)
         stamps.append(time.perf_counter())
 
     class HFStreamer:                       # transformers calls put(prompt) once, then put(new tokens)
         def __init__(self):
             self.first = True
 
-        def put(self, v):
+        def put(self, v):       # a device tensor: the stamp after a sync, when the token is on the host too
             if self.first:
                 self.first = False
                 return
+            sync(device)
             streamer(v)
 
         def end(self):

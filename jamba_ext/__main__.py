@@ -108,7 +108,7 @@ def cmd_generate(args) -> int:
     n_new = [0]
 
     def on_token(t):
-        tid = int(t[0])                              # syncs with the device: the step is done
+        tid = int(t[0])                              # a host copy (generate() already waited for it)
         if "first" not in times:
             times["first"] = time.perf_counter()
         n_new[0] += 1

@@ -463,6 +463,13 @@ class JambaRMSNorm(nn.Module):
 # rows) and not in the dynamic-cache decode step (run eagerly, host-bound: our op's Python path costs more than
 # F.linear's). 0 turns it off (A/B timing).
 GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "1"))
+
+# generate() enqueues decode step i + 1 before it waits for token i on the host (the streamer and the EOS test
+# read a host copy, made asynchronously): the host's work per step (Python, launches) then overlaps the GPU's
+# instead of adding to it. None: on for CUDA models (on a CPU model the steps run synchronously, nothing to
+# overlap, and the step after the last EOS would cost its full time); True / False force it (tests, A/B).
+# Env JAMBA_EXT_RUN_AHEAD=0 / 1 sets it at import.
+RUN_AHEAD: Optional[bool] = {"0": False, "1": True}.get(os.environ.get("JAMBA_EXT_RUN_AHEAD", ""))
 _HOOKS = tuple(getattr(nn.modules.module, n, {}) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
 _gemv_on = False                                   # inside a static decode step (set by _GemvScope)
 
@@ -1372,8 +1379,10 @@ class JambaForCausalLM(_PreTrained):
         lengths (left-padded here). Sampling applies temperature, then top_k, then top_p (nucleus), with a
         torch.Generator seeded by `seed`. A sequence stops at an EOS id (config.eos_token_id by default;
         None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
-        streamer: called with the new tokens (B,) after every step (an object with put()/end(), such as
-        transformers' TextStreamer, also works). max_length (prompt + new), when given, overrides
+        streamer: called with the new tokens (B,) after every step, as a CPU tensor (an object with
+        put()/end(), such as transformers' TextStreamer, also works). On a CUDA model the next step is
+        enqueued before the host waits for a token (RUN_AHEAD), so the Python work of a step overlaps the
+        GPU work of the one before; when every sequence has stopped, that one step is computed and discarded. max_length (prompt + new), when given, overrides
         max_new_tokens. Returns LongTensor (B, T + n), n <= max_new_tokens.
 
         static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
@@ -1427,24 +1436,43 @@ class JambaForCausalLM(_PreTrained):
         self._decode_graph_info = None
         if cuda_graph and dev.type == "cuda" and max_new_tokens > 1:
             graph = _DecodeGraph.capture(self, cache, logits.argmax(dim=-1))   # None (and a warning) on failure
+        ahead = RUN_AHEAD if RUN_AHEAD is not None else dev.type == "cuda"
+        # host copies of the new tokens (for the streamer and the EOS test), one row per step
+        host = torch.empty((max_new_tokens, Bsz), dtype=torch.long, pin_memory=dev.type == "cuda" and ahead)
+        eos_h = torch.tensor(eos, dtype=torch.long) if eos else None
+        done_h = torch.zeros(Bsz, dtype=torch.bool)
         for i in range(max_new_tokens):
             nxt = self._pick(logits, do_sample, temperature, top_k, top_p, gen)                   # (B,)
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
             out.append(nxt[:, None])
-            if put is not None:
-                put(nxt)
+            host[i].copy_(nxt, non_blocking=ahead)
+            ready = torch.cuda.Event() if ahead and dev.type == "cuda" else None
+            if ready is not None:
+                ready.record()
             if eos_t is not None:
                 unfinished &= ~torch.isin(nxt, eos_t)
-                if not bool(unfinished.any()):
-                    break
-            if i + 1 < max_new_tokens:
-                if graph is not None:
-                    logits = graph.step(nxt)
-                else:
-                    logits = self(nxt[:, None], cache=cache).logits[:, -1]
+            more = i + 1 < max_new_tokens
+            if ahead and more:                     # enqueue the next step before waiting for this token
+                logits = self._decode_step(nxt, cache, graph)
+            if ready is not None:
+                ready.synchronize()                # this step's token is on the host; the next step runs on
+            if put is not None:
+                put(host[i])
+            if eos_h is not None:
+                done_h |= torch.isin(host[i], eos_h)
+                if bool(done_h.all()):
+                    break                          # (ahead: the step enqueued above is discarded)
+            if not ahead and more:
+                logits = self._decode_step(nxt, cache, graph)
         if streamer is not None and hasattr(streamer, "end"):
             streamer.end()
         return torch.cat(out, dim=1)
+
+    def _decode_step(self, tokens: Tensor, cache: "JambaHybridCache", graph: Optional["_DecodeGraph"]) -> Tensor:
+        """One decode step of generate(): tokens (B,) -> next logits (B, V), replayed from graph when given."""
+        if graph is not None:
+            return graph.step(tokens)
+        return self(tokens[:, None], cache=cache).logits[:, -1]
 
     @staticmethod
     def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,

@@ -343,3 +343,51 @@ def test_decode_steps_use_decode_attention(monkeypatch, static):
         monkeypatch.setattr(ops, "decode_attention", reference.decode_attention)
         want = ours.generate(ids, mask, max_new_tokens=5, eos_token_id=None, static_cache=static)
     assert got.tolist() == want.tolist()
+
+
+def _run_ahead_case(ours, device, monkeypatch, **extra):
+    """generate() with RUN_AHEAD forced on and off: the same tokens, the same streamer calls (CPU tensors, one per
+    new token), the same stop at an EOS that ends the batch early."""
+    from jamba_ext import modeling_jamba as mj
+    ids, mask = JambaForCausalLM._left_pad(_prompts(2), 0, device)
+    T = ids.shape[1]
+    free = ours.generate(ids, mask, max_new_tokens=8, eos_token_id=None, **extra)
+    eos = int(free[0, T + 2])                                     # sequence 0 stops at its third new token
+    results = {}
+    for ahead in (True, False):
+        monkeypatch.setattr(mj, "RUN_AHEAD", ahead)
+        for name, kw in {"greedy": dict(eos_token_id=None),
+                         "eos": dict(eos_token_id=[eos, int(free[1, T + 1])]),
+                         "sampled": dict(eos_token_id=eos, do_sample=True, top_k=20, seed=3)}.items():
+            seen = []
+            got = ours.generate(ids, mask, max_new_tokens=8, streamer=lambda t: seen.append(t.clone()), **kw,
+                                **extra)
+            assert all(t.device.type == "cpu" and t.shape == (2,) for t in seen), name
+            assert torch.equal(torch.stack(seen, 1), got[:, T:].cpu()), name
+            results[ahead, name] = got.tolist()
+    for name in ("greedy", "eos", "sampled"):
+        assert results[True, name] == results[False, name], name
+    assert results[True, "greedy"] == free.tolist()
+    assert len(results[True, "eos"][0]) == T + 3               # both stopped by their third / second token
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_generate_run_ahead_same_tokens(monkeypatch, static):
+    """CPU: the run-ahead order of generate() (forced on; by default it is on for CUDA models only)."""
+    with torch.no_grad():
+        _run_ahead_case(_ours("attn1_moe_top2"), "cpu", monkeypatch, static_cache=static)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.parametrize("how", ["dynamic", "graph"])
+def test_generate_run_ahead_same_tokens_cuda(monkeypatch, how):
+    """CUDA: generate() with the next step enqueued before the host reads a token (asynchronous host copies, an
+    event per step; the default there) against the synchronous order, eagerly and from the CUDA graph."""
+    if not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    from jamba_ext import modeling_jamba as mj
+    assert mj.RUN_AHEAD is None                                 # the default: on for CUDA models
+    with torch.no_grad():
+        _run_ahead_case(_ours("attn1_moe_top2", device="cuda"), "cuda", monkeypatch,
+                        **({"cuda_graph": True} if how == "graph" else {}))
