@@ -464,6 +464,13 @@ class JambaRMSNorm(nn.Module):
 # F.linear's). 0 turns it off (A/B timing).
 GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "1"))
 
+# generate(cuda_graph=None) on a CUDA model replays its decode steps from a CUDA graph when at least this many new
+# tokens are asked for. The capture (2 warm-up steps + capture, once per generate() call) costs about 12 eager
+# steps; H200, bf16, batch 1, 2K prompt (bench_model_L32_*_1b499f9.json, model_full_3ab32e5.log): the whole
+# Jamba-v0.1 decodes 63-67 tok/s eagerly (host-bound) and 146-147 from the graph after a 106 ms capture, one block
+# 166-230 against 528-552 after 27 ms.
+GRAPH_MIN_NEW_TOKENS = 16
+
 # generate() enqueues decode step i + 1 before it waits for token i on the host (the streamer and the EOS test
 # read a host copy, made asynchronously): the host's work per step (Python, launches) then overlaps the GPU's
 # instead of adding to it. None: on for CUDA models (on a CPU model the steps run synchronously, nothing to
@@ -1371,7 +1378,7 @@ class JambaForCausalLM(_PreTrained):
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: Optional[int] = None, eos_token_id: Union[None, int, Sequence[int]] = "config",
                  pad_token_id: Optional[int] = "config", streamer: Optional[Callable] = None,
-                 max_length: Optional[int] = None, cuda_graph: bool = False,
+                 max_length: Optional[int] = None, cuda_graph: Optional[bool] = None,
                  static_cache: Optional[bool] = None) -> Tensor:
         """Greedy or sampled continuation of a batch of prompts.
 
@@ -1387,7 +1394,9 @@ class JambaForCausalLM(_PreTrained):
 
         static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
         at T + max_new_tokens, attention over the whole buffer under a device-side length mask); same
-        tokens, fixed shapes. cuda_graph=True (implies static_cache) on a CUDA model: after the prefill,
+        tokens, fixed shapes. cuda_graph=None (the default): True on a CUDA model asked for at least
+        GRAPH_MIN_NEW_TOKENS new tokens (unless static_cache=False), else False. cuda_graph=True (implies
+        static_cache) on a CUDA model: after the prefill,
         one decode step (input token buffer -> logits buffer) is warmed up on a side stream, captured in a
         torch.cuda.CUDAGraph and replayed for every further token (token selection, EOS and the streamer
         stay outside the graph). If capture fails, a warning is issued and the static cache decodes
@@ -1421,6 +1430,8 @@ class JambaForCausalLM(_PreTrained):
         put = getattr(streamer, "put", streamer)
         if max_new_tokens == 0:
             return input_ids
+        if cuda_graph is None:
+            cuda_graph = dev.type == "cuda" and max_new_tokens >= GRAPH_MIN_NEW_TOKENS and static_cache is not False
         static = bool(cuda_graph) if static_cache is None else bool(static_cache)
         if cuda_graph and not static:
             raise ValueError("cuda_graph=True needs the static cache (static_cache=False was given)")

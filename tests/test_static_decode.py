@@ -391,3 +391,38 @@ def test_generate_run_ahead_same_tokens_cuda(monkeypatch, how):
     with torch.no_grad():
         _run_ahead_case(_ours("attn1_moe_top2", device="cuda"), "cuda", monkeypatch,
                         **({"cuda_graph": True} if how == "graph" else {}))
+
+
+def test_generate_graph_default_is_off_on_cpu():
+    """cuda_graph=None (the default) on a CPU model: the dynamic cache, no warning, even for many new tokens."""
+    from jamba_ext import modeling_jamba as mj
+    ours = _ours("attn1_moe_top2")
+    ids = prompt_ids(1, 5, 101)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ours.generate(ids, max_new_tokens=mj.GRAPH_MIN_NEW_TOKENS, eos_token_id=None)
+    assert ours._decode_graph_info is None
+    assert got.tolist() == ours.generate(ids, max_new_tokens=mj.GRAPH_MIN_NEW_TOKENS, eos_token_id=None,
+                                         cuda_graph=False).tolist()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_generate_graph_default_on_cuda():
+    """cuda_graph=None on a CUDA model: the CUDA graph from GRAPH_MIN_NEW_TOKENS new tokens on (same tokens as the
+    eager static decode), eager below it and with static_cache=False."""
+    if not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    from jamba_ext import modeling_jamba as mj
+    ours = _ours("attn1_moe_top2", device="cuda")
+    ids, mask = JambaForCausalLM._left_pad(_prompts(2), 0, "cuda")
+    n = mj.GRAPH_MIN_NEW_TOKENS
+    with torch.no_grad():
+        auto = ours.generate(ids, mask, max_new_tokens=n, eos_token_id=None)
+        assert ours._decode_graph_info and ours._decode_graph_info["captured"], ours._decode_graph_info
+        assert auto.tolist() == ours.generate(ids, mask, max_new_tokens=n, eos_token_id=None,
+                                              static_cache=True, cuda_graph=False).tolist()
+        ours.generate(ids, mask, max_new_tokens=n - 1, eos_token_id=None)
+        assert ours._decode_graph_info is None
+        ours.generate(ids, mask, max_new_tokens=n, eos_token_id=None, static_cache=False)
+        assert ours._decode_graph_info is None
