@@ -13,6 +13,8 @@ Correctness first: prefill logits of both on a short prompt are compared (relati
 agreement) and recorded; a failed check marks the run (exit status 1 after the results are written).
 Then for each (batch, prompt length):
   prefill tokens/s = batch * prompt / median time of a forward with logits_to_keep=1 (CUDA events);
+  prefill_new_length_ms (ours) = wall time of one forward at a prompt length not run before (prompt - 1), the
+                     first-request cost of per-shape setup (e.g. cuDNN attention plans), before the timed runs;
   decode tokens/s  = batch * (n - 1) / (time of the last new token - time of the first), inside one
                      generate() call of n new tokens (greedy, EOS off), each timestamp taken when the token is
                      on the host: ours hands the streamer a host copy (generate() runs one step ahead on CUDA),
@@ -327,6 +329,15 @@ def main(argv=None) -> int:
                                 fwd = lambda: model(ids, logits_to_keep=1, use_cache=False)  # noqa: E731
                             # transformers' slow path takes seconds per long prefill and was warmed up by the
                             # check above: no extra warm-up run, 2 timed runs
+                            if name == "jamba_ext":
+                                # a prompt length this process has not run yet (what a new request costs:
+                                # per-shape setup such as cuDNN's attention plans), then the steady time
+                                new_ids = ids[:, :L - 1]
+                                sync(device)
+                                t0 = time.perf_counter()
+                                model(new_ids, logits_to_keep=1)
+                                sync(device)
+                                row["prefill_new_length_ms"] = (time.perf_counter() - t0) * 1e3
                             t = time_ms(fwd, device, warmup=2 if name == "jamba_ext" else 0,
                                         reps=reps if name == "jamba_ext" else 2)
                             row.update(prefill_ms=t["median_ms"], prefill_p10_ms=t["p10_ms"],

@@ -96,11 +96,23 @@ except ImportError:  # torch < 2.3
     _sdpa_kernel = None
 
 
+# Prefills without a padding mask up to this many query rows keep SDPA off cuDNN too: cuDNN builds an execution
+# plan for every new shape, 64-76 ms of host time the first time a prompt length is seen, while flash attention has
+# no plan to build (H200, bf16, 32 x 8 heads of 128, causal, batch 1; dev/sdpa_prefill_probe.py,
+# benchmarks/results/sdpa_prefill_probe.log): first call / steady per layer, cuDNN 66 / 0.13 ms at 2K, 64.6 / 0.99
+# at 8K, 76 / 14.1 at 32K; flash 0.31 / 0.24, 1.9 / 1.9, 29 / 25.7. A new prompt length is the common case
+# outside benchmarks (every request of a server), and Jamba-v0.1's 4 attention layers make flash the faster
+# choice for a first call up to ~40K keys. Longer prompts, and prompts with a padding mask (flash takes none),
+# keep SDPA's own choice.
+_PREFILL_NO_CUDNN_MAX = 32768
+
+
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causal: bool, gqa: bool) -> Tensor:
     kw = dict(attn_mask=attn_mask, is_causal=is_causal)
     if gqa:
         kw["enable_gqa"] = True
-    if _sdpa_kernel is not None and q.is_cuda and q.shape[-2] <= 16:
+    L = q.shape[-2]
+    if _sdpa_kernel is not None and q.is_cuda and (L <= 16 or (attn_mask is None and L <= _PREFILL_NO_CUDNN_MAX)):
         with _sdpa_kernel(_DECODE_SDPA_BACKENDS):
             return F.scaled_dot_product_attention(q, k, v, **kw)
     return F.scaled_dot_product_attention(q, k, v, **kw)
