@@ -103,8 +103,9 @@ except ImportError:  # torch < 2.3
 # at 8K, 76 / 14.1 at 32K; flash 0.31 / 0.24, 1.9 / 1.9, 29 / 25.7. A new prompt length is the common case
 # outside benchmarks (every request of a server), and Jamba-v0.1's 4 attention layers make flash the faster
 # choice for a first call up to ~40K keys. Longer prompts, and prompts with a padding mask (flash takes none),
-# keep SDPA's own choice.
-_PREFILL_NO_CUDNN_MAX = 32768
+# keep SDPA's own choice. Env JAMBA_EXT_PREFILL_NO_CUDNN_MAX (read at import) moves the limit; 0 leaves every prefill
+# to SDPA's choice (A/B).
+_PREFILL_NO_CUDNN_MAX = int(os.environ.get("JAMBA_EXT_PREFILL_NO_CUDNN_MAX", "32768"))
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causal: bool, gqa: bool) -> Tensor:
