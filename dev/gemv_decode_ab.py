@@ -1,6 +1,10 @@
-"""A/B of jamba.gemv in the CUDA-graph decode step (H200): the one-block Jamba-v0.1 of bench_model, batch 1 after a
-2048-token prompt; the static decode step captured twice (GEMV_MAX_ROWS 0: F.linear; 1: jamba.gemv), the two graphs'
-replays timed in turns (CUDA events around REPS replays, ROUNDS rounds). Usage: python3 dev/gemv_decode_ab.py"""
+"""A/B of the CUDA-graph decode step (H200): the one-block Jamba-v0.1 of bench_model, batch 1 after a 2048-token
+prompt; the static decode step captured twice, the two graphs' replays timed in turns (CUDA events around REPS
+replays, ROUNDS rounds), then each graph's kernel totals per step.
+    python3 dev/gemv_decode_ab.py                 # GEMV_MAX_ROWS 0 (F.linear) against 1 (jamba.gemv)
+    python3 dev/gemv_decode_ab.py --env NAME      # env NAME=0 against NAME=1 at capture (a run-time kernel switch
+                                                  # read at launch, e.g. JAMBA_EXT_GEMV_PREFETCH)"""
+import argparse
 import os
 import sys
 
@@ -14,6 +18,10 @@ REPS, ROUNDS, PROMPT = 200, 6, 2048
 
 
 def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--env", default=None, help="compare env NAME=0 and NAME=1 instead of GEMV_MAX_ROWS 0 / 1")
+    args = ap.parse_args()
+    label = (lambda v: f"{args.env}={v}") if args.env else (lambda v: f"GEMV_MAX_ROWS={v}")
     dev = torch.device("cuda")
     model = mj.JambaForCausalLM.from_config(mj.JambaConfig(**bench_model.ONE_BLOCK), dtype=torch.bfloat16,
                                             device=dev, seed=0)
@@ -23,10 +31,15 @@ def main():
         logits = model(ids, cache=cache, logits_to_keep=1).logits[:, -1]
         graphs = {}
         for rows in (0, 1):
-            mj.GEMV_MAX_ROWS = rows
+            if args.env:
+                os.environ[args.env] = str(rows)
+            else:
+                mj.GEMV_MAX_ROWS = rows
             graphs[rows] = mj._DecodeGraph.capture(model, cache, logits.argmax(-1))
             assert graphs[rows] is not None, model._decode_graph_info
         mj.GEMV_MAX_ROWS = 1
+        if args.env:
+            os.environ.pop(args.env)
         times = {0: [], 1: []}
         for _ in range(ROUNDS):
             for rows, g in graphs.items():
@@ -48,13 +61,14 @@ def main():
             if e.device_type == torch.autograd.DeviceType.CUDA:
                 k = e.name[:70]
                 tot[k] = tot.get(k, 0.0) + e.device_time_total / 5
-        print(f"-- GEMV_MAX_ROWS={rows}: kernels per step, us (sum {sum(tot.values()):.1f})")
+        print(f"-- {label(rows)}: kernels per step, us (sum {sum(tot.values()):.1f})")
         for k, v in sorted(tot.items(), key=lambda kv: -kv[1])[:14]:
             print(f"   {v:8.1f}  {k}")
     for rows, ts in times.items():
         ts.sort()
         med = ts[len(ts) // 2]
-        print(f"GEMV_MAX_ROWS={rows} ({'jamba.gemv' if rows else 'F.linear'}): decode step {med:7.1f} us "
+        what = "" if args.env else f" ({'jamba.gemv' if rows else 'F.linear'})"
+        print(f"{label(rows)}{what}: decode step {med:7.1f} us "
               f"(min {ts[0]:.1f}, max {ts[-1]:.1f}) = {1e6 / med:6.1f} tok/s")
 
 
