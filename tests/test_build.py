@@ -142,7 +142,7 @@ def test_every_kernel_starts_with_pdl_wait():
             if semi != -1 and semi < brace:
                 continue  # a declaration
             first = code[brace + 1:].lstrip()
-            assert first.startswith("jamba_pdl_begin();") or first.startswith("jamba_pdl_begin_l2("), \
+            assert first.startswith("jamba_pdl_begin();"), \
                 f"{name}: kernel at offset {m.start()} does not start with jamba_pdl_begin(): {first[:60]!r}"
             kernels += 1
     assert kernels >= 20  # the test found the kernels (23 when written)

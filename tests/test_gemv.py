@@ -133,23 +133,3 @@ def test_gemv_cuda_matches_cpu_and_graph(dtype):
     outs = graph_replays(lambda a, ww: ops.gemv(a, ww), (xs, ws), news)
     for (xn, _), (o,) in zip(news, outs):
         assert torch.equal(o, ops.gemv(xn, ws))
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("M,N,K", [(1, 4101, 8192), (1, 37, 14336), (3, 1000, 264), (8, 9, 4104)],
-                         ids=["n4101", "n37_longk", "m3", "m8"])
-def test_gemv_cuda_l2_prefetch_same_bits(monkeypatch, M, N, K):
-    """The vec kernel's L2 prefetch before its PDL wait (on by default; JAMBA_EXT_GEMV_PREFETCH=0 off) changes no
-    bit, on shapes whose last block has fewer rows than a full one, behind a producer of x in the same stream."""
-    x = randn(M, K, dtype=torch.bfloat16).cuda()
-    w = randn(N, K, dtype=torch.bfloat16, scale=0.05).cuda()
-    outs = []
-    for env in ("1", "0"):
-        monkeypatch.setenv("JAMBA_EXT_GEMV_PREFETCH", env)
-        xx = ops.rms_norm(x, torch.ones(K, dtype=torch.bfloat16, device="cuda"), 1e-6)   # a PDL predecessor
-        outs.append(ops.gemv(xx, w))
-    torch.cuda.synchronize()
-    assert torch.equal(outs[0], outs[1])
-    check(outs[0].cpu(), ops.rms_norm(x, torch.ones(K, dtype=torch.bfloat16, device="cuda"), 1e-6).cpu(), w.cpu(),
-          None)

@@ -5,7 +5,6 @@
  *   jamba_kernel_launch(k, grid, block, smem, stream, args...)   every launch of the library (no <<<>>>):
  *                              with programmatic dependent launch (PDL) on sm_90+, see below
  *   jamba_pdl_begin()          first statement of every kernel: waits for the stream's previous kernel
- *                              (jamba_pdl_begin_l2: the same after an L2 prefetch of weights)
  *   JAMBA_LAUNCH_CHECK(what)   after every launch: cudaGetLastError(); with env JAMBA_EXT_SYNC=1 also
  *                              cudaStreamSynchronize, so an asynchronous fault names the op that caused it
  *   jamba_device_guard         switches to jamba_launch.device when it differs, restores the old device
@@ -111,22 +110,6 @@ __device__ __forceinline__ void jamba_pdl_begin() {
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
-}
-
-/* jamba_pdl_begin after an L2 prefetch of a block of rows (rows x bytes from p, row stride `stride` bytes), the
- * block's threads taking a 128-byte line each in turn: for data no kernel of the stream writes before this one
- * reads it (weights), issued while the previous kernel may still run. Safe for any data: L2 is where every SM's
- * stores meet, so a line prefetched early is still read after the wait with whatever was written to it. A null p
- * or rows <= 0 prefetches nothing. */
-__device__ __forceinline__ void jamba_pdl_begin_l2(const void *p, int rows, int64_t bytes, int64_t stride) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (p != nullptr) {
-        const int64_t lines = (bytes + 127) / 128, n = lines * (rows > 0 ? rows : 0);
-        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"((const char *)p + (i / lines) * stride + (i % lines) * 128));
-    }
-#endif
-    jamba_pdl_begin();
 }
 
 static inline int jamba_pdl_enabled(void) {

@@ -11,15 +11,12 @@
  *     loads issued before the first multiply; x is read through the read-only cache (tiny, shared by every
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
- *     Before its PDL wait a block prefetches into L2 the weight bytes of its first batch of loads (the weights do
- *     not depend on the previous kernel; env JAMBA_EXT_GEMV_PREFETCH=0 turns it off, read per launch).
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
  * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
  * 22.0 us against 15.8; x_proj 288 x 8192: 7.7 against 1.1; attention o 4096 x 4096: 13.6 against 7.9; MLP down
  * 4096 x 14336: 31.5 against 27.6), the wide ones at 95-99%; it also cannot start before our PDL kernels end.
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "gemv.cuh"
@@ -34,30 +31,16 @@ struct gemv_args {
     int64_t sx, sw, so; /* row strides (elements) */
     int bdt;            /* bias dtype (JAMBA_F32 or x's); bias may be NULL */
     int kw;             /* vec kernel: warps along K (1, 2, 4 or 8) */
-    int pf;             /* vec kernel: L2 prefetch of the first weight loads before the PDL wait */
 };
 
 __device__ __forceinline__ float gemv_bias(const gemv_args &a, int64_t n) {
     return a.bias ? jamba_ld_any(a.bias, a.bdt, n) : 0.f;
 }
 
-/* the vec kernel's block: its first weight row, its rows, and the bytes of a row its first batch of loads reads
- * (chunks 0 .. U kw - 1: the first batch of every K slice) */
-template <int MM> __host__ __device__ constexpr int gemv_u() { return MM <= 2 ? 4 : 2; }
-__device__ __forceinline__ int64_t gemv_block_n0(const gemv_args &a) {
-    return (int64_t)blockIdx.x * (GEMV_R * (GEMV_WARPS / a.kw));
-}
-template <typename T, int MM> __device__ __forceinline__ int64_t gemv_first_bytes(const gemv_args &a) {
-    return min(a.K, (int64_t)gemv_u<MM>() * a.kw * 32 * (16 / (int)sizeof(T))) * (int64_t)sizeof(T);
-}
-
 template <typename T, int MM>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(gemv_args a) {
-    /* the block's first batch of weight loads goes to L2 while the previous kernel finishes (a.pf) */
-    jamba_pdl_begin_l2(a.pf ? (const T *)a.w + gemv_block_n0(a) * a.sw : nullptr,
-                       (int)min((int64_t)GEMV_R * (GEMV_WARPS / a.kw), a.N - gemv_block_n0(a)),
-                       gemv_first_bytes<T, MM>(a), a.sw * (int64_t)sizeof(T));
-    constexpr int U = gemv_u<MM>(); /* chunks per batch of loads */
+    jamba_pdl_begin();
+    constexpr int U = MM <= 2 ? 4 : 2; /* chunks per batch of loads */
     __shared__ float red[GEMV_WARPS][GEMV_R][MM];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw;
     const int rows_per_block = GEMV_R * (GEMV_WARPS / kw);
@@ -134,8 +117,6 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
     int kw = gemv_pick_kw(nchunk, GEMV_WARPS);
     while (kw < GEMV_WARPS && 2 * kw <= nchunk && jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
     a.kw = kw;
-    const char *pf = getenv("JAMBA_EXT_GEMV_PREFETCH");
-    a.pf = !(pf != NULL && pf[0] == '0');
     const int64_t bx = jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw));
     const int mm = a.M <= 1 ? 1 : a.M <= 2 ? 2 : a.M <= 4 ? 4 : 8;
     const int64_t by = jamba_ceil_div(a.M, mm);
