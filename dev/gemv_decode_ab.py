@@ -3,7 +3,9 @@ prompt; the static decode step captured twice, the two graphs' replays timed in 
 replays, ROUNDS rounds), then each graph's kernel totals per step.
     python3 dev/gemv_decode_ab.py                 # GEMV_MAX_ROWS 0 (F.linear) against 1 (jamba.gemv)
     python3 dev/gemv_decode_ab.py --env NAME      # env NAME=0 against NAME=1 at capture (a run-time kernel switch
-                                                  # read at launch, e.g. JAMBA_EXT_GEMV_PREFETCH)"""
+                                                  # read at launch, e.g. JAMBA_EXT_GEMV_PREFETCH)
+    python3 dev/gemv_decode_ab.py --unfuse        # 0: projection weights apart (separate products), 1: laid out
+                                                  # back to back (fuse_projections, the default layout)"""
 import argparse
 import os
 import sys
@@ -20,8 +22,11 @@ REPS, ROUNDS, PROMPT = 200, 6, 2048
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--env", default=None, help="compare env NAME=0 and NAME=1 instead of GEMV_MAX_ROWS 0 / 1")
+    ap.add_argument("--unfuse", action="store_true", help="compare separate projection weights (0) with the joint "
+                    "layout (1)")
     args = ap.parse_args()
-    label = (lambda v: f"{args.env}={v}") if args.env else (lambda v: f"GEMV_MAX_ROWS={v}")
+    label = (lambda v: f"{args.env}={v}") if args.env else (lambda v: f"joint projections={v}") if args.unfuse \
+        else (lambda v: f"GEMV_MAX_ROWS={v}")
     dev = torch.device("cuda")
     model = mj.JambaForCausalLM.from_config(mj.JambaConfig(**bench_model.ONE_BLOCK), dtype=torch.bfloat16,
                                             device=dev, seed=0)
@@ -30,10 +35,17 @@ def main():
     with torch.no_grad():
         logits = model(ids, cache=cache, logits_to_keep=1).logits[:, -1]
         graphs = {}
-        for rows in (0, 1):
-            if args.env:
+        keep = []                                          # the joint buffers stay alive for graph 1
+        for rows in ((1, 0) if args.unfuse else (0, 1)):
+            if args.unfuse and rows == 0:
+                for m in model.modules():
+                    if isinstance(m, (mj.JambaMLP, mj.JambaAttention)):
+                        for lin in m.children():
+                            keep.append(lin.weight)
+                            lin.weight = torch.nn.Parameter(lin.weight.detach().clone())
+            elif args.env:
                 os.environ[args.env] = str(rows)
-            else:
+            elif not args.unfuse:
                 mj.GEMV_MAX_ROWS = rows
             graphs[rows] = mj._DecodeGraph.capture(model, cache, logits.argmax(-1))
             assert graphs[rows] is not None, model._decode_graph_info
@@ -67,7 +79,7 @@ def main():
     for rows, ts in times.items():
         ts.sort()
         med = ts[len(ts) // 2]
-        what = "" if args.env else f" ({'jamba.gemv' if rows else 'F.linear'})"
+        what = "" if args.env or args.unfuse else f" ({'jamba.gemv' if rows else 'F.linear'})"
         print(f"{label(rows)}{what}: decode step {med:7.1f} us "
               f"(min {ts[0]:.1f}, max {ts[-1]:.1f}) = {1e6 / med:6.1f} tok/s")
 

@@ -52,6 +52,7 @@ class _ReferenceBackend:
     selective_scan = staticmethod(_reference.selective_scan)
     gemv = staticmethod(_reference.gemv)
     decode_attention = staticmethod(_reference.decode_attention)
+    silu_mul = staticmethod(_reference.silu_mul)
 
     @staticmethod
     def causal_conv1d_update(x, conv_state, weight, bias=None, silu=True):
@@ -518,6 +519,60 @@ def _proj(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
     return F.linear(x, weight, bias)
 
 
+# ---- joint projections ---------------------------------------------------------------------------------
+# Projections that read the same input (an MLP's gate and up, attention's q / k / v) run as one matrix product when
+# their weights lie back to back in one buffer: one GEMM or jamba.gemv launch instead of two or three (a decode
+# step's projections are a few microseconds of ramp-up each over their weight bytes), and the MLP's activation as
+# one silu_mul. from_config / from_pretrained lay the weights out so (fuse_projections); the parameters stay
+# separate nn.Linear weights with their usual names (views of the buffer), so state_dict, load_state_dict (in
+# place) and save_pretrained see no difference. Anything that moves a weight elsewhere (model.to(another dtype),
+# assigning a new Parameter) leaves the layers on the separate products, with the same results.
+FUSE_PROJECTIONS = os.environ.get("JAMBA_EXT_FUSE_PROJ", "1") != "0"   # env 0: from_* leave the weights apart
+
+
+def _plain_linear(mod: nn.Module) -> bool:
+    return type(mod) is nn.Linear and mod.bias is None and not (mod._forward_hooks or mod._forward_pre_hooks)
+
+
+def _fuse_linears(linears: Sequence[nn.Module]) -> bool:
+    """Re-points the weights of bias-free nn.Linears with one input size, dtype and device at consecutive row blocks
+    of one new buffer (values copied). Returns whether it did."""
+    if len(linears) < 2 or not all(_plain_linear(m) for m in linears):
+        return False
+    ws = [m.weight for m in linears]
+    K, dt, dev = ws[0].shape[1], ws[0].dtype, ws[0].device
+    if dev.type == "meta" or any(w.shape[1] != K or w.dtype != dt or w.device != dev for w in ws):
+        return False
+    buf = torch.empty(sum(w.shape[0] for w in ws), K, dtype=dt, device=dev)
+    o = 0
+    with torch.no_grad():
+        for m, w in zip(linears, ws):
+            n = w.shape[0]
+            buf[o:o + n].copy_(w)
+            m.weight = nn.Parameter(buf[o:o + n], requires_grad=w.requires_grad)
+            o += n
+    return True
+
+
+def _joint_weight(linears: Sequence[nn.Module]) -> Optional[Tensor]:
+    """The weights of `linears` as one (sum of outputs, in) matrix when they lie back to back in one storage
+    (_fuse_linears), are plain bias-free nn.Linears without hooks and no gradient is taken for them; else None."""
+    if not all(_plain_linear(m) for m in linears):
+        return None
+    first = linears[0].weight
+    if torch.is_grad_enabled() and any(m.weight.requires_grad for m in linears):
+        return None                            # autograd of an as_strided view would not reach the later weights
+    K, el, ptr, st = first.shape[1], first.element_size(), first.data_ptr(), first.untyped_storage().data_ptr()
+    n = 0
+    for m in linears:
+        w = m.weight
+        if (w.dim() != 2 or w.shape[1] != K or w.stride() != (K, 1) or w.dtype != first.dtype
+                or w.data_ptr() != ptr + n * K * el or w.untyped_storage().data_ptr() != st):
+            return None
+        n += w.shape[0]
+    return first.detach().as_strided((n, K), (K, 1))
+
+
 def _linear(mod: nn.Module, x: Tensor) -> Tensor:
     """mod(x) for an nn.Linear; through _proj when mod is a plain nn.Linear with no hooks (a wrapped or hooked
     projection, e.g. an adapter, keeps its own forward)."""
@@ -696,9 +751,14 @@ class JambaAttention(nn.Module):
         Bsz, L, _ = hidden_states.shape
         hd = self.head_dim
         nkv = self.num_key_value_heads
-        q = _linear(self.q_proj, hidden_states).view(Bsz, L, self.num_heads, hd).transpose(1, 2)   # (B, nh, L, hd)
-        k = _linear(self.k_proj, hidden_states).view(Bsz, L, nkv, hd).transpose(1, 2)              # (B, nkv, L, hd)
-        v = _linear(self.v_proj, hidden_states).view(Bsz, L, nkv, hd).transpose(1, 2)
+        w = _joint_weight((self.q_proj, self.k_proj, self.v_proj))
+        if w is not None:                                                      # one product, split in views
+            q, k, v = _proj(hidden_states, w).split([self.num_heads * hd, nkv * hd, nkv * hd], dim=-1)
+        else:
+            q, k, v = (_linear(m, hidden_states) for m in (self.q_proj, self.k_proj, self.v_proj))
+        q = q.view(Bsz, L, self.num_heads, hd).transpose(1, 2)                                   # (B, nh, L, hd)
+        k = k.view(Bsz, L, nkv, hd).transpose(1, 2)                                              # (B, nkv, L, hd)
+        v = v.view(Bsz, L, nkv, hd).transpose(1, 2)
         if step.static:
             k, v = cache.update_kv_static(self.layer_idx, k, v)                                   # (B, nkv, cap, hd)
         elif cache is not None:
@@ -741,6 +801,9 @@ class JambaMLP(nn.Module):
         self.down_proj = nn.Linear(I, H, bias=False)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        w = _joint_weight((self.gate_proj, self.up_proj))
+        if w is not None:                                   # one (2F, H) product, then silu_mul (HF's roundings)
+            return _linear(self.down_proj, _K.silu_mul(_proj(x, w))), None
         return _linear(self.down_proj, F.silu(_linear(self.gate_proj, x)) * _linear(self.up_proj, x)), None
 
 
@@ -1044,11 +1107,26 @@ class _PreTrained(nn.Module):
             model = model.to(_as_dtype(dtype))                 # still on meta: no memory, no fp32 copy
         model = model.to_empty(device=device or "cpu")
         model._retie()
+        if FUSE_PROJECTIONS:
+            model.fuse_projections()                           # before the init: it writes into the views
         model.init_weights(seed)
         return model.eval()
 
     def _retie(self) -> None:
         pass
+
+    def fuse_projections(self) -> int:
+        """Lays each MLP's gate / up weights and each attention layer's q / k / v weights out back to back in one
+        buffer (values kept; parameters and their names unchanged: views), so that they run as one product (see
+        "joint projections"). from_config and from_pretrained do it (env JAMBA_EXT_FUSE_PROJ=0: not); call it
+        again after moving the model to another dtype or device. Returns the number of groups laid out."""
+        n = 0
+        for m in self.modules():
+            if isinstance(m, JambaMLP):
+                n += _fuse_linears((m.gate_proj, m.up_proj))
+            elif isinstance(m, JambaAttention):
+                n += _fuse_linears((m.q_proj, m.k_proj, m.v_proj))
+        return n
 
     @classmethod
     def from_pretrained(cls, path: str, dtype=None, device=None, config: Optional[JambaConfig] = None,
@@ -1072,6 +1150,8 @@ class _PreTrained(nn.Module):
             model = cls(config)
         model = model.to(dtype).to_empty(device=device)
         model._retie()
+        if FUSE_PROJECTIONS:
+            model.fuse_projections()                           # before loading: the weights are copied into views
         if progress is None:
             progress = sum(os.path.getsize(f) for f in files) > PROGRESS_MIN_BYTES
         model._load_checkpoint(files, progress)
@@ -1402,8 +1482,9 @@ class JambaForCausalLM(_PreTrained):
         streamer: called with the new tokens (B,) after every step, as a CPU tensor (an object with
         put()/end(), such as transformers' TextStreamer, also works). On a CUDA model the next step is
         enqueued before the host waits for a token (RUN_AHEAD), so the Python work of a step overlaps the
-        GPU work of the one before; when every sequence has stopped, that one step is computed and discarded. max_length (prompt + new), when given, overrides
-        max_new_tokens. Returns LongTensor (B, T + n), n <= max_new_tokens.
+        GPU work of the one before; when every sequence has stopped, that one step is computed and discarded.
+        max_length (prompt + new), when given, overrides max_new_tokens. Returns LongTensor (B, T + n),
+        n <= max_new_tokens.
 
         static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
         at T + max_new_tokens, attention over the whole buffer under a device-side length mask); same

@@ -11,6 +11,7 @@ transformers forward over the grown sequence, greedy generate token for token, s
 dtype), padded batch == separate runs, chunked prefill, sampling, bad configs and checkpoints.
 bf16 (CPU, and on CUDA marked cuda): error against transformers fp32 at most 2x transformers' own bf16 error.
 """
+import copy
 import json
 import os
 
@@ -501,3 +502,77 @@ def test_cuda_padded_batch_bf16():
         for b, p in enumerate(prompts):
             single = ours(torch.tensor([p], device="cuda")).logits
             assert norm_err(batched[b, -len(p):].float(), single[0].float()) <= 2e-2
+
+
+# ---- joint projections (gate / up, q / k / v laid out back to back) ------------------------------------------
+def _apart(model):
+    """A copy of model whose projection weights are separate tensors (the layout before fuse_projections)."""
+    other = copy.deepcopy(model)
+    for m in other.modules():
+        if isinstance(m, torch.nn.Linear):
+            m.weight = torch.nn.Parameter(m.weight.detach().clone())
+    return other
+
+
+@pytest.mark.parametrize("name", ["attn1_moe_top2", "mamba_dense"])
+def test_joint_projections_layout_and_results(name, tmp_path):
+    """from_config lays each MLP's gate / up and each attention's q / k / v out back to back (views of one buffer);
+    the layers then run one product each, with the results of the separate products (fp32: to rounding; the same
+    greedy tokens), the same state_dict, and a save / load round trip that keeps the layout."""
+    from jamba_ext import modeling_jamba as mj
+    _, ours = make_pair(CONFIGS[name])
+    mlps = [m for m in ours.modules() if isinstance(m, mj.JambaMLP)]
+    attns = [m for m in ours.modules() if isinstance(m, mj.JambaAttention)]
+    assert mlps or attns
+    with torch.no_grad():
+        for m in mlps:
+            assert mj._joint_weight((m.gate_proj, m.up_proj)) is not None
+        for m in attns:
+            w = mj._joint_weight((m.q_proj, m.k_proj, m.v_proj))
+            assert w is not None and torch.equal(w, torch.cat([m.q_proj.weight, m.k_proj.weight, m.v_proj.weight]))
+        apart = _apart(ours)
+        for m in apart.modules():
+            if isinstance(m, mj.JambaMLP):
+                assert mj._joint_weight((m.gate_proj, m.up_proj)) is None
+        ids = prompt_ids(2, 9, CONFIGS[name]["vocab_size"])
+        a, b = ours(ids).logits, apart(ids).logits
+        assert rel_err(a, b) <= 1e-5
+        assert ours.generate(ids, max_new_tokens=6, eos_token_id=None).tolist() == \
+            apart.generate(ids, max_new_tokens=6, eos_token_id=None).tolist()
+    sd_a, sd_b = ours.state_dict(), apart.state_dict()
+    assert list(sd_a) == list(sd_b) and all(torch.equal(sd_a[k], sd_b[k]) for k in sd_a)
+    ours.save_pretrained(str(tmp_path))
+    back = JambaForCausalLM.from_pretrained(str(tmp_path))
+    with torch.no_grad():
+        for m in back.modules():
+            if isinstance(m, mj.JambaMLP):
+                assert mj._joint_weight((m.gate_proj, m.up_proj)) is not None
+        assert torch.equal(back(ids).logits, a)
+
+
+def test_joint_projections_fall_back():
+    """The separate products run (same results) when a gradient is taken for the weights (and it reaches every one
+    of them), after a dtype change moved the weights apart, and for weights assigned by the user; fuse_projections
+    lays them out again."""
+    from jamba_ext import modeling_jamba as mj
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    mlp = next(m for m in ours.modules() if isinstance(m, mj.JambaMLP) or isinstance(m, mj.JambaAttention))
+    group = (mlp.gate_proj, mlp.up_proj) if isinstance(mlp, mj.JambaMLP) else (mlp.q_proj, mlp.k_proj, mlp.v_proj)
+    assert mj._joint_weight(group) is None                          # grad enabled, weights require grad
+    ids = prompt_ids(1, 5, CONFIGS["attn1_moe_top2"]["vocab_size"])
+    ours(ids).logits.float().pow(2).mean().backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in group)
+    with torch.no_grad():
+        want = ours(ids).logits
+        w0 = [m.weight.detach().clone() for m in group]
+        ours.to(torch.float16).to(torch.float32)                    # new tensors per parameter: apart
+        for m, w in zip(group, w0):
+            m.weight.copy_(w)                                       # (the exact values back)
+        assert mj._joint_weight(group) is None
+        assert rel_err(ours(ids).logits.float(), want) <= 1e-2      # other weights went through fp16
+        want = ours(ids).logits
+        assert ours.fuse_projections() >= 1 and mj._joint_weight(group) is not None
+        assert rel_err(ours(ids).logits, want) <= 1e-5
+        group[-1].weight = torch.nn.Parameter(group[-1].weight.detach().clone())
+        assert mj._joint_weight(group) is None
+        assert rel_err(ours(ids).logits, want) <= 1e-5
