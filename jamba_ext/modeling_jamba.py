@@ -528,6 +528,7 @@ def _proj(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
 # place) and save_pretrained see no difference. Anything that moves a weight elsewhere (model.to(another dtype),
 # assigning a new Parameter) leaves the layers on the separate products, with the same results.
 FUSE_PROJECTIONS = os.environ.get("JAMBA_EXT_FUSE_PROJ", "1") != "0"   # env 0: from_* leave the weights apart
+_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 def _plain_linear(mod: nn.Module) -> bool:
@@ -557,8 +558,8 @@ def _fuse_linears(linears: Sequence[nn.Module]) -> bool:
 def _joint_weight(linears: Sequence[nn.Module]) -> Optional[Tensor]:
     """The weights of `linears` as one (sum of outputs, in) matrix when they lie back to back in one storage
     (_fuse_linears), are plain bias-free nn.Linears without hooks and no gradient is taken for them; else None."""
-    if not all(_plain_linear(m) for m in linears):
-        return None
+    if _compiling() or not all(_plain_linear(m) for m in linears):
+        return None                            # (traced: data pointers are not traceable; separate products)
     first = linears[0].weight
     if torch.is_grad_enabled() and any(m.weight.requires_grad for m in linears):
         return None                            # autograd of an as_strided view would not reach the later weights
@@ -623,6 +624,8 @@ class JambaMambaMixer(nn.Module):
         while the parameters are unchanged (their version counters) and no gradient is being recorded, so
         a decode step does not recompute them."""
         srcs = (self.A_log, self.D, self.dt_proj.bias)
+        if _compiling():                                                 # traced: no cache, no data_ptr
+            return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in srcs) + (torch.is_inference_mode_enabled(),)
         cached = getattr(self, "_ssm_cache", None)
         if cached is not None and cached[0] == key:
@@ -659,6 +662,8 @@ class JambaMambaMixer(nn.Module):
         if (eps[0] is None or eps.count(eps[0]) != 3 or any(w is None or w.dtype != ws[0].dtype for w in ws)
                 or (torch.is_grad_enabled() and any(w.requires_grad for w in ws))):
             return None
+        if _compiling():
+            return torch.cat([w for w in ws]), float(eps[0])
         key = tuple((w.data_ptr(), w._version, w.device) for w in ws)
         cached = getattr(self, "_norm_cache", None)
         if cached is None or cached[0] != key:

@@ -576,3 +576,18 @@ def test_joint_projections_fall_back():
         group[-1].weight = torch.nn.Parameter(group[-1].weight.detach().clone())
         assert mj._joint_weight(group) is None
         assert rel_err(ours(ids).logits, want) <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
+def test_model_compiles_fullgraph(name):
+    """torch.compile(model, fullgraph=True) traces a whole forward (no cache) in one graph (Dynamo with the eager
+    backend: what is checked is the tracing; the ops' own compile tests run inductor): the cached fp32 SSM
+    parameters, the concatenated x_proj norm weights and the joint projections step aside while tracing."""
+    torch._dynamo.reset()
+    _, ours = make_pair(CONFIGS[name])
+    ids = prompt_ids(2, 9, CONFIGS[name]["vocab_size"])
+    with torch.no_grad():
+        want = ours(ids).logits
+        got = torch.compile(ours, fullgraph=True, backend="eager")(ids).logits
+    torch._dynamo.reset()
+    assert rel_err(got, want) <= 1e-5
