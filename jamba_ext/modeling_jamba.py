@@ -1565,7 +1565,7 @@ class JambaForCausalLM(_PreTrained):
             if ahead and more:                     # enqueue the next step before waiting for this token
                 logits = self._decode_step(nxt, cache, graph)
             if ready is not None:
-                ready.synchronize()                # this step's token is on the host; the next step runs on
+                ready.synchronize()                # this token is on the host; the next step keeps the GPU busy
             if put is not None:
                 put(host[i])
             if eos_h is not None:
