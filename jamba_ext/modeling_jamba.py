@@ -531,8 +531,13 @@ FUSE_PROJECTIONS = os.environ.get("JAMBA_EXT_FUSE_PROJ", "1") != "0"   # env 0: 
 _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
+def _hookless_linear(mod: nn.Module) -> bool:
+    """An nn.Linear (not a subclass or wrapper) that no forward hook, its own or a global one, would see called."""
+    return type(mod) is nn.Linear and not (mod._forward_hooks or mod._forward_pre_hooks or any(_HOOKS))
+
+
 def _plain_linear(mod: nn.Module) -> bool:
-    return type(mod) is nn.Linear and mod.bias is None and not (mod._forward_hooks or mod._forward_pre_hooks)
+    return _hookless_linear(mod) and mod.bias is None
 
 
 def _fuse_linears(linears: Sequence[nn.Module]) -> bool:
@@ -577,7 +582,7 @@ def _joint_weight(linears: Sequence[nn.Module]) -> Optional[Tensor]:
 def _linear(mod: nn.Module, x: Tensor) -> Tensor:
     """mod(x) for an nn.Linear; through _proj when mod is a plain nn.Linear with no hooks (a wrapped or hooked
     projection, e.g. an adapter, keeps its own forward)."""
-    if type(mod) is nn.Linear and not (mod._forward_hooks or mod._forward_pre_hooks or any(_HOOKS)):
+    if _hookless_linear(mod):
         return _proj(x, mod.weight, mod.bias)
     return mod(x)
 
@@ -663,7 +668,7 @@ class JambaMambaMixer(nn.Module):
                 or (torch.is_grad_enabled() and any(w.requires_grad for w in ws))):
             return None
         if _compiling():
-            return torch.cat([w for w in ws]), float(eps[0])
+            return torch.cat(ws), float(eps[0])
         key = tuple((w.data_ptr(), w._version, w.device) for w in ws)
         cached = getattr(self, "_norm_cache", None)
         if cached is None or cached[0] != key:

@@ -592,3 +592,22 @@ def test_model_compiles_fullgraph(name, backend):
         got = compile_or_skip(ours, backend)(ids).logits
     torch._dynamo.reset()
     assert rel_err(got, want) <= 1e-5
+
+
+def test_joint_projections_respect_global_hooks():
+    """A global forward hook sees each projection called on its own (the joint product would bypass it)."""
+    from jamba_ext import modeling_jamba as mj
+    _, ours = make_pair(CONFIGS["mamba_dense"])
+    mlp = next(m for m in ours.modules() if isinstance(m, mj.JambaMLP))
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda mod, inp, out: seen.append(mod) if isinstance(mod, torch.nn.Linear) else None)
+    try:
+        with torch.no_grad():
+            assert mj._joint_weight((mlp.gate_proj, mlp.up_proj)) is None
+            ours(prompt_ids(1, 4, CONFIGS["mamba_dense"]["vocab_size"]))
+    finally:
+        handle.remove()
+    assert mlp.gate_proj in seen and mlp.up_proj in seen
+    with torch.no_grad():
+        assert mj._joint_weight((mlp.gate_proj, mlp.up_proj)) is not None
