@@ -22,9 +22,14 @@ RESULTS = os.environ.get("JAMBA_BENCH_RESULTS") or os.path.join(os.path.dirname(
 
 @contextlib.contextmanager
 def env(**values):
-    """The environment variables set for the block (EXPERIMENT knobs the kernels read per call), restored after."""
+    """The environment variables set for the block (EXPERIMENT knobs the kernels read per call; None: unset),
+    restored after."""
     old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
+    for k, v in values.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         yield
     finally:
