@@ -208,34 +208,6 @@ def test_causal_conv1d_multi_wave(dtype, batch, d_inner, seqlen, S_in):
     assert_close(fin, ref_fin, rtol=0, atol=0)
 
 
-# batch, d_inner, seqlen, S_in: warp ranges that start and end inside rows (the balanced schedule: rows of 1-9
-# vectors, ranges of 1-21 vectors), rows shorter than a vector, element loads (odd seqlen), initial states
-CONV_BAL_CASES = [(1, 8192, 2048, None), (2, 1000, 2056, 3), (3, 700, 777, 4), (1, 3, 70000, None), (2, 5000, 8, 3),
-                  (1, 64, 1, None), (1, 4000, 4096, 5)]
-
-
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=ALL_IDS)
-@pytest.mark.parametrize("batch,d_inner,seqlen,S_in", CONV_BAL_CASES,
-                         ids=[f"B{c[0]}_DI{c[1]}_L{c[2]}_S{c[3]}" for c in CONV_BAL_CASES])
-def test_causal_conv1d_schedules(dtype, batch, d_inner, seqlen, S_in, monkeypatch):
-    """The forward's two schedules (JAMBA_EXT_CONV_BAL=1: balanced warp ranges of vectors, =0: 4-segment warps) give
-    the same bits, and match float64, on every shape (either is forced where the size rule would not pick it)."""
-    x = randn(batch, d_inner, seqlen, device=DEV, dtype=dtype)
-    w = randn(d_inner, 4, device=DEV, dtype=dtype, scale=0.6)
-    b = randn(d_inner, device=DEV, dtype=dtype, scale=0.5)
-    init = randn(batch, d_inner, S_in, device=DEV, dtype=dtype) if S_in else None
-    res = {}
-    for bal in ("0", "1"):
-        monkeypatch.setenv("JAMBA_EXT_CONV_BAL", bal)
-        res[bal] = ops.causal_conv1d(x, w, b, init, True, 3)
-    monkeypatch.delenv("JAMBA_EXT_CONV_BAL")
-    ref_out, ref_fin = reference.causal_conv1d(up(x), up(w), up(b), up(init), True, 3)
-    for out, fin in res.values():
-        assert_close(out, ref_out, **TOL[dtype])
-        assert_close(fin, ref_fin, rtol=0, atol=0)
-    assert torch.equal(res["0"][0], res["1"][0]) and torch.equal(res["0"][1], res["1"][1])
-
-
 UPDATE_VEC_CASES = ["contig", "x_slice", "x_strided", "w_transposed_K3", "w_f32", "b_f32", "w_f32_b_x", "no_bias",
                     "di_odd", "state_slice", "state_slice_misaligned", "x_in_state", "seqlen2", "w_rows_strided",
                     "b_strided"]

@@ -91,10 +91,9 @@ __device__ __forceinline__ void conv_taps(const void *w, int wdt, int64_t sw0, i
 #define CONV_WARPS 4 /* warps per block */
 #define CONV_SPW 4   /* segments per warp */
 #define CONV_MINB 6  /* resident blocks per SM asked of ptxas for the VEC instances (<= 80 registers) */
-#define CONV_BAL_MAX 24 /* the balanced schedule up to this many warp vectors per resident warp slot */
 
-/* this lane's CONV_NV vectors of one chunk of row x (tl: the first step of its vector 0): whole 16-byte
- * vectors (VEC) or elements, zero bits from L on (the caller's L: the row's length or the chunk's end) */
+/* this lane's CONV_NV vectors of one segment of row x (tl: the first step of its vector 0): whole 16-byte
+ * vectors (VEC) or elements, zero bits past L */
 template <typename T, bool VEC>
 __device__ __forceinline__ void conv_seg_load(uint4 (&v)[CONV_NV], const T *x, int64_t tl, int64_t L) {
     const int VN = 16 / (int)sizeof(T);
@@ -132,10 +131,10 @@ __device__ __forceinline__ void conv_halo(float prev[3], const T *x, const T *in
     }
 }
 
-/* halo shuffles, fp32 sums, silu and stores of one chunk: its first n (warp-uniform, 1..CONV_NV) vectors.
- * prev: lane 0's halo in; out: lane 31's last 3 steps of vector n-1 (the halo of the next chunk of the row) */
+/* halo shuffles, fp32 sums, silu and stores of one segment.
+ * prev: lane 0's halo in; out: lane 31's last 3 steps (the halo of the next segment of the row) */
 template <typename T, bool VEC>
-__device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], int n, float prev[3], const float wp[4],
+__device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], float prev[3], const float wp[4],
                                                  float bv, int silu, T *out, int64_t tl, int64_t L, int lane) {
     typedef jamba_w16<T> P;
     const int VN = 16 / (int)sizeof(T);
@@ -143,7 +142,6 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], int 
     const int src = (lane + 31) & 31;
 #pragma unroll
     for (int j = 0; j < CONV_NV; j++) {
-        if (j >= n) break;
         /* lane l-1's vector j (lane 0: lane 31's), only the words holding its last 3 elements */
         uint4 nb = make_uint4(0u, 0u, 0u, 0u);
         nb.w = __shfl_sync(JAMBA_FULL_MASK, v[j].w, src);
@@ -180,88 +178,59 @@ __device__ __forceinline__ void conv_seg_compute(const uint4 (&v)[CONV_NV], int 
     }
 }
 
-/* the work of one warp of the forward: a range [g, g1) of warp vectors (see causal_conv1d_fwd_kernel) */
-struct conv_sched {
-    int R;          /* warp vectors per row: ceil(L / (32 * VN)), 1 when L == 0 */
-    int bal;        /* 0: segments (nseg, spw, p1), 1: balanced (nw, q, r) */
-    int nseg, spw, p1;
-    int nw, q, r;
-};
-
 /* causal_conv1d_fwd_kernel<T, VEC, W, BT>
  *   x (B, DI, L) T, unit stride along L; out (B, DI, L) T contiguous; w (DI, K), bias (DI,) f32|T (W, BT: their
  *   types, or void = read at run time, which the element-load instances do);
  *   initial_state (B, DI, S_in >= K-1) T, unit stride along S; final_state (B, DI, S_out) T, unit stride.
- *   Warp vector: 32 * VN consecutive steps of one (b, c) row (256 in bf16/f16, 128 in f32), lane l holding steps
- *   [l * VN, +VN) as one 16-byte vector (each load instruction of the warp reads 512 contiguous bytes); a row has
- *   R = ceil(L / (32 * VN)) of them, the vectors of the launch are numbered g = (b * DI + c) * R + k.
- *   Chunk: up to CONV_NV consecutive vectors of one row, loaded and computed together. Vector (j, l) of a chunk
- *   takes the 3 steps before it from lane l-1's vector j, and lane 0 from lane 31's vector j-1 (or, for j = 0, the
- *   previous chunk of the row: the carried halo), both through one __shfl_sync of the words holding them.
+ *   Segment: SEG = 32 * CONV_NV * VN steps of one (b, c) row (1024 in bf16/f16, 512 in f32); lane l of a
+ *   warp owns the VN-step vectors j*32 + l, j < CONV_NV (each load instruction of the warp reads 512
+ *   contiguous bytes). Vector (j, l) takes the 3 steps before it from lane l-1's vector j, and lane 0 from
+ *   lane 31's vector j-1, both through one __shfl_sync of the words holding them.
  *   VEC: x and out rows 16-byte aligned and L % VN == 0 (vectors are whole or past L); else element loads
  *   and stores with the same mapping.
- *   Grid: CONV_WARPS warps per block (not persistent: the hardware schedules the blocks). Warp p takes the
- *   consecutive vectors [g, g1), in chunks that stop at row ends and at g1 (row by row, taps and bias reloaded
- *   at a row start, the halo of a chunk that follows one of the same row already in registers; at a warp's first
- *   chunk or a row start it is loaded: x before the chunk, initial_state or zeros), by one of two schedules:
- *   - segments (s.bal == 0): segment = CONV_NV vectors of a row (nseg per row); warp p < p1 takes the spw
- *     consecutive segments [p * spw, +spw), the warps after p1 one each (the launch's last wave or more, see the
- *     launcher);
- *   - balanced (s.bal == 1, short launches): nw warps (at most one resident wave), warp p takes q + (p < r)
- *     vectors, so that no warp has more than one vector more than another (the segment schedule's warps differ by
- *     whole segments, and a short launch ends with its busiest warps alone).
- *   Register double buffer: the loads of chunk i+1 (x; at a row start also taps, bias and the
- *   initial-state halo) are issued before chunk i is computed and stored, so a warp keeps up to
+ *   Grid: CONV_WARPS warps per block (not persistent: the hardware schedules the blocks). Warp p < p1 takes
+ *   the spw consecutive virtual warps vw = (b*DI + c) * nseg + seg in [p * spw, +spw), the warps after p1 one
+ *   each (the launch's last wave or more, see the launcher), cut at nvw = B * DI * nseg, i.e. the segments of a
+ *   row in order, then the next row: (b, c, seg) advance by increments (2 divisions per warp, not per segment),
+ *   taps and bias are reloaded only at a row start, and lane 0's halo of a segment with seg > 0 is the tail of
+ *   the previous one, already in registers (at a row start: initial_state or zeros).
+ *   Register double buffer: the loads of segment i+1 (x; at a row start also taps, bias and the
+ *   initial-state halo) are issued before segment i is computed and stored, so a warp keeps up to
  *   2 x CONV_NV x 16 bytes per lane in flight and never waits for memory with nothing loaded.
- *   The warp holding a row's last vector writes final_state (from x / initial_state, before its stores of
- *   out). Vector, batch, channel and row counters are 32-bit: the launcher requires B * DI * R <= INT32_MAX. */
+ *   The warp holding a row's last segment writes final_state (from x / initial_state, before its stores of
+ *   out). Warp, batch, channel and segment counters are 32-bit: the launcher requires nvw <= INT32_MAX. */
 template <typename T, bool VEC, typename W = void, typename BT = void>
 __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
-    causal_conv1d_fwd_kernel(conv_args a, conv_sched s) {
+    causal_conv1d_fwd_kernel(conv_args a, int nseg, int spw, int p1) {
     jamba_pdl_begin();
     const int VN = 16 / (int)sizeof(T);
-    const int VS = 32 * VN; /* steps per warp vector */
+    const int SEG = 32 * CONV_NV * VN;
     const int lane = threadIdx.x & 31;
     const int p = blockIdx.x * CONV_WARPS + (threadIdx.x >> 5);
-    const int R = s.R;
-    const int tot = (int)(a.B * a.DI) * R; /* <= INT32_MAX (launcher) */
-    int g, g1;
-    if (s.bal) {
-        if (p >= s.nw) return;
-        g = p * s.q + (p < s.r ? p : s.r);
-        g1 = g + s.q + (p < s.r);
-    } else { /* segments [vw0, vw0 + n) -> vectors */
-        const int nvw = tot / R * s.nseg;
-        const int vw0 = p < s.p1 ? p * s.spw : s.p1 * s.spw + (p - s.p1);
-        if (vw0 >= nvw) return;
-        int n = p < s.p1 ? s.spw : 1;
-        if (n > nvw - vw0) n = nvw - vw0;
-        const int e = vw0 + n - 1; /* last segment */
-        const int r0 = vw0 / s.nseg, r1 = e / s.nseg;
-        g = r0 * R + (vw0 - r0 * s.nseg) * CONV_NV;
-        const int k1 = (e - r1 * s.nseg) * CONV_NV + CONV_NV;
-        g1 = r1 * R + (k1 < R ? k1 : R);
-    }
-    if (g >= g1) return;
-    const int bc0 = g / R;
-    int k = g - bc0 * R, b = bc0 / (int)a.DI, c = bc0 - b * (int)a.DI;
-    const T *x = (const T *)a.x + (int64_t)b * a.sx0 + (int64_t)c * a.sx1; /* row (b, c) of x */
-    T *out = (T *)a.out + (int64_t)bc0 * a.L;                               /* row (b, c) of out */
-    const T *init = a.init ? (const T *)a.init + (int64_t)b * a.si0 + (int64_t)c * a.si1 : NULL;
-    int n = R - k < CONV_NV ? R - k : CONV_NV; /* vectors of this chunk */
-    if (n > g1 - g) n = g1 - g;
+    /* warps p < p1 take spw segments each, the later ones (the tail of the launch) one each */
+    const int64_t nvw = a.B * a.DI * nseg;
+    const int64_t vw0 = p < p1 ? (int64_t)p * spw : (int64_t)p1 * spw + (p - p1);
+    const int64_t left = nvw - vw0;
+    int n = p < p1 ? spw : 1; /* segments of this warp */
+    if (left < n) n = (int)(left > 0 ? left : 0);
+    if (n <= 0) return;
+    int64_t seg64, bc64, b64, c64;
+    conv_split(vw0, nseg, nvw, &bc64, &seg64);
+    conv_split(bc64, a.DI, nvw, &b64, &c64);
+    int seg = (int)seg64, b = (int)b64, c = (int)c64;
+    const T *x = (const T *)a.x + b64 * a.sx0 + c64 * a.sx1; /* row (b, c) of x */
+    T *out = (T *)a.out + bc64 * a.L;                         /* row (b, c) of out */
+    const T *init = a.init ? (const T *)a.init + b64 * a.si0 + c64 * a.si1 : NULL;
     uint4 v[CONV_NV];
     float wp[4], bv, prev[3];
-    conv_seg_load<T, VEC>(v, x, (int64_t)k * VS + lane * VN, (int64_t)(k + n) * VS < a.L ? (int64_t)(k + n) * VS : a.L);
+    conv_seg_load<T, VEC>(v, x, (int64_t)seg * SEG + lane * VN, a.L);
     conv_taps<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, wp, &bv);
-    conv_halo<T>(prev, x, init, a.S_in, (int64_t)k * VS);
+    conv_halo<T>(prev, x, init, a.S_in, (int64_t)seg * SEG);
     for (;;) {
-        g += n;
-        const bool more = g < g1;
-        const bool newrow = k + n == R; /* this chunk ends row (b, c) */
-        const int64_t tl = (int64_t)k * VS + lane * VN;
-        const int cn = n;
-        if (a.fin && newrow) { /* last vector of row (b, c): final_state from x / initial_state (no store
+        const bool more = --n > 0;
+        const bool newrow = seg + 1 == nseg; /* the next segment (if any) starts row bc + 1 */
+        const int64_t tl = (int64_t)seg * SEG + lane * VN;
+        if (a.fin && newrow) { /* last segment of row (b, c): final_state from x / initial_state (no store
                                 * of out before it: it only reads x) */
             T *fin = (T *)a.fin + b * a.sf0 + c * a.sf1;
             for (int64_t jj = lane; jj < a.S_out; jj += 32) {
@@ -274,29 +243,26 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
         }
         uint4 nv[CONV_NV];
         float nwp[4], nbv = 0.f, nprev[3];
-        int nk = k + n;
-        if (more) { /* every load of chunk i+1 before the first store of out in chunk i */
+        if (more) { /* every load of segment i+1 before the first store of out in segment i */
             if (newrow) {
-                nk = 0;
+                seg = 0;
                 if (++c == a.DI) c = 0, b++;
                 x = (const T *)a.x + (int64_t)b * a.sx0 + (int64_t)c * a.sx1;
                 if (init) init = (const T *)a.init + (int64_t)b * a.si0 + (int64_t)c * a.si1;
+            } else {
+                seg++;
             }
-            n = R - nk < CONV_NV ? R - nk : CONV_NV;
-            if (n > g1 - g) n = g1 - g;
-            const int64_t lim = (int64_t)(nk + n) * VS;
-            conv_seg_load<T, VEC>(nv, x, (int64_t)nk * VS + lane * VN, lim < a.L ? lim : a.L);
+            conv_seg_load<T, VEC>(nv, x, (int64_t)seg * SEG + lane * VN, a.L);
             if (newrow) {
                 conv_taps<W, BT>(a.w, a.wdt, a.sw0, a.sw1, a.K, a.bias, a.bdt, a.sb, c, nwp, &nbv);
                 conv_halo<T>(nprev, x, init, a.S_in, 0);
             }
         }
-        conv_seg_compute<T, VEC>(v, cn, prev, wp, bv, a.silu, out, tl, a.L, lane);
+        conv_seg_compute<T, VEC>(v, prev, wp, bv, a.silu, out, tl, a.L, lane);
         if (!more) break;
-        k = nk;
 #pragma unroll
         for (int j = 0; j < CONV_NV; j++) v[j] = nv[j];
-        if (newrow) { /* else prev already holds the tail of chunk i (lane 0: from lane 31) */
+        if (newrow) { /* else prev already holds the tail of segment i (lane 0: from lane 31) */
 #pragma unroll
             for (int m = 0; m < 4; m++) wp[m] = nwp[m];
             bv = nbv;
@@ -310,7 +276,7 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
 /* the VEC forward instance for the weight / bias dtypes (f32 or T; no bias: T): typed taps / bias loads (see the
  * header) */
 template <typename T>
-static void (*conv_fwd_vec_kernel(bool wf32, bool bf32))(conv_args, conv_sched) {
+static void (*conv_fwd_vec_kernel(bool wf32, bool bf32))(conv_args, int, int, int) {
     if (sizeof(T) == 4 || (wf32 && bf32)) return causal_conv1d_fwd_kernel<T, true, float, float>;
     if (wf32) return causal_conv1d_fwd_kernel<T, true, float, T>;
     if (bf32) return causal_conv1d_fwd_kernel<T, true, T, float>;
@@ -320,58 +286,41 @@ static void (*conv_fwd_vec_kernel(bool wf32, bool bf32))(conv_args, conv_sched) 
 template <typename T>
 static jamba_status causal_conv1d_launch(const conv_args &a, int device, cudaStream_t stream) {
     const int VN = 16 / (int)sizeof(T);
-    const int64_t es = (int64_t)sizeof(T), vs = 32 * VN; /* steps per warp vector */
+    const int64_t es = (int64_t)sizeof(T), seg = 32 * CONV_NV * VN;
     if (a.L == 0 && !a.fin) return JAMBA_OK; /* nothing to write */
-    const int64_t R = a.L > 0 ? jamba_ceil_div(a.L, vs) : 1; /* warp vectors per row */
-    const int64_t tot = a.B * a.DI * R;
-    /* B*DI*L >= 2^31 * 256 elements (2^31 * 128 in f32) when L >= one vector; only rows of less than a
-     * vector (>= 2^31 rows, e.g. L = 1: 4 GiB of bf16 x) get here below that */
-    if (tot > (int64_t)INT32_MAX)
+    const int64_t nseg = a.L > 0 ? jamba_ceil_div(a.L, seg) : 1;
+    const int64_t nvw = a.B * a.DI * nseg;
+    /* B*DI*L >= 2^31 * 1024 elements (2^31 * 512 in f32) when L >= one segment; only rows of less than a
+     * segment (>= 2^31 rows, e.g. L = 1: 4 GiB of bf16 x) get here below that */
+    if (nvw > (int64_t)INT32_MAX)
         return jamba_set_error(JAMBA_ERR_ARG,
-                               "jamba.causal_conv1d: batch*d_inner*ceil(seqlen/%lld) = %lld row vectors, more "
+                               "jamba.causal_conv1d: batch*d_inner*ceil(seqlen/%lld) = %lld row segments, more "
                                "than the kernel's 32-bit counters allow (2^31-1)",
-                               (long long)vs, (long long)tot);
+                               (long long)seg, (long long)nvw);
     const bool vec = a.L % VN == 0 && jamba_aligned16(a.x) && jamba_aligned16(a.out) &&
                      (a.B <= 1 || (a.sx0 * es) % 16 == 0) && (a.DI <= 1 || (a.sx1 * es) % 16 == 0);
+    /* Schedule (measured, gpu_round_7dc2073.log): CONV_SPW segments per warp, except that the last wave's worth
+     * of segments (one resident wave = SMs x CONV_MINB blocks x CONV_WARPS warps) go one per warp, so the
+     * launch does not end on a ragged wave of 4-segment warps: 1x8192 74.5 -> 72.5 us, 8x2048 142.1 -> 140.6,
+     * 1x2048 24.5 -> 22.8 (graph-timed, H200 bf16). */
+    const int64_t spw = CONV_SPW;
     const int64_t slots = (int64_t)jamba_cuda_sm_count(device) * CONV_MINB * CONV_WARPS; /* one resident wave */
-    conv_sched s;
-    memset(&s, 0, sizeof s);
-    s.R = (int)R;
-    /* Balanced schedule for short launches (at most CONV_BAL_MAX vectors per resident warp slot; env
-     * JAMBA_EXT_CONV_BAL=0 / 1 forces it off / on, for tests and A/B): one wave, every warp within one vector of
-     * the others. EXPERIMENT, not yet measured. */
-    s.bal = tot <= CONV_BAL_MAX * slots;
-    const char *be = getenv("JAMBA_EXT_CONV_BAL");
-    if (be && (be[0] == '0' || be[0] == '1') && be[1] == 0) s.bal = be[0] == '1';
-    int64_t warps;
-    if (s.bal) {
-        warps = tot < slots ? tot : slots;
-        s.nw = (int)warps, s.q = (int)(tot / warps), s.r = (int)(tot % warps);
-    } else {
-        /* Schedule (measured, gpu_round_7dc2073.log): CONV_SPW segments per warp, except that the last wave's worth
-         * of segments (one resident wave = SMs x CONV_MINB blocks x CONV_WARPS warps) go one per warp, so the
-         * launch does not end on a ragged wave of 4-segment warps: 1x8192 74.5 -> 72.5 us, 8x2048 142.1 -> 140.6,
-         * 1x2048 24.5 -> 22.8 (graph-timed, H200 bf16). */
-        const int64_t nseg = jamba_ceil_div(R, (int64_t)CONV_NV), nvw = a.B * a.DI * nseg;
-        const int64_t spw = CONV_SPW;
-        const int64_t tail = slots < nvw ? slots : nvw;
-        /* p1 warps with spw segments, then one segment each for the rest. Whole waves of spw-segment warps: where
-         * the last one would be less than half full, its segments go one per warp as well (A/B in one binary,
-         * conv_sched_1e51c87.log, graph-timed, H200 bf16, us, without / with: 1x2048 20.2-20.5 / 19.0 (3304 -> 3168
-         * four-segment warps: the 136 after the first wave ran alone for 4 segments), 8x2048 132.7-133.0 / 132.7,
-         * 1x32768 258.9-259.3 / 259.6; 1x8192 is unchanged by the rule). Kept to launches of at least one such
-         * wave. */
-        int64_t p1 = (nvw - tail) / spw;
-        if (p1 >= slots && p1 % slots < slots / 2) p1 -= p1 % slots;
-        warps = p1 + (nvw - p1 * spw);
-        s.nseg = (int)nseg, s.spw = (int)spw, s.p1 = (int)p1;
-    }
+    const int64_t tail = slots < nvw ? slots : nvw;
+    /* p1 warps with spw segments, then one segment each for the rest. Whole waves of spw-segment warps: where the
+     * last one would be less than half full, its segments go one per warp as well (A/B in one binary,
+     * conv_sched_1e51c87.log, graph-timed, H200 bf16, us, without / with: 1x2048 20.2-20.5 / 19.0 (3304 -> 3168
+     * four-segment warps: the 136 after the first wave ran alone for 4 segments), 8x2048 132.7-133.0 / 132.7, 1x32768
+     * 258.9-259.3 / 259.6; 1x8192 is unchanged by the rule). Kept to launches of at least one such wave. */
+    int64_t p1 = (nvw - tail) / spw;
+    if (p1 >= slots && p1 % slots < slots / 2) p1 -= p1 % slots;
+    const int64_t warps = p1 + (nvw - p1 * spw);
     const int64_t grid = jamba_ceil_div(warps, (int64_t)CONV_WARPS); /* <= 2^29 */
     if (vec)
         jamba_kernel_launch(conv_fwd_vec_kernel<T>(a.wdt == JAMBA_F32, a.bias && a.bdt == JAMBA_F32), (unsigned)grid,
-                            CONV_WARPS * 32, 0, stream, a, s);
+                            CONV_WARPS * 32, 0, stream, a, (int)nseg, (int)spw, (int)p1);
     else
-        jamba_kernel_launch(causal_conv1d_fwd_kernel<T, false>, (unsigned)grid, CONV_WARPS * 32, 0, stream, a, s);
+        jamba_kernel_launch(causal_conv1d_fwd_kernel<T, false>, (unsigned)grid, CONV_WARPS * 32, 0, stream, a,
+            (int)nseg, (int)spw, (int)p1);
     JAMBA_LAUNCH_CHECK("jamba.causal_conv1d: kernel launch", stream);
     return JAMBA_OK;
 }
