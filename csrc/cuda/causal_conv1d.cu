@@ -230,20 +230,8 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
         const bool more = --n > 0;
         const bool newrow = seg + 1 == nseg; /* the next segment (if any) starts row bc + 1 */
         const int64_t tl = (int64_t)seg * SEG + lane * VN;
-        /* last segment of row (b, c): final_state from x / initial_state (no store of out before it: it only
-         * reads x). Up to 32 entries: one raw load per lane now, its store after the next segment's loads are
-         * issued (a load used before them would hold them back until this segment's data is in) */
-        typedef typename std::conditional<sizeof(T) == 2, unsigned short, unsigned int>::type raw_t;
-        raw_t fv = 0;
-        raw_t *finp = NULL;
-        if (a.fin && newrow && a.S_out <= 32) {
-            if (lane < a.S_out) {
-                const int64_t t = a.L - a.S_out + lane; /* position in x; < 0: in the initial state */
-                const T *src = t >= 0 ? x + t : (init && a.S_in + t >= 0 ? init + (a.S_in + t) : NULL);
-                if (src) fv = *(const raw_t *)src;
-                finp = (raw_t *)((T *)a.fin + b * a.sf0 + c * a.sf1) + lane;
-            }
-        } else if (a.fin && newrow) {
+        if (a.fin && newrow) { /* last segment of row (b, c): final_state from x / initial_state (no store
+                                * of out before it: it only reads x) */
             T *fin = (T *)a.fin + b * a.sf0 + c * a.sf1;
             for (int64_t jj = lane; jj < a.S_out; jj += 32) {
                 const int64_t t = a.L - a.S_out + jj; /* position in x; < 0: in the initial state */
@@ -270,7 +258,6 @@ __global__ void __launch_bounds__(CONV_WARPS * 32, VEC ? CONV_MINB : 1)
                 conv_halo<T>(nprev, x, init, a.S_in, 0);
             }
         }
-        if (finp) *finp = fv;
         conv_seg_compute<T, VEC>(v, prev, wp, bv, a.silu, out, tl, a.L, lane);
         if (!more) break;
 #pragma unroll
