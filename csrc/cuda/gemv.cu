@@ -17,6 +17,7 @@
  * 22.0 us against 15.8; x_proj 288 x 8192: 7.7 against 1.1; attention o 4096 x 4096: 13.6 against 7.9; MLP down
  * 4096 x 14336: 31.5 against 27.6), the wide ones at 95-99%; it also cannot start before our PDL kernels end.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "gemv.cuh"
@@ -116,6 +117,8 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
     const int64_t nchunk = jamba_ceil_div(a.K, 32 * VN);
     int kw = gemv_pick_kw(nchunk, GEMV_WARPS);
     while (kw < GEMV_WARPS && 2 * kw <= nchunk && jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
+    const char *kwe = getenv("JAMBA_EXT_GEMV_KW"); /* EXPERIMENT: "1" / "2" / "4" / "8" forces kw (A/B) */
+    if (kwe && (kwe[0] == '1' || kwe[0] == '2' || kwe[0] == '4' || kwe[0] == '8') && kwe[1] == 0) kw = kwe[0] - '0';
     a.kw = kw;
     const int64_t bx = jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw));
     const int mm = a.M <= 1 ? 1 : a.M <= 2 ? 2 : a.M <= 4 ? 4 : 8;
