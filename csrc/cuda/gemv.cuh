@@ -31,30 +31,15 @@ __device__ __forceinline__ void gemv_warp_dot(const T *const (&wrow)[R], const b
                                               int64_t sx, int mc, int64_t K, int ks, int kw, int lane,
                                               float (&acc)[R][MM]) {
     constexpr int VN = 16 / (int)sizeof(T);
-    /* XPRE: the batch's x vectors are loaded with its weights, before the first multiply (U * MM <= 8 of them:
-     * 32 registers at most). Else each chunk's x load follows the previous chunk's multiplies, one L2 round trip
-     * after another once the weights are in: in a decode step's GEMV each warp runs a single batch, so that chain
-     * is most of a warp's time after its weight loads. */
-    constexpr bool XPRE = U * MM <= 8;
     const int64_t nchunk = K / (32 * VN) + (K % (32 * VN) != 0);
     for (int64_t c0 = ks; c0 < nchunk; c0 += (int64_t)U * kw) {
         uint4 wv[U][R];
-        uint4 xv[XPRE ? U : 1][XPRE ? MM : 1];
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t k = (c0 + (int64_t)u * kw) * (32 * VN) + lane * VN;
 #pragma unroll
             for (int r = 0; r < R; r++)
                 wv[u][r] = (k < K && wok[r]) ? gemv_ld_stream(wrow[r] + k) : make_uint4(0u, 0u, 0u, 0u);
-        }
-        if constexpr (XPRE) {
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int64_t k = (c0 + (int64_t)u * kw) * (32 * VN) + lane * VN;
-#pragma unroll
-                for (int m = 0; m < (XPRE ? MM : 1); m++)
-                    xv[u][m] = (k < K && m < mc) ? __ldg((const uint4 *)(x + m * sx + k)) : make_uint4(0u, 0u, 0u, 0u);
-            }
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
@@ -67,10 +52,7 @@ __device__ __forceinline__ void gemv_warp_dot(const T *const (&wrow)[R], const b
             for (int m = 0; m < MM; m++) {
                 if (m >= mc) break;
                 float xf[VN];
-                if constexpr (XPRE)
-                    jamba_w16<T>::ld(xv[u][m], xf);
-                else
-                    jamba_w16<T>::ld(__ldg((const uint4 *)(x + m * sx + k)), xf);
+                jamba_w16<T>::ld(__ldg((const uint4 *)(x + m * sx + k)), xf);
 #pragma unroll
                 for (int r = 0; r < R; r++)
 #pragma unroll
