@@ -40,7 +40,7 @@ def main():
     conv = [torch.randn(Bsz, DI, 4, device=dev, dtype=torch.bfloat16) for _ in range(NL)]
     ssm = [torch.randn(Bsz, DI, N, device=dev) * 0.1 for _ in range(NL)]
     print(f"copy bandwidth {bb.bw:.0f} GB/s; {NL} mixers, batch {Bsz}", flush=True)
-    with torch.no_grad():
+    with torch.no_grad(), mj._GemvScope(True):             # jamba.gemv, as in the model's static decode step
         st = [dict() for _ in range(NL)]
         for i, m in enumerate(mixers):                      # the step's intermediates, per mixer
             s = st[i]
