@@ -293,6 +293,41 @@ def bench_decode(bb, batches, DI, N, K):
                eager=lambda: R.selective_state_update(**s), small=small, graph=True)
 
 
+def bench_mamba_step(bb, batches, DI, N, K, R):
+    """jamba.mamba_inner_step (a Mamba layer's decode step between in_proj and out_proj): the fused CUDA kernel
+    against the five launches it replaces (the same op without its workspace), both in a CUDA graph."""
+    dev = bb.dev
+    NO = R + 2 * N
+    for Bsz in batches:
+        xz = rn(Bsz, 2 * DI, dev=dev)
+        a = dict(x=xz[:, :DI], z=xz[:, DI:], conv_state=rn(Bsz, DI, K, dev=dev),
+                 conv_weight=rn(DI, K, dev=dev, scale=0.5),
+                 conv_bias=rn(DI, dev=dev, scale=0.1), xproj_weight=rn(NO, DI, dev=dev, scale=DI ** -0.5),
+                 norm_weight=rn(NO, dev=dev, scale=0.3, shift=1.0), dtproj_weight=rn(DI, R, dev=dev, scale=R ** -0.5),
+                 A=-torch.exp(torch.rand(DI, N, device=dev) * 2.5 - 0.7), D=torch.randn(DI, device=dev),
+                 dt_bias=torch.rand(DI, device=dev) * 3 - 4.5, ssm_state=torch.randn(Bsz, DI, N, device=dev))
+        work = ops.mamba_inner_step_workspace(DI, Bsz, NO, dev) if dev.type == "cuda" else None
+        args = lambda c: (c["x"], c["z"], c["conv_state"], c["conv_weight"], c["conv_bias"], c["xproj_weight"],  # noqa
+                          c["norm_weight"], c["dtproj_weight"], c["A"], c["D"], c["dt_bias"], c["ssm_state"], R, 1e-6)
+        ref = R_mamba_step(a, R)
+        got = ops.mamba_inner_step(*args(dict(a, conv_state=a["conv_state"].clone(),
+                                              ssm_state=a["ssm_state"].clone())), work)
+        check("mamba_inner_step", got, ref, rtol=3e-2, atol=3e-2)
+        nbytes = ((NO * DI + DI * R + DI * (K + 1) + NO) * 2 + 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * N * 4
+                  + DI * N * 4 + 2 * DI * 4 + 3 * Bsz * DI * 2)
+        for label, wk in (("mamba_inner_step (fused)", work), ("mamba_inner_step (five launches)", None)):
+            if wk is None and dev.type != "cuda" and label.endswith("(fused)"):
+                continue
+            bb.row(label, f"B={Bsz} DI={DI} R={R} N={N} K={K}", lambda: ops.mamba_inner_step(*args(a), wk), nbytes,
+                   small=True, graph=True)
+
+
+def R_mamba_step(a, Rk):
+    return R.mamba_inner_step(a["x"], a["z"], a["conv_state"], a["conv_weight"], a["conv_bias"], a["xproj_weight"],
+                              a["norm_weight"], a["dtproj_weight"], a["A"], a["D"], a["dt_bias"], a["ssm_state"],
+                              Rk, 1e-6)[0]
+
+
 def bench_norm(bb, rows, dim):
     dev = bb.dev
     x, r = rn(rows, dim, dev=dev), rn(rows, dim, dev=dev)
@@ -412,7 +447,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", default="",
-                    help="comma-separated families: scan,conv,decode,norm,gemv,attn (default all)")
+                    help="comma-separated families: scan,conv,decode,mamba_step,norm,gemv,attn (default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu" and not args.smoke:
@@ -437,6 +472,8 @@ def main():
         bench_conv(bb, scan_shapes, DI, K)
     if "decode" in only:
         bench_decode(bb, decode_batches, DI, N, K)
+    if "decode" in only or "mamba_step" in only:
+        bench_mamba_step(bb, [1, 3] if args.smoke else [1, 8], DI, N, K, 16 if args.smoke else 256)
     if "norm" in only:
         bench_norm(bb, *norm_shape)
         bench_norm_segments(bb)

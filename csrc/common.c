@@ -231,4 +231,5 @@ NO_CUDA(jamba_silu_mul_cuda, jamba_silu_mul_params)
 NO_CUDA(jamba_moe_combine_cuda, jamba_moe_combine_params)
 NO_CUDA(jamba_gemv_cuda, jamba_gemv_params)
 NO_CUDA(jamba_decode_attention_cuda, jamba_decode_attention_params)
+NO_CUDA(jamba_mamba_inner_step_cuda, jamba_mamba_inner_step_params)
 __attribute__((weak)) int jamba_has_cuda(void) { return 0; }

@@ -324,6 +324,50 @@ jamba_status jamba_decode_attention_check(const jamba_decode_attention_params *p
 jamba_status jamba_decode_attention_cpu(const jamba_decode_attention_params *p);
 jamba_status jamba_decode_attention_cuda(const jamba_decode_attention_params *p, jamba_launch launch);
 
+/* ------------------------------------------------------------------------------------------------
+ * mamba_inner_step: a Mamba layer's decode step between in_proj and out_proj, with Jamba's dt / B / C norms
+ * (the decode-step twin of mamba_ssm's mamba_inner_fn without the two projections)  (csrc/{cpu,cuda}/mamba_step.*)
+ *   x, z (B, DI): the two halves of in_proj's output, unit stride along DI, any batch stride; f32|f16|bf16 = T.
+ *   conv_state (B, DI, S) T, S >= K-1, unit stride along S, updated in place; conv_weight (DI, K) T, K in 2..4, rows
+ *   contiguous; conv_bias (DI,) T or absent. xproj_weight (NO, DI) T, NO = R + 2N, contiguous; norm_weight (NO,) T
+ *   (the dt, B and C norms' weights concatenated); dtproj_weight (DI, R) T, contiguous (no bias: dt_bias below).
+ *   A (DI, N) f32; D, dt_bias (DI,) f32; ssm_state (B, DI, N) f32 contiguous, updated in place; out (B, DI) T
+ *   contiguous.
+ *   ws: (B * (2 DI + 2 NO),) T contiguous workspace (the intermediates: xc, xdbl, the normalised xdbl, delta).
+ *   work: int64 CUDA workspace of at least jamba_mamba_inner_step_work_elems(DI, B, NO) elements, zero before its
+ *   first use and kept between calls (it holds a grid barrier's counter), not used by two calls at once; absent:
+ *   the CUDA path runs the five ops below one launch each (as on the CPU).
+ * Math, exactly the chain of the existing ops (each rounding to T included):
+ *   xc    = causal_conv1d_update(x, conv_state, conv_weight, conv_bias, silu)          (B, DI)
+ *   xdbl  = gemv(xc, xproj_weight)                                                      (B, NO)
+ *   n     = rms_norm_segments(xdbl, norm_weight, ends {R, R + N, NO}, eps)               (B, NO)
+ *   delta = gemv(n[:, :R], dtproj_weight)                                               (B, DI)
+ *   out   = selective_state_update(ssm_state, xc, delta, A, n[:, R:R+N], n[:, R+N:], D, z, dt_bias, softplus)
+ * CUDA with work: one kernel with two grid-wide barriers (mamba_step.cu) where its limits hold (see there:
+ * B <= 8, N in {4, 8, 16}, R <= 256, NO <= 320, 16-byte aligned weights and state, every block resident at once),
+ * else the five launches; the fused kernel's x_proj and dt_proj sums run in another order than gemv's, so its
+ * results may differ from the chain's in the last bit of T.
+ */
+typedef struct {
+    jamba_tensor out, x, z, conv_state, conv_weight, conv_bias, xproj_weight, norm_weight, dtproj_weight, A, D, dt_bias,
+        ssm_state, ws, work;
+    int64_t dt_rank;
+    double eps;
+} jamba_mamba_inner_step_params;
+
+int64_t jamba_mamba_inner_step_work_elems(int64_t DI, int64_t B, int64_t NO);
+jamba_status jamba_mamba_inner_step_check(const jamba_mamba_inner_step_params *p);
+jamba_status jamba_mamba_inner_step_cpu(const jamba_mamba_inner_step_params *p);
+jamba_status jamba_mamba_inner_step_cuda(const jamba_mamba_inner_step_params *p, jamba_launch launch);
+/* the five ops' parameters over p's tensors and workspace (shared by both backends) */
+typedef struct {
+    jamba_causal_conv1d_update_params conv;
+    jamba_gemv_params xproj, dtproj;
+    jamba_rms_norm_segments_params norm;
+    jamba_selective_state_update_params ssu;
+} jamba_mamba_inner_step_parts;
+void jamba_mamba_inner_step_split(const jamba_mamba_inner_step_params *p, jamba_mamba_inner_step_parts *q);
+
 #ifdef __cplusplus
 }
 #endif

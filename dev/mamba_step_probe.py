@@ -93,6 +93,23 @@ def main():
         print(f"whole step: {us:7.2f} us (sum of the rows {total:7.2f}), floor {all_bytes / (bb.bw * 1e3):6.2f} us "
               f"({100 * all_bytes / (bb.bw * 1e3) / us:.1f}%)", flush=True)
 
+        # the same five as one jamba.mamba_inner_step (the fused kernel), and the step with it (MAMBA_STEP_FUSED)
+        works = [K.mamba_inner_step_workspace(DI, Bsz, R + 2 * N, dev) for _ in range(NL)]
+
+        def fused(i):
+            m, s = mixers[i], st[i]
+            nw_eps = m._xproj_norm_weight()
+            return K.mamba_inner_step(s["x"], s["z"], conv[i], m.conv1d.weight, m.conv1d.bias, m.x_proj.weight,
+                                      nw_eps[0], m.dt_proj.weight, s["A"], s["D"], s["dtb"], ssm[i], R, nw_eps[1],
+                                      works[i])
+        us = bb.graph_us(lambda: [fused(i) for i in range(NL)], n=1) / NL
+        print(f"jamba.mamba_inner_step (fused):                   {us:7.2f} us, floor "
+              f"{mid_bytes / (bb.bw * 1e3):6.2f} us", flush=True)
+        mj.MAMBA_STEP_FUSED = True
+        us = bb.graph_us(lambda: [mixers[i].step(h[i], conv[i], ssm[i]) for i in range(NL)], n=1) / NL
+        mj.MAMBA_STEP_FUSED = False
+        print(f"whole step with MAMBA_STEP_FUSED: {us:7.2f} us", flush=True)
+
 
 if __name__ == "__main__":
     main()

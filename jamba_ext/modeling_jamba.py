@@ -493,6 +493,10 @@ GRAPH_MIN_NEW_TOKENS = 16
 RUN_AHEAD: Optional[bool] = {"0": False, "1": True}.get(os.environ.get("JAMBA_EXT_RUN_AHEAD", ""))
 _HOOKS = tuple(getattr(nn.modules.module, n, {}) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
 _gemv_on = False                                   # inside a static decode step (set by _GemvScope)
+# EXPERIMENT (not yet run on a GPU; off until measured): a Mamba layer's decode step between in_proj and out_proj
+# as one jamba.mamba_inner_step (one CUDA kernel instead of conv update, x_proj, norms, dt_proj, state update: five
+# launches that take 13 us a layer against 2.6 us of bytes, dev/mamba_step_probe.py). Env JAMBA_EXT_MAMBA_STEP=1.
+MAMBA_STEP_FUSED = os.environ.get("JAMBA_EXT_MAMBA_STEP", "0") == "1"
 
 
 class _GemvScope:
@@ -727,12 +731,39 @@ class JambaMambaMixer(nn.Module):
             out = out + self.out_proj.bias
         return out, (conv_state if keep_state else None), (last if keep_state else None)
 
+    def _fused_step_work(self, x: Tensor, ssm_state: Tensor) -> Optional[Tensor]:
+        """The CUDA workspace of jamba.mamba_inner_step for this layer when the fused step applies to this call
+        (MAMBA_STEP_FUSED, CUDA, batch <= 8, one dtype for the step's weights, an fp32 state, no gradient, not
+        tracing), else None. Kept between calls (it holds the kernel's grid-barrier counters)."""
+        if (not (MAMBA_STEP_FUSED and _K is _ops and x.is_cuda and x.shape[0] <= 8 and ssm_state.dtype == torch.float32)
+                or _compiling()):
+            return None
+        ws = (self.x_proj.weight, self.dt_proj.weight, self.conv1d.weight)
+        if any(w.dtype != x.dtype for w in ws) or (self.conv1d.bias is not None and self.conv1d.bias.dtype != x.dtype):
+            return None
+        if torch.is_grad_enabled() and any(p.requires_grad for p in (*ws, self.A_log, self.D, self.dt_proj.bias)):
+            return None
+        work = getattr(self, "_step_work", None)
+        if work is None or work.device != x.device:
+            NO = self.x_proj.weight.shape[0]
+            work = _K.mamba_inner_step_workspace(self.intermediate_size, 8, NO, x.device)
+            self._step_work = work
+        return work
+
     def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
         """One decode token. hidden_states (B, 1, H); conv_state (B, DI, K) and ssm_state (B, DI, N) are
         updated in place. Returns (B, 1, H)."""
         DI = self.intermediate_size  # R = time_step_rank, N = ssm_state_size in the shape comments
         xz = _proj(hidden_states[:, 0], self.in_proj.weight, self.in_proj.bias)      # (B, 2DI)
         x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI), unit stride
+        work = self._fused_step_work(x, ssm_state)
+        w_eps = self._xproj_norm_weight() if work is not None else None
+        if w_eps is not None and w_eps[0].dtype == x.dtype:                 # conv .. state update as one op
+            A, D, dt_bias = self._ssm_params()
+            y = _K.mamba_inner_step(x, z, conv_state, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
+                                    w_eps[0], self.dt_proj.weight, A, D, dt_bias, ssm_state, self.time_step_rank,
+                                    w_eps[1], work)                         # (B, DI)
+            return _proj(y, self.out_proj.weight, self.out_proj.bias)[:, None]
         x = _K.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, True)  # (B, DI)
         xdbl = _proj(x, self.x_proj.weight)                                         # (B, R+2N)
         dt, Bm, Cm = self._xproj_norms(xdbl)                                        # (B, R), (B, N), (B, N) views

@@ -17,6 +17,9 @@ Ops (shapes in the letters of csrc/jamba.h):
                  -> (out (B, DI, L), last_state (B, DI, N) f32)
   selective_state_update(state (B, DI, N) [mutated], x, dt (B, DI), A, B, C (B, N), D?, z?, dt_bias?,
                          dt_softplus) -> out (B, DI)
+  mamba_inner_step(x, z (B, DI), conv_state [mutated], conv weights, x_proj / norm / dt_proj weights, A, D, dt_bias,
+                   ssm_state [mutated], dt_rank, eps, work?) -> out (B, DI): a Mamba decode step between in_proj
+                   and out_proj (one CUDA kernel with `work`)
   moe_route / moe_permute / moe_experts / silu_mul / moe_combine: see the MoE section below.
 The ops that mutate a state in place (`*_update`) are inference-only (no autograd). The others have
 an autograd formula that differentiates `reference.py` (correct, not fast) until native backward
@@ -362,6 +365,54 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
 def _(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):
     _fake_devices("selective_state_update", state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+# ---- mamba_inner_step (a Mamba layer's decode step between in_proj and out_proj) -------------------------------
+def mamba_inner_step_workspace(d_inner: int, batch: int, x_proj_out: int, device) -> Tensor:
+    """The CUDA workspace of mamba_inner_step (int64, zeroed): it holds a grid barrier's counters, so keep it
+    between calls (one per layer, or per stream that runs the layer) and do not share it between concurrent calls."""
+    n = _C.mamba_inner_step_work_elems(int(d_inner), int(batch), int(x_proj_out))
+    return torch.zeros(n, dtype=torch.int64, device=device)
+
+
+@torch.library.custom_op("jamba::mamba_inner_step", mutates_args=("conv_state", "ssm_state", "work"))
+def mamba_inner_step(x: Tensor, z: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
+                     xproj_weight: Tensor, norm_weight: Tensor, dtproj_weight: Tensor, A: Tensor,
+                     D: Optional[Tensor], dt_bias: Optional[Tensor], ssm_state: Tensor, dt_rank: int,
+                     eps: float = 1e-6, work: Optional[Tensor] = None) -> Tensor:
+    """A Mamba layer's decode step between in_proj and out_proj, with Jamba's dt / B / C norms (inference-only):
+    causal_conv1d_update -> x_proj -> rms_norm_segments -> dt_proj -> selective_state_update (softplus, dt_bias),
+    exactly that chain's math and roundings (csrc/jamba.h). x, z: (B, DI), unit stride along DI (the halves of
+    in_proj's output); conv_state (B, DI, S) and ssm_state (B, DI, N) f32 are updated in place; conv_weight (DI, K)
+    or (DI, 1, K); xproj_weight (R + 2N, DI); norm_weight (R + 2N,) (the three norms' weights concatenated);
+    dtproj_weight (DI, R); A (DI, N), D, dt_bias (DI,) f32. work: mamba_inner_step_workspace(...) on CUDA to run
+    the step as one kernel (where its limits hold; see csrc/cuda/mamba_step.cu), None: five launches.
+    Returns out (B, DI) in x's dtype."""
+    op = "mamba_inner_step"
+    _check_args(op, "x", x, {"x": 2, "z": 2, "conv_state": 3, "conv_bias": 1, "xproj_weight": 2, "norm_weight": 1,
+                             "dtproj_weight": 2, "A": 2, "D": 1, "dt_bias": 1, "ssm_state": 3, "work": 1},
+                z=z, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias, xproj_weight=xproj_weight,
+                norm_weight=norm_weight, dtproj_weight=dtproj_weight, A=A, D=D, dt_bias=dt_bias,
+                ssm_state=ssm_state, work=work)
+    B, DI = x.shape
+    NO = xproj_weight.shape[0]
+    out = _alloc((B, DI), x.dtype, x.device)
+    ws = _alloc((B * (2 * DI + 2 * NO),), x.dtype, x.device)
+    _call(op, x.device, op, [("out", out), ("x", x), ("z", z), ("conv_state", conv_state),
+                             ("conv_weight", _conv_weight(op, conv_weight)), ("conv_bias", conv_bias),
+                             ("xproj_weight", xproj_weight), ("norm_weight", norm_weight),
+                             ("dtproj_weight", dtproj_weight), ("A", A), ("D", D), ("dt_bias", dt_bias),
+                             ("ssm_state", ssm_state), ("ws", ws), ("work", work)], int(dt_rank), float(eps))
+    return out
+
+
+@mamba_inner_step.register_fake
+def _(x, z, conv_state, conv_weight, conv_bias, xproj_weight, norm_weight, dtproj_weight, A, D, dt_bias, ssm_state,
+      dt_rank, eps=1e-6, work=None):
+    _fake_devices("mamba_inner_step", x=x, z=z, conv_state=conv_state, conv_weight=conv_weight, conv_bias=conv_bias,
+                  xproj_weight=xproj_weight, norm_weight=norm_weight, dtproj_weight=dtproj_weight, A=A, D=D,
+                  dt_bias=dt_bias, ssm_state=ssm_state, work=work)
+    return x.new_empty(x.shape)
 
 
 _register_reference_autograd("rms_norm", reference.rms_norm, 3, (0, 1))
@@ -745,6 +796,7 @@ causal_conv1d = _fast_path(causal_conv1d)
 causal_conv1d_update = _fast_path(causal_conv1d_update)
 selective_scan = _fast_path(selective_scan)
 selective_state_update = _fast_path(selective_state_update)
+mamba_inner_step = _fast_path(mamba_inner_step)
 moe_route = _fast_path(moe_route)
 moe_permute = _fast_path(moe_permute)
 moe_experts = _fast_path(moe_experts)

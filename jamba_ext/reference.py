@@ -140,6 +140,24 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
     return y.squeeze(-1), h.to(state.dtype)
 
 
+def mamba_inner_step(x: Tensor, z: Tensor, conv_state: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor],
+                     xproj_weight: Tensor, norm_weight: Tensor, dtproj_weight: Tensor, A: Tensor,
+                     D: Optional[Tensor], dt_bias: Optional[Tensor], ssm_state: Tensor, dt_rank: int,
+                     eps: float = 1e-6) -> Tuple[Tensor, Tensor, Tensor]:
+    """A Mamba layer's decode step between in_proj and out_proj (csrc/jamba.h), as the chain of the references above
+    with each intermediate rounded to x's dtype as the ops return it. x, z: (B, DI); conv_state (B, DI, S);
+    conv_weight (DI, K) or (DI, 1, K); xproj_weight (R + 2N, DI); norm_weight (R + 2N,); dtproj_weight (DI, R);
+    A (DI, N); D, dt_bias (DI,); ssm_state (B, DI, N). Returns (out (B, DI), new conv_state, new ssm_state)."""
+    R, N = int(dt_rank), A.shape[1]
+    w = conv_weight[:, 0, :] if conv_weight.dim() == 3 else conv_weight
+    xc, conv_new = causal_conv1d_update(x, conv_state, w, conv_bias, True)
+    xdbl = gemv(xc, xproj_weight)
+    n = rms_norm_segments(xdbl, norm_weight, [R, R + N], eps)
+    delta = gemv(n[:, :R], dtproj_weight)
+    y, h = selective_state_update(ssm_state, xc, delta, A, n[:, R:R + N], n[:, R + N:], D, z, dt_bias, True)
+    return y, conv_new, h
+
+
 # ---- MoE ----------------------------------------------------------------------------------------------
 def moe_route(router_logits: Tensor, top_k: int) -> Tuple[Tensor, Tensor]:
     """router_logits: (T, E). Jamba routing: softmax in fp32 (fp64 for fp64 input) over all E experts,

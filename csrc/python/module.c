@@ -272,6 +272,26 @@ static PyObject *py_rms_norm_segments(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_rms_norm_segments_cpu, jamba_rms_norm_segments_cuda);
 }
 
+static PyObject *py_mamba_inner_step(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_mamba_inner_step_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.x, &p.z, &p.conv_state, &p.conv_weight, &p.conv_bias, &p.xproj_weight,
+                          &p.norm_weight, &p.dtproj_weight, &p.A, &p.D, &p.dt_bias, &p.ssm_state, &p.ws, &p.work};
+    PyObject *sc[2];
+    if (parse_call(args, &c, ts, 15, sc, 2) < 0 || as_int64(sc[0], &p.dt_rank) < 0 || as_double(sc[1], &p.eps) < 0)
+        return NULL;
+    JAMBA_RUN(c, p, jamba_mamba_inner_step_cpu, jamba_mamba_inner_step_cuda);
+}
+
+static PyObject *py_mamba_inner_step_work_elems(PyObject *self, PyObject *args) {
+    (void)self;
+    long long DI, B, NO;
+    if (!PyArg_ParseTuple(args, "LLL", &DI, &B, &NO)) return NULL;
+    return PyLong_FromLongLong((long long)jamba_mamba_inner_step_work_elems(DI, B, NO));
+}
+
 static PyObject *py_has_cuda(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -297,6 +317,9 @@ static PyMethodDef methods[] = {
     {"selective_scan", py_selective_scan, METH_VARARGS, "selective_scan (see csrc/jamba.h)."},
     {"selective_state_update", py_selective_state_update, METH_VARARGS,
      "selective_state_update (see csrc/jamba.h)."},
+    {"mamba_inner_step", py_mamba_inner_step, METH_VARARGS, "mamba_inner_step (see csrc/jamba.h)."},
+    {"mamba_inner_step_work_elems", py_mamba_inner_step_work_elems, METH_VARARGS,
+     "int64 elements of mamba_inner_step's CUDA workspace for (d_inner, batch, x_proj outputs)."},
     /* JAMBA_MOE_METHODS */
     {"moe_route", py_moe_route, METH_VARARGS, "moe_route (see csrc/jamba.h)."},
     {"moe_permute", py_moe_permute, METH_VARARGS, "moe_permute (see csrc/jamba.h)."},
