@@ -136,16 +136,16 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         float xcv = 0.f;
         if (cl < cw) {
             T *st = (T *)a.conv_state + b * a.scs0 + (int64_t)c * a.scs1;
-            const T xr = ((const T *)a.x)[b * a.sx + c];
+            const T xnew = ((const T *)a.x)[b * a.sx + c];
             float acc = a.cb ? jamba_ld<T>(((const T *)a.cb)[c]) : 0.f;
             const T *w = (const T *)a.cw + (int64_t)c * a.K;
             /* window h[S + 1 - K .. S] of h = concat(state, x) (S >= K - 1) */
             for (int j = 0; j < a.K; j++) {
                 const int hi = a.S + 1 - a.K + j;
-                acc = fmaf(jamba_ld<T>(w[j]), jamba_ld<T>(hi == a.S ? xr : st[hi]), acc);
+                acc = fmaf(jamba_ld<T>(w[j]), jamba_ld<T>(hi == a.S ? xnew : st[hi]), acc);
             }
             xcv = jamba_round<T>(ms_conv_silu(acc));
-            for (int j = 0; j < a.S; j++) st[j] = j + 1 < a.S ? st[j + 1] : xr; /* in place: each read is ahead */
+            for (int j = 0; j < a.S; j++) st[j] = j + 1 < a.S ? st[j + 1] : xnew; /* in place: each read is ahead */
         }
         s_xc[b][cl] = xcv;
     }
