@@ -117,7 +117,7 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
     const int64_t nchunk = jamba_ceil_div(a.K, 32 * VN);
     int kw = gemv_pick_kw(nchunk, GEMV_WARPS);
     while (kw < GEMV_WARPS && 2 * kw <= nchunk && jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
-    const char *kwe = getenv("JAMBA_EXT_GEMV_KW"); /* EXPERIMENT: "1" / "2" / "4" / "8" forces kw (A/B) */
+    const char *kwe = getenv("JAMBA_EXT_GEMV_KW"); /* "1" / "2" / "4" / "8" forces kw (A/B; PERF_NOTES s. 24) */
     if (kwe && (kwe[0] == '1' || kwe[0] == '2' || kwe[0] == '4' || kwe[0] == '8') && kwe[1] == 0) kw = kwe[0] - '0';
     a.kw = kw;
     const int64_t bx = jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw));
