@@ -65,15 +65,23 @@ def run_ref(a, R):
                                                            "dt_bias", "ssm_state")), R, 1e-6)
 
 
+def fused_applies(DI, R, dtype):
+    """Whether mamba_step.cu's kernel takes these sizes (the other limits hold in every case here)."""
+    vn = 16 // torch.tensor([], dtype=dtype).element_size()
+    return DI % vn == 0 and R % vn == 0
+
+
 def normwise(got, ref):
     return ((got.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
 @pytest.mark.parametrize("dtype", dtype_params())
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_mamba_inner_step_matches_chain_and_reference(device, dtype, case):
+def test_mamba_inner_step_matches_chain_and_reference(device, dtype, case, monkeypatch):
     a, R = make(*case, dtype=dtype, device=device)
     work = ops.mamba_inner_step_workspace(case[1], case[0], R + 2 * case[3], device) if device.type == "cuda" else None
+    if device.type == "cuda" and fused_applies(case[1], R, dtype):
+        monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "force")     # the fused kernel, or an error saying why not
     y, cs, ss = run_op(a, R, work)
     yc, csc, ssc = run_chain(a, R)
     yr, csr, ssr = run_ref(a, R)
@@ -92,9 +100,11 @@ def test_mamba_inner_step_matches_chain_and_reference(device, dtype, case):
 
 
 @pytest.mark.parametrize("dtype", dtype_params())
-def test_mamba_inner_step_decode_chain(device, dtype):
+def test_mamba_inner_step_decode_chain(device, dtype, monkeypatch):
     """20 steps in a row (states carried) stay with the float64 chain."""
     a, R = make(2, 136, 16, 16, 4, 4, True, True, dtype=dtype, device=device)
+    if device.type == "cuda":
+        monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "force")
     work = ops.mamba_inner_step_workspace(136, 2, R + 32, device) if device.type == "cuda" else None
     ra = {k: up(v) for k, v in a.items()}
     for _ in range(20):
@@ -153,16 +163,21 @@ cuda = [pytest.mark.cuda, pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")]
 @pytest.mark.parametrize("dtype", dtype_params())
 @pytest.mark.parametrize("B", [1, 3, 8])
 @pytest.mark.parametrize("mark", [pytest.param(0, marks=cuda)])
-def test_mamba_inner_step_cuda_jamba_shapes(dtype, B, mark):
+def test_mamba_inner_step_cuda_jamba_shapes(dtype, B, mark, monkeypatch):
     """Jamba-v0.1's shapes (d_inner 8192, dt_rank 256, d_state 16, width 4): the fused kernel against the chain of
-    CUDA ops and float64; deterministic (two runs, same bits); the five-launch path (no work, or
-    JAMBA_EXT_MAMBA_STEP_FUSED=0) is the chain, bit for bit."""
+    CUDA ops and float64; deterministic (two runs, same bits; launched without the cooperative attribute too); the
+    five-launch path (no work, or JAMBA_EXT_MAMBA_STEP_FUSED=0) is the chain, bit for bit."""
     dev = torch.device("cuda")
     a, R = make(B, 8192, 256, 16, 4, 4, True, True, dtype=dtype, device=dev)
     work = ops.mamba_inner_step_workspace(8192, B, 256 + 32, dev)
+    monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "force")
     y1, cs1, ss1 = run_op(a, R, work)
     y2, cs2, ss2 = run_op(a, R, work)
     assert torch.equal(y1, y2) and torch.equal(ss1, ss2) and torch.equal(cs1, cs2), "not deterministic"
+    monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "nocoop")
+    y3, cs3, ss3 = run_op(a, R, work)
+    assert torch.equal(y1, y3) and torch.equal(ss1, ss3) and torch.equal(cs1, cs3), "cooperative or not differ"
+    monkeypatch.delenv("JAMBA_EXT_MAMBA_STEP_FUSED")
     yc, csc, ssc = run_chain(a, R)
     yr, _, ssr = run_ref(a, R)
     ulp = {torch.float32: 2.0 ** -20, torch.bfloat16: 2.0 ** -6, torch.float16: 2.0 ** -9}[dtype]
@@ -171,11 +186,15 @@ def test_mamba_inner_step_cuda_jamba_shapes(dtype, B, mark):
     assert normwise(y1, yr) <= NORM_TOL[dtype] and normwise(ss1, ssr) <= NORM_TOL[dtype]
     y0, cs0, ss0 = run_op(a, R, None)
     assert torch.equal(y0, yc) and torch.equal(ss0, ssc) and torch.equal(cs0, csc)
+    monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "0")
+    y0, cs0, ss0 = run_op(a, R, work)
+    assert torch.equal(y0, yc) and torch.equal(ss0, ssc) and torch.equal(cs0, csc)
 
 
 @pytest.mark.parametrize("mark", [pytest.param(0, marks=cuda)])
-def test_mamba_inner_step_cuda_graph(mark):
+def test_mamba_inner_step_cuda_graph(mark, monkeypatch):
     """Captured in a CUDA graph (the model's static decode step): replays equal eager steps on the same inputs."""
+    monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "force")
     dev = torch.device("cuda")
     a, R = make(1, 8192, 256, 16, 4, 4, True, True, dtype=torch.bfloat16, device=dev)
     work = ops.mamba_inner_step_workspace(8192, 1, 288, dev)
@@ -211,6 +230,7 @@ def test_model_decode_with_fused_step(monkeypatch, static, mark):
     cfg = dict(CONFIGS["mamba_dense"], mamba_dt_rank=16)               # R a multiple of 8: the fused kernel runs
     ours = make_pair(cfg, dtype=torch.bfloat16, device="cuda")[1]
     ids = prompt_ids(2, 9, ours.config.vocab_size, seed=5).cuda()
+    monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "force")           # the kernel ran, not the five launches
     calls = []
     real = ops.mamba_inner_step
     monkeypatch.setattr(mj._ops, "mamba_inner_step", lambda *a: calls.append(1) or real(*a))
@@ -234,3 +254,18 @@ def test_model_decode_with_fused_step(monkeypatch, static, mark):
         g1 = ours.generate(ids.tolist(), max_new_tokens=20, eos_token_id=None, cuda_graph=True)
         agree = (g0 == g1).float().mean().item()
         assert agree >= 0.5, f"greedy tokens agree only {agree:.0%} (bf16 noise flips a few late ones at most)"
+
+
+@pytest.mark.parametrize("mark", [pytest.param(0, marks=cuda)])
+def test_mamba_inner_step_cuda_fallback(mark, monkeypatch):
+    """Outside the fused kernel's limits (batch 9) the op runs the five launches (the chain's bits); with
+    JAMBA_EXT_MAMBA_STEP_FUSED=force it says why it cannot fuse instead."""
+    dev = torch.device("cuda")
+    a, R = make(9, 136, 16, 16, 4, 4, True, True, dtype=torch.bfloat16, device=dev)
+    work = ops.mamba_inner_step_workspace(136, 9, 48, dev)
+    y, cs, ss = run_op(a, R, work)
+    yc, csc, ssc = run_chain(a, R)
+    assert torch.equal(y, yc) and torch.equal(cs, csc) and torch.equal(ss, ssc)
+    monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "force")
+    with pytest.raises(RuntimeError, match="does not apply"):
+        run_op(a, R, work)

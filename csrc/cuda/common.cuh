@@ -149,6 +149,34 @@ static inline void jamba_kernel_launch(void (*kernel)(KArgs...), dim3 grid, dim3
     jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel), static_cast<Args &&>(args)...);
 }
 
+/* jamba_kernel_launch with the cooperative attribute as well (every block resident at once, or the launch fails
+ * with cudaErrorCooperativeLaunchTooLarge instead of a grid barrier waiting forever). Returns the launch's error,
+ * cleared from the thread's last error, so that the caller can take another path. */
+template <typename... KArgs, typename... Args>
+static inline cudaError_t jamba_kernel_launch_coop(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                                   cudaStream_t stream, Args &&...args) {
+    static_assert(sizeof...(KArgs) == sizeof...(Args), "jamba_kernel_launch_coop: argument count differs");
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    attr[n].id = cudaLaunchAttributeCooperative;
+    attr[n++].val.cooperative = 1;
+    if (jamba_pdl_enabled()) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    cfg.attrs = attr;
+    cfg.numAttrs = n;
+    const cudaError_t e =
+        jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel), static_cast<Args &&>(args)...);
+    if (e != cudaSuccess) (void)cudaGetLastError();
+    return e;
+}
+
 /* ---- dtype conversion ---------------------------------------------------------------------------- */
 template <typename T> __device__ __forceinline__ float jamba_ld(T v);
 template <> __device__ __forceinline__ float jamba_ld<float>(float v) { return v; }

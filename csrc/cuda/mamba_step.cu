@@ -8,7 +8,8 @@
  * x_proj reduces over every channel, and everything after it needs all of its outputs.
  *
  * Kernel mamba_step_kernel<T, N>: one block of 256 threads per 64 channels (grid = ceil(DI / 64) blocks, every
- * block resident at once: the launcher checks the occupancy, else the five launches run instead).
+ * block resident at once: the launcher checks the occupancy and launches with the cooperative attribute, so that a
+ * grid that cannot be resident fails to launch instead of waiting at a barrier; then the five launches run).
  *   x, z (B, DI) T, unit stride along DI, batch strides sx / sz; conv_state (B, DI, S) T, unit stride along S, batch /
  *   channel strides scs0 / scs1; conv_weight (DI, K) T contiguous rows; conv_bias (DI,) T or NULL; xproj_weight
  *   (NO, DI) T contiguous; norm_weight (NO,) T; dtproj_weight (DI, R) T contiguous; A (DI, N) f32 contiguous;
@@ -247,8 +248,20 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     }
 }
 
+/* the env switch JAMBA_EXT_MAMBA_STEP_FUSED: "0" the five launches; "force" the fused kernel or an error saying why
+ * not (tests); "nocoop" the fused kernel without the cooperative attribute (A/B); else (unset) the fused kernel where
+ * it applies, the five launches elsewhere */
+static int ms_mode(void) {
+    const char *e = getenv("JAMBA_EXT_MAMBA_STEP_FUSED");
+    if (!e) return 1;
+    if (!strcmp(e, "0")) return 0;
+    if (!strcmp(e, "force")) return 2;
+    if (!strcmp(e, "nocoop")) return 3;
+    return 1;
+}
+
 template <typename T, int N>
-static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t stream, bool *ran) {
+static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
     static int per_sm_of[64]; /* resident blocks per SM, per device (0: not asked yet; -1: the query failed) */
     int per_sm = device >= 0 && device < 64 ? per_sm_of[device] : 0;
     if (per_sm == 0) {
@@ -260,9 +273,25 @@ static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t strea
         if (device >= 0 && device < 64) per_sm_of[device] = per_sm;
     }
     /* every block must be resident at once (the grid barriers): else *ran stays false, the five launches run */
-    if (per_sm <= 0 || (int64_t)per_sm * jamba_cuda_sm_count(device) < a.nblk) return JAMBA_OK;
-    jamba_kernel_launch(mamba_step_kernel<T, N>, (unsigned)a.nblk, MS_THREADS, 0, stream, a);
-    JAMBA_LAUNCH_CHECK("jamba.mamba_inner_step (mamba_step_kernel)", stream);
+    if (per_sm <= 0 || (int64_t)per_sm * jamba_cuda_sm_count(device) < a.nblk) {
+        if (mode == 2)
+            return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.mamba_inner_step: %d blocks do not fit at once "
+                                   "(%d per SM x %d SMs)", a.nblk, per_sm, jamba_cuda_sm_count(device));
+        return JAMBA_OK;
+    }
+    if (mode == 3) {
+        jamba_kernel_launch(mamba_step_kernel<T, N>, (unsigned)a.nblk, MS_THREADS, 0, stream, a);
+        JAMBA_LAUNCH_CHECK("jamba.mamba_inner_step (mamba_step_kernel)", stream);
+    } else {
+        const cudaError_t e = jamba_kernel_launch_coop(mamba_step_kernel<T, N>, (unsigned)a.nblk, MS_THREADS, 0,
+                                                       stream, a);
+        if (e != cudaSuccess) { /* refused (e.g. not co-resident): the five launches, or the reason (force) */
+            if (mode == 2)
+                return jamba_set_error(JAMBA_ERR_CUDA, "jamba.mamba_inner_step: the cooperative launch failed: %s",
+                                       cudaGetErrorString(e));
+            return JAMBA_OK;
+        }
+    }
     *ran = true;
     return JAMBA_OK;
 }
@@ -272,15 +301,23 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
     const int64_t VN = 16 / (int64_t)sizeof(T);
     const int64_t B = p->x.shape[0], DI = p->x.shape[1], S = p->conv_state.shape[2], K = p->conv_weight.shape[1];
     const int64_t R = p->dt_rank, NO = p->xproj_weight.shape[0], N = p->A.shape[1];
-    const char *env = getenv("JAMBA_EXT_MAMBA_STEP_FUSED"); /* "0": the five launches (tests, A/B) */
-    if (env && env[0] == '0' && env[1] == 0) return JAMBA_OK;
+    const int mode = ms_mode();
+    if (mode == 0) return JAMBA_OK;
     const bool vec_ok = (p->x.shape[1] <= 1 || p->x.stride[1] == 1) && jamba_aligned16(p->xproj_weight.data) &&
                         jamba_aligned16(p->dtproj_weight.data) && jamba_aligned16(p->ssm_state.data) &&
                         jamba_aligned16(p->A.data) && p->A.stride[1] == 1 && p->A.stride[0] == N &&
                         (!p->D.data || p->D.stride[0] == 1) && (!p->dt_bias.data || p->dt_bias.stride[0] == 1);
     if (!p->work.data || B < 1 || B > MS_MAXB || (N != 4 && N != 8 && N != 16) || R % VN ||
-        R > MS_MAXR || NO > MS_MAXNO || DI % VN || DI > INT32_MAX / 2 || !vec_ok)
+        R > MS_MAXR || NO > MS_MAXNO || DI % VN || DI > INT32_MAX / 2 || !vec_ok) {
+        if (mode == 2)
+            return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.mamba_inner_step: the fused kernel does not apply "
+                                   "(workspace %s, B %lld <= %d, N %lld in {4, 8, 16}, R %lld: multiple of %lld and "
+                                   "<= %d, NO %lld <= %d, DI %lld multiple of %lld, layout %s)",
+                                   p->work.data ? "given" : "absent", (long long)B, MS_MAXB, (long long)N, (long long)R,
+                                   (long long)VN, MS_MAXR, (long long)NO, MS_MAXNO, (long long)DI, (long long)VN,
+                                   vec_ok ? "ok" : "not");
         return JAMBA_OK;
+    }
     const int64_t nblk = jamba_ceil_div(DI, (int64_t)MS_CPB);
     if (p->work.shape[0] < jamba_mamba_inner_step_work_elems(DI, B, NO)) return JAMBA_OK; /* checked before */
     ms_args a;
@@ -299,9 +336,9 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
     a.nblk = (int)nblk;
     a.eps = (float)p->eps;
     switch (N) {
-    case 4: return ms_launch_n<T, 4>(a, device, stream, ran);
-    case 8: return ms_launch_n<T, 8>(a, device, stream, ran);
-    default: return ms_launch_n<T, 16>(a, device, stream, ran);
+    case 4: return ms_launch_n<T, 4>(a, device, stream, ran, mode);
+    case 8: return ms_launch_n<T, 8>(a, device, stream, ran, mode);
+    default: return ms_launch_n<T, 16>(a, device, stream, ran, mode);
     }
 }
 
