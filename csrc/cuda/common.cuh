@@ -130,23 +130,37 @@ static inline cudaError_t jamba_launch_converted(const cudaLaunchConfig_t *cfg, 
     return cudaLaunchKernelExC(cfg, kernel, params);
 }
 
-/* kernel<<<grid, block, smem, stream>>>(args...), with PDL where jamba_pdl_enabled(); a failure is left for
- * JAMBA_LAUNCH_CHECK's cudaGetLastError (the runtime records it as the thread's last error) */
+/* the launch of jamba_kernel_launch(_coop): PDL where jamba_pdl_enabled(), the cooperative attribute when coop */
 template <typename... KArgs, typename... Args>
-static inline void jamba_kernel_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
-                                       cudaStream_t stream, Args &&...args) {
+static inline cudaError_t jamba_kernel_launch_with(bool coop, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                                                   size_t smem, cudaStream_t stream, Args &&...args) {
     static_assert(sizeof...(KArgs) == sizeof...(Args), "jamba_kernel_launch: argument count differs from the kernel's");
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (jamba_pdl_enabled()) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    if (coop) {
+        attr[n].id = cudaLaunchAttributeCooperative;
+        attr[n++].val.cooperative = 1;
+    }
     cfg.attrs = attr;
-    cfg.numAttrs = jamba_pdl_enabled() ? 1 : 0;
-    jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel), static_cast<Args &&>(args)...);
+    cfg.numAttrs = n;
+    return jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel), static_cast<Args &&>(args)...);
+}
+
+/* kernel<<<grid, block, smem, stream>>>(args...), with PDL where jamba_pdl_enabled(); a failure is left for
+ * JAMBA_LAUNCH_CHECK's cudaGetLastError (the runtime records it as the thread's last error) */
+template <typename... KArgs, typename... Args>
+static inline void jamba_kernel_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
+                                       cudaStream_t stream, Args &&...args) {
+    (void)jamba_kernel_launch_with(false, kernel, grid, block, smem, stream, static_cast<Args &&>(args)...);
 }
 
 /* jamba_kernel_launch with the cooperative attribute as well (every block resident at once, or the launch fails
@@ -155,24 +169,7 @@ static inline void jamba_kernel_launch(void (*kernel)(KArgs...), dim3 grid, dim3
 template <typename... KArgs, typename... Args>
 static inline cudaError_t jamba_kernel_launch_coop(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
                                                    cudaStream_t stream, Args &&...args) {
-    static_assert(sizeof...(KArgs) == sizeof...(Args), "jamba_kernel_launch_coop: argument count differs");
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[2];
-    unsigned n = 0;
-    attr[n].id = cudaLaunchAttributeCooperative;
-    attr[n++].val.cooperative = 1;
-    if (jamba_pdl_enabled()) {
-        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[n++].val.programmaticStreamSerializationAllowed = 1;
-    }
-    cfg.attrs = attr;
-    cfg.numAttrs = n;
-    const cudaError_t e =
-        jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel), static_cast<Args &&>(args)...);
+    const cudaError_t e = jamba_kernel_launch_with(true, kernel, grid, block, smem, stream, static_cast<Args &&>(args)...);
     if (e != cudaSuccess) (void)cudaGetLastError();
     return e;
 }
