@@ -169,7 +169,8 @@ static inline void jamba_kernel_launch(void (*kernel)(KArgs...), dim3 grid, dim3
 template <typename... KArgs, typename... Args>
 static inline cudaError_t jamba_kernel_launch_coop(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
                                                    cudaStream_t stream, Args &&...args) {
-    const cudaError_t e = jamba_kernel_launch_with(true, kernel, grid, block, smem, stream, static_cast<Args &&>(args)...);
+    const cudaError_t e =
+        jamba_kernel_launch_with(true, kernel, grid, block, smem, stream, static_cast<Args &&>(args)...);
     if (e != cudaSuccess) (void)cudaGetLastError();
     return e;
 }
