@@ -152,7 +152,8 @@ static inline cudaError_t jamba_kernel_launch_with(bool coop, void (*kernel)(KAr
     }
     cfg.attrs = attr;
     cfg.numAttrs = n;
-    return jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel), static_cast<Args &&>(args)...);
+    return jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel),
+                                            static_cast<Args &&>(args)...);
 }
 
 /* kernel<<<grid, block, smem, stream>>>(args...), with PDL where jamba_pdl_enabled(); a failure is left for
