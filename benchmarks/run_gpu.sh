@@ -2,7 +2,7 @@
 # The whole GPU round in one call (device tool, H200): build, every test (CUDA ones included),
 # compute-sanitizer on small cases of every kernel, and the benchmarks. Everything goes to $OUT:
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
-# Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] bash benchmarks/run_gpu.sh [full]
+# Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] [FIRST_TESTS=tests/x.py] bash benchmarks/run_gpu.sh [full]
 #   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model with JAMBA_EXT_MAMBA_STEP=1 and with JAMBA_EXT_PDL=0
 #   first, their JSON kept as bench_model_mamba_step.json / bench_model_nopdl.json; experiments add their rows to the
 #   benchmarks under the same switch)
@@ -27,6 +27,12 @@ t0=$(date +%s)
 JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ " | tail -5
 python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels(), 'built without CUDA'; print('has_cuda_kernels: True')" || exit 1
 echo "build took $(( $(date +%s) - t0 )) s"
+
+if [ -n "${FIRST_TESTS:-}" ]; then
+  # new kernels first, with a short limit per test, so a hang cannot eat the round's test step
+  step "first: $FIRST_TESTS (cuda, 30 s a test)"
+  timeout 150 python3 -m pytest -q -m cuda --timeout=30 --timeout-method=thread $FIRST_TESTS -p no:cacheprovider 2>&1 | tail -30
+fi
 
 step "jamba-ext check (the installation self-check a user runs)"
 timeout 120 python3 -m jamba_ext check 2>&1 | tail -40
