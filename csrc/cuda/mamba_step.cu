@@ -50,6 +50,7 @@ struct ms_args {
     float *ssm;
     unsigned *bar; /* [0] count, [1] generation */
     float *part, *xdbl;
+    long long *tim; /* NULL, or (nblk, 16): globaltimer then clock64 at 8 points a block (JAMBA_EXT_MAMBA_STEP_TIMING) */
     int64_t sx, sz, scs0, scs1;
     int B, DI, S, K, R, N, NO, nblk;
     float eps;
@@ -80,9 +81,20 @@ __device__ __forceinline__ void ms_grid_sync(unsigned *bar, unsigned nblk) {
     __syncthreads();
 }
 
+/* dev timing (a.tim set): thread 0 of each block stamps point k */
+__device__ __forceinline__ void ms_stamp(const ms_args &a, int k) {
+    if (a.tim && threadIdx.x == 0) {
+        long long g;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(g));
+        a.tim[blockIdx.x * 16 + k] = g;
+        a.tim[blockIdx.x * 16 + 8 + k] = clock64();
+    }
+}
+
 template <typename T, int N>
 __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     jamba_pdl_begin();
+    ms_stamp(a, 0);
     typedef jamba_w16<T> P;
     constexpr int VN = 16 / (int)sizeof(T);
     constexpr int LPR = MS_CPB / VN;           /* lanes per x_proj row: 8 (16-bit T) or 16 (f32) */
@@ -151,6 +163,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         s_xc[b][cl] = xcv;
     }
     __syncthreads();
+    ms_stamp(a, 1);
 
     /* 2. x_proj partial sums of this block's channels */
 #pragma unroll
@@ -168,7 +181,9 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
             if (xv == 0 && o < NO) a.part[((int64_t)blk * B + b) * NO + o] = acc;
         }
     }
+    ms_stamp(a, 2);
     ms_grid_sync(a.bar, (unsigned)a.nblk);
+    ms_stamp(a, 3);
 
     /* 3. xdbl = round_T(sum of the blocks' parts), one warp a column, blocks in order */
     for (int j = blk * (MS_THREADS / 32) + warp; j < B * NO; j += a.nblk * (MS_THREADS / 32)) {
@@ -179,6 +194,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         if (lane == 0) a.xdbl[j] = jamba_round<T>(s);
     }
     ms_grid_sync(a.bar, (unsigned)a.nblk);
+    ms_stamp(a, 4);
 
     /* 4a. the dt / B / C norms of every row (segment (b, g) per warp) */
     for (int j = warp; j < B * 3; j += MS_THREADS / 32) {
@@ -196,6 +212,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
             s_n[b][o] = jamba_round<T>(jamba_round<T>(s_n[b][o] * inv) * jamba_ld<T>(((const T *)a.nw)[o]));
     }
     __syncthreads();
+    ms_stamp(a, 5);
 
     /* 4b. dt_proj of this block's channels: delta[b, c] = round_T(dt_n[b] . dtproj_weight[c]) */
     for (int b = 0; b < B; b++) {
@@ -215,6 +232,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         if (dq == 0) s_dl[b][dcl] = jamba_round<T>(acc);
     }
     __syncthreads();
+    ms_stamp(a, 6);
 
     /* 4c. state update: channel scl, states 4 sq .. 4 sq + 3 (TPN lanes a channel; loads made in 1.) */
     if (MS_THREADS / TPN > MS_CPB && scl >= MS_CPB) return; /* N < 16: spare threads (no barrier below) */
@@ -246,6 +264,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
             }
         }
     }
+    ms_stamp(a, 7);
 }
 
 /* the env switch JAMBA_EXT_MAMBA_STEP_FUSED: "0" the five launches; "force" the fused kernel or an error saying why
@@ -319,7 +338,8 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
         return JAMBA_OK;
     }
     const int64_t nblk = jamba_ceil_div(DI, (int64_t)MS_CPB);
-    if (p->work.shape[0] < jamba_mamba_inner_step_work_elems(DI, B, NO)) return JAMBA_OK; /* checked before */
+    const int64_t wel = jamba_mamba_inner_step_work_elems(DI, B, NO);
+    if (p->work.shape[0] < wel) return JAMBA_OK; /* checked before */
     ms_args a;
     memset(&a, 0, sizeof a);
     a.out = p->out.data, a.conv_state = p->conv_state.data;
@@ -335,6 +355,8 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
     a.B = (int)B, a.DI = (int)DI, a.S = (int)S, a.K = (int)K, a.R = (int)R, a.N = (int)N, a.NO = (int)NO;
     a.nblk = (int)nblk;
     a.eps = (float)p->eps;
+    const char *te = getenv("JAMBA_EXT_MAMBA_STEP_TIMING"); /* dev: stamps after the workspace, if it has room */
+    if (te && te[0] == '1' && p->work.shape[0] >= wel + nblk * 16) a.tim = (long long *)p->work.data + wel;
     switch (N) {
     case 4: return ms_launch_n<T, 4>(a, device, stream, ran, mode);
     case 8: return ms_launch_n<T, 8>(a, device, stream, ran, mode);
