@@ -473,7 +473,7 @@ def main():
     if "decode" in only:
         bench_decode(bb, decode_batches, DI, N, K)
     if "decode" in only or "mamba_step" in only:
-        bench_mamba_step(bb, [1, 3] if args.smoke else [1, 8], DI, N, K, 16 if args.smoke else 256)
+        bench_mamba_step(bb, [1, 2], DI, N, K, 16 if args.smoke else 256)
     if "norm" in only:
         bench_norm(bb, *norm_shape)
         bench_norm_segments(bb)

@@ -344,7 +344,7 @@ jamba_status jamba_decode_attention_cuda(const jamba_decode_attention_params *p,
  *   delta = gemv(n[:, :R], dtproj_weight)                                               (B, DI)
  *   out   = selective_state_update(ssm_state, xc, delta, A, n[:, R:R+N], n[:, R+N:], D, z, dt_bias, softplus)
  * CUDA with work: one kernel with two grid-wide barriers (mamba_step.cu) where its limits hold (see there:
- * B <= 8, N in {4, 8, 16}, R <= 256, NO <= 320, 16-byte aligned weights and state, every block resident at once),
+ * B <= 2, N in {4, 8, 16}, R <= 256, NO <= 320, 16-byte aligned weights and state, every block resident at once),
  * else the five launches; the fused kernel's x_proj and dt_proj sums run in another order than gemv's, so its
  * results may differ from the chain's in the last bit of T.
  */

@@ -52,48 +52,55 @@ def main():
     nblk = (DI + 63) // 64
     print(f"copy bandwidth {bb.bw:.0f} GB/s; {NL} calls with their own weights; "
           f"grid {nblk} blocks", flush=True)
-    for B in (1, 8):
+    for B in (1, 2):
         torch.manual_seed(B)
         sets = [make(B, dev) for _ in range(NL)]
         wel = _C.mamba_inner_step_work_elems(DI, B, NO)
         works = [torch.zeros(wel + nblk * 16, dtype=torch.int64, device=dev) for _ in range(NL)]
-        for mode in ("1", "nocoop", "0"):
-            os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"] = mode
+        for mode, tma in (("1", "1"), ("1", "0"), ("nocoop", "1"), ("0", "1")):
+            os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"], os.environ["JAMBA_EXT_MAMBA_STEP_TMA"] = mode, tma
             us = bb.graph_us(lambda: [call(sets[i], works[i]) for i in range(NL)], n=1) / NL
-            print(f"B={B} mode {mode:7s}: {us:7.2f} us a call (graph)", flush=True)
-        os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"] = "force"
-        os.environ["JAMBA_EXT_MAMBA_STEP_TIMING"] = "1"
-        ph = [[] for _ in PHASES]
-        phmax = [[] for _ in PHASES]
-        span, skew, bar1, bar2, hz = [], [], [], [], []
-        for rep in range(6):
-            for i in range(NL):
-                call(sets[i], works[i])
-                torch.cuda.synchronize()
-                if rep == 0:
-                    continue
-                t = works[i][wel:].view(nblk, 16).cpu().double()
-                g, c = t[:, :8], t[:, 8:]
-                sm_hz = ((c[:, 7] - c[:, 0]) / (g[:, 7] - g[:, 0]).clamp(min=1)).median().item() * 1e9  # cycles/s
-                hz.append(sm_hz)
-                d = (c[:, 1:] - c[:, :-1]) / sm_hz * 1e6
-                for k in range(len(PHASES)):
-                    ph[k].append(d[:, k].median().item())
-                    phmax[k].append(d[:, k].max().item())
-                span.append((g[:, 7].max() - g[:, 0].min()).item() / 1e3)
-                skew.append((g[:, 0].max() - g[:, 0].min()).item() / 1e3)
-                bar1.append((g[:, 3].min() - g[:, 2].max()).item() / 1e3)
-                bar2.append((g[:, 4].min() - g[:, 3].max()).item() / 1e3)  # last column-sum start .. release
-        del os.environ["JAMBA_EXT_MAMBA_STEP_TIMING"]
-        med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-        print(f"B={B} stamps (dynamic launches, median over {len(span)} calls; SM clock {med(hz) / 1e9:.2f} GHz "
-              f"from clock64 / globaltimer):", flush=True)
-        for k, name in enumerate(PHASES):
-            print(f"  {name:38s} median block {med(ph[k]):6.2f} us, slowest block {med(phmax[k]):6.2f} us")
-        print(f"  first start .. last end {med(span):6.2f} us; start skew {med(skew):5.2f} us; barrier 1 last arrival"
-              f" .. first release {med(bar1):5.2f} us; last column-sum start .. first release of barrier 2 {med(bar2):5.2f} us",
-              flush=True)
+            print(f"B={B} JAMBA_EXT_MAMBA_STEP_FUSED={mode:7s} _TMA={tma}: {us:7.2f} us a call (graph)", flush=True)
+        for tma in ("1", "0"):
+            stamps(B, sets, works, wel, nblk, tma)
     os.environ.pop("JAMBA_EXT_MAMBA_STEP_FUSED", None)
+    os.environ.pop("JAMBA_EXT_MAMBA_STEP_TMA", None)
+
+
+def stamps(B, sets, works, wel, nblk, tma):
+    """The kernel's stamps (JAMBA_EXT_MAMBA_STEP_TIMING=1) of NL dynamic calls x 5 (after a warm-up round)."""
+    os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"], os.environ["JAMBA_EXT_MAMBA_STEP_TMA"] = "force", tma
+    os.environ["JAMBA_EXT_MAMBA_STEP_TIMING"] = "1"
+    ph = [[] for _ in PHASES]
+    phmax = [[] for _ in PHASES]
+    span, skew, bar1, bar2, hz = [], [], [], [], []
+    for rep in range(6):
+        for i in range(NL):
+            call(sets[i], works[i])
+            torch.cuda.synchronize()
+            if rep == 0:
+                continue
+            t = works[i][wel:].view(nblk, 16).cpu().double()
+            g, c = t[:, :8], t[:, 8:]
+            sm_hz = ((c[:, 7] - c[:, 0]) / (g[:, 7] - g[:, 0]).clamp(min=1)).median().item() * 1e9  # cycles/s
+            hz.append(sm_hz)
+            d = (c[:, 1:] - c[:, :-1]) / sm_hz * 1e6
+            for k in range(len(PHASES)):
+                ph[k].append(d[:, k].median().item())
+                phmax[k].append(d[:, k].max().item())
+            span.append((g[:, 7].max() - g[:, 0].min()).item() / 1e3)
+            skew.append((g[:, 0].max() - g[:, 0].min()).item() / 1e3)
+            bar1.append((g[:, 3].min() - g[:, 2].max()).item() / 1e3)
+            bar2.append((g[:, 4].min() - g[:, 3].max()).item() / 1e3)  # last column-sum start .. release
+    del os.environ["JAMBA_EXT_MAMBA_STEP_TIMING"]
+    med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
+    print(f"B={B} TMA={tma} stamps (dynamic launches, median over {len(span)} calls; SM clock "
+          f"{med(hz) / 1e9:.2f} GHz from clock64 / globaltimer):", flush=True)
+    for k, name in enumerate(PHASES):
+        print(f"  {name:38s} median block {med(ph[k]):6.2f} us, slowest block {med(phmax[k]):6.2f} us")
+    print(f"  first start .. last end {med(span):6.2f} us; start skew {med(skew):5.2f} us; barrier 1 last arrival"
+          f" .. first release {med(bar1):5.2f} us; last column-sum start .. first release of barrier 2 "
+          f"{med(bar2):5.2f} us", flush=True)
 
 
 if __name__ == "__main__":

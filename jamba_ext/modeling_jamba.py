@@ -733,9 +733,9 @@ class JambaMambaMixer(nn.Module):
 
     def _fused_step_work(self, x: Tensor, ssm_state: Tensor) -> Optional[Tensor]:
         """The CUDA workspace of jamba.mamba_inner_step for this layer when the fused step applies to this call
-        (MAMBA_STEP_FUSED, CUDA, batch <= 8, one dtype for the step's weights, an fp32 state, no gradient, not
+        (MAMBA_STEP_FUSED, CUDA, batch <= 2 (the kernel's limit), one dtype for the step's weights, an fp32 state, no gradient, not
         tracing), else None. Kept between calls (it holds the kernel's grid-barrier counters)."""
-        if (not (MAMBA_STEP_FUSED and _K is _ops and x.is_cuda and x.shape[0] <= 8 and ssm_state.dtype == torch.float32)
+        if (not (MAMBA_STEP_FUSED and _K is _ops and x.is_cuda and x.shape[0] <= 2 and ssm_state.dtype == torch.float32)
                 or _compiling()):
             return None
         ws = (self.x_proj.weight, self.dt_proj.weight, self.conv1d.weight)
@@ -746,7 +746,7 @@ class JambaMambaMixer(nn.Module):
         work = getattr(self, "_step_work", None)
         if work is None or work.device != x.device:
             NO = self.x_proj.weight.shape[0]
-            work = _K.mamba_inner_step_workspace(self.intermediate_size, 8, NO, x.device)
+            work = _K.mamba_inner_step_workspace(self.intermediate_size, 2, NO, x.device)
             self._step_work = work
         return work
 

@@ -7,30 +7,32 @@
  * of a step's gap to its floor over Jamba-v0.1's 28 Mamba layers. Their data flow needs only two grid-wide joins:
  * x_proj reduces over every channel, and everything after it needs all of its outputs.
  *
- * Kernel mamba_step_kernel<T, N>: one block of 256 threads per 64 channels (grid = ceil(DI / 64) blocks, every
+ * Kernel mamba_step_kernel<T, N, TMA>: one block of 256 threads per 64 channels (grid = ceil(DI / 64) blocks, every
  * block resident at once: the launcher checks the occupancy and launches with the cooperative attribute, so that a
  * grid that cannot be resident fails to launch instead of waiting at a barrier; then the five launches run).
  *   x, z (B, DI) T, unit stride along DI, batch strides sx / sz; conv_state (B, DI, S) T, unit stride along S, batch /
  *   channel strides scs0 / scs1; conv_weight (DI, K) T contiguous rows; conv_bias (DI,) T or NULL; xproj_weight
  *   (NO, DI) T contiguous; norm_weight (NO,) T; dtproj_weight (DI, R) T contiguous; A (DI, N) f32 contiguous;
  *   D, dt_bias (DI,) f32; ssm_state (B, DI, N) f32 contiguous; out (B, DI) T contiguous.
- *   work (int64, zero before its first use): [0] barrier count, [1] barrier generation (u32 each in the first
- *   8 bytes), floats from byte 64: part (nblk, B, NO) then xdbl (B, NO).
- *   1. (after the PDL wait) every weight load of the block is issued: its xproj_weight columns (NO rows x 64
- *      channels: LPR lanes a row, one 16-byte vector each) and its dtproj_weight rows (64 rows x R: 4 lanes a row),
- *      into registers; then the conv update of its 64 channels x B rows (xc rounded to T, kept in shared memory;
- *      the state shifted in place).
+ *   work (int64, zero before its first use): [0] the grid barrier's arrival count (u64, only grows), floats from
+ *   byte 64: part (nblk, B, NO) then xdbl (B, NO).
+ *   1. Before the PDL wait (weights only: common.cuh, jamba_pdl_weights_first) the block's weights are requested:
+ *      its xproj_weight columns (NO rows x 64 channels) and dtproj_weight rows (64 x R), with TMA (sm_90: one
+ *      warp issues a 1-d bulk copy per x_proj row and one for the dt_proj rows into dynamic shared memory, one
+ *      mbarrier) or else into registers (x_proj: LPR lanes a row, dt_proj: 4 lanes a row, 16-byte vectors); A, D,
+ *      dt_bias. After the wait: the state and z, then the conv update of its 64 channels x B rows (xc rounded to T,
+ *      kept in shared memory; the state shifted in place).
  *   2. x_proj partial sums of its channels for every output o < NO and row b (the LPR lanes of a row added by
  *      shuffles in a fixed order) -> part[blk, b, o]; grid barrier.
  *   3. xdbl[b, o] = round_T(sum over blocks of part, in block order, one warp a column); grid barrier.
  *   4. every block: the three RMS norms of xdbl (rms_norm's numerics) into shared memory; dt_proj of its 64
- *      channels (4 lanes a channel, the registers of 1.); the state update of its channels (N / 4 lanes a channel,
- *      4 states each, as selective_state_update's f32 kernel; its state, A, D, dt_bias and z loaded in 1.), out
- *      rounded to T.
- *   Deterministic: every sum runs in a fixed order; the barrier's counters only count.
- * Limits (else the five launches): B <= 8, N in {4, 8, 16}, R % VN == 0 and R <= 256, NO <= 320,
- * DI % VN == 0 (VN = 16 / sizeof(T)); x with unit stride along DI; xproj_weight, dtproj_weight, A (contiguous) and
- * ssm_state 16-byte aligned; D, dt_bias with unit stride; every block resident at once (occupancy x SMs >= grid).
+ *      channels (4 lanes a channel); the state update of its channels (N / 4 lanes a channel, 4 states each, as
+ *      selective_state_update's f32 kernel), out rounded to T.
+ *   Deterministic: every sum runs in a fixed order; the barrier's count only counts.
+ * Limits (else the five launches): B <= 2 (at batch 8 the five launches took 26 us against 38: the per-row work
+ * here is serial), N in {4, 8, 16}, R % VN == 0 and R <= 256, NO <= 320, DI % VN == 0 (VN = 16 / sizeof(T)); x
+ * with unit stride along DI; xproj_weight, dtproj_weight, A (contiguous) and ssm_state 16-byte aligned; D, dt_bias
+ * with unit stride; every block resident at once (occupancy x SMs >= grid).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -39,7 +41,7 @@
 
 #define MS_CPB 64      /* channels per block */
 #define MS_THREADS 256 /* threads per block */
-#define MS_MAXB 8      /* batch rows */
+#define MS_MAXB 2      /* batch rows (larger batches: the five launches, faster there) */
 #define MS_MAXNO 320   /* x_proj outputs (R + 2N) */
 #define MS_MAXR 256    /* dt rank */
 
@@ -48,9 +50,9 @@ struct ms_args {
     const void *x, *z, *cw, *cb, *wx, *nw, *wdt;
     const float *A, *D, *dtb;
     float *ssm;
-    unsigned *bar; /* [0] count, [1] generation */
+    unsigned long long *bar; /* the grid barrier's arrivals (only grows) */
     float *part, *xdbl;
-    long long *tim; /* NULL, or (nblk, 16): globaltimer then clock64 at 8 points a block (JAMBA_EXT_MAMBA_STEP_TIMING) */
+    long long *tim; /* NULL, or (nblk, 16): globaltimer, clock64 at 8 points a block (JAMBA_EXT_MAMBA_STEP_TIMING) */
     int64_t sx, sz, scs0, scs1;
     int B, DI, S, K, R, N, NO, nblk;
     float eps;
@@ -59,24 +61,17 @@ struct ms_args {
 /* the conv forward's silu (causal_conv1d.cu): v / (1 + 2^(-v log2 e)) */
 __device__ __forceinline__ float ms_conv_silu(float v) { return __fdividef(v, 1.f + jamba_cu_exp2(-v * JAMBA_LOG2E)); }
 
-/* All blocks of the grid meet (sense by generation: any block count per call; count back at 0 after each). */
-__device__ __forceinline__ void ms_grid_sync(unsigned *bar, unsigned nblk) {
+/* All blocks of the grid meet: each adds one arrival to the workspace's u64 count (which only grows: after a call it
+ * is a multiple of nblk, so a call's two barriers end at base + nblk and base + 2 nblk) and waits for `target`.
+ * Thread 0 arrives (release) and waits (acquire) for its block, between two __syncthreads. */
+__device__ __forceinline__ void ms_grid_sync(unsigned long long *bar, unsigned long long target) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        unsigned gen;
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(gen) : "l"(bar + 1) : "memory");
-        __threadfence();
-        if (atomicAdd(bar, 1u) == nblk - 1) { /* the last to arrive: reset, then release */
-            atomicExch(bar, 0u);
-            __threadfence();
-            atomicAdd(bar + 1, 1u);
-        } else {
-            unsigned g;
-            do {
-                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(g) : "l"(bar + 1) : "memory");
-            } while (g == gen);
-        }
-        __threadfence();
+        asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(bar) : "memory");
+        unsigned long long c;
+        do {
+            asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(c) : "l"(bar) : "memory");
+        } while (c < target);
     }
     __syncthreads();
 }
@@ -91,10 +86,12 @@ __device__ __forceinline__ void ms_stamp(const ms_args &a, int k) {
     }
 }
 
-template <typename T, int N>
+/* the dynamic shared memory of the TMA variant: x_proj columns [NO][MS_CPB] T, then dt_proj rows [MS_CPB][R] T */
+static inline size_t ms_tma_smem(int NO, int R, size_t tsize) { return ((size_t)NO + (size_t)R) * MS_CPB * tsize; }
+
+template <typename T, int N, bool TMA>
 __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
-    jamba_pdl_begin();
-    ms_stamp(a, 0);
+    jamba_pdl_weights_first(); /* weights (x_proj, dt_proj, A, D, dt_bias) are loaded before the wait */
     typedef jamba_w16<T> P;
     constexpr int VN = 16 / (int)sizeof(T);
     constexpr int LPR = MS_CPB / VN;           /* lanes per x_proj row: 8 (16-bit T) or 16 (f32) */
@@ -105,38 +102,72 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     __shared__ float s_xc[MS_MAXB][MS_CPB];    /* conv outputs (rounded to T) */
     __shared__ float s_n[MS_MAXB][MS_MAXNO];   /* normalised xdbl (rounded to T) */
     __shared__ float s_dl[MS_MAXB][MS_CPB];    /* delta (rounded to T) */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    __shared__ unsigned long long s_mb; /* TMA: the weights' mbarrier */
+#endif
+    extern __shared__ __align__(128) unsigned char ms_dyn[]; /* TMA: ms_tma_smem's layout */
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int blk = blockIdx.x, c0 = blk * MS_CPB;
     const int cw = a.DI - c0 < MS_CPB ? a.DI - c0 : MS_CPB;
     const int B = a.B, NO = a.NO, R = a.R;
-
-    /* 1. weight loads: x_proj columns, then dt_proj rows */
-    uint4 wx[NPX], wd[NWD];
-    const int xv = t % LPR, xr = t / LPR; /* vector of a row, row within a pass */
-#pragma unroll
-    for (int i = 0; i < NPX; i++) {
-        const int o = i * RPP + xr;
-        wx[i] = (o < NO && xv * VN < cw) ? gemv_ld_stream((const T *)a.wx + (int64_t)o * a.DI + c0 + xv * VN)
-                                           : make_uint4(0u, 0u, 0u, 0u);
-    }
-    const int dcl = t >> 2, dq = t & 3; /* dt_proj: channel of the block, lane of the channel */
+    const int xv = t % LPR, xr = t / LPR; /* x_proj: vector of a row, row within a pass */
+    const int dcl = t >> 2, dq = t & 3;   /* dt_proj: channel of the block, lane of the channel */
     const int nvr = R / VN;
+    const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
+
+    /* 1. weights, before the PDL wait: TMA bulk copies into shared memory, or registers */
+    uint4 wx[TMA ? 1 : NPX], wd[TMA ? 1 : NWD];
+    if constexpr (TMA) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if (warp == 0) {
+            const uint32_t mb = smem_u32(&s_mb), sx = smem_u32(ms_dyn), sd = sx + (uint32_t)(NO * MS_CPB * sizeof(T));
+            if (lane == 0) {
+                mbar_init(mb, 1);
+                asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+                mbar_expect_tx(mb, (uint32_t)((NO + R) * cw * sizeof(T)));
+            }
+            __syncwarp();
+            for (int o = lane; o < NO; o += 32)
+                bulk_load_1d(sx + (uint32_t)(o * MS_CPB * sizeof(T)), (const T *)a.wx + (int64_t)o * a.DI + c0,
+                             (uint32_t)(cw * sizeof(T)), mb);
+            if (lane == 0) bulk_load_1d(sd, (const T *)a.wdt + (int64_t)c0 * R, (uint32_t)(cw * R * sizeof(T)), mb);
+        }
+#else
+        __trap(); /* the host picks TMA only for sm_90 code */
+#endif
+    } else {
 #pragma unroll
-    for (int i = 0; i < NWD; i++) {
-        const int v = dq + 4 * i;
-        wd[i] = (v < nvr && dcl < cw) ? gemv_ld_stream((const T *)a.wdt + (int64_t)(c0 + dcl) * R + v * VN)
-                                      : make_uint4(0u, 0u, 0u, 0u);
+        for (int i = 0; i < NPX; i++) {
+            const int o = i * RPP + xr;
+            wx[i] = (o < NO && xv * VN < cw) ? gemv_ld_stream((const T *)a.wx + (int64_t)o * a.DI + c0 + xv * VN)
+                                               : zero4;
+        }
+#pragma unroll
+        for (int i = 0; i < NWD; i++) {
+            const int v = dq + 4 * i;
+            wd[i] = (v < nvr && dcl < cw) ? gemv_ld_stream((const T *)a.wdt + (int64_t)(c0 + dcl) * R + v * VN) : zero4;
+        }
     }
-    /* the state update's inputs (4c.): channel scl of the block, states 4 sq .. 4 sq + 3, every batch row */
+    /* the state update's weights (4c.): channel scl of the block, states 4 sq .. 4 sq + 3 */
     const int scl = t / TPN, sq = t % TPN, sc = c0 + scl;
     const bool sv = scl < MS_CPB && scl < cw;
-    float4 Aq = make_float4(0.f, 0.f, 0.f, 0.f), hs[MS_MAXB];
-    float Dc = 0.f, dtb = 0.f, zs[MS_MAXB];
+    float4 Aq = make_float4(0.f, 0.f, 0.f, 0.f);
+    float Dc = 0.f, dtb = 0.f;
     if (sv) {
         Aq = *(const float4 *)(a.A + (int64_t)sc * N + 4 * sq);
         if (a.D) Dc = a.D[sc];
         if (a.dtb) dtb = a.dtb[sc];
     }
+
+    jamba_pdl_begin(); /* from here on: activations, states and the workspace */
+    ms_stamp(a, 0);
+    unsigned long long base = 0; /* thread 0: the barrier count before this call */
+    if (t == 0) {
+        asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(base) : "l"(a.bar) : "memory");
+        base -= base % (unsigned long long)a.nblk; /* blocks of this call may have arrived already (< nblk) */
+    }
+    float4 hs[MS_MAXB];
+    float zs[MS_MAXB];
 #pragma unroll
     for (int b = 0; b < MS_MAXB; b++) {
         const bool ok = sv && b < B;
@@ -165,24 +196,40 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     __syncthreads();
     ms_stamp(a, 1);
 
-    /* 2. x_proj partial sums of this block's channels */
+    /* 2. x_proj partial sums of this block's channels (this thread's VN channels of xc in registers) */
+    float xq[MS_MAXB][VN];
+#pragma unroll
+    for (int b = 0; b < MS_MAXB; b++)
+#pragma unroll
+        for (int e = 0; e < VN; e++) xq[b][e] = b < B ? s_xc[b][xv * VN + e] : 0.f;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if constexpr (TMA) mbar_wait(smem_u32(&s_mb), 0);
+#endif
 #pragma unroll
     for (int i = 0; i < NPX; i++) {
         const int o = i * RPP + xr;
         if (i * RPP >= NO) break; /* uniform: no row of this pass exists */
+        uint4 wv;
+        if constexpr (TMA)
+            wv = (o < NO && xv * VN < cw) ? *(const uint4 *)(ms_dyn + ((size_t)o * MS_CPB + xv * VN) * sizeof(T))
+                                          : zero4;
+        else
+            wv = wx[i];
         float wf[VN];
-        P::ld(wx[i], wf);
-        for (int b = 0; b < B; b++) {
+        P::ld(wv, wf);
+#pragma unroll
+        for (int b = 0; b < MS_MAXB; b++) {
+            if (b >= B) break;
             float acc = 0.f;
 #pragma unroll
-            for (int e = 0; e < VN; e++) acc = fmaf(wf[e], s_xc[b][xv * VN + e], acc);
+            for (int e = 0; e < VN; e++) acc = fmaf(wf[e], xq[b][e], acc);
 #pragma unroll
             for (int m = 1; m < LPR; m <<= 1) acc += __shfl_xor_sync(JAMBA_FULL_MASK, acc, m);
             if (xv == 0 && o < NO) a.part[((int64_t)blk * B + b) * NO + o] = acc;
         }
     }
     ms_stamp(a, 2);
-    ms_grid_sync(a.bar, (unsigned)a.nblk);
+    ms_grid_sync(a.bar, base + (unsigned long long)a.nblk);
     ms_stamp(a, 3);
 
     /* 3. xdbl = round_T(sum of the blocks' parts), one warp a column, blocks in order */
@@ -193,7 +240,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         s = jamba_warp_sum(s);
         if (lane == 0) a.xdbl[j] = jamba_round<T>(s);
     }
-    ms_grid_sync(a.bar, (unsigned)a.nblk);
+    ms_grid_sync(a.bar, base + 2ull * (unsigned long long)a.nblk);
     ms_stamp(a, 4);
 
     /* 4a. the dt / B / C norms of every row (segment (b, g) per warp) */
@@ -215,14 +262,20 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     ms_stamp(a, 5);
 
     /* 4b. dt_proj of this block's channels: delta[b, c] = round_T(dt_n[b] . dtproj_weight[c]) */
+    const unsigned char *sdt = ms_dyn + (size_t)NO * MS_CPB * sizeof(T); /* TMA: dt_proj rows */
     for (int b = 0; b < B; b++) {
         float acc = 0.f;
 #pragma unroll
         for (int i = 0; i < NWD; i++) {
             const int v = dq + 4 * i;
             if (v < nvr) {
+                uint4 wv;
+                if constexpr (TMA)
+                    wv = dcl < cw ? *(const uint4 *)(sdt + ((size_t)dcl * R + v * VN) * sizeof(T)) : zero4;
+                else
+                    wv = wd[i];
                 float wf[VN];
-                P::ld(wd[i], wf);
+                P::ld(wv, wf);
 #pragma unroll
                 for (int e = 0; e < VN; e++) acc = fmaf(wf[e], s_n[b][v * VN + e], acc);
             }
@@ -234,7 +287,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     __syncthreads();
     ms_stamp(a, 6);
 
-    /* 4c. state update: channel scl, states 4 sq .. 4 sq + 3 (TPN lanes a channel; loads made in 1.) */
+    /* 4c. state update: channel scl, states 4 sq .. 4 sq + 3 (TPN lanes a channel; state loaded in 1.) */
     if (MS_THREADS / TPN > MS_CPB && scl >= MS_CPB) return; /* N < 16: spare threads (no barrier below) */
 #pragma unroll
     for (int b = 0; b < MS_MAXB; b++) {
@@ -279,13 +332,24 @@ static int ms_mode(void) {
     return 1;
 }
 
-template <typename T, int N>
-static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
+/* JAMBA_EXT_MAMBA_STEP_TMA: "0" the weights through registers (A/B); else TMA bulk copies where the device runs
+ * sm_90 code (read per launch) */
+static bool ms_use_tma(int device) {
+    const char *e = getenv("JAMBA_EXT_MAMBA_STEP_TMA");
+    if (e && !strcmp(e, "0")) return false;
+    return jamba_cuda_pdl_ok(device) != 0;
+}
+
+template <typename T, int N, bool TMA>
+static jamba_status ms_launch_k(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
     static int per_sm_of[64]; /* resident blocks per SM, per device (0: not asked yet; -1: the query failed) */
+    const size_t smem = TMA ? ms_tma_smem(MS_MAXNO, MS_MAXR, sizeof(T)) : 0; /* the largest: one attribute */
     int per_sm = device >= 0 && device < 64 ? per_sm_of[device] : 0;
     if (per_sm == 0) {
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mamba_step_kernel<T, N>, MS_THREADS, 0) !=
-            cudaSuccess) {
+        if ((TMA && cudaFuncSetAttribute(mamba_step_kernel<T, N, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem) != cudaSuccess) ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mamba_step_kernel<T, N, TMA>, MS_THREADS, smem) !=
+                cudaSuccess) {
             (void)cudaGetLastError();
             per_sm = -1;
         }
@@ -298,11 +362,12 @@ static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t strea
                                    "(%d per SM x %d SMs)", a.nblk, per_sm, jamba_cuda_sm_count(device));
         return JAMBA_OK;
     }
+    const size_t dsm = TMA ? ms_tma_smem(a.NO, a.R, sizeof(T)) : 0;
     if (mode == 3) {
-        jamba_kernel_launch(mamba_step_kernel<T, N>, (unsigned)a.nblk, MS_THREADS, 0, stream, a);
+        jamba_kernel_launch(mamba_step_kernel<T, N, TMA>, (unsigned)a.nblk, MS_THREADS, dsm, stream, a);
         JAMBA_LAUNCH_CHECK("jamba.mamba_inner_step (mamba_step_kernel)", stream);
     } else {
-        const cudaError_t e = jamba_kernel_launch_coop(mamba_step_kernel<T, N>, (unsigned)a.nblk, MS_THREADS, 0,
+        const cudaError_t e = jamba_kernel_launch_coop(mamba_step_kernel<T, N, TMA>, (unsigned)a.nblk, MS_THREADS, dsm,
                                                        stream, a);
         if (e != cudaSuccess) { /* refused (e.g. not co-resident): the five launches, or the reason (force) */
             if (mode == 2)
@@ -313,6 +378,12 @@ static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t strea
     }
     *ran = true;
     return JAMBA_OK;
+}
+
+template <typename T, int N>
+static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
+    if (ms_use_tma(device)) return ms_launch_k<T, N, true>(a, device, stream, ran, mode);
+    return ms_launch_k<T, N, false>(a, device, stream, ran, mode);
 }
 
 template <typename T>
@@ -347,7 +418,7 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
     a.wx = p->xproj_weight.data, a.nw = p->norm_weight.data, a.wdt = p->dtproj_weight.data;
     a.A = (const float *)p->A.data, a.D = (const float *)p->D.data, a.dtb = (const float *)p->dt_bias.data;
     a.ssm = (float *)p->ssm_state.data;
-    a.bar = (unsigned *)p->work.data;
+    a.bar = (unsigned long long *)p->work.data;
     a.part = (float *)((char *)p->work.data + 64);
     a.xdbl = a.part + nblk * B * NO;
     a.sx = p->x.stride[0], a.sz = p->z.data ? p->z.stride[0] : 0;
