@@ -3,8 +3,9 @@
     python3 dev/mamba_step_timing.py        # on the GPU, ~20 s
 
 Jamba-v0.1 shapes (DI 8192, R 256, N 16, K 4), bf16, NL calls with their own weights (cold, as in the model).
-1. Graph-timed per call: the fused kernel (cooperative launch), the same kernel launched without the cooperative
-   attribute (JAMBA_EXT_MAMBA_STEP_FUSED=nocoop), and the five launches (=0).
+1. Graph-timed per call: the fused kernel (cooperative launch), the same with the next kernel let go after its
+   second barrier (JAMBA_EXT_MAMBA_STEP_TRIGGER=late), launched without the cooperative attribute
+   (JAMBA_EXT_MAMBA_STEP_FUSED=nocoop), and the five launches (=0).
 2. With JAMBA_EXT_MAMBA_STEP_TIMING=1 the kernel's thread 0 of every block stamps %globaltimer and clock64 at 8
    points (csrc/cuda/mamba_step.cu, ms_stamp) into the workspace's tail; per phase the median and the largest
    over blocks (clock64 cycles turned to us at the SM clock), and from %globaltimer the span from the first
@@ -57,19 +58,19 @@ def main():
         sets = [make(B, dev) for _ in range(NL)]
         wel = _C.mamba_inner_step_work_elems(DI, B, NO)
         works = [torch.zeros(wel + nblk * 16, dtype=torch.int64, device=dev) for _ in range(NL)]
-        for mode, tma in (("1", "1"), ("1", "0"), ("nocoop", "1"), ("0", "1")):
-            os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"], os.environ["JAMBA_EXT_MAMBA_STEP_TMA"] = mode, tma
+        for mode, trig in (("1", ""), ("1", "late"), ("nocoop", ""), ("0", "")):
+            os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"], os.environ["JAMBA_EXT_MAMBA_STEP_TRIGGER"] = mode, trig
             us = bb.graph_us(lambda: [call(sets[i], works[i]) for i in range(NL)], n=1) / NL
-            print(f"B={B} JAMBA_EXT_MAMBA_STEP_FUSED={mode:7s} _TMA={tma}: {us:7.2f} us a call (graph)", flush=True)
-        for tma in ("1", "0"):
-            stamps(B, sets, works, wel, nblk, tma)
+            print(f"B={B} JAMBA_EXT_MAMBA_STEP_FUSED={mode:7s} _TRIGGER={trig:4s}: {us:7.2f} us a call (graph)",
+                  flush=True)
+        os.environ.pop("JAMBA_EXT_MAMBA_STEP_TRIGGER")
+        stamps(B, sets, works, wel, nblk)
     os.environ.pop("JAMBA_EXT_MAMBA_STEP_FUSED", None)
-    os.environ.pop("JAMBA_EXT_MAMBA_STEP_TMA", None)
 
 
-def stamps(B, sets, works, wel, nblk, tma):
+def stamps(B, sets, works, wel, nblk):
     """The kernel's stamps (JAMBA_EXT_MAMBA_STEP_TIMING=1) of NL dynamic calls x 5 (after a warm-up round)."""
-    os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"], os.environ["JAMBA_EXT_MAMBA_STEP_TMA"] = "force", tma
+    os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"] = "force"
     os.environ["JAMBA_EXT_MAMBA_STEP_TIMING"] = "1"
     ph = [[] for _ in PHASES]
     phmax = [[] for _ in PHASES]
@@ -94,7 +95,7 @@ def stamps(B, sets, works, wel, nblk, tma):
             bar2.append((g[:, 4].min() - g[:, 3].max()).item() / 1e3)  # last column-sum start .. release
     del os.environ["JAMBA_EXT_MAMBA_STEP_TIMING"]
     med = lambda v: sorted(v)[len(v) // 2]  # noqa: E731
-    print(f"B={B} TMA={tma} stamps (dynamic launches, median over {len(span)} calls; SM clock "
+    print(f"B={B} stamps (dynamic launches, median over {len(span)} calls; SM clock "
           f"{med(hz) / 1e9:.2f} GHz from clock64 / globaltimer):", flush=True)
     for k, name in enumerate(PHASES):
         print(f"  {name:38s} median block {med(ph[k]):6.2f} us, slowest block {med(phmax[k]):6.2f} us")

@@ -144,7 +144,8 @@ def test_every_kernel_starts_with_pdl_wait():
                 continue  # a declaration
             first = code[brace + 1:].lstrip()
             if first.startswith("jamba_pdl_weights_first();"):  # weights first, then the wait (common.cuh)
-                assert "jamba_pdl_begin();" in code[brace:code.find("\n}", brace)], \
+                body = code[brace:code.find("\n}", brace)]
+                assert "jamba_pdl_begin();" in body or "jamba_pdl_wait();" in body, \
                     f"{name}: kernel at offset {m.start()} reads weights first but never waits (jamba_pdl_begin)"
             else:
                 assert first.startswith("jamba_pdl_begin();"), \

@@ -111,37 +111,24 @@ __device__ __forceinline__ void jamba_pdl_begin() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+/* jamba_pdl_begin's two halves, for a kernel that lets the next one be scheduled later than its start */
+__device__ __forceinline__ void jamba_pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void jamba_pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
 
 /* For a kernel that reads model weights before its jamba_pdl_begin(): its first statement instead (tests/test_build.py
- * then wants jamba_pdl_begin() later in the body). Before the wait the stream's previous kernel may still run (never
- * an earlier one: that completed before the previous kernel passed its own wait), so only memory that no kernel of
- * this library writes may be read there: weights, never activations, states or workspaces. */
+ * then wants jamba_pdl_begin() or jamba_pdl_wait() later in the body). Before the wait the stream's previous kernel
+ * may still run (never an earlier one: that completed before the previous kernel passed its own wait), so only
+ * memory that no kernel of this library writes may be read there: weights, never activations, states or
+ * workspaces. */
 __device__ __forceinline__ void jamba_pdl_weights_first() {}
-
-/* ---- Hopper shared-memory barriers and bulk copies (sm_90 code only) ------------------------------------ */
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-/* wait until the phase with parity `parity` of the barrier has completed */
-__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-}
-/* 1-d bulk copy (TMA, no tensor map) of `bytes` (a multiple of 16; both addresses 16-byte aligned) from global src
- * to shared dst, completing its bytes on mbarrier bar */
-__device__ __forceinline__ void bulk_load_1d(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                 ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
-}
 
 static inline int jamba_pdl_enabled(void) {
     const char *s = getenv("JAMBA_EXT_PDL");

@@ -7,7 +7,7 @@
  * of a step's gap to its floor over Jamba-v0.1's 28 Mamba layers. Their data flow needs only two grid-wide joins:
  * x_proj reduces over every channel, and everything after it needs all of its outputs.
  *
- * Kernel mamba_step_kernel<T, N, TMA>: one block of 256 threads per 64 channels (grid = ceil(DI / 64) blocks, every
+ * Kernel mamba_step_kernel<T, N>: one block of 256 threads per 64 channels (grid = ceil(DI / 64) blocks, every
  * block resident at once: the launcher checks the occupancy and launches with the cooperative attribute, so that a
  * grid that cannot be resident fails to launch instead of waiting at a barrier; then the five launches run).
  *   x, z (B, DI) T, unit stride along DI, batch strides sx / sz; conv_state (B, DI, S) T, unit stride along S, batch /
@@ -16,12 +16,11 @@
  *   D, dt_bias (DI,) f32; ssm_state (B, DI, N) f32 contiguous; out (B, DI) T contiguous.
  *   work (int64, zero before its first use): [0] the grid barrier's arrival count (u64, only grows), floats from
  *   byte 64: part (nblk, B, NO) then xdbl (B, NO).
- *   1. Before the PDL wait (weights only: common.cuh, jamba_pdl_weights_first) the block's weights are requested:
- *      its xproj_weight columns (NO rows x 64 channels) and dtproj_weight rows (64 x R), with TMA (sm_90: one
- *      warp issues a 1-d bulk copy per x_proj row and one for the dt_proj rows into dynamic shared memory, one
- *      mbarrier) or else into registers (x_proj: LPR lanes a row, dt_proj: 4 lanes a row, 16-byte vectors); A, D,
- *      dt_bias. After the wait: the state and z, then the conv update of its 64 channels x B rows (xc rounded to T,
- *      kept in shared memory; the state shifted in place).
+ *   1. Before the PDL wait (weights only: common.cuh, jamba_pdl_weights_first) the block's weight loads are issued
+ *      into registers: its xproj_weight columns (NO rows x 64 channels: LPR lanes a row, one 16-byte vector each),
+ *      its dtproj_weight rows (64 rows x R: 4 lanes a row), A, D, dt_bias (TMA bulk copies into shared memory, one
+ *      per x_proj row, were slower: 12.7 against 10.9 us at batch 1). After the wait: the state and z, then the
+ *      conv update of its 64 channels x B rows (xc rounded to T, kept in shared memory; the state shifted in place).
  *   2. x_proj partial sums of its channels for every output o < NO and row b (the LPR lanes of a row added by
  *      shuffles in a fixed order) -> part[blk, b, o]; grid barrier.
  *   3. xdbl[b, o] = round_T(sum over blocks of part, in block order, one warp a column); grid barrier.
@@ -55,6 +54,7 @@ struct ms_args {
     long long *tim; /* NULL, or (nblk, 16): globaltimer, clock64 at 8 points a block (JAMBA_EXT_MAMBA_STEP_TIMING) */
     int64_t sx, sz, scs0, scs1;
     int B, DI, S, K, R, N, NO, nblk;
+    int late; /* dev A/B (JAMBA_EXT_MAMBA_STEP_TRIGGER=late): the next kernel is scheduled after barrier 2 */
     float eps;
 };
 
@@ -86,10 +86,7 @@ __device__ __forceinline__ void ms_stamp(const ms_args &a, int k) {
     }
 }
 
-/* the dynamic shared memory of the TMA variant: x_proj columns [NO][MS_CPB] T, then dt_proj rows [MS_CPB][R] T */
-static inline size_t ms_tma_smem(int NO, int R, size_t tsize) { return ((size_t)NO + (size_t)R) * MS_CPB * tsize; }
-
-template <typename T, int N, bool TMA>
+template <typename T, int N>
 __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     jamba_pdl_weights_first(); /* weights (x_proj, dt_proj, A, D, dt_bias) are loaded before the wait */
     typedef jamba_w16<T> P;
@@ -102,10 +99,6 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     __shared__ float s_xc[MS_MAXB][MS_CPB];    /* conv outputs (rounded to T) */
     __shared__ float s_n[MS_MAXB][MS_MAXNO];   /* normalised xdbl (rounded to T) */
     __shared__ float s_dl[MS_MAXB][MS_CPB];    /* delta (rounded to T) */
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    __shared__ unsigned long long s_mb; /* TMA: the weights' mbarrier */
-#endif
-    extern __shared__ __align__(128) unsigned char ms_dyn[]; /* TMA: ms_tma_smem's layout */
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int blk = blockIdx.x, c0 = blk * MS_CPB;
     const int cw = a.DI - c0 < MS_CPB ? a.DI - c0 : MS_CPB;
@@ -115,38 +108,17 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     const int nvr = R / VN;
     const uint4 zero4 = make_uint4(0u, 0u, 0u, 0u);
 
-    /* 1. weights, before the PDL wait: TMA bulk copies into shared memory, or registers */
-    uint4 wx[TMA ? 1 : NPX], wd[TMA ? 1 : NWD];
-    if constexpr (TMA) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        if (warp == 0) {
-            const uint32_t mb = smem_u32(&s_mb), sx = smem_u32(ms_dyn), sd = sx + (uint32_t)(NO * MS_CPB * sizeof(T));
-            if (lane == 0) {
-                mbar_init(mb, 1);
-                asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-                mbar_expect_tx(mb, (uint32_t)((NO + R) * cw * sizeof(T)));
-            }
-            __syncwarp();
-            for (int o = lane; o < NO; o += 32)
-                bulk_load_1d(sx + (uint32_t)(o * MS_CPB * sizeof(T)), (const T *)a.wx + (int64_t)o * a.DI + c0,
-                             (uint32_t)(cw * sizeof(T)), mb);
-            if (lane == 0) bulk_load_1d(sd, (const T *)a.wdt + (int64_t)c0 * R, (uint32_t)(cw * R * sizeof(T)), mb);
-        }
-#else
-        __trap(); /* the host picks TMA only for sm_90 code */
-#endif
-    } else {
+    /* 1. weights into registers, before the PDL wait */
+    uint4 wx[NPX], wd[NWD];
 #pragma unroll
-        for (int i = 0; i < NPX; i++) {
-            const int o = i * RPP + xr;
-            wx[i] = (o < NO && xv * VN < cw) ? gemv_ld_stream((const T *)a.wx + (int64_t)o * a.DI + c0 + xv * VN)
-                                               : zero4;
-        }
+    for (int i = 0; i < NPX; i++) {
+        const int o = i * RPP + xr;
+        wx[i] = (o < NO && xv * VN < cw) ? gemv_ld_stream((const T *)a.wx + (int64_t)o * a.DI + c0 + xv * VN) : zero4;
+    }
 #pragma unroll
-        for (int i = 0; i < NWD; i++) {
-            const int v = dq + 4 * i;
-            wd[i] = (v < nvr && dcl < cw) ? gemv_ld_stream((const T *)a.wdt + (int64_t)(c0 + dcl) * R + v * VN) : zero4;
-        }
+    for (int i = 0; i < NWD; i++) {
+        const int v = dq + 4 * i;
+        wd[i] = (v < nvr && dcl < cw) ? gemv_ld_stream((const T *)a.wdt + (int64_t)(c0 + dcl) * R + v * VN) : zero4;
     }
     /* the state update's weights (4c.): channel scl of the block, states 4 sq .. 4 sq + 3 */
     const int scl = t / TPN, sq = t % TPN, sc = c0 + scl;
@@ -159,7 +131,8 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         if (a.dtb) dtb = a.dtb[sc];
     }
 
-    jamba_pdl_begin(); /* from here on: activations, states and the workspace */
+    jamba_pdl_wait(); /* from here on: activations, states and the workspace */
+    if (!a.late) jamba_pdl_trigger();
     ms_stamp(a, 0);
     unsigned long long base = 0; /* thread 0: the barrier count before this call */
     if (t == 0) {
@@ -202,21 +175,12 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     for (int b = 0; b < MS_MAXB; b++)
 #pragma unroll
         for (int e = 0; e < VN; e++) xq[b][e] = b < B ? s_xc[b][xv * VN + e] : 0.f;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if constexpr (TMA) mbar_wait(smem_u32(&s_mb), 0);
-#endif
 #pragma unroll
     for (int i = 0; i < NPX; i++) {
         const int o = i * RPP + xr;
         if (i * RPP >= NO) break; /* uniform: no row of this pass exists */
-        uint4 wv;
-        if constexpr (TMA)
-            wv = (o < NO && xv * VN < cw) ? *(const uint4 *)(ms_dyn + ((size_t)o * MS_CPB + xv * VN) * sizeof(T))
-                                          : zero4;
-        else
-            wv = wx[i];
         float wf[VN];
-        P::ld(wv, wf);
+        P::ld(wx[i], wf);
 #pragma unroll
         for (int b = 0; b < MS_MAXB; b++) {
             if (b >= B) break;
@@ -241,6 +205,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         if (lane == 0) a.xdbl[j] = jamba_round<T>(s);
     }
     ms_grid_sync(a.bar, base + 2ull * (unsigned long long)a.nblk);
+    if (a.late) jamba_pdl_trigger();
     ms_stamp(a, 4);
 
     /* 4a. the dt / B / C norms of every row (segment (b, g) per warp) */
@@ -262,20 +227,14 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     ms_stamp(a, 5);
 
     /* 4b. dt_proj of this block's channels: delta[b, c] = round_T(dt_n[b] . dtproj_weight[c]) */
-    const unsigned char *sdt = ms_dyn + (size_t)NO * MS_CPB * sizeof(T); /* TMA: dt_proj rows */
     for (int b = 0; b < B; b++) {
         float acc = 0.f;
 #pragma unroll
         for (int i = 0; i < NWD; i++) {
             const int v = dq + 4 * i;
             if (v < nvr) {
-                uint4 wv;
-                if constexpr (TMA)
-                    wv = dcl < cw ? *(const uint4 *)(sdt + ((size_t)dcl * R + v * VN) * sizeof(T)) : zero4;
-                else
-                    wv = wd[i];
                 float wf[VN];
-                P::ld(wv, wf);
+                P::ld(wd[i], wf);
 #pragma unroll
                 for (int e = 0; e < VN; e++) acc = fmaf(wf[e], s_n[b][v * VN + e], acc);
             }
@@ -332,24 +291,13 @@ static int ms_mode(void) {
     return 1;
 }
 
-/* JAMBA_EXT_MAMBA_STEP_TMA: "0" the weights through registers (A/B); else TMA bulk copies where the device runs
- * sm_90 code (read per launch) */
-static bool ms_use_tma(int device) {
-    const char *e = getenv("JAMBA_EXT_MAMBA_STEP_TMA");
-    if (e && !strcmp(e, "0")) return false;
-    return jamba_cuda_pdl_ok(device) != 0;
-}
-
-template <typename T, int N, bool TMA>
-static jamba_status ms_launch_k(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
+template <typename T, int N>
+static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
     static int per_sm_of[64]; /* resident blocks per SM, per device (0: not asked yet; -1: the query failed) */
-    const size_t smem = TMA ? ms_tma_smem(MS_MAXNO, MS_MAXR, sizeof(T)) : 0; /* the largest: one attribute */
     int per_sm = device >= 0 && device < 64 ? per_sm_of[device] : 0;
     if (per_sm == 0) {
-        if ((TMA && cudaFuncSetAttribute(mamba_step_kernel<T, N, TMA>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         (int)smem) != cudaSuccess) ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mamba_step_kernel<T, N, TMA>, MS_THREADS, smem) !=
-                cudaSuccess) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mamba_step_kernel<T, N>, MS_THREADS, 0) !=
+            cudaSuccess) {
             (void)cudaGetLastError();
             per_sm = -1;
         }
@@ -362,12 +310,11 @@ static jamba_status ms_launch_k(const ms_args &a, int device, cudaStream_t strea
                                    "(%d per SM x %d SMs)", a.nblk, per_sm, jamba_cuda_sm_count(device));
         return JAMBA_OK;
     }
-    const size_t dsm = TMA ? ms_tma_smem(a.NO, a.R, sizeof(T)) : 0;
     if (mode == 3) {
-        jamba_kernel_launch(mamba_step_kernel<T, N, TMA>, (unsigned)a.nblk, MS_THREADS, dsm, stream, a);
+        jamba_kernel_launch(mamba_step_kernel<T, N>, (unsigned)a.nblk, MS_THREADS, 0, stream, a);
         JAMBA_LAUNCH_CHECK("jamba.mamba_inner_step (mamba_step_kernel)", stream);
     } else {
-        const cudaError_t e = jamba_kernel_launch_coop(mamba_step_kernel<T, N, TMA>, (unsigned)a.nblk, MS_THREADS, dsm,
+        const cudaError_t e = jamba_kernel_launch_coop(mamba_step_kernel<T, N>, (unsigned)a.nblk, MS_THREADS, 0,
                                                        stream, a);
         if (e != cudaSuccess) { /* refused (e.g. not co-resident): the five launches, or the reason (force) */
             if (mode == 2)
@@ -378,12 +325,6 @@ static jamba_status ms_launch_k(const ms_args &a, int device, cudaStream_t strea
     }
     *ran = true;
     return JAMBA_OK;
-}
-
-template <typename T, int N>
-static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
-    if (ms_use_tma(device)) return ms_launch_k<T, N, true>(a, device, stream, ran, mode);
-    return ms_launch_k<T, N, false>(a, device, stream, ran, mode);
 }
 
 template <typename T>
@@ -426,6 +367,8 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
     a.B = (int)B, a.DI = (int)DI, a.S = (int)S, a.K = (int)K, a.R = (int)R, a.N = (int)N, a.NO = (int)NO;
     a.nblk = (int)nblk;
     a.eps = (float)p->eps;
+    const char *tr = getenv("JAMBA_EXT_MAMBA_STEP_TRIGGER");
+    a.late = tr && !strcmp(tr, "late");
     const char *te = getenv("JAMBA_EXT_MAMBA_STEP_TIMING"); /* dev: stamps after the workspace, if it has room */
     if (te && te[0] == '1' && p->work.shape[0] >= wel + nblk * 16) a.tim = (long long *)p->work.data + wel;
     switch (N) {

@@ -74,6 +74,7 @@ template <typename T> __device__ __forceinline__ float moe_scaled(float y, float
 }
 
 /* ---- async copies and stores ------------------------------------------------------------------------ */
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 /* 16-byte global -> shared copy; valid == false writes zeros and reads nothing */
 __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
