@@ -3,9 +3,8 @@
     python3 dev/mamba_step_timing.py        # on the GPU, ~20 s
 
 Jamba-v0.1 shapes (DI 8192, R 256, N 16, K 4), bf16, NL calls with their own weights (cold, as in the model).
-1. Graph-timed per call: the fused kernel (cooperative launch), the same with the next kernel let go after its
-   second barrier (JAMBA_EXT_MAMBA_STEP_TRIGGER=late), launched without the cooperative attribute
-   (JAMBA_EXT_MAMBA_STEP_FUSED=nocoop), and the five launches (=0).
+1. Graph-timed per call: the fused kernel (cooperative launch), the same launched without the cooperative
+   attribute (JAMBA_EXT_MAMBA_STEP_FUSED=nocoop), and the five launches (=0).
 2. With JAMBA_EXT_MAMBA_STEP_TIMING=1 the kernel's thread 0 of every block stamps %globaltimer and clock64 at 8
    points (csrc/cuda/mamba_step.cu, ms_stamp) into the workspace's tail; per phase the median and the largest
    over blocks (clock64 cycles turned to us at the SM clock), and from %globaltimer the span from the first
@@ -58,12 +57,10 @@ def main():
         sets = [make(B, dev) for _ in range(NL)]
         wel = _C.mamba_inner_step_work_elems(DI, B, NO)
         works = [torch.zeros(wel + nblk * 16, dtype=torch.int64, device=dev) for _ in range(NL)]
-        for mode, trig in (("1", ""), ("1", "late"), ("nocoop", ""), ("0", "")):
-            os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"], os.environ["JAMBA_EXT_MAMBA_STEP_TRIGGER"] = mode, trig
+        for mode in ("1", "nocoop", "0"):
+            os.environ["JAMBA_EXT_MAMBA_STEP_FUSED"] = mode
             us = bb.graph_us(lambda: [call(sets[i], works[i]) for i in range(NL)], n=1) / NL
-            print(f"B={B} JAMBA_EXT_MAMBA_STEP_FUSED={mode:7s} _TRIGGER={trig:4s}: {us:7.2f} us a call (graph)",
-                  flush=True)
-        os.environ.pop("JAMBA_EXT_MAMBA_STEP_TRIGGER")
+            print(f"B={B} JAMBA_EXT_MAMBA_STEP_FUSED={mode:7s}: {us:7.2f} us a call (graph)", flush=True)
         stamps(B, sets, works, wel, nblk)
     os.environ.pop("JAMBA_EXT_MAMBA_STEP_FUSED", None)
 

@@ -493,10 +493,11 @@ GRAPH_MIN_NEW_TOKENS = 16
 RUN_AHEAD: Optional[bool] = {"0": False, "1": True}.get(os.environ.get("JAMBA_EXT_RUN_AHEAD", ""))
 _HOOKS = tuple(getattr(nn.modules.module, n, {}) for n in ("_global_forward_hooks", "_global_forward_pre_hooks"))
 _gemv_on = False                                   # inside a static decode step (set by _GemvScope)
-# EXPERIMENT (not yet run on a GPU; off until measured): a Mamba layer's decode step between in_proj and out_proj
-# as one jamba.mamba_inner_step (one CUDA kernel instead of conv update, x_proj, norms, dt_proj, state update: five
-# launches that take 13 us a layer against 2.6 us of bytes, dev/mamba_step_probe.py). Env JAMBA_EXT_MAMBA_STEP=1.
-MAMBA_STEP_FUSED = os.environ.get("JAMBA_EXT_MAMBA_STEP", "0") == "1"
+# A Mamba layer's decode step between in_proj and out_proj as one jamba.mamba_inner_step at batch <= 2 on CUDA (one
+# kernel instead of conv update, x_proj, norms, dt_proj, state update: 10.9 against 13.2 us a layer at batch 1; the
+# whole layer step 63.0 against 65.7 us, graph decode of one block +3.6%: mamba_step_timing / probe logs, ecff4ec).
+# Env JAMBA_EXT_MAMBA_STEP=0 turns it off (A/B).
+MAMBA_STEP_FUSED = os.environ.get("JAMBA_EXT_MAMBA_STEP", "1") != "0"
 
 
 class _GemvScope:

@@ -111,23 +111,11 @@ __device__ __forceinline__ void jamba_pdl_begin() {
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
-/* jamba_pdl_begin's two halves, for a kernel that lets the next one be scheduled later than its start */
-__device__ __forceinline__ void jamba_pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void jamba_pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
 
 /* For a kernel that reads model weights before its jamba_pdl_begin(): its first statement instead (tests/test_build.py
- * then wants jamba_pdl_begin() or jamba_pdl_wait() later in the body). Before the wait the stream's previous kernel
- * may still run (never an earlier one: that completed before the previous kernel passed its own wait), so only
- * memory that no kernel of this library writes may be read there: weights, never activations, states or
- * workspaces. */
+ * then wants jamba_pdl_begin() later in the body). Before the wait the stream's previous kernel may still run (never
+ * an earlier one: that completed before the previous kernel passed its own wait), so only memory that no kernel of
+ * this library writes may be read there: weights, never activations, states or workspaces. */
 __device__ __forceinline__ void jamba_pdl_weights_first() {}
 
 static inline int jamba_pdl_enabled(void) {

@@ -54,7 +54,6 @@ struct ms_args {
     long long *tim; /* NULL, or (nblk, 16): globaltimer, clock64 at 8 points a block (JAMBA_EXT_MAMBA_STEP_TIMING) */
     int64_t sx, sz, scs0, scs1;
     int B, DI, S, K, R, N, NO, nblk;
-    int late; /* dev A/B (JAMBA_EXT_MAMBA_STEP_TRIGGER=late): the next kernel is scheduled after barrier 2 */
     float eps;
 };
 
@@ -131,8 +130,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         if (a.dtb) dtb = a.dtb[sc];
     }
 
-    jamba_pdl_wait(); /* from here on: activations, states and the workspace */
-    if (!a.late) jamba_pdl_trigger();
+    jamba_pdl_begin(); /* from here on: activations, states and the workspace */
     ms_stamp(a, 0);
     unsigned long long base = 0; /* thread 0: the barrier count before this call */
     if (t == 0) {
@@ -205,7 +203,6 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         if (lane == 0) a.xdbl[j] = jamba_round<T>(s);
     }
     ms_grid_sync(a.bar, base + 2ull * (unsigned long long)a.nblk);
-    if (a.late) jamba_pdl_trigger();
     ms_stamp(a, 4);
 
     /* 4a. the dt / B / C norms of every row (segment (b, g) per warp) */
@@ -367,8 +364,6 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
     a.B = (int)B, a.DI = (int)DI, a.S = (int)S, a.K = (int)K, a.R = (int)R, a.N = (int)N, a.NO = (int)NO;
     a.nblk = (int)nblk;
     a.eps = (float)p->eps;
-    const char *tr = getenv("JAMBA_EXT_MAMBA_STEP_TRIGGER");
-    a.late = tr && !strcmp(tr, "late");
     const char *te = getenv("JAMBA_EXT_MAMBA_STEP_TIMING"); /* dev: stamps after the workspace, if it has room */
     if (te && te[0] == '1' && p->work.shape[0] >= wel + nblk * 16) a.tim = (long long *)p->work.data + wel;
     switch (N) {
