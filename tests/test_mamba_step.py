@@ -223,9 +223,9 @@ def test_mamba_inner_step_cuda_graph(mark, monkeypatch):
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static_graph"])
 @pytest.mark.parametrize("mark", [pytest.param(0, marks=cuda)])
 def test_model_decode_with_fused_step(monkeypatch, static, mark):
-    """The model's decode steps with MAMBA_STEP_FUSED (JAMBA_EXT_MAMBA_STEP=1) against the same model without it
-    (bf16 on CUDA; greedy generate with the CUDA graph in the static case): logits within bf16 noise, and the
-    fused op is what ran."""
+    """The model's decode steps with MAMBA_STEP_FUSED (the default; JAMBA_EXT_MAMBA_STEP=0 turns it off) against the
+    same model without it (bf16 on CUDA; greedy generate with the CUDA graph in the static case): logits within bf16
+    noise, and the fused op is what ran."""
     from jamba_ext import modeling_jamba as mj
     from test_model import CONFIGS, make_pair, prompt_ids, rel_err
     cfg = dict(CONFIGS["mamba_dense"], mamba_dt_rank=16)               # R a multiple of 8: the fused kernel runs
