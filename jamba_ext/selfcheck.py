@@ -20,6 +20,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # (rtol, atol) of an activation-dtype output: fp32 math everywhere, one rounding of the output (low dtypes);
 # fp32 outputs (recurrent states, router weights) get the fp32 bound whatever the activation dtype.
 TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16: (1e-2, 1e-2)}
+# the decode step chain (conv update, x_proj, norms, dt_proj, state update) rounds four intermediates to T
+STEP_TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (6e-2, 1e-1), torch.float16: (1.5e-2, 3e-2)}
 MOE_TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 4e-2), torch.float16: (1e-2, 2e-2)}
 
 
@@ -126,6 +128,27 @@ def _attn(g: _Gen, s: int):
                 key_mask=(torch.arange(n) % 3 != 1).expand(b, n).to(g.device))
 
 
+def _mamba_step(g: _Gen, s: int):
+    b, di, r, n = (1, 136, 16, 16) if s == 0 else (2, 256, 32, 16)  # 3 blocks of 64 channels, a partial last one
+    f32 = torch.float32
+    d = dict(x=g.randn(b, di), z=g.randn(b, di), conv_state=g.randn(b, di, 4), conv_weight=g.randn(di, 4, scale=0.5),
+             conv_bias=g.randn(di, scale=0.5), xproj_weight=g.randn(r + 2 * n, di, scale=di ** -0.5),
+             norm_weight=g.randn(r + 2 * n, scale=0.2, shift=1.0), dtproj_weight=g.randn(di, r, scale=r ** -0.5),
+             A=_A(g, di, n), D=g.randn(di, dtype=f32), dt_bias=g.uniform(di, lo=-4.5, hi=-1.5, dtype=f32),
+             ssm_state=g.randn(b, di, n, scale=0.5, dtype=f32), dt_rank=r)
+    return d
+
+
+def _run_mamba_step(d):
+    d = dict(d, conv_state=d["conv_state"].clone(), ssm_state=d["ssm_state"].clone())
+    dev = d["x"].device
+    work = (ops.mamba_inner_step_workspace(d["x"].shape[1], d["x"].shape[0], d["xproj_weight"].shape[0], dev)
+            if dev.type == "cuda" else None)  # CUDA: the fused kernel (batch <= 2)
+    out = ops.mamba_inner_step(**d, work=work)
+    # the fp32 state follows intermediates rounded to the activation dtype: compared at that dtype's tolerance
+    return out, d["conv_state"], d["ssm_state"].to(out.dtype)
+
+
 def _run_route(d):
     w, ids, _, _ = ops.moe_route(d["router_logits"], 2)
     return w, ids.long()
@@ -159,6 +182,7 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("causal_conv1d_update", _conv_update, _run_conv_update, _ref(reference.causal_conv1d_update), TOL),
     ("selective_scan", _scan, lambda d: ops.selective_scan(**d), _ref(reference.selective_scan), TOL),
     ("selective_state_update", _state_update, _run_state_update, _ref(reference.selective_state_update), TOL),
+    ("mamba_inner_step", _mamba_step, _run_mamba_step, _ref(reference.mamba_inner_step), STEP_TOL),
     ("moe_route", _route, _run_route, _ref_route, TOL),
     ("silu_mul", _silu_mul, lambda d: ops.silu_mul(**d), _ref(reference.silu_mul), TOL),
     ("gemv", _gemv, lambda d: ops.gemv(**d), _ref(reference.gemv), TOL),
