@@ -193,6 +193,21 @@ def test_mamba_inner_step_cuda_jamba_shapes(dtype, B, mark, monkeypatch):
 
 
 @pytest.mark.parametrize("mark", [pytest.param(0, marks=cuda)])
+def test_mamba_inner_step_cuda_workspace_shared_across_sizes(mark, monkeypatch):
+    """One workspace for calls of different grids (3, 128, 5 and 3 blocks: the barrier's count must come back to its
+    start after each call whatever the grid): each call equals the same call on a fresh workspace, bit for bit."""
+    monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "force")
+    dev = torch.device("cuda")
+    shared = ops.mamba_inner_step_workspace(8192, 2, 288, dev)
+    for B, DI in ((1, 136), (2, 8192), (2, 320), (1, 136)):
+        a, R = make(B, DI, 16 if DI < 8192 else 256, 16, 4, 4, True, True, dtype=torch.bfloat16, device=dev)
+        NO = R + 32
+        y, cs, ss = run_op(a, R, shared)
+        y0, cs0, ss0 = run_op(a, R, ops.mamba_inner_step_workspace(DI, B, NO, dev))
+        assert torch.equal(y, y0) and torch.equal(ss, ss0) and torch.equal(cs, cs0), (B, DI)
+
+
+@pytest.mark.parametrize("mark", [pytest.param(0, marks=cuda)])
 def test_mamba_inner_step_cuda_graph(mark, monkeypatch):
     """Captured in a CUDA graph (the model's static decode step): replays equal eager steps on the same inputs."""
     monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "force")

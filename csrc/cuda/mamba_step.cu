@@ -14,8 +14,8 @@
  *   channel strides scs0 / scs1; conv_weight (DI, K) T contiguous rows; conv_bias (DI,) T or NULL; xproj_weight
  *   (NO, DI) T contiguous; norm_weight (NO,) T; dtproj_weight (DI, R) T contiguous; A (DI, N) f32 contiguous;
  *   D, dt_bias (DI,) f32; ssm_state (B, DI, N) f32 contiguous; out (B, DI) T contiguous.
- *   work (int64, zero before its first use): [0] the grid barrier's arrival count (u64, only grows), floats from
- *   byte 64: part (nblk, B, NO) then xdbl (B, NO).
+ *   work (int64, zero before its first use): the grid barrier's u32 count in its first 4 bytes (ms_grid_sync: back
+ *   to its start after each barrier, whatever the grid), floats from byte 64: part (nblk, B, NO) then xdbl (B, NO).
  *   1. Before the PDL wait (weights only: common.cuh, jamba_pdl_weights_first) the block's weight loads are issued
  *      into registers: its xproj_weight columns (NO rows x 64 channels: LPR lanes a row, one 16-byte vector each),
  *      its dtproj_weight rows (64 rows x R: 4 lanes a row), A, D, dt_bias (TMA bulk copies into shared memory, one
@@ -49,7 +49,7 @@ struct ms_args {
     const void *x, *z, *cw, *cb, *wx, *nw, *wdt;
     const float *A, *D, *dtb;
     float *ssm;
-    unsigned long long *bar; /* the grid barrier's arrivals (only grows) */
+    unsigned *bar; /* the grid barrier's count (ms_grid_sync) */
     float *part, *xdbl;
     long long *tim; /* NULL, or (nblk, 16): globaltimer, clock64 at 8 points a block (JAMBA_EXT_MAMBA_STEP_TIMING) */
     int64_t sx, sz, scs0, scs1;
@@ -60,17 +60,19 @@ struct ms_args {
 /* the conv forward's silu (causal_conv1d.cu): v / (1 + 2^(-v log2 e)) */
 __device__ __forceinline__ float ms_conv_silu(float v) { return __fdividef(v, 1.f + jamba_cu_exp2(-v * JAMBA_LOG2E)); }
 
-/* All blocks of the grid meet: each adds one arrival to the workspace's u64 count (which only grows: after a call it
- * is a multiple of nblk, so a call's two barriers end at base + nblk and base + 2 nblk) and waits for `target`.
- * Thread 0 arrives (release) and waits (acquire) for its block, between two __syncthreads. */
-__device__ __forceinline__ void ms_grid_sync(unsigned long long *bar, unsigned long long target) {
+/* All blocks of the grid meet (cooperative groups' scheme): every block adds to a u32 count once, block 0
+ * 2^31 - (nblk - 1) and the others 1, so that bit 31 flips exactly at the last arrival and the low bits end where they
+ * began (0 in a zeroed workspace, whatever nblk each call has); a block waits for bit 31 to differ from the value its
+ * own add returned. Thread 0 arrives (release) and waits (acquire) for its block, between two __syncthreads. */
+__device__ __forceinline__ void ms_grid_sync(unsigned *bar, unsigned nblk) {
     __syncthreads();
     if (threadIdx.x == 0) {
-        asm volatile("red.release.gpu.global.add.u64 [%0], 1;" ::"l"(bar) : "memory");
-        unsigned long long c;
+        const unsigned add = blockIdx.x == 0 ? 0x80000000u - (nblk - 1u) : 1u;
+        unsigned old, c;
+        asm volatile("atom.add.release.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(bar), "r"(add) : "memory");
         do {
-            asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(c) : "l"(bar) : "memory");
-        } while (c < target);
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(c) : "l"(bar) : "memory");
+        } while (((c ^ old) & 0x80000000u) == 0u);
     }
     __syncthreads();
 }
@@ -132,11 +134,6 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
 
     jamba_pdl_begin(); /* from here on: activations, states and the workspace */
     ms_stamp(a, 0);
-    unsigned long long base = 0; /* thread 0: the barrier count before this call */
-    if (t == 0) {
-        asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(base) : "l"(a.bar) : "memory");
-        base -= base % (unsigned long long)a.nblk; /* blocks of this call may have arrived already (< nblk) */
-    }
     float4 hs[MS_MAXB];
     float zs[MS_MAXB];
 #pragma unroll
@@ -191,7 +188,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         }
     }
     ms_stamp(a, 2);
-    ms_grid_sync(a.bar, base + (unsigned long long)a.nblk);
+    ms_grid_sync(a.bar, (unsigned)a.nblk);
     ms_stamp(a, 3);
 
     /* 3. xdbl = round_T(sum of the blocks' parts), one warp a column, blocks in order */
@@ -202,7 +199,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         s = jamba_warp_sum(s);
         if (lane == 0) a.xdbl[j] = jamba_round<T>(s);
     }
-    ms_grid_sync(a.bar, base + 2ull * (unsigned long long)a.nblk);
+    ms_grid_sync(a.bar, (unsigned)a.nblk);
     ms_stamp(a, 4);
 
     /* 4a. the dt / B / C norms of every row (segment (b, g) per warp) */
@@ -356,7 +353,7 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
     a.wx = p->xproj_weight.data, a.nw = p->norm_weight.data, a.wdt = p->dtproj_weight.data;
     a.A = (const float *)p->A.data, a.D = (const float *)p->D.data, a.dtb = (const float *)p->dt_bias.data;
     a.ssm = (float *)p->ssm_state.data;
-    a.bar = (unsigned long long *)p->work.data;
+    a.bar = (unsigned *)p->work.data;
     a.part = (float *)((char *)p->work.data + 64);
     a.xdbl = a.part + nblk * B * NO;
     a.sx = p->x.stride[0], a.sz = p->z.data ? p->z.stride[0] : 0;
