@@ -69,7 +69,7 @@ __device__ __forceinline__ void ms_grid_sync(unsigned *bar, unsigned nblk) {
     if (threadIdx.x == 0) {
         const unsigned add = blockIdx.x == 0 ? 0x80000000u - (nblk - 1u) : 1u;
         unsigned old, c;
-        asm volatile("atom.add.release.gpu.global.u32 %0, [%1], %2;" : "=r"(old) : "l"(bar), "r"(add) : "memory");
+        asm volatile("atom.release.gpu.global.add.u32 %0, [%1], %2;" : "=r"(old) : "l"(bar), "r"(add) : "memory");
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(c) : "l"(bar) : "memory");
         } while (((c ^ old) & 0x80000000u) == 0u);
