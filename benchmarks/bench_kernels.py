@@ -309,17 +309,21 @@ def bench_mamba_step(bb, batches, DI, N, K, R):
         work = ops.mamba_inner_step_workspace(DI, Bsz, NO, dev) if dev.type == "cuda" else None
         args = lambda c: (c["x"], c["z"], c["conv_state"], c["conv_weight"], c["conv_bias"], c["xproj_weight"],  # noqa
                           c["norm_weight"], c["dtproj_weight"], c["A"], c["D"], c["dt_bias"], c["ssm_state"], R, 1e-6)
+        if Bsz > 2:  # the EXPERIMENT instance for 3 .. 8 rows (without it: the five launches)
+            os.environ["JAMBA_EXT_MAMBA_STEP_B8"] = "1"
         ref = R_mamba_step(a, R)
         got = ops.mamba_inner_step(*args(dict(a, conv_state=a["conv_state"].clone(),
                                               ssm_state=a["ssm_state"].clone())), work)
         check("mamba_inner_step", got, ref, rtol=3e-2, atol=3e-2)
         nbytes = ((NO * DI + DI * R + DI * (K + 1) + NO) * 2 + 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * N * 4
                   + DI * N * 4 + 2 * DI * 4 + 3 * Bsz * DI * 2)
-        for label, wk in (("mamba_inner_step (fused)", work), ("mamba_inner_step (five launches)", None)):
+        fused = "mamba_inner_step (fused)" if Bsz <= 2 else "mamba_inner_step (fused, EXPERIMENT B8)"
+        for label, wk in ((fused, work), ("mamba_inner_step (five launches)", None)):
             if wk is None and dev.type != "cuda" and label.endswith("(fused)"):
                 continue
             bb.row(label, f"B={Bsz} DI={DI} R={R} N={N} K={K}", lambda: ops.mamba_inner_step(*args(a), wk), nbytes,
                    small=True, graph=True)
+        os.environ.pop("JAMBA_EXT_MAMBA_STEP_B8", None)
 
 
 def R_mamba_step(a, Rk):
@@ -473,7 +477,7 @@ def main():
     if "decode" in only:
         bench_decode(bb, decode_batches, DI, N, K)
     if "decode" in only or "mamba_step" in only:
-        bench_mamba_step(bb, [1, 2], DI, N, K, 16 if args.smoke else 256)
+        bench_mamba_step(bb, [1, 2] if args.smoke else [1, 2, 8], DI, N, K, 16 if args.smoke else 256)
     if "norm" in only:
         bench_norm(bb, *norm_shape)
         bench_norm_segments(bb)

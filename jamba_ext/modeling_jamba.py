@@ -498,6 +498,9 @@ _gemv_on = False                                   # inside a static decode step
 # whole layer step 63.0 against 65.7 us, graph decode of one block +3.6%: mamba_step_timing / probe logs, ecff4ec).
 # Env JAMBA_EXT_MAMBA_STEP=0 turns it off (A/B).
 MAMBA_STEP_FUSED = os.environ.get("JAMBA_EXT_MAMBA_STEP", "1") != "0"
+# EXPERIMENT (not yet run on a GPU): JAMBA_EXT_MAMBA_STEP_B8=1 lets the fused kernel take batch 3 .. 8 too (an instance
+# with 8 rows; the five launches were faster there than the batch-2 kernel's structure allowed: 26 against 38 us).
+MAMBA_STEP_MAX_BATCH = 8 if os.environ.get("JAMBA_EXT_MAMBA_STEP_B8", "0") == "1" else 2
 
 
 class _GemvScope:
@@ -734,21 +737,23 @@ class JambaMambaMixer(nn.Module):
 
     def _fused_step_work(self, x: Tensor, ssm_state: Tensor) -> Optional[Tensor]:
         """The CUDA workspace of jamba.mamba_inner_step for this layer when the fused step applies to this call
-        (MAMBA_STEP_FUSED, CUDA, batch <= 2 (the kernel's limit), one dtype for the step's weights, an fp32 state, no gradient, not
-        tracing), else None. Kept between calls (it holds the kernel's grid-barrier counters)."""
-        if (not (MAMBA_STEP_FUSED and _K is _ops and x.is_cuda and x.shape[0] <= 2 and ssm_state.dtype == torch.float32)
-                or _compiling()):
+        (MAMBA_STEP_FUSED, CUDA, batch <= MAMBA_STEP_MAX_BATCH (the kernel's limit), one dtype for the step's
+        weights, an fp32 state, no gradient, not tracing), else None. Kept between calls (it holds the kernel's
+        grid-barrier count)."""
+        if (not (MAMBA_STEP_FUSED and _K is _ops and x.is_cuda and x.shape[0] <= MAMBA_STEP_MAX_BATCH
+                 and ssm_state.dtype == torch.float32) or _compiling()):
             return None
         ws = (self.x_proj.weight, self.dt_proj.weight, self.conv1d.weight)
         if any(w.dtype != x.dtype for w in ws) or (self.conv1d.bias is not None and self.conv1d.bias.dtype != x.dtype):
             return None
         if torch.is_grad_enabled() and any(p.requires_grad for p in (*ws, self.A_log, self.D, self.dt_proj.bias)):
             return None
-        work = getattr(self, "_step_work", None)
-        if work is None or work.device != x.device:
-            NO = self.x_proj.weight.shape[0]
-            work = _K.mamba_inner_step_workspace(self.intermediate_size, 2, NO, x.device)
-            self._step_work = work
+        work, rows = getattr(self, "_step_work", (None, 0))
+        if work is None or work.device != x.device or rows < x.shape[0]:  # rows: MAMBA_STEP_MAX_BATCH raised (tests)
+            rows = max(MAMBA_STEP_MAX_BATCH, x.shape[0])
+            work = _K.mamba_inner_step_workspace(self.intermediate_size, rows, self.x_proj.weight.shape[0], x.device)
+            self._step_work = (work, rows)
+            self._step_works_kept = getattr(self, "_step_works_kept", []) + [work]  # graphs captured with one keep it
         return work
 
     def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:

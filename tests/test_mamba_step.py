@@ -161,13 +161,16 @@ cuda = [pytest.mark.cuda, pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")]
 
 
 @pytest.mark.parametrize("dtype", dtype_params())
-@pytest.mark.parametrize("B", [1, 2])
+@pytest.mark.parametrize("B", [1, 2, 3, 8])
 @pytest.mark.parametrize("mark", [pytest.param(0, marks=cuda)])
 def test_mamba_inner_step_cuda_jamba_shapes(dtype, B, mark, monkeypatch):
     """Jamba-v0.1's shapes (d_inner 8192, dt_rank 256, d_state 16, width 4): the fused kernel against the chain of
     CUDA ops and float64; deterministic (two runs, same bits; launched without the cooperative attribute too); the
     five-launch path (no work, or
-    JAMBA_EXT_MAMBA_STEP_FUSED=0) is the chain, bit for bit."""
+    JAMBA_EXT_MAMBA_STEP_FUSED=0) is the chain, bit for bit. Batch 3 and 8: the EXPERIMENT instance for up to 8 rows
+    (JAMBA_EXT_MAMBA_STEP_B8=1)."""
+    if B > 2:
+        monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_B8", "1")
     dev = torch.device("cuda")
     a, R = make(B, 8192, 256, 16, 4, 4, True, True, dtype=dtype, device=dev)
     work = ops.mamba_inner_step_workspace(8192, B, 256 + 32, dev)
@@ -235,9 +238,10 @@ def test_mamba_inner_step_cuda_graph(mark, monkeypatch):
         assert torch.equal(static["conv_state"], eager["conv_state"])
 
 
+@pytest.mark.parametrize("batch", [2, 5], ids=["b2", "b5_experiment"])
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static_graph"])
 @pytest.mark.parametrize("mark", [pytest.param(0, marks=cuda)])
-def test_model_decode_with_fused_step(monkeypatch, static, mark):
+def test_model_decode_with_fused_step(monkeypatch, static, batch, mark):
     """The model's decode steps with MAMBA_STEP_FUSED (the default; JAMBA_EXT_MAMBA_STEP=0 turns it off) against the
     same model without it (bf16 on CUDA; greedy generate with the CUDA graph in the static case): logits within bf16
     noise, and the fused op is what ran."""
@@ -245,7 +249,10 @@ def test_model_decode_with_fused_step(monkeypatch, static, mark):
     from test_model import CONFIGS, make_pair, prompt_ids, rel_err
     cfg = dict(CONFIGS["mamba_dense"], mamba_dt_rank=16)               # R a multiple of 8: the fused kernel runs
     ours = make_pair(cfg, dtype=torch.bfloat16, device="cuda")[1]
-    ids = prompt_ids(2, 9, ours.config.vocab_size, seed=5).cuda()
+    ids = prompt_ids(batch, 9, ours.config.vocab_size, seed=5).cuda()
+    if batch > 2:                                                       # EXPERIMENT: the instance for 3 .. 8 rows
+        monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_B8", "1")
+        monkeypatch.setattr(mj, "MAMBA_STEP_MAX_BATCH", 8)
     monkeypatch.setenv("JAMBA_EXT_MAMBA_STEP_FUSED", "force")           # the kernel ran, not the five launches
     calls = []
     real = ops.mamba_inner_step
@@ -254,7 +261,7 @@ def test_model_decode_with_fused_step(monkeypatch, static, mark):
     for fused in (False, True):
         monkeypatch.setattr(mj, "MAMBA_STEP_FUSED", fused)
         with torch.no_grad():
-            cache = mj.JambaHybridCache(ours.config, 2, max_length=32, static=static)
+            cache = mj.JambaHybridCache(ours.config, batch, max_length=32, static=static)
             la = ours(ids, cache=cache).logits[:, -1]
             tok, steps = la.argmax(-1), []
             for _ in range(6):
