@@ -151,7 +151,7 @@ def kernel(a, R, eps, dtype):
 def main():
     for dtype in (torch.float32, torch.bfloat16):
         for (B, DI, R, N, K, S) in ((1, 200, 16, 16, 4, 4), (2, 136, 24, 8, 4, 4), (2, 72, 32, 4, 3, 2),
-                                    (2, 64, 256, 16, 4, 4)):
+                                    (2, 64, 256, 16, 4, 4), (5, 136, 24, 8, 4, 4), (8, 72, 16, 16, 4, 4)):
             g = torch.Generator().manual_seed(B * 1000 + DI)
             rn = lambda *s, sc=1.0, sh=0.0: (torch.randn(*s, generator=g) * sc + sh).to(dtype)  # noqa: E731
             NO = R + 2 * N
