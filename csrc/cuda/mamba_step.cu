@@ -334,6 +334,16 @@ static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t strea
     return JAMBA_OK;
 }
 
+/* the kernel instance for d_state a.N (4, 8 or 16) */
+template <typename T, int MAXB>
+static jamba_status ms_launch_b(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
+    switch (a.N) {
+    case 4: return ms_launch_n<T, 4, MAXB>(a, device, stream, ran, mode);
+    case 8: return ms_launch_n<T, 8, MAXB>(a, device, stream, ran, mode);
+    default: return ms_launch_n<T, 16, MAXB>(a, device, stream, ran, mode);
+    }
+}
+
 template <typename T>
 static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device, cudaStream_t stream, bool *ran) {
     const int64_t VN = 16 / (int64_t)sizeof(T);
@@ -379,14 +389,8 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
     a.eps = (float)p->eps;
     const char *te = getenv("JAMBA_EXT_MAMBA_STEP_TIMING"); /* dev: stamps after the workspace, if it has room */
     if (te && te[0] == '1' && p->work.shape[0] >= wel + nblk * 16) a.tim = (long long *)p->work.data + wel;
-    switch (N) {
-    case 4: return wide ? ms_launch_n<T, 4, MS_MAXB_X>(a, device, stream, ran, mode)
-                        : ms_launch_n<T, 4, MS_MAXB>(a, device, stream, ran, mode);
-    case 8: return wide ? ms_launch_n<T, 8, MS_MAXB_X>(a, device, stream, ran, mode)
-                        : ms_launch_n<T, 8, MS_MAXB>(a, device, stream, ran, mode);
-    default: return wide ? ms_launch_n<T, 16, MS_MAXB_X>(a, device, stream, ran, mode)
-                         : ms_launch_n<T, 16, MS_MAXB>(a, device, stream, ran, mode);
-    }
+    return wide ? ms_launch_b<T, MS_MAXB_X>(a, device, stream, ran, mode)
+                : ms_launch_b<T, MS_MAXB>(a, device, stream, ran, mode);
 }
 
 extern "C" jamba_status jamba_mamba_inner_step_cuda(const jamba_mamba_inner_step_params *p, jamba_launch launch) {
