@@ -309,21 +309,17 @@ def bench_mamba_step(bb, batches, DI, N, K, R):
         work = ops.mamba_inner_step_workspace(DI, Bsz, NO, dev) if dev.type == "cuda" else None
         args = lambda c: (c["x"], c["z"], c["conv_state"], c["conv_weight"], c["conv_bias"], c["xproj_weight"],  # noqa
                           c["norm_weight"], c["dtproj_weight"], c["A"], c["D"], c["dt_bias"], c["ssm_state"], R, 1e-6)
-        if Bsz > 2:  # the EXPERIMENT instance for 3 .. 8 rows (without it: the five launches)
-            os.environ["JAMBA_EXT_MAMBA_STEP_B8"] = "1"
         ref = R_mamba_step(a, R)
         got = ops.mamba_inner_step(*args(dict(a, conv_state=a["conv_state"].clone(),
                                               ssm_state=a["ssm_state"].clone())), work)
         check("mamba_inner_step", got, ref, rtol=3e-2, atol=3e-2)
         nbytes = ((NO * DI + DI * R + DI * (K + 1) + NO) * 2 + 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * N * 4
                   + DI * N * 4 + 2 * DI * 4 + 3 * Bsz * DI * 2)
-        fused = "mamba_inner_step (fused)" if Bsz <= 2 else "mamba_inner_step (fused, EXPERIMENT B8)"
-        for label, wk in ((fused, work), ("mamba_inner_step (five launches)", None)):
-            if wk is None and dev.type != "cuda" and label.endswith("(fused)"):
+        for label, wk in (("mamba_inner_step (fused)", work), ("mamba_inner_step (five launches)", None)):
+            if label.endswith("(fused)") and (dev.type != "cuda" or Bsz > 2):  # the fused kernel: CUDA, batch <= 2
                 continue
             bb.row(label, f"B={Bsz} DI={DI} R={R} N={N} K={K}", lambda: ops.mamba_inner_step(*args(a), wk), nbytes,
                    small=True, graph=True)
-        os.environ.pop("JAMBA_EXT_MAMBA_STEP_B8", None)
 
 
 def R_mamba_step(a, Rk):

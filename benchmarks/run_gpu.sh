@@ -4,7 +4,7 @@
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
 # Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] [FIRST_TESTS=tests/x.py] bash benchmarks/run_gpu.sh [full]
 #   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model with JAMBA_EXT_MAMBA_STEP=0, with JAMBA_EXT_PDL=0 and
-#   with JAMBA_EXT_MAMBA_STEP_B8=1 (batch 8), their JSON kept together as bench_model_ab.json: $OUT holds at most 8
+#   their JSON kept together as bench_model_ab.json: $OUT holds at most 8
 #   files; dev/mamba_step_timing.py; experiments add their rows to the
 #   benchmarks under the same switch)
 #   (pass JAMBA_COMMIT: the device copy of .git may be stale; it goes into the log and every JSON)
@@ -65,13 +65,12 @@ if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
   step "bench_model without programmatic dependent launch (A/B: JAMBA_EXT_PDL=0; 2K prompts, no transformers)"
   JAMBA_EXT_PDL=0 timeout 150 python3 benchmarks/bench_model.py --prompts 2048 --no-hf --decode-steps 16 --budget-s 40 2>&1 | tail -12
   cp benchmarks/results/bench_model.json /tmp/ab_nopdl.json 2>/dev/null
-  step "bench_model with the fused step up to batch 8 (EXPERIMENT: JAMBA_EXT_MAMBA_STEP_B8=1; 2K prompts, batch 8)"
-  JAMBA_EXT_MAMBA_STEP_B8=1 timeout 120 python3 benchmarks/bench_model.py --batches 8 --prompts 2048 --no-hf --decode-steps 16 --budget-s 30 2>&1 | tail -6
-  cp benchmarks/results/bench_model.json /tmp/ab_b8.json 2>/dev/null
-  step "dev/mamba_step_timing.py (the fused kernel's phases at batch 1 / 2 / 8)"
+  step "dev/decode_ctx_probe.py (the captured decode step at 2K / 8K prompts, per kernel; PDL off)"
+  JAMBA_EXT_PDL=0 timeout 150 python3 dev/decode_ctx_probe.py 2>&1 | tail -80
+  step "dev/mamba_step_timing.py (the fused kernel's phases at batch 1 / 2)"
   timeout 120 python3 dev/mamba_step_timing.py 2>&1 | tail -45
   # one file for all (the device tool brings back at most 8 files)
-  python3 -c "import json; json.dump({k: json.load(open(f)) for k, f in (('JAMBA_EXT_MAMBA_STEP=0', '/tmp/ab_nofused.json'), ('JAMBA_EXT_PDL=0', '/tmp/ab_nopdl.json'), ('JAMBA_EXT_MAMBA_STEP_B8=1', '/tmp/ab_b8.json'))}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
+  python3 -c "import json; json.dump({k: json.load(open(f)) for k, f in (('JAMBA_EXT_MAMBA_STEP=0', '/tmp/ab_nofused.json'), ('JAMBA_EXT_PDL=0', '/tmp/ab_nopdl.json'))}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
 fi
 step "bench_model"
 [ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py --decode-steps 16 --budget-s 60 2>&1 | tail -30

@@ -73,10 +73,8 @@ def main():
     ops.gemv(rn(2, 8192), rn(288, 8192))                       # 8 K-slices per row pair
     ops.gemv(rn(2, 256), rn(100, 256), rn(100, dt=torch.float32))  # 1 K-slice, 16 rows per block, f32 bias
     ops.gemv(rn(3, 13), rn(9, 13))                             # element kernel
-    for Bm, DIm, Rm, Nm in ((1, 200, 16, 16), (2, 136, 24, 8), (5, 136, 24, 8)):  # mamba_inner_step: the fused
-        # kernel (4 / 3 blocks, partial last ones; batch 5: the EXPERIMENT instance for 3 .. 8 rows), twice each
-        os.environ["JAMBA_EXT_MAMBA_STEP_B8"] = "1"
-        NOm = Rm + 2 * Nm
+    for Bm, DIm, Rm, Nm in ((1, 200, 16, 16), (2, 136, 24, 8)):  # mamba_inner_step: the fused kernel (4 / 3 blocks,
+        NOm = Rm + 2 * Nm                                             # partial last ones), grid barriers, twice each
         work = ops.mamba_inner_step_workspace(DIm, Bm, NOm, dev)
         cs, ss = rn(Bm, DIm, 4), torch.randn(Bm, DIm, Nm, generator=g, device=dev)
         xz = rn(Bm, 2 * DIm)
@@ -85,7 +83,6 @@ def main():
             ops.mamba_inner_step(xz[:, :DIm], xz[:, DIm:], cs, rn(DIm, 1, 4), rn(DIm), rn(NOm, DIm), rn(NOm),
                                  rn(DIm, Rm), Am, torch.randn(DIm, device=dev), torch.randn(DIm, device=dev), ss, Rm,
                                  1e-6, work)
-    os.environ.pop("JAMBA_EXT_MAMBA_STEP_B8", None)
     mk = torch.rand(2, 300, generator=g, device=dev) > 0.3
     for mma in ("1", "0"):  # the tensor-core kernel (bf16 / f16, D 64 / 128), then the CUDA-core one
         os.environ["JAMBA_EXT_ATTN_MMA"] = mma

@@ -498,9 +498,9 @@ _gemv_on = False                                   # inside a static decode step
 # whole layer step 63.0 against 65.7 us, graph decode of one block +3.6%: mamba_step_timing / probe logs, ecff4ec).
 # Env JAMBA_EXT_MAMBA_STEP=0 turns it off (A/B).
 MAMBA_STEP_FUSED = os.environ.get("JAMBA_EXT_MAMBA_STEP", "1") != "0"
-# EXPERIMENT (not yet run on a GPU): JAMBA_EXT_MAMBA_STEP_B8=1 lets the fused kernel take batch 3 .. 8 too (an instance
-# with 8 rows; the five launches were faster there than the batch-2 kernel's structure allowed: 26 against 38 us).
-MAMBA_STEP_MAX_BATCH = 8 if os.environ.get("JAMBA_EXT_MAMBA_STEP_B8", "0") == "1" else 2
+# The kernel's batch limit (larger batches run the five launches, faster there: 23.2 against 28.4 us at batch 8 for
+# an 8-row instance of the fused kernel, gpu_round_519cb9a.log).
+MAMBA_STEP_MAX_BATCH = 2
 
 
 class _GemvScope:
@@ -749,7 +749,7 @@ class JambaMambaMixer(nn.Module):
         if torch.is_grad_enabled() and any(p.requires_grad for p in (*ws, self.A_log, self.D, self.dt_proj.bias)):
             return None
         work, rows = getattr(self, "_step_work", (None, 0))
-        if work is None or work.device != x.device or rows < x.shape[0]:  # rows: MAMBA_STEP_MAX_BATCH raised (tests)
+        if work is None or work.device != x.device or rows < x.shape[0]:
             rows = max(MAMBA_STEP_MAX_BATCH, x.shape[0])
             work = _K.mamba_inner_step_workspace(self.intermediate_size, rows, self.x_proj.weight.shape[0], x.device)
             self._step_work = (work, rows)

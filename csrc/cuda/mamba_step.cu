@@ -7,8 +7,7 @@
  * of a step's gap to its floor over Jamba-v0.1's 28 Mamba layers. Their data flow needs only two grid-wide joins:
  * x_proj reduces over every channel, and everything after it needs all of its outputs.
  *
- * Kernel mamba_step_kernel<T, N, MAXB> (MAXB: the batch rows its arrays hold: 2, or 8 for the EXPERIMENT in the
- * limits below): one block of 256 threads per 64 channels (grid = ceil(DI / 64) blocks, every block resident at
+ * Kernel mamba_step_kernel<T, N> (its arrays hold MS_MAXB = 2 batch rows): one block of 256 threads per 64 channels (grid = ceil(DI / 64) blocks, every block resident at
  * once: the launcher checks the occupancy and launches with the cooperative attribute, so that a grid that cannot
  * be resident fails to launch instead of waiting at a barrier; then the five launches run).
  *   x, z (B, DI) T, unit stride along DI, batch strides sx / sz; conv_state (B, DI, S) T, unit stride along S, batch /
@@ -29,10 +28,9 @@
  *      channels (4 lanes a channel); the state update of its channels (N / 4 lanes a channel, 4 states each, as
  *      selective_state_update's f32 kernel), out rounded to T.
  *   Deterministic: every sum runs in a fixed order; the barrier's count only counts.
- * Limits (else the five launches): B <= 2 (at batch 8 the five launches took 26 us against 38: the per-row work
- * here is serial; EXPERIMENT, not yet run on a GPU: with env JAMBA_EXT_MAMBA_STEP_B8=1 batch 3 .. 8 run an instance
- * with 8 rows, whose x_proj partials read xc from registers (the 38 us version read it from shared memory 640 times
- * a thread) and whose dt_proj reads the norms with 16-byte loads; 204-255 registers, no spills), N in {4, 8, 16},
+ * Limits (else the five launches): B <= 2 (the per-row work here is serial: at batch 8 the five launches took 26 us
+ * against 38 for a first version, and 23.2 against 28.4 us for an 8-row instance that read xc from registers,
+ * gpu_round_519cb9a.log; removed), N in {4, 8, 16},
  * R % VN == 0 and R <= 256, NO <= 320, DI % VN == 0 (VN = 16 / sizeof(T)); x with unit stride along DI;
  * xproj_weight, dtproj_weight, A (contiguous) and ssm_state 16-byte aligned; D, dt_bias with unit stride; every
  * block resident at once (occupancy x SMs >= grid).
@@ -45,7 +43,6 @@
 #define MS_CPB 64      /* channels per block */
 #define MS_THREADS 256 /* threads per block */
 #define MS_MAXB 2      /* batch rows (larger batches: the five launches, faster there) */
-#define MS_MAXB_X 8    /* EXPERIMENT (JAMBA_EXT_MAMBA_STEP_B8=1): an instance for batch 3 .. 8 */
 #define MS_MAXNO 320   /* x_proj outputs (R + 2N) */
 #define MS_MAXR 256    /* dt rank */
 
@@ -92,7 +89,7 @@ __device__ __forceinline__ void ms_stamp(const ms_args &a, int k) {
     }
 }
 
-template <typename T, int N, int MAXB>
+template <typename T, int N>
 __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     jamba_pdl_weights_first(); /* weights (x_proj, dt_proj, A, D, dt_bias) are loaded before the wait */
     typedef jamba_w16<T> P;
@@ -102,9 +99,9 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     constexpr int NPX = MS_MAXNO / RPP;        /* passes: 10 or 20 */
     constexpr int NWD = MS_MAXR / VN / 4;      /* dt_proj vectors per thread: 8 or 16 */
     constexpr int TPN = N / 4;                 /* state-update lanes per channel */
-    __shared__ float s_xc[MAXB][MS_CPB];    /* conv outputs (rounded to T) */
-    __shared__ float s_n[MAXB][MS_MAXNO];   /* normalised xdbl (rounded to T) */
-    __shared__ float s_dl[MAXB][MS_CPB];    /* delta (rounded to T) */
+    __shared__ float s_xc[MS_MAXB][MS_CPB];    /* conv outputs (rounded to T) */
+    __shared__ float s_n[MS_MAXB][MS_MAXNO];   /* normalised xdbl (rounded to T) */
+    __shared__ float s_dl[MS_MAXB][MS_CPB];    /* delta (rounded to T) */
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int blk = blockIdx.x, c0 = blk * MS_CPB;
     const int cw = a.DI - c0 < MS_CPB ? a.DI - c0 : MS_CPB;
@@ -139,10 +136,10 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
 
     jamba_pdl_begin(); /* from here on: activations, states and the workspace */
     ms_stamp(a, 0);
-    float4 hs[MAXB];
-    float zs[MAXB];
+    float4 hs[MS_MAXB];
+    float zs[MS_MAXB];
 #pragma unroll
-    for (int b = 0; b < MAXB; b++) {
+    for (int b = 0; b < MS_MAXB; b++) {
         const bool ok = sv && b < B;
         hs[b] = ok ? *(const float4 *)(a.ssm + ((int64_t)b * a.DI + sc) * N + 4 * sq) : make_float4(0.f, 0.f, 0.f, 0.f);
         zs[b] = ok && sq == 0 && a.z ? jamba_ld<T>(((const T *)a.z)[b * a.sz + sc]) : 0.f;
@@ -170,9 +167,9 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     ms_stamp(a, 1);
 
     /* 2. x_proj partial sums of this block's channels (this thread's VN channels of xc in registers) */
-    float xq[MAXB][VN];
+    float xq[MS_MAXB][VN];
 #pragma unroll
-    for (int b = 0; b < MAXB; b++)
+    for (int b = 0; b < MS_MAXB; b++)
 #pragma unroll
         for (int e = 0; e < VN; e++) xq[b][e] = b < B ? s_xc[b][xv * VN + e] : 0.f;
 #pragma unroll
@@ -182,7 +179,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
         float wf[VN];
         P::ld(wx[i], wf);
 #pragma unroll
-        for (int b = 0; b < MAXB; b++) {
+        for (int b = 0; b < MS_MAXB; b++) {
             if (b >= B) break;
             float acc = 0.f;
 #pragma unroll
@@ -234,16 +231,8 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
             if (v < nvr) {
                 float wf[VN];
                 P::ld(wd[i], wf);
-                if constexpr (MAXB > 2) { /* 16-byte shared loads (the same products in the same order) */
-                    float nv[VN];
 #pragma unroll
-                    for (int e = 0; e < VN; e += 4) *(float4 *)(nv + e) = *(const float4 *)&s_n[b][v * VN + e];
-#pragma unroll
-                    for (int e = 0; e < VN; e++) acc = fmaf(wf[e], nv[e], acc);
-                } else {
-#pragma unroll
-                    for (int e = 0; e < VN; e++) acc = fmaf(wf[e], s_n[b][v * VN + e], acc);
-                }
+                for (int e = 0; e < VN; e++) acc = fmaf(wf[e], s_n[b][v * VN + e], acc);
             }
         }
         acc += __shfl_xor_sync(JAMBA_FULL_MASK, acc, 1);
@@ -256,7 +245,7 @@ __global__ void __launch_bounds__(MS_THREADS, 1) mamba_step_kernel(ms_args a) {
     /* 4c. state update: channel scl, states 4 sq .. 4 sq + 3 (TPN lanes a channel; state loaded in 1.) */
     if (MS_THREADS / TPN > MS_CPB && scl >= MS_CPB) return; /* N < 16: spare threads (no barrier below) */
 #pragma unroll
-    for (int b = 0; b < MAXB; b++) {
+    for (int b = 0; b < MS_MAXB; b++) {
         if (b >= B) break;
         float4 h = hs[b];
         const float xu = s_xc[b][scl];
@@ -298,12 +287,12 @@ static int ms_mode(void) {
     return 1;
 }
 
-template <typename T, int N, int MAXB>
+template <typename T, int N>
 static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
     static int per_sm_of[64]; /* resident blocks per SM, per device (0: not asked yet; -1: the query failed) */
     int per_sm = device >= 0 && device < 64 ? per_sm_of[device] : 0;
     if (per_sm == 0) {
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mamba_step_kernel<T, N, MAXB>, MS_THREADS, 0) !=
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, mamba_step_kernel<T, N>, MS_THREADS, 0) !=
             cudaSuccess) {
             (void)cudaGetLastError();
             per_sm = -1;
@@ -318,10 +307,10 @@ static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t strea
         return JAMBA_OK;
     }
     if (mode == 3) {
-        jamba_kernel_launch(mamba_step_kernel<T, N, MAXB>, (unsigned)a.nblk, MS_THREADS, 0, stream, a);
+        jamba_kernel_launch(mamba_step_kernel<T, N>, (unsigned)a.nblk, MS_THREADS, 0, stream, a);
         JAMBA_LAUNCH_CHECK("jamba.mamba_inner_step (mamba_step_kernel)", stream);
     } else {
-        const cudaError_t e = jamba_kernel_launch_coop(mamba_step_kernel<T, N, MAXB>, (unsigned)a.nblk, MS_THREADS, 0,
+        const cudaError_t e = jamba_kernel_launch_coop(mamba_step_kernel<T, N>, (unsigned)a.nblk, MS_THREADS, 0,
                                                        stream, a);
         if (e != cudaSuccess) { /* refused (e.g. not co-resident): the five launches, or the reason (force) */
             if (mode == 2)
@@ -335,12 +324,12 @@ static jamba_status ms_launch_n(const ms_args &a, int device, cudaStream_t strea
 }
 
 /* the kernel instance for d_state a.N (4, 8 or 16) */
-template <typename T, int MAXB>
+template <typename T>
 static jamba_status ms_launch_b(const ms_args &a, int device, cudaStream_t stream, bool *ran, int mode) {
     switch (a.N) {
-    case 4: return ms_launch_n<T, 4, MAXB>(a, device, stream, ran, mode);
-    case 8: return ms_launch_n<T, 8, MAXB>(a, device, stream, ran, mode);
-    default: return ms_launch_n<T, 16, MAXB>(a, device, stream, ran, mode);
+    case 4: return ms_launch_n<T, 4>(a, device, stream, ran, mode);
+    case 8: return ms_launch_n<T, 8>(a, device, stream, ran, mode);
+    default: return ms_launch_n<T, 16>(a, device, stream, ran, mode);
     }
 }
 
@@ -355,16 +344,13 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
                         jamba_aligned16(p->dtproj_weight.data) && jamba_aligned16(p->ssm_state.data) &&
                         jamba_aligned16(p->A.data) && p->A.stride[1] == 1 && p->A.stride[0] == N &&
                         (!p->D.data || p->D.stride[0] == 1) && (!p->dt_bias.data || p->dt_bias.stride[0] == 1);
-    const char *b8 = getenv("JAMBA_EXT_MAMBA_STEP_B8"); /* EXPERIMENT: batch 3 .. 8 fused too */
-    const int maxb = b8 && !strcmp(b8, "1") ? MS_MAXB_X : MS_MAXB;
-    const bool wide = B > MS_MAXB;
-    if (!p->work.data || B < 1 || B > maxb || (N != 4 && N != 8 && N != 16) || R % VN ||
+    if (!p->work.data || B < 1 || B > MS_MAXB || (N != 4 && N != 8 && N != 16) || R % VN ||
         R > MS_MAXR || NO > MS_MAXNO || DI % VN || DI > INT32_MAX / 2 || !vec_ok) {
         if (mode == 2)
             return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.mamba_inner_step: the fused kernel does not apply "
                                    "(workspace %s, B %lld <= %d, N %lld in {4, 8, 16}, R %lld: multiple of %lld and "
                                    "<= %d, NO %lld <= %d, DI %lld multiple of %lld, layout %s)",
-                                   p->work.data ? "given" : "absent", (long long)B, maxb, (long long)N, (long long)R,
+                                   p->work.data ? "given" : "absent", (long long)B, MS_MAXB, (long long)N, (long long)R,
                                    (long long)VN, MS_MAXR, (long long)NO, MS_MAXNO, (long long)DI, (long long)VN,
                                    vec_ok ? "ok" : "not");
         return JAMBA_OK;
@@ -389,8 +375,7 @@ static jamba_status ms_launch(const jamba_mamba_inner_step_params *p, int device
     a.eps = (float)p->eps;
     const char *te = getenv("JAMBA_EXT_MAMBA_STEP_TIMING"); /* dev: stamps after the workspace, if it has room */
     if (te && te[0] == '1' && p->work.shape[0] >= wel + nblk * 16) a.tim = (long long *)p->work.data + wel;
-    return wide ? ms_launch_b<T, MS_MAXB_X>(a, device, stream, ran, mode)
-                : ms_launch_b<T, MS_MAXB>(a, device, stream, ran, mode);
+    return ms_launch_b<T>(a, device, stream, ran, mode);
 }
 
 extern "C" jamba_status jamba_mamba_inner_step_cuda(const jamba_mamba_inner_step_params *p, jamba_launch launch) {
