@@ -478,7 +478,7 @@ def main():
         bench_norm(bb, *norm_shape)
         bench_norm_segments(bb)
     if "gemv" in only:
-        bench_gemv(bb, [("smoke", 40, 264)] if args.smoke else GEMV_SHAPES, (1, 3) if args.smoke else (1, 8))
+        bench_gemv(bb, [("smoke", 40, 264)] if args.smoke else GEMV_SHAPES, (1, 3) if args.smoke else (1, 2, 4, 8))
     if "attn" in only:
         bench_attention(bb, [64] if args.smoke else [2048, 8192, 32768, 131072])
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,

@@ -73,6 +73,10 @@ def main():
     ops.gemv(rn(2, 8192), rn(288, 8192))                       # 8 K-slices per row pair
     ops.gemv(rn(2, 256), rn(100, 256), rn(100, dt=torch.float32))  # 1 K-slice, 16 rows per block, f32 bias
     ops.gemv(rn(3, 13), rn(9, 13))                             # element kernel
+    ops.gemv(rn(5, 1032), rn(40, 1032), rn(40))                # tensor-core kernel: partial row tile and step, K slices
+    os.environ["JAMBA_EXT_GEMV_MMA"] = "0"                     # 2-8 rows on the CUDA-core kernel
+    ops.gemv(rn(2, 8192), rn(288, 8192))
+    os.environ.pop("JAMBA_EXT_GEMV_MMA")
     for Bm, DIm, Rm, Nm in ((1, 200, 16, 16), (2, 136, 24, 8)):  # mamba_inner_step: the fused kernel (4 / 3 blocks,
         NOm = Rm + 2 * Nm                                             # partial last ones), grid barriers, twice each
         work = ops.mamba_inner_step_workspace(DIm, Bm, NOm, dev)

@@ -13,6 +13,7 @@
  *   jamba_warp_sum             butterfly sum over a warp (every lane gets the total)
  *   jamba_w16<T>               16 bytes (uint4) <-> 16/sizeof(T) floats on 32-bit words, no unions
  *   JAMBA_DISPATCH_FLOAT       switch from a jamba_dtype to a C++ type T (f32, f16, bf16)
+ *   mma16816<T>                one m16n8k16 tensor-core product (bf16 / f16 in, fp32 accumulate)
  * Offsets are int64_t everywhere a tensor is indexed.
  */
 #ifndef JAMBA_CUDA_COMMON_CUH
@@ -305,5 +306,26 @@ static inline int64_t jamba_ceil_div(int64_t a, int64_t b) { return (a + b - 1) 
 
 /* grid.x is limited to 2^31-1 blocks; kernels loop over "virtual" blocks when more are needed */
 #define JAMBA_MAX_GRID_X 2147483647LL
+
+/* c += a (16 x 16, row-major) * b (16 x 8, col-major) on tensor cores (mma.sync m16n8k16, sm_80+), fp32
+ * accumulate; T __nv_bfloat16 or __half. Fragments (g = lane / 4, t = lane % 4): a[0] row g, k 2t .. 2t+1; a[1] row
+ * g + 8, same k; a[2] / a[3] the same rows at k + 8; b0 k 2t .. 2t+1 of column g, b1 k + 8; c[0..1] row g, columns
+ * 2t, 2t + 1; c[2..3] row g + 8. (moe.cu's GEMMs, gemv.cu's gemv_mma_kernel) */
+template <typename T> __device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                              uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4],
+                                                                    uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                             uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
 
 #endif /* JAMBA_CUDA_COMMON_CUH */

@@ -11,6 +11,17 @@
  *     loads issued before the first multiply; x is read through the read-only cache (tiny, shared by every
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
+ *   gemv_mma_kernel<T>: T bf16 / f16, 2 <= M <= 8 (the rows of a small decode batch), the vec kernel's layout
+ *     conditions. Tensor cores (mma m16n8k16): weight rows are the product's 16-row side, the rows of x its
+ *     8-column side (columns >= M read as zeros). A block of 8 warps owns RB = 16 * 8 / KW weight rows (grid
+ *     N / RB); warp (pair = warp / KW, slice ks = warp % KW) owns rows 16 pair .. +15 of them and the K steps (32
+ *     elements each) of groups ks, ks + KW, ... (a group: GEMV_MMA_U consecutive steps). Lane (g, t) = (lane / 4,
+ *     lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row g at k = 32 step + 8 t, straight into the
+ *     mma fragments: the product's k order is a permutation of K's (elements 8t .. 8t+3 of a step feed the first
+ *     mma, 8t+4 .. 8t+7 the second), the same for both operands, so no shared-memory staging is needed and x is
+ *     read once per 16 weight rows (the vec kernel reads x once per 2 rows and row of x: at M = 8 its L1 traffic,
+ *     not DRAM, binds). Accumulators: rows g / g + 8, x rows 2t / 2t + 1; the KW slices added in slice order
+ *     through shared memory (deterministic).
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
  * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
@@ -24,6 +35,8 @@
 
 #define GEMV_WARPS 8 /* warps per block */
 #define GEMV_R 2     /* weight rows per warp */
+#define GEMV_MMA_U 4 /* gemv_mma_kernel: K steps of 32 per group (their loads issued together) */
+#define GEMV_MMA_MAXM 8
 
 struct gemv_args {
     void *out;
@@ -84,6 +97,59 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(gemv_args a) 
 }
 
 template <typename T>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_mma_kernel(gemv_args a) {
+    jamba_pdl_begin();
+    constexpr int U = GEMV_MMA_U;
+    __shared__ float red[GEMV_WARPS][4][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw;
+    const int g = lane >> 2, t = lane & 3;
+    const int64_t n0 = ((int64_t)blockIdx.x * (GEMV_WARPS / kw) + warp / kw) * 16;
+    const bool ok0 = n0 + g < a.N, ok8 = n0 + g + 8 < a.N, okx = g < a.M;
+    const T *w0 = (const T *)a.w + (ok0 ? n0 + g : 0) * a.sw + 8 * t;
+    const T *w8 = (const T *)a.w + (ok8 ? n0 + g + 8 : 0) * a.sw + 8 * t;
+    const T *xr = (const T *)a.x + (okx ? g : 0) * a.sx + 8 * t;
+    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    const int64_t nsteps = (a.K + 31) / 32;
+    for (int64_t s0 = (int64_t)ks * U; s0 < nsteps; s0 += (int64_t)U * kw) {
+        uint4 wa[U], wb[U], xv[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t k = (s0 + u) * 32;
+            const bool in = k + 8 * t < a.K; /* K % 8 == 0: a lane's 8 elements are all in or all out */
+            wa[u] = in && ok0 ? gemv_ld_stream(w0 + k) : zero;
+            wb[u] = in && ok8 ? gemv_ld_stream(w8 + k) : zero;
+            xv[u] = in && okx ? __ldg((const uint4 *)(xr + k)) : zero;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const uint32_t a0[4] = {wa[u].x, wb[u].x, wa[u].y, wb[u].y};
+            const uint32_t a1[4] = {wa[u].z, wb[u].z, wa[u].w, wb[u].w};
+            mma16816<T>(c, a0, xv[u].x, xv[u].y);
+            mma16816<T>(c, a1, xv[u].z, xv[u].w);
+        }
+    }
+    if (kw > 1) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) red[warp][j][lane] = c[j];
+        __syncthreads();
+        if (ks != 0) return;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float s = 0.f;
+            for (int q = 0; q < kw; q++) s += red[warp + q][j][lane];
+            c[j] = s;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int64_t n = n0 + g + (j >> 1) * 8;
+        const int m = 2 * t + (j & 1);
+        if (n < a.N && m < a.M) ((T *)a.out)[m * a.so + n] = jamba_st<T>(c[j] + gemv_bias(a, n));
+    }
+}
+
+template <typename T>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) {
     jamba_pdl_begin();
     const int lane = threadIdx.x & 31;
@@ -99,6 +165,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
     }
 }
 
+/* env JAMBA_EXT_GEMV_MMA=0: 2-8 rows run on the CUDA-core vec kernel instead (A/B) */
+static bool gemv_mma_on() {
+    const char *e = getenv("JAMBA_EXT_GEMV_MMA");
+    return !(e && e[0] == '0' && e[1] == 0);
+}
+
 template <typename T>
 static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
     constexpr int VN = 16 / (int)sizeof(T);
@@ -110,6 +182,20 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
             return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
         jamba_kernel_launch(gemv_any_kernel<T>, dim3((unsigned)blocks), dim3(GEMV_WARPS * 32), 0, stream, a);
         JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_any_kernel)", stream);
+        return JAMBA_OK;
+    }
+    if constexpr (sizeof(T) == 2) if (a.M >= 2 && a.M <= GEMV_MMA_MAXM && gemv_mma_on()) {
+        /* tensor cores: warps along K while the grid is under 2 waves' worth of blocks and each warp keeps >= 1
+         * group of steps */
+        const int64_t groups = jamba_ceil_div(jamba_ceil_div(a.K, 32), GEMV_MMA_U);
+        int kw = 1;
+        while (kw < GEMV_WARPS && 2 * kw <= groups && jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
+        a.kw = kw;
+        const int64_t bx = jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw));
+        if (bx > JAMBA_MAX_GRID_X)
+            return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
+        jamba_kernel_launch(gemv_mma_kernel<T>, dim3((unsigned)bx), dim3(GEMV_WARPS * 32), 0, stream, a);
+        JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_mma_kernel)", stream);
         return JAMBA_OK;
     }
     /* warps along K: each warp >= 4 chunks where K allows, then more slices while the grid is under 2 waves'
