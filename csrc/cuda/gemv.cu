@@ -96,33 +96,47 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(gemv_args a) 
     }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_mma_kernel(gemv_args a) {
+/* 16 bytes of a weight row / of x, as volatile asm: issued in program order, so that a group's loads all leave before
+ * its first mma (as plain loads the compiler sank each next to its mma: ~3 loads in flight a lane, 2.5 TB/s) */
+__device__ __forceinline__ uint4 gemv_ldv_stream(const void *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+__device__ __forceinline__ uint4 gemv_ldv_x(const void *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+}
+
+template <typename T, int U>
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(gemv_args a) {
     jamba_pdl_begin();
-    constexpr int U = GEMV_MMA_U;
     __shared__ float red[GEMV_WARPS][4][32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw;
     const int g = lane >> 2, t = lane & 3;
     const int64_t n0 = ((int64_t)blockIdx.x * (GEMV_WARPS / kw) + warp / kw) * 16;
-    const bool ok0 = n0 + g < a.N, ok8 = n0 + g + 8 < a.N, okx = g < a.M;
-    const T *w0 = (const T *)a.w + (ok0 ? n0 + g : 0) * a.sw + 8 * t;
-    const T *w8 = (const T *)a.w + (ok8 ? n0 + g + 8 : 0) * a.sw + 8 * t;
-    const T *xr = (const T *)a.x + (okx ? g : 0) * a.sx + 8 * t;
+    /* rows past N and x rows past M read row 0 (their outputs are not stored; a product's columns are independent) */
+    const T *w0 = (const T *)a.w + (n0 + g < a.N ? n0 + g : 0) * a.sw + 8 * t;
+    const T *w8 = (const T *)a.w + (n0 + g + 8 < a.N ? n0 + g + 8 : 0) * a.sw + 8 * t;
+    const T *xr = (const T *)a.x + (g < a.M ? g : 0) * a.sx + 8 * t;
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     float c[4] = {0.f, 0.f, 0.f, 0.f};
     const int64_t nsteps = (a.K + 31) / 32;
     for (int64_t s0 = (int64_t)ks * U; s0 < nsteps; s0 += (int64_t)U * kw) {
         uint4 wa[U], wb[U], xv[U];
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int64_t k = (s0 + u) * 32;
-            const bool in = k + 8 * t < a.K; /* K % 8 == 0: a lane's 8 elements are all in or all out */
-            wa[u] = in && ok0 ? gemv_ld_stream(w0 + k) : zero;
-            wb[u] = in && ok8 ? gemv_ld_stream(w8 + k) : zero;
-            xv[u] = in && okx ? __ldg((const uint4 *)(xr + k)) : zero;
+        for (int u = 0; u < U; u++) { /* K % 8 == 0: a lane's 8 elements are all in K or all out (read at k 0) */
+            const int64_t k = (s0 + u) * 32 + 8 * t < a.K ? (s0 + u) * 32 : 0;
+            wa[u] = gemv_ldv_stream(w0 + k);
+            wb[u] = gemv_ldv_stream(w8 + k);
+            xv[u] = gemv_ldv_x(xr + k);
         }
 #pragma unroll
         for (int u = 0; u < U; u++) {
+            if ((s0 + u) * 32 + 8 * t >= a.K) wa[u] = wb[u] = xv[u] = zero;
             const uint32_t a0[4] = {wa[u].x, wb[u].x, wa[u].y, wb[u].y};
             const uint32_t a1[4] = {wa[u].z, wb[u].z, wa[u].w, wb[u].w};
             mma16816<T>(c, a0, xv[u].x, xv[u].y);
@@ -187,14 +201,19 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
     if constexpr (sizeof(T) == 2) if (a.M >= 2 && a.M <= GEMV_MMA_MAXM && gemv_mma_on()) {
         /* tensor cores: warps along K while the grid is under 2 waves' worth of blocks and each warp keeps >= 1
          * group of steps */
-        const int64_t groups = jamba_ceil_div(jamba_ceil_div(a.K, 32), GEMV_MMA_U);
+        const char *ue = getenv("JAMBA_EXT_GEMV_MMA_U"); /* EXPERIMENT (A/B): 8 steps a group instead of 4 */
+        const int U = ue && ue[0] == '8' ? 8 : GEMV_MMA_U;
+        const int64_t groups = jamba_ceil_div(jamba_ceil_div(a.K, 32), U);
         int kw = 1;
         while (kw < GEMV_WARPS && 2 * kw <= groups && jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
         a.kw = kw;
         const int64_t bx = jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw));
         if (bx > JAMBA_MAX_GRID_X)
             return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
-        jamba_kernel_launch(gemv_mma_kernel<T>, dim3((unsigned)bx), dim3(GEMV_WARPS * 32), 0, stream, a);
+        if (U == 8)
+            jamba_kernel_launch(gemv_mma_kernel<T, 8>, dim3((unsigned)bx), dim3(GEMV_WARPS * 32), 0, stream, a);
+        else
+            jamba_kernel_launch(gemv_mma_kernel<T, GEMV_MMA_U>, dim3((unsigned)bx), dim3(GEMV_WARPS * 32), 0, stream, a);
         JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_mma_kernel)", stream);
         return JAMBA_OK;
     }
