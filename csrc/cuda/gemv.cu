@@ -17,7 +17,7 @@
  *     N / RB); warp (pair = warp / KW, slice ks = warp % KW) owns rows 16 pair .. +15 of them and the K steps (32
  *     elements each) of groups ks, ks + KW, ... (a group: GEMV_MMA_U consecutive steps). Lane (g, t) = (lane / 4,
  *     lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row g at k = 32 step + 8 t, straight into the
- *     mma fragments: the product's k order is a permutation of K's (elements 8t .. 8t+3 of a step feed the first
+ *     mma fragments (the next group's loads issued before this group's mmas: two groups in flight a warp): the product's k order is a permutation of K's (elements 8t .. 8t+3 of a step feed the first
  *     mma, 8t+4 .. 8t+7 the second), the same for both operands, so no shared-memory staging is needed and x is
  *     read once per 16 weight rows (the vec kernel reads x once per 2 rows and row of x: at M = 8 its L1 traffic,
  *     not DRAM, binds). Accumulators: rows g / g + 8, x rows 2t / 2t + 1; the KW slices added in slice order
@@ -111,6 +111,20 @@ __device__ __forceinline__ uint4 gemv_ldv_x(const void *p) {
     return r;
 }
 
+/* the loads of one group of U steps from step s0 (K % 8 == 0: a lane's 8 elements are all in K or all out; out:
+ * read at k 0, zeroed before use) */
+template <typename T, int U>
+__device__ __forceinline__ void gemv_mma_load(const gemv_args &a, const T *w0, const T *w8, const T *xr, int64_t s0,
+                                              int t, uint4 (&wa)[U], uint4 (&wb)[U], uint4 (&xv)[U]) {
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int64_t k = (s0 + u) * 32 + 8 * t < a.K ? (s0 + u) * 32 : 0;
+        wa[u] = gemv_ldv_stream(w0 + k);
+        wb[u] = gemv_ldv_stream(w8 + k);
+        xv[u] = gemv_ldv_x(xr + k);
+    }
+}
+
 template <typename T, int U>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(gemv_args a) {
     jamba_pdl_begin();
@@ -125,15 +139,14 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(gemv_args 
     const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
     float c[4] = {0.f, 0.f, 0.f, 0.f};
     const int64_t nsteps = (a.K + 31) / 32;
-    for (int64_t s0 = (int64_t)ks * U; s0 < nsteps; s0 += (int64_t)U * kw) {
-        uint4 wa[U], wb[U], xv[U];
-#pragma unroll
-        for (int u = 0; u < U; u++) { /* K % 8 == 0: a lane's 8 elements are all in K or all out (read at k 0) */
-            const int64_t k = (s0 + u) * 32 + 8 * t < a.K ? (s0 + u) * 32 : 0;
-            wa[u] = gemv_ldv_stream(w0 + k);
-            wb[u] = gemv_ldv_stream(w8 + k);
-            xv[u] = gemv_ldv_x(xr + k);
-        }
+    /* software pipeline: group i + 1's loads are issued before group i's mmas (two groups in flight a warp) */
+    uint4 wa[U], wb[U], xv[U];
+    int64_t s0 = (int64_t)ks * U;
+    if (s0 < nsteps) gemv_mma_load<T, U>(a, w0, w8, xr, s0, t, wa, wb, xv);
+    while (s0 < nsteps) {
+        const int64_t s1 = s0 + (int64_t)U * kw;
+        uint4 na[U], nb[U], nx[U];
+        if (s1 < nsteps) gemv_mma_load<T, U>(a, w0, w8, xr, s1, t, na, nb, nx);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             if ((s0 + u) * 32 + 8 * t >= a.K) wa[u] = wb[u] = xv[u] = zero;
@@ -142,6 +155,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(gemv_args 
             mma16816<T>(c, a0, xv[u].x, xv[u].y);
             mma16816<T>(c, a1, xv[u].z, xv[u].w);
         }
+#pragma unroll
+        for (int u = 0; u < U; u++) wa[u] = na[u], wb[u] = nb[u], xv[u] = nx[u];
+        s0 = s1;
     }
     if (kw > 1) {
 #pragma unroll
@@ -179,10 +195,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
     }
 }
 
-/* env JAMBA_EXT_GEMV_MMA=0: 2-8 rows run on the CUDA-core vec kernel instead (A/B) */
-static bool gemv_mma_on() {
+/* env JAMBA_EXT_GEMV_MMA: 0: 2-8 rows run on the CUDA-core vec kernel instead; "all": 1 row on the tensor-core
+ * kernel too (A/B). Returns the fewest rows the tensor-core kernel takes (GEMV_MMA_MAXM + 1: none). */
+static int gemv_mma_min_rows() {
     const char *e = getenv("JAMBA_EXT_GEMV_MMA");
-    return !(e && e[0] == '0' && e[1] == 0);
+    if (e && e[0] == '0' && e[1] == 0) return GEMV_MMA_MAXM + 1;
+    if (e && !strcmp(e, "all")) return 1;
+    return 2;
 }
 
 template <typename T>
@@ -198,22 +217,17 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
         JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_any_kernel)", stream);
         return JAMBA_OK;
     }
-    if constexpr (sizeof(T) == 2) if (a.M >= 2 && a.M <= GEMV_MMA_MAXM && gemv_mma_on()) {
+    if constexpr (sizeof(T) == 2) if (a.M >= gemv_mma_min_rows() && a.M <= GEMV_MMA_MAXM) {
         /* tensor cores: warps along K while the grid is under 2 waves' worth of blocks and each warp keeps >= 1
          * group of steps */
-        const char *ue = getenv("JAMBA_EXT_GEMV_MMA_U"); /* EXPERIMENT (A/B): 8 steps a group instead of 4 */
-        const int U = ue && ue[0] == '8' ? 8 : GEMV_MMA_U;
-        const int64_t groups = jamba_ceil_div(jamba_ceil_div(a.K, 32), U);
+        const int64_t groups = jamba_ceil_div(jamba_ceil_div(a.K, 32), GEMV_MMA_U);
         int kw = 1;
         while (kw < GEMV_WARPS && 2 * kw <= groups && jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
         a.kw = kw;
         const int64_t bx = jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw));
         if (bx > JAMBA_MAX_GRID_X)
             return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
-        if (U == 8)
-            jamba_kernel_launch(gemv_mma_kernel<T, 8>, dim3((unsigned)bx), dim3(GEMV_WARPS * 32), 0, stream, a);
-        else
-            jamba_kernel_launch(gemv_mma_kernel<T, GEMV_MMA_U>, dim3((unsigned)bx), dim3(GEMV_WARPS * 32), 0, stream, a);
+        jamba_kernel_launch(gemv_mma_kernel<T, GEMV_MMA_U>, dim3((unsigned)bx), dim3(GEMV_WARPS * 32), 0, stream, a);
         JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_mma_kernel)", stream);
         return JAMBA_OK;
     }
