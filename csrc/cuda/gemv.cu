@@ -11,22 +11,28 @@
  *     loads issued before the first multiply; x is read through the read-only cache (tiny, shared by every
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
- *   gemv_mma_kernel<T>: T bf16 / f16, 2 <= M <= 8 (the rows of a small decode batch), the vec kernel's layout
+ *   gemv_mma_kernel<T, U>: T bf16 / f16, 2 <= M <= 8 (the rows of a small decode batch), the vec kernel's layout
  *     conditions. Tensor cores (mma m16n8k16): weight rows are the product's 16-row side, the rows of x its
- *     8-column side (columns >= M read as zeros). A block of 8 warps owns RB = 16 * 8 / KW weight rows (grid
- *     N / RB); warp (pair = warp / KW, slice ks = warp % KW) owns rows 16 pair .. +15 of them and the K steps (32
- *     elements each) of groups ks, ks + KW, ... (a group: GEMV_MMA_U consecutive steps). Lane (g, t) = (lane / 4,
- *     lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row g at k = 32 step + 8 t, straight into the
- *     mma fragments (the next group's loads issued before this group's mmas: two groups in flight a warp): the product's k order is a permutation of K's (elements 8t .. 8t+3 of a step feed the first
- *     mma, 8t+4 .. 8t+7 the second), the same for both operands, so no shared-memory staging is needed and x is
- *     read once per 16 weight rows (the vec kernel reads x once per 2 rows and row of x: at M = 8 its L1 traffic,
- *     not DRAM, binds). Accumulators: rows g / g + 8, x rows 2t / 2t + 1; the KW slices added in slice order
- *     through shared memory (deterministic).
+ *     8-column side (columns >= M: row 0 read, never stored). A block of 8 warps owns RB = 16 * 8 / KW weight rows
+ *     (grid N / RB); warp (pair = warp / KW, slice ks = warp % KW) owns rows 16 pair .. +15 of them and the K steps
+ *     (32 elements each) of groups ks, ks + KW, ... (a group: U consecutive steps). Lane (g, t) = (lane / 4,
+ *     lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row g at k = 32 step + 8 t straight into the
+ *     mma fragments: the product's k order is a permutation of K's (elements 8t .. 8t+3 of a step feed the first
+ *     mma, 8t+4 .. 8t+7 the second), the same for both operands, so nothing is staged in shared memory and x is
+ *     read once per 16 weight rows (the vec kernel reads x once per 2 rows and row of x: at M = 8 its L1 traffic
+ *     binds). The next group's loads are issued before this group's mmas (two groups in flight a warp; 128
+ *     registers). Accumulators: rows g / g + 8, x rows 2t / 2t + 1; the KW slices added in slice order through
+ *     shared memory (deterministic).
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
  * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
  * 22.0 us against 15.8; x_proj 288 x 8192: 7.7 against 1.1; attention o 4096 x 4096: 13.6 against 7.9; MLP down
  * 4096 x 14336: 31.5 against 27.6), the wide ones at 95-99%; it also cannot start before our PDL kernels end.
+ * At 2-8 rows (gemv_mma_1a93b2e.log, graph-timed, weights cold): the tensor-core kernel 38.3 us for Mamba in_proj at
+ * 8 rows against 75.0 for the vec kernel (519cb9a) and 34.2 for cuBLAS; out_proj 20.9 / 41.6 / 22.1, dt_proj 3.4 /
+ * 6.7 / 3.9, k|v 6.3 / 11.3 / 7.7. It reads the wide weights at ~80-87% of copy bandwidth against cuBLAS's 85-95%
+ * (8 rows x 64 bytes a warp load: a shared-memory ring of whole 512-byte row pieces, as moe.cu's decode kernel,
+ * is the next thing to try), so the model keeps cuBLAS from 2 rows on (modeling_jamba.GEMV_MAX_ROWS).
  */
 #include <stdlib.h>
 #include <string.h>
