@@ -73,9 +73,12 @@ def main():
     ops.gemv(rn(2, 8192), rn(288, 8192))                       # 8 K-slices per row pair
     ops.gemv(rn(2, 256), rn(100, 256), rn(100, dt=torch.float32))  # 1 K-slice, 16 rows per block, f32 bias
     ops.gemv(rn(3, 13), rn(9, 13))                             # element kernel
-    ops.gemv(rn(5, 1032), rn(40, 1032), rn(40))                # tensor-core kernel: partial row tile and step, K slices
+    ops.gemv(rn(5, 1032), rn(520, 1032), rn(520))              # tensor-core kernel: partial row tile and step, K slices
+    os.environ["JAMBA_EXT_GEMV_MMA"] = "all"                   # the tensor-core kernel at any N and 1 row
+    ops.gemv(rn(1, 1032), rn(40, 1032), rn(40))
+    ops.gemv(rn(3, 1032), rn(40, 1032))
     os.environ["JAMBA_EXT_GEMV_MMA"] = "0"                     # 2-8 rows on the CUDA-core kernel
-    ops.gemv(rn(2, 8192), rn(288, 8192))
+    ops.gemv(rn(2, 8192), rn(1024, 8192))
     os.environ.pop("JAMBA_EXT_GEMV_MMA")
     for Bm, DIm, Rm, Nm in ((1, 200, 16, 16), (2, 136, 24, 8)):  # mamba_inner_step: the fused kernel (4 / 3 blocks,
         NOm = Rm + 2 * Nm                                             # partial last ones), grid barriers, twice each

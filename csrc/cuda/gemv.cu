@@ -11,18 +11,18 @@
  *     loads issued before the first multiply; x is read through the read-only cache (tiny, shared by every
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
- *   gemv_mma_kernel<T, U>: T bf16 / f16, 2 <= M <= 8 (the rows of a small decode batch), the vec kernel's layout
- *     conditions. Tensor cores (mma m16n8k16): weight rows are the product's 16-row side, the rows of x its
- *     8-column side (columns >= M: row 0 read, never stored). A block of 8 warps owns RB = 16 * 8 / KW weight rows
- *     (grid N / RB); warp (pair = warp / KW, slice ks = warp % KW) owns rows 16 pair .. +15 of them and the K steps
- *     (32 elements each) of groups ks, ks + KW, ... (a group: U consecutive steps). Lane (g, t) = (lane / 4,
- *     lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row g at k = 32 step + 8 t straight into the
- *     mma fragments: the product's k order is a permutation of K's (elements 8t .. 8t+3 of a step feed the first
- *     mma, 8t+4 .. 8t+7 the second), the same for both operands, so nothing is staged in shared memory and x is
- *     read once per 16 weight rows (the vec kernel reads x once per 2 rows and row of x: at M = 8 its L1 traffic
- *     binds). The next group's loads are issued before this group's mmas (two groups in flight a warp; 128
- *     registers). Accumulators: rows g / g + 8, x rows 2t / 2t + 1; the KW slices added in slice order through
- *     shared memory (deterministic).
+ *   gemv_mma_kernel<T, U>: T bf16 / f16, 2 <= M <= 8 (the rows of a small decode batch), N >= 32 * 16
+ *     (gemv_mma_takes), the vec kernel's layout conditions. Tensor cores (mma m16n8k16): weight rows are the
+ *     product's 16-row side, the rows of x its 8-column side (columns >= M: row 0 read, never stored). A block of 8
+ *     warps owns RB = 16 * 8 / KW weight rows (grid N / RB); warp (pair = warp / KW, slice ks = warp % KW) owns
+ *     rows 16 pair .. +15 of them and the K steps (32 elements each) of groups ks, ks + KW, ... (a group: U
+ *     consecutive steps). Lane (g, t) = (lane / 4, lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row
+ *     g at k = 32 step + 8 t straight into the mma fragments: the product's k order is a permutation of K's
+ *     (elements 8t .. 8t+3 of a step feed the first mma, 8t+4 .. 8t+7 the second), the same for both operands, so
+ *     nothing is staged in shared memory and x is read once per 16 weight rows (the vec kernel reads x once per 2
+ *     rows and row of x: at M = 8 its L1 traffic binds). The next group's loads are issued before this group's mmas
+ *     (two groups in flight a warp; 128 registers). Accumulators: rows g / g + 8, x rows 2t / 2t + 1; the KW slices
+ *     added in slice order through shared memory (deterministic).
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
  * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
@@ -201,13 +201,16 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
     }
 }
 
-/* env JAMBA_EXT_GEMV_MMA: 0: 2-8 rows run on the CUDA-core vec kernel instead; "all": 1 row on the tensor-core
- * kernel too (A/B). Returns the fewest rows the tensor-core kernel takes (GEMV_MMA_MAXM + 1: none). */
-static int gemv_mma_min_rows() {
+/* Whether gemv_mma_kernel takes this call: 2-8 rows and at least GEMV_MMA_MIN_TILES row tiles of 16 (fewer: too
+ * few blocks to pull the weights; Mamba's x_proj, 288 rows, ran 9.5 us at 2 rows against ~4.5 on the vec kernel:
+ * the five-launch mamba_inner_step at batch 2 went from 14.0 to 18.5 us, gpu_round_9fecc2a.log). Env
+ * JAMBA_EXT_GEMV_MMA=0: never (the vec kernel, A/B); "all": 1-8 rows at any N (A/B, tests). */
+#define GEMV_MMA_MIN_TILES 32
+static bool gemv_mma_takes(int64_t M, int64_t N) {
     const char *e = getenv("JAMBA_EXT_GEMV_MMA");
-    if (e && e[0] == '0' && e[1] == 0) return GEMV_MMA_MAXM + 1;
-    if (e && !strcmp(e, "all")) return 1;
-    return 2;
+    if (e && e[0] == '0' && e[1] == 0) return false;
+    if (e && !strcmp(e, "all")) return M >= 1 && M <= GEMV_MMA_MAXM;
+    return M >= 2 && M <= GEMV_MMA_MAXM && jamba_ceil_div(N, 16) >= GEMV_MMA_MIN_TILES;
 }
 
 template <typename T>
@@ -223,7 +226,7 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
         JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_any_kernel)", stream);
         return JAMBA_OK;
     }
-    if constexpr (sizeof(T) == 2) if (a.M >= gemv_mma_min_rows() && a.M <= GEMV_MMA_MAXM) {
+    if constexpr (sizeof(T) == 2) if (gemv_mma_takes(a.M, a.N)) {
         /* tensor cores: warps along K while the grid is under 2 waves' worth of blocks and each warp keeps >= 1
          * group of steps */
         const int64_t groups = jamba_ceil_div(jamba_ceil_div(a.K, 32), GEMV_MMA_U);
