@@ -20,20 +20,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--small", action="store_true", help="hidden 512, 8 layers (CPU ok)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--prompt", type=int, default=2048)
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--cuda-graph", action="store_true", help="generate(cuda_graph=True)")
-    args = ap.parse_args()
-    dev = torch.device(args.device)
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    if args.small:
+def build_model(dev, dtype, small=False):
+    """One block of Jamba-v0.1 (8 layers: 1 attention, 7 Mamba, 4 MoE) with random weights (normal 0.02, A_log
+    uniform in [0, 2.7]), built in place on dev (no joint projections: JambaForCausalLM(cfg), not from_config);
+    small: hidden 512 (CPU ok). Returns (model in eval mode, config)."""
+    if small:
         cfg = JambaConfig(vocab_size=4096, hidden_size=512, intermediate_size=1792, num_hidden_layers=8,
                           num_attention_heads=8, num_key_value_heads=2, num_experts=16)
-    else:  # one block of Jamba-v0.1: 8 layers (1 attention, 7 Mamba, 4 MoE)
+    else:
         cfg = JambaConfig(num_hidden_layers=8)
     torch.manual_seed(0)
     with torch.device("meta"):
@@ -44,7 +38,20 @@ def main():
     for name, p in model.named_parameters():
         if name.endswith("A_log"):
             p.data.uniform_(0, 2.7)
-    model.eval()
+    return model.eval(), cfg
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--small", action="store_true", help="hidden 512, 8 layers (CPU ok)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--prompt", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--cuda-graph", action="store_true", help="generate(cuda_graph=True)")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model, cfg = build_model(dev, dtype, args.small)
     ids = torch.randint(0, cfg.vocab_size, (1, args.prompt), device=dev)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     with torch.no_grad():

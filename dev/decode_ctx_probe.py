@@ -17,22 +17,10 @@ from collections import defaultdict
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM, JambaHybridCache, _DecodeGraph  # noqa: E402
-
-
-def build(dev):
-    cfg = JambaConfig(num_hidden_layers=8)
-    torch.manual_seed(0)
-    with torch.device("meta"):
-        model = JambaForCausalLM(cfg)
-    model = model.to_empty(device=dev).to(torch.bfloat16)
-    for p in model.parameters():
-        p.data.normal_(0, 0.02)
-    for name, p in model.named_parameters():
-        if name.endswith("A_log"):
-            p.data.uniform_(0, 2.7)
-    return model.eval(), cfg
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [ROOT, os.path.join(ROOT, "benchmarks")]
+from jamba_ext.modeling_jamba import JambaHybridCache, _DecodeGraph  # noqa: E402
+from profile_decode import build_model  # noqa: E402
 
 
 def short(name, n=60):
@@ -77,7 +65,7 @@ def main():
     ap.add_argument("--steps", type=int, default=64)
     a = ap.parse_args()
     dev = torch.device("cuda")
-    model, cfg = build(dev)
+    model, cfg = build_model(dev, torch.bfloat16)
     prompts = [int(x) for x in a.prompts.split(",")]
     print(f"PDL {'off' if os.environ.get('JAMBA_EXT_PDL') == '0' else 'on'}; {a.steps} replays each")
     for B in [int(x) for x in a.batches.split(",")]:
