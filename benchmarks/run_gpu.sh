@@ -3,7 +3,8 @@
 # compute-sanitizer on small cases of every kernel, and the benchmarks. Everything goes to $OUT:
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
 # Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] [FIRST_TESTS=tests/x.py] bash benchmarks/run_gpu.sh [full]
-#   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model with JAMBA_EXT_MAMBA_STEP=0, with JAMBA_EXT_PDL=0 and
+#   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model with JAMBA_EXT_MAMBA_STEP=0, with JAMBA_EXT_PDL=0,
+#   bench_kernels' gemv rows with the ring EXPERIMENT (JAMBA_EXT_GEMV_MMA=ring) and with JAMBA_EXT_GEMV_KW=2 / 8 (log only);
 #   their JSON kept together as bench_model_ab.json: $OUT holds at most 8
 #   files; dev/mamba_step_timing.py; experiments add their rows to the
 #   benchmarks under the same switch)
@@ -65,8 +66,12 @@ if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
   step "bench_model without programmatic dependent launch (A/B: JAMBA_EXT_PDL=0; 2K prompts, no transformers)"
   JAMBA_EXT_PDL=0 timeout 150 python3 benchmarks/bench_model.py --prompts 2048 --no-hf --decode-steps 16 --budget-s 40 2>&1 | tail -12
   cp benchmarks/results/bench_model.json /tmp/ab_nopdl.json 2>/dev/null
-  step "dev/decode_ctx_probe.py (the captured decode step at 2K / 8K prompts, per kernel; PDL off)"
-  JAMBA_EXT_PDL=0 timeout 150 python3 dev/decode_ctx_probe.py 2>&1 | tail -80
+  cp benchmarks/results/bench_kernels.json /tmp/bk_full.json; cp benchmarks/results/bench_kernels.png /tmp/bk_full.png
+  for v in "JAMBA_EXT_GEMV_MMA=ring" "JAMBA_EXT_GEMV_KW=2" "JAMBA_EXT_GEMV_KW=8"; do
+    step "bench_kernels --only gemv with $v (EXPERIMENT: the cp.async ring gemv; the K slices of the tensor-core one)"
+    env $v timeout 90 python3 benchmarks/bench_kernels.py --only gemv 2>&1 | grep "^gemv"
+  done
+  cp /tmp/bk_full.json benchmarks/results/bench_kernels.json; cp /tmp/bk_full.png benchmarks/results/bench_kernels.png
   step "dev/mamba_step_timing.py (the fused kernel's phases at batch 1 / 2)"
   timeout 120 python3 dev/mamba_step_timing.py 2>&1 | tail -45
   # one file for all (the device tool brings back at most 8 files)

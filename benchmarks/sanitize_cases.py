@@ -77,6 +77,9 @@ def main():
     os.environ["JAMBA_EXT_GEMV_MMA"] = "all"                   # the tensor-core kernel at any N and 1 row
     ops.gemv(rn(1, 1032), rn(40, 1032), rn(40))
     ops.gemv(rn(3, 1032), rn(40, 1032))
+    os.environ["JAMBA_EXT_GEMV_MMA"] = "ring"                  # EXPERIMENT: the cp.async ring kernel (K slices,
+    ops.gemv(rn(5, 1032), rn(520, 1032), rn(520))              # partial stage and row tile; 1 row, narrow)
+    ops.gemv(rn(1, 1032), rn(40, 1032))
     os.environ["JAMBA_EXT_GEMV_MMA"] = "0"                     # 2-8 rows on the CUDA-core kernel
     ops.gemv(rn(2, 8192), rn(1024, 8192))
     os.environ.pop("JAMBA_EXT_GEMV_MMA")

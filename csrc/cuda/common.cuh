@@ -14,6 +14,7 @@
  *   jamba_w16<T>               16 bytes (uint4) <-> 16/sizeof(T) floats on 32-bit words, no unions
  *   JAMBA_DISPATCH_FLOAT       switch from a jamba_dtype to a C++ type T (f32, f16, bf16)
  *   mma16816<T>                one m16n8k16 tensor-core product (bf16 / f16 in, fp32 accumulate)
+ *   cp_async16[_mem], ...      16-byte cp.async copies into shared memory, their commit / wait (sm_80+)
  * Offsets are int64_t everywhere a tensor is indexed.
  */
 #ifndef JAMBA_CUDA_COMMON_CUH
@@ -306,6 +307,32 @@ static inline int64_t jamba_ceil_div(int64_t a, int64_t b) { return (a + b - 1) 
 
 /* grid.x is limited to 2^31-1 blocks; kernels loop over "virtual" blocks when more are needed */
 #define JAMBA_MAX_GRID_X 2147483647LL
+
+/* ---- async global -> shared copies (sm_80+; moe.cu's GEMMs, gemv.cu's ring kernel) ------------------------ */
+__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* 16-byte global -> shared copy; valid == false writes zeros and reads nothing */
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+/* The same with a compiler memory barrier, for code that reads the copied data with plain C++ loads
+ * (the decode kernel): the loads stay after the wait, and reads of a ring slot stay before the copy that
+ * refills it. _ca: cached in L1 too (small operands that the other warps of the SM read again). */
+__device__ __forceinline__ void cp_async16_mem(uint32_t dst, const void *src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async16_ca_mem(uint32_t dst, const void *src, bool valid) {
+    const int n = valid ? 16 : 0;
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit_mem() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait_mem() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
 
 /* c += a (16 x 16, row-major) * b (16 x 8, col-major) on tensor cores (mma.sync m16n8k16, sm_80+), fp32
  * accumulate; T __nv_bfloat16 or __half. Fragments (g = lane / 4, t = lane % 4): a[0] row g, k 2t .. 2t+1; a[1] row

@@ -23,6 +23,8 @@
  *     rows and row of x: at M = 8 its L1 traffic binds). The next group's loads are issued before this group's mmas
  *     (two groups in flight a warp; 128 registers). Accumulators: rows g / g + 8, x rows 2t / 2t + 1; the KW slices
  *     added in slice order through shared memory (deterministic).
+ *   gemv_ring_kernel<T>: EXPERIMENT (JAMBA_EXT_GEMV_MMA=ring, not yet run on a GPU): gemv_mma_kernel's products with
+ *     the weights staged through a per-warp cp.async ring of 2-row x 256-byte pieces (layout at the kernel).
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
  * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
@@ -185,6 +187,102 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(gemv_args 
     }
 }
 
+/* EXPERIMENT (env JAMBA_EXT_GEMV_MMA=ring; not yet run on a GPU): gemv_mma_kernel's products with the weights staged
+ * through a per-warp cp.async ring of whole row pieces. Question: does the register kernel read wide weights at
+ * 80-87% of copy bandwidth (the vec kernel: 92-93%) because each warp load covers 8 rows x 64 bytes (the vec kernel:
+ * one row x 512 bytes; moe.cu's ring of 8 x 64-byte pieces streams at 84-92% too)? Here a copy instruction covers 2
+ * rows x 256 bytes. Blocks of GR_WARPS warps, warp (pair = warp / KW, slice ks) owns 16 weight rows and the stages
+ * (128 k each) ks, ks + KW, ...; a stage holds its 16 W rows and 8 x rows (rows >= M zero-filled) x 256 bytes,
+ * lane l copying rows 2i + l / 16, 16-byte unit l % 16, i < 8 (W) / 4 (x). Units of odd rows are stored at unit ^ 4
+ * (conflict-free 16-byte reads: in a quarter warp rows 2p and 2p + 1 fall in different halves of the 8 bank
+ * groups). GR_S stages in flight a warp (each lane waits for its own copies, then __syncwarp: lanes read each
+ * other's). Fragments as gemv_mma_kernel (unit 4j + t of a stage = elements 32j + 8t .. +7). */
+#define GR_WARPS 4
+#define GR_S 4
+#define GR_STAGE ((16 + 8) * 256) /* bytes: 16 W rows + 8 x rows of 128 elements (bf16 / f16) */
+#define GR_SMEM (GR_WARPS * GR_S * GR_STAGE)
+
+template <typename T>
+__global__ void __launch_bounds__(GR_WARPS * 32, 2) gemv_ring_kernel(gemv_args a) {
+    jamba_pdl_begin();
+    extern __shared__ __align__(16) unsigned char gr_smem[];
+    __shared__ float red[GR_WARPS][4][32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw;
+    const int g = lane >> 2, t = lane & 3, half = lane >> 4, unit = lane & 15;
+    const int64_t n0 = ((int64_t)blockIdx.x * (GR_WARPS / kw) + warp / kw) * 16;
+    unsigned char *ring = gr_smem + warp * (GR_S * GR_STAGE);
+    const uint32_t ring_s = smem_u32(ring);
+    const int64_t nst = (a.K + 127) / 128;                        /* stages of 128 elements over K */
+    const int nq = (int)(nst > ks ? (nst - ks + kw - 1) / kw : 0); /* this warp's: ks + q kw, q < nq */
+    /* this lane's copies: W rows 2i + half (i < 8), x rows 2i + half (i < 4), unit `unit` of each */
+    auto issue = [&](int slot, int q) {
+        const int64_t k = ((int64_t)ks + (int64_t)q * kw) * 128 + unit * 8;
+        const bool kin = k < a.K;
+        const uint32_t base = ring_s + (uint32_t)(slot * GR_STAGE);
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const int r = 2 * i + half;
+            const bool v = kin && n0 + r < a.N;
+            cp_async16_mem(base + (uint32_t)(r * 256 + ((unit ^ (half << 2)) * 16)),
+                           v ? (const void *)((const T *)a.w + (n0 + r) * a.sw + k) : a.w, v);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = 2 * i + half;
+            const bool v = kin && r < a.M;
+            cp_async16_mem(base + (uint32_t)((16 + r) * 256 + ((unit ^ (half << 2)) * 16)),
+                           v ? (const void *)((const T *)a.x + r * a.sx + k) : a.x, v);
+        }
+    };
+#pragma unroll
+    for (int q = 0; q < GR_S - 1; q++) {
+        if (q < nq) issue(q, q);
+        cp_async_commit_mem();
+    }
+    float c[4] = {0.f, 0.f, 0.f, 0.f};
+    const int sw = (g & 1) << 2; /* rows g and g + 8 have g's parity */
+    int slot = 0;
+#pragma unroll 1
+    for (int q = 0; q < nq; q++) {
+        cp_async_wait_mem<GR_S - 2>(); /* stage q: this lane's copies have landed */
+        __syncwarp();                  /* ... and every lane's (and every lane is done with stage q - 1's slot) */
+        if (q + GR_S - 1 < nq) issue(slot == 0 ? GR_S - 1 : slot - 1, q + GR_S - 1);
+        cp_async_commit_mem();
+        const unsigned char *st = ring + slot * GR_STAGE;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int u = (4 * j + t) ^ sw;
+            const uint4 r0 = *reinterpret_cast<const uint4 *>(st + g * 256 + u * 16);
+            const uint4 r8 = *reinterpret_cast<const uint4 *>(st + (g + 8) * 256 + u * 16);
+            const uint4 xv = *reinterpret_cast<const uint4 *>(st + (16 + g) * 256 + u * 16);
+            const uint32_t a0[4] = {r0.x, r8.x, r0.y, r8.y};
+            const uint32_t a1[4] = {r0.z, r8.z, r0.w, r8.w};
+            mma16816<T>(c, a0, xv.x, xv.y);
+            mma16816<T>(c, a1, xv.z, xv.w);
+        }
+        slot = slot + 1 == GR_S ? 0 : slot + 1;
+    }
+    cp_async_wait_mem<0>();
+    if (kw > 1) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) red[warp][j][lane] = c[j];
+        __syncthreads();
+        if (ks != 0) return;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float s = 0.f;
+            for (int q = 0; q < kw; q++) s += red[warp + q][j][lane];
+            c[j] = s;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int64_t n = n0 + g + (j >> 1) * 8;
+        const int m = 2 * t + (j & 1);
+        if (n < a.N && m < a.M) ((T *)a.out)[m * a.so + n] = jamba_st<T>(c[j] + gemv_bias(a, n));
+    }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) {
     jamba_pdl_begin();
@@ -201,16 +299,53 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
     }
 }
 
-/* Whether gemv_mma_kernel takes this call: 2-8 rows and at least GEMV_MMA_MIN_TILES row tiles of 16 (fewer: too
- * few blocks to pull the weights; Mamba's x_proj, 288 rows, ran 9.5 us at 2 rows against ~4.5 on the vec kernel:
- * the five-launch mamba_inner_step at batch 2 went from 14.0 to 18.5 us, gpu_round_9fecc2a.log). Env
- * JAMBA_EXT_GEMV_MMA=0: never (the vec kernel, A/B); "all": 1-8 rows at any N (A/B, tests). */
+/* Which tensor-core kernel takes this call: 0 none (the vec kernel), 1 gemv_mma_kernel, 2 gemv_ring_kernel. By
+ * default gemv_mma_kernel for 2-8 rows and at least GEMV_MMA_MIN_TILES row tiles of 16 (fewer: too few blocks to
+ * pull the weights; Mamba's x_proj, 288 rows, ran 9.5 us at 2 rows against ~4.5 on the vec kernel: the five-launch
+ * mamba_inner_step at batch 2 went from 14.0 to 18.5 us, gpu_round_9fecc2a.log). Env JAMBA_EXT_GEMV_MMA=0: none
+ * (A/B); "all": gemv_mma_kernel for 1-8 rows at any N (A/B, tests); "ring": the EXPERIMENT gemv_ring_kernel for 1-8
+ * rows at any N. */
 #define GEMV_MMA_MIN_TILES 32
-static bool gemv_mma_takes(int64_t M, int64_t N) {
+static int gemv_mma_pick(int64_t M, int64_t N) {
     const char *e = getenv("JAMBA_EXT_GEMV_MMA");
-    if (e && e[0] == '0' && e[1] == 0) return false;
-    if (e && !strcmp(e, "all")) return M >= 1 && M <= GEMV_MMA_MAXM;
-    return M >= 2 && M <= GEMV_MMA_MAXM && jamba_ceil_div(N, 16) >= GEMV_MMA_MIN_TILES;
+    if (e && e[0] == '0' && e[1] == 0) return 0;
+    const bool any = M >= 1 && M <= GEMV_MMA_MAXM;
+    if (e && !strcmp(e, "all")) return any ? 1 : 0;
+    if (e && !strcmp(e, "ring")) return any ? 2 : 0;
+    return M >= 2 && M <= GEMV_MMA_MAXM && jamba_ceil_div(N, 16) >= GEMV_MMA_MIN_TILES ? 1 : 0;
+}
+
+/* env JAMBA_EXT_GEMV_KW=1|2|4|8: the warps along K of every kernel (capped by the block's warps; A/B) */
+static int gemv_kw_forced(int warps) {
+    const char *kwe = getenv("JAMBA_EXT_GEMV_KW");
+    if (!(kwe && (kwe[0] == '1' || kwe[0] == '2' || kwe[0] == '4' || kwe[0] == '8') && kwe[1] == 0)) return 0;
+    return kwe[0] - '0' < warps ? kwe[0] - '0' : warps;
+}
+
+/* gemv_ring_kernel's launch (raises its shared-memory limit once per device) */
+template <typename T>
+static jamba_status gemv_ring_launch(gemv_args a, int sms, cudaStream_t stream) {
+    static int smem_set[64];
+    int dev = 0;
+    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_ring_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              GR_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_ring_kernel<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                              cudaSharedmemCarveoutMaxShared));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    const int64_t nst = jamba_ceil_div(a.K, 128);
+    int kw = 1;
+    while (kw < GR_WARPS && 2 * kw <= nst && jamba_ceil_div(a.N, 16 * (GR_WARPS / kw)) < 2 * sms) kw *= 2;
+    if (gemv_kw_forced(GR_WARPS)) kw = gemv_kw_forced(GR_WARPS);
+    a.kw = kw;
+    const int64_t bx = jamba_ceil_div(a.N, 16 * (GR_WARPS / kw));
+    if (bx > JAMBA_MAX_GRID_X)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
+    jamba_kernel_launch(gemv_ring_kernel<T>, dim3((unsigned)bx), dim3(GR_WARPS * 32), GR_SMEM, stream, a);
+    JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_ring_kernel)", stream);
+    return JAMBA_OK;
 }
 
 template <typename T>
@@ -226,12 +361,14 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
         JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_any_kernel)", stream);
         return JAMBA_OK;
     }
-    if constexpr (sizeof(T) == 2) if (gemv_mma_takes(a.M, a.N)) {
+    if constexpr (sizeof(T) == 2) if (const int pick = gemv_mma_pick(a.M, a.N)) {
+        if (pick == 2) return gemv_ring_launch<T>(a, sms, stream);
         /* tensor cores: warps along K while the grid is under 2 waves' worth of blocks and each warp keeps >= 1
          * group of steps */
         const int64_t groups = jamba_ceil_div(jamba_ceil_div(a.K, 32), GEMV_MMA_U);
         int kw = 1;
         while (kw < GEMV_WARPS && 2 * kw <= groups && jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
+        if (gemv_kw_forced(GEMV_WARPS)) kw = gemv_kw_forced(GEMV_WARPS);
         a.kw = kw;
         const int64_t bx = jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw));
         if (bx > JAMBA_MAX_GRID_X)
@@ -245,8 +382,7 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
     const int64_t nchunk = jamba_ceil_div(a.K, 32 * VN);
     int kw = gemv_pick_kw(nchunk, GEMV_WARPS);
     while (kw < GEMV_WARPS && 2 * kw <= nchunk && jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
-    const char *kwe = getenv("JAMBA_EXT_GEMV_KW"); /* "1" / "2" / "4" / "8" forces kw (A/B; PERF_NOTES s. 24) */
-    if (kwe && (kwe[0] == '1' || kwe[0] == '2' || kwe[0] == '4' || kwe[0] == '8') && kwe[1] == 0) kw = kwe[0] - '0';
+    if (gemv_kw_forced(GEMV_WARPS)) kw = gemv_kw_forced(GEMV_WARPS); /* A/B (PERF_NOTES session 24) */
     a.kw = kw;
     const int64_t bx = jamba_ceil_div(a.N, GEMV_R * (GEMV_WARPS / kw));
     const int mm = a.M <= 1 ? 1 : a.M <= 2 ? 2 : a.M <= 4 ? 4 : 8;

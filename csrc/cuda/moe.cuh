@@ -73,32 +73,7 @@ template <typename T> __device__ __forceinline__ float moe_scaled(float y, float
     return jamba_round<T>(jamba_round<T>(y) * jamba_round<T>(w));
 }
 
-/* ---- async copies and stores ------------------------------------------------------------------------ */
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-/* 16-byte global -> shared copy; valid == false writes zeros and reads nothing */
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-/* The same with a compiler memory barrier, for code that reads the copied data with plain C++ loads
- * (the decode kernel): the loads stay after the wait, and reads of a ring slot stay before the copy that
- * refills it. _ca: cached in L1 too (small operands that the other warps of the SM read again). */
-__device__ __forceinline__ void cp_async16_mem(uint32_t dst, const void *src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async16_ca_mem(uint32_t dst, const void *src, bool valid) {
-    const int n = valid ? 16 : 0;
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit_mem() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N> __device__ __forceinline__ void cp_async_wait_mem() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
+/* ---- stores (the async copies: common.cuh) ------------------------------------------------------------ */
 /* two adjacent elements (4-byte aligned) */
 template <typename T> __device__ __forceinline__ void store2(T *p, float a, float b);
 template <> __device__ __forceinline__ void store2<__nv_bfloat16>(__nv_bfloat16 *p, float a, float b) {
