@@ -119,6 +119,33 @@ __device__ __forceinline__ uint4 gemv_ldv_x(const void *p) {
     return r;
 }
 
+/* the tensor-core kernels' end: the KW slices of each 16-row tile added in slice order (red: [warps][4][32] floats
+ * of shared memory, every thread of the block calls this), then accumulator j of lane (g, t) = W row n0 + g +
+ * (j / 2) 8, x row 2t + j % 2, plus the bias, rounded to T */
+template <typename T, int WARPS>
+__device__ __forceinline__ void gemv_mma_store(const gemv_args &a, float (&c)[4], float (&red)[WARPS][4][32],
+                                               int warp, int lane, int64_t n0) {
+    const int kw = a.kw, ks = warp % kw, g = lane >> 2, t = lane & 3;
+    if (kw > 1) {
+#pragma unroll
+        for (int j = 0; j < 4; j++) red[warp][j][lane] = c[j];
+        __syncthreads();
+        if (ks != 0) return;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float s = 0.f;
+            for (int q = 0; q < kw; q++) s += red[warp + q][j][lane];
+            c[j] = s;
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const int64_t n = n0 + g + (j >> 1) * 8;
+        const int m = 2 * t + (j & 1);
+        if (n < a.N && m < a.M) ((T *)a.out)[m * a.so + n] = jamba_st<T>(c[j] + gemv_bias(a, n));
+    }
+}
+
 /* the loads of one group of U steps from step s0 (K % 8 == 0: a lane's 8 elements are all in K or all out; out:
  * read at k 0, zeroed before use) */
 template <typename T, int U>
@@ -167,24 +194,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(gemv_args 
         for (int u = 0; u < U; u++) wa[u] = na[u], wb[u] = nb[u], xv[u] = nx[u];
         s0 = s1;
     }
-    if (kw > 1) {
-#pragma unroll
-        for (int j = 0; j < 4; j++) red[warp][j][lane] = c[j];
-        __syncthreads();
-        if (ks != 0) return;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            float s = 0.f;
-            for (int q = 0; q < kw; q++) s += red[warp + q][j][lane];
-            c[j] = s;
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const int64_t n = n0 + g + (j >> 1) * 8;
-        const int m = 2 * t + (j & 1);
-        if (n < a.N && m < a.M) ((T *)a.out)[m * a.so + n] = jamba_st<T>(c[j] + gemv_bias(a, n));
-    }
+    gemv_mma_store<T>(a, c, red, warp, lane, n0);
 }
 
 /* EXPERIMENT (env JAMBA_EXT_GEMV_MMA=ring; not yet run on a GPU): gemv_mma_kernel's products with the weights staged
@@ -263,24 +273,7 @@ __global__ void __launch_bounds__(GR_WARPS * 32, 2) gemv_ring_kernel(gemv_args a
         slot = slot + 1 == GR_S ? 0 : slot + 1;
     }
     cp_async_wait_mem<0>();
-    if (kw > 1) {
-#pragma unroll
-        for (int j = 0; j < 4; j++) red[warp][j][lane] = c[j];
-        __syncthreads();
-        if (ks != 0) return;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            float s = 0.f;
-            for (int q = 0; q < kw; q++) s += red[warp + q][j][lane];
-            c[j] = s;
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        const int64_t n = n0 + g + (j >> 1) * 8;
-        const int m = 2 * t + (j & 1);
-        if (n < a.N && m < a.M) ((T *)a.out)[m * a.so + n] = jamba_st<T>(c[j] + gemv_bias(a, n));
-    }
+    gemv_mma_store<T>(a, c, red, warp, lane, n0);
 }
 
 template <typename T>
