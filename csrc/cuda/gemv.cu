@@ -315,6 +315,17 @@ static int gemv_kw_forced(int warps) {
     return kwe[0] - '0' < warps ? kwe[0] - '0' : warps;
 }
 
+/* the tensor-core kernels' warps along K (a->kw): doubled while the grid is under 2 waves' worth of blocks and each
+ * warp keeps >= 1 of the `units` (groups / stages) along K; JAMBA_EXT_GEMV_KW forces it. Returns the grid (blocks of
+ * `warps` warps, 16 rows per warp row) */
+static int64_t gemv_mma_grid(gemv_args *a, int64_t units, int warps, int sms) {
+    int kw = 1;
+    while (kw < warps && 2 * kw <= units && jamba_ceil_div(a->N, 16 * (warps / kw)) < 2 * sms) kw *= 2;
+    if (gemv_kw_forced(warps)) kw = gemv_kw_forced(warps);
+    a->kw = kw;
+    return jamba_ceil_div(a->N, 16 * (warps / kw));
+}
+
 /* gemv_ring_kernel's launch (raises its shared-memory limit once per device) */
 template <typename T>
 static jamba_status gemv_ring_launch(gemv_args a, int sms, cudaStream_t stream) {
@@ -328,12 +339,7 @@ static jamba_status gemv_ring_launch(gemv_args a, int sms, cudaStream_t stream) 
                                               cudaSharedmemCarveoutMaxShared));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
-    const int64_t nst = jamba_ceil_div(a.K, 128);
-    int kw = 1;
-    while (kw < GR_WARPS && 2 * kw <= nst && jamba_ceil_div(a.N, 16 * (GR_WARPS / kw)) < 2 * sms) kw *= 2;
-    if (gemv_kw_forced(GR_WARPS)) kw = gemv_kw_forced(GR_WARPS);
-    a.kw = kw;
-    const int64_t bx = jamba_ceil_div(a.N, 16 * (GR_WARPS / kw));
+    const int64_t bx = gemv_mma_grid(&a, jamba_ceil_div(a.K, 128), GR_WARPS, sms);
     if (bx > JAMBA_MAX_GRID_X)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
     jamba_kernel_launch(gemv_ring_kernel<T>, dim3((unsigned)bx), dim3(GR_WARPS * 32), GR_SMEM, stream, a);
@@ -356,14 +362,7 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
     }
     if constexpr (sizeof(T) == 2) if (const int pick = gemv_mma_pick(a.M, a.N)) {
         if (pick == 2) return gemv_ring_launch<T>(a, sms, stream);
-        /* tensor cores: warps along K while the grid is under 2 waves' worth of blocks and each warp keeps >= 1
-         * group of steps */
-        const int64_t groups = jamba_ceil_div(jamba_ceil_div(a.K, 32), GEMV_MMA_U);
-        int kw = 1;
-        while (kw < GEMV_WARPS && 2 * kw <= groups && jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw)) < 2 * sms) kw *= 2;
-        if (gemv_kw_forced(GEMV_WARPS)) kw = gemv_kw_forced(GEMV_WARPS);
-        a.kw = kw;
-        const int64_t bx = jamba_ceil_div(a.N, 16 * (GEMV_WARPS / kw));
+        const int64_t bx = gemv_mma_grid(&a, jamba_ceil_div(jamba_ceil_div(a.K, 32), GEMV_MMA_U), GEMV_WARPS, sms);
         if (bx > JAMBA_MAX_GRID_X)
             return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
         jamba_kernel_launch(gemv_mma_kernel<T, GEMV_MMA_U>, dim3((unsigned)bx), dim3(GEMV_WARPS * 32), 0, stream, a);
