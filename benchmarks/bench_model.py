@@ -34,9 +34,13 @@ static cache eagerly (no CUDA graphs there) and says so.
 Decode floor (CUDA): the bytes one decode step must read, at the copy bandwidth measured at the start:
 every weight except the embedding table (one row of it per token) and the experts, plus per MoE layer the
 experts the batch touches (batch 1: top-k; batch B: the expected number of distinct experts when each token
-picks top-k of E uniformly, E (1 - ((E - k) / E)^B): random weights route about uniformly), plus the KV cache
-read by the attention layers and the Mamba conv / SSM states read and written. decode_floor_tokens_per_s is
-batch / that time, decode_pct_of_floor the measured rate against it.
+picks top-k of E uniformly, E (1 - ((E - k) / E)^B)), plus the KV cache read by the attention layers and the
+Mamba conv / SSM states read and written. decode_floor_tokens_per_s is batch / that time, decode_pct_of_floor the
+measured rate against it. At batch > 1 the rows also carry decode_experts_touched, the mean distinct experts per
+MoE layer and step in an untimed eager decode of the same tokens (random weights do not route uniformly: the
+8K-prompt batch-8 decode of session 26 spent 14% longer in its MoE kernels than the 2K one), and
+decode_pct_of_floor_routed, the rate against the floor with that count (the table's "% routed" column; "% floor"
+stays the uniform one, comparable with earlier rounds).
 Without room for an fp32 copy of the model (e.g. --layers 32), the fp32 reference logits of the check are
 computed a layer at a time (each layer upcast, run, freed).
 Writes benchmarks/results/bench_model.json (+ .png), bench_model_L<layers>.json for other depths, or
@@ -121,8 +125,32 @@ def fp32_logits_layerwise(model: JambaForCausalLM, ids: torch.Tensor):
     return torch.nn.functional.linear(h, model.lm_head.weight.float()).float()
 
 
-def decode_bytes(model: JambaForCausalLM, B: int, L: int) -> int:
-    """Bytes a decode step of batch B at context L must read (see the module docstring, "Decode floor")."""
+def routed_experts(model: JambaForCausalLM, ids: torch.Tensor, steps: int):
+    """The mean number of distinct experts a MoE layer's decode step touched in an untimed eager greedy decode of
+    `steps` tokens after prompt `ids` (the same tokens the timed rows decode), or None without MoE layers. Counts
+    the expert ids of every jamba_ext.moe_route call of B tokens (a decode step's; the prefill routes B x L)."""
+    from jamba_ext import moe as moe_mod
+    B, counts, real = ids.shape[0], [], moe_mod.ops.moe_route
+
+    def rec(logits, top_k):
+        out = real(logits, top_k)
+        if logits.shape[0] == B:
+            counts.append(out[1])                   # expert ids (B, top_k); counted after the run (no sync here)
+        return out
+    moe_mod.ops.moe_route = rec
+    try:
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=steps, eos_token_id=None, cuda_graph=False)
+    finally:
+        moe_mod.ops.moe_route = real
+    if not counts:
+        return None
+    return sum(int(torch.unique(c).numel()) for c in counts) / len(counts)
+
+
+def decode_bytes(model: JambaForCausalLM, B: int, L: int, touched=None) -> int:
+    """Bytes a decode step of batch B at context L must read (see the module docstring, "Decode floor");
+    touched: experts per MoE layer (default: the uniform-routing expectation)."""
     cfg = model.config
     total = 0
     for name, p in model.named_parameters():
@@ -132,7 +160,8 @@ def decode_bytes(model: JambaForCausalLM, B: int, L: int) -> int:
     el = next(model.parameters()).element_size()
     total += B * cfg.hidden_size * el                                           # embedding rows
     E, k = cfg.num_experts, cfg.num_experts_per_tok
-    touched = k if B == 1 else E * (1 - ((E - k) / E) ** B)
+    if touched is None:
+        touched = k if B == 1 else E * (1 - ((E - k) / E) ** B)
     n_moe = n_attn = 0
     for layer in model.model.layers:
         ex = getattr(getattr(layer, "feed_forward", None), "experts", None)
@@ -361,6 +390,8 @@ def main(argv=None) -> int:
                                                min_new_tokens=4, do_sample=False)
                             rate, n = generate_timed(run, device, steps)
                             row.update(decode_steps=n, decode_tokens_per_s=None if rate is None else B * rate)
+                            if name == "jamba_ext" and B > 1:
+                                row["decode_experts_touched"] = routed_experts(model, ids, min(steps, 8))
                     except Exception as e:  # noqa: BLE001 -- record and go on: one blind run must yield data
                         row["error"] = f"{type(e).__name__}: {e}"[:400]
                     finally:
@@ -373,9 +404,15 @@ def main(argv=None) -> int:
     by = {(r["impl"], r["batch"], r["prompt_len"]): r for r in rows}
     for r in rows:
         if copy_gbs and r.get("decode_tokens_per_s"):
-            nb = decode_bytes(ours, r["batch"], r["prompt_len"] + steps // 2)
+            Lc = r["prompt_len"] + steps // 2
+            nb = decode_bytes(ours, r["batch"], Lc)
             r["decode_floor_tokens_per_s"] = r["batch"] / (nb / (copy_gbs * 1e9))
             r["decode_pct_of_floor"] = 100 * r["decode_tokens_per_s"] / r["decode_floor_tokens_per_s"]
+            touched = (by.get(("jamba_ext", r["batch"], r["prompt_len"])) or {}).get("decode_experts_touched")
+            if r["impl"].startswith("jamba_ext") and touched:   # the floor with the experts this decode touched
+                fl = r["batch"] / (decode_bytes(ours, r["batch"], Lc, touched) / (copy_gbs * 1e9))
+                r.update(decode_experts_touched=touched, decode_floor_routed_tokens_per_s=fl,
+                         decode_pct_of_floor_routed=100 * r["decode_tokens_per_s"] / fl)
         base = by.get(("transformers", r["batch"], r["prompt_len"]))
         if r["impl"].startswith("jamba_ext") and base:
             for k in ("prefill_tokens_per_s", "decode_tokens_per_s"):
@@ -397,12 +434,12 @@ def main(argv=None) -> int:
     path = write_results(name if default_depth else f"{name}_L{layers}", rows + plot_rows, info,
                          plot_key="tokens_per_s")
     print(f"\n{'impl':<17}{'B':>3}{'L':>7}{'prefill tok/s':>16}{'decode tok/s':>14}{'x prefill':>11}{'x decode':>10}"
-          f"{'% floor':>9}")
+          f"{'% floor':>9}{'% routed':>10}")
     for r in rows:
         f = lambda k, w, p: (f"{r[k]:{w}.{p}f}" if r.get(k) is not None else " " * (w - 1) + "-")  # noqa: E731
         print(f"{r['impl']:<17}{r['batch']:>3}{r['prompt_len']:>7}{f('prefill_tokens_per_s', 16, 0)}"
               f"{f('decode_tokens_per_s', 14, 1)}{f('prefill_speedup', 11, 2)}{f('decode_speedup', 10, 2)}"
-              f"{f('decode_pct_of_floor', 9, 1)}"
+              f"{f('decode_pct_of_floor', 9, 1)}{f('decode_pct_of_floor_routed', 10, 1)}"
               f"  {r.get('skipped', '') or r.get('error', '') or r.get('graph_note', '')}")
     print(f"wrote {path} ({time.perf_counter() - t_start:.0f} s)")
     return 1 if check.get("ok") is False else 0

@@ -26,3 +26,8 @@ def test_benchmark_smoke(tmp_path, script, result):
     data = json.loads((tmp_path / result).read_text())
     assert data["rows"], "no result rows"
     assert data["meta"]["commit"] and data["meta"]["torch"]
+    if script == "bench_model.py":   # the routing-aware decode floor: distinct experts a MoE layer's step touched
+        cfg = data["meta"]["config"]
+        touched = [r["decode_experts_touched"] for r in data["rows"] if r.get("impl") == "jamba_ext"
+                   and r.get("batch", 1) > 1]
+        assert touched and all(cfg["num_experts_per_tok"] <= t <= cfg["num_experts"] for t in touched), touched
