@@ -12,7 +12,7 @@
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
  *   gemv_mma_kernel<T, U>: T bf16 / f16, 2 <= M <= 8 (the rows of a small decode batch), N >= 32 * 16
- *     (gemv_mma_takes), the vec kernel's layout conditions. Tensor cores (mma m16n8k16): weight rows are the
+ *     (gemv_mma_pick), the vec kernel's layout conditions. Tensor cores (mma m16n8k16): weight rows are the
  *     product's 16-row side, the rows of x its 8-column side (columns >= M: row 0 read, never stored). A block of 8
  *     warps owns RB = 16 * 8 / KW weight rows (grid N / RB); warp (pair = warp / KW, slice ks = warp % KW) owns
  *     rows 16 pair .. +15 of them and the K steps (32 elements each) of groups ks, ks + KW, ... (a group: U
@@ -33,8 +33,8 @@
  * At 2-8 rows (gemv_mma_1a93b2e.log, graph-timed, weights cold): the tensor-core kernel 38.3 us for Mamba in_proj at
  * 8 rows against 75.0 for the vec kernel (519cb9a) and 34.2 for cuBLAS; out_proj 20.9 / 41.6 / 22.1, dt_proj 3.4 /
  * 6.7 / 3.9, k|v 6.3 / 11.3 / 7.7. It reads the wide weights at ~80-87% of copy bandwidth against cuBLAS's 85-95%
- * (8 rows x 64 bytes a warp load: a shared-memory ring of whole 512-byte row pieces, as moe.cu's decode kernel,
- * is the next thing to try), so the model keeps cuBLAS from 2 rows on (modeling_jamba.GEMV_MAX_ROWS).
+ * (8 rows x 64 bytes a warp load; gemv_ring_kernel, an EXPERIMENT, copies 2 rows x 256 bytes at a time), so the
+ * model keeps cuBLAS from 2 rows on (modeling_jamba.GEMV_MAX_ROWS).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -104,8 +104,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(gemv_args a) 
     }
 }
 
-/* 16 bytes of a weight row / of x, as volatile asm: issued in program order, so that a group's loads all leave before
- * its first mma (as plain loads the compiler sank each next to its mma: ~3 loads in flight a lane, 2.5 TB/s) */
+/* 16 bytes of a weight row / of x, as volatile asm (kept in program order in the PTX). That alone did not keep a
+ * group's loads before its first mma: ptxas sank each load next to its mma (~3 loads in flight a lane, 2.5 TB/s,
+ * c5ccad3) until the kernels declared a block count in __launch_bounds__ (then it keeps all of them in front). */
 __device__ __forceinline__ uint4 gemv_ldv_stream(const void *p) {
     uint4 r;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
