@@ -751,12 +751,11 @@ class JambaMambaMixer(nn.Module):
             return None
         if torch.is_grad_enabled() and any(p.requires_grad for p in (*ws, self.A_log, self.D, self.dt_proj.bias)):
             return None
-        work, rows = getattr(self, "_step_work", (None, 0))
-        if work is None or work.device != x.device or rows < x.shape[0]:
-            rows = max(MAMBA_STEP_MAX_BATCH, x.shape[0])
-            work = _K.mamba_inner_step_workspace(self.intermediate_size, rows, self.x_proj.weight.shape[0], x.device)
-            self._step_work = (work, rows)
-            self._step_works_kept = getattr(self, "_step_works_kept", []) + [work]  # graphs captured with one keep it
+        work = getattr(self, "_step_work", None)
+        if work is None or work.device != x.device:
+            work = _K.mamba_inner_step_workspace(self.intermediate_size, MAMBA_STEP_MAX_BATCH,
+                                                 self.x_proj.weight.shape[0], x.device)
+            self._step_work = work
         return work
 
     def step(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:

@@ -8,7 +8,8 @@ top-k with no renormalisation, routing weights cast to model dtype, expert = dow
 each expert's weighted output rounded to model dtype and summed in model dtype.
 
 Steps: (1) logits = F.linear (torch GEMM, model dtype, as HF; jamba.gemv in the model's static decode step);
-(2) jamba.moe_route: softmax + top-k + the stable permutation grouping token slots by expert (C on CPU, two kernels on CUDA, no host sync);
+(2) jamba.moe_route: softmax + top-k + the stable permutation grouping token slots by expert (C on CPU, two
+kernels on CUDA, no host sync);
 (3) jamba.moe_experts: gather + gate/up GEMM with SiLU*up fused + down GEMM scaled by the routing weight,
 then the combine back to token order. CUDA engines by size (impl auto): a weight-streaming decode kernel
 (Hopper: <= 1 slot per expert on average, i.e. <= 8 tokens at 16 experts top-2; other GPUs: <= 16), then our
