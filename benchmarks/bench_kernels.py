@@ -306,7 +306,8 @@ def bench_mamba_step(bb, batches, DI, N, K, R):
                  norm_weight=rn(NO, dev=dev, scale=0.3, shift=1.0), dtproj_weight=rn(DI, R, dev=dev, scale=R ** -0.5),
                  A=-torch.exp(torch.rand(DI, N, device=dev) * 2.5 - 0.7), D=torch.randn(DI, device=dev),
                  dt_bias=torch.rand(DI, device=dev) * 3 - 4.5, ssm_state=torch.randn(Bsz, DI, N, device=dev))
-        work = ops.mamba_inner_step_workspace(DI, Bsz, NO, dev) if dev.type == "cuda" else None
+        fused = dev.type == "cuda" and Bsz <= 2            # the fused kernel's limits (else: the five launches)
+        work = ops.mamba_inner_step_workspace(DI, Bsz, NO, dev) if fused else None
         args = lambda c: (c["x"], c["z"], c["conv_state"], c["conv_weight"], c["conv_bias"], c["xproj_weight"],  # noqa
                           c["norm_weight"], c["dtproj_weight"], c["A"], c["D"], c["dt_bias"], c["ssm_state"], R, 1e-6)
         ref = R_mamba_step(a, R)
@@ -316,7 +317,7 @@ def bench_mamba_step(bb, batches, DI, N, K, R):
         nbytes = ((NO * DI + DI * R + DI * (K + 1) + NO) * 2 + 2 * Bsz * DI * K * 2 + 2 * Bsz * DI * N * 4
                   + DI * N * 4 + 2 * DI * 4 + 3 * Bsz * DI * 2)
         for label, wk in (("mamba_inner_step (fused)", work), ("mamba_inner_step (five launches)", None)):
-            if label.endswith("(fused)") and (dev.type != "cuda" or Bsz > 2):  # the fused kernel: CUDA, batch <= 2
+            if label.endswith("(fused)") and not fused:
                 continue
             bb.row(label, f"B={Bsz} DI={DI} R={R} N={N} K={K}", lambda: ops.mamba_inner_step(*args(a), wk), nbytes,
                    small=True, graph=True)
