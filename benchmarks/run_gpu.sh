@@ -3,11 +3,9 @@
 # compute-sanitizer on small cases of every kernel, and the benchmarks. Everything goes to $OUT:
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
 # Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] [FIRST_TESTS=tests/x.py] bash benchmarks/run_gpu.sh [full]
-#   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model with JAMBA_EXT_MAMBA_STEP=0, with JAMBA_EXT_PDL=0,
-#   bench_kernels' gemv rows with the ring EXPERIMENT (JAMBA_EXT_GEMV_MMA=ring) and with JAMBA_EXT_GEMV_KW=2 / 8 (log only);
-#   their JSON kept together as bench_model_ab.json: $OUT holds at most 8
-#   files; dev/mamba_step_timing.py; experiments add their rows to the
-#   benchmarks under the same switch)
+#   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model at batch 1 / 2 / 4 / 8 with JAMBA_EXT_GEMV_ROWS=1 and 8,
+#   their JSON kept together as bench_model_ab.json: $OUT holds at most 8 files; bench_kernels' gemv rows with
+#   JAMBA_EXT_GEMV_MMA=reg and =0, log only; experiments add their rows to the benchmarks under the same switch)
 #   (pass JAMBA_COMMIT: the device copy of .git may be stale; it goes into the log and every JSON)
 #   full: also the slow CUDA tests (> 2^31 elements). Each step has a time limit, so one call fits in ~9 min.
 set -uo pipefail
@@ -60,22 +58,19 @@ timeout 150 python3 benchmarks/bench_moe.py 2>&1 | tail -90
 step "dev/mamba_step_probe.py (a Mamba layer's decode step op by op, cold weights; the fused mamba_inner_step)"
 timeout 90 python3 dev/mamba_step_probe.py 2>&1 | tail -14
 if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
-  step "bench_model without the fused Mamba decode step (A/B: JAMBA_EXT_MAMBA_STEP=0; 2K prompts, no transformers)"
-  JAMBA_EXT_MAMBA_STEP=0 timeout 150 python3 benchmarks/bench_model.py --prompts 2048 --no-hf --decode-steps 16 --budget-s 40 2>&1 | tail -12
-  cp benchmarks/results/bench_model.json /tmp/ab_nofused.json 2>/dev/null
-  step "bench_model without programmatic dependent launch (A/B: JAMBA_EXT_PDL=0; 2K prompts, no transformers)"
-  JAMBA_EXT_PDL=0 timeout 150 python3 benchmarks/bench_model.py --prompts 2048 --no-hf --decode-steps 16 --budget-s 40 2>&1 | tail -12
-  cp benchmarks/results/bench_model.json /tmp/ab_nopdl.json 2>/dev/null
+  for v in "JAMBA_EXT_GEMV_ROWS=1" "JAMBA_EXT_GEMV_ROWS=8"; do
+    step "bench_model with $v (A/B: cuBLAS or jamba.gemv for the decode step's projections at 2-8 rows; 2K prompts, no transformers)"
+    env $v timeout 150 python3 benchmarks/bench_model.py --batches 1,2,4,8 --prompts 2048 --no-hf --decode-steps 16 --budget-s 40 2>&1 | tail -10
+    cp benchmarks/results/bench_model.json /tmp/ab_$v.json 2>/dev/null
+  done
   cp benchmarks/results/bench_kernels.json /tmp/bk_full.json; cp benchmarks/results/bench_kernels.png /tmp/bk_full.png
-  for v in "JAMBA_EXT_GEMV_MMA=ring" "JAMBA_EXT_GEMV_KW=2" "JAMBA_EXT_GEMV_KW=8"; do
-    step "bench_kernels --only gemv with $v (EXPERIMENT: the cp.async ring gemv; the K slices of the tensor-core one)"
+  for v in "JAMBA_EXT_GEMV_MMA=reg" "JAMBA_EXT_GEMV_MMA=0"; do
+    step "bench_kernels --only gemv with $v (A/B: the register tensor-core kernel; the CUDA-core kernel)"
     env $v timeout 90 python3 benchmarks/bench_kernels.py --only gemv 2>&1 | grep "^gemv"
   done
   cp /tmp/bk_full.json benchmarks/results/bench_kernels.json; cp /tmp/bk_full.png benchmarks/results/bench_kernels.png
-  step "dev/mamba_step_timing.py (the fused kernel's phases at batch 1 / 2)"
-  timeout 120 python3 dev/mamba_step_timing.py 2>&1 | tail -45
   # one file for all (the device tool brings back at most 8 files)
-  python3 -c "import json; json.dump({k: json.load(open(f)) for k, f in (('JAMBA_EXT_MAMBA_STEP=0', '/tmp/ab_nofused.json'), ('JAMBA_EXT_PDL=0', '/tmp/ab_nopdl.json'))}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
+  python3 -c "import json; json.dump({k: json.load(open('/tmp/ab_' + k + '.json')) for k in ('JAMBA_EXT_GEMV_ROWS=1', 'JAMBA_EXT_GEMV_ROWS=8')}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
 fi
 step "bench_model"
 [ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py --decode-steps 16 --budget-s 60 2>&1 | tail -30

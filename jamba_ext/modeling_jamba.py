@@ -471,15 +471,13 @@ class JambaRMSNorm(nn.Module):
 
 # Projections of at most this many rows of activations in a static-cache decode step (the step that
 # generate(cuda_graph=True) captures and replays; eager with static_cache=True) run jamba.gemv instead of F.linear.
-# At one row cuBLAS reads the long-K, short-N weights of a decode step at 14-88% of the bandwidth floor (Mamba x_proj
-# 7.5 us against our 3.7, out_proj 21.1 against 19.0, attention k/v 7.7 against 5.4; H200 bf16, bench_kernels' gemv
-# rows) and cannot overlap our PDL kernels. Not from 2 rows on: jamba.gemv's tensor-core kernel for 2-8 rows beats
-# cuBLAS on the short projections (out_proj 1.03-1.06x, attention 1.05-1.22x, dt_proj 1.14x) but reads the wide ones
-# at ~80-87% of bandwidth against cuBLAS's 85-95% (in_proj 0.88x, MLP 0.90-0.97x, LM head 0.90x): with
-# JAMBA_EXT_GEMV_ROWS=8 the graph decode of one block ran 792 / 1104 / 1545 against 824 / 1095 / 1581 tok/s at batch
-# 2 / 4 / 8 (gemv_mma_1a93b2e.log). Not in the dynamic-cache decode step either (run eagerly, host-bound: our op's
-# Python path costs more than F.linear's). 0 turns it off (A/B timing).
-GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "1"))
+# cuBLAS reads the long-K, short-N weights of a decode step at 15-88% of the bandwidth floor and cannot overlap our PDL
+# kernels; jamba.gemv (its ring kernel from 2 rows, and at 1 row up to N 8192) beats it on every projection but the
+# widest two, which it reads within 2% (H200 bf16, gpu_round_e5a091f.log, 8 rows: out_proj 18.0 against 21.9 us,
+# MLP down 29.0 / 31.8, attention q|o 10.5 / 13.0, k|v 5.3 / 7.8, LM head 122.9 / 127.4, in_proj 34.0 / 33.4; 1 row:
+# x_proj 3.7 / 7.5). Not in the dynamic-cache decode step (run eagerly, host-bound: our op's Python path costs more
+# than F.linear's). 0 turns it off (A/B timing).
+GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "8"))
 
 # generate(cuda_graph=None) on a CUDA model replays its decode steps from a CUDA graph when at least this many new
 # tokens are asked for. The capture (2 warm-up steps + capture, once per generate() call) costs about 12 eager

@@ -141,17 +141,18 @@ def test_gemv_cuda_matches_cpu_and_graph(dtype):
 @pytest.mark.parametrize("M,N,K", [(2, 4096, 8192), (8, 288, 8192), (5, 8192, 256), (7, 1000, 4104), (3, 17, 40),
                                    (8, 4096, 14336), (4, 23, 8)],
                          ids=["out_proj", "x_proj", "dt_proj", "odd_n_k", "tiny", "down", "k8"])
-@pytest.mark.parametrize("mode", ["default", "all", "ring"])
+@pytest.mark.parametrize("mode", ["default", "reg", "ring"])
 def test_gemv_cuda_tensor_core_rows(dtype, M, N, K, mode, monkeypatch):
-    """2-8 rows in bf16 / f16 run on the tensor-core kernel (gemv_mma_kernel: rows of 16 weights, x rows as the
-    product's 8 columns, K in a permuted order) from 32 row tiles on (mode "all", JAMBA_EXT_GEMV_MMA=all: at any N and
-    at 1 row too; "ring": the EXPERIMENT gemv_ring_kernel, weights staged through a cp.async ring): within the error
-    model, with a bias, deterministic, and close to the CUDA-core kernel (JAMBA_EXT_GEMV_MMA=0) on the same inputs; N
-    not a multiple of 16 and K not of 32 or 128 included (partial row tiles and steps), K-sliced warps at long K."""
+    """2-8 rows in bf16 / f16 (1 row up to N 8192) run on a tensor-core kernel (rows of 16 weights, x rows as the
+    product's 8 columns, K in a permuted order) from N 512 on: by default gemv_ring_kernel (weights staged through a
+    per-warp cp.async ring); mode "reg" (JAMBA_EXT_GEMV_MMA=reg) gemv_mma_kernel, "ring" the ring kernel, both at any
+    N and at 1 row too. Within the error model, with a bias, deterministic, and close to the CUDA-core kernel
+    (JAMBA_EXT_GEMV_MMA=0) on the same inputs; N not a multiple of 16 and K not of 32 or 128 included (partial row
+    tiles and steps), K-sliced warps at long K."""
     dev = torch.device("cuda")
     if mode != "default":
         monkeypatch.setenv("JAMBA_EXT_GEMV_MMA", mode)
-    for m in ((M,) if mode == "default" else (1, M)):
+    for m in (1, M):
         x = randn(m, K, device=dev, dtype=dtype)
         w = randn(N, K, device=dev, dtype=dtype, scale=K ** -0.5)
         b = randn(N, device=dev, dtype=torch.float32)
@@ -160,7 +161,10 @@ def test_gemv_cuda_tensor_core_rows(dtype, M, N, K, mode, monkeypatch):
         assert torch.equal(got, ops.gemv(x, w, b)), "not deterministic"
         monkeypatch.setenv("JAMBA_EXT_GEMV_MMA", "0")
         vec = ops.gemv(x, w, b)
-        monkeypatch.setenv("JAMBA_EXT_GEMV_MMA", "1" if mode == "default" else mode)
+        if mode == "default":
+            monkeypatch.delenv("JAMBA_EXT_GEMV_MMA")
+        else:
+            monkeypatch.setenv("JAMBA_EXT_GEMV_MMA", mode)
         check(vec, x, w, b)
         ref = reference.gemv(up(x), up(w), up(b))
         tol = 2 * ((vec.double() - ref).abs().max() + (got.double() - ref).abs().max()) + 1e-6

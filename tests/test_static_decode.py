@@ -296,15 +296,19 @@ def test_sdpa_wrapper_equals_plain_sdpa(device, lq, lk, masked):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 def test_static_decode_step_projections_use_gemv(monkeypatch):
-    """On CUDA the one-row static decode step (the one a CUDA graph captures) runs its projections on jamba.gemv,
-    every one with a single row; the prefill, the dynamic-cache decode and a batch of 2 keep F.linear."""
+    """On CUDA the static decode step (the one a CUDA graph captures) runs its projections on jamba.gemv, every one
+    with the batch's rows (1, and 2 up to GEMV_MAX_ROWS); the prefill, the dynamic-cache decode and a batch over
+    GEMV_MAX_ROWS keep F.linear."""
     if not jamba_ext.has_cuda_kernels():
         pytest.skip("jamba_ext built without CUDA kernels")
     from jamba_ext import ops
+    from jamba_ext import modeling_jamba as mj
+    monkeypatch.setattr(mj, "GEMV_MAX_ROWS", 8)     # the default (JAMBA_EXT_GEMV_ROWS may change it)
     ours = _ours("attn1_moe_top2", dtype=torch.bfloat16, device="cuda")
     rows, real = [], ops.gemv
     monkeypatch.setattr(ops, "gemv", lambda x, *a: rows.append(x.numel() // x.shape[-1]) or real(x, *a))
     ids1, _ = JambaForCausalLM._left_pad(_prompts(1), 0, "cuda")
+    ids2, mask2 = JambaForCausalLM._left_pad(_prompts(2), 0, "cuda")
     with torch.no_grad():
         ours.generate(ids1, max_new_tokens=3, eos_token_id=None, static_cache=True)
         n_layers = len(ours.config.layers_block_type)
@@ -313,9 +317,12 @@ def test_static_decode_step_projections_use_gemv(monkeypatch):
         n_static = len(rows)
         ours.generate(ids1, max_new_tokens=3, eos_token_id=None)
         assert len(rows) == n_static                  # dynamic cache: none
-        ids2, mask2 = JambaForCausalLM._left_pad(_prompts(2), 0, "cuda")
         ours.generate(ids2, mask2, max_new_tokens=3, eos_token_id=None, static_cache=True)
-        assert len(rows) == n_static                  # two rows per step: none
+        n2 = len(rows)
+        assert n2 - n_static >= 2 * (n_layers + 1) and set(rows[n_static:]) == {2}, rows[n_static:]
+        monkeypatch.setattr(mj, "GEMV_MAX_ROWS", 1)
+        ours.generate(ids2, mask2, max_new_tokens=3, eos_token_id=None, static_cache=True)
+        assert len(rows) == n2                        # two rows over GEMV_MAX_ROWS: none
 
 
 @pytest.mark.cuda

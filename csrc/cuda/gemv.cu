@@ -11,30 +11,28 @@
  *     loads issued before the first multiply; x is read through the read-only cache (tiny, shared by every
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
- *   gemv_mma_kernel<T, U>: T bf16 / f16, 2 <= M <= 8 (the rows of a small decode batch), N >= 32 * 16
- *     (gemv_mma_pick), the vec kernel's layout conditions. Tensor cores (mma m16n8k16): weight rows are the
- *     product's 16-row side, the rows of x its 8-column side (columns >= M: row 0 read, never stored). A block of 8
- *     warps owns RB = 16 * 8 / KW weight rows (grid N / RB); warp (pair = warp / KW, slice ks = warp % KW) owns
- *     rows 16 pair .. +15 of them and the K steps (32 elements each) of groups ks, ks + KW, ... (a group: U
- *     consecutive steps). Lane (g, t) = (lane / 4, lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row
- *     g at k = 32 step + 8 t straight into the mma fragments: the product's k order is a permutation of K's
- *     (elements 8t .. 8t+3 of a step feed the first mma, 8t+4 .. 8t+7 the second), the same for both operands, so
- *     nothing is staged in shared memory and x is read once per 16 weight rows (the vec kernel reads x once per 2
- *     rows and row of x: at M = 8 its L1 traffic binds). The next group's loads are issued before this group's mmas
- *     (two groups in flight a warp; 128 registers). Accumulators: rows g / g + 8, x rows 2t / 2t + 1; the KW slices
- *     added in slice order through shared memory (deterministic).
- *   gemv_ring_kernel<T>: EXPERIMENT (JAMBA_EXT_GEMV_MMA=ring, not yet run on a GPU): gemv_mma_kernel's products with
- *     the weights staged through a per-warp cp.async ring of 2-row x 256-byte pieces (layout at the kernel).
+ *   gemv_ring_kernel<T>: T bf16 / f16, 1 <= M <= 8, the vec kernel's layout conditions; the default for 2-8 rows and
+ *     for 1 row at 512 <= N <= 8192 (gemv_mma_pick). Tensor cores (mma m16n8k16): weight rows are the product's
+ *     16-row side, the rows of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16 weight
+ *     rows and a slice of K's stages of 128 elements, and copies its stages (16 W + 8 x rows x 256 bytes) into its
+ *     own cp.async ring in shared memory, 4 stages in flight; layout and swizzle at the kernel.
+ *   gemv_mma_kernel<T, U>: the same products with the weights and x loaded straight from global memory into the
+ *     fragments (no shared memory), a warp load covering 8 rows x 64 bytes; it reads wide weights at 80-87% of copy
+ *     bandwidth where the ring kernel reads them at 88-96%, so it runs only under JAMBA_EXT_GEMV_MMA=reg (A/B).
+ *     Block of 8 warps, RB = 16 * 8 / KW weight rows (grid N / RB); warp (pair = warp / KW, slice ks = warp % KW)
+ *     owns rows 16 pair .. +15 and the K steps (32 elements each) of groups ks, ks + KW, ... (a group: U steps).
+ *     Lane (g, t) = (lane / 4, lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row g at k = 32 step + 8 t
+ *     straight into the fragments: the product's k order is a permutation of K's (elements 8t .. 8t+3 of a step
+ *     feed the first mma, 8t+4 .. 8t+7 the second), the same for both operands. The next group's loads are issued
+ *     before this group's mmas (128 registers). Both: accumulators rows g / g + 8, x rows 2t / 2t + 1; the KW
+ *     slices added in slice order through shared memory (deterministic).
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
  * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
  * 22.0 us against 15.8; x_proj 288 x 8192: 7.7 against 1.1; attention o 4096 x 4096: 13.6 against 7.9; MLP down
  * 4096 x 14336: 31.5 against 27.6), the wide ones at 95-99%; it also cannot start before our PDL kernels end.
- * At 2-8 rows (gemv_mma_1a93b2e.log, graph-timed, weights cold): the tensor-core kernel 38.3 us for Mamba in_proj at
- * 8 rows against 75.0 for the vec kernel (519cb9a) and 34.2 for cuBLAS; out_proj 20.9 / 41.6 / 22.1, dt_proj 3.4 /
- * 6.7 / 3.9, k|v 6.3 / 11.3 / 7.7. It reads the wide weights at ~80-87% of copy bandwidth against cuBLAS's 85-95%
- * (8 rows x 64 bytes a warp load; gemv_ring_kernel, an EXPERIMENT, copies 2 rows x 256 bytes at a time), so the
- * model keeps cuBLAS from 2 rows on (modeling_jamba.GEMV_MAX_ROWS).
+ * At 1-8 rows the ring kernel beats cuBLAS on every decode projection but the widest two (in_proj, MLP gate|up:
+ * within 2%) and the vec kernel at 1 row on all but the widest three (numbers at gemv_mma_pick).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -198,12 +196,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(gemv_args 
     gemv_mma_store<T>(a, c, red, warp, lane, n0);
 }
 
-/* EXPERIMENT (env JAMBA_EXT_GEMV_MMA=ring; not yet run on a GPU): gemv_mma_kernel's products with the weights staged
- * through a per-warp cp.async ring of whole row pieces. Question: does the register kernel read wide weights at
- * 80-87% of copy bandwidth (the vec kernel: 92-93%) because each warp load covers 8 rows x 64 bytes (the vec kernel:
- * one row x 512 bytes; moe.cu's ring of 8 x 64-byte pieces streams at 84-92% too)? Here a copy instruction covers 2
- * rows x 256 bytes. Blocks of GR_WARPS warps, warp (pair = warp / KW, slice ks) owns 16 weight rows and the stages
- * (128 k each) ks, ks + KW, ...; a stage holds its 16 W rows and 8 x rows (rows >= M zero-filled) x 256 bytes,
+/* gemv_mma_kernel's products with the weights staged through a per-warp cp.async ring of whole row pieces: a copy
+ * instruction covers 2 rows x 256 bytes (gemv_mma_kernel's warp load 8 rows x 64 bytes, read at 80-87% of copy
+ * bandwidth; this kernel 88-96%, gpu_round_e5a091f.log). Blocks of GR_WARPS warps, warp (pair = warp / KW, slice
+ * ks) owns 16 weight rows and the stages (128 k each) ks, ks + KW, ...; a stage holds its 16 W rows and 8 x rows (rows >= M zero-filled) x 256 bytes,
  * lane l copying rows 2i + l / 16, 16-byte unit l % 16, i < 8 (W) / 4 (x). Units of odd rows are stored at unit ^ 4
  * (conflict-free 16-byte reads: in a quarter warp rows 2p and 2p + 1 fall in different halves of the 8 bank
  * groups). GR_S stages in flight a warp (each lane waits for its own copies, then __syncwarp: lanes read each
@@ -294,19 +290,26 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
 }
 
 /* Which tensor-core kernel takes this call: 0 none (the vec kernel), 1 gemv_mma_kernel, 2 gemv_ring_kernel. By
- * default gemv_mma_kernel for 2-8 rows and at least GEMV_MMA_MIN_TILES row tiles of 16 (fewer: too few blocks to
- * pull the weights; Mamba's x_proj, 288 rows, ran 9.5 us at 2 rows against ~4.5 on the vec kernel: the five-launch
- * mamba_inner_step at batch 2 went from 14.0 to 18.5 us, gpu_round_9fecc2a.log). Env JAMBA_EXT_GEMV_MMA=0: none
- * (A/B); "all": gemv_mma_kernel for 1-8 rows at any N (A/B, tests); "ring": the EXPERIMENT gemv_ring_kernel for 1-8
- * rows at any N. */
-#define GEMV_MMA_MIN_TILES 32
+ * default gemv_ring_kernel for 2-8 rows at N >= GEMV_MMA_MIN_N and for 1 row at GEMV_MMA_MIN_N <= N <= GEMV_RING_MAX_N1
+ * (gpu_round_e5a091f.log, graph-timed, weights cold; ring / vec / register kernel / cuBLAS, us):
+ *   8 rows: in_proj 34.0 / - / 38.5 / 33.4, out_proj 18.0 / - / 20.6 / 21.9, MLP down 29.0 / - / 33.3 / 31.8,
+ *           attention q|o 10.5 / - / 12.2 / 13.0, k|v 5.3 / - / 6.3 / 7.8, LM head 122.9 / - / 149.7 / 127.4;
+ *   1 row:  out_proj 17.7 / 19.0, down 28.7 / 31.3, q|o 10.5 / 11.7, dt_proj 3.3 / 3.9; the widest ones tie or lose by
+ *           1-2% (in_proj 33.2 / 33.3, gate|up 29.7 / 29.5, LM head 120.9 / 118.8): the vec kernel keeps N > 8192.
+ * Below GEMV_MMA_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
+ * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 (1 row) .. 9.5 (8 rows) on the vec kernel. Env
+ * JAMBA_EXT_GEMV_MMA=0: the vec kernel (A/B); "reg": gemv_mma_kernel for 1-8 rows at any N (A/B, tests); "ring":
+ * gemv_ring_kernel for 1-8 rows at any N (tests). */
+#define GEMV_MMA_MIN_N 512
+#define GEMV_RING_MAX_N1 8192
 static int gemv_mma_pick(int64_t M, int64_t N) {
     const char *e = getenv("JAMBA_EXT_GEMV_MMA");
     if (e && e[0] == '0' && e[1] == 0) return 0;
     const bool any = M >= 1 && M <= GEMV_MMA_MAXM;
-    if (e && !strcmp(e, "all")) return any ? 1 : 0;
+    if (e && !strcmp(e, "reg")) return any ? 1 : 0;
     if (e && !strcmp(e, "ring")) return any ? 2 : 0;
-    return M >= 2 && M <= GEMV_MMA_MAXM && jamba_ceil_div(N, 16) >= GEMV_MMA_MIN_TILES ? 1 : 0;
+    if (!any || N < GEMV_MMA_MIN_N) return 0;
+    return M >= 2 || N <= GEMV_RING_MAX_N1 ? 2 : 0;
 }
 
 /* env JAMBA_EXT_GEMV_KW=1|2|4|8: the warps along K of every kernel (capped by the block's warps; A/B) */
