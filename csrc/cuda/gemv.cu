@@ -339,8 +339,10 @@ static jamba_status gemv_ring_launch(gemv_args a, int sms, cudaStream_t stream) 
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_ring_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               GR_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_ring_kernel<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                              cudaSharedmemCarveoutMaxShared));
+        const char *cv = getenv("JAMBA_EXT_GEMV_RING_CARVEOUT"); /* EXPERIMENT (A/B): 0 leaves the driver's pick */
+        if (!(cv && cv[0] == '0' && cv[1] == 0))
+            JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_ring_kernel<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                                  cudaSharedmemCarveoutMaxShared));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     const int64_t bx = gemv_mma_grid(&a, jamba_ceil_div(a.K, 128), GR_WARPS, sms);
