@@ -143,7 +143,7 @@ def test_gemv_cuda_matches_cpu_and_graph(dtype):
                          ids=["out_proj", "x_proj", "dt_proj", "odd_n_k", "tiny", "down", "k8"])
 @pytest.mark.parametrize("mode", ["default", "reg", "ring"])
 def test_gemv_cuda_tensor_core_rows(dtype, M, N, K, mode, monkeypatch):
-    """2-8 rows in bf16 / f16 (1 row up to N 8192) run on a tensor-core kernel (rows of 16 weights, x rows as the
+    """2-8 rows in bf16 / f16 run on a tensor-core kernel (rows of 16 weights, x rows as the
     product's 8 columns, K in a permuted order) from N 512 on: by default gemv_ring_kernel (weights staged through a
     per-warp cp.async ring); mode "reg" (JAMBA_EXT_GEMV_MMA=reg) gemv_mma_kernel, "ring" the ring kernel, both at any
     N and at 1 row too. Within the error model, with a bias, deterministic, and close to the CUDA-core kernel

@@ -11,8 +11,8 @@
  *     loads issued before the first multiply; x is read through the read-only cache (tiny, shared by every
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
- *   gemv_ring_kernel<T>: T bf16 / f16, 1 <= M <= 8, the vec kernel's layout conditions; the default for 2-8 rows and
- *     for 1 row at 512 <= N <= 8192 (gemv_mma_pick). Tensor cores (mma m16n8k16): weight rows are the product's
+ *   gemv_ring_kernel<T>: T bf16 / f16, 1 <= M <= 8, the vec kernel's layout conditions; the default for 2-8 rows at
+ *     N >= 512 (gemv_mma_pick). Tensor cores (mma m16n8k16): weight rows are the product's
  *     16-row side, the rows of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16 weight
  *     rows and a slice of K's stages of 128 elements, and copies its stages (16 W + 8 x rows x 256 bytes) into its
  *     own cp.async ring in shared memory, 4 stages in flight; layout and swizzle at the kernel.
@@ -31,8 +31,8 @@
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
  * 22.0 us against 15.8; x_proj 288 x 8192: 7.7 against 1.1; attention o 4096 x 4096: 13.6 against 7.9; MLP down
  * 4096 x 14336: 31.5 against 27.6), the wide ones at 95-99%; it also cannot start before our PDL kernels end.
- * At 1-8 rows the ring kernel beats cuBLAS on every decode projection but the widest two (in_proj, MLP gate|up:
- * within 2%) and the vec kernel at 1 row on all but the widest three (numbers at gemv_mma_pick).
+ * At 2-8 rows the ring kernel beats cuBLAS on every decode projection but the widest two (in_proj, MLP gate|up:
+ * within 2%; numbers at gemv_mma_pick).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -290,26 +290,25 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
 }
 
 /* Which tensor-core kernel takes this call: 0 none (the vec kernel), 1 gemv_mma_kernel, 2 gemv_ring_kernel. By
- * default gemv_ring_kernel for 2-8 rows at N >= GEMV_MMA_MIN_N and for 1 row at GEMV_MMA_MIN_N <= N <= GEMV_RING_MAX_N1
- * (gpu_round_e5a091f.log, graph-timed, weights cold; ring / vec / register kernel / cuBLAS, us):
- *   8 rows: in_proj 34.0 / - / 38.5 / 33.4, out_proj 18.0 / - / 20.6 / 21.9, MLP down 29.0 / - / 33.3 / 31.8,
- *           attention q|o 10.5 / - / 12.2 / 13.0, k|v 5.3 / - / 6.3 / 7.8, LM head 122.9 / - / 149.7 / 127.4;
- *   1 row:  out_proj 17.7 / 19.0, down 28.7 / 31.3, q|o 10.5 / 11.7, dt_proj 3.3 / 3.9; the widest ones tie or lose by
- *           1-2% (in_proj 33.2 / 33.3, gate|up 29.7 / 29.5, LM head 120.9 / 118.8): the vec kernel keeps N > 8192.
+ * default gemv_ring_kernel for 2-8 rows at N >= GEMV_MMA_MIN_N (gpu_round_660e493.log, graph-timed, weights cold;
+ * ring / register kernel / cuBLAS at 8 rows, us): in_proj 33.8 / 38.5 / 33.3, out_proj 17.8 / 20.6 / 21.8, MLP down
+ * 28.9 / 33.3 / 31.7, attention q|o 10.3 / 12.2 / 13.1, k|v 5.2 / 6.3 / 7.7, LM head 123.1 / 149.7 / 126.4.
+ * Not at 1 row: alone it beats the vec kernel there too (out_proj 17.5 against 19.0 us, down 28.5 / 31.3, q|o 10.2 /
+ * 11.7, dt_proj 3.3 / 3.9), but in a decode step's chain it costs more than it saves: a Mamba layer's step with it
+ * for dt_proj and out_proj took 73.8 us against 66.1 with the vec kernel, 9.6 us over its ops' sum (0.6 us with the
+ * vec kernel), with or without the carveout preference (gemv_ring_transition_ab_56e9d5f.log; cause not found).
  * Below GEMV_MMA_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
  * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 (1 row) .. 9.5 (8 rows) on the vec kernel. Env
  * JAMBA_EXT_GEMV_MMA=0: the vec kernel (A/B); "reg": gemv_mma_kernel for 1-8 rows at any N (A/B, tests); "ring":
- * gemv_ring_kernel for 1-8 rows at any N (tests). */
+ * gemv_ring_kernel for 1-8 rows at any N (A/B, tests). */
 #define GEMV_MMA_MIN_N 512
-#define GEMV_RING_MAX_N1 8192
 static int gemv_mma_pick(int64_t M, int64_t N) {
     const char *e = getenv("JAMBA_EXT_GEMV_MMA");
     if (e && e[0] == '0' && e[1] == 0) return 0;
     const bool any = M >= 1 && M <= GEMV_MMA_MAXM;
     if (e && !strcmp(e, "reg")) return any ? 1 : 0;
     if (e && !strcmp(e, "ring")) return any ? 2 : 0;
-    if (!any || N < GEMV_MMA_MIN_N) return 0;
-    return M >= 2 || N <= GEMV_RING_MAX_N1 ? 2 : 0;
+    return M >= 2 && M <= GEMV_MMA_MAXM && N >= GEMV_MMA_MIN_N ? 2 : 0;
 }
 
 /* env JAMBA_EXT_GEMV_KW=1|2|4|8: the warps along K of every kernel (capped by the block's warps; A/B) */
