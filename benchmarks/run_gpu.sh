@@ -5,7 +5,7 @@
 # Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] [FIRST_TESTS=tests/x.py] bash benchmarks/run_gpu.sh [full]
 #   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model at batch 1 / 2 / 4 / 8 with JAMBA_EXT_GEMV_ROWS=1 and 8,
 #   their JSON kept together as bench_model_ab.json: $OUT holds at most 8 files; bench_kernels' gemv rows with
-#   JAMBA_EXT_GEMV_MMA=reg and =0, log only; experiments add their rows to the benchmarks under the same switch)
+#   JAMBA_EXT_GEMV_MMA=ring and =0, log only; experiments add their rows to the benchmarks under the same switch)
 #   (pass JAMBA_COMMIT: the device copy of .git may be stale; it goes into the log and every JSON)
 #   full: also the slow CUDA tests (> 2^31 elements). Each step has a time limit, so one call fits in ~9 min.
 set -uo pipefail
@@ -64,8 +64,8 @@ if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
     cp benchmarks/results/bench_model.json /tmp/ab_$v.json 2>/dev/null
   done
   cp benchmarks/results/bench_kernels.json /tmp/bk_full.json; cp benchmarks/results/bench_kernels.png /tmp/bk_full.png
-  for v in "JAMBA_EXT_GEMV_MMA=reg" "JAMBA_EXT_GEMV_MMA=0"; do
-    step "bench_kernels --only gemv with $v (A/B: the register tensor-core kernel; the CUDA-core kernel)"
+  for v in "JAMBA_EXT_GEMV_MMA=ring" "JAMBA_EXT_GEMV_MMA=0"; do
+    step "bench_kernels --only gemv with $v (A/B: the ring kernel at 1 row and narrow too; the CUDA-core kernel)"
     env $v timeout 90 python3 benchmarks/bench_kernels.py --only gemv 2>&1 | grep "^gemv"
   done
   cp /tmp/bk_full.json benchmarks/results/bench_kernels.json; cp /tmp/bk_full.png benchmarks/results/bench_kernels.png

@@ -75,12 +75,9 @@ def main():
     ops.gemv(rn(3, 13), rn(9, 13))                             # element kernel
     ops.gemv(rn(5, 1032), rn(520, 1032), rn(520))              # ring kernel: partial row tile and stage, K slices
     ops.gemv(rn(1, 1032), rn(520, 1032))                       # ... at 1 row
-    os.environ["JAMBA_EXT_GEMV_MMA"] = "reg"                   # the register tensor-core kernel at any N and 1 row
+    os.environ["JAMBA_EXT_GEMV_MMA"] = "ring"                  # the ring kernel at 1 row and narrow
     ops.gemv(rn(1, 1032), rn(40, 1032), rn(40))
     ops.gemv(rn(3, 1032), rn(40, 1032))
-    ops.gemv(rn(5, 1032), rn(520, 1032), rn(520))
-    os.environ["JAMBA_EXT_GEMV_MMA"] = "ring"                  # the ring kernel, narrow
-    ops.gemv(rn(1, 1032), rn(40, 1032))
     os.environ["JAMBA_EXT_GEMV_MMA"] = "0"                     # 2-8 rows on the CUDA-core kernel
     ops.gemv(rn(2, 8192), rn(1024, 8192))
     os.environ.pop("JAMBA_EXT_GEMV_MMA")

@@ -12,27 +12,20 @@
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
  *   gemv_ring_kernel<T>: T bf16 / f16, 1 <= M <= 8, the vec kernel's layout conditions; the default for 2-8 rows at
- *     N >= 512 (gemv_mma_pick). Tensor cores (mma m16n8k16): weight rows are the product's
- *     16-row side, the rows of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16 weight
- *     rows and a slice of K's stages of 128 elements, and copies its stages (16 W + 8 x rows x 256 bytes) into its
- *     own cp.async ring in shared memory, 4 stages in flight; layout and swizzle at the kernel.
- *   gemv_mma_kernel<T, U>: the same products with the weights and x loaded straight from global memory into the
- *     fragments (no shared memory), a warp load covering 8 rows x 64 bytes; it reads wide weights at 80-87% of copy
- *     bandwidth where the ring kernel reads them at 88-96%, so it runs only under JAMBA_EXT_GEMV_MMA=reg (A/B).
- *     Block of 8 warps, RB = 16 * 8 / KW weight rows (grid N / RB); warp (pair = warp / KW, slice ks = warp % KW)
- *     owns rows 16 pair .. +15 and the K steps (32 elements each) of groups ks, ks + KW, ... (a group: U steps).
- *     Lane (g, t) = (lane / 4, lane % 4) loads 16 bytes of weight rows g and g + 8 and of x row g at k = 32 step + 8 t
- *     straight into the fragments: the product's k order is a permutation of K's (elements 8t .. 8t+3 of a step
- *     feed the first mma, 8t+4 .. 8t+7 the second), the same for both operands. The next group's loads are issued
- *     before this group's mmas (128 registers). Both: accumulators rows g / g + 8, x rows 2t / 2t + 1; the KW
- *     slices added in slice order through shared memory (deterministic).
+ *     N >= 512 (gemv_ring_pick). Tensor cores (mma m16n8k16): weight rows are the product's 16-row side, the rows
+ *     of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16 weight rows and a slice of K's
+ *     stages of 128 elements, and copies its stages (16 W + 8 x rows x 256 bytes) into its own cp.async ring in
+ *     shared memory, 4 stages in flight; layout and swizzle at the kernel. The accumulators: rows g / g + 8, x rows
+ *     2t / 2t + 1 of lane (g, t) = (lane / 4, lane % 4); the KW slices added in slice order through shared memory
+ *     (deterministic). (A register-direct version, the weights and x loaded straight into the fragments, read wide
+ *     weights at 80-87% of copy bandwidth against this kernel's 88-96%: removed after gpu_round_660e493.log.)
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
  * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
  * 22.0 us against 15.8; x_proj 288 x 8192: 7.7 against 1.1; attention o 4096 x 4096: 13.6 against 7.9; MLP down
  * 4096 x 14336: 31.5 against 27.6), the wide ones at 95-99%; it also cannot start before our PDL kernels end.
  * At 2-8 rows the ring kernel beats cuBLAS on every decode projection but the widest two (in_proj, MLP gate|up:
- * within 2%; numbers at gemv_mma_pick).
+ * within 2%; numbers at gemv_ring_pick).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -41,8 +34,7 @@
 
 #define GEMV_WARPS 8 /* warps per block */
 #define GEMV_R 2     /* weight rows per warp */
-#define GEMV_MMA_U 4 /* gemv_mma_kernel: K steps of 32 per group (their loads issued together) */
-#define GEMV_MMA_MAXM 8
+#define GEMV_RING_MAXM 8
 
 struct gemv_args {
     void *out;
@@ -102,27 +94,11 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_vec_kernel(gemv_args a) 
     }
 }
 
-/* 16 bytes of a weight row / of x, as volatile asm (kept in program order in the PTX). That alone did not keep a
- * group's loads before its first mma: ptxas sank each load next to its mma (~3 loads in flight a lane, 2.5 TB/s,
- * c5ccad3) until the kernels declared a block count in __launch_bounds__ (then it keeps all of them in front). */
-__device__ __forceinline__ uint4 gemv_ldv_stream(const void *p) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    return r;
-}
-__device__ __forceinline__ uint4 gemv_ldv_x(const void *p) {
-    uint4 r;
-    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    return r;
-}
-
-/* the tensor-core kernels' end: the KW slices of each 16-row tile added in slice order (red: [warps][4][32] floats
+/* the ring kernel's end: the KW slices of each 16-row tile added in slice order (red: [warps][4][32] floats
  * of shared memory, every thread of the block calls this), then accumulator j of lane (g, t) = W row n0 + g +
  * (j / 2) 8, x row 2t + j % 2, plus the bias, rounded to T */
 template <typename T, int WARPS>
-__device__ __forceinline__ void gemv_mma_store(const gemv_args &a, float (&c)[4], float (&red)[WARPS][4][32],
+__device__ __forceinline__ void gemv_ring_store(const gemv_args &a, float (&c)[4], float (&red)[WARPS][4][32],
                                                int warp, int lane, int64_t n0) {
     const int kw = a.kw, ks = warp % kw, g = lane >> 2, t = lane & 3;
     if (kw > 1) {
@@ -145,65 +121,18 @@ __device__ __forceinline__ void gemv_mma_store(const gemv_args &a, float (&c)[4]
     }
 }
 
-/* the loads of one group of U steps from step s0 (K % 8 == 0: a lane's 8 elements are all in K or all out; out:
- * read at k 0, zeroed before use) */
-template <typename T, int U>
-__device__ __forceinline__ void gemv_mma_load(const gemv_args &a, const T *w0, const T *w8, const T *xr, int64_t s0,
-                                              int t, uint4 (&wa)[U], uint4 (&wb)[U], uint4 (&xv)[U]) {
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        const int64_t k = (s0 + u) * 32 + 8 * t < a.K ? (s0 + u) * 32 : 0;
-        wa[u] = gemv_ldv_stream(w0 + k);
-        wb[u] = gemv_ldv_stream(w8 + k);
-        xv[u] = gemv_ldv_x(xr + k);
-    }
-}
-
-template <typename T, int U>
-__global__ void __launch_bounds__(GEMV_WARPS * 32, 2) gemv_mma_kernel(gemv_args a) {
-    jamba_pdl_begin();
-    __shared__ float red[GEMV_WARPS][4][32];
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw;
-    const int g = lane >> 2, t = lane & 3;
-    const int64_t n0 = ((int64_t)blockIdx.x * (GEMV_WARPS / kw) + warp / kw) * 16;
-    /* rows past N and x rows past M read row 0 (their outputs are not stored; a product's columns are independent) */
-    const T *w0 = (const T *)a.w + (n0 + g < a.N ? n0 + g : 0) * a.sw + 8 * t;
-    const T *w8 = (const T *)a.w + (n0 + g + 8 < a.N ? n0 + g + 8 : 0) * a.sw + 8 * t;
-    const T *xr = (const T *)a.x + (g < a.M ? g : 0) * a.sx + 8 * t;
-    const uint4 zero = make_uint4(0u, 0u, 0u, 0u);
-    float c[4] = {0.f, 0.f, 0.f, 0.f};
-    const int64_t nsteps = (a.K + 31) / 32;
-    /* software pipeline: group i + 1's loads are issued before group i's mmas (two groups in flight a warp) */
-    uint4 wa[U], wb[U], xv[U];
-    int64_t s0 = (int64_t)ks * U;
-    if (s0 < nsteps) gemv_mma_load<T, U>(a, w0, w8, xr, s0, t, wa, wb, xv);
-    while (s0 < nsteps) {
-        const int64_t s1 = s0 + (int64_t)U * kw;
-        uint4 na[U], nb[U], nx[U];
-        if (s1 < nsteps) gemv_mma_load<T, U>(a, w0, w8, xr, s1, t, na, nb, nx);
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            if ((s0 + u) * 32 + 8 * t >= a.K) wa[u] = wb[u] = xv[u] = zero;
-            const uint32_t a0[4] = {wa[u].x, wb[u].x, wa[u].y, wb[u].y};
-            const uint32_t a1[4] = {wa[u].z, wb[u].z, wa[u].w, wb[u].w};
-            mma16816<T>(c, a0, xv[u].x, xv[u].y);
-            mma16816<T>(c, a1, xv[u].z, xv[u].w);
-        }
-#pragma unroll
-        for (int u = 0; u < U; u++) wa[u] = na[u], wb[u] = nb[u], xv[u] = nx[u];
-        s0 = s1;
-    }
-    gemv_mma_store<T>(a, c, red, warp, lane, n0);
-}
-
-/* gemv_mma_kernel's products with the weights staged through a per-warp cp.async ring of whole row pieces: a copy
- * instruction covers 2 rows x 256 bytes (gemv_mma_kernel's warp load 8 rows x 64 bytes, read at 80-87% of copy
- * bandwidth; this kernel 88-96%, gpu_round_e5a091f.log). Blocks of GR_WARPS warps, warp (pair = warp / KW, slice
- * ks) owns 16 weight rows and the stages (128 k each) ks, ks + KW, ...; a stage holds its 16 W rows and 8 x rows (rows >= M zero-filled) x 256 bytes,
- * lane l copying rows 2i + l / 16, 16-byte unit l % 16, i < 8 (W) / 4 (x). Units of odd rows are stored at unit ^ 4
- * (conflict-free 16-byte reads: in a quarter warp rows 2p and 2p + 1 fall in different halves of the 8 bank
- * groups). GR_S stages in flight a warp (each lane waits for its own copies, then __syncwarp: lanes read each
- * other's). Fragments as gemv_mma_kernel (unit 4j + t of a stage = elements 32j + 8t .. +7). */
+/* out (M, N) = x (M, K) @ W (N, K)^T on tensor cores (mma m16n8k16; T bf16 / f16, 1 <= M <= 8): weight rows are the
+ * product's 16-row side, the rows of x its 8-column side. Blocks of GR_WARPS warps; warp (pair = warp / KW, slice
+ * ks = warp % KW) owns weight rows n0 .. n0 + 15 and K's stages of 128 elements ks, ks + KW, ... Each warp streams its
+ * stages through its own cp.async ring (GR_S stages in flight): a stage holds its 16 W rows and 8 x rows (rows >= M
+ * and k >= K zero-filled) x 256 bytes; lane l copies rows 2i + l / 16, 16-byte unit l % 16, i < 8 (W) / 4 (x), so
+ * one copy instruction covers 2 rows x 256 bytes. Units of odd rows are stored at unit ^ 4 (conflict-free 16-byte
+ * reads: in a quarter warp rows 2p and 2p + 1 fall in different halves of the 8 bank groups; dev/gemv_mma_mirror.py
+ * replays the plan and counts conflicts). Each lane waits for its own copies, then __syncwarp (lanes read each
+ * other's). Lane (g, t) = (lane / 4, lane % 4) reads unit 4j + t (elements 32j + 8t .. +7) of W rows g, g + 8 and of
+ * x row g: elements 8t .. 8t+3 of each 32 feed the first mma, 8t+4 .. 8t+7 the second, a permutation of K that is
+ * the same for both operands. Why a ring: loading the same fragments straight from global memory (warp loads of 8
+ * rows x 64 bytes) read wide weights at 80-87% of copy bandwidth, this kernel at 88-96% (gpu_round_e5a091f.log). */
 #define GR_WARPS 4
 #define GR_S 4
 #define GR_STAGE ((16 + 8) * 256) /* bytes: 16 W rows + 8 x rows of 128 elements (bf16 / f16) */
@@ -270,7 +199,7 @@ __global__ void __launch_bounds__(GR_WARPS * 32, 2) gemv_ring_kernel(gemv_args a
         slot = slot + 1 == GR_S ? 0 : slot + 1;
     }
     cp_async_wait_mem<0>();
-    gemv_mma_store<T>(a, c, red, warp, lane, n0);
+    gemv_ring_store<T>(a, c, red, warp, lane, n0);
 }
 
 template <typename T>
@@ -289,26 +218,26 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
     }
 }
 
-/* Which tensor-core kernel takes this call: 0 none (the vec kernel), 1 gemv_mma_kernel, 2 gemv_ring_kernel. By
- * default gemv_ring_kernel for 2-8 rows at N >= GEMV_MMA_MIN_N (gpu_round_660e493.log, graph-timed, weights cold;
- * ring / register kernel / cuBLAS at 8 rows, us): in_proj 33.8 / 38.5 / 33.3, out_proj 17.8 / 20.6 / 21.8, MLP down
- * 28.9 / 33.3 / 31.7, attention q|o 10.3 / 12.2 / 13.1, k|v 5.2 / 6.3 / 7.7, LM head 123.1 / 149.7 / 126.4.
- * Not at 1 row: alone it beats the vec kernel there too (out_proj 17.5 against 19.0 us, down 28.5 / 31.3, q|o 10.2 /
- * 11.7, dt_proj 3.3 / 3.9), but in a decode step's chain it costs more than it saves: a Mamba layer's step with it
- * for dt_proj and out_proj took 73.8 us against 66.1 with the vec kernel, 9.6 us over its ops' sum (0.6 us with the
- * vec kernel), with or without the carveout preference (gemv_ring_transition_ab_56e9d5f.log; cause not found).
- * Below GEMV_MMA_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
+/* Whether gemv_ring_kernel takes this call (else the vec kernel). By default for 2-8 rows at N >= GEMV_RING_MIN_N
+ * (gpu_round_660e493.log, graph-timed, weights cold; ring / the removed register-direct kernel / cuBLAS at 8 rows,
+ * us): in_proj 33.8 / 38.5 / 33.3, out_proj 17.8 / 20.6 / 21.8, MLP down 28.9 / 33.3 / 31.7, attention q|o 10.3 /
+ * 12.2 / 13.1, k|v 5.2 / 6.3 / 7.7, LM head 123.1 / 149.7 / 126.4. Not at 1 row: alone it beats the vec kernel
+ * there too (out_proj 17.5 against 19.0 us, down 28.5 / 31.3, q|o 10.2 / 11.7, dt_proj 3.3 / 3.9), but in a decode
+ * step's chain it costs more than it saves: a Mamba layer's step with it for dt_proj and out_proj (the vec kernel for
+ * in_proj) took 73.8 us against 66.1 with the vec kernel for all, 9.6 us over its ops' sum (0.6 us with the vec
+ * kernel), with or without the carveout preference (gemv_ring_transition_ab_56e9d5f.log); with the ring kernel for
+ * every projection (x_proj and in_proj too) the step took 69.1 us, 0.9 over its sum (gemv_final_check_fe9f22a.log):
+ * what costs is the switch between the two kernels, not the ring kernel itself (cause not found).
+ * Below GEMV_RING_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
  * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 (1 row) .. 9.5 (8 rows) on the vec kernel. Env
- * JAMBA_EXT_GEMV_MMA=0: the vec kernel (A/B); "reg": gemv_mma_kernel for 1-8 rows at any N (A/B, tests); "ring":
- * gemv_ring_kernel for 1-8 rows at any N (A/B, tests). */
-#define GEMV_MMA_MIN_N 512
-static int gemv_mma_pick(int64_t M, int64_t N) {
+ * JAMBA_EXT_GEMV_MMA=0: the vec kernel (A/B); "ring": the ring kernel for 1-8 rows at any N (A/B, tests). */
+#define GEMV_RING_MIN_N 512
+static bool gemv_ring_pick(int64_t M, int64_t N) {
     const char *e = getenv("JAMBA_EXT_GEMV_MMA");
-    if (e && e[0] == '0' && e[1] == 0) return 0;
-    const bool any = M >= 1 && M <= GEMV_MMA_MAXM;
-    if (e && !strcmp(e, "reg")) return any ? 1 : 0;
-    if (e && !strcmp(e, "ring")) return any ? 2 : 0;
-    return M >= 2 && M <= GEMV_MMA_MAXM && N >= GEMV_MMA_MIN_N ? 2 : 0;
+    if (e && e[0] == '0' && e[1] == 0) return false;
+    if (M < 1 || M > GEMV_RING_MAXM) return false;
+    if (e && !strcmp(e, "ring")) return true;
+    return M >= 2 && N >= GEMV_RING_MIN_N;
 }
 
 /* env JAMBA_EXT_GEMV_KW=1|2|4|8: the warps along K of every kernel (capped by the block's warps; A/B) */
@@ -318,10 +247,10 @@ static int gemv_kw_forced(int warps) {
     return kwe[0] - '0' < warps ? kwe[0] - '0' : warps;
 }
 
-/* the tensor-core kernels' warps along K (a->kw): doubled while the grid is under 2 waves' worth of blocks and each
+/* the ring kernel's warps along K (a->kw): doubled while the grid is under 2 waves' worth of blocks and each
  * warp keeps >= 1 of the `units` (groups / stages) along K; JAMBA_EXT_GEMV_KW forces it. Returns the grid (blocks of
  * `warps` warps, 16 rows per warp row) */
-static int64_t gemv_mma_grid(gemv_args *a, int64_t units, int warps, int sms) {
+static int64_t gemv_ring_grid(gemv_args *a, int64_t units, int warps, int sms) {
     int kw = 1;
     while (kw < warps && 2 * kw <= units && jamba_ceil_div(a->N, 16 * (warps / kw)) < 2 * sms) kw *= 2;
     if (gemv_kw_forced(warps)) kw = gemv_kw_forced(warps);
@@ -338,13 +267,11 @@ static jamba_status gemv_ring_launch(gemv_args a, int sms, cudaStream_t stream) 
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_ring_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               GR_SMEM));
-        const char *cv = getenv("JAMBA_EXT_GEMV_RING_CARVEOUT"); /* EXPERIMENT (A/B): 0 leaves the driver's pick */
-        if (!(cv && cv[0] == '0' && cv[1] == 0))
-            JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_ring_kernel<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                                  cudaSharedmemCarveoutMaxShared));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_ring_kernel<T>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                              cudaSharedmemCarveoutMaxShared));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
-    const int64_t bx = gemv_mma_grid(&a, jamba_ceil_div(a.K, 128), GR_WARPS, sms);
+    const int64_t bx = gemv_ring_grid(&a, jamba_ceil_div(a.K, 128), GR_WARPS, sms);
     if (bx > JAMBA_MAX_GRID_X)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
     jamba_kernel_launch(gemv_ring_kernel<T>, dim3((unsigned)bx), dim3(GR_WARPS * 32), GR_SMEM, stream, a);
@@ -365,15 +292,7 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
         JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_any_kernel)", stream);
         return JAMBA_OK;
     }
-    if constexpr (sizeof(T) == 2) if (const int pick = gemv_mma_pick(a.M, a.N)) {
-        if (pick == 2) return gemv_ring_launch<T>(a, sms, stream);
-        const int64_t bx = gemv_mma_grid(&a, jamba_ceil_div(jamba_ceil_div(a.K, 32), GEMV_MMA_U), GEMV_WARPS, sms);
-        if (bx > JAMBA_MAX_GRID_X)
-            return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld is too large", (long long)a.N);
-        jamba_kernel_launch(gemv_mma_kernel<T, GEMV_MMA_U>, dim3((unsigned)bx), dim3(GEMV_WARPS * 32), 0, stream, a);
-        JAMBA_LAUNCH_CHECK("jamba.gemv (gemv_mma_kernel)", stream);
-        return JAMBA_OK;
-    }
+    if constexpr (sizeof(T) == 2) if (gemv_ring_pick(a.M, a.N)) return gemv_ring_launch<T>(a, sms, stream);
     /* warps along K: each warp >= 4 chunks where K allows, then more slices while the grid is under 2 waves'
      * worth of blocks (a short, wide projection such as Mamba's x_proj: N 288, K 8192) */
     const int64_t nchunk = jamba_ceil_div(a.K, 32 * VN);
