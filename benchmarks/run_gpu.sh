@@ -3,9 +3,10 @@
 # compute-sanitizer on small cases of every kernel, and the benchmarks. Everything goes to $OUT:
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
 # Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] [FIRST_TESTS=tests/x.py] bash benchmarks/run_gpu.sh [full]
-#   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: bench_model at batch 1 / 2 / 4 / 8 with JAMBA_EXT_GEMV_ROWS=1 and 8,
-#   their JSON kept together as bench_model_ab.json: $OUT holds at most 8 files; bench_kernels' gemv rows with
-#   JAMBA_EXT_GEMV_MMA=ring and =0, log only; experiments add their rows to the benchmarks under the same switch)
+#   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: dev/mamba_step_probe.py at batch 1 and 8 and bench_model's graph
+#   decode at batch 1 / 8 under the gemv kernel-pick switches JAMBA_EXT_GEMV_MMA=ring1 / wide / ring and the
+#   EXPERIMENT JAMBA_EXT_GEMV_VEC_CARVEOUT=max; bench_model's JSON kept together as bench_model_ab.json: $OUT holds
+#   at most 8 files; experiments add their rows to the benchmarks under the same switch)
 #   (pass JAMBA_COMMIT: the device copy of .git may be stale; it goes into the log and every JSON)
 #   full: also the slow CUDA tests (> 2^31 elements). Each step has a time limit, so one call fits in ~9 min.
 set -uo pipefail
@@ -58,19 +59,23 @@ timeout 150 python3 benchmarks/bench_moe.py 2>&1 | tail -90
 step "dev/mamba_step_probe.py (a Mamba layer's decode step op by op, cold weights; the fused mamba_inner_step)"
 timeout 90 python3 dev/mamba_step_probe.py 2>&1 | tail -14
 if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
-  for v in "JAMBA_EXT_GEMV_ROWS=1" "JAMBA_EXT_GEMV_ROWS=8"; do
-    step "bench_model with $v (A/B: cuBLAS or jamba.gemv for the decode step's projections at 2-8 rows; 2K prompts, no transformers)"
-    env $v timeout 150 python3 benchmarks/bench_model.py --batches 1,2,4,8 --prompts 2048 --no-hf --decode-steps 16 --budget-s 40 2>&1 | tail -10
-    cp benchmarks/results/bench_model.json /tmp/ab_$v.json 2>/dev/null
+  # the cost of switching between the two gemv kernels in a decode step's chain (PERF_NOTES session 27)
+  for v in "JAMBA_EXT_GEMV_MMA=ring1" "JAMBA_EXT_GEMV_MMA=ring1 JAMBA_EXT_GEMV_VEC_CARVEOUT=max" \
+           "JAMBA_EXT_GEMV_VEC_CARVEOUT=max" "JAMBA_EXT_GEMV_MMA=ring"; do
+    step "dev/mamba_step_probe.py at batch 1 with $v (A/B: gemv kernel switches in the chain)"
+    env $v timeout 60 python3 dev/mamba_step_probe.py 2>&1 | tail -9
   done
-  cp benchmarks/results/bench_kernels.json /tmp/bk_full.json; cp benchmarks/results/bench_kernels.png /tmp/bk_full.png
-  for v in "JAMBA_EXT_GEMV_MMA=ring" "JAMBA_EXT_GEMV_MMA=0"; do
-    step "bench_kernels --only gemv with $v (A/B: the ring kernel at 1 row and narrow too; the CUDA-core kernel)"
-    env $v timeout 90 python3 benchmarks/bench_kernels.py --only gemv 2>&1 | grep "^gemv"
+  for v in "JAMBA_EXT_NONE=1" "JAMBA_EXT_GEMV_MMA=wide"; do
+    step "dev/mamba_step_probe.py at batch 8 with $v (A/B: x_proj on the ring kernel from 5 rows, or the vec kernel)"
+    env $v timeout 60 python3 dev/mamba_step_probe.py 8 2>&1 | tail -9
   done
-  cp /tmp/bk_full.json benchmarks/results/bench_kernels.json; cp /tmp/bk_full.png benchmarks/results/bench_kernels.png
+  for v in "JAMBA_EXT_GEMV_MMA=wide" "JAMBA_EXT_NONE=1" "JAMBA_EXT_GEMV_MMA=ring1" "JAMBA_EXT_GEMV_VEC_CARVEOUT=max"; do
+    step "bench_model with $v (A/B; 2K prompts, batch 1 / 8, no transformers)"
+    env $v timeout 100 python3 benchmarks/bench_model.py --batches 1,8 --prompts 2048 --no-hf --decode-steps 32 --budget-s 30 2>&1 | grep -E "^jamba_ext\+graph|^impl"
+    cp benchmarks/results/bench_model.json "/tmp/ab_$v.json" 2>/dev/null
+  done
   # one file for all (the device tool brings back at most 8 files)
-  python3 -c "import json; json.dump({k: json.load(open('/tmp/ab_' + k + '.json')) for k in ('JAMBA_EXT_GEMV_ROWS=1', 'JAMBA_EXT_GEMV_ROWS=8')}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
+  python3 -c "import json; json.dump({k: json.load(open('/tmp/ab_' + k + '.json')) for k in ('JAMBA_EXT_GEMV_MMA=wide', 'JAMBA_EXT_NONE=1', 'JAMBA_EXT_GEMV_MMA=ring1', 'JAMBA_EXT_GEMV_VEC_CARVEOUT=max')}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
 fi
 step "bench_model"
 [ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py --decode-steps 16 --budget-s 60 2>&1 | tail -30

@@ -1,6 +1,6 @@
 """dev/mamba_step_probe.py -- where a Mamba layer's decode step (batch 1, Jamba-v0.1 shapes, bf16) spends its time.
 
-    python3 dev/mamba_step_probe.py          # on the GPU, ~30 s
+    python3 dev/mamba_step_probe.py [BATCH]  # on the GPU, ~30 s; batch 1 by default
 
 Graph-timed like bench_kernels (PDL as the library launches), over NL mixers with their own weights and states,
 so that each call's weights come from DRAM, as in the model (where ~200 MB of other weights pass between two Mamba
@@ -35,7 +35,7 @@ def main():
             if name not in ("A_log", "D"):
                 torch.nn.init.normal_(p, std=0.02)
     H, DI, R, N = cfg.hidden_size, cfg.mamba_d_inner, cfg.mamba_dt_rank, cfg.mamba_d_state
-    Bsz = 1
+    Bsz = int(sys.argv[1]) if len(sys.argv) > 1 else 1
     h = [torch.randn(Bsz, 1, H, device=dev, dtype=torch.bfloat16) for _ in range(NL)]
     conv = [torch.randn(Bsz, DI, 4, device=dev, dtype=torch.bfloat16) for _ in range(NL)]
     ssm = [torch.randn(Bsz, DI, N, device=dev) * 0.1 for _ in range(NL)]
@@ -95,6 +95,8 @@ def main():
         print(f"whole step (five launches): {us:7.2f} us (sum of the rows {total:7.2f}), floor {all_bytes / (bb.bw * 1e3):6.2f} us "
               f"({100 * all_bytes / (bb.bw * 1e3) / us:.1f}%)", flush=True)
 
+        if Bsz > mj.MAMBA_STEP_MAX_BATCH:                  # the fused kernel's limit: the model runs the five
+            return
         # the same five as one jamba.mamba_inner_step (the fused kernel), and the step with it (MAMBA_STEP_FUSED)
         works = [K.mamba_inner_step_workspace(DI, Bsz, R + 2 * N, dev) for _ in range(NL)]
 

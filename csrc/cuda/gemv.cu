@@ -12,13 +12,14 @@
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
  *   gemv_ring_kernel<T>: T bf16 / f16, 1 <= M <= 8, the vec kernel's layout conditions; the default for 2-8 rows at
- *     N >= 512 (gemv_ring_pick). Tensor cores (mma m16n8k16): weight rows are the product's 16-row side, the rows
- *     of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16 weight rows and a slice of K's
- *     stages of 128 elements, and copies its stages (16 W + 8 x rows x 256 bytes) into its own cp.async ring in
- *     shared memory, 4 stages in flight; layout and swizzle at the kernel. The accumulators: rows g / g + 8, x rows
- *     2t / 2t + 1 of lane (g, t) = (lane / 4, lane % 4); the KW slices added in slice order through shared memory
- *     (deterministic). (A register-direct version, the weights and x loaded straight into the fragments, read wide
- *     weights at 80-87% of copy bandwidth against this kernel's 88-96%: removed after gpu_round_660e493.log.)
+ *     N >= 512 and for 5-8 rows at any N (gemv_ring_pick). Tensor cores (mma m16n8k16): weight rows are the
+ *     product's 16-row side, the rows of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16
+ *     weight rows and a slice of K's stages of 128 elements, and copies its stages (16 W + 8 x rows x 256 bytes) into
+ *     its own cp.async ring in shared memory, 4 stages in flight; layout and swizzle at the kernel. The accumulators:
+ *     rows g / g + 8, x rows 2t / 2t + 1 of lane (g, t) = (lane / 4, lane % 4); the KW slices added in slice order
+ *     through shared memory (deterministic). (A register-direct version, the weights and x loaded straight into the
+ *     fragments, read wide weights at 80-87% of copy bandwidth against this kernel's 88-96%: removed after
+ *     gpu_round_660e493.log.)
  *   gemv_any_kernel<T>: any alignment or K: one warp per weight row, lanes striding K, every row of x.
  * Why: cuBLAS at these shapes (benchmarks/results/gemv_probe_17ebd72.log, H200 bf16, M = 1,
  * graph-timed) runs the long-K, short-N projections at 58-88% of the weight-read floor (Mamba out_proj 4096 x 8192:
@@ -229,15 +230,40 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
  * every projection (x_proj and in_proj too) the step took 69.1 us, 0.9 over its sum (gemv_final_check_fe9f22a.log):
  * what costs is the switch between the two kernels, not the ring kernel itself (cause not found).
  * Below GEMV_RING_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
- * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 (1 row) .. 9.5 (8 rows) on the vec kernel. Env
- * JAMBA_EXT_GEMV_MMA=0: the vec kernel (A/B); "ring": the ring kernel for 1-8 rows at any N (A/B, tests). */
+ * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 / 4.5 / 6.1 / 9.5 at 1 / 2 / 4 / 8 rows on the vec kernel,
+ * so there the vec kernel keeps 1-4 rows and the ring kernel takes 5-8 (the vec kernel's 8-row instance; 5-7 rows
+ * not timed; the switch also keeps a batch-8 Mamba step on one gemv kernel; not yet run on a GPU in the model).
+ * Env JAMBA_EXT_GEMV_MMA=0: the vec kernel (A/B); "ring": the ring kernel for 1-8 rows at any N (A/B, tests);
+ * "ring1": the default plus the ring kernel at 1 row for 512 <= N <= 8192, "wide": the ring kernel for 2-8 rows at
+ * N >= 512 only (A/B of the chain cost). */
 #define GEMV_RING_MIN_N 512
+#define GEMV_RING_NARROW_M 5
 static bool gemv_ring_pick(int64_t M, int64_t N) {
     const char *e = getenv("JAMBA_EXT_GEMV_MMA");
     if (e && e[0] == '0' && e[1] == 0) return false;
     if (M < 1 || M > GEMV_RING_MAXM) return false;
     if (e && !strcmp(e, "ring")) return true;
-    return M >= 2 && N >= GEMV_RING_MIN_N;
+    if (e && !strcmp(e, "ring1") && M == 1) return N >= GEMV_RING_MIN_N && N <= 8192; /* 660e493's 1-row rule (A/B) */
+    if (e && !strcmp(e, "wide")) return M >= 2 && N >= GEMV_RING_MIN_N; /* fe9f22a's rule (A/B) */
+    return M >= 2 && (N >= GEMV_RING_MIN_N || M >= GEMV_RING_NARROW_M);
+}
+
+/* EXPERIMENT (env JAMBA_EXT_GEMV_VEC_CARVEOUT=max, not yet run on a GPU): the vec kernel with the ring kernel's
+ * shared-memory carveout preference (max shared). Question: is the cost of switching between the two kernels in a
+ * chain of PDL launches (PERF_NOTES session 27) the SM's shared-memory reconfiguration between them? Set once per
+ * device and instance; only while the env is set (the attribute cannot be unset within the process). */
+template <typename T, int MM>
+static jamba_status gemv_vec_carveout() {
+    static int set[64];
+    const char *e = getenv("JAMBA_EXT_GEMV_VEC_CARVEOUT");
+    if (!(e && !strcmp(e, "max"))) return JAMBA_OK;
+    int dev = 0;
+    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev >= 0 && dev < 64 && set[dev]) return JAMBA_OK;
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_vec_kernel<T, MM>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                          cudaSharedmemCarveoutMaxShared));
+    if (dev >= 0 && dev < 64) set[dev] = 1;
+    return JAMBA_OK;
 }
 
 /* env JAMBA_EXT_GEMV_KW=1|2|4|8: the warps along K of every kernel (capped by the block's warps; A/B) */
@@ -307,6 +333,14 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld, M = %lld: grid too large", (long long)a.N,
                                (long long)a.M);
     const dim3 grid((unsigned)bx, (unsigned)by), block(GEMV_WARPS * 32);
+    jamba_status cs = JAMBA_OK;
+    switch (mm) {
+    case 1: cs = gemv_vec_carveout<T, 1>(); break;
+    case 2: cs = gemv_vec_carveout<T, 2>(); break;
+    case 4: cs = gemv_vec_carveout<T, 4>(); break;
+    default: cs = gemv_vec_carveout<T, 8>(); break;
+    }
+    if (cs != JAMBA_OK) return cs;
     switch (mm) {
     case 1: jamba_kernel_launch(gemv_vec_kernel<T, 1>, grid, block, 0, stream, a); break;
     case 2: jamba_kernel_launch(gemv_vec_kernel<T, 2>, grid, block, 0, stream, a); break;
