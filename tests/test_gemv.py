@@ -169,20 +169,3 @@ def test_gemv_cuda_tensor_core_rows(dtype, M, N, K, mode, monkeypatch):
         ref = reference.gemv(up(x), up(w), up(b))
         tol = 2 * ((vec.double() - ref).abs().max() + (got.double() - ref).abs().max()) + 1e-6
         assert (got.double() - vec.double()).abs().max() <= tol
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("M", [1, 3, 8])
-def test_gemv_cuda_vec_carveout_experiment(M, monkeypatch):
-    """EXPERIMENT JAMBA_EXT_GEMV_VEC_CARVEOUT=max (the vec kernel with the ring kernel's shared-memory carveout
-    preference): the same bits as without (a launch attribute only; it stays set for the process)."""
-    dev = torch.device("cuda")
-    x = randn(M, 4104, device=dev, dtype=torch.bfloat16)
-    w = randn(288, 4104, device=dev, dtype=torch.bfloat16, scale=4104 ** -0.5)
-    monkeypatch.setenv("JAMBA_EXT_GEMV_MMA", "0")
-    before = ops.gemv(x, w)
-    monkeypatch.setenv("JAMBA_EXT_GEMV_VEC_CARVEOUT", "max")
-    got = ops.gemv(x, w)
-    check(got, x, w, None)
-    assert torch.equal(got, before)

@@ -248,24 +248,6 @@ static bool gemv_ring_pick(int64_t M, int64_t N) {
     return M >= 2 && (N >= GEMV_RING_MIN_N || M >= GEMV_RING_NARROW_M);
 }
 
-/* EXPERIMENT (env JAMBA_EXT_GEMV_VEC_CARVEOUT=max, not yet run on a GPU): the vec kernel with the ring kernel's
- * shared-memory carveout preference (max shared). Question: is the cost of switching between the two kernels in a
- * chain of PDL launches (PERF_NOTES session 27) the SM's shared-memory reconfiguration between them? Set once per
- * device and instance; only while the env is set (the attribute cannot be unset within the process). */
-template <typename T, int MM>
-static jamba_status gemv_vec_carveout() {
-    static int set[64];
-    const char *e = getenv("JAMBA_EXT_GEMV_VEC_CARVEOUT");
-    if (!(e && !strcmp(e, "max"))) return JAMBA_OK;
-    int dev = 0;
-    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
-    if (dev >= 0 && dev < 64 && set[dev]) return JAMBA_OK;
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(gemv_vec_kernel<T, MM>, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                          cudaSharedmemCarveoutMaxShared));
-    if (dev >= 0 && dev < 64) set[dev] = 1;
-    return JAMBA_OK;
-}
-
 /* env JAMBA_EXT_GEMV_KW=1|2|4|8: the warps along K of every kernel (capped by the block's warps; A/B) */
 static int gemv_kw_forced(int warps) {
     const char *kwe = getenv("JAMBA_EXT_GEMV_KW");
@@ -333,14 +315,6 @@ static jamba_status gemv_launch(gemv_args a, int sms, cudaStream_t stream) {
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.gemv: N = %lld, M = %lld: grid too large", (long long)a.N,
                                (long long)a.M);
     const dim3 grid((unsigned)bx, (unsigned)by), block(GEMV_WARPS * 32);
-    jamba_status cs = JAMBA_OK;
-    switch (mm) {
-    case 1: cs = gemv_vec_carveout<T, 1>(); break;
-    case 2: cs = gemv_vec_carveout<T, 2>(); break;
-    case 4: cs = gemv_vec_carveout<T, 4>(); break;
-    default: cs = gemv_vec_carveout<T, 8>(); break;
-    }
-    if (cs != JAMBA_OK) return cs;
     switch (mm) {
     case 1: jamba_kernel_launch(gemv_vec_kernel<T, 1>, grid, block, 0, stream, a); break;
     case 2: jamba_kernel_launch(gemv_vec_kernel<T, 2>, grid, block, 0, stream, a); break;
