@@ -65,9 +65,10 @@ if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
     step "dev/mamba_step_probe.py at batch 1 with $v (A/B: gemv kernel switches in the chain)"
     env $v timeout 60 python3 dev/mamba_step_probe.py 2>&1 | tail -9
   done
-  for v in "JAMBA_EXT_NONE=1" "JAMBA_EXT_GEMV_MMA=wide"; do
-    step "dev/mamba_step_probe.py at batch 8 with $v (A/B: x_proj on the ring kernel from 5 rows, or the vec kernel)"
-    env $v timeout 60 python3 dev/mamba_step_probe.py 8 2>&1 | tail -9
+  for bv in "8 JAMBA_EXT_NONE=1" "8 JAMBA_EXT_GEMV_MMA=wide" "4 JAMBA_EXT_NONE=1" "4 JAMBA_EXT_GEMV_MMA=ring"; do
+    set -- $bv
+    step "dev/mamba_step_probe.py at batch $1 with $2 (A/B: x_proj on the ring kernel, or the vec kernel)"
+    env $2 timeout 60 python3 dev/mamba_step_probe.py $1 2>&1 | tail -9
   done
   for v in "JAMBA_EXT_GEMV_MMA=wide" "JAMBA_EXT_NONE=1" "JAMBA_EXT_GEMV_MMA=ring1" "JAMBA_EXT_CARVEOUT=max"; do
     step "bench_model with $v (A/B; 2K prompts, batch 1 / 8, no transformers)"

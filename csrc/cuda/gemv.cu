@@ -128,7 +128,7 @@ __device__ __forceinline__ void gemv_ring_store(const gemv_args &a, float (&c)[4
  * stages through its own cp.async ring (GR_S stages in flight): a stage holds its 16 W rows and 8 x rows (rows >= M
  * and k >= K zero-filled) x 256 bytes; lane l copies rows 2i + l / 16, 16-byte unit l % 16, i < 8 (W) / 4 (x), so
  * one copy instruction covers 2 rows x 256 bytes. Units of odd rows are stored at unit ^ 4 (conflict-free 16-byte
- * reads: in a quarter warp rows 2p and 2p + 1 fall in different halves of the 8 bank groups; dev/gemv_mma_mirror.py
+ * reads: in a quarter warp rows 2p and 2p + 1 fall in different halves of the 8 bank groups; dev/gemv_ring_mirror.py
  * replays the plan and counts conflicts). Each lane waits for its own copies, then __syncwarp (lanes read each
  * other's). Lane (g, t) = (lane / 4, lane % 4) reads unit 4j + t (elements 32j + 8t .. +7) of W rows g, g + 8 and of
  * x row g: elements 8t .. 8t+3 of each 32 feed the first mma, 8t+4 .. 8t+7 the second, a permutation of K that is
@@ -228,7 +228,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
  * in_proj) took 73.8 us against 66.1 with the vec kernel for all, 9.6 us over its ops' sum (0.6 us with the vec
  * kernel), with or without the carveout preference (gemv_ring_transition_ab_56e9d5f.log); with the ring kernel for
  * every projection (x_proj and in_proj too) the step took 69.1 us, 0.9 over its sum (gemv_final_check_fe9f22a.log):
- * what costs is the switch between the two kernels, not the ring kernel itself (cause not found).
+ * what costs is the switch between the two kernels, not the ring kernel itself (cause not found; the EXPERIMENT
+ * JAMBA_EXT_CARVEOUT=max, common.cuh, asks whether it is the SMs' shared-memory reconfiguration).
  * Below GEMV_RING_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
  * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 / 4.5 / 6.1 / 9.5 at 1 / 2 / 4 / 8 rows on the vec kernel,
  * so there the vec kernel keeps 1-4 rows and the ring kernel takes 5-8 (the vec kernel's 8-row instance; 5-7 rows
