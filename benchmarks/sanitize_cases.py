@@ -75,7 +75,7 @@ def main():
     ops.gemv(rn(3, 13), rn(9, 13))                             # element kernel
     ops.gemv(rn(5, 1032), rn(520, 1032), rn(520))              # ring kernel: partial row tile and stage, K slices
     ops.gemv(rn(1, 1032), rn(520, 1032))                       # ... at 1 row
-    ops.gemv(rn(6, 1032), rn(40, 1032))                        # ... narrow, from 5 rows
+    ops.gemv(rn(6, 1032), rn(264, 1032))                       # ... N 256-511, from 5 rows
     os.environ["JAMBA_EXT_GEMV_MMA"] = "ring"                  # the ring kernel at 1 row and narrow
     ops.gemv(rn(1, 1032), rn(40, 1032), rn(40))
     ops.gemv(rn(3, 1032), rn(40, 1032))

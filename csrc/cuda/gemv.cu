@@ -12,7 +12,7 @@
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
  *   gemv_ring_kernel<T>: T bf16 / f16, 1 <= M <= 8, the vec kernel's layout conditions; the default for 2-8 rows at
- *     N >= 512 and for 5-8 rows at any N (gemv_ring_pick). Tensor cores (mma m16n8k16): weight rows are the
+ *     N >= 512 and for 5-8 rows at N >= 256 (gemv_ring_pick). Tensor cores (mma m16n8k16): weight rows are the
  *     product's 16-row side, the rows of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16
  *     weight rows and a slice of K's stages of 128 elements, and copies its stages (16 W + 8 x rows x 256 bytes) into
  *     its own cp.async ring in shared memory, 4 stages in flight; layout and swizzle at the kernel. The accumulators:
@@ -232,13 +232,15 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
  * JAMBA_EXT_CARVEOUT=max, common.cuh, asks whether it is the SMs' shared-memory reconfiguration).
  * Below GEMV_RING_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
  * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 / 4.5 / 6.1 / 9.5 at 1 / 2 / 4 / 8 rows on the vec kernel,
- * so there the vec kernel keeps 1-4 rows and the ring kernel takes 5-8 (the vec kernel's 8-row instance; 5-7 rows
- * not timed; the switch also keeps a batch-8 Mamba step on one gemv kernel; not yet run on a GPU in the model).
+ * so from N 256 (16 row tiles) the ring kernel takes 5-8 rows there (the vec kernel's 8-row instance; 5-7 rows not
+ * timed; the switch also keeps a batch-8 Mamba step on one gemv kernel; not yet run on a GPU in the model). Narrower
+ * weights (the MoE router's 16 rows: one row tile, one block) stay on the vec kernel.
  * Env JAMBA_EXT_GEMV_MMA=0: the vec kernel (A/B); "ring": the ring kernel for 1-8 rows at any N (A/B, tests);
  * "ring1": the default plus the ring kernel at 1 row for 512 <= N <= 8192, "wide": the ring kernel for 2-8 rows at
  * N >= 512 only (A/B of the chain cost). */
 #define GEMV_RING_MIN_N 512
 #define GEMV_RING_NARROW_M 5
+#define GEMV_RING_NARROW_N 256
 static bool gemv_ring_pick(int64_t M, int64_t N) {
     const char *e = getenv("JAMBA_EXT_GEMV_MMA");
     if (e && e[0] == '0' && e[1] == 0) return false;
@@ -246,7 +248,7 @@ static bool gemv_ring_pick(int64_t M, int64_t N) {
     if (e && !strcmp(e, "ring")) return true;
     if (e && !strcmp(e, "ring1") && M == 1) return N >= GEMV_RING_MIN_N && N <= 8192; /* 660e493's 1-row rule (A/B) */
     if (e && !strcmp(e, "wide")) return M >= 2 && N >= GEMV_RING_MIN_N; /* fe9f22a's rule (A/B) */
-    return M >= 2 && (N >= GEMV_RING_MIN_N || M >= GEMV_RING_NARROW_M);
+    return M >= 2 && (N >= GEMV_RING_MIN_N || (M >= GEMV_RING_NARROW_M && N >= GEMV_RING_NARROW_N));
 }
 
 /* env JAMBA_EXT_GEMV_KW=1|2|4|8: the warps along K of every kernel (capped by the block's warps; A/B) */
