@@ -28,6 +28,7 @@ def main():
     label = (lambda v: f"{args.env}={v}") if args.env else (lambda v: f"joint projections={v}") if args.unfuse \
         else (lambda v: f"GEMV_MAX_ROWS={v}")
     dev = torch.device("cuda")
+    rows_default = mj.GEMV_MAX_ROWS
     model = mj.JambaForCausalLM.from_config(mj.JambaConfig(**bench_model.ONE_BLOCK), dtype=torch.bfloat16,
                                             device=dev, seed=0)
     ids = torch.randint(0, model.config.vocab_size, (1, PROMPT), device=dev)
@@ -49,7 +50,7 @@ def main():
                 mj.GEMV_MAX_ROWS = rows
             graphs[rows] = mj._DecodeGraph.capture(model, cache, logits.argmax(-1))
             assert graphs[rows] is not None, model._decode_graph_info
-        mj.GEMV_MAX_ROWS = 1
+        mj.GEMV_MAX_ROWS = rows_default
         if args.env:
             os.environ.pop(args.env)
         times = {0: [], 1: []}
