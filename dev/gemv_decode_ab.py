@@ -4,6 +4,8 @@ replays, ROUNDS rounds), then each graph's kernel totals per step.
     python3 dev/gemv_decode_ab.py                 # GEMV_MAX_ROWS 0 (F.linear) against 1 (jamba.gemv)
     python3 dev/gemv_decode_ab.py --env NAME      # env NAME=0 against NAME=1 at capture (a run-time kernel switch
                                                   # read at launch, e.g. JAMBA_EXT_GEMV_PREFETCH)
+    python3 dev/gemv_decode_ab.py --env NAME --values default,ring1,ring [--batch B]
+                                                  # any values ("default": NAME unset), any number of graphs
     python3 dev/gemv_decode_ab.py --unfuse        # 0: projection weights apart (separate products), 1: laid out
                                                   # back to back (fuse_projections, the default layout)"""
 import argparse
@@ -24,20 +26,23 @@ def main():
     ap.add_argument("--env", default=None, help="compare env NAME=0 and NAME=1 instead of GEMV_MAX_ROWS 0 / 1")
     ap.add_argument("--unfuse", action="store_true", help="compare separate projection weights (0) with the joint "
                     "layout (1)")
+    ap.add_argument("--values", default="0,1", help="with --env: the comma list of values (default: unset)")
+    ap.add_argument("--batch", type=int, default=1)
     args = ap.parse_args()
+    values = args.values.split(",") if args.env else [1, 0] if args.unfuse else [0, 1]
     label = (lambda v: f"{args.env}={v}") if args.env else (lambda v: f"joint projections={v}") if args.unfuse \
         else (lambda v: f"GEMV_MAX_ROWS={v}")
     dev = torch.device("cuda")
     rows_default = mj.GEMV_MAX_ROWS
     model = mj.JambaForCausalLM.from_config(mj.JambaConfig(**bench_model.ONE_BLOCK), dtype=torch.bfloat16,
                                             device=dev, seed=0)
-    ids = torch.randint(0, model.config.vocab_size, (1, PROMPT), device=dev)
-    cache = mj.JambaHybridCache(model.config, 1, max_length=PROMPT + 2 * REPS * ROUNDS + 64, static=True)
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, PROMPT), device=dev)
+    cache = mj.JambaHybridCache(model.config, args.batch, max_length=PROMPT + 2 * REPS * ROUNDS + 64, static=True)
     with torch.no_grad():
         logits = model(ids, cache=cache, logits_to_keep=1).logits[:, -1]
         graphs = {}
         keep = []                                          # the joint buffers stay alive for graph 1
-        for rows in ((1, 0) if args.unfuse else (0, 1)):
+        for rows in values:
             if args.unfuse and rows == 0:
                 for m in model.modules():
                     if isinstance(m, (mj.JambaMLP, mj.JambaAttention)):
@@ -45,15 +50,17 @@ def main():
                             keep.append(lin.weight)
                             lin.weight = torch.nn.Parameter(lin.weight.detach().clone())
             elif args.env:
-                os.environ[args.env] = str(rows)
+                os.environ.pop(args.env, None)
+                if rows != "default":
+                    os.environ[args.env] = rows
             elif not args.unfuse:
                 mj.GEMV_MAX_ROWS = rows
             graphs[rows] = mj._DecodeGraph.capture(model, cache, logits.argmax(-1))
             assert graphs[rows] is not None, model._decode_graph_info
         mj.GEMV_MAX_ROWS = rows_default
         if args.env:
-            os.environ.pop(args.env)
-        times = {0: [], 1: []}
+            os.environ.pop(args.env, None)
+        times = {v: [] for v in values}
         for _ in range(ROUNDS):
             for rows, g in graphs.items():
                 a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -138,38 +138,11 @@ static inline cudaError_t jamba_launch_converted(const cudaLaunchConfig_t *cfg, 
     return cudaLaunchKernelExC(cfg, kernel, params);
 }
 
-/* EXPERIMENT (env JAMBA_EXT_CARVEOUT=max, read per launch; not yet run on a GPU): every kernel launched through
- * jamba_kernel_launch(_coop) gets the shared-memory carveout preference "max shared" (set once per kernel and
- * device, before its first launch under the env). Question (PERF_NOTES session 27): in a decode step's chain of
- * PDL launches, switching between the vec gemv kernel and the ring gemv kernel (98 KB of shared memory a block,
- * carveout max shared) cost ~4-5 us a switch; is it the SMs' shared-memory reconfiguration between kernels of
- * different carveouts (which would also hit other kernel pairs of the step)? The table is per translation unit and
- * not locked (two threads' first launches may both set the attribute: harmless). */
-static inline void jamba_carveout_experiment(const void *kernel) {
-    const char *e = getenv("JAMBA_EXT_CARVEOUT");
-    if (!(e && e[0] == 'm' && e[1] == 'a' && e[2] == 'x' && e[3] == 0)) return;
-    static const void *done[256];
-    static int done_dev[256];
-    static int ndone;
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess) {
-        cudaGetLastError();
-        return;
-    }
-    for (int i = 0; i < ndone; i++)
-        if (done[i] == kernel && done_dev[i] == dev) return;
-    if (cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared) !=
-        cudaSuccess)
-        cudaGetLastError();
-    if (ndone < 256) done[ndone] = kernel, done_dev[ndone] = dev, ndone++;
-}
-
 /* the launch of jamba_kernel_launch(_coop): PDL where jamba_pdl_enabled(), the cooperative attribute when coop */
 template <typename... KArgs, typename... Args>
 static inline cudaError_t jamba_kernel_launch_with(bool coop, void (*kernel)(KArgs...), dim3 grid, dim3 block,
                                                    size_t smem, cudaStream_t stream, Args &&...args) {
     static_assert(sizeof...(KArgs) == sizeof...(Args), "jamba_kernel_launch: argument count differs from the kernel's");
-    jamba_carveout_experiment(reinterpret_cast<const void *>(kernel));
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;

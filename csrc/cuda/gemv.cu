@@ -228,12 +228,14 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
  * in_proj) took 73.8 us against 66.1 with the vec kernel for all, 9.6 us over its ops' sum (0.6 us with the vec
  * kernel), with or without the carveout preference (gemv_ring_transition_ab_56e9d5f.log); with the ring kernel for
  * every projection (x_proj and in_proj too) the step took 69.1 us, 0.9 over its sum (gemv_final_check_fe9f22a.log):
- * what costs is the switch between the two kernels, not the ring kernel itself (cause not found; the EXPERIMENT
- * JAMBA_EXT_CARVEOUT=max, common.cuh, asks whether it is the SMs' shared-memory reconfiguration).
+ * what costs is the switch between the two kernels, not the ring kernel itself (cause not found; not the SMs'
+ * shared-memory reconfiguration: with every kernel on the max-shared carveout the step took 74.6 us against 73.8,
+ * gpu_round_23f1014.log, and that carveout alone slowed the vec-kernel step from 65.7 to 80.2 us).
  * Below GEMV_RING_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
  * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 / 4.5 / 6.1 / 9.5 at 1 / 2 / 4 / 8 rows on the vec kernel,
  * so from N 256 (16 row tiles) the ring kernel takes 5-8 rows there (the vec kernel's 8-row instance; 5-7 rows not
- * timed; the switch also keeps a batch-8 Mamba step on one gemv kernel; not yet run on a GPU in the model). Narrower
+ * timed; the switch also keeps a batch-8 Mamba step on one gemv kernel: 73.2 us against 75.1 with x_proj on the vec
+ * kernel, and at batch 4 the vec kernel's 69.0 against 71.0 on the ring, gpu_round_23f1014.log). Narrower
  * weights (the MoE router's 16 rows: one row tile, one block) stay on the vec kernel.
  * Env JAMBA_EXT_GEMV_MMA=0: the vec kernel (A/B); "ring": the ring kernel for 1-8 rows at any N (A/B, tests);
  * "ring1": the default plus the ring kernel at 1 row for 512 <= N <= 8192, "wide": the ring kernel for 2-8 rows at
