@@ -37,7 +37,7 @@ def main():
     model = mj.JambaForCausalLM.from_config(mj.JambaConfig(**bench_model.ONE_BLOCK), dtype=torch.bfloat16,
                                             device=dev, seed=0)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, PROMPT), device=dev)
-    cache = mj.JambaHybridCache(model.config, args.batch, max_length=PROMPT + 2 * REPS * ROUNDS + 64, static=True)
+    cache = mj.JambaHybridCache(model.config, args.batch, max_length=PROMPT + len(values) * (REPS * ROUNDS + 8) + 64, static=True)
     with torch.no_grad():
         logits = model(ids, cache=cache, logits_to_keep=1).logits[:, -1]
         graphs = {}
