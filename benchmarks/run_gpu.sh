@@ -4,7 +4,7 @@
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
 # Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] [FIRST_TESTS=tests/x.py] bash benchmarks/run_gpu.sh [full]
 #   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: dev/mamba_step_probe.py at batch 1, 4 and 8 and bench_model's
-#   graph decode at batch 1 / 8 under the gemv kernel-pick switches JAMBA_EXT_GEMV_MMA=ring1 / wide / ring;
+#   graph decode at batch 1 / 8 under the gemv kernel-pick switches JAMBA_EXT_GEMV_MMA=vec1 / wide / ring;
 #   bench_model's JSONs kept together as bench_model_ab.json: $OUT holds at most 8 files; experiments add their rows
 #   to the benchmarks under the same switch)
 #   (pass JAMBA_COMMIT: the device copy of .git may be stale; it goes into the log and every JSON)
@@ -60,7 +60,7 @@ step "dev/mamba_step_probe.py (a Mamba layer's decode step op by op, cold weight
 timeout 90 python3 dev/mamba_step_probe.py 2>&1 | tail -14
 if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
   # the cost of switching between the two gemv kernels in a decode step's chain (PERF_NOTES session 27)
-  for v in "JAMBA_EXT_GEMV_MMA=ring1" "JAMBA_EXT_GEMV_MMA=ring"; do
+  for v in "JAMBA_EXT_GEMV_MMA=vec1" "JAMBA_EXT_GEMV_MMA=ring"; do
     step "dev/mamba_step_probe.py at batch 1 with $v (A/B: gemv kernel switches in the chain)"
     env $v timeout 60 python3 dev/mamba_step_probe.py 2>&1 | tail -9
   done
@@ -69,13 +69,13 @@ if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
     step "dev/mamba_step_probe.py at batch $1 with $2 (A/B: x_proj on the ring kernel, or the vec kernel)"
     env $2 timeout 60 python3 dev/mamba_step_probe.py $1 2>&1 | tail -9
   done
-  for v in "JAMBA_EXT_GEMV_MMA=wide" "JAMBA_EXT_NONE=1" "JAMBA_EXT_GEMV_MMA=ring1"; do
+  for v in "JAMBA_EXT_GEMV_MMA=wide" "JAMBA_EXT_NONE=1" "JAMBA_EXT_GEMV_MMA=vec1"; do
     step "bench_model with $v (A/B; 2K prompts, batch 1 / 8, no transformers)"
     env $v timeout 100 python3 benchmarks/bench_model.py --batches 1,8 --prompts 2048 --no-hf --decode-steps 32 --budget-s 30 2>&1 | grep -E "^jamba_ext\+graph|^impl"
     cp benchmarks/results/bench_model.json "/tmp/ab_$v.json" 2>/dev/null
   done
   # one file for all (the device tool brings back at most 8 files)
-  python3 -c "import json; json.dump({k: json.load(open('/tmp/ab_' + k + '.json')) for k in ('JAMBA_EXT_GEMV_MMA=wide', 'JAMBA_EXT_NONE=1', 'JAMBA_EXT_GEMV_MMA=ring1')}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
+  python3 -c "import json; json.dump({k: json.load(open('/tmp/ab_' + k + '.json')) for k in ('JAMBA_EXT_GEMV_MMA=wide', 'JAMBA_EXT_NONE=1', 'JAMBA_EXT_GEMV_MMA=vec1')}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
 fi
 step "bench_model"
 [ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py --decode-steps 16 --budget-s 60 2>&1 | tail -30

@@ -21,8 +21,8 @@ echo "build took $(( $(date +%s) - t0 )) s"
 step "tests: gemv, the PDL chain, the static decode step (cuda)"
 timeout 120 python3 -m pytest -q -m cuda --timeout=60 tests/test_gemv.py tests/test_cuda_extra.py tests/test_static_decode.py -p no:cacheprovider \
   -k "gemv or pdl or static_decode" 2>&1 | tail -4
-step "dev/gemv_decode_ab.py: graph decode step, one block, batch ${AB_BATCH:-1}, JAMBA_EXT_GEMV_MMA default / ring1 / ring / wide"
-timeout 120 python3 dev/gemv_decode_ab.py --env JAMBA_EXT_GEMV_MMA --values default,ring1,ring,wide --batch ${AB_BATCH:-1} 2>&1 | tail -70
+step "dev/gemv_decode_ab.py: graph decode step, one block, batch ${AB_BATCH:-1}, JAMBA_EXT_GEMV_MMA default / vec1 / ring / wide"
+timeout 120 python3 dev/gemv_decode_ab.py --env JAMBA_EXT_GEMV_MMA --values default,vec1,ring,wide --batch ${AB_BATCH:-1} 2>&1 | tail -70
 step "bench_model --layers 32 (the whole Jamba-v0.1, no transformers)"
 timeout ${L32_TIMEOUT:-330} python3 benchmarks/bench_model.py --layers 32 --no-hf --decode-steps 32 2>&1 | tail -25
 step "done"

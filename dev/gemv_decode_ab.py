@@ -4,7 +4,7 @@ replays, ROUNDS rounds), then each graph's kernel totals per step.
     python3 dev/gemv_decode_ab.py                 # GEMV_MAX_ROWS 0 (F.linear) against 1 (jamba.gemv)
     python3 dev/gemv_decode_ab.py --env NAME      # env NAME=0 against NAME=1 at capture (a run-time kernel switch
                                                   # read at launch, e.g. JAMBA_EXT_GEMV_PREFETCH)
-    python3 dev/gemv_decode_ab.py --env NAME --values default,ring1,ring [--batch B]
+    python3 dev/gemv_decode_ab.py --env NAME --values default,vec1,ring [--batch B]
                                                   # any values ("default": NAME unset), any number of graphs
     python3 dev/gemv_decode_ab.py --unfuse        # 0: projection weights apart (separate products), 1: laid out
                                                   # back to back (fuse_projections, the default layout)"""

@@ -12,7 +12,7 @@
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
  *   gemv_ring_kernel<T>: T bf16 / f16, 1 <= M <= 8, the vec kernel's layout conditions; the default for 2-8 rows at
- *     N >= 512 and for 5-8 rows at N >= 256 (gemv_ring_pick). Tensor cores (mma m16n8k16): weight rows are the
+ *     N >= 512, for 5-8 rows at N >= 256 and for 1 row at 512 <= N <= 8192 (gemv_ring_pick). Tensor cores (mma m16n8k16): weight rows are the
  *     product's 16-row side, the rows of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16
  *     weight rows and a slice of K's stages of 128 elements, and copies its stages (16 W + 8 x rows x 256 bytes) into
  *     its own cp.async ring in shared memory, 4 stages in flight; layout and swizzle at the kernel. The accumulators:
@@ -222,15 +222,16 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
 /* Whether gemv_ring_kernel takes this call (else the vec kernel). By default for 2-8 rows at N >= GEMV_RING_MIN_N
  * (gpu_round_660e493.log, graph-timed, weights cold; ring / the removed register-direct kernel / cuBLAS at 8 rows,
  * us): in_proj 33.8 / 38.5 / 33.3, out_proj 17.8 / 20.6 / 21.8, MLP down 28.9 / 33.3 / 31.7, attention q|o 10.3 /
- * 12.2 / 13.1, k|v 5.2 / 6.3 / 7.7, LM head 123.1 / 149.7 / 126.4. Not at 1 row: alone it beats the vec kernel
- * there too (out_proj 17.5 against 19.0 us, down 28.5 / 31.3, q|o 10.2 / 11.7, dt_proj 3.3 / 3.9), but in a decode
- * step's chain it costs more than it saves: a Mamba layer's step with it for dt_proj and out_proj (the vec kernel for
- * in_proj) took 73.8 us against 66.1 with the vec kernel for all, 9.6 us over its ops' sum (0.6 us with the vec
- * kernel), with or without the carveout preference (gemv_ring_transition_ab_56e9d5f.log); with the ring kernel for
- * every projection (x_proj and in_proj too) the step took 69.1 us, 0.9 over its sum (gemv_final_check_fe9f22a.log):
- * what costs is the switch between the two kernels, not the ring kernel itself (cause not found; not the SMs'
- * shared-memory reconfiguration: with every kernel on the max-shared carveout the step took 74.6 us against 73.8,
- * gpu_round_23f1014.log, and that carveout alone slowed the vec-kernel step from 65.7 to 80.2 us).
+ * 12.2 / 13.1, k|v 5.2 / 6.3 / 7.7, LM head 123.1 / 149.7 / 126.4; and for 1 row at GEMV_RING_MIN_N <= N <=
+ * GEMV_RING_1ROW_MAX_N, where alone it beats the vec kernel too (out_proj 17.5 against 19.0 us, down 28.5 / 31.3, q|o
+ * 10.2 / 11.7, dt_proj 3.3 / 3.9; the widest three, in_proj, gate|up and the LM head, tie or lose by 1-2%).
+ * The 1-row rule is judged on the model's captured decode step, not on dev/mamba_step_probe.py: the probe's chain of
+ * Mamba steps alone (in_proj on the vec kernel straight after out_proj on the ring) read 73.8 against 65.7 us with
+ * it (gpu_round_23f1014.log; a switch cost between the two kernels that neither the carveout nor the ops' sum
+ * explains), but the one-block model's graph replays, timed in turns (gemv_decode_ab_<commit>.log), took 1669.5
+ * against 1681.2 us a step at batch 1 (6 rounds of 200, spreads 0.8 / 6.9 us), and bench_model's graph decode 587.6
+ * against 581.2 tok/s in the same round; with the ring kernel for every 1-row projection (in_proj, gate|up, LM head
+ * too) 1692.0.
  * Below GEMV_RING_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
  * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 / 4.5 / 6.1 / 9.5 at 1 / 2 / 4 / 8 rows on the vec kernel,
  * so from N 256 (16 row tiles) the ring kernel takes 5-8 rows there (the vec kernel's 8-row instance; 5-7 rows not
@@ -238,9 +239,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
  * kernel, and at batch 4 the vec kernel's 69.0 against 71.0 on the ring, gpu_round_23f1014.log). Narrower
  * weights (the MoE router's 16 rows: one row tile, one block) stay on the vec kernel.
  * Env JAMBA_EXT_GEMV_MMA=0: the vec kernel (A/B); "ring": the ring kernel for 1-8 rows at any N (A/B, tests);
- * "ring1": the default plus the ring kernel at 1 row for 512 <= N <= 8192, "wide": the ring kernel for 2-8 rows at
- * N >= 512 only (A/B of the chain cost). */
+ * "vec1": the default but 1 row on the vec kernel (fe9f22a-23f1014's rule), "wide": the ring kernel for 2-8 rows at
+ * N >= 512 only (fe9f22a's rule; A/B). */
 #define GEMV_RING_MIN_N 512
+#define GEMV_RING_1ROW_MAX_N 8192
 #define GEMV_RING_NARROW_M 5
 #define GEMV_RING_NARROW_N 256
 static bool gemv_ring_pick(int64_t M, int64_t N) {
@@ -248,9 +250,9 @@ static bool gemv_ring_pick(int64_t M, int64_t N) {
     if (e && e[0] == '0' && e[1] == 0) return false;
     if (M < 1 || M > GEMV_RING_MAXM) return false;
     if (e && !strcmp(e, "ring")) return true;
-    if (e && !strcmp(e, "ring1") && M == 1) return N >= GEMV_RING_MIN_N && N <= 8192; /* 660e493's 1-row rule (A/B) */
-    if (e && !strcmp(e, "wide")) return M >= 2 && N >= GEMV_RING_MIN_N; /* fe9f22a's rule (A/B) */
-    return M >= 2 && (N >= GEMV_RING_MIN_N || (M >= GEMV_RING_NARROW_M && N >= GEMV_RING_NARROW_N));
+    if (e && !strcmp(e, "wide")) return M >= 2 && N >= GEMV_RING_MIN_N;
+    if (M == 1) return !(e && !strcmp(e, "vec1")) && N >= GEMV_RING_MIN_N && N <= GEMV_RING_1ROW_MAX_N;
+    return N >= GEMV_RING_MIN_N || (M >= GEMV_RING_NARROW_M && N >= GEMV_RING_NARROW_N);
 }
 
 /* env JAMBA_EXT_GEMV_KW=1|2|4|8: the warps along K of every kernel (capped by the block's warps; A/B) */
