@@ -228,7 +228,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
  * The 1-row rule is judged on the model's captured decode step, not on dev/mamba_step_probe.py: the probe's chain of
  * Mamba steps alone (in_proj on the vec kernel straight after out_proj on the ring) read 73.8 against 65.7 us with
  * it (gpu_round_23f1014.log; a switch cost between the two kernels that neither the carveout nor the ops' sum
- * explains), but the one-block model's graph replays, timed in turns (gemv_decode_ab_<commit>.log), took 1669.5
+ * explains), but the one-block model's graph replays, timed in turns (gemv_decode_ab_89d24ac.log), took 1669.5
  * against 1681.2 us a step at batch 1 (6 rounds of 200, spreads 0.8 / 6.9 us), and bench_model's graph decode 587.6
  * against 581.2 tok/s in the same round; with the ring kernel for every 1-row projection (in_proj, gate|up, LM head
  * too) 1692.0.
