@@ -4,7 +4,7 @@ replays, ROUNDS rounds), then each graph's kernel totals per step.
     python3 dev/gemv_decode_ab.py                 # GEMV_MAX_ROWS 0 (F.linear) against 1 (jamba.gemv)
     python3 dev/gemv_decode_ab.py --env NAME      # env NAME=0 against NAME=1 at capture (a run-time kernel switch
                                                   # read at launch, e.g. JAMBA_EXT_GEMV_PREFETCH)
-    python3 dev/gemv_decode_ab.py --env NAME --values default,vec1,ring [--batch B]
+    python3 dev/gemv_decode_ab.py --env NAME --values default,vec1,ring [--batch B] [--prompt L]
                                                   # any values ("default": NAME unset), any number of graphs
     python3 dev/gemv_decode_ab.py --unfuse        # 0: projection weights apart (separate products), 1: laid out
                                                   # back to back (fuse_projections, the default layout)"""
@@ -28,6 +28,7 @@ def main():
                     "layout (1)")
     ap.add_argument("--values", default="0,1", help="with --env: the comma list of values (default: unset)")
     ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=PROMPT, help="prompt length (2048)")
     args = ap.parse_args()
     values = args.values.split(",") if args.env else [1, 0] if args.unfuse else [0, 1]
     label = (lambda v: f"{args.env}={v}") if args.env else (lambda v: f"joint projections={v}") if args.unfuse \
@@ -36,8 +37,8 @@ def main():
     rows_default = mj.GEMV_MAX_ROWS
     model = mj.JambaForCausalLM.from_config(mj.JambaConfig(**bench_model.ONE_BLOCK), dtype=torch.bfloat16,
                                             device=dev, seed=0)
-    ids = torch.randint(0, model.config.vocab_size, (args.batch, PROMPT), device=dev)
-    cache = mj.JambaHybridCache(model.config, args.batch, max_length=PROMPT + len(values) * (REPS * ROUNDS + 8) + 64, static=True)
+    ids = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt), device=dev)
+    cache = mj.JambaHybridCache(model.config, args.batch, max_length=args.prompt + len(values) * (REPS * ROUNDS + 8) + 64, static=True)
     with torch.no_grad():
         logits = model(ids, cache=cache, logits_to_keep=1).logits[:, -1]
         graphs = {}

@@ -5,7 +5,8 @@
 Graph-timed like bench_kernels (PDL as the library launches), over NL mixers with their own weights and states,
 so that each call's weights come from DRAM, as in the model (where ~200 MB of other weights pass between two Mamba
 layers): each op of JambaMambaMixer.step alone (one call per mixer in the graph), the five between in_proj and
-out_proj as a sequence, and the whole step; per row the floor (its bytes at the measured copy bandwidth).
+out_proj as a sequence, and the whole step; per row the floor (its bytes at the measured copy bandwidth). Last,
+the model's chain: add_rms_norm, then the whole step, each layer's input the previous layer's output.
 """
 import os
 import sys
@@ -111,8 +112,24 @@ def main():
               f"{mid_bytes / (bb.bw * 1e3):6.2f} us", flush=True)
         mj.MAMBA_STEP_FUSED = True
         us = bb.graph_us(lambda: [mixers[i].step(h[i], conv[i], ssm[i]) for i in range(NL)], n=1) / NL
-        mj.MAMBA_STEP_FUSED = fused_default
         print(f"whole step with MAMBA_STEP_FUSED: {us:7.2f} us", flush=True)
+
+        # the chain as the model runs it (session 28): each layer's input is add_rms_norm(the previous layer's
+        # output, the residual), so in_proj follows the norm, not the previous layer's out_proj
+        nh = torch.ones(H, device=dev, dtype=torch.bfloat16)
+        us_norm = bb.graph_us(lambda: [K.add_rms_norm(h[i][:, 0], h[(i + 1) % NL][:, 0], nh) for i in range(NL)],
+                              n=1) / NL
+
+        def chained():
+            x, res = h[0][:, 0], h[1][:, 0]
+            for i in range(NL):
+                x, res = K.add_rms_norm(x, res, nh)
+                x = mixers[i].step(x[:, None], conv[i], ssm[i])[:, 0]
+            return x
+        us = bb.graph_us(chained, n=1) / NL
+        mj.MAMBA_STEP_FUSED = fused_default
+        print(f"add_rms_norm of one row alone: {us_norm:7.2f} us; add_rms_norm + whole step (fused), chained: "
+              f"{us:7.2f} us", flush=True)
 
 
 if __name__ == "__main__":
