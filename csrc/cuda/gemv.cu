@@ -227,11 +227,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) gemv_any_kernel(gemv_args a) 
  * 10.2 / 11.7, dt_proj 3.3 / 3.9; the widest three, in_proj, gate|up and the LM head, tie or lose by 1-2%).
  * The 1-row rule is judged on the model's captured decode step, not on dev/mamba_step_probe.py: the probe's chain of
  * Mamba steps alone (in_proj on the vec kernel straight after out_proj on the ring) read 73.8 against 65.7 us with
- * it (gpu_round_23f1014.log; a switch cost between the two kernels that neither the carveout nor the ops' sum
- * explains), but the one-block model's graph replays, timed in turns (gemv_decode_ab_89d24ac.log), took 1669.5
- * against 1681.2 us a step at batch 1 (6 rounds of 200, spreads 0.8 / 6.9 us), and bench_model's graph decode 587.6
- * against 581.2 tok/s in the same round; with the ring kernel for every 1-row projection (in_proj, gate|up, LM head
- * too) 1692.0.
+ * it (gpu_round_23f1014.log): the vec kernel launched right after the ring kernel under PDL costs ~9 us; with
+ * add_rms_norm between the layers, as in the model, 65.4 against 64.9 (probe_chain_b268f58.log). The one-block
+ * model's graph replays, timed in turns (gemv_decode_ab_89d24ac.log), took 1669.5 against 1681.2 us a step at batch
+ * 1 (6 rounds of 200, spreads 0.8 / 6.9 us; 1691.4 against 1702.9 at an 8K prompt), and bench_model's graph decode
+ * 587.6 against 581.2 tok/s in the same round; with the ring kernel for every 1-row projection (in_proj, gate|up, LM
+ * head too) 1692.0. In the model's step no vec-kernel gemv follows a ring-kernel gemv directly.
  * Below GEMV_RING_MIN_N rows (32 tiles of 16) too few blocks pull the weights: Mamba's x_proj (288 rows, K 8192) ran
  * 8.1-8.3 us at 1-8 rows on the ring kernel against 3.7 / 4.5 / 6.1 / 9.5 at 1 / 2 / 4 / 8 rows on the vec kernel,
  * so from N 256 (16 row tiles) the ring kernel takes 5-8 rows there (the vec kernel's 8-row instance; 5-7 rows not
