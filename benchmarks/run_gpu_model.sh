@@ -19,10 +19,11 @@ JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v 
 python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels(), 'built without CUDA'" || exit 1
 echo "build took $(( $(date +%s) - t0 )) s"
 step "tests: gemv, the PDL chain, the static decode step (cuda)"
-timeout 120 python3 -m pytest -q -m cuda --timeout=60 tests/test_gemv.py tests/test_cuda_extra.py tests/test_static_decode.py -p no:cacheprovider \
-  -k "gemv or pdl or static_decode" 2>&1 | tail -4
-step "dev/gemv_decode_ab.py: graph decode step, one block, batch ${AB_BATCH:-1}, JAMBA_EXT_GEMV_MMA default / vec1 / ring / wide"
-timeout 120 python3 dev/gemv_decode_ab.py --env JAMBA_EXT_GEMV_MMA --values default,vec1,ring,wide --batch ${AB_BATCH:-1} 2>&1 | tail -70
+timeout 120 python3 -m pytest -q -m cuda --timeout=60 -p no:cacheprovider -k "gemv or pdl or static_decode" \
+  tests/test_gemv.py tests/test_cuda_extra.py tests/test_static_decode.py 2>&1 | tail -4
+B=${AB_BATCH:-1}
+step "dev/gemv_decode_ab.py: graph decode step, one block, batch $B, JAMBA_EXT_GEMV_MMA default / vec1 / ring / wide"
+timeout 120 python3 dev/gemv_decode_ab.py --env JAMBA_EXT_GEMV_MMA --values default,vec1,ring,wide --batch $B 2>&1 | tail -70
 step "bench_model --layers 32 (the whole Jamba-v0.1, no transformers)"
 timeout ${L32_TIMEOUT:-330} python3 benchmarks/bench_model.py --layers 32 --no-hf --decode-steps 32 2>&1 | tail -25
 step "done"

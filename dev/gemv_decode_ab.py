@@ -38,7 +38,8 @@ def main():
     model = mj.JambaForCausalLM.from_config(mj.JambaConfig(**bench_model.ONE_BLOCK), dtype=torch.bfloat16,
                                             device=dev, seed=0)
     ids = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt), device=dev)
-    cache = mj.JambaHybridCache(model.config, args.batch, max_length=args.prompt + len(values) * (REPS * ROUNDS + 8) + 64, static=True)
+    max_length = args.prompt + len(values) * (REPS * ROUNDS + 8) + 64     # every graph's replays advance it
+    cache = mj.JambaHybridCache(model.config, args.batch, max_length=max_length, static=True)
     with torch.no_grad():
         logits = model(ids, cache=cache, logits_to_keep=1).logits[:, -1]
         graphs = {}

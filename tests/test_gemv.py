@@ -146,8 +146,8 @@ def test_gemv_cuda_tensor_core_rows(dtype, M, N, K, mode, monkeypatch):
     """2-8 rows in bf16 / f16 run on the tensor-core kernel gemv_ring_kernel (rows of 16 weights, x rows as the
     product's 8 columns, K in a permuted order, weights staged through a per-warp cp.async ring) from N 512 on, and
     from 5 rows at N >= 256, and 1 row at N 512-8192; mode "ring" (JAMBA_EXT_GEMV_MMA=ring) at any N and rows, "vec1"
-    / "wide" the A/B rules (1 row on the vec kernel / only 2-8 rows at N >= 512). Within the error model, with a bias, deterministic, and
-    close to the CUDA-core kernel (JAMBA_EXT_GEMV_MMA=0) on the same inputs; N not a multiple of 16 and K not of 32
+    / "wide" the A/B rules (1 row on the vec kernel / only 2-8 rows at N >= 512). Within the error model, with a
+    bias, deterministic, and close to the CUDA-core kernel (JAMBA_EXT_GEMV_MMA=0) on the same inputs; N not a multiple of 16 and K not of 32
     or 128 included (partial row tiles and steps), K-sliced warps at long K."""
     dev = torch.device("cuda")
     if mode != "default":

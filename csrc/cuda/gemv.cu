@@ -12,8 +12,8 @@
  *     block), the weight with L1::no_allocate (read once): gemv_warp_dot (gemv.cuh). Each warp's 2 x MM sums go
  *     through a shuffle butterfly, then the KW slices of a row are added in slice order through shared memory.
  *   gemv_ring_kernel<T>: T bf16 / f16, 1 <= M <= 8, the vec kernel's layout conditions; the default for 2-8 rows at
- *     N >= 512, for 5-8 rows at N >= 256 and for 1 row at 512 <= N <= 8192 (gemv_ring_pick). Tensor cores (mma m16n8k16): weight rows are the
- *     product's 16-row side, the rows of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16
+ *     N >= 512, for 5-8 rows at N >= 256 and for 1 row at 512 <= N <= 8192 (gemv_ring_pick). Tensor cores (mma
+ *     m16n8k16): weight rows are the product's 16-row side, the rows of x its 8-column side (rows >= M zero-filled, never stored). Each warp owns 16
  *     weight rows and a slice of K's stages of 128 elements, and copies its stages (16 W + 8 x rows x 256 bytes) into
  *     its own cp.async ring in shared memory, 4 stages in flight; layout and swizzle at the kernel. The accumulators:
  *     rows g / g + 8, x rows 2t / 2t + 1 of lane (g, t) = (lane / 4, lane % 4); the KW slices added in slice order
