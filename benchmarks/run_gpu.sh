@@ -78,7 +78,7 @@ if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
   python3 -c "import json; json.dump({k: json.load(open('/tmp/ab_' + k + '.json')) for k in ('JAMBA_EXT_GEMV_MMA=wide', 'JAMBA_EXT_NONE=1', 'JAMBA_EXT_GEMV_MMA=vec1')}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
 fi
 step "bench_model"
-[ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py --decode-steps 16 --budget-s 60 2>&1 | tail -30
+[ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py --decode-steps 32 --budget-s 60 2>&1 | tail -30
 step "done"
 } 2>&1 | tee "$LOG"
 cp benchmarks/results/bench_kernels.json benchmarks/results/bench_moe.json benchmarks/results/bench_model.json \
