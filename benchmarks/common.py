@@ -42,15 +42,17 @@ def env(**values):
 
 def git_commit() -> str:
     """JAMBA_COMMIT when set (the device machine gets a copy of the working tree whose .git can be stale:
-    session 2's JSONs said 39bd0df for every round), else git's HEAD."""
+    session 2's JSONs said 39bd0df for every round, session 28's whole-model JSON 23f101492488), else git's HEAD,
+    marked as such where a GPU is visible (a device run that was not given JAMBA_COMMIT)."""
     if os.environ.get("JAMBA_COMMIT"):
         return os.environ["JAMBA_COMMIT"]
     try:
-        return subprocess.check_output(["git", "rev-parse", "--short=12", "HEAD"],
+        head = subprocess.check_output(["git", "rev-parse", "--short=12", "HEAD"],
                                        cwd=os.path.dirname(os.path.abspath(__file__)), text=True,
                                        stderr=subprocess.DEVNULL).strip()
     except Exception:
         return "unknown"
+    return head + " (.git HEAD; JAMBA_COMMIT not set)" if torch.cuda.is_available() else head
 
 
 def device_name(device: torch.device) -> str:

@@ -13,11 +13,13 @@ set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_round.log"
+note=""  # the device's copy of .git may be stale: its HEAD is only a fallback, and the log says so
+[ -z "${JAMBA_COMMIT:-}" ] && note=" from .git (JAMBA_COMMIT not given; the device copy of .git may be stale)"
 export PYTHONUNBUFFERED=1 JAMBA_COMMIT=${JAMBA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mode=${1:-quick}
 step() { echo; echo "=== $* ($(date +%T))"; }
 {
-step "environment (commit $JAMBA_COMMIT)"
+step "environment (commit $JAMBA_COMMIT$note)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 python3 -c "import transformers; print('transformers', transformers.__version__)" 2>/dev/null

@@ -8,10 +8,12 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
+note=""  # the device's copy of .git may be stale: its HEAD is only a fallback, and the log says so
+[ -z "${JAMBA_COMMIT:-}" ] && note=" from .git (JAMBA_COMMIT not given; the device copy of .git may be stale)"
 export PYTHONUNBUFFERED=1 JAMBA_COMMIT=${JAMBA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)} PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 step() { echo; echo "=== $* ($(date +%T))"; }
 {
-step "environment (commit $JAMBA_COMMIT)"
+step "environment (commit $JAMBA_COMMIT$note)"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
 step "build"
 t0=$(date +%s)
