@@ -22,7 +22,6 @@ size, per-kernel fixed costs included). Writes benchmarks/results/bench_kernels.
 """
 import argparse
 import os
-import subprocess
 import sys
 
 import torch
@@ -37,48 +36,6 @@ from jamba_ext import ops, reference as R  # noqa: E402
 
 BF16 = torch.bfloat16
 TOL = dict(rtol=1e-2, atol=1e-2)
-
-
-# ---- ceilings ------------------------------------------------------------------------------------------
-def sfu_rate(dev):
-    """(ex2 per second, how it was obtained)."""
-    if dev.type != "cuda":
-        return None, "n/a (cpu)"
-    try:
-        import triton
-        import triton.language as tl
-
-        @triton.jit
-        def ex2_kernel(out_ptr, n_iter, BLOCK: tl.constexpr):
-            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-            x0 = (offs % 97).to(tl.float32) * -0.001 - 0.6
-            x1, x2, x3 = x0 - 0.1, x0 - 0.2, x0 - 0.3
-            for _ in range(n_iter):  # 4 independent chains; 2^x - 1.5 keeps x in (-1.2, -0.5)
-                x0 = tl.exp2(x0) - 1.5
-                x1 = tl.exp2(x1) - 1.5
-                x2 = tl.exp2(x2) - 1.5
-                x3 = tl.exp2(x3) - 1.5
-            tl.store(out_ptr + offs, x0 + x1 + x2 + x3)
-
-        sms = torch.cuda.get_device_properties(dev).multi_processor_count
-        BLOCK, n_iter = 1024, 4096
-        grid = sms * 16
-        out = torch.empty(grid * BLOCK, device=dev)
-        t = common.time_ms(lambda: ex2_kernel[(grid,)](out, n_iter, BLOCK=BLOCK), dev, warmup=3, reps=10)
-        rate = grid * BLOCK * n_iter * 4 / (t["median_ms"] * 1e-3)
-        return rate, "measured: Triton kernel, 4 independent exp2 chains per thread"
-    except Exception as e:  # noqa: BLE001 -- fall back to the datasheet formula
-        why = f"{type(e).__name__}"
-    props = torch.cuda.get_device_properties(dev)
-    clk_mhz = None
-    try:
-        clk_mhz = float(subprocess.check_output(
-            ["nvidia-smi", "-i", str(dev.index or 0), "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits"],
-            text=True).strip().splitlines()[0])
-    except Exception:  # noqa: BLE001
-        clk_mhz = 1980.0
-    rate = props.multi_processor_count * 16 * clk_mhz * 1e6
-    return rate, f"formula: {props.multi_processor_count} SMs x 16 ex2/clk x {clk_mhz:.0f} MHz (Triton: {why})"
 
 
 # ---- inputs ----------------------------------------------------------------------------------------------
@@ -110,7 +67,7 @@ class Bench:
         self.dev, self.smoke, self.reps = dev, smoke, reps
         self.rows = []
         self.bw = common.copy_bandwidth_gbs(dev, nbytes=(64 << 20) if smoke else (2 << 30))
-        self.sfu, self.sfu_how = sfu_rate(dev)
+        self.sfu, self.sfu_how = common.sfu_rate(dev)
 
     def time(self, fn, small=False, reps=None, warmup=None):
         warmup = warmup if warmup is not None else (2 if self.smoke else 10)

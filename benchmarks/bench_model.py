@@ -41,6 +41,12 @@ MoE layer and step in an untimed eager decode of the same tokens (random weights
 8K-prompt batch-8 decode of session 26 spent 14% longer in its MoE kernels than the 2K one), and
 decode_pct_of_floor_routed, the rate against the floor with that count (the table's "% routed" column; "% floor"
 stays the uniform one, comparable with earlier rounds).
+Prefill floor (CUDA; the rows' prefill_floor_tokens_per_s and prefill_pct_of_floor, the table's "% pf floor"): the
+sum of what the prefill's compute-bound parts take at their ceilings measured at the start, each part running alone:
+the matrix products (every projection and the routed experts' GEMMs, 2 FLOP a weight a token; attention's QK^T and
+PV over the causal half, 2 * hidden * L * (L + 1) FLOP a sequence and attention layer; the LM head of one position)
+at the dense bf16 matmul rate, plus the scan's exponentials (batch * L * d_inner * d_state per Mamba layer) at the
+special-function ex2 rate. The memory-bound ops (conv, norms, routing, gathers) are not counted, so the floor is low.
 Without room for an fp32 copy of the model (e.g. --layers 32), the fp32 reference logits of the check are
 computed a layer at a time (each layer upcast, run, freed).
 Writes benchmarks/results/bench_model.json (+ .png), bench_model_L<layers>.json for other depths, or
@@ -56,7 +62,7 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import copy_bandwidth_gbs, meta, time_ms, write_results  # noqa: E402
+from common import copy_bandwidth_gbs, matmul_tflops, meta, sfu_rate, time_ms, write_results  # noqa: E402
 
 from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
 
@@ -179,6 +185,28 @@ def decode_bytes(model: JambaForCausalLM, B: int, L: int, touched=None) -> int:
     return int(total)
 
 
+def prefill_work(cfg: JambaConfig, model: JambaForCausalLM, B: int, L: int) -> tuple:
+    """(matrix-product FLOPs, scan exponentials) of a prefill of batch B x L tokens with logits_to_keep=1 (see the
+    module docstring, "Prefill floor")."""
+    H, DI, R, N = cfg.hidden_size, cfg.mamba_d_inner, cfg.mamba_dt_rank, cfg.mamba_d_state
+    kvd = cfg.num_key_value_heads * (H // cfg.num_attention_heads)
+    per_tok = seq = exps = 0
+    for layer in model.model.layers:
+        if hasattr(layer, "self_attn"):
+            per_tok += 2 * (2 * H * H + 2 * H * kvd)                    # q, o; k, v
+            seq += 2 * H * L * (L + 1)                                  # QK^T and PV, causal half
+        else:
+            per_tok += 2 * (H * 2 * DI + DI * (R + 2 * N) + R * DI + DI * H)   # in, x, dt, out projections
+            exps += L * DI * N
+        ff = getattr(layer, "feed_forward", None)
+        if getattr(ff, "experts", None) is not None:
+            per_tok += 2 * (H * cfg.num_experts + cfg.num_experts_per_tok * 3 * H * cfg.intermediate_size)
+        else:
+            per_tok += 2 * 3 * H * cfg.intermediate_size
+    seq += 2 * H * cfg.vocab_size                                       # the LM head, last position
+    return B * (L * per_tok + seq), B * exps
+
+
 def hf_slow_scan_bytes(cfg: JambaConfig, B: int, L: int) -> int:
     """fp32 (B, DI, L, N) tensors of transformers' slow-path scan (discrete A, B, deltaB_u): 3 of them."""
     return 3 * B * cfg.mamba_d_inner * L * cfg.mamba_d_state * 4
@@ -278,6 +306,8 @@ def main(argv=None) -> int:
     ours = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=0)
     n_params = sum(p.numel() for p in ours.parameters())
     copy_gbs = copy_bandwidth_gbs(device) if device.type == "cuda" else None
+    mm_tflops = matmul_tflops(device) if device.type == "cuda" else None
+    sfu, sfu_how = sfu_rate(device)
     hf, hf_note = (None, "skipped (--no-hf)") if args.no_hf else build_hf(cfg, ours)
     print(f"{n_params / 1e9:.2f}B params; baseline: {hf_note}", flush=True)
 
@@ -413,6 +443,11 @@ def main(argv=None) -> int:
                 fl = r["batch"] / (decode_bytes(ours, r["batch"], Lc, touched) / (copy_gbs * 1e9))
                 r.update(decode_experts_touched=touched, decode_floor_routed_tokens_per_s=fl,
                          decode_pct_of_floor_routed=100 * r["decode_tokens_per_s"] / fl)
+        if mm_tflops and sfu and r.get("prefill_tokens_per_s"):
+            flops, exps = prefill_work(cfg, ours, r["batch"], r["prompt_len"])
+            floor_s = flops / (mm_tflops * 1e12) + exps / sfu
+            r["prefill_floor_tokens_per_s"] = r["batch"] * r["prompt_len"] / floor_s
+            r["prefill_pct_of_floor"] = 100 * r["prefill_tokens_per_s"] / r["prefill_floor_tokens_per_s"]
         base = by.get(("transformers", r["batch"], r["prompt_len"]))
         if r["impl"].startswith("jamba_ext") and base:
             for k in ("prefill_tokens_per_s", "decode_tokens_per_s"):
@@ -429,17 +464,19 @@ def main(argv=None) -> int:
                 plot_rows.append({"label": f"{ph} {r['impl']} B={r['batch']} L={r['prompt_len']}",
                                   "tokens_per_s": r[f"{ph}_tokens_per_s"]})
     info = meta(device, config=cfg.to_dict(), n_params=n_params, baseline=hf_note, check=check, copy_gbs=copy_gbs,
-                decode_steps=steps, wall_s=time.perf_counter() - t_start)
+                matmul_tflops=mm_tflops, sfu_ex2_per_s=sfu, sfu_source=sfu_how, decode_steps=steps,
+                wall_s=time.perf_counter() - t_start)
     name = "bench_model_smoke" if smoke else "bench_model"
     path = write_results(name if default_depth else f"{name}_L{layers}", rows + plot_rows, info,
                          plot_key="tokens_per_s")
     print(f"\n{'impl':<17}{'B':>3}{'L':>7}{'prefill tok/s':>16}{'decode tok/s':>14}{'x prefill':>11}{'x decode':>10}"
-          f"{'% floor':>9}{'% routed':>10}")
+          f"{'% floor':>9}{'% routed':>10}{'% pf floor':>11}")
     for r in rows:
         f = lambda k, w, p: (f"{r[k]:{w}.{p}f}" if r.get(k) is not None else " " * (w - 1) + "-")  # noqa: E731
         print(f"{r['impl']:<17}{r['batch']:>3}{r['prompt_len']:>7}{f('prefill_tokens_per_s', 16, 0)}"
               f"{f('decode_tokens_per_s', 14, 1)}{f('prefill_speedup', 11, 2)}{f('decode_speedup', 10, 2)}"
               f"{f('decode_pct_of_floor', 9, 1)}{f('decode_pct_of_floor_routed', 10, 1)}"
+              f"{f('prefill_pct_of_floor', 11, 1)}"
               f"  {r.get('skipped', '') or r.get('error', '') or r.get('graph_note', '')}")
     print(f"wrote {path} ({time.perf_counter() - t_start:.0f} s)")
     return 1 if check.get("ok") is False else 0

@@ -4,6 +4,7 @@
     time_interleaved(fns)  the same for several variants, timed in turns (fair under clock drift)
     copy_bandwidth_gbs()   device-to-device copy, bytes read + written / time (the memory ceiling)
     matmul_tflops()        large bf16 matmul rate on random data (the FLOP ceiling)
+    sfu_rate()             ex2 per second on the special-function units (the scan's ceiling; measured by Triton)
     write_results(name, rows, meta)  -> benchmarks/results/<name>.json (+ .png when matplotlib exists)
 """
 import contextlib
@@ -156,6 +157,47 @@ def copy_bandwidth_gbs(device: torch.device, nbytes: int = 2 << 30) -> float:
     b = torch.empty_like(a)
     t = time_ms(lambda: b.copy_(a), device, warmup=3, reps=20)["median_ms"]
     return 2 * n * 4 / (t * 1e-3) / 1e9
+
+
+def sfu_rate(dev):
+    """(ex2 per second, how it was obtained)."""
+    if dev.type != "cuda":
+        return None, "n/a (cpu)"
+    try:
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def ex2_kernel(out_ptr, n_iter, BLOCK: tl.constexpr):
+            offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+            x0 = (offs % 97).to(tl.float32) * -0.001 - 0.6
+            x1, x2, x3 = x0 - 0.1, x0 - 0.2, x0 - 0.3
+            for _ in range(n_iter):  # 4 independent chains; 2^x - 1.5 keeps x in (-1.2, -0.5)
+                x0 = tl.exp2(x0) - 1.5
+                x1 = tl.exp2(x1) - 1.5
+                x2 = tl.exp2(x2) - 1.5
+                x3 = tl.exp2(x3) - 1.5
+            tl.store(out_ptr + offs, x0 + x1 + x2 + x3)
+
+        sms = torch.cuda.get_device_properties(dev).multi_processor_count
+        BLOCK, n_iter = 1024, 4096
+        grid = sms * 16
+        out = torch.empty(grid * BLOCK, device=dev)
+        t = time_ms(lambda: ex2_kernel[(grid,)](out, n_iter, BLOCK=BLOCK), dev, warmup=3, reps=10)
+        rate = grid * BLOCK * n_iter * 4 / (t["median_ms"] * 1e-3)
+        return rate, "measured: Triton kernel, 4 independent exp2 chains per thread"
+    except Exception as e:  # noqa: BLE001 -- fall back to the datasheet formula
+        why = f"{type(e).__name__}"
+    props = torch.cuda.get_device_properties(dev)
+    clk_mhz = None
+    try:
+        clk_mhz = float(subprocess.check_output(
+            ["nvidia-smi", "-i", str(dev.index or 0), "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits"],
+            text=True).strip().splitlines()[0])
+    except Exception:  # noqa: BLE001
+        clk_mhz = 1980.0
+    rate = props.multi_processor_count * 16 * clk_mhz * 1e6
+    return rate, f"formula: {props.multi_processor_count} SMs x 16 ex2/clk x {clk_mhz:.0f} MHz (Triton: {why})"
 
 
 def matmul_tflops(device: torch.device, n: int = 8192, dtype=torch.bfloat16) -> float:

@@ -31,3 +31,35 @@ def test_benchmark_smoke(tmp_path, script, result):
         touched = [r["decode_experts_touched"] for r in data["rows"] if r.get("impl") == "jamba_ext"
                    and r.get("batch", 1) > 1]
         assert touched and all(cfg["num_experts_per_tok"] <= t <= cfg["num_experts"] for t in touched), touched
+
+
+@pytest.mark.parametrize("config", ["smoke", "one_block"])
+def test_bench_model_prefill_work_matches_parameter_shapes(config, monkeypatch):
+    """bench_model's prefill floor counts the matrix products from the config; the same count from the model's
+    parameter shapes (2 FLOP a weight a token for every 2-D projection weight and the routed share of the experts'
+    3-D stacks; embedding, norms, A_log and conv taps excluded) must agree, and the attention and LM-head terms
+    must scale as stated (quadratic in L, once per sequence)."""
+    import torch
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    monkeypatch.setattr(sys, "argv", ["bench_model.py"])
+    import bench_model as bm
+    cfg = bm.JambaConfig(**(bm.SMOKE if config == "smoke" else bm.ONE_BLOCK))
+    with torch.device("meta"):
+        m = bm.JambaForCausalLM(cfg)
+    per_tok = 0
+    for name, p in m.named_parameters():
+        if "embed_tokens" in name or "lm_head" in name or "A_log" in name or "conv1d" in name:
+            continue
+        if p.dim() == 2 and name.endswith("weight"):
+            per_tok += 2 * p.numel()
+        elif p.dim() == 3 and ".experts." in name:          # (E, out, in) stacks: top-k of E per token
+            per_tok += 2 * p.numel() * cfg.num_experts_per_tok // cfg.num_experts
+    n_attn = sum(1 for layer in m.model.layers if hasattr(layer, "self_attn"))
+    n_mamba = cfg.num_hidden_layers - n_attn
+    assert n_attn >= 1 and n_mamba >= 1 and per_tok > 0
+    H = cfg.hidden_size
+    for B, L in ((1, 1), (3, 17), (2, 1000)):
+        flops, exps = bm.prefill_work(cfg, m, B, L)
+        want = B * (L * per_tok + n_attn * 2 * H * L * (L + 1) + 2 * H * cfg.vocab_size)
+        assert flops == want, (B, L, flops, want)
+        assert exps == B * n_mamba * L * cfg.mamba_d_inner * cfg.mamba_d_state
