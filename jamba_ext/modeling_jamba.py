@@ -472,9 +472,10 @@ class JambaRMSNorm(nn.Module):
 # Projections of at most this many rows of activations in a static-cache decode step (the step that
 # generate(cuda_graph=True) captures and replays; eager with static_cache=True) run jamba.gemv instead of F.linear.
 # cuBLAS reads the long-K, short-N weights of a decode step at 15-88% of the bandwidth floor and cannot overlap our PDL
-# kernels; jamba.gemv (its tensor-core ring kernel from 2 rows) beats it on every projection but the widest two, which
-# it reads within 2% (H200 bf16, gpu_round_660e493.log, 8 rows: out_proj 17.8 against 21.8 us, MLP down 28.9 / 31.7,
-# attention q|o 10.3 / 13.1, k|v 5.2 / 7.7, LM head 123.1 / 126.4, in_proj 33.8 / 33.3; 1 row: x_proj 3.7 / 7.5).
+# kernels; jamba.gemv (its tensor-core ring kernel from 2 rows, and at 1 row for 512-8192 outputs) beats it on every
+# projection but the widest two, which it reads within 2% (H200 bf16, gpu_round_660e493.log, 8 rows: out_proj 17.8
+# against 21.8 us, MLP down 28.9 / 31.7, attention q|o 10.3 / 13.1, k|v 5.2 / 7.7, LM head 123.1 / 126.4, in_proj
+# 33.8 / 33.3; 1 row, gpu_round_9c8ab66.log: out_proj 17.5 / 21.3, x_proj 3.7 / 7.5).
 # Graph decode of one block with 8 against 1 (cuBLAS from 2 rows), two runs each: +3.5-4.7% / +2.4-3.2% / +1.0-1.8%
 # at batch 2 / 4 / 8 (ab_gemv_rows_660e493.log). Not in the dynamic-cache decode step (run eagerly, host-bound: our
 # op's Python path costs more than F.linear's). 0 turns it off (A/B timing).
