@@ -167,3 +167,24 @@ def test_cuda_archs_and_compatibility(monkeypatch):
     assert not ops.cuda_arch_runs((8, 0)) and ops.cuda_arch_runs((8, 9))
     monkeypatch.setattr(ops._C, "cuda_archs", lambda: "")
     assert ops.cuda_archs() == [] and not ops.cuda_arch_runs((9, 0))
+
+
+def test_every_env_switch_is_documented():
+    """Every JAMBA_EXT_* variable the build, the C/CUDA sources or the package read has a row in docs/SWITCHES.md,
+    and every switch the table lists is still read somewhere (no stale rows)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    read = set()
+    pat = re.compile(r'(?:getenv|environ\.get|environ\[)\(?\s*"(JAMBA_EXT_[A-Z0-9_]+)"')
+    for top in ("csrc", "jamba_ext", "setup.py"):
+        path = os.path.join(root, top)
+        files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
+                                                      if f.endswith((".c", ".h", ".cu", ".cuh", ".py"))]
+        for f in files:
+            with open(f, encoding="utf-8") as fh:
+                read |= set(pat.findall(fh.read()))
+    with open(os.path.join(root, "docs", "SWITCHES.md"), encoding="utf-8") as fh:
+        doc = fh.read()
+    listed = set(re.findall(r"^\| `(JAMBA_EXT_[A-Z0-9_]+)", doc, re.M))
+    assert len(read) >= 20, sorted(read)
+    assert not read - listed, f"switches read but not in docs/SWITCHES.md: {sorted(read - listed)}"
+    assert not listed - read, f"docs/SWITCHES.md lists switches nothing reads: {sorted(listed - read)}"
