@@ -606,6 +606,39 @@ def _linear_t(x: Tensor, weight: Tensor) -> Tensor:
     return torch.bmm(x, weight.t().expand(x.shape[0], -1, -1))
 
 
+# Mamba prefill: the time axis of the (B, DI, time) activations is padded to a multiple of this many steps (see
+# JambaMambaMixer.prefill), and the pad steps' delta is PAD_DELTA (softplus(PAD_DELTA + any dt bias) == 0 in fp32,
+# representable in fp16 and bf16).
+PREFILL_PAD_STEPS = 8
+PAD_DELTA = -30000.0
+
+
+def _proj_t(weight: Tensor, x_t: Tensor, pitch: int) -> Tensor:
+    """weight (O, I) @ x_t (B, I, L), x_t with any strides -> a contiguous (B, O, pitch) buffer, pitch >= L, whose
+    first L steps hold the product (the rest is left unwritten), as one GEMM that writes its output in place:
+    torch.matmul of a 2-D and a 3-D operand computes the transposed product and copies it into this layout (a
+    third of a Mamba layer's prefill time at 2048 tokens, dev/prefill_ops_probe.py)."""
+    B, _, L = x_t.shape
+    if pitch == L and (_compiling() or torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad)):
+        return torch.matmul(weight, x_t)            # out= records no gradients, and dynamo refuses a strided out=
+    buf = x_t.new_empty((B, weight.shape[0], pitch))
+    if B == 1:
+        torch.mm(weight, x_t[0], out=buf[0, :, :L])
+    else:
+        torch.bmm(weight.expand(B, -1, -1), x_t, out=buf[..., :L])
+    return buf
+
+
+def _last_steps(x: Tensor, initial: Optional[Tensor], S: int) -> Tensor:
+    """The last S entries along time of concat(zeros, initial, x) as a contiguous (B, DI, S) tensor: causal_conv1d's
+    final_state for x (B, DI, L) and initial_state initial (B, DI, S_in) or None."""
+    B, DI, L = x.shape
+    if L >= S:
+        return x[..., L - S:].contiguous()
+    parts = [x.new_zeros((B, DI, S))] + ([initial.to(x.dtype)] if initial is not None else []) + [x]
+    return torch.cat(parts, dim=-1)[..., -S:].contiguous()
+
+
 class JambaMambaMixer(nn.Module):
     """Mamba-1 mixer with Jamba's dt/B/C RMSNorms (jamba-architecture.md 4.3), on the jamba ops.
 
@@ -711,29 +744,48 @@ class JambaMambaMixer(nn.Module):
             self._xproj_norm_weight()                                     # ready for the decode steps
         if mamba_mask is not None:                                        # 0. padding in: zero x and z there
             hidden_states = hidden_states * mamba_mask[:, :, None].to(hidden_states.dtype)
-        # 1. xz = in_proj(h) as (B, 2DI, L), unit stride along L, so x and z are slices without copies
-        xz = torch.matmul(self.in_proj.weight, hidden_states.transpose(1, 2))     # (B, 2DI, L)
+        # The (B, DI, time) activations get a row pitch Lp = L rounded up to 8 (PREFILL_PAD_STEPS), so that every
+        # row starts 16-byte aligned: cuBLAS keeps its fast kernels for the products that read or write them and
+        # the scan its bf16 fast path (both need aligned rows; at L = 2041 a one-block prefill took 1.5x as long,
+        # dev/new_length_probe.py). The pad steps (L .. Lp-1) run through conv and scan and leave no trace: x is
+        # zero there, delta is PAD_DELTA (softplus gives dt = 0 exactly, so exp(dt A) = 1 and dt B x = 0: the state
+        # passes them unchanged) and their outputs are dropped. Not while autograd records (in-place pad writes)
+        # nor under torch.compile (dynamo refuses a strided out=; the compiler picks its own layouts).
+        plain = _compiling() or torch.is_grad_enabled() and (hidden_states.requires_grad
+                                                             or any(p.requires_grad for p in self.parameters()))
+        Lp = L if plain else -(-L // PREFILL_PAD_STEPS) * PREFILL_PAD_STEPS
+        # 1. xz = in_proj(h) as (B, 2DI, Lp), unit stride along time, so x and z are slices without copies
+        xz = _proj_t(self.in_proj.weight, hidden_states.transpose(1, 2), Lp)           # (B, 2DI, Lp)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
-        x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI, L) each
+        if Lp > L:                                                        # x finite at the pads (dt x = 0 x)
+            xz[..., L:].zero_()
+        x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI, Lp) each
         # 2. depthwise causal conv + SiLU; final state = last K pre-conv inputs (HF cache layout)
-        x, conv_state = _K.causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, conv_state, True,
-                                         self.conv_kernel_size if keep_state else 0)  # (B, DI, L)
+        S = self.conv_kernel_size if keep_state else 0
+        x_in, conv0 = x, conv_state
+        x, conv_state = _K.causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, conv0, True,
+                                         S if Lp == L else 0)                       # (B, DI, Lp)
+        if S and Lp > L:                                                  # the last S inputs before the pads
+            conv_state = _last_steps(x_in[..., :L], conv0, S)
         if mamba_mask is not None:                                        # silu(bias) at pads -> 0 again
-            x = x * mamba_mask[:, None, :].to(x.dtype)
+            m = mamba_mask if Lp == L else F.pad(mamba_mask, (0, Lp - L))
+            x = x * m[:, None, :].to(x.dtype)
         # 3. dt, B, C = x_proj(x), each RMS-normalised over its own width
-        xdbl = _linear_t(x.transpose(1, 2), self.x_proj.weight)                    # (B, L, R+2N)
-        dt = self.dt_layernorm(xdbl[..., :R])                                       # (B, L, R)
-        Bm = self.b_layernorm(xdbl[..., R:R + N])                                   # (B, L, N)
-        Cm = self.c_layernorm(xdbl[..., R + N:])                                    # (B, L, N)
+        xdbl = _linear_t(x.transpose(1, 2), self.x_proj.weight)                    # (B, Lp, R+2N)
+        dt = self.dt_layernorm(xdbl[..., :R])                                       # (B, Lp, R)
+        Bm = self.b_layernorm(xdbl[..., R:R + N])                                   # (B, Lp, N)
+        Cm = self.c_layernorm(xdbl[..., R + N:])                                    # (B, Lp, N)
         # 4. delta = W_dt dt (bias added in fp32 inside the scan, as the fast path does)
-        delta = torch.matmul(self.dt_proj.weight, dt.transpose(1, 2))              # (B, DI, L)
+        delta = _proj_t(self.dt_proj.weight, dt.transpose(1, 2), Lp)               # (B, DI, Lp)
+        if Lp > L:
+            delta[..., L:].fill_(PAD_DELTA)
         A, D, dt_bias = self._ssm_params()
         # 5. selective scan, y = (C.h + D x) * silu(z)
         y, last = _K.selective_scan(x, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z, dt_bias,
-                                    True, ssm_state)                                # (B, DI, L), (B, DI, N)
-        # 6. out_proj
-        out = _linear_t(y.transpose(1, 2), self.out_proj.weight)                   # (B, L, H)
+                                    True, ssm_state)                                # (B, DI, Lp), (B, DI, N)
+        # 6. out_proj over the L real steps
+        out = _linear_t(y.transpose(1, 2)[:, :L], self.out_proj.weight)            # (B, L, H)
         if self.out_proj.bias is not None:
             out = out + self.out_proj.bias
         return out, (conv_state if keep_state else None), (last if keep_state else None)

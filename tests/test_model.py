@@ -377,6 +377,39 @@ def test_chunked_prefill_with_left_padding():
     assert rel_err(torch.cat([a, b], dim=1)[real], full[real]) <= FP32_REL
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")])])
+def test_mamba_prefill_pitch_padding_changes_nothing(device, monkeypatch):
+    """The Mamba prefill pads the time pitch of its (B, DI, time) activations to PREFILL_PAD_STEPS and runs the pad
+    steps through conv and scan as no-ops. Output, conv state and SSM state equal the unpadded run's (pitch 1) for
+    lengths below, at and past a multiple of 8, from zero or given states, with a padding mask; conv widths 4, 3, 2.
+    (A pad step that moved the state by its decay would be off by tens of per cent.)"""
+    from jamba_ext import modeling_jamba as mj
+    if device == "cuda" and not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    dtype, tol = (torch.float32, 1e-5) if device == "cpu" else (torch.bfloat16, 2e-2)
+    for name in ("attn1_moe_top2", "attn0_top1_tied", "mamba_dense"):
+        _, ours = make_pair(CONFIGS[name], dtype=dtype, device=device)
+        mixer = next(m for m in ours.modules() if isinstance(m, mj.JambaMambaMixer))
+        DI, N, K, H = mixer.intermediate_size, mixer.ssm_state_size, mixer.conv_kernel_size, mixer.hidden_size
+        g = torch.Generator().manual_seed(3)
+        for L in (1, 2, 3, 7, 8, 9, 13, 20):
+            h = torch.randn(2, L, H, generator=g).to(device, dtype)
+            init = (torch.randn(2, DI, K, generator=g).to(device, dtype), torch.randn(2, DI, N, generator=g).to(device))
+            mask = torch.ones(2, L, dtype=dtype, device=device)
+            mask[1, :L // 2] = 0
+            for states, m in (((None, None), None), (init, None), ((None, None), mask), (init, mask)):
+                with torch.no_grad():
+                    monkeypatch.setattr(mj, "PREFILL_PAD_STEPS", 1)
+                    want = mixer.prefill(h, m, *states)
+                    monkeypatch.setattr(mj, "PREFILL_PAD_STEPS", 8)
+                    got = mixer.prefill(h, m, *states)
+                for what, a, b in zip(("out", "conv state", "ssm state"), got, want):
+                    assert a.shape == b.shape and a.dtype == b.dtype and a.is_contiguous(), (name, L, what)
+                    err = ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30)).item()
+                    assert err <= tol, (name, L, what, err, states[0] is None, m is None)
+
+
 def test_training_step_gradients_and_aux_loss():
     hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
