@@ -613,20 +613,19 @@ PREFILL_PAD_STEPS = 8
 PAD_DELTA = -30000.0
 
 
-def _proj_t(weight: Tensor, x_t: Tensor, pitch: int) -> Tensor:
-    """weight (O, I) @ x_t (B, I, L), x_t with any strides -> a contiguous (B, O, pitch) buffer, pitch >= L, whose
-    first L steps hold the product (the rest is left unwritten), as one GEMM that writes its output in place:
-    torch.matmul of a 2-D and a 3-D operand computes the transposed product and copies it into this layout (a
-    third of a Mamba layer's prefill time at 2048 tokens, dev/prefill_ops_probe.py)."""
+def _proj_t(weight: Tensor, x_t: Tensor) -> Tensor:
+    """weight (O, I) @ x_t (B, I, L), x_t with any strides -> (B, O, L) contiguous, as one GEMM that writes this
+    layout itself: torch.matmul of a 2-D and a 3-D operand computes the transposed product and copies it into this
+    layout (a third of a Mamba layer's prefill time at 2048 tokens, dev/prefill_ops_probe.py)."""
     B, _, L = x_t.shape
-    if pitch == L and (_compiling() or torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad)):
+    if _compiling() or torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad):
         return torch.matmul(weight, x_t)            # out= records no gradients, and dynamo refuses a strided out=
-    buf = x_t.new_empty((B, weight.shape[0], pitch))
+    out = x_t.new_empty((B, weight.shape[0], L))
     if B == 1:
-        torch.mm(weight, x_t[0], out=buf[0, :, :L])
+        torch.mm(weight, x_t[0], out=out[0])
     else:
-        torch.bmm(weight.expand(B, -1, -1), x_t, out=buf[..., :L])
-    return buf
+        torch.bmm(weight.expand(B, -1, -1), x_t, out=out)
+    return out
 
 
 def _last_steps(x: Tensor, initial: Optional[Tensor], S: int) -> Tensor:
@@ -744,22 +743,22 @@ class JambaMambaMixer(nn.Module):
             self._xproj_norm_weight()                                     # ready for the decode steps
         if mamba_mask is not None:                                        # 0. padding in: zero x and z there
             hidden_states = hidden_states * mamba_mask[:, :, None].to(hidden_states.dtype)
-        # The (B, DI, time) activations get a row pitch Lp = L rounded up to 8 (PREFILL_PAD_STEPS), so that every
-        # row starts 16-byte aligned: cuBLAS keeps its fast kernels for the products that read or write them and
-        # the scan its bf16 fast path (both need aligned rows; at L = 2041 a one-block prefill took 1.5x as long,
-        # dev/new_length_probe.py). The pad steps (L .. Lp-1) run through conv and scan and leave no trace: x is
-        # zero there, delta is PAD_DELTA (softplus gives dt = 0 exactly, so exp(dt A) = 1 and dt B x = 0: the state
-        # passes them unchanged) and their outputs are dropped. Not while autograd records (in-place pad writes)
-        # nor under torch.compile (dynamo refuses a strided out=; the compiler picks its own layouts).
+        # The time axis is padded to Lp = L rounded up to PREFILL_PAD_STEPS (8): cuBLAS picks its slow pre-Hopper
+        # kernels for products whose contiguous extent is not a multiple of 8 (in_proj 2.8 ms instead of 0.36 at
+        # 2041 tokens) and the bf16 scan's fast path needs it too (dev/prefill_ops_probe.py). The pad steps
+        # (L .. Lp-1) run through conv and scan and leave no trace: their input rows are zero, their delta is
+        # PAD_DELTA (softplus gives dt = 0 exactly, so exp(dt A) = 1 and dt B x = 0: the state passes them
+        # unchanged), their outputs are dropped. Not while autograd records (in-place writes) nor under
+        # torch.compile (the compiler picks its own layouts).
         plain = _compiling() or torch.is_grad_enabled() and (hidden_states.requires_grad
                                                              or any(p.requires_grad for p in self.parameters()))
         Lp = L if plain else -(-L // PREFILL_PAD_STEPS) * PREFILL_PAD_STEPS
+        if Lp > L:
+            hidden_states = F.pad(hidden_states, (0, 0, 0, Lp - L))
         # 1. xz = in_proj(h) as (B, 2DI, Lp), unit stride along time, so x and z are slices without copies
-        xz = _proj_t(self.in_proj.weight, hidden_states.transpose(1, 2), Lp)           # (B, 2DI, Lp)
+        xz = _proj_t(self.in_proj.weight, hidden_states.transpose(1, 2))              # (B, 2DI, Lp)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
-        if Lp > L:                                                        # x finite at the pads (dt x = 0 x)
-            xz[..., L:].zero_()
         x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI, Lp) each
         # 2. depthwise causal conv + SiLU; final state = last K pre-conv inputs (HF cache layout)
         S = self.conv_kernel_size if keep_state else 0
@@ -777,15 +776,17 @@ class JambaMambaMixer(nn.Module):
         Bm = self.b_layernorm(xdbl[..., R:R + N])                                   # (B, Lp, N)
         Cm = self.c_layernorm(xdbl[..., R + N:])                                    # (B, Lp, N)
         # 4. delta = W_dt dt (bias added in fp32 inside the scan, as the fast path does)
-        delta = _proj_t(self.dt_proj.weight, dt.transpose(1, 2), Lp)               # (B, DI, Lp)
+        delta = _proj_t(self.dt_proj.weight, dt.transpose(1, 2))                   # (B, DI, Lp)
         if Lp > L:
             delta[..., L:].fill_(PAD_DELTA)
         A, D, dt_bias = self._ssm_params()
         # 5. selective scan, y = (C.h + D x) * silu(z)
         y, last = _K.selective_scan(x, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z, dt_bias,
                                     True, ssm_state)                                # (B, DI, Lp), (B, DI, N)
-        # 6. out_proj over the L real steps
-        out = _linear_t(y.transpose(1, 2)[:, :L], self.out_proj.weight)            # (B, L, H)
+        # 6. out_proj (over all Lp steps: an extent of 8k keeps the fast kernels), the L real ones kept
+        out = _linear_t(y.transpose(1, 2), self.out_proj.weight)                   # (B, Lp, H)
+        if Lp > L:                                        # (a copy at batch > 1, which add_rms_norm would make)
+            out = out[:, :L] if Bsz == 1 else out[:, :L].contiguous()
         if self.out_proj.bias is not None:
             out = out + self.out_proj.bias
         return out, (conv_state if keep_state else None), (last if keep_state else None)

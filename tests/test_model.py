@@ -380,7 +380,7 @@ def test_chunked_prefill_with_left_padding():
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
     pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")])])
 def test_mamba_prefill_pitch_padding_changes_nothing(device, monkeypatch):
-    """The Mamba prefill pads the time pitch of its (B, DI, time) activations to PREFILL_PAD_STEPS and runs the pad
+    """The Mamba prefill pads the time axis of its (B, DI, time) activations to PREFILL_PAD_STEPS and runs the pad
     steps through conv and scan as no-ops. Output, conv state and SSM state equal the unpadded run's (pitch 1) for
     lengths below, at and past a multiple of 8, from zero or given states, with a padding mask; conv widths 4, 3, 2.
     (A pad step that moved the state by its decay would be off by tens of per cent.)"""
