@@ -13,8 +13,10 @@ Correctness first: prefill logits of both on a short prompt are compared (relati
 agreement) and recorded; a failed check marks the run (exit status 1 after the results are written).
 Then for each (batch, prompt length):
   prefill tokens/s = batch * prompt / median time of a forward with logits_to_keep=1 (CUDA events);
-  prefill_new_length_ms (ours) = wall time of one forward at a prompt length not run before (prompt - 1), the
-                     first-request cost of per-shape setup (e.g. cuDNN attention plans), before the timed runs;
+  prefill_new_length_ms (ours) = wall time of one forward at a prompt length not run before (prompt - 1: also a
+                     length that is not a multiple of 8), the first-request cost of per-shape setup and of an
+                     unaligned length, before the timed runs (session 29: ~1.3x the steady time; 1.5-2.6x before
+                     the Mamba prefill padded its time axis);
   decode tokens/s  = batch * (n - 1) / (time of the last new token - time of the first), inside one
                      generate() call of n new tokens (greedy, EOS off), each timestamp taken when the token is
                      on the host: ours hands the streamer a host copy (generate() runs one step ahead on CUDA),
