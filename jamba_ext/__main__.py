@@ -90,11 +90,20 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens < 0:
         _fail("--max-new-tokens must be >= 0")
+    if args.prefill_chunk is not None and (0 < args.prefill_chunk < 8 or args.prefill_chunk < 0):
+        _fail("--prefill-chunk must be 0 (one forward) or >= 8")
+    prompt = args.prompt
+    if args.prompt_file is not None:
+        try:
+            with open(args.prompt_file, encoding="utf-8") as f:
+                prompt = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"--prompt-file {args.prompt_file!r}: {e}")
     torch.manual_seed(args.seed)
     model, tok, what = _load(args)
-    ids = tok.encode(args.prompt)
+    ids = tok.encode(prompt)
     if not ids:
-        _fail("--prompt encodes to no tokens")
+        _fail(("--prompt-file" if args.prompt_file is not None else "--prompt") + " encodes to no tokens")
     if max(ids) >= model.config.vocab_size:
         _fail(f"the tokenizer produced id {max(ids)} >= the model's vocab_size {model.config.vocab_size}")
     sys.stderr.write(f"model: {what} | {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | "
@@ -118,8 +127,9 @@ def cmd_generate(args) -> int:
             sys.stdout.flush()
         bar.update()
 
-    sys.stdout.write(args.prompt)
-    sys.stdout.flush()
+    if args.prompt_file is None:                    # (a prompt file is not echoed: it may be a book)
+        sys.stdout.write(prompt)
+        sys.stdout.flush()
     # a CUDA model decodes through a captured CUDA graph unless --no-cuda-graph (falls back to eager, with a
     # warning, if the capture fails); on a CPU model --cuda-graph only warns
     use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda"
@@ -127,7 +137,8 @@ def cmd_generate(args) -> int:
     with torch.inference_mode():
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph)
+                       top_p=args.top_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph,
+                       prefill_chunk=args.prefill_chunk)
     t1 = time.perf_counter()
     bar.close()
     rest = dec.flush()
@@ -150,7 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jamba-ext", description="Jamba on the jamba_ext native kernels.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate text from a prompt")
-    g.add_argument("--prompt", required=True, help="the prompt text")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="the prompt text")
+    src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file (not echoed)")
+    g.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
+                   help="run the prompt through the cache in chunks of N tokens (default: 16384 tokens; 0: one "
+                        "forward); long prompts then need the memory of one chunk")
     g.add_argument("--model", default=None, metavar="DIR",
                    help="local transformers Jamba checkpoint (default: built-in small random model)")
     g.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")

@@ -120,6 +120,24 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causa
     return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
+try:
+    from torch.nn.attention.bias import causal_lower_right as _causal_lower_right
+except ImportError:  # torch < 2.3
+    _causal_lower_right = None
+
+
+def _sdpa_offset_causal(q: Tensor, k: Tensor, v: Tensor, gqa: bool) -> Tensor:
+    """Causal attention of L new queries against P + L keys (query i sees keys <= P + i), with no padding: a chunk of a
+    chunked prefill. torch's lower-right causal bias runs flash attention (GQA included) without materialising the
+    (L, P + L) mask, which at long contexts would take gigabytes (a 16K chunk after 240K tokens: 4 GB as bool); where
+    flash does not apply, torch materialises it."""
+    if gqa and not _SDPA_HAS_GQA:
+        rep = q.shape[1] // k.shape[1]
+        k, v, gqa = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
+    kw = {"enable_gqa": True} if gqa else {}
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_lower_right(q.shape[-2], k.shape[-2]), **kw)
+
+
 # ---- configuration -------------------------------------------------------------------------------------
 _DEFAULTS = dict(
     vocab_size=65536, tie_word_embeddings=False, hidden_size=4096, intermediate_size=14336,
@@ -451,6 +469,7 @@ class _Step:
     attn_mask: Optional[Tensor]        # (B, 1, L, P + L) bool (True = attend), or None
     is_causal: bool                    # let SDPA apply the causal mask itself (no padding, no past)
     static: bool = False               # static decode step: KV at cache.cache_position, attn over the buffer
+    offset_causal: bool = False        # L > 1 new tokens after P > 0, no padding: causal, aligned at the end
 
 
 # ---- modules -------------------------------------------------------------------------------------------
@@ -487,6 +506,13 @@ GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "8"))
 # Jamba-v0.1 decodes 63-67 tok/s eagerly (host-bound) and 146-147 from the graph after a 106 ms capture, one block
 # 166-230 against 528-552 after 27 ms.
 GRAPH_MIN_NEW_TOKENS = 16
+
+# generate() runs a prompt longer than this many tokens (batch x length) as a chunked prefill through its cache,
+# chunks of PREFILL_CHUNK_TOKENS // batch steps (a multiple of 8): the prefill's transient activations (the MoE
+# layers' expert intermediates are 115 KB a token in bf16, 27 GB at 128K tokens at once) then stay those of one
+# chunk, so the whole Jamba-v0.1 (103 GB) takes long prompts on one 141 GB GPU, at the speed of 16K-token prefills
+# (which run as fast per token as 2K-8K ones). generate(prefill_chunk=N) overrides it; 0 prefills in one forward.
+PREFILL_CHUNK_TOKENS = 16384
 
 # generate() enqueues decode step i + 1 before it waits for token i on the host (the streamer and the EOS test
 # read a host copy, made asynchronously): the host's work per step (Python, launches) then overlaps the GPU's
@@ -884,6 +910,9 @@ class JambaAttention(nn.Module):
             o = _sdpa(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, step.attn_mask, False, False)
             return _linear(self.o_proj, o.reshape(Bsz, 1, self.num_heads * hd))
         gqa = rep > 1
+        if step.offset_causal:                                          # a chunk of a chunked prefill
+            o = _sdpa_offset_causal(q, k, v, gqa).transpose(1, 2).reshape(Bsz, L, self.num_heads * hd)
+            return _linear(self.o_proj, o)
         if gqa and (not _SDPA_HAS_GQA or step.attn_mask is not None):  # several rows under a mask: repeat K/V
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             gqa = False
@@ -1393,6 +1422,8 @@ class JambaModel(_PreTrained):
             if past == 0:
                 is_causal = L > 1
             elif L > 1:                                                           # chunked prefill: offset causal
+                if _causal_lower_right is not None:
+                    return _Step(past, L, mamba_mask, None, False, offset_causal=True), key_mask
                 q = torch.arange(past, past + L, device=device)[:, None]
                 attn_mask = (torch.arange(past + L, device=device)[None, :] <= q)[None, None]
         else:
@@ -1574,7 +1605,7 @@ class JambaForCausalLM(_PreTrained):
                  seed: Optional[int] = None, eos_token_id: Union[None, int, Sequence[int]] = "config",
                  pad_token_id: Optional[int] = "config", streamer: Optional[Callable] = None,
                  max_length: Optional[int] = None, cuda_graph: Optional[bool] = None,
-                 static_cache: Optional[bool] = None) -> Tensor:
+                 static_cache: Optional[bool] = None, prefill_chunk: Optional[int] = None) -> Tensor:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
@@ -1597,6 +1628,9 @@ class JambaForCausalLM(_PreTrained):
         torch.cuda.CUDAGraph and replayed for every further token (token selection, EOS and the streamer
         stay outside the graph). If capture fails, a warning is issued and the static cache decodes
         eagerly; on a CPU model cuda_graph=True warns and runs the static cache eagerly.
+
+        prefill_chunk: the prompt runs through the cache in chunks of this many tokens, >= 8 (None: PREFILL_CHUNK_TOKENS
+        // batch, rounded down to a multiple of 8; 0: one forward): same results, the peak memory of one chunk.
         """
         dev = self.device
         pad = self.config.pad_token_id if pad_token_id == "config" else pad_token_id
@@ -1614,6 +1648,10 @@ class JambaForCausalLM(_PreTrained):
             max_new_tokens = max_length - input_ids.shape[1]
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
+        if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or 0 < prefill_chunk < 8
+                                          or prefill_chunk < 0):
+            # (a chunk of one token would take the decode step's path, which has no padding mask for the Mamba layers)
+            raise ValueError(f"prefill_chunk: expected 0 (no chunks) or an int >= 8, got {prefill_chunk!r}")
         if do_sample and temperature <= 0:
             raise ValueError(f"temperature: expected > 0 when sampling, got {temperature}")
         if not 0 < top_p <= 1:
@@ -1638,7 +1676,11 @@ class JambaForCausalLM(_PreTrained):
         eos_t = torch.tensor(eos, device=dev, dtype=torch.long) if eos else None
         unfinished = torch.ones(Bsz, dtype=torch.bool, device=dev)
         out = [input_ids]
-        logits = self(input_ids, attention_mask, cache=cache, logits_to_keep=1).logits[:, -1]    # (B, V)
+        C = prefill_chunk if prefill_chunk is not None else max(8, PREFILL_CHUNK_TOKENS // Bsz // 8 * 8)
+        chunks = [(s, min(T, s + C)) for s in range(0, T, C)] if 0 < C < T else [(0, T)]
+        for s, e in chunks:                                      # the prompt, in chunks through the cache
+            am = None if attention_mask is None else attention_mask[:, :e]           # past + new tokens
+            logits = self(input_ids[:, s:e], am, cache=cache, logits_to_keep=1).logits[:, -1]    # (B, V)
         graph = None
         self._decode_graph_info = None
         if cuda_graph and dev.type == "cuda" and max_new_tokens > 1:

@@ -38,6 +38,28 @@ def test_cli_builtin_is_deterministic(capsys):
     assert outs[0] == outs[1]
 
 
+def test_cli_prompt_file_and_prefill_chunk(tmp_path, capsys):
+    """--prompt-file reads the prompt (not echoed) and gives the tokens of the same --prompt; --prefill-chunk runs the
+    prompt in chunks with the same greedy tokens; bad values fail with a message."""
+    text = "The hybrid model reads a long prompt. " * 3
+    f = tmp_path / "p.txt"
+    f.write_text(text, encoding="utf-8")
+    base = ["generate", "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
+    assert main(base + ["--prompt", text]) == 0
+    want = capsys.readouterr().out
+    assert want.startswith(text)
+    for extra in ([], ["--prefill-chunk", "8"], ["--prefill-chunk", "0"]):
+        assert main(base + ["--prompt-file", str(f)] + extra) == 0
+        assert capsys.readouterr().out == want[len(text):], extra
+    for bad, msg in ((["--prompt-file", str(tmp_path / "missing.txt")], "prompt-file"),
+                     (["--prompt", "x", "--prefill-chunk", "3"], "prefill-chunk")):
+        with pytest.raises(SystemExit):
+            main(base + bad)
+        assert msg in capsys.readouterr().err
+    with pytest.raises(SystemExit):                 # exactly one of --prompt / --prompt-file
+        main(base + ["--prompt", "x", "--prompt-file", str(f)])
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cli_cuda_graph_decode_matches_eager():

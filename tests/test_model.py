@@ -427,6 +427,59 @@ def test_training_step_gradients_and_aux_loss():
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("static", [False, True])
+def test_generate_chunked_prefill_same_tokens(static, monkeypatch):
+    """generate(prefill_chunk=N) runs the prompt through the cache in chunks (the offset-causal attention of chunks
+    after the first, the Mamba states carried): the same greedy tokens as one prefill, for a padded batch and a single
+    prompt, chunk sizes that do and do not divide the prompt; the default chunk follows PREFILL_CHUNK_TOKENS."""
+    from jamba_ext import modeling_jamba as mj
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    prompts = [prompt_ids(1, n, 101, seed=n)[0].tolist() for n in (25, 9)]
+    calls = []
+    fwd = ours.forward
+    monkeypatch.setattr(ours, "forward", lambda ids, *a, **k: (calls.append(ids.shape[1]), fwd(ids, *a, **k))[1])
+    with torch.no_grad():
+        for batch in (prompts, prompts[:1]):
+            calls.clear()
+            want = ours.generate(batch, max_new_tokens=6, prefill_chunk=0, static_cache=static)
+            assert calls[0] == 25
+            for chunk in (8, 9, 16):                                       # 8 + 8 + 8 + 1, 9 + 9 + 7, 16 + 9
+                calls.clear()
+                got = ours.generate(batch, max_new_tokens=6, prefill_chunk=chunk, static_cache=static)
+                assert torch.equal(got, want), (len(batch), chunk)
+                assert calls[:-(6 - 1)] == [min(chunk, 25 - s) for s in range(0, 25, chunk)], calls
+        monkeypatch.setattr(mj, "PREFILL_CHUNK_TOKENS", 33)                 # default: 33 // 2 rows -> 16 -> 16 steps
+        calls.clear()
+        assert torch.equal(ours.generate(prompts, max_new_tokens=6, static_cache=static),
+                           ours.generate(prompts, max_new_tokens=6, prefill_chunk=0, static_cache=static))
+        assert calls[:2] == [16, 9], calls
+    for bad in (-1, 1, 7, 8.0):
+        with pytest.raises(ValueError, match="prefill_chunk"):
+            ours.generate(prompts, max_new_tokens=2, prefill_chunk=bad)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_chunked_prefill_bf16():
+    """On CUDA (bf16) a chunked prefill's logits match one forward's (the chunks' attention on flash's lower-right
+    causal path), with and without padding."""
+    if not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"], dtype=torch.bfloat16, device="cuda")
+    ids = prompt_ids(2, 70, 101).cuda()
+    mask = torch.ones_like(ids)
+    mask[1, :9] = 0
+    for m in (None, mask):
+        with torch.no_grad():
+            full = ours(ids, attention_mask=m).logits.float()
+            cache = JambaHybridCache(ours.config, 2)
+            parts = [ours(ids[:, s:s + 24], attention_mask=None if m is None else m[:, :s + 24],
+                          cache=cache).logits.float() for s in range(0, 70, 24)]
+        got = torch.cat(parts, dim=1)
+        real = torch.ones_like(ids, dtype=torch.bool) if m is None else m.bool()
+        assert norm_err(got[real], full[real]) <= 2e-2
+
+
 def test_sampling_seed_topk_topp_streamer():
     _, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 5, 101)
