@@ -460,6 +460,23 @@ def test_generate_chunked_prefill_same_tokens(static, monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_generate_chunked_prefill_then_graph():
+    """On CUDA (fp32), generate() with a chunked prefill and the CUDA-graph decode (20 new tokens) gives the tokens of
+    a one-forward prefill, for a left-padded batch and a single prompt."""
+    if not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"], device="cuda")
+    prompts = [prompt_ids(1, n, 101, seed=n)[0].tolist() for n in (41, 12)]
+    with torch.no_grad():
+        for batch in (prompts, prompts[:1]):
+            want = ours.generate(batch, max_new_tokens=20, prefill_chunk=0, eos_token_id=None)
+            got = ours.generate(batch, max_new_tokens=20, prefill_chunk=16, eos_token_id=None)
+            assert ours._decode_graph_info and ours._decode_graph_info.get("captured")
+            assert torch.equal(got, want), len(batch)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 def test_cuda_chunked_prefill_bf16():
     """On CUDA (bf16) a chunked prefill's logits match one forward's (the chunks' attention on flash's lower-right
     causal path), with and without padding."""
