@@ -9,7 +9,7 @@ The built-in model is a small random-weight Jamba (fixed seed, see DEFAULT_CONFI
 kernel (Mamba, attention, MoE) with no download; its text is noise. With --model, DIR holds config.json
 + safetensors (sharded index honoured) and, for text, tokenizer.json (read with the `tokenizers`
 package). Generated text streams to stdout; throughput (prefill and decode tokens/s) and, for long
-generations, a progress bar go to stderr. Exit status 2 on a bad argument or checkpoint.
+prompts and long generations, progress bars go to stderr. Exit status 2 on a bad argument or checkpoint.
 """
 import argparse
 import os
@@ -29,8 +29,8 @@ PROGRESS_MIN_TOKENS = 64          # show a progress bar from this many new token
 class _Bar:
     """A one-line progress bar on stderr."""
 
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.n, self.t0 = total, enabled, 0, time.perf_counter()
+    def __init__(self, total: int, enabled: bool, label: str = ""):
+        self.total, self.enabled, self.n, self.t0, self.label = total, enabled, 0, time.perf_counter(), label
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -39,12 +39,12 @@ class _Bar:
         frac = self.n / max(self.total, 1)
         rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
         fill = int(30 * frac)
-        sys.stderr.write(f"\r[{'#' * fill}{'.' * (30 - fill)}] {self.n}/{self.total} {rate:7.1f} tok/s")
+        sys.stderr.write(f"\r{self.label}[{'#' * fill}{'.' * (30 - fill)}] {self.n}/{self.total} {rate:7.1f} tok/s")
         sys.stderr.flush()
 
     def close(self) -> None:
         if self.enabled:
-            sys.stderr.write("\r" + " " * 64 + "\r")
+            sys.stderr.write("\r" + " " * (72 + len(self.label)) + "\r")
             sys.stderr.flush()
 
 
@@ -109,6 +109,26 @@ def cmd_generate(args) -> int:
     sys.stderr.write(f"model: {what} | {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | "
                      f"{model.device} {model.dtype}\n")
     show_bar = args.progress if args.progress is not None else args.max_new_tokens >= PROGRESS_MIN_TOKENS
+    # a prompt of more than one prefill chunk gets its own bar (a 256K-token prompt is ~17 s of prefill on an H200)
+    from .modeling_jamba import PREFILL_CHUNK_TOKENS
+    chunk = args.prefill_chunk if args.prefill_chunk is not None else max(8, PREFILL_CHUNK_TOKENS // 8 * 8)
+    show_pre = args.progress if args.progress is not None else 0 < chunk < len(ids)
+    pre_bar = _Bar(len(ids), show_pre and chunk > 0, "prefill ")
+
+    echoed = []
+
+    def echo():
+        if args.prompt_file is None and not echoed:  # (a prompt file is not echoed: it may be a book)
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+        echoed.append(True)
+
+    def on_prefill(done, total):
+        pre_bar.update(done - pre_bar.n)
+        if done == total:                           # the bar's line is cleared, then the prompt is echoed
+            pre_bar.close()
+            echo()
+
     # a bar and streamed text on one terminal would overwrite each other: then print the text at the end
     stream = not (show_bar and sys.stdout.isatty() and sys.stderr.isatty())
     bar = _Bar(args.max_new_tokens, show_bar)
@@ -127,19 +147,19 @@ def cmd_generate(args) -> int:
             sys.stdout.flush()
         bar.update()
 
-    if args.prompt_file is None:                    # (a prompt file is not echoed: it may be a book)
-        sys.stdout.write(prompt)
-        sys.stdout.flush()
+    if not pre_bar.enabled:
+        echo()
     # a CUDA model decodes through a captured CUDA graph unless --no-cuda-graph (falls back to eager, with a
     # warning, if the capture fails); on a CPU model --cuda-graph only warns
     use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda"
-    t0 = time.perf_counter()
+    t0 = pre_bar.t0 = time.perf_counter()
     with torch.inference_mode():
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph,
-                       prefill_chunk=args.prefill_chunk)
+                       prefill_chunk=args.prefill_chunk, prefill_progress=on_prefill if pre_bar.enabled else None)
     t1 = time.perf_counter()
+    echo()                                          # (no prefill ran: --max-new-tokens 0)
     bar.close()
     rest = dec.flush()
     sys.stdout.write((rest if stream else dec.tok.decode(dec.ids)) + "\n")
@@ -179,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     bar = g.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help=f"always show the progress bar and the weight-loading lines (default: the bar from "
+                     help=f"always show the progress bars and the weight-loading lines (default: the prefill bar "
+                     f"for a prompt of more than one chunk, the decode bar from "
                      f"{PROGRESS_MIN_TOKENS} new tokens on, the loading lines for checkpoints over 1 GB)")
     bar.add_argument("--no-progress", dest="progress", action="store_false")
     cg = g.add_mutually_exclusive_group()

@@ -1605,7 +1605,8 @@ class JambaForCausalLM(_PreTrained):
                  seed: Optional[int] = None, eos_token_id: Union[None, int, Sequence[int]] = "config",
                  pad_token_id: Optional[int] = "config", streamer: Optional[Callable] = None,
                  max_length: Optional[int] = None, cuda_graph: Optional[bool] = None,
-                 static_cache: Optional[bool] = None, prefill_chunk: Optional[int] = None) -> Tensor:
+                 static_cache: Optional[bool] = None, prefill_chunk: Optional[int] = None,
+                 prefill_progress: Optional[Callable[[int, int], None]] = None) -> Tensor:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
@@ -1631,6 +1632,8 @@ class JambaForCausalLM(_PreTrained):
 
         prefill_chunk: the prompt runs through the cache in chunks of this many tokens, >= 8 (None: PREFILL_CHUNK_TOKENS
         // batch, rounded down to a multiple of 8; 0: one forward): same results, the peak memory of one chunk.
+        prefill_progress: called as prefill_progress(tokens done, prompt length) after each chunk has run (on a CUDA
+        model the host waits for each chunk then: for progress output on long prompts).
         """
         dev = self.device
         pad = self.config.pad_token_id if pad_token_id == "config" else pad_token_id
@@ -1681,6 +1684,10 @@ class JambaForCausalLM(_PreTrained):
         for s, e in chunks:                                      # the prompt, in chunks through the cache
             am = None if attention_mask is None else attention_mask[:, :e]           # past + new tokens
             logits = self(input_ids[:, s:e], am, cache=cache, logits_to_keep=1).logits[:, -1]    # (B, V)
+            if prefill_progress is not None:
+                if dev.type == "cuda":
+                    torch.cuda.current_stream(dev).synchronize()
+                prefill_progress(e, T)
         graph = None
         self._decode_graph_info = None
         if cuda_graph and dev.type == "cuda" and max_new_tokens > 1:

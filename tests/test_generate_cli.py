@@ -1,6 +1,7 @@
 """The jamba-ext command: `python -m jamba_ext generate` on the built-in model (subprocess, as a user runs
 it), on a local transformers checkpoint with a tokenizer.json, and its errors for bad --model dirs."""
 import os
+import re
 import subprocess
 import sys
 
@@ -58,6 +59,17 @@ def test_cli_prompt_file_and_prefill_chunk(tmp_path, capsys):
         assert msg in capsys.readouterr().err
     with pytest.raises(SystemExit):                 # exactly one of --prompt / --prompt-file
         main(base + ["--prompt", "x", "--prompt-file", str(f)])
+    capsys.readouterr()
+    # a prompt of several chunks shows a prefill bar on stderr (then the echo): same stdout
+    progress = ["generate", "--max-new-tokens", "4", "--device", "cpu", "--progress", "--prefill-chunk", "8"]
+    assert main(progress + ["--prompt", text]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == want and re.search(r"prefill \[#{30}\] (\d+)/\1 ", cap.err), cap.err    # drawn to the end
+    assert main(progress[:-2] + ["--prefill-chunk", "0", "--prompt", text]) == 0     # one forward: no prefill bar
+    cap = capsys.readouterr()
+    assert cap.out == want and "prefill [" not in cap.err
+    assert main(progress[:2] + ["0"] + progress[3:] + ["--prompt", text]) == 0     # no new tokens: the echo alone
+    assert capsys.readouterr().out == text + "\n"
 
 
 @pytest.mark.cuda

@@ -456,6 +456,13 @@ def test_generate_chunked_prefill_same_tokens(static, monkeypatch):
     for bad in (-1, 1, 7, 8.0):
         with pytest.raises(ValueError, match="prefill_chunk"):
             ours.generate(prompts, max_new_tokens=2, prefill_chunk=bad)
+    seen = []                                                               # progress after each chunk
+    with torch.no_grad():
+        ours.generate(prompts, max_new_tokens=2, prefill_chunk=8, prefill_progress=lambda d, t: seen.append((d, t)))
+        assert seen == [(8, 25), (16, 25), (24, 25), (25, 25)]
+        seen.clear()
+        ours.generate(prompts, max_new_tokens=2, prefill_chunk=0, prefill_progress=lambda d, t: seen.append((d, t)))
+        assert seen == [(25, 25)]
 
 
 @pytest.mark.cuda
