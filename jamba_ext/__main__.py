@@ -90,7 +90,10 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens < 0:
         _fail("--max-new-tokens must be >= 0")
-    if args.prefill_chunk is not None and (0 < args.prefill_chunk < 8 or args.prefill_chunk < 0):
+    from .modeling_jamba import prefill_chunks
+    try:
+        prefill_chunks(1, 1, args.prefill_chunk)
+    except ValueError:
         _fail("--prefill-chunk must be 0 (one forward) or >= 8")
     prompt = args.prompt
     if args.prompt_file is not None:
@@ -110,10 +113,9 @@ def cmd_generate(args) -> int:
                      f"{model.device} {model.dtype}\n")
     show_bar = args.progress if args.progress is not None else args.max_new_tokens >= PROGRESS_MIN_TOKENS
     # a prompt of more than one prefill chunk gets its own bar (a 256K-token prompt is ~17 s of prefill on an H200)
-    from .modeling_jamba import PREFILL_CHUNK_TOKENS
-    chunk = args.prefill_chunk if args.prefill_chunk is not None else max(8, PREFILL_CHUNK_TOKENS // 8 * 8)
-    show_pre = args.progress if args.progress is not None else 0 < chunk < len(ids)
-    pre_bar = _Bar(len(ids), show_pre and chunk > 0, "prefill ")
+    n_chunks = len(prefill_chunks(len(ids), 1, args.prefill_chunk))
+    show_pre = args.progress if args.progress is not None else n_chunks > 1
+    pre_bar = _Bar(len(ids), show_pre and args.prefill_chunk != 0, "prefill ")
 
     echoed = []
 

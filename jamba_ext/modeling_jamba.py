@@ -120,22 +120,14 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causa
     return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
-try:
-    from torch.nn.attention.bias import causal_lower_right as _causal_lower_right
-except ImportError:  # torch < 2.3
-    _causal_lower_right = None
-
-
 def _sdpa_offset_causal(q: Tensor, k: Tensor, v: Tensor, gqa: bool) -> Tensor:
     """Causal attention of L new queries against P + L keys (query i sees keys <= P + i), with no padding: a chunk of a
     chunked prefill. torch's lower-right causal bias runs flash attention (GQA included) without materialising the
     (L, P + L) mask, which at long contexts would take gigabytes (a 16K chunk after 240K tokens: 4 GB as bool); where
     flash does not apply, torch materialises it."""
-    if gqa and not _SDPA_HAS_GQA:
-        rep = q.shape[1] // k.shape[1]
-        k, v, gqa = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1), False
+    from torch.nn.attention.bias import causal_lower_right          # torch >= 2.3
     kw = {"enable_gqa": True} if gqa else {}
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=_causal_lower_right(q.shape[-2], k.shape[-2]), **kw)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]), **kw)
 
 
 # ---- configuration -------------------------------------------------------------------------------------
@@ -513,6 +505,17 @@ GRAPH_MIN_NEW_TOKENS = 16
 # chunk, so the whole Jamba-v0.1 (103 GB) takes long prompts on one 141 GB GPU, at the speed of 16K-token prefills
 # (which run as fast per token as 2K-8K ones). generate(prefill_chunk=N) overrides it; 0 prefills in one forward.
 PREFILL_CHUNK_TOKENS = 16384
+
+
+def prefill_chunks(length: int, batch: int, prefill_chunk: Optional[int] = None) -> List[Tuple[int, int]]:
+    """The (start, end) steps of generate()'s prefill chunks for a prompt of `length` steps and `batch` rows.
+    prefill_chunk: None (PREFILL_CHUNK_TOKENS // batch, rounded down to a multiple of 8), 0 (one forward) or >= 8 (a
+    chunk of one token would take the decode step's path, which has no padding mask for the Mamba layers)."""
+    if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or 0 < prefill_chunk < 8
+                                      or prefill_chunk < 0):
+        raise ValueError(f"prefill_chunk: expected 0 (no chunks) or an int >= 8, got {prefill_chunk!r}")
+    C = prefill_chunk if prefill_chunk is not None else max(8, PREFILL_CHUNK_TOKENS // batch // 8 * 8)
+    return [(s, min(length, s + C)) for s in range(0, length, C)] if 0 < C < length else [(0, length)]
 
 # generate() enqueues decode step i + 1 before it waits for token i on the host (the streamer and the EOS test
 # read a host copy, made asynchronously): the host's work per step (Python, launches) then overlaps the GPU's
@@ -910,13 +913,13 @@ class JambaAttention(nn.Module):
             o = _sdpa(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, step.attn_mask, False, False)
             return _linear(self.o_proj, o.reshape(Bsz, 1, self.num_heads * hd))
         gqa = rep > 1
-        if step.offset_causal:                                          # a chunk of a chunked prefill
-            o = _sdpa_offset_causal(q, k, v, gqa).transpose(1, 2).reshape(Bsz, L, self.num_heads * hd)
-            return _linear(self.o_proj, o)
         if gqa and (not _SDPA_HAS_GQA or step.attn_mask is not None):  # several rows under a mask: repeat K/V
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             gqa = False
-        o = _sdpa(q, k, v, step.attn_mask, step.is_causal, gqa)
+        if step.offset_causal:                                          # a chunk of a chunked prefill
+            o = _sdpa_offset_causal(q, k, v, gqa)
+        else:
+            o = _sdpa(q, k, v, step.attn_mask, step.is_causal, gqa)
         o = o.transpose(1, 2).reshape(Bsz, L, self.num_heads * hd)                                 # (B, L, nh*hd)
         return _linear(self.o_proj, o)
 
@@ -1422,10 +1425,7 @@ class JambaModel(_PreTrained):
             if past == 0:
                 is_causal = L > 1
             elif L > 1:                                                           # chunked prefill: offset causal
-                if _causal_lower_right is not None:
-                    return _Step(past, L, mamba_mask, None, False, offset_causal=True), key_mask
-                q = torch.arange(past, past + L, device=device)[:, None]
-                attn_mask = (torch.arange(past + L, device=device)[None, :] <= q)[None, None]
+                return _Step(past, L, mamba_mask, None, False, offset_causal=True), key_mask
         else:
             q = torch.arange(past, past + L, device=device)[:, None]
             causal = torch.arange(past + L, device=device)[None, :] <= q           # (L, P+L)
@@ -1651,15 +1651,12 @@ class JambaForCausalLM(_PreTrained):
             max_new_tokens = max_length - input_ids.shape[1]
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
-        if prefill_chunk is not None and (not isinstance(prefill_chunk, int) or 0 < prefill_chunk < 8
-                                          or prefill_chunk < 0):
-            # (a chunk of one token would take the decode step's path, which has no padding mask for the Mamba layers)
-            raise ValueError(f"prefill_chunk: expected 0 (no chunks) or an int >= 8, got {prefill_chunk!r}")
         if do_sample and temperature <= 0:
             raise ValueError(f"temperature: expected > 0 when sampling, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p: expected in (0, 1], got {top_p}")
         Bsz, T = input_ids.shape
+        chunks = prefill_chunks(T, Bsz, prefill_chunk)
         gen = None
         if do_sample:
             gen = torch.Generator(device=dev)
@@ -1679,8 +1676,6 @@ class JambaForCausalLM(_PreTrained):
         eos_t = torch.tensor(eos, device=dev, dtype=torch.long) if eos else None
         unfinished = torch.ones(Bsz, dtype=torch.bool, device=dev)
         out = [input_ids]
-        C = prefill_chunk if prefill_chunk is not None else max(8, PREFILL_CHUNK_TOKENS // Bsz // 8 * 8)
-        chunks = [(s, min(T, s + C)) for s in range(0, T, C)] if 0 < C < T else [(0, T)]
         for s, e in chunks:                                      # the prompt, in chunks through the cache
             am = None if attention_mask is None else attention_mask[:, :e]           # past + new tokens
             logits = self(input_ids[:, s:e], am, cache=cache, logits_to_keep=1).logits[:, -1]    # (B, V)
