@@ -223,6 +223,7 @@ NO_CUDA(jamba_causal_conv1d_cuda, jamba_causal_conv1d_params)
 NO_CUDA(jamba_causal_conv1d_update_cuda, jamba_causal_conv1d_update_params)
 NO_CUDA(jamba_selective_scan_cuda, jamba_selective_scan_params)
 NO_CUDA(jamba_selective_state_update_cuda, jamba_selective_state_update_params)
+NO_CUDA(jamba_selective_scan_bwd_cuda, jamba_selective_scan_bwd_params)
 /* JAMBA_MOE_NO_CUDA */
 NO_CUDA(jamba_moe_route_cuda, jamba_moe_route_params)
 NO_CUDA(jamba_moe_permute_cuda, jamba_moe_permute_params)

@@ -158,6 +158,36 @@ jamba_status jamba_selective_scan_check(const jamba_selective_scan_params *p);
 jamba_status jamba_selective_scan_cpu(const jamba_selective_scan_params *p);
 jamba_status jamba_selective_scan_cuda(const jamba_selective_scan_params *p, jamba_launch launch);
 
+/* selective_scan_bwd: the gradients of selective_scan (training)        (csrc/{cpu,cuda}/selective_scan_bwd.*)
+ *   u, delta, A, Bm, Cm, D, z, delta_bias, initial_state, delta_softplus: the forward's inputs, as above.
+ *   dout: (B, DI, L) u's dtype, unit stride along L: the gradient of out.
+ *   dlast_state: (B, DI, N) f32, unit stride along N, or absent (zero): the gradient of last_state.
+ *   Outputs, all contiguous:
+ *     du, ddelta: (B, DI, L) u's dtype;  dz: (B, DI, L) u's dtype, given iff z is;
+ *     dBm, dCm: (B, N, L) f32;  dA: (DI, N) f32;  dD, ddelta_bias: (DI,) f32 or absent (not computed);
+ *     dinitial_state: (B, DI, N) f32 or absent.
+ *   ws: f32 workspace of at least jamba_selective_scan_bwd_ws_elems(B, DI, L, N) elements, contiguous (CUDA only;
+ *   the CPU path allocates its own and ignores it).
+ * With x = delta + delta_bias, dt = softplus(x) (or x), a[t] = exp(dt[t] A), y0[t] = sum_n C[t,n] h[t,n] + D u[t],
+ * gz = silu(z) (1 without z), g[t] = dL/dh[t] = a[t+1] g[t+1] + dout[t] gz[t] C[t]  (g[L-1] adds dlast_state):
+ *   dz    = dout y0 sigmoid(z) (1 + z (1 - sigmoid(z)));   dD = sum_{b,t} dout gz u
+ *   du    = dout gz D + sum_n g dt B;   ddt = sum_n g (B u + h[t-1] a A);   ddelta = ddt * (softplus ? dt'(x) : 1)
+ *   dA[n] = sum_{b,t} g h[t-1] a dt;    dB[t,n] = sum_c g dt u;   dC[t,n] = sum_c dout gz h[t]
+ *   ddelta_bias = sum_{b,t} ddelta;     dinitial_state = a[0] g[0]
+ * Every sum runs in a fixed order (no atomics): the gradients are bit-identical run to run. CUDA: N <= 32.
+ */
+typedef struct {
+    jamba_tensor u, delta, A, Bm, Cm, D, z, delta_bias, initial_state, dout, dlast_state;
+    jamba_tensor du, ddelta, dz, dBm, dCm, dA, dD, ddelta_bias, dinitial_state, ws;
+    int delta_softplus;
+} jamba_selective_scan_bwd_params;
+
+#define JAMBA_SCAN_BWD_CUDA_MAX_N 32
+int64_t jamba_selective_scan_bwd_ws_elems(int64_t B, int64_t DI, int64_t L, int64_t N);
+jamba_status jamba_selective_scan_bwd_check(const jamba_selective_scan_bwd_params *p);
+jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params *p);
+jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan_bwd_params *p, jamba_launch launch);
+
 /* selective_state_update (one decode step)
  *   state: (B, DI, N) f32|f16|bf16, unit stride along N, updated in place (math in fp32).
  *   x, dt, z, out: (B, DI), unit stride along DI (batch stride free); out contiguous.

@@ -143,6 +143,12 @@ def _call(fn_name: str, device: torch.device, op: str, named: List[Tuple[str, Op
 def _register_reference_autograd(opname: str, ref_fn, n_args: int, tensor_args: Sequence[int]):
     """Registers a backward for torch.ops.jamba.<opname> that differentiates reference.<fn> (fp32 compute
     for low-precision inputs). tensor_args: positions of the (optional) tensor inputs."""
+    setup_context, backward = _reference_backward(ref_fn, n_args, tensor_args)
+    torch.library.register_autograd(f"jamba::{opname}", backward, setup_context=setup_context)
+
+
+def _reference_backward(ref_fn, n_args: int, tensor_args: Sequence[int]):
+    """(setup_context, backward) of an autograd formula that differentiates ref_fn (see above)."""
 
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*[inputs[i] for i in tensor_args])
@@ -175,7 +181,7 @@ def _register_reference_autograd(opname: str, ref_fn, n_args: int, tensor_args: 
             result[i] = None if g is None else g.to(orig.dtype)
         return tuple(result)
 
-    torch.library.register_autograd(f"jamba::{opname}", backward, setup_context=setup_context)
+    return setup_context, backward
 
 
 # ---- rms_norm / add_rms_norm ------------------------------------------------------------------------------
@@ -419,7 +425,99 @@ _register_reference_autograd("rms_norm", reference.rms_norm, 3, (0, 1))
 _register_reference_autograd("rms_norm_segments", reference.rms_norm_segments, 4, (0, 1))
 _register_reference_autograd("add_rms_norm", reference.add_rms_norm, 4, (0, 1, 2))
 _register_reference_autograd("causal_conv1d", reference.causal_conv1d, 6, (0, 1, 2, 3))
-_register_reference_autograd("selective_scan", reference.selective_scan, 10, (0, 1, 2, 3, 4, 5, 6, 7, 9))
+
+
+# ---- selective_scan_bwd (training) ---------------------------------------------------------------------
+@torch.library.custom_op("jamba::selective_scan_bwd", mutates_args=())
+def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                       z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                       initial_state: Optional[Tensor], dout: Tensor,
+                       dlast_state: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+                                                                      Tensor, Tensor, Tensor]:
+    """Gradients of selective_scan (csrc/jamba.h selective_scan_bwd): the forward's inputs, dout (B, DI, L) in u's
+    dtype (the gradient of out) and dlast_state (B, DI, N) f32 or None (the gradient of last_state). Returns
+    (du, ddelta (B, DI, L) u's dtype; dA (DI, N), dB, dC (B, N, L), dD, ddelta_bias (DI,), dinitial_state
+    (B, DI, N): f32; dz (B, DI, L) u's dtype, or an empty tensor without z). dD / ddelta_bias are the gradients a
+    D / delta_bias would get (also when absent). On CUDA N <= 32 (the autograd of selective_scan takes the reference
+    path above that)."""
+    op = "selective_scan_bwd"
+    _check_args(op, "u", u, {"u": 3, "A": 2, "B": 3, "C": 3, "D": 1, "z": 3, "delta_bias": 1, "initial_state": 3,
+                             "dout": 3, "dlast_state": 3},
+                delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state, dout=dout,
+                dlast_state=dlast_state)
+    Bsz, DI, L = u.shape
+    N = A.shape[1]
+    f32 = torch.float32
+    if dout.dtype != u.dtype:
+        _fail(op, f"dout must have u's dtype {u.dtype}, got {dout.dtype}")
+    if dout.dim() == 3 and dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    du, ddelta = _alloc(u.shape, u.dtype, u.device), _alloc(u.shape, u.dtype, u.device)
+    dz = _alloc(u.shape, u.dtype, u.device) if z is not None else u.new_empty(0)
+    dB, dC = _alloc((Bsz, N, L), f32, u.device), _alloc((Bsz, N, L), f32, u.device)
+    dA = _alloc((DI, N), f32, u.device)
+    dD, ddb = _alloc((DI,), f32, u.device), _alloc((DI,), f32, u.device)
+    dinit = _alloc((Bsz, DI, N), f32, u.device)
+    ws = None
+    if u.device.type == "cuda":
+        n_ws = _C.selective_scan_bwd_ws_elems(Bsz, DI, L, N)
+        ws = torch.empty(max(n_ws, 1), dtype=f32, device=u.device)
+    _call(op, u.device, op, [("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D), ("z", z),
+                             ("delta_bias", delta_bias), ("initial_state", initial_state), ("dout", dout),
+                             ("dlast_state", dlast_state), ("du", du), ("ddelta", ddelta),
+                             ("dz", dz if z is not None else None), ("dB", dB), ("dC", dC), ("dA", dA), ("dD", dD),
+                             ("ddelta_bias", ddb), ("dinitial_state", dinit), ("ws", ws)], bool(delta_softplus))
+    return du, ddelta, dA, dB, dC, dD, dz, ddb, dinit
+
+
+@selective_scan_bwd.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dout, dlast_state=None):
+    _fake_devices("selective_scan_bwd", u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
+                  initial_state=initial_state, dout=dout, dlast_state=dlast_state)
+    Bsz, DI, L = u.shape
+    N = A.shape[1]
+    f32 = torch.float32
+    return (u.new_empty(u.shape), u.new_empty(u.shape), u.new_empty((DI, N), dtype=f32),
+            u.new_empty((Bsz, N, L), dtype=f32), u.new_empty((Bsz, N, L), dtype=f32), u.new_empty((DI,), dtype=f32),
+            u.new_empty(u.shape) if z is not None else u.new_empty(0), u.new_empty((DI,), dtype=f32),
+            u.new_empty((Bsz, DI, N), dtype=f32))
+
+
+# selective_scan's autograd: the native selective_scan_bwd; the reference's autograd where that has no kernel (CUDA
+# with N > 32) or for float64 inputs (the oracle's own dtype, which the kernels do not take)
+_SCAN_ARGS = (0, 1, 2, 3, 4, 5, 6, 7, 9)
+_scan_ref_setup, _scan_ref_backward = _reference_backward(reference.selective_scan, 10, _SCAN_ARGS)
+
+
+def _scan_native_ok(u: Tensor, A: Tensor) -> bool:
+    return u.dtype in FLOAT_DTYPES and (u.device.type != "cuda" or A.shape[1] <= 32)
+
+
+def _scan_setup(ctx, inputs, output):
+    _scan_ref_setup(ctx, inputs, output)
+    ctx.native = _scan_native_ok(inputs[0], inputs[2])
+
+
+def _scan_backward(ctx, dout, dlast):
+    if not ctx.native:
+        return _scan_ref_backward(ctx, dout, dlast)
+    u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.saved_tensors
+    softplus = ctx.others[8]
+    if dout is None:
+        dout = torch.zeros_like(u)
+    dout = dout.to(u.dtype)
+    if dlast is not None:
+        dlast = dlast.to(torch.float32)
+    du, ddelta, dA, dB, dC, dD, dz, ddb, dinit = torch.ops.jamba.selective_scan_bwd(
+        u, delta, A, B, C, D, z, delta_bias, softplus, initial_state, dout, dlast)
+    need = ctx.needs_input_grad
+    res = [du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), None if D is None else dD.to(D.dtype),
+           None if z is None else dz, None if delta_bias is None else ddb.to(delta_bias.dtype), None,
+           None if initial_state is None else dinit.to(initial_state.dtype)]
+    return tuple(r if i < len(need) and need[i] else None for i, r in enumerate(res))
+
+
+torch.library.register_autograd("jamba::selective_scan", _scan_backward, setup_context=_scan_setup)
 
 # ---- MoE (section owned by the MoE family) ------------------------------------------------------------
 # JAMBA_MOE_OPS_BEGIN
@@ -796,6 +894,7 @@ causal_conv1d = _fast_path(causal_conv1d)
 causal_conv1d_update = _fast_path(causal_conv1d_update)
 selective_scan = _fast_path(selective_scan)
 selective_state_update = _fast_path(selective_state_update)
+selective_scan_bwd = _fast_path(selective_scan_bwd)
 mamba_inner_step = _fast_path(mamba_inner_step)
 moe_route = _fast_path(moe_route)
 moe_permute = _fast_path(moe_permute)

@@ -127,6 +127,33 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     return y.to(u.dtype), h
 
 
+def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                       z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool,
+                       initial_state: Optional[Tensor], dout: Tensor, dlast_state: Optional[Tensor] = None):
+    """Gradients of selective_scan (autograd of the function above, in its compute dtype: float64 for float64
+    inputs). Returns (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state) in the compute dtype, with
+    None for absent inputs (D, z, delta_bias, initial_state)."""
+    cd = _compute_dtype(u, delta, A)
+    args = [t if t is None else t.detach().to(cd).requires_grad_(True)
+            for t in (u, delta, A, B, C, D, z, delta_bias, initial_state)]
+    if args[8] is None:
+        args[8] = torch.zeros(u.shape[0], u.shape[1], A.shape[1], dtype=cd, device=u.device, requires_grad=True)
+    with torch.enable_grad():
+        y, h = selective_scan(*args[:8], delta_softplus, args[8])
+        outs, grads = [y], [dout.to(cd)]
+        if dlast_state is not None:
+            outs.append(h)
+            grads.append(dlast_state.to(cd))
+        leaves = [t for t in args if t is not None]
+        pairs = [(o, gr) for o, gr in zip(outs, grads) if o.requires_grad]  # L = 0: y has no graph
+        g = iter(torch.autograd.grad([o for o, _ in pairs], leaves, [gr for _, gr in pairs], allow_unused=True)
+                 if pairs else [None] * len(leaves))
+    res = [None if t is None else next(g) for t in args]
+    res = [torch.zeros_like(t) if r is None and t is not None else r for r, t in zip(res, args)]
+    du, ddelta, dA, dB, dC, dD, dz, ddb, dinit = res
+    return du, ddelta, dA, dB, dC, dD, dz, ddb, dinit
+
+
 def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                            D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                            dt_bias: Optional[Tensor] = None,

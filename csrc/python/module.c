@@ -159,6 +159,26 @@ static PyObject *py_selective_scan(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_selective_scan_cpu, jamba_selective_scan_cuda);
 }
 
+static PyObject *py_selective_scan_bwd(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_selective_scan_bwd_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.u, &p.delta, &p.A, &p.Bm, &p.Cm, &p.D, &p.z, &p.delta_bias, &p.initial_state, &p.dout,
+                          &p.dlast_state, &p.du, &p.ddelta, &p.dz, &p.dBm, &p.dCm, &p.dA, &p.dD, &p.ddelta_bias,
+                          &p.dinitial_state, &p.ws};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 21, sc, 1) < 0 || as_bool(sc[0], &p.delta_softplus) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_selective_scan_bwd_cpu, jamba_selective_scan_bwd_cuda);
+}
+
+static PyObject *py_selective_scan_bwd_ws_elems(PyObject *self, PyObject *args) {
+    (void)self;
+    long long B, DI, L, N;
+    if (!PyArg_ParseTuple(args, "LLLL", &B, &DI, &L, &N)) return NULL;
+    return PyLong_FromLongLong((long long)jamba_selective_scan_bwd_ws_elems(B, DI, L, N));
+}
+
 static PyObject *py_selective_state_update(PyObject *self, PyObject *args) {
     (void)self;
     jamba_selective_state_update_params p;
@@ -315,6 +335,9 @@ static PyMethodDef methods[] = {
     {"causal_conv1d", py_causal_conv1d, METH_VARARGS, "causal_conv1d (see csrc/jamba.h)."},
     {"causal_conv1d_update", py_causal_conv1d_update, METH_VARARGS, "causal_conv1d_update (see csrc/jamba.h)."},
     {"selective_scan", py_selective_scan, METH_VARARGS, "selective_scan (see csrc/jamba.h)."},
+    {"selective_scan_bwd", py_selective_scan_bwd, METH_VARARGS, "selective_scan_bwd (see csrc/jamba.h)."},
+    {"selective_scan_bwd_ws_elems", py_selective_scan_bwd_ws_elems, METH_VARARGS,
+     "f32 elements of selective_scan_bwd's CUDA workspace for (B, DI, L, N); 0: no CUDA path (N > 32)."},
     {"selective_state_update", py_selective_state_update, METH_VARARGS,
      "selective_state_update (see csrc/jamba.h)."},
     {"mamba_inner_step", py_mamba_inner_step, METH_VARARGS, "mamba_inner_step (see csrc/jamba.h)."},
