@@ -2,7 +2,7 @@
 the same inputs and against the floor measured in the same run.
 
 Shapes: d_inner 8192, d_state 16, conv width 4. selective_scan and causal_conv1d at batch x seqlen =
-1x2048, 1x8192, 1x32768, 8x2048; the decode updates at batch 1, 16, 64, 256; rms_norm / add_rms_norm over
+1x2048, 1x8192, 1x32768, 8x2048 (selective_scan_bwd, the gradients, at 1x2048 and 1x8192); the decode updates at batch 1, 16, 64, 256; rms_norm / add_rms_norm over
 8192 rows of hidden 4096; gemv (the decode step's projections, 1 and 8 rows) against F.linear (cuBLAS);
 decode_attention (one token against a 2K-128K KV cache) against SDPA.
 Floors: memory-bound kernels: minimal bytes (inputs read once, outputs written once) / measured copy
@@ -189,6 +189,36 @@ def bench_scan(bb, shapes, DI, N):
                            lambda: ops.selective_scan(**av), nbytes, exps=Bsz * DI * L * N)
             del bt
         del a, out, last
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def bench_scan_bwd(bb, shapes, DI, N):
+    """selective_scan_bwd (training): every gradient. Checked on sampled channels (du, ddelta, dz are per channel)
+    against float64. Floor: the bytes it must move (u, delta, z, dout read and du, ddelta, dz written in bf16, B, C
+    read, dB, dC written in f32) against the exponentials of one forward pass (the kernel evaluates each three
+    times: checkpoints, chunk recompute, reverse step). Alternative: the autograd of reference.py in fp32, the
+    path of every earlier version."""
+    dev = bb.dev
+    for Bsz, L in shapes:
+        a = scan_args(Bsz, DI, L, N, dev)
+        dout = rn(Bsz, DI, L, dev=dev)
+        args = lambda s, do: (s["u"], s["delta"], s["A"], s["B"], s["C"], s["D"], s["z"], s["delta_bias"],  # noqa
+                              True, s["initial_state"], do, None)
+        got = ops.selective_scan_bwd(*args(a, dout))
+        idx = torch.arange(0, DI, max(1, DI // 48), device=dev)
+        s64 = {k: (v.double() if isinstance(v, torch.Tensor) else v) for k, v in sample_channels(a, idx).items()}
+        want = R.selective_scan_bwd(*args(s64, dout[:, idx].double()))
+        for name, i in (("du", 0), ("ddelta", 1), ("dz", 6)):
+            check(f"selective_scan_bwd {name}", got[i][:, idx], want[i], rtol=3e-2, atol=3e-2)
+        nbytes = 7 * Bsz * DI * L * 2 + 2 * Bsz * N * L * (2 + 4) + DI * N * 4
+        eager = None
+        if Bsz * DI * L <= 8192 * 2048:  # the reference's Python loop over time, forward and backward
+            a32 = {k: (v.float() if isinstance(v, torch.Tensor) else v) for k, v in a.items()}
+            eager = lambda: R.selective_scan_bwd(*args(a32, dout.float()))  # noqa: E731
+        bb.row("selective_scan_bwd", f"B={Bsz} DI={DI} L={L} N={N}", lambda: ops.selective_scan_bwd(*args(a, dout)),
+               nbytes, exps=Bsz * DI * L * N, eager=eager, eager_reps=2)
+        del a, dout, got
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -405,7 +435,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", default="",
-                    help="comma-separated families: scan,conv,decode,mamba_step,norm,gemv,attn (default all)")
+                    help="comma-separated families: scan,scan_bwd,conv,decode,mamba_step,norm,gemv,attn (default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu" and not args.smoke:
@@ -423,9 +453,11 @@ def main():
     bb = Bench(dev, args.smoke, reps=5 if args.smoke else 30)
     print(f"device: {common.device_name(dev)} | copy bandwidth {bb.bw:.0f} GB/s | SFU ex2 rate "
           f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
-    only = set(filter(None, args.only.split(","))) or {"scan", "conv", "decode", "norm", "gemv", "attn"}
+    only = set(filter(None, args.only.split(","))) or {"scan", "scan_bwd", "conv", "decode", "norm", "gemv", "attn"}
     if "scan" in only:
         bench_scan(bb, scan_shapes, DI, N)
+    if "scan_bwd" in only:
+        bench_scan_bwd(bb, scan_shapes[:1] if args.smoke else [(1, 2048), (1, 8192)], DI, N)
     if "conv" in only:
         bench_conv(bb, scan_shapes, DI, K)
     if "decode" in only:

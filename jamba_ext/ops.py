@@ -450,8 +450,10 @@ def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     f32 = torch.float32
     if dout.dtype != u.dtype:
         _fail(op, f"dout must have u's dtype {u.dtype}, got {dout.dtype}")
-    if dout.dim() == 3 and dout.stride(-1) != 1:
+    if dout.dim() == 3 and dout.stride(-1) != 1:  # e.g. an expanded gradient (strides 0)
         dout = dout.contiguous()
+    if dlast_state is not None and dlast_state.dim() == 3 and dlast_state.stride(-1) != 1:
+        dlast_state = dlast_state.contiguous()
     du, ddelta = _alloc(u.shape, u.dtype, u.device), _alloc(u.shape, u.dtype, u.device)
     dz = _alloc(u.shape, u.dtype, u.device) if z is not None else u.new_empty(0)
     dB, dC = _alloc((Bsz, N, L), f32, u.device), _alloc((Bsz, N, L), f32, u.device)
