@@ -68,6 +68,15 @@ def main():
                        rn(B, L3, N).transpose(1, 2), D[c64].contiguous(), rn(B, 64, L3), db[c64].contiguous(), True,
                        None)
     ops.selective_state_update(h, rn(B, DI), rn(B, DI), A, rn(B, N), rn(B, N), D, rn(B, DI), db, True)
+    # selective_scan_bwd: chunk tail (L 37 = 2 x 16 + 5), channels past the last block's end, with and without the
+    # optional tensors; d_state 5 (lanes past N) and 32
+    ops.selective_scan_bwd(u[:, :, :37].contiguous(), d[:, :, :37].contiguous(), A, Bm[:, :, :37], Cm[:, :, :37], D,
+                           z[:, :, :37].contiguous(), db, True, h, rn(B, DI, 37), rn(B, DI, N, dt=torch.float32))
+    ops.selective_scan_bwd(u2, d2, A, Bt, Ct, None, None, None, False, None, rn(B, DI, L2), None)
+    for n_state in (5, 32):
+        A5 = -torch.rand(DI, n_state, device=dev) - 0.1
+        ops.selective_scan_bwd(u, d, A5, rn(B, n_state, L), rn(B, n_state, L), D, z, db, True, None, rn(B, DI, L),
+                               None)
     for M in (1, 3, 8, 11):                                    # gemv: each x-row group size, two groups at 11
         ops.gemv(rn(M, 2056), rn(37, 2056), rn(37))            # vector kernel, a partial 256-element chunk
     ops.gemv(rn(2, 8192), rn(288, 8192))                       # 8 K-slices per row pair
