@@ -54,71 +54,103 @@ __device__ __forceinline__ float sb_dt(float x, int softplus) {
     return softplus ? (x <= 20.f ? log1pf(expf(x)) : x) : x;
 }
 
+/* channels per block: 32 (16 when NP = 32); threads = SB_CPB(NP) * NP <= 512 (must match the workspace size rule) */
+#define SB_CPB(np) ((np) == 32 ? 16 : 32)
+
 template <typename T, int NP>
 __global__ void __launch_bounds__(SB_THREADS) scan_bwd_kernel(sb_args a) {
     jamba_pdl_begin();
-    constexpr int CPB = SB_THREADS / NP, NW = SB_THREADS / 32;
+    constexpr int CPB = SB_CPB(NP), NT = CPB * NP, NW = NT / 32 > 0 ? NT / 32 : 1;
     extern __shared__ float sb_smem[];
-    float *hs = sb_smem;                      /* [SB_TC][SB_THREADS]: h[t-1] of the chunk's steps */
-    float *red = hs + SB_TC * SB_THREADS;     /* [NW][2][SB_TC][NP]: each warp's dB / dC sums */
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, n = tid % NP;
-    const int64_t b = blockIdx.x / a.P, p = blockIdx.x % a.P;
-    const int64_t c = p * CPB + tid / NP;
+    float *hs = sb_smem;                      /* [SB_TC][NT]: h[t-1] of the chunk's steps, per thread */
+    float *red = hs + SB_TC * NT;             /* [NW][2][SB_TC][NP]: each warp's dB / dC sums */
+    float *st = red + NW * 2 * SB_TC * NP;    /* [6][CPB][SB_TC]: u, dt, dt'(x), silu(z), dz factor, dout */
+    float *sbc = st + 6 * CPB * SB_TC;        /* [2][SB_TC][NP]: B, C */
+    float *so = sbc + 2 * SB_TC * NP;         /* [3][CPB][SB_TC]: du, ddelta, dz of the chunk */
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, n = tid % NP, cl = tid / NP;
+    const int64_t b = blockIdx.x / a.P, p = blockIdx.x % a.P, cb = p * CPB;
+    const int64_t c = cb + cl;
     const bool ch = c < a.DI, act = ch && n < a.N;
     const int64_t L = a.L;
-    const T *u = (const T *)a.u + (ch ? b * a.su0 + c * a.su1 : 0);
-    const T *dl = (const T *)a.delta + (ch ? b * a.sd0 + c * a.sd1 : 0);
-    const T *zr = a.z ? (const T *)a.z + (ch ? b * a.sz0 + c * a.sz1 : 0) : nullptr;
-    const T *dor = (const T *)a.dout + (ch ? b * a.so0 + c * a.so1 : 0);
     const float An = act ? a.A[c * a.sA0 + n * a.sA1] : 0.f;
     const float Dc = ch && a.D ? a.D[c * a.sD] : 0.f;
-    const float bias = ch && a.dtb ? a.dtb[c * a.sdtb] : 0.f;
-    const int64_t bo = b * a.sB0 + (n < a.N ? n : 0) * a.sB1, co = b * a.sC0 + (n < a.N ? n : 0) * a.sC1;
     float *ck = a.ckpt + ((b * a.DI + (ch ? c : 0)) * a.NC) * a.N + n;
+    float *su = st, *sdt = st + CPB * SB_TC, *sdsp = sdt + CPB * SB_TC, *sgz = sdsp + CPB * SB_TC;
+    float *sdzf = sgz + CPB * SB_TC, *sdo = sdzf + CPB * SB_TC;
+
+    /* the chunk's per-(channel, step) inputs and B / C into shared memory, coalesced along time; full: the
+     * backward's set (z and dout too), else the forward's (u, dt, B) */
+    auto stage = [&](int64_t t0, int64_t t1, bool full) {
+        for (int i = tid; i < CPB * SB_TC; i += NT) {
+            const int cc = i / SB_TC, tl = i % SB_TC;
+            const int64_t cg = cb + cc, t = t0 + tl;
+            float uv = 0.f, xv = 0.f, zv = 0.f, ov = 0.f;
+            if (cg < a.DI && t < t1) {
+                uv = jamba_ld<T>(((const T *)a.u)[b * a.su0 + cg * a.su1 + t]);
+                xv = jamba_ld<T>(((const T *)a.delta)[b * a.sd0 + cg * a.sd1 + t]) + (a.dtb ? a.dtb[cg * a.sdtb] : 0.f);
+                if (full) {
+                    if (a.z) zv = jamba_ld<T>(((const T *)a.z)[b * a.sz0 + cg * a.sz1 + t]);
+                    ov = jamba_ld<T>(((const T *)a.dout)[b * a.so0 + cg * a.so1 + t]);
+                }
+            }
+            su[i] = uv;
+            sdt[i] = sb_dt(xv, a.softplus);
+            if (full) {
+                sdsp[i] = a.softplus ? (xv <= 20.f ? 1.f / (1.f + expf(-xv)) : 1.f) : 1.f;
+                const float sz = 1.f / (1.f + expf(-zv));
+                sgz[i] = a.z ? zv * sz : 1.f;
+                sdzf[i] = sz * (1.f + zv * (1.f - sz));
+                sdo[i] = ov;
+            }
+        }
+        for (int i = tid; i < (full ? 2 : 1) * SB_TC * NP; i += NT) {
+            const int which = i / (SB_TC * NP), tl = (i / NP) % SB_TC, m = i % NP;
+            const int64_t t = t0 + tl;
+            float v = 0.f;
+            if (m < a.N && t < t1)
+                v = which == 0 ? jamba_ld_any(a.Bm, a.bdt, b * a.sB0 + m * a.sB1 + t * a.sB2)
+                               : jamba_ld_any(a.Cm, a.cdt, b * a.sC0 + m * a.sC1 + t * a.sC2);
+            sbc[i] = v;
+        }
+    };
 
     /* 1. forward: checkpoints */
     float h = act && a.h0 ? a.h0[b * a.si0 + c * a.si1 + n] : 0.f;
-    for (int64_t t = 0; t < L; t++) {
-        if (t % SB_TC == 0 && act) ck[(t / SB_TC) * a.N] = h;
-        const float ut = ch ? jamba_ld<T>(u[t]) : 0.f;
-        const float dt = sb_dt(ch ? jamba_ld<T>(dl[t]) + bias : 0.f, a.softplus);
-        const float Bn = n < a.N ? jamba_ld_any(a.Bm, a.bdt, bo + t * a.sB2) : 0.f;
-        h = expf(dt * An) * h + dt * Bn * ut;
+    for (int64_t k = 0; k < a.NC; k++) {
+        const int64_t t0 = k * SB_TC, t1 = t0 + SB_TC < L ? t0 + SB_TC : L;
+        if (act) ck[k * a.N] = h;
+        __syncthreads();
+        stage(t0, t1, false);
+        __syncthreads();
+        for (int tl = 0; tl < (int)(t1 - t0); tl++) {
+            const float dt = sdt[cl * SB_TC + tl];
+            h = __expf(dt * An) * h + dt * sbc[tl * NP + n] * su[cl * SB_TC + tl];
+        }
     }
 
     /* 2. reverse, chunk by chunk */
     float g = act && a.dlast ? a.dlast[b * a.sl0 + c * a.sl1 + n] : 0.f;
     float sA = 0.f, sD = 0.f, sdb = 0.f;
-    const int64_t oo = (b * a.DI + (ch ? c : 0)) * L; /* du, ddelta, dz rows (contiguous) */
     for (int64_t k = a.NC - 1; k >= 0; k--) {
         const int64_t t0 = k * SB_TC, t1 = t0 + SB_TC < L ? t0 + SB_TC : L;
+        const int nt = (int)(t1 - t0);
+        __syncthreads();
+        stage(t0, t1, true);
+        __syncthreads();
         h = act ? ck[k * a.N] : 0.f;
-        for (int64_t t = t0; t < t1; t++) {
-            hs[(t - t0) * SB_THREADS + tid] = h;
-            const float ut = ch ? jamba_ld<T>(u[t]) : 0.f;
-            const float dt = sb_dt(ch ? jamba_ld<T>(dl[t]) + bias : 0.f, a.softplus);
-            const float Bn = n < a.N ? jamba_ld_any(a.Bm, a.bdt, bo + t * a.sB2) : 0.f;
-            h = expf(dt * An) * h + dt * Bn * ut;
+        for (int tl = 0; tl < nt; tl++) {
+            hs[tl * NT + tid] = h;
+            const float dt = sdt[cl * SB_TC + tl];
+            h = __expf(dt * An) * h + dt * sbc[tl * NP + n] * su[cl * SB_TC + tl];
         }
-        for (int64_t t = t1 - 1; t >= t0; t--) {
-            const int tl = (int)(t - t0);
-            const float ut = ch ? jamba_ld<T>(u[t]) : 0.f;
-            const float xt = ch ? jamba_ld<T>(dl[t]) + bias : 0.f;
-            const float dt = sb_dt(xt, a.softplus);
-            const float dsp = a.softplus ? (xt <= 20.f ? 1.f / (1.f + expf(-xt)) : 1.f) : 1.f;
-            const float Bn = n < a.N ? jamba_ld_any(a.Bm, a.bdt, bo + t * a.sB2) : 0.f;
-            const float Cn = n < a.N ? jamba_ld_any(a.Cm, a.cdt, co + t * a.sC2) : 0.f;
-            const float ot = ch ? jamba_ld<T>(dor[t]) : 0.f;
-            const float an = expf(dt * An), hp = hs[tl * SB_THREADS + tid];
+        for (int tl = nt - 1; tl >= 0; tl--) {
+            const int e = cl * SB_TC + tl;
+            const float ut = su[e], dt = sdt[e], ot = sdo[e];
+            const float Bn = sbc[tl * NP + n], Cn = sbc[(SB_TC + tl) * NP + n];
+            const float an = __expf(dt * An), hp = hs[tl * NT + tid];
             const float ht = an * hp + dt * Bn * ut;
             const float y0 = sb_group_sum<NP>(Cn * ht) + Dc * ut;
-            float gz = 1.f, dzt = 0.f;
-            if (zr) {
-                const float zt = ch ? jamba_ld<T>(zr[t]) : 0.f, sz = 1.f / (1.f + expf(-zt));
-                gz = zt * sz;
-                dzt = ot * y0 * sz * (1.f + zt * (1.f - sz));
-            }
-            const float dyp = ot * gz;
+            const float dyp = ot * sgz[e];
             const float gn = g + dyp * Cn;
             const float cB = sb_channel_sum<NP>(gn * dt * ut), cC = sb_channel_sum<NP>(dyp * ht);
             if (lane < NP) {
@@ -129,32 +161,42 @@ __global__ void __launch_bounds__(SB_THREADS) scan_bwd_kernel(sb_args a) {
             const float sddt = sb_group_sum<NP>(gn * (Bn * ut + hp * an * An));
             sA += gn * hp * an * dt;
             g = an * gn;
-            const float ddt = sddt * dsp;
-            if (ch && n == 0) {
-                ((T *)a.du)[oo + t] = jamba_st<T>(dyp * Dc + dt * sdu);
-                ((T *)a.ddelta)[oo + t] = jamba_st<T>(ddt);
-                if (zr) ((T *)a.dz)[oo + t] = jamba_st<T>(dzt);
+            if (n == 0) {
+                const float ddt = sddt * sdsp[e];
+                so[e] = dyp * Dc + dt * sdu;
+                so[CPB * SB_TC + e] = ddt;
+                so[2 * CPB * SB_TC + e] = ot * y0 * sdzf[e];
                 sD += dyp * ut;
                 sdb += ddt;
             }
         }
         __syncthreads();
-        /* the chunk's dB / dC: the 16 warps' sums in warp order, into this block's partials */
-        for (int i = tid; i < 2 * SB_TC * NP; i += SB_THREADS) {
+        /* the chunk's dB / dC: the warps' sums in warp order, into this block's partials */
+        for (int i = tid; i < 2 * SB_TC * NP; i += NT) {
             const int which = i / (SB_TC * NP), tl = (i / NP) % SB_TC, m = i % NP;
-            if (m < a.N && t0 + tl < t1) {
-                float s = 0.f;
-                for (int ww = 0; ww < NW; ww++) s += red[((ww * 2 + which) * SB_TC + tl) * NP + m];
-                a.part[(((int64_t)which * a.B + b) * a.P + p) * a.N * L + (int64_t)m * L + t0 + tl] = s;
+            if (m < a.N && tl < nt) {
+                float sum = 0.f;
+                for (int ww = 0; ww < NW; ww++) sum += red[((ww * 2 + which) * SB_TC + tl) * NP + m];
+                a.part[(((int64_t)which * a.B + b) * a.P + p) * a.N * L + (int64_t)m * L + t0 + tl] = sum;
             }
         }
-        __syncthreads();
+        /* du, ddelta, dz of the chunk (rows contiguous (B, DI, L)) */
+        for (int i = tid; i < CPB * SB_TC; i += NT) {
+            const int cc = i / SB_TC, tl = i % SB_TC;
+            const int64_t cg = cb + cc;
+            if (cg < a.DI && tl < nt) {
+                const int64_t o = (b * a.DI + cg) * L + t0 + tl;
+                ((T *)a.du)[o] = jamba_st<T>(so[i]);
+                ((T *)a.ddelta)[o] = jamba_st<T>(so[CPB * SB_TC + i]);
+                if (a.z) ((T *)a.dz)[o] = jamba_st<T>(so[2 * CPB * SB_TC + i]);
+            }
+        }
     }
     /* 3. per-(b, c) results */
     if (act) {
-        const int64_t so = (b * a.DI + c) * a.N + n;
-        if (a.dinit) a.dinit[so] = g;
-        a.pA[so] = sA;
+        const int64_t sidx = (b * a.DI + c) * a.N + n;
+        if (a.dinit) a.dinit[sidx] = g;
+        a.pA[sidx] = sA;
     }
     if (ch && n == 0) {
         a.pD[b * a.DI + c] = sD;
@@ -185,10 +227,12 @@ static jamba_status sum_mid(float *out, const float *in, int64_t I, int64_t K, i
 }
 
 template <typename T, int NP> static jamba_status scan_bwd_launch(const sb_args &a, cudaStream_t stream) {
-    const size_t smem = sizeof(float) * (size_t)(SB_TC * SB_THREADS + (SB_THREADS / 32) * 2 * SB_TC * NP);
+    constexpr int CPB = SB_CPB(NP), NT = CPB * NP, NW = NT / 32 > 0 ? NT / 32 : 1;
+    const size_t smem =
+        sizeof(float) * (size_t)(SB_TC * NT + NW * 2 * SB_TC * NP + 9 * CPB * SB_TC + 2 * SB_TC * NP);
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(scan_bwd_kernel<T, NP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           (int)smem));
-    jamba_kernel_launch(scan_bwd_kernel<T, NP>, dim3((unsigned)(a.B * a.P)), dim3(SB_THREADS), smem, stream, a);
+    jamba_kernel_launch(scan_bwd_kernel<T, NP>, dim3((unsigned)(a.B * a.P)), dim3(NT), smem, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan_bwd: scan_bwd_kernel", stream);
     return JAMBA_OK;
 }
@@ -224,7 +268,7 @@ extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan
     sb_args a;
     memset(&a, 0, sizeof a);
     a.B = B, a.DI = DI, a.L = L, a.N = N;
-    a.P = jamba_ceil_div(DI, SB_THREADS / np), a.NC = jamba_ceil_div(L, SB_TC);
+    a.P = jamba_ceil_div(DI, SB_CPB(np)), a.NC = jamba_ceil_div(L, SB_TC);
     if (B * a.P > JAMBA_MAX_GRID_X)
         return jamba_set_error(JAMBA_ERR_ARG, "%s: u: batch x channel blocks over the grid limit (B %lld, DI %lld)",
                                op, (long long)B, (long long)DI);
