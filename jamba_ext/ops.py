@@ -21,9 +21,11 @@ Ops (shapes in the letters of csrc/jamba.h):
                    ssm_state [mutated], dt_rank, eps, work?) -> out (B, DI): a Mamba decode step between in_proj
                    and out_proj (one CUDA kernel with `work`)
   moe_route / moe_permute / moe_experts / silu_mul / moe_combine: see the MoE section below.
-The ops that mutate a state in place (`*_update`) are inference-only (no autograd). The others have
-an autograd formula that differentiates `reference.py` (correct, not fast) until native backward
-kernels exist. Each op is registered once as torch.ops.jamba.<name> (what opcheck, torch.compile and
+  selective_scan_bwd(forward's inputs, dout, dlast_state?) -> the gradients of selective_scan (what its autograd
+                 runs; on CUDA for d_state <= 32, else the reference's autograd)
+The ops that mutate a state in place (`*_update`) are inference-only (no autograd). selective_scan's autograd runs
+selective_scan_bwd; the other differentiable ops have an autograd formula that differentiates `reference.py`
+(correct, not fast) until native backward kernels exist. Each op is registered once as torch.ops.jamba.<name> (what opcheck, torch.compile and
 autograd see); the module-level functions here run the same implementation and skip the dispatcher in
 plain eager inference (see "eager fast path" at the end of this file).
 """
