@@ -22,5 +22,7 @@ timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmar
 step "bench_kernels --only scan_bwd,scan"
 timeout 200 python3 benchmarks/bench_kernels.py --only scan_bwd,scan 2>&1 | tail -14
 cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels.json" 2>/dev/null
+step "dev/train_step_probe.py (one Jamba-v0.1 block: a training step, native backward against the reference's)"
+timeout 200 python3 dev/train_step_probe.py --lengths 512,2048 --ref-length 512 2>&1 | tail -24
 step "done"
 } 2>&1 | tee "$OUT/scan_bwd.log"

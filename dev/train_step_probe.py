@@ -1,0 +1,87 @@
+"""One training step (forward + loss + backward) of one Jamba-v0.1 block on a GPU, bf16: what the native
+selective_scan_bwd changes at the model level (session 30).
+
+    python3 dev/train_step_probe.py [--lengths 512,2048] [--ref-length 512]
+
+Rows: our model with selective_scan's autograd on the native selective_scan_bwd (the default), and, at --ref-length
+only, the same step with the scan's backward through reference.py (every version before session 30; one timed call,
+it takes seconds). Then a profile of the native step at the longest length: the top CUDA kernels by time.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from jamba_ext import ops  # noqa: E402
+from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
+
+
+def sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def step_ms(model, ids, reps):
+    times = []
+    for _ in range(reps):
+        model.zero_grad(set_to_none=True)
+        sync()
+        t0 = time.perf_counter()
+        out = model(ids, labels=ids)
+        out.loss.backward()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2], out.loss.item()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--lengths", default="512,2048")
+    ap.add_argument("--ref-length", type=int, default=512)
+    ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (checks this script)")
+    args = ap.parse_args()
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("train_step_probe: needs a GPU (or --smoke)")
+    dev = torch.device("cpu" if args.smoke else "cuda")
+    cfg = JambaConfig(num_hidden_layers=8, **(dict(vocab_size=512, hidden_size=128, intermediate_size=256,
+                                                   num_attention_heads=4, num_key_value_heads=2) if args.smoke else {}))
+    dtype = torch.float32 if args.smoke else torch.bfloat16
+    print(f"commit {os.environ.get('JAMBA_COMMIT', 'unknown')}; building one Jamba-v0.1 block ({dtype}) ...", flush=True)
+    model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=dev, seed=0)
+    model.train()
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(0)
+    lengths = [int(x) for x in args.lengths.split(",")]
+    for L in lengths:
+        ids = torch.randint(3, cfg.vocab_size, (1, L), device=dev, generator=gen)
+        step_ms(model, ids, 1)  # warm-up
+        ms, loss = step_ms(model, ids, 3)
+        print(f"L={L:6d}  native selective_scan_bwd: {ms:9.1f} ms a step ({L / ms * 1e3:8.0f} tok/s), loss {loss:.4f}, "
+              f"peak {torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else 0:.1f} GiB", flush=True)
+        if L == args.ref_length:
+            keep = ops._scan_native_ok
+            ops._scan_native_ok = lambda u, A: False  # the reference's autograd, as before session 30
+            try:
+                ms_r, loss_r = step_ms(model, ids, 1)
+            finally:
+                ops._scan_native_ok = keep
+            print(f"L={L:6d}  scan backward through reference.py: {ms_r:9.1f} ms a step (loss {loss_r:.4f}); "
+                  f"native is {ms_r / ms:.1f}x faster", flush=True)
+    L = max(lengths)
+    ids = torch.randint(3, cfg.vocab_size, (1, L), device=dev, generator=gen)
+    from torch.profiler import ProfilerActivity, profile
+    act = [ProfilerActivity.CUDA] if dev.type == "cuda" else [ProfilerActivity.CPU]
+    with profile(activities=act) as prof:
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids).loss.backward()
+        sync()
+    key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    print(f"\nprofile of one native step at L={L} ({key}):")
+    print(prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()
