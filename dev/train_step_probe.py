@@ -3,9 +3,10 @@ selective_scan_bwd changes at the model level (session 30).
 
     python3 dev/train_step_probe.py [--lengths 512,2048] [--ref-length 512]
 
-Rows: our model with selective_scan's autograd on the native selective_scan_bwd (the default), and, at --ref-length
-only, the same step with the scan's backward through reference.py (every version before session 30; one timed call,
-it takes seconds). Then a profile of the native step at the longest length: the top CUDA kernels by time.
+Rows: our model as it trains by default (selective_scan's autograd on the native selective_scan_bwd, moe_experts'
+backward over the routed rows in bf16), and, at --ref-length only, the same step with the scan's backward through
+reference.py, then also with the MoE's dense fp32 backward (every version before session 30; one timed call each,
+they take seconds). Then a profile of the default step at the longest length: the top CUDA kernels by time.
 """
 import argparse
 import os
@@ -63,13 +64,17 @@ def main():
               f"peak {torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else 0:.1f} GiB", flush=True)
         if L == args.ref_length:
             keep = ops._scan_native_ok
-            ops._scan_native_ok = lambda u, A: False  # the reference's autograd, as before session 30
+            ops._scan_native_ok = lambda u, A: False  # the scan's backward through reference.py
             try:
+                ms_s, _ = step_ms(model, ids, 1)
+                ops.MOE_SPARSE_BACKWARD = False       # and the MoE's dense fp32 formula: every version before session 30
                 ms_r, loss_r = step_ms(model, ids, 1)
             finally:
                 ops._scan_native_ok = keep
-            print(f"L={L:6d}  scan backward through reference.py: {ms_r:9.1f} ms a step (loss {loss_r:.4f}); "
-                  f"native is {ms_r / ms:.1f}x faster", flush=True)
+                ops.MOE_SPARSE_BACKWARD = True
+            print(f"L={L:6d}  scan backward through reference.py: {ms_s:9.1f} ms a step; with the MoE's dense fp32 "
+                  f"backward too (before session 30): {ms_r:9.1f} ms (loss {loss_r:.4f}); the default is "
+                  f"{ms_r / ms:.1f}x faster than that", flush=True)
     L = max(lengths)
     ids = torch.randint(3, cfg.vocab_size, (1, L), device=dev, generator=gen)
     from torch.profiler import ProfilerActivity, profile

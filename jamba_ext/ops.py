@@ -771,8 +771,81 @@ _register_reference_autograd("moe_route", reference.moe_route, 2, (0,))
 _register_reference_autograd("silu_mul", reference.silu_mul, 1, (0,))
 _register_reference_autograd("moe_combine", lambda y, w, ids, slots, E: reference.moe_combine(y, w, ids, slots), 5,
                             (0, 1, 2, 3))
-_register_reference_autograd(
-    "moe_experts", lambda x, w, ids, gu, d, *_: reference.moe_experts_dense(x, w, ids, gu, d), 8, (0, 1, 2, 3, 4, 5, 6))
+# moe_experts' autograd: in eager mode the routed rows only, with torch GEMMs in x's dtype (fp32 accumulation), per
+# expert over the sorted slots (one host read of the expert offsets per call); while tracing (torch.compile, AOT
+# autograd, opcheck) the data-independent dense form of reference.py, which every expert runs on every token.
+_moe_ref_setup, _moe_ref_backward = _reference_backward(
+    lambda x, w, ids, gu, d, *_: reference.moe_experts_dense(x, w, ids, gu, d), 8, (0, 1, 2, 3, 4, 5, 6))
+
+
+def _moe_sparse_grads(go, x, w, ids, wgu, wd, need):
+    """(dx, dweights, dw_gate_up, dw_down) of moe_experts, None where not needed. Forward recomputed per expert with
+    the forward's roundings (gate / up and the activation in x's dtype, the routing weight rounded to it)."""
+    dt = x.dtype
+    T, H = x.shape
+    E, F2 = wgu.shape[0], wgu.shape[1]
+    Fd, K = F2 // 2, ids.shape[1]
+    offsets, slots = moe_permute(ids.to(torch.int32), E)
+    sl = slots.long()
+    tok = torch.div(sl, K, rounding_mode="floor")
+    xs, gos = x.index_select(0, tok), go.to(dt).index_select(0, tok)
+    wr = w.to(torch.float32).reshape(-1).index_select(0, sl).to(dt).float()  # the forward's rounded weights
+    S = sl.numel()
+    dxs = torch.zeros(S, H, dtype=torch.float32, device=x.device) if need[0] else None
+    dws = torch.zeros(S, dtype=torch.float32, device=x.device) if need[1] else None
+    dwgu = torch.zeros_like(wgu) if need[3] else None
+    dwd = torch.zeros_like(wd) if need[4] else None
+    offs = offsets.tolist()
+    for e in range(E):
+        lo, hi = offs[e], offs[e + 1]
+        if hi <= lo:
+            continue
+        xe = xs[lo:hi]
+        a = xe @ wgu[e].t()
+        g, u = a[:, :Fd].float(), a[:, Fd:].float()
+        sg = torch.sigmoid(g)
+        act = (g * sg * u).to(dt)
+        goe = gos[lo:hi].float()
+        if dws is not None:
+            dws[lo:hi] = (goe * (act @ wd[e].t()).float()).sum(1)
+        dy = (goe * wr[lo:hi, None]).to(dt)
+        if dwd is not None:
+            dwd[e] = dy.t() @ act
+        if dxs is None and dwgu is None:
+            continue
+        dact = (dy @ wd[e]).float()
+        da = torch.cat([dact * u * sg * (1 + g * (1 - sg)), dact * g * sg], dim=1).to(dt)
+        if dwgu is not None:
+            dwgu[e] = da.t() @ xe
+        if dxs is not None:
+            dxs[lo:hi] = (da @ wgu[e]).float()
+    dx = None if dxs is None else torch.zeros(T, H, dtype=torch.float32, device=x.device).index_add_(
+        0, tok, dxs).to(dt)
+    dw = None
+    if dws is not None:
+        dw = torch.zeros(T * K, dtype=torch.float32, device=x.device)
+        dw[sl] = dws
+        dw = dw.view(T, K).to(w.dtype)
+    return dx, dw, dwgu, dwd
+
+
+MOE_SPARSE_BACKWARD = True  # False: the dense reference formula everywhere (what every version before session 30 ran)
+
+
+def _moe_backward(ctx, go):
+    x, w, ids, wgu, wd = ctx.saved_tensors[:5]
+    tracing = _compiling() or _modes() or _functorch() or torch._guards.detect_fake_mode((x, go)) is not None
+    if tracing or not MOE_SPARSE_BACKWARD or x.dtype not in FLOAT_DTYPES or not ids.numel():
+        return _moe_ref_backward(ctx, go)
+    E = wgu.shape[0]
+    if int(ids.min()) < 0 or int(ids.max()) >= E:
+        _fail("moe_experts", f"expert_ids must be in [0, {E}) for the backward, got values in "
+                             f"[{int(ids.min())}, {int(ids.max())}]")
+    dx, dw, dwgu, dwd = _moe_sparse_grads(go, x, w, ids, wgu, wd, ctx.needs_input_grad)
+    return dx, dw, None, dwgu, dwd, None, None, None
+
+
+torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_context=_moe_ref_setup)
 # JAMBA_MOE_OPS_END
 
 

@@ -449,6 +449,38 @@ def test_moe_experts_grad_matches_reference(device):
     assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("K,skew", [(2, False), (1, False), (2, True)], ids=["top2", "top1", "top2_skewed"])
+def test_moe_experts_all_grads(device, dtype, K, skew):
+    """The eager backward (routed rows only, torch GEMMs in x's dtype) against float64 autograd of the reference:
+    the gradients of x, the routing weights and both weight tensors; top-1 and top-2; a routing where some experts
+    get no token and one gets most (skewed). bf16 / fp16: the GEMM inputs are rounded to x's dtype, so a few per cent
+    of the largest gradient."""
+    T, H, F, E = 37, 24, 20, 5
+    x = randn(T, H, device=device, dtype=dtype)
+    w_gate_up, w_down = expert_weights(E, H, F, device, dtype)
+    w, ids, _, _ = routed(T, E, K, device)
+    if skew:  # experts 3 and 4 get nothing, expert 0 most slots
+        ids = torch.where(ids >= 3, torch.zeros_like(ids), ids)
+        ids[:, -1] = torch.where(ids[:, 0] == 1, torch.full_like(ids[:, -1], 2), torch.ones_like(ids[:, -1]))
+        ids[:, 0] = torch.where(ids[:, 0] == ids[:, -1], torch.zeros_like(ids[:, 0]), ids[:, 0])
+    leaves = [x.clone().requires_grad_(True), w.clone().requires_grad_(True),
+              w_gate_up.clone().requires_grad_(True), w_down.clone().requires_grad_(True)]
+    go = randn(T, H, device=device, dtype=dtype)
+    out = ops.moe_experts(leaves[0], leaves[1], ids, leaves[2], leaves[3])
+    got = torch.autograd.grad(out, leaves, go)
+    ref_leaves = [up(x).requires_grad_(True), w.detach().to(dtype).double().requires_grad_(True),
+                  up(w_gate_up).requires_grad_(True), up(w_down).requires_grad_(True)]
+    ref = reference.moe_experts(ref_leaves[0], ref_leaves[1], ids.long(), ref_leaves[2], ref_leaves[3])
+    want = torch.autograd.grad(ref, ref_leaves, up(go))
+    tol = 1e-5 if dtype == torch.float32 else 3e-2
+    for name, g, e, leaf in zip(["x", "weights", "w_gate_up", "w_down"], got, want, leaves):
+        assert g.dtype == leaf.dtype and g.shape == leaf.shape, name
+        scale = e.abs().max().item()
+        err = (g.double() - e).abs().max().item()
+        assert err <= tol * scale + 1e-7, f"grad of {name}: max error {err:.3e} > {tol:.0e} x {scale:.3e}"
+
+
 @pytest.mark.parametrize("backend", ["aot_eager"])
 def test_moe_compile(device, backend):
     T, H, F, E, K = 13, 24, 16, 4, 2

@@ -24,6 +24,7 @@
 
 #include "common.cuh"
 
+#define SB_THREADS 512
 #define SB_TC 16 /* steps per chunk (must match jamba_selective_scan_bwd_ws_elems) */
 
 struct sb_args {
@@ -37,20 +38,15 @@ struct sb_args {
     int bdt, cdt, softplus;
 };
 
-/* lanes per channel and states per lane: NP <= 4 states on NP lanes (one each), else 4 lanes of NP / 4 states */
-#define SB_LPC(np) ((np) >= 4 ? 4 : (np))
-#define SB_CPB 32 /* channels per block (must match jamba_selective_scan_bwd_ws_elems) */
-
-/* sum over the LPC lanes of a channel */
-template <int LPC> __device__ __forceinline__ float sb_group_sum(float v) {
+template <int NP> __device__ __forceinline__ float sb_group_sum(float v) {
 #pragma unroll
-    for (int off = LPC / 2; off >= 1; off >>= 1) v += __shfl_xor_sync(JAMBA_FULL_MASK, v, off);
+    for (int off = NP / 2; off >= 1; off >>= 1) v += __shfl_xor_sync(JAMBA_FULL_MASK, v, off);
     return v;
 }
-/* sum over the warp's channels (lanes with the same position in their channel) */
-template <int LPC> __device__ __forceinline__ float sb_channel_sum(float v) {
+/* sum over the warp's channels (lanes with the same n) */
+template <int NP> __device__ __forceinline__ float sb_channel_sum(float v) {
 #pragma unroll
-    for (int off = LPC; off < 32; off <<= 1) v += __shfl_xor_sync(JAMBA_FULL_MASK, v, off);
+    for (int off = NP; off < 32; off <<= 1) v += __shfl_xor_sync(JAMBA_FULL_MASK, v, off);
     return v;
 }
 
@@ -58,30 +54,27 @@ __device__ __forceinline__ float sb_dt(float x, int softplus) {
     return softplus ? (x <= 20.f ? log1pf(expf(x)) : x) : x;
 }
 
+/* channels per block: 32 (16 when NP = 32); threads = SB_CPB(NP) * NP <= 512 (must match the workspace size rule) */
+#define SB_CPB(np) ((np) == 32 ? 16 : 32)
+
 template <typename T, int NP>
-__global__ void __launch_bounds__(SB_CPB * 4) scan_bwd_kernel(sb_args a) {
+__global__ void __launch_bounds__(SB_THREADS) scan_bwd_kernel(sb_args a) {
     jamba_pdl_begin();
-    constexpr int LPC = SB_LPC(NP), SPL = NP / LPC, CPB = SB_CPB, NT = CPB * LPC, NW = NT / 32;
+    constexpr int CPB = SB_CPB(NP), NT = CPB * NP, NW = NT / 32 > 0 ? NT / 32 : 1;
     extern __shared__ float sb_smem[];
-    float *hs = sb_smem;                      /* [SB_TC][NT][SPL]: h[t-1] of the chunk's steps, per thread */
-    float *red = hs + SB_TC * NT * SPL;       /* [NW][2][SB_TC][NP]: each warp's dB / dC sums */
+    float *hs = sb_smem;                      /* [SB_TC][NT]: h[t-1] of the chunk's steps, per thread */
+    float *red = hs + SB_TC * NT;             /* [NW][2][SB_TC][NP]: each warp's dB / dC sums */
     float *st = red + NW * 2 * SB_TC * NP;    /* [6][CPB][SB_TC]: u, dt, dt'(x), silu(z), dz factor, dout */
     float *sbc = st + 6 * CPB * SB_TC;        /* [2][SB_TC][NP]: B, C */
     float *so = sbc + 2 * SB_TC * NP;         /* [3][CPB][SB_TC]: du, ddelta, dz of the chunk */
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, q = tid % LPC, cl = tid / LPC;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, n = tid % NP, cl = tid / NP;
     const int64_t b = blockIdx.x / a.P, p = blockIdx.x % a.P, cb = p * CPB;
     const int64_t c = cb + cl;
-    const bool ch = c < a.DI;
-    const int n0 = q * SPL; /* this lane's states n0 .. n0 + SPL - 1 */
+    const bool ch = c < a.DI, act = ch && n < a.N;
     const int64_t L = a.L;
-    float A2[SPL], Ar[SPL];  /* A * log2(e) for ex2, and A */
-#pragma unroll
-    for (int j = 0; j < SPL; j++) {
-        Ar[j] = ch && n0 + j < a.N ? a.A[c * a.sA0 + (n0 + j) * a.sA1] : 0.f;
-        A2[j] = Ar[j] * JAMBA_LOG2E;
-    }
+    const float An = act ? a.A[c * a.sA0 + n * a.sA1] : 0.f;
     const float Dc = ch && a.D ? a.D[c * a.sD] : 0.f;
-    float *ck = a.ckpt + ((b * a.DI + (ch ? c : 0)) * a.NC) * a.N;
+    float *ck = a.ckpt + ((b * a.DI + (ch ? c : 0)) * a.NC) * a.N + n;
     float *su = st, *sdt = st + CPB * SB_TC, *sdsp = sdt + CPB * SB_TC, *sgz = sdsp + CPB * SB_TC;
     float *sdzf = sgz + CPB * SB_TC, *sdo = sdzf + CPB * SB_TC;
 
@@ -122,82 +115,55 @@ __global__ void __launch_bounds__(SB_CPB * 4) scan_bwd_kernel(sb_args a) {
     };
 
     /* 1. forward: checkpoints */
-    float h[SPL];
-#pragma unroll
-    for (int j = 0; j < SPL; j++) h[j] = ch && a.h0 && n0 + j < a.N ? a.h0[b * a.si0 + c * a.si1 + n0 + j] : 0.f;
+    float h = act && a.h0 ? a.h0[b * a.si0 + c * a.si1 + n] : 0.f;
     for (int64_t k = 0; k < a.NC; k++) {
         const int64_t t0 = k * SB_TC, t1 = t0 + SB_TC < L ? t0 + SB_TC : L;
-        if (ch) {
-#pragma unroll
-            for (int j = 0; j < SPL; j++)
-                if (n0 + j < a.N) ck[k * a.N + n0 + j] = h[j];
-        }
+        if (act) ck[k * a.N] = h;
         __syncthreads();
         stage(t0, t1, false);
         __syncthreads();
         for (int tl = 0; tl < (int)(t1 - t0); tl++) {
-            const float dt = sdt[cl * SB_TC + tl], du = dt * su[cl * SB_TC + tl];
-#pragma unroll
-            for (int j = 0; j < SPL; j++) h[j] = jamba_cu_exp2(dt * A2[j]) * h[j] + du * sbc[tl * NP + n0 + j];
+            const float dt = sdt[cl * SB_TC + tl];
+            h = __expf(dt * An) * h + dt * sbc[tl * NP + n] * su[cl * SB_TC + tl];
         }
     }
 
     /* 2. reverse, chunk by chunk */
-    float g[SPL], sA[SPL];
-#pragma unroll
-    for (int j = 0; j < SPL; j++) {
-        g[j] = ch && a.dlast && n0 + j < a.N ? a.dlast[b * a.sl0 + c * a.sl1 + n0 + j] : 0.f;
-        sA[j] = 0.f;
-    }
-    float sD = 0.f, sdb = 0.f;
+    float g = act && a.dlast ? a.dlast[b * a.sl0 + c * a.sl1 + n] : 0.f;
+    float sA = 0.f, sD = 0.f, sdb = 0.f;
     for (int64_t k = a.NC - 1; k >= 0; k--) {
         const int64_t t0 = k * SB_TC, t1 = t0 + SB_TC < L ? t0 + SB_TC : L;
         const int nt = (int)(t1 - t0);
         __syncthreads();
         stage(t0, t1, true);
         __syncthreads();
-#pragma unroll
-        for (int j = 0; j < SPL; j++) h[j] = ch && n0 + j < a.N ? ck[k * a.N + n0 + j] : 0.f;
+        h = act ? ck[k * a.N] : 0.f;
         for (int tl = 0; tl < nt; tl++) {
-            const float dt = sdt[cl * SB_TC + tl], du = dt * su[cl * SB_TC + tl];
-#pragma unroll
-            for (int j = 0; j < SPL; j++) {
-                hs[(tl * NT + tid) * SPL + j] = h[j];
-                h[j] = jamba_cu_exp2(dt * A2[j]) * h[j] + du * sbc[tl * NP + n0 + j];
-            }
+            hs[tl * NT + tid] = h;
+            const float dt = sdt[cl * SB_TC + tl];
+            h = __expf(dt * An) * h + dt * sbc[tl * NP + n] * su[cl * SB_TC + tl];
         }
         for (int tl = nt - 1; tl >= 0; tl--) {
             const int e = cl * SB_TC + tl;
-            const float ut = su[e], dt = sdt[e], ot = sdo[e], dyp = ot * sgz[e];
-            float an[SPL], hp[SPL], ht[SPL], Bn[SPL], Cn[SPL], y0 = 0.f, s1 = 0.f, s2 = 0.f;
-#pragma unroll
-            for (int j = 0; j < SPL; j++) {
-                Bn[j] = sbc[tl * NP + n0 + j];
-                Cn[j] = sbc[(SB_TC + tl) * NP + n0 + j];
-                an[j] = jamba_cu_exp2(dt * A2[j]);
-                hp[j] = hs[(tl * NT + tid) * SPL + j];
-                ht[j] = an[j] * hp[j] + dt * Bn[j] * ut;
-                y0 += Cn[j] * ht[j];
+            const float ut = su[e], dt = sdt[e], ot = sdo[e];
+            const float Bn = sbc[tl * NP + n], Cn = sbc[(SB_TC + tl) * NP + n];
+            const float an = __expf(dt * An), hp = hs[tl * NT + tid];
+            const float ht = an * hp + dt * Bn * ut;
+            const float y0 = sb_group_sum<NP>(Cn * ht) + Dc * ut;
+            const float dyp = ot * sgz[e];
+            const float gn = g + dyp * Cn;
+            const float cB = sb_channel_sum<NP>(gn * dt * ut), cC = sb_channel_sum<NP>(dyp * ht);
+            if (lane < NP) {
+                red[((w * 2 + 0) * SB_TC + tl) * NP + lane] = cB;
+                red[((w * 2 + 1) * SB_TC + tl) * NP + lane] = cC;
             }
-#pragma unroll
-            for (int j = 0; j < SPL; j++) {
-                const float gn = g[j] + dyp * Cn[j];
-                const float cB = sb_channel_sum<LPC>(gn * dt * ut), cC = sb_channel_sum<LPC>(dyp * ht[j]);
-                if (lane < LPC) {
-                    red[((w * 2 + 0) * SB_TC + tl) * NP + n0 + j] = cB;
-                    red[((w * 2 + 1) * SB_TC + tl) * NP + n0 + j] = cC;
-                }
-                s1 += gn * Bn[j];
-                s2 += gn * hp[j] * an[j] * Ar[j];
-                sA[j] += gn * hp[j] * an[j] * dt;
-                g[j] = an[j] * gn;
-            }
-            y0 = sb_group_sum<LPC>(y0) + Dc * ut;
-            s1 = sb_group_sum<LPC>(s1);
-            s2 = sb_group_sum<LPC>(s2);
-            if (q == 0) {
-                const float ddt = (s1 * ut + s2) * sdsp[e];
-                so[e] = dyp * Dc + dt * s1;
+            const float sdu = sb_group_sum<NP>(gn * Bn);
+            const float sddt = sb_group_sum<NP>(gn * (Bn * ut + hp * an * An));
+            sA += gn * hp * an * dt;
+            g = an * gn;
+            if (n == 0) {
+                const float ddt = sddt * sdsp[e];
+                so[e] = dyp * Dc + dt * sdu;
                 so[CPB * SB_TC + e] = ddt;
                 so[2 * CPB * SB_TC + e] = ot * y0 * sdzf[e];
                 sD += dyp * ut;
@@ -227,18 +193,14 @@ __global__ void __launch_bounds__(SB_CPB * 4) scan_bwd_kernel(sb_args a) {
         }
     }
     /* 3. per-(b, c) results */
-    if (ch) {
-#pragma unroll
-        for (int j = 0; j < SPL; j++) {
-            if (n0 + j >= a.N) continue;
-            const int64_t sidx = (b * a.DI + c) * a.N + n0 + j;
-            if (a.dinit) a.dinit[sidx] = g[j];
-            a.pA[sidx] = sA[j];
-        }
-        if (q == 0) {
-            a.pD[b * a.DI + c] = sD;
-            a.pdb[b * a.DI + c] = sdb;
-        }
+    if (act) {
+        const int64_t sidx = (b * a.DI + c) * a.N + n;
+        if (a.dinit) a.dinit[sidx] = g;
+        a.pA[sidx] = sA;
+    }
+    if (ch && n == 0) {
+        a.pD[b * a.DI + c] = sD;
+        a.pdb[b * a.DI + c] = sdb;
     }
 }
 
@@ -265,9 +227,9 @@ static jamba_status sum_mid(float *out, const float *in, int64_t I, int64_t K, i
 }
 
 template <typename T, int NP> static jamba_status scan_bwd_launch(const sb_args &a, cudaStream_t stream) {
-    constexpr int LPC = SB_LPC(NP), SPL = NP / LPC, NT = SB_CPB * LPC, NW = NT / 32;
+    constexpr int CPB = SB_CPB(NP), NT = CPB * NP, NW = NT / 32 > 0 ? NT / 32 : 1;
     const size_t smem =
-        sizeof(float) * (size_t)(SB_TC * NT * SPL + NW * 2 * SB_TC * NP + 9 * SB_CPB * SB_TC + 2 * SB_TC * NP);
+        sizeof(float) * (size_t)(SB_TC * NT + NW * 2 * SB_TC * NP + 9 * CPB * SB_TC + 2 * SB_TC * NP);
     JAMBA_CUDA_CHECK(cudaFuncSetAttribute(scan_bwd_kernel<T, NP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                           (int)smem));
     jamba_kernel_launch(scan_bwd_kernel<T, NP>, dim3((unsigned)(a.B * a.P)), dim3(NT), smem, stream, a);
@@ -306,7 +268,7 @@ extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan
     sb_args a;
     memset(&a, 0, sizeof a);
     a.B = B, a.DI = DI, a.L = L, a.N = N;
-    a.P = jamba_ceil_div(DI, SB_CPB), a.NC = jamba_ceil_div(L, SB_TC);
+    a.P = jamba_ceil_div(DI, SB_CPB(np)), a.NC = jamba_ceil_div(L, SB_TC);
     if (B * a.P > JAMBA_MAX_GRID_X)
         return jamba_set_error(JAMBA_ERR_ARG, "%s: u: batch x channel blocks over the grid limit (B %lld, DI %lld)",
                                op, (long long)B, (long long)DI);
