@@ -17,7 +17,7 @@
  *      chunk, a fixed-order sum over the block's 16 warps from shared memory (red) into the block's partials
  *      (workspace (2, B, P, N, L));
  *   3. stores dinitial_state and its per-(b, c) parts of dA, dD, ddelta_bias (workspace).
- * sum_mid_kernel then sums the partials over blocks (dB, dC) and over the batch (dA, dD, ddelta_bias), in order:
+ * sum_mid_kernel then sums the partials over blocks (dB, dC) and over the batch (dA, dD, ddelta_bias) in a fixed order:
  * bit-identical results run to run. Workspace: jamba_selective_scan_bwd_ws_elems (csrc/cpu/selective_scan_bwd.c).
  */
 #include <string.h>
@@ -204,23 +204,45 @@ __global__ void __launch_bounds__(SB_THREADS) scan_bwd_kernel(sb_args a) {
     }
 }
 
-/* out[i * J + j] = sum_{k < K} in[(i * K + k) * J + j], k in order. */
-__global__ void sum_mid_kernel(float *out, const float *in, int64_t I, int64_t K, int64_t J) {
+/* out[i * J + j] = sum_{k < K} in[(i * K + k) * J + j]. A block (256 threads) takes tiles of 32 consecutive j: warp s
+ * sums the k = s (mod 8) terms with 4 loads in flight, then the 8 warps' sums are added in warp order (a fixed order
+ * whatever the grid). One thread per output with a chain of K loads (the first version) took ~1 ms per call at
+ * K = 256 partials, as long as the scan kernel itself. */
+__global__ void __launch_bounds__(256) sum_mid_kernel(float *out, const float *in, int64_t I, int64_t K, int64_t J) {
     jamba_pdl_begin();
-    const int64_t total = I * J, stride = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < total; e += stride) {
-        const int64_t i = e / J, j = e % J;
-        const float *src = in + i * K * J + j;
-        float s = 0.f;
-        for (int64_t k = 0; k < K; k++) s += src[k * J];
-        out[e] = s;
+    __shared__ float part[8][33];
+    const int jl = threadIdx.x & 31, sl = threadIdx.x >> 5;
+    const int64_t nJ = (J + 31) / 32;
+    for (int64_t tile = blockIdx.x; tile < I * nJ; tile += gridDim.x) {
+        const int64_t i = tile / nJ, j = (tile % nJ) * 32 + jl;
+        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+        if (j < J) {
+            const float *src = in + i * K * J + j;
+            int64_t k = sl;
+            for (; k + 24 < K; k += 32) {
+                a0 += src[k * J];
+                a1 += src[(k + 8) * J];
+                a2 += src[(k + 16) * J];
+                a3 += src[(k + 24) * J];
+            }
+            for (; k < K; k += 8) a0 += src[k * J];
+        }
+        part[sl][jl] = (a0 + a1) + (a2 + a3);
+        __syncthreads();
+        if (sl == 0 && j < J) {
+            float t = 0.f;
+#pragma unroll
+            for (int r = 0; r < 8; r++) t += part[r][jl];
+            out[i * J + j] = t;
+        }
+        __syncthreads();
     }
 }
 
 static jamba_status sum_mid(float *out, const float *in, int64_t I, int64_t K, int64_t J, cudaStream_t stream) {
-    const int64_t total = I * J;
-    if (total == 0) return JAMBA_OK;
-    const int64_t blocks = jamba_ceil_div(total, 256) < 65536 ? jamba_ceil_div(total, 256) : 65536;
+    const int64_t tiles = I * jamba_ceil_div(J, 32);
+    if (tiles == 0) return JAMBA_OK;
+    const int64_t blocks = tiles < 65536 ? tiles : 65536;
     jamba_kernel_launch(sum_mid_kernel, dim3((unsigned)blocks), dim3(256), 0, stream, out, in, I, K, J);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan_bwd: sum_mid_kernel", stream);
     return JAMBA_OK;
