@@ -2,7 +2,8 @@
 the same inputs and against the floor measured in the same run.
 
 Shapes: d_inner 8192, d_state 16, conv width 4. selective_scan and causal_conv1d at batch x seqlen =
-1x2048, 1x8192, 1x32768, 8x2048 (selective_scan_bwd, the gradients, at 1x2048 and 1x8192); the decode updates at batch 1, 16, 64, 256; rms_norm / add_rms_norm over
+1x2048, 1x8192, 1x32768, 8x2048 (selective_scan_bwd, the gradients, at 1x2048 and 1x8192); the decode updates
+at batch 1, 16, 64, 256; rms_norm / add_rms_norm over
 8192 rows of hidden 4096; gemv (the decode step's projections, 1 and 8 rows) against F.linear (cuBLAS);
 decode_attention (one token against a 2K-128K KV cache) against SDPA.
 Floors: memory-bound kernels: minimal bytes (inputs read once, outputs written once) / measured copy

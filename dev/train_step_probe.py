@@ -50,7 +50,8 @@ def main():
     cfg = JambaConfig(num_hidden_layers=8, **(dict(vocab_size=512, hidden_size=128, intermediate_size=256,
                                                    num_attention_heads=4, num_key_value_heads=2) if args.smoke else {}))
     dtype = torch.float32 if args.smoke else torch.bfloat16
-    print(f"commit {os.environ.get('JAMBA_COMMIT', 'unknown')}; building one Jamba-v0.1 block ({dtype}) ...", flush=True)
+    commit = os.environ.get("JAMBA_COMMIT", "unknown")
+    print(f"commit {commit}; building one Jamba-v0.1 block ({dtype}) ...", flush=True)
     model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=dev, seed=0)
     model.train()
     gen = torch.Generator(device=dev)
@@ -67,7 +68,7 @@ def main():
             ops._scan_native_ok = lambda u, A: False  # the scan's backward through reference.py
             try:
                 ms_s, _ = step_ms(model, ids, 1)
-                ops.MOE_SPARSE_BACKWARD = False       # and the MoE's dense fp32 formula: every version before session 30
+                ops.MOE_SPARSE_BACKWARD = False  # and the MoE's dense fp32 formula: every version before session 30
                 ms_r, loss_r = step_ms(model, ids, 1)
             finally:
                 ops._scan_native_ok = keep

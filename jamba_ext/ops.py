@@ -24,10 +24,11 @@ Ops (shapes in the letters of csrc/jamba.h):
   selective_scan_bwd(forward's inputs, dout, dlast_state?) -> the gradients of selective_scan (what its autograd
                  runs; on CUDA for d_state <= 32, else the reference's autograd)
 The ops that mutate a state in place (`*_update`) are inference-only (no autograd). selective_scan's autograd runs
-selective_scan_bwd; the other differentiable ops have an autograd formula that differentiates `reference.py`
-(correct, not fast) until native backward kernels exist. Each op is registered once as torch.ops.jamba.<name> (what opcheck, torch.compile and
-autograd see); the module-level functions here run the same implementation and skip the dispatcher in
-plain eager inference (see "eager fast path" at the end of this file).
+selective_scan_bwd; moe_experts' eager backward runs the routed rows with torch GEMMs (`_moe_sparse_grads`); the
+other differentiable ops have an autograd formula that differentiates `reference.py` (correct, not fast) until
+native backward kernels exist. Each op is registered once as torch.ops.jamba.<name> (what opcheck, torch.compile
+and autograd see); the module-level functions here run the same implementation and skip the dispatcher in plain
+eager inference (see "eager fast path" at the end of this file).
 """
 import os
 from typing import List, Optional, Sequence, Tuple
