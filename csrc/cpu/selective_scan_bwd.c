@@ -78,11 +78,11 @@ jamba_status jamba_selective_scan_bwd_check(const jamba_selective_scan_bwd_param
 
 static inline float sb_sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
-/* One channel (b, c) over all L: the forward for the checkpoints, then the reverse. Rows (fp32, L each): u, x
- * (delta + bias), z (or NULL), dout; bt / ct: B and C of batch b as (L, N). Writes du / ddelta / dz rows (fp32),
+/* One channel (b, c) over all L: the forward for the checkpoints, then the reverse. Rows (fp32, L each): u, dt
+ * (softplus applied), dsp (d dt / d delta), z (or NULL), dout; bt / ct: B and C of batch b as (L, N). Writes du / ddelta / dz rows (fp32),
  * adds into the block partials pdb / pdc (L, N), returns dA (N), dD, ddelta_bias, dinit (N) of the channel. */
-static void sb_channel(const float *u, const float *x, const float *z, const float *dout, const float *bt,
-                       const float *ct, const float *A, float Dc, int softplus, const float *h0, const float *dlast,
+static void sb_channel(const float *u, const float *dtr, const float *dsp, const float *z, const float *dout,
+                       const float *bt, const float *ct, const float *A, float Dc, const float *h0, const float *dlast,
                        int64_t L, int64_t N, float *ckpt, float *hbuf, float *du, float *ddelta, float *dz, float *pdb,
                        float *pdc, float *dA, float *dD, float *ddb, float *dinit) {
     float h[JAMBA_MAX_D_STATE], g[JAMBA_MAX_D_STATE];
@@ -92,7 +92,7 @@ static void sb_channel(const float *u, const float *x, const float *z, const flo
         memcpy(ckpt + k * N, h, sizeof(float) * (size_t)N);
         const int64_t t1 = (k + 1) * SB_TC < L ? (k + 1) * SB_TC : L;
         for (int64_t t = k * SB_TC; t < t1; t++) {
-            const float dt = softplus ? (x[t] <= 20.f ? log1pf(expf(x[t])) : x[t]) : x[t];
+            const float dt = dtr[t];
             for (int64_t n = 0; n < N; n++) h[n] = expf(dt * A[n]) * h[n] + dt * bt[t * N + n] * u[t];
         }
     }
@@ -103,13 +103,11 @@ static void sb_channel(const float *u, const float *x, const float *z, const flo
         memcpy(h, ckpt + k * N, sizeof(float) * (size_t)N);
         for (int64_t t = t0; t < t1; t++) { /* hbuf[t - t0] = h[t-1] */
             memcpy(hbuf + (t - t0) * N, h, sizeof(float) * (size_t)N);
-            const float dt = softplus ? (x[t] <= 20.f ? log1pf(expf(x[t])) : x[t]) : x[t];
+            const float dt = dtr[t];
             for (int64_t n = 0; n < N; n++) h[n] = expf(dt * A[n]) * h[n] + dt * bt[t * N + n] * u[t];
         }
         for (int64_t t = t1 - 1; t >= t0; t--) {
-            const float xt = x[t], ut = u[t];
-            const float dt = softplus ? (xt <= 20.f ? log1pf(expf(xt)) : xt) : xt;
-            const float dsp = softplus ? (xt <= 20.f ? sb_sigmoid(xt) : 1.f) : 1.f;
+            const float ut = u[t], dt = dtr[t];
             const float *bn = bt + t * N, *cn = ct + t * N, *hp = hbuf + (t - t0) * N;
             float a[JAMBA_MAX_D_STATE], ht[JAMBA_MAX_D_STATE], y0 = Dc * ut;
             for (int64_t n = 0; n < N; n++) {
@@ -135,7 +133,7 @@ static void sb_channel(const float *u, const float *x, const float *z, const flo
                 g[n] = a[n] * gn;
             }
             du[t] = dyp * Dc + dt * sdu;
-            ddelta[t] = sddt * dsp;
+            ddelta[t] = sddt * dsp[t];
             sD += dyp * ut;
             sdb += ddelta[t];
         }
@@ -170,9 +168,9 @@ jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params 
         memset(pdb, 0, sizeof(float) * (size_t)(2 * NB * L * N));
 #pragma omp parallel if (DI * L * N > JAMBA_OMP_MIN_WORK)
         {
-            /* per thread: 7 rows of L (u, x, z, dout, du, ddelta, dz), checkpoints (NC, N), the chunk's h (SB_TC, N),
+            /* per thread: 8 rows of L (u, dt, dsp, z, dout, du, ddelta, dz), checkpoints (NC, N), the chunk's h (SB_TC, N),
              * A of the channel (N) */
-            float *rows = (float *)malloc(sizeof(float) * (size_t)(7 * L + NC * N + SB_TC * N + N + 1));
+            float *rows = (float *)malloc(sizeof(float) * (size_t)(8 * L + NC * N + SB_TC * N + N + 1));
             if (!rows) {
 #pragma omp atomic write
                 failed = 1;
@@ -180,7 +178,8 @@ jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params 
 #pragma omp for schedule(static)
             for (int64_t blk = 0; blk < NB; blk++) {
                 if (!rows) continue;
-                float *u = rows, *x = u + L, *z = x + L, *dout = z + L, *du = dout + L, *dd = du + L, *dz = dd + L;
+                float *u = rows, *x = u + L, *dsp = x + L, *z = dsp + L, *dout = z + L, *du = dout + L;
+                float *dd = du + L, *dz = dd + L;
                 float *ckpt = dz + L, *hbuf = ckpt + NC * N, *Ac = hbuf + SB_TC * N;
                 const int64_t c1 = (blk + 1) * SB_CB < DI ? (blk + 1) * SB_CB : DI;
                 for (int64_t c = blk * SB_CB; c < c1; c++) {
@@ -195,7 +194,12 @@ jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params 
                                        dt, L, 1);
                     const float bias =
                         p->delta_bias.data ? ((const float *)p->delta_bias.data)[c * p->delta_bias.stride[0]] : 0.f;
-                    for (int64_t t = 0; t < L; t++) x[t] += bias;
+                    for (int64_t t = 0; t < L; t++) { /* x := dt (softplus applied), dsp := d dt / d x */
+                        const float xt = x[t] + bias;
+                        const int sp = p->delta_softplus && xt <= 20.f;
+                        x[t] = sp ? log1pf(expf(xt)) : xt;
+                        dsp[t] = sp ? sb_sigmoid(xt) : 1.f;
+                    }
                     for (int64_t n = 0; n < N; n++) Ac[n] = A[c * p->A.stride[0] + n * p->A.stride[1]];
                     const float Dc = p->D.data ? ((const float *)p->D.data)[c * p->D.stride[0]] : 0.f;
                     const float *h0 = p->initial_state.data
@@ -207,7 +211,7 @@ jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params 
                                                                 c * p->dlast_state.stride[1]
                                                           : NULL;
                     float dinit[JAMBA_MAX_D_STATE];
-                    sb_channel(u, x, p->z.data ? z : NULL, dout, bt, ct, Ac, Dc, p->delta_softplus, h0, dl, L, N, ckpt,
+                    sb_channel(u, x, dsp, p->z.data ? z : NULL, dout, bt, ct, Ac, Dc, h0, dl, L, N, ckpt,
                                hbuf, du, dd, dz, pdb + blk * L * N, pdc + blk * L * N, pA + (b * DI + c) * N,
                                pD + b * DI + c, pdbias + b * DI + c, dinit);
                     const int64_t oo = (b * DI + c) * L; /* du, ddelta, dz are contiguous (B, DI, L) */
