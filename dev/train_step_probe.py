@@ -88,16 +88,12 @@ def main():
     print(f"\nprofile of one native step at L={L} ({key}; with PDL on, a kernel's wait for its predecessor counts as "
           f"its time: set JAMBA_EXT_PDL=0 for a breakdown):")
     print(prof.key_averages().table(sort_by=key, row_limit=14, max_name_column_width=60))
-    if dev.type == "cuda":
-        # where the GPU time goes by operator: the host-side events (aten / jamba ops, autograd nodes) with the
-        # device time of everything they launched, inclusive, so nested rows overlap
-        rows = [e for e in prof.key_averages() if str(e.device_type).endswith("CPU") and e.device_time_total > 0]
-        rows.sort(key=lambda e: -e.device_time_total)
-        print(f"\noperators by device time (inclusive, ms; nested rows overlap):")
-        for e in rows[:40]:
-            print(f"  {e.device_time_total / 1e3:9.2f}  self {e.self_device_time_total / 1e3:8.2f}  "
-                  f"x{e.count:<5d} {e.key[:100]}")
-
+    if dev.type == "cuda":  # the kernels with their whole names (torch's elementwise functors name the operation)
+        rows = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)[:32]
+        print("\nkernels by device time (ms, calls, name):")
+        for e in rows:
+            name = e.key.replace("at::native::", "").replace("(anonymous namespace)::", "")
+            print(f"  {e.self_device_time_total / 1e3:8.2f} x{e.count:<5d} {name[:220]}")
 
 if __name__ == "__main__":
     main()
