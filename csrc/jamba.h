@@ -299,6 +299,20 @@ jamba_status jamba_silu_mul_check(const jamba_silu_mul_params *p);
 jamba_status jamba_silu_mul_cpu(const jamba_silu_mul_params *p);
 jamba_status jamba_silu_mul_cuda(const jamba_silu_mul_params *p, jamba_launch launch);
 
+/* silu_mul_bwd: the gradient of silu_mul (training; the roundings of the forward are passed straight through):
+ *   s = sigmoid(g), dgate_up[m, f] = round(dout[m, f] * u * s * (1 + g * (1 - s))),
+ *   dgate_up[m, F + f] = round(dout[m, f] * g * s),  g = gate_up[m, f], u = gate_up[m, F + f], fp32 math
+ *   (CPU: expf and an IEEE division; CUDA: the fast exp and division, a few fp32 ulp apart).
+ * Shapes: gate_up (M, 2F) f32|f16|bf16 and dout (M, F) of its dtype, unit stride along the last axis, any row
+ *   stride; dgate_up (M, 2F) contiguous, gate_up's dtype, overlapping neither input. */
+typedef struct {
+    jamba_tensor dgate_up, gate_up, dout;
+} jamba_silu_mul_bwd_params;
+
+jamba_status jamba_silu_mul_bwd_check(const jamba_silu_mul_bwd_params *p);
+jamba_status jamba_silu_mul_bwd_cpu(const jamba_silu_mul_bwd_params *p);
+jamba_status jamba_silu_mul_bwd_cuda(const jamba_silu_mul_bwd_params *p, jamba_launch launch);
+
 /* moe_combine: the weighted combine of expert outputs kept in SORTED order (row p of y belongs to slot
  * sorted_slots[p], as the grouped GEMMs leave them):
  *   out[t, :] = round(...round(o_0 + o_1)...),  o_j = round(y[pos(s), :] * round(weights[s])),  s = t*TOPK + j,

@@ -635,6 +635,32 @@ def _(gate_up):
     return gate_up.new_empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2))
 
 
+@torch.library.custom_op("jamba::silu_mul_bwd", mutates_args=())
+def silu_mul_bwd(gate_up: Tensor, dout: Tensor) -> Tensor:
+    """Gradient of silu_mul (training), one pass: with g, u the gate and up halves of gate_up and s = sigmoid(g),
+    returns (..., 2F) = [dout * u * s * (1 + g (1 - s)), dout * g * s] rounded once to gate_up's dtype (fp32 math;
+    the forward's roundings passed straight through). gate_up: (..., 2F), dout: (..., F) of its dtype, both with
+    unit stride along the last axis."""
+    op = "silu_mul_bwd"
+    _check_args(op, "gate_up", gate_up, {}, dout=dout)
+    g2 = _rows(op, "gate_up", gate_up)
+    if g2.shape[-1] % 2:
+        _fail(op, f"gate_up must have an even last size (gate then up), got shape {tuple(gate_up.shape)}")
+    if tuple(dout.shape) != (*gate_up.shape[:-1], gate_up.shape[-1] // 2):
+        _fail(op, f"dout must have shape {(*gate_up.shape[:-1], gate_up.shape[-1] // 2)} (gate_up's with half its "
+                  f"last size), got {tuple(dout.shape)}")
+    d2 = _rows(op, "dout", dout)
+    out = _alloc(tuple(g2.shape), gate_up.dtype, gate_up.device)
+    _call(op, gate_up.device, op, [("dgate_up", out), ("gate_up", g2), ("dout", d2)])
+    return out.view(gate_up.shape)
+
+
+@silu_mul_bwd.register_fake
+def _(gate_up, dout):
+    _fake_devices("silu_mul_bwd", gate_up=gate_up, dout=dout)
+    return gate_up.new_empty(gate_up.shape)
+
+
 @torch.library.custom_op("jamba::moe_combine", mutates_args=())
 def moe_combine(y: Tensor, weights: Tensor, expert_ids: Tensor, sorted_slots: Tensor, num_experts: int) -> Tensor:
     """Weighted combine of expert outputs kept in sorted order (row p of y belongs to slot sorted_slots[p]):
@@ -769,7 +795,20 @@ def _(x, weights, expert_ids, w_gate_up, w_down, sorted_slots=None, expert_offse
 
 
 _register_reference_autograd("moe_route", reference.moe_route, 2, (0,))
-_register_reference_autograd("silu_mul", reference.silu_mul, 1, (0,))
+
+
+def _silu_mul_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+
+
+def _silu_mul_backward(ctx, grad):
+    (gate_up,) = ctx.saved_tensors
+    if grad.dtype != gate_up.dtype or gate_up.dtype == torch.float64:  # what the native op does not take
+        return reference.silu_mul_bwd(gate_up, grad)
+    return silu_mul_bwd(gate_up, grad.contiguous() if grad.dim() and grad.stride(-1) != 1 else grad)
+
+
+torch.library.register_autograd("jamba::silu_mul", _silu_mul_backward, setup_context=_silu_mul_setup)
 _register_reference_autograd("moe_combine", lambda y, w, ids, slots, E: reference.moe_combine(y, w, ids, slots), 5,
                             (0, 1, 2, 3))
 # moe_experts' autograd: in eager mode the routed rows only, with torch GEMMs in x's dtype (fp32 accumulation), per
@@ -780,48 +819,49 @@ _moe_ref_setup, _moe_ref_backward = _reference_backward(
 
 
 def _moe_sparse_grads(go, x, w, ids, wgu, wd, need):
-    """(dx, dweights, dw_gate_up, dw_down) of moe_experts, None where not needed. Forward recomputed per expert with
-    the forward's roundings (gate / up and the activation in x's dtype, the routing weight rounded to it)."""
+    """(dx, dweights, dw_gate_up, dw_down) of moe_experts, None where not needed. Per expert over its routed rows:
+    the forward recomputed with its roundings (gate_up in x's dtype, then silu_mul; the routing weight rounded to
+    x's dtype), torch GEMMs in x's dtype (fp32 accumulation) written straight into the weight gradients (no copy
+    of the stacked (E, ...) tensors, zero fill only for experts without rows) and silu_mul_bwd for the activation."""
     dt = x.dtype
     T, H = x.shape
-    E, F2 = wgu.shape[0], wgu.shape[1]
-    Fd, K = F2 // 2, ids.shape[1]
+    E, K = wgu.shape[0], ids.shape[1]
     offsets, slots = moe_permute(ids.to(torch.int32), E)
     sl = slots.long()
     tok = torch.div(sl, K, rounding_mode="floor")
     xs, gos = x.index_select(0, tok), go.to(dt).index_select(0, tok)
     wr = w.to(torch.float32).reshape(-1).index_select(0, sl).to(dt).float()  # the forward's rounded weights
+    dys = (gos.float() * wr[:, None]).to(dt)  # dL/d(expert output), sorted slots
     S = sl.numel()
-    dxs = torch.zeros(S, H, dtype=torch.float32, device=x.device) if need[0] else None
-    dws = torch.zeros(S, dtype=torch.float32, device=x.device) if need[1] else None
-    dwgu = torch.zeros_like(wgu) if need[3] else None
-    dwd = torch.zeros_like(wd) if need[4] else None
+    dxs = torch.empty(S, H, dtype=dt, device=x.device) if need[0] else None
+    dws = torch.empty(S, dtype=torch.float32, device=x.device) if need[1] else None
+    dwgu = torch.empty_like(wgu) if need[3] else None
+    dwd = torch.empty_like(wd) if need[4] else None
     offs = offsets.tolist()
     for e in range(E):
         lo, hi = offs[e], offs[e + 1]
         if hi <= lo:
+            for g in (dwgu, dwd):
+                if g is not None:
+                    g[e].zero_()
             continue
         xe = xs[lo:hi]
         a = xe @ wgu[e].t()
-        g, u = a[:, :Fd].float(), a[:, Fd:].float()
-        sg = torch.sigmoid(g)
-        act = (g * sg * u).to(dt)
-        goe = gos[lo:hi].float()
+        act = silu_mul(a)
         if dws is not None:
-            dws[lo:hi] = (goe * (act @ wd[e].t()).float()).sum(1)
-        dy = (goe * wr[lo:hi, None]).to(dt)
+            dws[lo:hi] = (gos[lo:hi].float() * (act @ wd[e].t()).float()).sum(1)
+        dy = dys[lo:hi]
         if dwd is not None:
-            dwd[e] = dy.t() @ act
+            torch.matmul(dy.t(), act, out=dwd[e])
         if dxs is None and dwgu is None:
             continue
-        dact = (dy @ wd[e]).float()
-        da = torch.cat([dact * u * sg * (1 + g * (1 - sg)), dact * g * sg], dim=1).to(dt)
+        da = silu_mul_bwd(a, dy @ wd[e])
         if dwgu is not None:
-            dwgu[e] = da.t() @ xe
+            torch.matmul(da.t(), xe, out=dwgu[e])
         if dxs is not None:
-            dxs[lo:hi] = (da @ wgu[e]).float()
+            torch.matmul(da, wgu[e], out=dxs[lo:hi])
     dx = None if dxs is None else torch.zeros(T, H, dtype=torch.float32, device=x.device).index_add_(
-        0, tok, dxs).to(dt)
+        0, tok, dxs.float()).to(dt)
     dw = None
     if dws is not None:
         dw = torch.zeros(T * K, dtype=torch.float32, device=x.device)

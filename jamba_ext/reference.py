@@ -229,6 +229,17 @@ def silu_mul(gate_up: Tensor) -> Tensor:
     return (F.silu(g) * u).to(gate_up.dtype)
 
 
+def silu_mul_bwd(gate_up: Tensor, dout: Tensor) -> Tensor:
+    """Gradient of silu_mul with respect to gate_up, the roundings of the forward passed straight through:
+    (..., 2F) = [dout * u * s * (1 + g * (1 - s)), dout * g * s], s = sigmoid(g), in the compute dtype, cast to
+    gate_up's dtype."""
+    cd = _compute_dtype(gate_up, dout)
+    g, u = gate_up.to(cd).chunk(2, dim=-1)
+    d = dout.to(cd)
+    s = torch.sigmoid(g)
+    return torch.cat([d * u * s * (1 + g * (1 - s)), d * g * s], dim=-1).to(gate_up.dtype)
+
+
 def moe_combine(y: Tensor, weights: Tensor, expert_ids: Tensor, sorted_slots: Tensor) -> Tensor:
     """out[t] = sum_j weights[t, j] * y[p] with sorted_slots[p] = t*TOPK + j (y: expert outputs in sorted
     order, (T*TOPK, H)), in the compute dtype, cast to y's dtype."""

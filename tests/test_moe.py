@@ -625,6 +625,50 @@ def test_silu_mul_bad_inputs(device):
 
 
 @pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("shape", [(1, 2), (7, 272), (300, 144), (5, 26), (2, 3, 48), (0, 16)])
+def test_silu_mul_bwd_matches_fp64(device, dtype, shape):
+    """The gradient of silu_mul: against reference.silu_mul_bwd in float64, that against float64 autograd of
+    silu(g) * u (so the formula itself is checked), and on CUDA against the CPU op. Odd F (element path), F a
+    multiple of 8 (16-byte path), 3-d input, M 0; inputs to +-24 (exp overflows)."""
+    gu = randn(*shape, device=device, dtype=torch.float32).mul(8).to(dtype)
+    d = randn(*shape[:-1], shape[-1] // 2, device=device, dtype=dtype)
+    got = ops.silu_mul_bwd(gu, d)
+    assert got.shape == gu.shape and got.dtype == dtype
+    want = reference.silu_mul_bwd(up(gu), up(d))
+    assert_close(got, want, **TOL[dtype])
+    g64 = up(gu).requires_grad_(True)
+    g, u = g64.chunk(2, dim=-1)
+    (auto,) = torch.autograd.grad(torch.nn.functional.silu(g) * u, g64, up(d))
+    assert_close(want, auto, rtol=1e-12, atol=1e-12)
+    if device.type == "cuda":
+        assert_close(got, ops.silu_mul_bwd(gu.cpu(), d.cpu()), rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"])
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_silu_mul_bwd_strided_rows(device, dtype):
+    """gate_up and dout column slices of wider tensors (row strides > their widths): read in place."""
+    gu = randn(37, 100, device=device, dtype=dtype)[:, 4:68]
+    d = randn(37, 50, device=device, dtype=dtype)[:, 8:40]
+    assert_close(ops.silu_mul_bwd(gu, d), reference.silu_mul_bwd(up(gu), up(d)), **TOL[dtype])
+
+
+def test_silu_mul_bwd_bad_inputs(device):
+    gu = randn(4, 8, device=device)
+    with pytest.raises(ValueError, match="gate_up"):
+        ops.silu_mul_bwd(randn(4, 7, device=device), randn(4, 3, device=device))
+    with pytest.raises(ValueError, match="dout"):
+        ops.silu_mul_bwd(gu, randn(4, 5, device=device))
+    with pytest.raises(ValueError, match="dout"):
+        ops.silu_mul_bwd(gu, randn(4, 4, device=device, dtype=torch.float16))
+    with pytest.raises(ValueError, match="dout"):
+        ops.silu_mul_bwd(gu, randn(4, 4, device=device).t())   # unit stride along rows
+    with pytest.raises(ValueError, match="gate_up"):
+        ops.silu_mul_bwd(gu.to(torch.int32), randn(4, 4, device=device).to(torch.int32))
+    with pytest.raises(ValueError, match="device"):
+        ops.silu_mul_bwd(gu, randn(4, 4, device="meta"))
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
 @pytest.mark.parametrize("T,H,E,K", [(1, 8, 4, 2), (7, 24, 8, 2), (64, 13, 16, 2), (300, 40, 4, 1), (5, 16, 5, 3)])
 def test_moe_combine_matches_fp64(device, dtype, T, H, E, K):
     """y in sorted order (as the grouped GEMMs leave it), H odd (element path) and multiple of 8."""
@@ -667,6 +711,8 @@ def test_silu_mul_moe_combine_opcheck(device):
     T, H, E, K = 11, 24, 4, 2
     torch.library.opcheck(torch.ops.jamba.silu_mul.default, (randn(T, 2 * H, device=device),))
     torch.library.opcheck(torch.ops.jamba.silu_mul.default, (randn(T, 2 * H, device=device).requires_grad_(True),))
+    torch.library.opcheck(torch.ops.jamba.silu_mul_bwd.default, (randn(T, 2 * H, device=device),
+                                                                  randn(T, H, device=device)))
     w, ids, offsets, slots = routed(T, E, K, device)
     torch.library.opcheck(torch.ops.jamba.moe_combine.default, (randn(T * K, H, device=device), w, ids, slots, E))
 
@@ -711,13 +757,16 @@ def test_moe_route_nan_row_and_ties(device, T, E, K):
     assert torch.equal(offsets, o2) and torch.equal(slots, s2)
 
 
-def test_silu_mul_moe_combine_grad(device):
-    """Autograd of both goes through reference.py."""
-    gu = randn(5, 12, device=device).requires_grad_(True)
-    ops.silu_mul(gu).sum().backward()
-    g2 = gu.detach().double().requires_grad_(True)
-    reference.silu_mul(g2).sum().backward()
-    assert_close(gu.grad, g2.grad, rtol=1e-5, atol=1e-6)
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_silu_mul_moe_combine_grad(device, dtype):
+    """silu_mul's autograd runs silu_mul_bwd, moe_combine's goes through reference.py."""
+    gu = randn(5, 12, device=device, dtype=dtype).requires_grad_(True)
+    go = randn(5, 6, device=device, dtype=dtype)
+    ops.silu_mul(gu).backward(go)
+    g2 = up(gu.detach()).requires_grad_(True)
+    reference.silu_mul(g2).backward(up(go))
+    assert gu.grad.dtype == dtype
+    assert_close(gu.grad, g2.grad, **TOL[dtype])
     T, H, E, K = 6, 8, 4, 2
     w, ids, offsets, slots = routed(T, E, K, device)
     y = randn(T * K, H, device=device).requires_grad_(True)

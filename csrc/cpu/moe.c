@@ -2,13 +2,15 @@
  * argument checks shared with csrc/cuda/moe.cu.
  *
  * Exports: jamba_moe_route_check / _cpu, jamba_moe_permute_check / _cpu, jamba_moe_experts_check / _cpu,
- * jamba_silu_mul_check / _cpu, jamba_moe_combine_check / _cpu.
+ * jamba_silu_mul_check / _cpu, jamba_silu_mul_bwd_check / _cpu, jamba_moe_combine_check / _cpu.
  * Math (jamba-architecture.md 4.4, csrc/jamba.h):
  *   route:   p[t, :] = softmax(fp32(logits[t, :]))  (fp64 for fp64 logits); the TOPK largest p in
  *            descending order, ties to the lower expert id; weights = p (no renormalisation).
  *   permute: counting sort of the T*TOPK slots (s = t*TOPK + j) by expert id, stable (token order inside
  *            an expert); ids outside [0, E) form a last bucket after expert_offsets[E].
  *   silu_mul: act[m, f] = round(round(silu(g)) * u) of a fused gate/up row (fp32 math, expf).
+ *   silu_mul_bwd: its gradient (training): d gate = dout * u * s * (1 + g (1 - s)), d up = dout * g * s,
+ *            s = sigmoid(g), rounded once to the dtype.
  *   combine: out[t, :] = round(...round(o_0 + o_1) ... ), o_j = round(y[pos(t*TOPK + j)] * round(w)), j
  *            ascending, y in sorted order (pos: the inverse of sorted_slots).
  * The expert GEMMs of the CPU path run in torch (jamba_ext/ops.py, _moe_experts_torch): the CPU's
@@ -25,6 +27,7 @@ static const char *OP_ROUTE = "jamba.moe_route";
 static const char *OP_PERMUTE = "jamba.moe_permute";
 static const char *OP_EXPERTS = "jamba.moe_experts";
 static const char *OP_SILU_MUL = "jamba.silu_mul";
+static const char *OP_SILU_MUL_BWD = "jamba.silu_mul_bwd";
 static const char *OP_COMBINE = "jamba.moe_combine";
 
 #define I32 JAMBA_MASK(JAMBA_I32)
@@ -303,6 +306,66 @@ jamba_status jamba_silu_mul_cpu(const jamba_silu_mul_params *p) {
             const float g = jamba_load(row, dt, f), u = jamba_load(row, dt, F + f);
             const float a = jamba_round_to(dt, g / (1.f + expf(-g)));
             jamba_store(orow, dt, f, a * u);
+        }
+    }
+    return JAMBA_OK;
+}
+
+/* [start, end) bytes of a 2-D tensor with unit stride along its last axis */
+static int rows_overlap(const jamba_tensor *a, const jamba_tensor *b) {
+    const int64_t ma = a->shape[0], na = a->shape[1], mb = b->shape[0], nb = b->shape[1];
+    if (ma == 0 || na == 0 || mb == 0 || nb == 0) return 0;
+    const char *a0 = (const char *)a->data, *b0 = (const char *)b->data;
+    const char *a1 = a0 + ((ma - 1) * a->stride[0] + na) * (int64_t)jamba_dtype_size(a->dtype);
+    const char *b1 = b0 + ((mb - 1) * b->stride[0] + nb) * (int64_t)jamba_dtype_size(b->dtype);
+    return a0 < b1 && b0 < a1;
+}
+
+jamba_status jamba_silu_mul_bwd_check(const jamba_silu_mul_bwd_params *p) {
+    const char *op = OP_SILU_MUL_BWD;
+    JAMBA_TRY(jamba_check_tensor(op, "gate_up", &p->gate_up, 2, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_unit_stride(op, "gate_up", &p->gate_up, 1));
+    const int64_t M = p->gate_up.shape[0], F2 = p->gate_up.shape[1];
+    if (F2 % 2 != 0)
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: gate_up must have an even last size (gate then up), got %lld",
+                               op, (long long)F2);
+    const int64_t dsh[2] = {M, F2 / 2}, gsh[2] = {M, F2};
+    JAMBA_TRY(jamba_check_tensor(op, "dout", &p->dout, 2, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_same_dtype(op, "dout", &p->dout, "gate_up", &p->gate_up));
+    JAMBA_TRY(jamba_check_shape(op, "dout", &p->dout, dsh));
+    JAMBA_TRY(jamba_check_unit_stride(op, "dout", &p->dout, 1));
+    JAMBA_TRY(jamba_check_tensor(op, "dgate_up", &p->dgate_up, 2, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_same_dtype(op, "dgate_up", &p->dgate_up, "gate_up", &p->gate_up));
+    JAMBA_TRY(jamba_check_shape(op, "dgate_up", &p->dgate_up, gsh));
+    JAMBA_TRY(jamba_check_contiguous(op, "dgate_up", &p->dgate_up));
+    const jamba_tensor *ins[] = {&p->gate_up, &p->dout};
+    const char *names[] = {"gate_up", "dout"};
+    for (int i = 0; i < 2; i++) {
+        if (M > 1 && ins[i]->shape[1] > 0 && ins[i]->stride[0] < ins[i]->shape[1])
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: %s rows must not overlap (row stride %lld < %lld)", op,
+                                   names[i], (long long)ins[i]->stride[0], (long long)ins[i]->shape[1]);
+        if (rows_overlap(&p->dgate_up, ins[i]))
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: dgate_up must not overlap %s in memory", op, names[i]);
+    }
+    return JAMBA_OK;
+}
+
+jamba_status jamba_silu_mul_bwd_cpu(const jamba_silu_mul_bwd_params *p) {
+    JAMBA_TRY(jamba_silu_mul_bwd_check(p));
+    const int64_t M = p->gate_up.shape[0], F = p->gate_up.shape[1] / 2;
+    const int64_t lg = p->gate_up.stride[0], ld = p->dout.stride[0];
+    const jamba_dtype dt = p->gate_up.dtype;
+    const int64_t es = (int64_t)jamba_dtype_size(dt);
+    if (M == 0 || F == 0) return JAMBA_OK;
+#pragma omp parallel for schedule(static) if (M * F >= JAMBA_OMP_MIN_WORK)
+    for (int64_t m = 0; m < M; m++) {
+        const char *row = (const char *)p->gate_up.data + m * lg * es, *drow = (const char *)p->dout.data + m * ld * es;
+        char *orow = (char *)p->dgate_up.data + m * 2 * F * es;
+        for (int64_t f = 0; f < F; f++) {
+            const float g = jamba_load(row, dt, f), u = jamba_load(row, dt, F + f), d = jamba_load(drow, dt, f);
+            const float sg = 1.f / (1.f + expf(-g));
+            jamba_store(orow, dt, f, d * u * sg * (1.f + g * (1.f - sg)));
+            jamba_store(orow, dt, F + f, d * g * sg);
         }
     }
     return JAMBA_OK;

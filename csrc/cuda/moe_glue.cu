@@ -2,7 +2,7 @@
  * and the weighted combine of expert outputs kept in sorted order (jamba_ext/ops.py runs them between and
  * after its two torch._grouped_mm calls, the prefill engine from 4096 slots on Hopper).
  *
- * Exports: jamba_silu_mul_cuda, jamba_moe_combine_cuda (checks and math: csrc/cpu/moe.c, csrc/jamba.h).
+ * Exports: jamba_silu_mul_cuda, jamba_silu_mul_bwd_cuda, jamba_moe_combine_cuda (checks and math: csrc/cpu/moe.c, csrc/jamba.h).
  * Both are memory-bound streams: 16-byte vectors when rows allow, element access otherwise; fp32 math with
  * HF's roundings in the model dtype (moe_scaled of moe.cuh; the SiLU with the fast exp and division).
  * No atomics, no host synchronisation: a bad expert id gives NaN rows, as in moe_experts.
@@ -79,6 +79,92 @@ extern "C" jamba_status jamba_silu_mul_cuda(const jamba_silu_mul_params *p, jamb
     });
     JAMBA_TRY(s);
     JAMBA_LAUNCH_CHECK("jamba.silu_mul: kernel launch", stream);
+    return JAMBA_OK;
+}
+
+/* silu_mul_bwd_kernel<T, VEC> (training: the gradient of silu_mul)
+ *   gate_up (M, 2F) T and dout (M, F) T, unit stride along the last axis, row strides lg / ld; dgate_up (M, 2F) T
+ *   contiguous. Same grid as silu_mul_kernel; a thread loads g, u and dout of both rows before any math.
+ *   s = sigmoid(g): dgate_up[m, f] = dout * u * s * (1 + g (1 - s)), dgate_up[m, F + f] = dout * g * s. */
+__device__ __forceinline__ void silu_mul_bwd_one(float g, float u, float d, float &dg, float &du) {
+    const float s = __fdividef(1.f, 1.f + __expf(-g));
+    dg = d * u * s * (1.f + g * (1.f - s));
+    du = d * g * s;
+}
+
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(GLUE_THREADS) silu_mul_bwd_kernel(T *dgu, const T *gu, const T *dout, int64_t M,
+                                                                   int64_t F, int64_t lg, int64_t ld) {
+    jamba_pdl_begin();
+    constexpr int V = VEC ? 16 / (int)sizeof(T) : 1;
+    const int64_t c = (int64_t)blockIdx.x * GLUE_THREADS + threadIdx.x;
+    if (c * V >= F) return;
+    for (int64_t m0 = (int64_t)blockIdx.y * GLUE_ROWS; m0 < M; m0 += (int64_t)gridDim.y * GLUE_ROWS) {
+        if (VEC) {
+            jamba_vec16<T> vg[GLUE_ROWS], vu[GLUE_ROWS], vd[GLUE_ROWS];
+#pragma unroll
+            for (int r = 0; r < GLUE_ROWS; r++)
+                if (m0 + r < M) {
+                    const T *g = gu + (m0 + r) * lg + c * V;
+                    vg[r].raw = *reinterpret_cast<const uint4 *>(g);
+                    vu[r].raw = *reinterpret_cast<const uint4 *>(g + F);
+                    vd[r].raw = *reinterpret_cast<const uint4 *>(dout + (m0 + r) * ld + c * V);
+                }
+#pragma unroll
+            for (int r = 0; r < GLUE_ROWS; r++)
+                if (m0 + r < M) {
+                    jamba_vec16<T> og, ou;
+#pragma unroll
+                    for (int q = 0; q < V; q++) {
+                        float dg, du;
+                        silu_mul_bwd_one(jamba_ld<T>(vg[r].v[q]), jamba_ld<T>(vu[r].v[q]), jamba_ld<T>(vd[r].v[q]),
+                                            dg, du);
+                        og.v[q] = jamba_st<T>(dg);
+                        ou.v[q] = jamba_st<T>(du);
+                    }
+                    T *o = dgu + (m0 + r) * 2 * F + c * V;
+                    *reinterpret_cast<uint4 *>(o) = og.raw;
+                    *reinterpret_cast<uint4 *>(o + F) = ou.raw;
+                }
+        } else {
+            for (int r = 0; r < GLUE_ROWS && m0 + r < M; r++) {
+                const T *g = gu + (m0 + r) * lg + c;
+                float dg, du;
+                silu_mul_bwd_one(jamba_ld<T>(g[0]), jamba_ld<T>(g[F]), jamba_ld<T>(dout[(m0 + r) * ld + c]), dg, du);
+                T *o = dgu + (m0 + r) * 2 * F + c;
+                o[0] = jamba_st<T>(dg);
+                o[F] = jamba_st<T>(du);
+            }
+        }
+    }
+}
+
+extern "C" jamba_status jamba_silu_mul_bwd_cuda(const jamba_silu_mul_bwd_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_silu_mul_bwd_check(p));
+    const int64_t M = p->gate_up.shape[0], F = p->gate_up.shape[1] / 2, lg = p->gate_up.stride[0];
+    const int64_t ld = p->dout.stride[0];
+    if (M == 0 || F == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    const int64_t es = jamba_dtype_size(p->gate_up.dtype), V = 16 / es;
+    const bool vec = F % V == 0 && jamba_aligned16(p->gate_up.data) && jamba_aligned16(p->dout.data) &&
+                     jamba_aligned16(p->dgate_up.data) && (M <= 1 || ((lg * es) % 16 == 0 && (ld * es) % 16 == 0));
+    const int64_t cols = vec ? F / V : F;
+    const int64_t pairs = jamba_ceil_div(M, GLUE_ROWS);
+    if (jamba_ceil_div(cols, GLUE_THREADS) > 65535)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.silu_mul_bwd: F must be below %lld, got %lld",
+                               (long long)(65535LL * GLUE_THREADS), (long long)F);
+    const dim3 grid((unsigned)jamba_ceil_div(cols, GLUE_THREADS), (unsigned)(pairs < 65535 ? pairs : 65535));
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->gate_up.dtype, T, {
+        if (vec) jamba_kernel_launch(silu_mul_bwd_kernel<T, true>, grid, GLUE_THREADS, 0, stream,
+            (T *)p->dgate_up.data, (const T *)p->gate_up.data, (const T *)p->dout.data, M, F, lg, ld);
+        else jamba_kernel_launch(silu_mul_bwd_kernel<T, false>, grid, GLUE_THREADS, 0, stream,
+            (T *)p->dgate_up.data, (const T *)p->gate_up.data, (const T *)p->dout.data, M, F, lg, ld);
+        s = JAMBA_OK;
+    });
+    JAMBA_TRY(s);
+    JAMBA_LAUNCH_CHECK("jamba.silu_mul_bwd: kernel launch", stream);
     return JAMBA_OK;
 }
 

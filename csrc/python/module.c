@@ -244,6 +244,16 @@ static PyObject *py_silu_mul(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_silu_mul_cpu, jamba_silu_mul_cuda);
 }
 
+static PyObject *py_silu_mul_bwd(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_silu_mul_bwd_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.dgate_up, &p.gate_up, &p.dout};
+    if (parse_call(args, &c, ts, 3, NULL, 0) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_silu_mul_bwd_cpu, jamba_silu_mul_bwd_cuda);
+}
+
 static PyObject *py_gemv(PyObject *self, PyObject *args) {
     (void)self;
     jamba_gemv_params p;
@@ -348,6 +358,7 @@ static PyMethodDef methods[] = {
     {"moe_permute", py_moe_permute, METH_VARARGS, "moe_permute (see csrc/jamba.h)."},
     {"moe_experts", py_moe_experts, METH_VARARGS, "moe_experts (see csrc/jamba.h)."},
     {"silu_mul", py_silu_mul, METH_VARARGS, "silu_mul (see csrc/jamba.h)."},
+    {"silu_mul_bwd", py_silu_mul_bwd, METH_VARARGS, "silu_mul_bwd (see csrc/jamba.h)."},
     {"gemv", py_gemv, METH_VARARGS, "gemv (see csrc/jamba.h)."},
     {"decode_attention", py_decode_attention, METH_VARARGS, "decode_attention (see csrc/jamba.h)."},
     {"moe_combine", py_moe_combine, METH_VARARGS, "moe_combine (see csrc/jamba.h)."},
