@@ -117,6 +117,8 @@ def main():
         ops.moe_permute(torch.randint(-1, E + 1, (3000, 2), device="cuda", dtype=torch.int32), E)  # 32 warps busy
         ops.silu_mul(rn(7, 26))                                # element path
         ops.silu_mul(rn(9, 144)[:, 8:136])                     # 16-byte path, row stride 144
+        ops.silu_mul_bwd(rn(7, 26), rn(7, 13))                 # element path
+        ops.silu_mul_bwd(rn(9, 144)[:, 8:136], rn(9, 80)[:, 8:72])  # 16-byte path, row strides 144 / 80
         wr, ids, _, slots = ops.moe_route(rn(T, E), 2)
         ops.moe_combine(rn(2 * T, 13), wr, ids, slots, E)      # element path
         ops.moe_combine(rn(2 * T, H), wr, ids, slots, E)       # 16-byte path
