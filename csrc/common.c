@@ -106,6 +106,22 @@ jamba_status jamba_check_unit_stride(const char *op, const char *name, const jam
                            op, name, dim, s);
 }
 
+int jamba_tensors_overlap(const jamba_tensor *a, const jamba_tensor *b) {
+    const jamba_tensor *t[2] = {a, b};
+    const char *lo[2], *hi[2];
+    for (int k = 0; k < 2; k++) {
+        if (t[k]->data == NULL) return 0;
+        int64_t last = 0;
+        for (int i = 0; i < t[k]->ndim; i++) {
+            if (t[k]->shape[i] == 0) return 0;
+            last += (t[k]->shape[i] - 1) * (t[k]->stride[i] < 0 ? -t[k]->stride[i] : t[k]->stride[i]);
+        }
+        lo[k] = (const char *)t[k]->data;
+        hi[k] = lo[k] + (last + 1) * (int64_t)jamba_dtype_size(t[k]->dtype);
+    }
+    return lo[0] < hi[1] && lo[1] < hi[0];
+}
+
 jamba_status jamba_check_contiguous(const char *op, const char *name, const jamba_tensor *t) {
     for (int i = 0; i < t->ndim; i++)
         if (t->shape[i] == 0) return JAMBA_OK; /* an empty tensor is contiguous whatever its strides */
@@ -221,6 +237,7 @@ NO_CUDA(jamba_rms_norm_cuda, jamba_rms_norm_params)
 NO_CUDA(jamba_rms_norm_segments_cuda, jamba_rms_norm_segments_params)
 NO_CUDA(jamba_causal_conv1d_cuda, jamba_causal_conv1d_params)
 NO_CUDA(jamba_causal_conv1d_update_cuda, jamba_causal_conv1d_update_params)
+NO_CUDA(jamba_causal_conv1d_bwd_cuda, jamba_causal_conv1d_bwd_params)
 NO_CUDA(jamba_selective_scan_cuda, jamba_selective_scan_params)
 NO_CUDA(jamba_selective_state_update_cuda, jamba_selective_state_update_params)
 NO_CUDA(jamba_selective_scan_bwd_cuda, jamba_selective_scan_bwd_params)

@@ -38,6 +38,18 @@ jamba_status jamba_check_contiguous(const char *op, const char *name, const jamb
 jamba_status jamba_check_same_dtype(const char *op, const char *name, const jamba_tensor *t,
                                     const char *ref_name, const jamba_tensor *ref);
 
+/* 1 if the byte ranges [first, last element] of a and b intersect (non-negative strides; absent or empty: 0) */
+int jamba_tensors_overlap(const jamba_tensor *a, const jamba_tensor *b);
+
+/* causal_conv1d_bwd's CUDA work split (csrc/cuda/causal_conv1d_bwd.cu): time steps per block, and f32 partial sums
+ * per block (the K <= 4 taps of dweight, then dbias); jamba_causal_conv1d_bwd_ws_elems sizes the workspace by them */
+#define JAMBA_CONV_BWD_CHUNK 2048
+#define JAMBA_CONV_BWD_PART (JAMBA_MAX_CONV_WIDTH + 1)
+
+/* causal_conv1d's weight (DI, K) and bias (DI,) checks (csrc/cpu/causal_conv1d.c), shared with its backward */
+jamba_status jamba_conv_check_weight_bias(const char *op, const jamba_tensor *weight, const jamba_tensor *bias,
+                                          const jamba_tensor *x, int64_t DI);
+
 #define JAMBA_TRY(expr)                          \
     do {                                         \
         jamba_status jamba_try_s_ = (expr);      \

@@ -122,6 +122,29 @@ jamba_status jamba_causal_conv1d_check(const jamba_causal_conv1d_params *p);
 jamba_status jamba_causal_conv1d_cpu(const jamba_causal_conv1d_params *p);
 jamba_status jamba_causal_conv1d_cuda(const jamba_causal_conv1d_params *p, jamba_launch launch);
 
+/* causal_conv1d_bwd: gradients of causal_conv1d (training)         (csrc/{cpu,cuda}/causal_conv1d_bwd.*)
+ *   From dout only (the final_state's gradient is a copy of entries of h, added by jamba_ext/ops.py). With h as
+ *   above (x counted from t = 0, the K-1 entries before it from initial_state or zeros), recomputed in fp32:
+ *     pre[t] = bias[c] + sum_{j<K} w[c,j] h[t-(K-1)+j],  g[t] = dout[t] * (silu ? s (1 + pre (1 - s)) : 1),
+ *     s = sigmoid(pre);  dh[i] = sum_{j<K, 0 <= i+(K-1)-j < L} w[c,j] g[i+(K-1)-j],  -(K-1) <= i < L
+ *     dx[b,c,t] = dh[t];  dinitial_state[b,c,S_in-(K-1)+i] = dh[i-(K-1)] (i < K-1), its earlier entries 0
+ *     dweight[c,j] = sum_{b,t} g[t] h[t-(K-1)+j],  dbias[c] = sum_{b,t} g[t]   (fp32, a fixed order: bit-identical
+ *     run to run)
+ *   Shapes: x, dout (B, DI, L) f32|f16|bf16 (one dtype), unit stride along L; weight (DI, K) f32 or x's dtype, any
+ *   strides; bias (DI,) or absent; initial_state (B, DI, S_in >= K-1) x's dtype, unit stride along S_in, or absent.
+ *   Outputs, contiguous: dx (B, DI, L) x's dtype; dinitial_state (B, DI, S_in) x's dtype, present iff
+ *   initial_state is; dweight (DI, K) f32; dbias (DI,) f32. ws: f32, jamba_causal_conv1d_bwd_ws_elems(B, DI, L)
+ *   elements, contiguous (CUDA only: per-block partial sums of dweight and dbias; absent on the CPU). */
+typedef struct {
+    jamba_tensor dx, dinitial_state, dweight, dbias, x, weight, bias, initial_state, dout, ws;
+    int silu;
+} jamba_causal_conv1d_bwd_params;
+
+int64_t jamba_causal_conv1d_bwd_ws_elems(int64_t B, int64_t DI, int64_t L);
+jamba_status jamba_causal_conv1d_bwd_check(const jamba_causal_conv1d_bwd_params *p);
+jamba_status jamba_causal_conv1d_bwd_cpu(const jamba_causal_conv1d_bwd_params *p);
+jamba_status jamba_causal_conv1d_bwd_cuda(const jamba_causal_conv1d_bwd_params *p, jamba_launch launch);
+
 /* causal_conv1d_update (decode)
  *   x: (B, DI, L) with L >= 1 new tokens (usually 1), any strides; out: (B, DI, L) contiguous;
  *   x's dtype. weight, bias as for causal_conv1d.

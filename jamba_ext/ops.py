@@ -303,6 +303,45 @@ def _(x, weight, bias=None, initial_state=None, silu=True, state_len=-1):
     return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((x.shape[0], x.shape[1], S))
 
 
+@torch.library.custom_op("jamba::causal_conv1d_bwd", mutates_args=())
+def causal_conv1d_bwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor],
+                      dout: Tensor, silu: bool = True) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of causal_conv1d's out (csrc/jamba.h causal_conv1d_bwd), the forward recomputed in fp32: dout
+    (B, DI, L) in x's dtype. Returns (dx (B, DI, L) x's dtype, dweight (DI, K) f32, dbias (DI,) f32 (what a bias would
+    get, also when absent), dinitial_state (B, DI, S_in) x's dtype, or an empty tensor without initial_state).
+    dweight and dbias are fixed-order sums: bit-identical run to run. The final state's gradient is not an input: it
+    is a copy of entries of concat(initial_state, x) (causal_conv1d's autograd adds it)."""
+    op = "causal_conv1d_bwd"
+    _check_args(op, "x", x, {"x": 3, "bias": 1, "initial_state": 3, "dout": 3},
+                weight=weight, bias=bias, initial_state=initial_state, dout=dout)
+    w = _conv_weight(op, weight)
+    if dout.dtype != x.dtype:
+        _fail(op, f"dout must have x's dtype {x.dtype}, got {dout.dtype}")
+    if dout.dim() == 3 and dout.stride(-1) != 1:  # e.g. an expanded gradient (strides 0)
+        dout = dout.contiguous()
+    Bsz, DI, L = x.shape
+    f32 = torch.float32
+    dx = _alloc(x.shape, x.dtype, x.device)
+    dw, db = _alloc(tuple(w.shape), f32, x.device), _alloc((DI,), f32, x.device)
+    dinit = _alloc(tuple(initial_state.shape), x.dtype, x.device) if initial_state is not None else x.new_empty(0)
+    ws = None
+    if x.device.type == "cuda":
+        ws = torch.empty(max(_C.causal_conv1d_bwd_ws_elems(Bsz, DI, L), 1), dtype=f32, device=x.device)
+    _call(op, x.device, op, [("dx", dx), ("dinitial_state", dinit if initial_state is not None else None),
+                             ("dweight", dw), ("dbias", db), ("x", x), ("weight", w), ("bias", bias),
+                             ("initial_state", initial_state), ("dout", dout), ("ws", ws)], bool(silu))
+    return dx, dw, db, dinit
+
+
+@causal_conv1d_bwd.register_fake
+def _(x, weight, bias, initial_state, dout, silu=True):
+    _fake_devices("causal_conv1d_bwd", x=x, weight=weight, bias=bias, initial_state=initial_state, dout=dout)
+    f32 = torch.float32
+    return (x.new_empty(x.shape), x.new_empty((weight.shape[0], weight.shape[-1]), dtype=f32),
+            x.new_empty((weight.shape[0],), dtype=f32),
+            x.new_empty(initial_state.shape) if initial_state is not None else x.new_empty(0))
+
+
 @torch.library.custom_op("jamba::causal_conv1d_update", mutates_args=("conv_state",))
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                          silu: bool = True) -> Tensor:
@@ -427,7 +466,41 @@ def _(x, z, conv_state, conv_weight, conv_bias, xproj_weight, norm_weight, dtpro
 _register_reference_autograd("rms_norm", reference.rms_norm, 3, (0, 1))
 _register_reference_autograd("rms_norm_segments", reference.rms_norm_segments, 4, (0, 1))
 _register_reference_autograd("add_rms_norm", reference.add_rms_norm, 4, (0, 1, 2))
-_register_reference_autograd("causal_conv1d", reference.causal_conv1d, 6, (0, 1, 2, 3))
+# causal_conv1d's autograd: the native causal_conv1d_bwd (the final state's gradient added here: its entries are
+# copies of the last state_len entries of concat(zeros, initial_state, x)); the reference's autograd for float64
+_conv_ref_setup, _conv_ref_backward = _reference_backward(reference.causal_conv1d, 6, (0, 1, 2, 3))
+
+
+def _conv_setup(ctx, inputs, output):
+    _conv_ref_setup(ctx, inputs, output)
+    ctx.native = inputs[0].dtype in FLOAT_DTYPES
+
+
+def _conv_backward(ctx, dout, dfinal):
+    if not ctx.native:
+        return _conv_ref_backward(ctx, dout, dfinal)
+    x, weight, bias, init = ctx.saved_tensors
+    silu, state_len = ctx.others[4], ctx.others[5]
+    dout = torch.zeros_like(x) if dout is None else dout.to(x.dtype)
+    dx, dw, db, dinit = torch.ops.jamba.causal_conv1d_bwd(x, weight, bias, init, dout, silu)
+    K = weight.shape[-1]
+    S = K - 1 if state_len < 0 else state_len
+    if dfinal is not None and S > 0:  # final[..., i] = full[..., F - S + i], full = concat(zeros, init, x)
+        L, S_in = x.shape[-1], (init.shape[-1] if init is not None else 0)
+        dfin = dfinal.to(x.dtype)
+        nx = min(S, L)                 # the last nx entries of x
+        if nx:
+            dx[..., L - nx:] += dfin[..., S - nx:]
+        ni = min(S - nx, S_in)         # then the last ni entries of initial_state
+        if ni:
+            dinit[..., S_in - ni:] += dfin[..., S - nx - ni:S - nx]
+    need = ctx.needs_input_grad
+    res = [dx, dw.to(weight.dtype).view(weight.shape), None if bias is None else db.to(bias.dtype),
+           None if init is None else dinit]
+    return tuple(r if i < len(need) and need[i] else None for i, r in enumerate(res)) + (None, None)
+
+
+torch.library.register_autograd("jamba::causal_conv1d", _conv_backward, setup_context=_conv_setup)
 
 
 # ---- selective_scan_bwd (training) ---------------------------------------------------------------------

@@ -244,6 +244,98 @@ def test_causal_conv1d_grad_matches_fp64(device, silu, state_len):
         torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-5)
 
 
+def _max_err_ok(name, got, want, tol):
+    assert got.shape == want.shape, name
+    if want.numel() == 0:
+        return
+    scale = want.abs().max().item()
+    err = (got.double() - want).abs().max().item()
+    assert err <= tol * scale + 1e-6, f"grad of {name}: max error {err:.3e} > {tol:.0e} x {scale:.3e}"
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("batch,d_inner,seqlen,K,w3d,bias,silu,w_f32,S_in,state_len", CASES, ids=CASE_IDS)
+def test_causal_conv1d_bwd_matches_fp64(device, dtype, batch, d_inner, seqlen, K, w3d, bias, silu, w_f32, S_in,
+                                        state_len):
+    """The native backward (causal_conv1d_bwd under causal_conv1d's autograd) on every case of the forward's table,
+    against float64 autograd of the reference: the gradients of x (a strided channel slice), weight ((K, DI)
+    transposed or (DI, 1, K), f32 or x's dtype), bias and initial_state, through out and final_state. Tolerance:
+    max error <= tol x the largest gradient (fp32 2e-5; bf16 / fp16 1e-2, one rounding of each gradient)."""
+    x, w, b, init = make_conv(batch, d_inner, seqlen, K, device, dtype, w3d=w3d, bias=bias, w_f32=w_f32,
+                              S_in=S_in)
+    leaves = [t.detach().requires_grad_() if t is not None else None for t in (x, w, b, init)]
+    out, final = ops.causal_conv1d(*leaves, silu, state_len)
+    go, gf = randn(*out.shape, device=device, dtype=dtype), randn(*final.shape, device=device, dtype=dtype)
+    live = [t for t in leaves if t is not None]
+    got = torch.autograd.grad([out, final], live, [go, gf], allow_unused=True)
+    ins64 = [up(t).requires_grad_() if t is not None else None for t in leaves]
+    ro, rf = reference.causal_conv1d(*ins64, silu, state_len)
+    pairs = [(o, g) for o, g in ((ro, up(go)), (rf, up(gf))) if o.requires_grad]   # at L 0 out is a constant
+    live64 = [t for t in ins64 if t is not None]
+    want = torch.autograd.grad([o for o, _ in pairs], live64, [g for _, g in pairs], allow_unused=True) \
+        if pairs else [None] * len(live64)
+    tol = 2e-5 if dtype == torch.float32 else 1e-2
+    names = [n for n, t in zip(("x", "weight", "bias", "initial_state"), leaves) if t is not None]
+    for name, g, e, t in zip(names, got, want, live):
+        if e is None:
+            e = torch.zeros(t.shape, dtype=torch.float64, device=t.device)
+        g = torch.zeros_like(t) if g is None else g
+        assert g.dtype == t.dtype, name
+        _max_err_ok(name, g, e, tol)
+
+
+def test_causal_conv1d_bwd_op_direct(device):
+    """The op itself: shapes and dtypes of its outputs, dbias also without a bias, bit-identical runs, NaN-free
+    (outputs are poisoned first in tests), three CUDA blocks of a row (L 5000), and on CUDA the CPU op's results."""
+    x, w, b, init = make_conv(2, 7, 5000, 4, device, torch.bfloat16, S_in=5)
+    dout = randn(*x.shape, device=device, dtype=torch.bfloat16)
+    r1 = ops.causal_conv1d_bwd(x, w, None, init, dout, True)
+    r2 = ops.causal_conv1d_bwd(x, w, None, init, dout, True)
+    dx, dw, db, dinit = r1
+    assert dx.shape == x.shape and dx.dtype == x.dtype and dw.shape == (7, 4) and dw.dtype == torch.float32
+    assert db.shape == (7,) and dinit.shape == init.shape and dinit.dtype == init.dtype
+    for a, c in zip(r1, r2):
+        assert not torch.isnan(a).any() and torch.equal(a, c)
+    assert torch.count_nonzero(dinit[..., :2]) == 0   # entries before the last K-1 get nothing from out
+    ins64 = [up(t).requires_grad_() for t in (x, w, init)]
+    ro, _ = reference.causal_conv1d(ins64[0], ins64[1], None, ins64[2], True)
+    want = torch.autograd.grad(ro, ins64, up(dout))
+    for name, g, e in zip(("x", "weight", "initial_state"), (dx, dw, dinit), want):
+        _max_err_ok(name, g, e, 1e-2)
+    pre_bias = reference.causal_conv1d(up(x), up(w), None, up(init), False)[0]
+    s = torch.sigmoid(pre_bias)
+    _max_err_ok("bias", db, (up(dout) * s * (1 + pre_bias * (1 - s))).sum((0, 2)), 1e-4)
+    if device.type == "cuda":
+        rc = ops.causal_conv1d_bwd(x.cpu(), w.cpu(), None, init.cpu(), dout.cpu(), True)
+        for name, g, e in zip(("dx", "dweight", "dbias", "dinit"), r1, rc):
+            _max_err_ok(name, g.cpu(), e.double(), 1e-2 if g.dtype != torch.float32 else 1e-4)
+
+
+def test_causal_conv1d_bwd_bad_inputs(device):
+    x, w, b, init = make_conv(2, 5, 9, 4, device, torch.float32, S_in=3)
+    dout = randn(*x.shape, device=device)
+    with pytest.raises(ValueError, match="dout"):
+        ops.causal_conv1d_bwd(x, w, b, init, dout.to(torch.float16), True)
+    with pytest.raises(ValueError, match="dout"):
+        ops.causal_conv1d_bwd(x, w, b, init, dout[..., :8], True)
+    with pytest.raises(ValueError, match="weight"):
+        ops.causal_conv1d_bwd(x, randn(5, 5, device=device), b, init, dout, True)
+    with pytest.raises(ValueError, match="initial_state"):
+        ops.causal_conv1d_bwd(x, w, b, init[..., :2], dout, True)
+    with pytest.raises(ValueError, match="x"):
+        ops.causal_conv1d_bwd(x.to(torch.int32), w, b, init, dout, True)
+    with pytest.raises(ValueError, match="device"):
+        ops.causal_conv1d_bwd(x, w, b, init, dout.to("meta"), True)
+
+
+def test_causal_conv1d_bwd_opcheck(device):
+    x, w, b, init = make_conv(2, 5, 11, 4, device, torch.float32, S_in=3)
+    torch.library.opcheck(torch.ops.jamba.causal_conv1d_bwd.default,
+                          (x, w, b, init, randn(*x.shape, device=device), True))
+    torch.library.opcheck(torch.ops.jamba.causal_conv1d_bwd.default,
+                          (x, w, None, None, randn(*x.shape, device=device), False))
+
+
 @pytest.mark.filterwarnings("ignore:Input #")
 def test_causal_conv1d_gradcheck_fp32(device):
     """gradcheck of the op itself (the kernels do not take float64: fp32 with loose tolerances): the

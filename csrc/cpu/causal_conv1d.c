@@ -44,8 +44,8 @@ static void conv_chunk(const float *restrict xin, float *restrict yo, float *res
     }
 }
 
-/* weight (DI, K) and bias (DI,) checks shared by both ops */
-static jamba_status check_weight_bias(const char *op, const jamba_tensor *weight, const jamba_tensor *bias,
+/* weight (DI, K) and bias (DI,) checks shared by the forward, the update and the backward (common.h) */
+jamba_status jamba_conv_check_weight_bias(const char *op, const jamba_tensor *weight, const jamba_tensor *bias,
                                       const jamba_tensor *x, int64_t DI) {
     JAMBA_TRY(jamba_check_tensor(op, "weight", weight, 2, JAMBA_MASK(JAMBA_F32) | JAMBA_MASK(x->dtype), 0));
     const int64_t K = weight->shape[1];
@@ -64,7 +64,7 @@ jamba_status jamba_causal_conv1d_check(const jamba_causal_conv1d_params *p) {
     JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 3, JAMBA_FLOATS, 0));
     JAMBA_TRY(jamba_check_unit_stride(op, "x", &p->x, 2));
     const int64_t B = p->x.shape[0], DI = p->x.shape[1], L = p->x.shape[2];
-    JAMBA_TRY(check_weight_bias(op, &p->weight, &p->bias, &p->x, DI));
+    JAMBA_TRY(jamba_conv_check_weight_bias(op, &p->weight, &p->bias, &p->x, DI));
     const int64_t K = p->weight.shape[1];
     const int64_t osh[3] = {B, DI, L};
     JAMBA_TRY(jamba_check_tensor(op, "out", &p->out, 3, JAMBA_MASK(p->x.dtype), 0));
@@ -161,7 +161,7 @@ jamba_status jamba_causal_conv1d_update_check(const jamba_causal_conv1d_update_p
     const char *op = "jamba.causal_conv1d_update";
     JAMBA_TRY(jamba_check_tensor(op, "x", &p->x, 3, JAMBA_FLOATS, 0));
     const int64_t B = p->x.shape[0], DI = p->x.shape[1], L = p->x.shape[2];
-    JAMBA_TRY(check_weight_bias(op, &p->weight, &p->bias, &p->x, DI));
+    JAMBA_TRY(jamba_conv_check_weight_bias(op, &p->weight, &p->bias, &p->x, DI));
     const int64_t K = p->weight.shape[1];
     JAMBA_TRY(jamba_check_tensor(op, "conv_state", &p->conv_state, 3, JAMBA_MASK(p->x.dtype), 0));
     const int64_t ssh[3] = {B, DI, -1}, osh[3] = {B, DI, L};

@@ -136,6 +136,25 @@ static PyObject *py_causal_conv1d(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_causal_conv1d_cpu, jamba_causal_conv1d_cuda);
 }
 
+static PyObject *py_causal_conv1d_bwd(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_causal_conv1d_bwd_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.dx, &p.dinitial_state, &p.dweight, &p.dbias, &p.x, &p.weight, &p.bias,
+                          &p.initial_state, &p.dout, &p.ws};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 10, sc, 1) < 0 || as_bool(sc[0], &p.silu) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_causal_conv1d_bwd_cpu, jamba_causal_conv1d_bwd_cuda);
+}
+
+static PyObject *py_causal_conv1d_bwd_ws_elems(PyObject *self, PyObject *args) {
+    (void)self;
+    long long B, DI, L;
+    if (!PyArg_ParseTuple(args, "LLL", &B, &DI, &L)) return NULL;
+    return PyLong_FromLongLong((long long)jamba_causal_conv1d_bwd_ws_elems(B, DI, L));
+}
+
 static PyObject *py_causal_conv1d_update(PyObject *self, PyObject *args) {
     (void)self;
     jamba_causal_conv1d_update_params p;
@@ -359,6 +378,9 @@ static PyMethodDef methods[] = {
     {"moe_experts", py_moe_experts, METH_VARARGS, "moe_experts (see csrc/jamba.h)."},
     {"silu_mul", py_silu_mul, METH_VARARGS, "silu_mul (see csrc/jamba.h)."},
     {"silu_mul_bwd", py_silu_mul_bwd, METH_VARARGS, "silu_mul_bwd (see csrc/jamba.h)."},
+    {"causal_conv1d_bwd", py_causal_conv1d_bwd, METH_VARARGS, "causal_conv1d_bwd (see csrc/jamba.h)."},
+    {"causal_conv1d_bwd_ws_elems", py_causal_conv1d_bwd_ws_elems, METH_VARARGS,
+     "f32 workspace elements of causal_conv1d_bwd on CUDA for (B, DI, L)."},
     {"gemv", py_gemv, METH_VARARGS, "gemv (see csrc/jamba.h)."},
     {"decode_attention", py_decode_attention, METH_VARARGS, "decode_attention (see csrc/jamba.h)."},
     {"moe_combine", py_moe_combine, METH_VARARGS, "moe_combine (see csrc/jamba.h)."},
