@@ -224,6 +224,35 @@ def bench_scan_bwd(bb, shapes, DI, N):
             torch.cuda.empty_cache()
 
 
+def bench_conv_bwd(bb, shapes, DI, K):
+    """causal_conv1d_bwd (training): dx, dweight, dbias from dout, with SiLU. Checked against float64 autograd of
+    the reference on sampled channels. Floor: x and dout read, dx written (bf16). Alternative: the autograd of
+    reference.py in fp32 (torch's depthwise conv1d and its backward; the path of every earlier version)."""
+    dev = bb.dev
+    for Bsz, L in shapes:
+        x, dout = rn(Bsz, DI, L, dev=dev), rn(Bsz, DI, L, dev=dev)
+        w, b = rn(DI, K, dev=dev, scale=0.5), rn(DI, dev=dev, scale=0.1)
+        dx, dw, db, _ = ops.causal_conv1d_bwd(x, w, b, None, dout, True)
+        idx = torch.arange(0, DI, max(1, DI // 48), device=dev)
+        ins = [x[:, idx].double().requires_grad_(), w[idx].double().requires_grad_(), b[idx].double().requires_grad_()]
+        ref = R.causal_conv1d(ins[0], ins[1], ins[2], None, True)[0]
+        want = torch.autograd.grad(ref, ins, dout[:, idx].double())
+        check("causal_conv1d_bwd dx", dx[:, idx], want[0], rtol=3e-2, atol=3e-2)
+        check("causal_conv1d_bwd dweight", dw[idx], want[1], rtol=1e-3, atol=1e-2)
+        check("causal_conv1d_bwd dbias", db[idx], want[2], rtol=1e-3, atol=1e-2)
+        nbytes = 3 * Bsz * DI * L * 2 + DI * (K + 1) * 6
+        xs, ws_, bs = [t.float().requires_grad_() for t in (x, w, b)]
+
+        def eager():
+            o = R.causal_conv1d(xs, ws_, bs, None, True)[0]
+            return torch.autograd.grad(o, (xs, ws_, bs), dout.float())
+        bb.row("causal_conv1d_bwd", f"B={Bsz} DI={DI} L={L} K={K}",
+               lambda: ops.causal_conv1d_bwd(x, w, b, None, dout, True), nbytes, eager=eager)
+        del x, dout, dx, xs
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+
+
 def bench_conv(bb, shapes, DI, K):
     dev = bb.dev
     for Bsz, L in shapes:
@@ -436,7 +465,8 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", default="",
-                    help="comma-separated families: scan,scan_bwd,conv,decode,mamba_step,norm,gemv,attn (default all)")
+                    help="comma-separated families: scan,scan_bwd,conv,conv_bwd,decode,mamba_step,norm,gemv,attn "
+                         "(default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cpu" and not args.smoke:
@@ -454,13 +484,16 @@ def main():
     bb = Bench(dev, args.smoke, reps=5 if args.smoke else 30)
     print(f"device: {common.device_name(dev)} | copy bandwidth {bb.bw:.0f} GB/s | SFU ex2 rate "
           f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
-    only = set(filter(None, args.only.split(","))) or {"scan", "scan_bwd", "conv", "decode", "norm", "gemv", "attn"}
+    only = set(filter(None, args.only.split(","))) or {"scan", "scan_bwd", "conv", "conv_bwd", "decode", "norm",
+                                                        "gemv", "attn"}
     if "scan" in only:
         bench_scan(bb, scan_shapes, DI, N)
     if "scan_bwd" in only:
         bench_scan_bwd(bb, scan_shapes[:1] if args.smoke else [(1, 2048), (1, 8192)], DI, N)
     if "conv" in only:
         bench_conv(bb, scan_shapes, DI, K)
+    if "conv_bwd" in only:
+        bench_conv_bwd(bb, scan_shapes[:1] if args.smoke else [(1, 2048), (1, 8192)], DI, K)
     if "decode" in only:
         bench_decode(bb, decode_batches, DI, N, K)
     if "decode" in only or "mamba_step" in only:

@@ -32,6 +32,8 @@ def main():
     ops.causal_conv1d(xc, w, b, rn(B, DI, K - 1), True, -1)
     ops.causal_conv1d(rn(B, DI, 2056), w, b, rn(B, DI, K - 1), True, -1)  # 16-byte rows, f32 taps / bias
     ops.causal_conv1d(rn(B, DI, 2056), rn(DI, K), rn(DI), None, True, K)  # 16-byte rows, bf16 taps / bias
+    ops.causal_conv1d_bwd(rn(B, DI + 3, L)[:, 2:2 + DI], w, b, rn(B, DI, K + 1), rn(B, DI, L), True)  # strided x
+    ops.causal_conv1d_bwd(rn(B, DI, 2100), rn(DI, 3), None, None, rn(B, DI, 2100), False)  # two chunks, width 3
     ops.causal_conv1d_update(rn(B, DI), st, w, b, True)
     ops.causal_conv1d_update(rn(B, DI), st, rn(DI, K), rn(DI), True)
     ops.causal_conv1d_update(rn(129, DI), rn(129, DI, K), w, b, True)  # two batch rows per thread, the last alone
