@@ -34,6 +34,8 @@ def main():
     ops.causal_conv1d(rn(B, DI, 2056), rn(DI, K), rn(DI), None, True, K)  # 16-byte rows, bf16 taps / bias
     ops.causal_conv1d_bwd(rn(B, DI + 3, L)[:, 2:2 + DI], w, b, rn(B, DI, K + 1), rn(B, DI, L), True)  # strided x
     ops.causal_conv1d_bwd(rn(B, DI, 2100), rn(DI, 3), None, None, rn(B, DI, 2100), False)  # two chunks, width 3
+    ops.causal_conv1d_bwd(rn(B, DI, 2056), w, b, rn(B, DI, K - 1), rn(B, DI, 2056), True)  # 16-byte rows
+    ops.causal_conv1d_bwd(rn(B, DI, 2056, dt=torch.float32), w, b, None, rn(B, DI, 2056, dt=torch.float32), True)
     ops.causal_conv1d_update(rn(B, DI), st, w, b, True)
     ops.causal_conv1d_update(rn(B, DI), st, rn(DI, K), rn(DI), True)
     ops.causal_conv1d_update(rn(129, DI), rn(129, DI, K), w, b, True)  # two batch rows per thread, the last alone

@@ -284,11 +284,13 @@ def test_causal_conv1d_bwd_matches_fp64(device, dtype, batch, d_inner, seqlen, K
         _max_err_ok(name, g, e, tol)
 
 
-def test_causal_conv1d_bwd_op_direct(device):
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_causal_conv1d_bwd_op_direct(device, dtype):
     """The op itself: shapes and dtypes of its outputs, dbias also without a bias, bit-identical runs, NaN-free
-    (outputs are poisoned first in tests), three CUDA blocks of a row (L 5000), and on CUDA the CPU op's results."""
-    x, w, b, init = make_conv(2, 7, 5000, 4, device, torch.bfloat16, S_in=5)
-    dout = randn(*x.shape, device=device, dtype=torch.bfloat16)
+    (outputs are poisoned first in tests), three CUDA blocks of a row (L 5000; rows 16-byte aligned: the CUDA
+    kernel's vector loads), and on CUDA the CPU op's results."""
+    x, w, b, init = make_conv(2, 7, 5000, 4, device, dtype, S_in=5)
+    dout = randn(*x.shape, device=device, dtype=dtype)
     r1 = ops.causal_conv1d_bwd(x, w, None, init, dout, True)
     r2 = ops.causal_conv1d_bwd(x, w, None, init, dout, True)
     dx, dw, db, dinit = r1

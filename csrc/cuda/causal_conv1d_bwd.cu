@@ -5,8 +5,9 @@
  * strides; bias (DI,) or absent; initial_state (B, DI, S_in) T, unit stride along S_in. Outputs contiguous: dx
  * (B, DI, L) T, dinitial_state (B, DI, S_in) T, dweight (DI, K) f32, dbias (DI,) f32; ws (DI, B * NCH, PART) f32.
  *
- * conv_bwd_kernel<T>: one block of CB_THREADS threads per (row r = b * DI + c, chunk q of CH = JAMBA_CONV_BWD_CHUNK
- * steps), blockIdx.x = r * NCH + q. The block stages in shared memory, as fp32:
+ * conv_bwd_kernel<T, VEC>: one block of CB_THREADS threads per (row r = b * DI + c, chunk q of CH = JAMBA_CONV_BWD_CHUNK
+ * steps), blockIdx.x = r * NCH + q. The block stages in shared memory, as fp32 (VEC: the rows of x and dout 16-byte
+ * aligned, each thread loads its 8 steps as 16-byte vectors, all loads before any conversion; else element loads):
  *   sh[i] = h at time t = t0 - 3 + i, i < CH + 6 (initial_state's entries before t = 0, zeros where absent or t >= L)
  *   sg[i] = g at time t0 + i, i < CH + 3 (zero from t = L on): dout times the SiLU derivative at pre (recomputed)
  * then writes dx[t0 + i] = sum_j w[j] sg[i + K-1 - j] for its CH steps and, in chunk 0, dinitial_state (the K-1 last
@@ -31,7 +32,7 @@ struct cb_args {
     int wdt, bdt, silu;
 };
 
-template <typename T>
+template <typename T, bool VEC>
 __global__ void __launch_bounds__(CB_THREADS) conv_bwd_kernel(cb_args a) {
     jamba_pdl_begin();
     __shared__ float sh[CB_CH + 6], sg[CB_CH + 3], red[CB_THREADS / 32][CB_PART];
@@ -45,16 +46,60 @@ __global__ void __launch_bounds__(CB_THREADS) conv_bwd_kernel(cb_args a) {
     const T *xr = (const T *)a.x + b * a.sx0 + c * a.sx1;
     const T *gr = (const T *)a.dout + b * a.so0 + c * a.so1;
     const T *ir = a.init ? (const T *)a.init + b * a.si0 + c * a.si1 : nullptr;
-    for (int i = tid; i < CB_CH + 6; i += CB_THREADS) {
-        const int64_t t = t0 - 3 + i;
-        float v = 0.f;
-        if (t >= 0 && t < L) v = jamba_ld<T>(xr[t]);
-        else if (t < 0 && ir && a.S_in + t >= 0) v = jamba_ld<T>(ir[a.S_in + t]);
-        sh[i] = v;
-    }
-    for (int i = tid; i < CB_CH + 3; i += CB_THREADS) {
-        const int64_t t = t0 + i;
-        sg[i] = t < L ? jamba_ld<T>(gr[t]) : 0.f;
+    if (VEC) {
+        /* thread tid: steps t0 + 8 tid .. + 7 as 16-byte vectors (rows 16-byte aligned: the host checks), every load
+         * issued before the first conversion; threads 0-2 the three steps before the chunk, 3-5 the three after */
+        static_assert(CB_CH == 8 * CB_THREADS, "one 8-step vector group per thread");
+        constexpr int NV = 8 * (int)sizeof(T) / 16, PV = 16 / (int)sizeof(T);
+        const int64_t e0 = t0 + 8 * tid;
+        const bool full = e0 + 8 <= L;
+        uint4 vx[NV], vd[NV];
+        if (full)
+#pragma unroll
+            for (int v = 0; v < NV; v++) {
+                vx[v] = reinterpret_cast<const uint4 *>(xr + e0)[v];
+                vd[v] = reinterpret_cast<const uint4 *>(gr + e0)[v];
+            }
+        float hx = 0.f, hd = 0.f;
+        if (tid < 3) {
+            const int64_t t = t0 - 3 + tid;
+            if (t >= 0) hx = t < L ? jamba_ld<T>(xr[t]) : 0.f;
+            else if (ir && a.S_in + t >= 0) hx = jamba_ld<T>(ir[a.S_in + t]);
+        } else if (tid < 6) {
+            const int64_t t = t0 + CB_CH + tid - 3;
+            if (t < L) hx = jamba_ld<T>(xr[t]), hd = jamba_ld<T>(gr[t]);
+        }
+        float fx[8], fd[8];
+        if (full) {
+#pragma unroll
+            for (int v = 0; v < NV; v++) {
+                jamba_w16<T>::ld(vx[v], fx + v * PV);
+                jamba_w16<T>::ld(vd[v], fd + v * PV);
+            }
+        } else {
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const bool in = e0 + k < L;
+                fx[k] = in ? jamba_ld<T>(xr[e0 + k]) : 0.f;
+                fd[k] = in ? jamba_ld<T>(gr[e0 + k]) : 0.f;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++) sh[3 + 8 * tid + k] = fx[k], sg[8 * tid + k] = fd[k];
+        if (tid < 3) sh[tid] = hx;
+        else if (tid < 6) sh[CB_CH + tid] = hx, sg[CB_CH + tid - 3] = hd;
+    } else {
+        for (int i = tid; i < CB_CH + 6; i += CB_THREADS) {
+            const int64_t t = t0 - 3 + i;
+            float v = 0.f;
+            if (t >= 0 && t < L) v = jamba_ld<T>(xr[t]);
+            else if (t < 0 && ir && a.S_in + t >= 0) v = jamba_ld<T>(ir[a.S_in + t]);
+            sh[i] = v;
+        }
+        for (int i = tid; i < CB_CH + 3; i += CB_THREADS) {
+            const int64_t t = t0 + i;
+            sg[i] = t < L ? jamba_ld<T>(gr[t]) : 0.f;
+        }
     }
     __syncthreads();
     /* g in place; h[t - (K-1) + j] = sh[i + 3 - H + j]; partial sums over this thread's own steps (i < CH) */
@@ -152,8 +197,14 @@ extern "C" jamba_status jamba_causal_conv1d_bwd_cuda(const jamba_causal_conv1d_b
     a.silu = p->silu;
     if (B > 0 && DI > 0) {
         jamba_status s = JAMBA_ERR_DTYPE;
+        const int64_t es = jamba_dtype_size(p->x.dtype);
+        const bool vec = jamba_aligned16(a.x) && jamba_aligned16(a.dout) &&
+                         (B <= 1 || ((a.sx0 * es) % 16 == 0 && (a.so0 * es) % 16 == 0)) &&
+                         (DI <= 1 || ((a.sx1 * es) % 16 == 0 && (a.so1 * es) % 16 == 0));
+        const dim3 grid((unsigned)(B * DI * a.NCH));
         JAMBA_DISPATCH_FLOAT(p->x.dtype, T, {
-            jamba_kernel_launch(conv_bwd_kernel<T>, dim3((unsigned)(B * DI * a.NCH)), dim3(CB_THREADS), 0, stream, a);
+            if (vec) jamba_kernel_launch(conv_bwd_kernel<T, true>, grid, dim3(CB_THREADS), 0, stream, a);
+            else jamba_kernel_launch(conv_bwd_kernel<T, false>, grid, dim3(CB_THREADS), 0, stream, a);
             s = JAMBA_OK;
         });
         JAMBA_TRY(s);
