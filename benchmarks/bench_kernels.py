@@ -363,6 +363,25 @@ def bench_norm(bb, rows, dim):
            eager=lambda: R.add_rms_norm(x, r, w), small=small, graph=True)
 
 
+def bench_norm_bwd(bb, rows, dim):
+    """rms_norm_bwd (training): dx and dweight from dy. Checked against float64 autograd of the reference. Floor: x
+    and dy read, dx written (bf16). Alternative: the autograd of reference.py in fp32 (every earlier version)."""
+    dev = bb.dev
+    x, dy = rn(rows, dim, dev=dev), rn(rows, dim, dev=dev)
+    w = rn(dim, dev=dev, scale=0.3, shift=1.0)
+    dx, dw = ops.rms_norm_bwd(x, w, dy, [])
+    x64, w64 = x.double().requires_grad_(), w.double().requires_grad_()
+    want = torch.autograd.grad(R.rms_norm(x64, w64), (x64, w64), dy.double())
+    check("rms_norm_bwd dx", dx, want[0], rtol=3e-2, atol=3e-2)
+    x64 = x.double()  # dweight against the forward's rounding of x r to bf16 (the op's sum; fp64 here)
+    xh = (x64 * torch.rsqrt(x64.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype).double()
+    check("rms_norm_bwd dweight", dw, (dy.double() * xh).sum(0), rtol=1e-3, atol=1e-3)
+    xs, ws_ = x.float().requires_grad_(), w.float().requires_grad_()
+    eager = lambda: torch.autograd.grad(R.rms_norm(xs, ws_), (xs, ws_), dy.float())  # noqa: E731
+    bb.row("rms_norm_bwd", f"rows={rows} dim={dim}", lambda: ops.rms_norm_bwd(x, w, dy, []),
+           3 * rows * dim * 2 + dim * 6, eager=eager)
+
+
 def bench_norm_segments(bb, dim=288, splits=(256, 272)):
     """Mamba's dt / B / C norms in one launch at decode sizes (rows = batch), graph-timed."""
     dev = bb.dev
@@ -465,7 +484,7 @@ def main():
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", default="",
-                    help="comma-separated families: scan,scan_bwd,conv,conv_bwd,decode,mamba_step,norm,gemv,attn "
+                    help="comma-separated families: scan,scan_bwd,conv,conv_bwd,decode,mamba_step,norm,norm_bwd,gemv,attn "
                          "(default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -485,7 +504,7 @@ def main():
     print(f"device: {common.device_name(dev)} | copy bandwidth {bb.bw:.0f} GB/s | SFU ex2 rate "
           f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
     only = set(filter(None, args.only.split(","))) or {"scan", "scan_bwd", "conv", "conv_bwd", "decode", "norm",
-                                                        "gemv", "attn"}
+                                                        "norm_bwd", "gemv", "attn"}
     if "scan" in only:
         bench_scan(bb, scan_shapes, DI, N)
     if "scan_bwd" in only:
@@ -501,6 +520,8 @@ def main():
     if "norm" in only:
         bench_norm(bb, *norm_shape)
         bench_norm_segments(bb)
+    if "norm_bwd" in only:
+        bench_norm_bwd(bb, *((16, 256) if args.smoke else (2048, 4096)))
     if "gemv" in only:
         bench_gemv(bb, [("smoke", 40, 264)] if args.smoke else GEMV_SHAPES, (1, 3) if args.smoke else (1, 2, 4, 8))
     if "attn" in only:

@@ -26,6 +26,8 @@ def main():
     ops.add_rms_norm(x, rn(3, 130), rn(130))
     ops.rms_norm_segments(rn(5, 300)[:, 6:294], rn(288), [256, 272])   # Mamba's dt / B / C norms, strided rows
     ops.rms_norm_segments(rn(3, 37), rn(37, dt=torch.float32), [5, 6, 30])
+    ops.rms_norm_bwd(rn(5, 300)[:, 6:294], rn(288), rn(5, 288), [256, 272])         # dt / B / C segments, strided
+    ops.rms_norm_bwd(rn(70, 130, dt=torch.float32), rn(130, dt=torch.float32), rn(70, 130, dt=torch.float32), [])
     xc = rn(B, DI, L)
     w, b = rn(DI, K, dt=torch.float32), rn(DI, dt=torch.float32)
     out, st = ops.causal_conv1d(xc, w, b, None, True, K)

@@ -45,6 +45,12 @@ int jamba_tensors_overlap(const jamba_tensor *a, const jamba_tensor *b);
  * per block (the K <= 4 taps of dweight, then dbias); jamba_causal_conv1d_bwd_ws_elems sizes the workspace by them */
 #define JAMBA_CONV_BWD_CHUNK 2048
 #define JAMBA_CONV_BWD_PART (JAMBA_MAX_CONV_WIDTH + 1)
+/* rms_norm_bwd's CUDA split of the rows for dweight's partial sums (csrc/cuda/rms_norm_bwd.cu) */
+#define JAMBA_NORM_BWD_ROWS 32
+
+/* rms_norm_segments' segment ends (increasing, the last = dim, 1..JAMBA_NORM_MAX_SEGS of them) and eps checks
+ * (csrc/cpu/rms_norm.c), shared with rms_norm_bwd */
+jamba_status jamba_norm_check_segments(const char *op, int64_t nseg, const int64_t *ends, int64_t dim, double eps);
 
 /* causal_conv1d's weight (DI, K) and bias (DI,) checks (csrc/cpu/causal_conv1d.c), shared with its backward */
 jamba_status jamba_conv_check_weight_bias(const char *op, const jamba_tensor *weight, const jamba_tensor *bias,

@@ -103,6 +103,27 @@ jamba_status jamba_rms_norm_segments_check(const jamba_rms_norm_segments_params 
 jamba_status jamba_rms_norm_segments_cpu(const jamba_rms_norm_segments_params *p);
 jamba_status jamba_rms_norm_segments_cuda(const jamba_rms_norm_segments_params *p, jamba_launch launch);
 
+/* rms_norm_bwd: gradients of rms_norm and rms_norm_segments (training; add_rms_norm's are built on it by
+ *   jamba_ext/ops.py from its saved sum s). Per row m and segment of n elements (one segment: the whole row), x in
+ *   fp32, r = rsqrt(mean(x^2) + eps), the forward's roundings passed straight through:
+ *     gw_i = dy_i * w_i,  dx_i = r gw_i - x_i r^3 (sum_k gw_k x_k) / n
+ *     dweight_i = sum_m dy[m, i] * round_xdtype(x[m, i] r_m)     (fp32, a fixed order: bit-identical run to run)
+ *   Shapes: x, dy (rows, dim) f32|f16|bf16 (one dtype), unit stride along dim, any row stride; weight (dim,) f32 or
+ *   x's dtype, contiguous; nseg / ends / eps as rms_norm_segments (nseg 1, ends[0] = dim for rms_norm). Outputs: dx
+ *   (rows, dim) x's dtype, contiguous; dweight (dim,) f32. ws (CUDA only, absent on the CPU): f32,
+ *   jamba_rms_norm_bwd_ws_elems(rows, dim) elements (the rows' r, then per-row-group partial sums of dweight). */
+typedef struct {
+    jamba_tensor dx, dweight, x, weight, dy, ws;
+    int64_t nseg;
+    int64_t ends[JAMBA_NORM_MAX_SEGS];
+    double eps;
+} jamba_rms_norm_bwd_params;
+
+int64_t jamba_rms_norm_bwd_ws_elems(int64_t rows, int64_t dim);
+jamba_status jamba_rms_norm_bwd_check(const jamba_rms_norm_bwd_params *p);
+jamba_status jamba_rms_norm_bwd_cpu(const jamba_rms_norm_bwd_params *p);
+jamba_status jamba_rms_norm_bwd_cuda(const jamba_rms_norm_bwd_params *p, jamba_launch launch);
+
 /* ------------------------------------------------------------------------------------------------
  * causal_conv1d                                                   (csrc/{cpu,cuda}/causal_conv1d.*)
  *   x, out: (B, DI, L) f32|f16|bf16, unit stride along L (B and DI strides free); out contiguous.

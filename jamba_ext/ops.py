@@ -245,22 +245,61 @@ def rms_norm_segments(x: Tensor, weight: Tensor, splits: List[int], eps: float =
     concatenated. One launch for Mamba's dt / B / C norms. x: (..., D). Returns x's dtype, x's shape."""
     op = "rms_norm_segments"
     _check_args(op, "x", x, {"weight": 1}, weight=weight)
-    if len(splits) > 3:
-        _fail(op, f"at most 3 split points (4 segments), got {list(splits)}")
     x2 = _rows(op, "x", x)
     out = _alloc(x2.shape, x.dtype, x.device)
-    ends = [int(v) for v in splits] + [int(x.shape[-1])]
-    if any(e <= 0 for e in ends[:-1]):
-        _fail(op, f"split points must be increasing and inside (0, {x.shape[-1]}), got {list(splits)}")
-    ends += [0] * (4 - len(ends))
-    _call(op, x.device, op, [("out", out), ("x", x2), ("weight", weight)], float(eps), *ends)
+    _call(op, x.device, op, [("out", out), ("x", x2), ("weight", weight)], float(eps),
+          *_segment_ends(op, splits, x.shape[-1]))
     return out.view(x.shape)
+
+
+def _segment_ends(op: str, splits: Sequence[int], D: int) -> List[int]:
+    """The 4 segment-end scalars of the C calls: the split points, then D, then zeros (the C side checks order)."""
+    if len(splits) > 3:
+        _fail(op, f"at most 3 split points (4 segments), got {list(splits)}")
+    ends = [int(v) for v in splits] + [int(D)]
+    if any(e <= 0 for e in ends[:-1]):
+        _fail(op, f"split points must be increasing and inside (0, {D}), got {list(splits)}")
+    return ends + [0] * (4 - len(ends))
 
 
 @rms_norm_segments.register_fake
 def _(x, weight, splits, eps=1e-6):
     _fake_devices("rms_norm_segments", x=x, weight=weight)
     return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("jamba::rms_norm_bwd", mutates_args=())
+def rms_norm_bwd(x: Tensor, weight: Tensor, dy: Tensor, splits: List[int], eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """Gradients of rms_norm (splits []) and rms_norm_segments (csrc/jamba.h rms_norm_bwd), the forward's roundings
+    passed straight through: dy (..., D) in x's dtype. Returns (dx (..., D) x's dtype, dweight (D,) f32, a fixed-order
+    sum over the rows: bit-identical run to run). add_rms_norm's gradients are this at its sum s."""
+    op = "rms_norm_bwd"
+    _check_args(op, "x", x, {"weight": 1}, weight=weight, dy=dy)
+    if tuple(dy.shape) != tuple(x.shape):
+        _fail(op, f"dy must have the shape of x {tuple(x.shape)}, got {tuple(dy.shape)}")
+    if dy.dtype != x.dtype:
+        _fail(op, f"dy must have x's dtype {x.dtype}, got {dy.dtype}")
+    ends = _segment_ends(op, splits, x.shape[-1])
+    x2 = _rows(op, "x", x)
+    if dy.dim() and dy.stride(-1) != 1:  # e.g. an expanded gradient (strides 0)
+        dy = dy.contiguous()
+    d2 = _rows(op, "dy", dy)
+    dx = _alloc(x2.shape, x.dtype, x.device)
+    dw = _alloc((x2.shape[1],), torch.float32, x.device)
+    ws = None
+    if x.device.type == "cuda":
+        ws = torch.empty(max(_C.rms_norm_bwd_ws_elems(x2.shape[0], x2.shape[1]), 1), dtype=torch.float32,
+                         device=x.device)
+    _call(op, x.device, op, [("dx", dx), ("dweight", dw), ("x", x2), ("weight", weight), ("dy", d2), ("ws", ws)],
+          float(eps), *ends)
+    return dx.view(x.shape), dw
+
+
+@rms_norm_bwd.register_fake
+def _(x, weight, dy, splits, eps=1e-6):
+    _fake_devices("rms_norm_bwd", x=x, weight=weight, dy=dy)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), x.new_empty((x.shape[-1],),
+                                                                                 dtype=torch.float32)
 
 
 # ---- causal_conv1d --------------------------------------------------------------------------------------
@@ -463,9 +502,44 @@ def _(x, z, conv_state, conv_weight, conv_bias, xproj_weight, norm_weight, dtpro
     return x.new_empty(x.shape)
 
 
-_register_reference_autograd("rms_norm", reference.rms_norm, 3, (0, 1))
-_register_reference_autograd("rms_norm_segments", reference.rms_norm_segments, 4, (0, 1))
-_register_reference_autograd("add_rms_norm", reference.add_rms_norm, 4, (0, 1, 2))
+# the norms' autograd: the native rms_norm_bwd (add_rms_norm's at its saved sum s, plus the gradient of s itself)
+def _norm_setup(ctx, inputs, output):  # rms_norm(x, weight, eps=1e-6)
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.splits, ctx.eps = [], inputs[2] if len(inputs) > 2 else 1e-6
+
+
+def _seg_norm_setup(ctx, inputs, output):  # rms_norm_segments(x, weight, splits, eps=1e-6)
+    ctx.save_for_backward(inputs[0], inputs[1])
+    ctx.splits, ctx.eps = list(inputs[2]), inputs[3] if len(inputs) > 3 else 1e-6
+
+
+def _norm_backward(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx, dw = rms_norm_bwd(x, weight, dy.to(x.dtype), ctx.splits, ctx.eps)
+    need = ctx.needs_input_grad
+    return (dx if need[0] else None, dw.to(weight.dtype) if need[1] else None) + (None,) * (len(need) - 2)
+
+
+def _add_norm_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], inputs[2])
+    ctx.eps = inputs[3] if len(inputs) > 3 else 1e-6
+    ctx.dtypes = (inputs[0].dtype, inputs[1].dtype)
+
+
+def _add_norm_backward(ctx, dy, ds_out):
+    s, weight = ctx.saved_tensors
+    dy = torch.zeros_like(s) if dy is None else dy.to(s.dtype)
+    ds, dw = rms_norm_bwd(s, weight, dy, [], ctx.eps)
+    if ds_out is not None:  # the returned sum's own gradient: one fp32 sum, one rounding
+        ds = ds.float() + ds_out.float()
+    need = ctx.needs_input_grad
+    return (ds.to(ctx.dtypes[0]) if need[0] else None, ds.to(ctx.dtypes[1]) if need[1] else None,
+            dw.to(weight.dtype) if need[2] else None) + (None,) * (len(need) - 3)
+
+
+torch.library.register_autograd("jamba::rms_norm", _norm_backward, setup_context=_norm_setup)
+torch.library.register_autograd("jamba::rms_norm_segments", _norm_backward, setup_context=_seg_norm_setup)
+torch.library.register_autograd("jamba::add_rms_norm", _add_norm_backward, setup_context=_add_norm_setup)
 # causal_conv1d's autograd: the native causal_conv1d_bwd (the final state's gradient added here: its entries are
 # copies of the last state_len entries of concat(zeros, initial_state, x)); the reference's autograd for float64
 _conv_ref_setup, _conv_ref_backward = _reference_backward(reference.causal_conv1d, 6, (0, 1, 2, 3))

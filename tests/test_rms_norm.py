@@ -276,3 +276,87 @@ def test_rms_norm_segments_opcheck(device, requires_grad):
     x = randn(5, 40, device=device).requires_grad_(requires_grad)
     w = norm_weight(40, device, torch.float32).requires_grad_(requires_grad)
     torch.library.opcheck(torch.ops.jamba.rms_norm_segments.default, (x, w, [8, 24], 1e-6))
+
+
+# ---- rms_norm_bwd: the native gradients of the three norms ----------------------------------------------
+def _scale_err_ok(name, got, want, tol):
+    assert got.shape == want.shape, name
+    if want.numel():
+        scale, err = want.abs().max().item(), (got.double() - want).abs().max().item()
+        assert err <= tol * scale + 1e-6, f"grad of {name}: max error {err:.3e} > {tol:.0e} x {scale:.3e}"
+
+
+BWD_CASES = [("rms_norm", None), ("add_rms_norm", None), ("segments", [5, 6]), ("segments", [256, 272])]
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("lead,dim", SHAPES + [((70,), 288)], ids=SHAPE_IDS + ["70x288"])
+@pytest.mark.parametrize("kind,splits", BWD_CASES, ids=["norm", "add", "seg3", "seg_dtBC"])
+@pytest.mark.parametrize("w_f32", [False, True], ids=["w_xdtype", "w_f32"])
+def test_norm_bwd_matches_fp64(device, dtype, lead, dim, kind, splits, w_f32):
+    """rms_norm_bwd under the three norms' autograd against float64 autograd of the reference: x as a strided row
+    slice, every dtype, weight in x's dtype or f32, add_rms_norm through both outputs, Mamba's dt / B / C segments.
+    Max error <= tol x the largest gradient (fp32 2e-5; bf16 / fp16 1e-2: each gradient rounded once)."""
+    if kind == "segments" and (dim <= splits[-1] or not lead[0]):
+        pytest.skip("split points must lie inside the row")
+    x = randn(*lead, dim + 3, device=device, dtype=dtype, scale=1.3)[..., 1:dim + 1].requires_grad_()
+    w = norm_weight(dim, device, torch.float32 if w_f32 else dtype).requires_grad_()
+    r = randn(*lead, dim, device=device, dtype=dtype).requires_grad_()
+    if kind == "rms_norm":
+        fn, ref, ins = (lambda a, b: (ops.rms_norm(a, b, 1e-5),)), (lambda a, b: (reference.rms_norm(a, b, 1e-5),)), \
+            [x, w]
+    elif kind == "add_rms_norm":
+        fn, ref, ins = (lambda a, c, b: ops.add_rms_norm(a, c, b)), (lambda a, c, b: reference.add_rms_norm(a, c, b)), \
+            [x, r, w]
+    else:
+        fn = lambda a, b: (ops.rms_norm_segments(a, b, splits),)                # noqa: E731
+        ref = lambda a, b: (reference.rms_norm_segments(a, b, splits),)         # noqa: E731
+        ins = [x, w]
+    outs = fn(*ins)
+    gs = [randn(*o.shape, device=device, dtype=dtype) for o in outs]
+    got = torch.autograd.grad(outs, ins, gs)
+    ins64 = [up(t).requires_grad_() for t in ins]
+    want = torch.autograd.grad(ref(*ins64), ins64, [up(g) for g in gs], allow_unused=True)
+    tol = 2e-5 if dtype == torch.float32 else 1e-2
+    for i, (g, e, t) in enumerate(zip(got, want, ins)):
+        assert g.dtype == t.dtype
+        _scale_err_ok(f"input {i}", g, torch.zeros_like(up(t)) if e is None else e, tol)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_rms_norm_bwd_op_direct(device, dtype):
+    """The op: output shapes and dtypes, bit-identical runs (dweight sums rows in a fixed order; 300 rows = 10 CUDA
+    row groups), NaN-free (outputs poisoned in tests), and on CUDA the CPU op's results."""
+    x = randn(300, 520, device=device, dtype=dtype)
+    w = norm_weight(520, device, torch.float32)
+    dy = randn(300, 520, device=device, dtype=dtype)
+    a, b = ops.rms_norm_bwd(x, w, dy, [256, 272]), ops.rms_norm_bwd(x, w, dy, [256, 272])
+    assert a[0].shape == x.shape and a[0].dtype == dtype and a[1].shape == (520,) and a[1].dtype == torch.float32
+    for u, v in zip(a, b):
+        assert not torch.isnan(u).any() and torch.equal(u, v)
+    if device.type == "cuda":
+        c = ops.rms_norm_bwd(x.cpu(), w.cpu(), dy.cpu(), [256, 272])
+        _scale_err_ok("dx", a[0].cpu(), c[0].double(), 1e-2 if dtype != torch.float32 else 1e-5)
+        _scale_err_ok("dweight", a[1].cpu(), c[1].double(), 1e-5)
+
+
+def test_rms_norm_bwd_bad_inputs(device):
+    x, w, dy = randn(4, 16, device=device), norm_weight(16, device, torch.float32), randn(4, 16, device=device)
+    with pytest.raises(ValueError, match="dy"):
+        ops.rms_norm_bwd(x, w, dy[:, :8], [])
+    with pytest.raises(ValueError, match="dy"):
+        ops.rms_norm_bwd(x, w, dy.half(), [])
+    with pytest.raises(ValueError, match="weight"):
+        ops.rms_norm_bwd(x, w[:8], dy, [])
+    with pytest.raises(ValueError, match="split"):
+        ops.rms_norm_bwd(x, w, dy, [8, 4])
+    with pytest.raises(ValueError, match="eps"):
+        ops.rms_norm_bwd(x, w, dy, [], -1.0)
+    with pytest.raises(ValueError, match="device"):
+        ops.rms_norm_bwd(x, w, dy.to("meta"), [])
+
+
+def test_rms_norm_bwd_opcheck(device):
+    x, w, dy = randn(5, 40, device=device), norm_weight(40, device, torch.float32), randn(5, 40, device=device)
+    torch.library.opcheck(torch.ops.jamba.rms_norm_bwd.default, (x, w, dy, [8, 24], 1e-6))
+    torch.library.opcheck(torch.ops.jamba.rms_norm_bwd.default, (x, w, dy, [], 1e-5))

@@ -111,22 +111,26 @@ jamba_status jamba_rms_norm_segments_check(const jamba_rms_norm_segments_params 
     JAMBA_TRY(jamba_check_tensor(op, "out", &p->out, 2, JAMBA_MASK(p->x.dtype), 0));
     JAMBA_TRY(jamba_check_shape(op, "out", &p->out, sh));
     JAMBA_TRY(jamba_check_unit_stride(op, "out", &p->out, 1));
-    if (p->nseg < 1 || p->nseg > JAMBA_NORM_MAX_SEGS)
+    return jamba_norm_check_segments(op, p->nseg, p->ends, dim, p->eps);
+}
+
+jamba_status jamba_norm_check_segments(const char *op, int64_t nseg, const int64_t *ends, int64_t dim, double eps) {
+    if (nseg < 1 || nseg > JAMBA_NORM_MAX_SEGS)
         return jamba_set_error(JAMBA_ERR_ARG, "%s: 1 to %d segments, got %lld", op, JAMBA_NORM_MAX_SEGS,
-                               (long long)p->nseg);
+                               (long long)nseg);
     int64_t prev = 0;
-    for (int64_t i = 0; i < p->nseg; i++) {
-        if (p->ends[i] <= prev)
+    for (int64_t i = 0; i < nseg; i++) {
+        if (ends[i] <= prev)
             return jamba_set_error(JAMBA_ERR_ARG, "%s: split points must be increasing and inside (0, %lld), got "
                                    "segment %lld ending at %lld after %lld", op, (long long)dim, (long long)i,
-                                   (long long)p->ends[i], (long long)prev);
-        prev = p->ends[i];
+                                   (long long)ends[i], (long long)prev);
+        prev = ends[i];
     }
     if (prev != dim)
         return jamba_set_error(JAMBA_ERR_ARG, "%s: split points must be inside (0, %lld), the last segment ends at "
                                "%lld", op, (long long)dim, (long long)prev);
-    if (!(p->eps >= 0.0) || !isfinite(p->eps))
-        return jamba_set_error(JAMBA_ERR_ARG, "%s: eps must be a finite number >= 0, got %g", op, p->eps);
+    if (!(eps >= 0.0) || !isfinite(eps))
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: eps must be a finite number >= 0, got %g", op, eps);
     return JAMBA_OK;
 }
 

@@ -321,6 +321,28 @@ static PyObject *py_rms_norm_segments(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_rms_norm_segments_cpu, jamba_rms_norm_segments_cuda);
 }
 
+static PyObject *py_rms_norm_bwd(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_rms_norm_bwd_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.dx, &p.dweight, &p.x, &p.weight, &p.dy, &p.ws};
+    PyObject *sc[1 + JAMBA_NORM_MAX_SEGS];
+    if (parse_call(args, &c, ts, 6, sc, 1 + JAMBA_NORM_MAX_SEGS) < 0 || as_double(sc[0], &p.eps) < 0) return NULL;
+    for (int i = 0; i < JAMBA_NORM_MAX_SEGS; i++) { /* segment ends, 0 after the last */
+        if (as_int64(sc[1 + i], &p.ends[i]) < 0) return NULL;
+        if (p.ends[i] > 0) p.nseg = i + 1;
+    }
+    JAMBA_RUN(c, p, jamba_rms_norm_bwd_cpu, jamba_rms_norm_bwd_cuda);
+}
+
+static PyObject *py_rms_norm_bwd_ws_elems(PyObject *self, PyObject *args) {
+    (void)self;
+    long long rows, dim;
+    if (!PyArg_ParseTuple(args, "LL", &rows, &dim)) return NULL;
+    return PyLong_FromLongLong((long long)jamba_rms_norm_bwd_ws_elems(rows, dim));
+}
+
 static PyObject *py_mamba_inner_step(PyObject *self, PyObject *args) {
     (void)self;
     jamba_mamba_inner_step_params p;
@@ -378,6 +400,9 @@ static PyMethodDef methods[] = {
     {"moe_experts", py_moe_experts, METH_VARARGS, "moe_experts (see csrc/jamba.h)."},
     {"silu_mul", py_silu_mul, METH_VARARGS, "silu_mul (see csrc/jamba.h)."},
     {"silu_mul_bwd", py_silu_mul_bwd, METH_VARARGS, "silu_mul_bwd (see csrc/jamba.h)."},
+    {"rms_norm_bwd", py_rms_norm_bwd, METH_VARARGS, "rms_norm_bwd (see csrc/jamba.h)."},
+    {"rms_norm_bwd_ws_elems", py_rms_norm_bwd_ws_elems, METH_VARARGS,
+     "f32 workspace elements of rms_norm_bwd on CUDA for (rows, dim)."},
     {"causal_conv1d_bwd", py_causal_conv1d_bwd, METH_VARARGS, "causal_conv1d_bwd (see csrc/jamba.h)."},
     {"causal_conv1d_bwd_ws_elems", py_causal_conv1d_bwd_ws_elems, METH_VARARGS,
      "f32 workspace elements of causal_conv1d_bwd on CUDA for (B, DI, L)."},
