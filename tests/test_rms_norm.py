@@ -337,7 +337,9 @@ def test_rms_norm_bwd_op_direct(device, dtype):
     if device.type == "cuda":
         c = ops.rms_norm_bwd(x.cpu(), w.cpu(), dy.cpu(), [256, 272])
         _scale_err_ok("dx", a[0].cpu(), c[0].double(), 1e-2 if dtype != torch.float32 else 1e-5)
-        _scale_err_ok("dweight", a[1].cpu(), c[1].double(), 1e-5)
+        # bf16 / fp16: round(x r) may land on the other side of a rounding boundary (r in fp32 here, in double on
+        # the CPU), which moves one term of a column sum by an ulp of the dtype
+        _scale_err_ok("dweight", a[1].cpu(), c[1].double(), 1e-3 if dtype != torch.float32 else 1e-5)
 
 
 def test_rms_norm_bwd_bad_inputs(device):

@@ -5,7 +5,7 @@
  * strides; bias (DI,) or absent; initial_state (B, DI, S_in) T, unit stride along S_in. Outputs contiguous: dx
  * (B, DI, L) T, dinitial_state (B, DI, S_in) T, dweight (DI, K) f32, dbias (DI,) f32; ws (DI, B * NCH, PART) f32.
  *
- * conv_bwd_kernel<T, VEC>: one block of CB_THREADS threads per (row r = b * DI + c, chunk q of CH = JAMBA_CONV_BWD_CHUNK
+ * conv_bwd_kernel<T, WT, VEC>: (WT: the taps' type, f32 or T) one block of CB_THREADS threads per (row r = b * DI + c, chunk q of CH = JAMBA_CONV_BWD_CHUNK
  * steps), blockIdx.x = r * NCH + q. The block stages in shared memory, as fp32 (VEC: the rows of x and dout 16-byte
  * aligned, each thread loads its 8 steps as 16-byte vectors, all loads before any conversion; else element loads):
  *   sh[i] = h at time t = t0 - 3 + i, i < CH + 6 (initial_state's entries before t = 0, zeros where absent or t >= L)
@@ -29,10 +29,10 @@ struct cb_args {
     float *ws;
     int64_t B, DI, L, K, S_in, NCH;
     int64_t sx0, sx1, so0, so1, si0, si1, sw0, sw1, sb;
-    int wdt, bdt, silu;
+    int bdt, silu;
 };
 
-template <typename T, bool VEC>
+template <typename T, typename WT, bool VEC>
 __global__ void __launch_bounds__(CB_THREADS) conv_bwd_kernel(cb_args a) {
     jamba_pdl_begin();
     __shared__ float sh[CB_CH + 6], sg[CB_CH + 3], red[CB_THREADS / 32][CB_PART];
@@ -40,9 +40,6 @@ __global__ void __launch_bounds__(CB_THREADS) conv_bwd_kernel(cb_args a) {
     const int64_t q = blockIdx.x % a.NCH, r = blockIdx.x / a.NCH, b = r / a.DI, c = r % a.DI;
     const int64_t t0 = q * CB_CH, L = a.L;
     const int K = (int)a.K, H = K - 1;
-    float w[JAMBA_MAX_CONV_WIDTH] = {0.f, 0.f, 0.f, 0.f};
-    for (int j = 0; j < K; j++) w[j] = jamba_ld_any(a.w, a.wdt, c * a.sw0 + j * a.sw1);
-    const float bias = a.bias ? jamba_ld_any(a.bias, a.bdt, c * a.sb) : 0.f;
     const T *xr = (const T *)a.x + b * a.sx0 + c * a.sx1;
     const T *gr = (const T *)a.dout + b * a.so0 + c * a.so1;
     const T *ir = a.init ? (const T *)a.init + b * a.si0 + c * a.si1 : nullptr;
@@ -101,14 +98,25 @@ __global__ void __launch_bounds__(CB_THREADS) conv_bwd_kernel(cb_args a) {
             sg[i] = t < L ? jamba_ld<T>(gr[t]) : 0.f;
         }
     }
+    /* the taps and bias after the staging loads (they are needed from here on; typed loads issue together) */
+    const WT *wr = (const WT *)a.w + c * a.sw0;
+    float w[JAMBA_MAX_CONV_WIDTH] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < JAMBA_MAX_CONV_WIDTH; j++)
+        if (j < K) w[j] = jamba_ld<WT>(wr[j * a.sw1]);
+    const float bias = a.bias ? jamba_ld_any(a.bias, a.bdt, c * a.sb) : 0.f;
     __syncthreads();
     /* g in place; h[t - (K-1) + j] = sh[i + 3 - H + j]; partial sums over this thread's own steps (i < CH) */
+    /* the tap loops are unrolled to the widest conv with a guard (j < K), so that w and the partial sums stay in
+     * registers (a loop to a run-time K put them on the stack) */
     float pw[JAMBA_MAX_CONV_WIDTH] = {0.f, 0.f, 0.f, 0.f}, pb = 0.f;
     for (int i = tid; i < CB_CH + 3; i += CB_THREADS) {
         if (t0 + i >= L) break;
         const float *hp = sh + i + 3 - H;
         float pre = bias;
-        for (int j = 0; j < K; j++) pre = fmaf(w[j], hp[j], pre);
+#pragma unroll
+        for (int j = 0; j < JAMBA_MAX_CONV_WIDTH; j++)
+            if (j < K) pre = fmaf(w[j], hp[j], pre);
         float g = sg[i];
         if (a.silu) {
             const float s = __fdividef(1.f, 1.f + __expf(-pre));
@@ -116,7 +124,9 @@ __global__ void __launch_bounds__(CB_THREADS) conv_bwd_kernel(cb_args a) {
         }
         sg[i] = g;
         if (i < CB_CH) {
-            for (int j = 0; j < K; j++) pw[j] = fmaf(g, hp[j], pw[j]);
+#pragma unroll
+            for (int j = 0; j < JAMBA_MAX_CONV_WIDTH; j++)
+                if (j < K) pw[j] = fmaf(g, hp[j], pw[j]);
             pb += g;
         }
     }
@@ -124,7 +134,9 @@ __global__ void __launch_bounds__(CB_THREADS) conv_bwd_kernel(cb_args a) {
     T *dxr = (T *)a.dx + r * L;
     for (int i = tid; i < CB_CH && t0 + i < L; i += CB_THREADS) {
         float v = 0.f;
-        for (int j = 0; j < K; j++) v = fmaf(w[j], sg[i + H - j], v);
+#pragma unroll
+        for (int j = 0; j < JAMBA_MAX_CONV_WIDTH; j++)
+            if (j < K) v = fmaf(w[j], sg[i + H - j], v);
         dxr[t0 + i] = jamba_st<T>(v);
     }
     if (q == 0 && a.dinit) {
@@ -132,9 +144,9 @@ __global__ void __launch_bounds__(CB_THREADS) conv_bwd_kernel(cb_args a) {
         for (int64_t e = tid; e < a.S_in; e += CB_THREADS) {
             const int64_t m = e - (a.S_in - H); /* history index 0..H-1, time m - H */
             float v = 0.f;
-            if (m >= 0)
-                for (int j = 0; j < K; j++)
-                    if (m - j >= 0) v = fmaf(w[j], sg[m - j], v);
+#pragma unroll
+            for (int j = 0; j < JAMBA_MAX_CONV_WIDTH; j++)
+                if (j < K && m - j >= 0) v = fmaf(w[j], sg[m - j], v);
             dir[e] = jamba_st<T>(v);
         }
     }
@@ -191,7 +203,7 @@ extern "C" jamba_status jamba_causal_conv1d_bwd_cuda(const jamba_causal_conv1d_b
     a.x = p->x.data, a.dout = p->dout.data, a.w = p->weight.data, a.bias = p->bias.data;
     a.init = p->initial_state.data, a.dx = p->dx.data, a.dinit = p->dinitial_state.data, a.ws = (float *)p->ws.data;
     a.sx0 = p->x.stride[0], a.sx1 = p->x.stride[1], a.so0 = p->dout.stride[0], a.so1 = p->dout.stride[1];
-    a.sw0 = p->weight.stride[0], a.sw1 = p->weight.stride[1], a.wdt = (int)p->weight.dtype;
+    a.sw0 = p->weight.stride[0], a.sw1 = p->weight.stride[1];
     if (a.bias) a.sb = p->bias.stride[0], a.bdt = (int)p->bias.dtype;
     if (a.init) a.si0 = p->initial_state.stride[0], a.si1 = p->initial_state.stride[1], a.S_in = p->initial_state.shape[2];
     a.silu = p->silu;
@@ -203,8 +215,11 @@ extern "C" jamba_status jamba_causal_conv1d_bwd_cuda(const jamba_causal_conv1d_b
                          (DI <= 1 || ((a.sx1 * es) % 16 == 0 && (a.so1 * es) % 16 == 0));
         const dim3 grid((unsigned)(B * DI * a.NCH));
         JAMBA_DISPATCH_FLOAT(p->x.dtype, T, {
-            if (vec) jamba_kernel_launch(conv_bwd_kernel<T, true>, grid, dim3(CB_THREADS), 0, stream, a);
-            else jamba_kernel_launch(conv_bwd_kernel<T, false>, grid, dim3(CB_THREADS), 0, stream, a);
+            const bool wf = p->weight.dtype == JAMBA_F32;
+            if (vec && wf) jamba_kernel_launch(conv_bwd_kernel<T, float, true>, grid, dim3(CB_THREADS), 0, stream, a);
+            else if (vec) jamba_kernel_launch(conv_bwd_kernel<T, T, true>, grid, dim3(CB_THREADS), 0, stream, a);
+            else if (wf) jamba_kernel_launch(conv_bwd_kernel<T, float, false>, grid, dim3(CB_THREADS), 0, stream, a);
+            else jamba_kernel_launch(conv_bwd_kernel<T, T, false>, grid, dim3(CB_THREADS), 0, stream, a);
             s = JAMBA_OK;
         });
         JAMBA_TRY(s);

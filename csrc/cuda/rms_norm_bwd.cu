@@ -5,7 +5,8 @@
  * contiguous; dx (rows, dim) T contiguous; dweight (dim,) f32. ws: r (rows, JAMBA_NORM_MAX_SEGS) f32, then partial
  * sums (G, dim) f32 with G = ceil(rows / RG), RG = JAMBA_NORM_BWD_ROWS.
  *
- * nb_rows_kernel<T>: a warp per row (8 rows per 256-thread block, grid-stride over rows). Per segment [a, e): the lanes
+ * nb_rows_kernel<T, WT>: (WT: weight's type, f32 or T, a template parameter so that the loads of x, dy and w issue
+ *   together: a run-time dtype switch between a load and its conversion serialises them) a warp per row (8 rows per 256-thread block, grid-stride over rows). Per segment [a, e): the lanes
  *   sum x^2 and dy w x over i = a + lane, a + lane + 32, ... (fp32, then a butterfly sum: every lane has the totals),
  *   r = rsqrtf(mean + eps), then dx_i = r dy_i w_i - x_i r^3 sum / n; lane 0 stores r.
  * nb_dw_kernel<T>: thread per column i (blockIdx.x), row group g (blockIdx.y): the sum over the group's rows of
@@ -26,12 +27,12 @@ struct nb_args {
     int64_t rows, dim, lx, ld, nseg, G;
     int64_t ends[JAMBA_NORM_MAX_SEGS];
     float eps;
-    int wdt;
 };
 
-template <typename T> __global__ void __launch_bounds__(NB_THREADS) nb_rows_kernel(nb_args a) {
+template <typename T, typename WT> __global__ void __launch_bounds__(NB_THREADS) nb_rows_kernel(nb_args a) {
     jamba_pdl_begin();
     const int lane = threadIdx.x & 31;
+    const WT *wt = (const WT *)a.w;
     const int64_t warps = (int64_t)gridDim.x * (NB_THREADS / 32);
     for (int64_t m = (int64_t)blockIdx.x * (NB_THREADS / 32) + (threadIdx.x >> 5); m < a.rows; m += warps) {
         const T *xr = (const T *)a.x + m * a.lx, *gr = (const T *)a.dy + m * a.ld;
@@ -42,7 +43,7 @@ template <typename T> __global__ void __launch_bounds__(NB_THREADS) nb_rows_kern
             float sxx = 0.f, sgx = 0.f;
 #pragma unroll 4
             for (int64_t i = s0 + lane; i < s1; i += 32) {
-                const float x = jamba_ld<T>(xr[i]), g = jamba_ld<T>(gr[i]) * jamba_ld_any(a.w, a.wdt, i);
+                const float x = jamba_ld<T>(xr[i]), g = jamba_ld<T>(gr[i]) * jamba_ld<WT>(wt[i]);
                 sxx = fmaf(x, x, sxx);
                 sgx = fmaf(g, x, sgx);
             }
@@ -51,7 +52,7 @@ template <typename T> __global__ void __launch_bounds__(NB_THREADS) nb_rows_kern
             const float n = (float)(s1 - s0), r = rsqrtf(sxx / n + a.eps), c = sgx / n * r * r * r;
 #pragma unroll 4
             for (int64_t i = s0 + lane; i < s1; i += 32) {
-                const float x = jamba_ld<T>(xr[i]), g = jamba_ld<T>(gr[i]) * jamba_ld_any(a.w, a.wdt, i);
+                const float x = jamba_ld<T>(xr[i]), g = jamba_ld<T>(gr[i]) * jamba_ld<WT>(wt[i]);
                 o[i] = jamba_st<T>(r * g - x * c);
             }
             if (lane == 0) a.r[m * JAMBA_NORM_MAX_SEGS + s] = r;
@@ -100,7 +101,7 @@ extern "C" jamba_status jamba_rms_norm_bwd_cuda(const jamba_rms_norm_bwd_params 
     cudaStream_t stream = (cudaStream_t)launch.stream;
     nb_args a;
     memset(&a, 0, sizeof a);
-    a.x = p->x.data, a.dy = p->dy.data, a.w = p->weight.data, a.wdt = (int)p->weight.dtype;
+    a.x = p->x.data, a.dy = p->dy.data, a.w = p->weight.data;
     a.dx = p->dx.data, a.dw = (float *)p->dweight.data;
     a.rows = rows, a.dim = dim, a.lx = p->x.stride[0], a.ld = p->dy.stride[0], a.nseg = p->nseg;
     for (int s = 0; s < JAMBA_NORM_MAX_SEGS; s++) a.ends[s] = s < p->nseg ? p->ends[s] : dim;
@@ -116,7 +117,9 @@ extern "C" jamba_status jamba_rms_norm_bwd_cuda(const jamba_rms_norm_bwd_params 
         const int64_t rb = jamba_ceil_div(rows, NB_THREADS / 32);
         const unsigned rgrid = (unsigned)(rb < 65536 ? rb : 65536);
         JAMBA_DISPATCH_FLOAT(p->x.dtype, T, {
-            jamba_kernel_launch(nb_rows_kernel<T>, dim3(rgrid), dim3(NB_THREADS), 0, stream, a);
+            if (p->weight.dtype == JAMBA_F32)
+                jamba_kernel_launch(nb_rows_kernel<T, float>, dim3(rgrid), dim3(NB_THREADS), 0, stream, a);
+            else jamba_kernel_launch(nb_rows_kernel<T, T>, dim3(rgrid), dim3(NB_THREADS), 0, stream, a);
             JAMBA_LAUNCH_CHECK("jamba.rms_norm_bwd: nb_rows_kernel", stream);
             jamba_kernel_launch(nb_dw_kernel<T>, dim3(cblocks, (unsigned)a.G), dim3(NB_THREADS), 0, stream, a);
             s = JAMBA_OK;
