@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# GPU round of the training path in one device call: build, the CUDA tests of the backward ops (causal_conv1d_bwd,
-# rms_norm_bwd, silu_mul_bwd, the MoE's gradients, selective_scan_bwd, the model's training step), memcheck and
-# racecheck of sanitize_cases.py, bench_kernels' conv_bwd and norm_bwd rows, then dev/train_step_probe.py with PDL off (a per-kernel breakdown).
-# Log: $OUT/train.log, JSON: $OUT/bench_kernels_train.json.
-# Usage on the device: JAMBA_COMMIT=<sha> bash benchmarks/run_gpu_train.sh
+# GPU round of the training path in one device call: build, the CUDA tests of the backward ops (selective_scan_bwd
+# and the scan, causal_conv1d_bwd, rms_norm_bwd, silu_mul_bwd, the MoE's gradients, the model's training step),
+# memcheck and racecheck of sanitize_cases.py, bench_kernels' scan_bwd, conv_bwd and norm_bwd rows, then
+# dev/train_step_probe.py with PDL off (a per-kernel breakdown). Log: $OUT/train.log, JSON:
+# $OUT/bench_kernels_train.json. Usage on the device: JAMBA_COMMIT=<sha> [SKIP_KERNELS=1] bash benchmarks/run_gpu_train.sh
+# (SKIP_KERNELS=1: no sanitizers and kernel benchmarks, for Python-only changes)
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
@@ -13,17 +14,20 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 step "commit $JAMBA_COMMIT: build"
 JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ " | tail -2
 step "tests (cuda): the backward ops and the training step"
-timeout 300 python3 -m pytest -q -m cuda --timeout=120 tests/test_causal_conv1d.py tests/test_moe.py \
-  tests/test_rms_norm.py tests/test_selective_scan_bwd.py ${EXTRA_TESTS:-} -k "silu_mul or grad or bwd or backward or train" \
+timeout 300 python3 -m pytest -q -m cuda --timeout=120 tests/test_selective_scan_bwd.py tests/test_causal_conv1d.py \
+  tests/test_moe.py tests/test_rms_norm.py ${EXTRA_TESTS:-} -k "silu_mul or grad or bwd or backward or train" \
   -p no:cacheprovider 2>&1 | tail -8
+timeout 200 python3 -m pytest -q -m cuda --timeout=120 tests/test_selective_scan.py -p no:cacheprovider 2>&1 | tail -3
 timeout 120 python3 -m pytest -q --timeout=100 tests/test_model.py -k "training" -p no:cacheprovider 2>&1 | tail -3
+if [ "${SKIP_KERNELS:-0}" != 1 ]; then
 step "compute-sanitizer memcheck (sanitize_cases.py)"
 timeout 150 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -4
 step "compute-sanitizer racecheck (sanitize_cases.py)"
 timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -4
-step "bench_kernels --only conv_bwd,norm_bwd"
-timeout 200 python3 benchmarks/bench_kernels.py --only conv_bwd,norm_bwd 2>&1 | tail -8
+step "bench_kernels --only scan_bwd,conv_bwd,norm_bwd"
+timeout 240 python3 benchmarks/bench_kernels.py --only scan_bwd,conv_bwd,norm_bwd 2>&1 | tail -8
 cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_train.json" 2>/dev/null
+fi
 step "dev/train_step_probe.py at 2048 tokens, PDL off"
 JAMBA_EXT_PDL=0 timeout 200 python3 dev/train_step_probe.py --lengths 512,2048 --ref-length 0 2>&1 | grep -v "^USDT" \
   | sed -n '/^commit\|^L=/p;/kernels by device/,$p'

@@ -106,6 +106,15 @@ jamba_status jamba_check_unit_stride(const char *op, const char *name, const jam
                            op, name, dim, s);
 }
 
+jamba_status jamba_check_workspace(const char *op, const jamba_tensor *ws, int64_t need) {
+    JAMBA_TRY(jamba_check_tensor(op, "ws", ws, 1, JAMBA_MASK(JAMBA_F32), 0));
+    JAMBA_TRY(jamba_check_contiguous(op, "ws", ws));
+    if (ws->shape[0] < need)
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: ws: expected at least %lld f32 elements, got %lld", op,
+                               (long long)need, (long long)ws->shape[0]);
+    return JAMBA_OK;
+}
+
 int jamba_tensors_overlap(const jamba_tensor *a, const jamba_tensor *b) {
     const jamba_tensor *t[2] = {a, b};
     const char *lo[2], *hi[2];

@@ -38,6 +38,9 @@ jamba_status jamba_check_contiguous(const char *op, const char *name, const jamb
 jamba_status jamba_check_same_dtype(const char *op, const char *name, const jamba_tensor *t,
                                     const char *ref_name, const jamba_tensor *ref);
 
+/* A backward op's CUDA workspace: present, f32, contiguous, 1-D, at least need elements. */
+jamba_status jamba_check_workspace(const char *op, const jamba_tensor *ws, int64_t need);
+
 /* 1 if the byte ranges [first, last element] of a and b intersect (non-negative strides; absent or empty: 0) */
 int jamba_tensors_overlap(const jamba_tensor *a, const jamba_tensor *b);
 

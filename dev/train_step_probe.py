@@ -1,12 +1,13 @@
-"""One training step (forward + loss + backward) of one Jamba-v0.1 block on a GPU, bf16: what the native
-selective_scan_bwd changes at the model level (session 30).
+"""One training step (forward + loss + backward) of one Jamba-v0.1 block on a GPU, bf16: what the native backward
+ops change at the model level (sessions 30-31).
 
     python3 dev/train_step_probe.py [--lengths 512,2048] [--ref-length 512]
 
-Rows: our model as it trains by default (selective_scan's autograd on the native selective_scan_bwd, moe_experts'
-backward over the routed rows in bf16), and, at --ref-length only, the same step with the scan's backward through
-reference.py, then also with the MoE's dense fp32 backward (every version before session 30; one timed call each,
-they take seconds). Then a profile of the default step at the longest length: the top CUDA kernels by time.
+Rows: our model as it trains by default (native backward ops: selective_scan_bwd, causal_conv1d_bwd, rms_norm_bwd,
+silu_mul_bwd; moe_experts' backward over the routed rows in bf16), and, at --ref-length only, the same step with the
+scan's backward through reference.py, then also with the MoE's dense fp32 backward (the scan and MoE backward of every
+version before session 30; one timed call each, they take seconds). Then a profile of the default step at the longest
+length: the top CUDA kernels by time (with JAMBA_EXT_PDL=0 for a breakdown that does not bill waits).
 """
 import argparse
 import os
@@ -61,7 +62,7 @@ def main():
         ids = torch.randint(3, cfg.vocab_size, (1, L), device=dev, generator=gen)
         step_ms(model, ids, 1)  # warm-up
         ms, loss = step_ms(model, ids, 3)
-        print(f"L={L:6d}  native selective_scan_bwd: {ms:9.1f} ms a step ({L / ms * 1e3:8.0f} tok/s), loss {loss:.4f}, "
+        print(f"L={L:6d}  native backward: {ms:9.1f} ms a step ({L / ms * 1e3:8.0f} tok/s), loss {loss:.4f}, "
               f"peak {torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else 0:.1f} GiB", flush=True)
         if L == args.ref_length:
             keep = ops._scan_native_ok

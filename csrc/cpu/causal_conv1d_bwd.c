@@ -93,7 +93,8 @@ jamba_status jamba_causal_conv1d_bwd_cpu(const jamba_causal_conv1d_bwd_params *p
             for (int64_t c = 0; c < DI; c++) {
                 float w[JAMBA_MAX_CONV_WIDTH] = {0}, bias = 0.f;
                 for (int64_t j = 0; j < K; j++)
-                    w[j] = jamba_load(p->weight.data, p->weight.dtype, c * p->weight.stride[0] + j * p->weight.stride[1]);
+                    w[j] = jamba_load(p->weight.data, p->weight.dtype,
+                                      c * p->weight.stride[0] + j * p->weight.stride[1]);
                 if (p->bias.data) bias = jamba_load(p->bias.data, p->bias.dtype, c * p->bias.stride[0]);
                 double sw[JAMBA_MAX_CONV_WIDTH] = {0}, sb = 0.0;
                 for (int64_t b = 0; b < B; b++) {

@@ -5,15 +5,16 @@
  * strides; bias (DI,) or absent; initial_state (B, DI, S_in) T, unit stride along S_in. Outputs contiguous: dx
  * (B, DI, L) T, dinitial_state (B, DI, S_in) T, dweight (DI, K) f32, dbias (DI,) f32; ws (DI, B * NCH, PART) f32.
  *
- * conv_bwd_kernel<T, WT, VEC>: (WT: the taps' type, f32 or T) one block of CB_THREADS threads per (row r = b * DI + c, chunk q of CH = JAMBA_CONV_BWD_CHUNK
- * steps), blockIdx.x = r * NCH + q. The block stages in shared memory, as fp32 (VEC: the rows of x and dout 16-byte
- * aligned, each thread loads its 8 steps as 16-byte vectors, all loads before any conversion; else element loads):
+ * conv_bwd_kernel<T, WT, VEC>: (WT: the taps' type, f32 or T) one block of CB_THREADS threads per (row
+ * r = b * DI + c, chunk q of CH = JAMBA_CONV_BWD_CHUNK steps), blockIdx.x = r * NCH + q. The block stages in shared
+ * memory, as fp32 (VEC: the rows of x and dout 16-byte aligned, each thread loads its 8 steps as 16-byte vectors, all
+ * loads before any conversion; else element loads):
  *   sh[i] = h at time t = t0 - 3 + i, i < CH + 6 (initial_state's entries before t = 0, zeros where absent or t >= L)
  *   sg[i] = g at time t0 + i, i < CH + 3 (zero from t = L on): dout times the SiLU derivative at pre (recomputed)
- * then writes dx[t0 + i] = sum_j w[j] sg[i + K-1 - j] for its CH steps and, in chunk 0, dinitial_state (the K-1 last
- * entries from sg, zeros before). dweight / dbias: each thread sums g * h over its own steps (a fixed stride), the block
- * sums its threads in a fixed order (warp shuffles, then warps in order) into ws[c][b * NCH + q][0..K]; conv_bwd_sum
- * then adds the B * NCH partials of each (c, j) in order: no atomics, bit-identical run to run.
+ * then writes dx[t0 + i] = sum_j w[j] sg[i + K-1 - j] for its CH steps and, in chunk 0, dinitial_state (the K-1
+ * last entries from sg, zeros before). dweight / dbias: each thread sums g * h over its own steps (a fixed stride),
+ * the block sums its threads in a fixed order (warp shuffles, then warps in order) into ws[c][b * NCH + q][0..K];
+ * conv_bwd_sum then adds the B * NCH partials of each (c, j) in order: no atomics, bit-identical run to run.
  */
 #include <string.h>
 
@@ -186,11 +187,7 @@ extern "C" jamba_status jamba_causal_conv1d_bwd_cuda(const jamba_causal_conv1d_b
     const char *op = "jamba.causal_conv1d_bwd";
     const int64_t B = p->x.shape[0], DI = p->x.shape[1], L = p->x.shape[2], K = p->weight.shape[1];
     const int64_t need = jamba_causal_conv1d_bwd_ws_elems(B, DI, L);
-    JAMBA_TRY(jamba_check_tensor(op, "ws", &p->ws, 1, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_contiguous(op, "ws", &p->ws));
-    if (p->ws.shape[0] < need)
-        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: ws: expected at least %lld f32 elements, got %lld", op,
-                               (long long)need, (long long)p->ws.shape[0]);
+    JAMBA_TRY(jamba_check_workspace(op, &p->ws, need));
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;
     cb_args a;
@@ -205,7 +202,10 @@ extern "C" jamba_status jamba_causal_conv1d_bwd_cuda(const jamba_causal_conv1d_b
     a.sx0 = p->x.stride[0], a.sx1 = p->x.stride[1], a.so0 = p->dout.stride[0], a.so1 = p->dout.stride[1];
     a.sw0 = p->weight.stride[0], a.sw1 = p->weight.stride[1];
     if (a.bias) a.sb = p->bias.stride[0], a.bdt = (int)p->bias.dtype;
-    if (a.init) a.si0 = p->initial_state.stride[0], a.si1 = p->initial_state.stride[1], a.S_in = p->initial_state.shape[2];
+    if (a.init) {
+        a.si0 = p->initial_state.stride[0], a.si1 = p->initial_state.stride[1];
+        a.S_in = p->initial_state.shape[2];
+    }
     a.silu = p->silu;
     if (B > 0 && DI > 0) {
         jamba_status s = JAMBA_ERR_DTYPE;

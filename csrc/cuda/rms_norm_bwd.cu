@@ -6,7 +6,8 @@
  * sums (G, dim) f32 with G = ceil(rows / RG), RG = JAMBA_NORM_BWD_ROWS.
  *
  * nb_rows_kernel<T, WT>: (WT: weight's type, f32 or T, a template parameter so that the loads of x, dy and w issue
- *   together: a run-time dtype switch between a load and its conversion serialises them) a warp per row (8 rows per 256-thread block, grid-stride over rows). Per segment [a, e): the lanes
+ *   together: a run-time dtype switch between a load and its conversion serialises them) a warp per row (8 rows per
+ *   256-thread block, grid-stride over rows). Per segment [a, e): the lanes
  *   sum x^2 and dy w x over i = a + lane, a + lane + 32, ... (fp32, then a butterfly sum: every lane has the totals),
  *   r = rsqrtf(mean + eps), then dx_i = r dy_i w_i - x_i r^3 sum / n; lane 0 stores r.
  * nb_dw_kernel<T>: thread per column i (blockIdx.x), row group g (blockIdx.y): the sum over the group's rows of
@@ -91,11 +92,7 @@ extern "C" jamba_status jamba_rms_norm_bwd_cuda(const jamba_rms_norm_bwd_params 
     const char *op = "jamba.rms_norm_bwd";
     const int64_t rows = p->x.shape[0], dim = p->x.shape[1];
     const int64_t need = jamba_rms_norm_bwd_ws_elems(rows, dim);
-    JAMBA_TRY(jamba_check_tensor(op, "ws", &p->ws, 1, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_contiguous(op, "ws", &p->ws));
-    if (p->ws.shape[0] < need)
-        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: ws: expected at least %lld f32 elements, got %lld", op,
-                               (long long)need, (long long)p->ws.shape[0]);
+    JAMBA_TRY(jamba_check_workspace(op, &p->ws, need));
     if (dim == 0) return JAMBA_OK;
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;

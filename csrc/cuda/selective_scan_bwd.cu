@@ -278,11 +278,7 @@ extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "%s: A: the CUDA kernel takes d_state <= %d, got %lld", op,
                                JAMBA_SCAN_BWD_CUDA_MAX_N, (long long)N);
     const int64_t need = jamba_selective_scan_bwd_ws_elems(B, DI, L, N);
-    JAMBA_TRY(jamba_check_tensor(op, "ws", &p->ws, 1, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_contiguous(op, "ws", &p->ws));
-    if (p->ws.shape[0] < need)
-        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: ws: expected at least %lld f32 elements, got %lld", op,
-                               (long long)need, (long long)p->ws.shape[0]);
+    JAMBA_TRY(jamba_check_workspace(op, &p->ws, need));
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;
     int np = 1;
