@@ -788,7 +788,7 @@ class JambaMambaMixer(nn.Module):
         xz = _proj_t(self.in_proj.weight, hidden_states.transpose(1, 2))              # (B, 2DI, Lp)
         if self.in_proj.bias is not None:
             xz = xz + self.in_proj.bias[:, None]
-        x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI, Lp) each
+        x, z = xz.split(DI, dim=1)  # (B, DI, Lp) views; split, not two slices: its backward is one cat
         # 2. depthwise causal conv + SiLU; final state = last K pre-conv inputs (HF cache layout)
         S = self.conv_kernel_size if keep_state else 0
         x_in, conv0 = x, conv_state
