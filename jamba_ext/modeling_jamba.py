@@ -801,9 +801,10 @@ class JambaMambaMixer(nn.Module):
             x = x * m[:, None, :].to(x.dtype)
         # 3. dt, B, C = x_proj(x), each RMS-normalised over its own width
         xdbl = _linear_t(x.transpose(1, 2), self.x_proj.weight)                    # (B, Lp, R+2N)
-        dt = self.dt_layernorm(xdbl[..., :R])                                       # (B, Lp, R)
-        Bm = self.b_layernorm(xdbl[..., R:R + N])                                   # (B, Lp, N)
-        Cm = self.c_layernorm(xdbl[..., R + N:])                                    # (B, Lp, N)
+        dtx, bx, cx = xdbl.split([R, N, N], dim=-1)   # views (split: one cat in the backward, not three slices')
+        dt = self.dt_layernorm(dtx)                                                 # (B, Lp, R)
+        Bm = self.b_layernorm(bx)                                                   # (B, Lp, N)
+        Cm = self.c_layernorm(cx)                                                   # (B, Lp, N)
         # 4. delta = W_dt dt (bias added in fp32 inside the scan, as the fast path does)
         delta = _proj_t(self.dt_proj.weight, dt.transpose(1, 2))                   # (B, DI, Lp)
         if Lp > L:
