@@ -39,6 +39,17 @@ def rms_norm_segments(x: Tensor, weight: Tensor, splits, eps: float = 1e-6) -> T
     return torch.cat(parts, dim=-1)
 
 
+def rms_norm_bwd(x: Tensor, weight: Tensor, dy: Tensor, splits=(), eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
+    """Gradients of rms_norm (no splits) or rms_norm_segments: autograd of the functions above, (dx in x's dtype (the
+    casts' autograd), dweight in the compute dtype); float64 inputs give the float64 oracle."""
+    cd = _compute_dtype(x)
+    xs, ws = x.detach().requires_grad_(True), weight.detach().to(cd).requires_grad_(True)
+    with torch.enable_grad():
+        y = rms_norm_segments(xs, ws, list(splits), eps) if splits else rms_norm(xs, ws, eps)
+        dx, dw = torch.autograd.grad(y, (xs, ws), dy.to(y.dtype))
+    return dx, dw
+
+
 def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float = 1e-6) -> Tuple[Tensor, Tensor]:
     """Returns (rms_norm(x + residual), x + residual); the sum is rounded to x's dtype."""
     s = (x.to(_compute_dtype(x)) + residual.to(_compute_dtype(x))).to(x.dtype)
@@ -74,6 +85,24 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
         out = F.silu(out)
     final = full[..., full.shape[-1] - S:] if S > 0 else full[..., :0]
     return out.to(x.dtype), final.to(x.dtype)
+
+
+def causal_conv1d_bwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor],
+                      dout: Tensor, silu: bool = True):
+    """Gradients of causal_conv1d's out (autograd of the function above in its compute dtype). Returns (dx, dweight
+    (DI, K), dbias (DI,), dinitial_state or None) in the compute dtype; dbias is what a bias would get, also when
+    absent."""
+    cd = _compute_dtype(x)
+    w = weight.reshape(weight.shape[0], weight.shape[-1])
+    b = bias if bias is not None else torch.zeros(w.shape[0], dtype=cd, device=x.device)
+    args = [t if t is None else t.detach().to(cd).requires_grad_(True) for t in (x, w, b, initial_state)]
+    with torch.enable_grad():
+        out = causal_conv1d(args[0], args[1], args[2], args[3], silu, 0)[0]
+        leaves = [t for t in args if t is not None]
+        g = torch.autograd.grad(out, leaves, dout.to(cd), allow_unused=True) if out.requires_grad \
+            else [None] * len(leaves)
+    g = [torch.zeros_like(t) if r is None else r for r, t in zip(g, leaves)]
+    return g[0], g[1], g[2], (g[3] if initial_state is not None else None)
 
 
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,

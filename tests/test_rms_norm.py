@@ -334,6 +334,8 @@ def test_rms_norm_bwd_op_direct(device, dtype):
     assert a[0].shape == x.shape and a[0].dtype == dtype and a[1].shape == (520,) and a[1].dtype == torch.float32
     for u, v in zip(a, b):
         assert not torch.isnan(u).any() and torch.equal(u, v)
+    want = reference.rms_norm_bwd(up(x), up(w), up(dy), [256, 272])
+    _scale_err_ok("dx (reference.rms_norm_bwd)", a[0], want[0], 2e-5 if dtype == torch.float32 else 1e-2)
     if device.type == "cuda":
         c = ops.rms_norm_bwd(x.cpu(), w.cpu(), dy.cpu(), [256, 272])
         _scale_err_ok("dx", a[0].cpu(), c[0].double(), 1e-2 if dtype != torch.float32 else 1e-5)
