@@ -285,9 +285,7 @@ jamba_status jamba_silu_mul_check(const jamba_silu_mul_params *p) {
     if (M > 0 && F2 > 0 && p->gate_up.stride[0] < F2 && M > 1)
         return jamba_set_error(JAMBA_ERR_ARG, "%s: gate_up rows must not overlap (row stride %lld < %lld)", op,
                                (long long)p->gate_up.stride[0], (long long)F2);
-    const char *o0 = (const char *)p->out.data, *g0 = (const char *)p->gate_up.data;
-    const int64_t es = jamba_dtype_size(p->out.dtype);
-    if (M > 0 && F2 > 0 && o0 < g0 + ((M - 1) * p->gate_up.stride[0] + F2) * es && g0 < o0 + M * (F2 / 2) * es)
+    if (jamba_tensors_overlap(&p->out, &p->gate_up))
         return jamba_set_error(JAMBA_ERR_ARG, "%s: out must not overlap gate_up in memory", op);
     return JAMBA_OK;
 }
@@ -309,16 +307,6 @@ jamba_status jamba_silu_mul_cpu(const jamba_silu_mul_params *p) {
         }
     }
     return JAMBA_OK;
-}
-
-/* [start, end) bytes of a 2-D tensor with unit stride along its last axis */
-static int rows_overlap(const jamba_tensor *a, const jamba_tensor *b) {
-    const int64_t ma = a->shape[0], na = a->shape[1], mb = b->shape[0], nb = b->shape[1];
-    if (ma == 0 || na == 0 || mb == 0 || nb == 0) return 0;
-    const char *a0 = (const char *)a->data, *b0 = (const char *)b->data;
-    const char *a1 = a0 + ((ma - 1) * a->stride[0] + na) * (int64_t)jamba_dtype_size(a->dtype);
-    const char *b1 = b0 + ((mb - 1) * b->stride[0] + nb) * (int64_t)jamba_dtype_size(b->dtype);
-    return a0 < b1 && b0 < a1;
 }
 
 jamba_status jamba_silu_mul_bwd_check(const jamba_silu_mul_bwd_params *p) {
@@ -344,7 +332,7 @@ jamba_status jamba_silu_mul_bwd_check(const jamba_silu_mul_bwd_params *p) {
         if (M > 1 && ins[i]->shape[1] > 0 && ins[i]->stride[0] < ins[i]->shape[1])
             return jamba_set_error(JAMBA_ERR_ARG, "%s: %s rows must not overlap (row stride %lld < %lld)", op,
                                    names[i], (long long)ins[i]->stride[0], (long long)ins[i]->shape[1]);
-        if (rows_overlap(&p->dgate_up, ins[i]))
+        if (jamba_tensors_overlap(&p->dgate_up, ins[i]))
             return jamba_set_error(JAMBA_ERR_ARG, "%s: dgate_up must not overlap %s in memory", op, names[i]);
     }
     return JAMBA_OK;
