@@ -50,6 +50,10 @@ int jamba_tensors_overlap(const jamba_tensor *a, const jamba_tensor *b);
 #define JAMBA_CONV_BWD_PART (JAMBA_MAX_CONV_WIDTH + 1)
 /* rms_norm_bwd's CUDA split of the rows for dweight's partial sums (csrc/cuda/rms_norm_bwd.cu) */
 #define JAMBA_NORM_BWD_ROWS 32
+/* selective_scan_bwd's CUDA split (csrc/cuda/selective_scan_bwd.cu): time steps per chunk (32 lanes x 8 steps) and
+ * channels per block (the unit of the dB / dC partial sums); jamba_selective_scan_bwd_ws_elems sizes by them */
+#define JAMBA_SCAN_BWD_CHUNK 256
+#define JAMBA_SCAN_BWD_CPB 32
 
 /* rms_norm_segments' segment ends (increasing, the last = dim, 1..JAMBA_NORM_MAX_SEGS of them) and eps checks
  * (csrc/cpu/rms_norm.c), shared with rms_norm_bwd */

@@ -1,6 +1,7 @@
 """selective_scan_bwd (jamba.selective_scan_bwd, the native gradients of selective_scan) against the float64
-autograd of reference.selective_scan: every gradient, dtypes, shapes around the chunk lengths (16 on CUDA, 64 on
-the CPU), strided inputs, determinism, CUDA graphs, opcheck, bad inputs, and selective_scan's autograd using it."""
+autograd of reference.selective_scan: every gradient, dtypes, shapes around the chunk lengths (256 steps and 32
+channels on CUDA, 64 steps on the CPU), strided inputs, determinism, CUDA graphs, opcheck, bad inputs, and
+selective_scan's autograd using it."""
 import pytest
 import torch
 
@@ -55,6 +56,10 @@ CASES = [
     (1, 4, 32, 20, True, True, True, True, True, True),        # d_state 32 (the CUDA limit)
     (1, 40, 3, 130, True, True, True, True, True, True),       # channel blocks of the CPU (32) + 8
     (1, 2, 16, 1100, True, True, True, True, True, True),      # long
+    (2, 37, 5, 300, True, True, True, True, True, True),       # CUDA: 2 chunks, 2 channel blocks, odd N
+    (1, 33, 16, 520, True, True, True, True, False, True),     # CUDA: 16-byte rows, 3 chunks, the last partial
+    (1, 8, 32, 256, True, True, True, True, True, True),       # one whole CUDA chunk at d_state 32
+    (3, 9, 16, 257, True, False, True, True, True, False),     # CUDA chunk + 1, batch 3
 ]
 IDS = [f"B{c[0]}_DI{c[1]}_N{c[2]}_L{c[3]}" + "".join(s for s, on in zip(
     ["_D", "_z", "_dbias", "_softplus", "_init", "_dlast"], c[4:]) if on) for c in CASES]

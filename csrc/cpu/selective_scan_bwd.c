@@ -20,14 +20,13 @@
 #define SB_TC 64  /* steps per checkpoint chunk */
 #define SB_CB 32  /* channels per block (the unit of the dB / dC partial sums) */
 
-/* CUDA layout (selective_scan_bwd.cu): NP = the power of two >= N lanes per channel, 32 channels per block (16
- * when NP = 32), 16-step chunks. Workspace: checkpoints (B, DI, NC, N), dB / dC partials (2, B, P, N, L), dA
- * partials (B, DI, N), dD and ddelta_bias partials (2, B, DI). 0 where the CUDA path does not run (N > 32). */
+/* CUDA layout (selective_scan_bwd.cu): blocks of JAMBA_SCAN_BWD_CPB channels, chunks of JAMBA_SCAN_BWD_CHUNK steps.
+ * Workspace: chunk-start states (B, DI, NC, N), dB / dC partials (2, B, P, N, L), dA partials (B, DI, N), dD and
+ * ddelta_bias partials (2, B, DI). 0 where the CUDA path does not run (N > 32). */
 int64_t jamba_selective_scan_bwd_ws_elems(int64_t B, int64_t DI, int64_t L, int64_t N) {
     if (N < 1 || N > JAMBA_SCAN_BWD_CUDA_MAX_N || B < 0 || DI < 0 || L < 0) return 0;
-    int64_t np = 1;
-    while (np < N) np <<= 1;
-    const int64_t cpb = np == 32 ? 16 : 32, P = (DI + cpb - 1) / cpb, NC = (L + 15) / 16;
+    const int64_t P = (DI + JAMBA_SCAN_BWD_CPB - 1) / JAMBA_SCAN_BWD_CPB;
+    const int64_t NC = (L + JAMBA_SCAN_BWD_CHUNK - 1) / JAMBA_SCAN_BWD_CHUNK;
     return B * DI * NC * N + 2 * B * P * N * L + B * DI * N + 2 * B * DI;
 }
 

@@ -6,26 +6,39 @@
  * f32, unit stride along N. Outputs contiguous: du, ddelta, dz (B, DI, L) u's dtype; dBm, dCm (B, N, L), dA (DI, N),
  * dD, ddelta_bias (DI,), dinitial_state (B, DI, N) f32. N <= 32.
  *
- * scan_bwd_kernel<T, NP>: 512 threads; NP (the power of two >= N) lanes per channel, CPB = 512 / NP channels per block;
- * block x = b * P + p covers channels p * CPB .. of batch row b (P = ceil(DI / CPB)); thread (channel c, lane n) owns
- * state element n of channel c. Each thread
- *   1. runs the forward recurrence over all L and stores h at the start of every SB_TC-step chunk (ckpt, workspace
- *      (B, DI, NC, N));
- *   2. walks the chunks in reverse: h[t-1] of the chunk recomputed from its checkpoint into shared memory (hs), then
- *      t from the chunk's end down, with g = dL/dh[t] carried in a register; the sums over n (y0, du, ddt) are
- *      shuffles within the channel's NP lanes, the sums over channels (dB, dC) shuffles within the warp, then, per
- *      chunk, a fixed-order sum over the block's 16 warps from shared memory (red) into the block's partials
- *      (workspace (2, B, P, N, L));
- *   3. stores dinitial_state and its per-(b, c) parts of dA, dD, ddelta_bias (workspace).
- * sum_mid_kernel then sums the partials over blocks (dB, dC) and over the batch (dA, dD, ddelta_bias) in a fixed order:
- * bit-identical results run to run. Workspace: jamba_selective_scan_bwd_ws_elems (csrc/cpu/selective_scan_bwd.c).
+ * scan_bwd_kernel<T>: time-parallel within a warp, as mamba_ssm's backward: a warp takes one channel at a time, lane
+ * l owns the SB_IT = 8 consecutive steps t0 + 8l .. of a chunk of SB_TC = 256 steps, and the N states are a loop.
+ * Block x = b * P + p (256 threads, 8 warps) covers the SB_CPB = 32 channels p * 32 .. of batch row b, warp w taking
+ * channels w, w + 8, w + 16, w + 24 (the rounds) of every chunk. Per (channel, state n, chunk) a lane folds its
+ * steps' affine maps h -> exp(dt A) h + dt B u into one (P, H), and a warp scan over the lanes (shuffles) gives
+ * each lane its incoming state. The kernel
+ *   1. walks the chunks forward and stores the state at each chunk start (ckpt, workspace (B, DI, NC, N)); the warp
+ *      combines the lanes' maps in lane order (butterfly, so every lane has the chunk's map);
+ *   2. walks them in reverse: per state, the forward scan gives h at every step, then the same for the gradient
+ *      g' (dL/dh[t] carried into step t - 1: g' = exp(dt A) (g'_next + dy C)) from the chunk's end, carried from the
+ *      next chunk; the sums over n (y0, du, ddt) accumulate in registers; each warp's dB / dC of a state go through
+ *      shared memory (xch, double-buffered by n) and are added over the block's 8 warps in warp order, over the
+ *      rounds in round order, into the block's per-chunk sums (acc), stored as the block's partials (workspace
+ *      (2, B, P, N, L)); per-channel dD, ddelta_bias, dA partials in shared memory;
+ *   3. stores dinitial_state (the carried g' at t = 0) and the per-(b, c) dA, dD, ddelta_bias partials.
+ * Padding steps (t >= L) take dt = u = dy = 0: identity maps, no contribution. sum_mid_kernel then sums the
+ * partials over blocks (dB, dC) and over the batch (dA, dD, ddelta_bias) in a fixed order: bit-identical results
+ * run to run. Workspace: jamba_selective_scan_bwd_ws_elems (csrc/cpu/selective_scan_bwd.c).
+ * Session 30's first kernel (a thread per (channel, state), serial over time, 16 lanes per channel with shuffled sums
+ * over n, 1.98 ms at 1x8192x2048) is in git history (b9cb54b).
  */
 #include <string.h>
 
 #include "common.cuh"
 
-#define SB_THREADS 512
-#define SB_TC 16 /* steps per chunk (must match jamba_selective_scan_bwd_ws_elems) */
+#define SB_NW 8
+#define SB_THREADS (SB_NW * 32)
+#define SB_IT 8
+#define SB_TC JAMBA_SCAN_BWD_CHUNK /* = 32 * SB_IT */
+#define SB_CPB JAMBA_SCAN_BWD_CPB
+#define SB_ROUNDS (SB_CPB / SB_NW)
+static_assert(SB_TC == 32 * SB_IT, "chunk = 32 lanes x SB_IT steps");
+static_assert(SB_CPB % SB_NW == 0, "whole rounds");
 
 struct sb_args {
     const void *u, *delta, *z, *dout, *Bm, *Cm;
@@ -36,171 +49,309 @@ struct sb_args {
     int64_t su0, su1, sd0, sd1, sz0, sz1, so0, so1;
     int64_t sB0, sB1, sB2, sC0, sC1, sC2, sA0, sA1, sD, sdtb, si0, si1, sl0, sl1;
     int bdt, cdt, softplus;
+    int vu, vd, vz, vo, vout; /* 16-byte access allowed on the rows of u, delta, z, dout, and the outputs */
 };
 
-template <int NP> __device__ __forceinline__ float sb_group_sum(float v) {
-#pragma unroll
-    for (int off = NP / 2; off >= 1; off >>= 1) v += __shfl_xor_sync(JAMBA_FULL_MASK, v, off);
-    return v;
+/* float4 piece q of a chunk row in shared memory: swizzled so that the lanes' two pieces (2l, 2l + 1) and the
+ * float2 reads of the cross-warp sum are free of bank conflicts */
+__device__ __forceinline__ int sb_swz(int q) { return q ^ ((q >> 3) & 1); }
+__device__ __forceinline__ int sb_pos(int tl) { return (sb_swz(tl >> 2) << 2) | (tl & 3); }
+__device__ __forceinline__ void sb_ld_row(const float *row, int lane, float *v) {
+    const float4 x = *(const float4 *)(row + 4 * sb_swz(2 * lane)), y = *(const float4 *)(row + 4 * sb_swz(2 * lane + 1));
+    v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w, v[4] = y.x, v[5] = y.y, v[6] = y.z, v[7] = y.w;
 }
-/* sum over the warp's channels (lanes with the same n) */
-template <int NP> __device__ __forceinline__ float sb_channel_sum(float v) {
+__device__ __forceinline__ void sb_st_row(float *row, int lane, const float *v) {
+    *(float4 *)(row + 4 * sb_swz(2 * lane)) = make_float4(v[0], v[1], v[2], v[3]);
+    *(float4 *)(row + 4 * sb_swz(2 * lane + 1)) = make_float4(v[4], v[5], v[6], v[7]);
+}
+/* SB_IT consecutive elements of a row from step t (a multiple of SB_IT), zero from L on; vec: 16-byte loads allowed */
+template <typename T> __device__ __forceinline__ void sb_ld8(const T *row, int64_t t, int64_t L, bool vec, float *v) {
+    constexpr int VN = 16 / (int)sizeof(T);
+    if (vec && t + SB_IT <= L) {
 #pragma unroll
-    for (int off = NP; off < 32; off <<= 1) v += __shfl_xor_sync(JAMBA_FULL_MASK, v, off);
-    return v;
+        for (int j = 0; j < SB_IT / VN; j++) jamba_w16<T>::ld(*(const uint4 *)(row + t + j * VN), v + j * VN);
+    } else {
+#pragma unroll
+        for (int i = 0; i < SB_IT; i++) v[i] = t + i < L ? jamba_ld<T>(row[t + i]) : 0.f;
+    }
+}
+template <typename T> __device__ __forceinline__ void sb_st8(T *row, int64_t t, int64_t L, bool vec, const float *v) {
+    constexpr int VN = 16 / (int)sizeof(T);
+    if (vec && t + SB_IT <= L) {
+#pragma unroll
+        for (int j = 0; j < SB_IT / VN; j++) *(uint4 *)(row + t + j * VN) = jamba_w16<T>::st(v + j * VN);
+    } else {
+#pragma unroll
+        for (int i = 0; i < SB_IT; i++)
+            if (t + i < L) row[t + i] = jamba_st<T>(v[i]);
+    }
 }
 
 __device__ __forceinline__ float sb_dt(float x, int softplus) {
     return softplus ? (x <= 20.f ? log1pf(expf(x)) : x) : x;
 }
 
-/* channels per block: 32 (16 when NP = 32); threads = SB_CPB(NP) * NP <= 512 (must match the workspace size rule) */
-#define SB_CPB(np) ((np) == 32 ? 16 : 32)
+/* dt (after bias and softplus; 0 past L) and u of a lane's steps */
+template <typename T>
+__device__ __forceinline__ void sb_load_dt_u(const sb_args &a, int64_t b, int64_t c, bool ch, int64_t t, float *dt,
+                                             float *u) {
+    if (!ch) {
+#pragma unroll
+        for (int i = 0; i < SB_IT; i++) dt[i] = 0.f, u[i] = 0.f;
+        return;
+    }
+    sb_ld8<T>((const T *)a.u + b * a.su0 + c * a.su1, t, a.L, a.vu, u);
+    sb_ld8<T>((const T *)a.delta + b * a.sd0 + c * a.sd1, t, a.L, a.vd, dt);
+    const float bias = a.dtb ? a.dtb[c * a.sdtb] : 0.f;
+#pragma unroll
+    for (int i = 0; i < SB_IT; i++) dt[i] = t + i < a.L ? sb_dt(dt[i] + bias, a.softplus) : 0.f;
+}
 
-template <typename T, int NP>
-__global__ void __launch_bounds__(SB_THREADS) scan_bwd_kernel(sb_args a) {
+template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_kernel(sb_args a) {
     jamba_pdl_begin();
-    constexpr int CPB = SB_CPB(NP), NT = CPB * NP, NW = NT / 32 > 0 ? NT / 32 : 1;
-    extern __shared__ float sb_smem[];
-    float *hs = sb_smem;                      /* [SB_TC][NT]: h[t-1] of the chunk's steps, per thread */
-    float *red = hs + SB_TC * NT;             /* [NW][2][SB_TC][NP]: each warp's dB / dC sums */
-    float *st = red + NW * 2 * SB_TC * NP;    /* [6][CPB][SB_TC]: u, dt, dt'(x), silu(z), dz factor, dout */
-    float *sbc = st + 6 * CPB * SB_TC;        /* [2][SB_TC][NP]: B, C */
-    float *so = sbc + 2 * SB_TC * NP;         /* [3][CPB][SB_TC]: du, ddelta, dz of the chunk */
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, n = tid % NP, cl = tid / NP;
-    const int64_t b = blockIdx.x / a.P, p = blockIdx.x % a.P, cb = p * CPB;
-    const int64_t c = cb + cl;
-    const bool ch = c < a.DI, act = ch && n < a.N;
-    const int64_t L = a.L;
-    const float An = act ? a.A[c * a.sA0 + n * a.sA1] : 0.f;
-    const float Dc = ch && a.D ? a.D[c * a.sD] : 0.f;
-    float *ck = a.ckpt + ((b * a.DI + (ch ? c : 0)) * a.NC) * a.N + n;
-    float *su = st, *sdt = st + CPB * SB_TC, *sdsp = sdt + CPB * SB_TC, *sgz = sdsp + CPB * SB_TC;
-    float *sdzf = sgz + CPB * SB_TC, *sdo = sdzf + CPB * SB_TC;
+    extern __shared__ float4 sb_smem4[];
+    const int N = (int)a.N;
+    float *sbc = (float *)sb_smem4;           /* [2][N][SB_TC]: the chunk's B, C (pieces swizzled) */
+    float *acc = sbc + 2 * N * SB_TC;         /* [2][N][SB_TC]: the chunk's dB / dC summed over the block's channels */
+    float *xch = acc + 2 * N * SB_TC;         /* [2][SB_NW][2][SB_TC]: each warp's dB / dC of one state, by n parity */
+    float *cst = xch + 4 * SB_NW * SB_TC;     /* [SB_CPB][N]: the carried state (phase 1: h, phase 2: g') */
+    float *dAs = cst + SB_CPB * N;            /* [SB_CPB][N]: dA sums */
+    float *pDs = dAs + SB_CPB * N;            /* [SB_CPB][32]: each lane's dD sums */
+    float *pbs = pDs + SB_CPB * 32;           /* [SB_CPB][32]: each lane's ddelta_bias sums */
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int64_t b = blockIdx.x / a.P, p = blockIdx.x % a.P, cb = p * SB_CPB, L = a.L, DI = a.DI;
 
-    /* the chunk's per-(channel, step) inputs and B / C into shared memory, coalesced along time; full: the
-     * backward's set (z and dout too), else the forward's (u, dt, B) */
-    auto stage = [&](int64_t t0, int64_t t1, bool full) {
-        for (int i = tid; i < CPB * SB_TC; i += NT) {
-            const int cc = i / SB_TC, tl = i % SB_TC;
-            const int64_t cg = cb + cc, t = t0 + tl;
-            float uv = 0.f, xv = 0.f, zv = 0.f, ov = 0.f;
-            if (cg < a.DI && t < t1) {
-                uv = jamba_ld<T>(((const T *)a.u)[b * a.su0 + cg * a.su1 + t]);
-                xv = jamba_ld<T>(((const T *)a.delta)[b * a.sd0 + cg * a.sd1 + t]) + (a.dtb ? a.dtb[cg * a.sdtb] : 0.f);
-                if (full) {
-                    if (a.z) zv = jamba_ld<T>(((const T *)a.z)[b * a.sz0 + cg * a.sz1 + t]);
-                    ov = jamba_ld<T>(((const T *)a.dout)[b * a.so0 + cg * a.so1 + t]);
-                }
-            }
-            su[i] = uv;
-            sdt[i] = sb_dt(xv, a.softplus);
-            if (full) {
-                sdsp[i] = a.softplus ? (xv <= 20.f ? 1.f / (1.f + expf(-xv)) : 1.f) : 1.f;
-                const float sz = 1.f / (1.f + expf(-zv));
-                sgz[i] = a.z ? zv * sz : 1.f;
-                sdzf[i] = sz * (1.f + zv * (1.f - sz));
-                sdo[i] = ov;
-            }
-        }
-        for (int i = tid; i < (full ? 2 : 1) * SB_TC * NP; i += NT) {
-            const int which = i / (SB_TC * NP), tl = (i / NP) % SB_TC, m = i % NP;
+    /* B (and C) of the chunk from t0 into sbc; the loop runs along whichever of t and n has unit stride */
+    auto stage = [&](int64_t t0, int nbc) {
+        for (int i = tid; i < nbc * N * SB_TC; i += SB_THREADS) {
+            const int which = i / (N * SB_TC), r = i % (N * SB_TC);
+            const int64_t s1 = which ? a.sC1 : a.sB1, s2 = which ? a.sC2 : a.sB2;
+            const int tfast = s2 == 1 || s1 != 1;
+            const int n = tfast ? r / SB_TC : r % N, tl = tfast ? r % SB_TC : r / N;
             const int64_t t = t0 + tl;
             float v = 0.f;
-            if (m < a.N && t < t1)
-                v = which == 0 ? jamba_ld_any(a.Bm, a.bdt, b * a.sB0 + m * a.sB1 + t * a.sB2)
-                               : jamba_ld_any(a.Cm, a.cdt, b * a.sC0 + m * a.sC1 + t * a.sC2);
-            sbc[i] = v;
+            if (t < L)
+                v = which ? jamba_ld_any(a.Cm, a.cdt, b * a.sC0 + n * s1 + t * s2)
+                          : jamba_ld_any(a.Bm, a.bdt, b * a.sB0 + n * s1 + t * s2);
+            sbc[(which * N + n) * SB_TC + sb_pos(tl)] = v;
         }
     };
 
-    /* 1. forward: checkpoints */
-    float h = act && a.h0 ? a.h0[b * a.si0 + c * a.si1 + n] : 0.f;
+    for (int i = tid; i < SB_CPB * N; i += SB_THREADS) {
+        const int64_t c = cb + i / N;
+        cst[i] = c < DI && a.h0 ? a.h0[b * a.si0 + c * a.si1 + i % N] : 0.f;
+        dAs[i] = 0.f;
+    }
+    for (int i = tid; i < SB_CPB * 32; i += SB_THREADS) pDs[i] = 0.f, pbs[i] = 0.f;
+
+    /* 1. forward: the state at every chunk start */
     for (int64_t k = 0; k < a.NC; k++) {
-        const int64_t t0 = k * SB_TC, t1 = t0 + SB_TC < L ? t0 + SB_TC : L;
-        if (act) ck[k * a.N] = h;
+        const int64_t t0 = k * SB_TC, tl0 = t0 + SB_IT * lane;
         __syncthreads();
-        stage(t0, t1, false);
+        stage(t0, 1);
         __syncthreads();
-        for (int tl = 0; tl < (int)(t1 - t0); tl++) {
-            const float dt = sdt[cl * SB_TC + tl];
-            h = __expf(dt * An) * h + dt * sbc[tl * NP + n] * su[cl * SB_TC + tl];
+        for (int g = 0; g < SB_ROUNDS; g++) {
+            const int cl = g * SB_NW + w;
+            const int64_t c = cb + cl;
+            const bool ch = c < DI;
+            float dt[SB_IT], u[SB_IT];
+            sb_load_dt_u<T>(a, b, c, ch, tl0, dt, u);
+            for (int n = 0; n < N; n++) {
+                const float A2 = ch ? a.A[c * a.sA0 + n * a.sA1] * JAMBA_LOG2E : 0.f;
+                float Bv[SB_IT];
+                sb_ld_row(sbc + n * SB_TC, lane, Bv);
+                float P = 1.f, H = 0.f;
+#pragma unroll
+                for (int i = 0; i < SB_IT; i++) {
+                    const float av = jamba_cu_exp2(dt[i] * A2);
+                    H = fmaf(av, H, dt[i] * u[i] * Bv[i]);
+                    P *= av;
+                }
+                /* the lanes' maps composed in lane order: at each level the lower block's map runs first */
+#pragma unroll
+                for (int off = 1; off < 32; off <<= 1) {
+                    const float Po = __shfl_xor_sync(JAMBA_FULL_MASK, P, off);
+                    const float Ho = __shfl_xor_sync(JAMBA_FULL_MASK, H, off);
+                    H = lane & off ? fmaf(P, Ho, H) : fmaf(Po, H, Ho);
+                    P *= Po;
+                }
+                const float hs = cst[cl * N + n];
+                __syncwarp();
+                if (lane == 0) {
+                    if (ch) a.ckpt[((b * DI + c) * a.NC + k) * N + n] = hs;
+                    cst[cl * N + n] = fmaf(P, hs, H);
+                }
+            }
         }
     }
 
-    /* 2. reverse, chunk by chunk */
-    float g = act && a.dlast ? a.dlast[b * a.sl0 + c * a.sl1 + n] : 0.f;
-    float sA = 0.f, sD = 0.f, sdb = 0.f;
+    /* 2. reverse */
+    __syncthreads();
+    for (int i = tid; i < SB_CPB * N; i += SB_THREADS) {
+        const int64_t c = cb + i / N;
+        cst[i] = c < DI && a.dlast ? a.dlast[b * a.sl0 + c * a.sl1 + i % N] : 0.f;
+    }
+    const int xw = tid >> 7, xt = (tid & 127) * 2; /* this thread's pair of the cross-warp sums: (dB | dC, steps) */
+    const int xpos = (sb_swz(xt >> 2) << 2) | (xt & 3);
+    int xp = 0; /* xch buffer of this state step: alternates every step (so also across rounds when N is odd) */
     for (int64_t k = a.NC - 1; k >= 0; k--) {
-        const int64_t t0 = k * SB_TC, t1 = t0 + SB_TC < L ? t0 + SB_TC : L;
-        const int nt = (int)(t1 - t0);
+        const int64_t t0 = k * SB_TC, tl0 = t0 + SB_IT * lane;
         __syncthreads();
-        stage(t0, t1, true);
+        stage(t0, 2);
         __syncthreads();
-        h = act ? ck[k * a.N] : 0.f;
-        for (int tl = 0; tl < nt; tl++) {
-            hs[tl * NT + tid] = h;
-            const float dt = sdt[cl * SB_TC + tl];
-            h = __expf(dt * An) * h + dt * sbc[tl * NP + n] * su[cl * SB_TC + tl];
+        for (int g = 0; g < SB_ROUNDS; g++) {
+            const int cl = g * SB_NW + w;
+            const int64_t c = cb + cl;
+            const bool ch = c < DI;
+            float dt[SB_IT], u[SB_IT], dyp[SB_IT], dus[SB_IT], dds[SB_IT], y0[SB_IT];
+            sb_load_dt_u<T>(a, b, c, ch, tl0, dt, u);
+            {
+                float zv[SB_IT];
+                if (ch) {
+                    sb_ld8<T>((const T *)a.dout + b * a.so0 + c * a.so1, tl0, L, a.vo, dyp);
+                    if (a.z) {
+                        sb_ld8<T>((const T *)a.z + b * a.sz0 + c * a.sz1, tl0, L, a.vz, zv);
+#pragma unroll
+                        for (int i = 0; i < SB_IT; i++) dyp[i] *= zv[i] / (1.f + expf(-zv[i]));
+                    }
+                } else {
+#pragma unroll
+                    for (int i = 0; i < SB_IT; i++) dyp[i] = 0.f;
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < SB_IT; i++) dus[i] = 0.f, dds[i] = 0.f, y0[i] = 0.f;
+            const float *ck = a.ckpt + ((b * DI + (ch ? c : 0)) * a.NC + k) * N;
+            for (int n = 0; n < N; n++) {
+                const float An = ch ? a.A[c * a.sA0 + n * a.sA1] : 0.f, A2 = An * JAMBA_LOG2E;
+                float Bv[SB_IT], Cv[SB_IT], av[SB_IT], bb[SB_IT], hh[SB_IT];
+                sb_ld_row(sbc + n * SB_TC, lane, Bv);
+                sb_ld_row(sbc + (N + n) * SB_TC, lane, Cv);
+                float P = 1.f, H = 0.f, G = 0.f;
+#pragma unroll
+                for (int i = 0; i < SB_IT; i++) {
+                    av[i] = jamba_cu_exp2(dt[i] * A2);
+                    bb[i] = dt[i] * u[i] * Bv[i];
+                    H = fmaf(av[i], H, bb[i]);
+                    P *= av[i];
+                }
+#pragma unroll
+                for (int i = SB_IT - 1; i >= 0; i--) G = av[i] * fmaf(dyp[i], Cv[i], G);
+                /* inclusive scans over the lanes: forward (lanes 0..l) and reverse (lanes l..31) */
+                float Pf = P, Hf = H, Pr = P, Gr = G;
+#pragma unroll
+                for (int off = 1; off < 32; off <<= 1) {
+                    const float Po = __shfl_up_sync(JAMBA_FULL_MASK, Pf, off);
+                    const float Ho = __shfl_up_sync(JAMBA_FULL_MASK, Hf, off);
+                    const float Qo = __shfl_down_sync(JAMBA_FULL_MASK, Pr, off);
+                    const float Go = __shfl_down_sync(JAMBA_FULL_MASK, Gr, off);
+                    if (lane >= off) Hf = fmaf(Pf, Ho, Hf), Pf *= Po;
+                    if (lane + off < 32) Gr = fmaf(Pr, Go, Gr), Pr *= Qo;
+                }
+                const float h0 = ch ? ck[n] : 0.f, gc = cst[cl * N + n];
+                const float Pe = __shfl_up_sync(JAMBA_FULL_MASK, Pf, 1), He = __shfl_up_sync(JAMBA_FULL_MASK, Hf, 1);
+                const float Qe = __shfl_down_sync(JAMBA_FULL_MASK, Pr, 1), Ge = __shfl_down_sync(JAMBA_FULL_MASK, Gr, 1);
+                const float gnew = fmaf(Pr, gc, Gr); /* lane 0: g' into the previous chunk */
+                float h = lane ? fmaf(Pe, h0, He) : h0, gp = lane < 31 ? fmaf(Qe, gc, Ge) : gc;
+#pragma unroll
+                for (int i = 0; i < SB_IT; i++) {
+                    h = fmaf(av[i], h, bb[i]);
+                    hh[i] = h;
+                }
+                float sdA = 0.f, dBc[SB_IT], dCc[SB_IT];
+#pragma unroll
+                for (int i = SB_IT - 1; i >= 0; i--) {
+                    const float gn = fmaf(dyp[i], Cv[i], gp);
+                    const float s = gn * (hh[i] - bb[i]); /* gn * exp(dt A) h[t-1] */
+                    dds[i] = fmaf(s, An, dds[i]);
+                    sdA = fmaf(s, dt[i], sdA);
+                    dus[i] = fmaf(gn, Bv[i], dus[i]);
+                    dBc[i] = gn * (dt[i] * u[i]);
+                    dCc[i] = dyp[i] * hh[i];
+                    y0[i] = fmaf(Cv[i], hh[i], y0[i]);
+                    gp = av[i] * gn;
+                }
+                float *xo = xch + (xp * SB_NW + w) * 2 * SB_TC;
+                sb_st_row(xo, lane, dBc);
+                sb_st_row(xo + SB_TC, lane, dCc);
+                sdA = jamba_warp_sum(sdA);
+                __syncthreads();
+                if (lane == 0) {
+                    cst[cl * N + n] = gnew;
+                    dAs[cl * N + n] += sdA;
+                }
+                /* this thread's pair of the block's sums, warps in order, rounds in order */
+                const float *xr = xch + xp * SB_NW * 2 * SB_TC + xw * SB_TC + xpos;
+                float2 sm = *(const float2 *)xr;
+#pragma unroll
+                for (int ww = 1; ww < SB_NW; ww++) {
+                    const float2 v = *(const float2 *)(xr + ww * 2 * SB_TC);
+                    sm.x += v.x, sm.y += v.y;
+                }
+                float2 *ap = (float2 *)(acc + (xw * N + n) * SB_TC + xt);
+                if (g) {
+                    const float2 o = *ap;
+                    sm.x = o.x + sm.x, sm.y = o.y + sm.y;
+                }
+                *ap = sm;
+                xp ^= 1;
+            }
+            /* per-(c, t) results */
+            if (ch) {
+                float zv[SB_IT], ov[SB_IT], xv[SB_IT], r[SB_IT];
+                const float Dc = a.D ? a.D[c * a.sD] : 0.f, bias = a.dtb ? a.dtb[c * a.sdtb] : 0.f;
+                sb_ld8<T>((const T *)a.delta + b * a.sd0 + c * a.sd1, tl0, L, a.vd, xv);
+                float sD = 0.f, sdb = 0.f;
+#pragma unroll
+                for (int i = 0; i < SB_IT; i++) {
+                    const float x = xv[i] + bias;
+                    const float dsp = a.softplus ? (x <= 20.f ? 1.f / (1.f + expf(-x)) : 1.f) : 1.f;
+                    xv[i] = tl0 + i < L ? fmaf(u[i], dus[i], dds[i]) * dsp : 0.f; /* ddelta */
+                    r[i] = fmaf(Dc, dyp[i], dt[i] * dus[i]);                        /* du */
+                    sD = fmaf(dyp[i], u[i], sD);
+                    sdb += xv[i];
+                }
+                const int64_t o = (b * DI + c) * L;
+                sb_st8<T>((T *)a.du + o, tl0, L, a.vout, r);
+                sb_st8<T>((T *)a.ddelta + o, tl0, L, a.vout, xv);
+                if (a.z) {
+                    sb_ld8<T>((const T *)a.dout + b * a.so0 + c * a.so1, tl0, L, a.vo, ov);
+                    sb_ld8<T>((const T *)a.z + b * a.sz0 + c * a.sz1, tl0, L, a.vz, zv);
+#pragma unroll
+                    for (int i = 0; i < SB_IT; i++) {
+                        const float sz = 1.f / (1.f + expf(-zv[i]));
+                        r[i] = ov[i] * fmaf(Dc, u[i], y0[i]) * sz * (1.f + zv[i] * (1.f - sz));
+                    }
+                    sb_st8<T>((T *)a.dz + o, tl0, L, a.vout, r);
+                }
+                pDs[cl * 32 + lane] += sD;
+                pbs[cl * 32 + lane] += sdb;
+            }
         }
-        for (int tl = nt - 1; tl >= 0; tl--) {
-            const int e = cl * SB_TC + tl;
-            const float ut = su[e], dt = sdt[e], ot = sdo[e];
-            const float Bn = sbc[tl * NP + n], Cn = sbc[(SB_TC + tl) * NP + n];
-            const float an = __expf(dt * An), hp = hs[tl * NT + tid];
-            const float ht = an * hp + dt * Bn * ut;
-            const float y0 = sb_group_sum<NP>(Cn * ht) + Dc * ut;
-            const float dyp = ot * sgz[e];
-            const float gn = g + dyp * Cn;
-            const float cB = sb_channel_sum<NP>(gn * dt * ut), cC = sb_channel_sum<NP>(dyp * ht);
-            if (lane < NP) {
-                red[((w * 2 + 0) * SB_TC + tl) * NP + lane] = cB;
-                red[((w * 2 + 1) * SB_TC + tl) * NP + lane] = cC;
-            }
-            const float sdu = sb_group_sum<NP>(gn * Bn);
-            const float sddt = sb_group_sum<NP>(gn * (Bn * ut + hp * an * An));
-            sA += gn * hp * an * dt;
-            g = an * gn;
-            if (n == 0) {
-                const float ddt = sddt * sdsp[e];
-                so[e] = dyp * Dc + dt * sdu;
-                so[CPB * SB_TC + e] = ddt;
-                so[2 * CPB * SB_TC + e] = ot * y0 * sdzf[e];
-                sD += dyp * ut;
-                sdb += ddt;
-            }
-        }
-        __syncthreads();
-        /* the chunk's dB / dC: the warps' sums in warp order, into this block's partials */
-        for (int i = tid; i < 2 * SB_TC * NP; i += NT) {
-            const int which = i / (SB_TC * NP), tl = (i / NP) % SB_TC, m = i % NP;
-            if (m < a.N && tl < nt) {
-                float sum = 0.f;
-                for (int ww = 0; ww < NW; ww++) sum += red[((ww * 2 + which) * SB_TC + tl) * NP + m];
-                a.part[(((int64_t)which * a.B + b) * a.P + p) * a.N * L + (int64_t)m * L + t0 + tl] = sum;
-            }
-        }
-        /* du, ddelta, dz of the chunk (rows contiguous (B, DI, L)) */
-        for (int i = tid; i < CPB * SB_TC; i += NT) {
-            const int cc = i / SB_TC, tl = i % SB_TC;
-            const int64_t cg = cb + cc;
-            if (cg < a.DI && tl < nt) {
-                const int64_t o = (b * a.DI + cg) * L + t0 + tl;
-                ((T *)a.du)[o] = jamba_st<T>(so[i]);
-                ((T *)a.ddelta)[o] = jamba_st<T>(so[CPB * SB_TC + i]);
-                if (a.z) ((T *)a.dz)[o] = jamba_st<T>(so[2 * CPB * SB_TC + i]);
-            }
+        /* the chunk's partials (this thread's own entries of acc) */
+        for (int n = 0; n < N; n++) {
+            const float2 v = *(const float2 *)(acc + (xw * N + n) * SB_TC + xt);
+            float *dst = a.part + (((int64_t)xw * a.B + b) * a.P + p) * N * L + (int64_t)n * L + t0 + xt;
+            if (t0 + xt < L) dst[0] = v.x;
+            if (t0 + xt + 1 < L) dst[1] = v.y;
         }
     }
     /* 3. per-(b, c) results */
-    if (act) {
-        const int64_t sidx = (b * a.DI + c) * a.N + n;
-        if (a.dinit) a.dinit[sidx] = g;
-        a.pA[sidx] = sA;
+    __syncthreads();
+    for (int i = tid; i < SB_CPB * N; i += SB_THREADS) {
+        const int64_t c = cb + i / N;
+        if (c >= DI) continue;
+        const int64_t sidx = (b * DI + c) * N + i % N;
+        if (a.dinit) a.dinit[sidx] = cst[i];
+        a.pA[sidx] = dAs[i];
     }
-    if (ch && n == 0) {
-        a.pD[b * a.DI + c] = sD;
-        a.pdb[b * a.DI + c] = sdb;
+    for (int i = tid; i < SB_CPB; i += SB_THREADS) {
+        const int64_t c = cb + i;
+        if (c >= DI) continue;
+        float sD = 0.f, sdb = 0.f;
+        for (int l = 0; l < 32; l++) sD += pDs[i * 32 + l], sdb += pbs[i * 32 + l];
+        a.pD[b * DI + c] = sD;
+        a.pdb[b * DI + c] = sdb;
     }
 }
 
@@ -248,26 +399,17 @@ static jamba_status sum_mid(float *out, const float *in, int64_t I, int64_t K, i
     return JAMBA_OK;
 }
 
-template <typename T, int NP> static jamba_status scan_bwd_launch(const sb_args &a, cudaStream_t stream) {
-    constexpr int CPB = SB_CPB(NP), NT = CPB * NP, NW = NT / 32 > 0 ? NT / 32 : 1;
-    const size_t smem =
-        sizeof(float) * (size_t)(SB_TC * NT + NW * 2 * SB_TC * NP + 9 * CPB * SB_TC + 2 * SB_TC * NP);
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(scan_bwd_kernel<T, NP>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          (int)smem));
-    jamba_kernel_launch(scan_bwd_kernel<T, NP>, dim3((unsigned)(a.B * a.P)), dim3(NT), smem, stream, a);
+template <typename T> static jamba_status scan_bwd_launch(const sb_args &a, cudaStream_t stream) {
+    const size_t smem = sizeof(float) * (size_t)(4 * a.N * SB_TC + 4 * SB_NW * SB_TC + 2 * SB_CPB * a.N + 2 * SB_CPB * 32);
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(scan_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    jamba_kernel_launch(scan_bwd_kernel<T>, dim3((unsigned)(a.B * a.P)), dim3(SB_THREADS), smem, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan_bwd: scan_bwd_kernel", stream);
     return JAMBA_OK;
 }
 
-template <typename T> static jamba_status scan_bwd_dispatch(const sb_args &a, int np, cudaStream_t stream) {
-    switch (np) {
-    case 1: return scan_bwd_launch<T, 1>(a, stream);
-    case 2: return scan_bwd_launch<T, 2>(a, stream);
-    case 4: return scan_bwd_launch<T, 4>(a, stream);
-    case 8: return scan_bwd_launch<T, 8>(a, stream);
-    case 16: return scan_bwd_launch<T, 16>(a, stream);
-    default: return scan_bwd_launch<T, 32>(a, stream);
-    }
+/* 16-byte row access: the base and both outer strides a multiple of 16 bytes */
+static int sb_vec_ok(const jamba_tensor *t, int64_t es) {
+    return t->data && jamba_aligned16(t->data) && (t->stride[0] * es) % 16 == 0 && (t->stride[1] * es) % 16 == 0;
 }
 
 extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan_bwd_params *p, jamba_launch launch) {
@@ -281,12 +423,10 @@ extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan
     JAMBA_TRY(jamba_check_workspace(op, &p->ws, need));
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;
-    int np = 1;
-    while (np < N) np <<= 1;
     sb_args a;
     memset(&a, 0, sizeof a);
     a.B = B, a.DI = DI, a.L = L, a.N = N;
-    a.P = jamba_ceil_div(DI, SB_CPB(np)), a.NC = jamba_ceil_div(L, SB_TC);
+    a.P = jamba_ceil_div(DI, SB_CPB), a.NC = jamba_ceil_div(L, SB_TC);
     if (B * a.P > JAMBA_MAX_GRID_X)
         return jamba_set_error(JAMBA_ERR_ARG, "%s: u: batch x channel blocks over the grid limit (B %lld, DI %lld)",
                                op, (long long)B, (long long)DI);
@@ -306,6 +446,10 @@ extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan
     if (a.h0) a.si0 = p->initial_state.stride[0], a.si1 = p->initial_state.stride[1];
     if (a.dlast) a.sl0 = p->dlast_state.stride[0], a.sl1 = p->dlast_state.stride[1];
     a.softplus = p->delta_softplus;
+    const int64_t es = jamba_dtype_size(p->u.dtype);
+    a.vu = sb_vec_ok(&p->u, es), a.vd = sb_vec_ok(&p->delta, es), a.vz = a.z ? sb_vec_ok(&p->z, es) : 0;
+    a.vo = sb_vec_ok(&p->dout, es);
+    a.vout = sb_vec_ok(&p->du, es) && sb_vec_ok(&p->ddelta, es) && (!a.z || sb_vec_ok(&p->dz, es));
     float *ws = (float *)p->ws.data;
     a.ckpt = ws;
     a.part = a.ckpt + B * DI * a.NC * N;
@@ -314,7 +458,7 @@ extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan
     a.pdb = a.pD + B * DI;
     if (B > 0 && DI > 0) {
         jamba_status s = JAMBA_ERR_DTYPE;
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = scan_bwd_dispatch<T>(a, np, stream));
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = scan_bwd_launch<T>(a, stream));
         JAMBA_TRY(s);
     }
     JAMBA_TRY(sum_mid((float *)p->dBm.data, a.part, B, a.P, N * L, stream));
