@@ -107,6 +107,30 @@ __device__ __forceinline__ void sb_load_dt_u(const sb_args &a, int64_t b, int64_
     for (int i = 0; i < SB_IT; i++) dt[i] = t + i < a.L ? sb_dt(dt[i] + bias, a.softplus) : 0.f;
 }
 
+/* One (N, SB_TC) matrix of B or C from step t0 (src at batch row b) into a chunk row set of shared memory; element
+ * i = tid + 256 j: along t when t has unit stride (or neither has), else along n (the model's (B, L, N) views) */
+template <typename TB>
+__device__ __forceinline__ void sb_stage_mat(float *dst, const TB *src, int64_t s1, int64_t s2, int64_t t0, int64_t L,
+                                             int N, int tid) {
+    const bool tfast = s2 == 1 || s1 != 1;
+    for (int j0 = 0; j0 < N; j0 += 8) {
+        float v[8];
+        int pos[8];
+#pragma unroll
+        for (int jj = 0; jj < 8; jj++) {
+            const int i = tid + (j0 + jj) * SB_THREADS;
+            const int n = tfast ? i / SB_TC : i % N, tl = tfast ? i % SB_TC : i / N;
+            const int64_t t = t0 + tl;
+            const bool ok = j0 + jj < N && t < L;
+            v[jj] = ok ? jamba_ld<TB>(src[n * s1 + t * s2]) : 0.f;
+            pos[jj] = j0 + jj < N ? n * SB_TC + sb_pos(tl) : -1;
+        }
+#pragma unroll
+        for (int jj = 0; jj < 8; jj++)
+            if (pos[jj] >= 0) dst[pos[jj]] = v[jj];
+    }
+}
+
 template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_kernel(sb_args a) {
     jamba_pdl_begin();
     extern __shared__ float4 sb_smem4[];
@@ -121,19 +145,19 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int64_t b = blockIdx.x / a.P, p = blockIdx.x % a.P, cb = p * SB_CPB, L = a.L, DI = a.DI;
 
-    /* B (and C) of the chunk from t0 into sbc; the loop runs along whichever of t and n has unit stride */
+    /* B (and C) of the chunk from t0 into sbc: N elements a thread and matrix, loads issued before the stores */
     auto stage = [&](int64_t t0, int nbc) {
-        for (int i = tid; i < nbc * N * SB_TC; i += SB_THREADS) {
-            const int which = i / (N * SB_TC), r = i % (N * SB_TC);
-            const int64_t s1 = which ? a.sC1 : a.sB1, s2 = which ? a.sC2 : a.sB2;
-            const int tfast = s2 == 1 || s1 != 1;
-            const int n = tfast ? r / SB_TC : r % N, tl = tfast ? r % SB_TC : r / N;
-            const int64_t t = t0 + tl;
-            float v = 0.f;
-            if (t < L)
-                v = which ? jamba_ld_any(a.Cm, a.cdt, b * a.sC0 + n * s1 + t * s2)
-                          : jamba_ld_any(a.Bm, a.bdt, b * a.sB0 + n * s1 + t * s2);
-            sbc[(which * N + n) * SB_TC + sb_pos(tl)] = v;
+        for (int which = 0; which < nbc; which++) {
+            const int64_t s0 = which ? a.sC0 : a.sB0, s1 = which ? a.sC1 : a.sB1, s2 = which ? a.sC2 : a.sB2;
+            const void *src = which ? a.Cm : a.Bm;
+            float *dst = sbc + which * N * SB_TC;
+            switch (which ? a.cdt : a.bdt) {
+            case JAMBA_F32: sb_stage_mat<float>(dst, (const float *)src + b * s0, s1, s2, t0, L, N, tid); break;
+            case JAMBA_BF16:
+                sb_stage_mat<__nv_bfloat16>(dst, (const __nv_bfloat16 *)src + b * s0, s1, s2, t0, L, N, tid);
+                break;
+            default: sb_stage_mat<__half>(dst, (const __half *)src + b * s0, s1, s2, t0, L, N, tid); break;
+            }
         }
     };
 
@@ -156,8 +180,10 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
             const bool ch = c < DI;
             float dt[SB_IT], u[SB_IT];
             sb_load_dt_u<T>(a, b, c, ch, tl0, dt, u);
+            const float Al = ch && lane < N ? a.A[c * a.sA0 + lane * a.sA1] * JAMBA_LOG2E : 0.f; /* lane n: A[c, n] */
+            float hsave = 0.f;
             for (int n = 0; n < N; n++) {
-                const float A2 = ch ? a.A[c * a.sA0 + n * a.sA1] * JAMBA_LOG2E : 0.f;
+                const float A2 = __shfl_sync(JAMBA_FULL_MASK, Al, n);
                 float Bv[SB_IT];
                 sb_ld_row(sbc + n * SB_TC, lane, Bv);
                 float P = 1.f, H = 0.f;
@@ -176,12 +202,11 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
                     P *= Po;
                 }
                 const float hs = cst[cl * N + n];
+                if (lane == n) hsave = hs;
                 __syncwarp();
-                if (lane == 0) {
-                    if (ch) a.ckpt[((b * DI + c) * a.NC + k) * N + n] = hs;
-                    cst[cl * N + n] = fmaf(P, hs, H);
-                }
+                if (lane == 0) cst[cl * N + n] = fmaf(P, hs, H);
             }
+            if (ch && lane < N) a.ckpt[((b * DI + c) * a.NC + k) * N + lane] = hsave;
         }
     }
 
@@ -221,9 +246,11 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
             }
 #pragma unroll
             for (int i = 0; i < SB_IT; i++) dus[i] = 0.f, dds[i] = 0.f, y0[i] = 0.f;
-            const float *ck = a.ckpt + ((b * DI + (ch ? c : 0)) * a.NC + k) * N;
+            /* lane n: A[c, n] and the state at the chunk's start */
+            const float Al = ch && lane < N ? a.A[c * a.sA0 + lane * a.sA1] : 0.f;
+            const float hl = ch && lane < N ? a.ckpt[((b * DI + c) * a.NC + k) * N + lane] : 0.f;
             for (int n = 0; n < N; n++) {
-                const float An = ch ? a.A[c * a.sA0 + n * a.sA1] : 0.f, A2 = An * JAMBA_LOG2E;
+                const float An = __shfl_sync(JAMBA_FULL_MASK, Al, n), A2 = An * JAMBA_LOG2E;
                 float Bv[SB_IT], Cv[SB_IT], av[SB_IT], bb[SB_IT], hh[SB_IT];
                 sb_ld_row(sbc + n * SB_TC, lane, Bv);
                 sb_ld_row(sbc + (N + n) * SB_TC, lane, Cv);
@@ -248,7 +275,7 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
                     if (lane >= off) Hf = fmaf(Pf, Ho, Hf), Pf *= Po;
                     if (lane + off < 32) Gr = fmaf(Pr, Go, Gr), Pr *= Qo;
                 }
-                const float h0 = ch ? ck[n] : 0.f, gc = cst[cl * N + n];
+                const float h0 = __shfl_sync(JAMBA_FULL_MASK, hl, n), gc = cst[cl * N + n];
                 const float Pe = __shfl_up_sync(JAMBA_FULL_MASK, Pf, 1), He = __shfl_up_sync(JAMBA_FULL_MASK, Hf, 1);
                 const float Qe = __shfl_down_sync(JAMBA_FULL_MASK, Pr, 1), Ge = __shfl_down_sync(JAMBA_FULL_MASK, Gr, 1);
                 const float gnew = fmaf(Pr, gc, Gr); /* lane 0: g' into the previous chunk */
