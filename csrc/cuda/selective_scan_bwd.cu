@@ -27,6 +27,7 @@
  * Session 30's first kernel (a thread per (channel, state), serial over time, 16 lanes per channel with shuffled sums
  * over n, 1.98 ms at 1x8192x2048) is in git history (b9cb54b).
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include "common.cuh"
@@ -87,9 +88,8 @@ template <typename T> __device__ __forceinline__ void sb_st8(T *row, int64_t t, 
     }
 }
 
-__device__ __forceinline__ float sb_dt(float x, int softplus) {
-    return softplus ? (x <= 20.f ? log1pf(expf(x)) : x) : x;
-}
+__device__ __forceinline__ float sb_dt(float x, int softplus) { return softplus ? jamba_cu_softplus(x) : x; }
+__device__ __forceinline__ float sb_sigmoid(float x) { return __fdividef(1.f, 1.f + __expf(-x)); }
 
 /* dt (after bias and softplus; 0 past L) and u of a lane's steps */
 template <typename T>
@@ -107,31 +107,39 @@ __device__ __forceinline__ void sb_load_dt_u(const sb_args &a, int64_t b, int64_
     for (int i = 0; i < SB_IT; i++) dt[i] = t + i < a.L ? sb_dt(dt[i] + bias, a.softplus) : 0.f;
 }
 
-/* One (N, SB_TC) matrix of B or C from step t0 (src at batch row b) into a chunk row set of shared memory; element
- * i = tid + 256 j: along t when t has unit stride (or neither has), else along n (the model's (B, L, N) views) */
+/* One (N, SB_TC) matrix of B or C from step t0 (src at batch row b) into a chunk row set of shared memory: thread
+ * tid takes step t0 + tid (SB_THREADS == SB_TC), its N elements loaded in groups of 8 before the stores */
+static_assert(SB_THREADS == SB_TC, "a thread per step of the chunk when staging");
 template <typename TB>
 __device__ __forceinline__ void sb_stage_mat(float *dst, const TB *src, int64_t s1, int64_t s2, int64_t t0, int64_t L,
                                              int N, int tid) {
-    const bool tfast = s2 == 1 || s1 != 1;
-    for (int j0 = 0; j0 < N; j0 += 8) {
+    const int64_t t = t0 + tid;
+    const bool ok = t < L;
+    const TB *q = src + t * s2;
+    dst += sb_pos(tid);
+    for (int n0 = 0; n0 < N; n0 += 8) {
         float v[8];
-        int pos[8];
 #pragma unroll
-        for (int jj = 0; jj < 8; jj++) {
-            const int i = tid + (j0 + jj) * SB_THREADS;
-            const int n = tfast ? i / SB_TC : i % N, tl = tfast ? i % SB_TC : i / N;
-            const int64_t t = t0 + tl;
-            const bool ok = j0 + jj < N && t < L;
-            v[jj] = ok ? jamba_ld<TB>(src[n * s1 + t * s2]) : 0.f;
-            pos[jj] = j0 + jj < N ? n * SB_TC + sb_pos(tl) : -1;
-        }
+        for (int j = 0; j < 8; j++) v[j] = ok && n0 + j < N ? jamba_ld<TB>(q[(n0 + j) * s1]) : 0.f;
 #pragma unroll
-        for (int jj = 0; jj < 8; jj++)
-            if (pos[jj] >= 0) dst[pos[jj]] = v[jj];
+        for (int j = 0; j < 8; j++)
+            if (n0 + j < N) dst[(n0 + j) * SB_TC] = v[j];
     }
 }
 
-template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_kernel(sb_args a) {
+/* the next round's rows into L2 while this round computes (their loads at the round start were ~14% of the stall
+ * samples, long scoreboard) */
+template <typename T>
+__device__ __forceinline__ void sb_prefetch(const sb_args &a, int64_t b, int64_t c, int64_t t, bool full) {
+    if (c >= a.DI || t >= a.L) return;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"((const T *)a.u + b * a.su0 + c * a.su1 + t));
+    asm volatile("prefetch.global.L2 [%0];" ::"l"((const T *)a.delta + b * a.sd0 + c * a.sd1 + t));
+    if (!full) return;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"((const T *)a.dout + b * a.so0 + c * a.so1 + t));
+    if (a.z) asm volatile("prefetch.global.L2 [%0];" ::"l"((const T *)a.z + b * a.sz0 + c * a.sz1 + t));
+}
+
+template <typename T, int MINB> __global__ void __launch_bounds__(SB_THREADS, MINB) scan_bwd_kernel(sb_args a) {
     jamba_pdl_begin();
     extern __shared__ float4 sb_smem4[];
     const int N = (int)a.N;
@@ -180,19 +188,20 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
             const bool ch = c < DI;
             float dt[SB_IT], u[SB_IT];
             sb_load_dt_u<T>(a, b, c, ch, tl0, dt, u);
+            if (g + 1 < SB_ROUNDS) sb_prefetch<T>(a, b, c + SB_NW, tl0, false);
+            else sb_prefetch<T>(a, b, cb + w, tl0 + SB_TC, false);
+            float sdt = 0.f; /* the lane's map multiplies by exp2(A2 * sum dt) */
+#pragma unroll
+            for (int i = 0; i < SB_IT; i++) sdt += dt[i];
             const float Al = ch && lane < N ? a.A[c * a.sA0 + lane * a.sA1] * JAMBA_LOG2E : 0.f; /* lane n: A[c, n] */
             float hsave = 0.f;
             for (int n = 0; n < N; n++) {
                 const float A2 = __shfl_sync(JAMBA_FULL_MASK, Al, n);
                 float Bv[SB_IT];
                 sb_ld_row(sbc + n * SB_TC, lane, Bv);
-                float P = 1.f, H = 0.f;
+                float P = jamba_cu_exp2(A2 * sdt), H = 0.f;
 #pragma unroll
-                for (int i = 0; i < SB_IT; i++) {
-                    const float av = jamba_cu_exp2(dt[i] * A2);
-                    H = fmaf(av, H, dt[i] * u[i] * Bv[i]);
-                    P *= av;
-                }
+                for (int i = 0; i < SB_IT; i++) H = fmaf(jamba_cu_exp2(dt[i] * A2), H, dt[i] * u[i] * Bv[i]);
                 /* the lanes' maps composed in lane order: at each level the lower block's map runs first */
 #pragma unroll
                 for (int off = 1; off < 32; off <<= 1) {
@@ -230,6 +239,11 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
             const bool ch = c < DI;
             float dt[SB_IT], u[SB_IT], dyp[SB_IT], dus[SB_IT], dds[SB_IT], y0[SB_IT];
             sb_load_dt_u<T>(a, b, c, ch, tl0, dt, u);
+            if (g + 1 < SB_ROUNDS) sb_prefetch<T>(a, b, c + SB_NW, tl0, true);
+            else if (k > 0) sb_prefetch<T>(a, b, cb + w, tl0 - SB_TC, true);
+            float sdt = 0.f;
+#pragma unroll
+            for (int i = 0; i < SB_IT; i++) sdt += dt[i];
             {
                 float zv[SB_IT];
                 if (ch) {
@@ -237,7 +251,7 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
                     if (a.z) {
                         sb_ld8<T>((const T *)a.z + b * a.sz0 + c * a.sz1, tl0, L, a.vz, zv);
 #pragma unroll
-                        for (int i = 0; i < SB_IT; i++) dyp[i] *= zv[i] / (1.f + expf(-zv[i]));
+                        for (int i = 0; i < SB_IT; i++) dyp[i] *= zv[i] * sb_sigmoid(zv[i]);
                     }
                 } else {
 #pragma unroll
@@ -254,16 +268,16 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
                 float Bv[SB_IT], Cv[SB_IT], av[SB_IT], bb[SB_IT], hh[SB_IT];
                 sb_ld_row(sbc + n * SB_TC, lane, Bv);
                 sb_ld_row(sbc + (N + n) * SB_TC, lane, Cv);
-                float P = 1.f, H = 0.f, G = 0.f;
+                /* the lane's maps: h -> P h + H forward, g' -> P g' + G backward (G = sum_i a_0..a_i dy_i C_i) */
+                float P = jamba_cu_exp2(A2 * sdt), H = 0.f, G = 0.f, pr = 1.f;
 #pragma unroll
                 for (int i = 0; i < SB_IT; i++) {
                     av[i] = jamba_cu_exp2(dt[i] * A2);
                     bb[i] = dt[i] * u[i] * Bv[i];
                     H = fmaf(av[i], H, bb[i]);
-                    P *= av[i];
+                    pr *= av[i];
+                    G = fmaf(pr, dyp[i] * Cv[i], G);
                 }
-#pragma unroll
-                for (int i = SB_IT - 1; i >= 0; i--) G = av[i] * fmaf(dyp[i], Cv[i], G);
                 /* inclusive scans over the lanes: forward (lanes 0..l) and reverse (lanes l..31) */
                 float Pf = P, Hf = H, Pr = P, Gr = G;
 #pragma unroll
@@ -332,7 +346,7 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
 #pragma unroll
                 for (int i = 0; i < SB_IT; i++) {
                     const float x = xv[i] + bias;
-                    const float dsp = a.softplus ? (x <= 20.f ? 1.f / (1.f + expf(-x)) : 1.f) : 1.f;
+                    const float dsp = a.softplus ? (x <= 20.f ? sb_sigmoid(x) : 1.f) : 1.f;
                     xv[i] = tl0 + i < L ? fmaf(u[i], dus[i], dds[i]) * dsp : 0.f; /* ddelta */
                     r[i] = fmaf(Dc, dyp[i], dt[i] * dus[i]);                        /* du */
                     sD = fmaf(dyp[i], u[i], sD);
@@ -346,7 +360,7 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
                     sb_ld8<T>((const T *)a.z + b * a.sz0 + c * a.sz1, tl0, L, a.vz, zv);
 #pragma unroll
                     for (int i = 0; i < SB_IT; i++) {
-                        const float sz = 1.f / (1.f + expf(-zv[i]));
+                        const float sz = sb_sigmoid(zv[i]);
                         r[i] = ov[i] * fmaf(Dc, u[i], y0[i]) * sz * (1.f + zv[i] * (1.f - sz));
                     }
                     sb_st8<T>((T *)a.dz + o, tl0, L, a.vout, r);
@@ -426,12 +440,20 @@ static jamba_status sum_mid(float *out, const float *in, int64_t I, int64_t K, i
     return JAMBA_OK;
 }
 
-template <typename T> static jamba_status scan_bwd_launch(const sb_args &a, cudaStream_t stream) {
+template <typename T, int MINB> static jamba_status scan_bwd_launch(const sb_args &a, cudaStream_t stream) {
     const size_t smem = sizeof(float) * (size_t)(4 * a.N * SB_TC + 4 * SB_NW * SB_TC + 2 * SB_CPB * a.N + 2 * SB_CPB * 32);
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(scan_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    jamba_kernel_launch(scan_bwd_kernel<T>, dim3((unsigned)(a.B * a.P)), dim3(SB_THREADS), smem, stream, a);
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(scan_bwd_kernel<T, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)smem));
+    jamba_kernel_launch(scan_bwd_kernel<T, MINB>, dim3((unsigned)(a.B * a.P)), dim3(SB_THREADS), smem, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan_bwd: scan_bwd_kernel", stream);
     return JAMBA_OK;
+}
+/* EXPERIMENT JAMBA_EXT_SCAN_BWD_MINB=1: the instance with up to 255 registers (one block per SM; at 128 registers
+ * ptxas recomputes some exponentials of the state loop rather than keep them) */
+template <typename T> static jamba_status scan_bwd_pick(const sb_args &a, cudaStream_t stream) {
+    const char *e = getenv("JAMBA_EXT_SCAN_BWD_MINB");
+    if (e && e[0] == '1') return scan_bwd_launch<T, 1>(a, stream);
+    return scan_bwd_launch<T, 2>(a, stream);
 }
 
 /* 16-byte row access: the base and both outer strides a multiple of 16 bytes */
@@ -485,7 +507,7 @@ extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan
     a.pdb = a.pD + B * DI;
     if (B > 0 && DI > 0) {
         jamba_status s = JAMBA_ERR_DTYPE;
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = scan_bwd_launch<T>(a, stream));
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = scan_bwd_pick<T>(a, stream));
         JAMBA_TRY(s);
     }
     JAMBA_TRY(sum_mid((float *)p->dBm.data, a.part, B, a.P, N * L, stream));
