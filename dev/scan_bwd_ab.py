@@ -15,7 +15,8 @@ r = lambda *s: torch.randn(*s, device=dev).to(torch.bfloat16)  # noqa: E731
 for B, L in [(1, 2048), (1, 8192)]:
     A = -torch.exp(torch.rand(DI, N, device=dev) * 2.5 - 0.7)
     args = (r(B, DI, L), r(B, DI, L) * 0.5, A, r(B, L, N).transpose(1, 2), r(B, L, N).transpose(1, 2),
-            torch.randn(DI, device=dev), r(B, DI, L), torch.rand(DI, device=dev) * 3 - 4.5, True, None, r(B, DI, L), None)
+            torch.randn(DI, device=dev), r(B, DI, L), torch.rand(DI, device=dev) * 3 - 4.5, True, None, r(B, DI, L),
+            None)
     times = {v: [] for v in variants}
     for rnd in range(7):
         for v in variants:

@@ -27,7 +27,6 @@
  * Session 30's first kernel (a thread per (channel, state), serial over time, 16 lanes per channel with shuffled sums
  * over n, 1.98 ms at 1x8192x2048) is in git history (b9cb54b).
  */
-#include <stdlib.h>
 #include <string.h>
 
 #include "common.cuh"
@@ -58,7 +57,8 @@ struct sb_args {
 __device__ __forceinline__ int sb_swz(int q) { return q ^ ((q >> 3) & 1); }
 __device__ __forceinline__ int sb_pos(int tl) { return (sb_swz(tl >> 2) << 2) | (tl & 3); }
 __device__ __forceinline__ void sb_ld_row(const float *row, int lane, float *v) {
-    const float4 x = *(const float4 *)(row + 4 * sb_swz(2 * lane)), y = *(const float4 *)(row + 4 * sb_swz(2 * lane + 1));
+    const float4 x = *(const float4 *)(row + 4 * sb_swz(2 * lane));
+    const float4 y = *(const float4 *)(row + 4 * sb_swz(2 * lane + 1));
     v[0] = x.x, v[1] = x.y, v[2] = x.z, v[3] = x.w, v[4] = y.x, v[5] = y.y, v[6] = y.z, v[7] = y.w;
 }
 __device__ __forceinline__ void sb_st_row(float *row, int lane, const float *v) {
@@ -139,7 +139,7 @@ __device__ __forceinline__ void sb_prefetch(const sb_args &a, int64_t b, int64_t
     if (a.z) asm volatile("prefetch.global.L2 [%0];" ::"l"((const T *)a.z + b * a.sz0 + c * a.sz1 + t));
 }
 
-template <typename T, int MINB> __global__ void __launch_bounds__(SB_THREADS, MINB) scan_bwd_kernel(sb_args a) {
+template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_kernel(sb_args a) {
     jamba_pdl_begin();
     extern __shared__ float4 sb_smem4[];
     const int N = (int)a.N;
@@ -291,7 +291,8 @@ template <typename T, int MINB> __global__ void __launch_bounds__(SB_THREADS, MI
                 }
                 const float h0 = __shfl_sync(JAMBA_FULL_MASK, hl, n), gc = cst[cl * N + n];
                 const float Pe = __shfl_up_sync(JAMBA_FULL_MASK, Pf, 1), He = __shfl_up_sync(JAMBA_FULL_MASK, Hf, 1);
-                const float Qe = __shfl_down_sync(JAMBA_FULL_MASK, Pr, 1), Ge = __shfl_down_sync(JAMBA_FULL_MASK, Gr, 1);
+                const float Qe = __shfl_down_sync(JAMBA_FULL_MASK, Pr, 1);
+                const float Ge = __shfl_down_sync(JAMBA_FULL_MASK, Gr, 1);
                 const float gnew = fmaf(Pr, gc, Gr); /* lane 0: g' into the previous chunk */
                 float h = lane ? fmaf(Pe, h0, He) : h0, gp = lane < 31 ? fmaf(Qe, gc, Ge) : gc;
 #pragma unroll
@@ -440,20 +441,15 @@ static jamba_status sum_mid(float *out, const float *in, int64_t I, int64_t K, i
     return JAMBA_OK;
 }
 
-template <typename T, int MINB> static jamba_status scan_bwd_launch(const sb_args &a, cudaStream_t stream) {
-    const size_t smem = sizeof(float) * (size_t)(4 * a.N * SB_TC + 4 * SB_NW * SB_TC + 2 * SB_CPB * a.N + 2 * SB_CPB * 32);
-    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(scan_bwd_kernel<T, MINB>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          (int)smem));
-    jamba_kernel_launch(scan_bwd_kernel<T, MINB>, dim3((unsigned)(a.B * a.P)), dim3(SB_THREADS), smem, stream, a);
+/* 2 blocks of 256 threads per SM (128 registers; ptxas recomputes a few exponentials of the state loop). A 1-block
+ * instance (164 registers, no recomputation) ran 1271 / 5000 us against 941 / 3670 at 1x2048 / 1x8192 (d763690). */
+template <typename T> static jamba_status scan_bwd_launch(const sb_args &a, cudaStream_t stream) {
+    const size_t smem =
+        sizeof(float) * (size_t)(4 * a.N * SB_TC + 4 * SB_NW * SB_TC + 2 * SB_CPB * a.N + 2 * SB_CPB * 32);
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(scan_bwd_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    jamba_kernel_launch(scan_bwd_kernel<T>, dim3((unsigned)(a.B * a.P)), dim3(SB_THREADS), smem, stream, a);
     JAMBA_LAUNCH_CHECK("jamba.selective_scan_bwd: scan_bwd_kernel", stream);
     return JAMBA_OK;
-}
-/* EXPERIMENT JAMBA_EXT_SCAN_BWD_MINB=1: the instance with up to 255 registers (one block per SM; at 128 registers
- * ptxas recomputes some exponentials of the state loop rather than keep them) */
-template <typename T> static jamba_status scan_bwd_pick(const sb_args &a, cudaStream_t stream) {
-    const char *e = getenv("JAMBA_EXT_SCAN_BWD_MINB");
-    if (e && e[0] == '1') return scan_bwd_launch<T, 1>(a, stream);
-    return scan_bwd_launch<T, 2>(a, stream);
 }
 
 /* 16-byte row access: the base and both outer strides a multiple of 16 bytes */
@@ -507,7 +503,7 @@ extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan
     a.pdb = a.pD + B * DI;
     if (B > 0 && DI > 0) {
         jamba_status s = JAMBA_ERR_DTYPE;
-        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = scan_bwd_pick<T>(a, stream));
+        JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = scan_bwd_launch<T>(a, stream));
         JAMBA_TRY(s);
     }
     JAMBA_TRY(sum_mid((float *)p->dBm.data, a.part, B, a.P, N * L, stream));
