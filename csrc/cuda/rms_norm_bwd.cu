@@ -5,13 +5,14 @@
  * contiguous; dx (rows, dim) T contiguous; dweight (dim,) f32. ws: r (rows, JAMBA_NORM_MAX_SEGS) f32, then partial
  * sums (G, dim) f32 with G = ceil(rows / RG), RG = JAMBA_NORM_BWD_ROWS.
  *
- * nb_rows_kernel<T, WT>: (WT: weight's type, f32 or T, a template parameter so that the loads of x, dy and w issue
- *   together: a run-time dtype switch between a load and its conversion serialises them) a warp per row (8 rows per
- *   256-thread block, grid-stride over rows). Per segment [a, e): the lanes
- *   sum x^2 and dy w x over i = a + lane, a + lane + 32, ... (fp32, then a butterfly sum: every lane has the totals),
- *   r = rsqrtf(mean + eps), then dx_i = r dy_i w_i - x_i r^3 sum / n; lane 0 stores r.
- * nb_dw_kernel<T>: thread per column i (blockIdx.x), row group g (blockIdx.y): the sum over the group's rows of
- *   dy[m, i] * round_T(x[m, i] r[m, seg(i)]) into ws. nb_dw_sum: dweight[i] = the G partials in order.
+ * nb_rows_kernel<T, WT, VEC>: (WT: weight's type, f32 or T, a template parameter so that the loads of x, dy and w
+ *   issue together: a run-time dtype switch between a load and its conversion serialises them) a warp per row (8 rows
+ *   per 256-thread block, grid-stride over rows). Per segment [a, e): the lanes sum x^2 and dy w x over their
+ *   elements (VEC: VN = 16 / sizeof(T) consecutive elements per 16-byte load, lane l from a + l VN in steps of 32 VN;
+ *   else one element per load from a + l in steps of 32), fp32, then a butterfly sum (every lane has the totals),
+ *   r = rsqrtf(mean + eps), then dx_i = r dy_i w_i - x_i r^3 sum / n from a second read of the row; lane 0 stores r.
+ * nb_dw_kernel<T, VEC>: thread per column i (VEC: per column pair), row group g (blockIdx.y): the sum over the
+ *   group's rows of dy[m, i] * round_T(x[m, i] r[m, seg(i)]) into ws. nb_dw_sum: dweight[i] = the G partials in order.
  * No atomics: bit-identical run to run.
  */
 #include <string.h>
@@ -30,8 +31,25 @@ struct nb_args {
     float eps;
 };
 
-template <typename T, typename WT> __global__ void __launch_bounds__(NB_THREADS) nb_rows_kernel(nb_args a) {
+/* VN = 16 / sizeof(T) weights as floats from p (16-byte aligned): one or two 16-byte loads */
+template <typename WT, int VN> __device__ __forceinline__ void nb_ldw(const WT *p, float *w) {
+    if constexpr (sizeof(WT) == 4) {
+#pragma unroll
+        for (int j = 0; j < VN / 4; j++) {
+            const float4 v = ((const float4 *)p)[j];
+            w[4 * j] = v.x, w[4 * j + 1] = v.y, w[4 * j + 2] = v.z, w[4 * j + 3] = v.w;
+        }
+    } else {
+        jamba_w16<WT>::ld(*(const uint4 *)p, w);
+    }
+}
+
+/* VEC: x, dy, dx and the weight 16-byte aligned, row strides and segment ends multiples of VN elements: each lane
+ * takes VN consecutive elements per 16-byte load (unrolled 4: 12 loads in flight), else one element per load */
+template <typename T, typename WT, bool VEC>
+__global__ void __launch_bounds__(NB_THREADS) nb_rows_kernel(nb_args a) {
     jamba_pdl_begin();
+    constexpr int VN = VEC ? 16 / (int)sizeof(T) : 1;
     const int lane = threadIdx.x & 31;
     const WT *wt = (const WT *)a.w;
     const int64_t warps = (int64_t)gridDim.x * (NB_THREADS / 32);
@@ -43,18 +61,38 @@ template <typename T, typename WT> __global__ void __launch_bounds__(NB_THREADS)
             const int64_t s1 = a.ends[s];
             float sxx = 0.f, sgx = 0.f;
 #pragma unroll 4
-            for (int64_t i = s0 + lane; i < s1; i += 32) {
-                const float x = jamba_ld<T>(xr[i]), g = jamba_ld<T>(gr[i]) * jamba_ld<WT>(wt[i]);
-                sxx = fmaf(x, x, sxx);
-                sgx = fmaf(g, x, sgx);
+            for (int64_t i = s0 + lane * VN; i < s1; i += 32 * VN) {
+                float x[VN], g[VN], w[VN];
+                if constexpr (VEC) {
+                    jamba_w16<T>::ld(*(const uint4 *)(xr + i), x);
+                    jamba_w16<T>::ld(*(const uint4 *)(gr + i), g);
+                    nb_ldw<WT, VN>(wt + i, w);
+                } else {
+                    x[0] = jamba_ld<T>(xr[i]), g[0] = jamba_ld<T>(gr[i]), w[0] = jamba_ld<WT>(wt[i]);
+                }
+#pragma unroll
+                for (int j = 0; j < VN; j++) {
+                    sxx = fmaf(x[j], x[j], sxx);
+                    sgx = fmaf(g[j] * w[j], x[j], sgx);
+                }
             }
             sxx = jamba_warp_sum(sxx);
             sgx = jamba_warp_sum(sgx);
             const float n = (float)(s1 - s0), r = rsqrtf(sxx / n + a.eps), c = sgx / n * r * r * r;
 #pragma unroll 4
-            for (int64_t i = s0 + lane; i < s1; i += 32) {
-                const float x = jamba_ld<T>(xr[i]), g = jamba_ld<T>(gr[i]) * jamba_ld<WT>(wt[i]);
-                o[i] = jamba_st<T>(r * g - x * c);
+            for (int64_t i = s0 + lane * VN; i < s1; i += 32 * VN) {
+                float x[VN], g[VN], w[VN];
+                if constexpr (VEC) {
+                    jamba_w16<T>::ld(*(const uint4 *)(xr + i), x);
+                    jamba_w16<T>::ld(*(const uint4 *)(gr + i), g);
+                    nb_ldw<WT, VN>(wt + i, w);
+#pragma unroll
+                    for (int j = 0; j < VN; j++) x[j] = r * (g[j] * w[j]) - x[j] * c;
+                    *(uint4 *)(o + i) = jamba_w16<T>::st(x);
+                } else {
+                    x[0] = jamba_ld<T>(xr[i]), g[0] = jamba_ld<T>(gr[i]), w[0] = jamba_ld<WT>(wt[i]);
+                    o[i] = jamba_st<T>(r * (g[0] * w[0]) - x[0] * c);
+                }
             }
             if (lane == 0) a.r[m * JAMBA_NORM_MAX_SEGS + s] = r;
             s0 = s1;
@@ -62,20 +100,37 @@ template <typename T, typename WT> __global__ void __launch_bounds__(NB_THREADS)
     }
 }
 
-template <typename T> __global__ void __launch_bounds__(NB_THREADS) nb_dw_kernel(nb_args a) {
+/* two consecutive elements as floats (4- or 8-byte aligned) */
+__device__ __forceinline__ float2 nb_ld2(const float *p) { return *(const float2 *)p; }
+__device__ __forceinline__ float2 nb_ld2(const __nv_bfloat16 *p) {
+    return __bfloat1622float2(*(const __nv_bfloat162 *)p);
+}
+__device__ __forceinline__ float2 nb_ld2(const __half *p) { return __half22float2(*(const __half2 *)p); }
+
+/* thread per CPT columns (VEC: 2, one 4- or 8-byte load per row; the segment ends are even then), row group g */
+template <typename T, bool VEC> __global__ void __launch_bounds__(NB_THREADS) nb_dw_kernel(nb_args a) {
     jamba_pdl_begin();
-    const int64_t i = (int64_t)blockIdx.x * NB_THREADS + threadIdx.x, g = blockIdx.y;
+    constexpr int CPT = VEC ? 2 : 1;
+    const int64_t i = ((int64_t)blockIdx.x * NB_THREADS + threadIdx.x) * CPT, g = blockIdx.y;
     if (i >= a.dim) return;
     int s = 0;
     while (s + 1 < a.nseg && a.ends[s] <= i) s++;
     const int64_t m0 = g * NB_RG, m1 = m0 + NB_RG < a.rows ? m0 + NB_RG : a.rows;
-    float acc = 0.f;
-#pragma unroll 4
+    float acc0 = 0.f, acc1 = 0.f;
+#pragma unroll 8
     for (int64_t m = m0; m < m1; m++) {
-        const float xh = jamba_round<T>(jamba_ld<T>(((const T *)a.x)[m * a.lx + i]) * a.r[m * JAMBA_NORM_MAX_SEGS + s]);
-        acc = fmaf(jamba_ld<T>(((const T *)a.dy)[m * a.ld + i]), xh, acc);
+        const float r = a.r[m * JAMBA_NORM_MAX_SEGS + s];
+        const T *xp = (const T *)a.x + m * a.lx + i, *gp = (const T *)a.dy + m * a.ld + i;
+        if constexpr (VEC) {
+            const float2 x = nb_ld2(xp), d = nb_ld2(gp);
+            acc0 = fmaf(d.x, jamba_round<T>(x.x * r), acc0);
+            acc1 = fmaf(d.y, jamba_round<T>(x.y * r), acc1);
+        } else {
+            acc0 = fmaf(jamba_ld<T>(*gp), jamba_round<T>(jamba_ld<T>(*xp) * r), acc0);
+        }
     }
-    a.part[g * a.dim + i] = acc;
+    a.part[g * a.dim + i] = acc0;
+    if (VEC) a.part[g * a.dim + i + 1] = acc1;
 }
 
 __global__ void __launch_bounds__(NB_THREADS) nb_dw_sum(nb_args a) {
@@ -109,16 +164,26 @@ extern "C" jamba_status jamba_rms_norm_bwd_cuda(const jamba_rms_norm_bwd_params 
         return jamba_set_error(JAMBA_ERR_ARG, "%s: x: at most %lld rows, got %lld", op, 65535LL * NB_RG,
                                (long long)rows);
     const unsigned cblocks = (unsigned)jamba_ceil_div(dim, NB_THREADS);
+    /* the 16-byte path: every pointer 16-byte aligned, row strides and segment ends whole vectors */
+    const int64_t vn = 16 / jamba_dtype_size(p->x.dtype);
+    bool vec = jamba_aligned16(a.x) && jamba_aligned16(a.dy) && jamba_aligned16(a.dx) && jamba_aligned16(a.w) &&
+               a.lx % vn == 0 && a.ld % vn == 0;
+    for (int k = 0; k < p->nseg; k++) vec = vec && a.ends[k] % vn == 0;
+    const unsigned dblocks = vec ? (unsigned)jamba_ceil_div(dim, 2 * NB_THREADS) : cblocks;
     jamba_status s = JAMBA_ERR_DTYPE;
     if (rows > 0) {
         const int64_t rb = jamba_ceil_div(rows, NB_THREADS / 32);
         const unsigned rgrid = (unsigned)(rb < 65536 ? rb : 65536);
+        const dim3 rg(rgrid), dg(dblocks, (unsigned)a.G), bk(NB_THREADS);
         JAMBA_DISPATCH_FLOAT(p->x.dtype, T, {
-            if (p->weight.dtype == JAMBA_F32)
-                jamba_kernel_launch(nb_rows_kernel<T, float>, dim3(rgrid), dim3(NB_THREADS), 0, stream, a);
-            else jamba_kernel_launch(nb_rows_kernel<T, T>, dim3(rgrid), dim3(NB_THREADS), 0, stream, a);
+            const bool wf = p->weight.dtype == JAMBA_F32;
+            if (vec && wf) jamba_kernel_launch(nb_rows_kernel<T, float, true>, rg, bk, 0, stream, a);
+            else if (vec) jamba_kernel_launch(nb_rows_kernel<T, T, true>, rg, bk, 0, stream, a);
+            else if (wf) jamba_kernel_launch(nb_rows_kernel<T, float, false>, rg, bk, 0, stream, a);
+            else jamba_kernel_launch(nb_rows_kernel<T, T, false>, rg, bk, 0, stream, a);
             JAMBA_LAUNCH_CHECK("jamba.rms_norm_bwd: nb_rows_kernel", stream);
-            jamba_kernel_launch(nb_dw_kernel<T>, dim3(cblocks, (unsigned)a.G), dim3(NB_THREADS), 0, stream, a);
+            if (vec) jamba_kernel_launch(nb_dw_kernel<T, true>, dg, bk, 0, stream, a);
+            else jamba_kernel_launch(nb_dw_kernel<T, false>, dg, bk, 0, stream, a);
             s = JAMBA_OK;
         });
         JAMBA_TRY(s);
