@@ -28,6 +28,7 @@ def main():
     ops.rms_norm_segments(rn(3, 37), rn(37, dt=torch.float32), [5, 6, 30])
     ops.rms_norm_bwd(rn(5, 300)[:, 6:294], rn(288), rn(5, 288), [256, 272])         # dt / B / C segments, strided
     ops.rms_norm_bwd(rn(70, 130, dt=torch.float32), rn(130, dt=torch.float32), rn(70, 130, dt=torch.float32), [])
+    ops.rms_norm_bwd(rn(40, 264), rn(264, dt=torch.float32), rn(40, 264), [256])     # the 16-byte path
     xc = rn(B, DI, L)
     w, b = rn(DI, K, dt=torch.float32), rn(DI, dt=torch.float32)
     out, st = ops.causal_conv1d(xc, w, b, None, True, K)
