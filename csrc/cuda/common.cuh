@@ -355,4 +355,8 @@ template <> __device__ __forceinline__ void mma16816<__half>(float (&c)[4], cons
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* out (I, J) = in (I, K, J) summed over k in a fixed order (sum_mid.cu); what names the launch in errors */
+jamba_status jamba_cuda_sum_mid(float *out, const float *in, int64_t I, int64_t K, int64_t J, cudaStream_t stream,
+                                const char *what);
+
 #endif /* JAMBA_CUDA_COMMON_CUH */

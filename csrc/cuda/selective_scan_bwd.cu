@@ -21,11 +21,11 @@
  *      rounds in round order, into the block's per-chunk sums (acc), stored as the block's partials (workspace
  *      (2, B, P, N, L)); per-channel dD, ddelta_bias, dA partials in shared memory;
  *   3. stores dinitial_state (the carried g' at t = 0) and the per-(b, c) dA, dD, ddelta_bias partials.
- * Padding steps (t >= L) take dt = u = dy = 0: identity maps, no contribution. sum_mid_kernel then sums the
- * partials over blocks (dB, dC) and over the batch (dA, dD, ddelta_bias) in a fixed order: bit-identical results
- * run to run. Workspace: jamba_selective_scan_bwd_ws_elems (csrc/cpu/selective_scan_bwd.c).
- * Session 30's first kernel (a thread per (channel, state), serial over time, 16 lanes per channel with shuffled sums
- * over n, 1.98 ms at 1x8192x2048) is in git history (b9cb54b).
+ * Padding steps (t >= L) take dt = u = dy = 0: identity maps, no contribution. jamba_cuda_sum_mid (sum_mid.cu) then
+ * sums the partials over blocks (dB, dC) and over the batch (dA, dD, ddelta_bias) in a fixed order: bit-identical
+ * results run to run. Workspace: jamba_selective_scan_bwd_ws_elems (csrc/cpu/selective_scan_bwd.c).
+ * Session 30's kernel (a thread per (channel, state), serial over time, 16 lanes per channel with shuffled sums over n:
+ * 1.98 ms at batch 1, seqlen 2048, d_inner 8192, against 0.94 ms for this one) is in git history (b9cb54b).
  */
 #include <string.h>
 
@@ -397,50 +397,6 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
     }
 }
 
-/* out[i * J + j] = sum_{k < K} in[(i * K + k) * J + j]. A block (256 threads) takes tiles of 32 consecutive j: warp s
- * sums the k = s (mod 8) terms with 4 loads in flight, then the 8 warps' sums are added in warp order (a fixed order
- * whatever the grid). One thread per output with a chain of K loads (the first version) took ~1 ms per call at
- * K = 256 partials, as long as the scan kernel itself. */
-__global__ void __launch_bounds__(256) sum_mid_kernel(float *out, const float *in, int64_t I, int64_t K, int64_t J) {
-    jamba_pdl_begin();
-    __shared__ float part[8][33];
-    const int jl = threadIdx.x & 31, sl = threadIdx.x >> 5;
-    const int64_t nJ = (J + 31) / 32;
-    for (int64_t tile = blockIdx.x; tile < I * nJ; tile += gridDim.x) {
-        const int64_t i = tile / nJ, j = (tile % nJ) * 32 + jl;
-        float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-        if (j < J) {
-            const float *src = in + i * K * J + j;
-            int64_t k = sl;
-            for (; k + 24 < K; k += 32) {
-                a0 += src[k * J];
-                a1 += src[(k + 8) * J];
-                a2 += src[(k + 16) * J];
-                a3 += src[(k + 24) * J];
-            }
-            for (; k < K; k += 8) a0 += src[k * J];
-        }
-        part[sl][jl] = (a0 + a1) + (a2 + a3);
-        __syncthreads();
-        if (sl == 0 && j < J) {
-            float t = 0.f;
-#pragma unroll
-            for (int r = 0; r < 8; r++) t += part[r][jl];
-            out[i * J + j] = t;
-        }
-        __syncthreads();
-    }
-}
-
-static jamba_status sum_mid(float *out, const float *in, int64_t I, int64_t K, int64_t J, cudaStream_t stream) {
-    const int64_t tiles = I * jamba_ceil_div(J, 32);
-    if (tiles == 0) return JAMBA_OK;
-    const int64_t blocks = tiles < 65536 ? tiles : 65536;
-    jamba_kernel_launch(sum_mid_kernel, dim3((unsigned)blocks), dim3(256), 0, stream, out, in, I, K, J);
-    JAMBA_LAUNCH_CHECK("jamba.selective_scan_bwd: sum_mid_kernel", stream);
-    return JAMBA_OK;
-}
-
 /* 2 blocks of 256 threads per SM (128 registers; ptxas recomputes a few exponentials of the state loop). A 1-block
  * instance (164 registers, no recomputation) ran 1271 / 5000 us against 941 / 3670 at 1x2048 / 1x8192 (d763690). */
 template <typename T> static jamba_status scan_bwd_launch(const sb_args &a, cudaStream_t stream) {
@@ -506,10 +462,11 @@ extern "C" jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan
         JAMBA_DISPATCH_FLOAT(p->u.dtype, T, s = scan_bwd_launch<T>(a, stream));
         JAMBA_TRY(s);
     }
-    JAMBA_TRY(sum_mid((float *)p->dBm.data, a.part, B, a.P, N * L, stream));
-    JAMBA_TRY(sum_mid((float *)p->dCm.data, a.part + B * a.P * N * L, B, a.P, N * L, stream));
-    JAMBA_TRY(sum_mid((float *)p->dA.data, a.pA, 1, B, DI * N, stream));
-    if (p->dD.data) JAMBA_TRY(sum_mid((float *)p->dD.data, a.pD, 1, B, DI, stream));
-    if (p->ddelta_bias.data) JAMBA_TRY(sum_mid((float *)p->ddelta_bias.data, a.pdb, 1, B, DI, stream));
+    JAMBA_TRY(jamba_cuda_sum_mid((float *)p->dBm.data, a.part, B, a.P, N * L, stream, op));
+    JAMBA_TRY(jamba_cuda_sum_mid((float *)p->dCm.data, a.part + B * a.P * N * L, B, a.P, N * L, stream, op));
+    JAMBA_TRY(jamba_cuda_sum_mid((float *)p->dA.data, a.pA, 1, B, DI * N, stream, op));
+    if (p->dD.data) JAMBA_TRY(jamba_cuda_sum_mid((float *)p->dD.data, a.pD, 1, B, DI, stream, op));
+    if (p->ddelta_bias.data)
+        JAMBA_TRY(jamba_cuda_sum_mid((float *)p->ddelta_bias.data, a.pdb, 1, B, DI, stream, op));
     return JAMBA_OK;
 }
