@@ -11,7 +11,8 @@
  * sums the k = s (mod 8) terms with 4 loads in flight, then the 8 warps' sums are added in warp order (a fixed order
  * whatever the grid). One thread per output with a chain of K loads (the first version) took ~1 ms per call at
  * K = 256 partials, as long as the scan kernel itself. */
-static __global__ void __launch_bounds__(256) sum_mid_kernel(float *out, const float *in, int64_t I, int64_t K, int64_t J) {
+static __global__ void __launch_bounds__(256) sum_mid_kernel(float *out, const float *in, int64_t I, int64_t K,
+                                                             int64_t J) {
     jamba_pdl_begin();
     __shared__ float part[8][33];
     const int jl = threadIdx.x & 31, sl = threadIdx.x >> 5;
