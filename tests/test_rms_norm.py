@@ -300,8 +300,15 @@ def test_norm_bwd_matches_fp64(device, dtype, lead, dim, kind, splits, w_f32):
     if kind == "segments" and (dim <= splits[-1] or not lead[0]):
         pytest.skip("split points must lie inside the row")
     x = randn(*lead, dim + 3, device=device, dtype=dtype, scale=1.3)[..., 1:dim + 1].requires_grad_()
+    _check_norm_grads(kind, splits, x, w_f32)
+
+
+def _check_norm_grads(kind, splits, x, w_f32):
+    """The norm's gradients (x, the residual for add_rms_norm, the weight) through autograd against float64 autograd
+    of the reference; max error <= tol x the largest gradient (fp32 2e-5; bf16 / fp16 1e-2)."""
+    device, dtype, dim = x.device, x.dtype, x.shape[-1]
     w = norm_weight(dim, device, torch.float32 if w_f32 else dtype).requires_grad_()
-    r = randn(*lead, dim, device=device, dtype=dtype).requires_grad_()
+    r = randn(*x.shape, device=device, dtype=dtype).requires_grad_()
     if kind == "rms_norm":
         fn, ref, ins = (lambda a, b: (ops.rms_norm(a, b, 1e-5),)), (lambda a, b: (reference.rms_norm(a, b, 1e-5),)), \
             [x, w]
@@ -330,25 +337,7 @@ def test_norm_bwd_aligned_rows(device, dtype, kind, splits, w_f32):
     """Whole, 16-byte aligned rows (the CUDA kernels' vector path when the segment ends are whole vectors too: all
     but seg3) against float64 autograd, 70 rows of 4096 (the model's hidden size) or 288 (dt / B / C)."""
     dim = 288 if kind == "segments" else 4096
-    x = randn(70, dim, device=device, dtype=dtype, scale=1.3).requires_grad_()
-    w = norm_weight(dim, device, torch.float32 if w_f32 else dtype).requires_grad_()
-    if kind == "add_rms_norm":
-        r = randn(70, dim, device=device, dtype=dtype).requires_grad_()
-        fn, ref, ins = ops.add_rms_norm, reference.add_rms_norm, [x, r, w]
-    elif kind == "rms_norm":
-        fn, ref, ins = (lambda a, b: (ops.rms_norm(a, b),)), (lambda a, b: (reference.rms_norm(a, b),)), [x, w]
-    else:
-        fn = lambda a, b: (ops.rms_norm_segments(a, b, splits),)                # noqa: E731
-        ref = lambda a, b: (reference.rms_norm_segments(a, b, splits),)         # noqa: E731
-        ins = [x, w]
-    outs = fn(*ins)
-    gs = [randn(*o.shape, device=device, dtype=dtype) for o in outs]
-    got = torch.autograd.grad(outs, ins, gs)
-    ins64 = [up(t).requires_grad_() for t in ins]
-    want = torch.autograd.grad(ref(*ins64), ins64, [up(g) for g in gs], allow_unused=True)
-    tol = 2e-5 if dtype == torch.float32 else 1e-2
-    for i, (g, e, t) in enumerate(zip(got, want, ins)):
-        _scale_err_ok(f"input {i}", g, torch.zeros_like(up(t)) if e is None else e, tol)
+    _check_norm_grads(kind, splits, randn(70, dim, device=device, dtype=dtype, scale=1.3).requires_grad_(), w_f32)
 
 
 @pytest.mark.parametrize("dtype", dtype_params())

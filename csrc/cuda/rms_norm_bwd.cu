@@ -46,6 +46,18 @@ template <typename WT, int VN> __device__ __forceinline__ void nb_ldw(const WT *
     }
 }
 
+/* x, dy and w at one position: VN = 16 / sizeof(T) consecutive elements each (VEC), else one */
+template <typename T, typename WT, bool VEC>
+__device__ __forceinline__ void nb_ld(const T *xp, const T *gp, const WT *wp, float *x, float *g, float *w) {
+    if constexpr (VEC) {
+        jamba_w16<T>::ld(*(const uint4 *)xp, x);
+        jamba_w16<T>::ld(*(const uint4 *)gp, g);
+        nb_ldw<WT, 16 / (int)sizeof(T)>(wp, w);
+    } else {
+        x[0] = jamba_ld<T>(*xp), g[0] = jamba_ld<T>(*gp), w[0] = jamba_ld<WT>(*wp);
+    }
+}
+
 /* VEC: x, dy, dx and the weight 16-byte aligned, row strides and segment ends multiples of VN elements: each lane
  * takes VN consecutive elements per 16-byte load (unrolled 4: 12 loads in flight), else one element per load */
 template <typename T, typename WT, bool VEC>
@@ -65,13 +77,7 @@ __global__ void __launch_bounds__(NB_THREADS) nb_rows_kernel(nb_args a) {
 #pragma unroll 4
             for (int64_t i = s0 + lane * VN; i < s1; i += 32 * VN) {
                 float x[VN], g[VN], w[VN];
-                if constexpr (VEC) {
-                    jamba_w16<T>::ld(*(const uint4 *)(xr + i), x);
-                    jamba_w16<T>::ld(*(const uint4 *)(gr + i), g);
-                    nb_ldw<WT, VN>(wt + i, w);
-                } else {
-                    x[0] = jamba_ld<T>(xr[i]), g[0] = jamba_ld<T>(gr[i]), w[0] = jamba_ld<WT>(wt[i]);
-                }
+                nb_ld<T, WT, VEC>(xr + i, gr + i, wt + i, x, g, w);
 #pragma unroll
                 for (int j = 0; j < VN; j++) {
                     sxx = fmaf(x[j], x[j], sxx);
@@ -84,17 +90,11 @@ __global__ void __launch_bounds__(NB_THREADS) nb_rows_kernel(nb_args a) {
 #pragma unroll 4
             for (int64_t i = s0 + lane * VN; i < s1; i += 32 * VN) {
                 float x[VN], g[VN], w[VN];
-                if constexpr (VEC) {
-                    jamba_w16<T>::ld(*(const uint4 *)(xr + i), x);
-                    jamba_w16<T>::ld(*(const uint4 *)(gr + i), g);
-                    nb_ldw<WT, VN>(wt + i, w);
+                nb_ld<T, WT, VEC>(xr + i, gr + i, wt + i, x, g, w);
 #pragma unroll
-                    for (int j = 0; j < VN; j++) x[j] = r * (g[j] * w[j]) - x[j] * c;
-                    *(uint4 *)(o + i) = jamba_w16<T>::st(x);
-                } else {
-                    x[0] = jamba_ld<T>(xr[i]), g[0] = jamba_ld<T>(gr[i]), w[0] = jamba_ld<WT>(wt[i]);
-                    o[i] = jamba_st<T>(r * (g[0] * w[0]) - x[0] * c);
-                }
+                for (int j = 0; j < VN; j++) x[j] = r * (g[j] * w[j]) - x[j] * c;
+                if constexpr (VEC) *(uint4 *)(o + i) = jamba_w16<T>::st(x);
+                else o[i] = jamba_st<T>(x[0]);
             }
             if (lane == 0) a.r[m * JAMBA_NORM_MAX_SEGS + s] = r;
             s0 = s1;
