@@ -17,9 +17,9 @@
  *   2. walks them in reverse: per state, the forward scan gives h at every step, then the same for the gradient
  *      g' (dL/dh[t] carried into step t - 1: g' = exp(dt A) (g'_next + dy C)) from the chunk's end, carried from the
  *      next chunk; the sums over n (y0, du, ddt) accumulate in registers; each warp's dB / dC of a state go through
- *      shared memory (xch, double-buffered by n) and are added over the block's 8 warps in warp order, over the
- *      rounds in round order, into the block's per-chunk sums (acc), stored as the block's partials (workspace
- *      (2, B, P, N, L)); per-channel dD, ddelta_bias, dA partials in shared memory;
+ *      shared memory (xch: two buffers taken in turn, state step by state step) and are added over the block's 8
+ *      warps in warp order, over the rounds in round order, into the block's per-chunk sums (acc), stored as the
+ *      block's partials (workspace (2, B, P, N, L)); per-channel dD, ddelta_bias, dA partials in shared memory;
  *   3. stores dinitial_state (the carried g' at t = 0) and the per-(b, c) dA, dD, ddelta_bias partials.
  * Padding steps (t >= L) take dt = u = dy = 0: identity maps, no contribution. jamba_cuda_sum_mid (sum_mid.cu) then
  * sums the partials over blocks (dB, dC) and over the batch (dA, dD, ddelta_bias) in a fixed order: bit-identical
@@ -145,7 +145,7 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
     const int N = (int)a.N;
     float *sbc = (float *)sb_smem4;           /* [2][N][SB_TC]: the chunk's B, C (pieces swizzled) */
     float *acc = sbc + 2 * N * SB_TC;         /* [2][N][SB_TC]: the chunk's dB / dC summed over the block's channels */
-    float *xch = acc + 2 * N * SB_TC;         /* [2][SB_NW][2][SB_TC]: each warp's dB / dC of one state, by n parity */
+    float *xch = acc + 2 * N * SB_TC;         /* [2][SB_NW][2][SB_TC]: each warp's dB / dC of one state (2 buffers) */
     float *cst = xch + 4 * SB_NW * SB_TC;     /* [SB_CPB][N]: the carried state (phase 1: h, phase 2: g') */
     float *dAs = cst + SB_CPB * N;            /* [SB_CPB][N]: dA sums */
     float *pDs = dAs + SB_CPB * N;            /* [SB_CPB][32]: each lane's dD sums */
