@@ -132,7 +132,7 @@ template <typename T, bool VEC> __global__ void __launch_bounds__(NB_THREADS) nb
         }
     }
     a.part[g * a.dim + i] = acc0;
-    if (VEC) a.part[g * a.dim + i + 1] = acc1;
+    if constexpr (VEC) a.part[g * a.dim + i + 1] = acc1;
 }
 
 extern "C" jamba_status jamba_rms_norm_bwd_cuda(const jamba_rms_norm_bwd_params *p, jamba_launch launch) {

@@ -338,7 +338,8 @@ template <typename T> __global__ void __launch_bounds__(SB_THREADS, 2) scan_bwd_
                 *ap = sm;
                 xp ^= 1;
             }
-            /* per-(c, t) results */
+            /* per-(c, t) results; delta, dout and z are read again (from L2) rather than kept through the state
+             * loop: their 24 registers would push it past 128 */
             if (ch) {
                 float zv[SB_IT], ov[SB_IT], xv[SB_IT], r[SB_IT];
                 const float Dc = a.D ? a.D[c * a.sD] : 0.f, bias = a.dtb ? a.dtb[c * a.sdtb] : 0.f;
