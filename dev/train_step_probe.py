@@ -64,6 +64,17 @@ def main():
         ms, loss = step_ms(model, ids, 3)
         print(f"L={L:6d}  native backward: {ms:9.1f} ms a step ({L / ms * 1e3:8.0f} tok/s), loss {loss:.4f}, "
               f"peak {torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else 0:.1f} GiB", flush=True)
+        if dev.type == "cuda" and ops._moe_grouped_grads_ok(torch.empty(1, cfg.hidden_size, device=dev, dtype=dtype),
+                                                           None, torch.empty(1, 1, cfg.intermediate_size, device=dev)):
+            ops.MOE_BACKWARD_GROUPED = False  # A/B: the MoE backward's per-expert loop (the default before session 33)
+            try:
+                step_ms(model, ids, 1)
+                ms_l, _ = step_ms(model, ids, 3)
+            finally:
+                ops.MOE_BACKWARD_GROUPED = True
+            ms_g, _ = step_ms(model, ids, 3)
+            print(f"L={L:6d}  MoE backward per-expert loop: {ms_l:9.1f} ms a step; grouped (default) again: "
+                  f"{ms_g:9.1f} ms", flush=True)
         if L == args.ref_length:
             keep = ops._scan_native_ok
             ops._scan_native_ok = lambda u, A: False  # the scan's backward through reference.py
@@ -95,6 +106,17 @@ def main():
         for e in rows:
             name = e.key.replace("at::native::", "").replace("(anonymous namespace)::", "")
             print(f"  {e.self_device_time_total / 1e3:8.2f} x{e.count:<5d} {name[:220]}")
+
+    # where the host's time goes in a step at the shortest length (host-bound there)
+    L = min(lengths)
+    ids = torch.randint(3, cfg.vocab_size, (1, L), device=dev, generator=gen)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        model.zero_grad(set_to_none=True)
+        model(ids, labels=ids).loss.backward()
+        sync()
+    print(f"\nhost profile of one native step at L={L} (self CPU time):")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=24, max_name_column_width=60))
+
 
 if __name__ == "__main__":
     main()

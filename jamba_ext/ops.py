@@ -699,6 +699,11 @@ _SM90 = {}
 def _moe_grouped_auto(x: Tensor, slots: int, impl: str) -> bool:
     if impl != "auto" or MOE_GROUPED_MM_MIN_SLOTS is None or slots < MOE_GROUPED_MM_MIN_SLOTS:
         return False
+    return _grouped_mm_ok(x)
+
+
+def _grouped_mm_ok(x: Tensor) -> bool:
+    """torch._grouped_mm runs its own grouped kernels (no host sync) for bf16 on Hopper, the GPU we measure it on."""
     if x.device.type != "cuda" or x.dtype != torch.bfloat16 or not hasattr(torch, "_grouped_mm"):
         return False
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
@@ -965,6 +970,20 @@ _moe_ref_setup, _moe_ref_backward = _reference_backward(
     lambda x, w, ids, gu, d, *_: reference.moe_experts_dense(x, w, ids, gu, d), 8, (0, 1, 2, 3, 4, 5, 6))
 
 
+def _moe_grad_rows(go, x, w, ids, E):
+    """What both MoE backward forms start from: the permutation (ids as int32, offsets, sorted slots, as int64, and
+    their tokens), x and the output gradient gathered in sorted order, and dL/d(expert output) per sorted slot (the
+    output gradient times the routing weight rounded to x's dtype, as the forward rounds it)."""
+    dt = x.dtype
+    ids32 = ids.to(torch.int32).contiguous()
+    offsets, slots = moe_permute(ids32, E)
+    sl = slots.long()
+    tok = torch.div(sl, ids.shape[1], rounding_mode="floor")
+    xs, gos = x.index_select(0, tok), go.to(dt).index_select(0, tok)
+    wr = w.to(torch.float32).reshape(-1).index_select(0, sl).to(dt).float()  # the forward's rounded weights
+    return ids32, offsets, slots, sl, tok, xs, gos, (gos.float() * wr[:, None]).to(dt)
+
+
 def _moe_sparse_grads(go, x, w, ids, wgu, wd, need):
     """(dx, dweights, dw_gate_up, dw_down) of moe_experts, None where not needed. Per expert over its routed rows:
     the forward recomputed with its roundings (gate_up in x's dtype, then silu_mul; the routing weight rounded to
@@ -973,12 +992,7 @@ def _moe_sparse_grads(go, x, w, ids, wgu, wd, need):
     dt = x.dtype
     T, H = x.shape
     E, K = wgu.shape[0], ids.shape[1]
-    offsets, slots = moe_permute(ids.to(torch.int32), E)
-    sl = slots.long()
-    tok = torch.div(sl, K, rounding_mode="floor")
-    xs, gos = x.index_select(0, tok), go.to(dt).index_select(0, tok)
-    wr = w.to(torch.float32).reshape(-1).index_select(0, sl).to(dt).float()  # the forward's rounded weights
-    dys = (gos.float() * wr[:, None]).to(dt)  # dL/d(expert output), sorted slots
+    _, offsets, slots, sl, tok, xs, gos, dys = _moe_grad_rows(go, x, w, ids, E)
     S = sl.numel()
     dxs = torch.empty(S, H, dtype=dt, device=x.device) if need[0] else None
     dws = torch.empty(S, dtype=torch.float32, device=x.device) if need[1] else None
@@ -1009,15 +1023,55 @@ def _moe_sparse_grads(go, x, w, ids, wgu, wd, need):
             torch.matmul(da, wgu[e], out=dxs[lo:hi])
     dx = None if dxs is None else torch.zeros(T, H, dtype=torch.float32, device=x.device).index_add_(
         0, tok, dxs.float()).to(dt)
-    dw = None
-    if dws is not None:
-        dw = torch.zeros(T * K, dtype=torch.float32, device=x.device)
-        dw[sl] = dws
-        dw = dw.view(T, K).to(w.dtype)
-    return dx, dw, dwgu, dwd
+    return dx, _moe_scatter_dw(dws, sl, w, T, K), dwgu, dwd
+
+
+def _moe_scatter_dw(dws, sl, w, T, K):
+    """The routing weights' gradient from its values in sorted slot order."""
+    if dws is None:
+        return None
+    dw = torch.zeros(T * K, dtype=torch.float32, device=dws.device)
+    dw[sl] = dws
+    return dw.view(T, K).to(w.dtype)
+
+
+def _moe_grouped_grads_ok(x, wgu, wd) -> bool:
+    """The grouped backward's conditions: bf16 on Hopper (_grouped_mm_ok) and rows of x, the activation and the
+    weights whole 16-byte pieces (torch._grouped_mm's TMA strides)."""
+    return MOE_BACKWARD_GROUPED and _grouped_mm_ok(x) and x.shape[1] % 8 == 0 and wd.shape[2] % 8 == 0
+
+
+def _moe_grouped_grads(go, x, w, ids, wgu, wd, need):
+    """_moe_sparse_grads with torch._grouped_mm: the same products over the routed rows (the forward's gate_up
+    recomputed, its roundings kept), each a single grouped GEMM over all experts with the expert offsets read on
+    the device: no host read, no per-expert loop of torch calls (the 512-token training step was host-bound on
+    it). Weight gradients come out as (E, ...) tensors from the K-grouped form (mat_a (M, S), mat_b (S, N), one
+    (M, N) product per expert over its rows; zero for an expert without rows). dx: moe_combine of the rows'
+    gradients with weights 1, a token's K rows added in slot order and rounded to x's dtype after each add (the
+    loop form's fp32 index_add rounds once at the end: the same result for top-1 and top-2)."""
+    T, K = ids.shape
+    E = wgu.shape[0]
+    ids32, offsets, slots, sl, _, xs, gos, dys = _moe_grad_rows(go, x, w, ids, E)
+    ends = offsets[1:]
+    a = torch._grouped_mm(xs, wgu.transpose(1, 2), offs=ends)
+    act = silu_mul(a)
+    dws = dx = dwgu = dwd = None
+    if need[1]:
+        dws = (gos.float() * torch._grouped_mm(act, wd.transpose(1, 2), offs=ends).float()).sum(1)
+    if need[4]:
+        dwd = torch._grouped_mm(dys.t(), act, offs=ends)
+    if need[0] or need[3]:
+        da = silu_mul_bwd(a, torch._grouped_mm(dys, wd, offs=ends))
+        if need[3]:
+            dwgu = torch._grouped_mm(da.t(), xs, offs=ends)
+        if need[0]:
+            ones = torch.ones(T, K, dtype=torch.float32, device=x.device)
+            dx = moe_combine(torch._grouped_mm(da, wgu, offs=ends), ones, ids32, slots, E)
+    return dx, _moe_scatter_dw(dws, sl, w, T, K), dwgu, dwd
 
 
 MOE_SPARSE_BACKWARD = True  # False: the dense reference formula everywhere (what every version before session 30 ran)
+MOE_BACKWARD_GROUPED = True  # False: the per-expert loop (_moe_sparse_grads) where the grouped form would run
 
 
 def _moe_backward(ctx, go):
@@ -1026,10 +1080,11 @@ def _moe_backward(ctx, go):
     if tracing or not MOE_SPARSE_BACKWARD or x.dtype not in FLOAT_DTYPES or not ids.numel():
         return _moe_ref_backward(ctx, go)
     E = wgu.shape[0]
-    if int(ids.min()) < 0 or int(ids.max()) >= E:
-        _fail("moe_experts", f"expert_ids must be in [0, {E}) for the backward, got values in "
-                             f"[{int(ids.min())}, {int(ids.max())}]")
-    dx, dw, dwgu, dwd = _moe_sparse_grads(go, x, w, ids, wgu, wd, ctx.needs_input_grad)
+    lo, hi = (int(v) for v in torch.stack(torch.aminmax(ids)).tolist())  # one host read
+    if lo < 0 or hi >= E:
+        _fail("moe_experts", f"expert_ids must be in [0, {E}) for the backward, got values in [{lo}, {hi}]")
+    grads = _moe_grouped_grads if _moe_grouped_grads_ok(x, wgu, wd) else _moe_sparse_grads
+    dx, dw, dwgu, dwd = grads(go, x, w, ids, wgu, wd, ctx.needs_input_grad)
     return dx, dw, None, dwgu, dwd, None, None, None
 
 

@@ -449,21 +449,32 @@ def test_moe_experts_grad_matches_reference(device):
     assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-6)
 
 
+def skewed(ids):
+    """Experts 3 and up get nothing, expert 0 most slots (top-1 / top-2 ids of E >= 3 experts)."""
+    ids = torch.where(ids >= 3, torch.zeros_like(ids), ids)
+    ids[:, -1] = torch.where(ids[:, 0] == 1, torch.full_like(ids[:, -1], 2), torch.ones_like(ids[:, -1]))
+    ids[:, 0] = torch.where(ids[:, 0] == ids[:, -1], torch.zeros_like(ids[:, 0]), ids[:, 0])
+    return ids
+
+
 @pytest.mark.parametrize("dtype", dtype_params())
 @pytest.mark.parametrize("K,skew", [(2, False), (1, False), (2, True)], ids=["top2", "top1", "top2_skewed"])
-def test_moe_experts_all_grads(device, dtype, K, skew):
+@pytest.mark.parametrize("H,F", [(24, 20), (32, 24)], ids=["h24f20", "h32f24"])
+def test_moe_experts_all_grads(device, dtype, K, skew, H, F):
     """The eager backward (routed rows only, torch GEMMs in x's dtype) against float64 autograd of the reference:
     the gradients of x, the routing weights and both weight tensors; top-1 and top-2; a routing where some experts
     get no token and one gets most (skewed). bf16 / fp16: the GEMM inputs are rounded to x's dtype, so a few per cent
-    of the largest gradient."""
-    T, H, F, E = 37, 24, 20, 5
+    of the largest gradient. H 32 / F 24 in bf16 on Hopper runs the grouped form (torch._grouped_mm; F 20 rows are
+    not whole 16-byte pieces, so H 24 / F 20 runs the per-expert loop there too)."""
+    T, E = 37, 5
     x = randn(T, H, device=device, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, device, dtype)
     w, ids, _, _ = routed(T, E, K, device)
-    if skew:  # experts 3 and 4 get nothing, expert 0 most slots
-        ids = torch.where(ids >= 3, torch.zeros_like(ids), ids)
-        ids[:, -1] = torch.where(ids[:, 0] == 1, torch.full_like(ids[:, -1], 2), torch.ones_like(ids[:, -1]))
-        ids[:, 0] = torch.where(ids[:, 0] == ids[:, -1], torch.zeros_like(ids[:, 0]), ids[:, 0])
+    if skew:
+        ids = skewed(ids)
+    grouped = ops._moe_grouped_grads_ok(x, w_gate_up, w_down)
+    on_hopper = device == "cuda" and dtype == torch.bfloat16 and torch.cuda.get_device_capability()[0] == 9
+    assert grouped == (on_hopper and H % 8 == 0 and F % 8 == 0 and hasattr(torch, "_grouped_mm"))
     leaves = [x.clone().requires_grad_(True), w.clone().requires_grad_(True),
               w_gate_up.clone().requires_grad_(True), w_down.clone().requires_grad_(True)]
     go = randn(T, H, device=device, dtype=dtype)
@@ -479,6 +490,46 @@ def test_moe_experts_all_grads(device, dtype, K, skew):
         scale = e.abs().max().item()
         err = (g.double() - e).abs().max().item()
         assert err <= tol * scale + 1e-7, f"grad of {name}: max error {err:.3e} > {tol:.0e} x {scale:.3e}"
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("T,skew", [(1, False), (300, False), (300, True)], ids=["t1", "t300", "t300_skewed"])
+def test_moe_grouped_grads_match_loop(T, skew):
+    """On Hopper in bf16 the backward is the grouped form: two runs bit-identical, and each gradient within bf16
+    rounding of the per-expert loop's (the same products; GEMM kernels and dx's rounding order differ), at sizes
+    that give torch._grouped_mm several tiles per expert and empty experts (skewed)."""
+    if not (torch.cuda.get_device_capability()[0] == 9 and hasattr(torch, "_grouped_mm")):
+        pytest.skip("the grouped backward runs on Hopper only")
+    H, F, E, K = 136, 200, 8, 2
+    dt = torch.bfloat16
+    x = randn(T, H, device="cuda", dtype=dt)
+    w_gate_up, w_down = expert_weights(E, H, F, "cuda", dt)
+    w, ids, _, _ = routed(T, E, K, "cuda")
+    if skew:
+        ids = skewed(ids)
+    go = randn(T, H, device="cuda", dtype=dt)
+    assert ops._moe_grouped_grads_ok(x, w_gate_up, w_down)
+
+    def grads():
+        leaves = [x.clone().requires_grad_(True), w.clone().requires_grad_(True),
+                  w_gate_up.clone().requires_grad_(True), w_down.clone().requires_grad_(True)]
+        out = ops.moe_experts(leaves[0], leaves[1], ids, leaves[2], leaves[3])
+        return torch.autograd.grad(out, leaves, go)
+
+    g1, g2 = grads(), grads()
+    ops.MOE_BACKWARD_GROUPED = False
+    try:
+        loop = grads()
+    finally:
+        ops.MOE_BACKWARD_GROUPED = True
+    for name, a, b, c in zip(["x", "weights", "w_gate_up", "w_down"], g1, g2, loop):
+        assert torch.equal(a, b), f"grad of {name} differs between two runs"
+        scale = c.double().abs().max().item()
+        err = (a.double() - c.double()).abs().max().item()
+        assert err <= 2e-2 * scale, f"grad of {name}: grouped vs loop {err:.3e} > 2e-2 x {scale:.3e}"
+    if skew:  # experts without rows: zero weight gradients
+        assert not g1[2][3:].any() and not g1[3][3:].any()
 
 
 @pytest.mark.parametrize("backend", ["aot_eager"])
