@@ -4,10 +4,13 @@ ops change at the model level (sessions 30-31).
     python3 dev/train_step_probe.py [--lengths 512,2048] [--ref-length 512]
 
 Rows: our model as it trains by default (native backward ops: selective_scan_bwd, causal_conv1d_bwd, rms_norm_bwd,
-silu_mul_bwd; moe_experts' backward over the routed rows in bf16), and, at --ref-length only, the same step with the
+silu_mul_bwd; the MoE through moe_experts_trainable: on Hopper grouped GEMMs keeping gate_up for the backward), its
+A/B against the MoE's older training forms (a backward that recomputes the forward's products, as grouped GEMMs or
+as a per-expert loop), and, at --ref-length only, the same step with the
 scan's backward through reference.py, then also with the MoE's dense fp32 backward (the scan and MoE backward of every
 version before session 30; one timed call each, they take seconds). Then a profile of the default step at the longest
-length: the top CUDA kernels by time (with JAMBA_EXT_PDL=0 for a breakdown that does not bill waits).
+length: the top CUDA kernels by time (with JAMBA_EXT_PDL=0 for a breakdown that does not bill waits), and a host
+profile of the step at the shortest length (self CPU time by op).
 """
 import argparse
 import os
@@ -66,15 +69,17 @@ def main():
               f"peak {torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else 0:.1f} GiB", flush=True)
         if dev.type == "cuda" and ops._moe_grouped_grads_ok(torch.empty(1, cfg.hidden_size, device=dev, dtype=dtype),
                                                            None, torch.empty(1, 1, cfg.intermediate_size, device=dev)):
-            ops.MOE_BACKWARD_GROUPED = False  # A/B: the MoE backward's per-expert loop (the default before session 33)
-            try:
-                step_ms(model, ids, 1)
-                ms_l, _ = step_ms(model, ids, 3)
-            finally:
-                ops.MOE_BACKWARD_GROUPED = True
-            ms_g, _ = step_ms(model, ids, 3)
-            print(f"L={L:6d}  MoE backward per-expert loop: {ms_l:9.1f} ms a step; grouped (default) again: "
-                  f"{ms_g:9.1f} ms", flush=True)
+            row = []  # A/B of the MoE's training forms (session 33), each timed after a warm-up step
+            for name, saved, grouped in (("recomputing grouped backward", False, True),
+                                         ("per-expert loop backward (before session 33)", False, False),
+                                         ("default again", True, True)):
+                ops.MOE_TRAIN_SAVED, ops.MOE_BACKWARD_GROUPED = saved, grouped
+                try:
+                    step_ms(model, ids, 1)
+                    row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f}")
+                finally:
+                    ops.MOE_TRAIN_SAVED = ops.MOE_BACKWARD_GROUPED = True
+            print(f"L={L:6d}  MoE training forms, ms a step: " + "; ".join(row), flush=True)
         if L == args.ref_length:
             keep = ops._scan_native_ok
             ops._scan_native_ok = lambda u, A: False  # the scan's backward through reference.py

@@ -15,7 +15,9 @@ then the combine back to token order. CUDA engines by size (impl auto): a weight
 (Hopper: <= 1 slot per expert on average, i.e. <= 8 tokens at 16 experts top-2; other GPUs: <= 16), then our
 wgmma GEMM on Hopper (64 x 512 tiles for the <= 64-row tails up to 16 slots per expert) or mma.sync GEMM
 elsewhere; torch._grouped_mm only on request (impl "grouped_mm", see ops.MOE_GROUPED_MM_MIN_SLOTS).
-CPU: torch.matmul per expert (see jamba_ext/ops.py). The weights stay in the
+CPU: torch.matmul per expert (see jamba_ext/ops.py). Training (autograd recording, bf16 on Hopper): the GEMMs
+through torch._grouped_mm, keeping the gate_up pre-activations and expert outputs for the backward
+(ops.moe_experts_trainable). The weights stay in the
 transformers 5.x layout (no repacking, state_dict as HF).
 """
 import torch.nn.functional as F
@@ -31,5 +33,5 @@ def sparse_moe_forward(x: Tensor, router_weight: Tensor, w_gate_up: Tensor, w_do
     x2 = x.reshape(-1, shape[-1])                                     # (T, H)
     logits = linear(x2, router_weight)                                # (T, E), model dtype
     weights, ids, offsets, slots = ops.moe_route(logits, top_k)       # (T, TOPK) f32, int32; (E+1,), (T*TOPK,)
-    out = ops.moe_experts(x2, weights, ids, w_gate_up, w_down, slots, offsets)  # (T, H)
+    out = ops.moe_experts_trainable(x2, weights, ids, w_gate_up, w_down, slots, offsets)  # (T, H)
     return out.view(shape), logits

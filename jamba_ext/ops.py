@@ -847,21 +847,29 @@ def _moe_experts_torch(x: Tensor, w32: Tensor, ids: Tensor, w_gate_up: Tensor, w
     silu_mul (ours), the down GEMM into y (sorted order), moe_combine (ours). GEMMs: a loop over experts (CPU:
     offsets read on the host) or two torch._grouped_mm calls (CUDA, no sync). Rows of y past offsets[E]
     (slots with a bad id) are left unwritten: the combine raises (CPU) or gives those tokens NaN (CUDA)."""
+    if grouped:
+        return _moe_grouped_forward(x, w32, ids, w_gate_up, w_down, slots, offsets)[0]
     K = ids.shape[1]
     E = w_gate_up.shape[0]
     xs = x.index_select(0, torch.div(slots, K, rounding_mode="floor"))
-    if grouped:
-        ends = offsets[1:]
-        gu = torch._grouped_mm(xs, w_gate_up.transpose(1, 2), offs=ends)
-        y = torch._grouped_mm(silu_mul(gu), w_down.transpose(1, 2), offs=ends)
-    else:
-        y = _alloc((xs.shape[0], x.shape[1]), x.dtype, x.device)
-        offs = offsets.tolist()
-        for e in range(E):
-            lo, hi = offs[e], offs[e + 1]
-            if hi > lo:
-                torch.matmul(silu_mul(torch.matmul(xs[lo:hi], w_gate_up[e].t())), w_down[e].t(), out=y[lo:hi])
+    y = _alloc((xs.shape[0], x.shape[1]), x.dtype, x.device)
+    offs = offsets.tolist()
+    for e in range(E):
+        lo, hi = offs[e], offs[e + 1]
+        if hi > lo:
+            torch.matmul(silu_mul(torch.matmul(xs[lo:hi], w_gate_up[e].t())), w_down[e].t(), out=y[lo:hi])
     return moe_combine(y, w32, ids, slots, E)
+
+
+def _moe_grouped_forward(x, w32, ids, w_gate_up, w_down, slots, offsets):
+    """The grouped form of _moe_experts_torch: (out, the gathered rows xs, gate_up pre-activation, expert outputs y),
+    all in sorted slot order but out."""
+    K, E = ids.shape[1], w_gate_up.shape[0]
+    ends = offsets[1:]
+    xs = x.index_select(0, torch.div(slots, K, rounding_mode="floor"))
+    gu = torch._grouped_mm(xs, w_gate_up.transpose(1, 2), offs=ends)
+    y = torch._grouped_mm(silu_mul(gu), w_down.transpose(1, 2), offs=ends)
+    return moe_combine(y, w32, ids, slots, E), xs, gu, y
 
 
 def _moe_check_shapes(op, x, ids, w_gate_up, w_down, sorted_slots, expert_offsets) -> None:
@@ -970,16 +978,20 @@ _moe_ref_setup, _moe_ref_backward = _reference_backward(
     lambda x, w, ids, gu, d, *_: reference.moe_experts_dense(x, w, ids, gu, d), 8, (0, 1, 2, 3, 4, 5, 6))
 
 
-def _moe_grad_rows(go, x, w, ids, E):
-    """What both MoE backward forms start from: the permutation (ids as int32, offsets, sorted slots, as int64, and
-    their tokens), x and the output gradient gathered in sorted order, and dL/d(expert output) per sorted slot (the
-    output gradient times the routing weight rounded to x's dtype, as the forward rounds it)."""
-    dt = x.dtype
-    ids32 = ids.to(torch.int32).contiguous()
-    offsets, slots = moe_permute(ids32, E)
+def _moe_grad_rows(go, x, w, ids, E, perm=None, xs=None):
+    """What every MoE backward form starts from: the permutation (ids as int32, offsets, sorted slots; computed
+    unless the forward kept it in perm), the slots as int64 and their tokens, x (unless kept in xs) and the output
+    gradient gathered in sorted order, and dL/d(expert output) per sorted slot (the output gradient times the
+    routing weight rounded to x's dtype, as the forward rounds it)."""
+    dt = x.dtype if xs is None else xs.dtype
+    if perm is None:
+        ids32 = ids.to(torch.int32).contiguous()
+        perm = (ids32, *moe_permute(ids32, E))
+    ids32, offsets, slots = perm
     sl = slots.long()
     tok = torch.div(sl, ids.shape[1], rounding_mode="floor")
-    xs, gos = x.index_select(0, tok), go.to(dt).index_select(0, tok)
+    xs = x.index_select(0, tok) if xs is None else xs
+    gos = go.to(dt).index_select(0, tok)
     wr = w.to(torch.float32).reshape(-1).index_select(0, sl).to(dt).float()  # the forward's rounded weights
     return ids32, offsets, slots, sl, tok, xs, gos, (gos.float() * wr[:, None]).to(dt)
 
@@ -1041,23 +1053,29 @@ def _moe_grouped_grads_ok(x, wgu, wd) -> bool:
     return MOE_BACKWARD_GROUPED and _grouped_mm_ok(x) and x.shape[1] % 8 == 0 and wd.shape[2] % 8 == 0
 
 
-def _moe_grouped_grads(go, x, w, ids, wgu, wd, need):
-    """_moe_sparse_grads with torch._grouped_mm: the same products over the routed rows (the forward's gate_up
-    recomputed, its roundings kept), each a single grouped GEMM over all experts with the expert offsets read on
-    the device: no host read, no per-expert loop of torch calls (the 512-token training step was host-bound on
-    it). Weight gradients come out as (E, ...) tensors from the K-grouped form (mat_a (M, S), mat_b (S, N), one
-    (M, N) product per expert over its rows; zero for an expert without rows). dx: moe_combine of the rows'
-    gradients with weights 1, a token's K rows added in slot order and rounded to x's dtype after each add (the
-    loop form's fp32 index_add rounds once at the end: the same result for top-1 and top-2)."""
+def _moe_grouped_grads(go, x, w, ids, wgu, wd, need, saved=None):
+    """_moe_sparse_grads with torch._grouped_mm: the same products over the routed rows, each a single grouped GEMM
+    over all experts with the expert offsets read on the device: no host read, no per-expert loop of torch calls
+    (the 512-token training step was host-bound on it). Weight gradients come out as (E, ...) tensors from the
+    K-grouped form (mat_a (M, S), mat_b (S, N), one (M, N) product per expert over its rows; zero for an expert
+    without rows). dx: moe_combine of the rows' gradients with weights 1, a token's K rows added in slot order and
+    rounded to x's dtype after each add (the loop form's fp32 index_add rounds once at the end: the same result for
+    top-1 and top-2). saved: (ids32, offsets, slots, xs, gate_up, y) kept by _MoeExpertsSaved's forward; without
+    it the forward's gate_up and (for the routing weights' gradient) expert outputs are recomputed, with its
+    roundings: 9 GEMM units (one unit = 2 * slots * H * F FLOPs) instead of 6."""
     T, K = ids.shape
     E = wgu.shape[0]
-    ids32, offsets, slots, sl, _, xs, gos, dys = _moe_grad_rows(go, x, w, ids, E)
+    perm, xs, a, y = (None, None, None, None) if saved is None else (saved[:3], *saved[3:])
+    ids32, offsets, slots, sl, _, xs, gos, dys = _moe_grad_rows(go, x, w, ids, E, perm, xs)
     ends = offsets[1:]
-    a = torch._grouped_mm(xs, wgu.transpose(1, 2), offs=ends)
-    act = silu_mul(a)
+    if a is None:
+        a = torch._grouped_mm(xs, wgu.transpose(1, 2), offs=ends)
+    act = silu_mul(a)  # one elementwise pass: cheaper to recompute than to keep (S x F)
     dws = dx = dwgu = dwd = None
     if need[1]:
-        dws = (gos.float() * torch._grouped_mm(act, wd.transpose(1, 2), offs=ends).float()).sum(1)
+        if y is None:
+            y = torch._grouped_mm(act, wd.transpose(1, 2), offs=ends)
+        dws = (gos.float() * y.float()).sum(1)
     if need[4]:
         dwd = torch._grouped_mm(dys.t(), act, offs=ends)
     if need[0] or need[3]:
@@ -1065,13 +1083,66 @@ def _moe_grouped_grads(go, x, w, ids, wgu, wd, need):
         if need[3]:
             dwgu = torch._grouped_mm(da.t(), xs, offs=ends)
         if need[0]:
-            ones = torch.ones(T, K, dtype=torch.float32, device=x.device)
+            ones = torch.ones(T, K, dtype=torch.float32, device=xs.device)
             dx = moe_combine(torch._grouped_mm(da, wgu, offs=ends), ones, ids32, slots, E)
     return dx, _moe_scatter_dw(dws, sl, w, T, K), dwgu, dwd
 
 
+def _moe_check_backward_ids(ids, E):
+    lo, hi = (int(v) for v in torch.stack(torch.aminmax(ids)).tolist())  # one host read
+    if lo < 0 or hi >= E:
+        _fail("moe_experts", f"expert_ids must be in [0, {E}) for the backward, got values in [{lo}, {hi}]")
+
+
+class _MoeExpertsSaved(torch.autograd.Function):
+    """moe_experts for a training forward on Hopper in bf16 (see moe_experts_trainable): _moe_grouped_forward (gather,
+    torch._grouped_mm gate_up, silu_mul, torch._grouped_mm down, moe_combine; moe_experts' roundings), keeping the gathered rows, the gate_up pre-activation (slots x 2F) and the expert outputs
+    (slots x H) for the backward, which then runs 6 GEMM units instead of the recomputing form's 9."""
+
+    @staticmethod
+    def forward(ctx, x, w32, ids32, wgu, wd, slots, offsets):
+        out, xs, a, y = _moe_grouped_forward(x, w32, ids32, wgu, wd, slots, offsets)
+        ctx.save_for_backward(w32, ids32, wgu, wd, slots, offsets, xs, a, y)
+        return out
+
+    @staticmethod
+    def backward(ctx, go):
+        w32, ids32, wgu, wd, slots, offsets, xs, a, y = ctx.saved_tensors
+        _moe_check_backward_ids(ids32, wgu.shape[0])
+        dx, dw, dwgu, dwd = _moe_grouped_grads(go, None, w32, ids32, wgu, wd, ctx.needs_input_grad,
+                                               (ids32, offsets, slots, xs, a, y))
+        return dx, dw, None, dwgu, dwd, None, None
+
+
+def moe_experts_trainable(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, w_down: Tensor,
+                          sorted_slots: Tensor, expert_offsets: Tensor) -> Tensor:
+    """moe_experts as the model calls it (moe_route's permutation given). When autograd records a step on Hopper in
+    bf16 (eager, not traced; _moe_grouped_grads_ok), the forward's GEMMs run through torch._grouped_mm and keep
+    their gate_up pre-activations and expert outputs for the backward (_MoeExpertsSaved: a third fewer backward
+    GEMM FLOPs, 2 x slots x (2F + H) bytes per layer kept); elsewhere (inference, other GPUs and dtypes, tracing,
+    MOE_TRAIN_SAVED False) it is moe_experts: our fused kernels, and a backward that recomputes."""
+    leaves = (x, weights, w_gate_up, w_down)
+    if (MOE_TRAIN_SAVED and torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+            and not (_compiling() or _modes() or _functorch()) and _moe_grouped_grads_ok(x, w_gate_up, w_down)):
+        op = "moe_experts"
+        _check_args(op, "x", x, {"x": 2, "weights": 2, "expert_ids": 2, "w_gate_up": 3, "w_down": 3,
+                                 "sorted_slots": 1, "expert_offsets": 1},
+                    weights=weights, expert_ids=expert_ids, w_gate_up=w_gate_up, w_down=w_down,
+                    sorted_slots=sorted_slots, expert_offsets=expert_offsets)
+        ids = _moe_ids32(op, expert_ids)
+        _moe_check_shapes(op, x, ids, w_gate_up, w_down, sorted_slots, expert_offsets)
+        if weights.shape != ids.shape or not weights.dtype.is_floating_point:
+            _fail(op, f"weights must be a float tensor of expert_ids' shape {tuple(ids.shape)}, got "
+                      f"{weights.dtype} {tuple(weights.shape)}")
+        if x.shape[0]:
+            return _MoeExpertsSaved.apply(x.contiguous(), weights.to(torch.float32), ids, w_gate_up, w_down,
+                                          sorted_slots, expert_offsets)
+    return moe_experts(x, weights, expert_ids, w_gate_up, w_down, sorted_slots, expert_offsets)
+
+
 MOE_SPARSE_BACKWARD = True  # False: the dense reference formula everywhere (what every version before session 30 ran)
 MOE_BACKWARD_GROUPED = True  # False: the per-expert loop (_moe_sparse_grads) where the grouped form would run
+MOE_TRAIN_SAVED = True  # False: moe_experts_trainable is moe_experts (our kernels forward, a recomputing backward)
 
 
 def _moe_backward(ctx, go):
@@ -1079,10 +1150,7 @@ def _moe_backward(ctx, go):
     tracing = _compiling() or _modes() or _functorch() or torch._guards.detect_fake_mode((x, go)) is not None
     if tracing or not MOE_SPARSE_BACKWARD or x.dtype not in FLOAT_DTYPES or not ids.numel():
         return _moe_ref_backward(ctx, go)
-    E = wgu.shape[0]
-    lo, hi = (int(v) for v in torch.stack(torch.aminmax(ids)).tolist())  # one host read
-    if lo < 0 or hi >= E:
-        _fail("moe_experts", f"expert_ids must be in [0, {E}) for the backward, got values in [{lo}, {hi}]")
+    _moe_check_backward_ids(ids, wgu.shape[0])
     grads = _moe_grouped_grads if _moe_grouped_grads_ok(x, wgu, wd) else _moe_sparse_grads
     dx, dw, dwgu, dwd = grads(go, x, w, ids, wgu, wd, ctx.needs_input_grad)
     return dx, dw, None, dwgu, dwd, None, None, None

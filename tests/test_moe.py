@@ -473,7 +473,7 @@ def test_moe_experts_all_grads(device, dtype, K, skew, H, F):
     if skew:
         ids = skewed(ids)
     grouped = ops._moe_grouped_grads_ok(x, w_gate_up, w_down)
-    on_hopper = device == "cuda" and dtype == torch.bfloat16 and torch.cuda.get_device_capability()[0] == 9
+    on_hopper = device.type == "cuda" and dtype == torch.bfloat16 and torch.cuda.get_device_capability()[0] == 9
     assert grouped == (on_hopper and H % 8 == 0 and F % 8 == 0 and hasattr(torch, "_grouped_mm"))
     leaves = [x.clone().requires_grad_(True), w.clone().requires_grad_(True),
               w_gate_up.clone().requires_grad_(True), w_down.clone().requires_grad_(True)]
@@ -496,40 +496,60 @@ def test_moe_experts_all_grads(device, dtype, K, skew, H, F):
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 @pytest.mark.parametrize("T,skew", [(1, False), (300, False), (300, True)], ids=["t1", "t300", "t300_skewed"])
 def test_moe_grouped_grads_match_loop(T, skew):
-    """On Hopper in bf16 the backward is the grouped form: two runs bit-identical, and each gradient within bf16
-    rounding of the per-expert loop's (the same products; GEMM kernels and dx's rounding order differ), at sizes
-    that give torch._grouped_mm several tiles per expert and empty experts (skewed)."""
+    """On Hopper in bf16 the training forms run torch._grouped_mm: moe_experts_trainable (the model's call: forward
+    through grouped GEMMs keeping gate_up and the expert outputs) and moe_experts' recomputing grouped backward. Each
+    gives two bit-identical runs, gradients within bf16 rounding of the per-expert loop's (the same products; GEMM
+    kernels and dx's rounding order differ) and of float64 autograd of the reference, at sizes that give
+    torch._grouped_mm several tiles per expert, and empty experts (skewed: zero weight gradients there). Without
+    autograd recording moe_experts_trainable is moe_experts (bit-identical)."""
     if not (torch.cuda.get_device_capability()[0] == 9 and hasattr(torch, "_grouped_mm")):
-        pytest.skip("the grouped backward runs on Hopper only")
+        pytest.skip("the grouped training forms run on Hopper only")
     H, F, E, K = 136, 200, 8, 2
     dt = torch.bfloat16
     x = randn(T, H, device="cuda", dtype=dt)
     w_gate_up, w_down = expert_weights(E, H, F, "cuda", dt)
-    w, ids, _, _ = routed(T, E, K, "cuda")
+    w, ids, offsets, slots = routed(T, E, K, "cuda")
     if skew:
         ids = skewed(ids)
+        offsets, slots = ops.moe_permute(ids, E)
     go = randn(T, H, device="cuda", dtype=dt)
     assert ops._moe_grouped_grads_ok(x, w_gate_up, w_down)
+    with torch.no_grad():
+        assert torch.equal(ops.moe_experts_trainable(x, w, ids, w_gate_up, w_down, slots, offsets),
+                           ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets))
 
-    def grads():
+    def grads(fn):
         leaves = [x.clone().requires_grad_(True), w.clone().requires_grad_(True),
                   w_gate_up.clone().requires_grad_(True), w_down.clone().requires_grad_(True)]
-        out = ops.moe_experts(leaves[0], leaves[1], ids, leaves[2], leaves[3])
-        return torch.autograd.grad(out, leaves, go)
+        out = fn(leaves[0], leaves[1], ids, leaves[2], leaves[3], slots, offsets)
+        return out, torch.autograd.grad(out, leaves, go)
 
-    g1, g2 = grads(), grads()
+    out_s, saved = grads(ops.moe_experts_trainable)
+    assert type(out_s.grad_fn).__name__ == "_MoeExpertsSavedBackward"
+    assert torch.equal(grads(ops.moe_experts_trainable)[1][0], saved[0])
+    out_g, grouped = grads(ops.moe_experts)
+    assert torch.equal(grads(ops.moe_experts)[1][2], grouped[2])
     ops.MOE_BACKWARD_GROUPED = False
     try:
-        loop = grads()
+        loop = grads(ops.moe_experts)[1]
     finally:
         ops.MOE_BACKWARD_GROUPED = True
-    for name, a, b, c in zip(["x", "weights", "w_gate_up", "w_down"], g1, g2, loop):
-        assert torch.equal(a, b), f"grad of {name} differs between two runs"
-        scale = c.double().abs().max().item()
-        err = (a.double() - c.double()).abs().max().item()
-        assert err <= 2e-2 * scale, f"grad of {name}: grouped vs loop {err:.3e} > 2e-2 x {scale:.3e}"
+    ref_leaves = [up(x).requires_grad_(True), w.detach().to(dt).double().requires_grad_(True),
+                  up(w_gate_up).requires_grad_(True), up(w_down).requires_grad_(True)]
+    ref_out = reference.moe_experts(ref_leaves[0], ref_leaves[1], ids.long(), ref_leaves[2], ref_leaves[3])
+    want = torch.autograd.grad(ref_out, ref_leaves, up(go))
+    assert_close(out_s, out_g, rtol=2e-2, atol=2e-2 * out_g.abs().max().item())
+    for name, a, b, c, e in zip(["x", "weights", "w_gate_up", "w_down"], saved, grouped, loop, want):
+        scale = e.abs().max().item()
+        for form, g in (("trainable", a), ("grouped", b), ("loop", c)):
+            err = (g.double() - e).abs().max().item()
+            assert err <= 3e-2 * scale + 1e-7, f"{form} grad of {name}: max error {err:.3e} > 3e-2 x {scale:.3e}"
+        for form, g in (("trainable", a), ("grouped", b)):
+            err = (g.double() - c.double()).abs().max().item()
+            assert err <= 2e-2 * scale, f"{form} grad of {name} vs the loop's: {err:.3e} > 2e-2 x {scale:.3e}"
     if skew:  # experts without rows: zero weight gradients
-        assert not g1[2][3:].any() and not g1[3][3:].any()
+        for g in (saved, grouped):
+            assert not g[2][3:].any() and not g[3][3:].any()
 
 
 @pytest.mark.parametrize("backend", ["aot_eager"])
