@@ -42,11 +42,21 @@ def step_ms(model, ids, reps):
     return sorted(times)[len(times) // 2], out.loss.item()
 
 
+def _frame(f):
+    """'path/file.py(123): func' -> 'file.py:123 func'; other frames (built-in methods) shortened."""
+    if "): " not in f:
+        return f.replace("<built-in method ", "").split(" of ")[0][:40]
+    where, func = f.split("): ", 1)
+    return f"{where.rsplit('/', 1)[-1].replace('(', ':')} {func}"
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lengths", default="512,2048")
     ap.add_argument("--ref-length", type=int, default=512)
     ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (checks this script)")
+    ap.add_argument("--copies", type=int, default=0, help="CUDA: the N copy / elementwise ops with the most device "
+                                                         "time, by input shapes and Python stack")
     args = ap.parse_args()
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("train_step_probe: needs a GPU (or --smoke)")
@@ -112,6 +122,19 @@ def main():
             name = e.key.replace("at::native::", "").replace("(anonymous namespace)::", "")
             print(f"  {e.self_device_time_total / 1e3:8.2f} x{e.count:<5d} {name[:220]}")
 
+    if dev.type == "cuda" and args.copies:  # which Python lines launch the copies and casts (device time, ms)
+        verbose = torch._C._profiler._ExperimentalConfig(verbose=True)  # without it the stacks come back empty
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True,
+                     with_stack=True, experimental_config=verbose) as prof:
+            model.zero_grad(set_to_none=True)
+            model(ids, labels=ids).loss.backward()
+            sync()
+        names = ("aten::copy_", "aten::add", "aten::add_", "aten::mul", "aten::fill_", "aten::cat", "aten::sum")
+        rows = [e for e in prof.key_averages(group_by_input_shape=True, group_by_stack_n=5) if e.key in names]
+        print(f"\ncopies and elementwise ops at L={L} by device time (ms, calls, op, input shapes, stack):")
+        for e in sorted(rows, key=lambda e: -e.device_time_total)[:args.copies]:
+            stack = " <- ".join(_frame(f) for f in e.stack if "torch/" not in f)
+            print(f"  {e.device_time_total / 1e3:7.2f} x{e.count:<4d} {e.key} {str(e.input_shapes)[:90]}  {stack}")
     # where the host's time goes in a step at the shortest length (host-bound there)
     L = min(lengths)
     ids = torch.randint(3, cfg.vocab_size, (1, L), device=dev, generator=gen)
