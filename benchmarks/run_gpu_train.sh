@@ -29,7 +29,7 @@ timeout 240 python3 benchmarks/bench_kernels.py --only scan_bwd,conv_bwd,norm_bw
 cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_train.json" 2>/dev/null
 fi
 step "dev/train_step_probe.py at 2048 tokens, PDL off"
-JAMBA_EXT_PDL=0 timeout 200 python3 dev/train_step_probe.py --lengths 512,2048 --ref-length 0 2>&1 | grep -v "^USDT" \
+JAMBA_EXT_PDL=0 timeout 240 python3 dev/train_step_probe.py --lengths 512,2048 --ref-length 0 --copies 24 2>&1 | grep -v "^USDT" \
   | sed -n '/^commit\|^L=/p;/kernels by device/,$p'
 step "done"
 } 2>&1 | tee "$OUT/train.log"

@@ -648,6 +648,8 @@ def _proj_t(weight: Tensor, x_t: Tensor) -> Tensor:
     layout (a third of a Mamba layer's prefill time at 2048 tokens, dev/prefill_ops_probe.py)."""
     B, _, L = x_t.shape
     if _compiling() or torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad):
+        if B == 1 and not _compiling():  # mm writes (O, L) itself, and its backward keeps each operand's layout
+            return torch.mm(weight, x_t[0])[None]
         return torch.matmul(weight, x_t)            # out= records no gradients, and dynamo refuses a strided out=
     out = x_t.new_empty((B, weight.shape[0], L))
     if B == 1:

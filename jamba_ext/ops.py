@@ -530,8 +530,9 @@ def _add_norm_backward(ctx, dy, ds_out):
     s, weight = ctx.saved_tensors
     dy = torch.zeros_like(s) if dy is None else dy.to(s.dtype)
     ds, dw = rms_norm_bwd(s, weight, dy, [], ctx.eps)
-    if ds_out is not None:  # the returned sum's own gradient: one fp32 sum, one rounding
-        ds = ds.float() + ds_out.float()
+    if ds_out is not None:  # the returned sum's own gradient: one fp32 sum, one rounding (torch's add of two
+        # tensors of s's dtype computes exactly that, in one pass; the .to() below are then no copies)
+        ds = ds + ds_out if ds_out.dtype == ds.dtype else ds.float() + ds_out.float()
     need = ctx.needs_input_grad
     return (ds.to(ctx.dtypes[0]) if need[0] else None, ds.to(ctx.dtypes[1]) if need[1] else None,
             dw.to(weight.dtype) if need[2] else None) + (None,) * (len(need) - 3)
@@ -992,8 +993,8 @@ def _moe_grad_rows(go, x, w, ids, E, perm=None, xs=None):
     tok = torch.div(sl, ids.shape[1], rounding_mode="floor")
     xs = x.index_select(0, tok) if xs is None else xs
     gos = go.to(dt).index_select(0, tok)
-    wr = w.to(torch.float32).reshape(-1).index_select(0, sl).to(dt).float()  # the forward's rounded weights
-    return ids32, offsets, slots, sl, tok, xs, gos, (gos.float() * wr[:, None]).to(dt)
+    wr = w.to(torch.float32).reshape(-1).index_select(0, sl).to(dt)  # the forward's rounded weights
+    return ids32, offsets, slots, sl, tok, xs, gos, gos * wr[:, None]  # one fp32 product, one rounding
 
 
 def _moe_sparse_grads(go, x, w, ids, wgu, wd, need):
@@ -1022,7 +1023,7 @@ def _moe_sparse_grads(go, x, w, ids, wgu, wd, need):
         a = xe @ wgu[e].t()
         act = silu_mul(a)
         if dws is not None:
-            dws[lo:hi] = (gos[lo:hi].float() * (act @ wd[e].t()).float()).sum(1)
+            dws[lo:hi] = (gos[lo:hi].float() * (act @ wd[e].t())).sum(1)
         dy = dys[lo:hi]
         if dwd is not None:
             torch.matmul(dy.t(), act, out=dwd[e])
@@ -1075,7 +1076,7 @@ def _moe_grouped_grads(go, x, w, ids, wgu, wd, need, saved=None):
     if need[1]:
         if y is None:
             y = torch._grouped_mm(act, wd.transpose(1, 2), offs=ends)
-        dws = (gos.float() * y.float()).sum(1)
+        dws = (gos.float() * y).sum(1)  # fp32 products (the mixed product promotes y: no copy of it)
     if need[4]:
         dwd = torch._grouped_mm(dys.t(), act, offs=ends)
     if need[0] or need[3]:
