@@ -631,7 +631,9 @@ def _linear_t(x: Tensor, weight: Tensor) -> Tensor:
     """x (B, L, I) with any strides (typically a transposed (B, I, L) tensor) @ weight (O, I)^T -> (B, L, O)
     contiguous, as one batched GEMM without copying x (F.linear would fold x into 2-D, a copy)."""
     if x.shape[0] == 1:                                   # one GEMM; a transposed x is a BLAS transpose flag
-        return F.linear(x[0], weight)[None]
+        # squeeze, not x[0]: select's backward writes the gradient into a zero-filled tensor of x's shape in
+        # row-major order (a fill and a transposed copy), squeeze's is a view keeping the product's layout
+        return F.linear(x.squeeze(0), weight).unsqueeze(0)
     return torch.bmm(x, weight.t().expand(x.shape[0], -1, -1))
 
 
@@ -649,7 +651,7 @@ def _proj_t(weight: Tensor, x_t: Tensor) -> Tensor:
     B, _, L = x_t.shape
     if _compiling() or torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad):
         if B == 1 and not _compiling():  # mm writes (O, L) itself, and its backward keeps each operand's layout
-            return torch.mm(weight, x_t[0])[None]
+            return torch.mm(weight, x_t.squeeze(0)).unsqueeze(0)  # squeeze: see _linear_t
         return torch.matmul(weight, x_t)            # out= records no gradients, and dynamo refuses a strided out=
     out = x_t.new_empty((B, weight.shape[0], L))
     if B == 1:

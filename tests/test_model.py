@@ -449,12 +449,13 @@ def test_training_gradients_match_transformers(name, batch):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 @pytest.mark.parametrize("batch", [1, 2])
-def test_training_gradients_cuda_bf16(batch):
-    """The same in bf16 on the GPU (on Hopper the MoE's grouped training path) against transformers in fp32 on the
-    CPU: each parameter's gradient within a few per cent (norm of the difference over the norm)."""
+def test_training_gradients_cuda(batch):
+    """The same on the GPU (the native CUDA backward kernels), fp32 against transformers' fp32 on the CPU. (In bf16
+    a router logit rounded differently can route a token to another expert, so gradients are not comparable
+    parameter by parameter; the bf16 MoE training path is checked op by op in test_moe.py.)"""
     name = "attn1_moe_top2"
     hf, ours = make_pair(CONFIGS[name])
-    ours = ours.to("cuda", torch.bfloat16)
+    ours = ours.to("cuda")
     ids = prompt_ids(batch, 40, CONFIGS[name]["vocab_size"])
     hf.train()
     ours.train()
@@ -462,9 +463,8 @@ def test_training_gradients_cuda_bf16(batch):
     ours(ids.cuda(), labels=ids.cuda(), output_router_logits=True).loss.backward()
     theirs = dict(hf.named_parameters())
     for pname, p in ours.named_parameters():
-        want = theirs[pname].grad.double()
-        err = ((p.grad.double().cpu() - want).norm() / want.norm()).item()
-        assert err <= 5e-2, (pname, err)
+        err = rel_err(p.grad.cpu(), theirs[pname].grad)
+        assert err <= 1e-3, (pname, err)
 
 
 @pytest.mark.parametrize("static", [False, True])
