@@ -955,7 +955,25 @@ def _(x, weights, expert_ids, w_gate_up, w_down, sorted_slots=None, expert_offse
     return x.new_empty(x.shape)
 
 
-_register_reference_autograd("moe_route", reference.moe_route, 2, (0,))
+def _route_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], output[1])  # router_logits, the chosen expert ids
+
+
+def _route_backward(ctx, dw, *_):
+    """moe_route's weights are softmax(logits) at the chosen ids (fp32; fp64 for fp64 logits): the gradient scattered
+    to all E probabilities, then the softmax's backward, in a few torch passes over (T, E) (the reference's autograd
+    re-ran the sort). An id of -1 (a NaN row on CUDA) takes no gradient; that row's softmax is NaN anyway."""
+    logits, ids = ctx.saved_tensors
+    if dw is None:
+        return None, None
+    cd = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    p = torch.softmax(logits.to(cd), dim=-1)
+    valid = ids >= 0
+    dp = torch.zeros_like(p).scatter_(1, torch.where(valid, ids, 0).long(), torch.where(valid, dw.to(cd), 0))
+    return (p * (dp - (dp * p).sum(-1, keepdim=True))).to(logits.dtype), None
+
+
+torch.library.register_autograd("jamba::moe_route", _route_backward, setup_context=_route_setup)
 
 
 def _silu_mul_setup(ctx, inputs, output):
@@ -1096,9 +1114,10 @@ def _moe_check_backward_ids(ids, E):
 
 
 class _MoeExpertsSaved(torch.autograd.Function):
-    """moe_experts for a training forward on Hopper in bf16 (see moe_experts_trainable): _moe_grouped_forward (gather,
-    torch._grouped_mm gate_up, silu_mul, torch._grouped_mm down, moe_combine; moe_experts' roundings), keeping the gathered rows, the gate_up pre-activation (slots x 2F) and the expert outputs
-    (slots x H) for the backward, which then runs 6 GEMM units instead of the recomputing form's 9."""
+    """moe_experts for a training forward on Hopper in bf16 (see moe_experts_trainable): _moe_grouped_forward
+    (gather, torch._grouped_mm gate_up, silu_mul, torch._grouped_mm down, moe_combine; moe_experts' roundings),
+    keeping the gathered rows (slots x H), the gate_up pre-activation (slots x 2F) and the expert outputs (slots x H)
+    for the backward, which then runs 6 GEMM units instead of the recomputing form's 9."""
 
     @staticmethod
     def forward(ctx, x, w32, ids32, wgu, wd, slots, offsets):
@@ -1116,14 +1135,16 @@ class _MoeExpertsSaved(torch.autograd.Function):
 
 
 def moe_experts_trainable(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, w_down: Tensor,
-                          sorted_slots: Tensor, expert_offsets: Tensor) -> Tensor:
+                          sorted_slots: Optional[Tensor] = None, expert_offsets: Optional[Tensor] = None) -> Tensor:
     """moe_experts as the model calls it (moe_route's permutation given). When autograd records a step on Hopper in
     bf16 (eager, not traced; _moe_grouped_grads_ok), the forward's GEMMs run through torch._grouped_mm and keep
     their gate_up pre-activations and expert outputs for the backward (_MoeExpertsSaved: a third fewer backward
-    GEMM FLOPs, 2 x slots x (2F + H) bytes per layer kept); elsewhere (inference, other GPUs and dtypes, tracing,
-    MOE_TRAIN_SAVED False) it is moe_experts: our fused kernels, and a backward that recomputes."""
+    GEMM FLOPs, 2 x slots x (2F + 2H) bytes per layer kept); elsewhere (inference, other GPUs and dtypes, tracing,
+    no permutation given, MOE_TRAIN_SAVED False) it is moe_experts: our fused kernels, and a backward that
+    recomputes."""
     leaves = (x, weights, w_gate_up, w_down)
     if (MOE_TRAIN_SAVED and torch.is_grad_enabled() and any(t.requires_grad for t in leaves)
+            and sorted_slots is not None and expert_offsets is not None
             and not (_compiling() or _modes() or _functorch()) and _moe_grouped_grads_ok(x, w_gate_up, w_down)):
         op = "moe_experts"
         _check_args(op, "x", x, {"x": 2, "weights": 2, "expert_ids": 2, "w_gate_up": 3, "w_down": 3,

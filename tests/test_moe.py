@@ -76,6 +76,23 @@ def test_moe_route_matches_fp64(device, dtype, T, E, K):
     assert_perm(offsets, slots, ids, E)
 
 
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("T,E,K", [(1, 16, 2), (37, 16, 2), (9, 5, 1), (6, 4, 4)])
+def test_moe_route_grad(device, dtype, T, E, K):
+    """The routing weights' gradient (the softmax's backward at the chosen ids) against float64 autograd of the
+    reference, on separated logits (no ties), top-1 to all E."""
+    logits = separated_logits(T, E, device, dtype).requires_grad_(True)
+    dw = randn(T, K, device=device)
+    w, ids, _, _ = ops.moe_route(logits, K)
+    (g,) = torch.autograd.grad(w, logits, dw)
+    ref = up(logits.detach()).requires_grad_(True)
+    ref_w, ref_ids = reference.moe_route(ref, K)
+    assert torch.equal(ids.long().cpu(), ref_ids.cpu())
+    (want,) = torch.autograd.grad(ref_w, ref, up(dw))
+    assert g.dtype == dtype
+    assert_close(g, want.to(dtype), **TOL[dtype])
+
+
 def test_moe_route_no_renormalisation(device):
     """Jamba keeps the raw softmax values: the top-2 weights sum to < 1."""
     w, _, _, _ = ops.moe_route(separated_logits(33, 16, device, torch.float32), 2)
