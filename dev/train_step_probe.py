@@ -1,7 +1,7 @@
 """One training step (forward + loss + backward) of one Jamba-v0.1 block on a GPU, bf16: what the native backward
 ops change at the model level (sessions 30-31).
 
-    python3 dev/train_step_probe.py [--lengths 512,2048] [--ref-length 512]
+    python3 dev/train_step_probe.py [--lengths 512,2048] [--ref-length 512] [--batch 1] [--copies N]
 
 Rows: our model as it trains by default (native backward ops: selective_scan_bwd, causal_conv1d_bwd, rms_norm_bwd,
 silu_mul_bwd; the MoE through moe_experts_trainable: on Hopper grouped GEMMs keeping gate_up for the backward), its
@@ -55,6 +55,7 @@ def main():
     ap.add_argument("--lengths", default="512,2048")
     ap.add_argument("--ref-length", type=int, default=512)
     ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (checks this script)")
+    ap.add_argument("--batch", type=int, default=1, help="sequences per step (each of every --lengths length)")
     ap.add_argument("--copies", type=int, default=0, help="CUDA: the N copy / elementwise ops with the most device "
                                                          "time, by input shapes and Python stack")
     args = ap.parse_args()
@@ -72,10 +73,11 @@ def main():
     gen.manual_seed(0)
     lengths = [int(x) for x in args.lengths.split(",")]
     for L in lengths:
-        ids = torch.randint(3, cfg.vocab_size, (1, L), device=dev, generator=gen)
+        ids = torch.randint(3, cfg.vocab_size, (args.batch, L), device=dev, generator=gen)
         step_ms(model, ids, 1)  # warm-up
         ms, loss = step_ms(model, ids, 3)
-        print(f"L={L:6d}  native backward: {ms:9.1f} ms a step ({L / ms * 1e3:8.0f} tok/s), loss {loss:.4f}, "
+        print(f"L={L:6d}  native backward: {ms:9.1f} ms a step ({args.batch * L / ms * 1e3:8.0f} tok/s, batch "
+              f"{args.batch}), loss {loss:.4f}, "
               f"peak {torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else 0:.1f} GiB", flush=True)
         if dev.type == "cuda" and ops._moe_grouped_grads_ok(torch.empty(1, cfg.hidden_size, device=dev, dtype=dtype),
                                                            None, torch.empty(1, 1, cfg.intermediate_size, device=dev)):
@@ -104,7 +106,7 @@ def main():
                   f"backward too (before session 30): {ms_r:9.1f} ms (loss {loss_r:.4f}); the default is "
                   f"{ms_r / ms:.1f}x faster than that", flush=True)
     L = max(lengths)
-    ids = torch.randint(3, cfg.vocab_size, (1, L), device=dev, generator=gen)
+    ids = torch.randint(3, cfg.vocab_size, (args.batch, L), device=dev, generator=gen)
     from torch.profiler import ProfilerActivity, profile
     act = [ProfilerActivity.CUDA] if dev.type == "cuda" else [ProfilerActivity.CPU]
     with profile(activities=act) as prof:
@@ -137,7 +139,7 @@ def main():
             print(f"  {e.device_time_total / 1e3:7.2f} x{e.count:<4d} {e.key} {str(e.input_shapes)[:90]}  {stack}")
     # where the host's time goes in a step at the shortest length (host-bound there)
     L = min(lengths)
-    ids = torch.randint(3, cfg.vocab_size, (1, L), device=dev, generator=gen)
+    ids = torch.randint(3, cfg.vocab_size, (args.batch, L), device=dev, generator=gen)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         model.zero_grad(set_to_none=True)
         model(ids, labels=ids).loss.backward()
