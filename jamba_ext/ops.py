@@ -557,7 +557,7 @@ def _conv_backward(ctx, dout, dfinal):
     x, weight, bias, init = ctx.saved_tensors
     silu, state_len = ctx.others[4], ctx.others[5]
     dout = torch.zeros_like(x) if dout is None else dout.to(x.dtype)
-    dx, dw, db, dinit = torch.ops.jamba.causal_conv1d_bwd(x, weight, bias, init, dout, silu)
+    dx, dw, db, dinit = causal_conv1d_bwd(x, weight, bias, init, dout, silu)
     K = weight.shape[-1]
     S = K - 1 if state_len < 0 else state_len
     if dfinal is not None and S > 0:  # final[..., i] = full[..., F - S + i], full = concat(zeros, init, x)
@@ -1305,6 +1305,9 @@ causal_conv1d_update = _fast_path(causal_conv1d_update)
 selective_scan = _fast_path(selective_scan)
 selective_state_update = _fast_path(selective_state_update)
 selective_scan_bwd = _fast_path(selective_scan_bwd)
+rms_norm_bwd = _fast_path(rms_norm_bwd)            # the backward ops run with grad mode off: eager calls skip the
+causal_conv1d_bwd = _fast_path(causal_conv1d_bwd)  # dispatcher (its ~20 us a call weighed in the host-bound
+silu_mul_bwd = _fast_path(silu_mul_bwd)            # 512-token training step); traced backwards keep the ops
 mamba_inner_step = _fast_path(mamba_inner_step)
 moe_route = _fast_path(moe_route)
 moe_permute = _fast_path(moe_permute)
