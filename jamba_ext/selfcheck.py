@@ -5,7 +5,8 @@
 
 Each op runs on two small shapes (one with odd sizes, one on the kernels' fast paths) in every activation
 dtype; its outputs are compared element-wise with reference.py run in float64 on the same (rounded) inputs:
-|ours - ref| <= atol + rtol |ref|. The report gives, per op and dtype, the worst element's error as a fraction
+|ours - ref| <= atol + rtol |ref|; the backward ops' gradients against the largest one, max |ours - ref| <=
+t max |ref| (GRAD_TOL). The report gives, per op and dtype, the worst element's error as a fraction
 of its tolerance (<= 1 passes). This is a smoke test of the build on this machine, not the test suite
 (`python -m pytest`), which covers far more shapes, layouts, states and bad inputs.
 """
@@ -23,6 +24,12 @@ TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16:
 # the decode step chain (conv update, x_proj, norms, dt_proj, state update) rounds four intermediates to T
 STEP_TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (6e-2, 1e-1), torch.float16: (1.5e-2, 3e-2)}
 MOE_TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 4e-2), torch.float16: (1e-2, 2e-2)}
+# The backward ops' gradients are sums over rows, batch and time that cancel, so they are bounded by the largest
+# gradient of the output instead: max |ours - ref| <= t x max |ref|, t = (activation-dtype outputs, fp32 outputs);
+# twice the test suite's bounds (tests/test_rms_norm.py, test_causal_conv1d.py, test_selective_scan_bwd.py).
+GRAD_TOL = {"scale": True, torch.float32: (4e-5, 4e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (2e-2, 2e-2)}
+SCAN_GRAD_TOL = {"scale": True, torch.float32: (2e-4, 2e-4), torch.bfloat16: (2.4e-2, 2e-4),
+                 torch.float16: (4e-3, 2e-4)}
 
 
 class _Gen:
@@ -174,6 +181,33 @@ def _ref(fn: Callable) -> Callable:
     return lambda d: fn(**_ups(d))
 
 
+def _norm_bwd(g: _Gen, s: int):  # the segments form (Mamba's dt / B / C norms) on the odd shape, plain on the other
+    d = _segments(g, s) if s == 0 else dict(_norm(g, s), splits=[])
+    return dict(d, dy=g.randn(*d["x"].shape))
+
+
+def _conv_bwd(g: _Gen, s: int):
+    d = _conv(g, s)
+    return dict(d, dout=g.randn(*d["x"].shape))
+
+
+def _scan_bwd(g: _Gen, s: int):
+    d = _scan(g, s)
+    b, di, n = d["u"].shape[0], d["u"].shape[1], d["A"].shape[1]
+    return dict(d, dout=g.randn(*d["u"].shape), dlast_state=g.randn(b, di, n, scale=0.5, dtype=torch.float32))
+
+
+def _silu_mul_bwd(g: _Gen, s: int):
+    d = _silu_mul(g, s)
+    rows, f2 = d["gate_up"].shape
+    return dict(d, dout=g.randn(rows, f2 // 2))
+
+
+def _present(outs) -> Tuple[torch.Tensor, ...]:
+    """The gradients of the inputs that were given (the op's empty tensor or the reference's None otherwise)."""
+    return tuple(t for t in outs if t is not None and t.numel())
+
+
 CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("rms_norm", _norm, lambda d: ops.rms_norm(**d), _ref(reference.rms_norm), TOL),
     ("add_rms_norm", _add_norm, lambda d: ops.add_rms_norm(**d), _ref(reference.add_rms_norm), TOL),
@@ -188,6 +222,12 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("gemv", _gemv, lambda d: ops.gemv(**d), _ref(reference.gemv), TOL),
     ("decode_attention", _attn, lambda d: ops.decode_attention(**d), _ref(reference.decode_attention), TOL),
     ("moe_experts", _moe, lambda d: ops.moe_experts(**d), _ref(reference.moe_experts), MOE_TOL),
+    ("rms_norm_bwd", _norm_bwd, lambda d: ops.rms_norm_bwd(**d), _ref(reference.rms_norm_bwd), GRAD_TOL),
+    ("causal_conv1d_bwd", _conv_bwd, lambda d: _present(ops.causal_conv1d_bwd(**d)),
+     lambda d: _present(reference.causal_conv1d_bwd(**_ups(d))), GRAD_TOL),
+    ("selective_scan_bwd", _scan_bwd, lambda d: _present(ops.selective_scan_bwd(**d)),
+     lambda d: _present(reference.selective_scan_bwd(**_ups(d))), SCAN_GRAD_TOL),
+    ("silu_mul_bwd", _silu_mul_bwd, lambda d: ops.silu_mul_bwd(**d), _ref(reference.silu_mul_bwd), TOL),
 ]
 
 
@@ -201,11 +241,16 @@ def _error_ratio(ours: torch.Tensor, ref: torch.Tensor, act_dtype: torch.dtype, 
         return float("inf")
     if not ours.is_floating_point():
         return 0.0 if torch.equal(ours.cpu().long(), ref.cpu().long()) else float("inf")
-    rtol, atol = tol[act_dtype if ours.dtype == act_dtype else torch.float32]
     a, r = ours.detach().double().cpu(), ref.detach().double().cpu()
     if torch.isnan(a).any():
         return float("inf")
-    return (a - r).abs().div(atol + rtol * r.abs()).max().item() if a.numel() else 0.0
+    if not a.numel():
+        return 0.0
+    if "scale" in tol:  # gradients: against the largest one (GRAD_TOL)
+        t = tol[act_dtype][0 if ours.dtype == act_dtype else 1]
+        return (a - r).abs().max().item() / (t * r.abs().max().item() + 1e-6)
+    rtol, atol = tol[act_dtype if ours.dtype == act_dtype else torch.float32]
+    return (a - r).abs().div(atol + rtol * r.abs()).max().item()
 
 
 def devices_available() -> List[torch.device]:

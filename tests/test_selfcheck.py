@@ -63,6 +63,28 @@ def test_error_ratio_semantics():
     assert selfcheck._error_ratio(ids, ids.flip(0), f32, tol) == float("inf")            # integer outputs: exact
 
 
+def test_check_detects_a_wrong_gradient(monkeypatch):
+    """A backward op 5% off on one output (dweight) fails its check in every dtype, and no other check."""
+    real = ops.rms_norm_bwd
+    monkeypatch.setattr(ops, "rms_norm_bwd", lambda *a, **k: (lambda dx, dw: (dx, dw * 1.05))(*real(*a, **k)))
+    res = selfcheck.run([torch.device("cpu")])
+    assert sorted({r["op"] for r in res if not r["ok"]}) == ["rms_norm_bwd"]
+    assert sum(not r["ok"] for r in res) == 3
+
+
+def test_scale_tolerance_semantics():
+    """Gradients are bounded by t x the largest reference gradient (t per activation dtype and output dtype)."""
+    bf16, f32 = torch.bfloat16, torch.float32
+    r = torch.tensor([4.0, -1.0, 0.0], dtype=torch.float64)
+    a = r.clone()
+    a[2] += selfcheck.GRAD_TOL[bf16][1] * 4.0          # an fp32 output of a bf16 op, at its bound on a zero entry
+    assert selfcheck._error_ratio(a.float(), r, bf16, selfcheck.GRAD_TOL) == pytest.approx(1.0, rel=1e-3)
+    b = r.clone()
+    b[2] += 0.5 * selfcheck.GRAD_TOL[bf16][0] * 4.0    # a bf16 output at half its bound (0.04: 0.0400390625 in bf16)
+    assert selfcheck._error_ratio(b.to(bf16), r, bf16, selfcheck.GRAD_TOL) == pytest.approx(0.5, rel=2e-3)
+    assert selfcheck._error_ratio(a.float(), r, f32, selfcheck.GRAD_TOL) > 100     # fp32 op: 500x tighter
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_check_cuda_without_gpu_is_a_clear_error(capsys):
     assert main(["check", "--device", "cuda"]) == 2
