@@ -1089,7 +1089,8 @@ def _moe_grouped_grads(go, x, w, ids, wgu, wd, need, saved=None):
     ends = offsets[1:]
     if a is None:
         a = torch._grouped_mm(xs, wgu.transpose(1, 2), offs=ends)
-    act = silu_mul(a)  # one elementwise pass: cheaper to recompute than to keep (S x F)
+    # the activation, one elementwise pass (cheaper to recompute than to keep, S x F), only where it is used
+    act = silu_mul(a) if need[4] or (need[1] and y is None) else None
     dws = dx = dwgu = dwd = None
     if need[1]:
         if y is None:

@@ -272,14 +272,20 @@ jamba_status jamba_moe_experts_cpu(const jamba_moe_experts_params *p) {
 }
 
 /* ---- the pieces around torch GEMMs: silu_mul, combine of sorted rows ----------------------------------- */
+/* gate_up (M, 2F): a float tensor with unit stride along 2F and an even last size (silu_mul and its gradient) */
+static jamba_status check_gate_up(const char *op, const jamba_tensor *gu) {
+    JAMBA_TRY(jamba_check_tensor(op, "gate_up", gu, 2, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_unit_stride(op, "gate_up", gu, 1));
+    if (gu->shape[1] % 2 != 0)
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: gate_up must have an even last size (gate then up), got %lld",
+                               op, (long long)gu->shape[1]);
+    return JAMBA_OK;
+}
+
 jamba_status jamba_silu_mul_check(const jamba_silu_mul_params *p) {
     const char *op = OP_SILU_MUL;
-    JAMBA_TRY(jamba_check_tensor(op, "gate_up", &p->gate_up, 2, JAMBA_FLOATS, 0));
-    JAMBA_TRY(jamba_check_unit_stride(op, "gate_up", &p->gate_up, 1));
+    JAMBA_TRY(check_gate_up(op, &p->gate_up));
     const int64_t M = p->gate_up.shape[0], F2 = p->gate_up.shape[1];
-    if (F2 % 2 != 0)
-        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: gate_up must have an even last size (gate then up), got %lld",
-                               op, (long long)F2);
     const int64_t osh[2] = {M, F2 / 2};
     JAMBA_TRY(check_same_float(op, "out", &p->out, &p->gate_up, 2, osh));
     if (M > 0 && F2 > 0 && p->gate_up.stride[0] < F2 && M > 1)
@@ -311,12 +317,8 @@ jamba_status jamba_silu_mul_cpu(const jamba_silu_mul_params *p) {
 
 jamba_status jamba_silu_mul_bwd_check(const jamba_silu_mul_bwd_params *p) {
     const char *op = OP_SILU_MUL_BWD;
-    JAMBA_TRY(jamba_check_tensor(op, "gate_up", &p->gate_up, 2, JAMBA_FLOATS, 0));
-    JAMBA_TRY(jamba_check_unit_stride(op, "gate_up", &p->gate_up, 1));
+    JAMBA_TRY(check_gate_up(op, &p->gate_up));
     const int64_t M = p->gate_up.shape[0], F2 = p->gate_up.shape[1];
-    if (F2 % 2 != 0)
-        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: gate_up must have an even last size (gate then up), got %lld",
-                               op, (long long)F2);
     const int64_t dsh[2] = {M, F2 / 2}, gsh[2] = {M, F2};
     JAMBA_TRY(jamba_check_tensor(op, "dout", &p->dout, 2, JAMBA_FLOATS, 0));
     JAMBA_TRY(jamba_check_same_dtype(op, "dout", &p->dout, "gate_up", &p->gate_up));
