@@ -132,7 +132,7 @@ def main():
             model(ids, labels=ids).loss.backward()
             sync()
         names = ("aten::copy_", "aten::add", "aten::add_", "aten::mul", "aten::fill_", "aten::cat", "aten::sum")
-        rows = [e for e in prof.key_averages(group_by_input_shape=True, group_by_stack_n=5) if e.key in names]
+        rows = [e for e in prof.key_averages(group_by_input_shape=True, group_by_stack_n=8) if e.key in names]
         print(f"\ncopies and elementwise ops at L={L} by device time (ms, calls, op, input shapes, stack):")
         for e in sorted(rows, key=lambda e: -e.device_time_total)[:args.copies]:
             stack = " <- ".join(_frame(f) for f in e.stack if "torch/" not in f)

@@ -629,12 +629,85 @@ def _linear(mod: nn.Module, x: Tensor) -> Tensor:
 
 def _linear_t(x: Tensor, weight: Tensor) -> Tensor:
     """x (B, L, I) with any strides (typically a transposed (B, I, L) tensor) @ weight (O, I)^T -> (B, L, O)
-    contiguous, as one batched GEMM without copying x (F.linear would fold x into 2-D, a copy)."""
+    contiguous, as one batched GEMM without copying x (F.linear would fold x into 2-D, a copy). While autograd
+    records, through _LinearT (its backward makes no transposing copies either)."""
+    if _records(weight, x):
+        return _LinearT.apply(x, weight)
+    return _linear_t_out(x, weight)
+
+
+def _linear_t_out(x: Tensor, weight: Tensor) -> Tensor:
     if x.shape[0] == 1:                                   # one GEMM; a transposed x is a BLAS transpose flag
         # squeeze, not x[0]: select's backward writes the gradient into a zero-filled tensor of x's shape in
         # row-major order (a fill and a transposed copy), squeeze's is a view keeping the product's layout
         return F.linear(x.squeeze(0), weight).unsqueeze(0)
     return torch.bmm(x, weight.t().expand(x.shape[0], -1, -1))
+
+
+def _records(weight: Tensor, x: Tensor) -> bool:
+    """Whether a projection of the prefill runs through its autograd.Function (_ProjT, _LinearT): autograd records
+    it, outside torch.compile, one dtype and no autocast (else torch's own products, which handle those)."""
+    return (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad) and not _compiling()
+            and weight.dtype == x.dtype and not torch.is_autocast_enabled(x.device.type))
+
+
+def _fold_batch(t: Tensor) -> Tensor:
+    """t (B, M, L) -> the (M, B*L) matrix [t_0 | t_1 | ...]: a view at batch 1, else one copy that moves whole
+    time rows (unlike the transposing copies torch.matmul's backward makes, ~4x slower on the H200)."""
+    B, M, L = t.shape
+    return t.permute(1, 0, 2).reshape(M, B * L)
+
+
+class _ProjT(torch.autograd.Function):
+    """_proj_t while autograd records. Forward: one GEMM writing (B, O, L), as in inference. Backward: two plain
+    GEMMs over the folded batch, D = dout as (O, B*L) (_fold_batch) and X = x_t's (B*L, I) rows (a view when x_t is
+    a transposed (B, L, I) tensor, as in the model): dW = D X, and dx = (D^T W) returned as the transposed view of a
+    (B, L, I) tensor, i.e. in the layout of the tensor x_t was transposed from. torch.matmul of a 2-D and a 3-D
+    operand had copied the product in the forward and dout in the backward, both transposing (~2.9 ms a step over
+    7 in_proj at batch 4 x 512 tokens, dev/train_step_probe.py --batch 4)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, x_t: Tensor) -> Tensor:
+        ctx.save_for_backward(weight, x_t)
+        return _proj_t_out(weight, x_t)
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        weight, x_t = ctx.saved_tensors
+        B, I, L = x_t.shape
+        d = _fold_batch(dout)                                                   # (O, B*L)
+        dw = torch.mm(d, x_t.transpose(1, 2).reshape(B * L, I)) if ctx.needs_input_grad[0] else None
+        dx = torch.mm(d.t(), weight).view(B, L, I).transpose(1, 2) if ctx.needs_input_grad[1] else None
+        return dw, dx
+
+
+class _LinearT(torch.autograd.Function):
+    """_linear_t while autograd records. Forward as in inference. Backward with dout (B, L, O) as G (B*L, O): when x
+    is a transposed (B, I, L) tensor (unit stride along time, as in the model), dx = W^T dout_b^T per batch row,
+    written as (B, I, L) (the layout the producer of x keeps; the scan's and conv's backward take it without a
+    copy), and dW = G^T X with X = _fold_batch of that (B, I, L) tensor (a view at batch 1); otherwise dx = G W and
+    dW = G^T x as (B*L, I). The bmm of an expanded weight had made dW as a (B, O, I) product plus a sum over B."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        return _linear_t_out(x, weight)
+
+    @staticmethod
+    def backward(ctx, dout: Tensor):
+        x, weight = ctx.saved_tensors
+        B, L, I = x.shape
+        g = dout.reshape(B * L, weight.shape[0])
+        time_major = x.stride(1) == 1 and L > 1
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            if time_major:
+                dx = torch.bmm(weight.t().expand(B, -1, -1), dout.transpose(1, 2)).transpose(1, 2)
+            else:
+                dx = torch.mm(g, weight).view(B, L, I)
+        if ctx.needs_input_grad[1]:
+            dw = torch.mm(g.t(), _fold_batch(x.transpose(1, 2)).t() if time_major else x.reshape(B * L, I))
+        return dx, dw
 
 
 # Mamba prefill: the time axis of the (B, DI, time) activations is padded to a multiple of this many steps (see
@@ -647,12 +720,17 @@ PAD_DELTA = -30000.0
 def _proj_t(weight: Tensor, x_t: Tensor) -> Tensor:
     """weight (O, I) @ x_t (B, I, L), x_t with any strides -> (B, O, L) contiguous, as one GEMM that writes this
     layout itself: torch.matmul of a 2-D and a 3-D operand computes the transposed product and copies it into this
-    layout (a third of a Mamba layer's prefill time at 2048 tokens, dev/prefill_ops_probe.py)."""
-    B, _, L = x_t.shape
+    layout (a third of a Mamba layer's prefill time at 2048 tokens, dev/prefill_ops_probe.py). While autograd
+    records, through _ProjT (its backward makes no transposing copies either)."""
+    if _records(weight, x_t):
+        return _ProjT.apply(weight, x_t)
     if _compiling() or torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad):
-        if B == 1 and not _compiling():  # mm writes (O, L) itself, and its backward keeps each operand's layout
-            return torch.mm(weight, x_t.squeeze(0)).unsqueeze(0)  # squeeze: see _linear_t
         return torch.matmul(weight, x_t)            # out= records no gradients, and dynamo refuses a strided out=
+    return _proj_t_out(weight, x_t)
+
+
+def _proj_t_out(weight: Tensor, x_t: Tensor) -> Tensor:
+    B, _, L = x_t.shape
     out = x_t.new_empty((B, weight.shape[0], L))
     if B == 1:
         torch.mm(weight, x_t[0], out=out[0])

@@ -446,6 +446,55 @@ def test_training_gradients_match_transformers(name, batch):
         assert rel_err(p.grad, want) <= 1e-4, (pname, rel_err(p.grad, want))
 
 
+_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA GPU")])]
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("B,L", [(1, 1), (1, 6), (3, 1), (3, 5), (2, 16)])
+def test_prefill_projection_grads(B, L, dtype, device):
+    """_proj_t and _linear_t while autograd records (_ProjT, _LinearT: the batch folded into plain GEMMs in the
+    backward) against float64 autograd of the plain products, with the model's layouts (inputs that are transposed
+    views, unit stride along time) and contiguous ones; the gradient of a transposed input comes back in the layout
+    of the tensor it was transposed from."""
+    from jamba_ext import modeling_jamba as mj
+    g = torch.Generator().manual_seed(B * 100 + L)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    O, I = 24, 40
+    for time_major in (True, False):
+        w = torch.randn(O, I, generator=g).to(device, dtype).requires_grad_()
+        base = torch.randn((B, I, L) if time_major else (B, L, I), generator=g).to(device, dtype).requires_grad_()
+        x_bli = base.transpose(1, 2) if time_major else base                    # (B, L, I)
+        dy = torch.randn(B, L, O, generator=g).to(device, dtype)
+        out = mj._linear_t(x_bli, w)
+        assert type(out.grad_fn).__name__.startswith("_LinearT") and out.is_contiguous()
+        out.backward(dy)
+        w64, b64 = w.detach().double().requires_grad_(), base.detach().double().requires_grad_()
+        ((b64.transpose(1, 2) if time_major else b64) @ w64.t()).backward(dy.double())
+        assert rel_err(out.detach(), (b64.detach().transpose(1, 2) if time_major else b64.detach()) @ w64.detach().t()) <= tol
+        for what, got, want in (("dW", w.grad, w64.grad), ("dx", base.grad, b64.grad)):
+            assert got.dtype == dtype and rel_err(got, want) <= tol, (what, time_major, rel_err(got, want))
+        if L > 1:
+            assert base.grad.is_contiguous(), "the gradient of a transposed input in its base's layout"
+        # _proj_t: weight (O, I) @ x_t (B, I, L) -> (B, O, L), x_t the transposed view of a (B, L, I) tensor or not
+        w.grad = None
+        h = torch.randn((B, L, I) if time_major else (B, I, L), generator=g).to(device, dtype).requires_grad_()
+        x_t = h.transpose(1, 2) if time_major else h
+        dz = torch.randn(B, O, L, generator=g).to(device, dtype)
+        z = mj._proj_t(w, x_t)
+        assert type(z.grad_fn).__name__.startswith("_ProjT") and z.is_contiguous()
+        z.backward(dz)
+        w64, h64 = w.detach().double().requires_grad_(), h.detach().double().requires_grad_()
+        torch.matmul(w64, h64.transpose(1, 2) if time_major else h64).backward(dz.double())
+        for what, got, want in (("dW", w.grad, w64.grad), ("dx", h.grad, h64.grad)):
+            assert got.dtype == dtype and rel_err(got, want) <= tol, ("proj", what, time_major, rel_err(got, want))
+        if L > 1 and time_major:
+            assert h.grad.is_contiguous()
+    with torch.no_grad():                                                       # inference: no Function
+        assert mj._proj_t(w, x_t).grad_fn is None and mj._linear_t(x_bli, w).grad_fn is None
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 @pytest.mark.parametrize("batch", [1, 2])
