@@ -658,13 +658,23 @@ def _fold_batch(t: Tensor) -> Tensor:
     return t.permute(1, 0, 2).reshape(M, B * L)
 
 
+def _fold_pays(B: int, L: int, other: int) -> bool:
+    """Whether a weight gradient sum_b A_b (M, L) B_b (L, other) over a batch of B > 1 should fold the batch into K
+    (one GEMM after a copy of the operand that is not a view, ~B*M*L elements; one rounding) rather than run B
+    products into a (B, M, other) tensor and sum it (~B*M*other elements written and read): fold unless the other
+    extent is below the time extent (e.g. x_proj's 288 outputs, dt_proj's 256 inputs: their folds copied ~30x
+    more bytes than their products at 4 x 2048 tokens)."""
+    return B == 1 or other > L
+
+
 class _ProjT(torch.autograd.Function):
     """_proj_t while autograd records. Forward: one GEMM writing (B, O, L), as in inference. Backward: two plain
     GEMMs over the folded batch, D = dout as (O, B*L) (_fold_batch) and X = x_t's (B*L, I) rows (a view when x_t is
     a transposed (B, L, I) tensor, as in the model): dW = D X, and dx = (D^T W) returned as the transposed view of a
-    (B, L, I) tensor, i.e. in the layout of the tensor x_t was transposed from. torch.matmul of a 2-D and a 3-D
-    operand had copied the product in the forward and dout in the backward, both transposing (~2.9 ms a step over
-    7 in_proj at batch 4 x 512 tokens, dev/train_step_probe.py --batch 4)."""
+    (B, L, I) tensor, i.e. in the layout of the tensor x_t was transposed from (with a narrow input, I below L:
+    batched products, see _fold_pays). torch.matmul of a 2-D and a 3-D operand had copied the product in the forward
+    and dout in the backward, both transposing (~2.9 ms a step over 7 in_proj at batch 4 x 512 tokens,
+    dev/train_step_probe.py --batch 4)."""
 
     @staticmethod
     def forward(ctx, weight: Tensor, x_t: Tensor) -> Tensor:
@@ -675,9 +685,14 @@ class _ProjT(torch.autograd.Function):
     def backward(ctx, dout: Tensor):
         weight, x_t = ctx.saved_tensors
         B, I, L = x_t.shape
-        d = _fold_batch(dout)                                                   # (O, B*L)
-        dw = torch.mm(d, x_t.transpose(1, 2).reshape(B * L, I)) if ctx.needs_input_grad[0] else None
-        dx = torch.mm(d.t(), weight).view(B, L, I).transpose(1, 2) if ctx.needs_input_grad[1] else None
+        if _fold_pays(B, L, I):
+            d = _fold_batch(dout)                                               # (O, B*L)
+            dw = torch.mm(d, x_t.transpose(1, 2).reshape(B * L, I)) if ctx.needs_input_grad[0] else None
+            dx = torch.mm(d.t(), weight).view(B, L, I).transpose(1, 2) if ctx.needs_input_grad[1] else None
+            return dw, dx
+        dw = torch.bmm(dout, x_t.transpose(1, 2)).sum(0) if ctx.needs_input_grad[0] else None
+        dx = (torch.bmm(dout.transpose(1, 2), weight.expand(B, -1, -1)).transpose(1, 2)
+              if ctx.needs_input_grad[1] else None)
         return dw, dx
 
 
@@ -685,8 +700,9 @@ class _LinearT(torch.autograd.Function):
     """_linear_t while autograd records. Forward as in inference. Backward with dout (B, L, O) as G (B*L, O): when x
     is a transposed (B, I, L) tensor (unit stride along time, as in the model), dx = W^T dout_b^T per batch row,
     written as (B, I, L) (the layout the producer of x keeps; the scan's and conv's backward take it without a
-    copy), and dW = G^T X with X = _fold_batch of that (B, I, L) tensor (a view at batch 1); otherwise dx = G W and
-    dW = G^T x as (B*L, I). The bmm of an expanded weight had made dW as a (B, O, I) product plus a sum over B."""
+    copy), and dW = G^T X with X = _fold_batch of that (B, I, L) tensor (a view at batch 1; with few outputs,
+    O below L, batched products, see _fold_pays); otherwise dx = G W and dW = G^T x as (B*L, I). The autograd of
+    the bmm of an expanded weight had made dW as a (B, O, I) product plus a sum over B at every size."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
@@ -706,7 +722,12 @@ class _LinearT(torch.autograd.Function):
             else:
                 dx = torch.mm(g, weight).view(B, L, I)
         if ctx.needs_input_grad[1]:
-            dw = torch.mm(g.t(), _fold_batch(x.transpose(1, 2)).t() if time_major else x.reshape(B * L, I))
+            if not time_major:
+                dw = torch.mm(g.t(), x.reshape(B * L, I))
+            elif _fold_pays(B, L, weight.shape[0]):
+                dw = torch.mm(g.t(), _fold_batch(x.transpose(1, 2)).t())
+            else:
+                dw = torch.bmm(dout.transpose(1, 2), x).sum(0)
         return dx, dw
 
 

@@ -452,10 +452,11 @@ _DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.ski
 
 @pytest.mark.parametrize("device", _DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("B,L", [(1, 1), (1, 6), (3, 1), (3, 5), (2, 16)])
+@pytest.mark.parametrize("B,L", [(1, 1), (1, 6), (3, 1), (3, 5), (2, 16), (2, 64)])
 def test_prefill_projection_grads(B, L, dtype, device):
     """_proj_t and _linear_t while autograd records (_ProjT, _LinearT: the batch folded into plain GEMMs in the
-    backward) against float64 autograd of the plain products, with the model's layouts (inputs that are transposed
+    backward, or batched products when the weight's other extent is below L: the (2, 64) case) against float64
+    autograd of the plain products, with the model's layouts (inputs that are transposed
     views, unit stride along time) and contiguous ones; the gradient of a transposed input comes back in the layout
     of the tensor it was transposed from."""
     from jamba_ext import modeling_jamba as mj
