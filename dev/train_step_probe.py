@@ -92,6 +92,17 @@ def main():
                 finally:
                     ops.MOE_TRAIN_SAVED = ops.MOE_BACKWARD_GROUPED = True
             print(f"L={L:6d}  MoE training forms, ms a step: " + "; ".join(row), flush=True)
+        if dev.type == "cuda":  # A/B of the projections' autograd (session 34)
+            from jamba_ext import modeling_jamba as mj
+            row = []
+            for name, on in (("torch's autograd of matmul / bmm (before session 34)", False), ("default again", True)):
+                mj.TRAIN_PROJ_FUNCTIONS = on
+                try:
+                    step_ms(model, ids, 1)
+                    row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f}")
+                finally:
+                    mj.TRAIN_PROJ_FUNCTIONS = True
+            print(f"L={L:6d}  Mamba projections' backward, ms a step: " + "; ".join(row), flush=True)
         if L == args.ref_length:
             keep = ops._scan_native_ok
             ops._scan_native_ok = lambda u, A: False  # the scan's backward through reference.py

@@ -600,13 +600,14 @@ def _fuse_linears(linears: Sequence[nn.Module]) -> bool:
     return True
 
 
-def _joint_weight(linears: Sequence[nn.Module]) -> Optional[Tensor]:
+def _joint_weight(linears: Sequence[nn.Module], grad_ok: bool = False) -> Optional[Tensor]:
     """The weights of `linears` as one (sum of outputs, in) matrix when they lie back to back in one storage
-    (_fuse_linears), are plain bias-free nn.Linears without hooks and no gradient is taken for them; else None."""
+    (_fuse_linears), are plain bias-free nn.Linears without hooks and no gradient is taken for them (grad_ok: or
+    one is, the caller routing it through _JointLinear); else None."""
     if _compiling() or not all(_plain_linear(m) for m in linears):
         return None                            # (traced: data pointers are not traceable; separate products)
     first = linears[0].weight
-    if torch.is_grad_enabled() and any(m.weight.requires_grad for m in linears):
+    if not grad_ok and torch.is_grad_enabled() and any(m.weight.requires_grad for m in linears):
         return None                            # autograd of an as_strided view would not reach the later weights
     K, el, ptr, st = first.shape[1], first.element_size(), first.data_ptr(), first.untyped_storage().data_ptr()
     n = 0
@@ -617,6 +618,45 @@ def _joint_weight(linears: Sequence[nn.Module]) -> Optional[Tensor]:
             return None
         n += w.shape[0]
     return first.detach().as_strided((n, K), (K, 1))
+
+
+class _JointLinear(torch.autograd.Function):
+    """x (..., I) @ joint^T -> (..., sum of O_i) while autograd records, joint the (sum O_i, I) view of weights that
+    lie back to back (_joint_weight); the weights are the Function's inputs, so each gets its gradient: the rows of
+    dJoint = G^T x (one GEMM), and dx = G joint (one GEMM, no sum of per-weight input gradients). For an MLP's gate
+    and up this also lets the activation run as one silu_mul (with its native backward) instead of torch's silu, mul
+    and their backward (five elementwise passes over (T, F))."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, joint: Tensor, *weights: Tensor) -> Tensor:
+        ctx.save_for_backward(x, joint)
+        ctx.rows = [w.shape[0] for w in weights]
+        return F.linear(x, joint)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        x, joint = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        g2 = g.reshape(-1, joint.shape[0])
+        dx = torch.mm(g2, joint).view(x.shape) if need[0] else None
+        dws = [None] * len(ctx.rows)
+        if any(need[2:]):
+            dj = torch.mm(g2.t(), x.reshape(-1, joint.shape[1]))
+            dws = [d if n else None for d, n in zip(dj.split(ctx.rows), need[2:])]
+        return (dx, None, *dws)
+
+
+def _joint_proj(linears: Sequence[nn.Module], x: Tensor) -> Optional[Tensor]:
+    """x @ [W_0; W_1; ...]^T as one product when the weights lie back to back (_joint_weight), also while autograd
+    records (_JointLinear; one dtype, no autocast, TRAIN_PROJ_FUNCTIONS); else None (the caller runs them apart)."""
+    w = _joint_weight(linears, grad_ok=True)
+    if w is None:
+        return None
+    if torch.is_grad_enabled() and (x.requires_grad or any(m.weight.requires_grad for m in linears)):
+        if not TRAIN_PROJ_FUNCTIONS or w.dtype != x.dtype or torch.is_autocast_enabled(x.device.type):
+            return None
+        return _JointLinear.apply(x, w, *[m.weight for m in linears])
+    return _proj(x, w)
 
 
 def _linear(mod: nn.Module, x: Tensor) -> Tensor:
@@ -644,11 +684,16 @@ def _linear_t_out(x: Tensor, weight: Tensor) -> Tensor:
     return torch.bmm(x, weight.t().expand(x.shape[0], -1, -1))
 
 
+# False: the prefill's projections in a recorded step go through torch's autograd of torch.matmul / bmm /
+# F.linear (what ran before session 34; docs/SWITCHES.md). Read at each call.
+TRAIN_PROJ_FUNCTIONS = True
+
+
 def _records(weight: Tensor, x: Tensor) -> bool:
     """Whether a projection of the prefill runs through its autograd.Function (_ProjT, _LinearT): autograd records
     it, outside torch.compile, one dtype and no autocast (else torch's own products, which handle those)."""
-    return (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad) and not _compiling()
-            and weight.dtype == x.dtype and not torch.is_autocast_enabled(x.device.type))
+    return (TRAIN_PROJ_FUNCTIONS and torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
+            and not _compiling() and weight.dtype == x.dtype and not torch.is_autocast_enabled(x.device.type))
 
 
 def _fold_batch(t: Tensor) -> Tensor:
@@ -746,6 +791,8 @@ def _proj_t(weight: Tensor, x_t: Tensor) -> Tensor:
     if _records(weight, x_t):
         return _ProjT.apply(weight, x_t)
     if _compiling() or torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad):
+        if x_t.shape[0] == 1 and not _compiling():  # mm writes (O, L) itself (squeeze: see _linear_t_out)
+            return torch.mm(weight, x_t.squeeze(0)).unsqueeze(0)
         return torch.matmul(weight, x_t)            # out= records no gradients, and dynamo refuses a strided out=
     return _proj_t_out(weight, x_t)
 
@@ -986,9 +1033,9 @@ class JambaAttention(nn.Module):
         Bsz, L, _ = hidden_states.shape
         hd = self.head_dim
         nkv = self.num_key_value_heads
-        w = _joint_weight((self.q_proj, self.k_proj, self.v_proj))
-        if w is not None:                                                      # one product, split in views
-            q, k, v = _proj(hidden_states, w).split([self.num_heads * hd, nkv * hd, nkv * hd], dim=-1)
+        qkv = _joint_proj((self.q_proj, self.k_proj, self.v_proj), hidden_states)
+        if qkv is not None:                                                    # one product, split in views
+            q, k, v = qkv.split([self.num_heads * hd, nkv * hd, nkv * hd], dim=-1)
         else:
             q, k, v = (_linear(m, hidden_states) for m in (self.q_proj, self.k_proj, self.v_proj))
         q = q.view(Bsz, L, self.num_heads, hd).transpose(1, 2)                                   # (B, nh, L, hd)
@@ -1039,9 +1086,9 @@ class JambaMLP(nn.Module):
         self.down_proj = nn.Linear(I, H, bias=False)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
-        w = _joint_weight((self.gate_proj, self.up_proj))
-        if w is not None:                                   # one (2F, H) product, then silu_mul (HF's roundings)
-            return _linear(self.down_proj, _K.silu_mul(_proj(x, w))), None
+        gu = _joint_proj((self.gate_proj, self.up_proj), x)
+        if gu is not None:                                  # one (2F, H) product, then silu_mul (HF's roundings)
+            return _linear(self.down_proj, _K.silu_mul(gu)), None
         return _linear(self.down_proj, F.silu(_linear(self.gate_proj, x)) * _linear(self.up_proj, x)), None
 
 

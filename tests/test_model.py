@@ -427,12 +427,20 @@ def test_training_step_gradients_and_aux_loss():
         assert g is not None and torch.isfinite(g).all() and g.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("functions", [True, False])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
-def test_training_gradients_match_transformers(name, batch):
+def test_training_gradients_match_transformers(name, batch, functions, monkeypatch):
     """Every parameter's gradient of the causal-LM loss (with the MoE load-balancing term) against transformers'
-    Jamba autograd on the same weights (fp32, CPU): the native backward ops, the batch-1 projections (their own
-    layouts, session 33) and the MoE backward together."""
+    Jamba autograd on the same weights (fp32, CPU): the native backward ops, the projections (through _ProjT /
+    _LinearT / _JointLinear, session 34, or with TRAIN_PROJ_FUNCTIONS off through torch's autograd) and the MoE
+    backward together."""
+    from jamba_ext import modeling_jamba as mj
+    monkeypatch.setattr(mj, "TRAIN_PROJ_FUNCTIONS", functions)
+    calls = []
+    for fn in ("_JointLinear", "_ProjT", "_LinearT"):
+        orig = getattr(mj, fn).apply
+        monkeypatch.setattr(getattr(mj, fn), "apply", lambda *a, _o=orig, _n=fn: calls.append(_n) or _o(*a))
     hf, ours = make_pair(CONFIGS[name])
     ids = prompt_ids(batch, 11, CONFIGS[name]["vocab_size"])
     hf.train()
@@ -444,6 +452,7 @@ def test_training_gradients_match_transformers(name, batch):
         want = theirs[pname].grad
         assert p.grad is not None and want is not None, pname
         assert rel_err(p.grad, want) <= 1e-4, (pname, rel_err(p.grad, want))
+    assert set(calls) == ({"_ProjT", "_LinearT", "_JointLinear"} if functions else set()), calls  # (q/k/v, MLP)
 
 
 _DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
