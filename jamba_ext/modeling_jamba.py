@@ -652,11 +652,11 @@ def _joint_proj(linears: Sequence[nn.Module], x: Tensor) -> Optional[Tensor]:
     w = _joint_weight(linears, grad_ok=True)
     if w is None:
         return None
-    if torch.is_grad_enabled() and (x.requires_grad or any(m.weight.requires_grad for m in linears)):
+    if torch.is_grad_enabled() and any(m.weight.requires_grad for m in linears):
         if not TRAIN_PROJ_FUNCTIONS or w.dtype != x.dtype or torch.is_autocast_enabled(x.device.type):
             return None
         return _JointLinear.apply(x, w, *[m.weight for m in linears])
-    return _proj(x, w)
+    return _proj(x, w)                      # (a gradient for x alone flows through F.linear of the joint view)
 
 
 def _linear(mod: nn.Module, x: Tensor) -> Tensor:

@@ -505,6 +505,43 @@ def test_prefill_projection_grads(B, L, dtype, device):
         assert mj._proj_t(w, x_t).grad_fn is None and mj._linear_t(x_bli, w).grad_fn is None
 
 
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_joint_projection_grads(dtype, device):
+    """_joint_proj over back-to-back weights (_fuse_linears) against float64 autograd of the separate products:
+    weights and input trained (_JointLinear: each weight's rows of one weight gradient), weights frozen with the
+    input's gradient only (F.linear of the joint view), one weight frozen."""
+    from jamba_ext import modeling_jamba as mj
+    g = torch.Generator().manual_seed(5)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    lins = [torch.nn.Linear(24, n, bias=False) for n in (16, 8, 8)]
+    for m in lins:
+        m.weight.data = torch.randn(m.weight.shape, generator=g)
+    assert mj._fuse_linears(lins)
+    for m in lins:
+        m.to(device, dtype)
+    assert mj._fuse_linears(lins)                                  # (to() may have moved them apart)
+    for frozen in ((), (0, 1, 2), (1,)):
+        for i, m in enumerate(lins):
+            m.weight.requires_grad_(i not in frozen)
+            m.weight.grad = None
+        x = torch.randn(2, 5, 24, generator=g).to(device, dtype).requires_grad_()
+        dy = torch.randn(2, 5, 32, generator=g).to(device, dtype)
+        out = mj._joint_proj(lins, x)
+        assert out is not None and out.shape == (2, 5, 32)
+        assert (type(out.grad_fn).__name__.startswith("_JointLinear")) == (len(frozen) < 3)
+        out.backward(dy)
+        w64 = [m.weight.detach().double().requires_grad_() for m in lins]
+        x64 = x.detach().double().requires_grad_()
+        torch.cat([x64 @ w.t() for w in w64], -1).backward(dy.double())
+        assert rel_err(x.grad, x64.grad) <= tol, (frozen, rel_err(x.grad, x64.grad))
+        for i, (m, w) in enumerate(zip(lins, w64)):
+            if i in frozen:
+                assert m.weight.grad is None
+            else:
+                assert m.weight.grad.shape == m.weight.shape and rel_err(m.weight.grad, w.grad) <= tol, (frozen, i)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 @pytest.mark.parametrize("batch", [1, 2])
