@@ -849,9 +849,12 @@ class JambaMambaMixer(nn.Module):
     def _ssm_params(self):
         """(A = -exp(A_log) (DI, N), D (DI,), dt_bias (DI,)), all fp32 as the kernels take them. Cached
         while the parameters are unchanged (their version counters) and no gradient is being recorded, so
-        a decode step does not recompute them."""
+        a decode step does not recompute them. While a gradient is recorded the cache is neither read nor
+        written: a value cached by an inference call has no graph (before session 34 a training step after
+        one got no gradient for A_log, nor, in bf16, for D and dt_bias)."""
         srcs = (self.A_log, self.D, self.dt_proj.bias)
-        if _compiling():                                                 # traced: no cache, no data_ptr
+        if _compiling() or torch.is_grad_enabled() and any(t.requires_grad for t in srcs):
+            # traced (no cache, no data_ptr) or recorded (autograd needs the live graph)
             return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in srcs) + (torch.is_inference_mode_enabled(),)
         cached = getattr(self, "_ssm_cache", None)
@@ -860,10 +863,7 @@ class JambaMambaMixer(nn.Module):
         A = -torch.exp(self.A_log.float())                               # (DI, N) fp32
         D = self.D.float()                                                # (DI,) fp32
         dt_bias = self.dt_proj.bias.float()                               # (DI,) fp32, added inside the kernels
-        if torch.is_grad_enabled() and any(t.requires_grad for t in srcs):
-            self._ssm_cache = None                                        # autograd needs the live graph
-        else:
-            self._ssm_cache = (key, (A, D, dt_bias))
+        self._ssm_cache = (key, (A, D, dt_bias))
         return A, D, dt_bias
 
     def _xproj_norms(self, xdbl: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -1400,6 +1400,27 @@ class _PreTrained(nn.Module):
     def _retie(self) -> None:
         pass
 
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+        """Activation checkpointing while training (transformers' method name): each decoder layer keeps only its
+        inputs in the forward and runs again in the backward (torch.utils.checkpoint, non-reentrant by default;
+        gradient_checkpointing_kwargs go to it). Memory per layer falls from the layer's activations to its
+        (B, L, H) inputs, for about one more forward of compute. Every op is deterministic, so the recomputed
+        forward routes the same tokens to the same experts and the gradients equal those without checkpointing.
+        Applies while the module is in train() mode, autograd records and no cache is passed."""
+        for m in self.modules():
+            if isinstance(m, JambaModel):
+                m.gradient_checkpointing = True
+                m._checkpoint_kwargs = dict(gradient_checkpointing_kwargs or {})
+
+    def gradient_checkpointing_disable(self) -> None:
+        for m in self.modules():
+            if isinstance(m, JambaModel):
+                m.gradient_checkpointing = False
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return any(getattr(m, "gradient_checkpointing", False) for m in self.modules() if isinstance(m, JambaModel))
+
     def fuse_projections(self) -> int:
         """Lays each MLP's gate / up weights and each attention layer's q / k / v weights out back to back in one
         buffer (values kept; parameters and their names unchanged: views), so that they run as one product (see
@@ -1540,6 +1561,8 @@ class JambaModel(_PreTrained):
         self.layers = nn.ModuleList([kinds[t](config, i) for i, t in enumerate(config.layers_block_type)])
         self.final_layernorm = JambaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self._static_step = False                      # whether the last forward was a static decode step
+        self.gradient_checkpointing = False            # gradient_checkpointing_enable()
+        self._checkpoint_kwargs: dict = {}
 
     def _step(self, attention_mask: Optional[Tensor], cache: Optional[JambaHybridCache], Bsz: int, L: int,
               dtype: torch.dtype, device: torch.device) -> Tuple[_Step, Optional[Tensor]]:
@@ -1603,9 +1626,16 @@ class JambaModel(_PreTrained):
         step, key_mask = self._step(attention_mask, cache, Bsz, L, h.dtype, h.device)
         residual, router_logits = None, []
         self._static_step = step.static                # read by JambaForCausalLM for its LM head
+        ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
+        if ckpt:
+            from torch.utils.checkpoint import checkpoint
+            kw = {"use_reentrant": False, **self._checkpoint_kwargs}
         with _GemvScope(step.static):
             for layer in self.layers:
-                h, residual, rl = layer(h, residual, step, cache)
+                if ckpt:
+                    h, residual, rl = checkpoint(layer, h, residual, step, None, **kw)
+                else:
+                    h, residual, rl = layer(h, residual, step, cache)
                 if output_router_logits and rl is not None:
                     router_logits.append(rl)
         if residual is None:

@@ -542,6 +542,78 @@ def test_joint_projection_grads(dtype, device):
                 assert m.weight.grad.shape == m.weight.shape and rel_err(m.weight.grad, w.grad) <= tol, (frozen, i)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_step_after_inference_call(dtype):
+    """A training step after an inference call (generate, eval under no_grad) gets every parameter's gradient, the
+    same as without that call: the Mamba layers' cached fp32 A / D / dt_bias (a decode-step cache) must not be
+    reused while autograd records (before session 34 A_log got no gradient, nor, in bf16, D and dt_bias)."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"], dtype=dtype)
+    ids = prompt_ids(2, 11, CONFIGS["attn1_moe_top2"]["vocab_size"])
+
+    def grads():
+        ours.zero_grad(set_to_none=True)
+        ours.train()
+        ours(ids, labels=ids).loss.backward()
+        return {n: p.grad for n, p in ours.named_parameters()}
+
+    want = grads()
+    ours.eval()
+    with torch.no_grad():
+        ours(ids)
+    ours.generate(ids[:1, :4], max_new_tokens=2)
+    got = grads()
+    for n, g in want.items():
+        assert g is not None and got[n] is not None and torch.equal(got[n], g), n
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+def test_gradient_checkpointing(device):
+    """gradient_checkpointing_enable(): each layer runs twice in a training step (forward, then again in the
+    backward), the gradients are those without it (bit-identical on the CPU, where every op is deterministic; on
+    CUDA within fp32 rounding: attention's backward may add in any order), peak memory falls on CUDA; not in eval()
+    or without autograd; disable() turns it off."""
+    name = "attn1_moe_top2"
+    cfg = dict(CONFIGS[name], hidden_size=128, intermediate_size=256) if device == "cuda" else CONFIGS[name]
+    _, ours = make_pair(cfg, device=device)
+    ids = prompt_ids(2, 300 if device == "cuda" else 11, cfg["vocab_size"]).to(device)
+    calls = []
+    for layer in ours.model.layers:
+        layer.register_forward_pre_hook(lambda m, a: calls.append(m))
+
+    def step():
+        ours.zero_grad(set_to_none=True)
+        calls.clear()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        ours(ids, labels=ids, output_router_logits=True).loss.backward()
+        peak = torch.cuda.max_memory_allocated() if device == "cuda" else 0
+        return {n: p.grad.clone() for n, p in ours.named_parameters()}, len(calls), peak
+
+    ours.train()
+    plain, n_plain, peak_plain = step()
+    assert n_plain == len(ours.model.layers) and not ours.is_gradient_checkpointing
+    ours.gradient_checkpointing_enable()
+    assert ours.is_gradient_checkpointing and ours.model.gradient_checkpointing
+    ck, n_ck, peak_ck = step()
+    assert n_ck == 2 * len(ours.model.layers)
+    for pname, g in plain.items():
+        if device == "cpu":
+            assert torch.equal(ck[pname], g), pname
+        else:
+            assert rel_err(ck[pname], g) <= 1e-5, (pname, rel_err(ck[pname], g))
+    if device == "cuda":
+        assert peak_ck < peak_plain, (peak_ck, peak_plain)
+    ours.eval()
+    with torch.no_grad():
+        calls.clear()
+        ours(ids)
+        assert len(calls) == len(ours.model.layers)
+    ours.train()
+    ours.gradient_checkpointing_disable()
+    assert step()[1] == len(ours.model.layers) and not ours.is_gradient_checkpointing
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 @pytest.mark.parametrize("batch", [1, 2])
