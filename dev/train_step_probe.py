@@ -42,6 +42,22 @@ def step_ms(model, ids, reps):
     return sorted(times)[len(times) // 2], out.loss.item()
 
 
+def peak_reset(dev) -> int:
+    """Resets the peak-memory statistic; returns the bytes allocated now (weights, and gradients set to None)."""
+    if dev.type != "cuda":
+        return 0
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    return torch.cuda.memory_allocated()
+
+
+def peak_str(dev, base: int) -> str:
+    if dev.type != "cuda":
+        return "peak - (CPU)"
+    peak = torch.cuda.max_memory_allocated()
+    return f"peak {peak / 2**30:.1f} GiB ({(peak - base) / 2**30:.1f} GiB above the allocations before the steps)"
+
+
 def _frame(f):
     """'path/file.py(123): func' -> 'file.py:123 func'; other frames (built-in methods) shortened."""
     if "): " not in f:
@@ -56,6 +72,9 @@ def main():
     ap.add_argument("--ref-length", type=int, default=512)
     ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (checks this script)")
     ap.add_argument("--batch", type=int, default=1, help="sequences per step (each of every --lengths length)")
+    ap.add_argument("--no-ab", action="store_true", help="skip the A/B rows (MoE training forms, projections)")
+    ap.add_argument("--checkpointing", action="store_true",
+                    help="also time the step with model.gradient_checkpointing_enable() (peak memory beside it)")
     ap.add_argument("--copies", type=int, default=0, help="CUDA: the N copy / elementwise ops with the most device "
                                                          "time, by input shapes and Python stack")
     args = ap.parse_args()
@@ -75,10 +94,22 @@ def main():
     for L in lengths:
         ids = torch.randint(3, cfg.vocab_size, (args.batch, L), device=dev, generator=gen)
         step_ms(model, ids, 1)  # warm-up
+        base = peak_reset(dev)
         ms, loss = step_ms(model, ids, 3)
         print(f"L={L:6d}  native backward: {ms:9.1f} ms a step ({args.batch * L / ms * 1e3:8.0f} tok/s, batch "
-              f"{args.batch}), loss {loss:.4f}, "
-              f"peak {torch.cuda.max_memory_allocated() / 2**30 if dev.type == 'cuda' else 0:.1f} GiB", flush=True)
+              f"{args.batch}), loss {loss:.4f}, {peak_str(dev, base)}", flush=True)
+        if args.checkpointing:
+            model.gradient_checkpointing_enable()
+            try:
+                step_ms(model, ids, 1)
+                base = peak_reset(dev)
+                ms_c, _ = step_ms(model, ids, 3)
+            finally:
+                model.gradient_checkpointing_disable()
+            print(f"L={L:6d}  with gradient checkpointing: {ms_c:9.1f} ms a step ({ms_c / ms:.2f}x), "
+                  f"{peak_str(dev, base)}", flush=True)
+        if args.no_ab:
+            continue
         if dev.type == "cuda" and ops._moe_grouped_grads_ok(torch.empty(1, cfg.hidden_size, device=dev, dtype=dtype),
                                                            None, torch.empty(1, 1, cfg.intermediate_size, device=dev)):
             row = []  # A/B of the MoE's training forms (session 33), each timed after a warm-up step
