@@ -42,10 +42,12 @@ def step_ms(model, ids, reps):
     return sorted(times)[len(times) // 2], out.loss.item()
 
 
-def peak_reset(dev) -> int:
-    """Resets the peak-memory statistic; returns the bytes allocated now (weights, and gradients set to None)."""
+def peak_reset(dev, model) -> int:
+    """Drops the gradients and resets the peak-memory statistic; returns the bytes allocated now (the weights), so
+    that the peak above it is the step's activations and gradients."""
     if dev.type != "cuda":
         return 0
+    model.zero_grad(set_to_none=True)
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     return torch.cuda.memory_allocated()
@@ -55,7 +57,7 @@ def peak_str(dev, base: int) -> str:
     if dev.type != "cuda":
         return "peak - (CPU)"
     peak = torch.cuda.max_memory_allocated()
-    return f"peak {peak / 2**30:.1f} GiB ({(peak - base) / 2**30:.1f} GiB above the allocations before the steps)"
+    return f"peak {peak / 2**30:.1f} GiB ({(peak - base) / 2**30:.1f} GiB above the weights: activations and gradients)"
 
 
 def _frame(f):
@@ -94,7 +96,7 @@ def main():
     for L in lengths:
         ids = torch.randint(3, cfg.vocab_size, (args.batch, L), device=dev, generator=gen)
         step_ms(model, ids, 1)  # warm-up
-        base = peak_reset(dev)
+        base = peak_reset(dev, model)
         ms, loss = step_ms(model, ids, 3)
         print(f"L={L:6d}  native backward: {ms:9.1f} ms a step ({args.batch * L / ms * 1e3:8.0f} tok/s, batch "
               f"{args.batch}), loss {loss:.4f}, {peak_str(dev, base)}", flush=True)
@@ -102,7 +104,7 @@ def main():
             model.gradient_checkpointing_enable()
             try:
                 step_ms(model, ids, 1)
-                base = peak_reset(dev)
+                base = peak_reset(dev, model)
                 ms_c, _ = step_ms(model, ids, 3)
             finally:
                 model.gradient_checkpointing_disable()
