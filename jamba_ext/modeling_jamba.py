@@ -20,6 +20,7 @@ Shape letters (csrc/jamba.h): B batch, L new tokens, P cached tokens, H hidden, 
 N d_state, K conv width, R dt rank, E experts, F ffn width, V vocab, nh / nkv query / KV heads, hd head dim.
 transformers is not needed at runtime; only the parity tests import it.
 """
+import functools
 import json
 import math
 import os
@@ -474,7 +475,7 @@ class JambaRMSNorm(nn.Module):
         self.variance_epsilon = eps
 
     def forward(self, hidden_states: Tensor) -> Tensor:
-        return _K.rms_norm(hidden_states, self.weight, self.variance_epsilon)
+        return _K.rms_norm(*_one_dtype(hidden_states, self.weight), self.variance_epsilon)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}"
@@ -548,6 +549,77 @@ class _GemvScope:
     def __exit__(self, *exc):
         global _gemv_on
         _gemv_on = self.prev
+
+
+# ---- autocast ----------------------------------------------------------------------------------------
+# Under torch.autocast the products (F.linear, matmul, SDPA) run in the autocast dtype and return it, while the
+# parameters keep theirs (fp32 master weights, the usual mixed-precision recipe). Our ops take one dtype for their
+# activations and weights (A, D, dt_bias and the SSM states fp32 by contract), so while JambaModel.forward runs under
+# autocast (_AmpScope) the model hands them one dtype: the widest of the tensors involved for the norms, the conv and
+# the scan (in fp32 with fp32 weights, as autocast runs norms), the autocast dtype for the MoE's expert products (the
+# weights cast per call, as autocast casts a Linear's). Outside autocast every helper returns its inputs unchanged.
+_amp: Optional[torch.dtype] = None
+
+
+class _AmpScope:
+    """with _AmpScope(device_type): _amp = the autocast dtype while autocast is on for that device, else None."""
+
+    def __init__(self, device_type: str):
+        on = device_type in ("cuda", "cpu") and torch.is_autocast_enabled(device_type)
+        self.dtype = torch.get_autocast_dtype(device_type) if on else None
+
+    def __enter__(self):
+        global _amp
+        self.prev, _amp = _amp, self.dtype
+
+    def __exit__(self, *exc):
+        global _amp
+        _amp = self.prev
+
+
+def _outside_autocast(fn):
+    """generate() and the like run in the model's dtype: an enclosing torch.autocast is switched off for the call
+    (with a warning). Its decode step (static cache, fused Mamba step, CUDA graphs) takes one dtype; for bf16
+    inference load the model in bf16 (from_pretrained(..., dtype=torch.bfloat16))."""
+
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        t = self.device.type
+        if t in ("cpu", "cuda") and torch.is_autocast_enabled(t):
+            warnings.warn(f"{fn.__name__}() runs in the model's dtype {self.dtype}; the enclosing torch.autocast is "
+                          f"off inside it (for bf16 inference load the model in bf16)", stacklevel=2)
+            with torch.autocast(t, enabled=False):
+                return fn(self, *args, **kwargs)
+        return fn(self, *args, **kwargs)
+    return call
+
+
+def _amp_call(dtype: Optional[torch.dtype], layer: nn.Module, h: Tensor, residual: Optional[Tensor], step):
+    """layer(h, residual, step) with _amp = dtype (a checkpointed layer: its recomputation runs in the backward)."""
+    global _amp
+    prev, _amp = _amp, dtype
+    try:
+        return layer(h, residual, step, None)
+    finally:
+        _amp = prev
+
+
+def _one_dtype(*ts: Optional[Tensor]) -> Tuple[Optional[Tensor], ...]:
+    """Under autocast: the tensors cast to their widest floating dtype (None entries kept); else unchanged."""
+    if _amp is None:
+        return ts
+    dt = None
+    for t in ts:
+        if t is not None:
+            dt = t.dtype if dt is None else torch.promote_types(dt, t.dtype)
+    return tuple(t if t is None or t.dtype == dt else t.to(dt) for t in ts)
+
+
+def _amp_lowp(*ts: Tensor) -> Tuple[Tensor, ...]:
+    """Under autocast: floating tensors cast to the autocast dtype (inputs of products); else unchanged."""
+    if _amp is None:
+        return ts
+    return tuple(t.to(_amp) if t.dtype.is_floating_point and t.dtype != _amp else t for t in ts)
 
 
 def _proj(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -790,7 +862,7 @@ def _proj_t(weight: Tensor, x_t: Tensor) -> Tensor:
     records, through _ProjT (its backward makes no transposing copies either)."""
     if _records(weight, x_t):
         return _ProjT.apply(weight, x_t)
-    if _compiling() or torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad):
+    if _compiling() or _amp is not None or torch.is_grad_enabled() and (weight.requires_grad or x_t.requires_grad):
         if x_t.shape[0] == 1 and not _compiling():  # mm writes (O, L) itself (squeeze: see _linear_t_out)
             return torch.mm(weight, x_t.squeeze(0)).unsqueeze(0)
         return torch.matmul(weight, x_t)            # out= records no gradients, and dynamo refuses a strided out=
@@ -942,7 +1014,7 @@ class JambaMambaMixer(nn.Module):
         # 2. depthwise causal conv + SiLU; final state = last K pre-conv inputs (HF cache layout)
         S = self.conv_kernel_size if keep_state else 0
         x_in, conv0 = x, conv_state
-        x, conv_state = _K.causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, conv0, True,
+        x, conv_state = _K.causal_conv1d(*_one_dtype(x, self.conv1d.weight, self.conv1d.bias, conv0), True,
                                          S if Lp == L else 0)                       # (B, DI, Lp)
         if S and Lp > L:                                                  # the last S inputs before the pads
             conv_state = _last_steps(x_in[..., :L], conv0, S)
@@ -961,6 +1033,7 @@ class JambaMambaMixer(nn.Module):
             delta[..., L:].fill_(PAD_DELTA)
         A, D, dt_bias = self._ssm_params()
         # 5. selective scan, y = (C.h + D x) * silu(z)
+        x, delta, Bm, Cm, z = _one_dtype(x, delta, Bm, Cm, z)                    # (autocast: one dtype)
         y, last = _K.selective_scan(x, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z, dt_bias,
                                     True, ssm_state)                                # (B, DI, Lp), (B, DI, N)
         # 6. out_proj (over all Lp steps: an extent of 8k keeps the fast kernels), the L real ones kept
@@ -1169,8 +1242,9 @@ class JambaSparseMoeBlock(nn.Module):
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """x (B, L, H) -> (out (B, L, H), router logits (B*L, E))."""
         shape = x.shape
-        out, logits = _moe.sparse_moe_forward(x.reshape(-1, shape[-1]), self.router.weight,
-                                              self.experts.gate_up_proj, self.experts.down_proj, self.top_k, _proj)
+        x, w_gate_up, w_down = _amp_lowp(x, self.experts.gate_up_proj, self.experts.down_proj)
+        out, logits = _moe.sparse_moe_forward(x.reshape(-1, shape[-1]), self.router.weight, w_gate_up, w_down,
+                                              self.top_k, _proj)
         return out.view(shape), logits
 
 
@@ -1195,10 +1269,10 @@ class _DecoderLayer(nn.Module):
             residual = hidden_states
             h = self.input_layernorm(hidden_states)
         else:
-            h, residual = _K.add_rms_norm(hidden_states, residual, self.input_layernorm.weight,
+            h, residual = _K.add_rms_norm(*_one_dtype(hidden_states, residual, self.input_layernorm.weight),
                                           self.input_layernorm.variance_epsilon)
         h = self.mix(h, step, cache)
-        h, residual = _K.add_rms_norm(h, residual, self.pre_ff_layernorm.weight,
+        h, residual = _K.add_rms_norm(*_one_dtype(h, residual, self.pre_ff_layernorm.weight),
                                       self.pre_ff_layernorm.variance_epsilon)
         h, router_logits = self.feed_forward(h)
         return h, residual, router_logits
@@ -1630,18 +1704,20 @@ class JambaModel(_PreTrained):
         if ckpt:
             from torch.utils.checkpoint import checkpoint
             kw = {"use_reentrant": False, **self._checkpoint_kwargs}
-        with _GemvScope(step.static):
+        amp = _AmpScope(h.device.type)
+        with _GemvScope(step.static), amp:
             for layer in self.layers:
-                if ckpt:
-                    h, residual, rl = checkpoint(layer, h, residual, step, None, **kw)
+                if ckpt:      # (the recomputation in the backward runs outside this scope: _amp_call sets it)
+                    h, residual, rl = checkpoint(_amp_call, amp.dtype, layer, h, residual, step, **kw)
                 else:
                     h, residual, rl = layer(h, residual, step, cache)
                 if output_router_logits and rl is not None:
                     router_logits.append(rl)
-        if residual is None:
-            h = self.final_layernorm(h)
-        else:
-            h, _ = _K.add_rms_norm(h, residual, self.final_layernorm.weight, self.final_layernorm.variance_epsilon)
+            if residual is None:
+                h = self.final_layernorm(h)
+            else:
+                h, _ = _K.add_rms_norm(*_one_dtype(h, residual, self.final_layernorm.weight),
+                                       self.final_layernorm.variance_epsilon)
         if cache is not None:
             cache.seq_len += L
             if step.static:                    # device-side bookkeeping only (the mask was set in _step)
@@ -1781,6 +1857,7 @@ class JambaForCausalLM(_PreTrained):
         return ids.to(device), mask.to(device)
 
     @torch.no_grad()
+    @_outside_autocast
     def generate(self, input_ids, attention_mask: Optional[Tensor] = None, max_new_tokens: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: Optional[int] = None, eos_token_id: Union[None, int, Sequence[int]] = "config",
