@@ -543,6 +543,36 @@ def test_joint_projection_grads(dtype, device):
 
 
 @pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_lm_loss_matches_cross_entropy(dtype, device, monkeypatch):
+    """_lm_loss (the causal-LM loss; bf16 / fp16 logits in chunks of rows, _CrossEntropyRows) against
+    F.cross_entropy(logits.float(), ignore_index=-100): loss within fp32 rounding, the logits' gradient equal to
+    torch's after its one rounding (within one ulp), for chunks of one row, a partial last chunk and one chunk;
+    ignored rows, all rows ignored (NaN loss, zero gradient, as torch), an upstream gradient other than 1."""
+    from jamba_ext import modeling_jamba as mj
+    g = torch.Generator().manual_seed(11)
+    for N, V, chunk in ((37, 101, 1 << 25), (37, 101, 300), (5, 7, 7), (3, 64, 1)):
+        monkeypatch.setattr(mj, "LOSS_CHUNK_ELEMS", chunk)
+        for all_ignored in (False, True):
+            x = (torch.randn(N, V, generator=g) * 4).to(device, dtype)
+            t = torch.randint(0, V, (N,), generator=g).to(device)
+            t[::3] = -100
+            if all_ignored:
+                t[:] = -100
+            a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+            la = mj._lm_loss(a, t)
+            lb = torch.nn.functional.cross_entropy(b.float(), t, ignore_index=-100)
+            (la * 1.7).backward()
+            (lb * 1.7).backward()
+            if all_ignored:
+                assert torch.isnan(la) and torch.isnan(lb) and not a.grad.any() and not b.grad.any()
+                continue
+            assert abs(la.item() - lb.item()) <= 1e-5 * abs(lb.item()), (N, V, chunk, la.item(), lb.item())
+            ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10 if dtype == torch.float16 else 1e-6
+            assert torch.allclose(a.grad.float(), b.grad.float(), rtol=ulp, atol=1e-7), (N, V, chunk)
+
+
+@pytest.mark.parametrize("device", _DEVICES)
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
 def test_training_under_autocast(name, checkpointing, device):
