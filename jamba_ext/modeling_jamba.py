@@ -1729,6 +1729,7 @@ class JambaModel(_PreTrained):
 
 
 # Rows of fp32 logits _CrossEntropyRows holds at a time: 2^25 elements (128 MB; 512 rows of Jamba's 65536-word vocab).
+# 0: the loss as F.cross_entropy(logits.float()) (what ran before session 34; docs/SWITCHES.md). Read at each call.
 LOSS_CHUNK_ELEMS = 1 << 25
 
 
@@ -1773,7 +1774,8 @@ class _CrossEntropyRows(torch.autograd.Function):
 def _lm_loss(logits: Tensor, target: Tensor) -> Tensor:
     """The causal-LM loss over rows of logits (N, V): cross entropy in fp32, targets of -100 ignored, mean. bf16 /
     fp16 logits through _CrossEntropyRows (chunks of rows in fp32); fp32 logits, or while tracing, F.cross_entropy."""
-    if logits.dtype in (torch.bfloat16, torch.float16) and not _compiling() and logits.shape[0]:
+    low = logits.dtype in (torch.bfloat16, torch.float16)
+    if low and LOSS_CHUNK_ELEMS > 0 and not _compiling() and logits.shape[0]:
         return _CrossEntropyRows.apply(logits, target)
     return F.cross_entropy(logits.float(), target, ignore_index=-100)
 
