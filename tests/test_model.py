@@ -482,7 +482,8 @@ def test_prefill_projection_grads(B, L, dtype, device):
         out.backward(dy)
         w64, b64 = w.detach().double().requires_grad_(), base.detach().double().requires_grad_()
         ((b64.transpose(1, 2) if time_major else b64) @ w64.t()).backward(dy.double())
-        assert rel_err(out.detach(), (b64.detach().transpose(1, 2) if time_major else b64.detach()) @ w64.detach().t()) <= tol
+        want_out = (b64.detach().transpose(1, 2) if time_major else b64.detach()) @ w64.detach().t()
+        assert rel_err(out.detach(), want_out) <= tol
         for what, got, want in (("dW", w.grad, w64.grad), ("dx", base.grad, b64.grad)):
             assert got.dtype == dtype and rel_err(got, want) <= tol, (what, time_major, rel_err(got, want))
         if L > 1:
