@@ -924,17 +924,18 @@ class JambaMambaMixer(nn.Module):
         a decode step does not recompute them. While a gradient is recorded the cache is neither read nor
         written: a value cached by an inference call has no graph (before session 34 a training step after
         one got no gradient for A_log, nor, in bf16, for D and dt_bias)."""
-        srcs = (self.A_log, self.D, self.dt_proj.bias)
+        bias = getattr(self.dt_proj, "bias", None)                       # (a wrapped dt_proj may have none)
+        srcs = tuple(t for t in (self.A_log, self.D, bias) if t is not None)
         if _compiling() or torch.is_grad_enabled() and any(t.requires_grad for t in srcs):
             # traced (no cache, no data_ptr) or recorded (autograd needs the live graph)
-            return -torch.exp(self.A_log.float()), self.D.float(), self.dt_proj.bias.float()
+            return -torch.exp(self.A_log.float()), self.D.float(), None if bias is None else bias.float()
         key = tuple((t.data_ptr(), t._version, t.dtype) for t in srcs) + (torch.is_inference_mode_enabled(),)
         cached = getattr(self, "_ssm_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
         A = -torch.exp(self.A_log.float())                               # (DI, N) fp32
         D = self.D.float()                                                # (DI,) fp32
-        dt_bias = self.dt_proj.bias.float()                               # (DI,) fp32, added inside the kernels
+        dt_bias = None if bias is None else bias.float()                 # (DI,) fp32, added inside the kernels
         self._ssm_cache = (key, (A, D, dt_bias))
         return A, D, dt_bias
 
@@ -1007,9 +1008,13 @@ class JambaMambaMixer(nn.Module):
         if Lp > L:
             hidden_states = F.pad(hidden_states, (0, 0, 0, Lp - L))
         # 1. xz = in_proj(h) as (B, 2DI, Lp), unit stride along time, so x and z are slices without copies
-        xz = _proj_t(self.in_proj.weight, hidden_states.transpose(1, 2))              # (B, 2DI, Lp)
-        if self.in_proj.bias is not None:
-            xz = xz + self.in_proj.bias[:, None]
+        own = self._plain_projections()          # else a wrapped projection (e.g. LoRA): its module is called
+        if own:
+            xz = _proj_t(self.in_proj.weight, hidden_states.transpose(1, 2))          # (B, 2DI, Lp)
+            if self.in_proj.bias is not None:
+                xz = xz + self.in_proj.bias[:, None]
+        else:
+            xz = self.in_proj(hidden_states).transpose(1, 2).contiguous()
         x, z = xz.split(DI, dim=1)  # (B, DI, Lp) views; split, not two slices: its backward is one cat
         # 2. depthwise causal conv + SiLU; final state = last K pre-conv inputs (HF cache layout)
         S = self.conv_kernel_size if keep_state else 0
@@ -1022,27 +1027,41 @@ class JambaMambaMixer(nn.Module):
             m = mamba_mask if Lp == L else F.pad(mamba_mask, (0, Lp - L))
             x = x * m[:, None, :].to(x.dtype)
         # 3. dt, B, C = x_proj(x), each RMS-normalised over its own width
-        xdbl = _linear_t(x.transpose(1, 2), self.x_proj.weight)                    # (B, Lp, R+2N)
+        xdbl = (_linear_t(x.transpose(1, 2), self.x_proj.weight) if own
+                else self.x_proj(x.transpose(1, 2)))                                # (B, Lp, R+2N)
         dtx, bx, cx = xdbl.split([R, N, N], dim=-1)   # views (split: one cat in the backward, not three slices')
         dt = self.dt_layernorm(dtx)                                                 # (B, Lp, R)
         Bm = self.b_layernorm(bx)                                                   # (B, Lp, N)
         Cm = self.c_layernorm(cx)                                                   # (B, Lp, N)
         # 4. delta = W_dt dt (bias added in fp32 inside the scan, as the fast path does)
-        delta = _proj_t(self.dt_proj.weight, dt.transpose(1, 2))                   # (B, DI, Lp)
+        if own:
+            delta = _proj_t(self.dt_proj.weight, dt.transpose(1, 2))               # (B, DI, Lp)
+        else:                                                 # (the module adds its bias: none in the scan)
+            delta = self.dt_proj(dt).transpose(1, 2).contiguous()
         if Lp > L:
             delta[..., L:].fill_(PAD_DELTA)
         A, D, dt_bias = self._ssm_params()
+        dt_bias = dt_bias if own else None
         # 5. selective scan, y = (C.h + D x) * silu(z)
         x, delta, Bm, Cm, z = _one_dtype(x, delta, Bm, Cm, z)                    # (autocast: one dtype)
         y, last = _K.selective_scan(x, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2), D, z, dt_bias,
                                     True, ssm_state)                                # (B, DI, Lp), (B, DI, N)
         # 6. out_proj (over all Lp steps: an extent of 8k keeps the fast kernels), the L real ones kept
-        out = _linear_t(y.transpose(1, 2), self.out_proj.weight)                   # (B, Lp, H)
+        out = (_linear_t(y.transpose(1, 2), self.out_proj.weight) if own
+               else self.out_proj(y.transpose(1, 2)))                               # (B, Lp, H)
         if Lp > L:                                        # (a copy at batch > 1, which add_rms_norm would make)
             out = out[:, :L] if Bsz == 1 else out[:, :L].contiguous()
-        if self.out_proj.bias is not None:
+        if own and self.out_proj.bias is not None:
             out = out + self.out_proj.bias
         return out, (conv_state if keep_state else None), (last if keep_state else None)
+
+    def _plain_projections(self) -> bool:
+        """Whether in_proj, x_proj, dt_proj and out_proj are plain nn.Linears without hooks, so that the layer may
+        run their products on their weights in its own layouts; else (a wrapper such as a LoRA layer, a hook) each
+        projection's module is called, so that what it adds is not bypassed."""
+        ms = self._modules                   # (not nn.Module.__getattr__: ~0.6 instead of ~3 us a call on the VM)
+        return (_hookless_linear(ms["in_proj"]) and _hookless_linear(ms["x_proj"]) and _hookless_linear(ms["dt_proj"])
+                and _hookless_linear(ms["out_proj"]))
 
     def _fused_step_work(self, x: Tensor, ssm_state: Tensor) -> Optional[Tensor]:
         """The CUDA workspace of jamba.mamba_inner_step for this layer when the fused step applies to this call
@@ -1068,6 +1087,8 @@ class JambaMambaMixer(nn.Module):
         """One decode token. hidden_states (B, 1, H); conv_state (B, DI, K) and ssm_state (B, DI, N) are
         updated in place. Returns (B, 1, H)."""
         DI = self.intermediate_size  # R = time_step_rank, N = ssm_state_size in the shape comments
+        if not self._plain_projections():                                   # a wrapped projection: its module
+            return self._step_modules(hidden_states, conv_state, ssm_state)
         xz = _proj(hidden_states[:, 0], self.in_proj.weight, self.in_proj.bias)      # (B, 2DI)
         x, z = xz[:, :DI], xz[:, DI:]                                               # (B, DI), unit stride
         work = self._fused_step_work(x, ssm_state)
@@ -1085,6 +1106,18 @@ class JambaMambaMixer(nn.Module):
         A, D, dt_bias = self._ssm_params()
         y = _K.selective_state_update(ssm_state, x, dt, A, Bm, Cm, D, z, dt_bias, True)  # (B, DI)
         return _proj(y, self.out_proj.weight, self.out_proj.bias)[:, None]           # (B, 1, H)
+
+    def _step_modules(self, hidden_states: Tensor, conv_state: Tensor, ssm_state: Tensor) -> Tensor:
+        """step() with each projection's module called (see _plain_projections); dt_proj's module adds its bias."""
+        DI = self.intermediate_size
+        xz = self.in_proj(hidden_states[:, 0])                                       # (B, 2DI)
+        x, z = xz[:, :DI].contiguous(), xz[:, DI:].contiguous()
+        x = _K.causal_conv1d_update(x, conv_state, self.conv1d.weight, self.conv1d.bias, True)  # (B, DI)
+        dt, Bm, Cm = self._xproj_norms(self.x_proj(x))                              # (B, R), (B, N), (B, N)
+        dt = self.dt_proj(dt)                                                       # (B, DI), with its bias
+        A, D, _ = self._ssm_params()
+        y = _K.selective_state_update(ssm_state, x, dt, A, Bm, Cm, D, z, None, True)  # (B, DI)
+        return self.out_proj(y)[:, None]                                            # (B, 1, H)
 
 
 class JambaAttention(nn.Module):

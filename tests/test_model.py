@@ -543,6 +543,73 @@ def test_joint_projection_grads(dtype, device):
                 assert m.weight.grad.shape == m.weight.shape and rel_err(m.weight.grad, w.grad) <= tol, (frozen, i)
 
 
+class _Lora(torch.nn.Module):
+    """A LoRA-style wrapper (as PEFT's): base_layer(x) + x A^T B^T, the base's weight and bias exposed."""
+
+    def __init__(self, base: torch.nn.Linear, g: torch.Generator):
+        super().__init__()
+        self.base_layer = base
+        self.A = torch.nn.Parameter(torch.randn(3, base.in_features, generator=g) * 0.1)
+        self.B = torch.nn.Parameter(torch.randn(base.out_features, 3, generator=g) * 0.1)
+
+    @property
+    def weight(self):
+        return self.base_layer.weight
+
+    @property
+    def bias(self):
+        return self.base_layer.bias
+
+    def forward(self, x):
+        return self.base_layer(x) + (x @ self.A.t()) @ self.B.t()
+
+
+def _wrap_mamba(model, names, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for layer in model.model.layers:
+        if hasattr(layer, "mamba"):
+            for n in names:
+                setattr(layer.mamba, n, _Lora(getattr(layer.mamba, n), g))
+
+
+@pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
+def test_wrapped_mamba_projections(name):
+    """A wrapped Mamba projection (LoRA-style module, what PEFT installs) is called, not bypassed through its base
+    weight: with in_proj / x_proj / out_proj wrapped, logits and every gradient (the adapters' included) match
+    transformers (which calls those modules), and differ clearly from the unwrapped model's; with dt_proj wrapped too
+    (transformers 5.x multiplies dt_proj.weight itself, skipping a wrapper) the logits equal those of the model
+    with the adapters merged into the weights (W + B A); prefill, chunked prefill and decode steps agree."""
+    hf, ours = make_pair(CONFIGS[name])
+    ids = prompt_ids(2, 19, CONFIGS[name]["vocab_size"])
+    with torch.no_grad():
+        plain = ours(ids).logits
+    merged = copy.deepcopy(ours)
+    for model in (hf, ours):
+        _wrap_mamba(model, ("in_proj", "x_proj", "out_proj"))
+    hf.train()
+    ours.train()
+    ref = hf(ids, labels=ids, use_cache=False)
+    ref.loss.backward()
+    out = ours(ids, labels=ids)
+    out.loss.backward()
+    assert rel_err(out.logits, ref.logits) <= 1e-4 and rel_err(plain, ref.logits) > 1e-2
+    theirs = dict(hf.named_parameters())
+    for pname, p in ours.named_parameters():
+        assert rel_err(p.grad, theirs[pname].grad) <= 1e-4, pname
+    _wrap_mamba(ours, ("dt_proj",), seed=1)
+    ours.eval()
+    with torch.no_grad():
+        for layer, mlayer in zip(ours.model.layers, merged.model.layers):
+            if hasattr(layer, "mamba"):
+                for n in ("in_proj", "x_proj", "dt_proj", "out_proj"):
+                    w = getattr(layer.mamba, n)
+                    getattr(mlayer.mamba, n).weight.copy_(w.weight + w.B @ w.A)
+        assert rel_err(ours(ids).logits, merged(ids).logits) <= 1e-5
+        want = merged.generate(ids, max_new_tokens=4)
+        assert torch.equal(ours.generate(ids, max_new_tokens=4), want)
+        assert torch.equal(ours.generate(ids, max_new_tokens=4, prefill_chunk=8), want)
+
+
 @pytest.mark.parametrize("device", _DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_lm_loss_matches_cross_entropy(dtype, device, monkeypatch):
