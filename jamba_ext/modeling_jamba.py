@@ -1178,7 +1178,9 @@ class JambaAttention(nn.Module):
         else:
             o = _sdpa(q, k, v, step.attn_mask, step.is_causal, gqa)
         o = o.transpose(1, 2).reshape(Bsz, L, self.num_heads * hd)                                 # (B, L, nh*hd)
-        return _linear(self.o_proj, o)
+        if step.mamba_mask is not None:  # padded queries (which attended everywhere, see _step) give 0, as in
+            o = o * step.mamba_mask[:, :, None].to(o.dtype)   # transformers: a left pad's logits predict the
+        return _linear(self.o_proj, o)                        # first real token, which the loss counts
 
 
 class JambaMLP(nn.Module):
