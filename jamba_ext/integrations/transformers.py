@@ -263,6 +263,10 @@ class HFJambaMambaMixer(_mj.JambaMambaMixer):
 
     def forward(self, hidden_states: Tensor, cache=None, attention_mask: Optional[Tensor] = None,
                 cache_params=None, past_key_values=None, **kwargs) -> Tensor:
+        with _mj._AmpScope(hidden_states.device.type):   # under torch.autocast: one dtype per op (see _mj)
+            return self._forward(hidden_states, cache, attention_mask, cache_params, past_key_values)
+
+    def _forward(self, hidden_states, cache, attention_mask, cache_params, past_key_values) -> Tensor:
         cache = next((c for c in (cache, cache_params, past_key_values) if c is not None), None)
         L = hidden_states.shape[1]
         hc = _HFCache(cache, self.layer_idx) if cache is not None else None
@@ -307,6 +311,8 @@ class HFJambaSparseMoeBlock(_mj.JambaSparseMoeBlock):
     def forward(self, hidden_states: Tensor):
         shape = hidden_states.shape
         gu, down = self._weights()
+        with _mj._AmpScope(hidden_states.device.type):   # under torch.autocast: the experts' products in its dtype
+            hidden_states, gu, down = _mj._amp_lowp(hidden_states, gu, down)
         out, logits = _mj._moe.sparse_moe_forward(hidden_states.reshape(-1, shape[-1]), self.router.weight,
                                                   gu, down, self.top_k)
         out = out.view(shape)
@@ -332,8 +338,16 @@ def _repoint_per_expert(experts: nn.ModuleList):
     return gu, down
 
 
+class HFJambaRMSNorm(_mj.JambaRMSNorm):
+    """Our RMSNorm over a transformers norm's weight; under torch.autocast its input and weight in one dtype."""
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        with _mj._AmpScope(hidden_states.device.type):
+            return super().forward(hidden_states)
+
+
 def _swap_norm(hf_norm: nn.Module) -> _mj.JambaRMSNorm:
-    n = _mj.JambaRMSNorm.__new__(_mj.JambaRMSNorm)
+    n = HFJambaRMSNorm.__new__(HFJambaRMSNorm)
     nn.Module.__init__(n)
     n.weight = hf_norm.weight
     n.variance_epsilon = getattr(hf_norm, "variance_epsilon", getattr(hf_norm, "eps", 1e-6))
