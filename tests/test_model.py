@@ -738,7 +738,7 @@ def test_gradient_checkpointing(device):
     """gradient_checkpointing_enable(): each layer runs twice in a training step (forward, then again in the
     backward), the gradients are those without it (bit-identical on the CPU, where every op is deterministic; on
     CUDA within fp32 rounding: attention's backward may add in any order), peak memory falls on CUDA; not in eval()
-    or without autograd; disable() turns it off."""
+    or without autograd; disable() turns it off; the reentrant form (use_reentrant=True) too."""
     name = "attn1_moe_top2"
     cfg = dict(CONFIGS[name], hidden_size=128, intermediate_size=256) if device == "cuda" else CONFIGS[name]
     _, ours = make_pair(cfg, device=device)
@@ -771,6 +771,11 @@ def test_gradient_checkpointing(device):
             assert rel_err(ck[pname], g) <= 1e-5, (pname, rel_err(ck[pname], g))
     if device == "cuda":
         assert peak_ck < peak_plain, (peak_ck, peak_plain)
+    ours.gradient_checkpointing_enable({"use_reentrant": True})   # (kwargs go to torch.utils.checkpoint)
+    re, n_re, _ = step()
+    assert n_re == 2 * len(ours.model.layers)
+    for pname, g in plain.items():                # (its backward adds a layer's gradients in another order)
+        assert rel_err(re[pname], g) <= 1e-4, (pname, rel_err(re[pname], g))
     ours.eval()
     with torch.no_grad():
         calls.clear()
