@@ -1918,7 +1918,10 @@ class JambaForCausalLM(_PreTrained):
             logits = _linear(self.lm_head, hk)                                        # (B, L_kept, V)
         loss = aux = None
         if labels is not None:
-            shift = F.pad(labels, (0, 1), value=-100)[:, 1:]
+            if labels.shape != logits.shape[:2] or labels.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"labels must be integer token ids of the logits' shape (batch, positions) = "
+                                 f"{tuple(logits.shape[:2])}, got {labels.dtype} {tuple(labels.shape)}")
+            shift = F.pad(labels.long(), (0, 1), value=-100)[:, 1:]
             loss = _lm_loss(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1).to(logits.device))
         if output_router_logits and router_logits:
             aux = _load_balancing_loss(router_logits, self.config.num_experts, self.config.num_experts_per_tok,

@@ -634,6 +634,16 @@ def test_wrapped_mamba_projections(name):
         assert torch.equal(ours.generate(ids, max_new_tokens=4, prefill_chunk=8), want)
 
 
+def test_bad_labels_clear_error():
+    """labels of another shape than the logits' (batch, positions) or not integer ids: a ValueError naming labels."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 11, CONFIGS["attn1_moe_top2"]["vocab_size"])
+    for bad in (ids[:, :5], ids[:1], ids.float()):
+        with pytest.raises(ValueError, match="labels must be integer token ids"):
+            ours(ids, labels=bad)
+    assert torch.isfinite(ours(ids, labels=ids.int()).loss)
+
+
 @pytest.mark.parametrize("device", _DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_lm_loss_matches_cross_entropy(dtype, device, monkeypatch):
