@@ -15,7 +15,8 @@ step "commit $JAMBA_COMMIT: build"
 JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ " | tail -2
 step "tests (cuda): the backward ops and the training step"
 timeout 300 python3 -m pytest -q -m cuda --timeout=120 tests/test_selective_scan_bwd.py tests/test_causal_conv1d.py \
-  tests/test_moe.py tests/test_rms_norm.py ${EXTRA_TESTS:-} -k "silu_mul or grad or bwd or backward or train" \
+  tests/test_moe.py tests/test_rms_norm.py tests/test_model.py ${EXTRA_TESTS:-} \
+  -k "silu_mul or grad or bwd or backward or train or lm_loss or autocast" \
   -p no:cacheprovider 2>&1 | tail -8
 timeout 200 python3 -m pytest -q -m cuda --timeout=120 tests/test_selective_scan.py -p no:cacheprovider 2>&1 | tail -3
 timeout 120 python3 -m pytest -q --timeout=100 tests/test_model.py -k "training" -p no:cacheprovider 2>&1 | tail -3
