@@ -1770,39 +1770,38 @@ LOSS_CHUNK_ELEMS = 1 << 25
 
 class _CrossEntropyRows(torch.autograd.Function):
     """F.cross_entropy(logits.float(), target, ignore_index=-100) (the mean over the rows whose target is not
-    ignored) for bf16 / fp16 logits (N, V), computed over chunks of rows in fp32: the fp32 copy of the logits, its
-    log_softmax (kept for the backward) and its fp32 gradient never exist whole. Kept for the backward: the row's
-    log-sum-exp (N floats). The gradient, (softmax - onehot) * g / count per row in fp32, is rounded once to the
-    logits' dtype, as torch's autograd of the .float() copy rounds it. At 8192 tokens of a 65536-word vocab this
-    saves ~4 GiB of peak memory (2 GiB per fp32 copy)."""
+    ignored) for bf16 / fp16 logits (N, V), over chunks of rows: log_softmax and softmax read the low-precision
+    logits and compute in fp32 (one kernel each), so the fp32 copy of the logits, its log_softmax (kept for the
+    backward) and its fp32 gradient never exist whole. Kept for the backward: nothing but the logits and targets.
+    The gradient, (softmax - onehot) * g / count per row in fp32, is rounded once to the logits' dtype (written by
+    the last multiply), as torch's autograd of the .float() copy rounds it. At 8192 tokens of a 65536-word vocab:
+    ~4 GiB less peak memory (2 GiB per fp32 copy) and ~2.5 instead of ~7 GB of traffic."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:
         N, V = logits.shape
         valid = target != -100
-        tgt = torch.where(valid, target, torch.zeros_like(target))
-        lse = torch.empty(N, dtype=torch.float32, device=logits.device)
+        tgt = torch.where(valid, target, torch.zeros_like(target))[:, None]
         picked = torch.empty(N, dtype=torch.float32, device=logits.device)
         step = max(1, LOSS_CHUNK_ELEMS // max(V, 1))
         for r in range(0, N, step):
-            lf = logits[r:r + step].float()
-            torch.logsumexp(lf, dim=-1, out=lse[r:r + step])
-            picked[r:r + step] = lf.gather(1, tgt[r:r + step, None])[:, 0]
+            ls = torch.log_softmax(logits[r:r + step], dim=-1, dtype=torch.float32)
+            picked[r:r + step] = ls.gather(1, tgt[r:r + step])[:, 0]
         count = valid.sum().to(torch.float32)
-        ctx.save_for_backward(logits, tgt, valid, lse, count)
-        return ((lse - picked) * valid).sum() / count
+        ctx.save_for_backward(logits, tgt, valid, count)
+        return -(picked * valid).sum() / count
 
     @staticmethod
     def backward(ctx, g: Tensor):
-        logits, tgt, valid, lse, count = ctx.saved_tensors
+        logits, tgt, valid, count = ctx.saved_tensors
         N, V = logits.shape
-        scale = torch.where(valid, g / count, torch.zeros_like(lse))            # (N,) the mean's weight per row
+        scale = torch.where(valid, g / count, torch.zeros_like(count))[:, None]  # (N, 1) the mean's weight per row
         grad = torch.empty_like(logits)
         step = max(1, LOSS_CHUNK_ELEMS // max(V, 1))
         for r in range(0, N, step):
-            p = logits[r:r + step].float().sub_(lse[r:r + step, None]).exp_()   # softmax, fp32
-            p.scatter_add_(1, tgt[r:r + step, None], -torch.ones_like(lse[r:r + step, None]))
-            grad[r:r + step] = p.mul_(scale[r:r + step, None])
+            p = torch.softmax(logits[r:r + step], dim=-1, dtype=torch.float32)
+            p.scatter_add_(1, tgt[r:r + step], torch.full_like(p[:, :1], -1.0))
+            torch.mul(p, scale[r:r + step], out=grad[r:r + step])
         return grad, None
 
 
