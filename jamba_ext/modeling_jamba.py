@@ -1509,6 +1509,29 @@ class _PreTrained(nn.Module):
     def _retie(self) -> None:
         pass
 
+    supports_gradient_checkpointing = True             # (what transformers' Trainer and PEFT look for)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding (transformers' name; PEFT and resizing code call it)."""
+        return self.embed_tokens if isinstance(self, JambaModel) else self.model.embed_tokens
+
+    def get_output_embeddings(self) -> Optional[nn.Module]:
+        return getattr(self, "lm_head", None)
+
+    def enable_input_require_grads(self) -> None:
+        """Makes the embedding's output require grad (transformers' method): with frozen embeddings (adapter
+        training) and the reentrant checkpointing (use_reentrant=True), a layer's checkpoint needs an input that
+        requires grad, or its backward never runs. The default non-reentrant checkpointing does not need it."""
+        def hook(module, inputs, output):
+            output.requires_grad_(True)
+        self._require_grads_hook = self.get_input_embeddings().register_forward_hook(hook)
+
+    def disable_input_require_grads(self) -> None:
+        h = getattr(self, "_require_grads_hook", None)
+        if h is not None:
+            h.remove()
+            self._require_grads_hook = None
+
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
         """Activation checkpointing while training (transformers' method name): each decoder layer keeps only its
         inputs in the forward and runs again in the backward (torch.utils.checkpoint, non-reentrant by default;

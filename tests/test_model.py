@@ -596,6 +596,34 @@ def _wrap_mamba(model, names, seed=0):
                 setattr(layer.mamba, n, _Lora(getattr(layer.mamba, n), g))
 
 
+def test_adapter_training_with_checkpointing():
+    """Adapter training (base weights frozen, LoRA-style modules on Mamba projections) with gradient checkpointing:
+    the non-reentrant default gives every adapter its gradient; the reentrant form does after
+    enable_input_require_grads() (transformers' method; without it the frozen embedding's output does not require
+    grad). The transformers-style accessors PEFT uses are there."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 11, CONFIGS["attn1_moe_top2"]["vocab_size"])
+    for p in ours.parameters():
+        p.requires_grad_(False)
+    _wrap_mamba(ours, ("in_proj", "out_proj"))
+    adapters = [p for n, p in ours.named_parameters() if n.endswith((".A", ".B"))]
+    assert adapters and ours.supports_gradient_checkpointing
+    assert ours.get_input_embeddings() is ours.model.embed_tokens and ours.get_output_embeddings() is ours.lm_head
+    ours.train()
+    grads = []
+    for kwargs in ({}, {"use_reentrant": True}):
+        ours.gradient_checkpointing_enable(kwargs)
+        if kwargs:
+            ours.enable_input_require_grads()
+        for p in adapters:
+            p.grad = None
+        ours(ids, labels=ids).loss.backward()
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters), kwargs
+        grads.append([p.grad.clone() for p in adapters])
+        ours.disable_input_require_grads()
+    assert all(rel_err(a, b) <= 1e-4 for a, b in zip(*grads))
+
+
 @pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
 def test_wrapped_mamba_projections(name):
     """A wrapped Mamba projection (LoRA-style module, what PEFT installs) is called, not bypassed through its base
