@@ -725,9 +725,7 @@ def _joint_proj(linears: Sequence[nn.Module], x: Tensor) -> Optional[Tensor]:
     if w is None:
         return None
     if torch.is_grad_enabled() and any(m.weight.requires_grad for m in linears):
-        if not TRAIN_PROJ_FUNCTIONS or w.dtype != x.dtype or torch.is_autocast_enabled(x.device.type):
-            return None
-        return _JointLinear.apply(x, w, *[m.weight for m in linears])
+        return _JointLinear.apply(x, w, *[m.weight for m in linears]) if _functions_ok(w, x) else None
     return _proj(x, w)                      # (a gradient for x alone flows through F.linear of the joint view)
 
 
@@ -761,11 +759,17 @@ def _linear_t_out(x: Tensor, weight: Tensor) -> Tensor:
 TRAIN_PROJ_FUNCTIONS = True
 
 
+def _functions_ok(weight: Tensor, x: Tensor) -> bool:
+    """Whether a recorded projection may run through its autograd.Function (_ProjT, _LinearT, _JointLinear):
+    TRAIN_PROJ_FUNCTIONS, outside torch.compile, one dtype and no autocast (else torch's own products, which
+    handle those)."""
+    return (TRAIN_PROJ_FUNCTIONS and not _compiling() and weight.dtype == x.dtype
+            and not torch.is_autocast_enabled(x.device.type))
+
+
 def _records(weight: Tensor, x: Tensor) -> bool:
-    """Whether a projection of the prefill runs through its autograd.Function (_ProjT, _LinearT): autograd records
-    it, outside torch.compile, one dtype and no autocast (else torch's own products, which handle those)."""
-    return (TRAIN_PROJ_FUNCTIONS and torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad)
-            and not _compiling() and weight.dtype == x.dtype and not torch.is_autocast_enabled(x.device.type))
+    """Whether a prefill projection runs through _ProjT / _LinearT: autograd records it and _functions_ok."""
+    return torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad) and _functions_ok(weight, x)
 
 
 def _fold_batch(t: Tensor) -> Tensor:
