@@ -480,12 +480,46 @@ def bench_attention(bb, lengths, B=1, H=8, NR=4, D=128):
         del caches
 
 
+def bench_loss(bb, shapes):
+    """cross_entropy (the LM loss per row; training) at Jamba's 65536-word vocabulary in bf16, forward and forward +
+    backward. Checked against F.cross_entropy in fp32. Floors: the logits read once (forward), read twice and the
+    gradient written once (forward + backward); the exps on the SFU. Alternative: F.cross_entropy(logits.float())
+    and its autograd (what the model ran before session 35, and transformers' loss)."""
+    dev = bb.dev
+    for N, V in shapes:
+        x = rn(N, V, dev=dev, scale=3.0)
+        t = torch.randint(0, V, (N,), device=dev)
+        t[::7] = -100
+        kept = (t != -100).sum()
+        loss, lse = ops.cross_entropy(x, t)
+        check("cross_entropy", loss.sum() / kept, F.cross_entropy(x.float(), t, ignore_index=-100), rtol=1e-5,
+              atol=1e-5)
+        d = torch.where(t != -100, 1.0 / kept, 0.0).float()
+        xl = x.clone().requires_grad_()
+        F.cross_entropy(xl.float(), t, ignore_index=-100).backward()
+        check("cross_entropy_bwd", ops.cross_entropy_bwd(x, t, lse, d), xl.grad, rtol=1e-2, atol=1e-7)
+
+        def ours_both():
+            _, s = ops.cross_entropy(x, t)
+            return ops.cross_entropy_bwd(x, t, s, d)
+
+        def torch_both():
+            xl.grad = None
+            F.cross_entropy(xl.float(), t, ignore_index=-100).backward()
+
+        nb = N * V * 2
+        bb.row("cross_entropy", f"rows={N} vocab={V}", lambda: ops.cross_entropy(x, t), nb, exps=N * V,
+               eager=lambda: F.cross_entropy(x.float(), t, ignore_index=-100))
+        bb.row("cross_entropy fwd+bwd", f"rows={N} vocab={V}", ours_both, 3 * nb, exps=2 * N * V, eager=torch_both)
+        del x, xl
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", default="",
-                    help="comma-separated families: scan,scan_bwd,conv,conv_bwd,decode,mamba_step,norm,norm_bwd,gemv,attn "
+                    help="comma-separated families: scan,scan_bwd,conv,conv_bwd,decode,mamba_step,norm,norm_bwd,gemv,attn,loss "
                          "(default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -505,7 +539,7 @@ def main():
     print(f"device: {common.device_name(dev)} | copy bandwidth {bb.bw:.0f} GB/s | SFU ex2 rate "
           f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
     only = set(filter(None, args.only.split(","))) or {"scan", "scan_bwd", "conv", "conv_bwd", "decode", "norm",
-                                                        "norm_bwd", "gemv", "attn"}
+                                                        "norm_bwd", "gemv", "attn", "loss"}
     if "scan" in only:
         bench_scan(bb, scan_shapes, DI, N)
     if "scan_bwd" in only:
@@ -527,6 +561,8 @@ def main():
         bench_gemv(bb, [("smoke", 40, 264)] if args.smoke else GEMV_SHAPES, (1, 3) if args.smoke else (1, 2, 4, 8))
     if "attn" in only:
         bench_attention(bb, [64] if args.smoke else [2048, 8192, 32768, 131072])
+    if "loss" in only:
+        bench_loss(bb, [(16, 1000)] if args.smoke else [(2048, 65536), (8192, 65536)])
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,
                        smoke=args.smoke)
     path = common.write_results("bench_kernels_smoke" if args.smoke else "bench_kernels", bb.rows, info)

@@ -131,6 +131,11 @@ def main():
         ops.moe_combine(rn(2 * T, H), wr, ids, slots, E)       # 16-byte path
         if hasattr(torch, "_grouped_mm"):
             ops.moe_experts(rn(T, H), wr, ids, rn(E, 2 * F, H), rn(E, H, F), impl="grouped_mm")
+    for logits in (rn(5, 1001), rn(9, 1040)[:, 8:1032], rn(3, 40, dt=torch.float32)):  # element, 16-byte, f32 paths
+        t = torch.randint(0, logits.shape[1], (logits.shape[0],), device=dev)
+        t[1] = -100
+        loss, lse = ops.cross_entropy(logits, t)
+        ops.cross_entropy_bwd(logits, t, lse, torch.rand_like(lse))
     torch.cuda.synchronize()
     print("sanitize_cases: all ops ran")
 

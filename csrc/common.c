@@ -261,4 +261,6 @@ NO_CUDA(jamba_moe_combine_cuda, jamba_moe_combine_params)
 NO_CUDA(jamba_gemv_cuda, jamba_gemv_params)
 NO_CUDA(jamba_decode_attention_cuda, jamba_decode_attention_params)
 NO_CUDA(jamba_mamba_inner_step_cuda, jamba_mamba_inner_step_params)
+NO_CUDA(jamba_cross_entropy_cuda, jamba_cross_entropy_params)
+NO_CUDA(jamba_cross_entropy_bwd_cuda, jamba_cross_entropy_bwd_params)
 __attribute__((weak)) int jamba_has_cuda(void) { return 0; }

@@ -456,6 +456,36 @@ typedef struct {
 } jamba_mamba_inner_step_parts;
 void jamba_mamba_inner_step_split(const jamba_mamba_inner_step_params *p, jamba_mamba_inner_step_parts *q);
 
+/* ------------------------------------------------------------------------------------------------
+ * cross_entropy / cross_entropy_bwd: the language-model loss per row of logits (training)  (csrc/{cpu,cuda}/cross_entropy.*)
+ *   logits (N, V) f32|f16|bf16, unit stride along V, any row stride; target (N,) i64 or i32, contiguous;
+ *   loss, lse (N,) f32 contiguous; dloss (N,) f32 contiguous; dlogits (N, V) contiguous, logits' dtype,
+ *   overlapping no input. V >= 1.
+ *   lse[n] = log sum_v exp(x[n, v]) (fp32 math, the maximum subtracted first), loss[n] = lse[n] - x[n, target[n]];
+ *   a row whose target is ignore_index gets loss 0 (and its lse).
+ *   dlogits[n, v] = round_x( (exp(x[n, v] - lse[n]) - [v == target[n]]) * dloss[n] ), 0 on the ignored rows.
+ *   A target outside [0, V) that is not ignore_index: the CPU returns an error; CUDA (no host sync) gives a NaN loss
+ *   and a NaN row of dlogits.
+ *   CUDA: one block per row, one read of the logits in the forward, one read and one write in the backward (the exps
+ *   on the special-function unit: a few fp32 ulp apart from the CPU's expf).
+ */
+typedef struct {
+    jamba_tensor loss, lse, logits, target;
+    int64_t ignore_index;
+} jamba_cross_entropy_params;
+
+typedef struct {
+    jamba_tensor dlogits, logits, target, lse, dloss;
+    int64_t ignore_index;
+} jamba_cross_entropy_bwd_params;
+
+jamba_status jamba_cross_entropy_check(const jamba_cross_entropy_params *p);
+jamba_status jamba_cross_entropy_cpu(const jamba_cross_entropy_params *p);
+jamba_status jamba_cross_entropy_cuda(const jamba_cross_entropy_params *p, jamba_launch launch);
+jamba_status jamba_cross_entropy_bwd_check(const jamba_cross_entropy_bwd_params *p);
+jamba_status jamba_cross_entropy_bwd_cpu(const jamba_cross_entropy_bwd_params *p);
+jamba_status jamba_cross_entropy_bwd_cuda(const jamba_cross_entropy_bwd_params *p, jamba_launch launch);
+
 #ifdef __cplusplus
 }
 #endif

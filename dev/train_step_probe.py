@@ -136,16 +136,15 @@ def main():
                 finally:
                     mj.TRAIN_PROJ_FUNCTIONS = True
             print(f"L={L:6d}  Mamba projections' backward, ms a step: " + "; ".join(row), flush=True)
-            row = []  # A/B of the LM loss (session 34): F.cross_entropy of an fp32 copy, or _CrossEntropyRows
-            for name, elems in (("F.cross_entropy(logits.float()) (before session 34)", 0),
-                                ("default again", mj.LOSS_CHUNK_ELEMS)):
-                keep, mj.LOSS_CHUNK_ELEMS = mj.LOSS_CHUNK_ELEMS, elems
+            row = []  # A/B of the LM loss (session 35): F.cross_entropy of an fp32 copy, or jamba.cross_entropy
+            for name, native in (("F.cross_entropy(logits.float()) (before session 35)", False), ("default again", True)):
+                mj.NATIVE_LOSS = native
                 try:
                     step_ms(model, ids, 1)
                     base = peak_reset(dev, model)
                     row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f} ({peak_str(dev, base)})")
                 finally:
-                    mj.LOSS_CHUNK_ELEMS = keep
+                    mj.NATIVE_LOSS = True
             print(f"L={L:6d}  LM loss, ms a step: " + "; ".join(row), flush=True)
         if L == args.ref_length:
             keep = ops._scan_native_ok

@@ -1790,54 +1790,18 @@ class JambaModel(_PreTrained):
         return h, cache, tuple(router_logits)
 
 
-# Rows of fp32 logits _CrossEntropyRows holds at a time: 2^25 elements (128 MB; 512 rows of Jamba's 65536-word vocab).
-# 0: the loss as F.cross_entropy(logits.float()) (what ran before session 34; docs/SWITCHES.md). Read at each call.
-LOSS_CHUNK_ELEMS = 1 << 25
-
-
-class _CrossEntropyRows(torch.autograd.Function):
-    """F.cross_entropy(logits.float(), target, ignore_index=-100) (the mean over the rows whose target is not
-    ignored) for bf16 / fp16 logits (N, V), over chunks of rows: log_softmax and softmax read the low-precision
-    logits and compute in fp32 (one kernel each), so the fp32 copy of the logits, its log_softmax (kept for the
-    backward) and its fp32 gradient never exist whole. Kept for the backward: nothing but the logits and targets.
-    The gradient, (softmax - onehot) * g / count per row in fp32, is rounded once to the logits' dtype (written by
-    the last multiply), as torch's autograd of the .float() copy rounds it. At 8192 tokens of a 65536-word vocab:
-    ~4 GiB less peak memory (2 GiB per fp32 copy) and ~2.5 instead of ~7 GB of traffic."""
-
-    @staticmethod
-    def forward(ctx, logits: Tensor, target: Tensor) -> Tensor:
-        N, V = logits.shape
-        valid = target != -100
-        tgt = torch.where(valid, target, torch.zeros_like(target))[:, None]
-        picked = torch.empty(N, dtype=torch.float32, device=logits.device)
-        step = max(1, LOSS_CHUNK_ELEMS // max(V, 1))
-        for r in range(0, N, step):
-            ls = torch.log_softmax(logits[r:r + step], dim=-1, dtype=torch.float32)
-            picked[r:r + step] = ls.gather(1, tgt[r:r + step])[:, 0]
-        count = valid.sum().to(torch.float32)
-        ctx.save_for_backward(logits, tgt, valid, count)
-        return -(picked * valid).sum() / count
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        logits, tgt, valid, count = ctx.saved_tensors
-        N, V = logits.shape
-        scale = torch.where(valid, g / count, torch.zeros_like(count))[:, None]  # (N, 1) the mean's weight per row
-        grad = torch.empty_like(logits)
-        step = max(1, LOSS_CHUNK_ELEMS // max(V, 1))
-        for r in range(0, N, step):
-            p = torch.softmax(logits[r:r + step], dim=-1, dtype=torch.float32)
-            p.scatter_add_(1, tgt[r:r + step], torch.full_like(p[:, :1], -1.0))
-            torch.mul(p, scale[r:r + step], out=grad[r:r + step])
-        return grad, None
+# False: the causal-LM loss as F.cross_entropy(logits.float()) (what ran before session 35; docs/SWITCHES.md).
+NATIVE_LOSS = True
 
 
 def _lm_loss(logits: Tensor, target: Tensor) -> Tensor:
-    """The causal-LM loss over rows of logits (N, V): cross entropy in fp32, targets of -100 ignored, mean. bf16 /
-    fp16 logits through _CrossEntropyRows (chunks of rows in fp32); fp32 logits, or while tracing, F.cross_entropy."""
-    low = logits.dtype in (torch.bfloat16, torch.float16)
-    if low and LOSS_CHUNK_ELEMS > 0 and not _compiling() and logits.shape[0]:
-        return _CrossEntropyRows.apply(logits, target)
+    """The causal-LM loss over rows of logits (N, V): cross entropy in fp32, targets of -100 ignored, mean over the
+    rest (NaN when every target is ignored, as torch's). jamba.cross_entropy reads the logits in their dtype (one read
+    in the forward; its backward one read and one write of the gradient); F.cross_entropy(logits.float()) makes an
+    fp32 copy, keeps its log_softmax and writes an fp32 gradient before the cast back."""
+    if NATIVE_LOSS and _K is _ops and logits.dtype in _ops.FLOAT_DTYPES and logits.shape[0]:
+        rows, _ = _ops.cross_entropy(logits, target)
+        return rows.sum() / (target != -100).sum()
     return F.cross_entropy(logits.float(), target, ignore_index=-100)
 
 

@@ -1263,6 +1263,78 @@ def _(q, k, v, key_mask=None, scale=None):
 _register_reference_autograd("decode_attention", reference.decode_attention, 5, (0, 1, 2, 3))
 
 
+# ---- language-model loss ------------------------------------------------------------------------------------
+def _ce_check(op: str, logits: Tensor, target: Tensor) -> None:
+    _check_args(op, "logits", logits, {"logits": 2, "target": 1}, target=target)
+    if target.dtype not in (torch.int64, torch.int32):
+        _fail(op, f"target must hold class indices (int64 or int32), got {target.dtype}")
+    if target.shape[0] != logits.shape[0]:
+        _fail(op, f"target must have one entry per row of logits ({logits.shape[0]}), got shape {tuple(target.shape)}")
+
+
+@torch.library.custom_op("jamba::cross_entropy", mutates_args=())
+def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tuple[Tensor, Tensor]:
+    """Cross entropy per row (the language-model loss before its mean): logits (N, V) f32/f16/bf16 with unit stride
+    along V, target (N,) int64/int32. Returns (loss, lse), both (N,) fp32: lse[n] = log(sum_v exp(logits[n, v])),
+    loss[n] = lse[n] - logits[n, target[n]], 0 where target[n] == ignore_index. fp32 math, one read of the logits.
+    A target outside [0, V) that is not ignore_index raises on the CPU and gives a NaN loss on CUDA (no host sync).
+    Differentiable in logits: the backward (cross_entropy_bwd) reads the logits once more and writes their gradient
+    in their dtype; nothing but lse is kept beside the logits (F.cross_entropy(logits.float()) keeps an fp32 copy)."""
+    op = "cross_entropy"
+    _ce_check(op, logits, target)
+    N = logits.shape[0]
+    loss = _alloc((N,), torch.float32, logits.device)
+    lse = _alloc((N,), torch.float32, logits.device)
+    _call(op, logits.device, op, [("loss", loss), ("lse", lse), ("logits", logits), ("target", target.contiguous())],
+          int(ignore_index))
+    return loss, lse
+
+
+@cross_entropy.register_fake
+def _(logits, target, ignore_index=-100):
+    _fake_devices("cross_entropy", logits=logits, target=target)
+    return logits.new_empty(logits.shape[:1], dtype=torch.float32), logits.new_empty(logits.shape[:1],
+                                                                                      dtype=torch.float32)
+
+
+@torch.library.custom_op("jamba::cross_entropy_bwd", mutates_args=())
+def cross_entropy_bwd(logits: Tensor, target: Tensor, lse: Tensor, dloss: Tensor, ignore_index: int = -100) -> Tensor:
+    """Gradient of cross_entropy's loss: (exp(logits - lse) - onehot(target)) * dloss per row, rounded once to the
+    logits' dtype; 0 on the rows whose target is ignore_index. lse: cross_entropy's second output; dloss (N,) fp32.
+    Returns (N, V) in the logits' dtype. A target outside [0, V) raises on the CPU, gives a NaN row on CUDA."""
+    op = "cross_entropy_bwd"
+    _ce_check(op, logits, target)
+    _check_args(op, "logits", logits, {"lse": 1, "dloss": 1}, lse=lse, dloss=dloss)
+    out = _alloc(tuple(logits.shape), logits.dtype, logits.device)
+    _call(op, logits.device, op, [("dlogits", out), ("logits", logits), ("target", target.contiguous()),
+                                  ("lse", lse), ("dloss", dloss)], int(ignore_index))
+    return out
+
+
+@cross_entropy_bwd.register_fake
+def _(logits, target, lse, dloss, ignore_index=-100):
+    _fake_devices("cross_entropy_bwd", logits=logits, target=target, lse=lse, dloss=dloss)
+    return logits.new_empty(logits.shape)
+
+
+def _ce_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0], inputs[1], output[1])
+    ctx.ignore_index = inputs[2] if len(inputs) > 2 else -100
+
+
+def _ce_backward(ctx, dloss, dlse):
+    logits, target, lse = ctx.saved_tensors
+    if dloss is None:
+        dloss = torch.zeros_like(lse)
+    g = cross_entropy_bwd(logits, target, lse, dloss.to(torch.float32).contiguous(), ctx.ignore_index)
+    if dlse is not None:  # lse used downstream too (rare): d lse / d logits = softmax
+        g = (g.float() + torch.exp(logits.float() - lse[:, None]) * dlse.float()[:, None]).to(logits.dtype)
+    return g, None, None
+
+
+torch.library.register_autograd("jamba::cross_entropy", _ce_backward, setup_context=_ce_setup)
+
+
 # ---- eager fast path ---------------------------------------------------------------------------------------
 # A call through the torch dispatcher costs 8 us (rms_norm) to 55 us (selective_state_update: default
 # filling, ADInplaceOrView, autograd wrappers) on top of the op itself: more than the kernels of a decode
@@ -1317,3 +1389,5 @@ silu_mul = _fast_path(silu_mul)
 moe_combine = _fast_path(moe_combine)
 gemv = _fast_path(gemv)
 decode_attention = _fast_path(decode_attention)
+cross_entropy = _fast_path(cross_entropy)
+cross_entropy_bwd = _fast_path(cross_entropy_bwd)

@@ -327,3 +327,28 @@ def moe_experts_dense(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up:
         y = swiglu_mlp(x, w_gate_up[e, :Fd], w_gate_up[e, Fd:], w_down[e])
         out = out + y * cw[:, e:e + 1]
     return out
+
+
+# ---- language-model loss --------------------------------------------------------------------------------
+def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100) -> Tuple[Tensor, Tensor]:
+    """Per-row cross entropy of logits (N, V) against target (N,): (loss, lse), lse = logsumexp over V, loss = lse -
+    logits[n, target[n]], 0 where target == ignore_index; in the compute dtype (float64 stays float64, else fp32)."""
+    cd = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    x = logits.to(cd)
+    lse = torch.logsumexp(x, dim=-1)
+    ign = target == ignore_index
+    t = torch.where(ign, torch.zeros_like(target), target).long()
+    picked = x.gather(1, t[:, None])[:, 0]
+    return torch.where(ign, torch.zeros_like(lse), lse - picked), lse
+
+
+def cross_entropy_bwd(logits: Tensor, target: Tensor, lse: Tensor, dloss: Tensor, ignore_index: int = -100) -> Tensor:
+    """Gradient of cross_entropy's loss: (softmax(logits) - onehot(target)) * dloss per row, 0 on the ignored rows,
+    in the compute dtype, cast to logits' dtype (lse: cross_entropy's second output)."""
+    cd = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    ign = target == ignore_index
+    t = torch.where(ign, torch.zeros_like(target), target).long()
+    p = torch.exp(logits.to(cd) - lse.to(cd)[:, None])
+    p = p - torch.nn.functional.one_hot(t, logits.shape[1]).to(cd)
+    g = p * torch.where(ign, torch.zeros_like(dloss), dloss).to(cd)[:, None]
+    return g.to(logits.dtype)

@@ -203,6 +203,19 @@ def _silu_mul_bwd(g: _Gen, s: int):
     return dict(d, dout=g.randn(rows, f2 // 2))
 
 
+def _ce(g: _Gen, s: int):  # odd vocabulary (the element path) with ignored rows; a vector-width one
+    n, v = (7, 1001) if s == 0 else (64, 4096)
+    t = torch.randint(0, v, (n,), generator=g.g)
+    t[1::3] = -100
+    return dict(logits=g.randn(n, v, scale=3.0), target=t.to(g.device))
+
+
+def _ce_bwd(g: _Gen, s: int):
+    d = _ce(g, s)
+    _, lse = reference.cross_entropy(d["logits"].double(), d["target"])
+    return dict(d, lse=lse.float(), dloss=g.randn(d["target"].shape[0], dtype=torch.float32))
+
+
 def _present(outs) -> Tuple[torch.Tensor, ...]:
     """The gradients of the inputs that were given (the op's empty tensor or the reference's None otherwise)."""
     return tuple(t for t in outs if t is not None and t.numel())
@@ -228,6 +241,8 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("selective_scan_bwd", _scan_bwd, lambda d: _present(ops.selective_scan_bwd(**d)),
      lambda d: _present(reference.selective_scan_bwd(**_ups(d))), SCAN_GRAD_TOL),
     ("silu_mul_bwd", _silu_mul_bwd, lambda d: ops.silu_mul_bwd(**d), _ref(reference.silu_mul_bwd), TOL),
+    ("cross_entropy", _ce, lambda d: ops.cross_entropy(**d), _ref(reference.cross_entropy), TOL),
+    ("cross_entropy_bwd", _ce_bwd, lambda d: ops.cross_entropy_bwd(**d), _ref(reference.cross_entropy_bwd), GRAD_TOL),
 ]
 
 

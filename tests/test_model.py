@@ -675,14 +675,14 @@ def test_bad_labels_clear_error():
 @pytest.mark.parametrize("device", _DEVICES)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_lm_loss_matches_cross_entropy(dtype, device, monkeypatch):
-    """_lm_loss (the causal-LM loss; bf16 / fp16 logits in chunks of rows, _CrossEntropyRows) against
-    F.cross_entropy(logits.float(), ignore_index=-100): loss within fp32 rounding, the logits' gradient equal to
-    torch's after its one rounding (within one ulp), for chunks of one row, a partial last chunk and one chunk;
-    ignored rows, all rows ignored (NaN loss, zero gradient, as torch), an upstream gradient other than 1."""
+    """_lm_loss (the causal-LM loss through jamba.cross_entropy) against F.cross_entropy(logits.float(),
+    ignore_index=-100), and the switch NATIVE_LOSS = False (F.cross_entropy itself): loss within fp32 rounding, the
+    logits' gradient equal to torch's after its one rounding (within one ulp of the largest); ignored rows, all rows
+    ignored (NaN loss, zero gradient, as torch), an upstream gradient other than 1, odd and vector-width V."""
     from jamba_ext import modeling_jamba as mj
     g = torch.Generator().manual_seed(11)
-    for N, V, chunk in ((37, 101, 1 << 25), (37, 101, 300), (5, 7, 7), (3, 64, 1)):
-        monkeypatch.setattr(mj, "LOSS_CHUNK_ELEMS", chunk)
+    for N, V, native in ((37, 101, True), (5, 7, True), (3, 64, True), (9, 1000, True), (37, 101, False)):
+        monkeypatch.setattr(mj, "NATIVE_LOSS", native)
         for all_ignored in (False, True):
             x = (torch.randn(N, V, generator=g) * 4).to(device, dtype)
             t = torch.randint(0, V, (N,), generator=g).to(device)
@@ -697,9 +697,9 @@ def test_lm_loss_matches_cross_entropy(dtype, device, monkeypatch):
             if all_ignored:
                 assert torch.isnan(la) and torch.isnan(lb) and not a.grad.any() and not b.grad.any()
                 continue
-            assert abs(la.item() - lb.item()) <= 1e-5 * abs(lb.item()), (N, V, chunk, la.item(), lb.item())
+            assert abs(la.item() - lb.item()) <= 1e-5 * abs(lb.item()), (N, V, native, la.item(), lb.item())
             ulp = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10 if dtype == torch.float16 else 1e-6
-            assert torch.allclose(a.grad.float(), b.grad.float(), rtol=ulp, atol=1e-7), (N, V, chunk)
+            assert torch.allclose(a.grad.float(), b.grad.float(), rtol=ulp, atol=1e-7), (N, V, native)
 
 
 @pytest.mark.parametrize("device", _DEVICES)

@@ -273,6 +273,28 @@ static PyObject *py_silu_mul_bwd(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_silu_mul_bwd_cpu, jamba_silu_mul_bwd_cuda);
 }
 
+static PyObject *py_cross_entropy(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_cross_entropy_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.loss, &p.lse, &p.logits, &p.target};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 4, sc, 1) < 0 || as_int64(sc[0], &p.ignore_index) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_cross_entropy_cpu, jamba_cross_entropy_cuda);
+}
+
+static PyObject *py_cross_entropy_bwd(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_cross_entropy_bwd_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.dlogits, &p.logits, &p.target, &p.lse, &p.dloss};
+    PyObject *sc[1];
+    if (parse_call(args, &c, ts, 5, sc, 1) < 0 || as_int64(sc[0], &p.ignore_index) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_cross_entropy_bwd_cpu, jamba_cross_entropy_bwd_cuda);
+}
+
 static PyObject *py_gemv(PyObject *self, PyObject *args) {
     (void)self;
     jamba_gemv_params p;
@@ -407,6 +429,8 @@ static PyMethodDef methods[] = {
     {"causal_conv1d_bwd_ws_elems", py_causal_conv1d_bwd_ws_elems, METH_VARARGS,
      "f32 workspace elements of causal_conv1d_bwd on CUDA for (B, DI, L)."},
     {"gemv", py_gemv, METH_VARARGS, "gemv (see csrc/jamba.h)."},
+    {"cross_entropy", py_cross_entropy, METH_VARARGS, "cross_entropy (see csrc/jamba.h)."},
+    {"cross_entropy_bwd", py_cross_entropy_bwd, METH_VARARGS, "cross_entropy_bwd (see csrc/jamba.h)."},
     {"decode_attention", py_decode_attention, METH_VARARGS, "decode_attention (see csrc/jamba.h)."},
     {"moe_combine", py_moe_combine, METH_VARARGS, "moe_combine (see csrc/jamba.h)."},
     {NULL, NULL, 0, NULL},

@@ -1,0 +1,164 @@
+/* cross_entropy.c -- the language-model loss per row of logits and its gradient, on the CPU (training).
+ *
+ * Exports: jamba_cross_entropy_check / _cpu, jamba_cross_entropy_bwd_check / _cpu (the checks are shared with
+ * csrc/cuda/cross_entropy.cu).
+ * Layout (csrc/jamba.h): logits (N, V) f32|f16|bf16, unit stride along V, any row stride; target (N,) i64|i32
+ * contiguous; loss, lse, dloss (N,) f32 contiguous; dlogits (N, V) contiguous, logits' dtype.
+ * Math: lse = max + log(sum exp(x - max)) with fp32 exps summed in double, loss = lse - x[target] (0 when the target
+ * is ignore_index); dlogits = round_x((exp(x - lse) - onehot) * dloss). A row is converted to fp32 once into a
+ * per-thread buffer; rows are independent (OpenMP over rows).
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "../common.h"
+
+static const char *OP_CE = "jamba.cross_entropy";
+static const char *OP_CE_BWD = "jamba.cross_entropy_bwd";
+
+#define I32 JAMBA_MASK(JAMBA_I32)
+#define I64 JAMBA_MASK(JAMBA_I64)
+
+static int64_t target_at(const jamba_tensor *t, int64_t n) {
+    return t->dtype == JAMBA_I64 ? ((const int64_t *)t->data)[n] : (int64_t)((const int32_t *)t->data)[n];
+}
+
+/* logits (N, V) and target (N,): the checks both ops share */
+static jamba_status check_logits_target(const char *op, const jamba_tensor *logits, const jamba_tensor *target) {
+    JAMBA_TRY(jamba_check_tensor(op, "logits", logits, 2, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_unit_stride(op, "logits", logits, 1));
+    const int64_t N = logits->shape[0], V = logits->shape[1];
+    if (V < 1) return jamba_set_error(JAMBA_ERR_SHAPE, "%s: logits must have at least one column (V >= 1), got V = %lld",
+                                      op, (long long)V);
+    if (N > 1 && logits->stride[0] < V)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: logits rows must not overlap (row stride %lld < V = %lld)", op,
+                               (long long)logits->stride[0], (long long)V);
+    JAMBA_TRY(jamba_check_tensor(op, "target", target, 1, I32 | I64, 0));
+    const int64_t tsh[1] = {N};
+    JAMBA_TRY(jamba_check_shape(op, "target", target, tsh));
+    return jamba_check_contiguous(op, "target", target);
+}
+
+static jamba_status check_rows_f32(const char *op, const char *name, const jamba_tensor *t, int64_t N) {
+    JAMBA_TRY(jamba_check_tensor(op, name, t, 1, JAMBA_MASK(JAMBA_F32), 0));
+    const int64_t sh[1] = {N};
+    JAMBA_TRY(jamba_check_shape(op, name, t, sh));
+    return jamba_check_contiguous(op, name, t);
+}
+
+/* the CPU's error for a target outside [0, V) that is not ignore_index (CUDA gives NaN instead: no host sync) */
+static jamba_status check_targets_cpu(const char *op, const jamba_tensor *target, int64_t N, int64_t V, int64_t ign) {
+    for (int64_t n = 0; n < N; n++) {
+        const int64_t t = target_at(target, n);
+        if (t != ign && (t < 0 || t >= V))
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: target[%lld] = %lld is outside [0, %lld) and is not "
+                                   "ignore_index (%lld)", op, (long long)n, (long long)t, (long long)V, (long long)ign);
+    }
+    return JAMBA_OK;
+}
+
+jamba_status jamba_cross_entropy_check(const jamba_cross_entropy_params *p) {
+    const char *op = OP_CE;
+    JAMBA_TRY(check_logits_target(op, &p->logits, &p->target));
+    const int64_t N = p->logits.shape[0];
+    JAMBA_TRY(check_rows_f32(op, "loss", &p->loss, N));
+    JAMBA_TRY(check_rows_f32(op, "lse", &p->lse, N));
+    const jamba_tensor *outs[] = {&p->loss, &p->lse};
+    const char *names[] = {"loss", "lse"};
+    for (int i = 0; i < 2; i++)
+        if (jamba_tensors_overlap(outs[i], &p->logits) || jamba_tensors_overlap(outs[i], &p->target) ||
+            jamba_tensors_overlap(outs[i], outs[1 - i]))
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: %s must not overlap another argument in memory", op, names[i]);
+    return JAMBA_OK;
+}
+
+jamba_status jamba_cross_entropy_bwd_check(const jamba_cross_entropy_bwd_params *p) {
+    const char *op = OP_CE_BWD;
+    JAMBA_TRY(check_logits_target(op, &p->logits, &p->target));
+    const int64_t N = p->logits.shape[0], V = p->logits.shape[1];
+    JAMBA_TRY(check_rows_f32(op, "lse", &p->lse, N));
+    JAMBA_TRY(check_rows_f32(op, "dloss", &p->dloss, N));
+    JAMBA_TRY(jamba_check_tensor(op, "dlogits", &p->dlogits, 2, JAMBA_MASK(p->logits.dtype), 0));
+    const int64_t sh[2] = {N, V};
+    JAMBA_TRY(jamba_check_shape(op, "dlogits", &p->dlogits, sh));
+    JAMBA_TRY(jamba_check_contiguous(op, "dlogits", &p->dlogits));
+    const jamba_tensor *ins[] = {&p->logits, &p->target, &p->lse, &p->dloss};
+    const char *names[] = {"logits", "target", "lse", "dloss"};
+    for (int i = 0; i < 4; i++)
+        if (jamba_tensors_overlap(&p->dlogits, ins[i]))
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: dlogits must not overlap %s in memory", op, names[i]);
+    return JAMBA_OK;
+}
+
+jamba_status jamba_cross_entropy_cpu(const jamba_cross_entropy_params *p) {
+    JAMBA_TRY(jamba_cross_entropy_check(p));
+    const int64_t N = p->logits.shape[0], V = p->logits.shape[1], ld = p->logits.stride[0];
+    JAMBA_TRY(check_targets_cpu(OP_CE, &p->target, N, V, p->ignore_index));
+    const jamba_dtype dt = p->logits.dtype;
+    const int64_t es = (int64_t)jamba_dtype_size(dt);
+    float *loss = (float *)p->loss.data, *lse = (float *)p->lse.data;
+    int failed = 0;
+#pragma omp parallel if (N * V >= JAMBA_OMP_MIN_WORK)
+    {
+        float *row = (float *)malloc((size_t)V * sizeof(float));
+        if (!row) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            if (!row) continue;
+            jamba_load_row(row, (const char *)p->logits.data + n * ld * es, dt, V, 1);
+            float m = -INFINITY;
+            for (int64_t v = 0; v < V; v++) m = row[v] > m ? row[v] : m;
+            double s = 0.0;
+            if (m != -INFINITY)  /* every logit -inf: lse = -inf; a NaN logit makes s NaN */
+                for (int64_t v = 0; v < V; v++) s += (double)expf(row[v] - m);
+            const float l = m == -INFINITY ? -INFINITY : m + (float)log(s);  /* m = +inf: NaN, as torch */
+            lse[n] = l;
+            const int64_t t = target_at(&p->target, n);
+            loss[n] = t == p->ignore_index ? 0.f : l - row[t];
+        }
+        free(row);
+    }
+    if (failed) return jamba_set_error(JAMBA_ERR_ARG, "%s: out of memory for a row buffer of %lld floats", OP_CE,
+                                       (long long)V);
+    return JAMBA_OK;
+}
+
+jamba_status jamba_cross_entropy_bwd_cpu(const jamba_cross_entropy_bwd_params *p) {
+    JAMBA_TRY(jamba_cross_entropy_bwd_check(p));
+    const int64_t N = p->logits.shape[0], V = p->logits.shape[1], ld = p->logits.stride[0];
+    JAMBA_TRY(check_targets_cpu(OP_CE_BWD, &p->target, N, V, p->ignore_index));
+    const jamba_dtype dt = p->logits.dtype;
+    const int64_t es = (int64_t)jamba_dtype_size(dt);
+    const float *lse = (const float *)p->lse.data, *dloss = (const float *)p->dloss.data;
+    int failed = 0;
+#pragma omp parallel if (N * V >= JAMBA_OMP_MIN_WORK)
+    {
+        float *row = (float *)malloc((size_t)V * sizeof(float));
+        if (!row) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t n = 0; n < N; n++) {
+            if (!row) continue;
+            const int64_t t = target_at(&p->target, n);
+            char *out = (char *)p->dlogits.data + n * V * es;
+            if (t == p->ignore_index) {
+                for (int64_t v = 0; v < V; v++) row[v] = 0.f;
+            } else {
+                jamba_load_row(row, (const char *)p->logits.data + n * ld * es, dt, V, 1);
+                const float l = lse[n], d = dloss[n], xt = row[t];
+                for (int64_t v = 0; v < V; v++) row[v] = expf(row[v] - l) * d;
+                row[t] = (expf(xt - l) - 1.f) * d;
+            }
+            jamba_store_row(out, dt, row, V, 1);
+        }
+        free(row);
+    }
+    if (failed) return jamba_set_error(JAMBA_ERR_ARG, "%s: out of memory for a row buffer of %lld floats", OP_CE_BWD,
+                                       (long long)V);
+    return JAMBA_OK;
+}

@@ -1,0 +1,181 @@
+"""cross_entropy / cross_entropy_bwd (jamba.cross_entropy: the language-model loss per row of logits, and its
+gradient) against reference.py in float64.
+
+Error model. Forward: fp32 exps (CUDA: ex2.approx, ~2 ulp) summed in fp32 partial sums of a few hundred terms, then
+one log: |lse - ref| <= 1e-5 (|ref| + 1), the loss likewise (a kernel that sums in bf16 / fp16 is ~1e-3 off).
+Backward: (p - onehot) * d with p = exp(x - lse) in fp32, rounded once to the logits' dtype: per element
+|ours - ref| <= u |ref| + 4e-6 |d| (+ half of fp16's smallest subnormal) (u: half an ulp of the dtype, 0 for fp32; the exp's error is relative to p <= 1,
+so at most a few fp32 ulp of |d|)."""
+import math
+
+import pytest
+import torch
+
+from conftest import HAS_GPU, dtype_params, randn, up
+from jamba_ext import ops, reference
+
+ROUND = {torch.float32: 0.0, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}
+TINY = {torch.float32: 0.0, torch.bfloat16: 0.0, torch.float16: 2.0 ** -25}  # half of fp16's smallest subnormal
+
+# (N, V): one element; V below a vector (scalar path); V of one vector (8 bf16 / f16, 2 f32 vectors); odd V
+# (scalar path); V a multiple of the vector width with a partial last round of the block; Jamba's 65536 words;
+# no rows.
+SHAPES = [(1, 1), (3, 5), (4, 8), (7, 1001), (6, 1000), (5, 8200), (2, 65536), (0, 16)]
+
+
+def make(N, V, device, dtype, scale=3.0, tdtype=torch.int64, ignore=-100):
+    x = randn(N, V, device=device, dtype=dtype, scale=scale, shift=0.5)
+    t = torch.randint(0, V, (N,), device=device, dtype=tdtype)
+    if N > 2:
+        t[1::3] = ignore
+    return x, t
+
+
+def check_fwd(loss, lse, x, t, ignore=-100):
+    assert loss.dtype == lse.dtype == torch.float32 and loss.shape == lse.shape == (x.shape[0],)
+    rl, rs = reference.cross_entropy(up(x), t, ignore)
+    for ours, ref, name in ((lse, rs, "lse"), (loss, rl, "loss")):
+        err = (ours.double() - ref).abs()
+        bound = 1e-5 * (ref.abs() + 1)
+        assert (err <= bound).all(), f"{name}: max err / bound {(err / bound).max().item():.3g}"
+
+
+def check_bwd(g, x, t, lse, d, ignore=-100):
+    assert g.dtype == x.dtype and g.shape == x.shape
+    ref = reference.cross_entropy_bwd(up(x), t, up(lse), up(d), ignore)
+    err = (g.double() - ref).abs()
+    bound = ROUND[x.dtype] * ref.abs() + 4e-6 * up(d).abs()[:, None] + TINY[x.dtype] + 1e-30
+    assert (err <= bound).all(), f"max err / bound {(err / bound).max().item():.3g}"
+    assert not g[t == ignore].any(), "ignored rows must get a zero gradient"
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("N,V", SHAPES, ids=[f"{n}x{v}" for n, v in SHAPES])
+def test_cross_entropy_matches_fp64(device, dtype, N, V):
+    x, t = make(N, V, device, dtype)
+    loss, lse = ops.cross_entropy(x, t)
+    check_fwd(loss, lse, x, t)
+    assert not loss[t == -100].any()
+    d = randn(N, device=device, scale=0.3)                     # per-row upstream gradients, either sign
+    check_bwd(ops.cross_entropy_bwd(x, t, lse, d), x, t, lse, d)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_cross_entropy_layouts(device, dtype):
+    """int32 targets, a custom ignore_index that is a valid class, logits as a column slice of a wider tensor (row
+    stride > V) and shifted by one element (not 16-byte aligned: the element kernel on CUDA), large logits (the
+    maximum must be subtracted: exp(90) overflows fp32)."""
+    wide = randn(9, 1040, device=device, dtype=dtype, scale=3.0)
+    for x in (wide[:, 8:1032], wide.view(-1)[1:1 + 9 * 1024].view(9, 1024), wide[:, :1024] + 90):
+        t = torch.randint(0, 1024, (9,), device=device, dtype=torch.int32)
+        t[::4] = 5
+        loss, lse = ops.cross_entropy(x, t, 5)
+        check_fwd(loss, lse, x, t, 5)
+        assert torch.isfinite(loss).all()
+        d = randn(9, device=device)
+        check_bwd(ops.cross_entropy_bwd(x, t, lse, d, 5), x, t, lse, d, 5)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_cross_entropy_autograd(device, dtype):
+    """The registered backward: the loss's gradient is cross_entropy_bwd's (mean over the kept rows, as the model
+    takes it), and a use of lse downstream adds softmax * dlse (against float64 autograd of the reference)."""
+    x, t = make(13, 300, device, dtype)
+    a = x.clone().requires_grad_()
+    loss, lse = ops.cross_entropy(a, t)
+    (loss.sum() / (t != -100).sum()).backward()
+    _, lse0 = ops.cross_entropy(x, t)
+    d = torch.where(t != -100, 1.0 / (t != -100).sum(), 0.0).float()
+    assert torch.equal(a.grad, ops.cross_entropy_bwd(x, t, lse0, d))
+    b = x.clone().requires_grad_()
+    loss, lse = ops.cross_entropy(b, t)
+    (loss * 0.7 + lse * 0.3).sum().backward()
+    r = up(x).requires_grad_()
+    rl, rs = reference.cross_entropy(r, t)
+    (rl * 0.7 + rs * 0.3).sum().backward()
+    err = (b.grad.double() - r.grad).abs()
+    assert (err <= 2 * ROUND[dtype] * r.grad.abs() + 1e-5).all(), err.max().item()
+
+
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["nograd", "grad"])
+def test_cross_entropy_opcheck(device, requires_grad):
+    x, t = make(6, 40, device, torch.float32)
+    torch.library.opcheck(torch.ops.jamba.cross_entropy.default, (x.requires_grad_(requires_grad), t, -100))
+    xb = x.detach().bfloat16()
+    _, lse = ops.cross_entropy(xb, t)
+    torch.library.opcheck(torch.ops.jamba.cross_entropy_bwd.default, (xb, t, lse, randn(6, device=device), -100))
+
+
+def test_cross_entropy_bad_inputs(device):
+    x, t = make(4, 10, device, torch.bfloat16)
+    with pytest.raises(ValueError, match="target"):
+        ops.cross_entropy(x, t.float())
+    with pytest.raises(ValueError, match="target"):
+        ops.cross_entropy(x, t[:3])
+    with pytest.raises(ValueError, match="logits"):
+        ops.cross_entropy(x[0], t[:1])
+    with pytest.raises(ValueError, match="dtype"):
+        ops.cross_entropy(x.double(), t)
+    with pytest.raises(ValueError, match="logits"):
+        ops.cross_entropy(randn(10, 4, device=device).T, t)           # stride 4 along V
+    with pytest.raises(ValueError, match="logits"):
+        ops.cross_entropy(x[:, :0], t)                                # V = 0
+    _, lse = ops.cross_entropy(x, t)
+    with pytest.raises(ValueError, match="dloss"):
+        ops.cross_entropy_bwd(x, t, lse, lse[:3].clone())
+    with pytest.raises(ValueError, match="dloss"):
+        ops.cross_entropy_bwd(x, t, lse, lse.bfloat16())
+    with pytest.raises(ValueError, match="lse"):
+        ops.cross_entropy_bwd(x, t, lse.double(), lse)
+    if device.type == "cuda":
+        with pytest.raises(ValueError, match="device"):
+            ops.cross_entropy(x, t.cpu())
+    bad = t.clone()
+    bad[2] = 10                                                         # V = 10: outside [0, V)
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match=r"target\[2\] = 10 is outside"):
+            ops.cross_entropy(x, bad)
+        with pytest.raises(ValueError, match="outside"):
+            ops.cross_entropy_bwd(x, bad, lse, lse)
+    else:                                                               # no host sync on CUDA: NaN, documented
+        loss, _ = ops.cross_entropy(x, bad)
+        assert torch.isnan(loss[2]) and torch.isfinite(loss[[0, 1, 3]]).all()
+        g = ops.cross_entropy_bwd(x, bad, lse, torch.ones_like(lse))
+        assert torch.isnan(g[2]).all() and torch.isfinite(g[[0, 1, 3]]).all()
+
+
+def test_cross_entropy_special_values(device):
+    """A -inf logit (a masked word) gets probability 0 and a zero gradient; a NaN logit makes its row NaN (not the
+    others); a row of -inf only gives lse = -inf, as torch.logsumexp."""
+    x, t = make(4, 64, device, torch.float32)
+    t[:] = 3
+    x[0, 10] = float("-inf")
+    x[1, 20] = float("nan")
+    x[2] = float("-inf")
+    loss, lse = ops.cross_entropy(x, t)
+    assert torch.isfinite(loss[[0, 3]]).all() and torch.isnan(loss[1]) and lse[2] == float("-inf")
+    check_fwd(loss[[0, 3]], lse[[0, 3]], x[[0, 3]], t[[0, 3]])
+    g = ops.cross_entropy_bwd(x, t, lse, torch.ones_like(lse))
+    assert g[0, 10] == 0 and torch.isfinite(g[0]).all() and torch.isnan(g[1]).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_cross_entropy_cuda_matches_cpu(dtype):
+    """The CUDA ops agree with the CPU ops on the same inputs (Jamba's vocabulary, 2048 rows), give the same bits on
+    a second call (no atomics), and the gradient is that of F.cross_entropy(logits.float()) within one rounding."""
+    x, t = make(2048, 65536, "cuda", dtype)
+    loss, lse = ops.cross_entropy(x, t)
+    loss_c, lse_c = ops.cross_entropy(x.cpu(), t.cpu())
+    assert torch.allclose(lse.cpu(), lse_c, rtol=2e-6, atol=2e-5) and torch.allclose(loss.cpu(), loss_c, rtol=2e-6,
+                                                                                      atol=2e-5)
+    d = torch.full_like(lse, 1.0 / (t != -100).sum().item())
+    g = ops.cross_entropy_bwd(x, t, lse, d)
+    assert torch.equal(g, ops.cross_entropy_bwd(x, t, lse, d)) and torch.equal(loss, ops.cross_entropy(x, t)[0])
+    b = x.float().requires_grad_()
+    torch.nn.functional.cross_entropy(b, t, ignore_index=-100).backward()
+    u = max(ROUND[dtype], 2.0 ** -20)
+    assert ((g.float() - b.grad).abs() <= u * b.grad.abs() * 2 + 1e-6 * d[0]).all()
+    assert math.isclose((loss.sum() / (t != -100).sum()).item(),
+                        torch.nn.functional.cross_entropy(x.float(), t, ignore_index=-100).item(), rel_tol=1e-5)
