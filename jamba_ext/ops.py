@@ -1319,6 +1319,7 @@ def _(logits, target, lse, dloss, ignore_index=-100):
 
 def _ce_setup(ctx, inputs, output):
     ctx.save_for_backward(inputs[0], inputs[1], output[1])
+    ctx.set_materialize_grads(False)  # lse unused downstream (the model): dlse None, not a zero tensor to add
     ctx.ignore_index = inputs[2] if len(inputs) > 2 else -100
 
 
@@ -1327,9 +1328,15 @@ def _ce_backward(ctx, dloss, dlse):
     if dloss is None:
         dloss = torch.zeros_like(lse)
     g = cross_entropy_bwd(logits, target, lse, dloss.to(torch.float32).contiguous(), ctx.ignore_index)
-    if dlse is not None:  # lse used downstream too (rare): d lse / d logits = softmax
-        g = (g.float() + torch.exp(logits.float() - lse[:, None]) * dlse.float()[:, None]).to(logits.dtype)
+    if dlse is not None:  # lse used downstream too (rare)
+        g = _ce_lse_grad(g, logits, lse, dlse)
     return g, None, None
+
+
+def _ce_lse_grad(g: Tensor, logits: Tensor, lse: Tensor, dlse: Tensor) -> Tensor:
+    """g + softmax(logits) * dlse per row (d lse / d logits = softmax), in fp32, rounded to the logits' dtype (torch
+    ops: several fp32 passes over the logits, so the model never has autograd materialise a dlse)."""
+    return (g.float() + torch.exp(logits.float() - lse[:, None]) * dlse.float()[:, None]).to(logits.dtype)
 
 
 torch.library.register_autograd("jamba::cross_entropy", _ce_backward, setup_context=_ce_setup)
