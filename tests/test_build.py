@@ -188,3 +188,25 @@ def test_every_env_switch_is_documented():
     assert len(read) >= 20, sorted(read)
     assert not read - listed, f"switches read but not in docs/SWITCHES.md: {sorted(read - listed)}"
     assert not listed - read, f"docs/SWITCHES.md lists switches nothing reads: {sorted(listed - read)}"
+
+
+def test_sdist_carries_every_source_file(tmp_path):
+    """A source distribution (what pip builds from where no wheel fits) holds every file under csrc/: the headers and
+    the CUDA sources included (MANIFEST.in; without it the sdist had only the .c files setup.py names, and building it
+    failed at `#include "common.h"`)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "setup.py")):
+        pytest.skip("not a source checkout")
+    cmd = [sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(tmp_path), "sdist", "--dist-dir",
+           str(tmp_path)]
+    r = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAMBA_EXT_CUDA="0"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    import tarfile
+    (tar,) = [p for p in os.listdir(tmp_path) if p.endswith(".tar.gz")]
+    with tarfile.open(tmp_path / tar) as tf:
+        inside = {n.split("/", 1)[1] for n in tf.getnames() if "/" in n}
+    want = {os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(os.path.join(root, "csrc"))
+            for f in fs if f.endswith((".c", ".h", ".cu", ".cuh"))}
+    assert want and not want - inside, f"missing from the sdist: {sorted(want - inside)}"
+    assert {"setup.py", "pyproject.toml", "README.md", "jamba_ext/ops.py"} <= inside
