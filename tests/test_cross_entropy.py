@@ -184,3 +184,22 @@ def test_cross_entropy_cuda_matches_cpu(dtype):
     assert ((g.float() - b.grad).abs() <= 2 * ROUND[dtype] * b.grad.abs() + 8e-6 * d[0] + TINY[dtype]).all()
     assert math.isclose((loss.sum() / (t != -100).sum()).item(),
                         torch.nn.functional.cross_entropy(x.float(), t, ignore_index=-100).item(), rel_tol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_cross_entropy_cuda_past_2_31_elements():
+    """32769 rows of a 65536-word vocabulary (2^31 + 65536 elements, 4.3 GB in bf16): the rows past element 2^31
+    (64-bit offsets) against the CPU op on those rows alone, forward and backward."""
+    N, V = 32769, 65536
+    x = torch.empty(N, V, device="cuda", dtype=torch.bfloat16).normal_(0.5, 3.0)
+    t = torch.randint(0, V, (N,), device="cuda")
+    loss, lse = ops.cross_entropy(x, t)
+    g = ops.cross_entropy_bwd(x, t, lse, torch.full_like(lse, 0.5))
+    tail = slice(N - 3, N)
+    lc, sc = ops.cross_entropy(x[tail].cpu(), t[tail].cpu())
+    assert torch.allclose(loss[tail].cpu(), lc, rtol=2e-6, atol=2e-5) and torch.allclose(lse[tail].cpu(), sc, rtol=2e-6,
+                                                                                            atol=2e-5)
+    gc = ops.cross_entropy_bwd(x[tail].cpu(), t[tail].cpu(), lse[tail].cpu(), torch.full((3,), 0.5))
+    assert ((g[tail].cpu().float() - gc.float()).abs() <= 2 * ROUND[torch.bfloat16] * gc.float().abs() + 4e-6).all()
