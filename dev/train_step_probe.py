@@ -125,6 +125,17 @@ def main():
                 finally:
                     ops.MOE_TRAIN_SAVED = ops.MOE_BACKWARD_GROUPED = True
             print(f"L={L:6d}  MoE training forms, ms a step: " + "; ".join(row), flush=True)
+            row = []  # the backward's check of the expert ids: one host read per MoE layer (a sync)
+            for name, skip in (("expert-id check skipped (no host sync)", True), ("default again", False)):
+                keep = ops._moe_check_backward_ids
+                if skip:
+                    ops._moe_check_backward_ids = lambda ids, E: None
+                try:
+                    step_ms(model, ids, 1)
+                    row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f}")
+                finally:
+                    ops._moe_check_backward_ids = keep
+            print(f"L={L:6d}  MoE backward's id check, ms a step: " + "; ".join(row), flush=True)
         if dev.type == "cuda":  # A/B of the projections' autograd (session 34)
             from jamba_ext import modeling_jamba as mj
             row = []
