@@ -45,8 +45,9 @@ def test_swap_modules_same_logits_and_generate(monkeypatch, name):
     counts = jt.swap_modules(hf)
     n_mamba = cfg["num_hidden_layers"] - hf.config.layers_block_type.count("attention")
     n_moe = sum(e > 1 for e in hf.config.layers_num_experts)
-    assert counts == {"mixers": n_mamba, "moe": n_moe, "norms": 2 * cfg["num_hidden_layers"] + 1 + 3 * n_mamba}
-    assert jt.swap_modules(hf) == {"mixers": 0, "moe": 0, "norms": 0}              # idempotent
+    assert counts == {"mixers": n_mamba, "moe": n_moe, "norms": 2 * cfg["num_hidden_layers"] + 1 + 3 * n_mamba,
+                      "loss": 1}
+    assert jt.swap_modules(hf) == {"mixers": 0, "moe": 0, "norms": 0, "loss": 0}  # idempotent
     after_params = dict(hf.named_parameters())
     assert list(hf.state_dict().keys()) == keys
     assert after_params.keys() == params.keys() and all(after_params[k] is params[k] for k in params)
@@ -264,3 +265,34 @@ def test_swap_modules_trains_under_autocast(name):
     theirs = dict(ref.named_parameters())
     for pname, p in sw.named_parameters():
         assert err(p.grad, want[pname]) <= 3 * max(err(theirs[pname].grad, want[pname]), 0.01), pname
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swapped_loss_matches_transformers(dtype, monkeypatch):
+    """swap_modules points the model's loss_function at causal_lm_loss: the loss (ignored labels, the mean; the sum
+    over num_items_in_batch as the Trainer passes it; shift_labels given) and every gradient equal transformers'
+    own loss's on the same model within fp32 rounding (bf16: the gradients within one rounding of bf16 apart)."""
+    hf = make_hf(CONFIGS["attn1_moe_top2"], 0, dtype, "cpu")
+    hf.train()
+    ids = prompt_ids(2, 11, CONFIGS["attn1_moe_top2"]["vocab_size"])
+    labels = ids.clone()
+    labels[0, 3:6] = -100
+    runs, calls = [], _spy(monkeypatch, "cross_entropy")
+    for swapped in (False, True):
+        if swapped:
+            assert jt.swap_modules(hf, mixers=False, moe=False, norms=False)["loss"] == 1
+        hf.zero_grad(set_to_none=True)
+        loss = hf(ids, labels=labels, use_cache=False).loss
+        loss.backward()
+        n = torch.tensor(17)
+        summed = hf(ids, labels=labels, use_cache=False, num_items_in_batch=n).loss
+        shifted = hf(ids, labels=labels, use_cache=False, shift_labels=labels).loss
+        runs.append((loss.item(), summed.item(), shifted.item(), {k: p.grad.clone() for k, p in hf.named_parameters()}))
+        assert len(calls) == (3 if swapped else 0)
+    (a, sa, ha, ga), (b, sb, hb, gb) = runs
+    for x, y in ((a, b), (sa, sb), (ha, hb)):
+        assert abs(x - y) <= 1e-5 * abs(x), (x, y)
+    assert abs(sa - a * (labels[:, 1:] != -100).sum().item() / 17) <= 1e-4 * abs(sa)   # the sum over 17, not a mean
+    for k in ga:
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        assert ((ga[k].double() - gb[k].double()).norm() <= tol * ga[k].double().norm() + 1e-12), k

@@ -5,7 +5,9 @@ Two ways, usable together:
 1. `swap_modules(hf_model)`: given a transformers JambaForCausalLM / JambaModel (4.x or 5.x), replaces, in
    place, every Mamba mixer, sparse-MoE block and RMSNorm with a jamba_ext module that holds the SAME
    parameter objects (no copy; state_dict keys unchanged). transformers' forward and generate() then run
-   our mixers, MoE and norms; attention, embeddings, masks, cache and sampling stay transformers'.
+   our mixers, MoE and norms; attention, embeddings, masks, cache and sampling stay transformers'. On a
+   JambaForCausalLM (transformers >= 4.46) the training loss becomes causal_lm_loss (jamba.cross_entropy on the
+   logits in their dtype, no fp32 copy; loss=False keeps transformers').
    The swapped mixer reads and writes transformers' own cache: the 5.x DynamicCache linear-attention
    layers (get_conv_state / update_conv_state / get_recurrent_state / update_recurrent_state) and the
    4.x / early-5.x HybridMambaAttentionDynamicCache (conv_states / ssm_states lists).
@@ -57,7 +59,7 @@ from torch import Tensor, nn
 from .. import modeling_jamba as _mj
 from .. import ops as _ops
 
-__all__ = ["swap_modules", "patch_kernel_functions", "causal_conv1d_fn", "causal_conv1d_update",
+__all__ = ["swap_modules", "patch_kernel_functions", "causal_lm_loss", "causal_conv1d_fn", "causal_conv1d_update",
            "selective_scan_fn", "selective_state_update"]
 
 
@@ -354,11 +356,47 @@ def _swap_norm(hf_norm: nn.Module) -> _mj.JambaRMSNorm:
     return n
 
 
-def swap_modules(hf_model: nn.Module, mixers: bool = True, moe: bool = True, norms: bool = True) -> dict:
+def causal_lm_loss(logits: Tensor, labels: Tensor, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
+                   shift_labels: Optional[Tensor] = None, **kwargs) -> Tensor:
+    """transformers' ForCausalLMLoss (same signature and result: next-token cross entropy, labels of ignore_index
+    left out, the mean, or the sum over num_items_in_batch when the Trainer passes it) on jamba.cross_entropy: the
+    logits are read in their dtype, where transformers' copies them to fp32 first (at 8192 tokens of a 65536-word
+    vocabulary 2 GiB more memory and ~9x the time of forward + backward; benchmarks/bench_kernels.py --only loss).
+    Logits of another dtype or device go to transformers' own function unchanged."""
+    if logits.dtype not in _ops.FLOAT_DTYPES or logits.device.type not in ("cpu", "cuda"):
+        from transformers.loss.loss_utils import ForCausalLMLoss
+        return ForCausalLMLoss(logits, labels, vocab_size, num_items_in_batch, ignore_index, shift_labels, **kwargs)
+    if shift_labels is None:
+        shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    target = shift_labels.reshape(-1).to(logits.device)
+    rows, _ = _ops.cross_entropy(logits.reshape(-1, vocab_size), target, ignore_index)
+    total = rows.sum()
+    if num_items_in_batch is None:
+        return total / (target != ignore_index).sum()
+    if torch.is_tensor(num_items_in_batch):
+        num_items_in_batch = num_items_in_batch.to(total.device)
+    return total / num_items_in_batch
+
+
+def _swap_loss(hf_model: nn.Module) -> int:
+    """Points a transformers causal-LM model's loss_function (a settable property since transformers 4.46) at
+    causal_lm_loss; 0 where the model has none (older releases compute the loss inline) or it is already ours."""
+    prop = getattr(type(hf_model), "loss_function", None)
+    if not isinstance(prop, property) or prop.fset is None or not type(hf_model).__name__.endswith("ForCausalLM"):
+        return 0
+    if getattr(hf_model, "_loss_function", None) is causal_lm_loss:
+        return 0
+    hf_model.loss_function = causal_lm_loss
+    return 1
+
+
+def swap_modules(hf_model: nn.Module, mixers: bool = True, moe: bool = True, norms: bool = True,
+                 loss: bool = True) -> dict:
     """Replaces transformers' JambaMambaMixer / JambaSparseMoeBlock / JambaRMSNorm modules of hf_model in
-    place by jamba_ext modules sharing their parameters. Returns counts {'mixers': n, 'moe': n, 'norms': n}.
+    place by jamba_ext modules sharing their parameters, and (loss, on a JambaForCausalLM of transformers >= 4.46)
+    its loss_function by causal_lm_loss. Returns counts {'mixers': n, 'moe': n, 'norms': n, 'loss': 0 or 1}.
     Idempotent (already swapped modules are left alone)."""
-    counts = {"mixers": 0, "moe": 0, "norms": 0}
+    counts = {"mixers": 0, "moe": 0, "norms": 0, "loss": _swap_loss(hf_model) if loss else 0}
     targets = []
     for name, mod in hf_model.named_modules():
         cls = type(mod).__name__
