@@ -90,13 +90,42 @@ jamba_status jamba_cross_entropy_bwd_check(const jamba_cross_entropy_bwd_params 
     return JAMBA_OK;
 }
 
-jamba_status jamba_cross_entropy_cpu(const jamba_cross_entropy_params *p) {
-    JAMBA_TRY(jamba_cross_entropy_check(p));
-    const int64_t N = p->logits.shape[0], V = p->logits.shape[1], ld = p->logits.stride[0];
-    JAMBA_TRY(check_targets_cpu(OP_CE, &p->target, N, V, p->ignore_index));
+/* the forward of row n: lse and loss from the row converted to fp32 */
+static void fwd_row(const void *ctx, int64_t n, float *row) {
+    const jamba_cross_entropy_params *p = (const jamba_cross_entropy_params *)ctx;
+    const int64_t V = p->logits.shape[1], es = (int64_t)jamba_dtype_size(p->logits.dtype);
+    jamba_load_row(row, (const char *)p->logits.data + n * p->logits.stride[0] * es, p->logits.dtype, V, 1);
+    float m = -INFINITY;
+    for (int64_t v = 0; v < V; v++) m = row[v] > m ? row[v] : m;
+    double s = 0.0;
+    if (m != -INFINITY)  /* every logit -inf: lse = -inf; a NaN logit makes s NaN */
+        for (int64_t v = 0; v < V; v++) s += (double)expf(row[v] - m);
+    const float l = m == -INFINITY ? -INFINITY : m + (float)log(s);  /* m = +inf: NaN, as torch */
+    ((float *)p->lse.data)[n] = l;
+    const int64_t t = target_at(&p->target, n);
+    ((float *)p->loss.data)[n] = t == p->ignore_index ? 0.f : l - row[t];
+}
+
+/* the backward of row n: dlogits, row the fp32 buffer */
+static void bwd_row(const void *ctx, int64_t n, float *row) {
+    const jamba_cross_entropy_bwd_params *p = (const jamba_cross_entropy_bwd_params *)ctx;
     const jamba_dtype dt = p->logits.dtype;
-    const int64_t es = (int64_t)jamba_dtype_size(dt);
-    float *loss = (float *)p->loss.data, *lse = (float *)p->lse.data;
+    const int64_t V = p->logits.shape[1], es = (int64_t)jamba_dtype_size(dt);
+    const int64_t t = target_at(&p->target, n);
+    if (t == p->ignore_index) {
+        for (int64_t v = 0; v < V; v++) row[v] = 0.f;
+    } else {
+        jamba_load_row(row, (const char *)p->logits.data + n * p->logits.stride[0] * es, dt, V, 1);
+        const float l = ((const float *)p->lse.data)[n], d = ((const float *)p->dloss.data)[n], xt = row[t];
+        for (int64_t v = 0; v < V; v++) row[v] = expf(row[v] - l) * d;
+        row[t] = (expf(xt - l) - 1.f) * d;
+    }
+    jamba_store_row((char *)p->dlogits.data + n * V * es, dt, row, V, 1);
+}
+
+/* row_fn(ctx, n, buffer) for every row n < N, OpenMP over rows, a V-float buffer per thread */
+static jamba_status for_rows(const char *op, int64_t N, int64_t V, void (*row_fn)(const void *, int64_t, float *),
+                             const void *ctx) {
     int failed = 0;
 #pragma omp parallel if (N * V >= JAMBA_OMP_MIN_WORK)
     {
@@ -106,59 +135,25 @@ jamba_status jamba_cross_entropy_cpu(const jamba_cross_entropy_params *p) {
             failed = 1;
         }
 #pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n++) {
-            if (!row) continue;
-            jamba_load_row(row, (const char *)p->logits.data + n * ld * es, dt, V, 1);
-            float m = -INFINITY;
-            for (int64_t v = 0; v < V; v++) m = row[v] > m ? row[v] : m;
-            double s = 0.0;
-            if (m != -INFINITY)  /* every logit -inf: lse = -inf; a NaN logit makes s NaN */
-                for (int64_t v = 0; v < V; v++) s += (double)expf(row[v] - m);
-            const float l = m == -INFINITY ? -INFINITY : m + (float)log(s);  /* m = +inf: NaN, as torch */
-            lse[n] = l;
-            const int64_t t = target_at(&p->target, n);
-            loss[n] = t == p->ignore_index ? 0.f : l - row[t];
-        }
+        for (int64_t n = 0; n < N; n++)
+            if (row) row_fn(ctx, n, row);
         free(row);
     }
-    if (failed) return jamba_set_error(JAMBA_ERR_ARG, "%s: out of memory for a row buffer of %lld floats", OP_CE,
+    if (failed) return jamba_set_error(JAMBA_ERR_ARG, "%s: out of memory for a row buffer of %lld floats", op,
                                        (long long)V);
     return JAMBA_OK;
 }
 
+jamba_status jamba_cross_entropy_cpu(const jamba_cross_entropy_params *p) {
+    JAMBA_TRY(jamba_cross_entropy_check(p));
+    const int64_t N = p->logits.shape[0], V = p->logits.shape[1];
+    JAMBA_TRY(check_targets_cpu(OP_CE, &p->target, N, V, p->ignore_index));
+    return for_rows(OP_CE, N, V, fwd_row, p);
+}
+
 jamba_status jamba_cross_entropy_bwd_cpu(const jamba_cross_entropy_bwd_params *p) {
     JAMBA_TRY(jamba_cross_entropy_bwd_check(p));
-    const int64_t N = p->logits.shape[0], V = p->logits.shape[1], ld = p->logits.stride[0];
+    const int64_t N = p->logits.shape[0], V = p->logits.shape[1];
     JAMBA_TRY(check_targets_cpu(OP_CE_BWD, &p->target, N, V, p->ignore_index));
-    const jamba_dtype dt = p->logits.dtype;
-    const int64_t es = (int64_t)jamba_dtype_size(dt);
-    const float *lse = (const float *)p->lse.data, *dloss = (const float *)p->dloss.data;
-    int failed = 0;
-#pragma omp parallel if (N * V >= JAMBA_OMP_MIN_WORK)
-    {
-        float *row = (float *)malloc((size_t)V * sizeof(float));
-        if (!row) {
-#pragma omp atomic write
-            failed = 1;
-        }
-#pragma omp for schedule(static)
-        for (int64_t n = 0; n < N; n++) {
-            if (!row) continue;
-            const int64_t t = target_at(&p->target, n);
-            char *out = (char *)p->dlogits.data + n * V * es;
-            if (t == p->ignore_index) {
-                for (int64_t v = 0; v < V; v++) row[v] = 0.f;
-            } else {
-                jamba_load_row(row, (const char *)p->logits.data + n * ld * es, dt, V, 1);
-                const float l = lse[n], d = dloss[n], xt = row[t];
-                for (int64_t v = 0; v < V; v++) row[v] = expf(row[v] - l) * d;
-                row[t] = (expf(xt - l) - 1.f) * d;
-            }
-            jamba_store_row(out, dt, row, V, 1);
-        }
-        free(row);
-    }
-    if (failed) return jamba_set_error(JAMBA_ERR_ARG, "%s: out of memory for a row buffer of %lld floats", OP_CE_BWD,
-                                       (long long)V);
-    return JAMBA_OK;
+    return for_rows(OP_CE_BWD, N, V, bwd_row, p);
 }
