@@ -129,6 +129,9 @@ def main():
         wr, ids, _, slots = ops.moe_route(rn(T, E), 2)
         ops.moe_combine(rn(2 * T, 13), wr, ids, slots, E)      # element path
         ops.moe_combine(rn(2 * T, H), wr, ids, slots, E)       # 16-byte path
+        ops.moe_grad_rows(rn(T, 13), wr, slots, rn(2 * T, 13))   # element path
+        ops.moe_grad_rows(rn(T, H + 8)[:, 8:], wr, slots, rn(2 * T, H))   # 16-byte path, row stride H + 8
+        ops.moe_grad_rows(rn(T, H), wr, slots)                  # without y
         if hasattr(torch, "_grouped_mm"):
             ops.moe_experts(rn(T, H), wr, ids, rn(E, 2 * F, H), rn(E, H, F), impl="grouped_mm")
     for logits in (rn(5, 1001), rn(9, 1040)[:, 8:1032], rn(3, 40, dt=torch.float32)):  # element, 16-byte, f32 paths

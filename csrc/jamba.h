@@ -373,6 +373,22 @@ typedef struct {
 jamba_status jamba_moe_combine_check(const jamba_moe_combine_params *p);
 jamba_status jamba_moe_combine_cpu(const jamba_moe_combine_params *p);
 jamba_status jamba_moe_combine_cuda(const jamba_moe_combine_params *p, jamba_launch launch);
+/* moe_grad_rows: where the MoE backward's grouped GEMMs start (training; jamba_ext/ops.py's torch._grouped_mm
+ * backward): per sorted position p, with s = sorted_slots[p] and t = s / TOPK,
+ *   dys[p, :] = round(round(go[t, :]) * round(weights[s]))     dL/d(expert output), the forward's rounding of the weight
+ *   dws[p] = sum_h go[t, h] * y[p, h]  in fp32                   the routing weight's gradient (when y is given)
+ * (round() = rounding to go's dtype.) One pass over go's gathered rows and y; nothing else is materialised.
+ * An entry of sorted_slots outside [0, T*TOPK): the CPU returns an error; CUDA gives a NaN row and a NaN dws.
+ * Shapes: go (T, H) f32|f16|bf16, unit stride along H, any row stride; weights (T, TOPK) f32 contiguous;
+ *   sorted_slots (T*TOPK,) i32 contiguous; y (T*TOPK, H) go's dtype, contiguous, or absent; dys (T*TOPK, H) go's
+ *   dtype contiguous; dws (T*TOPK,) f32 contiguous, present exactly when y is. Outputs overlap no input. */
+typedef struct {
+    jamba_tensor dys, dws, go, y, weights, sorted_slots;
+} jamba_moe_grad_rows_params;
+
+jamba_status jamba_moe_grad_rows_check(const jamba_moe_grad_rows_params *p);
+jamba_status jamba_moe_grad_rows_cpu(const jamba_moe_grad_rows_params *p);
+jamba_status jamba_moe_grad_rows_cuda(const jamba_moe_grad_rows_params *p, jamba_launch launch);
 /* JAMBA_MOE_API_END */
 
 /* ------------------------------------------------------------------------------------------------

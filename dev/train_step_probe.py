@@ -136,6 +136,15 @@ def main():
                 finally:
                     ops._moe_check_backward_ids = keep
             print(f"L={L:6d}  MoE backward's id check, ms a step: " + "; ".join(row), flush=True)
+            row = []  # the grouped backward's dL/d(expert output) and routing-weight gradient (session 35)
+            for name, native in (("torch form (before session 35)", False), ("default again", True)):
+                ops.MOE_NATIVE_GRAD_ROWS = native
+                try:
+                    step_ms(model, ids, 1)
+                    row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f}")
+                finally:
+                    ops.MOE_NATIVE_GRAD_ROWS = True
+            print(f"L={L:6d}  MoE backward's moe_grad_rows, ms a step: " + "; ".join(row), flush=True)
         if dev.type == "cuda":  # A/B of the projections' autograd (session 34)
             from jamba_ext import modeling_jamba as mj
             row = []

@@ -997,22 +997,59 @@ _moe_ref_setup, _moe_ref_backward = _reference_backward(
     lambda x, w, ids, gu, d, *_: reference.moe_experts_dense(x, w, ids, gu, d), 8, (0, 1, 2, 3, 4, 5, 6))
 
 
-def _moe_grad_rows(go, x, w, ids, E, perm=None, xs=None):
-    """What every MoE backward form starts from: the permutation (ids as int32, offsets, sorted slots; computed
-    unless the forward kept it in perm), the slots as int64 and their tokens, x (unless kept in xs) and the output
-    gradient gathered in sorted order, and dL/d(expert output) per sorted slot (the output gradient times the
-    routing weight rounded to x's dtype, as the forward rounds it)."""
-    dt = x.dtype if xs is None else xs.dtype
+def _moe_perm(x, ids, E, perm=None, xs=None):
+    """The permutation every MoE backward form starts from (ids as int32, offsets, sorted slots; computed unless the
+    forward kept it in perm), the slots as int64 and their tokens, and x in sorted order (unless kept in xs)."""
     if perm is None:
         ids32 = ids.to(torch.int32).contiguous()
         perm = (ids32, *moe_permute(ids32, E))
     ids32, offsets, slots = perm
     sl = slots.long()
     tok = torch.div(sl, ids.shape[1], rounding_mode="floor")
-    xs = x.index_select(0, tok) if xs is None else xs
+    return ids32, offsets, slots, sl, tok, x.index_select(0, tok) if xs is None else xs
+
+
+def _moe_grad_rows(go, x, w, ids, E, perm=None, xs=None):
+    """_moe_perm, then the output gradient gathered in sorted order and dL/d(expert output) per sorted slot (the
+    output gradient times the routing weight rounded to x's dtype, as the forward rounds it), in torch."""
+    ids32, offsets, slots, sl, tok, xs = _moe_perm(x, ids, E, perm, xs)
+    dt = xs.dtype
     gos = go.to(dt).index_select(0, tok)
     wr = w.to(torch.float32).reshape(-1).index_select(0, sl).to(dt)  # the forward's rounded weights
     return ids32, offsets, slots, sl, tok, xs, gos, gos * wr[:, None]  # one fp32 product, one rounding
+
+
+@torch.library.custom_op("jamba::moe_grad_rows", mutates_args=())
+def moe_grad_rows(go: Tensor, weights: Tensor, sorted_slots: Tensor, y: Optional[Tensor] = None) -> Tuple[Tensor,
+                                                                                                        Tensor]:
+    """Where the MoE backward's grouped GEMMs start (training): per sorted position p, s = sorted_slots[p] and token
+    t = s // TOPK: dys[p] = round(go[t] * round(weights[s])) (dL/d(expert output), the forward's rounding of the routing
+    weight; round = to go's dtype) and, when y (the expert outputs in sorted order) is given, dws[p] = sum_h go[t, h]
+    y[p, h] in fp32 (the routing weight's gradient, sorted order). go (T, H) f32/f16/bf16 with unit stride along H;
+    weights (T, TOPK) float; sorted_slots (T*TOPK,) int32 from moe_route / moe_permute; y (T*TOPK, H) of go's dtype.
+    Returns (dys (T*TOPK, H), dws (T*TOPK,) f32, empty without y). One pass over go's gathered rows and y. An entry of
+    sorted_slots outside [0, T*TOPK) raises on the CPU and gives a NaN row on CUDA (no host sync)."""
+    op = "moe_grad_rows"
+    _check_args(op, "go", go, {"go": 2, "weights": 2, "sorted_slots": 1, "y": 2}, weights=weights,
+                sorted_slots=sorted_slots, y=y)
+    if not weights.dtype.is_floating_point:
+        _fail(op, f"weights must be a float tensor, got {weights.dtype}")
+    if sorted_slots.dtype != torch.int32:
+        _fail(op, f"sorted_slots must be int32 (from moe_route / moe_permute), got {sorted_slots.dtype}")
+    w32 = weights.to(torch.float32).contiguous()
+    S = w32.numel()
+    dys = _alloc((S, go.shape[1]), go.dtype, go.device)
+    dws = _alloc((S,) if y is not None else (0,), torch.float32, go.device)
+    _call(op, go.device, op, [("dys", dys), ("dws", dws if y is not None else None), ("go", go), ("y", y),
+                              ("weights", w32), ("sorted_slots", sorted_slots.contiguous())])
+    return dys, dws
+
+
+@moe_grad_rows.register_fake
+def _(go, weights, sorted_slots, y=None):
+    _fake_devices("moe_grad_rows", go=go, weights=weights, sorted_slots=sorted_slots, y=y)
+    S = weights.numel()
+    return go.new_empty((S, go.shape[1])), go.new_empty((S,) if y is not None else (0,), dtype=torch.float32)
 
 
 def _moe_sparse_grads(go, x, w, ids, wgu, wd, need):
@@ -1085,17 +1122,24 @@ def _moe_grouped_grads(go, x, w, ids, wgu, wd, need, saved=None):
     T, K = ids.shape
     E = wgu.shape[0]
     perm, xs, a, y = (None, None, None, None) if saved is None else (saved[:3], *saved[3:])
-    ids32, offsets, slots, sl, _, xs, gos, dys = _moe_grad_rows(go, x, w, ids, E, perm, xs)
+    ids32, offsets, slots, sl, _, xs = _moe_perm(x, ids, E, perm, xs)
     ends = offsets[1:]
     if a is None:
         a = torch._grouped_mm(xs, wgu.transpose(1, 2), offs=ends)
     # the activation, one elementwise pass (cheaper to recompute than to keep, S x F), only where it is used
     act = silu_mul(a) if need[4] or (need[1] and y is None) else None
-    dws = dx = dwgu = dwd = None
-    if need[1]:
-        if y is None:
-            y = torch._grouped_mm(act, wd.transpose(1, 2), offs=ends)
-        dws = (gos.float() * y).sum(1)  # fp32 products (the mixed product promotes y: no copy of it)
+    dx = dwgu = dwd = None
+    if need[1] and y is None:
+        y = torch._grouped_mm(act, wd.transpose(1, 2), offs=ends)
+    # dL/d(expert output) in sorted order and (need[1]) the routing weights' gradient, one pass over go's rows and y
+    if MOE_NATIVE_GRAD_ROWS:
+        g = go.to(xs.dtype)
+        dys, dws = moe_grad_rows(g if g.stride(-1) == 1 else g.contiguous(),
+                                 w.to(torch.float32).reshape(T, K).contiguous(), slots, y if need[1] else None)
+        dws = dws if need[1] else None
+    else:  # torch: the gather, the weighted copy, an fp32 copy of the gathered rows, a product and a sum
+        gos, dys = _moe_grad_rows(go, xs, w, ids, E, (ids32, offsets, slots), xs)[6:]
+        dws = (gos.float() * y).sum(1) if need[1] else None
     if need[4]:
         dwd = torch._grouped_mm(dys.t(), act, offs=ends)
     if need[0] or need[3]:
@@ -1166,6 +1210,7 @@ def moe_experts_trainable(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate
 MOE_SPARSE_BACKWARD = True  # False: the dense reference formula everywhere (what every version before session 30 ran)
 MOE_BACKWARD_GROUPED = True  # False: the per-expert loop (_moe_sparse_grads) where the grouped form would run
 MOE_TRAIN_SAVED = True  # False: moe_experts_trainable is moe_experts (our kernels forward, a recomputing backward)
+MOE_NATIVE_GRAD_ROWS = True  # False: the grouped backward's dL/d(expert output) and routing-weight gradient in torch
 
 
 def _moe_backward(ctx, go):
@@ -1394,6 +1439,7 @@ moe_permute = _fast_path(moe_permute)
 moe_experts = _fast_path(moe_experts)
 silu_mul = _fast_path(silu_mul)
 moe_combine = _fast_path(moe_combine)
+moe_grad_rows = _fast_path(moe_grad_rows)
 gemv = _fast_path(gemv)
 decode_attention = _fast_path(decode_attention)
 cross_entropy = _fast_path(cross_entropy)

@@ -314,6 +314,20 @@ def moe_permute(expert_ids: Tensor, num_experts: int) -> Tuple[Tensor, Tensor]:
     return offsets.to(torch.int32), sorted_slots.to(torch.int32)
 
 
+def moe_grad_rows(go: Tensor, weights: Tensor, sorted_slots: Tensor, y: Optional[Tensor] = None) -> Tuple[Tensor,
+                                                                                                        Tensor]:
+    """Per sorted position p (s = sorted_slots[p], t = s // TOPK): dys[p] = go[t] * weights[s] (the weight rounded to
+    go's dtype) and, with y, dws[p] = sum_h go[t, h] y[p, h]; the compute dtype, dys cast to go's dtype, dws in the
+    compute dtype (empty without y)."""
+    cd = _compute_dtype(go)
+    K = weights.shape[1]
+    sl = sorted_slots.long()
+    g = go.to(cd).index_select(0, torch.div(sl, K, rounding_mode="floor"))
+    wr = weights.reshape(-1).index_select(0, sl).to(go.dtype).to(cd)
+    dws = (g * y.to(cd)).sum(1) if y is not None else g.new_empty(0)
+    return (g * wr[:, None]).to(go.dtype), dws
+
+
 def moe_experts_dense(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, w_down: Tensor) -> Tensor:
     """moe_experts without data-dependent shapes (every expert runs on every token, masked by its combine
     weight): E times the work, but traceable by torch.compile / AOT autograd. The autograd formula of

@@ -216,6 +216,12 @@ def _ce_bwd(g: _Gen, s: int):
     return dict(d, lse=lse.float(), dloss=g.randn(d["target"].shape[0], dtype=torch.float32))
 
 
+def _grad_rows(g: _Gen, s: int):  # odd H (the element path), top-1; a 16-byte H, top-2
+    t, h, k = (7, 37, 1) if s == 0 else (64, 512, 2)
+    return dict(go=g.randn(t, h), weights=g.uniform(t, k, dtype=torch.float32).to(g.dtype).float(),
+                sorted_slots=torch.randperm(t * k, generator=g.g).to(torch.int32).to(g.device), y=g.randn(t * k, h))
+
+
 def _present(outs) -> Tuple[torch.Tensor, ...]:
     """The gradients of the inputs that were given (the op's empty tensor or the reference's None otherwise)."""
     return tuple(t for t in outs if t is not None and t.numel())
@@ -241,6 +247,7 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("selective_scan_bwd", _scan_bwd, lambda d: _present(ops.selective_scan_bwd(**d)),
      lambda d: _present(reference.selective_scan_bwd(**_ups(d))), SCAN_GRAD_TOL),
     ("silu_mul_bwd", _silu_mul_bwd, lambda d: ops.silu_mul_bwd(**d), _ref(reference.silu_mul_bwd), TOL),
+    ("moe_grad_rows", _grad_rows, lambda d: ops.moe_grad_rows(**d), _ref(reference.moe_grad_rows), TOL),
     ("cross_entropy", _ce, lambda d: ops.cross_entropy(**d), _ref(reference.cross_entropy), TOL),
     ("cross_entropy_bwd", _ce_bwd, lambda d: ops.cross_entropy_bwd(**d), _ref(reference.cross_entropy_bwd), GRAD_TOL),
 ]

@@ -862,3 +862,95 @@ def test_silu_mul_moe_combine_grad(device, dtype):
     y2 = y.detach().double().requires_grad_(True)
     reference.moe_combine(y2, w.double(), ids, slots).square().sum().backward()
     assert_close(y.grad, y2.grad, rtol=1e-5, atol=1e-6)
+
+
+# ---- moe_grad_rows (the start of the grouped backward) -------------------------------------------------------
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("T,H,K", [(1, 8, 1), (7, 13, 2), (64, 136, 2), (33, 4096, 2), (5, 24, 3)],
+                         ids=["1x8k1", "7x13k2-odd", "64x136k2", "33x4096k2", "5x24k3"])
+@pytest.mark.parametrize("with_y", [True, False], ids=["y", "noy"])
+def test_moe_grad_rows_matches_fp64(device, dtype, T, H, K, with_y):
+    """dys (one product rounded once: within half an ulp of the fp64 value of the same rounded weight) and dws (an
+    fp32 dot over H: within 8 sqrt(H) fp32 ulp of the sum of |products|), against reference.py in float64, on a real
+    permutation (moe_route / moe_permute, so slots of one token land far apart); go as a column slice (row stride >
+    H) for the 16-byte path on CUDA, H = 13 for the element path."""
+    E = 5
+    ids = torch.randint(0, E, (T, K), device=device, dtype=torch.int32)
+    _, slots = ops.moe_permute(ids, E)
+    w = torch.rand(T, K, device=device).to(dtype).float()       # exactly representable: the op rounds it to dtype
+    go = randn(T, H + 16, device=device, dtype=dtype)[:, 8:8 + H]
+    y = randn(T * K, H, device=device, dtype=dtype) if with_y else None
+    dys, dws = ops.moe_grad_rows(go, w, slots, y)
+    rdys, rdws = reference.moe_grad_rows(up(go), w.double(), slots, up(y))
+    assert dys.shape == (T * K, H) and dys.dtype == dtype
+    half_ulp = {torch.float32: 2.0 ** -24, torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11}[dtype]  # unit roundoff
+    err = (dys.double() - rdys).abs()
+    assert (err <= half_ulp * rdys.abs() * 1.0001 + (2.0 ** -25 if dtype == torch.float16 else 0.0)).all(), \
+        err.max().item()
+    if with_y:
+        g = up(go).index_select(0, torch.div(slots.long(), K, rounding_mode="floor"))
+        bound = 8 * H ** 0.5 * 2.0 ** -24 * (g * up(y)).abs().sum(1) + 1e-30
+        assert dws.dtype == torch.float32 and ((dws.double() - rdws).abs() <= bound).all()
+    else:
+        assert dws.numel() == 0
+
+
+def test_moe_grad_rows_bad_inputs(device):
+    T, H, K = 6, 16, 2
+    go = randn(T, H, device=device, dtype=torch.bfloat16)
+    w = torch.rand(T, K, device=device)
+    slots = torch.randperm(T * K, device=device).to(torch.int32)
+    with pytest.raises(ValueError, match="sorted_slots"):
+        ops.moe_grad_rows(go, w, slots.long())
+    with pytest.raises(ValueError, match="sorted_slots"):
+        ops.moe_grad_rows(go, w, slots[:-1])
+    with pytest.raises(ValueError, match="weights"):
+        ops.moe_grad_rows(go, w[:-1], slots[:-2])
+    with pytest.raises(ValueError, match="y"):
+        ops.moe_grad_rows(go, w, slots, randn(T * K, H, device=device))             # dtype differs from go's
+    with pytest.raises(ValueError, match="y"):
+        ops.moe_grad_rows(go, w, slots, randn(T * K, H + 1, device=device, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="go"):
+        ops.moe_grad_rows(randn(H, T, device=device, dtype=torch.bfloat16).T, w, slots)   # stride along H
+    bad = slots.clone()
+    bad[3] = T * K
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match=r"sorted_slots\[3\]"):
+            ops.moe_grad_rows(go, w, bad)
+    else:
+        dys, dws = ops.moe_grad_rows(go, w, bad, randn(T * K, H, device=device, dtype=torch.bfloat16))
+        assert torch.isnan(dys[3]).all() and torch.isnan(dws[3]) and torch.isfinite(dys[[0, 1, 2, 4]]).all()
+
+
+def test_moe_grad_rows_opcheck(device):
+    go = randn(5, 24, device=device)
+    slots = torch.randperm(10, device=device).to(torch.int32)
+    w = torch.rand(5, 2, device=device)
+    torch.library.opcheck(torch.ops.jamba.moe_grad_rows.default, (go, w, slots, randn(10, 24, device=device)))
+    torch.library.opcheck(torch.ops.jamba.moe_grad_rows.default, (go.bfloat16(), w, slots, None))
+
+
+def test_moe_grouped_grads_cpu_matches_loop():
+    """The grouped backward's own code (the permutation, moe_grad_rows for dL/d(expert output) and the routing weights'
+    gradient, the scatter back to slot order) on the CPU, where torch._grouped_mm runs on this torch: every gradient
+    equal to the per-expert loop's (the routing weights' within fp32 summation order), with an empty expert. The GPU
+    test above covers the same on Hopper."""
+    if not hasattr(torch, "_grouped_mm"):
+        pytest.skip("no torch._grouped_mm")
+    T, H, F, E, K = 37, 64, 48, 5, 2
+    x, go = randn(T, H, dtype=torch.bfloat16), randn(T, H, dtype=torch.bfloat16)
+    w, ids, _, _ = routed(T, E, K, "cpu")
+    ids = torch.where(ids == 4, torch.zeros_like(ids), ids)          # expert 4 gets no rows
+    w_gate_up, w_down = expert_weights(E, H, F, "cpu", torch.bfloat16)
+    need = (True, True, False, True, True)
+    try:
+        got = ops._moe_grouped_grads(go, x, w, ids, w_gate_up, w_down, need)
+    except (RuntimeError, NotImplementedError) as e:
+        pytest.skip(f"torch._grouped_mm does not run on the CPU here: {e}")
+    want = ops._moe_sparse_grads(go, x, w, ids, w_gate_up, w_down, need)
+    for name, a, b in zip(["x", "weights", "w_gate_up", "w_down"], got, want):
+        if name == "weights":
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+        else:
+            assert torch.equal(a, b), name
+    assert not got[2][4].any() and not got[3][4].any()

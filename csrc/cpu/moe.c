@@ -2,7 +2,8 @@
  * argument checks shared with csrc/cuda/moe.cu.
  *
  * Exports: jamba_moe_route_check / _cpu, jamba_moe_permute_check / _cpu, jamba_moe_experts_check / _cpu,
- * jamba_silu_mul_check / _cpu, jamba_silu_mul_bwd_check / _cpu, jamba_moe_combine_check / _cpu.
+ * jamba_silu_mul_check / _cpu, jamba_silu_mul_bwd_check / _cpu, jamba_moe_combine_check / _cpu,
+ * jamba_moe_grad_rows_check / _cpu.
  * Math (jamba-architecture.md 4.4, csrc/jamba.h):
  *   route:   p[t, :] = softmax(fp32(logits[t, :]))  (fp64 for fp64 logits); the TOPK largest p in
  *            descending order, ties to the lower expert id; weights = p (no renormalisation).
@@ -13,6 +14,8 @@
  *            s = sigmoid(g), rounded once to the dtype.
  *   combine: out[t, :] = round(...round(o_0 + o_1) ... ), o_j = round(y[pos(t*TOPK + j)] * round(w)), j
  *            ascending, y in sorted order (pos: the inverse of sorted_slots).
+ *   grad_rows: dys[p] = round(round(go[t]) * round(w[s])), dws[p] = sum_h go[t, h] y[p, h] (fp32), s = sorted[p],
+ *            t = s / TOPK (the start of the MoE backward's grouped GEMMs).
  * The expert GEMMs of the CPU path run in torch (jamba_ext/ops.py, _moe_experts_torch): the CPU's
  * BLAS (oneDNN/MKL through torch.matmul) beats anything a page of C would do. Between and after them
  * run silu_mul and the combine (C); jamba_moe_experts_cpu itself only checks and refuses.
@@ -28,6 +31,7 @@ static const char *OP_PERMUTE = "jamba.moe_permute";
 static const char *OP_EXPERTS = "jamba.moe_experts";
 static const char *OP_SILU_MUL = "jamba.silu_mul";
 static const char *OP_SILU_MUL_BWD = "jamba.silu_mul_bwd";
+static const char *OP_GRAD_ROWS = "jamba.moe_grad_rows";
 static const char *OP_COMBINE = "jamba.moe_combine";
 
 #define I32 JAMBA_MASK(JAMBA_I32)
@@ -428,5 +432,90 @@ jamba_status jamba_moe_combine_cpu(const jamba_moe_combine_params *p) {
         free(acc);
         free(row);
     }
+    return JAMBA_OK;
+}
+
+/* ---- grad_rows ------------------------------------------------------------------------------------------ */
+jamba_status jamba_moe_grad_rows_check(const jamba_moe_grad_rows_params *p) {
+    const char *op = OP_GRAD_ROWS;
+    JAMBA_TRY(jamba_check_tensor(op, "go", &p->go, 2, JAMBA_FLOATS, 0));
+    JAMBA_TRY(jamba_check_unit_stride(op, "go", &p->go, 1));
+    const int64_t T = p->go.shape[0], H = p->go.shape[1];
+    JAMBA_TRY(jamba_check_tensor(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), 0));
+    JAMBA_TRY(jamba_check_contiguous(op, "weights", &p->weights));
+    const int64_t wsh[2] = {T, -1};
+    JAMBA_TRY(jamba_check_shape(op, "weights", &p->weights, wsh));
+    const int64_t K = p->weights.shape[1], S = T * K;
+    if (K < 1) return jamba_set_error(JAMBA_ERR_SHAPE, "%s: weights must have shape (T, TOPK) with TOPK >= 1", op);
+    if (S >= SLOTS_LIMIT)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: tokens * top_k must be below 2^31, got %lld", op, (long long)S);
+    const int64_t ssh[1] = {S}, rsh[2] = {S, H};
+    JAMBA_TRY(jamba_check_tensor(op, "sorted_slots", &p->sorted_slots, 1, I32, 0));
+    JAMBA_TRY(jamba_check_shape(op, "sorted_slots", &p->sorted_slots, ssh));
+    JAMBA_TRY(jamba_check_contiguous(op, "sorted_slots", &p->sorted_slots));
+    JAMBA_TRY(jamba_check_tensor(op, "dys", &p->dys, 2, JAMBA_MASK(p->go.dtype), 0));
+    JAMBA_TRY(jamba_check_shape(op, "dys", &p->dys, rsh));
+    JAMBA_TRY(jamba_check_contiguous(op, "dys", &p->dys));
+    JAMBA_TRY(jamba_check_tensor(op, "y", &p->y, 2, JAMBA_MASK(p->go.dtype), 1));
+    JAMBA_TRY(jamba_check_tensor(op, "dws", &p->dws, 1, JAMBA_MASK(JAMBA_F32), 1));
+    if (!p->y.data != !p->dws.data)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: y and dws go together (the routing weights' gradient): give both or "
+                               "neither", op);
+    if (p->y.data) {
+        JAMBA_TRY(jamba_check_shape(op, "y", &p->y, rsh));
+        JAMBA_TRY(jamba_check_contiguous(op, "y", &p->y));
+        JAMBA_TRY(jamba_check_shape(op, "dws", &p->dws, ssh));
+        JAMBA_TRY(jamba_check_contiguous(op, "dws", &p->dws));
+    }
+    const jamba_tensor *outs[] = {&p->dys, &p->dws}, *ins[] = {&p->go, &p->y, &p->weights, &p->sorted_slots};
+    const char *onames[] = {"dys", "dws"}, *inames[] = {"go", "y", "weights", "sorted_slots"};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 4; j++)
+            if (jamba_tensors_overlap(outs[i], ins[j]))
+                return jamba_set_error(JAMBA_ERR_ARG, "%s: %s must not overlap %s in memory", op, onames[i], inames[j]);
+    if (jamba_tensors_overlap(&p->dys, &p->dws))
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: dys must not overlap dws in memory", op);
+    return JAMBA_OK;
+}
+
+jamba_status jamba_moe_grad_rows_cpu(const jamba_moe_grad_rows_params *p) {
+    JAMBA_TRY(jamba_moe_grad_rows_check(p));
+    const int64_t T = p->go.shape[0], H = p->go.shape[1], K = p->weights.shape[1], S = T * K, ld = p->go.stride[0];
+    const int32_t *sorted = (const int32_t *)p->sorted_slots.data;
+    for (int64_t q = 0; q < S; q++)
+        if (sorted[q] < 0 || sorted[q] >= S)
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: sorted_slots[%lld] = %d is outside [0, %lld)", OP_GRAD_ROWS,
+                                   (long long)q, sorted[q], (long long)S);
+    const jamba_dtype dt = p->go.dtype;
+    const int64_t es = jamba_dtype_size(dt);
+    const float *w = (const float *)p->weights.data;
+    float *dws = (float *)p->dws.data;
+    if (S == 0) return JAMBA_OK;
+    int failed = 0;
+#pragma omp parallel if (S * H >= JAMBA_OMP_MIN_WORK)
+    {
+        float *g = (float *)malloc((size_t)(2 * H + 1) * sizeof(float)), *y = g + H;
+        if (!g) {
+#pragma omp atomic write
+            failed = 1;
+        }
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < S; q++) {
+            if (!g) continue;
+            const int64_t s = sorted[q];
+            jamba_load_row(g, (const char *)p->go.data + (s / K) * ld * es, dt, H, 1);
+            if (dws) {
+                jamba_load_row(y, (const char *)p->y.data + q * H * es, dt, H, 1);
+                double acc = 0.0;  /* fp32 products (exact in double), summed in double */
+                for (int64_t h = 0; h < H; h++) acc += (double)(g[h] * y[h]);
+                dws[q] = (float)acc;
+            }
+            const float wr = jamba_round_to(dt, w[s]);
+            for (int64_t h = 0; h < H; h++) g[h] *= wr;
+            jamba_store_row((char *)p->dys.data + q * H * es, dt, g, H, 1);
+        }
+        free(g);
+    }
+    if (failed) return jamba_set_error(JAMBA_ERR_ARG, "%s: out of memory for row buffers", OP_GRAD_ROWS);
     return JAMBA_OK;
 }

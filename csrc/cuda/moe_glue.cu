@@ -2,7 +2,8 @@
  * and the weighted combine of expert outputs kept in sorted order (jamba_ext/ops.py runs them between and
  * after its two torch._grouped_mm calls, the prefill engine from 4096 slots on Hopper).
  *
- * Exports: jamba_silu_mul_cuda, jamba_silu_mul_bwd_cuda, jamba_moe_combine_cuda (checks and math: csrc/cpu/moe.c, csrc/jamba.h).
+ * Exports: jamba_silu_mul_cuda, jamba_silu_mul_bwd_cuda, jamba_moe_combine_cuda, jamba_moe_grad_rows_cuda (checks and
+ * math: csrc/cpu/moe.c, csrc/jamba.h).
  * Both are memory-bound streams: 16-byte vectors when rows allow, element access otherwise; fp32 math with
  * HF's roundings in the model dtype (moe_scaled of moe.cuh; the SiLU with the fast exp and division).
  * No atomics, no host synchronisation: a bad expert id gives NaN rows, as in moe_experts.
@@ -260,5 +261,78 @@ extern "C" jamba_status jamba_moe_combine_cuda(const jamba_moe_combine_params *p
     });
     JAMBA_TRY(s);
     JAMBA_LAUNCH_CHECK("jamba.moe_combine: kernel launch", stream);
+    return JAMBA_OK;
+}
+
+/* moe_grad_rows_kernel<T, VEC>
+ *   go (T, H) T, unit stride along H, row stride ld; weights (T*K,) f32; sorted (S = T*K,) i32; y (S, H) T
+ *   contiguous or NULL; dys (S, H) T contiguous; dws (S,) f32 or NULL.
+ *   A warp per sorted position p (GLUE_THREADS / 32 per block, grid-stride): s = sorted[p], t = s / K; the lanes
+ *   stride over the row's H / V vectors (VEC: V = 16 / sizeof(T), else 1): dys[p] = moe_scaled(go[t], w[s]) and the
+ *   fp32 dot of go[t] and y[p], summed over the warp (butterfly) into dws[p]. s outside [0, S): NaN row and dws. */
+template <typename T, bool VEC>
+__global__ void __launch_bounds__(GLUE_THREADS)
+moe_grad_rows_kernel(T *dys, float *dws, const T *go, const T *y, const float *weights, const int32_t *sorted,
+                     int64_t S, int64_t H, int64_t ld, int K) {
+    jamba_pdl_begin();
+    constexpr int V = VEC ? 16 / (int)sizeof(T) : 1;
+    constexpr int WARPS = GLUE_THREADS / 32;
+    const int lane = threadIdx.x & 31;
+    const int64_t nv = H / V;
+    for (int64_t p = (int64_t)blockIdx.x * WARPS + (threadIdx.x >> 5); p < S; p += (int64_t)gridDim.x * WARPS) {
+        const int32_t s = sorted[p];
+        const bool ok = s >= 0 && s < S;
+        const float w = ok ? weights[s] : __int_as_float(0x7fc00000);
+        const T *g = go + (int64_t)(ok ? s / K : 0) * ld;
+        const T *yr = y ? y + p * H : nullptr;
+        T *o = dys + p * H;
+        float dot = 0.f;
+        for (int64_t i = lane; i < nv; i += 32) {
+            float gv[V], yv[V], ov[V];
+            if (VEC) {
+                jamba_w16<T>::ld(*reinterpret_cast<const uint4 *>(g + i * V), gv);
+                if (yr) jamba_w16<T>::ld(*reinterpret_cast<const uint4 *>(yr + i * V), yv);
+            } else {
+                gv[0] = jamba_ld<T>(g[i]);
+                if (yr) yv[0] = jamba_ld<T>(yr[i]);
+            }
+#pragma unroll
+            for (int q = 0; q < V; q++) {
+                ov[q] = moe_scaled<T>(gv[q], w);
+                if (yr) dot = fmaf(gv[q], yv[q], dot);
+            }
+            if (VEC) *reinterpret_cast<uint4 *>(o + i * V) = jamba_w16<T>::st(ov);
+            else o[i] = jamba_st<T>(ov[0]);
+        }
+        if (dws) {
+            dot = jamba_warp_sum(dot);
+            if (lane == 0) dws[p] = ok ? dot : __int_as_float(0x7fc00000);
+        }
+    }
+}
+
+extern "C" jamba_status jamba_moe_grad_rows_cuda(const jamba_moe_grad_rows_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_moe_grad_rows_check(p));
+    const int64_t T_ = p->go.shape[0], H = p->go.shape[1], K = p->weights.shape[1], S = T_ * K, ld = p->go.stride[0];
+    if (S == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    const int64_t es = jamba_dtype_size(p->go.dtype), V = 16 / es;
+    const bool vec = H % V == 0 && jamba_aligned16(p->go.data) && jamba_aligned16(p->dys.data) &&
+                     (p->y.data == NULL || jamba_aligned16(p->y.data)) && (T_ <= 1 || (ld * es) % 16 == 0);
+    const int64_t blocks = jamba_ceil_div(S, GLUE_THREADS / 32);
+    const unsigned grid = (unsigned)(blocks < (1 << 30) ? blocks : (1 << 30));
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->go.dtype, T, {
+        if (vec) jamba_kernel_launch(moe_grad_rows_kernel<T, true>, grid, GLUE_THREADS, 0, stream, (T *)p->dys.data,
+            (float *)p->dws.data, (const T *)p->go.data, (const T *)p->y.data, (const float *)p->weights.data,
+            (const int32_t *)p->sorted_slots.data, S, H, ld, (int)K);
+        else jamba_kernel_launch(moe_grad_rows_kernel<T, false>, grid, GLUE_THREADS, 0, stream, (T *)p->dys.data,
+            (float *)p->dws.data, (const T *)p->go.data, (const T *)p->y.data, (const float *)p->weights.data,
+            (const int32_t *)p->sorted_slots.data, S, H, ld, (int)K);
+        s = JAMBA_OK;
+    });
+    JAMBA_TRY(s);
+    JAMBA_LAUNCH_CHECK("jamba.moe_grad_rows: kernel launch", stream);
     return JAMBA_OK;
 }

@@ -326,6 +326,15 @@ static PyObject *py_moe_combine(PyObject *self, PyObject *args) {
     if (parse_call(args, &c, ts, 6, sc, 1) < 0 || as_int64(sc[0], &p.num_experts) < 0) return NULL;
     JAMBA_RUN(c, p, jamba_moe_combine_cpu, jamba_moe_combine_cuda);
 }
+static PyObject *py_moe_grad_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_moe_grad_rows_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.dys, &p.dws, &p.go, &p.y, &p.weights, &p.sorted_slots};
+    if (parse_call(args, &c, ts, 6, NULL, 0) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_moe_grad_rows_cpu, jamba_moe_grad_rows_cuda);
+}
 /* JAMBA_MOE_PY_END */
 
 static PyObject *py_rms_norm_segments(PyObject *self, PyObject *args) {
@@ -429,6 +438,7 @@ static PyMethodDef methods[] = {
     {"causal_conv1d_bwd_ws_elems", py_causal_conv1d_bwd_ws_elems, METH_VARARGS,
      "f32 workspace elements of causal_conv1d_bwd on CUDA for (B, DI, L)."},
     {"gemv", py_gemv, METH_VARARGS, "gemv (see csrc/jamba.h)."},
+    {"moe_grad_rows", py_moe_grad_rows, METH_VARARGS, "moe_grad_rows (see csrc/jamba.h)."},
     {"cross_entropy", py_cross_entropy, METH_VARARGS, "cross_entropy (see csrc/jamba.h)."},
     {"cross_entropy_bwd", py_cross_entropy_bwd, METH_VARARGS, "cross_entropy_bwd (see csrc/jamba.h)."},
     {"decode_attention", py_decode_attention, METH_VARARGS, "decode_attention (see csrc/jamba.h)."},
