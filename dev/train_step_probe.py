@@ -60,6 +60,25 @@ def peak_str(dev, base: int) -> str:
     return f"peak {peak / 2**30:.1f} GiB ({(peak - base) / 2**30:.1f} GiB above the weights: activations and gradients)"
 
 
+def ab_row(model, ids, L, title, variants, memory=False):
+    """Times the step under each variant (a dict {(module, attribute): value} set for its duration), then under the
+    defaults again, each after a warm-up step; prints one line (memory: each time's peak beside it)."""
+    row = []
+    for name, setting in variants + [("default again", {})]:
+        keep = {key: getattr(*key) for key in setting}
+        for (mod, attr), value in setting.items():
+            setattr(mod, attr, value)
+        try:
+            step_ms(model, ids, 1)
+            base = peak_reset(next(model.parameters()).device, model)
+            ms = step_ms(model, ids, 3)[0]
+            row.append(f"{name} {ms:.1f}" + (f" ({peak_str(next(model.parameters()).device, base)})" if memory else ""))
+        finally:
+            for (mod, attr), value in keep.items():
+                setattr(mod, attr, value)
+    print(f"L={L:6d}  {title}, ms a step: " + "; ".join(row), flush=True)
+
+
 def _frame(f):
     """'path/file.py(123): func' -> 'file.py:123 func'; other frames (built-in methods) shortened."""
     if "): " not in f:
@@ -114,58 +133,20 @@ def main():
             continue
         if dev.type == "cuda" and ops._moe_grouped_grads_ok(torch.empty(1, cfg.hidden_size, device=dev, dtype=dtype),
                                                            None, torch.empty(1, 1, cfg.intermediate_size, device=dev)):
-            row = []  # A/B of the MoE's training forms (session 33), each timed after a warm-up step
-            for name, saved, grouped in (("recomputing grouped backward", False, True),
-                                         ("per-expert loop backward (before session 33)", False, False),
-                                         ("default again", True, True)):
-                ops.MOE_TRAIN_SAVED, ops.MOE_BACKWARD_GROUPED = saved, grouped
-                try:
-                    step_ms(model, ids, 1)
-                    row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f}")
-                finally:
-                    ops.MOE_TRAIN_SAVED = ops.MOE_BACKWARD_GROUPED = True
-            print(f"L={L:6d}  MoE training forms, ms a step: " + "; ".join(row), flush=True)
-            row = []  # the backward's check of the expert ids: one host read per MoE layer (a sync)
-            for name, skip in (("expert-id check skipped (no host sync)", True), ("default again", False)):
-                keep = ops._moe_check_backward_ids
-                if skip:
-                    ops._moe_check_backward_ids = lambda ids, E: None
-                try:
-                    step_ms(model, ids, 1)
-                    row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f}")
-                finally:
-                    ops._moe_check_backward_ids = keep
-            print(f"L={L:6d}  MoE backward's id check, ms a step: " + "; ".join(row), flush=True)
-            row = []  # the grouped backward's dL/d(expert output) and routing-weight gradient (session 35)
-            for name, native in (("torch form (before session 35)", False), ("default again", True)):
-                ops.MOE_NATIVE_GRAD_ROWS = native
-                try:
-                    step_ms(model, ids, 1)
-                    row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f}")
-                finally:
-                    ops.MOE_NATIVE_GRAD_ROWS = True
-            print(f"L={L:6d}  MoE backward's moe_grad_rows, ms a step: " + "; ".join(row), flush=True)
-        if dev.type == "cuda":  # A/B of the projections' autograd (session 34)
+            ab_row(model, ids, L, "MoE training forms", [  # session 33
+                ("recomputing grouped backward", {(ops, "MOE_TRAIN_SAVED"): False}),
+                ("per-expert loop backward (before session 33)",
+                 {(ops, "MOE_TRAIN_SAVED"): False, (ops, "MOE_BACKWARD_GROUPED"): False})])
+            ab_row(model, ids, L, "MoE backward's id check (one host read per MoE layer)", [
+                ("expert-id check skipped (no host sync)", {(ops, "_moe_check_backward_ids"): lambda ids, E: None})])
+            ab_row(model, ids, L, "MoE backward's moe_grad_rows", [  # session 35
+                ("torch form (before session 35)", {(ops, "MOE_NATIVE_GRAD_ROWS"): False})])
+        if dev.type == "cuda":
             from jamba_ext import modeling_jamba as mj
-            row = []
-            for name, on in (("torch's autograd of matmul / bmm (before session 34)", False), ("default again", True)):
-                mj.TRAIN_PROJ_FUNCTIONS = on
-                try:
-                    step_ms(model, ids, 1)
-                    row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f}")
-                finally:
-                    mj.TRAIN_PROJ_FUNCTIONS = True
-            print(f"L={L:6d}  Mamba projections' backward, ms a step: " + "; ".join(row), flush=True)
-            row = []  # A/B of the LM loss (session 35): F.cross_entropy of an fp32 copy, or jamba.cross_entropy
-            for name, native in (("F.cross_entropy(logits.float()) (before session 35)", False), ("default again", True)):
-                mj.NATIVE_LOSS = native
-                try:
-                    step_ms(model, ids, 1)
-                    base = peak_reset(dev, model)
-                    row.append(f"{name} {step_ms(model, ids, 3)[0]:.1f} ({peak_str(dev, base)})")
-                finally:
-                    mj.NATIVE_LOSS = True
-            print(f"L={L:6d}  LM loss, ms a step: " + "; ".join(row), flush=True)
+            ab_row(model, ids, L, "Mamba projections' backward", [  # session 34
+                ("torch's autograd of matmul / bmm (before session 34)", {(mj, "TRAIN_PROJ_FUNCTIONS"): False})])
+            ab_row(model, ids, L, "LM loss", [  # session 35
+                ("F.cross_entropy(logits.float()) (before session 35)", {(mj, "NATIVE_LOSS"): False})], memory=True)
         if L == args.ref_length:
             keep = ops._scan_native_ok
             ops._scan_native_ok = lambda u, A: False  # the scan's backward through reference.py
