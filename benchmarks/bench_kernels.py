@@ -514,12 +514,40 @@ def bench_loss(bb, shapes):
         del x, xl
 
 
+def bench_moe_grad_rows(bb, shapes):
+    """moe_grad_rows (training: where the grouped MoE backward starts) at Jamba-v0.1's hidden size, top-2, bf16.
+    Checked against reference.py in fp32. Floor: go's gathered rows and y read, dys written (bf16; the fp32 outputs
+    are small). Alternative: the torch form it replaced (index_select, weighted product, an fp32 copy, product, sum)."""
+    dev = bb.dev
+    for T, H in shapes:
+        K = 2
+        go = rn(T, H, dev=dev)
+        y = rn(T * K, H, dev=dev)
+        w = torch.rand(T, K, device=dev)
+        slots = torch.randperm(T * K, device=dev).to(torch.int32)
+        dys, dws = ops.moe_grad_rows(go, w, slots, y)
+        rd, rw = R.moe_grad_rows(go, w, slots, y)
+        check("moe_grad_rows dys", dys, rd, rtol=1e-2, atol=1e-2)
+        check("moe_grad_rows dws", dws, rw, rtol=1e-4, atol=1e-3)
+        sl = slots.long()
+        tok = torch.div(sl, K, rounding_mode="floor")
+
+        def torch_form():
+            gos = go.index_select(0, tok)
+            d = gos * w.reshape(-1).index_select(0, sl).to(go.dtype)[:, None]
+            return d, (gos.float() * y).sum(1)
+
+        bb.row("moe_grad_rows", f"slots={T * K} H={H}", lambda: ops.moe_grad_rows(go, w, slots, y), 3 * T * K * H * 2,
+               eager=torch_form)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes; runs on CPU when there is no GPU")
     ap.add_argument("--device", default=None)
     ap.add_argument("--only", default="",
-                    help="comma-separated families: scan,scan_bwd,conv,conv_bwd,decode,mamba_step,norm,norm_bwd,gemv,attn,loss "
+                    help="comma-separated families: scan,scan_bwd,conv,conv_bwd,decode,mamba_step,norm,norm_bwd,gemv,attn,loss,"
+                         "moe_bwd "
                          "(default all)")
     args = ap.parse_args()
     dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -539,7 +567,7 @@ def main():
     print(f"device: {common.device_name(dev)} | copy bandwidth {bb.bw:.0f} GB/s | SFU ex2 rate "
           f"{(bb.sfu or 0) / 1e12:.2f}e12/s ({bb.sfu_how})", flush=True)
     only = set(filter(None, args.only.split(","))) or {"scan", "scan_bwd", "conv", "conv_bwd", "decode", "norm",
-                                                        "norm_bwd", "gemv", "attn", "loss"}
+                                                        "norm_bwd", "gemv", "attn", "loss", "moe_bwd"}
     if "scan" in only:
         bench_scan(bb, scan_shapes, DI, N)
     if "scan_bwd" in only:
@@ -563,6 +591,8 @@ def main():
         bench_attention(bb, [64] if args.smoke else [2048, 8192, 32768, 131072])
     if "loss" in only:
         bench_loss(bb, [(16, 1000)] if args.smoke else [(2048, 65536), (8192, 65536)])
+    if "moe_bwd" in only:
+        bench_moe_grad_rows(bb, [(16, 64)] if args.smoke else [(2048, 4096), (8192, 4096)])
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,
                        smoke=args.smoke)
     path = common.write_results("bench_kernels_smoke" if args.smoke else "bench_kernels", bb.rows, info)
