@@ -3,6 +3,8 @@
     python -m jamba_ext generate --prompt "Hello"                 # built-in small model, byte tokenizer
     python -m jamba_ext generate --model DIR --prompt "Hello"     # a local transformers Jamba checkpoint
     python -m jamba_ext check                                     # self-check of every op on this machine
+    python -m jamba_ext train --text-file notes.txt --steps 200 --save ./tiny   # fine-tune on a text file
+    python -m jamba_ext generate --model ./tiny --prompt "Hello"  # ... and generate with the result
     jamba-ext generate --prompt "Hello" --max-new-tokens 200 --temperature 0.8 --top-p 0.9
 
 The built-in model is a small random-weight Jamba (fixed seed, see DEFAULT_CONFIG): it exercises every
@@ -10,6 +12,9 @@ kernel (Mamba, attention, MoE) with no download; its text is noise. With --model
 + safetensors (sharded index honoured) and, for text, tokenizer.json (read with the `tokenizers`
 package). Generated text streams to stdout; throughput (prefill and decode tokens/s) and, for long
 prompts and long generations, progress bars go to stderr. Exit status 2 on a bad argument or checkpoint.
+`train` fine-tunes every weight of the built-in model (or of --model) on random windows of a UTF-8 text file
+(next-token loss, AdamW, gradients clipped at norm 1; on a GPU fp32 weights under bf16 autocast), logs the loss and
+tokens/s to stderr, and with --save writes a checkpoint that `generate --model` reads.
 """
 import argparse
 import os
@@ -179,6 +184,77 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import torch
+    if args.steps < 1:
+        _fail("--steps must be >= 1")
+    if args.seq_len < 2 or args.batch < 1:
+        _fail("--seq-len must be >= 2 and --batch >= 1")
+    if not args.lr > 0:
+        _fail("--lr must be > 0")
+    try:
+        with open(args.text_file, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"--text-file {args.text_file!r}: {e}")
+    torch.manual_seed(args.seed)
+    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if args.dtype is None:
+        args.dtype = "float32"                      # fp32 weights (and optimizer state); bf16 autocast on a GPU
+    model, tok, what = _load(args)
+    ids = torch.tensor(tok.encode(text, add_bos=False), dtype=torch.long)
+    if ids.numel() < args.seq_len + 1:
+        _fail(f"--text-file {args.text_file!r} encodes to {ids.numel()} tokens; --seq-len {args.seq_len} needs at "
+              f"least {args.seq_len + 1}")
+    if int(ids.max()) >= model.config.vocab_size:
+        _fail(f"the tokenizer produced id {int(ids.max())} >= the model's vocab_size {model.config.vocab_size}")
+    amp = cuda and model.dtype == torch.float32 and not args.no_autocast
+    sys.stderr.write(f"model: {what} | {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | "
+                     f"{model.device} {model.dtype}{' + bf16 autocast' if amp else ''} | text: {ids.numel()} tokens\n")
+    model.train()
+    if args.checkpointing:
+        model.gradient_checkpointing_enable()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(args.seed)
+    starts_max = ids.numel() - args.seq_len
+    log_every = args.log_every or max(1, args.steps // 20)
+    losses, t0, n_tok = [], time.perf_counter(), 0
+    for step in range(1, args.steps + 1):
+        starts = torch.randint(0, starts_max + 1, (args.batch,), generator=gen)
+        batch = torch.stack([ids[s:s + args.seq_len] for s in starts.tolist()]).to(model.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss = model(batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        n_tok += batch.numel()
+        if step % log_every == 0 or step == args.steps:
+            dt = time.perf_counter() - t0
+            recent = losses[-log_every:]
+            sys.stderr.write(f"step {step:6d}/{args.steps} | loss {sum(recent) / len(recent):.4f} | "
+                             f"{n_tok / max(dt, 1e-9):9.1f} tok/s | {dt:7.1f} s\n")
+            sys.stderr.flush()
+    k = max(1, min(10, args.steps // 4))
+    first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
+    sys.stderr.write(f"trained {args.steps} steps of {args.batch} x {args.seq_len} tokens in "
+                     f"{time.perf_counter() - t0:.1f} s: loss {first:.4f} (first {k} steps) -> {last:.4f} (last {k})\n")
+    if args.save:
+        model.gradient_checkpointing_disable()
+        model.save_pretrained(args.save)
+        if tok.__class__.__name__ == "ByteTokenizer":
+            from .tokenizer import ByteTokenizer
+            with open(os.path.join(args.save, ByteTokenizer.MARKER), "w") as f:
+                f.write("byte-level tokenizer (jamba_ext.tokenizer.ByteTokenizer)\n")
+        elif args.model and os.path.isfile(os.path.join(args.model, "tokenizer.json")):
+            import shutil
+            shutil.copy(os.path.join(args.model, "tokenizer.json"), args.save)
+        sys.stderr.write(f"saved to {args.save} (python -m jamba_ext generate --model {args.save} --prompt ...)\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="jamba-ext", description="Jamba on the jamba_ext native kernels.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -211,6 +287,23 @@ def build_parser() -> argparse.ArgumentParser:
                          "decoding at batch 1)")
     cg.add_argument("--no-cuda-graph", dest="cuda_graph", action="store_false", help="decode eagerly")
     g.set_defaults(func=cmd_generate)
+    t = sub.add_parser("train", help="fine-tune the model on a text file (next-token loss)")
+    t.add_argument("--text-file", required=True, metavar="PATH", help="UTF-8 training text")
+    t.add_argument("--model", default=None, metavar="DIR",
+                   help="local transformers Jamba checkpoint (default: built-in small random model)")
+    t.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    t.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="weights' dtype (default float32; on a GPU the step then runs under bf16 autocast)")
+    t.add_argument("--no-autocast", action="store_true", help="no bf16 autocast on a GPU")
+    t.add_argument("--steps", type=int, default=100)
+    t.add_argument("--batch", type=int, default=4, help="sequences per step")
+    t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
+    t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3: the small model)")
+    t.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (less activation memory)")
+    t.add_argument("--log-every", type=int, default=0, metavar="N", help="a loss line every N steps (default: 20 lines)")
+    t.add_argument("--save", default=None, metavar="DIR", help="write the trained checkpoint here")
+    t.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and the batches")
+    t.set_defaults(func=cmd_train, progress=None)
     c = sub.add_parser("check", help="self-check: every op on this machine's devices against the float64 reference")
     c.add_argument("--device", default="all", help="cpu, cuda[:N] or all (default: CPU and every visible GPU)")
     c.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16"],

@@ -1,7 +1,8 @@
 """Tokenizers for the command line: a byte-level one for the built-in model, a HF tokenizer.json loader.
 
     ByteTokenizer        ids 0/1/2 = pad/bos/eos, byte b -> b + 3 (vocab 259); decodes UTF-8 with replacement
-    load_tokenizer(dir)  tokenizer.json of a checkpoint through the `tokenizers` package, or None
+    load_tokenizer(dir)  tokenizer.json of a checkpoint through the `tokenizers` package, a ByteTokenizer where the
+                         directory holds ByteTokenizer.MARKER (a byte-level model saved by `jamba-ext train`), or None
     StreamDecoder        turns a growing id list into printable text increments (no half UTF-8 characters)
 """
 import os
@@ -12,6 +13,7 @@ class ByteTokenizer:
     pad_token_id, bos_token_id, eos_token_id = 0, 1, 2
     offset = 3
     vocab_size = 256 + offset
+    MARKER = "byte_tokenizer.txt"  # in a checkpoint directory: its model reads bytes (jamba-ext train --save writes it)
 
     def encode(self, text: str, add_bos: bool = True) -> List[int]:
         ids = [b + self.offset for b in text.encode("utf-8")]
@@ -35,11 +37,12 @@ class HFTokenizer:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
 
-def load_tokenizer(model_dir: str) -> Optional[HFTokenizer]:
-    """The checkpoint's tokenizer.json, or None when there is none. ImportError without `tokenizers`."""
+def load_tokenizer(model_dir: str):
+    """The checkpoint's tokenizer.json (an HFTokenizer), a ByteTokenizer for a byte-level model saved by
+    `jamba-ext train`, or None when there is neither. ImportError without `tokenizers`."""
     path = os.path.join(model_dir, "tokenizer.json")
     if not os.path.isfile(path):
-        return None
+        return ByteTokenizer() if os.path.isfile(os.path.join(model_dir, ByteTokenizer.MARKER)) else None
     try:
         import tokenizers  # noqa: F401
     except ImportError:

@@ -133,3 +133,35 @@ def test_byte_tokenizer_and_stream_decoder():
     assert "".join(pieces) + dec.flush() == "héllo ✓"
     assert all("\ufffd" not in p for p in pieces)      # half characters are held back
     assert torch.tensor(ids).max() < tok.vocab_size
+
+
+def test_cli_train_then_generate(tmp_path, capsys):
+    """`jamba-ext train` fine-tunes the built-in model on a text file: the loss falls (a repetitive text the random
+    model cannot predict at first), --save writes a checkpoint with the byte-tokenizer marker, and `generate --model`
+    runs it."""
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    out = tmp_path / "ckpt"
+    assert main(["train", "--text-file", str(text), "--steps", "16", "--batch", "2", "--seq-len", "32", "--lr", "3e-3",
+                 "--device", "cpu", "--log-every", "4", "--save", str(out)]) == 0
+    err = capsys.readouterr().err
+    m = re.search(r"loss ([0-9.]+) \(first 4 steps\) -> ([0-9.]+) \(last 4\)", err)
+    assert m and float(m.group(2)) < float(m.group(1)) - 0.5, err
+    assert err.count("step ") == 4 and "tok/s" in err
+    assert {"config.json", "model.safetensors", ByteTokenizer.MARKER} <= set(os.listdir(out))
+    assert main(["generate", "--model", str(out), "--prompt", "the quick", "--max-new-tokens", "4", "--device",
+                 "cpu"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.startswith("the quick") and str(out) in cap.err
+
+
+def test_cli_train_errors(tmp_path, capsys):
+    short = tmp_path / "s.txt"
+    short.write_text("abc", encoding="utf-8")
+    for argv, msg in ((["--text-file", str(short), "--seq-len", "8"], "encodes to 3 tokens"),
+                      (["--text-file", str(short), "--steps", "0"], "--steps must be >= 1"),
+                      (["--text-file", str(tmp_path / "missing.txt")], "--text-file"),
+                      (["--text-file", str(short), "--lr", "0"], "--lr must be > 0")):
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--device", "cpu", *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
