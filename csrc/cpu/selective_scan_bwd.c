@@ -6,7 +6,8 @@
  * dinitial_state (B, DI, N) contiguous.
  * Work split, per batch row b: B and C converted once to fp32 (t, n) rows; OpenMP threads take fixed blocks of
  * SB_CB channels. Per channel: the forward recurrence over all L with h kept at the start of every SB_TC-step chunk,
- * then the chunks in reverse (h[t-1] of the chunk recomputed from its checkpoint, then t from the chunk's end down).
+ * then the chunks in reverse (the chunk's states and exp(dt A) recomputed from its checkpoint into buffers, then t
+ * from the chunk's end down); the loops over the states vectorise (jamba_exp2f, AVX2 clone).
  * dB and dC are summed over the channels of a block into the block's (L, N) partials, then over the blocks in
  * block order; dA, dD and ddelta_bias per (b, c), then over b in order: the result does not depend on the thread
  * count.
@@ -78,12 +79,20 @@ jamba_status jamba_selective_scan_bwd_check(const jamba_selective_scan_bwd_param
 static inline float sb_sigmoid(float x) { return 1.f / (1.f + expf(-x)); }
 
 /* One channel (b, c) over all L: the forward for the checkpoints, then the reverse. Rows (fp32, L each): u, dt
- * (softplus applied), dsp (d dt / d delta), z (or NULL), dout; bt / ct: B and C of batch b as (L, N). Writes du / ddelta / dz rows (fp32),
- * adds into the block partials pdb / pdc (L, N), returns dA (N), dD, ddelta_bias, dinit (N) of the channel. */
-static void sb_channel(const float *u, const float *dtr, const float *dsp, const float *z, const float *dout,
-                       const float *bt, const float *ct, const float *A, float Dc, const float *h0, const float *dlast,
-                       int64_t L, int64_t N, float *ckpt, float *hbuf, float *du, float *ddelta, float *dz, float *pdb,
-                       float *pdc, float *dA, float *dD, float *ddb, float *dinit) {
+ * (softplus applied), dsp (d dt / d delta), z (or NULL), dout; bt / ct: B and C of batch b as (L, N); A of the
+ * channel and A2 = A * log2(e) (the exps through the vectorisable jamba_exp2f, as the forward scan). Scratch: ckpt (NC, N),
+ * hbuf (SB_TC + 1, N) (the chunk's states: row i is h[t0 + i - 1]), abuf (SB_TC, N) (its exp(dt A), computed once
+ * per chunk and used by the reverse). Writes du / ddelta / dz rows (fp32), adds into the block partials pdb / pdc
+ * (L, N), returns dA (N), dD, ddelta_bias, dinit (N) of the channel. */
+JAMBA_CPU_CLONES
+static void sb_channel(const float *restrict u, const float *restrict dtr, const float *restrict dsp,
+                       const float *restrict z, const float *restrict dout, const float *restrict bt,
+                       const float *restrict ct, const float *restrict A, const float *restrict A2, float Dc,
+                       const float *h0,
+                       const float *dlast, int64_t L, int64_t N, float *restrict ckpt, float *restrict hbuf,
+                       float *restrict abuf, float *restrict du, float *restrict ddelta, float *restrict dz,
+                       float *restrict pdb, float *restrict pdc, float *restrict dA, float *dD, float *ddb,
+                       float *dinit) {
     float h[JAMBA_MAX_D_STATE], g[JAMBA_MAX_D_STATE];
     for (int64_t n = 0; n < N; n++) h[n] = h0 ? h0[n] : 0.f, dA[n] = 0.f;
     const int64_t NC = (L + SB_TC - 1) / SB_TC;
@@ -91,44 +100,51 @@ static void sb_channel(const float *u, const float *dtr, const float *dsp, const
         memcpy(ckpt + k * N, h, sizeof(float) * (size_t)N);
         const int64_t t1 = (k + 1) * SB_TC < L ? (k + 1) * SB_TC : L;
         for (int64_t t = k * SB_TC; t < t1; t++) {
-            const float dt = dtr[t];
-            for (int64_t n = 0; n < N; n++) h[n] = expf(dt * A[n]) * h[n] + dt * bt[t * N + n] * u[t];
+            const float dt = dtr[t], dtu = dt * u[t];
+            const float *bn = bt + t * N;
+#pragma omp simd
+            for (int64_t n = 0; n < N; n++) h[n] = jamba_exp2f(dt * A2[n]) * h[n] + dtu * bn[n];
         }
     }
     for (int64_t n = 0; n < N; n++) g[n] = dlast ? dlast[n] : 0.f;
     float sD = 0.f, sdb = 0.f;
     for (int64_t k = NC - 1; k >= 0; k--) {
         const int64_t t0 = k * SB_TC, t1 = t0 + SB_TC < L ? t0 + SB_TC : L;
-        memcpy(h, ckpt + k * N, sizeof(float) * (size_t)N);
-        for (int64_t t = t0; t < t1; t++) { /* hbuf[t - t0] = h[t-1] */
-            memcpy(hbuf + (t - t0) * N, h, sizeof(float) * (size_t)N);
-            const float dt = dtr[t];
-            for (int64_t n = 0; n < N; n++) h[n] = expf(dt * A[n]) * h[n] + dt * bt[t * N + n] * u[t];
+        memcpy(hbuf, ckpt + k * N, sizeof(float) * (size_t)N);
+        for (int64_t t = t0; t < t1; t++) { /* hbuf row t - t0 + 1 = h[t], abuf row t - t0 = exp(dt A) */
+            const float dt = dtr[t], dtu = dt * u[t];
+            const float *bn = bt + t * N, *hp = hbuf + (t - t0) * N;
+            float *an = abuf + (t - t0) * N, *hn = hbuf + (t - t0 + 1) * N;
+#pragma omp simd
+            for (int64_t n = 0; n < N; n++) {
+                an[n] = jamba_exp2f(dt * A2[n]);
+                hn[n] = an[n] * hp[n] + dtu * bn[n];
+            }
         }
         for (int64_t t = t1 - 1; t >= t0; t--) {
             const float ut = u[t], dt = dtr[t];
-            const float *bn = bt + t * N, *cn = ct + t * N, *hp = hbuf + (t - t0) * N;
-            float a[JAMBA_MAX_D_STATE], ht[JAMBA_MAX_D_STATE], y0 = Dc * ut;
-            for (int64_t n = 0; n < N; n++) {
-                a[n] = expf(dt * A[n]);
-                ht[n] = a[n] * hp[n] + dt * bn[n] * ut;
-                y0 += cn[n] * ht[n];
-            }
+            const float *bn = bt + t * N, *cn = ct + t * N, *hp = hbuf + (t - t0) * N, *ht = hp + N;
+            const float *a = abuf + (t - t0) * N;
+            float y0 = Dc * ut;
+#pragma omp simd reduction(+ : y0)
+            for (int64_t n = 0; n < N; n++) y0 += cn[n] * ht[n];
             float gz = 1.f;
             if (z) {
                 const float sz = sb_sigmoid(z[t]);
                 gz = z[t] * sz;
                 dz[t] = dout[t] * y0 * sz * (1.f + z[t] * (1.f - sz));
             }
-            const float dyp = dout[t] * gz;
+            const float dyp = dout[t] * gz, dtu = dt * ut;
+            float *pc = pdc + t * N, *pb = pdb + t * N;
             float sdu = 0.f, sddt = 0.f;
+#pragma omp simd reduction(+ : sdu, sddt)
             for (int64_t n = 0; n < N; n++) {
-                const float gn = g[n] + dyp * cn[n];
-                pdc[t * N + n] += dyp * ht[n];
-                pdb[t * N + n] += gn * dt * ut;
+                const float gn = g[n] + dyp * cn[n], ha = hp[n] * a[n];
+                pc[n] += dyp * ht[n];
+                pb[n] += gn * dtu;
                 sdu += gn * bn[n];
-                sddt += gn * (bn[n] * ut + hp[n] * a[n] * A[n]);
-                dA[n] += gn * hp[n] * a[n] * dt;
+                sddt += gn * (bn[n] * ut + ha * A[n]);
+                dA[n] += gn * ha * dt;
                 g[n] = a[n] * gn;
             }
             du[t] = dyp * Dc + dt * sdu;
@@ -167,9 +183,9 @@ jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params 
         memset(pdb, 0, sizeof(float) * (size_t)(2 * NB * L * N));
 #pragma omp parallel if (DI * L * N > JAMBA_OMP_MIN_WORK)
         {
-            /* per thread: 8 rows of L (u, dt, dsp, z, dout, du, ddelta, dz), checkpoints (NC, N), the chunk's h (SB_TC, N),
-             * A of the channel (N) */
-            float *rows = (float *)malloc(sizeof(float) * (size_t)(8 * L + NC * N + SB_TC * N + N + 1));
+            /* per thread: 8 rows of L (u, dt, dsp, z, dout, du, ddelta, dz), checkpoints (NC, N), the chunk's states
+             * (SB_TC + 1, N) and exp(dt A) (SB_TC, N), A of the channel times log2(e) and as is (N each) */
+            float *rows = (float *)malloc(sizeof(float) * (size_t)(8 * L + NC * N + (2 * SB_TC + 1) * N + 2 * N + 1));
             if (!rows) {
 #pragma omp atomic write
                 failed = 1;
@@ -179,7 +195,8 @@ jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params 
                 if (!rows) continue;
                 float *u = rows, *x = u + L, *dsp = x + L, *z = dsp + L, *dout = z + L, *du = dout + L;
                 float *dd = du + L, *dz = dd + L;
-                float *ckpt = dz + L, *hbuf = ckpt + NC * N, *Ac = hbuf + SB_TC * N;
+                float *ckpt = dz + L, *hbuf = ckpt + NC * N, *abuf = hbuf + (SB_TC + 1) * N, *Ac = abuf + SB_TC * N;
+                float *Ar = Ac + N;
                 const int64_t c1 = (blk + 1) * SB_CB < DI ? (blk + 1) * SB_CB : DI;
                 for (int64_t c = blk * SB_CB; c < c1; c++) {
                     const int64_t ro = b * p->u.stride[0] + c * p->u.stride[1];
@@ -199,7 +216,10 @@ jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params 
                         x[t] = sp ? log1pf(expf(xt)) : xt;
                         dsp[t] = sp ? sb_sigmoid(xt) : 1.f;
                     }
-                    for (int64_t n = 0; n < N; n++) Ac[n] = A[c * p->A.stride[0] + n * p->A.stride[1]];
+                    for (int64_t n = 0; n < N; n++) {
+                        Ar[n] = A[c * p->A.stride[0] + n * p->A.stride[1]];
+                        Ac[n] = Ar[n] * JAMBA_LOG2E;
+                    }
                     const float Dc = p->D.data ? ((const float *)p->D.data)[c * p->D.stride[0]] : 0.f;
                     const float *h0 = p->initial_state.data
                                           ? (const float *)p->initial_state.data + b * p->initial_state.stride[0] +
@@ -210,8 +230,8 @@ jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params 
                                                                 c * p->dlast_state.stride[1]
                                                           : NULL;
                     float dinit[JAMBA_MAX_D_STATE];
-                    sb_channel(u, x, dsp, p->z.data ? z : NULL, dout, bt, ct, Ac, Dc, h0, dl, L, N, ckpt,
-                               hbuf, du, dd, dz, pdb + blk * L * N, pdc + blk * L * N, pA + (b * DI + c) * N,
+                    sb_channel(u, x, dsp, p->z.data ? z : NULL, dout, bt, ct, Ar, Ac, Dc, h0, dl, L, N, ckpt,
+                               hbuf, abuf, du, dd, dz, pdb + blk * L * N, pdc + blk * L * N, pA + (b * DI + c) * N,
                                pD + b * DI + c, pdbias + b * DI + c, dinit);
                     const int64_t oo = (b * DI + c) * L; /* du, ddelta, dz are contiguous (B, DI, L) */
                     jamba_store_row((char *)p->du.data + oo * es, dt, du, L, 1);
