@@ -58,6 +58,15 @@ def _fail(msg: str) -> "NoReturn":  # noqa: F821
     sys.exit(2)
 
 
+def _read_text(path: str, flag: str) -> str:
+    """A UTF-8 text file's contents; exit 2 naming the flag when it cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(f"{flag} {path!r}: {e}")
+
+
 def _load(args):
     import torch
     from .modeling_jamba import JambaConfig, JambaForCausalLM
@@ -100,13 +109,7 @@ def cmd_generate(args) -> int:
         prefill_chunks(1, 1, args.prefill_chunk)
     except ValueError:
         _fail("--prefill-chunk must be 0 (one forward) or >= 8")
-    prompt = args.prompt
-    if args.prompt_file is not None:
-        try:
-            with open(args.prompt_file, encoding="utf-8") as f:
-                prompt = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            _fail(f"--prompt-file {args.prompt_file!r}: {e}")
+    prompt = args.prompt if args.prompt_file is None else _read_text(args.prompt_file, "--prompt-file")
     torch.manual_seed(args.seed)
     model, tok, what = _load(args)
     ids = tok.encode(prompt)
@@ -192,11 +195,7 @@ def cmd_train(args) -> int:
         _fail("--seq-len must be >= 2 and --batch >= 1")
     if not args.lr > 0:
         _fail("--lr must be > 0")
-    try:
-        with open(args.text_file, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        _fail(f"--text-file {args.text_file!r}: {e}")
+    text = _read_text(args.text_file, "--text-file")
     torch.manual_seed(args.seed)
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if args.dtype is None:
