@@ -3,7 +3,8 @@
 # and the scan, causal_conv1d_bwd, rms_norm_bwd, silu_mul_bwd, the MoE's gradients, the model's training step),
 # memcheck and racecheck of sanitize_cases.py, bench_kernels' scan_bwd, conv_bwd and norm_bwd rows, then
 # dev/train_step_probe.py with PDL off (a per-kernel breakdown). Log: $OUT/train.log, JSON:
-# $OUT/bench_kernels_train.json. Usage on the device: JAMBA_COMMIT=<sha> [SKIP_KERNELS=1] [PROBE_ARGS="--batch 4"] bash benchmarks/run_gpu_train.sh
+# $OUT/bench_kernels_train.json; benchmarks/bench_train.py (ours vs transformers' step): $OUT/bench_train.json / .png.
+# Usage on the device: JAMBA_COMMIT=<sha> [SKIP_KERNELS=1] [SKIP_BENCH_TRAIN=1] [PROBE_ARGS="--batch 4"] bash benchmarks/run_gpu_train.sh
 # (SKIP_KERNELS=1: no sanitizers and kernel benchmarks, for Python-only changes)
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
@@ -28,6 +29,11 @@ timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmar
 step "bench_kernels --only scan_bwd,conv_bwd,norm_bwd"
 timeout 240 python3 benchmarks/bench_kernels.py --only scan_bwd,conv_bwd,norm_bwd 2>&1 | tail -8
 cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_train.json" 2>/dev/null
+fi
+if [ "${SKIP_BENCH_TRAIN:-0}" != 1 ]; then
+step "bench_train (ours vs transformers' training step, same weights)"
+timeout 300 python3 benchmarks/bench_train.py 2>&1 | grep -v "^\[transformers\]" | tail -20
+cp benchmarks/results/bench_train.json benchmarks/results/bench_train.png "$OUT/" 2>/dev/null
 fi
 step "dev/train_step_probe.py at 2048 tokens, PDL off"
 JAMBA_EXT_PDL=0 timeout 240 python3 dev/train_step_probe.py --lengths 512,2048 --ref-length 0 --copies 24 ${PROBE_ARGS:-} 2>&1 | grep -v "^USDT" \

@@ -17,7 +17,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize("script,result", [("bench_cpu.py", "bench_cpu_smoke.json"),
                                            ("bench_kernels.py", "bench_kernels_smoke.json"),
                                            ("bench_moe.py", "bench_moe_smoke.json"),
-                                           ("bench_model.py", "bench_model_smoke.json")])
+                                           ("bench_model.py", "bench_model_smoke.json"),
+                                           ("bench_train.py", "bench_train_smoke.json")])
 def test_benchmark_smoke(tmp_path, script, result):
     env = dict(os.environ, JAMBA_BENCH_RESULTS=str(tmp_path), PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--smoke"], env=env,
@@ -26,6 +27,8 @@ def test_benchmark_smoke(tmp_path, script, result):
     data = json.loads((tmp_path / result).read_text())
     assert data["rows"], "no result rows"
     assert data["meta"]["commit"] and data["meta"]["torch"]
+    if script == "bench_train.py":   # the correctness check ran against transformers and passed
+        assert data["meta"]["check"]["ok"] is True, data["meta"]["check"]
     if script == "bench_model.py":   # the routing-aware decode floor: distinct experts a MoE layer's step touched
         cfg = data["meta"]["config"]
         touched = [r["decode_experts_touched"] for r in data["rows"] if r.get("impl") == "jamba_ext"
