@@ -30,6 +30,10 @@ step "bench_kernels --only scan_bwd,conv_bwd,norm_bwd"
 timeout 240 python3 benchmarks/bench_kernels.py --only scan_bwd,conv_bwd,norm_bwd 2>&1 | tail -8
 cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_train.json" 2>/dev/null
 fi
+step "jamba-ext train on the GPU (built-in model, fp32 weights under bf16 autocast; then generate from the result)"
+timeout 120 python3 -m jamba_ext train --text-file README.md --steps 60 --seq-len 256 --device cuda --save /tmp/jt 2>&1 \
+  | grep -v "^\[transformers\]" | tail -4
+timeout 60 python3 -m jamba_ext generate --model /tmp/jt --prompt "The model" --max-new-tokens 24 --temperature 0.8 2>&1 | tail -2
 if [ "${SKIP_BENCH_TRAIN:-0}" != 1 ]; then
 step "bench_train (ours vs transformers' training step, same weights)"
 timeout 300 python3 benchmarks/bench_train.py 2>&1 | grep -v "^\[transformers\]" | tail -20
