@@ -6,7 +6,7 @@
     StreamDecoder        turns a growing id list into printable text increments (no half UTF-8 characters)
 """
 import os
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 
 class ByteTokenizer:
