@@ -104,6 +104,8 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens < 0:
         _fail("--max-new-tokens must be >= 0")
+    if not args.repetition_penalty > 0:
+        _fail("--repetition-penalty must be > 0 (1.0: none)")
     from .modeling_jamba import prefill_chunks
     try:
         prefill_chunks(1, 1, args.prefill_chunk)
@@ -167,6 +169,7 @@ def cmd_generate(args) -> int:
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph,
+                       repetition_penalty=args.repetition_penalty,
                        prefill_chunk=args.prefill_chunk, prefill_progress=on_prefill if pre_bar.enabled else None)
     t1 = time.perf_counter()
     echo()                                          # (no prefill ran: --max-new-tokens 0)
@@ -274,6 +277,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0,
+                   help="> 1 makes tokens already in the text less likely (transformers' semantics; 1.0: none)")
     bar = g.add_mutually_exclusive_group()
     bar.add_argument("--progress", dest="progress", action="store_true", default=None,
                      help=f"always show the progress bars and the weight-loading lines (default: the prefill bar "

@@ -1943,12 +1943,15 @@ class JambaForCausalLM(_PreTrained):
                  pad_token_id: Optional[int] = "config", streamer: Optional[Callable] = None,
                  max_length: Optional[int] = None, cuda_graph: Optional[bool] = None,
                  static_cache: Optional[bool] = None, prefill_chunk: Optional[int] = None,
-                 prefill_progress: Optional[Callable[[int, int], None]] = None) -> Tensor:
+                 prefill_progress: Optional[Callable[[int, int], None]] = None,
+                 repetition_penalty: float = 1.0) -> Tensor:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
-        lengths (left-padded here). Sampling applies temperature, then top_k, then top_p (nucleus), with a
-        torch.Generator seeded by `seed`. A sequence stops at an EOS id (config.eos_token_id by default;
+        lengths (left-padded here). repetition_penalty (transformers' semantics, applied first, to greedy and sampled
+        picks alike): the logit of every token already in the sequence (prompt, its padding and the new tokens) is
+        divided by it where positive, multiplied where negative; 1.0 (the default) leaves the logits alone. Sampling
+        applies temperature, then top_k, then top_p (nucleus), with a torch.Generator seeded by `seed`. A sequence stops at an EOS id (config.eos_token_id by default;
         None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
         streamer: called with the new tokens (B,) after every step, as a CPU tensor (an object with
         put()/end(), such as transformers' TextStreamer, also works). On a CUDA model the next step is
@@ -1992,6 +1995,8 @@ class JambaForCausalLM(_PreTrained):
             raise ValueError(f"temperature: expected > 0 when sampling, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p: expected in (0, 1], got {top_p}")
+        if not repetition_penalty > 0:
+            raise ValueError(f"repetition_penalty: expected > 0 (1.0: none), got {repetition_penalty}")
         Bsz, T = input_ids.shape
         chunks = prefill_chunks(T, Bsz, prefill_chunk)
         gen = None
@@ -2029,9 +2034,17 @@ class JambaForCausalLM(_PreTrained):
         host = torch.empty((max_new_tokens, Bsz), dtype=torch.long, pin_memory=dev.type == "cuda" and ahead)
         eos_h = torch.tensor(eos, dtype=torch.long) if eos else None
         done_h = torch.zeros(Bsz, dtype=torch.bool)
+        seen = None                                # (B, V): the tokens in the sequence, for repetition_penalty
+        if repetition_penalty != 1.0:
+            seen = torch.zeros(logits.shape, dtype=torch.bool, device=dev).scatter_(1, input_ids.to(dev), True)
         for i in range(max_new_tokens):
+            if seen is not None:
+                lf = logits.float()
+                logits = torch.where(seen, torch.where(lf < 0, lf * repetition_penalty, lf / repetition_penalty), lf)
             nxt = self._pick(logits, do_sample, temperature, top_k, top_p, gen)                   # (B,)
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
+            if seen is not None:
+                seen.scatter_(1, nxt[:, None], True)
             out.append(nxt[:, None])
             host[i].copy_(nxt, non_blocking=ahead)
             ready = torch.cuda.Event() if ahead and dev.type == "cuda" else None

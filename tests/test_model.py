@@ -183,6 +183,27 @@ def test_prefill_decode_generate_match_transformers(name):
             assert ours.generate(ids, max_new_tokens=12).tolist() == g_hf.tolist()
 
 
+@pytest.mark.parametrize("penalty", [1.3, 0.8])
+def test_generate_repetition_penalty_matches_transformers(penalty):
+    """generate(repetition_penalty=p) gives transformers' tokens (its RepetitionPenaltyLogitsProcessor: the prompt's
+    and the new tokens' logits divided by p where positive, multiplied where negative), greedy, with EOS; and a
+    penalty above 1 repeats tokens less than no penalty on the same prompt. 0 is refused."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    with torch.no_grad():
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                           repetition_penalty=penalty)
+        got = ours.generate(ids, max_new_tokens=16, repetition_penalty=penalty)
+        assert got.tolist() == want.tolist()
+        if penalty > 1:
+            plain = ours.generate(ids, max_new_tokens=16, eos_token_id=None)
+            strong = ours.generate(ids, max_new_tokens=16, eos_token_id=None, repetition_penalty=3.0)
+            repeats = lambda g: sum(len(r) - len(set(r)) for r in g[:, ids.shape[1]:].tolist())  # noqa: E731
+            assert repeats(strong) < repeats(plain) or repeats(plain) == 0
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        ours.generate(ids, max_new_tokens=2, repetition_penalty=0.0)
+
+
 def test_logits_to_keep():
     hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
