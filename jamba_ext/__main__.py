@@ -104,6 +104,8 @@ def cmd_generate(args) -> int:
 
     if args.max_new_tokens < 0:
         _fail("--max-new-tokens must be >= 0")
+    if args.min_new_tokens < 0:
+        _fail("--min-new-tokens must be >= 0")
     if not args.repetition_penalty > 0:
         _fail("--repetition-penalty must be > 0 (1.0: none)")
     from .modeling_jamba import prefill_chunks
@@ -169,7 +171,7 @@ def cmd_generate(args) -> int:
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
                        top_p=args.top_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph,
-                       repetition_penalty=args.repetition_penalty,
+                       repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
                        prefill_chunk=args.prefill_chunk, prefill_progress=on_prefill if pre_bar.enabled else None)
     t1 = time.perf_counter()
     echo()                                          # (no prefill ran: --max-new-tokens 0)
@@ -273,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--min-new-tokens", type=int, default=0, help="no end-of-text token before this many new tokens")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and sampling")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     g.add_argument("--top-k", type=int, default=0)

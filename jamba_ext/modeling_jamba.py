@@ -1944,14 +1944,15 @@ class JambaForCausalLM(_PreTrained):
                  max_length: Optional[int] = None, cuda_graph: Optional[bool] = None,
                  static_cache: Optional[bool] = None, prefill_chunk: Optional[int] = None,
                  prefill_progress: Optional[Callable[[int, int], None]] = None,
-                 repetition_penalty: float = 1.0) -> Tensor:
+                 repetition_penalty: float = 1.0, min_new_tokens: int = 0) -> Tensor:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
         lengths (left-padded here). repetition_penalty (transformers' semantics, applied first, to greedy and sampled
         picks alike): the logit of every token already in the sequence (prompt, its padding and the new tokens) is
         divided by it where positive, multiplied where negative; 1.0 (the default) leaves the logits alone. Sampling
-        applies temperature, then top_k, then top_p (nucleus), with a torch.Generator seeded by `seed`. A sequence stops at an EOS id (config.eos_token_id by default;
+        applies temperature, then top_k, then top_p (nucleus), with a torch.Generator seeded by `seed`. min_new_tokens:
+        the EOS ids cannot be picked before this many new tokens (transformers' semantics). A sequence stops at an EOS id (config.eos_token_id by default;
         None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
         streamer: called with the new tokens (B,) after every step, as a CPU tensor (an object with
         put()/end(), such as transformers' TextStreamer, also works). On a CUDA model the next step is
@@ -1997,6 +1998,8 @@ class JambaForCausalLM(_PreTrained):
             raise ValueError(f"top_p: expected in (0, 1], got {top_p}")
         if not repetition_penalty > 0:
             raise ValueError(f"repetition_penalty: expected > 0 (1.0: none), got {repetition_penalty}")
+        if min_new_tokens < 0:
+            raise ValueError(f"min_new_tokens: expected >= 0, got {min_new_tokens}")
         Bsz, T = input_ids.shape
         chunks = prefill_chunks(T, Bsz, prefill_chunk)
         gen = None
@@ -2041,6 +2044,8 @@ class JambaForCausalLM(_PreTrained):
             if seen is not None:
                 lf = logits.float()
                 logits = torch.where(seen, torch.where(lf < 0, lf * repetition_penalty, lf / repetition_penalty), lf)
+            if i < min_new_tokens and eos_t is not None:
+                logits = logits.index_fill(1, eos_t, float("-inf"))
             nxt = self._pick(logits, do_sample, temperature, top_k, top_p, gen)                   # (B,)
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
             if seen is not None:

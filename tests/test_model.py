@@ -204,6 +204,23 @@ def test_generate_repetition_penalty_matches_transformers(penalty):
         ours.generate(ids, max_new_tokens=2, repetition_penalty=0.0)
 
 
+def test_generate_min_new_tokens_matches_transformers():
+    """generate(min_new_tokens=n): no EOS before n new tokens, as transformers' MinNewTokensLengthLogitsProcessor (the
+    first sequence of this prompt picks EOS at its 12th new token without it)."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    eos = hf.generation_config.eos_token_id
+    with torch.no_grad():
+        plain = ours.generate(ids, max_new_tokens=16)
+        assert (plain[:, 9:9 + 14] == eos).any()                 # without it, EOS comes before 14 new tokens
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
+                           min_new_tokens=14)
+        got = ours.generate(ids, max_new_tokens=16, min_new_tokens=14)
+        assert got.tolist() == want.tolist() and not (got[:, 9:9 + 14] == eos).any()
+    with pytest.raises(ValueError, match="min_new_tokens"):
+        ours.generate(ids, max_new_tokens=2, min_new_tokens=-1)
+
+
 def test_logits_to_keep():
     hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
