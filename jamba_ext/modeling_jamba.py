@@ -1875,6 +1875,15 @@ class _DecodeGraph:
         return self.logits
 
 
+# transformers' generate() arguments that JambaForCausalLM.generate accepts at the values that change nothing here
+_HF_NOOP_GENERATE_KWARGS = {
+    "use_cache": (True, None), "num_beams": (1, None), "num_beam_groups": (1, None), "output_scores": (False, None),
+    "output_logits": (False, None), "return_dict_in_generate": (False, None), "output_attentions": (False, None),
+    "output_hidden_states": (False, None), "synced_gpus": (False, None), "early_stopping": (False, None),
+    "length_penalty": (1.0, None), "no_repeat_ngram_size": (0, None), "typical_p": (1.0, None),
+}
+
+
 class JambaForCausalLM(_PreTrained):
     """JambaModel + lm_head (tied to embed_tokens when config.tie_word_embeddings)."""
 
@@ -1944,7 +1953,8 @@ class JambaForCausalLM(_PreTrained):
                  max_length: Optional[int] = None, cuda_graph: Optional[bool] = None,
                  static_cache: Optional[bool] = None, prefill_chunk: Optional[int] = None,
                  prefill_progress: Optional[Callable[[int, int], None]] = None,
-                 repetition_penalty: float = 1.0, min_new_tokens: int = 0) -> Tensor:
+                 repetition_penalty: float = 1.0, min_new_tokens: int = 0, num_return_sequences: int = 1,
+                 **hf_kwargs) -> Tensor:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
@@ -1952,7 +1962,10 @@ class JambaForCausalLM(_PreTrained):
         picks alike): the logit of every token already in the sequence (prompt, its padding and the new tokens) is
         divided by it where positive, multiplied where negative; 1.0 (the default) leaves the logits alone. Sampling
         applies temperature, then top_k, then top_p (nucleus), with a torch.Generator seeded by `seed`. min_new_tokens:
-        the EOS ids cannot be picked before this many new tokens (transformers' semantics). A sequence stops at an EOS id (config.eos_token_id by default;
+        the EOS ids cannot be picked before this many new tokens (transformers' semantics). num_return_sequences=n: each
+        prompt n times in a row (rows b * n .. b * n + n - 1 of the result), as transformers. Other transformers
+        arguments are accepted at their no-op values (use_cache=True, num_beams=1, output_scores=False, ...: see
+        _HF_NOOP_GENERATE_KWARGS); any other value raises ValueError naming it. A sequence stops at an EOS id (config.eos_token_id by default;
         None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
         streamer: called with the new tokens (B,) after every step, as a CPU tensor (an object with
         put()/end(), such as transformers' TextStreamer, also works). On a CUDA model the next step is
@@ -1976,6 +1989,15 @@ class JambaForCausalLM(_PreTrained):
         prefill_progress: called as prefill_progress(tokens done, prompt length) after each chunk has run (on a CUDA
         model the host waits for each chunk then: for progress output on long prompts).
         """
+        for k, v in hf_kwargs.items():
+            if k not in _HF_NOOP_GENERATE_KWARGS or v not in _HF_NOOP_GENERATE_KWARGS[k]:
+                ok = _HF_NOOP_GENERATE_KWARGS.get(k)
+                raise ValueError(f"generate: {k}={v!r} is not supported by jamba_ext" + (
+                    f" (only {', '.join(repr(o) for o in ok if o is not None)} is accepted)" if ok else
+                    f"; its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, "
+                    f"top_p, repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer"))
+        if num_return_sequences < 1:
+            raise ValueError(f"num_return_sequences: expected >= 1, got {num_return_sequences}")
         dev = self.device
         pad = self.config.pad_token_id if pad_token_id == "config" else pad_token_id
         pad = 0 if pad is None else pad
@@ -1988,6 +2010,10 @@ class JambaForCausalLM(_PreTrained):
         input_ids = input_ids.to(dev)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
+        if num_return_sequences > 1:
+            input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
+            if attention_mask is not None:
+                attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
         if max_length is not None:
             max_new_tokens = max_length - input_ids.shape[1]
         if max_new_tokens < 0:

@@ -221,6 +221,26 @@ def test_generate_min_new_tokens_matches_transformers():
         ours.generate(ids, max_new_tokens=2, min_new_tokens=-1)
 
 
+def test_generate_num_return_sequences_and_hf_arguments():
+    """num_return_sequences=n: each prompt n times in a row (greedy: n copies of the single run; sampled: different
+    continuations of the same prompt); transformers' arguments at their no-op values are accepted, any other value or
+    an unknown argument raises a ValueError naming it."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    with torch.no_grad():
+        one = ours.generate(ids, max_new_tokens=6, eos_token_id=None)
+        three = ours.generate(ids, max_new_tokens=6, eos_token_id=None, num_return_sequences=3, use_cache=True,
+                              num_beams=1, output_scores=False, return_dict_in_generate=False)
+        assert three.tolist() == one.repeat_interleave(3, dim=0).tolist()
+        s = ours.generate(ids, max_new_tokens=6, eos_token_id=None, num_return_sequences=3, do_sample=True, seed=1)
+        assert s.shape == (6, 15) and torch.equal(s[:, :9], ids.repeat_interleave(3, dim=0))
+        assert len({tuple(r) for r in s[:3, 9:].tolist()}) > 1
+        for kw, msg in ((dict(num_beams=4), "num_beams=4"), (dict(use_cache=False), "use_cache=False"),
+                        (dict(guidance_scale=2.0), "guidance_scale"), (dict(num_return_sequences=0), "num_return")):
+            with pytest.raises(ValueError, match=msg):
+                ours.generate(ids, max_new_tokens=2, **kw)
+
+
 def test_logits_to_keep():
     hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
