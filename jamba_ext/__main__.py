@@ -1,7 +1,7 @@
 """The jamba-ext command.
 
     python -m jamba_ext generate --prompt "Hello"                 # built-in small model, byte tokenizer
-    python -m jamba_ext generate --model DIR --prompt "Hello"     # a local transformers Jamba checkpoint
+    python -m jamba_ext generate --model DIR --prompt "Hello"     # a transformers Jamba checkpoint (dir or Hub id)
     python -m jamba_ext check                                     # self-check of every op on this machine
     python -m jamba_ext train --text-file notes.txt --steps 200 --save ./tiny   # fine-tune on a text file
     python -m jamba_ext generate --model ./tiny --prompt "Hello"  # ... and generate with the result
@@ -80,9 +80,11 @@ def _load(args):
         cfg = JambaConfig(**DEFAULT_CONFIG)
         model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=args.seed)
         return model, ByteTokenizer(), "built-in random Jamba (byte-level tokenizer)"
-    d = args.model
-    if not os.path.isdir(d):
-        _fail(f"--model {d!r}: not a directory")
+    from .modeling_jamba import resolve_checkpoint
+    try:
+        d = resolve_checkpoint(args.model)              # a local directory, or a Hub id downloaded
+    except (FileNotFoundError, OSError) as e:
+        _fail(f"--model {args.model!r}: {e}")
     if not os.path.isfile(os.path.join(d, "config.json")):
         _fail(f"--model {d!r}: no config.json (expected a transformers Jamba checkpoint directory)")
     try:
@@ -270,7 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the prompt through the cache in chunks of N tokens (default: 16384 tokens; 0: one "
                         "forward); long prompts then need the memory of one chunk")
     g.add_argument("--model", default=None, metavar="DIR",
-                   help="local transformers Jamba checkpoint (default: built-in small random model)")
+                   help="transformers Jamba checkpoint: a local directory or a Hugging Face Hub id such as "
+                        "ai21labs/Jamba-v0.1 (downloaded; needs huggingface_hub) (default: built-in small random model)")
     g.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
@@ -297,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune the model on a text file (next-token loss)")
     t.add_argument("--text-file", required=True, metavar="PATH", help="UTF-8 training text")
     t.add_argument("--model", default=None, metavar="DIR",
-                   help="local transformers Jamba checkpoint (default: built-in small random model)")
+                   help="transformers Jamba checkpoint: a local directory or a Hugging Face Hub id such as "
+                        "ai21labs/Jamba-v0.1 (downloaded; needs huggingface_hub) (default: built-in small random model)")
     t.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     t.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weights' dtype (default float32; on a GPU the step then runs under bf16 autocast)")

@@ -1395,6 +1395,29 @@ def _as_dtype(d) -> Optional[torch.dtype]:
     raise ValueError(f"dtype: expected one of {sorted(_DTYPES)} or a torch.dtype, got {d!r}")
 
 
+def resolve_checkpoint(path: str) -> str:
+    """A checkpoint location as a local directory: a directory as is; a Hugging Face Hub id ("org/name", not a local
+    path) downloaded through huggingface_hub (its cache; config and tokenizer files and the safetensors weights, the
+    .bin weights only where the repository has no safetensors). FileNotFoundError otherwise, saying which."""
+    if os.path.isdir(path):
+        return path
+    if os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path!r} is a file; expected a checkpoint directory (config.json and "
+                                "weights) or a Hugging Face Hub id")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", path) is None:
+        raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        raise FileNotFoundError(f"{path!r} is not a local directory; to download it from the Hugging Face Hub, install "
+                                "huggingface_hub (pip install huggingface_hub)") from None
+    meta = ["*.json", "tokenizer*", "*.model", "*.txt"]
+    local = snapshot_download(path, allow_patterns=meta + ["*.safetensors"])
+    if not any(f.endswith(".safetensors") for f in os.listdir(local)):
+        local = snapshot_download(path, allow_patterns=meta + ["*.bin"])
+    return local
+
+
 def _checkpoint_files(path: str) -> List[str]:
     """The weight files of a local checkpoint directory, honouring a sharded index."""
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
@@ -1573,14 +1596,15 @@ class _PreTrained(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, dtype=None, device=None, config: Optional[JambaConfig] = None,
                         progress: Optional[bool] = None):
-        """Loads a local transformers Jamba checkpoint: config.json + model.safetensors (or a sharded
-        model.safetensors.index.json; pytorch_model.bin also read). Per-expert and fused expert keys both
-        load. dtype: None keeps the config's dtype ("dtype"/"torch_dtype") or float32. No network access.
+        """Loads a transformers Jamba checkpoint: config.json + model.safetensors (or a sharded
+        model.safetensors.index.json; pytorch_model.bin also read), from a local directory or, given a Hugging Face
+        Hub id ("ai21labs/Jamba-v0.1"), downloaded first (resolve_checkpoint; needs huggingface_hub; the only network
+        access). Per-expert and fused expert keys both load. dtype: None keeps the config's dtype
+        ("dtype"/"torch_dtype") or float32.
         progress: a line per weight file on stderr (its size, GB/s, time so far); None: on when the files
         hold more than 1 GB. Raises FileNotFoundError for a missing file and ValueError naming every missing,
         unexpected or mis-shaped key."""
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"checkpoint directory {path!r} does not exist")
+        path = resolve_checkpoint(path)
         config = config or JambaConfig.from_pretrained(path)
         files = _checkpoint_files(path)
         if dtype is None:

@@ -113,7 +113,7 @@ def test_cli_bad_model_dirs(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "jamba-ext: error:" in err and pattern in err, err
 
-    fails(["--model", str(tmp_path / "missing")], "not a directory")
+    fails(["--model", str(tmp_path / "missing")], "does not exist")
     fails(["--model", str(tmp_path)], "no config.json")
     ck = tmp_path / "ck"
     _tiny_checkpoint(ck, with_tokenizer=False)

@@ -352,6 +352,33 @@ def test_from_pretrained_progress(tmp_path, capsys):
         assert capsys.readouterr().err == ""
 
 
+def test_from_pretrained_hub_id(tmp_path, monkeypatch):
+    """A Hugging Face Hub id ("org/name", not a local path) goes through huggingface_hub.snapshot_download (stubbed
+    here: no network in the tests) with the config, tokenizer and safetensors patterns, then loads like a local
+    directory; a local file, or a path that is neither a directory nor an id, is a clear FileNotFoundError."""
+    hub = pytest.importorskip("huggingface_hub")
+    cfg = CONFIGS["attn1_moe_top2"]
+    _save_hf(tmp_path / "snap", cfg)
+    calls = []
+
+    def fake_download(repo_id, allow_patterns=None, **kw):
+        calls.append((repo_id, tuple(allow_patterns or ())))
+        return str(tmp_path / "snap")
+
+    monkeypatch.setattr(hub, "snapshot_download", fake_download)
+    model = JambaForCausalLM.from_pretrained("some-org/jamba-test")
+    assert calls and calls[0][0] == "some-org/jamba-test" and "*.safetensors" in calls[0][1]
+    local = JambaForCausalLM.from_pretrained(str(tmp_path / "snap"))
+    ids = prompt_ids(1, 5, cfg["vocab_size"])
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, local(ids).logits)
+    (tmp_path / "file.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="is a file"):
+        JambaForCausalLM.from_pretrained(str(tmp_path / "file.json"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        JambaForCausalLM.from_pretrained(str(tmp_path / "a" / "b"))
+
+
 def test_from_pretrained_clear_errors(tmp_path):
     cfg = CONFIGS["attn1_moe_top2"]
     _save_hf(tmp_path, cfg)
