@@ -1595,15 +1595,28 @@ class _PreTrained(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype=None, device=None, config: Optional[JambaConfig] = None,
-                        progress: Optional[bool] = None):
+                        progress: Optional[bool] = None, torch_dtype=None, device_map=None):
         """Loads a transformers Jamba checkpoint: config.json + model.safetensors (or a sharded
         model.safetensors.index.json; pytorch_model.bin also read), from a local directory or, given a Hugging Face
         Hub id ("ai21labs/Jamba-v0.1"), downloaded first (resolve_checkpoint; needs huggingface_hub; the only network
         access). Per-expert and fused expert keys both load. dtype: None keeps the config's dtype
-        ("dtype"/"torch_dtype") or float32.
+        ("dtype"/"torch_dtype") or float32. transformers' spellings work too: torch_dtype= for dtype ("auto": the
+        config's), device_map= a single device ("cpu", "cuda", "cuda:1", or "auto": the GPU when there is one; a
+        per-module map is refused).
         progress: a line per weight file on stderr (its size, GB/s, time so far); None: on when the files
         hold more than 1 GB. Raises FileNotFoundError for a missing file and ValueError naming every missing,
         unexpected or mis-shaped key."""
+        if torch_dtype is not None:
+            if dtype is not None:
+                raise ValueError("from_pretrained: give dtype or torch_dtype, not both")
+            dtype = None if torch_dtype == "auto" else torch_dtype
+        if device_map is not None:
+            if device is not None:
+                raise ValueError("from_pretrained: give device or device_map, not both")
+            if not isinstance(device_map, (str, torch.device)):
+                raise ValueError(f"from_pretrained: device_map must name one device (jamba_ext loads a model onto a "
+                                 f"single device), got {type(device_map).__name__}")
+            device = ("cuda" if torch.cuda.is_available() else "cpu") if device_map == "auto" else device_map
         path = resolve_checkpoint(path)
         config = config or JambaConfig.from_pretrained(path)
         files = _checkpoint_files(path)

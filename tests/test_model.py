@@ -379,6 +379,20 @@ def test_from_pretrained_hub_id(tmp_path, monkeypatch):
         JambaForCausalLM.from_pretrained(str(tmp_path / "a" / "b"))
 
 
+def test_from_pretrained_transformers_spellings(tmp_path):
+    """torch_dtype= and device_map= (one device, or "auto") as transformers spells them; a per-module map and both
+    spellings at once are refused."""
+    _save_hf(tmp_path, CONFIGS["attn1_moe_top2"])
+    m = JambaForCausalLM.from_pretrained(str(tmp_path), torch_dtype=torch.bfloat16, device_map="cpu")
+    assert m.dtype == torch.bfloat16 and m.device.type == "cpu"
+    auto = JambaForCausalLM.from_pretrained(str(tmp_path), torch_dtype="auto", device_map="auto")
+    assert auto.dtype == JambaForCausalLM.from_pretrained(str(tmp_path)).dtype
+    with pytest.raises(ValueError, match="single device"):
+        JambaForCausalLM.from_pretrained(str(tmp_path), device_map={"": 0, "lm_head": 1})
+    with pytest.raises(ValueError, match="not both"):
+        JambaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32, torch_dtype=torch.bfloat16)
+
+
 def test_from_pretrained_clear_errors(tmp_path):
     cfg = CONFIGS["attn1_moe_top2"]
     _save_hf(tmp_path, cfg)
