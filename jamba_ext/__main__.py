@@ -12,7 +12,8 @@ kernel (Mamba, attention, MoE) with no download; its text is noise. With --model
 + safetensors (sharded index honoured) and, for text, tokenizer.json (read with the `tokenizers`
 package). Generated text streams to stdout; throughput (prefill and decode tokens/s) and, for long
 prompts and long generations, progress bars go to stderr. Exit status 2 on a bad argument or checkpoint.
-`train` fine-tunes every weight of the built-in model (or of --model) on random windows of a UTF-8 text file
+`train` fine-tunes every weight (or, with --lora R, rank-R adapters) of the built-in model (or of --model) on random
+windows of a UTF-8 text file
 (next-token loss, AdamW, gradients clipped at norm 1; on a GPU fp32 weights under bf16 autocast), logs the loss and
 tokens/s to stderr, and with --save writes a checkpoint that `generate --model` reads.
 """
@@ -205,8 +206,10 @@ def cmd_train(args) -> int:
     text = _read_text(args.text_file, "--text-file")
     torch.manual_seed(args.seed)
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    if args.dtype is None:
-        args.dtype = "float32"                      # fp32 weights (and optimizer state); bf16 autocast on a GPU
+    if args.lora < 0:
+        _fail("--lora must be >= 1 (the adapters' rank), or 0 for no adapters")
+    if args.dtype is None:  # fp32 weights (and optimizer state), bf16 autocast on a GPU; frozen weights under
+        args.dtype = "bfloat16" if cuda and args.lora else "float32"   # adapters: bf16 on a GPU
     model, tok, what = _load(args)
     ids = torch.tensor(tok.encode(text, add_bos=False), dtype=torch.long)
     if ids.numel() < args.seq_len + 1:
@@ -217,6 +220,12 @@ def cmd_train(args) -> int:
     amp = cuda and model.dtype == torch.float32 and not args.no_autocast
     sys.stderr.write(f"model: {what} | {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | "
                      f"{model.device} {model.dtype}{' + bf16 autocast' if amp else ''} | text: {ids.numel()} tokens\n")
+    if args.lora:
+        from .lora import add_lora
+        names = add_lora(model, r=args.lora, alpha=args.lora_alpha or 2.0 * args.lora)
+        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        sys.stderr.write(f"LoRA: rank {args.lora} adapters on {len(names)} projections, {n_train / 1e6:.2f}M trainable "
+                         f"parameters (every model weight frozen; merged into the weights by --save)\n")
     model.train()
     if args.checkpointing:
         model.gradient_checkpointing_enable()
@@ -249,6 +258,9 @@ def cmd_train(args) -> int:
                      f"{time.perf_counter() - t0:.1f} s: loss {first:.4f} (first {k} steps) -> {last:.4f} (last {k})\n")
     if args.save:
         model.gradient_checkpointing_disable()
+        if args.lora:
+            from .lora import merge_lora
+            merge_lora(model)
         model.save_pretrained(args.save)
         if tok.__class__.__name__ == "ByteTokenizer":
             from .tokenizer import ByteTokenizer
@@ -310,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=4, help="sequences per step")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3: the small model)")
+    t.add_argument("--lora", type=int, default=0, metavar="R",
+                   help="train rank-R adapters on the Mamba, attention and MLP projections instead of every weight "
+                        "(the weights frozen, bf16 on a GPU: how a large checkpoint fits one GPU); --save merges them")
+    t.add_argument("--lora-alpha", type=float, default=0.0, help="the adapters' scale alpha / R (default alpha: 2R)")
     t.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (less activation memory)")
     t.add_argument("--log-every", type=int, default=0, metavar="N", help="a loss line every N steps (default: 20 lines)")
     t.add_argument("--save", default=None, metavar="DIR", help="write the trained checkpoint here")

@@ -165,3 +165,21 @@ def test_cli_train_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["train", "--device", "cpu", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_cli_train_lora(tmp_path, capsys):
+    """--lora R trains adapters only (the log names them), the loss falls, and --save writes the merged model, which
+    generate reads as a plain checkpoint."""
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    out = tmp_path / "ckpt"
+    assert main(["train", "--text-file", str(text), "--steps", "16", "--batch", "2", "--seq-len", "32", "--lr", "1e-2",
+                 "--device", "cpu", "--lora", "8", "--log-every", "8", "--save", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "LoRA: rank 8 adapters on" in err, err
+    m = re.search(r"loss ([0-9.]+) \(first 4 steps\) -> ([0-9.]+) \(last 4\)", err)
+    assert m and float(m.group(2)) < float(m.group(1)) - 0.3, err
+    from safetensors.torch import load_file
+    assert not any("lora" in k for k in load_file(str(out / "model.safetensors")))
+    assert main(["generate", "--model", str(out), "--prompt", "the quick", "--max-new-tokens", "4", "--device",
+                 "cpu"]) == 0
