@@ -34,6 +34,10 @@ step "jamba-ext train on the GPU (built-in model, fp32 weights under bf16 autoca
 timeout 120 python3 -m jamba_ext train --text-file README.md --steps 60 --seq-len 256 --device cuda --save /tmp/jt 2>&1 \
   | grep -v "^\[transformers\]" | tail -4
 timeout 60 python3 -m jamba_ext generate --model /tmp/jt --prompt "The model" --max-new-tokens 24 --temperature 0.8 2>&1 | tail -2
+timeout 120 python3 -m jamba_ext train --text-file README.md --steps 60 --seq-len 256 --device cuda --lora 8 --save /tmp/jl \
+  2>&1 | grep -v "^\[transformers\]" | tail -4
+timeout 60 python3 -m jamba_ext generate --model /tmp/jl --prompt "The model" --max-new-tokens 24 --repetition-penalty 1.3 \
+  --min-new-tokens 8 2>&1 | tail -2
 if [ "${SKIP_BENCH_TRAIN:-0}" != 1 ]; then
 step "bench_train (ours vs transformers' training step, same weights)"
 timeout 300 python3 benchmarks/bench_train.py 2>&1 | grep -v "^\[transformers\]" | tail -20
