@@ -55,3 +55,12 @@ def test_lora_bad_arguments():
         add_lora(ours, r=0)
     with pytest.raises(ValueError, match="no nn.Linear"):
         add_lora(ours, targets=("nothing_here",))
+
+
+def test_top_level_names():
+    import jamba_ext
+    from jamba_ext import lora, modeling_jamba
+    assert jamba_ext.JambaForCausalLM is modeling_jamba.JambaForCausalLM and jamba_ext.JambaConfig is \
+        modeling_jamba.JambaConfig and jamba_ext.add_lora is lora.add_lora and jamba_ext.merge_lora is lora.merge_lora
+    with pytest.raises(AttributeError, match="no_such_name"):
+        jamba_ext.no_such_name
