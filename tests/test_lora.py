@@ -64,3 +64,28 @@ def test_top_level_names():
         modeling_jamba.JambaConfig and jamba_ext.add_lora is lora.add_lora and jamba_ext.merge_lora is lora.merge_lora
     with pytest.raises(AttributeError, match="no_such_name"):
         jamba_ext.no_such_name
+
+
+def test_peft_lora_on_the_model():
+    """PEFT (when installed; not a test dependency) wraps the model as it wraps transformers' Jamba: get_peft_model
+    with LoRA on Mamba and attention projections, a training step reaching only the adapters, merge_and_unload back
+    to a plain JambaForCausalLM that decodes; the merged logits equal the adapted ones."""
+    peft = pytest.importorskip("peft")
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 11, CONFIGS["attn1_moe_top2"]["vocab_size"])
+    pm = peft.get_peft_model(ours, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["in_proj", "out_proj", "q_proj",
+                                                                                        "v_proj"]))
+    pm.train()
+    opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        pm(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    assert all("lora_" in n for n, p in pm.named_parameters() if p.requires_grad)
+    pm.eval()
+    with torch.no_grad():
+        adapted = pm(input_ids=ids).logits
+        merged = pm.merge_and_unload()
+        assert type(merged).__name__ == "JambaForCausalLM"
+        assert rel_err(merged(ids).logits, adapted) <= 1e-5
+        assert merged.generate(ids, max_new_tokens=3).shape == (2, 14)
