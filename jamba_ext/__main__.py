@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "ai21labs/Jamba-v0.1 (downloaded; needs huggingface_hub) (default: built-in small random model)")
     t.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     t.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="weights' dtype (default float32; on a GPU the step then runs under bf16 autocast)")
+                   help="weights' dtype (default float32, the step under bf16 autocast on a GPU; with --lora on a "
+                        "GPU, bfloat16)")
     t.add_argument("--no-autocast", action="store_true", help="no bf16 autocast on a GPU")
     t.add_argument("--steps", type=int, default=100)
     t.add_argument("--batch", type=int, default=4, help="sequences per step")
