@@ -1,7 +1,9 @@
 """CPU benchmark: the C kernels of jamba_ext against reference.py in torch eager on the same inputs.
 
 Shapes (issue 2): batch 1, d_inner 2048, seqlen 2048, d_state 16, width 4 for the sequence ops; a decode
-step at batch 8 (d_inner 2048); rms_norm over 2048 rows of 2048. fp32 (the CPU dtype that matters).
+step at batch 8 (d_inner 2048); rms_norm over 2048 rows of 2048; the training loss (forward + backward, against
+F.cross_entropy and its autograd) over 512 rows of a 32768-word vocabulary; moe_grad_rows over 2048 slots of 2048.
+fp32 (the CPU dtype that matters).
 Each row is checked against the reference at that shape before it is timed. Prints median times and
 the speedup; writes benchmarks/results/bench_cpu.json (+ .png).
 
@@ -49,6 +51,28 @@ def cases(Bsz, DI, L, N, K, Bdec):
     yield ("selective_state_update", f"B={Bdec} DI={DI} N={N} (decode)",
            lambda: ops.selective_state_update(ssm.clone(), xs, dts, A, bs, cs, D, zs, dbias, True),
            lambda: R.selective_state_update(ssm, xs, dts, A, bs, cs, D, zs, dbias, True)[0])
+    # training: the LM loss (forward + backward) over DI // 4 rows of a 16 * DI-word vocabulary, and the start of
+    # the MoE backward (moe_grad_rows) over DI slots of DI // 2 (top-2)
+    V, NR = 16 * DI, max(DI // 4, 1)
+    logits, tgt = rn(NR, V, scale=3.0), torch.randint(0, V, (NR,), generator=g)
+    dl = torch.full((NR,), 1.0 / NR)
+
+    def ce_ours():
+        _, lse = ops.cross_entropy(logits, tgt)
+        return ops.cross_entropy_bwd(logits, tgt, lse, dl)
+
+    def ce_ref():
+        x = logits.clone().requires_grad_()
+        torch.nn.functional.cross_entropy(x, tgt).backward()
+        return x.grad
+
+    yield ("cross_entropy fwd+bwd", f"rows={NR} vocab={V}", ce_ours, ce_ref)
+    T2 = max(DI // 2, 1)
+    go, yv, wt = rn(T2, DI), rn(2 * T2, DI), torch.rand(T2, 2, generator=g)
+    slots = torch.randperm(2 * T2, generator=g).to(torch.int32)
+    yield ("moe_grad_rows", f"slots={2 * T2} H={DI}",
+           lambda: torch.cat([t.reshape(-1) for t in ops.moe_grad_rows(go, wt, slots, yv)]),
+           lambda: torch.cat([t.reshape(-1) for t in R.moe_grad_rows(go, wt, slots, yv)]))
 
 
 def main():
