@@ -478,6 +478,26 @@ jamba_status jamba_moe_grad_rows_check(const jamba_moe_grad_rows_params *p) {
     return JAMBA_OK;
 }
 
+/* sum_h a[h] b[h]: fp32 products summed in fp32 lanes over blocks of 1024, the blocks in double (vectorised) */
+JAMBA_CPU_CLONES
+static float grad_rows_dot(const float *restrict a, const float *restrict b, int64_t n) {
+    double acc = 0.0;
+    for (int64_t h0 = 0; h0 < n; h0 += 1024) {
+        const int64_t h1 = h0 + 1024 < n ? h0 + 1024 : n;
+        float part = 0.f;
+#pragma omp simd reduction(+ : part)
+        for (int64_t h = h0; h < h1; h++) part += a[h] * b[h];
+        acc += (double)part;
+    }
+    return (float)acc;
+}
+
+JAMBA_CPU_CLONES
+static void grad_rows_scale(float *restrict g, float w, int64_t n) {
+#pragma omp simd
+    for (int64_t h = 0; h < n; h++) g[h] *= w;
+}
+
 jamba_status jamba_moe_grad_rows_cpu(const jamba_moe_grad_rows_params *p) {
     JAMBA_TRY(jamba_moe_grad_rows_check(p));
     const int64_t T = p->go.shape[0], H = p->go.shape[1], K = p->weights.shape[1], S = T * K, ld = p->go.stride[0];
@@ -506,12 +526,9 @@ jamba_status jamba_moe_grad_rows_cpu(const jamba_moe_grad_rows_params *p) {
             jamba_load_row(g, (const char *)p->go.data + (s / K) * ld * es, dt, H, 1);
             if (dws) {
                 jamba_load_row(y, (const char *)p->y.data + q * H * es, dt, H, 1);
-                double acc = 0.0;  /* fp32 products (exact in double), summed in double */
-                for (int64_t h = 0; h < H; h++) acc += (double)(g[h] * y[h]);
-                dws[q] = (float)acc;
+                dws[q] = grad_rows_dot(g, y, H);
             }
-            const float wr = jamba_round_to(dt, w[s]);
-            for (int64_t h = 0; h < H; h++) g[h] *= wr;
+            grad_rows_scale(g, jamba_round_to(dt, w[s]), H);
             jamba_store_row((char *)p->dys.data + q * H * es, dt, g, H, 1);
         }
         free(g);
