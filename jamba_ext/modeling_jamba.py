@@ -1499,6 +1499,24 @@ class CausalLMOutput:
     def past_key_values(self):
         return self.cache
 
+    # transformers' MoeCausalLMOutputWithPast order; its to_tuple() and indexing skip the fields that are None, so
+    # out[0] is the loss when labels were given (what the transformers Trainer reads), else the logits
+    _TUPLE_FIELDS = ("loss", "aux_loss", "logits", "cache", "router_logits")
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, f) for f in self._TUPLE_FIELDS if getattr(self, f) is not None)
+
+    def __getitem__(self, key):
+        """out["loss"] (a field by name; "past_key_values" is the cache) or out[i] / out[a:b] (to_tuple()), as
+        transformers' model outputs."""
+        if isinstance(key, str):
+            if key == "past_key_values":
+                return self.cache
+            if key not in self.__dataclass_fields__:
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
 
 class _PreTrained(nn.Module):
     config: JambaConfig

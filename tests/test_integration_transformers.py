@@ -17,7 +17,7 @@ from jamba_ext import ops, reference
 from jamba_ext.integrations import transformers as jt
 
 transformers = pytest.importorskip("transformers")
-from test_model import CONFIGS, FP32_REL, make_hf, prompt_ids, rel_err  # noqa: E402
+from test_model import CONFIGS, FP32_REL, make_hf, make_pair, prompt_ids, rel_err  # noqa: E402
 
 
 def _spy(monkeypatch, name):
@@ -296,3 +296,32 @@ def test_swapped_loss_matches_transformers(dtype, monkeypatch):
     for k in ga:
         tol = 1e-5 if dtype == torch.float32 else 1e-2
         assert ((ga[k].double() - gb[k].double()).norm() <= tol * ga[k].double().norm() + 1e-12), k
+
+
+def test_transformers_trainer_trains_the_model(tmp_path):
+    """The transformers Trainer trains and evaluates the model as it does transformers' Jamba: it reads the loss as
+    outputs[0] (the output indexes like transformers' model outputs, None fields skipped); the weights move and the
+    evaluation loss is finite."""
+    transformers = pytest.importorskip("transformers")
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(8, 16, CONFIGS["attn1_moe_top2"]["vocab_size"])
+    out = ours(ids[:2], labels=ids[:2])
+    assert out[0] is out.loss and out["logits"] is out.logits and out[1] is out.logits and len(out.to_tuple()) == 2
+    assert ours(ids[:2])[0] is not None
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return ids.shape[0]
+
+        def __getitem__(self, i):
+            return {"input_ids": ids[i], "labels": ids[i]}
+
+    before = {k: p.detach().clone() for k, p in ours.named_parameters()}
+    args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3,
+                                          learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True,
+                                          per_device_eval_batch_size=4)
+    trainer = transformers.Trainer(model=ours, args=args, train_dataset=Rows(), eval_dataset=Rows())
+    result = trainer.train()
+    assert torch.isfinite(torch.tensor(result.training_loss))
+    assert any(not torch.equal(p, before[k]) for k, p in ours.named_parameters())
+    assert torch.isfinite(torch.tensor(trainer.evaluate()["eval_loss"]))

@@ -89,3 +89,4 @@ def test_peft_lora_on_the_model():
         assert type(merged).__name__ == "JambaForCausalLM"
         assert rel_err(merged(ids).logits, adapted) <= 1e-5
         assert merged.generate(ids, max_new_tokens=3).shape == (2, 14)
+
