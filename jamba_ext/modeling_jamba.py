@@ -20,6 +20,7 @@ Shape letters (csrc/jamba.h): B batch, L new tokens, P cached tokens, H hidden, 
 N d_state, K conv width, R dt rank, E experts, F ffn width, V vocab, nh / nkv query / KV heads, hd head dim.
 transformers is not needed at runtime; only the parity tests import it.
 """
+import contextlib
 import functools
 import json
 import math
@@ -1577,22 +1578,37 @@ class _PreTrained(nn.Module):
             h.remove()
             self._require_grads_hook = None
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None) -> None:
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: Optional[dict] = None, every_n_layers: int = 1,
+                                      offload: bool = False) -> None:
         """Activation checkpointing while training (transformers' method name): each decoder layer keeps only its
         inputs in the forward and runs again in the backward (torch.utils.checkpoint, non-reentrant by default;
         gradient_checkpointing_kwargs go to it). Memory per layer falls from the layer's activations to its
         (B, L, H) inputs, for about one more forward of compute. Every op is deterministic, so the recomputed
         forward routes the same tokens to the same experts and the gradients equal those without checkpointing.
-        Applies while the module is in train() mode, autograd records and no cache is passed."""
+        Applies while the module is in train() mode, autograd records and no cache is passed. every_n_layers=n:
+        layers 0, n, 2n, ... only (the rest keep their activations); offload=True: what the layers keep for the
+        backward lies in pinned CPU memory (torch.autograd.graph.save_on_cpu) until the backward needs it (the
+        transformers Trainer's activation_checkpointing_kwargs)."""
+        if every_n_layers < 1:
+            raise ValueError(f"gradient_checkpointing_enable: every_n_layers must be >= 1, got {every_n_layers}")
         for m in self.modules():
             if isinstance(m, JambaModel):
                 m.gradient_checkpointing = True
                 m._checkpoint_kwargs = dict(gradient_checkpointing_kwargs or {})
+                m._checkpoint_every, m._checkpoint_offload = every_n_layers, bool(offload)
 
     def gradient_checkpointing_disable(self) -> None:
         for m in self.modules():
             if isinstance(m, JambaModel):
                 m.gradient_checkpointing = False
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs: Optional[dict] = None,
+                                        every_n_layers: int = 1, offload: bool = False) -> None:
+        """gradient_checkpointing_enable under transformers' newer name (what its Trainer calls first)."""
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs, every_n_layers, offload)
+
+    def activation_checkpointing_disable(self) -> None:
+        self.gradient_checkpointing_disable()
 
     @property
     def is_gradient_checkpointing(self) -> bool:
@@ -1754,6 +1770,7 @@ class JambaModel(_PreTrained):
         self._static_step = False                      # whether the last forward was a static decode step
         self.gradient_checkpointing = False            # gradient_checkpointing_enable()
         self._checkpoint_kwargs: dict = {}
+        self._checkpoint_every, self._checkpoint_offload = 1, False
 
     def _step(self, attention_mask: Optional[Tensor], cache: Optional[JambaHybridCache], Bsz: int, L: int,
               dtype: torch.dtype, device: torch.device) -> Tuple[_Step, Optional[Tensor]]:
@@ -1822,11 +1839,13 @@ class JambaModel(_PreTrained):
             from torch.utils.checkpoint import checkpoint
             kw = {"use_reentrant": False, **self._checkpoint_kwargs}
         amp = _AmpScope(h.device.type)
-        with _GemvScope(step.static), amp:
-            for layer in self.layers:
-                if ckpt:      # (the recomputation in the backward runs outside this scope: _amp_call sets it)
-                    h, residual, rl = checkpoint(_amp_call, amp.dtype, layer, h, residual, step, **kw)
-                else:
+        offload = torch.autograd.graph.save_on_cpu(pin_memory=h.device.type == "cuda") if (
+            ckpt and self._checkpoint_offload) else contextlib.nullcontext()
+        with _GemvScope(step.static), amp, offload:
+            for i, layer in enumerate(self.layers):
+                if ckpt and i % self._checkpoint_every == 0:  # (the recomputation in the backward runs outside
+                    h, residual, rl = checkpoint(_amp_call, amp.dtype, layer, h, residual, step, **kw)  # this scope:
+                else:                                                                     # _amp_call sets it)
                     h, residual, rl = layer(h, residual, step, cache)
                 if output_router_logits and rl is not None:
                     router_logits.append(rl)

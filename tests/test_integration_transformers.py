@@ -298,10 +298,12 @@ def test_swapped_loss_matches_transformers(dtype, monkeypatch):
         assert ((ga[k].double() - gb[k].double()).norm() <= tol * ga[k].double().norm() + 1e-12), k
 
 
-def test_transformers_trainer_trains_the_model(tmp_path):
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_transformers_trainer_trains_the_model(tmp_path, checkpointing):
     """The transformers Trainer trains and evaluates the model as it does transformers' Jamba: it reads the loss as
     outputs[0] (the output indexes like transformers' model outputs, None fields skipped); the weights move and the
-    evaluation loss is finite."""
+    evaluation loss is finite; with gradient_checkpointing=True its checkpointing call (activation_checkpointing_enable
+    in transformers 5.x, with every_n_layers and offload) reaches the model."""
     transformers = pytest.importorskip("transformers")
     _, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(8, 16, CONFIGS["attn1_moe_top2"]["vocab_size"])
@@ -319,9 +321,10 @@ def test_transformers_trainer_trains_the_model(tmp_path):
     before = {k: p.detach().clone() for k, p in ours.named_parameters()}
     args = transformers.TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3,
                                           learning_rate=1e-3, report_to=[], save_strategy="no", use_cpu=True,
-                                          per_device_eval_batch_size=4)
+                                          per_device_eval_batch_size=4, gradient_checkpointing=checkpointing)
     trainer = transformers.Trainer(model=ours, args=args, train_dataset=Rows(), eval_dataset=Rows())
     result = trainer.train()
     assert torch.isfinite(torch.tensor(result.training_loss))
     assert any(not torch.equal(p, before[k]) for k, p in ours.named_parameters())
     assert torch.isfinite(torch.tensor(trainer.evaluate()["eval_loss"]))
+    assert ours.is_gradient_checkpointing == checkpointing          # the Trainer's checkpointing call reached it

@@ -875,7 +875,8 @@ def test_gradient_checkpointing(device):
     """gradient_checkpointing_enable(): each layer runs twice in a training step (forward, then again in the
     backward), the gradients are those without it (bit-identical on the CPU, where every op is deterministic; on
     CUDA within fp32 rounding: attention's backward may add in any order), peak memory falls on CUDA; not in eval()
-    or without autograd; disable() turns it off; the reentrant form (use_reentrant=True) too."""
+    or without autograd; disable() turns it off; the reentrant form (use_reentrant=True) too; every_n_layers and
+    offload (CPU-held activations) under the newer name activation_checkpointing_enable."""
     name = "attn1_moe_top2"
     cfg = dict(CONFIGS[name], hidden_size=128, intermediate_size=256) if device == "cuda" else CONFIGS[name]
     _, ours = make_pair(cfg, device=device)
@@ -913,13 +914,21 @@ def test_gradient_checkpointing(device):
     assert n_re == 2 * len(ours.model.layers)
     for pname, g in plain.items():                # (its backward adds a layer's gradients in another order)
         assert rel_err(re[pname], g) <= 1e-4, (pname, rel_err(re[pname], g))
+    # every second layer only, and the kept tensors in CPU memory (transformers' Trainer arguments; its newer name)
+    ours.activation_checkpointing_enable(None, every_n_layers=2, offload=True)
+    half, n_half, _ = step()
+    assert n_half == len(ours.model.layers) + len(range(0, len(ours.model.layers), 2))
+    for pname, g in plain.items():
+        assert rel_err(half[pname], g) <= 1e-5, (pname, rel_err(half[pname], g))
+    with pytest.raises(ValueError, match="every_n_layers"):
+        ours.gradient_checkpointing_enable(every_n_layers=0)
     ours.eval()
     with torch.no_grad():
         calls.clear()
         ours(ids)
         assert len(calls) == len(ours.model.layers)
     ours.train()
-    ours.gradient_checkpointing_disable()
+    ours.activation_checkpointing_disable()
     assert step()[1] == len(ours.model.layers) and not ours.is_gradient_checkpointing
 
 
