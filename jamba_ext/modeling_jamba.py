@@ -1564,6 +1564,77 @@ class _PreTrained(nn.Module):
     def get_output_embeddings(self) -> Optional[nn.Module]:
         return getattr(self, "lm_head", None)
 
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        if isinstance(self, JambaModel):
+            self.embed_tokens = value
+        else:
+            self.model.embed_tokens = value
+        self._retie()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        if not hasattr(self, "lm_head"):
+            raise AttributeError(f"{type(self).__name__} has no output embeddings (lm_head)")
+        self.lm_head = value
+
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """The parameter count (transformers' method): each tensor once (a tied lm_head counts once), only those
+        requiring grad with only_trainable, without the token embedding and lm_head with exclude_embeddings."""
+        skip = set()
+        if exclude_embeddings:
+            skip = {id(self.get_input_embeddings().weight)}
+            out = self.get_output_embeddings()
+            if out is not None:
+                skip.add(id(out.weight))
+        return sum(p.numel() for p in self.parameters()
+                   if id(p) not in skip and (p.requires_grad or not only_trainable))
+
+    def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
+                                mean_resizing: bool = True) -> nn.Embedding:
+        """Grows or shrinks the vocabulary (transformers' method, e.g. after adding tokens to the tokenizer): the
+        token embedding and lm_head keep their first rows; new rows start at the mean of the old ones
+        (mean_resizing; else N(0, config.initializer_range)); config.vocab_size follows; a tied lm_head stays tied.
+        pad_to_multiple_of rounds the size up. Returns the input embedding."""
+        old = self.get_input_embeddings()
+        if new_num_tokens is None and pad_to_multiple_of is None:
+            return old
+        n = old.num_embeddings if new_num_tokens is None else int(new_num_tokens)
+        if pad_to_multiple_of:
+            n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
+        if n < 1:
+            raise ValueError(f"resize_token_embeddings: new_num_tokens must be >= 1, got {n}")
+
+        def grown(w: Tensor) -> Tensor:
+            new = w.new_empty(n, w.shape[1])
+            k = min(n, w.shape[0])
+            new[:k] = w[:k]
+            if n > k:
+                if mean_resizing:
+                    new[k:] = w.float().mean(0).to(w.dtype)
+                else:
+                    new[k:].normal_(0.0, getattr(self.config, "initializer_range", 0.02))
+            return new
+
+        with torch.no_grad():
+            emb = nn.Embedding(n, old.embedding_dim, padding_idx=old.padding_idx if (old.padding_idx or 0) < n else None,
+                               device=old.weight.device, dtype=old.weight.dtype)
+            emb.weight.copy_(grown(old.weight))
+            head = self.get_output_embeddings()
+            tied = head is not None and head.weight is old.weight
+            if isinstance(self, JambaModel):
+                self.embed_tokens = emb
+            else:
+                self.model.embed_tokens = emb
+            if head is not None and not tied:
+                new_head = nn.Linear(head.in_features, n, bias=False, device=head.weight.device, dtype=head.weight.dtype)
+                new_head.weight.copy_(grown(head.weight))
+                self.lm_head = new_head
+        self.config.vocab_size = n
+        for m in self.modules():
+            if hasattr(m, "vocab_size"):
+                m.vocab_size = n
+        self._retie()
+        return emb
+
     def enable_input_require_grads(self) -> None:
         """Makes the embedding's output require grad (transformers' method): with frozen embeddings (adapter
         training) and the reentrant checkpointing (use_reentrant=True), a layer's checkpoint needs an input that

@@ -241,6 +241,41 @@ def test_generate_num_return_sequences_and_hf_arguments():
                 ours.generate(ids, max_new_tokens=2, **kw)
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_resize_token_embeddings_and_num_parameters(tied):
+    """resize_token_embeddings (transformers' method): growing keeps every old token's logits, new rows start at the
+    mean of the old ones, config.vocab_size follows, a tied lm_head stays tied, pad_to_multiple_of rounds up, the
+    model trains and generates after it; shrinking keeps the first rows. num_parameters counts a tied matrix once,
+    and without the embeddings / only trainable ones on request."""
+    _, ours = make_pair(dict(CONFIGS["attn1_moe_top2"], tie_word_embeddings=tied))
+    V, H = ours.config.vocab_size, ours.config.hidden_size
+    assert ours.num_parameters() == sum(p.numel() for p in ours.parameters())
+    assert ours.num_parameters(exclude_embeddings=True) == ours.num_parameters() - V * H * (1 if tied else 2)
+    ids = prompt_ids(2, 9, V)
+    with torch.no_grad():
+        before = ours(ids).logits
+    old_rows = ours.get_input_embeddings().weight.detach().clone()
+    emb = ours.resize_token_embeddings(V + 5, pad_to_multiple_of=8)
+    n = -(-(V + 5) // 8) * 8
+    assert emb is ours.get_input_embeddings() and emb.num_embeddings == n and ours.config.vocab_size == n
+    assert (ours.lm_head.weight is emb.weight) == tied and ours.lm_head.weight.shape == (n, H)
+    assert torch.equal(emb.weight[:V], old_rows) and torch.allclose(emb.weight[V:], old_rows.mean(0).expand(n - V, H))
+    with torch.no_grad():
+        after = ours(ids).logits
+    assert after.shape[-1] == n and rel_err(after[..., :V], before) <= 1e-6
+    ours.train()
+    ours(ids, labels=ids).loss.backward()
+    ours.eval()
+    with torch.no_grad():
+        assert ours.generate(ids, max_new_tokens=2).shape == (2, 11)
+    ours.resize_token_embeddings(V - 1)
+    assert ours.config.vocab_size == V - 1 and torch.equal(ours.get_input_embeddings().weight, old_rows[:V - 1])
+    for p in ours.parameters():
+        p.requires_grad_(False)
+    ours.lm_head.weight.requires_grad_(True)
+    assert ours.num_parameters(only_trainable=True) == (V - 1) * H
+
+
 def test_logits_to_keep():
     hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
