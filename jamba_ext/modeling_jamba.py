@@ -2112,8 +2112,8 @@ class JambaForCausalLM(_PreTrained):
         arguments are accepted at their no-op values (use_cache=True, num_beams=1, output_scores=False, ...: see
         _HF_NOOP_GENERATE_KWARGS); any other value raises ValueError naming it. A sequence stops at an EOS id (config.eos_token_id by default;
         None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
-        streamer: called with the new tokens (B,) after every step, as a CPU tensor (an object with
-        put()/end(), such as transformers' TextStreamer, also works). On a CUDA model the next step is
+        streamer: called with the new tokens (B,) after every step, as a CPU tensor; an object with put()/end(), such
+        as transformers' TextStreamer, gets transformers' calls (put(prompt ids) first, then the new tokens, end()). On a CUDA model the next step is
         enqueued before the host waits for a token (RUN_AHEAD), so the Python work of a step overlaps the
         GPU work of the one before; when every sequence has stopped, that one step is computed and discarded.
         max_length (prompt + new), when given, overrides max_new_tokens. Returns LongTensor (B, T + n),
@@ -2178,7 +2178,11 @@ class JambaForCausalLM(_PreTrained):
             gen = torch.Generator(device=dev)
             gen.manual_seed(seed if seed is not None else torch.seed())
         put = getattr(streamer, "put", streamer)
+        if streamer is not None and hasattr(streamer, "put"):  # transformers' streamer protocol: the prompt first
+            streamer.put(input_ids.cpu())                     # (TextStreamer(skip_prompt=True) skips that one call)
         if max_new_tokens == 0:
+            if streamer is not None and hasattr(streamer, "end"):
+                streamer.end()
             return input_ids
         if cuda_graph is None:
             cuda_graph = dev.type == "cuda" and max_new_tokens >= GRAPH_MIN_NEW_TOKENS and static_cache is not False

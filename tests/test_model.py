@@ -276,6 +276,29 @@ def test_resize_token_embeddings_and_num_parameters(tied):
     assert ours.num_parameters(only_trainable=True) == (V - 1) * H
 
 
+@pytest.mark.parametrize("skip_prompt", [True, False])
+def test_generate_with_transformers_text_streamer(skip_prompt, capsys):
+    """A transformers TextStreamer gets transformers' calls (the prompt first, then each new token, then end()), so
+    it prints what it prints for transformers' generate, with skip_prompt either way (before, skip_prompt=True
+    dropped our first new token)."""
+    transformers = pytest.importorskip("transformers")
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+
+    class Tok:
+        def decode(self, ids, **kw):
+            return " ".join(f"<{int(i)}>" for i in ids)
+
+    ids = prompt_ids(1, 5, 101)
+    printed = []
+    with torch.no_grad():
+        for model, kw in ((hf, dict(attention_mask=torch.ones_like(ids), do_sample=False)), (ours, {})):
+            capsys.readouterr()
+            model.generate(ids, max_new_tokens=4, streamer=transformers.TextStreamer(Tok(), skip_prompt=skip_prompt),
+                           **kw)
+            printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and printed[0].count("<") == 4 + (0 if skip_prompt else 5)
+
+
 def test_logits_to_keep():
     hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
