@@ -2155,6 +2155,11 @@ class JambaForCausalLM(_PreTrained):
         input_ids = input_ids.to(dev)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
+        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] and bool(
+                (attention_mask[:, -1] == 0).any()):     # (one host read, before the first step)
+            warnings.warn("generate: the attention_mask has padding at the end of a prompt (right padding): new tokens "
+                          "would follow the padding. Pad prompts on the left (tokenizer.padding_side = 'left'), or "
+                          "pass lists of token ids, which generate() left-pads itself.", stacklevel=3)
         if num_return_sequences > 1:
             input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
             if attention_mask is not None:

@@ -299,6 +299,24 @@ def test_generate_with_transformers_text_streamer(skip_prompt, capsys):
     assert printed[0] == printed[1] and printed[0].count("<") == 4 + (0 if skip_prompt else 5)
 
 
+def test_generate_warns_on_right_padding():
+    """A prompt batch padded on the right (a tokenizer's default padding side) gets a warning naming the fix, as in
+    transformers; left padding and no mask do not."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 6, 101)
+    right = torch.ones_like(ids)
+    right[0, -2:] = 0
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="padding_side = 'left'"):
+            ours.generate(ids, attention_mask=right, max_new_tokens=2)
+        import warnings as _w
+        with _w.catch_warnings(record=True) as seen:
+            _w.simplefilter("always")
+            ours.generate(ids, attention_mask=right.flip(1), max_new_tokens=2)
+            ours.generate(ids, max_new_tokens=2)
+        assert not [w for w in seen if "right padding" in str(w.message)]
+
+
 def test_logits_to_keep():
     hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
