@@ -1939,14 +1939,19 @@ class JambaModel(_PreTrained):
 NATIVE_LOSS = True
 
 
-def _lm_loss(logits: Tensor, target: Tensor) -> Tensor:
+def _lm_loss(logits: Tensor, target: Tensor, num_items: Union[None, int, Tensor] = None) -> Tensor:
     """The causal-LM loss over rows of logits (N, V): cross entropy in fp32, targets of -100 ignored, mean over the
     rest (NaN when every target is ignored, as torch's). jamba.cross_entropy reads the logits in their dtype (one read
     in the forward; its backward one read and one write of the gradient); F.cross_entropy(logits.float()) makes an
-    fp32 copy, keeps its log_softmax and writes an fp32 gradient before the cast back."""
+    fp32 copy, keeps its log_softmax and writes an fp32 gradient before the cast back. num_items: the sum divided by
+    it instead of the mean (gradient accumulation)."""
+    if torch.is_tensor(num_items):
+        num_items = num_items.to(logits.device)
     if NATIVE_LOSS and _K is _ops and logits.dtype in _ops.FLOAT_DTYPES and logits.shape[0]:
         rows, _ = _ops.cross_entropy(logits, target)
-        return rows.sum() / (target != -100).sum()
+        return rows.sum() / ((target != -100).sum() if num_items is None else num_items)
+    if num_items is not None:
+        return F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="sum") / num_items
     return F.cross_entropy(logits.float(), target, ignore_index=-100)
 
 
@@ -2029,6 +2034,16 @@ _HF_NOOP_GENERATE_KWARGS = {
 }
 
 
+def _brief(v) -> str:
+    """An argument's value for an error message (a tensor as its shape and dtype, not its contents)."""
+    return f"<tensor {tuple(v.shape)} {v.dtype}>" if isinstance(v, Tensor) else repr(v)
+
+
+# transformers' forward() arguments that JambaForCausalLM.forward accepts at the values that change nothing here
+_HF_NOOP_FORWARD_KWARGS = {"return_dict": (True, None), "output_attentions": (False, None),
+                           "output_hidden_states": (False, None)}
+
+
 class JambaForCausalLM(_PreTrained):
     """JambaModel + lm_head (tied to embed_tokens when config.tie_word_embeddings)."""
 
@@ -2048,10 +2063,18 @@ class JambaForCausalLM(_PreTrained):
                 cache: Optional[JambaHybridCache] = None, inputs_embeds: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None, use_cache: bool = False, output_router_logits: bool = False,
                 logits_to_keep: Union[int, Tensor] = 0, past_key_values=None,
-                position_ids=None) -> CausalLMOutput:
+                position_ids=None, num_items_in_batch=None, **hf_kwargs) -> CausalLMOutput:
         """logits_to_keep: n > 0 keeps the last n positions, 0 all, a 1-D tensor the given positions.
         labels (B, L): next-token cross-entropy (shifted inside, -100 ignored) + aux loss when
-        output_router_logits."""
+        output_router_logits. num_items_in_batch (what the transformers Trainer passes under gradient accumulation):
+        the loss sums over the kept targets and divides by it instead of taking their mean. transformers' output
+        flags are accepted at their no-op values (return_dict=True, output_attentions=False,
+        output_hidden_states=False); any other argument raises ValueError naming it."""
+        for k, v in hf_kwargs.items():
+            if k not in _HF_NOOP_FORWARD_KWARGS or v not in _HF_NOOP_FORWARD_KWARGS[k]:
+                raise ValueError(f"forward: {k}={_brief(v)} is not supported by jamba_ext" + (
+                    " (the last hidden state is in the output's last_hidden_state)" if k == "output_hidden_states"
+                    else ""))
         h, cache, router_logits = self.model(input_ids, attention_mask, cache, inputs_embeds, use_cache,
                                              output_router_logits, past_key_values)
         if isinstance(logits_to_keep, int):
@@ -2066,7 +2089,8 @@ class JambaForCausalLM(_PreTrained):
                 raise ValueError(f"labels must be integer token ids of the logits' shape (batch, positions) = "
                                  f"{tuple(logits.shape[:2])}, got {labels.dtype} {tuple(labels.shape)}")
             shift = F.pad(labels.long(), (0, 1), value=-100)[:, 1:]
-            loss = _lm_loss(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1).to(logits.device))
+            loss = _lm_loss(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1).to(logits.device),
+                            num_items_in_batch)
         if output_router_logits and router_logits:
             aux = _load_balancing_loss(router_logits, self.config.num_experts, self.config.num_experts_per_tok,
                                        attention_mask)
@@ -2137,7 +2161,7 @@ class JambaForCausalLM(_PreTrained):
         for k, v in hf_kwargs.items():
             if k not in _HF_NOOP_GENERATE_KWARGS or v not in _HF_NOOP_GENERATE_KWARGS[k]:
                 ok = _HF_NOOP_GENERATE_KWARGS.get(k)
-                raise ValueError(f"generate: {k}={v!r} is not supported by jamba_ext" + (
+                raise ValueError(f"generate: {k}={_brief(v)} is not supported by jamba_ext" + (
                     f" (only {', '.join(repr(o) for o in ok if o is not None)} is accepted)" if ok else
                     f"; its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, "
                     f"top_p, repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer"))

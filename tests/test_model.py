@@ -317,6 +317,27 @@ def test_generate_warns_on_right_padding():
         assert not [w for w in seen if "right padding" in str(w.message)]
 
 
+def test_forward_num_items_in_batch_and_hf_flags():
+    """num_items_in_batch (the Trainer's, under gradient accumulation): the loss is the sum over kept targets divided
+    by it, equal to transformers' loss given the same; return_dict / output_attentions / output_hidden_states at their
+    no-op values are accepted, other values and unknown arguments raise ValueError naming them."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    labels = ids.clone()
+    labels[0, :3] = -100
+    with torch.no_grad():
+        mean = ours(ids, labels=labels).loss
+        summed = ours(ids, labels=labels, num_items_in_batch=torch.tensor(7), return_dict=True,
+                      output_attentions=False, output_hidden_states=False).loss
+        kept = (labels[:, 1:] != -100).sum().item()
+        assert abs(summed.item() - mean.item() * kept / 7) <= 1e-5 * abs(summed.item())
+        want = hf(ids, labels=labels, num_items_in_batch=torch.tensor(7), use_cache=False).loss
+        assert abs(summed.item() - want.item()) <= 1e-5 * abs(want.item())
+        for kw in (dict(output_hidden_states=True), dict(return_dict=False), dict(token_type_ids=ids)):
+            with pytest.raises(ValueError, match=next(iter(kw))):
+                ours(ids, **kw)
+
+
 def test_logits_to_keep():
     hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
