@@ -2100,6 +2100,32 @@ class JambaForCausalLM(_PreTrained):
                               router_logits=router_logits or None, last_hidden_state=h)
 
     # ---- generation
+    @property
+    def generation_config(self):
+        """transformers' GenerationConfig of the model's token ids (a plain namespace without transformers), made on
+        first use; wrappers such as PEFT's read and set it. generate() takes its settings as arguments, not from it."""
+        gc = self.__dict__.get("_generation_config")
+        if gc is None:
+            ids = dict(bos_token_id=self.config.bos_token_id, eos_token_id=self.config.eos_token_id,
+                       pad_token_id=self.config.pad_token_id)
+            try:
+                from transformers import GenerationConfig
+                gc = GenerationConfig(**ids)
+            except ImportError:
+                import types
+                gc = types.SimpleNamespace(**ids)
+            self.__dict__["_generation_config"] = gc
+        return gc
+
+    @generation_config.setter
+    def generation_config(self, value) -> None:
+        self.__dict__["_generation_config"] = value
+
+    def prepare_inputs_for_generation(self, input_ids: Tensor, **kwargs) -> dict:
+        """transformers' hook, which wrappers such as PEFT's PeftModelForCausalLM look up and replace; generate()
+        here does not call it: the inputs as given."""
+        return dict(input_ids=input_ids, **kwargs)
+
     @staticmethod
     def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device) -> Tuple[Tensor, Tensor]:
         n = max(len(p) for p in prompts)

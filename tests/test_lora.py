@@ -68,13 +68,15 @@ def test_top_level_names():
 
 def test_peft_lora_on_the_model():
     """PEFT (when installed; not a test dependency) wraps the model as it wraps transformers' Jamba: get_peft_model
-    with LoRA on Mamba and attention projections, a training step reaching only the adapters, merge_and_unload back
-    to a plain JambaForCausalLM that decodes; the merged logits equal the adapted ones."""
+    (task CAUSAL_LM: its wrapper looks up prepare_inputs_for_generation and generation_config) with LoRA on Mamba and
+    attention projections, a training step reaching only the adapters, its generate, merge_and_unload back to a plain
+    JambaForCausalLM that decodes; the merged logits equal the adapted ones."""
     peft = pytest.importorskip("peft")
     _, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 11, CONFIGS["attn1_moe_top2"]["vocab_size"])
+    assert ours.generation_config.eos_token_id == ours.config.eos_token_id     # (PEFT's generate reads and sets it)
     pm = peft.get_peft_model(ours, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["in_proj", "out_proj", "q_proj",
-                                                                                        "v_proj"]))
+                                                                                        "v_proj"], task_type="CAUSAL_LM"))
     pm.train()
     opt = torch.optim.AdamW([p for p in pm.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
@@ -85,6 +87,7 @@ def test_peft_lora_on_the_model():
     pm.eval()
     with torch.no_grad():
         adapted = pm(input_ids=ids).logits
+        assert pm.generate(input_ids=ids, max_new_tokens=3).shape == (2, 14)   # PeftModelForCausalLM.generate
         merged = pm.merge_and_unload()
         assert type(merged).__name__ == "JambaForCausalLM"
         assert rel_err(merged(ids).logits, adapted) <= 1e-5
