@@ -1815,6 +1815,9 @@ class _PreTrained(nn.Module):
         """config.json + model.safetensors. per_expert=True writes the on-disk Hub layout (loads in
         transformers 4.x and 5.x); a tied lm_head.weight is left out, as transformers does."""
         from safetensors.torch import save_file
+        if any(type(m).__name__ == "LoRALinear" for m in self.modules()):
+            raise ValueError("save_pretrained: the model carries jamba_ext.lora adapters; fold them into the weights "
+                             "first (jamba_ext.merge_lora(model)), so that the checkpoint is a plain Jamba one")
         os.makedirs(path, exist_ok=True)
         self.config.save_pretrained(path)
         sd = {k: v.detach() for k, v in self.state_dict().items()}

@@ -49,7 +49,13 @@ def test_lora_trains_adapters_only_and_merges(name, checkpointing):
         assert ours.generate(ids, max_new_tokens=3).shape == (2, 14)   # the plain decode path again
 
 
-def test_lora_bad_arguments():
+def test_lora_bad_arguments(tmp_path):
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    add_lora(ours, r=2)
+    with pytest.raises(ValueError, match="merge_lora"):                 # unmerged adapters: not a plain checkpoint
+        ours.save_pretrained(str(tmp_path / "ck"))
+    merge_lora(ours)
+    ours.save_pretrained(str(tmp_path / "ck"))
     _, ours = make_pair(CONFIGS["attn1_moe_top2"])
     with pytest.raises(ValueError, match="r must be"):
         add_lora(ours, r=0)
