@@ -262,8 +262,8 @@ def cmd_train(args) -> int:
             from .lora import merge_lora
             merge_lora(model)
         model.save_pretrained(args.save)
-        if tok.__class__.__name__ == "ByteTokenizer":
-            from .tokenizer import ByteTokenizer
+        from .tokenizer import ByteTokenizer
+        if isinstance(tok, ByteTokenizer):
             with open(os.path.join(args.save, ByteTokenizer.MARKER), "w") as f:
                 f.write("byte-level tokenizer (jamba_ext.tokenizer.ByteTokenizer)\n")
         elif args.model and os.path.isfile(os.path.join(args.model, "tokenizer.json")):

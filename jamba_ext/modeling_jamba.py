@@ -1942,8 +1942,9 @@ class JambaModel(_PreTrained):
 NATIVE_LOSS = True
 
 
-def _lm_loss(logits: Tensor, target: Tensor, num_items: Union[None, int, Tensor] = None) -> Tensor:
-    """The causal-LM loss over rows of logits (N, V): cross entropy in fp32, targets of -100 ignored, mean over the
+def _lm_loss(logits: Tensor, target: Tensor, num_items: Union[None, int, Tensor] = None,
+             ignore_index: int = -100) -> Tensor:
+    """The causal-LM loss over rows of logits (N, V): cross entropy in fp32, targets of ignore_index ignored, mean over the
     rest (NaN when every target is ignored, as torch's). jamba.cross_entropy reads the logits in their dtype (one read
     in the forward; its backward one read and one write of the gradient); F.cross_entropy(logits.float()) makes an
     fp32 copy, keeps its log_softmax and writes an fp32 gradient before the cast back. num_items: the sum divided by
@@ -1951,11 +1952,11 @@ def _lm_loss(logits: Tensor, target: Tensor, num_items: Union[None, int, Tensor]
     if torch.is_tensor(num_items):
         num_items = num_items.to(logits.device)
     if NATIVE_LOSS and _K is _ops and logits.dtype in _ops.FLOAT_DTYPES and logits.shape[0]:
-        rows, _ = _ops.cross_entropy(logits, target)
-        return rows.sum() / ((target != -100).sum() if num_items is None else num_items)
+        rows, _ = _ops.cross_entropy(logits, target, ignore_index)
+        return rows.sum() / ((target != ignore_index).sum() if num_items is None else num_items)
     if num_items is not None:
-        return F.cross_entropy(logits.float(), target, ignore_index=-100, reduction="sum") / num_items
-    return F.cross_entropy(logits.float(), target, ignore_index=-100)
+        return F.cross_entropy(logits.float(), target, ignore_index=ignore_index, reduction="sum") / num_items
+    return F.cross_entropy(logits.float(), target, ignore_index=ignore_index)
 
 
 def _load_balancing_loss(router_logits: Sequence[Tensor], num_experts: int, top_k: int,
@@ -2042,6 +2043,18 @@ def _brief(v) -> str:
     return f"<tensor {tuple(v.shape)} {v.dtype}>" if isinstance(v, Tensor) else repr(v)
 
 
+def _check_hf_kwargs(where: str, kwargs: dict, noop: Dict[str, tuple], hints: Dict[str, str]) -> None:
+    """transformers' arguments that `where` does not take: each must be in noop at one of its no-op values, else a
+    ValueError naming it, the accepted values, or hints[name] (hints[""]: for a name not in noop)."""
+    for k, v in kwargs.items():
+        ok = noop.get(k)
+        if ok is not None and not isinstance(v, Tensor) and v in ok:
+            continue
+        hint = hints.get(k) or (f"only {', '.join(repr(o) for o in ok if o is not None)} is accepted" if ok
+                                else hints.get(""))
+        raise ValueError(f"{where}: {k}={_brief(v)} is not supported by jamba_ext" + (f" ({hint})" if hint else ""))
+
+
 # transformers' forward() arguments that JambaForCausalLM.forward accepts at the values that change nothing here
 _HF_NOOP_FORWARD_KWARGS = {"return_dict": (True, None), "output_attentions": (False, None),
                            "output_hidden_states": (False, None)}
@@ -2073,11 +2086,9 @@ class JambaForCausalLM(_PreTrained):
         the loss sums over the kept targets and divides by it instead of taking their mean. transformers' output
         flags are accepted at their no-op values (return_dict=True, output_attentions=False,
         output_hidden_states=False); any other argument raises ValueError naming it."""
-        for k, v in hf_kwargs.items():
-            if k not in _HF_NOOP_FORWARD_KWARGS or v not in _HF_NOOP_FORWARD_KWARGS[k]:
-                raise ValueError(f"forward: {k}={_brief(v)} is not supported by jamba_ext" + (
-                    " (the last hidden state is in the output's last_hidden_state)" if k == "output_hidden_states"
-                    else ""))
+        if hf_kwargs:                                   # (empty in the model's own calls: decode steps stay lean)
+            _check_hf_kwargs("forward", hf_kwargs, _HF_NOOP_FORWARD_KWARGS,
+                             {"output_hidden_states": "the last hidden state is in the output's last_hidden_state"})
         h, cache, router_logits = self.model(input_ids, attention_mask, cache, inputs_embeds, use_cache,
                                              output_router_logits, past_key_values)
         if isinstance(logits_to_keep, int):
@@ -2187,13 +2198,9 @@ class JambaForCausalLM(_PreTrained):
         prefill_progress: called as prefill_progress(tokens done, prompt length) after each chunk has run (on a CUDA
         model the host waits for each chunk then: for progress output on long prompts).
         """
-        for k, v in hf_kwargs.items():
-            if k not in _HF_NOOP_GENERATE_KWARGS or v not in _HF_NOOP_GENERATE_KWARGS[k]:
-                ok = _HF_NOOP_GENERATE_KWARGS.get(k)
-                raise ValueError(f"generate: {k}={_brief(v)} is not supported by jamba_ext" + (
-                    f" (only {', '.join(repr(o) for o in ok if o is not None)} is accepted)" if ok else
-                    f"; its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, "
-                    f"top_p, repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer"))
+        _check_hf_kwargs("generate", hf_kwargs, _HF_NOOP_GENERATE_KWARGS, {"": (
+            "its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, top_p, "
+            "repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer")})
         if num_return_sequences < 1:
             raise ValueError(f"num_return_sequences: expected >= 1, got {num_return_sequences}")
         dev = self.device

@@ -359,23 +359,14 @@ def _swap_norm(hf_norm: nn.Module) -> _mj.JambaRMSNorm:
 def causal_lm_loss(logits: Tensor, labels: Tensor, vocab_size: int, num_items_in_batch=None, ignore_index: int = -100,
                    shift_labels: Optional[Tensor] = None, **kwargs) -> Tensor:
     """transformers' ForCausalLMLoss (same signature and result: next-token cross entropy, labels of ignore_index
-    left out, the mean, or the sum over num_items_in_batch when the Trainer passes it) on jamba.cross_entropy: the
-    logits are read in their dtype, where transformers' copies them to fp32 first (at 8192 tokens of a 65536-word
-    vocabulary 2 GiB more memory and ~9x the time of forward + backward; benchmarks/bench_kernels.py --only loss).
-    Logits of another dtype or device go to transformers' own function unchanged."""
-    if logits.dtype not in _ops.FLOAT_DTYPES or logits.device.type not in ("cpu", "cuda"):
-        from transformers.loss.loss_utils import ForCausalLMLoss
-        return ForCausalLMLoss(logits, labels, vocab_size, num_items_in_batch, ignore_index, shift_labels, **kwargs)
+    left out, the mean, or the sum over num_items_in_batch when the Trainer passes it) through the model's own loss
+    (modeling_jamba._lm_loss: jamba.cross_entropy reads the logits in their dtype, where transformers' copies them to
+    fp32 first: at 8192 tokens of a 65536-word vocabulary 2 GiB more memory and ~9x the time of forward + backward;
+    benchmarks/bench_kernels.py --only loss)."""
     if shift_labels is None:
         shift_labels = nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    target = shift_labels.reshape(-1).to(logits.device)
-    rows, _ = _ops.cross_entropy(logits.reshape(-1, vocab_size), target, ignore_index)
-    total = rows.sum()
-    if num_items_in_batch is None:
-        return total / (target != ignore_index).sum()
-    if torch.is_tensor(num_items_in_batch):
-        num_items_in_batch = num_items_in_batch.to(total.device)
-    return total / num_items_in_batch
+    return _mj._lm_loss(logits.reshape(-1, vocab_size), shift_labels.reshape(-1).to(logits.device),
+                        num_items_in_batch, ignore_index)
 
 
 def _swap_loss(hf_model: nn.Module) -> int:
