@@ -391,6 +391,49 @@ jamba_status jamba_moe_grad_rows_cpu(const jamba_moe_grad_rows_params *p);
 jamba_status jamba_moe_grad_rows_cuda(const jamba_moe_grad_rows_params *p, jamba_launch launch);
 /* JAMBA_MOE_API_END */
 
+/* JAMBA_FP8_API_BEGIN
+ * ------------------------------------------------------------------------------------------------
+ * fp8 weights (weight-only quantisation of the MoE experts)        (csrc/cpu/fp8.c, csrc/cuda/fp8.cu, moe_gemv.cu)
+ *   q: float8 e4m3 bit patterns as u8 (OCP "e4m3fn" = torch.float8_e4m3fn: sign, 4 exponent bits with bias 7,
+ *   3 mantissa bits, subnormals, no infinities, S.1111.111 = NaN); scale f32, one per row:
+ *     w[r, k] = e4m3(q[r, k]) * scale[r]
+ *
+ * dequant_fp8: out[r, k] = round_out(e4m3(q[r, k]) * scale[r]) (the product in fp32)
+ *   out (R, K) f32|f16|bf16 and q (R, K) u8, contiguous; scale (R,) f32, contiguous; group_offsets (G+1,) i32,
+ *   optional (G >= 1 dividing R): rows [g R/G, (g+1) R/G) are left unwritten when group_offsets[g+1] ==
+ *   group_offsets[g] (MoE: moe_route's expert offsets, so only the touched experts are converted).
+ */
+typedef struct {
+    jamba_tensor out, q, scale, group_offsets;
+} jamba_dequant_fp8_params;
+
+jamba_status jamba_dequant_fp8_check(const jamba_dequant_fp8_params *p);
+jamba_status jamba_dequant_fp8_cpu(const jamba_dequant_fp8_params *p);
+jamba_status jamba_dequant_fp8_cuda(const jamba_dequant_fp8_params *p, jamba_launch launch);
+
+/* moe_experts_fp8: moe_experts (JAMBA_MOE_API) for a few tokens with fp8 expert weights, per slot s = t*TOPK + j
+ * of expert e = expert_ids[s] (fp32 sums, the row's scale applied to the sum):
+ *     g = scale_gu[e, f] * sum_k e4m3(w_gate_up[e, f, k]) x[t, k],  u = the same with row F + f
+ *     act[s, f] = round(round(silu(round(g))) * round(u))                         (act: a workspace, slot order)
+ *     y = round(scale_d[e, h] * sum_f e4m3(w_down[e, h, f]) act[s, f]);  o_s = round(y * round(weights[s]))
+ *     out[t, h] = o_{t*TOPK} (+ o_{t*TOPK+1} ...), rounded after each add, j ascending
+ *   An id outside [0, E): the token's row is NaN on CUDA; the CPU returns JAMBA_ERR_ARG.
+ * Shapes: out, x (T, H) contiguous, f32|f16|bf16; weights (T, TOPK) f32 and expert_ids (T, TOPK) i32, contiguous;
+ *   w_gate_up (E, 2F, H) and w_down (E, H, F) u8, contiguous (gate rows first); s_gate_up (E, 2F) and s_down (E, H)
+ *   f32, contiguous; act (T*TOPK, F) x's dtype, contiguous.
+ *   CUDA: bf16 / f16, H and F multiples of 16, T <= JAMBA_FP8_GEMV_MAX_TOKENS (a weight row is read once per slot
+ *   that takes its expert: decode; larger batches dequantize the touched experts and run moe_experts). CPU: any. */
+#define JAMBA_FP8_GEMV_MAX_TOKENS 4
+
+typedef struct {
+    jamba_tensor out, x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, act;
+} jamba_moe_experts_fp8_params;
+
+jamba_status jamba_moe_experts_fp8_check(const jamba_moe_experts_fp8_params *p);
+jamba_status jamba_moe_experts_fp8_cpu(const jamba_moe_experts_fp8_params *p);
+jamba_status jamba_moe_experts_fp8_cuda(const jamba_moe_experts_fp8_params *p, jamba_launch launch);
+/* JAMBA_FP8_API_END */
+
 /* ------------------------------------------------------------------------------------------------
  * gemv: out = x @ weight^T (+ bias) for a few rows of x: the decode step's projections   (csrc/{cpu,cuda}/gemv.*)
  *   x (M, K), weight (N, K), out (M, N): unit stride along the last dim, any row stride; f32|f16|bf16, one dtype

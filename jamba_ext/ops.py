@@ -1228,6 +1228,179 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 # JAMBA_MOE_OPS_END
 
 
+# ---- fp8 expert weights (weight-only quantisation; section owned by the fp8 family) -------------------------
+# JAMBA_FP8_OPS_BEGIN
+#   quantize_fp8(w (..., K)) -> (q (..., K) float8_e4m3fn, scale (...) f32): per row over the last dim,
+#       scale = max|w_row| / 448 (1 for an all-zero row), q = round_to_e4m3(w / scale). Plain torch (a one-time
+#       conversion), chunked over rows so the fp32 temporaries stay small.
+#   dequant_fp8(q (..., K) fp8, scale (...) f32, dtype, group_offsets?) -> q's shape in dtype:
+#       out[r, k] = round_dtype(float(q[r, k]) * scale[r]) (rows r over q's leading dims). group_offsets (G+1,)
+#       int32 (moe_route's expert offsets): the rows form G equal groups and a group with no rows routed to it is
+#       left unwritten (its contents are undefined), so a MoE call converts only its touched experts.
+#   moe_experts_fp8(x, weights, expert_ids, w_gate_up (E, 2F, H) fp8, s_gate_up (E, 2F) f32, w_down (E, H, F)
+#       fp8, s_down (E, H) f32, sorted_slots?, expert_offsets?) -> out (T, H): moe_experts with the weights
+#       w = float(q) * scale. Up to FP8_GEMV_MAX_TOKENS tokens (decode) weight-streaming kernels read the fp8
+#       bytes directly (CUDA: csrc/cuda/moe_gemv.cu; CPU: csrc/cpu/fp8.c), sums in fp32 with the row's scale
+#       applied to the sum; above that the touched experts are dequantized to x's dtype (dequant_fp8 with the
+#       expert offsets) and moe_experts runs on them (prefill: one more pass over the touched weights, 3 bytes per
+#       weight read and 2 written, then the GEMMs). Gradients: x and the routing weights (the fp8 weights are
+#       frozen: LoRA and the router train on an fp8 model), through the dequantized weights.
+# Semantics in csrc/jamba.h (JAMBA_FP8_API). Why: Jamba-v0.1's experts are 45 of its 52B parameters; with them in
+# fp8 the model needs ~58 GB instead of ~104 GB (one 80 GB GPU), and a decode step reads half the expert bytes.
+FP8_MAX = 448.0
+FP8_GEMV_MAX_TOKENS = 4
+
+
+def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:
+    """(q float8_e4m3fn, scale f32) of w, one scale per row over the last dim (see the section's comment)."""
+    if not isinstance(w, Tensor) or not w.dtype.is_floating_point or w.dim() < 1:
+        raise ValueError(f"quantize_fp8: w must be a float tensor of at least one dimension, got "
+                         f"{type(w).__name__ if not isinstance(w, Tensor) else (w.dtype, tuple(w.shape))}")
+    if not hasattr(torch, "float8_e4m3fn"):
+        raise RuntimeError("quantize_fp8: this torch has no float8_e4m3fn dtype (torch >= 2.1 has it)")
+    K = w.shape[-1]
+    w2 = w.detach().reshape(-1, K)
+    q = torch.empty(w2.shape, dtype=torch.float8_e4m3fn, device=w.device)
+    scale = torch.empty(w2.shape[0], dtype=torch.float32, device=w.device)
+    for r0 in range(0, w2.shape[0], rows_per_chunk):
+        c = w2[r0:r0 + rows_per_chunk].to(torch.float32)
+        amax = c.abs().amax(dim=1) if K else torch.zeros(c.shape[0], device=c.device)
+        if not bool(torch.isfinite(amax).all()):
+            raise ValueError("quantize_fp8: w holds inf or NaN")
+        s = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+        scale[r0:r0 + rows_per_chunk] = s
+        q[r0:r0 + rows_per_chunk] = (c / s[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return q.view(w.shape), scale.view(w.shape[:-1])
+
+
+def _fp8_check(op: str, name: str, q: Tensor, s: Tensor, shape: Optional[Tuple[int, ...]] = None) -> None:
+    if not isinstance(q, Tensor) or q.dtype != getattr(torch, "float8_e4m3fn", None):
+        _fail(op, f"{name} must be a torch.float8_e4m3fn tensor (jamba_ext.ops.quantize_fp8), got "
+                  f"{q.dtype if isinstance(q, Tensor) else type(q).__name__}")
+    if shape is not None and tuple(q.shape) != shape:
+        _fail(op, f"{name} must have shape {shape}, got {tuple(q.shape)}")
+    if not isinstance(s, Tensor) or s.dtype != torch.float32 or tuple(s.shape) != tuple(q.shape[:-1]):
+        _fail(op, f"the scale of {name} must be float32 of shape {tuple(q.shape[:-1])}, got "
+                  f"{s.dtype if isinstance(s, Tensor) else type(s).__name__} "
+                  f"{tuple(s.shape) if isinstance(s, Tensor) else ''}")
+    if s.device != q.device:
+        _fail(op, f"the scale of {name} is on {s.device} but {name} is on {q.device}")
+
+
+def _u8(t: Tensor) -> Tensor:
+    return t.contiguous().view(torch.uint8)
+
+
+@torch.library.custom_op("jamba::dequant_fp8", mutates_args=())
+def dequant_fp8(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.bfloat16,
+                group_offsets: Optional[Tensor] = None) -> Tensor:
+    """out = round_dtype(float(q) * scale[..., None]) in q's shape (see the section's comment)."""
+    op = "dequant_fp8"
+    _fp8_check(op, "q", q, scale)
+    if dtype not in FLOAT_DTYPES:
+        _fail(op, f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
+    K = q.shape[-1]
+    R = scale.numel()
+    if group_offsets is not None:
+        _check_args(op, "q", q, {"group_offsets": 1}, group_offsets=group_offsets)
+        G = group_offsets.shape[0] - 1
+        if group_offsets.dtype != torch.int32 or G < 1 or R % G:
+            _fail(op, f"group_offsets must be int32 of shape (G+1,) with G >= 1 dividing the {R} rows, got "
+                      f"{group_offsets.dtype} {tuple(group_offsets.shape)}")
+    out = _alloc(q.shape, dtype, q.device)
+    if out.numel():
+        _call(op, q.device, op, [("out", out.view(R, K)), ("q", _u8(q).view(R, K)),
+                                 ("scale", scale.contiguous().view(R)), ("group_offsets", group_offsets)])
+    return out
+
+
+@dequant_fp8.register_fake
+def _(q, scale, dtype=torch.bfloat16, group_offsets=None):
+    return torch.empty(q.shape, dtype=dtype, device=q.device)
+
+
+@torch.library.custom_op("jamba::moe_experts_fp8", mutates_args=())
+def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, s_gate_up: Tensor,
+                    w_down: Tensor, s_down: Tensor, sorted_slots: Optional[Tensor] = None,
+                    expert_offsets: Optional[Tensor] = None) -> Tensor:
+    """moe_experts with fp8 expert weights and per-row scales (see the section's comment)."""
+    op = "moe_experts_fp8"
+    _check_args(op, "x", x, {"x": 2, "weights": 2, "expert_ids": 2, "w_gate_up": 3, "w_down": 3,
+                             "sorted_slots": 1, "expert_offsets": 1},
+                weights=weights, expert_ids=expert_ids, w_gate_up=w_gate_up, w_down=w_down,
+                sorted_slots=sorted_slots, expert_offsets=expert_offsets)
+    if x.dtype not in FLOAT_DTYPES:
+        _fail(op, f"x must be float32, float16 or bfloat16, got {x.dtype}")
+    E, H = w_gate_up.shape[0], x.shape[1]
+    Fd = w_down.shape[2]
+    _fp8_check(op, "w_gate_up", w_gate_up, s_gate_up, (E, 2 * Fd, H))
+    _fp8_check(op, "w_down", w_down, s_down, (E, H, Fd))
+    if (sorted_slots is None) != (expert_offsets is None):
+        _fail(op, "sorted_slots and expert_offsets are given together (moe_route's outputs) or not at all")
+    ids = _moe_ids32(op, expert_ids)
+    if not weights.dtype.is_floating_point or weights.shape != ids.shape:
+        _fail(op, f"weights must be a float tensor of expert_ids' shape {tuple(ids.shape)}, got {weights.dtype} "
+                  f"{tuple(weights.shape)}")
+    T, K = ids.shape
+    if x.shape[0] != T:
+        _fail(op, f"x has {x.shape[0]} rows but expert_ids has {T}")
+    if T == 0:
+        return _alloc((0, H), x.dtype, x.device)
+    if T <= FP8_GEMV_MAX_TOKENS and _fp8_gemv_ok(x, H, Fd):
+        if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
+            _fail(op, f"expert_ids must be in [0, {E}), got values in [{int(ids.min())}, {int(ids.max())}]")
+        out = _alloc((T, H), x.dtype, x.device)
+        act = _alloc((T * K, Fd), x.dtype, x.device)
+        _call(op, x.device, op, [("out", out), ("x", x.contiguous()), ("weights", weights.to(torch.float32).contiguous()),
+                                 ("expert_ids", ids), ("w_gate_up", _u8(w_gate_up)),
+                                 ("s_gate_up", s_gate_up.contiguous()), ("w_down", _u8(w_down)),
+                                 ("s_down", s_down.contiguous()), ("act", act)])
+        return out
+    if sorted_slots is None:
+        expert_offsets, sorted_slots = moe_permute(ids, E)
+    gu = dequant_fp8(w_gate_up, s_gate_up, x.dtype, expert_offsets)
+    dn = dequant_fp8(w_down, s_down, x.dtype, expert_offsets)
+    return moe_experts(x, weights, ids, gu, dn, sorted_slots, expert_offsets)
+
+
+def _fp8_gemv_ok(x: Tensor, H: int, Fd: int) -> bool:
+    """The fp8 weight-streaming kernels: CUDA for bf16 / f16 x with H, F multiples of 16 (16 weights a load);
+    the CPU's for any."""
+    if x.device.type == "cuda":
+        return x.dtype in (torch.bfloat16, torch.float16) and H % 16 == 0 and Fd % 16 == 0 and Fd > 0
+    return True
+
+
+@moe_experts_fp8.register_fake
+def _(x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots=None, expert_offsets=None):
+    return x.new_empty(x.shape)
+
+
+def _fp8_moe_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:7])
+
+
+def _fp8_moe_backward(ctx, go):
+    """dx and d(routing weights) through the dequantized weights (moe_experts' backward with frozen weights)."""
+    x, w, ids, gu, sgu, dn, sdn = ctx.saved_tensors
+    nx, nw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    if ctx.needs_input_grad[4] or ctx.needs_input_grad[6]:
+        _fail("moe_experts_fp8", "the fp8 weights' scales are frozen (no gradient); detach them")
+    if not (nx or nw) or not ids.numel():
+        return (None,) * 9
+    ids32 = _moe_ids32("moe_experts_fp8", ids)
+    _moe_check_backward_ids(ids32, gu.shape[0])
+    wgu, wd = dequant_fp8(gu, sgu, x.dtype), dequant_fp8(dn, sdn, x.dtype)
+    need = (nx, nw, False, False, False)
+    grads = _moe_grouped_grads if _moe_grouped_grads_ok(x, wgu, wd) else _moe_sparse_grads
+    dx, dw, _, _ = grads(go, x, w.to(torch.float32), ids32, wgu, wd, need)
+    return dx, dw, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("jamba::moe_experts_fp8", _fp8_moe_backward, setup_context=_fp8_moe_setup)
+# JAMBA_FP8_OPS_END
+
+
 # ---- gemv (decode-step projections) ----------------------------------------------------------------------
 @torch.library.custom_op("jamba::gemv", mutates_args=())
 def gemv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
@@ -1444,3 +1617,5 @@ gemv = _fast_path(gemv)
 decode_attention = _fast_path(decode_attention)
 cross_entropy = _fast_path(cross_entropy)
 cross_entropy_bwd = _fast_path(cross_entropy_bwd)
+dequant_fp8 = _fast_path(dequant_fp8)
+moe_experts_fp8 = _fast_path(moe_experts_fp8)

@@ -366,3 +366,15 @@ def cross_entropy_bwd(logits: Tensor, target: Tensor, lse: Tensor, dloss: Tensor
     p = p - torch.nn.functional.one_hot(t, logits.shape[1]).to(cd)
     g = p * torch.where(ign, torch.zeros_like(dloss), dloss).to(cd)[:, None]
     return g.to(logits.dtype)
+
+
+def dequant_fp8(q: Tensor, scale: Tensor) -> Tensor:
+    """w = e4m3(q) * scale[..., None] in float64 (q: torch.float8_e4m3fn; every e4m3 value is exact in float64)."""
+    return q.to(torch.float64) * scale.to(torch.float64).unsqueeze(-1)
+
+
+def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, s_gate_up: Tensor,
+                    w_down: Tensor, s_down: Tensor) -> Tensor:
+    """moe_experts with the dequantized fp8 weights, in float64."""
+    return moe_experts(x.to(torch.float64), weights, expert_ids, dequant_fp8(w_gate_up, s_gate_up),
+                       dequant_fp8(w_down, s_down))

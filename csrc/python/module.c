@@ -253,6 +253,27 @@ static PyObject *py_moe_experts(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_moe_experts_cpu, jamba_moe_experts_cuda);
 }
 
+static PyObject *py_dequant_fp8(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_dequant_fp8_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.q, &p.scale, &p.group_offsets};
+    if (parse_call(args, &c, ts, 4, NULL, 0) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_dequant_fp8_cpu, jamba_dequant_fp8_cuda);
+}
+
+static PyObject *py_moe_experts_fp8(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_moe_experts_fp8_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.out, &p.x, &p.weights, &p.expert_ids, &p.w_gate_up, &p.s_gate_up, &p.w_down,
+                          &p.s_down, &p.act};
+    if (parse_call(args, &c, ts, 9, NULL, 0) < 0) return NULL;
+    JAMBA_RUN(c, p, jamba_moe_experts_fp8_cpu, jamba_moe_experts_fp8_cuda);
+}
+
 static PyObject *py_silu_mul(PyObject *self, PyObject *args) {
     (void)self;
     jamba_silu_mul_params p;
@@ -429,6 +450,8 @@ static PyMethodDef methods[] = {
     {"moe_route", py_moe_route, METH_VARARGS, "moe_route (see csrc/jamba.h)."},
     {"moe_permute", py_moe_permute, METH_VARARGS, "moe_permute (see csrc/jamba.h)."},
     {"moe_experts", py_moe_experts, METH_VARARGS, "moe_experts (see csrc/jamba.h)."},
+    {"dequant_fp8", py_dequant_fp8, METH_VARARGS, "dequant_fp8 (see csrc/jamba.h)."},
+    {"moe_experts_fp8", py_moe_experts_fp8, METH_VARARGS, "moe_experts_fp8 (see csrc/jamba.h)."},
     {"silu_mul", py_silu_mul, METH_VARARGS, "silu_mul (see csrc/jamba.h)."},
     {"silu_mul_bwd", py_silu_mul_bwd, METH_VARARGS, "silu_mul_bwd (see csrc/jamba.h)."},
     {"rms_norm_bwd", py_rms_norm_bwd, METH_VARARGS, "rms_norm_bwd (see csrc/jamba.h)."},
