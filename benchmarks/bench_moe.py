@@ -9,6 +9,8 @@ Rows per token count (each checked against an fp32 reference before it is timed)
   ours:<impl>     one CUDA engine forced: mma / mma64 / mma256 (mma.sync GEMM variants), wgmma (Hopper),
                   gemv (decode: moe_decode_kernel)
   ours+grouped_mm our routing, permutation and combine around torch._grouped_mm (the allowed fallback)
+  ours fp8        moe_experts_fp8 on the weights quantized once (e4m3, a scale per row; its error against the
+                  bf16 reference includes the quantisation, so its bound is FP8_ERR; floor: half the weight bytes)
   (a) hf_loop     transformers 4.x JambaSparseMoeBlock: one_hot mask, loop over all experts, torch.where
   (b) sorted_mm   tokens sorted by expert, one torch.matmul pair per expert (host loop over offsets)
   (c) grouped_mm  the same with torch._grouped_mm (no host loop), routing and combine in torch
@@ -100,6 +102,18 @@ def ours(impl):
         w, ids, offsets, slots = ops.moe_route(logits, K)
         return ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, impl)
     return run
+
+
+def ours_fp8(q8):
+    """moe_experts_fp8 on the weights quantized once (q8: quantize_fp8 of w_gate_up and of w_down): the decode
+    kernels read the e4m3 bytes up to 4 tokens, above that the touched experts are dequantized first"""
+    def run(x, logits, w_gate_up, w_down, K):
+        w, ids, offsets, slots = ops.moe_route(logits, K)
+        return ops.moe_experts_fp8(x, w, ids, *q8, slots, offsets)
+    return run
+
+
+FP8_ERR = 8e-2  # fp8 rows: the weights' e4m3 rounding (3 mantissa bits) is part of their error against the bf16 one
 
 
 def with_env(fn, **env):
@@ -231,6 +245,8 @@ def main():
         variants += [("ours:wgmma merge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="1"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
+        if hasattr(torch, "float8_e4m3fn"):  # fp8 expert weights (a scale per row): half the weight bytes
+            variants += [("ours fp8", ours_fp8((*ops.quantize_fp8(w_gate_up), *ops.quantize_fp8(w_down))))]
     variants += [("(a) hf_loop", hf_loop), ("(b) sorted_mm", sorted_mm)]
     if has_grouped:
         variants += [("(c) grouped_mm", grouped)]
@@ -271,7 +287,7 @@ def main():
                 continue
             out = fn(x, logits, w_gate_up, w_down, K)
             err = rel_err(out, ref)
-            ok = err < 2e-2 and not torch.isnan(out).any().item()
+            ok = err < (FP8_ERR if "fp8" in name else 2e-2) and not torch.isnan(out).any().item()
             row = {"label": f"{name} T={T}", "op": name, "tokens": T, "H": H, "F": Fd, "E": E, "top_k": K,
                    "dtype": str(dtype).replace("torch.", ""), "rel_err_vs_fp32": err, "correct": ok}
             rows.append(row)
@@ -293,8 +309,9 @@ def main():
                 extra += f" ({row['pct_dense_same_work']:5.1f}% of dense same-work)"
             floor_us = None
             if T <= 64:
-                floor_us = wbytes / (bw * 1e9) * 1e6
-                row.update(weight_bytes=wbytes, experts_touched=touched, floor_us=floor_us,
+                wb = wbytes // 2 if "fp8" in name else wbytes  # e4m3: one byte a weight (the scales: 0.02%)
+                floor_us = wb / (bw * 1e9) * 1e6
+                row.update(weight_bytes=wb, experts_touched=touched, floor_us=floor_us,
                            pct_bw_floor=100 * floor_us / us)
             if name == "(b) sorted_mm":
                 base_b = us

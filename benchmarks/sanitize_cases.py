@@ -134,6 +134,17 @@ def main():
         ops.moe_grad_rows(rn(T, H), wr, slots)                  # without y
         if hasattr(torch, "_grouped_mm"):
             ops.moe_experts(rn(T, H), wr, ids, rn(E, 2 * F, H), rn(E, H, F), impl="grouped_mm")
+    if hasattr(torch, "float8_e4m3fn"):  # fp8 expert weights: dequant (16-byte and element paths, skipped groups)
+        T, H, F, E = 3, 64, 48, 4
+        qgu, sgu = ops.quantize_fp8(rn(E, 2 * F, H, dt=torch.float32))
+        qd, sd = ops.quantize_fp8(rn(E, H, F, dt=torch.float32))
+        ops.dequant_fp8(qgu, sgu, torch.bfloat16, torch.tensor([0, 2, 2, 5, 6], dtype=torch.int32, device=dev))
+        q7, s7 = ops.quantize_fp8(rn(5, 37, dt=torch.float32))
+        ops.dequant_fp8(q7, s7, torch.float32)
+        for xdt in (torch.bfloat16, torch.float16):  # the decode kernels (1-4 tokens), then the dequantizing path
+            for T in (1, 4, 6):
+                wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
+                ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
     for logits in (rn(5, 1001), rn(9, 1040)[:, 8:1032], rn(3, 40, dt=torch.float32)):  # element, 16-byte, f32 paths
         t = torch.randint(0, logits.shape[1], (logits.shape[0],), device=dev)
         t[1] = -100

@@ -3,6 +3,7 @@
  *
  *   gemv_ld_stream(p)                      16 bytes of a weight row, ld.global.nc with L1::no_allocate (read once)
  *   gemv_warp_dot<T, R, MM, U>(...)        one warp's partial dot products of R weight rows with MM rows of x
+ *   gemv_warp_dot_f8<T, R, U>(...)         the same for one row of x (bf16 / f16) and weight rows of fp8 e4m3 bytes
  *
  * Layout of gemv_warp_dot: weight rows and x rows have unit stride, K elements, 16-byte aligned starts, K a
  * multiple of VN = 16 / sizeof(T). K is cut into chunks of 32 * VN elements; the warp takes chunks ks, ks + kw,
@@ -15,6 +16,8 @@
 #define JAMBA_GEMV_CUH
 
 #include "common.cuh"
+
+#include <cuda_fp8.h>
 
 __device__ __forceinline__ uint4 gemv_ld_stream(const void *p) {
     uint4 r;
@@ -57,6 +60,58 @@ __device__ __forceinline__ void gemv_warp_dot(const T *const (&wrow)[R], const b
                 for (int r = 0; r < R; r++)
 #pragma unroll
                     for (int j = 0; j < VN; j++) acc[r][m] = fmaf(xf[j], wf[r][j], acc[r][m]);
+            }
+        }
+    }
+}
+
+/* 16 e4m3 bytes of one 16-byte load (the lowest address first) -> 16 floats. Every e4m3 value is exact in f16:
+ * cvt.rn.f16x2.e4m3x2 on sm_89+ (cuda_fp8.h emulates it on sm_80), then f16 -> f32. */
+__device__ __forceinline__ void jamba_e4m3x16_ld(const uint4 &r, float *f) {
+    const uint32_t w[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const __half2_raw hr =
+                __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)((w[i] >> (16 * h)) & 0xffffu), __NV_E4M3);
+            const float2 v = __half22float2(__half2(hr));
+            f[4 * i + 2 * h] = v.x, f[4 * i + 2 * h + 1] = v.y;
+        }
+    }
+}
+
+/* gemv_warp_dot for one row of x (T = bf16 / f16) against R weight rows of e4m3 bytes: chunks of 32 * 16 elements
+ * (lane l: the 16 weights [16 l, 16 l + 16) of a chunk, one 16-byte load, and x's 16 elements, two loads); K a
+ * multiple of 16, row starts 16-byte aligned. acc[r][0] gets this lane's part of sum_k e4m3(w[r][k]) x[k]. */
+template <typename T, int R, int U>
+__device__ __forceinline__ void gemv_warp_dot_f8(const uint8_t *const (&wrow)[R], const bool (&wok)[R], const T *x,
+                                                 int64_t K, int ks, int kw, int lane, float (&acc)[R][1]) {
+    static_assert(sizeof(T) == 2, "fp8 weights pair with a 16-bit x");
+    constexpr int CH = 32 * 16;
+    const int64_t nchunk = K / CH + (K % CH != 0);
+    for (int64_t c0 = ks; c0 < nchunk; c0 += (int64_t)U * kw) {
+        uint4 wv[U][R];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t k = (c0 + (int64_t)u * kw) * CH + lane * 16;
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                wv[u][r] = (k < K && wok[r]) ? gemv_ld_stream(wrow[r] + k) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t k = (c0 + (int64_t)u * kw) * CH + lane * 16;
+            if (k >= K) break;
+            float xf[16];
+            jamba_w16<T>::ld(__ldg((const uint4 *)(x + k)), xf);
+            jamba_w16<T>::ld(__ldg((const uint4 *)(x + k + 8)), xf + 8);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                float wf[16];
+                jamba_e4m3x16_ld(wv[u][r], wf);
+#pragma unroll
+                for (int j = 0; j < 16; j++) acc[r][0] = fmaf(xf[j], wf[j], acc[r][0]);
             }
         }
     }

@@ -50,11 +50,30 @@ struct moe_gemv_args {
     void *act, *out;
     const int32_t *ids;
     const float *weights;
+    const float *sgu, *sd; /* F8: the rows' scales (E, 2F) and (E, H); NULL otherwise */
     int64_t H, F;
     int K, E, kw;
 };
 
-template <typename T>
+/* one warp's part of R rows' dot products with x (K elements): rows[r] of the weight matrix at W (element type T,
+ * or e4m3 bytes when F8) */
+template <typename T, bool F8, int R>
+__device__ __forceinline__ void mg_dot(const void *W, const int64_t (&rows)[R], const bool (&ok)[R], const T *x,
+                                       int64_t K, int ks, int kw, int lane, float (&acc)[R][1]) {
+    if constexpr (F8) {
+        const uint8_t *wr[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) wr[r] = (const uint8_t *)W + rows[r] * K;
+        gemv_warp_dot_f8<T, R, MG_U>(wr, ok, x, K, ks, kw, lane, acc);
+    } else {
+        const T *wr[R];
+#pragma unroll
+        for (int r = 0; r < R; r++) wr[r] = (const T *)W + rows[r] * K;
+        gemv_warp_dot<T, R, 1, MG_U>(wr, ok, x, 0, 1, K, ks, kw, lane, acc);
+    }
+}
+
+template <typename T, bool F8>
 __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gemv_args a) {
     jamba_pdl_begin();
     __shared__ float red[MG_WARPS][2];
@@ -63,12 +82,12 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     const int e = a.ids[s];
     if (e < 0 || e >= a.E) return; /* whole block */
     const int64_t f = (int64_t)blockIdx.y * nr + warp / kw;
-    const T *W = (const T *)a.wgu + (int64_t)e * 2 * a.F * a.H;
+    const void *W = (const char *)a.wgu + (int64_t)e * 2 * a.F * a.H * (F8 ? 1 : (int64_t)sizeof(T));
     const bool ok = f < a.F;
-    const T *wrow[2] = {W + (ok ? f : 0) * a.H, W + (ok ? a.F + f : 0) * a.H};
+    const int64_t rows[2] = {ok ? f : 0, ok ? a.F + f : 0};
     const bool wok[2] = {ok, ok};
     float acc[2][1] = {{0.f}, {0.f}};
-    gemv_warp_dot<T, 2, 1, MG_U>(wrow, wok, (const T *)a.x + (s / a.K) * a.H, 0, 1, a.H, ks, kw, lane, acc);
+    mg_dot<T, F8, 2>(W, rows, wok, (const T *)a.x + (s / a.K) * a.H, a.H, ks, kw, lane, acc);
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const float v = jamba_warp_sum(acc[r][0]);
@@ -80,11 +99,12 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     if (q < nr && fo < a.F) {
         float g = 0.f, u = 0.f;
         for (int j = 0; j < kw; j++) g += red[q * kw + j][0], u += red[q * kw + j][1];
+        if (F8) g *= a.sgu[(int64_t)e * 2 * a.F + fo], u *= a.sgu[(int64_t)e * 2 * a.F + a.F + fo];
         ((T *)a.act)[s * a.F + fo] = jamba_st<T>(moe_act<T>(g, u));
     }
 }
 
-template <typename T>
+template <typename T, bool F8>
 __global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gemv_args a) {
     jamba_pdl_begin();
     __shared__ float red[MG_SLOTS][MG_WARPS][2];
@@ -99,16 +119,16 @@ __global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gem
             const int64_t s = t * a.K + j;
             const int e = a.ids[s];
             if (e < 0 || e >= a.E) continue; /* whole block */
-            const T *W = (const T *)a.wd + (int64_t)e * a.H * a.F;
-            const T *wrow[2];
+            const void *W = (const char *)a.wd + (int64_t)e * a.H * a.F * (F8 ? 1 : (int64_t)sizeof(T));
+            int64_t rows[2];
             bool wok[2];
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 wok[r] = hw + r < a.H;
-                wrow[r] = W + (wok[r] ? hw + r : 0) * a.F;
+                rows[r] = wok[r] ? hw + r : 0;
             }
             float acc[2][1] = {{0.f}, {0.f}};
-            gemv_warp_dot<T, 2, 1, MG_U>(wrow, wok, (const T *)a.act + s * a.F, 0, 1, a.F, ks, kw, lane, acc);
+            mg_dot<T, F8, 2>(W, rows, wok, (const T *)a.act + s * a.F, a.F, ks, kw, lane, acc);
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 const float v = jamba_warp_sum(acc[r][0]);
@@ -127,6 +147,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gem
                 }
                 float y = 0.f;
                 for (int k = 0; k < kw; k++) y += red[j - j0][q * kw + k][r];
+                if (F8 && h0 + i < a.H) y *= a.sd[(int64_t)e * a.H + h0 + i];
                 y = moe_scaled<T>(y, a.weights[s]);
                 comb = j == 0 ? y : jamba_round<T>(comb + y);
             }
@@ -153,9 +174,23 @@ static int mg_kw(int forced, int64_t K, int vn) {
     return gemv_pick_kw(jamba_ceil_div(K, 32 * vn), MG_WARPS);
 }
 
+/* both kernels; a: the tensors, K, E, H, F set (kw is picked here) */
+template <typename T, bool F8>
+static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, cudaStream_t stream) {
+    constexpr int VN = F8 ? 16 : 16 / (int)sizeof(T);
+    a.kw = mg_kw(kwg, a.H, VN);
+    const dim3 g1((unsigned)(T_ * a.K), (unsigned)jamba_ceil_div(a.F, MG_WARPS / a.kw));
+    jamba_kernel_launch(moe_gemv_gate_up_kernel<T, F8>, g1, dim3(MG_WARPS * 32), 0, stream, a);
+    JAMBA_LAUNCH_CHECK("moe_gemv_gate_up_kernel", stream);
+    a.kw = mg_kw(kwd, a.F, VN);
+    const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)));
+    jamba_kernel_launch(moe_gemv_down_kernel<T, F8>, g2, dim3(MG_WARPS * 32), 0, stream, a);
+    JAMBA_LAUNCH_CHECK("moe_gemv_down_kernel", stream);
+    return JAMBA_OK;
+}
+
 template <typename T>
 static jamba_status mg_launch(const jamba_moe_experts_params *p, int kwg, int kwd, cudaStream_t stream) {
-    constexpr int VN = 16 / (int)sizeof(T);
     moe_gemv_args a;
     memset(&a, 0, sizeof a);
     a.x = p->x.data, a.wgu = p->w_gate_up.data, a.wd = p->w_down.data;
@@ -163,16 +198,7 @@ static jamba_status mg_launch(const jamba_moe_experts_params *p, int kwg, int kw
     a.ids = (const int32_t *)p->expert_ids.data, a.weights = (const float *)p->weights.data;
     a.H = p->x.shape[1], a.F = p->w_down.shape[2];
     a.K = (int)p->expert_ids.shape[1], a.E = (int)p->w_gate_up.shape[0];
-    const int64_t T_ = p->x.shape[0];
-    a.kw = mg_kw(kwg, a.H, VN);
-    const dim3 g1((unsigned)(T_ * a.K), (unsigned)jamba_ceil_div(a.F, MG_WARPS / a.kw));
-    jamba_kernel_launch(moe_gemv_gate_up_kernel<T>, g1, dim3(MG_WARPS * 32), 0, stream, a);
-    JAMBA_LAUNCH_CHECK("moe_gemv_gate_up_kernel", stream);
-    a.kw = mg_kw(kwd, a.F, VN);
-    const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)));
-    jamba_kernel_launch(moe_gemv_down_kernel<T>, g2, dim3(MG_WARPS * 32), 0, stream, a);
-    JAMBA_LAUNCH_CHECK("moe_gemv_down_kernel", stream);
-    return JAMBA_OK;
+    return mg_run<T, false>(a, p->x.shape[0], kwg, kwd, stream);
 }
 
 jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran) {
@@ -186,4 +212,41 @@ jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaS
     if (dtype == JAMBA_F16) return mg_launch<__half>(p, kwg, kwd, stream);
     *ran = 0;
     return JAMBA_OK;
+}
+
+/* moe_experts_fp8 (csrc/jamba.h JAMBA_FP8_API): the same two kernels reading e4m3 weight bytes, each row's sum
+ * scaled before the rounding; up to JAMBA_FP8_GEMV_MAX_TOKENS tokens (jamba_ext/ops.py dequantizes above that) */
+template <typename T>
+static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg, int kwd, cudaStream_t stream) {
+    moe_gemv_args a;
+    memset(&a, 0, sizeof a);
+    a.x = p->x.data, a.wgu = p->w_gate_up.data, a.wd = p->w_down.data;
+    a.act = p->act.data, a.out = p->out.data;
+    a.ids = (const int32_t *)p->expert_ids.data, a.weights = (const float *)p->weights.data;
+    a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
+    a.H = p->x.shape[1], a.F = p->w_down.shape[2];
+    a.K = (int)p->expert_ids.shape[1], a.E = (int)p->w_down.shape[0];
+    return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, stream);
+}
+
+extern "C" jamba_status jamba_moe_experts_fp8_cuda(const jamba_moe_experts_fp8_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_moe_experts_fp8_check(p));
+    const int64_t T_ = p->x.shape[0], H = p->x.shape[1], F = p->w_down.shape[2];
+    if (T_ == 0 || H == 0) return JAMBA_OK;
+    const int dt = p->x.dtype;
+    if ((dt != JAMBA_BF16 && dt != JAMBA_F16) || H % 16 || F % 16 || F == 0 || T_ > JAMBA_FP8_GEMV_MAX_TOKENS ||
+        F > 65535 || H > 2 * 65535 || !jamba_aligned16(p->x.data) || !jamba_aligned16(p->w_gate_up.data) ||
+        !jamba_aligned16(p->w_down.data) || !jamba_aligned16(p->act.data))
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED,
+                               "jamba.moe_experts_fp8: the CUDA kernels take bf16 / f16 x, H and F multiples of 16 "
+                               "(F <= 65535), 16-byte aligned data and at most %d tokens; got %s, H %lld, F %lld, "
+                               "%lld tokens (jamba_ext.ops.moe_experts_fp8 dequantizes for the other cases)",
+                               JAMBA_FP8_GEMV_MAX_TOKENS, jamba_dtype_name(p->x.dtype), (long long)H, (long long)F,
+                               (long long)T_);
+    JAMBA_DEVICE_GUARD(launch);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    int kwg, kwd;
+    mg_env(&kwg, &kwd);
+    if (dt == JAMBA_BF16) return mg_launch_fp8<__nv_bfloat16>(p, kwg, kwd, stream);
+    return mg_launch_fp8<__half>(p, kwg, kwd, stream);
 }

@@ -1,0 +1,273 @@
+"""fp8 expert weights: quantize_fp8, dequant_fp8 and moe_experts_fp8 against the float64 reference (reference.py:
+dequant_fp8 = e4m3(q) * scale exactly, moe_experts_fp8 = moe_experts on those weights), on CPU and CUDA.
+
+moe_experts_fp8 runs two engines (ops.FP8_GEMV_MAX_TOKENS): up to 4 tokens the weight-streaming kernels that read
+the fp8 bytes (csrc/cpu/fp8.c, csrc/cuda/moe_gemv.cu), above that dequant_fp8 of the touched experts and
+moe_experts; both are tested at each token count that selects them, with H and F multiples of 16 (the CUDA decode
+kernels) and not (the CUDA fallback to the dequantizing path)."""
+import pytest
+import torch
+
+from conftest import HAS_GPU, TOL, assert_close, dtype_params, graph_replays, randn
+from jamba_ext import ops, reference
+
+pytestmark = pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="torch without float8_e4m3fn")
+
+# bf16 / f16 outputs: one rounding of the output plus the roundings inside the expert (act, y, the weighted
+# add), as the moe_experts tests; fp32: the weights are exact, sums in fp32
+FP8_TOL = {torch.float32: dict(rtol=1e-4, atol=1e-4), torch.bfloat16: dict(rtol=2e-2, atol=4e-2),
+           torch.float16: dict(rtol=1e-2, atol=1e-2)}
+
+
+def all_e4m3(R, K, device):
+    """(R, K) float8_e4m3fn covering every finite bit pattern (0x7f / 0xff are NaN), shuffled."""
+    codes = torch.tensor([b for b in range(256) if b & 0x7F != 0x7F], dtype=torch.uint8)
+    idx = torch.randint(0, codes.numel(), (R, K))
+    return codes[idx].view(torch.float8_e4m3fn).to(device)
+
+
+def fp8_experts(E, H, F, device):
+    """Random expert weights in the scale of a trained model, quantized: (q_gu, s_gu, q_d, s_d)."""
+    gu = randn(E, 2 * F, H, device=device, scale=H ** -0.5)
+    dn = randn(E, H, F, device=device, scale=F ** -0.5)
+    return (*ops.quantize_fp8(gu), *ops.quantize_fp8(dn))
+
+
+def routed(T, E, K, device):
+    logits = torch.argsort(torch.rand(T, E, device=device), dim=1).float() * 0.37
+    return ops.moe_route(logits, K)
+
+
+def ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d):
+    """float64 oracle; the routing weight rounded to x's dtype first, as HF does."""
+    return reference.moe_experts_fp8(x.double(), w.to(x.dtype).double(), ids.long(), q_gu.cpu(), s_gu.cpu(),
+                                     q_d.cpu(), s_d.cpu()).to(x.device)
+
+
+# ---- quantize_fp8 / dequant_fp8 -----------------------------------------------------------------------------
+def test_e4m3_table_matches_torch():
+    """Every bit pattern through dequant_fp8 (scale 1, fp32 out) equals torch's own float8 -> float32 cast."""
+    q = torch.arange(256, dtype=torch.uint8).view(torch.float8_e4m3fn).view(16, 16)
+    out = ops.dequant_fp8(q, torch.ones(16), torch.float32)
+    want = q.to(torch.float32)
+    assert torch.equal(torch.isnan(out), torch.isnan(want)) and torch.isnan(out).sum() == 2
+    finite = ~torch.isnan(want)
+    assert torch.equal(out[finite], want[finite])
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("R,K", [(1, 1), (7, 33), (48, 64), (300, 4096 + 16)])
+def test_dequant_fp8_matches_fp64(device, dtype, R, K):
+    q = all_e4m3(R, K, device)
+    scale = torch.rand(R, device=device) * 0.01 + 1e-4
+    out = ops.dequant_fp8(q, scale, dtype)
+    assert out.shape == (R, K) and out.dtype == dtype
+    ref = reference.dequant_fp8(q, scale)
+    # one rounding of an fp32 product: the dtype's half ulp (fp32: its own rounding of e4m3 * scale; f16: its
+    # subnormals below 6.1e-5 are spaced 6e-8)
+    tol = {torch.float32: dict(rtol=1e-7, atol=0), torch.bfloat16: dict(rtol=4e-3, atol=0),
+           torch.float16: dict(rtol=1e-3, atol=3e-8)}[dtype]
+    assert_close(out, ref, **tol)
+    if device.type == "cuda":  # the same roundings as the CPU kernel, bit for bit
+        assert torch.equal(out.cpu(), ops.dequant_fp8(q.cpu(), scale.cpu(), dtype))
+
+
+def test_dequant_fp8_groups_skip_untouched(device):
+    """Rows of groups with no routed rows stay as allocated (poisoned: NaN); the others are converted."""
+    E, R, K = 5, 6, 32
+    q = all_e4m3(E * R, K, device).view(E, R, K)
+    scale = torch.rand(E, R, device=device) + 0.5
+    offsets = torch.tensor([0, 3, 3, 4, 4, 9], dtype=torch.int32, device=device)  # experts 1 and 3 untouched
+    out = ops.dequant_fp8(q, scale, torch.bfloat16, offsets)
+    ref = reference.dequant_fp8(q, scale)
+    for e in range(E):
+        if e in (1, 3):
+            assert torch.isnan(out[e].float()).all()
+        else:
+            assert_close(out[e], ref[e], rtol=4e-3, atol=0)
+
+
+def test_quantize_fp8_roundtrip(device):
+    w = randn(5, 3, 200, device=device, scale=0.02)
+    w[1, 2] = 0.0  # an all-zero row: scale 1, codes 0
+    w[0, 0, 7] = 3.0  # one outlier sets its row's scale
+    q, s = ops.quantize_fp8(w)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == w.shape and s.shape == w.shape[:-1]
+    assert s[1, 2] == 1 and (q[1, 2].float() == 0).all()
+    amax = w.abs().amax(-1)
+    torch.testing.assert_close(s[amax > 0], amax[amax > 0] / 448.0)
+    back = reference.dequant_fp8(q, s)
+    err = (back - w.double()).abs()
+    # e4m3: 3 mantissa bits (relative error <= 2^-4 of a normal value), subnormals spaced 2^-9 * scale
+    bound = w.double().abs() * 2.0 ** -4 + s.double().unsqueeze(-1) * 2.0 ** -10
+    assert (err <= bound).all()
+    assert err.max() > 0  # it did quantize
+    assert abs(back[0, 0, 7].item() - 3.0) < 1e-6  # the row maximum maps to 448 (448 * scale, scale rounded to fp32)
+
+
+def test_fp8_bad_inputs(device):
+    q, s = ops.quantize_fp8(randn(4, 32, device=device))
+    with pytest.raises(ValueError, match="float8_e4m3fn"):
+        ops.dequant_fp8(q.view(torch.uint8), s)
+    with pytest.raises(ValueError, match="scale of q"):
+        ops.dequant_fp8(q, s[:3])
+    with pytest.raises(ValueError, match="scale of q"):
+        ops.dequant_fp8(q, s.double())
+    with pytest.raises(ValueError, match="dtype"):
+        ops.dequant_fp8(q, s, torch.int32)
+    with pytest.raises(ValueError, match="group_offsets"):
+        ops.dequant_fp8(q, s, torch.bfloat16, torch.tensor([0, 1, 2, 3], dtype=torch.int32, device=device))
+    with pytest.raises(ValueError, match="inf or NaN"):
+        ops.quantize_fp8(torch.tensor([[1.0, float("inf")]], device=device))
+    with pytest.raises(ValueError, match="float tensor"):
+        ops.quantize_fp8(torch.ones(3, 4, dtype=torch.int32, device=device))
+
+
+# ---- moe_experts_fp8 ------------------------------------------------------------------------------------------
+# (T, H, F): 1-4 tokens take the decode kernels, 5 and 64 the dequantizing path; H, F multiples of 16 or not
+FP8_SHAPES = [(1, 272, 144), (3, 272, 144), (4, 64, 48), (5, 272, 144), (64, 96, 80), (2, 40, 24), (1, 24, 8)]
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("T,H,F", FP8_SHAPES, ids=[f"T{t}H{h}F{f}" for t, h, f in FP8_SHAPES])
+@pytest.mark.parametrize("E,K", [(1, 1), (8, 2), (16, 2)])
+def test_moe_experts_fp8_matches_fp64(device, dtype, T, H, F, E, K):
+    x = randn(T, H, device=device, dtype=dtype)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, device)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    assert out.shape == (T, H) and out.dtype == dtype
+    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dtype])
+    # without the permutation (computed inside), int64 ids; deterministic
+    assert torch.equal(out, ops.moe_experts_fp8(x, w, ids.long(), q_gu, s_gu, q_d, s_d))
+
+
+@pytest.mark.parametrize("T", [1, 4, 9])
+def test_moe_experts_fp8_engines_agree(device, T):
+    """The decode kernels and the dequantizing path give the same result up to the weights' rounding to x's
+    dtype (the decode kernels apply the scale to the fp32 sum; the dequantized weights are rounded to bf16)."""
+    H, F, E, K, dt = 256, 96, 8, 2, torch.bfloat16
+    x = randn(T, H, device=device, dtype=dt)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, device)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    fast = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    deq = ops.moe_experts(x, w, ids, ops.dequant_fp8(q_gu, s_gu, dt), ops.dequant_fp8(q_d, s_d, dt), slots, offsets)
+    assert_close(fast, deq, **FP8_TOL[dt])
+
+
+def test_moe_experts_fp8_expert_without_tokens_and_one_with_all(device):
+    """Every token on expert 2 (top-1): the other experts' weights are never converted (dequant skips them) and
+    must not matter; also at 64 tokens (the dequantizing path)."""
+    H, F, E = 64, 32, 6
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, device)
+    for T in (3, 64):
+        x = randn(T, H, device=device, dtype=torch.bfloat16)
+        logits = torch.zeros(T, E, device=device)
+        logits[:, 2] = 5.0
+        w, ids, offsets, slots = ops.moe_route(logits, 1)
+        out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+        assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[torch.bfloat16])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("T", [1, 2, 4, 5, 64, 300])
+def test_moe_experts_fp8_cuda_vs_cpu(T):
+    """The CUDA engines against the CPU op on the same inputs (both against fp64 in the test above)."""
+    H, F, E, K, dt = 512, 272, 16, 2, torch.bfloat16
+    dev = torch.device("cuda")
+    x = randn(T, H, device=dev, dtype=dt)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    cpu = ops.moe_experts_fp8(x.cpu(), w.cpu(), ids.cpu(), q_gu.cpu(), s_gu.cpu(), q_d.cpu(), s_d.cpu())
+    assert_close(out.cpu(), cpu, **FP8_TOL[dt])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_moe_experts_fp8_bad_id_gives_nan_row_on_cuda():
+    H, F, E, K, dt = 64, 32, 4, 2, torch.bfloat16
+    dev = torch.device("cuda")
+    x = randn(2, H, device=dev, dtype=dt)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w = torch.rand(2, K, device=dev)
+    ids = torch.tensor([[0, 1], [2, 7]], dtype=torch.int32, device=dev)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
+    assert torch.isnan(out[1].float()).all() and not torch.isnan(out[0].float()).any()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("T", [1, 4, 64])
+def test_moe_experts_fp8_cuda_graph(T):
+    """route + fp8 experts captured in a CUDA graph (no host sync: the dequant reads the offsets on the device),
+    replayed on new inputs."""
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    H, F, E, K = 256, 144, 16, 2
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    router = randn(E, H, device=dev, dtype=dt)
+
+    def fn(a):
+        w, ids, offsets, slots = ops.moe_route(a @ router.t(), K)
+        return ops.moe_experts_fp8(a, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+
+    news = [(randn(T, H, device=dev, dtype=dt),) for _ in range(2)]
+    runs = graph_replays(fn, (randn(T, H, device=dev, dtype=dt),), news)
+    for (a,), (o,) in zip(news, runs):
+        assert torch.equal(o, fn(a))
+
+
+@pytest.mark.parametrize("T", [3, 9])
+def test_moe_experts_fp8_grad(device, T):
+    """dx and the routing weights' gradient against autograd through the float64 reference."""
+    H, F, E, K, dt = 48, 32, 4, 2, torch.float32
+    x = randn(T, H, device=device, dtype=dt).requires_grad_()
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, device)
+    w, ids, _, _ = routed(T, E, K, device)
+    w = w.clone().requires_grad_()
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
+    g = randn(T, H, device=device)
+    dx, dw = torch.autograd.grad(out, (x, w), g)
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = reference.moe_experts_fp8(x64.cpu(), w64.cpu(), ids.long().cpu(), q_gu.cpu(), s_gu.cpu(), q_d.cpu(),
+                                    s_d.cpu())
+    rdx, rdw = torch.autograd.grad(ref, (x64, w64), g.double().cpu())
+    assert_close(dx.cpu(), rdx, **TOL[torch.float32])
+    assert_close(dw.cpu(), rdw, **TOL[torch.float32])
+
+
+def test_moe_experts_fp8_opcheck(device):
+    T, H, F, E, K = 3, 32, 16, 4, 2
+    x = randn(T, H, device=device, dtype=torch.bfloat16)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, device)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    # not test_schema: it compares the inputs before and after with arithmetic torch lacks for float8 on the CPU
+    utils = ("test_faketensor", "test_autograd_registration", "test_aot_dispatch_dynamic")
+    torch.library.opcheck(torch.ops.jamba.moe_experts_fp8.default, (x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets),
+                          test_utils=utils)
+    torch.library.opcheck(torch.ops.jamba.dequant_fp8.default, (q_gu, s_gu, torch.bfloat16), test_utils=utils)
+
+
+def test_moe_experts_fp8_bad_inputs(device):
+    T, H, F, E, K = 3, 32, 16, 4, 2
+    x = randn(T, H, device=device, dtype=torch.bfloat16)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, device)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    run = lambda **kw: ops.moe_experts_fp8(**{**dict(x=x, weights=w, expert_ids=ids, w_gate_up=q_gu, s_gate_up=s_gu,
+                                                     w_down=q_d, s_down=s_d), **kw})
+    with pytest.raises(ValueError, match="w_gate_up must be a torch.float8_e4m3fn"):
+        run(w_gate_up=ops.dequant_fp8(q_gu, s_gu))
+    with pytest.raises(ValueError, match="scale of w_down"):
+        run(s_down=s_d[:, :-1])
+    with pytest.raises(ValueError, match="w_down must have shape"):
+        run(w_down=q_d[:, :-1])
+    with pytest.raises(ValueError, match="rows"):
+        run(x=x[:2])
+    with pytest.raises(ValueError, match="x must be"):
+        run(x=x.double())
+    with pytest.raises(ValueError, match="together"):
+        run(sorted_slots=slots)
+    if device.type == "cpu":
+        with pytest.raises(ValueError, match=r"expert_ids must be in \[0, 4\)"):
+            run(expert_ids=torch.tensor([[0, 1], [2, 4], [1, 0]], dtype=torch.int32))
