@@ -141,8 +141,8 @@ def main():
         ops.dequant_fp8(qgu, sgu, torch.bfloat16, torch.tensor([0, 2, 2, 5, 6], dtype=torch.int32, device=dev))
         q7, s7 = ops.quantize_fp8(rn(5, 37, dt=torch.float32))
         ops.dequant_fp8(q7, s7, torch.float32)
-        for xdt in (torch.bfloat16, torch.float16):  # the decode kernels (1-4 tokens), then the dequantizing path
-            for T in (1, 4, 6):
+        for xdt in (torch.bfloat16, torch.float16):  # the decode kernels (1-32 tokens), then the dequantizing path
+            for T in (1, 32, 40):
                 wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
                 ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
     for logits in (rn(5, 1001), rn(9, 1040)[:, 8:1032], rn(3, 40, dt=torch.float32)):  # element, 16-byte, f32 paths

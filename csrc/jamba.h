@@ -423,7 +423,7 @@ jamba_status jamba_dequant_fp8_cuda(const jamba_dequant_fp8_params *p, jamba_lau
  *   f32, contiguous; act (T*TOPK, F) x's dtype, contiguous.
  *   CUDA: bf16 / f16, H and F multiples of 16, T <= JAMBA_FP8_GEMV_MAX_TOKENS (a weight row is read once per slot
  *   that takes its expert: decode; larger batches dequantize the touched experts and run moe_experts). CPU: any. */
-#define JAMBA_FP8_GEMV_MAX_TOKENS 4
+#define JAMBA_FP8_GEMV_MAX_TOKENS 32
 
 typedef struct {
     jamba_tensor out, x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, act;

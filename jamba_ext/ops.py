@@ -1248,7 +1248,7 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 # Semantics in csrc/jamba.h (JAMBA_FP8_API). Why: Jamba-v0.1's experts are 45 of its 52B parameters; with them in
 # fp8 the model needs ~58 GB instead of ~104 GB (one 80 GB GPU), and a decode step reads half the expert bytes.
 FP8_MAX = 448.0
-FP8_GEMV_MAX_TOKENS = 4
+FP8_GEMV_MAX_TOKENS = 32  # = JAMBA_FP8_GEMV_MAX_TOKENS; the crossover estimate in csrc/cuda/moe_gemv.cu
 
 
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:

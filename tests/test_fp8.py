@@ -1,14 +1,14 @@
 """fp8 expert weights: quantize_fp8, dequant_fp8 and moe_experts_fp8 against the float64 reference (reference.py:
 dequant_fp8 = e4m3(q) * scale exactly, moe_experts_fp8 = moe_experts on those weights), on CPU and CUDA.
 
-moe_experts_fp8 runs two engines (ops.FP8_GEMV_MAX_TOKENS): up to 4 tokens the weight-streaming kernels that read
+moe_experts_fp8 runs two engines (ops.FP8_GEMV_MAX_TOKENS): up to 32 tokens the weight-streaming kernels that read
 the fp8 bytes (csrc/cpu/fp8.c, csrc/cuda/moe_gemv.cu), above that dequant_fp8 of the touched experts and
 moe_experts; both are tested at each token count that selects them, with H and F multiples of 16 (the CUDA decode
 kernels) and not (the CUDA fallback to the dequantizing path)."""
 import pytest
 import torch
 
-from conftest import HAS_GPU, TOL, assert_close, dtype_params, graph_replays, randn
+from conftest import HAS_GPU, assert_close, dtype_params, graph_replays, randn
 from jamba_ext import ops, reference
 
 pytestmark = pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="torch without float8_e4m3fn")
@@ -39,9 +39,9 @@ def routed(T, E, K, device):
 
 
 def ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d):
-    """float64 oracle; the routing weight rounded to x's dtype first, as HF does."""
-    return reference.moe_experts_fp8(x.double(), w.to(x.dtype).double(), ids.long(), q_gu.cpu(), s_gu.cpu(),
-                                     q_d.cpu(), s_d.cpu()).to(x.device)
+    """float64 oracle on the CPU; the routing weight rounded to x's dtype first, as HF does."""
+    return reference.moe_experts_fp8(x.double().cpu(), w.to(x.dtype).double().cpu(), ids.long().cpu(), q_gu.cpu(),
+                                     s_gu.cpu(), q_d.cpu(), s_d.cpu()).to(x.device)
 
 
 # ---- quantize_fp8 / dequant_fp8 -----------------------------------------------------------------------------
@@ -124,8 +124,9 @@ def test_fp8_bad_inputs(device):
 
 
 # ---- moe_experts_fp8 ------------------------------------------------------------------------------------------
-# (T, H, F): 1-4 tokens take the decode kernels, 5 and 64 the dequantizing path; H, F multiples of 16 or not
-FP8_SHAPES = [(1, 272, 144), (3, 272, 144), (4, 64, 48), (5, 272, 144), (64, 96, 80), (2, 40, 24), (1, 24, 8)]
+# (T, H, F): up to 32 tokens the decode kernels, 33 and 64 the dequantizing path; H, F multiples of 16 or not (the
+# CUDA decode kernels need them: else the dequantizing path)
+FP8_SHAPES = [(1, 272, 144), (3, 272, 144), (32, 64, 48), (33, 272, 144), (64, 96, 80), (2, 40, 24), (1, 24, 8)]
 
 
 @pytest.mark.parametrize("dtype", dtype_params())
@@ -142,7 +143,7 @@ def test_moe_experts_fp8_matches_fp64(device, dtype, T, H, F, E, K):
     assert torch.equal(out, ops.moe_experts_fp8(x, w, ids.long(), q_gu, s_gu, q_d, s_d))
 
 
-@pytest.mark.parametrize("T", [1, 4, 9])
+@pytest.mark.parametrize("T", [1, 9, 40])
 def test_moe_experts_fp8_engines_agree(device, T):
     """The decode kernels and the dequantizing path give the same result up to the weights' rounding to x's
     dtype (the decode kernels apply the scale to the fp32 sum; the dequantized weights are rounded to bf16)."""
@@ -160,7 +161,7 @@ def test_moe_experts_fp8_expert_without_tokens_and_one_with_all(device):
     must not matter; also at 64 tokens (the dequantizing path)."""
     H, F, E = 64, 32, 6
     q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, device)
-    for T in (3, 64):
+    for T in (3, 64):  # the decode kernels, the dequantizing path
         x = randn(T, H, device=device, dtype=torch.bfloat16)
         logits = torch.zeros(T, E, device=device)
         logits[:, 2] = 5.0
@@ -171,7 +172,7 @@ def test_moe_experts_fp8_expert_without_tokens_and_one_with_all(device):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("T", [1, 2, 4, 5, 64, 300])
+@pytest.mark.parametrize("T", [1, 2, 4, 5, 32, 64, 300])
 def test_moe_experts_fp8_cuda_vs_cpu(T):
     """The CUDA engines against the CPU op on the same inputs (both against fp64 in the test above)."""
     H, F, E, K, dt = 512, 272, 16, 2, torch.bfloat16
@@ -199,7 +200,7 @@ def test_moe_experts_fp8_bad_id_gives_nan_row_on_cuda():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("T", [1, 4, 64])
+@pytest.mark.parametrize("T", [1, 32, 64])
 def test_moe_experts_fp8_cuda_graph(T):
     """route + fp8 experts captured in a CUDA graph (no host sync: the dequant reads the offsets on the device),
     replayed on new inputs."""
@@ -218,7 +219,7 @@ def test_moe_experts_fp8_cuda_graph(T):
         assert torch.equal(o, fn(a))
 
 
-@pytest.mark.parametrize("T", [3, 9])
+@pytest.mark.parametrize("T", [3, 40])
 def test_moe_experts_fp8_grad(device, T):
     """dx and the routing weights' gradient against autograd through the float64 reference."""
     H, F, E, K, dt = 48, 32, 4, 2, torch.float32
@@ -233,8 +234,9 @@ def test_moe_experts_fp8_grad(device, T):
     ref = reference.moe_experts_fp8(x64.cpu(), w64.cpu(), ids.long().cpu(), q_gu.cpu(), s_gu.cpu(), q_d.cpu(),
                                     s_d.cpu())
     rdx, rdw = torch.autograd.grad(ref, (x64, w64), g.double().cpu())
-    assert_close(dx.cpu(), rdx, **TOL[torch.float32])
-    assert_close(dw.cpu(), rdw, **TOL[torch.float32])
+    for name, got, want in (("x", dx, rdx), ("weights", dw, rdw)):  # fp32 sums: relative to the largest entry
+        err, scale = (got.cpu().double() - want).abs().max().item(), want.abs().max().item()
+        assert err <= 1e-5 * scale + 1e-7, f"grad of {name}: max error {err:.3e}, largest entry {scale:.3e}"
 
 
 def test_moe_experts_fp8_opcheck(device):

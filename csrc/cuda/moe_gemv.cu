@@ -30,6 +30,12 @@
  * to 2 / 4 / 8 of its expert's tokens, then the combine kernel; EXPERIMENT 7efb8ac, 9cc3ed5, reverted) lost to the
  * slot kernels at 1-4 tokens and to the ring kernels at 6-12 (e.g. 8 tokens 1054 / 1072 / 1189 us against 892;
  * moe_gemv_ab_7efb8ac.log, moe_gemv_ab_9cc3ed5.log): the token rows' loads and FMAs in the dependent path.
+ * fp8 expert weights (moe_experts_fp8, csrc/jamba.h JAMBA_FP8_API): the same kernels with F8 = true read e4m3 bytes
+ * (16 a load, gemv_warp_dot_f8) and scale each row's fp32 sum before the rounding; up to JAMBA_FP8_GEMV_MAX_TOKENS
+ * (32) tokens, because the other fp8 path converts the touched experts to bf16 first (5 bytes of traffic a weight
+ * against these kernels' 1 per slot that reads the row): 1 token 106 us against 171 for the bf16 kernels, and at
+ * 8 / 64 tokens the converting path took 3.0 / 4.1 ms against 1.1 / 1.3 for bf16 (bench_moe_fp8_cd6237a.json), so
+ * the slot kernels (~0.7 ms at 8 tokens by their bytes) win well beyond 4 tokens.
  * Launch: moe_gemv_decode (declared in moe.cuh); kw from gemv_pick_kw; env JAMBA_EXT_MOE_GEMV = "0" turns the path
  * off (the ring kernels of moe.cu run), "g,d" forces the warps along K of the two kernels (A/B).
  */
