@@ -1,0 +1,57 @@
+"""A/B of the fp8 MoE decode kernels (csrc/cuda/moe_gemv.cu, F8 = true) at Jamba-v0.1 sizes, in turns
+(common.time_interleaved): loads in flight (JAMBA_EXT_FP8_U = 2 / 4 / 8), warps along K (JAMBA_EXT_MOE_GEMV="g,d"),
+and the two fp8 paths (decode kernels / dequantize + moe_experts, ops.FP8_GEMV_MAX_TOKENS) against the bf16 op.
+us per call and % of the touched weights' bytes at the measured copy bandwidth. Usage: python3 dev/fp8_gemv_ab.py
+[tokens,...]"""
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+import common  # noqa: E402
+from jamba_ext import ops  # noqa: E402
+
+
+def main():
+    dev = torch.device("cuda")
+    H, F, E, K = 4096, 14336, 16, 2
+    tokens = [int(t) for t in sys.argv[1].split(",")] if len(sys.argv) > 1 else [1, 2, 4, 8, 16, 32, 48, 64]
+    bw = common.copy_bandwidth_gbs(dev)
+    print(f"commit {os.environ.get('JAMBA_COMMIT', '?')} | copy {bw:.0f} GB/s | H {H} F {F} E {E} top-{K}", flush=True)
+    g = torch.Generator(device=dev).manual_seed(0)
+    wgu = (torch.randn(E, 2 * F, H, device=dev, generator=g) * H ** -0.5).to(torch.bfloat16)
+    wd = (torch.randn(E, H, F, device=dev, generator=g) * F ** -0.5).to(torch.bfloat16)
+    q8 = (*ops.quantize_fp8(wgu), *ops.quantize_fp8(wd))
+    router = torch.randn(E, H, device=dev, generator=g).to(torch.bfloat16) * 0.05
+    for T in tokens:
+        x = torch.randn(T, H, device=dev, generator=g).to(torch.bfloat16)
+        w, ids, offs, slots = ops.moe_route(x @ router.t(), K)
+        touched = int((offs[1:] - offs[:-1] > 0).sum())
+        floor8 = touched * 3 * H * F / (bw * 1e9) * 1e6
+
+        def fp8(**env):
+            def run():
+                with common.env(**env):
+                    return ops.moe_experts_fp8(x, w, ids, *q8, slots, offs)
+            return run
+
+        def fp8_deq():
+            return ops.moe_experts(x, w, ids, ops.dequant_fp8(q8[0], q8[1], x.dtype, offs),
+                                   ops.dequant_fp8(q8[2], q8[3], x.dtype, offs), slots, offs)
+
+        fns = {"bf16 op": lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offs), "fp8 dequant path": fp8_deq}
+        if T <= ops.FP8_GEMV_MAX_TOKENS:
+            fns.update({"fp8 U4": fp8(), "fp8 U8": fp8(JAMBA_EXT_FP8_U="8"), "fp8 U2": fp8(JAMBA_EXT_FP8_U="2")})
+            for kw in ("1,1", "2,2", "4,4"):
+                fns[f"fp8 U4 kw {kw}"] = fp8(JAMBA_EXT_MOE_GEMV=kw)
+        t = common.time_interleaved(fns, dev, rounds=5, reps=3, seed=T)
+        for name, r in t.items():
+            us = r["median_ms"] * 1e3
+            fl = floor8 * (2 if name == "bf16 op" else 1)
+            print(f"T={T:<3} {name:<18} {us:9.1f} us  ({100 * fl / us:5.1f}% of its weight floor {fl:7.1f} us)",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()
