@@ -230,8 +230,8 @@ def test_moe_experts_fp8_grad(device, T):
     out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
     g = randn(T, H, device=device)
     dx, dw = torch.autograd.grad(out, (x, w), g)
-    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
-    ref = reference.moe_experts_fp8(x64.cpu(), w64.cpu(), ids.long().cpu(), q_gu.cpu(), s_gu.cpu(), q_d.cpu(),
+    x64, w64 = x.detach().double().cpu().requires_grad_(), w.detach().double().cpu().requires_grad_()
+    ref = reference.moe_experts_fp8(x64, w64, ids.long().cpu(), q_gu.cpu(), s_gu.cpu(), q_d.cpu(),
                                     s_d.cpu())
     rdx, rdw = torch.autograd.grad(ref, (x64, w64), g.double().cpu())
     for name, got, want in (("x", dx, rdx), ("weights", dw, rdw)):  # fp32 sums: relative to the largest entry
