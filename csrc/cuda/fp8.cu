@@ -28,6 +28,7 @@ __device__ __forceinline__ bool dq_skip(const dq_args &a, int64_t r) {
 
 template <typename T>
 __global__ void __launch_bounds__(256) dequant_fp8_v16_kernel(dq_args a) {
+    jamba_pdl_begin();
     constexpr int VN = 16 / (int)sizeof(T);
     const int64_t n16 = a.R * (a.K / 16);
     for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n16; c += (int64_t)gridDim.x * blockDim.x) {
@@ -46,6 +47,7 @@ __global__ void __launch_bounds__(256) dequant_fp8_v16_kernel(dq_args a) {
 
 template <typename T>
 __global__ void __launch_bounds__(256) dequant_fp8_kernel(dq_args a) {
+    jamba_pdl_begin();
     const int64_t n = a.R * a.K;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const int64_t r = i / a.K;
@@ -64,10 +66,10 @@ static jamba_status dq_launch(const dq_args &a, int device, cudaStream_t stream)
     const int64_t blocks = jamba_ceil_div(work, 256), cap = (int64_t)sms * 8;
     const dim3 grid((unsigned)(blocks < cap ? blocks : cap));
     if (v16) {
-        dequant_fp8_v16_kernel<T><<<grid, 256, 0, stream>>>(a);
+        jamba_kernel_launch(dequant_fp8_v16_kernel<T>, grid, dim3(256), 0, stream, a);
         JAMBA_LAUNCH_CHECK("dequant_fp8_v16_kernel", stream);
     } else {
-        dequant_fp8_kernel<T><<<grid, 256, 0, stream>>>(a);
+        jamba_kernel_launch(dequant_fp8_kernel<T>, grid, dim3(256), 0, stream, a);
         JAMBA_LAUNCH_CHECK("dequant_fp8_kernel", stream);
     }
     return JAMBA_OK;

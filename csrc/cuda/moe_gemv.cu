@@ -184,6 +184,11 @@ static int mg_kw(int forced, int64_t K, int vn) {
 template <typename T, bool F8, int U = MG_U>
 static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, cudaStream_t stream) {
     constexpr int VN = F8 ? 16 : 16 / (int)sizeof(T);
+    if (F8) { /* one warp per row (kw 1) unless forced: fp8_ab_ce17227.log, Jamba-v0.1, us at 1 / 4 / 8 / 16 / 32
+               * tokens, kw 1 vs the pick (2 and 4): 99.5 / 309 / 552 / 1054 / 2056 vs 101.5 / 336 / 633 / 1225 / 2422 */
+        kwg = kwg ? kwg : 1;
+        kwd = kwd ? kwd : 1;
+    }
     a.kw = mg_kw(kwg, a.H, VN);
     const dim3 g1((unsigned)(T_ * a.K), (unsigned)jamba_ceil_div(a.F, MG_WARPS / a.kw));
     jamba_kernel_launch(moe_gemv_gate_up_kernel<T, F8, U>, g1, dim3(MG_WARPS * 32), 0, stream, a);
@@ -232,10 +237,8 @@ static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg
     a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
     a.H = p->x.shape[1], a.F = p->w_down.shape[2];
     a.K = (int)p->expert_ids.shape[1], a.E = (int)p->w_down.shape[0];
-    /* EXPERIMENT (session 36): JAMBA_EXT_FP8_U = 2 / 8 chunks per batch of loads instead of 4 (A/B, read per call) */
-    const char *u = getenv("JAMBA_EXT_FP8_U");
-    if (u && u[0] == '8' && u[1] == '\0') return mg_run<T, true, 8>(a, p->x.shape[0], kwg, kwd, stream);
-    if (u && u[0] == '2' && u[1] == '\0') return mg_run<T, true, 2>(a, p->x.shape[0], kwg, kwd, stream);
+    /* 4 chunks' loads in flight, as the bf16 kernels: 2 / 8 measured 101 / 140 us against 102 at one token, 348 / 513
+     * against 336 at four (fp8_ab_ce17227.log, the EXPERIMENT knob removed after) */
     return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, stream);
 }
 
