@@ -3,7 +3,9 @@
     JambaConfig            reads a transformers config.json (same field names, defaults, layer schedule)
     JambaModel             embeddings -> decoder layers (Mamba | attention mixer, dense MLP | MoE) -> norm
     JambaForCausalLM       + lm_head; logits_to_keep, loss, from_pretrained(dir), save_pretrained,
-                           generate (static_cache=, cuda_graph=: the decode step replayed from a CUDA graph)
+                           generate (static_cache=, cuda_graph=: the decode step replayed from a CUDA graph),
+                           quantize_experts("fp8") / from_pretrained(dir, experts_dtype="fp8"): MoE expert weights in
+                           float8_e4m3fn with per-row scales (weight-only; JambaExperts.quantize_fp8_)
     JambaHybridCache       KV per attention layer, conv state (B, DI, K) + fp32 SSM state (B, DI, N) per Mamba layer;
                            static=True: fixed-size KV + device-side length/mask (CUDA-graph-capturable decode step)
     to_per_expert_state_dict(sd)   5.x fused expert layout -> transformers 4.x / on-disk per-expert keys
@@ -1213,9 +1215,47 @@ class JambaTopKRouter(nn.Module):
         self.weight = nn.Parameter(torch.empty(config.num_experts, config.hidden_size))
 
 
+# ---- fp8 experts (weight-only quantisation) -----------------------------------------------------------------
+# JambaExperts.quantize_fp8_ (model.quantize_experts("fp8"), from_pretrained(..., experts_dtype="fp8")) stores the
+# expert weights as float8_e4m3fn with one f32 scale per weight row (ops.quantize_fp8: scale = max|row| / 448), and the
+# MoE runs ops.moe_experts_fp8 on them. Jamba-v0.1's experts are 45 of its 52B parameters: ~58 GB instead of ~104 GB.
+_FP8 = getattr(torch, "float8_e4m3fn", None)
+_FP8_NAMES = {"fp8": _FP8, "float8_e4m3fn": _FP8, "torch.float8_e4m3fn": _FP8}
+_EXPERT_WEIGHTS = ("gate_up_proj", "down_proj")
+
+
+def _as_experts_dtype(d, where: str) -> Optional[torch.dtype]:
+    """None (experts unquantized) or torch.float8_e4m3fn, from "fp8" / "float8_e4m3fn" / torch.float8_e4m3fn."""
+    if d is None:
+        return None
+    dt = _FP8_NAMES.get(d) if isinstance(d, str) else d
+    if dt is None or dt != _FP8:
+        raise ValueError(f"{where}: the experts' dtype must be None (unquantized), \"fp8\", \"float8_e4m3fn\" or "
+                         f"torch.float8_e4m3fn (weight-only e4m3 with a per-row scale), got {d!r}")
+    return dt
+
+
+def _quantize_into(q: Tensor, s: Tensor, w: Tensor, dtype: Optional[torch.dtype] = None) -> None:
+    """q (..., R, K) fp8 and s (..., R) f32 <- ops.quantize_fp8(w), w of q's shape in any float dtype on any device:
+    one (R, K) matrix at a time, moved to q's device and rounded to dtype first (when given), so the temporaries
+    (fp32 inside quantize_fp8) stay one matrix's, never a whole expert tensor's."""
+    if w.dim() > 2:
+        for e in range(w.shape[0]):
+            _quantize_into(q[e], s[e], w[e], dtype)
+        return
+    qe, se = _ops.quantize_fp8(w.detach().to(device=q.device, dtype=dtype or w.dtype))
+    q.copy_(qe)
+    s.copy_(se)
+
+
 class JambaExperts(nn.Module):
     """All experts' weights, transformers 5.x fused layout: gate_up_proj (E, 2F, H), gate rows first;
-    down_proj (E, H, F)."""
+    down_proj (E, H, F).
+
+    quantize_fp8_() turns them into float8_e4m3fn buffers of the same names and shapes plus f32 buffers
+    gate_up_proj_scale (E, 2F) and down_proj_scale (E, H) (one scale per row, ops.quantize_fp8): frozen weights that
+    model.to(dtype) / .half() / .float() leave as they are (only moved between devices), and that load_state_dict
+    fills from an unquantized state dict by quantizing it."""
 
     def __init__(self, config: JambaConfig):
         super().__init__()
@@ -1223,6 +1263,70 @@ class JambaExperts(nn.Module):
         self.num_experts = E
         self.gate_up_proj = nn.Parameter(torch.empty(E, 2 * I, H))
         self.down_proj = nn.Parameter(torch.empty(E, H, I))
+
+    @property
+    def is_fp8(self) -> bool:
+        return _FP8 is not None and self.down_proj.dtype == _FP8
+
+    @torch.no_grad()
+    def quantize_fp8_(self) -> "JambaExperts":
+        """Replaces the weight Parameters by fp8 buffers and their per-row scales, one expert at a time on the weights'
+        device (the old storage is released once nothing else refers to it). On the meta device it only makes
+        meta buffers of the right dtypes and shapes. A no-op when already fp8."""
+        if self.is_fp8:
+            return self
+        if _FP8 is None:
+            raise RuntimeError("quantize_fp8_: this torch has no float8_e4m3fn dtype (torch >= 2.1 has it)")
+        for name in _EXPERT_WEIGHTS:
+            w = getattr(self, name)
+            q = torch.empty(w.shape, dtype=_FP8, device=w.device)
+            s = torch.empty(w.shape[:-1], dtype=torch.float32, device=w.device)
+            if not w.is_meta:
+                _quantize_into(q, s, w)
+            delattr(self, name)                  # the Parameter goes; then its storage with the last reference
+            del w
+            self.register_buffer(name, q)
+            self.register_buffer(name + "_scale", s)
+        return self
+
+    def _apply(self, fn, recurse=True):
+        """nn.Module.to(dtype) / .half() / .float() cast every floating tensor, float8 included, which would turn the
+        fp8 weights into their unscaled values. With fp8 experts, a conversion that changes a buffer's dtype only
+        moves it to the device the conversion targets (found on an empty tensor); device moves and to_empty apply."""
+        if not self.is_fp8:
+            return super()._apply(fn, recurse)
+        for name, t in self._buffers.items():
+            if t is not None:
+                probe = fn(torch.empty(0, dtype=t.dtype, device=t.device))
+                self._buffers[name] = fn(t) if probe.dtype == t.dtype else t.to(probe.device)
+        return self
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """fp8 experts quantize an unquantized state dict's expert weights (their scales then come from here);
+        unquantized experts take an fp8 state dict's weights dequantized (float(q) * scale, rounded to their dtype)."""
+        for name in _EXPERT_WEIGHTS:
+            key, skey = prefix + name, prefix + name + "_scale"
+            v, mine = state_dict.get(key), getattr(self, name)
+            if not isinstance(v, Tensor) or tuple(v.shape) != tuple(mine.shape):
+                continue                              # (the default reports the missing key / the mismatch)
+            if self.is_fp8 and v.dtype != _FP8 and v.dtype.is_floating_point:
+                q, sc = torch.empty_like(mine), torch.empty(mine.shape[:-1], dtype=torch.float32, device=mine.device)
+                with torch.no_grad():
+                    _quantize_into(q, sc, v)
+                state_dict[key], state_dict[skey] = q, sc
+            elif not self.is_fp8 and v.dtype == _FP8:
+                sc = state_dict.pop(skey, None)
+                if sc is None:
+                    error_msgs.append(f"{key}: float8 weights without their scales {skey!r} in the state dict")
+                    continue
+                state_dict[key] = (v.to(torch.float32) * sc.to(v.device, torch.float32)[..., None]).to(mine.dtype)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+    def extra_repr(self) -> str:
+        E, H, I = self.num_experts, self.down_proj.shape[1], self.down_proj.shape[2]
+        return f"num_experts={E}, hidden={H}, ffn={I}" + (", float8_e4m3fn with per-row scales" if self.is_fp8 else "")
 
 
 _EXPERT_KEY = re.compile(r"^experts\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
@@ -1282,7 +1386,14 @@ class JambaSparseMoeBlock(nn.Module):
     def forward(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         """x (B, L, H) -> (out (B, L, H), router logits (B*L, E))."""
         shape = x.shape
-        x, w_gate_up, w_down = _amp_lowp(x, self.experts.gate_up_proj, self.experts.down_proj)
+        ex = self.experts
+        if ex.is_fp8:                      # fp8 weights as they are (x in the compute dtype, autocast's under autocast)
+            x, = _amp_lowp(x)
+            out, logits = _moe.sparse_moe_forward(x.reshape(-1, shape[-1]), self.router.weight, ex.gate_up_proj,
+                                                  ex.down_proj, self.top_k, _proj,
+                                                  fp8_scales=(ex.gate_up_proj_scale, ex.down_proj_scale))
+            return out.view(shape), logits
+        x, w_gate_up, w_down = _amp_lowp(x, ex.gate_up_proj, ex.down_proj)
         out, logits = _moe.sparse_moe_forward(x.reshape(-1, shape[-1]), self.router.weight, w_gate_up, w_down,
                                               self.top_k, _proj)
         return out.view(shape), logits
@@ -1352,6 +1463,12 @@ def _init_weights(model: nn.Module, std: float, generator: Optional[torch.Genera
                 m.weight.fill_(1.0)
             elif isinstance(m, JambaTopKRouter):
                 m.weight.normal_(0.0, std, generator=generator)
+            elif isinstance(m, JambaExperts) and m.is_fp8:      # N(0, std) one expert at a time, quantized
+                for name in _EXPERT_WEIGHTS:
+                    q, sc = getattr(m, name), getattr(m, name + "_scale")
+                    for e in range(q.shape[0]):
+                        w = torch.empty(q.shape[1:], device=q.device).normal_(0.0, std, generator=generator)
+                        _quantize_into(q[e], sc[e], w)
             elif isinstance(m, JambaExperts):
                 m.gate_up_proj.normal_(0.0, std, generator=generator)
                 m.down_proj.normal_(0.0, std, generator=generator)
@@ -1578,15 +1695,41 @@ class _PreTrained(nn.Module):
 
     def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
         """The parameter count (transformers' method): each tensor once (a tied lm_head counts once), only those
-        requiring grad with only_trainable, without the token embedding and lm_head with exclude_embeddings."""
+        requiring grad with only_trainable, without the token embedding and lm_head with exclude_embeddings. Expert
+        weights quantized to fp8 (quantize_experts) are buffers but still count, once each (their scales do not);
+        they are frozen, so only_trainable leaves them out."""
         skip = set()
         if exclude_embeddings:
             skip = {id(self.get_input_embeddings().weight)}
             out = self.get_output_embeddings()
             if out is not None:
                 skip.add(id(out.weight))
-        return sum(p.numel() for p in self.parameters()
-                   if id(p) not in skip and (p.requires_grad or not only_trainable))
+        n = sum(p.numel() for p in self.parameters()
+                if id(p) not in skip and (p.requires_grad or not only_trainable))
+        if not only_trainable:
+            n += sum(getattr(m, w).numel() for m in self.modules() if isinstance(m, JambaExperts) and m.is_fp8
+                     for w in _EXPERT_WEIGHTS)
+        return n
+
+    def quantize_experts(self, dtype="fp8"):
+        """Quantizes every MoE layer's expert weights in place to float8_e4m3fn with one f32 scale per weight row
+        (JambaExperts.quantize_fp8_: weight-only, one expert at a time on the model's device; the MoE then runs
+        ops.moe_experts_fp8). dtype: "fp8", "float8_e4m3fn" or torch.float8_e4m3fn. Returns self. The expert weights
+        become frozen buffers (LoRA and the router still train); save_pretrained refuses the result, so save before
+        quantizing. Jamba-v0.1: ~58 GB instead of ~104 GB in bf16; to never hold the bf16 experts at all, load with
+        from_pretrained(..., experts_dtype="fp8")."""
+        _as_experts_dtype(dtype, "quantize_experts")
+        for m in self.modules():
+            if isinstance(m, JambaExperts):
+                m.quantize_fp8_()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return self
+
+    @property
+    def experts_fp8(self) -> bool:
+        """Whether the MoE experts are quantized to fp8 (quantize_experts)."""
+        return any(m.is_fp8 for m in self.modules() if isinstance(m, JambaExperts))
 
     def resize_token_embeddings(self, new_num_tokens: Optional[int] = None, pad_to_multiple_of: Optional[int] = None,
                                 mean_resizing: bool = True) -> nn.Embedding:
@@ -1700,7 +1843,7 @@ class _PreTrained(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype=None, device=None, config: Optional[JambaConfig] = None,
-                        progress: Optional[bool] = None, torch_dtype=None, device_map=None):
+                        progress: Optional[bool] = None, torch_dtype=None, device_map=None, experts_dtype=None):
         """Loads a transformers Jamba checkpoint: config.json + model.safetensors (or a sharded
         model.safetensors.index.json; pytorch_model.bin also read), from a local directory or, given a Hugging Face
         Hub id ("ai21labs/Jamba-v0.1"), downloaded first (resolve_checkpoint; needs huggingface_hub; the only network
@@ -1709,8 +1852,13 @@ class _PreTrained(nn.Module):
         config's), device_map= a single device ("cpu", "cuda", "cuda:1", or "auto": the GPU when there is one; a
         per-module map is refused).
         progress: a line per weight file on stderr (its size, GB/s, time so far); None: on when the files
-        hold more than 1 GB. Raises FileNotFoundError for a missing file and ValueError naming every missing,
-        unexpected or mis-shaped key."""
+        hold more than 1 GB. experts_dtype="fp8" (or "float8_e4m3fn", torch.float8_e4m3fn): the MoE expert weights
+        are quantized while they are read (weight-only e4m3, one scale per row: quantize_experts), one expert piece at
+        a time on `device`, so the unquantized experts of the whole model are never in memory (Jamba-v0.1 in bf16:
+        ~58 GB instead of ~104 GB, one 80 GB GPU); the result equals from_pretrained(...).quantize_experts("fp8") bit
+        for bit. Raises FileNotFoundError for a missing file and ValueError naming every missing, unexpected or
+        mis-shaped key."""
+        experts_dtype = _as_experts_dtype(experts_dtype, "from_pretrained")
         if torch_dtype is not None:
             if dtype is not None:
                 raise ValueError("from_pretrained: give dtype or torch_dtype, not both")
@@ -1732,7 +1880,10 @@ class _PreTrained(nn.Module):
         device = torch.device(device or "cpu")
         with torch.device("meta"):
             model = cls(config)
-        model = model.to(dtype).to_empty(device=device)
+        model = model.to(dtype)
+        if experts_dtype is not None:
+            model.quantize_experts(experts_dtype)              # on meta: fp8 buffers and scales, no memory
+        model = model.to_empty(device=device)
         model._retie()
         if FUSE_PROJECTIONS:
             model.fuse_projections()                           # before loading: the weights are copied into views
@@ -1742,10 +1893,23 @@ class _PreTrained(nn.Module):
         return model.eval()
 
     def _load_checkpoint(self, files: Sequence[str], progress: bool = False) -> None:
+        """Copies the checkpoint's tensors into the model one at a time. fp8 experts (quantize_experts on meta before
+        to_empty) quantize each piece as it is read (_quantize_into: rounded to the model's dtype first, as
+        from_pretrained without experts_dtype would hold it), so the result equals quantizing after the load; their
+        *_scale buffers, not in checkpoints, count as loaded with their weights."""
         params = dict(self.state_dict(keep_vars=True))
         prefix = "model." if isinstance(self, JambaForCausalLM) else ""
         loaded, unexpected, errors = set(), [], []
         per_expert: Dict[str, Dict[Tuple[int, str], Tensor]] = {}
+        dtype = self.dtype
+
+        def fp8_value(key: str, value: Tensor, fpath: str) -> bool:
+            if _FP8 is not None and value.dtype == _FP8:
+                errors.append(f"{key}: a float8 tensor in {os.path.basename(fpath)}; jamba_ext reads unquantized "
+                              "checkpoints (from_pretrained(..., experts_dtype='fp8') quantizes the experts as it "
+                              "loads them)")
+                return True
+            return False
 
         def put(key: str, value: Tensor, fpath: str):
             p = params.get(key)
@@ -1756,8 +1920,14 @@ class _PreTrained(nn.Module):
                 errors.append(f"{key}: expected shape {tuple(p.shape)} (from config.json), found "
                               f"{tuple(value.shape)} in {os.path.basename(fpath)}")
                 return
+            if fp8_value(key, value, fpath):
+                return
             with torch.no_grad():
-                p.copy_(value)
+                if p.dtype == _FP8 and (key + "_scale") in params:   # fused fp8 experts: quantized per expert
+                    _quantize_into(p, params[key + "_scale"], value, dtype)
+                    loaded.add(key + "_scale")
+                else:
+                    p.copy_(value)
             loaded.add(key)
 
         for key, value, fpath in _iter_checkpoint(files, _LoadProgress(files) if progress else None):
@@ -1781,13 +1951,16 @@ class _PreTrained(nn.Module):
                     errors.append(f"{key}: expected shape {want} (from config.json), found "
                                   f"{tuple(value.shape)} in {os.path.basename(fpath)}")
                     continue
+                if fp8_value(key, value, fpath):
+                    continue
+                rows = {"gate_proj": slice(0, I), "up_proj": slice(I, 2 * I), "down_proj": slice(None)}[name]
+                dst = (gu if name != "down_proj" else down)
                 with torch.no_grad():                              # write straight into the fused slices
-                    if name == "gate_proj":
-                        gu[e, :I].copy_(value)
-                    elif name == "up_proj":
-                        gu[e, I:].copy_(value)
+                    if dst.dtype == _FP8:                          # per-row scales: the slice's rows quantized alone
+                        sname = "gate_up_proj_scale" if name != "down_proj" else "down_proj_scale"
+                        _quantize_into(dst[e, rows], params[base + sname][e, rows], value, dtype)
                     else:
-                        down[e].copy_(value)
+                        dst[e, rows].copy_(value)
                 per_expert.setdefault(base, {})[(e, name)] = True
                 continue
             put(key, value, fpath)
@@ -1799,6 +1972,7 @@ class _PreTrained(nn.Module):
                 errors.append(f"missing expert weights: {lacking[:6]}{' ...' if len(lacking) > 6 else ''}")
             else:
                 loaded.update({base + "gate_up_proj", base + "down_proj"})
+                loaded.update(k for k in (base + "gate_up_proj_scale", base + "down_proj_scale") if k in params)
         tied = {"lm_head.weight", prefix + "embed_tokens.weight"}
         if self.config.tie_word_embeddings and loaded & tied:
             loaded |= tied                                         # one tensor under two names
@@ -1818,6 +1992,11 @@ class _PreTrained(nn.Module):
         if any(type(m).__name__ == "LoRALinear" for m in self.modules()):
             raise ValueError("save_pretrained: the model carries jamba_ext.lora adapters; fold them into the weights "
                              "first (jamba_ext.merge_lora(model)), so that the checkpoint is a plain Jamba one")
+        if self.experts_fp8:
+            raise ValueError("save_pretrained: the MoE experts are quantized to fp8 (quantize_experts / "
+                             "from_pretrained(experts_dtype='fp8')), and a Jamba checkpoint holds unquantized weights "
+                             "that transformers reads; save the model before quantizing it (and quantize again after "
+                             "loading)")
         os.makedirs(path, exist_ok=True)
         self.config.save_pretrained(path)
         sd = {k: v.detach() for k, v in self.state_dict().items()}

@@ -1,7 +1,7 @@
 """Sparse MoE forward used by the model: router -> moe_route -> fused expert dispatch -> weighted combine.
 
     sparse_moe_forward(x (T, H) or (..., H), router_weight (E, H), w_gate_up (E, 2F, H), w_down (E, H, F),
-                       top_k) -> (out shaped like x, in x's dtype, router_logits (T, E) in x's dtype)
+                       top_k, fp8_scales=None) -> (out shaped like x, in x's dtype, router_logits (T, E) in x's dtype)
 
 Jamba semantics (jamba-architecture.md 4.4): router logits in model dtype, softmax in fp32 over all E,
 top-k with no renormalisation, routing weights cast to model dtype, expert = down(silu(gate x) * up x),
@@ -19,7 +19,14 @@ CPU: torch.matmul per expert (see jamba_ext/ops.py). Training (autograd recordin
 through torch._grouped_mm, keeping the gate_up pre-activations and expert outputs for the backward
 (ops.moe_experts_trainable). The weights stay in the
 transformers 5.x layout (no repacking, state_dict as HF).
+
+fp8 experts (weight-only quantisation, JambaForCausalLM.quantize_experts): w_gate_up / w_down float8_e4m3fn and
+fp8_scales = (s_gate_up (E, 2F), s_down (E, H)) f32, one scale per weight row; step (3) is then
+ops.moe_experts_fp8 (the same as moe_experts on float(q) * scale; gradients for x and the routing weights only, the
+expert weights are frozen). Routing is unchanged.
 """
+from typing import Optional, Tuple
+
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -27,11 +34,17 @@ from . import ops
 
 
 def sparse_moe_forward(x: Tensor, router_weight: Tensor, w_gate_up: Tensor, w_down: Tensor, top_k: int,
-                       linear=F.linear):
-    """linear(x2, router_weight): the router projection (the model passes its decode-step-aware projection)."""
+                       linear=F.linear, fp8_scales: Optional[Tuple[Tensor, Tensor]] = None):
+    """linear(x2, router_weight): the router projection (the model passes its decode-step-aware projection).
+    fp8_scales (s_gate_up (E, 2F), s_down (E, H)) f32: the expert weights are float8_e4m3fn with these per-row
+    scales (ops.quantize_fp8); x stays in its dtype, the weights are never cast."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])                                     # (T, H)
     logits = linear(x2, router_weight)                                # (T, E), model dtype
     weights, ids, offsets, slots = ops.moe_route(logits, top_k)       # (T, TOPK) f32, int32; (E+1,), (T*TOPK,)
-    out = ops.moe_experts_trainable(x2, weights, ids, w_gate_up, w_down, slots, offsets)  # (T, H)
+    if fp8_scales is None:
+        out = ops.moe_experts_trainable(x2, weights, ids, w_gate_up, w_down, slots, offsets)      # (T, H)
+    else:
+        s_gate_up, s_down = fp8_scales
+        out = ops.moe_experts_fp8(x2, weights, ids, w_gate_up, s_gate_up, w_down, s_down, slots, offsets)
     return out.view(shape), logits
