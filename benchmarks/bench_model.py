@@ -175,7 +175,9 @@ def decode_bytes(model: JambaForCausalLM, B: int, L: int, touched=None) -> int:
         ex = getattr(getattr(layer, "feed_forward", None), "experts", None)
         if ex is not None:
             n_moe += 1
-            per = sum(p.numel() for p in ex.parameters()) * el / ex.num_experts
+            # the expert weights' own bytes (bf16, or fp8 buffers after quantize_experts; scales: 0.02%)
+            per = sum(getattr(ex, w).numel() * getattr(ex, w).element_size()
+                      for w in ("gate_up_proj", "down_proj")) / ex.num_experts
             total += touched * per
         if hasattr(layer, "self_attn"):
             n_attn += 1
@@ -284,6 +286,9 @@ def main(argv=None) -> int:
     ap.add_argument("--layers", type=int, default=None,
                     help="decoder layers (default 8: one Jamba-v0.1 block; 32: the whole model, ~103 GB in bf16)")
     ap.add_argument("--budget-s", type=float, default=150.0)
+    ap.add_argument("--experts-fp8", action="store_true",
+                    help='add "jamba_ext fp8" rows: the same model with its MoE experts quantized to fp8 '
+                         '(quantize_experts("fp8"); eager and, with --cuda-graph, graph decode)')
     ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                     help='add "jamba_ext+graph" decode rows (generate(cuda_graph=True)); default: on for cuda, --smoke')
     args = ap.parse_args(argv)
@@ -311,6 +316,10 @@ def main(argv=None) -> int:
     mm_tflops = matmul_tflops(device) if device.type == "cuda" else None
     sfu, sfu_how = sfu_rate(device)
     hf, hf_note = (None, "skipped (--no-hf)") if args.no_hf else build_hf(cfg, ours)
+    ours8 = None
+    if args.experts_fp8:   # the same weights (seed), experts quantized: e4m3 with a scale per row
+        ours8 = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=0).quantize_experts("fp8")
+    models = {"jamba_ext": ours, "jamba_ext+graph": ours, "jamba_ext fp8": ours8, "jamba_ext fp8+graph": ours8}
     print(f"{n_params / 1e9:.2f}B params; baseline: {hf_note}", flush=True)
 
     # ---- correctness first
@@ -354,6 +363,11 @@ def main(argv=None) -> int:
             except Exception as e:  # noqa: BLE001 -- the baseline's failure is recorded, ours still measured
                 check = {"ok": None, "error": f"transformers forward failed: {type(e).__name__}: {e}"[:400]}
                 hf, hf_note = None, check["error"]
+    if ours8 is not None:  # what the quantisation does to the logits (norm-wise, against the unquantized model's)
+        with torch.no_grad():
+            a8 = ours8(ids).logits.float()
+        check["fp8_vs_unquantized_norm_rel_err"] = ((a8 - a).norm() / a.norm()).item()
+        check["fp8_top1_agreement"] = (a8.argmax(-1) == a.argmax(-1)).float().mean().item()
     print(f"check: {check}", flush=True)
 
     rows = []
@@ -361,7 +375,8 @@ def main(argv=None) -> int:
         for B in batches:
             ids = torch.randint(3, cfg.vocab_size, (B, L), device=device)
             impls = [("jamba_ext", ours)] + ([("jamba_ext+graph", ours)] if use_graph else []) + \
-                [("transformers", hf)]
+                ([("jamba_ext fp8", ours8)] + ([("jamba_ext fp8+graph", ours8)] if use_graph else [])
+                 if ours8 is not None else []) + [("transformers", hf)]
             for name, model in impls:
                 if model is None:
                     continue
@@ -372,7 +387,7 @@ def main(argv=None) -> int:
                         row["skipped"] = f"slow-path scan needs ~{need:.0f} GB > --hf-mem-gb {args.hf_mem_gb}"
                     elif time.perf_counter() - t_start > args.budget_s:
                         row["skipped"] = f"time budget {args.budget_s:.0f} s spent"
-                if "skipped" not in row and name == "jamba_ext+graph":
+                if "skipped" not in row and name.endswith("+graph"):
                     try:
                         with torch.no_grad():
                             row.update(graph_decode_row(model, ids, steps, device))
@@ -384,13 +399,14 @@ def main(argv=None) -> int:
                 elif "skipped" not in row:
                     try:
                         with torch.no_grad():
-                            if name == "jamba_ext":
+                            ours_row = name.startswith("jamba_ext")
+                            if ours_row:
                                 fwd = lambda: model(ids, logits_to_keep=1)  # noqa: E731
                             else:
                                 fwd = lambda: model(ids, logits_to_keep=1, use_cache=False)  # noqa: E731
                             # transformers' slow path takes seconds per long prefill and was warmed up by the
                             # check above: no extra warm-up run, 2 timed runs
-                            if name == "jamba_ext":
+                            if ours_row:
                                 # a prompt length this process has not run yet (what a new request costs:
                                 # per-shape setup such as cuDNN's attention plans), then the steady time
                                 new_ids = ids[:, :L - 1]
@@ -399,12 +415,11 @@ def main(argv=None) -> int:
                                 model(new_ids, logits_to_keep=1)
                                 sync(device)
                                 row["prefill_new_length_ms"] = (time.perf_counter() - t0) * 1e3
-                            t = time_ms(fwd, device, warmup=2 if name == "jamba_ext" else 0,
-                                        reps=reps if name == "jamba_ext" else 2)
+                            t = time_ms(fwd, device, warmup=2 if ours_row else 0, reps=reps if ours_row else 2)
                             row.update(prefill_ms=t["median_ms"], prefill_p10_ms=t["p10_ms"],
                                        prefill_p90_ms=t["p90_ms"],
                                        prefill_tokens_per_s=B * L / (t["median_ms"] * 1e-3))
-                            if name == "jamba_ext":
+                            if ours_row:
                                 run = lambda s, _h: model.generate(ids, max_new_tokens=steps,  # noqa: E731
                                                                    eos_token_id=None, streamer=s,
                                                                    cuda_graph=False)
@@ -415,14 +430,14 @@ def main(argv=None) -> int:
                             # warm the decode path first (lazy kernel loading, GEMV heuristics, allocator):
                             # a short prompt and 4 new tokens, untimed
                             short = ids[:, :64]
-                            if name == "jamba_ext":
+                            if ours_row:
                                 model.generate(short, max_new_tokens=4, eos_token_id=None, cuda_graph=False)
                             else:
                                 model.generate(short, attention_mask=torch.ones_like(short), max_new_tokens=4,
                                                min_new_tokens=4, do_sample=False)
                             rate, n = generate_timed(run, device, steps)
                             row.update(decode_steps=n, decode_tokens_per_s=None if rate is None else B * rate)
-                            if name == "jamba_ext" and B > 1:
+                            if ours_row and B > 1:
                                 row["decode_experts_touched"] = routed_experts(model, ids, min(steps, 8))
                     except Exception as e:  # noqa: BLE001 -- record and go on: one blind run must yield data
                         row["error"] = f"{type(e).__name__}: {e}"[:400]
@@ -437,12 +452,14 @@ def main(argv=None) -> int:
     for r in rows:
         if copy_gbs and r.get("decode_tokens_per_s"):
             Lc = r["prompt_len"] + steps // 2
-            nb = decode_bytes(ours, r["batch"], Lc)
+            rm = models.get(r["impl"]) or ours
+            nb = decode_bytes(rm, r["batch"], Lc)
             r["decode_floor_tokens_per_s"] = r["batch"] / (nb / (copy_gbs * 1e9))
             r["decode_pct_of_floor"] = 100 * r["decode_tokens_per_s"] / r["decode_floor_tokens_per_s"]
-            touched = (by.get(("jamba_ext", r["batch"], r["prompt_len"])) or {}).get("decode_experts_touched")
+            touched = (by.get((r["impl"].replace("+graph", ""), r["batch"], r["prompt_len"])) or {}).get(
+                "decode_experts_touched")
             if r["impl"].startswith("jamba_ext") and touched:   # the floor with the experts this decode touched
-                fl = r["batch"] / (decode_bytes(ours, r["batch"], Lc, touched) / (copy_gbs * 1e9))
+                fl = r["batch"] / (decode_bytes(rm, r["batch"], Lc, touched) / (copy_gbs * 1e9))
                 r.update(decode_experts_touched=touched, decode_floor_routed_tokens_per_s=fl,
                          decode_pct_of_floor_routed=100 * r["decode_tokens_per_s"] / fl)
         if mm_tflops and sfu and r.get("prefill_tokens_per_s"):
@@ -455,8 +472,8 @@ def main(argv=None) -> int:
             for k in ("prefill_tokens_per_s", "decode_tokens_per_s"):
                 if r.get(k) and base.get(k):
                     r[k.replace("tokens_per_s", "speedup")] = r[k] / base[k]
-        eager = by.get(("jamba_ext", r["batch"], r["prompt_len"]))
-        if r["impl"] == "jamba_ext+graph" and eager and r.get("decode_tokens_per_s") \
+        eager = by.get((r["impl"].replace("+graph", ""), r["batch"], r["prompt_len"]))
+        if r["impl"].startswith("jamba_ext") and r["impl"].endswith("+graph") and eager and r.get("decode_tokens_per_s") \
                 and eager.get("decode_tokens_per_s"):
             r["decode_speedup_vs_eager"] = r["decode_tokens_per_s"] / eager["decode_tokens_per_s"]
     plot_rows = []
@@ -471,11 +488,11 @@ def main(argv=None) -> int:
     name = "bench_model_smoke" if smoke else "bench_model"
     path = write_results(name if default_depth else f"{name}_L{layers}", rows + plot_rows, info,
                          plot_key="tokens_per_s")
-    print(f"\n{'impl':<17}{'B':>3}{'L':>7}{'prefill tok/s':>16}{'decode tok/s':>14}{'x prefill':>11}{'x decode':>10}"
+    print(f"\n{'impl':<21}{'B':>3}{'L':>7}{'prefill tok/s':>16}{'decode tok/s':>14}{'x prefill':>11}{'x decode':>10}"
           f"{'% floor':>9}{'% routed':>10}{'% pf floor':>11}")
     for r in rows:
         f = lambda k, w, p: (f"{r[k]:{w}.{p}f}" if r.get(k) is not None else " " * (w - 1) + "-")  # noqa: E731
-        print(f"{r['impl']:<17}{r['batch']:>3}{r['prompt_len']:>7}{f('prefill_tokens_per_s', 16, 0)}"
+        print(f"{r['impl']:<21}{r['batch']:>3}{r['prompt_len']:>7}{f('prefill_tokens_per_s', 16, 0)}"
               f"{f('decode_tokens_per_s', 14, 1)}{f('prefill_speedup', 11, 2)}{f('decode_speedup', 10, 2)}"
               f"{f('decode_pct_of_floor', 9, 1)}{f('decode_pct_of_floor_routed', 10, 1)}"
               f"{f('prefill_pct_of_floor', 11, 1)}"

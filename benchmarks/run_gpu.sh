@@ -2,7 +2,10 @@
 # The whole GPU round in one call (device tool, H200): build, every test (CUDA ones included),
 # compute-sanitizer on small cases of every kernel, and the benchmarks. Everything goes to $OUT:
 #   gpu_round.log (all output) and bench_*.json / bench_*.png.
-# Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [JAMBA_EXT_AB_ROWS=1] [FIRST_TESTS=tests/x.py] bash benchmarks/run_gpu.sh [full]
+# Usage on the device:  JAMBA_COMMIT=<sha> [SKIP_MODEL=1] [SKIP_BENCH_KERNELS=1] [BENCH_MODEL_ARGS="..."] [JAMBA_EXT_AB_ROWS=1]
+#                       [FIRST_TESTS=tests/x.py] bash benchmarks/run_gpu.sh [full]
+#   SKIP_BENCH_KERNELS=1: no bench_kernels (the Mamba-path kernels unchanged since the last round's JSON);
+#   BENCH_MODEL_ARGS: bench_model's arguments (default "--decode-steps 32 --budget-s 60"; e.g. add --experts-fp8)
 #   JAMBA_EXT_AB_ROWS=1: also the A/B rows (today: dev/mamba_step_probe.py at batch 1, 4 and 8 and bench_model's
 #   graph decode at batch 1 / 8 under the gemv kernel-pick switches JAMBA_EXT_GEMV_MMA=vec1 / wide / ring;
 #   bench_model's JSONs kept together as bench_model_ab.json: $OUT holds at most 8 files; experiments add their rows
@@ -55,7 +58,7 @@ step "compute-sanitizer racecheck of every MoE engine (bench_moe --sanitize, hal
 JAMBA_EXT_WGMMA_HALF=1 timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/bench_moe.py --sanitize 2>&1 | tail -4
 
 step "bench_kernels"
-timeout 200 python3 benchmarks/bench_kernels.py 2>&1 | tail -70
+[ "${SKIP_BENCH_KERNELS:-0}" = 1 ] && echo "skipped (SKIP_BENCH_KERNELS=1)" || timeout 200 python3 benchmarks/bench_kernels.py 2>&1 | tail -70
 step "bench_moe"
 timeout 150 python3 benchmarks/bench_moe.py 2>&1 | tail -90
 step "dev/mamba_step_probe.py (a Mamba layer's decode step op by op, cold weights; the fused mamba_inner_step)"
@@ -80,7 +83,7 @@ if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
   python3 -c "import json; json.dump({k: json.load(open('/tmp/ab_' + k + '.json')) for k in ('JAMBA_EXT_GEMV_MMA=wide', 'JAMBA_EXT_NONE=1', 'JAMBA_EXT_GEMV_MMA=vec1')}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
 fi
 step "bench_model"
-[ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py --decode-steps 32 --budget-s 60 2>&1 | tail -30
+[ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py ${BENCH_MODEL_ARGS:---decode-steps 32 --budget-s 60} 2>&1 | tail -30
 step "done"
 } 2>&1 | tee "$LOG"
 cp benchmarks/results/bench_kernels.json benchmarks/results/bench_moe.json benchmarks/results/bench_model.json \

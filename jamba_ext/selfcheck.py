@@ -222,6 +222,26 @@ def _grad_rows(g: _Gen, s: int):  # odd H (the element path), top-1; a 16-byte H
                 sorted_slots=torch.randperm(t * k, generator=g.g).to(torch.int32).to(g.device), y=g.randn(t * k, h))
 
 
+def _fp8(g: _Gen, *shape):
+    """(q float8_e4m3fn, scale f32) of a random float32 tensor (ops.quantize_fp8)."""
+    return ops.quantize_fp8(g.randn(*shape, scale=shape[-1] ** -0.5, dtype=torch.float32))
+
+
+def _dequant(g: _Gen, s: int):  # odd K (the element path); 16-byte rows
+    q, sc = _fp8(g, *((7, 37) if s == 0 else (64, 512)))
+    return dict(q=q, scale=sc, dtype=g.dtype)
+
+
+def _moe_fp8(g: _Gen, s: int):  # 3 tokens: the decode kernels; 64: the touched experts dequantized, then moe_experts
+    d = _moe(g, s)
+    e, f2, h = d.pop("w_gate_up").shape
+    d.pop("w_down")
+    if s == 0:
+        d = dict(d, x=d["x"][:3], weights=d["weights"][:3], expert_ids=d["expert_ids"][:3])
+    (qgu, sgu), (qd, sd) = _fp8(g, e, f2, h), _fp8(g, e, h, f2 // 2)
+    return dict(d, w_gate_up=qgu, s_gate_up=sgu, w_down=qd, s_down=sd)
+
+
 def _present(outs) -> Tuple[torch.Tensor, ...]:
     """The gradients of the inputs that were given (the op's empty tensor or the reference's None otherwise)."""
     return tuple(t for t in outs if t is not None and t.numel())
@@ -250,6 +270,10 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("moe_grad_rows", _grad_rows, lambda d: ops.moe_grad_rows(**d), _ref(reference.moe_grad_rows), TOL),
     ("cross_entropy", _ce, lambda d: ops.cross_entropy(**d), _ref(reference.cross_entropy), TOL),
     ("cross_entropy_bwd", _ce_bwd, lambda d: ops.cross_entropy_bwd(**d), _ref(reference.cross_entropy_bwd), GRAD_TOL),
+    ("dequant_fp8", _dequant, lambda d: ops.dequant_fp8(**d), lambda d: reference.dequant_fp8(d["q"], d["scale"]), TOL),
+    ("moe_experts_fp8", _moe_fp8, lambda d: ops.moe_experts_fp8(**d),
+     lambda d: reference.moe_experts_fp8(**{k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in d.items()}),
+     MOE_TOL),
 ]
 
 
