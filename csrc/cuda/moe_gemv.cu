@@ -200,16 +200,22 @@ static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, cudaSt
     return JAMBA_OK;
 }
 
-template <typename T>
-static jamba_status mg_launch(const jamba_moe_experts_params *p, int kwg, int kwd, cudaStream_t stream) {
+/* the kernels' arguments from either op's params (the same fields; the fp8 op adds the scales) */
+template <typename P>
+static moe_gemv_args mg_args(const P *p) {
     moe_gemv_args a;
     memset(&a, 0, sizeof a);
     a.x = p->x.data, a.wgu = p->w_gate_up.data, a.wd = p->w_down.data;
     a.act = p->act.data, a.out = p->out.data;
     a.ids = (const int32_t *)p->expert_ids.data, a.weights = (const float *)p->weights.data;
     a.H = p->x.shape[1], a.F = p->w_down.shape[2];
-    a.K = (int)p->expert_ids.shape[1], a.E = (int)p->w_gate_up.shape[0];
-    return mg_run<T, false>(a, p->x.shape[0], kwg, kwd, stream);
+    a.K = (int)p->expert_ids.shape[1], a.E = (int)p->w_down.shape[0];
+    return a;
+}
+
+template <typename T>
+static jamba_status mg_launch(const jamba_moe_experts_params *p, int kwg, int kwd, cudaStream_t stream) {
+    return mg_run<T, false>(mg_args(p), p->x.shape[0], kwg, kwd, stream);
 }
 
 jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran) {
@@ -229,14 +235,8 @@ jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaS
  * scaled before the rounding; up to JAMBA_FP8_GEMV_MAX_TOKENS tokens (jamba_ext/ops.py dequantizes above that) */
 template <typename T>
 static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg, int kwd, cudaStream_t stream) {
-    moe_gemv_args a;
-    memset(&a, 0, sizeof a);
-    a.x = p->x.data, a.wgu = p->w_gate_up.data, a.wd = p->w_down.data;
-    a.act = p->act.data, a.out = p->out.data;
-    a.ids = (const int32_t *)p->expert_ids.data, a.weights = (const float *)p->weights.data;
+    moe_gemv_args a = mg_args(p);
     a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
-    a.H = p->x.shape[1], a.F = p->w_down.shape[2];
-    a.K = (int)p->expert_ids.shape[1], a.E = (int)p->w_down.shape[0];
     /* 4 chunks' loads in flight, as the bf16 kernels: 2 / 8 measured 101 / 140 us against 102 at one token, 348 / 513
      * against 336 at four (fp8_ab_ce17227.log, the EXPERIMENT knob removed after) */
     return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, stream);
