@@ -215,6 +215,11 @@ def cmd_train(args) -> int:
     cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if args.lora < 0:
         _fail("--lora must be >= 1 (the adapters' rank), or 0 for no adapters")
+    if args.experts_fp8 and not args.lora:
+        _fail("--experts-fp8 freezes the MoE experts (fp8 weights take no gradient): train adapters with --lora R")
+    if args.experts_fp8 and args.save:
+        _fail("--save with --experts-fp8: a checkpoint holds unquantized expert weights, which the fp8 model no longer "
+              "has; train without --experts-fp8 to save")
     if args.dtype is None:  # fp32 weights (and optimizer state), bf16 autocast on a GPU; frozen weights under
         args.dtype = "bfloat16" if cuda and args.lora else "float32"   # adapters: bf16 on a GPU
     model, tok, what = _load(args)
@@ -225,7 +230,8 @@ def cmd_train(args) -> int:
     if int(ids.max()) >= model.config.vocab_size:
         _fail(f"the tokenizer produced id {int(ids.max())} >= the model's vocab_size {model.config.vocab_size}")
     amp = cuda and model.dtype == torch.float32 and not args.no_autocast
-    sys.stderr.write(f"model: {what} | {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params | "
+    sys.stderr.write(f"model: {what} | {model.num_parameters() / 1e6:.1f}M params"
+                     f"{' (experts float8_e4m3fn)' if model.experts_fp8 else ''} | "
                      f"{model.device} {model.dtype}{' + bf16 autocast' if amp else ''} | text: {ids.numel()} tokens\n")
     if args.lora:
         from .lora import add_lora
@@ -337,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train rank-R adapters on the Mamba, attention and MLP projections instead of every weight "
                         "(the weights frozen, bf16 on a GPU: how a large checkpoint fits one GPU); --save merges them")
     t.add_argument("--lora-alpha", type=float, default=0.0, help="the adapters' scale alpha / R (default alpha: 2R)")
+    t.add_argument("--experts-fp8", action="store_true",
+                   help="MoE expert weights in fp8 (float8_e4m3fn, one scale per row), frozen; with --lora (the "
+                        "adapters and the router train): Jamba-v0.1's weights in ~58 GB instead of ~104 GB")
     t.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (less activation memory)")
     t.add_argument("--log-every", type=int, default=0, metavar="N", help="a loss line every N steps (default: 20 lines)")
     t.add_argument("--save", default=None, metavar="DIR", help="write the trained checkpoint here")

@@ -183,3 +183,21 @@ def test_cli_train_lora(tmp_path, capsys):
     assert not any("lora" in k for k in load_file(str(out / "model.safetensors")))
     assert main(["generate", "--model", str(out), "--prompt", "the quick", "--max-new-tokens", "4", "--device",
                  "cpu"]) == 0
+
+
+def test_cli_train_lora_fp8_experts(tmp_path, capsys):
+    """--experts-fp8 with --lora: the experts in fp8 (frozen), the adapters train and the loss falls; without --lora,
+    or with --save, a clear error before any work."""
+    text = tmp_path / "t.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 40, encoding="utf-8")
+    assert main(["train", "--text-file", str(text), "--steps", "16", "--batch", "2", "--seq-len", "32", "--lr", "1e-2",
+                 "--device", "cpu", "--lora", "8", "--log-every", "8", "--experts-fp8"]) == 0
+    err = capsys.readouterr().err
+    assert "(experts float8_e4m3fn)" in err and "LoRA: rank 8 adapters on" in err, err
+    m = re.search(r"loss ([0-9.]+) \(first 4 steps\) -> ([0-9.]+) \(last 4\)", err)
+    assert m and float(m.group(2)) < float(m.group(1)) - 0.3, err
+    for argv, msg in ((["--experts-fp8"], "train adapters with --lora R"),
+                      (["--experts-fp8", "--lora", "4", "--save", str(tmp_path / "x")], "--save with --experts-fp8")):
+        with pytest.raises(SystemExit) as e:
+            main(["train", "--device", "cpu", "--text-file", str(text), *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
