@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# GPU round of the fp8 expert weights (session 36) in one device call, ~8 min: build, jamba-ext check, every CUDA test,
+# memcheck + racecheck of sanitize_cases.py (fp8 cases included) and memcheck of every MoE engine (the decode GEMV
+# kernels are shared with fp8), bench_moe (with its "ours fp8" rows), bench_model --experts-fp8 (one Jamba-v0.1 block,
+# no transformers), jamba-ext train --lora --experts-fp8 and generate --experts-fp8, bench_train's check at one size.
+# Everything goes to $OUT: gpu_round.log, bench_moe.json/.png, bench_model.json/.png, bench_train.json.
+# Usage on the device: JAMBA_COMMIT=<sha> bash benchmarks/run_gpu_fp8.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/jamba_gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAMBA_COMMIT=${JAMBA_COMMIT:-unknown}
+step() { echo; echo "=== $* ($(date +%T))"; }
+{
+step "commit $JAMBA_COMMIT: environment and build"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv
+JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -iE "error|Successfully inst" | head -5
+step "jamba-ext check"
+timeout 120 python3 -m jamba_ext check 2>&1 | tail -6
+step "tests marked cuda"
+timeout 330 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -15
+step "compute-sanitizer memcheck / racecheck (sanitize_cases.py), memcheck of every MoE engine"
+timeout 90 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
+timeout 90 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
+timeout 90 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/bench_moe.py --sanitize 2>&1 | tail -3
+step "bench_moe"
+timeout 150 python3 benchmarks/bench_moe.py --skip "ours:mma,ours:mma64,ours:mma256,ours:wgmma nonpersist,ours:wgmma nohalf,ours:wgmma noepiw,ours:wgmma nomerge,ours:wgmma merge,ours:gemv ring" 2>&1 | grep -v "kernels (us" | tail -45
+step "bench_model --experts-fp8 (one block, 2K prompts, batch 1 / 8, no transformers)"
+timeout 150 python3 benchmarks/bench_model.py --no-hf --batches 1,8 --prompts 2048 --decode-steps 32 --experts-fp8 \
+  --budget-s 60 2>&1 | grep -E "^check|^impl|^jamba_ext" | tail -12
+step "jamba-ext train --lora 8 --experts-fp8, generate --experts-fp8 (built-in model)"
+timeout 60 python3 -m jamba_ext train --text-file README.md --steps 40 --seq-len 256 --device cuda --lora 8 \
+  --experts-fp8 2>&1 | grep -v "^\[transformers\]" | tail -4
+timeout 40 python3 -m jamba_ext generate --prompt "The model" --max-new-tokens 24 --experts-fp8 2>&1 | tail -2
+step "bench_train's check (ours vs transformers' gradients, one Jamba-v0.1 block) and 1x512"
+timeout 90 python3 benchmarks/bench_train.py --batches 1 --lengths 512 2>&1 | grep -v "^\[transformers\]" | tail -5
+step "done"
+} 2>&1 | tee "$OUT/gpu_round.log"
+cp benchmarks/results/bench_moe.json benchmarks/results/bench_moe.png benchmarks/results/bench_model.json \
+   benchmarks/results/bench_model.png benchmarks/results/bench_train.json "$OUT"/ 2>/dev/null
+exit 0
