@@ -1242,8 +1242,8 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       w = float(q) * scale. Up to FP8_GEMV_MAX_TOKENS tokens (decode) weight-streaming kernels read the fp8
 #       bytes directly (CUDA: csrc/cuda/moe_gemv.cu; CPU: csrc/cpu/fp8.c), sums in fp32 with the row's scale
 #       applied to the sum; above that the touched experts are dequantized to x's dtype (dequant_fp8 with the
-#       expert offsets) and moe_experts runs on them (prefill: one more pass over the touched weights, 3 bytes per
-#       weight read and 2 written, then the GEMMs). Gradients: x and the routing weights (the fp8 weights are
+#       expert offsets) and moe_experts runs on them (prefill: one more pass over the touched weights, 1 byte read
+#       and 2 written per weight, which the GEMMs then read). Gradients: x and the routing weights (the fp8 weights are
 #       frozen: LoRA and the router train on an fp8 model), through the dequantized weights.
 # Semantics in csrc/jamba.h (JAMBA_FP8_API). Why: Jamba-v0.1's experts are 45 of its 52B parameters; with them in
 # fp8 the model needs ~58 GB instead of ~104 GB (one 80 GB GPU), and a decode step reads half the expert bytes.
@@ -1296,6 +1296,8 @@ def dequant_fp8(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.bfloat16,
                 group_offsets: Optional[Tensor] = None) -> Tensor:
     """out = round_dtype(float(q) * scale[..., None]) in q's shape (see the section's comment)."""
     op = "dequant_fp8"
+    if isinstance(q, Tensor) and q.dim() < 1:
+        _fail(op, "q must have at least one dimension (rows of K weights)")
     _fp8_check(op, "q", q, scale)
     if dtype not in FLOAT_DTYPES:
         _fail(op, f"dtype must be one of {FLOAT_DTYPES}, got {dtype}")
