@@ -14,26 +14,33 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("script,result", [("bench_cpu.py", "bench_cpu_smoke.json"),
-                                           ("bench_kernels.py", "bench_kernels_smoke.json"),
-                                           ("bench_moe.py", "bench_moe_smoke.json"),
-                                           ("bench_model.py", "bench_model_smoke.json"),
-                                           ("bench_train.py", "bench_train_smoke.json")])
-def test_benchmark_smoke(tmp_path, script, result):
+@pytest.mark.parametrize("script,args,result", [
+    ("bench_cpu.py", [], "bench_cpu_smoke.json"),
+    ("bench_kernels.py", [], "bench_kernels_smoke.json"),
+    ("bench_moe.py", [], "bench_moe_smoke.json"),
+    ("bench_model.py", ["--experts-fp8"], "bench_model_smoke.json"),           # with the fp8-experts rows
+    ("bench_train.py", [], "bench_train_smoke.json"),
+    ("bench_train.py", ["--dtype", "bfloat16", "--batches", "1", "--lengths", "32"], "bench_train_smoke.json"),
+], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16"])
+def test_benchmark_smoke(tmp_path, script, args, result):
     env = dict(os.environ, JAMBA_BENCH_RESULTS=str(tmp_path), PYTHONPATH=ROOT)
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--smoke"], env=env,
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--smoke", *args], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     data = json.loads((tmp_path / result).read_text())
     assert data["rows"], "no result rows"
     assert data["meta"]["commit"] and data["meta"]["torch"]
-    if script == "bench_train.py":   # the correctness check ran against transformers and passed
-        assert data["meta"]["check"]["ok"] is True, data["meta"]["check"]
+    check = data["meta"].get("check", {})
+    if script == "bench_train.py":   # the correctness check ran against transformers and passed (in bf16: each
+        assert check["ok"] is True, check  # model against the fp32 step of the same weights)
+        assert ("loss_fp32" in check) == ("--dtype" in args), check
     if script == "bench_model.py":   # the routing-aware decode floor: distinct experts a MoE layer's step touched
         cfg = data["meta"]["config"]
         touched = [r["decode_experts_touched"] for r in data["rows"] if r.get("impl") == "jamba_ext"
                    and r.get("batch", 1) > 1]
         assert touched and all(cfg["num_experts_per_tok"] <= t <= cfg["num_experts"] for t in touched), touched
+        fp8 = [r for r in data["rows"] if r.get("impl") == "jamba_ext fp8" and r.get("decode_tokens_per_s")]
+        assert fp8 and 0 < check["fp8_vs_unquantized_norm_rel_err"] < 0.5, check
 
 
 @pytest.mark.parametrize("config", ["smoke", "one_block"])
