@@ -411,7 +411,7 @@ jamba_status jamba_dequant_fp8_check(const jamba_dequant_fp8_params *p);
 jamba_status jamba_dequant_fp8_cpu(const jamba_dequant_fp8_params *p);
 jamba_status jamba_dequant_fp8_cuda(const jamba_dequant_fp8_params *p, jamba_launch launch);
 
-/* moe_experts_fp8: moe_experts (JAMBA_MOE_API) for a few tokens with fp8 expert weights, per slot s = t*TOPK + j
+/* moe_experts_fp8: moe_experts (JAMBA_MOE_API) with fp8 expert weights, per slot s = t*TOPK + j
  * of expert e = expert_ids[s] (fp32 sums, the row's scale applied to the sum):
  *     g = scale_gu[e, f] * sum_k e4m3(w_gate_up[e, f, k]) x[t, k],  u = the same with row F + f
  *     act[s, f] = round(round(silu(round(g))) * round(u))                         (act: a workspace, slot order)
@@ -420,13 +420,19 @@ jamba_status jamba_dequant_fp8_cuda(const jamba_dequant_fp8_params *p, jamba_lau
  *   An id outside [0, E): the token's row is NaN on CUDA; the CPU returns JAMBA_ERR_ARG.
  * Shapes: out, x (T, H) contiguous, f32|f16|bf16; weights (T, TOPK) f32 and expert_ids (T, TOPK) i32, contiguous;
  *   w_gate_up (E, 2F, H) and w_down (E, H, F) u8, contiguous (gate rows first); s_gate_up (E, 2F) and s_down (E, H)
- *   f32, contiguous; act (T*TOPK, F) x's dtype, contiguous.
- *   CUDA: bf16 / f16, H and F multiples of 16, T <= JAMBA_FP8_GEMV_MAX_TOKENS (a weight row is read once per slot
- *   that takes its expert: decode; larger batches dequantize the touched experts and run moe_experts). CPU: any. */
+ *   f32, contiguous; act (T*TOPK, F) x's dtype, contiguous (a workspace: slot order, or sorted order with the
+ *   permutation). Optional, all three or none: expert_offsets (E+1,) and sorted_slots (T*TOPK,) i32 (moe_route's
+ *   permutation) and slot_out (T*TOPK, H) x's dtype (a workspace).
+ *   CUDA: bf16 / f16, H and F multiples of 16, 16-byte aligned data. Without the permutation T <=
+ *   JAMBA_FP8_GEMV_MAX_TOKENS: weight-streaming GEMVs, a weight row read once per slot that takes its expert
+ *   (decode); with it any T: the ring kernels of moe_experts' decode engine on the e4m3 bytes, each weight row read
+ *   once per 32 of its expert's tokens (up to the batch sizes where jamba_ext/ops.py switches to dequantizing the
+ *   touched experts for moe_experts' prefill GEMMs). CPU: any T; the permutation is checked and not needed. */
 #define JAMBA_FP8_GEMV_MAX_TOKENS 32
 
 typedef struct {
     jamba_tensor out, x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, act;
+    jamba_tensor expert_offsets, sorted_slots, slot_out; /* optional (data NULL): the permutation, a workspace */
 } jamba_moe_experts_fp8_params;
 
 jamba_status jamba_moe_experts_fp8_check(const jamba_moe_experts_fp8_params *p);

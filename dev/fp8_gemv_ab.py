@@ -1,9 +1,11 @@
-"""A/B of the fp8 MoE decode kernels (csrc/cuda/moe_gemv.cu, F8 = true) at Jamba-v0.1 sizes, in turns
-(common.time_interleaved): warps along K (JAMBA_EXT_MOE_GEMV="g,d"; session 36 also timed 2 / 8 chunks' loads in
-flight through a knob since removed, fp8_ab_ce17227.log),
-and the two fp8 paths (decode kernels / dequantize + moe_experts, ops.FP8_GEMV_MAX_TOKENS) against the bf16 op.
+"""A/B of the fp8 MoE engines at Jamba-v0.1 sizes, in turns (common.time_interleaved): the weight-streaming GEMVs
+(csrc/cuda/moe_gemv.cu, F8 = true; up to ops.FP8_GEMV_MAX_TOKENS), the ring kernels (csrc/cuda/moe.cu
+moe_decode_kernel F8, session 37; run here at every token count by moving the thresholds), the dequantizing path
+(dequant_fp8 of the touched experts + moe_experts) and the bf16 op. Session 36 also timed the GEMVs' warps along K
+(JAMBA_EXT_MOE_GEMV="g,d", `--kw`) and 2 / 8 chunks' loads in flight (a knob since removed, fp8_ab_ce17227.log).
 us per call and % of the touched weights' bytes at the measured copy bandwidth. Usage: python3 dev/fp8_gemv_ab.py
-[tokens,...]"""
+[tokens,...] [--kw]"""
+import contextlib
 import os
 import sys
 
@@ -14,10 +16,23 @@ import common  # noqa: E402
 from jamba_ext import ops  # noqa: E402
 
 
+@contextlib.contextmanager
+def thresholds(gemv_max, ring_max):
+    """ops' engine choice of moe_experts_fp8 moved for the duration"""
+    old = ops.FP8_GEMV_MAX_TOKENS, ops.FP8_RING_MAX_TOKENS
+    ops.FP8_GEMV_MAX_TOKENS, ops.FP8_RING_MAX_TOKENS = gemv_max, ring_max
+    try:
+        yield
+    finally:
+        ops.FP8_GEMV_MAX_TOKENS, ops.FP8_RING_MAX_TOKENS = old
+
+
 def main():
     dev = torch.device("cuda")
     H, F, E, K = 4096, 14336, 16, 2
-    tokens = [int(t) for t in sys.argv[1].split(",")] if len(sys.argv) > 1 else [1, 2, 4, 8, 16, 32, 48, 64]
+    args = [a for a in sys.argv[1:] if not a.startswith("--")]
+    kw_rows = "--kw" in sys.argv
+    tokens = [int(t) for t in args[0].split(",")] if args else [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
     bw = common.copy_bandwidth_gbs(dev)
     print(f"commit {os.environ.get('JAMBA_COMMIT', '?')} | copy {bw:.0f} GB/s | H {H} F {F} E {E} top-{K}", flush=True)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -31,9 +46,9 @@ def main():
         touched = int((offs[1:] - offs[:-1] > 0).sum())
         floor8 = touched * 3 * H * F / (bw * 1e9) * 1e6
 
-        def fp8(**env):
+        def fp8(gemv_max=ops.FP8_GEMV_MAX_TOKENS, ring_max=ops.FP8_RING_MAX_TOKENS, **env):
             def run():
-                with common.env(**env):
+                with common.env(**env), thresholds(gemv_max, ring_max):
                     return ops.moe_experts_fp8(x, w, ids, *q8, slots, offs)
             return run
 
@@ -41,11 +56,13 @@ def main():
             return ops.moe_experts(x, w, ids, ops.dequant_fp8(q8[0], q8[1], x.dtype, offs),
                                    ops.dequant_fp8(q8[2], q8[3], x.dtype, offs), slots, offs)
 
-        fns = {"bf16 op": lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offs), "fp8 dequant path": fp8_deq}
+        fns = {"bf16 op": lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offs), "fp8 dequant path": fp8_deq,
+               "fp8 ring": fp8(gemv_max=0, ring_max=1 << 30), "fp8 op (default)": fp8()}
         if T <= ops.FP8_GEMV_MAX_TOKENS:
-            fns["fp8 kernels"] = fp8()
-            for kw in ("1,1", "2,4", "4,4"):  # warps along K (the default for fp8: 1,1; the pick of bf16: 2,4)
-                fns[f"fp8 kernels kw {kw}"] = fp8(JAMBA_EXT_MOE_GEMV=kw)
+            fns["fp8 gemv"] = fp8(gemv_max=1 << 30)
+            if kw_rows:
+                for kw in ("1,1", "2,4", "4,4"):  # warps along K (the default for fp8: 1,1; the pick of bf16: 2,4)
+                    fns[f"fp8 gemv kw {kw}"] = fp8(gemv_max=1 << 30, JAMBA_EXT_MOE_GEMV=kw)
         t = common.time_interleaved(fns, dev, rounds=5, reps=3, seed=T)
         for name, r in t.items():
             us = r["median_ms"] * 1e3

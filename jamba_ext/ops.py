@@ -1241,14 +1241,17 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       fp8, s_down (E, H) f32, sorted_slots?, expert_offsets?) -> out (T, H): moe_experts with the weights
 #       w = float(q) * scale. Up to FP8_GEMV_MAX_TOKENS tokens (decode) weight-streaming kernels read the fp8
 #       bytes directly (CUDA: csrc/cuda/moe_gemv.cu; CPU: csrc/cpu/fp8.c), sums in fp32 with the row's scale
-#       applied to the sum; above that the touched experts are dequantized to x's dtype (dequant_fp8 with the
-#       expert offsets) and moe_experts runs on them (prefill: one more pass over the touched weights, 1 byte read
-#       and 2 written per weight, which the GEMMs then read). Gradients: x and the routing weights (the fp8 weights are
-#       frozen: LoRA and the router train on an fp8 model), through the dequantized weights.
+#       applied to the sum; on CUDA up to FP8_RING_MAX_TOKENS the ring kernels of moe_experts' decode engine read
+#       them too (csrc/cuda/moe.cu, F8: each weight row once per 32 of its expert's tokens, converted to bf16 / f16
+#       in registers for mma.sync); above that the touched experts are dequantized to x's dtype (dequant_fp8 with
+#       the expert offsets) and moe_experts runs on them (prefill: one more pass over the touched weights, 1 byte
+#       read and 2 written per weight, which the GEMMs then read). Gradients: x and the routing weights (the fp8
+#       weights are frozen: LoRA and the router train on an fp8 model), through the dequantized weights.
 # Semantics in csrc/jamba.h (JAMBA_FP8_API). Why: Jamba-v0.1's experts are 45 of its 52B parameters; with them in
 # fp8 the model needs ~58 GB instead of ~104 GB (one 80 GB GPU), and a decode step reads half the expert bytes.
 FP8_MAX = 448.0
 FP8_GEMV_MAX_TOKENS = 32  # = JAMBA_FP8_GEMV_MAX_TOKENS; the crossover estimate in csrc/cuda/moe_gemv.cu
+FP8_RING_MAX_TOKENS = 512  # CUDA: the fp8 ring kernels up to here (NOT YET MEASURED: a first guess), then dequant
 
 
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:
@@ -1348,15 +1351,22 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
         _fail(op, f"x has {x.shape[0]} rows but expert_ids has {T}")
     if T == 0:
         return _alloc((0, H), x.dtype, x.device)
-    if T <= FP8_GEMV_MAX_TOKENS and _fp8_gemv_ok(x, H, Fd):
+    ring = x.device.type == "cuda" and FP8_GEMV_MAX_TOKENS < T <= FP8_RING_MAX_TOKENS
+    if (T <= FP8_GEMV_MAX_TOKENS or ring) and _fp8_gemv_ok(x, H, Fd):
         if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
             _fail(op, f"expert_ids must be in [0, {E}), got values in [{int(ids.min())}, {int(ids.max())}]")
         out = _alloc((T, H), x.dtype, x.device)
         act = _alloc((T * K, Fd), x.dtype, x.device)
+        perm = [("expert_offsets", None), ("sorted_slots", None), ("slot_out", None)]
+        if ring:
+            if sorted_slots is None:
+                expert_offsets, sorted_slots = moe_permute(ids, E)
+            perm = [("expert_offsets", expert_offsets.contiguous()), ("sorted_slots", sorted_slots.contiguous()),
+                    ("slot_out", _alloc((T * K, H), x.dtype, x.device))]
         _call(op, x.device, op, [("out", out), ("x", x.contiguous()), ("weights", weights.to(torch.float32).contiguous()),
                                  ("expert_ids", ids), ("w_gate_up", _u8(w_gate_up)),
                                  ("s_gate_up", s_gate_up.contiguous()), ("w_down", _u8(w_down)),
-                                 ("s_down", s_down.contiguous()), ("act", act)])
+                                 ("s_down", s_down.contiguous()), ("act", act)] + perm)
         return out
     if sorted_slots is None:
         expert_offsets, sorted_slots = moe_permute(ids, E)

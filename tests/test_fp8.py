@@ -1,10 +1,12 @@
 """fp8 expert weights: quantize_fp8, dequant_fp8 and moe_experts_fp8 against the float64 reference (reference.py:
 dequant_fp8 = e4m3(q) * scale exactly, moe_experts_fp8 = moe_experts on those weights), on CPU and CUDA.
 
-moe_experts_fp8 runs two engines (ops.FP8_GEMV_MAX_TOKENS): up to 32 tokens the weight-streaming kernels that read
-the fp8 bytes (csrc/cpu/fp8.c, csrc/cuda/moe_gemv.cu), above that dequant_fp8 of the touched experts and
-moe_experts; both are tested at each token count that selects them, with H and F multiples of 16 (the CUDA decode
-kernels) and not (the CUDA fallback to the dequantizing path)."""
+moe_experts_fp8 runs three engines: up to ops.FP8_GEMV_MAX_TOKENS (32) tokens the weight-streaming kernels that read
+the fp8 bytes (csrc/cpu/fp8.c, csrc/cuda/moe_gemv.cu); on CUDA up to ops.FP8_RING_MAX_TOKENS the ring kernels that
+read them too (csrc/cuda/moe.cu, F8); above that (on the CPU above 32 tokens) dequant_fp8 of the touched experts and
+moe_experts. Each is tested at token counts that select it (the ring tests move the thresholds so that every token
+count runs the ring), with H and F multiples of 16 (the CUDA kernels) and not (the CUDA fallback to the dequantizing
+path)."""
 import pytest
 import torch
 
@@ -273,3 +275,104 @@ def test_moe_experts_fp8_bad_inputs(device):
     if device.type == "cpu":
         with pytest.raises(ValueError, match=r"expert_ids must be in \[0, 4\)"):
             run(expert_ids=torch.tensor([[0, 1], [2, 4], [1, 0]], dtype=torch.int32))
+
+
+# ---- the CUDA ring kernels (csrc/cuda/moe.cu, moe_decode_kernel F8) ---------------------------------------------
+# (T, H, F): T 1-8 / 9-16 / 17+ select the ring's 1 / 2 / 4 n-tiles of 8 tokens a pass; 300 tokens on one expert
+# (E 1) take 10 passes; H, F multiples of 16 but not of the 64-k step
+RING_SHAPES = [(1, 272, 144), (7, 272, 144), (12, 96, 80), (33, 272, 144), (64, 512, 272), (300, 208, 48)]
+
+
+@pytest.fixture
+def ring_everywhere(monkeypatch):
+    monkeypatch.setattr(ops, "FP8_GEMV_MAX_TOKENS", 0)
+    monkeypatch.setattr(ops, "FP8_RING_MAX_TOKENS", 1 << 30)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T,H,F", RING_SHAPES, ids=[f"T{t}H{h}F{f}" for t, h, f in RING_SHAPES])
+@pytest.mark.parametrize("E,K", [(1, 1), (8, 2), (16, 2)])
+def test_moe_experts_fp8_ring_matches_fp64(ring_everywhere, dtype, T, H, F, E, K):
+    dev = torch.device("cuda")
+    x = randn(T, H, device=dev, dtype=dtype)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dtype])
+    # the permutation made inside; deterministic (bit-identical)
+    assert torch.equal(out, ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d))
+    # against moe_experts' engines on the dequantized weights (which round each weight to x's dtype)
+    deq = ops.moe_experts(x, w, ids, ops.dequant_fp8(q_gu, s_gu, dtype), ops.dequant_fp8(q_d, s_d, dtype), slots,
+                          offsets)
+    assert_close(out, deq, **FP8_TOL[dtype])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_moe_experts_fp8_ring_every_e4m3_value(ring_everywhere):
+    """Weights drawn from every finite e4m3 bit pattern (subnormals, both zeros, the largest) with scale 1: the
+    in-register conversion to bf16 / f16 must be exact for each of them."""
+    dev = torch.device("cuda")
+    T, H, F, E, K = 20, 256, 64, 4, 2
+    q_gu, q_d = all_e4m3(E * 2 * F, H, dev).view(E, 2 * F, H), all_e4m3(E * H, F, dev).view(E, H, F)
+    s_gu = torch.full((E, 2 * F), 1.0 / 256, device=dev)
+    s_d = torch.full((E, H), 1.0 / 64, device=dev)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    for dt in (torch.bfloat16, torch.float16):
+        x = randn(T, H, device=dev, dtype=dt, scale=0.05)
+        out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+        assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_moe_experts_fp8_ring_bad_id_gives_nan_row(ring_everywhere):
+    H, F, E, K, dt = 64, 32, 4, 2, torch.bfloat16
+    dev = torch.device("cuda")
+    x = randn(2, H, device=dev, dtype=dt)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w = torch.rand(2, K, device=dev)
+    ids = torch.tensor([[0, 1], [2, 7]], dtype=torch.int32, device=dev)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
+    assert torch.isnan(out[1].float()).all() and not torch.isnan(out[0].float()).any()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_moe_experts_fp8_dequant_path_above_ring(monkeypatch):
+    """Above FP8_RING_MAX_TOKENS the CUDA op dequantizes the touched experts (here moved down to 16 tokens)."""
+    monkeypatch.setattr(ops, "FP8_RING_MAX_TOKENS", 16)
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    T, H, F, E, K = 40, 272, 144, 8, 2
+    x = randn(T, H, device=dev, dtype=dt)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])
+
+
+def test_moe_experts_fp8_bad_permutation_args(device):
+    """The C op's own checks of the permutation arguments (ops.py passes them right; on CPU they are checked and
+    not needed, on CUDA they select the ring kernels)."""
+    dev, dt = device, torch.bfloat16
+    T, H, F, E, K = 40, 64, 32, 4, 2
+    x = randn(T, H, device=dev, dtype=dt)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    out = torch.empty(T, H, device=dev, dtype=dt)
+    act = torch.empty(T * K, F, device=dev, dtype=dt)
+    base = [("out", out), ("x", x), ("weights", w.float().contiguous()), ("expert_ids", ids),
+            ("w_gate_up", q_gu.view(torch.uint8)), ("s_gate_up", s_gu), ("w_down", q_d.view(torch.uint8)),
+            ("s_down", s_d), ("act", act)]
+    slot_out = torch.empty(T * K, H, device=dev, dtype=dt)
+    call = lambda perm: ops._call("moe_experts_fp8", dev, "moe_experts_fp8", base + perm)
+    with pytest.raises(ValueError, match="together"):
+        call([("expert_offsets", offsets), ("sorted_slots", None), ("slot_out", slot_out)])
+    with pytest.raises(ValueError, match="expert_offsets"):
+        call([("expert_offsets", offsets[:-1]), ("sorted_slots", slots), ("slot_out", slot_out)])
+    with pytest.raises(ValueError, match="slot_out"):
+        call([("expert_offsets", offsets), ("sorted_slots", slots), ("slot_out", slot_out[:, :-1])])
+    call([("expert_offsets", offsets), ("sorted_slots", slots), ("slot_out", slot_out)])
+    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])

@@ -134,10 +134,28 @@ jamba_status jamba_moe_experts_fp8_check(const jamba_moe_experts_fp8_params *p) 
     if (E < 1 || K < 1)
         return jamba_set_error(JAMBA_ERR_SHAPE, "%s: need at least one expert and TOPK >= 1, got E %lld, TOPK %lld",
                                op, (long long)E, (long long)K);
+    const int given = (p->expert_offsets.data != NULL) + (p->sorted_slots.data != NULL) + (p->slot_out.data != NULL);
+    if (given != 0 && given != 3)
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: expert_offsets, sorted_slots and slot_out are given together or "
+                               "not at all", op);
+    if (given) { /* moe_route's permutation and the slot_out workspace */
+        const int64_t osh[1] = {E + 1}, ssh[1] = {T * K}, wsh[2] = {T * K, H};
+        JAMBA_TRY(jamba_check_tensor(op, "expert_offsets", &p->expert_offsets, 1, JAMBA_MASK(JAMBA_I32), 0));
+        JAMBA_TRY(jamba_check_shape(op, "expert_offsets", &p->expert_offsets, osh));
+        JAMBA_TRY(jamba_check_contiguous(op, "expert_offsets", &p->expert_offsets));
+        JAMBA_TRY(jamba_check_tensor(op, "sorted_slots", &p->sorted_slots, 1, JAMBA_MASK(JAMBA_I32), 0));
+        JAMBA_TRY(jamba_check_shape(op, "sorted_slots", &p->sorted_slots, ssh));
+        JAMBA_TRY(jamba_check_contiguous(op, "sorted_slots", &p->sorted_slots));
+        JAMBA_TRY(jamba_check_tensor(op, "slot_out", &p->slot_out, 2, JAMBA_MASK(p->x.dtype), 0));
+        JAMBA_TRY(jamba_check_shape(op, "slot_out", &p->slot_out, wsh));
+        JAMBA_TRY(jamba_check_contiguous(op, "slot_out", &p->slot_out));
+        if (jamba_tensors_overlap(&p->slot_out, &p->act) || jamba_tensors_overlap(&p->slot_out, &p->x))
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: slot_out must not overlap act or x", op);
+    }
     const jamba_tensor *ins[] = {&p->x, &p->weights, &p->expert_ids, &p->w_gate_up, &p->s_gate_up, &p->w_down,
-                                 &p->s_down, &p->act};
-    for (int i = 0; i < 8; i++)
-        if (jamba_tensors_overlap(&p->out, ins[i]))
+                                 &p->s_down, &p->act, &p->expert_offsets, &p->sorted_slots, &p->slot_out};
+    for (int i = 0; i < 11; i++)
+        if (ins[i]->data && jamba_tensors_overlap(&p->out, ins[i]))
             return jamba_set_error(JAMBA_ERR_ARG, "%s: out must not overlap an input or the workspace", op);
     return JAMBA_OK;
 }

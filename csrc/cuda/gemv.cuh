@@ -4,6 +4,7 @@
  *   gemv_ld_stream(p)                      16 bytes of a weight row, ld.global.nc with L1::no_allocate (read once)
  *   gemv_warp_dot<T, R, MM, U>(...)        one warp's partial dot products of R weight rows with MM rows of x
  *   gemv_warp_dot_f8<T, R, U>(...)         the same for one row of x (bf16 / f16) and weight rows of fp8 e4m3 bytes
+ *   jamba_e4m3x16_ld, jamba_e4m3x2_to16<T> e4m3 bytes -> floats / a bf16x2 or f16x2 pair (also moe.cu's fp8 ring)
  *
  * Layout of gemv_warp_dot: weight rows and x rows have unit stride, K elements, 16-byte aligned starts, K a
  * multiple of VN = 16 / sizeof(T). K is cut into chunks of 32 * VN elements; the warp takes chunks ks, ks + kw,
@@ -79,6 +80,21 @@ __device__ __forceinline__ void jamba_e4m3x16_ld(const uint4 &r, float *f) {
             f[4 * i + 2 * h] = v.x, f[4 * i + 2 * h + 1] = v.y;
         }
     }
+}
+
+/* two e4m3 bytes (the low 16 bits of w2, the lower byte first) -> the same two values as a T2 pair (bf16x2 / f16x2
+ * bits, the first value in the low half), exactly: e4m3 -> f16 is exact (cvt.rn.f16x2.e4m3x2), and every e4m3 value
+ * is a bf16 value too (f16 -> f32 -> bf16, no rounding happens) */
+template <typename T> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16(uint32_t w2);
+template <> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16<__half>(uint32_t w2) {
+    const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w2 & 0xffffu), __NV_E4M3);
+    return (uint32_t)hr.x | ((uint32_t)hr.y << 16);
+}
+template <> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16<__nv_bfloat16>(uint32_t w2) {
+    const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w2 & 0xffffu), __NV_E4M3);
+    const float2 v = __half22float2(__half2(hr));
+    const __nv_bfloat162 b = __floats2bfloat162_rn(v.x, v.y);
+    return *reinterpret_cast<const uint32_t *>(&b);
 }
 
 /* gemv_warp_dot for one row of x (T = bf16 / f16) against R weight rows of e4m3 bytes: chunks of 32 * 16 elements

@@ -29,8 +29,10 @@
  * slot_out = round(round(y) * round(w)); out = round(o_0 + o_1) ...
  */
 #include "moe.cuh"
+#include "gemv.cuh" /* e4m3 conversion (the fp8 ring) */
 
 #include <math.h>
+#include <string.h>
 
 #include <type_traits>
 
@@ -412,15 +414,23 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
  * Tokens of an expert beyond NT*8 take further passes (W re-read per pass).
  * Shapes: gate_up: x (T, H) rows gathered through sorted_slots, w_gate_up (E, 2F, H) -> act (slots, F) in
  * sorted order; down: act (slots, F), w_down (E, H, F) -> slot_out (slots, H) in slot order.
- * Requires Kd % 8 == 0 and 16-byte aligned A, W (checked by the launcher). */
+ * Requires Kd % 8 == 0 and 16-byte aligned A, W (checked by the launcher).
+ * F8 (moe_experts_fp8 from JAMBA_FP8_GEMV_MAX_TOKENS + 1 tokens, moe_fp8_ring below): W holds e4m3 bytes, so a
+ * step of 64 k is one 16-byte piece per W row and lane (row g / g+8, k + tq*16 .. +15: 64 contiguous bytes per row
+ * and step) and x's pieces follow the same k (k + tq*16 + h*8, h = 0, 1); the bytes are converted to T pairs in
+ * registers (exact) before the same mma, with the k order permuted as for T weights; each W row's f32 scale
+ * (a.wscale) multiplies its fp32 sums before the epilogue. Half the W pieces per step, so more steps in the ring
+ * (DEC_STAGES: the same 96 KB per block). Requires Kd % 16 == 0. */
 #define DEC_WARPS 4
 #define DEC_MT 2
 #define DEC_KS(GU) ((GU) ? 2 : 4)
 #define DEC_WR(GU) (DEC_WARPS / DEC_KS(GU))
 #define DEC_OUTS(GU) (DEC_WR(GU) * DEC_MT * ((GU) ? 8 : 16)) /* outputs per block: 32 */
-#define DEC_PIECES(NT) (4 * DEC_MT + 2 * (NT))              /* 16-byte pieces per lane and step */
-#define DEC_STAGES(NT) ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3)
-#define DEC_SMEM(NT) (DEC_WARPS * DEC_STAGES(NT) * DEC_PIECES(NT) * 512) /* 100 KB, 96 KB, 96 KB */
+#define DEC_WPIECES(F8) ((F8) ? 2 * DEC_MT : 4 * DEC_MT)    /* W pieces per lane and step */
+#define DEC_PIECES(NT, F8) (DEC_WPIECES(F8) + 2 * (NT))     /* 16-byte pieces per lane and step */
+#define DEC_STAGES(NT, F8) ((F8) ? ((NT) == 1 ? 8 : (NT) == 2 ? 6 : 4) : ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3))
+/* T weights: 100 KB, 96 KB, 96 KB at NT 1 / 2 / 4; F8: 96 KB each */
+#define DEC_SMEM(NT, F8) (DEC_WARPS * DEC_STAGES(NT, F8) * DEC_PIECES(NT, F8) * 512)
 
 /* the u-th expert (ascending id) with tokens, or -1, with its first sorted row and token count; every lane of
  * the warp gets them (call with full warps) */
@@ -461,9 +471,9 @@ __device__ __forceinline__ int dec_k_steps(const moe_gemm_args &a, int ks, int K
 
 /* this lane's W rows of an output tile at ob: tile i, r = 0: row g, r = 1: row g + 8 (gate_up: the gate / up
  * row of output ob+i*8+g); rows past N point at row 0 and are masked */
-template <typename T, int MT, bool GATE_UP>
-__device__ __forceinline__ void dec_w_rows(const moe_gemm_args &a, const T *W, int64_t ob, int g, int tq,
-                                           const T *(&wp)[MT][2], bool (&wok)[MT][2]) {
+template <typename WT, int MT, bool GATE_UP>
+__device__ __forceinline__ void dec_w_rows(const moe_gemm_args &a, const WT *W, int64_t ob, int g, int lofs,
+                                           const WT *(&wp)[MT][2], bool (&wok)[MT][2]) {
 #pragma unroll
     for (int i = 0; i < MT; i++)
 #pragma unroll
@@ -471,7 +481,7 @@ __device__ __forceinline__ void dec_w_rows(const moe_gemm_args &a, const T *W, i
             const int64_t out = GATE_UP ? ob + i * 8 + g : ob + i * 16 + r * 8 + g;
             wok[i][r] = out < a.N;
             const int64_t wrow = (GATE_UP && r) ? a.N + out : out;
-            wp[i][r] = W + (wok[i][r] ? wrow : 0) * a.Kd + tq * 8;
+            wp[i][r] = W + (wok[i][r] ? wrow : 0) * a.Kd + lofs;
         }
 }
 /* the W copies of k step ks64 (of 64) into the ring slot at dst; pieces outside k or the rows are zeros */
@@ -492,15 +502,31 @@ __device__ __forceinline__ void dec_issue_w(const moe_gemm_args &a, uint32_t dst
             }
     }
 }
-/* the x copies (tokens) of k step ks64 into the ring slot at dst, after the WP W pieces */
-template <typename T, int NT, int WP>
+/* F8: the W copies of k step ks64, one piece (16 e4m3 bytes: k + tq*16 ..) per row; pieces outside k or the rows
+ * are zeros */
+template <int MT>
+__device__ __forceinline__ void dec_issue_w_f8(const moe_gemm_args &a, uint32_t dst, int64_t ks64, int tq,
+                                               const uint8_t *const (&wp)[MT][2], const bool (&wok)[MT][2]) {
+    const int64_t k = ks64 * 64;
+    const bool kin = k + tq * 16 < a.Kd;
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const bool v = kin && wok[i][r];
+            cp_async16_mem(dst + (uint32_t)((i * 2 + r) * 512), v ? (const void *)(wp[i][r] + k) : a.W, v);
+        }
+}
+/* the x copies (tokens) of k step ks64 into the ring slot at dst, after the WP W pieces (xp: row start + the lane's
+ * offset, tq*8 for T weights, tq*16 for F8; piece h at + h*32, F8 + h*8) */
+template <typename T, int NT, int WP, bool F8>
 __device__ __forceinline__ void dec_issue_x(const moe_gemm_args &a, uint32_t dst, int64_t ks64, int tq, int nt_act,
                                             const T *const (&xp)[NT], const bool (&xok)[NT]) {
     const int64_t k = ks64 * 64;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        const int64_t kk = k + h * 32;
-        const bool kin = kk + tq * 8 < a.Kd;
+        const int64_t kk = k + h * (F8 ? 8 : 32);
+        const bool kin = kk + tq * (F8 ? 16 : 8) < a.Kd;
 #pragma unroll
         for (int j = 0; j < NT; j++)
             if (j < nt_act) {
@@ -532,6 +558,35 @@ __device__ __forceinline__ void dec_mma_slot(float (&acc)[MT][NT][4], const unsi
         }
     }
 }
+/* F8: the mma of one landed ring slot. Lane (g, tq) holds 16 e4m3 weights of rows g and g+8 (k = tq*16 + 0..15 of
+ * the step) and x's same 16 k of its token g (pieces h = 0, 1: k + h*8 ..); mma q (0..3) takes physical k
+ * tq*16 + 4q .. 4q+3: the weights' 32-bit word q (two T pairs) and x's words 2(q%2), 2(q%2)+1 of piece q/2 */
+template <typename T, int MT, int NT, int WP>
+__device__ __forceinline__ void dec_mma_slot_f8(float (&acc)[MT][NT][4], const unsigned char *src, int nt_act) {
+    uint4 xv[NT][2];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+        if (j < nt_act) xv[j][0] = lds128(src + (WP + j * 2) * 512), xv[j][1] = lds128(src + (WP + j * 2 + 1) * 512);
+#pragma unroll
+    for (int i = 0; i < MT; i++) {
+        const uint4 r0 = lds128(src + (i * 2) * 512), r8 = lds128(src + (i * 2 + 1) * 512);
+        const uint32_t w0[4] = {r0.x, r0.y, r0.z, r0.w}, w8[4] = {r8.x, r8.y, r8.z, r8.w};
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const uint32_t af[4] = {jamba_e4m3x2_to16<T>(w0[q]), jamba_e4m3x2_to16<T>(w8[q]),
+                                    jamba_e4m3x2_to16<T>(w0[q] >> 16), jamba_e4m3x2_to16<T>(w8[q] >> 16)};
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+                if (j < nt_act) {
+                    const uint4 &xh = xv[j][q >> 1];
+                    if (q & 1)
+                        mma16816<T>(acc[i][j], af, xh.z, xh.w);
+                    else
+                        mma16816<T>(acc[i][j], af, xh.x, xh.y);
+                }
+        }
+    }
+}
 /* the outputs of accumulator (i, j) (summed over the k split: c), element r: W row g + (r>>1)*8 of tile i, token
  * t0 + j*8 + tq*2 + (r&1). gate_up: silu(gate) * up into act (sorted rows); down: scaled by the router weight
  * into slot_out (slot rows) */
@@ -557,11 +612,14 @@ __device__ __forceinline__ void dec_store(const moe_gemm_args &a, T *C, const fl
     }
 }
 
-template <typename T, bool GATE_UP, int NT>
+template <typename T, bool GATE_UP, int NT, bool F8>
 __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_args a, int tiles) {
     jamba_pdl_begin();
-    constexpr int MT = DEC_MT, KS = DEC_KS(GATE_UP), WR = DEC_WR(GATE_UP), P = DEC_PIECES(NT), S = DEC_STAGES(NT);
-    constexpr int WP = 4 * MT;          /* W pieces per lane and step; x pieces follow */
+    using WT = typename std::conditional<F8, uint8_t, T>::type; /* weight element */
+    constexpr int MT = DEC_MT, KS = DEC_KS(GATE_UP), WR = DEC_WR(GATE_UP), P = DEC_PIECES(NT, F8);
+    constexpr int S = DEC_STAGES(NT, F8);
+    constexpr int WP = DEC_WPIECES(F8); /* W pieces per lane and step; x pieces follow */
+    constexpr int LOFS = F8 ? 16 : 8;   /* k offset of lane tq: tq * LOFS */
     constexpr int V = MT * NT * 4;      /* accumulators per lane */
     constexpr int STAGE = P * 512;      /* bytes of one ring slot of a warp */
     extern __shared__ __align__(16) unsigned char dec_smem[];
@@ -572,12 +630,12 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
     if (e < 0) return; /* whole block: no such expert */
     const int64_t ob = (int64_t)(blockIdx.x % (unsigned)tiles) * DEC_OUTS(GATE_UP) + wr * MT * (GATE_UP ? 8 : 16);
     const T *A = reinterpret_cast<const T *>(a.A);
-    const T *W = reinterpret_cast<const T *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
+    const WT *W = reinterpret_cast<const WT *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
     T *C = reinterpret_cast<T *>(a.C);
 
-    const T *wp[MT][2]; /* this lane's W rows */
+    const WT *wp[MT][2]; /* this lane's W rows */
     bool wok[MT][2];
-    dec_w_rows<T, MT, GATE_UP>(a, W, ob, g, tq, wp, wok);
+    dec_w_rows<WT, MT, GATE_UP>(a, W, ob, g, tq * LOFS, wp, wok);
     /* this warp's k steps of 64: s0 + st * sk, st < nsteps (round-robin over the k-split warps, dec_k_steps) */
     int64_t s0, sk;
     const int nsteps = dec_k_steps(a, ks, KS, &s0, &sk);
@@ -598,7 +656,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
         }
         /* copies of step st (relative to s0) into ring slot `slot` */
         auto issue_w = [&](int slot, int st) {
-            dec_issue_w<T, MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, wp, wok);
+            if constexpr (F8)
+                dec_issue_w_f8<MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, wp, wok);
+            else
+                dec_issue_w<T, MT>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, wp, wok);
         };
         /* the weights of the first steps do not wait for the slot loads: they go out first */
 #pragma unroll
@@ -606,9 +667,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
             if (st < nsteps) issue_w(st, st);
         const T *xp[NT];
 #pragma unroll
-        for (int j = 0; j < NT; j++) xp[j] = A + (GATE_UP ? xrow[j] / a.topk : xrow[j]) * a.Kd + tq * 8;
+        for (int j = 0; j < NT; j++) xp[j] = A + (GATE_UP ? xrow[j] / a.topk : xrow[j]) * a.Kd + tq * LOFS;
         auto issue_x = [&](int slot, int st) {
-            dec_issue_x<T, NT, WP>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, nt_act, xp, xok);
+            dec_issue_x<T, NT, WP, F8>(a, ring_s + (uint32_t)(slot * STAGE), s0 + st * sk, tq, nt_act, xp, xok);
         };
 
         float acc[MT][NT][4];
@@ -638,7 +699,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
                 issue_x(slot == 0 ? S - 1 : slot - 1, st + S - 1);
             }
             cp_async_commit_mem();
-            dec_mma_slot<T, MT, NT, WP>(acc, ring_p + slot * STAGE, nt_act);
+            if constexpr (F8)
+                dec_mma_slot_f8<T, MT, NT, WP>(acc, ring_p + slot * STAGE, nt_act);
+            else
+                dec_mma_slot<T, MT, NT, WP>(acc, ring_p + slot * STAGE, nt_act);
             slot = slot + 1 == S ? 0 : slot + 1;
         }
         cp_async_wait_mem<0>();
@@ -664,6 +728,16 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
 #pragma unroll
                         for (int q = 0; q < KS; q++) v += red[((q * WR + wr) * V + (i * NT + j) * 4 + r) * 32 + lane];
                         c[r] = v;
+                    }
+                    if constexpr (F8) { /* each W row's scale on its sums: element r is row g + (r>>1)*8 of tile i */
+                        const float *sc = a.wscale + (int64_t)e * a.w_rows;
+#pragma unroll
+                        for (int r = 0; r < 4; r += 2) {
+                            const int64_t out = GATE_UP ? ob + i * 8 + g : ob + i * 16 + (r >> 1) * 8 + g;
+                            const int64_t wrow = (GATE_UP && r) ? a.N + out : out;
+                            const float s = out < a.N ? sc[wrow] : 0.f;
+                            c[r] *= s, c[r + 1] *= s;
+                        }
                     }
                     dec_store<T, GATE_UP>(a, C, c, i, j, t0, ob, off, cnt, g, tq);
                 }
@@ -822,16 +896,16 @@ extern "C" jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p
 }
 
 /* one launch of moe_decode_kernel; raises the shared-memory limit once per device (see mma_launch) */
-template <typename T, bool GATE_UP, int NT>
+template <typename T, bool GATE_UP, int NT, bool F8>
 static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     static int smem_set[64];
     int dev = 0;
     JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM(NT)));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM(NT, F8)));
         /* two blocks per SM need the largest shared-memory carveout */
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8>,
                                               cudaFuncAttributePreferredSharedMemoryCarveout,
                                               cudaSharedmemCarveoutMaxShared));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
@@ -839,8 +913,8 @@ static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cuda
     const int64_t ub = slots < a.E ? slots : a.E; /* experts that can have tokens */
     const int64_t tiles = jamba_ceil_div(a.N, DEC_OUTS(GATE_UP));
     if (ub <= 0 || tiles <= 0) return JAMBA_OK;
-    jamba_kernel_launch(moe_decode_kernel<T, GATE_UP, NT>, (unsigned)(ub * tiles), DEC_WARPS * 32, DEC_SMEM(NT),
-        stream, a, (int)tiles);
+    jamba_kernel_launch(moe_decode_kernel<T, GATE_UP, NT, F8>, (unsigned)(ub * tiles), DEC_WARPS * 32,
+        DEC_SMEM(NT, F8), stream, a, (int)tiles);
     JAMBA_LAUNCH_CHECK("moe_decode_kernel", stream);
     return JAMBA_OK;
 }
@@ -868,21 +942,21 @@ static jamba_status decode_smem_optin(int *optin) {
  * moe_decode_kernel with NT (n-tiles of 8 tokens per pass) from T, which bounds an expert's tokens
  * under top-k routing (distinct ids per token); more tokens on one expert only cost extra passes. Where the
  * NT = 1 ring does not fit (DEC_SMEM(1) = 100 KB > 99 KB on sm_86 / sm_89: the sm_80 code runs there), up to
- * 8 tokens run the NT = 2 variant (96 KB, one n-tile idle). */
-template <typename T>
+ * 8 tokens run the NT = 2 variant (96 KB, one n-tile idle). F8: e4m3 weights (96 KB at every NT). */
+template <typename T, bool F8 = false>
 static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     const int64_t tokens = slots / a.topk;
     int optin = 0;
     if (tokens <= 8) JAMBA_TRY(decode_smem_optin(&optin));
-    const bool nt1 = tokens <= 8 && optin >= DEC_SMEM(1);
+    const bool nt1 = tokens <= 8 && optin >= DEC_SMEM(1, F8);
     if (a.gate_up) {
-        if (nt1) return decode_launch_nt<T, true, 1>(a, slots, stream);
-        if (tokens <= 16) return decode_launch_nt<T, true, 2>(a, slots, stream);
-        return decode_launch_nt<T, true, 4>(a, slots, stream);
+        if (nt1) return decode_launch_nt<T, true, 1, F8>(a, slots, stream);
+        if (tokens <= 16) return decode_launch_nt<T, true, 2, F8>(a, slots, stream);
+        return decode_launch_nt<T, true, 4, F8>(a, slots, stream);
     }
-    if (nt1) return decode_launch_nt<T, false, 1>(a, slots, stream);
-    if (tokens <= 16) return decode_launch_nt<T, false, 2>(a, slots, stream);
-    return decode_launch_nt<T, false, 4>(a, slots, stream);
+    if (nt1) return decode_launch_nt<T, false, 1, F8>(a, slots, stream);
+    if (tokens <= 16) return decode_launch_nt<T, false, 2, F8>(a, slots, stream);
+    return decode_launch_nt<T, false, 4, F8>(a, slots, stream);
 }
 
 /* one GEMM (gate_up or down) with the chosen engine */
@@ -903,21 +977,27 @@ static jamba_status gemm_launch(int impl, const moe_gemm_args &a, int64_t slots,
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: tensor-core paths need bf16/f16");
 }
 
+/* out (T, H) = the weighted sum of each token's slot rows of slot_out (T*K, H) (moe_combine_kernel) */
 template <typename T>
-static jamba_status combine_launch(const jamba_moe_experts_params *p, int device, cudaStream_t stream) {
-    const int64_t T_ = p->x.shape[0], H = p->x.shape[1];
-    const int K = (int)p->expert_ids.shape[1], E = (int)p->w_gate_up.shape[0];
+static jamba_status combine_rows(const jamba_tensor &out, const jamba_tensor &slot_out, const jamba_tensor &ids, int E,
+                                 int device, cudaStream_t stream) {
+    const int64_t T_ = out.shape[0], H = out.shape[1];
+    const int K = (int)ids.shape[1];
     const int V = 16 / (int)sizeof(T);
-    const int vec = (H % V == 0) && jamba_aligned16(p->out.data) && jamba_aligned16(p->slot_out.data);
+    const int vec = (H % V == 0) && jamba_aligned16(out.data) && jamba_aligned16(slot_out.data);
     const int64_t work = T_ * (vec ? H / V : H);
     int64_t blocks = jamba_ceil_div(work, 256);
     const int64_t cap = (int64_t)jamba_cuda_sm_count(device) * 16; /* grid-stride beyond 16 blocks per SM */
     blocks = blocks < cap ? blocks : cap;
     if (blocks < 1) return JAMBA_OK;
-    jamba_kernel_launch(moe_combine_kernel<T>, (unsigned)blocks, 256, 0, stream, (T *)p->out.data,
-        (const T *)p->slot_out.data, (const int32_t *)p->expert_ids.data, T_, H, K, E, vec);
+    jamba_kernel_launch(moe_combine_kernel<T>, (unsigned)blocks, 256, 0, stream, (T *)out.data,
+        (const T *)slot_out.data, (const int32_t *)ids.data, T_, H, K, E, vec);
     JAMBA_LAUNCH_CHECK("moe_combine_kernel", stream);
     return JAMBA_OK;
+}
+template <typename T>
+static jamba_status combine_launch(const jamba_moe_experts_params *p, int device, cudaStream_t stream) {
+    return combine_rows<T>(p->out, p->slot_out, p->expert_ids, (int)p->w_gate_up.shape[0], device, stream);
 }
 
 /* impl auto (measured on an H200, Jamba-v0.1 sizes, bf16; benchmarks/results/bench_moe*.json):
@@ -961,7 +1041,7 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
             return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: H and F must be below 1048576, got %lld, %lld",
                                    (long long)H, (long long)F);
         moe_gemm_args g;
-        g.sched = NULL;
+        memset(&g, 0, sizeof g);
         g.offsets = (const int32_t *)p->expert_offsets.data;
         g.sorted = (const int32_t *)p->sorted_slots.data;
         g.weights = (const float *)p->weights.data;
@@ -1020,4 +1100,33 @@ extern "C" jamba_status jamba_moe_experts_cuda(const jamba_moe_experts_params *p
     jamba_status s = JAMBA_ERR_DTYPE;
     JAMBA_DISPATCH_FLOAT(p->x.dtype, T, s = experts_launch<T>(p, launch.device, stream));
     return s;
+}
+
+/* moe_experts_fp8 given the permutation (csrc/jamba.h JAMBA_FP8_API; moe_gemv.cu's entry point calls this): the ring
+ * kernels on the e4m3 weights (F8: each W row read once per pass of up to NT*8 of its expert's tokens), gate_up into
+ * act (sorted order), down into slot_out (slot order), then the combine, as moe_experts' decode engine. Checked by
+ * the caller: bf16 / f16, H and F multiples of 16, 16-byte aligned data, the permutation present. */
+template <typename T>
+static jamba_status fp8_ring_launch(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream) {
+    const int64_t H = p->x.shape[1], K = p->expert_ids.shape[1], E = p->w_down.shape[0], F = p->w_down.shape[2];
+    const int64_t slots = p->x.shape[0] * K;
+    moe_gemm_args g;
+    memset(&g, 0, sizeof g);
+    g.offsets = (const int32_t *)p->expert_offsets.data;
+    g.sorted = (const int32_t *)p->sorted_slots.data;
+    g.weights = (const float *)p->weights.data;
+    g.E = (int)E, g.topk = (int)K;
+    g.A = p->x.data, g.W = p->w_gate_up.data, g.C = p->act.data, g.wscale = (const float *)p->s_gate_up.data;
+    g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1;
+    JAMBA_TRY((decode_launch<T, true>(g, slots, stream)));
+    g.A = p->act.data, g.W = p->w_down.data, g.C = p->slot_out.data, g.wscale = (const float *)p->s_down.data;
+    g.Kd = F, g.N = H, g.w_rows = H, g.gate_up = 0;
+    JAMBA_TRY((decode_launch<T, true>(g, slots, stream)));
+    return combine_rows<T>(p->out, p->slot_out, p->expert_ids, (int)E, device, stream);
+}
+
+jamba_status moe_fp8_ring(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream) {
+    if (p->x.dtype == JAMBA_BF16) return fp8_ring_launch<__nv_bfloat16>(p, device, stream);
+    if (p->x.dtype == JAMBA_F16) return fp8_ring_launch<__half>(p, device, stream);
+    return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: the ring kernels take bf16 / f16 x");
 }

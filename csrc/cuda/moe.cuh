@@ -56,6 +56,7 @@ struct moe_gemm_args {
     int E, topk, gate_up;
     int32_t *sched;           /* impl wgmma: this GEMM's tile counter, zero on entry (NULL: non-persistent kernel) */
     int half_tiles;           /* persistent wgmma kernel: an expert's last <= 64 rows as a half tile (set by its launcher) */
+    const float *wscale;      /* fp8 ring (moe_decode_kernel F8): (E, w_rows) f32 scale of each W row; else NULL */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */
@@ -94,6 +95,9 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
  * when the path does not apply (more tokens than it takes, dtype not bf16/f16, env JAMBA_EXT_MOE_GEMV=0): nothing
  * was launched */
 jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran);
+/* moe_experts_fp8 with the permutation given (expert_offsets, sorted_slots, slot_out): moe.cu's ring kernels on the
+ * e4m3 weights, then the combine; bf16 / f16, H and F multiples of 16, aligned data (checked by the caller) */
+jamba_status moe_fp8_ring(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream);
 /* 1 when the wgmma kernels can run on `device` (a Hopper GPU and sm_90a code in this build), cached */
 int moe_wgmma_available(int device);
 

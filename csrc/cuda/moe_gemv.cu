@@ -232,7 +232,8 @@ jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaS
 }
 
 /* moe_experts_fp8 (csrc/jamba.h JAMBA_FP8_API): the same two kernels reading e4m3 weight bytes, each row's sum
- * scaled before the rounding; up to JAMBA_FP8_GEMV_MAX_TOKENS tokens (jamba_ext/ops.py dequantizes above that) */
+ * scaled before the rounding, up to JAMBA_FP8_GEMV_MAX_TOKENS tokens; with the permutation given, moe.cu's ring
+ * kernels on the e4m3 bytes instead (moe_fp8_ring; jamba_ext/ops.py picks by the token count) */
 template <typename T>
 static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg, int kwd, cudaStream_t stream) {
     moe_gemv_args a = mg_args(p);
@@ -247,17 +248,21 @@ extern "C" jamba_status jamba_moe_experts_fp8_cuda(const jamba_moe_experts_fp8_p
     const int64_t T_ = p->x.shape[0], H = p->x.shape[1], F = p->w_down.shape[2];
     if (T_ == 0 || H == 0) return JAMBA_OK;
     const int dt = p->x.dtype;
-    if ((dt != JAMBA_BF16 && dt != JAMBA_F16) || H % 16 || F % 16 || F == 0 || T_ > JAMBA_FP8_GEMV_MAX_TOKENS ||
-        F > 65535 || H > 2 * 65535 || !jamba_aligned16(p->x.data) || !jamba_aligned16(p->w_gate_up.data) ||
-        !jamba_aligned16(p->w_down.data) || !jamba_aligned16(p->act.data))
+    const bool ring = p->expert_offsets.data != NULL; /* the permutation given: moe.cu's ring kernels, any T */
+    if ((dt != JAMBA_BF16 && dt != JAMBA_F16) || H % 16 || F % 16 || F == 0 ||
+        (!ring && T_ > JAMBA_FP8_GEMV_MAX_TOKENS) || F > 65535 || H > 2 * 65535 || !jamba_aligned16(p->x.data) ||
+        !jamba_aligned16(p->w_gate_up.data) || !jamba_aligned16(p->w_down.data) || !jamba_aligned16(p->act.data) ||
+        (ring && !jamba_aligned16(p->slot_out.data)))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED,
                                "jamba.moe_experts_fp8: the CUDA kernels take bf16 / f16 x, H and F multiples of 16 "
-                               "(F <= 65535), 16-byte aligned data and at most %d tokens; got %s, H %lld, F %lld, "
-                               "%lld tokens (jamba_ext.ops.moe_experts_fp8 dequantizes for the other cases)",
+                               "(F <= 65535), 16-byte aligned data and, without the permutation, at most %d tokens; "
+                               "got %s, H %lld, F %lld, %lld tokens (jamba_ext.ops.moe_experts_fp8 dequantizes for "
+                               "the other cases)",
                                JAMBA_FP8_GEMV_MAX_TOKENS, jamba_dtype_name(p->x.dtype), (long long)H, (long long)F,
                                (long long)T_);
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;
+    if (ring) return moe_fp8_ring(p, launch.device, stream);
     int kwg, kwd;
     mg_env(&kwg, &kwd);
     if (dt == JAMBA_BF16) return mg_launch_fp8<__nv_bfloat16>(p, kwg, kwd, stream);
