@@ -4,7 +4,7 @@ moe_decode_kernel F8, session 37; run here at every token count by moving the th
 (dequant_fp8 of the touched experts + moe_experts) and the bf16 op. Session 36 also timed the GEMVs' warps along K
 (JAMBA_EXT_MOE_GEMV="g,d", `--kw`) and 2 / 8 chunks' loads in flight (a knob since removed, fp8_ab_ce17227.log).
 us per call and % of the touched weights' bytes at the measured copy bandwidth. Usage: python3 dev/fp8_gemv_ab.py
-[tokens,...] [--kw]"""
+[tokens,...] [--kw] [--nt] (--nt: the ring's n-tiles per pass forced, JAMBA_EXT_FP8_RING_NT)"""
 import contextlib
 import os
 import sys
@@ -32,6 +32,7 @@ def main():
     H, F, E, K = 4096, 14336, 16, 2
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     kw_rows = "--kw" in sys.argv
+    nt_rows = "--nt" in sys.argv
     tokens = [int(t) for t in args[0].split(",")] if args else [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
     bw = common.copy_bandwidth_gbs(dev)
     print(f"commit {os.environ.get('JAMBA_COMMIT', '?')} | copy {bw:.0f} GB/s | H {H} F {F} E {E} top-{K}", flush=True)
@@ -56,8 +57,13 @@ def main():
             return ops.moe_experts(x, w, ids, ops.dequant_fp8(q8[0], q8[1], x.dtype, offs),
                                    ops.dequant_fp8(q8[2], q8[3], x.dtype, offs), slots, offs)
 
-        fns = {"bf16 op": lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offs), "fp8 dequant path": fp8_deq,
+        fns = {"bf16 op": lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offs),
                "fp8 ring": fp8(gemv_max=0, ring_max=1 << 30), "fp8 op (default)": fp8()}
+        if T >= 128:
+            fns["fp8 dequant path"] = fp8_deq
+        if nt_rows and 2 <= T <= 512:
+            for nt in (1, 2, 4):  # n-tiles of 8 tokens per pass (the pick: 1 up to 8 tokens, 2 up to 16, else 4)
+                fns[f"fp8 ring NT={nt}"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_RING_NT=str(nt))
         if T <= ops.FP8_GEMV_MAX_TOKENS:
             fns["fp8 gemv"] = fp8(gemv_max=1 << 30)
             if kw_rows:

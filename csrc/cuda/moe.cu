@@ -32,6 +32,7 @@
 #include "gemv.cuh" /* e4m3 conversion (the fp8 ring) */
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <type_traits>
@@ -947,15 +948,20 @@ template <typename T, bool F8 = false>
 static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     const int64_t tokens = slots / a.topk;
     int optin = 0;
-    if (tokens <= 8) JAMBA_TRY(decode_smem_optin(&optin));
-    const bool nt1 = tokens <= 8 && optin >= DEC_SMEM(1, F8);
+    JAMBA_TRY(decode_smem_optin(&optin));
+    int nt = tokens <= 8 && optin >= DEC_SMEM(1, F8) ? 1 : tokens <= 16 ? 2 : 4;
+    if (F8) { /* EXPERIMENT (docs/SWITCHES.md): the n-tiles per pass of the fp8 ring forced */
+        const char *s = getenv("JAMBA_EXT_FP8_RING_NT");
+        const int v = s ? atoi(s) : 0;
+        if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8))) nt = v;
+    }
     if (a.gate_up) {
-        if (nt1) return decode_launch_nt<T, true, 1, F8>(a, slots, stream);
-        if (tokens <= 16) return decode_launch_nt<T, true, 2, F8>(a, slots, stream);
+        if (nt == 1) return decode_launch_nt<T, true, 1, F8>(a, slots, stream);
+        if (nt == 2) return decode_launch_nt<T, true, 2, F8>(a, slots, stream);
         return decode_launch_nt<T, true, 4, F8>(a, slots, stream);
     }
-    if (nt1) return decode_launch_nt<T, false, 1, F8>(a, slots, stream);
-    if (tokens <= 16) return decode_launch_nt<T, false, 2, F8>(a, slots, stream);
+    if (nt == 1) return decode_launch_nt<T, false, 1, F8>(a, slots, stream);
+    if (nt == 2) return decode_launch_nt<T, false, 2, F8>(a, slots, stream);
     return decode_launch_nt<T, false, 4, F8>(a, slots, stream);
 }
 
