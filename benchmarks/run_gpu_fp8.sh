@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# GPU round of the fp8 expert weights (session 36) in one device call, ~8 min: build, jamba-ext check, every CUDA test,
+# GPU round of the fp8 expert weights (sessions 36-37) in one device call, ~8 min: build, jamba-ext check, every CUDA test,
 # memcheck + racecheck of sanitize_cases.py (fp8 cases included) and memcheck of every MoE engine (the decode GEMV
-# kernels are shared with fp8), bench_moe (with its "ours fp8" rows), bench_model --experts-fp8 (one Jamba-v0.1 block,
-# no transformers), jamba-ext train --lora --experts-fp8 and generate --experts-fp8, bench_train's check at one size.
+# kernels are shared with fp8), the fp8 engines' A/B (dev/fp8_gemv_ab.py: GEMVs, ring kernels, dequantizing path, bf16),
+# bench_moe (with its "ours fp8" rows), bench_model --experts-fp8 (one Jamba-v0.1 block, no transformers), jamba-ext
+# train --lora --experts-fp8 and generate --experts-fp8, bench_train's check at one size (SKIP_BENCH_TRAIN=1: not).
 # Everything goes to $OUT: gpu_round.log, bench_moe.json/.png, bench_model.json/.png, bench_train.json.
 # Usage on the device: JAMBA_COMMIT=<sha> bash benchmarks/run_gpu_fp8.sh
 set -uo pipefail
@@ -22,6 +23,8 @@ step "compute-sanitizer memcheck / racecheck (sanitize_cases.py), memcheck of ev
 timeout 90 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
 timeout 90 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
 timeout 90 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/bench_moe.py --sanitize 2>&1 | tail -3
+step "fp8 engines A/B (dev/fp8_gemv_ab.py)"
+timeout 150 python3 dev/fp8_gemv_ab.py ${FP8_AB_TOKENS:-1,4,8,16,32,64,128,256,512,1024} 2>&1 | tail -60
 step "bench_moe"
 timeout 150 python3 benchmarks/bench_moe.py --skip "ours:mma,ours:mma64,ours:mma256,ours:wgmma nonpersist,ours:wgmma nohalf,ours:wgmma noepiw,ours:wgmma nomerge,ours:wgmma merge,ours:gemv ring" 2>&1 | grep -v "kernels (us" | tail -45
 step "bench_model --experts-fp8 (one block, 2K prompts, batch 1 / 8, no transformers)"
@@ -31,8 +34,10 @@ step "jamba-ext train --lora 8 --experts-fp8, generate --experts-fp8 (built-in m
 timeout 60 python3 -m jamba_ext train --text-file README.md --steps 40 --seq-len 256 --device cuda --lora 8 \
   --experts-fp8 2>&1 | grep -v "^\[transformers\]" | tail -4
 timeout 40 python3 -m jamba_ext generate --prompt "The model" --max-new-tokens 24 --experts-fp8 2>&1 | tail -2
+if [ -z "${SKIP_BENCH_TRAIN:-}" ]; then
 step "bench_train's check (ours vs transformers' gradients, one Jamba-v0.1 block) and 1x512"
 timeout 90 python3 benchmarks/bench_train.py --batches 1 --lengths 512 2>&1 | grep -v "^\[transformers\]" | tail -5
+fi
 step "done"
 } 2>&1 | tee "$OUT/gpu_round.log"
 cp benchmarks/results/bench_moe.json benchmarks/results/bench_moe.png benchmarks/results/bench_model.json \

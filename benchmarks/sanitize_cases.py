@@ -141,8 +141,9 @@ def main():
         ops.dequant_fp8(qgu, sgu, torch.bfloat16, torch.tensor([0, 2, 2, 5, 6], dtype=torch.int32, device=dev))
         q7, s7 = ops.quantize_fp8(rn(5, 37, dt=torch.float32))
         ops.dequant_fp8(q7, s7, torch.float32)
-        # the GEMVs (1-32 tokens), the ring kernels (1 / 2 / 4 n-tiles a pass: 40 tokens, and 70 tokens on one
-        # expert with top-1: 3 passes), then the dequantizing path (above FP8_RING_MAX_TOKENS)
+        # the GEMVs (1-6 tokens), the ring kernels (4 n-tiles a pass at 32-70 tokens over E 4; 70 tokens on one
+        # expert with top-1: 3 passes; 1 and 2 n-tiles at 3 and 12 tokens below), then the dequantizing path (above
+        # FP8_RING_MAX_TOKENS)
         for xdt in (torch.bfloat16, torch.float16):
             for T, K in ((1, 2), (32, 2), (40, 2), (70, 1), (ops.FP8_RING_MAX_TOKENS + 1, 2)):
                 lg = rn(T, E)
@@ -150,12 +151,12 @@ def main():
                     lg[:, 0] += 100.0  # every token on expert 0
                 wr, ids, offs, slots = ops.moe_route(lg, K)
                 ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
-            old = ops.FP8_GEMV_MAX_TOKENS
-            ops.FP8_GEMV_MAX_TOKENS = 0  # the ring at 1-8 / 9-16 tokens too
+            old = ops.FP8_CUDA_GEMV_MAX_TOKENS
+            ops.FP8_CUDA_GEMV_MAX_TOKENS = 0  # the ring at 1-6 tokens too
             for T in (3, 12):
                 wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
                 ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
-            ops.FP8_GEMV_MAX_TOKENS = old
+            ops.FP8_CUDA_GEMV_MAX_TOKENS = old
     for logits in (rn(5, 1001), rn(9, 1040)[:, 8:1032], rn(3, 40, dt=torch.float32)):  # element, 16-byte, f32 paths
         t = torch.randint(0, logits.shape[1], (logits.shape[0],), device=dev)
         t[1] = -100

@@ -1,5 +1,5 @@
 """A/B of the fp8 MoE engines at Jamba-v0.1 sizes, in turns (common.time_interleaved): the weight-streaming GEMVs
-(csrc/cuda/moe_gemv.cu, F8 = true; up to ops.FP8_GEMV_MAX_TOKENS), the ring kernels (csrc/cuda/moe.cu
+(csrc/cuda/moe_gemv.cu, F8 = true; up to ops.FP8_CUDA_GEMV_MAX_TOKENS), the ring kernels (csrc/cuda/moe.cu
 moe_decode_kernel F8, session 37; run here at every token count by moving the thresholds), the dequantizing path
 (dequant_fp8 of the touched experts + moe_experts) and the bf16 op. Session 36 also timed the GEMVs' warps along K
 (JAMBA_EXT_MOE_GEMV="g,d", `--kw`) and 2 / 8 chunks' loads in flight (a knob since removed, fp8_ab_ce17227.log).
@@ -19,12 +19,12 @@ from jamba_ext import ops  # noqa: E402
 @contextlib.contextmanager
 def thresholds(gemv_max, ring_max):
     """ops' engine choice of moe_experts_fp8 moved for the duration"""
-    old = ops.FP8_GEMV_MAX_TOKENS, ops.FP8_RING_MAX_TOKENS
-    ops.FP8_GEMV_MAX_TOKENS, ops.FP8_RING_MAX_TOKENS = gemv_max, ring_max
+    old = ops.FP8_CUDA_GEMV_MAX_TOKENS, ops.FP8_RING_MAX_TOKENS
+    ops.FP8_CUDA_GEMV_MAX_TOKENS, ops.FP8_RING_MAX_TOKENS = gemv_max, ring_max
     try:
         yield
     finally:
-        ops.FP8_GEMV_MAX_TOKENS, ops.FP8_RING_MAX_TOKENS = old
+        ops.FP8_CUDA_GEMV_MAX_TOKENS, ops.FP8_RING_MAX_TOKENS = old
 
 
 def main():
@@ -47,7 +47,7 @@ def main():
         touched = int((offs[1:] - offs[:-1] > 0).sum())
         floor8 = touched * 3 * H * F / (bw * 1e9) * 1e6
 
-        def fp8(gemv_max=ops.FP8_GEMV_MAX_TOKENS, ring_max=ops.FP8_RING_MAX_TOKENS, **env):
+        def fp8(gemv_max=ops.FP8_CUDA_GEMV_MAX_TOKENS, ring_max=ops.FP8_RING_MAX_TOKENS, **env):
             def run():
                 with common.env(**env), thresholds(gemv_max, ring_max):
                     return ops.moe_experts_fp8(x, w, ids, *q8, slots, offs)
@@ -62,7 +62,7 @@ def main():
         if T >= 128:
             fns["fp8 dequant path"] = fp8_deq
         if nt_rows and 2 <= T <= 512:
-            for nt in (1, 2, 4):  # n-tiles of 8 tokens per pass (the pick: 1 up to 8 tokens, 2 up to 16, else 4)
+            for nt in (1, 2, 4):  # n-tiles of 8 tokens per pass (the pick: by slots per expert, csrc/cuda/moe.cu)
                 fns[f"fp8 ring NT={nt}"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_RING_NT=str(nt))
         if T <= ops.FP8_GEMV_MAX_TOKENS:
             fns["fp8 gemv"] = fp8(gemv_max=1 << 30)

@@ -1239,7 +1239,7 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       left unwritten (its contents are undefined), so a MoE call converts only its touched experts.
 #   moe_experts_fp8(x, weights, expert_ids, w_gate_up (E, 2F, H) fp8, s_gate_up (E, 2F) f32, w_down (E, H, F)
 #       fp8, s_down (E, H) f32, sorted_slots?, expert_offsets?) -> out (T, H): moe_experts with the weights
-#       w = float(q) * scale. Up to FP8_GEMV_MAX_TOKENS tokens (decode) weight-streaming kernels read the fp8
+#       w = float(q) * scale. Up to FP8_(CUDA_)GEMV_MAX_TOKENS tokens (decode) weight-streaming kernels read the fp8
 #       bytes directly (CUDA: csrc/cuda/moe_gemv.cu; CPU: csrc/cpu/fp8.c), sums in fp32 with the row's scale
 #       applied to the sum; on CUDA up to FP8_RING_MAX_TOKENS the ring kernels of moe_experts' decode engine read
 #       them too (csrc/cuda/moe.cu, F8: each weight row once per 32 of its expert's tokens, converted to bf16 / f16
@@ -1250,8 +1250,13 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 # Semantics in csrc/jamba.h (JAMBA_FP8_API). Why: Jamba-v0.1's experts are 45 of its 52B parameters; with them in
 # fp8 the model needs ~58 GB instead of ~104 GB (one 80 GB GPU), and a decode step reads half the expert bytes.
 FP8_MAX = 448.0
-FP8_GEMV_MAX_TOKENS = 32  # = JAMBA_FP8_GEMV_MAX_TOKENS; the crossover estimate in csrc/cuda/moe_gemv.cu
-FP8_RING_MAX_TOKENS = 512  # CUDA: the fp8 ring kernels up to here (NOT YET MEASURED: a first guess), then dequant
+# The engine by token count. CUDA (Jamba-v0.1 sizes, bf16 x, H200, us; fp8_ring_nt_475caf7.log): the GEMVs up to
+# FP8_CUDA_GEMV_MAX_TOKENS (6 tokens: 425 against the ring's 456; 8: 564 against 492), the ring kernels up to
+# FP8_RING_MAX_TOKENS (512 tokens: 3545 against the dequantizing path's 4124; 768: 5379 against 4154), then the
+# dequantizing path. CPU: the GEMV form up to FP8_GEMV_MAX_TOKENS, then the dequantizing path.
+FP8_GEMV_MAX_TOKENS = 32       # = JAMBA_FP8_GEMV_MAX_TOKENS, the most the C GEMV form takes
+FP8_CUDA_GEMV_MAX_TOKENS = 6   # <= FP8_GEMV_MAX_TOKENS
+FP8_RING_MAX_TOKENS = 512
 
 
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:
@@ -1351,8 +1356,10 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
         _fail(op, f"x has {x.shape[0]} rows but expert_ids has {T}")
     if T == 0:
         return _alloc((0, H), x.dtype, x.device)
-    ring = x.device.type == "cuda" and FP8_GEMV_MAX_TOKENS < T <= FP8_RING_MAX_TOKENS
-    if (T <= FP8_GEMV_MAX_TOKENS or ring) and _fp8_gemv_ok(x, H, Fd):
+    cuda = x.device.type == "cuda"
+    gemv_max = min(FP8_CUDA_GEMV_MAX_TOKENS, FP8_GEMV_MAX_TOKENS) if cuda else FP8_GEMV_MAX_TOKENS
+    ring = cuda and gemv_max < T <= FP8_RING_MAX_TOKENS
+    if (T <= gemv_max or ring) and _fp8_gemv_ok(x, H, Fd):
         if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
             _fail(op, f"expert_ids must be in [0, {E}), got values in [{int(ids.min())}, {int(ids.max())}]")
         out = _alloc((T, H), x.dtype, x.device)

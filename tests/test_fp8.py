@@ -1,10 +1,10 @@
 """fp8 expert weights: quantize_fp8, dequant_fp8 and moe_experts_fp8 against the float64 reference (reference.py:
 dequant_fp8 = e4m3(q) * scale exactly, moe_experts_fp8 = moe_experts on those weights), on CPU and CUDA.
 
-moe_experts_fp8 runs three engines: up to ops.FP8_GEMV_MAX_TOKENS (32) tokens the weight-streaming kernels that read
-the fp8 bytes (csrc/cpu/fp8.c, csrc/cuda/moe_gemv.cu); on CUDA up to ops.FP8_RING_MAX_TOKENS the ring kernels that
-read them too (csrc/cuda/moe.cu, F8); above that (on the CPU above 32 tokens) dequant_fp8 of the touched experts and
-moe_experts. Each is tested at token counts that select it (the ring tests move the thresholds so that every token
+moe_experts_fp8 runs three engines: the weight-streaming kernels that read the fp8 bytes (csrc/cpu/fp8.c up to
+ops.FP8_GEMV_MAX_TOKENS = 32 tokens, csrc/cuda/moe_gemv.cu up to ops.FP8_CUDA_GEMV_MAX_TOKENS = 6); on CUDA up to
+ops.FP8_RING_MAX_TOKENS the ring kernels that read them too (csrc/cuda/moe.cu, F8); above that dequant_fp8 of the
+touched experts and moe_experts. Each is tested at token counts that select it (the ring tests move the thresholds so that every token
 count runs the ring), with H and F multiples of 16 (the CUDA kernels) and not (the CUDA fallback to the dequantizing
 path)."""
 import pytest
@@ -126,8 +126,8 @@ def test_fp8_bad_inputs(device):
 
 
 # ---- moe_experts_fp8 ------------------------------------------------------------------------------------------
-# (T, H, F): up to 32 tokens the decode kernels, 33 and 64 the dequantizing path; H, F multiples of 16 or not (the
-# CUDA decode kernels need them: else the dequantizing path)
+# (T, H, F): CPU: up to 32 tokens the decode kernel, 33 and 64 the dequantizing path; CUDA: up to 6 tokens the
+# GEMVs, then the ring kernels; H, F multiples of 16 or not (the CUDA kernels need them: else the dequantizing path)
 FP8_SHAPES = [(1, 272, 144), (3, 272, 144), (32, 64, 48), (33, 272, 144), (64, 96, 80), (2, 40, 24), (1, 24, 8)]
 
 
@@ -285,7 +285,7 @@ RING_SHAPES = [(1, 272, 144), (7, 272, 144), (12, 96, 80), (33, 272, 144), (64, 
 
 @pytest.fixture
 def ring_everywhere(monkeypatch):
-    monkeypatch.setattr(ops, "FP8_GEMV_MAX_TOKENS", 0)
+    monkeypatch.setattr(ops, "FP8_CUDA_GEMV_MAX_TOKENS", 0)
     monkeypatch.setattr(ops, "FP8_RING_MAX_TOKENS", 1 << 30)
 
 

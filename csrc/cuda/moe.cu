@@ -950,7 +950,15 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
     int optin = 0;
     JAMBA_TRY(decode_smem_optin(&optin));
     int nt = tokens <= 8 && optin >= DEC_SMEM(1, F8) ? 1 : tokens <= 16 ? 2 : 4;
-    if (F8) { /* EXPERIMENT (docs/SWITCHES.md): the n-tiles per pass of the fp8 ring forced */
+    if (F8) {
+        /* by the average slots per expert: an expert with more takes more passes, but fewer n-tiles leave room for
+         * more ring steps (8 / 6 / 4 at NT 1 / 2 / 4), which the fp8 weights' smaller pieces need to keep enough
+         * bytes in flight. Jamba-v0.1 sizes, bf16 x, us at NT 1 / 2 / 4 (fp8_ring_nt_475caf7.log): 16 tokens (2 slots
+         * per expert) 687 / 766 / 934, 32 (4) 792 / 893 / 1099, 48 (6) 977 / 932 / 1124, 96 (12) 1502 / 1090 / 1210,
+         * 128 (16) 1780 / 1317 / 1259, 256 (32) 3306 / 2391 / 1977 */
+        const int64_t avg = slots / a.E;
+        nt = avg <= 4 && optin >= DEC_SMEM(1, F8) ? 1 : avg <= 12 ? 2 : 4;
+        /* EXPERIMENT (docs/SWITCHES.md): the n-tiles per pass forced */
         const char *s = getenv("JAMBA_EXT_FP8_RING_NT");
         const int v = s ? atoi(s) : 0;
         if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8))) nt = v;
