@@ -1370,7 +1370,10 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
                 expert_offsets, sorted_slots = moe_permute(ids, E)
             perm = [("expert_offsets", expert_offsets.contiguous()), ("sorted_slots", sorted_slots.contiguous()),
                     ("slot_out", _alloc((T * K, H), x.dtype, x.device))]
-        _call(op, x.device, op, [("out", out), ("x", x.contiguous()), ("weights", weights.to(torch.float32).contiguous()),
+        xc = x.contiguous()
+        if xc.data_ptr() % 16:  # the CUDA kernels read x in 16-byte pieces (a view at an odd offset: copied)
+            xc = xc.clone()
+        _call(op, x.device, op, [("out", out), ("x", xc), ("weights", weights.to(torch.float32).contiguous()),
                                  ("expert_ids", ids), ("w_gate_up", _u8(w_gate_up)),
                                  ("s_gate_up", s_gate_up.contiguous()), ("w_down", _u8(w_down)),
                                  ("s_down", s_down.contiguous()), ("act", act)] + perm)
