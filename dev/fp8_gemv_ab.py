@@ -64,8 +64,6 @@ def main():
         if nt_rows and 2 <= T <= 512:
             for nt in (1, 2, 4):  # n-tiles of 8 tokens per pass (the pick: by slots per expert, csrc/cuda/moe.cu)
                 fns[f"fp8 ring NT={nt}"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_RING_NT=str(nt))
-            fns["fp8 ring NT=2 S7"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_RING_NT="2",
-                                          JAMBA_EXT_FP8_RING_S7="1")
         if T <= ops.FP8_GEMV_MAX_TOKENS:
             fns["fp8 gemv"] = fp8(gemv_max=1 << 30)
             if kw_rows:

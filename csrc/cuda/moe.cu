@@ -432,8 +432,6 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
 #define DEC_STAGES(NT, F8) ((F8) ? ((NT) == 1 ? 8 : (NT) == 2 ? 6 : 4) : ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3))
 /* T weights: 100 KB, 96 KB, 96 KB at NT 1 / 2 / 4; F8: 96 KB each */
 #define DEC_SMEM(NT, F8) (DEC_WARPS * DEC_STAGES(NT, F8) * DEC_PIECES(NT, F8) * 512)
-/* the same with S ring steps (EXPERIMENT JAMBA_EXT_FP8_RING_S7: the fp8 NT 2 ring with 7 steps, 112 KB) */
-#define DEC_SMEM_S(NT, F8, S) (DEC_WARPS * (S) * DEC_PIECES(NT, F8) * 512)
 
 /* the u-th expert (ascending id) with tokens, or -1, with its first sorted row and token count; every lane of
  * the warp gets them (call with full warps) */
@@ -615,11 +613,12 @@ __device__ __forceinline__ void dec_store(const moe_gemm_args &a, T *C, const fl
     }
 }
 
-template <typename T, bool GATE_UP, int NT, bool F8, int S = DEC_STAGES(NT, F8)>
+template <typename T, bool GATE_UP, int NT, bool F8>
 __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_args a, int tiles) {
     jamba_pdl_begin();
     using WT = typename std::conditional<F8, uint8_t, T>::type; /* weight element */
     constexpr int MT = DEC_MT, KS = DEC_KS(GATE_UP), WR = DEC_WR(GATE_UP), P = DEC_PIECES(NT, F8);
+    constexpr int S = DEC_STAGES(NT, F8);
     constexpr int WP = DEC_WPIECES(F8); /* W pieces per lane and step; x pieces follow */
     constexpr int LOFS = F8 ? 16 : 8;   /* k offset of lane tq: tq * LOFS */
     constexpr int V = MT * NT * 4;      /* accumulators per lane */
@@ -898,16 +897,16 @@ extern "C" jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p
 }
 
 /* one launch of moe_decode_kernel; raises the shared-memory limit once per device (see mma_launch) */
-template <typename T, bool GATE_UP, int NT, bool F8, int S = DEC_STAGES(NT, F8)>
+template <typename T, bool GATE_UP, int NT, bool F8>
 static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     static int smem_set[64];
     int dev = 0;
     JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8, S>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM_S(NT, F8, S)));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM(NT, F8)));
         /* two blocks per SM need the largest shared-memory carveout */
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8, S>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8>,
                                               cudaFuncAttributePreferredSharedMemoryCarveout,
                                               cudaSharedmemCarveoutMaxShared));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
@@ -915,8 +914,8 @@ static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cuda
     const int64_t ub = slots < a.E ? slots : a.E; /* experts that can have tokens */
     const int64_t tiles = jamba_ceil_div(a.N, DEC_OUTS(GATE_UP));
     if (ub <= 0 || tiles <= 0) return JAMBA_OK;
-    jamba_kernel_launch(moe_decode_kernel<T, GATE_UP, NT, F8, S>, (unsigned)(ub * tiles), DEC_WARPS * 32,
-        DEC_SMEM_S(NT, F8, S), stream, a, (int)tiles);
+    jamba_kernel_launch(moe_decode_kernel<T, GATE_UP, NT, F8>, (unsigned)(ub * tiles), DEC_WARPS * 32,
+        DEC_SMEM(NT, F8), stream, a, (int)tiles);
     JAMBA_LAUNCH_CHECK("moe_decode_kernel", stream);
     return JAMBA_OK;
 }
@@ -963,11 +962,6 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
         const char *s = getenv("JAMBA_EXT_FP8_RING_NT");
         const int v = s ? atoi(s) : 0;
         if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8))) nt = v;
-        const char *s7 = getenv("JAMBA_EXT_FP8_RING_S7"); /* EXPERIMENT: NT 2 with a 7-step ring (112 KB) */
-        if (nt == 2 && s7 && s7[0] == '1' && optin >= DEC_SMEM_S(2, true, 7)) {
-            if (a.gate_up) return decode_launch_nt<T, true, 2, F8, 7>(a, slots, stream);
-            return decode_launch_nt<T, false, 2, F8, 7>(a, slots, stream);
-        }
     }
     if (a.gate_up) {
         if (nt == 1) return decode_launch_nt<T, true, 1, F8>(a, slots, stream);
