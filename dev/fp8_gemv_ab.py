@@ -41,6 +41,15 @@ def main():
     wd = (torch.randn(E, H, F, device=dev, generator=g) * F ** -0.5).to(torch.bfloat16)
     q8 = (*ops.quantize_fp8(wgu), *ops.quantize_fp8(wd))
     router = torch.randn(E, H, device=dev, generator=g).to(torch.bfloat16) * 0.05
+    # dequant_fp8 of every expert (what the dequantizing path runs when all are touched): 1 byte read and 2 written per
+    # weight, against the copy-bandwidth floor of those bytes
+    dq = {"dequant_fp8 gate_up + down, all experts": lambda: (ops.dequant_fp8(q8[0], q8[1], torch.bfloat16),
+                                                             ops.dequant_fp8(q8[2], q8[3], torch.bfloat16))}
+    t = common.time_interleaved(dq, dev, rounds=5, reps=3, seed=1)
+    for name, r in t.items():
+        fl = E * 3 * H * F * 3 / (bw * 1e9) * 1e6
+        print(f"{name}: {r['median_ms'] * 1e3:.1f} us ({100 * fl / (r['median_ms'] * 1e3):.1f}% of its byte floor "
+              f"{fl:.1f} us)", flush=True)
     for T in tokens:
         x = torch.randn(T, H, device=dev, generator=g).to(torch.bfloat16)
         w, ids, offs, slots = ops.moe_route(x @ router.t(), K)

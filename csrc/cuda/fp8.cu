@@ -4,8 +4,9 @@
  *   out (R, K) T = round_T(e4m3(q (R, K) u8) * scale (R,) f32), contiguous; group_offsets (G+1,) i32 optional:
  *   the R rows in G equal groups, a group with no routed rows (equal neighbouring offsets) is skipped.
  * Kernels (grid-stride, 256 threads):
- *   dequant_fp8_v16_kernel<T>  K % 16 == 0 and 16-byte aligned data: a thread takes 16 consecutive bytes of one row
- *                              (one 16-byte load, the conversion of gemv.cuh, 16 / VN 16-byte stores)
+ *   dequant_fp8_v16_kernel<T, I>  K % 16 == 0 and 16-byte aligned data: a thread takes 16 consecutive bytes of one
+ *                              row (one 16-byte load, the conversion of gemv.cuh, 16 / VN 16-byte stores), DQ_U such
+ *                              chunks an iteration; 32-bit index math when it fits
  *   dequant_fp8_kernel<T>      any K: one element per thread
  * Why: the MoE prefill path of fp8 experts (jamba_ext/ops.py moe_experts_fp8 above the decode sizes) converts the
  * touched experts before the GEMMs; this is a pure stream, 1 byte read and sizeof(T) written per weight.
@@ -26,22 +27,46 @@ __device__ __forceinline__ bool dq_skip(const dq_args &a, int64_t r) {
     return a.goff != nullptr && a.goff[r / a.per + 1] == a.goff[r / a.per];
 }
 
-template <typename T>
+/* chunk c (16 bytes: row c / c16) of the v16 kernel, its values converted, scaled and stored */
+template <typename T, typename I>
+__device__ __forceinline__ void dq_chunk(const dq_args &a, I c, I c16, const uint4 &q) {
+    constexpr int VN = 16 / (int)sizeof(T);
+    const I r = c / c16;
+    float f[16];
+    jamba_e4m3x16_ld(q, f);
+    const float s = a.scale[r];
+#pragma unroll
+    for (int j = 0; j < 16; j++) f[j] *= s;
+    uint4 *o = (uint4 *)((T *)a.out + (int64_t)c * 16);
+#pragma unroll
+    for (int v = 0; v < 16 / VN; v++) o[v] = jamba_w16<T>::st(f + v * VN);
+}
+
+/* I: the chunk index type, uint32_t when the chunks and rows fit (the row and group of a chunk by 32-bit division,
+ * a few instructions instead of a 64-bit division's ~70 per 16 bytes), else int64_t. DQ_U chunks a thread and
+ * iteration, their loads issued before the first store (more bytes in flight per SM). */
+#define DQ_U 2
+template <typename T, typename I>
 __global__ void __launch_bounds__(256) dequant_fp8_v16_kernel(dq_args a) {
     jamba_pdl_begin();
-    constexpr int VN = 16 / (int)sizeof(T);
-    const int64_t n16 = a.R * (a.K / 16);
-    for (int64_t c = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; c < n16; c += (int64_t)gridDim.x * blockDim.x) {
-        const int64_t i = c * 16, r = i / a.K;
-        if (dq_skip(a, r)) continue;
-        float f[16];
-        jamba_e4m3x16_ld(gemv_ld_stream(a.q + i), f);
-        const float s = a.scale[r];
+    const I c16 = (I)(a.K / 16), n16 = (I)a.R * c16, per = (I)a.per;
+    const I stride = (I)gridDim.x * blockDim.x;
+    for (I c0 = (I)blockIdx.x * blockDim.x + threadIdx.x; c0 < n16; c0 += stride * DQ_U) {
+        uint4 q[DQ_U];
+        bool go[DQ_U];
 #pragma unroll
-        for (int j = 0; j < 16; j++) f[j] *= s;
-        uint4 *o = (uint4 *)((T *)a.out + i);
+        for (int u = 0; u < DQ_U; u++) {
+            const I c = c0 + (I)u * stride;
+            go[u] = c < n16;
+            if (go[u] && a.goff != nullptr) {
+                const I g = c / c16 / per;
+                go[u] = a.goff[g + 1] != a.goff[g];
+            }
+            if (go[u]) q[u] = gemv_ld_stream(a.q + (int64_t)c * 16);
+        }
 #pragma unroll
-        for (int v = 0; v < 16 / VN; v++) o[v] = jamba_w16<T>::st(f + v * VN);
+        for (int u = 0; u < DQ_U; u++)
+            if (go[u]) dq_chunk<T, I>(a, c0 + (I)u * stride, c16, q[u]);
     }
 }
 
@@ -65,8 +90,11 @@ static jamba_status dq_launch(const dq_args &a, int device, cudaStream_t stream)
     const int64_t work = v16 ? a.R * (a.K / 16) : a.R * a.K;
     const int64_t blocks = jamba_ceil_div(work, 256), cap = (int64_t)sms * 8;
     const dim3 grid((unsigned)(blocks < cap ? blocks : cap));
-    if (v16) {
-        jamba_kernel_launch(dequant_fp8_v16_kernel<T>, grid, dim3(256), 0, stream, a);
+    if (v16 && work + (int64_t)grid.x * 256 * DQ_U < ((int64_t)1 << 32)) { /* the loop's indices fit 32 bits */
+        jamba_kernel_launch(dequant_fp8_v16_kernel<T, uint32_t>, grid, dim3(256), 0, stream, a);
+        JAMBA_LAUNCH_CHECK("dequant_fp8_v16_kernel", stream);
+    } else if (v16) {
+        jamba_kernel_launch(dequant_fp8_v16_kernel<T, int64_t>, grid, dim3(256), 0, stream, a);
         JAMBA_LAUNCH_CHECK("dequant_fp8_v16_kernel", stream);
     } else {
         jamba_kernel_launch(dequant_fp8_kernel<T>, grid, dim3(256), 0, stream, a);
