@@ -47,7 +47,7 @@ __device__ __forceinline__ void dq_chunk(const dq_args &a, I c, I c16, const uin
  * iteration, their loads issued before the first store (more bytes in flight per SM). */
 #define DQ_U 2
 template <typename T, typename I>
-__global__ void __launch_bounds__(256) dequant_fp8_v16_kernel(dq_args a) {
+__global__ void __launch_bounds__(256, sizeof(I) == 4 ? 8 : 5) dequant_fp8_v16_kernel(dq_args a) {
     jamba_pdl_begin();
     const I c16 = (I)(a.K / 16), n16 = (I)a.R * c16, per = (I)a.per;
     const I stride = (I)gridDim.x * blockDim.x;
@@ -88,9 +88,14 @@ static jamba_status dq_launch(const dq_args &a, int device, cudaStream_t stream)
     JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     const bool v16 = a.K % 16 == 0 && jamba_aligned16(a.out) && jamba_aligned16(a.q);
     const int64_t work = v16 ? a.R * (a.K / 16) : a.R * a.K;
-    const int64_t blocks = jamba_ceil_div(work, 256), cap = (int64_t)sms * 8;
+    /* one wave: as many blocks as fit at once (8 of 256 threads per SM is full occupancy: the v16 kernel with 32-bit
+     * indices is bounded to 32 registers for it, 5 with 64-bit ones); a grid of more runs its grid-stride loops in a
+     * second, partial wave (the first version's grid of 8 per SM at 48 registers, 5 resident:
+     * fp8_dequant_a63046d.log, 64% of the byte floor) */
+    const bool idx32 = v16 && a.R * (a.K / 16) + (int64_t)sms * 8 * 256 * DQ_U < ((int64_t)1 << 32);
+    const int64_t blocks = jamba_ceil_div(work, 256), cap = (int64_t)sms * (v16 && !idx32 ? 5 : 8);
     const dim3 grid((unsigned)(blocks < cap ? blocks : cap));
-    if (v16 && work + (int64_t)grid.x * 256 * DQ_U < ((int64_t)1 << 32)) { /* the loop's indices fit 32 bits */
+    if (idx32) { /* the loop's indices fit 32 bits */
         jamba_kernel_launch(dequant_fp8_v16_kernel<T, uint32_t>, grid, dim3(256), 0, stream, a);
         JAMBA_LAUNCH_CHECK("dequant_fp8_v16_kernel", stream);
     } else if (v16) {
