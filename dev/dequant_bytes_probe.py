@@ -21,11 +21,15 @@ def main():
     out = torch.empty(n // 4096, 4096, dtype=torch.bfloat16, device=dev)
     src = torch.empty_like(out)
     bw = common.copy_bandwidth_gbs(dev)
-    fns = {"dequant_fp8 (ours)": lambda: ops.dequant_fp8(q, s, torch.bfloat16),
+    def dq8():
+        with common.env(JAMBA_EXT_DQ="8"):
+            return ops.dequant_fp8(q, s, torch.bfloat16)
+
+    fns = {"dequant_fp8 (ours)": lambda: ops.dequant_fp8(q, s, torch.bfloat16), "dequant_fp8 8-byte chunks": dq8,
            "torch fp8 -> bf16 cast": lambda: q.to(torch.bfloat16),
            "bf16 fill (writes only)": lambda: out.fill_(1.0),
            "bf16 copy (2 + 2 bytes)": lambda: out.copy_(src)}
-    gb = {"dequant_fp8 (ours)": 3 * n, "torch fp8 -> bf16 cast": 3 * n, "bf16 fill (writes only)": 2 * n,
+    gb = {"dequant_fp8 (ours)": 3 * n, "dequant_fp8 8-byte chunks": 3 * n, "torch fp8 -> bf16 cast": 3 * n, "bf16 fill (writes only)": 2 * n,
           "bf16 copy (2 + 2 bytes)": 4 * n}
     print(f"commit {os.environ.get('JAMBA_COMMIT', '?')} | copy {bw:.0f} GB/s | {n / 1e9:.2f} G weights", flush=True)
     t = common.time_interleaved(fns, dev, rounds=5, reps=3, seed=0)

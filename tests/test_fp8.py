@@ -370,3 +370,21 @@ def test_moe_experts_fp8_bad_permutation_args(device):
         call([("expert_offsets", offsets), ("sorted_slots", slots), ("slot_out", slot_out[:, :-1])])
     call([("expert_offsets", offsets), ("sorted_slots", slots), ("slot_out", slot_out)])
     assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_dequant_fp8_eight_byte_chunks_same_bits(monkeypatch, dtype):
+    """EXPERIMENT JAMBA_EXT_DQ=8 (8-byte chunks) writes the same bits as the default kernel, groups skipped alike."""
+    dev = torch.device("cuda")
+    q = all_e4m3(6 * 40, 4096 + 16, dev)
+    s = torch.rand(6 * 40, device=dev) + 0.5
+    offs = torch.tensor([0, 3, 3, 9, 9, 9, 12], dtype=torch.int32, device=dev)  # groups 1, 3, 4 skipped
+    want = ops.dequant_fp8(q, s, dtype)
+    want_g = ops.dequant_fp8(q, s, dtype, offs)
+    monkeypatch.setenv("JAMBA_EXT_DQ", "8")
+    assert torch.equal(ops.dequant_fp8(q, s, dtype), want)
+    got_g = ops.dequant_fp8(q, s, dtype, offs)
+    for g in (0, 2, 5):
+        assert torch.equal(got_g[g * 40:(g + 1) * 40], want_g[g * 40:(g + 1) * 40])

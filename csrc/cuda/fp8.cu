@@ -14,6 +14,7 @@
 #include "gemv.cuh"
 
 #include <stdint.h>
+#include <stdlib.h>
 
 struct dq_args {
     void *out;
@@ -70,6 +71,51 @@ __global__ void __launch_bounds__(256, sizeof(I) == 4 ? 8 : 5) dequant_fp8_v16_k
     }
 }
 
+/* EXPERIMENT (session 37): chunks of 8 bytes (one 8-byte load, one 16-byte store for bf16 / f16: each store
+ * instruction of a warp writes 512 contiguous bytes, where the 16-byte chunks' two stores each wrote every other
+ * 16 bytes of 1 KB), DQ_U8 chunks a thread and iteration; K % 8 == 0, 16-bit T, aligned data. Selected by
+ * JAMBA_EXT_DQ=8 (docs/SWITCHES.md). */
+#define DQ_U8 4
+template <typename T, typename I>
+__global__ void __launch_bounds__(256, sizeof(I) == 4 ? 8 : 5) dequant_fp8_v8_kernel(dq_args a) {
+    jamba_pdl_begin();
+    static_assert(sizeof(T) == 2, "16-bit outputs");
+    const I c8 = (I)(a.K / 8), n8 = (I)a.R * c8, per = (I)a.per;
+    const I stride = (I)gridDim.x * blockDim.x;
+    for (I c0 = (I)blockIdx.x * blockDim.x + threadIdx.x; c0 < n8; c0 += stride * DQ_U8) {
+        uint2 q[DQ_U8];
+        bool go[DQ_U8];
+#pragma unroll
+        for (int u = 0; u < DQ_U8; u++) {
+            const I c = c0 + (I)u * stride;
+            go[u] = c < n8;
+            if (go[u] && a.goff != nullptr) {
+                const I g = c / c8 / per;
+                go[u] = a.goff[g + 1] != a.goff[g];
+            }
+            if (go[u]) q[u] = __ldcs((const uint2 *)(a.q + (int64_t)c * 8));
+        }
+#pragma unroll
+        for (int u = 0; u < DQ_U8; u++)
+            if (go[u]) {
+                const I c = c0 + (I)u * stride;
+                const float s = a.scale[c / c8];
+                const uint32_t w[2] = {q[u].x, q[u].y};
+                float f[8];
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2(
+                            (__nv_fp8x2_storage_t)((w[i] >> (16 * h)) & 0xffffu), __NV_E4M3);
+                        const float2 v = __half22float2(__half2(hr));
+                        f[4 * i + 2 * h] = v.x * s, f[4 * i + 2 * h + 1] = v.y * s;
+                    }
+                *(uint4 *)((T *)a.out + (int64_t)c * 8) = jamba_w16<T>::st(f);
+            }
+    }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(256) dequant_fp8_kernel(dq_args a) {
     jamba_pdl_begin();
@@ -95,7 +141,14 @@ static jamba_status dq_launch(const dq_args &a, int device, cudaStream_t stream)
     const bool idx32 = v16 && a.R * (a.K / 16) + (int64_t)sms * 8 * 256 * DQ_U < ((int64_t)1 << 32);
     const int64_t blocks = jamba_ceil_div(work, 256), cap = (int64_t)sms * (v16 && !idx32 ? 5 : 8);
     const dim3 grid((unsigned)(blocks < cap ? blocks : cap));
-    if (idx32) { /* the loop's indices fit 32 bits */
+    const char *dq = getenv("JAMBA_EXT_DQ"); /* EXPERIMENT: =8, the 8-byte chunks */
+    const bool idx32_8 = a.R * (a.K / 8) + (int64_t)sms * 8 * 256 * DQ_U8 < ((int64_t)1 << 32);
+    if (sizeof(T) == 2 && v16 && idx32_8 && dq && dq[0] == '8' && dq[1] == '\0') {
+        if constexpr (sizeof(T) == 2) {
+            jamba_kernel_launch(dequant_fp8_v8_kernel<T, uint32_t>, grid, dim3(256), 0, stream, a);
+            JAMBA_LAUNCH_CHECK("dequant_fp8_v8_kernel", stream);
+        }
+    } else if (idx32) { /* the loop's indices fit 32 bits */
         jamba_kernel_launch(dequant_fp8_v16_kernel<T, uint32_t>, grid, dim3(256), 0, stream, a);
         JAMBA_LAUNCH_CHECK("dequant_fp8_v16_kernel", stream);
     } else if (v16) {
