@@ -1,5 +1,5 @@
-"""Is dequant_fp8's 64% of the copy-bandwidth floor (1 byte read, 2 written per weight; fp8_dequant_a63046d.log) its
-kernel or the byte mix? Times, in turns, at Jamba-v0.1's expert sizes (all 16 experts, gate_up + down, 2.8 G weights):
+"""Was dequant_fp8's 64% of the copy-bandwidth floor (1 byte read, 2 written per weight; fp8_dequant_a63046d.log) its
+kernel or the byte mix? Its kernel: dequant_probe_252858e.log (8-byte chunks 86.8%, since the default). Times, in turns, at Jamba-v0.1's expert sizes (all 16 experts, gate_up + down, 2.8 G weights):
 our dequant_fp8, torch's fp8 -> bf16 cast of the same bytes (the same 1 + 2 bytes, no scale), a bf16 fill of the 5.6 GB
 output (writes only) and a same-size device copy (2 + 2). Usage: python3 dev/dequant_bytes_probe.py"""
 import os
@@ -21,15 +21,11 @@ def main():
     out = torch.empty(n // 4096, 4096, dtype=torch.bfloat16, device=dev)
     src = torch.empty_like(out)
     bw = common.copy_bandwidth_gbs(dev)
-    def dq8():
-        with common.env(JAMBA_EXT_DQ="8"):
-            return ops.dequant_fp8(q, s, torch.bfloat16)
-
-    fns = {"dequant_fp8 (ours)": lambda: ops.dequant_fp8(q, s, torch.bfloat16), "dequant_fp8 8-byte chunks": dq8,
+    fns = {"dequant_fp8 (ours)": lambda: ops.dequant_fp8(q, s, torch.bfloat16),
            "torch fp8 -> bf16 cast": lambda: q.to(torch.bfloat16),
            "bf16 fill (writes only)": lambda: out.fill_(1.0),
            "bf16 copy (2 + 2 bytes)": lambda: out.copy_(src)}
-    gb = {"dequant_fp8 (ours)": 3 * n, "dequant_fp8 8-byte chunks": 3 * n, "torch fp8 -> bf16 cast": 3 * n, "bf16 fill (writes only)": 2 * n,
+    gb = {"dequant_fp8 (ours)": 3 * n, "torch fp8 -> bf16 cast": 3 * n, "bf16 fill (writes only)": 2 * n,
           "bf16 copy (2 + 2 bytes)": 4 * n}
     print(f"commit {os.environ.get('JAMBA_COMMIT', '?')} | copy {bw:.0f} GB/s | {n / 1e9:.2f} G weights", flush=True)
     t = common.time_interleaved(fns, dev, rounds=5, reps=3, seed=0)

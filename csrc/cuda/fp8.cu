@@ -4,9 +4,11 @@
  *   out (R, K) T = round_T(e4m3(q (R, K) u8) * scale (R,) f32), contiguous; group_offsets (G+1,) i32 optional:
  *   the R rows in G equal groups, a group with no routed rows (equal neighbouring offsets) is skipped.
  * Kernels (grid-stride, 256 threads):
- *   dequant_fp8_v16_kernel<T, I>  K % 16 == 0 and 16-byte aligned data: a thread takes 16 consecutive bytes of one
- *                              row (one 16-byte load, the conversion of gemv.cuh, 16 / VN 16-byte stores), DQ_U such
- *                              chunks an iteration; 32-bit index math when it fits
+ *   dequant_fp8_v8_kernel<T, I>   bf16 / f16 out, K % 8 == 0, aligned data: a thread takes 8 consecutive bytes of
+ *                              one row (one 8-byte load, one 16-byte store), DQ_U8 such chunks an iteration
+ *   dequant_fp8_v16_kernel<T, I>  the rest with K % 16 == 0 and 16-byte aligned data (f32 out): 16 consecutive bytes
+ *                              (one 16-byte load, the conversion of gemv.cuh, 16 / VN 16-byte stores), DQ_U chunks an
+ *                              iteration; 32-bit index math when it fits
  *   dequant_fp8_kernel<T>      any K: one element per thread
  * Why: the MoE prefill path of fp8 experts (jamba_ext/ops.py moe_experts_fp8 above the decode sizes) converts the
  * touched experts before the GEMMs; this is a pure stream, 1 byte read and sizeof(T) written per weight.
@@ -14,7 +16,6 @@
 #include "gemv.cuh"
 
 #include <stdint.h>
-#include <stdlib.h>
 
 struct dq_args {
     void *out;
@@ -71,10 +72,12 @@ __global__ void __launch_bounds__(256, sizeof(I) == 4 ? 8 : 5) dequant_fp8_v16_k
     }
 }
 
-/* EXPERIMENT (session 37): chunks of 8 bytes (one 8-byte load, one 16-byte store for bf16 / f16: each store
- * instruction of a warp writes 512 contiguous bytes, where the 16-byte chunks' two stores each wrote every other
- * 16 bytes of 1 KB), DQ_U8 chunks a thread and iteration; K % 8 == 0, 16-bit T, aligned data. Selected by
- * JAMBA_EXT_DQ=8 (docs/SWITCHES.md). */
+/* bf16 / f16 outputs (session 37): chunks of 8 bytes, one 8-byte load and one 16-byte store, so each store
+ * instruction of a warp writes 512 contiguous bytes (the 16-byte chunks' two stores each wrote every other 16 bytes
+ * of 1 KB); DQ_U8 chunks a thread and iteration; K % 8 == 0, aligned data, 32-bit indices. Jamba-v0.1's experts
+ * (2.8 G weights, bf16 out; dequant_probe_252858e.log): 2296 us, 86.8% of the copy bandwidth for its 3 bytes a weight,
+ * against 3108 us (64.1%) for the 16-byte chunks (session 36's kernel, as fast: fp8_dequant_a63046d.log), 1664 us
+ * for a bf16 fill of the output alone and 2638 us for a copy of it. */
 #define DQ_U8 4
 template <typename T, typename I>
 __global__ void __launch_bounds__(256, sizeof(I) == 4 ? 8 : 5) dequant_fp8_v8_kernel(dq_args a) {
@@ -132,23 +135,25 @@ template <typename T>
 static jamba_status dq_launch(const dq_args &a, int device, cudaStream_t stream) {
     int sms = 0;
     JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    const bool v16 = a.K % 16 == 0 && jamba_aligned16(a.out) && jamba_aligned16(a.q);
-    const int64_t work = v16 ? a.R * (a.K / 16) : a.R * a.K;
-    /* one wave: as many blocks as fit at once (8 of 256 threads per SM is full occupancy: the v16 kernel with 32-bit
-     * indices is bounded to 32 registers for it, 5 with 64-bit ones); a grid of more runs its grid-stride loops in a
-     * second, partial wave (the first version's grid of 8 per SM at 48 registers, 5 resident:
-     * fp8_dequant_a63046d.log, 64% of the byte floor) */
-    const bool idx32 = v16 && a.R * (a.K / 16) + (int64_t)sms * 8 * 256 * DQ_U < ((int64_t)1 << 32);
+    /* one wave: as many blocks as fit at once (8 of 256 threads per SM is full occupancy: the chunk kernels with 32-bit
+     * indices are bounded to 32 registers for it, 5 with 64-bit ones); a grid of more runs its grid-stride loops in a
+     * second, partial wave */
+    const int64_t slack = (int64_t)sms * 8 * 256 * DQ_U8; /* the loops' indices run this far past the end */
+    const bool v8 = sizeof(T) == 2 && a.K % 8 == 0 && jamba_aligned16(a.out) && ((uintptr_t)a.q % 8 == 0) &&
+                    a.R * (a.K / 8) + slack < ((int64_t)1 << 32);
+    const bool v16 = !v8 && a.K % 16 == 0 && jamba_aligned16(a.out) && jamba_aligned16(a.q);
+    const bool idx32 = v16 && a.R * (a.K / 16) + slack < ((int64_t)1 << 32);
+    const int64_t work = v8 ? a.R * (a.K / 8) : v16 ? a.R * (a.K / 16) : a.R * a.K;
     const int64_t blocks = jamba_ceil_div(work, 256), cap = (int64_t)sms * (v16 && !idx32 ? 5 : 8);
     const dim3 grid((unsigned)(blocks < cap ? blocks : cap));
-    const char *dq = getenv("JAMBA_EXT_DQ"); /* EXPERIMENT: =8, the 8-byte chunks */
-    const bool idx32_8 = a.R * (a.K / 8) + (int64_t)sms * 8 * 256 * DQ_U8 < ((int64_t)1 << 32);
-    if (sizeof(T) == 2 && v16 && idx32_8 && dq && dq[0] == '8' && dq[1] == '\0') {
-        if constexpr (sizeof(T) == 2) {
+    if constexpr (sizeof(T) == 2) {
+        if (v8) {
             jamba_kernel_launch(dequant_fp8_v8_kernel<T, uint32_t>, grid, dim3(256), 0, stream, a);
             JAMBA_LAUNCH_CHECK("dequant_fp8_v8_kernel", stream);
+            return JAMBA_OK;
         }
-    } else if (idx32) { /* the loop's indices fit 32 bits */
+    }
+    if (idx32) { /* the loop's indices fit 32 bits */
         jamba_kernel_launch(dequant_fp8_v16_kernel<T, uint32_t>, grid, dim3(256), 0, stream, a);
         JAMBA_LAUNCH_CHECK("dequant_fp8_v16_kernel", stream);
     } else if (v16) {
