@@ -426,8 +426,8 @@ jamba_status jamba_dequant_fp8_cuda(const jamba_dequant_fp8_params *p, jamba_lau
  *   CUDA: bf16 / f16, H and F multiples of 16, 16-byte aligned data. Without the permutation T <=
  *   JAMBA_FP8_GEMV_MAX_TOKENS: weight-streaming GEMVs, a weight row read once per slot that takes its expert
  *   (decode); with it any T: the ring kernels of moe_experts' decode engine on the e4m3 bytes, each weight row read
- *   once per 32 of its expert's tokens (up to the batch sizes where jamba_ext/ops.py switches to dequantizing the
- *   touched experts for moe_experts' prefill GEMMs). CPU: any T; the permutation is checked and not needed. */
+ *   once per pass over 8-32 of its expert's tokens (jamba_ext/ops.py uses them up to 512 tokens and dequantizes the
+ *   touched experts for moe_experts' prefill GEMMs above). CPU: any T; the permutation is checked and not needed. */
 #define JAMBA_FP8_GEMV_MAX_TOKENS 32
 
 typedef struct {

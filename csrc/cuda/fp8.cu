@@ -76,8 +76,8 @@ __global__ void __launch_bounds__(256, sizeof(I) == 4 ? 8 : 5) dequant_fp8_v16_k
  * instruction of a warp writes 512 contiguous bytes (the 16-byte chunks' two stores each wrote every other 16 bytes
  * of 1 KB); DQ_U8 chunks a thread and iteration; K % 8 == 0, aligned data, 32-bit indices. Jamba-v0.1's experts
  * (2.8 G weights, bf16 out; dequant_probe_252858e.log): 2296 us, 86.8% of the copy bandwidth for its 3 bytes a weight,
- * against 3108 us (64.1%) for the 16-byte chunks (session 36's kernel, as fast: fp8_dequant_a63046d.log), 1664 us
- * for a bf16 fill of the output alone and 2638 us for a copy of it. */
+ * against 3108 us (64.1%) for the 16-byte chunks in the same run (session 36's 16-byte kernel, by the dequantizing
+ * path's times, about as fast), 1664 us for a bf16 fill of the output alone and 2638 us for a copy of it. */
 #define DQ_U8 4
 template <typename T, typename I>
 __global__ void __launch_bounds__(256, sizeof(I) == 4 ? 8 : 5) dequant_fp8_v8_kernel(dq_args a) {

@@ -416,7 +416,8 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
  * Shapes: gate_up: x (T, H) rows gathered through sorted_slots, w_gate_up (E, 2F, H) -> act (slots, F) in
  * sorted order; down: act (slots, F), w_down (E, H, F) -> slot_out (slots, H) in slot order.
  * Requires Kd % 8 == 0 and 16-byte aligned A, W (checked by the launcher).
- * F8 (moe_experts_fp8 from JAMBA_FP8_GEMV_MAX_TOKENS + 1 tokens, moe_fp8_ring below): W holds e4m3 bytes, so a
+ * F8 (moe_experts_fp8 with the permutation given, moe_fp8_ring below; jamba_ext/ops.py passes it from 7 to 512
+ * tokens on CUDA): W holds e4m3 bytes, so a
  * step of 64 k is one 16-byte piece per W row and lane (row g / g+8, k + tq*16 .. +15: 64 contiguous bytes per row
  * and step) and x's pieces follow the same k (k + tq*16 + h*8, h = 0, 1); the bytes are converted to T pairs in
  * registers (exact) before the same mma, with the k order permuted as for T weights; each W row's f32 scale
