@@ -1242,8 +1242,8 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       w = float(q) * scale. Up to FP8_(CUDA_)GEMV_MAX_TOKENS tokens (decode) weight-streaming kernels read the fp8
 #       bytes directly (CUDA: csrc/cuda/moe_gemv.cu; CPU: csrc/cpu/fp8.c), sums in fp32 with the row's scale
 #       applied to the sum; on CUDA up to FP8_RING_MAX_TOKENS the ring kernels of moe_experts' decode engine read
-#       them too (csrc/cuda/moe.cu, F8: each weight row once per 32 of its expert's tokens, converted to bf16 / f16
-#       in registers for mma.sync); above that the touched experts are dequantized to x's dtype (dequant_fp8 with
+#       them too (csrc/cuda/moe.cu, F8: each weight row once per pass over 8-32 of its expert's tokens, converted to
+#       bf16 / f16 in registers for mma.sync); above that the touched experts are dequantized to x's dtype (dequant_fp8 with
 #       the expert offsets) and moe_experts runs on them (prefill: one more pass over the touched weights, 1 byte
 #       read and 2 written per weight, which the GEMMs then read). Gradients: x and the routing weights (the fp8
 #       weights are frozen: LoRA and the router train on an fp8 model), through the dequantized weights.
@@ -1252,8 +1252,8 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 FP8_MAX = 448.0
 # The engine by token count. CUDA (Jamba-v0.1 sizes, bf16 x, H200, us; fp8_ring_nt_475caf7.log): the GEMVs up to
 # FP8_CUDA_GEMV_MAX_TOKENS (6 tokens: 425 against the ring's 456; 8: 564 against 492), the ring kernels up to
-# FP8_RING_MAX_TOKENS (512 tokens: 3545 against the dequantizing path's 4124; 768: 5379 against 4154), then the
-# dequantizing path. CPU: the GEMV form up to FP8_GEMV_MAX_TOKENS, then the dequantizing path.
+# FP8_RING_MAX_TOKENS (512 tokens: 3545 against the dequantizing path's 4124; 768: 5379 against 4154; with the
+# faster dequant_fp8 of 1f4075d 3538 against 3718 at 512, fp8_final_1f4075d.log), then the dequantizing path. CPU: the GEMV form up to FP8_GEMV_MAX_TOKENS, then the dequantizing path.
 FP8_GEMV_MAX_TOKENS = 32       # = JAMBA_FP8_GEMV_MAX_TOKENS, the most the C GEMV form takes
 FP8_CUDA_GEMV_MAX_TOKENS = 6   # <= FP8_GEMV_MAX_TOKENS
 FP8_RING_MAX_TOKENS = 512
