@@ -232,7 +232,7 @@ def _dequant(g: _Gen, s: int):  # odd K (the element path); 16-byte rows
     return dict(q=q, scale=sc, dtype=g.dtype)
 
 
-def _moe_fp8(g: _Gen, s: int):  # 3 tokens: the decode kernels; 64: the touched experts dequantized, then moe_experts
+def _moe_fp8(g: _Gen, s: int):  # 3 tokens: the GEMVs; 64: CUDA's ring kernels (CPU: dequantized, then moe_experts)
     d = _moe(g, s)
     e, f2, h = d.pop("w_gate_up").shape
     d.pop("w_down")
