@@ -142,9 +142,10 @@ def main():
         q7, s7 = ops.quantize_fp8(rn(5, 37, dt=torch.float32))
         ops.dequant_fp8(q7, s7, torch.float32)
         # the GEMVs (1-6 tokens), the ring kernels (4 n-tiles a pass at 32-70 tokens over E 4; 70 tokens on one
-        # expert with top-1: 3 passes; 1 and 2 n-tiles at 3 and 12 tokens below), then the dequantizing path (above
-        # FP8_RING_MAX_TOKENS)
+        # expert with top-1: 3 passes; 1 and 2 n-tiles at 3 and 12 tokens below; 513 tokens: 33 passes), then the
+        # wgmma kernel (Hopper) and the dequantizing path, each forced
         for xdt in (torch.bfloat16, torch.float16):
+            os.environ["JAMBA_EXT_FP8_WGMMA"] = "0"  # the ring (the C op's pick would be the wgmma kernel from 32 tokens)
             for T, K in ((1, 2), (32, 2), (40, 2), (70, 1), (ops.FP8_RING_MAX_TOKENS + 1, 2)):
                 lg = rn(T, E)
                 if K == 1:
@@ -157,6 +158,21 @@ def main():
                 wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
                 ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
             ops.FP8_CUDA_GEMV_MAX_TOKENS = old
+            del os.environ["JAMBA_EXT_FP8_WGMMA"]
+            if torch.cuda.get_device_capability(dev)[0] == 9:  # the wgmma kernel (Hopper): 3 tokens, 150 on one expert
+                os.environ["JAMBA_EXT_FP8_WGMMA"] = "1"
+                for T, K in ((3, 2), (150, 1)):
+                    lg = rn(T, E)
+                    if K == 1:
+                        lg[:, 0] += 100.0
+                    wr, ids, offs, slots = ops.moe_route(lg, K)
+                    ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
+                del os.environ["JAMBA_EXT_FP8_WGMMA"]
+            old = ops.FP8_SM90_DIRECT
+            ops.FP8_SM90_DIRECT = False  # the dequantizing path above FP8_RING_MAX_TOKENS on Hopper too
+            wr, ids, offs, slots = ops.moe_route(rn(ops.FP8_RING_MAX_TOKENS + 1, E), 2)
+            ops.moe_experts_fp8(rn(ops.FP8_RING_MAX_TOKENS + 1, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
+            ops.FP8_SM90_DIRECT = old
     for logits in (rn(5, 1001), rn(9, 1040)[:, 8:1032], rn(3, 40, dt=torch.float32)):  # element, 16-byte, f32 paths
         t = torch.randint(0, logits.shape[1], (logits.shape[0],), device=dev)
         t[1] = -100

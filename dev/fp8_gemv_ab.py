@@ -1,6 +1,7 @@
 """A/B of the fp8 MoE engines at Jamba-v0.1 sizes, in turns (common.time_interleaved): the weight-streaming GEMVs
 (csrc/cuda/moe_gemv.cu, F8 = true; up to ops.FP8_CUDA_GEMV_MAX_TOKENS), the ring kernels (csrc/cuda/moe.cu
-moe_decode_kernel F8, session 37; run here at every token count by moving the thresholds), the dequantizing path
+moe_decode_kernel F8, session 37; run here at every token count by moving the thresholds), on Hopper the wgmma kernel
+(csrc/cuda/moe_wgmma.cu moe_wgmma_f8_kernel, session 38; forced at every count from 16), the dequantizing path
 (dequant_fp8 of the touched experts + moe_experts) and the bf16 op. Session 36 also timed the GEMVs' warps along K
 (JAMBA_EXT_MOE_GEMV="g,d", `--kw`) and 2 / 8 chunks' loads in flight (a knob since removed, fp8_ab_ce17227.log).
 us per call and % of the touched weights' bytes at the measured copy bandwidth. Usage: python3 dev/fp8_gemv_ab.py
@@ -34,6 +35,7 @@ def main():
     kw_rows = "--kw" in sys.argv
     nt_rows = "--nt" in sys.argv
     tokens = [int(t) for t in args[0].split(",")] if args else [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
+    hopper = torch.cuda.get_device_capability(dev)[0] == 9
     bw = common.copy_bandwidth_gbs(dev)
     print(f"commit {os.environ.get('JAMBA_COMMIT', '?')} | copy {bw:.0f} GB/s | H {H} F {F} E {E} top-{K}", flush=True)
     g = torch.Generator(device=dev).manual_seed(0)
@@ -67,7 +69,9 @@ def main():
                                    ops.dequant_fp8(q8[2], q8[3], x.dtype, offs), slots, offs)
 
         fns = {"bf16 op": lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offs),
-               "fp8 ring": fp8(gemv_max=0, ring_max=1 << 30), "fp8 op (default)": fp8()}
+               "fp8 ring": fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_WGMMA="0"), "fp8 op (default)": fp8()}
+        if hopper and T >= 16:
+            fns["fp8 wgmma"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_WGMMA="1")
         if T >= 128:
             fns["fp8 dequant path"] = fp8_deq
         if nt_rows and 2 <= T <= 512:
@@ -82,7 +86,7 @@ def main():
         for name, r in t.items():
             us = r["median_ms"] * 1e3
             fl = floor8 * (2 if name == "bf16 op" else 1)
-            print(f"T={T:<3} {name:<18} {us:9.1f} us  ({100 * fl / us:5.1f}% of its weight floor {fl:7.1f} us)",
+            print(f"T={T:<4} {name:<18} {us:9.1f} us  ({100 * fl / us:5.1f}% of its weight floor {fl:7.1f} us)",
                   flush=True)
 
 

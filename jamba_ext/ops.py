@@ -707,6 +707,11 @@ def _grouped_mm_ok(x: Tensor) -> bool:
     """torch._grouped_mm runs its own grouped kernels (no host sync) for bf16 on Hopper, the GPU we measure it on."""
     if x.device.type != "cuda" or x.dtype != torch.bfloat16 or not hasattr(torch, "_grouped_mm"):
         return False
+    return _is_sm90(x)
+
+
+def _is_sm90(x: Tensor) -> bool:
+    """x is on a Hopper GPU (compute capability 9.x); cached per device."""
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
     if idx not in _SM90:
         _SM90[idx] = torch.cuda.get_device_capability(idx)[0] == 9
@@ -1241,11 +1246,14 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       fp8, s_down (E, H) f32, sorted_slots?, expert_offsets?) -> out (T, H): moe_experts with the weights
 #       w = float(q) * scale. Up to FP8_(CUDA_)GEMV_MAX_TOKENS tokens (decode) weight-streaming kernels read the fp8
 #       bytes directly (CUDA: csrc/cuda/moe_gemv.cu; CPU: csrc/cpu/fp8.c), sums in fp32 with the row's scale
-#       applied to the sum; on CUDA up to FP8_RING_MAX_TOKENS the ring kernels of moe_experts' decode engine read
-#       them too (csrc/cuda/moe.cu, F8: each weight row once per pass over 8-32 of its expert's tokens, converted to
-#       bf16 / f16 in registers for mma.sync); above that the touched experts are dequantized to x's dtype (dequant_fp8 with
-#       the expert offsets) and moe_experts runs on them (prefill: one more pass over the touched weights, 1 byte
-#       read and 2 written per weight, which the GEMMs then read). Gradients: x and the routing weights (the fp8
+#       applied to the sum; on CUDA above that the C op reads them too: the ring kernels of moe_experts' decode
+#       engine (csrc/cuda/moe.cu, F8: each weight row once per pass over 8-32 of its expert's tokens, converted to
+#       bf16 / f16 in registers for mma.sync) and, on Hopper from 16 slots per expert on average, a wgmma kernel
+#       (csrc/cuda/moe_wgmma.cu moe_wgmma_f8_kernel: each weight row once per 128 of its expert's rows, converted in
+#       shared memory); the C op picks between those two. On other GPUs above FP8_RING_MAX_TOKENS (and on the CPU
+#       above FP8_GEMV_MAX_TOKENS) the touched experts are dequantized to x's dtype (dequant_fp8 with the expert
+#       offsets) and moe_experts runs on them (one more pass over the touched weights, 1 byte read and 2 written per
+#       weight, which the GEMMs then read). Gradients: x and the routing weights (the fp8
 #       weights are frozen: LoRA and the router train on an fp8 model), through the dequantized weights.
 # Semantics in csrc/jamba.h (JAMBA_FP8_API). Why: Jamba-v0.1's experts are 45 of its 52B parameters; with them in
 # fp8 the model needs ~58 GB instead of ~104 GB (one 80 GB GPU), and a decode step reads half the expert bytes.
@@ -1257,6 +1265,9 @@ FP8_MAX = 448.0
 FP8_GEMV_MAX_TOKENS = 32       # = JAMBA_FP8_GEMV_MAX_TOKENS, the most the C GEMV form takes
 FP8_CUDA_GEMV_MAX_TOKENS = 6   # <= FP8_GEMV_MAX_TOKENS
 FP8_RING_MAX_TOKENS = 512
+# On Hopper the C op (ring kernels, then the wgmma kernel) takes every token count: no dequantizing path (False: the
+# FP8_RING_MAX_TOKENS limit applies there too; tests and A/B rows).
+FP8_SM90_DIRECT = True
 
 
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:
@@ -1358,7 +1369,7 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
         return _alloc((0, H), x.dtype, x.device)
     cuda = x.device.type == "cuda"
     gemv_max = min(FP8_CUDA_GEMV_MAX_TOKENS, FP8_GEMV_MAX_TOKENS) if cuda else FP8_GEMV_MAX_TOKENS
-    ring = cuda and gemv_max < T <= FP8_RING_MAX_TOKENS
+    ring = cuda and gemv_max < T and (T <= FP8_RING_MAX_TOKENS or (FP8_SM90_DIRECT and _is_sm90(x)))
     if (T <= gemv_max or ring) and _fp8_gemv_ok(x, H, Fd):
         if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
             _fail(op, f"expert_ids must be in [0, {E}), got values in [{int(ids.min())}, {int(ids.max())}]")

@@ -1,12 +1,13 @@
 """fp8 expert weights: quantize_fp8, dequant_fp8 and moe_experts_fp8 against the float64 reference (reference.py:
 dequant_fp8 = e4m3(q) * scale exactly, moe_experts_fp8 = moe_experts on those weights), on CPU and CUDA.
 
-moe_experts_fp8 runs three engines: the weight-streaming kernels that read the fp8 bytes (csrc/cpu/fp8.c up to
-ops.FP8_GEMV_MAX_TOKENS = 32 tokens, csrc/cuda/moe_gemv.cu up to ops.FP8_CUDA_GEMV_MAX_TOKENS = 6); on CUDA up to
-ops.FP8_RING_MAX_TOKENS the ring kernels that read them too (csrc/cuda/moe.cu, F8); above that dequant_fp8 of the
-touched experts and moe_experts. Each is tested at token counts that select it (the ring tests move the thresholds so that every token
-count runs the ring), with H and F multiples of 16 (the CUDA kernels) and not (the CUDA fallback to the dequantizing
-path)."""
+moe_experts_fp8 runs four engines: the weight-streaming kernels that read the fp8 bytes (csrc/cpu/fp8.c up to
+ops.FP8_GEMV_MAX_TOKENS = 32 tokens, csrc/cuda/moe_gemv.cu up to ops.FP8_CUDA_GEMV_MAX_TOKENS = 6); on CUDA the ring
+kernels that read them too (csrc/cuda/moe.cu, F8) and on Hopper from 16 slots per expert a wgmma kernel
+(csrc/cuda/moe_wgmma.cu moe_wgmma_f8_kernel); without it above ops.FP8_RING_MAX_TOKENS (and on the CPU above 32 tokens)
+dequant_fp8 of the touched experts and moe_experts. Each is tested at token counts that select it (the ring and wgmma
+tests force their engine at every token count: thresholds moved, env JAMBA_EXT_FP8_WGMMA), with H and F multiples of
+16 (the CUDA kernels) and not (the CUDA fallback to the dequantizing path)."""
 import pytest
 import torch
 
@@ -290,6 +291,7 @@ RING_SHAPES = [(1, 272, 144), (7, 272, 144), (12, 96, 80), (33, 272, 144), (64, 
 def ring_everywhere(monkeypatch):
     monkeypatch.setattr(ops, "FP8_CUDA_GEMV_MAX_TOKENS", 0)
     monkeypatch.setattr(ops, "FP8_RING_MAX_TOKENS", 1 << 30)
+    monkeypatch.setenv("JAMBA_EXT_FP8_WGMMA", "0")  # the ring kernels, not the wgmma kernel, at every size
 
 
 @pytest.mark.cuda
@@ -336,8 +338,10 @@ def test_moe_experts_fp8_ring_every_e4m3_value(ring_everywhere):
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 def test_moe_experts_fp8_dequant_path_above_ring(monkeypatch):
-    """Above FP8_RING_MAX_TOKENS the CUDA op dequantizes the touched experts (here moved down to 16 tokens)."""
+    """Above FP8_RING_MAX_TOKENS the CUDA op dequantizes the touched experts (here moved down to 16 tokens) where
+    there is no wgmma kernel (on Hopper: FP8_SM90_DIRECT off)."""
     monkeypatch.setattr(ops, "FP8_RING_MAX_TOKENS", 16)
+    monkeypatch.setattr(ops, "FP8_SM90_DIRECT", False)
     dev, dt = torch.device("cuda"), torch.bfloat16
     T, H, F, E, K = 40, 272, 144, 8, 2
     x = randn(T, H, device=dev, dtype=dt)
@@ -345,6 +349,109 @@ def test_moe_experts_fp8_dequant_path_above_ring(monkeypatch):
     w, ids, offsets, slots = routed(T, E, K, dev)
     out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
     assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])
+
+
+# ---- the Hopper wgmma kernel (csrc/cuda/moe_wgmma.cu, moe_wgmma_f8_kernel) ------------------------------------------
+# (T, H, F): H and F multiples of 16 but not of the 64-k tile (TMA zero-fills the rest of the last k tile), F below a
+# 128-output tile, an expert with several 128-row m-tiles (300 tokens on E 1), a tile row half full
+WGMMA_SHAPES = [(1, 272, 144), (7, 272, 144), (33, 272, 144), (64, 512, 272), (300, 208, 48), (200, 1040, 400)]
+
+
+def _hopper():
+    return HAS_GPU and torch.cuda.get_device_capability()[0] == 9
+
+
+@pytest.fixture
+def wgmma_everywhere(monkeypatch):
+    monkeypatch.setattr(ops, "FP8_CUDA_GEMV_MAX_TOKENS", 0)
+    monkeypatch.setattr(ops, "FP8_RING_MAX_TOKENS", 1 << 30)
+    monkeypatch.setenv("JAMBA_EXT_FP8_WGMMA", "1")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the wgmma kernel)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T,H,F", WGMMA_SHAPES, ids=[f"T{t}H{h}F{f}" for t, h, f in WGMMA_SHAPES])
+@pytest.mark.parametrize("E,K", [(1, 1), (8, 2), (16, 2)])
+def test_moe_experts_fp8_wgmma_matches_fp64(wgmma_everywhere, monkeypatch, dtype, T, H, F, E, K):
+    dev = torch.device("cuda")
+    x = randn(T, H, device=dev, dtype=dtype)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dtype])
+    assert torch.equal(out, ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d))  # deterministic
+    # the ring kernels (same semantics: the scale on the fp32 sums; other summation order)
+    monkeypatch.setenv("JAMBA_EXT_FP8_WGMMA", "0")
+    ring = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    assert_close(out, ring, **FP8_TOL[dtype])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the wgmma kernel)")
+def test_moe_experts_fp8_wgmma_every_e4m3_value_and_one_expert(wgmma_everywhere):
+    """Every finite e4m3 bit pattern through the shared-memory conversion (exact for bf16 and f16), and a routing
+    where one expert takes every token and the others none."""
+    dev = torch.device("cuda")
+    T, H, F, E, K = 150, 256, 192, 4, 2
+    q_gu, q_d = all_e4m3(E * 2 * F, H, dev).view(E, 2 * F, H), all_e4m3(E * H, F, dev).view(E, H, F)
+    s_gu = torch.full((E, 2 * F), 1.0 / 256, device=dev)
+    s_d = torch.full((E, H), 1.0 / 64, device=dev)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    for dt in (torch.bfloat16, torch.float16):
+        x = randn(T, H, device=dev, dtype=dt, scale=0.05)
+        out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+        assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])
+    logits = torch.zeros(T, E, device=dev)
+    logits[:, 2] = 5.0
+    w, ids, offsets, slots = ops.moe_route(logits, 1)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    x = randn(T, H, device=dev, dtype=torch.bfloat16)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[torch.bfloat16])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the wgmma kernel)")
+def test_moe_experts_fp8_wgmma_default_pick_and_graph(monkeypatch):
+    """At 256 tokens over 16 experts (32 slots each) the default pick is the wgmma kernel: the same bits as forcing
+    it, different bits from the ring; captured in a CUDA graph and replayed on new inputs."""
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    T, H, F, E, K = 256, 512, 272, 16, 2
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    router = randn(E, H, device=dev, dtype=dt)
+
+    def fn(a):
+        w, ids, offsets, slots = ops.moe_route(a @ router.t(), K)
+        return ops.moe_experts_fp8(a, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+
+    x = randn(T, H, device=dev, dtype=dt)
+    monkeypatch.delenv("JAMBA_EXT_FP8_WGMMA", raising=False)
+    out = fn(x)
+    monkeypatch.setenv("JAMBA_EXT_FP8_WGMMA", "1")
+    assert torch.equal(out, fn(x))
+    monkeypatch.setenv("JAMBA_EXT_FP8_WGMMA", "0")
+    ring = fn(x)
+    monkeypatch.delenv("JAMBA_EXT_FP8_WGMMA")
+    assert not torch.equal(out, ring)
+    assert_close(out, ring, **FP8_TOL[dt])
+    news = [(randn(T, H, device=dev, dtype=dt),) for _ in range(2)]
+    runs = graph_replays(fn, (randn(T, H, device=dev, dtype=dt),), news)
+    for (a,), (o,) in zip(news, runs):
+        assert torch.equal(o, fn(a))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the wgmma kernel)")
+def test_moe_experts_fp8_wgmma_bad_id_gives_nan_row(wgmma_everywhere):
+    H, F, E, K, dt = 64, 32, 4, 2, torch.bfloat16
+    dev = torch.device("cuda")
+    x = randn(2, H, device=dev, dtype=dt)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w = torch.rand(2, K, device=dev)
+    ids = torch.tensor([[0, 1], [2, 7]], dtype=torch.int32, device=dev)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
+    assert torch.isnan(out[1].float()).all() and not torch.isnan(out[0].float()).any()
 
 
 def test_moe_experts_fp8_bad_permutation_args(device):

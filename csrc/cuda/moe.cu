@@ -1118,9 +1118,12 @@ extern "C" jamba_status jamba_moe_experts_cuda(const jamba_moe_experts_params *p
 }
 
 /* moe_experts_fp8 given the permutation (csrc/jamba.h JAMBA_FP8_API; moe_gemv.cu's entry point calls this): the ring
- * kernels on the e4m3 weights (F8: each W row read once per pass of up to NT*8 of its expert's tokens), gate_up into
- * act (sorted order), down into slot_out (slot order), then the combine, as moe_experts' decode engine. Checked by
+ * kernels on the e4m3 weights (F8: each W row read once per pass of up to NT*8 of its expert's tokens), or from
+ * FP8_WGMMA_MIN_SLOTS_PER_EXPERT slots per expert on Hopper the wgmma kernel on them (moe_wgmma.cu,
+ * moe_wgmma_f8_kernel: each W row read once per 128 of its expert's rows, converted in shared memory), gate_up into
+ * act (sorted order), down into slot_out (slot order), then the combine, as moe_experts' engines. Checked by
  * the caller: bf16 / f16, H and F multiples of 16, 16-byte aligned data, the permutation present. */
+#define FP8_WGMMA_MIN_SLOTS_PER_EXPERT 16 /* NOT YET MEASURED: a first guess (128 tokens at top-2 of 16 experts) */
 template <typename T>
 static jamba_status fp8_ring_launch(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream) {
     const int64_t H = p->x.shape[1], K = p->expert_ids.shape[1], E = p->w_down.shape[0], F = p->w_down.shape[2];
@@ -1131,12 +1134,28 @@ static jamba_status fp8_ring_launch(const jamba_moe_experts_fp8_params *p, int d
     g.sorted = (const int32_t *)p->sorted_slots.data;
     g.weights = (const float *)p->weights.data;
     g.E = (int)E, g.topk = (int)K;
-    g.A = p->x.data, g.W = p->w_gate_up.data, g.C = p->act.data, g.wscale = (const float *)p->s_gate_up.data;
+    const int dt = std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16;
+    /* the wgmma kernel from FP8_WGMMA_MIN_SLOTS_PER_EXPERT slots per expert on average, on Hopper; EXPERIMENT
+     * (docs/SWITCHES.md): JAMBA_EXT_FP8_WGMMA=0 / 1 forces it off / on (on: where it can run) */
+    bool wg = slots >= (int64_t)FP8_WGMMA_MIN_SLOTS_PER_EXPERT * E;
+    const char *force = getenv("JAMBA_EXT_FP8_WGMMA");
+    if (force != NULL && (force[0] == '0' || force[0] == '1')) wg = force[0] == '1';
+    wg = wg && moe_wgmma_available(device) && E * 2 * F + 1024 < INT32_MAX && E * H + 1024 < INT32_MAX &&
+         slots + 256 < INT32_MAX;
+    if (wg) { /* x gathered into sorted order in slot_out (free until the down GEMM writes it) */
+        JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, NULL, stream));
+        g.A = p->slot_out.data;
+    } else {
+        g.A = p->x.data;
+    }
+    g.W = p->w_gate_up.data, g.C = p->act.data, g.wscale = (const float *)p->s_gate_up.data;
     g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1;
-    JAMBA_TRY((decode_launch<T, true>(g, slots, stream)));
+    if (wg) JAMBA_TRY(moe_wgmma_gemm_f8(dt, g, slots, device, stream));
+    else JAMBA_TRY((decode_launch<T, true>(g, slots, stream)));
     g.A = p->act.data, g.W = p->w_down.data, g.C = p->slot_out.data, g.wscale = (const float *)p->s_down.data;
     g.Kd = F, g.N = H, g.w_rows = H, g.gate_up = 0;
-    JAMBA_TRY((decode_launch<T, true>(g, slots, stream)));
+    if (wg) JAMBA_TRY(moe_wgmma_gemm_f8(dt, g, slots, device, stream));
+    else JAMBA_TRY((decode_launch<T, true>(g, slots, stream)));
     return combine_rows<T>(p->out, p->slot_out, p->expert_ids, (int)E, device, stream);
 }
 

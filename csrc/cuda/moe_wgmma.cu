@@ -37,6 +37,7 @@
  * in a second launch (WT_FULL + WT_TAIL, below); above, every tile is 128 x 256 (WT_ALL, persistent by default).
  */
 #include "moe.cuh"
+#include "gemv.cuh" /* jamba_e4m3x2_to16 (the fp8 kernel) */
 
 #include <stdlib.h>
 #include <string.h>
@@ -93,10 +94,12 @@ WG_DEF_K16(__half, "f16")
  * rows, so the gate column of output n0 + cb/2 + 64(j/16) + 8(j%8) + .. sits in accumulator block j (j%16 < 8)
  * and its up column in block j + 8, in the same thread: act = SiLU(gate)*up with the fast exp
  * / division (moe_act_fast; measured 4-5% faster than expf / IEEE division at 2048-4096 tokens), rows in sorted
- * order; down: column n0 + cb + 8j + .., round(y) * round(w) to the slot's row. */
-template <typename T, int NJ>
+ * order; down: column n0 + cb + 8j + .., round(y) * round(w) to the slot's row. SC (fp8 weights, moe_wgmma_f8_kernel):
+ * sc = the expert's W row scales, multiplied into the fp32 sums first. */
+template <typename T, int NJ, bool SC = false>
 __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float (&acc)[4 * NJ], int64_t prow,
-                                            int64_t row_end, int64_t n0, int cb, int warp, int lane) {
+                                            int64_t row_end, int64_t n0, int cb, int warp, int lane,
+                                            const float *sc = nullptr) {
     const int g = lane >> 2, tq = lane & 3;
     T *C = reinterpret_cast<T *>(a.C);
 #pragma unroll
@@ -109,8 +112,12 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
                 if (j & 8) continue; /* up columns: read with their gate columns */
                 const int64_t f = n0 + cb / 2 + 64 * (j >> 4) + 8 * (j & 7) + tq * 2;
                 if (f >= a.N) continue;
-                store2<T>(C + p * a.N + f, moe_act_fast<T>(acc[4 * j + 2 * h], acc[4 * (j + 8) + 2 * h]),
-                          moe_act_fast<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 8) + 2 * h + 1]));
+                float g0 = acc[4 * j + 2 * h], g1 = acc[4 * j + 2 * h + 1];
+                float u0 = acc[4 * (j + 8) + 2 * h], u1 = acc[4 * (j + 8) + 2 * h + 1];
+                if constexpr (SC) { /* SC (fp8 weights): the W rows' scales (gate rows f, up rows N + f) on the sums */
+                    g0 *= sc[f], g1 *= sc[f + 1], u0 *= sc[a.N + f], u1 *= sc[a.N + f + 1];
+                }
+                store2<T>(C + p * a.N + f, moe_act_fast<T>(g0, u0), moe_act_fast<T>(g1, u1));
             }
         } else {
             const int64_t slot = a.sorted[p];
@@ -119,8 +126,9 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
             for (int j = 0; j < NJ; j++) {
                 const int64_t col = n0 + cb + j * 8 + tq * 2;
                 if (col >= a.N) continue;
-                store2<T>(C + slot * a.N + col, moe_scaled<T>(acc[4 * j + 2 * h], w),
-                          moe_scaled<T>(acc[4 * j + 2 * h + 1], w));
+                float y0 = acc[4 * j + 2 * h], y1 = acc[4 * j + 2 * h + 1];
+                if constexpr (SC) y0 *= sc[col], y1 *= sc[col + 1];
+                store2<T>(C + slot * a.N + col, moe_scaled<T>(y0, w), moe_scaled<T>(y1, w));
             }
         }
     }
@@ -714,6 +722,125 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
 #endif
 }
 
+/* moe_wgmma_f8_kernel<T> (moe_experts_fp8 above ~100 tokens on Hopper: moe_wgmma_gemm_f8, called by moe.cu's
+ * fp8 entry): the WT_ALL tiles of moe_wgmma_kernel (128 sorted rows x 256 W rows, 64-deep k tiles, expert-major
+ * order, non-persistent, 256 threads = 2 consumer warpgroups, thread 0 also the producer) on e4m3 weight bytes.
+ * Shapes as moe_wgmma_kernel; W (E * w_rows, Kd) holds e4m3 bytes, a.wscale (E, w_rows) f32 one scale per W row.
+ * Per k tile, TMA brings A (128 x 64 T, 128-byte swizzle: 16 KB) and the W tile's bytes (256 rows x 64 e4m3, no
+ * swizzle, row R of the tile at R * 64, rows in wt_issue's order: 16 KB) into a 4-stage ring of 32 KB stages.
+ * All 256 threads convert the bytes of k tile kt + 1 into T (exact for every e4m3 value: jamba_e4m3x2_to16) in one
+ * of three 32 KB W buffers, laid out as TMA's 128-byte swizzle lays out a T tile (row R at R * 128, its 16-byte
+ * chunk c at c ^ (R & 7)), while the wgmma group of k tile kt runs; then fence.proxy.async (the wgmmas read what
+ * generic stores wrote) and a block barrier hand the buffer to the wgmmas of kt + 1. Three buffers: the one written
+ * at step kt was last read by the wgmmas of kt - 2, which both warpgroups waited for before the previous
+ * barrier. The epilogue multiplies each fp32 sum by its W row's scale (wg_epilogue SC; the semantics of the ring
+ * kernels and the GEMVs: sum_k e4m3(w[n, k]) x[k], times scale[n]). Shared memory: 4 x 32 + 3 x 32 KB + barriers.
+ * Each W byte is read once per m-tile of its expert (half the bytes of bf16 weights); the conversion costs every
+ * thread 8 x (8-byte load, 4 conversions, 16-byte store) per k tile. */
+#define WF_STAGES 4
+#define WF_A_BYTES (WG_BM * WG_BK * 2)                 /* A of a stage: 16 KB */
+#define WF_STAGE_BYTES (WF_A_BYTES + WG_BN * WG_BK)     /* + the W bytes: 32 KB */
+#define WF_WB_BYTES (WG_BN * WG_BK * 2)                 /* one converted W tile: 32 KB */
+#define WF_SMEM (WF_STAGES * WF_STAGE_BYTES + 3 * WF_WB_BYTES + 1024 + 2 * WF_STAGES * 8)
+
+/* thread tid's share of one W tile: bytes (tid + 256 i) * 8 .. +7 (i < 8: row R = tid / 8 + 32 i, k 8 (tid % 8) ..)
+ * from w8 to T at wb (row R at R * 128, chunk tid % 8 at (tid % 8) ^ (R & 7); R & 7 = (tid / 8) & 7 for every i) */
+template <typename T> __device__ __forceinline__ void wf_convert(uint32_t w8, uint32_t wb, int tid) {
+    const uint32_t src = w8 + (uint32_t)tid * 8;
+    const uint32_t dst = wb + (uint32_t)(tid >> 3) * 128 + (uint32_t)(((tid & 7) ^ ((tid >> 3) & 7)) << 4);
+    uint32_t v[8][2];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v[i][0]), "=r"(v[i][1]) : "r"(src + i * 2048));
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + i * 4096),
+                     "r"(jamba_e4m3x2_to16<T>(v[i][0])), "r"(jamba_e4m3x2_to16<T>(v[i][0] >> 16)),
+                     "r"(jamba_e4m3x2_to16<T>(v[i][1])), "r"(jamba_e4m3x2_to16<T>(v[i][1] >> 16))
+                     : "memory");
+}
+
+template <typename T>
+__global__ void __launch_bounds__(WG_THREADS, 1)
+    moe_wgmma_f8_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
+                        moe_gemm_args a, int64_t n_tiles) {
+    jamba_pdl_begin();
+#if MOE_HAS_WGMMA
+    constexpr int S = WF_STAGES;
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u; /* stages, then the W buffers, then barriers */
+    const uint32_t wbuf = base + S * WF_STAGE_BYTES;
+    const uint32_t full = wbuf + 3 * WF_WB_BYTES, empty = full + S * 8;
+    int e;
+    int64_t row0, row_end, nt;
+    if (!wt_expert_tile(a, blockIdx.x, n_tiles, &e, &row0, &row_end, &nt)) return;
+    const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = warp >> 2;
+    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
+    const int wrow = (int)((int64_t)e * a.w_rows + n0); /* < 2^31: checked by the launcher */
+    const int arow = (int)row0;
+
+    auto issue = [&](int kt) { /* thread 0: k tile kt into stage kt % S (A, then the W bytes in two 8 KB boxes) */
+        const uint32_t sa = base + (uint32_t)((kt % S) * WF_STAGE_BYTES), fb = full + 8 * (kt % S);
+        mbar_expect_tx(fb, WF_STAGE_BYTES);
+        tma_load_2d(sa, &tmA, kt * WG_BK, arow, fb);
+#pragma unroll
+        for (int bi = 0; bi < 2; bi++) {
+            const uint32_t dst = sa + WF_A_BYTES + (uint32_t)(bi * 2 * WG_WBOX * WG_BK);
+            if (a.gate_up) tma_load_3d(dst, &tmW, kt * WG_BK, wrow + WG_WBOX * bi, fb);
+            else tma_load_2d(dst, &tmW, kt * WG_BK, wrow + 2 * WG_WBOX * bi, fb);
+        }
+    };
+    if (tid == 0) {
+        for (int st = 0; st < S; st++) {
+            mbar_init(full + 8 * st, 1);
+            mbar_init(empty + 8 * st, WG_THREADS / 32);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (tid == 0)
+        for (int kt = 0; kt < S && kt < KT; kt++) issue(kt);
+    /* k tile kt's W bytes (once its stage landed) into W buffer kt % 3, visible to the async proxy */
+    auto convert = [&](int kt) {
+        const int st = kt % S;
+        mbar_wait(full + 8 * st, (uint32_t)((kt / S) & 1));
+        wf_convert<T>(base + (uint32_t)(st * WF_STAGE_BYTES) + WF_A_BYTES, wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES), tid);
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    };
+
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.f;
+    if (KT > 0) convert(0);
+    __syncthreads();
+    for (int kt = 0; kt < KT; kt++) {
+        const int st = kt % S;
+        __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
+        /* A rows 64 wgi .. of stage st (full[st] was waited for in convert(kt)) times W buffer kt % 3; returns
+         * once group kt - 1 has finished */
+        wg_ktile<T>(wg_chain<128>{acc, base + (uint32_t)(st * WF_STAGE_BYTES + wgi * 64 * WG_BK * 2),
+                                  wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES)});
+        if (kt > 0) { /* stage (kt - 1) % S: its A read by group kt - 1 (finished), its bytes converted at kt - 2 */
+            const int ps = (kt - 1) % S;
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty + 8 * ps);
+            if (tid == 0 && kt - 1 + S < KT) {
+                mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / S) & 1));
+                issue(kt - 1 + S);
+            }
+            __syncwarp();
+        }
+        if (kt + 1 < KT) convert(kt + 1);
+        __syncthreads(); /* W buffer (kt + 1) % 3 complete; both warpgroups past group kt - 1 */
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+    wg_epilogue<T, 32, true>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane, a.wscale + (int64_t)e * a.w_rows);
+#endif
+}
+
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -758,19 +885,23 @@ int moe_wgmma_available(int dev) {
 /* a (rows, cols) row-major 2-byte tensor, boxes of 64 columns x box_rows rows, 128-byte swizzle; pair > 0: a 3-d
  * view (cols, rows, 2) whose third coordinate adds pair rows, so that one box brings box_rows rows and the
  * box_rows rows pair further (gate_up: gate rows and their up rows; rows = E * 2F - F keeps row + pair inside the
- * tensor, and the gate rows of the last expert's outputs >= F, which only feed skipped outputs, read as zeros) */
+ * tensor, and the gate rows of the last expert's outputs >= F, which only feed skipped outputs, read as zeros).
+ * bytes: a tensor of 1-byte elements (e4m3 weights), not swizzled (a box row of 64 bytes at 64-byte steps). */
 static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t rows, int64_t cols, int box_rows,
-                           int64_t pair = 0) {
+                           int64_t pair = 0, bool bytes = false) {
     wt_encode_fn enc = wt_encoder();
     if (!enc) return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma: cuTensorMapEncodeTiled "
                                      "is not available from this driver");
+    const int eb = bytes ? 1 : 2;
     const cuuint64_t dims[3] = {(cuuint64_t)cols, (cuuint64_t)rows, 2};
-    const cuuint64_t strides[2] = {(cuuint64_t)cols * 2, (cuuint64_t)(pair * cols * 2)};
+    const cuuint64_t strides[2] = {(cuuint64_t)cols * eb, (cuuint64_t)(pair * cols * eb)};
     const cuuint32_t box[3] = {WG_BK, (cuuint32_t)box_rows, 2}, es[3] = {1, 1, 1};
-    const CUresult r = enc(m, dtype == JAMBA_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                           pair > 0 ? 3 : 2, const_cast<void *>(ptr), dims, strides, box, es,
-                           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    const CUtensorMapDataType dt = bytes ? CU_TENSOR_MAP_DATA_TYPE_UINT8
+                                   : dtype == JAMBA_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                        : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+    const CUresult r = enc(m, dt, pair > 0 ? 3 : 2, const_cast<void *>(ptr), dims, strides, box, es,
+                           CU_TENSOR_MAP_INTERLEAVE_NONE, bytes ? CU_TENSOR_MAP_SWIZZLE_NONE : CU_TENSOR_MAP_SWIZZLE_128B,
+                           CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS)
         return jamba_set_error(JAMBA_ERR_CUDA, "jamba.moe_experts: cuTensorMapEncodeTiled failed (%d) for a (%lld, %lld) "
                                "tensor", (int)r, (long long)rows, (long long)cols);
@@ -876,6 +1007,39 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     if (a.sched != NULL && a.Kd > 0 && !(persist != NULL && persist[0] == '0'))
         return wgmma_launch_persist<T>(dtype, a, slots, dev, tmW, stream);
     return wgmma_launch_mode<T, WT_ALL>(dtype, a, slots, dev, tmW, stream);
+}
+
+/* moe_wgmma_f8_kernel over every tile of the expert-major order (tile bound ceil(slots / 128) + E rows) */
+template <typename T>
+static jamba_status wgmma_f8_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
+    static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              WF_SMEM));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    CUtensorMap tmA, tmW;
+    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, WG_BM));
+    if (a.gate_up) JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, WG_WBOX, a.N, true));
+    else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX, 0, true));
+    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
+    const int64_t blocks = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles;
+    jamba_kernel_launch(moe_wgmma_f8_kernel<T>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a, n_tiles);
+    JAMBA_LAUNCH_CHECK("moe_wgmma_f8_kernel", stream);
+    return JAMBA_OK;
+}
+
+jamba_status moe_wgmma_gemm_f8(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
+    if (slots == 0) return JAMBA_OK;
+    if (!moe_wgmma_available(device))
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: the wgmma kernel needs a Hopper GPU "
+                               "(sm_90) and a build with sm_90a code");
+    if ((int64_t)a.E * a.w_rows + 2 * WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX || a.Kd % 16 != 0)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts_fp8: the wgmma kernel needs E * rows of W and the "
+                               "token slots below 2^31 and K a multiple of 16");
+    if (dtype == JAMBA_BF16) return wgmma_f8_launch<__nv_bfloat16>(dtype, a, slots, device, stream);
+    if (dtype == JAMBA_F16) return wgmma_f8_launch<__half>(dtype, a, slots, device, stream);
+    return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: the wgmma kernel takes bf16 / f16 x");
 }
 
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
