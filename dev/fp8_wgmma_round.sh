@@ -12,9 +12,11 @@ step "commit $JAMBA_COMMIT: build"
 nvidia-smi --query-gpu=name,clocks.sm --format=csv,noheader
 JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -iE "error|Successfully inst" | head -5
 step "wgmma smoke test"
-timeout 60 python3 -m pytest -q -x tests/test_fp8.py -k "wgmma_matches_fp64 and T64H512F272 and E8" -p no:cacheprovider 2>&1 | tail -4
+timeout 60 python3 -m pytest -q -x tests/test_fp8.py -k "wgmma_matches_fp64 and T64H512F272" -p no:cacheprovider 2>&1 | tail -4
 step "fp8 tests (CUDA)"
 timeout ${TEST_S:-200} python3 -m pytest -q -m cuda tests/test_fp8.py tests/test_fp8_model.py -p no:cacheprovider 2>&1 | tail -8
+step "the wgmma tests with the TMA weight loads (JAMBA_EXT_FP8_WGMMA_W=tma)"
+JAMBA_EXT_FP8_WGMMA_W=tma timeout 100 python3 -m pytest -q -m cuda tests/test_fp8.py -k wgmma -p no:cacheprovider 2>&1 | tail -3
 if [ -z "${SKIP_SAN:-}" ]; then
 step "memcheck / racecheck (sanitize_cases.py)"
 timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
