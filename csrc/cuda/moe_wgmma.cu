@@ -850,9 +850,11 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  * 64 i of the tile (wt_issue's row order: gate_up, box i / 2, gate rows for even i and up rows for odd i), k
  * 16 (tid % 4) .. +15; rows past N and k past Kd read as zeros. The ring holds only A (4 stages of 16 KB); shared
  * memory 64 + 3 x 32 KB. */
+#define WFG_PREFETCH 6 /* k tiles of W bytes prefetched into L2 ahead of the k tile in the wgmmas */
 template <typename T>
 __global__ void __launch_bounds__(WG_THREADS, 1)
-    moe_wgmma_f8g_kernel(const __grid_constant__ CUtensorMap tmA, moe_gemm_args a, int64_t n_tiles) {
+    moe_wgmma_f8g_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
+                         moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     constexpr int S = WF_STAGES;
@@ -902,6 +904,21 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         }
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     };
+    const int wrow = (int)((int64_t)e * a.w_rows + n0);
+    auto prefetch = [&](int kt) { /* thread 0: k tile kt's W bytes into L2 (TMA prefetch, no shared memory) */
+        if (kt >= KT) return;
+#pragma unroll
+        for (int bi = 0; bi < 2; bi++) {
+            if (a.gate_up)
+                asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n"
+                             ::"l"(reinterpret_cast<uint64_t>(&tmW)), "r"(kt * WG_BK), "r"(wrow + WG_WBOX * bi), "r"(0)
+                             : "memory");
+            else
+                asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n"
+                             ::"l"(reinterpret_cast<uint64_t>(&tmW)), "r"(kt * WG_BK), "r"(wrow + 2 * WG_WBOX * bi)
+                             : "memory");
+        }
+    };
     auto issue = [&](int kt) { /* thread 0: A of k tile kt into stage kt % S */
         const uint32_t fb = full + 8 * (kt % S);
         mbar_expect_tx(fb, WF_A_BYTES);
@@ -915,8 +932,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
-    if (tid == 0)
+    if (tid == 0) {
+        for (int kt = 0; kt < WFG_PREFETCH; kt++) prefetch(kt);
         for (int kt = 0; kt < S && kt < KT; kt++) issue(kt);
+    }
 
     float acc[128];
 #pragma unroll
@@ -937,6 +956,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
                 mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / S) & 1));
                 issue(kt - 1 + S);
             }
+            if (tid == 0) prefetch(kt - 1 + WFG_PREFETCH);
             __syncwarp();
         }
         if (kt + 1 < KT) {
@@ -1150,14 +1170,15 @@ static jamba_status wgmma_f8_launch(int dtype, const moe_gemm_args &a, int64_t s
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, WG_BM));
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
     const int64_t blocks = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles;
+    if (a.gate_up) JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, WG_WBOX, a.N, true));
+    else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX, 0, true));
     const char *wsrc = getenv("JAMBA_EXT_FP8_WGMMA_W"); /* EXPERIMENT: "tma" runs moe_wgmma_f8_kernel (A/B) */
     if (!(wsrc != NULL && !strcmp(wsrc, "tma"))) {
-        jamba_kernel_launch(moe_wgmma_f8g_kernel<T>, (unsigned)blocks, WG_THREADS, WFG_SMEM, stream, tmA, a, n_tiles);
+        jamba_kernel_launch(moe_wgmma_f8g_kernel<T>, (unsigned)blocks, WG_THREADS, WFG_SMEM, stream, tmA, tmW, a,
+            n_tiles);
         JAMBA_LAUNCH_CHECK("moe_wgmma_f8g_kernel", stream);
         return JAMBA_OK;
     }
-    if (a.gate_up) JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, WG_WBOX, a.N, true));
-    else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX, 0, true));
     jamba_kernel_launch(moe_wgmma_f8_kernel<T>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_f8_kernel", stream);
     return JAMBA_OK;
