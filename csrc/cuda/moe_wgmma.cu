@@ -760,7 +760,7 @@ template <typename T> __device__ __forceinline__ void wf_convert(uint32_t w8, ui
                      : "memory");
 }
 
-template <typename T>
+template <typename T, bool EARLY>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_f8_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                         moe_gemm_args a, int64_t n_tiles) {
@@ -817,10 +817,23 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     for (int kt = 0; kt < KT; kt++) {
         const int st = kt % S;
         __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
-        /* A rows 64 wgi .. of stage st (full[st] was waited for in convert(kt)) times W buffer kt % 3; returns
-         * once group kt - 1 has finished */
-        wg_ktile<T>(wg_chain<128>{acc, base + (uint32_t)(st * WF_STAGE_BYTES + wgi * 64 * WG_BK * 2),
-                                  wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES)});
+        /* A rows 64 wgi .. of stage st (full[st] was waited for in convert(kt)) times W buffer kt % 3 */
+        const uint32_t sa = base + (uint32_t)(st * WF_STAGE_BYTES + wgi * 64 * WG_BK * 2);
+        const uint32_t sb = wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES);
+        if constexpr (EARLY) {
+            /* EARLY: the conversion of k tile kt + 1 before the wait for group kt - 1 (the buffer it writes was last
+             * read by group kt - 2), so two groups are queued on the tensor cores while it runs */
+            wg_pin(acc);
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+            for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(acc, wg_desc(sa) + 2 * ks, wg_desc(sb) + 2 * ks);
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            if (kt + 1 < KT) convert(kt + 1);
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            wg_pin(acc);
+        } else {
+            wg_ktile<T>(wg_chain<128>{acc, sa, sb}); /* returns once group kt - 1 has finished */
+        }
         if (kt > 0) { /* stage (kt - 1) % S: its A read by group kt - 1 (finished), its bytes converted at kt - 2 */
             const int ps = (kt - 1) % S;
             __syncwarp();
@@ -831,7 +844,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
             }
             __syncwarp();
         }
-        if (kt + 1 < KT) convert(kt + 1);
+        if (!EARLY && kt + 1 < KT) convert(kt + 1);
         __syncthreads(); /* W buffer (kt + 1) % 3 complete; both warpgroups past group kt - 1 */
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -841,151 +854,6 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 #endif
 }
 
-/* moe_wgmma_f8g_kernel<T>: moe_wgmma_f8_kernel with the W bytes loaded by the converting threads themselves
- * (16-byte global loads into registers, two k tiles ahead) instead of by TMA through the ring: each k tile moves
- * 160 KB through shared memory in moe_wgmma_f8_kernel (TMA 32 KB, the conversion's 16 KB of reads and 32 KB of
- * writes, the wgmmas' 80 KB) against 128 KB for a bf16 tile, and the kernel ran at ~66% of the matmul rate per tile
- * where the bf16 kernel runs at ~85-90% (fp8_wgmma_cd4ca89.log); here 128 KB (TMA of A 16 KB, the conversion's 32
- * KB of writes, the wgmmas' 80 KB). Thread tid holds the pieces tid + 256 i (i < 4) of a W tile: row R = tid / 4 +
- * 64 i of the tile (wt_issue's row order: gate_up, box i / 2, gate rows for even i and up rows for odd i), k
- * 16 (tid % 4) .. +15; rows past N and k past Kd read as zeros. The ring holds only A (4 stages of 16 KB); shared
- * memory 64 + 3 x 32 KB. */
-#define WFG_PREFETCH 6 /* k tiles of W bytes prefetched into L2 ahead of the k tile in the wgmmas */
-template <typename T>
-__global__ void __launch_bounds__(WG_THREADS, 1)
-    moe_wgmma_f8g_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                         moe_gemm_args a, int64_t n_tiles) {
-    jamba_pdl_begin();
-#if MOE_HAS_WGMMA
-    constexpr int S = WF_STAGES;
-    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u; /* A stages, then the W buffers, then barriers */
-    const uint32_t wbuf = base + S * WF_A_BYTES;
-    const uint32_t full = wbuf + 3 * WF_WB_BYTES, empty = full + S * 8;
-    int e;
-    int64_t row0, row_end, nt;
-    if (!wt_expert_tile(a, blockIdx.x, n_tiles, &e, &row0, &row_end, &nt)) return;
-    const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = warp >> 2;
-    /* k tiles rounded up to even: the loop below runs steps in pairs with no branch around a wgmma (a conditional
-     * second step made ptxas serialise the wgmmas, C7515); the extra tile is zeros (TMA and the loads fill k past
-     * Kd with zeros) */
-    const int KT = a.Kd > 2 * WG_BK ? (int)((a.Kd + 2 * WG_BK - 1) / (2 * WG_BK)) * 2 : 2; /* >= 2 (see the loop) */
-    const int arow = (int)row0;
-    /* this thread's 4 W rows */
-    const uint8_t *W = reinterpret_cast<const uint8_t *>(a.W) + (int64_t)e * a.w_rows * a.Kd + (tid & 3) * 16;
-    const uint8_t *wp[4];
-    bool wok[4];
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int64_t out = a.gate_up ? n0 + 64 * (i >> 1) + (tid >> 2) : n0 + (tid >> 2) + 64 * i;
-        const int64_t row = (a.gate_up && (i & 1)) ? a.N + out : out;
-        wok[i] = out < a.N;
-        wp[i] = W + (wok[i] ? row : 0) * a.Kd;
-    }
-    auto load = [&](uint4 (&r)[4], int kt) { /* k tile kt's bytes of this thread's pieces */
-        const int64_t k = (int64_t)kt * WG_BK;
-        const bool kin = k + (tid & 3) * 16 < a.Kd;
-#pragma unroll
-        for (int i = 0; i < 4; i++) r[i] = kin && wok[i] ? gemv_ld_stream(wp[i] + k) : make_uint4(0u, 0u, 0u, 0u);
-    };
-    auto put = [&](const uint4 (&r)[4], int kt) { /* converted into W buffer kt % 3, visible to the async proxy */
-        const uint32_t sw = (uint32_t)((tid >> 2) & 7), q2 = (uint32_t)(tid & 3) * 2;
-        const uint32_t wb = wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES) + (uint32_t)(tid >> 2) * 128;
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-            const uint32_t row = wb + (uint32_t)(i * 64 * 128);
-            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(row + ((q2 ^ sw) << 4)),
-                         "r"(jamba_e4m3x2_to16<T>(r[i].x)), "r"(jamba_e4m3x2_to16<T>(r[i].x >> 16)),
-                         "r"(jamba_e4m3x2_to16<T>(r[i].y)), "r"(jamba_e4m3x2_to16<T>(r[i].y >> 16)) : "memory");
-            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(row + (((q2 + 1) ^ sw) << 4)),
-                         "r"(jamba_e4m3x2_to16<T>(r[i].z)), "r"(jamba_e4m3x2_to16<T>(r[i].z >> 16)),
-                         "r"(jamba_e4m3x2_to16<T>(r[i].w)), "r"(jamba_e4m3x2_to16<T>(r[i].w >> 16)) : "memory");
-        }
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    };
-    const int wrow = (int)((int64_t)e * a.w_rows + n0);
-    auto prefetch = [&](int kt) { /* thread 0: k tile kt's W bytes into L2 (TMA prefetch, no shared memory) */
-        if (kt >= KT) return;
-#pragma unroll
-        for (int bi = 0; bi < 2; bi++) {
-            if (a.gate_up)
-                asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n"
-                             ::"l"(reinterpret_cast<uint64_t>(&tmW)), "r"(kt * WG_BK), "r"(wrow + WG_WBOX * bi), "r"(0)
-                             : "memory");
-            else
-                asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n"
-                             ::"l"(reinterpret_cast<uint64_t>(&tmW)), "r"(kt * WG_BK), "r"(wrow + 2 * WG_WBOX * bi)
-                             : "memory");
-        }
-    };
-    auto issue = [&](int kt) { /* thread 0: A of k tile kt into stage kt % S */
-        const uint32_t fb = full + 8 * (kt % S);
-        mbar_expect_tx(fb, WF_A_BYTES);
-        tma_load_2d(base + (uint32_t)((kt % S) * WF_A_BYTES), &tmA, kt * WG_BK, arow, fb);
-    };
-    if (tid == 0) {
-        for (int st = 0; st < S; st++) {
-            mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, WG_THREADS / 32);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-    if (tid == 0) {
-        for (int kt = 0; kt < WFG_PREFETCH; kt++) prefetch(kt);
-        for (int kt = 0; kt < S && kt < KT; kt++) issue(kt);
-    }
-
-    float acc[128];
-#pragma unroll
-    for (int i = 0; i < 128; i++) acc[i] = 0.f;
-    /* step kt: the wgmmas of k tile kt, then tile kt + 1's bytes (in nxt since step kt - 2) into its W buffer and
-     * tile kt + 3's loads into nxt; the barrier hands the buffer to step kt + 1 */
-    auto step = [&](int kt, uint4 (&nxt)[4]) {
-        const int st = kt % S;
-        mbar_wait(full + 8 * st, (uint32_t)((kt / S) & 1));
-        __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
-        wg_ktile<T>(wg_chain<128>{acc, base + (uint32_t)(st * WF_A_BYTES + wgi * 64 * WG_BK * 2),
-                                  wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES)});
-        if (kt > 0) { /* stage (kt - 1) % S: read by group kt - 1, which has finished */
-            const int ps = (kt - 1) % S;
-            __syncwarp();
-            if (lane == 0) mbar_arrive(empty + 8 * ps);
-            if (tid == 0 && kt - 1 + S < KT) {
-                mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / S) & 1));
-                issue(kt - 1 + S);
-            }
-            if (tid == 0) prefetch(kt - 1 + WFG_PREFETCH);
-            __syncwarp();
-        }
-        if (kt + 1 < KT) {
-            put(nxt, kt + 1);
-            if (kt + 3 < KT) load(nxt, kt + 3);
-        }
-        __syncthreads(); /* W buffer (kt + 1) % 3 complete; both warpgroups past group kt - 1 */
-    };
-    uint4 ra[4], rb[4];
-    load(ra, 0);
-    load(rb, 1);
-    put(ra, 0);
-    if (KT > 2) load(ra, 2);
-    __syncthreads();
-    /* a do-while: with a path that skips the loop (zero-trip), ptxas joined its zeroed accumulators with the
-     * in-flight ones before the final wait and serialised every wgmma (C7515) */
-    int kt = 0;
-    do {
-        step(kt, rb);     /* rb: tile kt + 1, then kt + 3 */
-        step(kt + 1, ra); /* ra: tile kt + 2, then kt + 4 */
-        kt += 2;
-    } while (kt < KT);
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    wg_epilogue<T, 32, true>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane, a.wscale + (int64_t)e * a.w_rows);
-#endif
-}
-#define WFG_SMEM (WF_STAGES * WF_A_BYTES + 3 * WF_WB_BYTES + 1024 + 2 * WF_STAGES * 8)
 
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
@@ -1160,10 +1028,10 @@ template <typename T>
 static jamba_status wgmma_f8_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WF_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8g_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WFG_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8_kernel<T, true>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WF_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8_kernel<T, false>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WF_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     CUtensorMap tmA, tmW;
@@ -1172,14 +1040,13 @@ static jamba_status wgmma_f8_launch(int dtype, const moe_gemm_args &a, int64_t s
     const int64_t blocks = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles;
     if (a.gate_up) JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, WG_WBOX, a.N, true));
     else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX, 0, true));
-    const char *wsrc = getenv("JAMBA_EXT_FP8_WGMMA_W"); /* EXPERIMENT: "tma" runs moe_wgmma_f8_kernel (A/B) */
-    if (!(wsrc != NULL && !strcmp(wsrc, "tma"))) {
-        jamba_kernel_launch(moe_wgmma_f8g_kernel<T>, (unsigned)blocks, WG_THREADS, WFG_SMEM, stream, tmA, tmW, a,
+    const char *ord = getenv("JAMBA_EXT_FP8_WGMMA_EARLY"); /* EXPERIMENT: "0" converts after the wait (A/B) */
+    if (ord != NULL && ord[0] == '0')
+        jamba_kernel_launch(moe_wgmma_f8_kernel<T, false>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a,
             n_tiles);
-        JAMBA_LAUNCH_CHECK("moe_wgmma_f8g_kernel", stream);
-        return JAMBA_OK;
-    }
-    jamba_kernel_launch(moe_wgmma_f8_kernel<T>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a, n_tiles);
+    else
+        jamba_kernel_launch(moe_wgmma_f8_kernel<T, true>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a,
+            n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_f8_kernel", stream);
     return JAMBA_OK;
 }
