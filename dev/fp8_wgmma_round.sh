@@ -15,8 +15,6 @@ step "wgmma smoke test"
 timeout 60 python3 -m pytest -q -x tests/test_fp8.py -k "wgmma_matches_fp64 and T64H512F272" -p no:cacheprovider 2>&1 | tail -4
 step "fp8 tests (CUDA)"
 timeout ${TEST_S:-200} python3 -m pytest -q -m cuda tests/test_fp8.py tests/test_fp8_model.py -p no:cacheprovider 2>&1 | tail -8
-step "the wgmma tests with the conversion after the wait (JAMBA_EXT_FP8_WGMMA_EARLY=0)"
-JAMBA_EXT_FP8_WGMMA_EARLY=0 timeout 100 python3 -m pytest -q -m cuda tests/test_fp8.py -k wgmma -p no:cacheprovider 2>&1 | tail -3
 if [ -z "${SKIP_SAN:-}" ]; then
 step "memcheck / racecheck (sanitize_cases.py)"
 timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3

@@ -1248,7 +1248,7 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       bytes directly (CUDA: csrc/cuda/moe_gemv.cu; CPU: csrc/cpu/fp8.c), sums in fp32 with the row's scale
 #       applied to the sum; on CUDA above that the C op reads them too: the ring kernels of moe_experts' decode
 #       engine (csrc/cuda/moe.cu, F8: each weight row once per pass over 8-32 of its expert's tokens, converted to
-#       bf16 / f16 in registers for mma.sync) and, on Hopper from 16 slots per expert on average, a wgmma kernel
+#       bf16 / f16 in registers for mma.sync) and, on Hopper from 20 slots per expert on average, a wgmma kernel
 #       (csrc/cuda/moe_wgmma.cu moe_wgmma_f8_kernel: each weight row once per 128 of its expert's rows, converted in
 #       shared memory); the C op picks between those two. On other GPUs above FP8_RING_MAX_TOKENS (and on the CPU
 #       above FP8_GEMV_MAX_TOKENS) the touched experts are dequantized to x's dtype (dequant_fp8 with the expert
@@ -1261,7 +1261,10 @@ FP8_MAX = 448.0
 # The engine by token count. CUDA (Jamba-v0.1 sizes, bf16 x, H200, us; fp8_ring_nt_475caf7.log): the GEMVs up to
 # FP8_CUDA_GEMV_MAX_TOKENS (6 tokens: 425 against the ring's 456; 8: 564 against 492), the ring kernels up to
 # FP8_RING_MAX_TOKENS (512 tokens: 3545 against the dequantizing path's 4124; 768: 5379 against 4154; with the
-# faster dequant_fp8 of 1f4075d 3538 against 3718 at 512, fp8_final_1f4075d.log), then the dequantizing path. CPU: the GEMV form up to FP8_GEMV_MAX_TOKENS, then the dequantizing path.
+# faster dequant_fp8 of 1f4075d 3538 against 3718 at 512, fp8_final_1f4075d.log), then the dequantizing path; on
+# Hopper (FP8_SM90_DIRECT) the C op at every count above the GEMVs, whose wgmma kernel (from ~150 tokens) beats the
+# dequantizing path everywhere: 512 / 2048 tokens 1422 / 3473 against 3733 / 4911 (fp8_wgmma_cd4ca89.log). CPU: the
+# GEMV form up to FP8_GEMV_MAX_TOKENS, then the dequantizing path.
 FP8_GEMV_MAX_TOKENS = 32       # = JAMBA_FP8_GEMV_MAX_TOKENS, the most the C GEMV form takes
 FP8_CUDA_GEMV_MAX_TOKENS = 6   # <= FP8_GEMV_MAX_TOKENS
 FP8_RING_MAX_TOKENS = 512

@@ -1123,7 +1123,10 @@ extern "C" jamba_status jamba_moe_experts_cuda(const jamba_moe_experts_params *p
  * moe_wgmma_f8_kernel: each W row read once per 128 of its expert's rows, converted in shared memory), gate_up into
  * act (sorted order), down into slot_out (slot order), then the combine, as moe_experts' engines. Checked by
  * the caller: bf16 / f16, H and F multiples of 16, 16-byte aligned data, the permutation present. */
-#define FP8_WGMMA_MIN_SLOTS_PER_EXPERT 16 /* NOT YET MEASURED: a first guess (128 tokens at top-2 of 16 experts) */
+/* from 20 slots per expert on average (160 tokens at top-2 of 16 experts). Jamba-v0.1 sizes, bf16 x, H200, us, ring /
+ * wgmma kernel in the same runs (fp8_wgmma_cd4ca89.log, fp8_wgmma_66e7baa.log): 64 tokens 964 / 1399, 128: 1267 / 1367,
+ * 1282 / 1383, 256: 1894 / 1391, 1925 / 1408, 512: 3495 / 1422 (crossover ~150 tokens) */
+#define FP8_WGMMA_MIN_SLOTS_PER_EXPERT 20
 template <typename T>
 static jamba_status fp8_ring_launch(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream) {
     const int64_t H = p->x.shape[1], K = p->expert_ids.shape[1], E = p->w_down.shape[0], F = p->w_down.shape[2];

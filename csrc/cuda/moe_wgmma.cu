@@ -736,7 +736,17 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
  * barrier. The epilogue multiplies each fp32 sum by its W row's scale (wg_epilogue SC; the semantics of the ring
  * kernels and the GEMVs: sum_k e4m3(w[n, k]) x[k], times scale[n]). Shared memory: 4 x 32 + 3 x 32 KB + barriers.
  * Each W byte is read once per m-tile of its expert (half the bytes of bf16 weights); the conversion costs every
- * thread 8 x (8-byte load, 4 conversions, 16-byte store) per k tile. */
+ * thread 8 x (8-byte load, 4 conversions, 16-byte store) per k tile.
+ * Measured (H200, Jamba-v0.1 sizes, bf16 x, whole op, us; fp8_wgmma_cd4ca89.log): 128 / 256 / 512 / 1024 / 2048 tokens
+ * 1367 / 1391 / 1422 / 2267 / 3473 against 1341 / 1369 / 1386 / 1589 / 2551 for the bf16 op and 3683 / 3713 / 3733 /
+ * 3948 / 4911 for the dequantizing path it replaces (ring kernels: 1267 / 1894 / 3495 / 6940 / 12996). Per 128 x 256
+ * tile it runs at ~66% of the matmul rate against ~88% for bf16: a k tile moves ~160 KB through shared memory (TMA
+ * 32, the conversion 16 + 32, the wgmmas 80) against 128 KB for bf16, at ~128 bytes a cycle per SM. Tried and
+ * dropped (in git history): the converting threads loading the W bytes into registers two k tiles ahead instead of
+ * TMA (128 KB a k tile; 66e7baa): 1784 against 1444 us at 512 tokens, 4184 against 3699 at 2048, and with the tiles
+ * prefetched into L2 by TMA six k tiles ahead (caef73b) 1712 / 4206 against 1441 / 3958; the conversion of k tile
+ * kt + 1 before the wait for group kt - 1 (two groups queued while it runs; d427909): 1570 / 4026 against 1432 / 3624
+ * (fp8_wgmma_66e7baa.log, fp8_wgmma_pf_caef73b.log, fp8_wgmma_early_d427909.log). */
 #define WF_STAGES 4
 #define WF_A_BYTES (WG_BM * WG_BK * 2)                 /* A of a stage: 16 KB */
 #define WF_STAGE_BYTES (WF_A_BYTES + WG_BN * WG_BK)     /* + the W bytes: 32 KB */
@@ -760,7 +770,7 @@ template <typename T> __device__ __forceinline__ void wf_convert(uint32_t w8, ui
                      : "memory");
 }
 
-template <typename T, bool EARLY>
+template <typename T>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_f8_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                         moe_gemm_args a, int64_t n_tiles) {
@@ -817,23 +827,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     for (int kt = 0; kt < KT; kt++) {
         const int st = kt % S;
         __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
-        /* A rows 64 wgi .. of stage st (full[st] was waited for in convert(kt)) times W buffer kt % 3 */
-        const uint32_t sa = base + (uint32_t)(st * WF_STAGE_BYTES + wgi * 64 * WG_BK * 2);
-        const uint32_t sb = wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES);
-        if constexpr (EARLY) {
-            /* EARLY: the conversion of k tile kt + 1 before the wait for group kt - 1 (the buffer it writes was last
-             * read by group kt - 2), so two groups are queued on the tensor cores while it runs */
-            wg_pin(acc);
-            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-#pragma unroll
-            for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(acc, wg_desc(sa) + 2 * ks, wg_desc(sb) + 2 * ks);
-            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-            if (kt + 1 < KT) convert(kt + 1);
-            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
-            wg_pin(acc);
-        } else {
-            wg_ktile<T>(wg_chain<128>{acc, sa, sb}); /* returns once group kt - 1 has finished */
-        }
+        /* A rows 64 wgi .. of stage st (full[st] was waited for in convert(kt)) times W buffer kt % 3; returns
+         * once group kt - 1 has finished */
+        wg_ktile<T>(wg_chain<128>{acc, base + (uint32_t)(st * WF_STAGE_BYTES + wgi * 64 * WG_BK * 2),
+                                  wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES)});
         if (kt > 0) { /* stage (kt - 1) % S: its A read by group kt - 1 (finished), its bytes converted at kt - 2 */
             const int ps = (kt - 1) % S;
             __syncwarp();
@@ -844,7 +841,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
             }
             __syncwarp();
         }
-        if (!EARLY && kt + 1 < KT) convert(kt + 1);
+        if (kt + 1 < KT) convert(kt + 1);
         __syncthreads(); /* W buffer (kt + 1) % 3 complete; both warpgroups past group kt - 1 */
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -853,7 +850,6 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     wg_epilogue<T, 32, true>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane, a.wscale + (int64_t)e * a.w_rows);
 #endif
 }
-
 
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
@@ -1028,25 +1024,17 @@ template <typename T>
 static jamba_status wgmma_f8_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8_kernel<T, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WF_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8_kernel<T, false>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WF_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              WF_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     CUtensorMap tmA, tmW;
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, WG_BM));
-    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
-    const int64_t blocks = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles;
     if (a.gate_up) JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, WG_WBOX, a.N, true));
     else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX, 0, true));
-    const char *ord = getenv("JAMBA_EXT_FP8_WGMMA_EARLY"); /* EXPERIMENT: "0" converts after the wait (A/B) */
-    if (ord != NULL && ord[0] == '0')
-        jamba_kernel_launch(moe_wgmma_f8_kernel<T, false>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a,
-            n_tiles);
-    else
-        jamba_kernel_launch(moe_wgmma_f8_kernel<T, true>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a,
-            n_tiles);
+    const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
+    const int64_t blocks = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles;
+    jamba_kernel_launch(moe_wgmma_f8_kernel<T>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_f8_kernel", stream);
     return JAMBA_OK;
 }
