@@ -168,11 +168,11 @@ def main():
                     wr, ids, offs, slots = ops.moe_route(lg, K)
                     ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
                 del os.environ["JAMBA_EXT_FP8_WGMMA"]
-            old = ops.FP8_SM90_DIRECT
-            ops.FP8_SM90_DIRECT = False  # the dequantizing path above FP8_RING_MAX_TOKENS on Hopper too
+            old = ops.FP8_SM90_MAX_TOKENS
+            ops.FP8_SM90_MAX_TOKENS = 0  # the dequantizing path above FP8_RING_MAX_TOKENS on Hopper too
             wr, ids, offs, slots = ops.moe_route(rn(ops.FP8_RING_MAX_TOKENS + 1, E), 2)
             ops.moe_experts_fp8(rn(ops.FP8_RING_MAX_TOKENS + 1, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
-            ops.FP8_SM90_DIRECT = old
+            ops.FP8_SM90_MAX_TOKENS = old
     for logits in (rn(5, 1001), rn(9, 1040)[:, 8:1032], rn(3, 40, dt=torch.float32)):  # element, 16-byte, f32 paths
         t = torch.randint(0, logits.shape[1], (logits.shape[0],), device=dev)
         t[1] = -100

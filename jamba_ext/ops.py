@@ -1250,8 +1250,8 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       engine (csrc/cuda/moe.cu, F8: each weight row once per pass over 8-32 of its expert's tokens, converted to
 #       bf16 / f16 in registers for mma.sync) and, on Hopper from 20 slots per expert on average, a wgmma kernel
 #       (csrc/cuda/moe_wgmma.cu moe_wgmma_f8_kernel: each weight row once per 128 of its expert's rows, converted in
-#       shared memory); the C op picks between those two. On other GPUs above FP8_RING_MAX_TOKENS (and on the CPU
-#       above FP8_GEMV_MAX_TOKENS) the touched experts are dequantized to x's dtype (dequant_fp8 with the expert
+#       shared memory); the C op picks between those two. Above FP8_SM90_MAX_TOKENS on Hopper, above
+#       FP8_RING_MAX_TOKENS on other GPUs and above FP8_GEMV_MAX_TOKENS on the CPU the touched experts are dequantized to x's dtype (dequant_fp8 with the expert
 #       offsets) and moe_experts runs on them (one more pass over the touched weights, 1 byte read and 2 written per
 #       weight, which the GEMMs then read). Gradients: x and the routing weights (the fp8
 #       weights are frozen: LoRA and the router train on an fp8 model), through the dequantized weights.
@@ -1262,15 +1262,17 @@ FP8_MAX = 448.0
 # FP8_CUDA_GEMV_MAX_TOKENS (6 tokens: 425 against the ring's 456; 8: 564 against 492), the ring kernels up to
 # FP8_RING_MAX_TOKENS (512 tokens: 3545 against the dequantizing path's 4124; 768: 5379 against 4154; with the
 # faster dequant_fp8 of 1f4075d 3538 against 3718 at 512, fp8_final_1f4075d.log), then the dequantizing path; on
-# Hopper (FP8_SM90_DIRECT) the C op at every count above the GEMVs, whose wgmma kernel (from ~150 tokens) beats the
-# dequantizing path everywhere: 512 / 2048 tokens 1422 / 3473 against 3733 / 4911 (fp8_wgmma_cd4ca89.log). CPU: the
-# GEMV form up to FP8_GEMV_MAX_TOKENS, then the dequantizing path.
+# Hopper the C op up to FP8_SM90_MAX_TOKENS, whose wgmma kernel (from ~150 tokens) beats the dequantizing path there
+# (512 / 2048 tokens 1422 / 3473 against 3733 / 4911 us, fp8_wgmma_cd4ca89.log) but runs at ~2/3 of the bf16 GEMM's
+# rate per tile, so from ~4096 tokens one conversion of the experts (2.27 ms) plus the bf16 op costs less (4096: 6753
+# against 2273 + 4430; 16384: 23891 against 2273 + 18013, gpu_round_fp8_bbccab0.log). CPU: the GEMV form up to
+# FP8_GEMV_MAX_TOKENS, then the dequantizing path.
 FP8_GEMV_MAX_TOKENS = 32       # = JAMBA_FP8_GEMV_MAX_TOKENS, the most the C GEMV form takes
 FP8_CUDA_GEMV_MAX_TOKENS = 6   # <= FP8_GEMV_MAX_TOKENS
 FP8_RING_MAX_TOKENS = 512
-# On Hopper the C op (ring kernels, then the wgmma kernel) takes every token count: no dequantizing path (False: the
-# FP8_RING_MAX_TOKENS limit applies there too; tests and A/B rows).
-FP8_SM90_DIRECT = True
+# On Hopper the C op (ring kernels, then the wgmma kernel) up to this many tokens (0: the FP8_RING_MAX_TOKENS limit
+# applies there too; tests and A/B rows)
+FP8_SM90_MAX_TOKENS = 4096
 
 
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:
@@ -1372,7 +1374,7 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
         return _alloc((0, H), x.dtype, x.device)
     cuda = x.device.type == "cuda"
     gemv_max = min(FP8_CUDA_GEMV_MAX_TOKENS, FP8_GEMV_MAX_TOKENS) if cuda else FP8_GEMV_MAX_TOKENS
-    ring = cuda and gemv_max < T and (T <= FP8_RING_MAX_TOKENS or (FP8_SM90_DIRECT and _is_sm90(x)))
+    ring = cuda and gemv_max < T and (T <= FP8_RING_MAX_TOKENS or (T <= FP8_SM90_MAX_TOKENS and _is_sm90(x)))
     if (T <= gemv_max or ring) and _fp8_gemv_ok(x, H, Fd):
         if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
             _fail(op, f"expert_ids must be in [0, {E}), got values in [{int(ids.min())}, {int(ids.max())}]")

@@ -339,9 +339,9 @@ def test_moe_experts_fp8_ring_every_e4m3_value(ring_everywhere):
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 def test_moe_experts_fp8_dequant_path_above_ring(monkeypatch):
     """Above FP8_RING_MAX_TOKENS the CUDA op dequantizes the touched experts (here moved down to 16 tokens) where
-    there is no wgmma kernel (on Hopper: FP8_SM90_DIRECT off)."""
+    there is no wgmma kernel (on Hopper: FP8_SM90_MAX_TOKENS 0)."""
     monkeypatch.setattr(ops, "FP8_RING_MAX_TOKENS", 16)
-    monkeypatch.setattr(ops, "FP8_SM90_DIRECT", False)
+    monkeypatch.setattr(ops, "FP8_SM90_MAX_TOKENS", 0)
     dev, dt = torch.device("cuda"), torch.bfloat16
     T, H, F, E, K = 40, 272, 144, 8, 2
     x = randn(T, H, device=dev, dtype=dt)

@@ -359,12 +359,12 @@ def test_cuda_bf16_logits(name):
         assert 1e-3 < err < QUANT_REL_MAX[name], f"fp8 against unquantized bf16: relative error {err:.3e}"
         # the dequantizing path rounds each weight to bf16 as the twin does: the twin's numbers but for a few
         # roundings in other places
-        old = ops.FP8_RING_MAX_TOKENS, ops.FP8_SM90_DIRECT
+        old = ops.FP8_RING_MAX_TOKENS, ops.FP8_SM90_MAX_TOKENS
         try:
-            ops.FP8_RING_MAX_TOKENS, ops.FP8_SM90_DIRECT = 0, False
+            ops.FP8_RING_MAX_TOKENS, ops.FP8_SM90_MAX_TOKENS = 0, 0
             got_dq_path = model(ids).logits
         finally:
-            ops.FP8_RING_MAX_TOKENS, ops.FP8_SM90_DIRECT = old
+            ops.FP8_RING_MAX_TOKENS, ops.FP8_SM90_MAX_TOKENS = old
         assert rel(got_dq_path, dq) <= 2e-2
         # the ring kernels use the exact fp8 weights (the scale on the fp32 sums, as the CPU op and reference.py):
         # close to the dequantizing path, up to the routing flips that those weights' bf16 rounding causes
