@@ -1264,15 +1264,16 @@ FP8_MAX = 448.0
 # faster dequant_fp8 of 1f4075d 3538 against 3718 at 512, fp8_final_1f4075d.log), then the dequantizing path; on
 # Hopper the C op up to FP8_SM90_MAX_TOKENS, whose wgmma kernel (from ~150 tokens) beats the dequantizing path there
 # (512 / 2048 tokens 1422 / 3473 against 3733 / 4911 us, fp8_wgmma_cd4ca89.log) but runs at ~2/3 of the bf16 GEMM's
-# rate per tile, so from ~4096 tokens one conversion of the experts (2.27 ms) plus the bf16 op costs less (4096: 6753
-# against 2273 + 4430; 16384: 23891 against 2273 + 18013, gpu_round_fp8_bbccab0.log). CPU: the GEMV form up to
+# rate per tile, so from ~3900 tokens one conversion of the experts (2.25 ms) plus the bf16 op costs less (measured
+# in turns, fp8_large_98cef0e.log: 2048 tokens 3512 against 4987, 4096: 7073 against 6956, 8192: 13771 against 11476;
+# gpu_round_fp8_bbccab0.log's parts at 16384: 23891 against 2273 + 18013). CPU: the GEMV form up to
 # FP8_GEMV_MAX_TOKENS, then the dequantizing path.
 FP8_GEMV_MAX_TOKENS = 32       # = JAMBA_FP8_GEMV_MAX_TOKENS, the most the C GEMV form takes
 FP8_CUDA_GEMV_MAX_TOKENS = 6   # <= FP8_GEMV_MAX_TOKENS
 FP8_RING_MAX_TOKENS = 512
 # On Hopper the C op (ring kernels, then the wgmma kernel) up to this many tokens (0: the FP8_RING_MAX_TOKENS limit
 # applies there too; tests and A/B rows)
-FP8_SM90_MAX_TOKENS = 4096
+FP8_SM90_MAX_TOKENS = 3584
 
 
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:
