@@ -4,15 +4,17 @@
 # (launch 2) of one moe_experts call (dev/ncu_moe.py), writes for each the details page and the per-line stall summary
 # (dev/ncu_src_summary.py) and the gzipped per-SASS-line CSV to $OUT. ncu locks the clocks at base: read durations
 # as ratios.
-#   Usage on the device:  bash dev/ncu_moe_src.sh [T]
+#   Usage on the device:  bash dev/ncu_moe_src.sh [T] [fp8]   (fp8: moe_experts_fp8's moe_wgmma_f8_kernel, session 38)
 T=${1:-4096}
+MODE=${2:-bf16}
+KRE=moe_wgmma_persist; [ "$MODE" = fp8 ] && KRE=moe_wgmma_f8
 OUT=${OUT:-/tmp/jamba_gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | tail -1
 for g in gate_up down; do
   skip=0; [ $g = down ] && skip=1
   timeout 170 ncu --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section SourceCounters \
-    --import-source yes -k regex:moe_wgmma_persist -s $skip -c 1 -f -o /tmp/moe_$g python3 dev/ncu_moe.py $T \
+    --import-source yes -k regex:$KRE -s $skip -c 1 -f -o /tmp/moe_$g python3 dev/ncu_moe.py $T $MODE \
     > /tmp/ncu_run_$g.log 2>&1; echo "ncu $g rc $?"; tail -2 /tmp/ncu_run_$g.log
   ncu -i /tmp/moe_$g.ncu-rep --page details > "$OUT/ncu_moe_${g}_details.txt" 2>&1
   ncu -i /tmp/moe_$g.ncu-rep --page source --csv --print-source sass > /tmp/src_$g.csv 2>&1
