@@ -72,6 +72,8 @@ def main():
                "fp8 ring": fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_WGMMA="0"), "fp8 op (default)": fp8()}
         if hopper and T >= 16:
             fns["fp8 wgmma"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_WGMMA="1")
+            fns["fp8 wgmma no-ws"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_WGMMA="1",
+                                         JAMBA_EXT_FP8_WGMMA_WS="0")
         if T >= 128:
             fns["fp8 dequant path"] = fp8_deq
         if nt_rows and 2 <= T <= 512:

@@ -770,6 +770,21 @@ template <typename T> __device__ __forceinline__ void wf_convert(uint32_t w8, ui
                      : "memory");
 }
 
+/* thread 0: k tile kt into stage kt % WF_STAGES of the ring at base (A, then the W bytes in two 8 KB boxes),
+ * completing on full[kt % WF_STAGES] */
+__device__ __forceinline__ void wf_issue(const moe_gemm_args &a, const CUtensorMap *tmA, const CUtensorMap *tmW,
+                                         uint32_t base, uint32_t full, int kt, int arow, int wrow) {
+    const uint32_t sa = base + (uint32_t)((kt % WF_STAGES) * WF_STAGE_BYTES), fb = full + 8 * (kt % WF_STAGES);
+    mbar_expect_tx(fb, WF_STAGE_BYTES);
+    tma_load_2d(sa, tmA, kt * WG_BK, arow, fb);
+#pragma unroll
+    for (int bi = 0; bi < 2; bi++) {
+        const uint32_t dst = sa + WF_A_BYTES + (uint32_t)(bi * 2 * WG_WBOX * WG_BK);
+        if (a.gate_up) tma_load_3d(dst, tmW, kt * WG_BK, wrow + WG_WBOX * bi, fb);
+        else tma_load_2d(dst, tmW, kt * WG_BK, wrow + 2 * WG_WBOX * bi, fb);
+    }
+}
+
 template <typename T>
 __global__ void __launch_bounds__(WG_THREADS, 1)
     moe_wgmma_f8_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
@@ -790,17 +805,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     const int wrow = (int)((int64_t)e * a.w_rows + n0); /* < 2^31: checked by the launcher */
     const int arow = (int)row0;
 
-    auto issue = [&](int kt) { /* thread 0: k tile kt into stage kt % S (A, then the W bytes in two 8 KB boxes) */
-        const uint32_t sa = base + (uint32_t)((kt % S) * WF_STAGE_BYTES), fb = full + 8 * (kt % S);
-        mbar_expect_tx(fb, WF_STAGE_BYTES);
-        tma_load_2d(sa, &tmA, kt * WG_BK, arow, fb);
-#pragma unroll
-        for (int bi = 0; bi < 2; bi++) {
-            const uint32_t dst = sa + WF_A_BYTES + (uint32_t)(bi * 2 * WG_WBOX * WG_BK);
-            if (a.gate_up) tma_load_3d(dst, &tmW, kt * WG_BK, wrow + WG_WBOX * bi, fb);
-            else tma_load_2d(dst, &tmW, kt * WG_BK, wrow + 2 * WG_WBOX * bi, fb);
-        }
-    };
+    auto issue = [&](int kt) { wf_issue(a, &tmA, &tmW, base, full, kt, arow, wrow); };
     if (tid == 0) {
         for (int st = 0; st < S; st++) {
             mbar_init(full + 8 * st, 1);
@@ -850,6 +855,118 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     wg_epilogue<T, 32, true>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane, a.wscale + (int64_t)e * a.w_rows);
 #endif
 }
+
+/* moe_wgmma_f8ws_kernel<T>: moe_wgmma_f8_kernel's tiles, ring, W buffers and epilogue (same bits), with the conversion
+ * moved to a third warpgroup of converter warps (384 threads). Why: Nsight Compute of moe_wgmma_f8_kernel at 2048
+ * tokens (ncu_moe_*_f8_cdaf5fb, clocks locked) put the tensor pipe at 53% and shared memory at 58% of peak with 2
+ * warps per scheduler issuing every ~6 cycles: the conversion's dependent chains and the block barrier after it
+ * (10% of the stall samples, the proxy fence 5%) delay each next wgmma group, not the bandwidth. Here the consumers
+ * (warps 0-7) only wait and issue wgmmas; the converters (warps 8-11, thread tid - 256 = c: pieces c + 128 i, i < 16)
+ * run up to 3 k tiles ahead through their own barriers:
+ *   full[s]   TMA landed (1 arrival + bytes; consumers read A, converters the W bytes)
+ *   empty[s]  12 arrivals: 8 consumer warps (group kt finished) and 4 converter warps (bytes converted)
+ *   cfull[b]  W buffer b written (128 arrivals: each converter thread after its fence for the async proxy)
+ *   cempty[b] W buffer b free again (8 consumer-warp arrivals after the group reading it finished)
+ * Thread 0 (a consumer) refills the ring as in moe_wgmma_f8_kernel. 384 threads x 168 registers. */
+#define WS_THREADS 384
+#define WS_NB 3 /* W buffers */
+template <typename T> __device__ __forceinline__ void ws_convert(uint32_t w8, uint32_t wb, int c) {
+    const uint32_t src = w8 + (uint32_t)c * 8;
+    const uint32_t dst = wb + (uint32_t)(c >> 3) * 128 + (uint32_t)(((c & 7) ^ ((c >> 3) & 7)) << 4);
+#pragma unroll
+    for (int h = 0; h < 2; h++) { /* two halves of 8 pieces: all loads of a half, then its conversions and stores */
+        uint32_t v[8][2];
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n"
+                         : "=r"(v[i][0]), "=r"(v[i][1]) : "r"(src + (uint32_t)((h * 8 + i) * 1024)));
+#pragma unroll
+        for (int i = 0; i < 8; i++)
+            asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + (uint32_t)((h * 8 + i) * 2048)),
+                         "r"(jamba_e4m3x2_to16<T>(v[i][0])), "r"(jamba_e4m3x2_to16<T>(v[i][0] >> 16)),
+                         "r"(jamba_e4m3x2_to16<T>(v[i][1])), "r"(jamba_e4m3x2_to16<T>(v[i][1] >> 16))
+                         : "memory");
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(WS_THREADS, 1)
+    moe_wgmma_f8ws_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
+                          moe_gemm_args a, int64_t n_tiles) {
+    jamba_pdl_begin();
+#if MOE_HAS_WGMMA
+    constexpr int S = WF_STAGES, NB = WS_NB;
+    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
+    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u; /* stages, then the W buffers, then barriers */
+    const uint32_t wbuf = base + S * WF_STAGE_BYTES;
+    const uint32_t full = wbuf + NB * WF_WB_BYTES, empty = full + S * 8, cfull = empty + S * 8, cempty = cfull + NB * 8;
+    int e;
+    int64_t row0, row_end, nt;
+    if (!wt_expert_tile(a, blockIdx.x, n_tiles, &e, &row0, &row_end, &nt)) return;
+    const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = warp >> 2;
+    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
+    const int wrow = (int)((int64_t)e * a.w_rows + n0); /* < 2^31: checked by the launcher */
+    const int arow = (int)row0;
+    if (tid == 0) {
+        for (int st = 0; st < S; st++) {
+            mbar_init(full + 8 * st, 1);
+            mbar_init(empty + 8 * st, 12);
+        }
+        for (int b = 0; b < NB; b++) {
+            mbar_init(cfull + 8 * b, 128);
+            mbar_init(cempty + 8 * b, 8);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (wgi == 2) { /* converters */
+        for (int kt = 0; kt < KT; kt++) {
+            const int st = kt % S, b = kt % NB;
+            mbar_wait(full + 8 * st, (uint32_t)((kt / S) & 1));
+            if (kt >= NB) mbar_wait(cempty + 8 * b, (uint32_t)((kt / NB - 1) & 1));
+            ws_convert<T>(base + (uint32_t)(st * WF_STAGE_BYTES) + WF_A_BYTES, wbuf + (uint32_t)(b * WF_WB_BYTES),
+                          tid - 256);
+            asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+            mbar_arrive(cfull + 8 * b); /* every converter thread, after its own fence */
+            __syncwarp();
+            if (lane == 0) mbar_arrive(empty + 8 * st);
+        }
+        return;
+    }
+    if (tid == 0)
+        for (int kt = 0; kt < S && kt < KT; kt++) wf_issue(a, &tmA, &tmW, base, full, kt, arow, wrow);
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) acc[i] = 0.f;
+    for (int kt = 0; kt < KT; kt++) {
+        const int st = kt % S, b = kt % NB;
+        mbar_wait(full + 8 * st, (uint32_t)((kt / S) & 1));
+        mbar_wait(cfull + 8 * b, (uint32_t)((kt / NB) & 1));
+        __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
+        wg_ktile<T>(wg_chain<128>{acc, base + (uint32_t)(st * WF_STAGE_BYTES + wgi * 64 * WG_BK * 2),
+                                  wbuf + (uint32_t)(b * WF_WB_BYTES)}); /* returns once group kt - 1 finished */
+        if (kt > 0) { /* group kt - 1 has finished: its stage's A and its W buffer are free */
+            const int ps = (kt - 1) % S;
+            __syncwarp();
+            if (lane == 0) {
+                mbar_arrive(empty + 8 * ps);
+                mbar_arrive(cempty + 8 * ((kt - 1) % NB));
+            }
+            if (tid == 0 && kt - 1 + S < KT) {
+                mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / S) & 1));
+                wf_issue(a, &tmA, &tmW, base, full, kt - 1 + S, arow, wrow);
+            }
+            __syncwarp();
+        }
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#pragma unroll
+    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
+    wg_epilogue<T, 32, true>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane, a.wscale + (int64_t)e * a.w_rows);
+#endif
+}
+#define WS_SMEM (WF_STAGES * WF_STAGE_BYTES + WS_NB * WF_WB_BYTES + 1024 + 2 * (WF_STAGES + WS_NB) * 8)
 
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
@@ -1026,6 +1143,8 @@ static jamba_status wgmma_f8_launch(int dtype, const moe_gemm_args &a, int64_t s
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               WF_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              WS_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     CUtensorMap tmA, tmW;
@@ -1034,8 +1153,15 @@ static jamba_status wgmma_f8_launch(int dtype, const moe_gemm_args &a, int64_t s
     else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX, 0, true));
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
     const int64_t blocks = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles;
-    jamba_kernel_launch(moe_wgmma_f8_kernel<T>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a, n_tiles);
-    JAMBA_LAUNCH_CHECK("moe_wgmma_f8_kernel", stream);
+    const char *ws = getenv("JAMBA_EXT_FP8_WGMMA_WS"); /* EXPERIMENT: "0" runs the conversion in the consumers (A/B) */
+    if (ws != NULL && ws[0] == '0') {
+        jamba_kernel_launch(moe_wgmma_f8_kernel<T>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a,
+            n_tiles);
+        JAMBA_LAUNCH_CHECK("moe_wgmma_f8_kernel", stream);
+        return JAMBA_OK;
+    }
+    jamba_kernel_launch(moe_wgmma_f8ws_kernel<T>, (unsigned)blocks, WS_THREADS, WS_SMEM, stream, tmA, tmW, a, n_tiles);
+    JAMBA_LAUNCH_CHECK("moe_wgmma_f8ws_kernel", stream);
     return JAMBA_OK;
 }
 
