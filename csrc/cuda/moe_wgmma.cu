@@ -6,6 +6,9 @@
  * jamba_moe_experts_cuda (csrc/cuda/moe.cu) runs for impl wgmma: x gathered into sorted order, then the gate_up
  * GEMM (act = SiLU(gate)*up in sorted row order) and the down GEMM (round(y) * round(w) to slot order).
  *
+ * moe_wgmma_gemm_f8 runs the same GEMMs on e4m3 weight bytes for moe_experts_fp8 (moe.cu's fp8 entry, from 20 slots
+ * per expert on Hopper): moe_wgmma_f8ws_kernel (or moe_wgmma_f8_kernel), below.
+ *
  * moe_gather_rows_kernel: xs[p, :] = x[sorted[p] / topk, :] for p < slots (x (T, H), xs (slots, H), both
  *   contiguous, H % 8 == 0, 16-byte aligned), one warp per row, 16-byte vectors: TMA cannot gather rows.
  * moe_wgmma_kernel: block = 128 sorted rows x 256 W rows, 64-deep k tiles, 256 threads = 2 warpgroups, each a
@@ -722,8 +725,8 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
 #endif
 }
 
-/* moe_wgmma_f8_kernel<T> (moe_experts_fp8 above ~100 tokens on Hopper: moe_wgmma_gemm_f8, called by moe.cu's
- * fp8 entry): the WT_ALL tiles of moe_wgmma_kernel (128 sorted rows x 256 W rows, 64-deep k tiles, expert-major
+/* moe_wgmma_f8_kernel<T> (moe_wgmma_gemm_f8 with env JAMBA_EXT_FP8_WGMMA_WS=0; the default is its converter-warp
+ * form moe_wgmma_f8ws_kernel below): the WT_ALL tiles of moe_wgmma_kernel (128 sorted rows x 256 W rows, 64-deep k tiles, expert-major
  * order, non-persistent, 256 threads = 2 consumer warpgroups, thread 0 also the producer) on e4m3 weight bytes.
  * Shapes as moe_wgmma_kernel; W (E * w_rows, Kd) holds e4m3 bytes, a.wscale (E, w_rows) f32 one scale per W row.
  * Per k tile, TMA brings A (128 x 64 T, 128-byte swizzle: 16 KB) and the W tile's bytes (256 rows x 64 e4m3, no
@@ -867,7 +870,11 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  *   empty[s]  12 arrivals: 8 consumer warps (group kt finished) and 4 converter warps (bytes converted)
  *   cfull[b]  W buffer b written (128 arrivals: each converter thread after its fence for the async proxy)
  *   cempty[b] W buffer b free again (8 consumer-warp arrivals after the group reading it finished)
- * Thread 0 (a consumer) refills the ring as in moe_wgmma_f8_kernel. 384 threads x 168 registers. */
+ * Thread 0 (a consumer) refills the ring as in moe_wgmma_f8_kernel. 384 threads (154 registers).
+ * Measured against moe_wgmma_f8_kernel in turns (fp8_ws_9c59c82.log; H200, Jamba-v0.1, bf16 x, whole op, us): 128 /
+ * 256 / 512 / 2048 / 4096 tokens 1373 / 1428 / 1491 / 3728 / 6975 against 1372 / 1418 / 1508 / 3960 / 7422. The
+ * same run's twin rows of one kernel differed by up to 5% at 2048 tokens, so the gain (6% at 2048-4096) is about
+ * the size of the noise; the tiles still run at ~2/3 of bf16's rate (not profiled since). */
 #define WS_THREADS 384
 #define WS_NB 3 /* W buffers */
 template <typename T> __device__ __forceinline__ void ws_convert(uint32_t w8, uint32_t wb, int c) {
