@@ -84,7 +84,8 @@ __device__ __forceinline__ void jamba_e4m3x16_ld(const uint4 &r, float *f) {
 
 /* two e4m3 bytes (the low 16 bits of w2, the lower byte first) -> the same two values as a T2 pair (bf16x2 / f16x2
  * bits, the first value in the low half), exactly: e4m3 -> f16 is exact (cvt.rn.f16x2.e4m3x2), and every e4m3 value
- * is a bf16 value too (f16 -> f32 -> bf16, no rounding happens) */
+ * is a bf16 value too: f16 -> f32, then the f32's upper 16 bits are its bf16 bits (at most 4 significant bits, so the
+ * lower 16 are zero; a NaN stays a NaN), taken by a byte permute instead of a second conversion instruction */
 template <typename T> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16(uint32_t w2);
 template <> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16<__half>(uint32_t w2) {
     const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w2 & 0xffffu), __NV_E4M3);
@@ -93,8 +94,7 @@ template <> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16<__half>(uint32
 template <> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16<__nv_bfloat16>(uint32_t w2) {
     const __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w2 & 0xffffu), __NV_E4M3);
     const float2 v = __half22float2(__half2(hr));
-    const __nv_bfloat162 b = __floats2bfloat162_rn(v.x, v.y);
-    return *reinterpret_cast<const uint32_t *>(&b);
+    return __byte_perm(__float_as_uint(v.x), __float_as_uint(v.y), 0x7632);
 }
 
 /* gemv_warp_dot for one row of x (T = bf16 / f16) against R weight rows of e4m3 bytes: chunks of 32 * 16 elements
