@@ -1249,12 +1249,13 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       applied to the sum; on CUDA above that the C op reads them too: the ring kernels of moe_experts' decode
 #       engine (csrc/cuda/moe.cu, F8: each weight row once per pass over 8-32 of its expert's tokens, converted to
 #       bf16 / f16 in registers for mma.sync) and, on Hopper from 20 slots per expert on average, a wgmma kernel
-#       (csrc/cuda/moe_wgmma.cu moe_wgmma_f8_kernel: each weight row once per 128 of its expert's rows, converted in
-#       shared memory); the C op picks between those two. Above FP8_SM90_MAX_TOKENS on Hopper, above
-#       FP8_RING_MAX_TOKENS on other GPUs and above FP8_GEMV_MAX_TOKENS on the CPU the touched experts are dequantized to x's dtype (dequant_fp8 with the expert
-#       offsets) and moe_experts runs on them (one more pass over the touched weights, 1 byte read and 2 written per
-#       weight, which the GEMMs then read). Gradients: x and the routing weights (the fp8
-#       weights are frozen: LoRA and the router train on an fp8 model), through the dequantized weights.
+#       (csrc/cuda/moe_wgmma.cu moe_wgmma_f8ws_kernel: each weight row once per 128 of its expert's rows, converted
+#       in shared memory by converter warps); the C op picks between those two. Above FP8_SM90_MAX_TOKENS on Hopper,
+#       above FP8_RING_MAX_TOKENS on other GPUs and above FP8_GEMV_MAX_TOKENS on the CPU the touched experts are
+#       dequantized to x's dtype (dequant_fp8 with the expert offsets) and moe_experts runs on them (one more pass
+#       over the touched weights, 1 byte read and 2 written per weight, which the GEMMs then read). Gradients: x and
+#       the routing weights (the fp8 weights are frozen: LoRA and the router train on an fp8 model), through the
+#       dequantized weights.
 # Semantics in csrc/jamba.h (JAMBA_FP8_API). Why: Jamba-v0.1's experts are 45 of its 52B parameters; with them in
 # fp8 the model needs ~58 GB instead of ~104 GB (one 80 GB GPU), and a decode step reads half the expert bytes.
 FP8_MAX = 448.0

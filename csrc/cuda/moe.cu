@@ -1120,7 +1120,7 @@ extern "C" jamba_status jamba_moe_experts_cuda(const jamba_moe_experts_params *p
 /* moe_experts_fp8 given the permutation (csrc/jamba.h JAMBA_FP8_API; moe_gemv.cu's entry point calls this): the ring
  * kernels on the e4m3 weights (F8: each W row read once per pass of up to NT*8 of its expert's tokens), or from
  * FP8_WGMMA_MIN_SLOTS_PER_EXPERT slots per expert on Hopper the wgmma kernel on them (moe_wgmma.cu,
- * moe_wgmma_f8_kernel: each W row read once per 128 of its expert's rows, converted in shared memory), gate_up into
+ * moe_wgmma_f8ws_kernel: each W row read once per 128 of its expert's rows, converted in shared memory), gate_up into
  * act (sorted order), down into slot_out (slot order), then the combine, as moe_experts' engines. Checked by
  * the caller: bf16 / f16, H and F multiples of 16, 16-byte aligned data, the permutation present. */
 /* from 20 slots per expert on average (160 tokens at top-2 of 16 experts). Jamba-v0.1 sizes, bf16 x, H200, us, ring /

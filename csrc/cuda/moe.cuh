@@ -56,7 +56,7 @@ struct moe_gemm_args {
     int E, topk, gate_up;
     int32_t *sched;           /* impl wgmma: this GEMM's tile counter, zero on entry (NULL: non-persistent kernel) */
     int half_tiles;           /* persistent wgmma kernel: an expert's last <= 64 rows as a half tile (set by its launcher) */
-    const float *wscale;      /* fp8 weights (moe_decode_kernel F8, moe_wgmma_f8_kernel): (E, w_rows) f32 scale of each W row; else NULL */
+    const float *wscale;      /* fp8 weights (moe_decode_kernel F8, moe_wgmma_gemm_f8): (E, w_rows) row scales */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */
@@ -87,7 +87,7 @@ template <> __device__ __forceinline__ void store2<__half>(__half *p, float a, f
 /* engines defined in moe_wgmma.cu (sm_90a; UNSUPPORTED elsewhere). moe_wgmma_gemm: one GEMM with A rows in
  * sorted order (a.gate_up: the rows gathered by moe_gather_rows) */
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
-/* moe_wgmma_gemm on e4m3 weights (a.W bytes, a.wscale the (E, w_rows) row scales; moe_wgmma_f8_kernel): the fp32
+/* moe_wgmma_gemm on e4m3 weights (a.W bytes, a.wscale the (E, w_rows) row scales; moe_wgmma_f8ws_kernel): the fp32
  * sums times the row scales, then the same epilogues; bf16 / f16 A, Kd % 16 == 0 */
 jamba_status moe_wgmma_gemm_f8(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
 /* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows; sched[0..1] = 0 (if not NULL:

@@ -726,8 +726,9 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
 }
 
 /* moe_wgmma_f8_kernel<T> (moe_wgmma_gemm_f8 with env JAMBA_EXT_FP8_WGMMA_WS=0; the default is its converter-warp
- * form moe_wgmma_f8ws_kernel below): the WT_ALL tiles of moe_wgmma_kernel (128 sorted rows x 256 W rows, 64-deep k tiles, expert-major
- * order, non-persistent, 256 threads = 2 consumer warpgroups, thread 0 also the producer) on e4m3 weight bytes.
+ * form moe_wgmma_f8ws_kernel below): the WT_ALL tiles of moe_wgmma_kernel (128 sorted rows x 256 W rows, 64-deep
+ * k tiles, expert-major order, non-persistent, 256 threads = 2 consumer warpgroups, thread 0 also the producer) on
+ * e4m3 weight bytes.
  * Shapes as moe_wgmma_kernel; W (E * w_rows, Kd) holds e4m3 bytes, a.wscale (E, w_rows) f32 one scale per W row.
  * Per k tile, TMA brings A (128 x 64 T, 128-byte swizzle: 16 KB) and the W tile's bytes (256 rows x 64 e4m3, no
  * swizzle, row R of the tile at R * 64, rows in wt_issue's order: 16 KB) into a 4-stage ring of 32 KB stages.
@@ -743,10 +744,12 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
  * Measured (H200, Jamba-v0.1 sizes, bf16 x, whole op, us; fp8_wgmma_cd4ca89.log): 128 / 256 / 512 / 1024 / 2048 tokens
  * 1367 / 1391 / 1422 / 2267 / 3473 against 1341 / 1369 / 1386 / 1589 / 2551 for the bf16 op and 3683 / 3713 / 3733 /
  * 3948 / 4911 for the dequantizing path it replaces (ring kernels: 1267 / 1894 / 3495 / 6940 / 12996). Per 128 x 256
- * tile it runs at ~66% of the matmul rate against ~88% for bf16: a k tile moves ~160 KB through shared memory (TMA
- * 32, the conversion 16 + 32, the wgmmas 80) against 128 KB for bf16, at ~128 bytes a cycle per SM. Tried and
- * dropped (in git history): the converting threads loading the W bytes into registers two k tiles ahead instead of
- * TMA (128 KB a k tile; 66e7baa): 1784 against 1444 us at 512 tokens, 4184 against 3699 at 2048, and with the tiles
+ * tile it runs at ~66% of the matmul rate against ~88% for bf16. Not for shared-memory bandwidth (a k tile moves ~160
+ * KB through it, TMA 32, the conversion 16 + 32, the wgmmas 80, against 128 KB for bf16): Nsight Compute at 2048
+ * tokens (ncu_moe_*_f8_cdaf5fb_*) put shared memory at 58% and the tensor pipe at 53%, with the stalls at the barrier
+ * after the conversion (10%), the proxy fence (5%) and the conversion's dependent chains: its latency between two
+ * wgmma groups of the block. Tried and dropped (in git history): the converting threads loading the W bytes into
+ * registers two k tiles ahead instead of TMA (66e7baa): 1784 against 1444 us at 512 tokens, 4184 against 3699 at 2048, and with the tiles
  * prefetched into L2 by TMA six k tiles ahead (caef73b) 1712 / 4206 against 1441 / 3958; the conversion of k tile
  * kt + 1 before the wait for group kt - 1 (two groups queued while it runs; d427909): 1570 / 4026 against 1432 / 3624
  * (fp8_wgmma_66e7baa.log, fp8_wgmma_pf_caef73b.log, fp8_wgmma_early_d427909.log). */
@@ -823,7 +826,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
     auto convert = [&](int kt) {
         const int st = kt % S;
         mbar_wait(full + 8 * st, (uint32_t)((kt / S) & 1));
-        wf_convert<T>(base + (uint32_t)(st * WF_STAGE_BYTES) + WF_A_BYTES, wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES), tid);
+        wf_convert<T>(base + (uint32_t)(st * WF_STAGE_BYTES) + WF_A_BYTES, wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES),
+                      tid);
         asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
     };
 
