@@ -1,7 +1,7 @@
 """A/B of the fp8 MoE engines at Jamba-v0.1 sizes, in turns (common.time_interleaved): the weight-streaming GEMVs
 (csrc/cuda/moe_gemv.cu, F8 = true; up to ops.FP8_CUDA_GEMV_MAX_TOKENS), the ring kernels (csrc/cuda/moe.cu
 moe_decode_kernel F8, session 37; run here at every token count by moving the thresholds), on Hopper the wgmma kernel
-(csrc/cuda/moe_wgmma.cu moe_wgmma_f8_kernel, session 38; forced at every count from 16), the dequantizing path
+(csrc/cuda/moe_wgmma.cu moe_wgmma_f8ws_kernel, session 38; forced at every count from 16), the dequantizing path
 (dequant_fp8 of the touched experts + moe_experts) and the bf16 op. Session 36 also timed the GEMVs' warps along K
 (JAMBA_EXT_MOE_GEMV="g,d", `--kw`) and 2 / 8 chunks' loads in flight (a knob since removed, fp8_ab_ce17227.log).
 us per call and % of the touched weights' bytes at the measured copy bandwidth. Usage: python3 dev/fp8_gemv_ab.py
@@ -72,8 +72,6 @@ def main():
                "fp8 ring": fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_WGMMA="0"), "fp8 op (default)": fp8()}
         if hopper and T >= 16:
             fns["fp8 wgmma"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_WGMMA="1")
-            fns["fp8 wgmma no-ws"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_WGMMA="1",
-                                         JAMBA_EXT_FP8_WGMMA_WS="0")
         if T >= 128:
             fns["fp8 dequant path"] = fp8_deq
         if nt_rows and 2 <= T <= 512:

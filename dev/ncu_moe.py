@@ -1,5 +1,5 @@
 """moe_experts once at T tokens (argv[1], default 4096; Jamba-v0.1, bf16) with the wgmma engine, for Nsight Compute
-(dev/README.md); argv[2] = fp8: moe_experts_fp8 on the quantized weights with its wgmma kernel (moe_wgmma_f8_kernel)."""
+(dev/README.md); argv[2] = fp8: moe_experts_fp8 on the quantized weights with its wgmma kernel (moe_wgmma_f8ws_kernel)."""
 import os
 import sys
 import torch, jamba_ext

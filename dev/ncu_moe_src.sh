@@ -4,7 +4,7 @@
 # (launch 2) of one moe_experts call (dev/ncu_moe.py), writes for each the details page and the per-line stall summary
 # (dev/ncu_src_summary.py) and the gzipped per-SASS-line CSV to $OUT. ncu locks the clocks at base: read durations
 # as ratios.
-#   Usage on the device:  bash dev/ncu_moe_src.sh [T] [fp8]   (fp8: moe_experts_fp8's moe_wgmma_f8_kernel, session 38)
+#   Usage on the device:  bash dev/ncu_moe_src.sh [T] [fp8]   (fp8: moe_experts_fp8's moe_wgmma_f8ws_kernel, session 38)
 T=${1:-4096}
 MODE=${2:-bf16}
 KRE=moe_wgmma_persist; [ "$MODE" = fp8 ] && KRE=moe_wgmma_f8

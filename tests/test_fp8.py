@@ -4,7 +4,7 @@ dequant_fp8 = e4m3(q) * scale exactly, moe_experts_fp8 = moe_experts on those we
 moe_experts_fp8 runs four engines: the weight-streaming kernels that read the fp8 bytes (csrc/cpu/fp8.c up to
 ops.FP8_GEMV_MAX_TOKENS = 32 tokens, csrc/cuda/moe_gemv.cu up to ops.FP8_CUDA_GEMV_MAX_TOKENS = 6); on CUDA the ring
 kernels that read them too (csrc/cuda/moe.cu, F8) and on Hopper from 16 slots per expert a wgmma kernel
-(csrc/cuda/moe_wgmma.cu moe_wgmma_f8_kernel); without it above ops.FP8_RING_MAX_TOKENS (and on the CPU above 32 tokens)
+(csrc/cuda/moe_wgmma.cu moe_wgmma_f8ws_kernel); without it above ops.FP8_RING_MAX_TOKENS (and on the CPU above 32 tokens)
 dequant_fp8 of the touched experts and moe_experts. Each is tested at token counts that select it (the ring and wgmma
 tests force their engine at every token count: thresholds moved, env JAMBA_EXT_FP8_WGMMA), with H and F multiples of
 16 (the CUDA kernels) and not (the CUDA fallback to the dequantizing path)."""
@@ -190,10 +190,13 @@ def test_moe_experts_fp8_cuda_vs_cpu(T):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("engine", ["gemv", "ring"])
+@pytest.mark.parametrize("engine", ["gemv", "ring", "wgmma"])
 def test_moe_experts_fp8_bad_id_gives_nan_row_on_cuda(monkeypatch, engine):
-    if engine == "ring":  # 2 tokens through the ring kernels
+    if engine != "gemv":  # 2 tokens through the ring kernels or the Hopper wgmma kernel
         monkeypatch.setattr(ops, "FP8_CUDA_GEMV_MAX_TOKENS", 0)
+        monkeypatch.setenv("JAMBA_EXT_FP8_WGMMA", "1" if engine == "wgmma" else "0")
+    if engine == "wgmma" and torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("needs a Hopper GPU (the wgmma kernel)")
     H, F, E, K, dt = 64, 32, 4, 2, torch.bfloat16
     dev = torch.device("cuda")
     x = randn(2, H, device=dev, dtype=dt)
@@ -323,8 +326,11 @@ def test_moe_experts_fp8_ring_matches_fp64(ring_everywhere, dtype, T, H, F, E, K
 def test_moe_experts_fp8_ring_every_e4m3_value(ring_everywhere):
     """Weights drawn from every finite e4m3 bit pattern (subnormals, both zeros, the largest) with scale 1: the
     in-register conversion to bf16 / f16 must be exact for each of them."""
-    dev = torch.device("cuda")
-    T, H, F, E, K = 20, 256, 64, 4, 2
+    check_every_e4m3(torch.device("cuda"), T=20, H=256, F=64)
+
+
+def check_every_e4m3(dev, T, H, F, E=4, K=2):
+    """moe_experts_fp8 against the fp64 oracle on weights drawn from every finite e4m3 bit pattern, bf16 and f16 x."""
     q_gu, q_d = all_e4m3(E * 2 * F, H, dev).view(E, 2 * F, H), all_e4m3(E * H, F, dev).view(E, H, F)
     s_gu = torch.full((E, 2 * F), 1.0 / 256, device=dev)
     s_d = torch.full((E, H), 1.0 / 64, device=dev)
@@ -351,7 +357,7 @@ def test_moe_experts_fp8_dequant_path_above_ring(monkeypatch):
     assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])
 
 
-# ---- the Hopper wgmma kernel (csrc/cuda/moe_wgmma.cu, moe_wgmma_f8_kernel) ------------------------------------------
+# ---- the Hopper wgmma kernel (csrc/cuda/moe_wgmma.cu, moe_wgmma_f8ws_kernel) ----------------------------------------
 # (T, H, F): H and F multiples of 16 but not of the 64-k tile (TMA zero-fills the rest of the last k tile), F below a
 # 128-output tile, an expert with several 128-row m-tiles (300 tokens on E 1), a tile row half full
 WGMMA_SHAPES = [(1, 272, 144), (7, 272, 144), (33, 272, 144), (64, 512, 272), (300, 208, 48), (200, 1040, 400)]
@@ -393,15 +399,8 @@ def test_moe_experts_fp8_wgmma_every_e4m3_value_and_one_expert(wgmma_everywhere)
     """Every finite e4m3 bit pattern through the shared-memory conversion (exact for bf16 and f16), and a routing
     where one expert takes every token and the others none."""
     dev = torch.device("cuda")
-    T, H, F, E, K = 150, 256, 192, 4, 2
-    q_gu, q_d = all_e4m3(E * 2 * F, H, dev).view(E, 2 * F, H), all_e4m3(E * H, F, dev).view(E, H, F)
-    s_gu = torch.full((E, 2 * F), 1.0 / 256, device=dev)
-    s_d = torch.full((E, H), 1.0 / 64, device=dev)
-    w, ids, offsets, slots = routed(T, E, K, dev)
-    for dt in (torch.bfloat16, torch.float16):
-        x = randn(T, H, device=dev, dtype=dt, scale=0.05)
-        out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
-        assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])
+    T, H, F, E = 150, 256, 192, 4
+    check_every_e4m3(dev, T=T, H=H, F=F, E=E)
     logits = torch.zeros(T, E, device=dev)
     logits[:, 2] = 5.0
     w, ids, offsets, slots = ops.moe_route(logits, 1)
@@ -439,19 +438,6 @@ def test_moe_experts_fp8_wgmma_default_pick_and_graph(monkeypatch):
     runs = graph_replays(fn, (randn(T, H, device=dev, dtype=dt),), news)
     for (a,), (o,) in zip(news, runs):
         assert torch.equal(o, fn(a))
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the wgmma kernel)")
-def test_moe_experts_fp8_wgmma_bad_id_gives_nan_row(wgmma_everywhere):
-    H, F, E, K, dt = 64, 32, 4, 2, torch.bfloat16
-    dev = torch.device("cuda")
-    x = randn(2, H, device=dev, dtype=dt)
-    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
-    w = torch.rand(2, K, device=dev)
-    ids = torch.tensor([[0, 1], [2, 7]], dtype=torch.int32, device=dev)
-    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
-    assert torch.isnan(out[1].float()).all() and not torch.isnan(out[0].float()).any()
 
 
 def test_moe_experts_fp8_bad_permutation_args(device):

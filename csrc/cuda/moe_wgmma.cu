@@ -7,7 +7,7 @@
  * GEMM (act = SiLU(gate)*up in sorted row order) and the down GEMM (round(y) * round(w) to slot order).
  *
  * moe_wgmma_gemm_f8 runs the same GEMMs on e4m3 weight bytes for moe_experts_fp8 (moe.cu's fp8 entry, from 20 slots
- * per expert on Hopper): moe_wgmma_f8ws_kernel (or moe_wgmma_f8_kernel), below.
+ * per expert on Hopper): moe_wgmma_f8ws_kernel, below.
  *
  * moe_gather_rows_kernel: xs[p, :] = x[sorted[p] / topk, :] for p < slots (x (T, H), xs (slots, H), both
  *   contiguous, H % 8 == 0, 16-byte aligned), one warp per row, 16-byte vectors: TMA cannot gather rows.
@@ -97,7 +97,7 @@ WG_DEF_K16(__half, "f16")
  * rows, so the gate column of output n0 + cb/2 + 64(j/16) + 8(j%8) + .. sits in accumulator block j (j%16 < 8)
  * and its up column in block j + 8, in the same thread: act = SiLU(gate)*up with the fast exp
  * / division (moe_act_fast; measured 4-5% faster than expf / IEEE division at 2048-4096 tokens), rows in sorted
- * order; down: column n0 + cb + 8j + .., round(y) * round(w) to the slot's row. SC (fp8 weights, moe_wgmma_f8_kernel):
+ * order; down: column n0 + cb + 8j + .., round(y) * round(w) to the slot's row. SC (fp8 weights, moe_wgmma_f8ws_kernel):
  * sc = the expert's W row scales, multiplied into the fp32 sums first. */
 template <typename T, int NJ, bool SC = false>
 __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float (&acc)[4 * NJ], int64_t prow,
@@ -725,56 +725,33 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
 #endif
 }
 
-/* moe_wgmma_f8_kernel<T> (moe_wgmma_gemm_f8 with env JAMBA_EXT_FP8_WGMMA_WS=0; the default is its converter-warp
- * form moe_wgmma_f8ws_kernel below): the WT_ALL tiles of moe_wgmma_kernel (128 sorted rows x 256 W rows, 64-deep
- * k tiles, expert-major order, non-persistent, 256 threads = 2 consumer warpgroups, thread 0 also the producer) on
- * e4m3 weight bytes.
- * Shapes as moe_wgmma_kernel; W (E * w_rows, Kd) holds e4m3 bytes, a.wscale (E, w_rows) f32 one scale per W row.
- * Per k tile, TMA brings A (128 x 64 T, 128-byte swizzle: 16 KB) and the W tile's bytes (256 rows x 64 e4m3, no
- * swizzle, row R of the tile at R * 64, rows in wt_issue's order: 16 KB) into a 4-stage ring of 32 KB stages.
- * All 256 threads convert the bytes of k tile kt + 1 into T (exact for every e4m3 value: jamba_e4m3x2_to16) in one
- * of three 32 KB W buffers, laid out as TMA's 128-byte swizzle lays out a T tile (row R at R * 128, its 16-byte
- * chunk c at c ^ (R & 7)), while the wgmma group of k tile kt runs; then fence.proxy.async (the wgmmas read what
- * generic stores wrote) and a block barrier hand the buffer to the wgmmas of kt + 1. Three buffers: the one written
- * at step kt was last read by the wgmmas of kt - 2, which both warpgroups waited for before the previous
- * barrier. The epilogue multiplies each fp32 sum by its W row's scale (wg_epilogue SC; the semantics of the ring
- * kernels and the GEMVs: sum_k e4m3(w[n, k]) x[k], times scale[n]). Shared memory: 4 x 32 + 3 x 32 KB + barriers.
- * Each W byte is read once per m-tile of its expert (half the bytes of bf16 weights); the conversion costs every
- * thread 8 x (8-byte load, 4 conversions, 16-byte store) per k tile.
- * Measured (H200, Jamba-v0.1 sizes, bf16 x, whole op, us; fp8_wgmma_cd4ca89.log): 128 / 256 / 512 / 1024 / 2048 tokens
- * 1367 / 1391 / 1422 / 2267 / 3473 against 1341 / 1369 / 1386 / 1589 / 2551 for the bf16 op and 3683 / 3713 / 3733 /
- * 3948 / 4911 for the dequantizing path it replaces (ring kernels: 1267 / 1894 / 3495 / 6940 / 12996). Per 128 x 256
- * tile it runs at ~66% of the matmul rate against ~88% for bf16. Not for shared-memory bandwidth (a k tile moves ~160
- * KB through it, TMA 32, the conversion 16 + 32, the wgmmas 80, against 128 KB for bf16): Nsight Compute at 2048
- * tokens (ncu_moe_*_f8_cdaf5fb_*) put shared memory at 58% and the tensor pipe at 53%, with the stalls at the barrier
- * after the conversion (10%), the proxy fence (5%) and the conversion's dependent chains: its latency between two
- * wgmma groups of the block. Tried and dropped (in git history): the converting threads loading the W bytes into
- * registers two k tiles ahead instead of TMA (66e7baa): 1784 against 1444 us at 512 tokens, 4184 against 3699 at 2048, and with the tiles
- * prefetched into L2 by TMA six k tiles ahead (caef73b) 1712 / 4206 against 1441 / 3958; the conversion of k tile
- * kt + 1 before the wait for group kt - 1 (two groups queued while it runs; d427909): 1570 / 4026 against 1432 / 3624
- * (fp8_wgmma_66e7baa.log, fp8_wgmma_pf_caef73b.log, fp8_wgmma_early_d427909.log). */
+/* ---- the fp8 GEMM: moe_wgmma_f8ws_kernel<T> (moe_wgmma_gemm_f8, for moe_experts_fp8 from 20 slots per expert on
+ * Hopper) ----
+ * The WT_ALL tiles of moe_wgmma_kernel (128 sorted rows x 256 W rows, 64-deep k tiles, expert-major order,
+ * non-persistent) on e4m3 weight bytes. Shapes as moe_wgmma_kernel; W (E * w_rows, Kd) holds e4m3 bytes, a.wscale
+ * (E, w_rows) f32 one scale per W row. Per k tile, TMA brings A (128 x 64 T, 128-byte swizzle: 16 KB) and the W
+ * tile's bytes (256 rows x 64 e4m3, no swizzle, row R of the tile at R * 64, rows in wt_issue's order: 16 KB) into a
+ * 4-stage ring of 32 KB stages (wf_issue). Converter warps turn the bytes into T (exact for every e4m3 value:
+ * jamba_e4m3x2_to16) in one of three 32 KB W buffers laid out as TMA's 128-byte swizzle lays out a T tile (row R at
+ * R * 128, its 16-byte chunk c at c ^ (R & 7)), which the consumers' wgmmas read. The epilogue multiplies each fp32
+ * sum by its W row's scale (wg_epilogue SC; the semantics of the ring kernels and the GEMVs: sum_k e4m3(w[n, k]) x[k],
+ * times scale[n]). Each W byte is read once per m-tile of its expert (half the bytes of bf16 weights).
+ * History (H200, Jamba-v0.1 sizes, bf16 x, whole op, us; in git history): the first form (cd4ca89,
+ * moe_wgmma_f8_kernel, 256 threads) had both consumer warpgroups convert k tile kt + 1 between their wgmma groups, then
+ * fence.proxy.async and a block barrier: 128 / 256 / 512 / 1024 / 2048 tokens 1367 / 1391 / 1422 / 2267 / 3473 against
+ * 1341 / 1369 / 1386 / 1589 / 2551 for the bf16 op and 3683 / 3713 / 3733 / 3948 / 4911 for the dequantizing path it
+ * replaced (fp8_wgmma_cd4ca89.log), its tiles at ~2/3 of bf16's rate. Not for shared-memory bandwidth (~160 KB a k
+ * tile against 128 KB for bf16): Nsight Compute at 2048 tokens (ncu_moe_*_f8_cdaf5fb_*) put shared memory at 58% and
+ * the tensor pipe at 53%, the stalls at the barrier after the conversion (10%), the proxy fence (5%) and the
+ * conversion's dependent chains. Tried and dropped: the W bytes loaded into registers by the converting threads two
+ * k tiles ahead instead of by TMA (66e7baa): 1784 / 4184 against 1444 / 3699 at 512 / 2048 tokens, with an L2
+ * prefetch by TMA (caef73b) 1712 / 4206 against 1441 / 3958; converting before the wait for the previous group
+ * (d427909): 1570 / 4026 against 1432 / 3624 (fp8_wgmma_66e7baa.log, fp8_wgmma_pf_caef73b.log,
+ * fp8_wgmma_early_d427909.log). Converter warps (below) then gained 6-7% at 2048-4096 tokens in two runs. */
 #define WF_STAGES 4
 #define WF_A_BYTES (WG_BM * WG_BK * 2)                 /* A of a stage: 16 KB */
 #define WF_STAGE_BYTES (WF_A_BYTES + WG_BN * WG_BK)     /* + the W bytes: 32 KB */
 #define WF_WB_BYTES (WG_BN * WG_BK * 2)                 /* one converted W tile: 32 KB */
-#define WF_SMEM (WF_STAGES * WF_STAGE_BYTES + 3 * WF_WB_BYTES + 1024 + 2 * WF_STAGES * 8)
-
-/* thread tid's share of one W tile: bytes (tid + 256 i) * 8 .. +7 (i < 8: row R = tid / 8 + 32 i, k 8 (tid % 8) ..)
- * from w8 to T at wb (row R at R * 128, chunk tid % 8 at (tid % 8) ^ (R & 7); R & 7 = (tid / 8) & 7 for every i) */
-template <typename T> __device__ __forceinline__ void wf_convert(uint32_t w8, uint32_t wb, int tid) {
-    const uint32_t src = w8 + (uint32_t)tid * 8;
-    const uint32_t dst = wb + (uint32_t)(tid >> 3) * 128 + (uint32_t)(((tid & 7) ^ ((tid >> 3) & 7)) << 4);
-    uint32_t v[8][2];
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-        asm volatile("ld.shared.v2.u32 {%0, %1}, [%2];\n" : "=r"(v[i][0]), "=r"(v[i][1]) : "r"(src + i * 2048));
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(dst + i * 4096),
-                     "r"(jamba_e4m3x2_to16<T>(v[i][0])), "r"(jamba_e4m3x2_to16<T>(v[i][0] >> 16)),
-                     "r"(jamba_e4m3x2_to16<T>(v[i][1])), "r"(jamba_e4m3x2_to16<T>(v[i][1] >> 16))
-                     : "memory");
-}
 
 /* thread 0: k tile kt into stage kt % WF_STAGES of the ring at base (A, then the W bytes in two 8 KB boxes),
  * completing on full[kt % WF_STAGES] */
@@ -791,94 +768,17 @@ __device__ __forceinline__ void wf_issue(const moe_gemm_args &a, const CUtensorM
     }
 }
 
-template <typename T>
-__global__ void __launch_bounds__(WG_THREADS, 1)
-    moe_wgmma_f8_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                        moe_gemm_args a, int64_t n_tiles) {
-    jamba_pdl_begin();
-#if MOE_HAS_WGMMA
-    constexpr int S = WF_STAGES;
-    extern __shared__ __align__(1024) unsigned char wg_smem_raw[];
-    const uint32_t base = (smem_u32(wg_smem_raw) + 1023u) & ~1023u; /* stages, then the W buffers, then barriers */
-    const uint32_t wbuf = base + S * WF_STAGE_BYTES;
-    const uint32_t full = wbuf + 3 * WF_WB_BYTES, empty = full + S * 8;
-    int e;
-    int64_t row0, row_end, nt;
-    if (!wt_expert_tile(a, blockIdx.x, n_tiles, &e, &row0, &row_end, &nt)) return;
-    const int64_t n0 = nt * (a.gate_up ? WG_BN / 2 : WG_BN);
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wgi = warp >> 2;
-    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
-    const int wrow = (int)((int64_t)e * a.w_rows + n0); /* < 2^31: checked by the launcher */
-    const int arow = (int)row0;
-
-    auto issue = [&](int kt) { wf_issue(a, &tmA, &tmW, base, full, kt, arow, wrow); };
-    if (tid == 0) {
-        for (int st = 0; st < S; st++) {
-            mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, WG_THREADS / 32);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-    if (tid == 0)
-        for (int kt = 0; kt < S && kt < KT; kt++) issue(kt);
-    /* k tile kt's W bytes (once its stage landed) into W buffer kt % 3, visible to the async proxy */
-    auto convert = [&](int kt) {
-        const int st = kt % S;
-        mbar_wait(full + 8 * st, (uint32_t)((kt / S) & 1));
-        wf_convert<T>(base + (uint32_t)(st * WF_STAGE_BYTES) + WF_A_BYTES, wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES),
-                      tid);
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-    };
-
-    float acc[128];
-#pragma unroll
-    for (int i = 0; i < 128; i++) acc[i] = 0.f;
-    if (KT > 0) convert(0);
-    __syncthreads();
-    for (int kt = 0; kt < KT; kt++) {
-        const int st = kt % S;
-        __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
-        /* A rows 64 wgi .. of stage st (full[st] was waited for in convert(kt)) times W buffer kt % 3; returns
-         * once group kt - 1 has finished */
-        wg_ktile<T>(wg_chain<128>{acc, base + (uint32_t)(st * WF_STAGE_BYTES + wgi * 64 * WG_BK * 2),
-                                  wbuf + (uint32_t)((kt % 3) * WF_WB_BYTES)});
-        if (kt > 0) { /* stage (kt - 1) % S: its A read by group kt - 1 (finished), its bytes converted at kt - 2 */
-            const int ps = (kt - 1) % S;
-            __syncwarp();
-            if (lane == 0) mbar_arrive(empty + 8 * ps);
-            if (tid == 0 && kt - 1 + S < KT) {
-                mbar_wait(empty + 8 * ps, (uint32_t)(((kt - 1) / S) & 1));
-                issue(kt - 1 + S);
-            }
-            __syncwarp();
-        }
-        if (kt + 1 < KT) convert(kt + 1);
-        __syncthreads(); /* W buffer (kt + 1) % 3 complete; both warpgroups past group kt - 1 */
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-#pragma unroll
-    for (int i = 0; i < 128; i++) asm volatile("" : "+f"(acc[i])::"memory");
-    wg_epilogue<T, 32, true>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane, a.wscale + (int64_t)e * a.w_rows);
-#endif
-}
-
-/* moe_wgmma_f8ws_kernel<T>: moe_wgmma_f8_kernel's tiles, ring, W buffers and epilogue (same bits), with the conversion
- * moved to a third warpgroup of converter warps (384 threads). Why: Nsight Compute of moe_wgmma_f8_kernel at 2048
- * tokens (ncu_moe_*_f8_cdaf5fb, clocks locked) put the tensor pipe at 53% and shared memory at 58% of peak with 2
- * warps per scheduler issuing every ~6 cycles: the conversion's dependent chains and the block barrier after it
- * (10% of the stall samples, the proxy fence 5%) delay each next wgmma group, not the bandwidth. Here the consumers
- * (warps 0-7) only wait and issue wgmmas; the converters (warps 8-11, thread tid - 256 = c: pieces c + 128 i, i < 16)
- * run up to 3 k tiles ahead through their own barriers:
+/* moe_wgmma_f8ws_kernel<T>: 384 threads (154 registers). The consumers (warps 0-7, two warpgroups of 64 A rows each)
+ * only wait and issue wgmmas; a third warpgroup of converters (warps 8-11, thread tid - 256 = c: pieces c + 128 i of
+ * 8 bytes, i < 16) converts up to 3 k tiles ahead through its own barriers:
  *   full[s]   TMA landed (1 arrival + bytes; consumers read A, converters the W bytes)
  *   empty[s]  12 arrivals: 8 consumer warps (group kt finished) and 4 converter warps (bytes converted)
  *   cfull[b]  W buffer b written (128 arrivals: each converter thread after its fence for the async proxy)
  *   cempty[b] W buffer b free again (8 consumer-warp arrivals after the group reading it finished)
- * Thread 0 (a consumer) refills the ring as in moe_wgmma_f8_kernel. 384 threads (154 registers).
- * Measured against moe_wgmma_f8_kernel in turns (fp8_ws_9c59c82.log; H200, Jamba-v0.1, bf16 x, whole op, us): 128 /
- * 256 / 512 / 2048 / 4096 tokens 1373 / 1428 / 1491 / 3728 / 6975 against 1372 / 1418 / 1508 / 3960 / 7422. The
- * same run's twin rows of one kernel differed by up to 5% at 2048 tokens, so the gain (6% at 2048-4096) is about
- * the size of the noise; the tiles still run at ~2/3 of bf16's rate (not profiled since). */
+ * Thread 0 (a consumer) refills the ring once empty[s] completed. Measured against the first form in turns
+ * (fp8_ws_9c59c82.log, fp8_ws_a843d72.log): 128 / 256 / 512 / 2048 / 4096 tokens 1373 / 1428 / 1491 / 3728 / 6975
+ * against 1372 / 1418 / 1508 / 3960 / 7422, and 512 / 2048 tokens 1408 / 3639 against 1402 / 3931; the tiles still run
+ * at ~2/3 of bf16's rate (not profiled since). */
 #define WS_THREADS 384
 #define WS_NB 3 /* W buffers */
 template <typename T> __device__ __forceinline__ void ws_convert(uint32_t w8, uint32_t wb, int c) {
@@ -1147,13 +1047,11 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     return wgmma_launch_mode<T, WT_ALL>(dtype, a, slots, dev, tmW, stream);
 }
 
-/* moe_wgmma_f8_kernel over every tile of the expert-major order (tile bound ceil(slots / 128) + E rows) */
+/* moe_wgmma_f8ws_kernel over every tile of the expert-major order (tile bound ceil(slots / 128) + E rows) */
 template <typename T>
 static jamba_status wgmma_f8_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              WF_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_f8ws_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               WS_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
@@ -1164,13 +1062,6 @@ static jamba_status wgmma_f8_launch(int dtype, const moe_gemm_args &a, int64_t s
     else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX, 0, true));
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
     const int64_t blocks = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles;
-    const char *ws = getenv("JAMBA_EXT_FP8_WGMMA_WS"); /* EXPERIMENT: "0" runs the conversion in the consumers (A/B) */
-    if (ws != NULL && ws[0] == '0') {
-        jamba_kernel_launch(moe_wgmma_f8_kernel<T>, (unsigned)blocks, WG_THREADS, WF_SMEM, stream, tmA, tmW, a,
-            n_tiles);
-        JAMBA_LAUNCH_CHECK("moe_wgmma_f8_kernel", stream);
-        return JAMBA_OK;
-    }
     jamba_kernel_launch(moe_wgmma_f8ws_kernel<T>, (unsigned)blocks, WS_THREADS, WS_SMEM, stream, tmA, tmW, a, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_f8ws_kernel", stream);
     return JAMBA_OK;
