@@ -106,8 +106,8 @@ def _state_update(g: _Gen, s: int):
                 dt_bias=g.uniform(di, lo=-4.5, hi=-1.5, dtype=f32), dt_softplus=True)
 
 
-def _moe(g: _Gen, s: int, sizes=((33, 72, 40, 8), (64, 256, 512, 16))):
-    t, h, f, e = sizes[s]
+def _moe(g: _Gen, s: int, size=None):
+    t, h, f, e = size or ((33, 72, 40, 8) if s == 0 else (64, 256, 512, 16))
     x = g.randn(t, h)
     logits = g.randn(t, e, dtype=torch.float32)
     w, ids = reference.moe_route(logits, 2)
@@ -232,11 +232,11 @@ def _dequant(g: _Gen, s: int):  # odd K (the element path); 16-byte rows
     return dict(q=q, scale=sc, dtype=g.dtype)
 
 
-def _moe_fp8(g: _Gen, s: int, sizes=None):  # 3 tokens: the GEMVs; 64: CUDA's ring kernels (CPU: dequantized)
-    d = _moe(g, s) if sizes is None else _moe(g, s, sizes)
+def _moe_fp8(g: _Gen, s: int, size=None):  # 3 tokens: the GEMVs; 64: CUDA's ring kernels (CPU: dequantized)
+    d = _moe(g, s, size)
     e, f2, h = d.pop("w_gate_up").shape
     d.pop("w_down")
-    if s == 0:
+    if s == 0 and size is None:
         d = dict(d, x=d["x"][:3], weights=d["weights"][:3], expert_ids=d["expert_ids"][:3])
     (qgu, sgu), (qd, sd) = _fp8(g, e, f2, h), _fp8(g, e, h, f2 // 2)
     return dict(d, w_gate_up=qgu, s_gate_up=sgu, w_down=qd, s_down=sd)
@@ -249,7 +249,7 @@ def _ref_fp8(d):
 def _moe_fp8_prefill(g: _Gen, s: int):
     """200 / 320 tokens (50 / 40 slots per expert): on Hopper the wgmma kernel, on other GPUs the ring kernels, on the
     CPU the dequantizing path; H 272 is not a multiple of the 64-deep k tile"""
-    return _moe_fp8(g, 1, sizes=(None, (200, 272, 144, 8) if s == 0 else (320, 256, 512, 16)))
+    return _moe_fp8(g, s, (200, 272, 144, 8) if s == 0 else (320, 256, 512, 16))
 
 
 def _present(outs) -> Tuple[torch.Tensor, ...]:

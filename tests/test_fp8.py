@@ -47,6 +47,18 @@ def ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d):
                                      s_gu.cpu(), q_d.cpu(), s_d.cpu()).to(x.device)
 
 
+def fp8_case(dev, dtype, T, H, F, E, K):
+    """Random x, fp8 experts and routing; moe_experts_fp8 (the permutation given) checked against the fp64 oracle.
+    Returns (out, (x, w, ids, q_gu, s_gu, q_d, s_d), (slots, offsets))."""
+    x = randn(T, H, device=dev, dtype=dtype)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    assert out.shape == (T, H) and out.dtype == dtype
+    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dtype])
+    return out, (x, w, ids, q_gu, s_gu, q_d, s_d), (slots, offsets)
+
+
 # ---- quantize_fp8 / dequant_fp8 -----------------------------------------------------------------------------
 def test_e4m3_table_matches_torch():
     """Every bit pattern through dequant_fp8 (scale 1, fp32 out) equals torch's own float8 -> float32 cast."""
@@ -136,12 +148,7 @@ FP8_SHAPES = [(1, 272, 144), (3, 272, 144), (32, 64, 48), (33, 272, 144), (64, 9
 @pytest.mark.parametrize("T,H,F", FP8_SHAPES, ids=[f"T{t}H{h}F{f}" for t, h, f in FP8_SHAPES])
 @pytest.mark.parametrize("E,K", [(1, 1), (8, 2), (16, 2)])
 def test_moe_experts_fp8_matches_fp64(device, dtype, T, H, F, E, K):
-    x = randn(T, H, device=device, dtype=dtype)
-    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, device)
-    w, ids, offsets, slots = routed(T, E, K, device)
-    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
-    assert out.shape == (T, H) and out.dtype == dtype
-    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dtype])
+    out, (x, w, ids, q_gu, s_gu, q_d, s_d), _ = fp8_case(device, dtype, T, H, F, E, K)
     # without the permutation (computed inside), int64 ids; deterministic
     assert torch.equal(out, ops.moe_experts_fp8(x, w, ids.long(), q_gu, s_gu, q_d, s_d))
 
@@ -304,11 +311,7 @@ def ring_everywhere(monkeypatch):
 @pytest.mark.parametrize("E,K", [(1, 1), (8, 2), (16, 2)])
 def test_moe_experts_fp8_ring_matches_fp64(ring_everywhere, dtype, T, H, F, E, K):
     dev = torch.device("cuda")
-    x = randn(T, H, device=dev, dtype=dtype)
-    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
-    w, ids, offsets, slots = routed(T, E, K, dev)
-    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
-    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dtype])
+    out, (x, w, ids, q_gu, s_gu, q_d, s_d), (slots, offsets) = fp8_case(dev, dtype, T, H, F, E, K)
     # the permutation made inside; deterministic (bit-identical); x a view at an 8-byte offset (copied to 16-byte
     # alignment before the kernels)
     assert torch.equal(out, ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d))
@@ -380,12 +383,7 @@ def wgmma_everywhere(monkeypatch):
 @pytest.mark.parametrize("T,H,F", WGMMA_SHAPES, ids=[f"T{t}H{h}F{f}" for t, h, f in WGMMA_SHAPES])
 @pytest.mark.parametrize("E,K", [(1, 1), (8, 2), (16, 2)])
 def test_moe_experts_fp8_wgmma_matches_fp64(wgmma_everywhere, monkeypatch, dtype, T, H, F, E, K):
-    dev = torch.device("cuda")
-    x = randn(T, H, device=dev, dtype=dtype)
-    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
-    w, ids, offsets, slots = routed(T, E, K, dev)
-    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
-    assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dtype])
+    out, (x, w, ids, q_gu, s_gu, q_d, s_d), (slots, offsets) = fp8_case(torch.device("cuda"), dtype, T, H, F, E, K)
     assert torch.equal(out, ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d))  # deterministic
     # the ring kernels (same semantics: the scale on the fp32 sums; other summation order)
     monkeypatch.setenv("JAMBA_EXT_FP8_WGMMA", "0")

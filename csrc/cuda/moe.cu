@@ -1143,8 +1143,8 @@ static jamba_status fp8_ring_launch(const jamba_moe_experts_fp8_params *p, int d
     bool wg = slots >= (int64_t)FP8_WGMMA_MIN_SLOTS_PER_EXPERT * E;
     const char *force = getenv("JAMBA_EXT_FP8_WGMMA");
     if (force != NULL && (force[0] == '0' || force[0] == '1')) wg = force[0] == '1';
-    wg = wg && moe_wgmma_available(device) && E * 2 * F + 1024 < INT32_MAX && E * H + 1024 < INT32_MAX &&
-         slots + 256 < INT32_MAX;
+    wg = wg && moe_wgmma_available(device) && moe_wgmma_coords_fit(E, 2 * F, slots) &&
+         moe_wgmma_coords_fit(E, H, slots);
     if (wg) { /* x gathered into sorted order in slot_out (free until the down GEMM writes it) */
         JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, NULL, stream));
         g.A = p->slot_out.data;

@@ -101,6 +101,9 @@ jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaS
 /* moe_experts_fp8 with the permutation given (expert_offsets, sorted_slots, slot_out): moe.cu's ring kernels on the
  * e4m3 weights, then the combine; bf16 / f16, H and F multiples of 16, aligned data (checked by the caller) */
 jamba_status moe_fp8_ring(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream);
+/* 1 when the TMA coordinates of the wgmma GEMMs fit int32: E experts of w_rows W rows each (plus a tile), slots A rows
+ * (plus a tile); moe_wgmma_gemm / moe_wgmma_gemm_f8 refuse the others */
+int moe_wgmma_coords_fit(int64_t E, int64_t w_rows, int64_t slots);
 /* 1 when the wgmma kernels can run on `device` (a Hopper GPU and sm_90a code in this build), cached */
 int moe_wgmma_available(int device);
 

@@ -904,6 +904,10 @@ static wt_encode_fn wt_encoder(void) {
     return fn;
 }
 
+int moe_wgmma_coords_fit(int64_t E, int64_t w_rows, int64_t slots) {
+    return E * w_rows + 2 * WG_BN <= INT32_MAX && slots + WG_BM <= INT32_MAX;
+}
+
 int moe_wgmma_available(int dev) {
     static int avail[64]; /* 0 unknown, 1 usable, -1 not */
     int st = (dev >= 0 && dev < 64) ? avail[dev] : 0;
@@ -1025,7 +1029,7 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs a Hopper GPU (sm_90), "
                                "a build with sm_90a code (JAMBA_EXT_ARCHS containing 90) and a driver with "
                                "cuTensorMapEncodeTiled (CUDA 12+)");
-    if ((int64_t)a.E * a.w_rows + 2 * WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX)
+    if (!moe_wgmma_coords_fit(a.E, a.w_rows, slots))
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts: impl wgmma: E * rows of W and the token slots "
                                "must stay below 2^31 (TMA coordinates); use impl mma");
     CUtensorMap tmW;
@@ -1072,7 +1076,7 @@ jamba_status moe_wgmma_gemm_f8(int dtype, const moe_gemm_args &a, int64_t slots,
     if (!moe_wgmma_available(device))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: the wgmma kernel needs a Hopper GPU "
                                "(sm_90) and a build with sm_90a code");
-    if ((int64_t)a.E * a.w_rows + 2 * WG_BN > INT32_MAX || slots + WG_BM > INT32_MAX || a.Kd % 16 != 0)
+    if (!moe_wgmma_coords_fit(a.E, a.w_rows, slots) || a.Kd % 16 != 0)
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts_fp8: the wgmma kernel needs E * rows of W and the "
                                "token slots below 2^31 and K a multiple of 16");
     if (dtype == JAMBA_BF16) return wgmma_f8_launch<__nv_bfloat16>(dtype, a, slots, device, stream);
