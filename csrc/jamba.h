@@ -427,12 +427,20 @@ jamba_status jamba_dequant_fp8_cuda(const jamba_dequant_fp8_params *p, jamba_lau
  *   JAMBA_FP8_GEMV_MAX_TOKENS: weight-streaming GEMVs, a weight row read once per slot that takes its expert
  *   (decode); with it any T: the ring kernels of moe_experts' decode engine on the e4m3 bytes, each weight row read
  *   once per pass over 8-32 of its expert's tokens (jamba_ext/ops.py uses them up to 512 tokens and dequantizes the
- *   touched experts for moe_experts' prefill GEMMs above). CPU: any T; the permutation is checked and not needed. */
+ *   touched experts for moe_experts' prefill GEMMs above). CPU: any T; the permutation is checked and not needed.
+ * fp8 activations (W8A8): optional, all four or none, and only with the permutation: act8 (T*TOPK, F) u8, x_scale and
+ *   act_scale (T*TOPK,) f32, sched (>= 2,) i32, contiguous workspaces. Given, x and act are quantized per row before
+ *   their GEMM, s_x = amax|row| / 448 (1 for a zero row), q = e4m3_satfinite(round_f32(v * round_f32(448 / amax))),
+ *   and the GEMMs multiply e4m3 by e4m3 (fp32 accumulation in the tensor cores' order):
+ *     g = scale_gu[e, f] * s_x[s] * sum_k e4m3(w_gate_up[e, f, k]) qx[s, k]   (u likewise), act as above,
+ *     y = round(scale_d[e, h] * s_act[s] * sum_f e4m3(w_down[e, h, f]) qact[s, f])
+ *   (the two scales multiplied first). CUDA on Hopper only (moe_wgmma_gemm_q8); elsewhere JAMBA_ERR_UNSUPPORTED. */
 #define JAMBA_FP8_GEMV_MAX_TOKENS 32
 
 typedef struct {
     jamba_tensor out, x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, act;
     jamba_tensor expert_offsets, sorted_slots, slot_out; /* optional (data NULL): the permutation, a workspace */
+    jamba_tensor act8, x_scale, act_scale, sched;        /* optional (data NULL): fp8 activations (W8A8) */
 } jamba_moe_experts_fp8_params;
 
 jamba_status jamba_moe_experts_fp8_check(const jamba_moe_experts_fp8_params *p);

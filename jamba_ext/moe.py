@@ -34,10 +34,11 @@ from . import ops
 
 
 def sparse_moe_forward(x: Tensor, router_weight: Tensor, w_gate_up: Tensor, w_down: Tensor, top_k: int,
-                       linear=F.linear, fp8_scales: Optional[Tuple[Tensor, Tensor]] = None):
+                       linear=F.linear, fp8_scales: Optional[Tuple[Tensor, Tensor]] = None, act_fp8: bool = False):
     """linear(x2, router_weight): the router projection (the model passes its decode-step-aware projection).
     fp8_scales (s_gate_up (E, 2F), s_down (E, H)) f32: the expert weights are float8_e4m3fn with these per-row
-    scales (ops.quantize_fp8); x stays in its dtype, the weights are never cast."""
+    scales (ops.quantize_fp8); x stays in its dtype, the weights are never cast. act_fp8 (with fp8_scales):
+    ops.moe_experts_fp8's permission to quantize the activations to fp8 too."""
     shape = x.shape
     x2 = x.reshape(-1, shape[-1])                                     # (T, H)
     logits = linear(x2, router_weight)                                # (T, E), model dtype
@@ -46,5 +47,6 @@ def sparse_moe_forward(x: Tensor, router_weight: Tensor, w_gate_up: Tensor, w_do
         out = ops.moe_experts_trainable(x2, weights, ids, w_gate_up, w_down, slots, offsets)      # (T, H)
     else:
         s_gate_up, s_down = fp8_scales
-        out = ops.moe_experts_fp8(x2, weights, ids, w_gate_up, s_gate_up, w_down, s_down, slots, offsets)
+        out = ops.moe_experts_fp8(x2, weights, ids, w_gate_up, s_gate_up, w_down, s_down, slots, offsets,
+                                  act_fp8=act_fp8)
     return out.view(shape), logits

@@ -1256,6 +1256,11 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       over the touched weights, 1 byte read and 2 written per weight, which the GEMMs then read). Gradients: x and
 #       the routing weights (the fp8 weights are frozen: LoRA and the router train on an fp8 model), through the
 #       dequantized weights.
+#       act_fp8=True (opt-in, like torch's allow_tf32: a permission, not a format): on Hopper from
+#       FP8_W8A8_MIN_TOKENS tokens x and act are quantized per row to e4m3 (reference.quantize_rows_fp8) and both
+#       GEMMs multiply e4m3 by e4m3 (moe_wgmma_gemm_q8: the bf16 persistent kernel's tiles at twice the rate; fp32
+#       accumulation in the tensor cores' order, reference.moe_experts_fp8_w8a8 states the math). Elsewhere (CPU,
+#       other GPUs, fewer tokens) it is ignored. Gradients as without (straight through the quantization).
 # Semantics in csrc/jamba.h (JAMBA_FP8_API). Why: Jamba-v0.1's experts are 45 of its 52B parameters; with them in
 # fp8 the model needs ~58 GB instead of ~104 GB (one 80 GB GPU), and a decode step reads half the expert bytes.
 FP8_MAX = 448.0
@@ -1275,6 +1280,10 @@ FP8_RING_MAX_TOKENS = 512
 # On Hopper the C op (ring kernels, then the wgmma kernel) up to this many tokens (0: the FP8_RING_MAX_TOKENS limit
 # applies there too; tests and A/B rows)
 FP8_SM90_MAX_TOKENS = 3584
+# act_fp8 (W8A8; Hopper only, csrc/cuda/moe.cu fp8_w8a8_launch): x and act quantized per row to e4m3
+# (reference.quantize_rows_fp8) and both expert GEMMs on the e4m3 tensor cores (twice the bf16 rate), from this many
+# tokens; below, and on other devices, act_fp8 is ignored (the weight-only engines above).
+FP8_W8A8_MIN_TOKENS = 7
 
 
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:
@@ -1350,8 +1359,9 @@ def _(q, scale, dtype=torch.bfloat16, group_offsets=None):
 @torch.library.custom_op("jamba::moe_experts_fp8", mutates_args=())
 def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, s_gate_up: Tensor,
                     w_down: Tensor, s_down: Tensor, sorted_slots: Optional[Tensor] = None,
-                    expert_offsets: Optional[Tensor] = None) -> Tensor:
-    """moe_experts with fp8 expert weights and per-row scales (see the section's comment)."""
+                    expert_offsets: Optional[Tensor] = None, act_fp8: bool = False) -> Tensor:
+    """moe_experts with fp8 expert weights and per-row scales (see the section's comment). act_fp8: allows fp8
+    activations (W8A8) where a kernel for them runs (see the section's comment); False keeps x's dtype throughout."""
     op = "moe_experts_fp8"
     _check_args(op, "x", x, {"x": 2, "weights": 2, "expert_ids": 2, "w_gate_up": 3, "w_down": 3,
                              "sorted_slots": 1, "expert_offsets": 1},
@@ -1376,6 +1386,8 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
         return _alloc((0, H), x.dtype, x.device)
     cuda = x.device.type == "cuda"
     gemv_max = min(FP8_CUDA_GEMV_MAX_TOKENS, FP8_GEMV_MAX_TOKENS) if cuda else FP8_GEMV_MAX_TOKENS
+    if act_fp8 and cuda and T >= FP8_W8A8_MIN_TOKENS and _fp8_gemv_ok(x, H, Fd) and _is_sm90(x):
+        return _moe_experts_w8a8(x, weights, ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots, expert_offsets)
     ring = cuda and gemv_max < T and (T <= FP8_RING_MAX_TOKENS or (T <= FP8_SM90_MAX_TOKENS and _is_sm90(x)))
     if (T <= gemv_max or ring) and _fp8_gemv_ok(x, H, Fd):
         if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
@@ -1394,13 +1406,40 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
         _call(op, x.device, op, [("out", out), ("x", xc), ("weights", weights.to(torch.float32).contiguous()),
                                  ("expert_ids", ids), ("w_gate_up", _u8(w_gate_up)),
                                  ("s_gate_up", s_gate_up.contiguous()), ("w_down", _u8(w_down)),
-                                 ("s_down", s_down.contiguous()), ("act", act)] + perm)
+                                 ("s_down", s_down.contiguous()), ("act", act)] + perm
+              + [("act8", None), ("x_scale", None), ("act_scale", None), ("sched", None)])
         return out
     if sorted_slots is None:
         expert_offsets, sorted_slots = moe_permute(ids, E)
     gu = dequant_fp8(w_gate_up, s_gate_up, x.dtype, expert_offsets)
     dn = dequant_fp8(w_down, s_down, x.dtype, expert_offsets)
     return moe_experts(x, weights, ids, gu, dn, sorted_slots, expert_offsets)
+
+
+def _moe_experts_w8a8(x, weights, ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots, expert_offsets):
+    """moe_experts_fp8 with fp8 activations on Hopper (the C op with the W8A8 workspaces; csrc/cuda/moe.cu
+    fp8_w8a8_launch)."""
+    op = "moe_experts_fp8"
+    T, K = ids.shape
+    E, H, Fd = w_down.shape
+    if sorted_slots is None:
+        expert_offsets, sorted_slots = moe_permute(ids, E)
+    dev = x.device
+    out = _alloc((T, H), x.dtype, dev)
+    xc = x.contiguous()
+    if xc.data_ptr() % 16:
+        xc = xc.clone()
+    _call(op, dev, op, [("out", out), ("x", xc), ("weights", weights.to(torch.float32).contiguous()),
+                        ("expert_ids", ids), ("w_gate_up", _u8(w_gate_up)), ("s_gate_up", s_gate_up.contiguous()),
+                        ("w_down", _u8(w_down)), ("s_down", s_down.contiguous()),
+                        ("act", _alloc((T * K, Fd), x.dtype, dev)),
+                        ("expert_offsets", expert_offsets.contiguous()), ("sorted_slots", sorted_slots.contiguous()),
+                        ("slot_out", _alloc((T * K, H), x.dtype, dev)),
+                        ("act8", _alloc((T * K, Fd), torch.uint8, dev)),
+                        ("x_scale", _alloc((T * K,), torch.float32, dev)),
+                        ("act_scale", _alloc((T * K,), torch.float32, dev)),
+                        ("sched", _alloc((2,), torch.int32, dev))])
+    return out
 
 
 def _fp8_gemv_ok(x: Tensor, H: int, Fd: int) -> bool:
@@ -1412,7 +1451,8 @@ def _fp8_gemv_ok(x: Tensor, H: int, Fd: int) -> bool:
 
 
 @moe_experts_fp8.register_fake
-def _(x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots=None, expert_offsets=None):
+def _(x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots=None, expert_offsets=None,
+      act_fp8=False):
     return x.new_empty(x.shape)
 
 
@@ -1427,14 +1467,14 @@ def _fp8_moe_backward(ctx, go):
     if ctx.needs_input_grad[4] or ctx.needs_input_grad[6]:
         _fail("moe_experts_fp8", "the fp8 weights' scales are frozen (no gradient); detach them")
     if not (nx or nw) or not ids.numel():
-        return (None,) * 9
+        return (None,) * 10
     ids32 = _moe_ids32("moe_experts_fp8", ids)
     _moe_check_backward_ids(ids32, gu.shape[0])
     wgu, wd = dequant_fp8(gu, sgu, x.dtype), dequant_fp8(dn, sdn, x.dtype)
     need = (nx, nw, False, False, False)
     grads = _moe_grouped_grads if _moe_grouped_grads_ok(x, wgu, wd) else _moe_sparse_grads
-    dx, dw, _, _ = grads(go, x, w.to(torch.float32), ids32, wgu, wd, need)
-    return dx, dw, None, None, None, None, None, None, None
+    dx, dw, _, _ = grads(go, x, w.to(torch.float32), ids32, wgu, wd, need)  # act_fp8: as without (straight through)
+    return dx, dw, None, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("jamba::moe_experts_fp8", _fp8_moe_backward, setup_context=_fp8_moe_setup)

@@ -378,3 +378,48 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
     """moe_experts with the dequantized fp8 weights, in float64."""
     return moe_experts(x.to(torch.float64), weights, expert_ids, dequant_fp8(w_gate_up, s_gate_up),
                        dequant_fp8(w_down, s_down))
+
+
+def quantize_rows_fp8(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-row e4m3 quantization of activations (moe_experts_fp8 with act_fp8; the CUDA kernel's exact bits): over
+    the last dim, amax = max |x| (fp32), scale = amax / 448 and q = e4m3(round_f32(x * round_f32(448 / amax))) with
+    saturation (round to nearest even); a zero row gets scale 1 and q 0. Returns (q float8_e4m3fn, scale f32)."""
+    xf = x.to(torch.float32)
+    amax = xf.abs().amax(-1)
+    pos = amax > 0
+    one = torch.ones_like(amax)
+    inv = torch.where(pos, torch.full_like(amax, 448.0) / torch.where(pos, amax, one), one)
+    scale = torch.where(pos, amax / 448.0, one)
+    q = (xf * inv.unsqueeze(-1)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def moe_experts_fp8_w8a8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, s_gate_up: Tensor,
+                         w_down: Tensor, s_down: Tensor) -> Tensor:
+    """moe_experts_fp8 with fp8 activations (W8A8, csrc/jamba.h JAMBA_FP8_API): x quantized per row
+    (quantize_rows_fp8), act = round(round(silu(round(g))) * round(u)) in x's dtype from the float64 sums of the
+    dequantized operands, act quantized per row, the down sums in float64; out in float64 (the expert outputs times
+    the routing weights, summed without rounding)."""
+    T, H = x.shape
+    E, F2, _ = w_gate_up.shape
+    Fd = F2 // 2
+    qx, sx = quantize_rows_fp8(x)
+    xq = qx.to(torch.float64) * sx.to(torch.float64)[:, None]
+    wgu, wd = dequant_fp8(w_gate_up, s_gate_up), dequant_fp8(w_down, s_down)
+    dt = x.dtype
+
+    def r(v):
+        return v.to(dt).to(torch.float64)
+
+    out = torch.zeros(T, H, dtype=torch.float64, device=x.device)
+    for e in range(E):
+        tok, slot = torch.nonzero(expert_ids == e, as_tuple=True)
+        if tok.numel() == 0:
+            continue
+        g, u = xq[tok] @ wgu[e, :Fd].T, xq[tok] @ wgu[e, Fd:].T
+        gr = r(g)
+        act = (r(gr * torch.sigmoid(gr)) * r(u)).to(dt)
+        qa, sa = quantize_rows_fp8(act)
+        y = (qa.to(torch.float64) * sa.to(torch.float64)[:, None]) @ wd[e].T
+        out.index_add_(0, tok, y * weights[tok, slot].to(torch.float64)[:, None])
+    return out

@@ -452,7 +452,8 @@ def test_moe_experts_fp8_bad_permutation_args(device):
             ("w_gate_up", q_gu.view(torch.uint8)), ("s_gate_up", s_gu), ("w_down", q_d.view(torch.uint8)),
             ("s_down", s_d), ("act", act)]
     slot_out = torch.empty(T * K, H, device=dev, dtype=dt)
-    call = lambda perm: ops._call("moe_experts_fp8", dev, "moe_experts_fp8", base + perm)
+    no_q8 = [("act8", None), ("x_scale", None), ("act_scale", None), ("sched", None)]
+    call = lambda perm, q8=no_q8: ops._call("moe_experts_fp8", dev, "moe_experts_fp8", base + perm + q8)
     with pytest.raises(ValueError, match="together"):
         call([("expert_offsets", offsets), ("sorted_slots", None), ("slot_out", slot_out)])
     with pytest.raises(ValueError, match="expert_offsets"):
@@ -461,4 +462,151 @@ def test_moe_experts_fp8_bad_permutation_args(device):
         call([("expert_offsets", offsets), ("sorted_slots", slots), ("slot_out", slot_out[:, :-1])])
     call([("expert_offsets", offsets), ("sorted_slots", slots), ("slot_out", slot_out)])
     assert_close(out, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])
+    # the W8A8 workspaces (act_fp8): all four, with the permutation, of their shapes; the CPU refuses them
+    perm = [("expert_offsets", offsets), ("sorted_slots", slots), ("slot_out", slot_out)]
+    q8 = {"act8": torch.empty(T * K, F, device=dev, dtype=torch.uint8),
+          "x_scale": torch.empty(T * K, device=dev), "act_scale": torch.empty(T * K, device=dev),
+          "sched": torch.empty(2, device=dev, dtype=torch.int32)}
+    with pytest.raises(ValueError, match="together"):
+        call(perm, [(n, None if n == "act_scale" else t) for n, t in q8.items()])
+    with pytest.raises(ValueError, match="together"):
+        call([("expert_offsets", None), ("sorted_slots", None), ("slot_out", None)], list(q8.items()))
+    with pytest.raises(ValueError, match="act8"):
+        call(perm, [(n, t[:, :-1] if n == "act8" else t) for n, t in q8.items()])
+    with pytest.raises(ValueError, match="x_scale"):
+        call(perm, [(n, t.double() if n == "x_scale" else t) for n, t in q8.items()])
+    with pytest.raises(ValueError, match="overlap"):
+        call(perm, [(n, q8["x_scale"] if n == "act_scale" else t) for n, t in q8.items()])
+    if dev.type == "cpu":
+        with pytest.raises(RuntimeError, match="Hopper"):
+            call(perm, list(q8.items()))
+
+
+# ---- fp8 activations (act_fp8: W8A8 on Hopper, moe_wgmma_gemm_q8) ---------------------------------------------------
+def test_quantize_rows_fp8_reference():
+    """reference.quantize_rows_fp8 (the oracle of the CUDA quantization): within e4m3's rounding of every value, the
+    row maximum maps to +-448, a zero row to scale 1 and zeros, NaN propagates."""
+    x = randn(6, 300, dtype=torch.bfloat16)
+    x[2] = 0
+    x[3, 5] = -7.5  # the row's maximum
+    x[4, 9] = float("nan")
+    q, s = reference.quantize_rows_fp8(x)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == x.shape and s.dtype == torch.float32 and s.shape == (6,)
+    assert s[2] == 1 and (q[2].float() == 0).all()
+    assert q[3, 5].float() == -448 and torch.isclose(s[3], torch.tensor(7.5 / 448))
+    assert torch.isnan(q[4].float()).any()
+    fin = [0, 1, 3, 5]
+    back, xf = q[fin].double() * s[fin].double()[:, None], x[fin].double()
+    bound = xf.abs() * 2.0 ** -4 + s[fin].double()[:, None] * 2.0 ** -10  # 3 mantissa bits; subnormals 2^-9 apart
+    assert ((back - xf).abs() <= bound).all() and (back - xf).abs().max() > 0
+
+
+def test_moe_experts_fp8_act_fp8_ignored_off_hopper(device):
+    """act_fp8 is a permission: where no W8A8 kernel runs (the CPU, other GPUs, the decode sizes) the result is the
+    weight-only one, bit for bit."""
+    dev, dt = device, torch.bfloat16
+    if dev.type == "cuda" and torch.cuda.get_device_capability()[0] == 9:
+        T = ops.FP8_W8A8_MIN_TOKENS - 1  # below the W8A8 kernel's sizes
+    else:
+        T = 40
+    x = randn(T, 272, device=dev, dtype=dt)
+    q_gu, s_gu, q_d, s_d = fp8_experts(8, 272, 144, dev)
+    w, ids, offsets, slots = routed(T, 8, 2, dev)
+    a = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets)
+    b = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets, act_fp8=True)
+    assert torch.equal(a, b)
+
+
+def ref_w8a8(x, w, ids, q_gu, s_gu, q_d, s_d):
+    return reference.moe_experts_fp8_w8a8(x.cpu(), w.to(x.dtype).double().cpu(), ids.long().cpu(), q_gu.cpu(),
+                                          s_gu.cpu(), q_d.cpu(), s_d.cpu()).to(x.device)
+
+
+def w8a8_check(out, x, w, ids, q_gu, s_gu, q_d, s_d):
+    """out (the W8A8 op) against its fp64 oracle: within 1.5% of the output's scale everywhere (fp32 accumulation in the
+    tensor cores' order, act rounded to x's dtype before its quantization: a flipped act code moves a sum by ~1/16 of
+    one term), and at most a third of the oracle's own distance from the weight-only result (so the activations were
+    quantized: an op that skipped a quantization would sit near the weight-only result)."""
+    ref8 = ref_w8a8(x, w, ids, q_gu, s_gu, q_d, s_d)
+    ref16 = ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d).double()
+    scale = ref8.abs().max().item()
+    err = (out.double() - ref8).abs()
+    assert err.max().item() <= 1.5e-2 * scale, (err.max().item(), scale)
+    gap = (ref8 - ref16).abs().mean().item()
+    assert err.mean().item() <= gap / 3, (err.mean().item(), gap)
+
+
+W8A8_SHAPES = [(7, 272, 144), (33, 272, 144), (64, 512, 272), (300, 208, 48), (200, 1040, 400), (1000, 256, 128)]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the W8A8 kernel)")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("T,H,F", W8A8_SHAPES, ids=[f"T{t}H{h}F{f}" for t, h, f in W8A8_SHAPES])
+@pytest.mark.parametrize("E,K", [(1, 1), (8, 2), (16, 2)])
+def test_moe_experts_fp8_w8a8_matches_fp64(dtype, T, H, F, E, K):
+    dev = torch.device("cuda")
+    x = randn(T, H, device=dev, dtype=dtype)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets, act_fp8=True)
+    assert out.shape == (T, H) and out.dtype == dtype
+    w8a8_check(out, x, w, ids, q_gu, s_gu, q_d, s_d)
+    # deterministic, and the same without the permutation given
+    assert torch.equal(out, ops.moe_experts_fp8(x, w, ids.long(), q_gu, s_gu, q_d, s_d, act_fp8=True))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the W8A8 kernel)")
+def test_moe_experts_fp8_w8a8_tile_forms_same_bits(monkeypatch):
+    """The persistent kernel's tile forms compute every output at the same place of the same wgmma: half tiles (an
+    expert's last <= 64 rows; JAMBA_EXT_WGMMA_HALF) and the epilogue warps (JAMBA_EXT_MOE_EPI=0: without) give the same
+    bits; one expert takes every token (5 m-tiles, a 20-row tail) and the others none; rows scaled by 1e-3 and 1e3."""
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    T, H, F, E = 532, 256, 192, 4
+    logits = torch.zeros(T, E, device=dev)
+    logits[:, 1] = 5.0
+    w, ids, offsets, slots = ops.moe_route(logits, 1)
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    x = randn(T, H, device=dev, dtype=dt)
+    x[::3] *= 1e-3
+    x[1::3] *= 1e3
+    outs = []
+    for half, epi in (("0", "1"), ("1", "1"), ("1", "0"), ("0", "0")):
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", half)
+        monkeypatch.setenv("JAMBA_EXT_MOE_EPI", epi)
+        outs.append(ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets, act_fp8=True))
+    for o in outs[1:]:
+        assert torch.equal(o, outs[0])
+    rows = x.float().abs().amax(1, keepdim=True)  # each row relative to its own scale
+    ref8 = ref_w8a8(x, w, ids, q_gu, s_gu, q_d, s_d)
+    rel = ((outs[0].double() - ref8).abs() / rows.double()).max().item()
+    assert rel < 2e-2 * (ref8.abs() / rows.double()).max().item()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the W8A8 kernel)")
+def test_moe_experts_fp8_w8a8_bad_id_and_graph():
+    """An expert id outside [0, E) gives the token a NaN row (the other rows stay right); the op captured in a CUDA
+    graph replays new inputs with the bits of eager calls."""
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    T, H, F, E, K = 96, 512, 272, 8, 2
+    q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
+    x = randn(T, H, device=dev, dtype=dt)
+    w, ids, _, _ = routed(T, E, K, dev)
+    bad = ids.clone()
+    bad[5, 1] = E
+    out = ops.moe_experts_fp8(x, w, bad, q_gu, s_gu, q_d, s_d, act_fp8=True)
+    assert torch.isnan(out[5].float()).all()
+    good = torch.ones(T, dtype=torch.bool, device=dev)
+    good[5] = False
+    assert torch.equal(out[good], ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, act_fp8=True)[good])
+
+    def fn(a):
+        return ops.moe_experts_fp8(a, w, ids, q_gu, s_gu, q_d, s_d, act_fp8=True)
+
+    news = [(randn(T, H, device=dev, dtype=dt),) for _ in range(2)]
+    runs = graph_replays(fn, (randn(T, H, device=dev, dtype=dt),), news)
+    for (a,), (o,) in zip(news, runs):
+        assert torch.equal(o, fn(a))
 

@@ -152,9 +152,38 @@ jamba_status jamba_moe_experts_fp8_check(const jamba_moe_experts_fp8_params *p) 
         if (jamba_tensors_overlap(&p->slot_out, &p->act) || jamba_tensors_overlap(&p->slot_out, &p->x))
             return jamba_set_error(JAMBA_ERR_ARG, "%s: slot_out must not overlap act or x", op);
     }
+    const int q8 = (p->act8.data != NULL) + (p->x_scale.data != NULL) + (p->act_scale.data != NULL) +
+                   (p->sched.data != NULL);
+    if (q8 != 0 && (q8 != 4 || !given))
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: fp8 activations take act8, x_scale, act_scale and sched together, "
+                               "with the permutation", op);
+    if (q8) { /* the W8A8 workspaces */
+        const int64_t a8[2] = {T * K, F}, ssh[1] = {T * K};
+        JAMBA_TRY(jamba_check_tensor(op, "act8", &p->act8, 2, JAMBA_MASK(JAMBA_U8), 0));
+        JAMBA_TRY(jamba_check_shape(op, "act8", &p->act8, a8));
+        JAMBA_TRY(jamba_check_contiguous(op, "act8", &p->act8));
+        JAMBA_TRY(jamba_check_tensor(op, "x_scale", &p->x_scale, 1, JAMBA_MASK(JAMBA_F32), 0));
+        JAMBA_TRY(jamba_check_shape(op, "x_scale", &p->x_scale, ssh));
+        JAMBA_TRY(jamba_check_contiguous(op, "x_scale", &p->x_scale));
+        JAMBA_TRY(jamba_check_tensor(op, "act_scale", &p->act_scale, 1, JAMBA_MASK(JAMBA_F32), 0));
+        JAMBA_TRY(jamba_check_shape(op, "act_scale", &p->act_scale, ssh));
+        JAMBA_TRY(jamba_check_contiguous(op, "act_scale", &p->act_scale));
+        JAMBA_TRY(jamba_check_tensor(op, "sched", &p->sched, 1, JAMBA_MASK(JAMBA_I32), 0));
+        JAMBA_TRY(jamba_check_contiguous(op, "sched", &p->sched));
+        if (p->sched.shape[0] < 2)
+            return jamba_set_error(JAMBA_ERR_SHAPE, "%s: sched needs at least 2 elements", op);
+        const jamba_tensor *ws[] = {&p->act8, &p->x_scale, &p->act_scale, &p->sched};
+        const jamba_tensor *os[] = {&p->x, &p->act, &p->slot_out, &p->act8, &p->x_scale, &p->act_scale, &p->sched};
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 7; j++)
+                if (os[j] != ws[i] && jamba_tensors_overlap(ws[i], os[j]))
+                    return jamba_set_error(JAMBA_ERR_ARG, "%s: the fp8 activation workspaces must not overlap each "
+                                           "other, x, act or slot_out", op);
+    }
     const jamba_tensor *ins[] = {&p->x, &p->weights, &p->expert_ids, &p->w_gate_up, &p->s_gate_up, &p->w_down,
-                                 &p->s_down, &p->act, &p->expert_offsets, &p->sorted_slots, &p->slot_out};
-    for (int i = 0; i < 11; i++)
+                                 &p->s_down, &p->act, &p->expert_offsets, &p->sorted_slots, &p->slot_out,
+                                 &p->act8, &p->x_scale, &p->act_scale, &p->sched};
+    for (int i = 0; i < 15; i++)
         if (ins[i]->data && jamba_tensors_overlap(&p->out, ins[i]))
             return jamba_set_error(JAMBA_ERR_ARG, "%s: out must not overlap an input or the workspace", op);
     return JAMBA_OK;
@@ -172,6 +201,9 @@ static float dot_e4m3(const uint8_t *w, const float *x, int64_t K, const float *
 
 jamba_status jamba_moe_experts_fp8_cpu(const jamba_moe_experts_fp8_params *p) {
     JAMBA_TRY(jamba_moe_experts_fp8_check(p));
+    if (p->act8.data != NULL)
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "%s: fp8 activations (act8) run on Hopper GPUs only "
+                               "(jamba_ext.ops.moe_experts_fp8 keeps bf16 activations elsewhere)", OP_MOE_FP8);
     const int64_t T = p->x.shape[0], H = p->x.shape[1], K = p->expert_ids.shape[1];
     const int64_t E = p->w_down.shape[0], F = p->w_down.shape[2];
     const int32_t *ids = (const int32_t *)p->expert_ids.data;

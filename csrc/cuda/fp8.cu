@@ -1,6 +1,8 @@
-/* fp8.cu -- dequant_fp8 on CUDA: e4m3 weight bytes and a scale per row -> f32 / f16 / bf16 rows.
+/* fp8.cu -- the e4m3 conversions on CUDA: dequant_fp8 (e4m3 weight bytes and a scale per row -> f32 / f16 / bf16
+ * rows) and its inverse for activations, moe_quant_rows_fp8 (bf16 / f16 rows -> e4m3 bytes and a scale per row).
  *
- * Exports (extern "C"): jamba_dequant_fp8_cuda. Semantics and checks: csrc/jamba.h (JAMBA_FP8_API), csrc/cpu/fp8.c.
+ * Exports (extern "C"): jamba_dequant_fp8_cuda; (C++, moe.cuh) moe_quant_rows_fp8, for moe_experts_fp8's W8A8 path
+ * (moe.cu). Semantics and checks: csrc/jamba.h (JAMBA_FP8_API), csrc/cpu/fp8.c.
  *   out (R, K) T = round_T(e4m3(q (R, K) u8) * scale (R,) f32), contiguous; group_offsets (G+1,) i32 optional:
  *   the R rows in G equal groups, a group with no routed rows (equal neighbouring offsets) is skipped.
  * Kernels (grid-stride, 256 threads):
@@ -14,6 +16,7 @@
  * touched experts before the GEMMs; this is a pure stream, 1 byte read and sizeof(T) written per weight.
  */
 #include "gemv.cuh"
+#include "moe.cuh"
 
 #include <stdint.h>
 
@@ -179,4 +182,72 @@ extern "C" jamba_status jamba_dequant_fp8_cuda(const jamba_dequant_fp8_params *p
     jamba_status s = JAMBA_ERR_DTYPE;
     JAMBA_DISPATCH_FLOAT(p->out.dtype, T, s = dq_launch<T>(a, launch.device, stream));
     return s;
+}
+
+/* ---- per-row quantization of activations (moe_quant_rows_fp8; moe.cuh states the semantics) ----
+ * fp8_quant_rows_kernel<T>: x rows (K T elements, K % 16 == 0, 16-byte aligned; row r of the output reads row
+ * idx[r] / topk of x, or row r without idx: the MoE's gather into sorted order done on the way) -> q (rows, K) e4m3
+ * bytes and scale (rows,) f32. One warp per row (8 rows a 256-thread block), the row's 16-byte vectors in two passes:
+ * the absolute maximum (max.NaN, so a NaN reaches the scale; warp shuffles), then x * (448 / amax) in fp32 rounded to
+ * e4m3 with saturation (cvt.rn.satfinite), 8 bytes a vector; the second pass reads the row again from L1 / L2. The
+ * same bits as jamba_ext/reference.py quantize_rows_fp8 (fp32 division and product, round to nearest even). */
+__device__ __forceinline__ float fq_max_nan(float a, float b) {
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+}
+template <typename T>
+__global__ void __launch_bounds__(256) fp8_quant_rows_kernel(uint8_t *q, float *scale, const T *x, const int32_t *idx,
+                                                             int topk, int64_t rows, int64_t K, int32_t *sched) {
+    jamba_pdl_begin();
+    if (sched != NULL && blockIdx.x == 0 && threadIdx.x < 2) sched[threadIdx.x] = 0; /* the GEMMs' tile counters */
+    const int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int lane = threadIdx.x & 31;
+    const int64_t sr = idx != NULL ? (int64_t)(idx[r] / topk) : r;
+    const uint4 *src = reinterpret_cast<const uint4 *>(x + sr * K);
+    const int64_t nv = K / 8;
+    float m = 0.f;
+#pragma unroll 4
+    for (int64_t v = lane; v < nv; v += 32) {
+        float f[8];
+        jamba_w16<T>::ld(src[v], f);
+#pragma unroll
+        for (int i = 0; i < 8; i++) m = fq_max_nan(m, fabsf(f[i]));
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fq_max_nan(m, __shfl_xor_sync(0xffffffffu, m, o));
+    const float inv = m > 0.f ? __fdiv_rn(448.f, m) : 1.f;
+    if (lane == 0) scale[r] = m > 0.f ? __fdiv_rn(m, 448.f) : 1.f;
+    uint2 *dst = reinterpret_cast<uint2 *>(q + r * K);
+#pragma unroll 4
+    for (int64_t v = lane; v < nv; v += 32) {
+        float f[8];
+        jamba_w16<T>::ld(src[v], f);
+        uint32_t w[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            w[i] = (uint32_t)__nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(f[2 * i], inv), __fmul_rn(f[2 * i + 1], inv)),
+                                                     __NV_SATFINITE, __NV_E4M3);
+        dst[v] = make_uint2(w[0] | (w[1] << 16), w[2] | (w[3] << 16));
+    }
+}
+
+jamba_status moe_quant_rows_fp8(int dtype, uint8_t *q, float *scale, const void *x, const int32_t *idx, int topk,
+                                int64_t rows, int64_t K, int32_t *sched, cudaStream_t stream) {
+    if (rows == 0) return JAMBA_OK;
+    if (K % 16 != 0 || !jamba_aligned16(x) || !jamba_aligned16(q))
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts_fp8: fp8 activations need rows of a multiple of 16 "
+                               "elements and 16-byte aligned data");
+    const unsigned grid = (unsigned)jamba_ceil_div(rows, 8);
+    if (dtype == JAMBA_BF16)
+        jamba_kernel_launch(fp8_quant_rows_kernel<__nv_bfloat16>, grid, 256, 0, stream, q, scale,
+            (const __nv_bfloat16 *)x, idx, topk, rows, K, sched);
+    else if (dtype == JAMBA_F16)
+        jamba_kernel_launch(fp8_quant_rows_kernel<__half>, grid, 256, 0, stream, q, scale, (const __half *)x, idx, topk,
+            rows, K, sched);
+    else
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: fp8 activations from bf16 / f16 rows");
+    JAMBA_LAUNCH_CHECK("fp8_quant_rows_kernel", stream);
+    return JAMBA_OK;
 }

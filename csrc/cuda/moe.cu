@@ -1162,7 +1162,44 @@ static jamba_status fp8_ring_launch(const jamba_moe_experts_fp8_params *p, int d
     return combine_rows<T>(p->out, p->slot_out, p->expert_ids, (int)E, device, stream);
 }
 
+/* moe_experts_fp8 with fp8 activations (W8A8; p->act8 given, csrc/jamba.h): x quantized per row into sorted order
+ * (slot_out's first slots * H bytes, free until the down GEMM writes it; x_scale), the gate_up GEMM on the e4m3
+ * tensor cores into act (T), act quantized per row (act8, act_scale), the down GEMM into slot_out, the combine.
+ * Both GEMMs are the bf16 persistent kernel on e4m3 operands (moe_wgmma_gemm_q8; Hopper only). */
+static jamba_status fp8_w8a8_launch(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream) {
+    const int64_t H = p->x.shape[1], K = p->expert_ids.shape[1], E = p->w_down.shape[0], F = p->w_down.shape[2];
+    const int64_t slots = p->x.shape[0] * K;
+    const int dt = p->x.dtype;
+    if (!moe_wgmma_available(device))
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: fp8 activations (act8) need a Hopper GPU "
+                               "(sm_90) and a build with sm_90a code");
+    int32_t *sched = (int32_t *)p->sched.data;
+    uint8_t *x8 = (uint8_t *)p->slot_out.data;
+    moe_gemm_args g;
+    memset(&g, 0, sizeof g);
+    g.offsets = (const int32_t *)p->expert_offsets.data;
+    g.sorted = (const int32_t *)p->sorted_slots.data;
+    g.weights = (const float *)p->weights.data;
+    g.E = (int)E, g.topk = (int)K;
+    JAMBA_TRY(moe_quant_rows_fp8(dt, x8, (float *)p->x_scale.data, p->x.data, g.sorted, (int)K, slots, H, sched,
+                                 stream));
+    g.A = x8, g.ascale = (const float *)p->x_scale.data;
+    g.W = p->w_gate_up.data, g.C = p->act.data, g.wscale = (const float *)p->s_gate_up.data;
+    g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1, g.sched = sched;
+    JAMBA_TRY(moe_wgmma_gemm_q8(dt, g, slots, device, stream));
+    JAMBA_TRY(moe_quant_rows_fp8(dt, (uint8_t *)p->act8.data, (float *)p->act_scale.data, p->act.data, NULL, 1, slots,
+                                 F, NULL, stream));
+    g.A = p->act8.data, g.ascale = (const float *)p->act_scale.data;
+    g.W = p->w_down.data, g.C = p->slot_out.data, g.wscale = (const float *)p->s_down.data;
+    g.Kd = F, g.N = H, g.w_rows = H, g.gate_up = 0, g.sched = sched + 1;
+    JAMBA_TRY(moe_wgmma_gemm_q8(dt, g, slots, device, stream));
+    if (dt == JAMBA_F16) return combine_rows<__half>(p->out, p->slot_out, p->expert_ids, (int)E, device, stream);
+    return combine_rows<__nv_bfloat16>(p->out, p->slot_out, p->expert_ids, (int)E, device, stream);
+}
+
 jamba_status moe_fp8_ring(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream) {
+    if (p->act8.data != NULL && (p->x.dtype == JAMBA_BF16 || p->x.dtype == JAMBA_F16))
+        return fp8_w8a8_launch(p, device, stream);
     if (p->x.dtype == JAMBA_BF16) return fp8_ring_launch<__nv_bfloat16>(p, device, stream);
     if (p->x.dtype == JAMBA_F16) return fp8_ring_launch<__half>(p, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: the ring kernels take bf16 / f16 x");

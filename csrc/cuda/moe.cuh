@@ -57,6 +57,7 @@ struct moe_gemm_args {
     int32_t *sched;           /* impl wgmma: this GEMM's tile counter, zero on entry (NULL: non-persistent kernel) */
     int half_tiles;           /* persistent wgmma kernel: an expert's last <= 64 rows as a half tile (set by its launcher) */
     const float *wscale;      /* fp8 weights (moe_decode_kernel F8, moe_wgmma_gemm_f8): (E, w_rows) row scales */
+    const float *ascale;      /* fp8 A rows (moe_wgmma_gemm_q8): (slots,) a scale per sorted row */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */
@@ -90,6 +91,16 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
 /* moe_wgmma_gemm on e4m3 weights (a.W bytes, a.wscale the (E, w_rows) row scales; moe_wgmma_f8ws_kernel): the fp32
  * sums times the row scales, then the same epilogues; bf16 / f16 A, Kd % 16 == 0 */
 jamba_status moe_wgmma_gemm_f8(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
+/* W8A8 (moe_experts_fp8 with act_fp8, Hopper): moe_wgmma_gemm with A (slots, Kd) e4m3 bytes in sorted order and a.ascale
+ * their row scales, W e4m3 bytes and a.wscale its row scales: C from sum_k e4m3(A[p, k]) e4m3(W[n, k]) (wgmma e4m3,
+ * fp32 accumulators) times ascale[p] * wscale[n], then the same epilogues; the persistent kernel (a.sched required);
+ * dtype = C's (bf16 / f16), Kd % 16 == 0 */
+jamba_status moe_wgmma_gemm_q8(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
+/* per-row e4m3 quantization (fp8.cu): for r < rows, src row = x row (idx ? idx[r] / topk : r) of K elements of dtype
+ * (bf16 / f16): amax = max |x|, scale[r] = amax / 448 and q[r, k] = e4m3_satfinite(x[k] * (448 / amax)) (fp32, round to
+ * nearest even; amax 0: scale 1, q 0); K % 16 == 0, 16-byte aligned rows; sched[0..1] = 0 (if not NULL) */
+jamba_status moe_quant_rows_fp8(int dtype, uint8_t *q, float *scale, const void *x, const int32_t *idx, int topk,
+                                int64_t rows, int64_t K, int32_t *sched, cudaStream_t stream);
 /* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows; sched[0..1] = 0 (if not NULL:
  * the tile counters of the two GEMMs that follow) */
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,

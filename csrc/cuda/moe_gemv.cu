@@ -252,7 +252,7 @@ extern "C" jamba_status jamba_moe_experts_fp8_cuda(const jamba_moe_experts_fp8_p
     if ((dt != JAMBA_BF16 && dt != JAMBA_F16) || H % 16 || F % 16 || F == 0 ||
         (!ring && T_ > JAMBA_FP8_GEMV_MAX_TOKENS) || F > 65535 || H > 2 * 65535 || !jamba_aligned16(p->x.data) ||
         !jamba_aligned16(p->w_gate_up.data) || !jamba_aligned16(p->w_down.data) || !jamba_aligned16(p->act.data) ||
-        (ring && !jamba_aligned16(p->slot_out.data)))
+        (ring && !jamba_aligned16(p->slot_out.data)) || (p->act8.data != NULL && !jamba_aligned16(p->act8.data)))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED,
                                "jamba.moe_experts_fp8: the CUDA kernels take bf16 / f16 x, H and F multiples of 16 "
                                "(F <= 65535), 16-byte aligned data and, without the permutation, at most %d tokens; "

@@ -89,6 +89,23 @@ template <typename T> __device__ __forceinline__ void wgmma_k16(float (&d)[64], 
 WG_DEF_K16(__nv_bfloat16, "bf16")
 WG_DEF_K16(__half, "f16")
 #endif
+/* The operand tag of the W8A8 GEMM (moe_wgmma_gemm_q8): A and W e4m3 bytes. Its "k16" step is one
+ * wgmma.m64nNk32.f32.e4m3.e4m3: 32 bytes of k, the same bytes and descriptor step as a bf16 k16 step, so the ring,
+ * the TMA boxes (128 bytes of k a row) and the descriptors of the bf16 kernel carry over unchanged; the fp8 forms
+ * take no transpose immediates (K-major operands only). */
+struct moe_e4m3_op {};
+#if MOE_HAS_WGMMA
+template <> __device__ __forceinline__ void wgmma_k16<moe_e4m3_op>(float (&d)[128], uint64_t da, uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n256k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1;\n}\n"
+                 : WG_ACC128 : "l"(da), "l"(db), "r"(1));
+}
+template <> __device__ __forceinline__ void wgmma_k16<moe_e4m3_op>(float (&d)[64], uint64_t da, uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1;\n}\n"
+                 : WG_ACC64 : "l"(da), "l"(db), "r"(1));
+}
+#endif
 
 /* Epilogue: a warpgroup's accumulators (NJ * 8 columns: W rows cb .. cb + 8 NJ - 1 of the tile's W stage, cb a
  * multiple of 128; rows prow .. prow + 63 in sorted order) to C.
@@ -135,6 +152,23 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
             }
         }
     }
+}
+
+/* W8A8 (moe_wgmma_gemm_q8): a warpgroup's fp32 sums of e4m3 products times the scale of their A row (a.ascale, per
+ * sorted row; rows as wg_epilogue, from prow; rows past row_end get 0, their outputs are skipped), in place; the W row
+ * scales follow in the epilogues (SC), where each sum is used once (all 64 of a thread's W scales loaded here, with
+ * the 128 sums live, spilled at the kernel's 168 registers). */
+template <int NA>
+__device__ __forceinline__ void wq_row_scale(const moe_gemm_args &a, float (&acc)[NA], int64_t prow, int64_t row_end,
+                                             int warp, int lane) {
+    float rs[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int64_t p = prow + (warp & 3) * 16 + (lane >> 2) + h * 8;
+        rs[h] = p < row_end ? a.ascale[p] : 0.f;
+    }
+#pragma unroll
+    for (int i = 0; i < NA; i++) acc[i] *= rs[(i >> 1) & 1];
 }
 
 /* Tile modes (template parameter MODE of the kernel and its helpers):
@@ -477,8 +511,9 @@ template <typename T> __device__ __forceinline__ uint32_t wg_pack2(float lo, flo
 }
 /* accumulator blocks JB .. JB + 15 (one W box: gate blocks JB .. JB + 7, up blocks JB + 8 ..) of the warpgroup's
  * 64 rows as a staged box at dst, rows rbase + .. */
-template <typename T, int NA, int JB>
-__device__ __forceinline__ void wp_put_box(uint32_t dst, const float (&acc)[NA], int rbase, int warp, int lane) {
+template <typename T, int NA, int JB, bool SC = false>
+__device__ __forceinline__ void wp_put_box(uint32_t dst, const float (&acc)[NA], int rbase, int warp, int lane,
+                                           const float *sc = nullptr, int64_t f0 = 0, int64_t N = 0) {
     const int g = lane >> 2, tq = lane & 3;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
@@ -486,8 +521,13 @@ __device__ __forceinline__ void wp_put_box(uint32_t dst, const float (&acc)[NA],
 #pragma unroll
         for (int jj = 0; jj < 8; jj++) {
             const int j = JB + jj;
-            const uint32_t w0 = wg_pack2<T>(acc[4 * j + 2 * h], acc[4 * (j + 8) + 2 * h]);
-            const uint32_t w1 = wg_pack2<T>(acc[4 * j + 2 * h + 1], acc[4 * (j + 8) + 2 * h + 1]);
+            float s[4] = {1.f, 1.f, 1.f, 1.f}; /* SC (W8A8): the W row scales of gate f, f + 1 and up f, f + 1 */
+            if constexpr (SC) {
+                const int64_t f = f0 + 8 * jj + 2 * tq; /* outputs past N: any finite value (their stores are skipped) */
+                if (f < N) s[0] = sc[f], s[1] = sc[f + 1], s[2] = sc[N + f], s[3] = sc[N + f + 1];
+            }
+            const uint32_t w0 = wg_pack2<T>(acc[4 * j + 2 * h] * s[0], acc[4 * (j + 8) + 2 * h] * s[2]);
+            const uint32_t w1 = wg_pack2<T>(acc[4 * j + 2 * h + 1] * s[1], acc[4 * (j + 8) + 2 * h + 1] * s[3]);
             const uint32_t c = (uint32_t)((4 * jj + tq) ^ ((r & 3) << 2));
             asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst + (uint32_t)r * 256u + c * 8u), "r"(w0),
                          "r"(w1) : "memory");
@@ -522,10 +562,11 @@ __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t sr
         *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(wg_pack2<T>(o[0], o[1]), wg_pack2<T>(o[2], o[3]));
     }
 }
-template <typename T, int NA, bool EO, int MODE = WT_ALL>
+template <typename T, int NA, bool EO, int MODE = WT_ALL, bool Q8 = false>
 __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0,
-                                        const wp_epi &ep, uint32_t &eu) {
+                                        const wp_epi &ep, uint32_t &eu, int e = 0) {
+    using OP = typename std::conditional<Q8, moe_e4m3_op, T>::type; /* the wgmma operands (Q8: e4m3 bytes) */
     using C = wt_cfg<MODE>; /* the ring's stage stride (WT_MG: the merged tiles' kernel) */
     constexpr int S = C::STAGES;
     constexpr bool MGT = NA == 192, FULL = NA != 64; /* NA = 192: a merged tile (MODE WT_MG; see below) */
@@ -551,29 +592,35 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
         mbar_wait(ring.full + 8 * st, (it / S) & 1);
         __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
         if constexpr (MGT) /* group it - 1 has finished */
-            wg_ktile<T>(wg_chain<128>{acc, sa + oa, sa + ob}, wg_chain<64>{acc2, sa + ot, sa + oh});
+            wg_ktile<OP>(wg_chain<128>{acc, sa + oa, sa + ob}, wg_chain<64>{acc2, sa + ot, sa + oh});
         else
-            wg_ktile<T>(wg_chain<NA>{acc, sa + oa, sa + ob});
+            wg_ktile<OP>(wg_chain<NA>{acc, sa + oa, sa + ob});
         if (kt > 0) release(it - 1);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wg_pin(acc);
     if constexpr (MGT) wg_pin(acc2);
     release(it - 1); /* the tile's last stage: the producer refills it during the epilogue */
+    [[maybe_unused]] const float *sc = nullptr; /* Q8: the expert's W row scales, for the epilogues (SC = Q8) */
+    if constexpr (Q8) { /* the A row scales on the sums here */
+        static_assert(!MGT, "no merged tiles in the W8A8 kernel");
+        wq_row_scale<NA>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, warp, lane);
+        sc = a.wscale + (int64_t)e * a.w_rows;
+    }
     if constexpr (MGT) {
         wg_epilogue<T, 32>(a, acc, row0 + wgi * 64, row_end, n0, 0, warp, lane);
         wg_epilogue<T, 16>(a, acc2, row0 + WG_BM, row_end, n0, wgi * (WG_BN / 2), warp, lane);
     } else if (EO && a.gate_up) { /* box 1 to the epilogue warps (half tile: warpgroup 1's outputs), box 0 here */
         if (eu > 0) mbar_wait(ep.sempty, (eu - 1) & 1); /* the epilogue warps have read the previous staged tile */
-        if (FULL) wp_put_box<T, NA, 16>(ep.stage, acc, wgi * 64, warp, lane);
-        else if (wgi == 1) wp_put_box<T, NA, 0>(ep.stage, acc, 0, warp, lane);
+        if (FULL) wp_put_box<T, NA, 16, Q8>(ep.stage, acc, wgi * 64, warp, lane, sc, n0 + WG_WBOX, a.N);
+        else if (wgi == 1) wp_put_box<T, NA, 0, Q8>(ep.stage, acc, 0, warp, lane, sc, n0 + WG_WBOX, a.N);
         wp_post(ep, eu, warp, lane, row0, row_end, n0, FULL ? WG_BM : 64);
         if (FULL || wgi == 0)
-            wg_epilogue<T, 16>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0), row_end,
-                               n0, 0, warp, lane);
+            wg_epilogue<T, 16, Q8>(a, reinterpret_cast<const float(&)[64]>(acc), row0 + (FULL ? wgi * 64 : 0), row_end,
+                                   n0, 0, warp, lane, sc);
     } else {
-        wg_epilogue<T, NA / 4>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2), warp,
-                               lane);
+        wg_epilogue<T, NA / 4, Q8>(a, acc, row0 + (FULL ? wgi * 64 : 0), row_end, n0, FULL ? 0 : wgi * (WG_BN / 2),
+                                   warp, lane, sc);
     }
 }
 
@@ -617,13 +664,14 @@ __device__ __forceinline__ bool wp_is_merged(int64_t row0, int64_t row_end) {
 #define WP_EO_SMEM (WP_EO_STAGE_OFF + WG_BM * 256 + 64 + 1024) /* + alignment room */
 #define WP_MG_THREADS (WG_THREADS + 128) /* MG kernel: a whole third warpgroup (setmaxnreg works per warpgroup) */
 #define WP_MG_SMEM (wt_cfg<WT_MG>::SMEM + 8 * WG_STAGES)
-template <typename T, bool EO, bool MG = false>
+template <typename T, bool EO, bool MG = false, bool Q8 = false>
 __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_THREADS, 1)
     moe_wgmma_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                              const __grid_constant__ CUtensorMap tmW, moe_gemm_args a, int64_t n_tiles) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     static_assert(!(EO && MG), "the merged tiles' kernel has no epilogue warps");
+    static_assert(!(Q8 && MG), "the W8A8 kernel has no merged tiles");
     constexpr int RM = MG ? WT_MG : WT_ALL; /* the ring's layout */
     using C = wt_cfg<RM>;
     constexpr int S = C::STAGES;
@@ -709,12 +757,16 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
          * reported as hazards against the producer's next write) */
         const int pid = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
         if (pid < 0 || !wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
-        if (MG && wp_is_merged(row0, row_end))
-            wp_tile<T, 192, false, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
-        else if (!MG && wp_is_half(a, row0, row_end))
-            wp_tile<T, 64, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
+        if constexpr (MG) {
+            if (wp_is_merged(row0, row_end)) {
+                wp_tile<T, 192, false, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
+                continue;
+            }
+        }
+        if (!MG && wp_is_half(a, row0, row_end))
+            wp_tile<T, 64, EO, RM, Q8>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu, e);
         else
-            wp_tile<T, 128, EO, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
+            wp_tile<T, 128, EO, RM, Q8>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu, e);
     }
     if constexpr (EO) { /* no more tiles: tell the epilogue warps */
         if (a.gate_up) {
@@ -940,6 +992,7 @@ static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t r
     const cuuint32_t box[3] = {WG_BK, (cuuint32_t)box_rows, 2}, es[3] = {1, 1, 1};
     const CUtensorMapDataType dt = bytes ? CU_TENSOR_MAP_DATA_TYPE_UINT8
                                    : dtype == JAMBA_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                   : dtype == JAMBA_U8  ? CU_TENSOR_MAP_DATA_TYPE_UINT16 /* byte pairs (W8A8) */
                                                         : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
     const CUresult r = enc(m, dt, pair > 0 ? 3 : 2, const_cast<void *>(ptr), dims, strides, box, es,
                            CU_TENSOR_MAP_INTERLEAVE_NONE, bytes ? CU_TENSOR_MAP_SWIZZLE_NONE : CU_TENSOR_MAP_SWIZZLE_128B,
@@ -976,26 +1029,30 @@ static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t
     return JAMBA_OK;
 }
 
-/* one launch of moe_wgmma_persist_kernel<T>: a CTA per SM, or fewer when the tile bound is smaller */
-template <typename T>
+/* one launch of moe_wgmma_persist_kernel<T, ..., Q8>: a CTA per SM, or fewer when the tile bound is smaller.
+ * Q8 (moe_wgmma_gemm_q8): A and W hold e4m3 bytes, seen by the tensor maps and the kernel as 2-byte elements (a.Kd
+ * of them a row: the caller's Kd / 2), so that a k tile is the bf16 kernel's 128 bytes; no merged tiles. */
+template <typename T, bool Q8 = false>
 static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int64_t slots, int dev,
                                          const CUtensorMap &tmW, cudaStream_t stream) {
     using C = wt_cfg<WT_ALL>;
     static int sms[64]; /* SM count (0: not read yet); the dynamic shared-memory limit raised with it */
     int nsm = dev >= 0 && dev < 64 ? sms[dev] : 0;
     if (nsm == 0) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, false>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, false, false, Q8>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, true, false, Q8>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, WP_EO_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, false, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, WP_MG_SMEM));
+        if (!Q8)
+            JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_wgmma_persist_kernel<T, false, true>,
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, WP_MG_SMEM));
         JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
         if (dev >= 0 && dev < 64) sms[dev] = nsm;
     }
+    const int mdt = Q8 ? JAMBA_U8 : dtype; /* the maps' element type (Q8: byte pairs) */
     CUtensorMap tmA, tmA64; /* A in 128-row boxes (full tiles) and in 64-row boxes (half tiles) */
-    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, C::BM));
-    JAMBA_TRY(wt_map(&tmA64, dtype, a.A, slots, a.Kd, 64));
+    JAMBA_TRY(wt_map(&tmA, mdt, a.A, slots, a.Kd, C::BM));
+    JAMBA_TRY(wt_map(&tmA64, mdt, a.A, slots, a.Kd, 64));
     const int64_t n_tiles = jamba_ceil_div(a.N, a.gate_up ? WG_BN / 2 : WG_BN);
     const int64_t bound = (jamba_ceil_div(slots, WG_BM) + a.E) * n_tiles; /* tiles of the expert-major order */
     const int64_t grid = bound < nsm ? bound : nsm;
@@ -1010,15 +1067,15 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
     if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
-    if (mg)
+    if (mg && !Q8)
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
             tmA, tmA64, tmW, ap, n_tiles);
     else if (epi != NULL && epi[0] == '0')
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, false>, (unsigned)grid, WP_THREADS, WP_SMEM, stream, tmA,
-            tmA64, tmW, ap, n_tiles);
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, false, Q8>, (unsigned)grid, WP_THREADS, WP_SMEM, stream,
+            tmA, tmA64, tmW, ap, n_tiles);
     else
-        jamba_kernel_launch(moe_wgmma_persist_kernel<T, true>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM, stream, tmA,
-            tmA64, tmW, ap, n_tiles);
+        jamba_kernel_launch(moe_wgmma_persist_kernel<T, true, false, Q8>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM,
+            stream, tmA, tmA64, tmW, ap, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
     return JAMBA_OK;
 }
@@ -1082,6 +1139,25 @@ jamba_status moe_wgmma_gemm_f8(int dtype, const moe_gemm_args &a, int64_t slots,
     if (dtype == JAMBA_BF16) return wgmma_f8_launch<__nv_bfloat16>(dtype, a, slots, device, stream);
     if (dtype == JAMBA_F16) return wgmma_f8_launch<__half>(dtype, a, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: the wgmma kernel takes bf16 / f16 x");
+}
+
+jamba_status moe_wgmma_gemm_q8(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
+    if (slots == 0) return JAMBA_OK;
+    if (!moe_wgmma_available(device))
+        return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: fp8 activations (act_fp8) need a Hopper "
+                               "GPU (sm_90) and a build with sm_90a code");
+    if (!moe_wgmma_coords_fit(a.E, a.w_rows, slots) || a.Kd % 16 != 0 || a.Kd == 0 || a.sched == NULL ||
+        a.ascale == NULL || a.wscale == NULL)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts_fp8: the W8A8 kernel needs E * rows of W and the "
+                               "token slots below 2^31, K a positive multiple of 16, the scales and the tile counter");
+    moe_gemm_args ap = a;
+    ap.Kd = a.Kd / 2; /* byte pairs: see wgmma_launch_persist */
+    CUtensorMap tmW;
+    if (a.gate_up) JAMBA_TRY(wt_map(&tmW, JAMBA_U8, a.W, (int64_t)a.E * a.w_rows - a.N, ap.Kd, WG_WBOX, a.N));
+    else JAMBA_TRY(wt_map(&tmW, JAMBA_U8, a.W, (int64_t)a.E * a.w_rows, ap.Kd, 2 * WG_WBOX));
+    if (dtype == JAMBA_BF16) return wgmma_launch_persist<__nv_bfloat16, true>(dtype, ap, slots, device, tmW, stream);
+    if (dtype == JAMBA_F16) return wgmma_launch_persist<__half, true>(dtype, ap, slots, device, tmW, stream);
+    return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: the W8A8 kernel writes bf16 / f16");
 }
 
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,

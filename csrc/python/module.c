@@ -269,8 +269,9 @@ static PyObject *py_moe_experts_fp8(PyObject *self, PyObject *args) {
     memset(&p, 0, sizeof p);
     call_ctx c;
     jamba_tensor *ts[] = {&p.out, &p.x, &p.weights, &p.expert_ids, &p.w_gate_up, &p.s_gate_up, &p.w_down,
-                          &p.s_down, &p.act, &p.expert_offsets, &p.sorted_slots, &p.slot_out};
-    if (parse_call(args, &c, ts, 12, NULL, 0) < 0) return NULL;
+                          &p.s_down, &p.act, &p.expert_offsets, &p.sorted_slots, &p.slot_out, &p.act8, &p.x_scale,
+                          &p.act_scale, &p.sched};
+    if (parse_call(args, &c, ts, 16, NULL, 0) < 0) return NULL;
     JAMBA_RUN(c, p, jamba_moe_experts_fp8_cpu, jamba_moe_experts_fp8_cuda);
 }
 
