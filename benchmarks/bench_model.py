@@ -272,6 +272,13 @@ def graph_decode_row(model, ids, steps: int, device) -> dict:
     return out
 
 
+def act_fp8(model, on: bool) -> None:
+    """the fp8 model's permission to quantize the MoE activations too (JambaExperts.act_fp8), switched in place"""
+    for m in model.modules():
+        if hasattr(m, "act_fp8") and getattr(m, "is_fp8", False):
+            m.act_fp8 = on
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny CPU config (CI)")
@@ -289,6 +296,9 @@ def main(argv=None) -> int:
     ap.add_argument("--experts-fp8", action="store_true",
                     help='add "jamba_ext fp8" rows: the same model with its MoE experts quantized to fp8 '
                          '(quantize_experts("fp8"); eager and, with --cuda-graph, graph decode)')
+    ap.add_argument("--act-fp8", action="store_true",
+                    help='with --experts-fp8: add "jamba_ext fp8 act" rows (prefill and eager decode with the MoE\'s '
+                         'activations in fp8 too: quantize_experts("fp8", act_fp8=True); W8A8 on Hopper)')
     ap.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
                     help='add "jamba_ext+graph" decode rows (generate(cuda_graph=True)); default: on for cuda, --smoke')
     args = ap.parse_args(argv)
@@ -368,6 +378,13 @@ def main(argv=None) -> int:
             a8 = ours8(ids).logits.float()
         check["fp8_vs_unquantized_norm_rel_err"] = ((a8 - a).norm() / a.norm()).item()
         check["fp8_top1_agreement"] = (a8.argmax(-1) == a.argmax(-1)).float().mean().item()
+        if args.act_fp8:
+            act_fp8(ours8, True)
+            with torch.no_grad():
+                a8a = ours8(ids).logits.float()
+            act_fp8(ours8, False)
+            check["fp8_act_vs_unquantized_norm_rel_err"] = ((a8a - a).norm() / a.norm()).item()
+            check["fp8_act_top1_agreement"] = (a8a.argmax(-1) == a.argmax(-1)).float().mean().item()
     print(f"check: {check}", flush=True)
 
     rows = []
@@ -376,10 +393,13 @@ def main(argv=None) -> int:
             ids = torch.randint(3, cfg.vocab_size, (B, L), device=device)
             impls = [("jamba_ext", ours)] + ([("jamba_ext+graph", ours)] if use_graph else []) + \
                 ([("jamba_ext fp8", ours8)] + ([("jamba_ext fp8+graph", ours8)] if use_graph else [])
+                 + ([("jamba_ext fp8 act", ours8)] if args.act_fp8 else [])
                  if ours8 is not None else []) + [("transformers", hf)]
             for name, model in impls:
                 if model is None:
                     continue
+                if ours8 is not None:
+                    act_fp8(ours8, name == "jamba_ext fp8 act")
                 row = {"impl": name, "batch": B, "prompt_len": L, "dtype": str(dtype).replace("torch.", "")}
                 if name == "transformers":
                     need = hf_slow_scan_bytes(cfg, B, L) / 2 ** 30

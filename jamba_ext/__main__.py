@@ -14,7 +14,8 @@ kernel (Mamba, attention, MoE) with no download; its text is noise. With --model
 package). Generated text streams to stdout; throughput (prefill and decode tokens/s) and, for long
 prompts and long generations, progress bars go to stderr. Exit status 2 on a bad argument or checkpoint.
 --experts-fp8 stores the MoE expert weights in float8_e4m3fn with a per-row scale (weight-only quantisation, done while
-the checkpoint loads: from_pretrained(experts_dtype="fp8"); the built-in model is quantized after it is built).
+the checkpoint loads: from_pretrained(experts_dtype="fp8"); the built-in model is quantized after it is built);
+--act-fp8 adds fp8 activations (W8A8: x and the SiLU product quantized per row; used by prefill on Hopper GPUs).
 `train` fine-tunes every weight (or, with --lora R, rank-R adapters) of the built-in model (or of --model) on random
 windows of a UTF-8 text file
 (next-token loss, AdamW, gradients clipped at norm 1; on a GPU fp32 weights under bf16 autocast), logs the loss and
@@ -81,11 +82,14 @@ def _load(args):
         _fail("--device cuda: no CUDA GPU is visible to torch")
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     fp8 = getattr(args, "experts_fp8", False)
+    act8 = getattr(args, "act_fp8", False)
+    if act8 and not fp8:
+        _fail("--act-fp8 quantizes the MoE activations of fp8 experts: add --experts-fp8")
     if args.model is None:
         cfg = JambaConfig(**DEFAULT_CONFIG)
         model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=args.seed)
         if fp8:
-            model.quantize_experts("fp8")
+            model.quantize_experts("fp8", act_fp8=act8)
         return model, ByteTokenizer(), "built-in random Jamba (byte-level tokenizer)"
     from .modeling_jamba import resolve_checkpoint
     try:
@@ -105,6 +109,8 @@ def _load(args):
                                                  experts_dtype="fp8" if fp8 else None)
     except (ValueError, FileNotFoundError, OSError) as e:
         _fail(f"--model {d!r}: {e}")
+    if act8:
+        model.quantize_experts("fp8", act_fp8=True)  # experts fp8 already: sets the permission only
     return model, tok, d
 
 
@@ -305,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--experts-fp8", action="store_true",
                    help="store the MoE expert weights in fp8 (float8_e4m3fn, one scale per row; quantized while the "
                         "checkpoint loads): Jamba-v0.1 needs ~58 GB instead of ~104 GB, one 80 GB GPU")
+    g.add_argument("--act-fp8", action="store_true",
+                   help="with --experts-fp8: let the MoE quantize its activations to fp8 too (per row; prefill on "
+                        "Hopper GPUs runs the experts ~1.8x faster, at ~1-3%% more error per expert output)")
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--min-new-tokens", type=int, default=0, help="no end-of-text token before this many new tokens")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and sampling")

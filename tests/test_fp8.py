@@ -523,15 +523,19 @@ def ref_w8a8(x, w, ids, q_gu, s_gu, q_d, s_d):
 
 
 def w8a8_check(out, x, w, ids, q_gu, s_gu, q_d, s_d):
-    """out (the W8A8 op) against its fp64 oracle: within 1.5% of the output's scale everywhere (fp32 accumulation in the
-    tensor cores' order, act rounded to x's dtype before its quantization: a flipped act code moves a sum by ~1/16 of
-    one term), and at most a third of the oracle's own distance from the weight-only result (so the activations were
-    quantized: an op that skipped a quantization would sit near the weight-only result)."""
+    """out (the W8A8 op) against its fp64 oracle. The op's act is rounded to x's dtype from fp32 sums in the tensor
+    cores' order, the oracle's from fp64 sums: where a row's largest act element rounds differently, the row's act scale
+    differs and its whole act row is quantized anew, so that row's output moves by e4m3 noise (a few % of its values:
+    1.5-3.5% of the output scale in 1-2% of the rows on the H200, dev/w8a8_diag.py). So: every error below 6% of the
+    output scale (a wrong scale or row would be ~100%), the typical row (the median of the rows' largest errors) within
+    1%, and the mean error at most a third of the oracle's own distance from the weight-only result (so the
+    activations were quantized: an op that skipped a quantization would sit near the weight-only result)."""
     ref8 = ref_w8a8(x, w, ids, q_gu, s_gu, q_d, s_d)
     ref16 = ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d).double()
     scale = ref8.abs().max().item()
     err = (out.double() - ref8).abs()
-    assert err.max().item() <= 1.5e-2 * scale, (err.max().item(), scale)
+    assert err.max().item() <= 6e-2 * scale, (err.max().item(), scale)
+    assert err.amax(1).median().item() <= 1e-2 * scale, (err.amax(1).median().item(), scale)
     gap = (ref8 - ref16).abs().mean().item()
     assert err.mean().item() <= gap / 3, (err.mean().item(), gap)
 
@@ -578,10 +582,7 @@ def test_moe_experts_fp8_w8a8_tile_forms_same_bits(monkeypatch):
         outs.append(ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets, act_fp8=True))
     for o in outs[1:]:
         assert torch.equal(o, outs[0])
-    rows = x.float().abs().amax(1, keepdim=True)  # each row relative to its own scale
-    ref8 = ref_w8a8(x, w, ids, q_gu, s_gu, q_d, s_d)
-    rel = ((outs[0].double() - ref8).abs() / rows.double()).max().item()
-    assert rel < 2e-2 * (ref8.abs() / rows.double()).max().item()
+    w8a8_check(outs[0], x, w, ids, q_gu, s_gu, q_d, s_d)
 
 
 @pytest.mark.cuda
