@@ -167,6 +167,12 @@ def main():
                         lg[:, 0] += 100.0
                     wr, ids, offs, slots = ops.moe_route(lg, K)
                     ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs)
+                    # fp8 activations (W8A8: the row quantization and the persistent kernel's e4m3 instances), with
+                    # and without half tiles for the 150 rows' 22-row tail
+                    for half in ("0", "1"):
+                        os.environ["JAMBA_EXT_WGMMA_HALF"] = half
+                        ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs, act_fp8=True)
+                    del os.environ["JAMBA_EXT_WGMMA_HALF"]
                 del os.environ["JAMBA_EXT_FP8_WGMMA"]
             old = ops.FP8_SM90_MAX_TOKENS
             ops.FP8_SM90_MAX_TOKENS = 0  # the dequantizing path above FP8_RING_MAX_TOKENS on Hopper too
