@@ -3,7 +3,10 @@ against the weight-only fp8 op (W8A16: the ring / wgmma-with-converters engines)
 (H 4096, F 14336, 16 experts, top-2), timed in turns (common.time_interleaved). Prints us per call, the whole op's
 TFLOP/s against the measured dense bf16 matmul rate and against the dense e4m3 rate (torch._scaled_mm, where this torch
 has it), and the error of each fp8 form against the bf16 op on bf16 weights (relative rms / max over the outputs).
-Usage: python3 dev/w8a8_ab.py [tokens,...]"""
+--ab: also the W8A8 op under the persistent kernel's switches (JAMBA_EXT_WGMMA_HALF=1 / 0: an expert's last <= 64
+rows as a half tile, by default from 384 slots per expert; JAMBA_EXT_MOE_EPI=0: without the epilogue warps) and the
+W8A8 op's kernels (torch.profiler, us per call) at the largest token count.
+Usage: python3 dev/w8a8_ab.py [tokens,...] [--ab]"""
 import os
 import sys
 
@@ -47,9 +50,19 @@ def main():
     for T in tokens:
         x = torch.randn(T, H, device=dev, generator=g).to(torch.bfloat16)
         w, ids, offs, slots = ops.moe_route(x @ router.t(), K)
+        def w8a8(**env):
+            def run():
+                with common.env(**env):
+                    return ops.moe_experts_fp8(x, w, ids, *q8, slots, offs, act_fp8=True)
+            return run
+
         fns = {"bf16 op": lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offs),
                "fp8 W8A16 (default)": lambda: ops.moe_experts_fp8(x, w, ids, *q8, slots, offs),
-               "fp8 W8A8 (act_fp8)": lambda: ops.moe_experts_fp8(x, w, ids, *q8, slots, offs, act_fp8=True)}
+               "fp8 W8A8 (act_fp8)": w8a8()}
+        if "--ab" in sys.argv:
+            fns["W8A8 half tiles on"] = w8a8(JAMBA_EXT_WGMMA_HALF="1")
+            fns["W8A8 half tiles off"] = w8a8(JAMBA_EXT_WGMMA_HALF="0")
+            fns["W8A8 no epi warps"] = w8a8(JAMBA_EXT_MOE_EPI="0")
         base = fns["bf16 op"]().double()
         nb = base.norm().item()
         errs = {}
@@ -64,6 +77,10 @@ def main():
             r8 = f", {100 * tf / mm8:5.1f}% of e4m3" if mm8 and "W8A8" in name else ""
             print(f"T={T:<5} {name:<20} {us:9.1f} us  {tf:6.1f} TFLOP/s ({100 * tf / mm:5.1f}% of bf16 matmul{r8})"
                   f"{'  err vs bf16 op: ' + errs[name] if name in errs else ''}", flush=True)
+        if "--ab" in sys.argv and T == tokens[-1]:
+            from bench_moe import kernel_breakdown
+            kb = kernel_breakdown(fns["fp8 W8A8 (act_fp8)"])
+            print(f"T={T} W8A8 kernels (us/call): " + ", ".join(f"{k} {v:.1f}" for k, v in kb.items()), flush=True)
 
 
 if __name__ == "__main__":

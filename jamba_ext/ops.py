@@ -1282,8 +1282,11 @@ FP8_RING_MAX_TOKENS = 512
 FP8_SM90_MAX_TOKENS = 3584
 # act_fp8 (W8A8; Hopper only, csrc/cuda/moe.cu fp8_w8a8_launch): x and act quantized per row to e4m3
 # (reference.quantize_rows_fp8) and both expert GEMMs on the e4m3 tensor cores (twice the bf16 rate), from this many
-# tokens; below, and on other devices, act_fp8 is ignored (the weight-only engines above).
-FP8_W8A8_MIN_TOKENS = 7
+# tokens; below, and on other devices, act_fp8 is ignored (the weight-only engines above). Jamba-v0.1 sizes, bf16 x,
+# H200, us, W8A8 / weight-only fp8 / bf16 op, timed in turns (gpu_round_fp8_fe68db6.log): 8 tokens 741 / 644 / 1177,
+# 16: 833 / 688 / 1159, 32: 885 / 854 / 1325, 64: 859 / 956 / 1334, 512: 904 / 1563 / 1404, 2048: 1906 / 4425 / 2946,
+# 4096: 3475 / 7765 / 5181 (the ring kernels win up to 32 tokens, where the weights' bytes bind both).
+FP8_W8A8_MIN_TOKENS = 64
 
 
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:

@@ -265,6 +265,12 @@ def test_moe_experts_fp8_opcheck(device):
     torch.library.opcheck(torch.ops.jamba.moe_experts_fp8.default, (x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets),
                           test_utils=utils)
     torch.library.opcheck(torch.ops.jamba.dequant_fp8.default, (q_gu, s_gu, torch.bfloat16), test_utils=utils)
+    # act_fp8 (on Hopper from ops.FP8_W8A8_MIN_TOKENS tokens the W8A8 kernel; ignored elsewhere)
+    T = max(80, ops.FP8_W8A8_MIN_TOKENS)
+    x = randn(T, H, device=device, dtype=torch.bfloat16)
+    w, ids, offsets, slots = routed(T, E, K, device)
+    torch.library.opcheck(torch.ops.jamba.moe_experts_fp8.default, (x, w, ids, q_gu, s_gu, q_d, s_d, slots, offsets),
+                          {"act_fp8": True}, test_utils=utils)
 
 
 def test_moe_experts_fp8_bad_inputs(device):
