@@ -546,7 +546,15 @@ def w8a8_check(out, x, w, ids, q_gu, s_gu, q_d, s_d):
     assert err.mean().item() <= gap / 3, (err.mean().item(), gap)
 
 
-W8A8_SHAPES = [(7, 272, 144), (33, 272, 144), (64, 512, 272), (300, 208, 48), (200, 1040, 400), (1000, 256, 128)]
+# (T, H, F): as WGMMA_SHAPES, plus one token, 1000 tokens, and act rows longer than the quantization kernel holds in
+# registers (F 16400 > 16384: the rest read again)
+W8A8_SHAPES = [(1, 272, 144), (7, 272, 144), (33, 272, 144), (64, 512, 272), (300, 208, 48), (200, 1040, 400),
+               (1000, 256, 128), (70, 64, 16400)]
+
+
+@pytest.fixture
+def w8a8_everywhere(monkeypatch):
+    monkeypatch.setattr(ops, "FP8_W8A8_MIN_TOKENS", 1)  # the W8A8 kernel at every token count (any T runs)
 
 
 @pytest.mark.cuda
@@ -554,7 +562,7 @@ W8A8_SHAPES = [(7, 272, 144), (33, 272, 144), (64, 512, 272), (300, 208, 48), (2
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("T,H,F", W8A8_SHAPES, ids=[f"T{t}H{h}F{f}" for t, h, f in W8A8_SHAPES])
 @pytest.mark.parametrize("E,K", [(1, 1), (8, 2), (16, 2)])
-def test_moe_experts_fp8_w8a8_matches_fp64(dtype, T, H, F, E, K):
+def test_moe_experts_fp8_w8a8_matches_fp64(w8a8_everywhere, dtype, T, H, F, E, K):
     dev = torch.device("cuda")
     x = randn(T, H, device=dev, dtype=dtype)
     q_gu, s_gu, q_d, s_d = fp8_experts(E, H, F, dev)
@@ -568,7 +576,7 @@ def test_moe_experts_fp8_w8a8_matches_fp64(dtype, T, H, F, E, K):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the W8A8 kernel)")
-def test_moe_experts_fp8_w8a8_tile_forms_same_bits(monkeypatch):
+def test_moe_experts_fp8_w8a8_tile_forms_same_bits(w8a8_everywhere, monkeypatch):
     """The persistent kernel's tile forms compute every output at the same place of the same wgmma: half tiles (an
     expert's last <= 64 rows; JAMBA_EXT_WGMMA_HALF) and the epilogue warps (JAMBA_EXT_MOE_EPI=0: without) give the same
     bits; one expert takes every token (5 m-tiles, a 20-row tail) and the others none; rows scaled by 1e-3 and 1e3."""
@@ -593,7 +601,7 @@ def test_moe_experts_fp8_w8a8_tile_forms_same_bits(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU (the W8A8 kernel)")
-def test_moe_experts_fp8_w8a8_bad_id_and_graph():
+def test_moe_experts_fp8_w8a8_bad_id_and_graph(w8a8_everywhere):
     """An expert id outside [0, E) gives the token a NaN row (the other rows stay right); the op captured in a CUDA
     graph replays new inputs with the bits of eager calls."""
     dev, dt = torch.device("cuda"), torch.bfloat16

@@ -187,50 +187,70 @@ extern "C" jamba_status jamba_dequant_fp8_cuda(const jamba_dequant_fp8_params *p
 /* ---- per-row quantization of activations (moe_quant_rows_fp8; moe.cuh states the semantics) ----
  * fp8_quant_rows_kernel<T>: x rows (K T elements, K % 16 == 0, 16-byte aligned; row r of the output reads row
  * idx[r] / topk of x, or row r without idx: the MoE's gather into sorted order done on the way) -> q (rows, K) e4m3
- * bytes and scale (rows,) f32. One warp per row (8 rows a 256-thread block), the row's 16-byte vectors in two passes:
- * the absolute maximum (max.NaN, so a NaN reaches the scale; warp shuffles), then x * (448 / amax) in fp32 rounded to
- * e4m3 with saturation (cvt.rn.satfinite), 8 bytes a vector; the second pass reads the row again from L1 / L2. The
- * same bits as jamba_ext/reference.py quantize_rows_fp8 (fp32 division and product, round to nearest even). */
+ * bytes and scale (rows,) f32. One 256-thread block per row; thread t holds the row's 16-byte vectors t + 256 i,
+ * i < FQ_NV, in registers (rows up to 256 * FQ_NV * 8 = 16384 elements: Jamba-v0.1's H 4096 and F 14336), so the row is
+ * read once: the absolute maximum (max.NaN, so a NaN reaches the scale; warp shuffles, then the 8 warps' maxima through
+ * shared memory), then x * (448 / amax) in fp32 rounded to e4m3 with saturation (cvt.rn.satfinite), 8 bytes a vector.
+ * Longer rows: their vectors past the registers are read again in the second pass. The same bits as
+ * jamba_ext/reference.py quantize_rows_fp8 (fp32 division and product, round to nearest even).
+ * Why a block per row: the first form (a warp per row, both passes from memory) read each row twice: 702 us of a
+ * 11.6 ms W8A8 op at 16384 tokens (w8a8_ab_79b13cf.log), ~1.5x its bytes' time. */
+#define FQ_NV 8
 __device__ __forceinline__ float fq_max_nan(float a, float b) {
     float r;
     asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
     return r;
 }
+template <typename T> __device__ __forceinline__ float fq_amax16(const uint4 &u, float m) {
+    float f[8];
+    jamba_w16<T>::ld(u, f);
+#pragma unroll
+    for (int i = 0; i < 8; i++) m = fq_max_nan(m, fabsf(f[i]));
+    return m;
+}
+template <typename T> __device__ __forceinline__ uint2 fq_cvt16(const uint4 &u, float inv) {
+    float f[8];
+    jamba_w16<T>::ld(u, f);
+    uint32_t w[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++)
+        w[i] = (uint32_t)__nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(f[2 * i], inv), __fmul_rn(f[2 * i + 1], inv)),
+                                                 __NV_SATFINITE, __NV_E4M3);
+    return make_uint2(w[0] | (w[1] << 16), w[2] | (w[3] << 16));
+}
 template <typename T>
 __global__ void __launch_bounds__(256) fp8_quant_rows_kernel(uint8_t *q, float *scale, const T *x, const int32_t *idx,
-                                                             int topk, int64_t rows, int64_t K, int32_t *sched) {
+                                                             int topk, int64_t K, int32_t *sched) {
     jamba_pdl_begin();
+    __shared__ float wmax[8];
     if (sched != NULL && blockIdx.x == 0 && threadIdx.x < 2) sched[threadIdx.x] = 0; /* the GEMMs' tile counters */
-    const int64_t r = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
-    if (r >= rows) return;
-    const int lane = threadIdx.x & 31;
+    const int64_t r = blockIdx.x;
+    const int t = threadIdx.x, lane = t & 31;
     const int64_t sr = idx != NULL ? (int64_t)(idx[r] / topk) : r;
     const uint4 *src = reinterpret_cast<const uint4 *>(x + sr * K);
     const int64_t nv = K / 8;
-    float m = 0.f;
-#pragma unroll 4
-    for (int64_t v = lane; v < nv; v += 32) {
-        float f[8];
-        jamba_w16<T>::ld(src[v], f);
+    uint4 v[FQ_NV];
 #pragma unroll
-        for (int i = 0; i < 8; i++) m = fq_max_nan(m, fabsf(f[i]));
-    }
+    for (int i = 0; i < FQ_NV; i++) /* every load before the first use */
+        if (t + 256 * i < nv) v[i] = src[t + 256 * i];
+    float m = 0.f;
+#pragma unroll
+    for (int i = 0; i < FQ_NV; i++)
+        if (t + 256 * i < nv) m = fq_amax16<T>(v[i], m);
+    for (int64_t j = t + 256 * FQ_NV; j < nv; j += 256) m = fq_amax16<T>(src[j], m); /* rows past the registers */
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) m = fq_max_nan(m, __shfl_xor_sync(0xffffffffu, m, o));
-    const float inv = m > 0.f ? __fdiv_rn(448.f, m) : 1.f;
-    if (lane == 0) scale[r] = m > 0.f ? __fdiv_rn(m, 448.f) : 1.f;
-    uint2 *dst = reinterpret_cast<uint2 *>(q + r * K);
-#pragma unroll 4
-    for (int64_t v = lane; v < nv; v += 32) {
-        float f[8];
-        jamba_w16<T>::ld(src[v], f);
-        uint32_t w[4];
+    if (lane == 0) wmax[t >> 5] = m;
+    __syncthreads();
 #pragma unroll
-        for (int i = 0; i < 4; i++)
-            w[i] = (uint32_t)__nv_cvt_float2_to_fp8x2(make_float2(__fmul_rn(f[2 * i], inv), __fmul_rn(f[2 * i + 1], inv)),
-                                                     __NV_SATFINITE, __NV_E4M3);
-        dst[v] = make_uint2(w[0] | (w[1] << 16), w[2] | (w[3] << 16));
-    }
+    for (int w = 0; w < 8; w++) m = fq_max_nan(m, wmax[w]);
+    const float inv = m > 0.f ? __fdiv_rn(448.f, m) : 1.f;
+    if (t == 0) scale[r] = m > 0.f ? __fdiv_rn(m, 448.f) : 1.f;
+    uint2 *dst = reinterpret_cast<uint2 *>(q + r * K);
+#pragma unroll
+    for (int i = 0; i < FQ_NV; i++)
+        if (t + 256 * i < nv) dst[t + 256 * i] = fq_cvt16<T>(v[i], inv);
+    for (int64_t j = t + 256 * FQ_NV; j < nv; j += 256) dst[j] = fq_cvt16<T>(src[j], inv);
 }
 
 jamba_status moe_quant_rows_fp8(int dtype, uint8_t *q, float *scale, const void *x, const int32_t *idx, int topk,
@@ -239,13 +259,15 @@ jamba_status moe_quant_rows_fp8(int dtype, uint8_t *q, float *scale, const void 
     if (K % 16 != 0 || !jamba_aligned16(x) || !jamba_aligned16(q))
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts_fp8: fp8 activations need rows of a multiple of 16 "
                                "elements and 16-byte aligned data");
-    const unsigned grid = (unsigned)jamba_ceil_div(rows, 8);
+    if (rows > INT32_MAX)
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.moe_experts_fp8: fp8 activations of at most 2^31 - 1 rows");
+    const unsigned grid = (unsigned)rows; /* a block per row */
     if (dtype == JAMBA_BF16)
         jamba_kernel_launch(fp8_quant_rows_kernel<__nv_bfloat16>, grid, 256, 0, stream, q, scale,
-            (const __nv_bfloat16 *)x, idx, topk, rows, K, sched);
+            (const __nv_bfloat16 *)x, idx, topk, K, sched);
     else if (dtype == JAMBA_F16)
         jamba_kernel_launch(fp8_quant_rows_kernel<__half>, grid, 256, 0, stream, q, scale, (const __half *)x, idx, topk,
-            rows, K, sched);
+            K, sched);
     else
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts_fp8: fp8 activations from bf16 / f16 rows");
     JAMBA_LAUNCH_CHECK("fp8_quant_rows_kernel", stream);

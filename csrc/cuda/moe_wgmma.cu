@@ -1058,7 +1058,10 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     const int64_t grid = bound < nsm ? bound : nsm;
     moe_gemm_args ap = a; /* half tiles by size (see wp_tile); env JAMBA_EXT_WGMMA_HALF=0 / 1 forces them off / on */
     const char *half = getenv("JAMBA_EXT_WGMMA_HALF");
-    ap.half_tiles = slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
+    /* Q8 (W8A8): at every size; against the bf16 rule (from 384 slots per expert), Jamba-v0.1, whole op, us, on / off
+     * (w8a8_ab_79b13cf.log): 64 tokens 756 / 870, 256: 792 / 870, 1024: 1115 / 1160, 2048: 1741 / 1782, 4096: 3217 /
+     * 3496, 16384: 11797 / 11642 (the default, on, read 11597 in the same run: noise) */
+    ap.half_tiles = Q8 || slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
     /* merged tiles (wp_tile, NA = 192; the MG kernel has no half tiles and no epilogue warps) by size, see
      * MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
