@@ -380,12 +380,14 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
                        dequant_fp8(w_down, s_down))
 
 
-def quantize_rows_fp8(x: Tensor) -> Tuple[Tensor, Tensor]:
+def quantize_rows_fp8(x: Tensor, amax: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """Per-row e4m3 quantization of activations (moe_experts_fp8 with act_fp8; the CUDA kernel's exact bits): over
     the last dim, amax = max |x| (fp32), scale = amax / 448 and q = e4m3(round_f32(x * round_f32(448 / amax))) with
-    saturation (round to nearest even); a zero row gets scale 1 and q 0. Returns (q float8_e4m3fn, scale f32)."""
+    saturation (round to nearest even); a zero row gets scale 1 and q 0. Returns (q float8_e4m3fn, scale f32).
+    amax (x's leading shape, f32): used instead of the rows' maxima (tests: a neighbouring maximum)."""
     xf = x.to(torch.float32)
-    amax = xf.abs().amax(-1)
+    if amax is None:
+        amax = xf.abs().amax(-1)
     pos = amax > 0
     one = torch.ones_like(amax)
     inv = torch.where(pos, torch.full_like(amax, 448.0) / torch.where(pos, amax, one), one)
@@ -395,11 +397,14 @@ def quantize_rows_fp8(x: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 def moe_experts_fp8_w8a8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, s_gate_up: Tensor,
-                         w_down: Tensor, s_down: Tensor) -> Tensor:
+                         w_down: Tensor, s_down: Tensor, act_amax_ulps: int = 0, per_slot: bool = False) -> Tensor:
     """moe_experts_fp8 with fp8 activations (W8A8, csrc/jamba.h JAMBA_FP8_API): x quantized per row
     (quantize_rows_fp8), act = round(round(silu(round(g))) * round(u)) in x's dtype from the float64 sums of the
     dequantized operands, act quantized per row, the down sums in float64; out in float64 (the expert outputs times
-    the routing weights, summed without rounding)."""
+    the routing weights, summed without rounding). act_amax_ulps: each act row quantized as if its largest |value|
+    were that many units of x's dtype away (tests: where the op's fp32 sums round the row maximum differently, the
+    whole act row is quantized with the neighbouring scale). per_slot: the weighted expert outputs (T, TOPK, H) instead
+    of their sum."""
     T, H = x.shape
     E, F2, _ = w_gate_up.shape
     Fd = F2 // 2
@@ -411,7 +416,7 @@ def moe_experts_fp8_w8a8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_
     def r(v):
         return v.to(dt).to(torch.float64)
 
-    out = torch.zeros(T, H, dtype=torch.float64, device=x.device)
+    out = torch.zeros(T, expert_ids.shape[1], H, dtype=torch.float64, device=x.device)
     for e in range(E):
         tok, slot = torch.nonzero(expert_ids == e, as_tuple=True)
         if tok.numel() == 0:
@@ -419,7 +424,12 @@ def moe_experts_fp8_w8a8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_
         g, u = xq[tok] @ wgu[e, :Fd].T, xq[tok] @ wgu[e, Fd:].T
         gr = r(g)
         act = (r(gr * torch.sigmoid(gr)) * r(u)).to(dt)
-        qa, sa = quantize_rows_fp8(act)
+        amax = None
+        if act_amax_ulps:
+            ib = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32}[dt]
+            m = act.abs().amax(-1)  # >= 0: its bits step monotonically
+            amax = torch.where(m > 0, (m.view(ib) + act_amax_ulps).view(dt), m).to(torch.float32)
+        qa, sa = quantize_rows_fp8(act, amax)
         y = (qa.to(torch.float64) * sa.to(torch.float64)[:, None]) @ wd[e].T
-        out.index_add_(0, tok, y * weights[tok, slot].to(torch.float64)[:, None])
-    return out
+        out[tok, slot] = y * weights[tok, slot].to(torch.float64)[:, None]
+    return out if per_slot else out.sum(1)
