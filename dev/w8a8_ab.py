@@ -6,7 +6,8 @@ has it), and the error of each fp8 form against the bf16 op on bf16 weights (rel
 --ab: also the W8A8 op under the persistent kernel's switches (JAMBA_EXT_WGMMA_HALF=1 / 0: an expert's last <= 64
 rows as a half tile, by default from 384 slots per expert; JAMBA_EXT_MOE_EPI=0: without the epilogue warps) and the
 W8A8 op's kernels (torch.profiler, us per call) at the largest token count.
-Usage: python3 dev/w8a8_ab.py [tokens,...] [--ab]"""
+--force: the W8A8 kernel at every token count (ops.FP8_W8A8_MIN_TOKENS = 1), to place that threshold.
+Usage: python3 dev/w8a8_ab.py [tokens,...] [--ab] [--force]"""
 import os
 import sys
 
@@ -35,6 +36,8 @@ def fp8_matmul_tflops(dev, n=8192):
 def main():
     dev = torch.device("cuda")
     H, F, E, K = 4096, 14336, 16, 2
+    if "--force" in sys.argv:
+        ops.FP8_W8A8_MIN_TOKENS = 1
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     tokens = [int(t) for t in args[0].split(",")] if args else [64, 128, 256, 512, 1024, 2048, 4096, 8192]
     mm = common.matmul_tflops(dev)
