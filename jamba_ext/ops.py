@@ -1257,7 +1257,7 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       the routing weights (the fp8 weights are frozen: LoRA and the router train on an fp8 model), through the
 #       dequantized weights.
 #       act_fp8=True (opt-in, like torch's allow_tf32: a permission, not a format): on Hopper from
-#       FP8_W8A8_MIN_TOKENS tokens x and act are quantized per row to e4m3 (reference.quantize_rows_fp8) and both
+#       FP8_W8A8_MIN_TOKENS (7) tokens x and act are quantized per row to e4m3 (reference.quantize_rows_fp8) and both
 #       GEMMs multiply e4m3 by e4m3 (moe_wgmma_gemm_q8: the bf16 persistent kernel's tiles at twice the rate; fp32
 #       accumulation in the tensor cores' order, reference.moe_experts_fp8_w8a8 states the math). Elsewhere (CPU,
 #       other GPUs, fewer tokens) it is ignored. Gradients as without (straight through the quantization).
@@ -1282,11 +1282,13 @@ FP8_RING_MAX_TOKENS = 512
 FP8_SM90_MAX_TOKENS = 3584
 # act_fp8 (W8A8; Hopper only, csrc/cuda/moe.cu fp8_w8a8_launch): x and act quantized per row to e4m3
 # (reference.quantize_rows_fp8) and both expert GEMMs on the e4m3 tensor cores (twice the bf16 rate), from this many
-# tokens; below, and on other devices, act_fp8 is ignored (the weight-only engines above). Jamba-v0.1 sizes, bf16 x,
-# H200, us, W8A8 / weight-only fp8 / bf16 op, timed in turns (gpu_round_fp8_fe68db6.log): 8 tokens 741 / 644 / 1177,
-# 16: 833 / 688 / 1159, 32: 885 / 854 / 1325, 64: 859 / 956 / 1334, 512: 904 / 1563 / 1404, 2048: 1906 / 4425 / 2946,
-# 4096: 3475 / 7765 / 5181 (the ring kernels win up to 32 tokens, where the weights' bytes bind both).
-FP8_W8A8_MIN_TOKENS = 64
+# tokens (past the GEMVs' FP8_CUDA_GEMV_MAX_TOKENS); below, and on other devices, act_fp8 is ignored (the weight-only
+# engines above). Jamba-v0.1 sizes, bf16 x, H200, us, W8A8 / weight-only fp8 / bf16 op, timed in turns
+# (w8a8_small_288324c.log, w8a8_final_6b7a003.log): 8 tokens 589 / 642 / 1177, 16: 618 / 691 / 1159, 32: 695 / 792 /
+# 1323, 64: 709 / 957 / 1334, 512: 809 / 1438 / 1411, 2048: 1666 / 3769 / 2708, 4096: 3054 / 7093 / 4711, 16384:
+# 10988 / 20769 / 18598. (Before the W8A8 kernel ran half tiles at every size the ring won up to 32 tokens:
+# gpu_round_fp8_fe68db6.log, 8 tokens 741 against 644.)
+FP8_W8A8_MIN_TOKENS = 7
 
 
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:
