@@ -8,6 +8,8 @@
  *
  * moe_wgmma_gemm_f8 runs the same GEMMs on e4m3 weight bytes for moe_experts_fp8 (moe.cu's fp8 entry, from 20 slots
  * per expert on Hopper): moe_wgmma_f8ws_kernel, below.
+ * moe_wgmma_gemm_q8 runs them with both operands e4m3 (moe_experts_fp8 with fp8 activations, W8A8): the persistent
+ * kernel's Q8 instances (e4m3 wgmma, the A and W row scales on the fp32 sums; see wgmma_launch_persist).
  *
  * moe_gather_rows_kernel: xs[p, :] = x[sorted[p] / topk, :] for p < slots (x (T, H), xs (slots, H), both
  *   contiguous, H % 8 == 0, 16-byte aligned), one warp per row, 16-byte vectors: TMA cannot gather rows.
@@ -26,6 +28,8 @@
  *   end are zero-filled. Block order: expert-major (wt_expert_tile) for WT_ALL, grouped (moe_grouped_tile) for the
  *   tail modes; non-persistent.
  * moe_wgmma_persist_kernel: the WT_ALL tiles of moe_wgmma_kernel (same bits), persistent, with a producer warp
+ *   (Q8 = true: A (slots, Kd) and W e4m3 bytes, seen as Kd / 2 byte pairs, a.ascale (slots,) and a.wscale (E, w_rows)
+ *   their row scales; C as for bf16)
  *   and tiles handed out through a counter in the op's workspace (see the kernel); the default for WT_ALL when
  *   the caller passes that workspace (jamba_moe_experts_params.sched) and env JAMBA_EXT_WGMMA_PERSIST is not 0.
  *   From 384 slots per expert it runs an expert's last <= 64 rows as a 64 x 256 half tile (wp_tile; same bits);
