@@ -1127,16 +1127,21 @@ extern "C" jamba_status jamba_moe_experts_cuda(const jamba_moe_experts_params *p
  * wgmma kernel in the same runs (fp8_wgmma_cd4ca89.log, fp8_wgmma_66e7baa.log): 64 tokens 964 / 1399, 128: 1267 / 1367,
  * 1282 / 1383, 256: 1894 / 1391, 1925 / 1408, 512: 3495 / 1422 (crossover ~150 tokens) */
 #define FP8_WGMMA_MIN_SLOTS_PER_EXPERT 20
-template <typename T>
-static jamba_status fp8_ring_launch(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream) {
-    const int64_t H = p->x.shape[1], K = p->expert_ids.shape[1], E = p->w_down.shape[0], F = p->w_down.shape[2];
-    const int64_t slots = p->x.shape[0] * K;
+/* the GEMM arguments both fp8 paths share: the permutation, the routing weights, E and TOPK (the rest zero) */
+static moe_gemm_args fp8_perm_args(const jamba_moe_experts_fp8_params *p) {
     moe_gemm_args g;
     memset(&g, 0, sizeof g);
     g.offsets = (const int32_t *)p->expert_offsets.data;
     g.sorted = (const int32_t *)p->sorted_slots.data;
     g.weights = (const float *)p->weights.data;
-    g.E = (int)E, g.topk = (int)K;
+    g.E = (int)p->w_down.shape[0], g.topk = (int)p->expert_ids.shape[1];
+    return g;
+}
+template <typename T>
+static jamba_status fp8_ring_launch(const jamba_moe_experts_fp8_params *p, int device, cudaStream_t stream) {
+    const int64_t H = p->x.shape[1], K = p->expert_ids.shape[1], E = p->w_down.shape[0], F = p->w_down.shape[2];
+    const int64_t slots = p->x.shape[0] * K;
+    moe_gemm_args g = fp8_perm_args(p);
     const int dt = std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16;
     /* the wgmma kernel from FP8_WGMMA_MIN_SLOTS_PER_EXPERT slots per expert on average, on Hopper; EXPERIMENT
      * (docs/SWITCHES.md): JAMBA_EXT_FP8_WGMMA=0 / 1 forces it off / on (on: where it can run) */
@@ -1175,12 +1180,7 @@ static jamba_status fp8_w8a8_launch(const jamba_moe_experts_fp8_params *p, int d
                                "(sm_90) and a build with sm_90a code");
     int32_t *sched = (int32_t *)p->sched.data;
     uint8_t *x8 = (uint8_t *)p->slot_out.data;
-    moe_gemm_args g;
-    memset(&g, 0, sizeof g);
-    g.offsets = (const int32_t *)p->expert_offsets.data;
-    g.sorted = (const int32_t *)p->sorted_slots.data;
-    g.weights = (const float *)p->weights.data;
-    g.E = (int)E, g.topk = (int)K;
+    moe_gemm_args g = fp8_perm_args(p);
     JAMBA_TRY(moe_quant_rows_fp8(dt, x8, (float *)p->x_scale.data, p->x.data, g.sorted, (int)K, slots, H, sched,
                                  stream));
     g.A = x8, g.ascale = (const float *)p->x_scale.data;
