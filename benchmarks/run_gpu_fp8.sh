@@ -4,7 +4,8 @@
 # kernels are shared with fp8), the fp8 activations' A/B (dev/w8a8_ab.py: W8A8 / W8A16 / bf16 op; FP8_AB_TOKENS=...
 # adds dev/fp8_gemv_ab.py: GEMVs, ring kernels, dequantizing path, bf16),
 # bench_moe (with its "ours fp8" / "ours fp8 act" rows), bench_model --experts-fp8 --act-fp8 (one Jamba-v0.1 block, no
-# transformers), jamba-ext train --lora --experts-fp8 and generate --experts-fp8 [--act-fp8], bench_train's check at one size (SKIP_BENCH_TRAIN=1: not).
+# transformers), jamba-ext train --lora --experts-fp8 and generate --experts-fp8 [--act-fp8], bench_train's check at
+# one size (SKIP_BENCH_TRAIN=1: not).
 # Everything goes to $OUT: gpu_round.log, bench_moe.json/.png, bench_model.json/.png, bench_train.json.
 # Usage on the device: JAMBA_COMMIT=<sha> bash benchmarks/run_gpu_fp8.sh
 set -uo pipefail

@@ -1719,8 +1719,8 @@ class _PreTrained(nn.Module):
         ops.moe_experts_fp8). dtype: "fp8", "float8_e4m3fn" or torch.float8_e4m3fn. act_fp8=True also lets the MoE
         quantize its activations per row to fp8 where a kernel for that runs (ops.moe_experts_fp8 act_fp8: on Hopper
         from 7 tokens a call, the experts 1.6-2.3x faster at 512-16384 tokens; the expert outputs' error against bf16
-        weights grows from ~4.7% to ~6.6% rms at Jamba-v0.1 sizes); callable again on an fp8 model to switch it. Returns self. The expert weights
-        become frozen buffers (LoRA and the router still train); save_pretrained refuses the result, so save before
+        weights grows from ~4.7% to ~6.6% rms at Jamba-v0.1 sizes); callable again on an fp8 model to switch it.
+        Returns self. The expert weights become frozen buffers (LoRA and the router still train); save_pretrained refuses the result, so save before
         quantizing. Jamba-v0.1: ~58 GB instead of ~104 GB in bf16; to never hold the bf16 experts at all, load with
         from_pretrained(..., experts_dtype="fp8")."""
         _as_experts_dtype(dtype, "quantize_experts")

@@ -91,8 +91,8 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
 /* moe_wgmma_gemm on e4m3 weights (a.W bytes, a.wscale the (E, w_rows) row scales; moe_wgmma_f8ws_kernel): the fp32
  * sums times the row scales, then the same epilogues; bf16 / f16 A, Kd % 16 == 0 */
 jamba_status moe_wgmma_gemm_f8(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
-/* W8A8 (moe_experts_fp8 with act_fp8, Hopper): moe_wgmma_gemm with A (slots, Kd) e4m3 bytes in sorted order and a.ascale
- * their row scales, W e4m3 bytes and a.wscale its row scales: C from sum_k e4m3(A[p, k]) e4m3(W[n, k]) (wgmma e4m3,
+/* W8A8 (moe_experts_fp8 with act_fp8, Hopper): moe_wgmma_gemm with A (slots, Kd) e4m3 bytes in sorted order and
+ * a.ascale their row scales, W e4m3 bytes and a.wscale its row scales: C from sum_k e4m3(A[p, k]) e4m3(W[n, k]) (wgmma e4m3,
  * fp32 accumulators) times ascale[p] * wscale[n], then the same epilogues; the persistent kernel (a.sched required);
  * dtype = C's (bf16 / f16), Kd % 16 == 0 */
 jamba_status moe_wgmma_gemm_q8(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);

@@ -118,8 +118,9 @@ template <> __device__ __forceinline__ void wgmma_k16<moe_e4m3_op>(float (&d)[64
  * rows, so the gate column of output n0 + cb/2 + 64(j/16) + 8(j%8) + .. sits in accumulator block j (j%16 < 8)
  * and its up column in block j + 8, in the same thread: act = SiLU(gate)*up with the fast exp
  * / division (moe_act_fast; measured 4-5% faster than expf / IEEE division at 2048-4096 tokens), rows in sorted
- * order; down: column n0 + cb + 8j + .., round(y) * round(w) to the slot's row. SC (fp8 weights, moe_wgmma_f8ws_kernel):
- * sc = the expert's W row scales, multiplied into the fp32 sums first. */
+ * order; down: column n0 + cb + 8j + .., round(y) * round(w) to the slot's row. SC (fp8 weights:
+ * moe_wgmma_f8ws_kernel, and the persistent kernel's W8A8 instances): sc = the expert's W row scales, multiplied into
+ * the fp32 sums first. */
 template <typename T, int NJ, bool SC = false>
 __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float (&acc)[4 * NJ], int64_t prow,
                                             int64_t row_end, int64_t n0, int cb, int warp, int lane,
