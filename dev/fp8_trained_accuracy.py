@@ -6,6 +6,10 @@ row norms) that a per-row scale must absorb. So: train the built-in model (`jamb
 the CPU) on one text, then score a held-out text with the trained model as it is and with its experts in fp8
 (`quantize_experts("fp8")`), in fp32 and bf16. Printed: the held-out loss (nats per byte) and perplexity, the logits'
 norm-wise relative difference from the fp32 unquantized model, and how often the top-1 prediction agrees with it.
+The "fp8 experts + act" rows add fp8 activations (quantize_experts("fp8", act_fp8=True)), which only Hopper GPUs run:
+here ops.moe_experts_fp8 is replaced, for those rows, by reference.moe_experts_fp8_w8a8 (x and act quantized per row
+exactly as the CUDA kernels do; the sums in float64 instead of the tensor cores' fp32), i.e. the numerics of the W8A8
+path up to its summation order.
 Usage: python3 dev/fp8_trained_accuracy.py [--steps N] [--train FILE] [--eval FILE] [--seed S]
 (defaults: 600 steps of 4 x 256 bytes of docs/PERF_NOTES.md, scored on README.md; ~3 min on 2 cores)."""
 import argparse
@@ -18,6 +22,7 @@ import torch
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 sys.path.insert(0, ROOT)
+from jamba_ext import ops, reference  # noqa: E402
 from jamba_ext.__main__ import main as cli  # noqa: E402
 from jamba_ext.modeling_jamba import JambaForCausalLM  # noqa: E402
 from jamba_ext.tokenizer import ByteTokenizer  # noqa: E402
@@ -36,6 +41,18 @@ def score(model, ids, window):
             logits.append(out)
     lg = torch.cat(logits)
     return float(torch.stack(losses).sum()) / lg.shape[0], lg
+
+
+def w8a8_emulated(orig):
+    """ops.moe_experts_fp8 with act_fp8 computed by the W8A8 oracle (any device), else orig"""
+    def run(x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots=None, expert_offsets=None,
+            act_fp8=False):
+        if not act_fp8:
+            return orig(x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots, expert_offsets)
+        w = weights.to(x.dtype).double()  # the routing weight rounded to the model dtype, as the op does
+        return reference.moe_experts_fp8_w8a8(x, w, expert_ids.long(), w_gate_up, s_gate_up, w_down,
+                                              s_down).to(x.dtype)
+    return run
 
 
 def main():
@@ -60,11 +77,14 @@ def main():
     ref_loss, ref = score(base, ids, a.window)
     top1 = ref.argmax(-1)
     print(f"{'model':<24} {'loss (nats/byte)':>17} {'perplexity':>11} {'logits vs fp32':>15} {'top-1 agrees':>13}")
+    ops.moe_experts_fp8 = w8a8_emulated(ops.moe_experts_fp8)
     for name, dt, fp8 in (("fp32", torch.float32, False), ("fp32, fp8 experts", torch.float32, True),
-                          ("bf16", torch.bfloat16, False), ("bf16, fp8 experts", torch.bfloat16, True)):
+                          ("fp32, fp8 experts + act", torch.float32, "act"),
+                          ("bf16", torch.bfloat16, False), ("bf16, fp8 experts", torch.bfloat16, True),
+                          ("bf16, fp8 experts + act", torch.bfloat16, "act")):
         m = copy.deepcopy(base).to(dt)
         if fp8:
-            m.quantize_experts("fp8")
+            m.quantize_experts("fp8", act_fp8=fp8 == "act")
         loss, lg = (ref_loss, ref) if (dt == torch.float32 and not fp8) else score(m, ids, a.window)
         rel = float((lg - ref).norm() / ref.norm())
         agree = float((lg.argmax(-1) == top1).float().mean())

@@ -7,7 +7,9 @@ kernels that read them too (csrc/cuda/moe.cu, F8) and on Hopper from 16 slots pe
 (csrc/cuda/moe_wgmma.cu moe_wgmma_f8ws_kernel); without it above ops.FP8_RING_MAX_TOKENS (and on the CPU above 32 tokens)
 dequant_fp8 of the touched experts and moe_experts. Each is tested at token counts that select it (the ring and wgmma
 tests force their engine at every token count: thresholds moved, env JAMBA_EXT_FP8_WGMMA), with H and F multiples of
-16 (the CUDA kernels) and not (the CUDA fallback to the dequantizing path)."""
+16 (the CUDA kernels) and not (the CUDA fallback to the dequantizing path).
+act_fp8 (fp8 activations, W8A8 on Hopper: csrc/cuda/moe_wgmma.cu moe_wgmma_gemm_q8) is tested against its own fp64
+oracle, reference.moe_experts_fp8_w8a8, forced at every token count."""
 import itertools
 
 import pytest
