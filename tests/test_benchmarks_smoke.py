@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_cpu.py", [], "bench_cpu_smoke.json"),
     ("bench_kernels.py", [], "bench_kernels_smoke.json"),
     ("bench_moe.py", [], "bench_moe_smoke.json"),
-    ("bench_model.py", ["--experts-fp8"], "bench_model_smoke.json"),           # with the fp8-experts rows
+    ("bench_model.py", ["--experts-fp8", "--act-fp8"], "bench_model_smoke.json"),  # with the fp8-experts rows
     ("bench_train.py", [], "bench_train_smoke.json"),
     ("bench_train.py", ["--dtype", "bfloat16", "--batches", "1", "--lengths", "32"], "bench_train_smoke.json"),
 ], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16"])

@@ -343,6 +343,31 @@ def test_cli_generate_experts_fp8(tmp_path, capsys):
     assert cap2.out == cap.out and "experts float8_e4m3fn" in cap2.err     # the same weights, the same tokens
 
 
+def test_act_fp8_permission(capsys):
+    """quantize_experts("fp8", act_fp8=True) sets every MoE layer's permission (again without it: cleared); where no
+    W8A8 kernel runs (here: the CPU) the logits are those of the weight-only model, bit for bit. The CLI's --act-fp8
+    needs --experts-fp8."""
+    from jamba_ext.__main__ import main
+
+    model = make_model().quantize_experts("fp8", act_fp8=True)
+    flags = [m.act_fp8 for m in model.modules() if isinstance(m, JambaExperts)]
+    assert flags and all(flags)
+    ids = prompt(2, 11)
+    with torch.no_grad():
+        with_act = model(ids).logits
+        model.quantize_experts("fp8")
+        assert not any(m.act_fp8 for m in model.modules() if isinstance(m, JambaExperts))
+        assert torch.equal(model(ids).logits, with_act)
+    base = ["generate", "--prompt", "ab", "--max-new-tokens", "3", "--device", "cpu", "--no-progress"]
+    with pytest.raises(SystemExit) as e:
+        main(base + ["--act-fp8"])
+    assert e.value.code == 2 and "--experts-fp8" in capsys.readouterr().err
+    assert main(base + ["--experts-fp8"]) == 0
+    plain = capsys.readouterr().out
+    assert main(base + ["--experts-fp8", "--act-fp8"]) == 0
+    assert capsys.readouterr().out == plain
+
+
 # ---- CUDA ------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", list(CONFIGS))
 @pytest.mark.cuda
