@@ -1,0 +1,22 @@
+"""The W8A8 op at 16384 tokens timed with PDL on and off (the 1.2 ms gap between timed and profiled, PERF_NOTES)."""
+import os, sys, torch
+sys.path.insert(0, "benchmarks")
+import common
+from jamba_ext import ops
+dev = torch.device("cuda"); H, F, E, K, T = 4096, 14336, 16, 2, 16384
+g = torch.Generator(device=dev).manual_seed(0)
+q8 = (*ops.quantize_fp8((torch.randn(E, 2 * F, H, device=dev, generator=g) * H ** -0.5).to(torch.bfloat16)),
+      *ops.quantize_fp8((torch.randn(E, H, F, device=dev, generator=g) * F ** -0.5).to(torch.bfloat16)))
+x = torch.randn(T, H, device=dev, generator=g).to(torch.bfloat16)
+w, ids, offs, slots = ops.moe_route(x @ (torch.randn(E, H, device=dev, generator=g).to(torch.bfloat16) * 0.05).t(), K)
+def f(**env):
+    def run():
+        with common.env(**env):
+            return ops.moe_experts_fp8(x, w, ids, *q8, slots, offs, act_fp8=True)
+    return run
+t = common.time_interleaved({"pdl on": f(), "pdl off": f(JAMBA_EXT_PDL="0")}, dev, rounds=4, reps=3, seed=1)
+for k, r in t.items(): print(f"W8A8 T={T} {k}: {r['median_ms']*1e3:.0f} us (p10 {r['p10_ms']*1e3:.0f})", flush=True)
+torch.cuda.synchronize()
+s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+for k in range(3):
+    s.record(); f()(); e.record(); torch.cuda.synchronize(); print(f"single call {s.elapsed_time(e)*1e3:.0f} us", flush=True)
