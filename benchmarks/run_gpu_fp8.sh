@@ -8,11 +8,7 @@
 # one size (SKIP_BENCH_TRAIN=1: not).
 # Everything goes to $OUT: gpu_round.log, bench_moe.json/.png, bench_model.json/.png, bench_train.json.
 # Usage on the device: JAMBA_COMMIT=<sha> bash benchmarks/run_gpu_fp8.sh
-set -uo pipefail
-OUT=${OUT:-/tmp/jamba_gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAMBA_COMMIT=${JAMBA_COMMIT:-unknown}
-step() { echo; echo "=== $* ($(date +%T))"; }
+. benchmarks/round_env.sh  # strict mode, $OUT, PYTHONPATH, JAMBA_COMMIT, step()
 {
 step "commit $JAMBA_COMMIT: environment and build"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.mem --format=csv

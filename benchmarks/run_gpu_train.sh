@@ -6,11 +6,7 @@
 # $OUT/bench_kernels_train.json; benchmarks/bench_train.py (ours vs transformers' step): $OUT/bench_train.json / .png.
 # Usage on the device: JAMBA_COMMIT=<sha> [SKIP_KERNELS=1] [SKIP_BENCH_TRAIN=1] [PROBE_ARGS="--batch 4"] bash benchmarks/run_gpu_train.sh
 # (SKIP_KERNELS=1: no sanitizers and kernel benchmarks, for Python-only changes)
-set -uo pipefail
-OUT=${OUT:-/tmp/jamba_gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAMBA_COMMIT=${JAMBA_COMMIT:-unknown}
-step() { echo; echo "=== $* ($(date +%T))"; }
+. benchmarks/round_env.sh  # strict mode, $OUT, PYTHONPATH, JAMBA_COMMIT, step()
 {
 step "commit $JAMBA_COMMIT: build"
 JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ " | tail -2

@@ -2,11 +2,7 @@
 # One device call for the fp8 wgmma kernel with converter warps (session 38): build, the fp8 tests, memcheck +
 # racecheck + synccheck of a small wgmma case, the fp8 engines' A/B at FP8_AB_TOKENS.
 # Log: $OUT/fp8_ws.log. Usage: JAMBA_COMMIT=<sha> bash dev/fp8_ws_round.sh
-set -uo pipefail
-OUT=${OUT:-/tmp/jamba_gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAMBA_COMMIT=${JAMBA_COMMIT:-unknown}
-step() { echo; echo "=== $* ($(date +%T))"; }
+. benchmarks/round_env.sh  # strict mode, $OUT, PYTHONPATH, JAMBA_COMMIT, step()
 {
 step "commit $JAMBA_COMMIT: build"
 JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -iE "error|Successfully inst" | head -5

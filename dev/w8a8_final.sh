@@ -3,11 +3,7 @@
 # statistical criteria must not be flaky), the W8A8 A/B at the decode-side token counts, bench_moe's bf16 / fp8 / fp8
 # act / (b) rows, bench_model --experts-fp8 --act-fp8 (one block). Log: $OUT/w8a8_final.log; bench_moe.json,
 # bench_model.json. Usage: JAMBA_COMMIT=<sha> bash dev/w8a8_final.sh
-set -uo pipefail
-OUT=${OUT:-/tmp/jamba_gpu_out}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAMBA_COMMIT=${JAMBA_COMMIT:-unknown}
-step() { echo; echo "=== $* ($(date +%T))"; }
+. benchmarks/round_env.sh  # strict mode, $OUT, PYTHONPATH, JAMBA_COMMIT, step()
 {
 step "commit $JAMBA_COMMIT: build"
 JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -iE "error|Successfully inst" | head -5
