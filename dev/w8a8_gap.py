@@ -20,3 +20,20 @@ torch.cuda.synchronize()
 s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
 for k in range(3):
     s.record(); f()(); e.record(); torch.cuda.synchronize(); print(f"single call {s.elapsed_time(e)*1e3:.0f} us", flush=True)
+# The kernels of the same calls, PDL on and off (the profiler's sum per call against the events' wall time per call)
+from torch.profiler import ProfilerActivity, profile
+for pdl in ("1", "0"):
+    with common.env(JAMBA_EXT_PDL=pdl):
+        f()(); torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            s.record()
+            for _ in range(3):
+                f()()
+            e.record(); torch.cuda.synchronize()
+    ks = {}
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
+        if t > 0:
+            ks[ev.key.split("(")[0].replace("void ", "")[:48]] = t / 3
+    print(f"PDL {pdl}: wall {s.elapsed_time(e) * 1e3 / 3:.0f} us/call, kernels {sum(ks.values()):.0f} us/call: " +
+          ", ".join(f"{k} {v:.0f}" for k, v in sorted(ks.items(), key=lambda kv: -kv[1])), flush=True)

@@ -1391,7 +1391,7 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
         return _alloc((0, H), x.dtype, x.device)
     cuda = x.device.type == "cuda"
     gemv_max = min(FP8_CUDA_GEMV_MAX_TOKENS, FP8_GEMV_MAX_TOKENS) if cuda else FP8_GEMV_MAX_TOKENS
-    if act_fp8 and cuda and T >= FP8_W8A8_MIN_TOKENS and _fp8_gemv_ok(x, H, Fd) and _is_sm90(x):
+    if act_fp8 and fp8_act_applies(x, T, Fd):
         return _moe_experts_w8a8(x, weights, ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots, expert_offsets)
     ring = cuda and gemv_max < T and (T <= FP8_RING_MAX_TOKENS or (T <= FP8_SM90_MAX_TOKENS and _is_sm90(x)))
     if (T <= gemv_max or ring) and _fp8_gemv_ok(x, H, Fd):
@@ -1419,6 +1419,14 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
     gu = dequant_fp8(w_gate_up, s_gate_up, x.dtype, expert_offsets)
     dn = dequant_fp8(w_down, s_down, x.dtype, expert_offsets)
     return moe_experts(x, weights, ids, gu, dn, sorted_slots, expert_offsets)
+
+
+def fp8_act_applies(x: Tensor, tokens: int, ffn: int) -> bool:
+    """Whether moe_experts_fp8(..., act_fp8=True) quantizes the activations (W8A8) for this call: x on a Hopper GPU
+    in bf16 / f16, at least FP8_W8A8_MIN_TOKENS tokens, x's width and ffn multiples of 16; otherwise the flag is
+    ignored and the result is the weight-only one (tests and `jamba_ext check` pick their oracle by it)."""
+    return (x.device.type == "cuda" and tokens >= FP8_W8A8_MIN_TOKENS and _fp8_gemv_ok(x, x.shape[-1], ffn)
+            and _is_sm90(x))
 
 
 def _moe_experts_w8a8(x, weights, ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots, expert_offsets):

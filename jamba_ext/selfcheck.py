@@ -24,6 +24,13 @@ TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 2e-2), torch.float16:
 # the decode step chain (conv update, x_proj, norms, dt_proj, state update) rounds four intermediates to T
 STEP_TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (6e-2, 1e-1), torch.float16: (1.5e-2, 3e-2)}
 MOE_TOL = {torch.float32: (1e-4, 1e-4), torch.bfloat16: (2e-2, 4e-2), torch.float16: (1e-2, 2e-2)}
+# moe_experts_fp8 with act_fp8 (W8A8 where ops.fp8_act_applies): the op's fp32 sums can round an act row's maximum
+# differently from the float64 reference, and that row is then quantized with the neighbouring scale (e4m3 noise on
+# ~1% of the rows: tests/test_fp8.py w8a8_check), so the errors are bounded by the reference's mean and largest |value|:
+# mean |ours - ref| <= t_mean x mean |ref| and max |ours - ref| <= t_max x max |ref|, (t_mean, t_max) per dtype. The
+# weight-only result sits ~4.5% (mean) from the W8A8 reference at these shapes, so an op that skipped a quantization
+# fails; with every act row on the neighbouring scale the mean error would be ~2% (tests/test_selfcheck.py).
+W8A8_TOL = {"mean": True, torch.float32: (5e-4, 5e-4), torch.bfloat16: (2.5e-2, 6e-2), torch.float16: (2.5e-2, 6e-2)}
 # The backward ops' gradients are sums over rows, batch and time that cancel, so they are bounded by the largest
 # gradient of the output instead: max |ours - ref| <= t x max |ref|, t = (activation-dtype outputs, fp32 outputs);
 # twice the test suite's bounds (tests/test_rms_norm.py, test_causal_conv1d.py, test_selective_scan_bwd.py).
@@ -252,6 +259,15 @@ def _moe_fp8_prefill(g: _Gen, s: int):
     return _moe_fp8(g, s, (200, 272, 144, 8) if s == 0 else (320, 256, 512, 16))
 
 
+def _ref_fp8_act(d):
+    """The W8A8 reference where the op quantizes the activations (ops.fp8_act_applies), else the weight-only one."""
+    d = dict(d)
+    d.pop("act_fp8")
+    if ops.fp8_act_applies(d["x"], d["x"].shape[0], d["w_down"].shape[2]):
+        return reference.moe_experts_fp8_w8a8(**{k: v.cpu() for k, v in d.items()})
+    return _ref_fp8(d)
+
+
 def _present(outs) -> Tuple[torch.Tensor, ...]:
     """The gradients of the inputs that were given (the op's empty tensor or the reference's None otherwise)."""
     return tuple(t for t in outs if t is not None and t.numel())
@@ -283,6 +299,8 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("dequant_fp8", _dequant, lambda d: ops.dequant_fp8(**d), lambda d: reference.dequant_fp8(d["q"], d["scale"]), TOL),
     ("moe_experts_fp8", _moe_fp8, lambda d: ops.moe_experts_fp8(**d), _ref_fp8, MOE_TOL),
     ("moe_experts_fp8 prefill", _moe_fp8_prefill, lambda d: ops.moe_experts_fp8(**d), _ref_fp8, MOE_TOL),
+    ("moe_experts_fp8 act", lambda g, s: dict(_moe_fp8_prefill(g, s), act_fp8=True),
+     lambda d: ops.moe_experts_fp8(**d), _ref_fp8_act, W8A8_TOL),
 ]
 
 
@@ -301,6 +319,11 @@ def _error_ratio(ours: torch.Tensor, ref: torch.Tensor, act_dtype: torch.dtype, 
         return float("inf")
     if not a.numel():
         return 0.0
+    if "mean" in tol:  # W8A8: against the reference's mean and largest |value| (W8A8_TOL)
+        t_mean, t_max = tol[act_dtype]
+        err, mag = (a - r).abs(), r.abs()
+        return max(err.mean().item() / (t_mean * mag.mean().item() + 1e-12),
+                   err.max().item() / (t_max * mag.max().item() + 1e-12))
     if "scale" in tol:  # gradients: against the largest one (GRAD_TOL)
         t = tol[act_dtype][0 if ours.dtype == act_dtype else 1]
         return (a - r).abs().max().item() / (t * r.abs().max().item() + 1e-6)

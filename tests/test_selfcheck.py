@@ -85,6 +85,36 @@ def test_scale_tolerance_semantics():
     assert selfcheck._error_ratio(a.float(), r, f32, selfcheck.GRAD_TOL) > 100     # fp32 op: 500x tighter
 
 
+def test_mean_tolerance_semantics():
+    """W8A8: the larger of mean |d| / (t_mean mean |ref|) and max |d| / (t_max max |ref|)."""
+    bf16 = torch.bfloat16
+    t_mean, t_max = selfcheck.W8A8_TOL[bf16]
+    r = torch.tensor([1.0, -1.0, 2.0, 0.0], dtype=torch.float64)             # mean |r| 1, max |r| 2
+    a = r.clone()
+    a[3] += 4 * t_mean                                                          # mean error t_mean: at the bound
+    assert selfcheck._error_ratio(a.float(), r, bf16, selfcheck.W8A8_TOL) == pytest.approx(1.0, rel=1e-5)
+    r2 = torch.ones(100, dtype=torch.float64)
+    r2[0] = 2.0                                                                 # max |r2| 2, mean |r2| 1.01
+    b = r2.clone()
+    b[1] += 2 * t_max * 2.0                                                     # one element at twice the max bound
+    assert selfcheck._error_ratio(b.float(), r2, bf16, selfcheck.W8A8_TOL) == pytest.approx(2.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_w8a8_check_rejects_the_weight_only_result(dtype):
+    """The W8A8 case can fail: on its inputs the weight-only result is outside W8A8_TOL of the W8A8 reference, and a
+    W8A8 result whose act rows all took the neighbouring scale (the worst the op's fp32 sums can do) is inside."""
+    from jamba_ext import reference
+    for s in (0, 1):
+        d = selfcheck._moe_fp8_prefill(selfcheck._Gen(torch.device("cpu"), dtype, 7919 * s), s)
+        want = reference.moe_experts_fp8_w8a8(**d)
+        weight_only = reference.moe_experts_fp8(**d).to(dtype)
+        assert selfcheck._error_ratio(weight_only, want, dtype, selfcheck.W8A8_TOL) > 1.5
+        for ulps in (1, -1):
+            flipped = reference.moe_experts_fp8_w8a8(**d, act_amax_ulps=ulps).to(dtype)
+            assert selfcheck._error_ratio(flipped, want, dtype, selfcheck.W8A8_TOL) < 0.9
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
 def test_check_cuda_without_gpu_is_a_clear_error(capsys):
     assert main(["check", "--device", "cuda"]) == 2
