@@ -37,3 +37,25 @@ for pdl in ("1", "0"):
             ks[ev.key.split("(")[0].replace("void ", "")[:48]] = t / 3
     print(f"PDL {pdl}: wall {s.elapsed_time(e) * 1e3 / 3:.0f} us/call, kernels {sum(ks.values()):.0f} us/call: " +
           ", ".join(f"{k} {v:.0f}" for k, v in sorted(ks.items(), key=lambda kv: -kv[1])), flush=True)
+# Single calls after the GPU was kept busy for ~50 ms by matmuls (queued before the start event): is the single
+# call's extra time the GPU coming out of idle?
+a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+for k in range(3):
+    torch.cuda.synchronize()
+    for _ in range(60):
+        a @ a
+    s.record(); f()(); e.record(); torch.cuda.synchronize()
+    print(f"single call after busy matmuls {s.elapsed_time(e)*1e3:.0f} us", flush=True)
+for k in range(2):
+    torch.cuda.synchronize()
+    for _ in range(60):
+        a @ a
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        f()(); torch.cuda.synchronize()
+    print("  its kernels (us): " + ", ".join(f"{ev.key.split('(')[0][:40]} {(getattr(ev, 'device_time_total', 0) or 0):.0f}"
+                                            for ev in prof.key_averages() if (getattr(ev, 'device_time_total', 0) or 0) > 0), flush=True)
+    import time; time.sleep(0.5)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        f()(); torch.cuda.synchronize()
+    print("  after 0.5 s idle, its kernels (us): " + ", ".join(f"{ev.key.split('(')[0][:40]} {(getattr(ev, 'device_time_total', 0) or 0):.0f}"
+                                            for ev in prof.key_averages() if (getattr(ev, 'device_time_total', 0) or 0) > 0), flush=True)
