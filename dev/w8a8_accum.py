@@ -49,4 +49,4 @@ for T in (64, 256):
     m8, m16 = rel_rows(a8, r8), rel_rows(a16, r16)
     print(f"  T {T}: W8A8 op vs its oracle median {m8[0]:.2e} p99 {m8[1]:.2e} max {m8[2]:.2e} | weight-only op vs its "
           f"oracle median {m16[0]:.2e} p99 {m16[1]:.2e} | W8A8 oracle vs weight-only oracle median "
-          f"{rel_rows(r8, r16)[0]:.2e}", flush=True)
+          f"{rel_rows(r8, r16)[0]:.2e} | W8A8 op vs weight-only oracle median {rel_rows(a8, r16)[0]:.2e}", flush=True)
