@@ -5,8 +5,7 @@ moe_decode_kernel F8, session 37; run here at every token count by moving the th
 (dequant_fp8 of the touched experts + moe_experts) and the bf16 op. Session 36 also timed the GEMVs' warps along K
 (JAMBA_EXT_MOE_GEMV="g,d", `--kw`) and 2 / 8 chunks' loads in flight (a knob since removed, fp8_ab_ce17227.log).
 us per call and % of the touched weights' bytes at the measured copy bandwidth. Usage: python3 dev/fp8_gemv_ab.py
-[tokens,...] [--kw] [--nt] [--pipe] (--nt: the ring's n-tiles per pass forced, JAMBA_EXT_FP8_RING_NT; --pipe: the
-GEMVs' software-pipelined loop, JAMBA_EXT_FP8_GEMV_PIPE=1 / 2)"""
+[tokens,...] [--kw] [--nt] (--nt: the ring's n-tiles per pass forced, JAMBA_EXT_FP8_RING_NT)"""
 import contextlib
 import os
 import sys
@@ -80,13 +79,8 @@ def main():
                 fns[f"fp8 ring NT={nt}"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_RING_NT=str(nt))
         if T <= ops.FP8_GEMV_MAX_TOKENS:
             fns["fp8 gemv"] = fp8(gemv_max=1 << 30)
-            if "--pipe" in sys.argv:  # EXPERIMENT: the software-pipelined loop (gemv.cuh gemv_warp_dot_f8_pipe), U 4 / 2
-                for v in ("3", "4"):
-                    fns[f"fp8 gemv pipe{v}"] = fp8(gemv_max=1 << 30, JAMBA_EXT_FP8_GEMV_PIPE=v)
-                    same = torch.equal(fns["fp8 gemv"](), fns[f"fp8 gemv pipe{v}"]())
-                    print(f"T={T} fp8 gemv pipe{v}: the same bits as fp8 gemv: {same}", flush=True)
             if kw_rows:
-                for kw in ("1,1", "2,4", "4,4"):  # warps along K (the default for fp8: 1,1; the pick of bf16: 2,4)
+                for kw in ("1,1", "2,4", "4,4", "1,2", "1,4"):  # warps along K (fp8's default: 1,1; bf16's pick: 2,4)
                     fns[f"fp8 gemv kw {kw}"] = fp8(gemv_max=1 << 30, JAMBA_EXT_MOE_GEMV=kw)
         t = common.time_interleaved(fns, dev, rounds=5, reps=3, seed=T)
         for name, r in t.items():

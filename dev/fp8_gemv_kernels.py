@@ -1,5 +1,6 @@
 """The fp8 GEMVs' two kernels at 1 / 4 tokens (Jamba-v0.1 sizes), us per call from torch.profiler (PDL off), for each
-JAMBA_EXT_FP8_GEMV_PIPE value given (default: the plain loop). Usage: python3 dev/fp8_gemv_kernels.py [v,...]"""
+JAMBA_EXT_MOE_GEMV value given ("g,d": warps along K of the two kernels; the first row: the default).
+Usage: python3 dev/fp8_gemv_kernels.py ["g,d" ...]"""
 import os, sys
 import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
@@ -15,7 +16,7 @@ q8 = (*ops.quantize_fp8((torch.randn(E, 2 * F, H, device=dev, generator=g) * H *
 for T in (1, 4):
     x = torch.randn(T, H, device=dev, generator=g).to(torch.bfloat16)
     w, ids, offs, slots = ops.moe_route(torch.randn(T, E, device=dev, generator=g), 2)
-    for v in ["0"] + (sys.argv[1].split(",") if len(sys.argv) > 1 else []):
-        with common.env(JAMBA_EXT_FP8_GEMV_PIPE=v):
+    for v in [None] + sys.argv[1:]:
+        with common.env(JAMBA_EXT_MOE_GEMV=v):
             k = kernel_breakdown(lambda: ops.moe_experts_fp8(x, w, ids, *q8), iters=10)
-        print(f"T={T} pipe={v}: " + ", ".join(f"{n} {t:.1f}" for n, t in k.items()), flush=True)
+        print(f"T={T} kw {v or 'default'}: " + ", ".join(f"{n} {t:.1f}" for n, t in k.items()), flush=True)

@@ -133,66 +133,6 @@ __device__ __forceinline__ void gemv_warp_dot_f8(const uint8_t *const (&wrow)[R]
     }
 }
 
-/* gemv_warp_dot_f8 software-pipelined (EXPERIMENT, JAMBA_EXT_FP8_GEMV_PIPE=1 in moe_gemv.cu): the next U chunks'
- * loads are issued before this U chunks' conversions and FMAs, so a warp keeps loads in flight while it computes
- * (the plain loop computes with none in flight: per byte the e4m3 conversions double the bf16 loop's instructions).
- * Same sums in the same order as gemv_warp_dot_f8 (bit-identical). Two register sets of U x R 16-byte pieces. */
-template <typename T, int R, int U>
-__device__ __forceinline__ void gemv_f8_load(uint4 (&wv)[U][R], const uint8_t *const (&wrow)[R], const bool (&wok)[R],
-                                             int64_t c0, int64_t K, int kw, int lane) {
-    constexpr int CH = 32 * 16;
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        const int64_t k = (c0 + (int64_t)u * kw) * CH + lane * 16;
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            wv[u][r] = (k < K && wok[r]) ? gemv_ld_stream(wrow[r] + k) : make_uint4(0u, 0u, 0u, 0u);
-    }
-}
-
-template <typename T, int R, int U>
-__device__ __forceinline__ void gemv_f8_fma(const uint4 (&wv)[U][R], const T *x, int64_t c0, int64_t K, int kw,
-                                            int lane, float (&acc)[R][1]) {
-    constexpr int CH = 32 * 16;
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        const int64_t k = (c0 + (int64_t)u * kw) * CH + lane * 16;
-        if (k >= K) break;
-        float xf[16];
-        jamba_w16<T>::ld(__ldg((const uint4 *)(x + k)), xf);
-        jamba_w16<T>::ld(__ldg((const uint4 *)(x + k + 8)), xf + 8);
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float wf[16];
-            jamba_e4m3x16_ld(wv[u][r], wf);
-#pragma unroll
-            for (int j = 0; j < 16; j++) acc[r][0] = fmaf(xf[j], wf[j], acc[r][0]);
-        }
-    }
-}
-
-template <typename T, int R, int U>
-__device__ __forceinline__ void gemv_warp_dot_f8_pipe(const uint8_t *const (&wrow)[R], const bool (&wok)[R],
-                                                      const T *x, int64_t K, int ks, int kw, int lane,
-                                                      float (&acc)[R][1]) {
-    constexpr int CH = 32 * 16;
-    const int64_t nchunk = K / CH + (K % CH != 0), step = (int64_t)U * kw;
-    uint4 wa[U][R], wb[U][R];
-    int64_t c0 = ks;
-    if (c0 >= nchunk) return;
-    gemv_f8_load<T, R, U>(wa, wrow, wok, c0, K, kw, lane);
-    for (;;) {
-        if (c0 + step < nchunk) gemv_f8_load<T, R, U>(wb, wrow, wok, c0 + step, K, kw, lane);
-        gemv_f8_fma<T, R, U>(wa, x, c0, K, kw, lane, acc);
-        c0 += step;
-        if (c0 >= nchunk) break;
-        if (c0 + step < nchunk) gemv_f8_load<T, R, U>(wa, wrow, wok, c0 + step, K, kw, lane);
-        gemv_f8_fma<T, R, U>(wb, x, c0, K, kw, lane, acc);
-        c0 += step;
-        if (c0 >= nchunk) break;
-    }
-}
-
 /* warps along K for a row of nchunk chunks: each warp >= 4 chunks where K allows (kw of 1, 2, 4, 8) */
 static inline int gemv_pick_kw(int64_t nchunk, int warps) {
     int kw = 1;
