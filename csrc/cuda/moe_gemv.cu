@@ -50,6 +50,7 @@
 #define MG_U 4     /* chunks per batch of loads */
 #define MG_SLOTS 8 /* slots of a token reduced per pass of the down kernel's shared buffer */
 #define MG_MAX_TOKENS 4 /* tokens up to which experts_launch runs these kernels (the A/B above) */
+#define MG_DOWN_MINB 3  /* the down kernel's resident blocks per SM (its launch bounds: <= 80 registers) */
 
 struct moe_gemv_args {
     const void *x, *wgu, *wd;
@@ -111,7 +112,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
 }
 
 template <typename T, bool F8, int U>
-__global__ void __launch_bounds__(MG_WARPS * 32, 3) moe_gemv_down_kernel(moe_gemv_args a) {
+__global__ void __launch_bounds__(MG_WARPS * 32, MG_DOWN_MINB) moe_gemv_down_kernel(moe_gemv_args a) {
     jamba_pdl_begin();
     __shared__ float red[MG_SLOTS][MG_WARPS][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw, nr = MG_WARPS / kw;
@@ -182,12 +183,18 @@ static int mg_kw(int forced, int64_t K, int vn) {
 
 /* both kernels; a: the tensors, K, E, H, F set (kw is picked here); U: chunks per batch of loads */
 template <typename T, bool F8, int U = MG_U>
-static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, cudaStream_t stream) {
+static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sms, cudaStream_t stream) {
     constexpr int VN = F8 ? 16 : 16 / (int)sizeof(T);
     if (F8) { /* one warp per row (kw 1) unless forced: fp8_ab_ce17227.log, Jamba-v0.1, us at 1 / 4 / 8 / 16 / 32
                * tokens, kw 1 vs the pick (2 and 4): 99.5 / 309 / 552 / 1054 / 2056 vs 101.5 / 336 / 633 / 1225 / 2422 */
         kwg = kwg ? kwg : 1;
-        kwd = kwd ? kwd : 1;
+        if (!kwd) { /* the down kernel: kw 4 (4x the blocks) where kw 1's grid would end in a wave less than half full
+                     * (sms: the device's SM count; 0: unknown). Jamba-v0.1 on an H200, 2 tokens: 512 blocks for 396
+                     * resident ones, 176.3 against 187.7 us for the op; 1 / 4 / 6 tokens (0.65 / 2.6 / 3.9 waves)
+                     * 98.8 / 312.3 / 442.6 against 98.5 / 309.0 / 422.8 with kw 4 (fp8_gemv_kw_05df184.log) */
+            const int64_t nb = T_ * jamba_ceil_div(a.H, 2 * MG_WARPS), slots = (int64_t)sms * MG_DOWN_MINB;
+            kwd = (slots > 0 && nb > slots && nb % slots != 0 && 2 * (nb % slots) < slots) ? 4 : 1;
+        }
     }
     a.kw = mg_kw(kwg, a.H, VN);
     const dim3 g1((unsigned)(T_ * a.K), (unsigned)jamba_ceil_div(a.F, MG_WARPS / a.kw));
@@ -215,7 +222,7 @@ static moe_gemv_args mg_args(const P *p) {
 
 template <typename T>
 static jamba_status mg_launch(const jamba_moe_experts_params *p, int kwg, int kwd, cudaStream_t stream) {
-    return mg_run<T, false>(mg_args(p), p->x.shape[0], kwg, kwd, stream);
+    return mg_run<T, false>(mg_args(p), p->x.shape[0], kwg, kwd, 0, stream);
 }
 
 jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaStream_t stream, int *ran) {
@@ -235,12 +242,13 @@ jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaS
  * scaled before the rounding, up to JAMBA_FP8_GEMV_MAX_TOKENS tokens; with the permutation given, moe.cu's ring
  * kernels on the e4m3 bytes instead (moe_fp8_ring; jamba_ext/ops.py picks by the token count) */
 template <typename T>
-static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg, int kwd, cudaStream_t stream) {
+static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg, int kwd, int sms,
+                                  cudaStream_t stream) {
     moe_gemv_args a = mg_args(p);
     a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
     /* 4 chunks' loads in flight, as the bf16 kernels: 2 / 8 measured 101 / 140 us against 102 at one token, 348 / 513
      * against 336 at four (fp8_ab_ce17227.log, the EXPERIMENT knob removed after) */
-    return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, stream);
+    return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, sms, stream);
 }
 
 extern "C" jamba_status jamba_moe_experts_fp8_cuda(const jamba_moe_experts_fp8_params *p, jamba_launch launch) {
@@ -265,6 +273,7 @@ extern "C" jamba_status jamba_moe_experts_fp8_cuda(const jamba_moe_experts_fp8_p
     if (ring) return moe_fp8_ring(p, launch.device, stream);
     int kwg, kwd;
     mg_env(&kwg, &kwd);
-    if (dt == JAMBA_BF16) return mg_launch_fp8<__nv_bfloat16>(p, kwg, kwd, stream);
-    return mg_launch_fp8<__half>(p, kwg, kwd, stream);
+    const int sms = jamba_cuda_sm_count(launch.device);
+    if (dt == JAMBA_BF16) return mg_launch_fp8<__nv_bfloat16>(p, kwg, kwd, sms, stream);
+    return mg_launch_fp8<__half>(p, kwg, kwd, sms, stream);
 }
