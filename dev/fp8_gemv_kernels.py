@@ -1,6 +1,6 @@
 """The fp8 GEMVs' two kernels at 1 / 4 tokens (Jamba-v0.1 sizes), us per call from torch.profiler (PDL off), for each
-JAMBA_EXT_MOE_GEMV value given ("g,d": warps along K of the two kernels; "dr1": JAMBA_EXT_FP8_GEMV_DR=1; the first
-row: the default). Usage: python3 dev/fp8_gemv_kernels.py ["g,d" | dr1 ...]"""
+JAMBA_EXT_MOE_GEMV value given ("g,d": warps along K of the two kernels; the first row: the default).
+Usage: python3 dev/fp8_gemv_kernels.py ["g,d" ...]"""
 import os, sys
 import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
@@ -17,6 +17,6 @@ for T in (1, 4):
     x = torch.randn(T, H, device=dev, generator=g).to(torch.bfloat16)
     w, ids, offs, slots = ops.moe_route(torch.randn(T, E, device=dev, generator=g), 2)
     for v in [None] + sys.argv[1:]:
-        with common.env(**({"JAMBA_EXT_FP8_GEMV_DR": "1"} if v == "dr1" else {"JAMBA_EXT_MOE_GEMV": v})):
+        with common.env(JAMBA_EXT_MOE_GEMV=v):
             k = kernel_breakdown(lambda: ops.moe_experts_fp8(x, w, ids, *q8), iters=10)
         print(f"T={T} kw {v or 'default'}: " + ", ".join(f"{n} {t:.1f}" for n, t in k.items()), flush=True)

@@ -111,13 +111,13 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     }
 }
 
-template <typename T, bool F8, int U, int DR = 2>
-__global__ void __launch_bounds__(MG_WARPS * 32, DR == 1 ? 4 : MG_DOWN_MINB) moe_gemv_down_kernel(moe_gemv_args a) {
+template <typename T, bool F8, int U>
+__global__ void __launch_bounds__(MG_WARPS * 32, MG_DOWN_MINB) moe_gemv_down_kernel(moe_gemv_args a) {
     jamba_pdl_begin();
-    __shared__ float red[MG_SLOTS][MG_WARPS][DR];
+    __shared__ float red[MG_SLOTS][MG_WARPS][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw, nr = MG_WARPS / kw;
-    const int64_t t = blockIdx.x, h0 = (int64_t)blockIdx.y * DR * nr, hw = h0 + DR * (warp / kw);
-    const int i = threadIdx.x; /* i < DR nr: output row h0 + i of the block */
+    const int64_t t = blockIdx.x, h0 = (int64_t)blockIdx.y * 2 * nr, hw = h0 + 2 * (warp / kw);
+    const int i = threadIdx.x; /* i < 2 nr: output row h0 + i of the block */
     float comb = 0.f;
     bool bad = false;
     for (int j0 = 0; j0 < a.K; j0 += MG_SLOTS) {
@@ -127,26 +127,24 @@ __global__ void __launch_bounds__(MG_WARPS * 32, DR == 1 ? 4 : MG_DOWN_MINB) moe
             const int e = a.ids[s];
             if (e < 0 || e >= a.E) continue; /* whole block */
             const void *W = (const char *)a.wd + (int64_t)e * a.H * a.F * (F8 ? 1 : (int64_t)sizeof(T));
-            int64_t rows[DR];
-            bool wok[DR];
+            int64_t rows[2];
+            bool wok[2];
 #pragma unroll
-            for (int r = 0; r < DR; r++) {
+            for (int r = 0; r < 2; r++) {
                 wok[r] = hw + r < a.H;
                 rows[r] = wok[r] ? hw + r : 0;
             }
-            float acc[DR][1];
+            float acc[2][1] = {{0.f}, {0.f}};
+            mg_dot<T, F8, 2, U>(W, rows, wok, (const T *)a.act + s * a.F, a.F, ks, kw, lane, acc);
 #pragma unroll
-            for (int r = 0; r < DR; r++) acc[r][0] = 0.f;
-            mg_dot<T, F8, DR, U>(W, rows, wok, (const T *)a.act + s * a.F, a.F, ks, kw, lane, acc);
-#pragma unroll
-            for (int r = 0; r < DR; r++) {
+            for (int r = 0; r < 2; r++) {
                 const float v = jamba_warp_sum(acc[r][0]);
                 if (lane == 0) red[j - j0][warp][r] = v;
             }
         }
         __syncthreads();
-        if (i < DR * nr) {
-            const int q = i / DR, r = i % DR;
+        if (i < 2 * nr) {
+            const int q = i / 2, r = i % 2;
             for (int j = j0; j < j1; j++) {
                 const int64_t s = t * a.K + j;
                 const int e = a.ids[s];
@@ -163,7 +161,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32, DR == 1 ? 4 : MG_DOWN_MINB) moe
         }
         __syncthreads();
     }
-    if (i < DR * nr && h0 + i < a.H)
+    if (i < 2 * nr && h0 + i < a.H)
         ((T *)a.out)[t * a.H + h0 + i] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : comb);
 }
 
@@ -184,13 +182,12 @@ static int mg_kw(int forced, int64_t K, int vn) {
 }
 
 /* both kernels; a: the tensors, K, E, H, F set (kw is picked here); U: chunks per batch of loads */
-template <typename T, bool F8, int U = MG_U, int DR = 2>
+template <typename T, bool F8, int U = MG_U>
 static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sms, cudaStream_t stream) {
     constexpr int VN = F8 ? 16 : 16 / (int)sizeof(T);
     if (F8) { /* one warp per row (kw 1) unless forced: fp8_ab_ce17227.log, Jamba-v0.1, us at 1 / 4 / 8 / 16 / 32
                * tokens, kw 1 vs the pick (2 and 4): 99.5 / 309 / 552 / 1054 / 2056 vs 101.5 / 336 / 633 / 1225 / 2422 */
         kwg = kwg ? kwg : 1;
-        if (!kwd && DR == 1) kwd = 1;
         if (!kwd) { /* the down kernel: kw 4 (4x the blocks) where kw 1's grid would end in a wave less than half full
                      * (sms: the device's SM count; 0: unknown). Jamba-v0.1 on an H200, 2 tokens: 512 blocks for 396
                      * resident ones, 176.3 against 187.7 us for the op; 1 / 4 / 6 tokens (0.65 / 2.6 / 3.9 waves)
@@ -204,8 +201,8 @@ static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sm
     jamba_kernel_launch(moe_gemv_gate_up_kernel<T, F8, U>, g1, dim3(MG_WARPS * 32), 0, stream, a);
     JAMBA_LAUNCH_CHECK("moe_gemv_gate_up_kernel", stream);
     a.kw = mg_kw(kwd, a.F, VN);
-    const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, DR * (MG_WARPS / a.kw)));
-    jamba_kernel_launch(moe_gemv_down_kernel<T, F8, U, DR>, g2, dim3(MG_WARPS * 32), 0, stream, a);
+    const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)));
+    jamba_kernel_launch(moe_gemv_down_kernel<T, F8, U>, g2, dim3(MG_WARPS * 32), 0, stream, a);
     JAMBA_LAUNCH_CHECK("moe_gemv_down_kernel", stream);
     return JAMBA_OK;
 }
@@ -251,9 +248,6 @@ static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg
     a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
     /* 4 chunks' loads in flight, as the bf16 kernels: 2 / 8 measured 101 / 140 us against 102 at one token, 348 / 513
      * against 336 at four (fp8_ab_ce17227.log, the EXPERIMENT knob removed after) */
-    const char *dr = getenv("JAMBA_EXT_FP8_GEMV_DR"); /* EXPERIMENT: one row per warp in the down kernel */
-    if (dr != NULL && dr[0] == '1' && dr[1] == '\0')
-        return mg_run<T, true, MG_U, 1>(a, p->x.shape[0], kwg, kwd, sms, stream);
     return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, sms, stream);
 }
 
