@@ -79,8 +79,6 @@ def main():
                 fns[f"fp8 ring NT={nt}"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_RING_NT=str(nt))
         if T <= ops.FP8_GEMV_MAX_TOKENS:
             fns["fp8 gemv"] = fp8(gemv_max=1 << 30)
-            if "--ud" in sys.argv:  # EXPERIMENT: the down kernel with 8 chunks' loads a batch (JAMBA_EXT_FP8_GEMV_UD=8)
-                fns["fp8 gemv ud8"] = fp8(gemv_max=1 << 30, JAMBA_EXT_FP8_GEMV_UD="8")
             if kw_rows:
                 for kw in ("1,1", "2,4", "4,4", "1,2", "1,4"):  # warps along K (fp8's default: 1,1; bf16's pick: 2,4)
                     fns[f"fp8 gemv kw {kw}"] = fp8(gemv_max=1 << 30, JAMBA_EXT_MOE_GEMV=kw)

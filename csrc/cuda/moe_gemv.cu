@@ -111,8 +111,8 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     }
 }
 
-template <typename T, bool F8, int U, int MINB = MG_DOWN_MINB>
-__global__ void __launch_bounds__(MG_WARPS * 32, MINB) moe_gemv_down_kernel(moe_gemv_args a) {
+template <typename T, bool F8, int U>
+__global__ void __launch_bounds__(MG_WARPS * 32, MG_DOWN_MINB) moe_gemv_down_kernel(moe_gemv_args a) {
     jamba_pdl_begin();
     __shared__ float red[MG_SLOTS][MG_WARPS][2];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, kw = a.kw, ks = warp % kw, nr = MG_WARPS / kw;
@@ -182,7 +182,7 @@ static int mg_kw(int forced, int64_t K, int vn) {
 }
 
 /* both kernels; a: the tensors, K, E, H, F set (kw is picked here); U: chunks per batch of loads */
-template <typename T, bool F8, int U = MG_U, int UD = U, int MINB = MG_DOWN_MINB>
+template <typename T, bool F8, int U = MG_U>
 static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sms, cudaStream_t stream) {
     constexpr int VN = F8 ? 16 : 16 / (int)sizeof(T);
     if (F8) { /* one warp per row (kw 1) unless forced: fp8_ab_ce17227.log, Jamba-v0.1, us at 1 / 4 / 8 / 16 / 32
@@ -202,7 +202,7 @@ static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sm
     JAMBA_LAUNCH_CHECK("moe_gemv_gate_up_kernel", stream);
     a.kw = mg_kw(kwd, a.F, VN);
     const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)));
-    jamba_kernel_launch(moe_gemv_down_kernel<T, F8, UD, MINB>, g2, dim3(MG_WARPS * 32), 0, stream, a);
+    jamba_kernel_launch(moe_gemv_down_kernel<T, F8, U>, g2, dim3(MG_WARPS * 32), 0, stream, a);
     JAMBA_LAUNCH_CHECK("moe_gemv_down_kernel", stream);
     return JAMBA_OK;
 }
@@ -248,8 +248,6 @@ static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg
     a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
     /* 4 chunks' loads in flight, as the bf16 kernels: 2 / 8 measured 101 / 140 us against 102 at one token, 348 / 513
      * against 336 at four (fp8_ab_ce17227.log, the EXPERIMENT knob removed after) */
-    const char *ud = getenv("JAMBA_EXT_FP8_GEMV_UD"); /* EXPERIMENT: the down kernel with 8 chunks a batch */
-    if (ud != NULL && ud[0] == '8') return mg_run<T, true, MG_U, 8, 2>(a, p->x.shape[0], kwg, kwd, sms, stream);
     return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, sms, stream);
 }
 
