@@ -176,6 +176,15 @@ def to_device(obj, device):
     return obj
 
 
+def cuda_kernel_names(fn):
+    """Names of the CUDA kernels fn() launches (torch.profiler), to check which kernel a call took."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {e.key for e in prof.key_averages()}
+
+
 def graph_replays(fn, static_inputs, new_inputs):
     """Captures fn(*static_inputs) in a CUDA graph (after one eager warm-up call on a side stream, which
     does run: in-place states advance once), then for each tuple in new_inputs copies its tensors into the

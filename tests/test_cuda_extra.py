@@ -5,7 +5,7 @@ reruns, CUDA-graph capture and replay, a tensor on cuda:1, d_inner past the 6553
 import pytest
 import torch
 
-from conftest import STATE_TOL, TOL, assert_close, make_A, randn, uniform, up
+from conftest import STATE_TOL, TOL, assert_close, cuda_kernel_names, make_A, randn, uniform, up
 from jamba_ext import ops, reference
 
 pytestmark = [pytest.mark.cuda,
@@ -859,15 +859,6 @@ def test_selective_scan_pipelined_fp64(monkeypatch, dtype):
             ref_out, ref_last = ref64(a)
             assert_close(out, ref_out, **TOL_LONG[dtype])
             assert_close(last, ref_last, **TOL_LONG[torch.float32])
-
-
-def cuda_kernel_names(fn):
-    """Names of the CUDA kernels fn() launches (torch.profiler), to check which kernel a call took."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
-        torch.cuda.synchronize()
-    return {e.key for e in prof.key_averages()}
 
 
 G4_CASES = [  # batch, d_inner, seqlen, B/C layout: L % 8 == 0, d_inner % 32 == 0 (selective_scan_g4_kernel)

@@ -32,6 +32,17 @@ __device__ __forceinline__ bool dq_skip(const dq_args &a, int64_t r) {
     return a.goff != nullptr && a.goff[r / a.per + 1] == a.goff[r / a.per];
 }
 
+/* chunk c of a kernel whose rows hold cpr chunks (n in all) is in range and in a group with routed rows */
+template <typename I>
+__device__ __forceinline__ bool dq_live(const dq_args &a, I c, I cpr, I n, I per) {
+    bool live = c < n;
+    if (live && a.goff != nullptr) {
+        const I g = c / cpr / per;
+        live = a.goff[g + 1] != a.goff[g];
+    }
+    return live;
+}
+
 /* chunk c (16 bytes: row c / c16) of the v16 kernel, its values converted, scaled and stored */
 template <typename T, typename I>
 __device__ __forceinline__ void dq_chunk(const dq_args &a, I c, I c16, const uint4 &q) {
@@ -62,11 +73,7 @@ __global__ void __launch_bounds__(256, sizeof(I) == 4 ? 8 : 5) dequant_fp8_v16_k
 #pragma unroll
         for (int u = 0; u < DQ_U; u++) {
             const I c = c0 + (I)u * stride;
-            go[u] = c < n16;
-            if (go[u] && a.goff != nullptr) {
-                const I g = c / c16 / per;
-                go[u] = a.goff[g + 1] != a.goff[g];
-            }
+            go[u] = dq_live<I>(a, c, c16, n16, per);
             if (go[u]) q[u] = gemv_ld_stream(a.q + (int64_t)c * 16);
         }
 #pragma unroll
@@ -94,11 +101,7 @@ __global__ void __launch_bounds__(256, sizeof(I) == 4 ? 8 : 5) dequant_fp8_v8_ke
 #pragma unroll
         for (int u = 0; u < DQ_U8; u++) {
             const I c = c0 + (I)u * stride;
-            go[u] = c < n8;
-            if (go[u] && a.goff != nullptr) {
-                const I g = c / c8 / per;
-                go[u] = a.goff[g + 1] != a.goff[g];
-            }
+            go[u] = dq_live<I>(a, c, c8, n8, per);
             if (go[u]) q[u] = __ldcs((const uint2 *)(a.q + (int64_t)c * 8));
         }
 #pragma unroll
