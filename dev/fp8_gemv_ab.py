@@ -83,7 +83,8 @@ def main():
             fns["fp8 gemv"] = fp8(gemv_max=1 << 30)
             if bulk_rows:
                 fns["fp8 gemv kw 1,1"] = fp8(gemv_max=1 << 30, JAMBA_EXT_MOE_GEMV="1,1")
-                fns["fp8 gemv bulk"] = fp8(gemv_max=1 << 30, JAMBA_EXT_MOE_GEMV_BULK="1")
+                for v in "1234":  # KC x stages: 2048 x 3, 1024 x 6, 1024 x 3, 512 x 8
+                    fns[f"fp8 gemv bulk {v}"] = fp8(gemv_max=1 << 30, JAMBA_EXT_MOE_GEMV_BULK=v)
             if kw_rows:
                 for kw in ("1,1", "2,4", "4,4", "1,2", "1,4"):  # warps along K (fp8's default: 1,1; bf16's pick: 2,4)
                     fns[f"fp8 gemv kw {kw}"] = fp8(gemv_max=1 << 30, JAMBA_EXT_MOE_GEMV=kw)

@@ -173,12 +173,9 @@ __global__ void __launch_bounds__(MG_WARPS * 32, MG_DOWN_MINB) moe_gemv_down_ker
  * (stage i: valid slot i / nk, bytes [(i % nk) MB_KC, +MB_KC) of each row); warp MG_WARPS (the producer, one lane)
  * fills them, the consumer warps release them (one arrival per warp). The first stages are issued before the PDL wait
  * (weights and ids only: the router wrote ids before the gate_up kernel ran). */
-#define MB_KC 2048
-#define MB_STAGES 3
 #define MB_ROWS (2 * MG_WARPS)
-#define MB_SMEM (MB_STAGES * MB_ROWS * MB_KC)
 
-template <typename T>
+template <typename T, int MB_KC, int MB_STAGES>
 __global__ void __launch_bounds__((MG_WARPS + 1) * 32, 2) moe_gemv_down_bulk_kernel(moe_gemv_args a) {
     jamba_pdl_weights_first();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -282,6 +279,23 @@ __global__ void __launch_bounds__((MG_WARPS + 1) * 32, 2) moe_gemv_down_bulk_ker
 #endif
 }
 
+template <typename T, int KC, int ST>
+static jamba_status mg_bulk(moe_gemv_args a, int64_t T_, cudaStream_t stream) {
+    constexpr int smem = ST * MB_ROWS * KC;
+    static int smem_set[64];
+    int dev = 0;
+    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_gemv_down_bulk_kernel<T, KC, ST>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    const dim3 gb((unsigned)T_, (unsigned)jamba_ceil_div(a.H, MB_ROWS));
+    jamba_kernel_launch(moe_gemv_down_bulk_kernel<T, KC, ST>, gb, dim3((MG_WARPS + 1) * 32), smem, stream, a);
+    JAMBA_LAUNCH_CHECK("moe_gemv_down_bulk_kernel", stream);
+    return JAMBA_OK;
+}
+
 /* "g,d" of JAMBA_EXT_MOE_GEMV (warps along K of the two kernels; 0: pick), -1 when the path is off; read once a
  * call, by moe_gemv_decode */
 static int mg_env(int *kwg, int *kwd) {
@@ -301,7 +315,7 @@ static int mg_kw(int forced, int64_t K, int vn) {
 /* both kernels; a: the tensors, K, E, H, F set (kw is picked here); U: chunks per batch of loads */
 template <typename T, bool F8, int U = MG_U>
 static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sms, cudaStream_t stream,
-                           bool bulk = false) {
+                           int bulk = 0) {
     constexpr int VN = F8 ? 16 : 16 / (int)sizeof(T);
     if (F8) { /* one warp per row (kw 1) unless forced: fp8_ab_ce17227.log, Jamba-v0.1, us at 1 / 4 / 8 / 16 / 32
                * tokens, kw 1 vs the pick (2 and 4): 99.5 / 309 / 552 / 1054 / 2056 vs 101.5 / 336 / 633 / 1225 / 2422 */
@@ -320,18 +334,10 @@ static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sm
     JAMBA_LAUNCH_CHECK("moe_gemv_gate_up_kernel", stream);
     if constexpr (F8)
         if (bulk && a.K <= MG_SLOTS) {
-            static int smem_set[64];
-            int dev = 0;
-            JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
-            if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-                JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_gemv_down_bulk_kernel<T>,
-                                                      cudaFuncAttributeMaxDynamicSharedMemorySize, MB_SMEM));
-                if (dev >= 0 && dev < 64) smem_set[dev] = 1;
-            }
-            const dim3 gb((unsigned)T_, (unsigned)jamba_ceil_div(a.H, MB_ROWS));
-            jamba_kernel_launch(moe_gemv_down_bulk_kernel<T>, gb, dim3((MG_WARPS + 1) * 32), MB_SMEM, stream, a);
-            JAMBA_LAUNCH_CHECK("moe_gemv_down_bulk_kernel", stream);
-            return JAMBA_OK;
+            if (bulk == 1) return mg_bulk<T, 2048, 3>(a, T_, stream);
+            if (bulk == 2) return mg_bulk<T, 1024, 6>(a, T_, stream);
+            if (bulk == 3) return mg_bulk<T, 1024, 3>(a, T_, stream);
+            return mg_bulk<T, 512, 8>(a, T_, stream);
         }
     a.kw = mg_kw(kwd, a.F, VN);
     const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)));
@@ -375,7 +381,7 @@ jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaS
  * scaled before the rounding, up to JAMBA_FP8_GEMV_MAX_TOKENS tokens; with the permutation given, moe.cu's ring
  * kernels on the e4m3 bytes instead (moe_fp8_ring; jamba_ext/ops.py picks by the token count) */
 template <typename T>
-static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg, int kwd, int sms, bool bulk,
+static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg, int kwd, int sms, int bulk,
                                   cudaStream_t stream) {
     moe_gemv_args a = mg_args(p);
     a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
@@ -408,7 +414,7 @@ extern "C" jamba_status jamba_moe_experts_fp8_cuda(const jamba_moe_experts_fp8_p
     mg_env(&kwg, &kwd);
     const int sms = jamba_cuda_sm_count(launch.device);
     const char *bs = getenv("JAMBA_EXT_MOE_GEMV_BULK"); /* EXPERIMENT: moe_gemv_down_bulk_kernel (sm_90) */
-    const bool bulk = bs != NULL && bs[0] == '1' && jamba_cuda_pdl_ok(launch.device);
+    const int bulk = (bs != NULL && jamba_cuda_pdl_ok(launch.device)) ? atoi(bs) : 0; /* 1-4: the variants */
     if (dt == JAMBA_BF16) return mg_launch_fp8<__nv_bfloat16>(p, kwg, kwd, sms, bulk, stream);
     return mg_launch_fp8<__half>(p, kwg, kwd, sms, bulk, stream);
 }
