@@ -225,7 +225,8 @@ BULK_SHAPES = [(1, 272, 144, 16, 2), (2, 2064, 2064, 8, 2), (3, 528, 4112, 4, 1)
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("T,H,F,E,K", BULK_SHAPES, ids=[f"T{c[0]}H{c[1]}F{c[2]}" for c in BULK_SHAPES])
-def test_moe_experts_fp8_bulk_down_same_bits(monkeypatch, dtype, T, H, F, E, K):
+@pytest.mark.parametrize("variant", ["1", "2", "3", "4"])
+def test_moe_experts_fp8_bulk_down_same_bits(monkeypatch, dtype, T, H, F, E, K, variant):
     """EXPERIMENT JAMBA_EXT_MOE_GEMV_BULK=1 (Hopper): the down GEMV with its weight rows moved by bulk copies gives the
     bits of the default down kernel at one warp per row (its sums in the same order), and matches fp64; the profiler
     shows it ran. Shapes: rows past H in the last block (H % 32 == 16), a partial last 2048-byte stage, F < 2048,
@@ -240,7 +241,7 @@ def test_moe_experts_fp8_bulk_down_same_bits(monkeypatch, dtype, T, H, F, E, K):
         ids[T - 1, 0] = E  # out of range: that row NaN
     monkeypatch.setenv("JAMBA_EXT_MOE_GEMV", "1,1")
     base = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
-    monkeypatch.setenv("JAMBA_EXT_MOE_GEMV_BULK", "1")
+    monkeypatch.setenv("JAMBA_EXT_MOE_GEMV_BULK", variant)
     res = {}
     names = cuda_kernel_names(lambda: res.update(o=ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)))
     assert any("moe_gemv_down_bulk_kernel" in n for n in names), names
