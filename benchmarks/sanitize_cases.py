@@ -174,15 +174,6 @@ def main():
                         ops.moe_experts_fp8(rn(T, H, dt=xdt), wr, ids, qgu, sgu, qd, sd, slots, offs, act_fp8=True)
                     del os.environ["JAMBA_EXT_WGMMA_HALF"]
                 del os.environ["JAMBA_EXT_FP8_WGMMA"]
-                # EXPERIMENT JAMBA_EXT_MOE_GEMV_BULK: the down GEMV on bulk copies (48 rows: 3 blocks of 16; 2064
-                # bytes a row: a full and a partial stage), 1 and 3 tokens
-                os.environ["JAMBA_EXT_MOE_GEMV_BULK"] = "1"
-                bq = (*ops.quantize_fp8(rn(E, 2 * 2064, 48, dt=torch.float32)),
-                      *ops.quantize_fp8(rn(E, 48, 2064, dt=torch.float32)))
-                for T in (1, 3):
-                    wr, ids, _, _ = ops.moe_route(rn(T, E), 2)
-                    ops.moe_experts_fp8(rn(T, 48, dt=xdt), wr, ids, *bq)
-                del os.environ["JAMBA_EXT_MOE_GEMV_BULK"]
             old = ops.FP8_SM90_MAX_TOKENS
             ops.FP8_SM90_MAX_TOKENS = 0  # the dequantizing path above FP8_RING_MAX_TOKENS on Hopper too
             wr, ids, offs, slots = ops.moe_route(rn(ops.FP8_RING_MAX_TOKENS + 1, E), 2)

@@ -1,6 +1,5 @@
 """The fp8 GEMVs' two kernels at 1 / 4 tokens (Jamba-v0.1 sizes), us per call from torch.profiler (PDL off), for each
-JAMBA_EXT_MOE_GEMV value given ("g,d": warps along K of the two kernels; the first row: the default; "bulk": the
-EXPERIMENT JAMBA_EXT_MOE_GEMV_BULK=1).
+JAMBA_EXT_MOE_GEMV value given ("g,d": warps along K of the two kernels; the first row: the default).
 Usage: python3 dev/fp8_gemv_kernels.py ["g,d" ...]"""
 import os, sys
 import torch
@@ -18,7 +17,6 @@ for T in (1, 4):
     x = torch.randn(T, H, device=dev, generator=g).to(torch.bfloat16)
     w, ids, offs, slots = ops.moe_route(torch.randn(T, E, device=dev, generator=g), 2)
     for v in [None] + sys.argv[1:]:
-        env = dict(JAMBA_EXT_MOE_GEMV_BULK=v[4:]) if v.startswith("bulk") else dict(JAMBA_EXT_MOE_GEMV=v)
-        with common.env(**env):
+        with common.env(JAMBA_EXT_MOE_GEMV=v):
             k = kernel_breakdown(lambda: ops.moe_experts_fp8(x, w, ids, *q8), iters=10)
         print(f"T={T} kw {v or 'default'}: " + ", ".join(f"{n} {t:.1f}" for n, t in k.items()), flush=True)

@@ -165,137 +165,6 @@ __global__ void __launch_bounds__(MG_WARPS * 32, MG_DOWN_MINB) moe_gemv_down_ker
         ((T *)a.out)[t * a.H + h0 + i] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : comb);
 }
 
-/* EXPERIMENT (JAMBA_EXT_MOE_GEMV_BULK=1; fp8 weights, sm_90, top-k <= MG_SLOTS): the down kernel with its weight rows
- * moved into shared memory by 1-d bulk copies (cp.async.bulk) instead of register loads, so the bytes in flight no
- * longer wait on the dot products' conversions and FMAs. Same grid, rows and sums as moe_gemv_down_kernel at kw 1
- * (same bits): block (t, by) takes rows h0 .. h0 + 15 of w_down[ids[s]] for each valid slot s of token t in turn;
- * warp q < MG_WARPS rows h0 + 2q, h0 + 2q + 1. The weights stream through MB_STAGES stages of 16 rows x MB_KC bytes
- * (stage i: valid slot i / nk, bytes [(i % nk) MB_KC, +MB_KC) of each row); warp MG_WARPS (the producer, one lane)
- * fills them, the consumer warps release them (one arrival per warp). The first stages are issued before the PDL wait
- * (weights and ids only: the router wrote ids before the gate_up kernel ran). */
-#define MB_ROWS (2 * MG_WARPS)
-
-template <typename T, int MB_KC, int MB_STAGES>
-__global__ void __launch_bounds__((MG_WARPS + 1) * 32, 2) moe_gemv_down_bulk_kernel(moe_gemv_args a) {
-    jamba_pdl_weights_first();
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    extern __shared__ __align__(128) unsigned char mb_smem[];
-    __shared__ float red[MG_SLOTS][MG_WARPS][2];
-    __shared__ __align__(8) uint64_t bars[2 * MB_STAGES]; /* full[MB_STAGES], then empty[MB_STAGES] */
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t t = blockIdx.x, h0 = (int64_t)blockIdx.y * MB_ROWS;
-    const int nk = (int)((a.F + MB_KC - 1) / MB_KC);
-    int vs[MG_SLOTS], nv = 0; /* the token's valid slots, in order */
-#pragma unroll
-    for (int j = 0; j < MG_SLOTS; j++)
-        if (j < a.K) {
-            const int e = a.ids[t * a.K + j];
-            if (e >= 0 && e < a.E) vs[nv++] = j;
-        }
-    const int nst = nv * nk;
-    const uint32_t sbase = smem_u32(mb_smem), full = smem_u32(bars), empty = full + 8 * MB_STAGES;
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < MB_STAGES; st++) mbar_init(full + 8 * st, 1), mbar_init(empty + 8 * st, MG_WARPS);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-    if (warp == MG_WARPS) { /* the producer */
-        if (lane == 0)
-            for (int i = 0; i < nst; i++) {
-                const int st = i % MB_STAGES;
-                if (i >= MB_STAGES) mbar_wait(empty + 8 * st, ((i / MB_STAGES) - 1) & 1);
-                const int j = vs[i / nk];
-                const int64_t k0 = (int64_t)(i % nk) * MB_KC;
-                const uint32_t bytes = (uint32_t)(a.F - k0 < MB_KC ? a.F - k0 : MB_KC);
-                const int nr = (int)(a.H - h0 < MB_ROWS ? a.H - h0 : MB_ROWS);
-                const uint8_t *W = (const uint8_t *)a.wd + (int64_t)a.ids[t * a.K + j] * a.H * a.F;
-                mbar_expect_tx(full + 8 * st, bytes * (uint32_t)nr);
-                for (int r = 0; r < nr; r++)
-                    bulk_load_1d(sbase + (uint32_t)((st * MB_ROWS + r) * MB_KC), W + (h0 + r) * a.F + k0, bytes,
-                                 full + 8 * st);
-            }
-        jamba_pdl_begin();
-        return;
-    }
-    jamba_pdl_begin(); /* act: written by the gate_up kernel */
-    const int64_t hw = h0 + 2 * warp;
-    int i = 0;
-    for (int v = 0; v < nv; v++) {
-        const int64_t s = t * a.K + vs[v];
-        const T *x = (const T *)a.act + s * a.F;
-        float acc[2] = {0.f, 0.f};
-        for (int kc = 0; kc < nk; kc++, i++) {
-            const int st = i % MB_STAGES;
-            mbar_wait(full + 8 * st, (i / MB_STAGES) & 1);
-            const unsigned char *rb = mb_smem + (st * MB_ROWS + 2 * warp) * MB_KC;
-#pragma unroll
-            for (int u = 0; u < MB_KC / 512; u++) {
-                const int64_t kl = u * 512 + lane * 16, k = (int64_t)kc * MB_KC + kl;
-                if (k >= a.F) break;
-                float xf[16];
-                jamba_w16<T>::ld(__ldg((const uint4 *)(x + k)), xf);
-                jamba_w16<T>::ld(__ldg((const uint4 *)(x + k + 8)), xf + 8);
-#pragma unroll
-                for (int r = 0; r < 2; r++) {
-                    if (hw + r >= a.H) continue;
-                    float wf[16];
-                    jamba_e4m3x16_ld(*(const uint4 *)(rb + r * MB_KC + kl), wf);
-#pragma unroll
-                    for (int jj = 0; jj < 16; jj++) acc[r] = fmaf(xf[jj], wf[jj], acc[r]);
-                }
-            }
-            __syncwarp();
-            if (lane == 0) mbar_arrive(empty + 8 * st);
-        }
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const float sum = jamba_warp_sum(acc[r]);
-            if (lane == 0) red[v][warp][r] = sum;
-        }
-    }
-    asm volatile("bar.sync 1, %0;\n" ::"n"(MG_WARPS * 32) : "memory"); /* the consumer warps only */
-    const int q = threadIdx.x;
-    if (q < MB_ROWS && h0 + q < a.H) {
-        float comb = 0.f;
-        bool bad = false;
-        int v = 0;
-        for (int j = 0; j < a.K; j++) {
-            const int64_t s = t * a.K + j;
-            const int e = a.ids[s];
-            if (e < 0 || e >= a.E) {
-                bad = true;
-                continue;
-            }
-            float y = 0.f;
-            y += red[v++][q / 2][q % 2]; /* as moe_gemv_down_kernel's sum over its kw slices (same bits) */
-            y *= a.sd[(int64_t)e * a.H + h0 + q];
-            y = moe_scaled<T>(y, a.weights[s]);
-            comb = j == 0 ? y : jamba_round<T>(comb + y);
-        }
-        ((T *)a.out)[t * a.H + h0 + q] = jamba_st<T>(bad ? __int_as_float(0x7fc00000) : comb);
-    }
-#else
-    jamba_pdl_begin();
-#endif
-}
-
-template <typename T, int KC, int ST>
-static jamba_status mg_bulk(moe_gemv_args a, int64_t T_, cudaStream_t stream) {
-    constexpr int smem = ST * MB_ROWS * KC;
-    static int smem_set[64];
-    int dev = 0;
-    JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
-    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_gemv_down_bulk_kernel<T, KC, ST>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
-    }
-    const dim3 gb((unsigned)T_, (unsigned)jamba_ceil_div(a.H, MB_ROWS));
-    jamba_kernel_launch(moe_gemv_down_bulk_kernel<T, KC, ST>, gb, dim3((MG_WARPS + 1) * 32), smem, stream, a);
-    JAMBA_LAUNCH_CHECK("moe_gemv_down_bulk_kernel", stream);
-    return JAMBA_OK;
-}
-
 /* "g,d" of JAMBA_EXT_MOE_GEMV (warps along K of the two kernels; 0: pick), -1 when the path is off; read once a
  * call, by moe_gemv_decode */
 static int mg_env(int *kwg, int *kwd) {
@@ -314,8 +183,7 @@ static int mg_kw(int forced, int64_t K, int vn) {
 
 /* both kernels; a: the tensors, K, E, H, F set (kw is picked here); U: chunks per batch of loads */
 template <typename T, bool F8, int U = MG_U>
-static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sms, cudaStream_t stream,
-                           int bulk = 0) {
+static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sms, cudaStream_t stream) {
     constexpr int VN = F8 ? 16 : 16 / (int)sizeof(T);
     if (F8) { /* one warp per row (kw 1) unless forced: fp8_ab_ce17227.log, Jamba-v0.1, us at 1 / 4 / 8 / 16 / 32
                * tokens, kw 1 vs the pick (2 and 4): 99.5 / 309 / 552 / 1054 / 2056 vs 101.5 / 336 / 633 / 1225 / 2422 */
@@ -332,13 +200,6 @@ static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sm
     const dim3 g1((unsigned)(T_ * a.K), (unsigned)jamba_ceil_div(a.F, MG_WARPS / a.kw));
     jamba_kernel_launch(moe_gemv_gate_up_kernel<T, F8, U>, g1, dim3(MG_WARPS * 32), 0, stream, a);
     JAMBA_LAUNCH_CHECK("moe_gemv_gate_up_kernel", stream);
-    if constexpr (F8)
-        if (bulk && a.K <= MG_SLOTS) {
-            if (bulk == 1) return mg_bulk<T, 2048, 3>(a, T_, stream);
-            if (bulk == 2) return mg_bulk<T, 1024, 6>(a, T_, stream);
-            if (bulk == 3) return mg_bulk<T, 1024, 3>(a, T_, stream);
-            return mg_bulk<T, 512, 8>(a, T_, stream);
-        }
     a.kw = mg_kw(kwd, a.F, VN);
     const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)));
     jamba_kernel_launch(moe_gemv_down_kernel<T, F8, U>, g2, dim3(MG_WARPS * 32), 0, stream, a);
@@ -381,13 +242,13 @@ jamba_status moe_gemv_decode(int dtype, const jamba_moe_experts_params *p, cudaS
  * scaled before the rounding, up to JAMBA_FP8_GEMV_MAX_TOKENS tokens; with the permutation given, moe.cu's ring
  * kernels on the e4m3 bytes instead (moe_fp8_ring; jamba_ext/ops.py picks by the token count) */
 template <typename T>
-static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg, int kwd, int sms, int bulk,
+static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg, int kwd, int sms,
                                   cudaStream_t stream) {
     moe_gemv_args a = mg_args(p);
     a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
     /* 4 chunks' loads in flight, as the bf16 kernels: 2 / 8 measured 101 / 140 us against 102 at one token, 348 / 513
      * against 336 at four (fp8_ab_ce17227.log, the EXPERIMENT knob removed after) */
-    return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, sms, stream, bulk);
+    return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, sms, stream);
 }
 
 extern "C" jamba_status jamba_moe_experts_fp8_cuda(const jamba_moe_experts_fp8_params *p, jamba_launch launch) {
@@ -413,8 +274,6 @@ extern "C" jamba_status jamba_moe_experts_fp8_cuda(const jamba_moe_experts_fp8_p
     int kwg, kwd;
     mg_env(&kwg, &kwd);
     const int sms = jamba_cuda_sm_count(launch.device);
-    const char *bs = getenv("JAMBA_EXT_MOE_GEMV_BULK"); /* EXPERIMENT: moe_gemv_down_bulk_kernel (sm_90) */
-    const int bulk = (bs != NULL && jamba_cuda_pdl_ok(launch.device)) ? atoi(bs) : 0; /* 1-4: the variants */
-    if (dt == JAMBA_BF16) return mg_launch_fp8<__nv_bfloat16>(p, kwg, kwd, sms, bulk, stream);
-    return mg_launch_fp8<__half>(p, kwg, kwd, sms, bulk, stream);
+    if (dt == JAMBA_BF16) return mg_launch_fp8<__nv_bfloat16>(p, kwg, kwd, sms, stream);
+    return mg_launch_fp8<__half>(p, kwg, kwd, sms, stream);
 }
