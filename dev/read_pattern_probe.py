@@ -1,0 +1,61 @@
+"""dev/read_pattern_probe.py -- session 41: is the one-token fp8 down GEMV's ~76% of copy bandwidth a property of its
+read pattern? That kernel reads 117 MB (two experts' 4096 x 14336 e4m3 rows) with 256 long-lived blocks (one wave,
+458 KB each, a fixed share per block); the gate_up kernel, at 93%, reads 235 MB with 3584 short blocks (64 KB each,
+3.4 waves, the block scheduler balancing the SMs). Triton read-and-sum kernels over the same byte counts: P programs
+each summing a contiguous span (a loop of BLOCK int32 a step), from few long programs to many short ones.
+
+    python3 dev/read_pattern_probe.py      # on the GPU, ~1 min
+
+Graph-timed like bench_kernels (us per call, best of 3); % of the copy bandwidth (2 GiB copy) for the bytes read.
+"""
+import os
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+sys.path.insert(1, ROOT)
+from bench_kernels import Bench  # noqa: E402
+
+
+@triton.jit
+def _span_sum(src, out, span, BLOCK: tl.constexpr):
+    base = tl.program_id(0).to(tl.int64) * span
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    for k in range(0, span, BLOCK):
+        acc += tl.load(src + base + k + tl.arange(0, BLOCK))
+    tl.store(out + tl.program_id(0), tl.sum(acc, axis=0))
+
+
+def main():
+    dev = torch.device("cuda")
+    bb = Bench(dev, False, 20)
+    print(f"commit {os.environ.get('JAMBA_COMMIT', '?')} | copy {bb.bw:.0f} GB/s | "
+          f"{torch.cuda.get_device_properties(dev).multi_processor_count} SMs", flush=True)
+    for name, nbytes in (("fp8 down, 1 token (117 MB)", 2 * 4096 * 14336), ("fp8 gate_up, 1 token (235 MB)",
+                                                                            2 * 2 * 14336 * 4096)):
+        n = nbytes // 4
+        src = torch.randint(-1000, 1000, (n,), device=dev, dtype=torch.int32)
+        floor = nbytes / (bb.bw * 1e3)
+        print(f"{name}: floor {floor:.1f} us", flush=True)
+        for P in (128, 256, 264, 512, 1024, 2048, 4096, 8192, 16384, 32768):
+            span = n // P
+            for block, warps in ((1024, 4), (2048, 8)):
+                if span % block:
+                    continue
+                out = torch.empty(P, device=dev, dtype=torch.int32)
+                fn = lambda: _span_sum[(P,)](src, out, span, BLOCK=block, num_warps=warps)  # noqa: E731
+                fn()
+                torch.cuda.synchronize()
+                want = src[:span].sum().item()
+                assert out[0].item() == want, (out[0].item(), want)
+                us = min(bb.graph_us(fn) for _ in range(3))
+                print(f"  {P:6d} programs x {span * 4 / 1024:8.1f} KB, block {block} warps {warps}: {us:7.1f} us "
+                      f"({100 * floor / us:5.1f}%)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
