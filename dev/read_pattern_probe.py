@@ -4,7 +4,11 @@ read pattern? That kernel reads 117 MB (two experts' 4096 x 14336 e4m3 rows) wit
 3.4 waves, the block scheduler balancing the SMs). Triton read-and-sum kernels over the same byte counts: P programs
 each summing a contiguous span (a loop of BLOCK int32 a step), from few long programs to many short ones.
 
-    python3 dev/read_pattern_probe.py      # on the GPU, ~1 min
+    python3 dev/read_pattern_probe.py [--gemv]     # on the GPU, ~1 min
+
+--gemv: instead, a Triton fp8 GEMV of the down kernel's shape (8192 e4m3 rows of 14336 bytes, i.e. both experts'
+rows, against one bf16 row; ROWS rows a program, BK bytes a step, fp32 products summed per lane then across), with
+the CUDA down kernel's profiled time beside it (dev/fp8_gemv_kernels.py) for comparison.
 
 Graph-timed like bench_kernels (us per call, best of 3); % of the copy bandwidth (2 GiB copy) for the bytes read.
 """
@@ -28,6 +32,41 @@ def _span_sum(src, out, span, BLOCK: tl.constexpr):
     for k in range(0, span, BLOCK):
         acc += tl.load(src + base + k + tl.arange(0, BLOCK))
     tl.store(out + tl.program_id(0), tl.sum(acc, axis=0))
+
+
+@triton.jit
+def _gemv_fp8(w, x, out, F, ROWS: tl.constexpr, BK: tl.constexpr):
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    acc = tl.zeros([ROWS, BK], dtype=tl.float32)
+    for k in range(0, F, BK):
+        cols = k + tl.arange(0, BK)
+        wv = tl.load(w + rows.to(tl.int64)[:, None] * F + cols[None, :])
+        wf = wv.to(tl.float8e4nv, bitcast=True).to(tl.float32)
+        acc += wf * tl.load(x + cols).to(tl.float32)[None, :]
+    tl.store(out + rows, tl.sum(acc, axis=1))
+
+
+def gemv_main():
+    dev = torch.device("cuda")
+    bb = Bench(dev, False, 20)
+    R, F = 2 * 4096, 14336
+    print(f"commit {os.environ.get('JAMBA_COMMIT', '?')} | copy {bb.bw:.0f} GB/s | fp8 GEMV {R} x {F}", flush=True)
+    w = torch.randint(0, 126, (R, F), device=dev, dtype=torch.uint8)
+    x = (torch.randn(F, device=dev) * 0.1).to(torch.bfloat16)
+    want = (w.view(torch.float8_e4m3fn).float() @ x.float())
+    floor = R * F / (bb.bw * 1e3)
+    print(f"floor {floor:.1f} us", flush=True)
+    for rows, bk, warps in ((16, 512, 8), (16, 1024, 8), (32, 512, 8), (8, 1024, 4), (8, 512, 4), (16, 256, 4),
+                            (32, 256, 8), (4, 2048, 4), (16, 2048, 8)):
+        out = torch.empty(R, device=dev, dtype=torch.float32)
+        fn = lambda: _gemv_fp8[(R // rows,)](w, x, out, F, ROWS=rows, BK=bk, num_warps=warps)  # noqa: E731
+        fn()
+        torch.cuda.synchronize()
+        err = ((out - want).norm() / want.norm()).item()
+        assert err < 1e-4, err
+        us = min(bb.graph_us(fn) for _ in range(3))
+        print(f"  {R // rows:5d} programs, {rows} rows x {bk} bytes a step, {warps} warps: {us:6.1f} us "
+              f"({100 * floor / us:5.1f}%)", flush=True)
 
 
 def main():
@@ -58,4 +97,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    gemv_main() if "--gemv" in sys.argv else main()
