@@ -3,8 +3,7 @@
  *
  *   gemv_ld_stream(p)                      16 bytes of a weight row, ld.global.nc with L1::no_allocate (read once)
  *   gemv_warp_dot<T, R, MM, U>(...)        one warp's partial dot products of R weight rows with MM rows of x
- *   gemv_warp_dot_f8<T, R, U, SP>(...)     the same for one row of x (bf16 / f16) and weight rows of fp8 e4m3 bytes
- *                                          (SP = U: EXPERIMENT, a partial sum per chunk of a batch, added at the end)
+ *   gemv_warp_dot_f8<T, R, U>(...)         the same for one row of x (bf16 / f16) and weight rows of fp8 e4m3 bytes
  *   jamba_e4m3x16_ld, jamba_e4m3x2_to16<T> e4m3 bytes -> floats / a bf16x2 or f16x2 pair (also moe.cu's fp8 ring)
  *
  * Layout of gemv_warp_dot: weight rows and x rows have unit stride, K elements, 16-byte aligned starts, K a
@@ -101,16 +100,10 @@ template <> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16<__nv_bfloat16>
 /* gemv_warp_dot for one row of x (T = bf16 / f16) against R weight rows of e4m3 bytes: chunks of 32 * 16 elements
  * (lane l: the 16 weights [16 l, 16 l + 16) of a chunk, one 16-byte load, and x's 16 elements, two loads); K a
  * multiple of 16, row starts 16-byte aligned. acc[r][0] gets this lane's part of sum_k e4m3(w[r][k]) x[k]. */
-template <typename T, int R, int U, int SP = 1>
+template <typename T, int R, int U>
 __device__ __forceinline__ void gemv_warp_dot_f8(const uint8_t *const (&wrow)[R], const bool (&wok)[R], const T *x,
                                                  int64_t K, int ks, int kw, int lane, float (&acc)[R][1]) {
     static_assert(sizeof(T) == 2, "fp8 weights pair with a 16-bit x");
-    static_assert(SP == 1 || SP == U, "SP: one accumulator a row, or one a row and chunk of a batch");
-    float part[R][SP];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int u = 0; u < SP; u++) part[r][u] = SP == 1 ? acc[r][0] : 0.f;
     constexpr int CH = 32 * 16;
     const int64_t nchunk = K / CH + (K % CH != 0);
     for (int64_t c0 = ks; c0 < nchunk; c0 += (int64_t)U * kw) {
@@ -134,15 +127,9 @@ __device__ __forceinline__ void gemv_warp_dot_f8(const uint8_t *const (&wrow)[R]
                 float wf[16];
                 jamba_e4m3x16_ld(wv[u][r], wf);
 #pragma unroll
-                for (int j = 0; j < 16; j++) part[r][SP == 1 ? 0 : u] = fmaf(xf[j], wf[j], part[r][SP == 1 ? 0 : u]);
+                for (int j = 0; j < 16; j++) acc[r][0] = fmaf(xf[j], wf[j], acc[r][0]);
             }
         }
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        if (SP == 1) acc[r][0] = part[r][0];
-#pragma unroll
-        for (int u = 0; u < SP && SP > 1; u++) acc[r][0] += part[r][u];
     }
 }
 

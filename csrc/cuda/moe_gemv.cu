@@ -64,14 +64,14 @@ struct moe_gemv_args {
 
 /* one warp's part of R rows' dot products with x (K elements): rows[r] of the weight matrix at W (element type T,
  * or e4m3 bytes when F8) */
-template <typename T, bool F8, int R, int U, int SP = 1>
+template <typename T, bool F8, int R, int U>
 __device__ __forceinline__ void mg_dot(const void *W, const int64_t (&rows)[R], const bool (&ok)[R], const T *x,
                                        int64_t K, int ks, int kw, int lane, float (&acc)[R][1]) {
     if constexpr (F8) {
         const uint8_t *wr[R];
 #pragma unroll
         for (int r = 0; r < R; r++) wr[r] = (const uint8_t *)W + rows[r] * K;
-        gemv_warp_dot_f8<T, R, U, SP>(wr, ok, x, K, ks, kw, lane, acc);
+        gemv_warp_dot_f8<T, R, U>(wr, ok, x, K, ks, kw, lane, acc);
     } else {
         const T *wr[R];
 #pragma unroll
@@ -80,7 +80,7 @@ __device__ __forceinline__ void mg_dot(const void *W, const int64_t (&rows)[R], 
     }
 }
 
-template <typename T, bool F8, int U, int SP = 1>
+template <typename T, bool F8, int U>
 __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gemv_args a) {
     jamba_pdl_begin();
     __shared__ float red[MG_WARPS][2];
@@ -94,7 +94,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     const int64_t rows[2] = {ok ? f : 0, ok ? a.F + f : 0};
     const bool wok[2] = {ok, ok};
     float acc[2][1] = {{0.f}, {0.f}};
-    mg_dot<T, F8, 2, U, SP>(W, rows, wok, (const T *)a.x + (s / a.K) * a.H, a.H, ks, kw, lane, acc);
+    mg_dot<T, F8, 2, U>(W, rows, wok, (const T *)a.x + (s / a.K) * a.H, a.H, ks, kw, lane, acc);
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const float v = jamba_warp_sum(acc[r][0]);
@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     }
 }
 
-template <typename T, bool F8, int U, int SP = 1>
+template <typename T, bool F8, int U>
 __global__ void __launch_bounds__(MG_WARPS * 32, MG_DOWN_MINB) moe_gemv_down_kernel(moe_gemv_args a) {
     jamba_pdl_begin();
     __shared__ float red[MG_SLOTS][MG_WARPS][2];
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32, MG_DOWN_MINB) moe_gemv_down_ker
                 rows[r] = wok[r] ? hw + r : 0;
             }
             float acc[2][1] = {{0.f}, {0.f}};
-            mg_dot<T, F8, 2, U, SP>(W, rows, wok, (const T *)a.act + s * a.F, a.F, ks, kw, lane, acc);
+            mg_dot<T, F8, 2, U>(W, rows, wok, (const T *)a.act + s * a.F, a.F, ks, kw, lane, acc);
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 const float v = jamba_warp_sum(acc[r][0]);
@@ -182,7 +182,7 @@ static int mg_kw(int forced, int64_t K, int vn) {
 }
 
 /* both kernels; a: the tensors, K, E, H, F set (kw is picked here); U: chunks per batch of loads */
-template <typename T, bool F8, int U = MG_U, int SP = 1>
+template <typename T, bool F8, int U = MG_U>
 static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sms, cudaStream_t stream) {
     constexpr int VN = F8 ? 16 : 16 / (int)sizeof(T);
     if (F8) { /* one warp per row (kw 1) unless forced: fp8_ab_ce17227.log, Jamba-v0.1, us at 1 / 4 / 8 / 16 / 32
@@ -198,11 +198,11 @@ static jamba_status mg_run(moe_gemv_args a, int64_t T_, int kwg, int kwd, int sm
     }
     a.kw = mg_kw(kwg, a.H, VN);
     const dim3 g1((unsigned)(T_ * a.K), (unsigned)jamba_ceil_div(a.F, MG_WARPS / a.kw));
-    jamba_kernel_launch(moe_gemv_gate_up_kernel<T, F8, U, SP>, g1, dim3(MG_WARPS * 32), 0, stream, a);
+    jamba_kernel_launch(moe_gemv_gate_up_kernel<T, F8, U>, g1, dim3(MG_WARPS * 32), 0, stream, a);
     JAMBA_LAUNCH_CHECK("moe_gemv_gate_up_kernel", stream);
     a.kw = mg_kw(kwd, a.F, VN);
     const dim3 g2((unsigned)T_, (unsigned)jamba_ceil_div(a.H, 2 * (MG_WARPS / a.kw)));
-    jamba_kernel_launch(moe_gemv_down_kernel<T, F8, U, SP>, g2, dim3(MG_WARPS * 32), 0, stream, a);
+    jamba_kernel_launch(moe_gemv_down_kernel<T, F8, U>, g2, dim3(MG_WARPS * 32), 0, stream, a);
     JAMBA_LAUNCH_CHECK("moe_gemv_down_kernel", stream);
     return JAMBA_OK;
 }
@@ -248,8 +248,6 @@ static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg
     a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
     /* 4 chunks' loads in flight, as the bf16 kernels: 2 / 8 measured 101 / 140 us against 102 at one token, 348 / 513
      * against 336 at four (fp8_ab_ce17227.log, the EXPERIMENT knob removed after) */
-    const char *sp = getenv("JAMBA_EXT_FP8_GEMV_SPLIT"); /* EXPERIMENT: a partial sum per chunk of a batch */
-    if (sp != NULL && sp[0] == '1') return mg_run<T, true, MG_U, MG_U>(a, p->x.shape[0], kwg, kwd, sms, stream);
     return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, sms, stream);
 }
 
