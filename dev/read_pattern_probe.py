@@ -4,11 +4,13 @@ read pattern? That kernel reads 117 MB (two experts' 4096 x 14336 e4m3 rows) wit
 3.4 waves, the block scheduler balancing the SMs). Triton read-and-sum kernels over the same byte counts: P programs
 each summing a contiguous span (a loop of BLOCK int32 a step), from few long programs to many short ones.
 
-    python3 dev/read_pattern_probe.py [--gemv]     # on the GPU, ~1 min
+    python3 dev/read_pattern_probe.py [--gemv | --sass]     # on the GPU, ~1 min
 
 --gemv: instead, a Triton fp8 GEMV of the down kernel's shape (8192 e4m3 rows of 14336 bytes, i.e. both experts'
 rows, against one bf16 row; ROWS rows a program, BK bytes a step, fp32 products summed per lane then across), with
-the CUDA down kernel's profiled time beside it (dev/fp8_gemv_kernels.py) for comparison.
+the CUDA down kernel's profiled time beside it (dev/fp8_gemv_kernels.py) for comparison. --sass: that GEMV's SASS
+for its two best configurations (8 rows x 1 KB, 4 warps; 32 rows x 512 B, 8 warps): the instruction histogram and the
+loop body, to set beside csrc/cuda/moe_gemv.cu's down kernel (cuobjdump -sass).
 
 Graph-timed like bench_kernels (us per call, best of 3); % of the copy bandwidth (2 GiB copy) for the bytes read.
 """
@@ -69,6 +71,25 @@ def gemv_main():
               f"({100 * floor / us:5.1f}%)", flush=True)
 
 
+def sass_main():
+    import collections
+    import re
+    dev = torch.device("cuda")
+    R, F = 2 * 4096, 14336
+    w = torch.randint(0, 126, (R, F), device=dev, dtype=torch.uint8)
+    x = (torch.randn(F, device=dev) * 0.1).to(torch.bfloat16)
+    out = torch.empty(R, device=dev, dtype=torch.float32)
+    for rows, bk, warps in ((8, 1024, 4), (32, 512, 8)):
+        k = _gemv_fp8[(R // rows,)](w, x, out, F, ROWS=rows, BK=bk, num_warps=warps)
+        sass = k.asm.get("sass", "")
+        ops = [m.group(1).split(".")[0] for m in re.finditer(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass,
+                                                                re.M)]
+        print(f"=== {rows} rows x {bk} bytes, {warps} warps: {len(ops)} instructions, registers "
+              f"{getattr(k, 'n_regs', '?')}, spills {getattr(k, 'n_spills', '?')}")
+        print("  " + ", ".join(f"{n} {c}" for n, c in collections.Counter(ops).most_common(24)))
+        print(sass[:40000] if rows == 8 else "", flush=True)
+
+
 def main():
     dev = torch.device("cuda")
     bb = Bench(dev, False, 20)
@@ -97,4 +118,4 @@ def main():
 
 
 if __name__ == "__main__":
-    gemv_main() if "--gemv" in sys.argv else main()
+    sass_main() if "--sass" in sys.argv else gemv_main() if "--gemv" in sys.argv else main()
