@@ -24,7 +24,6 @@ import triton.language as tl
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 sys.path.insert(1, ROOT)
-from bench_kernels import Bench  # noqa: E402
 
 
 @triton.jit
@@ -49,6 +48,7 @@ def _gemv_fp8(w, x, out, F, ROWS: tl.constexpr, BK: tl.constexpr):
 
 
 def gemv_main():
+    from bench_kernels import Bench
     dev = torch.device("cuda")
     bb = Bench(dev, False, 20)
     R, F = 2 * 4096, 14336
@@ -91,6 +91,7 @@ def sass_main():
 
 
 def main():
+    from bench_kernels import Bench
     dev = torch.device("cuda")
     bb = Bench(dev, False, 20)
     print(f"commit {os.environ.get('JAMBA_COMMIT', '?')} | copy {bb.bw:.0f} GB/s | "
