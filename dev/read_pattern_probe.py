@@ -82,6 +82,11 @@ def sass_main():
     for rows, bk, warps in ((8, 1024, 4), (32, 512, 8)):
         k = _gemv_fp8[(R // rows,)](w, x, out, F, ROWS=rows, BK=bk, num_warps=warps)
         sass = k.asm.get("sass", "")
+        if not sass and "cubin" in k.asm:  # no nvdisasm on the machine: the cubin, for cuobjdump -sass elsewhere
+            path = os.path.join(os.environ.get("OUT", "/tmp"), f"triton_gemv_{rows}x{bk}_w{warps}.cubin")
+            with open(path, "wb") as f:
+                f.write(k.asm["cubin"])
+            print(f"wrote {path}")
         ops = [m.group(1).split(".")[0] for m in re.finditer(r"^\s+/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]+)", sass,
                                                                 re.M)]
         print(f"=== {rows} rows x {bk} bytes, {warps} warps: {len(ops)} instructions, registers "
