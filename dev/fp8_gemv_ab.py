@@ -5,7 +5,8 @@ moe_decode_kernel F8, session 37; run here at every token count by moving the th
 (dequant_fp8 of the touched experts + moe_experts) and the bf16 op. Session 36 also timed the GEMVs' warps along K
 (JAMBA_EXT_MOE_GEMV="g,d", `--kw`) and 2 / 8 chunks' loads in flight (a knob since removed, fp8_ab_ce17227.log).
 us per call and % of the touched weights' bytes at the measured copy bandwidth. Usage: python3 dev/fp8_gemv_ab.py
-[tokens,...] [--kw] [--nt] (--nt: the ring's n-tiles per pass forced, JAMBA_EXT_FP8_RING_NT)"""
+[tokens,...] [--kw] [--nt] [--fast] (--nt: the ring's n-tiles per pass forced, JAMBA_EXT_FP8_RING_NT; --fast: a row
+with the EXPERIMENT JAMBA_EXT_FP8_GEMV_FAST=0, the dot loop without its unchecked path, session 41)"""
 import contextlib
 import os
 import sys
@@ -34,6 +35,7 @@ def main():
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     kw_rows = "--kw" in sys.argv
     nt_rows = "--nt" in sys.argv
+    fast_rows = "--fast" in sys.argv
     tokens = [int(t) for t in args[0].split(",")] if args else [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]
     hopper = torch.cuda.get_device_capability(dev)[0] == 9
     bw = common.copy_bandwidth_gbs(dev)
@@ -79,6 +81,8 @@ def main():
                 fns[f"fp8 ring NT={nt}"] = fp8(gemv_max=0, ring_max=1 << 30, JAMBA_EXT_FP8_RING_NT=str(nt))
         if T <= ops.FP8_GEMV_MAX_TOKENS:
             fns["fp8 gemv"] = fp8(gemv_max=1 << 30)
+            if fast_rows:
+                fns["fp8 gemv checked"] = fp8(gemv_max=1 << 30, JAMBA_EXT_FP8_GEMV_FAST="0")
             if kw_rows:
                 for kw in ("1,1", "2,4", "4,4", "1,2", "1,4"):  # warps along K (fp8's default: 1,1; bf16's pick: 2,4)
                     fns[f"fp8 gemv kw {kw}"] = fp8(gemv_max=1 << 30, JAMBA_EXT_MOE_GEMV=kw)

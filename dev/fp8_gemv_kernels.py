@@ -17,6 +17,7 @@ for T in (1, 4):
     x = torch.randn(T, H, device=dev, generator=g).to(torch.bfloat16)
     w, ids, offs, slots = ops.moe_route(torch.randn(T, E, device=dev, generator=g), 2)
     for v in [None] + sys.argv[1:]:
-        with common.env(JAMBA_EXT_MOE_GEMV=v):
+        env = dict(JAMBA_EXT_FP8_GEMV_FAST="0") if v == "checked" else dict(JAMBA_EXT_MOE_GEMV=v)
+        with common.env(**env):
             k = kernel_breakdown(lambda: ops.moe_experts_fp8(x, w, ids, *q8), iters=10)
         print(f"T={T} kw {v or 'default'}: " + ", ".join(f"{n} {t:.1f}" for n, t in k.items()), flush=True)

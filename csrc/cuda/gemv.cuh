@@ -102,11 +102,43 @@ template <> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16<__nv_bfloat16>
  * multiple of 16, row starts 16-byte aligned. acc[r][0] gets this lane's part of sum_k e4m3(w[r][k]) x[k]. */
 template <typename T, int R, int U>
 __device__ __forceinline__ void gemv_warp_dot_f8(const uint8_t *const (&wrow)[R], const bool (&wok)[R], const T *x,
-                                                 int64_t K, int ks, int kw, int lane, float (&acc)[R][1]) {
+                                                 int64_t K, int ks, int kw, int lane, float (&acc)[R][1],
+                                                 bool fast = true) {
     static_assert(sizeof(T) == 2, "fp8 weights pair with a 16-bit x");
     constexpr int CH = 32 * 16;
     const int64_t nchunk = K / CH + (K % CH != 0);
-    for (int64_t c0 = ks; c0 < nchunk; c0 += (int64_t)U * kw) {
+    int64_t c0 = ks;
+    bool allok = fast;
+#pragma unroll
+    for (int r = 0; r < R; r++) allok = allok && wok[r];
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 890
+    allok = false; /* sm_80 converts e4m3 in software: a second copy of the loop only adds spills there */
+#endif
+    /* batches whose U chunks all lie inside K, every row read: no bound checks (the same loads and sums, in the same
+     * order, as the checked loop below, which takes the rest) */
+    if (allok)
+        for (; (c0 + (int64_t)(U - 1) * kw + 1) * CH <= K; c0 += (int64_t)U * kw) {
+            uint4 wv[U][R];
+#pragma unroll
+            for (int u = 0; u < U; u++)
+#pragma unroll
+                for (int r = 0; r < R; r++) wv[u][r] = gemv_ld_stream(wrow[r] + (c0 + (int64_t)u * kw) * CH + lane * 16);
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int64_t k = (c0 + (int64_t)u * kw) * CH + lane * 16;
+                float xf[16];
+                jamba_w16<T>::ld(__ldg((const uint4 *)(x + k)), xf);
+                jamba_w16<T>::ld(__ldg((const uint4 *)(x + k + 8)), xf + 8);
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float wf[16];
+                    jamba_e4m3x16_ld(wv[u][r], wf);
+#pragma unroll
+                    for (int j = 0; j < 16; j++) acc[r][0] = fmaf(xf[j], wf[j], acc[r][0]);
+                }
+            }
+        }
+    for (; c0 < nchunk; c0 += (int64_t)U * kw) {
         uint4 wv[U][R];
 #pragma unroll
         for (int u = 0; u < U; u++) {

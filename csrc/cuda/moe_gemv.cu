@@ -60,18 +60,19 @@ struct moe_gemv_args {
     const float *sgu, *sd; /* F8: the rows' scales (E, 2F) and (E, H); NULL otherwise */
     int64_t H, F;
     int K, E, kw;
+    int slow; /* EXPERIMENT JAMBA_EXT_FP8_GEMV_FAST=0: the fp8 dot loop without its unchecked fast path (A/B) */
 };
 
 /* one warp's part of R rows' dot products with x (K elements): rows[r] of the weight matrix at W (element type T,
  * or e4m3 bytes when F8) */
 template <typename T, bool F8, int R, int U>
 __device__ __forceinline__ void mg_dot(const void *W, const int64_t (&rows)[R], const bool (&ok)[R], const T *x,
-                                       int64_t K, int ks, int kw, int lane, float (&acc)[R][1]) {
+                                       int64_t K, int ks, int kw, int lane, float (&acc)[R][1], bool fast = true) {
     if constexpr (F8) {
         const uint8_t *wr[R];
 #pragma unroll
         for (int r = 0; r < R; r++) wr[r] = (const uint8_t *)W + rows[r] * K;
-        gemv_warp_dot_f8<T, R, U>(wr, ok, x, K, ks, kw, lane, acc);
+        gemv_warp_dot_f8<T, R, U>(wr, ok, x, K, ks, kw, lane, acc, fast);
     } else {
         const T *wr[R];
 #pragma unroll
@@ -94,7 +95,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32) moe_gemv_gate_up_kernel(moe_gem
     const int64_t rows[2] = {ok ? f : 0, ok ? a.F + f : 0};
     const bool wok[2] = {ok, ok};
     float acc[2][1] = {{0.f}, {0.f}};
-    mg_dot<T, F8, 2, U>(W, rows, wok, (const T *)a.x + (s / a.K) * a.H, a.H, ks, kw, lane, acc);
+    mg_dot<T, F8, 2, U>(W, rows, wok, (const T *)a.x + (s / a.K) * a.H, a.H, ks, kw, lane, acc, !a.slow);
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         const float v = jamba_warp_sum(acc[r][0]);
@@ -135,7 +136,7 @@ __global__ void __launch_bounds__(MG_WARPS * 32, MG_DOWN_MINB) moe_gemv_down_ker
                 rows[r] = wok[r] ? hw + r : 0;
             }
             float acc[2][1] = {{0.f}, {0.f}};
-            mg_dot<T, F8, 2, U>(W, rows, wok, (const T *)a.act + s * a.F, a.F, ks, kw, lane, acc);
+            mg_dot<T, F8, 2, U>(W, rows, wok, (const T *)a.act + s * a.F, a.F, ks, kw, lane, acc, !a.slow);
 #pragma unroll
             for (int r = 0; r < 2; r++) {
                 const float v = jamba_warp_sum(acc[r][0]);
@@ -246,6 +247,8 @@ static jamba_status mg_launch_fp8(const jamba_moe_experts_fp8_params *p, int kwg
                                   cudaStream_t stream) {
     moe_gemv_args a = mg_args(p);
     a.sgu = (const float *)p->s_gate_up.data, a.sd = (const float *)p->s_down.data;
+    const char *fs = getenv("JAMBA_EXT_FP8_GEMV_FAST");
+    a.slow = fs != NULL && fs[0] == '0';
     /* 4 chunks' loads in flight, as the bf16 kernels: 2 / 8 measured 101 / 140 us against 102 at one token, 348 / 513
      * against 336 at four (fp8_ab_ce17227.log, the EXPERIMENT knob removed after) */
     return mg_run<T, true>(a, p->x.shape[0], kwg, kwd, sms, stream);
