@@ -220,6 +220,25 @@ def test_moe_experts_fp8_bad_id_gives_nan_row_on_cuda(monkeypatch, engine):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("T,H,F", [(1, 2064, 4112), (2, 4096, 1040), (5, 528, 2576), (6, 1552, 528)])
+def test_moe_experts_fp8_gemv_fast_path_same_bits(monkeypatch, T, H, F):
+    """The fp8 GEMVs' dot loop takes batches of chunks that lie inside K without bound checks (csrc/cuda/gemv.cuh
+    gemv_warp_dot_f8, sm_89+); JAMBA_EXT_FP8_GEMV_FAST=0 checks every chunk. Same bits either way: K (H for gate_up, F for
+    down) with and without a partial last batch, rows past H in the down kernel's last block (H % 16 == 0 but not
+    % 32), 1-6 tokens; and the fp64 oracle."""
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    x = randn(T, H, device=dev, dtype=dt)
+    q_gu, s_gu, q_d, s_d = fp8_experts(8, H, F, dev)
+    w, ids, _, _ = routed(T, 8, 2, dev)
+    fast = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
+    monkeypatch.setenv("JAMBA_EXT_FP8_GEMV_FAST", "0")
+    checked = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
+    assert torch.equal(fast, checked)
+    assert_close(fast, ref_fp8(x, w, ids, q_gu, s_gu, q_d, s_d), **FP8_TOL[dt])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 @pytest.mark.parametrize("T", [1, 32, 64])
 def test_moe_experts_fp8_cuda_graph(T):
     """route + fp8 experts captured in a CUDA graph (no host sync: the dequant reads the offsets on the device),
