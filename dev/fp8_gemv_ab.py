@@ -6,7 +6,7 @@ moe_decode_kernel F8, session 37; run here at every token count by moving the th
 (JAMBA_EXT_MOE_GEMV="g,d", `--kw`) and 2 / 8 chunks' loads in flight (a knob since removed, fp8_ab_ce17227.log).
 us per call and % of the touched weights' bytes at the measured copy bandwidth. Usage: python3 dev/fp8_gemv_ab.py
 [tokens,...] [--kw] [--nt] [--fast] (--nt: the ring's n-tiles per pass forced, JAMBA_EXT_FP8_RING_NT; --fast: a row
-with the EXPERIMENT JAMBA_EXT_FP8_GEMV_FAST=0, the dot loop without its unchecked path, session 41)"""
+with the A/B switch JAMBA_EXT_FP8_GEMV_FAST=0, the dot loop without its unchecked path, session 41)"""
 import contextlib
 import os
 import sys

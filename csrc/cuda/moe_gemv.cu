@@ -36,6 +36,8 @@
  * against these kernels' 1 per slot that reads the row): 1 token 106 us against 171 for the bf16 kernels, and at
  * 8 / 64 tokens the converting path took 3.0 / 4.1 ms against 1.1 / 1.3 for bf16 (bench_moe_fp8_cd6237a.json), so
  * the slot kernels (~0.7 ms at 8 tokens by their bytes) win well beyond 4 tokens.
+ * The fp8 dot loop's batches inside K run unchecked (gemv.cuh gemv_warp_dot_f8, sm_89+; session 41): 1 token 95.0 against
+ * 100.2 us with every chunk checked, the down kernel 32.2 against 36.2 us (fp8_gemv_fast_8dcf79b.log): it was issue-bound.
  * Launch: moe_gemv_decode (declared in moe.cuh); kw from gemv_pick_kw; env JAMBA_EXT_MOE_GEMV = "0" turns the path
  * off (the ring kernels of moe.cu run), "g,d" forces the warps along K of the two kernels (A/B).
  */
@@ -60,7 +62,7 @@ struct moe_gemv_args {
     const float *sgu, *sd; /* F8: the rows' scales (E, 2F) and (E, H); NULL otherwise */
     int64_t H, F;
     int K, E, kw;
-    int slow; /* EXPERIMENT JAMBA_EXT_FP8_GEMV_FAST=0: the fp8 dot loop without its unchecked fast path (A/B) */
+    int slow; /* JAMBA_EXT_FP8_GEMV_FAST=0 (A/B): the fp8 dot loop without its unchecked path, every chunk checked */
 };
 
 /* one warp's part of R rows' dot products with x (K elements): rows[r] of the weight matrix at W (element type T,
