@@ -97,6 +97,22 @@ template <> __device__ __forceinline__ uint32_t jamba_e4m3x2_to16<__nv_bfloat16>
     return __byte_perm(__float_as_uint(v.x), __float_as_uint(v.y), 0x7632);
 }
 
+/* gemv_warp_dot_f8's products of one chunk: x's 16 elements at k (two loads) against this lane's 16 e4m3 bytes of
+ * each of the R rows (wv[r]), added into acc[r][0] in order */
+template <typename T, int R>
+__device__ __forceinline__ void gemv_f8_chunk(const T *x, int64_t k, const uint4 (&wv)[R], float (&acc)[R][1]) {
+    float xf[16];
+    jamba_w16<T>::ld(__ldg((const uint4 *)(x + k)), xf);
+    jamba_w16<T>::ld(__ldg((const uint4 *)(x + k + 8)), xf + 8);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float wf[16];
+        jamba_e4m3x16_ld(wv[r], wf);
+#pragma unroll
+        for (int j = 0; j < 16; j++) acc[r][0] = fmaf(xf[j], wf[j], acc[r][0]);
+    }
+}
+
 /* gemv_warp_dot for one row of x (T = bf16 / f16) against R weight rows of e4m3 bytes: chunks of 32 * 16 elements
  * (lane l: the 16 weights [16 l, 16 l + 16) of a chunk, one 16-byte load, and x's 16 elements, two loads); K a
  * multiple of 16, row starts 16-byte aligned. acc[r][0] gets this lane's part of sum_k e4m3(w[r][k]) x[k]. */
@@ -124,19 +140,7 @@ __device__ __forceinline__ void gemv_warp_dot_f8(const uint8_t *const (&wrow)[R]
 #pragma unroll
                 for (int r = 0; r < R; r++) wv[u][r] = gemv_ld_stream(wrow[r] + (c0 + (int64_t)u * kw) * CH + lane * 16);
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                const int64_t k = (c0 + (int64_t)u * kw) * CH + lane * 16;
-                float xf[16];
-                jamba_w16<T>::ld(__ldg((const uint4 *)(x + k)), xf);
-                jamba_w16<T>::ld(__ldg((const uint4 *)(x + k + 8)), xf + 8);
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    float wf[16];
-                    jamba_e4m3x16_ld(wv[u][r], wf);
-#pragma unroll
-                    for (int j = 0; j < 16; j++) acc[r][0] = fmaf(xf[j], wf[j], acc[r][0]);
-                }
-            }
+            for (int u = 0; u < U; u++) gemv_f8_chunk<T, R>(x, (c0 + (int64_t)u * kw) * CH + lane * 16, wv[u], acc);
         }
     for (; c0 < nchunk; c0 += (int64_t)U * kw) {
         uint4 wv[U][R];
@@ -151,16 +155,7 @@ __device__ __forceinline__ void gemv_warp_dot_f8(const uint8_t *const (&wrow)[R]
         for (int u = 0; u < U; u++) {
             const int64_t k = (c0 + (int64_t)u * kw) * CH + lane * 16;
             if (k >= K) break;
-            float xf[16];
-            jamba_w16<T>::ld(__ldg((const uint4 *)(x + k)), xf);
-            jamba_w16<T>::ld(__ldg((const uint4 *)(x + k + 8)), xf + 8);
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                float wf[16];
-                jamba_e4m3x16_ld(wv[u][r], wf);
-#pragma unroll
-                for (int j = 0; j < 16; j++) acc[r][0] = fmaf(xf[j], wf[j], acc[r][0]);
-            }
+            gemv_f8_chunk<T, R>(x, k, wv[u], acc);
         }
     }
 }
