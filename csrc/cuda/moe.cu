@@ -486,7 +486,21 @@ __device__ __forceinline__ void dec_w_rows(const moe_gemm_args &a, const WT *W, 
             wp[i][r] = W + (wok[i][r] ? wrow : 0) * a.Kd + lofs;
         }
 }
-/* the W copies of k step ks64 (of 64) into the ring slot at dst; pieces outside k or the rows are zeros */
+/* the copies of one 16-byte piece per W row (at element kk of each row; kin: the piece lies inside k) into the slots
+ * (i * IS + r) * 512 bytes after dst; pieces outside k or the rows are zeros */
+template <int IS, typename P, int MT>
+__device__ __forceinline__ void dec_issue_w_rows(const moe_gemm_args &a, uint32_t dst, int64_t kk, bool kin,
+                                                 const P *const (&wp)[MT][2], const bool (&wok)[MT][2]) {
+#pragma unroll
+    for (int i = 0; i < MT; i++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const bool v = kin && wok[i][r];
+            cp_async16_mem(dst + (uint32_t)((i * IS + r) * 512), v ? (const void *)(wp[i][r] + kk) : a.W, v);
+        }
+}
+/* the W copies of k step ks64 (of 64) into the ring slot at dst: two pieces per row (8 T elements each: k + tq*8 and
+ * k + 32 + tq*8), piece h of row (i, r) in slot ((i * 2 + h) * 2 + r) */
 template <typename T, int MT>
 __device__ __forceinline__ void dec_issue_w(const moe_gemm_args &a, uint32_t dst, int64_t ks64, int tq,
                                             const T *const (&wp)[MT][2], const bool (&wok)[MT][2]) {
@@ -494,30 +508,15 @@ __device__ __forceinline__ void dec_issue_w(const moe_gemm_args &a, uint32_t dst
 #pragma unroll
     for (int h = 0; h < 2; h++) {
         const int64_t kk = k + h * 32;
-        const bool kin = kk + tq * 8 < a.Kd;
-#pragma unroll
-        for (int i = 0; i < MT; i++)
-#pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const bool v = kin && wok[i][r];
-                cp_async16_mem(dst + (uint32_t)((((i * 2 + h) * 2) + r) * 512), v ? (const void *)(wp[i][r] + kk) : a.W, v);
-            }
+        dec_issue_w_rows<4>(a, dst + (uint32_t)(h * 2 * 512), kk, kk + tq * 8 < a.Kd, wp, wok);
     }
 }
-/* F8: the W copies of k step ks64, one piece (16 e4m3 bytes: k + tq*16 ..) per row; pieces outside k or the rows
- * are zeros */
+/* F8: the W copies of k step ks64, one piece (16 e4m3 bytes: k + tq*16 ..) per row, row (i, r) in slot i * 2 + r */
 template <int MT>
 __device__ __forceinline__ void dec_issue_w_f8(const moe_gemm_args &a, uint32_t dst, int64_t ks64, int tq,
                                                const uint8_t *const (&wp)[MT][2], const bool (&wok)[MT][2]) {
     const int64_t k = ks64 * 64;
-    const bool kin = k + tq * 16 < a.Kd;
-#pragma unroll
-    for (int i = 0; i < MT; i++)
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const bool v = kin && wok[i][r];
-            cp_async16_mem(dst + (uint32_t)((i * 2 + r) * 512), v ? (const void *)(wp[i][r] + k) : a.W, v);
-        }
+    dec_issue_w_rows<2>(a, dst, k, k + tq * 16 < a.Kd, wp, wok);
 }
 /* the x copies (tokens) of k step ks64 into the ring slot at dst, after the WP W pieces (xp: row start + the lane's
  * offset, tq*8 for T weights, tq*16 for F8; piece h at + h*32, F8 + h*8) */
