@@ -146,6 +146,13 @@ jamba_status jamba_check_contiguous(const char *op, const char *name, const jamb
     return JAMBA_OK;
 }
 
+jamba_status jamba_check_dense(const char *op, const char *name, const jamba_tensor *t, int ndim, unsigned dtype_mask,
+                               const int64_t *expected) {
+    JAMBA_TRY(jamba_check_tensor(op, name, t, ndim, dtype_mask, 0));
+    JAMBA_TRY(jamba_check_shape(op, name, t, expected));
+    return jamba_check_contiguous(op, name, t);
+}
+
 jamba_status jamba_check_same_dtype(const char *op, const char *name, const jamba_tensor *t,
                                     const char *ref_name, const jamba_tensor *ref) {
     if (t->data == NULL || t->dtype == ref->dtype) return JAMBA_OK;

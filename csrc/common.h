@@ -34,6 +34,10 @@ jamba_status jamba_check_shape(const char *op, const char *name, const jamba_ten
 jamba_status jamba_check_unit_stride(const char *op, const char *name, const jamba_tensor *t, int dim);
 /* Checks that t is contiguous (row-major). */
 jamba_status jamba_check_contiguous(const char *op, const char *name, const jamba_tensor *t);
+/* jamba_check_tensor (required), jamba_check_shape and jamba_check_contiguous in that order: a dense operand of
+ * a fixed shape (expected: ndim entries, < 0 matches anything). */
+jamba_status jamba_check_dense(const char *op, const char *name, const jamba_tensor *t, int ndim, unsigned dtype_mask,
+                               const int64_t *expected);
 /* Checks two tensors have the same dtype. */
 jamba_status jamba_check_same_dtype(const char *op, const char *name, const jamba_tensor *t,
                                     const char *ref_name, const jamba_tensor *ref);

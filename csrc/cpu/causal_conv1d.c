@@ -67,9 +67,7 @@ jamba_status jamba_causal_conv1d_check(const jamba_causal_conv1d_params *p) {
     JAMBA_TRY(jamba_conv_check_weight_bias(op, &p->weight, &p->bias, &p->x, DI));
     const int64_t K = p->weight.shape[1];
     const int64_t osh[3] = {B, DI, L};
-    JAMBA_TRY(jamba_check_tensor(op, "out", &p->out, 3, JAMBA_MASK(p->x.dtype), 0));
-    JAMBA_TRY(jamba_check_shape(op, "out", &p->out, osh));
-    JAMBA_TRY(jamba_check_contiguous(op, "out", &p->out));
+    JAMBA_TRY(jamba_check_dense(op, "out", &p->out, 3, JAMBA_MASK(p->x.dtype), osh));
     if (p->initial_state.data) {
         JAMBA_TRY(jamba_check_tensor(op, "initial_state", &p->initial_state, 3, JAMBA_MASK(p->x.dtype), 0));
         const int64_t ish[3] = {B, DI, -1};
@@ -170,9 +168,7 @@ jamba_status jamba_causal_conv1d_update_check(const jamba_causal_conv1d_update_p
         return jamba_set_error(JAMBA_ERR_SHAPE, "%s: conv_state must hold at least width-1 = %lld steps, got %lld",
                                op, (long long)(K - 1), (long long)p->conv_state.shape[2]);
     JAMBA_TRY(jamba_check_unit_stride(op, "conv_state", &p->conv_state, 2));
-    JAMBA_TRY(jamba_check_tensor(op, "out", &p->out, 3, JAMBA_MASK(p->x.dtype), 0));
-    JAMBA_TRY(jamba_check_shape(op, "out", &p->out, osh));
-    JAMBA_TRY(jamba_check_contiguous(op, "out", &p->out));
+    JAMBA_TRY(jamba_check_dense(op, "out", &p->out, 3, JAMBA_MASK(p->x.dtype), osh));
     if (p->x.data && p->conv_state.data == p->x.data)
         return jamba_set_error(JAMBA_ERR_ARG, "%s: conv_state must not alias x", op);
     return JAMBA_OK;

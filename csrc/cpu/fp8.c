@@ -110,23 +110,15 @@ jamba_status jamba_moe_experts_fp8_check(const jamba_moe_experts_fp8_params *p) 
     const int64_t K = p->expert_ids.shape[1];
     const int64_t ish[2] = {T, K};
     JAMBA_TRY(jamba_check_shape(op, "expert_ids", &p->expert_ids, ish));
-    JAMBA_TRY(jamba_check_tensor(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_shape(op, "weights", &p->weights, ish));
-    JAMBA_TRY(jamba_check_contiguous(op, "weights", &p->weights));
+    JAMBA_TRY(jamba_check_dense(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), ish));
     JAMBA_TRY(jamba_check_tensor(op, "w_down", &p->w_down, 3, JAMBA_MASK(JAMBA_U8), 0));
     JAMBA_TRY(jamba_check_contiguous(op, "w_down", &p->w_down));
     const int64_t E = p->w_down.shape[0], F = p->w_down.shape[2];
     const int64_t dsh[3] = {E, H, F}, gsh[3] = {E, 2 * F, H}, sgs[2] = {E, 2 * F}, sds[2] = {E, H};
     JAMBA_TRY(jamba_check_shape(op, "w_down", &p->w_down, dsh));
-    JAMBA_TRY(jamba_check_tensor(op, "w_gate_up", &p->w_gate_up, 3, JAMBA_MASK(JAMBA_U8), 0));
-    JAMBA_TRY(jamba_check_shape(op, "w_gate_up", &p->w_gate_up, gsh));
-    JAMBA_TRY(jamba_check_contiguous(op, "w_gate_up", &p->w_gate_up));
-    JAMBA_TRY(jamba_check_tensor(op, "s_gate_up", &p->s_gate_up, 2, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_shape(op, "s_gate_up", &p->s_gate_up, sgs));
-    JAMBA_TRY(jamba_check_contiguous(op, "s_gate_up", &p->s_gate_up));
-    JAMBA_TRY(jamba_check_tensor(op, "s_down", &p->s_down, 2, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_shape(op, "s_down", &p->s_down, sds));
-    JAMBA_TRY(jamba_check_contiguous(op, "s_down", &p->s_down));
+    JAMBA_TRY(jamba_check_dense(op, "w_gate_up", &p->w_gate_up, 3, JAMBA_MASK(JAMBA_U8), gsh));
+    JAMBA_TRY(jamba_check_dense(op, "s_gate_up", &p->s_gate_up, 2, JAMBA_MASK(JAMBA_F32), sgs));
+    JAMBA_TRY(jamba_check_dense(op, "s_down", &p->s_down, 2, JAMBA_MASK(JAMBA_F32), sds));
     JAMBA_TRY(jamba_check_tensor(op, "act", &p->act, 2, JAMBA_MASK(p->x.dtype), 0));
     const int64_t ash[2] = {T * K, F};
     JAMBA_TRY(jamba_check_shape(op, "act", &p->act, ash));
@@ -140,15 +132,9 @@ jamba_status jamba_moe_experts_fp8_check(const jamba_moe_experts_fp8_params *p) 
                                "not at all", op);
     if (given) { /* moe_route's permutation and the slot_out workspace */
         const int64_t osh[1] = {E + 1}, ssh[1] = {T * K}, wsh[2] = {T * K, H};
-        JAMBA_TRY(jamba_check_tensor(op, "expert_offsets", &p->expert_offsets, 1, JAMBA_MASK(JAMBA_I32), 0));
-        JAMBA_TRY(jamba_check_shape(op, "expert_offsets", &p->expert_offsets, osh));
-        JAMBA_TRY(jamba_check_contiguous(op, "expert_offsets", &p->expert_offsets));
-        JAMBA_TRY(jamba_check_tensor(op, "sorted_slots", &p->sorted_slots, 1, JAMBA_MASK(JAMBA_I32), 0));
-        JAMBA_TRY(jamba_check_shape(op, "sorted_slots", &p->sorted_slots, ssh));
-        JAMBA_TRY(jamba_check_contiguous(op, "sorted_slots", &p->sorted_slots));
-        JAMBA_TRY(jamba_check_tensor(op, "slot_out", &p->slot_out, 2, JAMBA_MASK(p->x.dtype), 0));
-        JAMBA_TRY(jamba_check_shape(op, "slot_out", &p->slot_out, wsh));
-        JAMBA_TRY(jamba_check_contiguous(op, "slot_out", &p->slot_out));
+        JAMBA_TRY(jamba_check_dense(op, "expert_offsets", &p->expert_offsets, 1, JAMBA_MASK(JAMBA_I32), osh));
+        JAMBA_TRY(jamba_check_dense(op, "sorted_slots", &p->sorted_slots, 1, JAMBA_MASK(JAMBA_I32), ssh));
+        JAMBA_TRY(jamba_check_dense(op, "slot_out", &p->slot_out, 2, JAMBA_MASK(p->x.dtype), wsh));
         if (jamba_tensors_overlap(&p->slot_out, &p->act) || jamba_tensors_overlap(&p->slot_out, &p->x))
             return jamba_set_error(JAMBA_ERR_ARG, "%s: slot_out must not overlap act or x", op);
     }
@@ -159,15 +145,9 @@ jamba_status jamba_moe_experts_fp8_check(const jamba_moe_experts_fp8_params *p) 
                                "with the permutation", op);
     if (q8) { /* the W8A8 workspaces */
         const int64_t a8[2] = {T * K, F}, ssh[1] = {T * K};
-        JAMBA_TRY(jamba_check_tensor(op, "act8", &p->act8, 2, JAMBA_MASK(JAMBA_U8), 0));
-        JAMBA_TRY(jamba_check_shape(op, "act8", &p->act8, a8));
-        JAMBA_TRY(jamba_check_contiguous(op, "act8", &p->act8));
-        JAMBA_TRY(jamba_check_tensor(op, "x_scale", &p->x_scale, 1, JAMBA_MASK(JAMBA_F32), 0));
-        JAMBA_TRY(jamba_check_shape(op, "x_scale", &p->x_scale, ssh));
-        JAMBA_TRY(jamba_check_contiguous(op, "x_scale", &p->x_scale));
-        JAMBA_TRY(jamba_check_tensor(op, "act_scale", &p->act_scale, 1, JAMBA_MASK(JAMBA_F32), 0));
-        JAMBA_TRY(jamba_check_shape(op, "act_scale", &p->act_scale, ssh));
-        JAMBA_TRY(jamba_check_contiguous(op, "act_scale", &p->act_scale));
+        JAMBA_TRY(jamba_check_dense(op, "act8", &p->act8, 2, JAMBA_MASK(JAMBA_U8), a8));
+        JAMBA_TRY(jamba_check_dense(op, "x_scale", &p->x_scale, 1, JAMBA_MASK(JAMBA_F32), ssh));
+        JAMBA_TRY(jamba_check_dense(op, "act_scale", &p->act_scale, 1, JAMBA_MASK(JAMBA_F32), ssh));
         JAMBA_TRY(jamba_check_tensor(op, "sched", &p->sched, 1, JAMBA_MASK(JAMBA_I32), 0));
         JAMBA_TRY(jamba_check_contiguous(op, "sched", &p->sched));
         if (p->sched.shape[0] < 2)

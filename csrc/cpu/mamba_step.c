@@ -102,12 +102,8 @@ jamba_status jamba_mamba_inner_step_check(const jamba_mamba_inner_step_params *p
     const int64_t xsh[2] = {-1, DI}, dsh[2] = {DI, R}, nsh[1] = {NO};
     JAMBA_TRY(jamba_check_shape(op, "xproj_weight", &p->xproj_weight, xsh));
     JAMBA_TRY(jamba_check_contiguous(op, "xproj_weight", &p->xproj_weight));
-    JAMBA_TRY(jamba_check_tensor(op, "dtproj_weight", &p->dtproj_weight, 2, JAMBA_MASK(T), 0));
-    JAMBA_TRY(jamba_check_shape(op, "dtproj_weight", &p->dtproj_weight, dsh));
-    JAMBA_TRY(jamba_check_contiguous(op, "dtproj_weight", &p->dtproj_weight));
-    JAMBA_TRY(jamba_check_tensor(op, "norm_weight", &p->norm_weight, 1, JAMBA_MASK(T), 0));
-    JAMBA_TRY(jamba_check_shape(op, "norm_weight", &p->norm_weight, nsh));
-    JAMBA_TRY(jamba_check_contiguous(op, "norm_weight", &p->norm_weight));
+    JAMBA_TRY(jamba_check_dense(op, "dtproj_weight", &p->dtproj_weight, 2, JAMBA_MASK(T), dsh));
+    JAMBA_TRY(jamba_check_dense(op, "norm_weight", &p->norm_weight, 1, JAMBA_MASK(T), nsh));
     JAMBA_TRY(jamba_check_tensor(op, "conv_weight", &p->conv_weight, 2, JAMBA_MASK(T), 0));
     JAMBA_TRY(jamba_check_contiguous(op, "conv_weight", &p->conv_weight));
     JAMBA_TRY(jamba_check_tensor(op, "conv_bias", &p->conv_bias, 1, JAMBA_MASK(T), 1));

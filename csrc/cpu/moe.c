@@ -107,9 +107,7 @@ jamba_status jamba_moe_route_check(const jamba_moe_route_params *p) {
         return jamba_set_error(JAMBA_ERR_ARG, "%s: tokens * top_k must be below 2^31, got %lld", op,
                                (long long)(T * K));
     const int64_t sh[2] = {T, K};
-    JAMBA_TRY(jamba_check_tensor(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_shape(op, "weights", &p->weights, sh));
-    JAMBA_TRY(jamba_check_contiguous(op, "weights", &p->weights));
+    JAMBA_TRY(jamba_check_dense(op, "weights", &p->weights, 2, JAMBA_MASK(JAMBA_F32), sh));
     JAMBA_TRY(jamba_check_tensor(op, "expert_ids", &p->expert_ids, 2, I32, 0));
     JAMBA_TRY(jamba_check_shape(op, "expert_ids", &p->expert_ids, sh));
     JAMBA_TRY(jamba_check_contiguous(op, "expert_ids", &p->expert_ids));
@@ -453,9 +451,7 @@ jamba_status jamba_moe_grad_rows_check(const jamba_moe_grad_rows_params *p) {
     JAMBA_TRY(jamba_check_tensor(op, "sorted_slots", &p->sorted_slots, 1, I32, 0));
     JAMBA_TRY(jamba_check_shape(op, "sorted_slots", &p->sorted_slots, ssh));
     JAMBA_TRY(jamba_check_contiguous(op, "sorted_slots", &p->sorted_slots));
-    JAMBA_TRY(jamba_check_tensor(op, "dys", &p->dys, 2, JAMBA_MASK(p->go.dtype), 0));
-    JAMBA_TRY(jamba_check_shape(op, "dys", &p->dys, rsh));
-    JAMBA_TRY(jamba_check_contiguous(op, "dys", &p->dys));
+    JAMBA_TRY(jamba_check_dense(op, "dys", &p->dys, 2, JAMBA_MASK(p->go.dtype), rsh));
     JAMBA_TRY(jamba_check_tensor(op, "y", &p->y, 2, JAMBA_MASK(p->go.dtype), 1));
     JAMBA_TRY(jamba_check_tensor(op, "dws", &p->dws, 1, JAMBA_MASK(JAMBA_F32), 1));
     if (!p->y.data != !p->dws.data)

@@ -94,9 +94,7 @@ jamba_status jamba_selective_scan_check(const jamba_selective_scan_params *p) {
         JAMBA_TRY(jamba_check_shape(op, "last_state", &p->last_state, ssh));
         JAMBA_TRY(jamba_check_contiguous(op, "last_state", &p->last_state));
     }
-    JAMBA_TRY(jamba_check_tensor(op, "out", &p->out, 3, JAMBA_MASK(p->u.dtype), 0));
-    JAMBA_TRY(jamba_check_shape(op, "out", &p->out, act));
-    JAMBA_TRY(jamba_check_contiguous(op, "out", &p->out));
+    JAMBA_TRY(jamba_check_dense(op, "out", &p->out, 3, JAMBA_MASK(p->u.dtype), act));
     return JAMBA_OK;
 }
 
@@ -201,9 +199,7 @@ jamba_status jamba_selective_state_update_check(const jamba_selective_state_upda
         JAMBA_TRY(jamba_check_shape(op, "z", &p->z, act));
         JAMBA_TRY(jamba_check_unit_stride(op, "z", &p->z, 1));
     }
-    JAMBA_TRY(jamba_check_tensor(op, "out", &p->out, 2, JAMBA_MASK(p->x.dtype), 0));
-    JAMBA_TRY(jamba_check_shape(op, "out", &p->out, act));
-    JAMBA_TRY(jamba_check_contiguous(op, "out", &p->out));
+    JAMBA_TRY(jamba_check_dense(op, "out", &p->out, 2, JAMBA_MASK(p->x.dtype), act));
     return JAMBA_OK;
 }
 

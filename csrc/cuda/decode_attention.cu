@@ -397,9 +397,7 @@ extern "C" jamba_status jamba_decode_attention_cuda(const jamba_decode_attention
     const int64_t mlsh[4] = {B * H, P, R, 2}, osh[4] = {B * H, P, R, D};
     JAMBA_TRY(jamba_check_shape(op, "part_ml", &p->part_ml, mlsh));
     JAMBA_TRY(jamba_check_contiguous(op, "part_ml", &p->part_ml));
-    JAMBA_TRY(jamba_check_tensor(op, "part_o", &p->part_o, 4, JAMBA_MASK(JAMBA_F32), 0));
-    JAMBA_TRY(jamba_check_shape(op, "part_o", &p->part_o, osh));
-    JAMBA_TRY(jamba_check_contiguous(op, "part_o", &p->part_o));
+    JAMBA_TRY(jamba_check_dense(op, "part_o", &p->part_o, 4, JAMBA_MASK(JAMBA_F32), osh));
     if (P < 1 || P > 65535 || B * H > 65535 || B * H * R > JAMBA_MAX_GRID_X)
         return jamba_set_error(JAMBA_ERR_ARG, "%s: %lld splits for %lld (batch, head) pairs: out of the grid's range", op,
                                (long long)P, (long long)(B * H));
