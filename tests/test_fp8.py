@@ -223,9 +223,9 @@ def test_moe_experts_fp8_bad_id_gives_nan_row_on_cuda(monkeypatch, engine):
 @pytest.mark.parametrize("T,H,F", [(1, 2064, 4112), (2, 4096, 1040), (5, 528, 2576), (6, 1552, 528)])
 def test_moe_experts_fp8_gemv_fast_path_same_bits(monkeypatch, T, H, F):
     """The fp8 GEMVs' dot loop takes batches of chunks that lie inside K without bound checks (csrc/cuda/gemv.cuh
-    gemv_warp_dot_f8, sm_89+); JAMBA_EXT_FP8_GEMV_FAST=0 checks every chunk. Same bits either way: K (H for gate_up, F for
-    down) with and without a partial last batch, rows past H in the down kernel's last block (H % 16 == 0 but not
-    % 32), 1-6 tokens; and the fp64 oracle."""
+    gemv_warp_dot_f8, sm_89+); JAMBA_EXT_FP8_GEMV_FAST=0 checks every chunk. Same bits either way, for K (H for
+    gate_up, F for down) with and without a partial last batch of chunks, at 1-6 tokens (2 tokens: the down kernel's
+    4 warps along K); and the fp64 oracle."""
     dev, dt = torch.device("cuda"), torch.bfloat16
     x = randn(T, H, device=dev, dtype=dt)
     q_gu, s_gu, q_d, s_d = fp8_experts(8, H, F, dev)
