@@ -1,9 +1,15 @@
 # Sourced (from the repo root) by the device round scripts (run_gpu_fp8.sh, run_gpu_train.sh, dev/*_round.sh,
 # dev/w8a8_final.sh): strict mode, the output folder $OUT (the device tool's, else /tmp/jamba_gpu_out), unbuffered
 # Python with the repo on its path, JAMBA_COMMIT for the logs (the device copy of .git may be stale), and step(), a
-# timestamped section header.
+# timestamped section header; bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8,
+# no transformers), the step both fp8 rounds run.
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAMBA_COMMIT=${JAMBA_COMMIT:-unknown}
 step() { echo; echo "=== $* ($(date +%T))"; }
+bench_model_fp8() {
+  step "bench_model --experts-fp8 --act-fp8 (one block, 2K prompts, batch 1 / 8, no transformers)"
+  timeout 150 python3 benchmarks/bench_model.py --no-hf --batches 1,8 --prompts 2048 --decode-steps 32 --experts-fp8 \
+    --act-fp8 --budget-s 60 2>&1 | grep -E "^check|^impl|^jamba_ext" | tail -14
+}

@@ -29,9 +29,7 @@ timeout 150 python3 dev/fp8_gemv_ab.py $FP8_AB_TOKENS 2>&1 | tail -60
 fi
 step "bench_moe"
 timeout 150 python3 benchmarks/bench_moe.py --skip "ours:mma,ours:mma64,ours:mma256,ours:wgmma nonpersist,ours:wgmma nohalf,ours:wgmma noepiw,ours:wgmma nomerge,ours:wgmma merge,ours:gemv ring" 2>&1 | grep -v "kernels (us" | tail -45
-step "bench_model --experts-fp8 (one block, 2K prompts, batch 1 / 8, no transformers)"
-timeout 150 python3 benchmarks/bench_model.py --no-hf --batches 1,8 --prompts 2048 --decode-steps 32 --experts-fp8 \
-  --act-fp8 --budget-s 60 2>&1 | grep -E "^check|^impl|^jamba_ext" | tail -14
+bench_model_fp8
 step "jamba-ext train --lora 8 --experts-fp8, generate --experts-fp8 (built-in model)"
 timeout 60 python3 -m jamba_ext train --text-file README.md --steps 40 --seq-len 256 --device cuda --lora 8 \
   --experts-fp8 2>&1 | grep -v "^\[transformers\]" | tail -4

@@ -17,9 +17,7 @@ step "W8A8 A/B at few tokens"
 timeout 90 python3 dev/w8a8_ab.py ${W8A8_TOKENS:-8,16,32,64} 2>&1 | tail -20
 step "bench_moe (ours, ours fp8, ours fp8 act, (b))"
 timeout 150 python3 benchmarks/bench_moe.py --only "ours,ours fp8,ours fp8 act,(b) sorted_mm" 2>&1 | grep -v "kernels (us" | tail -40
-step "bench_model --experts-fp8 --act-fp8 (one block, 2K prompts, batch 1 / 8, no transformers)"
-timeout 150 python3 benchmarks/bench_model.py --no-hf --batches 1,8 --prompts 2048 --decode-steps 32 --experts-fp8 \
-  --act-fp8 --budget-s 60 2>&1 | grep -E "^check|^impl|^jamba_ext" | tail -14
+bench_model_fp8
 step "done"
 } 2>&1 | tee "$OUT/w8a8_final.log"
 cp benchmarks/results/bench_moe.json benchmarks/results/bench_model.json "$OUT"/ 2>/dev/null
