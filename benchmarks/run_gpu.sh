@@ -58,7 +58,7 @@ step "compute-sanitizer racecheck of every MoE engine (bench_moe --sanitize, hal
 JAMBA_EXT_WGMMA_HALF=1 timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/bench_moe.py --sanitize 2>&1 | tail -4
 
 step "bench_kernels"
-[ "${SKIP_BENCH_KERNELS:-0}" = 1 ] && echo "skipped (SKIP_BENCH_KERNELS=1)" || timeout 200 python3 benchmarks/bench_kernels.py 2>&1 | tail -70
+[ "${SKIP_BENCH_KERNELS:-0}" = 1 ] && echo "skipped (SKIP_BENCH_KERNELS=1)" || timeout 200 python3 benchmarks/bench_kernels.py 2>&1 | tail -250
 step "bench_moe"
 timeout 150 python3 benchmarks/bench_moe.py 2>&1 | tail -250
 step "dev/mamba_step_probe.py (a Mamba layer's decode step op by op, cold weights; the fused mamba_inner_step)"
