@@ -66,7 +66,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import copy_bandwidth_gbs, matmul_tflops, meta, sfu_rate, time_ms, write_results  # noqa: E402
 
-from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
+from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM, to_per_expert_state_dict  # noqa: E402
 
 ONE_BLOCK = dict(num_hidden_layers=8)   # Jamba-v0.1 defaults otherwise: attention at 4, MoE on odd layers
 SMOKE = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4,
@@ -86,6 +86,8 @@ def build_hf(cfg: JambaConfig, ours: JambaForCausalLM, use_mamba_kernels: bool =
         import transformers
     except ImportError:
         return None, "transformers not installed"
+    if not transformers.utils.is_torch_available():
+        return None, f"transformers {transformers.__version__} cannot use torch {torch.__version__}"
     hf_cfg = JambaConfig(**dict(cfg.to_dict(), use_mamba_kernels=use_mamba_kernels)).to_transformers()
     try:
         hf_cfg._attn_implementation = "sdpa"
@@ -93,7 +95,10 @@ def build_hf(cfg: JambaConfig, ours: JambaForCausalLM, use_mamba_kernels: bool =
         pass
     with torch.device("meta"):
         hf = transformers.JambaForCausalLM(hf_cfg)
-    hf.load_state_dict(ours.state_dict(), strict=True, assign=True)
+    sd = ours.state_dict()
+    if not any(k.endswith("experts.gate_up_proj") for k in hf.state_dict()):  # transformers 4.x: per-expert linears
+        sd = to_per_expert_state_dict(sd)
+    hf.load_state_dict(sd, strict=True, assign=True)
     left = [n for n, t in list(hf.named_parameters()) + list(hf.named_buffers()) if t.is_meta]
     if left:
         return None, f"transformers model kept meta tensors: {left[:3]}"

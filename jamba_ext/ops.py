@@ -904,7 +904,13 @@ def _moe_check_shapes(op, x, ids, w_gate_up, w_down, sorted_slots, expert_offset
                       f"{tuple(expert_offsets.shape)}")
 
 
-@torch.library.custom_op("jamba::moe_experts", mutates_args=())
+# torch 2.4 infers no schema for a str or dtype default (it takes int / float / bool / None): the two ops with one
+# give theirs written out, which tests/test_build.py checks against the signature's inferred schema on newer torch
+_MOE_EXPERTS_SCHEMA = ("(Tensor x, Tensor weights, Tensor expert_ids, Tensor w_gate_up, Tensor w_down, "
+                       "Tensor? sorted_slots=None, Tensor? expert_offsets=None, str impl=\"auto\") -> Tensor")
+
+
+@torch.library.custom_op("jamba::moe_experts", mutates_args=(), schema=_MOE_EXPERTS_SCHEMA)
 def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tensor, w_down: Tensor,
                 sorted_slots: Optional[Tensor] = None, expert_offsets: Optional[Tensor] = None,
                 impl: str = "auto") -> Tensor:
@@ -1331,7 +1337,11 @@ def _u8(t: Tensor) -> Tensor:
     return t.contiguous().view(torch.uint8)
 
 
-@torch.library.custom_op("jamba::dequant_fp8", mutates_args=())
+# written out for torch 2.4 (see _MOE_EXPERTS_SCHEMA); 15 is the ScalarType code of torch.bfloat16
+_DEQUANT_FP8_SCHEMA = "(Tensor q, Tensor scale, ScalarType dtype=15, Tensor? group_offsets=None) -> Tensor"
+
+
+@torch.library.custom_op("jamba::dequant_fp8", mutates_args=(), schema=_DEQUANT_FP8_SCHEMA)
 def dequant_fp8(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.bfloat16,
                 group_offsets: Optional[Tensor] = None) -> Tensor:
     """out = round_dtype(float(q) * scale[..., None]) in q's shape (see the section's comment)."""

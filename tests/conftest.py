@@ -40,6 +40,17 @@ def dtype_params(dtypes=DTYPES):
     return [pytest.param(d, id=DTYPE_IDS[d]) for d in dtypes]
 
 
+def import_transformers():
+    """transformers, or a skip of the calling test (or module): not installed, or a release that cannot use the
+    installed torch (transformers 5 needs torch >= 2.6 and then offers no models: with torch 2.4 / 2.5 install
+    "transformers<5")."""
+    tf = pytest.importorskip("transformers")
+    if not tf.utils.is_torch_available():
+        pytest.skip(f"transformers {tf.__version__} cannot use torch {torch.__version__} (with torch < 2.6: "
+                    "pip install 'transformers<5')", allow_module_level=True)
+    return tf
+
+
 # ---- markers / collection ----------------------------------------------------------------------------
 def pytest_collection_modifyitems(config, items):
     """`slow` tests run only with JAMBA_SLOW=1 or when the -m expression names `slow`."""

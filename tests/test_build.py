@@ -210,3 +210,17 @@ def test_sdist_carries_every_source_file(tmp_path):
             for f in fs if f.endswith((".c", ".h", ".cu", ".cuh"))}
     assert want and not want - inside, f"missing from the sdist: {sorted(want - inside)}"
     assert {"setup.py", "pyproject.toml", "README.md", "jamba_ext/ops.py"} <= inside
+
+
+def test_written_schemas_match_the_signatures():
+    """moe_experts and dequant_fp8 register their schemas written out, since torch 2.4 (our oldest) infers none for a
+    str or dtype default. On torch >= 2.5 each must equal the schema torch infers from the function's signature, so a
+    changed argument cannot leave a stale schema behind."""
+    infer = getattr(torch.library, "infer_schema", None)
+    if infer is None:
+        pytest.skip("torch.library.infer_schema is new in torch 2.5")
+    for f, written in ((ops.moe_experts, ops._MOE_EXPERTS_SCHEMA), (ops.dequant_fp8, ops._DEQUANT_FP8_SCHEMA)):
+        inferred = infer(f.custom_op._init_fn, mutates_args=())
+        parse = torch._C.parse_schema  # dequant_fp8's dtype default reads "bfloat16" inferred, "15" written
+        assert str(parse("f" + inferred)) == str(parse("f" + written)), (f.__name__, inferred, written)
+        assert str(getattr(torch.ops.jamba, f.__name__).default._schema) == str(parse("jamba::" + f.__name__ + written))

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jamba_ext.__main__ import main
+from conftest import import_transformers
 from jamba_ext.tokenizer import ByteTokenizer, StreamDecoder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -85,7 +86,7 @@ def test_cli_cuda_graph_decode_matches_eager():
 
 
 def _tiny_checkpoint(path, with_tokenizer=True):
-    transformers = pytest.importorskip("transformers")
+    transformers = import_transformers()
     from test_model import CONFIGS, make_hf
     make_hf(CONFIGS["attn1_moe_top2"]).save_pretrained(str(path))
     if with_tokenizer:

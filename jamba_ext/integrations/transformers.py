@@ -13,7 +13,8 @@ Two ways, usable together:
    4.x / early-5.x HybridMambaAttentionDynamicCache (conv_states / ssm_states lists).
    A transformers 4.x per-expert MoE (experts = ModuleList of MLPs) is fused once: its expert weights are
    re-pointed (param.data) into views of one (E, 2F, H) / (E, H, F) buffer, so the Parameter objects stay
-   the same and the swapped block reads them without a per-call copy.
+   the same and the swapped block reads them without a per-call copy (under grad mode, with the weights
+   requiring grad, it stacks them each call instead, so that their gradients reach them).
 
        model = transformers.JambaForCausalLM.from_pretrained(...)
        from jamba_ext.integrations.transformers import swap_modules
@@ -307,6 +308,11 @@ class HFJambaSparseMoeBlock(_mj.JambaSparseMoeBlock):
 
     def _weights(self):
         if self._fused is not None:
+            if torch.is_grad_enabled() and any(p.requires_grad for p in self.experts.parameters()):
+                # training: the fused tensors rebuilt from the per-expert Parameters (a copy a call), so that
+                # autograd reaches them (the buffer their .data points into is not part of the graph)
+                return (torch.stack([torch.cat([ex.gate_proj.weight, ex.up_proj.weight]) for ex in self.experts]),
+                        torch.stack([ex.down_proj.weight for ex in self.experts]))
             return self._fused
         return self.experts.gate_up_proj, self.experts.down_proj
 
