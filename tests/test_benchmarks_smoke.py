@@ -14,6 +14,15 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _transformers_usable() -> bool:
+    """transformers installed and able to build its models with this torch (transformers 5 needs torch >= 2.6)"""
+    try:
+        import transformers
+    except ImportError:
+        return False
+    return transformers.utils.is_torch_available()
+
+
 @pytest.mark.parametrize("script,args,result", [
     ("bench_cpu.py", [], "bench_cpu_smoke.json"),
     ("bench_kernels.py", [], "bench_kernels_smoke.json"),
@@ -31,7 +40,9 @@ def test_benchmark_smoke(tmp_path, script, args, result):
     assert data["rows"], "no result rows"
     assert data["meta"]["commit"] and data["meta"]["torch"]
     check = data["meta"].get("check", {})
-    if script == "bench_train.py":   # the correctness check ran against transformers and passed (in bf16: each
+    if script == "bench_train.py" and not _transformers_usable():  # nothing to check against: the script says so
+        assert check["ok"] is None, check
+    elif script == "bench_train.py":  # the correctness check ran against transformers and passed (in bf16: each
         assert check["ok"] is True, check  # model against the fp32 step of the same weights)
         assert ("loss_fp32" in check) == ("--dtype" in args), check
     if script == "bench_model.py":   # the routing-aware decode floor: distinct experts a MoE layer's step touched
