@@ -32,7 +32,6 @@ import torch.nn.functional as F
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-sys.path.insert(1, os.path.dirname(HERE))  # the repo root: jamba_ext importable without an install
 import common  # noqa: E402
 
 from jamba_ext import ops, reference  # noqa: E402

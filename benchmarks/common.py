@@ -8,15 +8,23 @@
     write_results(name, rows, meta)  -> benchmarks/results/<name>.json (+ .png when matplotlib exists)
 """
 import contextlib
+import glob
 import json
 import os
 import platform
 import random
 import statistics
 import subprocess
+import sys
 import time
 
 import torch
+
+# The checkout's jamba_ext when it is built in place (pip install -e, or the device's build); otherwise the installed
+# package (a wheel), which an unbuilt checkout on sys.path would shadow. Every benchmark imports this module first.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if glob.glob(os.path.join(ROOT, "jamba_ext", "_C*")) and ROOT not in sys.path:
+    sys.path.insert(1, ROOT)
 
 RESULTS = os.environ.get("JAMBA_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -16,7 +16,8 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402,F401  (puts the checkout's jamba_ext first when it is built)
 from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
 
 

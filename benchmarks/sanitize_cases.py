@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo root, as the benchmarks
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402,F401  (puts the checkout's jamba_ext first when it is built, as in the benchmarks)
 import jamba_ext  # noqa: E402
 from jamba_ext import ops  # noqa: E402
 

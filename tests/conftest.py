@@ -40,6 +40,19 @@ def dtype_params(dtypes=DTYPES):
     return [pytest.param(d, id=DTYPE_IDS[d]) for d in dtypes]
 
 
+# The directory that holds the jamba_ext these tests imported: the checkout (pip install -e) or site-packages (a
+# wheel). Subprocesses (the CLI, the benchmark scripts) get it first on PYTHONPATH and run in it, so they import the
+# same package, and an unbuilt checkout cannot shadow an installed one.
+import jamba_ext as _pkg  # noqa: E402
+
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(_pkg.__file__)))
+
+
+def package_env(**extra) -> dict:
+    """os.environ for a subprocess that must import this process's jamba_ext (run it with cwd=PACKAGE_PARENT)"""
+    return dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
 def import_transformers():
     """transformers, or a skip of the calling test (or module): not installed, or a release that cannot use the
     installed torch (transformers 5 needs torch >= 2.6 and then offers no models: with torch 2.4 / 2.5 install

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from conftest import package_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -32,7 +34,7 @@ def _transformers_usable() -> bool:
     ("bench_train.py", ["--dtype", "bfloat16", "--batches", "1", "--lengths", "32"], "bench_train_smoke.json"),
 ], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16"])
 def test_benchmark_smoke(tmp_path, script, args, result):
-    env = dict(os.environ, JAMBA_BENCH_RESULTS=str(tmp_path), PYTHONPATH=ROOT)
+    env = package_env(JAMBA_BENCH_RESULTS=str(tmp_path))
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--smoke", *args], env=env,
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]

@@ -9,16 +9,12 @@ import pytest
 import torch
 
 from jamba_ext.__main__ import main
-from conftest import import_transformers
+from conftest import PACKAGE_PARENT, import_transformers, package_env
 from jamba_ext.tokenizer import ByteTokenizer, StreamDecoder
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 def _run(*args):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "jamba_ext", *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=ROOT)
+                          env=package_env(), timeout=300, cwd=PACKAGE_PARENT)
 
 
 def test_cli_builtin_model_smoke():

@@ -1,6 +1,5 @@
 """`python -m jamba_ext check`: the installation self-check passes on a good build, and fails (exit 1, the op
 named) when an op is wrong; a GPU that is not there is a clear exit-2 error."""
-import os
 import subprocess
 import sys
 
@@ -9,14 +8,12 @@ import torch
 
 from jamba_ext import ops, selfcheck
 from jamba_ext.__main__ import main
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import PACKAGE_PARENT, package_env
 
 
 def test_check_cli_passes_on_cpu():
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "jamba_ext", "check", "--device", "cpu"], capture_output=True,
-                       text=True, env=env, timeout=300, cwd=ROOT)
+                       text=True, env=package_env(), timeout=300, cwd=PACKAGE_PARENT)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"all {3 * len(selfcheck.CASES)} checks passed" in r.stdout
     for op, *_ in selfcheck.CASES:                       # every op has a row, all three dtypes in it
@@ -133,9 +130,8 @@ def test_check_passes_on_each_gpu(capsys):
 
 def test_cli_stops_quietly_when_the_reader_goes_away():
     """`jamba-ext check | head -1`: a closed pipe ends the command without a traceback."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     p = subprocess.Popen([sys.executable, "-m", "jamba_ext", "check", "--device", "cpu"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, env=env, cwd=ROOT)
+                         stderr=subprocess.PIPE, env=package_env(), cwd=PACKAGE_PARENT)
     p.stdout.readline()
     p.stdout.close()
     err = p.stderr.read().decode()
