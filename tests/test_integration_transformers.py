@@ -34,6 +34,34 @@ def _spy(monkeypatch, name):
     return calls
 
 
+def test_swapped_per_expert_moe_follows_its_parameters():
+    """transformers 4.x (experts as per-expert Linears, fused into one buffer at the swap): training reaches every
+    expert weight (the gradient of each per-expert Parameter equals the unswapped model's), and weights replaced after
+    the swap (model.to(...) or a load that sets .data) are what the swapped block reads."""
+    cfg = CONFIGS["attn1_moe_top2"]
+    ref, sw = make_hf(cfg), make_hf(cfg)
+    if not any(isinstance(m, nn.ModuleList) and "experts" in n for n, m in sw.named_modules()):
+        pytest.skip(f"transformers {transformers.__version__} has fused experts (no per-expert Linears)")
+    jt.swap_modules(sw)
+    ids = prompt_ids(2, 11, cfg["vocab_size"])
+    ref.train()
+    sw.train()
+    ref(ids, labels=ids, use_cache=False).loss.backward()
+    sw(ids, labels=ids, use_cache=False).loss.backward()
+    want = dict(ref.named_parameters())
+    experts = [(n, p) for n, p in sw.named_parameters() if ".experts." in n]
+    assert experts and all(p.grad is not None and rel_err(p.grad, want[n].grad) <= 1e-4 for n, p in experts)
+    with torch.no_grad():
+        for (n, p), s in zip(experts, range(len(experts))):
+            new = p.detach().clone() * (1 + 0.1 * (s % 3))  # as model.to() would: new storage, new values
+            p.data = new
+            want[n].data.copy_(new)
+    ref.eval()
+    sw.eval()
+    with torch.no_grad():
+        assert rel_err(sw(ids, use_cache=False).logits, ref(ids, use_cache=False).logits) <= FP32_REL
+
+
 @pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
 def test_swap_modules_same_logits_and_generate(monkeypatch, name):
     cfg = CONFIGS[name]

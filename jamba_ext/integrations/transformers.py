@@ -313,6 +313,13 @@ class HFJambaSparseMoeBlock(_mj.JambaSparseMoeBlock):
                 # autograd reaches them (the buffer their .data points into is not part of the graph)
                 return (torch.stack([torch.cat([ex.gate_proj.weight, ex.up_proj.weight]) for ex in self.experts]),
                         torch.stack([ex.down_proj.weight for ex in self.experts]))
+            gu, down = self._fused
+            first, last = self.experts[0], self.experts[-1]
+            if (first.gate_proj.weight.data_ptr() != gu.data_ptr() or last.down_proj.weight.data_ptr() !=
+                    down[-1].data_ptr() or first.gate_proj.weight.dtype != gu.dtype):
+                # the Parameters were moved or cast since the swap (model.to(...), half(), a load that replaced
+                # .data): fuse them again, so that the buffer is theirs
+                self._fused = _repoint_per_expert(self.experts)
             return self._fused
         return self.experts.gate_up_proj, self.experts.down_proj
 
