@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The two-GPU checks in one device call (kind nvidia-h200-x2): build, the tests that need two GPUs (tensors on cuda:1
 # while cuda:0 is current: every Mamba kernel, the MoE op), and `jamba-ext check`, which checks every visible GPU.
-# Usage on the device:  JAMBA_COMMIT=<sha> bash dev/two_gpu.sh   (log: $OUT/two_gpu.log; ~1.5 min; pass the sha as
-# a literal: the device's copy of .git may be stale)
+# Usage on the device:  JAMBA_COMMIT=<sha> [FULL=1] bash dev/two_gpu.sh   (log: $OUT/two_gpu.log; ~1.5 min; pass the
+# sha as a literal: the device's copy of .git may be stale). FULL=1: then every CUDA test and the sanitizer steps of
+# run_gpu.sh as well (~6.5 min in all), so that one call on the two-GPU machine is a whole test round.
 OUT=${OUT:-/tmp/jamba_gpu_out}; mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 {
@@ -15,5 +16,16 @@ echo "=== two-GPU tests ($(date +%T))"
 timeout 240 python3 -m pytest -q -rs -k "second_gpu" tests -p no:cacheprovider --timeout=230 2>&1 | tail -6
 echo "=== jamba-ext check, every GPU ($(date +%T))"
 timeout 120 python3 -m jamba_ext check 2>&1 | tail -25
+if [ "${FULL:-0}" = 1 ]; then
+  echo "=== every CUDA test ($(date +%T))"
+  timeout 300 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -4
+  echo "=== compute-sanitizer memcheck / racecheck, small cases of every kernel ($(date +%T))"
+  timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -2
+  timeout 120 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -2
+  echo "=== compute-sanitizer memcheck / racecheck (half tiles forced on) of every MoE engine ($(date +%T))"
+  timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/bench_moe.py --sanitize 2>&1 | tail -2
+  JAMBA_EXT_WGMMA_HALF=1 timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/bench_moe.py \
+    --sanitize 2>&1 | tail -2
+fi
 echo "=== done ($(date +%T))"
 } 2>&1 | tee "$OUT/two_gpu.log"
