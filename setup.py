@@ -4,7 +4,10 @@ static cudart. No torch header, no libtorch: the build needs only a C compiler (
 
 Environment:
   JAMBA_EXT_CUDA=0        CPU only, even when nvcc is present
-  JAMBA_EXT_CUDA=1        CUDA required: a missing toolkit is an error
+  JAMBA_EXT_CUDA=1        CUDA required: a missing toolkit, or nvcc failing on a kernel, is an error
+  (unset)                 CUDA kernels when a toolkit is found; when there is none, or nvcc fails (e.g. a toolkit
+                          too old for the kernels), a CPU-only build with a warning: the reason is compiled in
+                          (jamba_ext.ops.cuda_build_note()) and every op on a GPU tensor names it in its error
   JAMBA_EXT_ARCHS="80;90" CUDA architectures (default 80 and 90)
   JAMBA_EXT_PTXAS_V=1     print registers / shared memory / spills of every kernel
   JAMBA_EXT_JOBS=N        parallel nvcc jobs (default: number of CPUs)
@@ -61,6 +64,25 @@ def want_cuda():
     return home
 
 
+def nvcc_release(home):
+    """'13.0' from `nvcc --version` ('?' when it does not say)"""
+    try:
+        out = subprocess.run([os.path.join(home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "?"
+    for line in out.splitlines():
+        if "release" in line:
+            return line.split("release", 1)[1].split(",")[0].strip()
+    return "?"
+
+
+def c_string(text):
+    """text as a C string literal for a -D macro: printable ASCII, no quotes or backslashes"""
+    return '"' + "".join(ch if 32 <= ord(ch) < 127 and ch not in '"\\' else "'" if ch == '"' else " "
+                         for ch in text)[:400] + '"'
+
+
 def cudart_static_dir(home):
     for sub in ("lib64", "lib", os.path.join("targets", "x86_64-linux", "lib"),
                 os.path.join("targets", "sbsa-linux", "lib")):
@@ -105,10 +127,25 @@ class BuildExt(build_ext):
                   "(for OpenMP on macOS: brew install libomp)", file=sys.stderr)
             ext.extra_compile_args = [a for a in ext.extra_compile_args if a != "-fopenmp"] + ["-Wno-unknown-pragmas"]
             ext.extra_link_args = [a for a in ext.extra_link_args if a != "-fopenmp"]
-        if CUDA_HOME is not None and CU_SOURCES:
-            ext.extra_objects = list(ext.extra_objects or []) + self.compile_cuda(CUDA_HOME)
+        home, flag, note = CUDA_HOME, os.environ.get("JAMBA_EXT_CUDA", "").strip(), ""
+        if home is not None and CU_SOURCES:
+            try:
+                ext.extra_objects = list(ext.extra_objects or []) + self.compile_cuda(home)
+            except RuntimeError as e:
+                if flag == "1":
+                    raise
+                note = f"nvcc {nvcc_release(home)} at {home} failed on the CUDA kernels ({e}); the kernels are " \
+                       "built and tested with CUDA 13.0"
+                print("\n" + "=" * 100 + f"\njamba_ext: WARNING: building WITHOUT the CUDA kernels: {note}.\n"
+                      "Ops on GPU tensors will raise an error that says so. JAMBA_EXT_CUDA=1 makes this an error; "
+                      "CUDA_HOME picks another toolkit.\n" + "=" * 100, file=sys.stderr)
+                home = None
+        elif home is None:
+            note = "JAMBA_EXT_CUDA=0 at build time" if flag == "0" else "no CUDA toolkit (nvcc) was found at build time"
+        if note:
+            ext.define_macros = list(ext.define_macros or []) + [("JAMBA_CUDA_NOTE", c_string(note))]
         super().build_extension(ext)
-        kind = f"C + CUDA ({len(CU_SOURCES)} .cu files)" if CUDA_HOME else "C only (no CUDA)"
+        kind = f"C + CUDA ({len(CU_SOURCES)} .cu files)" if home else "C only (no CUDA)"
         print(f"jamba_ext: built _C, {kind}, in {time.time() - t0:.1f} s", file=sys.stderr)
 
     def compile_cuda(self, home):
@@ -157,7 +194,9 @@ class BuildExt(build_ext):
                     print(f"jamba_ext: nvcc {name} {dt:.1f} s", file=sys.stderr)
                     objs.append(obj)
         if failed:
-            raise RuntimeError("nvcc failed on: " + ", ".join(failed))
+            raise RuntimeError("nvcc failed on: " + (", ".join(failed) if len(failed) <= 3 else
+                                                      f"{failed[0]}, {failed[1]} and {len(failed) - 2} more of "
+                                                      f"{len(jobs)} .cu files"))
         ext.define_macros = list(ext.define_macros or []) + [("JAMBA_WITH_CUDA", "1"),
                                                              ("JAMBA_CUDA_ARCHS", '"' + ";".join(archs) + '"')]
         ext.library_dirs = list(ext.library_dirs or []) + [cudart_static_dir(home)]

@@ -60,6 +60,13 @@ def has_cuda_kernels() -> bool:
     return bool(_C.has_cuda())
 
 
+def cuda_build_note() -> str:
+    """Why this build has no CUDA kernels, as its build recorded it ("no CUDA toolkit (nvcc) was found at build time",
+    "JAMBA_EXT_CUDA=0 at build time", or the nvcc release and the kernels it failed on); "" when it has them."""
+    getter = getattr(_C, "cuda_note", None)
+    return getter() if getter else ""
+
+
 def cuda_archs() -> List[int]:
     """The CUDA architectures the kernels were compiled for, e.g. [80, 90] (JAMBA_EXT_ARCHS at build time);
     [] without CUDA kernels."""
@@ -130,8 +137,9 @@ def _raw_stream(idx: int) -> int:
 def _call(fn_name: str, device: torch.device, op: str, named: List[Tuple[str, Optional[Tensor]]], *scalars):
     if device.type == "cuda":
         if not _C.has_cuda():
-            raise RuntimeError(f"jamba.{op}: jamba_ext was built without CUDA kernels; reinstall with nvcc "
-                               f"available (JAMBA_EXT_CUDA=1) to run on {device}")
+            why = cuda_build_note()
+            raise RuntimeError(f"jamba.{op}: jamba_ext was built without CUDA kernels{' (' + why + ')' if why else ''}"
+                               f"; reinstall with nvcc available (JAMBA_EXT_CUDA=1) to run on {device}")
         idx = device.index if device.index is not None else torch.cuda.current_device()
         backend, stream = 1, _raw_stream(idx)
     elif device.type == "cpu":

@@ -224,3 +224,40 @@ def test_written_schemas_match_the_signatures():
         parse = torch._C.parse_schema  # dequant_fp8's dtype default reads "bfloat16" inferred, "15" written
         assert str(parse("f" + inferred)) == str(parse("f" + written)), (f.__name__, inferred, written)
         assert str(getattr(torch.ops.jamba, f.__name__).default._schema) == str(parse("jamba::" + f.__name__ + written))
+
+
+def test_cuda_note_says_why_a_build_has_no_cuda_kernels():
+    """_C.cuda_note(): empty exactly when the CUDA kernels are in; otherwise the reason the build recorded."""
+    assert (ops.cuda_build_note() == "") == ops.has_cuda_kernels()
+
+
+def test_failed_nvcc_gives_a_cpu_build_that_says_why(tmp_path):
+    """JAMBA_EXT_CUDA unset and nvcc failing on the kernels (here: an architecture no nvcc knows, as a toolkit too old
+    for ours fails) leave a CPU-only build with a warning; its cuda_build_note() names the nvcc release and the
+    failure, which every op on a GPU tensor repeats. With JAMBA_EXT_CUDA=1 the same build is an error."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if not os.path.exists(os.path.join(root, "setup.py")):
+        pytest.skip("not a source checkout")
+    if shutil.which("nvcc") is None and not os.environ.get("CUDA_HOME"):
+        pytest.skip("no nvcc: nothing to fail")
+    for name in ("setup.py", "pyproject.toml", "README.md", "csrc"):
+        src = os.path.join(root, name)
+        (shutil.copytree if os.path.isdir(src) else shutil.copy)(src, tmp_path / name)
+    shutil.copytree(os.path.join(root, "jamba_ext"), tmp_path / "jamba_ext",
+                    ignore=shutil.ignore_patterns("_C*", "__pycache__"))
+    env = {k: v for k, v in os.environ.items() if k != "JAMBA_EXT_CUDA"}
+    env.update(JAMBA_EXT_ARCHS="999", PYTHONPATH=str(tmp_path))
+    build = [sys.executable, "setup.py", "build_ext", "--inplace"]
+    r = subprocess.run(build, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "building WITHOUT the CUDA kernels" in r.stderr and "C only (no CUDA)" in r.stderr, r.stderr[-3000:]
+    q = subprocess.run([sys.executable, "-c", "from jamba_ext import ops; print(ops.has_cuda_kernels()); "
+                        "print(ops.cuda_build_note())"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert q.returncode == 0, q.stderr[-2000:]
+    has, note = q.stdout.splitlines()[-2:]
+    assert has == "False" and re.search(r"^nvcc \d+\.\d+ at .* failed on the CUDA kernels \(nvcc failed on: csrc/cuda/",
+                                        note), note
+    r = subprocess.run(build, cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env=dict(env, JAMBA_EXT_CUDA="1"))
+    assert r.returncode != 0 and "nvcc failed on" in r.stderr, r.stderr[-2000:]

@@ -431,9 +431,19 @@ static PyObject *py_cuda_archs(PyObject *self, PyObject *args) {
     return PyUnicode_FromString(JAMBA_CUDA_ARCHS);
 }
 
+#ifndef JAMBA_CUDA_NOTE
+#define JAMBA_CUDA_NOTE "" /* setup.py: why a build has no CUDA kernels (no toolkit, JAMBA_EXT_CUDA=0, nvcc failed) */
+#endif
+static PyObject *py_cuda_note(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyUnicode_FromString(JAMBA_CUDA_NOTE);
+}
+
 static PyMethodDef methods[] = {
     {"has_cuda", py_has_cuda, METH_NOARGS, "True when the CUDA kernels were compiled in."},
     {"cuda_archs", py_cuda_archs, METH_NOARGS, "The CUDA architectures compiled in, e.g. \"80;90\" (\"\": none)."},
+    {"cuda_note", py_cuda_note, METH_NOARGS, "Why the build has no CUDA kernels (\"\" when it has them)."},
     {"rms_norm", py_rms_norm, METH_VARARGS, "rms_norm / add_rms_norm (see csrc/jamba.h)."},
     {"rms_norm_segments", py_rms_norm_segments, METH_VARARGS, "rms_norm_segments (see csrc/jamba.h)."},
     {"causal_conv1d", py_causal_conv1d, METH_VARARGS, "causal_conv1d (see csrc/jamba.h)."},
