@@ -9,6 +9,9 @@ Environment:
                           too old for the kernels), a CPU-only build with a warning: the reason is compiled in
                           (jamba_ext.ops.cuda_build_note()) and every op on a GPU tensor names it in its error
   JAMBA_EXT_ARCHS="80;90" CUDA architectures (default 80 and 90)
+  JAMBA_EXT_PTX=1         embed PTX for those architectures instead of machine code (the driver compiles it for
+                          the GPU at first use): e.g. JAMBA_EXT_ARCHS=80 JAMBA_EXT_PTX=1 runs the sm_80 code paths on
+                          a Hopper GPU (a test build; the default ships machine code only)
   JAMBA_EXT_PTXAS_V=1     print registers / shared memory / spills of every kernel
   JAMBA_EXT_JOBS=N        parallel nvcc jobs (default: number of CPUs)
 """
@@ -162,7 +165,8 @@ class BuildExt(build_ext):
                 # a file that uses Hopper-only instructions (wgmma, setmaxnreg) says "jamba-build: sm90a"
                 # in its header and gets compute_90a instead of compute_90.
                 aa = "90a" if (a == "90" and "jamba-build: sm90a" in head) else a
-                gencode += [f"-gencode=arch=compute_{aa},code=sm_{aa}"]
+                code = f"compute_{aa}" if os.environ.get("JAMBA_EXT_PTX") == "1" else f"sm_{aa}"
+                gencode += [f"-gencode=arch=compute_{aa},code={code}"]
             cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-lineinfo", "-DJAMBA_WITH_CUDA",
                    "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", "--expt-relaxed-constexpr",
                    "-I", os.path.join(ROOT, "csrc")] + gencode

@@ -975,7 +975,9 @@ int moe_wgmma_available(int dev) {
                         cudaFuncGetAttributes(&fa, moe_wgmma_kernel<__nv_bfloat16, WT_ALL>) == cudaSuccess;
         if (!ok) cudaGetLastError(); /* clear, the caller falls back to another engine */
         /* and the driver has the tensor-map encoder (TMA); else impl auto takes the mma.sync engine */
-        st = (ok && major == 9 && fa.binaryVersion >= 90 && wt_encoder() != NULL) ? 1 : -1;
+        /* ptxVersion too: a PTX build for an older architecture (JAMBA_EXT_PTX) compiles these kernels empty, and the
+         * driver's compilation of that PTX for this GPU still reports binaryVersion 90 */
+        st = (ok && major == 9 && fa.binaryVersion >= 90 && fa.ptxVersion >= 90 && wt_encoder() != NULL) ? 1 : -1;
         if (dev >= 0 && dev < 64) avail[dev] = st;
     }
     return st > 0;
