@@ -719,10 +719,11 @@ def _grouped_mm_ok(x: Tensor) -> bool:
 
 
 def _is_sm90(x: Tensor) -> bool:
-    """x is on a Hopper GPU (compute capability 9.x); cached per device."""
+    """x is on a Hopper GPU (compute capability 9.x) and the build holds sm_90 machine code (not so in a PTX build for
+    sm_80, JAMBA_EXT_PTX, whose Hopper-only kernels are empty); cached per device."""
     idx = x.device.index if x.device.index is not None else torch.cuda.current_device()
     if idx not in _SM90:
-        _SM90[idx] = torch.cuda.get_device_capability(idx)[0] == 9
+        _SM90[idx] = torch.cuda.get_device_capability(idx)[0] == 9 and 90 in cuda_archs()
     return _SM90[idx]
 
 

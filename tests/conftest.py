@@ -53,6 +53,12 @@ def package_env(**extra) -> dict:
     return dict(os.environ, PYTHONPATH=PACKAGE_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
 
 
+def hopper_code() -> bool:
+    """The current GPU is a Hopper (sm_90) and the build holds sm_90 code, so the Hopper-only engines (wgmma, W8A8) run;
+    not so in a PTX build for sm_80 (JAMBA_EXT_ARCHS=80 JAMBA_EXT_PTX=1), which runs the sm_80 paths on a Hopper."""
+    return HAS_GPU and torch.cuda.get_device_capability()[0] == 9 and 90 in ops.cuda_archs()
+
+
 def import_transformers():
     """transformers, or a skip of the calling test (or module): not installed, or a release that cannot use the
     installed torch (transformers 5 needs torch >= 2.6 and then offers no models: with torch 2.4 / 2.5 install

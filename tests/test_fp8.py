@@ -15,7 +15,7 @@ import itertools
 import pytest
 import torch
 
-from conftest import HAS_GPU, assert_close, dtype_params, graph_replays, randn
+from conftest import HAS_GPU, hopper_code, assert_close, dtype_params, graph_replays, randn
 from jamba_ext import ops, reference
 
 pytestmark = pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="torch without float8_e4m3fn")
@@ -206,7 +206,7 @@ def test_moe_experts_fp8_bad_id_gives_nan_row_on_cuda(monkeypatch, engine):
     if engine != "gemv":  # 2 tokens through the ring kernels or the Hopper wgmma kernel
         monkeypatch.setattr(ops, "FP8_CUDA_GEMV_MAX_TOKENS", 0)
         monkeypatch.setenv("JAMBA_EXT_FP8_WGMMA", "1" if engine == "wgmma" else "0")
-    if engine == "wgmma" and torch.cuda.get_device_capability()[0] != 9:
+    if engine == "wgmma" and not hopper_code():
         pytest.skip("needs a Hopper GPU (the wgmma kernel)")
     H, F, E, K, dt = 64, 32, 4, 2, torch.bfloat16
     dev = torch.device("cuda")
@@ -396,7 +396,7 @@ WGMMA_SHAPES = [(1, 272, 144), (7, 272, 144), (33, 272, 144), (64, 512, 272), (3
 
 
 def _hopper():
-    return HAS_GPU and torch.cuda.get_device_capability()[0] == 9
+    return HAS_GPU and hopper_code()
 
 
 @pytest.fixture
@@ -534,7 +534,7 @@ def test_moe_experts_fp8_act_fp8_ignored_off_hopper(device):
     """act_fp8 is a permission: where no W8A8 kernel runs (the CPU, other GPUs, the decode sizes) the result is the
     weight-only one, bit for bit."""
     dev, dt = device, torch.bfloat16
-    if dev.type == "cuda" and torch.cuda.get_device_capability()[0] == 9:
+    if dev.type == "cuda" and hopper_code():
         T = ops.FP8_W8A8_MIN_TOKENS - 1  # below the W8A8 kernel's sizes
     else:
         T = 40

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import HAS_GPU, LOW_DTYPES, TOL, assert_close, compile_or_skip, dtype_params, graph_replays, \
-    randn, up
+    hopper_code, randn, up
 from jamba_ext import moe, ops, reference
 
 # (tokens, H, F): H and F multiples of 8 (the tensor-core paths) but of no tile size (32/64/128), smaller
@@ -170,7 +170,7 @@ def test_moe_wgmma_tiles(monkeypatch):
     64 x 256 half tiles for an expert's last <= 64 rows by size, forced on and off with JAMBA_EXT_WGMMA_HALF=1 / 0,
     with and without its epilogue warps, JAMBA_EXT_MOE_EPI=0, with merged tiles, JAMBA_EXT_MOE_MERGE=1, and not:
     JAMBA_EXT_WGMMA_PERSIST=0) give the same bits; the cases include experts with 129-192 rows (merged tiles)."""
-    if torch.cuda.get_device_capability()[0] != 9:
+    if not hopper_code():
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
     n_merged = 0  # experts whose last <= 64 rows form a merged tile
@@ -268,6 +268,8 @@ def test_moe_experts_odd_sizes(device, dtype):
 def skip_gpu_impl_on_cpu(device, impl):
     if device.type == "cpu" and impl != "auto":
         pytest.skip("CUDA engine")
+    if device.type == "cuda" and impl == "wgmma" and not hopper_code():
+        pytest.skip("the wgmma engine runs on Hopper only (elsewhere impl='wgmma' is an error)")
 
 
 @pytest.mark.parametrize("impl", GPU_IMPLS)
@@ -490,7 +492,7 @@ def test_moe_experts_all_grads(device, dtype, K, skew, H, F):
     if skew:
         ids = skewed(ids)
     grouped = ops._moe_grouped_grads_ok(x, w_gate_up, w_down)
-    on_hopper = device.type == "cuda" and dtype == torch.bfloat16 and torch.cuda.get_device_capability()[0] == 9
+    on_hopper = device.type == "cuda" and dtype == torch.bfloat16 and hopper_code()
     assert grouped == (on_hopper and H % 8 == 0 and F % 8 == 0 and hasattr(torch, "_grouped_mm"))
     leaves = [x.clone().requires_grad_(True), w.clone().requires_grad_(True),
               w_gate_up.clone().requires_grad_(True), w_down.clone().requires_grad_(True)]
@@ -519,7 +521,7 @@ def test_moe_grouped_grads_match_loop(T, skew):
     kernels and dx's rounding order differ) and of float64 autograd of the reference, at sizes that give
     torch._grouped_mm several tiles per expert, and empty experts (skewed: zero weight gradients there). Without
     autograd recording moe_experts_trainable is moe_experts (bit-identical)."""
-    if not (torch.cuda.get_device_capability()[0] == 9 and hasattr(torch, "_grouped_mm")):
+    if not (hopper_code() and hasattr(torch, "_grouped_mm")):
         pytest.skip("the grouped training forms run on Hopper only")
     H, F, E, K = 136, 200, 8, 2
     dt = torch.bfloat16
