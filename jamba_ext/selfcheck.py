@@ -380,9 +380,10 @@ def main(args) -> int:
 
     t0 = time.perf_counter()
     archs = ", ".join(f"sm_{a}" for a in ops.cuda_archs())
+    why = "" if ops.has_cuda_kernels() else ops.cuda_build_note()  # why the build has no CUDA kernels
     print(f"jamba_ext {__import__('jamba_ext').__version__} | torch {torch.__version__} | "
           f"CUDA kernels {'built for ' + archs if ops.has_cuda_kernels() else 'not built'} | "
-          f"{'' if ops.has_cuda_kernels() or not ops.cuda_build_note() else '(' + ops.cuda_build_note() + ') | '}"
+          f"{'(' + why + ') | ' if why else ''}"
           f"GPUs visible to torch: {torch.cuda.device_count() if torch.cuda.is_available() else 0}")
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() and ops.has_cuda_kernels() else 0):
         cap = torch.cuda.get_device_capability(i)
@@ -401,7 +402,7 @@ def main(args) -> int:
         devices = [dev]
     if torch.cuda.is_available() and not ops.has_cuda_kernels():
         print("note: a GPU is visible but jamba_ext was built without its CUDA kernels"
-              f"{' (' + ops.cuda_build_note() + ')' if ops.cuda_build_note() else ''}, so ops on GPU tensors raise "
+              f"{' (' + why + ')' if why else ''}, so ops on GPU tensors raise "
               "an error; reinstall with nvcc on the PATH (JAMBA_EXT_CUDA=1 makes a missing toolkit an error)")
     dtypes = [DTYPES[d] for d in args.dtype] if args.dtype else None
     print("worst error per op and dtype as a fraction of its tolerance (<= 1 passes; float64 reference)")

@@ -59,12 +59,21 @@ def hopper_code() -> bool:
     return HAS_GPU and torch.cuda.get_device_capability()[0] == 9 and 90 in ops.cuda_archs()
 
 
+def transformers_usable() -> bool:
+    """transformers is installed and can build its models with this torch (transformers 5 needs torch >= 2.6)"""
+    try:
+        import transformers
+    except ImportError:
+        return False
+    return transformers.utils.is_torch_available()
+
+
 def import_transformers():
     """transformers, or a skip of the calling test (or module): not installed, or a release that cannot use the
     installed torch (transformers 5 needs torch >= 2.6 and then offers no models: with torch 2.4 / 2.5 install
     "transformers<5")."""
     tf = pytest.importorskip("transformers")
-    if not tf.utils.is_torch_available():
+    if not transformers_usable():
         pytest.skip(f"transformers {tf.__version__} cannot use torch {torch.__version__} (with torch < 2.6: "
                     "pip install 'transformers<5')", allow_module_level=True)
     return tf

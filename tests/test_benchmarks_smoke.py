@@ -11,18 +11,9 @@ import sys
 
 import pytest
 
-from conftest import package_env
+from conftest import package_env, transformers_usable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _transformers_usable() -> bool:
-    """transformers installed and able to build its models with this torch (transformers 5 needs torch >= 2.6)"""
-    try:
-        import transformers
-    except ImportError:
-        return False
-    return transformers.utils.is_torch_available()
 
 
 @pytest.mark.parametrize("script,args,result", [
@@ -42,7 +33,7 @@ def test_benchmark_smoke(tmp_path, script, args, result):
     assert data["rows"], "no result rows"
     assert data["meta"]["commit"] and data["meta"]["torch"]
     check = data["meta"].get("check", {})
-    if script == "bench_train.py" and not _transformers_usable():  # nothing to check against: the script says so
+    if script == "bench_train.py" and not transformers_usable():  # nothing to check against: the script says so
         assert check["ok"] is None, check
     elif script == "bench_train.py":  # the correctness check ran against transformers and passed (in bf16: each
         assert check["ok"] is True, check  # model against the fp32 step of the same weights)

@@ -265,7 +265,7 @@ def test_moe_experts_odd_sizes(device, dtype):
     assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **tol_for(device, dtype))
 
 
-def skip_gpu_impl_on_cpu(device, impl):
+def skip_impl_not_here(device, impl):
     if device.type == "cpu" and impl != "auto":
         pytest.skip("CUDA engine")
     if device.type == "cuda" and impl == "wgmma" and not hopper_code():
@@ -277,7 +277,7 @@ def skip_gpu_impl_on_cpu(device, impl):
 def test_moe_experts_lopsided_routing(device, dtype, impl):
     """Every token's first choice is expert 3 (one expert gets all 1000 tokens: several m-tiles, many decode
     passes); second choices among {0, 1}; experts 2 and 4..15 get nothing."""
-    skip_gpu_impl_on_cpu(device, impl)
+    skip_impl_not_here(device, impl)
     T, H, F, E = 1000, 72, 40, 16
     x = randn(T, H, device=device, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, device, dtype)
@@ -302,7 +302,7 @@ def test_moe_experts_empty(device):
 @pytest.mark.parametrize("T", [1, 64, 1000])
 def test_moe_experts_deterministic(device, T, impl):
     """Two runs are bit-identical (no float atomics: fixed-order split-K and combine)."""
-    skip_gpu_impl_on_cpu(device, impl)
+    skip_impl_not_here(device, impl)
     H, F, E, K = 136, 72, 16, 2
     x = randn(T, H, device=device, dtype=torch.bfloat16)
     w_gate_up, w_down = expert_weights(E, H, F, device, torch.bfloat16)
