@@ -154,6 +154,7 @@ class BuildExt(build_ext):
     def compile_cuda(self, home):
         nvcc = os.path.join(home, "bin", "nvcc")
         archs = [a.strip() for a in os.environ.get("JAMBA_EXT_ARCHS", "80;90").split(";") if a.strip()]
+        ptx = os.environ.get("JAMBA_EXT_PTX") == "1"
         out_dir = os.path.join(self.build_temp, "cuda")
         os.makedirs(out_dir, exist_ok=True)
 
@@ -165,7 +166,7 @@ class BuildExt(build_ext):
                 # a file that uses Hopper-only instructions (wgmma, setmaxnreg) says "jamba-build: sm90a"
                 # in its header and gets compute_90a instead of compute_90.
                 aa = "90a" if (a == "90" and "jamba-build: sm90a" in head) else a
-                code = f"compute_{aa}" if os.environ.get("JAMBA_EXT_PTX") == "1" else f"sm_{aa}"
+                code = f"compute_{aa}" if ptx else f"sm_{aa}"
                 gencode += [f"-gencode=arch=compute_{aa},code={code}"]
             cmd = [nvcc, "-c", src, "-o", obj, "-O3", "-std=c++17", "-lineinfo", "-DJAMBA_WITH_CUDA",
                    "-Xcompiler", "-fPIC", "-Xcompiler", "-fvisibility=hidden", "--expt-relaxed-constexpr",
@@ -202,7 +203,8 @@ class BuildExt(build_ext):
                                                       f"{failed[0]}, {failed[1]} and {len(failed) - 2} more of "
                                                       f"{len(jobs)} .cu files"))
         ext.define_macros = list(ext.define_macros or []) + [("JAMBA_WITH_CUDA", "1"),
-                                                             ("JAMBA_CUDA_ARCHS", '"' + ";".join(archs) + '"')]
+                                                             ("JAMBA_CUDA_ARCHS", '"' + ";".join(
+                                                                 a + ("+ptx" if ptx else "") for a in archs) + '"')]
         ext.library_dirs = list(ext.library_dirs or []) + [cudart_static_dir(home)]
         ext.libraries = list(ext.libraries or []) + ["cudart_static", "stdc++", "rt", "pthread", "dl"]
         return objs

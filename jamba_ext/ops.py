@@ -69,15 +69,25 @@ def cuda_build_note() -> str:
 
 def cuda_archs() -> List[int]:
     """The CUDA architectures the kernels were compiled for, e.g. [80, 90] (JAMBA_EXT_ARCHS at build time);
-    [] without CUDA kernels."""
+    [] without CUDA kernels. Whether as machine code or PTX: cuda_ptx()."""
     getter = getattr(_C, "cuda_archs", None)
     return [int("".join(ch for ch in a if ch.isdigit())) for a in (getter() if getter else "").split(";") if a]
 
 
+def cuda_ptx() -> bool:
+    """Whether the build embeds PTX instead of machine code (JAMBA_EXT_PTX=1 at build time: the driver compiles it
+    for the GPU at first use)."""
+    getter = getattr(_C, "cuda_archs", None)
+    return "ptx" in (getter() if getter else "")
+
+
 def cuda_arch_runs(capability: Tuple[int, int]) -> bool:
     """Whether the compiled kernels run on a GPU of this compute capability (major, minor): machine code for sm_XY
-    runs on sm_XZ with Z >= Y (no PTX is embedded, so newer majors need a rebuild)."""
+    runs on sm_XZ with Z >= Y, never on another major; PTX (JAMBA_EXT_PTX=1 builds) for compute_XY runs on any GPU
+    of capability XY or newer."""
     major, minor = capability
+    if cuda_ptx():
+        return any(a <= 10 * major + minor for a in cuda_archs())
     return any(a // 10 == major and a % 10 <= minor for a in cuda_archs())
 
 

@@ -379,7 +379,7 @@ def main(args) -> int:
     import sys
 
     t0 = time.perf_counter()
-    archs = ", ".join(f"sm_{a}" for a in ops.cuda_archs())
+    archs = ", ".join(f"sm_{a}" for a in ops.cuda_archs()) + (" (as PTX)" if ops.cuda_ptx() else "")
     why = "" if ops.has_cuda_kernels() else ops.cuda_build_note()  # why the build has no CUDA kernels
     print(f"jamba_ext {__import__('jamba_ext').__version__} | torch {torch.__version__} | "
           f"CUDA kernels {'built for ' + archs if ops.has_cuda_kernels() else 'not built'} | "

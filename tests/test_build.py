@@ -156,7 +156,8 @@ def test_every_kernel_starts_with_pdl_wait():
 
 def test_cuda_archs_and_compatibility(monkeypatch):
     """ops.cuda_archs() reports the build's architectures ([] without CUDA kernels), and cuda_arch_runs follows
-    the machine-code rule: sm_XY code runs on sm_XZ for Z >= Y, never on another major."""
+    the machine-code rule: sm_XY code runs on sm_XZ for Z >= Y, never on another major; PTX builds run on any newer
+    GPU."""
     archs = ops.cuda_archs()
     assert (archs == []) == (not ops.has_cuda_kernels()), archs
     monkeypatch.setattr(ops._C, "cuda_archs", lambda: "80;90a")
@@ -165,8 +166,12 @@ def test_cuda_archs_and_compatibility(monkeypatch):
         [True, True, True, True, False, False, False]
     monkeypatch.setattr(ops._C, "cuda_archs", lambda: "86")
     assert not ops.cuda_arch_runs((8, 0)) and ops.cuda_arch_runs((8, 9))
+    monkeypatch.setattr(ops._C, "cuda_archs", lambda: "80+ptx")  # JAMBA_EXT_PTX=1: PTX runs on newer GPUs too
+    assert ops.cuda_archs() == [80] and ops.cuda_ptx()
+    assert [ops.cuda_arch_runs(c) for c in [(7, 5), (8, 0), (8, 6), (9, 0), (10, 0), (12, 0)]] == \
+        [False, True, True, True, True, True]
     monkeypatch.setattr(ops._C, "cuda_archs", lambda: "")
-    assert ops.cuda_archs() == [] and not ops.cuda_arch_runs((9, 0))
+    assert ops.cuda_archs() == [] and not ops.cuda_arch_runs((9, 0)) and not ops.cuda_ptx()
 
 
 def test_every_env_switch_is_documented():
