@@ -547,7 +547,7 @@ def test_moe_experts_fp8_act_fp8_ignored_off_hopper(device):
     # the public predicate says the same (jamba_ext check picks its oracle by it), and says yes from the W8A8 sizes on
     # where a W8A8 kernel exists
     assert not ops.fp8_act_applies(x, T, 144)
-    hopper = dev.type == "cuda" and torch.cuda.get_device_capability(dev)[0] == 9
+    hopper = dev.type == "cuda" and hopper_code()  # a Hopper GPU and a build with sm_90 code
     assert ops.fp8_act_applies(x, ops.FP8_W8A8_MIN_TOKENS, 144) == hopper
     assert not ops.fp8_act_applies(x.float(), ops.FP8_W8A8_MIN_TOKENS, 144)  # fp32 x: no W8A8 kernel
 
