@@ -8,6 +8,8 @@
 - the adapters (mamba_ssm / causal-conv1d signatures) against reference.py in float64.
 - transformers 4.x per-expert experts: the one-time re-pointing keeps Parameter identity.
 """
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -18,7 +20,7 @@ from jamba_ext import ops, reference
 from jamba_ext.integrations import transformers as jt
 
 transformers = import_transformers()
-from test_model import (CONFIGS, FP32_REL, _skip_autocast_bound_before_5, make_hf, make_pair,  # noqa: E402
+from test_model import (CONFIGS, FP32_REL, _near_tie_routing_flips, make_hf, make_pair,  # noqa: E402
                         prompt_ids, rel_err)
 
 
@@ -277,25 +279,71 @@ def test_swap_modules_trains_under_autocast(name):
     """A swapped transformers model (fp32 weights) trains under torch.autocast(bf16): the swapped mixers, MoE
     blocks and norms hand their ops one dtype; every gradient is as close to the fp32 step's as the unswapped
     model's under the same autocast (within 3x its error or 1%)."""
-    _skip_autocast_bound_before_5(name)
     ref = make_hf(CONFIGS[name], 0, torch.float32, "cpu")
     sw = make_hf(CONFIGS[name], 0, torch.float32, "cpu")
     jt.swap_modules(sw)
     ids = prompt_ids(2, 11, CONFIGS[name]["vocab_size"])
     ref.train()
     sw.train()
-    ref(ids, labels=ids, use_cache=False).loss.backward()
+    fp32 = ref(ids, labels=ids, use_cache=False, output_router_logits=True)
+    fp32.loss.backward()
     want = {n: p.grad.clone() for n, p in ref.named_parameters()}
     ref.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        ref(ids, labels=ids, use_cache=False).loss.backward()
-        sw(ids, labels=ids, use_cache=False).loss.backward()
+        theirs_out = ref(ids, labels=ids, use_cache=False, output_router_logits=True)
+        theirs_out.loss.backward()
+        sw_out = sw(ids, labels=ids, use_cache=False, output_router_logits=True)
+        sw_out.loss.backward()
+    flips = _near_tie_routing_flips(fp32.router_logits, {"transformers": theirs_out.router_logits,
+                                                         "swapped": sw_out.router_logits},
+                                    CONFIGS[name]["num_experts_per_tok"])
 
     def err(a, b):
         return ((a.double() - b.double()).norm() / b.double().norm()).item()
     theirs = dict(ref.named_parameters())
-    for pname, p in sw.named_parameters():
-        assert err(p.grad, want[pname]) <= 3 * max(err(theirs[pname].grad, want[pname]), 0.01), pname
+    bad = [(pname, err(p.grad, want[pname]), err(theirs[pname].grad, want[pname]))
+           for pname, p in sw.named_parameters()]
+    bad = [b for b in bad if b[1] > 3 * max(b[2], 0.01)]
+    if bad and flips:  # the bound only holds where both runs route as the fp32 run does (test_model's helper says why)
+        pytest.skip(f"the gradient bound missed ({bad[:3]}) after near-tie routing swaps under autocast: {flips}")
+    assert not bad, bad
+
+
+def test_swapped_model_reports_router_logits():
+    """output_router_logits=True (training with the load-balancing loss) on a swapped model: the router logits of
+    every MoE layer and the aux loss equal the unswapped model's, and the router weights get its gradient. transformers
+    5.x records router logits with a hook on the router module, which the fused op does not call: before session 43
+    a swapped 5.x model recorded none and its loss raised IndexError."""
+    cfg = CONFIGS["all_moe_bias"]
+    ref, sw = make_hf(cfg, 0, torch.float32, "cpu"), make_hf(cfg, 0, torch.float32, "cpu")
+    jt.swap_modules(sw)
+    ids = prompt_ids(2, 11, cfg["vocab_size"])
+    outs = []
+    for m in (ref, sw):
+        m.train()
+        out = m(ids, labels=ids, use_cache=False, output_router_logits=True)
+        out.loss.backward()
+        routers = {n: p.grad.clone() for n, p in m.named_parameters() if "router" in n}
+        outs.append((out, routers))
+    (a, ga), (b, gb) = outs
+    n_moe = sum(e > 1 for e in ref.config.layers_num_experts)
+    assert len(a.router_logits) == len(b.router_logits) == n_moe
+    for la, lb in zip(a.router_logits, b.router_logits):
+        assert rel_err(lb, la) <= FP32_REL
+    assert a.aux_loss is not None and abs(b.aux_loss.item() - a.aux_loss.item()) <= 1e-5 * abs(a.aux_loss.item())
+    assert ga.keys() == gb.keys() and len(ga) == n_moe
+    for n in ga:
+        assert rel_err(gb[n], ga[n]) <= 1e-4, n
+    # and the router is not called when its logits are not asked for (where transformers has its collector)
+    if sys.modules.get("transformers.utils.output_capturing") is not None:
+        calls = []
+        hook = sw.model.layers[0].feed_forward.router.register_forward_hook(lambda *a: calls.append(1))
+        with torch.no_grad():
+            sw(ids, use_cache=False)
+            assert calls == []
+            sw(ids, use_cache=False, output_router_logits=True)
+            assert calls == [1]
+        hook.remove()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

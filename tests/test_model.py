@@ -108,13 +108,28 @@ def hf_grads(hf) -> dict:
     return out
 
 
-def _skip_autocast_bound_before_5(name: str):
-    """The autocast tests' per-parameter bound (3x transformers' own error vs fp32, or 1%) holds against transformers
-    5.x. Against 4.57.6 (torch 2.5.1 and 2.13) all_moe_bias's dt / B / C norm weights broke it: ours 0.045-0.075 from
-    fp32, transformers' 0.013-0.018 (with 5.24: ours 0.023, transformers' 0.029-0.039); the random weights differ
-    between the two layouts, and why 4.x's bf16 path is closer there is not known."""
-    if name == "all_moe_bias" and int(transformers.__version__.split(".")[0]) < 5:
-        pytest.skip(f"transformers {transformers.__version__}: the autocast bound is calibrated on 5.x")
+def _near_tie_routing_flips(ref_logits, runs: dict, k: int, tie: float = 0.02) -> str:
+    """The autocast test compares two different bf16 computations (ours, transformers') against fp32. With top-k
+    routing, bf16 rounding of the router logits can swap a token's k-th and (k+1)-th expert where their fp32
+    probabilities nearly tie; that one swap moves every upstream gradient by several per cent (the small dt / B / C
+    norm weights show it first), and the error bound then measures a coin toss, not the numerics. Measured (session
+    43): transformers 4.57.6's per-expert layout gives other seed-0 expert weights than 5.x's fused one, and on them
+    ours swaps layer 3 token 15 under autocast (fp32 probabilities .0798 / .0711): norms .045-.075 from fp32 against
+    transformers' .013-.018; on the 5.x-layout weights transformers 4.57.6 swaps one token instead and is ~.2 off
+    while ours is .02-.03; with the fp32 choice forced on both models the bound holds. Returns the swaps between
+    experts whose fp32 probabilities are within `tie` ("" if none); a swap with a clear margin fails (a bug)."""
+    found = []
+    for name, logits in runs.items():
+        for layer, (want, got) in enumerate(zip(ref_logits, logits)):
+            p = torch.softmax(want.detach().double().reshape(-1, want.shape[-1]), dim=-1)
+            top = p.topk(k + 1, dim=-1)
+            chosen = got.detach().double().reshape(-1, got.shape[-1]).topk(k, dim=-1).indices.sort(-1).values
+            for t in (chosen != top.indices[:, :k].sort(-1).values).any(-1).nonzero().flatten().tolist():
+                margin = (top.values[t, k - 1] - top.values[t, k]).item()
+                assert margin <= tie, f"{name}: layer {layer} token {t} routed differently under autocast although " \
+                                      f"its fp32 top-{k} margin is {margin:.3f}"
+                found.append(f"{name} MoE layer {layer} token {t} (fp32 margin {margin:.4f})")
+    return ", ".join(found)
 
 
 def make_hf(cfg: dict, seed: int = 0, dtype=torch.float32, device="cpu"):
@@ -946,7 +961,6 @@ def test_training_under_autocast(name, checkpointing, device):
     the experts' products in bf16) and every gradient is as close to the fp32 step's as transformers' under the same
     autocast is (per parameter within 3x its error or 1%; the worst parameter within 1.5x + 1%); the loss likewise.
     generate() under autocast runs in the model's dtype, with a warning, and gives the fp32 tokens."""
-    _skip_autocast_bound_before_5(name)
     hf, ours = make_pair(CONFIGS[name])
     ours = ours.to(device)
     ids = prompt_ids(2, 11, CONFIGS[name]["vocab_size"])
@@ -965,6 +979,9 @@ def test_training_under_autocast(name, checkpointing, device):
         out = ours(ids.to(device), labels=ids.to(device), output_router_logits=True)
     assert out.logits.dtype == torch.bfloat16
     out.loss.backward()
+    flips = _near_tie_routing_flips(ref.router_logits, {"transformers": theirs.router_logits,
+                                                        "jamba_ext": out.router_logits},
+                                    CONFIGS[name]["num_experts_per_tok"])
 
     def err(a, b):
         return ((a.double().cpu() - b.double()).norm() / b.double().norm()).item()
@@ -972,11 +989,17 @@ def test_training_under_autocast(name, checkpointing, device):
     assert loss_err <= 3 * loss_hf + 1e-3 * abs(ref.loss.item()), (loss_err, loss_hf)
     theirs_g = hf_grads(hf)
     worst_ours = worst_hf = 0.0
+    bad = []
     for pname, p in ours.named_parameters():
         e, e_hf = err(p.grad, want[pname]), err(theirs_g[pname], want[pname])
-        assert e <= 3 * max(e_hf, 0.01), (pname, e, e_hf)
+        if e > 3 * max(e_hf, 0.01):
+            bad.append((pname, e, e_hf))
         worst_ours, worst_hf = max(worst_ours, e), max(worst_hf, e_hf)
-    assert worst_ours <= 1.5 * worst_hf + 0.01, (worst_ours, worst_hf)
+    if worst_ours > 1.5 * worst_hf + 0.01:
+        bad.append(("worst parameter", worst_ours, worst_hf))
+    if bad and flips:  # the bound only holds where both runs route as the fp32 run does
+        pytest.skip(f"the gradient bound missed ({bad[:3]}) after near-tie routing swaps under autocast: {flips}")
+    assert not bad, bad
     ours.eval()
     tokens = ours.generate(ids.to(device), max_new_tokens=4)
     with pytest.warns(UserWarning, match="autocast is off"), torch.autocast(device, dtype=torch.bfloat16):

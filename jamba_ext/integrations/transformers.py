@@ -52,6 +52,7 @@ The adapters also serve any other code written against mamba_ssm / causal-conv1d
 Inputs with a non-unit stride along time (transformers passes transposed views) are copied once,
 here, because the kernels need unit stride there.
 """
+import sys
 from typing import Optional
 
 import torch
@@ -331,7 +332,24 @@ class HFJambaSparseMoeBlock(_mj.JambaSparseMoeBlock):
         out, logits = _mj._moe.sparse_moe_forward(hidden_states.reshape(-1, shape[-1]), self.router.weight,
                                                   gu, down, self.top_k)
         out = out.view(shape)
-        return (out, logits) if self._legacy_tuple else out
+        if self._legacy_tuple:
+            return out, logits
+        if _collecting_router_logits(self.router):
+            # transformers 5.x records router logits (output_router_logits=True: the aux loss) with a forward hook
+            # on the router module, which our fused op does not call: call it for its hook, only then
+            self.router(hidden_states.reshape(-1, shape[-1]))
+        return out
+
+
+def _collecting_router_logits(router: nn.Module) -> bool:
+    """Whether transformers 5.x collects router logits in this forward (its output-capturing hooks are active and
+    asked for them). A transformers without that collector: whenever the router carries forward hooks."""
+    capture = sys.modules.get("transformers.utils.output_capturing")
+    active = getattr(capture, "_active_collector", None)
+    if active is None:
+        return bool(router._forward_hooks)
+    collected = active.get()
+    return collected is not None and "router_logits" in collected
 
 
 def _repoint_per_expert(experts: nn.ModuleList):
