@@ -121,9 +121,9 @@ def _near_tie_routing_flips(ref_logits, runs: dict, k: int, tie: float = 0.02) -
     found = []
     for name, logits in runs.items():
         for layer, (want, got) in enumerate(zip(ref_logits, logits)):
-            p = torch.softmax(want.detach().double().reshape(-1, want.shape[-1]), dim=-1)
+            p = torch.softmax(want.detach().double().cpu().reshape(-1, want.shape[-1]), dim=-1)
             top = p.topk(k + 1, dim=-1)
-            chosen = got.detach().double().reshape(-1, got.shape[-1]).topk(k, dim=-1).indices.sort(-1).values
+            chosen = got.detach().double().cpu().reshape(-1, got.shape[-1]).topk(k, dim=-1).indices.sort(-1).values
             for t in (chosen != top.indices[:, :k].sort(-1).values).any(-1).nonzero().flatten().tolist():
                 margin = (top.values[t, k - 1] - top.values[t, k]).item()
                 assert margin <= tie, f"{name}: layer {layer} token {t} routed differently under autocast although " \
