@@ -309,11 +309,14 @@ def test_swap_modules_trains_under_autocast(name):
     assert not bad, bad
 
 
-def test_swapped_model_reports_router_logits():
-    """output_router_logits=True (training with the load-balancing loss) on a swapped model: the router logits of
-    every MoE layer and the aux loss equal the unswapped model's, and the router weights get its gradient. transformers
-    5.x records router logits with a hook on the router module, which the fused op does not call: before session 43
-    a swapped 5.x model recorded none and its loss raised IndexError."""
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_swapped_model_reports_router_logits(checkpointing):
+    """output_router_logits=True (training with the load-balancing loss) on a swapped model, with and without
+    gradient checkpointing: the router logits of every MoE layer and the aux loss equal the unswapped model's, and the
+    router weights get its gradient. transformers 5.x records router logits with a hook on the router module, which
+    the fused op does not call: before session 43 a swapped 5.x model recorded none and its loss raised IndexError;
+    and a checkpointed layer's recomputation must call the router as its forward did (else torch.utils.checkpoint
+    raises: a different number of tensors saved)."""
     cfg = CONFIGS["all_moe_bias"]
     ref, sw = make_hf(cfg, 0, torch.float32, "cpu"), make_hf(cfg, 0, torch.float32, "cpu")
     jt.swap_modules(sw)
@@ -321,6 +324,8 @@ def test_swapped_model_reports_router_logits():
     outs = []
     for m in (ref, sw):
         m.train()
+        if checkpointing:
+            m.gradient_checkpointing_enable()
         out = m(ids, labels=ids, use_cache=False, output_router_logits=True)
         out.loss.backward()
         routers = {n: p.grad.clone() for n, p in m.named_parameters() if "router" in n}

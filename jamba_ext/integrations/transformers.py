@@ -334,9 +334,11 @@ class HFJambaSparseMoeBlock(_mj.JambaSparseMoeBlock):
         out = out.view(shape)
         if self._legacy_tuple:
             return out, logits
-        if _collecting_router_logits(self.router):
+        if torch.is_grad_enabled() or _collecting_router_logits(self.router):
             # transformers 5.x records router logits (output_router_logits=True: the aux loss) with a forward hook
-            # on the router module, which our fused op does not call: call it for its hook, only then
+            # on the router module, which our fused op does not call: call it for its hook. Also whenever autograd
+            # records, so that a checkpointed layer's recomputation (no collector active then) saves the same
+            # tensors as its forward did; inference (no_grad) without the logits asked for skips it.
             self.router(hidden_states.reshape(-1, shape[-1]))
         return out
 
