@@ -132,6 +132,20 @@ def _near_tie_routing_flips(ref_logits, runs: dict, k: int, tie: float = 0.02) -
     return ", ".join(found)
 
 
+
+def test_near_tie_routing_flips_helper():
+    """The autocast tests' routing check: no swap gives "", a swap between near-tied experts is named, a swap with a
+    clear fp32 margin fails."""
+    ref = torch.tensor([[3.0, 1.0, 0.99, -2.0], [0.0, 2.0, 1.0, 5.0]])  # top-2 {0, 1} (1 and 2 nearly tie), {3, 1}
+    assert _near_tie_routing_flips((ref,), {"same": (ref + 1e-3,)}, 2) == ""
+    near = ref.clone()
+    near[0, 2] = 1.01                                              # token 0: expert 2 instead of 1
+    assert _near_tie_routing_flips((ref,), {"run": (near,)}, 2) == "run MoE layer 0 token 0 (fp32 margin 0.0011)"
+    far = ref.clone()
+    far[1, 2] = 2.5                                                # token 1: expert 2 instead of 1, margin 0.029
+    with pytest.raises(AssertionError, match="token 1 routed differently"):
+        _near_tie_routing_flips((ref,), {"run": (far,)}, 2)
+
 def make_hf(cfg: dict, seed: int = 0, dtype=torch.float32, device="cpu"):
     # use_mamba_kernels=False: the PyTorch path is the oracle (4.x and early 5.x raise without mamba_ssm
     # when it is True; 5.24 ignores the flag)
