@@ -1614,6 +1614,7 @@ class CausalLMOutput:
     aux_loss: Optional[Tensor] = None
     router_logits: Optional[Tuple[Tensor, ...]] = None
     last_hidden_state: Optional[Tensor] = None
+    hidden_states: Optional[Tuple[Tensor, ...]] = None  # output_hidden_states=True: num_layers + 1 (B, L, H)
 
     @property
     def past_key_values(self):
@@ -1621,7 +1622,7 @@ class CausalLMOutput:
 
     # transformers' MoeCausalLMOutputWithPast order; its to_tuple() and indexing skip the fields that are None, so
     # out[0] is the loss when labels were given (what the transformers Trainer reads), else the logits
-    _TUPLE_FIELDS = ("loss", "aux_loss", "logits", "cache", "router_logits")
+    _TUPLE_FIELDS = ("loss", "aux_loss", "logits", "cache", "hidden_states", "router_logits")
 
     def to_tuple(self) -> tuple:
         return tuple(getattr(self, f) for f in self._TUPLE_FIELDS if getattr(self, f) is not None)
@@ -2079,10 +2080,12 @@ class JambaModel(_PreTrained):
     def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
                 cache: Optional[JambaHybridCache] = None, inputs_embeds: Optional[Tensor] = None,
                 use_cache: bool = False, output_router_logits: bool = False, past_key_values=None,
-                position_ids=None):
+                position_ids=None, hidden_states_out: Optional[list] = None):
         """input_ids (B, L) or inputs_embeds (B, L, H); attention_mask (B, P+L) or (B, L), 1 = token,
         0 = padding (left padding). past_key_values: alias of cache; position_ids: accepted and unused
-        (Jamba has no positional embeddings). Returns (hidden (B, L, H), cache or None, router logits)."""
+        (Jamba has no positional embeddings). Returns (hidden (B, L, H), cache or None, router logits).
+        hidden_states_out: a list that receives transformers' output_hidden_states tuple: the embeddings, the
+        residual stream after each layer but the last, and the final normed hidden state (num_layers + 1 tensors)."""
         cache = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
@@ -2092,6 +2095,8 @@ class JambaModel(_PreTrained):
             cache = JambaHybridCache(self.config, Bsz)
         step, key_mask = self._step(attention_mask, cache, Bsz, L, h.dtype, h.device)
         residual, router_logits = None, []
+        if hidden_states_out is not None:
+            hidden_states_out.append(h)
         self._static_step = step.static                # read by JambaForCausalLM for its LM head
         ckpt = self.gradient_checkpointing and self.training and cache is None and torch.is_grad_enabled()
         if ckpt:
@@ -2108,11 +2113,15 @@ class JambaModel(_PreTrained):
                     h, residual, rl = layer(h, residual, step, cache)
                 if output_router_logits and rl is not None:
                     router_logits.append(rl)
+                if hidden_states_out is not None and i < len(self.layers) - 1:
+                    hidden_states_out.append(h if residual is None else h + residual)   # (the stream, unnormed)
             if residual is None:
                 h = self.final_layernorm(h)
             else:
                 h, _ = _K.add_rms_norm(*_one_dtype(h, residual, self.final_layernorm.weight),
                                        self.final_layernorm.variance_epsilon)
+        if hidden_states_out is not None:
+            hidden_states_out.append(h)
         if cache is not None:
             cache.seq_len += L
             if step.static:                    # device-side bookkeeping only (the mask was set in _step)
@@ -2241,8 +2250,7 @@ def _check_hf_kwargs(where: str, kwargs: dict, noop: Dict[str, tuple], hints: Di
 
 
 # transformers' forward() arguments that JambaForCausalLM.forward accepts at the values that change nothing here
-_HF_NOOP_FORWARD_KWARGS = {"return_dict": (True, None), "output_attentions": (False, None),
-                           "output_hidden_states": (False, None)}
+_HF_NOOP_FORWARD_KWARGS = {"return_dict": (True, None), "output_attentions": (False, None)}
 
 
 class JambaForCausalLM(_PreTrained):
@@ -2264,18 +2272,20 @@ class JambaForCausalLM(_PreTrained):
                 cache: Optional[JambaHybridCache] = None, inputs_embeds: Optional[Tensor] = None,
                 labels: Optional[Tensor] = None, use_cache: bool = False, output_router_logits: bool = False,
                 logits_to_keep: Union[int, Tensor] = 0, past_key_values=None,
-                position_ids=None, num_items_in_batch=None, **hf_kwargs) -> CausalLMOutput:
+                position_ids=None, num_items_in_batch=None, output_hidden_states: bool = False,
+                **hf_kwargs) -> CausalLMOutput:
         """logits_to_keep: n > 0 keeps the last n positions, 0 all, a 1-D tensor the given positions.
         labels (B, L): next-token cross-entropy (shifted inside, -100 ignored) + aux loss when
         output_router_logits. num_items_in_batch (what the transformers Trainer passes under gradient accumulation):
-        the loss sums over the kept targets and divides by it instead of taking their mean. transformers' output
-        flags are accepted at their no-op values (return_dict=True, output_attentions=False,
-        output_hidden_states=False); any other argument raises ValueError naming it."""
+        the loss sums over the kept targets and divides by it instead of taking their mean. output_hidden_states:
+        the output's hidden_states as transformers' (the embeddings, the stream after each layer but the last, the
+        final normed hidden state). transformers' other output flags are accepted at their no-op values
+        (return_dict=True, output_attentions=False); any other argument raises ValueError naming it."""
         if hf_kwargs:                                   # (empty in the model's own calls: decode steps stay lean)
-            _check_hf_kwargs("forward", hf_kwargs, _HF_NOOP_FORWARD_KWARGS,
-                             {"output_hidden_states": "the last hidden state is in the output's last_hidden_state"})
+            _check_hf_kwargs("forward", hf_kwargs, _HF_NOOP_FORWARD_KWARGS, {})
+        states = [] if output_hidden_states else None
         h, cache, router_logits = self.model(input_ids, attention_mask, cache, inputs_embeds, use_cache,
-                                             output_router_logits, past_key_values)
+                                             output_router_logits, past_key_values, hidden_states_out=states)
         if isinstance(logits_to_keep, int):
             hk = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
         else:
@@ -2296,7 +2306,8 @@ class JambaForCausalLM(_PreTrained):
             if loss is not None:
                 loss = loss + self.config.router_aux_loss_coef * aux
         return CausalLMOutput(logits=logits, cache=cache, loss=loss, aux_loss=aux,
-                              router_logits=router_logits or None, last_hidden_state=h)
+                              router_logits=router_logits or None, last_hidden_state=h,
+                              hidden_states=tuple(states) if states is not None else None)
 
     # ---- generation
     @property

@@ -384,7 +384,8 @@ def test_generate_warns_on_right_padding():
 def test_forward_num_items_in_batch_and_hf_flags():
     """num_items_in_batch (the Trainer's, under gradient accumulation): the loss is the sum over kept targets divided
     by it, equal to transformers' loss given the same; return_dict / output_attentions / output_hidden_states at their
-    no-op values are accepted, other values and unknown arguments raise ValueError naming them."""
+    no-op values are accepted, other values (output_hidden_states=True aside: test_output_hidden_states) and unknown
+    arguments raise ValueError naming them."""
     hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
     labels = ids.clone()
@@ -397,9 +398,10 @@ def test_forward_num_items_in_batch_and_hf_flags():
         assert abs(summed.item() - mean.item() * kept / 7) <= 1e-5 * abs(summed.item())
         want = hf(ids, labels=labels, num_items_in_batch=torch.tensor(7), use_cache=False).loss
         assert abs(summed.item() - want.item()) <= 1e-5 * abs(want.item())
-        for kw in (dict(output_hidden_states=True), dict(return_dict=False), dict(token_type_ids=ids)):
+        for kw in (dict(output_attentions=True), dict(return_dict=False), dict(token_type_ids=ids)):
             with pytest.raises(ValueError, match=next(iter(kw))):
                 ours(ids, **kw)
+
 
 
 def test_logits_to_keep():
@@ -1018,6 +1020,43 @@ def test_training_under_autocast(name, checkpointing, device):
     tokens = ours.generate(ids.to(device), max_new_tokens=4)
     with pytest.warns(UserWarning, match="autocast is off"), torch.autocast(device, dtype=torch.bfloat16):
         assert torch.equal(ours.generate(ids.to(device), max_new_tokens=4), tokens)
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
+def test_output_hidden_states(name, device):
+    """output_hidden_states=True gives transformers' tuple (the embeddings, the residual stream after each layer but
+    the last, the final normed hidden state: num_layers + 1 tensors), each within fp32 rounding of transformers',
+    the last one the output's last_hidden_state; in the output's tuple form before the router logits; and a loss on
+    an inner hidden state trains the layers below it as transformers' does (with gradient checkpointing too)."""
+    cfg = CONFIGS[name]
+    hf, ours = make_pair(cfg)
+    ours = ours.to(device)
+    ids = prompt_ids(2, 9, cfg["vocab_size"])
+    with torch.no_grad():
+        want = hf(ids, use_cache=False, output_hidden_states=True).hidden_states
+        out = ours(ids.to(device), output_hidden_states=True, output_router_logits=True)
+    assert len(out.hidden_states) == len(want) == cfg["num_hidden_layers"] + 1
+    for i, (a, b) in enumerate(zip(out.hidden_states, want)):
+        assert a.shape == b.shape and rel_err(a.cpu(), b) <= FP32_REL, i
+    assert out.hidden_states[-1] is out.last_hidden_state
+    assert out.to_tuple()[-2] is out.hidden_states and out.to_tuple()[-1] is out.router_logits
+    assert ours(ids.to(device)).hidden_states is None
+    for checkpointing in (False, True):
+        hf.train()
+        ours.train()
+        if checkpointing:
+            ours.gradient_checkpointing_enable()
+        hf.zero_grad(set_to_none=True)
+        ours.zero_grad(set_to_none=True)
+        hf(ids, use_cache=False, output_hidden_states=True).hidden_states[2].square().mean().backward()
+        ours(ids.to(device), output_hidden_states=True).hidden_states[2].square().mean().backward()
+        theirs = hf_grads(hf)
+        for pname, p in ours.named_parameters():
+            if pname.startswith("model.layers.0.") or pname.startswith("model.layers.1."):
+                assert rel_err(p.grad.cpu(), theirs[pname]) <= 1e-4, (checkpointing, pname)
+            elif not pname.startswith("model.embed_tokens"):
+                assert p.grad is None or not p.grad.any(), (checkpointing, pname)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
