@@ -42,7 +42,7 @@ from . import moe as _moe
 from . import ops as _ops
 from . import reference as _reference
 
-__all__ = ["JambaConfig", "JambaModel", "JambaForCausalLM", "JambaHybridCache", "CausalLMOutput",
+__all__ = ["JambaConfig", "JambaModel", "JambaForCausalLM", "JambaHybridCache", "CausalLMOutput", "GenerateOutput",
            "to_per_expert_state_dict", "set_backend"]
 
 
@@ -1606,8 +1606,27 @@ def _iter_file(fpath: str) -> Iterable[Tuple[str, Tensor, str]]:
 
 
 # ---- models --------------------------------------------------------------------------------------------
+class _TupleOutput:
+    """transformers' ModelOutput behaviour for our output dataclasses: to_tuple() and indexing skip the fields that
+    are None (in _TUPLE_FIELDS order); out["name"] reads a field (_ALIASES: other names of a field)."""
+    _TUPLE_FIELDS: Tuple[str, ...] = ()
+    _ALIASES: Dict[str, str] = {}
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, f) for f in self._TUPLE_FIELDS if getattr(self, f) is not None)
+
+    def __getitem__(self, key):
+        """out["loss"] (a field by name) or out[i] / out[a:b] (to_tuple()), as transformers' model outputs."""
+        if isinstance(key, str):
+            key = self._ALIASES.get(key, key)
+            if key not in self.__dataclass_fields__:
+                raise KeyError(key)
+            return getattr(self, key)
+        return self.to_tuple()[key]
+
+
 @dataclass
-class CausalLMOutput:
+class CausalLMOutput(_TupleOutput):
     logits: Optional[Tensor] = None                 # (B, L_kept, V) in model dtype
     cache: Optional[JambaHybridCache] = None
     loss: Optional[Tensor] = None
@@ -1623,20 +1642,19 @@ class CausalLMOutput:
     # transformers' MoeCausalLMOutputWithPast order; its to_tuple() and indexing skip the fields that are None, so
     # out[0] is the loss when labels were given (what the transformers Trainer reads), else the logits
     _TUPLE_FIELDS = ("loss", "aux_loss", "logits", "cache", "hidden_states", "router_logits")
+    _ALIASES = {"past_key_values": "cache"}
 
-    def to_tuple(self) -> tuple:
-        return tuple(getattr(self, f) for f in self._TUPLE_FIELDS if getattr(self, f) is not None)
 
-    def __getitem__(self, key):
-        """out["loss"] (a field by name; "past_key_values" is the cache) or out[i] / out[a:b] (to_tuple()), as
-        transformers' model outputs."""
-        if isinstance(key, str):
-            if key == "past_key_values":
-                return self.cache
-            if key not in self.__dataclass_fields__:
-                raise KeyError(key)
-            return getattr(self, key)
-        return self.to_tuple()[key]
+@dataclass
+class GenerateOutput(_TupleOutput):
+    """generate(return_dict_in_generate=True), as transformers' GenerateDecoderOnlyOutput: sequences (B, T + n); scores
+    (output_scores=True): per new token the fp32 scores (B, V) the token was picked from (after repetition_penalty,
+    min_new_tokens and, when sampling, temperature / top_k / top_p; -inf where filtered); logits (output_logits=True):
+    per new token the raw fp32 logits (B, V)."""
+    sequences: Optional[Tensor] = None
+    scores: Optional[Tuple[Tensor, ...]] = None
+    logits: Optional[Tuple[Tensor, ...]] = None
+    _TUPLE_FIELDS = ("sequences", "scores", "logits")
 
 
 class _PreTrained(nn.Module):
@@ -2225,8 +2243,7 @@ class _DecodeGraph:
 
 # transformers' generate() arguments that JambaForCausalLM.generate accepts at the values that change nothing here
 _HF_NOOP_GENERATE_KWARGS = {
-    "use_cache": (True, None), "num_beams": (1, None), "num_beam_groups": (1, None), "output_scores": (False, None),
-    "output_logits": (False, None), "return_dict_in_generate": (False, None), "output_attentions": (False, None),
+    "use_cache": (True, None), "num_beams": (1, None), "num_beam_groups": (1, None), "output_attentions": (False, None),
     "output_hidden_states": (False, None), "synced_gpus": (False, None), "early_stopping": (False, None),
     "length_penalty": (1.0, None), "no_repeat_ngram_size": (0, None), "typical_p": (1.0, None),
 }
@@ -2359,7 +2376,8 @@ class JambaForCausalLM(_PreTrained):
                  static_cache: Optional[bool] = None, prefill_chunk: Optional[int] = None,
                  prefill_progress: Optional[Callable[[int, int], None]] = None,
                  repetition_penalty: float = 1.0, min_new_tokens: int = 0, num_return_sequences: int = 1,
-                 **hf_kwargs) -> Tensor:
+                 return_dict_in_generate: bool = False, output_scores: bool = False, output_logits: bool = False,
+                 **hf_kwargs) -> Union[Tensor, "GenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
@@ -2377,7 +2395,9 @@ class JambaForCausalLM(_PreTrained):
         enqueued before the host waits for a token (RUN_AHEAD), so the Python work of a step overlaps the
         GPU work of the one before; when every sequence has stopped, that one step is computed and discarded.
         max_length (prompt + new), when given, overrides max_new_tokens. Returns LongTensor (B, T + n),
-        n <= max_new_tokens.
+        n <= max_new_tokens; with return_dict_in_generate=True a GenerateOutput (transformers' fields: sequences, and
+        with output_scores / output_logits the per-step fp32 scores the tokens were picked from / raw logits, (B, V)
+        each; without return_dict_in_generate those two flags change nothing, as in transformers).
 
         static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
         at T + max_new_tokens, attention over the whole buffer under a device-side length mask); same
@@ -2396,7 +2416,10 @@ class JambaForCausalLM(_PreTrained):
         """
         _check_hf_kwargs("generate", hf_kwargs, _HF_NOOP_GENERATE_KWARGS, {"": (
             "its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, top_p, "
-            "repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer")})
+            "repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer, "
+            "return_dict_in_generate, output_scores, output_logits")})
+        keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
+        scores_out, logits_out = [], []
         if num_return_sequences < 1:
             raise ValueError(f"num_return_sequences: expected >= 1, got {num_return_sequences}")
         dev = self.device
@@ -2444,7 +2467,8 @@ class JambaForCausalLM(_PreTrained):
         if max_new_tokens == 0:
             if streamer is not None and hasattr(streamer, "end"):
                 streamer.end()
-            return input_ids
+            return GenerateOutput(input_ids, () if keep_scores else None, () if keep_logits else None) if \
+                return_dict_in_generate else input_ids
         if cuda_graph is None:
             cuda_graph = dev.type == "cuda" and max_new_tokens >= GRAPH_MIN_NEW_TOKENS and static_cache is not False
         static = bool(cuda_graph) if static_cache is None else bool(static_cache)
@@ -2477,12 +2501,18 @@ class JambaForCausalLM(_PreTrained):
         if repetition_penalty != 1.0:
             seen = torch.zeros(logits.shape, dtype=torch.bool, device=dev).scatter_(1, input_ids.to(dev), True)
         for i in range(max_new_tokens):
+            if keep_logits:                        # (a copy: a replayed graph overwrites its logits buffer)
+                logits_out.append(logits.to(torch.float32, copy=True))
             if seen is not None:
                 lf = logits.float()
                 logits = torch.where(seen, torch.where(lf < 0, lf * repetition_penalty, lf / repetition_penalty), lf)
             if i < min_new_tokens and eos_t is not None:
                 logits = logits.index_fill(1, eos_t, float("-inf"))
-            nxt = self._pick(logits, do_sample, temperature, top_k, top_p, gen)                   # (B,)
+            scores = self._warp(logits, do_sample, temperature, top_k, top_p)
+            if keep_scores:
+                scores_out.append(scores.to(torch.float32, copy=True))
+            nxt = scores.argmax(dim=-1) if not do_sample else \
+                torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=gen)[:, 0]               # (B,)
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
             if seen is not None:
                 seen.scatter_(1, nxt[:, None], True)
@@ -2508,6 +2538,9 @@ class JambaForCausalLM(_PreTrained):
                 logits = self._decode_step(nxt, cache, graph)
         if streamer is not None and hasattr(streamer, "end"):
             streamer.end()
+        if return_dict_in_generate:
+            return GenerateOutput(torch.cat(out, dim=1), tuple(scores_out) if keep_scores else None,
+                                  tuple(logits_out) if keep_logits else None)
         return torch.cat(out, dim=1)
 
     def _decode_step(self, tokens: Tensor, cache: "JambaHybridCache", graph: Optional["_DecodeGraph"]) -> Tensor:
@@ -2517,11 +2550,11 @@ class JambaForCausalLM(_PreTrained):
         return self(tokens[:, None], cache=cache).logits[:, -1]
 
     @staticmethod
-    def _pick(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
-              gen: Optional[torch.Generator]) -> Tensor:
-        """logits (B, V) -> token ids (B,)."""
+    def _warp(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float) -> Tensor:
+        """logits (B, V) -> the scores a token is picked from: greedy, the logits as they are (argmax); sampling, fp32
+        logits / temperature, then top_k, then top_p (nucleus) filtering (-inf where filtered)."""
         if not do_sample:
-            return logits.argmax(dim=-1)
+            return logits
         scores = logits.float() / temperature
         if top_k and top_k < scores.shape[-1]:
             kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
@@ -2532,5 +2565,4 @@ class JambaForCausalLM(_PreTrained):
             drop = cum <= (1 - top_p)                     # the low tail whose mass is at most 1 - top_p
             drop[:, -1] = False                           # always keep the most likely token
             scores = scores.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        return torch.multinomial(probs, 1, generator=gen)[:, 0]
+        return scores

@@ -285,6 +285,44 @@ def test_generate_min_new_tokens_matches_transformers():
         ours.generate(ids, max_new_tokens=2, min_new_tokens=-1)
 
 
+def _same_scores(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Two (B, V) score tensors agree: -inf at the same places, the rest within fp32 rounding."""
+    fin = torch.isfinite(b)
+    return torch.equal(torch.isfinite(a), fin) and rel_err(a[fin], b[fin]) <= FP32_REL
+
+
+def test_generate_scores_and_logits_match_transformers():
+    """generate(return_dict_in_generate=True, output_scores=True, output_logits=True), as transformers': the sequences,
+    per new token the raw fp32 logits and the scores the token was picked from (greedy: after repetition_penalty and
+    min_new_tokens; sampled: after temperature, top_k and top_p too, -inf where filtered; compared at the first step,
+    where both runs have the same prefix); the tokens are those of the plain call; output_scores alone changes
+    nothing (a tensor, as transformers)."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    kw = dict(max_new_tokens=7, repetition_penalty=1.3, min_new_tokens=3)
+    out_kw = dict(return_dict_in_generate=True, output_scores=True, output_logits=True)
+    with torch.no_grad():
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **kw, **out_kw)
+        got = ours.generate(ids, **kw, **out_kw)
+        assert got.sequences.tolist() == want.sequences.tolist() == ours.generate(ids, **kw).tolist()
+        assert len(got.scores) == len(got.logits) == len(want.scores) == got.sequences.shape[1] - 9
+        for i, (sa, sb, la, lb) in enumerate(zip(got.scores, want.scores, got.logits, want.logits)):
+            assert sa.dtype == la.dtype == torch.float32 and sa.shape == (2, 101), i
+            assert _same_scores(sa, sb) and _same_scores(la, lb), i
+            assert torch.equal(sa.argmax(-1), got.sequences[:, 9 + i]), i
+        assert torch.isinf(got.scores[0][:, hf.generation_config.eos_token_id]).all()  # min_new_tokens
+        assert got[0] is got.sequences and got["scores"] is got.scores and len(got.to_tuple()) == 3
+        samp = dict(do_sample=True, temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=5)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), **samp, **out_kw)
+        got = ours.generate(ids, seed=3, **samp, **out_kw)
+        assert _same_scores(got.scores[0], want.scores[0]) and _same_scores(got.logits[0], want.logits[0])
+        assert 0 < int(torch.isfinite(got.scores[0]).sum(-1).max()) <= 20
+        assert torch.equal(got.sequences, ours.generate(ids, seed=3, **samp))
+        only = ours.generate(ids, max_new_tokens=2, output_scores=True)
+        assert isinstance(only, torch.Tensor) and only.shape == (2, 11)
+        none = ours.generate(ids, max_new_tokens=0, return_dict_in_generate=True, output_scores=True)
+        assert torch.equal(none.sequences, ids) and none.scores == () and none.logits is None
+
 def test_generate_num_return_sequences_and_hf_arguments():
     """num_return_sequences=n: each prompt n times in a row (greedy: n copies of the single run; sampled: different
     continuations of the same prompt); transformers' arguments at their no-op values are accepted, any other value or

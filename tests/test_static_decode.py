@@ -264,6 +264,16 @@ def test_cuda_graph_generate_matches_eager(name, dtype):
             assert s_gr.tolist() == s_sta.tolist(), f"batch {batch}: sampled"
             if dtype == torch.float32:
                 assert s_gr.tolist() == ours.generate(ids, mask, **kw).tolist()
+            # per-step logits and scores (return_dict_in_generate) copied out of the replayed graph's buffer: the
+            # eager static decode's, step by step
+            out_kw = dict(max_new_tokens=n, eos_token_id=None, return_dict_in_generate=True, output_scores=True,
+                          output_logits=True, repetition_penalty=1.2)
+            g = ours.generate(ids, mask, cuda_graph=True, **out_kw)
+            e = ours.generate(ids, mask, static_cache=True, **out_kw)
+            assert g.sequences.tolist() == e.sequences.tolist() and len(g.logits) == len(g.scores) == n
+            for i in range(n):
+                assert torch.allclose(g.logits[i], e.logits[i], rtol=1e-5, atol=1e-5), (batch, i)
+                assert torch.allclose(g.scores[i], e.scores[i], rtol=1e-5, atol=1e-5), (batch, i)
 
 
 @pytest.mark.parametrize("lq,lk,masked", [(1, 37, False), (1, 37, True), (16, 64, True), (17, 17, False)])
