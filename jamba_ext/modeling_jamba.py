@@ -2241,6 +2241,31 @@ class _DecodeGraph:
         return self.logits
 
 
+def _run_processors(processors, input_ids: Tensor, scores: Tensor) -> Tensor:
+    """transformers' logits processors on one step's scores: a LogitsProcessorList or one processor (callables
+    (input_ids, scores) -> scores), or a plain list of them, applied in order."""
+    if callable(processors):
+        return processors(input_ids, scores)
+    for p in processors:
+        scores = p(input_ids, scores)
+    return scores
+
+
+def _run_criteria(criteria, input_ids: Tensor, scores: Tensor) -> Tensor:
+    """transformers' stopping criteria after one step: a StoppingCriteriaList or one criterion (callables
+    (input_ids, scores) -> bool tensor (B,) or a bool), or a plain list of them (any stops a sequence) -> (B,) bool."""
+    B = input_ids.shape[0]
+
+    def rows(r) -> Tensor:
+        return torch.as_tensor(r, device=input_ids.device).to(torch.bool).reshape(-1).expand(B)
+    if callable(criteria):
+        return rows(criteria(input_ids, scores))
+    stop = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+    for c in criteria:
+        stop = stop | rows(c(input_ids, scores))
+    return stop
+
+
 # transformers' generate() arguments that JambaForCausalLM.generate accepts at the values that change nothing here
 _HF_NOOP_GENERATE_KWARGS = {
     "use_cache": (True, None), "num_beams": (1, None), "num_beam_groups": (1, None), "output_attentions": (False, None),
@@ -2377,6 +2402,7 @@ class JambaForCausalLM(_PreTrained):
                  prefill_progress: Optional[Callable[[int, int], None]] = None,
                  repetition_penalty: float = 1.0, min_new_tokens: int = 0, num_return_sequences: int = 1,
                  return_dict_in_generate: bool = False, output_scores: bool = False, output_logits: bool = False,
+                 logits_processor=None, stopping_criteria=None,
                  **hf_kwargs) -> Union[Tensor, "GenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
@@ -2398,6 +2424,13 @@ class JambaForCausalLM(_PreTrained):
         n <= max_new_tokens; with return_dict_in_generate=True a GenerateOutput (transformers' fields: sequences, and
         with output_scores / output_logits the per-step fp32 scores the tokens were picked from / raw logits, (B, V)
         each; without return_dict_in_generate those two flags change nothing, as in transformers).
+        logits_processor / stopping_criteria: transformers' (a LogitsProcessorList / StoppingCriteriaList, a list of
+        such callables, or one): each processor is called as p(input_ids so far (B, T + i), fp32 scores (B, V)) ->
+        scores after repetition_penalty and min_new_tokens and before the sampling filters (transformers' order);
+        each criterion as c(input_ids with the new token, scores) -> bool per sequence (or one bool): a sequence it
+        stops is finished as at an EOS (pad_token_id after it, where EOS ids are set: with eos_token_id=None it goes
+        on until every sequence has stopped, as in transformers). Both run on the host side of every step (a host
+        wait per step for the criteria).
 
         static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
         at T + max_new_tokens, attention over the whole buffer under a device-side length mask); same
@@ -2417,7 +2450,7 @@ class JambaForCausalLM(_PreTrained):
         _check_hf_kwargs("generate", hf_kwargs, _HF_NOOP_GENERATE_KWARGS, {"": (
             "its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, top_p, "
             "repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer, "
-            "return_dict_in_generate, output_scores, output_logits")})
+            "return_dict_in_generate, output_scores, output_logits, logits_processor, stopping_criteria")})
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
         if num_return_sequences < 1:
@@ -2508,12 +2541,15 @@ class JambaForCausalLM(_PreTrained):
                 logits = torch.where(seen, torch.where(lf < 0, lf * repetition_penalty, lf / repetition_penalty), lf)
             if i < min_new_tokens and eos_t is not None:
                 logits = logits.index_fill(1, eos_t, float("-inf"))
+            if logits_processor is not None:
+                logits = _run_processors(logits_processor, torch.cat(out, dim=1), logits.float())
             scores = self._warp(logits, do_sample, temperature, top_k, top_p)
             if keep_scores:
                 scores_out.append(scores.to(torch.float32, copy=True))
             nxt = scores.argmax(dim=-1) if not do_sample else \
                 torch.multinomial(torch.softmax(scores, dim=-1), 1, generator=gen)[:, 0]               # (B,)
-            nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
+            if eos_t is not None:                  # (transformers pads finished sequences only when EOS ids are set)
+                nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
             if seen is not None:
                 seen.scatter_(1, nxt[:, None], True)
             out.append(nxt[:, None])
@@ -2523,6 +2559,10 @@ class JambaForCausalLM(_PreTrained):
                 ready.record()
             if eos_t is not None:
                 unfinished &= ~torch.isin(nxt, eos_t)
+            if stopping_criteria is not None:
+                stop = _run_criteria(stopping_criteria, torch.cat(out, dim=1), scores)
+                unfinished &= ~stop
+                done_h |= stop.cpu()                # (a host wait: custom criteria decide on the host's side)
             more = i + 1 < max_new_tokens
             if ahead and more:                     # enqueue the next step before waiting for this token
                 logits = self._decode_step(nxt, cache, graph)
@@ -2530,8 +2570,9 @@ class JambaForCausalLM(_PreTrained):
                 ready.synchronize()                # this token is on the host; the next step keeps the GPU busy
             if put is not None:
                 put(host[i])
-            if eos_h is not None:
-                done_h |= torch.isin(host[i], eos_h)
+            if eos_h is not None or stopping_criteria is not None:
+                if eos_h is not None:
+                    done_h |= torch.isin(host[i], eos_h)
                 if bool(done_h.all()):
                     break                          # (ahead: the step enqueued above is discarded)
             if not ahead and more:

@@ -323,6 +323,51 @@ def test_generate_scores_and_logits_match_transformers():
         none = ours.generate(ids, max_new_tokens=0, return_dict_in_generate=True, output_scores=True)
         assert torch.equal(none.sequences, ids) and none.scores == () and none.logits is None
 
+def test_generate_logits_processor_and_stopping_criteria_match_transformers():
+    """generate(logits_processor=..., stopping_criteria=...) with transformers' list classes, or plain lists / single
+    callables: the processors see the tokens so far and the scores after repetition_penalty (before the sampling
+    filters), the criteria stop single sequences (padded after, as at an EOS) or all; the same sequences and scores
+    as transformers' generate."""
+    from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+
+    class Ban(LogitsProcessor):          # bans the token the sequence's last token names (mod V), and token 7
+        def __call__(self, input_ids, scores):
+            scores = scores.clone()
+            scores.scatter_(1, input_ids[:, -1:] % scores.shape[1], float("-inf"))
+            scores[:, 7] = float("-inf")
+            return scores
+
+    class StopAfter(StoppingCriteria):   # stops a sequence once it holds `tok` among its new tokens
+        def __init__(self, tok, T):
+            self.tok, self.T = tok, T
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return (input_ids[:, self.T:] == self.tok).any(dim=1)
+
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    kw = dict(max_new_tokens=10, repetition_penalty=1.2, return_dict_in_generate=True, output_scores=True)
+    with torch.no_grad():
+        plain = ours.generate(ids, max_new_tokens=10, repetition_penalty=1.2, eos_token_id=None,
+                              logits_processor=[Ban()])
+        tok = int(plain[0, 9 + 3])               # row 0 stops at its 4th new token
+        assert tok not in plain[1, 9:].tolist()[:4]
+        # eos 7 (banned: never picked) makes finished sequences padded; without EOS ids they go on (transformers)
+        for eos, lp, sc in ((7, LogitsProcessorList([Ban()]), StoppingCriteriaList([StopAfter(tok, 9)])),
+                            (7, [Ban()], [StopAfter(tok, 9)]), (None, Ban(), StopAfter(tok, 9))):
+            got = ours.generate(ids, logits_processor=lp, stopping_criteria=sc, eos_token_id=eos, **kw)
+            want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0,
+                               logits_processor=LogitsProcessorList([Ban()]), eos_token_id=eos,
+                               stopping_criteria=StoppingCriteriaList([StopAfter(tok, 9)]), **kw)
+            assert got.sequences.tolist() == want.sequences.tolist(), type(lp)
+            assert got.sequences[0, 9 + 4:].eq(0).all() == (eos is not None) and not (got.sequences[:, 9:] == 7).any()
+            assert len(got.scores) == len(want.scores)
+            for a, b in zip(got.scores, want.scores):
+                assert _same_scores(a, b)
+        # a criterion that stops every sequence ends generation there
+        short = ours.generate(ids, max_new_tokens=10, eos_token_id=None, stopping_criteria=lambda i, s: i.shape[1] >= 12)
+        assert short.shape == (2, 12)
+
 def test_generate_num_return_sequences_and_hf_arguments():
     """num_return_sequences=n: each prompt n times in a row (greedy: n copies of the single run; sampled: different
     continuations of the same prompt); transformers' arguments at their no-op values are accepted, any other value or
