@@ -597,6 +597,32 @@ def _outside_autocast(fn):
     return call
 
 
+# a GenerationConfig's fields that say nothing about how to generate (ids of other models, bookkeeping)
+_GENERATION_CONFIG_IGNORED = ("transformers_version", "_from_model_config", "_commit_hash", "bos_token_id",
+                              "decoder_start_token_id")
+
+
+def _with_generation_config(fn):
+    """generate(..., generation_config=GenerationConfig(...)) and generate(inputs=...), as transformers': the config's
+    non-default fields become arguments, those given explicitly win; fields the generate here does not take go to its
+    argument check (accepted at their no-op values, else a ValueError naming them)."""
+
+    @functools.wraps(fn)
+    def call(self, *args, generation_config=None, inputs=None, **kwargs):
+        if inputs is not None:
+            if args or "input_ids" in kwargs:
+                raise ValueError("generate: give the prompt as input_ids or inputs, not both")
+            kwargs["input_ids"] = inputs
+        if generation_config is not None:
+            diff = generation_config.to_diff_dict() if hasattr(generation_config, "to_diff_dict") else \
+                dict(vars(generation_config))
+            for k, v in diff.items():
+                if k not in _GENERATION_CONFIG_IGNORED and not k.startswith("_") and k not in kwargs:
+                    kwargs[k] = v
+        return fn(self, *args, **kwargs)
+    return call
+
+
 def _amp_call(dtype: Optional[torch.dtype], layer: nn.Module, h: Tensor, residual: Optional[Tensor], step):
     """layer(h, residual, step) with _amp = dtype (a checkpointed layer: its recomputation runs in the backward)."""
     global _amp
@@ -2393,6 +2419,7 @@ class JambaForCausalLM(_PreTrained):
 
     @torch.no_grad()
     @_outside_autocast
+    @_with_generation_config
     def generate(self, input_ids, attention_mask: Optional[Tensor] = None, max_new_tokens: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
                  seed: Optional[int] = None, eos_token_id: Union[None, int, Sequence[int]] = "config",
@@ -2430,7 +2457,8 @@ class JambaForCausalLM(_PreTrained):
         each criterion as c(input_ids with the new token, scores) -> bool per sequence (or one bool): a sequence it
         stops is finished as at an EOS (pad_token_id after it, where EOS ids are set: with eos_token_id=None it goes
         on until every sequence has stopped, as in transformers). Both run on the host side of every step (a host
-        wait per step for the criteria).
+        wait per step for the criteria). generation_config= (a transformers GenerationConfig: its non-default fields
+        as arguments, explicit arguments winning) and inputs= (the prompt) are taken too (_with_generation_config).
 
         static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
         at T + max_new_tokens, attention over the whole buffer under a device-side length mask); same

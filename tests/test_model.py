@@ -368,6 +368,27 @@ def test_generate_logits_processor_and_stopping_criteria_match_transformers():
         short = ours.generate(ids, max_new_tokens=10, eos_token_id=None, stopping_criteria=lambda i, s: i.shape[1] >= 12)
         assert short.shape == (2, 12)
 
+def test_generate_generation_config_and_inputs():
+    """generate(generation_config=GenerationConfig(...)): its non-default fields act as arguments (the same tokens as
+    transformers' generate with that config), arguments given explicitly win, a field the generate here cannot honour
+    raises naming it; inputs= is transformers' name of the prompt."""
+    from transformers import GenerationConfig
+
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    gc = GenerationConfig(max_new_tokens=6, repetition_penalty=1.3, min_new_tokens=2, eos_token_id=5, pad_token_id=0)
+    with torch.no_grad():
+        got = ours.generate(ids, generation_config=gc)
+        assert got.tolist() == ours.generate(ids, max_new_tokens=6, repetition_penalty=1.3, min_new_tokens=2,
+                                             eos_token_id=5, pad_token_id=0).tolist()
+        assert got.tolist() == hf.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gc).tolist()
+        assert ours.generate(ids, generation_config=gc, max_new_tokens=3).shape == (2, 12)
+        assert ours.generate(inputs=ids, max_new_tokens=3).tolist() == ours.generate(ids, max_new_tokens=3).tolist()
+        with pytest.raises(ValueError, match="num_beams=4"):
+            ours.generate(ids, generation_config=GenerationConfig(num_beams=4))
+        with pytest.raises(ValueError, match="not both"):
+            ours.generate(ids, inputs=ids)
+
 def test_generate_num_return_sequences_and_hf_arguments():
     """num_return_sequences=n: each prompt n times in a row (greedy: n copies of the single run; sampled: different
     continuations of the same prompt); transformers' arguments at their no-op values are accepted, any other value or
