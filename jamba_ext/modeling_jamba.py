@@ -258,11 +258,22 @@ class JambaConfig:
         e = self.eos_token_id
         return [] if e is None else ([e] if isinstance(e, int) else list(e))
 
+    # transformers' PretrainedConfig fields and helpers that libraries read (PEFT, the Trainer, evaluation harnesses)
+    is_encoder_decoder = False
+    use_return_dict = True
+
+    def get_text_config(self, *args, **kwargs) -> "JambaConfig":
+        return self
+
     # -- (de)serialisation
     def to_dict(self) -> dict:
         d = {k: v for k, v in vars(self).items() if not k.startswith("_")}
         d["model_type"] = "jamba"
         return d
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """config.json's text (transformers' name; every field, whatever use_diff says)."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_dict(cls, d: dict) -> "JambaConfig":
@@ -293,7 +304,7 @@ class JambaConfig:
     def save_pretrained(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "config.json"), "w") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write(self.to_json_string())
 
     def to_transformers(self):
         """The equivalent transformers.JambaConfig (needs transformers)."""
@@ -1719,7 +1730,21 @@ class _PreTrained(nn.Module):
     def _retie(self) -> None:
         pass
 
+    def tie_weights(self) -> None:
+        """transformers' name: ties lm_head to the token embedding when config.tie_word_embeddings (else nothing)."""
+        self._retie()
+
+    def get_memory_footprint(self, return_buffers: bool = True) -> int:
+        """transformers' helper: bytes of the parameters (and buffers), each tensor's storage counted once."""
+        seen, total = set(), 0
+        for t in list(self.parameters()) + (list(self.buffers()) if return_buffers else []):
+            if t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.nelement() * t.element_size()
+        return total
+
     supports_gradient_checkpointing = True             # (what transformers' Trainer and PEFT look for)
+    main_input_name = "input_ids"                      # (transformers' Trainer and pipelines read it)
 
     def get_input_embeddings(self) -> nn.Embedding:
         """The token embedding (transformers' name; PEFT and resizing code call it)."""
@@ -2335,6 +2360,11 @@ class JambaForCausalLM(_PreTrained):
     def _retie(self) -> None:
         if self.config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+
+    @classmethod
+    def can_generate(cls) -> bool:
+        """transformers' check (pipelines, PEFT, evaluation harnesses): this model generates."""
+        return True
 
     def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
                 cache: Optional[JambaHybridCache] = None, inputs_embeds: Optional[Tensor] = None,

@@ -389,6 +389,25 @@ def test_generate_generation_config_and_inputs():
         with pytest.raises(ValueError, match="not both"):
             ours.generate(ids, inputs=ids)
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_transformers_style_helpers(tied, tmp_path):
+    """The small transformers names libraries read: can_generate(), main_input_name, tie_weights() (re-ties a replaced
+    lm_head only when config.tie_word_embeddings), get_memory_footprint() (transformers' figure for the same weights,
+    a tied matrix once), and on the config is_encoder_decoder, use_return_dict, get_text_config(), to_json_string()
+    (what save_pretrained writes)."""
+    hf, ours = make_pair(dict(CONFIGS["attn1_moe_top2"], tie_word_embeddings=tied))
+    assert ours.can_generate() and type(ours).can_generate() and ours.main_input_name == "input_ids"
+    assert ours.get_memory_footprint(return_buffers=False) == hf.get_memory_footprint(return_buffers=False)
+    assert ours.get_memory_footprint() >= ours.get_memory_footprint(return_buffers=False)
+    ours.lm_head.weight = torch.nn.Parameter(ours.lm_head.weight.detach().clone())
+    ours.tie_weights()
+    assert (ours.lm_head.weight is ours.model.embed_tokens.weight) == tied
+    cfg = ours.config
+    assert cfg.is_encoder_decoder is False and cfg.use_return_dict is True and cfg.get_text_config() is cfg
+    assert json.loads(cfg.to_json_string()) == cfg.to_dict()
+    cfg.save_pretrained(str(tmp_path))
+    assert (tmp_path / "config.json").read_text() == cfg.to_json_string()
+
 def test_generate_num_return_sequences_and_hf_arguments():
     """num_return_sequences=n: each prompt n times in a row (greedy: n copies of the single run; sampled: different
     continuations of the same prompt); transformers' arguments at their no-op values are accepted, any other value or
