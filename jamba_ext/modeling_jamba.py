@@ -261,6 +261,8 @@ class JambaConfig:
     # transformers' PretrainedConfig fields and helpers that libraries read (PEFT, the Trainer, evaluation harnesses)
     is_encoder_decoder = False
     use_return_dict = True
+    _commit_hash = None                    # (transformers 4.x's pipeline reads these two)
+    task_specific_params = None
 
     def get_text_config(self, *args, **kwargs) -> "JambaConfig":
         return self

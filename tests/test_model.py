@@ -408,6 +408,24 @@ def test_transformers_style_helpers(tied, tmp_path):
     cfg.save_pretrained(str(tmp_path))
     assert (tmp_path / "config.json").read_text() == cfg.to_json_string()
 
+def test_transformers_text_generation_pipeline():
+    """transformers' pipeline("text-generation") runs our model as it runs transformers' own, with the same text
+    (greedy), the generate arguments passed through."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, pipeline
+
+    words = Tokenizer(models.WordLevel({f"w{i}": i for i in range(101)}, unk_token="w3"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=words, unk_token="w3", pad_token="w0", eos_token="w2",
+                                  bos_token="w1")
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    prompt = "w5 w6 w7"
+    want = pipeline("text-generation", model=hf, tokenizer=tok)(prompt, max_new_tokens=6, do_sample=False,
+                                                                 repetition_penalty=1.2)
+    got = pipeline("text-generation", model=ours, tokenizer=tok)(prompt, max_new_tokens=6, do_sample=False,
+                                                                  repetition_penalty=1.2)
+    assert got == want and got[0]["generated_text"].startswith(prompt) and len(got[0]["generated_text"]) > len(prompt)
+
 def test_generate_num_return_sequences_and_hf_arguments():
     """num_return_sequences=n: each prompt n times in a row (greedy: n copies of the single run; sampled: different
     continuations of the same prompt); transformers' arguments at their no-op values are accepted, any other value or
