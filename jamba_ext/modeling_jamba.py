@@ -1062,6 +1062,12 @@ class JambaMambaMixer(nn.Module):
         else:
             xz = self.in_proj(hidden_states).transpose(1, 2).contiguous()
         x, z = xz.split(DI, dim=1)  # (B, DI, Lp) views; split, not two slices: its backward is one cat
+        if mamba_mask is not None and getattr(self.in_proj, "bias", None) is not None:
+            # an in_proj bias (mamba_proj_bias) makes x non-zero at the pads although its input was zeroed: zero x
+            # there again (transformers 4.x and 5.0 mask x after in_proj; 5.17-5.24 only the input, so the bias of
+            # the pads reaches the first real tokens through the conv window: 0.11-0.21 off a separate run's logits)
+            m = mamba_mask if Lp == L else F.pad(mamba_mask, (0, Lp - L))
+            x = x * m[:, None, :].to(x.dtype)
         # 2. depthwise causal conv + SiLU; final state = last K pre-conv inputs (HF cache layout)
         S = self.conv_kernel_size if keep_state else 0
         x_in, conv0 = x, conv_state

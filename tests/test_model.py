@@ -724,10 +724,14 @@ def test_from_pretrained_clear_errors(tmp_path):
 
 
 # ---- padding, cache, generation ----------------------------------------------------------------------------
-def test_padded_batch_equals_separate_runs():
-    cfg = CONFIGS["attn1_moe_top2"]
+@pytest.mark.parametrize("name", ["attn1_moe_top2", "all_moe_bias"])
+def test_padded_batch_equals_separate_runs(name):
+    """Left padding changes nothing: each prompt of a padded batch gets the logits, decode steps and tokens it gets
+    alone. all_moe_bias has an in_proj bias (mamba_proj_bias): its x at the pads must be zeroed after in_proj, not
+    only the mixer's input before it (session 43: 0.11 off at the first real tokens, through the conv window)."""
+    cfg = CONFIGS[name]
     _, ours = make_pair(cfg)
-    prompts = [prompt_ids(1, n, 101, seed=n)[0].tolist() for n in (11, 6, 1)]
+    prompts = [prompt_ids(1, n, cfg["vocab_size"], seed=n)[0].tolist() for n in (11, 6, 1)]
     with torch.no_grad():
         ids, mask = JambaForCausalLM._left_pad(prompts, 0, "cpu")
         batched = ours(ids, attention_mask=mask, use_cache=True)
@@ -873,6 +877,14 @@ def test_padded_training_matches_transformers(name):
     mask[1, :4] = 0
     mask[2, :9] = 0
     labels = ids.masked_fill(mask == 0, -100)
+    with torch.no_grad():  # is transformers' own model padding-exact here? (5.17-5.24 are not with an in_proj bias)
+        padded = hf(ids, attention_mask=mask, use_cache=False).logits
+        off = max(rel_err(padded[r:r + 1, mask[r].bool()], hf(ids[r:r + 1, mask[r].bool()], use_cache=False).logits)
+                  for r in (1, 2))
+    if off > 1e-4:
+        pytest.skip(f"transformers {transformers.__version__} is not padding-exact for {name}: its padded rows' real "
+                    f"logits are {off:.2g} off a separate run (the in_proj bias at the pads reaches the first real "
+                    f"tokens); ours is exact (test_padded_batch_equals_separate_runs)")
     hf.train()
     ours.train()
     ref = hf(ids, attention_mask=mask, labels=labels, output_router_logits=True, use_cache=False)

@@ -33,8 +33,10 @@ Two ways, usable together:
    whichever of these names the installed module has to the adapters below (mamba_ssm / causal-conv1d
    call signatures, backed by jamba_ext.ops) and sets is_fast_path_available when present, so the
    unmodified transformers mixer runs our kernels (a version with none of these names raises
-   RuntimeError: use swap_modules there). It returns a handle whose .restore() undoes it; it is also
-   a context manager:
+   RuntimeError: use swap_modules there). Early 5.x releases (5.0 checked) resolve those names again in
+   the mixer's __init__ (lazy_load_kernel), so there patch after building the model; they, like 4.x, take
+   the kernel path only on CUDA and with config.use_mamba_kernels. It returns a handle whose .restore()
+   undoes it; it is also a context manager:
 
        with patch_kernel_functions():
            model(input_ids)
