@@ -261,8 +261,9 @@ class JambaConfig:
     # transformers' PretrainedConfig fields and helpers that libraries read (PEFT, the Trainer, evaluation harnesses)
     is_encoder_decoder = False
     use_return_dict = True
-    _commit_hash = None                    # (transformers 4.x's pipeline reads these two)
+    _commit_hash = None                    # (transformers 4.x's pipeline reads these three)
     task_specific_params = None
+    prefix = None
 
     def get_text_config(self, *args, **kwargs) -> "JambaConfig":
         return self

@@ -24,6 +24,13 @@ from test_model import (CONFIGS, FP32_REL, _near_tie_routing_flips, make_hf, mak
                         prompt_ids, rel_err)
 
 
+def loss_swappable() -> bool:
+    """Whether this transformers' causal-LM loss_function can be set (4.47 on; 4.46 has a read-only property and
+    earlier releases compute the loss inline: swap_modules then leaves the loss to transformers, 'loss': 0)."""
+    prop = getattr(transformers.JambaForCausalLM, "loss_function", None)
+    return isinstance(prop, property) and prop.fset is not None
+
+
 def _spy(monkeypatch, name):
     calls = []
     real = getattr(ops, name)
@@ -78,7 +85,7 @@ def test_swap_modules_same_logits_and_generate(monkeypatch, name):
     n_mamba = cfg["num_hidden_layers"] - hf.config.layers_block_type.count("attention")
     n_moe = sum(e > 1 for e in hf.config.layers_num_experts)
     assert counts == {"mixers": n_mamba, "moe": n_moe, "norms": 2 * cfg["num_hidden_layers"] + 1 + 3 * n_mamba,
-                      "loss": 1}
+                      "loss": int(loss_swappable())}
     assert jt.swap_modules(hf) == {"mixers": 0, "moe": 0, "norms": 0, "loss": 0}  # idempotent
     after_params = dict(hf.named_parameters())
     assert list(hf.state_dict().keys()) == keys
@@ -358,6 +365,9 @@ def test_swapped_loss_matches_transformers(dtype, monkeypatch):
     """swap_modules points the model's loss_function at causal_lm_loss: the loss (ignored labels, the mean; the sum
     over num_items_in_batch as the Trainer passes it; shift_labels given) and every gradient equal transformers'
     own loss's on the same model within fp32 rounding (bf16: the gradients within one rounding of bf16 apart)."""
+    if not loss_swappable():
+        pytest.skip(f"transformers {transformers.__version__}: its loss_function cannot be set (swap_modules leaves "
+                    "the loss to transformers there)")
     hf = make_hf(CONFIGS["attn1_moe_top2"], 0, dtype, "cpu")
     hf.train()
     ids = prompt_ids(2, 11, CONFIGS["attn1_moe_top2"]["vocab_size"])

@@ -12,6 +12,7 @@ dtype), padded batch == separate runs, chunked prefill, sampling, bad configs an
 bf16 (CPU, and on CUDA marked cuda): error against transformers fp32 at most 2x transformers' own bf16 error.
 """
 import copy
+import inspect
 import json
 import os
 
@@ -145,6 +146,22 @@ def test_near_tie_routing_flips_helper():
     far[1, 2] = 2.5                                                # token 1: expert 2 instead of 1, margin 0.029
     with pytest.raises(AssertionError, match="token 1 routed differently"):
         _near_tie_routing_flips((ref,), {"run": (far,)}, 2)
+
+def hf_padding_off(hf, ids: torch.Tensor, mask: torch.Tensor) -> float:
+    """How far transformers' own model is from padding-exact on this batch: the worst relative error of a padded
+    row's real logits against the same tokens run alone (transformers 4.40 and 5.17-5.24 with an in_proj bias are
+    not exact; 4.46-4.57 and 5.0 are)."""
+    with torch.no_grad():
+        padded = hf(ids, attention_mask=mask, use_cache=False).logits
+        return max(rel_err(padded[r:r + 1, mask[r].bool()], hf(ids[r:r + 1, mask[r].bool()], use_cache=False).logits)
+                   for r in range(ids.shape[0]) if not mask[r].all())
+
+
+def hf_dtype_kw(dtype) -> dict:
+    """transformers' from_pretrained dtype argument: dtype= from 4.56, torch_dtype= before."""
+    major, minor = (int(v) for v in transformers.__version__.split(".")[:2])
+    return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
+
 
 def make_hf(cfg: dict, seed: int = 0, dtype=torch.float32, device="cpu"):
     # use_mamba_kernels=False: the PyTorch path is the oracle (4.x and early 5.x raise without mamba_ssm
@@ -353,8 +370,11 @@ def test_generate_logits_processor_and_stopping_criteria_match_transformers():
         tok = int(plain[0, 9 + 3])               # row 0 stops at its 4th new token
         assert tok not in plain[1, 9:].tolist()[:4]
         # eos 7 (banned: never picked) makes finished sequences padded; without EOS ids they go on (transformers)
-        for eos, lp, sc in ((7, LogitsProcessorList([Ban()]), StoppingCriteriaList([StopAfter(tok, 9)])),
-                            (7, [Ban()], [StopAfter(tok, 9)]), (None, Ban(), StopAfter(tok, 9))):
+        cases = [(7, LogitsProcessorList([Ban()]), StoppingCriteriaList([StopAfter(tok, 9)])),
+                 (7, [Ban()], [StopAfter(tok, 9)]), (None, Ban(), StopAfter(tok, 9))]
+        if tuple(int(v) for v in transformers.__version__.split(".")[:2]) < (4, 46):
+            cases = cases[:2]  # (4.40 ends every sequence when one criterion fires without EOS ids)
+        for eos, lp, sc in cases:
             got = ours.generate(ids, logits_processor=lp, stopping_criteria=sc, eos_token_id=eos, **kw)
             want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0,
                                logits_processor=LogitsProcessorList([Ban()]), eos_token_id=eos,
@@ -537,8 +557,10 @@ def test_forward_num_items_in_batch_and_hf_flags():
                       output_attentions=False, output_hidden_states=False).loss
         kept = (labels[:, 1:] != -100).sum().item()
         assert abs(summed.item() - mean.item() * kept / 7) <= 1e-5 * abs(summed.item())
-        want = hf(ids, labels=labels, num_items_in_batch=torch.tensor(7), use_cache=False).loss
-        assert abs(summed.item() - want.item()) <= 1e-5 * abs(want.item())
+        if "num_items_in_batch" in inspect.signature(hf.forward).parameters or any(
+                p.kind == p.VAR_KEYWORD for p in inspect.signature(hf.forward).parameters.values()):
+            want = hf(ids, labels=labels, num_items_in_batch=torch.tensor(7), use_cache=False).loss
+            assert abs(summed.item() - want.item()) <= 1e-5 * abs(want.item())
         for kw in (dict(output_attentions=True), dict(return_dict=False), dict(token_type_ids=ids)):
             with pytest.raises(ValueError, match=next(iter(kw))):
                 ours(ids, **kw)
@@ -556,7 +578,9 @@ def test_logits_to_keep():
         idx = torch.tensor([0, 4, 8])
         assert rel_err(ours(ids, logits_to_keep=idx).logits, full[:, idx]) <= 1e-6
         assert ours(ids, logits_to_keep=idx).logits.shape == (2, 3, 101)
-        ref = hf(ids, logits_to_keep=2, use_cache=False).logits
+        keep = "logits_to_keep" if "logits_to_keep" in inspect.signature(hf.forward).parameters else \
+            "num_logits_to_keep"                                   # (transformers before 4.50)
+        ref = hf(ids, use_cache=False, **{keep: 2}).logits
         assert rel_err(ours(ids, logits_to_keep=2).logits, ref) <= FP32_REL
 
 
@@ -619,7 +643,7 @@ def test_from_pretrained_roundtrip(tmp_path, name):
     # and back: ours -> save_pretrained (per-expert, Hub layout) -> transformers from_pretrained
     out = tmp_path / "ours"
     ours.save_pretrained(str(out))
-    hf2 = transformers.JambaForCausalLM.from_pretrained(str(out), dtype=torch.float32).eval()
+    hf2 = transformers.JambaForCausalLM.from_pretrained(str(out), **hf_dtype_kw(torch.float32)).eval()
     with torch.no_grad():
         assert rel_err(hf2(ids, use_cache=False).logits, hf(ids, use_cache=False).logits) <= FP32_REL
 
@@ -754,6 +778,10 @@ def test_padded_batch_matches_transformers():
     hf, ours = make_pair(cfg)
     prompts = [prompt_ids(1, n, 101, seed=n)[0].tolist() for n in (9, 4)]
     ids, mask = JambaForCausalLM._left_pad(prompts, 0, "cpu")
+    off = hf_padding_off(hf, ids, mask)
+    if off > 1e-4:
+        pytest.skip(f"transformers {transformers.__version__} is not padding-exact here ({off:.2g} off a separate run; "
+                    "ours is: test_padded_batch_equals_separate_runs)")
     with torch.no_grad():
         a, b = hf(ids, attention_mask=mask, use_cache=False).logits, ours(ids, attention_mask=mask).logits
     real = mask.bool()
@@ -877,10 +905,7 @@ def test_padded_training_matches_transformers(name):
     mask[1, :4] = 0
     mask[2, :9] = 0
     labels = ids.masked_fill(mask == 0, -100)
-    with torch.no_grad():  # is transformers' own model padding-exact here? (5.17-5.24 are not with an in_proj bias)
-        padded = hf(ids, attention_mask=mask, use_cache=False).logits
-        off = max(rel_err(padded[r:r + 1, mask[r].bool()], hf(ids[r:r + 1, mask[r].bool()], use_cache=False).logits)
-                  for r in (1, 2))
+    off = hf_padding_off(hf, ids, mask)  # is transformers' own model padding-exact here?
     if off > 1e-4:
         pytest.skip(f"transformers {transformers.__version__} is not padding-exact for {name}: its padded rows' real "
                     f"logits are {off:.2g} off a separate run (the in_proj bias at the pads reaches the first real "
