@@ -124,6 +124,14 @@ def cmd_generate(args) -> int:
         _fail("--min-new-tokens must be >= 0")
     if not args.repetition_penalty > 0:
         _fail("--repetition-penalty must be > 0 (1.0: none)")
+    if args.temperature < 0:
+        _fail("--temperature must be >= 0 (0: greedy)")
+    if args.top_k < 0:
+        _fail("--top-k must be >= 0 (0: off)")
+    if not 0 < args.top_p <= 1:
+        _fail("--top-p must be in (0, 1] (1: off)")
+    if args.min_p is not None and not 0 <= args.min_p <= 1:
+        _fail("--min-p must be in [0, 1]")
     from .modeling_jamba import prefill_chunks
     try:
         prefill_chunks(1, 1, args.prefill_chunk)
@@ -186,7 +194,7 @@ def cmd_generate(args) -> int:
     with torch.inference_mode():
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
-                       top_p=args.top_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph,
+                       top_p=args.top_p, min_p=args.min_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph,
                        repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
                        prefill_chunk=args.prefill_chunk, prefill_progress=on_prefill if pre_bar.enabled else None)
     t1 = time.perf_counter()
@@ -321,6 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--min-p", type=float, default=None,
+                   help="when sampling, drop tokens less likely than this times the most likely one (e.g. 0.05)")
     g.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 makes tokens already in the text less likely (transformers' semantics; 1.0: none)")
     bar = g.add_mutually_exclusive_group()

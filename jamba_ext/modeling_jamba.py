@@ -2468,7 +2468,7 @@ class JambaForCausalLM(_PreTrained):
                  prefill_progress: Optional[Callable[[int, int], None]] = None,
                  repetition_penalty: float = 1.0, min_new_tokens: int = 0, num_return_sequences: int = 1,
                  return_dict_in_generate: bool = False, output_scores: bool = False, output_logits: bool = False,
-                 logits_processor=None, stopping_criteria=None,
+                 logits_processor=None, stopping_criteria=None, min_p: Optional[float] = None,
                  **hf_kwargs) -> Union[Tensor, "GenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
@@ -2476,7 +2476,8 @@ class JambaForCausalLM(_PreTrained):
         lengths (left-padded here). repetition_penalty (transformers' semantics, applied first, to greedy and sampled
         picks alike): the logit of every token already in the sequence (prompt, its padding and the new tokens) is
         divided by it where positive, multiplied where negative; 1.0 (the default) leaves the logits alone. Sampling
-        applies temperature, then top_k, then top_p (nucleus), with a torch.Generator seeded by `seed`. min_new_tokens:
+        applies temperature, then top_k, then top_p (nucleus), then min_p (tokens less likely than min_p times the
+        most likely one are dropped; None: off), with a torch.Generator seeded by `seed`. min_new_tokens:
         the EOS ids cannot be picked before this many new tokens (transformers' semantics). num_return_sequences=n: each
         prompt n times in a row (rows b * n .. b * n + n - 1 of the result), as transformers. Other transformers
         arguments are accepted at their no-op values (use_cache=True, num_beams=1, output_scores=False, ...: see
@@ -2517,7 +2518,7 @@ class JambaForCausalLM(_PreTrained):
         _check_hf_kwargs("generate", hf_kwargs, _HF_NOOP_GENERATE_KWARGS, {"": (
             "its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, top_p, "
             "repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer, "
-            "return_dict_in_generate, output_scores, output_logits, logits_processor, stopping_criteria")})
+            "return_dict_in_generate, output_scores, output_logits, logits_processor, stopping_criteria, min_p")})
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
         if num_return_sequences < 1:
@@ -2551,6 +2552,8 @@ class JambaForCausalLM(_PreTrained):
             raise ValueError(f"temperature: expected > 0 when sampling, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p: expected in (0, 1], got {top_p}")
+        if min_p is not None and not 0 <= min_p <= 1:
+            raise ValueError(f"min_p: expected in [0, 1] (or None), got {min_p}")
         if not repetition_penalty > 0:
             raise ValueError(f"repetition_penalty: expected > 0 (1.0: none), got {repetition_penalty}")
         if min_new_tokens < 0:
@@ -2610,7 +2613,7 @@ class JambaForCausalLM(_PreTrained):
                 logits = logits.index_fill(1, eos_t, float("-inf"))
             if logits_processor is not None:
                 logits = _run_processors(logits_processor, torch.cat(out, dim=1), logits.float())
-            scores = self._warp(logits, do_sample, temperature, top_k, top_p)
+            scores = self._warp(logits, do_sample, temperature, top_k, top_p, min_p)
             if keep_scores:
                 scores_out.append(scores.to(torch.float32, copy=True))
             nxt = scores.argmax(dim=-1) if not do_sample else \
@@ -2658,9 +2661,11 @@ class JambaForCausalLM(_PreTrained):
         return self(tokens[:, None], cache=cache).logits[:, -1]
 
     @staticmethod
-    def _warp(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float) -> Tensor:
+    def _warp(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
+              min_p: Optional[float] = None) -> Tensor:
         """logits (B, V) -> the scores a token is picked from: greedy, the logits as they are (argmax); sampling, fp32
-        logits / temperature, then top_k, then top_p (nucleus) filtering (-inf where filtered)."""
+        logits / temperature, then top_k, then top_p (nucleus), then min_p filtering (-inf where filtered), in
+        transformers' order."""
         if not do_sample:
             return logits
         scores = logits.float() / temperature
@@ -2673,4 +2678,7 @@ class JambaForCausalLM(_PreTrained):
             drop = cum <= (1 - top_p)                     # the low tail whose mass is at most 1 - top_p
             drop[:, -1] = False                           # always keep the most likely token
             scores = scores.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
+        if min_p:                                         # (the most likely token always stays: min_p <= 1)
+            probs = torch.softmax(scores, dim=-1)
+            scores = scores.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
         return scores

@@ -152,6 +152,19 @@ def test_cli_train_then_generate(tmp_path, capsys):
     assert cap.out.startswith("the quick") and str(out) in cap.err
 
 
+def test_cli_generate_sampling_argument_errors(capsys):
+    """Out-of-range sampling arguments end with a one-line error naming them (exit status 2), not a traceback from
+    inside generate; in range, --min-p samples."""
+    for argv, msg in ((["--temperature", "-1"], "--temperature must be >= 0"), (["--top-k", "-2"], "--top-k"),
+                      (["--top-p", "0"], "--top-p must be in (0, 1]"), (["--top-p", "2"], "--top-p"),
+                      (["--min-p", "1.5"], "--min-p must be in [0, 1]")):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "2", *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+    assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "3", "--temperature", "0.8",
+                 "--min-p", "0.05"]) == 0
+
+
 def test_cli_train_errors(tmp_path, capsys):
     short = tmp_path / "s.txt"
     short.write_text("abc", encoding="utf-8")

@@ -334,6 +334,15 @@ def test_generate_scores_and_logits_match_transformers():
         got = ours.generate(ids, seed=3, **samp, **out_kw)
         assert _same_scores(got.scores[0], want.scores[0]) and _same_scores(got.logits[0], want.logits[0])
         assert 0 < int(torch.isfinite(got.scores[0]).sum(-1).max()) <= 20
+        # min_p after top_p (transformers' order): fewer tokens left than top_k / top_p alone leave
+        mp = dict(samp, min_p=0.3)
+        got_mp = ours.generate(ids, seed=3, **mp, **out_kw)
+        if hasattr(transformers.GenerationConfig(), "min_p"):      # (transformers 4.41 on)
+            want_mp = hf.generate(ids, attention_mask=torch.ones_like(ids), **mp, **out_kw)
+            assert _same_scores(got_mp.scores[0], want_mp.scores[0])
+        assert (torch.isfinite(got_mp.scores[0]).sum(-1) < torch.isfinite(got.scores[0]).sum(-1)).any()
+        with pytest.raises(ValueError, match="min_p"):
+            ours.generate(ids, max_new_tokens=2, do_sample=True, min_p=1.5)
         assert torch.equal(got.sequences, ours.generate(ids, seed=3, **samp))
         only = ours.generate(ids, max_new_tokens=2, output_scores=True)
         assert isinstance(only, torch.Tensor) and only.shape == (2, 11)
