@@ -1063,12 +1063,13 @@ class JambaMambaMixer(nn.Module):
         else:
             xz = self.in_proj(hidden_states).transpose(1, 2).contiguous()
         x, z = xz.split(DI, dim=1)  # (B, DI, Lp) views; split, not two slices: its backward is one cat
-        if mamba_mask is not None and getattr(self.in_proj, "bias", None) is not None:
+        # the padding mask over the Lp steps, (B, 1, Lp) in x's dtype (None: no padding)
+        m = None if mamba_mask is None else (mamba_mask if Lp == L else F.pad(mamba_mask, (0, Lp - L)))[:, None, :]
+        if m is not None and getattr(self.in_proj, "bias", None) is not None:
             # an in_proj bias (mamba_proj_bias) makes x non-zero at the pads although its input was zeroed: zero x
             # there again (transformers 4.x and 5.0 mask x after in_proj; 5.17-5.24 only the input, so the bias of
             # the pads reaches the first real tokens through the conv window: 0.11-0.21 off a separate run's logits)
-            m = mamba_mask if Lp == L else F.pad(mamba_mask, (0, Lp - L))
-            x = x * m[:, None, :].to(x.dtype)
+            x = x * m.to(x.dtype)
         # 2. depthwise causal conv + SiLU; final state = last K pre-conv inputs (HF cache layout)
         S = self.conv_kernel_size if keep_state else 0
         x_in, conv0 = x, conv_state
@@ -1076,9 +1077,8 @@ class JambaMambaMixer(nn.Module):
                                          S if Lp == L else 0)                       # (B, DI, Lp)
         if S and Lp > L:                                                  # the last S inputs before the pads
             conv_state = _last_steps(x_in[..., :L], conv0, S)
-        if mamba_mask is not None:                                        # silu(bias) at pads -> 0 again
-            m = mamba_mask if Lp == L else F.pad(mamba_mask, (0, Lp - L))
-            x = x * m[:, None, :].to(x.dtype)
+        if m is not None:                                                 # silu(bias) at pads -> 0 again
+            x = x * m.to(x.dtype)
         # 3. dt, B, C = x_proj(x), each RMS-normalised over its own width
         xdbl = (_linear_t(x.transpose(1, 2), self.x_proj.weight) if own
                 else self.x_proj(x.transpose(1, 2)))                                # (B, Lp, R+2N)
@@ -2496,9 +2496,10 @@ class JambaForCausalLM(_PreTrained):
         scores after repetition_penalty and min_new_tokens and before the sampling filters (transformers' order);
         each criterion as c(input_ids with the new token, scores) -> bool per sequence (or one bool): a sequence it
         stops is finished as at an EOS (pad_token_id after it, where EOS ids are set: with eos_token_id=None it goes
-        on until every sequence has stopped, as in transformers). Both run on the host side of every step (a host
-        wait per step for the criteria). generation_config= (a transformers GenerationConfig: its non-default fields
-        as arguments, explicit arguments winning) and inputs= (the prompt) are taken too (_with_generation_config).
+        on until every sequence has stopped, as in transformers). Both run on the host side of every step; the
+        criteria's verdict reaches the host with the step's token (no extra wait). generation_config= (a
+        transformers GenerationConfig: its non-default fields as arguments, explicit arguments winning) and inputs=
+        (the prompt) are taken too (_with_generation_config).
 
         static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
         at T + max_new_tokens, attention over the whole buffer under a device-side length mask); same
@@ -2600,6 +2601,8 @@ class JambaForCausalLM(_PreTrained):
         host = torch.empty((max_new_tokens, Bsz), dtype=torch.long, pin_memory=dev.type == "cuda" and ahead)
         eos_h = torch.tensor(eos, dtype=torch.long) if eos else None
         done_h = torch.zeros(Bsz, dtype=torch.bool)
+        stop_h = torch.zeros((max_new_tokens, Bsz), dtype=torch.bool, pin_memory=dev.type == "cuda" and ahead) \
+            if stopping_criteria is not None else None          # (the stopping criteria's verdicts, per step)
         seen = None                                # (B, V): the tokens in the sequence, for repetition_penalty
         if repetition_penalty != 1.0:
             seen = torch.zeros(logits.shape, dtype=torch.bool, device=dev).scatter_(1, input_ids.to(dev), True)
@@ -2624,15 +2627,15 @@ class JambaForCausalLM(_PreTrained):
                 seen.scatter_(1, nxt[:, None], True)
             out.append(nxt[:, None])
             host[i].copy_(nxt, non_blocking=ahead)
+            if stopping_criteria is not None:      # (their verdict reaches the host with the token)
+                stop = _run_criteria(stopping_criteria, torch.cat(out, dim=1), scores)
+                unfinished &= ~stop
+                stop_h[i].copy_(stop, non_blocking=ahead)
             ready = torch.cuda.Event() if ahead and dev.type == "cuda" else None
             if ready is not None:
                 ready.record()
             if eos_t is not None:
                 unfinished &= ~torch.isin(nxt, eos_t)
-            if stopping_criteria is not None:
-                stop = _run_criteria(stopping_criteria, torch.cat(out, dim=1), scores)
-                unfinished &= ~stop
-                done_h |= stop.cpu()                # (a host wait: custom criteria decide on the host's side)
             more = i + 1 < max_new_tokens
             if ahead and more:                     # enqueue the next step before waiting for this token
                 logits = self._decode_step(nxt, cache, graph)
@@ -2643,6 +2646,8 @@ class JambaForCausalLM(_PreTrained):
             if eos_h is not None or stopping_criteria is not None:
                 if eos_h is not None:
                     done_h |= torch.isin(host[i], eos_h)
+                if stopping_criteria is not None:
+                    done_h |= stop_h[i]
                 if bool(done_h.all()):
                     break                          # (ahead: the step enqueued above is discarded)
             if not ahead and more:

@@ -67,18 +67,22 @@ def cuda_build_note() -> str:
     return getter() if getter else ""
 
 
+def _archs_compiled_in() -> str:
+    """The build's architecture list as setup.py compiled it in: "80;90", "80+ptx" (JAMBA_EXT_PTX=1), "" (none)."""
+    getter = getattr(_C, "cuda_archs", None)
+    return getter() if getter else ""
+
+
 def cuda_archs() -> List[int]:
     """The CUDA architectures the kernels were compiled for, e.g. [80, 90] (JAMBA_EXT_ARCHS at build time);
     [] without CUDA kernels. Whether as machine code or PTX: cuda_ptx()."""
-    getter = getattr(_C, "cuda_archs", None)
-    return [int("".join(ch for ch in a if ch.isdigit())) for a in (getter() if getter else "").split(";") if a]
+    return [int("".join(ch for ch in a if ch.isdigit())) for a in _archs_compiled_in().split(";") if a]
 
 
 def cuda_ptx() -> bool:
     """Whether the build embeds PTX instead of machine code (JAMBA_EXT_PTX=1 at build time: the driver compiles it
     for the GPU at first use)."""
-    getter = getattr(_C, "cuda_archs", None)
-    return "ptx" in (getter() if getter else "")
+    return "ptx" in _archs_compiled_in()
 
 
 def cuda_arch_runs(capability: Tuple[int, int]) -> bool:
