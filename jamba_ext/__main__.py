@@ -132,6 +132,10 @@ def cmd_generate(args) -> int:
         _fail("--top-p must be in (0, 1] (1: off)")
     if args.min_p is not None and not 0 <= args.min_p <= 1:
         _fail("--min-p must be in [0, 1]")
+    if args.num_beams < 1:
+        _fail("--num-beams must be >= 1")
+    if args.num_beams > 1 and args.temperature > 0:
+        _fail("--num-beams > 1 searches greedily: drop --temperature (beam sampling is not supported)")
     from .modeling_jamba import prefill_chunks
     try:
         prefill_chunks(1, 1, args.prefill_chunk)
@@ -191,6 +195,8 @@ def cmd_generate(args) -> int:
     # warning, if the capture fails); on a CPU model --cuda-graph only warns
     use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda"
     t0 = pre_bar.t0 = time.perf_counter()
+    if args.num_beams > 1:
+        return _beam_generate(args, model, tok, ids, use_graph, on_prefill if pre_bar.enabled else None, echo, t0)
     with torch.inference_mode():
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
@@ -213,6 +219,26 @@ def cmd_generate(args) -> int:
         msg += f" | decode{how}: {n - 1} tokens in {decode_s:.2f} s ({(n - 1) / max(decode_s, 1e-9):.1f} tokens/s)"
     msg += f" | total: {n} new tokens, {n / max(t1 - t0, 1e-9):.1f} tokens/s"
     sys.stderr.write(msg + "\n")
+    return 0
+
+
+def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0) -> int:
+    """generate --num-beams N: the best hypothesis, printed when the search ends (a search has no token stream)."""
+    import torch
+    with torch.inference_mode():
+        out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
+                             num_beams=args.num_beams, cuda_graph=use_graph, repetition_penalty=args.repetition_penalty,
+                             min_new_tokens=args.min_new_tokens, prefill_chunk=args.prefill_chunk,
+                             prefill_progress=on_prefill)
+    t1 = time.perf_counter()
+    echo()
+    new, eos = out[0, len(ids):].tolist(), set(model.config.eos_token_ids)
+    end = next((i for i, t in enumerate(new) if t in eos or t < 0), len(new))   # (what follows an EOS is fill)
+    new = new[:end]
+    sys.stdout.write(tok.decode(new) + "\n")
+    sys.stdout.flush()
+    sys.stderr.write(f"beam search: {args.num_beams} beams, {len(new)} new tokens in {t1 - t0:.2f} s (prefill "
+                     f"included{', CUDA graph' if (getattr(model, '_decode_graph_info', None) or {}).get('captured') else ''})\n")
     return 0
 
 
@@ -331,6 +357,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--min-p", type=float, default=None,
                    help="when sampling, drop tokens less likely than this times the most likely one (e.g. 0.05)")
+    g.add_argument("--num-beams", type=int, default=1, metavar="N",
+                   help="beam search over N beams (greedy; the best text is printed when the search ends)")
     g.add_argument("--repetition-penalty", type=float, default=1.0,
                    help="> 1 makes tokens already in the text less likely (transformers' semantics; 1.0: none)")
     bar = g.add_mutually_exclusive_group()

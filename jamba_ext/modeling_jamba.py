@@ -32,7 +32,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +41,9 @@ from torch import Tensor, nn
 from . import moe as _moe
 from . import ops as _ops
 from . import reference as _reference
+
+if TYPE_CHECKING:
+    from .beam_search import BeamGenerateOutput
 
 __all__ = ["JambaConfig", "JambaModel", "JambaForCausalLM", "JambaHybridCache", "CausalLMOutput", "GenerateOutput",
            "to_per_expert_state_dict", "set_backend"]
@@ -449,6 +452,33 @@ class JambaHybridCache:
     def values(self, layer_idx: int) -> Optional[Tensor]:
         v = self._values[layer_idx]
         return None if v is None else v[:, :, :self.seq_len]
+
+    # -- beam search: rows copied after the prefill, then reordered after every step
+    def repeat_rows(self, n: int) -> None:
+        """Every row n times in a row (row b -> rows b * n .. b * n + n - 1): the prefill of B prompts becomes the
+        state of B * n beams. New tensors: call it before a CUDA graph is captured over this cache."""
+        rep = lambda t: None if t is None else t.repeat_interleave(n, dim=0)  # noqa: E731
+        for ts in (self.conv_states, self.ssm_states, self._keys, self._values):
+            ts[:] = [rep(t) for t in ts]
+        self._key_mask, self.static_mask = rep(self._key_mask), rep(self.static_mask)
+        self.batch_size *= n
+
+    def reorder_rows(self, rows: Tensor) -> None:
+        """Row i of the state becomes a copy of row rows[i] (rows: (batch,) int64 on the cache's device), in place:
+        a captured decode step keeps reading the same tensors. Only the stored positions of the KV buffers move."""
+        P = self.seq_len
+        for ts in (self.conv_states, self.ssm_states):
+            for t in ts:
+                if t is not None:
+                    t.copy_(t.index_select(0, rows))
+        for ts in (self._keys, self._values):
+            for t in ts:
+                if t is not None and P:
+                    t[:, :, :P].copy_(t[:, :, :P].index_select(0, rows))
+        if self._key_mask is not None:
+            self._key_mask = self._key_mask.index_select(0, rows)
+        if self.static_mask is not None:
+            self.static_mask.copy_(self.static_mask.index_select(0, rows))
 
     # -- snapshots (CUDA-graph warm-up runs real steps; the state is put back afterwards)
     def _snapshot(self):
@@ -2328,10 +2358,32 @@ def _run_criteria(criteria, input_ids: Tensor, scores: Tensor) -> Tensor:
 
 # transformers' generate() arguments that JambaForCausalLM.generate accepts at the values that change nothing here
 _HF_NOOP_GENERATE_KWARGS = {
-    "use_cache": (True, None), "num_beams": (1, None), "num_beam_groups": (1, None), "output_attentions": (False, None),
-    "output_hidden_states": (False, None), "synced_gpus": (False, None), "early_stopping": (False, None),
-    "length_penalty": (1.0, None), "no_repeat_ngram_size": (0, None), "typical_p": (1.0, None),
+    "use_cache": (True, None), "num_beam_groups": (1, None), "output_attentions": (False, None),
+    "output_hidden_states": (False, None), "synced_gpus": (False, None), "no_repeat_ngram_size": (0, None),
+    "typical_p": (1.0, None),
 }
+
+
+def _check_beam_args(num_beams, num_return_sequences, do_sample, streamer, early_stopping, length_penalty) -> bool:
+    """generate()'s beam-search arguments checked; True when num_beams asks for beam search."""
+    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
+        raise ValueError(f"num_beams: expected an int >= 1, got {num_beams!r}")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping: expected True, False or 'never', got {early_stopping!r}")
+    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
+        raise ValueError(f"length_penalty: expected a number, got {length_penalty!r}")
+    if num_beams == 1:
+        return False
+    if do_sample:
+        raise ValueError(f"num_beams={num_beams} with do_sample=True (beam sampling) is not supported by jamba_ext: "
+                         "use num_beams=1 to sample, or do_sample=False for beam search")
+    if streamer is not None:
+        raise ValueError(f"num_beams={num_beams}: a streamer cannot follow beam search (the best sequence is known at "
+                         "the end only; transformers refuses it too)")
+    if num_return_sequences > num_beams:
+        raise ValueError(f"num_return_sequences={num_return_sequences} > num_beams={num_beams}: beam search returns "
+                         "at most num_beams hypotheses per prompt")
+    return True
 
 
 def _brief(v) -> str:
@@ -2469,7 +2521,8 @@ class JambaForCausalLM(_PreTrained):
                  repetition_penalty: float = 1.0, min_new_tokens: int = 0, num_return_sequences: int = 1,
                  return_dict_in_generate: bool = False, output_scores: bool = False, output_logits: bool = False,
                  logits_processor=None, stopping_criteria=None, min_p: Optional[float] = None,
-                 **hf_kwargs) -> Union[Tensor, "GenerateOutput"]:
+                 num_beams: int = 1, length_penalty: float = 1.0, early_stopping: Union[bool, str] = False,
+                 **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
@@ -2501,6 +2554,15 @@ class JambaForCausalLM(_PreTrained):
         transformers GenerationConfig: its non-default fields as arguments, explicit arguments winning) and inputs=
         (the prompt) are taken too (_with_generation_config).
 
+        num_beams=n > 1: beam search (jamba_ext.beam_search: transformers' algorithm, the same sequences and scores),
+        with length_penalty (a finished hypothesis scores its log-probability sum / new tokens ** length_penalty) and
+        early_stopping (False: stop a prompt once no running beam can beat its worst finished hypothesis; True: once n
+        are finished; "never": by the best score reachable within max_new_tokens); the decode steps run on B * n rows
+        (CUDA graph as above), num_return_sequences (<= n) best hypotheses per prompt, best first. Returns
+        LongTensor (B * num_return_sequences, T + n'), or with return_dict_in_generate a BeamGenerateOutput
+        (sequences_scores and per-step log-probability scores with output_scores, raw logits with output_logits,
+        beam_indices). Not with do_sample=True (beam sampling) nor a streamer (as transformers).
+
         static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
         at T + max_new_tokens, attention over the whole buffer under a device-side length mask); same
         tokens, fixed shapes. cuda_graph=None (the default): True on a CUDA model asked for at least
@@ -2519,14 +2581,16 @@ class JambaForCausalLM(_PreTrained):
         _check_hf_kwargs("generate", hf_kwargs, _HF_NOOP_GENERATE_KWARGS, {"": (
             "its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, top_p, "
             "repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer, "
-            "return_dict_in_generate, output_scores, output_logits, logits_processor, stopping_criteria, min_p")})
+            "return_dict_in_generate, output_scores, output_logits, logits_processor, stopping_criteria, min_p, "
+            "num_beams, length_penalty, early_stopping")})
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
         if num_return_sequences < 1:
             raise ValueError(f"num_return_sequences: expected >= 1, got {num_return_sequences}")
+        beams = _check_beam_args(num_beams, num_return_sequences, do_sample, streamer, early_stopping, length_penalty)
         dev = self.device
-        pad = self.config.pad_token_id if pad_token_id == "config" else pad_token_id
-        pad = 0 if pad is None else pad
+        pad_given = self.config.pad_token_id if pad_token_id == "config" else pad_token_id
+        pad = 0 if pad_given is None else pad_given
         eos = self.config.eos_token_ids if eos_token_id == "config" else (
             [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)))
         if not isinstance(input_ids, Tensor):
@@ -2541,7 +2605,7 @@ class JambaForCausalLM(_PreTrained):
             warnings.warn("generate: the attention_mask has padding at the end of a prompt (right padding): new tokens "
                           "would follow the padding. Pad prompts on the left (tokenizer.padding_side = 'left'), or "
                           "pass lists of token ids, which generate() left-pads itself.", stacklevel=3)
-        if num_return_sequences > 1:
+        if num_return_sequences > 1 and not beams:
             input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
             if attention_mask is not None:
                 attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
@@ -2568,6 +2632,8 @@ class JambaForCausalLM(_PreTrained):
         put = getattr(streamer, "put", streamer)
         if streamer is not None and hasattr(streamer, "put"):  # transformers' streamer protocol: the prompt first
             streamer.put(input_ids.cpu())                     # (TextStreamer(skip_prompt=True) skips that one call)
+        if max_new_tokens == 0 and beams:
+            return input_ids.repeat_interleave(num_return_sequences, dim=0)
         if max_new_tokens == 0:
             if streamer is not None and hasattr(streamer, "end"):
                 streamer.end()
@@ -2594,8 +2660,17 @@ class JambaForCausalLM(_PreTrained):
                 prefill_progress(e, T)
         graph = None
         self._decode_graph_info = None
+        if beams:
+            cache.repeat_rows(num_beams)                         # (B * num_beams rows from here on)
         if cuda_graph and dev.type == "cuda" and max_new_tokens > 1:
-            graph = _DecodeGraph.capture(self, cache, logits.argmax(dim=-1))   # None (and a warning) on failure
+            first = logits.argmax(dim=-1)
+            graph = _DecodeGraph.capture(self, cache, first.repeat_interleave(num_beams) if beams else first)
+        if beams:                                                # (None and a warning on failure: eager steps)
+            from .beam_search import beam_search
+            return beam_search(self, logits, cache, graph, input_ids, num_beams, max_new_tokens, eos, pad_given,
+                               length_penalty, early_stopping, num_return_sequences, repetition_penalty,
+                               min_new_tokens, logits_processor, stopping_criteria, return_dict_in_generate,
+                               output_scores, output_logits)
         ahead = RUN_AHEAD if RUN_AHEAD is not None else dev.type == "cuda"
         # host copies of the new tokens (for the streamer and the EOS test), one row per step
         host = torch.empty((max_new_tokens, Bsz), dtype=torch.long, pin_memory=dev.type == "cuda" and ahead)

@@ -157,12 +157,30 @@ def test_cli_generate_sampling_argument_errors(capsys):
     inside generate; in range, --min-p samples."""
     for argv, msg in ((["--temperature", "-1"], "--temperature must be >= 0"), (["--top-k", "-2"], "--top-k"),
                       (["--top-p", "0"], "--top-p must be in (0, 1]"), (["--top-p", "2"], "--top-p"),
-                      (["--min-p", "1.5"], "--min-p must be in [0, 1]")):
+                      (["--min-p", "1.5"], "--min-p must be in [0, 1]"), (["--num-beams", "0"], "--num-beams"),
+                      (["--num-beams", "2", "--temperature", "0.5"], "beam sampling")):
         with pytest.raises(SystemExit) as e:
             main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "2", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
     assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "3", "--temperature", "0.8",
                  "--min-p", "0.05"]) == 0
+
+
+def test_cli_generate_num_beams(capsys):
+    """--num-beams N prints the best hypothesis of generate(num_beams=N) (cut at its EOS) and a summary line."""
+    from jamba_ext.__main__ import _load
+    import argparse
+    assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "6", "--num-beams", "3"]) == 0
+    cap = capsys.readouterr()
+    assert "beam search: 3 beams" in cap.err and cap.out.startswith("ab")
+    model, tok, _ = _load(argparse.Namespace(model=None, device="cpu", dtype=None, experts_fp8=False, act_fp8=False,
+                                             seed=0, progress=False))
+    with torch.no_grad():
+        ids = tok.encode("ab")
+        best = model.generate(torch.tensor([ids]), max_new_tokens=6, num_beams=3)[0, len(ids):].tolist()
+    eos = set(model.config.eos_token_ids)
+    best = best[:next((i for i, t in enumerate(best) if t in eos or t < 0), len(best))]
+    assert cap.out == "ab" + tok.decode(best) + "\n"
 
 
 def test_cli_train_errors(tmp_path, capsys):
