@@ -82,11 +82,13 @@ if [ "${JAMBA_EXT_AB_ROWS:-0}" = 1 ]; then
   # one file for all (the device tool brings back at most 8 files)
   python3 -c "import json; json.dump({k: json.load(open('/tmp/ab_' + k + '.json')) for k in ('JAMBA_EXT_GEMV_MMA=wide', 'JAMBA_EXT_NONE=1', 'JAMBA_EXT_GEMV_MMA=vec1')}, open('$OUT/bench_model_ab.json', 'w'), indent=1)"
 fi
+step "bench_beam (generate(num_beams=4) of one block, 2K prompt: graph / eager / transformers)"
+[ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 150 python3 benchmarks/bench_beam.py 2>&1 | grep -v "^\[transformers" | tail -12
 step "bench_model"
 [ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py ${BENCH_MODEL_ARGS:---decode-steps 32 --budget-s 60} 2>&1 | tail -30
 step "done"
 } 2>&1 | tee "$LOG"
-cp benchmarks/results/bench_kernels.json benchmarks/results/bench_moe.json benchmarks/results/bench_model.json \
+cp benchmarks/results/bench_kernels.json benchmarks/results/bench_moe.json benchmarks/results/bench_model.json benchmarks/results/bench_beam.json \
    benchmarks/results/bench_kernels.png benchmarks/results/bench_moe.png benchmarks/results/bench_model.png \
    "$OUT"/ 2>/dev/null
 exit 0

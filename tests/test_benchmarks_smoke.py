@@ -23,7 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_model.py", ["--experts-fp8", "--act-fp8"], "bench_model_smoke.json"),  # with the fp8-experts rows
     ("bench_train.py", [], "bench_train_smoke.json"),
     ("bench_train.py", ["--dtype", "bfloat16", "--batches", "1", "--lengths", "32"], "bench_train_smoke.json"),
-], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16"])
+    ("bench_beam.py", [], "bench_beam_smoke.json"),
+], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16", "beam"])
 def test_benchmark_smoke(tmp_path, script, args, result):
     env = package_env(JAMBA_BENCH_RESULTS=str(tmp_path))
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--smoke", *args], env=env,
@@ -38,6 +39,9 @@ def test_benchmark_smoke(tmp_path, script, args, result):
     elif script == "bench_train.py":  # the correctness check ran against transformers and passed (in bf16: each
         assert check["ok"] is True, check  # model against the fp32 step of the same weights)
         assert ("loss_fp32" in check) == ("--dtype" in args), check
+    if script == "bench_beam.py":    # the graph search equals the eager one; transformers' beams where installed
+        assert check["graph_equals_eager"] is True, check
+        assert check.get("transformers_same_sequences", True) is True, check
     if script == "bench_model.py":   # the routing-aware decode floor: distinct experts a MoE layer's step touched
         cfg = data["meta"]["config"]
         touched = [r["decode_experts_touched"] for r in data["rows"] if r.get("impl") == "jamba_ext"
