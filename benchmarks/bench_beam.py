@@ -7,7 +7,8 @@
 Rows: "jamba_ext+graph" (the default on CUDA: each decode step replayed from a captured CUDA graph over B x n rows,
 the beams' state reordered in place between replays), "jamba_ext" (eager steps, dynamic cache), "transformers"
 (its generate(num_beams=n), do_sample=False), and "jamba_ext+graph greedy" (num_beams=1 over the same prompt, for
-the cost of a search step against a plain decode step). Each row: the wall time of generate() with 1 and with n_new
+the cost of a search step against a plain decode step; "greedy x<n>": each prompt n times, batch x n rows, the
+decode step a search step runs, without the search's own work). Each row: the wall time of generate() with 1 and with n_new
 new tokens (median of --reps, the device synchronised), prefill_ms = the first, decode_ms_per_token = (second -
 first) / (n_new - 1), tokens_per_s = beams * batch / decode_ms_per_token (tokens the search evaluates).
 Correctness first: our graph search's sequences and scores against our eager static-cache search (same kernels:
@@ -86,7 +87,9 @@ def main(argv=None) -> int:
     runs = {"jamba_ext+graph": lambda n: ours.generate(ids, max_new_tokens=n, cuda_graph=graph_ok, **kw),
             "jamba_ext": lambda n: ours.generate(ids, max_new_tokens=n, cuda_graph=False, static_cache=False, **kw),
             "jamba_ext+graph greedy": lambda n: ours.generate(ids, max_new_tokens=n, cuda_graph=graph_ok,
-                                                              eos_token_id=None)}
+                                                              eos_token_id=None),
+            f"jamba_ext+graph greedy x{args.beams}": lambda n: ours.generate(
+                ids.repeat_interleave(args.beams, dim=0), max_new_tokens=n, cuda_graph=graph_ok, eos_token_id=None)}
     if hf is not None:
         runs["transformers"] = lambda n: hf.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
                                                      pad_token_id=0, **kw)
@@ -97,7 +100,7 @@ def main(argv=None) -> int:
             reps = 1 if name == "transformers" else args.reps             # (its slow path: seconds a call)
             t1, tn = timed(lambda: run(1), device, reps), timed(lambda: run(n_new), device, reps)
             per = (tn - t1) / (n_new - 1)
-            beams = 1 if name.endswith("greedy") else args.beams
+            beams = 1 if name.endswith("greedy") else args.beams    # (greedy xN: N copies of each prompt)
             rows.append(dict(label=name, impl=name, batch=args.batch, beams=beams, prompt=L, new_tokens=n_new,
                              prefill_ms=t1, total_ms=tn, decode_ms_per_token=per,
                              tokens_per_s=beams * args.batch / (per / 1e3), median_us=tn * 1e3))

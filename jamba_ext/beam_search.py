@@ -3,7 +3,9 @@
 Shapes: B prompts, n beams, V vocabulary, K = max(2, 1 + number of EOS ids) * n candidates kept per prompt and step,
 T prompt length, M = T + max_new_tokens. The decode steps run on B * n rows (row b * n + j is beam j of prompt b); the
 cache is reordered in place after every step (JambaHybridCache.reorder_rows), so a captured CUDA-graph step still
-replays over it. Everything stays on the device except one flag per step (whether the search is over).
+replays over it. Everything stays on the device except one flag per step (whether the search is over); on CUDA the next
+step is enqueued before the host reads that flag (as generate's RUN_AHEAD), so the host's work of a step overlaps the
+GPU's, and the step after the last is computed and discarded.
 
 Semantics (transformers 4.50 on, whose vectorised beam search this follows; same sequences and scores):
 - a step's scores are log_softmax(logits) in fp32, then repetition_penalty, min_new_tokens and the logits_processor;
@@ -25,6 +27,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from . import modeling_jamba as _mj
 from .modeling_jamba import _run_criteria, _run_processors, _TupleOutput
 
 _NEG = -1.0e9                                   # the score of a candidate that may not be chosen (as transformers)
@@ -79,6 +82,8 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
     keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
     scores_out, logits_out = [], []
     all_scores = () if keep_scores else None
+    ahead = (_mj.RUN_AHEAD if _mj.RUN_AHEAD is not None else True) and dev.type == "cuda"
+    go_h = torch.zeros(1, dtype=torch.bool, pin_memory=ahead)
     for i in range(max_new_tokens):
         cur = T + i                                             # tokens per sequence before this step
         lf = logits.to(torch.float32, copy=True)
@@ -130,12 +135,21 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
         best_running = run_score[:, :1] / float(length) ** length_penalty
         worst = torch.where(finished, fin_score.min(dim=1, keepdim=True).values, _NEG)
         open_ = open_ & (best_running > worst).any(dim=1, keepdim=True)
-        go_on = open_.any() & ~(finished.all() & (early_stopping is True)) & ~ends.all()
-        if i + 1 == max_new_tokens or not bool(go_on):          # (the step's one host wait)
+        go_on = (open_.any() & ~(finished.all() & (early_stopping is True)) & ~ends.all()).reshape(1)
+        if i + 1 == max_new_tokens:
             break
-        rows = (run_idx[:, :, i]).reshape(-1)                   # the row each surviving beam came from
-        cache.reorder_rows(rows)
+        if ahead:                        # the flag travels to the host while the next step is enqueued behind it
+            go_h.copy_(go_on, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record()
+        elif not bool(go_on):
+            break
+        cache.reorder_rows(run_idx[:, :, i].reshape(-1))       # each surviving beam's row came from there
         logits = model._decode_step(run_seq[:, :, cur].reshape(-1), cache, graph)
+        if ahead:
+            ready.synchronize()          # the step just enqueued keeps the GPU busy while this step's flag is read
+            if not bool(go_h):
+                break                    # (that step is discarded)
     r = num_return_sequences
     seqs = fin_seq[:, :r].reshape(B * r, M)
     idx = fin_idx[:, :r].reshape(B * r, max_new_tokens)

@@ -190,9 +190,11 @@ def test_beam_search_bad_arguments():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cuda_beam_search_graph_equals_eager(dtype):
+def test_cuda_beam_search_graph_equals_eager(dtype, monkeypatch):
     """On the GPU: the captured decode step (reordered in place between replays) gives the beams of the eager static
-    steps, bit for bit (same kernels); in fp32 also the CPU run's beams."""
+    steps, bit for bit (same kernels), with the next step enqueued before the host reads the stop flag (the default)
+    or not; in fp32 also the CPU run's beams."""
+    import jamba_ext.modeling_jamba as mj
     _, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
     kw = dict(num_beams=4, max_new_tokens=20, num_return_sequences=2, return_dict_in_generate=True, output_scores=True)
@@ -203,7 +205,10 @@ def test_cuda_beam_search_graph_equals_eager(dtype):
         graph = ours.generate(ids.cuda(), cuda_graph=True, **kw)
         assert ours._decode_graph_info["captured"]
         eager = ours.generate(ids.cuda(), cuda_graph=False, static_cache=True, **kw)
-    assert graph.sequences.tolist() == eager.sequences.tolist()
+        monkeypatch.setattr(mj, "RUN_AHEAD", False)
+        waiting = ours.generate(ids.cuda(), cuda_graph=True, **kw)
+    assert graph.sequences.shape[1] < 9 + 20            # (the search ended before max_new_tokens: EOS hypotheses)
+    assert graph.sequences.tolist() == eager.sequences.tolist() == waiting.sequences.tolist()
     assert torch.equal(graph.sequences_scores, eager.sequences_scores)
     if dtype == torch.float32:
         assert graph.sequences.tolist() == cpu.sequences.tolist()
