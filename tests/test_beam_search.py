@@ -197,17 +197,29 @@ def test_cuda_beam_search_graph_equals_eager(dtype, monkeypatch):
     import jamba_ext.modeling_jamba as mj
     _, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 9, 101)
-    kw = dict(num_beams=4, max_new_tokens=20, num_return_sequences=2, return_dict_in_generate=True, output_scores=True)
+
+    def push_eos(input_ids, scores):          # from the 4th new token on EOS (id 5) is certain: every beam ends
+        if input_ids.shape[1] >= 9 + 3:
+            scores = scores.clone()
+            scores[:, 5] = 0.0
+        return scores
+
+    kw = dict(num_beams=4, max_new_tokens=20, num_return_sequences=2, eos_token_id=5, logits_processor=[push_eos],
+              return_dict_in_generate=True, output_scores=True)
+    steps, orig = [], mj.JambaForCausalLM._decode_step
+    monkeypatch.setattr(mj.JambaForCausalLM, "_decode_step", lambda self, *a: steps.append(1) or orig(self, *a))
     with torch.no_grad():
-        kw["eos_token_id"] = _eos_mid_search(ours, ids, num_beams=4)
         cpu = ours.generate(ids, **kw)
+        assert cpu.sequences.shape[1] == 9 + 4 and len(steps) == 3      # (the search ended there, 16 steps early)
         ours = ours.to(device="cuda", dtype=dtype)
+        steps.clear()
         graph = ours.generate(ids.cuda(), cuda_graph=True, **kw)
-        assert ours._decode_graph_info["captured"]
+        assert ours._decode_graph_info["captured"] and len(steps) == 4  # (one step enqueued ahead, discarded)
         eager = ours.generate(ids.cuda(), cuda_graph=False, static_cache=True, **kw)
         monkeypatch.setattr(mj, "RUN_AHEAD", False)
+        steps.clear()
         waiting = ours.generate(ids.cuda(), cuda_graph=True, **kw)
-    assert graph.sequences.shape[1] < 9 + 20            # (the search ended before max_new_tokens: EOS hypotheses)
+        assert len(steps) == 3
     assert graph.sequences.tolist() == eager.sequences.tolist() == waiting.sequences.tolist()
     assert torch.equal(graph.sequences_scores, eager.sequences_scores)
     if dtype == torch.float32:
