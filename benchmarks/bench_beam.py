@@ -7,8 +7,9 @@
 Rows: "jamba_ext+graph" (the default on CUDA: each decode step replayed from a captured CUDA graph over B x n rows,
 the beams' state reordered in place between replays), "jamba_ext" (eager steps, dynamic cache), "transformers"
 (its generate(num_beams=n), do_sample=False), and "jamba_ext+graph greedy" (num_beams=1 over the same prompt, for
-the cost of a search step against a plain decode step; "greedy x<n>": each prompt n times, batch x n rows, the
-decode step a search step runs, without the search's own work). Each row: the wall time of generate() with 1 and with n_new
+the cost of a search step against a plain decode step; "greedy x<n>": batch x n prompts, batch x n rows, the
+decode step a search step runs, without the search's own work; distinct prompts, since copies of one would route
+every row to the same experts). Each row: the wall time of generate() with 1 and with n_new
 new tokens (median of --reps, the device synchronised), prefill_ms = the first, decode_ms_per_token = (second -
 first) / (n_new - 1), tokens_per_s = beams * batch / decode_ms_per_token (tokens the search evaluates).
 Correctness first: our graph search's sequences and scores against our eager static-cache search (same kernels:
@@ -64,6 +65,9 @@ def main(argv=None) -> int:
     gen = torch.Generator(device=device).manual_seed(0)
     ids = torch.randint(3, cfg.vocab_size, (args.batch, L), device=device, generator=gen)
     mask = torch.ones_like(ids)
+    # batch x beams distinct prompts (copies of one prompt would route every row to the same experts, while a search's
+    # beams hold different tokens and touch more of them: batch 4 touches up to 8 of 16 experts a MoE layer, not 2)
+    wide = torch.randint(3, cfg.vocab_size, (args.batch * args.beams, L), device=device, generator=gen)
     kw = dict(num_beams=args.beams, eos_token_id=None, return_dict_in_generate=True, output_scores=True)
     graph_ok = device.type == "cuda"
 
@@ -89,7 +93,7 @@ def main(argv=None) -> int:
             "jamba_ext+graph greedy": lambda n: ours.generate(ids, max_new_tokens=n, cuda_graph=graph_ok,
                                                               eos_token_id=None),
             f"jamba_ext+graph greedy x{args.beams}": lambda n: ours.generate(
-                ids.repeat_interleave(args.beams, dim=0), max_new_tokens=n, cuda_graph=graph_ok, eos_token_id=None)}
+                wide, max_new_tokens=n, cuda_graph=graph_ok, eos_token_id=None)}
     if hf is not None:
         runs["transformers"] = lambda n: hf.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False,
                                                      pad_token_id=0, **kw)
