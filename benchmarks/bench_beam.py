@@ -104,7 +104,7 @@ def main(argv=None) -> int:
             reps = 1 if name == "transformers" else args.reps             # (its slow path: seconds a call)
             t1, tn = timed(lambda: run(1), device, reps), timed(lambda: run(n_new), device, reps)
             per = (tn - t1) / (n_new - 1)
-            beams = 1 if name.endswith("greedy") else args.beams    # (greedy xN: N copies of each prompt)
+            beams = 1 if name.endswith("greedy") else args.beams    # (greedy xN: N prompts per prompt)
             rows.append(dict(label=name, impl=name, batch=args.batch, beams=beams, prompt=L, new_tokens=n_new,
                              prefill_ms=t1, total_ms=tn, decode_ms_per_token=per,
                              tokens_per_s=beams * args.batch / (per / 1e3), median_us=tn * 1e3))
