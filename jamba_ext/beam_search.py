@@ -8,7 +8,8 @@ step is enqueued before the host reads that flag (as generate's RUN_AHEAD), so t
 GPU's, and the step after the last is computed and discarded.
 
 Semantics (transformers 4.50 on, whose vectorised beam search this follows; same sequences and scores):
-- a step's scores are log_softmax(logits) in fp32, then repetition_penalty, min_new_tokens and the logits_processor;
+- a step's scores are log_softmax(logits) in fp32, then repetition_penalty, no_repeat_ngram_size, min_new_tokens and
+  the logits_processor;
   a candidate's score is its beam's running sum plus that step's log-probability; at the first step only beam 0 counts;
 - the K best candidates of a prompt (over its n beams x V tokens) are kept; a candidate ends when its token is an EOS id,
   when it reaches M tokens, or when the stopping_criteria say so; the n best candidates that do not end run on;
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from . import modeling_jamba as _mj
+from .logits_filters import ban_repeated_ngrams
 from .modeling_jamba import _run_criteria, _run_processors, _TupleOutput
 
 _NEG = -1.0e9                                   # the score of a candidate that may not be chosen (as transformers)
@@ -56,7 +58,7 @@ def _gather(t: Tensor, idx: Tensor) -> Tensor:
 def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beams: int, max_new_tokens: int,
                 eos: list, pad: Optional[int], length_penalty: float, early_stopping, num_return_sequences: int,
                 repetition_penalty: float, min_new_tokens: int, logits_processor, stopping_criteria,
-                return_dict_in_generate: bool, output_scores: bool, output_logits: bool):
+                return_dict_in_generate: bool, output_scores: bool, output_logits: bool, no_repeat_ngram_size: int = 0):
     """The search after the prefill. logits (B, V): the prompts' last logits; cache: the prefilled state of the B
     prompts (made B * num_beams rows here); graph: a _DecodeGraph over it (captured by the caller after the rows were
     repeated) or None; input_ids (B, T)."""
@@ -94,6 +96,8 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
         if repetition_penalty != 1.0:
             seen = torch.zeros_like(lp, dtype=torch.bool).scatter_(1, seqs, True)
             lp = torch.where(seen, torch.where(lp < 0, lp * repetition_penalty, lp / repetition_penalty), lp)
+        if no_repeat_ngram_size:
+            lp = ban_repeated_ngrams(seqs, lp, no_repeat_ngram_size)
         if i < min_new_tokens and eos_t is not None:
             lp = lp.index_fill(1, eos_t, float("-inf"))
         if logits_processor is not None:

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import logits_filters as _filters
 from . import moe as _moe
 from . import ops as _ops
 from . import reference as _reference
@@ -2359,8 +2360,7 @@ def _run_criteria(criteria, input_ids: Tensor, scores: Tensor) -> Tensor:
 # transformers' generate() arguments that JambaForCausalLM.generate accepts at the values that change nothing here
 _HF_NOOP_GENERATE_KWARGS = {
     "use_cache": (True, None), "num_beam_groups": (1, None), "output_attentions": (False, None),
-    "output_hidden_states": (False, None), "synced_gpus": (False, None), "no_repeat_ngram_size": (0, None),
-    "typical_p": (1.0, None),
+    "output_hidden_states": (False, None), "synced_gpus": (False, None),
 }
 
 
@@ -2522,7 +2522,8 @@ class JambaForCausalLM(_PreTrained):
                  return_dict_in_generate: bool = False, output_scores: bool = False, output_logits: bool = False,
                  logits_processor=None, stopping_criteria=None, min_p: Optional[float] = None,
                  num_beams: int = 1, length_penalty: float = 1.0, early_stopping: Union[bool, str] = False,
-                 **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
+                 no_repeat_ngram_size: int = 0, typical_p: float = 1.0, epsilon_cutoff: float = 0.0,
+                 eta_cutoff: float = 0.0, **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
@@ -2530,7 +2531,10 @@ class JambaForCausalLM(_PreTrained):
         picks alike): the logit of every token already in the sequence (prompt, its padding and the new tokens) is
         divided by it where positive, multiplied where negative; 1.0 (the default) leaves the logits alone. Sampling
         applies temperature, then top_k, then top_p (nucleus), then min_p (tokens less likely than min_p times the
-        most likely one are dropped; None: off), with a torch.Generator seeded by `seed`. min_new_tokens:
+        most likely one are dropped; None: off), then typical_p, epsilon_cutoff and eta_cutoff (transformers' typical,
+        epsilon and eta sampling; jamba_ext.logits_filters), with a torch.Generator seeded by `seed`.
+        no_repeat_ngram_size=n (after repetition_penalty; greedy, sampled and beam search alike): no token may complete
+        an n-gram already in the sequence. min_new_tokens:
         the EOS ids cannot be picked before this many new tokens (transformers' semantics). num_return_sequences=n: each
         prompt n times in a row (rows b * n .. b * n + n - 1 of the result), as transformers. Other transformers
         arguments are accepted at their no-op values (use_cache=True, num_beams=1, output_scores=False, ...: see
@@ -2582,7 +2586,7 @@ class JambaForCausalLM(_PreTrained):
             "its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, top_p, "
             "repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer, "
             "return_dict_in_generate, output_scores, output_logits, logits_processor, stopping_criteria, min_p, "
-            "num_beams, length_penalty, early_stopping")})
+            "num_beams, length_penalty, early_stopping, no_repeat_ngram_size, typical_p, epsilon_cutoff, eta_cutoff")})
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
         if num_return_sequences < 1:
@@ -2623,6 +2627,14 @@ class JambaForCausalLM(_PreTrained):
             raise ValueError(f"repetition_penalty: expected > 0 (1.0: none), got {repetition_penalty}")
         if min_new_tokens < 0:
             raise ValueError(f"min_new_tokens: expected >= 0, got {min_new_tokens}")
+        if not isinstance(no_repeat_ngram_size, int) or isinstance(no_repeat_ngram_size, bool) or \
+                no_repeat_ngram_size < 0:
+            raise ValueError(f"no_repeat_ngram_size: expected an int >= 0 (0: off), got {no_repeat_ngram_size!r}")
+        if not 0 < typical_p <= 1:
+            raise ValueError(f"typical_p: expected in (0, 1] (1: off), got {typical_p}")
+        for name, v in (("epsilon_cutoff", epsilon_cutoff), ("eta_cutoff", eta_cutoff)):
+            if not 0 <= v < 1:
+                raise ValueError(f"{name}: expected in [0, 1) (0: off), got {v}")
         Bsz, T = input_ids.shape
         chunks = prefill_chunks(T, Bsz, prefill_chunk)
         gen = None
@@ -2670,7 +2682,7 @@ class JambaForCausalLM(_PreTrained):
             return beam_search(self, logits, cache, graph, input_ids, num_beams, max_new_tokens, eos, pad_given,
                                length_penalty, early_stopping, num_return_sequences, repetition_penalty,
                                min_new_tokens, logits_processor, stopping_criteria, return_dict_in_generate,
-                               output_scores, output_logits)
+                               output_scores, output_logits, no_repeat_ngram_size)
         ahead = RUN_AHEAD if RUN_AHEAD is not None else dev.type == "cuda"
         # host copies of the new tokens (for the streamer and the EOS test), one row per step
         host = torch.empty((max_new_tokens, Bsz), dtype=torch.long, pin_memory=dev.type == "cuda" and ahead)
@@ -2687,11 +2699,15 @@ class JambaForCausalLM(_PreTrained):
             if seen is not None:
                 lf = logits.float()
                 logits = torch.where(seen, torch.where(lf < 0, lf * repetition_penalty, lf / repetition_penalty), lf)
+            seqs = torch.cat(out, dim=1) if (logits_processor is not None or no_repeat_ngram_size) else None
+            if no_repeat_ngram_size:
+                logits = _filters.ban_repeated_ngrams(seqs, logits.float(), no_repeat_ngram_size)
             if i < min_new_tokens and eos_t is not None:
                 logits = logits.index_fill(1, eos_t, float("-inf"))
             if logits_processor is not None:
-                logits = _run_processors(logits_processor, torch.cat(out, dim=1), logits.float())
-            scores = self._warp(logits, do_sample, temperature, top_k, top_p, min_p)
+                logits = _run_processors(logits_processor, seqs, logits.float())
+            scores = self._warp(logits, do_sample, temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff,
+                                eta_cutoff)
             if keep_scores:
                 scores_out.append(scores.to(torch.float32, copy=True))
             nxt = scores.argmax(dim=-1) if not do_sample else \
@@ -2742,10 +2758,11 @@ class JambaForCausalLM(_PreTrained):
 
     @staticmethod
     def _warp(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
-              min_p: Optional[float] = None) -> Tensor:
+              min_p: Optional[float] = None, typical_p: float = 1.0, epsilon_cutoff: float = 0.0,
+              eta_cutoff: float = 0.0) -> Tensor:
         """logits (B, V) -> the scores a token is picked from: greedy, the logits as they are (argmax); sampling, fp32
-        logits / temperature, then top_k, then top_p (nucleus), then min_p filtering (-inf where filtered), in
-        transformers' order."""
+        logits / temperature, then top_k, then top_p (nucleus), then min_p, typical_p, epsilon_cutoff and eta_cutoff
+        filtering (-inf where filtered), in transformers' order."""
         if not do_sample:
             return logits
         scores = logits.float() / temperature
@@ -2761,4 +2778,10 @@ class JambaForCausalLM(_PreTrained):
         if min_p:                                         # (the most likely token always stays: min_p <= 1)
             probs = torch.softmax(scores, dim=-1)
             scores = scores.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+        if typical_p < 1.0:
+            scores = _filters.typical(scores, typical_p)
+        if epsilon_cutoff:
+            scores = _filters.epsilon_cut(scores, epsilon_cutoff)
+        if eta_cutoff:
+            scores = _filters.eta_cut(scores, eta_cutoff)
         return scores

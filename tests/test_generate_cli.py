@@ -158,7 +158,8 @@ def test_cli_generate_sampling_argument_errors(capsys):
     for argv, msg in ((["--temperature", "-1"], "--temperature must be >= 0"), (["--top-k", "-2"], "--top-k"),
                       (["--top-p", "0"], "--top-p must be in (0, 1]"), (["--top-p", "2"], "--top-p"),
                       (["--min-p", "1.5"], "--min-p must be in [0, 1]"), (["--num-beams", "0"], "--num-beams"),
-                      (["--num-beams", "2", "--temperature", "0.5"], "beam sampling")):
+                      (["--num-beams", "2", "--temperature", "0.5"], "beam sampling"),
+                      (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size")):
         with pytest.raises(SystemExit) as e:
             main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "2", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
@@ -166,21 +167,34 @@ def test_cli_generate_sampling_argument_errors(capsys):
                  "--min-p", "0.05"]) == 0
 
 
-def test_cli_generate_num_beams(capsys):
-    """--num-beams N prints the best hypothesis of generate(num_beams=N) (cut at its EOS) and a summary line."""
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_cli_generate_num_beams_and_ngram_ban(beams, capsys):
+    """--num-beams N prints the best hypothesis of generate(num_beams=N) (cut at its EOS) and a summary line;
+    --no-repeat-ngram-size 3 is passed on (the printed text is that of generate(no_repeat_ngram_size=3), whose tokens
+    repeat no 3-gram, while without it the built-in model's text does)."""
     from jamba_ext.__main__ import _load
     import argparse
-    assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "6", "--num-beams", "3"]) == 0
-    cap = capsys.readouterr()
-    assert "beam search: 3 beams" in cap.err and cap.out.startswith("ab")
     model, tok, _ = _load(argparse.Namespace(model=None, device="cpu", dtype=None, experts_fp8=False, act_fp8=False,
                                              seed=0, progress=False))
-    with torch.no_grad():
-        ids = tok.encode("ab")
-        best = model.generate(torch.tensor([ids]), max_new_tokens=6, num_beams=3)[0, len(ids):].tolist()
-    eos = set(model.config.eos_token_ids)
-    best = best[:next((i for i, t in enumerate(best) if t in eos or t < 0), len(best))]
-    assert cap.out == "ab" + tok.decode(best) + "\n"
+    ids, eos = tok.encode("ab"), set(model.config.eos_token_ids)
+
+    def ours(**kw):
+        with torch.no_grad():
+            new = model.generate(torch.tensor([ids]), max_new_tokens=40, num_beams=beams, **kw)[0, len(ids):].tolist()
+        return new[:next((i for i, t in enumerate(new) if t in eos or t < 0), len(new))]
+
+    def grams(t):
+        return [tuple(t[i:i + 3]) for i in range(len(t) - 2)]
+
+    for flag, kw in (([], {}), (["--no-repeat-ngram-size", "3"], dict(no_repeat_ngram_size=3))):
+        assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "40", "--num-beams",
+                     str(beams), *flag]) == 0
+        cap = capsys.readouterr()
+        new = ours(**kw)
+        assert cap.out == "ab" + tok.decode(new) + "\n"
+        assert (len(set(grams(ids + new))) == len(grams(ids + new))) == bool(kw), (flag, new)
+        assert ("beam search: 3 beams" in cap.err) == (beams == 3)
 
 
 def test_cli_train_errors(tmp_path, capsys):

@@ -1,0 +1,137 @@
+"""generate()'s score filters of jamba_ext.logits_filters against transformers: no_repeat_ngram_size (greedy, sampled,
+beam search), typical_p, epsilon_cutoff and eta_cutoff (sampling).
+
+Oracle: transformers' logits processors on the same random scores (rows with -inf entries, ties, a peaked row, every
+parameter range), the same filtered entries and values; then whole generate() calls against transformers' generate on
+the same weights (sequences, and the scores of every greedy / beam step and of the first sampled step).
+"""
+import pytest
+import torch
+
+from conftest import import_transformers
+from test_model import CONFIGS, FP32_REL, _same_scores, make_pair, prompt_ids, rel_err
+from jamba_ext import logits_filters as F
+
+transformers = import_transformers()
+lp = pytest.importorskip("transformers.generation.logits_process")
+
+
+def _scores(R=6, V=97, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(R, V, generator=g) * 3
+    s[1, :40] = float("-inf")                    # a row with filtered entries already
+    s[2] = s[2].round()                          # ties
+    s[3, 5] = 30.0                               # one token nearly certain
+    return s
+
+
+def _same(a, b):
+    return torch.equal(torch.isinf(a), torch.isinf(b)) and torch.equal(a[torch.isfinite(a)], b[torch.isfinite(b)])
+
+
+@pytest.mark.parametrize("mass", [0.05, 0.3, 0.9, 0.99])
+def test_typical_matches_transformers(mass):
+    for seed in range(3):
+        s = _scores(seed=seed)
+        assert _same(F.typical(s, mass), lp.TypicalLogitsWarper(mass)(None, s.clone()))
+    assert torch.isfinite(F.typical(s, 0.05)).sum(-1).min() >= 1
+
+
+@pytest.mark.parametrize("eps", [1e-4, 3e-3, 0.02, 0.3])
+def test_epsilon_and_eta_match_transformers(eps):
+    for seed in range(3):
+        s = _scores(seed=seed)
+        assert _same(F.epsilon_cut(s, eps), lp.EpsilonLogitsWarper(eps)(None, s.clone()))
+        assert _same(F.eta_cut(s, eps), lp.EtaLogitsWarper(eps)(None, s.clone()))
+    assert (torch.isinf(F.epsilon_cut(s, 0.3)).sum(-1) > torch.isinf(s).sum(-1)).all()   # (it did filter)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_ban_repeated_ngrams_matches_transformers(n):
+    g = torch.Generator().manual_seed(n)
+    banned = 0
+    for S in (n - 1, n, 12, 40):
+        seqs = torch.randint(0, 6 if n < 4 else 2, (5, S), generator=g)   # a small alphabet: repeated n-grams
+        s = torch.randn(5, 9, generator=g)
+        want = lp.NoRepeatNGramLogitsProcessor(n)(seqs, s.clone())
+        assert _same(F.ban_repeated_ngrams(seqs, s, n), want), (n, S)
+        banned += int(torch.isinf(want).sum())
+    assert banned
+
+
+def _kw_same(got, want, T, steps=None):
+    assert got.sequences.tolist() == want.sequences.tolist()
+    for a, b in list(zip(got.scores, want.scores))[:steps]:
+        assert _same_scores(a, b)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_generate_no_repeat_ngram_matches_transformers(n):
+    """Greedy and beam search with no_repeat_ngram_size: transformers' sequences and scores; without it the same
+    prompts do repeat an n-gram (so the ban acted)."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 6, 101, seed=5)
+    out = dict(return_dict_in_generate=True, output_scores=True, eos_token_id=None, pad_token_id=0)
+    mask = torch.ones_like(ids)
+
+    def repeats(seq):
+        grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+        return len(grams) != len(set(grams))
+
+    with torch.no_grad():
+        free = ours.generate(ids, max_new_tokens=30, eos_token_id=None)
+        assert any(repeats(r) for r in free.tolist())
+        for kw in (dict(), dict(num_beams=3, num_return_sequences=2)):
+            got = ours.generate(ids, max_new_tokens=30, no_repeat_ngram_size=n, **kw, **out)
+            want = hf.generate(ids, attention_mask=mask, do_sample=False, max_new_tokens=30, no_repeat_ngram_size=n,
+                               **kw, **out)
+            _kw_same(got, want, 6)
+            assert not any(repeats(r) for r in got.sequences.tolist())
+            if kw:
+                assert rel_err(got.sequences_scores, want.sequences_scores) <= FP32_REL
+
+
+@pytest.mark.parametrize("kw", [dict(typical_p=0.4), dict(epsilon_cutoff=0.02), dict(eta_cutoff=0.01),
+                                dict(typical_p=0.8, epsilon_cutoff=0.005, no_repeat_ngram_size=2)])
+def test_generate_sampling_filters_match_transformers(kw):
+    """The first sampled step's scores after temperature / top_k and these filters, as transformers' (both runs have
+    the same prefix there); the filters do drop tokens top_k alone keeps."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    samp = dict(do_sample=True, temperature=0.8, top_k=50, max_new_tokens=3, return_dict_in_generate=True,
+                output_scores=True)
+    with torch.no_grad():
+        got = ours.generate(ids, seed=1, **kw, **samp)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), **kw, **samp)
+        base = ours.generate(ids, seed=1, **samp)
+    assert _same_scores(got.scores[0], want.scores[0])
+    assert (torch.isfinite(got.scores[0]).sum(-1) < torch.isfinite(base.scores[0]).sum(-1)).any()
+
+
+def test_generate_filter_arguments_checked():
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(1, 5, 101)
+    for kw, msg in ((dict(no_repeat_ngram_size=-1), "no_repeat_ngram_size"), (dict(no_repeat_ngram_size=2.5),
+                    "no_repeat_ngram_size"), (dict(typical_p=0.0), "typical_p"), (dict(typical_p=1.5), "typical_p"),
+                    (dict(epsilon_cutoff=1.0), "epsilon_cutoff"), (dict(eta_cutoff=-0.1), "eta_cutoff")):
+        with pytest.raises(ValueError, match=msg):
+            ours.generate(ids, max_new_tokens=2, do_sample=True, **kw)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_filters_in_graph_decode():
+    """On the GPU, from a captured decode step: no_repeat_ngram_size (greedy and beams) gives the eager static
+    decode's tokens, and the fp32 CPU run's."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 6, 101, seed=5)
+    with torch.no_grad():
+        for kw in (dict(), dict(num_beams=3)):
+            cpu = ours.generate(ids, max_new_tokens=24, eos_token_id=None, no_repeat_ngram_size=2, **kw)
+            m = ours.to("cuda")
+            graph = m.generate(ids.cuda(), max_new_tokens=24, eos_token_id=None, no_repeat_ngram_size=2,
+                               cuda_graph=True, **kw)
+            eager = m.generate(ids.cuda(), max_new_tokens=24, eos_token_id=None, no_repeat_ngram_size=2,
+                               cuda_graph=False, static_cache=True, **kw)
+            assert graph.tolist() == eager.tolist() == cpu.tolist(), kw
+            ours = m.to("cpu")
