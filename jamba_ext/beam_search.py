@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import modeling_jamba as _mj
-from .logits_filters import ban_repeated_ngrams
+from .logits_filters import ban_repeated_ngrams, penalize, seen_tokens
 from .modeling_jamba import _run_criteria, _run_processors, _TupleOutput
 
 _NEG = -1.0e9                                   # the score of a candidate that may not be chosen (as transformers)
@@ -58,10 +58,12 @@ def _gather(t: Tensor, idx: Tensor) -> Tensor:
 def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beams: int, max_new_tokens: int,
                 eos: list, pad: Optional[int], length_penalty: float, early_stopping, num_return_sequences: int,
                 repetition_penalty: float, min_new_tokens: int, logits_processor, stopping_criteria,
-                return_dict_in_generate: bool, output_scores: bool, output_logits: bool, no_repeat_ngram_size: int = 0):
+                return_dict_in_generate: bool, output_scores: bool, output_logits: bool, no_repeat_ngram_size: int = 0,
+                lead: Optional[Tensor] = None):
     """The search after the prefill. logits (B, V): the prompts' last logits; cache: the prefilled state of the B
     prompts (made B * num_beams rows here); graph: a _DecodeGraph over it (captured by the caller after the rows were
-    repeated) or None; input_ids (B, T)."""
+    repeated) or None; input_ids (B, T); lead (B,): each prompt's left padding (not counted by repetition_penalty) or
+    None."""
     n, dev = num_beams, logits.device
     B, T = input_ids.shape
     M, V = T + max_new_tokens, logits.shape[-1]
@@ -86,6 +88,7 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
     all_scores = () if keep_scores else None
     ahead = (_mj.RUN_AHEAD if _mj.RUN_AHEAD is not None else True) and dev.type == "cuda"
     go_h = torch.zeros(1, dtype=torch.bool, pin_memory=ahead)
+    lead_rows = None if lead is None else lead.repeat_interleave(n)           # (B n,): left padding per beam
     for i in range(max_new_tokens):
         cur = T + i                                             # tokens per sequence before this step
         lf = logits.to(torch.float32, copy=True)
@@ -94,8 +97,7 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
         lp = torch.log_softmax(lf, dim=-1)
         seqs = run_seq[:, :, :cur].reshape(B * n, cur)
         if repetition_penalty != 1.0:
-            seen = torch.zeros_like(lp, dtype=torch.bool).scatter_(1, seqs, True)
-            lp = torch.where(seen, torch.where(lp < 0, lp * repetition_penalty, lp / repetition_penalty), lp)
+            lp = penalize(lp, seen_tokens(seqs, V, lead_rows), repetition_penalty)
         if no_repeat_ngram_size:
             lp = ban_repeated_ngrams(seqs, lp, no_repeat_ngram_size)
         if i < min_new_tokens and eos_t is not None:

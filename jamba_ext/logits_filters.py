@@ -3,6 +3,7 @@
 
 Shapes: scores (R, V) fp32, one row per sequence (or beam); seqs (R, S) int64, the tokens so far (prompt, its padding and
 the new tokens, as transformers' input_ids). Filtered entries become -inf.
+- seen_tokens / penalize (repetition_penalty): the scores of tokens already in the row, left padding excluded.
 - ban_repeated_ngrams (no_repeat_ngram_size=n): a token that would complete an n-gram already in the row's tokens is
   banned: for every earlier n-gram whose first n - 1 tokens equal the row's last n - 1 tokens, its last token.
 - typical (typical_p=mass, sampling): tokens ranked by |-log p - entropy| (closest to the expected surprise first);
@@ -15,6 +16,23 @@ import torch
 from torch import Tensor
 
 _NEG_INF = float("-inf")
+
+
+def seen_tokens(seqs: Tensor, V: int, lead: "Tensor | None" = None) -> Tensor:
+    """(R, V) bool: the tokens in each row of seqs (R, S), for repetition_penalty; lead (R,) int64: leading positions
+    of each row that do not count (its left padding: transformers 5.24's prompt_ignore_length, from the
+    attention_mask; None: every position counts, as in earlier releases with no mask)."""
+    if lead is not None:
+        pos = torch.arange(seqs.shape[1], device=seqs.device)
+        seqs = seqs.masked_fill(pos[None, :] < lead[:, None], V)           # (to a column that is dropped)
+    return torch.zeros((seqs.shape[0], V + 1), dtype=torch.bool, device=seqs.device).scatter_(1, seqs, True)[:, :V]
+
+
+def penalize(scores: Tensor, seen: Tensor, penalty: float) -> Tensor:
+    """transformers' repetition penalty: the scores of seen tokens divided by penalty where positive, multiplied
+    where negative (fp32)."""
+    s = scores.float()
+    return torch.where(seen, torch.where(s < 0, s * penalty, s / penalty), s)
 
 
 def ban_repeated_ngrams(seqs: Tensor, scores: Tensor, n: int) -> Tensor:

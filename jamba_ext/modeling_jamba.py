@@ -2528,8 +2528,9 @@ class JambaForCausalLM(_PreTrained):
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
         lengths (left-padded here). repetition_penalty (transformers' semantics, applied first, to greedy and sampled
-        picks alike): the logit of every token already in the sequence (prompt, its padding and the new tokens) is
-        divided by it where positive, multiplied where negative; 1.0 (the default) leaves the logits alone. Sampling
+        picks alike): the logit of every token already in the sequence (prompt and new tokens; the prompt's left padding
+        as the attention_mask gives it does not count, as in transformers 5.24; earlier releases count it) is divided by
+        it where positive, multiplied where negative; 1.0 (the default) leaves the logits alone. Sampling
         applies temperature, then top_k, then top_p (nucleus), then min_p (tokens less likely than min_p times the
         most likely one are dropped; None: off), then typical_p, epsilon_cutoff and eta_cutoff (transformers' typical,
         epsilon and eta sampling; jamba_ext.logits_filters), with a torch.Generator seeded by `seed`.
@@ -2637,6 +2638,9 @@ class JambaForCausalLM(_PreTrained):
                 raise ValueError(f"{name}: expected in [0, 1) (0: off), got {v}")
         Bsz, T = input_ids.shape
         chunks = prefill_chunks(T, Bsz, prefill_chunk)
+        # each row's left padding, which repetition_penalty skips (transformers 5.24 on; None: no mask, none skipped)
+        lead = None if attention_mask is None or attention_mask.dim() != 2 else \
+            (attention_mask.to(dev) != 0).int().argmax(dim=1)
         gen = None
         if do_sample:
             gen = torch.Generator(device=dev)
@@ -2682,7 +2686,7 @@ class JambaForCausalLM(_PreTrained):
             return beam_search(self, logits, cache, graph, input_ids, num_beams, max_new_tokens, eos, pad_given,
                                length_penalty, early_stopping, num_return_sequences, repetition_penalty,
                                min_new_tokens, logits_processor, stopping_criteria, return_dict_in_generate,
-                               output_scores, output_logits, no_repeat_ngram_size)
+                               output_scores, output_logits, no_repeat_ngram_size, lead)
         ahead = RUN_AHEAD if RUN_AHEAD is not None else dev.type == "cuda"
         # host copies of the new tokens (for the streamer and the EOS test), one row per step
         host = torch.empty((max_new_tokens, Bsz), dtype=torch.long, pin_memory=dev.type == "cuda" and ahead)
@@ -2692,13 +2696,12 @@ class JambaForCausalLM(_PreTrained):
             if stopping_criteria is not None else None          # (the stopping criteria's verdicts, per step)
         seen = None                                # (B, V): the tokens in the sequence, for repetition_penalty
         if repetition_penalty != 1.0:
-            seen = torch.zeros(logits.shape, dtype=torch.bool, device=dev).scatter_(1, input_ids.to(dev), True)
+            seen = _filters.seen_tokens(input_ids, logits.shape[-1], lead)
         for i in range(max_new_tokens):
             if keep_logits:                        # (a copy: a replayed graph overwrites its logits buffer)
                 logits_out.append(logits.to(torch.float32, copy=True))
             if seen is not None:
-                lf = logits.float()
-                logits = torch.where(seen, torch.where(lf < 0, lf * repetition_penalty, lf / repetition_penalty), lf)
+                logits = _filters.penalize(logits, seen, repetition_penalty)
             seqs = torch.cat(out, dim=1) if (logits_processor is not None or no_repeat_ngram_size) else None
             if no_repeat_ngram_size:
                 logits = _filters.ban_repeated_ngrams(seqs, logits.float(), no_repeat_ngram_size)

@@ -135,3 +135,38 @@ def test_cuda_filters_in_graph_decode():
                                cuda_graph=False, static_cache=True, **kw)
             assert graph.tolist() == eager.tolist() == cpu.tolist(), kw
             ours = m.to("cpu")
+
+
+def _hf_skips_left_padding() -> bool:
+    """Whether the installed transformers' repetition penalty skips the prompts' left padding (5.24 on)."""
+    import inspect
+    src = inspect.getsource(transformers.GenerationMixin._get_logits_processor)
+    return "prompt_ignore_length" in src
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_repetition_penalty_skips_left_padding(beams):
+    """repetition_penalty does not count a prompt's left padding (transformers 5.24's prompt_ignore_length): with the
+    pad id chosen as the token the short prompt's continuation picks first, counting the padding would change that
+    pick (the first step's scores show the pad id unpenalised, a prompt token penalised). Against transformers where
+    it skips the padding too."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    short, long_ = prompt_ids(1, 5, 101, seed=7)[0].tolist(), prompt_ids(1, 9, 101, seed=8)[0].tolist()
+    with torch.no_grad():
+        first = int(ours.generate([short], max_new_tokens=1, eos_token_id=None)[0, -1])
+        assert first not in short
+        pad = first
+        ids, mask = ours._left_pad([long_, short], pad, torch.device("cpu"))
+        kw = dict(max_new_tokens=6, repetition_penalty=4.0, eos_token_id=None, pad_token_id=pad, num_beams=beams)
+        out = ours.generate(ids, attention_mask=mask, return_dict_in_generate=True, output_scores=True,
+                            output_logits=True, **kw)
+        got = out.sequences
+        assert int(got[1, 9]) == first                 # the padding did not count against the pad token
+        raw = out.logits[0] if beams == 1 else torch.log_softmax(out.logits[0], dim=-1)
+        row = 1 * beams                                # (the short prompt's first row)
+        assert out.scores[0][row, pad] == raw[row, pad]               # not penalised
+        t = short[0]                                                  # a prompt token: penalised
+        assert out.scores[0][row, t] == (raw[row, t] * 4.0 if raw[row, t] < 0 else raw[row, t] / 4.0)
+        if _hf_skips_left_padding():
+            want = hf.generate(ids, attention_mask=mask, do_sample=False, **kw)
+            assert got.tolist() == want.tolist()
