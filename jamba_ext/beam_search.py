@@ -8,8 +8,8 @@ step is enqueued before the host reads that flag (as generate's RUN_AHEAD), so t
 GPU's, and the step after the last is computed and discarded.
 
 Semantics (transformers 4.50 on, whose vectorised beam search this follows; same sequences and scores):
-- a step's scores are log_softmax(logits) in fp32, then repetition_penalty, no_repeat_ngram_size, min_new_tokens and
-  the logits_processor;
+- a step's scores are log_softmax(logits) in fp32, then the step's processing (logits_filters.StepFilters:
+  repetition_penalty, no_repeat_ngram_size, min_new_tokens, ..., the logits_processor), then renormalize_logits;
   a candidate's score is its beam's running sum plus that step's log-probability; at the first step only beam 0 counts;
 - the K best candidates of a prompt (over its n beams x V tokens) are kept; a candidate ends when its token is an EOS id,
   when it reaches M tokens, or when the stopping_criteria say so; the n best candidates that do not end run on;
@@ -29,8 +29,8 @@ import torch
 from torch import Tensor
 
 from . import modeling_jamba as _mj
-from .logits_filters import ban_repeated_ngrams, penalize, seen_tokens
-from .modeling_jamba import _run_criteria, _run_processors, _TupleOutput
+from .logits_filters import StepFilters
+from .modeling_jamba import _run_criteria, _TupleOutput
 
 _NEG = -1.0e9                                   # the score of a candidate that may not be chosen (as transformers)
 
@@ -57,13 +57,12 @@ def _gather(t: Tensor, idx: Tensor) -> Tensor:
 
 def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beams: int, max_new_tokens: int,
                 eos: list, pad: Optional[int], length_penalty: float, early_stopping, num_return_sequences: int,
-                repetition_penalty: float, min_new_tokens: int, logits_processor, stopping_criteria,
-                return_dict_in_generate: bool, output_scores: bool, output_logits: bool, no_repeat_ngram_size: int = 0,
-                lead: Optional[Tensor] = None):
+                filt: StepFilters, stopping_criteria, return_dict_in_generate: bool, output_scores: bool,
+                output_logits: bool, renormalize_logits: bool = False):
     """The search after the prefill. logits (B, V): the prompts' last logits; cache: the prefilled state of the B
     prompts (made B * num_beams rows here); graph: a _DecodeGraph over it (captured by the caller after the rows were
-    repeated) or None; input_ids (B, T); lead (B,): each prompt's left padding (not counted by repetition_penalty) or
-    None."""
+    repeated) or None; input_ids (B, T); filt: the step's score processing (logits_filters.StepFilters over B * n
+    rows, applied to the log-probabilities, as transformers' processors in its beam search)."""
     n, dev = num_beams, logits.device
     B, T = input_ids.shape
     M, V = T + max_new_tokens, logits.shape[-1]
@@ -88,7 +87,6 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
     all_scores = () if keep_scores else None
     ahead = (_mj.RUN_AHEAD if _mj.RUN_AHEAD is not None else True) and dev.type == "cuda"
     go_h = torch.zeros(1, dtype=torch.bool, pin_memory=ahead)
-    lead_rows = None if lead is None else lead.repeat_interleave(n)           # (B n,): left padding per beam
     for i in range(max_new_tokens):
         cur = T + i                                             # tokens per sequence before this step
         lf = logits.to(torch.float32, copy=True)
@@ -96,14 +94,9 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
             logits_out.append(lf)
         lp = torch.log_softmax(lf, dim=-1)
         seqs = run_seq[:, :, :cur].reshape(B * n, cur)
-        if repetition_penalty != 1.0:
-            lp = penalize(lp, seen_tokens(seqs, V, lead_rows), repetition_penalty)
-        if no_repeat_ngram_size:
-            lp = ban_repeated_ngrams(seqs, lp, no_repeat_ngram_size)
-        if i < min_new_tokens and eos_t is not None:
-            lp = lp.index_fill(1, eos_t, float("-inf"))
-        if logits_processor is not None:
-            lp = _run_processors(logits_processor, seqs, lp)
+        lp = filt(lp, seqs, i)
+        if renormalize_logits:
+            lp = torch.log_softmax(lp, dim=-1)
         if keep_scores:
             scores_out.append(lp.clone())
             all_scores = tuple(scores_out)

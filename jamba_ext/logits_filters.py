@@ -12,6 +12,8 @@ the new tokens, as transformers' input_ids). Filtered entries become -inf.
 - epsilon_cut (epsilon_cutoff=e, sampling): tokens of probability < e are dropped; the most likely one stays.
 - eta_cut (eta_cutoff=e, sampling): as epsilon_cut with the threshold min(e, sqrt(e) * exp(-entropy)).
 """
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -78,3 +80,99 @@ def eta_cut(scores: Tensor, eps: float, keep: int = 1) -> Tensor:
     entropy = -torch.where(p > 0, p * logp, torch.zeros_like(p)).sum(dim=-1, keepdim=True)
     e = torch.tensor(eps, device=scores.device)
     return _cut_below(scores, torch.minimum(e, e.sqrt() * torch.exp(-entropy)), keep)
+
+
+def _bias_table(spec, V: int, device, what: str):
+    """A sequence_bias spec ({tuple(ids): bias} or [[ids, bias], ...]) -> (length-1 bias (V,) fp32, [(prefixes (G, L-1),
+    last ids (G,), biases (G,)) per prefix length L-1])."""
+    items = list(spec.items()) if isinstance(spec, dict) else [tuple(x) for x in spec]
+    one = torch.zeros(V, dtype=torch.float32, device=device)
+    groups = {}
+    for ids, b in items:
+        ids = list(ids)
+        if not ids or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < V for t in ids):
+            raise ValueError(f"{what}: {ids!r} is not a non-empty list of token ids in [0, {V})")
+        if len(ids) == 1:
+            one[ids[0]] = float(b)
+        else:
+            groups.setdefault(len(ids) - 1, []).append((ids, float(b)))
+    multi = [(torch.tensor([i[:-1] for i, _ in g], device=device), torch.tensor([i[-1] for i, _ in g], device=device),
+              torch.tensor([b for _, b in g], dtype=torch.float32, device=device)) for g in groups.values()]
+    return one, multi
+
+
+def _apply_bias(scores: Tensor, seqs: Optional[Tensor], table) -> Tensor:
+    one, multi = table
+    bias = one.expand(scores.shape[0], -1).clone()
+    for prefixes, last, b in multi:
+        P = prefixes.shape[1]
+        if P > seqs.shape[1]:
+            continue                                   # (a prefix longer than the sequence cannot match)
+        hit = (seqs[:, None, -P:] == prefixes[None]).all(dim=-1)                   # (R, G)
+        bias.index_add_(1, last, torch.where(hit, b, torch.zeros_like(b)))
+    return scores.float() + bias
+
+
+class StepFilters:
+    """One generate() step's score processing before the sampling filters, in transformers' order: sequence_bias,
+    repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens, forced_eos_token_id,
+    suppress_tokens, begin_suppress_tokens, then the user's logits_processor (run by `run_processors`).
+    T: prompt length; M: T + max_new_tokens; eos: the EOS ids (min_length / min_new_tokens act only with some, as in
+    transformers); lead (R,): each row's left padding, which repetition_penalty skips. A filter left at its default
+    is skipped. Call f(scores (R, V), seqs (R, T + i) or None, i, seen=None): seen (R, V) bool, kept by the caller,
+    replaces seen_tokens(seqs) for the repetition penalty; seqs is needed when f.needs_seqs."""
+
+    def __init__(self, V: int, device, T: int, M: int, eos: list, *, sequence_bias=None, repetition_penalty=1.0,
+                 lead=None, no_repeat_ngram_size=0, bad_words_ids=None, min_length=0, min_new_tokens=0,
+                 forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None, logits_processor=None,
+                 run_processors=None):
+        self.V, self.T, self.M = V, T, M
+        self.penalty, self.lead, self.ngram = repetition_penalty, lead, no_repeat_ngram_size
+        self.eos_t = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
+        self.min_length, self.min_new = min_length, min_new_tokens
+        self.processors, self.run_processors = logits_processor, run_processors
+        self.seq_bias = None if not sequence_bias else _bias_table(sequence_bias, V, device, "sequence_bias")
+        self.bad = None
+        if bad_words_ids is not None:
+            if not isinstance(bad_words_ids, (list, tuple)) or not bad_words_ids or \
+                    any(not isinstance(w, (list, tuple)) for w in bad_words_ids):
+                raise ValueError(f"bad_words_ids: expected a non-empty list of token-id lists, got {bad_words_ids!r}")
+            words = [list(w) for w in bad_words_ids if list(w) not in [[e] for e in eos]]   # (EOS stays allowed)
+            self.bad = _bias_table([(w, float("-inf")) for w in words], V, device, "bad_words_ids") if words else None
+        ids = lambda x, what: None if x is None else torch.tensor(_ids(x, V, what), dtype=torch.long,  # noqa: E731
+                                                                  device=device)
+        self.forced_eos = ids(forced_eos_token_id, "forced_eos_token_id")
+        self.suppress = ids(suppress_tokens, "suppress_tokens")
+        self.begin_suppress = ids(begin_suppress_tokens, "begin_suppress_tokens")
+        self.needs_seqs = bool(no_repeat_ngram_size or logits_processor is not None
+                               or (self.seq_bias is not None and self.seq_bias[1])
+                               or (self.bad is not None and self.bad[1]))
+
+    def __call__(self, scores: Tensor, seqs: Optional[Tensor], i: int, seen: Optional[Tensor] = None) -> Tensor:
+        if self.seq_bias is not None:
+            scores = _apply_bias(scores, seqs, self.seq_bias)
+        if self.penalty != 1.0:
+            scores = penalize(scores, seen if seen is not None else seen_tokens(seqs, self.V, self.lead), self.penalty)
+        if self.ngram:
+            scores = ban_repeated_ngrams(seqs, scores.float(), self.ngram)
+        if self.bad is not None:
+            scores = _apply_bias(scores, seqs, self.bad)
+        if self.eos_t is not None and (self.T + i < self.min_length or i < self.min_new):
+            scores = scores.index_fill(1, self.eos_t, _NEG_INF)
+        if self.forced_eos is not None and self.T + i == self.M - 1:
+            scores = torch.full_like(scores, _NEG_INF).index_fill(1, self.forced_eos, 0.0)
+        if self.suppress is not None:
+            scores = scores.index_fill(1, self.suppress, _NEG_INF)
+        if self.begin_suppress is not None and i == 0:
+            scores = scores.index_fill(1, self.begin_suppress, _NEG_INF)
+        if self.processors is not None:
+            scores = self.run_processors(self.processors, seqs, scores.float())
+        return scores
+
+
+def _ids(x, V: int, what: str) -> list:
+    """An int or a list of ints, each a token id in [0, V) -> list; else a ValueError naming `what`."""
+    xs = [x] if isinstance(x, int) and not isinstance(x, bool) else list(x) if isinstance(x, (list, tuple)) else None
+    if xs is None or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < V for t in xs):
+        raise ValueError(f"{what}: expected a token id or a list of them in [0, {V}), got {x!r}")
+    return xs

@@ -2523,7 +2523,9 @@ class JambaForCausalLM(_PreTrained):
                  logits_processor=None, stopping_criteria=None, min_p: Optional[float] = None,
                  num_beams: int = 1, length_penalty: float = 1.0, early_stopping: Union[bool, str] = False,
                  no_repeat_ngram_size: int = 0, typical_p: float = 1.0, epsilon_cutoff: float = 0.0,
-                 eta_cutoff: float = 0.0, **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
+                 eta_cutoff: float = 0.0, sequence_bias=None, bad_words_ids=None, min_length: int = 0,
+                 forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None,
+                 renormalize_logits: bool = False, **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
@@ -2535,7 +2537,9 @@ class JambaForCausalLM(_PreTrained):
         most likely one are dropped; None: off), then typical_p, epsilon_cutoff and eta_cutoff (transformers' typical,
         epsilon and eta sampling; jamba_ext.logits_filters), with a torch.Generator seeded by `seed`.
         no_repeat_ngram_size=n (after repetition_penalty; greedy, sampled and beam search alike): no token may complete
-        an n-gram already in the sequence. min_new_tokens:
+        an n-gram already in the sequence. sequence_bias, bad_words_ids, min_length, forced_eos_token_id,
+        suppress_tokens, begin_suppress_tokens, renormalize_logits: transformers' processors of those names, in its
+        order (jamba_ext.logits_filters.StepFilters), on the device. min_new_tokens:
         the EOS ids cannot be picked before this many new tokens (transformers' semantics). num_return_sequences=n: each
         prompt n times in a row (rows b * n .. b * n + n - 1 of the result), as transformers. Other transformers
         arguments are accepted at their no-op values (use_cache=True, num_beams=1, output_scores=False, ...: see
@@ -2587,7 +2591,9 @@ class JambaForCausalLM(_PreTrained):
             "its arguments: max_new_tokens / max_length, min_new_tokens, do_sample, temperature, top_k, top_p, "
             "repetition_penalty, seed, eos_token_id, pad_token_id, num_return_sequences, streamer, "
             "return_dict_in_generate, output_scores, output_logits, logits_processor, stopping_criteria, min_p, "
-            "num_beams, length_penalty, early_stopping, no_repeat_ngram_size, typical_p, epsilon_cutoff, eta_cutoff")})
+            "num_beams, length_penalty, early_stopping, no_repeat_ngram_size, typical_p, epsilon_cutoff, eta_cutoff, "
+            "sequence_bias, bad_words_ids, min_length, forced_eos_token_id, suppress_tokens, begin_suppress_tokens, "
+            "renormalize_logits")})
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
         if num_return_sequences < 1:
@@ -2641,6 +2647,16 @@ class JambaForCausalLM(_PreTrained):
         # each row's left padding, which repetition_penalty skips (transformers 5.24 on; None: no mask, none skipped)
         lead = None if attention_mask is None or attention_mask.dim() != 2 else \
             (attention_mask.to(dev) != 0).int().argmax(dim=1)
+        if not isinstance(min_length, int) or min_length < 0:
+            raise ValueError(f"min_length: expected an int >= 0, got {min_length!r}")
+        filt = _filters.StepFilters(
+            self.config.vocab_size, dev, T, T + max_new_tokens, eos, sequence_bias=sequence_bias,
+            repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+            lead=lead.repeat_interleave(num_beams) if beams and lead is not None else lead,   # (per beam row)
+            bad_words_ids=bad_words_ids, min_length=min_length, min_new_tokens=min_new_tokens,
+            forced_eos_token_id=forced_eos_token_id, suppress_tokens=suppress_tokens,
+            begin_suppress_tokens=begin_suppress_tokens, logits_processor=logits_processor,
+            run_processors=_run_processors)
         gen = None
         if do_sample:
             gen = torch.Generator(device=dev)
@@ -2684,9 +2700,8 @@ class JambaForCausalLM(_PreTrained):
         if beams:                                                # (None and a warning on failure: eager steps)
             from .beam_search import beam_search
             return beam_search(self, logits, cache, graph, input_ids, num_beams, max_new_tokens, eos, pad_given,
-                               length_penalty, early_stopping, num_return_sequences, repetition_penalty,
-                               min_new_tokens, logits_processor, stopping_criteria, return_dict_in_generate,
-                               output_scores, output_logits, no_repeat_ngram_size, lead)
+                               length_penalty, early_stopping, num_return_sequences, filt, stopping_criteria,
+                               return_dict_in_generate, output_scores, output_logits, renormalize_logits)
         ahead = RUN_AHEAD if RUN_AHEAD is not None else dev.type == "cuda"
         # host copies of the new tokens (for the streamer and the EOS test), one row per step
         host = torch.empty((max_new_tokens, Bsz), dtype=torch.long, pin_memory=dev.type == "cuda" and ahead)
@@ -2700,17 +2715,11 @@ class JambaForCausalLM(_PreTrained):
         for i in range(max_new_tokens):
             if keep_logits:                        # (a copy: a replayed graph overwrites its logits buffer)
                 logits_out.append(logits.to(torch.float32, copy=True))
-            if seen is not None:
-                logits = _filters.penalize(logits, seen, repetition_penalty)
-            seqs = torch.cat(out, dim=1) if (logits_processor is not None or no_repeat_ngram_size) else None
-            if no_repeat_ngram_size:
-                logits = _filters.ban_repeated_ngrams(seqs, logits.float(), no_repeat_ngram_size)
-            if i < min_new_tokens and eos_t is not None:
-                logits = logits.index_fill(1, eos_t, float("-inf"))
-            if logits_processor is not None:
-                logits = _run_processors(logits_processor, seqs, logits.float())
+            logits = filt(logits, torch.cat(out, dim=1) if filt.needs_seqs else None, i, seen)
             scores = self._warp(logits, do_sample, temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff,
                                 eta_cutoff)
+            if renormalize_logits:
+                scores = torch.log_softmax(scores.float(), dim=-1)
             if keep_scores:
                 scores_out.append(scores.to(torch.float32, copy=True))
             nxt = scores.argmax(dim=-1) if not do_sample else \

@@ -92,7 +92,8 @@ def test_generate_no_repeat_ngram_matches_transformers(n):
 
 
 @pytest.mark.parametrize("kw", [dict(typical_p=0.4), dict(epsilon_cutoff=0.02), dict(eta_cutoff=0.01),
-                                dict(typical_p=0.8, epsilon_cutoff=0.005, no_repeat_ngram_size=2)])
+                                dict(typical_p=0.8, epsilon_cutoff=0.005, no_repeat_ngram_size=2),
+                                dict(top_p=0.7, renormalize_logits=True)])
 def test_generate_sampling_filters_match_transformers(kw):
     """The first sampled step's scores after temperature / top_k and these filters, as transformers' (both runs have
     the same prefix there); the filters do drop tokens top_k alone keeps."""
@@ -170,3 +171,62 @@ def test_repetition_penalty_skips_left_padding(beams):
         if _hf_skips_left_padding():
             want = hf.generate(ids, attention_mask=mask, do_sample=False, **kw)
             assert got.tolist() == want.tolist()
+
+
+def _hf_case_args(free, T):
+    """Processor arguments built from an unfiltered greedy run (free: (B, T + n) tokens), so each one acts."""
+    a, b = free[0, T:].tolist(), free[1, T:].tolist()
+    return {
+        "bad_words": dict(bad_words_ids=[[a[0]], [a[1], a[2]], [b[3]]]),
+        "bad_words_eos": dict(bad_words_ids=[[a[1]], [b[0]]], eos_token_id=b[0]),     # ([EOS] stays allowed)
+        "suppress": dict(suppress_tokens=[a[1], b[1]], begin_suppress_tokens=[a[0]]),
+        "bias": dict(sequence_bias=[[[a[4]], 6.0], [[a[0], b[2]], 9.0], [[b[0]], -3.0]]),
+        "min_length": dict(min_length=T + 5, eos_token_id=[a[1], b[2]]),
+        "forced_eos": dict(forced_eos_token_id=a[3], eos_token_id=a[3]),
+        "renormalize": dict(renormalize_logits=True, repetition_penalty=1.4),
+    }
+
+
+@pytest.mark.parametrize("case", ["bad_words", "bad_words_eos", "suppress", "bias", "min_length", "forced_eos",
+                                  "renormalize"])
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_processor_arguments_match_transformers(case, beams):
+    """sequence_bias, bad_words_ids (an EOS-only bad word stays allowed), suppress_tokens, begin_suppress_tokens,
+    min_length, forced_eos_token_id and renormalize_logits: transformers' sequences and per-step scores, greedy and
+    beam search; each changes the unfiltered tokens."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 7, 101, seed=11)
+    with torch.no_grad():
+        free = ours.generate(ids, max_new_tokens=10, eos_token_id=None)
+        kw = dict(dict(eos_token_id=None), **_hf_case_args(free, 7)[case])
+        if hasattr(transformers.GenerationConfig(), "sequence_bias") is False and case == "bias":
+            pytest.skip("this transformers has no sequence_bias")
+        out = dict(max_new_tokens=10, num_beams=beams, return_dict_in_generate=True, output_scores=True,
+                   pad_token_id=0)
+        if beams > 1:
+            out["num_return_sequences"] = 2
+        got = ours.generate(ids, **kw, **out)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **kw, **out)
+    assert got.sequences.tolist() == want.sequences.tolist()
+    assert len(got.scores) == len(want.scores)
+    for a, b in zip(got.scores, want.scores):   # (-inf at the same places; a forced step's finite scores are all 0)
+        assert torch.equal(torch.isinf(a), torch.isinf(b))
+        assert torch.allclose(a[torch.isfinite(a)], b[torch.isfinite(b)], rtol=FP32_REL, atol=1e-5)
+    if beams == 1 and case != "renormalize":          # (renormalizing changes the scores, not the picks)
+        assert got.sequences.tolist() != free.tolist()
+    if case == "bad_words_eos" and beams == 1:        # row 1 ends at once, at the EOS that was a bad word
+        assert int(got.sequences[1, 7]) == int(free[1, 7])
+    if case == "renormalize":
+        assert torch.allclose(got.scores[0].exp().sum(-1), torch.ones(2 * beams), atol=1e-5)
+
+
+def test_generate_processor_arguments_checked():
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(1, 5, 101)
+    for kw, msg in ((dict(bad_words_ids=[]), "bad_words_ids"), (dict(bad_words_ids=[[3, 500]]), "bad_words_ids"),
+                    (dict(bad_words_ids=[3]), "bad_words_ids"), (dict(suppress_tokens=[101]), "suppress_tokens"),
+                    (dict(begin_suppress_tokens="a"), "begin_suppress_tokens"),
+                    (dict(forced_eos_token_id=-1), "forced_eos_token_id"), (dict(sequence_bias=[[[], 1.0]]),
+                    "sequence_bias"), (dict(min_length=-2), "min_length")):
+        with pytest.raises(ValueError, match=msg):
+            ours.generate(ids, max_new_tokens=2, **kw)
