@@ -143,7 +143,8 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
             ready.record()
         elif not bool(go_on):
             break
-        cache.reorder_rows(run_idx[:, :, i].reshape(-1))       # each surviving beam's row came from there
+        cache.reorder_rows(run_idx[:, :, i].reshape(-1), T)    # each surviving beam's row came from there (the
+        #                                                        prompt's positions are alike in all of its beams)
         logits = model._decode_step(run_seq[:, :, cur].reshape(-1), cache, graph)
         if ahead:
             ready.synchronize()          # the step just enqueued keeps the GPU busy while this step's flag is read

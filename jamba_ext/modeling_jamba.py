@@ -464,22 +464,26 @@ class JambaHybridCache:
         self._key_mask, self.static_mask = rep(self._key_mask), rep(self.static_mask)
         self.batch_size *= n
 
-    def reorder_rows(self, rows: Tensor) -> None:
+    def reorder_rows(self, rows: Tensor, shared: int = 0) -> None:
         """Row i of the state becomes a copy of row rows[i] (rows: (batch,) int64 on the cache's device), in place:
-        a captured decode step keeps reading the same tensors. Only the stored positions of the KV buffers move."""
+        a captured decode step keeps reading the same tensors. shared: positions before it are equal in row i and
+        row rows[i] already (beam search: the prompt's keys, values and mask, copied by repeat_rows to all of its
+        beams, while rows only mixes beams of one prompt), so only the KV positions shared .. seq_len move."""
         P = self.seq_len
         for ts in (self.conv_states, self.ssm_states):
             for t in ts:
                 if t is not None:
                     t.copy_(t.index_select(0, rows))
-        for ts in (self._keys, self._values):
-            for t in ts:
-                if t is not None and P:
-                    t[:, :, :P].copy_(t[:, :, :P].index_select(0, rows))
-        if self._key_mask is not None:
-            self._key_mask = self._key_mask.index_select(0, rows)
-        if self.static_mask is not None:
-            self.static_mask.copy_(self.static_mask.index_select(0, rows))
+        if P > shared:
+            for ts in (self._keys, self._values):
+                for t in ts:
+                    if t is not None:
+                        t[:, :, shared:P].copy_(t[:, :, shared:P].index_select(0, rows))
+            if self._key_mask is not None:                  # (a new tensor: it may be a view of the caller's mask)
+                m = self._key_mask
+                self._key_mask = torch.cat((m[:, :shared], m[:, shared:].index_select(0, rows)), dim=1)
+            if self.static_mask is not None:
+                self.static_mask[:, shared:P] = self.static_mask[:, shared:P].index_select(0, rows)
 
     # -- snapshots (CUDA-graph warm-up runs real steps; the state is put back afterwards)
     def _snapshot(self):
