@@ -204,7 +204,8 @@ def cmd_generate(args) -> int:
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
                        top_p=args.top_p, min_p=args.min_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph,
                        repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
-                       no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_chunk=args.prefill_chunk, prefill_progress=on_prefill if pre_bar.enabled else None)
+                       no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_chunk=args.prefill_chunk,
+                       prefill_progress=on_prefill if pre_bar.enabled else None)
     t1 = time.perf_counter()
     echo()                                          # (no prefill ran: --max-new-tokens 0)
     bar.close()
@@ -240,8 +241,9 @@ def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0) -> in
     new = new[:end]
     sys.stdout.write(tok.decode(new) + "\n")
     sys.stdout.flush()
+    graph = (getattr(model, "_decode_graph_info", None) or {}).get("captured")
     sys.stderr.write(f"beam search: {args.num_beams} beams, {len(new)} new tokens in {t1 - t0:.2f} s (prefill "
-                     f"included{', CUDA graph' if (getattr(model, '_decode_graph_info', None) or {}).get('captured') else ''})\n")
+                     f"included{', CUDA graph' if graph else ''})\n")
     return 0
 
 

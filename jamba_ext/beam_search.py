@@ -11,8 +11,8 @@ Semantics (transformers 4.50 on, whose vectorised beam search this follows; same
 - a step's scores are log_softmax(logits) in fp32, then the step's processing (logits_filters.StepFilters:
   repetition_penalty, no_repeat_ngram_size, min_new_tokens, ..., the logits_processor), then renormalize_logits;
   a candidate's score is its beam's running sum plus that step's log-probability; at the first step only beam 0 counts;
-- the K best candidates of a prompt (over its n beams x V tokens) are kept; a candidate ends when its token is an EOS id,
-  when it reaches M tokens, or when the stopping_criteria say so; the n best candidates that do not end run on;
+- the K best candidates of a prompt (over its n beams x V tokens) are kept; a candidate ends when its token is an EOS
+  id, when it reaches M tokens, or when the stopping_criteria say so; the n best candidates that do not end run on;
 - an ended candidate among the n best is a finished hypothesis, scored sum / (new tokens ** length_penalty); each
   prompt keeps its n best finished ones;
 - the search of a prompt stops when no running beam can beat its worst finished hypothesis (early_stopping=False: by

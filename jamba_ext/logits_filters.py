@@ -1,8 +1,11 @@
-"""Score filters of generate() beyond temperature / top_k / top_p / min_p, with transformers' semantics, on the device
-(no host synchronisation, so a decode loop that runs ahead of the host keeps doing so).
+"""Score processing of generate() beyond temperature / top_k / top_p / min_p, with transformers' semantics, on the
+device (no host synchronisation, so a decode loop that runs ahead of the host keeps doing so). StepFilters runs one
+step's processors in transformers' order (sequence_bias, repetition_penalty, no_repeat_ngram_size, bad_words_ids,
+min_length, min_new_tokens, forced_eos_token_id, suppress_tokens, begin_suppress_tokens, the user's processors) for
+greedy, sampled and beam search alike; the sampling filters below follow min_p in JambaForCausalLM._warp.
 
-Shapes: scores (R, V) fp32, one row per sequence (or beam); seqs (R, S) int64, the tokens so far (prompt, its padding and
-the new tokens, as transformers' input_ids). Filtered entries become -inf.
+Shapes: scores (R, V) fp32, one row per sequence (or beam); seqs (R, S) int64, the tokens so far (prompt, its padding
+and the new tokens, as transformers' input_ids). Filtered entries become -inf.
 - seen_tokens / penalize (repetition_penalty): the scores of tokens already in the row, left padding excluded.
 - ban_repeated_ngrams (no_repeat_ngram_size=n): a token that would complete an n-gram already in the row's tokens is
   banned: for every earlier n-gram whose first n - 1 tokens equal the row's last n - 1 tokens, its last token.
@@ -11,6 +14,8 @@ the new tokens, as transformers' input_ids). Filtered entries become -inf.
   at least one token.
 - epsilon_cut (epsilon_cutoff=e, sampling): tokens of probability < e are dropped; the most likely one stays.
 - eta_cut (eta_cutoff=e, sampling): as epsilon_cut with the threshold min(e, sqrt(e) * exp(-entropy)).
+- sequence_bias / bad_words_ids: a bias (-inf for a bad word) added to a sequence's last token wherever the row ends
+  with the sequence's other tokens (single tokens: always).
 """
 from typing import Optional
 
@@ -20,7 +25,7 @@ from torch import Tensor
 _NEG_INF = float("-inf")
 
 
-def seen_tokens(seqs: Tensor, V: int, lead: "Tensor | None" = None) -> Tensor:
+def seen_tokens(seqs: Tensor, V: int, lead: Optional[Tensor] = None) -> Tensor:
     """(R, V) bool: the tokens in each row of seqs (R, S), for repetition_penalty; lead (R,) int64: leading positions
     of each row that do not count (its left padding: transformers 5.24's prompt_ignore_length, from the
     attention_mask; None: every position counts, as in earlier releases with no mask)."""

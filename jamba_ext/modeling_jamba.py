@@ -2529,7 +2529,8 @@ class JambaForCausalLM(_PreTrained):
                  no_repeat_ngram_size: int = 0, typical_p: float = 1.0, epsilon_cutoff: float = 0.0,
                  eta_cutoff: float = 0.0, sequence_bias=None, bad_words_ids=None, min_length: int = 0,
                  forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None,
-                 renormalize_logits: bool = False, **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
+                 renormalize_logits: bool = False,
+                 **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
         input_ids: LongTensor (B, T) (left-padded, with attention_mask) or a list of token-id lists of any
@@ -2546,7 +2547,7 @@ class JambaForCausalLM(_PreTrained):
         order (jamba_ext.logits_filters.StepFilters), on the device. min_new_tokens:
         the EOS ids cannot be picked before this many new tokens (transformers' semantics). num_return_sequences=n: each
         prompt n times in a row (rows b * n .. b * n + n - 1 of the result), as transformers. Other transformers
-        arguments are accepted at their no-op values (use_cache=True, num_beams=1, output_scores=False, ...: see
+        arguments are accepted at their no-op values (use_cache=True, output_attentions=False, ...: see
         _HF_NOOP_GENERATE_KWARGS); any other value raises ValueError naming it. A sequence stops at an EOS id (config.eos_token_id by default;
         None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
         streamer: called with the new tokens (B,) after every step, as a CPU tensor; an object with put()/end(), such
@@ -2653,8 +2654,10 @@ class JambaForCausalLM(_PreTrained):
             (attention_mask.to(dev) != 0).int().argmax(dim=1)
         if not isinstance(min_length, int) or min_length < 0:
             raise ValueError(f"min_length: expected an int >= 0, got {min_length!r}")
+        head = self.get_output_embeddings()                        # (its rows: the logits' width)
         filt = _filters.StepFilters(
-            self.config.vocab_size, dev, T, T + max_new_tokens, eos, sequence_bias=sequence_bias,
+            head.weight.shape[0] if head is not None else self.config.vocab_size, dev, T, T + max_new_tokens, eos,
+            sequence_bias=sequence_bias,
             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
             lead=lead.repeat_interleave(num_beams) if beams and lead is not None else lead,   # (per beam row)
             bad_words_ids=bad_words_ids, min_length=min_length, min_new_tokens=min_new_tokens,
