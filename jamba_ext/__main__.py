@@ -198,7 +198,8 @@ def cmd_generate(args) -> int:
     use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda"
     t0 = pre_bar.t0 = time.perf_counter()
     if args.num_beams > 1:
-        return _beam_generate(args, model, tok, ids, use_graph, on_prefill if pre_bar.enabled else None, echo, t0)
+        return _beam_generate(args, model, tok, ids, use_graph, on_prefill if pre_bar.enabled else None, echo, t0,
+                              bar)
     with torch.inference_mode():
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
@@ -225,16 +226,25 @@ def cmd_generate(args) -> int:
     return 0
 
 
-def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0) -> int:
-    """generate --num-beams N: the best hypothesis, printed when the search ends (a search has no token stream)."""
+def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) -> int:
+    """generate --num-beams N: the best hypothesis, printed when the search ends (a search has no token stream; the
+    progress bar counts its steps, through a logits processor that leaves the scores alone: no host wait)."""
     import torch
+
+    def count_step(input_ids, scores):
+        if bar.n == 0:
+            bar.t0 = time.perf_counter()
+        bar.update()
+        return scores
+
     with torch.inference_mode():
         out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                              num_beams=args.num_beams, cuda_graph=use_graph, repetition_penalty=args.repetition_penalty,
                              min_new_tokens=args.min_new_tokens, prefill_chunk=args.prefill_chunk,
-                             no_repeat_ngram_size=args.no_repeat_ngram_size,
-                             prefill_progress=on_prefill)
+                             no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_progress=on_prefill,
+                             logits_processor=[count_step] if bar.enabled else None)
     t1 = time.perf_counter()
+    bar.close()
     echo()
     new, eos = out[0, len(ids):].tolist(), set(model.config.eos_token_ids)
     end = next((i for i, t in enumerate(new) if t in eos or t < 0), len(new))   # (what follows an EOS is fill)

@@ -195,6 +195,11 @@ def test_cli_generate_num_beams_and_ngram_ban(beams, capsys):
         assert cap.out == "ab" + tok.decode(new) + "\n"
         assert (len(set(grams(ids + new))) == len(grams(ids + new))) == bool(kw), (flag, new)
         assert ("beam search: 3 beams" in cap.err) == (beams == 3)
+    # --progress: a bar on stderr counts the steps (of the search too), the text is the same
+    assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "40", "--num-beams", str(beams),
+                 "--progress"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "ab" + tok.decode(ours()) + "\n" and re.search(r"\] \d+/40 ", cap.err)
 
 
 def test_cli_train_errors(tmp_path, capsys):
