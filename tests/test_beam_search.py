@@ -48,6 +48,8 @@ CASES = {
     "early_true": dict(num_beams=2, max_new_tokens=10, early_stopping=True, num_return_sequences=2),
     "lp_neg": dict(num_beams=3, max_new_tokens=8, length_penalty=-1.0, num_return_sequences=3),
     "penalty_min_new": dict(num_beams=3, max_new_tokens=8, repetition_penalty=1.5, min_new_tokens=4),
+    "one_step": dict(num_beams=2, max_new_tokens=1),
+    "three_eos": dict(num_beams=3, max_new_tokens=8, num_return_sequences=3, eos_token_id=[5, 7, 40]),
 }
 
 
