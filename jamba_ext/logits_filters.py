@@ -120,7 +120,9 @@ def _apply_bias(scores: Tensor, seqs: Optional[Tensor], table) -> Tensor:
 
 class StepFilters:
     """One generate() step's score processing before the sampling filters, in transformers' order: sequence_bias,
-    repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens, forced_eos_token_id,
+    repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens, forced_bos_token_id (a
+    one-token prompt's first step), forced_eos_token_id, remove_invalid_values, exponential_decay_length_penalty
+    ((start, factor): from new token start + 1 on, each EOS score s gains |s| * (factor ** (i - start) - 1)),
     suppress_tokens, begin_suppress_tokens, then the user's logits_processor (run by `run_processors`).
     T: prompt length; M: T + max_new_tokens; eos: the EOS ids (min_length / min_new_tokens act only with some, as in
     transformers); lead (R,): each row's left padding, which repetition_penalty skips. A filter left at its default
@@ -130,7 +132,8 @@ class StepFilters:
     def __init__(self, V: int, device, T: int, M: int, eos: list, *, sequence_bias=None, repetition_penalty=1.0,
                  lead=None, no_repeat_ngram_size=0, bad_words_ids=None, min_length=0, min_new_tokens=0,
                  forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None, logits_processor=None,
-                 run_processors=None):
+                 run_processors=None, forced_bos_token_id=None, remove_invalid_values=False,
+                 exponential_decay_length_penalty=None):
         self.V, self.T, self.M = V, T, M
         self.penalty, self.lead, self.ngram = repetition_penalty, lead, no_repeat_ngram_size
         self.eos_t = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
@@ -147,6 +150,21 @@ class StepFilters:
         ids = lambda x, what: None if x is None else torch.tensor(_ids(x, V, what), dtype=torch.long,  # noqa: E731
                                                                   device=device)
         self.forced_eos = ids(forced_eos_token_id, "forced_eos_token_id")
+        self.forced_bos = ids(forced_bos_token_id, "forced_bos_token_id")
+        self.remove_invalid = bool(remove_invalid_values)
+        self.decay = None
+        if exponential_decay_length_penalty is not None:
+            d = exponential_decay_length_penalty
+            if not isinstance(d, (list, tuple)) or len(d) != 2 or not isinstance(d[0], int) or d[0] < 0 or \
+                    not isinstance(d[1], (int, float)):
+                raise ValueError("exponential_decay_length_penalty: expected (start index >= 0, decay factor), got "
+                                 f"{d!r}")
+            if self.eos_t is None:
+                raise ValueError("exponential_decay_length_penalty raises the EOS scores: it needs EOS ids")
+            self.decay = (int(d[0]), float(d[1]))
+            self.decay_eos = torch.unique(self.eos_t)           # (each EOS id raised once, as transformers)
+        # begin_suppress_tokens act at the first new token, the second when a forced BOS opens a one-token prompt
+        self.begin_step = 1 if (T == 1 and forced_bos_token_id is not None) else 0
         self.suppress = ids(suppress_tokens, "suppress_tokens")
         self.begin_suppress = ids(begin_suppress_tokens, "begin_suppress_tokens")
         self.needs_seqs = bool(no_repeat_ngram_size or logits_processor is not None
@@ -164,11 +182,22 @@ class StepFilters:
             scores = _apply_bias(scores, seqs, self.bad)
         if self.eos_t is not None and (self.T + i < self.min_length or i < self.min_new):
             scores = scores.index_fill(1, self.eos_t, _NEG_INF)
+        if self.forced_bos is not None and self.T + i == 1:
+            scores = torch.full_like(scores, _NEG_INF).index_fill(1, self.forced_bos, 0.0)
         if self.forced_eos is not None and self.T + i == self.M - 1:
             scores = torch.full_like(scores, _NEG_INF).index_fill(1, self.forced_eos, 0.0)
+        if self.remove_invalid:
+            s32 = scores.float()
+            big = torch.finfo(torch.float32).max
+            scores = torch.nan_to_num(s32, nan=0.0, posinf=big, neginf=-big)
+        if self.decay is not None and i > self.decay[0]:
+            scores = scores.float()
+            e = scores.index_select(1, self.decay_eos)
+            add = torch.where(torch.isfinite(e), e.abs() * (self.decay[1] ** (i - self.decay[0]) - 1), 0.0)
+            scores = scores.index_add(1, self.decay_eos, add)
         if self.suppress is not None:
             scores = scores.index_fill(1, self.suppress, _NEG_INF)
-        if self.begin_suppress is not None and i == 0:
+        if self.begin_suppress is not None and i == self.begin_step:
             scores = scores.index_fill(1, self.begin_suppress, _NEG_INF)
         if self.processors is not None:
             scores = self.run_processors(self.processors, seqs, scores.float())

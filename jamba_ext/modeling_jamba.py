@@ -2529,7 +2529,8 @@ class JambaForCausalLM(_PreTrained):
                  no_repeat_ngram_size: int = 0, typical_p: float = 1.0, epsilon_cutoff: float = 0.0,
                  eta_cutoff: float = 0.0, sequence_bias=None, bad_words_ids=None, min_length: int = 0,
                  forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None,
-                 renormalize_logits: bool = False,
+                 renormalize_logits: bool = False, forced_bos_token_id=None, remove_invalid_values: bool = False,
+                 exponential_decay_length_penalty=None,
                  **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
@@ -2542,9 +2543,10 @@ class JambaForCausalLM(_PreTrained):
         most likely one are dropped; None: off), then typical_p, epsilon_cutoff and eta_cutoff (transformers' typical,
         epsilon and eta sampling; jamba_ext.logits_filters), with a torch.Generator seeded by `seed`.
         no_repeat_ngram_size=n (after repetition_penalty; greedy, sampled and beam search alike): no token may complete
-        an n-gram already in the sequence. sequence_bias, bad_words_ids, min_length, forced_eos_token_id,
-        suppress_tokens, begin_suppress_tokens, renormalize_logits: transformers' processors of those names, in its
-        order (jamba_ext.logits_filters.StepFilters), on the device. min_new_tokens:
+        an n-gram already in the sequence. sequence_bias, bad_words_ids, min_length, forced_bos_token_id,
+        forced_eos_token_id, remove_invalid_values, exponential_decay_length_penalty, suppress_tokens,
+        begin_suppress_tokens, renormalize_logits: transformers' processors of those names, in its order
+        (jamba_ext.logits_filters.StepFilters), on the device. min_new_tokens:
         the EOS ids cannot be picked before this many new tokens (transformers' semantics). num_return_sequences=n: each
         prompt n times in a row (rows b * n .. b * n + n - 1 of the result), as transformers. Other transformers
         arguments are accepted at their no-op values (use_cache=True, output_attentions=False, ...: see
@@ -2598,7 +2600,7 @@ class JambaForCausalLM(_PreTrained):
             "return_dict_in_generate, output_scores, output_logits, logits_processor, stopping_criteria, min_p, "
             "num_beams, length_penalty, early_stopping, no_repeat_ngram_size, typical_p, epsilon_cutoff, eta_cutoff, "
             "sequence_bias, bad_words_ids, min_length, forced_eos_token_id, suppress_tokens, begin_suppress_tokens, "
-            "renormalize_logits")})
+            "renormalize_logits, forced_bos_token_id, remove_invalid_values, exponential_decay_length_penalty")})
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
         if num_return_sequences < 1:
@@ -2663,7 +2665,9 @@ class JambaForCausalLM(_PreTrained):
             bad_words_ids=bad_words_ids, min_length=min_length, min_new_tokens=min_new_tokens,
             forced_eos_token_id=forced_eos_token_id, suppress_tokens=suppress_tokens,
             begin_suppress_tokens=begin_suppress_tokens, logits_processor=logits_processor,
-            run_processors=_run_processors)
+            run_processors=_run_processors, forced_bos_token_id=forced_bos_token_id,
+            remove_invalid_values=remove_invalid_values,
+            exponential_decay_length_penalty=exponential_decay_length_penalty)
         gen = None
         if do_sample:
             gen = torch.Generator(device=dev)

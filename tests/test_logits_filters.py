@@ -184,11 +184,13 @@ def _hf_case_args(free, T):
         "min_length": dict(min_length=T + 5, eos_token_id=[a[1], b[2]]),
         "forced_eos": dict(forced_eos_token_id=a[3], eos_token_id=a[3]),
         "renormalize": dict(renormalize_logits=True, repetition_penalty=1.4),
+        "decay": dict(exponential_decay_length_penalty=(2, 1.6), eos_token_id=[a[6], b[7], a[6]]),
+        "invalid": dict(remove_invalid_values=True, bad_words_ids=[[a[0]], [b[1]]]),
     }
 
 
 @pytest.mark.parametrize("case", ["bad_words", "bad_words_eos", "suppress", "bias", "min_length", "forced_eos",
-                                  "renormalize"])
+                                  "renormalize", "decay", "invalid"])
 @pytest.mark.parametrize("beams", [1, 3])
 def test_generate_processor_arguments_match_transformers(case, beams):
     """sequence_bias, bad_words_ids (an EOS-only bad word stays allowed), suppress_tokens, begin_suppress_tokens,
@@ -212,10 +214,12 @@ def test_generate_processor_arguments_match_transformers(case, beams):
     for a, b in zip(got.scores, want.scores):   # (-inf at the same places; a forced step's finite scores are all 0)
         assert torch.equal(torch.isinf(a), torch.isinf(b))
         assert torch.allclose(a[torch.isfinite(a)], b[torch.isfinite(b)], rtol=FP32_REL, atol=1e-5)
-    if beams == 1 and case != "renormalize":          # (renormalizing changes the scores, not the picks)
+    if beams == 1 and case not in ("renormalize", "invalid"):   # (those change the scores, not the picks)
         assert got.sequences.tolist() != free.tolist()
     if case == "bad_words_eos" and beams == 1:        # row 1 ends at once, at the EOS that was a bad word
         assert int(got.sequences[1, 7]) == int(free[1, 7])
+    if case == "invalid":                               # bad words at the lowest float, not -inf
+        assert not torch.isinf(got.scores[0]).any() and (got.scores[0] == torch.finfo(torch.float32).min).any()
     if case == "renormalize":
         assert torch.allclose(got.scores[0].exp().sum(-1), torch.ones(2 * beams), atol=1e-5)
 
@@ -227,6 +231,35 @@ def test_generate_processor_arguments_checked():
                     (dict(bad_words_ids=[3]), "bad_words_ids"), (dict(suppress_tokens=[101]), "suppress_tokens"),
                     (dict(begin_suppress_tokens="a"), "begin_suppress_tokens"),
                     (dict(forced_eos_token_id=-1), "forced_eos_token_id"), (dict(sequence_bias=[[[], 1.0]]),
-                    "sequence_bias"), (dict(min_length=-2), "min_length")):
+                    "sequence_bias"), (dict(min_length=-2), "min_length"),
+                    (dict(exponential_decay_length_penalty=(2,)), "exponential_decay_length_penalty"),
+                    (dict(exponential_decay_length_penalty=(2, 1.5), eos_token_id=None), "needs EOS ids"),
+                    (dict(forced_bos_token_id=1000), "forced_bos_token_id")):
         with pytest.raises(ValueError, match=msg):
             ours.generate(ids, max_new_tokens=2, **kw)
+
+
+def test_forced_bos_and_begin_suppress_on_a_one_token_prompt():
+    """forced_bos_token_id forces the first new token of a one-token prompt; begin_suppress_tokens then act at the
+    second (transformers' begin index); the same tokens and scores as transformers."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = torch.tensor([[17], [23]])
+    with torch.no_grad():
+        free = ours.generate(ids, max_new_tokens=3, eos_token_id=None)
+        kw = dict(max_new_tokens=3, eos_token_id=None, forced_bos_token_id=9, begin_suppress_tokens=[int(free[0, 2])],
+                  return_dict_in_generate=True, output_scores=True, pad_token_id=0)
+        got = ours.generate(ids, **kw)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, **kw)
+    assert got.sequences.tolist() == want.sequences.tolist() and (got.sequences[:, 1] == 9).all()
+    for a, b in zip(got.scores, want.scores):
+        assert torch.equal(torch.isinf(a), torch.isinf(b))
+        assert torch.allclose(a[torch.isfinite(a)], b[torch.isfinite(b)], rtol=FP32_REL, atol=1e-5)
+    assert torch.isinf(got.scores[1][0, int(free[0, 2])])
+    # a longer prompt: no step is the first of the sequence, so forced_bos_token_id changes nothing (transformers too)
+    ids5 = prompt_ids(2, 5, 101)
+    with torch.no_grad():
+        plain = ours.generate(ids5, max_new_tokens=3, eos_token_id=None)
+        forced = ours.generate(ids5, max_new_tokens=3, eos_token_id=None, forced_bos_token_id=9)
+        hf5 = hf.generate(ids5, attention_mask=torch.ones_like(ids5), do_sample=False, max_new_tokens=3,
+                          eos_token_id=None, forced_bos_token_id=9, pad_token_id=0)
+    assert forced.tolist() == plain.tolist() == hf5.tolist() and not (plain[:, 5] == 9).all()
