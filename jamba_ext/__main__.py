@@ -136,8 +136,6 @@ def cmd_generate(args) -> int:
         _fail("--num-beams must be >= 1")
     if args.no_repeat_ngram_size < 0:
         _fail("--no-repeat-ngram-size must be >= 0 (0: off)")
-    if args.num_beams > 1 and args.temperature > 0:
-        _fail("--num-beams > 1 searches greedily: drop --temperature (beam sampling is not supported)")
     from .modeling_jamba import prefill_chunks
     try:
         prefill_chunks(1, 1, args.prefill_chunk)
@@ -240,6 +238,8 @@ def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) 
     with torch.inference_mode():
         out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                              num_beams=args.num_beams, cuda_graph=use_graph, repetition_penalty=args.repetition_penalty,
+                             do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
+                             top_p=args.top_p, min_p=args.min_p, seed=args.seed,
                              min_new_tokens=args.min_new_tokens, prefill_chunk=args.prefill_chunk,
                              no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_progress=on_prefill,
                              logits_processor=[count_step] if bar.enabled else None)
@@ -373,7 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-p", type=float, default=None,
                    help="when sampling, drop tokens less likely than this times the most likely one (e.g. 0.05)")
     g.add_argument("--num-beams", type=int, default=1, metavar="N",
-                   help="beam search over N beams (greedy; the best text is printed when the search ends)")
+                   help="beam search over N beams (with --temperature > 0: beam sampling); the best text is printed "
+                   "when the search ends")
     g.add_argument("--no-repeat-ngram-size", type=int, default=0, metavar="N",
                    help="no N tokens in a row may repeat an earlier N-gram of the text (0: off)")
     g.add_argument("--repetition-penalty", type=float, default=1.0,

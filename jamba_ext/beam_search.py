@@ -9,9 +9,11 @@ GPU's, and the step after the last is computed and discarded.
 
 Semantics (transformers 4.50 on, whose vectorised beam search this follows; same sequences and scores):
 - a step's scores are log_softmax(logits) in fp32, then the step's processing (logits_filters.StepFilters:
-  repetition_penalty, no_repeat_ngram_size, min_new_tokens, ..., the logits_processor), then renormalize_logits;
+  repetition_penalty, no_repeat_ngram_size, min_new_tokens, ..., the logits_processor), the sampling filters when
+  sampling (each keeping at least the EOS ids + 1 tokens), then renormalize_logits;
   a candidate's score is its beam's running sum plus that step's log-probability; at the first step only beam 0 counts;
-- the K best candidates of a prompt (over its n beams x V tokens) are kept; a candidate ends when its token is an EOS
+- the K best candidates of a prompt (over its n beams x V tokens) are kept (sampling: K drawn without replacement from
+  the softmax of those sums, then ordered best first); a candidate ends when its token is an EOS
   id, when it reaches M tokens, or when the stopping_criteria say so; the n best candidates that do not end run on;
 - an ended candidate among the n best is a finished hypothesis, scored sum / (new tokens ** length_penalty); each
   prompt keeps its n best finished ones;
@@ -58,11 +60,14 @@ def _gather(t: Tensor, idx: Tensor) -> Tensor:
 def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beams: int, max_new_tokens: int,
                 eos: list, pad: Optional[int], length_penalty: float, early_stopping, num_return_sequences: int,
                 filt: StepFilters, stopping_criteria, return_dict_in_generate: bool, output_scores: bool,
-                output_logits: bool, renormalize_logits: bool = False):
+                output_logits: bool, renormalize_logits: bool = False, warp=None,
+                gen: Optional[torch.Generator] = None):
     """The search after the prefill. logits (B, V): the prompts' last logits; cache: the prefilled state of the B
     prompts (made B * num_beams rows here); graph: a _DecodeGraph over it (captured by the caller after the rows were
     repeated) or None; input_ids (B, T); filt: the step's score processing (logits_filters.StepFilters over B * n
-    rows, applied to the log-probabilities, as transformers' processors in its beam search)."""
+    rows, applied to the log-probabilities, as transformers' processors in its beam search); warp: beam sampling's
+    filters (temperature, top_k, ... on the log-probabilities) or None; gen: the generator that samples candidates
+    (beam sampling)."""
     n, dev = num_beams, logits.device
     B, T = input_ids.shape
     M, V = T + max_new_tokens, logits.shape[-1]
@@ -95,13 +100,20 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
         lp = torch.log_softmax(lf, dim=-1)
         seqs = run_seq[:, :, :cur].reshape(B * n, cur)
         lp = filt(lp, seqs, i)
+        if warp is not None:
+            lp = warp(lp)
         if renormalize_logits:
             lp = torch.log_softmax(lp, dim=-1)
         if keep_scores:
             scores_out.append(lp.clone())
             all_scores = tuple(scores_out)
         acc = (lp.view(B, n, V) + run_score[:, :, None]).view(B, n * V)
-        top_score, top_i = torch.topk(acc, K, dim=1)                                      # (B, K), best first
+        if warp is not None:             # beam sampling: K candidates drawn without replacement, then best first
+            top_i = torch.multinomial(torch.softmax(acc, dim=-1), K, generator=gen)
+            top_score, order = acc.gather(1, top_i).sort(dim=1, descending=True)
+            top_i = top_i.gather(1, order)
+        else:
+            top_score, top_i = torch.topk(acc, K, dim=1)                                  # (B, K), best first
         beam, tok = top_i // V, top_i % V
         cand_seq = _gather(run_seq, beam)                                                 # (B, K, M)
         cand_seq[:, :, cur] = tok

@@ -2368,7 +2368,7 @@ _HF_NOOP_GENERATE_KWARGS = {
 }
 
 
-def _check_beam_args(num_beams, num_return_sequences, do_sample, streamer, early_stopping, length_penalty) -> bool:
+def _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, length_penalty) -> bool:
     """generate()'s beam-search arguments checked; True when num_beams asks for beam search."""
     if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
         raise ValueError(f"num_beams: expected an int >= 1, got {num_beams!r}")
@@ -2378,9 +2378,6 @@ def _check_beam_args(num_beams, num_return_sequences, do_sample, streamer, early
         raise ValueError(f"length_penalty: expected a number, got {length_penalty!r}")
     if num_beams == 1:
         return False
-    if do_sample:
-        raise ValueError(f"num_beams={num_beams} with do_sample=True (beam sampling) is not supported by jamba_ext: "
-                         "use num_beams=1 to sample, or do_sample=False for beam search")
     if streamer is not None:
         raise ValueError(f"num_beams={num_beams}: a streamer cannot follow beam search (the best sequence is known at "
                          "the end only; transformers refuses it too)")
@@ -2541,7 +2538,8 @@ class JambaForCausalLM(_PreTrained):
         it where positive, multiplied where negative; 1.0 (the default) leaves the logits alone. Sampling
         applies temperature, then top_k, then top_p (nucleus), then min_p (tokens less likely than min_p times the
         most likely one are dropped; None: off), then typical_p, epsilon_cutoff and eta_cutoff (transformers' typical,
-        epsilon and eta sampling; jamba_ext.logits_filters), with a torch.Generator seeded by `seed`.
+        epsilon and eta sampling; jamba_ext.logits_filters), with a torch.Generator seeded by `seed`. top_k=0 (off)
+        is the default here, where transformers' GenerationConfig defaults to 50: pass top_k=50 for its sampling.
         no_repeat_ngram_size=n (after repetition_penalty; greedy, sampled and beam search alike): no token may complete
         an n-gram already in the sequence. sequence_bias, bad_words_ids, min_length, forced_bos_token_id,
         forced_eos_token_id, remove_invalid_values, exponential_decay_length_penalty, suppress_tokens,
@@ -2577,7 +2575,8 @@ class JambaForCausalLM(_PreTrained):
         (CUDA graph as above), num_return_sequences (<= n) best hypotheses per prompt, best first. Returns
         LongTensor (B * num_return_sequences, T + n'), or with return_dict_in_generate a BeamGenerateOutput
         (sequences_scores and per-step log-probability scores with output_scores, raw logits with output_logits,
-        beam_indices). Not with do_sample=True (beam sampling) nor a streamer (as transformers).
+        beam_indices). do_sample=True samples the K candidates of each step from the beams' accumulated scores after
+        the sampling filters (beam sampling, transformers' form). Not with a streamer (as transformers).
 
         static_cache=True: decode with a static KV cache (JambaHybridCache(static=True): buffers sized once
         at T + max_new_tokens, attention over the whole buffer under a device-side length mask); same
@@ -2605,7 +2604,7 @@ class JambaForCausalLM(_PreTrained):
         scores_out, logits_out = [], []
         if num_return_sequences < 1:
             raise ValueError(f"num_return_sequences: expected >= 1, got {num_return_sequences}")
-        beams = _check_beam_args(num_beams, num_return_sequences, do_sample, streamer, early_stopping, length_penalty)
+        beams = _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, length_penalty)
         dev = self.device
         pad_given = self.config.pad_token_id if pad_token_id == "config" else pad_token_id
         pad = 0 if pad_given is None else pad_given
@@ -2710,9 +2709,13 @@ class JambaForCausalLM(_PreTrained):
             graph = _DecodeGraph.capture(self, cache, first.repeat_interleave(num_beams) if beams else first)
         if beams:                                                # (None and a warning on failure: eager steps)
             from .beam_search import beam_search
+            keep = len(eos) + 1 if eos else 2              # (transformers' min_tokens_to_keep in beam sampling)
+            warp = None if not do_sample else functools.partial(
+                self._warp, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff, keep=keep)
             return beam_search(self, logits, cache, graph, input_ids, num_beams, max_new_tokens, eos, pad_given,
                                length_penalty, early_stopping, num_return_sequences, filt, stopping_criteria,
-                               return_dict_in_generate, output_scores, output_logits, renormalize_logits)
+                               return_dict_in_generate, output_scores, output_logits, renormalize_logits, warp, gen)
         ahead = RUN_AHEAD if RUN_AHEAD is not None else dev.type == "cuda"
         # host copies of the new tokens (for the streamer and the EOS test), one row per step
         host = torch.empty((max_new_tokens, Bsz), dtype=torch.long, pin_memory=dev.type == "cuda" and ahead)
@@ -2782,29 +2785,33 @@ class JambaForCausalLM(_PreTrained):
     @staticmethod
     def _warp(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
               min_p: Optional[float] = None, typical_p: float = 1.0, epsilon_cutoff: float = 0.0,
-              eta_cutoff: float = 0.0) -> Tensor:
+              eta_cutoff: float = 0.0, keep: int = 1) -> Tensor:
         """logits (B, V) -> the scores a token is picked from: greedy, the logits as they are (argmax); sampling, fp32
         logits / temperature, then top_k, then top_p (nucleus), then min_p, typical_p, epsilon_cutoff and eta_cutoff
-        filtering (-inf where filtered), in transformers' order."""
+        filtering (-inf where filtered), in transformers' order. keep: the most likely tokens no filter drops (1;
+        beam sampling: the EOS ids + 1, transformers' min_tokens_to_keep)."""
         if not do_sample:
             return logits
         scores = logits.float() / temperature
-        if top_k and top_k < scores.shape[-1]:
-            kth = torch.topk(scores, top_k, dim=-1).values[:, -1:]
+        V = scores.shape[-1]
+        if top_k and max(top_k, keep) < V:
+            kth = torch.topk(scores, max(top_k, keep), dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))
         if top_p < 1.0:
             srt, idx = torch.sort(scores, dim=-1, descending=False)
             cum = torch.softmax(srt, dim=-1).cumsum(dim=-1)
             drop = cum <= (1 - top_p)                     # the low tail whose mass is at most 1 - top_p
-            drop[:, -1] = False                           # always keep the most likely token
+            drop[:, -keep:] = False                       # always keep the most likely token(s)
             scores = scores.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
-        if min_p:                                         # (the most likely token always stays: min_p <= 1)
+        if min_p:
             probs = torch.softmax(scores, dim=-1)
-            scores = scores.masked_fill(probs < min_p * probs.amax(dim=-1, keepdim=True), float("-inf"))
+            drop = probs < min_p * probs.amax(dim=-1, keepdim=True)
+            drop.scatter_(1, torch.topk(probs, min(keep, V), dim=-1).indices, False)
+            scores = scores.masked_fill(drop, float("-inf"))
         if typical_p < 1.0:
-            scores = _filters.typical(scores, typical_p)
+            scores = _filters.typical(scores, typical_p, keep)
         if epsilon_cutoff:
-            scores = _filters.epsilon_cut(scores, epsilon_cutoff)
+            scores = _filters.epsilon_cut(scores, epsilon_cutoff, keep)
         if eta_cutoff:
-            scores = _filters.eta_cut(scores, eta_cutoff)
+            scores = _filters.eta_cut(scores, eta_cutoff, keep)
         return scores

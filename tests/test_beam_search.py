@@ -160,6 +160,58 @@ def test_beam_search_early_stopping_with_a_full_prompt():
     _check_same(got, want)
 
 
+def _hf_sorts_sampled_candidates() -> bool:
+    """transformers 5.24's beam sampling orders the sampled candidates best first; 5.0-5.17 kept the draw order."""
+    import inspect
+    f = getattr(transformers.GenerationMixin, "_get_top_k_continuations", None)
+    return f is not None and ".sort(" in inspect.getsource(f)
+
+
+SAMPLING = [dict(num_beams=3, temperature=0.8, top_k=20), dict(num_beams=2, top_p=0.8, num_return_sequences=2, top_k=0),
+            dict(num_beams=3, min_p=0.1, temperature=1.5, eos_token_id=None, top_k=0),
+            dict(num_beams=4, top_k=3, typical_p=0.7, repetition_penalty=1.3)]
+
+
+@needs_hf
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("case", range(len(SAMPLING)))
+def test_beam_sampling_matches_transformers(case, seed):
+    """do_sample=True with num_beams: each step's K candidates drawn without replacement from the accumulated scores
+    after the sampling filters (each keeping the EOS ids + 1 tokens), as transformers: with its global generator seeded
+    as ours, the same sequences, beam indices and per-step scores (CPU: one Mersenne Twister stream either way).
+    (top_k=0 where transformers would otherwise apply its default top_k=50; ours defaults to no top_k.)"""
+    if not _hf_sorts_sampled_candidates():
+        pytest.skip(f"transformers {transformers.__version__} keeps sampled beam candidates in draw order (5.24 sorts "
+                    "them best first, as ours)")
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    kw = dict(SAMPLING[case], max_new_tokens=8, return_dict_in_generate=True, output_scores=True, output_logits=True)
+    with torch.no_grad():
+        torch.manual_seed(seed)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, pad_token_id=0, **kw)
+        got = ours.generate(ids, do_sample=True, seed=seed, **kw)
+        again = ours.generate(ids, do_sample=True, seed=seed, **kw)
+        greedy = ours.generate(ids, **{k: v for k, v in kw.items() if k not in ("temperature", "top_k", "top_p",
+                                                                                "min_p", "typical_p")})
+    _check_same(got, want)
+    assert got.sequences.tolist() == again.sequences.tolist()          # seeded: reproducible
+    assert not torch.equal(got.scores[0], greedy.scores[0])           # (the sampling filters acted)
+
+
+@pytest.mark.parametrize("eos,keep", [([5, 7], 3), (None, 2), (4, 2)])
+def test_beam_sampling_keeps_eos_plus_one_tokens(eos, keep, monkeypatch):
+    """Beam sampling's filters keep the EOS ids + 1 tokens (2 without EOS ids), transformers' min_tokens_to_keep."""
+    import jamba_ext.modeling_jamba as mj
+    seen, orig = [], mj.JambaForCausalLM._warp
+    monkeypatch.setattr(mj.JambaForCausalLM, "_warp", staticmethod(
+        lambda *a, **kw: seen.append(kw.get("keep", 1)) or orig(*a, **kw)))
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    with torch.no_grad():
+        ours.generate(prompt_ids(1, 5, 101), max_new_tokens=3, num_beams=2, do_sample=True, seed=0, top_k=10,
+                      eos_token_id=eos)
+    assert seen and set(seen) == {keep}
+
+
 def test_beam_search_static_cache_same_beams():
     """The static cache (the mode a CUDA graph replays), eagerly: the same beams as the dynamic cache."""
     _, ours = make_pair(CONFIGS["all_moe_bias"])
@@ -176,8 +228,7 @@ def test_beam_search_static_cache_same_beams():
 def test_beam_search_bad_arguments():
     _, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(1, 5, 101)
-    for kw, msg in ((dict(num_beams=2, do_sample=True), "beam sampling"),
-                    (dict(num_beams=2, streamer=lambda t: None), "streamer"),
+    for kw, msg in ((dict(num_beams=2, streamer=lambda t: None), "streamer"),
                     (dict(num_beams=2, num_return_sequences=3), "num_return_sequences=3 > num_beams=2"),
                     (dict(num_beams=0), "num_beams"), (dict(num_beams=2.0), "num_beams"),
                     (dict(num_beams=2, early_stopping="sometimes"), "early_stopping"),

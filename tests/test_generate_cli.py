@@ -158,7 +158,6 @@ def test_cli_generate_sampling_argument_errors(capsys):
     for argv, msg in ((["--temperature", "-1"], "--temperature must be >= 0"), (["--top-k", "-2"], "--top-k"),
                       (["--top-p", "0"], "--top-p must be in (0, 1]"), (["--top-p", "2"], "--top-p"),
                       (["--min-p", "1.5"], "--min-p must be in [0, 1]"), (["--num-beams", "0"], "--num-beams"),
-                      (["--num-beams", "2", "--temperature", "0.5"], "beam sampling"),
                       (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size")):
         with pytest.raises(SystemExit) as e:
             main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "2", *argv])
@@ -195,6 +194,10 @@ def test_cli_generate_num_beams_and_ngram_ban(beams, capsys):
         assert cap.out == "ab" + tok.decode(new) + "\n"
         assert (len(set(grams(ids + new))) == len(grams(ids + new))) == bool(kw), (flag, new)
         assert ("beam search: 3 beams" in cap.err) == (beams == 3)
+    # --temperature with --num-beams: beam sampling, seeded by --seed (the CLI's default seed is 0)
+    assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "40", "--num-beams", str(beams),
+                 "--temperature", "0.9", "--top-k", "20"]) == 0
+    assert capsys.readouterr().out == "ab" + tok.decode(ours(do_sample=True, temperature=0.9, top_k=20, seed=0)) + "\n"
     # --progress: a bar on stderr counts the steps (of the search too), the text is the same
     assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "40", "--num-beams", str(beams),
                  "--progress"]) == 0

@@ -263,3 +263,25 @@ def test_forced_bos_and_begin_suppress_on_a_one_token_prompt():
         hf5 = hf.generate(ids5, attention_mask=torch.ones_like(ids5), do_sample=False, max_new_tokens=3,
                           eos_token_id=None, forced_bos_token_id=9, pad_token_id=0)
     assert forced.tolist() == plain.tolist() == hf5.tolist() and not (plain[:, 5] == 9).all()
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_sampling_filters_keep_tokens_as_transformers(keep):
+    """Beam sampling keeps at least `keep` tokens through every sampling filter (transformers' min_tokens_to_keep):
+    JambaForCausalLM._warp(keep=...) against transformers' warpers, on rows where one token is nearly certain (so the
+    floor decides what stays)."""
+    from jamba_ext.modeling_jamba import JambaForCausalLM
+    warp = JambaForCausalLM._warp
+    s = _scores(seed=keep)
+    s[0, 7], s[4, 2] = 40.0, 25.0
+    cases = [(dict(top_k=1), lp.TopKLogitsWarper(1, min_tokens_to_keep=keep)),
+             (dict(top_p=0.3), lp.TopPLogitsWarper(0.3, min_tokens_to_keep=keep)),
+             (dict(min_p=0.5), lp.MinPLogitsWarper(0.5, min_tokens_to_keep=keep)),
+             (dict(typical_p=0.2), lp.TypicalLogitsWarper(0.2, min_tokens_to_keep=keep)),
+             (dict(epsilon_cutoff=0.05), lp.EpsilonLogitsWarper(0.05, min_tokens_to_keep=keep)),
+             (dict(eta_cutoff=0.05), lp.EtaLogitsWarper(0.05, min_tokens_to_keep=keep))]
+    for kw, theirs in cases:
+        args = dict(dict(top_k=0, top_p=1.0), **kw)
+        ours = warp(s, True, 1.0, args.pop("top_k"), args.pop("top_p"), keep=keep, **args)
+        assert _same(ours, theirs(None, s.clone())), kw
+        assert (torch.isfinite(ours).sum(-1) >= keep).all() and torch.isfinite(ours[0]).sum() == keep, kw

@@ -413,8 +413,10 @@ def test_generate_generation_config_and_inputs():
         assert got.tolist() == hf.generate(ids, attention_mask=torch.ones_like(ids), generation_config=gc).tolist()
         assert ours.generate(ids, generation_config=gc, max_new_tokens=3).shape == (2, 12)
         assert ours.generate(inputs=ids, max_new_tokens=3).tolist() == ours.generate(ids, max_new_tokens=3).tolist()
-        with pytest.raises(ValueError, match="num_beams=4"):     # (beam sampling: not supported)
-            ours.generate(ids, generation_config=GenerationConfig(num_beams=4, do_sample=True))
+        with pytest.raises(ValueError, match="num_beam_groups=2|diversity_penalty"):   # (group beam search: not
+            #                                                                           supported)
+            ours.generate(ids, generation_config=GenerationConfig(num_beams=4, num_beam_groups=2,
+                                                                  diversity_penalty=0.5))
         assert ours.generate(ids, generation_config=GenerationConfig(num_beams=3, max_new_tokens=4)).tolist() == \
             ours.generate(ids, num_beams=3, max_new_tokens=4).tolist()
         with pytest.raises(ValueError, match="not both"):
@@ -471,7 +473,7 @@ def test_generate_num_return_sequences_and_hf_arguments():
         s = ours.generate(ids, max_new_tokens=6, eos_token_id=None, num_return_sequences=3, do_sample=True, seed=1)
         assert s.shape == (6, 15) and torch.equal(s[:, :9], ids.repeat_interleave(3, dim=0))
         assert len({tuple(r) for r in s[:3, 9:].tolist()}) > 1
-        for kw, msg in ((dict(num_beams=4, do_sample=True), "num_beams=4"), (dict(use_cache=False), "use_cache=False"),
+        for kw, msg in ((dict(num_beams=4, streamer=print), "num_beams=4"), (dict(use_cache=False), "use_cache=False"),
                         (dict(num_beam_groups=2), "num_beam_groups=2"),
                         (dict(guidance_scale=2.0), "guidance_scale"), (dict(num_return_sequences=0), "num_return")):
             with pytest.raises(ValueError, match=msg):
