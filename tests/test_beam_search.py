@@ -278,3 +278,20 @@ def test_cuda_beam_search_graph_equals_eager(dtype, monkeypatch):
     if dtype == torch.float32:
         assert graph.sequences.tolist() == cpu.sequences.tolist()
         assert rel_err(graph.sequences_scores.cpu(), cpu.sequences_scores) <= 1e-3
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_beam_sampling_graph_equals_eager():
+    """Beam sampling on the GPU (a CUDA generator): the captured decode step gives the eager static steps' beams for
+    one seed (same kernels, same draws), and another seed other beams."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ours = ours.cuda()
+    ids = prompt_ids(2, 9, 101).cuda()
+    kw = dict(num_beams=3, max_new_tokens=12, do_sample=True, temperature=0.9, top_k=30, num_return_sequences=2)
+    with torch.no_grad():
+        graph = ours.generate(ids, seed=5, cuda_graph=True, **kw)
+        assert ours._decode_graph_info["captured"]
+        eager = ours.generate(ids, seed=5, cuda_graph=False, static_cache=True, **kw)
+        other = ours.generate(ids, seed=6, cuda_graph=True, **kw)
+    assert graph.tolist() == eager.tolist() and graph.tolist() != other.tolist()
