@@ -73,7 +73,7 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
     M, V = T + max_new_tokens, logits.shape[-1]
     K = max(2, 1 + len(eos)) * n
     fill = (pad or eos[0]) if eos else -1
-    eos_t = torch.tensor(eos, dtype=torch.long, device=dev) if eos else None
+    eos_t = filt.eos_t                                          # (B n rows' EOS ids, or None)
     logits = logits.repeat_interleave(n, dim=0)                                          # (B n, V)
     run_seq = torch.full((B, n, M), fill, dtype=torch.long, device=dev)
     run_seq[:, :, :T] = input_ids[:, None]

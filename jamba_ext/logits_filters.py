@@ -47,8 +47,7 @@ def ban_repeated_ngrams(seqs: Tensor, scores: Tensor, n: int) -> Tensor:
     if n < 1 or S < n:
         return scores
     grams = seqs.unfold(1, n, 1)                                       # (R, S - n + 1, n): every n-gram so far
-    hit = (grams[:, :, :-1] == seqs[:, S - n + 1:][:, None, :]).all(dim=-1) if n > 1 else \
-        torch.ones(grams.shape[:2], dtype=torch.bool, device=seqs.device)
+    hit = (grams[:, :, :-1] == seqs[:, S - n + 1:][:, None, :]).all(dim=-1)      # (n = 1: every gram, all() of none)
     V = scores.shape[-1]
     last = grams[:, :, -1].clamp(0, V - 1)
     # counts, not a boolean scatter: several n-grams may name one token, with hits and misses among them
