@@ -1,7 +1,9 @@
 """Score processing of generate() beyond temperature / top_k / top_p / min_p, with transformers' semantics, on the
-device (no host synchronisation, so a decode loop that runs ahead of the host keeps doing so). StepFilters runs one
-step's processors in transformers' order (sequence_bias, repetition_penalty, no_repeat_ngram_size, bad_words_ids,
-min_length, min_new_tokens, forced_eos_token_id, suppress_tokens, begin_suppress_tokens, the user's processors) for
+device (no host synchronisation, so a decode loop that runs ahead of the host keeps doing so; prefix_allowed_tokens_fn
+and the user's processors excepted: they run in Python). StepFilters runs one step's processors in transformers' order
+(sequence_bias, repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens,
+prefix_allowed_tokens_fn, forced_bos_token_id, forced_eos_token_id, remove_invalid_values,
+exponential_decay_length_penalty, suppress_tokens, begin_suppress_tokens, the user's processors) for
 greedy, sampled and beam search alike; the sampling filters below follow min_p in JambaForCausalLM._warp.
 
 Shapes: scores (R, V) fp32, one row per sequence (or beam); seqs (R, S) int64, the tokens so far (prompt, its padding
@@ -16,6 +18,13 @@ and the new tokens, as transformers' input_ids). Filtered entries become -inf.
 - eta_cut (eta_cutoff=e, sampling): as epsilon_cut with the threshold min(e, sqrt(e) * exp(-entropy)).
 - sequence_bias / bad_words_ids: a bias (-inf for a bad word) added to a sequence's last token wherever the row ends
   with the sequence's other tokens (single tokens: always).
+- top_h (top_h=h, sampling, right after temperature): top-H sampling (arXiv 2509.02510) as transformers' TopHLogitsWarper:
+  over the 100 most likely tokens (their probabilities renormalised), best first, a token is kept while the running
+  sum of -p log p stays within h times those tokens' entropy; the most likely token always stays.
+- prefix_constrain (prefix_allowed_tokens_fn=fn): row r may only take the tokens fn(r // group, its tokens so far)
+  returns (group: the rows per prompt); where no row of a prompt has an allowed token left with a finite score, its
+  rows take the allowed tokens at score 0 (transformers' PrefixConstrainedLogitsProcessor). The one host-side filter:
+  fn runs in Python on each row every step.
 """
 from typing import Optional
 
@@ -86,6 +95,42 @@ def eta_cut(scores: Tensor, eps: float, keep: int = 1) -> Tensor:
     return _cut_below(scores, torch.minimum(e, e.sqrt() * torch.exp(-entropy)), keep)
 
 
+def top_h(scores: Tensor, h: float, top_n: int = 100) -> Tensor:
+    """Top-H filtering (see the module's docstring) of scores (R, V) fp32, h in (0, 1]. The entropy is formed as
+    torch.distributions.Categorical forms it (log-probabilities clamped to the lowest float), so the kept sets equal
+    transformers' bit for bit; a zero probability among the top_n gives a NaN running sum there (as in transformers),
+    which keeps no token after it."""
+    n = min(top_n, scores.shape[-1])
+    top, idx = torch.topk(scores, n, dim=-1, largest=True, sorted=True)
+    logp = top - top.logsumexp(dim=-1, keepdim=True)
+    p = torch.softmax(logp, dim=-1)
+    tau = (-(logp.clamp(min=torch.finfo(logp.dtype).min) * p).sum(-1) * h).unsqueeze(-1)
+    sel = torch.cumsum(-p * torch.log(p), dim=-1) <= tau
+    sel[:, 0] = True
+    keep = torch.zeros_like(scores, dtype=torch.bool).scatter_(1, idx, sel)
+    return scores.masked_fill(~keep, _NEG_INF)
+
+
+def prefix_constrain(scores: Tensor, seqs: Tensor, fn, group: int) -> Tensor:
+    """prefix_allowed_tokens_fn (see the module's docstring): scores (R, V) -> fp32 (R, V); seqs (R, S) the rows'
+    tokens so far, each passed to fn as transformers passes it (a 1-D tensor on the scores' device)."""
+    R, V = scores.shape
+    mask = torch.full((R, V), _NEG_INF)                 # built on the host: one copy to the device
+    for r in range(R):
+        allowed = fn(r // group, seqs[r])
+        if allowed is None or len(allowed) == 0:
+            raise ValueError(f"prefix_allowed_tokens_fn returned no token for batch id {r // group} (row {r}): the "
+                             "constraint cannot be met; it must return a non-empty list of token ids")
+        allowed = torch.as_tensor(allowed, dtype=torch.long).reshape(-1).cpu()
+        if allowed.numel() and (int(allowed.min()) < 0 or int(allowed.max()) >= V):
+            raise ValueError(f"prefix_allowed_tokens_fn returned token ids outside [0, {V}) for batch id {r // group}")
+        mask[r, allowed] = 0.0
+    mask = mask.to(scores.device)
+    out = scores.float() + mask
+    dead = out.amax(dim=-1).isneginf().view(R // group, group).all(dim=-1, keepdim=True)
+    return torch.where(dead.repeat_interleave(group, dim=0), mask, out)
+
+
 def _bias_table(spec, V: int, device, what: str):
     """A sequence_bias spec ({tuple(ids): bias} or [[ids, bias], ...]) -> (length-1 bias (V,) fp32, [(prefixes (G, L-1),
     last ids (G,), biases (G,)) per prefix length L-1])."""
@@ -119,7 +164,8 @@ def _apply_bias(scores: Tensor, seqs: Optional[Tensor], table) -> Tensor:
 
 class StepFilters:
     """One generate() step's score processing before the sampling filters, in transformers' order: sequence_bias,
-    repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens, forced_bos_token_id (a
+    repetition_penalty, no_repeat_ngram_size, bad_words_ids, min_length, min_new_tokens, prefix_allowed_tokens_fn
+    (rows in groups of prefix_group per prompt), forced_bos_token_id (a
     one-token prompt's first step), forced_eos_token_id, remove_invalid_values, exponential_decay_length_penalty
     ((start, factor): from new token start + 1 on, each EOS score s gains |s| * (factor ** (i - start) - 1)),
     suppress_tokens, begin_suppress_tokens, then the user's logits_processor (run by `run_processors`).
@@ -132,8 +178,12 @@ class StepFilters:
                  lead=None, no_repeat_ngram_size=0, bad_words_ids=None, min_length=0, min_new_tokens=0,
                  forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None, logits_processor=None,
                  run_processors=None, forced_bos_token_id=None, remove_invalid_values=False,
-                 exponential_decay_length_penalty=None):
+                 exponential_decay_length_penalty=None, prefix_allowed_tokens_fn=None, prefix_group=1):
         self.V, self.T, self.M = V, T, M
+        if prefix_allowed_tokens_fn is not None and not callable(prefix_allowed_tokens_fn):
+            raise ValueError("prefix_allowed_tokens_fn: expected a callable (batch_id, input_ids) -> list of token ids, "
+                             f"got {type(prefix_allowed_tokens_fn).__name__}")
+        self.prefix_fn, self.prefix_group = prefix_allowed_tokens_fn, prefix_group
         self.penalty, self.lead, self.ngram = repetition_penalty, lead, no_repeat_ngram_size
         self.eos_t = torch.tensor(eos, dtype=torch.long, device=device) if eos else None
         self.min_length, self.min_new = min_length, min_new_tokens
@@ -166,7 +216,7 @@ class StepFilters:
         self.begin_step = 1 if (T == 1 and forced_bos_token_id is not None) else 0
         self.suppress = ids(suppress_tokens, "suppress_tokens")
         self.begin_suppress = ids(begin_suppress_tokens, "begin_suppress_tokens")
-        self.needs_seqs = bool(no_repeat_ngram_size or logits_processor is not None
+        self.needs_seqs = bool(no_repeat_ngram_size or logits_processor is not None or self.prefix_fn is not None
                                or (self.seq_bias is not None and self.seq_bias[1])
                                or (self.bad is not None and self.bad[1]))
 
@@ -181,6 +231,8 @@ class StepFilters:
             scores = _apply_bias(scores, seqs, self.bad)
         if self.eos_t is not None and (self.T + i < self.min_length or i < self.min_new):
             scores = scores.index_fill(1, self.eos_t, _NEG_INF)
+        if self.prefix_fn is not None:
+            scores = prefix_constrain(scores, seqs, self.prefix_fn, self.prefix_group)
         if self.forced_bos is not None and self.T + i == 1:
             scores = torch.full_like(scores, _NEG_INF).index_fill(1, self.forced_bos, 0.0)
         if self.forced_eos is not None and self.T + i == self.M - 1:

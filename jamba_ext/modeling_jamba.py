@@ -2527,7 +2527,7 @@ class JambaForCausalLM(_PreTrained):
                  eta_cutoff: float = 0.0, sequence_bias=None, bad_words_ids=None, min_length: int = 0,
                  forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None,
                  renormalize_logits: bool = False, forced_bos_token_id=None, remove_invalid_values: bool = False,
-                 exponential_decay_length_penalty=None,
+                 exponential_decay_length_penalty=None, prefix_allowed_tokens_fn=None, top_h: Optional[float] = None,
                  **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
@@ -2544,7 +2544,10 @@ class JambaForCausalLM(_PreTrained):
         an n-gram already in the sequence. sequence_bias, bad_words_ids, min_length, forced_bos_token_id,
         forced_eos_token_id, remove_invalid_values, exponential_decay_length_penalty, suppress_tokens,
         begin_suppress_tokens, renormalize_logits: transformers' processors of those names, in its order
-        (jamba_ext.logits_filters.StepFilters), on the device. min_new_tokens:
+        (jamba_ext.logits_filters.StepFilters), on the device. prefix_allowed_tokens_fn(batch_id, input_ids so far) ->
+        the token ids allowed next (transformers' constrained generation; batch_id counts prompts, input_ids is one row
+        (a beam, or a return sequence) on the model's device); it runs in Python every step, so each step waits for the
+        host. top_h (sampling): transformers' top-H filter, right after temperature. min_new_tokens:
         the EOS ids cannot be picked before this many new tokens (transformers' semantics). num_return_sequences=n: each
         prompt n times in a row (rows b * n .. b * n + n - 1 of the result), as transformers. Other transformers
         arguments are accepted at their no-op values (use_cache=True, output_attentions=False, ...: see
@@ -2599,7 +2602,8 @@ class JambaForCausalLM(_PreTrained):
             "return_dict_in_generate, output_scores, output_logits, logits_processor, stopping_criteria, min_p, "
             "num_beams, length_penalty, early_stopping, no_repeat_ngram_size, typical_p, epsilon_cutoff, eta_cutoff, "
             "sequence_bias, bad_words_ids, min_length, forced_eos_token_id, suppress_tokens, begin_suppress_tokens, "
-            "renormalize_logits, forced_bos_token_id, remove_invalid_values, exponential_decay_length_penalty")})
+            "renormalize_logits, forced_bos_token_id, remove_invalid_values, exponential_decay_length_penalty, "
+            "prefix_allowed_tokens_fn, top_h")})
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
         if num_return_sequences < 1:
@@ -2645,6 +2649,9 @@ class JambaForCausalLM(_PreTrained):
             raise ValueError(f"no_repeat_ngram_size: expected an int >= 0 (0: off), got {no_repeat_ngram_size!r}")
         if not 0 < typical_p <= 1:
             raise ValueError(f"typical_p: expected in (0, 1] (1: off), got {typical_p}")
+        if top_h is not None and (isinstance(top_h, bool) or not isinstance(top_h, (int, float)) or
+                                  not 0 < top_h <= 1):
+            raise ValueError(f"top_h: expected in (0, 1] (or None: off), got {top_h!r}")
         for name, v in (("epsilon_cutoff", epsilon_cutoff), ("eta_cutoff", eta_cutoff)):
             if not 0 <= v < 1:
                 raise ValueError(f"{name}: expected in [0, 1) (0: off), got {v}")
@@ -2666,7 +2673,8 @@ class JambaForCausalLM(_PreTrained):
             begin_suppress_tokens=begin_suppress_tokens, logits_processor=logits_processor,
             run_processors=_run_processors, forced_bos_token_id=forced_bos_token_id,
             remove_invalid_values=remove_invalid_values,
-            exponential_decay_length_penalty=exponential_decay_length_penalty)
+            exponential_decay_length_penalty=exponential_decay_length_penalty,
+            prefix_allowed_tokens_fn=prefix_allowed_tokens_fn, prefix_group=max(num_beams, num_return_sequences))
         gen = None
         if do_sample:
             gen = torch.Generator(device=dev)
@@ -2712,7 +2720,7 @@ class JambaForCausalLM(_PreTrained):
             keep = len(eos) + 1 if eos else 2              # (transformers' min_tokens_to_keep in beam sampling)
             warp = None if not do_sample else functools.partial(
                 self._warp, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff, keep=keep)
+                typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff, keep=keep, top_h=top_h)
             return beam_search(self, logits, cache, graph, input_ids, num_beams, max_new_tokens, eos, pad_given,
                                length_penalty, early_stopping, num_return_sequences, filt, stopping_criteria,
                                return_dict_in_generate, output_scores, output_logits, renormalize_logits, warp, gen)
@@ -2731,7 +2739,7 @@ class JambaForCausalLM(_PreTrained):
                 logits_out.append(logits.to(torch.float32, copy=True))
             logits = filt(logits, torch.cat(out, dim=1) if filt.needs_seqs else None, i, seen)
             scores = self._warp(logits, do_sample, temperature, top_k, top_p, min_p, typical_p, epsilon_cutoff,
-                                eta_cutoff)
+                                eta_cutoff, top_h=top_h)
             if renormalize_logits:
                 scores = torch.log_softmax(scores.float(), dim=-1)
             if keep_scores:
@@ -2785,15 +2793,18 @@ class JambaForCausalLM(_PreTrained):
     @staticmethod
     def _warp(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,
               min_p: Optional[float] = None, typical_p: float = 1.0, epsilon_cutoff: float = 0.0,
-              eta_cutoff: float = 0.0, keep: int = 1) -> Tensor:
+              eta_cutoff: float = 0.0, keep: int = 1, top_h: Optional[float] = None) -> Tensor:
         """logits (B, V) -> the scores a token is picked from: greedy, the logits as they are (argmax); sampling, fp32
-        logits / temperature, then top_k, then top_p (nucleus), then min_p, typical_p, epsilon_cutoff and eta_cutoff
+        logits / temperature, then top_h, top_k, top_p (nucleus), min_p, typical_p, epsilon_cutoff and eta_cutoff
         filtering (-inf where filtered), in transformers' order. keep: the most likely tokens no filter drops (1;
-        beam sampling: the EOS ids + 1, transformers' min_tokens_to_keep)."""
+        beam sampling: the EOS ids + 1, transformers' min_tokens_to_keep; top_h, which transformers gives no such
+        floor, keeps its own: at least the most likely token)."""
         if not do_sample:
             return logits
         scores = logits.float() / temperature
         V = scores.shape[-1]
+        if top_h is not None:
+            scores = _filters.top_h(scores, top_h)
         if top_k and max(top_k, keep) < V:
             kth = torch.topk(scores, max(top_k, keep), dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, float("-inf"))

@@ -1,5 +1,6 @@
 """generate()'s score filters of jamba_ext.logits_filters against transformers: no_repeat_ngram_size (greedy, sampled,
-beam search), typical_p, epsilon_cutoff and eta_cutoff (sampling).
+beam search), typical_p, epsilon_cutoff, eta_cutoff and top_h (sampling), prefix_allowed_tokens_fn, and the processors
+of transformers' other generate arguments.
 
 Oracle: transformers' logits processors on the same random scores (rows with -inf entries, ties, a peaked row, every
 parameter range), the same filtered entries and values; then whole generate() calls against transformers' generate on
@@ -285,3 +286,151 @@ def test_sampling_filters_keep_tokens_as_transformers(keep):
         ours = warp(s, True, 1.0, args.pop("top_k"), args.pop("top_p"), keep=keep, **args)
         assert _same(ours, theirs(None, s.clone())), kw
         assert (torch.isfinite(ours).sum(-1) >= keep).all() and torch.isfinite(ours[0]).sum() == keep, kw
+
+
+@pytest.mark.parametrize("h", [0.05, 0.3, 0.6, 1.0])
+def test_top_h_matches_transformers(h):
+    """top_h against transformers' TopHLogitsWarper (release 5.x with top-H): the same kept tokens and values, on rows
+    with -inf entries among the top 100 (their NaN running sums), ties and a peaked row, and at V > 100."""
+    if not hasattr(lp, "TopHLogitsWarper"):
+        pytest.skip("this transformers has no TopHLogitsWarper")
+    dropped = 0
+    for seed, V in ((0, 97), (1, 97), (2, 300)):
+        s = _scores(V=V, seed=seed)
+        got = F.top_h(s, h)
+        assert _same(got, lp.TopHLogitsWarper(top_h=h)(None, s.clone())), (seed, V)
+        assert torch.isfinite(got).sum(-1).min() >= 1
+        dropped += int((torch.isinf(got) & torch.isfinite(s)).sum())
+    assert dropped                                          # (it filtered)
+
+
+def test_generate_top_h_matches_transformers():
+    """generate(do_sample=True, top_h=...): the first sampled step's scores as transformers' (greedy prefix equal), with
+    and without top_k after it, and in beam sampling (transformers gives top_h no min_tokens_to_keep)."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    if not hasattr(transformers.GenerationConfig(), "top_h"):
+        pytest.skip("this transformers has no top_h")
+    ids = prompt_ids(2, 9, 101)
+    samp = dict(do_sample=True, temperature=0.7, max_new_tokens=3, return_dict_in_generate=True, output_scores=True)
+    with torch.no_grad():
+        for kw in (dict(top_h=0.4, top_k=0), dict(top_h=0.3, top_k=20), dict(top_h=0.5, top_k=0, num_beams=2)):
+            got = ours.generate(ids, seed=1, **kw, **samp)
+            want = hf.generate(ids, attention_mask=torch.ones_like(ids), **kw, **samp)
+            base = ours.generate(ids, seed=1, **dict(kw, top_h=None), **samp)
+            assert _same_scores(got.scores[0], want.scores[0]), kw
+            assert (torch.isfinite(got.scores[0]).sum(-1) < torch.isfinite(base.scores[0]).sum(-1)).all(), kw
+    for bad in (0.0, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="top_h"):
+            ours.generate(ids, max_new_tokens=2, do_sample=True, top_h=bad)
+
+
+def _prefix_fn(a, b):
+    """An entity rule for two prompts: after token a[0] comes a[1]; batch 1 never takes b[0] or b[1]... (every id < 101)."""
+    everything = list(range(101))
+
+    def fn(batch_id, input_ids):
+        assert input_ids.dim() == 1
+        last = int(input_ids[-1])
+        if last == a[0]:
+            return [a[1]]
+        if batch_id == 1:
+            return [t for t in everything if t not in (b[0], b[1])]
+        return [a[0], a[2], a[3], b[2]]                     # batch 0: a small vocabulary
+    return fn
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_generate_prefix_allowed_tokens_fn_matches_transformers(beams):
+    """prefix_allowed_tokens_fn: transformers' sequences and per-step scores, greedy and beam search (3 beams, 2 returned,
+    batch ids per prompt); the rule is seen in the output (batch 0 draws only from its tokens, a[0] is followed by a[1])."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 7, 101, seed=11)
+    with torch.no_grad():
+        free = ours.generate(ids, max_new_tokens=10, eos_token_id=None)
+        a, b = free[0, 7:].tolist(), free[1, 7:].tolist()
+        fn = _prefix_fn(a, b)
+        out = dict(max_new_tokens=10, num_beams=beams, return_dict_in_generate=True, output_scores=True,
+                   pad_token_id=0, eos_token_id=None)
+        if beams > 1:
+            out["num_return_sequences"] = 2
+        got = ours.generate(ids, prefix_allowed_tokens_fn=fn, **out)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, prefix_allowed_tokens_fn=fn,
+                           **out)
+    assert got.sequences.tolist() == want.sequences.tolist()
+    assert len(got.scores) == len(want.scores)
+    for x, y in zip(got.scores, want.scores):
+        assert torch.equal(torch.isinf(x), torch.isinf(y))
+        assert torch.allclose(x[torch.isfinite(x)], y[torch.isfinite(y)], rtol=FP32_REL, atol=1e-5)
+    rows0 = got.sequences[: (2 if beams > 1 else 1), 7:]
+    assert set(rows0.flatten().tolist()) <= {a[0], a[1], a[2], a[3], b[2]}
+    for r in got.sequences[:, 7:].tolist():
+        assert all(r[j + 1] == a[1] for j in range(len(r) - 1) if r[j] == a[0])
+    assert got.sequences.tolist() != [r for r in free.tolist() for _ in range(2 if beams > 1 else 1)]
+
+
+def test_generate_prefix_allowed_tokens_fn_unsatisfiable_and_checked():
+    """Where every allowed token of a prompt's rows is already at -inf (here banned by bad_words_ids) the rows take the
+    allowed tokens at score 0, as transformers; sampling with 2 return sequences groups rows per prompt (batch id r // 2,
+    transformers 5.24's grouping); an empty list, ids out of range or a non-callable raise ValueError."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 6, 101, seed=3)
+    seen = []
+
+    def fn(batch_id, input_ids):
+        seen.append(batch_id)
+        return [5, 6] if batch_id == 0 else list(range(101))
+    kw = dict(max_new_tokens=3, return_dict_in_generate=True, output_scores=True, pad_token_id=0, eos_token_id=None)
+    with torch.no_grad():
+        got = ours.generate(ids, prefix_allowed_tokens_fn=fn, bad_words_ids=[[5], [6]], **kw)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, prefix_allowed_tokens_fn=fn,
+                           bad_words_ids=[[5], [6]], **kw)
+        assert got.sequences.tolist() == want.sequences.tolist()
+        assert got.scores[0][0, 5] == 0 and got.scores[0][0, 6] == 0 and torch.isinf(got.scores[0][0]).sum() == 99
+        assert _same_scores(got.scores[0], want.scores[0])
+        seen.clear()
+        samp = dict(do_sample=True, top_k=0, num_return_sequences=2, max_new_tokens=2, return_dict_in_generate=True,
+                    output_scores=True)
+        g2 = ours.generate(ids, seed=2, prefix_allowed_tokens_fn=fn, **samp)
+        assert seen[:4] == [0, 0, 1, 1]
+        assert torch.isfinite(g2.scores[0][:2]).sum(-1).tolist() == [2, 2] and torch.isfinite(g2.scores[0][2:]).all()
+        if tuple(int(v) for v in transformers.__version__.split(".")[:2]) >= (5, 24):   # (its row grouping)
+            w2 = hf.generate(ids, attention_mask=torch.ones_like(ids), prefix_allowed_tokens_fn=fn, **samp)
+            assert _same_scores(g2.scores[0], w2.scores[0])
+    for bad, msg in ((lambda b, x: [], "no token"), (lambda b, x: [3, 101], "outside"), (5, "callable")):
+        with pytest.raises(ValueError, match=msg):
+            ours.generate(ids, max_new_tokens=2, prefix_allowed_tokens_fn=bad)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_prefix_allowed_tokens_and_top_h_in_graph_decode():
+    """On the GPU, from a captured decode step: prefix_allowed_tokens_fn (greedy and 3 beams; the function gets rows
+    on the GPU) gives the eager static decode's tokens and the fp32 CPU run's; top_h sampling gives the eager tokens
+    with the same seed."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 6, 101, seed=5)
+    devs = set()
+    with torch.no_grad():
+        free = ours.generate(ids, max_new_tokens=20, eos_token_id=None)
+        a, b = free[0, 6:].tolist(), free[1, 6:].tolist()
+        inner = _prefix_fn(a, b)
+
+        def fn(batch_id, input_ids):
+            devs.add(input_ids.device.type)
+            return inner(batch_id, input_ids)
+        for kw in (dict(), dict(num_beams=3)):
+            base = dict(max_new_tokens=20, eos_token_id=None, prefix_allowed_tokens_fn=fn, **kw)
+            cpu = ours.generate(ids, **base)
+            m = ours.to("cuda")
+            graph = m.generate(ids.cuda(), cuda_graph=True, **base)
+            eager = m.generate(ids.cuda(), cuda_graph=False, static_cache=True, **base)
+            assert graph.tolist() == eager.tolist() == cpu.tolist(), kw
+            assert graph.tolist() != free.tolist()
+            ours = m.to("cpu")
+        assert devs == {"cpu", "cuda"}
+        m = ours.to("cuda")
+        samp = dict(max_new_tokens=20, do_sample=True, top_h=0.4, seed=7, eos_token_id=None)
+        graph = m.generate(ids.cuda(), cuda_graph=True, **samp)
+        eager = m.generate(ids.cuda(), cuda_graph=False, static_cache=True, **samp)
+        assert graph.tolist() == eager.tolist()
+        ours = m.to("cpu")
