@@ -6,6 +6,7 @@
                            generate (static_cache=, cuda_graph=: the decode step replayed from a CUDA graph),
                            quantize_experts("fp8") / from_pretrained(dir, experts_dtype="fp8"): MoE expert weights in
                            float8_e4m3fn with per-row scales (weight-only; JambaExperts.quantize_fp8_)
+    dispatch(device_map) / from_pretrained(dir, device_map="auto")   the layers over several GPUs (jamba_ext.placement)
     JambaHybridCache       KV per attention layer, conv state (B, DI, K) + fp32 SSM state (B, DI, N) per Mamba layer;
                            static=True: fixed-size KV + device-side length/mask (CUDA-graph-capturable decode step)
     to_per_expert_state_dict(sd)   5.x fused expert layout -> transformers 4.x / on-disk per-expert keys
@@ -23,6 +24,7 @@ N d_state, K conv width, R dt rank, E experts, F ffn width, V vocab, nh / nkv qu
 transformers is not needed at runtime; only the parity tests import it.
 """
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -39,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import logits_filters as _filters
+from . import placement as _placement
 from . import moe as _moe
 from . import ops as _ops
 from . import reference as _reference
@@ -365,6 +368,7 @@ class JambaHybridCache:
         self._padded = False                       # static: whether static_mask holds any padding
         self.static_mask: Optional[Tensor] = None  # static: (B, capacity) bool
         self.cache_position: Optional[Tensor] = None  # static: (1,) int64, = seq_len on the device
+        self._mirrors: Dict[torch.device, Tuple[Tensor, Tensor]] = {}   # static, layers on other devices: copies
 
     # -- key mask (static: a view of static_mask, so a captured step's mask updates are seen by the host path)
     @property
@@ -393,6 +397,20 @@ class JambaHybridCache:
         if self.static_mask is None:
             self.static_mask = torch.zeros(self.batch_size, self.capacity, dtype=torch.bool, device=device)
             self.cache_position = torch.zeros(1, dtype=torch.long, device=device)
+
+    def static_on(self, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """static: (static_mask, cache_position) on `device`: the tensors themselves on their own device, elsewhere
+        copies refreshed from them now (a model split over devices calls this where its layers change device, after
+        the step's mask update; the copies are made once and then overwritten in place, so a capture replays)."""
+        if device == self.static_mask.device:
+            return self.static_mask, self.cache_position
+        m = self._mirrors.get(device)
+        if m is None or m[0].shape != self.static_mask.shape:
+            m = (torch.empty_like(self.static_mask, device=device), torch.empty_like(self.cache_position, device=device))
+            self._mirrors[device] = m
+        m[0].copy_(self.static_mask)
+        m[1].copy_(self.cache_position)
+        return m
 
     def _sync_static(self) -> None:
         """static: after a host-path forward, set the device-side position from seq_len (outside any capture)."""
@@ -442,8 +460,9 @@ class JambaHybridCache:
         kb, vb = self._keys[layer_idx], self._values[layer_idx]
         if kb is None:
             kb, vb = self._alloc_static(layer_idx, k, v)
-        kb.index_copy_(2, self.cache_position, k)
-        vb.index_copy_(2, self.cache_position, v)
+        pos = self.cache_position if k.device == self.cache_position.device else self._mirrors[k.device][1]
+        kb.index_copy_(2, pos, k)
+        vb.index_copy_(2, pos, v)
         return kb, vb
 
     def keys(self, layer_idx: int) -> Optional[Tensor]:
@@ -470,15 +489,17 @@ class JambaHybridCache:
         row rows[i] already (beam search: the prompt's keys, values and mask, copied by repeat_rows to all of its
         beams, while rows only mixes beams of one prompt), so only the KV positions shared .. seq_len move."""
         P = self.seq_len
+        on = {rows.device: rows}                            # (a model over several devices: rows on each)
+        at = lambda t: on.setdefault(t.device, rows.to(t.device))  # noqa: E731
         for ts in (self.conv_states, self.ssm_states):
             for t in ts:
                 if t is not None:
-                    t.copy_(t.index_select(0, rows))
+                    t.copy_(t.index_select(0, at(t)))
         if P > shared:
             for ts in (self._keys, self._values):
                 for t in ts:
                     if t is not None:
-                        t[:, :, shared:P].copy_(t[:, :, shared:P].index_select(0, rows))
+                        t[:, :, shared:P].copy_(t[:, :, shared:P].index_select(0, at(t)))
             if self._key_mask is not None:                  # (a new tensor: it may be a view of the caller's mask)
                 m = self._key_mask
                 self._key_mask = torch.cat((m[:, :shared], m[:, shared:].index_select(0, rows)), dim=1)
@@ -1948,6 +1969,21 @@ class _PreTrained(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules() if isinstance(m, JambaModel))
 
+    def dispatch(self, device_map) -> "_PreTrained":
+        """Moves the model's parts to devices by device_map (jamba_ext.placement: one device, "auto", "balanced",
+        a list of devices or a dict {unit or prefix: device}); sets hf_device_map as transformers does when the parts
+        lie on more than one device. The forward then moves the hidden state between devices where the layers change
+        device; generate() returns its tokens on the embeddings' device and decodes without CUDA graphs. Returns the
+        model."""
+        dmap = _placement.resolve_device_map(self, device_map)
+        _placement.place(self, dmap)
+        self._retie()
+        if len(set(dmap.values())) > 1:
+            self.hf_device_map = _placement.hf_device_map(dmap)
+        else:
+            self.__dict__.pop("hf_device_map", None)
+        return self
+
     def fuse_projections(self) -> int:
         """Lays each MLP's gate / up weights and each attention layer's q / k / v weights out back to back in one
         buffer (values kept; parameters and their names unchanged: views), so that they run as one product (see
@@ -1969,8 +2005,10 @@ class _PreTrained(nn.Module):
         Hub id ("ai21labs/Jamba-v0.1"), downloaded first (resolve_checkpoint; needs huggingface_hub; the only network
         access). Per-expert and fused expert keys both load. dtype: None keeps the config's dtype
         ("dtype"/"torch_dtype") or float32. transformers' spellings work too: torch_dtype= for dtype ("auto": the
-        config's), device_map= a single device ("cpu", "cuda", "cuda:1", or "auto": the GPU when there is one; a
-        per-module map is refused).
+        config's), device_map= one device ("cpu", "cuda", "cuda:1") or the model's layers over several devices:
+        "auto" (one GPU when the weights fit it, else as "balanced"), "balanced" (every visible GPU, about equal bytes
+        each), a list of devices, or a dict {unit or prefix: device} such as transformers' hf_device_map
+        (jamba_ext.placement; each weight is loaded straight onto its device).
         progress: a line per weight file on stderr (its size, GB/s, time so far); None: on when the files
         hold more than 1 GB. experts_dtype="fp8" (or "float8_e4m3fn", torch.float8_e4m3fn): the MoE expert weights
         are quantized while they are read (weight-only e4m3, one scale per row: quantize_experts), one expert piece at
@@ -1983,13 +2021,8 @@ class _PreTrained(nn.Module):
             if dtype is not None:
                 raise ValueError("from_pretrained: give dtype or torch_dtype, not both")
             dtype = None if torch_dtype == "auto" else torch_dtype
-        if device_map is not None:
-            if device is not None:
-                raise ValueError("from_pretrained: give device or device_map, not both")
-            if not isinstance(device_map, (str, torch.device)):
-                raise ValueError(f"from_pretrained: device_map must name one device (jamba_ext loads a model onto a "
-                                 f"single device), got {type(device_map).__name__}")
-            device = ("cuda" if torch.cuda.is_available() else "cpu") if device_map == "auto" else device_map
+        if device_map is not None and device is not None:
+            raise ValueError("from_pretrained: give device or device_map, not both")
         path = resolve_checkpoint(path)
         config = config or JambaConfig.from_pretrained(path)
         files = _checkpoint_files(path)
@@ -1997,13 +2030,17 @@ class _PreTrained(nn.Module):
             dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
             dtype = _DTYPES.get(dtype, torch.float32) if isinstance(dtype, str) else torch.float32
         dtype = _as_dtype(dtype)
-        device = torch.device(device or "cpu")
         with torch.device("meta"):
             model = cls(config)
         model = model.to(dtype)
         if experts_dtype is not None:
             model.quantize_experts(experts_dtype)              # on meta: fp8 buffers and scales, no memory
-        model = model.to_empty(device=device)
+        dmap = _placement.resolve_device_map(model, device_map if device_map is not None else (device or "cpu"))
+        if len(set(dmap.values())) == 1:
+            model = model.to_empty(device=next(iter(dmap.values())))
+        else:
+            _placement.place(model, dmap, empty=True)          # each unit's memory on its own device
+            model.hf_device_map = _placement.hf_device_map(dmap)
         model._retie()
         if FUSE_PROJECTIONS:
             model.fuse_projections()                           # before loading: the weights are copied into views
@@ -2141,9 +2178,37 @@ class JambaModel(_PreTrained):
         self.layers = nn.ModuleList([kinds[t](config, i) for i, t in enumerate(config.layers_block_type)])
         self.final_layernorm = JambaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self._static_step = False                      # whether the last forward was a static decode step
+        self.__dict__["_place"] = False                # _placement(): not yet known
         self.gradient_checkpointing = False            # gradient_checkpointing_enable()
         self._checkpoint_kwargs: dict = {}
         self._checkpoint_every, self._checkpoint_offload = 1, False
+
+    def _apply(self, fn, recurse=True):
+        self.__dict__["_place"] = False                # (.to / .cuda / to_empty may move parts: look again)
+        return super()._apply(fn, recurse)
+
+    def _placement(self) -> Optional[List[torch.device]]:
+        """The devices of embed_tokens, each layer and final_layernorm when they are not all one device (a model over
+        several devices: jamba_ext.placement), else None. Kept until the next .to() / dispatch()."""
+        p = self.__dict__.get("_place", False)
+        if p is False:
+            mods = [self.embed_tokens, *self.layers, self.final_layernorm]
+            devs = [next(m.parameters()).device for m in mods]
+            p = devs if len(set(devs)) > 1 else None
+            self.__dict__["_place"] = p
+        return p
+
+    @staticmethod
+    def _hop(d: torch.device, h: Tensor, residual: Optional[Tensor], step: "_Step",
+             cache: Optional[JambaHybridCache]) -> Tuple[Tensor, Optional[Tensor], "_Step"]:
+        """The layer stream moved to device d (a model over several devices): the hidden state, the residual and the
+        step's masks (a static step's mask and position: the cache's copies on d, refreshed)."""
+        mv = lambda t: None if t is None else t.to(d)                                 # noqa: E731
+        if step.static:
+            attn = cache.static_on(d)[0][:, None, None, :]
+        else:
+            attn = mv(step.attn_mask)
+        return mv(h), mv(residual), dataclasses.replace(step, mamba_mask=mv(step.mamba_mask), attn_mask=attn)
 
     def _step(self, attention_mask: Optional[Tensor], cache: Optional[JambaHybridCache], Bsz: int, L: int,
               dtype: torch.dtype, device: torch.device) -> Tuple[_Step, Optional[Tensor]]:
@@ -2218,8 +2283,11 @@ class JambaModel(_PreTrained):
         amp = _AmpScope(h.device.type)
         offload = torch.autograd.graph.save_on_cpu(pin_memory=h.device.type == "cuda") if (
             ckpt and self._checkpoint_offload) else contextlib.nullcontext()
+        place = self._placement()
         with _GemvScope(step.static), amp, offload:
             for i, layer in enumerate(self.layers):
+                if place is not None and h.device != place[i + 1]:
+                    h, residual, step = self._hop(place[i + 1], h, residual, step, cache)
                 if ckpt and i % self._checkpoint_every == 0:  # (the recomputation in the backward runs outside
                     h, residual, rl = checkpoint(_amp_call, amp.dtype, layer, h, residual, step, **kw)  # this scope:
                 else:                                                                     # _amp_call sets it)
@@ -2228,6 +2296,8 @@ class JambaModel(_PreTrained):
                     router_logits.append(rl)
                 if hidden_states_out is not None and i < len(self.layers) - 1:
                     hidden_states_out.append(h if residual is None else h + residual)   # (the stream, unnormed)
+            if place is not None and h.device != place[-1]:
+                h, residual, step = self._hop(place[-1], h, residual, step, cache)
             if residual is None:
                 h = self.final_layernorm(h)
             else:
@@ -2269,13 +2339,14 @@ def _lm_loss(logits: Tensor, target: Tensor, num_items: Union[None, int, Tensor]
 def _load_balancing_loss(router_logits: Sequence[Tensor], num_experts: int, top_k: int,
                          attention_mask: Optional[Tensor]) -> Tensor:
     """Switch-style aux loss over all MoE layers (jamba-architecture.md 4.4), padding excluded."""
-    logits = torch.cat([r.float() for r in router_logits], dim=0)                     # (layers*T, E)
+    dev = router_logits[0].device                    # (a model over several devices: the first MoE layer's)
+    logits = torch.cat([r.float().to(dev) for r in router_logits], dim=0)             # (layers*T, E)
     p = torch.softmax(logits, dim=-1)
     sel = F.one_hot(torch.topk(p, top_k, dim=-1).indices, num_experts).float()         # (M, k, E)
     if attention_mask is None:
         f, pbar = sel.mean(0), p.mean(0)
     else:
-        m = attention_mask[:, -router_logits[0].shape[0] // attention_mask.shape[0]:].reshape(-1).float()
+        m = attention_mask[:, -router_logits[0].shape[0] // attention_mask.shape[0]:].reshape(-1).float().to(dev)
         m = m.repeat(len(router_logits))
         f = (sel * m[:, None, None]).sum(0) / m.sum()
         pbar = (p * m[:, None]).sum(0) / m.sum()
@@ -2450,6 +2521,8 @@ class JambaForCausalLM(_PreTrained):
             hk = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
         else:
             hk = h[:, logits_to_keep]
+        if self.model._placement() is not None:                  # (a model over several devices)
+            hk = hk.to(self.lm_head.weight.device)
         with _GemvScope(self.model._static_step):
             logits = _linear(self.lm_head, hk)                                        # (B, L_kept, V)
         loss = aux = None
@@ -2464,7 +2537,7 @@ class JambaForCausalLM(_PreTrained):
             aux = _load_balancing_loss(router_logits, self.config.num_experts, self.config.num_experts_per_tok,
                                        attention_mask)
             if loss is not None:
-                loss = loss + self.config.router_aux_loss_coef * aux
+                loss = loss + self.config.router_aux_loss_coef * aux.to(loss.device)
         return CausalLMOutput(logits=logits, cache=cache, loss=loss, aux_loss=aux,
                               router_logits=router_logits or None, last_hidden_state=h,
                               hidden_states=tuple(states) if states is not None else None)
@@ -2689,9 +2762,15 @@ class JambaForCausalLM(_PreTrained):
                 streamer.end()
             return GenerateOutput(input_ids, () if keep_scores else None, () if keep_logits else None) if \
                 return_dict_in_generate else input_ids
+        split = self.model._placement() is not None              # (layers over several devices: no capture)
         if cuda_graph is None:
-            cuda_graph = dev.type == "cuda" and max_new_tokens >= GRAPH_MIN_NEW_TOKENS and static_cache is not False
+            cuda_graph = dev.type == "cuda" and max_new_tokens >= GRAPH_MIN_NEW_TOKENS and static_cache is not False \
+                and not split
+        elif cuda_graph and split:
+            warnings.warn("generate(cuda_graph=True): the model's layers lie on several devices (dispatch / "
+                          "device_map); its decode steps run eagerly with the static cache", stacklevel=3)
         static = bool(cuda_graph) if static_cache is None else bool(static_cache)
+        cuda_graph = cuda_graph and not split
         if cuda_graph and not static:
             raise ValueError("cuda_graph=True needs the static cache (static_cache=False was given)")
         if cuda_graph and dev.type != "cuda":
@@ -2703,7 +2782,7 @@ class JambaForCausalLM(_PreTrained):
         out = [input_ids]
         for s, e in chunks:                                      # the prompt, in chunks through the cache
             am = None if attention_mask is None else attention_mask[:, :e]           # past + new tokens
-            logits = self(input_ids[:, s:e], am, cache=cache, logits_to_keep=1).logits[:, -1]    # (B, V)
+            logits = self(input_ids[:, s:e], am, cache=cache, logits_to_keep=1).logits[:, -1].to(dev)  # (B, V)
             if prefill_progress is not None:
                 if dev.type == "cuda":
                     torch.cuda.current_stream(dev).synchronize()
@@ -2788,7 +2867,7 @@ class JambaForCausalLM(_PreTrained):
         """One decode step of generate(): tokens (B,) -> next logits (B, V), replayed from graph when given."""
         if graph is not None:
             return graph.step(tokens)
-        return self(tokens[:, None], cache=cache).logits[:, -1]
+        return self(tokens[:, None], cache=cache).logits[:, -1].to(tokens.device)
 
     @staticmethod
     def _warp(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,

@@ -722,15 +722,18 @@ def test_from_pretrained_hub_id(tmp_path, monkeypatch):
 
 
 def test_from_pretrained_transformers_spellings(tmp_path):
-    """torch_dtype= and device_map= (one device, or "auto") as transformers spells them; a per-module map and both
-    spellings at once are refused."""
+    """torch_dtype= and device_map= (one device, "auto", or a per-module map: tests/test_placement.py) as transformers
+    spells them; a map naming a GPU that is not there and both spellings at once are refused."""
     _save_hf(tmp_path, CONFIGS["attn1_moe_top2"])
     m = JambaForCausalLM.from_pretrained(str(tmp_path), torch_dtype=torch.bfloat16, device_map="cpu")
     assert m.dtype == torch.bfloat16 and m.device.type == "cpu"
     auto = JambaForCausalLM.from_pretrained(str(tmp_path), torch_dtype="auto", device_map="auto")
     assert auto.dtype == JambaForCausalLM.from_pretrained(str(tmp_path)).dtype
-    with pytest.raises(ValueError, match="single device"):
-        JambaForCausalLM.from_pretrained(str(tmp_path), device_map={"": 0, "lm_head": 1})
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match="not a visible GPU"):
+        JambaForCausalLM.from_pretrained(str(tmp_path), device_map={"": 0, "lm_head": n})
+    per_module = JambaForCausalLM.from_pretrained(str(tmp_path), device_map={"model": "cpu", "lm_head": "cpu"})
+    assert per_module.device.type == "cpu" and not hasattr(per_module, "hf_device_map")
     with pytest.raises(ValueError, match="not both"):
         JambaForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32, torch_dtype=torch.bfloat16)
 

@@ -1,0 +1,135 @@
+"""One model over several devices: which device holds which part (a device map), and the checks around it.
+
+A Jamba model whose weights do not fit one GPU (Jamba-v0.1 in bf16: ~104 GB, two 80 GB GPUs) runs with its layers
+split across GPUs, in order: the embeddings and the first layers on the first device, ..., the last layers, the final
+norm and the LM head on the last. The forward moves the hidden state (one (B, L, H) tensor, and the residual) to the
+next device where the layers change devices (JambaModel.forward), so only one device works at a time: this is for
+memory, not speed (the same as transformers' device_map="auto").
+
+Units (in forward order; the names transformers' device maps use): "model.embed_tokens", "model.layers.0", ...,
+"model.final_layernorm", "lm_head" (for JambaModel without the "model." prefix and without "lm_head").
+
+Device maps taken (resolve_device_map):
+- one device ("cuda", "cuda:1", torch.device, an int): everything there;
+- "auto": one GPU when the model's bytes fit in AUTO_FIT of the first GPU's free memory (or only one GPU is
+  visible; the CPU without GPUs), else "balanced";
+- "balanced": contiguous runs of units over every visible GPU, each holding about the same bytes;
+- a list of devices: "balanced" over those;
+- a dict {unit name or a prefix of one ("model.layers", "model", ""): device}, as transformers' hf_device_map or
+  accelerate's infer_auto_device_map write it; the longest matching prefix wins; every unit must be covered.
+A tied LM head (config.tie_word_embeddings) stays with the embeddings.
+"""
+from typing import Dict, List, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+AUTO_FIT = 0.85     # "auto": the share of the first GPU's free memory the weights may take on one GPU
+
+
+def units(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The model's placement units, in forward order (see the module's docstring)."""
+    base, pre = (model.model, "model.") if hasattr(model, "lm_head") else (model, "")
+    out = [(pre + "embed_tokens", base.embed_tokens)]
+    out += [(f"{pre}layers.{i}", layer) for i, layer in enumerate(base.layers)]
+    out.append((pre + "final_layernorm", base.final_layernorm))
+    if hasattr(model, "lm_head"):
+        out.append(("lm_head", model.lm_head))
+    return out
+
+
+def module_bytes(mod: nn.Module) -> int:
+    """Bytes of a module's parameters and buffers (meta tensors count by their shape and dtype)."""
+    seen, n = set(), 0
+    for t in list(mod.parameters()) + list(mod.buffers()):
+        if id(t) not in seen:
+            seen.add(id(t))
+            n += t.numel() * t.element_size()
+    return n
+
+
+def _device(d) -> torch.device:
+    if isinstance(d, bool):
+        raise ValueError(f"device_map: {d!r} is not a device")
+    if isinstance(d, int):
+        return torch.device("cuda", d)
+    try:
+        return torch.device(d)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"device_map: {d!r} is not a device ({e})") from None
+
+
+def balanced(sizes: Sequence[int], devices: Sequence[torch.device]) -> List[torch.device]:
+    """Contiguous runs of units over `devices`, about equal bytes each: unit j goes to the device whose share of the
+    total holds the middle of its bytes (so the runs are in order and none is empty while units remain)."""
+    total = max(1, sum(sizes))
+    k, out, before = len(devices), [], 0
+    for s in sizes:
+        out.append(devices[min(k - 1, int(k * (before + s / 2) / total))])
+        before += s
+    return out
+
+
+def _gpus() -> List[torch.device]:
+    return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def resolve_device_map(model: nn.Module, device_map) -> Dict[str, torch.device]:
+    """{unit name: device} for every unit of `model` (parameters may be on meta: only their sizes are read)."""
+    us = units(model)
+    names = [n for n, _ in us]
+    if isinstance(device_map, dict):
+        if not device_map:
+            raise ValueError("device_map: an empty dict")
+        keys = {str(k): _device(v) for k, v in device_map.items()}
+        out = {}
+        for n in names:
+            hits = [k for k in keys if k == "" or n == k or n.startswith(k + ".")]
+            if not hits:
+                raise ValueError(f"device_map: no entry covers {n!r} (units: model.embed_tokens, model.layers.N, "
+                                 f"model.final_layernorm, lm_head; a prefix such as 'model.layers' or '' covers "
+                                 f"several)")
+            out[n] = keys[max(hits, key=len)]
+        unknown = [k for k in keys if k and not any(n == k or n.startswith(k + ".") for n in names)]
+        if unknown:
+            raise ValueError(f"device_map: {unknown[:4]} name no part of this model (units: {names[0]}, ..., "
+                             f"{names[-1]})")
+    elif isinstance(device_map, (list, tuple)):
+        if not device_map:
+            raise ValueError("device_map: an empty list of devices")
+        devs = [_device(d) for d in device_map]
+        out = dict(zip(names, balanced([module_bytes(m) for _, m in us], devs)))
+    elif device_map in ("auto", "balanced"):
+        gpus = _gpus()
+        if not gpus:
+            out = {n: torch.device("cpu") for n in names}
+        elif len(gpus) == 1:
+            out = {n: gpus[0] for n in names}
+        else:
+            sizes = [module_bytes(m) for _, m in us]
+            fits = device_map == "auto" and sum(sizes) <= AUTO_FIT * torch.cuda.mem_get_info(gpus[0])[0]
+            out = {n: gpus[0] for n in names} if fits else dict(zip(names, balanced(sizes, gpus)))
+    else:
+        d = _device(device_map)
+        out = {n: d for n in names}
+    cfg = getattr(model, "config", None)
+    if "lm_head" in out and cfg is not None and getattr(cfg, "tie_word_embeddings", False):
+        out["lm_head"] = out["model.embed_tokens"]                 # (one tensor: it stays with the embeddings)
+    for d in set(out.values()):
+        if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
+            raise ValueError(f"device_map: {d} is not a visible GPU ({torch.cuda.device_count()} visible)")
+    return out
+
+
+def place(model: nn.Module, device_map: Dict[str, torch.device], empty: bool = False) -> None:
+    """Moves each unit to its device (empty=True: to_empty, for a model built on meta before loading)."""
+    for name, mod in units(model):
+        if empty:
+            mod.to_empty(device=device_map[name])
+        else:
+            mod.to(device_map[name])
+
+
+def hf_device_map(device_map: Dict[str, torch.device]) -> Dict[str, Union[int, str]]:
+    """transformers' model.hf_device_map form: GPU indices as ints, other devices by name."""
+    return {n: (d.index or 0) if d.type == "cuda" else str(d) for n, d in device_map.items()}

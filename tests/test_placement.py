@@ -1,0 +1,183 @@
+"""A model over several devices (jamba_ext.placement, JambaForCausalLM.dispatch, from_pretrained(device_map=...)).
+
+CPU: the device-map forms (one device, a list, a dict of units and prefixes, "auto" / "balanced" without GPUs, a tied
+LM head), their errors, the balanced split, and the forward's moves between devices driven through a placement that
+names "cpu" and "cpu:0" alternately (the moves then run, and copy on the one CPU): logits, static and dynamic decode,
+greedy and beam generate, the training loss with the router term, each equal to the unsplit model's.
+Two GPUs (marked cuda, skipped with fewer): the model's layers split over cuda:0 and cuda:1, by dispatch and by
+from_pretrained(device_map="balanced") from a saved checkpoint: the same logits, tokens (greedy, beams), loss and
+gradients as on one GPU, and every weight on its device.
+"""
+import pytest
+import torch
+
+from jamba_ext import placement
+from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM, JambaModel
+
+CFG = dict(vocab_size=101, hidden_size=32, intermediate_size=48, num_hidden_layers=6, num_attention_heads=4,
+           num_key_value_heads=2, attn_layer_period=3, attn_layer_offset=1, expert_layer_period=2,
+           expert_layer_offset=1, num_experts=4, num_experts_per_tok=2, mamba_d_state=8, mamba_d_conv=4,
+           mamba_expand=2, pad_token_id=0, eos_token_id=2, tie_word_embeddings=False)
+UNITS = ["model.embed_tokens"] + [f"model.layers.{i}" for i in range(6)] + ["model.final_layernorm", "lm_head"]
+
+
+def _model(seed=0, **over):
+    return JambaForCausalLM.from_config(JambaConfig(**dict(CFG, **over)), dtype=torch.float32, seed=seed).eval()
+
+
+def test_units_and_sizes():
+    m = _model()
+    assert [n for n, _ in placement.units(m)] == UNITS
+    assert [n for n, _ in placement.units(m.model)] == [u[len("model."):] for u in UNITS[:-1]]
+    assert sum(placement.module_bytes(mod) for _, mod in placement.units(m)) == placement.module_bytes(m)
+
+
+def test_balanced_split_is_contiguous_and_even():
+    cpu = [torch.device("cpu", i) for i in range(3)]
+    got = placement.balanced([10] * 9, cpu)
+    assert got == [cpu[0]] * 3 + [cpu[1]] * 3 + [cpu[2]] * 3
+    got = placement.balanced([1, 1, 100, 1, 1, 1], cpu[:2])            # one large unit: its middle decides
+    assert got == [cpu[0]] * 3 + [cpu[1]] * 3
+    got = placement.balanced([5, 1, 1, 1, 1, 5], cpu[:2])
+    assert got == [cpu[0]] * 3 + [cpu[1]] * 3
+    assert placement.balanced([3], cpu) == [cpu[1]]                     # (one unit: the device of its middle)
+
+
+def test_device_map_forms_on_cpu():
+    m = _model()
+    cpu = torch.device("cpu")
+    for form in ("cpu", cpu, "auto" if not torch.cuda.is_available() else "cpu", ["cpu"], {"": "cpu"}):
+        assert placement.resolve_device_map(m, form) == {u: cpu for u in UNITS}, form
+    # prefixes: the longest matching one wins; ints are GPU indices
+    d = placement.resolve_device_map(m, {"model": "cpu", "model.layers.3": "cpu", "lm_head": "cpu"})
+    assert set(d) == set(UNITS)
+    two = [torch.device("cpu", 0), torch.device("cpu", 1)]
+    d = placement.resolve_device_map(m, two)
+    assert [d[u] for u in UNITS] == sorted([d[u] for u in UNITS], key=lambda x: x.index)   # in order
+    assert d["model.embed_tokens"] == two[0] and d["lm_head"] == two[1]
+    tied = _model(tie_word_embeddings=True)
+    d = placement.resolve_device_map(tied, two)
+    assert d["lm_head"] == d["model.embed_tokens"] == two[0]             # a tied head stays with the embeddings
+    assert placement.hf_device_map({"a": torch.device("cuda", 1), "b": torch.device("cpu")}) == {"a": 1, "b": "cpu"}
+
+
+def test_device_map_errors():
+    m = _model()
+    for bad, msg in (({"model.layers": "cpu"}, "no entry covers 'model.embed_tokens'"),
+                     ({"": "cpu", "model.layers.9": "cpu"}, "name no part"), ({}, "empty dict"), ([], "empty list"),
+                     ("gpu7", "is not a device"), ({"": True}, "is not a device")):
+        with pytest.raises(ValueError, match=msg):
+            placement.resolve_device_map(m, bad)
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    with pytest.raises(ValueError, match="not a visible GPU"):
+        placement.resolve_device_map(m, {"": "cpu", "lm_head": f"cuda:{n}"})
+    with pytest.raises(ValueError, match="device or device_map"):
+        JambaForCausalLM.from_pretrained("/nonexistent", device="cpu", device_map="cpu")
+
+
+def _alternating(model):
+    """A placement naming 'cpu' and 'cpu:0' in turns: every layer boundary is a move (a copy on the one CPU)."""
+    n = len(model.model.layers) + 2
+    devs = [torch.device("cpu") if i % 2 == 0 else torch.device("cpu", 0) for i in range(n)]
+    model.model.__dict__["_place"] = devs
+    return model
+
+
+def test_forward_moves_between_devices_match_one_device():
+    """The forward's moves (hidden state, residual, masks, the static step's mask and position copies): logits of a
+    padded prefill, static and dynamic decode steps, greedy and beam generate and the training loss with the router
+    term equal the unsplit model's."""
+    ref, split = _model(), _alternating(_model())
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(3, 101, (2, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    hops = []
+    orig = JambaModel._hop
+
+    def counting(*a):
+        hops.append(a[0])
+        return orig(*a)
+    JambaModel._hop = staticmethod(counting)
+    try:
+        with torch.no_grad():
+            a = ref(ids, attention_mask=mask).logits
+            b = split(ids, attention_mask=mask).logits
+            assert torch.equal(a, b)
+            assert len(hops) == 4     # before layers 0, 2, 4 and the final norm (tensors on 'cpu:0' read as 'cpu')
+            for static in (False, True):
+                ca = ref.generate(ids, attention_mask=mask, max_new_tokens=6, static_cache=static, eos_token_id=None)
+                cb = split.generate(ids, attention_mask=mask, max_new_tokens=6, static_cache=static, eos_token_id=None)
+                assert ca.tolist() == cb.tolist(), static
+            ba = ref.generate(ids, max_new_tokens=5, num_beams=3, static_cache=True, eos_token_id=None)
+            bb = split.generate(ids, max_new_tokens=5, num_beams=3, static_cache=True, eos_token_id=None)
+            assert ba.tolist() == bb.tolist()
+        la = ref(ids, labels=ids, output_router_logits=True).loss
+        lb = split(ids, labels=ids, output_router_logits=True).loss
+        assert torch.equal(la, lb)
+    finally:
+        JambaModel._hop = staticmethod(orig)
+
+
+def test_dispatch_and_from_pretrained_on_one_device(tmp_path):
+    """dispatch / from_pretrained with a one-device map: no hf_device_map, no moves; a list of one device too."""
+    m = _model()
+    m.save_pretrained(str(tmp_path))
+    for dm in ("cpu", ["cpu"], {"": "cpu"}):
+        got = JambaForCausalLM.from_pretrained(str(tmp_path), device_map=dm)
+        assert not hasattr(got, "hf_device_map") and got.model._placement() is None
+        assert all(torch.equal(p, q) for p, q in zip(got.state_dict().values(), m.state_dict().values()))
+    assert m.dispatch("cpu") is m and m.model._placement() is None
+
+
+def _two_gpus():
+    return torch.cuda.is_available() and torch.cuda.device_count() >= 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _two_gpus(), reason="needs 2 GPUs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_two_gpus_match_one(dtype, tmp_path):
+    """Layers over cuda:0 and cuda:1 (dispatch, then from_pretrained(device_map="balanced")): the same logits (bit for
+    bit: the same kernels in the same order), greedy and beam tokens, loss and gradients as on cuda:0 alone; each
+    weight on its device; generate's tokens on cuda:0."""
+    d0, d1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    base = _model(seed=3)
+    one = _model(seed=3).to(d0, dtype)
+    two = _model(seed=3).to(dtype).dispatch("balanced")
+    assert set(two.hf_device_map.values()) == {0, 1} and two.hf_device_map["model.embed_tokens"] == 0
+    assert two.lm_head.weight.device == d1 and two.model.layers[0].mamba.in_proj.weight.device == d0
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 101, (2, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    with torch.no_grad():
+        a = one(ids.to(d0), attention_mask=mask.to(d0)).logits
+        b = two(ids.to(d0), attention_mask=mask.to(d0)).logits
+        assert b.device == d1 and torch.equal(a, b.to(d0))
+        for kw in (dict(), dict(static_cache=True), dict(num_beams=3), dict(do_sample=True, seed=4, top_k=20)):
+            ta = one.generate(ids.to(d0), attention_mask=mask.to(d0), max_new_tokens=20, eos_token_id=None,
+                              cuda_graph=False, **kw)
+            tb = two.generate(ids.to(d0), attention_mask=mask.to(d0), max_new_tokens=20, eos_token_id=None, **kw)
+            assert tb.device == d0 and ta.tolist() == tb.tolist(), kw
+        with pytest.warns(UserWarning, match="several devices"):
+            tc = two.generate(ids.to(d0), max_new_tokens=20, eos_token_id=None, cuda_graph=True)
+        assert tc.tolist() == one.generate(ids.to(d0), max_new_tokens=20, eos_token_id=None).tolist()
+    for m in (one, two):
+        m.train()
+        m.zero_grad()
+    la = one(ids.to(d0), labels=ids.to(d0), output_router_logits=True).loss
+    lb = two(ids.to(d0), labels=ids.to(d0), output_router_logits=True).loss
+    la.backward()
+    lb.backward()
+    assert torch.equal(la, lb.to(d0))
+    for (n, p), q in zip(one.named_parameters(), two.parameters()):
+        assert torch.equal(p.grad, q.grad.to(d0)), n
+    # from a checkpoint, each weight loaded straight onto its device
+    base.to(dtype).save_pretrained(str(tmp_path))
+    loaded = JambaForCausalLM.from_pretrained(str(tmp_path), device_map="balanced")
+    assert loaded.hf_device_map == two.hf_device_map
+    for (n, p), q in zip(loaded.named_parameters(), two.parameters()):
+        assert p.device == q.device and torch.equal(p, q.detach()), n
+    with torch.no_grad():
+        assert torch.equal(loaded(ids.to(d0)).logits, two.eval()(ids.to(d0)).logits)
