@@ -2178,25 +2178,26 @@ class JambaModel(_PreTrained):
         self.layers = nn.ModuleList([kinds[t](config, i) for i, t in enumerate(config.layers_block_type)])
         self.final_layernorm = JambaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self._static_step = False                      # whether the last forward was a static decode step
-        self.__dict__["_place"] = False                # _placement(): not yet known
+        self.__dict__["_place"] = False                # _placement()'s probe parameters: not yet picked
         self.gradient_checkpointing = False            # gradient_checkpointing_enable()
         self._checkpoint_kwargs: dict = {}
         self._checkpoint_every, self._checkpoint_offload = 1, False
 
     def _apply(self, fn, recurse=True):
-        self.__dict__["_place"] = False                # (.to / .cuda / to_empty may move parts: look again)
+        self.__dict__["_place"] = False                # (.to / .cuda / to_empty: pick the probe parameters again)
         return super()._apply(fn, recurse)
 
     def _placement(self) -> Optional[List[torch.device]]:
         """The devices of embed_tokens, each layer and final_layernorm when they are not all one device (a model over
-        several devices: jamba_ext.placement), else None. Kept until the next .to() / dispatch()."""
-        p = self.__dict__.get("_place", False)
-        if p is False:
-            mods = [self.embed_tokens, *self.layers, self.final_layernorm]
-            devs = [next(m.parameters()).device for m in mods]
-            p = devs if len(set(devs)) > 1 else None
-            self.__dict__["_place"] = p
-        return p
+        several devices: jamba_ext.placement), else None. Read from one parameter of each (a parameter keeps its
+        identity when a module moves, so a part moved by hand is followed; .to() / to_empty pick them again)."""
+        probes = self.__dict__.get("_place", False)
+        if probes is False:
+            probes = [next(m.parameters()) for m in (self.embed_tokens, *self.layers, self.final_layernorm)]
+            self.__dict__["_place"] = probes
+        devs = [t.device for t in probes]
+        first = devs[0]
+        return None if all(d == first for d in devs) else devs
 
     @staticmethod
     def _hop(d: torch.device, h: Tensor, residual: Optional[Tensor], step: "_Step",

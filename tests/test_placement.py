@@ -79,7 +79,7 @@ def _alternating(model):
     """A placement naming 'cpu' and 'cpu:0' in turns: every layer boundary is a move (a copy on the one CPU)."""
     n = len(model.model.layers) + 2
     devs = [torch.device("cpu") if i % 2 == 0 else torch.device("cpu", 0) for i in range(n)]
-    model.model.__dict__["_place"] = devs
+    model.model._placement = lambda: devs
     return model
 
 
@@ -179,5 +179,12 @@ def test_cuda_two_gpus_match_one(dtype, tmp_path):
     assert loaded.hf_device_map == two.hf_device_map
     for (n, p), q in zip(loaded.named_parameters(), two.parameters()):
         assert p.device == q.device and torch.equal(p, q.detach()), n
+    single = JambaForCausalLM.from_pretrained(str(tmp_path), device_map="cuda:0")   # (fused projections, as loaded)
     with torch.no_grad():
-        assert torch.equal(loaded(ids.to(d0)).logits, two.eval()(ids.to(d0)).logits)
+        assert torch.equal(loaded(ids.to(d0)).logits.to(d0), single(ids.to(d0)).logits)
+    # moved after it ran on one device: the forward follows the new placement
+    single.dispatch({"": 0, "model.layers.4": 1, "model.layers.5": 1, "model.final_layernorm": 1, "lm_head": 1})
+    with torch.no_grad():
+        assert torch.equal(single(ids.to(d0)).logits.to(d0), loaded(ids.to(d0)).logits.to(d0))
+        single.model.layers[2].to(d1)                        # (one layer moved by hand: followed too)
+        assert torch.equal(single(ids.to(d0)).logits.to(d0), loaded(ids.to(d0)).logits.to(d0))
