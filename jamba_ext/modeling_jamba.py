@@ -1973,11 +1973,13 @@ class _PreTrained(nn.Module):
         """Moves the model's parts to devices by device_map (jamba_ext.placement: one device, "auto", "balanced",
         a list of devices or a dict {unit or prefix: device}); sets hf_device_map as transformers does when the parts
         lie on more than one device. The forward then moves the hidden state between devices where the layers change
-        device; generate() returns its tokens on the embeddings' device and decodes without CUDA graphs. Returns the
-        model."""
+        device; generate() returns its tokens on the embeddings' device and decodes without CUDA graphs. The joint
+        projections are laid out again (fuse_projections) as from_pretrained does. Returns the model."""
         dmap = _placement.resolve_device_map(self, device_map)
         _placement.place(self, dmap)
         self._retie()
+        if FUSE_PROJECTIONS:
+            self.fuse_projections()                 # (moving copied the fused weights apart: lay them out again)
         if len(set(dmap.values())) > 1:
             self.hf_device_map = _placement.hf_device_map(dmap)
         else:
@@ -2178,24 +2180,18 @@ class JambaModel(_PreTrained):
         self.layers = nn.ModuleList([kinds[t](config, i) for i, t in enumerate(config.layers_block_type)])
         self.final_layernorm = JambaRMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self._static_step = False                      # whether the last forward was a static decode step
-        self.__dict__["_place"] = False                # _placement()'s probe parameters: not yet picked
         self.gradient_checkpointing = False            # gradient_checkpointing_enable()
         self._checkpoint_kwargs: dict = {}
         self._checkpoint_every, self._checkpoint_offload = 1, False
 
-    def _apply(self, fn, recurse=True):
-        self.__dict__["_place"] = False                # (.to / .cuda / to_empty: pick the probe parameters again)
-        return super()._apply(fn, recurse)
-
     def _placement(self) -> Optional[List[torch.device]]:
         """The devices of embed_tokens, each layer and final_layernorm when they are not all one device (a model over
-        several devices: jamba_ext.placement), else None. Read from one parameter of each (a parameter keeps its
-        identity when a module moves, so a part moved by hand is followed; .to() / to_empty pick them again)."""
-        probes = self.__dict__.get("_place", False)
-        if probes is False:
-            probes = [next(m.parameters()) for m in (self.embed_tokens, *self.layers, self.final_layernorm)]
-            self.__dict__["_place"] = probes
-        devs = [t.device for t in probes]
+        several devices: jamba_ext.placement), else None. Read at every call from each part's norm or embedding
+        weight (weights that no fusion or repacking re-points), so a part moved by dispatch(), .to() or by hand is
+        followed (~0.5 us a part)."""
+        devs = [self.embed_tokens.weight.device]
+        devs += [layer.input_layernorm.weight.device for layer in self.layers]
+        devs.append(self.final_layernorm.weight.device)
         first = devs[0]
         return None if all(d == first for d in devs) else devs
 
