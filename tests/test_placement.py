@@ -144,6 +144,7 @@ def test_cuda_two_gpus_match_one(dtype, tmp_path):
     d0, d1 = torch.device("cuda", 0), torch.device("cuda", 1)
     base = _model(seed=3)
     one = _model(seed=3).to(d0, dtype)
+    assert one.fuse_projections() > 0                     # (dispatch lays the joint projections out again: so here)
     two = _model(seed=3).to(dtype).dispatch("balanced")
     assert set(two.hf_device_map.values()) == {0, 1} and two.hf_device_map["model.embed_tokens"] == 0
     assert two.lm_head.weight.device == d1 and two.model.layers[0].mamba.in_proj.weight.device == d0
