@@ -187,5 +187,7 @@ def test_cuda_two_gpus_match_one(dtype, tmp_path):
     single.dispatch({"": 0, "model.layers.4": 1, "model.layers.5": 1, "model.final_layernorm": 1, "lm_head": 1})
     with torch.no_grad():
         assert torch.equal(single(ids.to(d0)).logits.to(d0), loaded(ids.to(d0)).logits.to(d0))
-        single.model.layers[2].to(d1)                        # (one layer moved by hand: followed too)
+        single.model.layers[2].to(d1)                        # (one layer moved by hand: followed too; its MLP's
+        single.fuse_projections()                            # joint gate / up laid out again, as documented)
+        assert single.model.layers[2].input_layernorm.weight.device == d1
         assert torch.equal(single(ids.to(d0)).logits.to(d0), loaded(ids.to(d0)).logits.to(d0))
