@@ -77,6 +77,13 @@ def _load(args):
     from .modeling_jamba import JambaConfig, JambaForCausalLM
     from .tokenizer import ByteTokenizer, load_tokenizer
 
+    dmap = getattr(args, "device_map", None)
+    if dmap is not None:
+        if args.device is not None:
+            _fail("give --device or --device-map, not both")
+        if not torch.cuda.is_available():
+            _fail("--device-map: no CUDA GPU is visible to torch")
+        dmap = dmap.split(",") if "," in dmap else dmap           # a list of devices, or auto / balanced / one
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         _fail("--device cuda: no CUDA GPU is visible to torch")
@@ -88,6 +95,11 @@ def _load(args):
     if args.model is None:
         cfg = JambaConfig(**DEFAULT_CONFIG)
         model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=args.seed)
+        if dmap is not None:
+            try:
+                model.dispatch(dmap)
+            except ValueError as e:
+                _fail(f"--device-map: {e}")
         if fp8:
             model.quantize_experts("fp8", act_fp8=act8)
         return model, ByteTokenizer(), "built-in random Jamba (byte-level tokenizer)"
@@ -105,8 +117,9 @@ def _load(args):
     if tok is None:
         _fail(f"--model {d!r}: no tokenizer.json, so the prompt cannot be encoded")
     try:
-        model = JambaForCausalLM.from_pretrained(d, dtype=dtype, device=device, progress=args.progress,
-                                                 experts_dtype="fp8" if fp8 else None)
+        place = dict(device=device) if dmap is None else dict(device_map=dmap)
+        model = JambaForCausalLM.from_pretrained(d, dtype=dtype, progress=args.progress,
+                                                 experts_dtype="fp8" if fp8 else None, **place)
     except (ValueError, FileNotFoundError, OSError) as e:
         _fail(f"--model {d!r}: {e}")
     if act8:
@@ -149,7 +162,9 @@ def cmd_generate(args) -> int:
         _fail(("--prompt-file" if args.prompt_file is not None else "--prompt") + " encodes to no tokens")
     if max(ids) >= model.config.vocab_size:
         _fail(f"the tokenizer produced id {max(ids)} >= the model's vocab_size {model.config.vocab_size}")
-    sys.stderr.write(f"model: {what} | {model.num_parameters() / 1e6:.1f}M params | {model.device} {model.dtype}"
+    where = model.device if not getattr(model, "hf_device_map", None) else \
+        "GPUs " + ",".join(str(d) for d in sorted(set(model.hf_device_map.values()), key=str))
+    sys.stderr.write(f"model: {what} | {model.num_parameters() / 1e6:.1f}M params | {where} {model.dtype}"
                      f"{' (experts float8_e4m3fn)' if model.experts_fp8 else ''}\n")
     show_bar = args.progress if args.progress is not None else args.max_new_tokens >= PROGRESS_MIN_TOKENS
     # a prompt of more than one prefill chunk gets its own bar (a 256K-token prompt is ~17 s of prefill on an H200)
@@ -193,7 +208,8 @@ def cmd_generate(args) -> int:
         echo()
     # a CUDA model decodes through a captured CUDA graph unless --no-cuda-graph (falls back to eager, with a
     # warning, if the capture fails); on a CPU model --cuda-graph only warns
-    use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda"
+    split = model.model._placement() is not None              # (layers over several GPUs: eager decode steps)
+    use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda" and not split
     t0 = pre_bar.t0 = time.perf_counter()
     if args.num_beams > 1:
         return _beam_generate(args, model, tok, ids, use_graph, on_prefill if pre_bar.enabled else None, echo, t0,
@@ -355,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transformers Jamba checkpoint: a local directory or a Hugging Face Hub id such as "
                         "ai21labs/Jamba-v0.1 (downloaded; needs huggingface_hub) (default: built-in small random model)")
     g.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    g.add_argument("--device-map", default=None,
+                   help="the model's layers over several GPUs: auto (one GPU when it fits), balanced (every visible "
+                        "GPU), or a comma list such as cuda:0,cuda:1 (jamba_ext.placement; decodes without CUDA graphs)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--experts-fp8", action="store_true",

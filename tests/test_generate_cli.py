@@ -251,3 +251,26 @@ def test_cli_train_lora_fp8_experts(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["train", "--device", "cpu", "--text-file", str(text), *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_cli_device_map_errors(capsys):
+    """--device-map with --device, or without a GPU, ends with a one-line error."""
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--device", "cpu", "--device-map", "auto", "--prompt", "ab", "--max-new-tokens", "2"])
+    assert e.value.code == 2 and "not both" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "--device-map", "balanced", "--prompt", "ab", "--max-new-tokens", "2"])
+        assert e.value.code == 2 and "no CUDA GPU" in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_cli_device_map_two_gpus():
+    """--device-map balanced: the built-in model over two GPUs, decoded eagerly; the greedy fp32 text equals one GPU's
+    eager decode, and the model line names both GPUs."""
+    args = ("generate", "--prompt", "split", "--max-new-tokens", "24", "--dtype", "float32")
+    s, one = _run(*args, "--device-map", "balanced"), _run(*args, "--device", "cuda:0", "--no-cuda-graph")
+    assert s.returncode == 0 and one.returncode == 0, (s.stderr, one.stderr)
+    assert "GPUs 0,1" in s.stderr and "decode (eager): 23 tokens" in s.stderr, s.stderr
+    assert s.stdout == one.stdout
