@@ -2188,9 +2188,9 @@ class JambaModel(_PreTrained):
         """The devices of embed_tokens, each layer and final_layernorm when they are not all one device (a model over
         several devices: jamba_ext.placement), else None. Read at every call from each part's norm or embedding
         weight (weights that no fusion or repacking re-points), so a part moved by dispatch(), .to() or by hand is
-        followed (~0.5 us a part)."""
+        followed (~9 us for 32 layers: the module dicts read directly)."""
         devs = [self.embed_tokens.weight.device]
-        devs += [layer.input_layernorm.weight.device for layer in self.layers]
+        devs += [m._modules["input_layernorm"]._parameters["weight"].device for m in self.layers._modules.values()]
         devs.append(self.final_layernorm.weight.device)
         first = devs[0]
         return None if all(d == first for d in devs) else devs
@@ -2518,8 +2518,9 @@ class JambaForCausalLM(_PreTrained):
             hk = h[:, -logits_to_keep:] if logits_to_keep > 0 else h
         else:
             hk = h[:, logits_to_keep]
-        if self.model._placement() is not None:                  # (a model over several devices)
-            hk = hk.to(self.lm_head.weight.device)
+        head = getattr(self.lm_head, "weight", None)             # (a wrapped head may have none)
+        if head is not None and hk.device != head.device:        # (a model over several devices)
+            hk = hk.to(head.device)
         with _GemvScope(self.model._static_step):
             logits = _linear(self.lm_head, hk)                                        # (B, L_kept, V)
         loss = aux = None
