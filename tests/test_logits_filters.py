@@ -434,3 +434,29 @@ def test_cuda_prefix_allowed_tokens_and_top_h_in_graph_decode():
         eager = m.generate(ids.cuda(), cuda_graph=False, static_cache=True, **samp)
         assert graph.tolist() == eager.tolist()
         ours = m.to("cpu")
+
+
+def test_generate_prefix_allowed_tokens_fn_left_padded_matches_transformers():
+    """prefix_allowed_tokens_fn on left-padded prompts (the function sees the padding, as in transformers), greedy and
+    2 beams: transformers' sequences and scores."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 7, 101, seed=13)
+    ids[0, :3] = 0
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    lens = []
+
+    def fn(batch_id, input_ids):
+        lens.append(int((input_ids == 0).sum()))
+        return [t for t in range(3, 101) if (t + batch_id + int(input_ids[-1])) % 3]
+    with torch.no_grad():
+        for beams in (1, 2):
+            kw = dict(max_new_tokens=6, num_beams=beams, return_dict_in_generate=True, output_scores=True,
+                      pad_token_id=0, eos_token_id=None, prefix_allowed_tokens_fn=fn)
+            got = ours.generate(ids, attention_mask=mask, **kw)
+            want = hf.generate(ids, attention_mask=mask, do_sample=False, **kw)
+            assert got.sequences.tolist() == want.sequences.tolist(), beams
+            for x, y in zip(got.scores, want.scores):
+                assert torch.equal(torch.isinf(x), torch.isinf(y))
+                assert torch.allclose(x[torch.isfinite(x)], y[torch.isfinite(y)], rtol=FP32_REL, atol=1e-5)
+    assert max(lens) >= 3                                   # (the padded row's pads were passed)

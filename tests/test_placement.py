@@ -83,11 +83,12 @@ def _alternating(model):
     return model
 
 
-def test_forward_moves_between_devices_match_one_device():
+@pytest.mark.parametrize("tied", [False, True])
+def test_forward_moves_between_devices_match_one_device(tied):
     """The forward's moves (hidden state, residual, masks, the static step's mask and position copies): logits of a
     padded prefill, static and dynamic decode steps, greedy and beam generate and the training loss with the router
-    term equal the unsplit model's."""
-    ref, split = _model(), _alternating(_model())
+    term equal the unsplit model's (untied and tied LM head)."""
+    ref, split = _model(tie_word_embeddings=tied), _alternating(_model(tie_word_embeddings=tied))
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 101, (2, 9), generator=g)
     mask = torch.ones_like(ids)
