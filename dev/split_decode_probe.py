@@ -2,7 +2,8 @@
 
 Jamba-v0.1 shapes (random weights, bf16; --layers N for fewer layers), batch 1 and 8, a 2K prompt, greedy, N new
 tokens: one GPU with the CUDA-graph step, one GPU eager (static cache), two GPUs eager (the split model decodes without
-graphs; static and dynamic cache). The static-cache tokens must equal the one-GPU graph's. The split is for memory (a model larger than one GPU): this shows what it costs. Needs 2 GPUs.
+graphs by default; static and dynamic cache), and two GPUs with cuda_graph=True (EXPERIMENT: one CUDA graph per GPU,
+_SplitDecodeGraph). The static-cache tokens must equal the one-GPU graph's. The split is for memory (a model larger than one GPU): this shows what it costs. Needs 2 GPUs.
 Usage (device kind nvidia-h200-x2): python3 dev/split_decode_probe.py [--layers 32] [--new 32] [--prompt 2048]
 """
 import argparse
@@ -52,6 +53,9 @@ def main():
         _, split_dyn = tok_s(model, ids, a.new, static_cache=False)
         print(f"batch {B}: two GPUs, eager {split:.1f} tok/s (static cache; dynamic cache {split_dyn:.1f}); tokens "
               f"equal to one GPU's: {out.tolist() == ref.tolist()}", flush=True)
+        outg, split_g = tok_s(model, ids, a.new, cuda_graph=True)       # EXPERIMENT: one graph per device
+        print(f"batch {B}: two GPUs, one CUDA graph per GPU {split_g:.1f} tok/s ({model._decode_graph_info}); tokens "
+              f"equal to one GPU's: {outg.tolist() == ref.tolist()}", flush=True)
         model.dispatch("cuda:0")
 
 

@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     g.add_argument("--device-map", default=None,
                    help="the model's layers over several GPUs: auto (one GPU when it fits), balanced (every visible "
-                        "GPU), or a comma list such as cuda:0,cuda:1 (jamba_ext.placement; decodes without CUDA graphs)")
+                        "GPU), or a comma list such as cuda:0,cuda:1 (jamba_ext.placement; decodes without CUDA graphs unless --cuda-graph: one graph per GPU, an EXPERIMENT)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--experts-fp8", action="store_true",

@@ -1973,7 +1973,8 @@ class _PreTrained(nn.Module):
         """Moves the model's parts to devices by device_map (jamba_ext.placement: one device, "auto", "balanced",
         a list of devices or a dict {unit or prefix: device}); sets hf_device_map as transformers does when the parts
         lie on more than one device. The forward then moves the hidden state between devices where the layers change
-        device; generate() returns its tokens on the embeddings' device and decodes without CUDA graphs. The joint
+        device; generate() returns its tokens on the embeddings' device and decodes without CUDA graphs unless
+        cuda_graph=True (then one graph per device: _SplitDecodeGraph, an EXPERIMENT). The joint
         projections are laid out again (fuse_projections) as from_pretrained does. Returns the model."""
         dmap = _placement.resolve_device_map(self, device_map)
         _placement.place(self, dmap)
@@ -2404,6 +2405,135 @@ class _DecodeGraph:
         return self.logits
 
 
+class _SplitDecodeGraph:
+    """The static decode step of a model whose parts lie on several GPUs (jamba_ext.placement), replayed as one CUDA
+    graph per run of consecutive parts on one device: each graph is captured on its own device (with its own memory
+    pool), so none spans two devices; between them the step runs eagerly only the moves (the hidden state and
+    residual into the next graph's input buffers, the cache's copies of the static mask and position on that device:
+    JambaHybridCache.static_on), which torch orders with both devices' streams. Units, in forward order: 0 the
+    embeddings and the step's mask update (JambaModel._step), 1..n the layers, n + 1 the final norm, n + 2 the LM
+    head. step(tokens) returns the logits (B, V) on the tokens' device. EXPERIMENT (session 45): generate() takes it
+    only with cuda_graph=True on such a model; its CUDA test has not yet run on a GPU."""
+    WARMUP = 2
+
+    def __init__(self, cache, segs, graphs, tokens, ins, outs, logits):
+        self.cache, self.segs, self.graphs, self.tokens = cache, segs, graphs, tokens
+        self.ins, self.outs, self.logits = ins, outs, logits
+
+    @staticmethod
+    def _segments(model: "JambaForCausalLM") -> List[Tuple[torch.device, int, int]]:
+        base = model.model
+        devs = [base.embed_tokens.weight.device] + [layer.input_layernorm.weight.device for layer in base.layers] \
+            + [base.final_layernorm.weight.device, model.lm_head.weight.device]
+        segs, j0 = [], 0
+        for j in range(1, len(devs) + 1):
+            if j == len(devs) or devs[j] != devs[j0]:
+                segs.append((devs[j0], j0, j))
+                j0 = j
+        return segs
+
+    @staticmethod
+    def _run(model: "JambaForCausalLM", cache: JambaHybridCache, j0: int, j1: int, st: dict) -> dict:
+        """Units j0 .. j1 - 1 of one static decode step on st = {tokens | h, residual, step} -> the state after them
+        (with "logits" after the head)."""
+        base, n = model.model, len(model.model.layers)
+        h, residual, step = st.get("h"), st.get("residual"), st.get("step")
+        with _GemvScope(True):
+            for j in range(j0, j1):
+                if j == 0:
+                    h = base.embed_tokens(st["tokens"])
+                    step, _ = base._step(None, cache, h.shape[0], 1, h.dtype, h.device)
+                    if not step.static:
+                        raise RuntimeError("split decode graph: the cache did not take a static step")
+                elif j <= n:
+                    h, residual, _ = base.layers[j - 1](h, residual, step, cache)
+                elif j == n + 1:
+                    if residual is None:
+                        h = base.final_layernorm(h)
+                    else:
+                        h, _ = _K.add_rms_norm(*_one_dtype(h, residual, base.final_layernorm.weight),
+                                               base.final_layernorm.variance_epsilon)
+                    residual = None
+                else:
+                    return dict(h=h, residual=None, step=step, logits=_linear(model.lm_head, h)[:, -1])
+        return dict(h=h, residual=residual, step=step)
+
+    @classmethod
+    def _moved_in(cls, cache, step0, d, out, bufs=None):
+        """The next segment's inputs on device d: the previous outputs copied into bufs (made when None), and the step
+        with the cache's mask copy on d."""
+        if bufs is None:
+            bufs = (torch.empty_like(out["h"], device=d),
+                    None if out["residual"] is None else torch.empty_like(out["residual"], device=d))
+        bufs[0].copy_(out["h"])
+        if bufs[1] is not None:
+            bufs[1].copy_(out["residual"])
+        mask, _ = cache.static_on(d)
+        return bufs, dict(h=bufs[0], residual=bufs[1], step=dataclasses.replace(
+            step0, mamba_mask=None, attn_mask=mask[:, None, None, :]))
+
+    @classmethod
+    def capture(cls, model: "JambaForCausalLM", cache: JambaHybridCache, first: Tensor) -> Optional["_SplitDecodeGraph"]:
+        """As _DecodeGraph.capture (None after a warning on any failure, the cache as it was)."""
+        t0 = time.perf_counter()
+        snap = cache._snapshot()
+        tokens = first.detach().reshape(-1, 1).to(torch.long).clone()
+        devs: list = []
+        try:
+            segs = cls._segments(model)
+            devs = sorted({d for d, _, _ in segs}, key=str)
+            for _ in range(cls.WARMUP):                       # eager steps (the segments in turn), state put back
+                out = cls._run(model, cache, *segs[0][1:], {"tokens": tokens})
+                step0 = out["step"]
+                for d, j0, j1 in segs[1:]:
+                    out = cls._run(model, cache, j0, j1, cls._moved_in(cache, step0, d, out)[1])
+                cache._restore(snap)
+            for d in devs:
+                torch.cuda.synchronize(d)
+            graphs, ins, outs, out, step0 = [], [], [], None, None
+            for k, (d, j0, j1) in enumerate(segs):
+                st = {"tokens": tokens}
+                if k:
+                    bufs, st = cls._moved_in(cache, step0, d, out)
+                    ins.append(bufs)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.device(d), torch.cuda.graph(g):
+                    out = cls._run(model, cache, j0, j1, st)
+                step0 = step0 or out["step"]
+                graphs.append(g)
+                outs.append(out)
+            for d in devs:
+                torch.cuda.synchronize(d)
+            cache._restore(snap)
+        except Exception as e:  # noqa: BLE001 -- any failure: fall back to eager decoding
+            for d in devs:
+                try:
+                    torch.cuda.synchronize(d)
+                except Exception:  # noqa: BLE001
+                    pass
+            cache._restore(snap)
+            msg = f"{type(e).__name__}: {e}"[:500]
+            model._decode_graph_info = {"captured": False, "error": msg}
+            warnings.warn(f"generate(cuda_graph=True): CUDA-graph capture of the split decode step failed ({msg}); "
+                          "decoding eagerly with the static cache", stacklevel=4)
+            return None
+        model._decode_graph_info = {"captured": True, "capture_s": time.perf_counter() - t0,
+                                    "warmup_steps": cls.WARMUP, "segments": len(segs)}
+        return cls(cache, segs, graphs, tokens, ins, outs, outs[-1]["logits"])
+
+    def step(self, tokens: Tensor) -> Tensor:
+        self.tokens.copy_(tokens.reshape(-1, 1))
+        step0 = self.outs[0]["step"]
+        for k, (d, _, _) in enumerate(self.segs):
+            if k:
+                self._moved_in(self.cache, step0, d, self.outs[k - 1], self.ins[k - 1])
+            with torch.cuda.device(d):
+                self.graphs[k].replay()
+        self.cache.cache_position.add_(1)       # (after every segment has read it, or its copy)
+        self.cache.seq_len += 1
+        return self.logits.to(tokens.device)
+
+
 def _run_processors(processors, input_ids: Tensor, scores: Tensor) -> Tensor:
     """transformers' logits processors on one step's scores: a LogitsProcessorList or one processor (callables
     (input_ids, scores) -> scores), or a plain list of them, applied in order."""
@@ -2760,15 +2890,11 @@ class JambaForCausalLM(_PreTrained):
                 streamer.end()
             return GenerateOutput(input_ids, () if keep_scores else None, () if keep_logits else None) if \
                 return_dict_in_generate else input_ids
-        split = self.model._placement() is not None              # (layers over several devices: no capture)
-        if cuda_graph is None:
+        split = self.model._placement() is not None              # (layers over several devices)
+        if cuda_graph is None:        # (a split model: eager unless asked, its per-device graphs an EXPERIMENT)
             cuda_graph = dev.type == "cuda" and max_new_tokens >= GRAPH_MIN_NEW_TOKENS and static_cache is not False \
                 and not split
-        elif cuda_graph and split:
-            warnings.warn("generate(cuda_graph=True): the model's layers lie on several devices (dispatch / "
-                          "device_map); its decode steps run eagerly with the static cache", stacklevel=3)
         static = bool(cuda_graph) if static_cache is None else bool(static_cache)
-        cuda_graph = cuda_graph and not split
         if cuda_graph and not static:
             raise ValueError("cuda_graph=True needs the static cache (static_cache=False was given)")
         if cuda_graph and dev.type != "cuda":
@@ -2791,7 +2917,8 @@ class JambaForCausalLM(_PreTrained):
             cache.repeat_rows(num_beams)                         # (B * num_beams rows from here on)
         if cuda_graph and dev.type == "cuda" and max_new_tokens > 1:
             first = logits.argmax(dim=-1)
-            graph = _DecodeGraph.capture(self, cache, first.repeat_interleave(num_beams) if beams else first)
+            capture = _SplitDecodeGraph.capture if split else _DecodeGraph.capture
+            graph = capture(self, cache, first.repeat_interleave(num_beams) if beams else first)
         if beams:                                                # (None and a warning on failure: eager steps)
             from .beam_search import beam_search
             keep = len(eos) + 1 if eos else 2              # (transformers' min_tokens_to_keep in beam sampling)
