@@ -193,13 +193,6 @@ def test_cuda_two_gpus_match_one(dtype, tmp_path):
                               cuda_graph=False, **kw)
             tb = two.generate(ids.to(d0), attention_mask=mask.to(d0), max_new_tokens=20, eos_token_id=None, **kw)
             assert tb.device == d0 and ta.tolist() == tb.tolist(), kw
-        # cuda_graph=True on the split model: one graph per device (EXPERIMENT), the eager static decode's tokens
-        for kw in (dict(), dict(num_beams=3)):
-            tc = two.generate(ids.to(d0), max_new_tokens=20, eos_token_id=None, cuda_graph=True, **kw)
-            assert two._decode_graph_info["captured"] and two._decode_graph_info["segments"] == 2, \
-                two._decode_graph_info
-            te = two.generate(ids.to(d0), max_new_tokens=20, eos_token_id=None, static_cache=True, **kw)
-            assert tc.tolist() == te.tolist(), kw
     for m in (one, two):
         m.train()
         m.zero_grad()
@@ -227,3 +220,24 @@ def test_cuda_two_gpus_match_one(dtype, tmp_path):
         single.fuse_projections()                            # joint gate / up laid out again, as documented)
         assert single.model.layers[2].input_layernorm.weight.device == d1
         assert torch.equal(single(ids.to(d0)).logits.to(d0), loaded(ids.to(d0)).logits.to(d0))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _two_gpus(), reason="needs 2 GPUs")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_split_decode_graph(dtype):
+    """EXPERIMENT (session 45): generate(cuda_graph=True) on a model over cuda:0 and cuda:1 captures one graph per
+    device (_SplitDecodeGraph) and gives the eager static decode's tokens, greedy, sampled and with 3 beams; a split
+    with three segments (cuda:0, cuda:1, cuda:0 for the head) too."""
+    d0 = torch.device("cuda", 0)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 101, (2, 11), generator=g).to(d0)
+    for dm, segs in (("balanced", 2), ({"": 0, "model.layers.2": 1, "model.layers.3": 1, "model.layers.4": 1}, 3)):
+        two = _model(seed=3).to(dtype).dispatch(dm)
+        with torch.no_grad():
+            for kw in (dict(), dict(num_beams=3), dict(do_sample=True, seed=5, top_k=20)):
+                tc = two.generate(ids, max_new_tokens=20, eos_token_id=None, cuda_graph=True, **kw)
+                info = two._decode_graph_info
+                assert info["captured"] and info["segments"] == segs, info
+                te = two.generate(ids, max_new_tokens=20, eos_token_id=None, static_cache=True, **kw)
+                assert tc.tolist() == te.tolist(), (dm, kw)
