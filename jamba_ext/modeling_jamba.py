@@ -1969,14 +1969,15 @@ class _PreTrained(nn.Module):
     def is_gradient_checkpointing(self) -> bool:
         return any(getattr(m, "gradient_checkpointing", False) for m in self.modules() if isinstance(m, JambaModel))
 
-    def dispatch(self, device_map) -> "_PreTrained":
+    def dispatch(self, device_map, max_memory: Optional[dict] = None) -> "_PreTrained":
         """Moves the model's parts to devices by device_map (jamba_ext.placement: one device, "auto", "balanced",
         a list of devices or a dict {unit or prefix: device}); sets hf_device_map as transformers does when the parts
         lie on more than one device. The forward then moves the hidden state between devices where the layers change
         device; generate() returns its tokens on the embeddings' device and decodes without CUDA graphs unless
         cuda_graph=True (then one graph per device: _SplitDecodeGraph, an EXPERIMENT). The joint
-        projections are laid out again (fuse_projections) as from_pretrained does. Returns the model."""
-        dmap = _placement.resolve_device_map(self, device_map)
+        projections are laid out again (fuse_projections) as from_pretrained does. max_memory: per-device budgets
+        with "auto" / "balanced" (jamba_ext.placement). Returns the model."""
+        dmap = _placement.resolve_device_map(self, device_map, max_memory)
         _placement.place(self, dmap)
         self._retie()
         if FUSE_PROJECTIONS:
@@ -2002,7 +2003,8 @@ class _PreTrained(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, dtype=None, device=None, config: Optional[JambaConfig] = None,
-                        progress: Optional[bool] = None, torch_dtype=None, device_map=None, experts_dtype=None):
+                        progress: Optional[bool] = None, torch_dtype=None, device_map=None, experts_dtype=None,
+                        max_memory: Optional[dict] = None):
         """Loads a transformers Jamba checkpoint: config.json + model.safetensors (or a sharded
         model.safetensors.index.json; pytorch_model.bin also read), from a local directory or, given a Hugging Face
         Hub id ("ai21labs/Jamba-v0.1"), downloaded first (resolve_checkpoint; needs huggingface_hub; the only network
@@ -2011,7 +2013,8 @@ class _PreTrained(nn.Module):
         config's), device_map= one device ("cpu", "cuda", "cuda:1") or the model's layers over several devices:
         "auto" (one GPU when the weights fit it, else as "balanced"), "balanced" (every visible GPU, about equal bytes
         each), a list of devices, or a dict {unit or prefix: device} such as transformers' hf_device_map
-        (jamba_ext.placement; each weight is loaded straight onto its device).
+        (jamba_ext.placement; each weight is loaded straight onto its device); max_memory= {device: size} budgets
+        with "auto" / "balanced", as transformers takes them (e.g. {0: "40GiB", 1: "80GiB"}).
         progress: a line per weight file on stderr (its size, GB/s, time so far); None: on when the files
         hold more than 1 GB. experts_dtype="fp8" (or "float8_e4m3fn", torch.float8_e4m3fn): the MoE expert weights
         are quantized while they are read (weight-only e4m3, one scale per row: quantize_experts), one expert piece at
@@ -2038,7 +2041,8 @@ class _PreTrained(nn.Module):
         model = model.to(dtype)
         if experts_dtype is not None:
             model.quantize_experts(experts_dtype)              # on meta: fp8 buffers and scales, no memory
-        dmap = _placement.resolve_device_map(model, device_map if device_map is not None else (device or "cpu"))
+        dmap = _placement.resolve_device_map(model, device_map if device_map is not None else (device or "cpu"),
+                                             max_memory)
         if len(set(dmap.values())) == 1:
             model = model.to_empty(device=next(iter(dmap.values())))
         else:

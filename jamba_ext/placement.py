@@ -18,8 +18,13 @@ Device maps taken (resolve_device_map):
 - a dict {unit name or a prefix of one ("model.layers", "model", ""): device}, as transformers' hf_device_map or
   accelerate's infer_auto_device_map write it; the longest matching prefix wins; every unit must be covered.
 A tied LM head (config.tie_word_embeddings) stays with the embeddings.
+max_memory ({device: bytes, or a size such as "70GiB" / "500MB"}, as transformers' from_pretrained takes it) with
+"auto" / "balanced": the devices used are its keys (GPUs by index, then the CPU), each taking a share of the weights
+in proportion to its budget (then, if rounding to whole units overfills one, each filled in turn up to its budget);
+a model larger than the budgets raises ValueError.
 """
-from typing import Dict, List, Sequence, Tuple, Union
+import re
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -59,26 +64,92 @@ def _device(d) -> torch.device:
         raise ValueError(f"device_map: {d!r} is not a device ({e})") from None
 
 
-def balanced(sizes: Sequence[int], devices: Sequence[torch.device]) -> List[torch.device]:
-    """Contiguous runs of units over `devices`, about equal bytes each: unit j goes to the device whose share of the
-    total holds the middle of its bytes (so the runs are in order and none is empty while units remain)."""
+def balanced(sizes: Sequence[int], devices: Sequence[torch.device],
+             weights: Optional[Sequence[float]] = None) -> List[torch.device]:
+    """Contiguous runs of units over `devices`, about equal bytes each (or in proportion to `weights`): unit j goes to
+    the device whose share of the total holds the middle of its bytes (so the runs are in order)."""
     total = max(1, sum(sizes))
-    k, out, before = len(devices), [], 0
+    w = [1.0] * len(devices) if weights is None else [float(x) for x in weights]
+    bounds, acc = [], 0.0
+    for x in w:
+        acc += x
+        bounds.append(acc / sum(w) * total)
+    out, before, i = [], 0, 0
     for s in sizes:
-        out.append(devices[min(k - 1, int(k * (before + s / 2) / total))])
+        mid = before + s / 2
+        while i < len(devices) - 1 and mid >= bounds[i]:
+            i += 1
+        out.append(devices[i])
         before += s
     return out
+
+
+def _fill(sizes: Sequence[int], devices: Sequence[torch.device], budgets: Sequence[int]) -> Optional[List[torch.device]]:
+    """Each device filled in turn up to its budget (contiguous runs); None when the units do not fit."""
+    out, i, used = [], 0, 0
+    for s in sizes:
+        while i < len(devices) and used + s > budgets[i]:
+            i, used = i + 1, 0
+        if i == len(devices):
+            return None
+        out.append(devices[i])
+        used += s
+    return out
+
+
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30,
+          "tib": 2**40}
+
+
+def parse_size(v) -> int:
+    """Bytes from an int or a string such as "70GiB", "80GB", "512 MiB" (transformers' max_memory values)."""
+    if isinstance(v, int) and not isinstance(v, bool) and v >= 0:
+        return v
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b)\s*", str(v), re.IGNORECASE) if isinstance(v, str) else None
+    if m is None or m.group(2).lower() not in _UNITS:
+        raise ValueError(f"max_memory: {v!r} is not a size (bytes as an int, or e.g. '70GiB', '80GB', '512MiB')")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def _budgeted(sizes: Sequence[int], max_memory: dict) -> Tuple[List[torch.device], List[int], List[torch.device]]:
+    """(the devices of max_memory in order: GPUs by index, then the rest; their budgets; the units' devices, by budget
+    share)."""
+    budgets = {_device(k): parse_size(v) for k, v in max_memory.items()}
+    devs = sorted(budgets, key=lambda d: (d.type != "cuda", d.type, d.index or 0))
+    devs = [d for d in devs if budgets[d] > 0]
+    if not devs:
+        raise ValueError("max_memory: no device with a budget above 0")
+    b = [budgets[d] for d in devs]
+    total = sum(sizes)
+    if total > sum(b):
+        raise ValueError(f"max_memory: the weights take {total / 1e9:.2f} GB, the budgets hold {sum(b) / 1e9:.2f} GB")
+    out = balanced(sizes, devs, b)
+    if any(sum(s for s, d in zip(sizes, out) if d == dev) > bd for dev, bd in zip(devs, b)):
+        out = _fill(sizes, devs, b)
+        if out is None:
+            raise ValueError(f"max_memory: the weights ({total / 1e9:.2f} GB) do not fit the budgets in whole layers "
+                             f"({', '.join(f'{d}: {x / 1e9:.2f} GB' for d, x in zip(devs, b))})")
+    return devs, b, out
 
 
 def _gpus() -> List[torch.device]:
     return [torch.device("cuda", i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
 
 
-def resolve_device_map(model: nn.Module, device_map) -> Dict[str, torch.device]:
+def resolve_device_map(model: nn.Module, device_map, max_memory: Optional[dict] = None) -> Dict[str, torch.device]:
     """{unit name: device} for every unit of `model` (parameters may be on meta: only their sizes are read)."""
     us = units(model)
     names = [n for n, _ in us]
-    if isinstance(device_map, dict):
+    if max_memory is not None:
+        if device_map not in ("auto", "balanced"):
+            raise ValueError(f"max_memory goes with device_map='auto' or 'balanced', got device_map={device_map!r}")
+        if not isinstance(max_memory, dict) or not max_memory:
+            raise ValueError(f"max_memory: expected a dict {{device: size}}, got {max_memory!r}")
+        sizes = [module_bytes(m) for _, m in us]
+        devs, budgets, placed = _budgeted(sizes, max_memory)
+        one = device_map == "auto" and sum(sizes) <= budgets[0]
+        out = {n: devs[0] for n in names} if one else dict(zip(names, placed))
+    elif isinstance(device_map, dict):
         if not device_map:
             raise ValueError("device_map: an empty dict")
         keys = {str(k): _device(v) for k, v in device_map.items()}

@@ -160,6 +160,12 @@ def test_dispatch_and_from_pretrained_on_one_device(tmp_path):
         assert not hasattr(got, "hf_device_map") and got.model._placement() is None
         assert all(torch.equal(p, q) for p, q in zip(got.state_dict().values(), m.state_dict().values()))
     assert m.dispatch("cpu") is m and m.model._placement() is None
+    total = placement.module_bytes(m)
+    got = JambaForCausalLM.from_pretrained(str(tmp_path), device_map="balanced",
+                                           max_memory={"cpu:0": total // 2, "cpu:1": total})
+    assert set(got.hf_device_map.values()) == {"cpu:0", "cpu:1"}
+    assert all(torch.equal(p, q) for p, q in zip(got.state_dict().values(), m.state_dict().values()))
+    assert m.dispatch("balanced", max_memory={"cpu:0": total, "cpu:1": total // 2}) is m
 
 
 def _two_gpus():
@@ -241,3 +247,31 @@ def test_cuda_split_decode_graph(dtype):
                 assert info["captured"] and info["segments"] == segs, info
                 te = two.generate(ids, max_new_tokens=20, eos_token_id=None, static_cache=True, **kw)
                 assert tc.tolist() == te.tolist(), (dm, kw)
+
+
+def test_max_memory_budgets():
+    """max_memory with "balanced" / "auto": shares in proportion to the budgets, contiguous, each within its budget (a
+    fill in turn where proportional shares overfill one); sizes as transformers writes them; clear errors."""
+    m = _model()
+    total = placement.module_bytes(m)
+    c0, c1 = torch.device("cpu", 0), torch.device("cpu", 1)
+    for b0, b1 in ((total, total), (total // 4, total), (total, total // 3), (int(total * 0.6), int(total * 0.6))):
+        d = placement.resolve_device_map(m, "balanced", {"cpu:1": b1, "cpu:0": b0})
+        seq = [d[u] for u in UNITS]
+        assert seq == sorted(seq, key=lambda x: x.index), (b0, b1)                # contiguous, cpu:0 first
+        for dev, b in ((c0, b0), (c1, b1)):
+            assert sum(placement.module_bytes(mod) for n, mod in placement.units(m) if d[n] == dev) <= b
+        assert set(seq) == {c0, c1}
+    d = placement.resolve_device_map(m, "auto", {"cpu:0": total, "cpu:1": total})
+    assert set(d.values()) == {c0}                                                # ("auto": one device when it fits)
+    d = placement.resolve_device_map(m, "auto", {"cpu:0": total // 2, "cpu:1": total})
+    assert set(d.values()) == {c0, c1}
+    assert placement.parse_size("1.5GiB") == 3 * 2**29 and placement.parse_size("80GB") == 80 * 10**9
+    for mm, dm, msg in (({"cpu:0": total // 3, "cpu:1": total // 3}, "balanced", "budgets hold"),
+                        ({"cpu:0": "lots"}, "balanced", "is not a size"), ({"cpu:0": 0}, "auto", "above 0"),
+                        ({"cpu:0": total}, "cpu", "goes with device_map"), ({}, "auto", "expected a dict")):
+        with pytest.raises(ValueError, match=msg):
+            placement.resolve_device_map(m, dm, mm)
+    biggest = max(placement.module_bytes(mod) for _, mod in placement.units(m))
+    with pytest.raises(ValueError, match="whole layers"):                        # fits in bytes, not in whole units
+        placement.resolve_device_map(m, "balanced", {"cpu:0": total - biggest // 2 - 1, "cpu:1": biggest // 2 + 2})
