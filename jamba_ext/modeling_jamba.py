@@ -2355,6 +2355,19 @@ def _load_balancing_loss(router_logits: Sequence[Tensor], num_experts: int, top_
     return num_experts * (f * pbar[None]).sum()
 
 
+_CAPTURE_STREAMS: Dict[torch.device, "torch.cuda.Stream"] = {}
+
+
+def _capture_stream(device: torch.device) -> "torch.cuda.Stream":
+    """One capture stream per GPU, kept for the process: torch.cuda.graph's default capture stream is made once, on
+    whichever device was current at the first capture (a model on another GPU would not be captured on it), and a new
+    stream per capture would give cuBLAS a new workspace each time (torch keeps one per stream)."""
+    device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+    if device not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[device] = torch.cuda.Stream(device)
+    return _CAPTURE_STREAMS[device]
+
+
 class _DecodeGraph:
     """One static decode step of `model` over `cache` (a static JambaHybridCache after its prefill), captured
     in a torch.cuda.CUDAGraph: token buffer (B, 1) -> logits buffer (B, V). step(tokens) copies the tokens
@@ -2383,7 +2396,7 @@ class _DecodeGraph:
                     cache._restore(snap)
             torch.cuda.current_stream(tokens.device).wait_stream(side)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
+            with torch.cuda.device(tokens.device), torch.cuda.graph(g, stream=_capture_stream(tokens.device)):
                 logits = model(tokens, cache=cache).logits[:, -1]               # (B, V), graph-owned
             cache._restore(snap)            # capture ran no kernel, but the host-side seq_len moved on
             torch.cuda.synchronize(tokens.device)
@@ -2501,7 +2514,7 @@ class _SplitDecodeGraph:
                     bufs, st = cls._moved_in(cache, step0, d, out)
                     ins.append(bufs)
                 g = torch.cuda.CUDAGraph()
-                with torch.cuda.device(d), torch.cuda.graph(g):
+                with torch.cuda.device(d), torch.cuda.graph(g, stream=_capture_stream(d)):
                     out = cls._run(model, cache, j0, j1, st)
                 step0 = step0 or out["step"]
                 graphs.append(g)

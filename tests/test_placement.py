@@ -275,3 +275,23 @@ def test_max_memory_budgets():
     biggest = max(placement.module_bytes(mod) for _, mod in placement.units(m))
     with pytest.raises(ValueError, match="whole layers"):                        # fits in bytes, not in whole units
         placement.resolve_device_map(m, "balanced", {"cpu:0": total - biggest // 2 - 1, "cpu:1": biggest // 2 + 2})
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _two_gpus(), reason="needs 2 GPUs")
+def test_cuda_graph_decode_on_the_second_gpu_after_the_first():
+    """A CUDA-graph decode on cuda:0, then one of a model on cuda:1 (cuda:0 current): the second is captured on a
+    stream of cuda:1 (torch.cuda.graph's default capture stream belongs to the device of the first capture), so its
+    tokens equal the eager decode's there and cuda:0's."""
+    d0, d1 = torch.device("cuda", 0), torch.device("cuda", 1)
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(3, 101, (2, 9), generator=g)
+    with torch.no_grad():
+        m0 = _model(seed=6).to(d0)
+        a = m0.generate(ids.to(d0), max_new_tokens=20, eos_token_id=None, cuda_graph=True)
+        assert m0._decode_graph_info["captured"]
+        m1 = _model(seed=6).to(d1)
+        b = m1.generate(ids.to(d1), max_new_tokens=20, eos_token_id=None, cuda_graph=True)
+        assert m1._decode_graph_info["captured"] and torch.cuda.current_device() == 0
+        e = m1.generate(ids.to(d1), max_new_tokens=20, eos_token_id=None, cuda_graph=False, static_cache=True)
+        assert b.device == d1 and b.tolist() == e.tolist() == a.tolist()
