@@ -2358,11 +2358,16 @@ def _load_balancing_loss(router_logits: Sequence[Tensor], num_experts: int, top_
 _CAPTURE_STREAMS: Dict[torch.device, "torch.cuda.Stream"] = {}
 
 
-def _capture_stream(device: torch.device) -> "torch.cuda.Stream":
-    """One capture stream per GPU, kept for the process: torch.cuda.graph's default capture stream is made once, on
-    whichever device was current at the first capture (a model on another GPU would not be captured on it), and a new
-    stream per capture would give cuBLAS a new workspace each time (torch keeps one per stream)."""
+def _capture_stream(device: torch.device) -> Optional["torch.cuda.Stream"]:
+    """The stream to capture a graph of `device`'s work on: None (torch.cuda.graph's default capture stream) when that
+    one is, or will be made, on `device`; else one stream per GPU, kept for the process. torch.cuda.graph makes its
+    default capture stream once, on whichever device is current at the first capture, so a model on another GPU would
+    not be captured on it; a new stream per capture would give cuBLAS a new workspace each time (torch keeps one per
+    stream)."""
     device = torch.device("cuda", device.index if device.index is not None else torch.cuda.current_device())
+    default = torch.cuda.graphs.graph.default_capture_stream
+    if (default.device if default is not None else torch.device("cuda", torch.cuda.current_device())) == device:
+        return None
     if device not in _CAPTURE_STREAMS:
         _CAPTURE_STREAMS[device] = torch.cuda.Stream(device)
     return _CAPTURE_STREAMS[device]
@@ -2396,7 +2401,7 @@ class _DecodeGraph:
                     cache._restore(snap)
             torch.cuda.current_stream(tokens.device).wait_stream(side)
             g = torch.cuda.CUDAGraph()
-            with torch.cuda.device(tokens.device), torch.cuda.graph(g, stream=_capture_stream(tokens.device)):
+            with torch.cuda.graph(g, stream=_capture_stream(tokens.device)):
                 logits = model(tokens, cache=cache).logits[:, -1]               # (B, V), graph-owned
             cache._restore(snap)            # capture ran no kernel, but the host-side seq_len moved on
             torch.cuda.synchronize(tokens.device)
