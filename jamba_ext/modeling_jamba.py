@@ -2373,6 +2373,22 @@ def _capture_stream(device: torch.device) -> Optional["torch.cuda.Stream"]:
     return _CAPTURE_STREAMS[device]
 
 
+def _capture_failed(model, cache: JambaHybridCache, snap, devices, e: Exception, what: str) -> None:
+    """A failed decode-step capture: the devices synchronised (errors ignored), the cache put back, the reason kept in
+    model._decode_graph_info and warned about (at generate's caller); eager decoding goes on."""
+    for d in devices:
+        try:
+            torch.cuda.synchronize(d)
+        except Exception:  # noqa: BLE001
+            pass
+    cache._restore(snap)
+    msg = f"{type(e).__name__}: {e}"[:500]
+    model._decode_graph_info = {"captured": False, "error": msg}
+    warnings.warn(f"generate(cuda_graph=True): CUDA-graph capture of the {what} failed ({msg}); decoding eagerly with "
+                  "the static cache", stacklevel=5)                   # (the caller of generate)
+    return None
+
+
 class _DecodeGraph:
     """One static decode step of `model` over `cache` (a static JambaHybridCache after its prefill), captured
     in a torch.cuda.CUDAGraph: token buffer (B, 1) -> logits buffer (B, V). step(tokens) copies the tokens
@@ -2406,16 +2422,7 @@ class _DecodeGraph:
             cache._restore(snap)            # capture ran no kernel, but the host-side seq_len moved on
             torch.cuda.synchronize(tokens.device)
         except Exception as e:  # noqa: BLE001 -- any failure: fall back to eager decoding
-            try:
-                torch.cuda.synchronize(tokens.device)
-            except Exception:  # noqa: BLE001
-                pass
-            cache._restore(snap)
-            msg = f"{type(e).__name__}: {e}"[:500]
-            model._decode_graph_info = {"captured": False, "error": msg}
-            warnings.warn(f"generate(cuda_graph=True): CUDA-graph capture of the decode step failed ({msg}); "
-                          "decoding eagerly with the static cache", stacklevel=4)  # the caller of generate
-            return None
+            return _capture_failed(model, cache, snap, [tokens.device], e, "decode step")
         model._decode_graph_info = {"captured": True, "capture_s": time.perf_counter() - t0,
                                     "warmup_steps": cls.WARMUP}
         return cls(model, cache, g, tokens, logits)
@@ -2528,17 +2535,7 @@ class _SplitDecodeGraph:
                 torch.cuda.synchronize(d)
             cache._restore(snap)
         except Exception as e:  # noqa: BLE001 -- any failure: fall back to eager decoding
-            for d in devs:
-                try:
-                    torch.cuda.synchronize(d)
-                except Exception:  # noqa: BLE001
-                    pass
-            cache._restore(snap)
-            msg = f"{type(e).__name__}: {e}"[:500]
-            model._decode_graph_info = {"captured": False, "error": msg}
-            warnings.warn(f"generate(cuda_graph=True): CUDA-graph capture of the split decode step failed ({msg}); "
-                          "decoding eagerly with the static cache", stacklevel=4)
-            return None
+            return _capture_failed(model, cache, snap, devs, e, "split decode step")
         model._decode_graph_info = {"captured": True, "capture_s": time.perf_counter() - t0,
                                     "warmup_steps": cls.WARMUP, "segments": len(segs)}
         return cls(cache, segs, graphs, tokens, ins, outs, outs[-1]["logits"])
