@@ -490,7 +490,12 @@ class JambaHybridCache:
         beams, while rows only mixes beams of one prompt), so only the KV positions shared .. seq_len move."""
         P = self.seq_len
         on = {rows.device: rows}                            # (a model over several devices: rows on each)
-        at = lambda t: on.setdefault(t.device, rows.to(t.device))  # noqa: E731
+
+        def at(t: Tensor) -> Tensor:
+            r = on.get(t.device)
+            if r is None:
+                r = on[t.device] = rows.to(t.device)
+            return r
         for ts in (self.conv_states, self.ssm_states):
             for t in ts:
                 if t is not None:
@@ -2200,6 +2205,13 @@ class JambaModel(_PreTrained):
         first = devs[0]
         return None if all(d == first for d in devs) else devs
 
+    def _final_norm(self, h: Tensor, residual: Optional[Tensor]) -> Tensor:
+        """final_layernorm of the stream h (+ residual: the last block's add fused into the norm)."""
+        if residual is None:
+            return self.final_layernorm(h)
+        return _K.add_rms_norm(*_one_dtype(h, residual, self.final_layernorm.weight),
+                               self.final_layernorm.variance_epsilon)[0]
+
     @staticmethod
     def _hop(d: torch.device, h: Tensor, residual: Optional[Tensor], step: "_Step",
              cache: Optional[JambaHybridCache]) -> Tuple[Tensor, Optional[Tensor], "_Step"]:
@@ -2300,11 +2312,7 @@ class JambaModel(_PreTrained):
                     hidden_states_out.append(h if residual is None else h + residual)   # (the stream, unnormed)
             if place is not None and h.device != place[-1]:
                 h, residual, step = self._hop(place[-1], h, residual, step, cache)
-            if residual is None:
-                h = self.final_layernorm(h)
-            else:
-                h, _ = _K.add_rms_norm(*_one_dtype(h, residual, self.final_layernorm.weight),
-                                       self.final_layernorm.variance_epsilon)
+            h = self._final_norm(h, residual)
         if hidden_states_out is not None:
             hidden_states_out.append(h)
         if cache is not None:
@@ -2452,8 +2460,8 @@ class _SplitDecodeGraph:
     @staticmethod
     def _segments(model: "JambaForCausalLM") -> List[Tuple[torch.device, int, int]]:
         base = model.model
-        devs = [base.embed_tokens.weight.device] + [layer.input_layernorm.weight.device for layer in base.layers] \
-            + [base.final_layernorm.weight.device, model.lm_head.weight.device]
+        devs = (base._placement() or [base.embed_tokens.weight.device] * (len(base.layers) + 2)) \
+            + [model.lm_head.weight.device]
         segs, j0 = [], 0
         for j in range(1, len(devs) + 1):
             if j == len(devs) or devs[j] != devs[j0]:
@@ -2477,18 +2485,13 @@ class _SplitDecodeGraph:
                 elif j <= n:
                     h, residual, _ = base.layers[j - 1](h, residual, step, cache)
                 elif j == n + 1:
-                    if residual is None:
-                        h = base.final_layernorm(h)
-                    else:
-                        h, _ = _K.add_rms_norm(*_one_dtype(h, residual, base.final_layernorm.weight),
-                                               base.final_layernorm.variance_epsilon)
-                    residual = None
+                    h, residual = base._final_norm(h, residual), None
                 else:
                     return dict(h=h, residual=None, step=step, logits=_linear(model.lm_head, h)[:, -1])
         return dict(h=h, residual=residual, step=step)
 
-    @classmethod
-    def _moved_in(cls, cache, step0, d, out, bufs=None):
+    @staticmethod
+    def _moved_in(cache, step0, d, out, bufs=None):
         """The next segment's inputs on device d: the previous outputs copied into bufs (made when None), and the step
         with the cache's mask copy on d."""
         if bufs is None:
