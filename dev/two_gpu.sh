@@ -14,7 +14,7 @@ python3 -c "import torch; n = torch.cuda.device_count(); print('GPUs', n); asser
 echo "=== build ($(date +%T))"
 JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ \|WARNING" | tail -1 | cut -c1-100
 echo "=== two-GPU tests ($(date +%T))"
-timeout 240 python3 -m pytest -q -rs -k "second_gpu or two_gpus" tests -p no:cacheprovider --timeout=230 2>&1 | tail -6
+timeout 240 python3 -m pytest -q -rs -k "second_gpu or two_gpus or split_decode" tests -p no:cacheprovider --timeout=230 2>&1 | tail -6
 if [ "${SPLIT_PROBE:-0}" = 1 ]; then
   echo "=== a model split over the two GPUs: decode speed (dev/split_decode_probe.py) ($(date +%T))"
   timeout 300 python3 dev/split_decode_probe.py ${SPLIT_PROBE_ARGS:-} 2>&1 | tail -12
