@@ -1,9 +1,8 @@
 """Decode speed of a model whose layers lie on two GPUs (dispatch("balanced")) against the same model on one GPU.
 
 Jamba-v0.1 shapes (random weights, bf16; --layers N for fewer layers), batch 1 and 8, a 2K prompt, greedy, N new
-tokens: one GPU with the CUDA-graph step, one GPU eager (static cache), two GPUs eager (the split model decodes without
-graphs by default; static and dynamic cache), and two GPUs with cuda_graph=True (EXPERIMENT: one CUDA graph per GPU,
-_SplitDecodeGraph). The static-cache tokens must equal the one-GPU graph's. The split is for memory (a model larger than one GPU): this shows what it costs. Needs 2 GPUs.
+tokens: one GPU with the CUDA-graph step, one GPU eager (static cache), two GPUs eager (static and dynamic cache), and
+two GPUs with cuda_graph=True (one CUDA graph per GPU, _SplitDecodeGraph: the default since session 46). The static-cache tokens must equal the one-GPU graph's. The split is for memory (a model larger than one GPU): this shows what it costs. Needs 2 GPUs.
 Usage (device kind nvidia-h200-x2): python3 dev/split_decode_probe.py [--layers 32] [--new 32] [--prompt 2048]
 """
 import argparse
@@ -49,11 +48,11 @@ def main():
                   "units per GPU;", [f"{torch.cuda.memory_allocated(d) / 2**30:.1f} GiB" for d in (0, 1)], flush=True)
         else:
             model.dispatch("balanced")
-        out, split = tok_s(model, ids, a.new, static_cache=True)
+        out, split = tok_s(model, ids, a.new, static_cache=True, cuda_graph=False)
         _, split_dyn = tok_s(model, ids, a.new, static_cache=False)
         print(f"batch {B}: two GPUs, eager {split:.1f} tok/s (static cache; dynamic cache {split_dyn:.1f}); tokens "
               f"equal to one GPU's: {out.tolist() == ref.tolist()}", flush=True)
-        outg, split_g = tok_s(model, ids, a.new, cuda_graph=True)       # EXPERIMENT: one graph per device
+        outg, split_g = tok_s(model, ids, a.new)       # (the default: one graph per device)
         print(f"batch {B}: two GPUs, one CUDA graph per GPU {split_g:.1f} tok/s ({model._decode_graph_info}); tokens "
               f"equal to one GPU's: {outg.tolist() == ref.tolist()}", flush=True)
         model.dispatch("cuda:0")

@@ -208,8 +208,8 @@ def cmd_generate(args) -> int:
         echo()
     # a CUDA model decodes through a captured CUDA graph unless --no-cuda-graph (falls back to eager, with a
     # warning, if the capture fails); on a CPU model --cuda-graph only warns
-    split = model.model._placement() is not None              # (layers over several GPUs: eager decode steps)
-    use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda" and not split
+    # (layers over several GPUs: one graph per GPU)
+    use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda"
     t0 = pre_bar.t0 = time.perf_counter()
     if args.num_beams > 1:
         return _beam_generate(args, model, tok, ids, use_graph, on_prefill if pre_bar.enabled else None, echo, t0,
@@ -373,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     g.add_argument("--device-map", default=None,
                    help="the model's layers over several GPUs: auto (one GPU when it fits), balanced (every visible "
-                        "GPU), or a comma list such as cuda:0,cuda:1 (jamba_ext.placement; decodes without CUDA graphs unless --cuda-graph: one graph per GPU, an EXPERIMENT)")
+                        "GPU), or a comma list such as cuda:0,cuda:1 (jamba_ext.placement; the decode replays one CUDA graph per GPU)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--experts-fp8", action="store_true",

@@ -267,10 +267,13 @@ def test_cli_device_map_errors(capsys):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 def test_cli_device_map_two_gpus():
-    """--device-map balanced: the built-in model over two GPUs, decoded eagerly; the greedy fp32 text equals one GPU's
-    eager decode, and the model line names both GPUs."""
+    """--device-map balanced: the built-in model over two GPUs, decoded from one CUDA graph per GPU by default (and
+    eagerly with --no-cuda-graph); the greedy fp32 texts equal one GPU's eager decode, and the model line names both
+    GPUs."""
     args = ("generate", "--prompt", "split", "--max-new-tokens", "24", "--dtype", "float32")
     s, one = _run(*args, "--device-map", "balanced"), _run(*args, "--device", "cuda:0", "--no-cuda-graph")
-    assert s.returncode == 0 and one.returncode == 0, (s.stderr, one.stderr)
-    assert "GPUs 0,1" in s.stderr and "decode (eager): 23 tokens" in s.stderr, s.stderr
-    assert s.stdout == one.stdout
+    se = _run(*args, "--device-map", "balanced", "--no-cuda-graph")
+    assert s.returncode == 0 and one.returncode == 0 and se.returncode == 0, (s.stderr, one.stderr, se.stderr)
+    assert "GPUs 0,1" in s.stderr and "decode (CUDA graph): 23 tokens" in s.stderr, s.stderr
+    assert "decode (eager): 23 tokens" in se.stderr, se.stderr
+    assert s.stdout == one.stdout == se.stdout
