@@ -72,6 +72,28 @@ def _read_text(path: str, flag: str) -> str:
         _fail(f"{flag} {path!r}: {e}")
 
 
+def _max_memory(spec, dmap):
+    """--max-memory "0=40GiB,1=80GiB" -> {0: "40GiB", 1: "80GiB"} (keys: a GPU index, or a device name such as
+    cuda:1 or cpu; sizes as jamba_ext.placement.parse_size reads them); None when not given."""
+    if spec is None:
+        return None
+    if dmap not in ("auto", "balanced"):
+        _fail("--max-memory goes with --device-map auto or balanced")
+    from .placement import parse_size
+    out = {}
+    for part in spec.split(","):
+        key, eq, size = part.partition("=")
+        key, size = key.strip(), size.strip()
+        if not eq or not key or not size:
+            _fail(f"--max-memory: expected DEVICE=SIZE pairs separated by commas (e.g. 0=40GiB,1=80GiB), got {spec!r}")
+        try:
+            parse_size(size)
+        except ValueError:
+            _fail(f"--max-memory: {size!r} is not a size (e.g. 40GiB, 80GB, 512MiB)")
+        out[int(key) if key.isdigit() else key] = size
+    return out
+
+
 def _load(args):
     import torch
     from .modeling_jamba import JambaConfig, JambaForCausalLM
@@ -84,6 +106,7 @@ def _load(args):
         if not torch.cuda.is_available():
             _fail("--device-map: no CUDA GPU is visible to torch")
         dmap = dmap.split(",") if "," in dmap else dmap           # a list of devices, or auto / balanced / one
+    mm = _max_memory(getattr(args, "max_memory", None), dmap)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         _fail("--device cuda: no CUDA GPU is visible to torch")
@@ -97,7 +120,7 @@ def _load(args):
         model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=args.seed)
         if dmap is not None:
             try:
-                model.dispatch(dmap)
+                model.dispatch(dmap, max_memory=mm)
             except ValueError as e:
                 _fail(f"--device-map: {e}")
         if fp8:
@@ -117,7 +140,7 @@ def _load(args):
     if tok is None:
         _fail(f"--model {d!r}: no tokenizer.json, so the prompt cannot be encoded")
     try:
-        place = dict(device=device) if dmap is None else dict(device_map=dmap)
+        place = dict(device=device) if dmap is None else dict(device_map=dmap, max_memory=mm)
         model = JambaForCausalLM.from_pretrained(d, dtype=dtype, progress=args.progress,
                                                  experts_dtype="fp8" if fp8 else None, **place)
     except (ValueError, FileNotFoundError, OSError) as e:
@@ -149,6 +172,8 @@ def cmd_generate(args) -> int:
         _fail("--num-beams must be >= 1")
     if args.no_repeat_ngram_size < 0:
         _fail("--no-repeat-ngram-size must be >= 0 (0: off)")
+    if args.top_h is not None and not 0 < args.top_h <= 1:
+        _fail("--top-h must be in (0, 1]")
     from .modeling_jamba import prefill_chunks
     try:
         prefill_chunks(1, 1, args.prefill_chunk)
@@ -217,7 +242,8 @@ def cmd_generate(args) -> int:
     with torch.inference_mode():
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
-                       top_p=args.top_p, min_p=args.min_p, seed=args.seed, streamer=on_token, cuda_graph=use_graph,
+                       top_p=args.top_p, min_p=args.min_p, top_h=args.top_h, seed=args.seed, streamer=on_token,
+                       cuda_graph=use_graph,
                        repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
                        no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_chunk=args.prefill_chunk,
                        prefill_progress=on_prefill if pre_bar.enabled else None)
@@ -255,7 +281,7 @@ def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) 
         out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                              num_beams=args.num_beams, cuda_graph=use_graph, repetition_penalty=args.repetition_penalty,
                              do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
-                             top_p=args.top_p, min_p=args.min_p, seed=args.seed,
+                             top_p=args.top_p, min_p=args.min_p, top_h=args.top_h, seed=args.seed,
                              min_new_tokens=args.min_new_tokens, prefill_chunk=args.prefill_chunk,
                              no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_progress=on_prefill,
                              logits_processor=[count_step] if bar.enabled else None)
@@ -374,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device-map", default=None,
                    help="the model's layers over several GPUs: auto (one GPU when it fits), balanced (every visible "
                         "GPU), or a comma list such as cuda:0,cuda:1 (jamba_ext.placement; the decode replays one CUDA graph per GPU)")
+    g.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
+                   help="with --device-map auto / balanced: the most each GPU may hold of the weights, e.g. "
+                        "0=40GiB,1=80GiB (the layers are shared out in proportion)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
     g.add_argument("--experts-fp8", action="store_true",
@@ -391,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--top-p", type=float, default=1.0)
     g.add_argument("--min-p", type=float, default=None,
                    help="when sampling, drop tokens less likely than this times the most likely one (e.g. 0.05)")
+    g.add_argument("--top-h", type=float, default=None, metavar="H",
+                   help="when sampling, top-H: keep the most likely tokens while their entropy stays within H times "
+                        "the distribution's, H in (0, 1] (transformers' top_h)")
     g.add_argument("--num-beams", type=int, default=1, metavar="N",
                    help="beam search over N beams (with --temperature > 0: beam sampling); the best text is printed "
                    "when the search ends")

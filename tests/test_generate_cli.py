@@ -158,12 +158,31 @@ def test_cli_generate_sampling_argument_errors(capsys):
     for argv, msg in ((["--temperature", "-1"], "--temperature must be >= 0"), (["--top-k", "-2"], "--top-k"),
                       (["--top-p", "0"], "--top-p must be in (0, 1]"), (["--top-p", "2"], "--top-p"),
                       (["--min-p", "1.5"], "--min-p must be in [0, 1]"), (["--num-beams", "0"], "--num-beams"),
-                      (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size")):
+                      (["--no-repeat-ngram-size", "-1"], "--no-repeat-ngram-size"),
+                      (["--top-h", "0"], "--top-h must be in (0, 1]"), (["--top-h", "1.5"], "--top-h"),
+                      (["--max-memory", "0=1GiB"], "--max-memory goes with --device-map")):
         with pytest.raises(SystemExit) as e:
             main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "2", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
     assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "3", "--temperature", "0.8",
                  "--min-p", "0.05"]) == 0
+    assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "3", "--temperature", "0.8",
+                 "--top-h", "0.4"]) == 0
+
+
+def test_cli_max_memory_parsing(capsys):
+    """--max-memory's DEV=SIZE pairs become generate's max_memory dict (GPU indices as ints); malformed pairs and
+    sizes end with a one-line error."""
+    from jamba_ext.__main__ import _max_memory
+    assert _max_memory(None, None) is None
+    assert _max_memory("0=40GiB, 1 = 80GB,cpu=1.5GiB", "balanced") == {0: "40GiB", 1: "80GB", "cpu": "1.5GiB"}
+    assert _max_memory("cuda:1=8GiB", "auto") == {"cuda:1": "8GiB"}
+    for spec, dmap, msg in (("0:40GiB", "auto", "DEVICE=SIZE pairs"), ("0=", "auto", "DEVICE=SIZE"),
+                            ("0=lots", "balanced", "'lots' is not a size"), ("0=1GiB", "cuda:0", "goes with"),
+                            ("0=1GiB", ["cuda:0", "cuda:1"], "goes with")):
+        with pytest.raises(SystemExit) as e:
+            _max_memory(spec, dmap)
+        assert e.value.code == 2 and msg in capsys.readouterr().err, spec
 
 
 
@@ -273,7 +292,10 @@ def test_cli_device_map_two_gpus():
     args = ("generate", "--prompt", "split", "--max-new-tokens", "24", "--dtype", "float32")
     s, one = _run(*args, "--device-map", "balanced"), _run(*args, "--device", "cuda:0", "--no-cuda-graph")
     se = _run(*args, "--device-map", "balanced", "--no-cuda-graph")
+    sm = _run(*args, "--device-map", "balanced", "--max-memory", "0=1GiB,1=3GiB")
     assert s.returncode == 0 and one.returncode == 0 and se.returncode == 0, (s.stderr, one.stderr, se.stderr)
+    assert sm.returncode == 0, sm.stderr
     assert "GPUs 0,1" in s.stderr and "decode (CUDA graph): 23 tokens" in s.stderr, s.stderr
     assert "decode (eager): 23 tokens" in se.stderr, se.stderr
-    assert s.stdout == one.stdout == se.stdout
+    assert "GPUs 0,1" in sm.stderr, sm.stderr
+    assert s.stdout == one.stdout == se.stdout == sm.stdout
