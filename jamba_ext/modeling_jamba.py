@@ -26,6 +26,7 @@ transformers is not needed at runtime; only the parity tests import it.
 import contextlib
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -511,6 +512,31 @@ class JambaHybridCache:
             if self.static_mask is not None:
                 self.static_mask[:, shared:P] = self.static_mask[:, shared:P].index_select(0, rows)
 
+    def nbytes(self) -> int:
+        """Bytes of the tensors the cache holds (states, KV buffers, static mask and position, mirrors)."""
+        ts = [t for ts in (self.conv_states, self.ssm_states, self._keys, self._values) for t in ts if t is not None]
+        ts += [t for t in (self.static_mask, self.cache_position, self._key_mask) if t is not None]
+        ts += [t for m in self._mirrors.values() for t in m]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+    def assign_(self, other: "JambaHybridCache") -> None:
+        """static: this cache takes other's state (a static cache of the same rows, capacity and layers), copied into
+        this cache's own tensors, so that a decode graph captured over this cache replays on other's prefill."""
+        if not (self.static and other.static and self.batch_size == other.batch_size and
+                self.capacity == other.capacity):
+            raise ValueError(f"JambaHybridCache.assign_: needs two static caches of the same rows and capacity, got "
+                             f"{self.batch_size} x {self.capacity} and {other.batch_size} x {other.capacity}")
+        for mine, theirs in ((self.conv_states, other.conv_states), (self.ssm_states, other.ssm_states),
+                             (self._keys, other._keys), (self._values, other._values)):
+            for i, (a, b) in enumerate(zip(mine, theirs)):
+                if (a is None) != (b is None) or (a is not None and (a.shape != b.shape or a.dtype != b.dtype)):
+                    raise ValueError(f"JambaHybridCache.assign_: layer {i}'s state differs in kind or shape")
+                if a is not None:
+                    a.copy_(b)
+        self.static_mask.copy_(other.static_mask)
+        self.cache_position.copy_(other.cache_position)
+        self.seq_len, self._padded, self.max_length = other.seq_len, other._padded, other.max_length
+
     # -- snapshots (CUDA-graph warm-up runs real steps; the state is put back afterwards)
     def _snapshot(self):
         clone = lambda ts: [None if t is None else t.clone() for t in ts]  # noqa: E731
@@ -577,6 +603,17 @@ GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "8"))
 # Jamba-v0.1 decodes 63-67 tok/s eagerly (host-bound) and 146-147 from the graph after a 106 ms capture, one block
 # 166-230 against 528-552 after 27 ms.
 GRAPH_MIN_NEW_TOKENS = 16
+
+# generate() sizes a static cache for T + max_new_tokens positions rounded up to a multiple of STATIC_BUCKET (the
+# decode attention reads the whole buffer under a length mask, so the capacity, not the length, shapes the step), and
+# after it returns keeps its captured decode graph, with the static cache the graph runs over, on the model when that
+# cache's tensors take at most KEEP_GRAPH_MAX_BYTES. A later generate() whose decode has the same rows, the same
+# capacity and the same parameters and module settings (JambaForCausalLM._graph_key) moves its prefill's state into
+# that cache and replays the graph: no warm-up steps and no capture (12 eager steps' time; 106 ms for the whole
+# Jamba-v0.1 at batch 1). The same tokens as a fresh capture: the same kernels over tensors of the same shapes.
+# clear_decode_graph() frees it; .to() / .cuda() / .cpu() (any nn.Module._apply) drop it.
+STATIC_BUCKET = 256
+KEEP_GRAPH_MAX_BYTES = 2 << 30
 
 # generate() runs a prompt longer than this many tokens (batch x length) as a chunked prefill through its cache,
 # chunks of PREFILL_CHUNK_TOKENS // batch steps (a multiple of 8): the prefill's transient activations (the MoE
@@ -1767,6 +1804,19 @@ class GenerateOutput(_TupleOutput):
 class _PreTrained(nn.Module):
     config: JambaConfig
 
+    def clear_decode_graph(self) -> None:
+        """Frees the decode graph (and its static cache) that generate() kept for a later call (KEEP_GRAPH_MAX_BYTES)."""
+        self.__dict__.pop("_decode_graph_kept", None)
+
+    def _apply(self, fn, recurse=True):
+        self.clear_decode_graph()                # (a kept graph reads the tensors as they were: moved, it would not)
+        return super()._apply(fn, recurse)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__)
+        state.pop("_decode_graph_kept", None)    # (copy.deepcopy / pickle: a CUDA graph is neither)
+        return state
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
@@ -2922,7 +2972,8 @@ class JambaForCausalLM(_PreTrained):
         if cuda_graph and dev.type != "cuda":
             warnings.warn(f"generate(cuda_graph=True): the model is on {dev}, CUDA graphs need a CUDA device; "
                           "decoding eagerly with the static cache", stacklevel=3)
-        cache = JambaHybridCache(self.config, Bsz, max_length=T + max_new_tokens, static=static)
+        cache = JambaHybridCache(self.config, Bsz, max_length=-(-(T + max_new_tokens) // STATIC_BUCKET) *
+                                 STATIC_BUCKET if static else T + max_new_tokens, static=static)
         eos_t = torch.tensor(eos, device=dev, dtype=torch.long) if eos else None
         unfinished = torch.ones(Bsz, dtype=torch.bool, device=dev)
         out = [input_ids]
@@ -2938,18 +2989,24 @@ class JambaForCausalLM(_PreTrained):
         if beams:
             cache.repeat_rows(num_beams)                         # (B * num_beams rows from here on)
         if cuda_graph and dev.type == "cuda" and max_new_tokens > 1:
-            first = logits.argmax(dim=-1)
-            capture = _SplitDecodeGraph.capture if split else _DecodeGraph.capture
-            graph = capture(self, cache, first.repeat_interleave(num_beams) if beams else first)
+            graph = self._kept_graph(cache, split)               # (a graph kept by an earlier call, state moved in)
+            if graph is not None:
+                cache = graph.cache
+            else:
+                first = logits.argmax(dim=-1)
+                capture = _SplitDecodeGraph.capture if split else _DecodeGraph.capture
+                graph = capture(self, cache, first.repeat_interleave(num_beams) if beams else first)
         if beams:                                                # (None and a warning on failure: eager steps)
             from .beam_search import beam_search
             keep = len(eos) + 1 if eos else 2              # (transformers' min_tokens_to_keep in beam sampling)
             warp = None if not do_sample else functools.partial(
                 self._warp, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                 typical_p=typical_p, epsilon_cutoff=epsilon_cutoff, eta_cutoff=eta_cutoff, keep=keep, top_h=top_h)
-            return beam_search(self, logits, cache, graph, input_ids, num_beams, max_new_tokens, eos, pad_given,
-                               length_penalty, early_stopping, num_return_sequences, filt, stopping_criteria,
-                               return_dict_in_generate, output_scores, output_logits, renormalize_logits, warp, gen)
+            res = beam_search(self, logits, cache, graph, input_ids, num_beams, max_new_tokens, eos, pad_given,
+                              length_penalty, early_stopping, num_return_sequences, filt, stopping_criteria,
+                              return_dict_in_generate, output_scores, output_logits, renormalize_logits, warp, gen)
+            self._keep_graph(graph, split)
+            return res
         ahead = RUN_AHEAD if RUN_AHEAD is not None else dev.type == "cuda"
         # host copies of the new tokens (for the streamer and the EOS test), one row per step
         host = torch.empty((max_new_tokens, Bsz), dtype=torch.long, pin_memory=dev.type == "cuda" and ahead)
@@ -3003,12 +3060,42 @@ class JambaForCausalLM(_PreTrained):
                     break                          # (ahead: the step enqueued above is discarded)
             if not ahead and more:
                 logits = self._decode_step(nxt, cache, graph)
+        self._keep_graph(graph, split)
         if streamer is not None and hasattr(streamer, "end"):
             streamer.end()
         if return_dict_in_generate:
             return GenerateOutput(torch.cat(out, dim=1), tuple(scores_out) if keep_scores else None,
                                   tuple(logits_out) if keep_logits else None)
         return torch.cat(out, dim=1)
+
+    def _graph_key(self, cache: "JambaHybridCache", split: bool) -> tuple:
+        """What a kept decode graph depends on besides the cache's state: the cache's rows and capacity, the model's
+        placement, every parameter and buffer (address, shape, dtype: a weight changed in place is read by the graph
+        as it is, a replaced one is not) and every module's plain settings (training, act_fp8, a LoRA scale, ...)."""
+        tensors = tuple((t.data_ptr(), t.dtype, tuple(t.shape), t.device) for t in
+                        itertools.chain(self.parameters(), self.buffers()))
+        settings = tuple(tuple((k, v) for k, v in vars(mod).items() if isinstance(v, (bool, int, float, str)))
+                         for mod in self.modules())
+        return (cache.batch_size, cache.capacity, split, GEMV_MAX_ROWS, tensors, settings)
+
+    def _kept_graph(self, cache: "JambaHybridCache", split: bool):
+        """The decode graph an earlier generate() kept, when its key matches: cache's state moved into its cache
+        (the graph then replays on this call's prefill). Taken off the model while in use (a concurrent call captures
+        its own); one that does not match is freed here, before a new capture allocates."""
+        kept = self.__dict__.pop("_decode_graph_kept", None)
+        if kept is None or kept[0] != self._graph_key(cache, split):
+            return None
+        graph = kept[1]
+        graph.cache.assign_(cache)
+        self._decode_graph_info = dict(kept[2], reused=True, capture_s=0.0, warmup_steps=0)
+        return graph
+
+    def _keep_graph(self, graph, split: bool) -> None:
+        """After a generate(): keep its decode graph for a later call when its cache is small enough."""
+        if graph is None or graph.cache.nbytes() > KEEP_GRAPH_MAX_BYTES:
+            return
+        info = {k: v for k, v in (self._decode_graph_info or {}).items() if k != "reused"}
+        self._decode_graph_kept = (self._graph_key(graph.cache, split), graph, info)
 
     def _decode_step(self, tokens: Tensor, cache: "JambaHybridCache", graph: Optional["_DecodeGraph"]) -> Tensor:
         """One decode step of generate(): tokens (B,) -> next logits (B, V), replayed from graph when given."""

@@ -232,9 +232,9 @@ def test_cuda_two_gpus_match_one(dtype, tmp_path):
 @pytest.mark.skipif(not _two_gpus(), reason="needs 2 GPUs")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cuda_split_decode_graph(dtype):
-    """generate() (cuda_graph=None: the default) on a model over cuda:0 and cuda:1 captures one graph per
-    device (_SplitDecodeGraph) and gives the eager static decode's tokens, greedy, sampled and with 3 beams; a split
-    with three segments (cuda:0, cuda:1, cuda:0 for the head) too."""
+    """generate() (cuda_graph=None: the default) on a model over cuda:0 and cuda:1 captures one graph per device
+    (_SplitDecodeGraph) and gives the eager static decode's tokens, greedy, sampled and with 3 beams; a split with
+    three segments (cuda:0, cuda:1, cuda:0 for the head) too; a later call of the same rows replays the kept graphs."""
     d0 = torch.device("cuda", 0)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 101, (2, 11), generator=g).to(d0)
@@ -247,6 +247,12 @@ def test_cuda_split_decode_graph(dtype):
                 assert info["captured"] and info["segments"] == segs, info
                 te = two.generate(ids, max_new_tokens=20, eos_token_id=None, static_cache=True, cuda_graph=False, **kw)
                 assert tc.tolist() == te.tolist(), (dm, kw)
+            # the next call of the same rows replays the kept per-device graphs on its own prompts
+            other = torch.randint(3, 101, (2, 17), generator=g).to(d0)
+            tc = two.generate(other, max_new_tokens=20, eos_token_id=None)
+            assert two._decode_graph_info.get("reused") and two._decode_graph_info["segments"] == segs
+            te = two.generate(other, max_new_tokens=20, eos_token_id=None, static_cache=True, cuda_graph=False)
+            assert tc.tolist() == te.tolist(), dm
 
 
 def test_max_memory_budgets():

@@ -443,3 +443,153 @@ def test_generate_graph_default_on_cuda():
         assert ours._decode_graph_info is None
         ours.generate(ids, mask, max_new_tokens=n, eos_token_id=None, static_cache=False)
         assert ours._decode_graph_info is None
+
+
+# ---- a kept decode graph (generate() keeps its graph and static cache for a later call of the same shape) -------
+def test_static_cache_assign_moves_the_state_in_place():
+    """JambaHybridCache.assign_: a static cache holding another prompt's state takes a fresh prefill's state into its
+    own tensors (the ones a captured graph reads: same addresses), and the eager static decode then continues from it
+    exactly as from the fresh cache; caches of other rows or capacity, or a dynamic one, are refused."""
+    ours = _ours("attn1_moe_top2")
+    ids, mask = JambaForCausalLM._left_pad(_prompts(2), 0, "cpu")
+    B, T = ids.shape
+    with torch.no_grad():
+        fresh = JambaHybridCache(ours.config, B, max_length=T + 6, static=True)
+        kept = JambaHybridCache(ours.config, B, max_length=T + 6, static=True)
+        ours(prompt_ids(B, T + 3, 101, seed=9), cache=kept)                 # another prompt, two steps on
+        for s in range(2):
+            ours(torch.full((B, 1), 5 + s), cache=kept)
+        tensors = lambda c: [t for t in c.conv_states + c.ssm_states + c._keys + c._values + [c.static_mask]  # noqa
+                             if t is not None]
+        ptrs = [t.data_ptr() for t in tensors(kept)]
+        ours(ids, mask, cache=fresh)
+        kept.assign_(fresh)
+        assert [t.data_ptr() for t in tensors(kept)] == ptrs and kept.seq_len == fresh.seq_len == T
+        assert all(torch.equal(x, y) for x, y in zip(tensors(kept), tensors(fresh)))
+        assert kept.nbytes() == fresh.nbytes() > 0
+        for s in range(4):
+            tok = torch.full((B, 1), 9 + s)
+            assert torch.equal(ours(tok, cache=kept).logits, ours(tok, cache=fresh).logits), s
+        for other in (JambaHybridCache(ours.config, B + 1, max_length=T + 6, static=True),
+                      JambaHybridCache(ours.config, B, max_length=T + 40, static=True),
+                      JambaHybridCache(ours.config, B, max_length=T + 6)):
+            with pytest.raises(ValueError, match="same rows and capacity"):
+                other.assign_(fresh)
+
+
+def test_graph_key_follows_weights_and_settings():
+    """_graph_key (what a kept graph must match): stable across calls and in-place weight updates (the graph reads
+    the tensors as they are); changed by a replaced parameter, a module setting, the rows or the capacity."""
+    ours = _ours("attn1_moe_top2")
+    cache = lambda b=2, n=40: JambaHybridCache(ours.config, b, max_length=n, static=True)  # noqa: E731
+    key = ours._graph_key(cache(), False)
+    with torch.no_grad():
+        ours.generate(prompt_ids(2, 5, 101), max_new_tokens=4, static_cache=True)
+        ours(prompt_ids(1, 7, 101))
+        ours.model.final_layernorm.weight.mul_(1.5)
+    assert ours._graph_key(cache(), False) == key
+    for other in (cache(3), cache(2, 400)):
+        assert ours._graph_key(other, False) != key
+    assert ours._graph_key(cache(), True) != key
+    ours.train()
+    assert ours._graph_key(cache(), False) != key
+    ours.eval()
+    assert ours._graph_key(cache(), False) == key
+    moe = next(m for m in ours.modules() if hasattr(m, "act_fp8"))
+    moe.act_fp8 = True
+    assert ours._graph_key(cache(), False) != key
+    moe.act_fp8 = False
+    ours.model.final_layernorm.weight = torch.nn.Parameter(ours.model.final_layernorm.weight.detach().clone())
+    assert ours._graph_key(cache(), False) != key
+
+
+def test_kept_graph_is_taken_once_and_dropped_by_moves_copies_and_size(monkeypatch):
+    """The kept-graph bookkeeping on CPU (a stand-in graph): kept after a call, taken off the model by the next call
+    that matches (its state moved into the kept cache; "reused" in _decode_graph_info), refused when too large,
+    dropped by clear_decode_graph() and by .to(); copy.deepcopy and pickling leave it out."""
+    import copy
+    import io
+    from jamba_ext import modeling_jamba as mj
+
+    class Graph:                                          # (like a CUDA graph: no copies)
+        def __init__(self, cache):
+            self.cache = cache
+
+        def __deepcopy__(self, memo):
+            raise RuntimeError("a graph cannot be copied")
+
+        def __reduce__(self):
+            raise RuntimeError("a graph cannot be pickled")
+
+    ours = _ours("attn1_moe_top2")
+    ids = prompt_ids(2, 6, 101)
+    with torch.no_grad():
+        kept, fresh = (JambaHybridCache(ours.config, 2, max_length=20, static=True) for _ in range(2))
+        ours(prompt_ids(2, 9, 101, seed=5), cache=kept)
+        ours(ids, cache=fresh)
+    g = Graph(kept)
+    ours._decode_graph_info = {"captured": True, "capture_s": 0.25, "warmup_steps": 2}
+    ours._keep_graph(g, False)
+    assert ours._decode_graph_kept[1] is g
+    twin = copy.deepcopy(ours)
+    assert "_decode_graph_kept" not in twin.__dict__ and ours._decode_graph_kept[1] is g
+    torch.save(ours, io.BytesIO())
+    assert ours._kept_graph(JambaHybridCache(ours.config, 3, max_length=20, static=True), False) is None
+    assert "_decode_graph_kept" not in ours.__dict__                     # (a mismatch frees it)
+    ours._keep_graph(g, False)
+    assert ours._kept_graph(fresh, True) is None                         # (another placement)
+    ours._keep_graph(g, False)
+    assert ours._kept_graph(fresh, False) is g and "_decode_graph_kept" not in ours.__dict__
+    assert ours._decode_graph_info == {"captured": True, "capture_s": 0.0, "warmup_steps": 0, "reused": True}
+    assert kept.seq_len == 6 and torch.equal(kept.ssm_states[0], fresh.ssm_states[0])
+    ours._keep_graph(g, False)
+    ours.clear_decode_graph()
+    assert "_decode_graph_kept" not in ours.__dict__
+    ours._keep_graph(g, False)
+    ours.to(torch.float32)
+    assert "_decode_graph_kept" not in ours.__dict__
+    monkeypatch.setattr(mj, "KEEP_GRAPH_MAX_BYTES", kept.nbytes() - 1)
+    ours._keep_graph(g, False)
+    assert "_decode_graph_kept" not in ours.__dict__
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_generate_reuses_the_kept_graph():
+    """A second generate() of the same rows and cache capacity replays the graph the first one kept (no capture) and
+    gives the eager static decode's tokens on its own prompts: greedy, sampled, 3 beams; weights changed in place are
+    followed; a replaced parameter, other rows, a capacity past the bucket and clear_decode_graph() capture anew."""
+    if not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    from jamba_ext import modeling_jamba as mj
+    ours = _ours("attn1_moe_top2", dtype=torch.bfloat16, device="cuda")
+    p1 = JambaForCausalLM._left_pad(_prompts(2), 0, "cuda")
+    p2 = JambaForCausalLM._left_pad([prompt_ids(1, n, 101, seed=20 + n)[0].tolist() for n in (13, 6)], 0, "cuda")
+    kw = dict(max_new_tokens=20, eos_token_id=None)
+
+    def run(p, expect_reused, **extra):
+        got = ours.generate(*p, **kw, **extra)
+        info = ours._decode_graph_info
+        assert info["captured"] and bool(info.get("reused")) == expect_reused, (info, extra)
+        ref = ours.generate(*p, **kw, **extra, cuda_graph=False, static_cache=True)
+        assert got.tolist() == ref.tolist(), (expect_reused, extra)
+        return got
+
+    with torch.no_grad():
+        first = run(p1, False)
+        assert ours._decode_graph_kept[1].cache.capacity == mj.STATIC_BUCKET
+        run(p2, True)
+        assert run(p1, True).tolist() == first.tolist()
+        run(p2, True, do_sample=True, top_k=20, seed=3)
+        run(p1, False, num_beams=3)                                     # 6 rows: captured
+        run(p2, True, num_beams=3, do_sample=True, seed=4)
+        run(p2, False)                                                  # 2 rows again
+        ours.model.final_layernorm.weight.mul_(1.5)
+        run(p2, True)                                                   # in place: read as it is
+        w = ours.model.final_layernorm.weight
+        ours.model.final_layernorm.weight = torch.nn.Parameter(w.detach().clone())
+        run(p2, False)
+        long_p = JambaForCausalLM._left_pad([prompt_ids(1, mj.STATIC_BUCKET, 101, seed=2)[0].tolist()] * 2, 0, "cuda")
+        run(long_p, False)                                              # T + 20 > one bucket
+        ours.clear_decode_graph()
+        run(p2, False)
