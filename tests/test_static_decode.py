@@ -487,7 +487,12 @@ def test_graph_key_follows_weights_and_settings():
         ours.generate(prompt_ids(2, 5, 101), max_new_tokens=4, static_cache=True)
         ours(prompt_ids(1, 7, 101))
         ours.model.final_layernorm.weight.mul_(1.5)
-    assert ours._graph_key(cache(), False) == key
+        c = cache()
+        ours(prompt_ids(2, 7, 101), cache=c)
+        ours(prompt_ids(2, 1, 101), cache=c)           # a static decode step (as a capture ends with) ...
+        after_step = ours._graph_key(c, False)
+        ours(prompt_ids(2, 3, 101), cache=cache())      # ... and a prefill (as the next call starts with)
+    assert ours._graph_key(cache(), False) == key == after_step
     for other in (cache(3), cache(2, 400)):
         assert ours._graph_key(other, False) != key
     assert ours._graph_key(cache(), True) != key
