@@ -598,7 +598,8 @@ class JambaRMSNorm(nn.Module):
 GEMV_MAX_ROWS = int(os.environ.get("JAMBA_EXT_GEMV_ROWS", "8"))
 
 # generate(cuda_graph=None) on a CUDA model replays its decode steps from a CUDA graph when at least this many new
-# tokens are asked for. The capture (2 warm-up steps + capture, once per generate() call) costs about 12 eager
+# tokens are asked for. The capture (2 warm-up steps + capture, once per generate() call unless a graph was kept:
+# KEEP_GRAPH_MAX_BYTES below) costs about 12 eager
 # steps; H200, bf16, batch 1, 2K prompt (bench_model_L32_*_1b499f9.json, model_full_3ab32e5.log): the whole
 # Jamba-v0.1 decodes 63-67 tok/s eagerly (host-bound) and 146-147 from the graph after a 106 ms capture, one block
 # 166-230 against 528-552 after 27 ms.
@@ -609,8 +610,10 @@ GRAPH_MIN_NEW_TOKENS = 16
 # after it returns keeps its captured decode graph, with the static cache the graph runs over, on the model when that
 # cache's tensors take at most KEEP_GRAPH_MAX_BYTES. A later generate() whose decode has the same rows, the same
 # capacity and the same parameters and module settings (JambaForCausalLM._graph_key) moves its prefill's state into
-# that cache and replays the graph: no warm-up steps and no capture (12 eager steps' time; 106 ms for the whole
-# Jamba-v0.1 at batch 1). The same tokens as a fresh capture: the same kernels over tensors of the same shapes.
+# that cache and replays the graph: no warm-up steps and no capture. The same tokens as a fresh capture (the same
+# kernels over tensors of the same shapes). Whole Jamba-v0.1, bf16, H200, 300-379-token prompts
+# (kept_graph_98759a1.log): a call of 32 new tokens 255.8 ms against 275.9 with the capture at batch 1, 736.7 / 797.7
+# at batch 8 (128 new tokens: 846.7 / 879.3, 2614 / 2665).
 # clear_decode_graph() frees it; .to() / .cuda() / .cpu() (any nn.Module._apply) drop it.
 STATIC_BUCKET = 256
 KEEP_GRAPH_MAX_BYTES = 2 << 30
