@@ -3,6 +3,7 @@
     python -m jamba_ext generate --prompt "Hello"                 # built-in small model, byte tokenizer
     python -m jamba_ext generate --model DIR --prompt "Hello"     # a transformers Jamba checkpoint (dir or Hub id)
     python -m jamba_ext generate --model DIR --prompt "Hello" --experts-fp8   # MoE experts in fp8 (half the memory)
+    python -m jamba_ext generate --model DIR --chat --prompt "Hi!" --system "Be brief."   # an instruct model's chat
     python -m jamba_ext check                                     # self-check of every op on this machine
     python -m jamba_ext train --text-file notes.txt --steps 200 --save ./tiny   # fine-tune on a text file
     python -m jamba_ext generate --model ./tiny --prompt "Hello"  # ... and generate with the result
@@ -150,6 +151,25 @@ def _load(args):
     return model, tok, d
 
 
+def _chat_prompt(model_dir: str, message: str, system) -> str:
+    """--chat: the message (and --system's) as the checkpoint's chat template formats a conversation of one user
+    turn, ready for the assistant's reply."""
+    from .tokenizer import load_chat_template
+    try:
+        tmpl = load_chat_template(model_dir)
+    except (ValueError, ImportError) as e:
+        _fail(f"--chat: {e}")
+    if tmpl is None:
+        _fail(f"--chat: {model_dir!r} has no chat template (chat_template.jinja, or chat_template in "
+              "tokenizer_config.json)")
+    msgs = ([{"role": "system", "content": system}] if system is not None else []) + \
+        [{"role": "user", "content": message}]
+    try:
+        return tmpl.render(msgs, add_generation_prompt=True)
+    except ValueError as e:
+        _fail(f"--chat: {e}")
+
+
 def cmd_generate(args) -> int:
     import torch
     from .tokenizer import StreamDecoder
@@ -179,10 +199,18 @@ def cmd_generate(args) -> int:
         prefill_chunks(1, 1, args.prefill_chunk)
     except ValueError:
         _fail("--prefill-chunk must be 0 (one forward) or >= 8")
+    if args.system is not None and not args.chat:
+        _fail("--system goes with --chat")
+    if args.chat and args.model is None:
+        _fail("--chat formats the prompt with a checkpoint's chat template: give --model (the built-in model has "
+              "none)")
     prompt = args.prompt if args.prompt_file is None else _read_text(args.prompt_file, "--prompt-file")
     torch.manual_seed(args.seed)
     model, tok, what = _load(args)
-    ids = tok.encode(prompt)
+    if args.chat:
+        ids = tok.encode(_chat_prompt(what, prompt, args.system), add_bos=False)
+    else:
+        ids = tok.encode(prompt)
     if not ids:
         _fail(("--prompt-file" if args.prompt_file is not None else "--prompt") + " encodes to no tokens")
     if max(ids) >= model.config.vocab_size:
@@ -200,7 +228,8 @@ def cmd_generate(args) -> int:
     echoed = []
 
     def echo():
-        if args.prompt_file is None and not echoed:  # (a prompt file is not echoed: it may be a book)
+        if args.prompt_file is None and not args.chat and not echoed:  # (nor a prompt file: it may be a book;
+            # with --chat only the reply is printed)
             sys.stdout.write(prompt)
             sys.stdout.flush()
         echoed.append(True)
@@ -288,7 +317,7 @@ def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) 
     t1 = time.perf_counter()
     bar.close()
     echo()
-    new, eos = out[0, len(ids):].tolist(), set(model.config.eos_token_ids)
+    new, eos = out[0, len(ids):].tolist(), set(model._eos_ids())
     end = next((i for i, t in enumerate(new) if t in eos or t < 0), len(new))   # (what follows an EOS is fill)
     new = new[:end]
     sys.stdout.write(tok.decode(new) + "\n")
@@ -376,9 +405,11 @@ def cmd_train(args) -> int:
         if isinstance(tok, ByteTokenizer):
             with open(os.path.join(args.save, ByteTokenizer.MARKER), "w") as f:
                 f.write("byte-level tokenizer (jamba_ext.tokenizer.ByteTokenizer)\n")
-        elif args.model and os.path.isfile(os.path.join(args.model, "tokenizer.json")):
+        elif args.model:                            # (what: the checkpoint's local directory, a Hub id resolved)
             import shutil
-            shutil.copy(os.path.join(args.model, "tokenizer.json"), args.save)
+            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+                if os.path.isfile(os.path.join(what, name)):
+                    shutil.copy(os.path.join(what, name), args.save)
         sys.stderr.write(f"saved to {args.save} (python -m jamba_ext generate --model {args.save} --prompt ...)\n")
     return 0
 
@@ -390,6 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt text")
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file (not echoed)")
+    g.add_argument("--chat", action="store_true",
+                   help="the prompt is a user's message: formatted by the checkpoint's chat template (an instruct "
+                        "model's chat_template.jinja or tokenizer_config.json), only the reply printed")
+    g.add_argument("--system", default=None, metavar="TEXT", help="with --chat: a system message before it")
     g.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
                    help="run the prompt through the cache in chunks of N tokens (default: 16384 tokens; 0: one "
                         "forward); long prompts then need the memory of one chunk")

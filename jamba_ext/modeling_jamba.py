@@ -1664,7 +1664,7 @@ def _as_dtype(d) -> Optional[torch.dtype]:
 
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint location as a local directory: a directory as is; a Hugging Face Hub id ("org/name", not a local
-    path) downloaded through huggingface_hub (its cache; config and tokenizer files and the safetensors weights, the
+    path) downloaded through huggingface_hub (its cache; config, tokenizer and chat-template files and the safetensors weights, the
     .bin weights only where the repository has no safetensors). FileNotFoundError otherwise, saying which."""
     if os.path.isdir(path):
         return path
@@ -1678,7 +1678,7 @@ def resolve_checkpoint(path: str) -> str:
     except ImportError:
         raise FileNotFoundError(f"{path!r} is not a local directory; to download it from the Hugging Face Hub, install "
                                 "huggingface_hub (pip install huggingface_hub)") from None
-    meta = ["*.json", "tokenizer*", "*.model", "*.txt"]
+    meta = ["*.json", "tokenizer*", "*.model", "*.txt", "*.jinja"]
     local = snapshot_download(path, allow_patterns=meta + ["*.safetensors"])
     if not any(f.endswith(".safetensors") for f in os.listdir(local)):
         local = snapshot_download(path, allow_patterns=meta + ["*.bin"])
@@ -2112,7 +2112,34 @@ class _PreTrained(nn.Module):
         if progress is None:
             progress = sum(os.path.getsize(f) for f in files) > PROGRESS_MIN_BYTES
         model._load_checkpoint(files, progress)
+        model._read_generation_config(path)
         return model.eval()
+
+    def _read_generation_config(self, path: str) -> None:
+        """A checkpoint's generation_config.json, when it has one, becomes the model's generation_config (as
+        transformers loads it); generate() then stops at its eos_token_id and pads with its pad_token_id by default
+        (an instruct model's end-of-turn token is often there only)."""
+        f = os.path.join(path, "generation_config.json")
+        if not os.path.isfile(f):
+            return
+        try:
+            with open(f, encoding="utf-8") as fh:
+                d = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{f}: {e}") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{f}: expected a JSON object")
+        for k in ("eos_token_id", "pad_token_id", "bos_token_id"):
+            v = d.get(k)
+            if v is not None and not (isinstance(v, int) or (isinstance(v, list) and all(isinstance(i, int) for i in v))):
+                raise ValueError(f"{f}: {k} must be an int or a list of ints, got {v!r}")
+        try:
+            from transformers import GenerationConfig
+            gc = GenerationConfig.from_dict(d)
+        except ImportError:
+            import types
+            gc = types.SimpleNamespace(**{k: d.get(k) for k in ("eos_token_id", "pad_token_id", "bos_token_id")})
+        self.generation_config = gc
 
     def _load_checkpoint(self, files: Sequence[str], progress: bool = False) -> None:
         """Copies the checkpoint's tensors into the model one at a time. fp8 experts (quantize_experts on meta before
@@ -2228,6 +2255,13 @@ class _PreTrained(nn.Module):
             sd = to_per_expert_state_dict(sd)
         save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(path, "model.safetensors"),
                   metadata={"format": "pt"})
+        gc = self.__dict__.get("_generation_config")           # (one loaded from the checkpoint, or set: kept)
+        if gc is not None and not self.__dict__.get("_generation_config_derived"):
+            if hasattr(gc, "save_pretrained"):
+                gc.save_pretrained(path)
+            else:
+                with open(os.path.join(path, "generation_config.json"), "w") as f:
+                    json.dump({k: v for k, v in vars(gc).items() if v is not None}, f, indent=2)
 
 
 class JambaModel(_PreTrained):
@@ -2762,11 +2796,24 @@ class JambaForCausalLM(_PreTrained):
                 import types
                 gc = types.SimpleNamespace(**ids)
             self.__dict__["_generation_config"] = gc
+            self.__dict__["_generation_config_derived"] = True   # (made from config: config stays the source)
         return gc
 
     @generation_config.setter
     def generation_config(self, value) -> None:
         self.__dict__["_generation_config"] = value
+        self.__dict__["_generation_config_derived"] = False
+
+    def _generation_ids(self, name: str):
+        """generate()'s default eos_token_id / pad_token_id: the generation_config's where one was loaded from the
+        checkpoint (generation_config.json) or set, and it sets the id; else config's."""
+        gc = self.__dict__.get("_generation_config")
+        v = None if gc is None or self.__dict__.get("_generation_config_derived") else getattr(gc, name, None)
+        return getattr(self.config, name) if v is None else v
+
+    def _eos_ids(self) -> List[int]:
+        e = self._generation_ids("eos_token_id")
+        return [] if e is None else ([e] if isinstance(e, int) else list(e))
 
     def prepare_inputs_for_generation(self, input_ids: Tensor, **kwargs) -> dict:
         """transformers' hook, which wrappers such as PEFT's PeftModelForCausalLM look up and replace; generate()
@@ -2828,8 +2875,9 @@ class JambaForCausalLM(_PreTrained):
         the EOS ids cannot be picked before this many new tokens (transformers' semantics). num_return_sequences=n: each
         prompt n times in a row (rows b * n .. b * n + n - 1 of the result), as transformers. Other transformers
         arguments are accepted at their no-op values (use_cache=True, output_attentions=False, ...: see
-        _HF_NOOP_GENERATE_KWARGS); any other value raises ValueError naming it. A sequence stops at an EOS id (config.eos_token_id by default;
-        None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
+        _HF_NOOP_GENERATE_KWARGS); any other value raises ValueError naming it. A sequence stops at an EOS id (by default the
+        generation_config's, where the checkpoint has a generation_config.json or one was set, else config.eos_token_id;
+        pad_token_id likewise; None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
         streamer: called with the new tokens (B,) after every step, as a CPU tensor; an object with put()/end(), such
         as transformers' TextStreamer, gets transformers' calls (put(prompt ids) first, then the new tokens, end()). On a CUDA model the next step is
         enqueued before the host waits for a token (RUN_AHEAD), so the Python work of a step overlaps the
@@ -2887,9 +2935,9 @@ class JambaForCausalLM(_PreTrained):
             raise ValueError(f"num_return_sequences: expected >= 1, got {num_return_sequences}")
         beams = _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, length_penalty)
         dev = self.device
-        pad_given = self.config.pad_token_id if pad_token_id == "config" else pad_token_id
+        pad_given = self._generation_ids("pad_token_id") if pad_token_id == "config" else pad_token_id
         pad = 0 if pad_given is None else pad_given
-        eos = self.config.eos_token_ids if eos_token_id == "config" else (
+        eos = self._eos_ids() if eos_token_id == "config" else (
             [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)))
         if not isinstance(input_ids, Tensor):
             if input_ids and isinstance(input_ids[0], int):

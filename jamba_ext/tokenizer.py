@@ -4,9 +4,11 @@
     load_tokenizer(dir)  tokenizer.json of a checkpoint through the `tokenizers` package, a ByteTokenizer where the
                          directory holds ByteTokenizer.MARKER (a byte-level model saved by `jamba-ext train`), or None
     StreamDecoder        turns a growing id list into printable text increments (no half UTF-8 characters)
+    load_chat_template   a checkpoint's chat template (chat_template.jinja or tokenizer_config.json), a ChatTemplate
 """
+import json
 import os
-from typing import List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 
 class ByteTokenizer:
@@ -69,3 +71,79 @@ class StreamDecoder:
         text = self.tok.decode(self.ids)
         new, self.printed = text[self.printed:], len(text)
         return new
+
+
+class ChatTemplate:
+    """A checkpoint's Jinja chat template, rendered as transformers' apply_chat_template(tokenize=False) renders it:
+    a sandboxed environment with trim_blocks and lstrip_blocks, the loop controls, a tojson filter without HTML
+    escaping, raise_exception(msg) (a ValueError here) and strftime_now(fmt); the variables messages,
+    add_generation_prompt and the special tokens of tokenizer_config.json (bos_token, eos_token, ...). The text it
+    renders carries its own special tokens: encode it with add_bos=False."""
+
+    def __init__(self, source: str, special: Optional[Dict[str, str]] = None):
+        import datetime
+
+        import jinja2
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise jinja2.exceptions.TemplateError(message)
+
+        def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = tojson
+        env.globals["raise_exception"] = raise_exception
+        env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+        self._error = jinja2.exceptions.TemplateError
+        try:
+            self.template = env.from_string(source)
+        except self._error as e:
+            raise ValueError(f"chat template: {e}") from None
+        self.special = dict(special or {})
+
+    def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """messages: [{"role": "system" | "user" | "assistant", "content": text}, ...] -> the prompt text."""
+        try:
+            return self.template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
+                                        **self.special)
+        except self._error as e:
+            raise ValueError(f"chat template: {e}") from None
+
+
+def _token_text(v) -> Optional[str]:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken dict with its "content"."""
+    if isinstance(v, dict):
+        v = v.get("content")
+    return v if isinstance(v, str) else None
+
+
+def load_chat_template(model_dir: str) -> Optional[ChatTemplate]:
+    """The chat template of a checkpoint directory: chat_template.jinja, else tokenizer_config.json's chat_template
+    (a string, or a list of {"name", "template"}: the one named "default"), with the special tokens of
+    tokenizer_config.json; None when the checkpoint has none. ValueError on a malformed file or template."""
+    cfg_path = os.path.join(model_dir, "tokenizer_config.json")
+    cfg = {}
+    if os.path.isfile(cfg_path):
+        try:
+            with open(cfg_path, encoding="utf-8") as f:
+                cfg = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{cfg_path}: {e}") from None
+    jinja = os.path.join(model_dir, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            source = f.read()
+    else:
+        source = cfg.get("chat_template")
+        if isinstance(source, list):
+            source = next((t.get("template") for t in source if isinstance(t, dict) and t.get("name") == "default"),
+                          None)
+        if source is None:
+            return None
+        if not isinstance(source, str):
+            raise ValueError(f"{cfg_path}: chat_template is neither a string nor a list of named templates")
+    special = {k: _token_text(cfg.get(k)) for k in ("bos_token", "eos_token", "unk_token", "pad_token", "sep_token",
+                                                   "cls_token", "mask_token")}
+    return ChatTemplate(source, {k: v for k, v in special.items() if v is not None})

@@ -1,5 +1,6 @@
 """The jamba-ext command: `python -m jamba_ext generate` on the built-in model (subprocess, as a user runs
 it), on a local transformers checkpoint with a tokenizer.json, and its errors for bad --model dirs."""
+import json
 import os
 import re
 import subprocess
@@ -299,3 +300,115 @@ def test_cli_device_map_two_gpus():
     assert "decode (eager): 23 tokens" in se.stderr, se.stderr
     assert "GPUs 0,1" in sm.stderr, sm.stderr
     assert s.stdout == one.stdout == se.stdout == sm.stdout
+
+
+# ---- chat templates and generation_config.json ----------------------------------------------------------------
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}\n"
+    "{% if m['role'] not in ['system', 'user', 'assistant'] %}{{ raise_exception('unknown role ' + m['role']) }}"
+    "{% endif %}"
+    "{% if loop.first and m['role'] == 'system' %}<|system|> {{ m['content'] | tojson }}\n"
+    "{% else %}<|{{ m['role'] }}|> {{ m['content'] | trim }} {{ eos_token }}\n{% endif %}"
+    "{% endfor %}\n   {% if add_generation_prompt %}<|assistant|>{% endif %}")   # (trim_blocks, lstrip_blocks)
+
+
+def _chat_checkpoint(path, template=CHAT_TEMPLATE, jinja_file=False):
+    """The tiny checkpoint with special tokens in its tokenizer and a chat template (tokenizer_config.json's, or
+    chat_template.jinja)."""
+    _tiny_checkpoint(path)
+    tokenizers = pytest.importorskip("tokenizers")
+    tok = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
+    tok.add_special_tokens(["<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"])
+    tok.save(str(path / "tokenizer.json"))
+    cfg = {"bos_token": "<s>", "eos_token": {"__type": "AddedToken", "content": "</s>", "lstrip": False, "normalized": False,
+                                          "rstrip": False, "single_word": False, "special": True}, "unk_token": "[UNK]",
+           "tokenizer_class": "PreTrainedTokenizerFast"}
+    if jinja_file:
+        (path / "chat_template.jinja").write_text(template)
+    else:
+        cfg["chat_template"] = template
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg))
+
+
+def test_chat_template_renders_as_transformers(tmp_path):
+    """load_chat_template + ChatTemplate.render give transformers' apply_chat_template text (tojson without HTML
+    escaping, trim_blocks / lstrip_blocks, the special tokens of tokenizer_config.json; from tokenizer_config.json and
+    from chat_template.jinja), and its token ids once encoded without added special tokens; raise_exception and a
+    malformed template are ValueErrors; no template: None."""
+    transformers = import_transformers()
+    from jamba_ext.tokenizer import ChatTemplate, load_chat_template, load_tokenizer
+    msgs = [{"role": "system", "content": "be <brief> & kind, ä"}, {"role": "user", "content": "  the cat sat  "},
+            {"role": "assistant", "content": "on a mat"}, {"role": "user", "content": "the dog"}]
+    for jinja_file in (False, True):
+        d = tmp_path / f"ck{int(jinja_file)}"
+        _chat_checkpoint(d, jinja_file=jinja_file)
+        hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(d))
+        ours, tok = load_chat_template(str(d)), load_tokenizer(str(d))
+        for gen in (True, False):
+            for m in (msgs, msgs[1:2]):
+                text = ours.render(m, add_generation_prompt=gen)
+                assert text == hf.apply_chat_template(m, tokenize=False, add_generation_prompt=gen)
+                assert tok.encode(text, add_bos=False) == hf(text, add_special_tokens=False)["input_ids"]
+        text = ours.render(msgs)
+        assert '"be <brief> & kind, ä"' in text and text.startswith("<s><|system|>") and text.endswith("<|assistant|>")
+    with pytest.raises(ValueError, match="unknown role tool"):
+        ours.render([{"role": "tool", "content": "x"}])
+    with pytest.raises(ValueError, match="chat template"):
+        ChatTemplate("{% for m in messages %}")
+    _tiny_checkpoint(tmp_path / "plain")
+    assert load_chat_template(str(tmp_path / "plain")) is None
+
+
+def test_cli_chat(tmp_path, capsys):
+    """--chat: the prompt as a user message through the checkpoint's template (with --system before it), only the
+    reply printed; the prefill is the templated prompt's tokens. Errors: no --model, --system without --chat, a
+    checkpoint without a template."""
+    transformers = import_transformers()
+    _chat_checkpoint(tmp_path)
+    hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    base = ["generate", "--model", str(tmp_path), "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "3"]
+    for extra, msgs in (([], [{"role": "user", "content": "the cat"}]),
+                        (["--system", "a mat"], [{"role": "system", "content": "a mat"},
+                                                 {"role": "user", "content": "the cat"}])):
+        assert main([*base, "--prompt", "the cat", "--chat", *extra]) == 0
+        cap = capsys.readouterr()
+        text = hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        n = len(hf(text, add_special_tokens=False)["input_ids"])
+        assert f"prefill: {n} tokens" in cap.err, cap.err
+        assert not cap.out.startswith("the cat") and "<|" not in cap.out, cap.out     # only the reply
+    assert main([*base, "--prompt", "the cat"]) == 0
+    assert capsys.readouterr().out.startswith("the cat")                 # (without --chat: the prompt echoed)
+    _tiny_checkpoint(tmp_path / "plain")
+    for argv, msg in ((["generate", "--prompt", "x", "--chat", "--device", "cpu"], "give --model"),
+                      ([*base, "--prompt", "x", "--system", "s"], "--system goes with --chat"),
+                      (["generate", "--model", str(tmp_path / "plain"), "--prompt", "x", "--chat", "--device", "cpu"],
+                       "has no chat template")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+def test_generation_config_json_sets_the_stop_tokens(tmp_path):
+    """A checkpoint's generation_config.json (an instruct model's end-of-turn id among its eos_token_id) becomes
+    model.generation_config, and generate() stops at its ids and pads with its pad id by default; save_pretrained
+    writes it back; an explicit eos_token_id still wins; a malformed file is a ValueError."""
+    _tiny_checkpoint(tmp_path, with_tokenizer=False)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 5], "pad_token_id": 1,
+                                                                 "bos_token_id": 1}))
+    from jamba_ext.modeling_jamba import JambaForCausalLM
+    m = JambaForCausalLM.from_pretrained(str(tmp_path))
+    assert list(m.generation_config.eos_token_id) == [2, 5] and m.config.eos_token_id != [2, 5]
+    ids = torch.tensor([[3, 4, 6, 7], [3, 4, 6, 8]])
+    with torch.no_grad():
+        out = m.generate(ids, max_new_tokens=4, sequence_bias={(5,): 1e4})     # 5 at once: both rows stop
+        assert out.shape == (2, 5) and out[:, -1].tolist() == [5, 5]
+        out = m.generate(ids, max_new_tokens=4, sequence_bias={(5,): 1e4}, eos_token_id=2)
+        assert out.shape == (2, 8)
+        biased = m.generate(ids[:1], max_new_tokens=3, sequence_bias=[[[5], 1e4]], min_new_tokens=1)
+        assert biased[0, -1].item() == 5
+    m.save_pretrained(str(tmp_path / "again"))
+    again = JambaForCausalLM.from_pretrained(str(tmp_path / "again"))
+    assert list(again.generation_config.eos_token_id) == [2, 5] and again._generation_ids("pad_token_id") == 1
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "end"}))
+    with pytest.raises(ValueError, match="eos_token_id must be an int or a list"):
+        JambaForCausalLM.from_pretrained(str(tmp_path))
