@@ -30,7 +30,8 @@ def main():
     t = time.perf_counter()
     model = JambaForCausalLM.from_config(cfg, dtype=torch.bfloat16, device="cuda", seed=0).eval()
     print(f"Jamba-v0.1 shapes, {a.layers} layers, {sum(p.numel() for p in model.parameters()) / 1e9:.1f}B parameters, "
-          f"bf16, built in {time.perf_counter() - t:.0f} s; prompts of 300-379 tokens (with 32 or 128 new tokens: one cache bucket, 512)", flush=True)
+          f"bf16, built in {time.perf_counter() - t:.0f} s; prompts of 300-379 tokens (with 32 or 128 new tokens: one "
+          "cache bucket, 512)", flush=True)
     g = torch.Generator().manual_seed(0)
     prompt = lambda B: torch.randint(3, cfg.vocab_size, (B, int(torch.randint(300, 380, (1,), generator=g))),  # noqa
                                      generator=g).cuda()

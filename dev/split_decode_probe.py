@@ -2,7 +2,10 @@
 
 Jamba-v0.1 shapes (random weights, bf16; --layers N for fewer layers), batch 1 and 8, a 2K prompt, greedy, N new
 tokens: one GPU with the CUDA-graph step, one GPU eager (static cache), two GPUs eager (static and dynamic cache), and
-two GPUs with cuda_graph=True (one CUDA graph per GPU, _SplitDecodeGraph: the default since session 46). The static-cache tokens must equal the one-GPU graph's. Each timed call follows a warm-up call of the same shape, so since session 46 the graph rows replay the graph that call kept (no capture in the time). The split is for memory (a model larger than one GPU): this shows what it costs. Needs 2 GPUs.
+two GPUs with cuda_graph=True (one CUDA graph per GPU, _SplitDecodeGraph: the default since session 46). The
+static-cache tokens must equal the one-GPU graph's. Each timed call follows a warm-up call of the same shape, so since
+session 46 the graph rows replay the graph that call kept (no capture in the time). The split is for memory (a model
+larger than one GPU): this shows what it costs. Needs 2 GPUs.
 Usage (device kind nvidia-h200-x2): python3 dev/split_decode_probe.py [--layers 32] [--new 32] [--prompt 2048]
 """
 import argparse

@@ -434,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     g.add_argument("--device-map", default=None,
                    help="the model's layers over several GPUs: auto (one GPU when it fits), balanced (every visible "
-                        "GPU), or a comma list such as cuda:0,cuda:1 (jamba_ext.placement; the decode replays one CUDA graph per GPU)")
+                        "GPU), or a comma list such as cuda:0,cuda:1 (jamba_ext.placement; the decode replays one "
+                        "CUDA graph per GPU)")
     g.add_argument("--max-memory", default=None, metavar="DEV=SIZE,...",
                    help="with --device-map auto / balanced: the most each GPU may hold of the weights, e.g. "
                         "0=40GiB,1=80GiB (the layers are shared out in proportion)")

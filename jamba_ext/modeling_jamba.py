@@ -1664,8 +1664,9 @@ def _as_dtype(d) -> Optional[torch.dtype]:
 
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint location as a local directory: a directory as is; a Hugging Face Hub id ("org/name", not a local
-    path) downloaded through huggingface_hub (its cache; config, tokenizer and chat-template files and the safetensors weights, the
-    .bin weights only where the repository has no safetensors). FileNotFoundError otherwise, saying which."""
+    path) downloaded through huggingface_hub (its cache; config, tokenizer and chat-template files and the safetensors
+    weights, the .bin weights only where the repository has no safetensors). FileNotFoundError otherwise, saying
+    which."""
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
@@ -1808,7 +1809,8 @@ class _PreTrained(nn.Module):
     config: JambaConfig
 
     def clear_decode_graph(self) -> None:
-        """Frees the decode graph (and its static cache) that generate() kept for a later call (KEEP_GRAPH_MAX_BYTES)."""
+        """Frees the decode graph (and its static cache) that generate() kept for a later call
+        (KEEP_GRAPH_MAX_BYTES)."""
         self.__dict__.pop("_decode_graph_kept", None)
 
     def _apply(self, fn, recurse=True):
@@ -2131,7 +2133,8 @@ class _PreTrained(nn.Module):
             raise ValueError(f"{f}: expected a JSON object")
         for k in ("eos_token_id", "pad_token_id", "bos_token_id"):
             v = d.get(k)
-            if v is not None and not (isinstance(v, int) or (isinstance(v, list) and all(isinstance(i, int) for i in v))):
+            ints = isinstance(v, int) or (isinstance(v, list) and all(isinstance(i, int) for i in v))
+            if v is not None and not ints:
                 raise ValueError(f"{f}: {k} must be an int or a list of ints, got {v!r}")
         try:
             from transformers import GenerationConfig
@@ -2875,9 +2878,10 @@ class JambaForCausalLM(_PreTrained):
         the EOS ids cannot be picked before this many new tokens (transformers' semantics). num_return_sequences=n: each
         prompt n times in a row (rows b * n .. b * n + n - 1 of the result), as transformers. Other transformers
         arguments are accepted at their no-op values (use_cache=True, output_attentions=False, ...: see
-        _HF_NOOP_GENERATE_KWARGS); any other value raises ValueError naming it. A sequence stops at an EOS id (by default the
-        generation_config's, where the checkpoint has a generation_config.json or one was set, else config.eos_token_id;
-        pad_token_id likewise; None disables) and is filled with pad_token_id afterwards; generation stops when all have stopped.
+        _HF_NOOP_GENERATE_KWARGS); any other value raises ValueError naming it. A sequence stops at an EOS id (by
+        default the generation_config's, where the checkpoint has a generation_config.json or one was set, else
+        config.eos_token_id; pad_token_id likewise; None disables) and is filled with pad_token_id afterwards;
+        generation stops when all have stopped.
         streamer: called with the new tokens (B,) after every step, as a CPU tensor; an object with put()/end(), such
         as transformers' TextStreamer, gets transformers' calls (put(prompt ids) first, then the new tokens, end()). On a CUDA model the next step is
         enqueued before the host waits for a token (RUN_AHEAD), so the Python work of a step overlaps the

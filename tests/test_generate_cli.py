@@ -320,8 +320,9 @@ def _chat_checkpoint(path, template=CHAT_TEMPLATE, jinja_file=False):
     tok = tokenizers.Tokenizer.from_file(str(path / "tokenizer.json"))
     tok.add_special_tokens(["<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>"])
     tok.save(str(path / "tokenizer.json"))
-    cfg = {"bos_token": "<s>", "eos_token": {"__type": "AddedToken", "content": "</s>", "lstrip": False, "normalized": False,
-                                          "rstrip": False, "single_word": False, "special": True}, "unk_token": "[UNK]",
+    eos = {"__type": "AddedToken", "content": "</s>", "lstrip": False, "normalized": False, "rstrip": False,
+           "single_word": False, "special": True}                            # (as older checkpoints write it)
+    cfg = {"bos_token": "<s>", "eos_token": eos, "unk_token": "[UNK]",
            "tokenizer_class": "PreTrainedTokenizerFast"}
     if jinja_file:
         (path / "chat_template.jinja").write_text(template)
