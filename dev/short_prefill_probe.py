@@ -44,7 +44,7 @@ def main():
     bw = 2 * big.numel() / (ms_events(lambda: dst.copy_(big)) * 1e-3)
     x = torch.randn(8192, 8192, dtype=torch.bfloat16, device="cuda")
     mm = 2 * 8192 ** 3 / (ms_events(lambda: x @ x) * 1e-3)
-    del big, dst, x
+    big = dst = x = None                           # (freed)
     print(f"{a.layers} layers, {n_params / 1e9:.1f}B parameters ({active / 1e9:.1f}B active a token); copy "
           f"{bw / 1e9:.0f} GB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s", flush=True)
     g = torch.Generator().manual_seed(0)
