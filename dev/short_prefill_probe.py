@@ -3,7 +3,8 @@
 For prompts of 64-2048 tokens at batch 1: the forward through a fresh cache (logits of the last position), timed with
 CUDA events over back-to-back calls and as wall time of one call, against its floor: the weight bytes it must read
 (at these lengths every expert of every MoE layer is routed to) at the measured copy bandwidth, or its FLOPs at the
-measured bf16 matmul rate, whichever is larger. Then a torch.profiler table of one 256-token forward: GPU time per
+measured bf16 matmul rate, whichever is larger. The same forwards replayed from a CUDA graph (GPU time without the
+host's launch gaps). Then a torch.profiler table of one 256-token forward: GPU time per
 kernel family, the kernel count and GPU busy time against wall time (is it host-bound?).
 Usage (device): python3 dev/short_prefill_probe.py [--layers 32] [--profile-len 256]
 """
@@ -67,6 +68,24 @@ def main():
             print(f"prefill {T:5d} tokens: {ev:7.2f} ms (events, back to back), {wall:7.2f} ms wall; floor "
                   f"{floor:6.2f} ms ({'bytes' if floor_b >= floor_f else 'FLOPs'}; bytes {floor_b:.2f}, FLOPs "
                   f"{floor_f:.2f}): {100 * floor / ev:.0f}%", flush=True)
+        # the same forwards captured in a CUDA graph: GPU time without the host's launches between kernels
+        for T in (64, 256, 512):
+            ids = torch.randint(3, cfg.vocab_size, (1, T), generator=g).cuda()
+            fwd = lambda: model(ids, cache=JambaHybridCache(cfg, 1), logits_to_keep=1).logits  # noqa: E731
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                ref = fwd().clone()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = fwd()
+            graph.replay()
+            torch.cuda.synchronize()
+            same = torch.equal(out, ref)
+            print(f"prefill {T:5d} tokens in a CUDA graph: {ms_events(graph.replay):7.2f} ms against "
+                  f"{ms_events(fwd):7.2f} eager (same logits: {same})", flush=True)
+            del graph, out
         ids = torch.randint(3, cfg.vocab_size, (1, a.profile_len), generator=g).cuda()
         model(ids, cache=JambaHybridCache(cfg, 1), logits_to_keep=1)
         torch.cuda.synchronize()
