@@ -614,7 +614,9 @@ GRAPH_MIN_NEW_TOKENS = 16
 # kernels over tensors of the same shapes). Whole Jamba-v0.1, bf16, H200, 300-379-token prompts
 # (kept_graph_98759a1.log): a call of 32 new tokens 255.8 ms against 275.9 with the capture at batch 1, 736.7 / 797.7
 # at batch 8 (128 new tokens: 846.7 / 879.3, 2614 / 2665).
-# clear_decode_graph() frees it; .to() / .cuda() / .cpu() (any nn.Module._apply) drop it.
+# clear_decode_graph() frees it; .to() / .cuda() / .cpu() (any nn.Module._apply) and dispatch() drop it. The
+# environment switches that kernels read per call (docs/SWITCHES.md, for A/B timing) are not part of the key: a kept
+# graph replays the kernels chosen when it was captured.
 STATIC_BUCKET = 256
 KEEP_GRAPH_MAX_BYTES = 2 << 30
 
@@ -2038,6 +2040,7 @@ class _PreTrained(nn.Module):
         projections are laid out again (fuse_projections) as from_pretrained does. max_memory: per-device budgets
         with "auto" / "balanced" (jamba_ext.placement). Returns the model."""
         dmap = _placement.resolve_device_map(self, device_map, max_memory)
+        self.clear_decode_graph()                   # (its memory lies on the old devices)
         _placement.place(self, dmap)
         self._retie()
         if FUSE_PROJECTIONS:
