@@ -4,6 +4,7 @@
     python -m jamba_ext generate --model DIR --prompt "Hello"     # a transformers Jamba checkpoint (dir or Hub id)
     python -m jamba_ext generate --model DIR --prompt "Hello" --experts-fp8   # MoE experts in fp8 (half the memory)
     python -m jamba_ext generate --model DIR --chat --prompt "Hi!" --system "Be brief."   # an instruct model's chat
+    python -m jamba_ext generate --model DIR --interactive        # a conversation, a message per line of input
     python -m jamba_ext check                                     # self-check of every op on this machine
     python -m jamba_ext train --text-file notes.txt --steps 200 --save ./tiny   # fine-tune on a text file
     python -m jamba_ext generate --model ./tiny --prompt "Hello"  # ... and generate with the result
@@ -23,6 +24,7 @@ windows of a UTF-8 text file
 tokens/s to stderr, and with --save writes a checkpoint that `generate --model` reads.
 """
 import argparse
+import itertools
 import os
 import sys
 import time
@@ -151,9 +153,8 @@ def _load(args):
     return model, tok, d
 
 
-def _chat_prompt(model_dir: str, message: str, system) -> str:
-    """--chat: the message (and --system's) as the checkpoint's chat template formats a conversation of one user
-    turn, ready for the assistant's reply."""
+def _chat_template(model_dir: str):
+    """--chat: the checkpoint's chat template (exit 2 when it has none or it does not parse)."""
     from .tokenizer import load_chat_template
     try:
         tmpl = load_chat_template(model_dir)
@@ -162,8 +163,11 @@ def _chat_prompt(model_dir: str, message: str, system) -> str:
     if tmpl is None:
         _fail(f"--chat: {model_dir!r} has no chat template (chat_template.jinja, or chat_template in "
               "tokenizer_config.json)")
-    msgs = ([{"role": "system", "content": system}] if system is not None else []) + \
-        [{"role": "user", "content": message}]
+    return tmpl
+
+
+def _render(tmpl, msgs) -> str:
+    """The conversation as the chat template formats it, ready for the assistant's reply."""
     try:
         return tmpl.render(msgs, add_generation_prompt=True)
     except ValueError as e:
@@ -172,7 +176,6 @@ def _chat_prompt(model_dir: str, message: str, system) -> str:
 
 def cmd_generate(args) -> int:
     import torch
-    from .tokenizer import StreamDecoder
 
     if args.max_new_tokens < 0:
         _fail("--max-new-tokens must be >= 0")
@@ -199,26 +202,75 @@ def cmd_generate(args) -> int:
         prefill_chunks(1, 1, args.prefill_chunk)
     except ValueError:
         _fail("--prefill-chunk must be 0 (one forward) or >= 8")
+    args.chat = args.chat or args.interactive
     if args.system is not None and not args.chat:
         _fail("--system goes with --chat")
     if args.chat and args.model is None:
-        _fail("--chat formats the prompt with a checkpoint's chat template: give --model (the built-in model has "
-              "none)")
-    prompt = args.prompt if args.prompt_file is None else _read_text(args.prompt_file, "--prompt-file")
+        _fail(f"{'--interactive' if args.interactive else '--chat'} formats the prompt with a checkpoint's chat "
+              "template: give --model (the built-in model has none)")
+    prompt = None if args.interactive else \
+        args.prompt if args.prompt_file is None else _read_text(args.prompt_file, "--prompt-file")
     torch.manual_seed(args.seed)
     model, tok, what = _load(args)
-    if args.chat:
-        ids = tok.encode(_chat_prompt(what, prompt, args.system), add_bos=False)
-    else:
-        ids = tok.encode(prompt)
-    if not ids:
-        _fail(("--prompt-file" if args.prompt_file is not None else "--prompt") + " encodes to no tokens")
-    if max(ids) >= model.config.vocab_size:
-        _fail(f"the tokenizer produced id {max(ids)} >= the model's vocab_size {model.config.vocab_size}")
+    tmpl = _chat_template(what) if args.chat else None
     where = model.device if not getattr(model, "hf_device_map", None) else \
         "GPUs " + ",".join(str(d) for d in sorted(set(model.hf_device_map.values()), key=str))
     sys.stderr.write(f"model: {what} | {model.num_parameters() / 1e6:.1f}M params | {where} {model.dtype}"
                      f"{' (experts float8_e4m3fn)' if model.experts_fp8 else ''}\n")
+    if args.interactive:
+        return _chat_loop(args, model, tok, tmpl)
+    msgs = ([{"role": "system", "content": args.system}] if args.system is not None else []) + \
+        [{"role": "user", "content": prompt}]
+    ids = _encode(tok, _render(tmpl, msgs) if args.chat else prompt, model, add_bos=not args.chat,
+                  what="--prompt-file" if args.prompt_file is not None else "--prompt")
+    _generate_once(args, model, tok, ids, prompt)
+    return 0
+
+
+def _encode(tok, text: str, model, add_bos: bool, what: str) -> list:
+    """The prompt's token ids; exit 2 when it encodes to none or to ids the model does not have."""
+    ids = tok.encode(text, add_bos=add_bos)
+    if not ids:
+        _fail(f"{what} encodes to no tokens")
+    if max(ids) >= model.config.vocab_size:
+        _fail(f"the tokenizer produced id {max(ids)} >= the model's vocab_size {model.config.vocab_size}")
+    return ids
+
+
+def _chat_loop(args, model, tok, tmpl) -> int:
+    """--interactive: a conversation on stdin / stdout. Each line read is the user's next message; the whole
+    conversation so far (--system first) goes through the chat template, the reply streams out and joins the
+    conversation. Ends at the end of input or a line /exit; /reset starts the conversation again."""
+    system = [{"role": "system", "content": args.system}] if args.system is not None else []
+    msgs = list(system)
+    tty = sys.stdin.isatty()
+    while True:
+        if tty:
+            sys.stderr.write("you> ")
+            sys.stderr.flush()
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            return 0
+        line = line.rstrip("\n")
+        if line.strip() == "/reset":
+            msgs = list(system)
+            sys.stderr.write("(conversation reset)\n")
+            continue
+        if not line.strip():
+            continue
+        msgs.append({"role": "user", "content": line})
+        ids = _encode(tok, _render(tmpl, msgs), model, add_bos=False, what="the conversation")
+        new = _generate_once(args, model, tok, ids, None)
+        msgs.append({"role": "assistant", "content": tok.decode(new)})
+
+
+def _generate_once(args, model, tok, ids, prompt) -> list:
+    """One generate() call on ids: the prompt echoed first (when given: not with --chat or a prompt file), the new
+    text streamed to stdout, progress bars and the speed line on stderr. Returns the new token ids up to the first
+    EOS."""
+    import torch
+    from .modeling_jamba import prefill_chunks
+    from .tokenizer import StreamDecoder
     show_bar = args.progress if args.progress is not None else args.max_new_tokens >= PROGRESS_MIN_TOKENS
     # a prompt of more than one prefill chunk gets its own bar (a 256K-token prompt is ~17 s of prefill on an H200)
     n_chunks = len(prefill_chunks(len(ids), 1, args.prefill_chunk))
@@ -228,8 +280,8 @@ def cmd_generate(args) -> int:
     echoed = []
 
     def echo():
-        if args.prompt_file is None and not args.chat and not echoed:  # (nor a prompt file: it may be a book;
-            # with --chat only the reply is printed)
+        if prompt is not None and args.prompt_file is None and not args.chat and not echoed:  # (nor a prompt file:
+            # it may be a book; with --chat only the reply is printed)
             sys.stdout.write(prompt)
             sys.stdout.flush()
         echoed.append(True)
@@ -268,6 +320,7 @@ def cmd_generate(args) -> int:
     if args.num_beams > 1:
         return _beam_generate(args, model, tok, ids, use_graph, on_prefill if pre_bar.enabled else None, echo, t0,
                               bar)
+    eos = set(model._eos_ids())
     with torch.inference_mode():
         model.generate(torch.tensor([ids], device=model.device), max_new_tokens=args.max_new_tokens,
                        do_sample=args.temperature > 0, temperature=args.temperature or 1.0, top_k=args.top_k,
@@ -292,10 +345,10 @@ def cmd_generate(args) -> int:
         msg += f" | decode{how}: {n - 1} tokens in {decode_s:.2f} s ({(n - 1) / max(decode_s, 1e-9):.1f} tokens/s)"
     msg += f" | total: {n} new tokens, {n / max(t1 - t0, 1e-9):.1f} tokens/s"
     sys.stderr.write(msg + "\n")
-    return 0
+    return list(itertools.takewhile(lambda t: t not in eos, dec.ids))
 
 
-def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) -> int:
+def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) -> list:
     """generate --num-beams N: the best hypothesis, printed when the search ends (a search has no token stream; the
     progress bar counts its steps, through a logits processor that leaves the scores alone: no host wait)."""
     import torch
@@ -325,7 +378,7 @@ def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) 
     graph = (getattr(model, "_decode_graph_info", None) or {}).get("captured")
     sys.stderr.write(f"beam search: {args.num_beams} beams, {len(new)} new tokens in {t1 - t0:.2f} s (prefill "
                      f"included{', CUDA graph' if graph else ''})\n")
-    return 0
+    return new
 
 
 def cmd_train(args) -> int:
@@ -421,6 +474,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="the prompt text")
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file (not echoed)")
+    src.add_argument("--interactive", action="store_true",
+                     help="chat: each line on stdin is the user's next message, the conversation goes through the "
+                          "checkpoint's chat template (implies --chat); /reset starts over, /exit or end of input stops")
     g.add_argument("--chat", action="store_true",
                    help="the prompt is a user's message: formatted by the checkpoint's chat template (an instruct "
                         "model's chat_template.jinja or tokenizer_config.json), only the reply printed")

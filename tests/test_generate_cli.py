@@ -413,3 +413,29 @@ def test_generation_config_json_sets_the_stop_tokens(tmp_path):
     (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "end"}))
     with pytest.raises(ValueError, match="eos_token_id must be an int or a list"):
         JambaForCausalLM.from_pretrained(str(tmp_path))
+
+
+def test_cli_interactive_chat(tmp_path, capsys, monkeypatch):
+    """--interactive: each stdin line is the next user message; the whole conversation (the --system message, the
+    earlier turns and the replies) goes through the chat template each turn (its prefill is that text's tokens);
+    blank lines are skipped, /reset drops the earlier turns, /exit ends it (the lines after it are not read)."""
+    import io
+    transformers = import_transformers()
+    _chat_checkpoint(tmp_path)
+    hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(tmp_path))
+    monkeypatch.setattr(sys, "stdin", io.StringIO("the cat\n\n/reset\nthe dog\nsat on\n/exit\nthe mat\n"))
+    assert main(["generate", "--model", str(tmp_path), "--device", "cpu", "--dtype", "float32", "--max-new-tokens",
+                 "3", "--interactive", "--system", "a mat"]) == 0
+    cap = capsys.readouterr()
+    replies = cap.out.split("\n")[:3]
+    assert cap.out.count("\n") == 3 and "(conversation reset)" in cap.err
+    system = [{"role": "system", "content": "a mat"}]
+    convs = [system + [{"role": "user", "content": "the cat"}], system + [{"role": "user", "content": "the dog"}],
+             system + [{"role": "user", "content": "the dog"}, {"role": "assistant", "content": replies[1]},
+                       {"role": "user", "content": "sat on"}]]
+    want = [len(hf(hf.apply_chat_template(c, tokenize=False, add_generation_prompt=True),
+                   add_special_tokens=False)["input_ids"]) for c in convs]
+    assert [int(n) for n in re.findall(r"prefill: (\d+) tokens", cap.err)] == want, cap.err
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--interactive", "--device", "cpu"])
+    assert e.value.code == 2 and "--interactive formats the prompt" in capsys.readouterr().err
