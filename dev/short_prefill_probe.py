@@ -1,4 +1,5 @@
-"""Short-prompt prefill (a chat turn's time to first token) of the whole Jamba-v0.1 shapes, random bf16 weights, one GPU.
+"""Short-prompt prefill (a chat turn's time to first token): the whole Jamba-v0.1 shapes, random bf16 weights, one
+GPU.
 
 For prompts of 64-2048 tokens at batch 1: the forward through a fresh cache (logits of the last position), timed with
 CUDA events over back-to-back calls and as wall time of one call, against its floor: the weight bytes it must read

@@ -476,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file (not echoed)")
     src.add_argument("--interactive", action="store_true",
                      help="chat: each line on stdin is the user's next message, the conversation goes through the "
-                          "checkpoint's chat template (implies --chat); /reset starts over, /exit or end of input stops")
+                          "checkpoint's chat template (implies --chat); /reset starts over, /exit or end of input "
+                          "stops")
     g.add_argument("--chat", action="store_true",
                    help="the prompt is a user's message: formatted by the checkpoint's chat template (an instruct "
                         "model's chat_template.jinja or tokenizer_config.json), only the reply printed")
