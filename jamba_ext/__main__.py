@@ -240,7 +240,16 @@ def _encode(tok, text: str, model, add_bos: bool, what: str) -> list:
 def _chat_loop(args, model, tok, tmpl) -> int:
     """--interactive: a conversation on stdin / stdout. Each line read is the user's next message; the whole
     conversation so far (--system first) goes through the chat template, the reply streams out and joins the
-    conversation. Ends at the end of input or a line /exit; /reset starts the conversation again."""
+    conversation. Ends at the end of input or a line /exit (Ctrl-C: exit status 130); /reset starts the conversation
+    again."""
+    try:
+        return _chat_turns(args, model, tok, tmpl)
+    except KeyboardInterrupt:
+        sys.stderr.write("\n")
+        return 130
+
+
+def _chat_turns(args, model, tok, tmpl) -> int:
     system = [{"role": "system", "content": args.system}] if args.system is not None else []
     msgs = list(system)
     tty = sys.stdin.isatty()
