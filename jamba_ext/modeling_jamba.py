@@ -3130,13 +3130,16 @@ class JambaForCausalLM(_PreTrained):
         """What a kept decode graph depends on besides the cache's state: the cache's rows and capacity, the model's
         placement, every parameter and buffer (address, shape, dtype: a weight changed in place is read by the graph
         as it is, a replaced one is not) and every module's public plain settings (training, act_fp8, a LoRA scale,
-        ...; not the private ones, such as JambaModel._static_step, which record the last forward)."""
+        ...; not the private ones, such as JambaModel._static_step, which record the last forward), and whether
+        inference mode is on (a cache made under torch.inference_mode() holds inference tensors, which a call outside
+        it may not write into)."""
         tensors = tuple((t.data_ptr(), t.dtype, tuple(t.shape), t.device) for t in
                         itertools.chain(self.parameters(), self.buffers()))
         settings = tuple(tuple((k, v) for k, v in vars(mod).items()
                                if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
                          for mod in self.modules())
-        return (cache.batch_size, cache.capacity, split, GEMV_MAX_ROWS, tensors, settings)
+        return (cache.batch_size, cache.capacity, split, GEMV_MAX_ROWS, torch.is_inference_mode_enabled(), tensors,
+                settings)
 
     def _kept_graph(self, cache: "JambaHybridCache", split: bool):
         """The decode graph an earlier generate() kept, when its key matches: cache's state moved into its cache

@@ -504,6 +504,8 @@ def test_graph_key_follows_weights_and_settings():
     moe.act_fp8 = True
     assert ours._graph_key(cache(), False) != key
     moe.act_fp8 = False
+    with torch.inference_mode():                        # (its cache would hold inference tensors)
+        assert ours._graph_key(cache(), False) != key
     ours.model.final_layernorm.weight = torch.nn.Parameter(ours.model.final_layernorm.weight.detach().clone())
     assert ours._graph_key(cache(), False) != key
 
@@ -553,6 +555,12 @@ def test_kept_graph_is_taken_once_and_dropped_by_moves_copies_and_size(monkeypat
     ours._keep_graph(g, False)
     ours.to(torch.float32)
     assert "_decode_graph_kept" not in ours.__dict__
+    with torch.inference_mode():                         # kept by a call under inference mode (the CLI's) ...
+        inf = JambaHybridCache(ours.config, 2, max_length=20, static=True)
+        ours(ids, cache=inf)
+        ours._keep_graph(Graph(inf), False)
+    with torch.no_grad():                                # ... is not taken by one outside it (its inference tensors
+        assert ours._kept_graph(fresh, False) is None    # could not be written there)
     monkeypatch.setattr(mj, "KEEP_GRAPH_MAX_BYTES", kept.nbytes() - 1)
     ours._keep_graph(g, False)
     assert "_decode_graph_kept" not in ours.__dict__
@@ -563,7 +571,8 @@ def test_kept_graph_is_taken_once_and_dropped_by_moves_copies_and_size(monkeypat
 def test_cuda_generate_reuses_the_kept_graph():
     """A second generate() of the same rows and cache capacity replays the graph the first one kept (no capture) and
     gives the eager static decode's tokens on its own prompts: greedy, sampled, 3 beams; weights changed in place are
-    followed; a replaced parameter, other rows, a capacity past the bucket and clear_decode_graph() capture anew."""
+    followed; a replaced parameter, other rows, a capacity past the bucket, clear_decode_graph() and a change between
+    torch.no_grad() and torch.inference_mode() capture anew."""
     if not jamba_ext.has_cuda_kernels():
         pytest.skip("jamba_ext built without CUDA kernels")
     from jamba_ext import modeling_jamba as mj
@@ -597,4 +606,9 @@ def test_cuda_generate_reuses_the_kept_graph():
         long_p = JambaForCausalLM._left_pad([prompt_ids(1, mj.STATIC_BUCKET, 101, seed=2)[0].tolist()] * 2, 0, "cuda")
         run(long_p, False)                                              # T + 20 > one bucket
         ours.clear_decode_graph()
+        run(p2, False)
+    with torch.inference_mode():                                        # (another key: inference tensors)
+        run(p2, False)
+        run(p2, True)
+    with torch.no_grad():
         run(p2, False)
