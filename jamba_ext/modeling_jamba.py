@@ -2535,6 +2535,20 @@ class _DecodeGraph:
         return self.logits
 
 
+def _numerics_state() -> tuple:
+    """The global settings a captured CUDA graph bakes in: autocast on CUDA (on, dtype), the float32 matmul precision
+    (TF32) and cuBLAS's reduced-precision reductions."""
+    try:
+        amp = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+    except (TypeError, AttributeError):                          # (torch < 2.4)
+        amp = (torch.is_autocast_enabled(), torch.get_autocast_gpu_dtype())
+    m = torch.backends.cuda.matmul
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")                          # (allow_tf32's deprecation in newer torch)
+        return amp + (torch.get_float32_matmul_precision(), m.allow_tf32, m.allow_bf16_reduced_precision_reduction,
+                      m.allow_fp16_reduced_precision_reduction)
+
+
 class _SplitDecodeGraph:
     """The static decode step of a model whose parts lie on several GPUs (jamba_ext.placement), replayed as one CUDA
     graph per run of consecutive parts on one device: each graph is captured on its own device (with its own memory
@@ -3130,16 +3144,16 @@ class JambaForCausalLM(_PreTrained):
         """What a kept decode graph depends on besides the cache's state: the cache's rows and capacity, the model's
         placement, every parameter and buffer (address, shape, dtype: a weight changed in place is read by the graph
         as it is, a replaced one is not) and every module's public plain settings (training, act_fp8, a LoRA scale,
-        ...; not the private ones, such as JambaModel._static_step, which record the last forward), and whether
+        ...; not the private ones, such as JambaModel._static_step, which record the last forward), whether
         inference mode is on (a cache made under torch.inference_mode() holds inference tensors, which a call outside
-        it may not write into)."""
+        it may not write into), and the global numerics a capture bakes in (_numerics_state)."""
         tensors = tuple((t.data_ptr(), t.dtype, tuple(t.shape), t.device) for t in
                         itertools.chain(self.parameters(), self.buffers()))
         settings = tuple(tuple((k, v) for k, v in vars(mod).items()
                                if not k.startswith("_") and isinstance(v, (bool, int, float, str)))
                          for mod in self.modules())
-        return (cache.batch_size, cache.capacity, split, GEMV_MAX_ROWS, torch.is_inference_mode_enabled(), tensors,
-                settings)
+        return (cache.batch_size, cache.capacity, split, GEMV_MAX_ROWS, torch.is_inference_mode_enabled(),
+                _numerics_state(), tensors, settings)
 
     def _kept_graph(self, cache: "JambaHybridCache", split: bool):
         """The decode graph an earlier generate() kept, when its key matches: cache's state moved into its cache

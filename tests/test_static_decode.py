@@ -506,6 +506,13 @@ def test_graph_key_follows_weights_and_settings():
     moe.act_fp8 = False
     with torch.inference_mode():                        # (its cache would hold inference tensors)
         assert ours._graph_key(cache(), False) != key
+    prec = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if prec == "highest" else "highest")   # (TF32: baked into a capture)
+    try:
+        assert ours._graph_key(cache(), False) != key
+    finally:
+        torch.set_float32_matmul_precision(prec)
+    assert ours._graph_key(cache(), False) == key
     ours.model.final_layernorm.weight = torch.nn.Parameter(ours.model.final_layernorm.weight.detach().clone())
     assert ours._graph_key(cache(), False) != key
 
