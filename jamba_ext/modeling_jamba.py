@@ -2497,8 +2497,10 @@ class _DecodeGraph:
     """
     WARMUP = 2                             # eager steps on a side stream before capture (torch's advice)
 
-    def __init__(self, model: "JambaForCausalLM", cache: JambaHybridCache, graph, tokens: Tensor, logits: Tensor):
-        self.model, self.cache, self.graph, self.tokens, self.logits = model, cache, graph, tokens, logits
+    def __init__(self, cache: JambaHybridCache, graph, tokens: Tensor, logits: Tensor):
+        # (no reference to the model: the model keeps its graph for the next generate(), and a cycle would hold the
+        # weights' memory after `del model` until the garbage collector's next run)
+        self.cache, self.graph, self.tokens, self.logits = cache, graph, tokens, logits
 
     @classmethod
     def capture(cls, model: "JambaForCausalLM", cache: JambaHybridCache, first: Tensor) -> Optional["_DecodeGraph"]:
@@ -2526,7 +2528,7 @@ class _DecodeGraph:
             return _capture_failed(model, cache, snap, [tokens.device], e, "decode step")
         model._decode_graph_info = {"captured": True, "capture_s": time.perf_counter() - t0,
                                     "warmup_steps": cls.WARMUP}
-        return cls(model, cache, g, tokens, logits)
+        return cls(cache, g, tokens, logits)
 
     def step(self, tokens: Tensor) -> Tensor:
         self.tokens.copy_(tokens.reshape(-1, 1))

@@ -571,6 +571,20 @@ def test_kept_graph_is_taken_once_and_dropped_by_moves_copies_and_size(monkeypat
     monkeypatch.setattr(mj, "KEEP_GRAPH_MAX_BYTES", kept.nbytes() - 1)
     ours._keep_graph(g, False)
     assert "_decode_graph_kept" not in ours.__dict__
+    # a kept _DecodeGraph holds no reference to the model: `del model` frees the weights at once (no cycle left for
+    # the garbage collector)
+    import gc
+    import weakref
+    monkeypatch.setattr(mj, "KEEP_GRAPH_MAX_BYTES", 1 << 40)
+    ours._keep_graph(mj._DecodeGraph(kept, None, torch.zeros(2, 1, dtype=torch.long), torch.zeros(2, 5)), False)
+    assert "_decode_graph_kept" in ours.__dict__
+    alive = weakref.ref(ours.lm_head.weight)
+    gc.disable()
+    try:
+        del ours, twin
+        assert alive() is None
+    finally:
+        gc.enable()
 
 
 @pytest.mark.cuda
