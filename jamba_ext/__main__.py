@@ -213,6 +213,7 @@ def cmd_generate(args) -> int:
     torch.manual_seed(args.seed)
     model, tok, what = _load(args)
     tmpl = _chat_template(what) if args.chat else None
+    args.stop_kw = _stop_kwargs(args.stop, tok)
     where = model.device if not getattr(model, "hf_device_map", None) else \
         "GPUs " + ",".join(str(d) for d in sorted(set(model.hf_device_map.values()), key=str))
     sys.stderr.write(f"model: {what} | {model.num_parameters() / 1e6:.1f}M params | {where} {model.dtype}"
@@ -225,6 +226,23 @@ def cmd_generate(args) -> int:
                   what="--prompt-file" if args.prompt_file is not None else "--prompt")
     _generate_once(args, model, tok, ids, prompt)
     return 0
+
+
+def _stop_kwargs(stop, tok) -> dict:
+    """--stop: generate's stop_strings with the checkpoint's tokenizer as a transformers tokenizer (its
+    StopStringCriteria matches them against the token strings); {} without --stop."""
+    if not stop:
+        return {}
+    if any(not s for s in stop):
+        _fail("--stop: an empty string")
+    from .tokenizer import HFTokenizer
+    if not isinstance(tok, HFTokenizer):
+        _fail("--stop needs a checkpoint with a tokenizer.json (--model DIR)")
+    try:
+        from transformers import PreTrainedTokenizerFast
+    except ImportError:
+        _fail("--stop needs transformers (pip install transformers)")
+    return dict(stop_strings=list(stop), tokenizer=PreTrainedTokenizerFast(tokenizer_object=tok.tok))
 
 
 def _encode(tok, text: str, model, add_bos: bool, what: str) -> list:
@@ -337,7 +355,7 @@ def _generate_once(args, model, tok, ids, prompt) -> list:
                        cuda_graph=use_graph,
                        repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
                        no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_chunk=args.prefill_chunk,
-                       prefill_progress=on_prefill if pre_bar.enabled else None)
+                       prefill_progress=on_prefill if pre_bar.enabled else None, **getattr(args, "stop_kw", {}))
     t1 = time.perf_counter()
     echo()                                          # (no prefill ran: --max-new-tokens 0)
     bar.close()
@@ -375,7 +393,7 @@ def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) 
                              top_p=args.top_p, min_p=args.min_p, top_h=args.top_h, seed=args.seed,
                              min_new_tokens=args.min_new_tokens, prefill_chunk=args.prefill_chunk,
                              no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_progress=on_prefill,
-                             logits_processor=[count_step] if bar.enabled else None)
+                             logits_processor=[count_step] if bar.enabled else None, **getattr(args, "stop_kw", {}))
     t1 = time.perf_counter()
     bar.close()
     echo()
@@ -491,6 +509,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the prompt is a user's message: formatted by the checkpoint's chat template (an instruct "
                         "model's chat_template.jinja or tokenizer_config.json), only the reply printed")
     g.add_argument("--system", default=None, metavar="TEXT", help="with --chat: a system message before it")
+    g.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                   help="stop once the text holds TEXT (repeatable; transformers' stop_strings: needs a checkpoint's "
+                        "tokenizer.json and transformers)")
     g.add_argument("--prefill-chunk", type=int, default=None, metavar="N",
                    help="run the prompt through the cache in chunks of N tokens (default: 16384 tokens; 0: one "
                         "forward); long prompts then need the memory of one chunk")

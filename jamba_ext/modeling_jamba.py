@@ -2691,6 +2691,25 @@ def _run_criteria(criteria, input_ids: Tensor, scores: Tensor) -> Tensor:
     return stop
 
 
+def _with_stop_strings(criteria, stop_strings, tokenizer) -> list:
+    """generate(stop_strings=..., tokenizer=...): transformers' StopStringCriteria after the criteria given."""
+    if tokenizer is None:
+        raise ValueError("stop_strings: pass the model's tokenizer too (generate(..., stop_strings=..., tokenizer=tok)): "
+                         "the stop strings are matched against its token strings")
+    if isinstance(stop_strings, str):
+        stop_strings = [stop_strings]
+    if not stop_strings or not all(isinstance(s, str) and s for s in stop_strings):
+        raise ValueError(f"stop_strings: expected a non-empty string or a list of them, got {stop_strings!r}")
+    try:
+        from transformers.generation.stopping_criteria import StopStringCriteria
+    except ImportError:
+        raise ValueError("stop_strings: needs transformers (its StopStringCriteria matches them)") from None
+    crit = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings))
+    if criteria is None:
+        return [crit]
+    return (list(criteria) if isinstance(criteria, (list, tuple)) else [criteria]) + [crit]
+
+
 # transformers' generate() arguments that JambaForCausalLM.generate accepts at the values that change nothing here
 _HF_NOOP_GENERATE_KWARGS = {
     "use_cache": (True, None), "num_beam_groups": (1, None), "output_attentions": (False, None),
@@ -2874,6 +2893,7 @@ class JambaForCausalLM(_PreTrained):
                  forced_eos_token_id=None, suppress_tokens=None, begin_suppress_tokens=None,
                  renormalize_logits: bool = False, forced_bos_token_id=None, remove_invalid_values: bool = False,
                  exponential_decay_length_penalty=None, prefix_allowed_tokens_fn=None, top_h: Optional[float] = None,
+                 stop_strings: Union[None, str, Sequence[str]] = None, tokenizer=None,
                  **hf_kwargs) -> Union[Tensor, "GenerateOutput", "BeamGenerateOutput"]:
         """Greedy or sampled continuation of a batch of prompts.
 
@@ -2917,7 +2937,9 @@ class JambaForCausalLM(_PreTrained):
         on until every sequence has stopped, as in transformers). Both run on the host side of every step; the
         criteria's verdict reaches the host with the step's token (no extra wait). generation_config= (a
         transformers GenerationConfig: its non-default fields as arguments, explicit arguments winning) and inputs=
-        (the prompt) are taken too (_with_generation_config).
+        (the prompt) are taken too (_with_generation_config). stop_strings (a string or a list) with tokenizer (the
+        model's transformers tokenizer): a sequence stops once its text holds one of them ending in its last token, as
+        transformers' StopStringCriteria decides (which runs here, after any stopping_criteria given).
 
         num_beams=n > 1: beam search (jamba_ext.beam_search: transformers' algorithm, the same sequences and scores),
         with length_penalty (a finished hypothesis scores its log-probability sum / new tokens ** length_penalty) and
@@ -2951,12 +2973,14 @@ class JambaForCausalLM(_PreTrained):
             "num_beams, length_penalty, early_stopping, no_repeat_ngram_size, typical_p, epsilon_cutoff, eta_cutoff, "
             "sequence_bias, bad_words_ids, min_length, forced_eos_token_id, suppress_tokens, begin_suppress_tokens, "
             "renormalize_logits, forced_bos_token_id, remove_invalid_values, exponential_decay_length_penalty, "
-            "prefix_allowed_tokens_fn, top_h")})
+            "prefix_allowed_tokens_fn, top_h, stop_strings (with tokenizer)")})
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
         if num_return_sequences < 1:
             raise ValueError(f"num_return_sequences: expected >= 1, got {num_return_sequences}")
         beams = _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, length_penalty)
+        if stop_strings is not None:
+            stopping_criteria = _with_stop_strings(stopping_criteria, stop_strings, tokenizer)
         dev = self.device
         pad_given = self._generation_ids("pad_token_id") if pad_token_id == "config" else pad_token_id
         pad = 0 if pad_given is None else pad_given

@@ -439,3 +439,31 @@ def test_cli_interactive_chat(tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["generate", "--interactive", "--device", "cpu"])
     assert e.value.code == 2 and "--interactive formats the prompt" in capsys.readouterr().err
+
+
+def test_cli_stop(tmp_path, capsys):
+    """--stop TEXT (repeatable): the generation ends at the token that completes TEXT (transformers' stop_strings over
+    the checkpoint's tokenizer); the text is the unstopped text up to there. Errors: the built-in model (no
+    tokenizer.json), an empty string."""
+    import_transformers()
+    from test_model import _piece_tokenizer
+    _tiny_checkpoint(tmp_path, with_tokenizer=False)
+    _piece_tokenizer(101).backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    base = ["generate", "--model", str(tmp_path), "--device", "cpu", "--dtype", "float32", "--prompt", "abcab",
+            "--max-new-tokens", "16"]
+    assert main(base) == 0
+    full = capsys.readouterr().out.rstrip("\n")
+    assert full.startswith("abcab") and len(full) > len("abcab") + 8
+    text = full[len("abcab"):]
+    stop = text[5:7]
+    assert main([*base, "--stop", "zzz", "--stop", stop]) == 0
+    cap = capsys.readouterr()
+    got = cap.out.rstrip("\n")
+    cut = text.index(stop) + len(stop)                  # (the token completing it may run past its end)
+    assert full.startswith(got) and len("abcab") + cut <= len(got) < len(full), (full, got, stop)
+    assert int(re.search(r"total: (\d+) new tokens", cap.err).group(1)) < 16
+    for argv, msg in ((["generate", "--device", "cpu", "--prompt", "ab", "--stop", "x"], "tokenizer.json"),
+                      ([*base, "--stop", ""], "an empty string")):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 2 and msg in capsys.readouterr().err

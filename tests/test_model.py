@@ -397,6 +397,51 @@ def test_generate_logits_processor_and_stopping_criteria_match_transformers():
         short = ours.generate(ids, max_new_tokens=10, eos_token_id=None, stopping_criteria=lambda i, s: i.shape[1] >= 12)
         assert short.shape == (2, 12)
 
+def _piece_tokenizer(vocab_size: int):
+    """A transformers tokenizer over letter pieces (ids 0-2 pad / bos / eos, then the 1-, 2- and 3-letter strings over
+    "abcdef", cut at vocab_size; encoding letter by letter, decoding by concatenation): its token strings let a stop
+    string span and overhang tokens."""
+    import itertools
+    from tokenizers import Tokenizer, decoders, models
+    pieces = ["<pad>", "<s>", "</s>"] + ["".join(p) for n in (1, 2, 3) for p in itertools.product("abcdef", repeat=n)]
+    tok = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces[:vocab_size])}, [], unk_token="<pad>"))
+    tok.decoder = decoders.Fuse()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                                eos_token="</s>")
+
+
+def test_generate_stop_strings_match_transformers():
+    """generate(stop_strings=..., tokenizer=...): transformers' sequences (its StopStringCriteria) for stop strings
+    that span two tokens with overhangs, with and without EOS ids, batch 1 and 2, next to a stopping_criteria list;
+    stop_strings without a tokenizer, or empty, is a ValueError."""
+    pytest.importorskip("tokenizers")
+    if tuple(int(v) for v in transformers.__version__.split(".")[:2]) < (4, 46):
+        pytest.skip("stop_strings came with transformers 4.39; per-row stops without EOS ids differ before 4.46")
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    tok = _piece_tokenizer(ours.config.vocab_size)
+    ids = prompt_ids(2, 9, 101, seed=4)
+    strs = lambda row: [tok.convert_ids_to_tokens(int(t)) for t in row]  # noqa: E731
+    with torch.no_grad():
+        plain = ours.generate(ids, max_new_tokens=12, eos_token_id=None)
+        new = strs(plain[0, 9:])
+        stops = [new[3][-1] + new[4][:2], "zz"]             # (ends inside row 0's 5th new token, or earlier)
+        for B in (1, 2):
+            for eos in (None, 2):
+                kw = dict(max_new_tokens=12, eos_token_id=eos, stop_strings=stops, tokenizer=tok)
+                got = ours.generate(ids[:B], **kw)
+                want = hf.generate(ids[:B], attention_mask=torch.ones_like(ids[:B]), do_sample=False, pad_token_id=0,
+                                   **kw)
+                assert got.tolist() == want.tolist(), (B, eos)
+                assert got.shape[1] < 9 + 12 or B == 2
+        got = ours.generate(ids[:1], max_new_tokens=12, eos_token_id=None, stop_strings=stops[0], tokenizer=tok,
+                            stopping_criteria=[lambda i, s: i.shape[1] >= 9 + 2])
+        assert got.shape == (1, 11)                         # (the criterion given stops first)
+        for bad, msg in ((dict(stop_strings="ab"), "pass the model's tokenizer"),
+                         (dict(stop_strings=[], tokenizer=tok), "non-empty string")):
+            with pytest.raises(ValueError, match=msg):
+                ours.generate(ids, max_new_tokens=3, **bad)
+
+
 def test_generate_generation_config_and_inputs():
     """generate(generation_config=GenerationConfig(...)): its non-default fields act as arguments (the same tokens as
     transformers' generate with that config), arguments given explicitly win, a field the generate here cannot honour
