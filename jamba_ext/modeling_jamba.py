@@ -2694,8 +2694,8 @@ def _run_criteria(criteria, input_ids: Tensor, scores: Tensor) -> Tensor:
 def _with_stop_strings(criteria, stop_strings, tokenizer) -> list:
     """generate(stop_strings=..., tokenizer=...): transformers' StopStringCriteria after the criteria given."""
     if tokenizer is None:
-        raise ValueError("stop_strings: pass the model's tokenizer too (generate(..., stop_strings=..., tokenizer=tok)): "
-                         "the stop strings are matched against its token strings")
+        raise ValueError("stop_strings: pass the model's tokenizer too (generate(..., stop_strings=..., "
+                         "tokenizer=tok)): the stop strings are matched against its token strings")
     if isinstance(stop_strings, str):
         stop_strings = [stop_strings]
     if not stop_strings or not all(isinstance(s, str) and s for s in stop_strings):
