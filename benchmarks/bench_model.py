@@ -26,9 +26,11 @@ transformers without mamba_ssm / causal-conv1d runs its PyTorch slow path, whose
 A wall-clock budget (--budget-s) skips the remaining transformers measurements when exceeded.
 Rows "jamba_ext": the eager dynamic-cache decode (generate(cuda_graph=False); generate()'s default on a CUDA
 model is the graph from 16 new tokens on). Rows "jamba_ext+graph" (on by default on CUDA and in --smoke;
---cuda-graph / --no-cuda-graph): decode with generate(cuda_graph=True), the decode step captured once per
-generate() call in a CUDA graph over a static KV cache and replayed per token. The capture (2 warm-up steps + capture) happens after the prefill and
-before the first new token, so it is outside the timed interval; its time is recorded as graph_capture_ms.
+--cuda-graph / --no-cuda-graph): decode with generate(cuda_graph=True), the decode step captured in a CUDA graph
+over a static KV cache and replayed per token (since session 46 a generate() call of the same rows and cache bucket as
+the one before replays the graph that call kept: graph_reused, graph_capture_ms 0). The capture (2 warm-up steps +
+capture) happens after the prefill and before the first new token, so it is outside the timed interval; its time is
+recorded as graph_capture_ms.
 graph_tokens_match: the graph's greedy tokens equal the eager static-cache decode's on a short prompt
 (the same kernels), graph_tokens_match_dynamic: equal to the eager dynamic-cache decode's (in bf16 a
 near tie may flip: the masked static attention can take another SDPA kernel). On CPU the row runs the
@@ -273,6 +275,7 @@ def graph_decode_row(model, ids, steps: int, device) -> dict:
         info = model._decode_graph_info or {}
     if info.get("capture_s") is not None:
         out["graph_capture_ms"] = info["capture_s"] * 1e3
+        out["graph_reused"] = bool(info.get("reused"))
     out.update(decode_steps=n, decode_tokens_per_s=None if rate is None else B * rate)
     return out
 
