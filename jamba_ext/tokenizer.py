@@ -104,11 +104,14 @@ class ChatTemplate:
             raise ValueError(f"chat template: {e}") from None
         self.special = dict(special or {})
 
-    def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """messages: [{"role": "system" | "user" | "assistant", "content": text}, ...] -> the prompt text."""
+    def render(self, messages: Sequence[Dict[str, str]], add_generation_prompt: bool = True, tools=None,
+               documents=None, **kwargs) -> str:
+        """messages: [{"role": "system" | "user" | "assistant", "content": text}, ...] -> the prompt text. tools and
+        documents (None unless given, as transformers passes them: a template may test `tools is not none`) and any
+        other keyword go to the template as variables."""
         try:
-            return self.template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
-                                        **self.special)
+            return self.template.render(messages=list(messages), tools=tools, documents=documents,
+                                        add_generation_prompt=add_generation_prompt, **{**self.special, **kwargs})
         except self._error as e:
             raise ValueError(f"chat template: {e}") from None
 

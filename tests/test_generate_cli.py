@@ -304,7 +304,9 @@ def test_cli_device_map_two_gpus():
 
 # ---- chat templates and generation_config.json ----------------------------------------------------------------
 CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}\n"
+    "{{ bos_token }}{% if tools is not none %}<|system|> tools {{ tools | tojson }}\n{% endif %}"
+    "{% if documents is not none %}<|system|> docs {{ documents | length }}\n{% endif %}"
+    "{% for m in messages %}\n"
     "{% if m['role'] not in ['system', 'user', 'assistant'] %}{{ raise_exception('unknown role ' + m['role']) }}"
     "{% endif %}"
     "{% if loop.first and m['role'] == 'system' %}<|system|> {{ m['content'] | tojson }}\n"
@@ -350,6 +352,10 @@ def test_chat_template_renders_as_transformers(tmp_path):
                 text = ours.render(m, add_generation_prompt=gen)
                 assert text == hf.apply_chat_template(m, tokenize=False, add_generation_prompt=gen)
                 assert tok.encode(text, add_bos=False) == hf(text, add_special_tokens=False)["input_ids"]
+        docs = [{"title": "a", "text": "the cat"}]
+        assert ours.render(msgs, documents=docs) == hf.apply_chat_template(msgs, tokenize=False, documents=docs,
+                                                                          add_generation_prompt=True)
+        assert "docs 1" in ours.render(msgs, documents=docs) and "tools" not in ours.render(msgs)
         text = ours.render(msgs)
         assert '"be <brief> & kind, ä"' in text and text.startswith("<s><|system|>") and text.endswith("<|assistant|>")
     with pytest.raises(ValueError, match="unknown role tool"):
