@@ -11,7 +11,9 @@ the cost of a search step against a plain decode step; "greedy x<n>": batch x n 
 decode step a search step runs, without the search's own work; distinct prompts, since copies of one would route
 every row to the same experts). Each row: the wall time of generate() with 1 and with n_new
 new tokens (median of --reps, the device synchronised), prefill_ms = the first, decode_ms_per_token = (second -
-first) / (n_new - 1), tokens_per_s = beams * batch / decode_ms_per_token (tokens the search evaluates).
+first) / (n_new - 1), tokens_per_s = beams * batch / decode_ms_per_token (tokens the search evaluates). Since session 46
+the timed graph calls replay the graph the warm-up call kept (same rows and cache bucket), so no capture lies in the
+n_new call's time; until then it did (~27 ms for one block, ~0.9 ms of each step's figure at 32 new tokens).
 Correctness first: our graph search's sequences and scores against our eager static-cache search (same kernels:
 must be equal), and against transformers' (recorded: in bf16 a near tie may pick another beam).
 Writes benchmarks/results/bench_beam.json (or bench_beam_smoke.json).
