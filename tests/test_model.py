@@ -504,6 +504,21 @@ def test_transformers_text_generation_pipeline():
                                                                   repetition_penalty=1.2)
     assert got == want and got[0]["generated_text"].startswith(prompt) and len(got[0]["generated_text"]) > len(prompt)
 
+def test_transformers_chat_pipeline_and_stop_strings():
+    """pipeline("text-generation") over chat messages (the tokenizer's chat template) and with stop_strings (and the
+    tokenizer, which generate needs for them): the same conversation as with transformers' model."""
+    from transformers import pipeline
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    tok = _piece_tokenizer(ours.config.vocab_size)
+    tok.chat_template = ("{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<s>{% endif %}")
+    msgs = [{"role": "user", "content": "abcab"}]
+    for kw in (dict(), dict(stop_strings=["ab"], tokenizer=tok)):
+        want = pipeline("text-generation", model=hf, tokenizer=tok)(msgs, max_new_tokens=8, do_sample=False, **kw)
+        got = pipeline("text-generation", model=ours, tokenizer=tok)(msgs, max_new_tokens=8, do_sample=False, **kw)
+        assert got == want and got[0]["generated_text"][-1]["role"] == "assistant", kw
+
+
 def test_generate_num_return_sequences_and_hf_arguments():
     """num_return_sequences=n: each prompt n times in a row (greedy: n copies of the single run; sampled: different
     continuations of the same prompt); transformers' arguments at their no-op values are accepted, any other value or
