@@ -367,8 +367,9 @@ def _generate_once(args, model, tok, ids, prompt) -> list:
     prefill_s, decode_s = t_first - t0, t1 - t_first
     msg = f"prefill: {len(ids)} tokens in {prefill_s * 1e3:.1f} ms ({len(ids) / max(prefill_s, 1e-9):.1f} tokens/s)"
     if n > 1:
-        graph = (getattr(model, "_decode_graph_info", None) or {}).get("captured")
-        how = " (CUDA graph)" if graph else (" (eager)" if model.device.type == "cuda" else "")
+        info = getattr(model, "_decode_graph_info", None) or {}
+        how = (" (CUDA graph, kept from the last call)" if info.get("reused") else " (CUDA graph)") if \
+            info.get("captured") else (" (eager)" if model.device.type == "cuda" else "")
         msg += f" | decode{how}: {n - 1} tokens in {decode_s:.2f} s ({(n - 1) / max(decode_s, 1e-9):.1f} tokens/s)"
     msg += f" | total: {n} new tokens, {n / max(t1 - t0, 1e-9):.1f} tokens/s"
     sys.stderr.write(msg + "\n")

@@ -473,3 +473,29 @@ def test_cli_stop(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(argv)
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cli_interactive_chat_cuda(tmp_path, capsys, monkeypatch):
+    """--interactive on a GPU: the first turn captures the decode graph, the next (the same cache bucket) replays the
+    one the first kept; the replies equal --no-cuda-graph's."""
+    import io
+    import_transformers()
+    from test_model import _piece_tokenizer
+    _tiny_checkpoint(tmp_path, with_tokenizer=False)
+    _piece_tokenizer(101).backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({
+        "bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>",
+        "chat_template": "{% for m in messages %}<s>{{ m['content'] }}</s>{% endfor %}"
+                         "{% if add_generation_prompt %}<s>{% endif %}"}))
+    argv = ["generate", "--model", str(tmp_path), "--device", "cuda", "--dtype", "float32", "--max-new-tokens", "20",
+            "--interactive"]
+    caps = []
+    for extra in ([], ["--no-cuda-graph"]):
+        monkeypatch.setattr(sys, "stdin", io.StringIO("abcab\nfed\n"))
+        assert main(argv + extra) == 0
+        caps.append(capsys.readouterr())
+    g, e = caps
+    assert "decode (CUDA graph):" in g.err and "decode (CUDA graph, kept from the last call):" in g.err, g.err
+    assert g.out == e.out and len(g.out.strip()) > 0

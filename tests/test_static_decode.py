@@ -633,3 +633,26 @@ def test_cuda_generate_reuses_the_kept_graph():
         run(p2, True)
     with torch.no_grad():
         run(p2, False)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_cuda_stop_strings_in_graph_decode():
+    """stop_strings (transformers' StopStringCriteria, run outside the graph) on a CUDA model: the graph decode stops
+    the rows where the eager static decode does (padded after), with the same tokens."""
+    if not jamba_ext.has_cuda_kernels():
+        pytest.skip("jamba_ext built without CUDA kernels")
+    pytest.importorskip("transformers")
+    from test_model import _piece_tokenizer
+    ours = _ours("attn1_moe_top2", device="cuda")
+    tok = _piece_tokenizer(ours.config.vocab_size)
+    ids = prompt_ids(2, 9, 101, seed=4).cuda()
+    with torch.no_grad():
+        plain = ours.generate(ids, max_new_tokens=20, eos_token_id=None, cuda_graph=False, static_cache=True)
+        new = [tok.convert_ids_to_tokens(int(t)) for t in plain[0, 9:]]
+        kw = dict(max_new_tokens=20, eos_token_id=2, stop_strings=[new[3][-1] + new[4][:2]], tokenizer=tok)
+        g = ours.generate(ids, **kw)
+        assert ours._decode_graph_info["captured"]
+        e = ours.generate(ids, cuda_graph=False, static_cache=True, **kw)
+    assert g.tolist() == e.tolist()
+    assert (g[0, 9 + 5:] == 0).all() and g[0, :9 + 5].tolist() == plain[0, :9 + 5].tolist()
