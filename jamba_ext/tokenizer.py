@@ -76,8 +76,8 @@ class StreamDecoder:
 class ChatTemplate:
     """A checkpoint's Jinja chat template, rendered as transformers' apply_chat_template(tokenize=False) renders it:
     a sandboxed environment with trim_blocks and lstrip_blocks, the loop controls, a tojson filter without HTML
-    escaping, raise_exception(msg) (a ValueError here) and strftime_now(fmt); the variables messages,
-    add_generation_prompt and the special tokens of tokenizer_config.json (bos_token, eos_token, ...). The text it
+    escaping, raise_exception(msg) (a ValueError here) and strftime_now(fmt); the variables messages, tools,
+    documents, add_generation_prompt and the special tokens of tokenizer_config.json (bos_token, eos_token, ...). The text it
     renders carries its own special tokens: encode it with add_bos=False."""
 
     def __init__(self, source: str, special: Optional[Dict[str, str]] = None):
@@ -135,6 +135,8 @@ def load_chat_template(model_dir: str) -> Optional[ChatTemplate]:
                 cfg = json.load(f)
         except (OSError, ValueError) as e:
             raise ValueError(f"{cfg_path}: {e}") from None
+        if not isinstance(cfg, dict):
+            raise ValueError(f"{cfg_path}: expected a JSON object")
     jinja = os.path.join(model_dir, "chat_template.jinja")
     if os.path.isfile(jinja):
         with open(jinja, encoding="utf-8") as f:

@@ -364,6 +364,9 @@ def test_chat_template_renders_as_transformers(tmp_path):
         ChatTemplate("{% for m in messages %}")
     _tiny_checkpoint(tmp_path / "plain")
     assert load_chat_template(str(tmp_path / "plain")) is None
+    (tmp_path / "plain" / "tokenizer_config.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="expected a JSON object"):
+        load_chat_template(str(tmp_path / "plain"))
 
 
 def test_cli_chat(tmp_path, capsys):
