@@ -158,7 +158,7 @@ def _chat_template(model_dir: str):
     from .tokenizer import load_chat_template
     try:
         tmpl = load_chat_template(model_dir)
-    except (ValueError, ImportError) as e:
+    except (ValueError, ImportError, OSError) as e:
         _fail(f"--chat: {e}")
     if tmpl is None:
         _fail(f"--chat: {model_dir!r} has no chat template (chat_template.jinja, or chat_template in "
@@ -355,7 +355,7 @@ def _generate_once(args, model, tok, ids, prompt) -> list:
                        cuda_graph=use_graph,
                        repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
                        no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_chunk=args.prefill_chunk,
-                       prefill_progress=on_prefill if pre_bar.enabled else None, **getattr(args, "stop_kw", {}))
+                       prefill_progress=on_prefill if pre_bar.enabled else None, **args.stop_kw)
     t1 = time.perf_counter()
     echo()                                          # (no prefill ran: --max-new-tokens 0)
     bar.close()
@@ -394,7 +394,7 @@ def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) 
                              top_p=args.top_p, min_p=args.min_p, top_h=args.top_h, seed=args.seed,
                              min_new_tokens=args.min_new_tokens, prefill_chunk=args.prefill_chunk,
                              no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_progress=on_prefill,
-                             logits_processor=[count_step] if bar.enabled else None, **getattr(args, "stop_kw", {}))
+                             logits_processor=[count_step] if bar.enabled else None, **args.stop_kw)
     t1 = time.perf_counter()
     bar.close()
     echo()

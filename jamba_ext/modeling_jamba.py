@@ -46,6 +46,7 @@ from . import placement as _placement
 from . import moe as _moe
 from . import ops as _ops
 from . import reference as _reference
+from .tokenizer import read_json_object
 
 if TYPE_CHECKING:
     from .beam_search import BeamGenerateOutput
@@ -296,14 +297,7 @@ class JambaConfig:
 
     @classmethod
     def from_json_file(cls, path: str) -> "JambaConfig":
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
-        return cls.from_dict(d)
+        return cls.from_dict(read_json_object(path))
 
     @classmethod
     def from_pretrained(cls, path: str) -> "JambaConfig":
@@ -2127,13 +2121,7 @@ class _PreTrained(nn.Module):
         f = os.path.join(path, "generation_config.json")
         if not os.path.isfile(f):
             return
-        try:
-            with open(f, encoding="utf-8") as fh:
-                d = json.load(fh)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{f}: {e}") from None
-        if not isinstance(d, dict):
-            raise ValueError(f"{f}: expected a JSON object")
+        d = read_json_object(f)
         for k in ("eos_token_id", "pad_token_id", "bos_token_id"):
             v = d.get(k)
             ints = isinstance(v, int) or (isinstance(v, list) and all(isinstance(i, int) for i in v))

@@ -73,6 +73,19 @@ class StreamDecoder:
         return new
 
 
+def read_json_object(path: str) -> dict:
+    """A checkpoint's JSON file that holds one object (config.json, generation_config.json, tokenizer_config.json);
+    ValueError naming the file when it is not valid JSON or not an object (OSError as open() raises it)."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            d = json.load(f)
+        except ValueError as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    return d
+
+
 class ChatTemplate:
     """A checkpoint's Jinja chat template, rendered as transformers' apply_chat_template(tokenize=False) renders it:
     a sandboxed environment with trim_blocks and lstrip_blocks, the loop controls, a tojson filter without HTML
@@ -126,17 +139,10 @@ def _token_text(v) -> Optional[str]:
 def load_chat_template(model_dir: str) -> Optional[ChatTemplate]:
     """The chat template of a checkpoint directory: chat_template.jinja, else tokenizer_config.json's chat_template
     (a string, or a list of {"name", "template"}: the one named "default"), with the special tokens of
-    tokenizer_config.json; None when the checkpoint has none. ValueError on a malformed file or template."""
+    tokenizer_config.json; None when the checkpoint has none. ValueError on a malformed file or template, OSError on
+    an unreadable one."""
     cfg_path = os.path.join(model_dir, "tokenizer_config.json")
-    cfg = {}
-    if os.path.isfile(cfg_path):
-        try:
-            with open(cfg_path, encoding="utf-8") as f:
-                cfg = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{cfg_path}: {e}") from None
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{cfg_path}: expected a JSON object")
+    cfg = read_json_object(cfg_path) if os.path.isfile(cfg_path) else {}
     jinja = os.path.join(model_dir, "chat_template.jinja")
     if os.path.isfile(jinja):
         with open(jinja, encoding="utf-8") as f:
