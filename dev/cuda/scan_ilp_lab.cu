@@ -42,14 +42,7 @@
 #include <type_traits>
 #include <vector>
 
-#define CK(x)                                                                                   \
-    do {                                                                                        \
-        cudaError_t e_ = (x);                                                                   \
-        if (e_ != cudaSuccess) {                                                                \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_));  \
-            exit(1);                                                                            \
-        }                                                                                       \
-    } while (0)
+#include "ck.cuh"
 
 constexpr int N = 16, TC = 32, NT = 128, NSTG = 3, TP = 36;
 constexpr float LOG2E = 1.4426950408889634f;

@@ -1,5 +1,5 @@
 /* tma_conv_probe.cu -- can 1-d bulk copies (TMA, cp.async.bulk) move causal_conv1d's bytes faster than
- * per-thread loads and stores? Standalone (no torch): nvcc -O3 -std=c++17 -arch=sm_90a dev/tma_conv_probe.cu
+ * per-thread loads and stores? Standalone (no torch): nvcc -O3 -std=c++17 -arch=sm_90a dev/cuda/tma_conv_probe.cu
  * -o /tmp/tma_conv_probe && /tmp/tma_conv_probe. Session 47 (issue 3: the conv forward at 1x2048 runs at ~83% of
  * copy bandwidth against a 90% target; the best copy kernels measured so far, torch's and Triton's, reach ~91%).
  *
@@ -25,14 +25,7 @@
 #include <cstring>
 #include <vector>
 
-#define CK(x)                                                                                 \
-    do {                                                                                      \
-        cudaError_t e_ = (x);                                                                 \
-        if (e_ != cudaSuccess) {                                                              \
-            fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e_)); \
-            exit(1);                                                                          \
-        }                                                                                     \
-    } while (0)
+#include "ck.cuh"
 
 static const int NCALL = 20;
 
@@ -127,6 +120,30 @@ __global__ void bulk_copy(const char *__restrict__ x, char *__restrict__ y, int6
 /* ---- the conv through the bulk ring: chunks of R whole rows of L (bf16), S input stages, 2 output buffers ---- */
 __device__ __forceinline__ float silu_fast(float v) { return __fdividef(v, 1.f + exp2f(-v * 1.4426950408889634f)); }
 
+/* 8 outputs (one 16-byte bf16 vector cur) of silu(b + sum_j wt_j h[t - 3 + j]); the 3 inputs before them are the high
+ * half of prev_z and both halves of prev_w (the previous vector's last two words; zeros at a row's start) */
+__device__ __forceinline__ uint4 conv8(uint4 cur, uint32_t prev_z, uint32_t prev_w, float4 wt, float b) {
+    float h[11];
+    h[0] = __uint_as_float(prev_z & 0xffff0000u);
+    h[1] = __uint_as_float(prev_w << 16);
+    h[2] = __uint_as_float(prev_w & 0xffff0000u);
+    const uint32_t cw[4] = {cur.x, cur.y, cur.z, cur.w};
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        h[3 + 2 * j] = __uint_as_float(cw[j] << 16);
+        h[4 + 2 * j] = __uint_as_float(cw[j] & 0xffff0000u);
+    }
+    uint32_t ow[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float a0 = b + wt.x * h[2 * j] + wt.y * h[2 * j + 1] + wt.z * h[2 * j + 2] + wt.w * h[2 * j + 3];
+        float a1 = b + wt.x * h[2 * j + 1] + wt.y * h[2 * j + 2] + wt.z * h[2 * j + 3] + wt.w * h[2 * j + 4];
+        __nv_bfloat162 pr = __floats2bfloat162_rn(silu_fast(a0), silu_fast(a1));
+        ow[j] = *(uint32_t *)&pr;
+    }
+    return make_uint4(ow[0], ow[1], ow[2], ow[3]);
+}
+
 template <int S>
 __global__ void __launch_bounds__(256) bulk_conv(const __nv_bfloat16 *__restrict__ x, __nv_bfloat16 *__restrict__ y,
                                                  const float *__restrict__ w, const float *__restrict__ bias,
@@ -170,25 +187,7 @@ __global__ void __launch_bounds__(256) bulk_conv(const __nv_bfloat16 *__restrict
                 const uint4 p = src[i - 1];
                 prevz = p.z, prevw = p.w;
             }
-            float h[11];
-            h[0] = __uint_as_float(prevz & 0xffff0000u);
-            h[1] = __uint_as_float(prevw << 16);
-            h[2] = __uint_as_float(prevw & 0xffff0000u);
-            const uint32_t cw[4] = {cur.x, cur.y, cur.z, cur.w};
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                h[3 + 2 * j] = __uint_as_float(cw[j] << 16);
-                h[4 + 2 * j] = __uint_as_float(cw[j] & 0xffff0000u);
-            }
-            uint32_t ow[4];
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                float a0 = b + wt.x * h[2 * j] + wt.y * h[2 * j + 1] + wt.z * h[2 * j + 2] + wt.w * h[2 * j + 3];
-                float a1 = b + wt.x * h[2 * j + 1] + wt.y * h[2 * j + 2] + wt.z * h[2 * j + 3] + wt.w * h[2 * j + 4];
-                __nv_bfloat162 pr = __floats2bfloat162_rn(silu_fast(a0), silu_fast(a1));
-                ow[j] = *(uint32_t *)&pr;
-            }
-            dst[i] = make_uint4(ow[0], ow[1], ow[2], ow[3]);
+            dst[i] = conv8(cur, prevz, prevw, wt, b);
         }
         fence_async_smem();
         __syncthreads(); /* input stage s consumed, output buffer o written */
@@ -216,25 +215,7 @@ __global__ void lsu_conv(const __nv_bfloat16 *__restrict__ x, __nv_bfloat16 *__r
     if (v > 0) p = __ldg((const uint4 *)x + i - 1);
     const float4 wt = *(const float4 *)(w + 4 * (size_t)ch);
     const float b = bias[ch];
-    float h[11];
-    h[0] = __uint_as_float(p.z & 0xffff0000u);
-    h[1] = __uint_as_float(p.w << 16);
-    h[2] = __uint_as_float(p.w & 0xffff0000u);
-    const uint32_t cw[4] = {cur.x, cur.y, cur.z, cur.w};
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        h[3 + 2 * j] = __uint_as_float(cw[j] << 16);
-        h[4 + 2 * j] = __uint_as_float(cw[j] & 0xffff0000u);
-    }
-    uint32_t ow[4];
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        float a0 = b + wt.x * h[2 * j] + wt.y * h[2 * j + 1] + wt.z * h[2 * j + 2] + wt.w * h[2 * j + 3];
-        float a1 = b + wt.x * h[2 * j + 1] + wt.y * h[2 * j + 2] + wt.z * h[2 * j + 3] + wt.w * h[2 * j + 4];
-        __nv_bfloat162 pr = __floats2bfloat162_rn(silu_fast(a0), silu_fast(a1));
-        ow[j] = *(uint32_t *)&pr;
-    }
-    __stcs((uint4 *)y + i, make_uint4(ow[0], ow[1], ow[2], ow[3]));
+    __stcs((uint4 *)y + i, conv8(cur, p.z, p.w, wt, b));
 }
 
 /* ---- timing: one CUDA graph of NCALL launches, median of 7 replays, per call ---- */
