@@ -122,6 +122,7 @@ __device__ __forceinline__ float silu_fast(float v) { return __fdividef(v, 1.f +
 
 /* 8 outputs (one 16-byte bf16 vector cur) of silu(b + sum_j wt_j h[t - 3 + j]); the 3 inputs before them are the high
  * half of prev_z and both halves of prev_w (the previous vector's last two words; zeros at a row's start) */
+template <bool SILU = true>
 __device__ __forceinline__ uint4 conv8(uint4 cur, uint32_t prev_z, uint32_t prev_w, float4 wt, float b) {
     float h[11];
     h[0] = __uint_as_float(prev_z & 0xffff0000u);
@@ -138,7 +139,7 @@ __device__ __forceinline__ uint4 conv8(uint4 cur, uint32_t prev_z, uint32_t prev
     for (int j = 0; j < 4; j++) {
         float a0 = b + wt.x * h[2 * j] + wt.y * h[2 * j + 1] + wt.z * h[2 * j + 2] + wt.w * h[2 * j + 3];
         float a1 = b + wt.x * h[2 * j + 1] + wt.y * h[2 * j + 2] + wt.z * h[2 * j + 3] + wt.w * h[2 * j + 4];
-        __nv_bfloat162 pr = __floats2bfloat162_rn(silu_fast(a0), silu_fast(a1));
+        __nv_bfloat162 pr = SILU ? __floats2bfloat162_rn(silu_fast(a0), silu_fast(a1)) : __floats2bfloat162_rn(a0, a1);
         ow[j] = *(uint32_t *)&pr;
     }
     return make_uint4(ow[0], ow[1], ow[2], ow[3]);
@@ -203,19 +204,25 @@ __global__ void __launch_bounds__(256) bulk_conv(const __nv_bfloat16 *__restrict
     if (threadIdx.x == 0) bulk_wait_all();
 }
 
-/* ---- the conv by per-thread loads: one thread = one 16-byte output vector ---- */
+/* ---- the conv by per-thread loads: one thread = one 16-byte output vector; SHFL: the halo from lane - 1 by a shuffle
+ * (lane 0 loads it), else every thread loads the previous vector; SILU 0: identity (what SiLU costs) ---- */
+template <bool SHFL, bool SILU>
 __global__ void lsu_conv(const __nv_bfloat16 *__restrict__ x, __nv_bfloat16 *__restrict__ y,
                          const float *__restrict__ w, const float *__restrict__ bias, int64_t rows, int64_t L, int D) {
     const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x, vpr = L / 8;
-    if (i >= rows * vpr) return;
-    const int64_t r = i / vpr, v = i - r * vpr;
-    const int ch = (int)(r % D);
-    const uint4 cur = __ldcs((const uint4 *)x + i);
-    uint4 p = make_uint4(0, 0, 0, 0);
-    if (v > 0) p = __ldg((const uint4 *)x + i - 1);
-    const float4 wt = *(const float4 *)(w + 4 * (size_t)ch);
-    const float b = bias[ch];
-    __stcs((uint4 *)y + i, conv8(cur, p.z, p.w, wt, b));
+    const bool live = i < rows * vpr;
+    const int64_t r = live ? i / vpr : 0, v = live ? i - r * vpr : 0;
+    const int ch = (int)(r % D), lane = threadIdx.x & 31;
+    uint4 cur = make_uint4(0, 0, 0, 0), p = make_uint4(0, 0, 0, 0);
+    if (live) cur = __ldcs((const uint4 *)x + i);
+    if (live && v > 0 && (!SHFL || lane == 0)) p = __ldg((const uint4 *)x + i - 1);
+    const float4 wt = live ? *(const float4 *)(w + 4 * (size_t)ch) : make_float4(0, 0, 0, 0);
+    const float b = live ? bias[ch] : 0.f;
+    if (SHFL) {
+        const uint32_t z = __shfl_up_sync(0xffffffffu, cur.z, 1), ww = __shfl_up_sync(0xffffffffu, cur.w, 1);
+        if (lane > 0) p.z = v > 0 ? z : 0u, p.w = v > 0 ? ww : 0u;
+    }
+    if (live) __stcs((uint4 *)y + i, conv8<SILU>(cur, p.z, p.w, wt, b));
 }
 
 /* ---- timing: one CUDA graph of NCALL launches, median of 7 replays, per call ---- */
@@ -340,9 +347,24 @@ int main(int argc, char **argv) {
         {
             const int64_t tot = rows * (L / 8);
             report("conv_ref", time_graph(st, [&] {
-                       lsu_conv<<<(unsigned)((tot + 255) / 256), 256, 0, st>>>(x, y, w, bias, rows, L, D);
+                       lsu_conv<false, true><<<(unsigned)((tot + 255) / 256), 256, 0, st>>>(x, y, w, bias, rows, L, D);
                    }));
             check_conv("conv_ref");
+            report("conv_shfl", time_graph(st, [&] {
+                       lsu_conv<true, true><<<(unsigned)((tot + 255) / 256), 256, 0, st>>>(x, y, w, bias, rows, L, D);
+                   }));
+            check_conv("conv_shfl");
+            report("conv_shfl_nosilu", time_graph(st, [&] {
+                       lsu_conv<true, false><<<(unsigned)((tot + 255) / 256), 256, 0, st>>>(x, y, w, bias, rows, L, D);
+                   }));
+            for (int bs : {128, 512}) {
+                char name[32];
+                snprintf(name, sizeof name, "conv_shfl_b%d", bs);
+                report(name, time_graph(st, [&] {
+                           lsu_conv<true, true><<<(unsigned)((tot + bs - 1) / bs), bs, 0, st>>>(x, y, w, bias, rows, L, D);
+                       }));
+                check_conv(name);
+            }
         }
         for (int ckb : {8, 16, 32}) {
             for (int S : {2, 3, 4}) {
