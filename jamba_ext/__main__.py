@@ -40,10 +40,12 @@ PROGRESS_MIN_TOKENS = 64          # show a progress bar from this many new token
 
 
 class _Bar:
-    """A one-line progress bar on stderr."""
+    """A one-line progress bar on stderr; when stderr is not a terminal (a log file, a pipe), a plain line at every
+    tenth of the work instead of carriage-return redraws."""
 
     def __init__(self, total: int, enabled: bool, label: str = ""):
         self.total, self.enabled, self.n, self.t0, self.label = total, enabled, 0, time.perf_counter(), label
+        self.tty, self.tenths = sys.stderr.isatty(), 0
 
     def update(self, n: int = 1) -> None:
         self.n += n
@@ -51,12 +53,18 @@ class _Bar:
             return
         frac = self.n / max(self.total, 1)
         rate = self.n / max(time.perf_counter() - self.t0, 1e-9)
+        if not self.tty:
+            if int(10 * frac) > self.tenths:
+                self.tenths = int(10 * frac)
+                sys.stderr.write(f"{self.label}{self.n}/{self.total} ({100 * frac:.0f}%) {rate:.1f} tok/s\n")
+                sys.stderr.flush()
+            return
         fill = int(30 * frac)
         sys.stderr.write(f"\r{self.label}[{'#' * fill}{'.' * (30 - fill)}] {self.n}/{self.total} {rate:7.1f} tok/s")
         sys.stderr.flush()
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.tty:
             sys.stderr.write("\r" + " " * (72 + len(self.label)) + "\r")
             sys.stderr.flush()
 
@@ -97,6 +105,25 @@ def _max_memory(spec, dmap):
     return out
 
 
+def _device(spec: str, flag: str = "--device"):
+    """--device's value as a torch.device: cpu, or cuda[:N] with a GPU N visible to torch; exit 2 otherwise."""
+    import torch
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        _fail(f"{flag}: expected cpu or cuda[:N], got {spec!r}")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            _fail(f"{flag} {spec}: no CUDA GPU is visible to torch")
+        n = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= n:
+            _fail(f"{flag} {spec}: torch sees {n} GPU{'s' if n > 1 else ''} "
+                  f"(cuda:0{f' .. cuda:{n - 1}' if n > 1 else ''})")
+    return dev
+
+
 def _load(args):
     import torch
     from .modeling_jamba import JambaConfig, JambaForCausalLM
@@ -110,9 +137,7 @@ def _load(args):
             _fail("--device-map: no CUDA GPU is visible to torch")
         dmap = dmap.split(",") if "," in dmap else dmap           # a list of devices, or auto / balanced / one
     mm = _max_memory(getattr(args, "max_memory", None), dmap)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        _fail("--device cuda: no CUDA GPU is visible to torch")
+    device = _device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     fp8 = getattr(args, "experts_fp8", False)
     act8 = getattr(args, "act_fp8", False)
@@ -419,7 +444,8 @@ def cmd_train(args) -> int:
         _fail("--lr must be > 0")
     text = _read_text(args.text_file, "--text-file")
     torch.manual_seed(args.seed)
-    cuda = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    cuda = (_device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            ).type == "cuda"
     if args.lora < 0:
         _fail("--lora must be >= 1 (the adapters' rank), or 0 for no adapters")
     if args.experts_fp8 and not args.lora:
@@ -427,6 +453,13 @@ def cmd_train(args) -> int:
     if args.experts_fp8 and args.save:
         _fail("--save with --experts-fp8: a checkpoint holds unquantized expert weights, which the fp8 model no longer "
               "has; train without --experts-fp8 to save")
+    if args.save:                                   # an unusable --save path fails now, not after the training
+        try:
+            os.makedirs(args.save, exist_ok=True)
+        except OSError as e:
+            _fail(f"--save {args.save!r}: {e}")
+        if not os.access(args.save, os.W_OK):
+            _fail(f"--save {args.save!r}: not writable")
     if args.dtype is None:  # fp32 weights (and optimizer state), bf16 autocast on a GPU; frozen weights under
         args.dtype = "bfloat16" if cuda and args.lora else "float32"   # adapters: bf16 on a GPU
     model, tok, what = _load(args)
@@ -481,17 +514,21 @@ def cmd_train(args) -> int:
         if args.lora:
             from .lora import merge_lora
             merge_lora(model)
-        model.save_pretrained(args.save)
-        from .tokenizer import ByteTokenizer
-        if isinstance(tok, ByteTokenizer):
-            with open(os.path.join(args.save, ByteTokenizer.MARKER), "w") as f:
-                f.write("byte-level tokenizer (jamba_ext.tokenizer.ByteTokenizer)\n")
-        elif args.model:                            # (what: the checkpoint's local directory, a Hub id resolved)
-            import shutil
-            for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
-                if os.path.isfile(os.path.join(what, name)):
-                    shutil.copy(os.path.join(what, name), args.save)
-        sys.stderr.write(f"saved to {args.save} (python -m jamba_ext generate --model {args.save} --prompt ...)\n")
+        try:
+            model.save_pretrained(args.save)
+            from .tokenizer import ByteTokenizer
+            if isinstance(tok, ByteTokenizer):
+                with open(os.path.join(args.save, ByteTokenizer.MARKER), "w") as f:
+                    f.write("byte-level tokenizer (jamba_ext.tokenizer.ByteTokenizer)\n")
+            elif args.model:                            # (what: the checkpoint's local directory, a Hub id resolved)
+                import shutil
+                for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                             "chat_template.jinja"):
+                    if os.path.isfile(os.path.join(what, name)):
+                        shutil.copy(os.path.join(what, name), args.save)
+        except OSError as e:                        # (a full disk, a directory removed meanwhile)
+            _fail(f"--save {args.save!r}: {e}")
+        sys.stderr.write(f"saved to {args.save} (python3 -m jamba_ext generate --model {args.save} --prompt ...)\n")
     return 0
 
 
@@ -500,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate text from a prompt")
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--prompt", help="the prompt text")
+    src.add_argument("--prompt", help="the prompt text (\"\": generate from the BOS token alone, where the tokenizer "
+                                      "has one)")
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file (not echoed)")
     src.add_argument("--interactive", action="store_true",
                      help="chat: each line on stdin is the user's next message, the conversation goes through the "
@@ -598,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation dtype (repeatable; default: all three)")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_check)
+    p.commands = {"generate": g, "train": t, "check": c}  # (main: an unknown flag is reported by its command's parser)
     return p
 
 
@@ -607,7 +646,10 @@ def cmd_check(args) -> int:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:                 # argparse would print the top-level usage; the command's own is the useful one
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as other command-line tools do

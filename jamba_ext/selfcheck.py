@@ -393,11 +393,21 @@ def main(args) -> int:
     if args.device == "all":
         devices = devices_available()
     else:
-        dev = torch.device(args.device)
+        try:
+            dev = torch.device(args.device)
+        except (RuntimeError, ValueError):
+            dev = None
+        if dev is None or dev.type not in ("cpu", "cuda"):
+            print(f"jamba-ext: error: --device: expected cpu, cuda[:N] or all, got {args.device!r}", file=sys.stderr)
+            return 2
         if dev.type == "cuda" and not (torch.cuda.is_available() and ops.has_cuda_kernels()):
             print("jamba-ext: error: --device cuda: " + ("no CUDA GPU is visible to torch" if
                   not torch.cuda.is_available() else "jamba_ext was built without its CUDA kernels "
                   "(reinstall with nvcc on the PATH, or JAMBA_EXT_CUDA=1 to make that an error)"), file=sys.stderr)
+            return 2
+        if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+            print(f"jamba-ext: error: --device {args.device}: torch sees {torch.cuda.device_count()} GPU(s)",
+                  file=sys.stderr)
             return 2
         devices = [dev]
     if torch.cuda.is_available() and not ops.has_cuda_kernels():

@@ -37,7 +37,7 @@ def test_cli_builtin_is_deterministic(capsys):
     assert outs[0] == outs[1]
 
 
-def test_cli_prompt_file_and_prefill_chunk(tmp_path, capsys):
+def test_cli_prompt_file_and_prefill_chunk(tmp_path, capsys, monkeypatch):
     """--prompt-file reads the prompt (not echoed) and gives the tokens of the same --prompt; --prefill-chunk runs the
     prompt in chunks with the same greedy tokens; bad values fail with a message."""
     text = "The hybrid model reads a long prompt. " * 3
@@ -58,11 +58,20 @@ def test_cli_prompt_file_and_prefill_chunk(tmp_path, capsys):
     with pytest.raises(SystemExit):                 # exactly one of --prompt / --prompt-file
         main(base + ["--prompt", "x", "--prompt-file", str(f)])
     capsys.readouterr()
-    # a prompt of several chunks shows a prefill bar on stderr (then the echo): same stdout
+    # a prompt of several chunks shows a prefill bar on stderr (then the echo): same stdout. Into a file or pipe
+    # (capsys: not a terminal) the bar is a plain line at each tenth, no carriage returns; on a terminal, one line
+    # redrawn
     progress = ["generate", "--max-new-tokens", "4", "--device", "cpu", "--progress", "--prefill-chunk", "8"]
     assert main(progress + ["--prompt", text]) == 0
     cap = capsys.readouterr()
-    assert cap.out == want and re.search(r"prefill \[#{30}\] (\d+)/\1 ", cap.err), cap.err    # drawn to the end
+    lines = re.findall(r"^prefill (\d+)/(\d+) \((\d+)%\) ", cap.err, re.M)
+    assert cap.out == want and "\r" not in cap.err and 2 <= len(lines) <= 10, cap.err
+    assert lines[-1][0] == lines[-1][1] and lines[-1][2] == "100", cap.err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(progress + ["--prompt", text]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == want and re.search(r"\rprefill \[#{30}\] (\d+)/\1 ", cap.err), cap.err    # drawn to the end
+    monkeypatch.undo()
     assert main(progress[:-2] + ["--prefill-chunk", "0", "--prompt", text]) == 0     # one forward: no prefill bar
     cap = capsys.readouterr()
     assert cap.out == want and "prefill [" not in cap.err
@@ -167,6 +176,18 @@ def test_cli_generate_sampling_argument_errors(capsys):
         assert e.value.code == 2 and msg in capsys.readouterr().err
     assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "3", "--temperature", "0.8",
                  "--min-p", "0.05"]) == 0
+    capsys.readouterr()
+    for cmd in (["generate", "--prompt", "ab"], ["train", "--text-file", "README.md"]):
+        for dev in ("gpu", "mps", "cuda:x"):        # a device torch does not know, or one we do not run on
+            with pytest.raises(SystemExit) as e:
+                main([*cmd, "--device", dev])
+            err = capsys.readouterr().err
+            assert e.value.code == 2 and f"--device: expected cpu or cuda[:N], got '{dev}'" in err, err
+            assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        with pytest.raises(SystemExit) as e:        # an unknown flag: the command's usage, not the top-level one
+            main([*cmd, "--bogus"])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"jamba-ext {cmd[0]}: error: unrecognized arguments: --bogus" in err, err
     assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "3", "--temperature", "0.8",
                  "--top-h", "0.4"]) == 0
 
@@ -222,7 +243,7 @@ def test_cli_generate_num_beams_and_ngram_ban(beams, capsys):
     assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "40", "--num-beams", str(beams),
                  "--progress"]) == 0
     cap = capsys.readouterr()
-    assert cap.out == "ab" + tok.decode(ours()) + "\n" and re.search(r"\] \d+/40 ", cap.err)
+    assert cap.out == "ab" + tok.decode(ours()) + "\n" and re.search(r"^40/40 \(100%\) ", cap.err, re.M), cap.err
 
 
 def test_cli_train_errors(tmp_path, capsys):
@@ -235,6 +256,14 @@ def test_cli_train_errors(tmp_path, capsys):
         with pytest.raises(SystemExit) as e:
             main(["train", "--device", "cpu", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+    # a --save directory that cannot be made fails before the training, not after it
+    text = tmp_path / "t.txt"
+    text.write_text("some text to train on " * 20, encoding="utf-8")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--device", "cpu", "--text-file", str(text), "--steps", "2", "--seq-len", "16",
+              "--save", str(short / "sub")])                  # under a file
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--save" in err and "step" not in err and "trained" not in err, err
 
 
 def test_cli_train_lora(tmp_path, capsys):

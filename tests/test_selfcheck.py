@@ -118,6 +118,12 @@ def test_check_cuda_without_gpu_is_a_clear_error(capsys):
     assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
+def test_check_unknown_device_is_a_clear_error(capsys):
+    for dev in ("gpu", "mps"):
+        assert main(["check", "--device", dev]) == 2
+        assert f"--device: expected cpu, cuda[:N] or all, got '{dev}'" in capsys.readouterr().err
+
+
 @pytest.mark.cuda
 def test_check_passes_on_each_gpu(capsys):
     if not (torch.cuda.is_available() and ops.has_cuda_kernels()):
