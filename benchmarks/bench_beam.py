@@ -16,7 +16,8 @@ the timed graph calls replay the graph the warm-up call kept (same rows and cach
 n_new call's time; until then it did (~27 ms for one block, ~0.9 ms of each step's figure at 32 new tokens).
 Correctness first: our graph search's sequences and scores against our eager static-cache search (same kernels:
 must be equal), and against transformers' (recorded: in bf16 a near tie may pick another beam).
-Writes benchmarks/results/bench_beam.json (or bench_beam_smoke.json).
+Writes benchmarks/results/bench_beam.json; --smoke (and a run on the CPU) bench_beam_smoke.json under
+benchmarks/results/local/ (gitignored).
 """
 import argparse
 import os
@@ -28,7 +29,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_model import ONE_BLOCK, SMOKE, build_hf, sync  # noqa: E402
-from common import meta, write_results  # noqa: E402
+from common import meta, results_dir, write_results  # noqa: E402
 
 from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
 
@@ -117,7 +118,8 @@ def main(argv=None) -> int:
         print(f"decode step, transformers / jamba_ext+graph: {base['transformers'] / base['jamba_ext+graph']:.1f}x",
               flush=True)
     info = meta(device, dtype=str(dtype), baseline=hf_note, check=check, config=cfg.to_dict())
-    path = write_results("bench_beam_smoke" if args.smoke else "bench_beam", rows, info)
+    path = write_results("bench_beam_smoke" if args.smoke else "bench_beam", rows, info,
+                         folder=results_dir(args.smoke, device))
     print("wrote", path)
     return 0 if check["ok"] else 1
 

@@ -5,10 +5,12 @@ step at batch 8 (d_inner 2048); rms_norm over 2048 rows of 2048; the training lo
 F.cross_entropy and its autograd) over 512 rows of a 32768-word vocabulary; moe_grad_rows over 2048 slots of 2048.
 fp32 (the CPU dtype that matters).
 Each row is checked against the reference at that shape before it is timed. Prints median times and
-the speedup; writes benchmarks/results/bench_cpu.json (+ .png).
+the speedup; writes benchmarks/results/local/bench_cpu.json (+ .png; gitignored, so a run leaves the checkout
+clean), or the --out file: the committed measurement is benchmarks/results/bench_cpu.json.
 
     python benchmarks/bench_cpu.py            # full shapes
     python benchmarks/bench_cpu.py --smoke    # tiny shapes (CI)
+    python benchmarks/bench_cpu.py --out benchmarks/results/bench_cpu.json   # replace the committed measurement
 """
 import argparse
 import os
@@ -78,6 +80,8 @@ def cases(Bsz, DI, L, N, K, Bdec):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--smoke", action="store_true", help="tiny shapes, few repetitions (CI)")
+    ap.add_argument("--out", default=None, help="the JSON file to write (its .png beside it); default "
+                    "benchmarks/results/local/bench_cpu[_smoke].json")
     args = ap.parse_args()
     shape = (1, 64, 64, 16, 4, 8) if args.smoke else (1, 2048, 2048, 16, 4, 8)
     reps = 3 if args.smoke else 10
@@ -96,8 +100,13 @@ def main():
                      "speedup_vs_reference": ratio})
         print(f"{name:<24} {desc:<40} ours {t_ours['median_ms']:9.3f} ms | torch eager reference "
               f"{t_ref['median_ms']:9.3f} ms | {ratio:6.1f}x")
-    path = common.write_results("bench_cpu_smoke" if args.smoke else "bench_cpu", rows,
-                                common.meta(dev, threads=torch.get_num_threads(), smoke=args.smoke))
+    if args.out:
+        folder, name = os.path.split(os.path.abspath(args.out))
+        name = name[:-len(".json")] if name.endswith(".json") else name
+    else:
+        folder, name = common.LOCAL, "bench_cpu_smoke" if args.smoke else "bench_cpu"
+    path = common.write_results(name, rows, common.meta(dev, threads=torch.get_num_threads(), smoke=args.smoke),
+                                folder=folder)
     print("wrote", path)
 
 

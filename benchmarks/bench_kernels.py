@@ -16,7 +16,7 @@ timed. The decode rows also give the time per call inside a CUDA graph (CPU laun
 launch off (env JAMBA_EXT_PDL=0, "no PDL"), which shows what PDL saves between back-to-back kernels, and a
 device copy of the same bytes timed the same way ("same-size copy in a graph": the speed a copy reaches at that
 size, per-kernel fixed costs included). Writes benchmarks/results/bench_kernels.json
-(+ .png).
+(+ .png); --smoke writes bench_kernels_smoke.json under benchmarks/results/local/ (gitignored).
 
     python benchmarks/bench_kernels.py            # full shapes (GPU)
     python benchmarks/bench_kernels.py --smoke    # tiny shapes, CPU or GPU (CI)
@@ -594,7 +594,8 @@ def main():
         bench_moe_grad_rows(bb, [(16, 64)] if args.smoke else [(2048, 4096), (8192, 4096)])
     info = common.meta(dev, copy_bandwidth_gbs=bb.bw, sfu_ex2_per_s=bb.sfu, sfu_source=bb.sfu_how,
                        smoke=args.smoke)
-    path = common.write_results("bench_kernels_smoke" if args.smoke else "bench_kernels", bb.rows, info)
+    path = common.write_results("bench_kernels_smoke" if args.smoke else "bench_kernels", bb.rows, info,
+                                folder=common.results_dir(args.smoke, dev))
     print("wrote", path)
 
 

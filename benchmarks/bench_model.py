@@ -53,8 +53,8 @@ at the dense bf16 matmul rate, plus the scan's exponentials (batch * L * d_inner
 special-function ex2 rate. The memory-bound ops (conv, norms, routing, gathers) are not counted, so the floor is low.
 Without room for an fp32 copy of the model (e.g. --layers 32), the fp32 reference logits of the check are
 computed a layer at a time (each layer upcast, run, freed).
-Writes benchmarks/results/bench_model.json (+ .png), bench_model_L<layers>.json for other depths, or
-bench_model_smoke.json.
+Writes benchmarks/results/bench_model.json (+ .png), bench_model_L<layers>.json for other depths; --smoke (and a
+run on the CPU) under benchmarks/results/local/ (gitignored): bench_model_smoke.json.
 """
 import argparse
 import copy
@@ -66,7 +66,8 @@ import warnings
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import copy_bandwidth_gbs, matmul_tflops, meta, sfu_rate, time_ms, write_results  # noqa: E402
+from common import (copy_bandwidth_gbs, matmul_tflops, meta, results_dir, sfu_rate, time_ms,  # noqa: E402
+                    write_results)
 
 from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM, to_per_expert_state_dict  # noqa: E402
 
@@ -515,7 +516,7 @@ def main(argv=None) -> int:
                 wall_s=time.perf_counter() - t_start)
     name = "bench_model_smoke" if smoke else "bench_model"
     path = write_results(name if default_depth else f"{name}_L{layers}", rows + plot_rows, info,
-                         plot_key="tokens_per_s")
+                         plot_key="tokens_per_s", folder=results_dir(smoke, device))
     print(f"\n{'impl':<21}{'B':>3}{'L':>7}{'prefill tok/s':>16}{'decode tok/s':>14}{'x prefill':>11}{'x decode':>10}"
           f"{'% floor':>9}{'% routed':>10}{'% pf floor':>11}")
     for r in rows:

@@ -3,6 +3,9 @@
     python3 benchmarks/bench_moe.py            # H200: Jamba-v0.1 sizes, bf16, tokens 1 .. 16384
     python3 benchmarks/bench_moe.py --smoke    # tiny shapes, runs on CPU (CI)
 
+Writes benchmarks/results/<--name, default bench_moe>.json (+ .png); --smoke (and a run on the CPU) under
+benchmarks/results/local/ (gitignored).
+
 Shapes: H 4096, F 14336, E 16, top-2 (Jamba-v0.1), weights in the transformers 5.x fused layout.
 Rows per token count (each checked against an fp32 reference before it is timed):
   ours            moe_route + moe_experts(impl auto): routing, permutation, both GEMMs, SiLU*up, combine
@@ -336,7 +339,7 @@ def main():
     info = common.meta(dev, copy_gbs=bw, matmul_tflops=mm, H=H, F=Fd, E=E, top_k=K, dtype=str(dtype),
                        smoke=args.smoke)
     name = args.name or ("bench_moe_smoke" if args.smoke else "bench_moe")
-    print("wrote", common.write_results(name, rows, info))
+    print("wrote", common.write_results(name, rows, info, folder=common.results_dir(args.smoke, dev)))
     if any(not r["correct"] for r in rows if r["op"].startswith("ours")):
         sys.exit(1)
 

@@ -20,7 +20,8 @@ memory-bound ops are not counted, so the floor is low.
 transformers without mamba_ssm / causal-conv1d runs its slow-path scan, which keeps (B, DI, L, N) fp32 tensors per
 Mamba layer for its backward: shapes needing more than --hf-mem-gb for them are skipped (noted in the row), and a
 wall-clock budget (--budget-s) skips the remaining transformers rows once exceeded.
-Writes benchmarks/results/bench_train.json (+ .png), or bench_train_smoke.json.
+Writes benchmarks/results/bench_train.json (+ .png); --smoke (and a run on the CPU) bench_train_smoke.json under
+benchmarks/results/local/ (gitignored).
 """
 import argparse
 import os
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_model import ONE_BLOCK, SMOKE, build_hf, hf_slow_scan_bytes, prefill_work, sync  # noqa: E402
-from common import matmul_tflops, meta, sfu_rate, time_ms, write_results  # noqa: E402
+from common import matmul_tflops, meta, results_dir, sfu_rate, time_ms, write_results  # noqa: E402
 
 from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
 
@@ -243,7 +244,8 @@ def main(argv=None) -> int:
     info = meta(device, dtype=str(dtype), config=cfg.to_dict(), check=check, baseline=hf_note,
                 matmul_tflops=mm_tflops, sfu_ex2_per_s=sfu, sfu_source=sfu_how)
     path = write_results("bench_train_smoke" if smoke else "bench_train", [r for r in rows if "step_ms" in r]
-                         + [r for r in rows if "step_ms" not in r], info, plot_key="step_ms")
+                         + [r for r in rows if "step_ms" not in r], info, plot_key="step_ms",
+                         folder=results_dir(smoke, device))
     print("wrote", path, f"({time.perf_counter() - t_start:.0f} s)")
     return 1 if check.get("ok") is False else 0
 

@@ -6,6 +6,7 @@
     matmul_tflops()        large bf16 matmul rate on random data (the FLOP ceiling)
     sfu_rate()             ex2 per second on the special-function units (the scan's ceiling; measured by Triton)
     write_results(name, rows, meta)  -> benchmarks/results/<name>.json (+ .png when matplotlib exists)
+    results_dir(smoke, device)       benchmarks/results/ for a full GPU run, else benchmarks/results/local/ (gitignored)
 """
 import contextlib
 import glob
@@ -27,6 +28,10 @@ if glob.glob(os.path.join(ROOT, "jamba_ext", "_C*")) and ROOT not in sys.path:
     sys.path.insert(1, ROOT)
 
 RESULTS = os.environ.get("JAMBA_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+# Runs whose files are not for committing (--smoke, a GPU benchmark run on the CPU, bench_cpu.py without --out) write
+# here, which .gitignore leaves out, so a run in a checkout leaves it clean; JAMBA_BENCH_RESULTS overrides both.
+LOCAL = os.environ.get("JAMBA_BENCH_RESULTS") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                                              "local")
 
 
 @contextlib.contextmanager
@@ -225,10 +230,18 @@ def meta(device: torch.device, **extra) -> dict:
     return m
 
 
-def write_results(name: str, rows: list, info: dict, plot_key: str = "median_us") -> str:
-    """Writes benchmarks/results/<name>.json and, when matplotlib is importable, a bar chart <name>.png."""
-    os.makedirs(RESULTS, exist_ok=True)
-    path = os.path.join(RESULTS, name + ".json")
+def results_dir(smoke: bool, device) -> str:
+    """Where a run's files go: benchmarks/results/ for a full run on a GPU (the GPU rounds copy them from there), else
+    (--smoke, or on the CPU) LOCAL, so that a run on a development machine leaves the checkout as it was."""
+    return RESULTS if not smoke and torch.device(device).type == "cuda" else LOCAL
+
+
+def write_results(name: str, rows: list, info: dict, plot_key: str = "median_us", folder: str = None) -> str:
+    """Writes <folder>/<name>.json (folder: default RESULTS, benchmarks/results/) and, when matplotlib is importable,
+    a bar chart <name>.png."""
+    folder = folder or RESULTS
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, name + ".json")
     with open(path, "w") as f:
         json.dump({"meta": info, "rows": rows}, f, indent=1)
     try:
@@ -246,7 +259,7 @@ def write_results(name: str, rows: list, info: dict, plot_key: str = "median_us"
             ax.set_xlabel(plot_key)
             ax.set_title(f"{name} on {info.get('device', '?')} @ {info.get('commit', '?')}")
             fig.tight_layout()
-            fig.savefig(os.path.join(RESULTS, name + ".png"), dpi=100)
+            fig.savefig(os.path.join(folder, name + ".png"), dpi=100)
             plt.close(fig)
     except ImportError:
         pass
