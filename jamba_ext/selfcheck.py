@@ -164,12 +164,31 @@ def _run_mamba_step(d):
 
 
 def _run_route(d):
-    w, ids, _, _ = ops.moe_route(d["router_logits"], 2)
-    return w, ids.long()
+    w, ids, offsets, slots = ops.moe_route(d["router_logits"], 2)
+    return w, ids.long(), offsets, slots
 
 
 def _ref_route(d):
-    return reference.moe_route(d["router_logits"].float().double(), 2)
+    w, ids = reference.moe_route(d["router_logits"].float().double(), 2)
+    return (w, ids, *reference.moe_permute(ids, d["router_logits"].shape[1]))
+
+
+def _permute(g: _Gen, s: int):
+    """expert ids (T, 2) with an expert that gets no slot and, on the odd shape, ids outside [0, E) (a last bucket)"""
+    t, e = (33, 8) if s == 0 else (256, 16)
+    ids = (g.uniform(t, 2, lo=0, hi=e - 1, dtype=torch.float64).floor() + 1).to(torch.int32)   # expert 0: none
+    if s == 0:
+        ids[5, 1], ids[20, 0] = -1, e
+    return dict(expert_ids=ids, num_experts=e)
+
+
+def _combine(g: _Gen, s: int):
+    d = _permute(g, s)
+    d["expert_ids"].clamp_(0, d["num_experts"] - 1)
+    t = d["expert_ids"].shape[0]
+    _, slots = reference.moe_permute(d["expert_ids"], d["num_experts"])
+    return dict(y=g.randn(2 * t, 72 if s == 0 else 256), weights=g.uniform(t, 2, dtype=torch.float32),
+                expert_ids=d["expert_ids"], sorted_slots=slots, num_experts=d["num_experts"])
 
 
 def _run_state_update(d):
@@ -283,6 +302,9 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("selective_state_update", _state_update, _run_state_update, _ref(reference.selective_state_update), TOL),
     ("mamba_inner_step", _mamba_step, _run_mamba_step, _ref(reference.mamba_inner_step), STEP_TOL),
     ("moe_route", _route, _run_route, _ref_route, TOL),
+    ("moe_permute", _permute, lambda d: ops.moe_permute(**d), _ref(reference.moe_permute), TOL),
+    ("moe_combine", _combine, lambda d: ops.moe_combine(**d),
+     lambda d: reference.moe_combine(**_ups({k: v for k, v in d.items() if k != "num_experts"})), TOL),
     ("silu_mul", _silu_mul, lambda d: ops.silu_mul(**d), _ref(reference.silu_mul), TOL),
     ("gemv", _gemv, lambda d: ops.gemv(**d), _ref(reference.gemv), TOL),
     ("decode_attention", _attn, lambda d: ops.decode_attention(**d), _ref(reference.decode_attention), TOL),
