@@ -37,7 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import common  # noqa: E402
 
-from jamba_ext import ops, reference  # noqa: E402
+from jamba_ext import ops  # noqa: E402
 
 
 def hf_loop(x, logits, w_gate_up, w_down, K):
