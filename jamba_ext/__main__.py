@@ -453,13 +453,6 @@ def cmd_train(args) -> int:
     if args.experts_fp8 and args.save:
         _fail("--save with --experts-fp8: a checkpoint holds unquantized expert weights, which the fp8 model no longer "
               "has; train without --experts-fp8 to save")
-    if args.save:                                   # an unusable --save path fails now, not after the training
-        try:
-            os.makedirs(args.save, exist_ok=True)
-        except OSError as e:
-            _fail(f"--save {args.save!r}: {e}")
-        if not os.access(args.save, os.W_OK):
-            _fail(f"--save {args.save!r}: not writable")
     if args.dtype is None:  # fp32 weights (and optimizer state), bf16 autocast on a GPU; frozen weights under
         args.dtype = "bfloat16" if cuda and args.lora else "float32"   # adapters: bf16 on a GPU
     model, tok, what = _load(args)
@@ -469,6 +462,13 @@ def cmd_train(args) -> int:
               f"least {args.seq_len + 1}")
     if int(ids.max()) >= model.config.vocab_size:
         _fail(f"the tokenizer produced id {int(ids.max())} >= the model's vocab_size {model.config.vocab_size}")
+    if args.save:           # an unusable --save path fails now, not after the training (made after the other checks)
+        try:
+            os.makedirs(args.save, exist_ok=True)
+        except OSError as e:
+            _fail(f"--save {args.save!r}: {e}")
+        if not os.access(args.save, os.W_OK):
+            _fail(f"--save {args.save!r}: not writable")
     amp = cuda and model.dtype == torch.float32 and not args.no_autocast
     sys.stderr.write(f"model: {what} | {model.num_parameters() / 1e6:.1f}M params"
                      f"{' (experts float8_e4m3fn)' if model.experts_fp8 else ''} | "
