@@ -532,8 +532,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's errors as one line naming the command and where its options are listed (argparse prints the whole
+    usage, 15 lines for generate, with the error last)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (options: {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jamba-ext", description="Jamba on the jamba_ext native kernels.")
+    p = _Parser(prog="jamba-ext", description="Jamba on the jamba_ext native kernels.")
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="generate text from a prompt")
     src = g.add_mutually_exclusive_group(required=True)

@@ -188,6 +188,12 @@ def test_cli_generate_sampling_argument_errors(capsys):
             main([*cmd, "--bogus"])
         err = capsys.readouterr().err
         assert e.value.code == 2 and f"jamba-ext {cmd[0]}: error: unrecognized arguments: --bogus" in err, err
+        assert len(err.strip().splitlines()) == 1 and f"jamba-ext {cmd[0]} --help" in err, err   # one line
+    for argv in (["generate", "--dtype", "f8", "--prompt", "a"], ["generate"], ["bogus"]):   # argparse's own errors
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and len(err.strip().splitlines()) == 1 and "error:" in err, err
     assert main(["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "3", "--temperature", "0.8",
                  "--top-h", "0.4"]) == 0
 
