@@ -69,10 +69,15 @@ class LoRALinear(nn.Module):
 def add_lora(model: nn.Module, r: int = 16, alpha: float = 32.0, targets: Sequence[str] = DEFAULT_TARGETS) -> List[str]:
     """Freezes every parameter of model and wraps each nn.Linear whose attribute name is in targets in a LoRALinear
     (the only trainable parameters afterwards). Returns the wrapped modules' names. r >= 1."""
-    if r < 1:
-        raise ValueError(f"add_lora: r must be >= 1, got {r}")
-    if not alpha > 0:
-        raise ValueError(f"add_lora: alpha must be > 0, got {alpha}")
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"add_lora: r must be an int >= 1, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+        raise ValueError(f"add_lora: alpha must be a number > 0, got {alpha!r}")
+    if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
+        raise ValueError(f"add_lora: targets must be a list of attribute names (e.g. ['q_proj', 'v_proj']), got "
+                         f"{targets!r}")
+    if any(isinstance(m, LoRALinear) for m in model.modules()):
+        raise ValueError("add_lora: the model has LoRA adapters already (merge_lora folds them into the weights)")
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = []

@@ -29,6 +29,7 @@ import functools
 import itertools
 import json
 import math
+import numbers
 import os
 import re
 import sys
@@ -1740,11 +1741,18 @@ def _iter_file(fpath: str) -> Iterable[Tuple[str, Tensor, str]]:
         except ImportError:
             raise ImportError("reading .safetensors checkpoints needs the `safetensors` package "
                               "(pip install safetensors)") from None
-        with safe_open(fpath, framework="pt", device="cpu") as f:
+        try:
+            f = safe_open(fpath, framework="pt", device="cpu")
+        except Exception as e:          # (safetensors' own error type, e.g. a truncated file: "invalid header length")
+            raise ValueError(f"{fpath}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+        with f:
             for k in f.keys():
                 yield k, f.get_tensor(k), fpath
     else:
-        sd = torch.load(fpath, map_location="cpu", weights_only=True)
+        try:
+            sd = torch.load(fpath, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError, EOFError) as e:
+            raise ValueError(f"{fpath}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
         for k, v in sd.items():
             yield k, v, fpath
 
@@ -1836,7 +1844,11 @@ class _PreTrained(nn.Module):
     @classmethod
     def from_config(cls, config: JambaConfig, dtype=None, device=None, seed: Optional[int] = None):
         """A randomly initialised model (transformers' init; seed for reproducibility), built directly on
-        `device` in `dtype` (no fp32 CPU copy first)."""
+        `device` in `dtype` (no fp32 CPU copy first). config: a JambaConfig (or a dict of its fields)."""
+        if isinstance(config, dict):
+            config = JambaConfig(**config)
+        if not hasattr(config, "hidden_size"):              # (a transformers JambaConfig passes too)
+            raise ValueError(f"config: expected a JambaConfig (or a dict of its fields), got {type(config).__name__}")
         with torch.device("meta"):
             model = cls(config)
         if dtype is not None:
@@ -2324,7 +2336,7 @@ class JambaModel(_PreTrained):
             am = attention_mask.to(device=device, dtype=torch.bool)
             if am.dim() != 2 or am.shape[0] != Bsz or am.shape[1] not in (L, past + L):
                 raise ValueError(f"attention_mask: expected shape (batch, past + new tokens) = ({Bsz}, {past + L})"
-                                 f" or ({Bsz}, {L}), got {tuple(attention_mask.shape)}")
+                                 + (f" or ({Bsz}, {L})" if past else "") + f", got {tuple(attention_mask.shape)}")
             if am.shape[1] == L and past:
                 prev = cache.key_mask if cache.key_mask is not None else am.new_ones(Bsz, past)
                 am = torch.cat([prev, am], dim=1)
@@ -2362,6 +2374,15 @@ class JambaModel(_PreTrained):
         cache = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
+        if input_ids is not None and (not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or
+                                      input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool):
+            raise ValueError("input_ids: expected an integer tensor of shape (batch, tokens), got " + (
+                f"{input_ids.dtype} of shape {tuple(input_ids.shape)}" if isinstance(input_ids, Tensor)
+                else type(input_ids).__name__))
+        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or
+                                          inputs_embeds.shape[-1] != self.config.hidden_size):
+            raise ValueError(f"inputs_embeds: expected shape (batch, tokens, {self.config.hidden_size}), got "
+                             f"{tuple(inputs_embeds.shape)}")
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds   # (B, L, H)
         Bsz, L = h.shape[:2]
         if use_cache and cache is None:
@@ -2705,6 +2726,52 @@ _HF_NOOP_GENERATE_KWARGS = {
 }
 
 
+def _is_int(v) -> bool:
+    """A Python / numpy integer (not a bool, not a float that happens to be whole)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_str(v, text: str) -> bool:
+    """v is the string text (a tensor or list compares as not equal, without an elementwise ==)."""
+    return isinstance(v, str) and v == text
+
+
+def _check_int(name: str, v, lo: int) -> None:
+    if not _is_int(v) or v < lo:
+        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+
+
+def _token_ids(name: str, v, vocab: int) -> List[int]:
+    """eos_token_id / pad_token_id as given by a caller: an int or a sequence of ints (a tensor too), each in
+    [0, vocab)."""
+    ids = v.tolist() if isinstance(v, Tensor) else v
+    ids = [ids] if _is_int(ids) else ids
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable) or not all(_is_int(t) for t in ids):
+        raise ValueError(f"{name}: expected a token id (an int) or a list of them, got {v!r}")
+    ids = [int(t) for t in ids]
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise ValueError(f"{name}: token ids must be in [0, {vocab}), got {bad}")
+    return ids
+
+
+def _check_prompt_lists(input_ids) -> list:
+    """generate()'s input_ids given as a list: one prompt (a list of ints) or several; every prompt non-empty.
+    Returns the list of prompts."""
+    if not isinstance(input_ids, (list, tuple)):
+        raise ValueError("input_ids: expected a LongTensor (batch, tokens) or a list of token-id lists, got "
+                         f"{type(input_ids).__name__}")
+    rows = [input_ids] if input_ids and _is_int(input_ids[0]) else list(input_ids)
+    if not rows:
+        raise ValueError("input_ids: expected at least one prompt, got an empty list")
+    for b, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or not all(_is_int(t) for t in row):
+            raise ValueError(f"input_ids: prompt {b} is not a list of ints: {row!r:.80}")
+        if not row:
+            raise ValueError(f"input_ids: prompt {b} is empty (every prompt needs at least one token)")
+    return rows
+
+
 def _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, length_penalty) -> bool:
     """generate()'s beam-search arguments checked; True when num_beams asks for beam search."""
     if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
@@ -2964,25 +3031,61 @@ class JambaForCausalLM(_PreTrained):
             "prefix_allowed_tokens_fn, top_h, stop_strings (with tokenizer)")})
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
-        if num_return_sequences < 1:
-            raise ValueError(f"num_return_sequences: expected >= 1, got {num_return_sequences}")
+        _check_int("num_return_sequences", num_return_sequences, 1)
+        _check_int("top_k", top_k, 0)
+        _check_int("max_new_tokens" if max_length is None else "max_length", max_new_tokens if max_length is None
+                   else max_length, 0)
+        if seed is not None and not _is_int(seed):
+            raise ValueError(f"seed: expected an int or None, got {seed!r}")
+        for name, v in (("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Real):
+                raise ValueError(f"{name}: expected a number, got {v!r}")
+        if streamer is not None and not (callable(streamer) or hasattr(streamer, "put")):
+            raise ValueError("streamer: expected a callable (called with each step's new tokens) or an object with "
+                             f"put() / end() such as transformers' TextStreamer, got {type(streamer).__name__}")
+        if prefill_progress is not None and not callable(prefill_progress):
+            raise ValueError(f"prefill_progress: expected a callable, got {type(prefill_progress).__name__}")
+        head = self.get_output_embeddings()                        # (its rows: the logits' width)
+        vocab = head.weight.shape[0] if head is not None else self.config.vocab_size
         beams = _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, length_penalty)
         if stop_strings is not None:
             stopping_criteria = _with_stop_strings(stopping_criteria, stop_strings, tokenizer)
         dev = self.device
-        pad_given = self._generation_ids("pad_token_id") if pad_token_id == "config" else pad_token_id
+        if _is_str(pad_token_id, "config"):
+            pad_given = self._generation_ids("pad_token_id")
+        else:
+            pad_given = None if pad_token_id is None else _token_ids("pad_token_id", pad_token_id, vocab)
+            if pad_given is not None and len(pad_given) != 1:
+                raise ValueError(f"pad_token_id: expected one token id, got {pad_token_id!r}")
+            pad_given = None if pad_given is None else pad_given[0]
         pad = 0 if pad_given is None else pad_given
-        eos = self._eos_ids() if eos_token_id == "config" else (
-            [] if eos_token_id is None else ([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)))
+        eos = self._eos_ids() if _is_str(eos_token_id, "config") else (
+            [] if eos_token_id is None else _token_ids("eos_token_id", eos_token_id, vocab))
         if not isinstance(input_ids, Tensor):
-            if input_ids and isinstance(input_ids[0], int):
-                input_ids = [input_ids]
-            input_ids, attention_mask = self._left_pad(input_ids, pad, dev)
-        input_ids = input_ids.to(dev)
+            input_ids, attention_mask = self._left_pad(_check_prompt_lists(input_ids), pad, dev)
+        if input_ids.dtype.is_floating_point or input_ids.dtype.is_complex or input_ids.dtype == torch.bool:
+            raise ValueError(f"input_ids: expected an integer tensor of token ids, got {input_ids.dtype}")
+        input_ids = input_ids.to(dev, torch.long)
         if input_ids.dim() == 1:
             input_ids = input_ids[None]
-        if attention_mask is not None and attention_mask.dim() == 2 and attention_mask.shape[1] and bool(
-                (attention_mask[:, -1] == 0).any()):     # (one host read, before the first step)
+        if input_ids.dim() != 2 or not input_ids.numel():
+            raise ValueError("input_ids: expected shape (batch, tokens) with at least one token, got "
+                             f"{tuple(input_ids.shape)}")
+        lo, hi = torch.stack([input_ids.min(), input_ids.max()]).tolist()          # (one host read)
+        if lo < 0 or hi >= vocab:
+            raise ValueError(f"input_ids: token ids must be in [0, {vocab}), got values in [{lo}, {hi}]")
+        if attention_mask is not None:
+            attention_mask = torch.as_tensor(attention_mask, device=dev)
+            if attention_mask.dim() == 1:
+                attention_mask = attention_mask[None]
+            if tuple(attention_mask.shape) != tuple(input_ids.shape):
+                raise ValueError(f"attention_mask: expected the shape of input_ids {tuple(input_ids.shape)}, got "
+                                 f"{tuple(attention_mask.shape)}")
+            empty = (attention_mask == 0).all(dim=1)
+            if bool(empty.any()):
+                raise ValueError(f"attention_mask: prompt {int(empty.nonzero()[0, 0])} masks every token (each prompt "
+                                 "needs at least one)")
+        if attention_mask is not None and bool((attention_mask[:, -1] == 0).any()):   # (a host read)
             warnings.warn("generate: the attention_mask has padding at the end of a prompt (right padding): new tokens "
                           "would follow the padding. Pad prompts on the left (tokenizer.padding_side = 'left'), or "
                           "pass lists of token ids, which generate() left-pads itself.", stacklevel=3)
@@ -3022,9 +3125,8 @@ class JambaForCausalLM(_PreTrained):
             (attention_mask.to(dev) != 0).int().argmax(dim=1)
         if not isinstance(min_length, int) or min_length < 0:
             raise ValueError(f"min_length: expected an int >= 0, got {min_length!r}")
-        head = self.get_output_embeddings()                        # (its rows: the logits' width)
         filt = _filters.StepFilters(
-            head.weight.shape[0] if head is not None else self.config.vocab_size, dev, T, T + max_new_tokens, eos,
+            vocab, dev, T, T + max_new_tokens, eos,
             sequence_bias=sequence_bias,
             repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
             lead=lead.repeat_interleave(num_beams) if beams and lead is not None else lead,   # (per beam row)

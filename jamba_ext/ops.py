@@ -756,6 +756,8 @@ def moe_route(router_logits: Tensor, top_k: int) -> Tuple[Tensor, Tensor, Tensor
     sorted_slots (T*TOPK,) int32): expert e's slots are sorted_slots[expert_offsets[e]:expert_offsets[e+1]]."""
     op = "moe_route"
     _check_args(op, "router_logits", router_logits, {"router_logits": 2})
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        _fail(op, f"top_k must be an int >= 1, got {top_k!r}")
     T, E = router_logits.shape
     dev = router_logits.device
     w = _alloc((T, top_k), torch.float32, dev)

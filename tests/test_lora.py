@@ -61,6 +61,14 @@ def test_lora_bad_arguments(tmp_path):
         add_lora(ours, r=0)
     with pytest.raises(ValueError, match="no nn.Linear"):
         add_lora(ours, targets=("nothing_here",))
+    for kw, msg in ((dict(r=2.5), "r must be an int"), (dict(r="4"), "r must be an int"),
+                    (dict(alpha="x"), "alpha must be a number"),
+                    (dict(targets="q_proj,v_proj"), "targets must be a list")):   # (a str matched by substring)
+        with pytest.raises(ValueError, match=msg):
+            add_lora(ours, **kw)
+    add_lora(ours, r=2)
+    with pytest.raises(ValueError, match="has LoRA adapters already"):         # (said "no nn.Linear" before)
+        add_lora(ours, r=2)
 
 
 def test_top_level_names():

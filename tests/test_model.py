@@ -819,6 +819,12 @@ def test_from_pretrained_clear_errors(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match=r"unexpected keys.*model\.layers\.3\."):
         JambaForCausalLM.from_pretrained(str(tmp_path))
+    bad["num_hidden_layers"] = 4
+    (tmp_path / "config.json").write_text(json.dumps(bad))
+    data = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(data[:5])                # truncated: the file's path is named
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a readable safetensors file"):
+        JambaForCausalLM.from_pretrained(str(tmp_path))
     os.remove(tmp_path / "model.safetensors")
     with pytest.raises(FileNotFoundError, match="no weights"):
         JambaForCausalLM.from_pretrained(str(tmp_path))
@@ -1191,6 +1197,66 @@ def test_bad_labels_clear_error():
         with pytest.raises(ValueError, match="labels must be integer token ids"):
             ours(ids, labels=bad)
     assert torch.isfinite(ours(ids, labels=ids.int()).loss)
+
+
+def test_generate_and_forward_bad_inputs_clear_errors():
+    """A caller's mistake in generate() / forward() is a ValueError naming the argument (not a traceback from inside
+    torch, nor a silently wrong result): input_ids of a float dtype, a wrong rank, no tokens, an empty prompt in a list,
+    ids outside the vocabulary; an attention_mask of another shape or masking a whole prompt; non-int counts, a negative
+    top_k (it was silently greedy); EOS / pad ids that are not token ids; a streamer that is not callable. Good inputs
+    still generate."""
+    cfg = CONFIGS["attn1_moe_top2"]
+    _, ours = make_pair(cfg)
+    V = ours.get_output_embeddings().weight.shape[0]
+    ids = prompt_ids(2, 6, cfg["vocab_size"])
+    cases = [
+        (dict(input_ids=ids.float()), "input_ids: expected an integer tensor"),
+        (dict(input_ids=ids[None]), r"input_ids: expected shape \(batch, tokens\)"),
+        (dict(input_ids=ids[:, :0]), "at least one token"),
+        (dict(input_ids=[[5, 6], []]), "input_ids: prompt 1 is empty"),
+        (dict(input_ids=[[5, 6.5]]), "input_ids: prompt 0 is not a list of ints"),
+        (dict(input_ids="hello"), "input_ids: expected a LongTensor"),
+        (dict(input_ids=ids + V), rf"token ids must be in \[0, {V}\)"),
+        (dict(input_ids=ids - 100), rf"token ids must be in \[0, {V}\)"),
+        (dict(input_ids=ids, attention_mask=torch.ones(2, 9)), "attention_mask: expected the shape of input_ids"),
+        (dict(input_ids=ids, attention_mask=torch.tensor([[1] * 6, [0] * 6])), "prompt 1 masks every token"),
+        (dict(input_ids=ids, max_new_tokens=2.5), "max_new_tokens: expected an int >= 0"),
+        (dict(input_ids=ids, max_new_tokens="3"), "max_new_tokens: expected an int >= 0"),
+        (dict(input_ids=ids, do_sample=True, top_k=-1), "top_k: expected an int >= 0"),
+        (dict(input_ids=ids, num_return_sequences=2.0), "num_return_sequences: expected an int >= 1"),
+        (dict(input_ids=ids, eos_token_id="2"), "eos_token_id: expected a token id"),
+        (dict(input_ids=ids, eos_token_id=V + 5), rf"eos_token_id: token ids must be in \[0, {V}\)"),
+        (dict(input_ids=ids, pad_token_id="x"), "pad_token_id: expected a token id"),
+        (dict(input_ids=ids, streamer=5), "streamer: expected a callable"),
+        (dict(input_ids=ids, prefill_progress=5), "prefill_progress: expected a callable"),
+        (dict(input_ids=ids, seed="a", do_sample=True), "seed: expected an int"),
+        (dict(input_ids=ids, temperature="1", do_sample=True), "temperature: expected a number"),
+    ]
+    for kw, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            ours.generate(max_new_tokens=kw.pop("max_new_tokens", 3), **kw)
+    for bad, msg in ((dict(input_ids=ids.float()), "input_ids: expected an integer tensor"),
+                     (dict(input_ids=ids[0]), r"input_ids: expected an integer tensor of shape \(batch, tokens\)"),
+                     (dict(input_ids=[[1, 2]]), "got list"),
+                     (dict(inputs_embeds=torch.randn(2, 6, 7)), r"inputs_embeds: expected shape \(batch, tokens, ")):
+        with pytest.raises(ValueError, match=msg):
+            ours(**bad)
+    with pytest.raises(ValueError, match=r"attention_mask: expected shape .* = \(2, 6\), got"):
+        ours(ids, attention_mask=torch.ones(2, 4))
+    with pytest.raises(ValueError, match="config: expected a JambaConfig"):
+        JambaForCausalLM.from_config(42)
+    # good inputs: int32 ids, a 1-D prompt, numpy ints in a list, EOS as a tensor, a mask as a list
+    import numpy as np
+    want = ours.generate(ids[:1], max_new_tokens=3, eos_token_id=None)
+    assert torch.equal(ours.generate(ids[:1].int(), max_new_tokens=3, eos_token_id=None), want)
+    assert torch.equal(ours.generate(ids[0], max_new_tokens=3, eos_token_id=None), want)
+    assert torch.equal(ours.generate([[np.int64(t) for t in ids[0].tolist()]], max_new_tokens=3, eos_token_id=None),
+                       want)
+    assert ours.generate(ids[:1], max_new_tokens=3, eos_token_id=torch.tensor([V - 1]),
+                         attention_mask=[[1] * 6]).shape[0] == 1
+    assert ours.generate(ids, max_new_tokens=2, do_sample=True, top_k=0, seed=0).shape == (2, 8)
+    m2 = JambaForCausalLM.from_config(dict(cfg), dtype="float32", seed=0)            # a dict config
+    assert m2.config.hidden_size == cfg["hidden_size"]
 
 
 @pytest.mark.parametrize("device", _DEVICES)

@@ -635,6 +635,9 @@ def test_moe_bad_inputs(device):
         ops.moe_route(randn(T, E, device=device), E + 1)
     with pytest.raises(ValueError, match="top_k"):
         ops.moe_route(randn(T, E, device=device), 0)
+    for bad in (-1, 2.0):                     # (a negative size or a type error from inside the allocation before)
+        with pytest.raises(ValueError, match="top_k must be an int >= 1"):
+            ops.moe_route(randn(T, E, device=device), bad)
     with pytest.raises(ValueError, match="router_logits"):
         ops.moe_route(randn(2, T, E, device=device), 1)
     with pytest.raises(ValueError, match="router_logits"):
