@@ -943,7 +943,9 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
     in x's dtype with HF's roundings (csrc/jamba.h). x: (T, H); weights: (T, TOPK) (fp32 from moe_route, or
     any float: cast to fp32, which is exact); expert_ids: (T, TOPK) int32/int64; w_gate_up: (E, 2F, H), gate
     rows first; w_down: (E, H, F); both contiguous, x's dtype. sorted_slots / expert_offsets: moe_route's
-    permutation (computed here when absent). impl (CUDA): auto | mma | mma64 | mma256 | wgmma | gemv | simt | grouped_mm
+    permutation of these expert_ids (computed here when absent); their shapes and dtypes are checked, their values
+    are not (that would read them on the host, a synchronisation on CUDA): a permutation of other ids gives a wrong
+    result. impl (CUDA): auto | mma | mma64 | mma256 | wgmma | gemv | simt | grouped_mm
     (csrc/jamba.h jamba_moe_impl; grouped_mm: torch._grouped_mm GEMMs inside our routing/combine)."""
     op = "moe_experts"
     _check_args(op, "x", x, {"x": 2, "weights": 2, "expert_ids": 2, "w_gate_up": 3, "w_down": 3,
