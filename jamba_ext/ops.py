@@ -907,6 +907,8 @@ def _moe_check_shapes(op, x, ids, w_gate_up, w_down, sorted_slots, expert_offset
     """The checks the torch GEMM path needs before it runs (the core repeats them, same wording)."""
     T, H = x.shape
     E, F2 = w_gate_up.shape[0], w_gate_up.shape[1]
+    if x.dtype not in FLOAT_DTYPES:               # (first: the weights are compared with x's dtype below)
+        _fail(op, f"x must have dtype float32, float16 or bfloat16, got {x.dtype}")
     if F2 % 2:
         _fail(op, f"w_gate_up must have shape (E, 2F, H) with an even middle size, got {tuple(w_gate_up.shape)}")
     for name, t, want in (("w_gate_up", w_gate_up, (E, F2, H)), ("w_down", w_down, (E, H, F2 // 2))):
@@ -916,8 +918,6 @@ def _moe_check_shapes(op, x, ids, w_gate_up, w_down, sorted_slots, expert_offset
             _fail(op, f"{name} must have the dtype of x ({x.dtype}), got {t.dtype}")
         if not t.is_contiguous():
             _fail(op, f"{name} must be contiguous, got strides {t.stride()} (make the weights contiguous once at load)")
-    if x.dtype not in FLOAT_DTYPES:
-        _fail(op, f"x must have dtype float32, float16 or bfloat16, got {x.dtype}")
     if ids.shape[0] != T or ids.shape[1] < 1:
         _fail(op, f"expert_ids must have shape (T, TOPK) = ({T}, >=1), got {tuple(ids.shape)}")
     if sorted_slots is not None:
