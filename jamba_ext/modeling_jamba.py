@@ -3072,8 +3072,9 @@ class JambaForCausalLM(_PreTrained):
             raise ValueError("input_ids: expected shape (batch, tokens) with at least one token, got "
                              f"{tuple(input_ids.shape)}")
         lo, hi = torch.stack([input_ids.min(), input_ids.max()]).tolist()          # (one host read)
-        if lo < 0 or hi >= vocab:
-            raise ValueError(f"input_ids: token ids must be in [0, {vocab}), got values in [{lo}, {hi}]")
+        n_emb = self.get_input_embeddings().weight.shape[0]                     # (the embedding table's rows)
+        if lo < 0 or hi >= n_emb:
+            raise ValueError(f"input_ids: token ids must be in [0, {n_emb}), got values in [{lo}, {hi}]")
         if attention_mask is not None:
             attention_mask = torch.as_tensor(attention_mask, device=dev)
             if attention_mask.dim() == 1:
