@@ -2709,6 +2709,9 @@ def _with_stop_strings(criteria, stop_strings, tokenizer) -> list:
         stop_strings = [stop_strings]
     if not stop_strings or not all(isinstance(s, str) and s for s in stop_strings):
         raise ValueError(f"stop_strings: expected a non-empty string or a list of them, got {stop_strings!r}")
+    if not hasattr(tokenizer, "get_vocab"):
+        raise ValueError(f"tokenizer: expected the model's transformers tokenizer (for stop_strings), got "
+                         f"{type(tokenizer).__name__}")
     try:
         from transformers.generation.stopping_criteria import StopStringCriteria
     except ImportError:
@@ -2847,6 +2850,10 @@ class JambaForCausalLM(_PreTrained):
         (return_dict=True, output_attentions=False); any other argument raises ValueError naming it."""
         if hf_kwargs:                                   # (empty in the model's own calls: decode steps stay lean)
             _check_hf_kwargs("forward", hf_kwargs, _HF_NOOP_FORWARD_KWARGS, {})
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, (int, Tensor)) or (
+                isinstance(logits_to_keep, int) and logits_to_keep < 0):
+            raise ValueError(f"logits_to_keep: expected an int >= 0 (0: every position) or a 1-D tensor of positions, "
+                             f"got {logits_to_keep!r}")
         states = [] if output_hidden_states else None
         h, cache, router_logits = self.model(input_ids, attention_mask, cache, inputs_embeds, use_cache,
                                              output_router_logits, past_key_values, hidden_states_out=states)
@@ -3045,6 +3052,11 @@ class JambaForCausalLM(_PreTrained):
                              f"put() / end() such as transformers' TextStreamer, got {type(streamer).__name__}")
         if prefill_progress is not None and not callable(prefill_progress):
             raise ValueError(f"prefill_progress: expected a callable, got {type(prefill_progress).__name__}")
+        for name, v in (("logits_processor", logits_processor), ("stopping_criteria", stopping_criteria)):
+            if v is not None and not callable(v) and not (isinstance(v, (list, tuple)) and all(map(callable, v))):
+                raise ValueError(f"{name}: expected a callable or a list of them (transformers' "
+                                 f"{'LogitsProcessorList' if name == 'logits_processor' else 'StoppingCriteriaList'}"
+                                 f"), got {v!r:.80}")
         head = self.get_output_embeddings()                        # (its rows: the logits' width)
         vocab = head.weight.shape[0] if head is not None else self.config.vocab_size
         beams = _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, length_penalty)

@@ -1231,6 +1231,9 @@ def test_generate_and_forward_bad_inputs_clear_errors():
         (dict(input_ids=ids, prefill_progress=5), "prefill_progress: expected a callable"),
         (dict(input_ids=ids, seed="a", do_sample=True), "seed: expected an int"),
         (dict(input_ids=ids, temperature="1", do_sample=True), "temperature: expected a number"),
+        (dict(input_ids=ids, logits_processor=5), "logits_processor: expected a callable or a list"),
+        (dict(input_ids=ids, stopping_criteria=[5]), "stopping_criteria: expected a callable or a list"),
+        (dict(input_ids=ids, stop_strings="ab", tokenizer=object()), "tokenizer: expected the model's transformers"),
     ]
     for kw, msg in cases:
         with pytest.raises(ValueError, match=msg):
@@ -1238,7 +1241,9 @@ def test_generate_and_forward_bad_inputs_clear_errors():
     for bad, msg in ((dict(input_ids=ids.float()), "input_ids: expected an integer tensor"),
                      (dict(input_ids=ids[0]), r"input_ids: expected an integer tensor of shape \(batch, tokens\)"),
                      (dict(input_ids=[[1, 2]]), "got list"),
-                     (dict(inputs_embeds=torch.randn(2, 6, 7)), r"inputs_embeds: expected shape \(batch, tokens, ")):
+                     (dict(inputs_embeds=torch.randn(2, 6, 7)), r"inputs_embeds: expected shape \(batch, tokens, "),
+                     (dict(input_ids=ids, logits_to_keep=-1), "logits_to_keep: expected an int >= 0"),
+                     (dict(input_ids=ids, logits_to_keep="a"), "logits_to_keep: expected an int >= 0")):
         with pytest.raises(ValueError, match=msg):
             ours(**bad)
     with pytest.raises(ValueError, match=r"attention_mask: expected shape .* = \(2, 6\), got"):
