@@ -23,7 +23,8 @@ echo "=== jamba-ext check, every GPU ($(date +%T))"
 timeout 120 python3 -m jamba_ext check 2>&1 | tail -25
 if [ "${FULL:-0}" = 1 ]; then
   echo "=== every CUDA test ($(date +%T))"
-  timeout 300 python3 -m pytest -q -rfE -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tee "$OUT/cuda_tests.log" \
+  timeout 300 python3 -m pytest -q -rfE -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 \
+    | tee "$OUT/cuda_tests.log" \
     | grep -E "^(FAILED|ERROR)" | head -20; tail -2 "$OUT/cuda_tests.log"
   echo "=== compute-sanitizer memcheck / racecheck, small cases of every kernel ($(date +%T))"
   timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -2

@@ -655,8 +655,8 @@ def test_cuda_stop_strings_in_graph_decode():
         assert ours._decode_graph_info["captured"]
         e = ours.generate(ids, cuda_graph=False, static_cache=True, **kw)
     assert g.tolist() == e.tolist()
-    # Where row 0 must stop: at EOS, or at the first new token inside which an occurrence of the stop string ends (it may
-    # start in earlier tokens, even in the prompt; the random tokens can complete it before the 5th new one).
+    # Where row 0 must stop: at EOS, or at the first new token inside which an occurrence of the stop string ends
+    # (it may start in earlier tokens, even in the prompt; the random tokens can complete it before the 5th new one).
     stop, text, k = kw["stop_strings"][0], "".join(tok.convert_ids_to_tokens(ids[0].tolist())), None
     for i, piece in enumerate(new):
         before, text = len(text), text + piece

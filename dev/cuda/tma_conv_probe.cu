@@ -315,7 +315,8 @@ int main(int argc, char **argv) {
                     a = a / (1 + exp(-a));
                     worst = std::max(worst, fabs(a - bf2f(hy[r * L + t])) / (1e-2 + 1e-2 * fabs(a)));
                 }
-            printf("  %-16s check: worst error / (1e-2 + 1e-2 |ref|) = %.3f %s\n", name, worst, worst < 1 ? "ok" : "FAIL");
+            printf("  %-16s check: worst error / (1e-2 + 1e-2 |ref|) = %.3f %s\n", name, worst,
+                   worst < 1 ? "ok" : "FAIL");
             CK(cudaMemset(y, 0, nbytes));
         };
         report("memcpy", time_graph(st, [&] { CK(cudaMemcpyAsync(y, x, nbytes, cudaMemcpyDeviceToDevice, st)); }));
@@ -341,7 +342,9 @@ int main(int argc, char **argv) {
                 int per_sm = 0;
                 CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, 32, smem));
                 const int grid = std::max(1, std::min(per_sm, 8)) * nsm;
-                report(name, time_graph(st, [&] { fn<<<grid, 32, smem, st>>>((const char *)x, (char *)y, nbytes, cb); }));
+                report(name, time_graph(st, [&] {
+                           fn<<<grid, 32, smem, st>>>((const char *)x, (char *)y, nbytes, cb);
+                       }));
             }
         }
         {
@@ -361,7 +364,8 @@ int main(int argc, char **argv) {
                 char name[32];
                 snprintf(name, sizeof name, "conv_shfl_b%d", bs);
                 report(name, time_graph(st, [&] {
-                           lsu_conv<true, true><<<(unsigned)((tot + bs - 1) / bs), bs, 0, st>>>(x, y, w, bias, rows, L, D);
+                           lsu_conv<true, true>
+                               <<<(unsigned)((tot + bs - 1) / bs), bs, 0, st>>>(x, y, w, bias, rows, L, D);
                        }));
                 check_conv(name);
             }
