@@ -2739,9 +2739,9 @@ def _is_str(v, text: str) -> bool:
     return isinstance(v, str) and v == text
 
 
-def _check_int(name: str, v, lo: int) -> None:
+def _check_int(name: str, v, lo: int, note: str = "") -> None:
     if not _is_int(v) or v < lo:
-        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+        raise ValueError(f"{name}: expected an int >= {lo}{note}, got {v!r}")
 
 
 def _token_ids(name: str, v, vocab: int) -> List[int]:
@@ -2777,8 +2777,7 @@ def _check_prompt_lists(input_ids) -> list:
 
 def _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, length_penalty) -> bool:
     """generate()'s beam-search arguments checked; True when num_beams asks for beam search."""
-    if not isinstance(num_beams, int) or isinstance(num_beams, bool) or num_beams < 1:
-        raise ValueError(f"num_beams: expected an int >= 1, got {num_beams!r}")
+    _check_int("num_beams", num_beams, 1)
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping: expected True, False or 'never', got {early_stopping!r}")
     if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
@@ -3039,7 +3038,7 @@ class JambaForCausalLM(_PreTrained):
         keep_scores, keep_logits = return_dict_in_generate and output_scores, return_dict_in_generate and output_logits
         scores_out, logits_out = [], []
         _check_int("num_return_sequences", num_return_sequences, 1)
-        _check_int("top_k", top_k, 0)
+        _check_int("top_k", top_k, 0, " (0: off)")
         _check_int("max_new_tokens" if max_length is None else "max_length", max_new_tokens if max_length is None
                    else max_length, 0)
         if seed is not None and not _is_int(seed):
@@ -3120,9 +3119,7 @@ class JambaForCausalLM(_PreTrained):
             raise ValueError(f"repetition_penalty: expected > 0 (1.0: none), got {repetition_penalty}")
         if min_new_tokens < 0:
             raise ValueError(f"min_new_tokens: expected >= 0, got {min_new_tokens}")
-        if not isinstance(no_repeat_ngram_size, int) or isinstance(no_repeat_ngram_size, bool) or \
-                no_repeat_ngram_size < 0:
-            raise ValueError(f"no_repeat_ngram_size: expected an int >= 0 (0: off), got {no_repeat_ngram_size!r}")
+        _check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0, " (0: off)")
         if not 0 < typical_p <= 1:
             raise ValueError(f"typical_p: expected in (0, 1] (1: off), got {typical_p}")
         if top_h is not None and (isinstance(top_h, bool) or not isinstance(top_h, (int, float)) or
@@ -3136,8 +3133,7 @@ class JambaForCausalLM(_PreTrained):
         # each row's left padding, which repetition_penalty skips (transformers 5.24 on; None: no mask, none skipped)
         lead = None if attention_mask is None or attention_mask.dim() != 2 else \
             (attention_mask.to(dev) != 0).int().argmax(dim=1)
-        if not isinstance(min_length, int) or min_length < 0:
-            raise ValueError(f"min_length: expected an int >= 0, got {min_length!r}")
+        _check_int("min_length", min_length, 0)
         filt = _filters.StepFilters(
             vocab, dev, T, T + max_new_tokens, eos,
             sequence_bias=sequence_bias,
