@@ -28,6 +28,7 @@ import itertools
 import os
 import sys
 import time
+from typing import NoReturn
 
 DEFAULT_CONFIG = dict(
     vocab_size=259, hidden_size=128, intermediate_size=256, num_hidden_layers=8, num_attention_heads=4,
@@ -69,7 +70,7 @@ class _Bar:
             sys.stderr.flush()
 
 
-def _fail(msg: str) -> "NoReturn":  # noqa: F821
+def _fail(msg: str) -> NoReturn:
     sys.stderr.write(f"jamba-ext: error: {msg}\n")
     sys.exit(2)
 

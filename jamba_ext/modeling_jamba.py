@@ -160,6 +160,22 @@ _POSITIVE_INTS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_
                   "attn_layer_period", "mamba_d_state", "mamba_d_conv", "mamba_expand", "mamba_dt_rank")
 _BOOLS = ("tie_word_embeddings", "use_cache", "output_router_logits", "use_mamba_kernels", "mamba_conv_bias",
           "mamba_proj_bias")
+# properties computed from the fields above: a config may list them (a config.json written by other code), but only
+# with the value they derive to
+_DERIVED = ("layers_block_type", "layers_num_experts", "layer_types", "head_dim", "mamba_d_inner", "eos_token_ids")
+
+
+def _typo_warning(keys: Iterable[str], values: dict) -> None:
+    """A warning for each unknown key that is one typo away from a field (hiden_size would otherwise be kept as an
+    attribute while hidden_size silently stays 4096); keys of other libraries' configs have no close field."""
+    import difflib
+    for k in keys:
+        if k in _DEFAULTS or k.endswith("_token_id"):
+            continue
+        close = difflib.get_close_matches(k, list(_DEFAULTS), n=1, cutoff=0.8)
+        if close:
+            warnings.warn(f"JambaConfig: unknown field {k!r} (kept as an attribute, not used); did you mean "
+                          f"{close[0]!r}? ({close[0]} is {values[close[0]]!r})", stacklevel=3)
 
 
 class JambaConfig:
@@ -180,8 +196,10 @@ class JambaConfig:
                                  f"num_local_experts {alias}")
             kwargs["num_experts"] = alias
         kwargs.pop("model_type", None)
+        derived = {k: kwargs.pop(k) for k in _DERIVED if k in kwargs}
         values = dict(_DEFAULTS)
         values.update(kwargs)
+        _typo_warning(kwargs, values)
         for k, v in values.items():
             setattr(self, k, v)
         if self.num_key_value_heads is None:
@@ -189,6 +207,11 @@ class JambaConfig:
         if self.mamba_dt_rank == "auto":
             self.mamba_dt_rank = math.ceil(self.hidden_size / 16) if isinstance(self.hidden_size, int) else None
         self.validate()
+        for k, v in derived.items():
+            want = getattr(self, k)
+            if (list(v) if isinstance(v, (list, tuple)) else v) != want:
+                raise ValueError(f"JambaConfig.{k}: this value is derived from the other fields, which give "
+                                 f"{want!r}; got {v!r} (leave it out, or change the fields it comes from)")
 
     # -- validation
     def validate(self) -> None:

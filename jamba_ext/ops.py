@@ -30,6 +30,7 @@ native backward kernels exist. Each op is registered once as torch.ops.jamba.<na
 and autograd see); the module-level functions here run the same implementation and skip the dispatcher in plain
 eager inference (see "eager fast path" at the end of this file).
 """
+import numbers
 import os
 from typing import List, Optional, Sequence, Tuple
 
@@ -105,6 +106,29 @@ def _alloc(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> Te
 
 def _fail(op: str, msg: str) -> None:
     raise ValueError(f"jamba.{op}: {msg}")
+
+
+def _float(op: str, name: str, v) -> float:
+    """A float argument, or an error naming the op (float("a") would not, and float(True) would pass)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        _fail(op, f"{name} must be a number, got {type(v).__name__} {v!r}")
+    return float(v)
+
+
+def _int(op: str, name: str, v) -> int:
+    """An integer argument, or an error naming the op (int(2.7) would truncate silently)."""
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        _fail(op, f"{name} must be an integer, got {type(v).__name__} {v!r}")
+    return int(v)
+
+
+def _flag(op: str, name: str, v) -> bool:
+    """A bool argument (or 0 / 1), or an error naming the op: bool("no") is True."""
+    if type(v).__module__ == "numpy" and hasattr(v, "item"):  # numpy's bool / integer scalars
+        v = v.item()
+    if isinstance(v, numbers.Integral) and int(v) in (0, 1):
+        return bool(v)
+    _fail(op, f"{name} must be True or False, got {type(v).__name__} {v!r}")
 
 
 def _desc(op: str, name: str, t: Optional[Tensor]):
@@ -229,7 +253,8 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float = 1e-6) -> Tensor:
     x2 = _rows("rms_norm", "x", x)
     out = _alloc(x2.shape, x.dtype, x.device)
     _call("rms_norm", x.device, "rms_norm",
-          [("out", out), ("x", x2), ("residual", None), ("residual_out", None), ("weight", weight)], float(eps))
+          [("out", out), ("x", x2), ("residual", None), ("residual_out", None), ("weight", weight)],
+          _float("rms_norm", "eps", eps))
     return out.view(x.shape)
 
 
@@ -249,7 +274,8 @@ def add_rms_norm(x: Tensor, residual: Tensor, weight: Tensor, eps: float = 1e-6)
     out = _alloc(x2.shape, x.dtype, x.device)
     res_out = _alloc(x2.shape, x.dtype, x.device)
     _call("rms_norm", x.device, "add_rms_norm",
-          [("out", out), ("x", x2), ("residual", r2), ("residual_out", res_out), ("weight", weight)], float(eps))
+          [("out", out), ("x", x2), ("residual", r2), ("residual_out", res_out), ("weight", weight)],
+          _float("add_rms_norm", "eps", eps))
     return out.view(x.shape), res_out.view(x.shape)
 
 
@@ -269,7 +295,7 @@ def rms_norm_segments(x: Tensor, weight: Tensor, splits: List[int], eps: float =
     _check_args(op, "x", x, {"weight": 1}, weight=weight)
     x2 = _rows(op, "x", x)
     out = _alloc(x2.shape, x.dtype, x.device)
-    _call(op, x.device, op, [("out", out), ("x", x2), ("weight", weight)], float(eps),
+    _call(op, x.device, op, [("out", out), ("x", x2), ("weight", weight)], _float(op, "eps", eps),
           *_segment_ends(op, splits, x.shape[-1]))
     return out.view(x.shape)
 
@@ -278,7 +304,7 @@ def _segment_ends(op: str, splits: Sequence[int], D: int) -> List[int]:
     """The 4 segment-end scalars of the C calls: the split points, then D, then zeros (the C side checks order)."""
     if len(splits) > 3:
         _fail(op, f"at most 3 split points (4 segments), got {list(splits)}")
-    ends = [int(v) for v in splits] + [int(D)]
+    ends = [_int(op, "a split point", v) for v in splits] + [int(D)]
     if any(e <= 0 for e in ends[:-1]):
         _fail(op, f"split points must be increasing and inside (0, {D}), got {list(splits)}")
     return ends + [0] * (4 - len(ends))
@@ -313,7 +339,7 @@ def rms_norm_bwd(x: Tensor, weight: Tensor, dy: Tensor, splits: List[int], eps: 
         ws = torch.empty(max(_C.rms_norm_bwd_ws_elems(x2.shape[0], x2.shape[1]), 1), dtype=torch.float32,
                          device=x.device)
     _call(op, x.device, op, [("dx", dx), ("dweight", dw), ("x", x2), ("weight", weight), ("dy", d2), ("ws", ws)],
-          float(eps), *ends)
+          _float(op, "eps", eps), *ends)
     return dx.view(x.shape), dw
 
 
@@ -345,6 +371,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                 weight=weight, bias=bias, initial_state=initial_state)
     w = _conv_weight(op, weight)
     K = w.shape[1]
+    state_len = _int(op, "state_len", state_len)
     if state_len < -1:
         _fail(op, f"state_len must be -1 (width - 1), 0 (no final state) or a positive length, got {state_len}")
     S = K - 1 if state_len < 0 else state_len
@@ -352,7 +379,7 @@ def causal_conv1d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
     final = _alloc((x.shape[0], x.shape[1], S), x.dtype, x.device)
     _call(op, x.device, op, [("out", out), ("x", x), ("weight", w), ("bias", bias),
                              ("initial_state", initial_state), ("final_state", final if S > 0 else None)],
-          bool(silu))
+          _flag(op, "silu", silu))
     return out, final
 
 
@@ -390,7 +417,7 @@ def causal_conv1d_bwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial
         ws = torch.empty(max(_C.causal_conv1d_bwd_ws_elems(Bsz, DI, L), 1), dtype=f32, device=x.device)
     _call(op, x.device, op, [("dx", dx), ("dinitial_state", dinit if initial_state is not None else None),
                              ("dweight", dw), ("dbias", db), ("x", x), ("weight", w), ("bias", bias),
-                             ("initial_state", initial_state), ("dout", dout), ("ws", ws)], bool(silu))
+                             ("initial_state", initial_state), ("dout", dout), ("ws", ws)], _flag(op, "silu", silu))
     return dx, dw, db, dinit
 
 
@@ -414,7 +441,7 @@ def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Op
     x3 = x.unsqueeze(-1) if x.dim() == 2 else x
     out = _alloc(x3.shape, x.dtype, x.device)
     _call(op, x.device, op, [("out", out), ("x", x3), ("conv_state", conv_state),
-                             ("weight", _conv_weight(op, weight)), ("bias", bias)], bool(silu))
+                             ("weight", _conv_weight(op, weight)), ("bias", bias)], _flag(op, "silu", silu))
     return out.view(x.shape)
 
 
@@ -441,7 +468,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     last = _alloc((u.shape[0], u.shape[1], A.shape[1]), torch.float32, u.device)
     _call(op, u.device, op, [("out", out), ("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C), ("D", D),
                              ("z", z), ("delta_bias", delta_bias), ("initial_state", initial_state),
-                             ("last_state", last)], bool(delta_softplus))
+                             ("last_state", last)], _flag(op, "delta_softplus", delta_softplus))
     return out, last
 
 
@@ -466,7 +493,7 @@ def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: T
                 x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     out = _alloc(x.shape, x.dtype, x.device)
     _call(op, x.device, op, [("out", out), ("state", state), ("x", x), ("dt", dt), ("A", A), ("B", B),
-                             ("C", C), ("D", D), ("z", z), ("dt_bias", dt_bias)], bool(dt_softplus))
+                             ("C", C), ("D", D), ("z", z), ("dt_bias", dt_bias)], _flag(op, "dt_softplus", dt_softplus))
     return out
 
 
@@ -511,7 +538,8 @@ def mamba_inner_step(x: Tensor, z: Tensor, conv_state: Tensor, conv_weight: Tens
                              ("conv_weight", _conv_weight(op, conv_weight)), ("conv_bias", conv_bias),
                              ("xproj_weight", xproj_weight), ("norm_weight", norm_weight),
                              ("dtproj_weight", dtproj_weight), ("A", A), ("D", D), ("dt_bias", dt_bias),
-                             ("ssm_state", ssm_state), ("ws", ws), ("work", work)], int(dt_rank), float(eps))
+                             ("ssm_state", ssm_state), ("ws", ws), ("work", work)],
+          _int(op, "dt_rank", dt_rank), _float(op, "eps", eps))
     return out
 
 
@@ -641,7 +669,8 @@ def selective_scan_bwd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
                              ("delta_bias", delta_bias), ("initial_state", initial_state), ("dout", dout),
                              ("dlast_state", dlast_state), ("du", du), ("ddelta", ddelta),
                              ("dz", dz if z is not None else None), ("dB", dB), ("dC", dC), ("dA", dA), ("dD", dD),
-                             ("ddelta_bias", ddb), ("dinitial_state", dinit), ("ws", ws)], bool(delta_softplus))
+                             ("ddelta_bias", ddb), ("dinitial_state", dinit), ("ws", ws)],
+          _flag(op, "delta_softplus", delta_softplus))
     return du, ddelta, dA, dB, dC, dD, dz, ddb, dinit
 
 
@@ -765,7 +794,7 @@ def moe_route(router_logits: Tensor, top_k: int) -> Tuple[Tensor, Tensor, Tensor
     offsets = _alloc((E + 1,), torch.int32, dev)
     slots = _alloc((T * top_k,), torch.int32, dev)
     _call(op, dev, op, [("weights", w), ("expert_ids", ids), ("expert_offsets", offsets),
-                        ("sorted_slots", slots), ("router_logits", router_logits)], int(top_k))
+                        ("sorted_slots", slots), ("router_logits", router_logits)], _int(op, "top_k", top_k))
     return w, ids, offsets, slots
 
 
@@ -785,10 +814,11 @@ def moe_permute(expert_ids: Tensor, num_experts: int) -> Tuple[Tensor, Tensor]:
     op = "moe_permute"
     _check_args(op, "expert_ids", expert_ids, {"expert_ids": 2})
     ids = _moe_ids32(op, expert_ids)
-    offsets = _alloc((num_experts + 1,), torch.int32, ids.device)
+    num_experts = _int(op, "num_experts", num_experts)
+    offsets = _alloc((max(num_experts, 0) + 1,), torch.int32, ids.device)
     slots = _alloc((ids.numel(),), torch.int32, ids.device)
     _call(op, ids.device, op, [("expert_offsets", offsets), ("sorted_slots", slots), ("expert_ids", ids)],
-          int(num_experts))
+          num_experts)
     return offsets, slots
 
 
@@ -862,7 +892,7 @@ def moe_combine(y: Tensor, weights: Tensor, expert_ids: Tensor, sorted_slots: Te
     out = _alloc((T, y.shape[1]), y.dtype, y.device)
     pos = _alloc((ids.numel(),), torch.int32, y.device)
     _call(op, y.device, op, [("out", out), ("y", y), ("weights", w32), ("expert_ids", ids),
-                             ("sorted_slots", sorted_slots), ("slot_pos", pos)], int(num_experts))
+                             ("sorted_slots", sorted_slots), ("slot_pos", pos)], _int(op, "num_experts", num_experts))
     return out
 
 
@@ -1588,7 +1618,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
         _fail(op, f"q must have 4 dimensions (batch, kv_heads, rows, head_dim), got shape {tuple(q.shape)}")
     if key_mask is not None and key_mask.dtype != torch.bool:
         _fail(op, f"key_mask must be a bool tensor (True: the key takes part), got {key_mask.dtype}")
-    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    scale = q.shape[-1] ** -0.5 if scale is None else _float(op, "scale", scale)
     out = _alloc(q.shape, q.dtype, q.device)
     part_ml = part_o = None
     if q.device.type == "cuda":
@@ -1634,7 +1664,7 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100) -> T
     loss = _alloc((N,), torch.float32, logits.device)
     lse = _alloc((N,), torch.float32, logits.device)
     _call(op, logits.device, op, [("loss", loss), ("lse", lse), ("logits", logits), ("target", target.contiguous())],
-          int(ignore_index))
+          _int(op, "ignore_index", ignore_index))
     return loss, lse
 
 
@@ -1655,7 +1685,7 @@ def cross_entropy_bwd(logits: Tensor, target: Tensor, lse: Tensor, dloss: Tensor
     _check_args(op, "logits", logits, {"lse": 1, "dloss": 1}, lse=lse, dloss=dloss)
     out = _alloc(tuple(logits.shape), logits.dtype, logits.device)
     _call(op, logits.device, op, [("dlogits", out), ("logits", logits), ("target", target.contiguous()),
-                                  ("lse", lse), ("dloss", dloss)], int(ignore_index))
+                                  ("lse", lse), ("dloss", dloss)], _int(op, "ignore_index", ignore_index))
     return out
 
 

@@ -211,6 +211,16 @@ CASES = [
     ("selective_state_update", "D_bf16", set_("D", lambda kw, d: kw["D"].bfloat16()), "D"),
     ("selective_state_update", "dt_bias_size", set_("dt_bias", lambda kw, d: randn(DI + 3, device=d)), "dt_bias"),
     ("selective_state_update", "z_stride_DI", set_("z", lambda kw, d: not_unit(kw["z"], 1)), "z"),
+    # scalar arguments of the wrong type: float("a") fails without naming the op, bool("no") is True,
+    # int(2.5) truncates; each must be a named ValueError instead
+    ("rms_norm", "eps_str", set_("eps", lambda kw, d: "1e-6"), "eps"),
+    ("add_rms_norm", "eps_bool", set_("eps", lambda kw, d: True), "eps"),
+    ("causal_conv1d", "silu_str", set_("silu", lambda kw, d: "no"), "silu"),
+    ("causal_conv1d", "state_len_float", set_("state_len", lambda kw, d: 2.5), "state_len"),
+    ("causal_conv1d_update", "silu_2", set_("silu", lambda kw, d: 2), "silu"),
+    ("selective_scan", "delta_softplus_str", set_("delta_softplus", lambda kw, d: "False"), "delta_softplus"),
+    ("selective_scan", "delta_softplus_none", set_("delta_softplus", lambda kw, d: None), "delta_softplus"),
+    ("selective_state_update", "dt_softplus_str", set_("dt_softplus", lambda kw, d: "yes"), "dt_softplus"),
 ]
 
 OPS = ["rms_norm", "add_rms_norm", "causal_conv1d", "causal_conv1d_update", "selective_scan",
@@ -275,3 +285,31 @@ def test_cuda_tensor_without_cuda_kernels_names_the_device(monkeypatch):
     monkeypatch.setattr(ops._C, "has_cuda", lambda: False)
     with pytest.raises(RuntimeError, match=r"jamba\.rms_norm: jamba_ext was built without CUDA kernels.*on cuda:1$"):
         ops._call("rms_norm", torch.device("cuda", 1), "rms_norm", [])
+
+
+def test_scalar_arguments_of_other_ops(device):
+    """The scalar arguments of the ops outside CASES: a wrong type is a ValueError naming the op and the
+    argument; numpy scalars of the right kind are accepted."""
+    import numpy as np
+    x = randn(3, H, device=device)
+    w = randn(H, device=device, shift=1.0)
+    ids = torch.zeros(3, 2, dtype=torch.int32, device=device)
+    logits = randn(4, 5, device=device)
+    target = torch.zeros(4, dtype=torch.int64, device=device)
+    bad = [("rms_norm_segments", "a split point", lambda: ops.rms_norm_segments(x, w, [4.5])),
+           ("rms_norm_segments", "eps", lambda: ops.rms_norm_segments(x, w, [4], eps=None)),
+           ("moe_route", "top_k", lambda: ops.moe_route(logits, 2.0)),
+           ("moe_permute", "num_experts", lambda: ops.moe_permute(ids, 4.0)),
+           ("cross_entropy", "ignore_index", lambda: ops.cross_entropy(logits, target, ignore_index="-100"))]
+    for op, name, call in bad:
+        with pytest.raises(ValueError, match=rf"jamba\.{op}: {name} must be"):
+            call()
+    # numpy scalars are numbers like Python's: accepted, same result
+    ref = ops.rms_norm(x, w, 1e-5)
+    assert torch.equal(ops.rms_norm(x, w, np.float32(1e-5)), ops.rms_norm(x, w, float(np.float32(1e-5))))
+    assert ref.shape == x.shape
+    kw = valid("selective_scan", device)
+    out_np = ops.selective_scan(**dict(kw, delta_softplus=np.bool_(True)))[0]
+    assert torch.equal(out_np, ops.selective_scan(**kw)[0])
+    offsets, _ = ops.moe_permute(ids, np.int64(4))
+    assert offsets.shape == (5,)

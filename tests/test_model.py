@@ -229,6 +229,35 @@ def test_config_bad_values_name_the_field(field, value):
         JambaConfig(**{field: value})
 
 
+def test_config_typo_warns_and_other_libraries_keys_do_not(tmp_path):
+    """A field one typo away (hiden_size) warns, naming the field it is kept apart from; the keys a transformers
+    config.json carries (architectures, dtype, use_mambapy, ...) load without a warning."""
+    with pytest.warns(UserWarning, match=r"'hiden_size'.*did you mean 'hidden_size'\? \(hidden_size is 4096\)"):
+        c = JambaConfig(hiden_size=64)
+    assert c.hidden_size == 4096 and c.hiden_size == 64
+    with pytest.warns(UserWarning, match=r"'num_expert'.*'num_experts'"):
+        JambaConfig(num_expert=4)
+    transformers.JambaConfig(**CONFIGS["all_moe_bias"]).save_pretrained(tmp_path)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        JambaConfig.from_pretrained(str(tmp_path))
+        JambaConfig(sep_token_id=None, torch_dtype="bfloat16", architectures=["JambaForCausalLM"])
+
+
+def test_config_derived_fields_accepted_only_when_they_agree():
+    """head_dim, layer_types, ... are computed; a config may list them with their derived value (a config.json
+    written by other code), and a different value is a ValueError naming the field (not an AttributeError)."""
+    cfg = dict(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=8)
+    ref = JambaConfig(**cfg)
+    c = JambaConfig(**cfg, head_dim=16, layer_types=tuple(ref.layer_types), mamba_d_inner=128,
+                    layers_block_type=ref.layers_block_type)
+    assert c.head_dim == 16 and c.layer_types == ref.layer_types
+    for field, value in (("head_dim", 32), ("mamba_d_inner", 64), ("layer_types", ["full_attention"] * 8)):
+        with pytest.raises(ValueError, match=rf"JambaConfig\.{field}: this value is derived"):
+            JambaConfig(**cfg, **{field: value})
+
+
 def test_config_bad_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama"}))
     with pytest.raises(ValueError, match="model_type"):
