@@ -1,0 +1,505 @@
+"""Mutation test of the CUDA kernels' fast paths: do the CUDA tests catch realistic faults in the kernels?
+
+Each mutant below is one small, plausible fault (an off-by-one in a tail, a dropped term, a wrong vector lane, a
+skipped write-back, ...) in a csrc/cuda file, on the path that the selected CUDA tests actually dispatch to (read
+the mutant's description for which test and which shape reaches it). A mutant is KILLED when its selection fails
+(a test failure, a crash or a timeout), SURVIVED when it passes: a fault the tests would let through.
+
+Run from the repo root:
+  python3 dev/mutation_cuda.py --list                  the mutants and their test selections
+  python3 dev/mutation_cuda.py --check-local           each mutant applied to a temp copy of its file and compiled
+                                                       by nvcc (no GPU needed); also says whether the mutant's device
+                                                       code (cubin) differs from the original's (else: equivalent)
+  python3 dev/mutation_cuda.py --run --dry             the --run steps without builds and pytest runs: copies,
+                                                       mutants applied, commands printed, tests collected per mutant
+  python3 dev/mutation_cuda.py --run --out $OUT/mutation_cuda.log      on the GPU machine (one H200, 16 cores)
+
+--run: one copy of the sources per mutant plus an unmutated "base" copy under a temp dir (setup.py, pyproject.toml,
+README.md, csrc/, jamba_ext/ without any built .so, tests/), the mutant applied in its copy; all copies built
+BUILD_PARALLEL at a time (JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 JAMBA_EXT_JOBS=4 python3 setup.py -q build_ext
+--inplace, each under BUILD_TIMEOUT); meanwhile, on the GPU, one after another as their builds finish: the base
+copy's union of every selection (must pass, else "base failed" and stop), then each mutant's selection in its own
+copy (cwd and PYTHONPATH = the copy; the log shows the jamba_ext and _C it imported): pytest -q -x -p no:cacheprovider
+-m cuda --timeout=60 --timeout-method=thread FILES -k EXPR, under MUTANT_TIMEOUT seconds (a timeout or a crash counts
+as KILLED, and says so). Prints one line per mutant (id, KILLED / SURVIVED / BUILD-FAIL / ERROR / NOT-RUN, seconds,
+the first failing test), then a summary; --out FILE tees all of it to FILE and keeps each copy's build / test log in
+FILE's directory (mutation_cuda_logs/). No new work starts after --budget seconds (default 450), so the whole run
+ends within about 7.5 minutes.
+"""
+import argparse
+import collections
+import concurrent.futures
+import importlib.util
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BUILD_PARALLEL = 4       # copies built at once (each with JAMBA_EXT_JOBS nvcc jobs): 16 cores
+BUILD_JOBS = 4
+BUILD_TIMEOUT = 330      # seconds per build
+MUTANT_TIMEOUT = 90      # seconds per mutant's pytest run
+BASE_TIMEOUT = 240       # seconds for the base copy's union of the selections
+TEST_TIMEOUT = 60        # pytest-timeout per test (when the plugin is installed)
+
+Mutant = collections.namedtuple("Mutant", "id file old new desc tests k")
+
+MUTANTS = [
+    Mutant("scan_g4_D_lane", "selective_scan.cu",
+           "float v0 = yc[j] + Dc * g4_lo(wu), v1 = yc[j + 1] + Dc * g4_hi(wu);",
+           "float v0 = yc[j] + Dc * g4_lo(wu), v1 = yc[j + 1] + Dc * g4_lo(wu);",
+           "g4 kernel (the bf16 default: N 16, L % 8 == 0, DI % 32 == 0, softplus, 16-byte rows) gate: the odd "
+           "step's skip term D*u reads the even step's u (low bf16 of the word). test_selective_scan_g4_fp64[full]: "
+           "7 shapes with D, the profiler asserts the g4 kernel ran; odd steps off by D*(u[t-1]-u[t]) ~ 0.5",
+           ["tests/test_cuda_extra.py"], "test_selective_scan_g4_fp64 and full"),
+    Mutant("conv_fwd_halo_lane", "causal_conv1d.cu",
+           "if (QF <= 2) nb.z = __shfl_sync(JAMBA_FULL_MASK, v[j].z, src);",
+           "if (QF < 2) nb.z = __shfl_sync(JAMBA_FULL_MASK, v[j].z, src);",
+           "vectorised forward (16-byte rows, L % VN == 0), bf16/f16 (QF 2): word z of the left neighbour's vector "
+           "is not shuffled, so h[t-3] of each vector (w[0]'s tap) reads 0. test_causal_conv1d_vector_path[bf16]: "
+           "K 4 at L 1024 / 40 / 70000 (vectors past lane 0; aligned channel slices take the VEC kernel)",
+           ["tests/test_cuda_extra.py"], "test_causal_conv1d_vector_path and bf16"),
+    Mutant("rms_row_no_eps", "rms_norm.cu",
+           "const float inv = rsqrtf(rms_row_sum(ss) / (float)a.dim + a.eps);\n    if (!active) return;\n"
+           "    if (!EARLY_W)",
+           "const float inv = rsqrtf(rms_row_sum(ss) / (float)a.dim);\n    if (!active) return;\n"
+           "    if (!EARLY_W)",
+           "rms_norm_row_kernel (16-byte rows, the default for aligned rows) drops eps. Existing tests run the row "
+           "kernel only with |x| ~ 1 (eps invisible; test_rms_norm_eps_matters uses dim 33: the two-pass kernel), "
+           "so the new tests/test_cuda_paths.py::test_rms_norm_row_kernel_eps (|x| ~ 1e-3, dims 64..16384) should "
+           "be the first to fail: 40% off",
+           ["tests/test_rms_norm.py", "tests/test_cuda_extra.py", "tests/test_cuda_paths.py"],
+           "test_rms_norm_matches_fp64 or test_rms_norm_eps_matters or test_add_rms_norm_matches_fp64 or "
+           "test_rms_norm_vector_path or test_rms_norm_row_kernel_eps"),
+    Mutant("ssu_f32n16_writeback", "selective_state_update.cu",
+           "if (j < nb) ssu_st_f4(st + j * a.ss0, h[j]);",
+           "if (j + 1 < nb) ssu_st_f4(st + j * a.ss0, h[j]);",
+           "selective_state_update_f32n16_kernel (fp32 state, N 16, 16-byte rows: the decode default) writes back the "
+           "state of only nb-1 of its group's nb batch rows (the last row keeps its old state). "
+           "test_selective_state_update_shapes_fp64[state_f32]: contiguous fp32 states, batch 1..256, state vs fp64",
+           ["tests/test_cuda_extra.py"], "test_selective_state_update_shapes_fp64 and state_f32"),
+    Mutant("mamba_step_no_dtbias", "mamba_step.cu",
+           "const float d = jamba_cu_softplus(s_dl[b][scl] + dtb);",
+           "const float d = jamba_cu_softplus(s_dl[b][scl]);",
+           "fused decode step mamba_step_kernel: the state update drops dt_bias. "
+           "test_mamba_inner_step_matches_chain_and_reference[cuda]: JAMBA_EXT_MAMBA_STEP_FUSED=force for B <= 2 "
+           "and DI, R multiples of 16 bytes (5-6 of 8 cases a dtype), y within ~1 ulp of the five-launch chain",
+           ["tests/test_mamba_step.py"], "test_mamba_inner_step_matches_chain_and_reference and cuda"),
+    Mutant("gemv_ring_k_tail", "gemv.cu",
+           "const bool kin = k < a.K;",
+           "const bool kin = k + 8 < a.K;",
+           "gemv_ring_kernel (tensor cores: bf16/f16, 2-8 rows from N 512, 1 row at N 512..8192) drops the last "
+           "16-byte unit (8 elements) of K in every row. test_gemv_cuda_tensor_core_rows[default]: out_proj "
+           "2x4096x8192, dt_proj 5x8192x256, odd 7x1000x4104, down 8x4096x14336 (+ 1 row each), vs the error model",
+           ["tests/test_gemv.py"], "test_gemv_cuda_tensor_core_rows and default"),
+    Mutant("moe_wgmma_epi_gate_up_swap", "moe_wgmma.cu",
+           "o[q] = moe_act_fast<T>(P::f1(w[q] & 0xffffu), P::f1(w[q] >> 16));",
+           "o[q] = moe_act_fast<T>(P::f1(w[q] >> 16), P::f1(w[q] & 0xffffu));",
+           "persistent wgmma MoE kernel, its epilogue warps (wp_drain_box: gate_up outputs n0+64..n0+127 of each tile) "
+           "swap the staged (gate, up) halves: SiLU(up)*gate. Reached above 16 slots per expert outside 128..191 "
+           "(no merged tiles): test_moe_experts_gpu_impls[wgmma-*] at T 2048 E 16 k2 (256 / expert), T 300 E 4 k1 "
+           "(75), T 130 E 4 k2 (65), F 96..1048 > 64",
+           ["tests/test_moe.py"], "test_moe_experts_gpu_impls and wgmma"),
+    Mutant("moe_gemv_combine_weight", "moe_gemv.cu",
+           "y = moe_scaled<T>(y, a.weights[s]);",
+           "y = moe_scaled<T>(y, a.weights[t]);",
+           "decode MoE (moe_gemv.cu, T <= 4, bf16/f16, impl gemv / auto) fused combine: the router weight of token t "
+           "(index t) instead of slot s = t*K + j. test_moe_decode_one_token[default]: 1 token, K 2..12 (slot 1.. "
+           "gets slot 0's weight), and the 2-token pair",
+           ["tests/test_moe.py"], "test_moe_decode_one_token and default and bf16"),
+    Mutant("attn_mma_last_tile", "decode_attention.cu",
+           "const int64_t ntiles = (j1 - j0 + 7) / 8;",
+           "const int64_t ntiles = (j1 - j0) / 8;",
+           "attn_mma_kernel (bf16/f16, D 64 / 128: the decode default) skips a split's last partial tile of 8 keys. "
+           "test_decode_attention_cuda_kernels[mma]: S 1 (no key left: 0 out), 17, 300, 4500 (splits of 16..23 keys), "
+           "33",
+           ["tests/test_decode_attention.py"], "test_decode_attention_cuda_kernels and mma"),
+    Mutant("ce_fwd_no_rescale", "cross_entropy.cu",
+           "s = s * jamba_cu_exp2(fmaf(m, JAMBA_LOG2E, -off)) + add;",
+           "s = s + add;",
+           "cross_entropy forward: a thread's running sum is not rescaled when its running max grows between rounds "
+           "(online softmax). Needs > 1 round per thread (V > 1024 vectors): test_cross_entropy_matches_fp64[cuda] "
+           "2x65536 (8 rounds), 5x8200; lse / loss within 1e-5",
+           ["tests/test_cross_entropy.py"], "test_cross_entropy_matches_fp64 and cuda"),
+]
+
+
+class Tee:
+    """print() to stdout and, with --out, to a file"""
+
+    def __init__(self, path=None):
+        if path:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.f = open(path, "w") if path else None
+
+    def __call__(self, *args):
+        line = " ".join(str(a) for a in args)
+        print(line, flush=True)
+        if self.f:
+            self.f.write(line + "\n")
+            self.f.flush()
+
+
+def mutate(text, m):
+    n = text.count(m.old)
+    assert n == 1, f"{m.id}: the original snippet occurs {n} times in {m.file} (must be exactly once)"
+    return text.replace(m.old, m.new)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def pytest_args(tests, k):
+    return ["-q", "-x", "-p", "no:cacheprovider", "-m", "cuda", "-rfE"] + list(tests) + ["-k", k]
+
+
+def union_selection(mutants):
+    files = []
+    for m in mutants:
+        files += [t for t in m.tests if t not in files]
+    return files, " or ".join(f"({m.k})" for m in mutants)
+
+
+def find_nvcc():
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.path.exists(os.path.join(home, "bin", "nvcc")):
+            return os.path.join(home, "bin", "nvcc")
+    nvcc = shutil.which("nvcc")
+    if not nvcc:
+        sys.exit("nvcc not found (set CUDA_HOME or put nvcc on PATH)")
+    return nvcc
+
+
+# ---- --check-local ----------------------------------------------------------------------------------------------
+def check_local(out):
+    """Each mutant on a temp copy of csrc/: nvcc -c (must compile), and the device code (cubin) of the original and
+    the mutated file compared (identical cubins: the mutant is equivalent)."""
+    nvcc = find_nvcc()
+    tmp = tempfile.mkdtemp(prefix="jamba_mutcheck_")
+    shutil.copytree(os.path.join(ROOT, "csrc"), os.path.join(tmp, "csrc"))
+    failed = 0
+    cubins = {}
+    try:
+        for m in MUTANTS:
+            src = os.path.join(tmp, "csrc", "cuda", m.file)
+            orig = read(src)
+            arch = "90a" if "jamba-build: sm90a" in orig[:4096] else "90"
+            common = ["-O1", "-std=c++17", "-DJAMBA_WITH_CUDA", "--expt-relaxed-constexpr", "-I",
+                      os.path.join(tmp, "csrc"), f"-gencode=arch=compute_{arch},code=sm_{arch}"]
+            t0 = time.time()
+            if m.file not in cubins:  # the original's device code, once per file
+                r = subprocess.run([nvcc, "-cubin", src, "-o", os.path.join(tmp, "orig.cubin")] + common,
+                                   capture_output=True, text=True)
+                cubins[m.file] = open(os.path.join(tmp, "orig.cubin"), "rb").read() if r.returncode == 0 else None
+            write(src, mutate(orig, m))
+            try:
+                r = subprocess.run([nvcc, "-c", src, "-o", os.path.join(tmp, "x.o"), "-Xcompiler", "-fPIC"] + common,
+                                   capture_output=True, text=True)
+                ok = r.returncode == 0
+                same = None
+                if ok and cubins[m.file] is not None:
+                    r2 = subprocess.run([nvcc, "-cubin", src, "-o", os.path.join(tmp, "mut.cubin")] + common,
+                                        capture_output=True, text=True)
+                    if r2.returncode == 0:
+                        same = open(os.path.join(tmp, "mut.cubin"), "rb").read() == cubins[m.file]
+            finally:
+                write(src, orig)
+            verdict = "compiles" if ok else "DOES NOT COMPILE"
+            diff = {None: "cubin not compared", True: "SAME CUBIN (equivalent mutant)", False: "cubin differs"}[same]
+            out(f"{m.id:<28} {m.file:<26} sm_{arch:<4}{verdict:<17}{diff:<32}{time.time() - t0:6.1f} s")
+            if not ok:
+                out((r.stdout + r.stderr)[-3000:])
+            failed += (not ok) or same is True
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    out(f"check-local: {len(MUTANTS) - failed} of {len(MUTANTS)} mutants compile and change the device code")
+    return 1 if failed else 0
+
+
+# ---- --run ------------------------------------------------------------------------------------------------------
+def make_copy(dest):
+    """The sources a build and the tests need (no built .so, no build/ or caches)."""
+    ignore = shutil.ignore_patterns("__pycache__", "*.so", "*.o", "build", ".pytest_cache", "*.egg-info")
+    os.makedirs(dest)
+    for name in ("setup.py", "pyproject.toml", "README.md", "MANIFEST.in"):
+        if os.path.exists(os.path.join(ROOT, name)):
+            shutil.copy2(os.path.join(ROOT, name), dest)
+    for name in ("csrc", "jamba_ext", "tests"):
+        shutil.copytree(os.path.join(ROOT, name), os.path.join(dest, name), ignore=ignore)
+
+
+def build_env():
+    env = dict(os.environ, JAMBA_EXT_CUDA="1", JAMBA_EXT_ARCHS="90", JAMBA_EXT_JOBS=str(BUILD_JOBS))
+    env.pop("JAMBA_EXT_PTX", None)
+    return env
+
+
+ACTIVE = set()  # running build processes (killed when the run stops early)
+
+
+def build(copy, log_path, timeout):
+    """(ok, seconds, note) of one build of copy"""
+    t0 = time.time()
+    with open(log_path, "w") as log:
+        p = subprocess.Popen([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=copy, env=build_env(),
+                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        ACTIVE.add(p)
+        try:
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill(p)
+            return False, time.time() - t0, f"timeout after {timeout:.0f} s"
+        finally:
+            ACTIVE.discard(p)
+    built = [f for f in os.listdir(os.path.join(copy, "jamba_ext")) if f.startswith("_C") and f.endswith(".so")]
+    if rc != 0 or not built:
+        return False, time.time() - t0, f"rc {rc}" + ("" if built else ", no _C .so")
+    return True, time.time() - t0, ""
+
+
+def kill(p):
+    """ends build process p and its nvcc children (its own session's process group)"""
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    p.wait()
+
+
+# runs pytest in the copy after printing which jamba_ext / _C it imported (argv: copy, pytest args...)
+RUNNER = r"""
+import os, sys
+copy = os.path.realpath(sys.argv[1])
+import torch, jamba_ext, jamba_ext._C as C
+from jamba_ext import ops
+print("imported jamba_ext from", jamba_ext.__file__, "| _C from", C.__file__, "| cuda kernels:",
+      ops.has_cuda_kernels(), "| GPU:", torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+      flush=True)
+if not os.path.realpath(C.__file__).startswith(copy + os.sep):
+    print("WRONG IMPORT: _C is not the copy's", flush=True)
+    sys.exit(99)
+import pytest
+sys.exit(pytest.main(sys.argv[2:]))
+"""
+
+
+def test_env(copy):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JAMBA_EXT_")}  # default dispatch only
+    env["PYTHONPATH"] = copy + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def have_pytest_timeout():
+    return importlib.util.find_spec("pytest_timeout") is not None
+
+
+def run_tests(copy, args, timeout, log_path):
+    """(status, seconds, first failing test or reason, import line) of one pytest run in copy"""
+    t0 = time.time()
+    cmd = [sys.executable, "-c", RUNNER, copy] + args
+    try:
+        r = subprocess.run(cmd, cwd=copy, env=test_env(copy), capture_output=True, text=True, timeout=timeout)
+        text, rc = r.stdout + r.stderr, r.returncode
+    except subprocess.TimeoutExpired as e:
+        text = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        rc = None
+    dt = time.time() - t0
+    if log_path:
+        write(log_path, " ".join(cmd[:2] + ["<RUNNER>"] + cmd[3:]) + "\n" + text)
+    imp = next((line for line in text.splitlines() if line.startswith("imported jamba_ext")), "import line missing")
+    first = next((line.split(" - ")[0] for line in text.splitlines() if line.startswith(("FAILED ", "ERROR "))), "")
+    last = text.strip().splitlines()[-1] if text.strip() else ""
+    if rc is None:
+        return "KILLED", dt, f"timeout after {timeout:.0f} s (per-mutant limit) {first}".strip(), imp
+    if rc == 0:
+        passed = re.search(r"(\d+) passed", last)
+        if not passed:
+            return "ERROR", dt, f"no test ran: {last}", imp
+        return "SURVIVED", dt, last, imp
+    if rc == 1:
+        if not first and "+ Timeout +" in text:
+            return "KILLED", dt, f"a test ran past pytest-timeout's {TEST_TIMEOUT} s", imp
+        return "KILLED", dt, first or last, imp
+    if rc < 0:
+        return "KILLED", dt, f"crash (signal {-rc}) {first}".strip(), imp
+    if rc == 99:
+        return "ERROR", dt, "wrong jamba_ext imported", imp
+    return "ERROR", dt, f"pytest rc {rc}: {last}", imp
+
+
+def collect(args):
+    """node ids that pytest collects for args (in the repo root, whose jamba_ext is importable here)"""
+    sel = [a for a in args if a not in ("-x", "-rfE")]
+    r = subprocess.run([sys.executable, "-m", "pytest", "--collect-only"] + sel, cwd=ROOT, capture_output=True,
+                       text=True)
+    return {line.strip() for line in r.stdout.splitlines() if "::" in line}, r
+
+
+def run(out, dry, budget, log_dir):
+    work = tempfile.mkdtemp(prefix="jamba_mutation_")
+    try:
+        return run_in(work, out, dry, budget, log_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_in(work, out, dry, budget, log_dir):
+    start = time.time()
+    left = lambda: budget - (time.time() - start)  # noqa: E731
+    out(f"work dir {work}; {len(MUTANTS)} mutants; budget {budget:.0f} s; python {sys.executable}")
+    copies = {"base": os.path.join(work, "base")}
+    make_copy(copies["base"])
+    for m in MUTANTS:
+        copies[m.id] = os.path.join(work, m.id)
+        make_copy(copies[m.id])
+        path = os.path.join(copies[m.id], "csrc", "cuda", m.file)
+        write(path, mutate(read(path), m))
+    out(f"copies made and mutants applied in {time.time() - start:.1f} s")
+    timeout_opt = [f"--timeout={TEST_TIMEOUT}", "--timeout-method=thread"] if (dry or have_pytest_timeout()) else []
+    if not timeout_opt:
+        out("note: pytest-timeout is not installed: no per-test timeout (the per-mutant limit still holds)")
+    files, k_union = union_selection(MUTANTS)
+    base_args = pytest_args(files, k_union) + timeout_opt
+    build_cmd = (f"JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 JAMBA_EXT_JOBS={BUILD_JOBS} {sys.executable} setup.py -q "
+                 "build_ext --inplace")
+
+    if dry:
+        out(f"[dry] would build {len(copies)} copies, {BUILD_PARALLEL} at a time: (cd COPY && {build_cmd})")
+        ids_union = set()
+        for name, copy in copies.items():
+            m = next((x for x in MUTANTS if x.id == name), None)
+            args = base_args if m is None else pytest_args(m.tests, m.k) + timeout_opt
+            ids, r = collect([a for a in args if not a.startswith("--timeout")])
+            if m is not None:
+                ids_union |= ids
+            out(f"[dry] {name:<28} cwd={copy} PYTHONPATH={copy} python3 -c RUNNER {copy} "
+                + " ".join(repr(a) if " " in a else a for a in args))
+            out(f"[dry] {name:<28} collects {len(ids)} tests" + ("" if ids else "  <-- NOTHING COLLECTED:\n"
+                                                                  + r.stdout[-2000:] + r.stderr[-2000:]))
+            if m is not None:
+                diff = subprocess.run(["diff", os.path.join(ROOT, "csrc", "cuda", m.file),
+                                       os.path.join(copy, "csrc", "cuda", m.file)], capture_output=True, text=True)
+                out("\n".join("        " + line for line in diff.stdout.splitlines()))
+        base_ids, _ = collect([a for a in base_args if not a.startswith("--timeout")])
+        extra = len(base_ids - ids_union)
+        out(f"[dry] base union collects {len(base_ids)} tests; union of the mutants' selections {len(ids_union)}"
+            + (f"; {extra} tests only in the base run (a -k term matched another file)" if extra else "")
+            + ("" if ids_union <= base_ids else "; SOME MUTANT TESTS ARE NOT IN THE BASE RUN"))
+        return 0
+
+    def logp(name, kind):
+        return os.path.join(log_dir, f"{name}.{kind}.log") if log_dir else os.path.join(work, f"{name}.{kind}.log")
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=BUILD_PARALLEL)
+    futs = {name: pool.submit(build, copy, logp(name, "build"), min(BUILD_TIMEOUT, max(left(), 1)))
+            for name, copy in copies.items()}  # base first: the pool starts them in this order
+    results = []
+
+    def wait_build(name):
+        try:
+            ok, dt, note = futs[name].result(timeout=max(left(), 0.1))
+        except concurrent.futures.TimeoutError:
+            return None, 0.0, "budget spent waiting for its build"
+        if not ok:
+            out(f"build of {name} FAILED ({note}, {dt:.0f} s); tail of its log:")
+            out(read(logp(name, "build"))[-3000:])
+        return ok, dt, note
+
+    try:
+        ok, dt, note = wait_build("base")
+        out(f"base build {dt:.0f} s")
+        if not ok:
+            out(f"base failed (build: {note}): stop")
+            return 2
+        out(f"base: union of the selections: pytest {' '.join(base_args)}")
+        status, dt, info, imp = run_tests(copies["base"], base_args, min(BASE_TIMEOUT, left()), logp("base", "test"))
+        out(f"  {imp}")
+        out(f"base {'passed' if status == 'SURVIVED' else 'FAILED (' + status + ')'} {dt:.1f} s: {info}")
+        if status != "SURVIVED":  # i.e. passed
+            out("base failed: the unmutated copy does not pass the selections; stop")
+            return 2
+        for m in MUTANTS:
+            if left() < 15:
+                results.append((m, "NOT-RUN", 0.0, "budget spent"))
+                continue
+            ok, bdt, note = wait_build(m.id)
+            if ok is None:
+                results.append((m, "NOT-RUN", 0.0, note))
+            elif not ok:
+                results.append((m, "BUILD-FAIL", bdt, note))
+            else:
+                args = pytest_args(m.tests, m.k) + timeout_opt
+                status, dt, info, imp = run_tests(copies[m.id], args, min(MUTANT_TIMEOUT, max(left(), 1)),
+                                                  logp(m.id, "test"))
+                out(f"  {imp}")
+                results.append((m, status, dt, info))
+            m, status, dt, info = results[-1]
+            out(f"{m.id:<28} {status:<10} {dt:6.1f} s  {info}")
+    finally:
+        for f in futs.values():
+            f.cancel()
+        for p in list(ACTIVE):
+            kill(p)
+        pool.shutdown(wait=True)
+
+    out("")
+    out("mutant                       result      time  first failing test / note")
+    for m, status, dt, info in results:
+        out(f"{m.id:<28} {status:<10} {dt:6.1f} s  {info}")
+    counts = collections.Counter(status for _, status, _, _ in results)
+    valid = counts["KILLED"] + counts["SURVIVED"]
+    out(f"summary: {counts['KILLED']} killed, {counts['SURVIVED']} survived, {counts['BUILD-FAIL']} build-fail, "
+        f"{counts['ERROR']} error, {counts['NOT-RUN']} not run; mutation score "
+        f"{counts['KILLED']}/{valid}; total {time.time() - start:.0f} s")
+    for m, status, _, _ in results:
+        if status == "SURVIVED":
+            out(f"SURVIVED: {m.id} ({m.file}): {m.desc}")
+    return 0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--list", action="store_true", help="list the mutants")
+    ap.add_argument("--check-local", action="store_true", help="compile every mutant with nvcc (no GPU)")
+    ap.add_argument("--run", action="store_true", help="build the copies and run the selections (GPU machine)")
+    ap.add_argument("--dry", action="store_true", help="with --run: no builds, no test runs; collect the tests")
+    ap.add_argument("--out", help="tee the output to this file (its directory also gets mutation_cuda_logs/)")
+    ap.add_argument("--budget", type=float, default=450.0, help="seconds after which no new work starts")
+    a = ap.parse_args()
+    out = Tee(a.out)
+    ids = [m.id for m in MUTANTS]
+    assert len(set(ids)) == len(ids), "duplicate mutant ids"
+    for m in MUTANTS:  # every snippet once in the checkout's file
+        mutate(read(os.path.join(ROOT, "csrc", "cuda", m.file)), m)
+    if a.list:
+        for m in MUTANTS:
+            out(f"{m.id} ({m.file}): {m.desc}\n    old: {m.old!r}\n    new: {m.new!r}\n"
+                f"    tests: {' '.join(m.tests)} -m cuda -k {m.k!r}")
+        return 0
+    if a.check_local:
+        return check_local(out)
+    if a.run:
+        log_dir = None
+        if a.out:
+            log_dir = os.path.join(os.path.dirname(os.path.abspath(a.out)), "mutation_cuda_logs")
+            os.makedirs(log_dir, exist_ok=True)
+        return run(out, a.dry, a.budget, log_dir)
+    ap.print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
