@@ -77,6 +77,20 @@ def test_decode_attention_no_key_gives_zero(device):
 
 
 @pytest.mark.parametrize("dtype", dtype_params())
+def test_decode_attention_large_scores(device, dtype):
+    """Every score near 100 (the first coordinate of q and of each key holds a constant; the rest is random, so the
+    softmax is not one-hot): exp(score) overflows fp32 above 88, so the softmax must subtract the maximum first.
+    fp32: a score near 100 carries an fp32 rounding of ~1e-5, which moves the output by as much (tolerance 1e-4)."""
+    q, k, v, mask = make(2, 3, 4, 64, 50, device, dtype, "random")
+    q[..., 0], k[..., 0] = 40.0, 20.0                        # 40 * 20 / sqrt(64) = 100 added to every score
+    out = ops.decode_attention(q, k, v, mask)
+    if dtype == torch.float32:
+        assert_close(out, reference.decode_attention(up(q), up(k), up(v), mask), rtol=1e-4, atol=1e-4)
+    else:
+        check(out, q, k, v, mask)
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
 def test_decode_attention_matches_sdpa(device, dtype):
     """The model's call: query heads h = kv * R + r against GQA K / V under a boolean mask, as SDPA computes it."""
     B, H, R, D, S = 2, 8, 4, 128, 257

@@ -108,6 +108,20 @@ def test_moe_route_strided_logits(device):
     assert_close(w, ref_w, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("dtype", dtype_params([torch.float32, torch.float16]))
+@pytest.mark.parametrize("shift", [100.0, -120.0])
+def test_moe_route_large_logits(device, dtype, shift):
+    """Logits far from 0: exp overflows fp32 above 88 and is 0 below -104, so the softmax must subtract the row's
+    maximum first (the logits above stay within +-15). bf16 is left out: its spacing at 100 (0.5) would tie the
+    experts."""
+    logits = (separated_logits(37, 16, device, torch.float32) + shift).to(dtype)
+    w, ids, offsets, slots = ops.moe_route(logits, 2)
+    ref_w, ref_ids = reference.moe_route(up(logits), 2)
+    assert torch.equal(ids.long().cpu(), ref_ids.cpu())
+    assert_close(w, ref_w, rtol=1e-5, atol=1e-7)
+    assert_perm(offsets, slots, ids, 16)
+
+
 # ---- moe_permute ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("T,K,E", [(0, 2, 4), (1, 1, 1), (9, 2, 8), (1000, 2, 16), (3000, 3, 5), (16384, 2, 16),
                                    (20001, 2, 16)])
@@ -712,6 +726,20 @@ def test_silu_mul_strided_rows(device, dtype):
     assert_close(out, reference.silu_mul(up(gu)), **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", dtype_params(LOW_DTYPES))
+def test_silu_mul_rounds_as_hf(device, dtype):
+    """bf16 / fp16 round where HF's two ops do: round(round(silu(g)) * u). The tolerances above (one ulp) cannot tell
+    it from one rounding of silu(g) * u, which differs from HF's in ~27% of the elements; ours may differ only where
+    its expf and torch's exp put silu(g) on two sides of a rounding boundary (well under 1%)."""
+    gu = randn(300, 544, device=device, dtype=dtype, scale=3.0)
+    out = ops.silu_mul(gu)
+    g, u = gu.chunk(2, dim=-1)
+    hf = torch.nn.functional.silu(g) * u
+    assert_close(out, hf, rtol=2 ** -7, atol=1e-6)
+    differ = (out != hf).float().mean().item()
+    assert differ <= 0.01, f"{differ:.1%} of the elements differ from HF's silu(g) * u in {dtype}"
+
+
 def test_silu_mul_bad_inputs(device):
     with pytest.raises(ValueError, match="gate_up"):
         ops.silu_mul(randn(4, 7, device=device))
@@ -776,6 +804,25 @@ def test_moe_combine_matches_fp64(device, dtype, T, H, E, K):
     assert_close(out, ref, **MOE_TOL[dtype])
     o2 = ops.moe_combine(y, w, ids.long(), slots, E)   # int64 ids (torch.topk's) are accepted
     assert torch.equal(out, o2)
+
+
+@pytest.mark.parametrize("dtype", dtype_params(LOW_DTYPES))
+@pytest.mark.parametrize("K", [2, 3])
+def test_moe_combine_rounds_as_hf(device, dtype, K):
+    """bf16 / fp16 round where HF's MoE block does: o_j = round(y_j * round(w_j)) (the fp32 routing weight cast to the
+    model dtype first), out = round(round(o_0 + o_1) + o_2), j ascending. The float64 comparison above (2e-2) cannot
+    see a missing rounding; the same products and sums done by torch in the dtype give the exact bits."""
+    T, H, E = 33, 40, 8
+    w, ids, offsets, slots = routed(T, E, K, device)
+    y = randn(T * K, H, device=device, dtype=dtype)
+    out = ops.moe_combine(y, w, ids, slots, E)
+    pos = torch.empty(T * K, dtype=torch.long, device=device)
+    pos[slots.long()] = torch.arange(T * K, device=device)
+    rows = y[pos].view(T, K, H)                                     # expert outputs in slot order
+    want = rows[:, 0] * w[:, 0, None].to(dtype)
+    for j in range(1, K):
+        want = want + rows[:, j] * w[:, j, None].to(dtype)
+    assert torch.equal(out, want)
 
 
 def test_moe_combine_bad_inputs(device):

@@ -110,6 +110,27 @@ def test_add_rms_norm_residual_other_dtype(device):
     assert_close(out, ref_out, **TOL[torch.bfloat16])
 
 
+@pytest.mark.parametrize("dtype", dtype_params(LOW_DTYPES))
+@pytest.mark.parametrize("op", ["rms_norm", "add_rms_norm"])
+def test_rms_norm_low_precision_rounds_as_hf(device, dtype, op):
+    """bf16 / fp16 round where HF's JambaRMSNorm does: out = round(round(s r) w), s = round(x + residual) for
+    add_rms_norm. Fewer roundings are closer to float64, so the comparisons above cannot see them; reference.py run on
+    the low-precision inputs (fp32 math) rounds as HF does. The op may differ from it only where its fp32 mean of s^2
+    (summed in another order) moves s r across a rounding boundary: by one ulp, in well under 1% of the elements
+    (rounding s r w once instead differs in ~25% of them, normalising the unrounded sum in ~18%)."""
+    x = randn(64, 1000, device=device, dtype=dtype, scale=2.0, shift=0.3)
+    w = norm_weight(1000, device, dtype)
+    if op == "rms_norm":
+        out, want = ops.rms_norm(x, w, 1e-6), reference.rms_norm(x, w, 1e-6)
+    else:
+        r = randn(64, 1000, device=device, dtype=dtype, scale=3.0)
+        out, want = ops.add_rms_norm(x, r, w, 1e-6)[0], reference.add_rms_norm(x, r, w, 1e-6)[0]
+    ulp = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}[dtype]   # the dtype's largest relative spacing
+    assert_close(out, want, rtol=2 * ulp, atol=0)          # one ulp (of the larger value, across a power of 2)
+    differ = (out != want).float().mean().item()
+    assert differ <= 0.01, f"{differ:.1%} of the elements differ from HF's rounding order"
+
+
 @pytest.mark.parametrize("op", ["rms_norm", "add_rms_norm"])
 def test_rms_norm_deterministic(device, op):
     x = randn(67, 300, device=device, dtype=torch.bfloat16)
@@ -359,6 +380,24 @@ def test_rms_norm_bwd_op_direct(device, dtype):
         # bf16 / fp16: round(x r) may land on the other side of a rounding boundary (r in fp32 here, in double on
         # the CPU), which moves one term of a column sum by an ulp of the dtype
         _scale_err_ok("dweight", a[1].cpu(), c[1].double(), 1e-3 if dtype != torch.float32 else 1e-5)
+
+
+@pytest.mark.parametrize("dtype", dtype_params(LOW_DTYPES))
+@pytest.mark.parametrize("splits", [[], [256, 272]], ids=["norm", "seg_dtBC"])
+def test_rms_norm_bwd_dweight_rounds_x_r(device, dtype, splits):
+    """bf16 / fp16: dweight = sum_m dy * round(x r), the forward's rounded x r (csrc/jamba.h), not dy * x r (closer to
+    float64: the tolerances above cannot tell), against reference.rms_norm_bwd run on the low-precision inputs (fp32
+    math, rounding where the forward does). Where the op's r and the reference's put x r on two sides of a rounding
+    boundary one term moves by an ulp, so 99% of the columns (not all) must agree within 1e-5 of the largest; without
+    the rounding the typical column is 3e-5 (fp16) to 3e-4 (bf16) off."""
+    x = randn(70, 520, device=device, dtype=dtype, scale=1.3)
+    w = norm_weight(520, device, dtype)
+    dy = randn(70, 520, device=device, dtype=dtype)
+    _, dw = ops.rms_norm_bwd(x, w, dy, splits)
+    _, want = reference.rms_norm_bwd(x, w, dy, splits)
+    err = (dw.double() - want.double()).abs() / want.abs().max().item()
+    close = (err <= 1e-5).float().mean().item()
+    assert close >= 0.99, f"only {close:.1%} of dweight's columns agree (max error {err.max().item():.2e})"
 
 
 def test_rms_norm_bwd_bad_inputs(device):
