@@ -13,18 +13,21 @@ Run from the repo root:
   python3 dev/mutation_cuda.py --run --dry             the --run steps without builds and pytest runs: copies,
                                                        mutants applied, commands printed, tests collected per mutant
   python3 dev/mutation_cuda.py --run --out $OUT/mutation_cuda.log      on the GPU machine (one H200, 16 cores)
+  --only id1,id2,...                                   with any of the above: only those mutants (e.g. a rerun)
 
 --run: one copy of the sources per mutant plus an unmutated "base" copy under a temp dir (setup.py, pyproject.toml,
 README.md, csrc/, jamba_ext/ without any built .so, tests/), the mutant applied in its copy; all copies built
-BUILD_PARALLEL at a time (JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 JAMBA_EXT_JOBS=4 python3 setup.py -q build_ext
---inplace, each under BUILD_TIMEOUT); meanwhile, on the GPU, one after another as their builds finish: the base
-copy's union of every selection (must pass, else "base failed" and stop), then each mutant's selection in its own
+BUILD_PARALLEL (6) at a time (JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 JAMBA_EXT_JOBS=BUILD_JOBS (3) python3 setup.py -q
+build_ext --inplace, each under BUILD_TIMEOUT); meanwhile, on the GPU, one after another as their builds finish: the
+base copy's union of every selection (must pass, else "base failed" and stop), then each mutant's selection in its own
 copy (cwd and PYTHONPATH = the copy; the log shows the jamba_ext and _C it imported): pytest -q -x -p no:cacheprovider
 -m cuda --timeout=60 --timeout-method=thread FILES -k EXPR, under MUTANT_TIMEOUT seconds (a timeout or a crash counts
 as KILLED, and says so). Prints one line per mutant (id, KILLED / SURVIVED / BUILD-FAIL / ERROR / NOT-RUN, seconds,
 the first failing test), then a summary; --out FILE tees all of it to FILE and keeps each copy's build / test log in
-FILE's directory (mutation_cuda_logs/). No new work starts after --budget seconds (default 450), so the whole run
-ends within about 7.5 minutes.
+FILE's directory (mutation_cuda_logs/). No new work starts after --budget seconds (default 450; a mutant's tests are
+cut at it too), so the whole run ends within about 7.5 minutes. Expected: 29 builds (28 mutants + base) in 5 waves of
+~65 s (~5.5 minutes), the base run (~60 s) and each mutant's tests (5-15 s) overlapped with the later builds: ~6 minutes
+in all.
 """
 import argparse
 import collections
@@ -40,8 +43,12 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BUILD_PARALLEL = 4       # copies built at once (each with JAMBA_EXT_JOBS nvcc jobs): 16 cores
-BUILD_JOBS = 4
+# Builds: one copy's 18 .cu files take ~91 core-seconds of nvcc (a 2-core machine, 2 jobs: 52 s), the longest
+# selective_scan.cu (21 s; the 15th file setup.py starts) and moe_wgmma.cu (17 s), so a build's last ~20 s run on one or
+# two cores. On the H200 machine: 4 builds x 4 jobs took 48 s a build (12 s of wall per build), 6 builds x 3 jobs 62-69
+# s a build (a 5-mutant run with --only: ~11 s per build), so 29 copies build in ~5.3 minutes instead of ~6.
+BUILD_PARALLEL = 6       # copies built at once (each with JAMBA_EXT_JOBS nvcc jobs): 16 cores
+BUILD_JOBS = 3
 BUILD_TIMEOUT = 330      # seconds per build
 MUTANT_TIMEOUT = 90      # seconds per mutant's pytest run
 BASE_TIMEOUT = 240       # seconds for the base copy's union of the selections
@@ -126,6 +133,142 @@ MUTANTS = [
            "(online softmax). Needs > 1 round per thread (V > 1024 vectors): test_cross_entropy_matches_fp64[cuda] "
            "2x65536 (8 rounds), 5x8200; lse / loss within 1e-5",
            ["tests/test_cross_entropy.py"], "test_cross_entropy_matches_fp64 and cuda"),
+    # ---- second round: state carry, gates, the non-g4 scans, conv states / update, bwd terms, MoE route /
+    # permute / ring decode / combine, the wgmma tile forms, sum_mid ----
+    Mutant("scan_g4_init_batch0", "selective_scan.cu",
+           "h[i] = a.init ? a.init[b * a.si0 + c * a.si1 + n] : 0.f;",
+           "h[i] = a.init ? a.init[c * a.si1 + n] : 0.f;",
+           "g4 kernel's scan warps load initial_state without the batch stride: every batch row starts from batch 0's "
+           "state. test_selective_scan_g4_fp64[full]: batch 2 / 3 cases (2x64x40, 3x64x264, 2x8192x72) with an "
+           "initial state; outputs and last_state vs fp64 (5e-5) differ by O(1) in slowly decaying states",
+           ["tests/test_cuda_extra.py"], "test_selective_scan_g4_fp64 and full"),
+    Mutant("scan_softplus_no_abs", "selective_scan.cu",
+           "const float e = jamba_cu_exp2(fabsf(v) * -JAMBA_LOG2E);",
+           "const float e = jamba_cu_exp2(v * -JAMBA_LOG2E);",
+           "pc_softplus (the pipelined kernel's, and the g4 converters' SHORT form) loses the |v|: for v < 0 "
+           "(delta + bias ~ -4.5..-1.5 mostly) e = exp(|v|) > 1, outside the log1p polynomial's [0, 1]: dt far off. "
+           "test_selective_scan_d_state_sweep[1 / 5 / 16]: f32, N <= 16: the pipelined kernel (the general loader, "
+           "x_proj-strided B/C), softplus on, vs fp64 (the same selection as scan_fwd_tail_no_D: no extra base time)",
+           ["tests/test_cuda_extra.py"], "test_selective_scan_d_state_sweep"),
+    Mutant("scan_fwd_tail_no_D", "selective_scan.cu",
+           "if (g == 0) sy[lc * TP + t] = fmaf(Dc, su[lc * TP + t], y);",
+           "if (g == 0) sy[lc * TP + t] = y;",
+           "selective_scan_fwd_kernel (the general kernel, dispatched only for N > 16): the steps after the last "
+           "whole 8-step batch of a chunk drop D*u. test_selective_scan_d_state_sweep[33 / 128 / 256]: L 97, TC 32 / "
+           "16 / 4 (N 33 / 128 / 256), so step 96 (and at N 256 every step) goes through that loop; off by D*u ~ 0.5",
+           ["tests/test_cuda_extra.py"], "test_selective_scan_d_state_sweep"),
+    Mutant("conv_fwd_init_row_stale", "causal_conv1d.cu",
+           "if (init) init = (const T *)a.init + (int64_t)b * a.si0 + (int64_t)c * a.si1;",
+           "if (init) init = (const T *)a.init + (int64_t)b * a.si0;",
+           "conv forward: a warp that moves on to the next (b, c) row (4-segment warps: more segments than one "
+           "resident wave) points its initial-state row at channel 0: that row's first 3 outputs take channel 0's "
+           "halo. test_causal_conv1d_multi_wave: 2x1000x2056 S3 and 1x4000x4096 S5 (6000 / 16000 bf16 segments > "
+           "3168 warps), all dtypes",
+           ["tests/test_cuda_extra.py"], "test_causal_conv1d_multi_wave"),
+    Mutant("conv_fin_init_edge", "causal_conv1d.cu",
+           "else if (init && a.S_in + t >= 0) h = jamba_ld<T>(init[a.S_in + t]);",
+           "else if (init && a.S_in + t > 0) h = jamba_ld<T>(init[a.S_in + t]);",
+           "conv forward's final_state, where it reaches back into initial_state: its first entry (S_in + t == 0) "
+           "is written as 0. test_causal_conv1d_vector_path[B3_DI4_L8_K4]: L 8, state_len 12, S_in 4 (t = -4 at "
+           "entry 0), final_state compared exactly, 3 dtypes",
+           ["tests/test_cuda_extra.py"], "test_causal_conv1d_vector_path and B3_DI4_L8_K4"),
+    Mutant("conv_update_noshift", "causal_conv1d.cu",
+           "const int64_t src = a.L + i; /* h index of the new state[i] */",
+           "const int64_t src = a.L + i - 1; /* h index of the new state[i] */",
+           "causal_conv1d_update_kernel (the per-channel kernel: every call but L 1 / S 4 / DI % 4 == 0), its state "
+           "shift for S > 4 is one short: with L 1 the state is left unshifted and x never enters it. "
+           "test_causal_conv1d_update_chain_equals_full[cuda-*-S=K+2] (K 3 / 4: S 5 / 6, DI 7): 9 chained steps "
+           "against causal_conv1d, state compared exactly",
+           ["tests/test_causal_conv1d.py"], "test_causal_conv1d_update_chain_equals_full and cuda"),
+    Mutant("ssu_bf16_state_pack", "selective_state_update.cu",
+           "q.x = hq[0] | (hq[1] << 16);",
+           "q.x = hq[0] | (hq[0] << 16);",
+           "selective_state_update_kernel (the general kernel: bf16 / f16 states), its 8-byte store of 4 16-bit "
+           "states writes state 4q into 4q + 1. test_selective_state_update_shapes_fp64[state_bf16]: 5 shapes, "
+           "contiguous bf16 state (vector stores), state vs fp64 within 1e-2",
+           ["tests/test_cuda_extra.py"], "test_selective_state_update_shapes_fp64 and state_bf16"),
+    Mutant("scan_bwd_dbias_overwrite", "selective_scan_bwd.cu",
+           "pbs[cl * 32 + lane] += sdb;",
+           "pbs[cl * 32 + lane] = sdb;",
+           "scan_bwd_kernel: the per-channel ddelta_bias partials are overwritten per 256-step chunk instead of "
+           "summed over the chunks (only chunk 0, the last one walked, is kept). "
+           "test_selective_scan_bwd_matches_fp64[cuda-*-f32]: L 1100 / 300 / 520 / 257 with delta_bias (2-5 chunks), "
+           "ddelta_bias within 1e-4 of the largest",
+           ["tests/test_selective_scan_bwd.py"], "test_selective_scan_bwd_matches_fp64 and cuda and f32"),
+    Mutant("conv_bwd_dbias_column", "causal_conv1d_bwd.cu",
+           "const int k = j < K ? (int)j : CB_PART - 1;",
+           "const int k = j < K ? (int)j : (int)K;",
+           "conv_bwd_sum reads dbias from column K of the partials (where tap K would be) instead of the fixed last "
+           "column: the same at K 4, dbias = 0 at K 2 / 3. test_causal_conv1d_bwd_matches_fp64[cuda]: "
+           "B3_DI5_L3_K3 and B2_DI4_L7_K2 with a bias, every dtype (the K 2 / 3 cases selected)",
+           ["tests/test_causal_conv1d.py"], "test_causal_conv1d_bwd_matches_fp64 and cuda and (K2 or K3)"),
+    Mutant("rms_bwd_seg_boundary", "rms_norm_bwd.cu",
+           "while (s + 1 < a.nseg && a.ends[s] <= i) s++;",
+           "while (s + 1 < a.nseg && a.ends[s] < i) s++;",
+           "nb_dw_kernel: the first column of each segment after the first takes the previous segment's 1/rms "
+           "(dweight of columns 5 / 256 / 272, and 257 / 273 on the column-pair path). "
+           "test_norm_bwd_aligned_rows[cuda-*-seg3 / seg_dtBC]: 70 rows of 288, splits [5, 6] and [256, 272]",
+           ["tests/test_rms_norm.py"], "test_norm_bwd_aligned_rows and cuda and seg"),
+    Mutant("moe_route_tie_high", "moe.cu",
+           "if (oi >= 0 && (bi < 0 || ob > best || (ob == best && oi < bi))) { best = ob; bi = oi; }",
+           "if (oi >= 0 && (bi < 0 || ob > best || (ob == best && oi > bi))) { best = ob; bi = oi; }",
+           "moe_route_token's warp argmax breaks ties across lanes to the higher expert id (lower id is the "
+           "contract). test_moe_route_nan_row_and_ties[cuda-*]: a row of equal logits must give ids 0..K-1 (T > 2: "
+           "5 cases, both the one-block decode kernel and moe_route_kernel)",
+           ["tests/test_moe.py"], "test_moe_route_nan_row_and_ties and cuda"),
+    Mutant("moe_permute_inclusive", "moe.cu",
+           "warp_eq[lane] = x - v;",
+           "warp_eq[lane] = x;",
+           "moe_permute_kernel: an inclusive instead of exclusive scan of the warps' bucket counts: each warp's "
+           "first place in a bucket is shifted by its own count (slots written out of their bucket / past the end). "
+           "test_moe_permute_matches_reference[cuda-*]: T 1..20001 slots with bad ids, vs the reference permutation",
+           ["tests/test_moe.py"], "test_moe_permute_matches_reference and cuda"),
+    Mutant("moe_decode_ntiles_floor", "moe.cu",
+           "const int nt_act = (int)((cnt - t0 + 7) / 8 < NT ? (cnt - t0 + 7) / 8 : NT); /* warp-uniform */",
+           "const int nt_act = (int)((cnt - t0) / 8 < NT ? (cnt - t0) / 8 : NT); /* warp-uniform */",
+           "moe_decode_kernel (the ring decode engine: impl gemv from 5 tokens, or 1-4 with JAMBA_EXT_MOE_GEMV=0) "
+           "counts its active 8-token n-tiles rounding down: an expert's last partial group of tokens (every expert "
+           "with < 8) is never computed (poisoned act / slot_out rows: NaN). test_moe_decode_engine[bf16]: T 1..130",
+           ["tests/test_moe.py"], "test_moe_decode_engine and bf16"),
+    Mutant("moe_combine_row_stride", "moe.cu",
+           "v.raw = *reinterpret_cast<const uint4 *>(slot_out + (t * K) * H + c * V);",
+           "v.raw = *reinterpret_cast<const uint4 *>(slot_out + t * H + c * V);",
+           "moe_combine_kernel (after the wgmma / mma / simt engines), 16-byte path: a token's first slot row is "
+           "read at row t instead of t*K (the same at K 1). test_moe_experts_gpu_impls[wgmma]: top-2 cases with "
+           "T > 1 (37 / 64 / 2048 / 130 tokens, H % 8 == 0)",
+           ["tests/test_moe.py"], "test_moe_experts_gpu_impls and wgmma"),
+    Mutant("wgmma_half_wbox", "moe_wgmma.cu",
+           "const uint32_t ob = WG_BM * WG_BK * 2 + (FULL ? 0u : (uint32_t)(wgi * (WG_BN / 2) * WG_BK * 2));",
+           "const uint32_t ob = WG_BM * WG_BK * 2;",
+           "persistent wgmma kernel, half tiles (an expert's last <= 64 rows as 64 x 256: from 384 slots per expert, "
+           "or JAMBA_EXT_WGMMA_HALF=1): warpgroup 1 multiplies W rows 0..127 instead of 128..255, so its outputs "
+           "repeat warpgroup 0's. test_moe_wgmma_tiles: JAMBA_EXT_WGMMA_HALF=1 must give base's bits (experts with "
+           "<= 64-row tails in most cases, e.g. the lopsided 2048-token E 16 case: ~290 rows per other expert)",
+           ["tests/test_moe.py"], "test_moe_wgmma_tiles"),
+    Mutant("wgmma_merged_tail_cols", "moe_wgmma.cu",
+           "wg_epilogue<T, 16>(a, acc2, row0 + WG_BM, row_end, n0, wgi * (WG_BN / 2), warp, lane);",
+           "wg_epilogue<T, 16>(a, acc2, row0 + WG_BM, row_end, n0, 0, warp, lane);",
+           "merged tiles (128 + r <= 64 rows, the MG kernel: 128-191 slots per expert by size, or "
+           "JAMBA_EXT_MOE_MERGE=1): the tail rows' m64n128 chain of warpgroup 1 is stored at warpgroup 0's columns "
+           "(its own stay NaN-poisoned). No gpu_impls shape has 128-191 slots per expert; test_moe_wgmma_tiles forces "
+           "MERGE=1 (>= 3 merged experts) and compares with base's bits",
+           ["tests/test_moe.py"], "test_moe_wgmma_tiles"),
+    Mutant("wgmma_down_weight_sorted", "moe_wgmma.cu",
+           "const float w = a.weights[slot];",
+           "const float w = a.weights[p];",
+           "wgmma down GEMM epilogue (wg_epilogue, every tile form): the router weight indexed by the sorted row p "
+           "instead of its slot. test_moe_experts_gpu_impls[wgmma]: 6 shapes, routing weights differ per slot",
+           ["tests/test_moe.py"], "test_moe_experts_gpu_impls and wgmma"),
+    Mutant("sum_mid_unrolled", "sum_mid.cu",
+           "a3 += src[(k + 24) * J];",
+           "a3 += src[(k + 16) * J];",
+           "sum_mid_kernel's 4-loads loop (only with K >= 25 partials: a warp's terms k, k+8, k+16, k+24): the 4th "
+           "load repeats the 3rd. No other CUDA test sums more than 10 partials (300 rows of rms_norm_bwd, d_inner "
+           "<= 70 / batch <= 3 in selective_scan_bwd), so the path was unreached: tests/test_cuda_paths.py "
+           "test_rms_norm_bwd_many_row_groups (2000 rows: 63 groups) and test_selective_scan_bwd_many_channel_blocks "
+           "(d_inner 808: 26 blocks for dB / dC)",
+           ["tests/test_cuda_paths.py"],
+           "test_rms_norm_bwd_many_row_groups or test_selective_scan_bwd_many_channel_blocks"),
 ]
 
 
@@ -183,7 +326,7 @@ def find_nvcc():
 
 
 # ---- --check-local ----------------------------------------------------------------------------------------------
-def check_local(out):
+def check_local(out, mutants):
     """Each mutant on a temp copy of csrc/: nvcc -c (must compile), and the device code (cubin) of the original and
     the mutated file compared (identical cubins: the mutant is equivalent)."""
     nvcc = find_nvcc()
@@ -192,7 +335,7 @@ def check_local(out):
     failed = 0
     cubins = {}
     try:
-        for m in MUTANTS:
+        for m in mutants:
             src = os.path.join(tmp, "csrc", "cuda", m.file)
             orig = read(src)
             arch = "90a" if "jamba-build: sm90a" in orig[:4096] else "90"
@@ -224,7 +367,7 @@ def check_local(out):
             failed += (not ok) or same is True
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    out(f"check-local: {len(MUTANTS) - failed} of {len(MUTANTS)} mutants compile and change the device code")
+    out(f"check-local: {len(mutants) - failed} of {len(mutants)} mutants compile and change the device code")
     return 1 if failed else 0
 
 
@@ -348,21 +491,22 @@ def collect(args):
     return {line.strip() for line in r.stdout.splitlines() if "::" in line}, r
 
 
-def run(out, dry, budget, log_dir):
+def run(out, dry, budget, log_dir, mutants):
     work = tempfile.mkdtemp(prefix="jamba_mutation_")
     try:
-        return run_in(work, out, dry, budget, log_dir)
+        return run_in(work, out, dry, budget, log_dir, mutants)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run_in(work, out, dry, budget, log_dir):
+def run_in(work, out, dry, budget, log_dir, mutants):
     start = time.time()
     left = lambda: budget - (time.time() - start)  # noqa: E731
-    out(f"work dir {work}; {len(MUTANTS)} mutants; budget {budget:.0f} s; python {sys.executable}")
+    out(f"work dir {work}; {len(mutants)} mutants; budget {budget:.0f} s; {BUILD_PARALLEL} builds at a time, "
+        f"{BUILD_JOBS} nvcc jobs each; python {sys.executable}")
     copies = {"base": os.path.join(work, "base")}
     make_copy(copies["base"])
-    for m in MUTANTS:
+    for m in mutants:
         copies[m.id] = os.path.join(work, m.id)
         make_copy(copies[m.id])
         path = os.path.join(copies[m.id], "csrc", "cuda", m.file)
@@ -371,7 +515,7 @@ def run_in(work, out, dry, budget, log_dir):
     timeout_opt = [f"--timeout={TEST_TIMEOUT}", "--timeout-method=thread"] if (dry or have_pytest_timeout()) else []
     if not timeout_opt:
         out("note: pytest-timeout is not installed: no per-test timeout (the per-mutant limit still holds)")
-    files, k_union = union_selection(MUTANTS)
+    files, k_union = union_selection(mutants)
     base_args = pytest_args(files, k_union) + timeout_opt
     build_cmd = (f"JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 JAMBA_EXT_JOBS={BUILD_JOBS} {sys.executable} setup.py -q "
                  "build_ext --inplace")
@@ -380,7 +524,7 @@ def run_in(work, out, dry, budget, log_dir):
         out(f"[dry] would build {len(copies)} copies, {BUILD_PARALLEL} at a time: (cd COPY && {build_cmd})")
         ids_union = set()
         for name, copy in copies.items():
-            m = next((x for x in MUTANTS if x.id == name), None)
+            m = next((x for x in mutants if x.id == name), None)
             args = base_args if m is None else pytest_args(m.tests, m.k) + timeout_opt
             ids, r = collect([a for a in args if not a.startswith("--timeout")])
             if m is not None:
@@ -431,7 +575,7 @@ def run_in(work, out, dry, budget, log_dir):
         if status != "SURVIVED":  # i.e. passed
             out("base failed: the unmutated copy does not pass the selections; stop")
             return 2
-        for m in MUTANTS:
+        for m in mutants:
             if left() < 15:
                 results.append((m, "NOT-RUN", 0.0, "budget spent"))
                 continue
@@ -478,25 +622,33 @@ def main():
     ap.add_argument("--dry", action="store_true", help="with --run: no builds, no test runs; collect the tests")
     ap.add_argument("--out", help="tee the output to this file (its directory also gets mutation_cuda_logs/)")
     ap.add_argument("--budget", type=float, default=450.0, help="seconds after which no new work starts")
+    ap.add_argument("--only", help="comma-separated mutant ids: --list / --check-local / --run only these")
     a = ap.parse_args()
     out = Tee(a.out)
     ids = [m.id for m in MUTANTS]
     assert len(set(ids)) == len(ids), "duplicate mutant ids"
     for m in MUTANTS:  # every snippet once in the checkout's file
         mutate(read(os.path.join(ROOT, "csrc", "cuda", m.file)), m)
+    mutants = MUTANTS
+    if a.only:
+        want = [x.strip() for x in a.only.split(",") if x.strip()]
+        unknown = [x for x in want if x not in ids]
+        if unknown:
+            sys.exit(f"--only: unknown mutant ids {', '.join(unknown)} (--list shows them)")
+        mutants = [m for m in MUTANTS if m.id in want]
     if a.list:
-        for m in MUTANTS:
+        for m in mutants:
             out(f"{m.id} ({m.file}): {m.desc}\n    old: {m.old!r}\n    new: {m.new!r}\n"
                 f"    tests: {' '.join(m.tests)} -m cuda -k {m.k!r}")
         return 0
     if a.check_local:
-        return check_local(out)
+        return check_local(out, mutants)
     if a.run:
         log_dir = None
         if a.out:
             log_dir = os.path.join(os.path.dirname(os.path.abspath(a.out)), "mutation_cuda_logs")
             os.makedirs(log_dir, exist_ok=True)
-        return run(out, a.dry, a.budget, log_dir)
+        return run(out, a.dry, a.budget, log_dir, mutants)
     ap.print_help()
     return 2
 
