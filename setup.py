@@ -14,6 +14,10 @@ Environment:
                           a Hopper GPU (a test build; the default ships machine code only)
   JAMBA_EXT_PTXAS_V=1     print registers / shared memory / spills of every kernel
   JAMBA_EXT_JOBS=N        parallel nvcc jobs (default: number of CPUs)
+  JAMBA_EXT_REUSE_OBJECTS=1  keep a .cu file's object from an earlier build in the same build directory when it is
+                          newer than the file and every header and was compiled by the same nvcc command (a
+                          developer's `python3 setup.py build_ext --inplace` after editing one kernel; pip builds in
+                          a fresh directory, where it changes nothing)
 """
 import concurrent.futures
 import glob
@@ -120,6 +124,23 @@ def _compiler_takes_openmp(compiler, tmp):
         return False
 
 
+def _cmd_stamp(cmd) -> str:
+    """an nvcc command as its object's .cmd stamp: the checkout's path left out, so a copy of the tree with its build
+    directory (dev/mutation_cuda.py) matches"""
+    return " ".join(cmd).replace(ROOT, "<root>")
+
+
+def _object_current(obj: str, cmd, deps) -> bool:
+    """obj exists, was compiled by cmd (its .cmd stamp) and is newer than every file in deps"""
+    try:
+        with open(obj + ".cmd") as f:
+            same = f.read() == _cmd_stamp(cmd)
+        t = os.path.getmtime(obj)
+        return same and all(os.path.getmtime(d) <= t for d in deps)
+    except OSError:
+        return False
+
+
 class BuildExt(build_ext):
     def build_extension(self, ext):
         t0 = time.time()
@@ -133,7 +154,9 @@ class BuildExt(build_ext):
         home, flag, note = CUDA_HOME, os.environ.get("JAMBA_EXT_CUDA", "").strip(), ""
         if home is not None and CU_SOURCES:
             try:
-                ext.extra_objects = list(ext.extra_objects or []) + self.compile_cuda(home)
+                cu_objs = self.compile_cuda(home)
+                ext.extra_objects = list(ext.extra_objects or []) + cu_objs
+                ext.depends = list(ext.depends or []) + cu_objs  # relink when only a CUDA object changed
             except RuntimeError as e:
                 if flag == "1":
                     raise
@@ -175,21 +198,30 @@ class BuildExt(build_ext):
                 cmd += ["-Xptxas", "-v"]
             return cmd
 
-        jobs = []
+        jobs, reused = [], []
+        reuse = os.environ.get("JAMBA_EXT_REUSE_OBJECTS") == "1"
+        headers = glob.glob(os.path.join(ROOT, "csrc", "*.h")) + glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh"))
         for src in CU_SOURCES:
             obj = os.path.join(out_dir, os.path.basename(src) + ".o")
-            jobs.append((src, obj, cmd_for(src, obj)))
+            cmd = cmd_for(src, obj)
+            if reuse and _object_current(obj, cmd, [src] + headers):
+                reused.append(obj)
+            else:
+                jobs.append((src, obj, cmd))
+        if reused:
+            print(f"jamba_ext: JAMBA_EXT_REUSE_OBJECTS=1: {len(reused)} of {len(CU_SOURCES)} CUDA objects kept from "
+                  "the last build", file=sys.stderr)
 
         def run(job):
             src, obj, cmd = job
             t = time.time()
             r = subprocess.run(cmd, capture_output=True, text=True)
-            return src, obj, r, time.time() - t
+            return src, obj, cmd, r, time.time() - t
 
         n = int(os.environ.get("JAMBA_EXT_JOBS", "0")) or os.cpu_count() or 1
         objs, failed = [], []
         with concurrent.futures.ThreadPoolExecutor(max_workers=n) as ex:
-            for src, obj, r, dt in ex.map(run, jobs):
+            for src, obj, cmd, r, dt in ex.map(run, jobs):
                 name = os.path.relpath(src, ROOT)
                 if r.stdout or r.stderr:
                     sys.stderr.write(r.stdout + r.stderr)
@@ -198,6 +230,8 @@ class BuildExt(build_ext):
                 else:
                     print(f"jamba_ext: nvcc {name} {dt:.1f} s", file=sys.stderr)
                     objs.append(obj)
+                    with open(obj + ".cmd", "w") as f:  # what JAMBA_EXT_REUSE_OBJECTS compares
+                        f.write(_cmd_stamp(cmd))
         if failed:
             raise RuntimeError("nvcc failed on: " + (", ".join(failed) if len(failed) <= 3 else
                                                       f"{failed[0]}, {failed[1]} and {len(failed) - 2} more of "
@@ -207,7 +241,7 @@ class BuildExt(build_ext):
                                                                  a + ("+ptx" if ptx else "") for a in archs) + '"')]
         ext.library_dirs = list(ext.library_dirs or []) + [cudart_static_dir(home)]
         ext.libraries = list(ext.libraries or []) + ["cudart_static", "stdc++", "rt", "pthread", "dl"]
-        return objs
+        return sorted(objs + reused)
 
 
 ext = Extension(

@@ -16,18 +16,22 @@ Run from the repo root:
   --only id1,id2,...                                   with any of the above: only those mutants (e.g. a rerun)
 
 --run: one copy of the sources per mutant plus an unmutated "base" copy under a temp dir (setup.py, pyproject.toml,
-README.md, csrc/, jamba_ext/ without any built .so, tests/), the mutant applied in its copy; all copies built
-BUILD_PARALLEL (6) at a time (JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 JAMBA_EXT_JOBS=BUILD_JOBS (3) python3 setup.py -q
-build_ext --inplace, each under BUILD_TIMEOUT); meanwhile, on the GPU, one after another as their builds finish: the
+README.md, csrc/, jamba_ext/ without any built .so, tests/), the mutant applied in its copy. The base copy is built
+first on every core (JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 JAMBA_EXT_REUSE_OBJECTS=1 python3 setup.py -q build_ext
+--inplace); then each mutant's copy gets the base's build directory (objects and their nvcc-command stamps) and its
+mutated file stamped newer, so setup.py's JAMBA_EXT_REUSE_OBJECTS=1 recompiles only that file before linking:
+BUILD_PARALLEL (8) such builds at a time, BUILD_JOBS (2) nvcc jobs each, each under BUILD_TIMEOUT (until session 48's
+second run every copy compiled all 18 files: 29 builds of ~65 s each, and 9 of 28 mutants did not fit the budget);
+meanwhile, on the GPU, one after another as their builds finish: the
 base copy's union of every selection (must pass, else "base failed" and stop), then each mutant's selection in its own
 copy (cwd and PYTHONPATH = the copy; the log shows the jamba_ext and _C it imported): pytest -q -x -p no:cacheprovider
 -m cuda --timeout=60 --timeout-method=thread FILES -k EXPR, under MUTANT_TIMEOUT seconds (a timeout or a crash counts
 as KILLED, and says so). Prints one line per mutant (id, KILLED / SURVIVED / BUILD-FAIL / ERROR / NOT-RUN, seconds,
 the first failing test), then a summary; --out FILE tees all of it to FILE and keeps each copy's build / test log in
 FILE's directory (mutation_cuda_logs/). No new work starts after --budget seconds (default 450; a mutant's tests are
-cut at it too), so the whole run ends within about 7.5 minutes. Expected: 29 builds (28 mutants + base) in 5 waves of
-~65 s (~5.5 minutes), the base run (~60 s) and each mutant's tests (5-15 s) overlapped with the later builds: ~6 minutes
-in all.
+cut at it too), so the whole run ends within about 7.5 minutes. Expected (not yet measured on the GPU machine): the
+base build ~45 s, a mutant's build one .cu file (1-40 s) plus the C sources and the link, the base run (~40 s) and
+each mutant's tests (5-20 s): ~4-5 minutes in all.
 """
 import argparse
 import collections
@@ -47,8 +51,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # selective_scan.cu (21 s; the 15th file setup.py starts) and moe_wgmma.cu (17 s), so a build's last ~20 s run on one or
 # two cores. On the H200 machine: 4 builds x 4 jobs took 48 s a build (12 s of wall per build), 6 builds x 3 jobs 62-69
 # s a build (a 5-mutant run with --only: ~11 s per build), so 29 copies build in ~5.3 minutes instead of ~6.
-BUILD_PARALLEL = 6       # copies built at once (each with JAMBA_EXT_JOBS nvcc jobs): 16 cores
-BUILD_JOBS = 3
+BUILD_PARALLEL = 8       # mutant copies built at once (after the base copy, built alone on every core)
+BUILD_JOBS = 2           # nvcc jobs per mutant build (one .cu file is recompiled there)
 BUILD_TIMEOUT = 330      # seconds per build
 MUTANT_TIMEOUT = 90      # seconds per mutant's pytest run
 BASE_TIMEOUT = 240       # seconds for the base copy's union of the selections
@@ -383,21 +387,29 @@ def make_copy(dest):
         shutil.copytree(os.path.join(ROOT, name), os.path.join(dest, name), ignore=ignore)
 
 
-def build_env():
-    env = dict(os.environ, JAMBA_EXT_CUDA="1", JAMBA_EXT_ARCHS="90", JAMBA_EXT_JOBS=str(BUILD_JOBS))
+def build_env(jobs=BUILD_JOBS):
+    env = dict(os.environ, JAMBA_EXT_CUDA="1", JAMBA_EXT_ARCHS="90", JAMBA_EXT_JOBS=str(jobs),
+               JAMBA_EXT_REUSE_OBJECTS="1")
     env.pop("JAMBA_EXT_PTX", None)
     return env
+
+
+def seed_from_base(base, copy, m):
+    """A mutant's copy starts from the base build's objects (setup.py's JAMBA_EXT_REUSE_OBJECTS=1 keeps every object
+    newer than its file and the headers): the mutated file is stamped now, after them, so it alone is recompiled."""
+    shutil.copytree(os.path.join(base, "build"), os.path.join(copy, "build"))   # copy2: the objects' times kept
+    os.utime(os.path.join(copy, "csrc", "cuda", m.file), None)
 
 
 ACTIVE = set()  # running build processes (killed when the run stops early)
 
 
-def build(copy, log_path, timeout):
+def build(copy, log_path, timeout, jobs=BUILD_JOBS):
     """(ok, seconds, note) of one build of copy"""
     t0 = time.time()
     with open(log_path, "w") as log:
-        p = subprocess.Popen([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=copy, env=build_env(),
-                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        p = subprocess.Popen([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=copy,
+                             env=build_env(jobs), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         ACTIVE.add(p)
         try:
             rc = p.wait(timeout=timeout)
@@ -517,11 +529,12 @@ def run_in(work, out, dry, budget, log_dir, mutants):
         out("note: pytest-timeout is not installed: no per-test timeout (the per-mutant limit still holds)")
     files, k_union = union_selection(mutants)
     base_args = pytest_args(files, k_union) + timeout_opt
-    build_cmd = (f"JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 JAMBA_EXT_JOBS={BUILD_JOBS} {sys.executable} setup.py -q "
-                 "build_ext --inplace")
+    build_cmd = (f"JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 JAMBA_EXT_REUSE_OBJECTS=1 JAMBA_EXT_JOBS=N {sys.executable} "
+                 "setup.py -q build_ext --inplace")
 
     if dry:
-        out(f"[dry] would build {len(copies)} copies, {BUILD_PARALLEL} at a time: (cd COPY && {build_cmd})")
+        out(f"[dry] would build the base copy (N = {os.cpu_count()}), then {len(copies) - 1} mutant copies from its "
+            f"objects, {BUILD_PARALLEL} at a time (N = {BUILD_JOBS}): (cd COPY && {build_cmd})")
         ids_union = set()
         for name, copy in copies.items():
             m = next((x for x in mutants if x.id == name), None)
@@ -548,8 +561,9 @@ def run_in(work, out, dry, budget, log_dir, mutants):
         return os.path.join(log_dir, f"{name}.{kind}.log") if log_dir else os.path.join(work, f"{name}.{kind}.log")
 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=BUILD_PARALLEL)
-    futs = {name: pool.submit(build, copy, logp(name, "build"), min(BUILD_TIMEOUT, max(left(), 1)))
-            for name, copy in copies.items()}  # base first: the pool starts them in this order
+    # the base copy first, on every core; then each mutant's copy from the base's objects (only its file recompiled)
+    futs = {"base": pool.submit(build, copies["base"], logp("base", "build"), min(BUILD_TIMEOUT, max(left(), 1)),
+                                os.cpu_count() or BUILD_JOBS)}
     results = []
 
     def wait_build(name):
@@ -568,6 +582,9 @@ def run_in(work, out, dry, budget, log_dir, mutants):
         if not ok:
             out(f"base failed (build: {note}): stop")
             return 2
+        for m in mutants:
+            seed_from_base(copies["base"], copies[m.id], m)
+            futs[m.id] = pool.submit(build, copies[m.id], logp(m.id, "build"), min(BUILD_TIMEOUT, max(left(), 1)))
         out(f"base: union of the selections: pytest {' '.join(base_args)}")
         status, dt, info, imp = run_tests(copies["base"], base_args, min(BASE_TIMEOUT, left()), logp("base", "test"))
         out(f"  {imp}")
