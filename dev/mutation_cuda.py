@@ -49,8 +49,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Builds: one copy's 18 .cu files take ~91 core-seconds of nvcc (a 2-core machine, 2 jobs: 52 s), the longest
 # selective_scan.cu (21 s; the 15th file setup.py starts) and moe_wgmma.cu (17 s), so a build's last ~20 s run on one or
-# two cores. On the H200 machine: 4 builds x 4 jobs took 48 s a build (12 s of wall per build), 6 builds x 3 jobs 62-69
-# s a build (a 5-mutant run with --only: ~11 s per build), so 29 copies build in ~5.3 minutes instead of ~6.
+# two cores. On the H200 machine, when every copy built all files: 4 builds x 4 jobs took 48 s a build, 6 x 3 62-69 s,
+# and 29 copies did not fit the 380 s budget (mutation_cuda_af4cb7b.log). Since aa505cd a mutant's build recompiles one
+# file (1-16 s of nvcc here, the C sources and the link ~4 s).
 BUILD_PARALLEL = 8       # mutant copies built at once (after the base copy, built alone on every core)
 BUILD_JOBS = 2           # nvcc jobs per mutant build (one .cu file is recompiled there)
 BUILD_TIMEOUT = 330      # seconds per build
