@@ -20,9 +20,15 @@ The worktree is removed at the end, also on an error or Ctrl-C. Nothing in this 
 the --out log).
 
     python3 dev/mutation_check.py [--out benchmarks/results/mutation_cpu_<sha>.log] [--only id1,id2] [--list]
-                                  [--timeout 300]
+                                  [--timeout 300] [--python]
 
 The whole list takes ~10-15 minutes on 2 cores (one build and one pytest run per mutant).
+
+--python runs PY_MUTANTS instead: faults in the Python model code (jamba_ext/modeling_jamba.py: layer schedule,
+attention / GQA / KV cache, the Mamba mixer's glue, residuals and norms, logits_to_keep, checkpoint names, generate();
+beam_search.py, logits_filters.py, lora.py, moe.py, placement.py, tokenizer.py), checked by the model-level tests
+(tests/test_model.py, test_logits_filters.py, test_beam_search.py, ...). The extension is built once; a .py mutant
+needs no rebuild. --only takes ids of either list (a C mutant rebuilds, a .py one does not). ~10 minutes on 2 cores.
 """
 import argparse
 import datetime
@@ -254,6 +260,229 @@ MUTANTS = [
 ]
 
 
+# ---- the Python model code (--python) ------------------------------------------------------------------------------
+# No rebuild: the worktree's extension is built once, each mutant only edits a .py file (PYTHONDONTWRITEBYTECODE=1
+# in the tests' environment, so no stale bytecode is read).
+MJ, LF, BS = "jamba_ext/modeling_jamba.py", "jamba_ext/logits_filters.py", "jamba_ext/beam_search.py"
+T_MODEL, T_FILT, T_BEAM = "tests/test_model.py", "tests/test_logits_filters.py", "tests/test_beam_search.py"
+T_LORA, T_PLACE, T_STATIC = "tests/test_lora.py", "tests/test_placement.py", "tests/test_static_decode.py"
+T_CLI = "tests/test_generate_cli.py"
+
+# JambaForCausalLM._warp from its temperature line to the end of its top_p block
+_WARP_TO_TOP_P = (
+    "        V = scores.shape[-1]\n"
+    "        if top_h is not None:\n"
+    "            scores = _filters.top_h(scores, top_h)\n"
+    "        if top_k and max(top_k, keep) < V:\n"
+    "            kth = torch.topk(scores, max(top_k, keep), dim=-1).values[:, -1:]\n"
+    "            scores = scores.masked_fill(scores < kth, float(\"-inf\"))\n"
+    "        if top_p < 1.0:\n"
+    "            srt, idx = torch.sort(scores, dim=-1, descending=False)\n"
+    "            cum = torch.softmax(srt, dim=-1).cumsum(dim=-1)\n"
+    "            drop = cum <= (1 - top_p)                     # the low tail whose mass is at most 1 - top_p\n"
+    "            drop[:, -keep:] = False                       # always keep the most likely token(s)\n"
+    "            scores = scores.masked_fill(drop.scatter(1, idx, drop), float(\"-inf\"))\n")
+
+PY_MUTANTS = [
+    # ---- modeling_jamba.py: config, layers, attention, cache --------------------------------------------------------
+    Mutant("py_attn_layer_offset", MJ,
+           '["attention" if i % self.attn_layer_period == self.attn_layer_offset else "mamba"',
+           '["attention" if (i + 1) % self.attn_layer_period == self.attn_layer_offset else "mamba"',
+           "layer schedule: attention layers one layer early (i + 1 against attn_layer_offset)",
+           [T_MODEL, "-k", "schedule or prefill_decode_generate"]),
+    Mutant("py_kv_grow_copy_short", MJ,
+           "nk[:, :, :past].copy_(kb[:, :, :past])",
+           "nk[:, :, :past - 1].copy_(kb[:, :, :past - 1])",
+           "KV cache growth: the last stored key is not copied into the grown buffer (off by one)",
+           [T_MODEL, "-k", "prefill_decode_generate"]),
+    Mutant("py_static_position_sync", MJ,
+           "            self.cache_position.fill_(self.seq_len)",
+           "            self.cache_position.fill_(self.seq_len - 1)",
+           "static cache: the device-side position after the prefill one short (the first step overwrites a key)",
+           [T_STATIC, "-k", "matches_dynamic or host_path"]),
+    Mutant("py_gqa_repeat_order", MJ,
+           "k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)",
+           "k, v = k.repeat(1, rep, 1, 1), v.repeat(1, rep, 1, 1)",
+           "GQA under a mask: KV heads tiled (h -> h % nkv) instead of repeated in place (h -> h // rep)",
+           [T_MODEL, "-k", "padded_batch"]),
+    Mutant("py_gqa_decode_rows_order", MJ,
+           "o = _sdpa(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, step.attn_mask, False, False)",
+           "o = _sdpa(q.reshape(Bsz, rep, self.num_key_value_heads, hd).transpose(1, 2), k, v, step.attn_mask, "
+           "False, False)",
+           "GQA one-token decode: query heads grouped as h = r * nkv + kv instead of kv * rep + r",
+           [T_MODEL, "-k", "prefill_decode_generate"]),
+    Mutant("py_causal_mask_strict", MJ,
+           "causal = torch.arange(past + L, device=device)[None, :] <= q",
+           "causal = torch.arange(past + L, device=device)[None, :] < q",
+           "padded attention mask: a query does not attend to its own key (< instead of <=)",
+           [T_MODEL, "-k", "padded_batch"]),
+    Mutant("py_mamba_pad_mask_dropped", MJ,
+           "        if mamba_mask is not None:                                        # 0. padding in",
+           "        if False:                                                         # 0. padding in",
+           "Mamba prefill: left-padding positions not zeroed before in_proj (pads leak into the state)",
+           [T_MODEL, "-k", "padded_batch"]),
+    Mutant("py_attn_pad_rows_kept", MJ,
+           "        if step.mamba_mask is not None:  # padded queries",
+           "        if False:  # padded queries",
+           "attention: the outputs of padded queries not zeroed (transformers zeroes them; the loss sees it)",
+           [T_MODEL, "-k", "padded"]),
+    Mutant("py_conv_state_over_pads", MJ,
+           "conv_state = _last_steps(x_in[..., :L], conv0, S)",
+           "conv_state = _last_steps(x_in, conv0, S)",
+           "Mamba prefill: the conv state taken from the padded time axis (its last steps are the zero pads)",
+           [T_MODEL, "-k", "prefill_decode_generate"]),
+    Mutant("py_xproj_B_C_swapped", MJ,
+           "dtx, bx, cx = xdbl.split([R, N, N], dim=-1)",
+           "dtx, cx, bx = xdbl.split([R, N, N], dim=-1)",
+           "Mamba prefill: B and C taken from each other's columns of x_proj",
+           [T_MODEL, "-k", "prefill_decode_generate"]),
+    Mutant("py_dt_bias_twice_wrapped", MJ,
+           "dt_bias = dt_bias if own else None",
+           "dt_bias = dt_bias",
+           "Mamba prefill with a wrapped dt_proj (LoRA): dt bias added by the module and again in the scan",
+           [T_MODEL, "-k", "wrapped_mamba"]),
+    Mutant("py_mixer_residual_dropped", MJ,
+           "h, residual = _K.add_rms_norm(*_one_dtype(h, residual, self.pre_ff_layernorm.weight),",
+           "h, residual = _K.add_rms_norm(*_one_dtype(h, torch.zeros_like(residual), self.pre_ff_layernorm.weight),",
+           "decoder layer: the residual around the mixer dropped (h = mixer(x) instead of x + mixer(x))",
+           [T_MODEL, "-k", "prefill_decode_generate"]),
+    Mutant("py_wrong_norm_before_ffn", MJ,
+           "h, residual = _K.add_rms_norm(*_one_dtype(h, residual, self.pre_ff_layernorm.weight),",
+           "h, residual = _K.add_rms_norm(*_one_dtype(h, residual, self.input_layernorm.weight),",
+           "decoder layer: the FFN input normed with input_layernorm's weight instead of pre_ff_layernorm's",
+           [T_MODEL, "-k", "prefill_decode_generate"]),
+    Mutant("py_final_norm_residual_dropped", MJ,
+           "        if residual is None:\n            return self.final_layernorm(h)\n",
+           "        return self.final_layernorm(h)\n",
+           "final norm: the last block's residual not added (final_layernorm(ffn out) only)",
+           [T_MODEL, "-k", "prefill_decode_generate"]),
+    Mutant("py_logits_to_keep_first", MJ,
+           "hk = h[:, -logits_to_keep:] if logits_to_keep > 0 else h",
+           "hk = h[:, :logits_to_keep] if logits_to_keep > 0 else h",
+           "logits_to_keep=n keeps the first n positions instead of the last n",
+           [T_MODEL, "-k", "logits_to_keep"]),
+    Mutant("py_ckpt_gate_up_swapped", MJ,
+           'rows = {"gate_proj": slice(0, I), "up_proj": slice(I, 2 * I), "down_proj": slice(None)}[name]',
+           'rows = {"gate_proj": slice(I, 2 * I), "up_proj": slice(0, I), "down_proj": slice(None)}[name]',
+           "from_pretrained: a per-expert checkpoint's gate_proj / up_proj written into each other's fused rows",
+           [T_MODEL, "-k", "from_pretrained"]),
+    Mutant("py_fuse_keys_up_first", MJ,
+           'state_dict[prefix + "experts.gate_up_proj"] = torch.cat([gate, up], dim=1)',
+           'state_dict[prefix + "experts.gate_up_proj"] = torch.cat([up, gate], dim=1)',
+           "load_state_dict of a per-expert (4.x) state dict: up rows fused before the gate rows",
+           [T_MODEL, "-k", "state_dict"]),
+    # ---- modeling_jamba.py: generate() ------------------------------------------------------------------------------
+    Mutant("py_no_pad_after_eos", MJ,
+           "nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))",
+           "nxt = torch.where(unfinished, nxt, nxt)",
+           "generate: a finished row keeps its picks instead of pad_token_id after its EOS",
+           [T_MODEL, "-k", "prefill_decode_generate or stops_at_eos or pads_a_finished"]),
+    Mutant("py_eos_not_finishing", MJ,
+           "                unfinished &= ~torch.isin(nxt, eos_t)\n",
+           "                pass\n",
+           "generate: an EOS does not finish its row on the device (no padding after it)",
+           [T_MODEL, "-k", "prefill_decode_generate or stops_at_eos or pads_a_finished"]),
+    Mutant("py_criteria_not_finishing", MJ,
+           "                unfinished &= ~stop\n",
+           "",
+           "generate: a row stopped by a stopping criterion (or a stop string) is not padded afterwards",
+           [T_MODEL, "-k", "stopping_criteria or stop_strings"]),
+    Mutant("py_lead_off_by_one", MJ,
+           "(attention_mask.to(dev) != 0).int().argmax(dim=1)",
+           "(attention_mask.to(dev) != 0).int().argmax(dim=1) + 1",
+           "generate: a row's left padding counted one too long (repetition_penalty skips its first real token)",
+           [T_FILT, "-k", "skips_left_padding"]),
+    Mutant("py_top_p_one_too_few", MJ,
+           "drop = cum <= (1 - top_p)",
+           "drop = F.pad(cum[:, :-1], (1, 0)) <= (1 - top_p)",
+           "top_p: the token that crosses the 1 - top_p tail is dropped too (one token too few kept)",
+           [T_FILT, T_MODEL, "-k", "sampling_filters_match or sampling_seed"]),
+    Mutant("py_temperature_after_top_p", MJ,
+           "        scores = logits.float() / temperature\n" + _WARP_TO_TOP_P,
+           "        scores = logits.float()\n" + _WARP_TO_TOP_P + "        scores = scores / temperature\n",
+           "sampling: temperature applied after top_k / top_p instead of before (top_p sees the raw logits)",
+           [T_FILT, "-k", "sampling_filters_match"]),
+    # ---- logits_filters.py ------------------------------------------------------------------------------------------
+    Mutant("py_penalty_sign_negative", LF,
+           "torch.where(s < 0, s * penalty, s / penalty)",
+           "torch.where(s < 0, s / penalty, s / penalty)",
+           "repetition_penalty: negative logits divided (raised) instead of multiplied",
+           [T_MODEL, T_FILT, "-k", "repetition_penalty or penalize_matches"]),
+    Mutant("py_seen_lead_inclusive", LF,
+           "seqs = seqs.masked_fill(pos[None, :] < lead[:, None], V)",
+           "seqs = seqs.masked_fill(pos[None, :] <= lead[:, None], V)",
+           "repetition_penalty: the first real token after the left padding not counted as seen",
+           [T_FILT, "-k", "skips_left_padding"]),
+    Mutant("py_ngram_short_row", LF,
+           "    if n < 1 or S < n:\n        return scores",
+           "    if n < 1 or S <= n:\n        return scores",
+           "no_repeat_ngram_size: a row of exactly n tokens bans nothing (its one n-gram ignored)",
+           [T_FILT, "-k", "ngram"]),
+    Mutant("py_min_length_off_by_one", LF,
+           "(self.T + i < self.min_length or i < self.min_new)",
+           "(self.T + i < self.min_length - 1 or i < self.min_new)",
+           "min_length: EOS allowed one step early (at length min_length - 1)",
+           [T_FILT, "-k", "processor_arguments_match and min_length"]),
+    Mutant("py_forced_eos_step", LF,
+           "if self.forced_eos is not None and self.T + i == self.M - 1:",
+           "if self.forced_eos is not None and self.T + i == self.M - 2:",
+           "forced_eos_token_id forced one step before the last",
+           [T_FILT, "-k", "processor_arguments_match and forced_eos"]),
+    Mutant("py_eta_max_threshold", LF,
+           "return _cut_below(scores, torch.minimum(e, e.sqrt() * torch.exp(-entropy)), keep)",
+           "return _cut_below(scores, torch.maximum(e, e.sqrt() * torch.exp(-entropy)), keep)",
+           "eta_cutoff: threshold max(eta, sqrt(eta) exp(-H)) instead of min",
+           [T_FILT, "-k", "epsilon_and_eta or sampling_filters_match"]),
+    # ---- beam_search.py ---------------------------------------------------------------------------------------------
+    Mutant("py_beam_norm_total_length", BS,
+           "hyp = top_score / float(cur + 1 - T) ** length_penalty",
+           "hyp = top_score / float(cur + 1) ** length_penalty",
+           "beam search: hypotheses normalised by the whole length (prompt included), not the new tokens",
+           [T_BEAM, "-k", "matches_transformers"]),
+    Mutant("py_beam_first_step_all_beams", BS,
+           "    run_score[:, 1:] = _NEG                               # the beams are copies at first",
+           "    run_score[:, 1:] = 0.0                                # the beams are copies at first",
+           "beam search: at the first step every beam counts (n copies of each candidate compete)",
+           [T_BEAM, "-k", "matches_transformers"]),
+    Mutant("py_beam_reorder_shared_off", BS,
+           "cache.reorder_rows(run_idx[:, :, i].reshape(-1), T)",
+           "cache.reorder_rows(run_idx[:, :, i].reshape(-1), T + 1)",
+           "beam search: the first new token's keys / values not reordered with their beams (off by one)",
+           [T_BEAM, "-k", "matches_transformers"]),
+    Mutant("py_beam_never_length", BS,
+           'length = (M - T) if (early_stopping == "never" and length_penalty > 0.0) else (cur + 1 - T)',
+           'length = (M - T - 1) if (early_stopping == "never" and length_penalty > 0.0) else (cur + 1 - T)',
+           'beam search, early_stopping="never": the best reachable score taken one token short of max_new_tokens',
+           [T_BEAM, "-k", "matches_transformers or never_counts"]),
+    # ---- moe.py / lora.py / placement.py / tokenizer.py -------------------------------------------------------------
+    Mutant("py_moe_renormalised", "jamba_ext/moe.py",
+           "out = ops.moe_experts_trainable(x2, weights, ids,",
+           "out = ops.moe_experts_trainable(x2, weights / weights.sum(-1, keepdim=True), ids,",
+           "MoE: the top-k routing weights renormalised to sum 1 (Mixtral's; Jamba keeps the raw softmax)",
+           [T_MODEL, "-k", "prefill_decode_generate"]),
+    Mutant("py_lora_scale_inverted", "jamba_ext/lora.py",
+           "self.base, self.r, self.scale = base, r, alpha / r",
+           "self.base, self.r, self.scale = base, r, r / alpha",
+           "LoRA: the update scaled by r / alpha instead of alpha / r",
+           [T_LORA]),
+    Mutant("py_device_map_shortest_prefix", "jamba_ext/placement.py",
+           "out[n] = keys[max(hits, key=len)]",
+           "out[n] = keys[min(hits, key=len)]",
+           "device_map dict: the shortest matching prefix wins instead of the longest",
+           [T_PLACE]),
+    Mutant("py_size_gb_as_gib", "jamba_ext/placement.py",
+           '"gb": 10**9,',
+           '"gb": 2**30,',
+           'max_memory sizes: "GB" read as GiB (2^30 bytes) instead of 10^9',
+           [T_PLACE, T_CLI, "-k", "max_memory"]),
+    Mutant("py_stream_decoder_no_holdback", "jamba_ext/tokenizer.py",
+           '        if text.endswith("\\ufffd"):\n            return ""\n',
+           "",
+           "StreamDecoder: text ending in a partial UTF-8 character printed at once (U+FFFD, then repeated)",
+           [T_CLI, "-k", "stream_decoder or deterministic"]),
+]
+
+
 # ---- running ------------------------------------------------------------------------------------------------------
 class Log:
     """Prints lines and appends them to the --out file as they come."""
@@ -379,17 +608,22 @@ def main():
     ap.add_argument("--list", action="store_true", help="list the mutants and exit")
     ap.add_argument("--out", default="", help="also write the report to this file")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per mutant's pytest run (default 300)")
+    ap.add_argument("--python", action="store_true",
+                    help="the Python model code's mutants (PY_MUTANTS) instead of the C kernels' (no rebuilds)")
     args = ap.parse_args()
 
-    mutants = MUTANTS
+    listed = PY_MUTANTS if args.python else MUTANTS
+    mutants = listed
     if args.only:
         want = [s.strip() for s in args.only.split(",") if s.strip()]
-        unknown = [w for w in want if w not in {m.id for m in MUTANTS}]
+        every = MUTANTS + PY_MUTANTS
+        unknown = [w for w in want if w not in {m.id for m in every}]
         if unknown:
             sys.exit(f"unknown mutant id(s): {', '.join(unknown)} (see --list)")
-        mutants = [m for m in MUTANTS if m.id in want]
+        mutants = [m for m in every if m.id in want]
+    python_only = all(m.file.endswith(".py") for m in mutants)
     if args.list:
-        check_snippets(MUTANTS, REPO)
+        check_snippets(MUTANTS + PY_MUTANTS, REPO)
         for m in mutants:
             print(f"{m.id:32} {os.path.basename(m.file):20} {m.fault}")
             print(f"{'':32} tests: {' '.join(m.tests)}" + (f"  [equivalent: {m.equivalent}]" if m.equivalent else ""))
@@ -407,10 +641,12 @@ def main():
         git("worktree", "add", "--detach", wt, "HEAD")
         check_snippets(mutants, wt)
         copied = overlay_tests(wt)
-        log(f"mutation check of the CPU kernels (csrc/cpu/*.c) at {head}, "
-            f"{datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
+        what = "the Python model code (jamba_ext/*.py)" if python_only else "the CPU kernels (csrc/cpu/*.c)"
+        log(f"mutation check of {what} at {head}, {datetime.datetime.now().strftime('%Y-%m-%d %H:%M')}")
         log(f"tests from the working tree (differ from HEAD): {', '.join(copied) if copied else 'none'}")
-        log(f"build: {shlex.join(['python3'] + BUILD[1:])}; tests: {shlex.join(['python3'] + PYTEST[1:])} <tests>; "
+        log(f"build: {shlex.join(['python3'] + BUILD[1:])}"
+            + (" (once: the mutants are .py files)" if python_only else "")
+            + f"; tests: {shlex.join(['python3'] + PYTEST[1:])} <tests>; "
             f"cwd and PYTHONPATH: a worktree of HEAD in {tmp}")
 
         ok, out = build(wt, env)
@@ -441,7 +677,7 @@ def main():
             try:
                 with open(path, "w") as f:
                     f.write(original.replace(m.orig, m.repl, 1))
-                ok, out = build(wt, env)
+                ok, out = build(wt, env) if not m.file.endswith(".py") else (True, "")
                 if not ok:
                     err = [ln for ln in out.splitlines() if "error" in ln.lower()]
                     status, detail = "BUILD-FAIL", (err[0] if err else out.strip()[-300:])

@@ -146,6 +146,38 @@ def test_beam_search_keeps_candidates_past_the_eos_ids():
 
 
 @needs_hf
+def test_beam_search_never_counts_the_longest_length():
+    """early_stopping="never", length_penalty 1: once num_beams hypotheses are finished, a running beam goes on while
+    its score divided by max_new_tokens (not by fewer tokens) still beats the worst of them. Steered scores: the first
+    step finishes two EOS hypotheses (-1.0, -1.05) and leaves A at -2.5 (-2.5 / 3 beats -1.05, -2.5 / 2 would not);
+    A C EOS then finishes at -3.1 / 3 = -1.033 and takes the second place."""
+    from transformers import LogitsProcessorList
+    eos, A, B, C = [11, 12], 20, 21, 22
+
+    def steer(input_ids, scores):
+        scores = torch.full_like(scores, -50.0)
+        if input_ids.shape[1] == 9:
+            scores[:, eos] = torch.tensor([-1.0, -1.05])
+            scores[:, A], scores[:, B] = -2.5, -2.6
+        elif input_ids.shape[1] == 10:
+            scores[:, C] = torch.where(input_ids[:, -1] == A, -0.3, -5.0)
+        else:
+            scores[:, eos[0]] = -0.3
+        return scores
+
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(1, 9, 101)
+    kw = dict(num_beams=2, max_new_tokens=3, num_return_sequences=2, eos_token_id=eos, early_stopping="never",
+              length_penalty=1.0, return_dict_in_generate=True, output_scores=True, output_logits=True)
+    with torch.no_grad():
+        got = ours.generate(ids, logits_processor=[steer], pad_token_id=0, **kw)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0,
+                           logits_processor=LogitsProcessorList([steer]), **kw)
+    _check_same(got, want)
+    assert got.sequences[:, 9:].tolist() == [[11, 11, 11], [A, C, 11]]     # (filled with the first EOS: pad 0)
+
+
+@needs_hf
 def test_beam_search_early_stopping_with_a_full_prompt():
     """early_stopping=True in a batch: a prompt whose num_beams hypotheses are all finished takes no more while the
     others search on (seeded case where that changes the result)."""

@@ -60,6 +60,20 @@ def test_ban_repeated_ngrams_matches_transformers(n):
     assert banned
 
 
+@pytest.mark.parametrize("penalty", [0.7, 1.5])
+def test_penalize_matches_transformers(penalty):
+    """penalize(seen_tokens): transformers' RepetitionPenaltyLogitsProcessor on scores of both signs (a seen token's
+    negative score multiplied by the penalty, a positive one divided)."""
+    g = torch.Generator().manual_seed(4)
+    for seed in range(3):
+        s = _scores(seed=seed)
+        seqs = torch.randint(0, 97, (6, 12), generator=g)
+        seen = F.seen_tokens(seqs, 97)
+        want = lp.RepetitionPenaltyLogitsProcessor(penalty)(seqs, s.clone())
+        assert _same(F.penalize(s, seen, penalty), want)
+        assert (seen & (s < 0)).any() and (seen & (s > 0)).any()
+
+
 def _kw_same(got, want, T, steps=None):
     assert got.sequences.tolist() == want.sequences.tolist()
     for a, b in list(zip(got.scores, want.scores))[:steps]:

@@ -49,6 +49,25 @@ def test_lora_trains_adapters_only_and_merges(name, checkpointing):
         assert ours.generate(ids, max_new_tokens=3).shape == (2, 14)   # the plain decode path again
 
 
+def test_lora_update_is_scaled_by_alpha_over_r():
+    """The documented update: base(x) + (alpha / r) (x A^T) B^T, and merge_lora's weight W + (alpha / r) B A (r and
+    alpha chosen so that alpha / r and r / alpha differ); with B = 0 the base output exactly."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.nn.Linear(12, 7, bias=True)
+    x = torch.randn(5, 12, generator=g)
+    lin = LoRALinear(base, r=4, alpha=2.0)
+    assert lin.scale == 0.5
+    with torch.no_grad():
+        assert torch.equal(lin(x), base(x))
+        lin.lora_b.copy_(torch.randn(7, 4, generator=g))
+        w0 = base.weight.detach().clone()
+        want = base(x) + 0.5 * (x @ lin.lora_a.t()) @ lin.lora_b.t()
+        assert torch.allclose(lin(x), want, rtol=1e-5, atol=1e-6)
+        merged = lin.merged()
+        assert torch.allclose(merged.weight, w0 + 0.5 * lin.lora_b @ lin.lora_a, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(merged(x), want, rtol=1e-5, atol=1e-5)
+
+
 def test_lora_bad_arguments(tmp_path):
     _, ours = make_pair(CONFIGS["attn1_moe_top2"])
     add_lora(ours, r=2)

@@ -133,7 +133,6 @@ def _near_tie_routing_flips(ref_logits, runs: dict, k: int, tie: float = 0.02) -
     return ", ".join(found)
 
 
-
 def test_near_tie_routing_flips_helper():
     """The autocast tests' routing check: no swap gives "", a swap between near-tied experts is named, a swap with a
     clear fp32 margin fails."""
@@ -146,6 +145,7 @@ def test_near_tie_routing_flips_helper():
     far[1, 2] = 2.5                                                # token 1: expert 2 instead of 1, margin 0.029
     with pytest.raises(AssertionError, match="token 1 routed differently"):
         _near_tie_routing_flips((ref,), {"run": (far,)}, 2)
+
 
 def hf_padding_off(hf, ids: torch.Tensor, mask: torch.Tensor) -> float:
     """How far transformers' own model is from padding-exact on this batch: the worst relative error of a padded
@@ -378,6 +378,7 @@ def test_generate_scores_and_logits_match_transformers():
         none = ours.generate(ids, max_new_tokens=0, return_dict_in_generate=True, output_scores=True)
         assert torch.equal(none.sequences, ids) and none.scores == () and none.logits is None
 
+
 def test_generate_logits_processor_and_stopping_criteria_match_transformers():
     """generate(logits_processor=..., stopping_criteria=...) with transformers' list classes, or plain lists / single
     callables: the processors see the tokens so far and the scores after repetition_penalty (before the sampling
@@ -425,6 +426,7 @@ def test_generate_logits_processor_and_stopping_criteria_match_transformers():
         # a criterion that stops every sequence ends generation there
         short = ours.generate(ids, max_new_tokens=10, eos_token_id=None, stopping_criteria=lambda i, s: i.shape[1] >= 12)
         assert short.shape == (2, 12)
+
 
 def _piece_tokenizer(vocab_size: int):
     """A transformers tokenizer over letter pieces (ids 0-2 pad / bos / eos, then the 1-, 2- and 3-letter strings over
@@ -496,6 +498,7 @@ def test_generate_generation_config_and_inputs():
         with pytest.raises(ValueError, match="not both"):
             ours.generate(ids, inputs=ids)
 
+
 @pytest.mark.parametrize("tied", [False, True])
 def test_transformers_style_helpers(tied, tmp_path):
     """The small transformers names libraries read: can_generate(), main_input_name, tie_weights() (re-ties a replaced
@@ -515,6 +518,7 @@ def test_transformers_style_helpers(tied, tmp_path):
     cfg.save_pretrained(str(tmp_path))
     assert (tmp_path / "config.json").read_text() == cfg.to_json_string()
 
+
 def test_transformers_text_generation_pipeline():
     """transformers' pipeline("text-generation") runs our model as it runs transformers' own, with the same text
     (greedy), the generate arguments passed through."""
@@ -532,6 +536,7 @@ def test_transformers_text_generation_pipeline():
     got = pipeline("text-generation", model=ours, tokenizer=tok)(prompt, max_new_tokens=6, do_sample=False,
                                                                   repetition_penalty=1.2)
     assert got == want and got[0]["generated_text"].startswith(prompt) and len(got[0]["generated_text"]) > len(prompt)
+
 
 def test_transformers_chat_pipeline_and_stop_strings():
     """pipeline("text-generation") over chat messages (the tokenizer's chat template) and with stop_strings (and the
@@ -667,7 +672,6 @@ def test_forward_num_items_in_batch_and_hf_flags():
         for kw in (dict(output_attentions=True), dict(return_dict=False), dict(token_type_ids=ids)):
             with pytest.raises(ValueError, match=next(iter(kw))):
                 ours(ids, **kw)
-
 
 
 def test_logits_to_keep():
@@ -1625,6 +1629,24 @@ def test_generate_stops_at_eos():
         free = ours.generate(ids, max_new_tokens=6, eos_token_id=None)
         stop = ours.generate(ids, max_new_tokens=6, eos_token_id=int(free[0, 7]))
     assert stop.shape[1] == 8 and stop[0].tolist() == free[0, :8].tolist()
+
+
+def test_generate_pads_a_finished_row_until_the_batch_ends():
+    """A row that picks EOS takes pad_token_id at every later step while the other row goes on (transformers'
+    generate: the same sequences); the EOS finishes its row on the device, not only on the host."""
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, 101)
+    with torch.no_grad():
+        free = ours.generate(ids, max_new_tokens=8, eos_token_id=None)[:, 9:].tolist()
+        hits = [(j, t) for j, t in enumerate(free[0][:5]) if t not in free[0][:j] and t not in free[1] and t != 0]
+        assert hits, free
+        j, eos = hits[0]
+        got = ours.generate(ids, max_new_tokens=8, eos_token_id=eos, pad_token_id=0)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                           eos_token_id=eos, pad_token_id=0)
+    assert got.tolist() == want.tolist()
+    assert got[0, 9:10 + j].tolist() == free[0][:j + 1] and (got[0, 10 + j:] == 0).all() and got.shape[1] == 17
+    assert got[1, 9:].tolist() == free[1]
 
 
 def test_reference_backend_matches_ops():
