@@ -115,12 +115,27 @@ def test_beam_search_processors_criteria_and_padding():
     assert (got.sequences == -1).any() and (got.sequences[:, 9:] != -1).all(dim=1).any()
 
 
+def _steered_beams(steer, batch: int, kw: dict, **ours_kw):
+    """generate(num_beams=2, num_return_sequences=2, early_stopping="never") of ours and transformers' model on the
+    same 9-token prompts with one steering logits processor; checked equal, ours returned"""
+    from transformers import LogitsProcessorList
+    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(batch, 9, 101)
+    kw = dict(kw, num_beams=2, num_return_sequences=2, early_stopping="never", return_dict_in_generate=True,
+              output_scores=True, output_logits=True)
+    with torch.no_grad():
+        got = ours.generate(ids, logits_processor=[steer], **ours_kw, **kw)
+        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0,
+                           logits_processor=LogitsProcessorList([steer]), **kw)
+    _check_same(got, want)
+    return got
+
+
 @needs_hf
 def test_beam_search_keeps_candidates_past_the_eos_ids():
     """K = (1 + number of EOS ids) x num_beams candidates per step, so that num_beams of them go on even when the EOS
     ids are the best: a processor makes three EOS ids the first step's best tokens, then A, then B, and gives only
     B's beam a good continuation; the search must keep B (with 2 x num_beams candidates it would lose it)."""
-    from transformers import LogitsProcessorList
     eos, A, B = [11, 12, 13], 20, 21
 
     def steer(input_ids, scores):
@@ -133,15 +148,7 @@ def test_beam_search_keeps_candidates_past_the_eos_ids():
             scores = torch.where(input_ids[:, -1:] == B, scores, scores - 50.0)
         return scores
 
-    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
-    ids = prompt_ids(2, 9, 101)
-    kw = dict(num_beams=2, max_new_tokens=5, num_return_sequences=2, eos_token_id=eos, early_stopping="never",
-              length_penalty=2.0, return_dict_in_generate=True, output_scores=True, output_logits=True)
-    with torch.no_grad():
-        got = ours.generate(ids, logits_processor=[steer], **kw)
-        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0,
-                           logits_processor=LogitsProcessorList([steer]), **kw)
-    _check_same(got, want)
+    got = _steered_beams(steer, 2, dict(max_new_tokens=5, eos_token_id=eos, length_penalty=2.0))
     assert (got.sequences[:, 9] == B).all() and got.sequences.shape[1] == 14
 
 
@@ -151,7 +158,6 @@ def test_beam_search_never_counts_the_longest_length():
     its score divided by max_new_tokens (not by fewer tokens) still beats the worst of them. Steered scores: the first
     step finishes two EOS hypotheses (-1.0, -1.05) and leaves A at -2.5 (-2.5 / 3 beats -1.05, -2.5 / 2 would not);
     A C EOS then finishes at -3.1 / 3 = -1.033 and takes the second place."""
-    from transformers import LogitsProcessorList
     eos, A, B, C = [11, 12], 20, 21, 22
 
     def steer(input_ids, scores):
@@ -165,15 +171,7 @@ def test_beam_search_never_counts_the_longest_length():
             scores[:, eos[0]] = -0.3
         return scores
 
-    hf, ours = make_pair(CONFIGS["attn1_moe_top2"])
-    ids = prompt_ids(1, 9, 101)
-    kw = dict(num_beams=2, max_new_tokens=3, num_return_sequences=2, eos_token_id=eos, early_stopping="never",
-              length_penalty=1.0, return_dict_in_generate=True, output_scores=True, output_logits=True)
-    with torch.no_grad():
-        got = ours.generate(ids, logits_processor=[steer], pad_token_id=0, **kw)
-        want = hf.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, pad_token_id=0,
-                           logits_processor=LogitsProcessorList([steer]), **kw)
-    _check_same(got, want)
+    got = _steered_beams(steer, 1, dict(max_new_tokens=3, eos_token_id=eos, length_penalty=1.0), pad_token_id=0)
     assert got.sequences[:, 9:].tolist() == [[11, 11, 11], [A, C, 11]]     # (filled with the first EOS: pad 0)
 
 
