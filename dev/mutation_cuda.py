@@ -274,6 +274,61 @@ MUTANTS = [
            "(d_inner 808: 26 blocks for dB / dC)",
            ["tests/test_cuda_paths.py"],
            "test_rms_norm_bwd_many_row_groups or test_selective_scan_bwd_many_channel_blocks"),
+    # ---- third round: the vec gemv's split-K sum, the attention combine, the CE backward, the fused step's conv
+    # window, the fp8 ring's up-row scale, the wgmma engine's gather ----
+    Mutant("gemv_vec_kw_last_slice", "gemv.cu",
+           "for (int j = 0; j < kw; j++) s += red[pair * kw + j][r][m];",
+           "for (int j = 0; j + 1 < kw; j++) s += red[pair * kw + j][r][m];",
+           "gemv_vec_kernel (CUDA cores: f32 always, bf16/f16 where gemv_ring_pick says no) adds only kw-1 of its "
+           "kw K slices (the last slice's partial sums dropped). test_gemv_model_shapes[cuda]: x_proj 1x288x8192 "
+           "(N < 512: vec kernel in every dtype, kw 8), 2x130x14336 (vec, kw 8), f32 4x1000x4096 / 1x4096x256 "
+           "(kw >= 2): ~1/8 of the dot product lost, far above the 8 sqrt(K) ulp bound",
+           ["tests/test_gemv.py"], "test_gemv_model_shapes and cuda"),
+    Mutant("attn_combine_l_unscaled", "decode_attention.cu",
+           "L = fmaf(ml[(p * a.R + r) * 2 + 1], c, L);",
+           "L += ml[(p * a.R + r) * 2 + 1];",
+           "attn_combine_kernel (after both split kernels) adds the splits' softmax sums without the factor "
+           "2^(m_p - M) that it applies to their outputs: the denominator too large wherever the splits' maxima "
+           "differ. test_decode_attention_cuda_kernels[mma]: S 17 / 33 / 300 / 4500 run 2 / 3 / 19 / 198 splits (S 1: "
+           "one split, c = 1); split maxima of random scores differ by O(1): outputs ~10-50% small against the 1e-2 "
+           "tolerance (the same selection as attn_mma_last_tile)",
+           ["tests/test_decode_attention.py"], "test_decode_attention_cuda_kernels and mma"),
+    Mutant("ce_bwd_onehot_unscaled", "cross_entropy.cu",
+           "g[q] = ign ? 0.f : (p - (i * VN + q == t ? 1.f : 0.f)) * d;",
+           "g[q] = ign ? 0.f : p * d - (i * VN + q == t ? 1.f : 0.f);",
+           "ce_bwd_kernel (both the vector and the element path): the one-hot term is not scaled by dloss, so "
+           "dlogits[target] is off by (1 - dloss). test_cross_entropy_matches_fp64[cuda]: every shape with a kept "
+           "row (1x1 .. 2x65536, 3 dtypes), dloss ~ N(0, 0.3) per row against a bound of ~4e-6 |dloss| + half an "
+           "ulp (the same selection as ce_fwd_no_rescale)",
+           ["tests/test_cross_entropy.py"], "test_cross_entropy_matches_fp64 and cuda"),
+    Mutant("mamba_step_conv_window", "mamba_step.cu",
+           "const int hi = a.S + 1 - a.K + j;",
+           "const int hi = a.S - a.K + j;",
+           "fused decode step mamba_step_kernel: the conv window h[S + 1 - K .. S] of concat(state, x) starts one "
+           "step early (h[S - K .. S - 1]: the new x never enters xc; at S = K - 1 the first tap reads the element "
+           "before the channel's state row). test_mamba_inner_step_matches_chain_and_reference[cuda]: the fused "
+           "cases (S 4 / 6 / 2 / 1, K 4 / 3 / 2) against the five-launch chain (y within ~1 ulp); xc off by O(1) "
+           "(the same selection as mamba_step_no_dtbias)",
+           ["tests/test_mamba_step.py"], "test_mamba_inner_step_matches_chain_and_reference and cuda"),
+    Mutant("fp8_ring_up_scale", "moe.cu",
+           "const float s = out < a.N ? sc[wrow] : 0.f;",
+           "const float s = out < a.N ? sc[out] : 0.f;",
+           "moe_decode_kernel F8 (the fp8 ring), gate_up pass: the up rows' sums take their gate row's scale "
+           "(s_gate_up[out] instead of s_gate_up[F + out]; the down pass is unchanged, wrow == out there). "
+           "test_moe_experts_fp8_ring_matches_fp64 (ring_everywhere: JAMBA_EXT_FP8_WGMMA=0, no gemv): T 7 / 64, "
+           "E 1 / 8 / 16, bf16 and f16; per-row absmax scales of a gate and its up row differ by ~10%, so act and "
+           "out are ~10% off against rtol 2e-2 / atol 4e-2",
+           ["tests/test_fp8.py"], "test_moe_experts_fp8_ring_matches_fp64 and (T7H272F144 or T64H512F272)"),
+    Mutant("moe_gather_tail_last_vec", "moe_wgmma.cu",
+           "for (; v < nv; v += 32) dst[v] = src[v];",
+           "for (; v + 1 < nv; v += 32) dst[v] = src[v];",
+           "moe_gather_rows_kernel (x into sorted order before the wgmma GEMMs; it lives in moe_wgmma.cu, not "
+           "moe_glue.cu): the tail loop skips a row's last 16-byte vector, so the gate_up GEMM reads 8 stale "
+           "elements of each gathered row (slot_out, NaN-poisoned under the tests). "
+           "test_moe_experts_gpu_impls[wgmma]: H 200 / 136 / 256 / 264 / 128 / 1096 "
+           "(H / 8 vectors never a multiple of 128: the last vector is always in the tail loop): NaN outputs "
+           "(~8/H of the dot products wrong without the poison; the same selection as wgmma_down_weight_sorted)",
+           ["tests/test_moe.py"], "test_moe_experts_gpu_impls and wgmma"),
 ]
 
 
