@@ -785,8 +785,9 @@ def moe_route(router_logits: Tensor, top_k: int) -> Tuple[Tensor, Tensor, Tensor
     sorted_slots (T*TOPK,) int32): expert e's slots are sorted_slots[expert_offsets[e]:expert_offsets[e+1]]."""
     op = "moe_route"
     _check_args(op, "router_logits", router_logits, {"router_logits": 2})
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+    if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or top_k < 1:
         _fail(op, f"top_k must be an int >= 1, got {top_k!r}")
+    top_k = int(top_k)
     T, E = router_logits.shape
     dev = router_logits.device
     w = _alloc((T, top_k), torch.float32, dev)
@@ -794,7 +795,7 @@ def moe_route(router_logits: Tensor, top_k: int) -> Tuple[Tensor, Tensor, Tensor
     offsets = _alloc((E + 1,), torch.int32, dev)
     slots = _alloc((T * top_k,), torch.int32, dev)
     _call(op, dev, op, [("weights", w), ("expert_ids", ids), ("expert_offsets", offsets),
-                        ("sorted_slots", slots), ("router_logits", router_logits)], _int(op, "top_k", top_k))
+                        ("sorted_slots", slots), ("router_logits", router_logits)], top_k)
     return w, ids, offsets, slots
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from conftest import TOL, assert_close, cuda_kernel_names, make_A, norm_weight, randn, uniform, up
+from conftest import TOL, assert_close, cuda_kernel_names, dtype_params, make_A, norm_weight, randn, uniform, up
 from jamba_ext import ops, reference
 
 pytestmark = [pytest.mark.cuda,
@@ -11,11 +11,9 @@ pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not ops.has_cuda_kernels(), reason="built without CUDA kernels")]
 
 DEV = torch.device("cuda")
-DTYPES = [torch.float32, torch.bfloat16, torch.float16]
-DTYPE_IDS = ["f32", "bf16", "f16"]
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("dtype", dtype_params())
 @pytest.mark.parametrize("rows,dim,w_f32", [(4, 4096, False), (9, 64, True), (3, 16384, True), (2, 24000, False)],
                          ids=["R4_D4096", "R9_D64_wf32", "R3_D16384_wf32", "R2_D24000"])
 def test_rms_norm_row_kernel_eps(dtype, rows, dim, w_f32):
@@ -46,7 +44,7 @@ def _scale_close(name, got, want, tol):
     assert err <= tol * scale + 1e-6, f"{name}: max error {err:.3e} > {tol:.0e} x {scale:.3e}"
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("dtype", dtype_params([torch.float32, torch.bfloat16]))
 def test_rms_norm_bwd_many_row_groups(dtype):
     """rms_norm_bwd over 2000 rows: dweight's 63 row-group partials (32 rows each) summed by jamba_cuda_sum_mid
     (sum_mid.cu), whose warps take its 4-loads loop only with more than 24 partials (the other tests have at most 300
@@ -86,7 +84,7 @@ def test_selective_scan_bwd_many_channel_blocks():
         _scale_close(name, g, e, 1e-4)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("dtype", dtype_params())
 def test_dequant_fp8_grid_stride_passes(dtype):
     """dequant_fp8 on 12 M weights: more 8- / 16-byte chunks (1.5 M / 0.8 M) than one wave of threads (the launch caps
     the grid at 8 blocks of 256 per SM: 270 k threads on an H200), so the kernels' grid-stride loops take more than one
