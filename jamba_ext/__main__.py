@@ -5,6 +5,7 @@
     python -m jamba_ext generate --model DIR --prompt "Hello" --experts-fp8   # MoE experts in fp8 (half the memory)
     python -m jamba_ext generate --model DIR --chat --prompt "Hi!" --system "Be brief."   # an instruct model's chat
     python -m jamba_ext generate --model DIR --interactive        # a conversation, a message per line of input
+    python -m jamba_ext generate --model DIR --prompts-file p.jsonl --batch-size 16 --output out.jsonl   # offline batch
     python -m jamba_ext check                                     # self-check of every op on this machine
     python -m jamba_ext train --text-file notes.txt --steps 200 --save ./tiny   # fine-tune on a text file
     python -m jamba_ext generate --model ./tiny --prompt "Hello"  # ... and generate with the result
@@ -15,6 +16,9 @@ kernel (Mamba, attention, MoE) with no download; its text is noise. With --model
 + safetensors (sharded index honoured) and, for text, tokenizer.json (read with the `tokenizers`
 package). Generated text streams to stdout; throughput (prefill and decode tokens/s) and, for long
 prompts and long generations, progress bars go to stderr. Exit status 2 on a bad argument or checkpoint.
+--prompts-file runs many prompts (a line each, or JSON Lines) in batches (--batch-size; longest prompts first, so that
+prompts of similar length share a batch and little padding is computed) and writes one JSON object per prompt, in the
+file's order, to stdout or --output.
 --experts-fp8 stores the MoE expert weights in float8_e4m3fn with a per-row scale (weight-only quantisation, done while
 the checkpoint loads: from_pretrained(experts_dtype="fp8"); the built-in model is quantized after it is built);
 --act-fp8 adds fp8 activations (W8A8: x and the SiLU product quantized per row; used on Hopper GPUs from 7 tokens).
@@ -25,6 +29,7 @@ tokens/s to stderr, and with --save writes a checkpoint that `generate --model` 
 """
 import argparse
 import itertools
+import json
 import os
 import sys
 import time
@@ -44,8 +49,9 @@ class _Bar:
     """A one-line progress bar on stderr; when stderr is not a terminal (a log file, a pipe), a plain line at every
     tenth of the work instead of carriage-return redraws."""
 
-    def __init__(self, total: int, enabled: bool, label: str = ""):
+    def __init__(self, total: int, enabled: bool, label: str = "", unit: str = "tok/s"):
         self.total, self.enabled, self.n, self.t0, self.label = total, enabled, 0, time.perf_counter(), label
+        self.unit = unit
         self.tty, self.tenths = sys.stderr.isatty(), 0
 
     def update(self, n: int = 1) -> None:
@@ -57,11 +63,12 @@ class _Bar:
         if not self.tty:
             if int(10 * frac) > self.tenths:
                 self.tenths = int(10 * frac)
-                sys.stderr.write(f"{self.label}{self.n}/{self.total} ({100 * frac:.0f}%) {rate:.1f} tok/s\n")
+                sys.stderr.write(f"{self.label}{self.n}/{self.total} ({100 * frac:.0f}%) {rate:.1f} {self.unit}\n")
                 sys.stderr.flush()
             return
         fill = int(30 * frac)
-        sys.stderr.write(f"\r{self.label}[{'#' * fill}{'.' * (30 - fill)}] {self.n}/{self.total} {rate:7.1f} tok/s")
+        sys.stderr.write(f"\r{self.label}[{'#' * fill}{'.' * (30 - fill)}] {self.n}/{self.total} {rate:7.1f} "
+                         f"{self.unit}")
         sys.stderr.flush()
 
     def close(self) -> None:
@@ -228,13 +235,20 @@ def cmd_generate(args) -> int:
         prefill_chunks(1, 1, args.prefill_chunk)
     except ValueError:
         _fail("--prefill-chunk must be 0 (one forward) or >= 8")
+    if args.prompts_file is None:
+        for flag, v in (("--batch-size", args.batch_size), ("--output", args.output)):
+            if v is not None:
+                _fail(f"{flag} goes with --prompts-file")
+    elif args.batch_size is not None and args.batch_size < 1:
+        _fail("--batch-size must be >= 1")
     args.chat = args.chat or args.interactive
     if args.system is not None and not args.chat:
         _fail("--system goes with --chat")
     if args.chat and args.model is None:
         _fail(f"{'--interactive' if args.interactive else '--chat'} formats the prompt with a checkpoint's chat "
               "template: give --model (the built-in model has none)")
-    prompt = None if args.interactive else \
+    items = _read_prompts(args.prompts_file) if args.prompts_file is not None else None
+    prompt = None if args.interactive or items is not None else \
         args.prompt if args.prompt_file is None else _read_text(args.prompt_file, "--prompt-file")
     torch.manual_seed(args.seed)
     model, tok, what = _load(args)
@@ -246,11 +260,116 @@ def cmd_generate(args) -> int:
                      f"{' (experts float8_e4m3fn)' if model.experts_fp8 else ''}\n")
     if args.interactive:
         return _chat_loop(args, model, tok, tmpl)
+    if items is not None:
+        return _batch_generate(args, model, tok, tmpl, items)
     msgs = ([{"role": "system", "content": args.system}] if args.system is not None else []) + \
         [{"role": "user", "content": prompt}]
     ids = _encode(tok, _render(tmpl, msgs) if args.chat else prompt, model, add_bos=not args.chat,
                   what="--prompt-file" if args.prompt_file is not None else "--prompt")
     _generate_once(args, model, tok, ids, prompt)
+    return 0
+
+
+def _read_prompts(path: str) -> list:
+    """--prompts-file: [(line number, prompt text)]. A .jsonl file holds a JSON string, or an object with a string
+    "prompt", per line; any other file a prompt per line. Blank lines are skipped; exit 2 naming the line when one
+    does not parse, or when the file holds no prompt."""
+    text = _read_text(path, "--prompts-file")
+    jsonl = path.lower().endswith(".jsonl")
+    items = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if jsonl:
+            try:
+                v = json.loads(line)
+            except json.JSONDecodeError as e:
+                _fail(f"--prompts-file {path!r} line {n}: not JSON ({e.msg})")
+            if isinstance(v, dict):
+                v = v.get("prompt")
+            if not isinstance(v, str):
+                _fail(f"--prompts-file {path!r} line {n}: expected a JSON string or an object with a string "
+                      "\"prompt\"")
+            line = v
+        items.append((n, line))
+    if not items:
+        _fail(f"--prompts-file {path!r} holds no prompts")
+    return items
+
+
+def _completion(new: list, eos: set, stop, tok):
+    """A row's new tokens as generate() returned them -> (the completion's tokens, finish reason). The completion
+    ends before the first EOS id or fill (negative ids: a finished beam), or with the token that completed a --stop
+    text (generate() fills a row stopped by its stop strings with pad_token_id): reason "stop"; otherwise it is
+    max_new_tokens long: "length"."""
+    end = next((i for i, t in enumerate(new) if t in eos or t < 0), None)
+    if end is not None:
+        return new[:end], "stop"
+    if stop and any(s in tok.decode(new) for s in stop):
+        lo, hi = 1, len(new)        # the shortest prefix whose text holds a stop text (holding one is monotone)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if any(s in tok.decode(new[:mid]) for s in stop):
+                hi = mid
+            else:
+                lo = mid + 1
+        return new[:lo], "stop"
+    return new, "length"
+
+
+def _batch_generate(args, model, tok, tmpl, items) -> int:
+    """--prompts-file: every prompt through generate() in batches of --batch-size (default 16), longest first (a
+    batch is left-padded to its longest prompt, so similar lengths waste little; a batch too large for memory fails
+    in the first call). Writes a JSON object per prompt, {"index", "prompt", "completion", "prompt_tokens",
+    "completion_tokens", "finish_reason"}, in the file's order to stdout or --output; a progress bar counts the
+    prompts on stderr, and a summary line gives the throughput."""
+    import torch
+    system = [{"role": "system", "content": args.system}] if args.system is not None else []
+    enc = [_encode(tok, _render(tmpl, system + [{"role": "user", "content": p}]) if args.chat else p, model,
+                   add_bos=not args.chat, what=f"--prompts-file line {n}") for n, p in items]
+    bs = args.batch_size or 16
+    order = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
+    batches = [order[b:b + bs] for b in range(0, len(order), bs)]
+    try:
+        out_f = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    except OSError as e:
+        _fail(f"--output {args.output!r}: {e}")
+    show = args.progress if args.progress is not None else len(batches) > 1
+    bar = _Bar(len(enc), show, "prompts ", unit="prompts/s")
+    use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda"
+    eos, stop = set(model._eos_ids()), args.stop or ()
+    done, written, n_new = {}, 0, 0
+    t0 = time.perf_counter()
+    try:
+        for k, idx in enumerate(batches):
+            with torch.inference_mode():
+                out = model.generate([enc[i] for i in idx], max_new_tokens=args.max_new_tokens,
+                                     num_beams=args.num_beams, do_sample=args.temperature > 0,
+                                     temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p,
+                                     min_p=args.min_p, top_h=args.top_h, seed=args.seed + k, cuda_graph=use_graph,
+                                     repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
+                                     no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_chunk=args.prefill_chunk,
+                                     **args.stop_kw)
+            width = max(len(enc[i]) for i in idx)                 # the prompts are left-padded to the longest
+            for r, i in enumerate(idx):
+                new, reason = _completion(out[r, width:].tolist(), eos, stop, tok)
+                n_new += len(new)
+                done[i] = dict(index=i, prompt=items[i][1], completion=tok.decode(new), prompt_tokens=len(enc[i]),
+                               completion_tokens=len(new), finish_reason=reason)
+            while written in done:                                # in the file's order, as soon as it can
+                out_f.write(json.dumps(done.pop(written), ensure_ascii=False) + "\n")
+                written += 1
+            out_f.flush()
+            bar.update(len(idx))
+    finally:
+        bar.close()
+        if out_f is not sys.stdout:
+            out_f.close()
+    dt = max(time.perf_counter() - t0, 1e-9)
+    n_prompt = sum(map(len, enc))
+    sys.stderr.write(f"{len(enc)} prompts in {len(batches)} batch{'es' if len(batches) > 1 else ''} of up to {bs}: "
+                     f"{n_prompt} prompt tokens and {n_new} new tokens in {dt:.2f} s ({n_new / dt:.1f} new tokens/s, "
+                     f"{(n_prompt + n_new) / dt:.1f} tokens/s in all)\n")
     return 0
 
 
@@ -549,10 +668,20 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt", help="the prompt text (\"\": generate from the BOS token alone, where the tokenizer "
                                       "has one)")
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file (not echoed)")
+    src.add_argument("--prompts-file", metavar="PATH",
+                     help="many prompts, one per line (a .jsonl file: a JSON string or an object with a \"prompt\" "
+                          "per line, for prompts with newlines), run in batches; a JSON object per prompt "
+                          "(index, prompt, completion, prompt_tokens, completion_tokens, finish_reason) goes to "
+                          "stdout or --output, in the file's order")
     src.add_argument("--interactive", action="store_true",
                      help="chat: each line on stdin is the user's next message, the conversation goes through the "
                           "checkpoint's chat template (implies --chat); /reset starts over, /exit or end of input "
                           "stops")
+    g.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="with --prompts-file: prompts per generate() call (default 16; longest prompts first, so "
+                        "that a batch's prompts have similar lengths)")
+    g.add_argument("--output", default=None, metavar="PATH",
+                   help="with --prompts-file: write the JSON Lines here instead of stdout")
     g.add_argument("--chat", action="store_true",
                    help="the prompt is a user's message: formatted by the checkpoint's chat template (an instruct "
                         "model's chat_template.jinja or tokenizer_config.json), only the reply printed")

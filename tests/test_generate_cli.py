@@ -537,3 +537,187 @@ def test_cli_interactive_chat_cuda(tmp_path, capsys, monkeypatch):
     g, e = caps
     assert "decode (CUDA graph):" in g.err and "decode (CUDA graph, kept from the last call):" in g.err, g.err
     assert g.out == e.out and len(g.out.strip()) > 0
+
+
+def _builtin_model(device="cpu"):
+    from jamba_ext.__main__ import DEFAULT_CONFIG
+    from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM
+    return JambaForCausalLM.from_config(JambaConfig(**DEFAULT_CONFIG), dtype="float32", device=device, seed=0)
+
+
+def _jsonl(text):
+    return [json.loads(line) for line in text.splitlines()]
+
+
+BATCH_PROMPTS = ["hello there", "a", "the hybrid model reads a long prompt", "xyz", "Mamba and attention, mixed",
+                 "MoE", "q"]
+
+
+def test_cli_prompts_file_batches(tmp_path, capsys):
+    """--prompts-file: a JSON object per prompt in the file's order (blank lines skipped), each completion equal to
+    greedy generate() of that prompt alone (the batches are left-padded, longest prompts first: padding must not
+    change a token); a .jsonl file (strings, objects, a prompt with a newline) the same; --output writes the lines
+    to a file; the summary line on stderr."""
+    model, tok = _builtin_model(), ByteTokenizer()
+    n_new = 7
+    f = tmp_path / "p.txt"
+    f.write_text("\n".join(BATCH_PROMPTS[:3]) + "\n\n" + "\n".join(BATCH_PROMPTS[3:]) + "\n", encoding="utf-8")
+    base = ["generate", "--device", "cpu", "--max-new-tokens", str(n_new), "--batch-size", "3"]
+    assert main([*base, "--prompts-file", str(f)]) == 0
+    cap = capsys.readouterr()
+    rows = _jsonl(cap.out)
+    assert [r["index"] for r in rows] == list(range(len(BATCH_PROMPTS)))
+    assert [r["prompt"] for r in rows] == BATCH_PROMPTS
+    eos = set(model._eos_ids())
+    for p, r in zip(BATCH_PROMPTS, rows):
+        ids = tok.encode(p, add_bos=True)
+        with torch.inference_mode():
+            alone = model.generate([ids], max_new_tokens=n_new)[0, len(ids):].tolist()
+        cut = next((k for k, t in enumerate(alone) if t in eos), None)
+        want = alone if cut is None else alone[:cut]
+        assert r["prompt_tokens"] == len(ids) and r["completion_tokens"] == len(want), (p, r)
+        assert r["completion"] == tok.decode(want), (p, r, want)
+        assert r["finish_reason"] == ("length" if cut is None else "stop")
+    assert f"{len(BATCH_PROMPTS)} prompts in 3 batches of up to 3" in cap.err, cap.err
+    assert re.search(r"^prompts 7/7 \(100%\) .* prompts/s$", cap.err, re.M), cap.err       # the progress lines
+    j = tmp_path / "p.jsonl"
+    multi = "two\nlines"
+    j.write_text("\n".join([json.dumps(BATCH_PROMPTS[0]), json.dumps({"prompt": BATCH_PROMPTS[1], "id": 7}), "",
+                            json.dumps({"prompt": multi})]) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    assert main([*base, "--prompts-file", str(j), "--output", str(out)]) == 0
+    cap = capsys.readouterr()
+    assert cap.out == "" and "3 prompts in 1 batch of up to 3" in cap.err
+    got = _jsonl(out.read_text(encoding="utf-8"))
+    assert [r["prompt"] for r in got] == [BATCH_PROMPTS[0], BATCH_PROMPTS[1], multi]
+    assert got[:2] == [dict(rows[0], index=0), dict(rows[1], index=1)]
+    assert got[2]["prompt_tokens"] == len(tok.encode(multi, add_bos=True))
+
+
+def test_completion_ends_and_reasons():
+    """A row's completion ends before the first EOS id or negative fill ("stop"), or with the token whose text
+    completes a stop text (the row is pad-filled after it: "stop"), else it is the whole row ("length")."""
+    from jamba_ext.__main__ import _completion
+    tok = ByteTokenizer()
+    row = tok.encode("abcdefgh", add_bos=False)
+    assert _completion(row, {2}, (), tok) == (row, "length")
+    assert _completion(row[:3] + [2] + row[4:], {2}, (), tok) == (row[:3], "stop")
+    assert _completion(row[:2] + [-1, -1], set(), (), tok) == (row[:2], "stop")
+    assert _completion(row + [0, 0], set(), ("zz", "de"), tok) == (row[:5], "stop")    # "abcde" holds "de"
+    assert _completion(row, set(), ("ab",), tok) == (row[:2], "stop")
+    assert _completion(row, set(), ("hz",), tok) == (row, "length")
+
+
+def test_cli_prompts_file_stop_and_chat(tmp_path, capsys):
+    """--prompts-file with a checkpoint's tokenizer: --stop cuts each completion as the single-prompt run does
+    (finish_reason "stop"); --chat renders each prompt through the chat template (prompt_tokens is the templated
+    text's length)."""
+    transformers = import_transformers()
+    from test_model import _piece_tokenizer
+    _tiny_checkpoint(tmp_path, with_tokenizer=False)
+    _piece_tokenizer(101).backend_tokenizer.save(str(tmp_path / "tokenizer.json"))
+    base = ["generate", "--model", str(tmp_path), "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "16"]
+    assert main([*base, "--prompt", "abcab"]) == 0
+    text = capsys.readouterr().out.rstrip("\n")[len("abcab"):]
+    stop = text[5:7]
+    singles = []
+    for p in ("abcab", "ba"):
+        assert main([*base, "--prompt", p, "--stop", stop]) == 0
+        singles.append(capsys.readouterr().out.rstrip("\n")[len(p):])
+    f = tmp_path / "p.txt"
+    f.write_text("abcab\nba\n")
+    assert main([*base, "--prompts-file", str(f), "--stop", stop]) == 0
+    rows = _jsonl(capsys.readouterr().out)
+    assert [r["completion"] for r in rows] == singles
+    assert rows[0]["finish_reason"] == "stop" and stop in rows[0]["completion"]
+    chat = tmp_path / "chat"
+    _chat_checkpoint(chat)
+    hf = transformers.PreTrainedTokenizerFast.from_pretrained(str(chat))
+    f.write_text("the cat\nthe dog sat on a mat\n")
+    assert main(["generate", "--model", str(chat), "--device", "cpu", "--dtype", "float32", "--max-new-tokens", "3",
+                 "--prompts-file", str(f), "--chat", "--system", "a mat"]) == 0
+    rows = _jsonl(capsys.readouterr().out)
+    for r in rows:
+        msgs = [{"role": "system", "content": "a mat"}, {"role": "user", "content": r["prompt"]}]
+        text = hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        assert r["prompt_tokens"] == len(hf(text, add_special_tokens=False)["input_ids"])
+
+
+def test_cli_prompts_file_errors(tmp_path, capsys):
+    def fails(argv, msg):
+        with pytest.raises(SystemExit) as e:
+            main(["generate", "--device", "cpu", *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and msg in err, err
+
+    good = tmp_path / "p.txt"
+    good.write_text("a\nb\n")
+    fails(["--prompt", "x", "--batch-size", "2"], "--batch-size goes with --prompts-file")
+    fails(["--prompt", "x", "--output", str(tmp_path / "o")], "--output goes with --prompts-file")
+    fails(["--prompts-file", str(good), "--batch-size", "0"], "--batch-size must be >= 1")
+    fails(["--prompts-file", str(tmp_path / "missing.txt")], "--prompts-file")
+    fails(["--prompts-file", str(good), "--output", str(tmp_path / "no" / "dir" / "o.jsonl")], "--output")
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    fails(["--prompts-file", str(tmp_path / "blank.txt")], "holds no prompts")
+    (tmp_path / "bad.jsonl").write_text('"a"\n{"prompt": \n')
+    fails(["--prompts-file", str(tmp_path / "bad.jsonl")], "line 2: not JSON")
+    (tmp_path / "num.jsonl").write_text('{"text": "a"}\n')
+    fails(["--prompts-file", str(tmp_path / "num.jsonl")], 'line 1: expected a JSON string or an object')
+    with pytest.raises(SystemExit):                 # one source of prompts
+        main(["generate", "--device", "cpu", "--prompt", "x", "--prompts-file", str(good)])
+    capsys.readouterr()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cli_prompts_file_cuda(tmp_path, capsys):
+    """--prompts-file on a GPU (fp32): the batches decode through the CUDA graph by default; the completions equal
+    --no-cuda-graph's and each prompt's own greedy generate() on the GPU."""
+    f = tmp_path / "p.txt"
+    f.write_text("\n".join(BATCH_PROMPTS) + "\n")
+    base = ["generate", "--device", "cuda", "--dtype", "float32", "--max-new-tokens", "20", "--batch-size", "4",
+            "--prompts-file", str(f)]
+    assert main(base) == 0
+    graph = _jsonl(capsys.readouterr().out)
+    assert main([*base, "--no-cuda-graph"]) == 0
+    eager = _jsonl(capsys.readouterr().out)
+    assert graph == eager and len(graph) == len(BATCH_PROMPTS)
+    model, tok = _builtin_model("cuda"), ByteTokenizer()
+    eos = set(model._eos_ids())
+    for p, r in zip(BATCH_PROMPTS, graph):
+        ids = tok.encode(p, add_bos=True)
+        with torch.inference_mode():
+            alone = model.generate([ids], max_new_tokens=20, cuda_graph=False)[0, len(ids):].tolist()
+        cut = next((k for k, t in enumerate(alone) if t in eos), len(alone))
+        assert r["completion"] == tok.decode(alone[:cut]), (p, r)
+
+
+def test_cli_prompts_file_batching_and_sampling(tmp_path, capsys, monkeypatch):
+    """The batches group prompts by length, longest first (the first call is the largest, so a batch too large for
+    memory fails at once); sampled runs repeat with the same --seed, and each batch draws its own numbers (the same
+    prompt in four batches of one: not four equal completions)."""
+    from jamba_ext.modeling_jamba import JambaForCausalLM
+    tok = ByteTokenizer()
+    f = tmp_path / "p.txt"
+    f.write_text("\n".join(BATCH_PROMPTS) + "\n")
+    seen, real = [], JambaForCausalLM.generate
+
+    def spy(self, input_ids, **kw):
+        seen.append(sorted(len(i) for i in input_ids))
+        return real(self, input_ids, **kw)
+
+    monkeypatch.setattr(JambaForCausalLM, "generate", spy)
+    assert main(["generate", "--device", "cpu", "--max-new-tokens", "2", "--batch-size", "3",
+                 "--prompts-file", str(f)]) == 0
+    capsys.readouterr()
+    lens = sorted((len(tok.encode(p, add_bos=True)) for p in BATCH_PROMPTS), reverse=True)
+    assert seen == [sorted(lens[:3]), sorted(lens[3:6]), sorted(lens[6:])]
+    monkeypatch.undo()
+    f.write_text("ab\n" * 4)
+    argv = ["generate", "--device", "cpu", "--max-new-tokens", "8", "--batch-size", "1", "--temperature", "1.0",
+            "--seed", "5", "--prompts-file", str(f)]
+    assert main(argv) == 0
+    first = _jsonl(capsys.readouterr().out)
+    assert main(argv) == 0
+    assert _jsonl(capsys.readouterr().out) == first
+    assert len({r["completion"] for r in first}) > 1, first
