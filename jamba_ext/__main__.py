@@ -297,77 +297,46 @@ def _read_prompts(path: str) -> list:
     return items
 
 
-def _completion(new: list, eos: set, stop, tok):
-    """A row's new tokens as generate() returned them -> (the completion's tokens, finish reason). The completion
-    ends before the first EOS id or fill (negative ids: a finished beam), or with the token that completed a --stop
-    text (generate() fills a row stopped by its stop strings with pad_token_id): reason "stop"; otherwise it is
-    max_new_tokens long: "length"."""
-    end = next((i for i, t in enumerate(new) if t in eos or t < 0), None)
-    if end is not None:
-        return new[:end], "stop"
-    if stop and any(s in tok.decode(new) for s in stop):
-        lo, hi = 1, len(new)        # the shortest prefix whose text holds a stop text (holding one is monotone)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if any(s in tok.decode(new[:mid]) for s in stop):
-                hi = mid
-            else:
-                lo = mid + 1
-        return new[:lo], "stop"
-    return new, "length"
-
-
 def _batch_generate(args, model, tok, tmpl, items) -> int:
-    """--prompts-file: every prompt through generate() in batches of --batch-size (default 16), longest first (a
-    batch is left-padded to its longest prompt, so similar lengths waste little; a batch too large for memory fails
-    in the first call). Writes a JSON object per prompt, {"index", "prompt", "completion", "prompt_tokens",
-    "completion_tokens", "finish_reason"}, in the file's order to stdout or --output; a progress bar counts the
-    prompts on stderr, and a summary line gives the throughput."""
-    import torch
+    """--prompts-file: every prompt through generate() in batches of --batch-size (default 16), longest first
+    (jamba_ext.batch.generate_many). Writes a JSON object per prompt, {"index", "prompt", "completion",
+    "prompt_tokens", "completion_tokens", "finish_reason"}, in the file's order to stdout or --output (each line as
+    soon as those before it are done); a progress bar counts the prompts on stderr, and a summary line gives the
+    throughput."""
+    from .batch import generate_many
     system = [{"role": "system", "content": args.system}] if args.system is not None else []
     enc = [_encode(tok, _render(tmpl, system + [{"role": "user", "content": p}]) if args.chat else p, model,
                    add_bos=not args.chat, what=f"--prompts-file line {n}") for n, p in items]
     bs = args.batch_size or 16
-    order = sorted(range(len(enc)), key=lambda i: (-len(enc[i]), i))
-    batches = [order[b:b + bs] for b in range(0, len(order), bs)]
+    n_batches = -(-len(enc) // bs)
     try:
         out_f = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     except OSError as e:
         _fail(f"--output {args.output!r}: {e}")
-    show = args.progress if args.progress is not None else len(batches) > 1
-    bar = _Bar(len(enc), show, "prompts ", unit="prompts/s")
+    bar = _Bar(len(enc), args.progress if args.progress is not None else n_batches > 1, "prompts ", unit="prompts/s")
     use_graph = args.cuda_graph if args.cuda_graph is not None else model.device.type == "cuda"
-    eos, stop = set(model._eos_ids()), args.stop or ()
-    done, written, n_new = {}, 0, 0
+    n_new = 0
     t0 = time.perf_counter()
     try:
-        for k, idx in enumerate(batches):
-            with torch.inference_mode():
-                out = model.generate([enc[i] for i in idx], max_new_tokens=args.max_new_tokens,
-                                     num_beams=args.num_beams, do_sample=args.temperature > 0,
-                                     temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p,
-                                     min_p=args.min_p, top_h=args.top_h, seed=args.seed + k, cuda_graph=use_graph,
-                                     repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
-                                     no_repeat_ngram_size=args.no_repeat_ngram_size, prefill_chunk=args.prefill_chunk,
-                                     **args.stop_kw)
-            width = max(len(enc[i]) for i in idx)                 # the prompts are left-padded to the longest
-            for r, i in enumerate(idx):
-                new, reason = _completion(out[r, width:].tolist(), eos, stop, tok)
-                n_new += len(new)
-                done[i] = dict(index=i, prompt=items[i][1], completion=tok.decode(new), prompt_tokens=len(enc[i]),
-                               completion_tokens=len(new), finish_reason=reason)
-            while written in done:                                # in the file's order, as soon as it can
-                out_f.write(json.dumps(done.pop(written), ensure_ascii=False) + "\n")
-                written += 1
+        for i, new, reason in generate_many(
+                model, enc, batch_size=bs, seed=args.seed, decode=tok.decode, on_batch=bar.update,
+                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.temperature > 0,
+                temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                top_h=args.top_h, cuda_graph=use_graph, repetition_penalty=args.repetition_penalty,
+                min_new_tokens=args.min_new_tokens, no_repeat_ngram_size=args.no_repeat_ngram_size,
+                prefill_chunk=args.prefill_chunk, **args.stop_kw):
+            n_new += len(new)
+            out_f.write(json.dumps(dict(index=i, prompt=items[i][1], completion=tok.decode(new),
+                                        prompt_tokens=len(enc[i]), completion_tokens=len(new),
+                                        finish_reason=reason), ensure_ascii=False) + "\n")
             out_f.flush()
-            bar.update(len(idx))
     finally:
         bar.close()
         if out_f is not sys.stdout:
             out_f.close()
     dt = max(time.perf_counter() - t0, 1e-9)
     n_prompt = sum(map(len, enc))
-    sys.stderr.write(f"{len(enc)} prompts in {len(batches)} batch{'es' if len(batches) > 1 else ''} of up to {bs}: "
+    sys.stderr.write(f"{len(enc)} prompts in {n_batches} batch{'es' if n_batches > 1 else ''} of up to {bs}: "
                      f"{n_prompt} prompt tokens and {n_new} new tokens in {dt:.2f} s ({n_new / dt:.1f} new tokens/s, "
                      f"{(n_prompt + n_new) / dt:.1f} tokens/s in all)\n")
     return 0

@@ -24,7 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_train.py", [], "bench_train_smoke.json"),
     ("bench_train.py", ["--dtype", "bfloat16", "--batches", "1", "--lengths", "32"], "bench_train_smoke.json"),
     ("bench_beam.py", [], "bench_beam_smoke.json"),
-], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16", "beam"])
+    ("bench_batch.py", [], "bench_batch_smoke.json"),
+], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16", "beam", "batch"])
 def test_benchmark_smoke(tmp_path, script, args, result):
     env = package_env(JAMBA_BENCH_RESULTS=str(tmp_path))
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--smoke", *args], env=env,
@@ -39,6 +40,9 @@ def test_benchmark_smoke(tmp_path, script, args, result):
     elif script == "bench_train.py":  # the correctness check ran against transformers and passed (in bf16: each
         assert check["ok"] is True, check  # model against the fp32 step of the same weights)
         assert ("loss_fp32" in check) == ("--dtype" in args), check
+    if script == "bench_batch.py":   # fp32 on the CPU: generate_many's tokens equal each prompt's own generate()
+        assert check["ok"] is True and check["same_tokens_as_alone"] == 1.0, check
+        assert {r["impl"] for r in data["rows"]} == {"generate_many", "generate, file order"}
     if script == "bench_beam.py":    # the graph search equals the eager one; transformers' beams where installed
         assert check["graph_equals_eager"] is True, check
         assert check.get("transformers_same_sequences", True) is True, check

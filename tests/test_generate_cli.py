@@ -594,20 +594,6 @@ def test_cli_prompts_file_batches(tmp_path, capsys):
     assert got[2]["prompt_tokens"] == len(tok.encode(multi, add_bos=True))
 
 
-def test_completion_ends_and_reasons():
-    """A row's completion ends before the first EOS id or negative fill ("stop"), or with the token whose text
-    completes a stop text (the row is pad-filled after it: "stop"), else it is the whole row ("length")."""
-    from jamba_ext.__main__ import _completion
-    tok = ByteTokenizer()
-    row = tok.encode("abcdefgh", add_bos=False)
-    assert _completion(row, {2}, (), tok) == (row, "length")
-    assert _completion(row[:3] + [2] + row[4:], {2}, (), tok) == (row[:3], "stop")
-    assert _completion(row[:2] + [-1, -1], set(), (), tok) == (row[:2], "stop")
-    assert _completion(row + [0, 0], set(), ("zz", "de"), tok) == (row[:5], "stop")    # "abcde" holds "de"
-    assert _completion(row, set(), ("ab",), tok) == (row[:2], "stop")
-    assert _completion(row, set(), ("hz",), tok) == (row, "length")
-
-
 def test_cli_prompts_file_stop_and_chat(tmp_path, capsys):
     """--prompts-file with a checkpoint's tokenizer: --stop cuts each completion as the single-prompt run does
     (finish_reason "stop"); --chat renders each prompt through the chat template (prompt_tokens is the templated

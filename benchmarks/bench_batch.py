@@ -1,0 +1,118 @@
+"""Offline batch generation throughput: jamba_ext.batch.generate_many (what `jamba-ext generate --prompts-file` runs)
+against plain generate() calls over the same prompts.
+
+    python benchmarks/bench_batch.py            # GPU: one Jamba-v0.1 block (bench_model's), bf16, 64 prompts of
+                                                #      128-2048 tokens (uniform, fixed seed), 64 new tokens each
+    python benchmarks/bench_batch.py --smoke    # tiny CPU config (CI-sized)
+
+Every run generates the same work: greedy, EOS off, so every prompt gets all its new tokens. Rows, for each batch
+size: "generate_many" (prompts grouped by length, longest first: the batches' left padding is short) and "generate,
+file order" (model.generate over consecutive slices of the prompt list, each left-padded to its longest prompt: what
+one writes without the grouping); batch size 1 is one generate() call a prompt. Each row: the wall time for all
+prompts (median of --reps after a warm-up run; the CUDA graphs the calls capture are part of it, as they are for a
+user), new tokens/s, all tokens/s (prompt + new), and pad_pct: the padding positions the prefill computes, as a
+share of the prompt tokens. Correctness first: generate_many's completions against each prompt's own generate() on
+the first prompts (must be equal on the CPU in fp32; recorded on the GPU in bf16, where a batch's other shapes may
+flip a near tie).
+Writes benchmarks/results/bench_batch.json; --smoke (and a run on the CPU) bench_batch_smoke.json under
+benchmarks/results/local/ (gitignored).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_model import ONE_BLOCK, SMOKE, sync  # noqa: E402
+from common import meta, results_dir, write_results  # noqa: E402
+
+from jamba_ext.batch import batches_by_length, generate_many  # noqa: E402
+from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
+
+
+def pad_share(lengths, batches) -> float:
+    """Padding positions the prefill computes (each batch left-padded to its longest prompt) / prompt tokens."""
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 100.0 * (padded - sum(lengths)) / sum(lengths)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU config (CI)")
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--prompts", type=int, default=None, help="number of prompts (64; smoke 12)")
+    ap.add_argument("--lengths", default=None, help="min,max prompt length (128,2048; smoke 4,40)")
+    ap.add_argument("--new", type=int, default=None, help="new tokens a prompt (64; smoke 5)")
+    ap.add_argument("--batch-sizes", default=None, help="comma list (1,8,16,32; smoke 1,4)")
+    ap.add_argument("--reps", type=int, default=2)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
+    cfg = JambaConfig(**(SMOKE if args.smoke else ONE_BLOCK))
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    n = args.prompts or (12 if args.smoke else 64)
+    lo, hi = map(int, (args.lengths or ("4,40" if args.smoke else "128,2048")).split(","))
+    n_new = args.new or (5 if args.smoke else 64)
+    sizes = [int(b) for b in (args.batch_sizes or ("1,4" if args.smoke else "1,8,16,32")).split(",")]
+    print(f"building {'smoke' if args.smoke else 'one-block Jamba-v0.1'} model on {device} {dtype} ...", flush=True)
+    model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(lo, hi + 1, (n,), generator=gen).tolist()
+    prompts = [torch.randint(3, cfg.vocab_size, (L,), generator=gen).tolist() for L in lengths]
+    kw = dict(max_new_tokens=n_new, eos_token_id=None)
+
+    # ---- correctness first: generate_many against each prompt alone, on the first prompts
+    k = min(n, 6)
+    with torch.inference_mode():
+        alone = [model.generate([p], **kw)[0, len(p):].tolist() for p in prompts[:k]]
+    many = [new for _, new, _ in generate_many(model, prompts[:k], batch_size=max(sizes), **kw)]
+    agree = sum(a == b for a, b in zip(alone, many)) / k
+    full = all(len(m) == n_new for m in many)
+    check = {"prompts_checked": k, "same_tokens_as_alone": agree, "every_completion_full_length": full,
+             "ok": full and (agree == 1.0 or dtype != torch.float32)}
+    print("check:", check, flush=True)
+
+    def run_many(bs):
+        for _ in generate_many(model, prompts, batch_size=bs, **kw):
+            pass
+
+    def run_plain(bs):
+        with torch.inference_mode():
+            for b in range(0, n, bs):
+                model.generate(prompts[b:b + bs], **kw)
+
+    rows = []
+    n_prompt_tokens = sum(lengths)
+    for bs in sizes:
+        variants = {"generate_many": (run_many, batches_by_length(lengths, bs))}
+        if bs > 1:
+            variants["generate, file order"] = (run_plain, [list(range(b, min(b + bs, n))) for b in range(0, n, bs)])
+        for name, (fn, batches) in variants.items():
+            fn(bs)                                                       # warm-up (first shapes, graph buckets)
+            ts = []
+            for _ in range(args.reps):
+                sync(device)
+                t0 = time.perf_counter()
+                fn(bs)
+                sync(device)
+                ts.append(time.perf_counter() - t0)
+            t = statistics.median(ts)
+            rows.append(dict(label=f"{name} b{bs}", impl=name, batch_size=bs, prompts=n, new_tokens=n_new,
+                             prompt_tokens=n_prompt_tokens, seconds=t, new_tokens_per_s=n * n_new / t,
+                             tokens_per_s=(n_prompt_tokens + n * n_new) / t, pad_pct=pad_share(lengths, batches),
+                             median_us=t * 1e6))
+            r = rows[-1]
+            print(f"{name:<22} batch {bs:3d} | {t:8.3f} s | {r['new_tokens_per_s']:9.1f} new tok/s | "
+                  f"{r['tokens_per_s']:10.1f} tok/s in all | padding {r['pad_pct']:5.1f}% of the prompt tokens",
+                  flush=True)
+    info = meta(device, dtype=str(dtype), check=check, config=cfg.to_dict(), prompt_lengths=[lo, hi])
+    path = write_results("bench_batch_smoke" if args.smoke else "bench_batch", rows, info,
+                         folder=results_dir(args.smoke, device))
+    print("wrote", path)
+    return 0 if check["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""jamba_ext.batch: offline batch generation (generate_many, what `generate --prompts-file` runs): each completion
+equals the prompt's own generate(), the batches group prompts by length, results in order or as they finish, where
+each completion ends and why, and bad arguments."""
+import pytest
+import torch
+
+from jamba_ext.batch import batches_by_length, completion, generate_many
+from jamba_ext.tokenizer import ByteTokenizer
+
+
+def _model():
+    from jamba_ext.__main__ import DEFAULT_CONFIG
+    from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM
+    return JambaForCausalLM.from_config(JambaConfig(**DEFAULT_CONFIG), dtype="float32", device="cpu", seed=0)
+
+
+def test_batches_by_length():
+    assert batches_by_length([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
+    assert batches_by_length([4, 4, 4], 8) == [[0, 1, 2]]
+    assert batches_by_length([], 3) == []
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        batches_by_length([1], 0)
+
+
+def test_completion_ends_and_reasons():
+    """A row ends before the first EOS id or negative fill ("stop"), or with the token whose text completes a stop
+    text (the row is pad-filled after it: "stop"), else it is the whole row ("length")."""
+    tok = ByteTokenizer()
+    row = tok.encode("abcdefgh", add_bos=False)
+    assert completion(row, {2}) == (row, "length")
+    assert completion(row[:3] + [2] + row[4:], {2}) == (row[:3], "stop")
+    assert completion(row[:2] + [-1, -1], set()) == (row[:2], "stop")
+    assert completion(row + [0, 0], set(), ("zz", "de"), tok.decode) == (row[:5], "stop")    # "abcde" holds "de"
+    assert completion(row, set(), ("ab",), tok.decode) == (row[:2], "stop")
+    assert completion(row, set(), ("hz",), tok.decode) == (row, "length")
+
+
+def test_generate_many_matches_each_prompt_alone():
+    """Greedy completions equal each prompt's own generate() (left padding in a batch changes no token), in the
+    prompts' order; ordered=False gives the same results batch by batch, longest prompts first; on_batch counts the
+    prompts."""
+    model, tok = _model(), ByteTokenizer()
+    texts = ["hello there", "a", "the hybrid model reads a long prompt", "xyz", "Mamba and attention", "MoE"]
+    prompts = [tok.encode(t, add_bos=True) for t in texts]
+    eos = set(model._eos_ids())
+    want = []
+    for p in prompts:
+        with torch.inference_mode():
+            row = model.generate([p], max_new_tokens=6)[0, len(p):].tolist()
+        want.append(completion(row, eos))
+    seen = []
+    got = list(generate_many(model, prompts, batch_size=4, max_new_tokens=6, on_batch=seen.append))
+    assert [g[0] for g in got] == list(range(len(texts)))
+    assert [(g[1], g[2]) for g in got] == want
+    assert seen == [4, 2]
+    loose = list(generate_many(model, prompts, batch_size=4, ordered=False, max_new_tokens=6))
+    assert [g[0] for g in loose] == [b for batch in batches_by_length([len(p) for p in prompts], 4) for b in batch]
+    assert sorted(loose) == got
+
+
+def test_generate_many_eos_ids_as_generate():
+    """The completions end at the EOS ids generate() stops at: the model's by default, eos_token_id's when given,
+    none with eos_token_id=None (token 5 forced at every step by sequence_bias)."""
+    model = _model()
+    prompts = [[1, 7, 9], [1, 4]]
+    kw = dict(max_new_tokens=4, sequence_bias={(5,): 1e4})
+    assert [r[1:] for r in generate_many(model, prompts, eos_token_id=None, **kw)] == [([5] * 4, "length")] * 2
+    assert [r[1:] for r in generate_many(model, prompts, eos_token_id=[3, 5], **kw)] == [([], "stop")] * 2
+    assert [r[1:] for r in generate_many(model, prompts, **kw)] == [([5] * 4, "length")] * 2   # (EOS is 2)
+
+
+def test_generate_many_errors():
+    model = _model()
+    with pytest.raises(ValueError, match="prompt 1 has no tokens"):
+        list(generate_many(model, [[1, 5], []]))
+    with pytest.raises(ValueError, match="num_return_sequences is not supported"):
+        list(generate_many(model, [[1, 5]], num_return_sequences=2))
+    with pytest.raises(ValueError, match="return_dict_in_generate is not supported"):
+        list(generate_many(model, [[1, 5]], return_dict_in_generate=True))
+    with pytest.raises(ValueError, match="stop_strings needs decode"):
+        list(generate_many(model, [[1, 5]], stop_strings=["x"]))
+    assert list(generate_many(model, [])) == []
