@@ -210,6 +210,7 @@ uint16_t jamba_f32_to_f16(float f) {
 }
 
 void jamba_load_row(float *dst, const void *src, jamba_dtype dt, int64_t n, int64_t stride) {
+    if (n <= 0) return; /* (an empty tensor's data pointer may be NULL, which memcpy must not get even for 0 bytes) */
     if (dt == JAMBA_F32 && stride == 1) { /* the common case, a plain copy (the strided loop does not vectorise) */
         memcpy(dst, src, sizeof(float) * (size_t)n);
     } else if (dt == JAMBA_F32) {
@@ -227,6 +228,7 @@ void jamba_load_row(float *dst, const void *src, jamba_dtype dt, int64_t n, int6
 }
 
 void jamba_store_row(void *dst, jamba_dtype dt, const float *src, int64_t n, int64_t stride) {
+    if (n <= 0) return; /* (as in jamba_load_row: no memcpy from or to a NULL pointer) */
     if (dt == JAMBA_F32 && stride == 1) {
         memcpy(dst, src, sizeof(float) * (size_t)n);
     } else if (dt == JAMBA_F32) {

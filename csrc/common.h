@@ -146,7 +146,7 @@ static inline float jamba_exp2f(float x) {
     x = x < -125.0f ? -125.0f : x; /* keeps p * 2^n normal: denormals are slow */
     x = x > 126.0f ? 126.0f : x;
     const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer in the low bits */
-    union { float f; int32_t i; } r, sc;
+    union { float f; uint32_t u; } r, sc;
     r.f = x + magic;
     const float f = x - (r.f - magic);                 /* [-0.5, 0.5] */
     const float g = f * 0.6931471805599453f;
@@ -157,7 +157,8 @@ static inline float jamba_exp2f(float x) {
     p = p * g + 0.5f;
     p = p * g + 1.0f;
     p = p * g + 1.0f;
-    sc.i = (r.i - 0x4b400000 + 127) << 23;             /* 2^n, n = bits of r minus the magic number */
+    sc.u = (r.u - 0x4b400000u + 127u) << 23;           /* 2^n, n = bits of r minus the magic number (unsigned:
+                                                          a NaN x, which the clamps pass, must not make it UB) */
     return p * sc.f;
 }
 #define JAMBA_LOG2E 1.4426950408889634f
