@@ -1,0 +1,226 @@
+"""Randomised cases of the ops (a fuzzer with a fixed seed): sizes at the edges (0, 1, odd, past a block), random
+dtypes, optional arguments present or absent, and inputs as views with random strides where an op's contract allows
+them (a slice of a wider tensor on any axis but the unit-stride one, B / C of the scan transposed), each view holding
+its storage's last element, so that a read past the view's end leaves the allocation (AddressSanitizer catches it
+under dev/sanitize_cpu.sh). Each case compares the op's outputs (and the states it updates in place) with
+reference.py in float64 on the same inputs, norm-wise, or takes a ValueError as the op's refusal of that layout;
+anything else fails and names the case's seed (`_case(op, seed, device)` replays it). JAMBA_FUZZ_CASES sets the
+number of cases per op (default 30; dev/sanitize_cpu.sh runs more)."""
+import os
+import random
+
+import pytest
+import torch
+
+from jamba_ext import ops, reference as R
+
+CASES = int(os.environ.get("JAMBA_FUZZ_CASES", "30"))
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NORM_TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+class Case:
+    """One random case: sizes and choices from random.Random(seed), tensors from a torch generator of the same seed;
+    `desc` collects what was chosen."""
+
+    def __init__(self, op, seed, device):
+        self.r, self.device, self.desc = random.Random(f"{op}:{seed}"), torch.device(device), [f"{op} seed={seed}"]
+        self.g = torch.Generator().manual_seed(seed)
+
+    def pick(self, name, choices):
+        v = self.r.choice(choices)
+        self.desc.append(f"{name}={v}")
+        return v
+
+    def tensor(self, name, shape, dtype, unit=None, any_strides=False, scale=1.0, offset=0.0):
+        """A (shape) tensor of random values: contiguous, or a view with a padded axis (any axis but `unit`, the one
+        that must keep stride 1; the last by default), or (any_strides) stored in a permuted axis order. The view
+        holds the storage's last element."""
+        shape = list(shape)
+        unit = len(shape) - 1 if unit is None else unit
+        kinds = ["contig"] + (["pad"] if len(shape) > 1 else []) + (["perm"] if any_strides and len(shape) > 1 else [])
+        kind = self.r.choice(kinds)
+        vals = lambda s: (torch.randn(s, generator=self.g, dtype=torch.float64) * scale + offset).to(dtype)  # noqa
+        if kind == "pad":
+            a = self.r.choice([i for i in range(len(shape)) if i != unit])
+            p = self.r.randint(1, 3)
+            big = list(shape)
+            big[a] += p
+            t = vals(big).to(self.device).narrow(a, p, shape[a])
+            kind = f"pad{a}+{p}"
+        elif kind == "perm":
+            order = list(range(len(shape)))
+            self.r.shuffle(order)
+            t = vals([shape[i] for i in order]).to(self.device).permute(*[order.index(i) for i in range(len(shape))])
+            kind = f"perm{order}"
+        else:
+            t = vals(shape).to(self.device)
+        self.desc.append(f"{name}{tuple(shape)}:{str(dtype)[6:]}:{kind}")
+        return t
+
+    def check(self, name, got, want, dtype):
+        assert tuple(got.shape) == tuple(want.shape), (name, got.shape, want.shape, self)
+        if want.numel() == 0:
+            return
+        err = ((got.double() - want.double()).norm() / want.double().norm().clamp_min(1e-30)).item()
+        assert err < NORM_TOL[dtype], f"{name}: norm-wise error {err:.3g} > {NORM_TOL[dtype]} in {self}"
+
+    def __repr__(self):
+        return " ".join(self.desc)
+
+
+def _d(t):
+    return None if t is None else t.double()
+
+
+def _opt(c, name, shape, dtype, **kw):
+    return c.tensor(name, shape, dtype, **kw) if c.r.random() < 0.5 else None
+
+
+def fuzz_rms_norm(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    R_, D = c.pick("rows", [1, 2, 7, 33]), c.pick("D", [1, 2, 3, 8, 31, 64, 257, 1024, 4100])
+    x = c.tensor("x", (R_, D), dt)
+    w = c.tensor("w", (D,), c.pick("wdtype", [torch.float32, dt]), offset=1.0)
+    eps = c.pick("eps", [1e-6, 1e-5, 0.1])
+    if c.r.random() < 0.5:
+        res = c.tensor("res", (R_, D), dt)
+        out, res_out = ops.add_rms_norm(x, res, w, eps)
+        want, want_res = R.add_rms_norm(x.double(), res.double(), w.double(), eps)
+        c.check("res_out", res_out, want_res, dt)
+    else:
+        out, want = ops.rms_norm(x, w, eps), R.rms_norm(x.double(), w.double(), eps)
+    c.check("out", out, want, dt)
+
+
+def fuzz_causal_conv1d(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    B, DI, L = c.pick("B", [1, 2, 3]), c.pick("DI", [1, 3, 8, 33, 64]), c.pick("L", [0, 1, 2, 5, 33, 130, 1025, 2100])
+    K = c.pick("K", [2, 3, 4])
+    x = c.tensor("x", (B, DI, L), dt)
+    w = c.tensor("w", (DI, K), dt if c.r.random() < 0.7 else torch.float32, scale=0.5)
+    bias = _opt(c, "bias", (DI,), dt)
+    S_in = c.pick("S_in", [None, K - 1, K + 2])
+    init = None if S_in is None else c.tensor("init", (B, DI, S_in), dt)
+    silu, state_len = c.pick("silu", [True, False]), c.pick("state_len", [-1, 0, 1, K + 1])
+    out, final = ops.causal_conv1d(x, w, bias, init, silu, state_len)
+    want, want_final = R.causal_conv1d(x.double(), w.double(), _d(bias), _d(init), silu, state_len)
+    c.check("out", out, want, dt)
+    c.check("final_state", final, want_final, dt)
+
+
+def fuzz_causal_conv1d_update(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    B, DI, K = c.pick("B", [1, 2, 5, 64]), c.pick("DI", [1, 3, 8, 33, 520]), c.pick("K", [2, 3, 4])
+    L = c.pick("L", [None, 1, 3])
+    S = c.pick("S", [K - 1, K + 1])
+    x = c.tensor("x", (B, DI) if L is None else (B, DI, L), dt, unit=1 if L is None else 2)
+    state = c.tensor("state", (B, DI, S), dt)
+    w = c.tensor("w", (DI, K), dt, scale=0.5)
+    bias = _opt(c, "bias", (DI,), dt)
+    silu = c.pick("silu", [True, False])
+    want, want_state = R.causal_conv1d_update(x.double(), state.double(), w.double(), _d(bias), silu)
+    out = ops.causal_conv1d_update(x, state, w, bias, silu)
+    c.check("out", out, want, dt)
+    c.check("conv_state", state, want_state, dt)
+
+
+def fuzz_selective_scan(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    B, DI, L = c.pick("B", [1, 2, 3]), c.pick("DI", [1, 3, 8, 33, 64]), c.pick("L", [1, 2, 7, 64, 300, 1025, 2100])
+    N = c.pick("N", [1, 2, 4, 8, 16, 17, 33])
+    u = c.tensor("u", (B, DI, L), dt)
+    delta = c.tensor("delta", (B, DI, L), dt, scale=0.5)
+    A = -torch.exp(c.tensor("A", (DI, N), torch.float32, scale=0.5)).contiguous()
+    Bm = c.tensor("B", (B, N, L), dt, any_strides=True)
+    Cm = c.tensor("C", (B, N, L), dt, any_strides=True)
+    D = _opt(c, "D", (DI,), torch.float32)
+    z = _opt(c, "z", (B, DI, L), dt)
+    db = _opt(c, "delta_bias", (DI,), torch.float32)
+    sp = c.pick("softplus", [True, False])
+    if not sp:                          # (a negative delta + delta_bias without softplus: an unstable scan)
+        delta, db = delta.abs(), None if db is None else db.abs()
+    init = _opt(c, "init", (B, DI, N), torch.float32)
+    out, last = ops.selective_scan(u, delta, A, Bm, Cm, D, z, db, sp, init)
+    want, want_last = R.selective_scan(u.double(), delta.double(), A.double(), Bm.double(), Cm.double(), _d(D), _d(z),
+                                       _d(db), sp, _d(init))
+    c.check("out", out, want, dt)
+    c.check("last_state", last, want_last, torch.float32 if dt == torch.float32 else torch.float16)
+
+
+def fuzz_selective_state_update(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    B, DI, N = c.pick("B", [1, 2, 5, 64]), c.pick("DI", [1, 3, 8, 33, 520]), c.pick("N", [1, 4, 16, 17])
+    sdt = c.pick("state_dtype", [torch.float32, dt])
+    state = c.tensor("state", (B, DI, N), sdt)
+    x = c.tensor("x", (B, DI), dt)
+    dtv = c.tensor("dt", (B, DI), dt, scale=0.5)
+    A = -torch.exp(c.tensor("A", (DI, N), torch.float32, scale=0.5)).contiguous()
+    Bm, Cm = c.tensor("B", (B, N), dt, any_strides=True), c.tensor("C", (B, N), dt, any_strides=True)
+    D, z = _opt(c, "D", (DI,), torch.float32), _opt(c, "z", (B, DI), dt)
+    db = _opt(c, "dt_bias", (DI,), torch.float32)
+    sp = c.pick("softplus", [True, False])
+    if not sp:
+        dtv, db = dtv.abs(), None if db is None else db.abs()
+    want, want_state = R.selective_state_update(state.double(), x.double(), dtv.double(), A.double(), Bm.double(),
+                                                Cm.double(), _d(D), _d(z), _d(db), sp)
+    out = ops.selective_state_update(state, x, dtv, A, Bm, Cm, D, z, db, sp)
+    c.check("out", out, want, dt)
+    c.check("state", state, want_state, sdt)
+
+
+def fuzz_moe(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    T, H, F = c.pick("T", [1, 2, 7, 64, 200]), c.pick("H", [8, 24, 136]), c.pick("F", [8, 40, 72])
+    E = c.pick("E", [1, 2, 8, 16])
+    k = c.pick("top_k", [k for k in (1, 2) if k <= E])
+    logits = c.tensor("logits", (T, E), dt)
+    w, ids, offs, slots = ops.moe_route(logits, k)
+    ww, wids = R.moe_route(logits.double(), k)
+    c.check("weights", w, ww, torch.float32)
+    assert torch.equal(ids.long().cpu(), wids.cpu()), f"expert ids differ in {c}"
+    x = c.tensor("x", (T, H), dt)
+    wgu = c.tensor("w_gate_up", (E, 2 * F, H), dt, scale=H ** -0.5).contiguous()
+    wd = c.tensor("w_down", (E, H, F), dt, scale=F ** -0.5).contiguous()
+    perm = (slots, offs) if c.pick("route_perm", [True, False]) else (None, None)   # moe_route's, or made in the op
+    out = ops.moe_experts(x, w, ids, wgu, wd, *perm)
+    want = R.moe_experts(x.double(), w.double(), ids.long(), wgu.double(), wd.double())
+    c.check("out", out, want, dt)
+
+
+def fuzz_cross_entropy(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    N, V = c.pick("N", [1, 2, 9, 64]), c.pick("V", [1, 2, 7, 259, 4100, 70000])
+    logits = c.tensor("logits", (N, V), dt, scale=c.pick("scale", [1.0, 30.0]))
+    target = torch.randint(0, V, (N,), generator=c.g)
+    target[torch.rand(N, generator=c.g) < 0.2] = -100
+    target = target.to(c.device)
+    loss, lse = ops.cross_entropy(logits, target)
+    want_loss, want_lse = R.cross_entropy(logits.double(), target)
+    c.check("lse", lse, want_lse, torch.float32)
+    c.check("loss", loss, want_loss, torch.float32 if dt == torch.float32 else torch.float16)
+
+
+FUZZERS = {f.__name__[len("fuzz_"):]: f for f in (fuzz_rms_norm, fuzz_causal_conv1d, fuzz_causal_conv1d_update,
+                                                  fuzz_selective_scan, fuzz_selective_state_update, fuzz_moe,
+                                                  fuzz_cross_entropy)}
+
+
+def _case(op, seed, device):
+    """One case: "ok" (compared), or "refused" (the op raised a ValueError for it)."""
+    c = Case(op, seed, device)
+    try:
+        FUZZERS[op](c)
+    except ValueError as e:
+        if "jamba" not in str(e) and op not in str(e) and "must" not in str(e):
+            raise AssertionError(f"a ValueError that does not name the op: {e} in {c}") from e
+        return "refused"
+    return "ok"
+
+
+@pytest.mark.parametrize("device", [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in DEVICES])
+@pytest.mark.parametrize("op", list(FUZZERS))
+def test_fuzz(op, device):
+    outcomes = [_case(op, seed, device) for seed in range(CASES)]
+    # a fuzzer whose cases the op mostly refuses tests nothing: at least 3 in 4 must be compared
+    assert outcomes.count("ok") >= 0.75 * len(outcomes), (op, outcomes.count("refused"), len(outcomes))
