@@ -1,4 +1,4 @@
-"""Randomised cases of the ops (a fuzzer with a fixed seed): sizes at the edges (0, 1, odd, past a block), random
+"""Randomised cases of the ops and their gradients (a fuzzer with a fixed seed): sizes at the edges (0, 1, odd, past a block), random
 dtypes, optional arguments present or absent, and inputs as views with random strides where an op's contract allows
 them (a slice of a wider tensor on any axis but the unit-stride one, B / C of the scan transposed), each view holding
 its storage's last element, so that a read past the view's end leaves the allocation (AddressSanitizer catches it
@@ -58,7 +58,7 @@ class Case:
         self.desc.append(f"{name}{tuple(shape)}:{str(dtype)[6:]}:{kind}")
         return t
 
-    def check(self, name, got, want, dtype, scale=None):
+    def check(self, name, got, want, dtype, scale=None, tol=None):
         """Norm-wise error against want, relative to want's norm or, where want is a difference of larger terms
         (a loss lse - logit, 0 when V is 1), to `scale`, the norm of those terms."""
         assert tuple(got.shape) == tuple(want.shape), (name, got.shape, want.shape, self)
@@ -66,7 +66,8 @@ class Case:
             return
         den = max(want.double().norm().item(), 0.0 if scale is None else float(scale), 1e-30)
         err = (got.double() - want.double()).norm().item() / den
-        assert err < NORM_TOL[dtype], f"{name}: norm-wise error {err:.3g} > {NORM_TOL[dtype]} in {self}"
+        tol = NORM_TOL[dtype] if tol is None else tol
+        assert err < tol, f"{name}: norm-wise error {err:.3g} > {tol} in {self}"
 
     def __repr__(self):
         return " ".join(self.desc)
@@ -202,11 +203,128 @@ def fuzz_cross_entropy(c):
     want_loss, want_lse = R.cross_entropy(logits.double(), target)
     c.check("lse", lse, want_lse, torch.float32)
     c.check("loss", loss, want_loss, torch.float32 if dt == torch.float32 else torch.float16, scale=want_lse.norm())
+    dloss = c.tensor("dloss", (N,), torch.float32)
+    c.check("dlogits", ops.cross_entropy_bwd(logits, target, lse, dloss),
+            R.cross_entropy_bwd(logits.double(), target, want_lse, dloss.double()), dt)
+
+
+GRAD_TOL = 1e-4     # fp32 gradients: fixed-order fp32 sums over up to ~6000 terms of products of fast exponentials
+
+
+def fuzz_rms_norm_bwd(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    R_, D = c.pick("rows", [1, 2, 7, 33, 300]), c.pick("D", [1, 3, 8, 31, 64, 288, 1024])
+    # the split points of rms_norm_segments (increasing, inside (0, D)); [] is plain rms_norm
+    splits = sorted(c.r.sample(range(1, D), min(D - 1, c.r.choice([0, 0, 1, 2, 3]))))
+    c.desc.append(f"splits={splits}")
+    x = c.tensor("x", (R_, D), dt)
+    w = c.tensor("w", (D,), c.pick("wdtype", [torch.float32, dt]), offset=1.0)
+    dy = c.tensor("dy", (R_, D), dt)
+    eps = c.pick("eps", [1e-6, 0.1])
+    dx, dw = ops.rms_norm_bwd(x, w, dy, splits, eps)
+    want_dx, want_dw = R.rms_norm_bwd(x.double(), w.double(), dy.double(), splits, eps)
+    # dx is dy * w * rstd less a projection that nearly cancels it where a segment is 1 or 2 wide: relative to the
+    # first term's norm. In bf16 / fp16 the op passes the forward's rounding of x * rstd to dweight (HF's order),
+    # which the float64 reference does not round: dweight within the dtype's tolerance there.
+    ends = splits + [D]
+    seg = torch.zeros(D, dtype=torch.long)
+    for b in splits:
+        seg[b:] += 1
+    xd = x.double().cpu()
+    ms = torch.stack([xd[:, (seg == i)].pow(2).mean(1) for i in range(len(ends))], 1)[:, seg]
+    first = (dy.double().cpu() * w.double().cpu() / (ms + eps).sqrt()).norm()
+    c.check("dx", dx, want_dx, dt, scale=first)
+    c.check("dweight", dw, want_dw, torch.float32, tol=GRAD_TOL if dt == torch.float32 else NORM_TOL[dt])
+
+
+def fuzz_causal_conv1d_bwd(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    B, DI, L = c.pick("B", [1, 2, 3]), c.pick("DI", [1, 3, 8, 33]), c.pick("L", [0, 1, 2, 5, 33, 130, 1025])
+    K = c.pick("K", [2, 3, 4])
+    x = c.tensor("x", (B, DI, L), dt)
+    w = c.tensor("w", (DI, K), dt, scale=0.5)
+    bias = _opt(c, "bias", (DI,), dt)
+    S_in = c.pick("S_in", [None, K - 1, K + 2])
+    init = None if S_in is None else c.tensor("init", (B, DI, S_in), dt)
+    dout = c.tensor("dout", (B, DI, L), dt)
+    silu = c.pick("silu", [True, False])
+    dx, dw, db, dinit = ops.causal_conv1d_bwd(x, w, bias, init, dout, silu)
+    want = R.causal_conv1d_bwd(x.double(), w.double(), _d(bias), _d(init), dout.double(), silu)
+    c.check("dx", dx, want[0], dt)
+    c.check("dweight", dw, want[1], torch.float32, tol=GRAD_TOL)
+    c.check("dbias", db, want[2], torch.float32, tol=GRAD_TOL)
+    if init is not None:
+        c.check("dinitial_state", dinit, want[3], dt)
+
+
+def fuzz_selective_scan_bwd(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    B, DI, L = c.pick("B", [1, 2]), c.pick("DI", [1, 3, 8, 33]), c.pick("L", [1, 2, 7, 64, 300, 1025])
+    N = c.pick("N", [1, 2, 4, 16, 17])
+    u = c.tensor("u", (B, DI, L), dt)
+    delta = c.tensor("delta", (B, DI, L), dt, scale=0.5)
+    A = -torch.exp(c.tensor("A", (DI, N), torch.float32, scale=0.5)).contiguous()
+    Bm = c.tensor("B", (B, N, L), dt, any_strides=True)
+    Cm = c.tensor("C", (B, N, L), dt, any_strides=True)
+    D, z = _opt(c, "D", (DI,), torch.float32), _opt(c, "z", (B, DI, L), dt)
+    db = _opt(c, "delta_bias", (DI,), torch.float32)
+    sp = c.pick("softplus", [True, False])
+    if not sp:
+        delta, db = delta.abs(), None if db is None else db.abs()
+    init = _opt(c, "init", (B, DI, N), torch.float32)
+    dout = c.tensor("dout", (B, DI, L), dt)
+    dlast = _opt(c, "dlast", (B, DI, N), torch.float32)
+    got = ops.selective_scan_bwd(u, delta, A, Bm, Cm, D, z, db, sp, init, dout, dlast)
+    want = R.selective_scan_bwd(u.double(), delta.double(), A.double(), Bm.double(), Cm.double(), _d(D), _d(z), _d(db),
+                                sp, _d(init), dout.double(), _d(dlast))
+    for name, g_, w_, d_ in zip(("du", "ddelta", "dA", "dB", "dC", "dD", "dz", "ddelta_bias", "dinitial_state"),
+                                got, want, (dt, dt, None, None, None, None, dt, None, None)):
+        if w_ is None:
+            continue                     # (an absent D / z / delta_bias: dD / ddelta_bias are still returned)
+        if d_ is None:
+            c.check(name, g_, w_, torch.float32, tol=GRAD_TOL if dt == torch.float32 else 2e-3)
+        else:
+            c.check(name, g_, w_, d_)
+
+
+def fuzz_silu_mul(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    T, F = c.pick("T", [1, 3, 64, 513]), c.pick("F", [1, 3, 8, 136, 1000])
+    gu = c.tensor("gate_up", (T, 2 * F), dt, scale=2.0)
+    c.check("out", ops.silu_mul(gu), R.silu_mul(gu.double()), dt)
+    dout = c.tensor("dout", (T, F), dt)
+    c.check("dgate_up", ops.silu_mul_bwd(gu, dout), R.silu_mul_bwd(gu.double(), dout.double()), dt)
+
+
+def fuzz_gemv(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    rows, K, N = c.pick("rows", [1, 2, 3, 8, 9]), c.pick("K", [1, 7, 64, 520, 4100]), c.pick("N", [1, 5, 64, 300])
+    x = c.tensor("x", (rows, K), dt)
+    w = c.tensor("w", (N, K), dt, scale=K ** -0.5)
+    bias = _opt(c, "bias", (N,), c.pick("bias_dtype", [dt, torch.float32]))
+    c.check("out", ops.gemv(x, w, bias), R.gemv(x.double(), w.double(), _d(bias)), dt)
+
+
+def fuzz_decode_attention(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    B, H, Rw = c.pick("B", [1, 2, 3]), c.pick("HKV", [1, 2, 8]), c.pick("R", [1, 2, 4, 8])
+    S, D = c.pick("S", [1, 2, 17, 300, 2100]), c.pick("D", [64, 128])
+    q, k, v = (c.tensor(n, (B, H, Rw if n == "q" else S, D), dt) for n in ("q", "k", "v"))
+    mask = None
+    if c.r.random() < 0.5:
+        mask = (torch.rand(B, S, generator=c.g) < 0.8).to(c.device)
+        mask[0] = False if c.r.random() < 0.3 else mask[0]       # sometimes a row with no key at all
+    scale = c.pick("scale", [None, 0.05])
+    got = ops.decode_attention(q, k, v, mask, scale)
+    want = R.decode_attention(q.double(), k.double(), v.double(), mask, scale)
+    c.check("out", got, want, dt)
 
 
 FUZZERS = {f.__name__[len("fuzz_"):]: f for f in (fuzz_rms_norm, fuzz_causal_conv1d, fuzz_causal_conv1d_update,
                                                   fuzz_selective_scan, fuzz_selective_state_update, fuzz_moe,
-                                                  fuzz_cross_entropy)}
+                                                  fuzz_cross_entropy, fuzz_rms_norm_bwd, fuzz_causal_conv1d_bwd,
+                                                  fuzz_selective_scan_bwd, fuzz_silu_mul, fuzz_gemv,
+                                                  fuzz_decode_attention)}
 
 
 def _case(op, seed, device):
