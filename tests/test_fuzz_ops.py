@@ -1,11 +1,11 @@
-"""Randomised cases of the ops and their gradients (a fuzzer with a fixed seed): sizes at the edges (0, 1, odd, past a block), random
-dtypes, optional arguments present or absent, and inputs as views with random strides where an op's contract allows
-them (a slice of a wider tensor on any axis but the unit-stride one, B / C of the scan transposed), each view holding
-its storage's last element, so that a read past the view's end leaves the allocation (AddressSanitizer catches it
-under dev/sanitize_cpu.sh). Each case compares the op's outputs (and the states it updates in place) with
-reference.py in float64 on the same inputs, norm-wise, or takes a ValueError as the op's refusal of that layout;
-anything else fails and names the case's seed (`_case(op, seed, device)` replays it). JAMBA_FUZZ_CASES sets the
-number of cases per op (default 30; dev/sanitize_cpu.sh runs more)."""
+"""Randomised cases of the ops and their gradients (a fuzzer with a fixed seed): sizes at the edges (0, 1, odd, past
+a block), random dtypes, optional arguments present or absent, and inputs as views with random strides where an op's
+contract allows them (a slice of a wider tensor on any axis but the unit-stride one, B / C of the scan transposed),
+each view holding its storage's last element, so that a read past the view's end leaves the allocation
+(AddressSanitizer catches it under dev/sanitize_cpu.sh). Each case compares the op's outputs (and the states it
+updates in place) with reference.py in float64 on the same inputs, norm-wise, or takes a ValueError as the op's
+refusal of that layout; anything else fails and names the case's seed (`_case(op, seed, device)` replays it).
+JAMBA_FUZZ_CASES sets the number of cases per op (default 30; dev/sanitize_cpu.sh runs more)."""
 import os
 import random
 
