@@ -321,11 +321,31 @@ def fuzz_decode_attention(c):
     c.check("out", got, want, dt)
 
 
+def fuzz_fp8(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    T, H, F = c.pick("T", [1, 2, 7, 64, 200]), c.pick("H", [16, 24, 136]), c.pick("F", [16, 40, 72])
+    E = c.pick("E", [1, 2, 8])
+    k = c.pick("top_k", [k for k in (1, 2) if k <= E])
+
+    def fp8(name, shape, scale):           # weights quantized per row (the reference's quantizer makes the input)
+        q, s_ = R.quantize_rows_fp8(c.tensor(name, shape, torch.float32, scale=scale).cpu())
+        return q.to(c.device), s_.to(c.device)
+
+    q_gu, s_gu = fp8("w_gate_up", (E, 2 * F, H), H ** -0.5)
+    q_d, s_d = fp8("w_down", (E, H, F), F ** -0.5)
+    c.check("dequant", ops.dequant_fp8(q_gu, s_gu, dt), R.dequant_fp8(q_gu.cpu(), s_gu.cpu()), dt)
+    w, ids, _, _ = ops.moe_route(c.tensor("logits", (T, E), dt), k)
+    x = c.tensor("x", (T, H), dt)
+    out = ops.moe_experts_fp8(x, w, ids, q_gu, s_gu, q_d, s_d)
+    want = R.moe_experts_fp8(x.double(), w.double(), ids.long(), q_gu, s_gu, q_d, s_d)
+    c.check("out", out, want, dt)
+
+
 FUZZERS = {f.__name__[len("fuzz_"):]: f for f in (fuzz_rms_norm, fuzz_causal_conv1d, fuzz_causal_conv1d_update,
                                                   fuzz_selective_scan, fuzz_selective_state_update, fuzz_moe,
                                                   fuzz_cross_entropy, fuzz_rms_norm_bwd, fuzz_causal_conv1d_bwd,
                                                   fuzz_selective_scan_bwd, fuzz_silu_mul, fuzz_gemv,
-                                                  fuzz_decode_attention)}
+                                                  fuzz_decode_attention, fuzz_fp8)}
 
 
 def _case(op, seed, device):
