@@ -344,11 +344,39 @@ def fuzz_fp8(c):
     c.check("out", out, want, dt)
 
 
+def fuzz_mamba_inner_step(c):
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    B, DI, N = c.pick("B", [1, 2, 5]), c.pick("DI", [1, 3, 8, 64, 520]), c.pick("N", [1, 4, 16])
+    Rk, K = c.pick("dt_rank", [1, 2, 8]), c.pick("K", [2, 3, 4])
+    S = c.pick("S", [K - 1, K + 1])
+    x, z = c.tensor("x", (B, DI), dt), c.tensor("z", (B, DI), dt)
+    conv_state = c.tensor("conv_state", (B, DI, S), dt)
+    cw = c.tensor("conv_weight", (DI, K), dt, scale=0.5)
+    cb = _opt(c, "conv_bias", (DI,), dt)
+    xw = c.tensor("xproj_weight", (Rk + 2 * N, DI), dt, scale=DI ** -0.5)
+    nw = c.tensor("norm_weight", (Rk + 2 * N,), dt, offset=1.0)
+    dw = c.tensor("dtproj_weight", (DI, Rk), dt, scale=Rk ** -0.5)
+    A = -torch.exp(c.tensor("A", (DI, N), torch.float32, scale=0.5)).contiguous()
+    D, db = _opt(c, "D", (DI,), torch.float32), _opt(c, "dt_bias", (DI,), torch.float32)
+    ssm = c.tensor("ssm_state", (B, DI, N), torch.float32)
+    # the op rounds every intermediate (conv output, x_proj, the norms, dt) to x's dtype, as the chain of ops does:
+    # in bf16 / fp16 its reference is reference.py's chain on the same dtypes (fp32 math, the same roundings); in fp32
+    # the float64 chain
+    up = (lambda t: t.double()) if dt == torch.float32 else (lambda t: t)  # noqa: E731
+    want, want_conv, want_ssm = R.mamba_inner_step(up(x), up(z), up(conv_state), up(cw), None if cb is None else up(cb),
+                                                   up(xw), up(nw), up(dw), up(A), None if D is None else up(D),
+                                                   None if db is None else up(db), up(ssm), Rk)
+    out = ops.mamba_inner_step(x, z, conv_state, cw, cb, xw, nw, dw, A, D, db, ssm, Rk)
+    c.check("out", out, want, dt)
+    c.check("conv_state", conv_state, want_conv, dt)
+    c.check("ssm_state", ssm, want_ssm, torch.float32 if dt == torch.float32 else torch.float16)
+
+
 FUZZERS = {f.__name__[len("fuzz_"):]: f for f in (fuzz_rms_norm, fuzz_causal_conv1d, fuzz_causal_conv1d_update,
                                                   fuzz_selective_scan, fuzz_selective_state_update, fuzz_moe,
                                                   fuzz_cross_entropy, fuzz_rms_norm_bwd, fuzz_causal_conv1d_bwd,
                                                   fuzz_selective_scan_bwd, fuzz_silu_mul, fuzz_gemv,
-                                                  fuzz_decode_attention, fuzz_fp8)}
+                                                  fuzz_decode_attention, fuzz_fp8, fuzz_mamba_inner_step)}
 
 
 def _case(op, seed, device):
