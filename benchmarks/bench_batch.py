@@ -21,14 +21,13 @@ benchmarks/results/local/ (gitignored).
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_model import ONE_BLOCK, SMOKE, sync  # noqa: E402
+from bench_beam import timed  # noqa: E402
+from bench_model import ONE_BLOCK, SMOKE  # noqa: E402
 from common import meta, results_dir, write_results  # noqa: E402
 
 from jamba_ext.batch import batches_by_length, generate_many  # noqa: E402
@@ -104,14 +103,7 @@ def main(argv=None) -> int:
             variants["generate, file order"] = (run_plain, [list(range(b, min(b + bs, n))) for b in range(0, n, bs)])
         for name, (fn, batches) in variants.items():
             fn(bs)                                                       # warm-up (first shapes, graph buckets)
-            ts = []
-            for _ in range(args.reps):
-                sync(device)
-                t0 = time.perf_counter()
-                fn(bs)
-                sync(device)
-                ts.append(time.perf_counter() - t0)
-            t = statistics.median(ts)
+            t = timed(lambda: fn(bs), device, args.reps) / 1e3          # median wall time, s
             rows.append(dict(label=f"{name} b{bs}", impl=name, batch_size=bs, prompts=n, new_tokens=n_new,
                              prompt_tokens=n_prompt_tokens, seconds=t, new_tokens_per_s=n * n_new / t,
                              tokens_per_s=(n_prompt_tokens + n * n_new) / t, pad_pct=pad_share(lengths, batches),

@@ -246,3 +246,10 @@ def graph_replays(fn, static_inputs, new_inputs):
         torch.cuda.synchronize()
         results.append(tuple(o.clone() for o in static_out))
     return results
+
+
+def builtin_model(device="cpu"):
+    """The CLI's built-in small random Jamba (jamba_ext.__main__.DEFAULT_CONFIG, seed 0) in fp32."""
+    from jamba_ext.__main__ import DEFAULT_CONFIG
+    from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM
+    return JambaForCausalLM.from_config(JambaConfig(**DEFAULT_CONFIG), dtype="float32", device=device, seed=0)

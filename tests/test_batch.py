@@ -4,14 +4,9 @@ each completion ends and why, and bad arguments."""
 import pytest
 import torch
 
+from conftest import builtin_model
 from jamba_ext.batch import batches_by_length, completion, generate_many
 from jamba_ext.tokenizer import ByteTokenizer
-
-
-def _model():
-    from jamba_ext.__main__ import DEFAULT_CONFIG
-    from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM
-    return JambaForCausalLM.from_config(JambaConfig(**DEFAULT_CONFIG), dtype="float32", device="cpu", seed=0)
 
 
 def test_batches_by_length():
@@ -39,7 +34,7 @@ def test_generate_many_matches_each_prompt_alone():
     """Greedy completions equal each prompt's own generate() (left padding in a batch changes no token), in the
     prompts' order; ordered=False gives the same results batch by batch, longest prompts first; on_batch counts the
     prompts."""
-    model, tok = _model(), ByteTokenizer()
+    model, tok = builtin_model(), ByteTokenizer()
     texts = ["hello there", "a", "the hybrid model reads a long prompt", "xyz", "Mamba and attention", "MoE"]
     prompts = [tok.encode(t, add_bos=True) for t in texts]
     eos = set(model._eos_ids())
@@ -61,7 +56,7 @@ def test_generate_many_matches_each_prompt_alone():
 def test_generate_many_eos_ids_as_generate():
     """The completions end at the EOS ids generate() stops at: the model's by default, eos_token_id's when given,
     none with eos_token_id=None (token 5 forced at every step by sequence_bias)."""
-    model = _model()
+    model = builtin_model()
     prompts = [[1, 7, 9], [1, 4]]
     kw = dict(max_new_tokens=4, sequence_bias={(5,): 1e4})
     assert [r[1:] for r in generate_many(model, prompts, eos_token_id=None, **kw)] == [([5] * 4, "length")] * 2
@@ -70,7 +65,7 @@ def test_generate_many_eos_ids_as_generate():
 
 
 def test_generate_many_errors():
-    model = _model()
+    model = builtin_model()
     with pytest.raises(ValueError, match="prompt 1 has no tokens"):
         list(generate_many(model, [[1, 5], []]))
     with pytest.raises(ValueError, match="num_return_sequences is not supported"):

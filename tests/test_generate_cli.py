@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from jamba_ext.__main__ import main
-from conftest import PACKAGE_PARENT, import_transformers, package_env
+from conftest import PACKAGE_PARENT, builtin_model, import_transformers, package_env
 from jamba_ext.tokenizer import ByteTokenizer, StreamDecoder
 
 def _run(*args):
@@ -539,12 +539,6 @@ def test_cli_interactive_chat_cuda(tmp_path, capsys, monkeypatch):
     assert g.out == e.out and len(g.out.strip()) > 0
 
 
-def _builtin_model(device="cpu"):
-    from jamba_ext.__main__ import DEFAULT_CONFIG
-    from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM
-    return JambaForCausalLM.from_config(JambaConfig(**DEFAULT_CONFIG), dtype="float32", device=device, seed=0)
-
-
 def _jsonl(text):
     return [json.loads(line) for line in text.splitlines()]
 
@@ -558,7 +552,7 @@ def test_cli_prompts_file_batches(tmp_path, capsys):
     greedy generate() of that prompt alone (the batches are left-padded, longest prompts first: padding must not
     change a token); a .jsonl file (strings, objects, a prompt with a newline) the same; --output writes the lines
     to a file; the summary line on stderr."""
-    model, tok = _builtin_model(), ByteTokenizer()
+    model, tok = builtin_model(), ByteTokenizer()
     n_new = 7
     f = tmp_path / "p.txt"
     f.write_text("\n".join(BATCH_PROMPTS[:3]) + "\n\n" + "\n".join(BATCH_PROMPTS[3:]) + "\n", encoding="utf-8")
@@ -668,7 +662,7 @@ def test_cli_prompts_file_cuda(tmp_path, capsys):
     assert main([*base, "--no-cuda-graph"]) == 0
     eager = _jsonl(capsys.readouterr().out)
     assert graph == eager and len(graph) == len(BATCH_PROMPTS)
-    model, tok = _builtin_model("cuda"), ByteTokenizer()
+    model, tok = builtin_model("cuda"), ByteTokenizer()
     eos = set(model._eos_ids())
     for p, r in zip(BATCH_PROMPTS, graph):
         ids = tok.encode(p, add_bos=True)
