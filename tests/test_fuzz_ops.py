@@ -5,7 +5,8 @@ each view holding its storage's last element, so that a read past the view's end
 (AddressSanitizer catches it under dev/sanitize_cpu.sh). Each case compares the op's outputs (and the states it
 updates in place) with reference.py in float64 on the same inputs, norm-wise, or takes a ValueError as the op's
 refusal of that layout; anything else fails and names the case's seed (`_case(op, seed, device)` replays it).
-JAMBA_FUZZ_CASES sets the number of cases per op (default 30; dev/sanitize_cpu.sh runs more)."""
+JAMBA_FUZZ_CASES sets the number of cases per op (default 30; dev/sanitize_cpu.sh runs more), JAMBA_FUZZ_SEED the
+first case's seed (default 0; another start gives cases no earlier run saw)."""
 import os
 import random
 
@@ -15,6 +16,7 @@ import torch
 from jamba_ext import ops, reference as R
 
 CASES = int(os.environ.get("JAMBA_FUZZ_CASES", "30"))
+SEED0 = int(os.environ.get("JAMBA_FUZZ_SEED", "0"))
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NORM_TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
 
@@ -394,6 +396,6 @@ def _case(op, seed, device):
 @pytest.mark.parametrize("device", [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d for d in DEVICES])
 @pytest.mark.parametrize("op", list(FUZZERS))
 def test_fuzz(op, device):
-    outcomes = [_case(op, seed, device) for seed in range(CASES)]
+    outcomes = [_case(op, seed, device) for seed in range(SEED0, SEED0 + CASES)]
     # a fuzzer whose cases the op mostly refuses tests nothing: at least 3 in 4 must be compared
     assert outcomes.count("ok") >= 0.75 * len(outcomes), (op, outcomes.count("refused"), len(outcomes))
