@@ -16,12 +16,12 @@ JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v 
 python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" || exit 1
 echo "build $(( $(date +%s) - t0 )) s"
 echo "== fuzz, $CASES cases an op from seed $SEED, cuda"
-JAMBA_FUZZ_CASES=$CASES JAMBA_FUZZ_SEED=$SEED timeout 240 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
-  -p no:cacheprovider 2>&1 | tail -25
+JAMBA_FUZZ_CASES=$CASES JAMBA_FUZZ_SEED=$SEED timeout 240 python3 -m pytest -q -m cuda --tb=line \
+  tests/test_fuzz_ops.py -p no:cacheprovider 2>&1 | tail -25
 for tool in memcheck racecheck; do
   echo "== $tool, $SAN_CASES cases an op from seed $SEED${SAN_K:+, families: $SAN_K}"
   JAMBA_FUZZ_CASES=$SAN_CASES JAMBA_FUZZ_SEED=$SEED timeout ${SAN_LIMIT:-150} \
     compute-sanitizer --tool $tool --print-limit 20 \
-    python3 -m pytest -q -m cuda tests/test_fuzz_ops.py "${kargs[@]}" -p no:cacheprovider 2>&1 | tail -8
+    python3 -m pytest -q -m cuda --tb=line tests/test_fuzz_ops.py "${kargs[@]}" -p no:cacheprovider 2>&1 | tail -8
 done
 } 2>&1 | tee "$OUT/fuzz_cuda.log"
