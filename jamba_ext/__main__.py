@@ -236,11 +236,20 @@ def cmd_generate(args) -> int:
     except ValueError:
         _fail("--prefill-chunk must be 0 (one forward) or >= 8")
     if args.prompts_file is None:
-        for flag, v in (("--batch-size", args.batch_size), ("--output", args.output)):
+        for flag, v in (("--batch-size", args.batch_size), ("--output", args.output),
+                        ("--continuous", args.continuous or None)):
             if v is not None:
                 _fail(f"{flag} goes with --prompts-file")
     elif args.batch_size is not None and args.batch_size < 1:
         _fail("--batch-size must be >= 1")
+    if args.continuous:
+        for flag, on in (("--num-beams", args.num_beams != 1), ("--repetition-penalty", args.repetition_penalty != 1),
+                         ("--min-new-tokens", args.min_new_tokens != 0), ("--top-h", args.top_h is not None),
+                         ("--no-repeat-ngram-size", args.no_repeat_ngram_size != 0),
+                         ("--max-new-tokens 0", args.max_new_tokens == 0)):
+            if on:
+                _fail(f"--continuous takes greedy or sampled decoding (--temperature, --top-k, --top-p, --min-p), "
+                      f"--stop and a budget a prompt; not {flag} (run without --continuous for it)")
     args.chat = args.chat or args.interactive
     if args.system is not None and not args.chat:
         _fail("--system goes with --chat")
@@ -271,27 +280,32 @@ def cmd_generate(args) -> int:
 
 
 def _read_prompts(path: str) -> list:
-    """--prompts-file: [(line number, prompt text)]. A .jsonl file holds a JSON string, or an object with a string
-    "prompt", per line; any other file a prompt per line. Blank lines are skipped; exit 2 naming the line when one
-    does not parse, or when the file holds no prompt."""
+    """--prompts-file: [(line number, prompt text, its max_new_tokens or None)]. A .jsonl file holds a JSON string, or
+    an object with a string "prompt" (and optionally an int "max_new_tokens", that prompt's budget), per line; any
+    other file a prompt per line. Blank lines are skipped; exit 2 naming the line when one does not parse, or when the
+    file holds no prompt."""
     text = _read_text(path, "--prompts-file")
     jsonl = path.lower().endswith(".jsonl")
     items = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
+        budget = None
         if jsonl:
             try:
                 v = json.loads(line)
             except json.JSONDecodeError as e:
                 _fail(f"--prompts-file {path!r} line {n}: not JSON ({e.msg})")
             if isinstance(v, dict):
+                budget = v.get("max_new_tokens")
+                if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+                    _fail(f"--prompts-file {path!r} line {n}: \"max_new_tokens\" must be an int >= 1, got {budget!r}")
                 v = v.get("prompt")
             if not isinstance(v, str):
                 _fail(f"--prompts-file {path!r} line {n}: expected a JSON string or an object with a string "
                       "\"prompt\"")
             line = v
-        items.append((n, line))
+        items.append((n, line, budget))
     if not items:
         _fail(f"--prompts-file {path!r} holds no prompts")
     return items
@@ -306,9 +320,12 @@ def _batch_generate(args, model, tok, tmpl, items) -> int:
     from .batch import generate_many
     system = [{"role": "system", "content": args.system}] if args.system is not None else []
     enc = [_encode(tok, _render(tmpl, system + [{"role": "user", "content": p}]) if args.chat else p, model,
-                   add_bos=not args.chat, what=f"--prompts-file line {n}") for n, p in items]
+                   add_bos=not args.chat, what=f"--prompts-file line {n}") for n, p, _ in items]
     bs = args.batch_size or 16
     n_batches = -(-len(enc) // bs)
+    budgets = [args.max_new_tokens if b is None else b for _, _, b in items]
+    if len(set(budgets)) == 1:
+        budgets = budgets[0]
     try:
         out_f = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
     except OSError as e:
@@ -320,11 +337,12 @@ def _batch_generate(args, model, tok, tmpl, items) -> int:
     try:
         for i, new, reason in generate_many(
                 model, enc, batch_size=bs, seed=args.seed, decode=tok.decode, on_batch=bar.update,
-                max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, do_sample=args.temperature > 0,
-                temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                top_h=args.top_h, cuda_graph=use_graph, repetition_penalty=args.repetition_penalty,
-                min_new_tokens=args.min_new_tokens, no_repeat_ngram_size=args.no_repeat_ngram_size,
-                prefill_chunk=args.prefill_chunk, **args.stop_kw):
+                max_new_tokens=budgets, do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
+                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, cuda_graph=use_graph,
+                prefill_chunk=args.prefill_chunk, continuous=args.continuous, **args.stop_kw,
+                **({} if args.continuous else dict(
+                    num_beams=args.num_beams, top_h=args.top_h, repetition_penalty=args.repetition_penalty,
+                    min_new_tokens=args.min_new_tokens, no_repeat_ngram_size=args.no_repeat_ngram_size))):
             n_new += len(new)
             out_f.write(json.dumps(dict(index=i, prompt=items[i][1], completion=tok.decode(new),
                                         prompt_tokens=len(enc[i]), completion_tokens=len(new),
@@ -336,7 +354,9 @@ def _batch_generate(args, model, tok, tmpl, items) -> int:
             out_f.close()
     dt = max(time.perf_counter() - t0, 1e-9)
     n_prompt = sum(map(len, enc))
-    sys.stderr.write(f"{len(enc)} prompts in {n_batches} batch{'es' if n_batches > 1 else ''} of up to {bs}: "
+    how = f"on {bs} rows (continuous batching)" if args.continuous else \
+        f"in {n_batches} batch{'es' if n_batches > 1 else ''} of up to {bs}"
+    sys.stderr.write(f"{len(enc)} prompts {how}: "
                      f"{n_prompt} prompt tokens and {n_new} new tokens in {dt:.2f} s ({n_new / dt:.1f} new tokens/s, "
                      f"{(n_prompt + n_new) / dt:.1f} tokens/s in all)\n")
     return 0
@@ -639,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--prompt-file", metavar="PATH", help="read the prompt from a UTF-8 text file (not echoed)")
     src.add_argument("--prompts-file", metavar="PATH",
                      help="many prompts, one per line (a .jsonl file: a JSON string or an object with a \"prompt\" "
-                          "per line, for prompts with newlines), run in batches; a JSON object per prompt "
+                          "and optionally its own \"max_new_tokens\" per line, for prompts with newlines), run in "
+                          "batches; a JSON object per prompt "
                           "(index, prompt, completion, prompt_tokens, completion_tokens, finish_reason) goes to "
                           "stdout or --output, in the file's order")
     src.add_argument("--interactive", action="store_true",
@@ -649,6 +670,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="with --prompts-file: prompts per generate() call (default 16; longest prompts first, so "
                         "that a batch's prompts have similar lengths)")
+    g.add_argument("--continuous", action="store_true",
+                   help="with --prompts-file: continuous batching, --batch-size rows decoding together, a row whose "
+                        "completion ends taking the next prompt at once (faster when completions differ in length; "
+                        "greedy or sampled decoding and --stop only)")
     g.add_argument("--output", default=None, metavar="PATH",
                    help="with --prompts-file: write the JSON Lines here instead of stdout")
     g.add_argument("--chat", action="store_true",

@@ -50,16 +50,39 @@ def completion(new: Sequence[int], eos: set, stop_strings: Sequence[str] = (),
 
 def generate_many(model, prompts: Sequence[Sequence[int]], batch_size: int = 16, seed: int = 0, ordered: bool = True,
                   decode: Optional[Callable[[Sequence[int]], str]] = None,
-                  on_batch: Optional[Callable[[int], None]] = None,
+                  on_batch: Optional[Callable[[int], None]] = None, continuous: bool = False,
                   **generate_kwargs) -> Iterator[Tuple[int, List[int], str]]:
     """Yields (prompt index, completion token ids, finish reason) for every prompt; see the module's text.
     generate_kwargs go to model.generate() for every batch (max_new_tokens, do_sample, temperature, num_beams,
     eos_token_id, stop_strings with tokenizer, ...; not seed, which is seed + the batch's number); a completion ends
-    at the EOS ids generate() stops at (eos_token_id=None: none). decode (token ids -> text) is
+    at the EOS ids generate() stops at (eos_token_id=None: none). max_new_tokens may be a list, a budget a prompt (a
+    batch then runs to its largest, and each completion is cut at its own). decode (token ids -> text) is
     needed with stop_strings, to find where each completion ends. on_batch(n) is called after each batch with its
-    number of prompts (a progress bar)."""
+    number of prompts (a progress bar; with continuous=True after each completion, n = 1).
+    continuous=True: continuous batching (jamba_ext.continuous: a row whose completion ends takes the next prompt at
+    once; the same greedy completions, faster when completions differ in length), with the options that module
+    takes; sampling there draws from one generator seeded with seed."""
     if not prompts:
         return
+    if continuous:
+        from .continuous import generate_continuous
+        kw = {k: v for k, v in generate_kwargs.items() if k != "tokenizer"}   # (stop texts are found with decode)
+        done, nxt = {}, 0
+        for i, new, reason in generate_continuous(model, prompts, batch_size, seed=seed, decode=decode, **kw):
+            if on_batch is not None:
+                on_batch(1)
+            if not ordered:
+                yield i, new, reason
+                continue
+            done[i] = (new, reason)
+            while nxt in done:
+                yield (nxt, *done.pop(nxt))
+                nxt += 1
+        return
+    budgets = generate_kwargs.pop("max_new_tokens", 32)
+    if not isinstance(budgets, int):
+        from .continuous import _budgets
+        budgets = _budgets(budgets, len(prompts))
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} has no tokens")
@@ -76,12 +99,14 @@ def generate_many(model, prompts: Sequence[Sequence[int]], batch_size: int = 16,
     eos = set(model._eos_ids()) if isinstance(e, str) else set() if e is None else {e} if isinstance(e, int) else set(e)
     done, nxt = {}, 0
     for k, idx in enumerate(batches_by_length([len(p) for p in prompts], batch_size)):
+        most = budgets if isinstance(budgets, int) else max(budgets[i] for i in idx)
         with torch.inference_mode():
-            out = model.generate([list(prompts[i]) for i in idx], seed=seed + k, **generate_kwargs)
+            out = model.generate([list(prompts[i]) for i in idx], seed=seed + k, max_new_tokens=most,
+                                 **generate_kwargs)
         width = max(len(prompts[i]) for i in idx)           # the batch is left-padded to its longest prompt
         rows = out[:, width:].tolist()
         for r, i in enumerate(idx):
-            new, reason = completion(rows[r], eos, stop, decode)
+            new, reason = completion(rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]], eos, stop, decode)
             if ordered:
                 done[i] = (new, reason)
             else:

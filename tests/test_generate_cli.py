@@ -609,6 +609,8 @@ def test_cli_prompts_file_stop_and_chat(tmp_path, capsys):
     assert main([*base, "--prompts-file", str(f), "--stop", stop]) == 0
     rows = _jsonl(capsys.readouterr().out)
     assert [r["completion"] for r in rows] == singles
+    assert main([*base, "--prompts-file", str(f), "--stop", stop, "--continuous"]) == 0
+    assert _jsonl(capsys.readouterr().out) == rows
     assert rows[0]["finish_reason"] == "stop" and stop in rows[0]["completion"]
     chat = tmp_path / "chat"
     _chat_checkpoint(chat)
@@ -621,6 +623,24 @@ def test_cli_prompts_file_stop_and_chat(tmp_path, capsys):
         msgs = [{"role": "system", "content": "a mat"}, {"role": "user", "content": r["prompt"]}]
         text = hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
         assert r["prompt_tokens"] == len(hf(text, add_special_tokens=False)["input_ids"])
+
+
+def test_cli_prompts_file_continuous_and_budgets(tmp_path, capsys):
+    """--continuous: the same JSON lines as the static batches (greedy), in the file's order; a .jsonl object's own
+    "max_new_tokens" caps its completion in both modes; the summary names the rows. --stop goes through too (the
+    single-prompt cut)."""
+    j = tmp_path / "p.jsonl"
+    budgets = [3, None, 11, 1, None, 6, 2]
+    j.write_text("\n".join(json.dumps({"prompt": p} if b is None else {"prompt": p, "max_new_tokens": b})
+                           for p, b in zip(BATCH_PROMPTS, budgets)) + "\n", encoding="utf-8")
+    base = ["generate", "--device", "cpu", "--max-new-tokens", "9", "--batch-size", "3", "--prompts-file", str(j)]
+    assert main(base) == 0
+    static = _jsonl(capsys.readouterr().out)
+    assert [r["completion_tokens"] for r in static if r["finish_reason"] == "length"] == \
+        [9 if b is None else b for b, r in zip(budgets, static) if r["finish_reason"] == "length"]
+    assert main([*base, "--continuous"]) == 0
+    cap = capsys.readouterr()
+    assert _jsonl(cap.out) == static and "7 prompts on 3 rows (continuous batching)" in cap.err, cap.err
 
 
 def test_cli_prompts_file_errors(tmp_path, capsys):
@@ -643,6 +663,11 @@ def test_cli_prompts_file_errors(tmp_path, capsys):
     fails(["--prompts-file", str(tmp_path / "bad.jsonl")], "line 2: not JSON")
     (tmp_path / "num.jsonl").write_text('{"text": "a"}\n')
     fails(["--prompts-file", str(tmp_path / "num.jsonl")], 'line 1: expected a JSON string or an object')
+    (tmp_path / "budget.jsonl").write_text('{"prompt": "a", "max_new_tokens": 0}\n')
+    fails(["--prompts-file", str(tmp_path / "budget.jsonl")], '"max_new_tokens" must be an int >= 1, got 0')
+    fails(["--prompt", "x", "--continuous"], "--continuous goes with --prompts-file")
+    for flag in (["--num-beams", "2"], ["--repetition-penalty", "1.2"], ["--max-new-tokens", "0"]):
+        fails(["--prompts-file", str(good), "--continuous", *flag], f"not {flag[0]}")
     with pytest.raises(SystemExit):                 # one source of prompts
         main(["generate", "--device", "cpu", "--prompt", "x", "--prompts-file", str(good)])
     capsys.readouterr()
@@ -652,7 +677,7 @@ def test_cli_prompts_file_errors(tmp_path, capsys):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cli_prompts_file_cuda(tmp_path, capsys):
     """--prompts-file on a GPU (fp32): the batches decode through the CUDA graph by default; the completions equal
-    --no-cuda-graph's and each prompt's own greedy generate() on the GPU."""
+    --no-cuda-graph's, --continuous's and each prompt's own greedy generate() on the GPU."""
     f = tmp_path / "p.txt"
     f.write_text("\n".join(BATCH_PROMPTS) + "\n")
     base = ["generate", "--device", "cuda", "--dtype", "float32", "--max-new-tokens", "20", "--batch-size", "4",
@@ -662,6 +687,8 @@ def test_cli_prompts_file_cuda(tmp_path, capsys):
     assert main([*base, "--no-cuda-graph"]) == 0
     eager = _jsonl(capsys.readouterr().out)
     assert graph == eager and len(graph) == len(BATCH_PROMPTS)
+    assert main([*base, "--continuous"]) == 0                  # (continuous batching: its own graph, run-ahead)
+    assert _jsonl(capsys.readouterr().out) == graph
     model, tok = builtin_model("cuda"), ByteTokenizer()
     eos = set(model._eos_ids())
     for p, r in zip(BATCH_PROMPTS, graph):
