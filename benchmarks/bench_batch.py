@@ -6,9 +6,13 @@ against plain generate() calls over the same prompts.
     python benchmarks/bench_batch.py --smoke    # tiny CPU config (CI-sized)
 
 Every run generates the same work: greedy, EOS off, so every prompt gets all its new tokens. Rows, for each batch
-size: "generate_many" (prompts grouped by length, longest first: the batches' left padding is short) and "generate,
+size: "generate_many" (prompts grouped by length, longest first: the batches' left padding is short), "generate,
 file order" (model.generate over consecutive slices of the prompt list, each left-padded to its longest prompt: what
-one writes without the grouping); batch size 1 is one generate() call a prompt. Each row: the wall time for all
+one writes without the grouping) and "continuous" (generate_many(continuous=True): a row takes the next prompt as
+soon as its completion ends); batch size 1 is one generate() call a prompt. Then the same prompts with a budget a
+prompt (--budgets, uniform, fixed seed: completions of different lengths, as EOS gives a real model's):
+"generate_many, varied budgets" (each batch runs to its largest budget) against "continuous, varied budgets"
+(pad_pct: none for continuous rows, whose prefill groups depend on when rows end). Each row: the wall time for all
 prompts (median of --reps after a warm-up run; the CUDA graphs the calls capture are part of it, as they are for a
 user), new tokens/s, all tokens/s (prompt + new), and pad_pct: the padding positions the prefill computes, as a
 share of the prompt tokens. Correctness first, on the first prompts: the last position's logits of one left-padded
@@ -48,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lengths", default=None, help="min,max prompt length (128,2048; smoke 4,40)")
     ap.add_argument("--new", type=int, default=None, help="new tokens a prompt (64; smoke 5)")
     ap.add_argument("--batch-sizes", default=None, help="comma list (1,8,16,32; smoke 1,4)")
+    ap.add_argument("--budgets", default=None, help="min,max new tokens a prompt, varied rows (8,128; smoke 1,8)")
     ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
@@ -63,6 +68,9 @@ def main(argv=None) -> int:
     lengths = torch.randint(lo, hi + 1, (n,), generator=gen).tolist()
     prompts = [torch.randint(3, cfg.vocab_size, (L,), generator=gen).tolist() for L in lengths]
     kw = dict(max_new_tokens=n_new, eos_token_id=None)
+    b_lo, b_hi = map(int, (args.budgets or ("1,8" if args.smoke else "8,128")).split(","))
+    budgets = torch.randint(b_lo, b_hi + 1, (n,), generator=gen).tolist()
+    kw_varied = dict(max_new_tokens=budgets, eos_token_id=None)
 
     # ---- correctness first, on the first prompts: the last position's logits of a left-padded batch against each
     # prompt alone (norm-wise), then generate_many's greedy completions against each prompt's own generate()
@@ -79,15 +87,26 @@ def main(argv=None) -> int:
     prefix = [next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), len(a)) for a, b in zip(alone, many)]
     agree = sum(a == b for a, b in zip(alone, many)) / k
     full = all(len(m) == n_new for m in many)
+    # continuous batching against the static batches, budgets varied (the rows are taken over at different steps)
+    kc = min(n, 12)
+    static_v = list(generate_many(model, prompts[:kc], batch_size=4, max_new_tokens=budgets[:kc], eos_token_id=None))
+    cont_v = list(generate_many(model, prompts[:kc], batch_size=4, max_new_tokens=budgets[:kc], eos_token_id=None,
+                                continuous=True))
+    cont_agree = sum(a == b for a, b in zip(static_v, cont_v)) / kc
+    cont_first = sum(a[1][:1] == b[1][:1] for a, b in zip(static_v, cont_v)) / kc
+    cont_lengths = [len(t) for _, t, _ in cont_v] == budgets[:kc]
     tol = 1e-4 if dtype == torch.float32 else 0.05      # bf16: the batch's other GEMM shapes round differently
     check = {"prompts_checked": k, "padded_logits_rel_err": rel, "logits_tolerance": tol,
              "first_token_agreement": sum(p > 0 for p in prefix) / k, "mean_common_prefix_tokens": sum(prefix) / k,
              "same_tokens_as_alone": agree, "every_completion_full_length": full,
-             "ok": full and rel < tol and (agree == 1.0 or dtype != torch.float32)}
+             "continuous_prompts_checked": kc, "continuous_same_as_static": cont_agree,
+             "continuous_first_token_agreement": cont_first, "continuous_lengths_are_budgets": cont_lengths,
+             "ok": full and rel < tol and cont_lengths and ((agree == 1.0 and cont_agree == 1.0)
+                                                            or dtype != torch.float32)}
     print("check:", check, flush=True)
 
-    def run_many(bs):
-        for _ in generate_many(model, prompts, batch_size=bs, **kw):
+    def run_many(bs, continuous=False, varied=False):
+        for _ in generate_many(model, prompts, batch_size=bs, continuous=continuous, **(kw_varied if varied else kw)):
             pass
 
     def run_plain(bs):
@@ -97,22 +116,32 @@ def main(argv=None) -> int:
 
     rows = []
     n_prompt_tokens = sum(lengths)
+    by_length = lambda bs: batches_by_length(lengths, bs)  # noqa: E731
     for bs in sizes:
-        variants = {"generate_many": (run_many, batches_by_length(lengths, bs))}
+        variants = {"generate_many": (lambda: run_many(bs), by_length(bs), n * n_new)}
         if bs > 1:
-            variants["generate, file order"] = (run_plain, [list(range(b, min(b + bs, n))) for b in range(0, n, bs)])
-        for name, (fn, batches) in variants.items():
-            fn(bs)                                                       # warm-up (first shapes, graph buckets)
-            t = timed(lambda: fn(bs), device, args.reps) / 1e3          # median wall time, s
-            rows.append(dict(label=f"{name} b{bs}", impl=name, batch_size=bs, prompts=n, new_tokens=n_new,
-                             prompt_tokens=n_prompt_tokens, seconds=t, new_tokens_per_s=n * n_new / t,
-                             tokens_per_s=(n_prompt_tokens + n * n_new) / t, pad_pct=pad_share(lengths, batches),
+            variants["generate, file order"] = (lambda: run_plain(bs),
+                                                [list(range(b, min(b + bs, n))) for b in range(0, n, bs)], n * n_new)
+            variants["continuous"] = (lambda: run_many(bs, continuous=True), None, n * n_new)
+            variants["generate_many, varied budgets"] = (lambda: run_many(bs, varied=True), by_length(bs),
+                                                         sum(budgets))
+            variants["continuous, varied budgets"] = (lambda: run_many(bs, continuous=True, varied=True), None,
+                                                      sum(budgets))
+        for name, (fn, batches, n_gen) in variants.items():
+            fn()                                                         # warm-up (first shapes, graph buckets)
+            t = timed(fn, device, args.reps) / 1e3                      # median wall time, s
+            rows.append(dict(label=f"{name} b{bs}", impl=name, batch_size=bs, prompts=n, new_tokens=n_gen,
+                             prompt_tokens=n_prompt_tokens, seconds=t, new_tokens_per_s=n_gen / t,
+                             tokens_per_s=(n_prompt_tokens + n_gen) / t,
+                             pad_pct=None if batches is None else pad_share(lengths, batches),
                              median_us=t * 1e6))
             r = rows[-1]
-            print(f"{name:<22} batch {bs:3d} | {t:8.3f} s | {r['new_tokens_per_s']:9.1f} new tok/s | "
-                  f"{r['tokens_per_s']:10.1f} tok/s in all | padding {r['pad_pct']:5.1f}% of the prompt tokens",
+            print(f"{name:<30} batch {bs:3d} | {t:8.3f} s | {r['new_tokens_per_s']:9.1f} new tok/s | "
+                  f"{r['tokens_per_s']:10.1f} tok/s in all" + ("" if batches is None else
+                                                               f" | padding {r['pad_pct']:5.1f}% of the prompt tokens"),
                   flush=True)
-    info = meta(device, dtype=str(dtype), check=check, config=cfg.to_dict(), prompt_lengths=[lo, hi])
+    info = meta(device, dtype=str(dtype), check=check, config=cfg.to_dict(), prompt_lengths=[lo, hi],
+                varied_budgets=[b_lo, b_hi])
     path = write_results("bench_batch_smoke" if args.smoke else "bench_batch", rows, info,
                          folder=results_dir(args.smoke, device))
     print("wrote", path)
