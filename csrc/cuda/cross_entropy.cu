@@ -12,8 +12,12 @@
  *     loss = lse - x[target] (0 for ignore_index, NaN for a target outside [0, V)). One read of the logits.
  *   backward: dlogits = round((exp(x - lse) - [v == target]) * dloss), zeros on ignored rows (their logits are not
  *     read), NaN rows for a target outside [0, V). One read and one write.
- * Exps on the special-function unit (ex2.approx of x * log2(e)): a few fp32 ulp from expf. No atomics, no host
- * synchronisation: the results do not depend on the launch (fixed reduction order per row).
+ * Exps on the special-function unit (ex2.approx of (x - max or lse) * log2(e)): a few fp32 ulp from expf. The
+ * difference comes first (exact where x is near max or lse, by Sterbenz), not x * log2(e) - lse * log2(e) in one fma:
+ * that form rounds lse * log2(e), an absolute error of ~8e-6 at |logits| ~ 130 that exp turns into a relative error
+ * of every probability (dlogits 2.3e-5 from the float64 reference in fp32, found by tests/test_fuzz_ops.py on the
+ * H200 at 918f458; the CPU's exp(x - lse) gave < 2e-5). No atomics, no host synchronisation: the results do not
+ * depend on the launch (fixed reduction order per row).
  */
 #include "common.cuh"
 
@@ -77,13 +81,12 @@ __global__ void __launch_bounds__(CE_THREADS) ce_fwd_kernel(float *loss, float *
                 for (int q = 0; q < VN; q++) vm = fmaxf(vm, f[u][q]);
             const float mm = fmaxf(m, vm);
             if (mm == -INFINITY) continue;
-            const float off = mm * JAMBA_LOG2E;
             float add = 0.f;  /* NaN logits: fmaxf skips them, the exp below makes s NaN */
 #pragma unroll
             for (int u = 0; u < CE_UNROLL; u++)
 #pragma unroll
-                for (int q = 0; q < VN; q++) add += jamba_cu_exp2(fmaf(f[u][q], JAMBA_LOG2E, -off));
-            s = s * jamba_cu_exp2(fmaf(m, JAMBA_LOG2E, -off)) + add;
+                for (int q = 0; q < VN; q++) add += jamba_cu_exp2((f[u][q] - mm) * JAMBA_LOG2E);
+            s = s * jamba_cu_exp2((m - mm) * JAMBA_LOG2E) + add;
             m = mm;
         }
 #pragma unroll
@@ -117,7 +120,7 @@ __global__ void __launch_bounds__(CE_THREADS) ce_bwd_kernel(T *dx, const T *x, c
         const int64_t t = ce_target(target, tgt64, n);
         const bool ign = t == ignore;
         const float d = (!ign && (t < 0 || t >= V)) ? NAN : dloss[n];
-        const float off = lse[n] * JAMBA_LOG2E;
+        const float l = lse[n];
         for (int64_t i0 = threadIdx.x; i0 < nv; i0 += (int64_t)CE_THREADS * CE_UNROLL) {
             float f[CE_UNROLL][VN];
 #pragma unroll
@@ -135,7 +138,7 @@ __global__ void __launch_bounds__(CE_THREADS) ce_bwd_kernel(T *dx, const T *x, c
                 float g[VN];
 #pragma unroll
                 for (int q = 0; q < VN; q++) {
-                    const float p = jamba_cu_exp2(fmaf(f[u][q], JAMBA_LOG2E, -off));
+                    const float p = jamba_cu_exp2((f[u][q] - l) * JAMBA_LOG2E);
                     g[q] = ign ? 0.f : (p - (i * VN + q == t ? 1.f : 0.f)) * d;
                 }
                 ce_store<T, VN>(out, i, g);
