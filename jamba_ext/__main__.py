@@ -6,6 +6,7 @@
     python -m jamba_ext generate --model DIR --chat --prompt "Hi!" --system "Be brief."   # an instruct model's chat
     python -m jamba_ext generate --model DIR --interactive        # a conversation, a message per line of input
     python -m jamba_ext generate --model DIR --prompts-file p.jsonl --batch-size 16 --output out.jsonl   # offline batch
+    python -m jamba_ext generate --model DIR --prompts-file p.jsonl --continuous  # continuous batching (rows refilled)
     python -m jamba_ext check                                     # self-check of every op on this machine
     python -m jamba_ext train --text-file notes.txt --steps 200 --save ./tiny   # fine-tune on a text file
     python -m jamba_ext generate --model ./tiny --prompt "Hello"  # ... and generate with the result
@@ -18,7 +19,9 @@ package). Generated text streams to stdout; throughput (prefill and decode token
 prompts and long generations, progress bars go to stderr. Exit status 2 on a bad argument or checkpoint.
 --prompts-file runs many prompts (a line each, or JSON Lines) in batches (--batch-size; longest prompts first, so that
 prompts of similar length share a batch and little padding is computed) and writes one JSON object per prompt, in the
-file's order, to stdout or --output.
+file's order, to stdout or --output. With --continuous (continuous batching), --batch-size rows decode together and a
+row whose completion ends takes the next prompt at once (jamba_ext.continuous); a .jsonl object's "max_new_tokens"
+sets that prompt's budget.
 --experts-fp8 stores the MoE expert weights in float8_e4m3fn with a per-row scale (weight-only quantisation, done while
 the checkpoint loads: from_pretrained(experts_dtype="fp8"); the built-in model is quantized after it is built);
 --act-fp8 adds fp8 activations (W8A8: x and the SiLU product quantized per row; used on Hopper GPUs from 7 tokens).

@@ -11,7 +11,8 @@ fails in the first call rather than the last. Each result is a prompt's new toke
 end-of-text id (finish reason "stop"), or with the token that completed one of `stop_strings` ("stop"), else all
 `max_new_tokens` of them ("length"). Results come in the prompts' order (each as soon as those before it are done) or,
 with ordered=False, batch by batch as they finish. Batch k samples with seed + k, so a run repeats exactly and no
-two batches draw the same numbers.
+two batches draw the same numbers. max_new_tokens may give each prompt its own budget. continuous=True runs continuous
+batching instead (jamba_ext.continuous: a row whose completion ends takes the next prompt at once).
 """
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
