@@ -15,6 +15,8 @@ How (Jamba has no positional encoding, so a sequence's keys may sit at any posit
   copied into the row: the Mamba layers' conv and SSM states, and the attention layers' keys and values into positions
   pos - L .. pos - 1 of the row, with the row's key mask cleared before them (the earlier prompt's keys are never
   attended again);
+- prompts that share their first tokens (a chat template's system message; `shared_prefix`) run them once: each
+  prompt then starts from a copy of that state, and only its own tokens are prefilled;
 - when pos + a prompt's budget would pass the cache's end, every row's keys move left by the smallest start among the
   running rows (the cache holds max prompt + 2 x max budget positions: there is then always room);
 - the next step is enqueued before the host reads this step's tokens (on a GPU, as generate() does, it runs
@@ -32,7 +34,22 @@ import torch
 from .batch import completion
 
 OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "eos_token_id", "stop_strings", "cuda_graph",
-           "prefill_chunk")
+           "prefill_chunk", "shared_prefix")
+# shared_prefix=None (the default) runs the prompts' common first tokens once when there are at least this many
+SHARED_PREFIX_MIN_TOKENS = 16
+
+
+def shared_prefix(prompts: Sequence[Sequence[int]]) -> List[int]:
+    """The token ids every prompt starts with, less one where a prompt is that prefix alone (each prompt keeps at
+    least one token of its own: its last position's logits give its first new token)."""
+    first = list(prompts[0])
+    n = min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        k = 0
+        while k < n and p[k] == first[k]:
+            k += 1
+        n = k
+    return first[:max(n, 0)]
 
 
 def _budgets(max_new_tokens: Union[int, Sequence[int]], n: int) -> List[int]:
@@ -49,12 +66,55 @@ def _budgets(max_new_tokens: Union[int, Sequence[int]], n: int) -> List[int]:
 
 
 class _Rows:
-    """The static cache's rows and their shared write position; moves prompts' states in and keys left."""
+    """The static cache's rows and their shared write position; moves prompts' states in and keys left. With a shared
+    prefix (token ids every prompt starts with), the prefix runs once, on a cache of one row (`pre`), and each prompt
+    taking over a row starts from a copy of that state: only its own tokens are prefilled."""
 
-    def __init__(self, model, cache, pad: int, prefill_chunk: Optional[int]):
+    def __init__(self, model, cache, pad: int, prefill_chunk: Optional[int], prefix: Optional[List[int]] = None):
+        from .modeling_jamba import JambaHybridCache
         self.model, self.cache, self.pad, self.chunk = model, cache, pad, prefill_chunk
         self.start = [0] * cache.batch_size          # a running row's first key position
         self.shifts = 0                              # (how often the keys moved left: tests)
+        self.prefilled = 0                           # tokens prefilled (tests, and what the shared prefix saves)
+        self.prefix, self.pre = prefix, None
+        if prefix:
+            self.pre = JambaHybridCache(model.config, 1, max_length=len(prefix))
+            self._run(torch.tensor([prefix], device=model.device), self.pre)
+            self._alloc_static_like(self.pre)
+
+    def _run(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        """ids (n, L), no padding, through `cache` after what it holds, in generate()'s chunks -> logits (n, V)."""
+        from .modeling_jamba import prefill_chunks
+        for s, e in prefill_chunks(ids.shape[1], ids.shape[0], self.chunk):
+            logits = self.model(ids[:, s:e], cache=cache, logits_to_keep=1).logits[:, -1]
+        self.prefilled += ids.numel()
+        return logits
+
+    def _alloc_static_like(self, pre) -> None:
+        """The static cache's tensors, shaped after the one-row cache pre (no forward has run on the static cache)."""
+        c, B = self.cache, self.cache.batch_size
+        c._ensure_static(self.model.device)
+        for ts, src in ((c.conv_states, pre.conv_states), (c.ssm_states, pre.ssm_states)):
+            for i, t in enumerate(src):
+                if t is not None:
+                    ts[i] = t.new_zeros((B,) + tuple(t.shape[1:]))
+        for ts, src in ((c._keys, pre._keys), (c._values, pre._values)):
+            for i, t in enumerate(src):
+                if t is not None:
+                    ts[i] = t.new_zeros(B, t.shape[1], c.capacity, t.shape[3])
+
+    def _from_prefix(self, n: int, length: int):
+        """A cache of n rows holding the shared prefix's state (copies of pre's), room for `length` tokens in all."""
+        from .modeling_jamba import JambaHybridCache
+        own, pre = JambaHybridCache(self.model.config, 1, max_length=length), self.pre
+        own.conv_states = [None if t is None else t.clone() for t in pre.conv_states]
+        own.ssm_states = [None if t is None else t.clone() for t in pre.ssm_states]
+        own._keys = [None if t is None else pre.keys(i).clone() for i, t in enumerate(pre._keys)]
+        own._values = [None if t is None else pre.values(i).clone() for i, t in enumerate(pre._values)]
+        own.seq_len = pre.seq_len
+        if n > 1:
+            own.repeat_rows(n)
+        return own
 
     @property
     def pos(self) -> int:
@@ -71,15 +131,36 @@ class _Rows:
         ids, mask = self.model._left_pad(prompts, self.pad, dev)
         for s, e in prefill_chunks(ids.shape[1], ids.shape[0], self.chunk):
             logits = self.model(ids[:, s:e], mask[:, :e], cache=cache, logits_to_keep=1).logits[:, -1]
+        self.prefilled += ids.numel()
         return logits
 
     def take(self, rows: List[int], prompts: List[List[int]]) -> torch.Tensor:
-        """rows take over prompts: prefilled on their own cache, states copied in, keys at pos - L .. pos - 1.
-        Needs pos >= the longest of them. Returns their last-position logits (len(rows), V)."""
+        """rows take over prompts (states copied in, keys at pos - L .. pos - 1; needs pos >= the longest of them).
+        Returns their last-position logits (len(rows), V). Without a shared prefix the prompts are prefilled together
+        (left-padded) on their own cache; with one, the prompts of each length together, after copies of its state
+        (no padding: a pad between the prefix and a prompt's own tokens would decay the Mamba states)."""
         from .modeling_jamba import JambaHybridCache
+        if not self.prefix:
+            own = JambaHybridCache(self.model.config, len(rows), max_length=max(len(p) for p in prompts))
+            logits = self.prefill(prompts, own)
+            self._copy_in(rows, prompts, own)
+            return logits
+        by_len: Dict[int, List[int]] = {}
+        for j, q in enumerate(prompts):
+            by_len.setdefault(len(q), []).append(j)
+        out = [None] * len(rows)
+        P = len(self.prefix)
+        for L, js in by_len.items():
+            own = self._from_prefix(len(js), L)
+            got = self._run(torch.tensor([prompts[j][P:] for j in js], device=self.model.device), own)
+            self._copy_in([rows[j] for j in js], [prompts[j] for j in js], own)
+            for k, j in enumerate(js):
+                out[j] = got[k:k + 1]
+        return torch.cat(out)
+
+    def _copy_in(self, rows: List[int], prompts: List[List[int]], own) -> None:
+        """The state of `own` (one row per prompt, left-padded to its longest) into rows of the static cache."""
         c, L = self.cache, max(len(p) for p in prompts)
-        own = JambaHybridCache(self.model.config, len(rows), max_length=L)
-        logits = self.prefill(prompts, own)
         idx = torch.tensor(rows, device=c.static_mask.device)
         for mine, theirs in ((c.conv_states, own.conv_states), (c.ssm_states, own.ssm_states)):
             for a, b in zip(mine, theirs):
@@ -95,7 +176,6 @@ class _Rows:
         c.static_mask[idx, p - L:p] = True if m is None else m.to(c.static_mask.device, torch.bool)
         for r, q in zip(rows, prompts):
             self.start[r] = p - len(q)
-        return logits
 
     def shift(self, running: Sequence[int]) -> None:
         """Every row's keys and mask move left by the smallest start among the running rows (all when none runs)."""
@@ -123,7 +203,9 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
     """Yields (prompt index, completion token ids, finish reason) as completions end (not in the prompts' order; see
     the module's text). max_new_tokens: one budget for all, or one a prompt. options: do_sample, temperature, top_k,
     top_p, min_p, eos_token_id ("config": the model's; None: none), stop_strings (with decode: token ids -> text),
-    cuda_graph (None: on a CUDA model), prefill_chunk."""
+    cuda_graph (None: on a CUDA model), prefill_chunk, shared_prefix (None: the prompts' common first tokens run once
+    when there are at least SHARED_PREFIX_MIN_TOKENS of them, as a chat template's system message; True: any; False:
+    never)."""
     from .modeling_jamba import JambaHybridCache, _DecodeGraph
     bad = sorted(set(options) - set(OPTIONS))
     if bad:
@@ -157,6 +239,10 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
                          "generate_many without continuous=True)")
     pad = model._generation_ids("pad_token_id")
     pad = 0 if pad is None else pad
+    share = options.get("shared_prefix")
+    prefix = shared_prefix(prompts) if share is not False else []
+    if share is None and len(prefix) < SHARED_PREFIX_MIN_TOKENS:
+        prefix = []
     queue = collections.deque(sorted(range(n), key=lambda i: (-len(prompts[i]), i)))   # longest first
     B = min(batch_size, n)
     cap = max(len(p) for p in prompts) + 2 * max(budget)      # (the decode step's attention reads all of it)
@@ -171,9 +257,13 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
     new: List[List[int]] = [[] for _ in range(B)]
     with torch.inference_mode():
         cache = JambaHybridCache(model.config, B, max_length=cap, static=True)
-        rows = _Rows(model, cache, pad, options.get("prefill_chunk"))
+        rows = _Rows(model, cache, pad, options.get("prefill_chunk"), prefix or None)
         first = [queue.popleft() for _ in range(B)]
-        logits = rows.prefill([list(prompts[i]) for i in first], cache)
+        if prefix:                                   # each from the prefix's state, into the rows
+            rows.set_pos(len(prompts[first[0]]))
+            logits = rows.take(list(range(B)), [list(prompts[i]) for i in first])
+        else:                                        # together, left-padded, straight into the rows
+            logits = rows.prefill([list(prompts[i]) for i in first], cache)
         for r, i in enumerate(first):
             seq[r], rows.start[r] = i, rows.pos - len(prompts[i])
         graph = _DecodeGraph.capture(model, cache, logits.argmax(-1)) if use_graph else None

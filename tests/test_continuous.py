@@ -56,6 +56,74 @@ def test_continuous_matches_each_prompt_alone(batch_size, seed, shifts):
         assert shifts, "the test should make the cache's keys move left"
 
 
+@pytest.mark.parametrize("batch_size", [1, 4, 16])
+def test_continuous_shared_prefix(batch_size, monkeypatch):
+    """Prompts that share their first 20 tokens (one of them the prefix and a single token of its own): the prefix
+    runs once and each prompt prefills only its own tokens, with the completions of each prompt alone (and of
+    shared_prefix=False, which prefills every prompt whole)."""
+    made = []
+    orig = C._Rows.__init__
+
+    def init(self, *a, **k):
+        orig(self, *a, **k)
+        made.append(self)
+    monkeypatch.setattr(C._Rows, "__init__", init)
+    model = builtin_model()
+    V = model.config.vocab_size
+    head = _prompts(5, 1, 1, V)[0] + _prompts(6, 1, 1, V)[0]
+    head = (head * 20)[:20]
+    prompts = [head + t for t in _prompts(9, 11, 15, V)] + [head + [17]]
+    budgets = [random.Random(i).randint(1, 12) for i in range(len(prompts))]
+    want = [_alone(model, p, b, set()) for p, b in zip(prompts, budgets)]
+    got = sorted(C.generate_continuous(model, prompts, batch_size, max_new_tokens=budgets, eos_token_id=None))
+    assert [(t, r) for _, t, r in got] == want
+    assert made[-1].prefix == head and made[-1].prefilled == 20 + sum(len(p) - 20 for p in prompts)
+    whole = sorted(C.generate_continuous(model, prompts, batch_size, max_new_tokens=budgets, eos_token_id=None,
+                                         shared_prefix=False))
+    assert whole == got and made[-1].prefix is None and made[-1].prefilled >= sum(map(len, prompts))
+    assert C.shared_prefix([[1, 2, 3], [1, 2, 4, 5], [1, 2]]) == [1] and C.shared_prefix([[4], [4]]) == []
+    short = [[1, 2, 3, 4, 9], [1, 2, 3, 4, 8]]
+    list(C.generate_continuous(model, short, 2, max_new_tokens=2))                  # (4 < 16 tokens: not shared)
+    assert made[-1].prefix is None
+    list(C.generate_continuous(model, short, 2, max_new_tokens=2, shared_prefix=True))
+    assert made[-1].prefix == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_take_copies_the_whole_prompts_state(with_prefix):
+    """_Rows.take: each row's Mamba states, its keys and values at pos - L .. pos - 1, its key mask and the logits equal
+    those of the prompt prefilled whole on a cache of its own (fp32, to rounding), with or without a shared prefix
+    (prompts of two lengths: two groups)."""
+    from jamba_ext.modeling_jamba import JambaHybridCache
+    model = builtin_model()
+    cfg = model.config
+    head = [5, 9, 11, 200, 31, 7, 7, 64]
+    prompts = [head + t for t in ([3, 4], [250, 6, 8, 1], [9, 9])]
+    with torch.inference_mode():
+        cache = JambaHybridCache(cfg, 5, max_length=40, static=True)
+        rows = C._Rows(model, cache, 0, None, head if with_prefix else None)
+        if not with_prefix:                          # (the static cache's tensors come from a first prefill)
+            rows.prefill([[1, 2]] * 5, cache)
+        rows.set_pos(20)
+        logits = rows.take([3, 0, 4], prompts)
+        for r, p, lg in zip([3, 0, 4], prompts, logits):
+            own = JambaHybridCache(cfg, 1, max_length=len(p))
+            want = model(torch.tensor([p]), cache=own, logits_to_keep=1).logits[0, -1]
+            assert (lg - want).norm() <= 1e-5 * want.norm()
+            for i in range(cfg.num_hidden_layers):
+                if own.ssm_states[i] is not None:
+                    for a, b in ((cache.ssm_states[i][r], own.ssm_states[i][0]),
+                                 (cache.conv_states[i][r], own.conv_states[i][0])):
+                        assert (a - b).norm() <= 1e-5 * b.norm() + 1e-7, (i, r)
+                if own._keys[i] is not None:
+                    for a, b in ((cache._keys[i][r, :, 20 - len(p):20], own.keys(i)[0]),
+                                 (cache._values[i][r, :, 20 - len(p):20], own.values(i)[0])):
+                        assert (a - b).norm() <= 1e-5 * b.norm(), (i, r)
+            assert cache.static_mask[r].nonzero().flatten().tolist() == list(range(20 - len(p), 20))
+            assert rows.start[r] == 20 - len(p)
+    assert rows.prefilled == (len(head) + 8 if with_prefix else 10 + 3 * 12)
+
+
 def test_generate_many_continuous_as_static():
     """generate_many(continuous=True): the prompts' order (ordered) or as they end, on_batch once a prompt, the same
     completions as the static batches, per-prompt budgets in both modes."""
@@ -131,3 +199,16 @@ def test_cuda_continuous_graph_equals_eager_and_alone(shifts):
                                          cuda_graph=False))
     assert graph == eager and shifts
     assert [(t, r) for _, t, r in graph] == [_alone(model, p, b, set()) for p, b in zip(prompts, budgets)]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_cuda_continuous_shared_prefix():
+    """On a GPU (fp32): prompts sharing a 24-token prefix, through the decode graph, each as the prompt alone."""
+    model = builtin_model("cuda")
+    V = model.config.vocab_size
+    head = [x for p in _prompts(21, 3, 30, V) for x in p][:24]
+    prompts = [head + t for t in _prompts(22, 14, 20, V)]
+    budgets = [random.Random(i).randint(1, 16) for i in range(len(prompts))]
+    got = sorted(C.generate_continuous(model, prompts, 5, max_new_tokens=budgets, eos_token_id=None))
+    assert [(t, r) for _, t, r in got] == [_alone(model, p, b, set()) for p, b in zip(prompts, budgets)]
