@@ -12,7 +12,10 @@ one writes without the grouping) and "continuous" (generate_many(continuous=True
 soon as its completion ends); batch size 1 is one generate() call a prompt. Then the same prompts with a budget a
 prompt (--budgets, uniform, fixed seed: completions of different lengths, as EOS gives a real model's):
 "generate_many, varied budgets" (each batch runs to its largest budget) against "continuous, varied budgets"
-(pad_pct: none for continuous rows, whose prefill groups depend on when rows end). Each row: the wall time for all
+(pad_pct: none for continuous rows, whose prefill groups depend on when rows end). Then prompts that share their
+first --prefix tokens (a long system message; each prompt's own tokens: a quarter of its length above):
+"generate_many, shared prefix", "continuous, prefix prefilled whole" (shared_prefix=False) and "continuous, shared
+prefix" (the prefix runs once). --scenarios picks among fixed, varied and prefix. Each row: the wall time for all
 prompts (median of --reps after a warm-up run; the CUDA graphs the calls capture are part of it, as they are for a
 user), new tokens/s, all tokens/s (prompt + new), and pad_pct: the padding positions the prefill computes, as a
 share of the prompt tokens. Correctness first, on the first prompts: the last position's logits of one left-padded
@@ -53,6 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--new", type=int, default=None, help="new tokens a prompt (64; smoke 5)")
     ap.add_argument("--batch-sizes", default=None, help="comma list (1,8,16,32; smoke 1,4)")
     ap.add_argument("--budgets", default=None, help="min,max new tokens a prompt, varied rows (8,128; smoke 1,8)")
+    ap.add_argument("--prefix", type=int, default=None, help="shared prefix tokens, prefix rows (1024; smoke 16)")
+    ap.add_argument("--scenarios", default="fixed,varied,prefix", help="comma list of fixed, varied, prefix")
     ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
@@ -71,6 +76,11 @@ def main(argv=None) -> int:
     b_lo, b_hi = map(int, (args.budgets or ("1,8" if args.smoke else "8,128")).split(","))
     budgets = torch.randint(b_lo, b_hi + 1, (n,), generator=gen).tolist()
     kw_varied = dict(max_new_tokens=budgets, eos_token_id=None)
+    head = torch.randint(3, cfg.vocab_size, (args.prefix or (16 if args.smoke else 1024),), generator=gen).tolist()
+    prefixed = [head + p[:max(4, len(p) // 4)] for p in prompts]
+    scenarios = set(args.scenarios.split(","))
+    if not scenarios <= {"fixed", "varied", "prefix"}:
+        ap.error(f"--scenarios: expected fixed, varied or prefix, got {args.scenarios}")
 
     # ---- correctness first, on the first prompts: the last position's logits of a left-padded batch against each
     # prompt alone (norm-wise), then generate_many's greedy completions against each prompt's own generate()
@@ -95,18 +105,25 @@ def main(argv=None) -> int:
     cont_agree = sum(a == b for a, b in zip(static_v, cont_v)) / kc
     cont_first = sum(a[1][:1] == b[1][:1] for a, b in zip(static_v, cont_v)) / kc
     cont_lengths = [len(t) for _, t, _ in cont_v] == budgets[:kc]
+    # the shared prefix run once against every prompt prefilled whole (both continuous)
+    whole_p = list(generate_many(model, prefixed[:kc], batch_size=4, continuous=True, shared_prefix=False, **kw))
+    shared_p = list(generate_many(model, prefixed[:kc], batch_size=4, continuous=True, **kw))
+    prefix_agree = sum(a == b for a, b in zip(whole_p, shared_p)) / kc
+    prefix_first = sum(a[1][:1] == b[1][:1] for a, b in zip(whole_p, shared_p)) / kc
     tol = 1e-4 if dtype == torch.float32 else 0.05      # bf16: the batch's other GEMM shapes round differently
     check = {"prompts_checked": k, "padded_logits_rel_err": rel, "logits_tolerance": tol,
              "first_token_agreement": sum(p > 0 for p in prefix) / k, "mean_common_prefix_tokens": sum(prefix) / k,
              "same_tokens_as_alone": agree, "every_completion_full_length": full,
              "continuous_prompts_checked": kc, "continuous_same_as_static": cont_agree,
              "continuous_first_token_agreement": cont_first, "continuous_lengths_are_budgets": cont_lengths,
-             "ok": full and rel < tol and cont_lengths and ((agree == 1.0 and cont_agree == 1.0)
+             "shared_prefix_same_as_whole": prefix_agree, "shared_prefix_first_token_agreement": prefix_first,
+             "ok": full and rel < tol and cont_lengths and ((agree == 1.0 and cont_agree == 1.0 and prefix_agree == 1.0)
                                                             or dtype != torch.float32)}
     print("check:", check, flush=True)
 
-    def run_many(bs, continuous=False, varied=False):
-        for _ in generate_many(model, prompts, batch_size=bs, continuous=continuous, **(kw_varied if varied else kw)):
+    def run_many(bs, continuous=False, varied=False, ps=None, **more):
+        for _ in generate_many(model, prompts if ps is None else ps, batch_size=bs, continuous=continuous,
+                               **(kw_varied if varied else kw), **more):
             pass
 
     def run_plain(bs):
@@ -115,33 +132,44 @@ def main(argv=None) -> int:
                 model.generate(prompts[b:b + bs], **kw)
 
     rows = []
-    n_prompt_tokens = sum(lengths)
     by_length = lambda bs: batches_by_length(lengths, bs)  # noqa: E731
+    p_lengths = [len(p) for p in prefixed]
     for bs in sizes:
-        variants = {"generate_many": (lambda: run_many(bs), by_length(bs), n * n_new)}
-        if bs > 1:
-            variants["generate, file order"] = (lambda: run_plain(bs),
-                                                [list(range(b, min(b + bs, n))) for b in range(0, n, bs)], n * n_new)
-            variants["continuous"] = (lambda: run_many(bs, continuous=True), None, n * n_new)
+        variants = {}
+        if "fixed" in scenarios:
+            variants["generate_many"] = (lambda: run_many(bs), by_length(bs), n * n_new, lengths)
+        if bs > 1 and "fixed" in scenarios:
+            variants["generate, file order"] = (lambda: run_plain(bs), [list(range(b, min(b + bs, n)))
+                                                                        for b in range(0, n, bs)], n * n_new, lengths)
+            variants["continuous"] = (lambda: run_many(bs, continuous=True), None, n * n_new, lengths)
+        if bs > 1 and "varied" in scenarios:
             variants["generate_many, varied budgets"] = (lambda: run_many(bs, varied=True), by_length(bs),
-                                                         sum(budgets))
+                                                         sum(budgets), lengths)
             variants["continuous, varied budgets"] = (lambda: run_many(bs, continuous=True, varied=True), None,
-                                                      sum(budgets))
-        for name, (fn, batches, n_gen) in variants.items():
+                                                      sum(budgets), lengths)
+        if bs > 1 and "prefix" in scenarios:
+            variants["generate_many, shared prefix"] = (lambda: run_many(bs, ps=prefixed),
+                                                        batches_by_length(p_lengths, bs), n * n_new, p_lengths)
+            variants["continuous, prefix prefilled whole"] = (
+                lambda: run_many(bs, continuous=True, ps=prefixed, shared_prefix=False), None, n * n_new, p_lengths)
+            variants["continuous, shared prefix"] = (lambda: run_many(bs, continuous=True, ps=prefixed), None,
+                                                     n * n_new, p_lengths)
+        for name, (fn, batches, n_gen, lens) in variants.items():
+            n_prompt_tokens = sum(lens)
             fn()                                                         # warm-up (first shapes, graph buckets)
             t = timed(fn, device, args.reps) / 1e3                      # median wall time, s
             rows.append(dict(label=f"{name} b{bs}", impl=name, batch_size=bs, prompts=n, new_tokens=n_gen,
                              prompt_tokens=n_prompt_tokens, seconds=t, new_tokens_per_s=n_gen / t,
                              tokens_per_s=(n_prompt_tokens + n_gen) / t,
-                             pad_pct=None if batches is None else pad_share(lengths, batches),
+                             pad_pct=None if batches is None else pad_share(lens, batches),
                              median_us=t * 1e6))
             r = rows[-1]
-            print(f"{name:<30} batch {bs:3d} | {t:8.3f} s | {r['new_tokens_per_s']:9.1f} new tok/s | "
+            print(f"{name:<36} batch {bs:3d} | {t:8.3f} s | {r['new_tokens_per_s']:9.1f} new tok/s | "
                   f"{r['tokens_per_s']:10.1f} tok/s in all" + ("" if batches is None else
                                                                f" | padding {r['pad_pct']:5.1f}% of the prompt tokens"),
                   flush=True)
     info = meta(device, dtype=str(dtype), check=check, config=cfg.to_dict(), prompt_lengths=[lo, hi],
-                varied_budgets=[b_lo, b_hi])
+                varied_budgets=[b_lo, b_hi], shared_prefix_tokens=len(head), scenarios=sorted(scenarios))
     path = write_results("bench_batch_smoke" if args.smoke else "bench_batch", rows, info,
                          folder=results_dir(args.smoke, device))
     print("wrote", path)

@@ -43,8 +43,11 @@ def test_benchmark_smoke(tmp_path, script, args, result):
     if script == "bench_batch.py":   # fp32 on the CPU: generate_many's tokens equal each prompt's own generate()
         assert check["ok"] is True and check["same_tokens_as_alone"] == 1.0, check
         assert check["continuous_same_as_static"] == 1.0 and check["continuous_lengths_are_budgets"], check
-        assert {r["impl"] for r in data["rows"]} == {"generate_many", "generate, file order", "continuous",
-                                                     "generate_many, varied budgets", "continuous, varied budgets"}
+        assert check["shared_prefix_same_as_whole"] == 1.0, check
+        assert {r["impl"] for r in data["rows"]} == {
+            "generate_many", "generate, file order", "continuous", "generate_many, varied budgets",
+            "continuous, varied budgets", "generate_many, shared prefix", "continuous, prefix prefilled whole",
+            "continuous, shared prefix"}
     if script == "bench_beam.py":    # the graph search equals the eager one; transformers' beams where installed
         assert check["graph_equals_eager"] is True, check
         assert check.get("transformers_same_sequences", True) is True, check
