@@ -20,8 +20,8 @@ prompts and long generations, progress bars go to stderr. Exit status 2 on a bad
 --prompts-file runs many prompts (a line each, or JSON Lines) in batches (--batch-size; longest prompts first, so that
 prompts of similar length share a batch and little padding is computed) and writes one JSON object per prompt, in the
 file's order, to stdout or --output. With --continuous (continuous batching), --batch-size rows decode together and a
-row whose completion ends takes the next prompt at once (jamba_ext.continuous); a .jsonl object's "max_new_tokens"
-sets that prompt's budget.
+row whose completion ends takes the next prompt at once, and the prompts' common first tokens (a --system message)
+run once (jamba_ext.continuous); a .jsonl object's "max_new_tokens" sets that prompt's budget.
 --experts-fp8 stores the MoE expert weights in float8_e4m3fn with a per-row scale (weight-only quantisation, done while
 the checkpoint loads: from_pretrained(experts_dtype="fp8"); the built-in model is quantized after it is built);
 --act-fp8 adds fp8 activations (W8A8: x and the SiLU product quantized per row; used on Hopper GPUs from 7 tokens).
