@@ -233,6 +233,10 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
     for k in ("temperature", "top_p"):
         if not 0 < warp[k] <= (1 if k == "top_p" else float("inf")):
             raise ValueError(f"{k}: expected > 0{' and <= 1' if k == 'top_p' else ''}, got {warp[k]!r}")
+    if isinstance(warp["top_k"], bool) or not isinstance(warp["top_k"], int) or warp["top_k"] < 0:
+        raise ValueError(f"top_k: expected an int >= 0 (0: off), got {warp['top_k']!r}")
+    if warp["min_p"] is not None and not 0 <= warp["min_p"] <= 1:
+        raise ValueError(f"min_p: expected in [0, 1] (or None: off), got {warp['min_p']!r}")
     dev = model.device
     if model.model._placement() is not None:
         raise ValueError("continuous batching runs a model on one device (this one is split over several: use "

@@ -182,6 +182,10 @@ def test_continuous_errors():
         run([[1, 5]], stop_strings=["x"])
     with pytest.raises(ValueError, match="top_p: expected > 0 and <= 1"):
         run([[1, 5]], do_sample=True, top_p=1.5)
+    with pytest.raises(ValueError, match="top_k: expected an int >= 0"):
+        run([[1, 5]], do_sample=True, top_k=-1)
+    with pytest.raises(ValueError, match=r"min_p: expected in \[0, 1\]"):
+        run([[1, 5]], do_sample=True, min_p=2.0)
     assert run([]) == []
 
 
