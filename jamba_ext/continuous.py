@@ -23,7 +23,8 @@ How (Jamba has no positional encoding, so a sequence's keys may sit at any posit
   meanwhile): a row that ends in this step has one more step computed and discarded, and its new prompt's state is
   copied in after it.
 Supported: greedy and sampling (temperature, top_k, top_p, min_p; one torch.Generator seeded with `seed`: a run
-repeats exactly for the same batch_size), EOS ids, stop_strings with decode, a token budget per prompt. Other
+repeats exactly for the same batch_size), repetition_penalty (generate()'s: a row's prompt and new tokens), EOS ids,
+stop_strings with decode, a token budget per prompt. Other
 generate() arguments raise ValueError (generate_many without continuous=True takes them all).
 """
 import collections
@@ -32,9 +33,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 import torch
 
 from .batch import completion
+from .logits_filters import penalize
 
-OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "eos_token_id", "stop_strings", "cuda_graph",
-           "prefill_chunk", "shared_prefix")
+OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "eos_token_id",
+           "stop_strings", "cuda_graph", "prefill_chunk", "shared_prefix")
 # shared_prefix=None (the default) runs the prompts' common first tokens once when there are at least this many
 SHARED_PREFIX_MIN_TOKENS = 16
 
@@ -202,10 +204,10 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
                         ) -> Iterator[Tuple[int, List[int], str]]:
     """Yields (prompt index, completion token ids, finish reason) as completions end (not in the prompts' order; see
     the module's text). max_new_tokens: one budget for all, or one a prompt. options: do_sample, temperature, top_k,
-    top_p, min_p, eos_token_id ("config": the model's; None: none), stop_strings (with decode: token ids -> text),
-    cuda_graph (None: on a CUDA model), prefill_chunk, shared_prefix (None: the prompts' common first tokens run once
-    when there are at least SHARED_PREFIX_MIN_TOKENS of them, as a chat template's system message; True: any; False:
-    never)."""
+    top_p, min_p, repetition_penalty, eos_token_id ("config": the model's; None: none), stop_strings (with decode:
+    token ids -> text), cuda_graph (None: on a CUDA model), prefill_chunk, shared_prefix (None: the prompts' common
+    first tokens run once when there are at least SHARED_PREFIX_MIN_TOKENS of them, as a chat template's system
+    message; True: any; False: never)."""
     from .modeling_jamba import JambaHybridCache, _DecodeGraph
     bad = sorted(set(options) - set(OPTIONS))
     if bad:
@@ -237,6 +239,9 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
         raise ValueError(f"top_k: expected an int >= 0 (0: off), got {warp['top_k']!r}")
     if warp["min_p"] is not None and not 0 <= warp["min_p"] <= 1:
         raise ValueError(f"min_p: expected in [0, 1] (or None: off), got {warp['min_p']!r}")
+    penalty = options.get("repetition_penalty", 1.0)
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
+        raise ValueError(f"repetition_penalty: expected a number > 0 (1.0: off), got {penalty!r}")
     dev = model.device
     if model.model._placement() is not None:
         raise ValueError("continuous batching runs a model on one device (this one is split over several: use "
@@ -270,6 +275,15 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
             logits = rows.prefill([list(prompts[i]) for i in first], cache)
         for r, i in enumerate(first):
             seq[r], rows.start[r] = i, rows.pos - len(prompts[i])
+        # repetition_penalty: the tokens of each row's prompt and completion so far
+        seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device) if penalty != 1.0 else None
+
+        def mark(r: int, prompt: Sequence[int]) -> None:
+            seen[r] = False
+            seen[r, torch.tensor(list(prompt), device=seen.device)] = True
+        if seen is not None:
+            for r, i in enumerate(first):
+                mark(r, prompts[i])
         graph = _DecodeGraph.capture(model, cache, logits.argmax(-1)) if use_graph else None
         host = torch.empty(B, dtype=torch.long, pin_memory=ahead)
         pending: Dict[int, torch.Tensor] = {}        # row -> its new prompt's logits, for the next pick
@@ -281,9 +295,11 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
                 rs = sorted(pending)
                 logits[torch.tensor(rs, device=logits.device)] = torch.cat([pending[r] for r in rs]).to(logits.dtype)
                 pending.clear()
-            scores = model._warp(logits, **warp)
+            scores = model._warp(logits if seen is None else penalize(logits, seen, penalty), **warp)
             nxt = scores.argmax(-1) if not do_sample else \
                 torch.multinomial(torch.softmax(scores.float(), -1), 1, generator=gen)[:, 0]
+            if seen is not None:
+                seen.scatter_(1, nxt[:, None], True)
             host.copy_(nxt, non_blocking=ahead)
             ready = torch.cuda.Event() if ahead else None
             if ready is not None:
@@ -323,3 +339,5 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
                 for j, (r, i) in enumerate(take):
                     seq[r] = i
                     pending[r] = got[j:j + 1]
+                    if seen is not None:
+                        mark(r, prompts[i])

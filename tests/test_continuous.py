@@ -153,6 +153,28 @@ def test_continuous_stop_strings():
     assert want[0][1] == want[2][1] == "stop" and len(want[0][0]) < 12
 
 
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_continuous_repetition_penalty(with_prefix):
+    """repetition_penalty as generate()'s: each completion equals the prompt alone with the same penalty (a row's
+    seen tokens restart with each prompt taking it over), and differs from the unpenalised one for some prompt."""
+    model = builtin_model()
+    V = model.config.vocab_size
+    head = list(range(40, 60)) if with_prefix else []
+    prompts = [head + p for p in _prompts(31, 10, 12, V)]
+    kw = dict(max_new_tokens=10, eos_token_id=None)
+    want = []
+    for p in prompts:
+        with torch.inference_mode():
+            row = model.generate([p], repetition_penalty=1.8, **kw)[0, len(p):].tolist()
+        want.append((row, "length"))
+    got = sorted(C.generate_continuous(model, prompts, 3, repetition_penalty=1.8, **kw))
+    assert [(t, r) for _, t, r in got] == want
+    plain = sorted(C.generate_continuous(model, prompts, 3, **kw))
+    assert plain != got
+    with pytest.raises(ValueError, match="repetition_penalty: expected a number > 0"):
+        list(C.generate_continuous(model, prompts, 3, repetition_penalty=0, **kw))
+
+
 def test_continuous_sampling_repeats():
     model = builtin_model()
     prompts = _prompts(7, 9, 12, model.config.vocab_size)

@@ -641,6 +641,11 @@ def test_cli_prompts_file_continuous_and_budgets(tmp_path, capsys):
     assert main([*base, "--continuous"]) == 0
     cap = capsys.readouterr()
     assert _jsonl(cap.out) == static and "7 prompts on 3 rows (continuous batching)" in cap.err, cap.err
+    assert main([*base, "--repetition-penalty", "1.6"]) == 0
+    penalised = _jsonl(capsys.readouterr().out)
+    assert penalised != static
+    assert main([*base, "--repetition-penalty", "1.6", "--continuous"]) == 0
+    assert _jsonl(capsys.readouterr().out) == penalised
 
 
 def test_cli_prompts_file_errors(tmp_path, capsys):
@@ -666,7 +671,7 @@ def test_cli_prompts_file_errors(tmp_path, capsys):
     (tmp_path / "budget.jsonl").write_text('{"prompt": "a", "max_new_tokens": 0}\n')
     fails(["--prompts-file", str(tmp_path / "budget.jsonl")], '"max_new_tokens" must be an int >= 1, got 0')
     fails(["--prompt", "x", "--continuous"], "--continuous goes with --prompts-file")
-    for flag in (["--num-beams", "2"], ["--repetition-penalty", "1.2"], ["--max-new-tokens", "0"]):
+    for flag in (["--num-beams", "2"], ["--no-repeat-ngram-size", "2"], ["--max-new-tokens", "0"]):
         fails(["--prompts-file", str(good), "--continuous", *flag], f"not {flag[0]}")
     with pytest.raises(SystemExit):                 # one source of prompts
         main(["generate", "--device", "cpu", "--prompt", "x", "--prompts-file", str(good)])
