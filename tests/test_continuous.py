@@ -229,12 +229,20 @@ def test_cuda_continuous_graph_equals_eager_and_alone(shifts):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-def test_cuda_continuous_shared_prefix():
-    """On a GPU (fp32): prompts sharing a 24-token prefix, through the decode graph, each as the prompt alone."""
+@pytest.mark.parametrize("penalty", [1.0, 1.7])
+def test_cuda_continuous_shared_prefix(penalty):
+    """On a GPU (fp32): prompts sharing a 24-token prefix, through the decode graph, each as the prompt alone (with
+    a repetition penalty too)."""
     model = builtin_model("cuda")
     V = model.config.vocab_size
     head = [x for p in _prompts(21, 3, 30, V) for x in p][:24]
     prompts = [head + t for t in _prompts(22, 14, 20, V)]
     budgets = [random.Random(i).randint(1, 16) for i in range(len(prompts))]
-    got = sorted(C.generate_continuous(model, prompts, 5, max_new_tokens=budgets, eos_token_id=None))
-    assert [(t, r) for _, t, r in got] == [_alone(model, p, b, set()) for p, b in zip(prompts, budgets)]
+    got = sorted(C.generate_continuous(model, prompts, 5, max_new_tokens=budgets, eos_token_id=None,
+                                       repetition_penalty=penalty))
+    want = []
+    for p, b in zip(prompts, budgets):
+        with torch.inference_mode():
+            want.append(model.generate([p], max_new_tokens=b, eos_token_id=None,
+                                       repetition_penalty=penalty)[0, len(p):].tolist())
+    assert [t for _, t, _ in got] == want
