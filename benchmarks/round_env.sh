@@ -1,13 +1,19 @@
 # Sourced (from the repo root) by the device round scripts (run_gpu_fp8.sh, run_gpu_train.sh, dev/*_round.sh,
 # dev/w8a8_final.sh): strict mode, the output folder $OUT (the device tool's, else /tmp/jamba_gpu_out), unbuffered
 # Python with the repo on its path, JAMBA_COMMIT for the logs (the device copy of .git may be stale), and step(), a
-# timestamped section header; bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8,
+# timestamped section header; build_cuda, the editable CUDA build; bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8,
 # no transformers), the step both fp8 rounds run.
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAMBA_COMMIT=${JAMBA_COMMIT:-unknown}
 step() { echo; echo "=== $* ($(date +%T))"; }
+build_cuda() {   # the editable build with every CUDA kernel, checked, and how long it took (exit 1 without CUDA)
+  local t0; t0=$(date +%s)
+  JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ \|WARNING: Running pip" | tail -2
+  python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels(), 'built without CUDA'" || exit 1
+  echo "build took $(( $(date +%s) - t0 )) s"
+}
 bench_model_fp8() {
   step "bench_model --experts-fp8 --act-fp8 (one block, 2K prompts, batch 1 / 8, no transformers)"
   timeout 150 python3 benchmarks/bench_model.py --no-hf --batches 1,8 --prompts 2048 --decode-steps 32 --experts-fp8 \

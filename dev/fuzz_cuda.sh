@@ -4,17 +4,13 @@
 # -k expression; all families when empty). Output: $OUT/fuzz_cuda.log.
 # Usage on the device: JAMBA_COMMIT=<sha> [CASES=500] [SEED=0] [SAN_CASES=20] [SAN_K="fp8 or inner"] \
 #   [SAN_LIMIT=150 (s a tool)] bash dev/fuzz_cuda.sh
-set -uo pipefail
-OUT=${OUT:-/tmp/jamba_fuzz_out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+OUT=${OUT:-/tmp/jamba_fuzz_out}
+. benchmarks/round_env.sh
 CASES=${CASES:-500}; SEED=${SEED:-0}; SAN_CASES=${SAN_CASES:-20}; SAN_K=${SAN_K:-}
 kargs=(); [ -n "$SAN_K" ] && kargs=(-k "$SAN_K")
 {
-echo "commit ${JAMBA_COMMIT:-unknown}; CASES=$CASES SEED=$SEED SAN_CASES=$SAN_CASES SAN_K='$SAN_K'"
-t0=$(date +%s)
-JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ \|WARNING: Running pip" | tail -3
-python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" || exit 1
-echo "build $(( $(date +%s) - t0 )) s"
+echo "commit $JAMBA_COMMIT; CASES=$CASES SEED=$SEED SAN_CASES=$SAN_CASES SAN_K='$SAN_K'"
+build_cuda
 echo "== fuzz, $CASES cases an op from seed $SEED, cuda"
 JAMBA_FUZZ_CASES=$CASES JAMBA_FUZZ_SEED=$SEED timeout 240 python3 -m pytest -q -m cuda --tb=line \
   tests/test_fuzz_ops.py -p no:cacheprovider 2>&1 | tail -25

@@ -2,15 +2,11 @@
 # Session 50's verification call on one H200 (device tool): build; the cross_entropy kernel after its exp change
 # (its CUDA tests, the fuzz family from two seeds, bench_kernels --only loss); then every CUDA test, with skip reasons.
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session50_round.sh   (output: $OUT/round.log, bench_kernels.json)
-set -uo pipefail
-OUT=${OUT:-/tmp/jamba_round_out}; mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+OUT=${OUT:-/tmp/jamba_round_out}
+. benchmarks/round_env.sh
 {
-echo "commit ${JAMBA_COMMIT:-unknown}"
-t0=$(date +%s)
-JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ \|WARNING: Running pip" | tail -2
-python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" || exit 1
-echo "build $(( $(date +%s) - t0 )) s"
+echo "commit $JAMBA_COMMIT"
+build_cuda
 echo "== cross_entropy CUDA tests"
 timeout 90 python3 -m pytest -q -m cuda --tb=line tests/test_cross_entropy.py -p no:cacheprovider 2>&1 | tail -4
 for seed in 1000 0; do
