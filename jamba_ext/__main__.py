@@ -246,14 +246,13 @@ def cmd_generate(args) -> int:
     elif args.batch_size is not None and args.batch_size < 1:
         _fail("--batch-size must be >= 1")
     if args.continuous:
-        for flag, on in (("--num-beams", args.num_beams != 1), ("--min-new-tokens", args.min_new_tokens != 0),
-                         ("--top-h", args.top_h is not None),
+        for flag, on in (("--num-beams", args.num_beams != 1), ("--top-h", args.top_h is not None),
                          ("--no-repeat-ngram-size", args.no_repeat_ngram_size != 0),
                          ("--max-new-tokens 0", args.max_new_tokens == 0)):
             if on:
                 _fail(f"--continuous takes greedy or sampled decoding (--temperature, --top-k, --top-p, --min-p), "
-                      f"--repetition-penalty, --stop and a budget a prompt; not {flag} (run without --continuous "
-                      "for it)")
+                      f"--repetition-penalty, --min-new-tokens, --stop and a budget a prompt; not {flag} (run "
+                      "without --continuous for it)")
     args.chat = args.chat or args.interactive
     if args.system is not None and not args.chat:
         _fail("--system goes with --chat")
@@ -343,10 +342,10 @@ def _batch_generate(args, model, tok, tmpl, items) -> int:
                 model, enc, batch_size=bs, seed=args.seed, decode=tok.decode, on_batch=bar.update,
                 max_new_tokens=budgets, do_sample=args.temperature > 0, temperature=args.temperature or 1.0,
                 top_k=args.top_k, top_p=args.top_p, min_p=args.min_p, cuda_graph=use_graph,
-                repetition_penalty=args.repetition_penalty, prefill_chunk=args.prefill_chunk,
-                continuous=args.continuous, **args.stop_kw, **({} if args.continuous else dict(
-                    num_beams=args.num_beams, top_h=args.top_h, min_new_tokens=args.min_new_tokens,
-                    no_repeat_ngram_size=args.no_repeat_ngram_size))):
+                repetition_penalty=args.repetition_penalty, min_new_tokens=args.min_new_tokens,
+                prefill_chunk=args.prefill_chunk, continuous=args.continuous, **args.stop_kw,
+                **({} if args.continuous else dict(num_beams=args.num_beams, top_h=args.top_h,
+                                                   no_repeat_ngram_size=args.no_repeat_ngram_size))):
             n_new += len(new)
             out_f.write(json.dumps(dict(index=i, prompt=items[i][1], completion=tok.decode(new),
                                         prompt_tokens=len(enc[i]), completion_tokens=len(new),
@@ -677,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--continuous", action="store_true",
                    help="with --prompts-file: continuous batching, --batch-size rows decoding together, a row whose "
                         "completion ends taking the next prompt at once (faster when completions differ in length; "
-                        "greedy or sampled decoding, --repetition-penalty and --stop only)")
+                        "greedy or sampled decoding, --repetition-penalty, --min-new-tokens and --stop only)")
     g.add_argument("--output", default=None, metavar="PATH",
                    help="with --prompts-file: write the JSON Lines here instead of stdout")
     g.add_argument("--chat", action="store_true",

@@ -23,8 +23,8 @@ How (Jamba has no positional encoding, so a sequence's keys may sit at any posit
   meanwhile): a row that ends in this step has one more step computed and discarded, and its new prompt's state is
   copied in after it.
 Supported: greedy and sampling (temperature, top_k, top_p, min_p; one torch.Generator seeded with `seed`: a run
-repeats exactly for the same batch_size), repetition_penalty (generate()'s: a row's prompt and new tokens), EOS ids,
-stop_strings with decode, a token budget per prompt. Other
+repeats exactly for the same batch_size), repetition_penalty (generate()'s: a row's prompt and new tokens),
+min_new_tokens (no EOS id before), EOS ids, stop_strings with decode, a token budget per prompt. Other
 generate() arguments raise ValueError (generate_many without continuous=True takes them all).
 """
 import collections
@@ -35,8 +35,8 @@ import torch
 from .batch import completion
 from .logits_filters import penalize
 
-OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "eos_token_id",
-           "stop_strings", "cuda_graph", "prefill_chunk", "shared_prefix")
+OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_new_tokens",
+           "eos_token_id", "stop_strings", "cuda_graph", "prefill_chunk", "shared_prefix")
 # shared_prefix=None (the default) runs the prompts' common first tokens once when there are at least this many
 SHARED_PREFIX_MIN_TOKENS = 16
 
@@ -204,10 +204,10 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
                         ) -> Iterator[Tuple[int, List[int], str]]:
     """Yields (prompt index, completion token ids, finish reason) as completions end (not in the prompts' order; see
     the module's text). max_new_tokens: one budget for all, or one a prompt. options: do_sample, temperature, top_k,
-    top_p, min_p, repetition_penalty, eos_token_id ("config": the model's; None: none), stop_strings (with decode:
-    token ids -> text), cuda_graph (None: on a CUDA model), prefill_chunk, shared_prefix (None: the prompts' common
-    first tokens run once when there are at least SHARED_PREFIX_MIN_TOKENS of them, as a chat template's system
-    message; True: any; False: never)."""
+    top_p, min_p, repetition_penalty, min_new_tokens, eos_token_id ("config": the model's; None: none), stop_strings
+    (with decode: token ids -> text), cuda_graph (None: on a CUDA model), prefill_chunk, shared_prefix (None: the
+    prompts' common first tokens run once when there are at least SHARED_PREFIX_MIN_TOKENS of them, as a chat
+    template's system message; True: any; False: never)."""
     from .modeling_jamba import JambaHybridCache, _DecodeGraph
     bad = sorted(set(options) - set(OPTIONS))
     if bad:
@@ -242,6 +242,9 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
     penalty = options.get("repetition_penalty", 1.0)
     if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
         raise ValueError(f"repetition_penalty: expected a number > 0 (1.0: off), got {penalty!r}")
+    min_new = options.get("min_new_tokens", 0)
+    if isinstance(min_new, bool) or not isinstance(min_new, int) or min_new < 0:
+        raise ValueError(f"min_new_tokens: expected an int >= 0, got {min_new!r}")
     dev = model.device
     if model.model._placement() is not None:
         raise ValueError("continuous batching runs a model on one device (this one is split over several: use "
@@ -284,6 +287,12 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
         if seen is not None:
             for r, i in enumerate(first):
                 mark(r, prompts[i])
+        # min_new_tokens: each row's new tokens so far, on the device; the EOS columns masked while below it
+        count = torch.zeros(B, dtype=torch.long, device=logits.device) if min_new and eos else None
+        if count is not None:
+            eos_cols = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
+            eos_cols[torch.tensor(sorted(e for e in eos if 0 <= e < logits.shape[-1]), device=logits.device,
+                                  dtype=torch.long)] = True
         graph = _DecodeGraph.capture(model, cache, logits.argmax(-1)) if use_graph else None
         host = torch.empty(B, dtype=torch.long, pin_memory=ahead)
         pending: Dict[int, torch.Tensor] = {}        # row -> its new prompt's logits, for the next pick
@@ -295,11 +304,16 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
                 rs = sorted(pending)
                 logits[torch.tensor(rs, device=logits.device)] = torch.cat([pending[r] for r in rs]).to(logits.dtype)
                 pending.clear()
-            scores = model._warp(logits if seen is None else penalize(logits, seen, penalty), **warp)
+            lg = logits if seen is None else penalize(logits, seen, penalty)
+            if count is not None:
+                lg = lg.masked_fill((count < min_new)[:, None] & eos_cols, float("-inf"))
+            scores = model._warp(lg, **warp)
             nxt = scores.argmax(-1) if not do_sample else \
                 torch.multinomial(torch.softmax(scores.float(), -1), 1, generator=gen)[:, 0]
             if seen is not None:
                 seen.scatter_(1, nxt[:, None], True)
+            if count is not None:
+                count += 1
             host.copy_(nxt, non_blocking=ahead)
             ready = torch.cuda.Event() if ahead else None
             if ready is not None:
@@ -341,3 +355,5 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
                     pending[r] = got[j:j + 1]
                     if seen is not None:
                         mark(r, prompts[i])
+                    if count is not None:
+                        count[r] = 0

@@ -175,6 +175,32 @@ def test_continuous_repetition_penalty(with_prefix):
         list(C.generate_continuous(model, prompts, 3, repetition_penalty=0, **kw))
 
 
+def test_continuous_min_new_tokens():
+    """min_new_tokens as generate()'s: no EOS id before it (the count restarts with each prompt taking a row); the
+    completions equal each prompt alone, and some end later than without it."""
+    model = builtin_model()
+    prompts = _prompts(41, 12, 10, model.config.vocab_size)
+    free = [_alone(model, p, 6, set())[0] for p in prompts]
+    # EOS ids: tokens picked at once (early stops), and one a prompt picks as its 4th token and not before (the first
+    # EOS that min_new_tokens=4 lets through)
+    eos = {free[0][0], free[1][0]}
+    k = next(k for k in range(2, len(prompts))
+             if free[k][3] not in eos and not set(free[k][:3]) & ({free[k][3]} | eos))
+    eos = sorted(eos | {free[k][3]})
+    kw = dict(max_new_tokens=9, eos_token_id=eos)
+    want = []
+    for p in prompts:
+        with torch.inference_mode():
+            row = model.generate([p], min_new_tokens=4, **kw)[0, len(p):].tolist()
+        want.append(completion(row, set(eos)))
+    got = sorted(C.generate_continuous(model, prompts, 4, min_new_tokens=4, **kw))
+    assert [(t, r) for _, t, r in got] == want
+    early = sorted(C.generate_continuous(model, prompts, 4, **kw))
+    assert min(len(t) for _, t, _ in early) < 4 <= min(len(t) for _, t, _ in got)
+    with pytest.raises(ValueError, match="min_new_tokens: expected an int >= 0"):
+        list(C.generate_continuous(model, prompts, 4, min_new_tokens=-1, **kw))
+
+
 def test_continuous_sampling_repeats():
     model = builtin_model()
     prompts = _prompts(7, 9, 12, model.config.vocab_size)

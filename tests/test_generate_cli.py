@@ -646,6 +646,10 @@ def test_cli_prompts_file_continuous_and_budgets(tmp_path, capsys):
     assert penalised != static
     assert main([*base, "--repetition-penalty", "1.6", "--continuous"]) == 0
     assert _jsonl(capsys.readouterr().out) == penalised
+    assert main([*base, "--min-new-tokens", "5"]) == 0
+    floor = _jsonl(capsys.readouterr().out)
+    assert main([*base, "--min-new-tokens", "5", "--continuous"]) == 0
+    assert _jsonl(capsys.readouterr().out) == floor
 
 
 def test_cli_prompts_file_errors(tmp_path, capsys):
