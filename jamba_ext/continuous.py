@@ -10,15 +10,18 @@ longest completion of its batch is done (what `generate_many(..., continuous=Tru
 How (Jamba has no positional encoding, so a sequence's keys may sit at any positions of the cache):
 - one static cache of `batch_size` rows (JambaHybridCache(static=True)) and one captured decode step (CUDA graph on a
   GPU), replayed for every step of every prompt; all rows write their step's keys at one shared position `pos`;
-- the first rows are prefilled together (left-padded, longest prompts first); a prompt taking over rows later is
-  prefilled on its own cache (the prompts that take over in the same step together, left-padded), and its states are
-  copied into the row: the Mamba layers' conv and SSM states, and the attention layers' keys and values into positions
-  pos - L .. pos - 1 of the row, with the row's key mask cleared before them (the earlier prompt's keys are never
-  attended again);
+- ContinuousBatcher takes prompts at any time (add) and runs one decode step at a time (step);
+  generate_continuous adds a list of prompts, longest first, and steps until all are done;
+- prompts taking over rows (the first rows too) are prefilled on a cache of their own (the prompts that take over in
+  the same step together, left-padded), and their states are copied into the rows: the Mamba layers' conv and SSM
+  states, and the attention layers' keys and values into positions pos - L .. pos - 1 of the row, with the row's key
+  mask cleared before them (the earlier prompt's keys are never attended again);
 - prompts that share their first tokens (a chat template's system message; `shared_prefix`) run them once: each
   prompt then starts from a copy of that state, and only its own tokens are prefilled;
-- when pos + a prompt's budget would pass the cache's end, every row's keys move left by the smallest start among the
-  running rows (the cache holds max prompt + 2 x max budget positions: there is then always room);
+- a prompt longer than pos moves pos up to its length (the positions skipped are masked for every row);
+- when pos + what a prompt or a running row still needs would pass the cache's end, every row's keys move left by the
+  smallest start among the running rows (the cache holds max prompt + 2 x max budget positions: there is then always
+  room);
 - the next step is enqueued before the host reads this step's tokens (on a GPU, as generate() does, it runs
   meanwhile): a row that ends in this step has one more step computed and discarded, and its new prompt's state is
   copied in after it.
@@ -79,10 +82,13 @@ class _Rows:
         self.shifts = 0                              # (how often the keys moved left: tests)
         self.prefilled = 0                           # tokens prefilled (tests, and what the shared prefix saves)
         self.prefix, self.pre = prefix, None
+        # the prefix's state (kept: every prompt starts from a copy), or one pad token's (a template, dropped): the
+        # static cache's tensors are shaped after it, with no forward on the static cache itself
+        tmpl = JambaHybridCache(model.config, 1, max_length=len(prefix) if prefix else 1)
+        self._run(torch.tensor([prefix if prefix else [pad]], device=model.device), tmpl)
+        self._alloc_static_like(tmpl)
         if prefix:
-            self.pre = JambaHybridCache(model.config, 1, max_length=len(prefix))
-            self._run(torch.tensor([prefix], device=model.device), self.pre)
-            self._alloc_static_like(self.pre)
+            self.pre = tmpl
 
     def _run(self, ids: torch.Tensor, cache) -> torch.Tensor:
         """ids (n, L), no padding, through `cache` after what it holds, in generate()'s chunks -> logits (n, V)."""
@@ -138,21 +144,25 @@ class _Rows:
 
     def take(self, rows: List[int], prompts: List[List[int]]) -> torch.Tensor:
         """rows take over prompts (states copied in, keys at pos - L .. pos - 1; needs pos >= the longest of them).
-        Returns their last-position logits (len(rows), V). Without a shared prefix the prompts are prefilled together
-        (left-padded) on their own cache; with one, the prompts of each length together, after copies of its state
-        (no padding: a pad between the prefix and a prompt's own tokens would decay the Mamba states)."""
+        Returns their last-position logits (len(rows), V). Prompts that start with the shared prefix (and go past it)
+        are prefilled from copies of its state, those of each length together (no padding: a pad between the prefix
+        and a prompt's own tokens would decay the Mamba states); the others together, left-padded, on their own
+        cache."""
         from .modeling_jamba import JambaHybridCache
-        if not self.prefix:
-            own = JambaHybridCache(self.model.config, len(rows), max_length=max(len(p) for p in prompts))
-            logits = self.prefill(prompts, own)
-            self._copy_in(rows, prompts, own)
-            return logits
-        by_len: Dict[int, List[int]] = {}
-        for j, q in enumerate(prompts):
-            by_len.setdefault(len(q), []).append(j)
+        P = len(self.prefix or ())
+        shared = [j for j, q in enumerate(prompts) if P and len(q) > P and q[:P] == self.prefix]
+        whole = [j for j in range(len(prompts)) if j not in set(shared)]
         out = [None] * len(rows)
-        P = len(self.prefix)
-        for L, js in by_len.items():
+        if whole:                                    # together, left-padded, on a cache of their own
+            own = JambaHybridCache(self.model.config, len(whole), max_length=max(len(prompts[j]) for j in whole))
+            got = self.prefill([prompts[j] for j in whole], own)
+            self._copy_in([rows[j] for j in whole], [prompts[j] for j in whole], own)
+            for k, j in enumerate(whole):
+                out[j] = got[k:k + 1]
+        by_len: Dict[int, List[int]] = {}
+        for j in shared:
+            by_len.setdefault(len(prompts[j]), []).append(j)
+        for L, js in by_len.items():                 # from copies of the prefix's state, a group per length
             own = self._from_prefix(len(js), L)
             got = self._run(torch.tensor([prompts[j][P:] for j in js], device=self.model.device), own)
             self._copy_in([rows[j] for j in js], [prompts[j] for j in js], own)
@@ -198,6 +208,214 @@ class _Rows:
         self.shifts += 1
 
 
+class ContinuousBatcher:
+    """Continuous batching with prompts added at any time (a server's loop, or generate_continuous's):
+
+        bat = ContinuousBatcher(model, batch_size=16, max_prompt_tokens=4096, max_new_tokens=256)
+        rid = bat.add(prompt_ids, max_new_tokens=64)      # any time; returns the request's id
+        while not bat.done:
+            for rid, new_ids, reason in bat.step():       # one decode step; the completions that ended in it
+                ...
+
+    step() first moves queued prompts (first in, first out) into idle rows, then runs one decode step of every row.
+    The static cache holds max_prompt_tokens + 2 x max_new_tokens positions: a prompt that takes a row when pos is
+    below its length moves pos up to it (the positions skipped are masked for every row), and when pos plus what the
+    rows still need would pass the end, the keys move left (see the module's text). prefix: token ids that prompts
+    share (run once; a prompt that does not start with it is prefilled whole). options: as generate_continuous's, but
+    shared_prefix (give prefix instead). The state (cache, decode graph) lives until close() or the object is freed.
+    """
+
+    def __init__(self, model, batch_size: int = 16, max_prompt_tokens: int = 4096, max_new_tokens: int = 256,
+                 seed: int = 0, decode: Optional[Callable[[Sequence[int]], str]] = None,
+                 prefix: Optional[Sequence[int]] = None, **options):
+        bad = sorted(set(options) - (set(OPTIONS) - {"shared_prefix"}))
+        if bad:
+            raise ValueError(f"continuous batching takes {', '.join(o for o in OPTIONS if o != 'shared_prefix')}, "
+                             f"max_new_tokens, seed, decode and prefix; not {', '.join(bad)} (generate_many without "
+                             "continuous=True takes every generate() argument)")
+        for name, v in (("batch_size", batch_size), ("max_prompt_tokens", max_prompt_tokens),
+                        ("max_new_tokens", max_new_tokens)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+        stop = options.get("stop_strings") or ()
+        self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
+        if self.stop and decode is None:
+            raise ValueError("stop_strings needs decode (token ids -> text) to find where each completion ends")
+        self.window = max((len(s) for s in self.stop), default=0) + 8   # tokens whose text may just hold a stop text
+        e = options.get("eos_token_id", "config")
+        self.eos = set(model._eos_ids()) if isinstance(e, str) else set() if e is None else \
+            {e} if isinstance(e, int) else set(e)
+        self.do_sample = bool(options.get("do_sample", False))
+        self.warp = dict(do_sample=self.do_sample, temperature=options.get("temperature", 1.0),
+                         top_k=options.get("top_k", 0), top_p=options.get("top_p", 1.0), min_p=options.get("min_p"))
+        for k in ("temperature", "top_p"):
+            if not 0 < self.warp[k] <= (1 if k == "top_p" else float("inf")):
+                raise ValueError(f"{k}: expected > 0{' and <= 1' if k == 'top_p' else ''}, got {self.warp[k]!r}")
+        top_k = self.warp["top_k"]
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+            raise ValueError(f"top_k: expected an int >= 0 (0: off), got {top_k!r}")
+        if self.warp["min_p"] is not None and not 0 <= self.warp["min_p"] <= 1:
+            raise ValueError(f"min_p: expected in [0, 1] (or None: off), got {self.warp['min_p']!r}")
+        self.penalty = options.get("repetition_penalty", 1.0)
+        if isinstance(self.penalty, bool) or not isinstance(self.penalty, (int, float)) or not self.penalty > 0:
+            raise ValueError(f"repetition_penalty: expected a number > 0 (1.0: off), got {self.penalty!r}")
+        self.min_new = options.get("min_new_tokens", 0)
+        if isinstance(self.min_new, bool) or not isinstance(self.min_new, int) or self.min_new < 0:
+            raise ValueError(f"min_new_tokens: expected an int >= 0, got {self.min_new!r}")
+        if model.model._placement() is not None:
+            raise ValueError("continuous batching runs a model on one device (this one is split over several: use "
+                             "generate_many without continuous=True)")
+        self.model, self.B, self.decode, self.seed = model, batch_size, decode, seed
+        self.max_prompt, self.max_new = max_prompt_tokens, max_new_tokens
+        self.prefix = list(prefix) if prefix else None
+        self.chunk, self.cuda_graph = options.get("prefill_chunk"), options.get("cuda_graph")
+        self.queue: "collections.deque[Tuple[int, List[int], int]]" = collections.deque()   # (id, prompt, budget)
+        self.next_id = 0
+        self.rows: Optional[_Rows] = None            # (made by the first step: the cache, the graph, the buffers)
+
+    def add(self, prompt: Sequence[int], max_new_tokens: Optional[int] = None) -> int:
+        """Queues a prompt (token ids) with its budget (default: the batcher's max_new_tokens); returns its id."""
+        prompt = [int(t) for t in prompt]
+        if not 1 <= len(prompt) <= self.max_prompt:
+            raise ValueError(f"prompt: expected 1 to max_prompt_tokens = {self.max_prompt} tokens, got {len(prompt)}")
+        b = self.max_new if max_new_tokens is None else max_new_tokens
+        if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= self.max_new:
+            raise ValueError(f"max_new_tokens: expected an int in [1, {self.max_new}], got {b!r}")
+        rid, self.next_id = self.next_id, self.next_id + 1
+        self.queue.append((rid, prompt, b))
+        return rid
+
+    @property
+    def running(self) -> int:
+        return 0 if self.rows is None else sum(s is not None for s in self.seq)
+
+    @property
+    def done(self) -> bool:
+        """No prompt queued and none running."""
+        return not self.queue and not self.running
+
+    def close(self) -> None:
+        """Frees the cache and the decode graph, and drops the prompts running (a later step makes them again for the
+        prompts queued)."""
+        self.rows = self.graph = self.logits = None
+
+    def _start(self) -> None:
+        from .modeling_jamba import JambaHybridCache
+        m, B = self.model, self.B
+        pad = m._generation_ids("pad_token_id")
+        cache = JambaHybridCache(m.config, B, max_length=self.max_prompt + 2 * self.max_new, static=True)
+        rows = _Rows(m, cache, 0 if pad is None else pad, self.chunk, self.prefix)
+        dev = m.device
+        V = m.get_output_embeddings().weight.shape[0] if m.get_output_embeddings() is not None else m.config.vocab_size
+        self.seq: List[Optional[int]] = [None] * B   # the request each row runs (None: idle)
+        self.budget = [0] * B
+        self.new: List[List[int]] = [[] for _ in range(B)]
+        self.logits = torch.zeros(B, V, dtype=m.dtype, device=dev)
+        self.pending: Dict[int, torch.Tensor] = {}   # row -> its new prompt's logits, for the next pick
+        self.gen = None
+        if self.do_sample:
+            self.gen = torch.Generator(device=dev)
+            self.gen.manual_seed(self.seed)
+        self.ahead = dev.type == "cuda"
+        self.host = torch.empty(B, dtype=torch.long, pin_memory=self.ahead)
+        # repetition_penalty: the tokens of each row's prompt and completion so far; min_new_tokens: each row's count
+        # of new tokens, and the EOS columns masked while it is below
+        self.seen = torch.zeros(B, V, dtype=torch.bool, device=dev) if self.penalty != 1.0 else None
+        self.count = torch.zeros(B, dtype=torch.long, device=dev) if self.min_new and self.eos else None
+        if self.count is not None:
+            self.eos_cols = torch.zeros(V, dtype=torch.bool, device=dev)
+            self.eos_cols[torch.tensor(sorted(e for e in self.eos if 0 <= e < V), device=dev, dtype=torch.long)] = True
+        self.graph, self.rows = None, rows
+        self._admit()
+        use = self.cuda_graph
+        if (dev.type == "cuda" if use is None else bool(use) and dev.type == "cuda"):
+            from .modeling_jamba import _DecodeGraph
+            self.graph = _DecodeGraph.capture(m, cache, torch.zeros(B, dtype=torch.long, device=dev))
+
+    def _admit(self) -> None:
+        """Queued prompts into idle rows (first in, first out), as many as there are idle rows."""
+        idle = [r for r in range(self.B) if self.seq[r] is None]
+        if not idle or not self.queue:
+            return
+        take = [(r, self.queue.popleft()) for r in idle[:len(self.queue)]]
+        rows, cap = self.rows, self.rows.cache.capacity
+        running = [r for r in range(self.B) if self.seq[r] is not None]
+        # a new row writes its keys up to max(pos, L) + its budget - 1; a running row's room is unchanged by this
+        # (pos + what it still needs fitted when it came, and a move of pos up to L <= max_prompt leaves L + that
+        # <= max_prompt + max_new)
+        L = max(len(q) for _, (_, q, _) in take)
+        need = max(b for _, (_, _, b) in take)
+        if max(rows.pos, L) + need > cap:
+            rows.shift(running)
+        if max(rows.pos, L) + need > cap:            # (after the shift pos <= max_prompt + max_new - 1: never)
+            raise RuntimeError(f"continuous batching: no room in the cache ({cap} positions) at {rows.pos} for {L} + "
+                               f"{need} more")
+        if rows.pos < L:                             # (the positions skipped are masked for every row)
+            rows.set_pos(L)
+        got = rows.take([r for r, _ in take], [q for _, (_, q, _) in take])
+        for j, (r, (rid, q, b)) in enumerate(take):
+            self.seq[r], self.budget[r], self.new[r] = rid, b, []
+            self.pending[r] = got[j:j + 1]
+            if self.seen is not None:
+                self.seen[r] = False
+                self.seen[r, torch.tensor(q, device=self.seen.device)] = True
+            if self.count is not None:
+                self.count[r] = 0
+
+    def step(self) -> List[Tuple[int, List[int], str]]:
+        """Queued prompts into idle rows, then one decode step; returns (id, completion token ids, finish reason) of
+        the completions that ended in it ([] when nothing is queued or running)."""
+        with torch.inference_mode():
+            if self.rows is None:
+                if not self.queue:
+                    return []
+                self._start()
+            else:
+                self._admit()
+            if not self.running:
+                return []
+            logits = self.logits
+            if self.pending:
+                rs = sorted(self.pending)
+                logits[torch.tensor(rs, device=logits.device)] = \
+                    torch.cat([self.pending[r] for r in rs]).to(logits.dtype)
+                self.pending.clear()
+            lg = logits if self.seen is None else penalize(logits, self.seen, self.penalty)
+            if self.count is not None:
+                lg = lg.masked_fill((self.count < self.min_new)[:, None] & self.eos_cols, float("-inf"))
+            scores = self.model._warp(lg, **self.warp)
+            nxt = scores.argmax(-1) if not self.do_sample else \
+                torch.multinomial(torch.softmax(scores.float(), -1), 1, generator=self.gen)[:, 0]
+            if self.seen is not None:
+                self.seen.scatter_(1, nxt[:, None], True)
+            if self.count is not None:
+                self.count += 1
+            self.host.copy_(nxt, non_blocking=self.ahead)
+            ready = torch.cuda.Event() if self.ahead else None
+            if ready is not None:
+                ready.record()
+            # the next step is enqueued before the host reads this one's tokens (on a GPU it runs meanwhile); a row
+            # that ends now has it computed and discarded: its next prompt's state is copied in after it
+            if self.graph is not None:
+                self.logits = self.graph.step(nxt)
+            else:
+                self.logits = self.model(nxt[:, None], cache=self.rows.cache).logits[:, -1]
+            if ready is not None:
+                ready.synchronize()
+            toks = self.host.tolist()
+        ended = []
+        for r in range(self.B):
+            if self.seq[r] is None:
+                continue
+            row, t = self.new[r], toks[r]
+            row.append(t)
+            if t in self.eos or len(row) >= self.budget[r] or \
+                    (self.stop and any(s in self.decode(row[-self.window:]) for s in self.stop)):
+                ended.append((self.seq[r], *completion(row, self.eos, self.stop, self.decode)))
+                self.seq[r], self.new[r] = None, []
+        return ended
+
+
 def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int = 16,
                         max_new_tokens: Union[int, Sequence[int]] = 32, seed: int = 0,
                         decode: Optional[Callable[[Sequence[int]], str]] = None, **options
@@ -207,8 +425,8 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
     top_p, min_p, repetition_penalty, min_new_tokens, eos_token_id ("config": the model's; None: none), stop_strings
     (with decode: token ids -> text), cuda_graph (None: on a CUDA model), prefill_chunk, shared_prefix (None: the
     prompts' common first tokens run once when there are at least SHARED_PREFIX_MIN_TOKENS of them, as a chat
-    template's system message; True: any; False: never)."""
-    from .modeling_jamba import JambaHybridCache, _DecodeGraph
+    template's system message; True: any; False: never). A ContinuousBatcher of min(batch_size, prompts) rows, the
+    prompts added longest first (the first rows' left padding is short, and each later prompt fits below pos)."""
     bad = sorted(set(options) - set(OPTIONS))
     if bad:
         raise ValueError(f"continuous batching takes {', '.join(OPTIONS)}, max_new_tokens, seed and decode; not "
@@ -222,138 +440,14 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
         if len(p) == 0:
             raise ValueError(f"prompt {i} has no tokens")
     budget = _budgets(max_new_tokens, n)
-    stop = options.get("stop_strings") or ()
-    stop = (stop,) if isinstance(stop, str) else tuple(stop)
-    if stop and decode is None:
-        raise ValueError("stop_strings needs decode (token ids -> text) to find where each completion ends")
-    window = max((len(s) for s in stop), default=0) + 8     # tokens whose text may hold a stop text just completed
-    e = options.get("eos_token_id", "config")
-    eos = set(model._eos_ids()) if isinstance(e, str) else set() if e is None else {e} if isinstance(e, int) else set(e)
-    do_sample = bool(options.get("do_sample", False))
-    warp = dict(do_sample=do_sample, temperature=options.get("temperature", 1.0), top_k=options.get("top_k", 0),
-                top_p=options.get("top_p", 1.0), min_p=options.get("min_p"))
-    for k in ("temperature", "top_p"):
-        if not 0 < warp[k] <= (1 if k == "top_p" else float("inf")):
-            raise ValueError(f"{k}: expected > 0{' and <= 1' if k == 'top_p' else ''}, got {warp[k]!r}")
-    if isinstance(warp["top_k"], bool) or not isinstance(warp["top_k"], int) or warp["top_k"] < 0:
-        raise ValueError(f"top_k: expected an int >= 0 (0: off), got {warp['top_k']!r}")
-    if warp["min_p"] is not None and not 0 <= warp["min_p"] <= 1:
-        raise ValueError(f"min_p: expected in [0, 1] (or None: off), got {warp['min_p']!r}")
-    penalty = options.get("repetition_penalty", 1.0)
-    if isinstance(penalty, bool) or not isinstance(penalty, (int, float)) or not penalty > 0:
-        raise ValueError(f"repetition_penalty: expected a number > 0 (1.0: off), got {penalty!r}")
-    min_new = options.get("min_new_tokens", 0)
-    if isinstance(min_new, bool) or not isinstance(min_new, int) or min_new < 0:
-        raise ValueError(f"min_new_tokens: expected an int >= 0, got {min_new!r}")
-    dev = model.device
-    if model.model._placement() is not None:
-        raise ValueError("continuous batching runs a model on one device (this one is split over several: use "
-                         "generate_many without continuous=True)")
-    pad = model._generation_ids("pad_token_id")
-    pad = 0 if pad is None else pad
-    share = options.get("shared_prefix")
+    share = options.pop("shared_prefix", None)
     prefix = shared_prefix(prompts) if share is not False else []
     if share is None and len(prefix) < SHARED_PREFIX_MIN_TOKENS:
         prefix = []
-    queue = collections.deque(sorted(range(n), key=lambda i: (-len(prompts[i]), i)))   # longest first
-    B = min(batch_size, n)
-    cap = max(len(p) for p in prompts) + 2 * max(budget)      # (the decode step's attention reads all of it)
-    gen = None
-    if do_sample:
-        gen = torch.Generator(device=dev)
-        gen.manual_seed(seed)
-    use_graph = options.get("cuda_graph")
-    use_graph = dev.type == "cuda" if use_graph is None else bool(use_graph) and dev.type == "cuda"
-    ahead = dev.type == "cuda"
-    seq: List[Optional[int]] = [None] * B            # the prompt each row runs (None: idle)
-    new: List[List[int]] = [[] for _ in range(B)]
-    with torch.inference_mode():
-        cache = JambaHybridCache(model.config, B, max_length=cap, static=True)
-        rows = _Rows(model, cache, pad, options.get("prefill_chunk"), prefix or None)
-        first = [queue.popleft() for _ in range(B)]
-        if prefix:                                   # each from the prefix's state, into the rows
-            rows.set_pos(len(prompts[first[0]]))
-            logits = rows.take(list(range(B)), [list(prompts[i]) for i in first])
-        else:                                        # together, left-padded, straight into the rows
-            logits = rows.prefill([list(prompts[i]) for i in first], cache)
-        for r, i in enumerate(first):
-            seq[r], rows.start[r] = i, rows.pos - len(prompts[i])
-        # repetition_penalty: the tokens of each row's prompt and completion so far
-        seen = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device) if penalty != 1.0 else None
-
-        def mark(r: int, prompt: Sequence[int]) -> None:
-            seen[r] = False
-            seen[r, torch.tensor(list(prompt), device=seen.device)] = True
-        if seen is not None:
-            for r, i in enumerate(first):
-                mark(r, prompts[i])
-        # min_new_tokens: each row's new tokens so far, on the device; the EOS columns masked while below it
-        count = torch.zeros(B, dtype=torch.long, device=logits.device) if min_new and eos else None
-        if count is not None:
-            eos_cols = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-            eos_cols[torch.tensor(sorted(e for e in eos if 0 <= e < logits.shape[-1]), device=logits.device,
-                                  dtype=torch.long)] = True
-        graph = _DecodeGraph.capture(model, cache, logits.argmax(-1)) if use_graph else None
-        host = torch.empty(B, dtype=torch.long, pin_memory=ahead)
-        pending: Dict[int, torch.Tensor] = {}        # row -> its new prompt's logits, for the next pick
-    step = (lambda t: graph.step(t)) if graph is not None else \
-        (lambda t: model(t[:, None], cache=cache).logits[:, -1])   # noqa: E731
-    while True:
-        with torch.inference_mode():
-            if pending:
-                rs = sorted(pending)
-                logits[torch.tensor(rs, device=logits.device)] = torch.cat([pending[r] for r in rs]).to(logits.dtype)
-                pending.clear()
-            lg = logits if seen is None else penalize(logits, seen, penalty)
-            if count is not None:
-                lg = lg.masked_fill((count < min_new)[:, None] & eos_cols, float("-inf"))
-            scores = model._warp(lg, **warp)
-            nxt = scores.argmax(-1) if not do_sample else \
-                torch.multinomial(torch.softmax(scores.float(), -1), 1, generator=gen)[:, 0]
-            if seen is not None:
-                seen.scatter_(1, nxt[:, None], True)
-            if count is not None:
-                count += 1
-            host.copy_(nxt, non_blocking=ahead)
-            ready = torch.cuda.Event() if ahead else None
-            if ready is not None:
-                ready.record()
-            # the next step is enqueued before the host reads this one's tokens (on a GPU it runs meanwhile); a row
-            # that ends now has it computed and discarded: its next prompt's state is copied in after it
-            logits = step(nxt)
-            if ready is not None:
-                ready.synchronize()
-            toks = host.tolist()
-        done = []
-        for r in range(B):
-            i = seq[r]
-            if i is None:
-                continue
-            new[r].append(toks[r])
-            t = toks[r]
-            if t in eos or len(new[r]) >= budget[i] or (stop and any(s in decode(new[r][-window:]) for s in stop)):
-                done.append(r)
-        for r in done:
-            tokens, reason = completion(new[r], eos, stop, decode)
-            yield seq[r], tokens, reason
-            seq[r], new[r] = None, []
-        running = [r for r in range(B) if seq[r] is not None]
-        if not running and not queue:
-            return
-        with torch.inference_mode():
-            if done and queue:
-                take = [(r, queue.popleft()) for r in done[:len(queue)]]
-                need = max(budget[i] for _, i in take)
-                if rows.pos + need > cache.capacity:
-                    rows.shift(running)
-                L = max(len(prompts[i]) for _, i in take)
-                if rows.pos < L:                     # (no row running: the positions skipped stay masked)
-                    rows.set_pos(L)
-                got = rows.take([r for r, _ in take], [list(prompts[i]) for _, i in take])
-                for j, (r, i) in enumerate(take):
-                    seq[r] = i
-                    pending[r] = got[j:j + 1]
-                    if seen is not None:
-                        mark(r, prompts[i])
-                    if count is not None:
-                        count[r] = 0
+    bat = ContinuousBatcher(model, min(batch_size, n), max(len(p) for p in prompts), max(budget), seed, decode,
+                            prefix or None, **options)
+    order = sorted(range(n), key=lambda i: (-len(prompts[i]), i))                  # longest first
+    index = {bat.add(prompts[i], budget[i]): i for i in order}
+    while not bat.done:
+        for rid, tokens, reason in bat.step():
+            yield index[rid], tokens, reason

@@ -102,8 +102,6 @@ def test_take_copies_the_whole_prompts_state(with_prefix):
     with torch.inference_mode():
         cache = JambaHybridCache(cfg, 5, max_length=40, static=True)
         rows = C._Rows(model, cache, 0, None, head if with_prefix else None)
-        if not with_prefix:                          # (the static cache's tensors come from a first prefill)
-            rows.prefill([[1, 2]] * 5, cache)
         rows.set_pos(20)
         logits = rows.take([3, 0, 4], prompts)
         for r, p, lg in zip([3, 0, 4], prompts, logits):
@@ -121,7 +119,67 @@ def test_take_copies_the_whole_prompts_state(with_prefix):
                         assert (a - b).norm() <= 1e-5 * b.norm(), (i, r)
             assert cache.static_mask[r].nonzero().flatten().tolist() == list(range(20 - len(p), 20))
             assert rows.start[r] == 20 - len(p)
-    assert rows.prefilled == (len(head) + 8 if with_prefix else 10 + 3 * 12)
+    assert rows.prefilled == (len(head) + 8 if with_prefix else 1 + 3 * 12)    # (1: the template's pad token)
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
+def test_batcher_prompts_added_while_running(with_prefix, monkeypatch):
+    """ContinuousBatcher: prompts added between steps, short and long by turns (a long one moves pos up to its length
+    while other rows run; the keys move left; with a prefix, prompts without it are prefilled whole), each completion
+    as the prompt alone; step() with nothing queued returns []; done; close() drops the state and a later prompt
+    starts it again."""
+    events, orig = [], C.ContinuousBatcher._admit
+
+    def admit(self):
+        pos, shifts, running = self.rows.pos, self.rows.shifts, self.running
+        orig(self)
+        events.append((self.rows.pos > pos and running > 0, self.rows.shifts > shifts))
+    monkeypatch.setattr(C.ContinuousBatcher, "_admit", admit)
+    model = builtin_model()
+    V = model.config.vocab_size
+    head = list(range(60, 80))
+    bat = C.ContinuousBatcher(model, batch_size=3, max_prompt_tokens=40, max_new_tokens=12, eos_token_id=None,
+                              prefix=head if with_prefix else None)
+    assert bat.step() == [] and bat.done
+    rng = random.Random(4)
+    prompts, budgets, got = {}, {}, {}
+    for wave in range(14):
+        for _ in range(rng.randint(1, 3)):
+            own = [rng.randrange(3, V) for _ in range(rng.randint(1, 4) if wave % 2 else rng.randint(15, 20))]
+            p = (head + own) if with_prefix and rng.random() < 0.7 else own
+            b = rng.randint(1, 12)
+            rid = bat.add(p, b)
+            prompts[rid], budgets[rid] = p, b
+        for _ in range(rng.randint(1, 8)):
+            got.update({rid: (t, r) for rid, t, r in bat.step()})
+    while not bat.done:
+        got.update({rid: (t, r) for rid, t, r in bat.step()})
+    assert sorted(got) == sorted(prompts)
+    assert all(got[k] == _alone(model, prompts[k], budgets[k], set()) for k in prompts)
+    assert any(j for j, _ in events) and any(s for _, s in events), events     # (what the test is for)
+    bat.close()
+    rid = bat.add([5, 6, 7], 4)
+    out = []
+    while not bat.done:
+        out += bat.step()
+    assert out == [(rid, *_alone(model, [5, 6, 7], 4, set()))]
+
+
+def test_batcher_errors():
+    model = builtin_model()
+    bat = C.ContinuousBatcher(model, batch_size=2, max_prompt_tokens=8, max_new_tokens=5)
+    with pytest.raises(ValueError, match="1 to max_prompt_tokens = 8 tokens, got 9"):
+        bat.add(list(range(9)))
+    with pytest.raises(ValueError, match="1 to max_prompt_tokens"):
+        bat.add([])
+    with pytest.raises(ValueError, match=r"max_new_tokens: expected an int in \[1, 5\], got 6"):
+        bat.add([1, 2], 6)
+    with pytest.raises(ValueError, match="max_prompt_tokens must be an int >= 1"):
+        C.ContinuousBatcher(model, max_prompt_tokens=0)
+    with pytest.raises(ValueError, match="not shared_prefix"):
+        C.ContinuousBatcher(model, shared_prefix=True)
+    with pytest.raises(ValueError, match="not num_beams"):
+        C.ContinuousBatcher(model, num_beams=2)
 
 
 def test_generate_many_continuous_as_static():
