@@ -1,7 +1,7 @@
-"""Continuous batching for offline generation: a fixed number of rows decode together, and a row whose completion
-ends (an EOS id, a stop text, or its own token budget) takes the next prompt at once, instead of idling until the
-longest completion of its batch is done (what `generate_many(..., continuous=True)` and `jamba-ext generate
---prompts-file F --continuous` run).
+"""Continuous batching: a fixed number of rows decode together, and a row whose completion ends (an EOS id, a stop
+text, or its own token budget) takes the next prompt at once, instead of idling until the longest completion of its
+batch is done (what `generate_many(..., continuous=True)` and `jamba-ext generate --prompts-file F --continuous` run;
+ContinuousBatcher for prompts that arrive over time).
 
     from jamba_ext.continuous import generate_continuous
     for i, new_ids, reason in generate_continuous(model, prompts, batch_size=16, max_new_tokens=[64, 200, ...]):
@@ -19,9 +19,8 @@ How (Jamba has no positional encoding, so a sequence's keys may sit at any posit
 - prompts that share their first tokens (a chat template's system message; `shared_prefix`) run them once: each
   prompt then starts from a copy of that state, and only its own tokens are prefilled;
 - a prompt longer than pos moves pos up to its length (the positions skipped are masked for every row);
-- when pos + what a prompt or a running row still needs would pass the cache's end, every row's keys move left by the
-  smallest start among the running rows (the cache holds max prompt + 2 x max budget positions: there is then always
-  room);
+- when pos + a new prompt's budget would pass the cache's end, every row's keys move left by the smallest start among
+  the running rows (the cache holds max prompt + 2 x max budget positions: there is then always room);
 - the next step is enqueued before the host reads this step's tokens (on a GPU, as generate() does, it runs
   meanwhile): a row that ends in this step has one more step computed and discarded, and its new prompt's state is
   copied in after it.
@@ -219,8 +218,8 @@ class ContinuousBatcher:
 
     step() first moves queued prompts (first in, first out) into idle rows, then runs one decode step of every row.
     The static cache holds max_prompt_tokens + 2 x max_new_tokens positions: a prompt that takes a row when pos is
-    below its length moves pos up to it (the positions skipped are masked for every row), and when pos plus what the
-    rows still need would pass the end, the keys move left (see the module's text). prefix: token ids that prompts
+    below its length moves pos up to it (the positions skipped are masked for every row), and when pos plus a new
+    prompt's budget would pass the end, the keys move left (see the module's text). prefix: token ids that prompts
     share (run once; a prompt that does not start with it is prefilled whole). options: as generate_continuous's, but
     shared_prefix (give prefix instead). The state (cache, decode graph) lives until close() or the object is freed.
     """
