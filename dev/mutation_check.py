@@ -26,8 +26,8 @@ The whole list takes ~10-15 minutes on 2 cores (one build and one pytest run per
 
 --python runs PY_MUTANTS instead: faults in the Python model code (jamba_ext/modeling_jamba.py: layer schedule,
 attention / GQA / KV cache, the Mamba mixer's glue, residuals and norms, logits_to_keep, checkpoint names, generate();
-beam_search.py, logits_filters.py, lora.py, moe.py, placement.py, tokenizer.py), checked by the model-level tests
-(tests/test_model.py, test_logits_filters.py, test_beam_search.py, ...). The extension is built once; a .py mutant
+beam_search.py, logits_filters.py, lora.py, moe.py, placement.py, tokenizer.py, continuous.py, batch.py), checked by
+the model-level tests (tests/test_model.py, test_logits_filters.py, test_beam_search.py, ...). The extension is built once; a .py mutant
 needs no rebuild. --only takes ids of either list (a C mutant rebuilds, a .py one does not). ~10 minutes on 2 cores.
 """
 import argparse
@@ -266,7 +266,8 @@ MUTANTS = [
 MJ, LF, BS = "jamba_ext/modeling_jamba.py", "jamba_ext/logits_filters.py", "jamba_ext/beam_search.py"
 T_MODEL, T_FILT, T_BEAM = "tests/test_model.py", "tests/test_logits_filters.py", "tests/test_beam_search.py"
 T_LORA, T_PLACE, T_STATIC = "tests/test_lora.py", "tests/test_placement.py", "tests/test_static_decode.py"
-T_CLI = "tests/test_generate_cli.py"
+T_CLI, T_CONT = "tests/test_generate_cli.py", "tests/test_continuous.py"
+CB = "jamba_ext/continuous.py"
 
 # JambaForCausalLM._warp from its temperature line to the end of its top_p block
 _WARP_TO_TOP_P = (
@@ -480,6 +481,42 @@ PY_MUTANTS = [
            "",
            "StreamDecoder: text ending in a partial UTF-8 character printed at once (U+FFFD, then repeated)",
            [T_CLI, "-k", "stream_decoder or deterministic"]),
+    # ---- continuous.py / batch.py (session 50) ---------------------------------------------------------------------
+    Mutant("py_cont_mask_not_cleared", CB,
+           "        c.static_mask[idx] = False\n", "",
+           "continuous: a row taken over keeps its earlier prompt's key mask (the new prompt attends to old keys)",
+           [T_CONT]),
+    Mutant("py_cont_ssm_not_copied", CB,
+           "for mine, theirs in ((c.conv_states, own.conv_states), (c.ssm_states, own.ssm_states)):",
+           "for mine, theirs in ((c.conv_states, own.conv_states),):",
+           "continuous: a prompt's SSM states not copied into its row (the earlier prompt's go on)",
+           [T_CONT]),
+    Mutant("py_cont_prefix_ssm_zero", CB,
+           "own.ssm_states = [None if t is None else t.clone() for t in pre.ssm_states]",
+           "own.ssm_states = [None if t is None else 0 * t for t in pre.ssm_states]",
+           "continuous, shared prefix: a prompt starts from zero SSM states instead of the prefix's",
+           [T_CONT, "-k", "take or prefix"]),
+    Mutant("py_cont_shift_by_one_more", CB,
+           "s = min((self.start[r] for r in running), default=p)",
+           "s = min((self.start[r] + 1 for r in running), default=p)",
+           "continuous: the keys move left one position too far (a running row loses its first key)",
+           [T_CONT]),
+    Mutant("py_cont_no_pos_jump", CB,
+           "        if rows.pos < L:", "        if False:",
+           "continuous: a prompt longer than pos is not given room (its keys written before position 0)",
+           [T_CONT]),
+    Mutant("py_cont_min_new_one_short", CB,
+           "(self.count < self.min_new)[:, None]", "(self.count < self.min_new - 1)[:, None]",
+           "continuous: min_new_tokens lets an EOS id through one token early",
+           [T_CONT, "-k", "min_new"]),
+    Mutant("py_cont_seen_not_reset", CB,
+           "                self.seen[r] = False\n", "",
+           "continuous: repetition_penalty's seen tokens carry over from a row's earlier prompt",
+           [T_CONT, "-k", "repetition"]),
+    Mutant("py_batch_budget_not_cut", "jamba_ext/batch.py",
+           "rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]]", "rows[r]",
+           "generate_many: a prompt's own max_new_tokens not applied (its batch's largest instead)",
+           [T_CONT, T_CLI, "-k", "continuous"]),
 ]
 
 
