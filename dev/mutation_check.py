@@ -28,7 +28,8 @@ The whole list takes ~10-15 minutes on 2 cores (one build and one pytest run per
 attention / GQA / KV cache, the Mamba mixer's glue, residuals and norms, logits_to_keep, checkpoint names, generate();
 beam_search.py, logits_filters.py, lora.py, moe.py, placement.py, tokenizer.py, continuous.py, batch.py), checked by
 the model-level tests (tests/test_model.py, test_logits_filters.py, test_beam_search.py, ...). The extension is built
-once; a .py mutant needs no rebuild. --only takes ids of either list (a C mutant rebuilds, a .py one does not). ~10 minutes on 2 cores.
+once; a .py mutant needs no rebuild. --only takes ids of either list (a C mutant rebuilds, a .py one does not). ~10
+minutes on 2 cores.
 """
 import argparse
 import datetime
