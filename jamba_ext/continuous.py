@@ -240,7 +240,6 @@ class ContinuousBatcher:
         self.stop = (stop,) if isinstance(stop, str) else tuple(stop)
         if self.stop and decode is None:
             raise ValueError("stop_strings needs decode (token ids -> text) to find where each completion ends")
-        self.window = max((len(s) for s in self.stop), default=0) + 8   # tokens whose text may just hold a stop text
         e = options.get("eos_token_id", "config")
         self.eos = set(model._eos_ids()) if isinstance(e, str) else set() if e is None else \
             {e} if isinstance(e, int) else set(e)
@@ -268,20 +267,26 @@ class ContinuousBatcher:
         self.max_prompt, self.max_new = max_prompt_tokens, max_new_tokens
         self.prefix = list(prefix) if prefix else None
         self.chunk, self.cuda_graph = options.get("prefill_chunk"), options.get("cuda_graph")
-        self.queue: "collections.deque[Tuple[int, List[int], int]]" = collections.deque()   # (id, prompt, budget)
+        self.queue: "collections.deque[tuple]" = collections.deque()      # (id, prompt, budget, stop texts)
         self.next_id = 0
         self.rows: Optional[_Rows] = None            # (made by the first step: the cache, the graph, the buffers)
 
-    def add(self, prompt: Sequence[int], max_new_tokens: Optional[int] = None) -> int:
-        """Queues a prompt (token ids) with its budget (default: the batcher's max_new_tokens); returns its id."""
+    def add(self, prompt: Sequence[int], max_new_tokens: Optional[int] = None,
+            stop_strings: Optional[Sequence[str]] = None) -> int:
+        """Queues a prompt (token ids) with its budget (default: the batcher's max_new_tokens) and its own stop texts
+        (default: the batcher's stop_strings; needs decode); returns its id."""
         prompt = [int(t) for t in prompt]
         if not 1 <= len(prompt) <= self.max_prompt:
             raise ValueError(f"prompt: expected 1 to max_prompt_tokens = {self.max_prompt} tokens, got {len(prompt)}")
         b = self.max_new if max_new_tokens is None else max_new_tokens
         if isinstance(b, bool) or not isinstance(b, int) or not 1 <= b <= self.max_new:
             raise ValueError(f"max_new_tokens: expected an int in [1, {self.max_new}], got {b!r}")
+        stop = self.stop if stop_strings is None else \
+            (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings)
+        if stop and (self.decode is None or not all(isinstance(x, str) and x for x in stop)):
+            raise ValueError("stop_strings: expected non-empty texts, and a batcher with decode (token ids -> text)")
         rid, self.next_id = self.next_id, self.next_id + 1
-        self.queue.append((rid, prompt, b))
+        self.queue.append((rid, prompt, b, stop))
         return rid
 
     @property
@@ -308,6 +313,7 @@ class ContinuousBatcher:
         V = m.get_output_embeddings().weight.shape[0] if m.get_output_embeddings() is not None else m.config.vocab_size
         self.seq: List[Optional[int]] = [None] * B   # the request each row runs (None: idle)
         self.budget = [0] * B
+        self.row_stop: List[tuple] = [()] * B        # each row's stop texts
         self.new: List[List[int]] = [[] for _ in range(B)]
         self.logits = torch.zeros(B, V, dtype=m.dtype, device=dev)
         self.pending: Dict[int, torch.Tensor] = {}   # row -> its new prompt's logits, for the next pick
@@ -342,8 +348,8 @@ class ContinuousBatcher:
         # a new row writes its keys up to max(pos, L) + its budget - 1; a running row's room is unchanged by this
         # (pos + what it still needs fitted when it came, and a move of pos up to L <= max_prompt leaves L + that
         # <= max_prompt + max_new)
-        L = max(len(q) for _, (_, q, _) in take)
-        need = max(b for _, (_, _, b) in take)
+        L = max(len(q) for _, (_, q, _, _) in take)
+        need = max(b for _, (_, _, b, _) in take)
         if max(rows.pos, L) + need > cap:
             rows.shift(running)
         if max(rows.pos, L) + need > cap:            # (after the shift pos <= max_prompt + max_new - 1: never)
@@ -351,9 +357,9 @@ class ContinuousBatcher:
                                f"{need} more")
         if rows.pos < L:                             # (the positions skipped are masked for every row)
             rows.set_pos(L)
-        got = rows.take([r for r, _ in take], [q for _, (_, q, _) in take])
-        for j, (r, (rid, q, b)) in enumerate(take):
-            self.seq[r], self.budget[r], self.new[r] = rid, b, []
+        got = rows.take([r for r, _ in take], [q for _, (_, q, _, _) in take])
+        for j, (r, (rid, q, b, stop)) in enumerate(take):
+            self.seq[r], self.budget[r], self.new[r], self.row_stop[r] = rid, b, [], stop
             self.pending[r] = got[j:j + 1]
             if self.seen is not None:
                 self.seen[r] = False
@@ -406,11 +412,12 @@ class ContinuousBatcher:
         for r in range(self.B):
             if self.seq[r] is None:
                 continue
-            row, t = self.new[r], toks[r]
+            row, t, stop = self.new[r], toks[r], self.row_stop[r]
             row.append(t)
+            window = max((len(x) for x in stop), default=0) + 8      # tokens whose text may just hold a stop text
             if t in self.eos or len(row) >= self.budget[r] or \
-                    (self.stop and any(s in self.decode(row[-self.window:]) for s in self.stop)):
-                ended.append((self.seq[r], *completion(row, self.eos, self.stop, self.decode)))
+                    (stop and any(x in self.decode(row[-window:]) for x in stop)):
+                ended.append((self.seq[r], *completion(row, self.eos, stop, self.decode)))
                 self.seq[r], self.new[r] = None, []
         return ended
 

@@ -165,6 +165,28 @@ def test_batcher_prompts_added_while_running(with_prefix, monkeypatch):
     assert out == [(rid, *_alone(model, [5, 6, 7], 4, set()))]
 
 
+def test_batcher_stop_texts_per_prompt():
+    """add(..., stop_strings=...): each prompt ends at its own stop texts (the batcher's when not given)."""
+    model, tok = builtin_model(), ByteTokenizer()
+    prompts = [tok.encode(t, add_bos=True) for t in ["one", "two two", "three three three"]]
+    free = [_alone(model, p, 12, set())[0] for p in prompts]
+    texts = [tok.decode(f) for f in free]
+    own = [[texts[0][2:4]], None, [texts[2][5:7], "zzz"]]
+    default = [texts[1][3:5]]
+    bat = C.ContinuousBatcher(model, batch_size=2, max_prompt_tokens=30, max_new_tokens=12, eos_token_id=None,
+                              stop_strings=default, decode=tok.decode)
+    ids = [bat.add(p, stop_strings=st) for p, st in zip(prompts, own)]
+    got = {}
+    while not bat.done:
+        got.update({rid: (t, r) for rid, t, r in bat.step()})
+    want = [completion(f, set(), default if st is None else st, tok.decode) for f, st in zip(free, own)]
+    assert [got[i] for i in ids] == want and all(r == "stop" for _, r in want)
+    with pytest.raises(ValueError, match="stop_strings: expected non-empty texts"):
+        bat.add(prompts[0], stop_strings=[""])
+    with pytest.raises(ValueError, match="and a batcher with decode"):
+        C.ContinuousBatcher(model, max_prompt_tokens=30, max_new_tokens=12).add([1, 2], stop_strings=["x"])
+
+
 def test_batcher_errors():
     model = builtin_model()
     bat = C.ContinuousBatcher(model, batch_size=2, max_prompt_tokens=8, max_new_tokens=5)
