@@ -7,6 +7,7 @@
     python -m jamba_ext generate --model DIR --interactive        # a conversation, a message per line of input
     python -m jamba_ext generate --model DIR --prompts-file p.jsonl --batch-size 16 --output out.jsonl   # offline batch
     python -m jamba_ext generate --model DIR --prompts-file p.jsonl --continuous  # continuous batching (rows refilled)
+    python -m jamba_ext serve --model DIR --port 8000            # OpenAI-style HTTP completions (jamba_ext.server)
     python -m jamba_ext check                                     # self-check of every op on this machine
     python -m jamba_ext train --text-file notes.txt --steps 200 --save ./tiny   # fine-tune on a text file
     python -m jamba_ext generate --model ./tiny --prompt "Hello"  # ... and generate with the result
@@ -765,14 +766,81 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--save", default=None, metavar="DIR", help="write the trained checkpoint here")
     t.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and the batches")
     t.set_defaults(func=cmd_train, progress=None)
+    v = sub.add_parser("serve", help="an HTTP server with OpenAI-style completion endpoints (continuous batching)")
+    v.add_argument("--model", default=None, metavar="DIR",
+                   help="transformers Jamba checkpoint: a local directory or a Hugging Face Hub id (default: built-in "
+                        "small random model)")
+    v.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
+    v.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="default: bfloat16 on cuda, float32 on cpu")
+    v.add_argument("--experts-fp8", action="store_true", help="MoE expert weights in fp8 (as generate's)")
+    v.add_argument("--act-fp8", action="store_true", help="with --experts-fp8: fp8 activations too (as generate's)")
+    v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--batch-size", type=int, default=16, metavar="N", help="rows decoding together (default 16)")
+    v.add_argument("--max-prompt-tokens", type=int, default=4096, metavar="N",
+                   help="the longest prompt taken (default 4096; the KV cache holds N + 2 x --max-new-tokens "
+                        "positions a row)")
+    v.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
+                   help="the largest max_tokens a request may ask for (default 256)")
+    v.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and sampling")
+    v.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples (every request)")
+    v.add_argument("--top-k", type=int, default=0)
+    v.add_argument("--top-p", type=float, default=1.0)
+    v.add_argument("--min-p", type=float, default=None)
+    v.add_argument("--repetition-penalty", type=float, default=1.0)
+    v.set_defaults(func=cmd_serve, progress=None)
     c = sub.add_parser("check", help="self-check: every op on this machine's devices against the float64 reference")
     c.add_argument("--device", default="all", help="cpu, cuda[:N] or all (default: CPU and every visible GPU)")
     c.add_argument("--dtype", action="append", choices=["float32", "bfloat16", "float16"],
                    help="activation dtype (repeatable; default: all three)")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_check)
-    p.commands = {"generate": g, "train": t, "check": c}  # (main: an unknown flag is reported by its command's parser)
+    # (main: an unknown flag is reported by its command's parser)
+    p.commands = {"generate": g, "train": t, "serve": v, "check": c}
     return p
+
+
+def cmd_serve(args) -> int:
+    """serve: the model behind an HTTP server (jamba_ext.server) until Ctrl-C."""
+    from . import server
+    for flag, v in (("--batch-size", args.batch_size), ("--max-prompt-tokens", args.max_prompt_tokens),
+                    ("--max-new-tokens", args.max_new_tokens)):
+        if v < 1:
+            _fail(f"{flag} must be >= 1")
+    if not 0 <= args.port <= 65535:
+        _fail("--port must be in [0, 65535]")
+    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.repetition_penalty <= 0:
+        _fail("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0 and --repetition-penalty > 0")
+    import torch
+    torch.manual_seed(args.seed)
+    model, tok, what = _load(args)
+    tmpl = None
+    if args.model is not None:                    # (what: the checkpoint's directory)
+        from .tokenizer import load_chat_template
+        try:
+            tmpl = load_chat_template(what)
+        except (ValueError, ImportError, OSError):
+            tmpl = None                           # (no template: /v1/chat/completions answers 400)
+    name = args.model or "jamba-ext-builtin"
+
+    def ready(httpd):
+        h, p = httpd.server_address[:2]
+        sys.stderr.write(f"model: {what} | {model.device} {model.dtype}\nserving {name} on http://{h}:{p} "
+                         f"(/v1/completions{', /v1/chat/completions' if tmpl is not None else ''}, /v1/models, "
+                         f"/health): {args.batch_size} rows, prompts up to {args.max_prompt_tokens} tokens, up to "
+                         f"{args.max_new_tokens} new tokens each; Ctrl-C stops\n")
+    try:
+        server.serve(model, tok, args.host, args.port, model_name=name, chat_template=tmpl, ready=ready,
+                     batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
+                     max_new_tokens=args.max_new_tokens, seed=args.seed, do_sample=args.temperature > 0,
+                     temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                     repetition_penalty=args.repetition_penalty)
+    except OSError as e:
+        _fail(f"serve: cannot listen on {args.host}:{args.port}: {e}")
+    except KeyboardInterrupt:
+        sys.stderr.write("stopped\n")
+    return 0
 
 
 def cmd_check(args) -> int:

@@ -1,0 +1,234 @@
+"""An HTTP server with OpenAI-style completion endpoints over continuous batching (what `jamba-ext serve` runs).
+
+    python -m jamba_ext serve --model DIR --port 8000 --batch-size 16
+    curl localhost:8000/v1/completions -d '{"prompt": "Hello", "max_tokens": 32}'
+
+Endpoints: POST /v1/completions ({"prompt": text or token ids, "max_tokens", "stop"}), POST /v1/chat/completions
+({"messages": [...], "max_tokens", "stop"}; the checkpoint's chat template), GET /v1/models, GET /health. Answers as
+OpenAI's (choices[0].text or .message, finish_reason "stop" / "length", usage). One thread owns the model: it runs a
+jamba_ext.continuous.ContinuousBatcher, taking requests from the HTTP threads as rows free up (first come, first
+served), so concurrent requests share the decode steps. Sampling settings (temperature, top_p, ...) are the server's,
+set when it starts; a request that asks for other values is refused (400) rather than answered with them. Not
+supported: streaming ("stream": true), n > 1, logprobs (400 each).
+"""
+import json
+import queue
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import List, Optional
+
+from .continuous import ContinuousBatcher
+
+# request fields the server answers with its own settings: a request may give them only at those values
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+UNSUPPORTED = {"stream": False, "n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None}
+
+
+class RequestError(ValueError):
+    """A request the server refuses (HTTP 400), with the reason."""
+
+
+class _Job:
+    def __init__(self, ids: List[int], max_tokens: int, stop):
+        self.ids, self.max_tokens, self.stop = ids, max_tokens, stop
+        self.done = threading.Event()
+        self.result = self.error = None
+
+
+class Engine:
+    """The model's thread: jobs in (from any thread: run() blocks until its completion), ContinuousBatcher steps."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 16, max_prompt_tokens: int = 4096,
+                 max_new_tokens: int = 256, seed: int = 0, **options):
+        self.model, self.tok = model, tokenizer
+        self.settings = {"temperature": options.get("temperature", 1.0) if options.get("do_sample") else 0.0,
+                         "top_p": options.get("top_p", 1.0), "top_k": options.get("top_k", 0),
+                         "min_p": options.get("min_p"), "repetition_penalty": options.get("repetition_penalty", 1.0)}
+        self.bat = ContinuousBatcher(model, batch_size, max_prompt_tokens, max_new_tokens, seed,
+                                     decode=tokenizer.decode, **options)
+        self.inbox: "queue.Queue[_Job]" = queue.Queue()
+        self.jobs = {}
+        self.stopping = False
+        self.thread = threading.Thread(target=self._loop, name="jamba-ext engine", daemon=True)
+        self.thread.start()
+
+    def run(self, ids: List[int], max_tokens: int, stop=None, timeout: Optional[float] = None):
+        """(completion token ids, finish reason) of a prompt, when its turn has come and it has ended."""
+        job = _Job(ids, max_tokens, stop)
+        self.inbox.put(job)
+        if not job.done.wait(timeout):
+            raise TimeoutError("the engine did not answer in time")
+        if job.error is not None:
+            raise job.error
+        return job.result
+
+    def close(self) -> None:
+        self.stopping = True
+        self.inbox.put(None)
+        self.thread.join(timeout=30)
+
+    def _loop(self) -> None:
+        while not self.stopping:
+            try:                                 # (block for work only when nothing runs)
+                job = self.inbox.get(timeout=None if self.bat.done else 0)
+            except queue.Empty:
+                job = None
+            while job is not None:
+                try:
+                    self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop)] = job
+                except ValueError as e:
+                    job.error = RequestError(str(e))
+                    job.done.set()
+                try:
+                    job = self.inbox.get_nowait()
+                except queue.Empty:
+                    job = None
+            if self.stopping or self.bat.done:
+                continue
+            try:
+                ended = self.bat.step()
+            except Exception as e:  # noqa: BLE001 -- a failed step fails the jobs in flight, and the server goes on
+                for j in self.jobs.values():
+                    j.error = RuntimeError(f"generation failed: {e}")
+                    j.done.set()
+                self.jobs.clear()
+                self.bat.close()
+                self.bat.queue.clear()
+                continue
+            for rid, tokens, reason in ended:
+                j = self.jobs.pop(rid)
+                j.result = (tokens, reason)
+                j.done.set()
+
+
+def _stop_list(v) -> Optional[list]:
+    if v is None:
+        return None
+    v = [v] if isinstance(v, str) else v
+    if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v) or len(v) > 4:
+        raise RequestError('"stop": expected a non-empty string or a list of up to 4')
+    return v
+
+
+def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_default: int = 16):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt, *args):         # (no line per request on stderr)
+            pass
+
+        def _send(self, code: int, body: dict) -> None:
+            data = json.dumps(body, ensure_ascii=False).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _error(self, code: int, msg: str) -> None:
+            kind = "invalid_request_error" if code < 500 else "server_error"
+            self._send(code, {"error": {"message": msg, "type": kind, "code": code}})
+
+        def do_GET(self):
+            if self.path == "/health":
+                self._send(200, {"status": "ok"})
+            elif self.path == "/v1/models":
+                self._send(200, {"object": "list", "data": [{"id": model_name, "object": "model",
+                                                             "owned_by": "jamba_ext"}]})
+            else:
+                self._error(404, f"no such endpoint: GET {self.path}")
+
+        def do_POST(self):
+            if self.path not in ("/v1/completions", "/v1/chat/completions"):
+                self._error(404, f"no such endpoint: POST {self.path}")
+                return
+            try:
+                n = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(n) or b"null")
+                if not isinstance(body, dict):
+                    raise RequestError("the body must be a JSON object")
+                out = self._complete(body, chat=self.path.endswith("chat/completions"))
+            except (RequestError, json.JSONDecodeError) as e:
+                self._error(400, str(e) if isinstance(e, RequestError) else f"the body is not JSON: {e.msg}")
+                return
+            except Exception as e:  # noqa: BLE001
+                self._error(500, str(e))
+                return
+            self._send(200, out)
+
+        def _complete(self, body: dict, chat: bool) -> dict:
+            for k, ok in UNSUPPORTED.items():
+                if k in body and body[k] != ok and not (k == "logprobs" and body[k] is False):
+                    raise RequestError(f'"{k}": only {json.dumps(ok)} is supported here')
+            for k in SAMPLING_FIELDS:
+                if body.get(k) is not None and body[k] != engine.settings[k]:
+                    raise RequestError(f'"{k}": this server samples with {k} = {engine.settings[k]} (set when it '
+                                       f'starts: jamba-ext serve --{k.replace("_", "-")} ...); got {body[k]}')
+            max_tokens = body.get("max_tokens", body.get("max_completion_tokens",
+                                                         min(max_new_default, engine.bat.max_new)))
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= \
+                    engine.bat.max_new:
+                raise RequestError(f'"max_tokens": expected an int in [1, {engine.bat.max_new}] (this server\'s '
+                                   f'--max-new-tokens), got {max_tokens!r}')
+            stop = _stop_list(body.get("stop"))
+            tok = engine.tok
+            if chat:
+                msgs = body.get("messages")
+                if chat_template is None:
+                    raise RequestError("this model has no chat template: use /v1/completions")
+                if not isinstance(msgs, list) or not msgs or not all(
+                        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                        for m in msgs):
+                    raise RequestError('"messages": expected a list of {"role", "content"} objects with text')
+                try:
+                    text = chat_template.render(msgs, add_generation_prompt=True)
+                except ValueError as e:
+                    raise RequestError(f"chat template: {e}") from None
+                ids = tok.encode(text, add_bos=False)
+            else:
+                prompt = body.get("prompt")
+                if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+                    prompt = prompt[0]
+                if isinstance(prompt, str):
+                    ids = tok.encode(prompt, add_bos=True)
+                elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
+                                                                 for t in prompt):
+                    ids = prompt
+                else:
+                    raise RequestError('"prompt": expected a string or a list of token ids (one prompt a request)')
+            V = engine.model.config.vocab_size
+            if not ids or min(ids) < 0 or max(ids) >= V:
+                raise RequestError(f"the prompt encodes to no tokens, or to ids outside [0, {V})")
+            if len(ids) > engine.bat.max_prompt:
+                raise RequestError(f"the prompt is {len(ids)} tokens; this server takes up to {engine.bat.max_prompt} "
+                                   "(its --max-prompt-tokens)")
+            tokens, reason = engine.run(ids, max_tokens, stop)
+            text = tok.decode(tokens)
+            usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens),
+                     "total_tokens": len(ids) + len(tokens)}
+            base = {"created": int(time.time()), "model": model_name, "usage": usage}
+            if chat:
+                return dict(base, id=f"chatcmpl-{uuid.uuid4().hex[:24]}", object="chat.completion", choices=[
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}])
+            return dict(base, id=f"cmpl-{uuid.uuid4().hex[:24]}", object="text_completion", choices=[
+                {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}])
+
+    return Handler
+
+
+def serve(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, model_name: str = "jamba", chat_template=None,
+          ready=None, **engine_options) -> None:
+    """Serves until interrupted (Ctrl-C) or, with ready (a callable), until the server it is given is shut down:
+    ready(server) is called once it listens (tests, and callers that run it in a thread)."""
+    engine = Engine(model, tokenizer, **engine_options)
+    httpd = ThreadingHTTPServer((host, port), make_handler(engine, model_name, chat_template))
+    httpd.daemon_threads = True
+    try:
+        if ready is not None:
+            ready(httpd)
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()
+        engine.close()

@@ -1,0 +1,177 @@
+"""jamba_ext.server (`jamba-ext serve`): OpenAI-style completions over continuous batching. Concurrent requests each
+get the completion of their prompt alone; token-id prompts, stop texts and the chat endpoint (a checkpoint's template);
+the requests the server refuses (400), unknown endpoints (404), a failed step (500, and the server goes on); the CLI's
+argument errors."""
+import json
+import threading
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import torch
+
+from conftest import builtin_model
+from jamba_ext import server
+from jamba_ext.batch import completion
+from jamba_ext.tokenizer import ByteTokenizer
+
+
+class Running:
+    """serve() in a thread on a free port; .url, .post(path, body) -> (status, JSON), .get(path); .stop()."""
+
+    def __init__(self, model, tok, **kw):
+        got = threading.Event()
+        self.httpd = None
+
+        def ready(httpd):
+            self.httpd = httpd
+            got.set()
+        self.thread = threading.Thread(target=server.serve, args=(model, tok, "127.0.0.1", 0),
+                                       kwargs=dict(ready=ready, **kw), daemon=True)
+        self.thread.start()
+        assert got.wait(60), "the server did not start"
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+
+    def _call(self, req):
+        try:
+            with urllib.request.urlopen(req, timeout=120) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    def post(self, path, body, raw=None):
+        data = raw if raw is not None else json.dumps(body).encode()
+        return self._call(urllib.request.Request(self.url + path, data=data, method="POST",
+                                                 headers={"Content-Type": "application/json"}))
+
+    def get(self, path):
+        return self._call(urllib.request.Request(self.url + path))
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive()
+
+
+def _alone(model, ids, n, stop=(), decode=None):
+    with torch.inference_mode():
+        row = model.generate([ids], max_new_tokens=n)[0, len(ids):].tolist()
+    return completion(row, set(model._eos_ids()), stop, decode)
+
+
+def test_concurrent_completions_equal_each_prompt_alone():
+    """Eight requests at once over three rows (prompts of 1-40 tokens, max_tokens 1-12, two with stop texts, one as
+    token ids): each answer's text, finish_reason and usage as the prompt alone gives them."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=3, max_prompt_tokens=64, max_new_tokens=16)
+    try:
+        texts = ["hello", "a", "the hybrid model reads a long prompt here", "xyz", "Mamba", "MoE layer", "q", "ab"]
+        budgets = [5, 12, 3, 8, 1, 10, 6, 9]
+        free = [tok.decode(_alone(model, tok.encode(t), 12)[0]) for t in texts]
+        stops = [None, [free[1][2:4]], None, None, None, [free[5][4:6], "zzzz"], None, None]
+        bodies = []
+        for i, (t, b, s) in enumerate(zip(texts, budgets, stops)):
+            body = {"prompt": tok.encode(t) if i == 3 else t, "max_tokens": b}
+            if s is not None:
+                body["stop"] = s
+            bodies.append(body)
+        with ThreadPoolExecutor(8) as ex:
+            answers = list(ex.map(lambda b: srv.post("/v1/completions", b), bodies))
+        for t, b, s, (code, ans) in zip(texts, budgets, stops, answers):
+            ids = tok.encode(t)
+            want, reason = _alone(model, ids, b, s or (), tok.decode)
+            assert code == 200, ans
+            choice = ans["choices"][0]
+            assert choice["text"] == tok.decode(want) and choice["finish_reason"] == reason, (t, ans)
+            assert ans["usage"] == {"prompt_tokens": len(ids), "completion_tokens": len(want),
+                                    "total_tokens": len(ids) + len(want)}
+            assert ans["object"] == "text_completion" and ans["id"].startswith("cmpl-")
+        assert {a["choices"][0]["finish_reason"] for _, a in answers} == {"stop", "length"}
+        assert srv.get("/health") == (200, {"status": "ok"})
+        code, models = srv.get("/v1/models")
+        assert code == 200 and models["data"][0]["id"] == "jamba"
+    finally:
+        srv.stop()
+
+
+def test_refused_requests():
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=20, max_new_tokens=8)
+    try:
+        for body, msg in (({"prompt": "x", "stream": True}, '"stream": only false'),
+                          ({"prompt": "x", "n": 2}, '"n": only 1'),
+                          ({"prompt": "x", "temperature": 0.7}, "samples with temperature = 0.0"),
+                          ({"prompt": "x", "max_tokens": 9}, '"max_tokens": expected an int in [1, 8]'),
+                          ({"prompt": "x", "max_tokens": 0}, '"max_tokens"'),
+                          ({"prompt": "y" * 30}, "this server takes up to 20"),
+                          ({"prompt": ["a", "b"]}, "one prompt a request"),
+                          ({"prompt": [5, 999]}, "ids outside [0, 259)"),
+                          ({"prompt": "x", "stop": [""]}, '"stop": expected'),
+                          ({"messages": [{"role": "user", "content": "hi"}]}, '"prompt": expected'),
+                          ([1, 2], "a JSON object")):
+            code, ans = srv.post("/v1/completions", body)
+            assert code == 400 and msg in ans["error"]["message"], (body, ans)
+        code, ans = srv.post("/v1/completions", None, raw=b"{not json")
+        assert code == 400 and "not JSON" in ans["error"]["message"]
+        code, ans = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
+        assert code == 400 and "no chat template" in ans["error"]["message"]
+        assert srv.post("/v1/other", {})[0] == 404 and srv.get("/v2")[0] == 404
+        assert srv.post("/v1/completions", {"prompt": "x", "max_tokens": 2, "temperature": 0})[0] == 200
+    finally:
+        srv.stop()
+
+
+def test_failed_step_answers_500_and_the_server_goes_on(monkeypatch):
+    model, tok = builtin_model(), ByteTokenizer()
+    orig, calls = server.ContinuousBatcher.step, []
+
+    def step(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("planted fault")
+        return orig(self)
+    monkeypatch.setattr(server.ContinuousBatcher, "step", step)
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=20, max_new_tokens=8)
+    try:
+        code, ans = srv.post("/v1/completions", {"prompt": "abc", "max_tokens": 5})
+        assert code == 500 and "planted fault" in ans["error"]["message"]
+        code, ans = srv.post("/v1/completions", {"prompt": "abc", "max_tokens": 5})
+        assert code == 200 and ans["choices"][0]["text"] == tok.decode(_alone(model, tok.encode("abc"), 5)[0])
+    finally:
+        srv.stop()
+
+
+def test_chat_endpoint(tmp_path):
+    """/v1/chat/completions renders the messages with the checkpoint's chat template; the reply is the completion of
+    that text alone."""
+    from test_generate_cli import _chat_checkpoint
+    from jamba_ext.modeling_jamba import JambaForCausalLM
+    from jamba_ext.tokenizer import load_chat_template, load_tokenizer
+    _chat_checkpoint(tmp_path)
+    model = JambaForCausalLM.from_pretrained(str(tmp_path), dtype="float32")
+    tok, tmpl = load_tokenizer(str(tmp_path)), load_chat_template(str(tmp_path))
+    srv = Running(model, tok, chat_template=tmpl, model_name="tiny", batch_size=2, max_prompt_tokens=200,
+                  max_new_tokens=8)
+    try:
+        msgs = [{"role": "system", "content": "a mat"}, {"role": "user", "content": "the cat"}]
+        code, ans = srv.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 4})
+        assert code == 200, ans
+        ids = tok.encode(tmpl.render(msgs, add_generation_prompt=True), add_bos=False)
+        want, reason = _alone(model, ids, 4)
+        assert ans["choices"][0]["message"] == {"role": "assistant", "content": tok.decode(want)}
+        assert ans["choices"][0]["finish_reason"] == reason and ans["model"] == "tiny"
+        assert ans["object"] == "chat.completion" and ans["usage"]["prompt_tokens"] == len(ids)
+        code, ans = srv.post("/v1/chat/completions", {"messages": [{"role": "user"}]})
+        assert code == 400 and '"messages"' in ans["error"]["message"]
+    finally:
+        srv.stop()
+
+
+def test_cli_serve_argument_errors(capsys):
+    from jamba_ext.__main__ import main
+    for argv, msg in ((["--batch-size", "0"], "--batch-size must be >= 1"), (["--port", "70000"], "--port must be"),
+                      (["--temperature", "-1"], "--temperature must be >= 0")):
+        with pytest.raises(SystemExit) as e:
+            main(["serve", "--device", "cpu", *argv])
+        assert e.value.code == 2 and msg in capsys.readouterr().err
