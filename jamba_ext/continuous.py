@@ -270,6 +270,7 @@ class ContinuousBatcher:
         self.queue: "collections.deque[tuple]" = collections.deque()      # (id, prompt, budget, stop texts)
         self.next_id = 0
         self.rows: Optional[_Rows] = None            # (made by the first step: the cache, the graph, the buffers)
+        self.stepped: List[Tuple[int, int]] = []     # the last step's (id, new token) of every prompt it ran
 
     def add(self, prompt: Sequence[int], max_new_tokens: Optional[int] = None,
             stop_strings: Optional[Sequence[str]] = None) -> int:
@@ -369,7 +370,9 @@ class ContinuousBatcher:
 
     def step(self) -> List[Tuple[int, List[int], str]]:
         """Queued prompts into idle rows, then one decode step; returns (id, completion token ids, finish reason) of
-        the completions that ended in it ([] when nothing is queued or running)."""
+        the completions that ended in it ([] when nothing is queued or running). Each running prompt's new token of
+        the step is in self.stepped, as (id, token) (streaming)."""
+        self.stepped = []
         with torch.inference_mode():
             if self.rows is None:
                 if not self.queue:
@@ -414,6 +417,7 @@ class ContinuousBatcher:
                 continue
             row, t, stop = self.new[r], toks[r], self.row_stop[r]
             row.append(t)
+            self.stepped.append((self.seq[r], t))
             window = max((len(x) for x in stop), default=0) + 8      # tokens whose text may just hold a stop text
             if t in self.eos or len(row) >= self.budget[r] or \
                     (stop and any(x in self.decode(row[-window:]) for x in stop)):

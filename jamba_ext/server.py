@@ -5,11 +5,13 @@
 
 Endpoints: POST /v1/completions ({"prompt": text or token ids, "max_tokens", "stop"}), POST /v1/chat/completions
 ({"messages": [...], "max_tokens", "stop"}; the checkpoint's chat template), GET /v1/models, GET /health. Answers as
-OpenAI's (choices[0].text or .message, finish_reason "stop" / "length", usage). One thread owns the model: it runs a
+OpenAI's (choices[0].text or .message, finish_reason "stop" / "length", usage; the text ends before a stop text, and
+usage counts the tokens up to the one that completed it). One thread owns the model: it runs a
 jamba_ext.continuous.ContinuousBatcher, taking requests from the HTTP threads as rows free up (first come, first
-served), so concurrent requests share the decode steps. Sampling settings (temperature, top_p, ...) are the server's,
-set when it starts; a request that asks for other values is refused (400) rather than answered with them. Not
-supported: streaming ("stream": true), n > 1, logprobs (400 each).
+served), so concurrent requests share the decode steps. "stream": true answers with server-sent events (OpenAI's
+chunks, then "data: [DONE]"). Sampling settings (temperature, top_p, ...) are the server's, set when it starts; a
+request that asks for other values is refused (400) rather than answered with them. Not supported: n > 1, logprobs,
+echo, suffix (400 each).
 """
 import json
 import queue
@@ -23,7 +25,7 @@ from .continuous import ContinuousBatcher
 
 # request fields the server answers with its own settings: a request may give them only at those values
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-UNSUPPORTED = {"stream": False, "n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None}
+UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None}
 
 
 class RequestError(ValueError):
@@ -31,10 +33,17 @@ class RequestError(ValueError):
 
 
 class _Job:
-    def __init__(self, ids: List[int], max_tokens: int, stop):
+    def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False):
         self.ids, self.max_tokens, self.stop = ids, max_tokens, stop
         self.done = threading.Event()
         self.result = self.error = None
+        self.tokens: Optional["queue.Queue"] = queue.Queue() if stream else None   # new tokens, then None at the end
+
+    def finish(self, result=None, error=None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+        if self.tokens is not None:
+            self.tokens.put(None)
 
 
 class Engine:
@@ -56,13 +65,19 @@ class Engine:
 
     def run(self, ids: List[int], max_tokens: int, stop=None, timeout: Optional[float] = None):
         """(completion token ids, finish reason) of a prompt, when its turn has come and it has ended."""
-        job = _Job(ids, max_tokens, stop)
-        self.inbox.put(job)
+        job = self.submit(ids, max_tokens, stop)
         if not job.done.wait(timeout):
             raise TimeoutError("the engine did not answer in time")
         if job.error is not None:
             raise job.error
         return job.result
+
+    def submit(self, ids: List[int], max_tokens: int, stop=None, stream: bool = False) -> _Job:
+        """Queues a prompt; the job's done event is set at its end (stream: its tokens queue gets each new token as
+        it comes, then None)."""
+        job = _Job(ids, max_tokens, stop, stream)
+        self.inbox.put(job)
+        return job
 
     def close(self) -> None:
         self.stopping = True
@@ -79,8 +94,7 @@ class Engine:
                 try:
                     self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop)] = job
                 except ValueError as e:
-                    job.error = RequestError(str(e))
-                    job.done.set()
+                    job.finish(error=RequestError(str(e)))
                 try:
                     job = self.inbox.get_nowait()
                 except queue.Empty:
@@ -91,16 +105,17 @@ class Engine:
                 ended = self.bat.step()
             except Exception as e:  # noqa: BLE001 -- a failed step fails the jobs in flight, and the server goes on
                 for j in self.jobs.values():
-                    j.error = RuntimeError(f"generation failed: {e}")
-                    j.done.set()
+                    j.finish(error=RuntimeError(f"generation failed: {e}"))
                 self.jobs.clear()
                 self.bat.close()
                 self.bat.queue.clear()
                 continue
+            for rid, t in self.bat.stepped:
+                j = self.jobs.get(rid)
+                if j is not None and j.tokens is not None:
+                    j.tokens.put(t)
             for rid, tokens, reason in ended:
-                j = self.jobs.pop(rid)
-                j.result = (tokens, reason)
-                j.done.set()
+                self.jobs.pop(rid).finish(result=(tokens, reason))
 
 
 def _stop_list(v) -> Optional[list]:
@@ -110,6 +125,20 @@ def _stop_list(v) -> Optional[list]:
     if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v) or len(v) > 4:
         raise RequestError('"stop": expected a non-empty string or a list of up to 4')
     return v
+
+
+def _cut_at_stop(text: str, stop) -> str:
+    """OpenAI's stop semantics: the text ends before the first stop text it holds (the completion ends with the token
+    that completed it, transformers' way)."""
+    cuts = [text.find(x) for x in stop if x in text]
+    return text[:min(cuts)] if cuts else text
+
+
+def _safe_prefix(text: str, stop) -> str:
+    """The part of a growing text that a stream may send now: not its last len(stop text) - 1 characters (they could
+    begin a stop text that the next tokens complete) nor a trailing U+FFFD (an unfinished UTF-8 character)."""
+    hold = max((len(x) for x in stop), default=1) - 1 if stop else 0
+    return text[:len(text) - hold].rstrip("\ufffd")
 
 
 def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_default: int = 16):
@@ -149,7 +178,11 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 body = json.loads(self.rfile.read(n) or b"null")
                 if not isinstance(body, dict):
                     raise RequestError("the body must be a JSON object")
-                out = self._complete(body, chat=self.path.endswith("chat/completions"))
+                chat = self.path.endswith("chat/completions")
+                if body.get("stream") is True:
+                    self._stream(*self._parse(body, chat), chat)
+                    return
+                out = self._complete(*self._parse(body, chat), chat)
             except (RequestError, json.JSONDecodeError) as e:
                 self._error(400, str(e) if isinstance(e, RequestError) else f"the body is not JSON: {e.msg}")
                 return
@@ -158,10 +191,13 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 return
             self._send(200, out)
 
-        def _complete(self, body: dict, chat: bool) -> dict:
+        def _parse(self, body: dict, chat: bool):
+            """(prompt ids, max_tokens, stop texts) of a request, or RequestError."""
             for k, ok in UNSUPPORTED.items():
                 if k in body and body[k] != ok and not (k == "logprobs" and body[k] is False):
                     raise RequestError(f'"{k}": only {json.dumps(ok)} is supported here')
+            if not isinstance(body.get("stream", False), bool):
+                raise RequestError(f'"stream": expected true or false, got {body["stream"]!r}')
             for k in SAMPLING_FIELDS:
                 if body.get(k) is not None and body[k] != engine.settings[k]:
                     raise RequestError(f'"{k}": this server samples with {k} = {engine.settings[k]} (set when it '
@@ -204,8 +240,12 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             if len(ids) > engine.bat.max_prompt:
                 raise RequestError(f"the prompt is {len(ids)} tokens; this server takes up to {engine.bat.max_prompt} "
                                    "(its --max-prompt-tokens)")
+            return ids, max_tokens, stop
+
+        def _complete(self, ids: List[int], max_tokens: int, stop, chat: bool) -> dict:
+            tok = engine.tok
             tokens, reason = engine.run(ids, max_tokens, stop)
-            text = tok.decode(tokens)
+            text = _cut_at_stop(tok.decode(tokens), stop) if reason == "stop" and stop else tok.decode(tokens)
             usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens),
                      "total_tokens": len(ids) + len(tokens)}
             base = {"created": int(time.time()), "model": model_name, "usage": usage}
@@ -214,6 +254,56 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                     {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}])
             return dict(base, id=f"cmpl-{uuid.uuid4().hex[:24]}", object="text_completion", choices=[
                 {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}])
+
+        def _stream(self, ids: List[int], max_tokens: int, stop, chat: bool) -> None:
+            """Server-sent events, OpenAI's chunks: the text as it comes (held back where it could be the start of a
+            stop text, or an unfinished UTF-8 character), then a chunk with the finish reason, then [DONE]."""
+            tok, job = engine.tok, engine.submit(ids, max_tokens, stop, stream=True)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+            rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+
+            def event(text: Optional[str], reason: Optional[str] = None, first: bool = False) -> None:
+                if chat:
+                    delta = {"role": "assistant", "content": ""} if first else {} if text is None else \
+                        {"content": text}
+                    choice = {"index": 0, "delta": delta, "finish_reason": reason}
+                else:
+                    choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
+                data = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": created, "model": model_name, "choices": [choice]}
+                self.wfile.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+                self.wfile.flush()
+            if chat:
+                event(None, first=True)
+            toks, sent = [], ""
+            while True:
+                t = job.tokens.get()
+                if t is None:
+                    break
+                toks.append(t)
+                text = tok.decode(toks)
+                if stop and any(x in text for x in stop):
+                    continue                             # (the row ends with this token: the end comes next)
+                safe = _safe_prefix(text, stop)
+                if len(safe) > len(sent) and safe.startswith(sent):
+                    event(safe[len(sent):])
+                    sent = safe
+            if job.error is not None:
+                err = {"error": {"message": str(job.error), "type": "server_error", "code": 500}}
+                self.wfile.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+            else:
+                tokens, reason = job.result
+                final = _cut_at_stop(tok.decode(tokens), stop) if reason == "stop" and stop else tok.decode(tokens)
+                if len(final) > len(sent) and final.startswith(sent):
+                    event(final[len(sent):])
+                event(None, reason)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
 
     return Handler
 

@@ -45,6 +45,17 @@ class Running:
         return self._call(urllib.request.Request(self.url + path, data=data, method="POST",
                                                  headers={"Content-Type": "application/json"}))
 
+    def events(self, path, body):
+        """A streamed answer: its server-sent events' data, [DONE] last."""
+        req = urllib.request.Request(self.url + path, data=json.dumps(dict(body, stream=True)).encode(),
+                                     method="POST", headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=120) as r:
+            assert r.status == 200 and r.headers["Content-Type"] == "text/event-stream"
+            raw = r.read().decode()
+        chunks = [c for c in raw.split("\n\n") if c]
+        assert all(c.startswith("data: ") for c in chunks), raw
+        return [c[len("data: "):] for c in chunks]
+
     def get(self, path):
         return self._call(urllib.request.Request(self.url + path))
 
@@ -83,11 +94,17 @@ def test_concurrent_completions_equal_each_prompt_alone():
             want, reason = _alone(model, ids, b, s or (), tok.decode)
             assert code == 200, ans
             choice = ans["choices"][0]
-            assert choice["text"] == tok.decode(want) and choice["finish_reason"] == reason, (t, ans)
+            text = tok.decode(want)
+            if reason == "stop" and s:                    # (OpenAI's: the text ends before the stop text)
+                assert any(x in text for x in s)
+                text = text[:min(text.find(x) for x in s if x in text)]
+            assert choice["text"] == text and choice["finish_reason"] == reason, (t, ans)
             assert ans["usage"] == {"prompt_tokens": len(ids), "completion_tokens": len(want),
                                     "total_tokens": len(ids) + len(want)}
             assert ans["object"] == "text_completion" and ans["id"].startswith("cmpl-")
         assert {a["choices"][0]["finish_reason"] for _, a in answers} == {"stop", "length"}
+        assert sum(any(x in a["choices"][0]["text"] for x in s) for s, (_, a) in zip(stops, answers) if s) == 0
+        assert sum(a["choices"][0]["finish_reason"] == "stop" for s, (_, a) in zip(stops, answers) if s) == 2
         assert srv.get("/health") == (200, {"status": "ok"})
         code, models = srv.get("/v1/models")
         assert code == 200 and models["data"][0]["id"] == "jamba"
@@ -95,11 +112,47 @@ def test_concurrent_completions_equal_each_prompt_alone():
         srv.stop()
 
 
+def test_streamed_answers_equal_the_whole_ones():
+    """"stream": true: the text arrives in several chunks whose concatenation is the whole answer's text (stop texts
+    cut as there, never sent in part), then a chunk with the finish reason, then [DONE]; two streams and a plain
+    request at once."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=40, max_new_tokens=16)
+    try:
+        free = tok.decode(_alone(model, tok.encode("stream me"), 16)[0])
+        bodies = [{"prompt": "stream me", "max_tokens": 16}, {"prompt": "stream me", "max_tokens": 16,
+                                                              "stop": [free[6:9]]},
+                  {"prompt": "another", "max_tokens": 7}]
+        with ThreadPoolExecutor(3) as ex:
+            whole = list(ex.map(lambda b: srv.post("/v1/completions", b)[1], bodies))
+            streamed = list(ex.map(lambda b: srv.events("/v1/completions", b), bodies[:2]))
+        for w, ev in zip(whole, streamed):
+            assert ev[-1] == "[DONE]"
+            parts = [json.loads(e) for e in ev[:-1]]
+            texts = [p["choices"][0]["text"] for p in parts]
+            assert "".join(texts) == w["choices"][0]["text"] and len([t for t in texts if t]) > 1
+            assert [p["choices"][0]["finish_reason"] for p in parts] == [None] * (len(parts) - 1) + \
+                [w["choices"][0]["finish_reason"]]
+            assert all(p["object"] == "text_completion" and p["id"] == parts[0]["id"] for p in parts)
+        assert whole[1]["choices"][0]["finish_reason"] == "stop" and free[6:9] not in whole[1]["choices"][0]["text"]
+    finally:
+        srv.stop()
+
+
+def test_stream_holds_back_what_may_change():
+    tok = ByteTokenizer()
+    assert server._safe_prefix(tok.decode(tok.encode("aé", add_bos=False)[:2]), None) == "a"   # (half of é)
+    assert server._safe_prefix("aé", None) == "aé"
+    assert server._safe_prefix("abcxy", ["xyz"]) == "abc" and server._safe_prefix("abcxy", ["q", "xyz"]) == "abc"
+    assert server._safe_prefix("abcxy", ["q"]) == "abcxy"
+    assert server._cut_at_stop("one two three", ["three", "two"]) == "one " and server._cut_at_stop("ab", ["c"]) == "ab"
+
+
 def test_refused_requests():
     model, tok = builtin_model(), ByteTokenizer()
     srv = Running(model, tok, batch_size=2, max_prompt_tokens=20, max_new_tokens=8)
     try:
-        for body, msg in (({"prompt": "x", "stream": True}, '"stream": only false'),
+        for body, msg in (({"prompt": "x", "stream": "yes"}, '"stream": expected true or false'),
                           ({"prompt": "x", "n": 2}, '"n": only 1'),
                           ({"prompt": "x", "temperature": 0.7}, "samples with temperature = 0.0"),
                           ({"prompt": "x", "max_tokens": 9}, '"max_tokens": expected an int in [1, 8]'),
@@ -164,6 +217,11 @@ def test_chat_endpoint(tmp_path):
         assert ans["object"] == "chat.completion" and ans["usage"]["prompt_tokens"] == len(ids)
         code, ans = srv.post("/v1/chat/completions", {"messages": [{"role": "user"}]})
         assert code == 400 and '"messages"' in ans["error"]["message"]
+        ev = srv.events("/v1/chat/completions", {"messages": msgs, "max_tokens": 4})
+        parts = [json.loads(e)["choices"][0] for e in ev[:-1]]
+        assert ev[-1] == "[DONE]" and parts[0]["delta"] == {"role": "assistant", "content": ""}
+        assert "".join(p["delta"].get("content", "") for p in parts) == tok.decode(want)
+        assert parts[-1] == {"index": 0, "delta": {}, "finish_reason": reason}
     finally:
         srv.stop()
 
