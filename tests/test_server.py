@@ -226,6 +226,34 @@ def test_chat_endpoint(tmp_path):
         srv.stop()
 
 
+def test_cli_serve_passes_its_settings(monkeypatch, capsys):
+    """jamba-ext serve: the built-in model and the command line's settings reach serve(), and its ready line names the
+    address; an address in use exits 2."""
+    from jamba_ext.__main__ import main
+    seen = {}
+
+    def fake(model, tok, host, port, **kw):
+        seen.update(kw, host=host, port=port)
+
+        class H:
+            server_address = (host, 4321)
+        kw["ready"](H())
+    monkeypatch.setattr(server, "serve", fake)
+    assert main(["serve", "--device", "cpu", "--port", "0", "--batch-size", "3", "--max-prompt-tokens", "50",
+                 "--max-new-tokens", "7", "--temperature", "0.5", "--top-p", "0.9", "--repetition-penalty", "1.2"]) == 0
+    assert seen["batch_size"] == 3 and seen["max_prompt_tokens"] == 50 and seen["max_new_tokens"] == 7
+    assert seen["do_sample"] and seen["temperature"] == 0.5 and seen["top_p"] == 0.9
+    assert seen["repetition_penalty"] == 1.2 and seen["chat_template"] is None and seen["host"] == "127.0.0.1"
+    assert "serving jamba-ext-builtin on http://127.0.0.1:4321" in capsys.readouterr().err
+
+    def busy(*a, **k):
+        raise OSError(98, "Address already in use")
+    monkeypatch.setattr(server, "serve", busy)
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--device", "cpu"])
+    assert e.value.code == 2 and "cannot listen on 127.0.0.1:8000" in capsys.readouterr().err
+
+
 def test_cli_serve_argument_errors(capsys):
     from jamba_ext.__main__ import main
     for argv, msg in ((["--batch-size", "0"], "--batch-size must be >= 1"), (["--port", "70000"], "--port must be"),
