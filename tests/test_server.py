@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from conftest import builtin_model
+from conftest import HAS_GPU, builtin_model
 from jamba_ext import server
 from jamba_ext.batch import completion
 from jamba_ext.tokenizer import ByteTokenizer
@@ -261,3 +261,26 @@ def test_cli_serve_argument_errors(capsys):
         with pytest.raises(SystemExit) as e:
             main(["serve", "--device", "cpu", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_cuda_server_concurrent_requests():
+    """On a GPU (fp32): the engine thread captures the decode graph and replays it; six concurrent requests (two
+    streamed) each get the completion of the prompt alone."""
+    model, tok = builtin_model("cuda"), ByteTokenizer()
+    srv = Running(model, tok, batch_size=4, max_prompt_tokens=64, max_new_tokens=24)
+    try:
+        texts = ["hello", "a", "the hybrid model on a GPU", "xyz", "Mamba", "MoE"]
+        budgets = [20, 5, 24, 9, 13, 1]
+        bodies = [{"prompt": t, "max_tokens": b} for t, b in zip(texts, budgets)]
+        with ThreadPoolExecutor(6) as ex:
+            got = list(ex.map(lambda ib: srv.events("/v1/completions", ib[1]) if ib[0] < 2 else
+                              srv.post("/v1/completions", ib[1])[1], enumerate(bodies)))
+        for i, (t, b) in enumerate(zip(texts, budgets)):
+            want = tok.decode(_alone(model, tok.encode(t), b)[0])
+            text = "".join(json.loads(e)["choices"][0]["text"] for e in got[i][:-1]) if i < 2 else \
+                got[i]["choices"][0]["text"]
+            assert text == want, (t, got[i])
+    finally:
+        srv.stop()
