@@ -25,7 +25,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_train.py", ["--dtype", "bfloat16", "--batches", "1", "--lengths", "32"], "bench_train_smoke.json"),
     ("bench_beam.py", [], "bench_beam_smoke.json"),
     ("bench_batch.py", [], "bench_batch_smoke.json"),
-], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16", "beam", "batch"])
+    ("bench_serve.py", [], "bench_serve_smoke.json"),
+], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16", "beam", "batch", "serve"])
 def test_benchmark_smoke(tmp_path, script, args, result):
     env = package_env(JAMBA_BENCH_RESULTS=str(tmp_path))
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--smoke", *args], env=env,
@@ -48,6 +49,9 @@ def test_benchmark_smoke(tmp_path, script, args, result):
             "generate_many", "generate, file order", "continuous", "generate_many, varied budgets",
             "continuous, varied budgets", "generate_many, shared prefix", "continuous, prefix prefilled whole",
             "continuous, shared prefix"}
+    if script == "bench_serve.py":   # fp32 on the CPU: every checked answer equals the prompt's own generate()
+        assert check["ok"] is True and check["same_as_alone"] == 1.0, check
+        assert {r["impl"] for r in data["rows"]} == {"jamba-ext serve", "generate, one at a time"}
     if script == "bench_beam.py":    # the graph search equals the eager one; transformers' beams where installed
         assert check["graph_equals_eager"] is True, check
         assert check.get("transformers_same_sequences", True) is True, check
