@@ -41,6 +41,25 @@ from jamba_ext.batch import batches_by_length, generate_many  # noqa: E402
 from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
 
 
+def workload(smoke: bool, device_arg, n: int, lengths_arg, budgets_arg):
+    """The model and requests the offline benchmarks share: (device, cfg, dtype, model, lengths, prompts, budgets).
+    One Jamba-v0.1 block (bench_model's) in bf16 on a GPU, the smoke config in fp32 on the CPU; n prompts of random
+    tokens, their lengths uniform in lengths_arg ("min,max"; 128,2048, smoke 4,40), then a budget each, uniform in
+    budgets_arg (8,128; smoke 1,8); one fixed-seed generator draws them in that order."""
+    device = torch.device(device_arg or ("cuda" if torch.cuda.is_available() and not smoke else "cpu"))
+    cfg = JambaConfig(**(SMOKE if smoke else ONE_BLOCK))
+    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    lo, hi = map(int, (lengths_arg or ("4,40" if smoke else "128,2048")).split(","))
+    b_lo, b_hi = map(int, (budgets_arg or ("1,8" if smoke else "8,128")).split(","))
+    print(f"building {'smoke' if smoke else 'one-block Jamba-v0.1'} model on {device} {dtype} ...", flush=True)
+    model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(lo, hi + 1, (n,), generator=gen).tolist()
+    prompts = [torch.randint(3, cfg.vocab_size, (L,), generator=gen).tolist() for L in lengths]
+    budgets = torch.randint(b_lo, b_hi + 1, (n,), generator=gen).tolist()
+    return device, cfg, dtype, model, lengths, prompts, budgets, gen, (lo, hi), (b_lo, b_hi)
+
+
 def pad_share(lengths, batches) -> float:
     """Padding positions the prefill computes (each batch left-padded to its longest prompt) / prompt tokens."""
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
@@ -60,21 +79,12 @@ def main(argv=None) -> int:
     ap.add_argument("--scenarios", default="fixed,varied,prefix", help="comma list of fixed, varied, prefix")
     ap.add_argument("--reps", type=int, default=2)
     args = ap.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
-    cfg = JambaConfig(**(SMOKE if args.smoke else ONE_BLOCK))
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     n = args.prompts or (12 if args.smoke else 64)
-    lo, hi = map(int, (args.lengths or ("4,40" if args.smoke else "128,2048")).split(","))
     n_new = args.new or (5 if args.smoke else 64)
     sizes = [int(b) for b in (args.batch_sizes or ("1,4" if args.smoke else "1,8,16,32")).split(",")]
-    print(f"building {'smoke' if args.smoke else 'one-block Jamba-v0.1'} model on {device} {dtype} ...", flush=True)
-    model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    lengths = torch.randint(lo, hi + 1, (n,), generator=gen).tolist()
-    prompts = [torch.randint(3, cfg.vocab_size, (L,), generator=gen).tolist() for L in lengths]
+    device, cfg, dtype, model, lengths, prompts, budgets, gen, (lo, hi), (b_lo, b_hi) = workload(
+        args.smoke, args.device, n, args.lengths, args.budgets)
     kw = dict(max_new_tokens=n_new, eos_token_id=None)
-    b_lo, b_hi = map(int, (args.budgets or ("1,8" if args.smoke else "8,128")).split(","))
-    budgets = torch.randint(b_lo, b_hi + 1, (n,), generator=gen).tolist()
     kw_varied = dict(max_new_tokens=budgets, eos_token_id=None)
     head = torch.randint(3, cfg.vocab_size, (args.prefix or (16 if args.smoke else 1024),), generator=gen).tolist()
     prefixed = [head + p[:max(4, len(p) // 4)] for p in prompts]

@@ -26,11 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_model import ONE_BLOCK, SMOKE  # noqa: E402
+from bench_batch import workload  # noqa: E402
 from common import meta, results_dir, write_results  # noqa: E402
 
 from jamba_ext import server  # noqa: E402
-from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM  # noqa: E402
 
 
 class _Ids:
@@ -75,20 +74,11 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, default=None, help="concurrent clients (16; smoke 4)")
     ap.add_argument("--batch-sizes", default=None, help="server rows, comma list (8,16; smoke 3)")
     args = ap.parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() and not args.smoke else "cpu"))
-    cfg = JambaConfig(**(SMOKE if args.smoke else ONE_BLOCK))
-    dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     n = args.requests or (10 if args.smoke else 64)
-    lo, hi = map(int, (args.lengths or ("4,40" if args.smoke else "128,2048")).split(","))
-    b_lo, b_hi = map(int, (args.budgets or ("1,8" if args.smoke else "8,128")).split(","))
     clients = args.clients or (4 if args.smoke else 16)
     sizes = [int(b) for b in (args.batch_sizes or ("3" if args.smoke else "8,16")).split(",")]
-    print(f"building {'smoke' if args.smoke else 'one-block Jamba-v0.1'} model on {device} {dtype} ...", flush=True)
-    model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    lengths = torch.randint(lo, hi + 1, (n,), generator=gen).tolist()
-    prompts = [torch.randint(3, cfg.vocab_size, (L,), generator=gen).tolist() for L in lengths]
-    budgets = torch.randint(b_lo, b_hi + 1, (n,), generator=gen).tolist()
+    device, cfg, dtype, model, lengths, prompts, budgets, _, (lo, hi), (b_lo, b_hi) = workload(
+        args.smoke, args.device, n, args.lengths, args.budgets)
     bodies = [{"prompt": p, "max_tokens": b} for p, b in zip(prompts, budgets)]
     tok = _Ids()
 
