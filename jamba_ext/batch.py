@@ -65,21 +65,32 @@ def generate_many(model, prompts: Sequence[Sequence[int]], batch_size: int = 16,
     takes; sampling there draws from one generator seeded with seed."""
     if not prompts:
         return
-    if continuous:
-        from .continuous import generate_continuous
-        kw = {k: v for k, v in generate_kwargs.items() if k != "tokenizer"}   # (stop texts are found with decode)
-        done, nxt = {}, 0
-        for i, new, reason in generate_continuous(model, prompts, batch_size, seed=seed, decode=decode, **kw):
-            if on_batch is not None:
-                on_batch(1)
-            if not ordered:
-                yield i, new, reason
-                continue
-            done[i] = (new, reason)
-            while nxt in done:
-                yield (nxt, *done.pop(nxt))
-                nxt += 1
-        return
+    results = _continuous(model, prompts, batch_size, seed, decode, on_batch, generate_kwargs) if continuous else \
+        _static(model, prompts, batch_size, seed, decode, on_batch, generate_kwargs)
+    yield from _in_order(results) if ordered else results
+
+
+def _in_order(results: Iterator[Tuple[int, List[int], str]]) -> Iterator[Tuple[int, List[int], str]]:
+    """(index, ...) results in any order -> in the indices' order, each as soon as those before it are there."""
+    done, nxt = {}, 0
+    for i, new, reason in results:
+        done[i] = (new, reason)
+        while nxt in done:
+            yield (nxt, *done.pop(nxt))
+            nxt += 1
+
+
+def _continuous(model, prompts, batch_size, seed, decode, on_batch, generate_kwargs):
+    from .continuous import generate_continuous
+    kw = {k: v for k, v in generate_kwargs.items() if k != "tokenizer"}   # (stop texts are found with decode)
+    for i, new, reason in generate_continuous(model, prompts, batch_size, seed=seed, decode=decode, **kw):
+        if on_batch is not None:
+            on_batch(1)
+        yield i, new, reason
+
+
+def _static(model, prompts, batch_size, seed, decode, on_batch, generate_kwargs):
+    generate_kwargs = dict(generate_kwargs)
     budgets = generate_kwargs.pop("max_new_tokens", 32)
     if not isinstance(budgets, int):
         from .continuous import _budgets
@@ -98,7 +109,6 @@ def generate_many(model, prompts: Sequence[Sequence[int]], batch_size: int = 16,
         raise ValueError("stop_strings needs decode (token ids -> text) to find where each completion ends")
     e = generate_kwargs.get("eos_token_id", "config")       # generate()'s own: the model's end-of-text ids
     eos = set(model._eos_ids()) if isinstance(e, str) else set() if e is None else {e} if isinstance(e, int) else set(e)
-    done, nxt = {}, 0
     for k, idx in enumerate(batches_by_length([len(p) for p in prompts], batch_size)):
         most = budgets if isinstance(budgets, int) else max(budgets[i] for i in idx)
         with torch.inference_mode():
@@ -107,13 +117,6 @@ def generate_many(model, prompts: Sequence[Sequence[int]], batch_size: int = 16,
         width = max(len(prompts[i]) for i in idx)           # the batch is left-padded to its longest prompt
         rows = out[:, width:].tolist()
         for r, i in enumerate(idx):
-            new, reason = completion(rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]], eos, stop, decode)
-            if ordered:
-                done[i] = (new, reason)
-            else:
-                yield i, new, reason
+            yield (i, *completion(rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]], eos, stop, decode))
         if on_batch is not None:
             on_batch(len(idx))
-        while nxt in done:
-            yield (nxt, *done.pop(nxt))
-            nxt += 1

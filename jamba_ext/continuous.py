@@ -56,6 +56,13 @@ def shared_prefix(prompts: Sequence[Sequence[int]]) -> List[int]:
     return first[:max(n, 0)]
 
 
+def _check_options(options: dict, allowed: Sequence[str], also: str) -> None:
+    bad = sorted(set(options) - set(allowed))
+    if bad:
+        raise ValueError(f"continuous batching takes {', '.join(allowed)}, {also}; not {', '.join(bad)} "
+                         "(generate_many without continuous=True takes every generate() argument)")
+
+
 def _budgets(max_new_tokens: Union[int, Sequence[int]], n: int) -> List[int]:
     if isinstance(max_new_tokens, int) and not isinstance(max_new_tokens, bool):
         b = [max_new_tokens] * n
@@ -89,11 +96,13 @@ class _Rows:
         if prefix:
             self.pre = tmpl
 
-    def _run(self, ids: torch.Tensor, cache) -> torch.Tensor:
-        """ids (n, L), no padding, through `cache` after what it holds, in generate()'s chunks -> logits (n, V)."""
+    def _run(self, ids: torch.Tensor, cache, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """ids (n, L) through `cache` after what it holds (mask (n, L): the left padding; None: none), in generate()'s
+        chunks -> last-position logits (n, V)."""
         from .modeling_jamba import prefill_chunks
         for s, e in prefill_chunks(ids.shape[1], ids.shape[0], self.chunk):
-            logits = self.model(ids[:, s:e], cache=cache, logits_to_keep=1).logits[:, -1]
+            logits = self.model(ids[:, s:e], None if mask is None else mask[:, :e], cache=cache,
+                                logits_to_keep=1).logits[:, -1]
         self.prefilled += ids.numel()
         return logits
 
@@ -133,13 +142,8 @@ class _Rows:
 
     def prefill(self, prompts: List[List[int]], cache) -> torch.Tensor:
         """The prompts (left-padded) through `cache`, in generate()'s chunks -> last-position logits (n, V)."""
-        from .modeling_jamba import prefill_chunks
-        dev = self.model.device
-        ids, mask = self.model._left_pad(prompts, self.pad, dev)
-        for s, e in prefill_chunks(ids.shape[1], ids.shape[0], self.chunk):
-            logits = self.model(ids[:, s:e], mask[:, :e], cache=cache, logits_to_keep=1).logits[:, -1]
-        self.prefilled += ids.numel()
-        return logits
+        ids, mask = self.model._left_pad(prompts, self.pad, self.model.device)
+        return self._run(ids, cache, mask)
 
     def take(self, rows: List[int], prompts: List[List[int]]) -> torch.Tensor:
         """rows take over prompts (states copied in, keys at pos - L .. pos - 1; needs pos >= the longest of them).
@@ -227,11 +231,7 @@ class ContinuousBatcher:
     def __init__(self, model, batch_size: int = 16, max_prompt_tokens: int = 4096, max_new_tokens: int = 256,
                  seed: int = 0, decode: Optional[Callable[[Sequence[int]], str]] = None,
                  prefix: Optional[Sequence[int]] = None, **options):
-        bad = sorted(set(options) - (set(OPTIONS) - {"shared_prefix"}))
-        if bad:
-            raise ValueError(f"continuous batching takes {', '.join(o for o in OPTIONS if o != 'shared_prefix')}, "
-                             f"max_new_tokens, seed, decode and prefix; not {', '.join(bad)} (generate_many without "
-                             "continuous=True takes every generate() argument)")
+        _check_options(options, [o for o in OPTIONS if o != "shared_prefix"], "max_new_tokens, seed, decode and prefix")
         for name, v in (("batch_size", batch_size), ("max_prompt_tokens", max_prompt_tokens),
                         ("max_new_tokens", max_new_tokens)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -437,10 +437,7 @@ def generate_continuous(model, prompts: Sequence[Sequence[int]], batch_size: int
     prompts' common first tokens run once when there are at least SHARED_PREFIX_MIN_TOKENS of them, as a chat
     template's system message; True: any; False: never). A ContinuousBatcher of min(batch_size, prompts) rows, the
     prompts added longest first (the first rows' left padding is short, and each later prompt fits below pos)."""
-    bad = sorted(set(options) - set(OPTIONS))
-    if bad:
-        raise ValueError(f"continuous batching takes {', '.join(OPTIONS)}, max_new_tokens, seed and decode; not "
-                         f"{', '.join(bad)} (generate_many without continuous=True takes every generate() argument)")
+    _check_options(options, OPTIONS, "max_new_tokens, seed and decode")
     n = len(prompts)
     if n == 0:
         return

@@ -130,8 +130,14 @@ def _stop_list(v) -> Optional[list]:
 def _cut_at_stop(text: str, stop) -> str:
     """OpenAI's stop semantics: the text ends before the first stop text it holds (the completion ends with the token
     that completed it, transformers' way)."""
-    cuts = [text.find(x) for x in stop if x in text]
+    cuts = [text.find(x) for x in stop or () if x in text]
     return text[:min(cuts)] if cuts else text
+
+
+def _answer_text(tok, tokens: List[int], reason: str, stop) -> str:
+    """A finished completion's text, as the answer gives it: cut before its stop text when one ended it."""
+    text = tok.decode(tokens)
+    return _cut_at_stop(text, stop) if reason == "stop" else text
 
 
 def _safe_prefix(text: str, stop) -> str:
@@ -245,7 +251,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
         def _complete(self, ids: List[int], max_tokens: int, stop, chat: bool) -> dict:
             tok = engine.tok
             tokens, reason = engine.run(ids, max_tokens, stop)
-            text = _cut_at_stop(tok.decode(tokens), stop) if reason == "stop" and stop else tok.decode(tokens)
+            text = _answer_text(tok, tokens, reason, stop)
             usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens),
                      "total_tokens": len(ids) + len(tokens)}
             base = {"created": int(time.time()), "model": model_name, "usage": usage}
@@ -298,7 +304,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 self.wfile.write(b"data: " + json.dumps(err).encode() + b"\n\n")
             else:
                 tokens, reason = job.result
-                final = _cut_at_stop(tok.decode(tokens), stop) if reason == "stop" and stop else tok.decode(tokens)
+                final = _answer_text(tok, tokens, reason, stop)
                 if len(final) > len(sent) and final.startswith(sent):
                     event(final[len(sent):])
                 event(None, reason)
