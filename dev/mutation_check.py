@@ -269,6 +269,7 @@ T_MODEL, T_FILT, T_BEAM = "tests/test_model.py", "tests/test_logits_filters.py",
 T_LORA, T_PLACE, T_STATIC = "tests/test_lora.py", "tests/test_placement.py", "tests/test_static_decode.py"
 T_CLI, T_CONT = "tests/test_generate_cli.py", "tests/test_continuous.py"
 CB = "jamba_ext/continuous.py"
+RS, T_RS = "jamba_ext/row_sampling.py", "tests/test_row_sampling.py"
 
 # JambaForCausalLM._warp from its temperature line to the end of its top_p block
 _WARP_TO_TOP_P = (
@@ -514,6 +515,25 @@ PY_MUTANTS = [
            "                self.seen[r] = False\n", "",
            "continuous: repetition_penalty's seen tokens carry over from a row's earlier prompt",
            [T_CONT, "-k", "repetition"]),
+    # ---- row_sampling.py: each request's own settings (session 51) ---------------------------------------------------
+    Mutant("py_rows_shared_k", RS,
+           "kth = top.gather(1, (self.top_k.clamp(1, k) - 1)[:, None])", "kth = top[:, -1:]",
+           "row sampling: every row keeps the largest top_k of the batch instead of its own",
+           [T_RS, "-k", "warp"]),
+    Mutant("py_rows_presence_sign", RS,
+           "s = s.float() - self.freq * c - self.pres * (c > 0).float()",
+           "s = s.float() - self.freq * c + self.pres * (c > 0).float()",
+           "row sampling: presence_penalty raises the scores of tokens already given",
+           [T_RS, "-k", "float64 or mixed"]),
+    Mutant("py_rows_lazy_seen_no_prompt", CB,
+           "self.seen[r, torch.tensor(self.prompt[r] + self.new[r], device=dev)] = True",
+           "self.seen[r, torch.tensor(self.new[r] or [0], device=dev)] = True",
+           "per-request repetition_penalty: the seen tokens made on first need leave out the row's prompt",
+           [T_RS, "-k", "mixed"]),
+    Mutant("py_rows_greedy_sampled", RS,
+           "return torch.where(self.temp > 0, drawn, greedy)", "return drawn",
+           "row sampling: greedy rows (temperature 0) draw like the sampled ones",
+           [T_RS, "-k", "pick or mixed"]),
     Mutant("py_batch_budget_not_cut", "jamba_ext/batch.py",
            "rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]]", "rows[r]",
            "generate_many: a prompt's own max_new_tokens not applied (its batch's largest instead)",

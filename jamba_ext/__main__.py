@@ -784,7 +784,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-new-tokens", type=int, default=256, metavar="N",
                    help="the largest max_tokens a request may ask for (default 256)")
     v.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and sampling")
-    v.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples (every request)")
+    v.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); > 0 samples. These settings apply to requests that leave them out")
     v.add_argument("--top-k", type=int, default=0)
     v.add_argument("--top-p", type=float, default=1.0)
     v.add_argument("--min-p", type=float, default=None)

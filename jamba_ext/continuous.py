@@ -26,8 +26,10 @@ How (Jamba has no positional encoding, so a sequence's keys may sit at any posit
   copied in after it.
 Supported: greedy and sampling (temperature, top_k, top_p, min_p; one torch.Generator seeded with `seed`: a run
 repeats exactly for the same batch_size), repetition_penalty (generate()'s: a row's prompt and new tokens),
-min_new_tokens (no EOS id before), EOS ids, stop_strings with decode, a token budget per prompt. Other
-generate() arguments raise ValueError (generate_many without continuous=True takes them all).
+min_new_tokens (no EOS id before), EOS ids, stop_strings with decode, a token budget per prompt; with
+ContinuousBatcher.add, a prompt's own sampling settings (a server's requests: temperature, top_k, top_p, min_p,
+repetition_penalty, presence_penalty, frequency_penalty; jamba_ext.row_sampling). Other generate() arguments raise
+ValueError (generate_many without continuous=True takes them all).
 """
 import collections
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -36,6 +38,7 @@ import torch
 
 from .batch import completion
 from .logits_filters import penalize
+from .row_sampling import RowSampler, Sampling, check as check_sampling, rows_differ
 
 OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_new_tokens",
            "eos_token_id", "stop_strings", "cuda_graph", "prefill_chunk", "shared_prefix")
@@ -257,6 +260,9 @@ class ContinuousBatcher:
         self.penalty = options.get("repetition_penalty", 1.0)
         if isinstance(self.penalty, bool) or not isinstance(self.penalty, (int, float)) or not self.penalty > 0:
             raise ValueError(f"repetition_penalty: expected a number > 0 (1.0: off), got {self.penalty!r}")
+        # the settings a prompt added without its own samples with (temperature 0: greedy)
+        self.base = Sampling(self.warp["temperature"] if self.do_sample else 0.0, top_k, self.warp["top_p"],
+                             self.warp["min_p"] or 0.0, self.penalty)
         self.min_new = options.get("min_new_tokens", 0)
         if isinstance(self.min_new, bool) or not isinstance(self.min_new, int) or self.min_new < 0:
             raise ValueError(f"min_new_tokens: expected an int >= 0, got {self.min_new!r}")
@@ -267,15 +273,18 @@ class ContinuousBatcher:
         self.max_prompt, self.max_new = max_prompt_tokens, max_new_tokens
         self.prefix = list(prefix) if prefix else None
         self.chunk, self.cuda_graph = options.get("prefill_chunk"), options.get("cuda_graph")
-        self.queue: "collections.deque[tuple]" = collections.deque()      # (id, prompt, budget, stop texts)
+        self.queue: "collections.deque[tuple]" = collections.deque()   # (id, prompt, budget, stop texts, sampling)
         self.next_id = 0
         self.rows: Optional[_Rows] = None            # (made by the first step: the cache, the graph, the buffers)
         self.stepped: List[Tuple[int, int]] = []     # the last step's (id, new token) of every prompt it ran
 
     def add(self, prompt: Sequence[int], max_new_tokens: Optional[int] = None,
-            stop_strings: Optional[Sequence[str]] = None) -> int:
+            stop_strings: Optional[Sequence[str]] = None, sampling: Optional[dict] = None) -> int:
         """Queues a prompt (token ids) with its budget (default: the batcher's max_new_tokens) and its own stop texts
-        (default: the batcher's stop_strings; needs decode); returns its id."""
+        (default: the batcher's stop_strings; needs decode); returns its id. sampling: the prompt's own settings
+        (jamba_ext.row_sampling.FIELDS: temperature (0: greedy), top_k, top_p, min_p, repetition_penalty,
+        presence_penalty, frequency_penalty; those not given are the batcher's), as a server's requests bring them;
+        rows of different settings pick their tokens in one pass (row_sampling.RowSampler)."""
         prompt = [int(t) for t in prompt]
         if not 1 <= len(prompt) <= self.max_prompt:
             raise ValueError(f"prompt: expected 1 to max_prompt_tokens = {self.max_prompt} tokens, got {len(prompt)}")
@@ -286,8 +295,9 @@ class ContinuousBatcher:
             (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings)
         if stop and (self.decode is None or not all(isinstance(x, str) and x for x in stop)):
             raise ValueError("stop_strings: expected non-empty texts, and a batcher with decode (token ids -> text)")
+        samp = check_sampling(sampling, self.base) if sampling else self.base
         rid, self.next_id = self.next_id, self.next_id + 1
-        self.queue.append((rid, prompt, b, stop))
+        self.queue.append((rid, prompt, b, stop, samp))
         return rid
 
     @property
@@ -316,12 +326,15 @@ class ContinuousBatcher:
         self.budget = [0] * B
         self.row_stop: List[tuple] = [()] * B        # each row's stop texts
         self.new: List[List[int]] = [[] for _ in range(B)]
+        self.prompt: List[List[int]] = [[] for _ in range(B)]
+        self.samp: List[Optional[Sampling]] = [None] * B    # each running row's settings
+        self.sampler: Optional[RowSampler] = None       # (when rows differ from self.base)
+        self.counts: Optional[torch.Tensor] = None      # (B, V) int32: each row's new tokens (presence/frequency)
         self.logits = torch.zeros(B, V, dtype=m.dtype, device=dev)
         self.pending: Dict[int, torch.Tensor] = {}   # row -> its new prompt's logits, for the next pick
         self.gen = None
         if self.do_sample:
-            self.gen = torch.Generator(device=dev)
-            self.gen.manual_seed(self.seed)
+            self._generator()
         self.ahead = dev.type == "cuda"
         self.host = torch.empty(B, dtype=torch.long, pin_memory=self.ahead)
         # repetition_penalty: the tokens of each row's prompt and completion so far; min_new_tokens: each row's count
@@ -349,8 +362,8 @@ class ContinuousBatcher:
         # a new row writes its keys up to max(pos, L) + its budget - 1; a running row's room is unchanged by this
         # (pos + what it still needs fitted when it came, and a move of pos up to L <= max_prompt leaves L + that
         # <= max_prompt + max_new)
-        L = max(len(q) for _, (_, q, _, _) in take)
-        need = max(b for _, (_, _, b, _) in take)
+        L = max(len(q) for _, (_, q, _, _, _) in take)
+        need = max(b for _, (_, _, b, _, _) in take)
         if max(rows.pos, L) + need > cap:
             rows.shift(running)
         if max(rows.pos, L) + need > cap:            # (after the shift pos <= max_prompt + max_new - 1: never)
@@ -358,15 +371,46 @@ class ContinuousBatcher:
                                f"{need} more")
         if rows.pos < L:                             # (the positions skipped are masked for every row)
             rows.set_pos(L)
-        got = rows.take([r for r, _ in take], [q for _, (_, q, _, _) in take])
-        for j, (r, (rid, q, b, stop)) in enumerate(take):
+        got = rows.take([r for r, _ in take], [q for _, (_, q, _, _, _) in take])
+        for j, (r, (rid, q, b, stop, samp)) in enumerate(take):
             self.seq[r], self.budget[r], self.new[r], self.row_stop[r] = rid, b, [], stop
+            self.prompt[r], self.samp[r] = q, samp
             self.pending[r] = got[j:j + 1]
             if self.seen is not None:
                 self.seen[r] = False
                 self.seen[r, torch.tensor(q, device=self.seen.device)] = True
             if self.count is not None:
                 self.count[r] = 0
+            if self.counts is not None:
+                self.counts[r] = 0
+        self._row_settings()
+
+    def _generator(self) -> None:
+        self.gen = torch.Generator(device=self.model.device)
+        self.gen.manual_seed(self.seed)
+
+    def _row_settings(self) -> None:
+        """After rows took prompts: the per-row sampler when the running rows' settings differ from the batcher's, and
+        what it needs (made on first need: a generator; seen tokens, counts of new tokens, filled for the rows that
+        already run)."""
+        running = [r for r in range(self.B) if self.seq[r] is not None]
+        if not rows_differ([self.samp[r] for r in running], self.base):
+            self.sampler = None
+            return
+        self.sampler = RowSampler([self.samp[r] or self.base for r in range(self.B)], self.logits.device)
+        if self.sampler.any_sample and self.gen is None:
+            self._generator()
+        V, dev = self.logits.shape[1], self.logits.device
+        if self.sampler.any_rep and self.seen is None:
+            self.seen = torch.zeros(self.B, V, dtype=torch.bool, device=dev)
+            for r in running:
+                self.seen[r, torch.tensor(self.prompt[r] + self.new[r], device=dev)] = True
+        if self.sampler.any_count and self.counts is None:
+            self.counts = torch.zeros(self.B, V, dtype=torch.int32, device=dev)
+            for r in running:
+                if self.new[r]:
+                    ids = torch.tensor(self.new[r], device=dev)
+                    self.counts[r].index_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
 
     def step(self) -> List[Tuple[int, List[int], str]]:
         """Queued prompts into idle rows, then one decode step; returns (id, completion token ids, finish reason) of
@@ -388,14 +432,23 @@ class ContinuousBatcher:
                 logits[torch.tensor(rs, device=logits.device)] = \
                     torch.cat([self.pending[r] for r in rs]).to(logits.dtype)
                 self.pending.clear()
-            lg = logits if self.seen is None else penalize(logits, self.seen, self.penalty)
+            sampler = self.sampler
+            if sampler is not None:                  # (the rows' own settings)
+                lg = sampler.penalize(logits, self.seen, self.counts)
+            else:
+                lg = logits if self.seen is None else penalize(logits, self.seen, self.penalty)
             if self.count is not None:
                 lg = lg.masked_fill((self.count < self.min_new)[:, None] & self.eos_cols, float("-inf"))
-            scores = self.model._warp(lg, **self.warp)
-            nxt = scores.argmax(-1) if not self.do_sample else \
-                torch.multinomial(torch.softmax(scores.float(), -1), 1, generator=self.gen)[:, 0]
+            if sampler is not None:
+                nxt = sampler.pick(lg, self.gen)
+            else:
+                scores = self.model._warp(lg, **self.warp)
+                nxt = scores.argmax(-1) if not self.do_sample else \
+                    torch.multinomial(torch.softmax(scores.float(), -1), 1, generator=self.gen)[:, 0]
             if self.seen is not None:
                 self.seen.scatter_(1, nxt[:, None], True)
+            if self.counts is not None:
+                self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.int32))
             if self.count is not None:
                 self.count += 1
             self.host.copy_(nxt, non_blocking=self.ahead)
@@ -422,7 +475,7 @@ class ContinuousBatcher:
             if t in self.eos or len(row) >= self.budget[r] or \
                     (stop and any(x in self.decode(row[-window:]) for x in stop)):
                 ended.append((self.seq[r], *completion(row, self.eos, stop, self.decode)))
-                self.seq[r], self.new[r] = None, []
+                self.seq[r], self.new[r], self.samp[r] = None, [], None
         return ended
 
 

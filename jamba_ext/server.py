@@ -9,9 +9,11 @@ OpenAI's (choices[0].text or .message, finish_reason "stop" / "length", usage; t
 usage counts the tokens up to the one that completed it). One thread owns the model: it runs a
 jamba_ext.continuous.ContinuousBatcher, taking requests from the HTTP threads as rows free up (first come, first
 served), so concurrent requests share the decode steps. "stream": true answers with server-sent events (OpenAI's
-chunks, then "data: [DONE]"). Sampling settings (temperature, top_p, ...) are the server's, set when it starts; a
-request that asks for other values is refused (400) rather than answered with them. Not supported: n > 1, logprobs,
-echo, suffix (400 each).
+chunks, then "data: [DONE]"). Sampling: a request's temperature (0: greedy), top_p, presence_penalty and
+frequency_penalty (OpenAI's), top_k, min_p and repetition_penalty (vLLM's) apply to it alone (rows of different
+settings share the decode steps: jamba_ext.row_sampling); those it leaves out are the server's, set when it starts
+(greedy unless --temperature > 0). Not supported: n > 1, logprobs, echo, suffix, seed, logit_bias (400 each: not
+answered as if they were).
 """
 import json
 import queue
@@ -22,10 +24,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional
 
 from .continuous import ContinuousBatcher
+from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
 
-# request fields the server answers with its own settings: a request may give them only at those values
-SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
-UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None}
+# request fields answered only at these values (seed: one request's draws depend on the batch it shares)
+UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None, "seed": None,
+               "logit_bias": None}
 
 
 class RequestError(ValueError):
@@ -33,8 +36,8 @@ class RequestError(ValueError):
 
 
 class _Job:
-    def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False):
-        self.ids, self.max_tokens, self.stop = ids, max_tokens, stop
+    def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False, sampling: Optional[dict] = None):
+        self.ids, self.max_tokens, self.stop, self.sampling = ids, max_tokens, stop, sampling
         self.done = threading.Event()
         self.result = self.error = None
         self.tokens: Optional["queue.Queue"] = queue.Queue() if stream else None   # new tokens, then None at the end
@@ -52,9 +55,6 @@ class Engine:
     def __init__(self, model, tokenizer, batch_size: int = 16, max_prompt_tokens: int = 4096,
                  max_new_tokens: int = 256, seed: int = 0, **options):
         self.model, self.tok = model, tokenizer
-        self.settings = {"temperature": options.get("temperature", 1.0) if options.get("do_sample") else 0.0,
-                         "top_p": options.get("top_p", 1.0), "top_k": options.get("top_k", 0),
-                         "min_p": options.get("min_p"), "repetition_penalty": options.get("repetition_penalty", 1.0)}
         self.bat = ContinuousBatcher(model, batch_size, max_prompt_tokens, max_new_tokens, seed,
                                      decode=tokenizer.decode, **options)
         self.inbox: "queue.Queue[_Job]" = queue.Queue()
@@ -63,19 +63,21 @@ class Engine:
         self.thread = threading.Thread(target=self._loop, name="jamba-ext engine", daemon=True)
         self.thread.start()
 
-    def run(self, ids: List[int], max_tokens: int, stop=None, timeout: Optional[float] = None):
+    def run(self, ids: List[int], max_tokens: int, stop=None, timeout: Optional[float] = None,
+            sampling: Optional[dict] = None):
         """(completion token ids, finish reason) of a prompt, when its turn has come and it has ended."""
-        job = self.submit(ids, max_tokens, stop)
+        job = self.submit(ids, max_tokens, stop, sampling=sampling)
         if not job.done.wait(timeout):
             raise TimeoutError("the engine did not answer in time")
         if job.error is not None:
             raise job.error
         return job.result
 
-    def submit(self, ids: List[int], max_tokens: int, stop=None, stream: bool = False) -> _Job:
-        """Queues a prompt; the job's done event is set at its end (stream: its tokens queue gets each new token as
-        it comes, then None)."""
-        job = _Job(ids, max_tokens, stop, stream)
+    def submit(self, ids: List[int], max_tokens: int, stop=None, stream: bool = False,
+               sampling: Optional[dict] = None) -> _Job:
+        """Queues a prompt (sampling: its own settings, ContinuousBatcher.add's); the job's done event is set at its
+        end (stream: its tokens queue gets each new token as it comes, then None)."""
+        job = _Job(ids, max_tokens, stop, stream, sampling)
         self.inbox.put(job)
         return job
 
@@ -92,7 +94,7 @@ class Engine:
                 job = None
             while job is not None:
                 try:
-                    self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop)] = job
+                    self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling)] = job
                 except ValueError as e:
                     job.finish(error=RequestError(str(e)))
                 try:
@@ -186,9 +188,9 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                     raise RequestError("the body must be a JSON object")
                 chat = self.path.endswith("chat/completions")
                 if body.get("stream") is True:
-                    self._stream(*self._parse(body, chat), chat)
+                    self._stream(*self._parse(body, chat), chat=chat)
                     return
-                out = self._complete(*self._parse(body, chat), chat)
+                out = self._complete(*self._parse(body, chat), chat=chat)
             except (RequestError, json.JSONDecodeError) as e:
                 self._error(400, str(e) if isinstance(e, RequestError) else f"the body is not JSON: {e.msg}")
                 return
@@ -198,16 +200,17 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             self._send(200, out)
 
         def _parse(self, body: dict, chat: bool):
-            """(prompt ids, max_tokens, stop texts) of a request, or RequestError."""
+            """(prompt ids, max_tokens, stop texts, sampling settings or None) of a request, or RequestError."""
             for k, ok in UNSUPPORTED.items():
                 if k in body and body[k] != ok and not (k == "logprobs" and body[k] is False):
                     raise RequestError(f'"{k}": only {json.dumps(ok)} is supported here')
             if not isinstance(body.get("stream", False), bool):
                 raise RequestError(f'"stream": expected true or false, got {body["stream"]!r}')
-            for k in SAMPLING_FIELDS:
-                if body.get(k) is not None and body[k] != engine.settings[k]:
-                    raise RequestError(f'"{k}": this server samples with {k} = {engine.settings[k]} (set when it '
-                                       f'starts: jamba-ext serve --{k.replace("_", "-")} ...); got {body[k]}')
+            sampling = {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
+            try:
+                check_sampling(sampling, engine.bat.base)
+            except ValueError as e:
+                raise RequestError(str(e)) from None
             max_tokens = body.get("max_tokens", body.get("max_completion_tokens",
                                                          min(max_new_default, engine.bat.max_new)))
             if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= \
@@ -246,11 +249,11 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             if len(ids) > engine.bat.max_prompt:
                 raise RequestError(f"the prompt is {len(ids)} tokens; this server takes up to {engine.bat.max_prompt} "
                                    "(its --max-prompt-tokens)")
-            return ids, max_tokens, stop
+            return ids, max_tokens, stop, sampling or None
 
-        def _complete(self, ids: List[int], max_tokens: int, stop, chat: bool) -> dict:
+        def _complete(self, ids: List[int], max_tokens: int, stop, sampling, chat: bool) -> dict:
             tok = engine.tok
-            tokens, reason = engine.run(ids, max_tokens, stop)
+            tokens, reason = engine.run(ids, max_tokens, stop, sampling=sampling)
             text = _answer_text(tok, tokens, reason, stop)
             usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens),
                      "total_tokens": len(ids) + len(tokens)}
@@ -261,10 +264,10 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             return dict(base, id=f"cmpl-{uuid.uuid4().hex[:24]}", object="text_completion", choices=[
                 {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}])
 
-        def _stream(self, ids: List[int], max_tokens: int, stop, chat: bool) -> None:
+        def _stream(self, ids: List[int], max_tokens: int, stop, sampling, chat: bool) -> None:
             """Server-sent events, OpenAI's chunks: the text as it comes (held back where it could be the start of a
             stop text, or an unfinished UTF-8 character), then a chunk with the finish reason, then [DONE]."""
-            tok, job = engine.tok, engine.submit(ids, max_tokens, stop, stream=True)
+            tok, job = engine.tok, engine.submit(ids, max_tokens, stop, stream=True, sampling=sampling)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")

@@ -112,6 +112,44 @@ def test_concurrent_completions_equal_each_prompt_alone():
         srv.stop()
 
 
+def test_each_request_samples_with_its_own_settings():
+    """Six requests at once over three rows, greedy server: a request that gives nothing, one with temperature 0, one
+    with a repetition penalty, one with top_k 1 (streamed) each get the prompt's own generate() with those settings;
+    two sampled ones (temperature 1.5) come back whole; a sampling server answers a temperature-0 request greedily."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=3, max_prompt_tokens=64, max_new_tokens=16)
+    texts = ["hello there", "Mamba", "the MoE layer", "xyz", "a b c", "q"]
+    extra = [{}, {"temperature": 0}, {"repetition_penalty": 1.8}, {"temperature": 0.7, "top_k": 1},
+             {"temperature": 1.5, "top_p": 0.9}, {"temperature": 1.5, "presence_penalty": 1.0}]
+    try:
+        def ask(i):
+            body = dict({"prompt": texts[i], "max_tokens": 10}, **extra[i])
+            if i == 3:
+                ev = srv.events("/v1/completions", body)
+                return "".join(json.loads(e)["choices"][0]["text"] for e in ev[:-1])
+            code, ans = srv.post("/v1/completions", body)
+            assert code == 200, ans
+            return ans["choices"][0]["text"]
+        with ThreadPoolExecutor(6) as ex:
+            got = list(ex.map(ask, range(6)))
+        for i in range(4):
+            with torch.inference_mode():
+                ids = tok.encode(texts[i])
+                row = model.generate([ids], max_new_tokens=10, repetition_penalty=extra[i].get(
+                    "repetition_penalty", 1.0))[0, len(ids):].tolist()
+            assert got[i] == tok.decode(completion(row, set(model._eos_ids()))[0]), (i, extra[i])
+        assert got[2] != tok.decode(_alone(model, tok.encode(texts[2]), 10)[0])   # (the penalty changed it)
+        assert all(isinstance(g, str) for g in got[4:])
+    finally:
+        srv.stop()
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=64, max_new_tokens=16, do_sample=True, temperature=2.0)
+    try:
+        code, ans = srv.post("/v1/completions", {"prompt": texts[0], "max_tokens": 10, "temperature": 0})
+        assert code == 200 and ans["choices"][0]["text"] == tok.decode(_alone(model, tok.encode(texts[0]), 10)[0])
+    finally:
+        srv.stop()
+
+
 def test_streamed_answers_equal_the_whole_ones():
     """"stream": true: the text arrives in several chunks whose concatenation is the whole answer's text (stop texts
     cut as there, never sent in part), then a chunk with the finish reason, then [DONE]; two streams and a plain
@@ -154,7 +192,10 @@ def test_refused_requests():
     try:
         for body, msg in (({"prompt": "x", "stream": "yes"}, '"stream": expected true or false'),
                           ({"prompt": "x", "n": 2}, '"n": only 1'),
-                          ({"prompt": "x", "temperature": 0.7}, "samples with temperature = 0.0"),
+                          ({"prompt": "x", "temperature": -0.7}, "temperature: expected a number >= 0"),
+                          ({"prompt": "x", "top_p": 0}, "top_p: expected a number in (0, 1]"),
+                          ({"prompt": "x", "presence_penalty": 3}, "presence_penalty: expected a number in [-2, 2]"),
+                          ({"prompt": "x", "seed": 3}, '"seed": only null'),
                           ({"prompt": "x", "max_tokens": 9}, '"max_tokens": expected an int in [1, 8]'),
                           ({"prompt": "x", "max_tokens": 0}, '"max_tokens"'),
                           ({"prompt": "y" * 30}, "this server takes up to 20"),
