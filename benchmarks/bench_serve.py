@@ -8,7 +8,9 @@ against the same requests answered one at a time by model.generate() (what a ser
 The server runs in this process (a thread) on a free local port; --clients threads send the requests (token-id
 prompts, fixed seed) over HTTP, half of them streamed. Rows, for each --batch-sizes value: the wall time for all
 requests, new tokens/s, and per request the latency (median and 90th percentile) and, for the streamed ones, the time
-to the first chunk of text (the median of --reps runs, after a warm-up run, whose time is shown apart); then "generate, one at a time": the same requests through model.generate() in turn (the
+to the first chunk of text (the median of --reps runs, after a warm-up run, whose time is shown apart); then the
+largest batch size again with each request's own sampling settings (MIXED, in turn: greedy and sampled rows, filters
+and penalties share the steps); then "generate, one at a time": the same requests through model.generate() in turn (the
 latency of the last one is the whole run). Correctness first: greedy answers in fp32 equal each prompt's own
 generate() (on a GPU in bf16 the first token's agreement is recorded, not required: near ties of random weights).
 Writes benchmarks/results/bench_serve.json; --smoke (and a run on the CPU) under benchmarks/results/local/.
@@ -30,6 +32,11 @@ from bench_batch import workload  # noqa: E402
 from common import meta, results_dir, write_results  # noqa: E402
 
 from jamba_ext import server  # noqa: E402
+
+
+# the "mixed settings" row: each request's own sampling settings, in turn (jamba_ext.row_sampling)
+MIXED = [{}, {"temperature": 0.8, "top_p": 0.95}, {"temperature": 0.7, "top_k": 50}, {"repetition_penalty": 1.1},
+         {"temperature": 1.0, "min_p": 0.05, "presence_penalty": 0.5, "frequency_penalty": 0.2}]
 
 
 class _Ids:
@@ -88,8 +95,9 @@ def main(argv=None) -> int:
         with torch.inference_mode():
             return model.generate([prompts[i]], max_new_tokens=budgets[i], eos_token_id=None)[0, lengths[i]:].tolist()
 
+    mixed = [dict(b, **MIXED[i % len(MIXED)]) for i, b in enumerate(bodies)]
     rows, check = [], {}
-    for bs in sizes:
+    for bs, asks in [(bs, bodies) for bs in sizes] + [(sizes[-1], mixed)]:
         got, started = {}, threading.Event()
 
         def ready(httpd):
@@ -105,7 +113,7 @@ def main(argv=None) -> int:
         for rep in range(args.reps + 1):        # the first run warms up (each prompt length's first prefill)
             t0 = time.perf_counter()
             with ThreadPoolExecutor(clients) as ex:
-                res = list(ex.map(lambda i: _request(url, bodies[i], stream=i % 2 == 1), range(n)))
+                res = list(ex.map(lambda i: _request(url, asks[i], stream=i % 2 == 1), range(n)))
             runs.append((time.perf_counter() - t0, res))
         warm_s, runs = runs[0][0], sorted(runs[1:], key=lambda r: r[0])
         wall, res = runs[(len(runs) - 1) // 2]  # the median run (the lower of the middle two)
@@ -121,13 +129,14 @@ def main(argv=None) -> int:
             print("check:", check, flush=True)
         lat = sorted(r[2] for r in res)
         ttft = sorted(r[1] for r in res if r[1] is not None)
-        rows.append(dict(label=f"serve b{bs}", impl="jamba-ext serve", batch_size=bs, clients=clients, requests=n,
+        name = f"serve b{bs}" + (", mixed settings" if asks is mixed else "")
+        rows.append(dict(label=name, impl="jamba-ext serve", batch_size=bs, clients=clients, requests=n,
                          new_tokens=sum(budgets), seconds=wall, new_tokens_per_s=sum(budgets) / wall,
                          latency_p50_s=statistics.median(lat), latency_p90_s=lat[int(0.9 * (len(lat) - 1))],
                          ttft_p50_s=statistics.median(ttft) if ttft else None, median_us=wall * 1e6,
                          warmup_run_s=warm_s, runs_s=[w for w, _ in runs]))
         r = rows[-1]
-        print(f"serve, {bs:3d} rows, {clients} clients | {wall:8.3f} s | {r['new_tokens_per_s']:9.1f} new tok/s | "
+        print(f"{name:32s} | {clients} clients | {wall:8.3f} s | {r['new_tokens_per_s']:9.1f} new tok/s | "
               f"latency p50 {r['latency_p50_s']:.3f} s, p90 {r['latency_p90_s']:.3f} s | first text (streamed) "
               f"p50 {r['ttft_p50_s'] or 0:.3f} s | warm-up run {warm_s:.3f} s", flush=True)
     for i in range(n):                                  # (warm-up: the baseline's graph, each length's prefill)
