@@ -32,7 +32,8 @@ def test_scores_match_warp_row_by_row(device, dtype):
         want = JambaForCausalLM._warp(logits[r:r + 1], True, st.temperature, st.top_k, st.top_p, st.min_p or None)[0]
         assert torch.equal(torch.isfinite(s[r]), torch.isfinite(want)), r
         fin = torch.isfinite(want)
-        torch.testing.assert_close(s[r][fin], want[fin], rtol=0, atol=0)
+        # (CUDA divides by a scalar as a product with its reciprocal, by a tensor exactly: 1 ulp apart)
+        torch.testing.assert_close(s[r][fin], want[fin], rtol=2.5e-7, atol=0)
         kept.append(int(fin.sum()))
     assert kept[0] == 5 and len(set(kept)) == len(kept) and sorted(kept)[-2] < V == kept[4]   # (row 5: no filter)
 
