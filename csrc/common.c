@@ -275,4 +275,5 @@ NO_CUDA(jamba_decode_attention_cuda, jamba_decode_attention_params)
 NO_CUDA(jamba_mamba_inner_step_cuda, jamba_mamba_inner_step_params)
 NO_CUDA(jamba_cross_entropy_cuda, jamba_cross_entropy_params)
 NO_CUDA(jamba_cross_entropy_bwd_cuda, jamba_cross_entropy_bwd_params)
+NO_CUDA(jamba_sample_rows_cuda, jamba_sample_rows_params)
 __attribute__((weak)) int jamba_has_cuda(void) { return 0; }

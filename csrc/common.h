@@ -195,6 +195,38 @@ static inline void jamba_softplus_row(float *restrict v, float *restrict tmp, in
 }
 
 
+/* ---- sample_rows' pieces, shared by its CPU and CUDA kernels (host and device code) ---- */
+#ifdef __CUDACC__
+#define JAMBA_HD __host__ __device__
+#else
+#define JAMBA_HD
+#endif
+/* Philox4x32-10 (Salmon et al., SC'11): the first output word of counter (c0, c1, c2, c3) under key (k0, k1) */
+JAMBA_HD static inline uint32_t jamba_philox_word(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0,
+                                                  uint32_t k1) {
+    for (int i = 0; i < 10; i++) {
+        const uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
+        const uint32_t n0 = (uint32_t)(p1 >> 32) ^ c1 ^ k0, n2 = (uint32_t)(p0 >> 32) ^ c3 ^ k1;
+        c1 = (uint32_t)p1;
+        c3 = (uint32_t)p0;
+        c0 = n0;
+        c2 = n2;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    return c0;
+}
+/* uniform in (0, 1): 24 bits of the word, half a step in from either end */
+JAMBA_HD static inline float jamba_uniform24(uint32_t w) { return ((float)(w >> 8) + 0.5f) * 5.9604644775390625e-8f; }
+/* the order-preserving u32 of a float (a larger float, a larger key; -0 just below +0) */
+JAMBA_HD static inline uint32_t jamba_f32_key(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+/* a probability ratio e in [0, 1] in fixed point (2^-40), the unit of sample_rows' top_p masses */
+JAMBA_HD static inline uint64_t jamba_mass_fixed(float e) { return (uint64_t)(e * 1099511627776.0f); }
+
 static inline int64_t jamba_dtype_size(jamba_dtype d) {
     switch (d) {
     case JAMBA_F32: case JAMBA_I32: return 4;

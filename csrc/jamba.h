@@ -559,6 +559,37 @@ jamba_status jamba_cross_entropy_bwd_check(const jamba_cross_entropy_bwd_params 
 jamba_status jamba_cross_entropy_bwd_cpu(const jamba_cross_entropy_bwd_params *p);
 jamba_status jamba_cross_entropy_bwd_cuda(const jamba_cross_entropy_bwd_params *p, jamba_launch launch);
 
+/* ------------------------------------------------------------------------------------------------
+ * sample_rows: one token per row of logits, each row with its own sampling settings (a server's batch of requests,
+ * jamba_ext.row_sampling)  (csrc/{cpu,cuda}/sample_rows.*)
+ *   logits (R, V) f32|f16|bf16, unit stride along V, any row stride; params (R, 7) f32 contiguous, per row:
+ *   temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty; seen (R, V) u8
+ *   contiguous or absent; counts (R, V) i32 contiguous or absent; tokens (R,) i64 and tau (R,) f32 contiguous,
+ *   overlapping no input. R >= 0, V >= 1. seed, offset: the draws' Philox key and counter (a new offset a step).
+ *   Per row r and column v: x = logit; seen[r, v]: x = x < 0 ? x * rep : x / rep; counts c = counts[r, v]:
+ *   x = x - freq * c - (c > 0 ? pres : 0).
+ *   temperature <= 0 (greedy): tokens[r] = the first argmax of x, tau[r] = its x.
+ *   else s = x / temperature, m = max s, e = expf(s - m), key(s) = the order-preserving u32 of s, and kept:
+ *     key >= K_k: top_k in [1, V): K_k is the top_k-th largest key (ties at it kept); else every column;
+ *     key >= K_p: top_p < 1: among the columns kept by top_k, K_p is the smallest key whose mass of keys <= it
+ *       exceeds floor((1 - top_p) * Z) (mass: e in fixed point, floor(e * 2^40), summed exactly as u64; Z: the
+ *       mass of all those columns): transformers' top_p, which drops the least likely tokens while their summed
+ *       probability stays <= 1 - top_p;
+ *     e >= min_p when min_p > 0.
+ *     tokens[r] = the first argmax over kept columns of s - log(-log(u)), u = (philox(seed; v, r, offset) >> 8 +
+ *     0.5) / 2^24, Philox4x32-10's first word (a Gumbel-max draw: token v with probability softmax(s)[v] renormalised
+ *     over the kept columns); tau[r] = the smallest kept s (the kept columns are those with s >= tau[r]).
+ *   The CPU and CUDA keep the same columns and draw the same u; their expf and logf may differ by ulps.
+ */
+typedef struct {
+    jamba_tensor tokens, tau, logits, params, seen, counts;
+    uint64_t seed, offset;
+} jamba_sample_rows_params;
+
+jamba_status jamba_sample_rows_check(const jamba_sample_rows_params *p);
+jamba_status jamba_sample_rows_cpu(const jamba_sample_rows_params *p);
+jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p, jamba_launch launch);
+
 #ifdef __cplusplus
 }
 #endif

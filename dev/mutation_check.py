@@ -68,6 +68,7 @@ T_NORM, T_ERR, T_CONV = "tests/test_rms_norm.py", "tests/test_errors.py", "tests
 T_SCAN, T_SCAN_BWD = "tests/test_selective_scan.py", "tests/test_selective_scan_bwd.py"
 T_STEP, T_MOE, T_GEMV = "tests/test_mamba_step.py", "tests/test_moe.py", "tests/test_gemv.py"
 T_CE, T_ATTN, T_FP8 = "tests/test_cross_entropy.py", "tests/test_decode_attention.py", "tests/test_fp8.py"
+T_SR = "tests/test_sample_rows.py"
 
 MUTANTS = [
     # ---- rms_norm.c ---------------------------------------------------------------------------------------------
@@ -230,6 +231,26 @@ MUTANTS = [
            "#pragma omp simd reduction(max : m)\n    for (int64_t v = 0; v < V; v++) m = row[v] > m ? row[v] : m;",
            "m = 0.f; /* no max subtraction */",
            "cross_entropy: log-sum-exp without subtracting the row max", [T_CE]),
+    # ---- sample_rows.c (session 51) -----------------------------------------------------------------------------
+    Mutant("sr_top_p_boundary", CPU + "sample_rows.c",
+           "for (; d < 255 && below + h[d] <= target; d++) below += h[d];",
+           "for (; d < 255 && below + h[d] < target; d++) below += h[d];",
+           "sample_rows: top_p keeps one column too few where the dropped mass reaches the limit exactly", [T_SR]),
+    Mutant("sr_top_k_rank", CPU + "sample_rows.c",
+           "        n -= (int64_t)above;\n", "",
+           "sample_rows: top_k's later radix passes look for the k-th key among the whole row again", [T_SR]),
+    Mutant("sr_presence_sign", CPU + "sample_rows.c",
+           "x = x - (c > 0 ? pres : 0.0f);", "x = x + (c > 0 ? pres : 0.0f);",
+           "sample_rows: presence_penalty raises the tokens already given", [T_SR]),
+    Mutant("sr_gumbel_sign", CPU + "sample_rows.c",
+           "const float g = s[v] - logf(-logf(u));", "const float g = s[v] + logf(-logf(u));",
+           "sample_rows: the Gumbel noise with the wrong sign (draws no longer follow the softmax)", [T_SR]),
+    Mutant("sr_min_p_half", CPU + "sample_rows.c",
+           "expf(s[v] - m) < min_p)", "expf(s[v] - m) < 0.5f * min_p)",
+           "sample_rows: min_p keeps tokens down to half its threshold", [T_SR]),
+    Mutant("sr_greedy_last_tie", CPU + "sample_rows.c",
+           "if (x > s[best]) best = v;", "if (x >= s[best]) best = v;",
+           "sample_rows: greedy rows take the last of tied maxima (torch.argmax: the first)", [T_SR]),
     # ---- decode_attention.c -------------------------------------------------------------------------------------
     Mutant("attn_scale_dropped", CPU + "decode_attention.c",
            "s[j] = d * scale;",
@@ -516,24 +537,11 @@ PY_MUTANTS = [
            "continuous: repetition_penalty's seen tokens carry over from a row's earlier prompt",
            [T_CONT, "-k", "repetition"]),
     # ---- row_sampling.py: each request's own settings (session 51) ---------------------------------------------------
-    Mutant("py_rows_shared_k", RS,
-           "kth = top.gather(1, (self.top_k.clamp(1, k) - 1)[:, None])", "kth = top[:, -1:]",
-           "row sampling: every row keeps the largest top_k of the batch instead of its own",
-           [T_RS, "-k", "warp"]),
-    Mutant("py_rows_presence_sign", RS,
-           "s = s.float() - self.freq * c - self.pres * (c > 0).float()",
-           "s = s.float() - self.freq * c + self.pres * (c > 0).float()",
-           "row sampling: presence_penalty raises the scores of tokens already given",
-           [T_RS, "-k", "float64 or mixed"]),
     Mutant("py_rows_lazy_seen_no_prompt", CB,
            "self.seen[r, torch.tensor(self.prompt[r] + self.new[r], device=dev)] = True",
            "self.seen[r, torch.tensor(self.new[r] or [0], device=dev)] = True",
            "per-request repetition_penalty: the seen tokens made on first need leave out the row's prompt",
            [T_RS, "-k", "mixed"]),
-    Mutant("py_rows_greedy_sampled", RS,
-           "return torch.where(self.temp > 0, drawn, greedy)", "return drawn",
-           "row sampling: greedy rows (temperature 0) draw like the sampled ones",
-           [T_RS, "-k", "pick or mixed"]),
     Mutant("py_batch_budget_not_cut", "jamba_ext/batch.py",
            "rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]]", "rows[r]",
            "generate_many: a prompt's own max_new_tokens not applied (its batch's largest instead)",

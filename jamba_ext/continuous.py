@@ -24,8 +24,9 @@ How (Jamba has no positional encoding, so a sequence's keys may sit at any posit
 - the next step is enqueued before the host reads this step's tokens (on a GPU, as generate() does, it runs
   meanwhile): a row that ends in this step has one more step computed and discarded, and its new prompt's state is
   copied in after it.
-Supported: greedy and sampling (temperature, top_k, top_p, min_p; one torch.Generator seeded with `seed`: a run
-repeats exactly for the same batch_size), repetition_penalty (generate()'s: a row's prompt and new tokens),
+Supported: greedy and sampling (temperature, top_k, top_p, min_p; one kernel picks every row's token,
+jamba_ext.ops.sample_rows, its draws keyed by `seed` with one counter a step: a run repeats exactly for the same
+batch_size), repetition_penalty (generate()'s: a row's prompt and new tokens),
 min_new_tokens (no EOS id before), EOS ids, stop_strings with decode, a token budget per prompt; with
 ContinuousBatcher.add, a prompt's own sampling settings (a server's requests: temperature, top_k, top_p, min_p,
 repetition_penalty, presence_penalty, frequency_penalty; jamba_ext.row_sampling). Other generate() arguments raise
@@ -332,9 +333,8 @@ class ContinuousBatcher:
         self.counts: Optional[torch.Tensor] = None      # (B, V) int32: each row's new tokens (presence/frequency)
         self.logits = torch.zeros(B, V, dtype=m.dtype, device=dev)
         self.pending: Dict[int, torch.Tensor] = {}   # row -> its new prompt's logits, for the next pick
-        self.gen = None
-        if self.do_sample:
-            self._generator()
+        self.draws = 0                               # (the sampling kernel's Philox counter: one a step)
+        self.uniform = RowSampler([self.base] * B, dev) if self.do_sample else None
         self.ahead = dev.type == "cuda"
         self.host = torch.empty(B, dtype=torch.long, pin_memory=self.ahead)
         # repetition_penalty: the tokens of each row's prompt and completion so far; min_new_tokens: each row's count
@@ -385,21 +385,15 @@ class ContinuousBatcher:
                 self.counts[r] = 0
         self._row_settings()
 
-    def _generator(self) -> None:
-        self.gen = torch.Generator(device=self.model.device)
-        self.gen.manual_seed(self.seed)
-
     def _row_settings(self) -> None:
         """After rows took prompts: the per-row sampler when the running rows' settings differ from the batcher's, and
-        what it needs (made on first need: a generator; seen tokens, counts of new tokens, filled for the rows that
-        already run)."""
+        what it needs (made on first need: seen tokens, counts of new tokens, filled for the rows that already
+        run)."""
         running = [r for r in range(self.B) if self.seq[r] is not None]
         if not rows_differ([self.samp[r] for r in running], self.base):
             self.sampler = None
             return
         self.sampler = RowSampler([self.samp[r] or self.base for r in range(self.B)], self.logits.device)
-        if self.sampler.any_sample and self.gen is None:
-            self._generator()
         V, dev = self.logits.shape[1], self.logits.device
         if self.sampler.any_rep and self.seen is None:
             self.seen = torch.zeros(self.B, V, dtype=torch.bool, device=dev)
@@ -432,19 +426,15 @@ class ContinuousBatcher:
                 logits[torch.tensor(rs, device=logits.device)] = \
                     torch.cat([self.pending[r] for r in rs]).to(logits.dtype)
                 self.pending.clear()
-            sampler = self.sampler
-            if sampler is not None:                  # (the rows' own settings)
-                lg = sampler.penalize(logits, self.seen, self.counts)
-            else:
-                lg = logits if self.seen is None else penalize(logits, self.seen, self.penalty)
+            sampler = self.sampler or self.uniform   # (the rows' own settings, or the batcher's sampled ones)
+            lg = logits
             if self.count is not None:
                 lg = lg.masked_fill((self.count < self.min_new)[:, None] & self.eos_cols, float("-inf"))
-            if sampler is not None:
-                nxt = sampler.pick(lg, self.gen)
-            else:
-                scores = self.model._warp(lg, **self.warp)
-                nxt = scores.argmax(-1) if not self.do_sample else \
-                    torch.multinomial(torch.softmax(scores.float(), -1), 1, generator=self.gen)[:, 0]
+            if sampler is not None:                  # one kernel: penalties, filters, the draw
+                nxt = sampler.pick(lg, self.seen, self.counts, self.seed & (2 ** 63 - 1), self.draws)
+                self.draws += 1
+            else:                                    # every row greedy, with the batcher's repetition penalty
+                nxt = (lg if self.seen is None else penalize(lg, self.seen, self.penalty)).argmax(-1)
             if self.seen is not None:
                 self.seen.scatter_(1, nxt[:, None], True)
             if self.counts is not None:

@@ -1734,6 +1734,47 @@ _functorch = getattr(torch._C, "_are_functorch_transforms_active", lambda: False
 _compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
+# ---- sampling: one token a row, each row its own settings ----------------------------------------------------
+SAMPLE_PARAMS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty",
+                 "frequency_penalty")
+
+
+@torch.library.custom_op("jamba::sample_rows", mutates_args=())
+def sample_rows(logits: Tensor, params: Tensor, seen: Optional[Tensor] = None, counts: Optional[Tensor] = None,
+                seed: int = 0, offset: int = 0) -> Tuple[Tensor, Tensor]:
+    """One token per row of logits (R, V) f32/f16/bf16 (unit stride along V), each row with its own settings:
+    params (R, 7) fp32, a row's SAMPLE_PARAMS (temperature 0: greedy; top_k 0, top_p 1, min_p 0, penalties 1 / 0 / 0:
+    off; jamba_ext.row_sampling.check validates them); seen (R, V) bool (repetition_penalty: the row's prompt and new
+    tokens) and counts (R, V) int32 (presence / frequency penalties: the row's new tokens), each optional. seed,
+    offset: the draws' Philox key and counter, ints in [0, 2^63) (a new offset a step: the same pair draws the same).
+    Returns (tokens (R,) int64, tau (R,) fp32: the smallest score kept, on the penalised logits / temperature scale;
+    greedy rows: the argmax's penalised logit). One kernel, no host synchronisation; exact semantics in csrc/jamba.h
+    (transformers' repetition penalty, top_k, top_p and min_p in its order; OpenAI's presence and frequency
+    penalties; a Gumbel-max draw from the softmax of the kept scores)."""
+    op = "sample_rows"
+    _check_args(op, "logits", logits, {"logits": 2, "params": 2, "seen": 2, "counts": 2}, params=params, seen=seen,
+                counts=counts)
+    if seen is not None and seen.dtype != torch.bool:
+        _fail(op, f"seen must be a bool tensor, got {seen.dtype}")
+    for name, v in (("seed", seed), ("offset", offset)):
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2 ** 63:
+            _fail(op, f"{name} must be an int in [0, 2^63), got {v!r}")
+    R = logits.shape[0]
+    tokens = _alloc((R,), torch.int64, logits.device)
+    tau = _alloc((R,), torch.float32, logits.device)
+    _call(op, logits.device, op, [("tokens", tokens), ("tau", tau), ("logits", logits), ("params", params),
+                                  ("seen", None if seen is None else seen.view(torch.uint8)), ("counts", counts)],
+          seed, offset)
+    return tokens, tau
+
+
+@sample_rows.register_fake
+def _(logits, params, seen=None, counts=None, seed=0, offset=0):
+    _fake_devices("sample_rows", logits=logits, params=params, seen=seen, counts=counts)
+    R = logits.shape[0]
+    return logits.new_empty((R,), dtype=torch.int64), logits.new_empty((R,), dtype=torch.float32)
+
+
 def _eager_ok(args, kwargs) -> bool:
     if _compiling() or _modes() or _fmodes() or _functorch():
         return False
@@ -1778,5 +1819,6 @@ gemv = _fast_path(gemv)
 decode_attention = _fast_path(decode_attention)
 cross_entropy = _fast_path(cross_entropy)
 cross_entropy_bwd = _fast_path(cross_entropy_bwd)
+sample_rows = _fast_path(sample_rows)
 dequant_fp8 = _fast_path(dequant_fp8)
 moe_experts_fp8 = _fast_path(moe_experts_fp8)

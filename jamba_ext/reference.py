@@ -368,6 +368,47 @@ def cross_entropy_bwd(logits: Tensor, target: Tensor, lse: Tensor, dloss: Tensor
     return g.to(logits.dtype)
 
 
+def sample_rows_kept(logits: Tensor, params: Tensor, seen: Optional[Tensor] = None,
+                     counts: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor]:
+    """float64 reference of ops.sample_rows but the draw: (greedy (R,) int64, the first argmax of the penalised
+    logits; scores (R, V): the penalised logits / temperature (greedy rows: the penalised logits); kept (R, V) bool:
+    the columns a sampled row may draw (greedy rows: its argmax)), with transformers' sort-based top_k, top_p
+    (ascending cumulative probability <= 1 - top_p dropped, the most likely kept) and min_p, in that order."""
+    x = logits.double()
+    R, V = x.shape
+    pr = params.double()
+    rep, pres, freq = pr[:, 4:5], pr[:, 5:6], pr[:, 6:7]
+    if seen is not None:
+        x = torch.where(seen, torch.where(x < 0, x * rep, x / rep), x)
+    if counts is not None:
+        c = counts.double()
+        x = x - freq * c - pres * (c > 0).double()
+    greedy = x.argmax(-1)
+    temp = pr[:, 0]
+    scores = torch.where((temp > 0)[:, None], x / torch.where(temp > 0, temp, 1.0)[:, None], x)
+    kept = torch.zeros(R, V, dtype=torch.bool, device=x.device)
+    for r in range(R):
+        if not temp[r] > 0:
+            kept[r, greedy[r]] = True
+            continue
+        s = scores[r]
+        keep = torch.ones(V, dtype=torch.bool, device=x.device)
+        k = int(pr[r, 1])
+        if 1 <= k < V:
+            keep &= s >= torch.topk(s, k).values[-1]
+        if pr[r, 2] < 1:
+            masked = torch.where(keep, s, float("-inf"))
+            srt, idx = torch.sort(masked)
+            drop = torch.softmax(srt, -1).cumsum(-1) <= 1 - pr[r, 2]
+            drop[-1] = False
+            keep &= ~drop.scatter(0, idx, drop)
+        if pr[r, 3] > 0:
+            p = torch.softmax(torch.where(keep, s, float("-inf")), -1)
+            keep &= p >= pr[r, 3] * p.max()
+        kept[r] = keep
+    return greedy, scores, kept
+
+
 def dequant_fp8(q: Tensor, scale: Tensor) -> Tensor:
     """w = e4m3(q) * scale[..., None] in float64 (q: torch.float8_e4m3fn; every e4m3 value is exact in float64)."""
     return q.to(torch.float64) * scale.to(torch.float64).unsqueeze(-1)

@@ -1,8 +1,8 @@
 """Sampling settings of each row of a batch (a server's requests each bring their own: OpenAI's temperature, top_p,
-presence_penalty and frequency_penalty, and vLLM's top_k, min_p and repetition_penalty), picked on the device in one
-pass for all rows (no host synchronisation: the decode loop keeps running ahead of the host).
+presence_penalty and frequency_penalty, and vLLM's top_k, min_p and repetition_penalty), picked on the device by
+one kernel for all rows (ops.sample_rows; no host synchronisation: the decode loop keeps running ahead of the host).
 
-Shapes: logits (R, V), one row per sequence; the settings (R,) tensors; seen (R, V) bool (the row's prompt and new
+Shapes: logits (R, V), one row per sequence; the settings (R, 7) fp32; seen (R, V) bool (the row's prompt and new
 tokens: repetition_penalty); counts (R, V) int32 (the row's new tokens: presence and frequency penalties).
 A row's pick, in this order (transformers' for the first five, as JambaForCausalLM._warp and generate() do them):
   repetition_penalty  a seen token's logit divided by it where positive, multiplied where negative (1: off);
@@ -13,7 +13,8 @@ A row's pick, in this order (transformers' for the first five, as JambaForCausal
   top_k               the k highest scores stay (0: off),
   top_p               the least likely tokens whose probabilities sum to at most 1 - top_p are dropped (1: off),
   min_p               tokens below min_p x the most likely one's probability are dropped (0: off);
-                      the most likely token always stays; then one draw from the softmax (the batch's generator).
+                      the most likely token always stays; then one draw from the softmax of the scores kept
+                      (a Gumbel-max draw; csrc/jamba.h has the exact rules).
 """
 from typing import List, NamedTuple, Optional, Sequence
 
@@ -61,68 +62,27 @@ def check(values: dict, base: Sampling = Sampling()) -> Sampling:
 
 
 class RowSampler:
-    """The settings of R rows as device tensors (set(): after rows take new requests), and pick(): one token a row.
-    The host-side flags (which filters any row uses) decide which passes run, so rows that all leave a filter off
-    never pay for it."""
+    """The settings of R rows as one (R, 7) fp32 tensor of ops.SAMPLE_PARAMS (made again when rows take new
+    requests), and pick(): one token a row, in one kernel (ops.sample_rows: the penalties, top_k, top_p and min_p
+    of each row, and a Gumbel-max draw from Philox uniforms keyed by seed, one counter a call). The host-side flags
+    say which state the rows need (seen tokens for a repetition penalty, counts of new tokens for presence and
+    frequency penalties)."""
 
     def __init__(self, rows: Sequence[Sampling], device):
-        self.rows = [r if r.temperature > 0 else r._replace(top_k=0, top_p=1.0, min_p=0.0) for r in rows]  # (greedy)
-        f = torch.tensor([[r.temperature, r.top_p, r.min_p, r.repetition_penalty, r.presence_penalty,
-                           r.frequency_penalty] for r in self.rows], dtype=torch.float32)
-        f = f.to(device)
-        self.temp, self.top_p, self.min_p = f[:, 0], f[:, 1], f[:, 2]
-        self.rep, self.pres, self.freq = f[:, 3:4], f[:, 4:5], f[:, 5:6]
-        self.top_k = torch.tensor([r.top_k for r in self.rows], dtype=torch.long).to(device)
-        ks = [r.top_k for r in self.rows if r.top_k]
-        self.k_max, self.k_min = max(ks, default=0), min(ks, default=0)
+        self.rows = list(rows)
+        self.params = torch.tensor([[r.temperature, r.top_k, r.top_p, r.min_p, r.repetition_penalty,
+                                     r.presence_penalty, r.frequency_penalty] for r in self.rows],
+                                   dtype=torch.float32).to(device)
         self.any_sample = any(r.temperature > 0 for r in self.rows)
-        self.any_top_p = any(r.top_p < 1 for r in self.rows)
-        self.any_min_p = any(r.min_p > 0 for r in self.rows)
         self.any_rep = any(r.repetition_penalty != 1 for r in self.rows)
         self.any_count = any(r.presence_penalty or r.frequency_penalty for r in self.rows)
 
-    def penalize(self, logits: Tensor, seen: Optional[Tensor], counts: Optional[Tensor]) -> Tensor:
-        """The penalised logits (fp32 where any penalty is on; seen / counts: None when no row needs them)."""
-        s = logits
-        if self.any_rep and seen is not None:
-            s = s.float()
-            s = torch.where(seen, torch.where(s < 0, s * self.rep, s / self.rep), s)
-        if self.any_count and counts is not None:
-            c = counts.float()
-            s = s.float() - self.freq * c - self.pres * (c > 0).float()
-        return s
-
-    def scores(self, logits: Tensor) -> Tensor:
-        """(R, V) fp32: the (penalised) logits over each row's temperature (1 for greedy rows), filtered by the row's
-        top_k, top_p and min_p (-inf where dropped): a sampled row draws from their softmax."""
-        V = logits.shape[-1]
-        s = logits.float() / torch.where(self.temp > 0, self.temp, 1.0)[:, None]
-        k = min(self.k_max, V)
-        if k and self.k_min < V:                             # (some sampled row keeps fewer than all V)
-            top = torch.topk(s, k, dim=-1).values
-            kth = top.gather(1, (self.top_k.clamp(1, k) - 1)[:, None])
-            kth = torch.where(((self.top_k > 0) & (self.top_k < V))[:, None], kth, float("-inf"))
-            s = s.masked_fill(s < kth, float("-inf"))
-        if self.any_top_p:
-            srt, idx = torch.sort(s, dim=-1)
-            drop = torch.softmax(srt, dim=-1).cumsum(dim=-1) <= (1 - self.top_p)[:, None]
-            drop[:, -1] = False                                 # (the most likely token stays)
-            s = s.masked_fill(drop.scatter(1, idx, drop), float("-inf"))
-        if self.any_min_p:
-            p = torch.softmax(s, dim=-1)
-            drop = p < self.min_p[:, None] * p.amax(dim=-1, keepdim=True)
-            drop.scatter_(1, p.argmax(dim=-1, keepdim=True), False)
-            s = s.masked_fill(drop, float("-inf"))
-        return s
-
-    def pick(self, logits: Tensor, gen: Optional[torch.Generator]) -> Tensor:
-        """(R,) int64: each row's token from its (penalised) logits: greedy rows their argmax, the others one draw
-        from softmax(scores) (the generator's)."""
-        greedy = logits.argmax(-1)
-        if not self.any_sample:
-            return greedy
-        drawn = torch.multinomial(torch.softmax(self.scores(logits), dim=-1), 1, generator=gen)[:, 0]
-        return torch.where(self.temp > 0, drawn, greedy)
+    def pick(self, logits: Tensor, seen: Optional[Tensor], counts: Optional[Tensor], seed: int, offset: int) -> Tensor:
+        """(R,) int64: each row's token (greedy rows: the argmax of their penalised logits). seen / counts: None when
+        no row needs them; seed and offset: the draws' (a new offset a step)."""
+        from . import ops
+        return ops.sample_rows(logits.contiguous(), self.params, seen if self.any_rep else None,
+                               counts if self.any_count else None, seed, offset)[0]
 
 
 def rows_differ(rows: List[Optional[Sampling]], base: Sampling) -> bool:

@@ -1,8 +1,8 @@
 """jamba_ext.row_sampling, and each request's own sampling settings in a ContinuousBatcher (what a server's requests
-bring). Each row's filtered scores equal JambaForCausalLM._warp with that row's settings alone; the penalties equal
-a float64 computation; draws follow the softmax; in one batch of mixed settings, greedy rows give the prompt's own
-generate(), a repetition penalty gives generate()'s with it, presence and frequency penalties a float64 step-by-step
-reference, top_k = 1 the greedy tokens; sampling repeats for a seed; bad settings are refused by name."""
+bring; the kernel itself, ops.sample_rows: tests/test_sample_rows.py). Draws follow the softmax; in one batch of
+mixed settings, greedy rows give the prompt's own generate(), a repetition penalty gives generate()'s with it,
+presence and frequency penalties a float64 step-by-step reference, top_k = 1 the greedy tokens; sampling repeats for
+a seed; bad settings are refused by name."""
 import random
 
 import pytest
@@ -10,66 +10,24 @@ import torch
 
 import jamba_ext.continuous as C
 from conftest import builtin_model
-from jamba_ext.modeling_jamba import JambaForCausalLM
 from jamba_ext.row_sampling import RowSampler, Sampling, check
-
-ROWS = [Sampling(0.7, 5), Sampling(1.3, 0, 0.9), Sampling(1.0, 0, 1.0, 0.05), Sampling(0.5, 40, 0.8, 0.02),
-        Sampling(0.0, 7, 0.5, 0.3), Sampling(1.0), Sampling(2.0, 600, 0.97)]
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
-def test_scores_match_warp_row_by_row(device, dtype):
-    """Rows of different temperature / top_k / top_p / min_p filtered in one pass: each row as _warp gives it alone
-    (greedy rows: no filter); every sampled row's kept set is its own (a shared k or p would change it)."""
-    V = 513
-    logits = (torch.randn(len(ROWS), V, dtype=torch.float64) * 3).to(device, dtype)
-    s = RowSampler(ROWS, device).scores(logits)
-    kept = []
-    for r, st in enumerate(ROWS):
-        if st.temperature == 0:
-            assert torch.isfinite(s[r]).all()
-            continue
-        want = JambaForCausalLM._warp(logits[r:r + 1], True, st.temperature, st.top_k, st.top_p, st.min_p or None)[0]
-        assert torch.equal(torch.isfinite(s[r]), torch.isfinite(want)), r
-        fin = torch.isfinite(want)
-        # (CUDA divides by a scalar as a product with its reciprocal, by a tensor exactly: 1 ulp apart)
-        torch.testing.assert_close(s[r][fin], want[fin], rtol=2.5e-7, atol=0)
-        kept.append(int(fin.sum()))
-    assert kept[0] == 5 and len(set(kept)) == len(kept) and sorted(kept)[-2] < V == kept[4]   # (row 5: no filter)
-
-
-def test_penalties_against_float64(device):
-    R, V = 5, 97
-    rows = [Sampling(repetition_penalty=1.5), Sampling(presence_penalty=0.7), Sampling(frequency_penalty=-1.2),
-            Sampling(repetition_penalty=0.8, presence_penalty=-0.5, frequency_penalty=2.0), Sampling()]
-    logits = torch.randn(R, V, dtype=torch.float64) * 4
-    seen = torch.rand(R, V) < 0.3
-    counts = torch.randint(0, 4, (R, V), dtype=torch.int32) * (torch.rand(R, V) < 0.4)
-    got = RowSampler(rows, device).penalize(logits.to(device, torch.float32), seen.to(device), counts.to(device))
-    want = torch.empty_like(logits)
-    for r, st in enumerate(rows):
-        x = logits[r]
-        x = torch.where(seen[r], torch.where(x < 0, x * st.repetition_penalty, x / st.repetition_penalty), x)
-        c = counts[r].double()
-        want[r] = x - st.frequency_penalty * c - st.presence_penalty * (c > 0).double()
-    torch.testing.assert_close(got.double().cpu(), want, rtol=1e-6, atol=1e-5)
-    assert not torch.equal(got.cpu().double(), logits.float().double())
-
 
 def test_pick_follows_each_rows_distribution(device):
     """4000 rows of one set of 4 logits: greedy rows give the argmax, top_k = 1 rows too, and the sampled rows' draws
-    follow softmax(logits / temperature) (each count within 5 sigma)."""
+    follow softmax(logits / temperature) (each count within 5 sigma); the same seed and offset draw the same, another
+    offset other tokens."""
     logits = torch.tensor([1.0, 0.2, -0.5, 1.4])
     n = 4000
-    rows = [Sampling(0.8)] * (n - 2) + [Sampling(0.0), Sampling(1.0, 1)]
-    g = torch.Generator(device=device)
-    g.manual_seed(3)
-    got = RowSampler(rows, device).pick(logits.to(device).expand(n, 4).contiguous(), g).cpu()
+    rs = RowSampler([Sampling(0.8)] * (n - 2) + [Sampling(0.0), Sampling(1.0, 1)], device)
+    x = logits.to(device).expand(n, 4).contiguous()
+    got = rs.pick(x, None, None, 3, 0).cpu()
     assert got[-2] == 3 and got[-1] == 3
     p = torch.softmax(logits / 0.8, -1)
     count = torch.bincount(got[:-2], minlength=4).double()
     sigma = (p * (1 - p) * (n - 2)).sqrt()
     assert ((count - p * (n - 2)).abs() < 5 * sigma).all(), (count, p * (n - 2))
+    assert torch.equal(rs.pick(x, None, None, 3, 0).cpu(), got)
+    assert not torch.equal(rs.pick(x, None, None, 3, 1).cpu(), got)
 
 
 def _alone(model, prompt, n, **kw):

@@ -317,6 +317,21 @@ static PyObject *py_cross_entropy_bwd(PyObject *self, PyObject *args) {
     JAMBA_RUN(c, p, jamba_cross_entropy_bwd_cpu, jamba_cross_entropy_bwd_cuda);
 }
 
+static PyObject *py_sample_rows(PyObject *self, PyObject *args) {
+    (void)self;
+    jamba_sample_rows_params p;
+    memset(&p, 0, sizeof p);
+    call_ctx c;
+    jamba_tensor *ts[] = {&p.tokens, &p.tau, &p.logits, &p.params, &p.seen, &p.counts};
+    PyObject *sc[2];
+    int64_t seed, offset;
+    if (parse_call(args, &c, ts, 6, sc, 2) < 0 || as_int64(sc[0], &seed) < 0 || as_int64(sc[1], &offset) < 0)
+        return NULL;
+    p.seed = (uint64_t)seed;
+    p.offset = (uint64_t)offset;
+    JAMBA_RUN(c, p, jamba_sample_rows_cpu, jamba_sample_rows_cuda);
+}
+
 static PyObject *py_gemv(PyObject *self, PyObject *args) {
     (void)self;
     jamba_gemv_params p;
@@ -475,6 +490,7 @@ static PyMethodDef methods[] = {
     {"moe_grad_rows", py_moe_grad_rows, METH_VARARGS, "moe_grad_rows (see csrc/jamba.h)."},
     {"cross_entropy", py_cross_entropy, METH_VARARGS, "cross_entropy (see csrc/jamba.h)."},
     {"cross_entropy_bwd", py_cross_entropy_bwd, METH_VARARGS, "cross_entropy_bwd (see csrc/jamba.h)."},
+    {"sample_rows", py_sample_rows, METH_VARARGS, "sample_rows (see csrc/jamba.h)."},
     {"decode_attention", py_decode_attention, METH_VARARGS, "decode_attention (see csrc/jamba.h)."},
     {"moe_combine", py_moe_combine, METH_VARARGS, "moe_combine (see csrc/jamba.h)."},
     {NULL, NULL, 0, NULL},

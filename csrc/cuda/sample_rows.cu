@@ -1,0 +1,239 @@
+/* sample_rows.cu -- one token per row of logits, each row with its own sampling settings, on CUDA (a server's
+ * decode step: the rows are requests with their own temperature, top_k, top_p, min_p and penalties).
+ *
+ * Exports: jamba_sample_rows_cuda (checks and math: csrc/cpu/sample_rows.c, csrc/jamba.h).
+ * Layout: logits x (R, V) T in {f32, f16, bf16}, unit stride along V, row stride ld (elements); params (R, 7) f32;
+ *   seen (R, V) u8 and counts (R, V) i32 contiguous, each optional (NULL); tokens (R,) i64, tau (R,) f32.
+ * Work split: one block of SR_THREADS threads per row (grid-stride over rows past SR_MAX_GRID). Every pass reads the
+ *   row again (the penalised score of a column is recomputed from logits, seen and counts: L2-resident for a decode
+ *   batch, and no workspace): 1 pass for the max (greedy rows stop there), 4 for top_k, 1 for the top_p mass Z and
+ *   4 for top_p, 1 for the draw. The radix passes build a 256-bin histogram in shared memory (u64 atomics: counts,
+ *   or masses in fixed point -- integer sums, so the selection does not depend on the order of the atomics), and
+ *   warp 0 finds the digit (a prefix sum over the bins, 8 a lane). The draw is a Gumbel-max over the kept columns
+ *   (Philox uniforms: the CPU's, column for column), reduced as (value, column) pairs with the first column winning
+ *   ties. No host synchronisation; deterministic for a seed and offset.
+ */
+#include "common.cuh"
+
+#include <math.h>
+
+#define SR_THREADS 512
+#define SR_WARPS (SR_THREADS / 32)
+#define SR_MAX_GRID (1 << 30)
+
+struct sr_row {
+    float rep, pres, freq;
+    const uint8_t *seen;
+    const int32_t *cnt;
+};
+
+/* the penalised logit of column v */
+template <typename T>
+__device__ __forceinline__ float sr_x(const T *row, const sr_row &q, int64_t v) {
+    float x = jamba_ld<T>(row[v]);
+    if (q.seen != nullptr && q.seen[v]) x = x < 0.f ? __fmul_rn(x, q.rep) : __fdiv_rn(x, q.rep);
+    if (q.cnt != nullptr) {
+        const int32_t c = q.cnt[v];
+        x = __fsub_rn(x, __fmul_rn(q.freq, (float)c));
+        x = __fsub_rn(x, c > 0 ? q.pres : 0.f);
+    }
+    return x;
+}
+
+/* (value, column) pairs: the larger value wins, the smaller column on a tie; block-wide, result in every thread */
+__device__ __forceinline__ void sr_better(float &bv, int64_t &bi, float v, int64_t i) {
+    if (i >= 0 && (bi < 0 || v > bv || (v == bv && i < bi))) {
+        bv = v;
+        bi = i;
+    }
+}
+
+__device__ void sr_argmax(float &bv, int64_t &bi, float *sv, int64_t *si) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const float v = __shfl_xor_sync(0xffffffffu, bv, o);
+        const int64_t i = __shfl_xor_sync(0xffffffffu, bi, o);
+        sr_better(bv, bi, v, i);
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();                                   /* (sv / si may still be read from the last call) */
+    if (lane == 0) {
+        sv[warp] = bv;
+        si[warp] = bi;
+    }
+    __syncthreads();
+    bv = sv[0];
+    bi = si[0];
+    for (int w = 1; w < SR_WARPS; w++) sr_better(bv, bi, sv[w], si[w]);
+}
+
+__device__ float sr_min(float v, float *sv) {
+    for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sv[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = sv[0];
+    for (int w = 1; w < SR_WARPS; w++) v = fminf(v, sv[w]);
+    return v;
+}
+
+/* Warp 0: over the bins in scan order (descending: 255 first), the first bin j where before + h[j] > target, and
+ * the sum of the bins scanned before it; written to *digit and *before (read after the caller's __syncthreads). */
+__device__ void sr_find(const unsigned long long *h, bool descending, unsigned long long target, int *digit,
+                        unsigned long long *before) {
+    if (threadIdx.x >= 32) return;
+    const int lane = threadIdx.x;
+    unsigned long long mine = 0;
+    for (int j = 0; j < 8; j++) mine += h[descending ? 255 - (lane * 8 + j) : lane * 8 + j];
+    unsigned long long incl = mine;                   /* inclusive prefix sum over the lanes */
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned long long t = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += t;
+    }
+    const unsigned hit = __ballot_sync(0xffffffffu, incl > target);
+    const int first = hit ? __ffs(hit) - 1 : 31;      /* (none: the last bin; cannot happen for a valid target) */
+    if (lane == first) {
+        unsigned long long acc = incl - mine;
+        int j = 0;
+        for (; j < 7; j++) {
+            const int b = descending ? 255 - (lane * 8 + j) : lane * 8 + j;
+            if (acc + h[b] > target) break;
+            acc += h[b];
+        }
+        *digit = descending ? 255 - (lane * 8 + j) : lane * 8 + j;
+        *before = acc;
+    }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *tau, const T *x, int64_t ld,
+                                                        const float *params, const uint8_t *seen, const int32_t *counts,
+                                                        int64_t R, int64_t V, uint64_t seed, uint64_t offset) {
+    jamba_pdl_begin();
+    __shared__ unsigned long long hist[256];
+    __shared__ float sv[SR_WARPS];
+    __shared__ int64_t si[SR_WARPS];
+    __shared__ int s_digit;
+    __shared__ unsigned long long s_before, s_z;
+    for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
+        const T *row = x + r * ld;
+        const float *pr = params + r * 7;
+        const float temp = pr[0], top_p = pr[2], min_p = pr[3];
+        const int64_t k = (pr[1] >= 1.0f && pr[1] < (float)V) ? (int64_t)pr[1] : 0;
+        sr_row q;
+        q.rep = pr[4];
+        q.pres = pr[5];
+        q.freq = pr[6];
+        q.seen = seen != nullptr ? seen + r * V : nullptr;
+        q.cnt = counts != nullptr ? counts + r * V : nullptr;
+        /* pass 1: the max of the penalised logits (first column on ties) */
+        float bv = -INFINITY;
+        int64_t bi = -1;
+        for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) sr_better(bv, bi, sr_x<T>(row, q, v), v);
+        sr_argmax(bv, bi, sv, si);
+        if (!(temp > 0.f)) {                          /* greedy */
+            if (threadIdx.x == 0) {
+                tokens[r] = bi < 0 ? 0 : bi;
+                tau[r] = bv;
+            }
+            __syncthreads();
+            continue;
+        }
+        const float m = __fdiv_rn(bv, temp);
+        /* top_k: the key of the k-th largest score (4 radix passes, counts) */
+        uint32_t kk = 0u;
+        if (k) {
+            unsigned long long need = (unsigned long long)k;
+            for (int pass = 0; pass < 4; pass++) {
+                const int shift = 24 - 8 * pass;
+                const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
+                for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0ull;
+                __syncthreads();
+                for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
+                    const uint32_t key = jamba_f32_key(__fdiv_rn(sr_x<T>(row, q, v), temp));
+                    if ((key & hi) == kk) atomicAdd(&hist[(key >> shift) & 255u], 1ull);
+                }
+                __syncthreads();
+                sr_find(hist, true, need - 1ull, &s_digit, &s_before);
+                __syncthreads();
+                need -= s_before;
+                kk |= (uint32_t)s_digit << shift;
+            }
+        }
+        /* top_p: the mass Z of the columns top_k keeps, then the smallest key whose mass at or below it exceeds
+         * floor((1 - top_p) Z) (4 radix passes, fixed-point masses) */
+        uint32_t kp = 0u;
+        if (top_p < 1.f) {
+            unsigned long long z = 0ull;
+            for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
+                const float s = __fdiv_rn(sr_x<T>(row, q, v), temp);
+                if (jamba_f32_key(s) >= kk) z += jamba_mass_fixed(expf(s - m));
+            }
+            __syncthreads();                          /* (every thread has read the top_k passes' s_before) */
+            if (threadIdx.x == 0) s_z = 0ull;
+            __syncthreads();
+            atomicAdd(&s_z, z);
+            __syncthreads();
+            z = s_z;
+            const unsigned long long target = (unsigned long long)((1.0 - (double)top_p) * (double)z);
+            unsigned long long below = 0ull;
+            for (int pass = 0; pass < 4; pass++) {
+                const int shift = 24 - 8 * pass;
+                const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
+                __syncthreads();
+                for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0ull;
+                __syncthreads();
+                for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
+                    const float s = __fdiv_rn(sr_x<T>(row, q, v), temp);
+                    const uint32_t key = jamba_f32_key(s);
+                    if (key >= kk && (key & hi) == kp)
+                        atomicAdd(&hist[(key >> shift) & 255u], jamba_mass_fixed(expf(s - m)));
+                }
+                __syncthreads();
+                sr_find(hist, false, target - below, &s_digit, &s_before);
+                __syncthreads();
+                below += s_before;
+                kp |= (uint32_t)s_digit << shift;
+            }
+        }
+        /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
+        const uint32_t kmin = kk > kp ? kk : kp;
+        const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        const uint32_t o0 = (uint32_t)offset, o1 = (uint32_t)(offset >> 32);
+        float gv = -INFINITY, smin = INFINITY;
+        int64_t gi = -1;
+        for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
+            const float s = __fdiv_rn(sr_x<T>(row, q, v), temp);
+            if (jamba_f32_key(s) < kmin || (min_p > 0.f && expf(s - m) < min_p)) continue;
+            const float u = jamba_uniform24(jamba_philox_word((uint32_t)v, (uint32_t)r, o0, o1, k0, k1));
+            sr_better(gv, gi, s - logf(-logf(u)), v);
+            smin = fminf(smin, s);
+        }
+        sr_argmax(gv, gi, sv, si);
+        smin = sr_min(smin, sv);
+        if (threadIdx.x == 0) {
+            tokens[r] = gi < 0 ? (bi < 0 ? 0 : bi) : gi;   /* (gi < 0: a NaN row, nothing kept) */
+            tau[r] = gi < 0 ? m : smin;
+        }
+        __syncthreads();
+    }
+}
+
+extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p, jamba_launch launch) {
+    JAMBA_TRY(jamba_sample_rows_check(p));
+    const int64_t R = p->logits.shape[0], V = p->logits.shape[1], ld = p->logits.stride[0];
+    if (R == 0) return JAMBA_OK;
+    JAMBA_DEVICE_GUARD(launch);
+    cudaStream_t stream = (cudaStream_t)launch.stream;
+    const dim3 grid((unsigned)(R < SR_MAX_GRID ? R : SR_MAX_GRID));
+    jamba_status s = JAMBA_ERR_DTYPE;
+    JAMBA_DISPATCH_FLOAT(p->logits.dtype, T, {
+        jamba_kernel_launch(sr_kernel<T>, grid, SR_THREADS, 0, stream, (int64_t *)p->tokens.data,
+                            (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
+                            (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data, R, V, p->seed,
+                            p->offset);
+        s = JAMBA_OK;
+    });
+    JAMBA_TRY(s);
+    JAMBA_LAUNCH_CHECK("jamba.sample_rows: kernel launch", stream);
+    return JAMBA_OK;
+}

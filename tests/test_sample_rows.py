@@ -1,0 +1,183 @@
+"""jamba.sample_rows: one token per row, each row with its own sampling settings (csrc/{cpu,cuda}/sample_rows.*).
+The float64 reference (reference.sample_rows_kept) follows JambaForCausalLM._warp row by row; the op's greedy rows
+give the reference's argmax, and its sampled rows keep the reference's columns (tau, the smallest score kept, marks
+them) and draw among them, following the softmax of the kept scores; the CPU and CUDA keep the same columns and
+mostly draw the same tokens; deterministic for a seed and offset; bad inputs refused by name; opcheck; a CUDA graph
+replay."""
+import random
+
+import pytest
+import torch
+
+from conftest import HAS_GPU, dtype_params, graph_replays
+from jamba_ext import ops, reference
+from jamba_ext.modeling_jamba import JambaForCausalLM
+
+# temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty
+SETTINGS = [(0.0, 0, 1.0, 0.0, 1.0, 0.0, 0.0), (0.7, 5, 1.0, 0.0, 1.0, 0.0, 0.0), (1.3, 0, 0.9, 0.0, 1.5, 0.5, 0.3),
+            (1.0, 0, 1.0, 0.05, 1.0, 0.0, 0.0), (0.5, 40, 0.8, 0.02, 1.0, 0.0, 0.0), (0.0, 7, 0.5, 0.3, 1.2, 1.0, 2.0),
+            (1.0, 0, 1.0, 0.0, 1.0, 0.0, 0.0), (2.0, 600, 0.97, 0.0, 0.8, -0.5, 0.0), (0.9, 1, 1.0, 0.0, 1.0, 0.0, 0.0),
+            (1.1, 0, 0.3, 0.0, 1.0, 0.0, 0.0), (0.8, 3, 0.999, 0.9, 1.0, 0.0, 0.0)]
+
+
+def make(R, V, device, dtype, seed=0, penalties=True, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(R, V, generator=g, dtype=torch.float64) * scale).to(dtype)
+    rng = random.Random(seed)
+    params = torch.tensor([SETTINGS[(r + rng.randrange(len(SETTINGS))) % len(SETTINGS)] for r in range(R)],
+                          dtype=torch.float32)
+    seen = torch.rand(R, V, generator=g) < 0.1 if penalties else None
+    counts = (torch.randint(0, 4, (R, V), generator=g, dtype=torch.int32) * (torch.rand(R, V, generator=g) < 0.05)
+              ).int() if penalties else None
+    to = lambda t: None if t is None else t.to(device)  # noqa: E731
+    return to(logits), to(params), to(seen), to(counts)
+
+
+def check_against_reference(logits, params, seen, counts, tokens, tau):
+    """Greedy rows: the reference's argmax and its logit. Sampled rows: the columns with score >= tau are the
+    reference's kept columns (but at the boundary: within 2 ulps of tau or of the reference's smallest kept score,
+    where rounding or ties in bf16 can fall either way), and the token is among them."""
+    greedy, scores, kept = reference.sample_rows_kept(*(None if t is None else t.cpu() for t in
+                                                       (logits, params, seen, counts)))
+    tokens, tau = tokens.cpu(), tau.cpu().double()
+    for r in range(logits.shape[0]):
+        if not params[r, 0] > 0:
+            assert tokens[r] == greedy[r], r
+            assert torch.isclose(tau[r], scores[r, greedy[r]], rtol=1e-6, atol=1e-6), r
+            continue
+        s = scores[r]
+        ref_tau = s[kept[r]].min()
+        near = ((s - tau[r]).abs() <= 2.5e-7 * s.abs().clamp_min(1)) | \
+            ((s - ref_tau).abs() <= 2.5e-7 * s.abs().clamp_min(1))
+        mine = s >= tau[r] - 2.5e-7 * tau[r].abs().clamp_min(1)
+        assert torch.equal(mine[~near], kept[r][~near]), (r, params[r], int(mine.sum()), int(kept[r].sum()))
+        assert kept[r, tokens[r]] or near[tokens[r]], r
+
+
+def test_reference_follows_warp_row_by_row():
+    """The reference's kept columns per row are those JambaForCausalLM._warp keeps finite for that row's settings
+    alone (generate()'s filters), after the same penalties."""
+    logits, params, seen, counts = make(len(SETTINGS), 513, "cpu", torch.float32, seed=4)
+    params = torch.tensor(SETTINGS, dtype=torch.float32)
+    greedy, scores, kept = reference.sample_rows_kept(logits, params, seen, counts)
+    for r, (t, k, p, mp, *_) in enumerate(SETTINGS):
+        x = scores[r:r + 1] * (t if t > 0 else 1.0)                       # (the penalised logits)
+        if t > 0:
+            want = torch.isfinite(JambaForCausalLM._warp(x, True, t, k, p, mp or None))[0]
+            assert torch.equal(kept[r], want), r
+        else:
+            assert greedy[r] == x.argmax() and kept[r].sum() == 1
+    sizes = [int(kept[r].sum()) for r in range(len(SETTINGS))]
+    assert sizes[1] == 5 and sizes[8] == 1 and sizes[6] == 513 and len(set(sizes)) >= 6
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("R,V", [(1, 1), (3, 7), (11, 1000), (4, 65536), (2, 70001)])
+def test_sample_rows_matches_reference(device, dtype, R, V):
+    logits, params, seen, counts = make(R, V, device, dtype, seed=R * V)
+    for penalties in (True, False):
+        s, c = (seen, counts) if penalties else (None, None)
+        tokens, tau = ops.sample_rows(logits, params, s, c, seed=5, offset=R)
+        assert tokens.dtype == torch.int64 and tau.dtype == torch.float32 and tokens.shape == (R,)
+        assert ((tokens >= 0) & (tokens < V)).all()
+        check_against_reference(logits, params, s, c, tokens, tau)
+
+
+def test_sample_rows_row_stride_and_empty(device):
+    logits, params, seen, counts = make(5, 300, device, torch.bfloat16, seed=9)
+    wide = torch.zeros(5, 320, device=device, dtype=torch.bfloat16)
+    wide[:, :300] = logits
+    a = ops.sample_rows(wide[:, :300], params, seen, counts, seed=1, offset=2)
+    b = ops.sample_rows(logits, params, seen, counts, seed=1, offset=2)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    t, tau = ops.sample_rows(logits[:0], params[:0], seed=1)
+    assert t.shape == (0,) and tau.shape == (0,)
+
+
+def test_draws_follow_the_kept_softmax(device):
+    """6000 rows of one set of 6 logits with temperature 0.7, top_k 5 and top_p 0.9: the columns the reference drops
+    are never drawn, and each kept column's count is within 5 sigma of its renormalised probability."""
+    x = torch.tensor([2.0, 1.5, 0.3, -0.2, 1.9, -3.0], dtype=torch.float64)
+    n = 6000
+    logits = x.expand(n, 6).contiguous().to(device, torch.float32)
+    params = torch.tensor([[0.7, 5, 0.9, 0.0, 1.0, 0.0, 0.0]] * n, device=device)
+    tokens, _ = ops.sample_rows(logits, params, seed=11, offset=0)
+    _, scores, kept = reference.sample_rows_kept(logits[:1].cpu(), params[:1].cpu())
+    p = torch.where(kept[0], torch.softmax(torch.where(kept[0], scores[0], float("-inf")), -1), 0.0)
+    count = torch.bincount(tokens.cpu(), minlength=6).double()
+    assert (count[~kept[0]] == 0).all() and kept[0].sum() == 3
+    sigma = (p * (1 - p) * n).sqrt()
+    assert ((count - p * n).abs() <= 5 * sigma + 1e-9).all(), (count, p * n)
+
+
+def test_deterministic_for_seed_and_offset(device):
+    logits, params, seen, counts = make(64, 2000, device, torch.float32, seed=2)
+    params[:, 0] = 1.0                                                   # (every row samples)
+    a = ops.sample_rows(logits, params, seen, counts, seed=7, offset=3)[0]
+    assert torch.equal(a, ops.sample_rows(logits, params, seen, counts, seed=7, offset=3)[0])
+    assert (a != ops.sample_rows(logits, params, seen, counts, seed=7, offset=4)[0]).sum() > 32
+    assert (a != ops.sample_rows(logits, params, seen, counts, seed=8, offset=3)[0]).sum() > 32
+
+
+def test_sample_rows_bad_inputs(device):
+    logits, params, seen, counts = make(4, 10, device, torch.float32)
+    with pytest.raises(ValueError, match="params"):
+        ops.sample_rows(logits, params[:, :6].contiguous())
+    with pytest.raises(ValueError, match="params"):
+        ops.sample_rows(logits, params.double())
+    with pytest.raises(ValueError, match="seen must be a bool"):
+        ops.sample_rows(logits, params, seen.int())
+    with pytest.raises(ValueError, match="counts"):
+        ops.sample_rows(logits, params, seen, counts.long())
+    with pytest.raises(ValueError, match="counts"):
+        ops.sample_rows(logits, params, seen, counts[:3])
+    with pytest.raises(ValueError, match="logits"):
+        ops.sample_rows(logits[:, :0], params)                           # V = 0
+    with pytest.raises(ValueError, match="logits"):
+        ops.sample_rows(logits.T, params[:1].expand(10, 7).contiguous())  # stride 4 along V
+    with pytest.raises(ValueError, match="dtype"):
+        ops.sample_rows(logits.double(), params)
+    with pytest.raises(ValueError, match="seed"):
+        ops.sample_rows(logits, params, seed=-1)
+    with pytest.raises(ValueError, match="offset"):
+        ops.sample_rows(logits, params, offset=2 ** 63)
+    if device.type == "cuda":
+        with pytest.raises(ValueError, match="device"):
+            ops.sample_rows(logits, params.cpu())
+
+
+def test_sample_rows_opcheck(device):
+    logits, params, seen, counts = make(5, 50, device, torch.bfloat16)
+    torch.library.opcheck(torch.ops.jamba.sample_rows.default, (logits, params, seen, counts, 3, 1))
+    torch.library.opcheck(torch.ops.jamba.sample_rows.default, (logits.float(), params, None, None, 0, 0))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_sample_rows_cuda_matches_cpu(dtype):
+    """Jamba's vocabulary, 64 rows: the same greedy tokens, the same kept columns (tau within 2 ulps) and, with the
+    same Philox uniforms, the same draws but where expf / logf ulps turn a near tie (at most 1 row in 64)."""
+    logits, params, seen, counts = make(64, 65536, "cuda", dtype, seed=77)
+    t, tau = ops.sample_rows(logits, params, seen, counts, seed=9, offset=5)
+    tc, tauc = ops.sample_rows(logits.cpu(), params.cpu(), seen.cpu(), counts.cpu(), seed=9, offset=5)
+    greedy = params[:, 0].cpu() <= 0
+    assert torch.equal(t.cpu()[greedy], tc[greedy])
+    assert torch.allclose(tau.cpu(), tauc, rtol=2.5e-7, atol=0)
+    assert (t.cpu() != tc).sum() <= 1
+    check_against_reference(logits, params, seen, counts, t, tau)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_sample_rows_cuda_graph():
+    """Captured in a CUDA graph (no host synchronisation), replayed on new logits and settings: each replay equals the
+    eager op on those inputs."""
+    def fn(x, p, s, c):
+        return ops.sample_rows(x, p, s, c, seed=3, offset=9)
+
+    news = [make(16, 4096, "cuda", torch.bfloat16, seed=i) for i in range(2)]
+    runs = graph_replays(fn, make(16, 4096, "cuda", torch.bfloat16, seed=5), news)
+    for args, got in zip(news, runs):
+        for a, b in zip(got, fn(*args)):
+            assert torch.equal(a, b)
