@@ -110,6 +110,24 @@ def test_draws_follow_the_kept_softmax(device):
     assert ((count - p * n).abs() <= 5 * sigma + 1e-9).all(), (count, p * n)
 
 
+def test_exact_boundaries(device):
+    """top_p at an exact boundary (probabilities 0.5, 0.25, 0.25: the two 0.25s sum to 1 - top_p = 0.5 exactly, and
+    transformers drops a tail whose mass is <= 1 - top_p, so only the 0.5 stays; a hair above 0.5 keeps all three);
+    greedy rows take the first of tied maxima, as torch.argmax."""
+    x = torch.tensor(-0.693147182, dtype=torch.float32)          # expf(x) == 0.5 exactly (libm; checked below)
+    if torch.exp(x.to(device)) != 0.5:
+        pytest.skip(f"expf(-ln 2) is not exactly 0.5 on {device}")
+    logits = torch.tensor([[0.0, float(x), float(x)]] * 200, device=device)
+    for top_p, want in ((0.5, {0}), (0.50000006, {0, 1, 2})):
+        params = torch.tensor([[1.0, 0, top_p, 0.0, 1.0, 0.0, 0.0]] * 200, device=device)
+        tokens, tau = ops.sample_rows(logits, params, seed=1, offset=0)
+        assert set(tokens.tolist()) == want and tau[0] == (0.0 if want == {0} else x), (top_p, tokens.tolist())
+    tied = torch.zeros(3, 12, device=device)
+    tied[:, [3, 7]] = 2.0
+    params = torch.tensor([[0.0, 0, 1.0, 0.0, 1.0, 0.0, 0.0]] * 3, device=device)
+    assert ops.sample_rows(tied, params)[0].tolist() == [3, 3, 3]
+
+
 def test_deterministic_for_seed_and_offset(device):
     logits, params, seen, counts = make(64, 2000, device, torch.float32, seed=2)
     params[:, 0] = 1.0                                                   # (every row samples)
