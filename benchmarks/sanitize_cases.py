@@ -185,6 +185,14 @@ def main():
         t[1] = -100
         loss, lse = ops.cross_entropy(logits, t)
         ops.cross_entropy_bwd(logits, t, lse, torch.rand_like(lse))
+    # sample_rows: greedy and sampled rows with every filter and both penalties, a row stride, a 1-column row
+    P = torch.tensor([[0.0, 0, 1.0, 0.0, 1.2, 0.5, 0.1], [0.8, 5, 0.9, 0.05, 1.0, 0.0, 0.0],
+                      [1.0, 0, 0.5, 0.0, 1.1, 0.3, 0.2]], device=dev)
+    for logits in (rn(3, 1001), rn(3, 1040)[:, 8:1032], rn(3, 1, dt=torch.float32)):
+        V = logits.shape[1]
+        ops.sample_rows(logits, P, torch.rand(3, V, device=dev) < 0.1,
+                        torch.randint(0, 3, (3, V), device=dev, dtype=torch.int32), seed=1, offset=2)
+        ops.sample_rows(logits, P)
     torch.cuda.synchronize()
     print("sanitize_cases: all ops ran")
 

@@ -26,7 +26,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ("bench_beam.py", [], "bench_beam_smoke.json"),
     ("bench_batch.py", [], "bench_batch_smoke.json"),
     ("bench_serve.py", [], "bench_serve_smoke.json"),
-], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16", "beam", "batch", "serve"])
+    ("bench_sampling.py", [], "bench_sampling_smoke.json"),
+], ids=["cpu", "kernels", "moe", "model", "train", "train_bf16", "beam", "batch", "serve", "sampling"])
 def test_benchmark_smoke(tmp_path, script, args, result):
     env = package_env(JAMBA_BENCH_RESULTS=str(tmp_path))
     r = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), "--smoke", *args], env=env,
@@ -52,6 +53,8 @@ def test_benchmark_smoke(tmp_path, script, args, result):
     if script == "bench_serve.py":   # fp32 on the CPU: every checked answer equals the prompt's own generate()
         assert check["ok"] is True and check["same_as_alone"] == 1.0, check
         assert {r["impl"] for r in data["rows"]} == {"jamba-ext serve", "generate, one at a time"}
+    if script == "bench_sampling.py":  # the kernel's kept columns and greedy tokens against the float64 reference
+        assert check["ok"] is True, check
     if script == "bench_beam.py":    # the graph search equals the eager one; transformers' beams where installed
         assert check["graph_equals_eager"] is True, check
         assert check.get("transformers_same_sequences", True) is True, check
