@@ -409,6 +409,32 @@ def sample_rows_kept(logits: Tensor, params: Tensor, seen: Optional[Tensor] = No
     return greedy, scores, kept
 
 
+def sample_rows_disagreements(params: Tensor, tokens: Tensor, tau: Tensor, greedy: Tensor, scores: Tensor,
+                              kept: Tensor) -> list:
+    """Where ops.sample_rows' (tokens, tau) disagree with sample_rows_kept's (greedy, scores, kept): a list of
+    (row, what) ([] when they agree). Greedy rows: the token must be the reference's argmax, tau its logit (within
+    1e-6). Sampled rows: the columns with score >= tau must be the kept ones and the token one of them, but at the
+    boundary -- within 2 fp32 ulps of tau or of the reference's smallest kept score -- where rounding, or a tie
+    (bf16 logits tie often), may fall either way (transformers' sort drops part of a tied group at the top_p
+    boundary, the kernel keeps or drops it whole)."""
+    out = []
+    tokens, tau = tokens.cpu(), tau.cpu().double()
+    for r in range(params.shape[0]):
+        s = scores[r]
+        if not params[r, 0] > 0:
+            if tokens[r] != greedy[r] or abs(float(tau[r]) - float(s[greedy[r]])) > 1e-6 * max(1.0, abs(float(tau[r]))):
+                out.append((r, f"greedy: token {int(tokens[r])} tau {float(tau[r])}, want {int(greedy[r])}"))
+            continue
+        ulp2 = 2.5e-7 * s.abs().clamp_min(1)
+        near = ((s - tau[r]).abs() <= ulp2) | ((s - s[kept[r]].min()).abs() <= ulp2)
+        mine = s >= tau[r] - 2.5e-7 * max(1.0, abs(float(tau[r])))
+        if not torch.equal(mine[~near], kept[r][~near]):
+            out.append((r, f"kept {int(mine.sum())} columns, the reference {int(kept[r].sum())}"))
+        elif not (kept[r, tokens[r]] or near[tokens[r]]):
+            out.append((r, f"token {int(tokens[r])} is not kept"))
+    return out
+
+
 def dequant_fp8(q: Tensor, scale: Tensor) -> Tensor:
     """w = e4m3(q) * scale[..., None] in float64 (q: torch.float8_e4m3fn; every e4m3 value is exact in float64)."""
     return q.to(torch.float64) * scale.to(torch.float64).unsqueeze(-1)

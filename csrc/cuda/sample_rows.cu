@@ -15,9 +15,13 @@
  */
 #include "common.cuh"
 
+#include <cooperative_groups.h>
+#include <cooperative_groups/reduce.h>
 #include <math.h>
 
-#define SR_THREADS 512
+namespace cg = cooperative_groups;
+
+#define SR_THREADS 1024
 #define SR_WARPS (SR_THREADS / 32)
 #define SR_MAX_GRID (1 << 30)
 
@@ -76,6 +80,17 @@ __device__ float sr_min(float v, float *sv) {
     return v;
 }
 
+/* hist[digit] += w for the lanes of the warp whose digit is < 256 (the others pass 256): the lanes of one digit sum
+ * their w first and one of them adds it (the scores of a row crowd into a few bins of the first radix pass: one
+ * shared-memory atomic per lane there serialised ~0.7 ms a row at V = 65536, bench_sampling at the first version).
+ * Every lane of the warp must call it. */
+__device__ __forceinline__ void sr_hist_add(unsigned long long *hist, unsigned digit, unsigned long long w) {
+    const cg::thread_block_tile<32> warp = cg::tiled_partition<32>(cg::this_thread_block());
+    const cg::coalesced_group grp = cg::labeled_partition(warp, digit);
+    const unsigned long long sum = cg::reduce(grp, w, cg::plus<unsigned long long>());
+    if (grp.thread_rank() == 0 && digit < 256u) atomicAdd(&hist[digit], sum);
+}
+
 /* Warp 0: over the bins in scan order (descending: 255 first), the first bin j where before + h[j] > target, and
  * the sum of the bins scanned before it; written to *digit and *before (read after the caller's __syncthreads). */
 __device__ void sr_find(const unsigned long long *h, bool descending, unsigned long long target, int *digit,
@@ -114,6 +129,7 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
     __shared__ int64_t si[SR_WARPS];
     __shared__ int s_digit;
     __shared__ unsigned long long s_before, s_z;
+    const int lane = threadIdx.x & 31;
     for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
         const T *row = x + r * ld;
         const float *pr = params + r * 7;
@@ -148,9 +164,14 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                 const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
                 for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0ull;
                 __syncthreads();
-                for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
-                    const uint32_t key = jamba_f32_key(__fdiv_rn(sr_x<T>(row, q, v), temp));
-                    if ((key & hi) == kk) atomicAdd(&hist[(key >> shift) & 255u], 1ull);
+                for (int64_t base = threadIdx.x - lane; base < V; base += SR_THREADS) {   /* (whole warps) */
+                    const int64_t v = base + lane;
+                    unsigned digit = 256u;
+                    if (v < V) {
+                        const uint32_t key = jamba_f32_key(__fdiv_rn(sr_x<T>(row, q, v), temp));
+                        if ((key & hi) == kk) digit = (key >> shift) & 255u;
+                    }
+                    sr_hist_add(hist, digit, 1ull);
                 }
                 __syncthreads();
                 sr_find(hist, true, need - 1ull, &s_digit, &s_before);
@@ -182,11 +203,19 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                 __syncthreads();
                 for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0ull;
                 __syncthreads();
-                for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
-                    const float s = __fdiv_rn(sr_x<T>(row, q, v), temp);
-                    const uint32_t key = jamba_f32_key(s);
-                    if (key >= kk && (key & hi) == kp)
-                        atomicAdd(&hist[(key >> shift) & 255u], jamba_mass_fixed(expf(s - m)));
+                for (int64_t base = threadIdx.x - lane; base < V; base += SR_THREADS) {   /* (whole warps) */
+                    const int64_t v = base + lane;
+                    unsigned digit = 256u;
+                    unsigned long long w = 0ull;
+                    if (v < V) {
+                        const float s = __fdiv_rn(sr_x<T>(row, q, v), temp);
+                        const uint32_t key = jamba_f32_key(s);
+                        if (key >= kk && (key & hi) == kp) {
+                            digit = (key >> shift) & 255u;
+                            w = jamba_mass_fixed(expf(s - m));
+                        }
+                    }
+                    sr_hist_add(hist, digit, w);
                 }
                 __syncthreads();
                 sr_find(hist, false, target - below, &s_digit, &s_before);
