@@ -7,22 +7,20 @@
  * Work split: one block of SR_THREADS threads per row (grid-stride over rows past SR_MAX_GRID). Every pass reads the
  *   row again (the penalised score of a column is recomputed from logits, seen and counts: L2-resident for a decode
  *   batch, and no workspace): 1 pass for the max (greedy rows stop there), 4 for top_k, 1 for the top_p mass Z and
- *   4 for top_p, 1 for the draw. The radix passes build a 256-bin histogram in shared memory (u64 atomics: counts,
- *   or masses in fixed point -- integer sums, so the selection does not depend on the order of the atomics), and
- *   warp 0 finds the digit (a prefix sum over the bins, 8 a lane). The draw is a Gumbel-max over the kept columns
+ *   4 for top_p, 1 for the draw. The radix passes build a 256-bin histogram in shared memory (counts, or masses in
+ *   fixed point -- integer sums, so the selection does not depend on the order of the additions): the lanes of a
+ *   warp with one digit sum first (match / redux), each pair of warps adds into its own copy of the histogram
+ *   (SR_COPIES), the copies are summed, and warp 0 finds the digit (a prefix sum over the bins, 8 a lane). The draw is a Gumbel-max over the kept columns
  *   (Philox uniforms: the CPU's, column for column), reduced as (value, column) pairs with the first column winning
  *   ties. No host synchronisation; deterministic for a seed and offset.
  */
 #include "common.cuh"
 
-#include <cooperative_groups.h>
-#include <cooperative_groups/reduce.h>
 #include <math.h>
-
-namespace cg = cooperative_groups;
 
 #define SR_THREADS 1024
 #define SR_WARPS (SR_THREADS / 32)
+#define SR_COPIES 16               /* histogram copies in shared memory: warps w and w + 16 share copy w % 16 */
 #define SR_MAX_GRID (1 << 30)
 
 struct sr_row {
@@ -80,15 +78,36 @@ __device__ float sr_min(float v, float *sv) {
     return v;
 }
 
-/* hist[digit] += w for the lanes of the warp whose digit is < 256 (the others pass 256): the lanes of one digit sum
- * their w first and one of them adds it (the scores of a row crowd into a few bins of the first radix pass: one
- * shared-memory atomic per lane there serialised ~0.7 ms a row at V = 65536, bench_sampling at the first version).
- * Every lane of the warp must call it. */
+/* hist[digit] += w for the lanes of the warp whose digit is < 256 (the others pass 256): the lanes of one digit
+ * (__match_any_sync) sum their w (__reduce_add_sync on the low 24 and the high bits: w < 2^41) and the first of them
+ * adds it to the warp's copy of the histogram. A row's scores crowd into a few bins of the first radix pass: one
+ * shared-memory atomic per lane on one histogram serialised ~0.7 ms a row at V = 65536 (bench_sampling at bb68f11),
+ * and cooperative groups' labeled_partition + reduce still cost ~0.5 ms (9b35e52). Every lane of the warp must call
+ * it (redux.sync: sm_80+; one atomic a lane below). */
 __device__ __forceinline__ void sr_hist_add(unsigned long long *hist, unsigned digit, unsigned long long w) {
-    const cg::thread_block_tile<32> warp = cg::tiled_partition<32>(cg::this_thread_block());
-    const cg::coalesced_group grp = cg::labeled_partition(warp, digit);
-    const unsigned long long sum = cg::reduce(grp, w, cg::plus<unsigned long long>());
-    if (grp.thread_rank() == 0 && digit < 256u) atomicAdd(&hist[digit], sum);
+#if __CUDA_ARCH__ >= 800
+    const unsigned peers = __match_any_sync(0xffffffffu, digit);
+    const unsigned lo = __reduce_add_sync(peers, (unsigned)(w & 0xFFFFFFull));
+    const unsigned hi = __reduce_add_sync(peers, (unsigned)(w >> 24));
+    if ((threadIdx.x & 31) == (unsigned)(__ffs(peers) - 1) && digit < 256u)
+        atomicAdd(&hist[digit], ((unsigned long long)hi << 24) + lo);
+#else  /* (JAMBA_EXT_ARCHS below 80: one atomic a lane) */
+    if (digit < 256u) atomicAdd(&hist[digit], w);
+#endif
+}
+
+/* every copy of the histogram zeroed (then a __syncthreads) */
+__device__ __forceinline__ void sr_hist_zero(unsigned long long (*copies)[256]) {
+    for (int i = threadIdx.x; i < SR_COPIES * 256; i += SR_THREADS) copies[i >> 8][i & 255] = 0ull;
+}
+
+/* hist[b] = the sum of the copies' bin b (after a __syncthreads; then a __syncthreads) */
+__device__ __forceinline__ void sr_hist_merge(unsigned long long (*copies)[256], unsigned long long *hist) {
+    for (int b = threadIdx.x; b < 256; b += SR_THREADS) {
+        unsigned long long t = 0ull;
+        for (int c = 0; c < SR_COPIES; c++) t += copies[c][b];
+        hist[b] = t;
+    }
 }
 
 /* Warp 0: over the bins in scan order (descending: 255 first), the first bin j where before + h[j] > target, and
@@ -124,12 +143,13 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                                                         const float *params, const uint8_t *seen, const int32_t *counts,
                                                         int64_t R, int64_t V, uint64_t seed, uint64_t offset) {
     jamba_pdl_begin();
-    __shared__ unsigned long long hist[256];
+    __shared__ unsigned long long hist[256], copies[SR_COPIES][256];
     __shared__ float sv[SR_WARPS];
     __shared__ int64_t si[SR_WARPS];
     __shared__ int s_digit;
     __shared__ unsigned long long s_before, s_z;
     const int lane = threadIdx.x & 31;
+    unsigned long long *mine = copies[(threadIdx.x >> 5) % SR_COPIES];
     for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
         const T *row = x + r * ld;
         const float *pr = params + r * 7;
@@ -162,7 +182,7 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
             for (int pass = 0; pass < 4; pass++) {
                 const int shift = 24 - 8 * pass;
                 const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
-                for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0ull;
+                sr_hist_zero(copies);
                 __syncthreads();
                 for (int64_t base = threadIdx.x - lane; base < V; base += SR_THREADS) {   /* (whole warps) */
                     const int64_t v = base + lane;
@@ -171,8 +191,10 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                         const uint32_t key = jamba_f32_key(__fdiv_rn(sr_x<T>(row, q, v), temp));
                         if ((key & hi) == kk) digit = (key >> shift) & 255u;
                     }
-                    sr_hist_add(hist, digit, 1ull);
+                    sr_hist_add(mine, digit, 1ull);
                 }
+                __syncthreads();
+                sr_hist_merge(copies, hist);
                 __syncthreads();
                 sr_find(hist, true, need - 1ull, &s_digit, &s_before);
                 __syncthreads();
@@ -201,7 +223,7 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                 const int shift = 24 - 8 * pass;
                 const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
                 __syncthreads();
-                for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0ull;
+                sr_hist_zero(copies);
                 __syncthreads();
                 for (int64_t base = threadIdx.x - lane; base < V; base += SR_THREADS) {   /* (whole warps) */
                     const int64_t v = base + lane;
@@ -215,8 +237,10 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                             w = jamba_mass_fixed(expf(s - m));
                         }
                     }
-                    sr_hist_add(hist, digit, w);
+                    sr_hist_add(mine, digit, w);
                 }
+                __syncthreads();
+                sr_hist_merge(copies, hist);
                 __syncthreads();
                 sr_find(hist, false, target - below, &s_digit, &s_before);
                 __syncthreads();
