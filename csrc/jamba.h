@@ -583,8 +583,11 @@ jamba_status jamba_cross_entropy_bwd_cuda(const jamba_cross_entropy_bwd_params *
  */
 typedef struct {
     jamba_tensor tokens, tau, logits, params, seen, counts;
+    jamba_tensor ws;                 /* CUDA: f32, >= jamba_sample_rows_ws_elems(R, V) elements (the CPU: unused) */
     uint64_t seed, offset;
 } jamba_sample_rows_params;
+
+int64_t jamba_sample_rows_ws_elems(int64_t R, int64_t V);
 
 jamba_status jamba_sample_rows_check(const jamba_sample_rows_params *p);
 jamba_status jamba_sample_rows_cpu(const jamba_sample_rows_params *p);

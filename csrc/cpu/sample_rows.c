@@ -2,7 +2,7 @@
  *
  * Exports: jamba_sample_rows_check (shared with csrc/cuda/sample_rows.cu), jamba_sample_rows_cpu.
  * Layout (csrc/jamba.h): logits (R, V) f32|f16|bf16, unit stride along V, any row stride; params (R, 7) f32; seen
- * (R, V) u8 and counts (R, V) i32, contiguous, each optional; tokens (R,) i64, tau (R,) f32.
+ * (R, V) u8 and counts (R, V) i32, contiguous, each optional; tokens (R,) i64, tau (R,) f32 (ws: CUDA's only).
  * Math (csrc/jamba.h): a row's penalised scores go once into a per-thread fp32 buffer (divided by the temperature
  * when it samples); the top_k and top_p thresholds are radix selections on the scores' order-preserving keys, four
  * passes of 8 bits, most significant first: counts of keys for top_k, fixed-point masses (exact u64 sums, so the
@@ -53,6 +53,8 @@ jamba_status jamba_sample_rows_check(const jamba_sample_rows_params *p) {
 }
 
 /* the key of the n-th largest score (1 <= n <= V): the largest key K with at least n scores at or above it */
+int64_t jamba_sample_rows_ws_elems(int64_t R, int64_t V) { return 2 * R * V; }
+
 static uint32_t select_top_count(const float *s, int64_t V, int64_t n) {
     uint32_t prefix = 0;
     for (int pass = 0; pass < 4; pass++) {

@@ -4,10 +4,11 @@
  * Exports: jamba_sample_rows_cuda (checks and math: csrc/cpu/sample_rows.c, csrc/jamba.h).
  * Layout: logits x (R, V) T in {f32, f16, bf16}, unit stride along V, row stride ld (elements); params (R, 7) f32;
  *   seen (R, V) u8 and counts (R, V) i32 contiguous, each optional (NULL); tokens (R,) i64, tau (R,) f32.
- * Work split: one block of SR_THREADS threads per row (grid-stride over rows past SR_MAX_GRID). Every pass reads the
- *   row again (the penalised score of a column is recomputed from logits, seen and counts: L2-resident for a decode
- *   batch, and no workspace): 1 pass for the max (greedy rows stop there), 4 for top_k, 1 for the top_p mass Z and
- *   4 for top_p, 1 for the draw. The radix passes build a 256-bin histogram in shared memory (counts, or masses in
+ *   ws (f32, at least jamba_sample_rows_ws_elems(R, V) = 2 R V): a row's score keys (u32) and its exp(s - m).
+ * Work split: one block of SR_THREADS threads per row (grid-stride over rows past SR_MAX_GRID). Pass 1 reads logits,
+ *   seen and counts once, finds the max (greedy rows stop there) and writes a sampled row's score keys to ws; the
+ *   later passes read ws (L2-resident for a decode batch): 4 for top_k, 1 for the top_p mass Z (it writes
+ *   exp(s - m) to ws), 4 for top_p, 1 for the draw (Philox only for the kept columns). The radix passes build a 256-bin histogram in shared memory (counts, or masses in
  *   fixed point -- integer sums, so the selection does not depend on the order of the additions): the lanes of a
  *   warp with one digit sum first (match / redux), each pair of warps adds into its own copy of the histogram
  *   (SR_COPIES), the copies are summed, and warp 0 finds the digit (a prefix sum over the bins, 8 a lane). The draw is a Gumbel-max over the kept columns
@@ -138,10 +139,16 @@ __device__ void sr_find(const unsigned long long *h, bool descending, unsigned l
     }
 }
 
+/* the float of an order-preserving key (jamba_f32_key's inverse) */
+__device__ __forceinline__ float sr_key_f32(uint32_t key) {
+    return __uint_as_float((key & 0x80000000u) ? (key ^ 0x80000000u) : ~key);
+}
+
 template <typename T>
 __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *tau, const T *x, int64_t ld,
                                                         const float *params, const uint8_t *seen, const int32_t *counts,
-                                                        int64_t R, int64_t V, uint64_t seed, uint64_t offset) {
+                                                        uint32_t *ws, int64_t R, int64_t V, uint64_t seed,
+                                                        uint64_t offset) {
     jamba_pdl_begin();
     __shared__ unsigned long long hist[256], copies[SR_COPIES][256];
     __shared__ float sv[SR_WARPS];
@@ -155,18 +162,25 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
         const float *pr = params + r * 7;
         const float temp = pr[0], top_p = pr[2], min_p = pr[3];
         const int64_t k = (pr[1] >= 1.0f && pr[1] < (float)V) ? (int64_t)pr[1] : 0;
+        uint32_t *wkey = ws + r * 2 * V;                       /* the scores' keys, then their e = exp(s - m) */
+        float *we = reinterpret_cast<float *>(ws + r * 2 * V + V);
         sr_row q;
         q.rep = pr[4];
         q.pres = pr[5];
         q.freq = pr[6];
         q.seen = seen != nullptr ? seen + r * V : nullptr;
         q.cnt = counts != nullptr ? counts + r * V : nullptr;
-        /* pass 1: the max of the penalised logits (first column on ties) */
+        const bool sampled = temp > 0.f;
+        /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
         float bv = -INFINITY;
         int64_t bi = -1;
-        for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) sr_better(bv, bi, sr_x<T>(row, q, v), v);
+        for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
+            const float xv = sr_x<T>(row, q, v);
+            sr_better(bv, bi, xv, v);
+            if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
+        }
         sr_argmax(bv, bi, sv, si);
-        if (!(temp > 0.f)) {                          /* greedy */
+        if (!sampled) {                               /* greedy */
             if (threadIdx.x == 0) {
                 tokens[r] = bi < 0 ? 0 : bi;
                 tau[r] = bv;
@@ -186,12 +200,9 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                 __syncthreads();
                 for (int64_t base = threadIdx.x - lane; base < V; base += SR_THREADS) {   /* (whole warps) */
                     const int64_t v = base + lane;
-                    unsigned digit = 256u;
-                    if (v < V) {
-                        const uint32_t key = jamba_f32_key(__fdiv_rn(sr_x<T>(row, q, v), temp));
-                        if ((key & hi) == kk) digit = (key >> shift) & 255u;
-                    }
-                    sr_hist_add(mine, digit, 1ull);
+                    const uint32_t key = v < V ? wkey[v] : 0u;
+                    const bool cand = v < V && (key & hi) == kk;
+                    if (__any_sync(0xffffffffu, cand)) sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, 1ull);
                 }
                 __syncthreads();
                 sr_hist_merge(copies, hist);
@@ -202,14 +213,16 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                 kk |= (uint32_t)s_digit << shift;
             }
         }
-        /* top_p: the mass Z of the columns top_k keeps, then the smallest key whose mass at or below it exceeds
-         * floor((1 - top_p) Z) (4 radix passes, fixed-point masses) */
+        /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, then the smallest key whose
+         * mass at or below it exceeds floor((1 - top_p) Z) (4 radix passes, fixed-point masses) */
         uint32_t kp = 0u;
         if (top_p < 1.f) {
             unsigned long long z = 0ull;
             for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
-                const float s = __fdiv_rn(sr_x<T>(row, q, v), temp);
-                if (jamba_f32_key(s) >= kk) z += jamba_mass_fixed(expf(s - m));
+                const uint32_t key = wkey[v];
+                const float e = key >= kk ? expf(sr_key_f32(key) - m) : 0.f;
+                we[v] = e;
+                z += jamba_mass_fixed(e);
             }
             __syncthreads();                          /* (every thread has read the top_k passes' s_before) */
             if (threadIdx.x == 0) s_z = 0ull;
@@ -227,17 +240,10 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                 __syncthreads();
                 for (int64_t base = threadIdx.x - lane; base < V; base += SR_THREADS) {   /* (whole warps) */
                     const int64_t v = base + lane;
-                    unsigned digit = 256u;
-                    unsigned long long w = 0ull;
-                    if (v < V) {
-                        const float s = __fdiv_rn(sr_x<T>(row, q, v), temp);
-                        const uint32_t key = jamba_f32_key(s);
-                        if (key >= kk && (key & hi) == kp) {
-                            digit = (key >> shift) & 255u;
-                            w = jamba_mass_fixed(expf(s - m));
-                        }
-                    }
-                    sr_hist_add(mine, digit, w);
+                    const uint32_t key = v < V ? wkey[v] : 0u;
+                    const bool cand = v < V && key >= kk && (key & hi) == kp;
+                    if (__any_sync(0xffffffffu, cand))
+                        sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, cand ? jamba_mass_fixed(we[v]) : 0ull);
                 }
                 __syncthreads();
                 sr_hist_merge(copies, hist);
@@ -255,8 +261,10 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
         float gv = -INFINITY, smin = INFINITY;
         int64_t gi = -1;
         for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
-            const float s = __fdiv_rn(sr_x<T>(row, q, v), temp);
-            if (jamba_f32_key(s) < kmin || (min_p > 0.f && expf(s - m) < min_p)) continue;
+            const uint32_t key = wkey[v];
+            if (key < kmin) continue;
+            const float s = sr_key_f32(key);
+            if (min_p > 0.f && (top_p < 1.f ? we[v] : expf(s - m)) < min_p) continue;
             const float u = jamba_uniform24(jamba_philox_word((uint32_t)v, (uint32_t)r, o0, o1, k0, k1));
             sr_better(gv, gi, s - logf(-logf(u)), v);
             smin = fminf(smin, s);
@@ -275,6 +283,11 @@ extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p
     JAMBA_TRY(jamba_sample_rows_check(p));
     const int64_t R = p->logits.shape[0], V = p->logits.shape[1], ld = p->logits.stride[0];
     if (R == 0) return JAMBA_OK;
+    JAMBA_TRY(jamba_check_workspace("jamba.sample_rows", &p->ws, jamba_sample_rows_ws_elems(R, V)));
+    if (jamba_tensors_overlap(&p->ws, &p->logits) || jamba_tensors_overlap(&p->ws, &p->tokens) ||
+        jamba_tensors_overlap(&p->ws, &p->tau) || jamba_tensors_overlap(&p->ws, &p->params) ||
+        jamba_tensors_overlap(&p->ws, &p->seen) || jamba_tensors_overlap(&p->ws, &p->counts))
+        return jamba_set_error(JAMBA_ERR_ARG, "jamba.sample_rows: ws must not overlap another argument in memory");
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;
     const dim3 grid((unsigned)(R < SR_MAX_GRID ? R : SR_MAX_GRID));
@@ -282,8 +295,8 @@ extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p
     JAMBA_DISPATCH_FLOAT(p->logits.dtype, T, {
         jamba_kernel_launch(sr_kernel<T>, grid, SR_THREADS, 0, stream, (int64_t *)p->tokens.data,
                             (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
-                            (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data, R, V, p->seed,
-                            p->offset);
+                            (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data, (uint32_t *)p->ws.data,
+                            R, V, p->seed, p->offset);
         s = JAMBA_OK;
     });
     JAMBA_TRY(s);
