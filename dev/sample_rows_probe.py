@@ -1,0 +1,70 @@
+"""Where jamba.sample_rows spends its time on the GPU (session 51 probe): each setting alone, timed as CUDA-graph
+replays (10 calls a graph, the median of 20 replays, after 0.3 s of matmuls to bring the clocks up), so that host
+launch costs stay out. bench_sampling at 0fca187 gave ~400 us a pick for top_p 0.95 rows (V = 65536) and ~45 us for
+greedy rows, whose timing is host-bound.
+
+    python dev/sample_rows_probe.py
+"""
+import statistics
+import sys
+
+import torch
+
+from jamba_ext import ops
+
+
+def graph_us(fn, calls=10, reps=20):
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b) * 1e3 / calls)
+    return statistics.median(out)
+
+
+def main() -> int:
+    dev, V = torch.device("cuda"), 65536
+    x = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+    for _ in range(40):                                  # (~0.3 s of work: the clocks up)
+        x @ x
+    torch.cuda.synchronize()
+    settings = {
+        "greedy": [0.0, 0, 1.0, 0.0, 1.0, 0.0, 0.0],
+        "temperature 0.8 (every column kept)": [0.8, 0, 1.0, 0.0, 1.0, 0.0, 0.0],
+        "top_k 50": [0.8, 50, 1.0, 0.0, 1.0, 0.0, 0.0],
+        "top_p 0.95": [0.8, 0, 0.95, 0.0, 1.0, 0.0, 0.0],
+        "min_p 0.05": [0.8, 0, 1.0, 0.05, 1.0, 0.0, 0.0],
+        "top_k 50 + top_p 0.95 + min_p 0.05": [0.8, 50, 0.95, 0.05, 1.0, 0.0, 0.0],
+        "repetition + presence + frequency, greedy": [0.0, 0, 1.0, 0.0, 1.2, 0.5, 0.3],
+    }
+    for B in (1, 16):
+        g = torch.Generator().manual_seed(B)
+        logits = (torch.randn(B, V, generator=g) * 3).to(dev, torch.bfloat16)
+        seen = (torch.rand(B, V, generator=g) < 0.01).to(dev)
+        counts = (torch.rand(B, V, generator=g) < 0.002).int().to(dev)
+        print(f"--- B = {B}, V = {V}, bf16", flush=True)
+        print(f"{'torch argmax':48s} {graph_us(lambda: logits.argmax(-1)):8.1f} us", flush=True)
+        for name, p in settings.items():
+            P = torch.tensor([p] * B, device=dev)
+            pen = "penalt" in name
+            us = graph_us(lambda: ops.sample_rows(logits, P, seen if pen else None, counts if pen else None, 1, 0))
+            print(f"{'sample_rows ' + name:48s} {us:8.1f} us", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
