@@ -89,6 +89,8 @@ step "bench_batch (offline generation of one block: static and continuous batchi
 # median of two, take ~4.5 min: run it alone for those)
 [ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || \
   timeout 200 python3 benchmarks/bench_batch.py --batch-sizes 8,32 --reps 1 2>&1 | tail -16
+step "bench_sampling (sample_rows against the pick in torch ops; bf16, V = 65536; JSON not copied: 8 files at most)"
+timeout 100 python3 benchmarks/bench_sampling.py 2>&1 | tail -22
 step "bench_model"
 [ "${SKIP_MODEL:-0}" = 1 ] && echo "skipped (SKIP_MODEL=1)" || timeout 200 python3 benchmarks/bench_model.py ${BENCH_MODEL_ARGS:---decode-steps 32 --budget-s 60} 2>&1 | tail -30
 step "done"
