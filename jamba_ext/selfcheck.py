@@ -242,6 +242,28 @@ def _ce_bwd(g: _Gen, s: int):
     return dict(d, lse=lse.float(), dloss=g.randn(d["target"].shape[0], dtype=torch.float32))
 
 
+# each row's settings (ops.SAMPLE_PARAMS): greedy, top_k, top_p + penalties, min_p, all three, greedy + penalties
+_SAMPLE_SETTINGS = [[0.0, 0, 1.0, 0.0, 1.0, 0.0, 0.0], [0.7, 5, 1.0, 0.0, 1.0, 0.0, 0.0],
+                    [1.3, 0, 0.9, 0.0, 1.5, 0.5, 0.3], [1.0, 0, 1.0, 0.05, 1.0, 0.0, 0.0],
+                    [0.5, 40, 0.8, 0.02, 1.0, 0.0, 0.0], [0.0, 7, 0.5, 0.3, 1.2, 1.0, 2.0]]
+
+
+def _sample(g: _Gen, s: int):  # odd vocabulary, 7 rows; 16 rows of 4096
+    n, v = (7, 1001) if s == 0 else (16, 4096)
+    params = torch.tensor([_SAMPLE_SETTINGS[i % len(_SAMPLE_SETTINGS)] for i in range(n)], dtype=torch.float32)
+    seen = torch.rand(n, v, generator=g.g) < 0.1
+    counts = torch.randint(0, 3, (n, v), generator=g.g, dtype=torch.int32) * (torch.rand(n, v, generator=g.g) < 0.05)
+    return dict(logits=g.randn(n, v, scale=3.0), params=params.to(g.device), seen=seen.to(g.device),
+                counts=counts.int().to(g.device), seed=5, offset=s)
+
+
+def _run_sample(d):
+    """The rows where sample_rows disagrees with the float64 reference's kept columns and greedy tokens (0: none)."""
+    tokens, tau = ops.sample_rows(**d)
+    ref = reference.sample_rows_kept(*(d[k].cpu() for k in ("logits", "params", "seen", "counts")))
+    return torch.tensor(len(reference.sample_rows_disagreements(d["params"].cpu(), tokens, tau, *ref)))
+
+
 def _grad_rows(g: _Gen, s: int):  # odd H (the element path), top-1; a 16-byte H, top-2
     t, h, k = (7, 37, 1) if s == 0 else (64, 512, 2)
     return dict(go=g.randn(t, h), weights=g.uniform(t, k, dtype=torch.float32).to(g.dtype).float(),
@@ -318,6 +340,7 @@ CASES: List[Tuple[str, Callable, Callable, Callable, Dict]] = [
     ("moe_grad_rows", _grad_rows, lambda d: ops.moe_grad_rows(**d), _ref(reference.moe_grad_rows), TOL),
     ("cross_entropy", _ce, lambda d: ops.cross_entropy(**d), _ref(reference.cross_entropy), TOL),
     ("cross_entropy_bwd", _ce_bwd, lambda d: ops.cross_entropy_bwd(**d), _ref(reference.cross_entropy_bwd), GRAD_TOL),
+    ("sample_rows", _sample, _run_sample, lambda d: torch.tensor(0), TOL),
     ("dequant_fp8", _dequant, lambda d: ops.dequant_fp8(**d), lambda d: reference.dequant_fp8(d["q"], d["scale"]), TOL),
     ("moe_experts_fp8", _moe_fp8, lambda d: ops.moe_experts_fp8(**d), _ref_fp8, MOE_TOL),
     ("moe_experts_fp8 prefill", _moe_fp8_prefill, lambda d: ops.moe_experts_fp8(**d), _ref_fp8, MOE_TOL),
