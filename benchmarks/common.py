@@ -2,6 +2,7 @@
 
     time_ms(fn)            median / p10 / p90 in ms (CUDA events after warm-up on GPU; perf_counter on CPU)
     time_interleaved(fns)  the same for several variants, timed in turns (fair under clock drift)
+    graph_us(fn)           median us of fn() as CUDA-graph replays (no host launch cost)
     copy_bandwidth_gbs()   device-to-device copy, bytes read + written / time (the memory ceiling)
     matmul_tflops()        large bf16 matmul rate on random data (the FLOP ceiling)
     sfu_rate()             ex2 per second on the special-function units (the scan's ceiling; measured by Triton)
@@ -110,6 +111,31 @@ def time_ms(fn, device: torch.device = torch.device("cpu"), warmup: int = 5, rep
     times.sort()
     q = lambda f: times[min(len(times) - 1, int(f * len(times)))]
     return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": reps}
+
+
+def graph_us(fn, calls: int = 10, reps: int = 20) -> float:
+    """Median time of one fn() in us as CUDA-graph replays (calls fn()s captured in one graph after an eager warm-up
+    on a side stream; reps timed replays): host launch costs left out, for kernels shorter than their launch."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(calls):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b) * 1e3 / calls)
+    return statistics.median(out)
 
 
 def time_interleaved(fns: dict, device: torch.device, rounds: int = 5, reps: int = 2, warmup: int = 1,

@@ -232,13 +232,14 @@ MUTANTS = [
            "m = 0.f; /* no max subtraction */",
            "cross_entropy: log-sum-exp without subtracting the row max", [T_CE]),
     # ---- sample_rows.c (session 51) -----------------------------------------------------------------------------
-    Mutant("sr_top_p_boundary", CPU + "sample_rows.c",
-           "for (; d < 255 && below + h[d] <= target; d++) below += h[d];",
-           "for (; d < 255 && below + h[d] < target; d++) below += h[d];",
-           "sample_rows: top_p keeps one column too few where the dropped mass reaches the limit exactly", [T_SR]),
-    Mutant("sr_top_k_rank", CPU + "sample_rows.c",
-           "        n -= (int64_t)above;\n", "",
-           "sample_rows: top_k's later radix passes look for the k-th key among the whole row again", [T_SR]),
+    Mutant("sr_select_boundary", CPU + "sample_rows.c",
+           "h[by_mass ? j : 255 - j] <= target; j++)", "h[by_mass ? j : 255 - j] < target; j++)",
+           "sample_rows: the radix selection's boundary digit one off (top_k one column short; top_p one short where "
+           "the dropped mass reaches the limit exactly)", [T_SR]),
+    Mutant("sr_select_no_carry", CPU + "sample_rows.c",
+           "j++) target -= h[by_mass ? j : 255 - j];", "j++) {}",
+           "sample_rows: the later radix passes do not subtract the digits passed (the wrong rank or mass inside "
+           "the group)", [T_SR]),
     Mutant("sr_presence_sign", CPU + "sample_rows.c",
            "x = x - (c > 0 ? pres : 0.0f);", "x = x + (c > 0 ? pres : 0.0f);",
            "sample_rows: presence_penalty raises the tokens already given", [T_SR]),

@@ -20,26 +20,6 @@ SHAPES = (("in_proj", 4096, 16384), ("out_proj", 8192, 4096), ("mlp gate_up", 40
           ("mlp down", 14336, 4096), ("x_proj", 8192, 288), ("q/k/v", 4096, 6144))
 
 
-def graph_us(fn, calls=20, reps=7):
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            for _ in range(calls):
-                fn()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        torch.cuda.synchronize()
-        ts.append(a.elapsed_time(b) * 1000 / calls)
-    return sorted(ts)[len(ts) // 2]
-
-
 def main():
     dev = torch.device("cuda")
     bw = common.copy_bandwidth_gbs(dev) * 1e9
@@ -54,7 +34,7 @@ def main():
 
             def fn():
                 F.linear(x, ws[next(it) % len(ws)])
-            us = graph_us(fn)
+            us = common.graph_us(fn)
             t_bytes = n * k * 2 / bw * 1e6
             t_flops = 2 * m * n * k / (tf * 1e12) * 1e6
             floor = max(t_bytes, t_flops)

@@ -5,35 +5,15 @@ greedy rows, whose timing is host-bound.
 
     python dev/sample_rows_probe.py
 """
-import statistics
+import os
 import sys
 
 import torch
 
-from jamba_ext import ops
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
+from common import graph_us  # noqa: E402
 
-
-def graph_us(fn, calls=10, reps=20):
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(calls):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b) * 1e3 / calls)
-    return statistics.median(out)
+from jamba_ext import ops  # noqa: E402
 
 
 def main() -> int:

@@ -52,10 +52,12 @@ jamba_status jamba_sample_rows_check(const jamba_sample_rows_params *p) {
     return JAMBA_OK;
 }
 
-/* the key of the n-th largest score (1 <= n <= V): the largest key K with at least n scores at or above it */
-int64_t jamba_sample_rows_ws_elems(int64_t R, int64_t V) { return 2 * R * V; }
-
-static uint32_t select_top_count(const float *s, int64_t V, int64_t n) {
+/* Radix selection over the scores' keys, 4 passes of 8 bits, most significant first (csrc/cuda/sample_rows.cu does
+ * the same with a block per row). by_mass = 0 (top_k): each key weighs 1 and the digits are scanned from 255 down;
+ * the result is the key of the (target + 1)-th largest score. by_mass = 1 (top_p): the scores with key >= floor_key
+ * weigh jamba_mass_fixed(exp(s - m)) and the digits are scanned from 0 up; the result is the smallest key whose mass
+ * of keys <= it exceeds target. */
+static uint32_t radix_select(const float *s, int64_t V, float m, uint32_t floor_key, int by_mass, uint64_t target) {
     uint32_t prefix = 0;
     for (int pass = 0; pass < 4; pass++) {
         const int shift = 24 - 8 * pass;
@@ -63,32 +65,12 @@ static uint32_t select_top_count(const float *s, int64_t V, int64_t n) {
         uint64_t h[256] = {0};
         for (int64_t v = 0; v < V; v++) {
             const uint32_t key = jamba_f32_key(s[v]);
-            if ((key & hi) == prefix) h[(key >> shift) & 255u]++;
+            if (key >= floor_key && (key & hi) == prefix)
+                h[(key >> shift) & 255u] += by_mass ? jamba_mass_fixed(expf(s[v] - m)) : 1u;
         }
-        uint64_t above = 0;
-        int d = 255;
-        for (; d > 0 && above + h[d] < (uint64_t)n; d--) above += h[d];
-        n -= (int64_t)above;
-        prefix |= (uint32_t)d << shift;
-    }
-    return prefix;
-}
-
-/* the smallest key K among the scores with key >= floor_key whose mass of keys <= K exceeds target */
-static uint32_t select_low_mass(const float *s, int64_t V, float m, uint32_t floor_key, uint64_t target) {
-    uint32_t prefix = 0;
-    uint64_t below = 0;
-    for (int pass = 0; pass < 4; pass++) {
-        const int shift = 24 - 8 * pass;
-        const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
-        uint64_t h[256] = {0};
-        for (int64_t v = 0; v < V; v++) {
-            const uint32_t key = jamba_f32_key(s[v]);
-            if (key >= floor_key && (key & hi) == prefix) h[(key >> shift) & 255u] += jamba_mass_fixed(expf(s[v] - m));
-        }
-        int d = 0;
-        for (; d < 255 && below + h[d] <= target; d++) below += h[d];
-        prefix |= (uint32_t)d << shift;
+        int j = 0;                                          /* the first digit, in scan order, where the sum passes */
+        for (; j < 255 && h[by_mass ? j : 255 - j] <= target; j++) target -= h[by_mass ? j : 255 - j];
+        prefix |= (uint32_t)(by_mass ? j : 255 - j) << shift;
     }
     return prefix;
 }
@@ -122,13 +104,13 @@ static void sample_row(const jamba_sample_rows_params *p, int64_t r, float *s) {
     }
     for (int64_t v = 0; v < V; v++) s[v] = s[v] / temp;
     const float m = s[best];
-    const uint32_t kk = k ? select_top_count(s, V, k) : 0u;
+    const uint32_t kk = k ? radix_select(s, V, m, 0u, 0, (uint64_t)(k - 1)) : 0u;
     uint32_t kp = 0u;
     if (top_p < 1.0f) {
         uint64_t z = 0;
         for (int64_t v = 0; v < V; v++)
             if (jamba_f32_key(s[v]) >= kk) z += jamba_mass_fixed(expf(s[v] - m));
-        kp = select_low_mass(s, V, m, kk, (uint64_t)((1.0 - (double)top_p) * (double)z));
+        kp = radix_select(s, V, m, kk, 1, (uint64_t)((1.0 - (double)top_p) * (double)z));
     }
     const uint32_t kmin = kk > kp ? kk : kp;
     const uint32_t k0 = (uint32_t)p->seed, k1 = (uint32_t)(p->seed >> 32);
