@@ -12,8 +12,9 @@ served), so concurrent requests share the decode steps. "stream": true answers w
 chunks, then "data: [DONE]"). Sampling: a request's temperature (0: greedy), top_p, presence_penalty and
 frequency_penalty (OpenAI's), top_k, min_p and repetition_penalty (vLLM's) apply to it alone (rows of different
 settings share the decode steps: jamba_ext.row_sampling); those it leaves out are the server's, set when it starts
-(greedy unless --temperature > 0). Not supported: n > 1, logprobs, echo, suffix, seed, logit_bias (400 each: not
-answered as if they were).
+(greedy unless --temperature > 0). "n" (up to MAX_N) asks for that many completions of the prompt (each its own row;
+not with "stream"). Not supported: best_of, logprobs, echo, suffix, seed, logit_bias (400 each: not answered as if
+they were).
 """
 import json
 import queue
@@ -26,8 +27,9 @@ from typing import List, Optional
 from .continuous import ContinuousBatcher
 from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
 
+MAX_N = 16                  # the most completions one request may ask for ("n")
 # request fields answered only at these values (seed: one request's draws depend on the batch it shares)
-UNSUPPORTED = {"n": 1, "best_of": 1, "echo": False, "logprobs": None, "suffix": None, "seed": None,
+UNSUPPORTED = {"best_of": 1, "echo": False, "logprobs": None, "suffix": None, "seed": None,
                "logit_bias": None}
 
 
@@ -66,7 +68,11 @@ class Engine:
     def run(self, ids: List[int], max_tokens: int, stop=None, timeout: Optional[float] = None,
             sampling: Optional[dict] = None):
         """(completion token ids, finish reason) of a prompt, when its turn has come and it has ended."""
-        job = self.submit(ids, max_tokens, stop, sampling=sampling)
+        return self.wait(self.submit(ids, max_tokens, stop, sampling=sampling), timeout)
+
+    @staticmethod
+    def wait(job: _Job, timeout: Optional[float] = None):
+        """A submitted job's (completion token ids, finish reason), when it has ended (its error raised)."""
         if not job.done.wait(timeout):
             raise TimeoutError("the engine did not answer in time")
         if job.error is not None:
@@ -200,12 +206,17 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             self._send(200, out)
 
         def _parse(self, body: dict, chat: bool):
-            """(prompt ids, max_tokens, stop texts, sampling settings or None) of a request, or RequestError."""
+            """(prompt ids, max_tokens, stop texts, sampling settings or None, n) of a request, or RequestError."""
             for k, ok in UNSUPPORTED.items():
                 if k in body and body[k] != ok and not (k == "logprobs" and body[k] is False):
                     raise RequestError(f'"{k}": only {json.dumps(ok)} is supported here')
             if not isinstance(body.get("stream", False), bool):
                 raise RequestError(f'"stream": expected true or false, got {body["stream"]!r}')
+            n = body.get("n", 1)
+            if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+                raise RequestError(f'"n": expected an int in [1, {MAX_N}], got {n!r}')
+            if n > 1 and body.get("stream") is True:
+                raise RequestError('"n" > 1 with "stream": not supported here (ask without streaming)')
             sampling = {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
             try:
                 check_sampling(sampling, engine.bat.base)
@@ -249,22 +260,25 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             if len(ids) > engine.bat.max_prompt:
                 raise RequestError(f"the prompt is {len(ids)} tokens; this server takes up to {engine.bat.max_prompt} "
                                    "(its --max-prompt-tokens)")
-            return ids, max_tokens, stop, sampling or None
+            return ids, max_tokens, stop, sampling or None, n
 
-        def _complete(self, ids: List[int], max_tokens: int, stop, sampling, chat: bool) -> dict:
+        def _complete(self, ids: List[int], max_tokens: int, stop, sampling, n: int, chat: bool) -> dict:
             tok = engine.tok
-            tokens, reason = engine.run(ids, max_tokens, stop, sampling=sampling)
-            text = _answer_text(tok, tokens, reason, stop)
-            usage = {"prompt_tokens": len(ids), "completion_tokens": len(tokens),
-                     "total_tokens": len(ids) + len(tokens)}
+            jobs = [engine.submit(ids, max_tokens, stop, sampling=sampling) for _ in range(n)]   # (rows of their own)
+            results = [engine.wait(job) for job in jobs]
+            done = sum(len(tokens) for tokens, _ in results)
+            usage = {"prompt_tokens": len(ids), "completion_tokens": done, "total_tokens": len(ids) + done}
             base = {"created": int(time.time()), "model": model_name, "usage": usage}
+            texts = [(_answer_text(tok, tokens, reason, stop), reason) for tokens, reason in results]
             if chat:
                 return dict(base, id=f"chatcmpl-{uuid.uuid4().hex[:24]}", object="chat.completion", choices=[
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}])
+                    {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
+                    for i, (text, reason) in enumerate(texts)])
             return dict(base, id=f"cmpl-{uuid.uuid4().hex[:24]}", object="text_completion", choices=[
-                {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}])
+                {"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+                for i, (text, reason) in enumerate(texts)])
 
-        def _stream(self, ids: List[int], max_tokens: int, stop, sampling, chat: bool) -> None:
+        def _stream(self, ids: List[int], max_tokens: int, stop, sampling, n: int, chat: bool) -> None:
             """Server-sent events, OpenAI's chunks: the text as it comes (held back where it could be the start of a
             stop text, or an unfinished UTF-8 character), then a chunk with the finish reason, then [DONE]."""
             tok, job = engine.tok, engine.submit(ids, max_tokens, stop, stream=True, sampling=sampling)

@@ -150,6 +150,24 @@ def test_each_request_samples_with_its_own_settings():
         srv.stop()
 
 
+def test_n_completions_of_one_prompt():
+    """"n": greedy, n copies of the prompt's own completion (usage counts them all); sampled, n completions drawn in
+    their own rows (not all the same)."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=3, max_prompt_tokens=64, max_new_tokens=16)
+    try:
+        want = tok.decode(_alone(model, tok.encode("hello"), 8)[0])
+        code, ans = srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 8, "n": 4})
+        assert code == 200 and [c["index"] for c in ans["choices"]] == [0, 1, 2, 3], ans
+        assert all(c["text"] == want for c in ans["choices"])
+        assert ans["usage"]["completion_tokens"] == 4 * len(_alone(model, tok.encode("hello"), 8)[0])
+        code, ans = srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 8, "n": 5, "temperature": 1.5})
+        texts = [c["text"] for c in ans["choices"]]
+        assert code == 200 and len(texts) == 5 and len(set(texts)) > 1, texts
+    finally:
+        srv.stop()
+
+
 def test_streamed_answers_equal_the_whole_ones():
     """"stream": true: the text arrives in several chunks whose concatenation is the whole answer's text (stop texts
     cut as there, never sent in part), then a chunk with the finish reason, then [DONE]; two streams and a plain
@@ -191,7 +209,9 @@ def test_refused_requests():
     srv = Running(model, tok, batch_size=2, max_prompt_tokens=20, max_new_tokens=8)
     try:
         for body, msg in (({"prompt": "x", "stream": "yes"}, '"stream": expected true or false'),
-                          ({"prompt": "x", "n": 2}, '"n": only 1'),
+                          ({"prompt": "x", "n": 0}, '"n": expected an int in [1, 16]'),
+                          ({"prompt": "x", "n": 2, "stream": True}, '"n" > 1 with "stream"'),
+                          ({"prompt": "x", "best_of": 2}, '"best_of": only 1'),
                           ({"prompt": "x", "temperature": -0.7}, "temperature: expected a number >= 0"),
                           ({"prompt": "x", "top_p": 0}, "top_p: expected a number in (0, 1]"),
                           ({"prompt": "x", "presence_penalty": 3}, "presence_penalty: expected a number in [-2, 2]"),
