@@ -43,6 +43,7 @@ from .row_sampling import RowSampler, Sampling, check as check_sampling, rows_di
 
 OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_new_tokens",
            "eos_token_id", "stop_strings", "cuda_graph", "prefill_chunk", "shared_prefix")
+MAX_LOGPROBS = 20            # the most alternatives a prompt's logprobs may ask for (OpenAI's top_logprobs: 20)
 # shared_prefix=None (the default) runs the prompts' common first tokens once when there are at least this many
 SHARED_PREFIX_MIN_TOKENS = 16
 
@@ -278,14 +279,19 @@ class ContinuousBatcher:
         self.next_id = 0
         self.rows: Optional[_Rows] = None            # (made by the first step: the cache, the graph, the buffers)
         self.stepped: List[Tuple[int, int]] = []     # the last step's (id, new token) of every prompt it ran
+        self.logprobs: Dict[int, list] = {}          # id -> its completion's logprobs (see add), when it has ended
 
     def add(self, prompt: Sequence[int], max_new_tokens: Optional[int] = None,
-            stop_strings: Optional[Sequence[str]] = None, sampling: Optional[dict] = None) -> int:
+            stop_strings: Optional[Sequence[str]] = None, sampling: Optional[dict] = None,
+            logprobs: Optional[int] = None) -> int:
         """Queues a prompt (token ids) with its budget (default: the batcher's max_new_tokens) and its own stop texts
         (default: the batcher's stop_strings; needs decode); returns its id. sampling: the prompt's own settings
         (jamba_ext.row_sampling.FIELDS: temperature (0: greedy), top_k, top_p, min_p, repetition_penalty,
         presence_penalty, frequency_penalty; those not given are the batcher's), as a server's requests bring them;
-        rows of different settings pick their tokens in one pass (row_sampling.RowSampler)."""
+        rows of different settings pick their tokens in one pass (row_sampling.RowSampler). logprobs (an int in
+        [0, MAX_LOGPROBS]; None: off): when the completion ends, self.logprobs[id] holds, for each of its tokens,
+        (the token's log-probability, [(id, log-probability) of the `logprobs` most likely tokens]) under the model's
+        distribution (log_softmax of its logits, before penalties, temperature and filters); pop it there."""
         prompt = [int(t) for t in prompt]
         if not 1 <= len(prompt) <= self.max_prompt:
             raise ValueError(f"prompt: expected 1 to max_prompt_tokens = {self.max_prompt} tokens, got {len(prompt)}")
@@ -297,8 +303,11 @@ class ContinuousBatcher:
         if stop and (self.decode is None or not all(isinstance(x, str) and x for x in stop)):
             raise ValueError("stop_strings: expected non-empty texts, and a batcher with decode (token ids -> text)")
         samp = check_sampling(sampling, self.base) if sampling else self.base
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or
+                                     not 0 <= logprobs <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs: expected an int in [0, {MAX_LOGPROBS}] (or None: off), got {logprobs!r}")
         rid, self.next_id = self.next_id, self.next_id + 1
-        self.queue.append((rid, prompt, b, stop, samp))
+        self.queue.append((rid, prompt, b, stop, (samp, logprobs)))
         return rid
 
     @property
@@ -329,6 +338,8 @@ class ContinuousBatcher:
         self.new: List[List[int]] = [[] for _ in range(B)]
         self.prompt: List[List[int]] = [[] for _ in range(B)]
         self.samp: List[Optional[Sampling]] = [None] * B    # each running row's settings
+        self.want_lp: List[Optional[int]] = [None] * B      # each running row's logprobs (None: off)
+        self.lps: List[list] = [[] for _ in range(B)]       # its (logprob, top) so far
         self.sampler: Optional[RowSampler] = None       # (when rows differ from self.base)
         self.counts: Optional[torch.Tensor] = None      # (B, V) int32: each row's new tokens (presence/frequency)
         self.logits = torch.zeros(B, V, dtype=m.dtype, device=dev)
@@ -372,9 +383,9 @@ class ContinuousBatcher:
         if rows.pos < L:                             # (the positions skipped are masked for every row)
             rows.set_pos(L)
         got = rows.take([r for r, _ in take], [q for _, (_, q, _, _, _) in take])
-        for j, (r, (rid, q, b, stop, samp)) in enumerate(take):
+        for j, (r, (rid, q, b, stop, (samp, lp))) in enumerate(take):
             self.seq[r], self.budget[r], self.new[r], self.row_stop[r] = rid, b, [], stop
-            self.prompt[r], self.samp[r] = q, samp
+            self.prompt[r], self.samp[r], self.want_lp[r], self.lps[r] = q, samp, lp, []
             self.pending[r] = got[j:j + 1]
             if self.seen is not None:
                 self.seen[r] = False
@@ -441,6 +452,12 @@ class ContinuousBatcher:
                 self.counts.scatter_add_(1, nxt[:, None], torch.ones_like(nxt[:, None], dtype=torch.int32))
             if self.count is not None:
                 self.count += 1
+            lp_rows = [r for r in range(self.B) if self.seq[r] is not None and self.want_lp[r] is not None]
+            if lp_rows:                              # the chosen tokens' and the top ones' log-probabilities
+                k = max(self.want_lp[r] for r in lp_rows)
+                lsm = torch.log_softmax(logits.float(), dim=-1)
+                top = torch.topk(lsm, k, dim=-1) if k else None
+                lp_dev = (lsm.gather(1, nxt[:, None])[:, 0], top)
             self.host.copy_(nxt, non_blocking=self.ahead)
             ready = torch.cuda.Event() if self.ahead else None
             if ready is not None:
@@ -454,6 +471,12 @@ class ContinuousBatcher:
             if ready is not None:
                 ready.synchronize()
             toks = self.host.tolist()
+            if lp_rows:
+                chosen = lp_dev[0].tolist()
+                tv, ti = (lp_dev[1].values.tolist(), lp_dev[1].indices.tolist()) if k else ([], [])
+                for r in lp_rows:
+                    n = self.want_lp[r]
+                    self.lps[r].append((chosen[r], list(zip(ti[r][:n], tv[r][:n])) if n else []))
         ended = []
         for r in range(self.B):
             if self.seq[r] is None:
@@ -465,7 +488,9 @@ class ContinuousBatcher:
             if t in self.eos or len(row) >= self.budget[r] or \
                     (stop and any(x in self.decode(row[-window:]) for x in stop)):
                 ended.append((self.seq[r], *completion(row, self.eos, stop, self.decode)))
-                self.seq[r], self.new[r], self.samp[r] = None, [], None
+                if self.want_lp[r] is not None:      # (cut as the completion is: before an EOS id, at a stop text)
+                    self.logprobs[self.seq[r]] = self.lps[r][:len(ended[-1][1])]
+                self.seq[r], self.new[r], self.samp[r], self.want_lp[r], self.lps[r] = None, [], None, None, []
         return ended
 
 

@@ -13,8 +13,10 @@ chunks, then "data: [DONE]"). Sampling: a request's temperature (0: greedy), top
 frequency_penalty (OpenAI's), top_k, min_p and repetition_penalty (vLLM's) apply to it alone (rows of different
 settings share the decode steps: jamba_ext.row_sampling); those it leaves out are the server's, set when it starts
 (greedy unless --temperature > 0). "n" (up to MAX_N) asks for that many completions of the prompt (each its own row;
-not with "stream"). Not supported: best_of, logprobs, echo, suffix, seed, logit_bias (400 each: not answered as if
-they were).
+not with "stream"). Log-probabilities of the completion's tokens under the model (its log_softmax, before the
+request's penalties and filters): "logprobs": k on /v1/completions (OpenAI's legacy form: tokens, token_logprobs,
+top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on /v1/chat/completions; k <= 20, not with
+"stream". Not supported: best_of, echo, suffix, seed, logit_bias (400 each: not answered as if they were).
 """
 import json
 import queue
@@ -24,13 +26,12 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional
 
-from .continuous import ContinuousBatcher
+from .continuous import MAX_LOGPROBS, ContinuousBatcher
 from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
 
 MAX_N = 16                  # the most completions one request may ask for ("n")
 # request fields answered only at these values (seed: one request's draws depend on the batch it shares)
-UNSUPPORTED = {"best_of": 1, "echo": False, "logprobs": None, "suffix": None, "seed": None,
-               "logit_bias": None}
+UNSUPPORTED = {"best_of": 1, "echo": False, "suffix": None, "seed": None, "logit_bias": None}
 
 
 class RequestError(ValueError):
@@ -38,8 +39,10 @@ class RequestError(ValueError):
 
 
 class _Job:
-    def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False, sampling: Optional[dict] = None):
-        self.ids, self.max_tokens, self.stop, self.sampling = ids, max_tokens, stop, sampling
+    def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False, sampling: Optional[dict] = None,
+                 logprobs: Optional[int] = None):
+        self.ids, self.max_tokens, self.stop, self.sampling, self.want_lp = ids, max_tokens, stop, sampling, logprobs
+        self.logprobs = None             # (when asked: the batcher's list, set before done)
         self.done = threading.Event()
         self.result = self.error = None
         self.tokens: Optional["queue.Queue"] = queue.Queue() if stream else None   # new tokens, then None at the end
@@ -80,10 +83,10 @@ class Engine:
         return job.result
 
     def submit(self, ids: List[int], max_tokens: int, stop=None, stream: bool = False,
-               sampling: Optional[dict] = None) -> _Job:
-        """Queues a prompt (sampling: its own settings, ContinuousBatcher.add's); the job's done event is set at its
-        end (stream: its tokens queue gets each new token as it comes, then None)."""
-        job = _Job(ids, max_tokens, stop, stream, sampling)
+               sampling: Optional[dict] = None, logprobs: Optional[int] = None) -> _Job:
+        """Queues a prompt (sampling, logprobs: ContinuousBatcher.add's); the job's done event is set at its end
+        (stream: its tokens queue gets each new token as it comes, then None; logprobs: job.logprobs)."""
+        job = _Job(ids, max_tokens, stop, stream, sampling, logprobs)
         self.inbox.put(job)
         return job
 
@@ -100,7 +103,7 @@ class Engine:
                 job = None
             while job is not None:
                 try:
-                    self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling)] = job
+                    self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling, job.want_lp)] = job
                 except ValueError as e:
                     job.finish(error=RequestError(str(e)))
                 try:
@@ -123,7 +126,9 @@ class Engine:
                 if j is not None and j.tokens is not None:
                     j.tokens.put(t)
             for rid, tokens, reason in ended:
-                self.jobs.pop(rid).finish(result=(tokens, reason))
+                job = self.jobs.pop(rid)
+                job.logprobs = self.bat.logprobs.pop(rid, None)
+                job.finish(result=(tokens, reason))
 
 
 def _stop_list(v) -> Optional[list]:
@@ -133,6 +138,44 @@ def _stop_list(v) -> Optional[list]:
     if not isinstance(v, list) or not all(isinstance(s, str) and s for s in v) or len(v) > 4:
         raise RequestError('"stop": expected a non-empty string or a list of up to 4')
     return v
+
+
+def _logprobs_asked(body: dict, chat: bool) -> Optional[int]:
+    """How many alternatives a request's logprobs ask for (None: no logprobs), or RequestError."""
+    top = MAX_LOGPROBS
+    if chat:
+        on, k = body.get("logprobs", False), body.get("top_logprobs")
+        if not isinstance(on, bool) and on is not None:
+            raise RequestError(f'"logprobs": expected true or false on /v1/chat/completions, got {on!r}')
+        if k is not None and not on:
+            raise RequestError('"top_logprobs" needs "logprobs": true')
+        if not on:
+            return None
+        k = 0 if k is None else k
+    else:
+        k = body.get("logprobs")
+        if k is None or k is False:
+            return None
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= top:
+        raise RequestError(f'"{"top_logprobs" if chat else "logprobs"}": expected an int in [0, {top}], got {k!r}')
+    return k
+
+
+def _logprobs_answer(tok, tokens: List[int], lps: list, chat: bool) -> dict:
+    """A choice's "logprobs", OpenAI's form: for chat, content [{token, logprob, bytes, top_logprobs}]; for
+    completions, the legacy tokens / token_logprobs / top_logprobs / text_offset (offsets from the completion's
+    start). lps: ContinuousBatcher.logprobs' list for these tokens."""
+    pieces = [tok.decode([t]) for t in tokens]
+    if chat:
+        return {"content": [{"token": p, "logprob": lp, "bytes": list(p.encode()), "top_logprobs": [
+            {"token": tok.decode([i]), "logprob": v, "bytes": list(tok.decode([i]).encode())} for i, v in top]}
+            for p, (lp, top) in zip(pieces, lps)]}
+    offsets, at = [], 0
+    for p in pieces:
+        offsets.append(at)
+        at += len(p)
+    return {"tokens": pieces, "token_logprobs": [lp for lp, _ in lps],
+            "top_logprobs": [{tok.decode([i]): v for i, v in top} for _, top in lps], "text_offset": offsets}
 
 
 def _cut_at_stop(text: str, stop) -> str:
@@ -206,7 +249,8 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             self._send(200, out)
 
         def _parse(self, body: dict, chat: bool):
-            """(prompt ids, max_tokens, stop texts, sampling settings or None, n) of a request, or RequestError."""
+            """(prompt ids, max_tokens, stop texts, sampling settings or None, n, logprobs k or None) of a request, or
+            RequestError."""
             for k, ok in UNSUPPORTED.items():
                 if k in body and body[k] != ok and not (k == "logprobs" and body[k] is False):
                     raise RequestError(f'"{k}": only {json.dumps(ok)} is supported here')
@@ -217,6 +261,9 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 raise RequestError(f'"n": expected an int in [1, {MAX_N}], got {n!r}')
             if n > 1 and body.get("stream") is True:
                 raise RequestError('"n" > 1 with "stream": not supported here (ask without streaming)')
+            lp = _logprobs_asked(body, chat)
+            if lp is not None and body.get("stream") is True:
+                raise RequestError('"logprobs" with "stream": not supported here (ask without streaming)')
             sampling = {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
             try:
                 check_sampling(sampling, engine.bat.base)
@@ -260,25 +307,27 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             if len(ids) > engine.bat.max_prompt:
                 raise RequestError(f"the prompt is {len(ids)} tokens; this server takes up to {engine.bat.max_prompt} "
                                    "(its --max-prompt-tokens)")
-            return ids, max_tokens, stop, sampling or None, n
+            return ids, max_tokens, stop, sampling or None, n, lp
 
-        def _complete(self, ids: List[int], max_tokens: int, stop, sampling, n: int, chat: bool) -> dict:
+        def _complete(self, ids: List[int], max_tokens: int, stop, sampling, n: int, lp, chat: bool) -> dict:
             tok = engine.tok
-            jobs = [engine.submit(ids, max_tokens, stop, sampling=sampling) for _ in range(n)]   # (rows of their own)
-            results = [engine.wait(job) for job in jobs]
+            jobs = [engine.submit(ids, max_tokens, stop, sampling=sampling, logprobs=lp) for _ in range(n)]
+            results = [engine.wait(job) for job in jobs]   # (each job its own row)
             done = sum(len(tokens) for tokens, _ in results)
             usage = {"prompt_tokens": len(ids), "completion_tokens": done, "total_tokens": len(ids) + done}
             base = {"created": int(time.time()), "model": model_name, "usage": usage}
             texts = [(_answer_text(tok, tokens, reason, stop), reason) for tokens, reason in results]
+            lps = [None if lp is None else _logprobs_answer(tok, tokens, job.logprobs, chat)
+                   for (tokens, _), job in zip(results, jobs)]
             if chat:
                 return dict(base, id=f"chatcmpl-{uuid.uuid4().hex[:24]}", object="chat.completion", choices=[
-                    {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason}
-                    for i, (text, reason) in enumerate(texts)])
+                    {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
+                     "logprobs": lps[i]} for i, (text, reason) in enumerate(texts)])
             return dict(base, id=f"cmpl-{uuid.uuid4().hex[:24]}", object="text_completion", choices=[
-                {"index": i, "text": text, "finish_reason": reason, "logprobs": None}
+                {"index": i, "text": text, "finish_reason": reason, "logprobs": lps[i]}
                 for i, (text, reason) in enumerate(texts)])
 
-        def _stream(self, ids: List[int], max_tokens: int, stop, sampling, n: int, chat: bool) -> None:
+        def _stream(self, ids: List[int], max_tokens: int, stop, sampling, n: int, lp, chat: bool) -> None:
             """Server-sent events, OpenAI's chunks: the text as it comes (held back where it could be the start of a
             stop text, or an unfinished UTF-8 character), then a chunk with the finish reason, then [DONE]."""
             tok, job = engine.tok, engine.submit(ids, max_tokens, stop, stream=True, sampling=sampling)

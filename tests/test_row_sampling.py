@@ -104,3 +104,39 @@ def test_settings_refused_by_name():
     with pytest.raises(ValueError, match="top_p: expected a number in"):
         bat.add([5, 6], sampling={"top_p": 2})
     assert bat.done
+
+
+def test_logprobs_of_each_completion(device):
+    """logprobs: for each completion token, its log-probability and the k most likely tokens' under the model's own
+    distribution (log_softmax of a whole-sequence forward at that position, float64 compare), for the prompts that
+    ask (k = 0 / 3 / 5; the last one sampled), beside a sampled prompt that does not ask, with an EOS id that cuts a
+    completion short."""
+    model = builtin_model(str(device))
+    rng = random.Random(9)
+    V = model.config.vocab_size
+    prompts = [[rng.randrange(3, V) for _ in range(rng.randint(2, 12))] for _ in range(6)]
+    eos = _alone(model, prompts[2], 3)[2]              # (prompt 2 stops at its third token)
+    bat = C.ContinuousBatcher(model, 2, 12, 8, 0, eos_token_id=eos)
+    asks = [3, None, 3, 0, None, 5]
+    ids = {bat.add(p, 8, sampling={"temperature": 1.2} if i in (4, 5) else None, logprobs=k): i
+           for i, (p, k) in enumerate(zip(prompts, asks))}
+    got, lps = {}, {}
+    while not bat.done:
+        for rid, tokens, _ in bat.step():
+            got[ids[rid]] = tokens
+            if rid in bat.logprobs:
+                lps[ids[rid]] = bat.logprobs.pop(rid)
+    assert sorted(lps) == [0, 2, 3, 5] and not bat.logprobs and len(got[2]) == 2
+    for i in lps:
+        assert len(lps[i]) == len(got[i])
+        seq = prompts[i] + got[i]
+        with torch.inference_mode():
+            ref = torch.log_softmax(model(torch.tensor([seq], device=device)).logits[0].double(), -1).cpu()
+        for j, (lp, top) in enumerate(lps[i]):
+            row = ref[len(prompts[i]) - 1 + j]
+            assert abs(lp - row[got[i][j]].item()) < 1e-4, (i, j)
+            want = torch.topk(row, asks[i])
+            assert [t for t, _ in top] == want.indices.tolist(), (i, j)
+            assert all(abs(v - w) < 1e-4 for (_, v), w in zip(top, want.values.tolist()))
+    with pytest.raises(ValueError, match="logprobs: expected an int in"):
+        bat.add([5, 6], 2, logprobs=21)

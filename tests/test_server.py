@@ -168,6 +168,38 @@ def test_n_completions_of_one_prompt():
         srv.stop()
 
 
+def test_logprobs_answers():
+    """"logprobs": k on /v1/completions: each token's log-probability under the model (a whole-sequence forward, its
+    log_softmax) and its k most likely alternatives, text offsets from the completion's start; "top_logprobs" without
+    "logprobs": true on the chat endpoint is refused."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=64, max_new_tokens=16)
+    try:
+        code, ans = srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 6, "logprobs": 2})
+        assert code == 200, ans
+        ids = tok.encode("hello")
+        tokens = _alone(model, ids, 6)[0]
+        lp = ans["choices"][0]["logprobs"]
+        with torch.inference_mode():
+            ref = torch.log_softmax(model(torch.tensor([ids + tokens])).logits[0].double(), -1)
+        assert lp["tokens"] == [tok.decode([t]) for t in tokens] and len(lp["token_logprobs"]) == len(tokens)
+        for j, t in enumerate(tokens):
+            row = ref[len(ids) - 1 + j]
+            assert abs(lp["token_logprobs"][j] - row[t].item()) < 1e-4
+            want = torch.topk(row, 2)       # (the legacy form keys alternatives by text: byte tokens may share one)
+            keys = [tok.decode([i]) for i in want.indices.tolist()]
+            assert list(lp["top_logprobs"][j]) == list(dict.fromkeys(keys))
+            for key, v in lp["top_logprobs"][j].items():
+                assert any(k == key and abs(v - w) < 1e-4 for k, w in zip(keys, want.values.tolist()))
+        assert lp["text_offset"][0] == 0 and lp["text_offset"][1] == len(lp["tokens"][0])
+        assert srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 2})[1]["choices"][0]["logprobs"] is None
+        code, ans = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
+                                                      "top_logprobs": 2})
+        assert code == 400 and '"top_logprobs" needs "logprobs": true' in ans["error"]["message"]
+    finally:
+        srv.stop()
+
+
 def test_streamed_answers_equal_the_whole_ones():
     """"stream": true: the text arrives in several chunks whose concatenation is the whole answer's text (stop texts
     cut as there, never sent in part), then a chunk with the finish reason, then [DONE]; two streams and a plain
@@ -212,6 +244,8 @@ def test_refused_requests():
                           ({"prompt": "x", "n": 0}, '"n": expected an int in [1, 16]'),
                           ({"prompt": "x", "n": 2, "stream": True}, '"n" > 1 with "stream"'),
                           ({"prompt": "x", "best_of": 2}, '"best_of": only 1'),
+                          ({"prompt": "x", "logprobs": 21}, '"logprobs": expected an int in [0, 20]'),
+                          ({"prompt": "x", "logprobs": 2, "stream": True}, '"logprobs" with "stream"'),
                           ({"prompt": "x", "temperature": -0.7}, "temperature: expected a number >= 0"),
                           ({"prompt": "x", "top_p": 0}, "top_p: expected a number in (0, 1]"),
                           ({"prompt": "x", "presence_penalty": 3}, "presence_penalty: expected a number in [-2, 2]"),
