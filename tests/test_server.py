@@ -292,7 +292,7 @@ def test_failed_step_answers_500_and_the_server_goes_on(monkeypatch):
 
 def test_chat_endpoint(tmp_path):
     """/v1/chat/completions renders the messages with the checkpoint's chat template; the reply is the completion of
-    that text alone."""
+    that text alone (whole, streamed, and with logprobs: greedy, each token is its own top alternative)."""
     from test_generate_cli import _chat_checkpoint
     from jamba_ext.modeling_jamba import JambaForCausalLM
     from jamba_ext.tokenizer import load_chat_template, load_tokenizer
@@ -317,6 +317,13 @@ def test_chat_endpoint(tmp_path):
         assert ev[-1] == "[DONE]" and parts[0]["delta"] == {"role": "assistant", "content": ""}
         assert "".join(p["delta"].get("content", "") for p in parts) == tok.decode(want)
         assert parts[-1] == {"index": 0, "delta": {}, "finish_reason": reason}
+        code, ans = srv.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 4, "logprobs": True,
+                                                      "top_logprobs": 1})
+        content = ans["choices"][0]["logprobs"]["content"]
+        assert code == 200 and [c["token"] for c in content] == [tok.decode([t]) for t in want]
+        assert all(c["bytes"] == list(c["token"].encode()) and len(c["top_logprobs"]) == 1 and
+                   c["top_logprobs"][0]["logprob"] >= c["logprob"] - 1e-6 for c in content)
+        assert all(c["top_logprobs"][0]["token"] == c["token"] for c in content)   # (greedy: the top one)
     finally:
         srv.stop()
 
