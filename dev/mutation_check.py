@@ -547,7 +547,7 @@ PY_MUTANTS = [
            "self.logprobs[self.seq[r]] = self.lps[r][:len(ended[-1][1])]", "self.logprobs[self.seq[r]] = self.lps[r]",
            "logprobs: a completion cut before an EOS id keeps the EOS token's entry", [T_RS, "-k", "logprobs"]),
     Mutant("py_rows_logprobs_of_max", CB,
-           "lp_dev = (lsm.gather(1, nxt[:, None])[:, 0], top)", "lp_dev = (lsm.amax(-1), top)",
+           "(lsm.gather(1, nxt[:, None])[:, 0],)", "(lsm.amax(-1),)",
            "logprobs: the most likely token's log-probability given for the token drawn", [T_RS, "-k", "logprobs"]),
     Mutant("py_batch_budget_not_cut", "jamba_ext/batch.py",
            "rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]]", "rows[r]",

@@ -457,7 +457,9 @@ class ContinuousBatcher:
                 k = max(self.want_lp[r] for r in lp_rows)
                 lsm = torch.log_softmax(logits.float(), dim=-1)
                 top = torch.topk(lsm, k, dim=-1) if k else None
-                lp_dev = (lsm.gather(1, nxt[:, None])[:, 0], top)
+                # (to the host before the step's event, as the tokens: the next step keeps running meanwhile)
+                lp_dev = [t.to("cpu", non_blocking=self.ahead) for t in
+                          (lsm.gather(1, nxt[:, None])[:, 0],) + ((top.values, top.indices) if k else ())]
             self.host.copy_(nxt, non_blocking=self.ahead)
             ready = torch.cuda.Event() if self.ahead else None
             if ready is not None:
@@ -473,7 +475,7 @@ class ContinuousBatcher:
             toks = self.host.tolist()
             if lp_rows:
                 chosen = lp_dev[0].tolist()
-                tv, ti = (lp_dev[1].values.tolist(), lp_dev[1].indices.tolist()) if k else ([], [])
+                tv, ti = (lp_dev[1].tolist(), lp_dev[2].tolist()) if k else ([], [])
                 for r in lp_rows:
                     n = self.want_lp[r]
                     self.lps[r].append((chosen[r], list(zip(ti[r][:n], tv[r][:n])) if n else []))
