@@ -215,6 +215,32 @@ def fuzz_cross_entropy(c):
             R.cross_entropy_bwd(logits.double(), target, want_lse, dloss.double()), dt, scale=dloss.double().norm())
 
 
+def fuzz_sample_rows(c):
+    """Random settings a row (greedy or sampled; top_k, top_p, min_p, the three penalties each on or off), seen and
+    counts present or absent, logits possibly a row-strided view: greedy tokens and the kept columns of sampled rows
+    against the float64 reference (reference.sample_rows_disagreements' boundary rule), each token in [0, V)."""
+    dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
+    N, V = c.pick("N", [1, 2, 5, 33]), c.pick("V", [1, 2, 7, 259, 4100, 70000])
+    logits = c.tensor("logits", (N, V), dt, scale=c.pick("scale", [1.0, 3.0, 30.0]))
+    rows = []
+    for _ in range(N):
+        rows.append([c.r.choice([0.0, 0.0, 0.3, 1.0, 1.7]), c.r.choice([0, 0, 1, 3, 50, V, V + 5]),
+                     c.r.choice([1.0, 1.0, 0.5, 0.9, 0.99]), c.r.choice([0.0, 0.0, 0.01, 0.2]),
+                     c.r.choice([1.0, 1.0, 0.7, 1.3]), c.r.choice([0.0, 0.0, 0.5, -1.0]), c.r.choice([0.0, 0.0, 0.4])])
+    params = torch.tensor(rows, dtype=torch.float32).to(c.device)
+    c.desc.append(f"params={rows}")
+    seen = (torch.rand(N, V, generator=c.g) < 0.1).to(c.device) if c.r.random() < 0.5 else None
+    counts = (torch.randint(0, 3, (N, V), generator=c.g, dtype=torch.int32) *
+              (torch.rand(N, V, generator=c.g) < 0.1)).int().to(c.device) if c.r.random() < 0.5 else None
+    c.desc.append(f"seen={seen is not None} counts={counts is not None}")
+    tokens, tau = ops.sample_rows(logits, params, seen, counts, seed=c.r.randrange(2 ** 40), offset=c.r.randrange(99))
+    assert ((tokens >= 0) & (tokens < V)).all(), c
+    ref = R.sample_rows_kept(logits.cpu(), params.cpu(), None if seen is None else seen.cpu(),
+                             None if counts is None else counts.cpu())
+    bad = R.sample_rows_disagreements(params.cpu(), tokens, tau, *ref)
+    assert not bad, f"{bad[:3]} in {c}"
+
+
 GRAD_TOL = 1e-4     # fp32 gradients: fixed-order fp32 sums over up to ~6000 terms of products of fast exponentials
 
 
@@ -382,7 +408,8 @@ FUZZERS = {f.__name__[len("fuzz_"):]: f for f in (fuzz_rms_norm, fuzz_causal_con
                                                   fuzz_selective_scan, fuzz_selective_state_update, fuzz_moe,
                                                   fuzz_cross_entropy, fuzz_rms_norm_bwd, fuzz_causal_conv1d_bwd,
                                                   fuzz_selective_scan_bwd, fuzz_silu_mul, fuzz_gemv,
-                                                  fuzz_decode_attention, fuzz_fp8, fuzz_mamba_inner_step)}
+                                                  fuzz_decode_attention, fuzz_fp8, fuzz_mamba_inner_step,
+                                                  fuzz_sample_rows)}
 
 
 def _case(op, seed, device):
