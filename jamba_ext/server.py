@@ -16,7 +16,10 @@ settings share the decode steps: jamba_ext.row_sampling); those it leaves out ar
 not with "stream"). Log-probabilities of the completion's tokens under the model (its log_softmax, before the
 request's penalties and filters): "logprobs": k on /v1/completions (OpenAI's legacy form: tokens, token_logprobs,
 top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on /v1/chat/completions; k <= 20, not with
-"stream". Not supported: best_of, echo, suffix, seed, logit_bias (400 each: not answered as if they were).
+"stream". "echo": true with "max_tokens": 0 on /v1/completions scores the prompt (its text back, and with "logprobs"
+each prompt token's log-probability given the tokens before it: what evaluation harnesses ask of a completions
+server). Not supported: best_of, suffix, seed, logit_bias, echo with new tokens (400 each: not answered as if they
+were).
 """
 import json
 import queue
@@ -26,12 +29,14 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, Optional
 
+import torch
+
 from .continuous import MAX_LOGPROBS, ContinuousBatcher
 from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
 
 MAX_N = 16                  # the most completions one request may ask for ("n")
 # request fields answered only at these values (seed: one request's draws depend on the batch it shares)
-UNSUPPORTED = {"best_of": 1, "echo": False, "suffix": None, "seed": None, "logit_bias": None}
+UNSUPPORTED = {"best_of": 1, "suffix": None, "seed": None, "logit_bias": None}
 
 
 class RequestError(ValueError):
@@ -40,8 +45,9 @@ class RequestError(ValueError):
 
 class _Job:
     def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False, sampling: Optional[dict] = None,
-                 logprobs: Optional[int] = None):
+                 logprobs: Optional[int] = None, score: bool = False):
         self.ids, self.max_tokens, self.stop, self.sampling, self.want_lp = ids, max_tokens, stop, sampling, logprobs
+        self.score = score               # (the prompt scored, no new tokens: echo with max_tokens 0)
         self.logprobs = None             # (when asked: the batcher's list, set before done)
         self.done = threading.Event()
         self.result = self.error = None
@@ -90,6 +96,35 @@ class Engine:
         self.inbox.put(job)
         return job
 
+    def score(self, ids: List[int], logprobs: Optional[int], timeout: Optional[float] = None) -> list:
+        """Each prompt token's (log-probability given the tokens before it, [(id, log-probability) of the `logprobs`
+        most likely tokens there]); (None, []) for the first. Runs on the engine's thread between decode steps."""
+        job = _Job(ids, 0, None, logprobs=logprobs, score=True)
+        self.inbox.put(job)
+        self.wait(job, timeout)
+        return job.logprobs
+
+    SCORE_CHUNK = 512                    # positions whose log_softmax is taken at once (memory: CHUNK x V fp32)
+
+    def _score(self, job: _Job) -> None:
+        m, ids, k = self.model, job.ids, job.want_lp or 0
+        out = [(None, [])]
+        try:
+            with torch.inference_mode():
+                logits = m(torch.tensor([ids], device=m.device)).logits[0]
+                for a in range(0, len(ids) - 1, self.SCORE_CHUNK):
+                    b = min(a + self.SCORE_CHUNK, len(ids) - 1)
+                    lsm = torch.log_softmax(logits[a:b].float(), dim=-1)
+                    chosen = lsm.gather(1, torch.tensor(ids[a + 1:b + 1], device=lsm.device)[:, None])[:, 0].tolist()
+                    top = torch.topk(lsm, k, dim=-1) if k else None
+                    tv, ti = (top.values.tolist(), top.indices.tolist()) if k else ([[]] * (b - a), [[]] * (b - a))
+                    out += [(c, list(zip(i, v))) for c, i, v in zip(chosen, ti, tv)]
+        except Exception as e:  # noqa: BLE001 -- reported to the request (500), the server goes on
+            job.finish(error=RuntimeError(f"scoring failed: {e}"))
+            return
+        job.logprobs = out
+        job.finish(result=([], "length"))
+
     def close(self) -> None:
         self.stopping = True
         self.inbox.put(None)
@@ -103,7 +138,10 @@ class Engine:
                 job = None
             while job is not None:
                 try:
-                    self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling, job.want_lp)] = job
+                    if job.score:
+                        self._score(job)
+                    else:
+                        self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling, job.want_lp)] = job
                 except ValueError as e:
                     job.finish(error=RequestError(str(e)))
                 try:
@@ -239,7 +277,9 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 if body.get("stream") is True:
                     self._stream(*self._parse(body, chat), chat=chat)
                     return
-                out = self._complete(*self._parse(body, chat), chat=chat)
+                args = self._parse(body, chat)
+                out = self._scored(args[0], args[5]) if body.get("echo") is True else \
+                    self._complete(*args, chat=chat)
             except (RequestError, json.JSONDecodeError) as e:
                 self._error(400, str(e) if isinstance(e, RequestError) else f"the body is not JSON: {e.msg}")
                 return
@@ -269,10 +309,16 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 check_sampling(sampling, engine.bat.base)
             except ValueError as e:
                 raise RequestError(str(e)) from None
+            echo = body.get("echo", False)
+            if not isinstance(echo, bool):
+                raise RequestError(f'"echo": expected true or false, got {echo!r}')
             max_tokens = body.get("max_tokens", body.get("max_completion_tokens",
                                                          min(max_new_default, engine.bat.max_new)))
-            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 1 <= max_tokens <= \
-                    engine.bat.max_new:
+            if echo and (chat or max_tokens != 0 or body.get("stream") is True or n != 1):
+                raise RequestError('"echo": supported on /v1/completions with "max_tokens": 0 only (scoring the prompt; '
+                                   'not with "stream" or "n")')
+            if not echo and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or
+                             not 1 <= max_tokens <= engine.bat.max_new):
                 raise RequestError(f'"max_tokens": expected an int in [1, {engine.bat.max_new}] (this server\'s '
                                    f'--max-new-tokens), got {max_tokens!r}')
             stop = _stop_list(body.get("stop"))
@@ -326,6 +372,20 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             return dict(base, id=f"cmpl-{uuid.uuid4().hex[:24]}", object="text_completion", choices=[
                 {"index": i, "text": text, "finish_reason": reason, "logprobs": lps[i]}
                 for i, (text, reason) in enumerate(texts)])
+
+        def _scored(self, ids: List[int], lp) -> dict:
+            """echo with max_tokens 0: the prompt's text, and (lp: alternatives) its tokens' log-probabilities."""
+            tok = engine.tok
+            scores = engine.score(ids, lp)
+            logprobs = None
+            if lp is not None:
+                logprobs = _logprobs_answer(tok, ids, scores, chat=False)
+                logprobs["top_logprobs"][0] = None          # (OpenAI's: the first token has nothing before it)
+            return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
+                    "model": model_name, "usage": {"prompt_tokens": len(ids), "completion_tokens": 0,
+                                                   "total_tokens": len(ids)},
+                    "choices": [{"index": 0, "text": tok.decode(ids), "finish_reason": "length",
+                                 "logprobs": logprobs}]}
 
         def _stream(self, ids: List[int], max_tokens: int, stop, sampling, n: int, lp, chat: bool) -> None:
             """Server-sent events, OpenAI's chunks: the text as it comes (held back where it could be the start of a

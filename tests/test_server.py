@@ -200,6 +200,38 @@ def test_logprobs_answers():
         srv.stop()
 
 
+def test_echo_scores_the_prompt():
+    """"echo": true, "max_tokens": 0, "logprobs": k (an evaluation harness's loglikelihood request): the prompt's text
+    back, and each prompt token's log-probability given those before it (a whole-sequence forward's log_softmax),
+    the first None; a prompt longer than SCORE_CHUNK positions goes through in chunks; echo with new tokens is
+    refused."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=64, max_new_tokens=16)
+    old = server.Engine.SCORE_CHUNK
+    server.Engine.SCORE_CHUNK = 5                      # (several chunks for this prompt)
+    try:
+        text = "the hybrid model scores a prompt"
+        code, ans = srv.post("/v1/completions", {"prompt": text, "max_tokens": 0, "echo": True, "logprobs": 1})
+        assert code == 200, ans
+        ids = tok.encode(text)
+        with torch.inference_mode():
+            ref = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), -1)
+        choice = ans["choices"][0]
+        lp = choice["logprobs"]
+        assert choice["text"] == tok.decode(ids) and ans["usage"]["completion_tokens"] == 0
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None and len(lp["tokens"]) == len(ids)
+        for i in range(1, len(ids)):
+            assert abs(lp["token_logprobs"][i] - ref[i - 1, ids[i]].item()) < 1e-4, i
+            assert list(lp["top_logprobs"][i]) == [tok.decode([int(ref[i - 1].argmax())])]
+        code, ans = srv.post("/v1/completions", {"prompt": text, "max_tokens": 3, "echo": True})
+        assert code == 400 and '"echo": supported on /v1/completions with "max_tokens": 0' in ans["error"]["message"]
+        code, ans = srv.post("/v1/completions", {"prompt": "hi", "max_tokens": 2})     # (generation goes on)
+        assert code == 200 and ans["choices"][0]["text"] == tok.decode(_alone(model, tok.encode("hi"), 2)[0])
+    finally:
+        server.Engine.SCORE_CHUNK = old
+        srv.stop()
+
+
 def test_streamed_answers_equal_the_whole_ones():
     """"stream": true: the text arrives in several chunks whose concatenation is the whole answer's text (stop texts
     cut as there, never sent in part), then a chunk with the finish reason, then [DONE]; two streams and a plain
