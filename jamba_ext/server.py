@@ -16,10 +16,11 @@ settings share the decode steps: jamba_ext.row_sampling); those it leaves out ar
 not with "stream"). Log-probabilities of the completion's tokens under the model (its log_softmax, before the
 request's penalties and filters): "logprobs": k on /v1/completions (OpenAI's legacy form: tokens, token_logprobs,
 top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on /v1/chat/completions; k <= 20, not with
-"stream". "echo": true with "max_tokens": 0 on /v1/completions scores the prompt (its text back, and with "logprobs"
-each prompt token's log-probability given the tokens before it: what evaluation harnesses ask of a completions
-server). Not supported: best_of, suffix, seed, logit_bias, echo with new tokens (400 each: not answered as if they
-were).
+"stream". "echo": true on /v1/completions puts the prompt before the completion, and with "logprobs" each prompt
+token's log-probability given the tokens before it ("max_tokens": 0: the prompt scored alone; what evaluation
+harnesses ask of a completions server). "prompt" may be a list of prompts (choices: prompt x n + j). "seed" is taken
+for greedy requests (it changes nothing there) and refused for sampled ones (a request's draws depend on the batch
+it shares). Not supported: best_of, suffix, logit_bias (400 each: not answered as if they were).
 """
 import json
 import queue
@@ -27,7 +28,7 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 
@@ -35,8 +36,20 @@ from .continuous import MAX_LOGPROBS, ContinuousBatcher
 from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
 
 MAX_N = 16                  # the most completions one request may ask for ("n")
-# request fields answered only at these values (seed: one request's draws depend on the batch it shares)
-UNSUPPORTED = {"best_of": 1, "suffix": None, "seed": None, "logit_bias": None}
+MAX_PROMPTS = 64            # the most prompts one /v1/completions request may give (a list of them)
+# request fields answered only at these values
+UNSUPPORTED = {"best_of": 1, "suffix": None, "logit_bias": None}
+
+
+class _Request(NamedTuple):
+    prompts: List[List[int]]        # token ids, one list a prompt (chat: the rendered messages)
+    max_tokens: int                 # (0: echo alone, the prompt scored)
+    stop: Optional[list]
+    sampling: Optional[dict]        # the request's own settings (row_sampling.FIELDS), None: the server's
+    n: int
+    lp: Optional[int]               # logprobs: alternatives a token (None: off)
+    echo: bool
+    stream: bool
 
 
 class RequestError(ValueError):
@@ -274,12 +287,11 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 if not isinstance(body, dict):
                     raise RequestError("the body must be a JSON object")
                 chat = self.path.endswith("chat/completions")
-                if body.get("stream") is True:
-                    self._stream(*self._parse(body, chat), chat=chat)
+                req = self._parse(body, chat)
+                if req.stream:
+                    self._stream(req, chat)
                     return
-                args = self._parse(body, chat)
-                out = self._scored(args[0], args[5]) if body.get("echo") is True else \
-                    self._complete(*args, chat=chat)
+                out = self._complete(req, chat)
             except (RequestError, json.JSONDecodeError) as e:
                 self._error(400, str(e) if isinstance(e, RequestError) else f"the body is not JSON: {e.msg}")
                 return
@@ -288,40 +300,47 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 return
             self._send(200, out)
 
-        def _parse(self, body: dict, chat: bool):
-            """(prompt ids, max_tokens, stop texts, sampling settings or None, n, logprobs k or None) of a request, or
-            RequestError."""
+        def _parse(self, body: dict, chat: bool) -> "_Request":
+            """The request's prompts (token ids) and settings, or RequestError."""
             for k, ok in UNSUPPORTED.items():
-                if k in body and body[k] != ok and not (k == "logprobs" and body[k] is False):
+                if k in body and body[k] != ok:
                     raise RequestError(f'"{k}": only {json.dumps(ok)} is supported here')
-            if not isinstance(body.get("stream", False), bool):
-                raise RequestError(f'"stream": expected true or false, got {body["stream"]!r}')
+            stream = body.get("stream", False)
+            if not isinstance(stream, bool):
+                raise RequestError(f'"stream": expected true or false, got {stream!r}')
             n = body.get("n", 1)
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
                 raise RequestError(f'"n": expected an int in [1, {MAX_N}], got {n!r}')
-            if n > 1 and body.get("stream") is True:
-                raise RequestError('"n" > 1 with "stream": not supported here (ask without streaming)')
             lp = _logprobs_asked(body, chat)
-            if lp is not None and body.get("stream") is True:
-                raise RequestError('"logprobs" with "stream": not supported here (ask without streaming)')
-            sampling = {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
-            try:
-                check_sampling(sampling, engine.bat.base)
-            except ValueError as e:
-                raise RequestError(str(e)) from None
             echo = body.get("echo", False)
             if not isinstance(echo, bool):
                 raise RequestError(f'"echo": expected true or false, got {echo!r}')
+            if echo and chat:
+                raise RequestError('"echo": supported on /v1/completions only')
+            sampling = {k: body[k] for k in SAMPLING_FIELDS if body.get(k) is not None}
+            try:
+                settings = check_sampling(sampling, engine.bat.base)
+            except ValueError as e:
+                raise RequestError(str(e)) from None
+            if body.get("seed") is not None and settings.temperature > 0:
+                raise RequestError('"seed": taken for greedy requests only (it changes nothing there); a sampled '
+                                   "request's draws depend on the batch it shares")
             max_tokens = body.get("max_tokens", body.get("max_completion_tokens",
                                                          min(max_new_default, engine.bat.max_new)))
-            if echo and (chat or max_tokens != 0 or body.get("stream") is True or n != 1):
-                raise RequestError('"echo": supported on /v1/completions with "max_tokens": 0 only (scoring the prompt; '
-                                   'not with "stream" or "n")')
-            if not echo and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or
-                             not 1 <= max_tokens <= engine.bat.max_new):
-                raise RequestError(f'"max_tokens": expected an int in [1, {engine.bat.max_new}] (this server\'s '
-                                   f'--max-new-tokens), got {max_tokens!r}')
+            lo = 0 if echo else 1
+            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or \
+                    not lo <= max_tokens <= engine.bat.max_new:
+                raise RequestError(f'"max_tokens": expected an int in [{lo}, {engine.bat.max_new}] (this server\'s '
+                                   f'--max-new-tokens{"; 0 with echo: the prompt scored alone" if echo else ""}), '
+                                   f'got {max_tokens!r}')
             stop = _stop_list(body.get("stop"))
+            prompts = self._prompts(body, chat)
+            if stream and (n > 1 or lp is not None or echo or len(prompts) > 1):
+                raise RequestError('"stream" with "n" > 1, "logprobs", "echo" or a list of prompts: not supported '
+                                   "here (ask without streaming)")
+            return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream)
+
+        def _prompts(self, body: dict, chat: bool) -> List[List[int]]:
             tok = engine.tok
             if chat:
                 msgs = body.get("messages")
@@ -335,62 +354,63 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                     text = chat_template.render(msgs, add_generation_prompt=True)
                 except ValueError as e:
                     raise RequestError(f"chat template: {e}") from None
-                ids = tok.encode(text, add_bos=False)
+                prompts = [tok.encode(text, add_bos=False)]
             else:
                 prompt = body.get("prompt")
-                if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-                    prompt = prompt[0]
-                if isinstance(prompt, str):
-                    ids = tok.encode(prompt, add_bos=True)
-                elif isinstance(prompt, list) and prompt and all(isinstance(t, int) and not isinstance(t, bool)
-                                                                 for t in prompt):
-                    ids = prompt
-                else:
-                    raise RequestError('"prompt": expected a string or a list of token ids (one prompt a request)')
+                ids_list = lambda v: isinstance(v, list) and v and all(  # noqa: E731
+                    isinstance(t, int) and not isinstance(t, bool) for t in v)
+                if isinstance(prompt, str) or ids_list(prompt):
+                    prompt = [prompt]                    # (one prompt; else a list of them, OpenAI's batch form)
+                if not isinstance(prompt, list) or not prompt or len(prompt) > MAX_PROMPTS or \
+                        not all(isinstance(p, str) or ids_list(p) for p in prompt):
+                    raise RequestError(f'"prompt": expected a string, a list of token ids, or a list of up to '
+                                       f'{MAX_PROMPTS} of either')
+                prompts = [tok.encode(p, add_bos=True) if isinstance(p, str) else p for p in prompt]
             V = engine.model.config.vocab_size
-            if not ids or min(ids) < 0 or max(ids) >= V:
-                raise RequestError(f"the prompt encodes to no tokens, or to ids outside [0, {V})")
-            if len(ids) > engine.bat.max_prompt:
-                raise RequestError(f"the prompt is {len(ids)} tokens; this server takes up to {engine.bat.max_prompt} "
-                                   "(its --max-prompt-tokens)")
-            return ids, max_tokens, stop, sampling or None, n, lp
+            for ids in prompts:
+                if not ids or min(ids) < 0 or max(ids) >= V:
+                    raise RequestError(f"the prompt encodes to no tokens, or to ids outside [0, {V})")
+                if len(ids) > engine.bat.max_prompt:
+                    raise RequestError(f"the prompt is {len(ids)} tokens; this server takes up to "
+                                       f"{engine.bat.max_prompt} (its --max-prompt-tokens)")
+            return prompts
 
-        def _complete(self, ids: List[int], max_tokens: int, stop, sampling, n: int, lp, chat: bool) -> dict:
-            tok = engine.tok
-            jobs = [engine.submit(ids, max_tokens, stop, sampling=sampling, logprobs=lp) for _ in range(n)]
-            results = [engine.wait(job) for job in jobs]   # (each job its own row)
-            done = sum(len(tokens) for tokens, _ in results)
-            usage = {"prompt_tokens": len(ids), "completion_tokens": done, "total_tokens": len(ids) + done}
-            base = {"created": int(time.time()), "model": model_name, "usage": usage}
-            texts = [(_answer_text(tok, tokens, reason, stop), reason) for tokens, reason in results]
-            lps = [None if lp is None else _logprobs_answer(tok, tokens, job.logprobs, chat)
-                   for (tokens, _), job in zip(results, jobs)]
-            if chat:
-                return dict(base, id=f"chatcmpl-{uuid.uuid4().hex[:24]}", object="chat.completion", choices=[
-                    {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
-                     "logprobs": lps[i]} for i, (text, reason) in enumerate(texts)])
-            return dict(base, id=f"cmpl-{uuid.uuid4().hex[:24]}", object="text_completion", choices=[
-                {"index": i, "text": text, "finish_reason": reason, "logprobs": lps[i]}
-                for i, (text, reason) in enumerate(texts)])
+        def _complete(self, req: "_Request", chat: bool) -> dict:
+            """Every prompt's n completions (choice index: prompt x n + j), each job its own row, all submitted before
+            any is waited for; with echo, the prompt first (its text, and its scored tokens with logprobs)."""
+            tok, n = engine.tok, req.n
+            jobs = [[engine.submit(ids, req.max_tokens, req.stop, sampling=req.sampling, logprobs=req.lp)
+                     for _ in range(n)] if req.max_tokens else [] for ids in req.prompts]
+            choices, done = [], 0
+            for pi, ids in enumerate(req.prompts):
+                scores = engine.score(ids, req.lp) if req.echo and req.lp is not None else None
+                for j in range(n):
+                    tokens, reason = engine.wait(jobs[pi][j]) if req.max_tokens else ([], "length")
+                    done += len(tokens)
+                    text = _answer_text(tok, tokens, reason, req.stop)
+                    lps = None
+                    if req.lp is not None:
+                        mine = jobs[pi][j].logprobs if req.max_tokens else []
+                        lps = _logprobs_answer(tok, (ids if req.echo else []) + tokens, (scores or []) + mine, chat)
+                        if req.echo:
+                            lps["top_logprobs"][0] = None    # (OpenAI's: the first token has nothing before it)
+                    if req.echo:
+                        text = tok.decode(ids) + text
+                    choice = {"index": pi * n + j, "finish_reason": reason, "logprobs": lps}
+                    choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+                    choices.append(choice)
+            prompt_tokens = sum(len(ids) for ids in req.prompts)
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done}
+            return {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+                    "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                    "model": model_name, "usage": usage, "choices": choices}
 
-        def _scored(self, ids: List[int], lp) -> dict:
-            """echo with max_tokens 0: the prompt's text, and (lp: alternatives) its tokens' log-probabilities."""
-            tok = engine.tok
-            scores = engine.score(ids, lp)
-            logprobs = None
-            if lp is not None:
-                logprobs = _logprobs_answer(tok, ids, scores, chat=False)
-                logprobs["top_logprobs"][0] = None          # (OpenAI's: the first token has nothing before it)
-            return {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
-                    "model": model_name, "usage": {"prompt_tokens": len(ids), "completion_tokens": 0,
-                                                   "total_tokens": len(ids)},
-                    "choices": [{"index": 0, "text": tok.decode(ids), "finish_reason": "length",
-                                 "logprobs": logprobs}]}
-
-        def _stream(self, ids: List[int], max_tokens: int, stop, sampling, n: int, lp, chat: bool) -> None:
+        def _stream(self, req: "_Request", chat: bool) -> None:
             """Server-sent events, OpenAI's chunks: the text as it comes (held back where it could be the start of a
             stop text, or an unfinished UTF-8 character), then a chunk with the finish reason, then [DONE]."""
-            tok, job = engine.tok, engine.submit(ids, max_tokens, stop, stream=True, sampling=sampling)
+            stop = req.stop
+            tok, job = engine.tok, engine.submit(req.prompts[0], req.max_tokens, stop, stream=True,
+                                                 sampling=req.sampling)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")

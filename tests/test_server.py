@@ -152,7 +152,7 @@ def test_each_request_samples_with_its_own_settings():
 
 def test_n_completions_of_one_prompt():
     """"n": greedy, n copies of the prompt's own completion (usage counts them all); sampled, n completions drawn in
-    their own rows (not all the same)."""
+    their own rows (not all the same); a list of prompts (text and token ids), n each, choices in prompt order."""
     model, tok = builtin_model(), ByteTokenizer()
     srv = Running(model, tok, batch_size=3, max_prompt_tokens=64, max_new_tokens=16)
     try:
@@ -164,6 +164,11 @@ def test_n_completions_of_one_prompt():
         code, ans = srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 8, "n": 5, "temperature": 1.5})
         texts = [c["text"] for c in ans["choices"]]
         assert code == 200 and len(texts) == 5 and len(set(texts)) > 1, texts
+        code, ans = srv.post("/v1/completions", {"prompt": ["hello", tok.encode("abc")], "max_tokens": 5, "n": 2})
+        want = [tok.decode(_alone(model, tok.encode(p), 5)[0]) for p in ("hello", "abc")]
+        assert code == 200 and [(c["index"], c["text"]) for c in ans["choices"]] == \
+            [(0, want[0]), (1, want[0]), (2, want[1]), (3, want[1])], ans
+        assert ans["usage"]["prompt_tokens"] == len(tok.encode("hello")) + len(tok.encode("abc"))
     finally:
         srv.stop()
 
@@ -203,8 +208,8 @@ def test_logprobs_answers():
 def test_echo_scores_the_prompt():
     """"echo": true, "max_tokens": 0, "logprobs": k (an evaluation harness's loglikelihood request): the prompt's text
     back, and each prompt token's log-probability given those before it (a whole-sequence forward's log_softmax),
-    the first None; a prompt longer than SCORE_CHUNK positions goes through in chunks; echo with new tokens is
-    refused."""
+    the first None; a prompt longer than SCORE_CHUNK positions goes through in chunks; with new tokens too (an
+    evaluation harness's request), their entries follow the prompt's."""
     model, tok = builtin_model(), ByteTokenizer()
     srv = Running(model, tok, batch_size=2, max_prompt_tokens=64, max_new_tokens=16)
     old = server.Engine.SCORE_CHUNK
@@ -223,8 +228,15 @@ def test_echo_scores_the_prompt():
         for i in range(1, len(ids)):
             assert abs(lp["token_logprobs"][i] - ref[i - 1, ids[i]].item()) < 1e-4, i
             assert list(lp["top_logprobs"][i]) == [tok.decode([int(ref[i - 1].argmax())])]
-        code, ans = srv.post("/v1/completions", {"prompt": text, "max_tokens": 3, "echo": True})
-        assert code == 400 and '"echo": supported on /v1/completions with "max_tokens": 0' in ans["error"]["message"]
+        # lm-evaluation-harness's loglikelihood request: echo, 1 new token, logprobs 1, a seed, temperature 0; it sums
+        # token_logprobs[ctxlen:-1] (the prompt's continuation, without the new token)
+        code, ans = srv.post("/v1/completions", {"prompt": [ids], "max_tokens": 1, "echo": True, "logprobs": 1,
+                                                 "temperature": 0, "seed": 1234})
+        got = ans["choices"][0]["logprobs"]
+        assert code == 200 and got["token_logprobs"][:-1] == lp["token_logprobs"] and len(got["tokens"]) == len(ids) + 1
+        new = _alone(model, ids, 1)[0]
+        assert ans["choices"][0]["text"] == tok.decode(ids) + tok.decode(new) and ans["usage"]["completion_tokens"] == 1
+        assert abs(got["token_logprobs"][-1] - ref[-1, new[0]].item()) < 1e-4
         code, ans = srv.post("/v1/completions", {"prompt": "hi", "max_tokens": 2})     # (generation goes on)
         assert code == 200 and ans["choices"][0]["text"] == tok.decode(_alone(model, tok.encode("hi"), 2)[0])
     finally:
@@ -274,18 +286,21 @@ def test_refused_requests():
     try:
         for body, msg in (({"prompt": "x", "stream": "yes"}, '"stream": expected true or false'),
                           ({"prompt": "x", "n": 0}, '"n": expected an int in [1, 16]'),
-                          ({"prompt": "x", "n": 2, "stream": True}, '"n" > 1 with "stream"'),
+                          ({"prompt": "x", "n": 2, "stream": True}, '"stream" with "n" > 1'),
                           ({"prompt": "x", "best_of": 2}, '"best_of": only 1'),
                           ({"prompt": "x", "logprobs": 21}, '"logprobs": expected an int in [0, 20]'),
-                          ({"prompt": "x", "logprobs": 2, "stream": True}, '"logprobs" with "stream"'),
+                          ({"prompt": "x", "logprobs": 2, "stream": True}, '"stream" with "n" > 1, "logprobs"'),
+                          ({"prompt": ["x", "y"], "stream": True}, 'or a list of prompts: not supported'),
                           ({"prompt": "x", "temperature": -0.7}, "temperature: expected a number >= 0"),
                           ({"prompt": "x", "top_p": 0}, "top_p: expected a number in (0, 1]"),
                           ({"prompt": "x", "presence_penalty": 3}, "presence_penalty: expected a number in [-2, 2]"),
-                          ({"prompt": "x", "seed": 3}, '"seed": only null'),
+                          ({"prompt": "x", "seed": 3, "temperature": 0.5}, '"seed": taken for greedy requests'),
                           ({"prompt": "x", "max_tokens": 9}, '"max_tokens": expected an int in [1, 8]'),
                           ({"prompt": "x", "max_tokens": 0}, '"max_tokens"'),
                           ({"prompt": "y" * 30}, "this server takes up to 20"),
-                          ({"prompt": ["a", "b"]}, "one prompt a request"),
+                          ({"prompt": [["a"]]}, '"prompt": expected a string, a list of token ids, or a list'),
+                          ({"prompt": ["a"] * 65}, "a list of up to 64"),
+                          ({"prompt": "x", "max_tokens": 0}, '"max_tokens": expected an int in [1, 8]'),
                           ({"prompt": [5, 999]}, "ids outside [0, 259)"),
                           ({"prompt": "x", "stop": [""]}, '"stop": expected'),
                           ({"messages": [{"role": "user", "content": "hi"}]}, '"prompt": expected'),
