@@ -790,6 +790,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--top-p", type=float, default=1.0)
     v.add_argument("--min-p", type=float, default=None)
     v.add_argument("--repetition-penalty", type=float, default=1.0)
+    v.add_argument("--stats-every", type=float, default=10.0, metavar="S",
+                   help="a progress line on stderr every S seconds while requests run (requests done, new tokens/s, "
+                        "rows running, queued), and one when it falls idle (default 10; 0: none)")
     v.set_defaults(func=cmd_serve, progress=None)
     c = sub.add_parser("check", help="self-check: every op on this machine's devices against the float64 reference")
     c.add_argument("--device", default="all", help="cpu, cuda[:N] or all (default: CPU and every visible GPU)")
@@ -811,6 +814,8 @@ def cmd_serve(args) -> int:
             _fail(f"{flag} must be >= 1")
     if not 0 <= args.port <= 65535:
         _fail("--port must be in [0, 65535]")
+    if not args.stats_every >= 0:
+        _fail("--stats-every must be >= 0 (0: no progress lines)")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.repetition_penalty <= 0:
         _fail("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0 and --repetition-penalty > 0")
     import torch
@@ -836,7 +841,7 @@ def cmd_serve(args) -> int:
                      batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
                      max_new_tokens=args.max_new_tokens, seed=args.seed, do_sample=args.temperature > 0,
                      temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                     repetition_penalty=args.repetition_penalty)
+                     repetition_penalty=args.repetition_penalty, stats_every=args.stats_every)
     except OSError as e:
         _fail(f"serve: cannot listen on {args.host}:{args.port}: {e}")
     except KeyboardInterrupt:

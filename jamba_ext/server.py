@@ -77,8 +77,14 @@ class Engine:
     """The model's thread: jobs in (from any thread: run() blocks until its completion), ContinuousBatcher steps."""
 
     def __init__(self, model, tokenizer, batch_size: int = 16, max_prompt_tokens: int = 4096,
-                 max_new_tokens: int = 256, seed: int = 0, **options):
+                 max_new_tokens: int = 256, seed: int = 0, stats_every: float = 0.0, stats_out=None, **options):
+        """stats_every: seconds between the progress lines written to stats_out (default sys.stderr) while it works,
+        and one when it falls idle (0: none)."""
         self.model, self.tok = model, tokenizer
+        self.stats_every, self.stats_out = stats_every, stats_out
+        self.t0 = self.last = time.perf_counter()
+        self.done_requests = self.done_tokens = 0
+        self.shown = (0, 0)              # (requests, new tokens) at the last progress line
         self.bat = ContinuousBatcher(model, batch_size, max_prompt_tokens, max_new_tokens, seed,
                                      decode=tokenizer.decode, **options)
         self.inbox: "queue.Queue[_Job]" = queue.Queue()
@@ -180,6 +186,24 @@ class Engine:
                 job = self.jobs.pop(rid)
                 job.logprobs = self.bat.logprobs.pop(rid, None)
                 job.finish(result=(tokens, reason))
+            self.done_requests += len(ended)
+            self.done_tokens += len(self.bat.stepped)
+            self._progress()
+
+    def _progress(self) -> None:
+        """A progress line every stats_every seconds of work, and one when the work runs out."""
+        now = time.perf_counter()
+        if not self.stats_every or (now - self.last < self.stats_every and not self.bat.done) or \
+                (self.done_requests, self.done_tokens) == self.shown:
+            return
+        import sys
+        dt, (r0, t0) = now - self.last, self.shown
+        (self.stats_out or sys.stderr).write(
+            f"[serve {now - self.t0:8.1f} s] {self.done_requests} requests done (+{self.done_requests - r0}), "
+            f"{self.done_tokens} new tokens ({(self.done_tokens - t0) / max(dt, 1e-9):.1f} tok/s over the last "
+            f"{dt:.1f} s); {self.bat.running} rows running, {len(self.bat.queue) + self.inbox.qsize()} queued\n")
+        (self.stats_out or sys.stderr).flush()
+        self.last, self.shown = now, (self.done_requests, self.done_tokens)
 
 
 def _stop_list(v) -> Optional[list]:

@@ -375,6 +375,25 @@ def test_chat_endpoint(tmp_path):
         srv.stop()
 
 
+def test_progress_lines():
+    """stats_every: progress lines while requests run and one when the work runs out; their counts add up to the
+    requests and new tokens served."""
+    import io
+    import re
+    model, tok = builtin_model(), ByteTokenizer()
+    out = io.StringIO()
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=64, max_new_tokens=16, stats_every=1e-4, stats_out=out)
+    try:
+        with ThreadPoolExecutor(3) as ex:
+            answers = list(ex.map(lambda t: srv.post("/v1/completions", {"prompt": t, "max_tokens": 5}), ["a", "bc", "d"]))
+        done = sum(a["usage"]["completion_tokens"] for _, a in answers)
+    finally:
+        srv.stop()
+    lines = out.getvalue().splitlines()
+    last = re.search(r"(\d+) requests done .*, (\d+) new tokens .*; 0 rows running, 0 queued", lines[-1])
+    assert len(lines) > 1 and last and (int(last[1]), int(last[2])) == (3, done), lines
+
+
 def test_cli_serve_passes_its_settings(monkeypatch, capsys):
     """jamba-ext serve: the built-in model and the command line's settings reach serve(), and its ready line names the
     address; an address in use exits 2."""
@@ -393,6 +412,7 @@ def test_cli_serve_passes_its_settings(monkeypatch, capsys):
     assert seen["batch_size"] == 3 and seen["max_prompt_tokens"] == 50 and seen["max_new_tokens"] == 7
     assert seen["do_sample"] and seen["temperature"] == 0.5 and seen["top_p"] == 0.9
     assert seen["repetition_penalty"] == 1.2 and seen["chat_template"] is None and seen["host"] == "127.0.0.1"
+    assert seen["stats_every"] == 10.0
     assert "serving jamba-ext-builtin on http://127.0.0.1:4321" in capsys.readouterr().err
 
     def busy(*a, **k):
