@@ -23,15 +23,13 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_serve import MIXED  # noqa: E402  (the serving benchmark's per-request settings, in turn)
 from common import copy_bandwidth_gbs, fmt_row, meta, results_dir, time_ms, write_results  # noqa: E402
 
 from jamba_ext import ops, reference  # noqa: E402
 from jamba_ext.modeling_jamba import JambaForCausalLM  # noqa: E402
 from jamba_ext.row_sampling import check  # noqa: E402
 
-# bench_serve's MIXED (imported lazily there: it starts a server module); the same five settings in turn
-MIXED = [{}, {"temperature": 0.8, "top_p": 0.95}, {"temperature": 0.7, "top_k": 50}, {"repetition_penalty": 1.1},
-         {"temperature": 1.0, "min_p": 0.05, "presence_penalty": 0.5, "frequency_penalty": 0.2}]
 
 
 def torch_mixed(logits, P, seen, counts, gen, kmax):

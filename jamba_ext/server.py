@@ -24,6 +24,7 @@ it shares). Not supported: best_of, suffix, logit_bias (400 each: not answered a
 """
 import json
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -196,7 +197,6 @@ class Engine:
         if not self.stats_every or (now - self.last < self.stats_every and not self.bat.done) or \
                 (self.done_requests, self.done_tokens) == self.shown:
             return
-        import sys
         dt, (r0, t0) = now - self.last, self.shown
         (self.stats_out or sys.stderr).write(
             f"[serve {now - self.t0:8.1f} s] {self.done_requests} requests done (+{self.done_requests - r0}), "
