@@ -12,6 +12,8 @@ batcher's step(), _admit() (the prefills) and the decode part counted on the hos
   serve, switch 0.1 ms     clients here, sys.setswitchinterval(1e-4) (the GIL handed back sooner)
 Per row: wall, steps, mean rows running a step, host time in steps / in _admit, the median decode step (a step with
 nothing admitted), and time outside steps (the engine loop, waiting for work or for the GIL).
+--ahead A,B,...: the offline rows and "serve, clients here" once for each prefill_ahead value (session 52: the
+prompts after an idle row's prefilled with it; 0 is the batcher before); the apart / switch rows only with --all-serve.
 """
 import argparse
 import multiprocessing as mp
@@ -45,6 +47,8 @@ def main(argv=None) -> int:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--batch-sizes", default="8,16")
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--ahead", default=f"0,{continuous.PREFILL_AHEAD_TOKENS}")
+    ap.add_argument("--all-serve", action="store_true")
     args = ap.parse_args(argv)
     n = 16 if args.smoke else 64
     device, cfg, dtype, model, lengths, prompts, budgets, *_ = workload(args.smoke, None, n, None, None)
@@ -69,10 +73,10 @@ def main(argv=None) -> int:
         return r
 
     def admit(self):
-        t0, q = time.perf_counter(), len(self.queue)
+        t0, q = time.perf_counter(), self.running
         admit0(self)
         acc["admit"] += time.perf_counter() - t0
-        acc["took"] += q - len(self.queue)
+        acc["took"] += self.running - q
     B.step, B._admit = step, admit
     acc.update(step=0.0, admit=0.0, took=0, steps=0, rows=0, decode=[])
 
@@ -81,47 +85,54 @@ def main(argv=None) -> int:
 
     def row(label, wall):
         d = acc["decode"]
-        print(f"{label:28s} | {wall:7.3f} s | {acc['steps']:4d} steps, {acc['rows'] / max(1, acc['steps']):5.2f} rows"
+        print(f"{label:38s} | {wall:7.3f} s | {acc['steps']:4d} steps, {acc['rows'] / max(1, acc['steps']):5.2f} rows"
               f" | in steps {acc['step']:6.3f} s (admit {acc['admit']:6.3f}) | decode step median "
               f"{1e3 * statistics.median(d) if d else 0:6.2f} ms | outside steps {wall - acc['step']:6.3f} s",
               flush=True)
 
+    aheads = [int(a) for a in args.ahead.split(",")]
     bodies = [{"prompt": " ".join(map(str, p)), "max_tokens": b} for p, b in zip(prompts, budgets)]
     for bs in [int(b) for b in args.batch_sizes.split(",")]:
         print(f"--- {bs} rows, {n} requests, {sum(budgets)} new tokens", flush=True)
         with torch.inference_mode():
-            list(continuous.generate_continuous(model, prompts[:bs], batch_size=bs, max_new_tokens=2,
-                                                eos_token_id=None))                       # warm-up
-            reset()
-            sync()
-            t0 = time.perf_counter()
-            list(continuous.generate_continuous(model, prompts, batch_size=bs, max_new_tokens=budgets,
-                                                eos_token_id=None))
-            sync()
-            row("offline, longest first", time.perf_counter() - t0)
-            bat = B(model, bs, hi, b_hi, eos_token_id=None)
-            bat.add(prompts[0][:8], 2)
-            while not bat.done:
-                bat.step()
-            reset()
-            sync()
-            t0 = time.perf_counter()
-            for p, b in zip(prompts, budgets):
-                bat.add(p, b)
-            while not bat.done:
-                bat.step()
-            sync()
-            row("offline, arrival order", time.perf_counter() - t0)
-            bat.close()
-        for label, apart, switch in (("serve, clients here", False, None), ("serve, clients apart", True, None),
-                                     ("serve, switch 0.1 ms", False, 1e-4)):
+            list(continuous.generate_continuous(model, prompts, batch_size=bs, max_new_tokens=2,
+                                                eos_token_id=None))                       # warm-up (every length)
+            for ahead in aheads:
+                reset()
+                sync()
+                t0 = time.perf_counter()
+                list(continuous.generate_continuous(model, prompts, batch_size=bs, max_new_tokens=budgets,
+                                                    eos_token_id=None, prefill_ahead=ahead))
+                sync()
+                row(f"offline, longest first, ahead {ahead}", time.perf_counter() - t0)
+            for ahead in aheads:
+                bat = B(model, bs, hi, b_hi, eos_token_id=None, prefill_ahead=ahead)
+                bat.add(prompts[0][:8], 2)
+                while not bat.done:
+                    bat.step()
+                reset()
+                sync()
+                t0 = time.perf_counter()
+                for p, b in zip(prompts, budgets):
+                    bat.add(p, b)
+                while not bat.done:
+                    bat.step()
+                sync()
+                row(f"offline, arrival order, ahead {ahead}", time.perf_counter() - t0)
+                bat.close()
+        serves = [(f"serve, clients here, ahead {a}", False, None, a) for a in aheads]
+        if args.all_serve:
+            serves += [("serve, clients apart", True, None, aheads[-1]),
+                       ("serve, switch 0.1 ms", False, 1e-4, aheads[-1])]
+        for label, apart, switch, ahead in serves:
             got, started = {}, threading.Event()
 
             def ready(httpd):
                 got["httpd"] = httpd
                 started.set()
             th = threading.Thread(target=server.serve, args=(model, _Ids(), "127.0.0.1", 0), daemon=True, kwargs=dict(
-                ready=ready, batch_size=bs, max_prompt_tokens=hi, max_new_tokens=b_hi, eos_token_id=None))
+                ready=ready, batch_size=bs, max_prompt_tokens=hi, max_new_tokens=b_hi, eos_token_id=None,
+                prefill_ahead=ahead))
             th.start()
             started.wait(120)
             url = "http://127.0.0.1:%d" % got["httpd"].server_address[1]

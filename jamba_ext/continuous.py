@@ -12,10 +12,15 @@ How (Jamba has no positional encoding, so a sequence's keys may sit at any posit
   GPU), replayed for every step of every prompt; all rows write their step's keys at one shared position `pos`;
 - ContinuousBatcher takes prompts at any time (add) and runs one decode step at a time (step);
   generate_continuous adds a list of prompts, longest first, and steps until all are done;
-- prompts taking over rows (the first rows too) are prefilled on a cache of their own (the prompts that take over in
-  the same step together, left-padded), and their states are copied into the rows: the Mamba layers' conv and SSM
-  states, and the attention layers' keys and values into positions pos - L .. pos - 1 of the row, with the row's key
-  mask cleared before them (the earlier prompt's keys are never attended again);
+- prompts taking over rows (the first rows too) are prefilled on a cache of their own, and their states are copied
+  into the rows: the Mamba layers' conv and SSM states, and the attention layers' keys and values into positions
+  pos - L .. pos - 1 of the row, with the row's key mask cleared before them (the earlier prompt's keys are never
+  attended again);
+- prefill_ahead (tokens, default PREFILL_AHEAD_TOKENS; 0: off): rows free up one at a time, and a prefill of one
+  short prompt costs a pass over all the weights (the MoE's experts: as much as a decode step). So when a row needs
+  a prompt, the queued prompts after it (up to that many tokens, and batch_size prompts) are prefilled with it, in
+  left-padded groups of similar lengths (PREFILL_PAD_TOKENS), and wait, states ready, for the next rows that free up
+  (without it, the prompts that take over in the same step are prefilled together, left-padded);
 - prompts that share their first tokens (a chat template's system message; `shared_prefix`) run them once: each
   prompt then starts from a copy of that state, and only its own tokens are prefilled;
 - a prompt longer than pos moves pos up to its length (the positions skipped are masked for every row);
@@ -42,10 +47,17 @@ from .logits_filters import penalize
 from .row_sampling import RowSampler, Sampling, check as check_sampling, rows_differ
 
 OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_new_tokens",
-           "eos_token_id", "stop_strings", "cuda_graph", "prefill_chunk", "shared_prefix")
+           "eos_token_id", "stop_strings", "cuda_graph", "prefill_chunk", "shared_prefix", "prefill_ahead")
 MAX_LOGPROBS = 20            # the most alternatives a prompt's logprobs may ask for (OpenAI's top_logprobs: 20)
 # shared_prefix=None (the default) runs the prompts' common first tokens once when there are at least this many
 SHARED_PREFIX_MIN_TOKENS = 16
+# prefill_ahead's default: when prompts must be prefilled for idle rows, queued prompts up to this many tokens in all
+# (and batch_size prompts) are prefilled with them, and wait, states ready, for the next rows that free up: one
+# forward (one pass over the weights) for several prompts instead of one each (0: only the idle rows' prompts)
+PREFILL_AHEAD_TOKENS = 8192
+# prompts prefilled ahead go in left-padded groups whose prompts are at most this many tokens shorter than the
+# group's longest (the padding costs less than another forward would)
+PREFILL_PAD_TOKENS = 512
 
 
 def shared_prefix(prompts: Sequence[Sequence[int]]) -> List[int]:
@@ -151,49 +163,77 @@ class _Rows:
         return self._run(ids, cache, mask)
 
     def take(self, rows: List[int], prompts: List[List[int]]) -> torch.Tensor:
-        """rows take over prompts (states copied in, keys at pos - L .. pos - 1; needs pos >= the longest of them).
-        Returns their last-position logits (len(rows), V). Prompts that start with the shared prefix (and go past it)
-        are prefilled from copies of its state, those of each length together (no padding: a pad between the prefix
-        and a prompt's own tokens would decay the Mamba states); the others together, left-padded, on their own
-        cache."""
-        from .modeling_jamba import JambaHybridCache
+        """rows take over prompts (states copied in, keys at pos - L .. pos - 1; needs pos >= the longest of them):
+        prefill_groups, then place. Returns their last-position logits (len(rows), V)."""
+        return self.place(rows, prompts, self.prefill_groups(prompts))
+
+    def prefill_groups(self, prompts: List[List[int]], pad_tokens: Optional[int] = None) -> List[tuple]:
+        """The prompts prefilled, each on a row of a cache of its group -> one (cache, row, last-position logits
+        (1, V)) a prompt, in their order (place copies them into rows). Prompts that start with the shared prefix (and
+        go past it) are prefilled from copies of its state, those of each length together (no padding: a pad between
+        the prefix and a prompt's own tokens would decay the Mamba states); the others left-padded: all in one group
+        (pad_tokens None), or in groups whose prompts are at most pad_tokens shorter than the group's longest
+        (sorted by length; fewer padded tokens than one group when the lengths differ)."""
         P = len(self.prefix or ())
         shared = [j for j, q in enumerate(prompts) if P and len(q) > P and q[:P] == self.prefix]
-        whole = [j for j in range(len(prompts)) if j not in set(shared)]
-        out = [None] * len(rows)
-        if whole:                                    # together, left-padded, on a cache of their own
-            own = JambaHybridCache(self.model.config, len(whole), max_length=max(len(prompts[j]) for j in whole))
-            got = self.prefill([prompts[j] for j in whole], own)
-            self._copy_in([rows[j] for j in whole], [prompts[j] for j in whole], own)
-            for k, j in enumerate(whole):
-                out[j] = got[k:k + 1]
+        taken = set(shared)
+        whole = sorted((j for j in range(len(prompts)) if j not in taken), key=lambda j: (-len(prompts[j]), j))
+        groups: List[List[int]] = []
+        for j in whole:
+            if groups and (pad_tokens is None or len(prompts[groups[-1][0]]) - len(prompts[j]) <= pad_tokens):
+                groups[-1].append(j)
+            else:
+                groups.append([j])
+        out: List[Optional[tuple]] = [None] * len(prompts)
+        from .modeling_jamba import JambaHybridCache
+        for js in groups:                            # left-padded, on a cache of their own
+            own = JambaHybridCache(self.model.config, len(js), max_length=len(prompts[js[0]]))
+            got = self.prefill([prompts[j] for j in js], own)
+            for k, j in enumerate(js):
+                out[j] = (own, k, got[k:k + 1])
         by_len: Dict[int, List[int]] = {}
         for j in shared:
             by_len.setdefault(len(prompts[j]), []).append(j)
         for L, js in by_len.items():                 # from copies of the prefix's state, a group per length
             own = self._from_prefix(len(js), L)
             got = self._run(torch.tensor([prompts[j][P:] for j in js], device=self.model.device), own)
-            self._copy_in([rows[j] for j in js], [prompts[j] for j in js], own)
             for k, j in enumerate(js):
-                out[j] = got[k:k + 1]
-        return torch.cat(out)
+                out[j] = (own, k, got[k:k + 1])
+        return out
 
-    def _copy_in(self, rows: List[int], prompts: List[List[int]], own) -> None:
-        """The state of `own` (one row per prompt, left-padded to its longest) into rows of the static cache."""
-        c, L = self.cache, max(len(p) for p in prompts)
+    def place(self, rows: List[int], prompts: List[List[int]], staged: List[tuple]) -> torch.Tensor:
+        """rows take over prompts prefilled by prefill_groups (their (cache, row, logits)): states copied in, keys at
+        pos - L .. pos - 1 (needs pos >= the longest prompt). Returns their logits (len(rows), V)."""
+        by_cache: Dict[int, List[int]] = {}
+        for j, (own, _, _) in enumerate(staged):
+            by_cache.setdefault(id(own), []).append(j)
+        for js in by_cache.values():
+            self._copy_in([rows[j] for j in js], [prompts[j] for j in js], staged[js[0]][0],
+                          [staged[j][1] for j in js])
+        return torch.cat([lg for _, _, lg in staged])
+
+    def _copy_in(self, rows: List[int], prompts: List[List[int]], own, which: List[int]) -> None:
+        """The state of rows `which` of `own` (a cache of prompts left-padded to its longest, Lg positions) into rows
+        of the static cache; a prompt's keys are the last len(prompt) of its row, so the last L (the longest of these
+        prompts) positions go to pos - L .. pos - 1."""
+        c, L, Lg = self.cache, max(len(p) for p in prompts), own.seq_len
         idx = torch.tensor(rows, device=c.static_mask.device)
+        sel = None if which == list(range(own.batch_size)) else torch.tensor(which)
+
+        def pick(t):
+            return t if sel is None else t.index_select(0, sel.to(t.device))
         for mine, theirs in ((c.conv_states, own.conv_states), (c.ssm_states, own.ssm_states)):
             for a, b in zip(mine, theirs):
                 if a is not None:
-                    a.index_copy_(0, idx.to(a.device), b.to(a.device, a.dtype))
+                    a.index_copy_(0, idx.to(a.device), pick(b).to(a.device, a.dtype))
         p = self.pos
         for i in range(len(c._keys)):
             for buf, src in ((c._keys[i], own.keys(i)), (c._values[i], own.values(i))):
                 if buf is not None:
-                    buf[idx.to(buf.device), :, p - L:p] = src.to(buf.device, buf.dtype)
+                    buf[idx.to(buf.device), :, p - L:p] = pick(src[:, :, Lg - L:]).to(buf.device, buf.dtype)
         m = own.key_mask
         c.static_mask[idx] = False
-        c.static_mask[idx, p - L:p] = True if m is None else m.to(c.static_mask.device, torch.bool)
+        c.static_mask[idx, p - L:p] = True if m is None else pick(m[:, Lg - L:]).to(c.static_mask.device, torch.bool)
         for r, q in zip(rows, prompts):
             self.start[r] = p - len(q)
 
@@ -275,7 +315,13 @@ class ContinuousBatcher:
         self.max_prompt, self.max_new = max_prompt_tokens, max_new_tokens
         self.prefix = list(prefix) if prefix else None
         self.chunk, self.cuda_graph = options.get("prefill_chunk"), options.get("cuda_graph")
+        ahead = self.prefill_ahead = options.get("prefill_ahead", PREFILL_AHEAD_TOKENS)
+        if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 0:
+            raise ValueError(f"prefill_ahead: expected an int >= 0 (tokens; 0: off), got {ahead!r}")
         self.queue: "collections.deque[tuple]" = collections.deque()   # (id, prompt, budget, stop texts, sampling)
+        # prompts prefilled ahead of a free row, first in first out before the queue: (queue entry, (cache, row,
+        # logits)) (prefill_ahead)
+        self.staged: "collections.deque[tuple]" = collections.deque()
         self.next_id = 0
         self.rows: Optional[_Rows] = None            # (made by the first step: the cache, the graph, the buffers)
         self.stepped: List[Tuple[int, int]] = []     # the last step's (id, new token) of every prompt it ran
@@ -315,14 +361,21 @@ class ContinuousBatcher:
         return 0 if self.rows is None else sum(s is not None for s in self.seq)
 
     @property
+    def queued(self) -> int:
+        """Prompts waiting for a row (those prefilled ahead included)."""
+        return len(self.queue) + len(self.staged)
+
+    @property
     def done(self) -> bool:
         """No prompt queued and none running."""
-        return not self.queue and not self.running
+        return not self.queued and not self.running
 
     def close(self) -> None:
         """Frees the cache and the decode graph, and drops the prompts running (a later step makes them again for the
-        prompts queued)."""
+        prompts queued; those prefilled ahead go back to the queue's front, their states dropped)."""
         self.rows = self.graph = self.logits = None
+        while self.staged:
+            self.queue.appendleft(self.staged.pop()[0])
 
     def _start(self) -> None:
         from .modeling_jamba import JambaHybridCache
@@ -346,8 +399,8 @@ class ContinuousBatcher:
         self.pending: Dict[int, torch.Tensor] = {}   # row -> its new prompt's logits, for the next pick
         self.draws = 0                               # (the sampling kernel's Philox counter: one a step)
         self.uniform = RowSampler([self.base] * B, dev) if self.do_sample else None
-        self.ahead = dev.type == "cuda"
-        self.host = torch.empty(B, dtype=torch.long, pin_memory=self.ahead)
+        self.run_ahead = dev.type == "cuda"
+        self.host = torch.empty(B, dtype=torch.long, pin_memory=self.run_ahead)
         # repetition_penalty: the tokens of each row's prompt and completion so far; min_new_tokens: each row's count
         # of new tokens, and the EOS columns masked while it is below
         self.seen = torch.zeros(B, V, dtype=torch.bool, device=dev) if self.penalty != 1.0 else None
@@ -363,18 +416,22 @@ class ContinuousBatcher:
             self.graph = _DecodeGraph.capture(m, cache, torch.zeros(B, dtype=torch.long, device=dev))
 
     def _admit(self) -> None:
-        """Queued prompts into idle rows (first in, first out), as many as there are idle rows."""
+        """Queued prompts into idle rows (first in, first out), as many as there are idle rows: those prefilled ahead
+        first, then the queue's (prefilled now, with more of the queue when prefill_ahead allows: _stage)."""
         idle = [r for r in range(self.B) if self.seq[r] is None]
-        if not idle or not self.queue:
+        n = min(len(idle), self.queued)
+        if not n:
             return
-        take = [(r, self.queue.popleft()) for r in idle[:len(self.queue)]]
+        if len(self.staged) < n:
+            self._stage(n - len(self.staged))
+        take = [(r, self.staged.popleft()) for r in idle[:n]]
         rows, cap = self.rows, self.rows.cache.capacity
         running = [r for r in range(self.B) if self.seq[r] is not None]
         # a new row writes its keys up to max(pos, L) + its budget - 1; a running row's room is unchanged by this
         # (pos + what it still needs fitted when it came, and a move of pos up to L <= max_prompt leaves L + that
         # <= max_prompt + max_new)
-        L = max(len(q) for _, (_, q, _, _, _) in take)
-        need = max(b for _, (_, _, b, _, _) in take)
+        L = max(len(e[1]) for _, (e, _) in take)
+        need = max(e[2] for _, (e, _) in take)
         if max(rows.pos, L) + need > cap:
             rows.shift(running)
         if max(rows.pos, L) + need > cap:            # (after the shift pos <= max_prompt + max_new - 1: never)
@@ -382,8 +439,8 @@ class ContinuousBatcher:
                                f"{need} more")
         if rows.pos < L:                             # (the positions skipped are masked for every row)
             rows.set_pos(L)
-        got = rows.take([r for r, _ in take], [q for _, (_, q, _, _, _) in take])
-        for j, (r, (rid, q, b, stop, (samp, lp))) in enumerate(take):
+        got = rows.place([r for r, _ in take], [e[1] for _, (e, _) in take], [st for _, (_, st) in take])
+        for j, (r, ((rid, q, b, stop, (samp, lp)), _)) in enumerate(take):
             self.seq[r], self.budget[r], self.new[r], self.row_stop[r] = rid, b, [], stop
             self.prompt[r], self.samp[r], self.want_lp[r], self.lps[r] = q, samp, lp, []
             self.pending[r] = got[j:j + 1]
@@ -395,6 +452,18 @@ class ContinuousBatcher:
             if self.counts is not None:
                 self.counts[r] = 0
         self._row_settings()
+
+    def _stage(self, n: int) -> None:
+        """The queue's first n prompts prefilled (they have idle rows), and with prefill_ahead the prompts after them
+        while their tokens in all stay within it and there are at most batch_size: staged, first in first out. With
+        prefill_ahead, in groups of similar lengths (PREFILL_PAD_TOKENS); without it, in one left-padded group."""
+        picked, ahead = [self.queue.popleft() for _ in range(n)], self.prefill_ahead
+        tokens = sum(len(e[1]) for e in picked)
+        while ahead and self.queue and len(picked) < self.B and tokens + len(self.queue[0][1]) <= ahead:
+            tokens += len(self.queue[0][1])
+            picked.append(self.queue.popleft())
+        got = self.rows.prefill_groups([e[1] for e in picked], PREFILL_PAD_TOKENS if ahead else None)
+        self.staged.extend(zip(picked, got))
 
     def _row_settings(self) -> None:
         """After rows took prompts: the per-row sampler when the running rows' settings differ from the batcher's, and
@@ -424,7 +493,7 @@ class ContinuousBatcher:
         self.stepped = []
         with torch.inference_mode():
             if self.rows is None:
-                if not self.queue:
+                if not self.queued:
                     return []
                 self._start()
             else:
@@ -458,10 +527,10 @@ class ContinuousBatcher:
                 lsm = torch.log_softmax(logits.float(), dim=-1)
                 top = torch.topk(lsm, k, dim=-1) if k else None
                 # (to the host before the step's event, as the tokens: the next step keeps running meanwhile)
-                lp_dev = [t.to("cpu", non_blocking=self.ahead) for t in
+                lp_dev = [t.to("cpu", non_blocking=self.run_ahead) for t in
                           (lsm.gather(1, nxt[:, None])[:, 0],) + ((top.values, top.indices) if k else ())]
-            self.host.copy_(nxt, non_blocking=self.ahead)
-            ready = torch.cuda.Event() if self.ahead else None
+            self.host.copy_(nxt, non_blocking=self.run_ahead)
+            ready = torch.cuda.Event() if self.run_ahead else None
             if ready is not None:
                 ready.record()
             # the next step is enqueued before the host reads this one's tokens (on a GPU it runs meanwhile); a row

@@ -201,7 +201,7 @@ class Engine:
         (self.stats_out or sys.stderr).write(
             f"[serve {now - self.t0:8.1f} s] {self.done_requests} requests done (+{self.done_requests - r0}), "
             f"{self.done_tokens} new tokens ({(self.done_tokens - t0) / max(dt, 1e-9):.1f} tok/s over the last "
-            f"{dt:.1f} s); {self.bat.running} rows running, {len(self.bat.queue) + self.inbox.qsize()} queued\n")
+            f"{dt:.1f} s); {self.bat.running} rows running, {self.bat.queued + self.inbox.qsize()} queued\n")
         (self.stats_out or sys.stderr).flush()
         self.last, self.shown = now, (self.done_requests, self.done_tokens)
 

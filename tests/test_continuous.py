@@ -123,6 +123,104 @@ def test_take_copies_the_whole_prompts_state(with_prefix):
 
 
 @pytest.mark.parametrize("with_prefix", [False, True])
+def test_prefill_groups_then_place_a_subset(with_prefix):
+    """_Rows.prefill_groups with pad_tokens: prompts of lengths 3-19 go in groups whose prompts are at most pad_tokens
+    shorter than the group's longest (sorted by length; with a prefix, prompts that start with it by their length);
+    placing some of them later, in another order and when pos has moved on, gives each row the state, keys, mask and
+    logits of the prompt prefilled alone (fp32, to rounding)."""
+    from jamba_ext.modeling_jamba import JambaHybridCache
+    model = builtin_model()
+    cfg = model.config
+    head = [5, 9, 11, 200, 31, 7]
+    own = [[3, 4, 8], [250, 6, 8, 1, 4, 4, 9, 10, 11, 12, 13, 14, 15], [9] * 19, [7, 7, 7, 7], [40] * 18, [2] * 12]
+    prompts = [(head + t) if with_prefix and k % 2 else t for k, t in enumerate(own)]
+    with torch.inference_mode():
+        cache = JambaHybridCache(cfg, 6, max_length=60, static=True)
+        rows = C._Rows(model, cache, 0, None, head if with_prefix else None)
+        staged = rows.prefill_groups(prompts, pad_tokens=2)
+        groups = {}
+        for j, (c, k, _) in enumerate(staged):
+            groups.setdefault(id(c), []).append((k, len(prompts[j]), prompts[j][:len(head)] == head and with_prefix))
+        sizes = sorted(sorted(n for _, n, _ in g) for g in groups.values())
+        if with_prefix:      # shared: lengths 19, 10, 18 (a group each); whole: 19 / 18 together, 3 alone
+            assert sizes == [[3], [10], [18], [18, 19], [19]], sizes
+        else:                # 19 / 18 together, 13 / 12 together, 4 / 3 together
+            assert sizes == [[3, 4], [12, 13], [18, 19]], sizes
+        assert all(sorted(k for k, _, _ in g) == list(range(len(g))) for g in groups.values())
+        pick, where = [4, 1, 0], [2, 5, 0]
+        rows.set_pos(30)
+        logits = rows.place(where, [prompts[j] for j in pick], [staged[j] for j in pick])
+        for r, j, lg in zip(where, pick, logits):
+            p = prompts[j]
+            alone = JambaHybridCache(cfg, 1, max_length=len(p))
+            want = model(torch.tensor([p]), cache=alone, logits_to_keep=1).logits[0, -1]
+            assert (lg - want).norm() <= 1e-5 * want.norm()
+            for i in range(cfg.num_hidden_layers):
+                if alone.ssm_states[i] is not None:
+                    for a, b in ((cache.ssm_states[i][r], alone.ssm_states[i][0]),
+                                 (cache.conv_states[i][r], alone.conv_states[i][0])):
+                        assert (a - b).norm() <= 1e-5 * b.norm() + 1e-7, (i, r)
+                if alone._keys[i] is not None:
+                    for a, b in ((cache._keys[i][r, :, 30 - len(p):30], alone.keys(i)[0]),
+                                 (cache._values[i][r, :, 30 - len(p):30], alone.values(i)[0])):
+                        assert (a - b).norm() <= 1e-5 * b.norm(), (i, r)
+            assert cache.static_mask[r].nonzero().flatten().tolist() == list(range(30 - len(p), 30))
+        assert not cache.static_mask[[1, 3, 4]].any()
+
+
+@pytest.mark.parametrize("ahead", [0, 40, 100000])
+def test_prefill_ahead(ahead, monkeypatch):
+    """prefill_ahead: prompts beyond the idle rows are prefilled with theirs (at most batch_size, their tokens within
+    the budget) and wait for the next free rows: fewer forwards than one a row taken over, the same completions as
+    each prompt alone; 0 prefills only the idle rows' prompts. close() puts the prompts prefilled ahead back at the
+    queue's front."""
+    runs, orig = [], C._Rows._run
+
+    def run(self, ids, cache, mask=None):
+        runs.append(ids.shape)
+        return orig(self, ids, cache, mask)
+    monkeypatch.setattr(C._Rows, "_run", run)
+    model = builtin_model()
+    prompts = _prompts(21, 24, 30, model.config.vocab_size)
+    budgets = [random.Random(i).randint(1, 10) for i in range(len(prompts))]
+    want = [_alone(model, p, b, set()) for p, b in zip(prompts, budgets)]
+    bat = C.ContinuousBatcher(model, batch_size=4, max_prompt_tokens=30, max_new_tokens=10, eos_token_id=None,
+                              prefill_ahead=ahead)
+    ids = [bat.add(p, b) for p, b in zip(prompts, budgets)]
+    runs.clear()
+    got, most = {}, 0
+    while not bat.done:
+        got.update({rid: (t, r) for rid, t, r in bat.step()})
+        most = max(most, len(bat.staged))
+        assert bat.queued == len(bat.queue) + len(bat.staged)
+    assert [got[i] for i in ids] == want
+    assert runs[0] == (1, 1)                          # (the first step's template: one pad token)
+    runs = runs[1:]
+    assert sum(n for n, _ in runs) == len(prompts)    # (each prompt prefilled once; no prefix here)
+    if ahead == 0:
+        assert most == 0 and len(runs) >= len(prompts) - 8, runs
+    else:
+        assert 0 < most <= 4 and len(runs) < len(prompts) - 8, runs
+        if ahead == 40:                               # (<= 40 tokens a staging, unless the idle rows need more)
+            assert all(n * L <= 4 * 30 for n, L in runs)
+    if ahead > 1000:
+        bat = C.ContinuousBatcher(model, batch_size=3, max_prompt_tokens=30, max_new_tokens=10, eos_token_id=None,
+                                  prefill_ahead=ahead)
+        ids = [bat.add(p, b) for p, b in zip(prompts[:8], [2, 3, 4, 5, 5, 5, 5, 5])]
+        out = {}
+        while not bat.staged:                         # (when a row frees, the next prompts are staged)
+            out.update({rid: t for rid, t, _ in bat.step()})
+        assert len(bat.staged) == 2 and bat.queued == 4   # (2 staged with the 1 admitted: 3 at most)
+        waiting = [e[0][0] for e in bat.staged] + [e[0] for e in bat.queue]
+        bat.close()
+        assert not bat.staged and [e[0] for e in bat.queue] == waiting and bat.queued == 4
+        while not bat.done:
+            out.update({rid: t for rid, t, _ in bat.step()})
+        assert sorted(out) == sorted(ids[:2] + waiting)   # (close() dropped the 2 prompts running)
+        assert all(out[i] == _alone(model, prompts[i], 5, set())[0] for i in waiting)
+
+
+@pytest.mark.parametrize("with_prefix", [False, True])
 def test_batcher_prompts_added_while_running(with_prefix, monkeypatch):
     """ContinuousBatcher: prompts added between steps, short and long by turns (a long one moves pos up to its length
     while other rows run; the keys move left; with a prefix, prompts without it are prefilled whole), each completion
@@ -202,6 +300,9 @@ def test_batcher_errors():
         C.ContinuousBatcher(model, shared_prefix=True)
     with pytest.raises(ValueError, match="not num_beams"):
         C.ContinuousBatcher(model, num_beams=2)
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ValueError, match="prefill_ahead: expected an int >= 0"):
+            C.ContinuousBatcher(model, prefill_ahead=bad)
 
 
 def test_generate_many_continuous_as_static():
