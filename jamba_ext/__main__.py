@@ -790,6 +790,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--top-p", type=float, default=1.0)
     v.add_argument("--min-p", type=float, default=None)
     v.add_argument("--repetition-penalty", type=float, default=1.0)
+    v.add_argument("--prefill-ahead", type=int, default=None, metavar="N",
+                   help="when a row needs a prompt, prefill the queued prompts after it too, up to N tokens in all, "
+                        "in one pass over the weights; they wait, ready, for the next free rows (default 8192; 0: "
+                        "only the idle rows' prompts)")
     v.add_argument("--stats-every", type=float, default=10.0, metavar="S",
                    help="a progress line on stderr every S seconds while requests run (requests done, new tokens/s, "
                         "rows running, queued), and one when it falls idle (default 10; 0: none)")
@@ -816,6 +820,8 @@ def cmd_serve(args) -> int:
         _fail("--port must be in [0, 65535]")
     if not args.stats_every >= 0:
         _fail("--stats-every must be >= 0 (0: no progress lines)")
+    if args.prefill_ahead is not None and args.prefill_ahead < 0:
+        _fail("--prefill-ahead must be >= 0 (tokens; 0: off)")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.repetition_penalty <= 0:
         _fail("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0 and --repetition-penalty > 0")
     import torch
@@ -841,7 +847,8 @@ def cmd_serve(args) -> int:
                      batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
                      max_new_tokens=args.max_new_tokens, seed=args.seed, do_sample=args.temperature > 0,
                      temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                     repetition_penalty=args.repetition_penalty, stats_every=args.stats_every)
+                     repetition_penalty=args.repetition_penalty, stats_every=args.stats_every,
+                     **({} if args.prefill_ahead is None else dict(prefill_ahead=args.prefill_ahead)))
     except OSError as e:
         _fail(f"serve: cannot listen on {args.host}:{args.port}: {e}")
     except KeyboardInterrupt:

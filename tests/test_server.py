@@ -412,8 +412,10 @@ def test_cli_serve_passes_its_settings(monkeypatch, capsys):
     assert seen["batch_size"] == 3 and seen["max_prompt_tokens"] == 50 and seen["max_new_tokens"] == 7
     assert seen["do_sample"] and seen["temperature"] == 0.5 and seen["top_p"] == 0.9
     assert seen["repetition_penalty"] == 1.2 and seen["chat_template"] is None and seen["host"] == "127.0.0.1"
-    assert seen["stats_every"] == 10.0
+    assert seen["stats_every"] == 10.0 and "prefill_ahead" not in seen     # (the batcher's default)
     assert "serving jamba-ext-builtin on http://127.0.0.1:4321" in capsys.readouterr().err
+    assert main(["serve", "--device", "cpu", "--port", "0", "--prefill-ahead", "0"]) == 0
+    assert seen["prefill_ahead"] == 0
 
     def busy(*a, **k):
         raise OSError(98, "Address already in use")
@@ -426,7 +428,8 @@ def test_cli_serve_passes_its_settings(monkeypatch, capsys):
 def test_cli_serve_argument_errors(capsys):
     from jamba_ext.__main__ import main
     for argv, msg in ((["--batch-size", "0"], "--batch-size must be >= 1"), (["--port", "70000"], "--port must be"),
-                      (["--temperature", "-1"], "--temperature must be >= 0")):
+                      (["--temperature", "-1"], "--temperature must be >= 0"),
+                      (["--prefill-ahead", "-1"], "--prefill-ahead must be >= 0")):
         with pytest.raises(SystemExit) as e:
             main(["serve", "--device", "cpu", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
