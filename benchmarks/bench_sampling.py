@@ -12,9 +12,13 @@ Rows per batch size B:
   sample_rows, top_p 0.95    every row temperature 0.8, top_p 0.95
   generate()'s top_p 0.95    JambaForCausalLM._warp + softmax + multinomial, the same settings (generate(do_sample))
   sample_rows, greedy        every row greedy; against torch's argmax
+  ..., one-block             each sample_rows row again with JAMBA_EXT_SAMPLE_ROWS_CLUSTER=0: the one-block kernel
+                             (a row on one block) beside the default (on sm_90+ from V = 4096: a row on a cluster of
+                             8 CTAs); on the CPU the switch changes nothing (the same C kernel)
 Floor: the bytes one pass must read (logits, seen and counts once) over the copy bandwidth measured in the same run.
 Correctness first: the kernel's kept columns against the float64 reference (reference.sample_rows_kept) on the
-mixed inputs of every batch size. Writes benchmarks/results/bench_sampling.json (--smoke: results/local/).
+mixed inputs of every batch size, and the one-block kernel's tokens and tau equal to the default's (check "...
+one-block same"). Writes benchmarks/results/bench_sampling.json (--smoke: results/local/).
 """
 import argparse
 import os
@@ -24,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_serve import MIXED  # noqa: E402  (the serving benchmark's per-request settings, in turn)
-from common import copy_bandwidth_gbs, fmt_row, meta, results_dir, time_ms, write_results  # noqa: E402
+from common import copy_bandwidth_gbs, env, fmt_row, meta, results_dir, time_ms, write_results  # noqa: E402
 
 from jamba_ext import ops, reference  # noqa: E402
 from jamba_ext.modeling_jamba import JambaForCausalLM  # noqa: E402
@@ -92,20 +96,31 @@ def main(argv=None) -> int:
         checks[f"B{B}"] = not bad
         if bad:
             print(f"check B={B}: {bad[:4]}", flush=True)
+        with env(JAMBA_EXT_SAMPLE_ROWS_CLUSTER="0"):                    # the one-block kernel: the same bits
+            t1, tau1 = ops.sample_rows(logits, P, seen, counts, seed=1, offset=0)
+        checks[f"B{B} one-block same"] = bool(torch.equal(t1, tokens) and torch.equal(tau1, tau))
         nbytes = B * V * (logits.element_size() + 1 + 4)
         floor_us = nbytes / (bw * 1e3)
+        pick_mixed = lambda: ops.sample_rows(logits, P, seen, counts, seed=1, offset=0)  # noqa: E731
+        pick_top_p = lambda: ops.sample_rows(logits, top_p, seed=1, offset=0)          # noqa: E731
+        pick_greedy = lambda: ops.sample_rows(logits, greedy, seed=1, offset=0)        # noqa: E731
+        one = dict(JAMBA_EXT_SAMPLE_ROWS_CLUSTER="0")   # (the switch is read at each call: set around the timing)
         cases = [
-            ("sample_rows, mixed", "sample_rows", lambda: ops.sample_rows(logits, P, seen, counts, seed=1, offset=0)),
+            ("sample_rows, mixed", "sample_rows", pick_mixed, {}),
+            ("sample_rows, mixed, one-block", "sample_rows one-block", pick_mixed, one),
             ("torch eager, mixed", "torch eager", lambda: torch_mixed(logits, P, seen, counts, gen,
-                                                                     max(m.top_k for m in mixed))),
-            ("sample_rows, top_p 0.95", "sample_rows", lambda: ops.sample_rows(logits, top_p, seed=1, offset=0)),
+                                                                     max(m.top_k for m in mixed)), {}),
+            ("sample_rows, top_p 0.95", "sample_rows", pick_top_p, {}),
+            ("sample_rows, top_p 0.95, one-block", "sample_rows one-block", pick_top_p, one),
             ("generate()'s top_p 0.95", "torch eager", lambda: torch.multinomial(torch.softmax(JambaForCausalLM._warp(
-                logits, True, 0.8, 0, 0.95), -1), 1, generator=gen)),
-            ("sample_rows, greedy", "sample_rows", lambda: ops.sample_rows(logits, greedy, seed=1, offset=0)),
-            ("torch argmax", "torch eager", lambda: logits.argmax(-1)),
+                logits, True, 0.8, 0, 0.95), -1), 1, generator=gen), {}),
+            ("sample_rows, greedy", "sample_rows", pick_greedy, {}),
+            ("sample_rows, greedy, one-block", "sample_rows one-block", pick_greedy, one),
+            ("torch argmax", "torch eager", lambda: logits.argmax(-1), {}),
         ]
-        for label, impl, fn in cases:
-            us = time_ms(fn, dev, warmup=3, reps=reps)["median_ms"] * 1e3
+        for label, impl, fn, switches in cases:
+            with env(**switches):
+                us = time_ms(fn, dev, warmup=3, reps=reps)["median_ms"] * 1e3
             fl = floor_us if "mixed" in label else B * V * logits.element_size() / (bw * 1e3)
             rows.append(dict(label=f"{label} B={B}", impl=impl, batch=B, vocab=V, median_us=us, floor_us=fl,
                              of_floor=fl / us))

@@ -193,6 +193,17 @@ def main():
         ops.sample_rows(logits, P, torch.rand(3, V, device=dev) < 0.1,
                         torch.randint(0, 3, (3, V), device=dev, dtype=torch.int32), seed=1, offset=2)
         ops.sample_rows(logits, P)
+    # sample_rows' cluster kernel (sm_90+; elsewhere the switch falls back to the one-block kernel): the default from
+    # V = 4096 (4099: the fifth CTA owns 3 columns, the last three none), then forced on the shapes above (V = 1: seven
+    # empty slices) and on rows with NaNs (sr_cluster_argmax's exact path, its extra cluster barrier)
+    nanrows = rn(3, 2100, dt=torch.float32)
+    nanrows[0, 0] = nanrows[1, 1] = nanrows[1, 1500] = nanrows[2, 2099] = float("nan")
+    ops.sample_rows(rn(3, 4099), P, torch.rand(3, 4099, device=dev) < 0.1,
+                    torch.randint(0, 3, (3, 4099), device=dev, dtype=torch.int32), seed=1, offset=2)
+    os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"] = "1"
+    for logits in (rn(3, 1001), rn(3, 1040)[:, 8:1032], rn(3, 1, dt=torch.float32), nanrows):
+        ops.sample_rows(logits, P, seed=1, offset=2)
+    del os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"]
     torch.cuda.synchronize()
     print("sanitize_cases: all ops ran")
 

@@ -1,7 +1,9 @@
 """Where jamba.sample_rows spends its time on the GPU (session 51 probe): each setting alone, timed as CUDA-graph
 replays (10 calls a graph, the median of 20 replays, after 0.3 s of matmuls to bring the clocks up), so that host
 launch costs stay out. bench_sampling at 0fca187 gave ~400 us a pick for top_p 0.95 rows (V = 65536) and ~45 us for
-greedy rows, whose timing is host-bound.
+greedy rows, whose timing is host-bound. Two columns a setting: "default" (on sm_90+ at this V the cluster kernel, a
+row on a cluster of 8 CTAs) and "one-block" (JAMBA_EXT_SAMPLE_ROWS_CLUSTER=0 at capture: a row on one block), with
+their ratio; before the timings, both kernels' tokens and tau are compared (the same bits expected).
 
     python dev/sample_rows_probe.py
 """
@@ -11,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks"))
-from common import graph_us  # noqa: E402
+from common import env, graph_us  # noqa: E402
 
 from jamba_ext import ops  # noqa: E402
 
@@ -36,13 +38,21 @@ def main() -> int:
         logits = (torch.randn(B, V, generator=g) * 3).to(dev, torch.bfloat16)
         seen = (torch.rand(B, V, generator=g) < 0.01).to(dev)
         counts = (torch.rand(B, V, generator=g) < 0.002).int().to(dev)
-        print(f"--- B = {B}, V = {V}, bf16", flush=True)
+        head = f"--- B = {B}, V = {V}, bf16"
+        print(f"{head:48s} {'default':>11s} {'one-block':>11s} {'speed-up':>9s}", flush=True)
         print(f"{'torch argmax':48s} {graph_us(lambda: logits.argmax(-1)):8.1f} us", flush=True)
         for name, p in settings.items():
             P = torch.tensor([p] * B, device=dev)
             pen = "penalt" in name
-            us = graph_us(lambda: ops.sample_rows(logits, P, seen if pen else None, counts if pen else None, 1, 0))
-            print(f"{'sample_rows ' + name:48s} {us:8.1f} us", flush=True)
+            pick = lambda: ops.sample_rows(logits, P, seen if pen else None, counts if pen else None, 1, 0)  # noqa
+            us = graph_us(pick)
+            with env(JAMBA_EXT_SAMPLE_ROWS_CLUSTER="0"):    # (read at each call: at capture for the graph)
+                ref = pick()
+                us1 = graph_us(pick)
+            got = pick()
+            same = torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+            print(f"{'sample_rows ' + name:48s} {us:8.1f} us {us1:8.1f} us {us1 / us:8.2f}x"
+                  f"{'' if same else '  DIFFERENT TOKENS / TAU'}", flush=True)
     return 0
 
 

@@ -186,3 +186,121 @@ def test_sample_rows_cuda_graph():
     for args, got in zip(news, runs):
         for a, b in zip(got, fn(*args)):
             assert torch.equal(a, b)
+
+
+# ---- the cluster kernel (sm_90+) against the one-block kernel: the same tokens and tau, to the bit -----------------
+# JAMBA_EXT_SAMPLE_ROWS_CLUSTER (read at each call): "0" the one-block kernel, "1" the cluster kernel at every V (the
+# default takes it from V = 4096 on sm_90+). Below sm_90 "1" falls back to the one-block kernel: nothing to compare.
+needs_cluster = pytest.mark.skipif(not HAS_GPU or torch.cuda.get_device_capability()[0] < 9,
+                                   reason="the cluster kernel needs a CUDA GPU of compute capability 9+")
+
+# every setting the kernels branch on: greedy (with penalties), temperature only, top_k 1 / 50 / >= V, top_p 0.5 /
+# 0.95, min_p, and mixes (the 50 of top_k is >= V at V = 37)
+CLUSTER_SETTINGS = [(0.0, 0, 1.0, 0.0, 1.0, 0.0, 0.0), (0.0, 0, 1.0, 0.0, 1.3, 0.4, 0.2),
+                    (0.8, 0, 1.0, 0.0, 1.0, 0.0, 0.0), (1.0, 1, 1.0, 0.0, 1.0, 0.0, 0.0),
+                    (0.7, 50, 1.0, 0.0, 1.0, 0.0, 0.0), (0.9, 1e6, 1.0, 0.0, 1.0, 0.0, 0.0),
+                    (1.0, 0, 0.5, 0.0, 1.0, 0.0, 0.0), (0.8, 0, 0.95, 0.0, 1.0, 0.0, 0.0),
+                    (1.0, 0, 1.0, 0.05, 1.0, 0.0, 0.0), (0.6, 50, 0.95, 0.05, 1.2, 0.5, 0.3),
+                    (1.2, 0, 0.9, 0.0, 1.5, -0.5, 0.1), (0.5, 7, 0.8, 0.1, 1.0, 0.0, 0.0)]
+
+
+def cluster_params(R, shift):
+    return torch.tensor([CLUSTER_SETTINGS[(r + shift) % len(CLUSTER_SETTINGS)] for r in range(R)],
+                        dtype=torch.float32, device="cuda")
+
+
+def both_kernels(monkeypatch, *args, **kwargs):
+    """ops.sample_rows(*args, **kwargs) on the one-block kernel, then on the cluster kernel; asserts the same bits"""
+    monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", "0")
+    t0, tau0 = ops.sample_rows(*args, **kwargs)
+    monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", "1")
+    t1, tau1 = ops.sample_rows(*args, **kwargs)
+    assert torch.equal(t0, t1), (t0 != t1).nonzero()[:8].tolist()
+    assert torch.equal(tau0.view(torch.int32), tau1.view(torch.int32)), (tau0, tau1)   # (bits: -0 / NaN too)
+    return t1, tau1
+
+
+@pytest.mark.cuda
+@needs_cluster
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("V", [37, 4099, 32001, 65536])
+@pytest.mark.parametrize("R", [1, 3, 16, 70, 131])
+def test_sample_rows_cluster_equals_one_block(monkeypatch, dtype, V, R):
+    """Random logits, every setting of CLUSTER_SETTINGS on every row position (shifted per call), with and without
+    seen / counts. V = 37 / 4099: the cluster's last CTAs own no column (4099: the fifth owns 3); R = 131: more rows
+    than the cluster kernel's grid has clusters (128), so some clusters take two rows."""
+    logits, _, seen, counts = make(R, V, "cuda", dtype, seed=R + V)
+    shifts = range(len(CLUSTER_SETTINGS)) if R < len(CLUSTER_SETTINGS) else range(2)
+    for shift in shifts:
+        P = cluster_params(R, shift)
+        pen = shift % 2 == 0
+        tokens, _ = both_kernels(monkeypatch, logits, P, seen if pen else None, counts if pen else None,
+                                 seed=11, offset=shift)
+        assert ((tokens >= 0) & (tokens < V)).all()
+
+
+@pytest.mark.cuda
+@needs_cluster
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("V", [37, 4099, 65536])
+def test_sample_rows_cluster_ties_nan_inf(monkeypatch, dtype, V):
+    """Logits rounded to a few values (ties everywhere: the first column wins the max, -0 beside +0), rows with NaNs
+    (a NaN first in some thread's columns sticks in sr_better's fold: the cluster kernel's exact path), +inf and -inf:
+    the same bits from both kernels."""
+    R = 2 * len(CLUSTER_SETTINGS)
+    g = torch.Generator().manual_seed(V)
+    x = (torch.randn(R, V, generator=g, dtype=torch.float64) * 1.5).round()       # (about 9 values, -0 among them)
+    rows = torch.arange(R)
+    x[rows % 4 == 1, 0] = float("nan")                                            # column 0: thread 0's first
+    for r in range(2, R, 4):                                                      # NaNs in random places
+        x[r, torch.randint(0, V, (max(1, V // 50),), generator=g)] = float("nan")
+    x[3, min(V - 1, 1025)] = float("nan")                                         # thread 1's second column
+    x[5, torch.randint(0, V, (3,), generator=g)] = float("inf")
+    x[7, torch.randint(0, V, (V // 2,), generator=g)] = float("-inf")
+    x[9] = float("nan")                                                           # a row of NaNs only
+    logits = x.to("cuda", dtype)
+    seen = torch.rand(R, V, generator=g).lt(0.1).cuda()
+    counts = torch.randint(0, 3, (R, V), generator=g, dtype=torch.int32).cuda()
+    for shift in range(3):
+        P = cluster_params(R, shift)
+        both_kernels(monkeypatch, logits, P, seed=3, offset=shift)
+        both_kernels(monkeypatch, logits, P, seen, counts, seed=4, offset=shift)
+    # a NaN at column 0 of every row, and columns in every thread of the first CTA: every pass 1 takes the exact path
+    nanfirst = logits.clone()
+    nanfirst[:, : min(V, 1024):7] = float("nan")
+    both_kernels(monkeypatch, nanfirst, cluster_params(R, 0), seed=5, offset=0)
+
+
+@pytest.mark.cuda
+@needs_cluster
+def test_sample_rows_cluster_row_stride(monkeypatch):
+    """logits a column slice of a wider tensor (row stride 65600, an offset of 24 columns): the same bits from both
+    kernels, and as on a contiguous copy."""
+    wide = (torch.randn(16, 65600, device="cuda") * 3).to(torch.bfloat16)
+    logits = wide[:, 24:24 + 65536]
+    _, _, seen, counts = make(16, 65536, "cuda", torch.bfloat16, seed=3)
+    P = cluster_params(16, 1)
+    a = both_kernels(monkeypatch, logits, P, seen, counts, seed=2, offset=7)
+    b = both_kernels(monkeypatch, logits.contiguous(), P, seen, counts, seed=2, offset=7)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.cuda
+@needs_cluster
+def test_sample_rows_cluster_graph(monkeypatch):
+    """The cluster kernel captured in a CUDA graph (the switch is read at capture), replayed on new logits, settings,
+    seen and counts: each replay equals the one-block kernel run eagerly on those inputs."""
+    def fn(x, p, s, c):
+        return ops.sample_rows(x, p, s, c, seed=3, offset=9)
+
+    def inputs(seed):
+        logits, _, seen, counts = make(16, 32001, "cuda", torch.bfloat16, seed=seed)
+        return logits, cluster_params(16, seed), seen, counts
+
+    news = [inputs(i) for i in range(3)]
+    monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", "1")
+    runs = graph_replays(fn, inputs(7), news)
+    monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", "0")
+    for args, got in zip(news, runs):
+        for a, b in zip(got, fn(*args)):
+            assert torch.equal(a, b)

@@ -4,25 +4,44 @@
  * Exports: jamba_sample_rows_cuda (checks and math: csrc/cpu/sample_rows.c, csrc/jamba.h).
  * Layout: logits x (R, V) T in {f32, f16, bf16}, unit stride along V, row stride ld (elements); params (R, 7) f32;
  *   seen (R, V) u8 and counts (R, V) i32 contiguous, each optional (NULL); tokens (R,) i64, tau (R,) f32.
- *   ws (f32, at least jamba_sample_rows_ws_elems(R, V) = 2 R V): a row's score keys (u32) and its exp(s - m).
- * Work split: one block of SR_THREADS threads per row (grid-stride over rows past SR_MAX_GRID). Pass 1 reads logits,
- *   seen and counts once, finds the max (greedy rows stop there) and writes a sampled row's score keys to ws; the
- *   later passes read ws (L2-resident for a decode batch): 4 for top_k, 1 for the top_p mass Z (it writes
- *   exp(s - m) to ws), 4 for top_p, 1 for the draw (Philox only for the kept columns). The radix passes build a 256-bin histogram in shared memory (counts, or masses in
- *   fixed point -- integer sums, so the selection does not depend on the order of the additions): the lanes of a
- *   warp with one digit sum first (match / redux), each pair of warps adds into its own copy of the histogram
- *   (SR_COPIES), the copies are summed, and warp 0 finds the digit (a prefix sum over the bins, 8 a lane). The draw is a Gumbel-max over the kept columns
- *   (Philox uniforms: the CPU's, column for column), reduced as (value, column) pairs with the first column winning
- *   ties. No host synchronisation; deterministic for a seed and offset.
+ *   ws (f32, at least jamba_sample_rows_ws_elems(R, V) = 2 R V): row r's score keys (u32) at ws + 2 r V, its
+ *   exp(s - m) at ws + 2 r V + V (both paths).
+ * Passes over a row: pass 1 reads logits, seen and counts once, finds the max (greedy rows stop there) and writes a
+ *   sampled row's score keys to ws; the later passes read ws (L2-resident for a decode batch): 4 for top_k, 1 for
+ *   the top_p mass Z (it writes exp(s - m) to ws), 4 for top_p, 1 for the draw (Philox only for the kept columns).
+ *   The radix passes build a 256-bin histogram in shared memory (counts, or masses in fixed point -- integer sums,
+ *   so the selection does not depend on the order of the additions): the lanes of a warp with one digit sum first
+ *   (match / redux), each pair of warps adds into its own copy of the histogram (SR_COPIES), the copies are summed,
+ *   and warp 0 finds the digit (a prefix sum over the bins, 8 a lane). The draw is a Gumbel-max over the kept
+ *   columns (Philox uniforms: the CPU's, column for column), reduced as (value, column) pairs with the first column
+ *   winning ties. No host synchronisation; deterministic for a seed and offset.
+ * Two kernels, the same tokens and tau to the bit (tests/test_sample_rows.py compares them):
+ *   sr_kernel (any GPU): one block of SR_THREADS threads per row (grid-stride over rows past SR_MAX_GRID); thread t
+ *     takes columns t, t + SR_THREADS, ...; a radix pass over V = 65536 costs 45-75 us on one SM of an H200.
+ *   sr_cluster_kernel (sm_90+, the default there from V = SR_CLUSTER_MIN_V; env JAMBA_EXT_SAMPLE_ROWS_CLUSTER):
+ *     a cluster of SR_CLUSTER CTAs of SR_THREADS threads per row (a stride loop over rows past SR_MAX_CLUSTERS
+ *     clusters). CTA c owns the columns [c w, (c + 1) w) clipped to V, w = ceil(V / SR_CLUSTER) rounded up to a
+ *     multiple of SR_THREADS (small V: the last CTAs own nothing), and its thread t takes the columns of the
+ *     one-block kernel's thread t that lie there (so that even a row with NaNs, whose max depends on which thread
+ *     held which column, gives sr_kernel's bits: sr_cluster_argmax). Each pass builds the CTA's result over its
+ *     slice as sr_kernel does over the row, then the cluster combines them through distributed shared memory
+ *     (sr_part; see sr_cluster_kernel): every CTA reads all SR_CLUSTER partials in rank order and reduces them
+ *     identically. SR_THREADS (1024) in both: that thread mapping, and sr_kernel's block helpers as they are; at
+ *     64 registers a thread a CTA fills an SM's register file either way, and 16 rows fill 128 SMs.
  */
 #include "common.cuh"
 
+#include <cooperative_groups.h>
 #include <math.h>
 
 #define SR_THREADS 1024
 #define SR_WARPS (SR_THREADS / 32)
 #define SR_COPIES 16               /* histogram copies in shared memory: warps w and w + 16 share copy w % 16 */
 #define SR_MAX_GRID (1 << 30)
+#define SR_CLUSTER 8               /* CTAs per row in sr_cluster_kernel: the portable maximum cluster size */
+#define SR_CLUSTER_MIN_V 4096      /* the default takes the cluster kernel from here: >= 4 CTAs with columns */
+#define SR_MAX_CLUSTERS 128        /* clusters in sr_cluster_kernel's grid (more rows: a stride loop) */
+#define SR_MAX_DEVICES 64
 
 struct sr_row {
     float rep, pres, freq;
@@ -279,6 +298,375 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
     }
 }
 
+/* ---- the cluster path (sm_90+) --------------------------------------------------------------------------------- */
+
+/* One CTA's partial of a combine, in its shared memory, which every CTA of the cluster reads (double-buffered: see
+ * sr_cluster_kernel); and the CTA's own copy of the combined result (r*: only its own threads read it). */
+struct sr_part {
+    unsigned long long h[256];     /* a radix pass: the slice's histogram (counts, or fixed-point masses) */
+    unsigned long long z, rz;      /* top_p: the mass of the slice's columns that top_k keeps; the row's */
+    float v, smin, rv, rmin;       /* pass 1 / the draw: the slice's best value, the draw's smallest kept score */
+    int64_t i, ri;                 /* ... and the best value's column; the row's (rv, ri), rmin */
+    int nan, rnan;                 /* some thread's fold stuck at a NaN (sr_cluster_argmax); in any CTA */
+};
+
+/* Each thread's folds for sr_cluster_argmax's exact path: (fv, fi) from empty as sr_kernel's threads fold, (nv, ni)
+ * over the non-NaN values only. In the shared memory of the histogram copies (never both in use at once). */
+struct sr_slots {
+    float fv[SR_THREADS], nv[SR_THREADS];
+    int64_t fi[SR_THREADS], ni[SR_THREADS];
+};
+union sr_scratch {
+    unsigned long long copies[SR_COPIES][256];
+    sr_slots slots;
+};
+static_assert(sizeof(sr_slots) <= sizeof(unsigned long long) * SR_COPIES * 256, "sr_slots must fit in the copies");
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+namespace cg = cooperative_groups;
+
+/* the cluster's index along x and the number of clusters (grid x / SR_CLUSTER) */
+__device__ __forceinline__ int64_t sr_cluster_id() {
+    unsigned v;
+    asm("mov.u32 %0, %%clusterid.x;" : "=r"(v));
+    return v;
+}
+__device__ __forceinline__ int64_t sr_cluster_count() {
+    unsigned v;
+    asm("mov.u32 %0, %%nclusterid.x;" : "=r"(v));
+    return v;
+}
+
+/* A radix pass's histogram of the row into hist (this CTA's shared memory): the CTA's copies summed into P->h, one
+ * cluster barrier, then hist[b] = the SR_CLUSTER partials' bin b summed in rank order (u64: exact). Called by every
+ * thread after the CTA's sr_hist_add calls; hist is ready for sr_find on return. One event on P. */
+__device__ void sr_cluster_hist(unsigned long long (*copies)[256], sr_part *P, unsigned long long *hist) {
+    cg::cluster_group cluster = cg::this_cluster();
+    __syncthreads();
+    sr_hist_merge(copies, P->h);
+    cluster.sync();
+    for (int b = threadIdx.x; b < 256; b += SR_THREADS) {
+        unsigned long long t = 0ull;
+#pragma unroll
+        for (int c = 0; c < SR_CLUSTER; c++) t += cluster.map_shared_rank(P->h, c)[b];
+        hist[b] = t;
+    }
+    __syncthreads();
+}
+
+/* The row's top_p mass Z, in every thread: the CTA's threads add their z into P->z, one cluster barrier, warp 0 sums
+ * the SR_CLUSTER partials (lane c reads rank c's). One event on P. */
+__device__ unsigned long long sr_cluster_z(unsigned long long z, sr_part *P) {
+    cg::cluster_group cluster = cg::this_cluster();
+    if (threadIdx.x == 0) P->z = 0ull;
+    __syncthreads();
+    atomicAdd(&P->z, z);
+    cluster.sync();
+    if (threadIdx.x < 32) {
+        unsigned long long t = threadIdx.x < SR_CLUSTER ? cluster.map_shared_rank(P, (int)threadIdx.x)->z : 0ull;
+        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        if (threadIdx.x == 0) P->rz = t;
+    }
+    __syncthreads();
+    return P->rz;
+}
+
+/* The row's best (value, column) pair (pass 1, the draw) in every thread of every CTA: what sr_kernel's sr_argmax
+ * gives over the whole row, to the bit. In: (bv, bi) the thread's fold over its columns (sr_better from empty, as
+ * sr_kernel's threads fold); (nv, ni) the same fold over the non-NaN values only; smin (with_min) the thread's
+ * smallest kept score, replaced by the row's. One event on P.
+ * Without NaNs sr_better is a total order (the larger value, then the smaller column), so any grouping gives the
+ * row's best pair: each CTA reduces its slice (sr_argmax), and the SR_CLUSTER results are reduced in rank order. A
+ * NaN that a fold takes first sticks (no comparison with it is true), and then the result depends on which thread
+ * held which column. So when a fold of some thread of some CTA is stuck at a NaN, every CTA takes the exact path: the
+ * fold of sr_kernel's thread t (its columns are those of this kernel's threads t of CTAs 0, 1, ... in turn) is
+ * composed from the slots -- the first CTA with columns gives its fold from empty (NaN first: stuck), a later CTA's
+ * NaN-free fold replaces the state where sr_better prefers it (a stuck state never) -- then sr_argmax as sr_kernel
+ * runs it; then one more cluster barrier, so that no CTA rewrites its slots (the histogram copies) while a peer
+ * reads them. smin needs no exact path: fminf ignores a NaN and orders -0 below +0 (PTX min), whatever the order. */
+__device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, float &smin, bool with_min,
+                                  sr_part *P, sr_slots *slots, float *sv, int64_t *si) {
+    cg::cluster_group cluster = cg::this_cluster();
+    const int t = threadIdx.x;
+    slots->fv[t] = bv;
+    slots->fi[t] = bi;
+    slots->nv[t] = nv;
+    slots->ni[t] = ni;
+    const int stuck = __syncthreads_or(bi >= 0 && bv != bv);
+    sr_argmax(bv, bi, sv, si);
+    if (with_min) smin = sr_min(smin, sv);
+    if (t == 0) {
+        P->v = bv;
+        P->i = bi;
+        P->smin = smin;
+        P->nan = stuck;
+    }
+    cluster.sync();
+    if (t < 32) {                                     /* lane c reads rank c's partial; each lane folds them in order */
+        float v = -INFINITY, mn = INFINITY;
+        int64_t i = -1;
+        int nan = 0;
+        if (t < SR_CLUSTER) {
+            const sr_part *q = cluster.map_shared_rank(P, t);
+            v = q->v;
+            i = q->i;
+            mn = q->smin;
+            nan = q->nan;
+        }
+        float rv = -INFINITY, rmin = INFINITY;
+        int64_t ri = -1;
+        for (int c = 0; c < SR_CLUSTER; c++) {
+            sr_better(rv, ri, __shfl_sync(0xffffffffu, v, c), __shfl_sync(0xffffffffu, i, c));
+            rmin = fminf(rmin, __shfl_sync(0xffffffffu, mn, c));
+        }
+        const unsigned anynan = __ballot_sync(0xffffffffu, nan != 0);
+        if (t == 0) {
+            P->rv = rv;
+            P->ri = ri;
+            P->rmin = rmin;
+            P->rnan = anynan != 0u;
+        }
+    }
+    __syncthreads();
+    bv = P->rv;
+    bi = P->ri;
+    smin = P->rmin;
+    if (P->rnan) {                                    /* (the same in every CTA: every CTA takes this path or none) */
+        bv = -INFINITY;
+        bi = -1;
+        for (int c = 0; c < SR_CLUSTER; c++) {
+            const sr_slots *q = cluster.map_shared_rank(slots, c);
+            if (bi < 0) {
+                bv = q->fv[t];
+                bi = q->fi[t];
+            } else {
+                sr_better(bv, bi, q->nv[t], q->ni[t]);
+            }
+        }
+        sr_argmax(bv, bi, sv, si);
+        cluster.sync();
+    }
+}
+#endif
+
+/* sr_cluster_kernel: sr_kernel's math with a row per cluster of SR_CLUSTER CTAs (the header's work split).
+ *   grid (clusters * SR_CLUSTER) along x, cluster dims (SR_CLUSTER, 1, 1), SR_THREADS threads a CTA; cluster q takes
+ *   rows q, q + clusters, ...; the CTA of rank c owns the row's columns [v0, v1) and only that slice of its keys and
+ *   e values in ws; only rank 0 writes tokens[r] and tau[r].
+ * Each combine (an "event": pass 1; each of the 4 top_k passes; Z and each of the 4 top_p passes; the draw) is: the
+ * CTA writes its partial to part[ev & 1] (ev: the events so far), one cluster barrier (cluster.sync: barrier.cluster
+ * arrive.release + wait.acquire, all threads of all CTAs), then every CTA reads the SR_CLUSTER partials of part[ev & 1]
+ * in rank order and reduces them the same way, so all reach the same digit / max without a broadcast. One barrier an
+ * event is enough: a CTA next writes part[ev & 1] at event ev + 2, after it has passed event ev + 1's barrier, and a
+ * CTA still reading part[ev & 1] for event ev has not arrived at that barrier yet (its reads come first in program
+ * order and are released by its arrival). The control flow depends only on the row's params and on combined results,
+ * which are the same in every CTA, so all CTAs of a cluster iterate the same rows and reach every barrier the same
+ * number of times, greedy rows and empty slices included (sr_cluster_argmax's exact path adds one barrier, in every
+ * CTA or none). The last barrier keeps each CTA (its shared memory) alive until its peers have read it.
+ * The body is built for sm_90+ only (clusters, distributed shared memory); the sm_80 build traps, and the host never
+ * launches it there (sr_cluster_ok). */
+template <typename T>
+__global__ void __launch_bounds__(SR_THREADS)
+    sr_cluster_kernel(int64_t *tokens, float *tau, const T *x, int64_t ld, const float *params, const uint8_t *seen,
+                      const int32_t *counts, uint32_t *ws, int64_t R, int64_t V, uint64_t seed, uint64_t offset) {
+    jamba_pdl_begin();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    cg::cluster_group cluster = cg::this_cluster();
+    __shared__ sr_scratch scratch;                    /* the histogram copies, or sr_cluster_argmax's slots */
+    __shared__ sr_part part[2];
+    __shared__ unsigned long long hist[256];
+    __shared__ float sv[SR_WARPS];
+    __shared__ int64_t si[SR_WARPS];
+    __shared__ int s_digit;
+    __shared__ unsigned long long s_before;
+    const int lane = threadIdx.x & 31;
+    unsigned long long(*copies)[256] = scratch.copies;
+    unsigned long long *mine = copies[(threadIdx.x >> 5) % SR_COPIES];
+    /* the slice: a multiple of SR_THREADS columns (thread t's columns are sr_kernel's thread t's), the last CTAs'
+     * empty for V < (SR_CLUSTER - 1) * SR_THREADS */
+    const int64_t w = ((V + SR_CLUSTER - 1) / SR_CLUSTER + SR_THREADS - 1) / SR_THREADS * SR_THREADS;
+    const int64_t rank = cluster.block_rank();
+    const int64_t v0 = rank * w < V ? rank * w : V, v1 = v0 + w < V ? v0 + w : V;
+    unsigned ev = 0;                                  /* combine events so far (the same count in every CTA) */
+    for (int64_t r = sr_cluster_id(); r < R; r += sr_cluster_count()) {
+        const T *row = x + r * ld;
+        const float *pr = params + r * 7;
+        const float temp = pr[0], top_p = pr[2], min_p = pr[3];
+        const int64_t k = (pr[1] >= 1.0f && pr[1] < (float)V) ? (int64_t)pr[1] : 0;
+        uint32_t *wkey = ws + r * 2 * V;                       /* the scores' keys, then their e = exp(s - m) */
+        float *we = reinterpret_cast<float *>(ws + r * 2 * V + V);
+        sr_row q;
+        q.rep = pr[4];
+        q.pres = pr[5];
+        q.freq = pr[6];
+        q.seen = seen != nullptr ? seen + r * V : nullptr;
+        q.cnt = counts != nullptr ? counts + r * V : nullptr;
+        const bool sampled = temp > 0.f;
+        /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
+        float bv = -INFINITY, nv = -INFINITY, no_min = INFINITY;
+        int64_t bi = -1, ni = -1;
+        for (int64_t v = v0 + threadIdx.x; v < v1; v += SR_THREADS) {
+            const float xv = sr_x<T>(row, q, v);
+            sr_better(bv, bi, xv, v);
+            if (xv == xv) sr_better(nv, ni, xv, v);
+            if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
+        }
+        sr_cluster_argmax(bv, bi, nv, ni, no_min, false, &part[ev++ & 1u], &scratch.slots, sv, si);
+        if (!sampled) {                               /* greedy */
+            if (rank == 0 && threadIdx.x == 0) {
+                tokens[r] = bi < 0 ? 0 : bi;
+                tau[r] = bv;
+            }
+            continue;
+        }
+        const float m = __fdiv_rn(bv, temp);
+        /* top_k: the key of the k-th largest score (4 radix passes, counts) */
+        uint32_t kk = 0u;
+        if (k) {
+            unsigned long long need = (unsigned long long)k;
+            for (int pass = 0; pass < 4; pass++) {
+                const int shift = 24 - 8 * pass;
+                const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
+                sr_hist_zero(copies);
+                __syncthreads();
+                for (int64_t base = v0 + threadIdx.x - lane; base < v1; base += SR_THREADS) {   /* (whole warps) */
+                    const int64_t v = base + lane;
+                    const uint32_t key = v < v1 ? wkey[v] : 0u;
+                    const bool cand = v < v1 && (key & hi) == kk;
+                    if (__any_sync(0xffffffffu, cand)) sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, 1ull);
+                }
+                sr_cluster_hist(copies, &part[ev++ & 1u], hist);
+                sr_find(hist, true, need - 1ull, &s_digit, &s_before);
+                __syncthreads();
+                need -= s_before;
+                kk |= (uint32_t)s_digit << shift;
+            }
+        }
+        /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, then the smallest key whose
+         * mass at or below it exceeds floor((1 - top_p) Z) (4 radix passes, fixed-point masses) */
+        uint32_t kp = 0u;
+        if (top_p < 1.f) {
+            unsigned long long z = 0ull;
+            for (int64_t v = v0 + threadIdx.x; v < v1; v += SR_THREADS) {
+                const uint32_t key = wkey[v];
+                const float e = key >= kk ? expf(sr_key_f32(key) - m) : 0.f;
+                we[v] = e;
+                z += jamba_mass_fixed(e);
+            }
+            z = sr_cluster_z(z, &part[ev++ & 1u]);
+            const unsigned long long target = (unsigned long long)((1.0 - (double)top_p) * (double)z);
+            unsigned long long below = 0ull;
+            for (int pass = 0; pass < 4; pass++) {
+                const int shift = 24 - 8 * pass;
+                const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
+                sr_hist_zero(copies);
+                __syncthreads();
+                for (int64_t base = v0 + threadIdx.x - lane; base < v1; base += SR_THREADS) {   /* (whole warps) */
+                    const int64_t v = base + lane;
+                    const uint32_t key = v < v1 ? wkey[v] : 0u;
+                    const bool cand = v < v1 && key >= kk && (key & hi) == kp;
+                    if (__any_sync(0xffffffffu, cand))
+                        sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, cand ? jamba_mass_fixed(we[v]) : 0ull);
+                }
+                sr_cluster_hist(copies, &part[ev++ & 1u], hist);
+                sr_find(hist, false, target - below, &s_digit, &s_before);
+                __syncthreads();
+                below += s_before;
+                kp |= (uint32_t)s_digit << shift;
+            }
+        }
+        /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
+        const uint32_t kmin = kk > kp ? kk : kp;
+        const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+        const uint32_t o0 = (uint32_t)offset, o1 = (uint32_t)(offset >> 32);
+        float gv = -INFINITY, ng = -INFINITY, smin = INFINITY;
+        int64_t gi = -1, ngi = -1;
+        for (int64_t v = v0 + threadIdx.x; v < v1; v += SR_THREADS) {
+            const uint32_t key = wkey[v];
+            if (key < kmin) continue;
+            const float s = sr_key_f32(key);
+            if (min_p > 0.f && (top_p < 1.f ? we[v] : expf(s - m)) < min_p) continue;
+            const float u = jamba_uniform24(jamba_philox_word((uint32_t)v, (uint32_t)r, o0, o1, k0, k1));
+            const float g = s - logf(-logf(u));
+            sr_better(gv, gi, g, v);
+            if (g == g) sr_better(ng, ngi, g, v);
+            smin = fminf(smin, s);
+        }
+        sr_cluster_argmax(gv, gi, ng, ngi, smin, true, &part[ev++ & 1u], &scratch.slots, sv, si);
+        if (rank == 0 && threadIdx.x == 0) {
+            tokens[r] = gi < 0 ? (bi < 0 ? 0 : bi) : gi;   /* (gi < 0: a NaN row, nothing kept) */
+            tau[r] = gi < 0 ? m : smin;
+        }
+    }
+    cluster.sync();                                   /* (peers may still read this CTA's last partial) */
+#else
+    __trap();                                         /* (sm_80 build: never launched, see sr_cluster_ok) */
+#endif
+}
+
+/* Whether sr_cluster_kernel runs on a device: compute capability 9+ with cluster launch, code built for sm_90+ (a PTX
+ * build for sm_80 on a Hopper runs the trap body: its ptxVersion is 80) and a cluster of SR_CLUSTER CTAs of
+ * SR_THREADS threads that fits (cudaOccupancyMaxActiveClusters). Asked with the device current; cached per device:
+ * 1 yes, -1 no, 0 not asked yet (a race between two first calls writes the same value twice). */
+static int sr_cluster_cache[SR_MAX_DEVICES];
+
+template <typename T> static bool sr_cluster_fits() {
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, sr_cluster_kernel<T>) != cudaSuccess || fa.ptxVersion < 90) return false;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(SR_CLUSTER);
+    cfg.blockDim = dim3(SR_THREADS);
+    cudaLaunchAttribute attr;
+    attr.id = cudaLaunchAttributeClusterDimension;
+    attr.val.clusterDim.x = SR_CLUSTER;
+    attr.val.clusterDim.y = 1;
+    attr.val.clusterDim.z = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    return cudaOccupancyMaxActiveClusters(&clusters, sr_cluster_kernel<T>, &cfg) == cudaSuccess && clusters >= 1;
+}
+
+static bool sr_cluster_ok(int device) {
+    if (device < 0 || device >= SR_MAX_DEVICES) return false;
+    int v = sr_cluster_cache[device];
+    if (v == 0) {
+        int major = 0, cluster_launch = 0;
+        bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
+                  cudaDeviceGetAttribute(&cluster_launch, cudaDevAttrClusterLaunch, device) == cudaSuccess &&
+                  major >= 9 && cluster_launch != 0;
+        ok = ok && sr_cluster_fits<float>() && sr_cluster_fits<__half>() && sr_cluster_fits<__nv_bfloat16>();
+        if (!ok) (void)cudaGetLastError();            /* (a failed query must not fail the launch check) */
+        v = ok ? 1 : -1;
+        sr_cluster_cache[device] = v;
+    }
+    return v > 0;
+}
+
+/* jamba_kernel_launch's launch (PDL where jamba_pdl_enabled()) with the cluster dimension (SR_CLUSTER, 1, 1) */
+template <typename... KArgs, typename... Args>
+static inline void sr_cluster_launch(void (*kernel)(KArgs...), dim3 grid, cudaStream_t stream, Args &&...args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(SR_THREADS);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[2];
+    unsigned n = 0;
+    if (jamba_pdl_enabled()) {
+        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[n++].val.programmaticStreamSerializationAllowed = 1;
+    }
+    attr[n].id = cudaLaunchAttributeClusterDimension;
+    attr[n].val.clusterDim.x = SR_CLUSTER;
+    attr[n].val.clusterDim.y = 1;
+    attr[n++].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = n;
+    (void)jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel),
+                                           static_cast<Args &&>(args)...);   /* (errors: JAMBA_LAUNCH_CHECK) */
+}
+
 extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p, jamba_launch launch) {
     JAMBA_TRY(jamba_sample_rows_check(p));
     const int64_t R = p->logits.shape[0], V = p->logits.shape[1], ld = p->logits.stride[0];
@@ -290,13 +678,26 @@ extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.sample_rows: ws must not overlap another argument in memory");
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;
-    const dim3 grid((unsigned)(R < SR_MAX_GRID ? R : SR_MAX_GRID));
+    /* the cluster kernel on sm_90+ from V = SR_CLUSTER_MIN_V; env JAMBA_EXT_SAMPLE_ROWS_CLUSTER "0": the one-block
+     * kernel, "1": the cluster kernel at every V where the device runs it (tests, A/B); read at each call */
+    const char *env = getenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER");
+    const bool forced = env != NULL && env[0] == '1', off = env != NULL && env[0] == '0';
+    const bool want = forced || (!off && V >= SR_CLUSTER_MIN_V);
+    const bool cluster = want && sr_cluster_ok(launch.device);
+    const int64_t nc = R < SR_MAX_CLUSTERS ? R : SR_MAX_CLUSTERS;
+    const dim3 grid((unsigned)(R < SR_MAX_GRID ? R : SR_MAX_GRID)), cgrid((unsigned)(nc * SR_CLUSTER));
     jamba_status s = JAMBA_ERR_DTYPE;
     JAMBA_DISPATCH_FLOAT(p->logits.dtype, T, {
-        jamba_kernel_launch(sr_kernel<T>, grid, SR_THREADS, 0, stream, (int64_t *)p->tokens.data,
-                            (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
-                            (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data, (uint32_t *)p->ws.data,
-                            R, V, p->seed, p->offset);
+        if (cluster)
+            sr_cluster_launch(sr_cluster_kernel<T>, cgrid, stream, (int64_t *)p->tokens.data, (float *)p->tau.data,
+                              (const T *)p->logits.data, ld, (const float *)p->params.data,
+                              (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data, (uint32_t *)p->ws.data,
+                              R, V, p->seed, p->offset);
+        else
+            jamba_kernel_launch(sr_kernel<T>, grid, SR_THREADS, 0, stream, (int64_t *)p->tokens.data,
+                                (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
+                                (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data,
+                                (uint32_t *)p->ws.data, R, V, p->seed, p->offset);
         s = JAMBA_OK;
     });
     JAMBA_TRY(s);
