@@ -2,7 +2,11 @@
 # Session 52's device calls on one H200 (device tool), one script: build, then by MODE
 #   verify   what session 51 left unrun on a GPU: the CUDA tests of serve (n, prompt lists, logprobs, echo, seed,
 #            progress lines), continuous batching (logprobs), row sampling and selfcheck (its sample_rows entry);
-#            `jamba-ext check`; run_gpu.sh's bench_sampling step
+#            `jamba-ext check`; run_gpu.sh's bench_sampling step (ff5c07d)
+#   round2   sample_rows' cluster path and the batcher's prefill_ahead: CUDA tests (sample_rows, row sampling,
+#            continuous, server, batch; the cluster tests again with JAMBA_EXT_SYNC=1 and with PDL off); memcheck +
+#            racecheck of sanitize_cases; sample_rows_probe; bench_sampling; serve_probe (ahead 0 / 8192, 8 and 16
+#            rows); bench_serve
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session52_round.sh MODE   (output: $OUT/round.log and the JSONs)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -24,7 +28,28 @@ verify)
   step "bench_sampling (run_gpu.sh's step)"
   timeout 100 python3 benchmarks/bench_sampling.py 2>&1 | tail -22
   cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null ;;
-*) echo "unknown mode $mode (verify)"; exit 2 ;;
+round2)
+  cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py \
+    tests/test_batch.py
+  step "cluster tests with JAMBA_EXT_SYNC=1, then with JAMBA_EXT_PDL=0"
+  JAMBA_EXT_SYNC=1 timeout 120 python3 -m pytest -q -x tests/test_sample_rows.py -k cluster -p no:cacheprovider 2>&1 | tail -4
+  JAMBA_EXT_PDL=0 timeout 120 python3 -m pytest -q -x tests/test_sample_rows.py -k "cluster or graph or reference" \
+    -p no:cacheprovider 2>&1 | tail -4
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool (sanitize_cases)"
+    timeout 150 compute-sanitizer --tool $tool --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -6
+  done
+  step "dev/sample_rows_probe.py (CUDA-graph replays, default against one-block)"
+  timeout 120 python3 dev/sample_rows_probe.py 2>&1 | tail -30
+  step "bench_sampling"
+  timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
+  cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null
+  step "dev/serve_probe.py --ahead 0,8192 (8 and 16 rows)"
+  timeout 300 python3 dev/serve_probe.py --ahead 0,8192 2>&1 | grep -v "^\[transformers" | tail -20
+  step "bench_serve"
+  timeout 240 python3 benchmarks/bench_serve.py 2>&1 | grep -v "^\[transformers" | tail -16
+  cp benchmarks/results/bench_serve.json "$OUT/" 2>/dev/null ;;
+*) echo "unknown mode $mode (verify or round2)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"
