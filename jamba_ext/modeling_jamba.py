@@ -111,25 +111,37 @@ except ImportError:  # torch < 2.3
     _sdpa_kernel = None
 
 
-# Prefills without a padding mask up to this many query rows keep SDPA off cuDNN too: cuDNN builds an execution
-# plan for every new shape, 64-76 ms of host time the first time a prompt length is seen, while flash attention has
-# no plan to build (H200, bf16, 32 x 8 heads of 128, causal, batch 1; dev/sdpa_prefill_probe.py,
-# benchmarks/results/sdpa_prefill_probe.log): first call / steady per layer, cuDNN 66 / 0.13 ms at 2K, 64.6 / 0.99
-# at 8K, 76 / 14.1 at 32K; flash 0.31 / 0.24, 1.9 / 1.9, 29 / 25.7. A new prompt length is the common case
-# outside benchmarks (every request of a server), and Jamba-v0.1's 4 attention layers make flash the faster
-# choice for a first call up to ~40K keys. Longer prompts, and prompts with a padding mask (flash takes none),
-# keep SDPA's own choice. Env JAMBA_EXT_PREFILL_NO_CUDNN_MAX (read at import) moves the limit; 0 leaves every prefill
-# to SDPA's choice (A/B).
+# Prefills up to this many query rows keep SDPA off cuDNN too: cuDNN builds an execution plan for every new shape,
+# 64-76 ms of host time the first time a prompt length is seen, while flash attention has no plan to build (H200,
+# bf16, 32 x 8 heads of 128, causal, batch 1; dev/sdpa_prefill_probe.py, benchmarks/results/sdpa_prefill_probe.log):
+# first call / steady per layer, cuDNN 66 / 0.13 ms at 2K, 64.6 / 0.99 at 8K, 76 / 14.1 at 32K; flash 0.31 / 0.24,
+# 1.9 / 1.9, 29 / 25.7. A new prompt length is the common case outside benchmarks (every request of a server), and
+# Jamba-v0.1's 4 attention layers make flash the faster choice for a first call up to ~40K keys. Prefills with a
+# padding mask (left-padded batches: generate_many, continuous batching's grouped prefills) take the memory-efficient
+# kernel instead (flash takes no mask; session 52: with cuDNN every new (batch, length) of a left-padded group paid
+# the plan, and continuous batching's grouped prefills ran slower than one prompt at a time). Longer prompts keep
+# SDPA's own choice. Env JAMBA_EXT_PREFILL_NO_CUDNN_MAX (read at import) moves the limit; 0 leaves every prefill to
+# SDPA's choice (A/B); JAMBA_EXT_PREFILL_MASK_CUDNN=1 leaves the masked ones to it (A/B).
 _PREFILL_NO_CUDNN_MAX = int(os.environ.get("JAMBA_EXT_PREFILL_NO_CUDNN_MAX", "32768"))
+_PREFILL_MASK_CUDNN = os.environ.get("JAMBA_EXT_PREFILL_MASK_CUDNN", "0") == "1"
+
+
+def _sdpa_backends(L: int, masked: bool):
+    """The SDPA backends a CUDA attention call of L query rows is restricted to (None: SDPA's own choice)."""
+    if _sdpa_kernel is None:
+        return None
+    if L <= 16 or (L <= _PREFILL_NO_CUDNN_MAX and not (masked and _PREFILL_MASK_CUDNN)):
+        return _DECODE_SDPA_BACKENDS
+    return None
 
 
 def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causal: bool, gqa: bool) -> Tensor:
     kw = dict(attn_mask=attn_mask, is_causal=is_causal)
     if gqa:
         kw["enable_gqa"] = True
-    L = q.shape[-2]
-    if _sdpa_kernel is not None and q.is_cuda and (L <= 16 or (attn_mask is None and L <= _PREFILL_NO_CUDNN_MAX)):
-        with _sdpa_kernel(_DECODE_SDPA_BACKENDS):
+    backends = _sdpa_backends(q.shape[-2], attn_mask is not None) if q.is_cuda else None
+    if backends is not None:
+        with _sdpa_kernel(backends):
             return F.scaled_dot_product_attention(q, k, v, **kw)
     return F.scaled_dot_product_attention(q, k, v, **kw)
 

@@ -276,7 +276,8 @@ def test_cuda_graph_generate_matches_eager(name, dtype):
                 assert torch.allclose(g.scores[i], e.scores[i], rtol=1e-5, atol=1e-5), (batch, i)
 
 
-@pytest.mark.parametrize("lq,lk,masked", [(1, 37, False), (1, 37, True), (16, 64, True), (17, 17, False)])
+@pytest.mark.parametrize("lq,lk,masked", [(1, 37, False), (1, 37, True), (16, 64, True), (17, 17, False),
+                                          (40, 40, True)])
 def test_sdpa_wrapper_equals_plain_sdpa(device, lq, lk, masked):
     """modeling_jamba._sdpa (decode-sized queries kept off the cuDNN backend on CUDA) gives what plain SDPA
     gives, with grouped KV heads and with a boolean mask."""
@@ -301,6 +302,24 @@ def test_sdpa_wrapper_equals_plain_sdpa(device, lq, lk, masked):
         got = mj._sdpa(q, kr, vr, mask, not masked and lq == lk, False)
     tol = 1e-5 if dt == torch.float32 else 2e-2
     torch.testing.assert_close(got.float(), want, rtol=tol, atol=tol)
+
+
+def test_sdpa_backends(monkeypatch):
+    """modeling_jamba._sdpa_backends: decode-sized calls, and prefills up to _PREFILL_NO_CUDNN_MAX rows with or
+    without a padding mask, keep SDPA off cuDNN (its per-shape plan); longer prefills, and masked ones under
+    JAMBA_EXT_PREFILL_MASK_CUDNN=1, are left to SDPA's choice."""
+    from jamba_ext import modeling_jamba as mj
+    if mj._sdpa_kernel is None:
+        pytest.skip("torch < 2.3: no sdpa_kernel")
+    monkeypatch.setattr(mj, "_PREFILL_NO_CUDNN_MAX", 1000)
+    monkeypatch.setattr(mj, "_PREFILL_MASK_CUDNN", False)
+    for L, masked in ((1, False), (1, True), (16, True), (17, False), (17, True), (1000, True), (1000, False)):
+        got = mj._sdpa_backends(L, masked)
+        assert got == mj._DECODE_SDPA_BACKENDS and mj._SDPBackend.CUDNN_ATTENTION not in got, (L, masked)
+    assert mj._sdpa_backends(1001, False) is None and mj._sdpa_backends(1001, True) is None
+    monkeypatch.setattr(mj, "_PREFILL_MASK_CUDNN", True)
+    assert mj._sdpa_backends(17, True) is None and mj._sdpa_backends(16, True) == mj._DECODE_SDPA_BACKENDS
+    assert mj._sdpa_backends(17, False) == mj._DECODE_SDPA_BACKENDS
 
 
 @pytest.mark.cuda
