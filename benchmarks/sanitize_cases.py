@@ -200,9 +200,10 @@ def main():
     nanrows[0, 0] = nanrows[1, 1] = nanrows[1, 1500] = nanrows[2, 2099] = float("nan")
     ops.sample_rows(rn(3, 4099), P, torch.rand(3, 4099, device=dev) < 0.1,
                     torch.randint(0, 3, (3, 4099), device=dev, dtype=torch.int32), seed=1, offset=2)
-    os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"] = "1"
-    for logits in (rn(3, 1001), rn(3, 1040)[:, 8:1032], rn(3, 1, dt=torch.float32), nanrows):
-        ops.sample_rows(logits, P, seed=1, offset=2)
+    for size in ("1", "4", "2"):                   # (each cluster size forced: 8, 4, 2)
+        os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"] = size
+        for logits in (rn(3, 1001), rn(3, 1040)[:, 8:1032], rn(3, 1, dt=torch.float32), nanrows):
+            ops.sample_rows(logits, P, seed=1, offset=2)
     del os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"]
     torch.cuda.synchronize()
     print("sanitize_cases: all ops ran")

@@ -3,7 +3,8 @@ replays (10 calls a graph, the median of 20 replays, after 0.3 s of matmuls to b
 launch costs stay out. bench_sampling at 0fca187 gave ~400 us a pick for top_p 0.95 rows (V = 65536) and ~45 us for
 greedy rows, whose timing is host-bound. Two columns a setting: "default" (on sm_90+ at this V the cluster kernel, a
 row on a cluster of 8 CTAs) and "one-block" (JAMBA_EXT_SAMPLE_ROWS_CLUSTER=0 at capture: a row on one block), with
-their ratio; before the timings, both kernels' tokens and tau are compared (the same bits expected).
+their ratio; before the timings, both kernels' tokens and tau are compared (the same bits expected). Session 52:
+also each cluster size forced (JAMBA_EXT_SAMPLE_ROWS_CLUSTER=8 / 4 / 2), at B = 1, 16 and 64.
 
     python dev/sample_rows_probe.py
 """
@@ -33,26 +34,31 @@ def main() -> int:
         "top_k 50 + top_p 0.95 + min_p 0.05": [0.8, 50, 0.95, 0.05, 1.0, 0.0, 0.0],
         "repetition + presence + frequency, greedy": [0.0, 0, 1.0, 0.0, 1.2, 0.5, 0.3],
     }
-    for B in (1, 16):
+    sizes = {"default": None, "one-block": "0", "cluster 8": "8", "cluster 4": "4", "cluster 2": "2"}
+    for B in (1, 16, 64):
         g = torch.Generator().manual_seed(B)
         logits = (torch.randn(B, V, generator=g) * 3).to(dev, torch.bfloat16)
         seen = (torch.rand(B, V, generator=g) < 0.01).to(dev)
         counts = (torch.rand(B, V, generator=g) < 0.002).int().to(dev)
-        head = f"--- B = {B}, V = {V}, bf16"
-        print(f"{head:48s} {'default':>11s} {'one-block':>11s} {'speed-up':>9s}", flush=True)
-        print(f"{'torch argmax':48s} {graph_us(lambda: logits.argmax(-1)):8.1f} us", flush=True)
+        head = f"--- B = {B}, V = {V}, bf16 (us)"
+        print(f"{head:48s}" + "".join(f"{k:>11s}" for k in sizes) + "  one-block / default", flush=True)
+        print(f"{'torch argmax':48s} {graph_us(lambda: logits.argmax(-1)):10.1f}", flush=True)
         for name, p in settings.items():
+            if B == 64 and name not in ("greedy", "top_k 50", "top_p 0.95", "top_k 50 + top_p 0.95 + min_p 0.05"):
+                continue
             P = torch.tensor([p] * B, device=dev)
             pen = "penalt" in name
             pick = lambda: ops.sample_rows(logits, P, seen if pen else None, counts if pen else None, 1, 0)  # noqa
-            us = graph_us(pick)
+            us, same = {}, True
             with env(JAMBA_EXT_SAMPLE_ROWS_CLUSTER="0"):    # (read at each call: at capture for the graph)
                 ref = pick()
-                us1 = graph_us(pick)
-            got = pick()
-            same = torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
-            print(f"{'sample_rows ' + name:48s} {us:8.1f} us {us1:8.1f} us {us1 / us:8.2f}x"
-                  f"{'' if same else '  DIFFERENT TOKENS / TAU'}", flush=True)
+            for k, e in sizes.items():
+                with env(JAMBA_EXT_SAMPLE_ROWS_CLUSTER=e):
+                    got = pick()
+                    same = same and torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+                    us[k] = graph_us(pick)
+            print(f"{'sample_rows ' + name:48s}" + "".join(f"{v:11.1f}" for v in us.values()) +
+                  f"  {us['one-block'] / us['default']:6.2f}x{'' if same else '  DIFFERENT TOKENS / TAU'}", flush=True)
     return 0
 
 

@@ -6,7 +6,10 @@
 #   round2   sample_rows' cluster path and the batcher's prefill_ahead: CUDA tests (sample_rows, row sampling,
 #            continuous, server, batch; the cluster tests again with JAMBA_EXT_SYNC=1 and with PDL off); memcheck +
 #            racecheck of sanitize_cases; sample_rows_probe; bench_sampling; serve_probe (ahead 0 / 8192, 8 and 16
-#            rows); bench_serve
+#            rows); bench_serve (cf32c1d)
+#   round3   the cluster size chosen per call (sample_rows) and masked prefills off cuDNN: CUDA tests (sample_rows,
+#            static decode, continuous, batch, server); memcheck + racecheck; sample_rows_probe; bench_sampling;
+#            sdpa_prefill_probe --masked; serve_probe (ahead 0 / 8192, 8 and 16 rows); bench_serve
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session52_round.sh MODE   (output: $OUT/round.log and the JSONs)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -49,7 +52,26 @@ round2)
   step "bench_serve"
   timeout 240 python3 benchmarks/bench_serve.py 2>&1 | grep -v "^\[transformers" | tail -16
   cp benchmarks/results/bench_serve.json "$OUT/" 2>/dev/null ;;
-*) echo "unknown mode $mode (verify or round2)"; exit 2 ;;
+round3)
+  cuda_tests tests/test_sample_rows.py tests/test_static_decode.py tests/test_continuous.py tests/test_batch.py \
+    tests/test_server.py
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool (sanitize_cases)"
+    timeout 150 compute-sanitizer --tool $tool --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -6
+  done
+  step "dev/sample_rows_probe.py (CUDA-graph replays, default against one-block)"
+  timeout 120 python3 dev/sample_rows_probe.py 2>&1 | tail -30
+  step "bench_sampling"
+  timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
+  cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null
+  step "dev/sdpa_prefill_probe.py --masked"
+  timeout 90 python3 -W ignore dev/sdpa_prefill_probe.py --masked 2>&1 | grep "^L" | tail -6
+  step "dev/serve_probe.py --ahead 0,8192 (8 and 16 rows)"
+  timeout 240 python3 dev/serve_probe.py --ahead 0,8192 2>&1 | grep -v "^\[transformers" | tail -20
+  step "bench_serve"
+  timeout 200 python3 benchmarks/bench_serve.py 2>&1 | grep -v "^\[transformers" | tail -16
+  cp benchmarks/results/bench_serve.json "$OUT/" 2>/dev/null ;;
+*) echo "unknown mode $mode (verify, round2 or round3)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

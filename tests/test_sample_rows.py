@@ -188,9 +188,11 @@ def test_sample_rows_cuda_graph():
             assert torch.equal(a, b)
 
 
-# ---- the cluster kernel (sm_90+) against the one-block kernel: the same tokens and tau, to the bit -----------------
-# JAMBA_EXT_SAMPLE_ROWS_CLUSTER (read at each call): "0" the one-block kernel, "1" the cluster kernel at every V (the
-# default takes it from V = 4096 on sm_90+). Below sm_90 "1" falls back to the one-block kernel: nothing to compare.
+# ---- the cluster kernels (sm_90+) against the one-block kernel: the same tokens and tau, to the bit ----------------
+# JAMBA_EXT_SAMPLE_ROWS_CLUSTER (read at each call): "0" the one-block kernel, "1" the cluster kernel of 8 CTAs a row
+# and "2" / "4" / "8" that many CTAs a row, at every V; unset: the default, from V = 4096 on sm_90+ the largest of
+# 8, 4, 2 at which all the rows run at once, else the one-block kernel. Below sm_90 every value falls back to the
+# one-block kernel: nothing to compare.
 needs_cluster = pytest.mark.skipif(not HAS_GPU or torch.cuda.get_device_capability()[0] < 9,
                                    reason="the cluster kernel needs a CUDA GPU of compute capability 9+")
 
@@ -209,15 +211,20 @@ def cluster_params(R, shift):
                         dtype=torch.float32, device="cuda")
 
 
-def both_kernels(monkeypatch, *args, **kwargs):
-    """ops.sample_rows(*args, **kwargs) on the one-block kernel, then on the cluster kernel; asserts the same bits"""
+def both_kernels(monkeypatch, *args, sizes=("1",), **kwargs):
+    """ops.sample_rows(*args, **kwargs) on the one-block kernel, then with JAMBA_EXT_SAMPLE_ROWS_CLUSTER at each value
+    of sizes (None: unset, the default choice); asserts the same bits each time"""
     monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", "0")
     t0, tau0 = ops.sample_rows(*args, **kwargs)
-    monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", "1")
-    t1, tau1 = ops.sample_rows(*args, **kwargs)
-    assert torch.equal(t0, t1), (t0 != t1).nonzero()[:8].tolist()
-    assert torch.equal(tau0.view(torch.int32), tau1.view(torch.int32)), (tau0, tau1)   # (bits: -0 / NaN too)
-    return t1, tau1
+    for size in sizes:
+        if size is None:
+            monkeypatch.delenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER")
+        else:
+            monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", size)
+        t1, tau1 = ops.sample_rows(*args, **kwargs)
+        assert torch.equal(t0, t1), (size, (t0 != t1).nonzero()[:8].tolist())
+        assert torch.equal(tau0.view(torch.int32), tau1.view(torch.int32)), (size, tau0, tau1)   # (bits: -0 / NaN)
+    return t0, tau0
 
 
 @pytest.mark.cuda
@@ -242,11 +249,50 @@ def test_sample_rows_cluster_equals_one_block(monkeypatch, dtype, V, R):
 @pytest.mark.cuda
 @needs_cluster
 @pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("size", ["2", "4", "8"])
+@pytest.mark.parametrize("R,V", [(3, 37), (16, 4099), (1, 65536), (131, 32001)])
+def test_sample_rows_cluster_size_equals_one_block(monkeypatch, dtype, size, R, V):
+    """Each cluster size forced (JAMBA_EXT_SAMPLE_ROWS_CLUSTER=2 / 4 / 8: a slice of ceil(V / C) columns rounded up
+    to a multiple of 1024 a CTA) against the one-block kernel, as test_sample_rows_cluster_equals_one_block on a
+    subset of its cases: V = 37, only rank 0 owns columns; V = 4099, at 4 CTAs the third owns 3 and the fourth none,
+    at 2 CTAs the second owns 1027; R = 131 > 128, the grid's clusters, at every size: the stride loop."""
+    logits, _, seen, counts = make(R, V, "cuda", dtype, seed=R + V + 1)
+    shifts = range(len(CLUSTER_SETTINGS)) if R < len(CLUSTER_SETTINGS) else range(2)
+    for shift in shifts:
+        P = cluster_params(R, shift)
+        pen = shift % 2 == 1
+        tokens, _ = both_kernels(monkeypatch, logits, P, seen if pen else None, counts if pen else None,
+                                 seed=12, offset=shift, sizes=(size,))
+        assert ((tokens >= 0) & (tokens < V)).all()
+
+
+@pytest.mark.cuda
+@needs_cluster
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("R", [1, 16, 64, 200])
+def test_sample_rows_cluster_default_choice(monkeypatch, dtype, R):
+    """The default (JAMBA_EXT_SAMPLE_ROWS_CLUSTER unset) at V = 65536 picks the kernel per call by R: clusters of 8,
+    4 or 2 CTAs, the largest at which all R rows run at once, else the one-block kernel (on an H200: 8 at R = 1, the
+    one-block kernel at R = 200). Whichever it takes: the same bits as the one-block kernel."""
+    logits, _, seen, counts = make(R, 65536, "cuda", dtype, seed=R + 5)
+    for shift in range(2):
+        P = cluster_params(R, shift)
+        pen = shift == 0
+        tokens, _ = both_kernels(monkeypatch, logits, P, seen if pen else None, counts if pen else None,
+                                 seed=13, offset=shift, sizes=(None,))
+        assert ((tokens >= 0) & (tokens < 65536)).all()
+
+
+@pytest.mark.cuda
+@needs_cluster
+@pytest.mark.parametrize("dtype", dtype_params())
 @pytest.mark.parametrize("V", [37, 4099, 65536])
 def test_sample_rows_cluster_ties_nan_inf(monkeypatch, dtype, V):
     """Logits rounded to a few values (ties everywhere: the first column wins the max, -0 beside +0), rows with NaNs
     (a NaN first in some thread's columns sticks in sr_better's fold: the cluster kernel's exact path), +inf and -inf:
-    the same bits from both kernels."""
+    the same bits from the one-block kernel and from the cluster kernel at each size (8, 4, 2 CTAs a row: the exact
+    path composes a thread's fold from 8, 4 or 2 slices)."""
+    sizes = ("1", "4", "2")
     R = 2 * len(CLUSTER_SETTINGS)
     g = torch.Generator().manual_seed(V)
     x = (torch.randn(R, V, generator=g, dtype=torch.float64) * 1.5).round()       # (about 9 values, -0 among them)
@@ -263,12 +309,12 @@ def test_sample_rows_cluster_ties_nan_inf(monkeypatch, dtype, V):
     counts = torch.randint(0, 3, (R, V), generator=g, dtype=torch.int32).cuda()
     for shift in range(3):
         P = cluster_params(R, shift)
-        both_kernels(monkeypatch, logits, P, seed=3, offset=shift)
-        both_kernels(monkeypatch, logits, P, seen, counts, seed=4, offset=shift)
+        both_kernels(monkeypatch, logits, P, seed=3, offset=shift, sizes=sizes)
+        both_kernels(monkeypatch, logits, P, seen, counts, seed=4, offset=shift, sizes=sizes)
     # a NaN at column 0 of every row, and columns in every thread of the first CTA: every pass 1 takes the exact path
     nanfirst = logits.clone()
     nanfirst[:, : min(V, 1024):7] = float("nan")
-    both_kernels(monkeypatch, nanfirst, cluster_params(R, 0), seed=5, offset=0)
+    both_kernels(monkeypatch, nanfirst, cluster_params(R, 0), seed=5, offset=0, sizes=sizes)
 
 
 @pytest.mark.cuda

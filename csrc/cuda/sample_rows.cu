@@ -18,28 +18,39 @@
  * Two kernels, the same tokens and tau to the bit (tests/test_sample_rows.py compares them):
  *   sr_kernel (any GPU): one block of SR_THREADS threads per row (grid-stride over rows past SR_MAX_GRID); thread t
  *     takes columns t, t + SR_THREADS, ...; a radix pass over V = 65536 costs 45-75 us on one SM of an H200.
- *   sr_cluster_kernel (sm_90+, the default there from V = SR_CLUSTER_MIN_V; env JAMBA_EXT_SAMPLE_ROWS_CLUSTER):
- *     a cluster of SR_CLUSTER CTAs of SR_THREADS threads per row (a stride loop over rows past SR_MAX_CLUSTERS
- *     clusters). CTA c owns the columns [c w, (c + 1) w) clipped to V, w = ceil(V / SR_CLUSTER) rounded up to a
- *     multiple of SR_THREADS (small V: the last CTAs own nothing), and its thread t takes the columns of the
- *     one-block kernel's thread t that lie there (so that even a row with NaNs, whose max depends on which thread
- *     held which column, gives sr_kernel's bits: sr_cluster_argmax). Each pass builds the CTA's result over its
- *     slice as sr_kernel does over the row, then the cluster combines them through distributed shared memory
- *     (sr_part; see sr_cluster_kernel): every CTA reads all SR_CLUSTER partials in rank order and reduces them
- *     identically. SR_THREADS (1024) in both: that thread mapping, and sr_kernel's block helpers as they are; at
- *     64 registers a thread a CTA fills an SM's register file either way, and 16 rows fill 128 SMs.
+ *   sr_cluster_kernel<T, C> (sm_90+, C = 8, 4 or 2): a cluster of C CTAs of SR_THREADS threads per row (a stride
+ *     loop over rows past SR_MAX_CLUSTERS clusters). CTA c owns the columns [c w, (c + 1) w) clipped to V,
+ *     w = ceil(V / C) rounded up to a multiple of SR_THREADS (small V: the last CTAs own nothing), and its thread t
+ *     takes the columns of the one-block kernel's thread t that lie there (so that even a row with NaNs, whose max
+ *     depends on which thread held which column, gives sr_kernel's bits: sr_cluster_argmax). Each pass builds the
+ *     CTA's result over its slice as sr_kernel does over the row, then the cluster combines them through distributed
+ *     shared memory (sr_part; see sr_cluster_kernel): every CTA reads all C partials in rank order and reduces them
+ *     identically. SR_THREADS (1024) in both: that thread mapping, and sr_kernel's block helpers as they are.
+ * Which kernel, and which C (sr_cluster_size; env JAMBA_EXT_SAMPLE_ROWS_CLUSTER overrides the choice): at 64
+ *   registers a thread, a CTA of 1024 threads fills an SM's register file (one CTA an SM, in either kernel), and the
+ *   C CTAs of a cluster must be co-scheduled within one GPC, so an H200 (132 SMs) runs only about 13-14 clusters of 8
+ *   at once (more of 4 or 2: cudaOccupancyMaxActiveClusters). The rows past that wait for a second wave, and so on,
+ *   each wave costing about what a one-row call does. Measured on an H200 (CUDA-graph replays, bf16, V = 65536;
+ *   one-block -> clusters of 8): top_p 0.95 402 -> 109 us at R = 1, 407 -> 210 us at R = 16 (2 waves), 417 -> 516 us
+ *   at R = 64 (about 5 waves: slower than one block); top_k 50 198 -> 47 us at R = 1, 199 -> 91 us at R = 16; greedy
+ *   69 -> 78 us at R = 64. So from V = SR_CLUSTER_MIN_V the default takes the largest C in (8, 4, 2) whose clusters
+ *   hold all R rows in one wave (R <= cudaOccupancyMaxActiveClusters at that C, asked once per device, dtype and C):
+ *   a smaller C gives a row fewer SMs, but a second wave would cost a whole row's time; and sr_kernel where even
+ *   C = 2 needs two waves. (C = 4 and 2 are not timed yet.)
  */
 #include "common.cuh"
 
 #include <cooperative_groups.h>
 #include <math.h>
 
+#include <type_traits>
+
 #define SR_THREADS 1024
 #define SR_WARPS (SR_THREADS / 32)
 #define SR_COPIES 16               /* histogram copies in shared memory: warps w and w + 16 share copy w % 16 */
 #define SR_MAX_GRID (1 << 30)
-#define SR_CLUSTER 8               /* CTAs per row in sr_cluster_kernel: the portable maximum cluster size */
-#define SR_CLUSTER_MIN_V 4096      /* the default takes the cluster kernel from here: >= 4 CTAs with columns */
+#define SR_CLUSTER 8               /* the largest cluster size C (the portable maximum): env "1", the first tried */
+#define SR_CLUSTER_MIN_V 4096      /* the default takes a cluster kernel from here: >= 4 CTAs with columns at C = 8 */
 #define SR_MAX_CLUSTERS 128        /* clusters in sr_cluster_kernel's grid (more rows: a stride loop) */
 #define SR_MAX_DEVICES 64
 
@@ -325,7 +336,7 @@ static_assert(sizeof(sr_slots) <= sizeof(unsigned long long) * SR_COPIES * 256, 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 namespace cg = cooperative_groups;
 
-/* the cluster's index along x and the number of clusters (grid x / SR_CLUSTER) */
+/* the cluster's index along x and the number of clusters (grid x / C) */
 __device__ __forceinline__ int64_t sr_cluster_id() {
     unsigned v;
     asm("mov.u32 %0, %%clusterid.x;" : "=r"(v));
@@ -338,8 +349,9 @@ __device__ __forceinline__ int64_t sr_cluster_count() {
 }
 
 /* A radix pass's histogram of the row into hist (this CTA's shared memory): the CTA's copies summed into P->h, one
- * cluster barrier, then hist[b] = the SR_CLUSTER partials' bin b summed in rank order (u64: exact). Called by every
- * thread after the CTA's sr_hist_add calls; hist is ready for sr_find on return. One event on P. */
+ * cluster barrier, then hist[b] = the C partials' bin b summed in rank order (u64: exact). Called by every thread
+ * after the CTA's sr_hist_add calls; hist is ready for sr_find on return. One event on P. */
+template <int C>
 __device__ void sr_cluster_hist(unsigned long long (*copies)[256], sr_part *P, unsigned long long *hist) {
     cg::cluster_group cluster = cg::this_cluster();
     __syncthreads();
@@ -348,14 +360,15 @@ __device__ void sr_cluster_hist(unsigned long long (*copies)[256], sr_part *P, u
     for (int b = threadIdx.x; b < 256; b += SR_THREADS) {
         unsigned long long t = 0ull;
 #pragma unroll
-        for (int c = 0; c < SR_CLUSTER; c++) t += cluster.map_shared_rank(P->h, c)[b];
+        for (int c = 0; c < C; c++) t += cluster.map_shared_rank(P->h, c)[b];
         hist[b] = t;
     }
     __syncthreads();
 }
 
 /* The row's top_p mass Z, in every thread: the CTA's threads add their z into P->z, one cluster barrier, warp 0 sums
- * the SR_CLUSTER partials (lane c reads rank c's). One event on P. */
+ * the C partials (lane c < C reads rank c's; u64: exact in any order). One event on P. */
+template <int C>
 __device__ unsigned long long sr_cluster_z(unsigned long long z, sr_part *P) {
     cg::cluster_group cluster = cg::this_cluster();
     if (threadIdx.x == 0) P->z = 0ull;
@@ -363,7 +376,7 @@ __device__ unsigned long long sr_cluster_z(unsigned long long z, sr_part *P) {
     atomicAdd(&P->z, z);
     cluster.sync();
     if (threadIdx.x < 32) {
-        unsigned long long t = threadIdx.x < SR_CLUSTER ? cluster.map_shared_rank(P, (int)threadIdx.x)->z : 0ull;
+        unsigned long long t = threadIdx.x < C ? cluster.map_shared_rank(P, (int)threadIdx.x)->z : 0ull;
         for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
         if (threadIdx.x == 0) P->rz = t;
     }
@@ -376,7 +389,7 @@ __device__ unsigned long long sr_cluster_z(unsigned long long z, sr_part *P) {
  * sr_kernel's threads fold); (nv, ni) the same fold over the non-NaN values only; smin (with_min) the thread's
  * smallest kept score, replaced by the row's. One event on P.
  * Without NaNs sr_better is a total order (the larger value, then the smaller column), so any grouping gives the
- * row's best pair: each CTA reduces its slice (sr_argmax), and the SR_CLUSTER results are reduced in rank order. A
+ * row's best pair: each CTA reduces its slice (sr_argmax), and the C results are reduced in rank order. A
  * NaN that a fold takes first sticks (no comparison with it is true), and then the result depends on which thread
  * held which column. So when a fold of some thread of some CTA is stuck at a NaN, every CTA takes the exact path: the
  * fold of sr_kernel's thread t (its columns are those of this kernel's threads t of CTAs 0, 1, ... in turn) is
@@ -384,6 +397,7 @@ __device__ unsigned long long sr_cluster_z(unsigned long long z, sr_part *P) {
  * NaN-free fold replaces the state where sr_better prefers it (a stuck state never) -- then sr_argmax as sr_kernel
  * runs it; then one more cluster barrier, so that no CTA rewrites its slots (the histogram copies) while a peer
  * reads them. smin needs no exact path: fminf ignores a NaN and orders -0 below +0 (PTX min), whatever the order. */
+template <int C>
 __device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, float &smin, bool with_min,
                                   sr_part *P, sr_slots *slots, float *sv, int64_t *si) {
     cg::cluster_group cluster = cg::this_cluster();
@@ -406,7 +420,7 @@ __device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, 
         float v = -INFINITY, mn = INFINITY;
         int64_t i = -1;
         int nan = 0;
-        if (t < SR_CLUSTER) {
+        if (t < C) {
             const sr_part *q = cluster.map_shared_rank(P, t);
             v = q->v;
             i = q->i;
@@ -415,7 +429,7 @@ __device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, 
         }
         float rv = -INFINITY, rmin = INFINITY;
         int64_t ri = -1;
-        for (int c = 0; c < SR_CLUSTER; c++) {
+        for (int c = 0; c < C; c++) {
             sr_better(rv, ri, __shfl_sync(0xffffffffu, v, c), __shfl_sync(0xffffffffu, i, c));
             rmin = fminf(rmin, __shfl_sync(0xffffffffu, mn, c));
         }
@@ -434,7 +448,7 @@ __device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, 
     if (P->rnan) {                                    /* (the same in every CTA: every CTA takes this path or none) */
         bv = -INFINITY;
         bi = -1;
-        for (int c = 0; c < SR_CLUSTER; c++) {
+        for (int c = 0; c < C; c++) {
             const sr_slots *q = cluster.map_shared_rank(slots, c);
             if (bi < 0) {
                 bv = q->fv[t];
@@ -449,13 +463,14 @@ __device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, 
 }
 #endif
 
-/* sr_cluster_kernel: sr_kernel's math with a row per cluster of SR_CLUSTER CTAs (the header's work split).
- *   grid (clusters * SR_CLUSTER) along x, cluster dims (SR_CLUSTER, 1, 1), SR_THREADS threads a CTA; cluster q takes
- *   rows q, q + clusters, ...; the CTA of rank c owns the row's columns [v0, v1) and only that slice of its keys and
- *   e values in ws; only rank 0 writes tokens[r] and tau[r].
+/* sr_cluster_kernel<T, C>: sr_kernel's math with a row per cluster of C CTAs (the header's work split; C = 8, 4 or 2,
+ * chosen per call by sr_cluster_size).
+ *   grid (clusters * C) along x, cluster dims (C, 1, 1), SR_THREADS threads a CTA; cluster q takes rows q,
+ *   q + clusters, ...; the CTA of rank c owns the row's columns [v0, v1) and only that slice of its keys and e values
+ *   in ws; only rank 0 writes tokens[r] and tau[r].
  * Each combine (an "event": pass 1; each of the 4 top_k passes; Z and each of the 4 top_p passes; the draw) is: the
  * CTA writes its partial to part[ev & 1] (ev: the events so far), one cluster barrier (cluster.sync: barrier.cluster
- * arrive.release + wait.acquire, all threads of all CTAs), then every CTA reads the SR_CLUSTER partials of part[ev & 1]
+ * arrive.release + wait.acquire, all threads of all CTAs), then every CTA reads the C partials of part[ev & 1]
  * in rank order and reduces them the same way, so all reach the same digit / max without a broadcast. One barrier an
  * event is enough: a CTA next writes part[ev & 1] at event ev + 2, after it has passed event ev + 1's barrier, and a
  * CTA still reading part[ev & 1] for event ev has not arrived at that barrier yet (its reads come first in program
@@ -463,13 +478,16 @@ __device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, 
  * which are the same in every CTA, so all CTAs of a cluster iterate the same rows and reach every barrier the same
  * number of times, greedy rows and empty slices included (sr_cluster_argmax's exact path adds one barrier, in every
  * CTA or none). The last barrier keeps each CTA (its shared memory) alive until its peers have read it.
+ * None of this depends on C (each combine reads exactly the C partials of the launch's cluster dims, C <= 32 so that
+ * one lane a rank suffices; a CTA of an empty slice still reaches every barrier).
  * The body is built for sm_90+ only (clusters, distributed shared memory); the sm_80 build traps, and the host never
  * launches it there (sr_cluster_ok). */
-template <typename T>
+template <typename T, int C>
 __global__ void __launch_bounds__(SR_THREADS)
     sr_cluster_kernel(int64_t *tokens, float *tau, const T *x, int64_t ld, const float *params, const uint8_t *seen,
                       const int32_t *counts, uint32_t *ws, int64_t R, int64_t V, uint64_t seed, uint64_t offset) {
     jamba_pdl_begin();
+    static_assert(C >= 1 && C <= SR_CLUSTER, "sr_cluster_kernel: C CTAs a cluster, at most the portable 8");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     cg::cluster_group cluster = cg::this_cluster();
     __shared__ sr_scratch scratch;                    /* the histogram copies, or sr_cluster_argmax's slots */
@@ -482,9 +500,9 @@ __global__ void __launch_bounds__(SR_THREADS)
     const int lane = threadIdx.x & 31;
     unsigned long long(*copies)[256] = scratch.copies;
     unsigned long long *mine = copies[(threadIdx.x >> 5) % SR_COPIES];
-    /* the slice: a multiple of SR_THREADS columns (thread t's columns are sr_kernel's thread t's), the last CTAs'
-     * empty for V < (SR_CLUSTER - 1) * SR_THREADS */
-    const int64_t w = ((V + SR_CLUSTER - 1) / SR_CLUSTER + SR_THREADS - 1) / SR_THREADS * SR_THREADS;
+    /* the slice: ceil(V / C) rounded up to a multiple of SR_THREADS columns (so thread t's columns are sr_kernel's
+     * thread t's), the last CTAs' short or empty (e.g. every CTA but rank 0's for V <= SR_THREADS) */
+    const int64_t w = ((V + C - 1) / C + SR_THREADS - 1) / SR_THREADS * SR_THREADS;
     const int64_t rank = cluster.block_rank();
     const int64_t v0 = rank * w < V ? rank * w : V, v1 = v0 + w < V ? v0 + w : V;
     unsigned ev = 0;                                  /* combine events so far (the same count in every CTA) */
@@ -511,7 +529,7 @@ __global__ void __launch_bounds__(SR_THREADS)
             if (xv == xv) sr_better(nv, ni, xv, v);
             if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
         }
-        sr_cluster_argmax(bv, bi, nv, ni, no_min, false, &part[ev++ & 1u], &scratch.slots, sv, si);
+        sr_cluster_argmax<C>(bv, bi, nv, ni, no_min, false, &part[ev++ & 1u], &scratch.slots, sv, si);
         if (!sampled) {                               /* greedy */
             if (rank == 0 && threadIdx.x == 0) {
                 tokens[r] = bi < 0 ? 0 : bi;
@@ -535,7 +553,7 @@ __global__ void __launch_bounds__(SR_THREADS)
                     const bool cand = v < v1 && (key & hi) == kk;
                     if (__any_sync(0xffffffffu, cand)) sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, 1ull);
                 }
-                sr_cluster_hist(copies, &part[ev++ & 1u], hist);
+                sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist);
                 sr_find(hist, true, need - 1ull, &s_digit, &s_before);
                 __syncthreads();
                 need -= s_before;
@@ -553,7 +571,7 @@ __global__ void __launch_bounds__(SR_THREADS)
                 we[v] = e;
                 z += jamba_mass_fixed(e);
             }
-            z = sr_cluster_z(z, &part[ev++ & 1u]);
+            z = sr_cluster_z<C>(z, &part[ev++ & 1u]);
             const unsigned long long target = (unsigned long long)((1.0 - (double)top_p) * (double)z);
             unsigned long long below = 0ull;
             for (int pass = 0; pass < 4; pass++) {
@@ -568,7 +586,7 @@ __global__ void __launch_bounds__(SR_THREADS)
                     if (__any_sync(0xffffffffu, cand))
                         sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, cand ? jamba_mass_fixed(we[v]) : 0ull);
                 }
-                sr_cluster_hist(copies, &part[ev++ & 1u], hist);
+                sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist);
                 sr_find(hist, false, target - below, &s_digit, &s_before);
                 __syncthreads();
                 below += s_before;
@@ -592,7 +610,7 @@ __global__ void __launch_bounds__(SR_THREADS)
             if (g == g) sr_better(ng, ngi, g, v);
             smin = fminf(smin, s);
         }
-        sr_cluster_argmax(gv, gi, ng, ngi, smin, true, &part[ev++ & 1u], &scratch.slots, sv, si);
+        sr_cluster_argmax<C>(gv, gi, ng, ngi, smin, true, &part[ev++ & 1u], &scratch.slots, sv, si);
         if (rank == 0 && threadIdx.x == 0) {
             tokens[r] = gi < 0 ? (bi < 0 ? 0 : bi) : gi;   /* (gi < 0: a NaN row, nothing kept) */
             tau[r] = gi < 0 ? m : smin;
@@ -604,48 +622,105 @@ __global__ void __launch_bounds__(SR_THREADS)
 #endif
 }
 
-/* Whether sr_cluster_kernel runs on a device: compute capability 9+ with cluster launch, code built for sm_90+ (a PTX
- * build for sm_80 on a Hopper runs the trap body: its ptxVersion is 80) and a cluster of SR_CLUSTER CTAs of
- * SR_THREADS threads that fits (cudaOccupancyMaxActiveClusters). Asked with the device current; cached per device:
- * 1 yes, -1 no, 0 not asked yet (a race between two first calls writes the same value twice). */
-static int sr_cluster_cache[SR_MAX_DEVICES];
+/* ---- which kernel, which cluster size (host) ------------------------------------------------------------------- */
 
-template <typename T> static bool sr_cluster_fits() {
+/* Per device, asked with it current, cached at first use (a race between two first calls writes the same values
+ * twice). sr_ok_cache: whether the cluster kernels run there at all (1 yes, -1 no, 0 not asked yet): compute
+ * capability 9+ with cluster launch, code built for sm_90+ (a PTX build for sm_80 on a Hopper runs the trap body: its
+ * ptxVersion is 80) and a cluster of SR_CLUSTER CTAs of SR_THREADS threads that fits, for every dtype.
+ * sr_active_cache[device][dtype][sr_size_index(C)]: 1 + cudaOccupancyMaxActiveClusters of sr_cluster_kernel<T, C>
+ * at cluster dims (C, 1, 1), the clusters of C that run at once (0: not asked yet); sr_cluster_ok fills all 9. */
+static int sr_ok_cache[SR_MAX_DEVICES];
+static int sr_active_cache[SR_MAX_DEVICES][3][3];
+
+template <typename T> static constexpr int sr_dtype_index() {
+    return std::is_same<T, float>::value ? 0 : std::is_same<T, __half>::value ? 1 : 2;
+}
+static_assert(SR_CLUSTER == 8, "the cluster sizes are 8, 4 and 2 (sr_size_index, sr_active, the launch)");
+static inline int sr_size_index(int C) { return C == 8 ? 0 : C == 4 ? 1 : 2; }
+
+/* cudaOccupancyMaxActiveClusters of sr_cluster_kernel<T, C> on the current device; 0 where its code is sm_80's or a
+ * query fails (the error cleared: it must not fail the launch check) */
+template <typename T, int C> static int sr_query_active() {
     cudaFuncAttributes fa;
-    if (cudaFuncGetAttributes(&fa, sr_cluster_kernel<T>) != cudaSuccess || fa.ptxVersion < 90) return false;
+    if (cudaFuncGetAttributes(&fa, sr_cluster_kernel<T, C>) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    if (fa.ptxVersion < 90) return 0;
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(SR_CLUSTER);
+    cfg.gridDim = dim3(C);
     cfg.blockDim = dim3(SR_THREADS);
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeClusterDimension;
-    attr.val.clusterDim.x = SR_CLUSTER;
+    attr.val.clusterDim.x = C;
     attr.val.clusterDim.y = 1;
     attr.val.clusterDim.z = 1;
     cfg.attrs = &attr;
     cfg.numAttrs = 1;
     int clusters = 0;
-    return cudaOccupancyMaxActiveClusters(&clusters, sr_cluster_kernel<T>, &cfg) == cudaSuccess && clusters >= 1;
+    if (cudaOccupancyMaxActiveClusters(&clusters, sr_cluster_kernel<T, C>, &cfg) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return clusters > 0 ? clusters : 0;
+}
+
+/* sr_query_active<T, C> on device (current), cached; C in {8, 4, 2} */
+template <typename T> static int sr_active(int device, int C) {
+    if (device < 0 || device >= SR_MAX_DEVICES) return 0;
+    int &slot = sr_active_cache[device][sr_dtype_index<T>()][sr_size_index(C)];
+    int v = slot;
+    if (v == 0) {
+        v = 1 + (C == 8 ? sr_query_active<T, 8>() : C == 4 ? sr_query_active<T, 4>() : sr_query_active<T, 2>());
+        slot = v;
+    }
+    return v - 1;
 }
 
 static bool sr_cluster_ok(int device) {
     if (device < 0 || device >= SR_MAX_DEVICES) return false;
-    int v = sr_cluster_cache[device];
+    int v = sr_ok_cache[device];
     if (v == 0) {
         int major = 0, cluster_launch = 0;
         bool ok = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess &&
                   cudaDeviceGetAttribute(&cluster_launch, cudaDevAttrClusterLaunch, device) == cudaSuccess &&
                   major >= 9 && cluster_launch != 0;
-        ok = ok && sr_cluster_fits<float>() && sr_cluster_fits<__half>() && sr_cluster_fits<__nv_bfloat16>();
         if (!ok) (void)cudaGetLastError();            /* (a failed query must not fail the launch check) */
+        ok = ok && sr_active<float>(device, SR_CLUSTER) > 0 && sr_active<__half>(device, SR_CLUSTER) > 0 &&
+             sr_active<__nv_bfloat16>(device, SR_CLUSTER) > 0;
+        for (int C = SR_CLUSTER / 2; ok && C >= 2; C >>= 1) {   /* (the other sizes now: no query at a later call) */
+            (void)sr_active<float>(device, C);
+            (void)sr_active<__half>(device, C);
+            (void)sr_active<__nv_bfloat16>(device, C);
+        }
         v = ok ? 1 : -1;
-        sr_cluster_cache[device] = v;
+        sr_ok_cache[device] = v;
     }
     return v > 0;
 }
 
-/* jamba_kernel_launch's launch (PDL where jamba_pdl_enabled()) with the cluster dimension (SR_CLUSTER, 1, 1) */
+/* The cluster size C of this call's kernel (sr_cluster_kernel<T, C>), or 0: sr_kernel. Env
+ * JAMBA_EXT_SAMPLE_ROWS_CLUSTER, read at each call: "0" sr_kernel; "1" C = SR_CLUSTER, "2" / "4" / "8" that C, at
+ * any V (tests, A/B); any other value, or unset: from V = SR_CLUSTER_MIN_V the largest C in (8, 4, 2) with
+ * R <= the clusters of C that run at once (all rows in one wave: the header says why), sr_kernel where none has.
+ * A cluster size only where the device runs the cluster kernels (sr_cluster_ok) and a cluster of that size fits. */
+template <typename T> static int sr_cluster_size(int device, int64_t R, int64_t V) {
+    const char *env = getenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER");
+    const char e = env != NULL && env[0] != '\0' && env[1] == '\0' ? env[0] : '\0';   /* (one character, or none) */
+    const int forced = e == '1' || e == '8' ? 8 : e == '4' ? 4 : e == '2' ? 2 : 0;
+    if (e == '0' || (forced == 0 && V < SR_CLUSTER_MIN_V) || !sr_cluster_ok(device)) return 0;
+    if (forced != 0) return sr_active<T>(device, forced) > 0 ? forced : 0;
+    for (int C = SR_CLUSTER; C >= 2; C >>= 1)
+        if (R <= (int64_t)sr_active<T>(device, C)) return C;
+    return 0;
+}
+
+/* jamba_kernel_launch's launch (PDL where jamba_pdl_enabled()) with the cluster dimension (C, 1, 1) */
 template <typename... KArgs, typename... Args>
-static inline void sr_cluster_launch(void (*kernel)(KArgs...), dim3 grid, cudaStream_t stream, Args &&...args) {
+static inline void sr_cluster_launch(void (*kernel)(KArgs...), int C, dim3 grid, cudaStream_t stream,
+                                     Args &&...args) {
+    static_assert(sizeof...(KArgs) == sizeof...(Args), "sr_cluster_launch: argument count differs from the kernel's");
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = dim3(SR_THREADS);
@@ -658,7 +733,7 @@ static inline void sr_cluster_launch(void (*kernel)(KArgs...), dim3 grid, cudaSt
         attr[n++].val.programmaticStreamSerializationAllowed = 1;
     }
     attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = SR_CLUSTER;
+    attr[n].val.clusterDim.x = (unsigned)C;
     attr[n].val.clusterDim.y = 1;
     attr[n++].val.clusterDim.z = 1;
     cfg.attrs = attr;
@@ -678,26 +753,26 @@ extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.sample_rows: ws must not overlap another argument in memory");
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;
-    /* the cluster kernel on sm_90+ from V = SR_CLUSTER_MIN_V; env JAMBA_EXT_SAMPLE_ROWS_CLUSTER "0": the one-block
-     * kernel, "1": the cluster kernel at every V where the device runs it (tests, A/B); read at each call */
-    const char *env = getenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER");
-    const bool forced = env != NULL && env[0] == '1', off = env != NULL && env[0] == '0';
-    const bool want = forced || (!off && V >= SR_CLUSTER_MIN_V);
-    const bool cluster = want && sr_cluster_ok(launch.device);
+    /* the cluster kernels: SR_MAX_CLUSTERS clusters at most (more rows: the kernel's stride loop) */
     const int64_t nc = R < SR_MAX_CLUSTERS ? R : SR_MAX_CLUSTERS;
-    const dim3 grid((unsigned)(R < SR_MAX_GRID ? R : SR_MAX_GRID)), cgrid((unsigned)(nc * SR_CLUSTER));
+    const dim3 grid((unsigned)(R < SR_MAX_GRID ? R : SR_MAX_GRID));
     jamba_status s = JAMBA_ERR_DTYPE;
     JAMBA_DISPATCH_FLOAT(p->logits.dtype, T, {
-        if (cluster)
-            sr_cluster_launch(sr_cluster_kernel<T>, cgrid, stream, (int64_t *)p->tokens.data, (float *)p->tau.data,
-                              (const T *)p->logits.data, ld, (const float *)p->params.data,
+        const int C = sr_cluster_size<T>(launch.device, R, V);
+        if (C != 0) {
+            auto *kernel = C == 8 ? &sr_cluster_kernel<T, 8>
+                           : C == 4 ? &sr_cluster_kernel<T, 4>
+                                    : &sr_cluster_kernel<T, 2>;
+            sr_cluster_launch(kernel, C, dim3((unsigned)(nc * C)), stream, (int64_t *)p->tokens.data,
+                              (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
                               (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data, (uint32_t *)p->ws.data,
                               R, V, p->seed, p->offset);
-        else
+        } else {
             jamba_kernel_launch(sr_kernel<T>, grid, SR_THREADS, 0, stream, (int64_t *)p->tokens.data,
                                 (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
                                 (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data,
                                 (uint32_t *)p->ws.data, R, V, p->seed, p->offset);
+        }
         s = JAMBA_OK;
     });
     JAMBA_TRY(s);
