@@ -579,11 +579,14 @@ jamba_status jamba_cross_entropy_bwd_cuda(const jamba_cross_entropy_bwd_params *
  *     tokens[r] = the first argmax over kept columns of s - log(-log(u)), u = (philox(seed; v, r, offset) >> 8 +
  *     0.5) / 2^24, Philox4x32-10's first word (a Gumbel-max draw: token v with probability softmax(s)[v] renormalised
  *     over the kept columns); tau[r] = the smallest kept s (the kept columns are those with s >= tau[r]).
+ *     With rng (R, 2) i64 given, row r draws philox(rng[r, 0]; v, 0, rng[r, 1]) instead: its draws depend on its
+ *     own key and counter only, not on its place in the batch (a request's own seed; seed and offset unused).
  *   The CPU and CUDA keep the same columns and draw the same u; their expf and logf may differ by ulps.
  */
 typedef struct {
     jamba_tensor tokens, tau, logits, params, seen, counts;
     jamba_tensor ws;                 /* CUDA: f32, >= jamba_sample_rows_ws_elems(R, V) elements (the CPU: unused) */
+    jamba_tensor rng;                /* (R, 2) i64 contiguous or absent: each row's own Philox key and counter */
     uint64_t seed, offset;
 } jamba_sample_rows_params;
 

@@ -30,12 +30,14 @@ How (Jamba has no positional encoding, so a sequence's keys may sit at any posit
   meanwhile): a row that ends in this step has one more step computed and discarded, and its new prompt's state is
   copied in after it.
 Supported: greedy and sampling (temperature, top_k, top_p, min_p; one kernel picks every row's token,
-jamba_ext.ops.sample_rows, its draws keyed by `seed` with one counter a step: a run repeats exactly for the same
-batch_size), repetition_penalty (generate()'s: a row's prompt and new tokens),
-min_new_tokens (no EOS id before), EOS ids, stop_strings with decode, a token budget per prompt; with
-ContinuousBatcher.add, a prompt's own sampling settings (a server's requests: temperature, top_k, top_p, min_p,
-repetition_penalty, presence_penalty, frequency_penalty; jamba_ext.row_sampling). Other generate() arguments raise
-ValueError (generate_many without continuous=True takes them all).
+jamba_ext.ops.sample_rows; each prompt draws with its own Philox key -- its own seed (add(..., seed=S)), else one
+made from the batcher's seed and the prompt's id -- and the index of the token in its completion as the counter, so
+a prompt's draws do not depend on its row, on when it runs or on the prompts beside it), repetition_penalty
+(generate()'s: a row's prompt and new tokens), min_new_tokens (no EOS id before), EOS ids, stop_strings with
+decode, a token budget per prompt; with ContinuousBatcher.add, a prompt's own sampling settings (a server's
+requests: temperature, top_k, top_p, min_p, repetition_penalty, presence_penalty, frequency_penalty;
+jamba_ext.row_sampling) and seed. Other generate() arguments raise ValueError (generate_many without continuous=True
+takes them all).
 """
 import collections
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
@@ -91,6 +93,15 @@ def _budgets(max_new_tokens: Union[int, Sequence[int]], n: int) -> List[int]:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"max_new_tokens: expected ints >= 1, got {v!r} for prompt {i}")
     return b
+
+
+def _row_key(seed: int, rid: int) -> int:
+    """A prompt's Philox key when it brings no seed: splitmix64 of the batcher's seed and the prompt's id, in
+    [0, 2^63)."""
+    z = (seed * 0x9E3779B97F4A7C15 + rid + 1) & (2 ** 64 - 1)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2 ** 64 - 1)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2 ** 64 - 1)
+    return (z ^ (z >> 31)) >> 1
 
 
 class _Rows:
@@ -329,7 +340,7 @@ class ContinuousBatcher:
 
     def add(self, prompt: Sequence[int], max_new_tokens: Optional[int] = None,
             stop_strings: Optional[Sequence[str]] = None, sampling: Optional[dict] = None,
-            logprobs: Optional[int] = None) -> int:
+            logprobs: Optional[int] = None, seed: Optional[int] = None) -> int:
         """Queues a prompt (token ids) with its budget (default: the batcher's max_new_tokens) and its own stop texts
         (default: the batcher's stop_strings; needs decode); returns its id. sampling: the prompt's own settings
         (jamba_ext.row_sampling.FIELDS: temperature (0: greedy), top_k, top_p, min_p, repetition_penalty,
@@ -337,7 +348,10 @@ class ContinuousBatcher:
         rows of different settings pick their tokens in one pass (row_sampling.RowSampler). logprobs (an int in
         [0, MAX_LOGPROBS]; None: off): when the completion ends, self.logprobs[id] holds, for each of its tokens,
         (the token's log-probability, [(id, log-probability) of the `logprobs` most likely tokens]) under the model's
-        distribution (log_softmax of its logits, before penalties, temperature and filters); pop it there."""
+        distribution (log_softmax of its logits, before penalties, temperature and filters); pop it there. seed (an
+        int in [0, 2^63); None: one made from the batcher's seed and the id): the key of the prompt's draws, with the
+        token's index in its completion as the counter -- the same seed and logits draw the same tokens, whatever
+        row, step or neighbours the prompt has (greedy prompts: no draws)."""
         prompt = [int(t) for t in prompt]
         if not 1 <= len(prompt) <= self.max_prompt:
             raise ValueError(f"prompt: expected 1 to max_prompt_tokens = {self.max_prompt} tokens, got {len(prompt)}")
@@ -352,8 +366,10 @@ class ContinuousBatcher:
         if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or
                                      not 0 <= logprobs <= MAX_LOGPROBS):
             raise ValueError(f"logprobs: expected an int in [0, {MAX_LOGPROBS}] (or None: off), got {logprobs!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
+            raise ValueError(f"seed: expected an int in [0, 2^63) (or None), got {seed!r}")
         rid, self.next_id = self.next_id, self.next_id + 1
-        self.queue.append((rid, prompt, b, stop, (samp, logprobs)))
+        self.queue.append((rid, prompt, b, stop, (samp, logprobs, _row_key(self.seed, rid) if seed is None else seed)))
         return rid
 
     @property
@@ -397,7 +413,9 @@ class ContinuousBatcher:
         self.counts: Optional[torch.Tensor] = None      # (B, V) int32: each row's new tokens (presence/frequency)
         self.logits = torch.zeros(B, V, dtype=m.dtype, device=dev)
         self.pending: Dict[int, torch.Tensor] = {}   # row -> its new prompt's logits, for the next pick
-        self.draws = 0                               # (the sampling kernel's Philox counter: one a step)
+        self.key = [0] * B                           # each running row's Philox key (its prompt's seed)
+        self.rng_host = torch.zeros(B, 2, dtype=torch.long, pin_memory=dev.type == "cuda")   # (key, token index)
+        self.rng = torch.zeros(B, 2, dtype=torch.long, device=dev)
         self.uniform = RowSampler([self.base] * B, dev) if self.do_sample else None
         self.run_ahead = dev.type == "cuda"
         self.host = torch.empty(B, dtype=torch.long, pin_memory=self.run_ahead)
@@ -440,9 +458,9 @@ class ContinuousBatcher:
         if rows.pos < L:                             # (the positions skipped are masked for every row)
             rows.set_pos(L)
         got = rows.place([r for r, _ in take], [e[1] for _, (e, _) in take], [st for _, (_, st) in take])
-        for j, (r, ((rid, q, b, stop, (samp, lp)), _)) in enumerate(take):
+        for j, (r, ((rid, q, b, stop, (samp, lp, key)), _)) in enumerate(take):
             self.seq[r], self.budget[r], self.new[r], self.row_stop[r] = rid, b, [], stop
-            self.prompt[r], self.samp[r], self.want_lp[r], self.lps[r] = q, samp, lp, []
+            self.prompt[r], self.samp[r], self.want_lp[r], self.lps[r], self.key[r] = q, samp, lp, [], key
             self.pending[r] = got[j:j + 1]
             if self.seen is not None:
                 self.seen[r] = False
@@ -511,8 +529,11 @@ class ContinuousBatcher:
             if self.count is not None:
                 lg = lg.masked_fill((self.count < self.min_new)[:, None] & self.eos_cols, float("-inf"))
             if sampler is not None:                  # one kernel: penalties, filters, the draw
-                nxt = sampler.pick(lg, self.seen, self.counts, self.seed & (2 ** 63 - 1), self.draws)
-                self.draws += 1
+                # (each row's key and its token's index; the pinned buffer's last copy ended before the last step's
+                # event, which the host waited for)
+                self.rng_host.copy_(torch.tensor([[self.key[r], len(self.new[r])] for r in range(self.B)]))
+                self.rng.copy_(self.rng_host, non_blocking=self.run_ahead)
+                nxt = sampler.pick(lg, self.seen, self.counts, rng=self.rng)
             else:                                    # every row greedy, with the batcher's repetition penalty
                 nxt = (lg if self.seen is None else penalize(lg, self.seen, self.penalty)).argmax(-1)
             if self.seen is not None:

@@ -77,12 +77,14 @@ class RowSampler:
         self.any_rep = any(r.repetition_penalty != 1 for r in self.rows)
         self.any_count = any(r.presence_penalty or r.frequency_penalty for r in self.rows)
 
-    def pick(self, logits: Tensor, seen: Optional[Tensor], counts: Optional[Tensor], seed: int, offset: int) -> Tensor:
+    def pick(self, logits: Tensor, seen: Optional[Tensor], counts: Optional[Tensor], seed: int = 0, offset: int = 0,
+             rng: Optional[Tensor] = None) -> Tensor:
         """(R,) int64: each row's token (greedy rows: the argmax of their penalised logits). seen / counts: None when
-        no row needs them; seed and offset: the draws' (a new offset a step)."""
+        no row needs them; seed and offset: the draws' (a new offset a step), or rng (R, 2) int64: each row's own key
+        and counter (ops.sample_rows)."""
         from . import ops
         return ops.sample_rows(logits.contiguous(), self.params, seen if self.any_rep else None,
-                               counts if self.any_count else None, seed, offset)[0]
+                               counts if self.any_count else None, seed, offset, rng)[0]
 
 
 def rows_differ(rows: List[Optional[Sampling]], base: Sampling) -> bool:

@@ -18,9 +18,10 @@ request's penalties and filters): "logprobs": k on /v1/completions (OpenAI's leg
 top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on /v1/chat/completions; k <= 20, not with
 "stream". "echo": true on /v1/completions puts the prompt before the completion, and with "logprobs" each prompt
 token's log-probability given the tokens before it ("max_tokens": 0: the prompt scored alone; what evaluation
-harnesses ask of a completions server). "prompt" may be a list of prompts (choices: prompt x n + j). "seed" is taken
-for greedy requests (it changes nothing there) and refused for sampled ones (a request's draws depend on the batch
-it shares). Not supported: best_of, suffix, logit_bias (400 each: not answered as if they were).
+harnesses ask of a completions server). "prompt" may be a list of prompts (choices: prompt x n + j). "seed" (an
+int) makes a sampled request repeat: choice c draws with a key made from the seed and c, whatever the requests
+beside it (ContinuousBatcher.add's seed; without one, a key made from the server's --seed and the request's place
+in its queue). Not supported: best_of, suffix, logit_bias (400 each: not answered as if they were).
 """
 import json
 import queue
@@ -51,6 +52,13 @@ class _Request(NamedTuple):
     lp: Optional[int]               # logprobs: alternatives a token (None: off)
     echo: bool
     stream: bool
+    seed: Optional[int] = None      # the request's seed (sampled requests; choice c draws with _choice_key(seed, c))
+
+
+def _choice_key(seed: Optional[int], c: int) -> Optional[int]:
+    """The Philox key of choice c of a request with this seed (None: none), in [0, 2^63)."""
+    from .continuous import _row_key
+    return None if seed is None else _row_key(seed, c)
 
 
 class RequestError(ValueError):
@@ -59,8 +67,9 @@ class RequestError(ValueError):
 
 class _Job:
     def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False, sampling: Optional[dict] = None,
-                 logprobs: Optional[int] = None, score: bool = False):
+                 logprobs: Optional[int] = None, score: bool = False, seed: Optional[int] = None):
         self.ids, self.max_tokens, self.stop, self.sampling, self.want_lp = ids, max_tokens, stop, sampling, logprobs
+        self.seed = seed                 # (the batcher's key of its draws; None: the batcher makes one)
         self.score = score               # (the prompt scored, no new tokens: echo with max_tokens 0)
         self.logprobs = None             # (when asked: the batcher's list, set before done)
         self.done = threading.Event()
@@ -109,10 +118,10 @@ class Engine:
         return job.result
 
     def submit(self, ids: List[int], max_tokens: int, stop=None, stream: bool = False,
-               sampling: Optional[dict] = None, logprobs: Optional[int] = None) -> _Job:
-        """Queues a prompt (sampling, logprobs: ContinuousBatcher.add's); the job's done event is set at its end
+               sampling: Optional[dict] = None, logprobs: Optional[int] = None, seed: Optional[int] = None) -> _Job:
+        """Queues a prompt (sampling, logprobs, seed: ContinuousBatcher.add's); the job's done event is set at its end
         (stream: its tokens queue gets each new token as it comes, then None; logprobs: job.logprobs)."""
-        job = _Job(ids, max_tokens, stop, stream, sampling, logprobs)
+        job = _Job(ids, max_tokens, stop, stream, sampling, logprobs, seed=seed)
         self.inbox.put(job)
         return job
 
@@ -161,7 +170,8 @@ class Engine:
                     if job.score:
                         self._score(job)
                     else:
-                        self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling, job.want_lp)] = job
+                        self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling, job.want_lp,
+                                               job.seed)] = job
                 except ValueError as e:
                     job.finish(error=RequestError(str(e)))
                 try:
@@ -346,9 +356,10 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 settings = check_sampling(sampling, engine.bat.base)
             except ValueError as e:
                 raise RequestError(str(e)) from None
-            if body.get("seed") is not None and settings.temperature > 0:
-                raise RequestError('"seed": taken for greedy requests only (it changes nothing there); a sampled '
-                                   "request's draws depend on the batch it shares")
+            seed = body.get("seed")
+            if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+                raise RequestError(f'"seed": expected an int, got {seed!r}')
+            seed = None if seed is None or settings.temperature == 0 else seed % 2 ** 64   # (greedy: no draws)
             max_tokens = body.get("max_tokens", body.get("max_completion_tokens",
                                                          min(max_new_default, engine.bat.max_new)))
             lo = 0 if echo else 1
@@ -362,7 +373,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             if stream and (n > 1 or lp is not None or echo or len(prompts) > 1):
                 raise RequestError('"stream" with "n" > 1, "logprobs", "echo" or a list of prompts: not supported '
                                    "here (ask without streaming)")
-            return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream)
+            return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream, seed)
 
         def _prompts(self, body: dict, chat: bool) -> List[List[int]]:
             tok = engine.tok
@@ -403,8 +414,9 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             """Every prompt's n completions (choice index: prompt x n + j), each job its own row, all submitted before
             any is waited for; with echo, the prompt first (its text, and its scored tokens with logprobs)."""
             tok, n = engine.tok, req.n
-            jobs = [[engine.submit(ids, req.max_tokens, req.stop, sampling=req.sampling, logprobs=req.lp)
-                     for _ in range(n)] if req.max_tokens else [] for ids in req.prompts]
+            jobs = [[engine.submit(ids, req.max_tokens, req.stop, sampling=req.sampling, logprobs=req.lp,
+                                   seed=_choice_key(req.seed, pi * n + j)) for j in range(n)] if req.max_tokens else []
+                    for pi, ids in enumerate(req.prompts)]
             choices, done = [], 0
             for pi, ids in enumerate(req.prompts):
                 scores = engine.score(ids, req.lp) if req.echo and req.lp is not None else None
@@ -434,7 +446,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             stop text, or an unfinished UTF-8 character), then a chunk with the finish reason, then [DONE]."""
             stop = req.stop
             tok, job = engine.tok, engine.submit(req.prompts[0], req.max_tokens, stop, stream=True,
-                                                 sampling=req.sampling)
+                                                 sampling=req.sampling, seed=_choice_key(req.seed, 0))
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")

@@ -392,6 +392,44 @@ def test_continuous_sampling_repeats():
     assert all(len(t) == 8 and all(0 <= x < model.config.vocab_size for x in t) for _, t, _ in a)
 
 
+def test_continuous_sampling_does_not_depend_on_the_batch():
+    """Each prompt draws with its own key (its seed, else one from the batcher's seed and its id) and its token
+    index as the counter: at batch 1, 2 and 5 (other rows, other steps; fp32) each prompt's sampled completion is
+    the same; add(seed=S) gives the same completion for the same prompt and S, in any row and batcher; another S
+    another one."""
+    model = builtin_model()
+    prompts = _prompts(8, 7, 12, model.config.vocab_size)
+    kw = dict(max_new_tokens=10, eos_token_id=None, do_sample=True, temperature=1.5, top_k=0, top_p=0.98)
+    runs = [sorted(C.generate_continuous(model, prompts, b, seed=3, **kw)) for b in (1, 2, 5)]
+    assert runs[0] == runs[1] == runs[2]
+    assert runs[0] != sorted(C.generate_continuous(model, prompts, 2, seed=4, **kw))
+
+    def seeded(batch_size, order, seeds):
+        bat = C.ContinuousBatcher(model, batch_size, 12, 10, seed=0, eos_token_id=None, do_sample=True,
+                                  temperature=1.5)
+        ids = {bat.add(prompts[i], 10 - i % 3, seed=seeds[i]): i for i in order}
+        out = {}
+        while not bat.done:
+            out.update({ids[rid]: t for rid, t, _ in bat.step()})
+        return out
+    seeds = [11, 12, 13, 11, 12, 13, 99]
+    a = seeded(1, range(7), seeds)
+    b = seeded(3, [6, 2, 4, 0, 5, 1, 3], seeds)
+    assert a == b
+    c = seeded(3, range(7), [s + 1 for s in seeds])
+    assert sum(a[i] != c[i] for i in range(7)) >= 5
+    twin = seeded(2, [0, 1], [5, 5])                   # (the same prompt and seed in two rows at once)
+    bat = C.ContinuousBatcher(model, 2, 12, 10, eos_token_id=None, do_sample=True, temperature=1.5)
+    x, y = bat.add(prompts[0], 10, seed=5), bat.add(prompts[0], 10, seed=5)
+    out = {}
+    while not bat.done:
+        out.update({rid: t for rid, t, _ in bat.step()})
+    assert out[x] == out[y] == twin[0]
+    for bad in (-1, 2 ** 63, 1.5, True):
+        with pytest.raises(ValueError, match=r"seed: expected an int in \[0, 2\^63\)"):
+            bat.add(prompts[0], 3, seed=bad)
+
+
 def test_continuous_errors():
     model = builtin_model()
     run = lambda *a, **k: list(C.generate_continuous(model, *a, **k))  # noqa: E731

@@ -124,6 +124,34 @@ def test_deterministic_for_seed_and_offset(device):
     assert (a != ops.sample_rows(logits, params, seen, counts, seed=8, offset=3)[0]).sum() > 32
 
 
+def test_rng_rows_draw_on_their_own(device):
+    """rng (R, 2): row r draws as row 0 of a one-row call with seed rng[r, 0] and offset rng[r, 1] (tokens and tau
+    to the bit), whatever its place in the batch; permuting the rows permutes the tokens; seed and offset are
+    unused; without rng, rows with the same logits draw different tokens (the row index is in the counter)."""
+    R, V = 24, 3000
+    logits, params, seen, counts = make(R, V, device, torch.float32, seed=9)
+    params[:, 0] = 1.0                                                   # (every row samples)
+    g = torch.Generator().manual_seed(4)
+    rng = torch.stack([torch.randint(0, 2 ** 62, (R,), generator=g), torch.randint(0, 2 ** 40, (R,), generator=g)],
+                      1).to(device)
+    rng[3] = torch.tensor([2 ** 63 - 1, 2 ** 63 - 1])                   # (the largest key and counter)
+    tok, tau = ops.sample_rows(logits, params, seen, counts, seed=5, offset=6, rng=rng)
+    for r in range(R):
+        t1, u1 = ops.sample_rows(logits[r:r + 1], params[r:r + 1], seen[r:r + 1], counts[r:r + 1],
+                                 seed=int(rng[r, 0]), offset=int(rng[r, 1]))
+        assert int(t1) == int(tok[r]) and torch.equal(u1.view(torch.int32), tau[r:r + 1].view(torch.int32)), r
+    assert torch.equal(tok, ops.sample_rows(logits, params, seen, counts, seed=1, offset=2, rng=rng)[0])
+    perm = torch.randperm(R, generator=g).to(device)
+    assert torch.equal(ops.sample_rows(logits[perm], params[perm], seen[perm], counts[perm], rng=rng[perm])[0],
+                       tok[perm])
+    same = logits[:1].expand(R, V).contiguous()
+    p1 = params[:1].expand(R, 7).contiguous()
+    p1[:, 1:4] = torch.tensor([0.0, 1.0, 0.0])                           # (every column kept)
+    one_key = torch.tensor([[7, 3]] * R, device=device)
+    assert len(set(ops.sample_rows(same, p1, rng=one_key)[0].tolist())) == 1
+    assert len(set(ops.sample_rows(same, p1, seed=7, offset=3)[0].tolist())) > 1
+
+
 def test_sample_rows_bad_inputs(device):
     logits, params, seen, counts = make(4, 10, device, torch.float32)
     with pytest.raises(ValueError, match="params"):
@@ -146,6 +174,10 @@ def test_sample_rows_bad_inputs(device):
         ops.sample_rows(logits, params, seed=-1)
     with pytest.raises(ValueError, match="offset"):
         ops.sample_rows(logits, params, offset=2 ** 63)
+    for bad in (torch.zeros(4, 3, dtype=torch.long), torch.zeros(3, 2, dtype=torch.long), torch.zeros(4, 2).int(),
+                torch.zeros(2, 4, dtype=torch.long).T):
+        with pytest.raises(ValueError, match="rng"):
+            ops.sample_rows(logits, params, rng=bad.to(device))
     if device.type == "cuda":
         with pytest.raises(ValueError, match="device"):
             ops.sample_rows(logits, params.cpu())
@@ -155,6 +187,8 @@ def test_sample_rows_opcheck(device):
     logits, params, seen, counts = make(5, 50, device, torch.bfloat16)
     torch.library.opcheck(torch.ops.jamba.sample_rows.default, (logits, params, seen, counts, 3, 1))
     torch.library.opcheck(torch.ops.jamba.sample_rows.default, (logits.float(), params, None, None, 0, 0))
+    rng = torch.tensor([[1, 2], [3, 4], [5, 6], [2 ** 62, 0], [9, 9]], device=device)
+    torch.library.opcheck(torch.ops.jamba.sample_rows.default, (logits, params, seen, counts, 0, 0, rng))
 
 
 @pytest.mark.cuda
@@ -281,6 +315,8 @@ def test_sample_rows_cluster_default_choice(monkeypatch, dtype, R):
         tokens, _ = both_kernels(monkeypatch, logits, P, seen if pen else None, counts if pen else None,
                                  seed=13, offset=shift, sizes=(None,))
         assert ((tokens >= 0) & (tokens < 65536)).all()
+    rng = torch.stack([torch.arange(R) * 1000003 + 17, torch.arange(R) % 5], 1).to("cuda")
+    both_kernels(monkeypatch, logits, cluster_params(R, 1), seen, counts, rng=rng, sizes=(None, "8", "4", "2"))
 
 
 @pytest.mark.cuda

@@ -173,6 +173,35 @@ def test_n_completions_of_one_prompt():
         srv.stop()
 
 
+def test_seeded_sampled_requests_repeat():
+    """"seed" on a sampled request: the same request gives the same text again, alone or among other requests at once
+    (other rows and steps), streamed or not; its n choices each draw their own (not all the same), and repeat; another
+    seed gives other text; a greedy request ignores it."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=3, max_prompt_tokens=64, max_new_tokens=16)
+    body = {"prompt": "the hybrid model", "max_tokens": 12, "temperature": 1.6, "top_p": 0.95, "seed": 1234}
+    try:
+        def text(b):
+            code, ans = srv.post("/v1/completions", b)
+            assert code == 200, ans
+            return [c["text"] for c in ans["choices"]]
+        alone = text(body)
+        others = [{"prompt": t, "max_tokens": 9, "temperature": 1.3} for t in ("a", "Mamba", "xyz", "q r s")]
+        with ThreadPoolExecutor(6) as ex:
+            got = list(ex.map(text, others[:2] + [body] + others[2:] + [body]))
+        assert got[2] == got[5] == alone
+        ev = srv.events("/v1/completions", body)
+        assert ["".join(json.loads(e)["choices"][0]["text"] for e in ev[:-1])] == alone
+        several = text(dict(body, n=4))
+        assert several[0] == alone[0] and len(set(several)) > 1 and text(dict(body, n=4)) == several
+        assert sum(a != b for a, b in zip(several, text(dict(body, n=4, seed=99)))) >= 3
+        greedy = dict(body, temperature=0)
+        assert text(greedy) == text(dict(greedy, seed=5)) == [tok.decode(_alone(model, tok.encode(body["prompt"]),
+                                                                                12)[0])]
+    finally:
+        srv.stop()
+
+
 def test_logprobs_answers():
     """"logprobs": k on /v1/completions: each token's log-probability under the model (a whole-sequence forward, its
     log_softmax) and its k most likely alternatives, text offsets from the completion's start; "top_logprobs" without
@@ -294,7 +323,8 @@ def test_refused_requests():
                           ({"prompt": "x", "temperature": -0.7}, "temperature: expected a number >= 0"),
                           ({"prompt": "x", "top_p": 0}, "top_p: expected a number in (0, 1]"),
                           ({"prompt": "x", "presence_penalty": 3}, "presence_penalty: expected a number in [-2, 2]"),
-                          ({"prompt": "x", "seed": 3, "temperature": 0.5}, '"seed": taken for greedy requests'),
+                          ({"prompt": "x", "seed": "3", "temperature": 0.5}, '"seed": expected an int'),
+                          ({"prompt": "x", "seed": 1.5}, '"seed": expected an int'),
                           ({"prompt": "x", "max_tokens": 9}, '"max_tokens": expected an int in [1, 8]'),
                           ({"prompt": "x", "max_tokens": 0}, '"max_tokens"'),
                           ({"prompt": "y" * 30}, "this server takes up to 20"),

@@ -39,13 +39,20 @@ jamba_status jamba_sample_rows_check(const jamba_sample_rows_params *p) {
         JAMBA_TRY(jamba_check_shape(OP, "counts", &p->counts, rv));
         JAMBA_TRY(jamba_check_contiguous(OP, "counts", &p->counts));
     }
+    JAMBA_TRY(jamba_check_tensor(OP, "rng", &p->rng, 2, JAMBA_MASK(JAMBA_I64), 1));
+    if (p->rng.data != NULL) {
+        const int64_t r2[2] = {R, 2};
+        JAMBA_TRY(jamba_check_shape(OP, "rng", &p->rng, r2));
+        JAMBA_TRY(jamba_check_contiguous(OP, "rng", &p->rng));
+    }
     JAMBA_TRY(jamba_check_dense(OP, "tokens", &p->tokens, 1, JAMBA_MASK(JAMBA_I64), r1));
     JAMBA_TRY(jamba_check_dense(OP, "tau", &p->tau, 1, JAMBA_MASK(JAMBA_F32), r1));
-    const jamba_tensor *outs[] = {&p->tokens, &p->tau}, *ins[] = {&p->logits, &p->params, &p->seen, &p->counts};
+    const jamba_tensor *outs[] = {&p->tokens, &p->tau},
+                       *ins[] = {&p->logits, &p->params, &p->seen, &p->counts, &p->rng};
     const char *names[] = {"tokens", "tau"};
     for (int i = 0; i < 2; i++) {
         int clash = jamba_tensors_overlap(outs[i], outs[1 - i]);
-        for (int j = 0; j < 4; j++) clash |= jamba_tensors_overlap(outs[i], ins[j]);
+        for (int j = 0; j < 5; j++) clash |= jamba_tensors_overlap(outs[i], ins[j]);
         if (clash) return jamba_set_error(JAMBA_ERR_ARG, "%s: %s must not overlap another argument in memory", OP,
                                           names[i]);
     }
@@ -77,7 +84,7 @@ static uint32_t radix_select(const float *s, int64_t V, float m, uint32_t floor_
     return prefix;
 }
 
-static void sample_row(const jamba_sample_rows_params *p, int64_t r, float *s) {
+static void sample_row(const jamba_sample_rows_params *p, int64_t r, float *s) {  /* (math: csrc/jamba.h) */
     const int64_t V = p->logits.shape[1];
     const float *pr = (const float *)p->params.data + r * 7;
     const float temp = pr[0], top_p = pr[2], min_p = pr[3], rep = pr[4], pres = pr[5], freq = pr[6];
@@ -115,13 +122,15 @@ static void sample_row(const jamba_sample_rows_params *p, int64_t r, float *s) {
         kp = radix_select(s, V, m, kk, 1, (uint64_t)((1.0 - (double)top_p) * (double)z));
     }
     const uint32_t kmin = kk > kp ? kk : kp;
-    const uint32_t k0 = (uint32_t)p->seed, k1 = (uint32_t)(p->seed >> 32);
-    const uint32_t o0 = (uint32_t)p->offset, o1 = (uint32_t)(p->offset >> 32);
+    const int64_t *rng = p->rng.data ? (const int64_t *)p->rng.data + 2 * r : NULL;  /* (a row's own key, counter) */
+    const uint64_t seed = rng ? (uint64_t)rng[0] : p->seed, offset = rng ? (uint64_t)rng[1] : p->offset;
+    const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32), rw = rng ? 0u : (uint32_t)r;
+    const uint32_t o0 = (uint32_t)offset, o1 = (uint32_t)(offset >> 32);
     int64_t tok = -1;
     float gbest = 0.0f, smin = INFINITY;
     for (int64_t v = 0; v < V; v++) {
         if (jamba_f32_key(s[v]) < kmin || (min_p > 0.0f && expf(s[v] - m) < min_p)) continue;
-        const float u = jamba_uniform24(jamba_philox_word((uint32_t)v, (uint32_t)r, o0, o1, k0, k1));
+        const float u = jamba_uniform24(jamba_philox_word((uint32_t)v, rw, o0, o1, k0, k1));
         const float g = s[v] - logf(-logf(u));
         if (tok < 0 || g > gbest) {
             gbest = g;

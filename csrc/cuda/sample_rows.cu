@@ -3,7 +3,8 @@
  *
  * Exports: jamba_sample_rows_cuda (checks and math: csrc/cpu/sample_rows.c, csrc/jamba.h).
  * Layout: logits x (R, V) T in {f32, f16, bf16}, unit stride along V, row stride ld (elements); params (R, 7) f32;
- *   seen (R, V) u8 and counts (R, V) i32 contiguous, each optional (NULL); tokens (R,) i64, tau (R,) f32.
+ *   seen (R, V) u8 and counts (R, V) i32 contiguous, each optional (NULL); tokens (R,) i64, tau (R,) f32; rng (R, 2)
+ *   i64 contiguous, optional: each row's own Philox key and counter (csrc/jamba.h).
  *   ws (f32, at least jamba_sample_rows_ws_elems(R, V) = 2 R V): row r's score keys (u32) at ws + 2 r V, its
  *   exp(s - m) at ws + 2 r V + V (both paths).
  * Passes over a row: pass 1 reads logits, seen and counts once, finds the max (greedy rows stop there) and writes a
@@ -169,6 +170,16 @@ __device__ void sr_find(const unsigned long long *h, bool descending, unsigned l
     }
 }
 
+/* column v's uniform of row r: Philox keyed by seed with counter (v, r, offset), or with rng (R, 2) by the row's own
+ * key rng[r, 0] with counter (v, 0, rng[r, 1]) (csrc/jamba.h). The row's pair is loaded at each call (an L1 hit):
+ * held in registers across the draw loop it made the cluster kernel spill. */
+__device__ __forceinline__ float sr_uniform(const int64_t *rng, int64_t r, int64_t v, uint64_t seed, uint64_t offset) {
+    const uint64_t key = rng != nullptr ? (uint64_t)__ldg(rng + 2 * r) : seed;
+    const uint64_t ctr = rng != nullptr ? (uint64_t)__ldg(rng + 2 * r + 1) : offset;
+    return jamba_uniform24(jamba_philox_word((uint32_t)v, rng != nullptr ? 0u : (uint32_t)r, (uint32_t)ctr,
+                                             (uint32_t)(ctr >> 32), (uint32_t)key, (uint32_t)(key >> 32)));
+}
+
 /* the float of an order-preserving key (jamba_f32_key's inverse) */
 __device__ __forceinline__ float sr_key_f32(uint32_t key) {
     return __uint_as_float((key & 0x80000000u) ? (key ^ 0x80000000u) : ~key);
@@ -178,7 +189,7 @@ template <typename T>
 __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *tau, const T *x, int64_t ld,
                                                         const float *params, const uint8_t *seen, const int32_t *counts,
                                                         uint32_t *ws, int64_t R, int64_t V, uint64_t seed,
-                                                        uint64_t offset) {
+                                                        uint64_t offset, const int64_t *rng) {
     jamba_pdl_begin();
     __shared__ unsigned long long hist[256], copies[SR_COPIES][256];
     __shared__ float sv[SR_WARPS];
@@ -286,8 +297,6 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
         }
         /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
-        const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-        const uint32_t o0 = (uint32_t)offset, o1 = (uint32_t)(offset >> 32);
         float gv = -INFINITY, smin = INFINITY;
         int64_t gi = -1;
         for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
@@ -295,7 +304,7 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
             if (key < kmin) continue;
             const float s = sr_key_f32(key);
             if (min_p > 0.f && (top_p < 1.f ? we[v] : expf(s - m)) < min_p) continue;
-            const float u = jamba_uniform24(jamba_philox_word((uint32_t)v, (uint32_t)r, o0, o1, k0, k1));
+            const float u = sr_uniform(rng, r, v, seed, offset);
             sr_better(gv, gi, s - logf(-logf(u)), v);
             smin = fminf(smin, s);
         }
@@ -485,7 +494,8 @@ __device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, 
 template <typename T, int C>
 __global__ void __launch_bounds__(SR_THREADS)
     sr_cluster_kernel(int64_t *tokens, float *tau, const T *x, int64_t ld, const float *params, const uint8_t *seen,
-                      const int32_t *counts, uint32_t *ws, int64_t R, int64_t V, uint64_t seed, uint64_t offset) {
+                      const int32_t *counts, uint32_t *ws, int64_t R, int64_t V, uint64_t seed, uint64_t offset,
+                      const int64_t *rng) {
     jamba_pdl_begin();
     static_assert(C >= 1 && C <= SR_CLUSTER, "sr_cluster_kernel: C CTAs a cluster, at most the portable 8");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -595,8 +605,6 @@ __global__ void __launch_bounds__(SR_THREADS)
         }
         /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
-        const uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
-        const uint32_t o0 = (uint32_t)offset, o1 = (uint32_t)(offset >> 32);
         float gv = -INFINITY, ng = -INFINITY, smin = INFINITY;
         int64_t gi = -1, ngi = -1;
         for (int64_t v = v0 + threadIdx.x; v < v1; v += SR_THREADS) {
@@ -604,7 +612,7 @@ __global__ void __launch_bounds__(SR_THREADS)
             if (key < kmin) continue;
             const float s = sr_key_f32(key);
             if (min_p > 0.f && (top_p < 1.f ? we[v] : expf(s - m)) < min_p) continue;
-            const float u = jamba_uniform24(jamba_philox_word((uint32_t)v, (uint32_t)r, o0, o1, k0, k1));
+            const float u = sr_uniform(rng, r, v, seed, offset);
             const float g = s - logf(-logf(u));
             sr_better(gv, gi, g, v);
             if (g == g) sr_better(ng, ngi, g, v);
@@ -749,7 +757,8 @@ extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p
     JAMBA_TRY(jamba_check_workspace("jamba.sample_rows", &p->ws, jamba_sample_rows_ws_elems(R, V)));
     if (jamba_tensors_overlap(&p->ws, &p->logits) || jamba_tensors_overlap(&p->ws, &p->tokens) ||
         jamba_tensors_overlap(&p->ws, &p->tau) || jamba_tensors_overlap(&p->ws, &p->params) ||
-        jamba_tensors_overlap(&p->ws, &p->seen) || jamba_tensors_overlap(&p->ws, &p->counts))
+        jamba_tensors_overlap(&p->ws, &p->seen) || jamba_tensors_overlap(&p->ws, &p->counts) ||
+        jamba_tensors_overlap(&p->ws, &p->rng))
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.sample_rows: ws must not overlap another argument in memory");
     JAMBA_DEVICE_GUARD(launch);
     cudaStream_t stream = (cudaStream_t)launch.stream;
@@ -766,12 +775,12 @@ extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p
             sr_cluster_launch(kernel, C, dim3((unsigned)(nc * C)), stream, (int64_t *)p->tokens.data,
                               (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
                               (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data, (uint32_t *)p->ws.data,
-                              R, V, p->seed, p->offset);
+                              R, V, p->seed, p->offset, (const int64_t *)p->rng.data);
         } else {
             jamba_kernel_launch(sr_kernel<T>, grid, SR_THREADS, 0, stream, (int64_t *)p->tokens.data,
                                 (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
                                 (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data,
-                                (uint32_t *)p->ws.data, R, V, p->seed, p->offset);
+                                (uint32_t *)p->ws.data, R, V, p->seed, p->offset, (const int64_t *)p->rng.data);
         }
         s = JAMBA_OK;
     });

@@ -322,10 +322,10 @@ static PyObject *py_sample_rows(PyObject *self, PyObject *args) {
     jamba_sample_rows_params p;
     memset(&p, 0, sizeof p);
     call_ctx c;
-    jamba_tensor *ts[] = {&p.tokens, &p.tau, &p.logits, &p.params, &p.seen, &p.counts, &p.ws};
+    jamba_tensor *ts[] = {&p.tokens, &p.tau, &p.logits, &p.params, &p.seen, &p.counts, &p.ws, &p.rng};
     PyObject *sc[2];
     int64_t seed, offset;
-    if (parse_call(args, &c, ts, 7, sc, 2) < 0 || as_int64(sc[0], &seed) < 0 || as_int64(sc[1], &offset) < 0)
+    if (parse_call(args, &c, ts, 8, sc, 2) < 0 || as_int64(sc[0], &seed) < 0 || as_int64(sc[1], &offset) < 0)
         return NULL;
     p.seed = (uint64_t)seed;
     p.offset = (uint64_t)offset;
