@@ -217,7 +217,7 @@ def fuzz_cross_entropy(c):
 
 def fuzz_sample_rows(c):
     """Random settings a row (greedy or sampled; top_k, top_p, min_p, the three penalties each on or off), seen and
-    counts present or absent, logits possibly a row-strided view: greedy tokens and the kept columns of sampled rows
+    counts present or absent, each row's own key (rng) or not, logits possibly a row-strided view: greedy tokens and the kept columns of sampled rows
     against the float64 reference (reference.sample_rows_disagreements' boundary rule), each token in [0, V)."""
     dt = c.pick("dtype", [torch.float32, torch.bfloat16, torch.float16])
     N, V = c.pick("N", [1, 2, 5, 33]), c.pick("V", [1, 2, 7, 259, 4100, 70000])
@@ -233,7 +233,11 @@ def fuzz_sample_rows(c):
     counts = (torch.randint(0, 3, (N, V), generator=c.g, dtype=torch.int32) *
               (torch.rand(N, V, generator=c.g) < 0.1)).int().to(c.device) if c.r.random() < 0.5 else None
     c.desc.append(f"seen={seen is not None} counts={counts is not None}")
-    tokens, tau = ops.sample_rows(logits, params, seen, counts, seed=c.r.randrange(2 ** 40), offset=c.r.randrange(99))
+    rng = torch.tensor([[c.r.randrange(2 ** 63), c.r.randrange(2 ** 63)] for _ in range(N)]).to(c.device) \
+        if c.r.random() < 0.3 else None              # (each row's own key and counter)
+    c.desc.append(f"rng={None if rng is None else rng.tolist()}")
+    tokens, tau = ops.sample_rows(logits, params, seen, counts, seed=c.r.randrange(2 ** 40), offset=c.r.randrange(99),
+                                  rng=rng)
     assert ((tokens >= 0) & (tokens < V)).all(), c
     ref = R.sample_rows_kept(logits.cpu(), params.cpu(), None if seen is None else seen.cpu(),
                              None if counts is None else counts.cpu())
