@@ -200,6 +200,10 @@ def main():
     nanrows[0, 0] = nanrows[1, 1] = nanrows[1, 1500] = nanrows[2, 2099] = float("nan")
     ops.sample_rows(rn(3, 4099), P, torch.rand(3, 4099, device=dev) < 0.1,
                     torch.randint(0, 3, (3, 4099), device=dev, dtype=torch.int32), seed=1, offset=2)
+    rng = torch.tensor([[5, 0], [2 ** 63 - 1, 7], [0, 2 ** 40]], device=dev)     # (each row's own key and counter)
+    ops.sample_rows(rn(3, 4099), P, rng=rng)
+    os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"] = "0"
+    ops.sample_rows(rn(3, 1001), P, rng=rng)
     for size in ("1", "4", "2"):                   # (each cluster size forced: 8, 4, 2)
         os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"] = size
         for logits in (rn(3, 1001), rn(3, 1040)[:, 8:1032], rn(3, 1, dt=torch.float32), nanrows):

@@ -9,7 +9,9 @@
 #            rows); bench_serve (cf32c1d)
 #   round3   the cluster size chosen per call (sample_rows) and masked prefills off cuDNN: CUDA tests (sample_rows,
 #            static decode, continuous, batch, server); memcheck + racecheck; sample_rows_probe; bench_sampling;
-#            sdpa_prefill_probe --masked; serve_probe (ahead 0 / 8192, 8 and 16 rows); bench_serve
+#            sdpa_prefill_probe --masked; serve_probe (ahead 0 / 8192, 8 and 16 rows); bench_serve (381633c)
+#   round4   per-request seeds (sample_rows' rng): CUDA tests (sample_rows, row sampling, continuous, server), 2000
+#            sample_rows fuzz cases on CUDA; memcheck + racecheck; sample_rows_probe; bench_sampling; bench_serve
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session52_round.sh MODE   (output: $OUT/round.log and the JSONs)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -71,7 +73,24 @@ round3)
   step "bench_serve"
   timeout 200 python3 benchmarks/bench_serve.py 2>&1 | grep -v "^\[transformers" | tail -16
   cp benchmarks/results/bench_serve.json "$OUT/" 2>/dev/null ;;
-*) echo "unknown mode $mode (verify, round2 or round3)"; exit 2 ;;
+round4)
+  cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py
+  step "sample_rows fuzz on CUDA (2000 cases from seed 9000)"
+  JAMBA_FUZZ_CASES=2000 JAMBA_FUZZ_SEED=9000 timeout 200 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
+    -k sample_rows -p no:cacheprovider 2>&1 | tail -3
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool (sanitize_cases)"
+    timeout 150 compute-sanitizer --tool $tool --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -6
+  done
+  step "dev/sample_rows_probe.py"
+  timeout 120 python3 dev/sample_rows_probe.py 2>&1 | tail -30
+  step "bench_sampling"
+  timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
+  cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null
+  step "bench_serve"
+  timeout 200 python3 benchmarks/bench_serve.py 2>&1 | grep -v "^\[transformers" | tail -16
+  cp benchmarks/results/bench_serve.json "$OUT/" 2>/dev/null ;;
+*) echo "unknown mode $mode (verify, round2, round3 or round4)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"
