@@ -386,3 +386,32 @@ def test_sample_rows_cluster_graph(monkeypatch):
     for args, got in zip(news, runs):
         for a, b in zip(got, fn(*args)):
             assert torch.equal(a, b)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
+def test_sample_rows_on_second_gpu(monkeypatch):
+    """Tensors on cuda:1 while cuda:0 is current, on a side stream of cuda:1 (the cluster kernel's per-device choice
+    and launch): the same bits as on cuda:0, as the one-block kernel on cuda:1, with and without rng; the current
+    device unchanged."""
+    torch.cuda.set_device(0)
+    d0, d1 = torch.device("cuda:0"), torch.device("cuda:1")
+    logits, params, seen, counts = make(20, 65536, "cpu", torch.bfloat16, seed=31)
+    params[:, 0] = torch.where(params[:, 0] > 0, params[:, 0], torch.ones_like(params[:, 0]))   # (rows sample)
+    rng = torch.stack([torch.arange(20) * 7919 + 3, torch.arange(20)], 1)
+    want = [ops.sample_rows(*(t.to(d0) for t in (logits, params, seen, counts)), seed=9, offset=2),
+            ops.sample_rows(logits.to(d0), params.to(d0), rng=rng.to(d0))]
+    side = torch.cuda.Stream(device=d1)
+    for env in (None, "0"):
+        if env is None:
+            monkeypatch.delenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", raising=False)
+        else:
+            monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", env)
+        with torch.cuda.stream(side):
+            got = [ops.sample_rows(*(t.to(d1) for t in (logits, params, seen, counts)), seed=9, offset=2),
+                   ops.sample_rows(logits.to(d1), params.to(d1), rng=rng.to(d1))]
+        side.synchronize()
+        assert torch.cuda.current_device() == 0
+        for (t1, u1), (t0, u0) in zip(got, want):
+            assert t1.device == d1 and torch.equal(t1.cpu(), t0.cpu()), env
+            assert torch.equal(u1.cpu().view(torch.int32), u0.cpu().view(torch.int32)), env
