@@ -95,9 +95,9 @@ def _budgets(max_new_tokens: Union[int, Sequence[int]], n: int) -> List[int]:
     return b
 
 
-def _row_key(seed: int, rid: int) -> int:
-    """A prompt's Philox key when it brings no seed: splitmix64 of the batcher's seed and the prompt's id, in
-    [0, 2^63)."""
+def prompt_key(seed: int, rid: int) -> int:
+    """A Philox key in [0, 2^63) made from a seed (an int >= 0) and an index (splitmix64 of both): a prompt's when it
+    brings no seed (the batcher's seed and the prompt's id), a server request's choice c (its seed and c)."""
     z = (seed * 0x9E3779B97F4A7C15 + rid + 1) & (2 ** 64 - 1)
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2 ** 64 - 1)
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2 ** 64 - 1)
@@ -329,7 +329,8 @@ class ContinuousBatcher:
         ahead = self.prefill_ahead = options.get("prefill_ahead", PREFILL_AHEAD_TOKENS)
         if isinstance(ahead, bool) or not isinstance(ahead, int) or ahead < 0:
             raise ValueError(f"prefill_ahead: expected an int >= 0 (tokens; 0: off), got {ahead!r}")
-        self.queue: "collections.deque[tuple]" = collections.deque()   # (id, prompt, budget, stop texts, sampling)
+        # (id, prompt, budget, stop texts, (sampling settings, logprobs, Philox key))
+        self.queue: "collections.deque[tuple]" = collections.deque()
         # prompts prefilled ahead of a free row, first in first out before the queue: (queue entry, (cache, row,
         # logits)) (prefill_ahead)
         self.staged: "collections.deque[tuple]" = collections.deque()
@@ -369,7 +370,7 @@ class ContinuousBatcher:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
             raise ValueError(f"seed: expected an int in [0, 2^63) (or None), got {seed!r}")
         rid, self.next_id = self.next_id, self.next_id + 1
-        self.queue.append((rid, prompt, b, stop, (samp, logprobs, _row_key(self.seed, rid) if seed is None else seed)))
+        self.queue.append((rid, prompt, b, stop, (samp, logprobs, prompt_key(self.seed, rid) if seed is None else seed)))
         return rid
 
     @property

@@ -57,8 +57,8 @@ class _Request(NamedTuple):
 
 def _choice_key(seed: Optional[int], c: int) -> Optional[int]:
     """The Philox key of choice c of a request with this seed (None: none), in [0, 2^63)."""
-    from .continuous import _row_key
-    return None if seed is None else _row_key(seed, c)
+    from .continuous import prompt_key
+    return None if seed is None else prompt_key(seed, c)
 
 
 class RequestError(ValueError):
