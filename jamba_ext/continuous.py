@@ -370,7 +370,8 @@ class ContinuousBatcher:
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63):
             raise ValueError(f"seed: expected an int in [0, 2^63) (or None), got {seed!r}")
         rid, self.next_id = self.next_id, self.next_id + 1
-        self.queue.append((rid, prompt, b, stop, (samp, logprobs, prompt_key(self.seed, rid) if seed is None else seed)))
+        key = prompt_key(self.seed, rid) if seed is None else seed
+        self.queue.append((rid, prompt, b, stop, (samp, logprobs, key)))
         return rid
 
     @property
