@@ -3,7 +3,8 @@
  *   JAMBA_CUDA_CHECK(expr)     a failing CUDA call -> jamba_set_error("file:line: expr: cudaGetErrorString"),
  *                              return JAMBA_ERR_CUDA from the enclosing launcher
  *   jamba_kernel_launch(k, grid, block, smem, stream, args...)   every launch of the library (no <<<>>>):
- *                              with programmatic dependent launch (PDL) on sm_90+, see below
+ *                              with programmatic dependent launch (PDL) on sm_90+, see below (_coop: cooperative;
+ *                              _cluster: thread-block clusters along x)
  *   jamba_pdl_begin()          first statement of every kernel: waits for the stream's previous kernel
  *   JAMBA_LAUNCH_CHECK(what)   after every launch: cudaGetLastError(); with env JAMBA_EXT_SYNC=1 also
  *                              cudaStreamSynchronize, so an asynchronous fault names the op that caused it
@@ -138,17 +139,18 @@ static inline cudaError_t jamba_launch_converted(const cudaLaunchConfig_t *cfg, 
     return cudaLaunchKernelExC(cfg, kernel, params);
 }
 
-/* the launch of jamba_kernel_launch(_coop): PDL where jamba_pdl_enabled(), the cooperative attribute when coop */
+/* the launch of jamba_kernel_launch(_coop / _cluster): PDL where jamba_pdl_enabled(), the cooperative attribute
+ * when coop, clusters of `cluster` blocks along x when cluster > 1 (sm_90+) */
 template <typename... KArgs, typename... Args>
-static inline cudaError_t jamba_kernel_launch_with(bool coop, void (*kernel)(KArgs...), dim3 grid, dim3 block,
-                                                   size_t smem, cudaStream_t stream, Args &&...args) {
+static inline cudaError_t jamba_kernel_launch_with(bool coop, unsigned cluster, void (*kernel)(KArgs...), dim3 grid,
+                                                   dim3 block, size_t smem, cudaStream_t stream, Args &&...args) {
     static_assert(sizeof...(KArgs) == sizeof...(Args), "jamba_kernel_launch: argument count differs from the kernel's");
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
-    cudaLaunchAttribute attr[2];
+    cudaLaunchAttribute attr[3];
     unsigned n = 0;
     if (jamba_pdl_enabled()) {
         attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -157,6 +159,12 @@ static inline cudaError_t jamba_kernel_launch_with(bool coop, void (*kernel)(KAr
     if (coop) {
         attr[n].id = cudaLaunchAttributeCooperative;
         attr[n++].val.cooperative = 1;
+    }
+    if (cluster > 1) {
+        attr[n].id = cudaLaunchAttributeClusterDimension;
+        attr[n].val.clusterDim.x = cluster;
+        attr[n].val.clusterDim.y = 1;
+        attr[n++].val.clusterDim.z = 1;
     }
     cfg.attrs = attr;
     cfg.numAttrs = n;
@@ -169,7 +177,14 @@ static inline cudaError_t jamba_kernel_launch_with(bool coop, void (*kernel)(KAr
 template <typename... KArgs, typename... Args>
 static inline void jamba_kernel_launch(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
                                        cudaStream_t stream, Args &&...args) {
-    (void)jamba_kernel_launch_with(false, kernel, grid, block, smem, stream, static_cast<Args &&>(args)...);
+    (void)jamba_kernel_launch_with(false, 1u, kernel, grid, block, smem, stream, static_cast<Args &&>(args)...);
+}
+
+/* jamba_kernel_launch in clusters of `cluster` blocks along x (grid.x a multiple of it; sm_90+) */
+template <typename... KArgs, typename... Args>
+static inline void jamba_kernel_launch_cluster(void (*kernel)(KArgs...), unsigned cluster, dim3 grid, dim3 block,
+                                               size_t smem, cudaStream_t stream, Args &&...args) {
+    (void)jamba_kernel_launch_with(false, cluster, kernel, grid, block, smem, stream, static_cast<Args &&>(args)...);
 }
 
 /* jamba_kernel_launch with the cooperative attribute as well (every block resident at once, or the launch fails
@@ -179,7 +194,7 @@ template <typename... KArgs, typename... Args>
 static inline cudaError_t jamba_kernel_launch_coop(void (*kernel)(KArgs...), dim3 grid, dim3 block, size_t smem,
                                                    cudaStream_t stream, Args &&...args) {
     const cudaError_t e =
-        jamba_kernel_launch_with(true, kernel, grid, block, smem, stream, static_cast<Args &&>(args)...);
+        jamba_kernel_launch_with(true, 1u, kernel, grid, block, smem, stream, static_cast<Args &&>(args)...);
     if (e != cudaSuccess) (void)cudaGetLastError();
     return e;
 }

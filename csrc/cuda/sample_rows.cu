@@ -185,6 +185,89 @@ __device__ __forceinline__ float sr_key_f32(uint32_t key) {
     return __uint_as_float((key & 0x80000000u) ? (key ^ 0x80000000u) : ~key);
 }
 
+/* Row r's settings (params (R, 7)), its penalties' inputs and its workspace (both kernels) */
+struct sr_cfg {
+    float temp, top_p, min_p;
+    int64_t k;                     /* top_k in [1, V), else 0 (off) */
+    uint32_t *wkey;                /* the scores' keys (ws + 2 r V), then */
+    float *we;                     /* their e = exp(s - m) (ws + 2 r V + V) */
+    sr_row q;
+};
+__device__ __forceinline__ sr_cfg sr_setup(const float *params, const uint8_t *seen, const int32_t *counts,
+                                           uint32_t *ws, int64_t r, int64_t V) {
+    const float *pr = params + r * 7;
+    sr_cfg c;
+    c.temp = pr[0];
+    c.top_p = pr[2];
+    c.min_p = pr[3];
+    c.k = (pr[1] >= 1.0f && pr[1] < (float)V) ? (int64_t)pr[1] : 0;
+    c.wkey = ws + r * 2 * V;
+    c.we = reinterpret_cast<float *>(ws + r * 2 * V + V);
+    c.q.rep = pr[4];
+    c.q.pres = pr[5];
+    c.q.freq = pr[6];
+    c.q.seen = seen != nullptr ? seen + r * V : nullptr;
+    c.q.cnt = counts != nullptr ? counts + r * V : nullptr;
+    return c;
+}
+
+/* One radix pass's adds to the warp's histogram copy over the columns [lo, hi) (whole warps: every lane of a warp
+ * calls sr_hist_add together): the digit at `shift` of the keys whose bits above it equal prefix's; MASS false
+ * (top_k) counts them, MASS true (top_p) adds the fixed-point masses of those >= floor_key (top_k's threshold). */
+template <bool MASS>
+__device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uint32_t *wkey, const float *we,
+                                             int64_t lo, int64_t hi, int shift, uint32_t prefix, uint32_t floor_key) {
+    const int lane = threadIdx.x & 31;
+    const uint32_t above = shift < 24 ? 0xFFFFFFFFu << (shift + 8) : 0u;
+    for (int64_t base = lo + threadIdx.x - lane; base < hi; base += SR_THREADS) {
+        const int64_t v = base + lane;
+        const uint32_t key = v < hi ? wkey[v] : 0u;
+        const bool cand = v < hi && (!MASS || key >= floor_key) && (key & above) == prefix;
+        if (__any_sync(0xffffffffu, cand))
+            sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u,
+                        !cand ? 0ull : MASS ? jamba_mass_fixed(we[v]) : 1ull);
+    }
+}
+
+/* top_p's first step over the columns [lo, hi): e = exp(s - m) of the columns top_k keeps (key >= kk; 0 for the
+ * others) to we, and the thread's share of their fixed-point mass */
+__device__ __forceinline__ unsigned long long sr_masses(const uint32_t *wkey, float *we, int64_t lo, int64_t hi,
+                                                        uint32_t kk, float m) {
+    unsigned long long z = 0ull;
+    for (int64_t v = lo + threadIdx.x; v < hi; v += SR_THREADS) {
+        const uint32_t key = wkey[v];
+        const float e = key >= kk ? expf(sr_key_f32(key) - m) : 0.f;
+        we[v] = e;
+        z += jamba_mass_fixed(e);
+    }
+    return z;
+}
+
+/* A radix selection over the columns [lo, hi) of a row (4 passes of 8 bits, most significant first; every thread
+ * calls it): MASS false (top_k) -> the key of the (target + 1)-th largest score (digits scanned from 255 down); MASS
+ * true (top_p) -> the smallest key >= floor_key whose mass at or below it exceeds target (scanned from 0 up). Each
+ * pass: the warps' adds into the copies, then merge(), which leaves the whole row's histogram in hist (the copies
+ * summed; in sr_cluster_kernel also across the cluster), then warp 0's sr_find. */
+template <bool MASS, typename Merge>
+__device__ __forceinline__ uint32_t sr_select(unsigned long long (*copies)[256], unsigned long long *mine,
+                                              const unsigned long long *hist, const uint32_t *wkey, const float *we,
+                                              int64_t lo, int64_t hi, uint32_t floor_key, unsigned long long target,
+                                              int *s_digit, unsigned long long *s_before, Merge merge) {
+    uint32_t prefix = 0u;
+    for (int pass = 0; pass < 4; pass++) {
+        const int shift = 24 - 8 * pass;
+        sr_hist_zero(copies);
+        __syncthreads();
+        sr_pass_adds<MASS>(mine, wkey, we, lo, hi, shift, prefix, floor_key);
+        merge();
+        sr_find(hist, !MASS, target, s_digit, s_before);
+        __syncthreads();
+        target -= *s_before;
+        prefix |= (uint32_t)*s_digit << shift;
+    }
+    return prefix;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *tau, const T *x, int64_t ld,
                                                         const float *params, const uint8_t *seen, const int32_t *counts,
@@ -196,21 +279,11 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
     __shared__ int64_t si[SR_WARPS];
     __shared__ int s_digit;
     __shared__ unsigned long long s_before, s_z;
-    const int lane = threadIdx.x & 31;
     unsigned long long *mine = copies[(threadIdx.x >> 5) % SR_COPIES];
     for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
         const T *row = x + r * ld;
-        const float *pr = params + r * 7;
-        const float temp = pr[0], top_p = pr[2], min_p = pr[3];
-        const int64_t k = (pr[1] >= 1.0f && pr[1] < (float)V) ? (int64_t)pr[1] : 0;
-        uint32_t *wkey = ws + r * 2 * V;                       /* the scores' keys, then their e = exp(s - m) */
-        float *we = reinterpret_cast<float *>(ws + r * 2 * V + V);
-        sr_row q;
-        q.rep = pr[4];
-        q.pres = pr[5];
-        q.freq = pr[6];
-        q.seen = seen != nullptr ? seen + r * V : nullptr;
-        q.cnt = counts != nullptr ? counts + r * V : nullptr;
+        const sr_cfg c = sr_setup(params, seen, counts, ws, r, V);
+        const auto &[temp, top_p, min_p, k, wkey, we, q] = c;
         const bool sampled = temp > 0.f;
         /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
         float bv = -INFINITY;
@@ -231,69 +304,26 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
         }
         const float m = __fdiv_rn(bv, temp);
         /* top_k: the key of the k-th largest score (4 radix passes, counts) */
-        uint32_t kk = 0u;
-        if (k) {
-            unsigned long long need = (unsigned long long)k;
-            for (int pass = 0; pass < 4; pass++) {
-                const int shift = 24 - 8 * pass;
-                const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
-                sr_hist_zero(copies);
-                __syncthreads();
-                for (int64_t base = threadIdx.x - lane; base < V; base += SR_THREADS) {   /* (whole warps) */
-                    const int64_t v = base + lane;
-                    const uint32_t key = v < V ? wkey[v] : 0u;
-                    const bool cand = v < V && (key & hi) == kk;
-                    if (__any_sync(0xffffffffu, cand)) sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, 1ull);
-                }
-                __syncthreads();
-                sr_hist_merge(copies, hist);
-                __syncthreads();
-                sr_find(hist, true, need - 1ull, &s_digit, &s_before);
-                __syncthreads();
-                need -= s_before;
-                kk |= (uint32_t)s_digit << shift;
-            }
-        }
+        auto merge = [&]() {                          /* (the copies summed into hist) */
+            __syncthreads();
+            sr_hist_merge(copies, hist);
+            __syncthreads();
+        };
+        const uint32_t kk = k ? sr_select<false>(copies, mine, hist, wkey, we, 0, V, 0u, (unsigned long long)k - 1ull,
+                                                 &s_digit, &s_before, merge) : 0u;
         /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, then the smallest key whose
          * mass at or below it exceeds floor((1 - top_p) Z) (4 radix passes, fixed-point masses) */
         uint32_t kp = 0u;
         if (top_p < 1.f) {
-            unsigned long long z = 0ull;
-            for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
-                const uint32_t key = wkey[v];
-                const float e = key >= kk ? expf(sr_key_f32(key) - m) : 0.f;
-                we[v] = e;
-                z += jamba_mass_fixed(e);
-            }
+            unsigned long long z = sr_masses(wkey, we, 0, V, kk, m);
             __syncthreads();                          /* (every thread has read the top_k passes' s_before) */
             if (threadIdx.x == 0) s_z = 0ull;
             __syncthreads();
             atomicAdd(&s_z, z);
             __syncthreads();
             z = s_z;
-            const unsigned long long target = (unsigned long long)((1.0 - (double)top_p) * (double)z);
-            unsigned long long below = 0ull;
-            for (int pass = 0; pass < 4; pass++) {
-                const int shift = 24 - 8 * pass;
-                const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
-                __syncthreads();
-                sr_hist_zero(copies);
-                __syncthreads();
-                for (int64_t base = threadIdx.x - lane; base < V; base += SR_THREADS) {   /* (whole warps) */
-                    const int64_t v = base + lane;
-                    const uint32_t key = v < V ? wkey[v] : 0u;
-                    const bool cand = v < V && key >= kk && (key & hi) == kp;
-                    if (__any_sync(0xffffffffu, cand))
-                        sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, cand ? jamba_mass_fixed(we[v]) : 0ull);
-                }
-                __syncthreads();
-                sr_hist_merge(copies, hist);
-                __syncthreads();
-                sr_find(hist, false, target - below, &s_digit, &s_before);
-                __syncthreads();
-                below += s_before;
-                kp |= (uint32_t)s_digit << shift;
-            }
+            kp = sr_select<true>(copies, mine, hist, wkey, we, 0, V, kk,
+                                 (unsigned long long)((1.0 - (double)top_p) * (double)z), &s_digit, &s_before, merge);
         }
         /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
@@ -507,7 +537,6 @@ __global__ void __launch_bounds__(SR_THREADS)
     __shared__ int64_t si[SR_WARPS];
     __shared__ int s_digit;
     __shared__ unsigned long long s_before;
-    const int lane = threadIdx.x & 31;
     unsigned long long(*copies)[256] = scratch.copies;
     unsigned long long *mine = copies[(threadIdx.x >> 5) % SR_COPIES];
     /* the slice: ceil(V / C) rounded up to a multiple of SR_THREADS columns (so thread t's columns are sr_kernel's
@@ -518,17 +547,8 @@ __global__ void __launch_bounds__(SR_THREADS)
     unsigned ev = 0;                                  /* combine events so far (the same count in every CTA) */
     for (int64_t r = sr_cluster_id(); r < R; r += sr_cluster_count()) {
         const T *row = x + r * ld;
-        const float *pr = params + r * 7;
-        const float temp = pr[0], top_p = pr[2], min_p = pr[3];
-        const int64_t k = (pr[1] >= 1.0f && pr[1] < (float)V) ? (int64_t)pr[1] : 0;
-        uint32_t *wkey = ws + r * 2 * V;                       /* the scores' keys, then their e = exp(s - m) */
-        float *we = reinterpret_cast<float *>(ws + r * 2 * V + V);
-        sr_row q;
-        q.rep = pr[4];
-        q.pres = pr[5];
-        q.freq = pr[6];
-        q.seen = seen != nullptr ? seen + r * V : nullptr;
-        q.cnt = counts != nullptr ? counts + r * V : nullptr;
+        const sr_cfg c = sr_setup(params, seen, counts, ws, r, V);
+        const auto &[temp, top_p, min_p, k, wkey, we, q] = c;
         const bool sampled = temp > 0.f;
         /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
         float bv = -INFINITY, nv = -INFINITY, no_min = INFINITY;
@@ -549,59 +569,17 @@ __global__ void __launch_bounds__(SR_THREADS)
         }
         const float m = __fdiv_rn(bv, temp);
         /* top_k: the key of the k-th largest score (4 radix passes, counts) */
-        uint32_t kk = 0u;
-        if (k) {
-            unsigned long long need = (unsigned long long)k;
-            for (int pass = 0; pass < 4; pass++) {
-                const int shift = 24 - 8 * pass;
-                const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
-                sr_hist_zero(copies);
-                __syncthreads();
-                for (int64_t base = v0 + threadIdx.x - lane; base < v1; base += SR_THREADS) {   /* (whole warps) */
-                    const int64_t v = base + lane;
-                    const uint32_t key = v < v1 ? wkey[v] : 0u;
-                    const bool cand = v < v1 && (key & hi) == kk;
-                    if (__any_sync(0xffffffffu, cand)) sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, 1ull);
-                }
-                sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist);
-                sr_find(hist, true, need - 1ull, &s_digit, &s_before);
-                __syncthreads();
-                need -= s_before;
-                kk |= (uint32_t)s_digit << shift;
-            }
-        }
+        auto merge = [&]() { sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist); };   /* (one event a pass) */
+        const uint32_t kk = k ? sr_select<false>(copies, mine, hist, wkey, we, v0, v1, 0u, (unsigned long long)k - 1ull,
+                                                 &s_digit, &s_before, merge) : 0u;
         /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, then the smallest key whose
          * mass at or below it exceeds floor((1 - top_p) Z) (4 radix passes, fixed-point masses) */
         uint32_t kp = 0u;
         if (top_p < 1.f) {
-            unsigned long long z = 0ull;
-            for (int64_t v = v0 + threadIdx.x; v < v1; v += SR_THREADS) {
-                const uint32_t key = wkey[v];
-                const float e = key >= kk ? expf(sr_key_f32(key) - m) : 0.f;
-                we[v] = e;
-                z += jamba_mass_fixed(e);
-            }
+            unsigned long long z = sr_masses(wkey, we, v0, v1, kk, m);
             z = sr_cluster_z<C>(z, &part[ev++ & 1u]);
-            const unsigned long long target = (unsigned long long)((1.0 - (double)top_p) * (double)z);
-            unsigned long long below = 0ull;
-            for (int pass = 0; pass < 4; pass++) {
-                const int shift = 24 - 8 * pass;
-                const uint32_t hi = pass ? 0xFFFFFFFFu << (shift + 8) : 0u;
-                sr_hist_zero(copies);
-                __syncthreads();
-                for (int64_t base = v0 + threadIdx.x - lane; base < v1; base += SR_THREADS) {   /* (whole warps) */
-                    const int64_t v = base + lane;
-                    const uint32_t key = v < v1 ? wkey[v] : 0u;
-                    const bool cand = v < v1 && key >= kk && (key & hi) == kp;
-                    if (__any_sync(0xffffffffu, cand))
-                        sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u, cand ? jamba_mass_fixed(we[v]) : 0ull);
-                }
-                sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist);
-                sr_find(hist, false, target - below, &s_digit, &s_before);
-                __syncthreads();
-                below += s_before;
-                kp |= (uint32_t)s_digit << shift;
-            }
+            kp = sr_select<true>(copies, mine, hist, wkey, we, v0, v1, kk,
+                                 (unsigned long long)((1.0 - (double)top_p) * (double)z), &s_digit, &s_before, merge);
         }
         /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
@@ -724,32 +702,6 @@ template <typename T> static int sr_cluster_size(int device, int64_t R, int64_t 
     return 0;
 }
 
-/* jamba_kernel_launch's launch (PDL where jamba_pdl_enabled()) with the cluster dimension (C, 1, 1) */
-template <typename... KArgs, typename... Args>
-static inline void sr_cluster_launch(void (*kernel)(KArgs...), int C, dim3 grid, cudaStream_t stream,
-                                     Args &&...args) {
-    static_assert(sizeof...(KArgs) == sizeof...(Args), "sr_cluster_launch: argument count differs from the kernel's");
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(SR_THREADS);
-    cfg.dynamicSmemBytes = 0;
-    cfg.stream = stream;
-    cudaLaunchAttribute attr[2];
-    unsigned n = 0;
-    if (jamba_pdl_enabled()) {
-        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[n++].val.programmaticStreamSerializationAllowed = 1;
-    }
-    attr[n].id = cudaLaunchAttributeClusterDimension;
-    attr[n].val.clusterDim.x = (unsigned)C;
-    attr[n].val.clusterDim.y = 1;
-    attr[n++].val.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = n;
-    (void)jamba_launch_converted<KArgs...>(&cfg, reinterpret_cast<const void *>(kernel),
-                                           static_cast<Args &&>(args)...);   /* (errors: JAMBA_LAUNCH_CHECK) */
-}
-
 extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p, jamba_launch launch) {
     JAMBA_TRY(jamba_sample_rows_check(p));
     const int64_t R = p->logits.shape[0], V = p->logits.shape[1], ld = p->logits.stride[0];
@@ -772,10 +724,11 @@ extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p
             auto *kernel = C == 8 ? &sr_cluster_kernel<T, 8>
                            : C == 4 ? &sr_cluster_kernel<T, 4>
                                     : &sr_cluster_kernel<T, 2>;
-            sr_cluster_launch(kernel, C, dim3((unsigned)(nc * C)), stream, (int64_t *)p->tokens.data,
-                              (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
-                              (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data, (uint32_t *)p->ws.data,
-                              R, V, p->seed, p->offset, (const int64_t *)p->rng.data);
+            jamba_kernel_launch_cluster(kernel, (unsigned)C, dim3((unsigned)(nc * C)), SR_THREADS, 0, stream,
+                                        (int64_t *)p->tokens.data, (float *)p->tau.data, (const T *)p->logits.data,
+                                        ld, (const float *)p->params.data, (const uint8_t *)p->seen.data,
+                                        (const int32_t *)p->counts.data, (uint32_t *)p->ws.data, R, V, p->seed,
+                                        p->offset, (const int64_t *)p->rng.data);
         } else {
             jamba_kernel_launch(sr_kernel<T>, grid, SR_THREADS, 0, stream, (int64_t *)p->tokens.data,
                                 (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
