@@ -51,6 +51,7 @@ from .row_sampling import RowSampler, Sampling, check as check_sampling, rows_di
 OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_new_tokens",
            "eos_token_id", "stop_strings", "cuda_graph", "prefill_chunk", "shared_prefix", "prefill_ahead")
 MAX_LOGPROBS = 20            # the most alternatives a prompt's logprobs may ask for (OpenAI's top_logprobs: 20)
+MAX_LOGIT_BIAS = 300         # the most tokens a prompt's logit_bias may name (OpenAI's limit)
 # shared_prefix=None (the default) runs the prompts' common first tokens once when there are at least this many
 SHARED_PREFIX_MIN_TOKENS = 16
 # prefill_ahead's default: when prompts must be prefilled for idle rows, queued prompts up to this many tokens in all
@@ -341,7 +342,8 @@ class ContinuousBatcher:
 
     def add(self, prompt: Sequence[int], max_new_tokens: Optional[int] = None,
             stop_strings: Optional[Sequence[str]] = None, sampling: Optional[dict] = None,
-            logprobs: Optional[int] = None, seed: Optional[int] = None) -> int:
+            logprobs: Optional[int] = None, seed: Optional[int] = None,
+            logit_bias: Optional[Dict[int, float]] = None) -> int:
         """Queues a prompt (token ids) with its budget (default: the batcher's max_new_tokens) and its own stop texts
         (default: the batcher's stop_strings; needs decode); returns its id. sampling: the prompt's own settings
         (jamba_ext.row_sampling.FIELDS: temperature (0: greedy), top_k, top_p, min_p, repetition_penalty,
@@ -352,7 +354,9 @@ class ContinuousBatcher:
         distribution (log_softmax of its logits, before penalties, temperature and filters); pop it there. seed (an
         int in [0, 2^63); None: one made from the batcher's seed and the id): the key of the prompt's draws, with the
         token's index in its completion as the counter -- the same seed and logits draw the same tokens, whatever
-        row, step or neighbours the prompt has (greedy prompts: no draws)."""
+        row, step or neighbours the prompt has (greedy prompts: no draws). logit_bias ({token id: a number in [-100,
+        100]}, OpenAI's): added to the prompt's logits before its penalties, filters and pick (-100 bans a token in
+        practice, +100 forces it); its logprobs stay the model's."""
         prompt = [int(t) for t in prompt]
         if not 1 <= len(prompt) <= self.max_prompt:
             raise ValueError(f"prompt: expected 1 to max_prompt_tokens = {self.max_prompt} tokens, got {len(prompt)}")
@@ -371,8 +375,24 @@ class ContinuousBatcher:
             raise ValueError(f"seed: expected an int in [0, 2^63) (or None), got {seed!r}")
         rid, self.next_id = self.next_id, self.next_id + 1
         key = prompt_key(self.seed, rid) if seed is None else seed
-        self.queue.append((rid, prompt, b, stop, (samp, logprobs, key)))
+        bias = self._check_bias(logit_bias) if logit_bias else None
+        self.queue.append((rid, prompt, b, stop, (samp, logprobs, key, bias)))
         return rid
+
+    def _check_bias(self, logit_bias) -> Tuple[List[int], List[float]]:
+        """logit_bias -> (token ids, values), or ValueError naming what is wrong."""
+        V = self.model.config.vocab_size
+        if not isinstance(logit_bias, dict) or len(logit_bias) > MAX_LOGIT_BIAS:
+            raise ValueError(f"logit_bias: expected a dict of at most {MAX_LOGIT_BIAS} {{token id: bias}}")
+        ids, vals = [], []
+        for t, v in logit_bias.items():
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < V:
+                raise ValueError(f"logit_bias: token ids are ints in [0, {V}), got {t!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not -100 <= v <= 100:
+                raise ValueError(f"logit_bias: biases are numbers in [-100, 100], got {v!r} for token {t}")
+            ids.append(t)
+            vals.append(float(v))
+        return ids, vals
 
     @property
     def running(self) -> int:
@@ -416,6 +436,8 @@ class ContinuousBatcher:
         self.logits = torch.zeros(B, V, dtype=m.dtype, device=dev)
         self.pending: Dict[int, torch.Tensor] = {}   # row -> its new prompt's logits, for the next pick
         self.key = [0] * B                           # each running row's Philox key (its prompt's seed)
+        self.bias: Optional[torch.Tensor] = None     # (B, V) fp32: each row's logit_bias (made on first need)
+        self.biased: set = set()                     # the rows whose bias row is not all zero
         self.rng_host = torch.zeros(B, 2, dtype=torch.long, pin_memory=dev.type == "cuda")   # (key, token index)
         self.rng = torch.zeros(B, 2, dtype=torch.long, device=dev)
         self.uniform = RowSampler([self.base] * B, dev) if self.do_sample else None
@@ -460,7 +482,7 @@ class ContinuousBatcher:
         if rows.pos < L:                             # (the positions skipped are masked for every row)
             rows.set_pos(L)
         got = rows.place([r for r, _ in take], [e[1] for _, (e, _) in take], [st for _, (_, st) in take])
-        for j, (r, ((rid, q, b, stop, (samp, lp, key)), _)) in enumerate(take):
+        for j, (r, ((rid, q, b, stop, (samp, lp, key, bias)), _)) in enumerate(take):
             self.seq[r], self.budget[r], self.new[r], self.row_stop[r] = rid, b, [], stop
             self.prompt[r], self.samp[r], self.want_lp[r], self.lps[r], self.key[r] = q, samp, lp, [], key
             self.pending[r] = got[j:j + 1]
@@ -471,6 +493,16 @@ class ContinuousBatcher:
                 self.count[r] = 0
             if self.counts is not None:
                 self.counts[r] = 0
+            if r in self.biased:
+                self.bias[r] = 0
+                self.biased.discard(r)
+            if bias is not None:
+                if self.bias is None:
+                    self.bias = torch.zeros(self.B, self.logits.shape[1], dtype=torch.float32,
+                                            device=self.logits.device)
+                ids = torch.tensor(bias[0], device=self.bias.device)
+                self.bias[r].index_put_((ids,), torch.tensor(bias[1], device=self.bias.device))
+                self.biased.add(r)
         self._row_settings()
 
     def _stage(self, n: int) -> None:
@@ -527,7 +559,7 @@ class ContinuousBatcher:
                     torch.cat([self.pending[r] for r in rs]).to(logits.dtype)
                 self.pending.clear()
             sampler = self.sampler or self.uniform   # (the rows' own settings, or the batcher's sampled ones)
-            lg = logits
+            lg = logits if not self.biased else logits.float() + self.bias      # (logit_bias: before the rest)
             if self.count is not None:
                 lg = lg.masked_fill((self.count < self.min_new)[:, None] & self.eos_cols, float("-inf"))
             if sampler is not None:                  # one kernel: penalties, filters, the draw

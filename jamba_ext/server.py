@@ -21,7 +21,8 @@ token's log-probability given the tokens before it ("max_tokens": 0: the prompt 
 harnesses ask of a completions server). "prompt" may be a list of prompts (choices: prompt x n + j). "seed" (an
 int) makes a sampled request repeat: choice c draws with a key made from the seed and c, whatever the requests
 beside it (ContinuousBatcher.add's seed; without one, a key made from the server's --seed and the request's place
-in its queue). Not supported: best_of, suffix, logit_bias (400 each: not answered as if they were).
+in its queue). "logit_bias" ({"token id": bias in [-100, 100]}) is added to the request's logits before its
+penalties, filters and pick. Not supported: best_of, suffix (400 each: not answered as if they were).
 """
 import json
 import queue
@@ -40,7 +41,7 @@ from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
 MAX_N = 16                  # the most completions one request may ask for ("n")
 MAX_PROMPTS = 64            # the most prompts one /v1/completions request may give (a list of them)
 # request fields answered only at these values
-UNSUPPORTED = {"best_of": 1, "suffix": None, "logit_bias": None}
+UNSUPPORTED = {"best_of": 1, "suffix": None}
 
 
 class _Request(NamedTuple):
@@ -53,6 +54,22 @@ class _Request(NamedTuple):
     echo: bool
     stream: bool
     seed: Optional[int] = None      # the request's seed (sampled requests; choice c draws with _choice_key(seed, c))
+    bias: Optional[dict] = None     # logit_bias, {token id: bias}
+
+
+def _logit_bias(value, engine) -> Optional[dict]:
+    """A request's "logit_bias" (OpenAI's: token ids as strings, or ints, to biases) -> {id: bias} checked by the
+    batcher's rules (RequestError: 400), or None."""
+    if value is None or value == {}:
+        return None
+    if not isinstance(value, dict):
+        raise RequestError('"logit_bias": expected an object {"token id": bias}')
+    out = {(int(t) if t.strip().isdigit() else t): v for t, v in value.items()}   # (JSON keys are strings)
+    try:
+        engine.bat._check_bias(out)
+    except ValueError as e:
+        raise RequestError(str(e).replace("logit_bias:", '"logit_bias":', 1)) from None
+    return out
 
 
 def _choice_key(seed: Optional[int], c: int) -> Optional[int]:
@@ -67,9 +84,11 @@ class RequestError(ValueError):
 
 class _Job:
     def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False, sampling: Optional[dict] = None,
-                 logprobs: Optional[int] = None, score: bool = False, seed: Optional[int] = None):
+                 logprobs: Optional[int] = None, score: bool = False, seed: Optional[int] = None,
+                 logit_bias: Optional[dict] = None):
         self.ids, self.max_tokens, self.stop, self.sampling, self.want_lp = ids, max_tokens, stop, sampling, logprobs
         self.seed = seed                 # (the batcher's key of its draws; None: the batcher makes one)
+        self.bias = logit_bias
         self.score = score               # (the prompt scored, no new tokens: echo with max_tokens 0)
         self.logprobs = None             # (when asked: the batcher's list, set before done)
         self.done = threading.Event()
@@ -118,10 +137,12 @@ class Engine:
         return job.result
 
     def submit(self, ids: List[int], max_tokens: int, stop=None, stream: bool = False,
-               sampling: Optional[dict] = None, logprobs: Optional[int] = None, seed: Optional[int] = None) -> _Job:
-        """Queues a prompt (sampling, logprobs, seed: ContinuousBatcher.add's); the job's done event is set at its end
-        (stream: its tokens queue gets each new token as it comes, then None; logprobs: job.logprobs)."""
-        job = _Job(ids, max_tokens, stop, stream, sampling, logprobs, seed=seed)
+               sampling: Optional[dict] = None, logprobs: Optional[int] = None, seed: Optional[int] = None,
+               logit_bias: Optional[dict] = None) -> _Job:
+        """Queues a prompt (sampling, logprobs, seed, logit_bias: ContinuousBatcher.add's); the job's done event is
+        set at its end (stream: its tokens queue gets each new token as it comes, then None; logprobs:
+        job.logprobs)."""
+        job = _Job(ids, max_tokens, stop, stream, sampling, logprobs, seed=seed, logit_bias=logit_bias)
         self.inbox.put(job)
         return job
 
@@ -171,7 +192,7 @@ class Engine:
                         self._score(job)
                     else:
                         self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling, job.want_lp,
-                                               job.seed)] = job
+                                               job.seed, job.bias)] = job
                 except ValueError as e:
                     job.finish(error=RequestError(str(e)))
                 try:
@@ -360,6 +381,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
                 raise RequestError(f'"seed": expected an int, got {seed!r}')
             seed = None if seed is None or settings.temperature == 0 else seed % 2 ** 64   # (greedy: no draws)
+            bias = _logit_bias(body.get("logit_bias"), engine)
             max_tokens = body.get("max_tokens", body.get("max_completion_tokens",
                                                          min(max_new_default, engine.bat.max_new)))
             lo = 0 if echo else 1
@@ -373,7 +395,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             if stream and (n > 1 or lp is not None or echo or len(prompts) > 1):
                 raise RequestError('"stream" with "n" > 1, "logprobs", "echo" or a list of prompts: not supported '
                                    "here (ask without streaming)")
-            return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream, seed)
+            return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream, seed, bias)
 
         def _prompts(self, body: dict, chat: bool) -> List[List[int]]:
             tok = engine.tok
@@ -415,7 +437,8 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             any is waited for; with echo, the prompt first (its text, and its scored tokens with logprobs)."""
             tok, n = engine.tok, req.n
             jobs = [[engine.submit(ids, req.max_tokens, req.stop, sampling=req.sampling, logprobs=req.lp,
-                                   seed=_choice_key(req.seed, pi * n + j)) for j in range(n)] if req.max_tokens else []
+                                   seed=_choice_key(req.seed, pi * n + j), logit_bias=req.bias) for j in range(n)]
+                     if req.max_tokens else []
                     for pi, ids in enumerate(req.prompts)]
             choices, done = [], 0
             for pi, ids in enumerate(req.prompts):
@@ -446,7 +469,8 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             stop text, or an unfinished UTF-8 character), then a chunk with the finish reason, then [DONE]."""
             stop = req.stop
             tok, job = engine.tok, engine.submit(req.prompts[0], req.max_tokens, stop, stream=True,
-                                                 sampling=req.sampling, seed=_choice_key(req.seed, 0))
+                                                 sampling=req.sampling, seed=_choice_key(req.seed, 0),
+                                                 logit_bias=req.bias)
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")

@@ -430,6 +430,40 @@ def test_continuous_sampling_does_not_depend_on_the_batch():
             bat.add(prompts[0], 3, seed=bad)
 
 
+def test_logit_bias_per_prompt():
+    """add(logit_bias=...): +100 on a token makes a greedy prompt give it every step, -100 on the token a prompt alone
+    would give first bans it from the whole completion (and the rest follows the biased logits); the other prompts
+    in the batch, and a prompt that later takes a biased row, give their own completions; bad biases refused."""
+    model = builtin_model()
+    V = model.config.vocab_size
+    prompts = _prompts(12, 6, 10, V)
+    alone = [_alone(model, p, 6, set())[0] for p in prompts]
+    banned = alone[1][0]
+    bat = C.ContinuousBatcher(model, 2, 10, 6, eos_token_id=None)
+    ids = [bat.add(prompts[0], 6, logit_bias={17: 100}), bat.add(prompts[1], 6, logit_bias={banned: -100, 5: 0.5})]
+    ids += [bat.add(p, 6) for p in prompts[2:]]
+    out = {}
+    while not bat.done:
+        out.update({rid: t for rid, t, _ in bat.step()})
+    assert out[ids[0]] == [17] * 6
+    assert banned not in out[ids[1]] and out[ids[1]] != alone[1]
+    with torch.inference_mode():                      # (greedy on the biased logits, step by step)
+        seq, want = list(prompts[1]), []
+        for _ in range(6):
+            lg = model(torch.tensor([seq]), logits_to_keep=1).logits[0, -1].float()
+            lg[banned] -= 100
+            lg[5] += 0.5
+            want.append(int(lg.argmax()))
+            seq.append(want[-1])
+    assert out[ids[1]] == want
+    assert [out[i] for i in ids[2:]] == alone[2:]
+    for bad, msg in (({V: 1.0}, "token ids are ints"), ({3: 101}, r"numbers in \[-100, 100\]"),
+                     ({"3": 1.0}, "token ids are ints"), ([3], "expected a dict"),
+                     ({i: 1.0 for i in range(301)}, "at most 300")):
+        with pytest.raises(ValueError, match=msg):
+            bat.add(prompts[0], 3, logit_bias=bad)
+
+
 def test_continuous_errors():
     model = builtin_model()
     run = lambda *a, **k: list(C.generate_continuous(model, *a, **k))  # noqa: E731

@@ -202,6 +202,33 @@ def test_seeded_sampled_requests_repeat():
         srv.stop()
 
 
+def test_logit_bias():
+    """"logit_bias" (OpenAI's form: token ids as strings): +100 on a token makes a greedy completion that token
+    throughout, streamed or not; -100 bans the token the prompt alone gives first; a request without it, at the same
+    time, gets its own completion."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=64, max_new_tokens=16)
+    try:
+        x = tok.encode("x", add_bos=False)[0]
+        plain = {"prompt": "hello there", "max_tokens": 6}
+        first = _alone(model, tok.encode("hello there"), 6)[0][0]
+
+        def text(b):
+            code, ans = srv.post("/v1/completions", b)
+            assert code == 200, ans
+            return ans["choices"][0]["text"]
+        with ThreadPoolExecutor(3) as ex:
+            got = list(ex.map(text, [dict(plain, logit_bias={str(x): 100}), plain,
+                                     dict(plain, logit_bias={str(first): -100})]))
+        assert got[0] == "x" * 6
+        assert got[1] == tok.decode(_alone(model, tok.encode("hello there"), 6)[0])
+        assert not tok.encode(got[2], add_bos=False) or tok.encode(got[2], add_bos=False)[0] != first
+        ev = srv.events("/v1/completions", dict(plain, logit_bias={str(x): 100}))
+        assert "".join(json.loads(e)["choices"][0]["text"] for e in ev[:-1]) == "x" * 6
+    finally:
+        srv.stop()
+
+
 def test_logprobs_answers():
     """"logprobs": k on /v1/completions: each token's log-probability under the model (a whole-sequence forward, its
     log_softmax) and its k most likely alternatives, text offsets from the completion's start; "top_logprobs" without
@@ -317,6 +344,10 @@ def test_refused_requests():
                           ({"prompt": "x", "n": 0}, '"n": expected an int in [1, 16]'),
                           ({"prompt": "x", "n": 2, "stream": True}, '"stream" with "n" > 1'),
                           ({"prompt": "x", "best_of": 2}, '"best_of": only 1'),
+                          ({"prompt": "x", "logit_bias": {"abc": 1}}, '"logit_bias": token ids are ints'),
+                          ({"prompt": "x", "logit_bias": {"99999": 1}}, '"logit_bias": token ids are ints'),
+                          ({"prompt": "x", "logit_bias": {"5": 200}}, '"logit_bias": biases are numbers in'),
+                          ({"prompt": "x", "logit_bias": [5]}, '"logit_bias": expected an object'),
                           ({"prompt": "x", "logprobs": 21}, '"logprobs": expected an int in [0, 20]'),
                           ({"prompt": "x", "logprobs": 2, "stream": True}, '"stream" with "n" > 1, "logprobs"'),
                           ({"prompt": ["x", "y"], "stream": True}, 'or a list of prompts: not supported'),
