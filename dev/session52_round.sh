@@ -14,7 +14,9 @@
 #            sample_rows fuzz cases on CUDA; memcheck + racecheck; sample_rows_probe; bench_sampling; bench_serve
 #            (b5b222f)
 #   round5   the review's sample_rows (the kernels' shared setup and selection, the common cluster launch): CUDA
-#            tests (sample_rows, row sampling, continuous, server); memcheck + racecheck; sample_rows_probe
+#            tests (sample_rows, row sampling, continuous, server); memcheck + racecheck; sample_rows_probe (b75dad3)
+#   pending  what session 52 left unrun on a GPU (no device time left): the CUDA tests of logit_bias (continuous
+#            batching through the decode graph) and the rest of continuous / server
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session52_round.sh MODE   (output: $OUT/round.log and the JSONs)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -84,7 +86,9 @@ round4)
 round5)
   cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py
   sanitize; probe ;;
-*) echo "unknown mode $mode (verify or round2-5)"; exit 2 ;;
+pending)
+  cuda_tests tests/test_continuous.py tests/test_server.py ;;
+*) echo "unknown mode $mode (verify, round2-5 or pending)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

@@ -430,11 +430,12 @@ def test_continuous_sampling_does_not_depend_on_the_batch():
             bat.add(prompts[0], 3, seed=bad)
 
 
-def test_logit_bias_per_prompt():
+def test_logit_bias_per_prompt(device):
     """add(logit_bias=...): +100 on a token makes a greedy prompt give it every step, -100 on the token a prompt alone
     would give first bans it from the whole completion (and the rest follows the biased logits); the other prompts
-    in the batch, and a prompt that later takes a biased row, give their own completions; bad biases refused."""
-    model = builtin_model()
+    in the batch, and a prompt that later takes a biased row, give their own completions; bad biases refused. On
+    CUDA through the decode graph (fp32)."""
+    model = builtin_model(device)
     V = model.config.vocab_size
     prompts = _prompts(12, 6, 10, V)
     alone = [_alone(model, p, 6, set())[0] for p in prompts]
@@ -450,7 +451,7 @@ def test_logit_bias_per_prompt():
     with torch.inference_mode():                      # (greedy on the biased logits, step by step)
         seq, want = list(prompts[1]), []
         for _ in range(6):
-            lg = model(torch.tensor([seq]), logits_to_keep=1).logits[0, -1].float()
+            lg = model(torch.tensor([seq], device=model.device), logits_to_keep=1).logits[0, -1].float()
             lg[banned] -= 100
             lg[5] += 0.5
             want.append(int(lg.argmax()))
