@@ -22,7 +22,9 @@ harnesses ask of a completions server). "prompt" may be a list of prompts (choic
 int) makes a sampled request repeat: choice c draws with a key made from the seed and c, whatever the requests
 beside it (ContinuousBatcher.add's seed; without one, a key made from the server's --seed and the request's place
 in its queue). "logit_bias" ({"token id": bias in [-100, 100]}) is added to the request's logits before its
-penalties, filters and pick. Not supported: best_of, suffix (400 each: not answered as if they were).
+penalties, filters and pick. "best_of" (/v1/completions, >= n, up to MAX_N) draws that many completions of each
+prompt and answers the n with the highest log-probability per token. Not supported: suffix (400: not answered as if
+it were).
 """
 import json
 import queue
@@ -41,7 +43,7 @@ from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
 MAX_N = 16                  # the most completions one request may ask for ("n")
 MAX_PROMPTS = 64            # the most prompts one /v1/completions request may give (a list of them)
 # request fields answered only at these values
-UNSUPPORTED = {"best_of": 1, "suffix": None}
+UNSUPPORTED = {"suffix": None}
 
 
 class _Request(NamedTuple):
@@ -55,6 +57,7 @@ class _Request(NamedTuple):
     stream: bool
     seed: Optional[int] = None      # the request's seed (sampled requests; choice c draws with _choice_key(seed, c))
     bias: Optional[dict] = None     # logit_bias, {token id: bias}
+    best_of: int = 1                # completions drawn a prompt (>= n; the n most likely per token are answered)
 
 
 def _logit_bias(value, engine) -> Optional[dict]:
@@ -367,6 +370,12 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
                 raise RequestError(f'"n": expected an int in [1, {MAX_N}], got {n!r}')
             lp = _logprobs_asked(body, chat)
+            best_of = body.get("best_of")
+            if best_of is not None and (isinstance(best_of, bool) or not isinstance(best_of, int) or
+                                        not n <= best_of <= MAX_N or (chat and best_of != 1)):
+                raise RequestError(f'"best_of": expected an int in ["n" = {n}, {MAX_N}]'
+                                   f'{" (chat: 1 only)" if chat else ""}, got {best_of!r}')
+            best_of = best_of or n
             echo = body.get("echo", False)
             if not isinstance(echo, bool):
                 raise RequestError(f'"echo": expected true or false, got {echo!r}')
@@ -392,10 +401,10 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                                    f'got {max_tokens!r}')
             stop = _stop_list(body.get("stop"))
             prompts = self._prompts(body, chat)
-            if stream and (n > 1 or lp is not None or echo or len(prompts) > 1):
-                raise RequestError('"stream" with "n" > 1, "logprobs", "echo" or a list of prompts: not supported '
-                                   "here (ask without streaming)")
-            return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream, seed, bias)
+            if stream and (n > 1 or best_of > 1 or lp is not None or echo or len(prompts) > 1):
+                raise RequestError('"stream" with "n" > 1, "best_of" > 1, "logprobs", "echo" or a list of prompts: '
+                                   "not supported here (ask without streaming)")
+            return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream, seed, bias, best_of)
 
         def _prompts(self, body: dict, chat: bool) -> List[List[int]]:
             tok = engine.tok
@@ -434,22 +443,32 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
 
         def _complete(self, req: "_Request", chat: bool) -> dict:
             """Every prompt's n completions (choice index: prompt x n + j), each job its own row, all submitted before
-            any is waited for; with echo, the prompt first (its text, and its scored tokens with logprobs)."""
-            tok, n = engine.tok, req.n
-            jobs = [[engine.submit(ids, req.max_tokens, req.stop, sampling=req.sampling, logprobs=req.lp,
-                                   seed=_choice_key(req.seed, pi * n + j), logit_bias=req.bias) for j in range(n)]
+            any is waited for; with echo, the prompt first (its text, and its scored tokens with logprobs). best_of
+            > n: best_of completions a prompt (job j's key from the seed and prompt x best_of + j), the n of the
+            highest mean log-probability of their tokens answered (an empty completion ranks last; usage counts
+            them all)."""
+            tok, n, k = engine.tok, req.n, req.best_of
+            want_lp = req.lp if req.lp is not None or k == n else 0
+            jobs = [[engine.submit(ids, req.max_tokens, req.stop, sampling=req.sampling, logprobs=want_lp,
+                                   seed=_choice_key(req.seed, pi * k + j), logit_bias=req.bias) for j in range(k)]
                      if req.max_tokens else []
                     for pi, ids in enumerate(req.prompts)]
             choices, done = [], 0
             for pi, ids in enumerate(req.prompts):
                 scores = engine.score(ids, req.lp) if req.echo and req.lp is not None else None
+                got = [engine.wait(jobs[pi][j]) if req.max_tokens else ([], "length") for j in range(k)]
+                done += sum(len(t) for t, _ in got)
+                order = list(range(k))
+                if k > n and req.max_tokens:         # (the n most likely per token, in that order)
+                    mean = [sum(lp for lp, _ in jobs[pi][j].logprobs) / len(jobs[pi][j].logprobs)
+                            if jobs[pi][j].logprobs else float("-inf") for j in range(k)]
+                    order = sorted(order, key=lambda j: -mean[j])
                 for j in range(n):
-                    tokens, reason = engine.wait(jobs[pi][j]) if req.max_tokens else ([], "length")
-                    done += len(tokens)
+                    tokens, reason = got[order[j]]
                     text = _answer_text(tok, tokens, reason, req.stop)
                     lps = None
                     if req.lp is not None:
-                        mine = jobs[pi][j].logprobs if req.max_tokens else []
+                        mine = jobs[pi][order[j]].logprobs if req.max_tokens else []
                         lps = _logprobs_answer(tok, (ids if req.echo else []) + tokens, (scores or []) + mine, chat)
                         if req.echo:
                             lps["top_logprobs"][0] = None    # (OpenAI's: the first token has nothing before it)

@@ -229,6 +229,37 @@ def test_logit_bias():
         srv.stop()
 
 
+def test_best_of():
+    """"best_of" k > n: k completions drawn (their keys those of n = k), the n with the highest mean log-probability
+    per token answered, most likely first, with their own logprobs when asked; usage counts all k; greedy: n copies
+    of the prompt's completion; an echo-only request (max_tokens 0) answers the prompt."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=3, max_prompt_tokens=64, max_new_tokens=16)
+    body = {"prompt": "the hybrid model", "max_tokens": 8, "temperature": 1.5, "seed": 77}
+    try:
+        code, four = srv.post("/v1/completions", dict(body, n=4, logprobs=0))
+        assert code == 200, four
+        mean = [sum(c["logprobs"]["token_logprobs"]) / max(1, len(c["logprobs"]["token_logprobs"]))
+                for c in four["choices"]]
+        best = sorted(range(4), key=lambda j: -mean[j])[:2]
+        code, ans = srv.post("/v1/completions", dict(body, n=2, best_of=4))
+        assert code == 200, ans
+        assert [c["text"] for c in ans["choices"]] == [four["choices"][j]["text"] for j in best]
+        assert [c["index"] for c in ans["choices"]] == [0, 1] and ans["choices"][0]["logprobs"] is None
+        assert ans["usage"]["completion_tokens"] == four["usage"]["completion_tokens"]
+        code, with_lp = srv.post("/v1/completions", dict(body, n=1, best_of=4, logprobs=2))
+        assert code == 200 and with_lp["choices"][0]["text"] == four["choices"][best[0]]["text"]
+        assert with_lp["choices"][0]["logprobs"]["token_logprobs"] == four["choices"][best[0]]["logprobs"][
+            "token_logprobs"]
+        code, greedy = srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 6, "n": 2, "best_of": 3})
+        want = tok.decode(_alone(model, tok.encode("hello"), 6)[0])
+        assert code == 200 and [c["text"] for c in greedy["choices"]] == [want, want]
+        code, echo = srv.post("/v1/completions", {"prompt": "hi", "max_tokens": 0, "echo": True, "best_of": 2})
+        assert code == 200 and [c["text"] for c in echo["choices"]] == ["hi"]
+    finally:
+        srv.stop()
+
+
 def test_logprobs_answers():
     """"logprobs": k on /v1/completions: each token's log-probability under the model (a whole-sequence forward, its
     log_softmax) and its k most likely alternatives, text offsets from the completion's start; "top_logprobs" without
@@ -343,13 +374,17 @@ def test_refused_requests():
         for body, msg in (({"prompt": "x", "stream": "yes"}, '"stream": expected true or false'),
                           ({"prompt": "x", "n": 0}, '"n": expected an int in [1, 16]'),
                           ({"prompt": "x", "n": 2, "stream": True}, '"stream" with "n" > 1'),
-                          ({"prompt": "x", "best_of": 2}, '"best_of": only 1'),
+                          ({"prompt": "x", "n": 3, "best_of": 2}, '"best_of": expected an int in ["n" = 3, 16]'),
+                          ({"prompt": "x", "best_of": 17}, '"best_of": expected an int'),
+                          ({"prompt": "x", "best_of": True}, '"best_of": expected an int'),
+                          ({"prompt": "x", "best_of": 2, "stream": True}, '"stream" with "n" > 1, "best_of" > 1'),
+                          ({"prompt": "x", "suffix": "y"}, '"suffix": only null'),
                           ({"prompt": "x", "logit_bias": {"abc": 1}}, '"logit_bias": token ids are ints'),
                           ({"prompt": "x", "logit_bias": {"99999": 1}}, '"logit_bias": token ids are ints'),
                           ({"prompt": "x", "logit_bias": {"5": 200}}, '"logit_bias": biases are numbers in'),
                           ({"prompt": "x", "logit_bias": [5]}, '"logit_bias": expected an object'),
                           ({"prompt": "x", "logprobs": 21}, '"logprobs": expected an int in [0, 20]'),
-                          ({"prompt": "x", "logprobs": 2, "stream": True}, '"stream" with "n" > 1, "logprobs"'),
+                          ({"prompt": "x", "logprobs": 2, "stream": True}, '"stream" with "n" > 1, "best_of" > 1, "logprobs"'),
                           ({"prompt": ["x", "y"], "stream": True}, 'or a list of prompts: not supported'),
                           ({"prompt": "x", "temperature": -0.7}, "temperature: expected a number >= 0"),
                           ({"prompt": "x", "top_p": 0}, "top_p: expected a number in (0, 1]"),
