@@ -375,12 +375,13 @@ class ContinuousBatcher:
             raise ValueError(f"seed: expected an int in [0, 2^63) (or None), got {seed!r}")
         rid, self.next_id = self.next_id, self.next_id + 1
         key = prompt_key(self.seed, rid) if seed is None else seed
-        bias = self._check_bias(logit_bias) if logit_bias else None
+        bias = self.check_logit_bias(logit_bias) if logit_bias else None
         self.queue.append((rid, prompt, b, stop, (samp, logprobs, key, bias)))
         return rid
 
-    def _check_bias(self, logit_bias) -> Tuple[List[int], List[float]]:
-        """logit_bias -> (token ids, values), or ValueError naming what is wrong."""
+    def check_logit_bias(self, logit_bias) -> Tuple[List[int], List[float]]:
+        """A prompt's logit_bias ({token id: bias}) -> (token ids, biases), or ValueError naming what is wrong (add's
+        check; a server checks a request's with it before answering)."""
         V = self.model.config.vocab_size
         if not isinstance(logit_bias, dict) or len(logit_bias) > MAX_LOGIT_BIAS:
             raise ValueError(f"logit_bias: expected a dict of at most {MAX_LOGIT_BIAS} {{token id: bias}}")
@@ -567,7 +568,7 @@ class ContinuousBatcher:
                 # event, which the host waited for)
                 self.rng_host.copy_(torch.tensor([[self.key[r], len(self.new[r])] for r in range(self.B)]))
                 self.rng.copy_(self.rng_host, non_blocking=self.run_ahead)
-                nxt = sampler.pick(lg, self.seen, self.counts, rng=self.rng)
+                nxt = sampler.pick(lg, self.seen, self.counts, self.rng)
             else:                                    # every row greedy, with the batcher's repetition penalty
                 nxt = (lg if self.seen is None else penalize(lg, self.seen, self.penalty)).argmax(-1)
             if self.seen is not None:

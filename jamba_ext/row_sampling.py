@@ -21,10 +21,8 @@ from typing import List, NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor
 
-FIELDS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty")
-
-
 class Sampling(NamedTuple):
+    """A row's settings, in the order of a row of ops.sample_rows' params (ops.SAMPLE_PARAMS)."""
     temperature: float = 0.0          # 0: greedy
     top_k: int = 0
     top_p: float = 1.0
@@ -32,6 +30,9 @@ class Sampling(NamedTuple):
     repetition_penalty: float = 1.0
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+
+
+FIELDS = Sampling._fields         # (= ops.SAMPLE_PARAMS: tests/test_row_sampling.py)
 
 
 def _number(v) -> bool:
@@ -64,27 +65,21 @@ def check(values: dict, base: Sampling = Sampling()) -> Sampling:
 class RowSampler:
     """The settings of R rows as one (R, 7) fp32 tensor of ops.SAMPLE_PARAMS (made again when rows take new
     requests), and pick(): one token a row, in one kernel (ops.sample_rows: the penalties, top_k, top_p and min_p
-    of each row, and a Gumbel-max draw from Philox uniforms keyed by seed, one counter a call). The host-side flags
-    say which state the rows need (seen tokens for a repetition penalty, counts of new tokens for presence and
+    of each row, and a Gumbel-max draw from Philox uniforms keyed by each row's own key and counter). The host-side
+    flags say which state the rows need (seen tokens for a repetition penalty, counts of new tokens for presence and
     frequency penalties)."""
 
     def __init__(self, rows: Sequence[Sampling], device):
-        self.rows = list(rows)
-        self.params = torch.tensor([[r.temperature, r.top_k, r.top_p, r.min_p, r.repetition_penalty,
-                                     r.presence_penalty, r.frequency_penalty] for r in self.rows],
-                                   dtype=torch.float32).to(device)
-        self.any_sample = any(r.temperature > 0 for r in self.rows)
-        self.any_rep = any(r.repetition_penalty != 1 for r in self.rows)
-        self.any_count = any(r.presence_penalty or r.frequency_penalty for r in self.rows)
+        self.params = torch.tensor([list(r) for r in rows], dtype=torch.float32).to(device)
+        self.any_rep = any(r.repetition_penalty != 1 for r in rows)
+        self.any_count = any(r.presence_penalty or r.frequency_penalty for r in rows)
 
-    def pick(self, logits: Tensor, seen: Optional[Tensor], counts: Optional[Tensor], seed: int = 0, offset: int = 0,
-             rng: Optional[Tensor] = None) -> Tensor:
+    def pick(self, logits: Tensor, seen: Optional[Tensor], counts: Optional[Tensor], rng: Tensor) -> Tensor:
         """(R,) int64: each row's token (greedy rows: the argmax of their penalised logits). seen / counts: None when
-        no row needs them; seed and offset: the draws' (a new offset a step), or rng (R, 2) int64: each row's own key
-        and counter (ops.sample_rows)."""
+        no row needs them; rng (R, 2) int64: each row's Philox key and counter (ops.sample_rows)."""
         from . import ops
         return ops.sample_rows(logits.contiguous(), self.params, seen if self.any_rep else None,
-                               counts if self.any_count else None, seed, offset, rng)[0]
+                               counts if self.any_count else None, rng=rng)[0]
 
 
 def rows_differ(rows: List[Optional[Sampling]], base: Sampling) -> bool:

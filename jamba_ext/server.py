@@ -69,7 +69,7 @@ def _logit_bias(value, engine) -> Optional[dict]:
         raise RequestError('"logit_bias": expected an object {"token id": bias}')
     out = {(int(t) if t.strip().isdigit() else t): v for t, v in value.items()}   # (JSON keys are strings)
     try:
-        engine.bat._check_bias(out)
+        engine.bat.check_logit_bias(out)
     except ValueError as e:
         raise RequestError(str(e).replace("logit_bias:", '"logit_bias":', 1)) from None
     return out

@@ -14,20 +14,21 @@ from jamba_ext.row_sampling import RowSampler, Sampling, check
 
 def test_pick_follows_each_rows_distribution(device):
     """4000 rows of one set of 4 logits: greedy rows give the argmax, top_k = 1 rows too, and the sampled rows' draws
-    follow softmax(logits / temperature) (each count within 5 sigma); the same seed and offset draw the same, another
-    offset other tokens."""
+    follow softmax(logits / temperature) (each count within 5 sigma); the same keys and counters draw the same,
+    other counters other tokens."""
     logits = torch.tensor([1.0, 0.2, -0.5, 1.4])
     n = 4000
     rs = RowSampler([Sampling(0.8)] * (n - 2) + [Sampling(0.0), Sampling(1.0, 1)], device)
     x = logits.to(device).expand(n, 4).contiguous()
-    got = rs.pick(x, None, None, 3, 0).cpu()
+    rng = torch.stack([torch.arange(n) * 2654435761 + 3, torch.zeros(n, dtype=torch.long)], 1).to(device)
+    got = rs.pick(x, None, None, rng).cpu()
     assert got[-2] == 3 and got[-1] == 3
     p = torch.softmax(logits / 0.8, -1)
     count = torch.bincount(got[:-2], minlength=4).double()
     sigma = (p * (1 - p) * (n - 2)).sqrt()
     assert ((count - p * (n - 2)).abs() < 5 * sigma).all(), (count, p * (n - 2))
-    assert torch.equal(rs.pick(x, None, None, 3, 0).cpu(), got)
-    assert not torch.equal(rs.pick(x, None, None, 3, 1).cpu(), got)
+    assert torch.equal(rs.pick(x, None, None, rng).cpu(), got)
+    assert not torch.equal(rs.pick(x, None, None, rng + torch.tensor([0, 1], device=device)).cpu(), got)
 
 
 def _alone(model, prompt, n, **kw):
@@ -92,6 +93,8 @@ def test_mixed_requests_in_one_batch(device):
 
 
 def test_settings_refused_by_name():
+    from jamba_ext import ops, row_sampling
+    assert row_sampling.FIELDS == ops.SAMPLE_PARAMS          # (a Sampling is a row of the kernel's params)
     assert check({}) == Sampling()
     assert check({"top_p": 0.5, "temperature": None}, Sampling(0.7)) == Sampling(0.7, 0, 0.5)
     for bad, msg in (({"temperature": -0.1}, "temperature"), ({"temperature": True}, "temperature"),
