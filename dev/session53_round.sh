@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Session 53's device calls on one H200 (device tool), one script: build, then by MODE
+#   first    what session 52 left unrun on a GPU: the CUDA tests of continuous batching (logit_bias through the
+#            decode graph), the server (best_of) and row sampling (RowSampler.pick with rng); then Nsight Compute
+#            profiles of sample_rows' cluster kernel (dev/ncu_sample_rows.sh: B = 1 top_p / top_k, B = 16 top_p)
+# Usage on the device: JAMBA_COMMIT=<sha> bash dev/session53_round.sh MODE   (output: $OUT/round.log and the profiles)
+OUT=${OUT:-/tmp/jamba_round_out}
+. benchmarks/round_env.sh
+mode=${1:-first}
+cuda_tests() {   # the files given, cuda-marked tests only, skip reasons listed
+  step "CUDA tests: $*"
+  timeout 300 python3 -m pytest -q -m cuda -rs --timeout=120 --tb=short "$@" -p no:cacheprovider 2>&1 | tail -30
+}
+sanitize() {     # compute-sanitizer memcheck + racecheck of sanitize_cases (small cases of every kernel)
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool (sanitize_cases)"
+    timeout 150 compute-sanitizer --tool $tool --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -6
+  done
+}
+probe() {        # sample_rows per setting, default against one-block and each cluster size (graph replays)
+  step "dev/sample_rows_probe.py"
+  timeout 120 python3 dev/sample_rows_probe.py 2>&1 | tail -30
+}
+{
+echo "commit $JAMBA_COMMIT, mode $mode"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
+build_cuda
+case "$mode" in
+first)
+  cuda_tests tests/test_continuous.py tests/test_server.py tests/test_row_sampling.py
+  step "dev/ncu_sample_rows.sh"
+  bash dev/ncu_sample_rows.sh 1:top_p 1:top_k 16:top_p ;;
+*) echo "unknown mode $mode (first)"; exit 2 ;;
+esac
+step done
+} 2>&1 | tee "$OUT/round.log"
