@@ -1,7 +1,7 @@
 """Runs every CUDA op of jamba_ext once on small, odd shapes, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py
-Exits non-zero if an op raises; the sanitizer reports memory errors and races itself.
+    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows]
+(sample_rows: that op's cases only.) Exits non-zero if an op raises; the sanitizer reports memory errors and races itself.
 """
 
 import os
@@ -15,12 +15,45 @@ import jamba_ext  # noqa: E402
 from jamba_ext import ops  # noqa: E402
 
 
+def sample_rows_cases(dev, rn):
+    """sample_rows on the shapes, settings and paths of both of its kernels"""
+    # sample_rows: greedy and sampled rows with every filter and both penalties, a row stride, a 1-column row
+    P = torch.tensor([[0.0, 0, 1.0, 0.0, 1.2, 0.5, 0.1], [0.8, 5, 0.9, 0.05, 1.0, 0.0, 0.0],
+                      [1.0, 0, 0.5, 0.0, 1.1, 0.3, 0.2]], device=dev)
+    for logits in (rn(3, 1001), rn(3, 1040)[:, 8:1032], rn(3, 1, dt=torch.float32)):
+        V = logits.shape[1]
+        ops.sample_rows(logits, P, torch.rand(3, V, device=dev) < 0.1,
+                        torch.randint(0, 3, (3, V), device=dev, dtype=torch.int32), seed=1, offset=2)
+        ops.sample_rows(logits, P)
+    # sample_rows' cluster kernel (sm_90+; elsewhere the switch falls back to the one-block kernel): the default from
+    # V = 4096 (4099: the fifth CTA owns 3 columns, the last three none), then forced on the shapes above (V = 1: seven
+    # empty slices) and on rows with NaNs (sr_cluster_argmax's exact path, its extra cluster barrier)
+    nanrows = rn(3, 2100, dt=torch.float32)
+    nanrows[0, 0] = nanrows[1, 1] = nanrows[1, 1500] = nanrows[2, 2099] = float("nan")
+    ops.sample_rows(rn(3, 4099), P, torch.rand(3, 4099, device=dev) < 0.1,
+                    torch.randint(0, 3, (3, 4099), device=dev, dtype=torch.int32), seed=1, offset=2)
+    rng = torch.tensor([[5, 0], [2 ** 63 - 1, 7], [0, 2 ** 40]], device=dev)     # (each row's own key and counter)
+    ops.sample_rows(rn(3, 4099), P, rng=rng)
+    os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"] = "0"
+    ops.sample_rows(rn(3, 1001), P, rng=rng)
+    for size in ("1", "4", "2"):                   # (each cluster size forced: 8, 4, 2)
+        os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"] = size
+        for logits in (rn(3, 1001), rn(3, 1040)[:, 8:1032], rn(3, 1, dt=torch.float32), nanrows):
+            ops.sample_rows(logits, P, seed=1, offset=2)
+    del os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"]
+
+
 def main():
     if not torch.cuda.is_available() or not jamba_ext.has_cuda_kernels():
         sys.exit("sanitize_cases: needs a GPU and jamba_ext built with its CUDA kernels (JAMBA_EXT_CUDA=1)")
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
     rn = lambda *s, dt=torch.bfloat16: torch.randn(*s, generator=g, device=dev).to(dt)
+    if sys.argv[1:] == ["sample_rows"]:
+        sample_rows_cases(dev, rn)
+        torch.cuda.synchronize()
+        print("sanitize_cases: sample_rows ran")
+        return
     B, DI, L, N, K = 2, 72, 37, 16, 4
     x = rn(3, 130)
     ops.rms_norm(x, rn(130))
@@ -185,30 +218,7 @@ def main():
         t[1] = -100
         loss, lse = ops.cross_entropy(logits, t)
         ops.cross_entropy_bwd(logits, t, lse, torch.rand_like(lse))
-    # sample_rows: greedy and sampled rows with every filter and both penalties, a row stride, a 1-column row
-    P = torch.tensor([[0.0, 0, 1.0, 0.0, 1.2, 0.5, 0.1], [0.8, 5, 0.9, 0.05, 1.0, 0.0, 0.0],
-                      [1.0, 0, 0.5, 0.0, 1.1, 0.3, 0.2]], device=dev)
-    for logits in (rn(3, 1001), rn(3, 1040)[:, 8:1032], rn(3, 1, dt=torch.float32)):
-        V = logits.shape[1]
-        ops.sample_rows(logits, P, torch.rand(3, V, device=dev) < 0.1,
-                        torch.randint(0, 3, (3, V), device=dev, dtype=torch.int32), seed=1, offset=2)
-        ops.sample_rows(logits, P)
-    # sample_rows' cluster kernel (sm_90+; elsewhere the switch falls back to the one-block kernel): the default from
-    # V = 4096 (4099: the fifth CTA owns 3 columns, the last three none), then forced on the shapes above (V = 1: seven
-    # empty slices) and on rows with NaNs (sr_cluster_argmax's exact path, its extra cluster barrier)
-    nanrows = rn(3, 2100, dt=torch.float32)
-    nanrows[0, 0] = nanrows[1, 1] = nanrows[1, 1500] = nanrows[2, 2099] = float("nan")
-    ops.sample_rows(rn(3, 4099), P, torch.rand(3, 4099, device=dev) < 0.1,
-                    torch.randint(0, 3, (3, 4099), device=dev, dtype=torch.int32), seed=1, offset=2)
-    rng = torch.tensor([[5, 0], [2 ** 63 - 1, 7], [0, 2 ** 40]], device=dev)     # (each row's own key and counter)
-    ops.sample_rows(rn(3, 4099), P, rng=rng)
-    os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"] = "0"
-    ops.sample_rows(rn(3, 1001), P, rng=rng)
-    for size in ("1", "4", "2"):                   # (each cluster size forced: 8, 4, 2)
-        os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"] = size
-        for logits in (rn(3, 1001), rn(3, 1040)[:, 8:1032], rn(3, 1, dt=torch.float32), nanrows):
-            ops.sample_rows(logits, P, seed=1, offset=2)
-    del os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"]
+    sample_rows_cases(dev, rn)
     torch.cuda.synchronize()
     print("sanitize_cases: all ops ran")
 

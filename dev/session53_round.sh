@@ -3,6 +3,10 @@
 #   first    what session 52 left unrun on a GPU: the CUDA tests of continuous batching (logit_bias through the
 #            decode graph), the server (best_of) and row sampling (RowSampler.pick with rng); then Nsight Compute
 #            profiles of sample_rows' cluster kernel (dev/ncu_sample_rows.sh: B = 1 top_p / top_k, B = 16 top_p)
+#   sr       sample_rows' histograms without atomics (a copy a warp, popcounts for top_k) and top_p's mass Z summed
+#            in its first radix pass: CUDA tests (sample_rows, row sampling, continuous, server; the cluster tests again
+#            with JAMBA_EXT_SYNC=1), 1000 sample_rows fuzz cases on CUDA, memcheck + racecheck of sample_rows' cases,
+#            sample_rows_probe, bench_sampling
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session53_round.sh MODE   (output: $OUT/round.log and the profiles)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -30,7 +34,22 @@ first)
   cuda_tests tests/test_continuous.py tests/test_server.py tests/test_row_sampling.py
   step "dev/ncu_sample_rows.sh"
   bash dev/ncu_sample_rows.sh 1:top_p 1:top_k 16:top_p ;;
-*) echo "unknown mode $mode (first)"; exit 2 ;;
+sr)
+  cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py
+  step "cluster tests with JAMBA_EXT_SYNC=1"
+  JAMBA_EXT_SYNC=1 timeout 120 python3 -m pytest -q -x tests/test_sample_rows.py -k cluster -p no:cacheprovider 2>&1 | tail -3
+  step "sample_rows fuzz on CUDA (1000 cases from seed 5300)"
+  JAMBA_FUZZ_CASES=1000 JAMBA_FUZZ_SEED=5300 timeout 200 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
+    -k sample_rows -p no:cacheprovider 2>&1 | tail -3
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool (sanitize_cases sample_rows)"
+    timeout 150 compute-sanitizer --tool $tool --print-limit 20 python3 benchmarks/sanitize_cases.py sample_rows 2>&1 | tail -6
+  done
+  probe
+  step "bench_sampling"
+  timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
+  cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null ;;
+*) echo "unknown mode $mode (first, sr)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

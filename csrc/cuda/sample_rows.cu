@@ -8,12 +8,13 @@
  *   ws (f32, at least jamba_sample_rows_ws_elems(R, V) = 2 R V): row r's score keys (u32) at ws + 2 r V, its
  *   exp(s - m) at ws + 2 r V + V (both paths).
  * Passes over a row: pass 1 reads logits, seen and counts once, finds the max (greedy rows stop there) and writes a
- *   sampled row's score keys to ws; the later passes read ws (L2-resident for a decode batch): 4 for top_k, 1 for
- *   the top_p mass Z (it writes exp(s - m) to ws), 4 for top_p, 1 for the draw (Philox only for the kept columns).
- *   The radix passes build a 256-bin histogram in shared memory (counts, or masses in fixed point -- integer sums,
- *   so the selection does not depend on the order of the additions): the lanes of a warp with one digit sum first
- *   (match / redux), each pair of warps adds into its own copy of the histogram (SR_COPIES), the copies are summed,
- *   and warp 0 finds the digit (a prefix sum over the bins, 8 a lane). The draw is a Gumbel-max over the kept
+ *   sampled row's score keys to ws; the later passes read ws (L2-resident for a decode batch): 4 for top_k, 4 for
+ *   top_p (the first writes exp(s - m) to ws and sums the mass Z with its histogram), 1 for the draw (Philox only
+ *   for the kept columns). The radix passes build a 256-bin histogram in shared memory (counts, or masses in fixed
+ *   point -- integer sums, so the selection does not depend on the order of the additions): the lanes of a warp with
+ *   one digit sum first (match / popc or redux), each warp adds into its own copy of the histogram (SR_COPIES, in
+ *   dynamic shared memory: no atomics), the copies are summed, and warp 0 finds the digit (a prefix sum over the
+ *   bins, 8 a lane). The draw is a Gumbel-max over the kept
  *   columns (Philox uniforms: the CPU's, column for column), reduced as (value, column) pairs with the first column
  *   winning ties. No host synchronisation; deterministic for a seed and offset.
  * Two kernels, the same tokens and tau to the bit (tests/test_sample_rows.py compares them):
@@ -48,7 +49,8 @@
 
 #define SR_THREADS 1024
 #define SR_WARPS (SR_THREADS / 32)
-#define SR_COPIES 16               /* histogram copies in shared memory: warps w and w + 16 share copy w % 16 */
+#define SR_COPIES SR_WARPS         /* histogram copies in shared memory: warp w's own copy w (no atomics) */
+#define SR_SMEM (SR_COPIES * 256 * 8) /* dynamic shared memory of both kernels: the copies (64 KB) */
 #define SR_MAX_GRID (1 << 30)
 #define SR_CLUSTER 8               /* the largest cluster size C (the portable maximum): env "1", the first tried */
 #define SR_CLUSTER_MIN_V 4096      /* the default takes a cluster kernel from here: >= 4 CTAs with columns at C = 8 */
@@ -110,27 +112,38 @@ __device__ float sr_min(float v, float *sv) {
     return v;
 }
 
-/* hist[digit] += w for the lanes of the warp whose digit is < 256 (the others pass 256): the lanes of one digit
- * (__match_any_sync) sum their w (__reduce_add_sync on the low 24 and the high bits: w < 2^41) and the first of them
- * adds it to the warp's copy of the histogram. A row's scores crowd into a few bins of the first radix pass: one
- * shared-memory atomic per lane on one histogram serialised ~0.7 ms a row at V = 65536 (bench_sampling at bb68f11),
- * and cooperative groups' labeled_partition + reduce still cost ~0.5 ms (9b35e52). Every lane of the warp must call
- * it (redux.sync: sm_80+; one atomic a lane below). */
-__device__ __forceinline__ void sr_hist_add(unsigned long long *hist, unsigned digit, unsigned long long w) {
+/* mine[digit] += w for the lanes of the warp whose digit is < 256 (the others pass 256), mine the warp's own copy of
+ * the histogram: the lanes of one digit (__match_any_sync) sum their w -- COUNT: w = 1 a lane, the sum the group's
+ * popcount; else __reduce_add_sync on the low 24 and the high bits (w < 2^41) -- and the first of them adds it with a
+ * plain read-modify-write (the groups' digits differ, and no other warp writes this copy). A row's scores crowd into a
+ * few bins of the first radix pass: one shared-memory atomic per lane on one histogram serialised ~0.7 ms a row at
+ * V = 65536 (bench_sampling at bb68f11), cooperative groups' labeled_partition + reduce still cost ~0.5 ms (9b35e52),
+ * and 64-bit shared atomics on copies shared by two warps compile to compare-and-swap loops (session 53's Nsight
+ * Compute: the largest stall). Every lane of the warp must call it (match / redux.sync: sm_80+; one atomic a lane
+ * below). */
+template <bool COUNT>
+__device__ __forceinline__ void sr_hist_add(unsigned long long *mine, unsigned digit, unsigned long long w) {
 #if __CUDA_ARCH__ >= 800
     const unsigned peers = __match_any_sync(0xffffffffu, digit);
-    const unsigned lo = __reduce_add_sync(peers, (unsigned)(w & 0xFFFFFFull));
-    const unsigned hi = __reduce_add_sync(peers, (unsigned)(w >> 24));
-    if ((threadIdx.x & 31) == (unsigned)(__ffs(peers) - 1) && digit < 256u)
-        atomicAdd(&hist[digit], ((unsigned long long)hi << 24) + lo);
+    unsigned long long sum;
+    if (COUNT) {
+        sum = (unsigned long long)__popc(peers);
+    } else {
+        const unsigned lo = __reduce_add_sync(peers, (unsigned)(w & 0xFFFFFFull));
+        const unsigned hi = __reduce_add_sync(peers, (unsigned)(w >> 24));
+        sum = ((unsigned long long)hi << 24) + lo;
+    }
+    if ((threadIdx.x & 31) == (unsigned)(__ffs(peers) - 1) && digit < 256u) mine[digit] += sum;
 #else  /* (JAMBA_EXT_ARCHS below 80: one atomic a lane) */
-    if (digit < 256u) atomicAdd(&hist[digit], w);
+    if (digit < 256u) atomicAdd(&mine[digit], COUNT ? 1ull : w);
 #endif
 }
 
-/* every copy of the histogram zeroed (then a __syncthreads) */
-__device__ __forceinline__ void sr_hist_zero(unsigned long long (*copies)[256]) {
-    for (int i = threadIdx.x; i < SR_COPIES * 256; i += SR_THREADS) copies[i >> 8][i & 255] = 0ull;
+/* the warp's own copy zeroed (every lane calls it; the copies were last read by the previous pass's merge, which ends
+ * at a block barrier) */
+__device__ __forceinline__ void sr_hist_zero(unsigned long long *mine) {
+    for (int i = threadIdx.x & 31; i < 256; i += 32) mine[i] = 0ull;
+    __syncwarp();
 }
 
 /* hist[b] = the sum of the copies' bin b (after a __syncthreads; then a __syncthreads) */
@@ -142,10 +155,12 @@ __device__ __forceinline__ void sr_hist_merge(unsigned long long (*copies)[256],
     }
 }
 
-/* Warp 0: over the bins in scan order (descending: 255 first), the first bin j where before + h[j] > target, and
- * the sum of the bins scanned before it; written to *digit and *before (read after the caller's __syncthreads). */
-__device__ void sr_find(const unsigned long long *h, bool descending, unsigned long long target, int *digit,
-                        unsigned long long *before) {
+/* Warp 0: over the bins in scan order (descending: 255 first), the first bin j where before + h[j] > target (before:
+ * the sum of the bins scanned before it), written to *digit, and target - before, the next pass's target, to *rem (both
+ * read after the caller's __syncthreads). keep >= 0 (top_p's first pass, whose histogram holds all the kept mass Z):
+ * the target is floor((1 - keep) Z) first. */
+__device__ void sr_find(const unsigned long long *h, bool descending, unsigned long long target, double keep,
+                        int *digit, unsigned long long *rem) {
     if (threadIdx.x >= 32) return;
     const int lane = threadIdx.x;
     unsigned long long mine = 0;
@@ -155,6 +170,7 @@ __device__ void sr_find(const unsigned long long *h, bool descending, unsigned l
         const unsigned long long t = __shfl_up_sync(0xffffffffu, incl, o);
         if (lane >= o) incl += t;
     }
+    if (keep >= 0.0) target = (unsigned long long)((1.0 - keep) * (double)__shfl_sync(0xffffffffu, incl, 31));
     const unsigned hit = __ballot_sync(0xffffffffu, incl > target);
     const int first = hit ? __ffs(hit) - 1 : 31;      /* (none: the last bin; cannot happen for a valid target) */
     if (lane == first) {
@@ -166,7 +182,7 @@ __device__ void sr_find(const unsigned long long *h, bool descending, unsigned l
             acc += h[b];
         }
         *digit = descending ? 255 - (lane * 8 + j) : lane * 8 + j;
-        *before = acc;
+        *rem = target - acc;
     }
 }
 
@@ -213,56 +229,80 @@ __device__ __forceinline__ sr_cfg sr_setup(const float *params, const uint8_t *s
 
 /* One radix pass's adds to the warp's histogram copy over the columns [lo, hi) (whole warps: every lane of a warp
  * calls sr_hist_add together): the digit at `shift` of the keys whose bits above it equal prefix's; MASS false
- * (top_k) counts them, MASS true (top_p) adds the fixed-point masses of those >= floor_key (top_k's threshold). */
+ * (top_k) counts them, MASS true (top_p) adds the fixed-point masses of those >= floor_key (top_k's threshold). A
+ * lane's keys are loaded SR_BATCH at a time ahead of their adds (an L2 round trip each otherwise); a candidate's mass
+ * when it is one (few are, after the first pass). */
+#define SR_BATCH 4
 template <bool MASS>
 __device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uint32_t *wkey, const float *we,
                                              int64_t lo, int64_t hi, int shift, uint32_t prefix, uint32_t floor_key) {
     const int lane = threadIdx.x & 31;
     const uint32_t above = shift < 24 ? 0xFFFFFFFFu << (shift + 8) : 0u;
-    for (int64_t base = lo + threadIdx.x - lane; base < hi; base += SR_THREADS) {
-        const int64_t v = base + lane;
-        const uint32_t key = v < hi ? wkey[v] : 0u;
-        const bool cand = v < hi && (!MASS || key >= floor_key) && (key & above) == prefix;
-        if (__any_sync(0xffffffffu, cand))
-            sr_hist_add(mine, cand ? (key >> shift) & 255u : 256u,
-                        !cand ? 0ull : MASS ? jamba_mass_fixed(we[v]) : 1ull);
+    for (int64_t base = lo + threadIdx.x - lane; base < hi; base += SR_BATCH * SR_THREADS) {
+        uint32_t key[SR_BATCH];
+#pragma unroll
+        for (int u = 0; u < SR_BATCH; u++) {
+            const int64_t v = base + u * SR_THREADS + lane;
+            key[u] = v < hi ? wkey[v] : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < SR_BATCH; u++) {
+            const int64_t v = base + u * SR_THREADS + lane;
+            const bool cand = v < hi && (!MASS || key[u] >= floor_key) && (key[u] & above) == prefix;
+            if (__any_sync(0xffffffffu, cand))
+                sr_hist_add<!MASS>(mine, cand ? (key[u] >> shift) & 255u : 256u,
+                                   !cand ? 0ull : MASS ? jamba_mass_fixed(we[v]) : 1ull);
+        }
     }
 }
 
-/* top_p's first step over the columns [lo, hi): e = exp(s - m) of the columns top_k keeps (key >= kk; 0 for the
- * others) to we, and the thread's share of their fixed-point mass */
-__device__ __forceinline__ unsigned long long sr_masses(const uint32_t *wkey, float *we, int64_t lo, int64_t hi,
-                                                        uint32_t kk, float m) {
-    unsigned long long z = 0ull;
-    for (int64_t v = lo + threadIdx.x; v < hi; v += SR_THREADS) {
-        const uint32_t key = wkey[v];
-        const float e = key >= kk ? expf(sr_key_f32(key) - m) : 0.f;
-        we[v] = e;
-        z += jamba_mass_fixed(e);
+/* top_p's first radix pass over the columns [lo, hi), with its masses: e = exp(s - m) of the columns top_k keeps
+ * (key >= kk; 0 for the others) to we, and each kept column's fixed-point mass added at its top digit (so the
+ * histogram's total is the row's kept mass Z: sr_find's keep) */
+__device__ __forceinline__ void sr_mass_adds(unsigned long long *mine, const uint32_t *wkey, float *we, int64_t lo,
+                                             int64_t hi, uint32_t kk, float m) {
+    const int lane = threadIdx.x & 31;
+    for (int64_t base = lo + threadIdx.x - lane; base < hi; base += SR_BATCH * SR_THREADS) {
+        uint32_t key[SR_BATCH];
+#pragma unroll
+        for (int u = 0; u < SR_BATCH; u++) {
+            const int64_t v = base + u * SR_THREADS + lane;
+            key[u] = v < hi ? wkey[v] : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < SR_BATCH; u++) {
+            const int64_t v = base + u * SR_THREADS + lane;
+            const bool cand = v < hi && key[u] >= kk;
+            const float e = cand ? expf(sr_key_f32(key[u]) - m) : 0.f;
+            if (v < hi) we[v] = e;
+            if (__any_sync(0xffffffffu, cand)) sr_hist_add<false>(mine, cand ? key[u] >> 24 : 256u, jamba_mass_fixed(e));
+        }
     }
-    return z;
 }
 
 /* A radix selection over the columns [lo, hi) of a row (4 passes of 8 bits, most significant first; every thread
  * calls it): MASS false (top_k) -> the key of the (target + 1)-th largest score (digits scanned from 255 down); MASS
- * true (top_p) -> the smallest key >= floor_key whose mass at or below it exceeds target (scanned from 0 up). Each
- * pass: the warps' adds into the copies, then merge(), which leaves the whole row's histogram in hist (the copies
- * summed; in sr_cluster_kernel also across the cluster), then warp 0's sr_find. */
+ * true (top_p; target given by keep = top_p and Z) -> the smallest key >= floor_key whose mass at or below it exceeds
+ * floor((1 - top_p) Z) (scanned from 0 up; the first pass computes the masses: sr_mass_adds). Each pass: the warp's
+ * own copy zeroed, its adds, then merge(), which leaves the whole row's histogram in hist (the copies summed; in
+ * sr_cluster_kernel also across the cluster), then warp 0's sr_find. */
 template <bool MASS, typename Merge>
-__device__ __forceinline__ uint32_t sr_select(unsigned long long (*copies)[256], unsigned long long *mine,
-                                              const unsigned long long *hist, const uint32_t *wkey, const float *we,
-                                              int64_t lo, int64_t hi, uint32_t floor_key, unsigned long long target,
-                                              int *s_digit, unsigned long long *s_before, Merge merge) {
+__device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const unsigned long long *hist,
+                                              const uint32_t *wkey, float *we, int64_t lo, int64_t hi,
+                                              uint32_t floor_key, unsigned long long target, double keep, float m,
+                                              int *s_digit, unsigned long long *s_rem, Merge merge) {
     uint32_t prefix = 0u;
     for (int pass = 0; pass < 4; pass++) {
         const int shift = 24 - 8 * pass;
-        sr_hist_zero(copies);
-        __syncthreads();
-        sr_pass_adds<MASS>(mine, wkey, we, lo, hi, shift, prefix, floor_key);
+        sr_hist_zero(mine);
+        if (MASS && pass == 0)
+            sr_mass_adds(mine, wkey, we, lo, hi, floor_key, m);
+        else
+            sr_pass_adds<MASS>(mine, wkey, we, lo, hi, shift, prefix, floor_key);
         merge();
-        sr_find(hist, !MASS, target, s_digit, s_before);
+        sr_find(hist, !MASS, target, MASS && pass == 0 ? keep : -1.0, s_digit, s_rem);
         __syncthreads();
-        target -= *s_before;
+        target = *s_rem;
         prefix |= (uint32_t)*s_digit << shift;
     }
     return prefix;
@@ -274,12 +314,14 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                                                         uint32_t *ws, int64_t R, int64_t V, uint64_t seed,
                                                         uint64_t offset, const int64_t *rng) {
     jamba_pdl_begin();
-    __shared__ unsigned long long hist[256], copies[SR_COPIES][256];
+    extern __shared__ __align__(16) unsigned long long sr_dyn[];      /* SR_SMEM bytes: the copies */
+    __shared__ unsigned long long hist[256];
     __shared__ float sv[SR_WARPS];
     __shared__ int64_t si[SR_WARPS];
     __shared__ int s_digit;
-    __shared__ unsigned long long s_before, s_z;
-    unsigned long long *mine = copies[(threadIdx.x >> 5) % SR_COPIES];
+    __shared__ unsigned long long s_rem;
+    unsigned long long(*copies)[256] = reinterpret_cast<unsigned long long(*)[256]>(sr_dyn);
+    unsigned long long *mine = copies[threadIdx.x >> 5];
     for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
         const T *row = x + r * ld;
         const sr_cfg c = sr_setup(params, seen, counts, ws, r, V);
@@ -309,22 +351,13 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
             sr_hist_merge(copies, hist);
             __syncthreads();
         };
-        const uint32_t kk = k ? sr_select<false>(copies, mine, hist, wkey, we, 0, V, 0u, (unsigned long long)k - 1ull,
-                                                 &s_digit, &s_before, merge) : 0u;
-        /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, then the smallest key whose
-         * mass at or below it exceeds floor((1 - top_p) Z) (4 radix passes, fixed-point masses) */
-        uint32_t kp = 0u;
-        if (top_p < 1.f) {
-            unsigned long long z = sr_masses(wkey, we, 0, V, kk, m);
-            __syncthreads();                          /* (every thread has read the top_k passes' s_before) */
-            if (threadIdx.x == 0) s_z = 0ull;
-            __syncthreads();
-            atomicAdd(&s_z, z);
-            __syncthreads();
-            z = s_z;
-            kp = sr_select<true>(copies, mine, hist, wkey, we, 0, V, kk,
-                                 (unsigned long long)((1.0 - (double)top_p) * (double)z), &s_digit, &s_before, merge);
-        }
+        const uint32_t kk = k ? sr_select<false>(mine, hist, wkey, we, 0, V, 0u, (unsigned long long)k - 1ull, -1.0,
+                                                 m, &s_digit, &s_rem, merge) : 0u;
+        /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, in the first of the radix passes
+         * that find the smallest key whose mass at or below it exceeds floor((1 - top_p) Z) (4 passes, fixed-point
+         * masses) */
+        const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, we, 0, V, kk, 0ull, (double)top_p, m,
+                                                          &s_digit, &s_rem, merge) : 0u;
         /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
         float gv = -INFINITY, smin = INFINITY;
@@ -354,14 +387,13 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
  * sr_cluster_kernel); and the CTA's own copy of the combined result (r*: only its own threads read it). */
 struct sr_part {
     unsigned long long h[256];     /* a radix pass: the slice's histogram (counts, or fixed-point masses) */
-    unsigned long long z, rz;      /* top_p: the mass of the slice's columns that top_k keeps; the row's */
     float v, smin, rv, rmin;       /* pass 1 / the draw: the slice's best value, the draw's smallest kept score */
     int64_t i, ri;                 /* ... and the best value's column; the row's (rv, ri), rmin */
     int nan, rnan;                 /* some thread's fold stuck at a NaN (sr_cluster_argmax); in any CTA */
 };
 
 /* Each thread's folds for sr_cluster_argmax's exact path: (fv, fi) from empty as sr_kernel's threads fold, (nv, ni)
- * over the non-NaN values only. In the shared memory of the histogram copies (never both in use at once). */
+ * over the non-NaN values only. In the (dynamic) shared memory of the histogram copies (never both in use at once). */
 struct sr_slots {
     float fv[SR_THREADS], nv[SR_THREADS];
     int64_t fi[SR_THREADS], ni[SR_THREADS];
@@ -388,39 +420,25 @@ __device__ __forceinline__ int64_t sr_cluster_count() {
 }
 
 /* A radix pass's histogram of the row into hist (this CTA's shared memory): the CTA's copies summed into P->h, one
- * cluster barrier, then hist[b] = the C partials' bin b summed in rank order (u64: exact). Called by every thread
- * after the CTA's sr_hist_add calls; hist is ready for sr_find on return. One event on P. */
+ * cluster barrier, then hist[b] = the C partials' bin b summed (u64: exact in any order) -- thread t reads bin t % 256
+ * of ranks t / 256, t / 256 + 4, ... (two remote loads a thread at C = 8, in flight together), its sum goes to copy
+ * t / 256 (free until the next pass: this CTA's copies were summed before the barrier), and those four are added.
+ * Called by every thread after the CTA's sr_hist_add calls; hist is ready for sr_find on return. One event on P. */
+static_assert(SR_THREADS == 4 * 256, "sr_cluster_hist: four threads a bin");
 template <int C>
 __device__ void sr_cluster_hist(unsigned long long (*copies)[256], sr_part *P, unsigned long long *hist) {
     cg::cluster_group cluster = cg::this_cluster();
     __syncthreads();
     sr_hist_merge(copies, P->h);
     cluster.sync();
-    for (int b = threadIdx.x; b < 256; b += SR_THREADS) {
-        unsigned long long t = 0ull;
+    const int b = threadIdx.x & 255, q = threadIdx.x >> 8;
+    unsigned long long t = 0ull;
 #pragma unroll
-        for (int c = 0; c < C; c++) t += cluster.map_shared_rank(P->h, c)[b];
-        hist[b] = t;
-    }
+    for (int c = q; c < C; c += 4) t += cluster.map_shared_rank(P->h, c)[b];
+    copies[q][b] = t;
     __syncthreads();
-}
-
-/* The row's top_p mass Z, in every thread: the CTA's threads add their z into P->z, one cluster barrier, warp 0 sums
- * the C partials (lane c < C reads rank c's; u64: exact in any order). One event on P. */
-template <int C>
-__device__ unsigned long long sr_cluster_z(unsigned long long z, sr_part *P) {
-    cg::cluster_group cluster = cg::this_cluster();
-    if (threadIdx.x == 0) P->z = 0ull;
+    if (threadIdx.x < 256) hist[b] = copies[0][b] + copies[1][b] + copies[2][b] + copies[3][b];
     __syncthreads();
-    atomicAdd(&P->z, z);
-    cluster.sync();
-    if (threadIdx.x < 32) {
-        unsigned long long t = threadIdx.x < C ? cluster.map_shared_rank(P, (int)threadIdx.x)->z : 0ull;
-        for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-        if (threadIdx.x == 0) P->rz = t;
-    }
-    __syncthreads();
-    return P->rz;
 }
 
 /* The row's best (value, column) pair (pass 1, the draw) in every thread of every CTA: what sr_kernel's sr_argmax
@@ -507,7 +525,7 @@ __device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, 
  *   grid (clusters * C) along x, cluster dims (C, 1, 1), SR_THREADS threads a CTA; cluster q takes rows q,
  *   q + clusters, ...; the CTA of rank c owns the row's columns [v0, v1) and only that slice of its keys and e values
  *   in ws; only rank 0 writes tokens[r] and tau[r].
- * Each combine (an "event": pass 1; each of the 4 top_k passes; Z and each of the 4 top_p passes; the draw) is: the
+ * Each combine (an "event": pass 1; each of the 4 top_k passes; each of the 4 top_p passes; the draw) is: the
  * CTA writes its partial to part[ev & 1] (ev: the events so far), one cluster barrier (cluster.sync: barrier.cluster
  * arrive.release + wait.acquire, all threads of all CTAs), then every CTA reads the C partials of part[ev & 1]
  * in rank order and reduces them the same way, so all reach the same digit / max without a broadcast. One barrier an
@@ -530,15 +548,16 @@ __global__ void __launch_bounds__(SR_THREADS)
     static_assert(C >= 1 && C <= SR_CLUSTER, "sr_cluster_kernel: C CTAs a cluster, at most the portable 8");
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     cg::cluster_group cluster = cg::this_cluster();
-    __shared__ sr_scratch scratch;                    /* the histogram copies, or sr_cluster_argmax's slots */
+    extern __shared__ __align__(16) unsigned long long sr_dyn[];      /* SR_SMEM bytes: */
+    sr_scratch &scratch = *reinterpret_cast<sr_scratch *>(sr_dyn);    /* the copies, or sr_cluster_argmax's slots */
     __shared__ sr_part part[2];
     __shared__ unsigned long long hist[256];
     __shared__ float sv[SR_WARPS];
     __shared__ int64_t si[SR_WARPS];
     __shared__ int s_digit;
-    __shared__ unsigned long long s_before;
+    __shared__ unsigned long long s_rem;
     unsigned long long(*copies)[256] = scratch.copies;
-    unsigned long long *mine = copies[(threadIdx.x >> 5) % SR_COPIES];
+    unsigned long long *mine = copies[threadIdx.x >> 5];
     /* the slice: ceil(V / C) rounded up to a multiple of SR_THREADS columns (so thread t's columns are sr_kernel's
      * thread t's), the last CTAs' short or empty (e.g. every CTA but rank 0's for V <= SR_THREADS) */
     const int64_t w = ((V + C - 1) / C + SR_THREADS - 1) / SR_THREADS * SR_THREADS;
@@ -570,17 +589,13 @@ __global__ void __launch_bounds__(SR_THREADS)
         const float m = __fdiv_rn(bv, temp);
         /* top_k: the key of the k-th largest score (4 radix passes, counts) */
         auto merge = [&]() { sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist); };   /* (one event a pass) */
-        const uint32_t kk = k ? sr_select<false>(copies, mine, hist, wkey, we, v0, v1, 0u, (unsigned long long)k - 1ull,
-                                                 &s_digit, &s_before, merge) : 0u;
-        /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, then the smallest key whose
-         * mass at or below it exceeds floor((1 - top_p) Z) (4 radix passes, fixed-point masses) */
-        uint32_t kp = 0u;
-        if (top_p < 1.f) {
-            unsigned long long z = sr_masses(wkey, we, v0, v1, kk, m);
-            z = sr_cluster_z<C>(z, &part[ev++ & 1u]);
-            kp = sr_select<true>(copies, mine, hist, wkey, we, v0, v1, kk,
-                                 (unsigned long long)((1.0 - (double)top_p) * (double)z), &s_digit, &s_before, merge);
-        }
+        const uint32_t kk = k ? sr_select<false>(mine, hist, wkey, we, v0, v1, 0u, (unsigned long long)k - 1ull,
+                                                 -1.0, m, &s_digit, &s_rem, merge) : 0u;
+        /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, in the first of the radix passes
+         * that find the smallest key whose mass at or below it exceeds floor((1 - top_p) Z) (4 passes, fixed-point
+         * masses; Z the first pass's histogram total, summed across the cluster with it) */
+        const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, we, v0, v1, kk, 0ull, (double)top_p, m,
+                                                          &s_digit, &s_rem, merge) : 0u;
         /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
         float gv = -INFINITY, ng = -INFINITY, smin = INFINITY;
@@ -618,6 +633,28 @@ __global__ void __launch_bounds__(SR_THREADS)
  * at cluster dims (C, 1, 1), the clusters of C that run at once (0: not asked yet); sr_cluster_ok fills all 9. */
 static int sr_ok_cache[SR_MAX_DEVICES];
 static int sr_active_cache[SR_MAX_DEVICES][3][3];
+static int sr_smem_set[SR_MAX_DEVICES];
+
+/* Both kernels' dynamic shared memory limit raised to SR_SMEM (the histogram copies), once per device (current); at
+ * each call on a device past SR_MAX_DEVICES */
+static jamba_status sr_smem_attrs(int device) {
+    if (device >= 0 && device < SR_MAX_DEVICES && sr_smem_set[device]) return JAMBA_OK;
+    const cudaFuncAttribute a = cudaFuncAttributeMaxDynamicSharedMemorySize;
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_kernel<float>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_kernel<__half>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_kernel<__nv_bfloat16>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_cluster_kernel<float, 8>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_cluster_kernel<__half, 8>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_cluster_kernel<__nv_bfloat16, 8>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_cluster_kernel<float, 4>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_cluster_kernel<__half, 4>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_cluster_kernel<__nv_bfloat16, 4>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_cluster_kernel<float, 2>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_cluster_kernel<__half, 2>, a, SR_SMEM));
+    JAMBA_CUDA_CHECK(cudaFuncSetAttribute(sr_cluster_kernel<__nv_bfloat16, 2>, a, SR_SMEM));
+    if (device >= 0 && device < SR_MAX_DEVICES) sr_smem_set[device] = 1;
+    return JAMBA_OK;
+}
 
 template <typename T> static constexpr int sr_dtype_index() {
     return std::is_same<T, float>::value ? 0 : std::is_same<T, __half>::value ? 1 : 2;
@@ -637,6 +674,7 @@ template <typename T, int C> static int sr_query_active() {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(C);
     cfg.blockDim = dim3(SR_THREADS);
+    cfg.dynamicSmemBytes = SR_SMEM;
     cudaLaunchAttribute attr;
     attr.id = cudaLaunchAttributeClusterDimension;
     attr.val.clusterDim.x = C;
@@ -713,6 +751,7 @@ extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p
         jamba_tensors_overlap(&p->ws, &p->rng))
         return jamba_set_error(JAMBA_ERR_ARG, "jamba.sample_rows: ws must not overlap another argument in memory");
     JAMBA_DEVICE_GUARD(launch);
+    JAMBA_TRY(sr_smem_attrs(launch.device));
     cudaStream_t stream = (cudaStream_t)launch.stream;
     /* the cluster kernels: SR_MAX_CLUSTERS clusters at most (more rows: the kernel's stride loop) */
     const int64_t nc = R < SR_MAX_CLUSTERS ? R : SR_MAX_CLUSTERS;
@@ -724,13 +763,13 @@ extern "C" jamba_status jamba_sample_rows_cuda(const jamba_sample_rows_params *p
             auto *kernel = C == 8 ? &sr_cluster_kernel<T, 8>
                            : C == 4 ? &sr_cluster_kernel<T, 4>
                                     : &sr_cluster_kernel<T, 2>;
-            jamba_kernel_launch_cluster(kernel, (unsigned)C, dim3((unsigned)(nc * C)), SR_THREADS, 0, stream,
+            jamba_kernel_launch_cluster(kernel, (unsigned)C, dim3((unsigned)(nc * C)), SR_THREADS, SR_SMEM, stream,
                                         (int64_t *)p->tokens.data, (float *)p->tau.data, (const T *)p->logits.data,
                                         ld, (const float *)p->params.data, (const uint8_t *)p->seen.data,
                                         (const int32_t *)p->counts.data, (uint32_t *)p->ws.data, R, V, p->seed,
                                         p->offset, (const int64_t *)p->rng.data);
         } else {
-            jamba_kernel_launch(sr_kernel<T>, grid, SR_THREADS, 0, stream, (int64_t *)p->tokens.data,
+            jamba_kernel_launch(sr_kernel<T>, grid, SR_THREADS, SR_SMEM, stream, (int64_t *)p->tokens.data,
                                 (float *)p->tau.data, (const T *)p->logits.data, ld, (const float *)p->params.data,
                                 (const uint8_t *)p->seen.data, (const int32_t *)p->counts.data,
                                 (uint32_t *)p->ws.data, R, V, p->seed, p->offset, (const int64_t *)p->rng.data);
