@@ -8,7 +8,7 @@ OUT=${OUT:-/tmp/jamba_gpu_out}; mkdir -p "$OUT"
 cases=("$@"); [ ${#cases[@]} -eq 0 ] && cases=(1:top_p 1:top_k 16:top_p)
 for c in "${cases[@]}"; do
   B=${c%%:*}; S=${c#*:}; tag=sr_${B}_$S
-  timeout 150 ncu --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section SourceCounters \
+  timeout 150 ncu --warp-sampling-interval 0 --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section SourceCounters \
     --section LaunchStats --section Occupancy --import-source yes -k regex:sr_ -s 1 -c 1 -f -o /tmp/$tag \
     python3 dev/ncu_sample_rows.py "$B" "$S" > /tmp/ncu_$tag.log 2>&1; echo "ncu $tag rc $?"; tail -2 /tmp/ncu_$tag.log
   ncu -i /tmp/$tag.ncu-rep --page details > "$OUT/ncu_${tag}_details.txt" 2>&1

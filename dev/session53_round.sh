@@ -7,6 +7,10 @@
 #            in its first radix pass: CUDA tests (sample_rows, row sampling, continuous, server; the cluster tests again
 #            with JAMBA_EXT_SYNC=1), 1000 sample_rows fuzz cases on CUDA, memcheck + racecheck of sample_rows' cases,
 #            sample_rows_probe, bench_sampling
+#   sr2      the same kernels with e = exp(s - m) computed from the key where a pass needs it (ws halved: keys only),
+#            the reductions only for digits shared by lanes, the draw's keys loaded ahead: CUDA tests, fuzz, memcheck,
+#            sample_rows_probe, Nsight Compute (B = 1 temperature / top_p, finest sampling), then racecheck (its own
+#            time limit: it ran past 150 s in sr)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session53_round.sh MODE   (output: $OUT/round.log and the profiles)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -49,7 +53,20 @@ sr)
   step "bench_sampling"
   timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
   cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null ;;
-*) echo "unknown mode $mode (first, sr)"; exit 2 ;;
+sr2)
+  cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py
+  step "sample_rows fuzz on CUDA (1000 cases from seed 5310)"
+  JAMBA_FUZZ_CASES=1000 JAMBA_FUZZ_SEED=5310 timeout 200 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
+    -k sample_rows -p no:cacheprovider 2>&1 | tail -3
+  step "compute-sanitizer memcheck (sanitize_cases sample_rows)"
+  timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py sample_rows 2>&1 | tail -4
+  probe
+  step "dev/ncu_sample_rows.sh 1:temp 1:top_p"
+  bash dev/ncu_sample_rows.sh 1:temp 1:top_p 2>&1 | grep -v "^          \|^    ---\|OPT\|INF"
+  step "compute-sanitizer racecheck (sanitize_cases sample_rows), up to ${RACE_S:-250} s"
+  timeout ${RACE_S:-250} compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py \
+    sample_rows 2>&1 | tail -6; echo "racecheck rc ${PIPESTATUS[0]}" ;;
+*) echo "unknown mode $mode (first, sr, sr2)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

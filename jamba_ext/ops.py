@@ -1764,7 +1764,7 @@ def sample_rows(logits: Tensor, params: Tensor, seen: Optional[Tensor] = None, c
     R = logits.shape[0]
     tokens = _alloc((R,), torch.int64, logits.device)
     tau = _alloc((R,), torch.float32, logits.device)
-    ws = _alloc((2 * R * logits.shape[1],), torch.float32, logits.device) if logits.is_cuda else None
+    ws = _alloc((R * logits.shape[1],), torch.float32, logits.device) if logits.is_cuda else None
     _call(op, logits.device, op, [("tokens", tokens), ("tau", tau), ("logits", logits), ("params", params),
                                   ("seen", None if seen is None else seen.view(torch.uint8)), ("counts", counts),
                                   ("ws", ws), ("rng", rng)], seed, offset)

@@ -59,7 +59,7 @@ jamba_status jamba_sample_rows_check(const jamba_sample_rows_params *p) {
     return JAMBA_OK;
 }
 
-int64_t jamba_sample_rows_ws_elems(int64_t R, int64_t V) { return 2 * R * V; }
+int64_t jamba_sample_rows_ws_elems(int64_t R, int64_t V) { return R * V; }
 
 /* Radix selection over the scores' keys, 4 passes of 8 bits, most significant first (csrc/cuda/sample_rows.cu does
  * the same with a block per row). by_mass = 0 (top_k): each key weighs 1 and the digits are scanned from 255 down;

@@ -5,12 +5,12 @@
  * Layout: logits x (R, V) T in {f32, f16, bf16}, unit stride along V, row stride ld (elements); params (R, 7) f32;
  *   seen (R, V) u8 and counts (R, V) i32 contiguous, each optional (NULL); tokens (R,) i64, tau (R,) f32; rng (R, 2)
  *   i64 contiguous, optional: each row's own Philox key and counter (csrc/jamba.h).
- *   ws (f32, at least jamba_sample_rows_ws_elems(R, V) = 2 R V): row r's score keys (u32) at ws + 2 r V, its
- *   exp(s - m) at ws + 2 r V + V (both paths).
+ *   ws (f32, at least jamba_sample_rows_ws_elems(R, V) = R V): row r's score keys (u32) at ws + r V (both paths).
  * Passes over a row: pass 1 reads logits, seen and counts once, finds the max (greedy rows stop there) and writes a
  *   sampled row's score keys to ws; the later passes read ws (L2-resident for a decode batch): 4 for top_k, 4 for
- *   top_p (the first writes exp(s - m) to ws and sums the mass Z with its histogram), 1 for the draw (Philox only
- *   for the kept columns). The radix passes build a 256-bin histogram in shared memory (counts, or masses in fixed
+ *   top_p (the first sums the mass Z with its histogram; a candidate's e = exp(s - m) is computed from its key where
+ *   a pass needs it: the same bits each time, and no round trip to memory), 1 for the draw (Philox only for the kept
+ *   columns). The radix passes build a 256-bin histogram in shared memory (counts, or masses in fixed
  *   point -- integer sums, so the selection does not depend on the order of the additions): the lanes of a warp with
  *   one digit sum first (match / popc or redux), each warp adds into its own copy of the histogram (SR_COPIES, in
  *   dynamic shared memory: no atomics), the copies are summed, and warp 0 finds the digit (a prefix sum over the
@@ -114,8 +114,9 @@ __device__ float sr_min(float v, float *sv) {
 
 /* mine[digit] += w for the lanes of the warp whose digit is < 256 (the others pass 256), mine the warp's own copy of
  * the histogram: the lanes of one digit (__match_any_sync) sum their w -- COUNT: w = 1 a lane, the sum the group's
- * popcount; else __reduce_add_sync on the low 24 and the high bits (w < 2^41) -- and the first of them adds it with a
- * plain read-modify-write (the groups' digits differ, and no other warp writes this copy). A row's scores crowd into a
+ * popcount; else __reduce_add_sync on the low 24 and the high bits (w < 2^41), in the groups of two or more lanes
+ * only (the reductions run once a group: a later pass's sparse candidates, each alone with its digit, skip them) --
+ * and the first of them adds it with a plain read-modify-write (the groups' digits differ, and no other warp writes this copy). A row's scores crowd into a
  * few bins of the first radix pass: one shared-memory atomic per lane on one histogram serialised ~0.7 ms a row at
  * V = 65536 (bench_sampling at bb68f11), cooperative groups' labeled_partition + reduce still cost ~0.5 ms (9b35e52),
  * and 64-bit shared atomics on copies shared by two warps compile to compare-and-swap loops (session 53's Nsight
@@ -125,10 +126,10 @@ template <bool COUNT>
 __device__ __forceinline__ void sr_hist_add(unsigned long long *mine, unsigned digit, unsigned long long w) {
 #if __CUDA_ARCH__ >= 800
     const unsigned peers = __match_any_sync(0xffffffffu, digit);
-    unsigned long long sum;
+    unsigned long long sum = w;
     if (COUNT) {
         sum = (unsigned long long)__popc(peers);
-    } else {
+    } else if (digit < 256u && (peers & (peers - 1u)) != 0u) {   /* (a lane alone with its digit adds its own w) */
         const unsigned lo = __reduce_add_sync(peers, (unsigned)(w & 0xFFFFFFull));
         const unsigned hi = __reduce_add_sync(peers, (unsigned)(w >> 24));
         sum = ((unsigned long long)hi << 24) + lo;
@@ -205,8 +206,7 @@ __device__ __forceinline__ float sr_key_f32(uint32_t key) {
 struct sr_cfg {
     float temp, top_p, min_p;
     int64_t k;                     /* top_k in [1, V), else 0 (off) */
-    uint32_t *wkey;                /* the scores' keys (ws + 2 r V), then */
-    float *we;                     /* their e = exp(s - m) (ws + 2 r V + V) */
+    uint32_t *wkey;                /* the scores' keys (ws + r V) */
     sr_row q;
 };
 __device__ __forceinline__ sr_cfg sr_setup(const float *params, const uint8_t *seen, const int32_t *counts,
@@ -217,8 +217,7 @@ __device__ __forceinline__ sr_cfg sr_setup(const float *params, const uint8_t *s
     c.top_p = pr[2];
     c.min_p = pr[3];
     c.k = (pr[1] >= 1.0f && pr[1] < (float)V) ? (int64_t)pr[1] : 0;
-    c.wkey = ws + r * 2 * V;
-    c.we = reinterpret_cast<float *>(ws + r * 2 * V + V);
+    c.wkey = ws + r * V;
     c.q.rep = pr[4];
     c.q.pres = pr[5];
     c.q.freq = pr[6];
@@ -229,13 +228,13 @@ __device__ __forceinline__ sr_cfg sr_setup(const float *params, const uint8_t *s
 
 /* One radix pass's adds to the warp's histogram copy over the columns [lo, hi) (whole warps: every lane of a warp
  * calls sr_hist_add together): the digit at `shift` of the keys whose bits above it equal prefix's; MASS false
- * (top_k) counts them, MASS true (top_p) adds the fixed-point masses of those >= floor_key (top_k's threshold). A
- * lane's keys are loaded SR_BATCH at a time ahead of their adds (an L2 round trip each otherwise); a candidate's mass
- * when it is one (few are, after the first pass). */
+ * (top_k) counts them, MASS true (top_p) adds the fixed-point masses of those >= floor_key (top_k's threshold), e =
+ * exp(s - m) computed from the key (as sr_mass_adds does). A lane's keys are loaded SR_BATCH at a time ahead of their
+ * adds (an L2 round trip each otherwise). */
 #define SR_BATCH 4
 template <bool MASS>
-__device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uint32_t *wkey, const float *we,
-                                             int64_t lo, int64_t hi, int shift, uint32_t prefix, uint32_t floor_key) {
+__device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uint32_t *wkey, int64_t lo, int64_t hi,
+                                             int shift, uint32_t prefix, uint32_t floor_key, float m) {
     const int lane = threadIdx.x & 31;
     const uint32_t above = shift < 24 ? 0xFFFFFFFFu << (shift + 8) : 0u;
     for (int64_t base = lo + threadIdx.x - lane; base < hi; base += SR_BATCH * SR_THREADS) {
@@ -251,16 +250,16 @@ __device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uin
             const bool cand = v < hi && (!MASS || key[u] >= floor_key) && (key[u] & above) == prefix;
             if (__any_sync(0xffffffffu, cand))
                 sr_hist_add<!MASS>(mine, cand ? (key[u] >> shift) & 255u : 256u,
-                                   !cand ? 0ull : MASS ? jamba_mass_fixed(we[v]) : 1ull);
+                                   !cand ? 0ull : MASS ? jamba_mass_fixed(expf(sr_key_f32(key[u]) - m)) : 1ull);
         }
     }
 }
 
-/* top_p's first radix pass over the columns [lo, hi), with its masses: e = exp(s - m) of the columns top_k keeps
- * (key >= kk; 0 for the others) to we, and each kept column's fixed-point mass added at its top digit (so the
- * histogram's total is the row's kept mass Z: sr_find's keep) */
-__device__ __forceinline__ void sr_mass_adds(unsigned long long *mine, const uint32_t *wkey, float *we, int64_t lo,
-                                             int64_t hi, uint32_t kk, float m) {
+/* top_p's first radix pass over the columns [lo, hi), with its masses: each column that top_k keeps (key >= kk) adds
+ * the fixed-point mass of its e = exp(s - m) at its top digit (so the histogram's total is the row's kept mass Z:
+ * sr_find's keep) */
+__device__ __forceinline__ void sr_mass_adds(unsigned long long *mine, const uint32_t *wkey, int64_t lo, int64_t hi,
+                                             uint32_t kk, float m) {
     const int lane = threadIdx.x & 31;
     for (int64_t base = lo + threadIdx.x - lane; base < hi; base += SR_BATCH * SR_THREADS) {
         uint32_t key[SR_BATCH];
@@ -274,7 +273,6 @@ __device__ __forceinline__ void sr_mass_adds(unsigned long long *mine, const uin
             const int64_t v = base + u * SR_THREADS + lane;
             const bool cand = v < hi && key[u] >= kk;
             const float e = cand ? expf(sr_key_f32(key[u]) - m) : 0.f;
-            if (v < hi) we[v] = e;
             if (__any_sync(0xffffffffu, cand)) sr_hist_add<false>(mine, cand ? key[u] >> 24 : 256u, jamba_mass_fixed(e));
         }
     }
@@ -288,7 +286,7 @@ __device__ __forceinline__ void sr_mass_adds(unsigned long long *mine, const uin
  * sr_cluster_kernel also across the cluster), then warp 0's sr_find. */
 template <bool MASS, typename Merge>
 __device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const unsigned long long *hist,
-                                              const uint32_t *wkey, float *we, int64_t lo, int64_t hi,
+                                              const uint32_t *wkey, int64_t lo, int64_t hi,
                                               uint32_t floor_key, unsigned long long target, double keep, float m,
                                               int *s_digit, unsigned long long *s_rem, Merge merge) {
     uint32_t prefix = 0u;
@@ -296,9 +294,9 @@ __device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const un
         const int shift = 24 - 8 * pass;
         sr_hist_zero(mine);
         if (MASS && pass == 0)
-            sr_mass_adds(mine, wkey, we, lo, hi, floor_key, m);
+            sr_mass_adds(mine, wkey, lo, hi, floor_key, m);
         else
-            sr_pass_adds<MASS>(mine, wkey, we, lo, hi, shift, prefix, floor_key);
+            sr_pass_adds<MASS>(mine, wkey, lo, hi, shift, prefix, floor_key, m);
         merge();
         sr_find(hist, !MASS, target, MASS && pass == 0 ? keep : -1.0, s_digit, s_rem);
         __syncthreads();
@@ -325,7 +323,7 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
     for (int64_t r = blockIdx.x; r < R; r += gridDim.x) {
         const T *row = x + r * ld;
         const sr_cfg c = sr_setup(params, seen, counts, ws, r, V);
-        const auto &[temp, top_p, min_p, k, wkey, we, q] = c;
+        const auto &[temp, top_p, min_p, k, wkey, q] = c;
         const bool sampled = temp > 0.f;
         /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
         float bv = -INFINITY;
@@ -351,25 +349,31 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
             sr_hist_merge(copies, hist);
             __syncthreads();
         };
-        const uint32_t kk = k ? sr_select<false>(mine, hist, wkey, we, 0, V, 0u, (unsigned long long)k - 1ull, -1.0,
+        const uint32_t kk = k ? sr_select<false>(mine, hist, wkey, 0, V, 0u, (unsigned long long)k - 1ull, -1.0,
                                                  m, &s_digit, &s_rem, merge) : 0u;
-        /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, in the first of the radix passes
+        /* top_p: e = exp(s - m) of the columns top_k keeps and their mass Z, in the first of the radix passes
          * that find the smallest key whose mass at or below it exceeds floor((1 - top_p) Z) (4 passes, fixed-point
          * masses) */
-        const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, we, 0, V, kk, 0ull, (double)top_p, m,
+        const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, 0, V, kk, 0ull, (double)top_p, m,
                                                           &s_digit, &s_rem, merge) : 0u;
         /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
         float gv = -INFINITY, smin = INFINITY;
         int64_t gi = -1;
-        for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
-            const uint32_t key = wkey[v];
-            if (key < kmin) continue;
-            const float s = sr_key_f32(key);
-            if (min_p > 0.f && (top_p < 1.f ? we[v] : expf(s - m)) < min_p) continue;
-            const float u = sr_uniform(rng, r, v, seed, offset);
-            sr_better(gv, gi, s - logf(-logf(u)), v);
-            smin = fminf(smin, s);
+        for (int64_t base = threadIdx.x; base < V; base += SR_BATCH * SR_THREADS) {   /* (keys loaded ahead) */
+            uint32_t key[SR_BATCH];
+#pragma unroll
+            for (int j = 0; j < SR_BATCH; j++) key[j] = base + j * SR_THREADS < V ? wkey[base + j * SR_THREADS] : 0u;
+#pragma unroll
+            for (int j = 0; j < SR_BATCH; j++) {
+                const int64_t v = base + j * SR_THREADS;
+                if (v >= V || key[j] < kmin) continue;
+                const float s = sr_key_f32(key[j]);
+                if (min_p > 0.f && expf(s - m) < min_p) continue;
+                const float u = sr_uniform(rng, r, v, seed, offset);
+                sr_better(gv, gi, s - logf(-logf(u)), v);
+                smin = fminf(smin, s);
+            }
         }
         sr_argmax(gv, gi, sv, si);
         smin = sr_min(smin, sv);
@@ -523,7 +527,7 @@ __device__ void sr_cluster_argmax(float &bv, int64_t &bi, float nv, int64_t ni, 
 /* sr_cluster_kernel<T, C>: sr_kernel's math with a row per cluster of C CTAs (the header's work split; C = 8, 4 or 2,
  * chosen per call by sr_cluster_size).
  *   grid (clusters * C) along x, cluster dims (C, 1, 1), SR_THREADS threads a CTA; cluster q takes rows q,
- *   q + clusters, ...; the CTA of rank c owns the row's columns [v0, v1) and only that slice of its keys and e values
+ *   q + clusters, ...; the CTA of rank c owns the row's columns [v0, v1) and only that slice of its keys
  *   in ws; only rank 0 writes tokens[r] and tau[r].
  * Each combine (an "event": pass 1; each of the 4 top_k passes; each of the 4 top_p passes; the draw) is: the
  * CTA writes its partial to part[ev & 1] (ev: the events so far), one cluster barrier (cluster.sync: barrier.cluster
@@ -567,7 +571,7 @@ __global__ void __launch_bounds__(SR_THREADS)
     for (int64_t r = sr_cluster_id(); r < R; r += sr_cluster_count()) {
         const T *row = x + r * ld;
         const sr_cfg c = sr_setup(params, seen, counts, ws, r, V);
-        const auto &[temp, top_p, min_p, k, wkey, we, q] = c;
+        const auto &[temp, top_p, min_p, k, wkey, q] = c;
         const bool sampled = temp > 0.f;
         /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
         float bv = -INFINITY, nv = -INFINITY, no_min = INFINITY;
@@ -589,27 +593,33 @@ __global__ void __launch_bounds__(SR_THREADS)
         const float m = __fdiv_rn(bv, temp);
         /* top_k: the key of the k-th largest score (4 radix passes, counts) */
         auto merge = [&]() { sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist); };   /* (one event a pass) */
-        const uint32_t kk = k ? sr_select<false>(mine, hist, wkey, we, v0, v1, 0u, (unsigned long long)k - 1ull,
+        const uint32_t kk = k ? sr_select<false>(mine, hist, wkey, v0, v1, 0u, (unsigned long long)k - 1ull,
                                                  -1.0, m, &s_digit, &s_rem, merge) : 0u;
-        /* top_p: e = exp(s - m) of the columns top_k keeps (to ws) and their mass Z, in the first of the radix passes
+        /* top_p: e = exp(s - m) of the columns top_k keeps and their mass Z, in the first of the radix passes
          * that find the smallest key whose mass at or below it exceeds floor((1 - top_p) Z) (4 passes, fixed-point
          * masses; Z the first pass's histogram total, summed across the cluster with it) */
-        const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, we, v0, v1, kk, 0ull, (double)top_p, m,
+        const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, v0, v1, kk, 0ull, (double)top_p, m,
                                                           &s_digit, &s_rem, merge) : 0u;
         /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
         float gv = -INFINITY, ng = -INFINITY, smin = INFINITY;
         int64_t gi = -1, ngi = -1;
-        for (int64_t v = v0 + threadIdx.x; v < v1; v += SR_THREADS) {
-            const uint32_t key = wkey[v];
-            if (key < kmin) continue;
-            const float s = sr_key_f32(key);
-            if (min_p > 0.f && (top_p < 1.f ? we[v] : expf(s - m)) < min_p) continue;
-            const float u = sr_uniform(rng, r, v, seed, offset);
-            const float g = s - logf(-logf(u));
-            sr_better(gv, gi, g, v);
-            if (g == g) sr_better(ng, ngi, g, v);
-            smin = fminf(smin, s);
+        for (int64_t base = v0 + threadIdx.x; base < v1; base += SR_BATCH * SR_THREADS) {   /* (keys loaded ahead) */
+            uint32_t key[SR_BATCH];
+#pragma unroll
+            for (int j = 0; j < SR_BATCH; j++) key[j] = base + j * SR_THREADS < v1 ? wkey[base + j * SR_THREADS] : 0u;
+#pragma unroll
+            for (int j = 0; j < SR_BATCH; j++) {
+                const int64_t v = base + j * SR_THREADS;
+                if (v >= v1 || key[j] < kmin) continue;
+                const float s = sr_key_f32(key[j]);
+                if (min_p > 0.f && expf(s - m) < min_p) continue;
+                const float u = sr_uniform(rng, r, v, seed, offset);
+                const float g = s - logf(-logf(u));
+                sr_better(gv, gi, g, v);
+                if (g == g) sr_better(ng, ngi, g, v);
+                smin = fminf(smin, s);
+            }
         }
         sr_cluster_argmax<C>(gv, gi, ng, ngi, smin, true, &part[ev++ & 1u], &scratch.slots, sv, si);
         if (rank == 0 && threadIdx.x == 0) {
