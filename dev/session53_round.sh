@@ -11,6 +11,10 @@
 #            the reductions only for digits shared by lanes, the draw's keys loaded ahead: CUDA tests, fuzz, memcheck,
 #            sample_rows_probe, Nsight Compute (B = 1 temperature / top_p, finest sampling), then racecheck (its own
 #            time limit: it ran past 150 s in sr)
+#   sr3      the same with pass 1's logits loaded ahead, block reductions over the warps' results by warp 0 (a
+#            butterfly, not every thread's loop of 32), a __syncwarp after each histogram add (sr2's racecheck warned of
+#            intra-warp hazards there): CUDA tests (+ JAMBA_EXT_SYNC=1 cluster tests), fuzz, memcheck, racecheck,
+#            sample_rows_probe, bench_sampling
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session53_round.sh MODE   (output: $OUT/round.log and the profiles)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -66,7 +70,24 @@ sr2)
   step "compute-sanitizer racecheck (sanitize_cases sample_rows), up to ${RACE_S:-250} s"
   timeout ${RACE_S:-250} compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py \
     sample_rows 2>&1 | tail -6; echo "racecheck rc ${PIPESTATUS[0]}" ;;
-*) echo "unknown mode $mode (first, sr, sr2)"; exit 2 ;;
+sr3)
+  cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py \
+    tests/test_selfcheck.py
+  step "cluster tests with JAMBA_EXT_SYNC=1"
+  JAMBA_EXT_SYNC=1 timeout 120 python3 -m pytest -q -x tests/test_sample_rows.py -k cluster -p no:cacheprovider 2>&1 | tail -3
+  step "sample_rows fuzz on CUDA (1000 cases from seed 5320)"
+  JAMBA_FUZZ_CASES=1000 JAMBA_FUZZ_SEED=5320 timeout 200 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
+    -k sample_rows -p no:cacheprovider 2>&1 | tail -3
+  step "compute-sanitizer memcheck (sanitize_cases sample_rows)"
+  timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py sample_rows 2>&1 | tail -4
+  probe
+  step "bench_sampling"
+  timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
+  cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null
+  step "compute-sanitizer racecheck (sanitize_cases sample_rows), up to ${RACE_S:-250} s"
+  timeout ${RACE_S:-250} compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py \
+    sample_rows 2>&1 | tail -6; echo "racecheck rc ${PIPESTATUS[0]}" ;;
+*) echo "unknown mode $mode (first, sr, sr2, sr3)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

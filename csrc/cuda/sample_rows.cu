@@ -52,6 +52,7 @@
 #define SR_COPIES SR_WARPS         /* histogram copies in shared memory: warp w's own copy w (no atomics) */
 #define SR_SMEM (SR_COPIES * 256 * 8) /* dynamic shared memory of both kernels: the copies (64 KB) */
 #define SR_MAX_GRID (1 << 30)
+#define SR_BATCH 4                 /* a lane's loads issued ahead of their use in each pass over the columns */
 #define SR_CLUSTER 8               /* the largest cluster size C (the portable maximum): env "1", the first tried */
 #define SR_CLUSTER_MIN_V 4096      /* the default takes a cluster kernel from here: >= 4 CTAs with columns at C = 8 */
 #define SR_MAX_CLUSTERS 128        /* clusters in sr_cluster_kernel's grid (more rows: a stride loop) */
@@ -63,10 +64,8 @@ struct sr_row {
     const int32_t *cnt;
 };
 
-/* the penalised logit of column v */
-template <typename T>
-__device__ __forceinline__ float sr_x(const T *row, const sr_row &q, int64_t v) {
-    float x = jamba_ld<T>(row[v]);
+/* the penalised logit of column v, x its logit */
+__device__ __forceinline__ float sr_pen(float x, const sr_row &q, int64_t v) {
     if (q.seen != nullptr && q.seen[v]) x = x < 0.f ? __fmul_rn(x, q.rep) : __fdiv_rn(x, q.rep);
     if (q.cnt != nullptr) {
         const int32_t c = q.cnt[v];
@@ -76,7 +75,7 @@ __device__ __forceinline__ float sr_x(const T *row, const sr_row &q, int64_t v) 
     return x;
 }
 
-/* (value, column) pairs: the larger value wins, the smaller column on a tie; block-wide, result in every thread */
+/* (value, column) pairs: the larger value wins, the smaller column on a tie (i < 0: none) */
 __device__ __forceinline__ void sr_better(float &bv, int64_t &bi, float v, int64_t i) {
     if (i >= 0 && (bi < 0 || v > bv || (v == bv && i < bi))) {
         bv = v;
@@ -84,6 +83,12 @@ __device__ __forceinline__ void sr_better(float &bv, int64_t &bi, float v, int64
     }
 }
 
+/* Block-wide reductions, the result in every thread: each warp's butterfly (lane 0's result), then warp 0's over the
+ * warps' results (sv / si: SR_WARPS + 1 slots, the last the result). sr_better is a total order without NaNs; a NaN
+ * that a fold meets first sticks, so with NaNs the result is that of this order -- sr_kernel's, which the cluster
+ * kernel's exact path rebuilds. fminf ignores NaNs and orders -0 below +0 (PTX min): any order. Two barriers each:
+ * the slots a call writes first (sv[w]) were last read before the previous call's second barrier, and the result
+ * slot is written after this call's first one, which every reader of the last result has passed. */
 __device__ void sr_argmax(float &bv, int64_t &bi, float *sv, int64_t *si) {
     for (int o = 16; o > 0; o >>= 1) {
         const float v = __shfl_xor_sync(0xffffffffu, bv, o);
@@ -91,25 +96,40 @@ __device__ void sr_argmax(float &bv, int64_t &bi, float *sv, int64_t *si) {
         sr_better(bv, bi, v, i);
     }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();                                   /* (sv / si may still be read from the last call) */
     if (lane == 0) {
         sv[warp] = bv;
         si[warp] = bi;
     }
     __syncthreads();
-    bv = sv[0];
-    bi = si[0];
-    for (int w = 1; w < SR_WARPS; w++) sr_better(bv, bi, sv[w], si[w]);
+    if (warp == 0) {
+        bv = sv[lane];
+        bi = si[lane];
+        for (int o = 16; o > 0; o >>= 1) {
+            const float v = __shfl_xor_sync(0xffffffffu, bv, o);
+            const int64_t i = __shfl_xor_sync(0xffffffffu, bi, o);
+            sr_better(bv, bi, v, i);
+        }
+        if (lane == 0) {
+            sv[SR_WARPS] = bv;
+            si[SR_WARPS] = bi;
+        }
+    }
+    __syncthreads();
+    bv = sv[SR_WARPS];
+    bi = si[SR_WARPS];
 }
 
 __device__ float sr_min(float v, float *sv) {
     for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
-    __syncthreads();
     if ((threadIdx.x & 31) == 0) sv[threadIdx.x >> 5] = v;
     __syncthreads();
-    v = sv[0];
-    for (int w = 1; w < SR_WARPS; w++) v = fminf(v, sv[w]);
-    return v;
+    if (threadIdx.x < 32) {
+        v = sv[threadIdx.x];
+        for (int o = 16; o > 0; o >>= 1) v = fminf(v, __shfl_xor_sync(0xffffffffu, v, o));
+        if (threadIdx.x == 0) sv[SR_WARPS] = v;
+    }
+    __syncthreads();
+    return sv[SR_WARPS];
 }
 
 /* mine[digit] += w for the lanes of the warp whose digit is < 256 (the others pass 256), mine the warp's own copy of
@@ -135,6 +155,7 @@ __device__ __forceinline__ void sr_hist_add(unsigned long long *mine, unsigned d
         sum = ((unsigned long long)hi << 24) + lo;
     }
     if ((threadIdx.x & 31) == (unsigned)(__ffs(peers) - 1) && digit < 256u) mine[digit] += sum;
+    __syncwarp();                                     /* (orders the copy's writes before the next call's reads) */
 #else  /* (JAMBA_EXT_ARCHS below 80: one atomic a lane) */
     if (digit < 256u) atomicAdd(&mine[digit], COUNT ? 1ull : w);
 #endif
@@ -231,7 +252,6 @@ __device__ __forceinline__ sr_cfg sr_setup(const float *params, const uint8_t *s
  * (top_k) counts them, MASS true (top_p) adds the fixed-point masses of those >= floor_key (top_k's threshold), e =
  * exp(s - m) computed from the key (as sr_mass_adds does). A lane's keys are loaded SR_BATCH at a time ahead of their
  * adds (an L2 round trip each otherwise). */
-#define SR_BATCH 4
 template <bool MASS>
 __device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uint32_t *wkey, int64_t lo, int64_t hi,
                                              int shift, uint32_t prefix, uint32_t floor_key, float m) {
@@ -314,8 +334,8 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
     jamba_pdl_begin();
     extern __shared__ __align__(16) unsigned long long sr_dyn[];      /* SR_SMEM bytes: the copies */
     __shared__ unsigned long long hist[256];
-    __shared__ float sv[SR_WARPS];
-    __shared__ int64_t si[SR_WARPS];
+    __shared__ float sv[SR_WARPS + 1];
+    __shared__ int64_t si[SR_WARPS + 1];
     __shared__ int s_digit;
     __shared__ unsigned long long s_rem;
     unsigned long long(*copies)[256] = reinterpret_cast<unsigned long long(*)[256]>(sr_dyn);
@@ -328,10 +348,19 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
         /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
         float bv = -INFINITY;
         int64_t bi = -1;
-        for (int64_t v = threadIdx.x; v < V; v += SR_THREADS) {
-            const float xv = sr_x<T>(row, q, v);
-            sr_better(bv, bi, xv, v);
-            if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
+        for (int64_t base = threadIdx.x; base < V; base += SR_BATCH * SR_THREADS) {   /* (logits loaded ahead) */
+            float xr[SR_BATCH];
+#pragma unroll
+            for (int j = 0; j < SR_BATCH; j++)
+                xr[j] = base + j * SR_THREADS < V ? jamba_ld<T>(row[base + j * SR_THREADS]) : 0.f;
+#pragma unroll
+            for (int j = 0; j < SR_BATCH; j++) {
+                const int64_t v = base + j * SR_THREADS;
+                if (v >= V) break;
+                const float xv = sr_pen(xr[j], q, v);
+                sr_better(bv, bi, xv, v);
+                if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
+            }
         }
         sr_argmax(bv, bi, sv, si);
         if (!sampled) {                               /* greedy */
@@ -556,8 +585,8 @@ __global__ void __launch_bounds__(SR_THREADS)
     sr_scratch &scratch = *reinterpret_cast<sr_scratch *>(sr_dyn);    /* the copies, or sr_cluster_argmax's slots */
     __shared__ sr_part part[2];
     __shared__ unsigned long long hist[256];
-    __shared__ float sv[SR_WARPS];
-    __shared__ int64_t si[SR_WARPS];
+    __shared__ float sv[SR_WARPS + 1];
+    __shared__ int64_t si[SR_WARPS + 1];
     __shared__ int s_digit;
     __shared__ unsigned long long s_rem;
     unsigned long long(*copies)[256] = scratch.copies;
@@ -576,11 +605,20 @@ __global__ void __launch_bounds__(SR_THREADS)
         /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
         float bv = -INFINITY, nv = -INFINITY, no_min = INFINITY;
         int64_t bi = -1, ni = -1;
-        for (int64_t v = v0 + threadIdx.x; v < v1; v += SR_THREADS) {
-            const float xv = sr_x<T>(row, q, v);
-            sr_better(bv, bi, xv, v);
-            if (xv == xv) sr_better(nv, ni, xv, v);
-            if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
+        for (int64_t base = v0 + threadIdx.x; base < v1; base += SR_BATCH * SR_THREADS) {   /* (logits loaded ahead) */
+            float xr[SR_BATCH];
+#pragma unroll
+            for (int j = 0; j < SR_BATCH; j++)
+                xr[j] = base + j * SR_THREADS < v1 ? jamba_ld<T>(row[base + j * SR_THREADS]) : 0.f;
+#pragma unroll
+            for (int j = 0; j < SR_BATCH; j++) {
+                const int64_t v = base + j * SR_THREADS;
+                if (v >= v1) break;
+                const float xv = sr_pen(xr[j], q, v);
+                sr_better(bv, bi, xv, v);
+                if (xv == xv) sr_better(nv, ni, xv, v);
+                if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
+            }
         }
         sr_cluster_argmax<C>(bv, bi, nv, ni, no_min, false, &part[ev++ & 1u], &scratch.slots, sv, si);
         if (!sampled) {                               /* greedy */
