@@ -1,7 +1,8 @@
 """Runs every CUDA op of jamba_ext once on small, odd shapes, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows]
-(sample_rows: that op's cases only.) Exits non-zero if an op raises; the sanitizer reports memory errors and races itself.
+(sample_rows: that op's cases only.) Exits non-zero if an op raises; the sanitizer reports memory errors and races
+itself.
 """
 
 import os

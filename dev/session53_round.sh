@@ -23,11 +23,20 @@ cuda_tests() {   # the files given, cuda-marked tests only, skip reasons listed
   step "CUDA tests: $*"
   timeout 300 python3 -m pytest -q -m cuda -rs --timeout=120 --tb=short "$@" -p no:cacheprovider 2>&1 | tail -30
 }
-sanitize() {     # compute-sanitizer memcheck + racecheck of sanitize_cases (small cases of every kernel)
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool (sanitize_cases)"
-    timeout 150 compute-sanitizer --tool $tool --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -6
-  done
+sync_cluster() {  # sample_rows' cluster tests with JAMBA_EXT_SYNC=1 (a device sync after each launch)
+  step "cluster tests with JAMBA_EXT_SYNC=1"
+  JAMBA_EXT_SYNC=1 timeout 120 python3 -m pytest -q -x tests/test_sample_rows.py -k cluster -p no:cacheprovider \
+    2>&1 | tail -3
+}
+fuzz() {         # N sample_rows fuzz cases on CUDA from seed S
+  step "sample_rows fuzz on CUDA ($1 cases from seed $2)"
+  JAMBA_FUZZ_CASES=$1 JAMBA_FUZZ_SEED=$2 timeout 200 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
+    -k sample_rows -p no:cacheprovider 2>&1 | tail -3
+}
+sanitize_sr() {  # compute-sanitizer TOOL on sanitize_cases' sample_rows cases, with a time limit (s)
+  step "compute-sanitizer $1 (sanitize_cases sample_rows), up to $2 s"
+  timeout "$2" compute-sanitizer --tool "$1" --print-limit 20 python3 benchmarks/sanitize_cases.py sample_rows \
+    2>&1 | tail -6; echo "$1 rc ${PIPESTATUS[0]}"
 }
 probe() {        # sample_rows per setting, default against one-block and each cluster size (graph replays)
   step "dev/sample_rows_probe.py"
@@ -44,49 +53,24 @@ first)
   bash dev/ncu_sample_rows.sh 1:top_p 1:top_k 16:top_p ;;
 sr)
   cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py
-  step "cluster tests with JAMBA_EXT_SYNC=1"
-  JAMBA_EXT_SYNC=1 timeout 120 python3 -m pytest -q -x tests/test_sample_rows.py -k cluster -p no:cacheprovider 2>&1 | tail -3
-  step "sample_rows fuzz on CUDA (1000 cases from seed 5300)"
-  JAMBA_FUZZ_CASES=1000 JAMBA_FUZZ_SEED=5300 timeout 200 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
-    -k sample_rows -p no:cacheprovider 2>&1 | tail -3
-  for tool in memcheck racecheck; do
-    step "compute-sanitizer $tool (sanitize_cases sample_rows)"
-    timeout 150 compute-sanitizer --tool $tool --print-limit 20 python3 benchmarks/sanitize_cases.py sample_rows 2>&1 | tail -6
-  done
-  probe
+  sync_cluster; fuzz 1000 5300; sanitize_sr memcheck 150; sanitize_sr racecheck 150; probe
   step "bench_sampling"
   timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
   cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null ;;
 sr2)
   cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py
-  step "sample_rows fuzz on CUDA (1000 cases from seed 5310)"
-  JAMBA_FUZZ_CASES=1000 JAMBA_FUZZ_SEED=5310 timeout 200 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
-    -k sample_rows -p no:cacheprovider 2>&1 | tail -3
-  step "compute-sanitizer memcheck (sanitize_cases sample_rows)"
-  timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py sample_rows 2>&1 | tail -4
-  probe
+  fuzz 1000 5310; sanitize_sr memcheck 100; probe
   step "dev/ncu_sample_rows.sh 1:temp 1:top_p"
   bash dev/ncu_sample_rows.sh 1:temp 1:top_p 2>&1 | grep -v "^          \|^    ---\|OPT\|INF"
-  step "compute-sanitizer racecheck (sanitize_cases sample_rows), up to ${RACE_S:-250} s"
-  timeout ${RACE_S:-250} compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py \
-    sample_rows 2>&1 | tail -6; echo "racecheck rc ${PIPESTATUS[0]}" ;;
+  sanitize_sr racecheck "${RACE_S:-250}" ;;
 sr3)
   cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py \
     tests/test_selfcheck.py
-  step "cluster tests with JAMBA_EXT_SYNC=1"
-  JAMBA_EXT_SYNC=1 timeout 120 python3 -m pytest -q -x tests/test_sample_rows.py -k cluster -p no:cacheprovider 2>&1 | tail -3
-  step "sample_rows fuzz on CUDA (1000 cases from seed 5320)"
-  JAMBA_FUZZ_CASES=1000 JAMBA_FUZZ_SEED=5320 timeout 200 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
-    -k sample_rows -p no:cacheprovider 2>&1 | tail -3
-  step "compute-sanitizer memcheck (sanitize_cases sample_rows)"
-  timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py sample_rows 2>&1 | tail -4
-  probe
+  sync_cluster; fuzz 1000 5320; sanitize_sr memcheck 100; probe
   step "bench_sampling"
   timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
   cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null
-  step "compute-sanitizer racecheck (sanitize_cases sample_rows), up to ${RACE_S:-250} s"
-  timeout ${RACE_S:-250} compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py \
-    sample_rows 2>&1 | tail -6; echo "racecheck rc ${PIPESTATUS[0]}" ;;
+  sanitize_sr racecheck "${RACE_S:-250}" ;;
 *) echo "unknown mode $mode (first, sr, sr2, sr3)"; exit 2 ;;
 esac
 step done

@@ -19,7 +19,7 @@
  *   winning ties. No host synchronisation; deterministic for a seed and offset.
  * Two kernels, the same tokens and tau to the bit (tests/test_sample_rows.py compares them):
  *   sr_kernel (any GPU): one block of SR_THREADS threads per row (grid-stride over rows past SR_MAX_GRID); thread t
- *     takes columns t, t + SR_THREADS, ...; a radix pass over V = 65536 costs 45-75 us on one SM of an H200.
+ *     takes columns t, t + SR_THREADS, ...; a radix pass over V = 65536 costs ~13-22 us on one SM of an H200.
  *   sr_cluster_kernel<T, C> (sm_90+, C = 8, 4 or 2): a cluster of C CTAs of SR_THREADS threads per row (a stride
  *     loop over rows past SR_MAX_CLUSTERS clusters). CTA c owns the columns [c w, (c + 1) w) clipped to V,
  *     w = ceil(V / C) rounded up to a multiple of SR_THREADS (small V: the last CTAs own nothing), and its thread t
@@ -33,12 +33,13 @@
  *   C CTAs of a cluster must be co-scheduled within one GPC, so an H200 (132 SMs) runs only about 13-14 clusters of 8
  *   at once (more of 4 or 2: cudaOccupancyMaxActiveClusters). The rows past that wait for a second wave, and so on,
  *   each wave costing about what a one-row call does. Measured on an H200 (CUDA-graph replays, bf16, V = 65536;
- *   one-block -> clusters of 8): top_p 0.95 402 -> 109 us at R = 1, 407 -> 210 us at R = 16 (2 waves), 417 -> 516 us
- *   at R = 64 (about 5 waves: slower than one block); top_k 50 198 -> 47 us at R = 1, 199 -> 91 us at R = 16; greedy
- *   69 -> 78 us at R = 64. So from V = SR_CLUSTER_MIN_V the default takes the largest C in (8, 4, 2) whose clusters
- *   hold all R rows in one wave (R <= cudaOccupancyMaxActiveClusters at that C, asked once per device, dtype and C):
- *   a smaller C gives a row fewer SMs, but a second wave would cost a whole row's time; and sr_kernel where even
- *   C = 2 needs two waves. (C = 4 and 2 are not timed yet.)
+ *   one-block -> clusters of 8, session 52's kernels): top_p 0.95 402 -> 109 us at R = 1, 407 -> 210 us at R = 16
+ *   (2 waves), 417 -> 516 us at R = 64 (about 5 waves: slower than one block). So from V = SR_CLUSTER_MIN_V the
+ *   default takes the largest C in (8, 4, 2) whose clusters hold all R rows in one wave (R <= cudaOccupancyMaxActive-
+ *   Clusters at that C, asked once per device, dtype and C): a smaller C gives a row fewer SMs, but a second wave would
+ *   cost a whole row's time; and sr_kernel where even C = 2 needs two waves. Session 53's kernels, the default ->
+ *   (one-block) at R = 1 / 16 / 64: top_p 0.95 39 / 60 / 101 us (168 / 170 / 172), top_k 50 25 / 31 / 47 us
+ *   (68 / 69 / 69), greedy 6.3 / 8.2 / 11.9 us (docs/PERF_NOTES.md; sr3_round_a20d592.log).
  */
 #include "common.cuh"
 
@@ -136,8 +137,9 @@ __device__ float sr_min(float v, float *sv) {
  * the histogram: the lanes of one digit (__match_any_sync) sum their w -- COUNT: w = 1 a lane, the sum the group's
  * popcount; else __reduce_add_sync on the low 24 and the high bits (w < 2^41), in the groups of two or more lanes
  * only (the reductions run once a group: a later pass's sparse candidates, each alone with its digit, skip them) --
- * and the first of them adds it with a plain read-modify-write (the groups' digits differ, and no other warp writes this copy). A row's scores crowd into a
- * few bins of the first radix pass: one shared-memory atomic per lane on one histogram serialised ~0.7 ms a row at
+ * and the first of them adds it with a plain read-modify-write (the groups' digits differ, and no other warp writes
+ * this copy; a __syncwarp then orders it before the next call's reads). A row's scores crowd into a few bins of the
+ * first radix pass: one shared-memory atomic per lane on one histogram serialised ~0.7 ms a row at
  * V = 65536 (bench_sampling at bb68f11), cooperative groups' labeled_partition + reduce still cost ~0.5 ms (9b35e52),
  * and 64-bit shared atomics on copies shared by two warps compile to compare-and-swap loops (session 53's Nsight
  * Compute: the largest stall). Every lane of the warp must call it (match / redux.sync: sm_80+; one atomic a lane
@@ -155,7 +157,7 @@ __device__ __forceinline__ void sr_hist_add(unsigned long long *mine, unsigned d
         sum = ((unsigned long long)hi << 24) + lo;
     }
     if ((threadIdx.x & 31) == (unsigned)(__ffs(peers) - 1) && digit < 256u) mine[digit] += sum;
-    __syncwarp();                                     /* (orders the copy's writes before the next call's reads) */
+    __syncwarp();
 #else  /* (JAMBA_EXT_ARCHS below 80: one atomic a lane) */
     if (digit < 256u) atomicAdd(&mine[digit], COUNT ? 1ull : w);
 #endif
@@ -293,7 +295,8 @@ __device__ __forceinline__ void sr_mass_adds(unsigned long long *mine, const uin
             const int64_t v = base + u * SR_THREADS + lane;
             const bool cand = v < hi && key[u] >= kk;
             const float e = cand ? expf(sr_key_f32(key[u]) - m) : 0.f;
-            if (__any_sync(0xffffffffu, cand)) sr_hist_add<false>(mine, cand ? key[u] >> 24 : 256u, jamba_mass_fixed(e));
+            if (__any_sync(0xffffffffu, cand))
+                sr_hist_add<false>(mine, cand ? key[u] >> 24 : 256u, jamba_mass_fixed(e));
         }
     }
 }
