@@ -216,8 +216,13 @@ JAMBA_HD static inline uint32_t jamba_philox_word(uint32_t c0, uint32_t c1, uint
     }
     return c0;
 }
-/* uniform in (0, 1): 24 bits of the word, half a step in from either end */
-JAMBA_HD static inline float jamba_uniform24(uint32_t w) { return ((float)(w >> 8) + 0.5f) * 5.9604644775390625e-8f; }
+/* uniform in (0, 1): 24 bits of the word, half a step in from either end -- but (2^24 - 1) + 0.5 rounds to 2^24 in f32,
+ * so the top value is clamped to the largest float below 1 (else u = 1 there: a Gumbel noise -log(-log(u)) of +inf,
+ * which won any draw; with the clamp the noise stays below 16.64, which sample_rows' CUDA draw relies on) */
+JAMBA_HD static inline float jamba_uniform24(uint32_t w) {
+    const float u = ((float)(w >> 8) + 0.5f) * 5.9604644775390625e-8f;
+    return u < 1.0f ? u : 0.99999994f;
+}
 /* the order-preserving u32 of a float (a larger float, a larger key; -0 just below +0) */
 JAMBA_HD static inline uint32_t jamba_f32_key(float f) {
     uint32_t u;

@@ -577,8 +577,9 @@ jamba_status jamba_cross_entropy_bwd_cuda(const jamba_cross_entropy_bwd_params *
  *       probability stays <= 1 - top_p;
  *     e >= min_p when min_p > 0.
  *     tokens[r] = the first argmax over kept columns of s - log(-log(u)), u = (philox(seed; v, r, offset) >> 8 +
- *     0.5) / 2^24, Philox4x32-10's first word (a Gumbel-max draw: token v with probability softmax(s)[v] renormalised
- *     over the kept columns); tau[r] = the smallest kept s (the kept columns are those with s >= tau[r]).
+ *     0.5) / 2^24 rounded to f32 and at most 1 - 2^-24, Philox4x32-10's first word (a Gumbel-max draw: token v with
+ *     probability softmax(s)[v] renormalised over the kept columns; the noise -log(-log(u)) is below 16.64);
+ *     tau[r] = the smallest kept s (the kept columns are those with s >= tau[r]).
  *     With rng (R, 2) i64 given, row r draws philox(rng[r, 0]; v, 0, rng[r, 1]) instead: its draws depend on its
  *     own key and counter only, not on its place in the batch (a request's own seed; seed and offset unused).
  *   The CPU and CUDA keep the same columns and draw the same u; their expf and logf may differ by ulps.

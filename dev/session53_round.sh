@@ -15,6 +15,10 @@
 #            butterfly, not every thread's loop of 32), a __syncwarp after each histogram add (sr2's racecheck warned of
 #            intra-warp hazards there): CUDA tests (+ JAMBA_EXT_SYNC=1 cluster tests), fuzz, memcheck, racecheck,
 #            sample_rows_probe, bench_sampling
+#   final    the draw without the Philox of columns that cannot reach the argmax column's value (jamba_uniform24
+#            clamped below 1): CUDA tests of sample_rows and of what calls it (row sampling, continuous, server,
+#            selfcheck, static decode, logits filters, batch), the cluster tests with
+#            JAMBA_EXT_SYNC=1, fuzz, memcheck, sample_rows_probe, bench_sampling, bench_serve, racecheck
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session53_round.sh MODE   (output: $OUT/round.log and the profiles)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -71,7 +75,18 @@ sr3)
   timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
   cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null
   sanitize_sr racecheck "${RACE_S:-250}" ;;
-*) echo "unknown mode $mode (first, sr, sr2, sr3)"; exit 2 ;;
+final)
+  cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py \
+    tests/test_selfcheck.py tests/test_static_decode.py tests/test_logits_filters.py tests/test_batch.py
+  sync_cluster; fuzz 1000 5330; sanitize_sr memcheck 100; probe
+  step "bench_sampling"
+  timeout 120 python3 benchmarks/bench_sampling.py 2>&1 | tail -32
+  cp benchmarks/results/bench_sampling.json "$OUT/" 2>/dev/null
+  step "bench_serve"
+  timeout 150 python3 benchmarks/bench_serve.py 2>&1 | grep -v "^\[transformers" | tail -12
+  cp benchmarks/results/bench_serve.json "$OUT/" 2>/dev/null
+  sanitize_sr racecheck "${RACE_S:-150}" ;;
+*) echo "unknown mode $mode (first, sr, sr2, sr3, final)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

@@ -209,6 +209,40 @@ def test_sample_rows_cuda_matches_cpu(dtype):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_sample_rows_cuda_draw_bound_matches_cpu(monkeypatch, dtype):
+    """The CUDA draw folds a column whose score lies too far below the argmax column's draw value to reach it as -inf,
+    without its Philox (sr_draw_floor: the noise is below 16.64). Rows of one top column and 65535 lying 10-20 below
+    it (scores, at four temperatures; some rows with top_p or min_p as well): the bulk wins 34 of the 128 draws, 6 of
+    them by a column more than 12 below the top, so a bound that cut into the reachable columns (12 instead of 16.64)
+    would change several winners. The same tokens as the CPU's full draw (at most 2 of 128 where expf / logf ulps turn
+    a near tie) and the same tau, from both CUDA kernels, with per-row keys."""
+    R, V = 128, 65536
+    g = torch.Generator().manual_seed(53)
+    temp = torch.tensor([0.5, 1.0, 1.7, 3.0]).repeat(R // 4)
+    gap = 10.0 + 10.0 * torch.rand(R, V, generator=g, dtype=torch.float64)
+    top = torch.randint(0, V, (R,), generator=g)
+    gap[torch.arange(R), top] = 0.0
+    logits = ((5.0 - gap) * temp[:, None].double()).to(dtype)            # scores s = x / temperature = 5 - gap
+    params = torch.zeros(R, 7)
+    params[:, 0], params[:, 2], params[:, 4] = temp, 1.0, 1.0
+    params[1::4, 2] = 0.999                                                # top_p: the draw over a filtered set
+    params[2::4, 3] = 1e-8                                                 # min_p: e >= 1e-8, gaps up to ~18.4
+    rng = torch.randint(0, 2 ** 62, (R, 2), generator=g)
+    tc, tauc = ops.sample_rows(logits, params, rng=rng)
+    assert (tc != top).sum() >= R // 8                                     # (the bulk wins: the bound matters)
+    for size in ("0", None):
+        if size is None:
+            monkeypatch.delenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", raising=False)
+        else:
+            monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", size)
+        t, tau = ops.sample_rows(logits.cuda(), params.cuda(), rng=rng.cuda())
+        assert (t.cpu() != tc).sum() <= 2, (size, (t.cpu() != tc).nonzero()[:8].tolist())
+        assert torch.allclose(tau.cpu(), tauc, rtol=2.5e-7, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 def test_sample_rows_cuda_graph():
     """Captured in a CUDA graph (no host synchronisation), replayed on new logits and settings: each replay equals the
     eager op on those inputs."""

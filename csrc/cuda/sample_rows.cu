@@ -14,9 +14,10 @@
  *   point -- integer sums, so the selection does not depend on the order of the additions): the lanes of a warp with
  *   one digit sum first (match / popc or redux), each warp adds into its own copy of the histogram (SR_COPIES, in
  *   dynamic shared memory: no atomics), the copies are summed, and warp 0 finds the digit (a prefix sum over the
- *   bins, 8 a lane). The draw is a Gumbel-max over the kept
- *   columns (Philox uniforms: the CPU's, column for column), reduced as (value, column) pairs with the first column
- *   winning ties. No host synchronisation; deterministic for a seed and offset.
+ *   bins, 8 a lane). The draw is a Gumbel-max over the kept columns (Philox uniforms: the CPU's, column for column),
+ *   reduced as (value, column) pairs with the first column winning ties; a column whose score is too far below the
+ *   argmax column's draw value to reach it skips its Philox (sr_draw_floor: the same token). No host
+ *   synchronisation; deterministic for a seed and offset.
  * Two kernels, the same tokens and tau to the bit (tests/test_sample_rows.py compares them):
  *   sr_kernel (any GPU): one block of SR_THREADS threads per row (grid-stride over rows past SR_MAX_GRID); thread t
  *     takes columns t, t + SR_THREADS, ...; a radix pass over V = 65536 costs ~13-22 us on one SM of an H200.
@@ -220,6 +221,20 @@ __device__ __forceinline__ float sr_uniform(const int64_t *rng, int64_t r, int64
                                              (uint32_t)(ctr >> 32), (uint32_t)key, (uint32_t)(key >> 32)));
 }
 
+/* The draw's bound: the Gumbel noise -logf(-logf(u)) is below SR_NOISE_MAX for every u that jamba_uniform24 gives
+ * (at most 1 - 2^-24: 16.6355), so a kept column with fl(s + SR_NOISE_MAX) < L, L the draw value of the row's argmax
+ * column (sr_draw_floor), cannot reach L: rounding is monotone, so its g = fl(s - log(-log(u))) <= fl(s + SR_NOISE_MAX)
+ * < L. Such a column is folded as -inf, without its Philox and logs: still a non-NaN value below the row's best, so
+ * every fold (the first column on ties, a NaN that sticks when it comes first) ends as it would with its true g. */
+#define SR_NOISE_MAX 16.64f
+/* L: the draw value of column bi, the row's argmax (pass 1), whose score is m -- the same expression and bits as the
+ * draw loop gives it. bi is kept whenever it is a column: its key is the row's largest (top_k and top_p keep the
+ * largest), its e is 1 (min_p <= 1). NaN (no column pruned) for an empty row (bi < 0) or a NaN max. */
+__device__ __forceinline__ float sr_draw_floor(const int64_t *rng, int64_t r, int64_t bi, float m, uint64_t seed,
+                                               uint64_t offset) {
+    return bi < 0 ? NAN : m - logf(-logf(sr_uniform(rng, r, bi, seed, offset)));
+}
+
 /* the float of an order-preserving key (jamba_f32_key's inverse) */
 __device__ __forceinline__ float sr_key_f32(uint32_t key) {
     return __uint_as_float((key & 0x80000000u) ? (key ^ 0x80000000u) : ~key);
@@ -388,8 +403,10 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
          * masses) */
         const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, 0, V, kk, 0ull, (double)top_p, m,
                                                           &s_digit, &s_rem, merge) : 0u;
-        /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
+        /* the draw: Gumbel-max over the kept columns (those that cannot reach the argmax column's value without
+         * their Philox: sr_draw_floor); tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
+        const float lfloor = sr_draw_floor(rng, r, bi, m, seed, offset);
         float gv = -INFINITY, smin = INFINITY;
         int64_t gi = -1;
         for (int64_t base = threadIdx.x; base < V; base += SR_BATCH * SR_THREADS) {   /* (keys loaded ahead) */
@@ -402,8 +419,9 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
                 if (v >= V || key[j] < kmin) continue;
                 const float s = sr_key_f32(key[j]);
                 if (min_p > 0.f && expf(s - m) < min_p) continue;
-                const float u = sr_uniform(rng, r, v, seed, offset);
-                sr_better(gv, gi, s - logf(-logf(u)), v);
+                const float g = s + SR_NOISE_MAX < lfloor ? -INFINITY
+                                                          : s - logf(-logf(sr_uniform(rng, r, v, seed, offset)));
+                sr_better(gv, gi, g, v);
                 smin = fminf(smin, s);
             }
         }
@@ -641,8 +659,10 @@ __global__ void __launch_bounds__(SR_THREADS)
          * masses; Z the first pass's histogram total, summed across the cluster with it) */
         const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, v0, v1, kk, 0ull, (double)top_p, m,
                                                           &s_digit, &s_rem, merge) : 0u;
-        /* the draw: Gumbel-max over the kept columns; tau = the smallest kept score */
+        /* the draw: Gumbel-max over the kept columns (those that cannot reach the argmax column's value without
+         * their Philox: sr_draw_floor); tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
+        const float lfloor = sr_draw_floor(rng, r, bi, m, seed, offset);
         float gv = -INFINITY, ng = -INFINITY, smin = INFINITY;
         int64_t gi = -1, ngi = -1;
         for (int64_t base = v0 + threadIdx.x; base < v1; base += SR_BATCH * SR_THREADS) {   /* (keys loaded ahead) */
@@ -655,8 +675,8 @@ __global__ void __launch_bounds__(SR_THREADS)
                 if (v >= v1 || key[j] < kmin) continue;
                 const float s = sr_key_f32(key[j]);
                 if (min_p > 0.f && expf(s - m) < min_p) continue;
-                const float u = sr_uniform(rng, r, v, seed, offset);
-                const float g = s - logf(-logf(u));
+                const float g = s + SR_NOISE_MAX < lfloor ? -INFINITY
+                                                          : s - logf(-logf(sr_uniform(rng, r, v, seed, offset)));
                 sr_better(gv, gi, g, v);
                 if (g == g) sr_better(ng, ngi, g, v);
                 smin = fminf(smin, s);
