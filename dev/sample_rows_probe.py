@@ -6,7 +6,11 @@ row on a cluster of 8 CTAs) and "one-block" (JAMBA_EXT_SAMPLE_ROWS_CLUSTER=0 at 
 their ratio; before the timings, both kernels' tokens and tau are compared (the same bits expected). Session 52:
 also each cluster size forced (JAMBA_EXT_SAMPLE_ROWS_CLUSTER=8 / 4 / 2), at B = 1, 16 and 64.
 
-    python dev/sample_rows_probe.py
+    python dev/sample_rows_probe.py [--peaky]
+
+--peaky (session 53): logits like a trained model's, a few columns far above the rest (randn x 2, 8 columns a row at
++24..+30), where the draw skips the Philox of nearly every column (sr_draw_floor); the default and one-block columns
+only.
 """
 import os
 import sys
@@ -21,6 +25,7 @@ from jamba_ext import ops  # noqa: E402
 
 def main() -> int:
     dev, V = torch.device("cuda"), 65536
+    peaky = "--peaky" in sys.argv[1:]
     x = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
     for _ in range(40):                                  # (~0.3 s of work: the clocks up)
         x @ x
@@ -35,12 +40,17 @@ def main() -> int:
         "repetition + presence + frequency, greedy": [0.0, 0, 1.0, 0.0, 1.2, 0.5, 0.3],
     }
     sizes = {"default": None, "one-block": "0", "cluster 8": "8", "cluster 4": "4", "cluster 2": "2"}
+    if peaky:
+        sizes = {"default": None, "one-block": "0"}
     for B in (1, 16, 64):
         g = torch.Generator().manual_seed(B)
-        logits = (torch.randn(B, V, generator=g) * 3).to(dev, torch.bfloat16)
+        logits = torch.randn(B, V, generator=g) * (2 if peaky else 3)
+        if peaky:
+            logits.scatter_(1, torch.randint(0, V, (B, 8), generator=g), 24 + 6 * torch.rand(B, 8, generator=g))
+        logits = logits.to(dev, torch.bfloat16)
         seen = (torch.rand(B, V, generator=g) < 0.01).to(dev)
         counts = (torch.rand(B, V, generator=g) < 0.002).int().to(dev)
-        head = f"--- B = {B}, V = {V}, bf16 (us)"
+        head = f"--- B = {B}, V = {V}, bf16{', peaky' if peaky else ''} (us)"
         print(f"{head:48s}" + "".join(f"{k:>11s}" for k in sizes) + "  one-block / default", flush=True)
         print(f"{'torch argmax':48s} {graph_us(lambda: logits.argmax(-1)):10.1f}", flush=True)
         for name, p in settings.items():

@@ -19,6 +19,7 @@
 #            clamped below 1): CUDA tests of sample_rows and of what calls it (row sampling, continuous, server,
 #            selfcheck, static decode, logits filters, batch), the cluster tests with
 #            JAMBA_EXT_SYNC=1, fuzz, memcheck, sample_rows_probe, bench_sampling, bench_serve, racecheck
+#   peaky    sample_rows_probe on logits like a trained model's (--peaky: the draw's skipped Philox) and as before
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session53_round.sh MODE   (output: $OUT/round.log and the profiles)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -86,7 +87,11 @@ final)
   timeout 150 python3 benchmarks/bench_serve.py 2>&1 | grep -v "^\[transformers" | tail -12
   cp benchmarks/results/bench_serve.json "$OUT/" 2>/dev/null
   sanitize_sr racecheck "${RACE_S:-150}" ;;
-*) echo "unknown mode $mode (first, sr, sr2, sr3, final)"; exit 2 ;;
+peaky)
+  step "dev/sample_rows_probe.py --peaky"
+  timeout 100 python3 dev/sample_rows_probe.py --peaky 2>&1 | tail -24
+  probe ;;
+*) echo "unknown mode $mode (first, sr, sr2, sr3, final, peaky)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"
