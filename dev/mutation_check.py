@@ -259,6 +259,10 @@ MUTANTS = [
     Mutant("sr_rng_key_ignored", CPU + "sample_rows.c",
            "const uint64_t seed = rng ? (uint64_t)rng[0] : p->seed,", "const uint64_t seed = p->seed,",
            "sample_rows: a row's own key ignored (the call's seed instead)", [T_SR, "-k", "rng"]),
+    Mutant("sr_uniform_one", "csrc/common.h",
+           "return u < 1.0f ? u : 0.99999994f;", "return u;",
+           "sample_rows (session 53): the top uniform left at 1.0 (f32 rounding of (2^24 - 1) + 0.5): a Gumbel noise "
+           "of +inf wins the draw", [T_SR, "-k", "uniform"]),
     # ---- decode_attention.c -------------------------------------------------------------------------------------
     Mutant("attn_scale_dropped", CPU + "decode_attention.c",
            "s[j] = d * scale;",

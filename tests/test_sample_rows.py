@@ -152,6 +152,22 @@ def test_rng_rows_draw_on_their_own(device):
     assert len(set(ops.sample_rows(same, p1, seed=7, offset=3)[0].tolist())) > 1
 
 
+def test_uniform_below_one(device):
+    """Philox words whose top 24 bits are all ones: ((2^24 - 1) + 0.5) / 2^24 rounds to 1.0 in f32, and u = 1 made a
+    Gumbel noise of +inf (the column won whatever its logit). The keys below (found by a search over keys and
+    columns, counter 0) give such a word at the column named; rows whose column 0 leads every other by 100 (a noise
+    can only bridge that with u = 1) draw column 0."""
+    V = 65536
+    hits = [(247, 31399), (404, 28925), (554, 19468)]
+    x = torch.zeros(len(hits), V, device=device)
+    x[:, 0] = 100.0
+    P = torch.tensor([[1.0, 0, 1.0, 0.0, 1.0, 0.0, 0.0]] * len(hits), device=device)
+    rng = torch.tensor([[key, 0] for key, _ in hits], device=device)
+    assert ops.sample_rows(x, P, rng=rng)[0].tolist() == [0] * len(hits)
+    # the premise: with equal logits each named column draws the row's largest noise (16.64; the others' <= 15.95)
+    assert ops.sample_rows(torch.zeros_like(x), P, rng=rng)[0].tolist() == [col for _, col in hits]
+
+
 def test_sample_rows_bad_inputs(device):
     logits, params, seen, counts = make(4, 10, device, torch.float32)
     with pytest.raises(ValueError, match="params"):
