@@ -267,8 +267,8 @@ __device__ __forceinline__ sr_cfg sr_setup(const float *params, const uint8_t *s
 /* One radix pass's adds to the warp's histogram copy over the columns [lo, hi) (whole warps: every lane of a warp
  * calls sr_hist_add together): the digit at `shift` of the keys whose bits above it equal prefix's; MASS false
  * (top_k) counts them, MASS true (top_p) adds the fixed-point masses of those >= floor_key (top_k's threshold), e =
- * exp(s - m) computed from the key (as sr_mass_adds does). A lane's keys are loaded SR_BATCH at a time ahead of their
- * adds (an L2 round trip each otherwise). */
+ * exp(s - m) computed from the key wherever a pass needs it (the same bits each time). A lane's keys are loaded
+ * SR_BATCH at a time ahead of their adds (an L2 round trip each otherwise). */
 template <bool MASS>
 __device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uint32_t *wkey, int64_t lo, int64_t hi,
                                              int shift, uint32_t prefix, uint32_t floor_key, float m) {
@@ -292,36 +292,12 @@ __device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uin
     }
 }
 
-/* top_p's first radix pass over the columns [lo, hi), with its masses: each column that top_k keeps (key >= kk) adds
- * the fixed-point mass of its e = exp(s - m) at its top digit (so the histogram's total is the row's kept mass Z:
- * sr_find's keep) */
-__device__ __forceinline__ void sr_mass_adds(unsigned long long *mine, const uint32_t *wkey, int64_t lo, int64_t hi,
-                                             uint32_t kk, float m) {
-    const int lane = threadIdx.x & 31;
-    for (int64_t base = lo + threadIdx.x - lane; base < hi; base += SR_BATCH * SR_THREADS) {
-        uint32_t key[SR_BATCH];
-#pragma unroll
-        for (int u = 0; u < SR_BATCH; u++) {
-            const int64_t v = base + u * SR_THREADS + lane;
-            key[u] = v < hi ? wkey[v] : 0u;
-        }
-#pragma unroll
-        for (int u = 0; u < SR_BATCH; u++) {
-            const int64_t v = base + u * SR_THREADS + lane;
-            const bool cand = v < hi && key[u] >= kk;
-            const float e = cand ? expf(sr_key_f32(key[u]) - m) : 0.f;
-            if (__any_sync(0xffffffffu, cand))
-                sr_hist_add<false>(mine, cand ? key[u] >> 24 : 256u, jamba_mass_fixed(e));
-        }
-    }
-}
-
 /* A radix selection over the columns [lo, hi) of a row (4 passes of 8 bits, most significant first; every thread
  * calls it): MASS false (top_k) -> the key of the (target + 1)-th largest score (digits scanned from 255 down); MASS
  * true (top_p; target given by keep = top_p and Z) -> the smallest key >= floor_key whose mass at or below it exceeds
- * floor((1 - top_p) Z) (scanned from 0 up; the first pass computes the masses: sr_mass_adds). Each pass: the warp's
- * own copy zeroed, its adds, then merge(), which leaves the whole row's histogram in hist (the copies summed; in
- * sr_cluster_kernel also across the cluster), then warp 0's sr_find. */
+ * floor((1 - top_p) Z) (scanned from 0 up; Z, the kept columns' mass, is the first pass's histogram total: sr_find's
+ * keep). Each pass: the warp's own copy zeroed, its adds, then merge(), which leaves the whole row's histogram in
+ * hist (the copies summed; in sr_cluster_kernel also across the cluster), then warp 0's sr_find. */
 template <bool MASS, typename Merge>
 __device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const unsigned long long *hist,
                                               const uint32_t *wkey, int64_t lo, int64_t hi,
@@ -331,10 +307,7 @@ __device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const un
     for (int pass = 0; pass < 4; pass++) {
         const int shift = 24 - 8 * pass;
         sr_hist_zero(mine);
-        if (MASS && pass == 0)
-            sr_mass_adds(mine, wkey, lo, hi, floor_key, m);
-        else
-            sr_pass_adds<MASS>(mine, wkey, lo, hi, shift, prefix, floor_key, m);
+        sr_pass_adds<MASS>(mine, wkey, lo, hi, shift, prefix, floor_key, m);
         merge();
         sr_find(hist, !MASS, target, MASS && pass == 0 ? keep : -1.0, s_digit, s_rem);
         __syncthreads();
@@ -342,6 +315,57 @@ __device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const un
         prefix |= (uint32_t)*s_digit << shift;
     }
     return prefix;
+}
+
+/* Pass 1 over the thread's columns of [lo, hi) (lo + t, lo + t + SR_THREADS, ...; the logits loaded SR_BATCH ahead):
+ * the fold of the penalised logits into (bv, bi) -- NANFREE: also into (nv, ni) over the non-NaN ones -- and a
+ * sampled row's score keys to wkey */
+template <typename T, bool NANFREE>
+__device__ __forceinline__ void sr_pass1(const T *row, const sr_row &q, int64_t lo, int64_t hi, float temp,
+                                         bool sampled, uint32_t *wkey, float &bv, int64_t &bi, float &nv,
+                                         int64_t &ni) {
+    for (int64_t base = lo + threadIdx.x; base < hi; base += SR_BATCH * SR_THREADS) {
+        float xr[SR_BATCH];
+#pragma unroll
+        for (int j = 0; j < SR_BATCH; j++)
+            xr[j] = base + j * SR_THREADS < hi ? jamba_ld<T>(row[base + j * SR_THREADS]) : 0.f;
+#pragma unroll
+        for (int j = 0; j < SR_BATCH; j++) {
+            const int64_t v = base + j * SR_THREADS;
+            if (v >= hi) break;
+            const float xv = sr_pen(xr[j], q, v);
+            sr_better(bv, bi, xv, v);
+            if (NANFREE && xv == xv) sr_better(nv, ni, xv, v);
+            if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
+        }
+    }
+}
+
+/* The draw over the thread's kept columns of [lo, hi) (keys >= kmin, and e >= min_p; the keys loaded SR_BATCH ahead):
+ * the Gumbel-max fold into (gv, gi) -- NANFREE: also into (ng, ngi) over the non-NaN values -- and smin, the smallest
+ * kept score; a column that cannot reach lfloor is folded as -inf without its Philox (sr_draw_floor) */
+template <bool NANFREE>
+__device__ __forceinline__ void sr_draw(const uint32_t *wkey, int64_t lo, int64_t hi, uint32_t kmin, float min_p,
+                                        float m, float lfloor, const int64_t *rng, int64_t r, uint64_t seed,
+                                        uint64_t offset, float &gv, int64_t &gi, float &ng, int64_t &ngi,
+                                        float &smin) {
+    for (int64_t base = lo + threadIdx.x; base < hi; base += SR_BATCH * SR_THREADS) {
+        uint32_t key[SR_BATCH];
+#pragma unroll
+        for (int j = 0; j < SR_BATCH; j++) key[j] = base + j * SR_THREADS < hi ? wkey[base + j * SR_THREADS] : 0u;
+#pragma unroll
+        for (int j = 0; j < SR_BATCH; j++) {
+            const int64_t v = base + j * SR_THREADS;
+            if (v >= hi || key[j] < kmin) continue;
+            const float s = sr_key_f32(key[j]);
+            if (min_p > 0.f && expf(s - m) < min_p) continue;
+            const float g = s + SR_NOISE_MAX < lfloor ? -INFINITY
+                                                      : s - logf(-logf(sr_uniform(rng, r, v, seed, offset)));
+            sr_better(gv, gi, g, v);
+            if (NANFREE && g == g) sr_better(ng, ngi, g, v);
+            smin = fminf(smin, s);
+        }
+    }
 }
 
 template <typename T>
@@ -364,22 +388,9 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
         const auto &[temp, top_p, min_p, k, wkey, q] = c;
         const bool sampled = temp > 0.f;
         /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
-        float bv = -INFINITY;
-        int64_t bi = -1;
-        for (int64_t base = threadIdx.x; base < V; base += SR_BATCH * SR_THREADS) {   /* (logits loaded ahead) */
-            float xr[SR_BATCH];
-#pragma unroll
-            for (int j = 0; j < SR_BATCH; j++)
-                xr[j] = base + j * SR_THREADS < V ? jamba_ld<T>(row[base + j * SR_THREADS]) : 0.f;
-#pragma unroll
-            for (int j = 0; j < SR_BATCH; j++) {
-                const int64_t v = base + j * SR_THREADS;
-                if (v >= V) break;
-                const float xv = sr_pen(xr[j], q, v);
-                sr_better(bv, bi, xv, v);
-                if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
-            }
-        }
+        float bv = -INFINITY, unused_v = -INFINITY;
+        int64_t bi = -1, unused_i = -1;
+        sr_pass1<T, false>(row, q, 0, V, temp, sampled, wkey, bv, bi, unused_v, unused_i);
         sr_argmax(bv, bi, sv, si);
         if (!sampled) {                               /* greedy */
             if (threadIdx.x == 0) {
@@ -409,22 +420,7 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
         const float lfloor = sr_draw_floor(rng, r, bi, m, seed, offset);
         float gv = -INFINITY, smin = INFINITY;
         int64_t gi = -1;
-        for (int64_t base = threadIdx.x; base < V; base += SR_BATCH * SR_THREADS) {   /* (keys loaded ahead) */
-            uint32_t key[SR_BATCH];
-#pragma unroll
-            for (int j = 0; j < SR_BATCH; j++) key[j] = base + j * SR_THREADS < V ? wkey[base + j * SR_THREADS] : 0u;
-#pragma unroll
-            for (int j = 0; j < SR_BATCH; j++) {
-                const int64_t v = base + j * SR_THREADS;
-                if (v >= V || key[j] < kmin) continue;
-                const float s = sr_key_f32(key[j]);
-                if (min_p > 0.f && expf(s - m) < min_p) continue;
-                const float g = s + SR_NOISE_MAX < lfloor ? -INFINITY
-                                                          : s - logf(-logf(sr_uniform(rng, r, v, seed, offset)));
-                sr_better(gv, gi, g, v);
-                smin = fminf(smin, s);
-            }
-        }
+        sr_draw<false>(wkey, 0, V, kmin, min_p, m, lfloor, rng, r, seed, offset, gv, gi, unused_v, unused_i, smin);
         sr_argmax(gv, gi, sv, si);
         smin = sr_min(smin, sv);
         if (threadIdx.x == 0) {
@@ -626,21 +622,7 @@ __global__ void __launch_bounds__(SR_THREADS)
         /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
         float bv = -INFINITY, nv = -INFINITY, no_min = INFINITY;
         int64_t bi = -1, ni = -1;
-        for (int64_t base = v0 + threadIdx.x; base < v1; base += SR_BATCH * SR_THREADS) {   /* (logits loaded ahead) */
-            float xr[SR_BATCH];
-#pragma unroll
-            for (int j = 0; j < SR_BATCH; j++)
-                xr[j] = base + j * SR_THREADS < v1 ? jamba_ld<T>(row[base + j * SR_THREADS]) : 0.f;
-#pragma unroll
-            for (int j = 0; j < SR_BATCH; j++) {
-                const int64_t v = base + j * SR_THREADS;
-                if (v >= v1) break;
-                const float xv = sr_pen(xr[j], q, v);
-                sr_better(bv, bi, xv, v);
-                if (xv == xv) sr_better(nv, ni, xv, v);
-                if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
-            }
-        }
+        sr_pass1<T, true>(row, q, v0, v1, temp, sampled, wkey, bv, bi, nv, ni);
         sr_cluster_argmax<C>(bv, bi, nv, ni, no_min, false, &part[ev++ & 1u], &scratch.slots, sv, si);
         if (!sampled) {                               /* greedy */
             if (rank == 0 && threadIdx.x == 0) {
@@ -665,23 +647,7 @@ __global__ void __launch_bounds__(SR_THREADS)
         const float lfloor = sr_draw_floor(rng, r, bi, m, seed, offset);
         float gv = -INFINITY, ng = -INFINITY, smin = INFINITY;
         int64_t gi = -1, ngi = -1;
-        for (int64_t base = v0 + threadIdx.x; base < v1; base += SR_BATCH * SR_THREADS) {   /* (keys loaded ahead) */
-            uint32_t key[SR_BATCH];
-#pragma unroll
-            for (int j = 0; j < SR_BATCH; j++) key[j] = base + j * SR_THREADS < v1 ? wkey[base + j * SR_THREADS] : 0u;
-#pragma unroll
-            for (int j = 0; j < SR_BATCH; j++) {
-                const int64_t v = base + j * SR_THREADS;
-                if (v >= v1 || key[j] < kmin) continue;
-                const float s = sr_key_f32(key[j]);
-                if (min_p > 0.f && expf(s - m) < min_p) continue;
-                const float g = s + SR_NOISE_MAX < lfloor ? -INFINITY
-                                                          : s - logf(-logf(sr_uniform(rng, r, v, seed, offset)));
-                sr_better(gv, gi, g, v);
-                if (g == g) sr_better(ng, ngi, g, v);
-                smin = fminf(smin, s);
-            }
-        }
+        sr_draw<true>(wkey, v0, v1, kmin, min_p, m, lfloor, rng, r, seed, offset, gv, gi, ng, ngi, smin);
         sr_cluster_argmax<C>(gv, gi, ng, ngi, smin, true, &part[ev++ & 1u], &scratch.slots, sv, si);
         if (rank == 0 && threadIdx.x == 0) {
             tokens[r] = gi < 0 ? (bi < 0 ? 0 : bi) : gi;   /* (gi < 0: a NaN row, nothing kept) */
