@@ -292,12 +292,38 @@ __device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uin
     }
 }
 
+/* top_p's first radix pass over the columns [lo, hi), with its masses: each column that top_k keeps (key >= kk) adds
+ * the fixed-point mass of its e = exp(s - m) at its top digit (so the histogram's total is the row's kept mass Z:
+ * sr_find's keep). (sr_pass_adds<true> at shift 24 and prefix 0 is the same sum; this is the form that ran on the
+ * H200, kept until a device run checks the merged one.) */
+__device__ __forceinline__ void sr_mass_adds(unsigned long long *mine, const uint32_t *wkey, int64_t lo, int64_t hi,
+                                             uint32_t kk, float m) {
+    const int lane = threadIdx.x & 31;
+    for (int64_t base = lo + threadIdx.x - lane; base < hi; base += SR_BATCH * SR_THREADS) {
+        uint32_t key[SR_BATCH];
+#pragma unroll
+        for (int u = 0; u < SR_BATCH; u++) {
+            const int64_t v = base + u * SR_THREADS + lane;
+            key[u] = v < hi ? wkey[v] : 0u;
+        }
+#pragma unroll
+        for (int u = 0; u < SR_BATCH; u++) {
+            const int64_t v = base + u * SR_THREADS + lane;
+            const bool cand = v < hi && key[u] >= kk;
+            const float e = cand ? expf(sr_key_f32(key[u]) - m) : 0.f;
+            if (__any_sync(0xffffffffu, cand))
+                sr_hist_add<false>(mine, cand ? key[u] >> 24 : 256u, jamba_mass_fixed(e));
+        }
+    }
+}
+
 /* A radix selection over the columns [lo, hi) of a row (4 passes of 8 bits, most significant first; every thread
  * calls it): MASS false (top_k) -> the key of the (target + 1)-th largest score (digits scanned from 255 down); MASS
  * true (top_p; target given by keep = top_p and Z) -> the smallest key >= floor_key whose mass at or below it exceeds
  * floor((1 - top_p) Z) (scanned from 0 up; Z, the kept columns' mass, is the first pass's histogram total: sr_find's
- * keep). Each pass: the warp's own copy zeroed, its adds, then merge(), which leaves the whole row's histogram in
- * hist (the copies summed; in sr_cluster_kernel also across the cluster), then warp 0's sr_find. */
+ * keep; that pass is sr_mass_adds). Each pass: the warp's own copy zeroed, its adds, then merge(), which leaves the
+ * whole row's histogram in hist (the copies summed; in sr_cluster_kernel also across the cluster), then warp 0's
+ * sr_find. */
 template <bool MASS, typename Merge>
 __device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const unsigned long long *hist,
                                               const uint32_t *wkey, int64_t lo, int64_t hi,
@@ -307,7 +333,10 @@ __device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const un
     for (int pass = 0; pass < 4; pass++) {
         const int shift = 24 - 8 * pass;
         sr_hist_zero(mine);
-        sr_pass_adds<MASS>(mine, wkey, lo, hi, shift, prefix, floor_key, m);
+        if (MASS && pass == 0)
+            sr_mass_adds(mine, wkey, lo, hi, floor_key, m);
+        else
+            sr_pass_adds<MASS>(mine, wkey, lo, hi, shift, prefix, floor_key, m);
         merge();
         sr_find(hist, !MASS, target, MASS && pass == 0 ? keep : -1.0, s_digit, s_rem);
         __syncthreads();
