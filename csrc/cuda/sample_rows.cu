@@ -6,8 +6,9 @@
  *   seen (R, V) u8 and counts (R, V) i32 contiguous, each optional (NULL); tokens (R,) i64, tau (R,) f32; rng (R, 2)
  *   i64 contiguous, optional: each row's own Philox key and counter (csrc/jamba.h).
  *   ws (f32, at least jamba_sample_rows_ws_elems(R, V) = R V): row r's score keys (u32) at ws + r V (both paths).
- * Passes over a row: pass 1 reads logits, seen and counts once, finds the max (greedy rows stop there) and writes a
- *   sampled row's score keys to ws; the later passes read ws (L2-resident for a decode batch): 4 for top_k, 4 for
+ * Passes over a row: pass 1 reads logits, seen and counts once, finds the max (greedy rows stop there), writes a
+ *   sampled row's score keys to ws and counts a top_k row's top digits (top_k's first radix histogram, combined with
+ *   the max); the later passes read ws (L2-resident for a decode batch): 3 more for top_k, 4 for
  *   top_p (the first sums the mass Z with its histogram; a candidate's e = exp(s - m) is computed from its key where
  *   a pass needs it: the same bits each time, and no round trip to memory), 1 for the draw (Philox only for the kept
  *   columns). The radix passes build a 256-bin histogram in shared memory (counts, or masses in fixed
@@ -292,52 +293,26 @@ __device__ __forceinline__ void sr_pass_adds(unsigned long long *mine, const uin
     }
 }
 
-/* top_p's first radix pass over the columns [lo, hi), with its masses: each column that top_k keeps (key >= kk) adds
- * the fixed-point mass of its e = exp(s - m) at its top digit (so the histogram's total is the row's kept mass Z:
- * sr_find's keep). (sr_pass_adds<true> at shift 24 and prefix 0 is the same sum; this is the form that ran on the
- * H200, kept until a device run checks the merged one.) */
-__device__ __forceinline__ void sr_mass_adds(unsigned long long *mine, const uint32_t *wkey, int64_t lo, int64_t hi,
-                                             uint32_t kk, float m) {
-    const int lane = threadIdx.x & 31;
-    for (int64_t base = lo + threadIdx.x - lane; base < hi; base += SR_BATCH * SR_THREADS) {
-        uint32_t key[SR_BATCH];
-#pragma unroll
-        for (int u = 0; u < SR_BATCH; u++) {
-            const int64_t v = base + u * SR_THREADS + lane;
-            key[u] = v < hi ? wkey[v] : 0u;
-        }
-#pragma unroll
-        for (int u = 0; u < SR_BATCH; u++) {
-            const int64_t v = base + u * SR_THREADS + lane;
-            const bool cand = v < hi && key[u] >= kk;
-            const float e = cand ? expf(sr_key_f32(key[u]) - m) : 0.f;
-            if (__any_sync(0xffffffffu, cand))
-                sr_hist_add<false>(mine, cand ? key[u] >> 24 : 256u, jamba_mass_fixed(e));
-        }
-    }
-}
-
 /* A radix selection over the columns [lo, hi) of a row (4 passes of 8 bits, most significant first; every thread
  * calls it): MASS false (top_k) -> the key of the (target + 1)-th largest score (digits scanned from 255 down); MASS
  * true (top_p; target given by keep = top_p and Z) -> the smallest key >= floor_key whose mass at or below it exceeds
  * floor((1 - top_p) Z) (scanned from 0 up; Z, the kept columns' mass, is the first pass's histogram total: sr_find's
- * keep; that pass is sr_mass_adds). Each pass: the warp's own copy zeroed, its adds, then merge(), which leaves the
- * whole row's histogram in hist (the copies summed; in sr_cluster_kernel also across the cluster), then warp 0's
- * sr_find. */
+ * keep). Each pass: the warp's own copy zeroed, its adds (sr_pass_adds), then merge(), which leaves the whole row's
+ * histogram in hist (the copies summed; in sr_cluster_kernel also across the cluster), then warp 0's sr_find.
+ * have0: the first pass's histogram is in hist already (top_k's top digit, counted in pass 1: sr_pass1's COUNT). */
 template <bool MASS, typename Merge>
 __device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const unsigned long long *hist,
                                               const uint32_t *wkey, int64_t lo, int64_t hi,
                                               uint32_t floor_key, unsigned long long target, double keep, float m,
-                                              int *s_digit, unsigned long long *s_rem, Merge merge) {
+                                              int *s_digit, unsigned long long *s_rem, Merge merge, bool have0) {
     uint32_t prefix = 0u;
     for (int pass = 0; pass < 4; pass++) {
         const int shift = 24 - 8 * pass;
-        sr_hist_zero(mine);
-        if (MASS && pass == 0)
-            sr_mass_adds(mine, wkey, lo, hi, floor_key, m);
-        else
+        if (pass > 0 || !have0) {
+            sr_hist_zero(mine);
             sr_pass_adds<MASS>(mine, wkey, lo, hi, shift, prefix, floor_key, m);
-        merge();
+            merge();
+        }
         sr_find(hist, !MASS, target, MASS && pass == 0 ? keep : -1.0, s_digit, s_rem);
         __syncthreads();
         target = *s_rem;
@@ -348,12 +323,16 @@ __device__ __forceinline__ uint32_t sr_select(unsigned long long *mine, const un
 
 /* Pass 1 over the thread's columns of [lo, hi) (lo + t, lo + t + SR_THREADS, ...; the logits loaded SR_BATCH ahead):
  * the fold of the penalised logits into (bv, bi) -- NANFREE: also into (nv, ni) over the non-NaN ones -- and a
- * sampled row's score keys to wkey */
-template <typename T, bool NANFREE>
+ * sampled row's score keys to wkey; COUNT (a sampled top_k row): also the keys' top digits counted into the warp's
+ * histogram copy mine (zeroed by the caller), top_k's first radix pass without a pass of its own. The loop runs by
+ * whole warps (lo is a multiple of SR_THREADS), as sr_hist_add needs. */
+template <typename T, bool NANFREE, bool COUNT>
 __device__ __forceinline__ void sr_pass1(const T *row, const sr_row &q, int64_t lo, int64_t hi, float temp,
                                          bool sampled, uint32_t *wkey, float &bv, int64_t &bi, float &nv,
-                                         int64_t &ni) {
-    for (int64_t base = lo + threadIdx.x; base < hi; base += SR_BATCH * SR_THREADS) {
+                                         int64_t &ni, unsigned long long *mine) {
+    const int lane = threadIdx.x & 31;
+    for (int64_t wbase = lo + threadIdx.x - lane; wbase < hi; wbase += SR_BATCH * SR_THREADS) {
+        const int64_t base = wbase + lane;
         float xr[SR_BATCH];
 #pragma unroll
         for (int j = 0; j < SR_BATCH; j++)
@@ -361,11 +340,22 @@ __device__ __forceinline__ void sr_pass1(const T *row, const sr_row &q, int64_t 
 #pragma unroll
         for (int j = 0; j < SR_BATCH; j++) {
             const int64_t v = base + j * SR_THREADS;
-            if (v >= hi) break;
-            const float xv = sr_pen(xr[j], q, v);
-            sr_better(bv, bi, xv, v);
-            if (NANFREE && xv == xv) sr_better(nv, ni, xv, v);
-            if (sampled) wkey[v] = jamba_f32_key(__fdiv_rn(xv, temp));
+            if (!COUNT && v >= hi) break;
+            unsigned digit = 256u;
+            if (v < hi) {
+                const float xv = sr_pen(xr[j], q, v);
+                sr_better(bv, bi, xv, v);
+                if (NANFREE && xv == xv) sr_better(nv, ni, xv, v);
+                if (sampled) {
+                    const uint32_t key = jamba_f32_key(__fdiv_rn(xv, temp));
+                    wkey[v] = key;
+                    digit = key >> 24;
+                }
+            }
+            if (COUNT) {
+                if (wbase + j * SR_THREADS >= hi) break;   /* (warp-uniform: no lane of the warp has a column) */
+                sr_hist_add<true>(mine, digit, 1ull);
+            }
         }
     }
 }
@@ -416,10 +406,17 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
         const sr_cfg c = sr_setup(params, seen, counts, ws, r, V);
         const auto &[temp, top_p, min_p, k, wkey, q] = c;
         const bool sampled = temp > 0.f;
-        /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
+        /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws, and a
+         * top_k row's top digits counted (top_k's first radix pass) */
+        const bool countk = sampled && k != 0;
         float bv = -INFINITY, unused_v = -INFINITY;
         int64_t bi = -1, unused_i = -1;
-        sr_pass1<T, false>(row, q, 0, V, temp, sampled, wkey, bv, bi, unused_v, unused_i);
+        if (countk) {
+            sr_hist_zero(mine);
+            sr_pass1<T, false, true>(row, q, 0, V, temp, sampled, wkey, bv, bi, unused_v, unused_i, mine);
+        } else {
+            sr_pass1<T, false, false>(row, q, 0, V, temp, sampled, wkey, bv, bi, unused_v, unused_i, mine);
+        }
         sr_argmax(bv, bi, sv, si);
         if (!sampled) {                               /* greedy */
             if (threadIdx.x == 0) {
@@ -436,13 +433,14 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
             sr_hist_merge(copies, hist);
             __syncthreads();
         };
+        if (countk) merge();                          /* (pass 1's counts: top_k's first histogram) */
         const uint32_t kk = k ? sr_select<false>(mine, hist, wkey, 0, V, 0u, (unsigned long long)k - 1ull, -1.0,
-                                                 m, &s_digit, &s_rem, merge) : 0u;
+                                                 m, &s_digit, &s_rem, merge, true) : 0u;
         /* top_p: e = exp(s - m) of the columns top_k keeps and their mass Z, in the first of the radix passes
          * that find the smallest key whose mass at or below it exceeds floor((1 - top_p) Z) (4 passes, fixed-point
          * masses) */
         const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, 0, V, kk, 0ull, (double)top_p, m,
-                                                          &s_digit, &s_rem, merge) : 0u;
+                                                          &s_digit, &s_rem, merge, false) : 0u;
         /* the draw: Gumbel-max over the kept columns (those that cannot reach the argmax column's value without
          * their Philox: sr_draw_floor); tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
@@ -499,17 +497,27 @@ __device__ __forceinline__ int64_t sr_cluster_count() {
 }
 
 /* A radix pass's histogram of the row into hist (this CTA's shared memory): the CTA's copies summed into P->h, one
- * cluster barrier, then hist[b] = the C partials' bin b summed (u64: exact in any order) -- thread t reads bin t % 256
- * of ranks t / 256, t / 256 + 4, ... (two remote loads a thread at C = 8, in flight together), its sum goes to copy
- * t / 256 (free until the next pass: this CTA's copies were summed before the barrier), and those four are added.
- * Called by every thread after the CTA's sr_hist_add calls; hist is ready for sr_find on return. One event on P. */
-static_assert(SR_THREADS == 4 * 256, "sr_cluster_hist: four threads a bin");
+ * cluster barrier, then sr_cluster_gather. Called by every thread after the CTA's sr_hist_add calls; hist is ready
+ * for sr_find on return. One event on P. */
+static_assert(SR_THREADS == 4 * 256, "sr_cluster_gather: four threads a bin");
+template <int C> __device__ void sr_cluster_gather(unsigned long long (*copies)[256], const sr_part *P,
+                                                   unsigned long long *hist);
 template <int C>
 __device__ void sr_cluster_hist(unsigned long long (*copies)[256], sr_part *P, unsigned long long *hist) {
-    cg::cluster_group cluster = cg::this_cluster();
     __syncthreads();
     sr_hist_merge(copies, P->h);
-    cluster.sync();
+    cg::this_cluster().sync();
+    sr_cluster_gather<C>(copies, P, hist);
+}
+
+/* hist[b] = the C partials' P->h[b] summed (u64: exact in any order), after the cluster barrier that published them
+ * (sr_cluster_hist's, or pass 1's in sr_cluster_argmax) and before the next event's: thread t reads bin t % 256 of
+ * ranks t / 256, t / 256 + 4, ... (two remote loads a thread at C = 8, in flight together), its sum goes to copy
+ * t / 256 (free until the next pass: this CTA's copies were summed before the barrier, and no peer reads them now),
+ * and those four are added. Every thread calls it; hist is ready on return. */
+template <int C>
+__device__ void sr_cluster_gather(unsigned long long (*copies)[256], const sr_part *P, unsigned long long *hist) {
+    cg::cluster_group cluster = cg::this_cluster();
     const int b = threadIdx.x & 255, q = threadIdx.x >> 8;
     unsigned long long t = 0ull;
 #pragma unroll
@@ -648,10 +656,21 @@ __global__ void __launch_bounds__(SR_THREADS)
         const sr_cfg c = sr_setup(params, seen, counts, ws, r, V);
         const auto &[temp, top_p, min_p, k, wkey, q] = c;
         const bool sampled = temp > 0.f;
-        /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws */
+        /* pass 1: the max of the penalised logits (first column on ties); a sampled row's score keys to ws, and a
+         * top_k row's top digits counted (top_k's first radix pass: the CTA's histogram published in pass 1's
+         * partial, with its cluster barrier, before the slots overwrite the copies) */
+        const bool countk = sampled && k != 0;
         float bv = -INFINITY, nv = -INFINITY, no_min = INFINITY;
         int64_t bi = -1, ni = -1;
-        sr_pass1<T, true>(row, q, v0, v1, temp, sampled, wkey, bv, bi, nv, ni);
+        if (countk) {
+            sr_hist_zero(mine);
+            sr_pass1<T, true, true>(row, q, v0, v1, temp, sampled, wkey, bv, bi, nv, ni, mine);
+            __syncthreads();
+            sr_hist_merge(copies, part[ev & 1u].h);
+            __syncthreads();
+        } else {
+            sr_pass1<T, true, false>(row, q, v0, v1, temp, sampled, wkey, bv, bi, nv, ni, mine);
+        }
         sr_cluster_argmax<C>(bv, bi, nv, ni, no_min, false, &part[ev++ & 1u], &scratch.slots, sv, si);
         if (!sampled) {                               /* greedy */
             if (rank == 0 && threadIdx.x == 0) {
@@ -663,13 +682,14 @@ __global__ void __launch_bounds__(SR_THREADS)
         const float m = __fdiv_rn(bv, temp);
         /* top_k: the key of the k-th largest score (4 radix passes, counts) */
         auto merge = [&]() { sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist); };   /* (one event a pass) */
+        if (countk) sr_cluster_gather<C>(copies, &part[(ev - 1u) & 1u], hist);   /* (pass 1's counts: top_k's first histogram) */
         const uint32_t kk = k ? sr_select<false>(mine, hist, wkey, v0, v1, 0u, (unsigned long long)k - 1ull,
-                                                 -1.0, m, &s_digit, &s_rem, merge) : 0u;
+                                                 -1.0, m, &s_digit, &s_rem, merge, true) : 0u;
         /* top_p: e = exp(s - m) of the columns top_k keeps and their mass Z, in the first of the radix passes
          * that find the smallest key whose mass at or below it exceeds floor((1 - top_p) Z) (4 passes, fixed-point
          * masses; Z the first pass's histogram total, summed across the cluster with it) */
         const uint32_t kp = top_p < 1.f ? sr_select<true>(mine, hist, wkey, v0, v1, kk, 0ull, (double)top_p, m,
-                                                          &s_digit, &s_rem, merge) : 0u;
+                                                          &s_digit, &s_rem, merge, false) : 0u;
         /* the draw: Gumbel-max over the kept columns (those that cannot reach the argmax column's value without
          * their Philox: sr_draw_floor); tau = the smallest kept score */
         const uint32_t kmin = kk > kp ? kk : kp;
