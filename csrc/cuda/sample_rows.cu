@@ -682,7 +682,7 @@ __global__ void __launch_bounds__(SR_THREADS)
         const float m = __fdiv_rn(bv, temp);
         /* top_k: the key of the k-th largest score (4 radix passes, counts) */
         auto merge = [&]() { sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist); };   /* (one event a pass) */
-        if (countk) sr_cluster_gather<C>(copies, &part[(ev - 1u) & 1u], hist);   /* (pass 1's counts: top_k's first histogram) */
+        if (countk) sr_cluster_gather<C>(copies, &part[(ev - 1u) & 1u], hist);   /* (pass 1's counts) */
         const uint32_t kk = k ? sr_select<false>(mine, hist, wkey, v0, v1, 0u, (unsigned long long)k - 1ull,
                                                  -1.0, m, &s_digit, &s_rem, merge, true) : 0u;
         /* top_p: e = exp(s - m) of the columns top_k keeps and their mass Z, in the first of the radix passes
