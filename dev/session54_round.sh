@@ -5,32 +5,27 @@
 #            sample_rows (test_uniform_below_one's CUDA variant among them: not run on a GPU in session 53), row
 #            sampling, continuous, server; the cluster tests with JAMBA_EXT_SYNC=1; 1000 CUDA fuzz cases; memcheck;
 #            sample_rows_probe (default and --peaky); racecheck last, with the time left
+#   full     the whole tree's check: `jamba_ext check`, every CUDA test (the last full run was session 48's), memcheck
+#            and racecheck of every kernel's small cases; then the A/B of sample_rows_probe against the tree before
+#            this session (carry .ab_old: git archive dc08210, extracted)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session54_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
 mode=${1:-first}
-cuda_tests() {   # the files given, cuda-marked tests only, skip reasons listed
-  step "CUDA tests: $*"
-  timeout 300 python3 -m pytest -q -m cuda -rs --timeout=120 --tb=short "$@" -p no:cacheprovider 2>&1 | tail -30
-}
-sync_cluster() {  # sample_rows' cluster tests with JAMBA_EXT_SYNC=1 (a device sync after each launch)
-  step "cluster tests with JAMBA_EXT_SYNC=1"
-  JAMBA_EXT_SYNC=1 timeout 120 python3 -m pytest -q -x tests/test_sample_rows.py -k cluster -p no:cacheprovider \
-    2>&1 | tail -3
-}
-fuzz() {         # N sample_rows fuzz cases on CUDA from seed S
-  step "sample_rows fuzz on CUDA ($1 cases from seed $2)"
-  JAMBA_FUZZ_CASES=$1 JAMBA_FUZZ_SEED=$2 timeout 200 python3 -m pytest -q -m cuda tests/test_fuzz_ops.py \
-    -k sample_rows -p no:cacheprovider 2>&1 | tail -3
-}
-sanitize_sr() {  # compute-sanitizer TOOL on sanitize_cases' sample_rows cases, with a time limit (s)
-  step "compute-sanitizer $1 (sanitize_cases sample_rows), up to $2 s"
-  timeout "$2" compute-sanitizer --tool "$1" --print-limit 20 python3 benchmarks/sanitize_cases.py sample_rows \
-    2>&1 | tail -6; echo "$1 rc ${PIPESTATUS[0]}"
-}
-probe() {        # sample_rows per setting, default against one-block and each cluster size (graph replays)
-  step "dev/sample_rows_probe.py"
-  timeout 120 python3 dev/sample_rows_probe.py 2>&1 | tail -30
+. dev/sr_round_lib.sh
+ab_probe() {     # sample_rows_probe in turns: the tree before this session's change (.ab_old, carried: sm_90 only) / now
+  step "A/B: sample_rows_probe, .ab_old (dc08210) / this tree, in turns"
+  [ -d .ab_old ] || { echo "no .ab_old"; return; }
+  rm -rf /tmp/old && cp -r .ab_old /tmp/old
+  (cd /tmp/old && JAMBA_EXT_CUDA=1 JAMBA_EXT_ARCHS=90 timeout 200 python3 setup.py build_ext --inplace \
+     >/tmp/old_build.log 2>&1; echo "old build rc $?")
+  for r in 1 2; do
+    for v in old new; do
+      d=$PWD; [ $v = old ] && d=/tmp/old
+      echo "--- $v round $r"
+      (cd $d && PYTHONPATH=$d timeout 60 python3 dev/sample_rows_probe.py 2>&1 | grep -E "^---|top_k|top_p 0.95 ")
+    done
+  done
 }
 {
 echo "commit $JAMBA_COMMIT, mode $mode"
@@ -43,7 +38,16 @@ first)
   step "dev/sample_rows_probe.py --peaky"
   timeout 100 python3 dev/sample_rows_probe.py --peaky 2>&1 | tail -24
   sanitize_sr racecheck "${RACE_S:-150}" ;;
-*) echo "unknown mode $mode (first)"; exit 2 ;;
+full)
+  step "jamba-ext check"
+  timeout 100 python3 -m jamba_ext check 2>&1 | tail -4
+  step "every CUDA test"
+  timeout 330 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -12
+  step "compute-sanitizer memcheck / racecheck (small cases of every kernel)"
+  timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
+  timeout 100 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
+  ab_probe ;;
+*) echo "unknown mode $mode (first, full)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

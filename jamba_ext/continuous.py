@@ -416,6 +416,26 @@ class ContinuousBatcher:
         while self.staged:
             self.queue.appendleft(self.staged.pop()[0])
 
+    def cancel(self, rid: int) -> bool:
+        """Drops request rid (add's id) wherever it is: queued, prefilled ahead (its state dropped) or running (its row
+        idles from the next step and takes the next queued prompt then; its completion is not returned by any step).
+        True when it was found; False when it has ended already or was never added (a server calls this when a
+        client goes away, which may come after the end)."""
+        for i, e in enumerate(self.queue):
+            if e[0] == rid:
+                del self.queue[i]
+                return True
+        for i, (e, _) in enumerate(self.staged):
+            if e[0] == rid:
+                del self.staged[i]
+                return True
+        if self.rows is None or rid not in self.seq:
+            return False
+        r = self.seq.index(rid)
+        self.seq[r], self.new[r], self.samp[r], self.want_lp[r], self.lps[r] = None, [], None, None, []
+        self.pending.pop(r, None)
+        return True
+
     def _start(self) -> None:
         from .modeling_jamba import JambaHybridCache
         m, B = self.model, self.B

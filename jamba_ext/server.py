@@ -24,10 +24,13 @@ beside it (ContinuousBatcher.add's seed; without one, a key made from the server
 in its queue). "logit_bias" ({"token id": bias in [-100, 100]}) is added to the request's logits before its
 penalties, filters and pick. "best_of" (/v1/completions, >= n, up to MAX_N) draws that many completions of each
 prompt and answers the n with the highest log-probability per token. Not supported: suffix (400: not answered as if
-it were).
+it were). A request whose client closes the connection before its answer is dropped (Engine.cancel: its rows take the
+next prompts): a streamed one at its next write or within POLL_S while it waits for a token, another within POLL_S.
 """
 import json
 import queue
+import select
+import socket
 import sys
 import threading
 import time
@@ -42,6 +45,7 @@ from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
 
 MAX_N = 16                  # the most completions one request may ask for ("n")
 MAX_PROMPTS = 64            # the most prompts one /v1/completions request may give (a list of them)
+POLL_S = 0.2                # how often a request waiting for its answer looks whether its client is still there
 # request fields answered only at these values
 UNSUPPORTED = {"suffix": None}
 
@@ -85,6 +89,14 @@ class RequestError(ValueError):
     """A request the server refuses (HTTP 400), with the reason."""
 
 
+class ClientGone(ConnectionError):
+    """The client of a request closed its connection before the answer: the request is dropped (Engine.cancel)."""
+
+
+class _Cancel(NamedTuple):
+    jobs: list                      # the _Jobs to drop (Engine.cancel)
+
+
 class _Job:
     def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False, sampling: Optional[dict] = None,
                  logprobs: Optional[int] = None, score: bool = False, seed: Optional[int] = None,
@@ -116,6 +128,7 @@ class Engine:
         self.stats_every, self.stats_out = stats_every, stats_out
         self.t0 = self.last = time.perf_counter()
         self.done_requests = self.done_tokens = 0
+        self.cancelled = 0               # (requests dropped when their clients went away: cancel)
         self.shown = (0, 0)              # (requests, new tokens) at the last progress line
         self.bat = ContinuousBatcher(model, batch_size, max_prompt_tokens, max_new_tokens, seed,
                                      decode=tokenizer.decode, **options)
@@ -148,6 +161,12 @@ class Engine:
         job = _Job(ids, max_tokens, stop, stream, sampling, logprobs, seed=seed, logit_bias=logit_bias)
         self.inbox.put(job)
         return job
+
+    def cancel(self, jobs: List[_Job]) -> None:
+        """Drops submitted jobs whose answer nobody waits for any more (a client that went away): the engine takes
+        them out of its queue or frees their rows before its next step; each ends with ClientGone (a job that has
+        ended already is left as it is)."""
+        self.inbox.put(_Cancel(list(jobs)))
 
     def score(self, ids: List[int], logprobs: Optional[int], timeout: Optional[float] = None) -> list:
         """Each prompt token's (log-probability given the tokens before it, [(id, log-probability) of the `logprobs`
@@ -191,7 +210,9 @@ class Engine:
                 job = None
             while job is not None:
                 try:
-                    if job.score:
+                    if isinstance(job, _Cancel):
+                        self._cancel(job.jobs)
+                    elif job.score:
                         self._score(job)
                     else:
                         self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling, job.want_lp,
@@ -224,6 +245,17 @@ class Engine:
             self.done_requests += len(ended)
             self.done_tokens += len(self.bat.stepped)
             self._progress()
+
+    def _cancel(self, jobs: List[_Job]) -> None:
+        rids = {id(j): rid for rid, j in self.jobs.items()}
+        for j in jobs:
+            rid = rids.get(id(j))
+            if rid is None or j.done.is_set():
+                continue                         # (ended already, or refused when it was added)
+            self.bat.cancel(rid)
+            del self.jobs[rid]
+            self.cancelled += 1
+            j.finish(error=ClientGone("the client went away; the request was dropped"))
 
     def _progress(self) -> None:
         """A progress line every stats_every seconds of work, and one when the work runs out."""
@@ -350,13 +382,37 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                     self._stream(req, chat)
                     return
                 out = self._complete(req, chat)
+            except ClientGone:                       # (nobody to answer: its jobs were dropped)
+                self.close_connection = True
+                return
             except (RequestError, json.JSONDecodeError) as e:
                 self._error(400, str(e) if isinstance(e, RequestError) else f"the body is not JSON: {e.msg}")
                 return
             except Exception as e:  # noqa: BLE001
                 self._error(500, str(e))
                 return
-            self._send(200, out)
+            try:
+                self._send(200, out)
+            except ConnectionError:                  # (the client left as the answer came)
+                self.close_connection = True
+
+        def _client_gone(self) -> bool:
+            """Whether the client has closed its side of the connection (it reads as ended; a client that sends
+            more meanwhile, a pipelined request, has not)."""
+            try:
+                ready, _, _ = select.select([self.connection], [], [], 0)
+                return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            except (OSError, ValueError):
+                return True
+
+        def _wait(self, job: _Job, every: List[_Job]):
+            """engine.wait(job), looking every POLL_S seconds whether the client is still there: when it has gone,
+            every job of its request is dropped (engine.cancel) and ClientGone raised."""
+            while not job.done.wait(POLL_S):
+                if self._client_gone():
+                    engine.cancel(every)
+                    raise ClientGone("the client went away")
+            return engine.wait(job)
 
         def _parse(self, body: dict, chat: bool) -> "_Request":
             """The request's prompts (token ids) and settings, or RequestError."""
@@ -453,10 +509,10 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                                    seed=_choice_key(req.seed, pi * k + j), logit_bias=req.bias) for j in range(k)]
                      if req.max_tokens else []
                     for pi, ids in enumerate(req.prompts)]
-            choices, done = [], 0
+            choices, done, every = [], 0, [j for js in jobs for j in js]
             for pi, ids in enumerate(req.prompts):
                 scores = engine.score(ids, req.lp) if req.echo and req.lp is not None else None
-                got = [engine.wait(jobs[pi][j]) if req.max_tokens else ([], "length") for j in range(k)]
+                got = [self._wait(jobs[pi][j], every) if req.max_tokens else ([], "length") for j in range(k)]
                 done += sum(len(t) for t, _ in got)
                 order = list(range(k))
                 if k > n and req.max_tokens:         # (the n most likely per token, in that order)
@@ -490,51 +546,60 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             tok, job = engine.tok, engine.submit(req.prompts[0], req.max_tokens, stop, stream=True,
                                                  sampling=req.sampling, seed=_choice_key(req.seed, 0),
                                                  logit_bias=req.bias)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/event-stream")
-            self.send_header("Cache-Control", "no-cache")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.close_connection = True
-            rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
+            try:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Cache-Control", "no-cache")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.close_connection = True
+                rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
 
-            def event(text: Optional[str], reason: Optional[str] = None, first: bool = False) -> None:
+                def event(text: Optional[str], reason: Optional[str] = None, first: bool = False) -> None:
+                    if chat:
+                        delta = {"role": "assistant", "content": ""} if first else {} if text is None else \
+                            {"content": text}
+                        choice = {"index": 0, "delta": delta, "finish_reason": reason}
+                    else:
+                        choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
+                    data = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                            "created": created, "model": model_name, "choices": [choice]}
+                    self.wfile.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+                    self.wfile.flush()
                 if chat:
-                    delta = {"role": "assistant", "content": ""} if first else {} if text is None else \
-                        {"content": text}
-                    choice = {"index": 0, "delta": delta, "finish_reason": reason}
+                    event(None, first=True)
+                toks, sent = [], ""
+                while True:
+                    try:
+                        t = job.tokens.get(timeout=POLL_S)
+                    except queue.Empty:              # (queued, or between tokens: is the client still there?)
+                        if self._client_gone():
+                            raise ClientGone("the client went away") from None
+                        continue
+                    if t is None:
+                        break
+                    toks.append(t)
+                    text = tok.decode(toks)
+                    if stop and any(x in text for x in stop):
+                        continue                     # (the row ends with this token: the end comes next)
+                    safe = _safe_prefix(text, stop)
+                    if len(safe) > len(sent) and safe.startswith(sent):
+                        event(safe[len(sent):])
+                        sent = safe
+                if job.error is not None:
+                    err = {"error": {"message": str(job.error), "type": "server_error", "code": 500}}
+                    self.wfile.write(b"data: " + json.dumps(err).encode() + b"\n\n")
                 else:
-                    choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
-                data = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                        "created": created, "model": model_name, "choices": [choice]}
-                self.wfile.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+                    tokens, reason = job.result
+                    final = _answer_text(tok, tokens, reason, stop)
+                    if len(final) > len(sent) and final.startswith(sent):
+                        event(final[len(sent):])
+                    event(None, reason)
+                self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
-            if chat:
-                event(None, first=True)
-            toks, sent = [], ""
-            while True:
-                t = job.tokens.get()
-                if t is None:
-                    break
-                toks.append(t)
-                text = tok.decode(toks)
-                if stop and any(x in text for x in stop):
-                    continue                             # (the row ends with this token: the end comes next)
-                safe = _safe_prefix(text, stop)
-                if len(safe) > len(sent) and safe.startswith(sent):
-                    event(safe[len(sent):])
-                    sent = safe
-            if job.error is not None:
-                err = {"error": {"message": str(job.error), "type": "server_error", "code": 500}}
-                self.wfile.write(b"data: " + json.dumps(err).encode() + b"\n\n")
-            else:
-                tokens, reason = job.result
-                final = _answer_text(tok, tokens, reason, stop)
-                if len(final) > len(sent) and final.startswith(sent):
-                    event(final[len(sent):])
-                event(None, reason)
-            self.wfile.write(b"data: [DONE]\n\n")
-            self.wfile.flush()
+            except ConnectionError:                  # (the client went away: ClientGone or a failed write)
+                engine.cancel([job])
+                self.close_connection = True
 
     return Handler
 
@@ -546,6 +611,7 @@ def serve(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, model_nam
     engine = Engine(model, tokenizer, **engine_options)
     httpd = ThreadingHTTPServer((host, port), make_handler(engine, model_name, chat_template))
     httpd.daemon_threads = True
+    httpd.engine = engine                # (for ready(): its counters, e.g. the requests done and dropped)
     try:
         if ready is not None:
             ready(httpd)

@@ -263,6 +263,38 @@ def test_batcher_prompts_added_while_running(with_prefix, monkeypatch):
     assert out == [(rid, *_alone(model, [5, 6, 7], 4, set()))]
 
 
+@pytest.mark.parametrize("ahead", [0, 4096])
+def test_batcher_cancel(ahead, device):
+    """cancel(id): a queued prompt, a prompt prefilled ahead of a free row (ahead > 0) and a running one (mid-way
+    through its budget) are dropped -- no step returns them, and the running one's row takes the next prompt -- while
+    every other completion is the prompt's alone; an ended or unknown id gives False. On CUDA through the decode
+    graph, whose next step is already queued when a row is dropped (fp32)."""
+    model = builtin_model(device)
+    prompts = _prompts(7, 6, 12, model.config.vocab_size)
+    bat = C.ContinuousBatcher(model, batch_size=2, max_prompt_tokens=16, max_new_tokens=10, eos_token_id=None,
+                              prefill_ahead=ahead)
+    assert bat.cancel(0) is False                    # (nothing added yet)
+    budgets = [10, 3, 10, 10, 10, 10]                 # (the second ends first: its row takes the next prompt)
+    ids = [bat.add(p, b) for p, b in zip(prompts, budgets)]
+    assert bat.cancel(ids[3]) is True                # queued
+    got = {}
+    for _ in range(4):
+        got.update({rid: (t, r) for rid, t, r in bat.step()})
+    assert bat.running == 2 and ids[0] in bat.seq and ids[2] in bat.seq and ids[1] in got
+    staged = [e[0] for e, _ in bat.staged]
+    assert staged == ([ids[4]] if ahead else []), staged
+    if ahead:
+        assert bat.cancel(staged[0]) is True         # prefilled ahead of a free row
+    assert bat.cancel(ids[0]) is True                # running: 4 of its 10 tokens made
+    assert bat.running == 1 and bat.cancel(ids[0]) is False
+    while not bat.done:
+        got.update({rid: (t, r) for rid, t, r in bat.step()})
+    dropped = {ids[0], ids[3]} | ({staged[0]} if ahead else set())
+    assert sorted(got) == sorted(set(ids) - dropped)
+    assert all(got[i] == _alone(model, prompts[i], budgets[i], set()) for i in got)
+    assert bat.cancel(ids[1]) is False               # (ended)
+
+
 def test_batcher_stop_texts_per_prompt():
     """add(..., stop_strings=...): each prompt ends at its own stop texts (the batcher's when not given)."""
     model, tok = builtin_model(), ByteTokenizer()

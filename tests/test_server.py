@@ -553,3 +553,57 @@ def test_cuda_server_concurrent_requests():
             assert text == want, (t, got[i])
     finally:
         srv.stop()
+
+
+def _raw_post(srv, body):
+    """A /v1/completions request on a socket of its own (the test closes it when it likes), sent whole."""
+    import socket
+    data = json.dumps(body).encode()
+    s = socket.create_connection(srv.httpd.server_address, timeout=60)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n" % len(data) + data)
+    return s
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_client_that_goes_away_frees_its_row(stream):
+    """A client that closes its connection while its request runs (streamed: after its first text; or waiting for the
+    whole answer): the server drops the request (its row takes the next prompt at once, not after the 3000 tokens it
+    asked for), counts it, and answers the next request; a client that closes while queued behind it is dropped
+    before it runs."""
+    import time
+    model, tok = builtin_model(), ByteTokenizer()
+    N = 3000
+    srv = Running(model, tok, batch_size=1, max_prompt_tokens=32, max_new_tokens=N)
+    engine = srv.httpd.engine
+    ban = {str(e): -100 for e in model._eos_ids()}          # (no end-of-text: the request would run all N tokens)
+    try:
+        a = _raw_post(srv, {"prompt": "hello", "max_tokens": N, "logit_bias": ban, "stream": stream})
+        if stream:
+            got = b""
+            while b"data: " not in got:
+                got += a.recv(4096)
+            assert got.startswith(b"HTTP/1.1 200")
+        t0 = time.time()
+        while engine.done_tokens < 5:                       # (it runs)
+            assert time.time() - t0 < 60, "the first request did not start"
+            time.sleep(0.01)
+        queued = _raw_post(srv, {"prompt": "queued", "max_tokens": 5, "stream": stream})
+        t0 = time.time()
+        while engine.bat.queued + engine.inbox.qsize() == 0:
+            assert time.time() - t0 < 60, "the second request was not queued"
+            time.sleep(0.01)
+        queued.close()
+        t0 = time.time()
+        while engine.cancelled < 1:                         # (dropped while the first still runs)
+            assert time.time() - t0 < 60, "the queued request was not dropped"
+            time.sleep(0.01)
+        assert engine.bat.running == 1 and engine.bat.queued == 0 and engine.done_requests == 0
+        a.close()
+        code, out = srv.post("/v1/completions", {"prompt": "next", "max_tokens": 3})
+        assert code == 200 and out["usage"]["completion_tokens"] == 3
+        assert engine.cancelled == 2
+        assert engine.done_tokens < N // 2, engine.done_tokens  # (the first stopped long before its N tokens)
+        assert engine.done_requests == 1 and engine.bat.done
+    finally:
+        srv.stop()
