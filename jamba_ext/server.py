@@ -4,7 +4,8 @@
     curl localhost:8000/v1/completions -d '{"prompt": "Hello", "max_tokens": 32}'
 
 Endpoints: POST /v1/completions ({"prompt": text or token ids, "max_tokens", "stop"}), POST /v1/chat/completions
-({"messages": [...], "max_tokens", "stop"}; the checkpoint's chat template), GET /v1/models, GET /health. Answers as
+({"messages": [...], "max_tokens", "stop"}; the checkpoint's chat template), GET /v1/models, GET /health, GET
+/metrics (Prometheus' text format: Engine.METRICS, e.g. jamba_ext_generation_tokens_total). Answers as
 OpenAI's (choices[0].text or .message, finish_reason "stop" / "length", usage; the text ends before a stop text, and
 usage counts the tokens up to the one that completed it). One thread owns the model: it runs a
 jamba_ext.continuous.ContinuousBatcher, taking requests from the HTTP threads as rows free up (first come, first
@@ -128,6 +129,7 @@ class Engine:
         self.stats_every, self.stats_out = stats_every, stats_out
         self.t0 = self.last = time.perf_counter()
         self.done_requests = self.done_tokens = 0
+        self.prompt_tokens = self.steps = self.failed = 0
         self.cancelled = 0               # (requests dropped when their clients went away: cancel)
         self.shown = (0, 0)              # (requests, new tokens) at the last progress line
         self.bat = ContinuousBatcher(model, batch_size, max_prompt_tokens, max_new_tokens, seed,
@@ -214,9 +216,11 @@ class Engine:
                         self._cancel(job.jobs)
                     elif job.score:
                         self._score(job)
+                        self.prompt_tokens += len(job.ids)
                     else:
                         self.jobs[self.bat.add(job.ids, job.max_tokens, job.stop, job.sampling, job.want_lp,
                                                job.seed, job.bias)] = job
+                        self.prompt_tokens += len(job.ids)
                 except ValueError as e:
                     job.finish(error=RequestError(str(e)))
                 try:
@@ -230,6 +234,7 @@ class Engine:
             except Exception as e:  # noqa: BLE001 -- a failed step fails the jobs in flight, and the server goes on
                 for j in self.jobs.values():
                     j.finish(error=RuntimeError(f"generation failed: {e}"))
+                self.failed += len(self.jobs)
                 self.jobs.clear()
                 self.bat.close()
                 self.bat.queue.clear()
@@ -244,7 +249,34 @@ class Engine:
                 job.finish(result=(tokens, reason))
             self.done_requests += len(ended)
             self.done_tokens += len(self.bat.stepped)
+            self.steps += 1
             self._progress()
+
+    METRICS = (  # (name, type, help, Engine -> value): GET /metrics, Prometheus' text format
+        ("requests_done", "counter", "Completions that ended (a request of n choices counts n).",
+         lambda e: e.done_requests),
+        ("requests_cancelled", "counter", "Completions dropped because their clients went away.",
+         lambda e: e.cancelled),
+        ("requests_failed", "counter", "Completions failed by an error in a decode step.", lambda e: e.failed),
+        ("prompt_tokens", "counter", "Prompt tokens taken (scored prompts included).", lambda e: e.prompt_tokens),
+        ("generation_tokens", "counter", "New tokens made.", lambda e: e.done_tokens),
+        ("decode_steps", "counter", "Decode steps run (each makes a token for every running row).",
+         lambda e: e.steps),
+        ("rows_running", "gauge", "Rows decoding now.", lambda e: e.bat.running),
+        ("requests_queued", "gauge", "Completions waiting for a row.", lambda e: e.bat.queued + e.inbox.qsize()),
+        ("batch_size", "gauge", "Rows of the batcher (--batch-size).", lambda e: e.bat.B),
+        ("uptime_seconds", "gauge", "Seconds since the engine started.", lambda e: time.perf_counter() - e.t0),
+    )
+
+    def metrics(self) -> str:
+        """The engine's counters and gauges in Prometheus' text format (GET /metrics), each named jamba_ext_*."""
+        out = []
+        for name, kind, text, get in self.METRICS:
+            v = get(self)
+            out += [f"# HELP jamba_ext_{name} {text}", f"# TYPE jamba_ext_{name} {kind}",
+                    f"jamba_ext_{name}{'_total' if kind == 'counter' else ''} {v:.3f}" if isinstance(v, float) else
+                    f"jamba_ext_{name}{'_total' if kind == 'counter' else ''} {v}"]
+        return "\n".join(out) + "\n"
 
     def _cancel(self, jobs: List[_Job]) -> None:
         rids = {id(j): rid for rid, j in self.jobs.items()}
@@ -361,6 +393,13 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
         def do_GET(self):
             if self.path == "/health":
                 self._send(200, {"status": "ok"})
+            elif self.path == "/metrics":
+                data = engine.metrics().encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
             elif self.path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": model_name, "object": "model",
                                                              "owned_by": "jamba_ext"}]})

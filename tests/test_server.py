@@ -605,5 +605,47 @@ def test_client_that_goes_away_frees_its_row(stream):
         assert engine.cancelled == 2
         assert engine.done_tokens < N // 2, engine.done_tokens  # (the first stopped long before its N tokens)
         assert engine.done_requests == 1 and engine.bat.done
+        m = _metrics(srv)
+        assert m["jamba_ext_requests_cancelled_total"] == 2 and m["jamba_ext_requests_done_total"] == 1
+        assert m["jamba_ext_generation_tokens_total"] == engine.done_tokens
+    finally:
+        srv.stop()
+
+
+def _metrics(srv):
+    """GET /metrics, parsed: {name: value}, after checking that every sample has its HELP and TYPE lines."""
+    with urllib.request.urlopen(srv.url + "/metrics", timeout=60) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain")
+        lines = r.read().decode().splitlines()
+    out = {}
+    for i, line in enumerate(lines):
+        if not line.startswith("#"):
+            name, value = line.split()
+            base = name[:-len("_total")] if name.endswith("_total") else name
+            assert lines[i - 2].startswith(f"# HELP {base} ") and lines[i - 1] in (f"# TYPE {base} counter",
+                                                                                   f"# TYPE {base} gauge"), lines
+            out[name] = float(value)
+    return out
+
+
+def test_metrics():
+    """GET /metrics counts what the requests did: completions (n of them a request), prompt and new tokens (as usage
+    gives them), decode steps; rows running and queued at rest; a refused request counts nowhere."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=32, max_new_tokens=8)
+    try:
+        m = _metrics(srv)
+        assert m["jamba_ext_requests_done_total"] == 0 and m["jamba_ext_batch_size"] == 2
+        assert m["jamba_ext_uptime_seconds"] > 0
+        usage = [srv.post("/v1/completions", b)[1]["usage"] for b in (
+            {"prompt": "hello there", "max_tokens": 5}, {"prompt": "abc", "max_tokens": 3, "n": 2})]
+        assert srv.post("/v1/completions", {"prompt": "x", "max_tokens": 0})[0] == 400
+        m = _metrics(srv)
+        assert m["jamba_ext_requests_done_total"] == 3
+        assert m["jamba_ext_generation_tokens_total"] == sum(u["completion_tokens"] for u in usage)
+        assert m["jamba_ext_prompt_tokens_total"] == usage[0]["prompt_tokens"] + 2 * usage[1]["prompt_tokens"]
+        assert m["jamba_ext_decode_steps_total"] >= 5
+        assert m["jamba_ext_rows_running"] == 0 and m["jamba_ext_requests_queued"] == 0
+        assert m["jamba_ext_requests_cancelled_total"] == 0 and m["jamba_ext_requests_failed_total"] == 0
     finally:
         srv.stop()
