@@ -840,8 +840,8 @@ def cmd_serve(args) -> int:
         h, p = httpd.server_address[:2]
         sys.stderr.write(f"model: {what} | {model.device} {model.dtype}\nserving {name} on http://{h}:{p} "
                          f"(/v1/completions{', /v1/chat/completions' if tmpl is not None else ''}, /v1/models, "
-                         f"/health): {args.batch_size} rows, prompts up to {args.max_prompt_tokens} tokens, up to "
-                         f"{args.max_new_tokens} new tokens each; Ctrl-C stops\n")
+                         f"/health, /metrics): {args.batch_size} rows, prompts up to {args.max_prompt_tokens} tokens, "
+                         f"up to {args.max_new_tokens} new tokens each; Ctrl-C stops\n")
     try:
         server.serve(model, tok, args.host, args.port, model_name=name, chat_template=tmpl, ready=ready,
                      batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
