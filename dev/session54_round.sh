@@ -8,6 +8,8 @@
 #   full     the whole tree's check: `jamba_ext check`, every CUDA test (the last full run was session 48's), memcheck
 #            and racecheck of every kernel's small cases; then the A/B of sample_rows_probe against the tree before
 #            this session (carry .ab_old: git archive dc08210, extracted)
+#   race     racecheck of every op but sample_rows (full's racecheck of all cases ran past its 100 s: sample_rows'
+#            cluster cases alone take ~110 s, and ran clean in first)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session54_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -47,7 +49,11 @@ full)
   timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
   timeout 100 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
   ab_probe ;;
-*) echo "unknown mode $mode (first, full)"; exit 2 ;;
+race)
+  step "compute-sanitizer racecheck (sanitize_cases rest: every op but sample_rows, whose racecheck ran in first)"
+  timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py rest 2>&1 \
+    | tail -3 ;;
+*) echo "unknown mode $mode (first, full, race)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"
