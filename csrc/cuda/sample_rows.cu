@@ -39,9 +39,9 @@
  *   (2 waves), 417 -> 516 us at R = 64 (about 5 waves: slower than one block). So from V = SR_CLUSTER_MIN_V the
  *   default takes the largest C in (8, 4, 2) whose clusters hold all R rows in one wave (R <= cudaOccupancyMaxActive-
  *   Clusters at that C, asked once per device, dtype and C): a smaller C gives a row fewer SMs, but a second wave would
- *   cost a whole row's time; and sr_kernel where even C = 2 needs two waves. Session 53's kernels, the default ->
- *   (one-block) at R = 1 / 16 / 64: top_p 0.95 39 / 60 / 101 us (168 / 170 / 172), top_k 50 25 / 31 / 47 us
- *   (68 / 69 / 69), greedy 6.3 / 8.2 / 11.9 us (docs/PERF_NOTES.md; sr3_round_a20d592.log).
+ *   cost a whole row's time; and sr_kernel where even C = 2 needs two waves. Session 54's kernels, the default ->
+ *   (one-block) at R = 1 / 16 / 64: top_p 0.95 40 / 61 / 102 us (171 / 173 / 175), top_k 50 25.5 / 30 / 44 us
+ *   (67 / 67 / 68), greedy 6.3 / 8.2 / 11.9 us (docs/PERF_NOTES.md; s54_full_67a0b78.log, sr3_round_a20d592.log).
  */
 #include "common.cuh"
 
