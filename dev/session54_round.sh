@@ -9,7 +9,8 @@
 #            and racecheck of every kernel's small cases; then the A/B of sample_rows_probe against the tree before
 #            this session (carry .ab_old: git archive dc08210, extracted)
 #   race     racecheck of every op but sample_rows (full's racecheck of all cases ran past its 100 s: sample_rows'
-#            cluster cases alone take ~110 s, and ran clean in first)
+#            cluster cases alone take ~110 s, and ran clean in first); first dev/cuda/swap_ab_lab.cu (the tensor-pipe
+#            rate of a swap-AB MoE tile: A in registers, tokens in n32 / n64 chunks, against today's m64n256 tile)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session54_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -50,6 +51,9 @@ full)
   timeout 100 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -3
   ab_probe ;;
 race)
+  step "dev/cuda/swap_ab_lab.cu (ptxas -v: any C75xx serialisation warning; then its timings)"
+  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab \
+    2>&1 | grep -E "C75|registers|error" ; timeout 60 /tmp/swap_ab; timeout 60 /tmp/swap_ab
   step "compute-sanitizer racecheck (sanitize_cases rest: every op but sample_rows, whose racecheck ran in first)"
   timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py rest 2>&1 \
     | tail -3 ;;

@@ -1,0 +1,194 @@
+/* swap_ab_lab.cu -- session 54: the tensor-pipe side of a swap-AB MoE tile (docs/PERF_NOTES.md, MoE prefill, session
+ * 54's note), a lab: no global loads, no epilogue, garbage operands (speed does not depend on the values).
+ *
+ *   nvcc -O3 -std=c++17 -arch=sm_90a -Xptxas -v dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab && /tmp/swap_ab
+ *
+ * One CTA an SM (132 on an H200), two consumer warpgroups (256 threads), each running STEPS k16 steps on operands in
+ * shared memory laid out as the MoE kernel's (K-major, 128-byte swizzle, 8-row atoms 1024 bytes apart):
+ *   ss256    today's tile: wgmma m64n256k16, A (64 token rows a warpgroup) and B (256 W rows) from shared memory
+ *   rs<NC,W> the swap form: A = the warpgroup's 64 W rows in registers (ldmatrix.x4 a k16 step, two register sets),
+ *            B = N = NC * W tokens in NC wgmma m64nWk16 (W = 32 or 64) from shared memory
+ *   sw       rs<NC, 32> with NC chosen at run time from 6..10 by a switch at kernel start (each case its own loop):
+ *            whether ptxas keeps that pipeline (look for C75xx serialisation warnings in -Xptxas -v) and its speed
+ * Prints TFLOP/s (2 * 128 * N * 16 * STEPS * CTAs / time) for each, and the ratio to ss256.
+ */
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstdio>
+
+#define STEPS 8192
+#define SMEM_BYTES (160 * 1024)
+
+__device__ __forceinline__ uint64_t desc(uint32_t saddr) {   /* K-major, 128-byte swizzle (as moe_wgmma.cu's) */
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void mma_ss256(float (&d)[128], uint64_t da, uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n" "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;" "\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) : "l"(da), "l"(db), "r"(1));
+}
+template <int OFF, int NA>
+__device__ __forceinline__ void mma_rs32(float (&d)[NA], const uint32_t (&a)[4], uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;" "\n}\n"
+                 : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+template <int OFF, int NA>
+__device__ __forceinline__ void mma_rs64(float (&d)[NA], const uint32_t (&a)[4], uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n" "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;" "\n}\n"
+                 : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]), "+f"(d[OFF + 16]), "+f"(d[OFF + 17]), "+f"(d[OFF + 18]), "+f"(d[OFF + 19]), "+f"(d[OFF + 20]), "+f"(d[OFF + 21]), "+f"(d[OFF + 22]), "+f"(d[OFF + 23]), "+f"(d[OFF + 24]), "+f"(d[OFF + 25]), "+f"(d[OFF + 26]), "+f"(d[OFF + 27]), "+f"(d[OFF + 28]), "+f"(d[OFF + 29]), "+f"(d[OFF + 30]), "+f"(d[OFF + 31]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+
+/* the warpgroup's A fragment of k16 step s (of a 64-k stage at sa) by ldmatrix.x4, swizzled addresses */
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], uint32_t sa, int s) {
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
+    const int r = warp * 16 + (lane & 15), kc = (s & 3) * 2 + (lane >> 4);
+    const uint32_t addr = sa + (r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(addr));
+}
+
+extern __shared__ __align__(1024) unsigned char smem[];
+
+__global__ void __launch_bounds__(256, 1) k_ss256(float *out) {
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
+    const int wg = threadIdx.x >> 7;
+    const uint32_t sa = base + wg * 8192, sb = base + 16384;   /* A: 64 rows a warpgroup; B: 256 rows, 32 KB */
+    float d[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) d[i] = 0.f;
+    for (int s = 0; s < STEPS; s++) {
+        fence();
+        mma_ss256(d, desc(sa + (s & 3) * 32), desc(sb + (s & 3) * 32));
+        commit();
+        wait<1>();
+    }
+    wait<0>();
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < 128; i++) t += d[i];
+    out[blockIdx.x * 256 + threadIdx.x] = t;
+}
+
+/* NC chunks of W tokens; A (64 W rows a warpgroup) from registers */
+template <int NC, int W> __device__ __forceinline__ void rs_loop(float *out) {
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
+    const int wg = threadIdx.x >> 7;
+    const uint32_t sa = base + wg * 8192, sb = base + 16384;   /* B: NC * W token rows, 128 bytes each */
+    constexpr int NA = NC * W / 2;
+    float d[NA];
+#pragma unroll
+    for (int i = 0; i < NA; i++) d[i] = 0.f;
+    uint32_t a[2][4];
+    for (int s = 0; s < STEPS; s += 2) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            load_a(a[h], sa, s + h);
+            fence();
+            const uint32_t sbk = sb + ((s + h) & 3) * 32;
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                if (W == 32) {
+                    const uint64_t db = desc(sbk + c * 32 * 128);
+                    switch (c) {   /* (OFF must be a constant) */
+                    case 0: mma_rs32<0, NA>(d, a[h], db); break;
+                    case 1: mma_rs32<16, NA>(d, a[h], db); break;
+                    case 2: mma_rs32<32, NA>(d, a[h], db); break;
+                    case 3: mma_rs32<48, NA>(d, a[h], db); break;
+                    case 4: mma_rs32<64, NA>(d, a[h], db); break;
+                    case 5: mma_rs32<80, NA>(d, a[h], db); break;
+                    case 6: mma_rs32<96, NA>(d, a[h], db); break;
+                    case 7: mma_rs32<112, NA>(d, a[h], db); break;
+                    case 8: mma_rs32<128, NA>(d, a[h], db); break;
+                    case 9: mma_rs32<144, NA>(d, a[h], db); break;
+                    }
+                } else {
+                    const uint64_t db = desc(sbk + c * 64 * 128);
+                    switch (c) {
+                    case 0: mma_rs64<0, NA>(d, a[h], db); break;
+                    case 1: mma_rs64<32, NA>(d, a[h], db); break;
+                    case 2: mma_rs64<64, NA>(d, a[h], db); break;
+                    case 3: mma_rs64<96, NA>(d, a[h], db); break;
+                    case 4: mma_rs64<128, NA>(d, a[h], db); break;
+                    }
+                }
+            }
+            commit();
+            wait<1>();
+        }
+    }
+    wait<0>();
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < NA; i++) t += d[i];
+    out[blockIdx.x * 256 + threadIdx.x] = t;
+}
+
+template <int NC, int W> __global__ void __launch_bounds__(256, 1) k_rs(float *out) { rs_loop<NC, W>(out); }
+
+__global__ void __launch_bounds__(256, 1) k_sw(float *out, int nc) {
+    switch (nc) {
+    case 6: rs_loop<6, 32>(out); break;
+    case 7: rs_loop<7, 32>(out); break;
+    case 8: rs_loop<8, 32>(out); break;
+    case 9: rs_loop<9, 32>(out); break;
+    default: rs_loop<10, 32>(out); break;
+    }
+}
+
+template <typename F> static float time_ms(F launch) {
+    cudaEvent_t e0, e1;
+    cudaEventCreate(&e0);
+    cudaEventCreate(&e1);
+    launch();
+    cudaEventRecord(e0);
+    for (int i = 0; i < 5; i++) launch();
+    cudaEventRecord(e1);
+    cudaEventSynchronize(e1);
+    float ms = 0.f;
+    cudaEventElapsedTime(&ms, e0, e1);
+    return ms / 5.f;
+}
+
+int main() {
+    int sms = 0;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+    float *out;
+    cudaMalloc(&out, (size_t)sms * 256 * sizeof(float));
+    auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
+    attr((const void *)k_ss256);
+    attr((const void *)k_rs<8, 32>);
+    attr((const void *)k_rs<9, 32>);
+    attr((const void *)k_rs<10, 32>);
+    attr((const void *)k_rs<4, 64>);
+    attr((const void *)k_rs<5, 64>);
+    attr((const void *)k_sw);
+    auto tf = [&](int n, float ms) { return 2.0 * 128 * n * 16 * (double)STEPS * sms / (ms * 1e-3) / 1e12; };
+    const float base = time_ms([&] { k_ss256<<<sms, 256, SMEM_BYTES>>>(out); });
+    const double tb = tf(256, base);
+    printf("%d SMs, %d k16 steps a warpgroup\n", sms, STEPS);
+    printf("ss256 (today's tile, N = 256)            %8.3f ms  %6.1f TFLOP/s\n", base, tb);
+    auto row = [&](const char *name, int n, float ms) {
+        printf("%-40s %8.3f ms  %6.1f TFLOP/s  %.3f of ss256\n", name, ms, tf(n, ms), tf(n, ms) / tb);
+    };
+    row("rs n32 x 8 (N = 256)", 256, time_ms([&] { k_rs<8, 32><<<sms, 256, SMEM_BYTES>>>(out); }));
+    row("rs n32 x 9 (N = 288)", 288, time_ms([&] { k_rs<9, 32><<<sms, 256, SMEM_BYTES>>>(out); }));
+    row("rs n32 x 10 (N = 320)", 320, time_ms([&] { k_rs<10, 32><<<sms, 256, SMEM_BYTES>>>(out); }));
+    row("rs n64 x 4 (N = 256)", 256, time_ms([&] { k_rs<4, 64><<<sms, 256, SMEM_BYTES>>>(out); }));
+    row("rs n64 x 5 (N = 320)", 320, time_ms([&] { k_rs<5, 64><<<sms, 256, SMEM_BYTES>>>(out); }));
+    for (int nc = 6; nc <= 10; nc++) {
+        char name[64];
+        snprintf(name, sizeof name, "sw: switch, n32 x %d (N = %d)", nc, 32 * nc);
+        row(name, 32 * nc, time_ms([&] { k_sw<<<sms, 256, SMEM_BYTES>>>(out, nc); }));
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
