@@ -188,6 +188,26 @@ int main() {
         snprintf(name, sizeof name, "sw: switch, n32 x %d (N = %d)", nc, 32 * nc);
         row(name, 32 * nc, time_ms([&] { k_sw<<<sms, 256, SMEM_BYTES>>>(out, nc); }));
     }
+    /* the switch's cost, in turns (the GPU's clock drifts over a run: the rows above ran in a fixed order) */
+    printf("in turns, 7 rounds, median ms: ss256 / rs n32 x 9 / sw n32 x 9 / rs n32 x 8 / sw n32 x 8\n");
+    float t[5][7];
+    for (int r = 0; r < 7; r++) {
+        t[0][r] = time_ms([&] { k_ss256<<<sms, 256, SMEM_BYTES>>>(out); });
+        t[1][r] = time_ms([&] { k_rs<9, 32><<<sms, 256, SMEM_BYTES>>>(out); });
+        t[2][r] = time_ms([&] { k_sw<<<sms, 256, SMEM_BYTES>>>(out, 9); });
+        t[3][r] = time_ms([&] { k_rs<8, 32><<<sms, 256, SMEM_BYTES>>>(out); });
+        t[4][r] = time_ms([&] { k_sw<<<sms, 256, SMEM_BYTES>>>(out, 8); });
+    }
+    const int ns[5] = {256, 288, 288, 256, 256};
+    for (int v = 0; v < 5; v++) {
+        for (int i = 0; i < 7; i++)   /* (insertion sort: the median is t[v][3]) */
+            for (int j = i; j > 0 && t[v][j] < t[v][j - 1]; j--) {
+                const float x = t[v][j];
+                t[v][j] = t[v][j - 1];
+                t[v][j - 1] = x;
+            }
+        printf("  %8.3f ms  %6.1f TFLOP/s\n", t[v][3], tf(ns[v], t[v][3]));
+    }
     const cudaError_t e = cudaDeviceSynchronize();
     printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
     return e == cudaSuccess ? 0 : 1;
