@@ -11,6 +11,8 @@
 #   race     racecheck of every op but sample_rows (full's racecheck of all cases ran past its 100 s: sample_rows'
 #            cluster cases alone take ~110 s, and ran clean in first); first dev/cuda/swap_ab_lab.cu (the tensor-pipe
 #            rate of a swap-AB MoE tile: A in registers, tokens in n32 / n64 chunks, against today's m64n256 tile)
+#   gemmlab  dev/cuda/swap_ab_gemm_lab.cu (a whole swap-AB grouped GEMM: TMA ring, transposed epilogue; checked
+#            against float64 dot products) and torch's matmul rate in the same call; no extension build
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session54_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -33,7 +35,7 @@ ab_probe() {     # sample_rows_probe in turns: the tree before this session's ch
 {
 echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
-build_cuda
+[ "$mode" = gemmlab ] || build_cuda
 case "$mode" in
 first)
   cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py
@@ -57,7 +59,27 @@ race)
   step "compute-sanitizer racecheck (sanitize_cases rest: every op but sample_rows, whose racecheck ran in first)"
   timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py rest 2>&1 \
     | tail -3 ;;
-*) echo "unknown mode $mode (first, full, race)"; exit 2 ;;
+gemmlab)
+  step "dev/cuda/swap_ab_gemm_lab.cu (no extension build)"
+  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/swap_ab_gemm_lab.cu \
+    -o /tmp/swap_gemm 2>&1 | grep -E "C75|registers|spill|error"
+  timeout 120 /tmp/swap_gemm
+  step "torch's matmul rate, same call: 8192^3 and the lab's work as one dense GEMM (4096 / 4608 x 28672 x 4096)"
+  timeout 120 python3 - <<'PY'
+import torch
+def ms(f, n=9):
+    f(); torch.cuda.synchronize(); t = []
+    for _ in range(n):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record(); f(); b.record(); b.synchronize(); t.append(a.elapsed_time(b))
+    return sorted(t)[n // 2]
+for m, n, k in ((8192, 8192, 8192), (4096, 28672, 4096), (4608, 28672, 4096)):
+    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16); w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    t = ms(lambda: x @ w.T)
+    print(f"torch {m} x {n} x {k}: {t:.3f} ms, {2 * m * n * k / t / 1e9:.1f} TFLOP/s")
+PY
+  ;;
+*) echo "unknown mode $mode (first, full, race, gemmlab)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

@@ -1,0 +1,351 @@
+/* swap_ab_gemm_lab.cu -- session 54: a swap-AB grouped GEMM as a MoE expert GEMM would run it (gate_up's shape at
+ * 2048 tokens), a lab: is the whole tile (TMA ring, A in registers, token chunks, transposed epilogue) as fast as
+ * its tensor pipe (dev/cuda/swap_ab_lab.cu: n32 chunks with A in registers at the m64n256 tile's rate)?
+ *
+ *   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/swap_ab_gemm_lab.cu \
+ *        -o /tmp/swap_gemm && /tmp/swap_gemm
+ *
+ * Shapes: E = 16 experts, W (E, M, K) bf16 with M = 28672 (gate_up's 2 x 14336 rows), K = 4096; X (S, K) bf16, the
+ * slots sorted by expert (expert e's rows off[e] .. off[e + 1]); out (S, M) bf16: out[s, m] = X[s, :] . W[e(s), m, :]
+ * (plain, no SiLU: the lab times the GEMM). One CTA a tile (e, 128 W rows, all of e's <= 320 slots), 384 threads:
+ * warpgroups 0-1 consume (setmaxnreg 232: 160 accumulators at 10 chunks) (64 W rows each: A = W by ldmatrix.x4 into registers, B = the slots in NC = ceil(n / 32)
+ * chunks of 32, wgmma m64n32k16, NC chosen by a switch at the tile's start), warpgroup 2 (setmaxnreg 40) produces (TMA: a 128 x 64 W box
+ * and NC 32 x 64 slot boxes a k tile, 128-byte swizzle, a ring of STAGES stages of 56 KB, full / empty mbarriers).
+ * Epilogue: the accumulators rounded to bf16, stored transposed into shared memory by stmatrix.x4.trans (a slot's
+ * 128 outputs contiguous), then 16-byte stores to out.
+ * Checked against a float64-accumulated CPU dot product at 2000 random (s, m) (relative error vs the product's
+ * magnitude); timed as the median of 9 launches: useful TFLOP/s (2 S M K). The matmul rate to compare with: torch's
+ * 8192^3 bf16 GEMM and the same work as one dense GEMM, timed in the same device call (dev/session54_round.sh lab).
+ */
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#define E 16
+#define M 28672
+#define K 4096
+#define BK 64
+#define NCMAX 10
+#define STAGES 4
+#define A_BYTES (128 * BK * 2)                      /* 16 KB: 128 W rows */
+#define B_BYTES (NCMAX * 32 * BK * 2)               /* 40 KB: up to 320 slots */
+#define STAGE_BYTES (A_BYTES + B_BYTES)
+#define SMEM_BYTES (STAGES * STAGE_BYTES + 1024 + 64) /* (1024: alignment) */
+#define OUT_PITCH 272                               /* bytes a slot row of the epilogue's 128 outputs (+16: banks) */
+#define THREADS 384
+
+#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e_)); exit(1); } } while (0)
+
+__device__ __forceinline__ uint64_t desc(uint32_t saddr) {
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) |
+           ((uint64_t)1 << 62);
+}
+__device__ __forceinline__ void fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+template <int OFF, int NA>
+__device__ __forceinline__ void mma_rs32(float (&d)[NA], const uint32_t (&a)[4], uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;" "\n}\n"
+                 : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+__device__ __forceinline__ void mbar_init(uint32_t bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+
+/* A fragment (the warpgroup's 64 W rows, k16 step kk of the stage's 64 k) by ldmatrix.x4 from the swizzled box */
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], uint32_t sa, int kk) {
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
+    const int r = warp * 16 + (lane & 15), kc = kk * 2 + (lane >> 4);
+    const uint32_t addr = sa + (r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(addr));
+}
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+extern __shared__ unsigned char smem_raw[];
+
+/* the consumers' whole tile with NC chunks: mainloop, then the epilogue (all 256 consumer threads) */
+template <int NC>
+__device__ __forceinline__ void consume(uint32_t ring, uint32_t bars, unsigned char *ring_ptr, __nv_bfloat16 *out,
+                                       int64_t row0, int len, int m0) {
+    constexpr int NA = NC * 16;
+    const int wg = threadIdx.x >> 7;
+    float d[NA];
+#pragma unroll
+    for (int i = 0; i < NA; i++) d[i] = 0.f;
+    uint32_t a[2][4];
+    constexpr int KT = K / BK;
+    for (int kt = 0; kt < KT; kt++) {
+        const int s = kt % STAGES;
+        mbar_wait(bars + s * 8, (kt / STAGES) & 1);
+        const uint32_t sa = ring + s * STAGE_BYTES + wg * 8192, sb = ring + s * STAGE_BYTES + A_BYTES;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            load_a(a[kk & 1], sa, kk);
+            fence();
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const uint64_t db = desc(sb + c * 4096 + kk * 32);
+                switch (c) {
+                case 0: mma_rs32<0, NA>(d, a[kk & 1], db); break;
+                case 1: mma_rs32<(1 < NC ? 16 : 0), NA>(d, a[kk & 1], db); break;
+                case 2: mma_rs32<(2 < NC ? 32 : 0), NA>(d, a[kk & 1], db); break;
+                case 3: mma_rs32<(3 < NC ? 48 : 0), NA>(d, a[kk & 1], db); break;
+                case 4: mma_rs32<(4 < NC ? 64 : 0), NA>(d, a[kk & 1], db); break;
+                case 5: mma_rs32<(5 < NC ? 80 : 0), NA>(d, a[kk & 1], db); break;
+                case 6: mma_rs32<(6 < NC ? 96 : 0), NA>(d, a[kk & 1], db); break;
+                case 7: mma_rs32<(7 < NC ? 112 : 0), NA>(d, a[kk & 1], db); break;
+                case 8: mma_rs32<(8 < NC ? 128 : 0), NA>(d, a[kk & 1], db); break;
+                case 9: mma_rs32<(9 < NC ? 144 : 0), NA>(d, a[kk & 1], db); break;
+                }
+            }
+            commit();
+            wait<1>();
+            /* the previous k16 group is done: at kk == 0 that was the previous stage's last, so it is free */
+            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(bars + (STAGES + (kt - 1) % STAGES) * 8);
+        }
+    }
+    wait<0>();
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");   /* both warpgroups done reading the ring */
+    /* transposed into shared memory: slot t's 128 outputs at so + t * OUT_PITCH */
+    const uint32_t so = ring;
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, q = lane >> 3, i = lane & 7;
+    const int mloc = wg * 64 + warp * 16 + 8 * (q & 1);
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+#pragma unroll
+        for (int j = 0; j < 4; j += 2) {
+            const float *x = d + c * 16 + 4 * j;
+            const uint32_t r0 = pack(x[0], x[1]), r1 = pack(x[2], x[3]), r2 = pack(x[4], x[5]), r3 = pack(x[6], x[7]);
+            const int t = c * 32 + 8 * (j + (q >> 1)) + i;
+            const uint32_t addr = so + t * OUT_PITCH + mloc * 2;
+            asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                         ::"r"(addr), "r"(r0), "r"(r1), "r"(r2), "r"(r3) : "memory");
+        }
+    }
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    for (int v = threadIdx.x; v < len * 16; v += 256) {
+        const int t = v >> 4, col = v & 15;
+        const uint4 val = *reinterpret_cast<const uint4 *>(ring_ptr + t * OUT_PITCH + col * 16);
+        *reinterpret_cast<uint4 *>(out + (row0 + t) * (int64_t)M + m0 + col * 8) = val;
+    }
+}
+
+__global__ void __launch_bounds__(THREADS, 1)
+    swap_gemm(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX, const int *off,
+              __nv_bfloat16 *out) {
+    const int e = blockIdx.y, mb = blockIdx.x;
+    const int row0 = off[e], len = off[e + 1] - off[e];
+    if (len <= 0) return;
+    const int NC = (len + 31) / 32;                   /* (len <= 320: the lab's routing) */
+    unsigned char *ring_ptr = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    const uint32_t ring = (uint32_t)__cvta_generic_to_shared(ring_ptr);
+    const uint32_t bars = ring + STAGES * STAGE_BYTES;   /* full[s] at bars + 8 s, empty[s] at bars + 8 (STAGES + s) */
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            mbar_init(bars + s * 8, 1);
+            mbar_init(bars + (STAGES + s) * 8, 2);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (threadIdx.x >= 256) {                         /* the producer warpgroup: thread 256 issues */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x == 256) {
+            constexpr int KT = K / BK;
+            for (int kt = 0; kt < KT; kt++) {
+                const int s = kt % STAGES;
+                if (kt >= STAGES) mbar_wait(bars + (STAGES + s) * 8, ((kt / STAGES) - 1) & 1);
+                const uint32_t sa = ring + s * STAGE_BYTES, sb = sa + A_BYTES, fb = bars + s * 8;
+                mbar_expect_tx(fb, A_BYTES + NC * 4096);
+                tma_load_2d(sa, &tmW, kt * BK, e * M + mb * 128, fb);
+                for (int c = 0; c < NC; c++) tma_load_2d(sb + c * 4096, &tmX, kt * BK, row0 + c * 32, fb);
+            }
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    switch (NC) {
+    case 1: consume<1>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    case 2: consume<2>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    case 3: consume<3>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    case 4: consume<4>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    case 5: consume<5>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    case 6: consume<6>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    case 7: consume<7>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    case 8: consume<8>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    case 9: consume<9>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    default: consume<10>(ring, bars, ring_ptr, out, row0, len, mb * 128); break;
+    }
+}
+
+typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                              const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                              CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+static void make_map(CUtensorMap *m, void *ptr, int64_t rows, int box_rows) {
+    static encode_fn enc = nullptr;
+    if (!enc) {
+        void *f = nullptr;
+        cudaDriverEntryPointQueryResult q;
+        CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q));
+        enc = (encode_fn)f;
+    }
+    const cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)K * 2};
+    const cuuint32_t box[2] = {BK, (cuuint32_t)box_rows}, es[2] = {1, 1};
+    const CUresult r = enc(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, ptr, dims, strides, box, es,
+                           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) { printf("encode failed %d\n", (int)r); exit(1); }
+}
+
+/* deterministic values in [-0.5, 0.5) (a hash of the index) */
+__global__ void fill(__nv_bfloat16 *p, size_t n, uint32_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        p[i] = __float2bfloat16((float)(h >> 8) / 16777216.f - 0.5f);
+    }
+}
+/* the reference of sample j: (s, m) = (ss[j], ms[j]) of expert es[j], a float64 dot product and its magnitude */
+__global__ void ref_dots(const __nv_bfloat16 *x, const __nv_bfloat16 *w, const int *ss, const int *ms, const int *es,
+                         double *ref, double *mag, int n) {
+    const int j = blockIdx.x;
+    if (j >= n) return;
+    double acc = 0.0, ab = 0.0;
+    for (int k = threadIdx.x; k < K; k += 32) {
+        const double p = (double)__bfloat162float(x[(size_t)ss[j] * K + k]) *
+                         (double)__bfloat162float(w[((size_t)es[j] * M + ms[j]) * K + k]);
+        acc += p;
+        ab += fabs(p);
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        acc += __shfl_xor_sync(0xffffffffu, acc, o);
+        ab += __shfl_xor_sync(0xffffffffu, ab, o);
+    }
+    if (threadIdx.x == 0) {
+        ref[j] = acc;
+        mag[j] = ab;
+    }
+}
+static float bf(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
+
+template <typename F> static float median_ms(F launch, int reps = 9) {
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    launch();
+    std::vector<float> t;
+    for (int i = 0; i < reps; i++) {
+        CK(cudaEventRecord(e0));
+        launch();
+        CK(cudaEventRecord(e1));
+        CK(cudaEventSynchronize(e1));
+        float ms = 0.f;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        t.push_back(ms);
+    }
+    std::sort(t.begin(), t.end());
+    return t[reps / 2];
+}
+
+int main() {
+    const int S_MAX = E * 320;
+    __nv_bfloat16 *w, *x, *out;
+    int *doff;
+    CK(cudaMalloc(&w, (size_t)E * M * K * 2));
+    CK(cudaMalloc(&x, (size_t)S_MAX * K * 2));
+    CK(cudaMalloc(&out, (size_t)S_MAX * M * 2));
+    CK(cudaMalloc(&doff, (E + 1) * sizeof(int)));
+    fill<<<1024, 256>>>(w, (size_t)E * M * K, 1u);
+    fill<<<1024, 256>>>(x, (size_t)S_MAX * K, 2u);
+    CK(cudaDeviceSynchronize());
+    const int NS = 2000;
+    int *dss, *dms, *des;
+    double *dref, *dmag;
+    CK(cudaMalloc(&dss, NS * sizeof(int)));
+    CK(cudaMalloc(&dms, NS * sizeof(int)));
+    CK(cudaMalloc(&des, NS * sizeof(int)));
+    CK(cudaMalloc(&dref, NS * sizeof(double)));
+    CK(cudaMalloc(&dmag, NS * sizeof(double)));
+    CUtensorMap tmW, tmX;
+    make_map(&tmW, w, (int64_t)E * M, 128);
+    make_map(&tmX, x, S_MAX, 32);
+    CK(cudaFuncSetAttribute(swap_gemm, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
+    const char *names[3] = {"uniform 256 slots an expert", "uniform 288", "routed (195-307, as bench_moe at 2048 tokens)"};
+    for (int cs = 0; cs < 3; cs++) {
+        std::vector<int> cnt(E), off(E + 1, 0);
+        uint32_t s2 = 777u + cs;
+        for (int e = 0; e < E; e++) {
+            s2 = s2 * 1664525u + 1013904223u;
+            cnt[e] = cs == 0 ? 256 : cs == 1 ? 288 : 195 + (int)((s2 >> 8) % 113);
+            off[e + 1] = off[e] + cnt[e];
+        }
+        const int S = off[E];
+        CK(cudaMemcpy(doff, off.data(), (E + 1) * sizeof(int), cudaMemcpyHostToDevice));
+        CK(cudaMemset(out, 0, (size_t)S_MAX * M * 2));
+        const dim3 grid(M / 128, E);
+        const float ms = median_ms([&] { swap_gemm<<<grid, THREADS, SMEM_BYTES>>>(tmW, tmX, doff, out); });
+        CK(cudaGetLastError());
+        CK(cudaDeviceSynchronize());
+        const double flop = 2.0 * S * M * K;
+        /* check: 2000 random (s, m) against float64 dot products */
+        std::vector<int> hs(NS), hm(NS), he(NS);
+        uint32_t s3 = 99u + cs;
+        for (int n = 0; n < NS; n++) {
+            s3 = s3 * 1664525u + 1013904223u;
+            hs[n] = (int)((s3 >> 4) % S);
+            s3 = s3 * 1664525u + 1013904223u;
+            hm[n] = (int)((s3 >> 4) % M);
+            int e = 0;
+            while (off[e + 1] <= hs[n]) e++;
+            he[n] = e;
+        }
+        CK(cudaMemcpy(dss, hs.data(), NS * sizeof(int), cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(dms, hm.data(), NS * sizeof(int), cudaMemcpyHostToDevice));
+        CK(cudaMemcpy(des, he.data(), NS * sizeof(int), cudaMemcpyHostToDevice));
+        ref_dots<<<NS, 32>>>(x, w, dss, dms, des, dref, dmag, NS);
+        std::vector<double> href(NS), hmag(NS);
+        CK(cudaMemcpy(href.data(), dref, NS * sizeof(double), cudaMemcpyDeviceToHost));
+        CK(cudaMemcpy(hmag.data(), dmag, NS * sizeof(double), cudaMemcpyDeviceToHost));
+        std::vector<uint16_t> ho((size_t)S * M);
+        CK(cudaMemcpy(ho.data(), out, ho.size() * 2, cudaMemcpyDeviceToHost));
+        double worst = 0.0;
+        for (int n = 0; n < NS; n++)
+            worst = fmax(worst, fabs(bf(ho[(size_t)hs[n] * M + hm[n]]) - href[n]) / (hmag[n] / sqrt((double)K)));
+        printf("%-46s S = %4d: %.3f ms, %.1f TFLOP/s; max error %.2e of the products' scale %s\n", names[cs], S,
+               ms, flop / (ms * 1e-3) / 1e12, worst, worst < 5e-2 ? "ok" : "WRONG");
+    }
+    const cudaError_t err = cudaDeviceSynchronize();
+    printf("%s\n", err == cudaSuccess ? "done" : cudaGetErrorString(err));
+    return err == cudaSuccess ? 0 : 1;
+}
