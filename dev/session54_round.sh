@@ -11,8 +11,8 @@
 #   race     racecheck of every op but sample_rows (full's racecheck of all cases ran past its 100 s: sample_rows'
 #            cluster cases alone take ~110 s, and ran clean in first); first dev/cuda/swap_ab_lab.cu (the tensor-pipe
 #            rate of a swap-AB MoE tile: A in registers, tokens in n32 / n64 chunks, against today's m64n256 tile)
-#   gemmlab  dev/cuda/swap_ab_gemm_lab.cu (a whole swap-AB grouped GEMM: TMA ring, transposed epilogue; checked
-#            against float64 dot products) and torch's matmul rate in the same call; no extension build
+#   gemmlab  dev/cuda/swap_ab_gemm_lab.cu (whole swap-AB grouped GEMMs: TMA ring, transposed epilogue; checked
+#            against float64 dot products), bench_moe's op at 2048 tokens and torch's matmul rate, in the same call
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session54_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -35,7 +35,7 @@ ab_probe() {     # sample_rows_probe in turns: the tree before this session's ch
 {
 echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
-[ "$mode" = gemmlab ] || build_cuda
+build_cuda
 case "$mode" in
 first)
   cuda_tests tests/test_sample_rows.py tests/test_row_sampling.py tests/test_continuous.py tests/test_server.py
@@ -60,10 +60,12 @@ race)
   timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py rest 2>&1 \
     | tail -3 ;;
 gemmlab)
-  step "dev/cuda/swap_ab_gemm_lab.cu (no extension build)"
+  step "dev/cuda/swap_ab_gemm_lab.cu"
   nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/swap_ab_gemm_lab.cu \
     -o /tmp/swap_gemm 2>&1 | grep -E "C75|registers|spill|error"
   timeout 120 /tmp/swap_gemm
+  step "bench_moe at 2048 tokens: today's op (both GEMMs, routing, combine) in the same call"
+  timeout 150 python3 benchmarks/bench_moe.py --tokens 2048 --only "ours,(c) grouped_mm" 2>&1 | tail -8
   step "torch's matmul rate, same call: 8192^3 and the lab's work as one dense GEMM (4096 / 4608 x 28672 x 4096)"
   timeout 120 python3 - <<'PY'
 import torch
