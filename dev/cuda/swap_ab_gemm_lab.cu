@@ -236,6 +236,164 @@ __global__ void __launch_bounds__(THREADS, 1)
 #undef SW_CASE
 }
 
+/* ---- the persistent form: one CTA an SM, tiles handed out round-robin in expert-major order, the producer running
+ * ahead across tiles (one ring counter g for both sides), each warpgroup's epilogue chunk by chunk through its own
+ * 32-slot buffer outside the ring (so that the next tile's loads overlap it); PSTAGES stages */
+#define PSTAGES 3
+#define P_EPI_PITCH 144                               /* a slot row of a warpgroup's 64 outputs (+16: banks) */
+#define P_SMEM (PSTAGES * STAGE_BYTES + 1024 + 64 + 2 * 32 * P_EPI_PITCH)
+
+/* tile i -> expert e and W block mb (MB blocks an expert); false past the end */
+__device__ __forceinline__ void p_tile(int i, int MB, const int *off, int &e, int &mb, int &row0, int &len) {
+    e = i / MB;
+    mb = i % MB;
+    row0 = off[e];
+    len = off[e + 1] - row0;
+}
+
+template <int NC, bool SILU>
+__device__ __forceinline__ uint32_t p_consume(uint32_t ring, uint32_t bars, uint32_t epi, unsigned char *epi_ptr,
+                                              __nv_bfloat16 *out, int64_t row0, int len, int ocols, int col0, int KT,
+                                              uint32_t g) {
+    constexpr int NA = NC * 16;
+    const int wg = threadIdx.x >> 7;
+    float d[NA];
+#pragma unroll
+    for (int i = 0; i < NA; i++) d[i] = 0.f;
+    uint32_t a[2][4];
+    int kt = 0;
+    do {
+        const uint32_t s = g % PSTAGES;
+        mbar_wait(bars + s * 8, (g / PSTAGES) & 1);
+        const uint32_t sa = ring + s * STAGE_BYTES, sb = sa + A_BYTES;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            load_a<SILU>(a[kk & 1], sa, kk);
+            pin(d);
+            fence();
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const uint64_t db = desc(sb + c * 4096 + kk * 32);
+                switch (c) {
+                case 0: mma_rs32<0, NA>(d, a[kk & 1], db); break;
+                case 1: mma_rs32<(1 < NC ? 16 : 0), NA>(d, a[kk & 1], db); break;
+                case 2: mma_rs32<(2 < NC ? 32 : 0), NA>(d, a[kk & 1], db); break;
+                case 3: mma_rs32<(3 < NC ? 48 : 0), NA>(d, a[kk & 1], db); break;
+                case 4: mma_rs32<(4 < NC ? 64 : 0), NA>(d, a[kk & 1], db); break;
+                case 5: mma_rs32<(5 < NC ? 80 : 0), NA>(d, a[kk & 1], db); break;
+                case 6: mma_rs32<(6 < NC ? 96 : 0), NA>(d, a[kk & 1], db); break;
+                case 7: mma_rs32<(7 < NC ? 112 : 0), NA>(d, a[kk & 1], db); break;
+                case 8: mma_rs32<(8 < NC ? 128 : 0), NA>(d, a[kk & 1], db); break;
+                case 9: mma_rs32<(9 < NC ? 144 : 0), NA>(d, a[kk & 1], db); break;
+                }
+            }
+            commit();
+            wait<1>();
+            pin(d);
+            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(bars + (PSTAGES + (g - 1) % PSTAGES) * 8);
+        }
+        g++;
+    } while (++kt < KT);
+    wait<0>();
+    pin(d);
+    if ((threadIdx.x & 127) == 0) mbar_arrive(bars + (PSTAGES + (g - 1) % PSTAGES) * 8);   /* the tile's last stage */
+    /* epilogue, chunk by chunk: the warpgroup's outputs (64; SILU 32) of 32 slots into its buffer, transposed, then
+     * 16-byte stores; named barrier 2 + wg (its 128 threads) around the buffer */
+    constexpr int W_OUT = SILU ? 32 : 64, PITCH = SILU ? 80 : P_EPI_PITCH, VR = W_OUT / 8;
+    const uint32_t eb = epi + wg * 32 * P_EPI_PITCH;
+    unsigned char *ebp = epi_ptr + wg * 32 * P_EPI_PITCH;
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, q = lane >> 3, i = lane & 7;
+    const int tid = threadIdx.x & 127;
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        if (SILU) {
+            const float *x = d + c * 16;
+            uint32_t r[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                r[j] = pack(silu(x[4 * j]) * x[4 * j + 2], silu(x[4 * j + 1]) * x[4 * j + 3]);
+            asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                         ::"r"(eb + (8 * q + i) * PITCH + 8 * warp * 2), "r"(r[0]), "r"(r[1]), "r"(r[2]), "r"(r[3])
+                         : "memory");
+        } else {
+#pragma unroll
+            for (int j = 0; j < 4; j += 2) {
+                const float *x = d + c * 16 + 4 * j;
+                asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                             ::"r"(eb + (8 * (j + (q >> 1)) + i) * PITCH + (warp * 16 + 8 * (q & 1)) * 2),
+                             "r"(pack(x[0], x[1])), "r"(pack(x[2], x[3])), "r"(pack(x[4], x[5])), "r"(pack(x[6], x[7]))
+                             : "memory");
+            }
+        }
+        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + wg) : "memory");
+        for (int v = tid; v < 32 * VR; v += 128) {
+            const int t = v / VR, col = v % VR;
+            if (c * 32 + t < len)
+                *reinterpret_cast<uint4 *>(out + (row0 + c * 32 + t) * (int64_t)ocols + col0 + wg * W_OUT + col * 8) =
+                    *reinterpret_cast<const uint4 *>(ebp + t * PITCH + col * 16);
+        }
+        asm volatile("bar.sync %0, 128;\n" ::"r"(2 + wg) : "memory");
+    }
+    return g;
+}
+
+template <bool SILU>
+__global__ void __launch_bounds__(THREADS, 1)
+    swap_persist(const __grid_constant__ CUtensorMap tmW, const __grid_constant__ CUtensorMap tmX, const int *off,
+                 __nv_bfloat16 *out, int MW, int KD) {
+    const int KT = KD / BK, MB = SILU ? MW / 128 : MW / 128, ntiles = E * MB;   /* (SILU: MW / 2 / 64 outputs) */
+    unsigned char *ring_ptr = (unsigned char *)(((uintptr_t)smem_raw + 1023) & ~(uintptr_t)1023);
+    const uint32_t ring = (uint32_t)__cvta_generic_to_shared(ring_ptr);
+    const uint32_t bars = ring + PSTAGES * STAGE_BYTES, epi = bars + 64;
+    unsigned char *epi_ptr = ring_ptr + PSTAGES * STAGE_BYTES + 64;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < PSTAGES; s++) {
+            mbar_init(bars + s * 8, 1);
+            mbar_init(bars + (PSTAGES + s) * 8, 2);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (threadIdx.x >= 256) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x == 256) {
+            uint32_t g = 0;
+            for (int it = blockIdx.x; it < ntiles; it += gridDim.x) {
+                int e, mb, row0, len;
+                p_tile(it, MB, off, e, mb, row0, len);
+                if (len <= 0) continue;
+                const int NC = (len + 31) / 32;
+                const int rlo = SILU ? e * MW + mb * 64 : e * MW + mb * 128, rhi = SILU ? rlo + MW / 2 : rlo + 64;
+                for (int kt = 0; kt < KT; kt++, g++) {
+                    const uint32_t s = g % PSTAGES;
+                    if (g >= PSTAGES) mbar_wait(bars + (PSTAGES + s) * 8, ((g / PSTAGES) - 1) & 1);
+                    const uint32_t sa = ring + s * STAGE_BYTES, sb = sa + A_BYTES, fb = bars + s * 8;
+                    mbar_expect_tx(fb, A_BYTES + NC * 4096);
+                    tma_load_2d(sa, &tmW, kt * BK, rlo, fb);
+                    tma_load_2d(sa + 8192, &tmW, kt * BK, rhi, fb);
+                    for (int c = 0; c < NC; c++) tma_load_2d(sb + c * 4096, &tmX, kt * BK, row0 + c * 32, fb);
+                }
+            }
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int ocols = SILU ? MW / 2 : MW;
+    uint32_t g = 0;
+    for (int it = blockIdx.x; it < ntiles; it += gridDim.x) {
+        int e, mb, row0, len;
+        p_tile(it, MB, off, e, mb, row0, len);
+        if (len <= 0) continue;
+        const int NC = (len + 31) / 32, col0 = SILU ? mb * 64 : mb * 128;
+#define P_CASE(N) case N: g = p_consume<N, SILU>(ring, bars, epi, epi_ptr, out, row0, len, ocols, col0, KT, g); break;
+        switch (NC) {
+        P_CASE(1) P_CASE(2) P_CASE(3) P_CASE(4) P_CASE(5) P_CASE(6) P_CASE(7) P_CASE(8) P_CASE(9)
+        default: g = p_consume<10, SILU>(ring, bars, epi, epi_ptr, out, row0, len, ocols, col0, KT, g); break;
+        }
+#undef P_CASE
+    }
+}
+
 typedef CUresult (*encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                               const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                               CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -326,6 +484,10 @@ int main() {
     CK(cudaMalloc(&dref, 2 * NS * sizeof(double)));
     CK(cudaFuncSetAttribute(swap_gemm<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
     CK(cudaFuncSetAttribute(swap_gemm<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES));
+    CK(cudaFuncSetAttribute(swap_persist<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, P_SMEM));
+    CK(cudaFuncSetAttribute(swap_persist<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, P_SMEM));
+    int sms = 0;
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     struct shape { const char *name; int MW, KD; bool silu; };
     const shape shapes[3] = {{"plain gate_up (MW 28672, K 4096)", 2 * F, 4096, false},
                              {"silu gate_up (out 14336, K 4096)", 2 * F, 4096, true},
@@ -347,11 +509,24 @@ int main() {
             CK(cudaMemcpy(doff, off.data(), (E + 1) * sizeof(int), cudaMemcpyHostToDevice));
             CK(cudaMemset(out, 0, (size_t)S_MAX * MWMAX * 2));
             const dim3 grid(sh.silu ? F / 64 : sh.MW / 128, E);
-            const float ms = median_ms([&] {
+            auto one = [&] {
                 if (sh.silu) swap_gemm<true><<<grid, THREADS, SMEM_BYTES>>>(tmW, tmX, doff, out, sh.MW, sh.KD);
                 else swap_gemm<false><<<grid, THREADS, SMEM_BYTES>>>(tmW, tmX, doff, out, sh.MW, sh.KD);
-            });
+            };
+            auto per = [&] {
+                if (sh.silu) swap_persist<true><<<sms, THREADS, P_SMEM>>>(tmW, tmX, doff, out, sh.MW, sh.KD);
+                else swap_persist<false><<<sms, THREADS, P_SMEM>>>(tmW, tmX, doff, out, sh.MW, sh.KD);
+            };
+            float ms = 1e30f, mp = 1e30f;   /* (the best of 3 medians each, in turns: the clock drifts over a run) */
+            for (int r = 0; r < 3; r++) {
+                ms = fminf(ms, median_ms(one, 5));
+                mp = fminf(mp, median_ms(per, 5));
+            }
             CK(cudaGetLastError());
+            CK(cudaDeviceSynchronize());
+            for (int pass = 0; pass < 2; pass++) {   /* check both kernels' outputs */
+            CK(cudaMemset(out, 0, (size_t)S_MAX * MWMAX * 2));
+            if (pass == 0) one(); else per();
             CK(cudaDeviceSynchronize());
             const double flop = 2.0 * S * sh.MW * sh.KD;
             /* check: NS random (slot, output): float64 dots (silu: the gate and the up row) */
@@ -376,17 +551,27 @@ int main() {
             std::vector<uint16_t> ho((size_t)S * ocols);
             CK(cudaMemcpy(ho.data(), out, ho.size() * 2, cudaMemcpyDeviceToHost));
             int worst = 0, exact = 0;
+            double worstabs = 0.0;
+            const double scale = sqrt((double)sh.KD) / 12.0 * (sh.silu ? sqrt((double)sh.KD) / 12.0 : 1.0);
             for (int n = 0; n < NS; n++) {
                 const double g = href[n], u = href[NS + n];
                 const double want = sh.silu ? g / (1.0 + exp(-g)) * u : g;
-                const int dif = abs(ord_bits(ho[(size_t)hs[n] * ocols + hm[n]]) - ord_bits(to_bf16(want)));
+                const uint16_t got = ho[(size_t)hs[n] * ocols + hm[n]];
+                const int dif = abs(ord_bits(got) - ord_bits(to_bf16(want)));
                 worst = dif > worst ? dif : worst;
                 exact += dif == 0;
+                uint32_t gu = (uint32_t)got << 16;
+                float gf;
+                memcpy(&gf, &gu, 4);
+                /* beyond bf16's own rounding of the value (half an ulp, 2^-9 relative) */
+                worstabs = fmax(worstabs, fmax(fabs(gf - want) - fabs(want) * 0x1p-8, 0.0) / scale);
             }
-            const int tol = sh.silu ? 2 : 1;
-            printf("%-34s %-40s S = %4d: %.3f ms, %6.1f TFLOP/s; %d / %d exact in bf16, the worst %d ulp %s\n",
-                   sh.name, names[cs], S, ms, flop / (ms * 1e-3) / 1e12, exact, NS, worst,
-                   worst <= tol ? "ok" : "WRONG");
+            const bool ok = exact >= NS * 95 / 100 && worstabs <= 2e-3;
+            const float t = pass == 0 ? ms : mp;
+            printf("%-34s %-40s %s S = %4d: %.3f ms, %6.1f TFLOP/s; %d / %d exact in bf16 (worst %d ulp, %.1e of "
+                   "the dots' scale) %s\n", sh.name, names[cs], pass == 0 ? "tiles  " : "persist", S, t,
+                   flop / (t * 1e-3) / 1e12, exact, NS, worst, worstabs, ok ? "ok" : "WRONG");
+            }
         }
     }
     const cudaError_t err = cudaDeviceSynchronize();
