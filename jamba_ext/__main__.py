@@ -777,6 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--act-fp8", action="store_true", help="with --experts-fp8: fp8 activations too (as generate's)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--api-key", default=None, metavar="KEY",
+                   help="the /v1 endpoints need \"Authorization: Bearer KEY\" (401 otherwise); default: env "
+                        "JAMBA_EXT_API_KEY, else no check. /health and /metrics stay open")
     v.add_argument("--batch-size", type=int, default=16, metavar="N", help="rows decoding together (default 16)")
     v.add_argument("--max-prompt-tokens", type=int, default=4096, metavar="N",
                    help="the longest prompt taken (default 4096; the KV cache holds N + 2 x --max-new-tokens "
@@ -824,6 +827,9 @@ def cmd_serve(args) -> int:
         _fail("--prefill-ahead must be >= 0 (tokens; 0: off)")
     if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.repetition_penalty <= 0:
         _fail("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0 and --repetition-penalty > 0")
+    key = args.api_key if args.api_key is not None else os.environ.get("JAMBA_EXT_API_KEY") or None
+    if key is not None and not key.strip():
+        _fail("--api-key must not be empty")
     import torch
     torch.manual_seed(args.seed)
     model, tok, what = _load(args)
@@ -841,9 +847,9 @@ def cmd_serve(args) -> int:
         sys.stderr.write(f"model: {what} | {model.device} {model.dtype}\nserving {name} on http://{h}:{p} "
                          f"(/v1/completions{', /v1/chat/completions' if tmpl is not None else ''}, /v1/models, "
                          f"/health, /metrics): {args.batch_size} rows, prompts up to {args.max_prompt_tokens} tokens, "
-                         f"up to {args.max_new_tokens} new tokens each; Ctrl-C stops\n")
+                         f"up to {args.max_new_tokens} new tokens each{'; API key required' if key else ''}; Ctrl-C stops\n")
     try:
-        server.serve(model, tok, args.host, args.port, model_name=name, chat_template=tmpl, ready=ready,
+        server.serve(model, tok, args.host, args.port, model_name=name, chat_template=tmpl, ready=ready, api_key=key,
                      batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
                      max_new_tokens=args.max_new_tokens, seed=args.seed, do_sample=args.temperature > 0,
                      temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,

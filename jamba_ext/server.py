@@ -27,7 +27,10 @@ penalties, filters and pick. "best_of" (/v1/completions, >= n, up to MAX_N) draw
 prompt and answers the n with the highest log-probability per token. Not supported: suffix (400: not answered as if
 it were). A request whose client closes the connection before its answer is dropped (Engine.cancel: its rows take the
 next prompts): a streamed one at its next write or within POLL_S while it waits for a token, another within POLL_S.
+With an api_key (serve's; the CLI's --api-key or env JAMBA_EXT_API_KEY) the /v1 endpoints need "Authorization: Bearer
+<key>" (401 otherwise), as OpenAI's clients send it; /health and /metrics stay open.
 """
+import hmac
 import json
 import queue
 import select
@@ -371,9 +374,30 @@ def _safe_prefix(text: str, stop) -> str:
     return text[:len(text) - hold].rstrip("\ufffd")
 
 
-def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_default: int = 16):
+def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_default: int = 16,
+                 api_key: Optional[str] = None):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def _authorized(self) -> bool:
+            """With an api_key, the /v1 endpoints need "Authorization: Bearer <api_key>" (401 otherwise, and the
+            connection closes: the body is not read); /health and /metrics stay open (load balancers, scrapers)."""
+            if api_key is None or not self.path.startswith("/v1"):
+                return True
+            given = self.headers.get("Authorization") or ""
+            if given.startswith("Bearer ") and hmac.compare_digest(given[len("Bearer "):].encode(), api_key.encode()):
+                return True
+            self.close_connection = True
+            data = json.dumps({"error": {"message": "a valid API key is needed: \"Authorization: Bearer <key>\"",
+                                         "type": "invalid_request_error", "code": 401}}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("WWW-Authenticate", "Bearer")
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+            return False
 
         def log_message(self, fmt, *args):         # (no line per request on stderr)
             pass
@@ -391,6 +415,8 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             self._send(code, {"error": {"message": msg, "type": kind, "code": code}})
 
         def do_GET(self):
+            if not self._authorized():
+                return
             if self.path == "/health":
                 self._send(200, {"status": "ok"})
             elif self.path == "/metrics":
@@ -407,6 +433,8 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 self._error(404, f"no such endpoint: GET {self.path}")
 
         def do_POST(self):
+            if not self._authorized():
+                return
             if self.path not in ("/v1/completions", "/v1/chat/completions"):
                 self._error(404, f"no such endpoint: POST {self.path}")
                 return
@@ -644,11 +672,14 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
 
 
 def serve(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, model_name: str = "jamba", chat_template=None,
-          ready=None, **engine_options) -> None:
+          ready=None, api_key: Optional[str] = None, **engine_options) -> None:
     """Serves until interrupted (Ctrl-C) or, with ready (a callable), until the server it is given is shut down:
-    ready(server) is called once it listens (tests, and callers that run it in a thread)."""
+    ready(server) is called once it listens (tests, and callers that run it in a thread). api_key: the /v1 endpoints
+    answer only requests with "Authorization: Bearer <api_key>" (None: no check)."""
+    if api_key is not None and (not isinstance(api_key, str) or not api_key):
+        raise ValueError("api_key: expected a non-empty string (or None: no check)")
     engine = Engine(model, tokenizer, **engine_options)
-    httpd = ThreadingHTTPServer((host, port), make_handler(engine, model_name, chat_template))
+    httpd = ThreadingHTTPServer((host, port), make_handler(engine, model_name, chat_template, api_key=api_key))
     httpd.daemon_threads = True
     httpd.engine = engine                # (for ready(): its counters, e.g. the requests done and dropped)
     try:

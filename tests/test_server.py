@@ -512,7 +512,12 @@ def test_cli_serve_passes_its_settings(monkeypatch, capsys):
     assert seen["stats_every"] == 10.0 and "prefill_ahead" not in seen     # (the batcher's default)
     assert "serving jamba-ext-builtin on http://127.0.0.1:4321" in capsys.readouterr().err
     assert main(["serve", "--device", "cpu", "--port", "0", "--prefill-ahead", "0"]) == 0
-    assert seen["prefill_ahead"] == 0
+    assert seen["prefill_ahead"] == 0 and seen["api_key"] is None
+    monkeypatch.setenv("JAMBA_EXT_API_KEY", "from-env")                 # (the key: the flag, else the environment)
+    assert main(["serve", "--device", "cpu", "--port", "0"]) == 0 and seen["api_key"] == "from-env"
+    assert "API key required" in capsys.readouterr().err
+    assert main(["serve", "--device", "cpu", "--port", "0", "--api-key", "flag"]) == 0 and seen["api_key"] == "flag"
+    monkeypatch.delenv("JAMBA_EXT_API_KEY")
 
     def busy(*a, **k):
         raise OSError(98, "Address already in use")
@@ -526,7 +531,8 @@ def test_cli_serve_argument_errors(capsys):
     from jamba_ext.__main__ import main
     for argv, msg in ((["--batch-size", "0"], "--batch-size must be >= 1"), (["--port", "70000"], "--port must be"),
                       (["--temperature", "-1"], "--temperature must be >= 0"),
-                      (["--prefill-ahead", "-1"], "--prefill-ahead must be >= 0")):
+                      (["--prefill-ahead", "-1"], "--prefill-ahead must be >= 0"),
+                      (["--api-key", " "], "--api-key must not be empty")):
         with pytest.raises(SystemExit) as e:
             main(["serve", "--device", "cpu", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
@@ -649,3 +655,37 @@ def test_metrics():
         assert m["jamba_ext_requests_cancelled_total"] == 0 and m["jamba_ext_requests_failed_total"] == 0
     finally:
         srv.stop()
+
+
+def test_api_key():
+    """serve(api_key=...): the /v1 endpoints answer 401 (OpenAI's error form, WWW-Authenticate: Bearer) without the
+    key or with a wrong one, and as usual with "Authorization: Bearer <key>"; /health and /metrics stay open; an empty
+    key is refused."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=1, max_prompt_tokens=16, max_new_tokens=4, api_key="s3cret")
+    body = json.dumps({"prompt": "hi", "max_tokens": 2}).encode()
+
+    def call(path, key=None, data=None):
+        headers = {"Content-Type": "application/json"}
+        if key is not None:
+            headers["Authorization"] = key
+        req = urllib.request.Request(srv.url + path, data=data, headers=headers, method="POST" if data else "GET")
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+    try:
+        for path, data in (("/v1/completions", body), ("/v1/models", None)):
+            for key in (None, "Bearer wrong", "s3cret", "Basic s3cret"):
+                code, headers, raw = call(path, key, data)
+                assert code == 401 and headers["WWW-Authenticate"] == "Bearer", (path, key, code)
+                assert json.loads(raw)["error"]["code"] == 401
+            code, _, raw = call(path, "Bearer s3cret", data)
+            assert code == 200, raw
+        assert json.loads(call("/v1/completions", "Bearer s3cret", body)[2])["usage"]["completion_tokens"] == 2
+        assert call("/health")[0] == 200 and call("/metrics")[0] == 200
+    finally:
+        srv.stop()
+    with pytest.raises(ValueError, match="api_key: expected a non-empty string"):
+        server.serve(model, tok, api_key="")
