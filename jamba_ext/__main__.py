@@ -847,7 +847,15 @@ def cmd_serve(args) -> int:
         sys.stderr.write(f"model: {what} | {model.device} {model.dtype}\nserving {name} on http://{h}:{p} "
                          f"(/v1/completions{', /v1/chat/completions' if tmpl is not None else ''}, /v1/models, "
                          f"/health, /metrics): {args.batch_size} rows, prompts up to {args.max_prompt_tokens} tokens, "
-                         f"up to {args.max_new_tokens} new tokens each{'; API key required' if key else ''}; Ctrl-C stops\n")
+                         f"up to {args.max_new_tokens} new tokens each{'; API key required' if key else ''}; "
+                         "Ctrl-C or SIGTERM stops\n")
+    import signal
+    import threading
+
+    def term(signum, frame):                      # (SIGTERM, as a container's stop sends: as Ctrl-C, a clean stop)
+        raise KeyboardInterrupt
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, term) if main_thread else None
     try:
         server.serve(model, tok, args.host, args.port, model_name=name, chat_template=tmpl, ready=ready, api_key=key,
                      batch_size=args.batch_size, max_prompt_tokens=args.max_prompt_tokens,
@@ -859,6 +867,9 @@ def cmd_serve(args) -> int:
         _fail(f"serve: cannot listen on {args.host}:{args.port}: {e}")
     except KeyboardInterrupt:
         sys.stderr.write("stopped\n")
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, old)
     return 0
 
 

@@ -689,3 +689,33 @@ def test_api_key():
         srv.stop()
     with pytest.raises(ValueError, match="api_key: expected a non-empty string"):
         server.serve(model, tok, api_key="")
+
+
+def test_cli_serve_stops_on_sigterm():
+    """jamba-ext serve in its own process: SIGTERM (a container's stop) stops it as Ctrl-C does -- "stopped", exit
+    status 0 -- after it has answered a request."""
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "jamba_ext", "serve", "--device", "cpu", "--port", "0",
+                             "--stats-every", "0"], stderr=subprocess.PIPE, text=True, cwd=root,
+                            env=dict(os.environ, PYTHONPATH=root))
+    try:
+        line = ""
+        while "serving" not in line:
+            line = proc.stderr.readline()
+            assert line, "the server exited before it listened"
+        port = int(re.search(r"http://127.0.0.1:(\d+)", line).group(1))
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/completions", method="POST",
+                                     data=json.dumps({"prompt": "hi", "max_tokens": 2}).encode())
+        with urllib.request.urlopen(req, timeout=60) as r:
+            assert r.status == 200
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "stopped" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
