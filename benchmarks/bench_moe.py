@@ -247,6 +247,10 @@ def main():
         variants += [("ours:wgmma nomerge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="0"))]
         # A/B (sizes where they are off): merged tiles forced on
         variants += [("ours:wgmma merge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="1"))]
+        # A/B: the swap-AB engine (W rows on the wgmma's M side, an expert's rows on N in chunks of 32; session 54)
+        # forced on, and forced off
+        variants += [("ours:wgmma swap", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="1")),
+                     ("ours:wgmma noswap", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="0"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
         if hasattr(torch, "float8_e4m3fn"):  # fp8 expert weights (a scale per row): half the weight bytes

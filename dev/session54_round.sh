@@ -13,6 +13,8 @@
 #            rate of a swap-AB MoE tile: A in registers, tokens in n32 / n64 chunks, against today's m64n256 tile)
 #   gemmlab  dev/cuda/swap_ab_gemm_lab.cu (whole swap-AB grouped GEMMs: TMA ring, transposed epilogue; checked
 #            against float64 dot products), bench_moe's op at 2048 tokens and torch's matmul rate, in the same call
+#   swap     the swap-AB engine in the op (moe_wgmma.cu moe_swap_kernel, JAMBA_EXT_MOE_SWAP=1): its test, all of
+#            test_moe.py's CUDA tests with it forced, memcheck, bench_moe swap / noswap at 512-8192 tokens
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session54_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -81,7 +83,20 @@ for m, n, k in ((8192, 8192, 8192), (4096, 28672, 4096), (4608, 28672, 4096)):
     print(f"torch {m} x {n} x {k}: {t:.3f} ms, {2 * m * n * k / t / 1e9:.1f} TFLOP/s")
 PY
   ;;
-*) echo "unknown mode $mode (first, full, race, gemmlab)"; exit 2 ;;
+swap)
+  step "CUDA tests: test_moe_swap_engine, then all of test_moe.py with JAMBA_EXT_MOE_SWAP=1"
+  timeout 120 python3 -m pytest -q -m cuda -x --timeout=100 --tb=short tests/test_moe.py -k swap_engine \
+    -p no:cacheprovider 2>&1 | tail -15
+  JAMBA_EXT_MOE_SWAP=1 timeout 200 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
+    -p no:cacheprovider 2>&1 | tail -12
+  step "compute-sanitizer memcheck of the MoE engines with JAMBA_EXT_MOE_SWAP=1 (bench_moe --sanitize)"
+  JAMBA_EXT_MOE_SWAP=1 timeout 90 compute-sanitizer --tool memcheck --print-limit 10 python3 benchmarks/bench_moe.py \
+    --sanitize 2>&1 | tail -4
+  step "bench_moe: the swap engine against the 128 x 256 tiles, in turns"
+  timeout 200 python3 benchmarks/bench_moe.py --tokens 512,1024,1536,2048,3072,4096,8192 \
+    --only "ours:wgmma swap,ours:wgmma noswap" --name bench_moe_swap 2>&1 | grep -v "Warning\|_warn_once" | tail -24
+  cp benchmarks/results/bench_moe_swap.json "$OUT/" 2>/dev/null ;;
+*) echo "unknown mode $mode (first, full, race, gemmlab, swap)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

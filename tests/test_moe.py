@@ -252,6 +252,47 @@ def test_moe_wgmma_tiles(monkeypatch):
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_moe_swap_engine(monkeypatch):
+    """The swap-AB engine (JAMBA_EXT_MOE_SWAP=1: moe_swap_kernel for both GEMMs of impl wgmma) against the fp64
+    reference and the default wgmma engine: partial W blocks (F, H not multiples of 64 / 128), k tails (Kd % 64 = 8),
+    experts of more than 320 rows (several chunks), an expert with every first choice and empty experts, f16 too; two
+    runs bit-identical; the profiler shows the swap kernel ran."""
+    if not hopper_code():
+        pytest.skip("wgmma engines: Hopper only")
+    dev = torch.device("cuda")
+    for T, H, F, E, K, dtype in [(300, 264, 200, 4, 1, torch.bfloat16), (130, 1096, 1048, 4, 2, torch.bfloat16),
+                                 (2048, 128, 96, 16, 2, torch.bfloat16), (37, 136, 72, 8, 2, torch.float16),
+                                 (200, 72, 40, 1, 1, torch.bfloat16), (1000, 256, 2048, 4, 2, torch.bfloat16),
+                                 (600, 1096, 1040, 8, 2, torch.float16), (1200, 264, 520, 16, 2, torch.bfloat16),
+                                 (700, 512, 136, 2, 2, torch.bfloat16)]:
+        x = randn(T, H, device=dev, dtype=dtype)
+        w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
+        w, ids, offsets, slots = routed(T, E, K, dev)
+        if E == 16:  # lopsided: expert 3 gets every first choice, experts 8.. none
+            ids = ids.clone()
+            ids[:, 0] = 3
+            ids[:, 1:] = torch.randint(0, 8, (T, K - 1), device=dev, dtype=ids.dtype)
+            ids[:, 1:] += (ids[:, 1:] >= 3).to(ids.dtype)
+            offsets, slots = ops.moe_permute(ids, E)
+        monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "0")
+        base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "1")
+        out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        assert torch.equal(again, out), (T, H, F, E, K, dtype)
+        ref = ref_experts(x, w, ids, w_gate_up, w_down)
+        assert_close(out, ref, **MOE_TOL[dtype])
+        err, err_base = (out.double() - ref).abs().max().item(), (base.double() - ref).abs().max().item()
+        assert err <= 2 * err_base + 1e-3, (T, H, F, E, K, dtype, err, err_base)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        torch.cuda.synchronize()
+    names = {e.name for e in prof.events()}
+    assert any("moe_swap_kernel" in n for n in names), sorted(names)[:20]
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 @pytest.mark.parametrize("T", [1, 64, 300, 2100])
 def test_moe_on_second_gpu(T):

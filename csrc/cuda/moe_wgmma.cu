@@ -936,6 +936,238 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
 }
 #define WS_SMEM (WF_STAGES * WF_STAGE_BYTES + WS_NB * WF_WB_BYTES + 1024 + 2 * (WF_STAGES + WS_NB) * 8)
 
+/* ---- the swap-AB engine (session 54; env JAMBA_EXT_MOE_SWAP, see moe_swap_on) ------------------------------------
+ * moe_swap_kernel<T, GATE_UP>: the same GEMMs with the roles swapped: W rows on the wgmma's M side, an expert's sorted
+ *   rows (its slots) on N, so that an expert's rows are padded to 32, not to 128 (the 128 x 256 tiles' idle rows).
+ *   grid (W blocks, chunks); block (x, y): W block x -- gate_up: outputs 64 x .. 64 x + 63 (their gate rows, then
+ *   their up rows: the 3-d pair box of tmW), down: W rows 128 x .. 128 x + 127 -- times chunk y of the experts'
+ *   rows: expert e's n rows split into ceil(n / SW_MAX_ROWS) near-equal chunks, chunks numbered expert by expert
+ *   (blocks past the last chunk return). 384 threads: warpgroups 0-1 consume (setmaxnreg 232; 64 W rows each, A = W
+ *   by ldmatrix.x4 into registers, B = the chunk's rows in NC = ceil(rows / 32) chunks of 32 from shared memory,
+ *   wgmma m64n32k16, NC by a switch at the tile's start: every case its own k loop, which ptxas keeps pipelined);
+ *   warpgroup 2 produces (setmaxnreg 40; thread 256 issues TMA: the 16 KB W box and NC 32-row A boxes a 64-deep k
+ *   tile, 128-byte swizzle, a ring of SW_STAGES stages of 56 KB with full / empty mbarriers).
+ *   gate_up: each warp's 16 fragment rows are 8 gate rows and the same outputs' 8 up rows (ldmatrix's row choice),
+ *   so a thread's accumulator rows r and r + 8 are one output's gate and up: act = moe_act_fast(g, u) in the thread.
+ *   down: round(y) * round(w of the slot) (moe_scaled), to the slot's row. Epilogue: the values as T, transposed
+ *   into the ring's shared memory by stmatrix.x4.trans (a row's outputs contiguous), then 16-byte stores.
+ *   Rows of a box past the chunk, W rows past the expert or N, k past Kd: as moe_wgmma_kernel's (zero-filled or
+ *   masked). Lab and measurements: dev/cuda/swap_ab_gemm_lab.cu, docs/PERF_NOTES.md (MoE prefill, session 54). */
+#define SW_MAX_ROWS 320                                  /* rows of a chunk: NC <= 10, 160 accumulators a thread */
+#define SW_STAGES 4
+#define SW_A_BYTES (128 * WG_BK * 2)                     /* the W box: 128 rows */
+#define SW_STAGE_BYTES (SW_A_BYTES + SW_MAX_ROWS * WG_BK * 2)
+#define SW_SMEM (SW_STAGES * SW_STAGE_BYTES + 1024 + 2 * SW_STAGES * 8)
+#define SW_THREADS 384
+static_assert(SW_MAX_ROWS * (128 * 2 + 16) <= SW_STAGES * SW_STAGE_BYTES, "moe_swap: the epilogue fits the ring");
+
+template <typename T, int OFF, int NA>
+__device__ __forceinline__ void sw_mma(float (&d)[NA], const uint32_t (&a)[4], uint64_t db);
+#if MOE_HAS_WGMMA
+template <typename T, int OFF, int NA>
+__device__ __forceinline__ void sw_mma(float (&d)[NA], const uint32_t (&a)[4], uint64_t db) {
+    if (std::is_same<T, __half>::value)
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n" : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+    else
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n" : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
+#endif
+
+/* A fragment of warpgroup wg (k16 step kk of the stage's W box at sa, 128-byte swizzle): fragment row fr of warp q
+ * reads box row 64 wg + 16 q + fr; GATE_UP: the gate row 32 wg + 8 q + fr (fr < 8) or the same output's up row
+ * 64 + 32 wg + 8 q + fr - 8 */
+template <bool GATE_UP> __device__ __forceinline__ void sw_load_a(uint32_t (&a)[4], uint32_t sa, int kk) {
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7, fr = lane & 15;
+    const int r = GATE_UP ? (fr < 8 ? 32 * wg + 8 * warp + fr : 64 + 32 * wg + 8 * warp + fr - 8)
+                          : 64 * wg + 16 * warp + fr;
+    const int kc = kk * 2 + (lane >> 4);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                 : "r"(sa + (r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4)));
+}
+
+/* block y -> expert e and the chunk's sorted rows [row0, row0 + len); false past the last chunk */
+__device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int *e_out, int64_t *row0, int *len) {
+    int64_t first = 0;
+    for (int e = 0; e < a.E; e++) {
+        const int64_t o = a.offsets[e], n = a.offsets[e + 1] - o, nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
+        if (y < first + nch) {
+            const int64_t j = y - first, csz = (n + nch - 1) / nch, start = j * csz;
+            *e_out = e;
+            *row0 = o + start;
+            *len = (int)(n - start < csz ? n - start : csz);
+            return true;
+        }
+        first += nch;
+    }
+    return false;
+}
+
+template <typename T> __device__ __forceinline__ uint32_t sw_pack(float lo, float hi) {
+    uint32_t u;
+    if (std::is_same<T, __half>::value) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        memcpy(&u, &v, 4);
+    } else {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        memcpy(&u, &v, 4);
+    }
+    return u;
+}
+
+/* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
+ * wgmmas of a loop that may run no iteration, C7515), then the epilogue through the ring */
+template <typename T, bool GATE_UP, int NC>
+__device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring, unsigned char *ring_ptr,
+                                           uint32_t full, uint32_t empty, int64_t row0, int len, int64_t col0,
+                                           int KT) {
+    constexpr int NA = NC * 16;
+    const int wg = threadIdx.x >> 7;
+    float d[NA];
+#pragma unroll
+    for (int i = 0; i < NA; i++) d[i] = 0.f;
+    uint32_t ar[2][4];
+    int kt = 0;
+    do {
+        const int s = kt % SW_STAGES;
+        mbar_wait(full + 8 * s, (kt / SW_STAGES) & 1);
+        const uint32_t sa = ring + s * SW_STAGE_BYTES, sb = sa + SW_A_BYTES;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            sw_load_a<GATE_UP>(ar[kk & 1], sa, kk);
+            wg_pin(d);
+            asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const uint64_t db = wg_desc(sb + c * 32 * 128) + 2 * kk;
+                switch (c) {   /* (the accumulator offset a template constant) */
+                case 0: sw_mma<T, 0, NA>(d, ar[kk & 1], db); break;
+                case 1: sw_mma<T, (1 < NC ? 16 : 0), NA>(d, ar[kk & 1], db); break;
+                case 2: sw_mma<T, (2 < NC ? 32 : 0), NA>(d, ar[kk & 1], db); break;
+                case 3: sw_mma<T, (3 < NC ? 48 : 0), NA>(d, ar[kk & 1], db); break;
+                case 4: sw_mma<T, (4 < NC ? 64 : 0), NA>(d, ar[kk & 1], db); break;
+                case 5: sw_mma<T, (5 < NC ? 80 : 0), NA>(d, ar[kk & 1], db); break;
+                case 6: sw_mma<T, (6 < NC ? 96 : 0), NA>(d, ar[kk & 1], db); break;
+                case 7: sw_mma<T, (7 < NC ? 112 : 0), NA>(d, ar[kk & 1], db); break;
+                case 8: sw_mma<T, (8 < NC ? 128 : 0), NA>(d, ar[kk & 1], db); break;
+                case 9: sw_mma<T, (9 < NC ? 144 : 0), NA>(d, ar[kk & 1], db); break;
+                }
+            }
+            asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+            asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
+            wg_pin(d);
+            /* the group before is done: at kk == 0 the previous stage's last, so that stage is free */
+            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(empty + 8 * ((kt - 1) % SW_STAGES));
+        }
+    } while (++kt < KT);
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    wg_pin(d);
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");   /* both warpgroups done with the ring: the epilogue's now */
+    /* row t of the chunk: its outputs (gate_up 64, down 128) at ring + t * PITCH, as T */
+    constexpr int W_OUT = GATE_UP ? 64 : 128, PITCH = W_OUT * 2 + 16;
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, q = lane >> 3, i = lane & 7;
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const float *x = d + c * 16;
+        if (GATE_UP) {          /* rows r / r + 8: one output's gate / up; 8 outputs a warp, 4 groups of 8 rows */
+            uint32_t r[4];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+                r[j] = sw_pack<T>(moe_act_fast<T>(x[4 * j], x[4 * j + 2]), moe_act_fast<T>(x[4 * j + 1], x[4 * j + 3]));
+            asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                         ::"r"(ring + (c * 32 + 8 * q + i) * PITCH + (32 * wg + 8 * warp) * 2), "r"(r[0]), "r"(r[1]),
+                         "r"(r[2]), "r"(r[3]) : "memory");
+        } else {                /* round(y) * round(w): the weight of the row's slot, for the thread's two rows */
+            float w[8];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int t = c * 32 + 8 * j + 2 * (lane & 3) + h;
+                    w[2 * j + h] = t < len ? a.weights[a.sorted[row0 + t]] : 0.f;
+                }
+#pragma unroll
+            for (int j = 0; j < 4; j += 2)
+                asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                             ::"r"(ring + (c * 32 + 8 * (j + (q >> 1)) + i) * PITCH + (64 * wg + 16 * warp +
+                                                                                        8 * (q & 1)) * 2),
+                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j], w[2 * j]),
+                                            moe_scaled<T>(x[4 * j + 1], w[2 * j + 1]))),
+                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 2], w[2 * j]),
+                                            moe_scaled<T>(x[4 * j + 3], w[2 * j + 1]))),
+                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 4], w[2 * j + 2]),
+                                            moe_scaled<T>(x[4 * j + 5], w[2 * j + 3]))),
+                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 6], w[2 * j + 2]),
+                                            moe_scaled<T>(x[4 * j + 7], w[2 * j + 3])))
+                             : "memory");
+        }
+    }
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    /* 16-byte stores: gate_up to act row row0 + t (sorted order), down to slot_out row sorted[row0 + t] */
+    constexpr int VR = W_OUT / 8;
+    T *C = static_cast<T *>(a.C);
+    for (int v = threadIdx.x; v < len * VR; v += 256) {
+        const int t = v / VR, col = v % VR;
+        const int64_t n = col0 + col * 8;
+        if (n >= a.N) continue;
+        const int64_t row = GATE_UP ? row0 + t : (int64_t)a.sorted[row0 + t];
+        *reinterpret_cast<uint4 *>(C + row * a.N + n) =
+            *reinterpret_cast<const uint4 *>(ring_ptr + t * PITCH + col * 16);
+    }
+}
+
+template <typename T, bool GATE_UP>
+__global__ void __launch_bounds__(SW_THREADS, 1)
+    moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
+                    moe_gemm_args a) {
+    jamba_pdl_begin();
+#if MOE_HAS_WGMMA
+    int e, len;
+    int64_t row0;
+    if (!sw_chunk(a, blockIdx.y, &e, &row0, &len) || len <= 0) return;
+    const int NC = (len + 31) / 32, KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
+    extern __shared__ unsigned char sw_smem[];
+    const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
+    unsigned char *ring_ptr = sw_smem + (ring - smem_u32(sw_smem));
+    const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES;
+    if (threadIdx.x == 0) {
+        for (int st = 0; st < SW_STAGES; st++) {
+            mbar_init(full + 8 * st, 1);
+            mbar_init(empty + 8 * st, 2);      /* (one arrival a consumer warpgroup) */
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (threadIdx.x >= 256) {                  /* the producer warpgroup; thread 256 issues */
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x == 256) {
+            const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
+                                     : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
+            for (int kt = 0; kt < KT; kt++) {
+                const int s = kt % SW_STAGES;
+                if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
+                const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
+                mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
+                if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
+                else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
+                for (int c = 0; c < NC; c++)
+                    tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
+            }
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
+#define SW_CASE(N)                                                                                                  \
+    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
+    switch (NC) {
+        SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
+    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
+    }
+#undef SW_CASE
+#endif
+}
+
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
@@ -1090,6 +1322,41 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     return JAMBA_OK;
 }
 
+/* The swap-AB engine (moe_swap_kernel) for this GEMM? Env JAMBA_EXT_MOE_SWAP, read at each call: "1" yes, "0" no;
+ * unset (or any other value): from MOE_SWAP_MIN_SLOTS_PER_EXPERT to below MOE_SWAP_MAX_SLOTS_PER_EXPERT slots per
+ * expert on average (both 0: never, until the bench_moe A/B says where it wins). Never where its chunk grid would
+ * pass 65535 rows. */
+#define MOE_SWAP_MIN_SLOTS_PER_EXPERT 0
+#define MOE_SWAP_MAX_SLOTS_PER_EXPERT 0
+static bool moe_swap_on(const moe_gemm_args &a, int64_t slots) {
+    if (a.E + jamba_ceil_div(slots, SW_MAX_ROWS) > 65535) return false;
+    const char *env = getenv("JAMBA_EXT_MOE_SWAP");
+    if (env != NULL && (env[0] == '0' || env[0] == '1') && env[1] == '\0') return env[0] == '1';
+    return slots >= (int64_t)MOE_SWAP_MIN_SLOTS_PER_EXPERT * a.E && slots < (int64_t)MOE_SWAP_MAX_SLOTS_PER_EXPERT * a.E;
+}
+
+/* one launch of moe_swap_kernel: grid (W blocks, the chunk bound E + ceil(slots / SW_MAX_ROWS)) */
+template <typename T>
+static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, const CUtensorMap &tmW,
+                                cudaStream_t stream) {
+    static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              SW_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              SW_SMEM));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
+    }
+    CUtensorMap tmA;
+    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
+    const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
+                    (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
+    jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
+                        stream, tmA, tmW, a);
+    JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
+    return JAMBA_OK;
+}
+
 template <typename T>
 static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     if (!moe_wgmma_available(dev))
@@ -1102,6 +1369,7 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     CUtensorMap tmW;
     if (a.gate_up) JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, WG_WBOX, a.N));
     else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX));
+    if (moe_swap_on(a, slots)) return swap_launch<T>(dtype, a, slots, dev, tmW, stream);
     /* tile modes by size (see WT_TAIL): the tiles without the <= 64-row tails, then the tails as 64 x 512 tiles
      * (a second launch; disjoint outputs) while the average expert has at most 16 slots */
     const char *force = getenv("JAMBA_EXT_WGMMA_TILES");
