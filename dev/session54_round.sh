@@ -15,6 +15,8 @@
 #            against float64 dot products), bench_moe's op at 2048 tokens and torch's matmul rate, in the same call
 #   swap     the swap-AB engine in the op (moe_wgmma.cu moe_swap_kernel, JAMBA_EXT_MOE_SWAP=1): its test, all of
 #            test_moe.py's CUDA tests with it forced, memcheck, bench_moe swap / noswap at 512-8192 tokens
+#   swaprule the default rule (swap from 160 to 287 slots an expert): the MoE, model and static-decode CUDA tests,
+#            bench_moe at 1024-2560 tokens (default / swap / noswap)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session54_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -96,7 +98,16 @@ swap)
   timeout 200 python3 benchmarks/bench_moe.py --tokens 512,1024,1536,2048,3072,4096,8192 \
     --only "ours:wgmma swap,ours:wgmma noswap" --name bench_moe_swap 2>&1 | grep -v "Warning\|_warn_once" | tail -24
   cp benchmarks/results/bench_moe_swap.json "$OUT/" 2>/dev/null ;;
-*) echo "unknown mode $mode (first, full, race, gemmlab, swap)"; exit 2 ;;
+swaprule)
+  step "CUDA tests of the MoE and the model with the default rule (the swap engine from 160 to 287 slots an expert)"
+  timeout 200 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \
+    tests/test_static_decode.py -p no:cacheprovider 2>&1 | tail -8
+  step "bench_moe around the rule's edges: the default (ours), swap forced, swap off, in turns"
+  timeout 200 python3 benchmarks/bench_moe.py --tokens 1024,1280,1536,2048,2304,2560 \
+    --only "ours,ours:wgmma swap,ours:wgmma noswap" --name bench_moe_swaprule 2>&1 \
+    | grep -v "Warning\|_warn_once\|speed-up" | tail -24
+  cp benchmarks/results/bench_moe_swaprule.json "$OUT/" 2>/dev/null ;;
+*) echo "unknown mode $mode (first, full, race, gemmlab, swap, swaprule)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

@@ -1324,10 +1324,13 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
 
 /* The swap-AB engine (moe_swap_kernel) for this GEMM? Env JAMBA_EXT_MOE_SWAP, read at each call: "1" yes, "0" no;
  * unset (or any other value): from MOE_SWAP_MIN_SLOTS_PER_EXPERT to below MOE_SWAP_MAX_SLOTS_PER_EXPERT slots per
- * expert on average (both 0: never, until the bench_moe A/B says where it wins). Never where its chunk grid would
- * pass 65535 rows. */
-#define MOE_SWAP_MIN_SLOTS_PER_EXPERT 0
-#define MOE_SWAP_MAX_SLOTS_PER_EXPERT 0
+ * expert on average. Never where its chunk grid would pass 65535 rows. Measured on an H200 (whole op, Jamba-v0.1,
+ * bf16, bench_moe's routing, in turns; swap / the 128 x 256 tiles, us; s54_swap_3fd9460.log): 512 tokens (32 slots
+ * an expert) 1467 / 1387, 1024 (128) 1641 / 1584, 1536 (192) 1953 / 2152, 2048 (256) 2349 / 2563 (77.1% / 70.6% of
+ * the matmul rate), 3072 (384: two chunks an expert, two W passes) 4102 / 3677, 4096 5086 / 4822, 8192 10455 / 9362.
+ * It wins where an expert's rows fit one chunk and fill more than a 128-row tile's worth of idle rows. */
+#define MOE_SWAP_MIN_SLOTS_PER_EXPERT 160
+#define MOE_SWAP_MAX_SLOTS_PER_EXPERT 288
 static bool moe_swap_on(const moe_gemm_args &a, int64_t slots) {
     if (a.E + jamba_ceil_div(slots, SW_MAX_ROWS) > 65535) return false;
     const char *env = getenv("JAMBA_EXT_MOE_SWAP");
