@@ -15,8 +15,8 @@
 #            against float64 dot products), bench_moe's op at 2048 tokens and torch's matmul rate, in the same call
 #   swap     the swap-AB engine in the op (moe_wgmma.cu moe_swap_kernel, JAMBA_EXT_MOE_SWAP=1): its test, all of
 #            test_moe.py's CUDA tests with it forced, memcheck, bench_moe swap / noswap at 512-8192 tokens
-#   swaprule the default rule (swap from 160 to 287 slots an expert): the MoE, model and static-decode CUDA tests,
-#            bench_moe at 1024-2560 tokens (default / swap / noswap)
+#   swaprule the default rule (swap from 160 to 287 slots an expert): the MoE and model CUDA tests, racecheck with
+#            swap forced, bench_moe at 1024-2560 tokens (default / swap / noswap)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session54_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -100,8 +100,11 @@ swap)
   cp benchmarks/results/bench_moe_swap.json "$OUT/" 2>/dev/null ;;
 swaprule)
   step "CUDA tests of the MoE and the model with the default rule (the swap engine from 160 to 287 slots an expert)"
-  timeout 200 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \
-    tests/test_static_decode.py -p no:cacheprovider 2>&1 | tail -8
+  timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \
+    -p no:cacheprovider 2>&1 | tail -8
+  step "compute-sanitizer racecheck of the MoE engines with JAMBA_EXT_MOE_SWAP=1 (bench_moe --sanitize)"
+  JAMBA_EXT_MOE_SWAP=1 timeout 100 compute-sanitizer --tool racecheck --print-limit 10 python3 \
+    benchmarks/bench_moe.py --sanitize 2>&1 | tail -3
   step "bench_moe around the rule's edges: the default (ours), swap forced, swap off, in turns"
   timeout 200 python3 benchmarks/bench_moe.py --tokens 1024,1280,1536,2048,2304,2560 \
     --only "ours,ours:wgmma swap,ours:wgmma noswap" --name bench_moe_swaprule 2>&1 \
