@@ -41,7 +41,10 @@
  * TMA maps below 2^31.
  * Tile modes by size (wgmma_launch): up to MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT slots per expert on average
  * (few rows per expert: decode batches), each expert's last partial tile of <= 64 rows runs as a 64 x 512 tile
- * in a second launch (WT_FULL + WT_TAIL, below); above, every tile is 128 x 256 (WT_ALL, persistent by default).
+ * in a second launch (WT_FULL + WT_TAIL, below); above, every tile is 128 x 256 (WT_ALL, persistent by default);
+ * from MOE_SWAP_MIN to below MOE_SWAP_MAX_SLOTS_PER_EXPERT (176-303 on average: 1408-2431 tokens at E 16, top-2)
+ * both GEMMs run on moe_swap_kernel instead (session 54: W rows on the wgmma's M side, an expert's rows on N in
+ * chunks of 32; see its comment and moe_swap_on).
  */
 #include "moe.cuh"
 #include "gemv.cuh" /* jamba_e4m3x2_to16 (the fp8 kernel) */
@@ -1324,13 +1327,15 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
 
 /* The swap-AB engine (moe_swap_kernel) for this GEMM? Env JAMBA_EXT_MOE_SWAP, read at each call: "1" yes, "0" no;
  * unset (or any other value): from MOE_SWAP_MIN_SLOTS_PER_EXPERT to below MOE_SWAP_MAX_SLOTS_PER_EXPERT slots per
- * expert on average. Never where its chunk grid would pass 65535 rows. Measured on an H200 (whole op, Jamba-v0.1,
- * bf16, bench_moe's routing, in turns; swap / the 128 x 256 tiles, us; s54_swap_3fd9460.log): 512 tokens (32 slots
- * an expert) 1467 / 1387, 1024 (128) 1641 / 1584, 1536 (192) 1953 / 2152, 2048 (256) 2349 / 2563 (77.1% / 70.6% of
- * the matmul rate), 3072 (384: two chunks an expert, two W passes) 4102 / 3677, 4096 5086 / 4822, 8192 10455 / 9362.
- * It wins where an expert's rows fit one chunk and fill more than a 128-row tile's worth of idle rows. */
-#define MOE_SWAP_MIN_SLOTS_PER_EXPERT 160
-#define MOE_SWAP_MAX_SLOTS_PER_EXPERT 288
+ * expert on average. Never where its chunk grid would pass 65535 rows. Measured on H200s (whole op, Jamba-v0.1,
+ * bf16, bench_moe's routing, in turns; swap / the 128 x 256 tiles, median us; s54_swap_3fd9460.log, then
+ * s54_swaprule_6f4cb27.log on a slower machine): 512 tokens (32 slots an expert) 1467 / 1387; 1024 (128) 1641 /
+ * 1584, 1644 / 1554; 1280 (160) 1850 / 1741; 1536 (192) 1953 / 2152, 2087 / 2273; 2048 (256) 2349 / 2563 (77.1% /
+ * 70.6% of the matmul rate), 2489 / 2687; 2304 (288) 3115 / 3360; 2560 (320: some experts in two chunks, two W
+ * passes) 3652 / 3369; 3072 (384) 4102 / 3677; 4096 5086 / 4822; 8192 10455 / 9362. It wins where an expert's rows
+ * fit one chunk and the 128-row tiles would leave many idle: 192-288 slots an expert. */
+#define MOE_SWAP_MIN_SLOTS_PER_EXPERT 176
+#define MOE_SWAP_MAX_SLOTS_PER_EXPERT 304
 static bool moe_swap_on(const moe_gemm_args &a, int64_t slots) {
     if (a.E + jamba_ceil_div(slots, SW_MAX_ROWS) > 65535) return false;
     const char *env = getenv("JAMBA_EXT_MOE_SWAP");
