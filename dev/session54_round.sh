@@ -11,8 +11,8 @@
 #   race     racecheck of every op but sample_rows (full's racecheck of all cases ran past its 100 s: sample_rows'
 #            cluster cases alone take ~110 s, and ran clean in first); first dev/cuda/swap_ab_lab.cu (the tensor-pipe
 #            rate of a swap-AB MoE tile: A in registers, tokens in n32 / n64 chunks, against today's m64n256 tile)
-#   gemmlab  dev/cuda/swap_ab_gemm_lab.cu (whole swap-AB grouped GEMMs: TMA ring, transposed epilogue; checked
-#            against float64 dot products), bench_moe's op at 2048 tokens and torch's matmul rate, in the same call
+#   (gemmlab, removed with its lab, dev/cuda/swap_ab_gemm_lab.cu, once moe_swap_kernel replaced it: both in git
+#            history at 5fb0249; it ran that lab, bench_moe's op at 2048 tokens and torch's matmul rate in one call)
 #   swap     the swap-AB engine in the op (moe_wgmma.cu moe_swap_kernel, JAMBA_EXT_MOE_SWAP=1): its test, all of
 #            test_moe.py's CUDA tests with it forced, memcheck, bench_moe swap / noswap at 512-8192 tokens
 #   swaprule the default rule (swap from 160 to 287 slots an expert): the MoE and model CUDA tests, racecheck with
@@ -63,28 +63,6 @@ race)
   step "compute-sanitizer racecheck (sanitize_cases rest: every op but sample_rows, whose racecheck ran in first)"
   timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py rest 2>&1 \
     | tail -3 ;;
-gemmlab)
-  step "dev/cuda/swap_ab_gemm_lab.cu"
-  nvcc -O3 -std=c++17 -gencode arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/swap_ab_gemm_lab.cu \
-    -o /tmp/swap_gemm 2>&1 | grep -E "C75|registers|spill|error"
-  timeout 120 /tmp/swap_gemm
-  step "bench_moe at 2048 tokens: today's op (both GEMMs, routing, combine) in the same call"
-  timeout 150 python3 benchmarks/bench_moe.py --tokens 2048 --only "ours,(c) grouped_mm" 2>&1 | tail -8
-  step "torch's matmul rate, same call: 8192^3 and the lab's work as one dense GEMM (4096 / 4608 x 28672 x 4096)"
-  timeout 120 python3 - <<'PY'
-import torch
-def ms(f, n=9):
-    f(); torch.cuda.synchronize(); t = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); f(); b.record(); b.synchronize(); t.append(a.elapsed_time(b))
-    return sorted(t)[n // 2]
-for m, n, k in ((8192, 8192, 8192), (4096, 28672, 4096), (4608, 28672, 4096)):
-    x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16); w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
-    t = ms(lambda: x @ w.T)
-    print(f"torch {m} x {n} x {k}: {t:.3f} ms, {2 * m * n * k / t / 1e9:.1f} TFLOP/s")
-PY
-  ;;
 swap)
   step "CUDA tests: test_moe_swap_engine, then all of test_moe.py with JAMBA_EXT_MOE_SWAP=1"
   timeout 120 python3 -m pytest -q -m cuda -x --timeout=100 --tb=short tests/test_moe.py -k swap_engine \
@@ -110,7 +88,7 @@ swaprule)
     --only "ours,ours:wgmma swap,ours:wgmma noswap" --name bench_moe_swaprule 2>&1 \
     | grep -v "Warning\|_warn_once\|speed-up" | tail -24
   cp benchmarks/results/bench_moe_swaprule.json "$OUT/" 2>/dev/null ;;
-*) echo "unknown mode $mode (first, full, race, gemmlab, swap, swaprule)"; exit 2 ;;
+*) echo "unknown mode $mode (first, full, race, swap, swaprule)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"
