@@ -10,7 +10,8 @@ OpenAI's (choices[0].text or .message, finish_reason "stop" / "length", usage; t
 usage counts the tokens up to the one that completed it). One thread owns the model: it runs a
 jamba_ext.continuous.ContinuousBatcher, taking requests from the HTTP threads as rows free up (first come, first
 served), so concurrent requests share the decode steps. "stream": true answers with server-sent events (OpenAI's
-chunks, then "data: [DONE]"). Sampling: a request's temperature (0: greedy), top_p, presence_penalty and
+chunks, then "data: [DONE]"; "stream_options": {"include_usage": true} adds OpenAI's last chunk with the usage and no
+choices). Sampling: a request's temperature (0: greedy), top_p, presence_penalty and
 frequency_penalty (OpenAI's), top_k, min_p and repetition_penalty (vLLM's) apply to it alone (rows of different
 settings share the decode steps: jamba_ext.row_sampling); those it leaves out are the server's, set when it starts
 (greedy unless --temperature > 0). "n" (up to MAX_N) asks for that many completions of the prompt (each its own row;
@@ -66,6 +67,7 @@ class _Request(NamedTuple):
     seed: Optional[int] = None      # the request's seed (sampled requests; choice c draws with _choice_key(seed, c))
     bias: Optional[dict] = None     # logit_bias, {token id: bias}
     best_of: int = 1                # completions drawn a prompt (>= n; the n most likely per token are answered)
+    usage: bool = False             # a stream's stream_options.include_usage: a last chunk with the usage
 
 
 def _logit_bias(value, engine) -> Optional[dict]:
@@ -523,11 +525,16 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                                    f'--max-new-tokens{"; 0 with echo: the prompt scored alone" if echo else ""}), '
                                    f'got {max_tokens!r}')
             stop = _stop_list(body.get("stop"))
+            so = body.get("stream_options")
+            if so is not None and (not stream or not isinstance(so, dict) or set(so) - {"include_usage"} or
+                                   not isinstance(so.get("include_usage", False), bool)):
+                raise RequestError('"stream_options": expected {"include_usage": true or false}, with "stream": true')
             prompts = self._prompts(body, chat)
             if stream and (n > 1 or best_of > 1 or lp is not None or echo or len(prompts) > 1):
                 raise RequestError('"stream" with "n" > 1, "best_of" > 1, "logprobs", "echo" or a list of prompts: '
                                    "not supported here (ask without streaming)")
-            return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream, seed, bias, best_of)
+            return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream, seed, bias, best_of,
+                            bool(so and so.get("include_usage")))
 
         def _prompts(self, body: dict, chat: bool) -> List[List[int]]:
             tok = engine.tok
@@ -662,6 +669,13 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                     if len(final) > len(sent) and final.startswith(sent):
                         event(final[len(sent):])
                     event(None, reason)
+                    if req.usage:                    # (OpenAI's: a last chunk with no choices and the usage)
+                        p = len(req.prompts[0])
+                        data = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                                "created": created, "model": model_name, "choices": [],
+                                "usage": {"prompt_tokens": p, "completion_tokens": len(tokens),
+                                          "total_tokens": p + len(tokens)}}
+                        self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
             except ConnectionError:                  # (the client went away: ClientGone or a failed write)

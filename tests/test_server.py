@@ -354,6 +354,19 @@ def test_streamed_answers_equal_the_whole_ones():
                 [w["choices"][0]["finish_reason"]]
             assert all(p["object"] == "text_completion" and p["id"] == parts[0]["id"] for p in parts)
         assert whole[1]["choices"][0]["finish_reason"] == "stop" and free[6:9] not in whole[1]["choices"][0]["text"]
+        # "stream_options": {"include_usage": true}: one more chunk, no choices, the whole answer's usage
+        for w, b in zip(whole[:2], bodies[:2]):
+            ev = srv.events("/v1/completions", dict(b, stream_options={"include_usage": True}))
+            last = json.loads(ev[-2])
+            assert ev[-1] == "[DONE]" and last["choices"] == [] and last["usage"] == w["usage"], last
+            assert "usage" not in json.loads(ev[-3]) and json.loads(ev[-3])["choices"][0]["finish_reason"]
+        ev = srv.events("/v1/completions", dict(bodies[2], stream_options={"include_usage": False}))
+        assert ev[-1] == "[DONE]" and all(json.loads(e)["choices"] for e in ev[:-1])
+        for so in ({"include_usage": "yes"}, {"other": True}, [True]):
+            code, out = srv.post("/v1/completions", dict(bodies[2], stream=True, stream_options=so))
+            assert code == 400 and "stream_options" in out["error"]["message"], (so, out)
+        code, out = srv.post("/v1/completions", dict(bodies[2], stream_options={"include_usage": True}))
+        assert code == 400 and '"stream": true' in out["error"]["message"]
     finally:
         srv.stop()
 
