@@ -178,6 +178,31 @@ def test_moe_experts_gpu_impls(impl, T, H, F, E, K):
     assert err <= 3 * err_low + 1e-3, f"error {err:.3e} vs bf16 torch path {err_low:.3e}"
 
 
+# The wgmma engines' tile-edge cases (T, H, F, E, K, dtype): partial last tiles and W blocks of every size, k tails,
+# an expert with every first choice and empty experts (E 16: _wgmma_case), k tiles wrapping the stage ring, more tiles
+# than SMs, experts of 129-192 rows (merged tiles) and of more than 320 (the swap engine's chunks), f16 too
+WGMMA_CASES = [(300, 264, 200, 4, 1, torch.bfloat16), (130, 1096, 1048, 4, 2, torch.bfloat16),
+               (2048, 128, 96, 16, 2, torch.bfloat16), (37, 136, 72, 8, 2, torch.float16),
+               (200, 72, 40, 1, 1, torch.bfloat16), (97, 136, 64, 16, 2, torch.float16),
+               (1000, 256, 2048, 4, 2, torch.bfloat16), (600, 1096, 1040, 8, 2, torch.float16),
+               (1200, 264, 520, 16, 2, torch.bfloat16)]
+
+
+def _wgmma_case(dev, T, H, F, E, K, dtype):
+    """x, the expert weights and a routing (w, ids, offsets, slots) for one of WGMMA_CASES; E == 16: lopsided, expert
+    3 gets every first choice and experts 8.. none."""
+    x = randn(T, H, device=dev, dtype=dtype)
+    w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
+    w, ids, offsets, slots = routed(T, E, K, dev)
+    if E == 16:
+        ids = ids.clone()
+        ids[:, 0] = 3
+        ids[:, 1:] = torch.randint(0, 8, (T, K - 1), device=dev, dtype=ids.dtype)
+        ids[:, 1:] += (ids[:, 1:] >= 3).to(ids.dtype)
+        offsets, slots = ops.moe_permute(ids, E)
+    return x, w_gate_up, w_down, w, ids, offsets, slots
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 def test_moe_wgmma_tiles(monkeypatch):
@@ -192,20 +217,8 @@ def test_moe_wgmma_tiles(monkeypatch):
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
     n_merged = 0  # experts whose last <= 64 rows form a merged tile
-    for T, H, F, E, K, dtype in [(300, 264, 200, 4, 1, torch.bfloat16), (130, 1096, 1048, 4, 2, torch.bfloat16),
-                                 (2048, 128, 96, 16, 2, torch.bfloat16), (37, 136, 72, 8, 2, torch.float16),
-                                 (200, 72, 40, 1, 1, torch.bfloat16), (97, 136, 64, 16, 2, torch.float16),
-                                 (1000, 256, 2048, 4, 2, torch.bfloat16), (600, 1096, 1040, 8, 2, torch.float16),
-                                 (1200, 264, 520, 16, 2, torch.bfloat16)]:
-        x = randn(T, H, device=dev, dtype=dtype)
-        w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
-        w, ids, offsets, slots = routed(T, E, K, dev)
-        if E == 16:  # lopsided: expert 3 gets every first choice, experts 8.. none
-            ids = ids.clone()
-            ids[:, 0] = 3
-            ids[:, 1:] = torch.randint(0, 8, (T, K - 1), device=dev, dtype=ids.dtype)
-            ids[:, 1:] += (ids[:, 1:] >= 3).to(ids.dtype)
-            offsets, slots = ops.moe_permute(ids, E)
+    for T, H, F, E, K, dtype in WGMMA_CASES:
+        x, w_gate_up, w_down, w, ids, offsets, slots = _wgmma_case(dev, T, H, F, E, K, dtype)
         monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "all")
         monkeypatch.setenv("JAMBA_EXT_MOE_MERGE", "0")  # merged tiles (on by size) only where asked for below
         base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
@@ -261,20 +274,8 @@ def test_moe_swap_engine(monkeypatch):
     if not hopper_code():
         pytest.skip("wgmma engines: Hopper only")
     dev = torch.device("cuda")
-    for T, H, F, E, K, dtype in [(300, 264, 200, 4, 1, torch.bfloat16), (130, 1096, 1048, 4, 2, torch.bfloat16),
-                                 (2048, 128, 96, 16, 2, torch.bfloat16), (37, 136, 72, 8, 2, torch.float16),
-                                 (200, 72, 40, 1, 1, torch.bfloat16), (1000, 256, 2048, 4, 2, torch.bfloat16),
-                                 (600, 1096, 1040, 8, 2, torch.float16), (1200, 264, 520, 16, 2, torch.bfloat16),
-                                 (700, 512, 136, 2, 2, torch.bfloat16)]:
-        x = randn(T, H, device=dev, dtype=dtype)
-        w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
-        w, ids, offsets, slots = routed(T, E, K, dev)
-        if E == 16:  # lopsided: expert 3 gets every first choice, experts 8.. none
-            ids = ids.clone()
-            ids[:, 0] = 3
-            ids[:, 1:] = torch.randint(0, 8, (T, K - 1), device=dev, dtype=ids.dtype)
-            ids[:, 1:] += (ids[:, 1:] >= 3).to(ids.dtype)
-            offsets, slots = ops.moe_permute(ids, E)
+    for T, H, F, E, K, dtype in WGMMA_CASES + [(700, 512, 136, 2, 2, torch.bfloat16)]:   # (+ 3 chunks an expert)
+        x, w_gate_up, w_down, w, ids, offsets, slots = _wgmma_case(dev, T, H, F, E, K, dtype)
         monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "0")
         base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "1")
