@@ -605,6 +605,33 @@ PY_MUTANTS = [
            "rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]]", "rows[r]",
            "generate_many: a prompt's own max_new_tokens not applied (its batch's largest instead)",
            [T_CONT, T_CLI, "-k", "continuous"]),
+    # ---- session 54: dropped requests, metrics, the API key, stream_options -----------------------------------------
+    Mutant("py_cancel_running_kept", CB,
+           "        self.seq[r], self.new[r], self.samp[r], self.want_lp[r], self.lps[r] = None, [], None, None, []\n"
+           "        self.pending.pop(r, None)\n        return True",
+           "        return True",
+           "cancel: a running prompt reported dropped but its row keeps decoding it", [T_CONT, "-k", "cancel"]),
+    Mutant("py_cancel_staged_missed", CB,
+           "        for i, (e, _) in enumerate(self.staged):\n            if e[0] == rid:",
+           "        for i, (e, _) in enumerate(self.staged):\n            if e[0] == rid and False:",
+           "cancel: a prompt prefilled ahead of a free row is not found", [T_CONT, "-k", "cancel"]),
+    Mutant("py_serve_gone_never", "jamba_ext/server.py",
+           "                return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b\"\"",
+           "                return False",
+           "serve: a client that closed its connection is never noticed while it waits",
+           ["tests/test_server.py", "-k", "goes_away"]),
+    Mutant("py_serve_key_prefix", "jamba_ext/server.py",
+           "hmac.compare_digest(given[len(\"Bearer \"):].encode(), api_key.encode())",
+           "api_key.encode().startswith(given[len(\"Bearer \"):].encode())",
+           "serve: any prefix of the API key accepted (the empty one too)", ["tests/test_server.py", "-k", "api_key"]),
+    Mutant("py_serve_usage_counts_prompt_twice", "jamba_ext/server.py",
+           "\"total_tokens\": p + len(tokens)}}", "\"total_tokens\": 2 * p + len(tokens)}}",
+           "stream_options.include_usage: the usage's total wrong", ["tests/test_server.py", "-k", "streamed"]),
+    Mutant("py_metrics_prompt_not_counted", "jamba_ext/server.py",
+           "                                               job.seed, job.bias)] = job\n"
+           "                        self.prompt_tokens += len(job.ids)",
+           "                                               job.seed, job.bias)] = job",
+           "metrics: a completion's prompt tokens not counted", ["tests/test_server.py", "-k", "metrics"]),
 ]
 
 

@@ -672,8 +672,8 @@ def test_metrics():
 
 def test_api_key():
     """serve(api_key=...): the /v1 endpoints answer 401 (OpenAI's error form, WWW-Authenticate: Bearer) without the
-    key or with a wrong one, and as usual with "Authorization: Bearer <key>"; /health and /metrics stay open; an empty
-    key is refused."""
+    key or with a wrong one (another scheme, an empty key, a prefix of it, a longer one), and as usual with
+    "Authorization: Bearer <key>"; /health and /metrics stay open; an empty key is refused."""
     model, tok = builtin_model(), ByteTokenizer()
     srv = Running(model, tok, batch_size=1, max_prompt_tokens=16, max_new_tokens=4, api_key="s3cret")
     body = json.dumps({"prompt": "hi", "max_tokens": 2}).encode()
@@ -690,7 +690,7 @@ def test_api_key():
             return e.code, e.headers, e.read()
     try:
         for path, data in (("/v1/completions", body), ("/v1/models", None)):
-            for key in (None, "Bearer wrong", "s3cret", "Basic s3cret"):
+            for key in (None, "Bearer wrong", "s3cret", "Basic s3cret", "Bearer ", "Bearer s3c", "Bearer s3cret2"):
                 code, headers, raw = call(path, key, data)
                 assert code == 401 and headers["WWW-Authenticate"] == "Bearer", (path, key, code)
                 assert json.loads(raw)["error"]["code"] == 401
