@@ -422,6 +422,11 @@ def test_continuous_sampling_repeats():
     assert a == sorted(C.generate_continuous(model, prompts, 3, seed=1, **kw))
     assert a != sorted(C.generate_continuous(model, prompts, 3, seed=2, **kw))
     assert all(len(t) == 8 and all(0 <= x < model.config.vocab_size for x in t) for _, t, _ in a)
+    # the token's index in its completion is the draw's counter: at a huge temperature the pick is the argmax of the
+    # noise alone, so one counter for every step would give one token over and over
+    hot = C.generate_continuous(model, prompts[:3], 3, seed=1, max_new_tokens=8, eos_token_id=None, do_sample=True,
+                                temperature=1e6)
+    assert all(len(set(t)) > 2 for _, t, _ in hot), hot
 
 
 def test_continuous_sampling_does_not_depend_on_the_batch():
