@@ -15,7 +15,7 @@ choices). Sampling: a request's temperature (0: greedy), top_p, presence_penalty
 frequency_penalty (OpenAI's), top_k, min_p and repetition_penalty (vLLM's) apply to it alone (rows of different
 settings share the decode steps: jamba_ext.row_sampling); those it leaves out are the server's, set when it starts
 (greedy unless --temperature > 0). "n" (up to MAX_N) asks for that many completions of the prompt (each its own row;
-not with "stream"). Log-probabilities of the completion's tokens under the model (its log_softmax, before the
+streamed too, each chunk naming its choice). Log-probabilities of the completion's tokens under the model (its log_softmax, before the
 request's penalties and filters): "logprobs": k on /v1/completions (OpenAI's legacy form: tokens, token_logprobs,
 top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on /v1/chat/completions; k <= 20, not with
 "stream". "echo": true on /v1/completions puts the prompt before the completion, and with "logprobs" each prompt
@@ -106,7 +106,9 @@ class _Cancel(NamedTuple):
 class _Job:
     def __init__(self, ids: List[int], max_tokens: int, stop, stream: bool = False, sampling: Optional[dict] = None,
                  logprobs: Optional[int] = None, score: bool = False, seed: Optional[int] = None,
-                 logit_bias: Optional[dict] = None):
+                 logit_bias: Optional[dict] = None, sink: Optional["queue.Queue"] = None, tag: int = 0):
+        """stream: its new tokens go to self.tokens as (tag, token), then (tag, None) at the end; sink: that queue,
+        shared with other jobs (a streamed request of several choices), else a queue of its own."""
         self.ids, self.max_tokens, self.stop, self.sampling, self.want_lp = ids, max_tokens, stop, sampling, logprobs
         self.seed = seed                 # (the batcher's key of its draws; None: the batcher makes one)
         self.bias = logit_bias
@@ -114,13 +116,14 @@ class _Job:
         self.logprobs = None             # (when asked: the batcher's list, set before done)
         self.done = threading.Event()
         self.result = self.error = None
-        self.tokens: Optional["queue.Queue"] = queue.Queue() if stream else None   # new tokens, then None at the end
+        self.tokens: Optional["queue.Queue"] = (sink if sink is not None else queue.Queue()) if stream else None
+        self.tag = tag
 
     def finish(self, result=None, error=None) -> None:
         self.result, self.error = result, error
         self.done.set()
         if self.tokens is not None:
-            self.tokens.put(None)
+            self.tokens.put((self.tag, None))
 
 
 class Engine:
@@ -161,11 +164,12 @@ class Engine:
 
     def submit(self, ids: List[int], max_tokens: int, stop=None, stream: bool = False,
                sampling: Optional[dict] = None, logprobs: Optional[int] = None, seed: Optional[int] = None,
-               logit_bias: Optional[dict] = None) -> _Job:
+               logit_bias: Optional[dict] = None, sink: Optional["queue.Queue"] = None, tag: int = 0) -> _Job:
         """Queues a prompt (sampling, logprobs, seed, logit_bias: ContinuousBatcher.add's); the job's done event is
-        set at its end (stream: its tokens queue gets each new token as it comes, then None; logprobs:
-        job.logprobs)."""
-        job = _Job(ids, max_tokens, stop, stream, sampling, logprobs, seed=seed, logit_bias=logit_bias)
+        set at its end (stream: its tokens queue -- sink when given, shared by several jobs -- gets (tag, token) for
+        each new token as it comes, then (tag, None); logprobs: job.logprobs)."""
+        job = _Job(ids, max_tokens, stop, stream, sampling, logprobs, seed=seed, logit_bias=logit_bias, sink=sink,
+                   tag=tag)
         self.inbox.put(job)
         return job
 
@@ -247,7 +251,7 @@ class Engine:
             for rid, t in self.bat.stepped:
                 j = self.jobs.get(rid)
                 if j is not None and j.tokens is not None:
-                    j.tokens.put(t)
+                    j.tokens.put((j.tag, t))
             for rid, tokens, reason in ended:
                 job = self.jobs.pop(rid)
                 job.logprobs = self.bat.logprobs.pop(rid, None)
@@ -530,9 +534,9 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                                    not isinstance(so.get("include_usage", False), bool)):
                 raise RequestError('"stream_options": expected {"include_usage": true or false}, with "stream": true')
             prompts = self._prompts(body, chat)
-            if stream and (n > 1 or best_of > 1 or lp is not None or echo or len(prompts) > 1):
-                raise RequestError('"stream" with "n" > 1, "best_of" > 1, "logprobs", "echo" or a list of prompts: '
-                                   "not supported here (ask without streaming)")
+            if stream and (best_of > n or lp is not None or echo):
+                raise RequestError('"stream" with "best_of" > "n", "logprobs" or "echo": not supported here (ask '
+                                   "without streaming)")
             return _Request(prompts, max_tokens, stop, sampling or None, n, lp, echo, stream, seed, bias, best_of,
                             bool(so and so.get("include_usage")))
 
@@ -614,12 +618,16 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                     "model": model_name, "usage": usage, "choices": choices}
 
         def _stream(self, req: "_Request", chat: bool) -> None:
-            """Server-sent events, OpenAI's chunks: the text as it comes (held back where it could be the start of a
-            stop text, or an unfinished UTF-8 character), then a chunk with the finish reason, then [DONE]."""
-            stop = req.stop
-            tok, job = engine.tok, engine.submit(req.prompts[0], req.max_tokens, stop, stream=True,
-                                                 sampling=req.sampling, seed=_choice_key(req.seed, 0),
-                                                 logit_bias=req.bias)
+            """Server-sent events, OpenAI's chunks: each choice's text as it comes (a chunk carries its choice's index,
+            prompt x n + j, as the whole answer numbers them; text that could be the start of a stop text, or an
+            unfinished UTF-8 character, is held back), then a chunk with that choice's finish reason; once every
+            choice has ended, with stream_options.include_usage a chunk with the usage and no choices; then [DONE]."""
+            stop, tok, n = req.stop, engine.tok, req.n
+            sink: "queue.Queue" = queue.Queue()      # ((choice, token) of every choice, (choice, None) at its end)
+            jobs = [engine.submit(ids, req.max_tokens, stop, stream=True, sampling=req.sampling,
+                                  seed=_choice_key(req.seed, pi * n + j), logit_bias=req.bias, sink=sink,
+                                  tag=pi * n + j)
+                    for pi, ids in enumerate(req.prompts) for j in range(n)]
             try:
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
@@ -629,57 +637,63 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 self.close_connection = True
                 rid, created = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", int(time.time())
 
-                def event(text: Optional[str], reason: Optional[str] = None, first: bool = False) -> None:
+                def send(data: dict) -> None:
+                    self.wfile.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
+                    self.wfile.flush()
+
+                def event(index: int, text: Optional[str], reason: Optional[str] = None, first: bool = False) -> None:
                     if chat:
                         delta = {"role": "assistant", "content": ""} if first else {} if text is None else \
                             {"content": text}
-                        choice = {"index": 0, "delta": delta, "finish_reason": reason}
+                        choice = {"index": index, "delta": delta, "finish_reason": reason}
                     else:
-                        choice = {"index": 0, "text": text or "", "finish_reason": reason, "logprobs": None}
-                    data = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                            "created": created, "model": model_name, "choices": [choice]}
-                    self.wfile.write(b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n")
-                    self.wfile.flush()
+                        choice = {"index": index, "text": text or "", "finish_reason": reason, "logprobs": None}
+                    send({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                          "created": created, "model": model_name, "choices": [choice]})
                 if chat:
-                    event(None, first=True)
-                toks, sent = [], ""
-                while True:
+                    for c in range(len(jobs)):
+                        event(c, None, first=True)
+                toks: List[List[int]] = [[] for _ in jobs]
+                sent = [""] * len(jobs)
+                running, failed, done = set(range(len(jobs))), False, 0
+                while running:
                     try:
-                        t = job.tokens.get(timeout=POLL_S)
+                        c, t = sink.get(timeout=POLL_S)
                     except queue.Empty:              # (queued, or between tokens: is the client still there?)
                         if self._client_gone():
                             raise ClientGone("the client went away") from None
                         continue
-                    if t is None:
-                        break
-                    toks.append(t)
-                    text = tok.decode(toks)
+                    if t is None:                    # (choice c has ended)
+                        running.discard(c)
+                        job = jobs[c]
+                        if job.error is not None:
+                            failed = True
+                            send({"error": {"message": str(job.error), "type": "server_error", "code": 500}})
+                            continue
+                        tokens, reason = job.result
+                        done += len(tokens)
+                        final = _answer_text(tok, tokens, reason, stop)
+                        if len(final) > len(sent[c]) and final.startswith(sent[c]):
+                            event(c, final[len(sent[c]):])
+                        event(c, None, reason)
+                        continue
+                    toks[c].append(t)
+                    text = tok.decode(toks[c])
                     if stop and any(x in text for x in stop):
                         continue                     # (the row ends with this token: the end comes next)
                     safe = _safe_prefix(text, stop)
-                    if len(safe) > len(sent) and safe.startswith(sent):
-                        event(safe[len(sent):])
-                        sent = safe
-                if job.error is not None:
-                    err = {"error": {"message": str(job.error), "type": "server_error", "code": 500}}
-                    self.wfile.write(b"data: " + json.dumps(err).encode() + b"\n\n")
-                else:
-                    tokens, reason = job.result
-                    final = _answer_text(tok, tokens, reason, stop)
-                    if len(final) > len(sent) and final.startswith(sent):
-                        event(final[len(sent):])
-                    event(None, reason)
-                    if req.usage:                    # (OpenAI's: a last chunk with no choices and the usage)
-                        p = len(req.prompts[0])
-                        data = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
-                                "created": created, "model": model_name, "choices": [],
-                                "usage": {"prompt_tokens": p, "completion_tokens": len(tokens),
-                                          "total_tokens": p + len(tokens)}}
-                        self.wfile.write(b"data: " + json.dumps(data).encode() + b"\n\n")
+                    if len(safe) > len(sent[c]) and safe.startswith(sent[c]):
+                        event(c, safe[len(sent[c]):])
+                        sent[c] = safe
+                if req.usage and not failed:         # (OpenAI's: a last chunk with no choices and the usage)
+                    p = sum(len(ids) for ids in req.prompts)
+                    send({"id": rid, "object": "chat.completion.chunk" if chat else "text_completion",
+                          "created": created, "model": model_name, "choices": [],
+                          "usage": {"prompt_tokens": p, "completion_tokens": done, "total_tokens": p + done}})
                 self.wfile.write(b"data: [DONE]\n\n")
                 self.wfile.flush()
             except ConnectionError:                  # (the client went away: ClientGone or a failed write)
-                engine.cancel([job])
+                engine.cancel(jobs)
                 self.close_connection = True
 
     return Handler

@@ -371,6 +371,37 @@ def test_streamed_answers_equal_the_whole_ones():
         srv.stop()
 
 
+def test_streamed_choices():
+    """A stream of several choices ("n" > 1 of a seeded sampled request; a list of prompts, n 2 each): each
+    chunk carries its choice's index, and each choice's chunks add up to that choice of the whole answer (the same
+    draws: a choice's key comes from the seed and its index), each with its finish reason; include_usage gives the
+    whole answer's usage."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=3, max_prompt_tokens=40, max_new_tokens=12)
+    try:
+        for body in ({"prompt": "stream me", "max_tokens": 10, "n": 3, "temperature": 1.2, "seed": 7},
+                     {"prompt": ["one", "two two", "three"], "max_tokens": 6, "n": 2, "stop": ["e"]}):
+            code, whole = srv.post("/v1/completions", body)
+            assert code == 200
+            ev = srv.events("/v1/completions", dict(body, stream_options={"include_usage": True}))
+            assert ev[-1] == "[DONE]"
+            parts = [json.loads(e) for e in ev[:-1]]
+            assert parts[-1]["choices"] == [] and parts[-1]["usage"] == whole["usage"]
+            by = {}
+            for p in parts[:-1]:
+                (c,) = p["choices"]
+                by.setdefault(c["index"], []).append(c)
+            assert sorted(by) == list(range(len(whole["choices"])))
+            for w in whole["choices"]:
+                got = by[w["index"]]
+                assert "".join(c["text"] for c in got) == w["text"]
+                assert [c["finish_reason"] for c in got] == [None] * (len(got) - 1) + [w["finish_reason"]]
+            if body.get("seed"):
+                assert len({w["text"] for w in whole["choices"]}) > 1      # (the choices draw differently)
+    finally:
+        srv.stop()
+
+
 def test_stream_holds_back_what_may_change():
     tok = ByteTokenizer()
     assert server._safe_prefix(tok.decode(tok.encode("aé", add_bos=False)[:2]), None) == "a"   # (half of é)
@@ -386,11 +417,10 @@ def test_refused_requests():
     try:
         for body, msg in (({"prompt": "x", "stream": "yes"}, '"stream": expected true or false'),
                           ({"prompt": "x", "n": 0}, '"n": expected an int in [1, 16]'),
-                          ({"prompt": "x", "n": 2, "stream": True}, '"stream" with "n" > 1'),
                           ({"prompt": "x", "n": 3, "best_of": 2}, '"best_of": expected an int in ["n" = 3, 16]'),
                           ({"prompt": "x", "best_of": 17}, '"best_of": expected an int'),
                           ({"prompt": "x", "best_of": True}, '"best_of": expected an int'),
-                          ({"prompt": "x", "best_of": 2, "stream": True}, '"stream" with "n" > 1, "best_of" > 1'),
+                          ({"prompt": "x", "best_of": 2, "stream": True}, '"stream" with "best_of" > "n"'),
                           ({"prompt": "x", "suffix": "y"}, '"suffix": only null'),
                           ({"prompt": "x", "logit_bias": {"abc": 1}}, '"logit_bias": token ids are ints'),
                           ({"prompt": "x", "logit_bias": {"99999": 1}}, '"logit_bias": token ids are ints'),
@@ -398,8 +428,8 @@ def test_refused_requests():
                           ({"prompt": "x", "logit_bias": [5]}, '"logit_bias": expected an object'),
                           ({"prompt": "x", "logprobs": 21}, '"logprobs": expected an int in [0, 20]'),
                           ({"prompt": "x", "logprobs": 2, "stream": True},
-                           '"stream" with "n" > 1, "best_of" > 1, "logprobs"'),
-                          ({"prompt": ["x", "y"], "stream": True}, 'or a list of prompts: not supported'),
+                           '"stream" with "best_of" > "n", "logprobs" or "echo"'),
+                          ({"prompt": "x", "echo": True, "stream": True}, '"logprobs" or "echo": not supported'),
                           ({"prompt": "x", "temperature": -0.7}, "temperature: expected a number >= 0"),
                           ({"prompt": "x", "top_p": 0}, "top_p: expected a number in (0, 1]"),
                           ({"prompt": "x", "presence_penalty": 3}, "presence_penalty: expected a number in [-2, 2]"),
