@@ -625,8 +625,12 @@ PY_MUTANTS = [
            "api_key.encode().startswith(given[len(\"Bearer \"):].encode())",
            "serve: any prefix of the API key accepted (the empty one too)", ["tests/test_server.py", "-k", "api_key"]),
     Mutant("py_serve_usage_counts_prompt_twice", "jamba_ext/server.py",
-           "\"total_tokens\": p + len(tokens)}}", "\"total_tokens\": 2 * p + len(tokens)}}",
+           "\"total_tokens\": p + done}})", "\"total_tokens\": 2 * p + done}})",
            "stream_options.include_usage: the usage's total wrong", ["tests/test_server.py", "-k", "streamed"]),
+    Mutant("py_stream_choice_index_zero", "jamba_ext/server.py",
+           "choice = {\"index\": index, \"text\": text or \"\", \"finish_reason\": reason, \"logprobs\": None}",
+           "choice = {\"index\": 0, \"text\": text or \"\", \"finish_reason\": reason, \"logprobs\": None}",
+           "streams of several choices: every chunk named choice 0", ["tests/test_server.py", "-k", "streamed_choices"]),
     Mutant("py_metrics_prompt_not_counted", "jamba_ext/server.py",
            "                                               job.seed, job.bias)] = job\n"
            "                        self.prompt_tokens += len(job.ids)",
