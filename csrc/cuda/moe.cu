@@ -1018,7 +1018,7 @@ static jamba_status combine_launch(const jamba_moe_experts_params *p, int device
  *   Hopper (wgmma available): the weight-streaming decode kernels (moe_gemv.cu up to 4 tokens, then
  *     moe_decode_kernel, see decode_launch) while the average expert sees at most 1 slot (T <= 8 at E 16, top-2),
  *     the wgmma engine above (with 64 x 512 tail tiles up to 16 slots per expert, and from 176 to 303 slots per
- *     expert its swap-AB kernel: see moe_wgmma.cu). Session 7
+ *     expert in bf16 its swap-AB kernel: see moe_wgmma.cu). Session 7
  *     sweep (bench_moe_tiny_3b676ba.json, bench_moe_small_c8ecf91.json), us, decode kernel vs wgmma with
  *     tail tiles: 4 tokens 557 vs 596, 8: 736 vs 736, 16: 1429 vs 1356, 32: 1383 vs 1296, 64: 1458 vs 1368,
  *     96: 1469 vs 1383, 128: 1502 vs 1387 (the weight floor: 1318 us from 16 tokens on);

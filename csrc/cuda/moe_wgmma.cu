@@ -42,8 +42,8 @@
  * Tile modes by size (wgmma_launch): up to MOE_WGMMA_TAIL_MAX_SLOTS_PER_EXPERT slots per expert on average
  * (few rows per expert: decode batches), each expert's last partial tile of <= 64 rows runs as a 64 x 512 tile
  * in a second launch (WT_FULL + WT_TAIL, below); above, every tile is 128 x 256 (WT_ALL, persistent by default);
- * from MOE_SWAP_MIN to below MOE_SWAP_MAX_SLOTS_PER_EXPERT (176-303 on average: 1408-2431 tokens at E 16, top-2)
- * both GEMMs run on moe_swap_kernel instead (session 54: W rows on the wgmma's M side, an expert's rows on N in
+ * from MOE_SWAP_MIN to below MOE_SWAP_MAX_SLOTS_PER_EXPERT (176-303 on average: 1408-2431 tokens at E 16, top-2;
+ * bf16) both GEMMs run on moe_swap_kernel instead (session 54: W rows on the wgmma's M side, an expert's rows on N in
  * chunks of 32; see its comment and moe_swap_on).
  */
 #include "moe.cuh"
