@@ -51,6 +51,7 @@ from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
 MAX_N = 16                  # the most completions one request may ask for ("n")
 MAX_PROMPTS = 64            # the most prompts one /v1/completions request may give (a list of them)
 POLL_S = 0.2                # how often a request waiting for its answer looks whether its client is still there
+MAX_BODY_BYTES = 32 << 20   # the largest request body read (413 beyond: 64 prompts of 4096 token ids are ~2 MB)
 # request fields answered only at these values
 UNSUPPORTED = {"suffix": None}
 
@@ -442,10 +443,20 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             if not self._authorized():
                 return
             if self.path not in ("/v1/completions", "/v1/chat/completions"):
+                self.close_connection = True             # (its body is not read)
                 self._error(404, f"no such endpoint: POST {self.path}")
                 return
+            length = self.headers.get("Content-Length")
             try:
-                n = int(self.headers.get("Content-Length") or 0)
+                n = int(length) if length is not None else 0
+            except ValueError:
+                n = -1
+            if n < 0 or n > MAX_BODY_BYTES:              # (not read: a negative length would wait for the client's end)
+                self.close_connection = True
+                self._error(400 if n < 0 else 413, f"Content-Length: expected an int in [0, {MAX_BODY_BYTES}] (the "
+                                                   f"body's bytes), got {length!r}")
+                return
+            try:
                 body = json.loads(self.rfile.read(n) or b"null")
                 if not isinstance(body, dict):
                     raise RequestError("the body must be a JSON object")

@@ -762,3 +762,30 @@ def test_cli_serve_stops_on_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_body_length_checked():
+    """A request whose Content-Length is missing-as-negative, not a number or beyond MAX_BODY_BYTES is answered (400 /
+    413, OpenAI's error form) without reading its body -- a negative length would have waited for the client's end,
+    a huge one read it all -- and its connection closes; the server goes on."""
+    import socket
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=1, max_prompt_tokens=16, max_new_tokens=4)
+    try:
+        for length, code in (("-5", 400), ("abc", 400), (str(server.MAX_BODY_BYTES + 1), 413)):
+            s = socket.create_connection(srv.httpd.server_address, timeout=30)
+            s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: " + length.encode() + b"\r\n\r\n{")
+            got = b""
+            while True:                              # (the server closes the connection after its answer)
+                part = s.recv(4096)
+                if not part:
+                    break
+                got += part
+            s.close()
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 %d" % code), (length, head)
+            assert "Content-Length: expected an int" in json.loads(body)["error"]["message"]
+        assert srv.post("/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
+    finally:
+        srv.stop()
