@@ -17,8 +17,8 @@ settings share the decode steps: jamba_ext.row_sampling); those it leaves out ar
 (greedy unless --temperature > 0). "n" (up to MAX_N) asks for that many completions of the prompt (each its own row;
 streamed too, each chunk naming its choice). Log-probabilities of the completion's tokens under the model (its
 log_softmax, before the request's penalties and filters): "logprobs": k on /v1/completions (OpenAI's legacy form:
-tokens, token_logprobs, top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on /v1/chat/completions; k <= 20, not with
-"stream". "echo": true on /v1/completions puts the prompt before the completion, and with "logprobs" each prompt
+tokens, token_logprobs, top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on
+/v1/chat/completions; k <= 20, not with "stream". "echo": true on /v1/completions puts the prompt before the completion, and with "logprobs" each prompt
 token's log-probability given the tokens before it ("max_tokens": 0: the prompt scored alone; what evaluation
 harnesses ask of a completions server). "prompt" may be a list of prompts (choices: prompt x n + j). "seed" (an
 int) makes a sampled request repeat: choice c draws with a key made from the seed and c, whatever the requests
