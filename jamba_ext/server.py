@@ -5,31 +5,31 @@
 
 Endpoints: POST /v1/completions ({"prompt": text or token ids, "max_tokens", "stop"}), POST /v1/chat/completions
 ({"messages": [...], "max_tokens", "stop"}; the checkpoint's chat template), GET /v1/models, GET /health, GET
-/metrics (Prometheus' text format: Engine.METRICS, e.g. jamba_ext_generation_tokens_total). Answers as
-OpenAI's (choices[0].text or .message, finish_reason "stop" / "length", usage; the text ends before a stop text, and
-usage counts the tokens up to the one that completed it). One thread owns the model: it runs a
+/metrics (Prometheus' text format: Engine.METRICS, e.g. jamba_ext_generation_tokens_total). Answers as OpenAI's
+(choices[0].text or .message, finish_reason "stop" / "length", usage; the text ends before a stop text, and usage
+counts the tokens up to the one that completed it). One thread owns the model: it runs a
 jamba_ext.continuous.ContinuousBatcher, taking requests from the HTTP threads as rows free up (first come, first
 served), so concurrent requests share the decode steps. "stream": true answers with server-sent events (OpenAI's
-chunks, then "data: [DONE]"; "stream_options": {"include_usage": true} adds OpenAI's last chunk with the usage and no
-choices). Sampling: a request's temperature (0: greedy), top_p, presence_penalty and
-frequency_penalty (OpenAI's), top_k, min_p and repetition_penalty (vLLM's) apply to it alone (rows of different
-settings share the decode steps: jamba_ext.row_sampling); those it leaves out are the server's, set when it starts
-(greedy unless --temperature > 0). "n" (up to MAX_N) asks for that many completions of the prompt (each its own row;
-streamed too, each chunk naming its choice). Log-probabilities of the completion's tokens under the model (its
-log_softmax, before the request's penalties and filters): "logprobs": k on /v1/completions (OpenAI's legacy form:
-tokens, token_logprobs, top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on
-/v1/chat/completions; k <= 20, not with "stream". "echo": true on /v1/completions puts the prompt before the completion, and with "logprobs" each prompt
-token's log-probability given the tokens before it ("max_tokens": 0: the prompt scored alone; what evaluation
-harnesses ask of a completions server). "prompt" may be a list of prompts (choices: prompt x n + j). "seed" (an
-int) makes a sampled request repeat: choice c draws with a key made from the seed and c, whatever the requests
-beside it (ContinuousBatcher.add's seed; without one, a key made from the server's --seed and the request's place
-in its queue). "logit_bias" ({"token id": bias in [-100, 100]}) is added to the request's logits before its
+chunks, then "data: [DONE]"; "stream_options": {"include_usage": true} adds OpenAI's last chunk with the usage and
+no choices). Sampling: a request's temperature (0: greedy), top_p, presence_penalty and frequency_penalty
+(OpenAI's), top_k, min_p and repetition_penalty (vLLM's) apply to it alone (rows of different settings share the
+decode steps: jamba_ext.row_sampling); those it leaves out are the server's, set when it starts (greedy unless
+--temperature > 0). "n" (up to MAX_N) asks for that many completions of the prompt (each its own row; streamed too,
+each chunk naming its choice). Log-probabilities of the completion's tokens under the model (its log_softmax, before
+the request's penalties and filters): "logprobs": k on /v1/completions (OpenAI's legacy form: tokens,
+token_logprobs, top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on /v1/chat/completions; k <=
+20, not with "stream". "echo": true on /v1/completions puts the prompt before the completion, and with "logprobs"
+each prompt token's log-probability given the tokens before it ("max_tokens": 0: the prompt scored alone; what
+evaluation harnesses ask of a completions server). "prompt" may be a list of prompts (choices: prompt x n + j).
+"seed" (an int) makes a sampled request repeat: choice c draws with a key made from the seed and c, whatever the
+requests beside it (ContinuousBatcher.add's seed; without one, a key made from the server's --seed and the request's
+place in its queue). "logit_bias" ({"token id": bias in [-100, 100]}) is added to the request's logits before its
 penalties, filters and pick. "best_of" (/v1/completions, >= n, up to MAX_N) draws that many completions of each
 prompt and answers the n with the highest log-probability per token. Not supported: suffix (400: not answered as if
-it were). A request whose client closes the connection before its answer is dropped (Engine.cancel: its rows take the
-next prompts): a streamed one at its next write or within POLL_S while it waits for a token, another within POLL_S.
-With an api_key (serve's; the CLI's --api-key or env JAMBA_EXT_API_KEY) the /v1 endpoints need "Authorization: Bearer
-<key>" (401 otherwise), as OpenAI's clients send it; /health and /metrics stay open.
+it were). A request whose client closes the connection before its answer is dropped (Engine.cancel: its rows take
+the next prompts): a streamed one at its next write or within POLL_S while it waits for a token, another within
+POLL_S. With an api_key (serve's; the CLI's --api-key or env JAMBA_EXT_API_KEY) the /v1 endpoints need
+"Authorization: Bearer <key>" (401 otherwise), as OpenAI's clients send it; /health and /metrics stay open.
 """
 import hmac
 import json
