@@ -607,8 +607,7 @@ PY_MUTANTS = [
            [T_CONT, T_CLI, "-k", "continuous"]),
     # ---- session 54: dropped requests, metrics, the API key, stream_options -----------------------------------------
     Mutant("py_cancel_running_kept", CB,
-           "        self.seq[r], self.new[r], self.samp[r], self.want_lp[r], self.lps[r] = None, [], None, None, []\n"
-           "        self.pending.pop(r, None)\n        return True",
+           "        self._free(r)\n        self.pending.pop(r, None)\n        return True",
            "        return True",
            "cancel: a running prompt reported dropped but its row keeps decoding it", [T_CONT, "-k", "cancel"]),
     Mutant("py_cancel_staged_missed", CB,

@@ -432,9 +432,14 @@ class ContinuousBatcher:
         if self.rows is None or rid not in self.seq:
             return False
         r = self.seq.index(rid)
-        self.seq[r], self.new[r], self.samp[r], self.want_lp[r], self.lps[r] = None, [], None, None, []
+        self._free(r)
         self.pending.pop(r, None)
         return True
+
+    def _free(self, r: int) -> None:
+        """Row r idles from the next step (its prompt ended or was dropped); the prompt it takes next resets the
+        rest."""
+        self.seq[r], self.new[r], self.samp[r], self.want_lp[r], self.lps[r] = None, [], None, None, []
 
     def _start(self) -> None:
         from .modeling_jamba import JambaHybridCache
@@ -637,7 +642,7 @@ class ContinuousBatcher:
                 ended.append((self.seq[r], *completion(row, self.eos, stop, self.decode)))
                 if self.want_lp[r] is not None:      # (cut as the completion is: before an EOS id, at a stop text)
                     self.logprobs[self.seq[r]] = self.lps[r][:len(ended[-1][1])]
-                self.seq[r], self.new[r], self.samp[r], self.want_lp[r], self.lps[r] = None, [], None, None, []
+                self._free(r)
         return ended
 
 

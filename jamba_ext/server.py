@@ -283,9 +283,9 @@ class Engine:
         out = []
         for name, kind, text, get in self.METRICS:
             v = get(self)
+            value = f"{v:.3f}" if isinstance(v, float) else str(v)
             out += [f"# HELP jamba_ext_{name} {text}", f"# TYPE jamba_ext_{name} {kind}",
-                    f"jamba_ext_{name}{'_total' if kind == 'counter' else ''} {v:.3f}" if isinstance(v, float) else
-                    f"jamba_ext_{name}{'_total' if kind == 'counter' else ''} {v}"]
+                    f"jamba_ext_{name}{'_total' if kind == 'counter' else ''} {value}"]
         return "\n".join(out) + "\n"
 
     def _cancel(self, jobs: List[_Job]) -> None:
