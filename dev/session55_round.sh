@@ -6,6 +6,11 @@
 #            racecheck of the MoE engines (swap forced); then where the MoE op's time goes at 1536 / 2048 / 4096 tokens
 #            (dev/moe_breakdown.py) and Nsight Compute of the swap kernels at 2048 tokens (dev/ncu_moe_src.sh, memory
 #            section on); bench_moe at 2048 tokens
+#   persist  the swap engine persistent (moe_swap_kernel: a CTA an SM, the ring kept full across tiles, the epilogue
+#            through the last k tile's stage; chunks of <= 288 rows, an expert's chunks of one W block together):
+#            test_moe_swap_engine and test_moe_wgmma_tiles, all of test_moe.py with it forced, the MoE and model
+#            tests by default; memcheck and racecheck with it forced; bench_moe at 1536-2560 tokens in turns (default,
+#            swap, swap a CTA a tile, the 128 x 256 tiles); the breakdown at 2048
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session55_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -29,7 +34,29 @@ first)
   timeout 120 python3 benchmarks/bench_moe.py --tokens 2048 --only "ours,ours:wgmma noswap,dense mm" \
     --name bench_moe_s55 2>&1 | grep -v "Warning\|_warn_once" | tail -12
   cp benchmarks/results/bench_moe_s55.json "$OUT/" 2>/dev/null ;;
-*) echo "unknown mode $mode (first)"; exit 2 ;;
+persist)
+  step "CUDA tests: test_moe_swap_engine, test_moe_wgmma_tiles"
+  timeout 150 python3 -m pytest -q -m cuda -x --timeout=120 --tb=short tests/test_moe.py -k "swap_engine or wgmma_tiles" \
+    -p no:cacheprovider 2>&1 | tail -15
+  step "all of test_moe.py's CUDA tests with JAMBA_EXT_MOE_SWAP=1"
+  JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
+    -p no:cacheprovider 2>&1 | tail -8
+  step "CUDA tests of the MoE and the model, default rule"
+  timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \
+    -p no:cacheprovider 2>&1 | tail -6
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool of the MoE engines with JAMBA_EXT_MOE_SWAP=1 (bench_moe --sanitize)"
+    JAMBA_EXT_MOE_SWAP=1 timeout 120 compute-sanitizer --tool $tool --print-limit 10 python3 \
+      benchmarks/bench_moe.py --sanitize 2>&1 | tail -4
+  done
+  step "bench_moe in turns: default, swap (persistent), swap a CTA a tile, the 128 x 256 tiles"
+  timeout 240 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304,2560 \
+    --only "ours,ours:wgmma swap,ours:wgmma swap nonpersist,ours:wgmma noswap,dense mm" --name bench_moe_persist \
+    2>&1 | grep -v "Warning\|_warn_once\|speed-up" | tail -30
+  cp benchmarks/results/bench_moe_persist.json "$OUT/" 2>/dev/null
+  step "dev/moe_breakdown.py 2048"
+  timeout 60 python3 dev/moe_breakdown.py 2048 2>&1 | grep -v Warning | tail -10 ;;
+*) echo "unknown mode $mode (first, persist)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"
