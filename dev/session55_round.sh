@@ -56,7 +56,20 @@ persist)
   cp benchmarks/results/bench_moe_persist.json "$OUT/" 2>/dev/null
   step "dev/moe_breakdown.py 2048"
   timeout 60 python3 dev/moe_breakdown.py 2048 2>&1 | grep -v Warning | tail -10 ;;
-*) echo "unknown mode $mode (first, persist)"; exit 2 ;;
+why)
+  step "dev/moe_breakdown.py 2048: persistent, then a CTA a tile (JAMBA_EXT_WGMMA_PERSIST=0)"
+  timeout 60 python3 dev/moe_breakdown.py 2048 2>&1 | grep -v Warning | tail -8
+  JAMBA_EXT_WGMMA_PERSIST=0 timeout 60 python3 dev/moe_breakdown.py 2048 2>&1 | grep -v Warning | tail -8
+  step "SASS of moe_swap_kernel (bf16): HGMMA operands, R2UR, spills"
+  so=$(python3 -c "import jamba_ext._C as m; print(m.__file__)" 2>/dev/null || ls jamba_ext/*.so | head -1)
+  echo "library $so"
+  cuobjdump -sass "$so" 2>/dev/null | awk '/Function : .*moe_swap_kernel.*nv_bfloat16/{p=1} /Function : /{if ($0 !~ /moe_swap_kernel/) p=0} p' \
+    > "$OUT/sass_swap.txt"
+  wc -l "$OUT/sass_swap.txt"; grep -c "HGMMA" "$OUT/sass_swap.txt"; grep -c "R2UR" "$OUT/sass_swap.txt"
+  grep -c "LDL\|STL" "$OUT/sass_swap.txt"
+  step "Nsight Compute of moe_swap_kernel at 2048 tokens (gate_up, down)"
+  NO_BUILD=1 MEM=1 KRE=moe_swap timeout 300 bash dev/ncu_moe_src.sh 2048 2>&1 | cut -c1-220 ;;
+*) echo "unknown mode $mode (first, persist, why)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"
