@@ -11,6 +11,11 @@
 #            test_moe_swap_engine and test_moe_wgmma_tiles, all of test_moe.py with it forced, the MoE and model
 #            tests by default; memcheck and racecheck with it forced; bench_moe at 1536-2560 tokens in turns (default,
 #            swap, swap a CTA a tile, the 128 x 256 tiles); the breakdown at 2048
+#   (persist and why measured a779e8c's persistent form: down 732 -> 1054 us at 2048 tokens, starved for data;
+#   reverted to session 54's kernel)
+#   mc       the swap engine in clusters of two sharing the token boxes by TMA multicast: its tests, all of
+#            test_moe.py with swap forced, memcheck / racecheck / synccheck with swap forced; bench_moe at 1536 / 2048
+#            / 2304 tokens in turns (default = swap with multicast, swap without, the 128 x 256 tiles); the breakdown
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session55_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -69,7 +74,27 @@ why)
   grep -c "LDL\|STL" "$OUT/sass_swap.txt"
   step "Nsight Compute of moe_swap_kernel at 2048 tokens (gate_up, down)"
   NO_BUILD=1 MEM=1 KRE=moe_swap timeout 300 bash dev/ncu_moe_src.sh 2048 2>&1 | cut -c1-220 ;;
-*) echo "unknown mode $mode (first, persist, why)"; exit 2 ;;
+mc)
+  step "CUDA tests: test_moe_swap_engine, test_moe_wgmma_tiles"
+  timeout 150 python3 -m pytest -q -m cuda -x --timeout=120 --tb=short tests/test_moe.py -k "swap_engine or wgmma_tiles" \
+    -p no:cacheprovider 2>&1 | tail -15
+  step "all of test_moe.py's CUDA tests with JAMBA_EXT_MOE_SWAP=1"
+  JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
+    -p no:cacheprovider 2>&1 | tail -4
+  for tool in memcheck racecheck synccheck; do
+    step "compute-sanitizer $tool of the MoE engines with JAMBA_EXT_MOE_SWAP=1 (bench_moe --sanitize)"
+    JAMBA_EXT_MOE_SWAP=1 timeout 100 compute-sanitizer --tool $tool --print-limit 10 python3 \
+      benchmarks/bench_moe.py --sanitize 2>&1 | tail -4
+  done
+  step "bench_moe in turns: default (swap + multicast), swap without multicast, the 128 x 256 tiles"
+  timeout 200 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 \
+    --only "ours,ours:wgmma swap nomc,ours:wgmma noswap,dense mm" --name bench_moe_mc \
+    2>&1 | grep -v "Warning\|_warn_once\|speed-up" | tail -24
+  cp benchmarks/results/bench_moe_mc.json "$OUT/" 2>/dev/null
+  step "dev/moe_breakdown.py 2048: multicast, then not"
+  timeout 60 python3 dev/moe_breakdown.py 2048 2>&1 | grep -v Warning | tail -7
+  JAMBA_EXT_MOE_SWAP_MC=0 timeout 60 python3 dev/moe_breakdown.py 2048 2>&1 | grep -v Warning | tail -7 ;;
+*) echo "unknown mode $mode (first, persist, why, mc)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

@@ -269,17 +269,17 @@ def test_moe_wgmma_tiles(monkeypatch):
 def test_moe_swap_engine(monkeypatch):
     """The swap-AB engine (JAMBA_EXT_MOE_SWAP=1: moe_swap_kernel for both GEMMs of impl wgmma) against the fp64
     reference and the default wgmma engine: partial W blocks (F, H not multiples of 64 / 128), k tails (Kd % 64 = 8),
-    experts of more than 288 rows (several chunks), an expert with every first choice and empty experts, f16 too;
-    persistent CTAs running many tiles each (one k tile a tile in gate_up, then in down, so that a tile's epilogue
-    stage is the next tile's first; ~2 tiles a CTA of 32 k tiles); two runs bit-identical, and bit-identical to a
-    CTA a tile (JAMBA_EXT_WGMMA_PERSIST=0); the profiler shows the swap kernel ran."""
+    experts of more than 320 rows (several chunks), an expert with every first choice and empty experts, f16 too;
+    odd counts of W blocks (the clusters' extra block); more tiles than SMs, one k tile a tile; two runs
+    bit-identical, and bit-identical without the clusters' token multicast (JAMBA_EXT_MOE_SWAP_MC=0); the profiler
+    shows the swap kernel ran."""
     if not hopper_code():
         pytest.skip("wgmma engines: Hopper only")
     dev = torch.device("cuda")
     extra = [(700, 512, 136, 2, 2, torch.bfloat16),        # 3 chunks an expert
-             (1200, 2048, 1024, 8, 2, torch.bfloat16),     # ~300 rows an expert: 2 chunks; ~2 tiles a CTA
-             (4000, 64, 2048, 16, 2, torch.bfloat16),      # gate_up: KT 1, ~7 tiles a CTA
-             (3000, 2048, 64, 16, 2, torch.float16)]       # down: KT 1 (its epilogue in two passes), ~3 a CTA
+             (1400, 2048, 1024, 8, 2, torch.bfloat16),     # ~350 rows an expert: 2 chunks
+             (4000, 64, 2048, 16, 2, torch.bfloat16),      # gate_up: KT 1, ~1000 tiles
+             (3000, 2048, 64, 16, 2, torch.float16)]       # down: KT 1, ~400 tiles
     for T, H, F, E, K, dtype in WGMMA_CASES + extra:
         x, w_gate_up, w_down, w, ids, offsets, slots = _wgmma_case(dev, T, H, F, E, K, dtype)
         monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "0")
@@ -288,10 +288,10 @@ def test_moe_swap_engine(monkeypatch):
         out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, out), (T, H, F, E, K, dtype)
-        monkeypatch.setenv("JAMBA_EXT_WGMMA_PERSIST", "0")
-        one = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_WGMMA_PERSIST")
-        assert torch.equal(one, out), (T, H, F, E, K, dtype)
+        monkeypatch.setenv("JAMBA_EXT_MOE_SWAP_MC", "0")
+        solo = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.delenv("JAMBA_EXT_MOE_SWAP_MC")
+        assert torch.equal(solo, out), (T, H, F, E, K, dtype)
         ref = ref_experts(x, w, ids, w_gate_up, w_down)
         assert_close(out, ref, **MOE_TOL[dtype])
         err, err_base = (out.double() - ref).abs().max().item(), (base.double() - ref).abs().max().item()

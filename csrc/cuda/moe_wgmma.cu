@@ -252,6 +252,30 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar) : "memory");
 }
 
+/* 2-d TMA load multicast to the CTAs of cta_mask in the cluster: the box lands at offset dst of each one's shared
+ * memory and completes the bytes on the mbarrier at offset bar of each */
+__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
+                                               uint16_t cta_mask) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3}], [%4], %5;\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
+                 : "memory");
+}
+/* the shared::cluster address of the variable at shared address addr in the cluster's CTA `rank` */
+__device__ __forceinline__ uint32_t cluster_map(uint32_t addr, uint32_t rank) {
+    uint32_t r;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
+    return r;
+}
+/* an arrival on an mbarrier of another CTA of the cluster (a shared::cluster address: cluster_map) */
+__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar) {
+    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(bar) : "memory");
+}
+/* every thread of the cluster's CTAs: arrive and wait (release / acquire at cluster scope) */
+__device__ __forceinline__ void cluster_sync_all() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
  * completing on full-barrier fb (which expects the bytes): A BM x 64 (half: a half tile of the persistent
  * kernel, 64 rows through a tmA with 64-row boxes; the stage's A rows 64 .. 127 are not written), then the W
@@ -942,46 +966,45 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
 /* ---- the swap-AB engine (session 54; env JAMBA_EXT_MOE_SWAP, see moe_swap_on) ------------------------------------
  * moe_swap_kernel<T, GATE_UP>: the same GEMMs with the roles swapped: W rows on the wgmma's M side, an expert's sorted
  *   rows (its slots) on N, so that an expert's rows are padded to 32, not to 128 (the 128 x 256 tiles' idle rows).
- *   Tiles: a W block -- gate_up: outputs 64 x .. 64 x + 63 (their gate rows, then their up rows: the 3-d pair box of
- *   tmW), down: W rows 128 x .. 128 x + 127 -- times a chunk of an expert's rows (expert e's n rows split into
- *   ceil(n / SW_MAX_ROWS) near-equal chunks); order and numbering: sw_tile. Persistent since session 55 (a CTA an SM,
- *   tiles handed out through the op's counter a.sched; see the kernel). 384 threads: warpgroups 0-1 consume
- *   (setmaxnreg 232; 64 W rows each, A = W by ldmatrix.x4 into registers, B = the chunk's rows in NC = ceil(rows / 32)
- *   chunks of 32 from shared memory, wgmma m64n32k16, NC by a switch at the tile's start: every case its own k loop,
- *   which ptxas keeps pipelined); warpgroup 2 produces (setmaxnreg 40; thread 256 issues TMA: the 16 KB W box and NC
- *   32-row A boxes a 64-deep k tile, 128-byte swizzle, a ring of SW_STAGES stages of 52 KB with full / empty
- *   mbarriers, kept full across tiles).
+ *   grid (W blocks, chunks); block (x, y): W block x -- gate_up: outputs 64 x .. 64 x + 63 (their gate rows, then
+ *   their up rows: the 3-d pair box of tmW), down: W rows 128 x .. 128 x + 127 -- times chunk y of the experts'
+ *   rows: expert e's n rows split into ceil(n / SW_MAX_ROWS) near-equal chunks, chunks numbered expert by expert
+ *   (blocks past the last chunk return). 384 threads: warpgroups 0-1 consume (setmaxnreg 232; 64 W rows each, A = W
+ *   by ldmatrix.x4 into registers, B = the chunk's rows in NC = ceil(rows / 32) chunks of 32 from shared memory,
+ *   wgmma m64n32k16, NC by a switch at the tile's start: every case its own k loop, which ptxas keeps pipelined);
+ *   warpgroup 2 produces (setmaxnreg 40; thread 256 issues TMA: the 16 KB W box and NC 32-row A boxes a 64-deep k
+ *   tile, 128-byte swizzle, a ring of SW_STAGES stages of 56 KB with full / empty mbarriers).
+ *   MC (the default, session 55): clusters of two CTAs, W blocks x and x + 1 of one chunk; each CTA loads every other
+ *   token box of a k tile by TMA multicast into both CTAs' stages (the full barriers at the same offset in each
+ *   expect the whole stage), and a stage is refilled once the consumers of both CTAs released it (empty barriers:
+ *   two local and two remote arrivals); the CTAs leave together (a cluster barrier) so that no arrival or multicast
+ *   lands in a finished CTA.
  *   gate_up: each warp's 16 fragment rows are 8 gate rows and the same outputs' 8 up rows (ldmatrix's row choice),
  *   so a thread's accumulator rows r and r + 8 are one output's gate and up: act = moe_act_fast(g, u) in the thread.
  *   down: round(y) * round(w of the slot) (moe_scaled), to the slot's row. Epilogue: the values as T, transposed
- *   into the stage of the tile's last k tile by stmatrix.x4.trans (a row's outputs contiguous), then 16-byte stores;
- *   that stage is released after it, the others already hold the next tile's first k tiles.
+ *   into the ring's shared memory by stmatrix.x4.trans (a row's outputs contiguous), then 16-byte stores.
  *   Rows of a box past the chunk, W rows past the expert or N, k past Kd: as moe_wgmma_kernel's (zero-filled or
- *   masked). ptxas: no spills but in the f16 gate_up instance (216 bytes). Labs (dev/cuda/swap_ab_lab.cu; the whole
+ *   masked). ptxas: no spills but in the f16 gate_up instances (124 bytes) and bf16 down with MC (112 bytes).
+ *   Labs (dev/cuda/swap_ab_lab.cu; the whole
  *   GEMM's, swap_ab_gemm_lab.cu, in git history at 5fb0249) and measurements: docs/PERF_NOTES.md (MoE prefill,
- *   sessions 54-55). */
-#define SW_MAX_ROWS 288 /* rows of a chunk: NC <= 9, 144 accumulators a thread (320: ptxas spills with the tile loop) */
+ *   session 54). */
+#define SW_MAX_ROWS 320                                  /* rows of a chunk: NC <= 10, 160 accumulators a thread */
 #define SW_STAGES 4
 #define SW_A_BYTES (128 * WG_BK * 2)                     /* the W box: 128 rows */
 #define SW_STAGE_BYTES (SW_A_BYTES + SW_MAX_ROWS * WG_BK * 2)
-/* ring, barriers, tile slots, down: the router weights of the tile's rows */
-#define SW_SMEM (SW_STAGES * SW_STAGE_BYTES + 1024 + 2 * SW_STAGES * 8 + 4 * SW_STAGES + 4 * SW_MAX_ROWS)
+#define SW_SMEM (SW_STAGES * SW_STAGE_BYTES + 1024 + 2 * SW_STAGES * 8)
 #define SW_THREADS 384
+static_assert(SW_MAX_ROWS * (128 * 2 + 16) <= SW_STAGES * SW_STAGE_BYTES, "moe_swap: the epilogue fits the ring");
 
-/* the B descriptors of moe_swap_kernel (wg_desc) as two words: the high word is a constant (stride 1024 B, 128-byte
- * swizzle), the low word the start address >> 4 (14 bits: any shared address) with leading byte offset 1, so a
- * chunk's / k step's offset is a 32-bit add (fewer live registers than 64-bit descriptors) */
-#define SW_DESC_HI ((1024 >> 4) | (1 << 30))
-__device__ __forceinline__ uint32_t sw_desc_lo(uint32_t saddr) { return ((saddr & 0x3FFFF) >> 4) | (1u << 16); }
 template <typename T, int OFF, int NA>
-__device__ __forceinline__ void sw_mma(float (&d)[NA], const uint32_t (&a)[4], uint32_t dlo);
+__device__ __forceinline__ void sw_mma(float (&d)[NA], const uint32_t (&a)[4], uint64_t db);
 #if MOE_HAS_WGMMA
 template <typename T, int OFF, int NA>
-__device__ __forceinline__ void sw_mma(float (&d)[NA], const uint32_t (&a)[4], uint32_t dlo) {
+__device__ __forceinline__ void sw_mma(float (&d)[NA], const uint32_t (&a)[4], uint64_t db) {
     if (std::is_same<T, __half>::value)
-        asm volatile("{\n.reg .pred p;\n.reg .b64 db;\nsetp.ne.b32 p, %21, 0;\nmov.b64 db, {%20, %22};\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, db, p, 1, 1, 0;\n}\n" : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(dlo), "r"(1), "n"(SW_DESC_HI));
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n" : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
     else
-        asm volatile("{\n.reg .pred p;\n.reg .b64 db;\nsetp.ne.b32 p, %21, 0;\nmov.b64 db, {%20, %22};\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, db, p, 1, 1, 0;\n}\n" : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(dlo), "r"(1), "n"(SW_DESC_HI));
+        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n" : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 #endif
 
@@ -998,24 +1021,19 @@ template <bool GATE_UP> __device__ __forceinline__ void sw_load_a(uint32_t (&a)[
                  : "r"(sa + (r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4)));
 }
 
-/* tile p -> expert e, W block *xb and the chunk's sorted rows [row0, row0 + len); false past the last tile. Tiles go
- * expert by expert, and within an expert W block by W block, each block's chunks together (an expert of more than
- * SW_MAX_ROWS rows runs as near-equal chunks: its W block is read by tiles that start together, so from L2 after the
- * first) */
-__device__ __forceinline__ bool sw_tile(const moe_gemm_args &a, int64_t p, int GX, int *e_out, int *xb,
-                                        int64_t *row0, int *len) {
+/* block y -> expert e and the chunk's sorted rows [row0, row0 + len); false past the last chunk */
+__device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int *e_out, int64_t *row0, int *len) {
     int64_t first = 0;
     for (int e = 0; e < a.E; e++) {
         const int64_t o = a.offsets[e], n = a.offsets[e + 1] - o, nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
-        if (p < first + GX * nch) {
-            const int64_t j = p - first, ch = j % nch, csz = (n + nch - 1) / nch, start = ch * csz;
+        if (y < first + nch) {
+            const int64_t j = y - first, csz = (n + nch - 1) / nch, start = j * csz;
             *e_out = e;
-            *xb = (int)(j / nch);
             *row0 = o + start;
             *len = (int)(n - start < csz ? n - start : csz);
             return true;
         }
-        first += GX * nch;
+        first += nch;
     }
     return false;
 }
@@ -1032,31 +1050,22 @@ template <typename T> __device__ __forceinline__ uint32_t sw_pack(float lo, floa
     return u;
 }
 
-/* the consumers' tile with NC 32-row chunks (all 256 consumer threads), k tiles it .. it + KT - 1 of the ring (stage
- * q % SW_STAGES, phase q / SW_STAGES): the k loop (a do loop: ptxas serialises the wgmmas of a loop that may run no
- * iteration, C7515; each consumer warp releases a stage once its wgmma group reading it is done), then the
- * epilogue through the stage of the last k tile, which the warps release only after it (so the producer fills the
- * other stages with the next tile's first k tiles meanwhile): gate_up in one pass (<= 288 rows x 144 B), down in
- * passes of 5 chunks (160 rows x 272 B) */
-template <typename T, bool GATE_UP, int NC>
-__device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring, uint32_t full, uint32_t empty,
-                                           int64_t row0, int len, int64_t col0, int KT, uint32_t it) {
+/* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
+ * wgmmas of a loop that may run no iteration, C7515), then the epilogue through the ring */
+template <typename T, bool GATE_UP, bool MC, int NC>
+__device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring, unsigned char *ring_ptr,
+                                           uint32_t full, uint32_t empty, uint32_t empty_peer, int64_t row0, int len,
+                                           int64_t col0, int KT) {
     constexpr int NA = NC * 16;
-    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31;
-    /* down: the rows' router weights to shared memory (read in the epilogue, after the bar.sync below; the tile
-     * before read them before its last bar.sync) */
-    const uint32_t wsm = ring + SW_STAGES * SW_STAGE_BYTES + 20 * SW_STAGES;
-    if (!GATE_UP)
-        for (int t = threadIdx.x; t < len; t += 256)
-            asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(wsm + 4 * t), "f"(a.weights[a.sorted[row0 + t]]) : "memory");
+    const int wg = threadIdx.x >> 7;
     float d[NA];
 #pragma unroll
     for (int i = 0; i < NA; i++) d[i] = 0.f;
     uint32_t ar[2][4];
     int kt = 0;
     do {
-        const uint32_t q = it + kt, s = q % SW_STAGES;
-        mbar_wait(full + 8 * s, (q / SW_STAGES) & 1);
+        const int s = kt % SW_STAGES;
+        mbar_wait(full + 8 * s, (kt / SW_STAGES) & 1);
         const uint32_t sa = ring + s * SW_STAGE_BYTES, sb = sa + SW_A_BYTES;
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
@@ -1065,7 +1074,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
             for (int c = 0; c < NC; c++) {
-                const uint32_t db = sw_desc_lo(sb) + c * (32 * 128 >> 4) + 2 * kk;
+                const uint64_t db = wg_desc(sb + c * 32 * 128) + 2 * kk;
                 switch (c) {   /* (the accumulator offset a template constant) */
                 case 0: sw_mma<T, 0, NA>(d, ar[kk & 1], db); break;
                 case 1: sw_mma<T, (1 < NC ? 16 : 0), NA>(d, ar[kk & 1], db); break;
@@ -1076,167 +1085,137 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
                 case 6: sw_mma<T, (6 < NC ? 96 : 0), NA>(d, ar[kk & 1], db); break;
                 case 7: sw_mma<T, (7 < NC ? 112 : 0), NA>(d, ar[kk & 1], db); break;
                 case 8: sw_mma<T, (8 < NC ? 128 : 0), NA>(d, ar[kk & 1], db); break;
+                case 9: sw_mma<T, (9 < NC ? 144 : 0), NA>(d, ar[kk & 1], db); break;
                 }
             }
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
             wg_pin(d);
             /* the group before is done: at kk == 0 the previous stage's last, so that stage is free */
-            if (kk == 0 && kt > 0 && lane == 0) mbar_arrive(empty + 8 * ((q - 1) % SW_STAGES));
+            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) {
+                mbar_arrive(empty + 8 * ((kt - 1) % SW_STAGES));
+                if (MC) mbar_arrive_cluster(empty_peer + 8 * ((kt - 1) % SW_STAGES)); /* its multicasts fill ours */
+            }
         }
     } while (++kt < KT);
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wg_pin(d);
     asm volatile("bar.sync 1, 256;\n" ::: "memory");   /* both warpgroups done with the ring: the epilogue's now */
-    /* row t of a pass: its outputs (gate_up 64, down 128) at the last k tile's stage + t * PITCH, as T */
-    constexpr int W_OUT = GATE_UP ? 64 : 128, PITCH = W_OUT * 2 + 16, CPP = GATE_UP ? 9 : 5, VR = W_OUT / 8;
-    static_assert(CPP * 32 * PITCH <= SW_STAGE_BYTES, "moe_swap: an epilogue pass fits a stage");
-    const uint32_t se = (it + KT - 1) % SW_STAGES, epi = ring + se * SW_STAGE_BYTES;
-    const int warp = (threadIdx.x >> 5) & 3, q = lane >> 3, i = lane & 7;
-    T *C = static_cast<T *>(a.C);
+    /* row t of the chunk: its outputs (gate_up 64, down 128) at ring + t * PITCH, as T */
+    constexpr int W_OUT = GATE_UP ? 64 : 128, PITCH = W_OUT * 2 + 16;
+    const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, q = lane >> 3, i = lane & 7;
 #pragma unroll
-    for (int p0 = 0; p0 < NC; p0 += CPP) {
-        if (p0 > 0) asm volatile("bar.sync 1, 256;\n" ::: "memory");   /* the pass before has been stored */
+    for (int c = 0; c < NC; c++) {
+        const float *x = d + c * 16;
+        if (GATE_UP) {          /* rows r / r + 8: one output's gate / up; 8 outputs a warp, 4 groups of 8 rows */
+            uint32_t r[4];
 #pragma unroll
-        for (int c = p0; c < NC && c < p0 + CPP; c++) {
-            const float *x = d + c * 16;
-            const int rt = (c - p0) * 32;   /* the chunk's first row in the pass */
-            if (GATE_UP) {      /* rows r / r + 8: one output's gate / up; 8 outputs a warp, 4 groups of 8 rows */
-                uint32_t r[4];
+            for (int j = 0; j < 4; j++)
+                r[j] = sw_pack<T>(moe_act_fast<T>(x[4 * j], x[4 * j + 2]), moe_act_fast<T>(x[4 * j + 1], x[4 * j + 3]));
+            asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
+                         ::"r"(ring + (c * 32 + 8 * q + i) * PITCH + (32 * wg + 8 * warp) * 2), "r"(r[0]), "r"(r[1]),
+                         "r"(r[2]), "r"(r[3]) : "memory");
+        } else {                /* round(y) * round(w): the weight of the row's slot, for the thread's two rows */
+            float w[8];
 #pragma unroll
-                for (int j = 0; j < 4; j++)
-                    r[j] = sw_pack<T>(moe_act_fast<T>(x[4 * j], x[4 * j + 2]),
-                                      moe_act_fast<T>(x[4 * j + 1], x[4 * j + 3]));
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int t = c * 32 + 8 * j + 2 * (lane & 3) + h;
+                    w[2 * j + h] = t < len ? a.weights[a.sorted[row0 + t]] : 0.f;
+                }
+#pragma unroll
+            for (int j = 0; j < 4; j += 2)
                 asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
-                             ::"r"(epi + (rt + 8 * q + i) * PITCH + (32 * wg + 8 * warp) * 2), "r"(r[0]), "r"(r[1]),
-                             "r"(r[2]), "r"(r[3]) : "memory");
-            } else {            /* round(y) * round(w): the weight of the row's slot, for the thread's two rows */
-                float w[8];
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const int t = c * 32 + 8 * j + 2 * (lane & 3) + h;
-                        w[2 * j + h] = 0.f;
-                        if (t < len)
-                            asm volatile("ld.shared.f32 %0, [%1];\n" : "=f"(w[2 * j + h]) : "r"(wsm + 4 * t) : "memory");
-                    }
-#pragma unroll
-                for (int j = 0; j < 4; j += 2)
-                    asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
-                                 ::"r"(epi + (rt + 8 * (j + (q >> 1)) + i) * PITCH + (64 * wg + 16 * warp +
+                             ::"r"(ring + (c * 32 + 8 * (j + (q >> 1)) + i) * PITCH + (64 * wg + 16 * warp +
                                                                                         8 * (q & 1)) * 2),
-                                 "r"(sw_pack<T>(moe_scaled<T>(x[4 * j], w[2 * j]),
-                                                moe_scaled<T>(x[4 * j + 1], w[2 * j + 1]))),
-                                 "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 2], w[2 * j]),
-                                                moe_scaled<T>(x[4 * j + 3], w[2 * j + 1]))),
-                                 "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 4], w[2 * j + 2]),
-                                                moe_scaled<T>(x[4 * j + 5], w[2 * j + 3]))),
-                                 "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 6], w[2 * j + 2]),
-                                                moe_scaled<T>(x[4 * j + 7], w[2 * j + 3])))
-                                 : "memory");
-            }
-        }
-        asm volatile("bar.sync 1, 256;\n" ::: "memory");
-        /* 16-byte stores of the pass's rows: gate_up to act row row0 + t (sorted order), down to slot_out row
-         * sorted[row0 + t] */
-        const int t0 = p0 * 32, rows = len - t0 < CPP * 32 ? len - t0 : CPP * 32;
-        for (int v = threadIdx.x; v < rows * VR; v += 256) {
-            const int t = v / VR, col = v % VR;
-            const int64_t n = col0 + col * 8;
-            if (n >= a.N) continue;
-            const int64_t row = GATE_UP ? row0 + t0 + t : (int64_t)a.sorted[row0 + t0 + t];
-            uint4 v4;
-            asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v4.x), "=r"(v4.y), "=r"(v4.z), "=r"(v4.w)
-                         : "r"(epi + t * PITCH + col * 16) : "memory");
-            *reinterpret_cast<uint4 *>(C + row * a.N + n) = v4;
+                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j], w[2 * j]),
+                                            moe_scaled<T>(x[4 * j + 1], w[2 * j + 1]))),
+                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 2], w[2 * j]),
+                                            moe_scaled<T>(x[4 * j + 3], w[2 * j + 1]))),
+                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 4], w[2 * j + 2]),
+                                            moe_scaled<T>(x[4 * j + 5], w[2 * j + 3]))),
+                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 6], w[2 * j + 2]),
+                                            moe_scaled<T>(x[4 * j + 7], w[2 * j + 3])))
+                             : "memory");
         }
     }
-    __syncwarp();   /* the warp's reads of the stage are done: release it (the producer waits for all 8 warps) */
-    if (lane == 0) mbar_arrive(empty + 8 * se);
+    asm volatile("bar.sync 1, 256;\n" ::: "memory");
+    /* 16-byte stores: gate_up to act row row0 + t (sorted order), down to slot_out row sorted[row0 + t] */
+    constexpr int VR = W_OUT / 8;
+    T *C = static_cast<T *>(a.C);
+    for (int v = threadIdx.x; v < len * VR; v += 256) {
+        const int t = v / VR, col = v % VR;
+        const int64_t n = col0 + col * 8;
+        if (n >= a.N) continue;
+        const int64_t row = GATE_UP ? row0 + t : (int64_t)a.sorted[row0 + t];
+        *reinterpret_cast<uint4 *>(C + row * a.N + n) =
+            *reinterpret_cast<const uint4 *>(ring_ptr + t * PITCH + col * 16);
+    }
 }
 
-/* moe_swap_kernel: persistent when a.sched is given (grid = min(SMs, tiles); CTA b starts with tile b, then takes
- * tile grid + atomicAdd(a.sched, 1) as its producer starts loading the next one, so consecutive tiles -- one chunk's
- * W blocks -- start at about the same time, as a non-persistent launch's block dispatch does); a.sched NULL: one
- * tile a CTA (grid = tiles). Tile p: W block p % GX (GX = ceil(N / outputs a block)) of chunk p / GX. The producer
- * keeps the ring full across tiles; it writes the tile id (-1: none left) into slot[s] of the stage s receiving the
- * tile's first k tile, and each consumer warp's lane 0 reads it after full[s] completed and passes it on by a
- * shuffle (that lane's empty[s] arrival orders the read before the producer's next write; the scheme of
- * moe_wgmma_persist_kernel). */
-template <typename T, bool GATE_UP>
+template <typename T, bool GATE_UP, bool MC>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                    moe_gemm_args a, int GX, int64_t n_tiles) {
+                    moe_gemm_args a) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
-    const int KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
+    int e, len;
+    int64_t row0;
+    /* (MC: both CTAs of a cluster have the same blockIdx.y, so they return together) */
+    if (!sw_chunk(a, blockIdx.y, &e, &row0, &len) || len <= 0) return;
+    const int NC = (len + 31) / 32, KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     extern __shared__ unsigned char sw_smem[];
     const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
-    const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES, slot = empty + 8 * SW_STAGES;
+    unsigned char *ring_ptr = sw_smem + (ring - smem_u32(sw_smem));
+    const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES;
+    const uint32_t rank = MC ? (blockIdx.x & 1) : 0;
     if (threadIdx.x == 0) {
         for (int st = 0; st < SW_STAGES; st++) {
             mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, 8);      /* (one arrival a consumer warp) */
+            mbar_init(empty + 8 * st, MC ? 4 : 2); /* (one arrival a consumer warpgroup, MC: of both CTAs) */
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    __syncthreads();
+    if (MC) cluster_sync_all();                /* the peer's barriers are initialised before any multicast */
+    else __syncthreads();
     if (threadIdx.x >= 256) {                  /* the producer warpgroup; thread 256 issues */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (threadIdx.x == 256) {
-            uint32_t q = 0;
-            for (int64_t pid = blockIdx.x;;) {
-                int e = 0, len = 0, xb = 0;
-                int64_t row0 = 0;
-                const bool found = pid >= 0 && pid < n_tiles && sw_tile(a, pid, GX, &e, &xb, &row0, &len) && len > 0;
-                const int64_t next = found && a.sched != NULL ? gridDim.x + (int64_t)atomicAdd(a.sched, 1) : -1;
-                const uint32_t s0 = q % SW_STAGES;
-                if (q >= SW_STAGES) mbar_wait(empty + 8 * s0, (q / SW_STAGES - 1) & 1);
-                asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(slot + 4 * s0), "r"(found ? (int)pid : -1) : "memory");
-                if (!found) {
-                    mbar_arrive(full + 8 * s0);   /* no bytes: the consumers read -1 and stop */
-                    break;
+            const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
+                                     : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
+            for (int kt = 0; kt < KT; kt++) {
+                const int s = kt % SW_STAGES;
+                /* MC: stage s free in both CTAs (the peer's consumers arrive here too), as this CTA's multicasts
+                 * write both */
+                if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
+                const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
+                mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
+                if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
+                else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
+                for (int c = 0; c < NC; c++) {
+                    const uint32_t dst = sa + SW_A_BYTES + c * 32 * 128;
+                    if (!MC) tma_load_2d(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
+                    else if ((c & 1) == (int)rank)   /* MC: the token boxes split between the two CTAs */
+                        tma_load_2d_mc(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb, (uint16_t)3);
                 }
-                const int NC = (len + 31) / 32;
-                const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * xb) : (int)(e * a.w_rows + 128 * xb);
-                for (int kt = 0; kt < KT; kt++, q++) {
-                    const uint32_t s = q % SW_STAGES;
-                    if (kt > 0 && q >= SW_STAGES) mbar_wait(empty + 8 * s, (q / SW_STAGES - 1) & 1);
-                    const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
-                    mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
-                    if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
-                    else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                    for (int c = 0; c < NC; c++)
-                        tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
-                }
-                pid = next;
             }
         }
+        if (!MC) return;
+        cluster_sync_all();                    /* MC: stay until the peer's last arrival on our barriers */
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    const int lane = threadIdx.x & 31;
-    for (uint32_t it = 0;; it += KT) {
-        const uint32_t s0 = it % SW_STAGES;
-        mbar_wait(full + 8 * s0, (it / SW_STAGES) & 1);
-        int pid = 0;
-        if (lane == 0) asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(pid) : "r"(slot + 4 * s0) : "memory");
-        pid = __shfl_sync(0xffffffffu, pid, 0);
-        if (pid < 0) break;
-        int e, len, xb;
-        int64_t row0;
-        sw_tile(a, pid, GX, &e, &xb, &row0, &len);
-        const int NC = (len + 31) / 32;
-        const int64_t col0 = (GATE_UP ? 64 : 128) * (int64_t)xb;
+    const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
+    const uint32_t empty_peer = MC ? cluster_map(empty, rank ^ 1) : 0;
 #define SW_CASE(N)                                                                                                  \
-    case N: sw_consume<T, GATE_UP, N>(a, ring, full, empty, row0, len, col0, KT, it); break;
-        switch (NC) {
-            SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8)
-        default: sw_consume<T, GATE_UP, 9>(a, ring, full, empty, row0, len, col0, KT, it); break;
-        }
-#undef SW_CASE
+    case N: sw_consume<T, GATE_UP, MC, N>(a, ring, ring_ptr, full, empty, empty_peer, row0, len, col0, KT); break;
+    switch (NC) {
+        SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
+    default: sw_consume<T, GATE_UP, MC, 10>(a, ring, ring_ptr, full, empty, empty_peer, row0, len, col0, KT); break;
     }
+#undef SW_CASE
+    if (MC) cluster_sync_all();
 #endif
 }
 
@@ -1407,39 +1386,44 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
 #define MOE_SWAP_MIN_SLOTS_PER_EXPERT 176
 #define MOE_SWAP_MAX_SLOTS_PER_EXPERT 304
 static bool moe_swap_on(const moe_gemm_args &a, int64_t slots, bool bf16) {
-    /* tile ids are ints (the slots of moe_swap_kernel), and k tiles must exist (its consumers' do loop) */
-    if (a.Kd <= 0 || jamba_ceil_div(a.N, 64) * (a.E + jamba_ceil_div(slots, SW_MAX_ROWS)) > INT32_MAX) return false;
+    if (a.E + jamba_ceil_div(slots, SW_MAX_ROWS) > 65535) return false;
     const char *env = getenv("JAMBA_EXT_MOE_SWAP");
     if (env != NULL && (env[0] == '0' || env[0] == '1') && env[1] == '\0') return env[0] == '1';
     return bf16 && slots >= (int64_t)MOE_SWAP_MIN_SLOTS_PER_EXPERT * a.E &&
            slots < (int64_t)MOE_SWAP_MAX_SLOTS_PER_EXPERT * a.E;
 }
 
-/* one launch of moe_swap_kernel: tiles = W blocks x the chunk bound E + ceil(slots / SW_MAX_ROWS); persistent (a CTA
- * an SM) when the op passes its tile counter a.sched, else (or with env JAMBA_EXT_WGMMA_PERSIST=0: A/B) a CTA a tile */
+/* one launch of moe_swap_kernel: grid (W blocks, the chunk bound E + ceil(slots / SW_MAX_ROWS)); by default (env
+ * JAMBA_EXT_MOE_SWAP_MC=0: not) in clusters of two CTAs along the W blocks (the W blocks rounded up to even; the extra
+ * block's outputs are past N and skipped) that share each k tile's token boxes by TMA multicast, half each: the L2
+ * reads of the tokens halve */
 template <typename T>
 static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, const CUtensorMap &tmW,
                                 cudaStream_t stream) {
-    static int sms[64]; /* SM count (0: not read yet); the dynamic shared-memory limit raised with it */
-    int nsm = dev >= 0 && dev < 64 ? sms[dev] : 0;
-    if (nsm == 0) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
-        if (dev >= 0 && dev < 64) sms[dev] = nsm;
+    static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
+    if (dev < 0 || dev >= 64 || !smem_set[dev]) {
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true, false>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false, false>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true, true>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false, true>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     CUtensorMap tmA;
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
+    const char *mc = getenv("JAMBA_EXT_MOE_SWAP_MC");
+    const bool multicast = !(mc != NULL && mc[0] == '0');
     const int64_t gx = jamba_ceil_div(a.N, a.gate_up ? 64 : 128);
-    const int64_t tiles = gx * (a.E + jamba_ceil_div(slots, SW_MAX_ROWS));
-    const char *persist = getenv("JAMBA_EXT_WGMMA_PERSIST");
-    moe_gemm_args ap = a;
-    if (persist != NULL && persist[0] == '0') ap.sched = NULL;
-    const int64_t grid = ap.sched != NULL && tiles > nsm ? nsm : tiles;
-    jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, (unsigned)grid, SW_THREADS,
-                        SW_SMEM, stream, tmA, tmW, ap, (int)gx, tiles);
+    const dim3 grid((unsigned)(multicast ? (gx + 1) / 2 * 2 : gx), (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
+    if (multicast)
+        jamba_kernel_launch_cluster(a.gate_up ? moe_swap_kernel<T, true, true> : moe_swap_kernel<T, false, true>, 2,
+                                    grid, SW_THREADS, SW_SMEM, stream, tmA, tmW, a);
+    else
+        jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true, false> : moe_swap_kernel<T, false, false>, grid,
+                            SW_THREADS, SW_SMEM, stream, tmA, tmW, a);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
