@@ -16,6 +16,10 @@
 #   mc       the swap engine in clusters of two sharing the token boxes by TMA multicast: its tests, all of
 #            test_moe.py with swap forced, memcheck / racecheck / synccheck with swap forced; bench_moe at 1536 / 2048
 #            / 2304 tokens in turns (default = swap with multicast, swap without, the 128 x 256 tiles); the breakdown
+#            (53744f1, s55_mc: the multicast form ran at 3675 against 2347 us at 2048 tokens: reverted)
+#   final    session 54's kernel again (the tree as at e82804a but the tests): the MoE and model CUDA tests, test_moe
+#            with swap forced (test_moe_swap_engine's new cases), memcheck / racecheck with swap forced (the new
+#            sanitize cases), bench_moe at 2048 tokens
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session55_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -94,7 +98,23 @@ mc)
   step "dev/moe_breakdown.py 2048: multicast, then not"
   timeout 60 python3 dev/moe_breakdown.py 2048 2>&1 | grep -v Warning | tail -7
   JAMBA_EXT_MOE_SWAP_MC=0 timeout 60 python3 dev/moe_breakdown.py 2048 2>&1 | grep -v Warning | tail -7 ;;
-*) echo "unknown mode $mode (first, persist, why, mc)"; exit 2 ;;
+final)
+  step "CUDA tests of the MoE and the model, default rule"
+  timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \
+    -p no:cacheprovider 2>&1 | tail -4
+  step "all of test_moe.py's CUDA tests with JAMBA_EXT_MOE_SWAP=1"
+  JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py \
+    -p no:cacheprovider 2>&1 | tail -4
+  for tool in memcheck racecheck; do
+    step "compute-sanitizer $tool of the MoE engines with JAMBA_EXT_MOE_SWAP=1 (bench_moe --sanitize)"
+    JAMBA_EXT_MOE_SWAP=1 timeout 100 compute-sanitizer --tool $tool --print-limit 10 python3 \
+      benchmarks/bench_moe.py --sanitize 2>&1 | tail -3
+  done
+  step "bench_moe at 2048 tokens"
+  timeout 100 python3 benchmarks/bench_moe.py --tokens 2048 --only "ours,ours:wgmma noswap,dense mm" \
+    --name bench_moe_final 2>&1 | grep -v "Warning\|_warn_once\|speed-up" | tail -8
+  cp benchmarks/results/bench_moe_final.json "$OUT/" 2>/dev/null ;;
+*) echo "unknown mode $mode (first, persist, why, mc, final)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

@@ -252,30 +252,6 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar) : "memory");
 }
 
-/* 2-d TMA load multicast to the CTAs of cta_mask in the cluster: the box lands at offset dst of each one's shared
- * memory and completes the bytes on the mbarrier at offset bar of each */
-__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
-                                               uint16_t cta_mask) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-                 " [%0], [%1, {%2, %3}], [%4], %5;\n"
-                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(cta_mask)
-                 : "memory");
-}
-/* the shared::cluster address of the variable at shared address addr in the cluster's CTA `rank` */
-__device__ __forceinline__ uint32_t cluster_map(uint32_t addr, uint32_t rank) {
-    uint32_t r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
-    return r;
-}
-/* an arrival on an mbarrier of another CTA of the cluster (a shared::cluster address: cluster_map) */
-__device__ __forceinline__ void mbar_arrive_cluster(uint32_t bar) {
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-/* every thread of the cluster's CTAs: arrive and wait (release / acquire at cluster scope) */
-__device__ __forceinline__ void cluster_sync_all() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
  * completing on full-barrier fb (which expects the bytes): A BM x 64 (half: a half tile of the persistent
  * kernel, 64 rows through a tmA with 64-row boxes; the stage's A rows 64 .. 127 are not written), then the W
@@ -974,18 +950,12 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
  *   wgmma m64n32k16, NC by a switch at the tile's start: every case its own k loop, which ptxas keeps pipelined);
  *   warpgroup 2 produces (setmaxnreg 40; thread 256 issues TMA: the 16 KB W box and NC 32-row A boxes a 64-deep k
  *   tile, 128-byte swizzle, a ring of SW_STAGES stages of 56 KB with full / empty mbarriers).
- *   MC (the default, session 55): clusters of two CTAs, W blocks x and x + 1 of one chunk; each CTA loads every other
- *   token box of a k tile by TMA multicast into both CTAs' stages (the full barriers at the same offset in each
- *   expect the whole stage), and a stage is refilled once the consumers of both CTAs released it (empty barriers:
- *   two local and two remote arrivals); the CTAs leave together (a cluster barrier) so that no arrival or multicast
- *   lands in a finished CTA.
  *   gate_up: each warp's 16 fragment rows are 8 gate rows and the same outputs' 8 up rows (ldmatrix's row choice),
  *   so a thread's accumulator rows r and r + 8 are one output's gate and up: act = moe_act_fast(g, u) in the thread.
  *   down: round(y) * round(w of the slot) (moe_scaled), to the slot's row. Epilogue: the values as T, transposed
  *   into the ring's shared memory by stmatrix.x4.trans (a row's outputs contiguous), then 16-byte stores.
  *   Rows of a box past the chunk, W rows past the expert or N, k past Kd: as moe_wgmma_kernel's (zero-filled or
- *   masked). ptxas: no spills but in the f16 gate_up instances (124 bytes) and bf16 down with MC (112 bytes).
- *   Labs (dev/cuda/swap_ab_lab.cu; the whole
+ *   masked). ptxas: no spills but in the f16 gate_up instance (124 bytes). Labs (dev/cuda/swap_ab_lab.cu; the whole
  *   GEMM's, swap_ab_gemm_lab.cu, in git history at 5fb0249) and measurements: docs/PERF_NOTES.md (MoE prefill,
  *   session 54). */
 #define SW_MAX_ROWS 320                                  /* rows of a chunk: NC <= 10, 160 accumulators a thread */
@@ -1052,10 +1022,10 @@ template <typename T> __device__ __forceinline__ uint32_t sw_pack(float lo, floa
 
 /* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
  * wgmmas of a loop that may run no iteration, C7515), then the epilogue through the ring */
-template <typename T, bool GATE_UP, bool MC, int NC>
+template <typename T, bool GATE_UP, int NC>
 __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring, unsigned char *ring_ptr,
-                                           uint32_t full, uint32_t empty, uint32_t empty_peer, int64_t row0, int len,
-                                           int64_t col0, int KT) {
+                                           uint32_t full, uint32_t empty, int64_t row0, int len, int64_t col0,
+                                           int KT) {
     constexpr int NA = NC * 16;
     const int wg = threadIdx.x >> 7;
     float d[NA];
@@ -1092,10 +1062,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
             wg_pin(d);
             /* the group before is done: at kk == 0 the previous stage's last, so that stage is free */
-            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) {
-                mbar_arrive(empty + 8 * ((kt - 1) % SW_STAGES));
-                if (MC) mbar_arrive_cluster(empty_peer + 8 * ((kt - 1) % SW_STAGES)); /* its multicasts fill ours */
-            }
+            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(empty + 8 * ((kt - 1) % SW_STAGES));
         }
     } while (++kt < KT);
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -1154,7 +1121,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     }
 }
 
-template <typename T, bool GATE_UP, bool MC>
+template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                     moe_gemm_args a) {
@@ -1162,23 +1129,20 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
 #if MOE_HAS_WGMMA
     int e, len;
     int64_t row0;
-    /* (MC: both CTAs of a cluster have the same blockIdx.y, so they return together) */
     if (!sw_chunk(a, blockIdx.y, &e, &row0, &len) || len <= 0) return;
     const int NC = (len + 31) / 32, KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     extern __shared__ unsigned char sw_smem[];
     const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
     unsigned char *ring_ptr = sw_smem + (ring - smem_u32(sw_smem));
     const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES;
-    const uint32_t rank = MC ? (blockIdx.x & 1) : 0;
     if (threadIdx.x == 0) {
         for (int st = 0; st < SW_STAGES; st++) {
             mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, MC ? 4 : 2); /* (one arrival a consumer warpgroup, MC: of both CTAs) */
+            mbar_init(empty + 8 * st, 2);      /* (one arrival a consumer warpgroup) */
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    if (MC) cluster_sync_all();                /* the peer's barriers are initialised before any multicast */
-    else __syncthreads();
+    __syncthreads();
     if (threadIdx.x >= 256) {                  /* the producer warpgroup; thread 256 issues */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (threadIdx.x == 256) {
@@ -1186,36 +1150,26 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
                                      : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
-                /* MC: stage s free in both CTAs (the peer's consumers arrive here too), as this CTA's multicasts
-                 * write both */
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
                 mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
                 if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
                 else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                for (int c = 0; c < NC; c++) {
-                    const uint32_t dst = sa + SW_A_BYTES + c * 32 * 128;
-                    if (!MC) tma_load_2d(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
-                    else if ((c & 1) == (int)rank)   /* MC: the token boxes split between the two CTAs */
-                        tma_load_2d_mc(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb, (uint16_t)3);
-                }
+                for (int c = 0; c < NC; c++)
+                    tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
             }
         }
-        if (!MC) return;
-        cluster_sync_all();                    /* MC: stay until the peer's last arrival on our barriers */
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
-    const uint32_t empty_peer = MC ? cluster_map(empty, rank ^ 1) : 0;
 #define SW_CASE(N)                                                                                                  \
-    case N: sw_consume<T, GATE_UP, MC, N>(a, ring, ring_ptr, full, empty, empty_peer, row0, len, col0, KT); break;
+    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     switch (NC) {
         SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
-    default: sw_consume<T, GATE_UP, MC, 10>(a, ring, ring_ptr, full, empty, empty_peer, row0, len, col0, KT); break;
+    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     }
 #undef SW_CASE
-    if (MC) cluster_sync_all();
 #endif
 }
 
@@ -1393,37 +1347,24 @@ static bool moe_swap_on(const moe_gemm_args &a, int64_t slots, bool bf16) {
            slots < (int64_t)MOE_SWAP_MAX_SLOTS_PER_EXPERT * a.E;
 }
 
-/* one launch of moe_swap_kernel: grid (W blocks, the chunk bound E + ceil(slots / SW_MAX_ROWS)); by default (env
- * JAMBA_EXT_MOE_SWAP_MC=0: not) in clusters of two CTAs along the W blocks (the W blocks rounded up to even; the extra
- * block's outputs are past N and skipped) that share each k tile's token boxes by TMA multicast, half each: the L2
- * reads of the tokens halve */
+/* one launch of moe_swap_kernel: grid (W blocks, the chunk bound E + ceil(slots / SW_MAX_ROWS)) */
 template <typename T>
 static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, const CUtensorMap &tmW,
                                 cudaStream_t stream) {
     static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true, false>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false, false>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              SW_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              SW_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     CUtensorMap tmA;
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
-    const char *mc = getenv("JAMBA_EXT_MOE_SWAP_MC");
-    const bool multicast = !(mc != NULL && mc[0] == '0');
-    const int64_t gx = jamba_ceil_div(a.N, a.gate_up ? 64 : 128);
-    const dim3 grid((unsigned)(multicast ? (gx + 1) / 2 * 2 : gx), (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
-    if (multicast)
-        jamba_kernel_launch_cluster(a.gate_up ? moe_swap_kernel<T, true, true> : moe_swap_kernel<T, false, true>, 2,
-                                    grid, SW_THREADS, SW_SMEM, stream, tmA, tmW, a);
-    else
-        jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true, false> : moe_swap_kernel<T, false, false>, grid,
-                            SW_THREADS, SW_SMEM, stream, tmA, tmW, a);
+    const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
+                    (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
+    jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
+                        stream, tmA, tmW, a);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
