@@ -29,8 +29,8 @@ mode=${1:-first}
 . dev/sr_round_lib.sh
 swap_tests() {     # test_moe_swap_engine and test_moe_wgmma_tiles, then all of test_moe.py with the swap engine forced
   step "CUDA tests: test_moe_swap_engine, test_moe_wgmma_tiles"
-  timeout 150 python3 -m pytest -q -m cuda -x --timeout=120 --tb=short tests/test_moe.py -k "swap_engine or wgmma_tiles" \
-    -p no:cacheprovider 2>&1 | tail -15
+  timeout 150 python3 -m pytest -q -m cuda -x --timeout=120 --tb=short tests/test_moe.py \
+    -k "swap_engine or wgmma_tiles" -p no:cacheprovider 2>&1 | tail -15
   step "all of test_moe.py's CUDA tests with JAMBA_EXT_MOE_SWAP=1"
   JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
     -p no:cacheprovider 2>&1 | tail -6
