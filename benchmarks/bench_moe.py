@@ -162,8 +162,8 @@ def sanitize_cases():
                                (12, 200, 136, 16, 2, torch.bfloat16), (40, 72, 8, 1, 1, torch.float16),
                                (170, 136, 72, 2, 2, torch.bfloat16),  # 170 rows per expert: merged tiles
                                (1, 264, 200, 16, 3, torch.bfloat16), (1, 40, 24, 16, 12, torch.float16),  # one token
-                               # more tiles than SMs, one k tile a tile (gate_up, then down), odd W block counts
-                               # (the swap engine with JAMBA_EXT_MOE_SWAP=1)
+                               # more tiles than SMs, one k tile a tile (gate_up, then down): the swap engine's
+                               # many-CTA case (with JAMBA_EXT_MOE_SWAP=1)
                                (600, 64, 1024, 16, 2, torch.bfloat16), (600, 2048, 64, 16, 2, torch.float16)]:
         rn = lambda *s: torch.randn(*s, generator=g, device=dev).to(dt)
         x, wgu, wd = rn(T, H), rn(E, 2 * Fd, H) * H ** -0.5, rn(E, H, Fd) * Fd ** -0.5

@@ -270,8 +270,7 @@ def test_moe_swap_engine(monkeypatch):
     """The swap-AB engine (JAMBA_EXT_MOE_SWAP=1: moe_swap_kernel for both GEMMs of impl wgmma) against the fp64
     reference and the default wgmma engine: partial W blocks (F, H not multiples of 64 / 128), k tails (Kd % 64 = 8),
     experts of more than 320 rows (several chunks), an expert with every first choice and empty experts, f16 too;
-    more tiles than SMs, one k tile a tile; two runs bit-identical; the profiler shows the
-    swap kernel ran."""
+    more tiles than SMs, one k tile a tile; two runs bit-identical; the profiler shows the swap kernel ran."""
     if not hopper_code():
         pytest.skip("wgmma engines: Hopper only")
     dev = torch.device("cuda")
