@@ -1,11 +1,16 @@
 """Where the time of one MoE op goes (session 55): moe_route + moe_experts (impl auto) at Jamba-v0.1 sizes, bf16,
 for each token count given (argv, default 2048), under torch.profiler: every CUDA kernel's mean duration per call,
-the kernels' sum, and the op's wall time per call from CUDA events (the gaps between kernels are the difference).
+the kernels' sum (a kernel's time includes its PDL wait for the one before, so the sum can pass the op's), and the
+op's median time per call (benchmarks/common.time_ms: CUDA events).
     python3 dev/moe_breakdown.py 1536 2048 4096     (H200; device round dev/session55_round.sh)"""
+import os
 import sys
 import torch
 from torch.profiler import profile, ProfilerActivity
 from jamba_ext import ops
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import common  # noqa: E402
 
 H, F, E, K, REPS = 4096, 14336, 16, 2, 20
 dev, dt = torch.device("cuda"), torch.bfloat16
@@ -20,16 +25,7 @@ for T in [int(a) for a in sys.argv[1:]] or [2048]:
         w, ids, offsets, slots = ops.moe_route(logits, K)
         return ops.moe_experts(x, w, ids, wgu, wd, slots, offsets)
 
-    for _ in range(3):
-        op()
-    torch.cuda.synchronize()
-    t0, t1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    t0.record()
-    for _ in range(REPS):
-        op()
-    t1.record()
-    torch.cuda.synchronize()
-    wall = t0.elapsed_time(t1) * 1e3 / REPS
+    wall = common.time_ms(op, dev, warmup=3, reps=REPS)["median_ms"] * 1e3
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(REPS):
             op()
@@ -39,7 +35,7 @@ for T in [int(a) for a in sys.argv[1:]] or [2048]:
     rows.sort(key=lambda r: -r[1])
     ksum = sum(r[1] for r in rows)
     flops = 2.0 * T * K * 3 * H * F
-    print(f"--- {T} tokens: op {wall:.1f} us a call (events, back to back; {flops / wall / 1e6:.1f} TFLOP/s); "
+    print(f"--- {T} tokens: op {wall:.1f} us a call (median; {flops / wall / 1e6:.1f} TFLOP/s); "
           f"kernels {ksum:.1f} us")
     for name, us, n in rows:
         print(f"  {us:9.1f} us  {100 * us / ksum:5.1f}%  x{n}  {name[:110]}")
