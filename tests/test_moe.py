@@ -269,15 +269,19 @@ def test_moe_wgmma_tiles(monkeypatch):
 def test_moe_swap_engine(monkeypatch):
     """The swap-AB engine (JAMBA_EXT_MOE_SWAP=1: moe_swap_kernel for both GEMMs of impl wgmma) against the fp64
     reference and the default wgmma engine: partial W blocks (F, H not multiples of 64 / 128), k tails (Kd % 64 = 8),
-    experts of more than 320 rows (several chunks), an expert with every first choice and empty experts, f16 too;
-    more tiles than SMs, one k tile a tile; two runs bit-identical; the profiler shows the swap kernel ran."""
+    experts of more than 320 rows (several chunks), an expert with every first choice and empty experts, f16 too,
+    more than 32 experts (sw_chunk's one-lane walk); more tiles than SMs, one k tile a tile; two runs bit-identical,
+    and bit-identical to the runs without the chunk counters (JAMBA_EXT_MOE_SWAP_FLAGS=0: the down GEMM waits for
+    gate_up's end) and with the chunks expert by expert (JAMBA_EXT_MOE_SWAP_ORDER=index); the profiler shows the
+    swap kernel ran."""
     if not hopper_code():
         pytest.skip("wgmma engines: Hopper only")
     dev = torch.device("cuda")
     extra = [(700, 512, 136, 2, 2, torch.bfloat16),        # 3 chunks an expert
              (1400, 2048, 1024, 8, 2, torch.bfloat16),     # ~350 rows an expert: 2 chunks
              (4000, 64, 2048, 16, 2, torch.bfloat16),      # gate_up: KT 1, ~1000 tiles
-             (3000, 2048, 64, 16, 2, torch.float16)]       # down: KT 1, ~400 tiles
+             (3000, 2048, 64, 16, 2, torch.float16),       # down: KT 1, ~400 tiles
+             (5000, 136, 200, 40, 2, torch.bfloat16)]      # E > 32
     for T, H, F, E, K, dtype in WGMMA_CASES + extra:
         x, w_gate_up, w_down, w, ids, offsets, slots = _wgmma_case(dev, T, H, F, E, K, dtype)
         monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "0")
@@ -286,6 +290,14 @@ def test_moe_swap_engine(monkeypatch):
         out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, out), (T, H, F, E, K, dtype)
+        for env in ({"JAMBA_EXT_MOE_SWAP_FLAGS": "0"}, {"JAMBA_EXT_MOE_SWAP_ORDER": "index"},
+                    {"JAMBA_EXT_MOE_SWAP_FLAGS": "0", "JAMBA_EXT_MOE_SWAP_ORDER": "index"}):
+            for k, v in env.items():
+                monkeypatch.setenv(k, v)
+            other = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+            for k in env:
+                monkeypatch.delenv(k)
+            assert torch.equal(other, out), (env, T, H, F, E, K, dtype)
         ref = ref_experts(x, w, ids, w_gate_up, w_down)
         assert_close(out, ref, **MOE_TOL[dtype])
         err, err_base = (out.double() - ref).abs().max().item(), (base.double() - ref).abs().max().item()
@@ -659,6 +671,28 @@ def test_moe_cuda_graph(T):
     router = randn(E, H, device=dev, dtype=dtype)
     fn = lambda a: moe.sparse_moe_forward(a, router, w_gate_up, w_down, K)[0]
     news = [(randn(T, H, device=dev, dtype=dtype),) for _ in range(2)]
+    runs = graph_replays(fn, (randn(T, H, device=dev, dtype=dtype),), news)
+    for (a,), (o,) in zip(news, runs):
+        assert torch.equal(o, fn(a))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+def test_moe_swap_cuda_graph(monkeypatch):
+    """The swap-AB engine (forced) in a CUDA graph: its chunk counters are zeroed by the gather inside the graph, so
+    every replay's down GEMM waits for that replay's gate_up; replays on new inputs equal eager runs bit for bit, with
+    lopsided routings too (an expert in several chunks, empty experts)."""
+    if not hopper_code():
+        pytest.skip("wgmma engines: Hopper only")
+    monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "1")
+    dev, dtype = torch.device("cuda"), torch.bfloat16
+    T, H, F, E, K = 1500, 264, 520, 16, 2
+    w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)
+    router = randn(E, H, device=dev, dtype=dtype)
+    fn = lambda a: moe.sparse_moe_forward(a, router, w_gate_up, w_down, K)[0]
+    lop = randn(T, H, device=dev, dtype=dtype)
+    lop[:, :8] = 8.0  # most tokens on the same few experts: chunks of several sizes, empty experts
+    news = [(randn(T, H, device=dev, dtype=dtype),), (lop,), (randn(T, H, device=dev, dtype=dtype),)]
     runs = graph_replays(fn, (randn(T, H, device=dev, dtype=dtype),), news)
     for (a,), (o,) in zip(news, runs):
         assert torch.equal(o, fn(a))

@@ -1,0 +1,140 @@
+"""The swap engine's block order and its down GEMM's early start, measured (session 56; H200, Jamba-v0.1, bf16).
+
+    python3 dev/swap_sched_ab.py ab 1536 2048 2304   # the op in turns: default / no counters / expert order / both
+    python3 dev/swap_sched_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
+
+ab: moe_route + moe_experts (impl auto: the swap engine at these sizes) on bench_moe's routing (router
+randn(E, H) * H^-0.5 * 4 on x randn), four variants set by env (read by the library at each call): "default" (chunk
+counters: the down GEMM's blocks wait for their chunk's gate_up blocks, not for gate_up's end; chunks longest
+first), "noflags" (JAMBA_EXT_MOE_SWAP_FLAGS=0), "index" (JAMBA_EXT_MOE_SWAP_ORDER=index: chunks expert by expert),
+"old" (both: the kernels' schedule before session 56). The four outputs must be bit-identical. ROUNDS rounds, each
+timing every variant (benchmarks/common.time_ms, CUDA events, median of REPS calls); the table gives each variant's
+median over the rounds and its share of the dense bf16 matmul rate measured in the same process (8192^3). Then the
+kernels' times of "default" and "old" (torch.profiler; a kernel's time includes its wait for the one before).
+
+ksweep: gate_up and down alone by kernel time (profiler) with every expert at 256 rows (T 2048, top-2, uniform),
+F 14336, H 2048 / 4096 / 8192: gate_up's blocks are the same 3584 (224 W blocks x 16 experts), each with H / 64 k
+steps; the fit time = a + b * k steps says what a block costs besides its k steps (fill, epilogue, launch)."""
+import os
+import sys
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from jamba_ext import ops
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import common  # noqa: E402
+
+F, E, K = 14336, 16, 2
+dev, dt = torch.device("cuda"), torch.bfloat16
+VARIANTS = {"default": {}, "noflags": {"JAMBA_EXT_MOE_SWAP_FLAGS": "0"},
+            "index": {"JAMBA_EXT_MOE_SWAP_ORDER": "index"},
+            "old": {"JAMBA_EXT_MOE_SWAP_FLAGS": "0", "JAMBA_EXT_MOE_SWAP_ORDER": "index"}}
+ROUNDS, REPS = 5, 10
+
+
+def set_env(env):
+    for k in ("JAMBA_EXT_MOE_SWAP_FLAGS", "JAMBA_EXT_MOE_SWAP_ORDER"):
+        os.environ.pop(k, None)
+    os.environ.update(env)
+
+
+def kernel_times(op, reps=10):
+    op()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            op()
+        torch.cuda.synchronize()
+    return {e.key: e.device_time_total / reps for e in prof.key_averages() if e.device_time_total > 0}
+
+
+def matmul_tflops():
+    a = torch.randn(8192, 8192, device=dev, dtype=dt)
+    ms = common.time_ms(lambda: a @ a, dev, warmup=3, reps=20)["median_ms"]
+    return 2 * 8192 ** 3 / ms / 1e9
+
+
+def ab(tokens):
+    H = 4096
+    torch.manual_seed(0)
+    wgu = (torch.randn(E, 2 * F, H, device=dev) * H ** -0.5).to(dt)
+    wd = (torch.randn(E, H, F, device=dev) * F ** -0.5).to(dt)
+    router = (torch.randn(E, H, device=dev) * H ** -0.5 * 4).to(dt)
+    rate = matmul_tflops()
+    print(f"dense bf16 matmul (8192^3): {rate:.1f} TFLOP/s")
+    for T in tokens:
+        x = torch.randn(T, H, device=dev).to(dt)
+        logits = torch.nn.functional.linear(x, router).float()
+
+        def op():
+            w, ids, offsets, slots = ops.moe_route(logits, K)
+            return ops.moe_experts(x, w, ids, wgu, wd, slots, offsets)
+
+        outs = {}
+        for name, env in VARIANTS.items():
+            set_env(env)
+            outs[name] = op()
+        same = all(torch.equal(outs["default"], o) for o in outs.values())
+        times = {n: [] for n in VARIANTS}
+        for _ in range(ROUNDS):
+            for name, env in VARIANTS.items():
+                set_env(env)
+                times[name].append(common.time_ms(op, dev, warmup=2, reps=REPS)["median_ms"] * 1e3)
+        counts = torch.bincount(ops.moe_route(logits, K)[1].flatten().long(), minlength=E).tolist()
+        flops = 2.0 * T * K * 3 * H * F
+        print(f"--- {T} tokens (rows an expert {min(counts)}-{max(counts)}); outputs bit-identical: {same}")
+        for name in VARIANTS:
+            ts = sorted(times[name])
+            med = ts[len(ts) // 2]
+            print(f"  {name:8s} {med:8.1f} us  ({ts[0]:.1f}-{ts[-1]:.1f})  {flops / med / 1e6:6.1f} TFLOP/s  "
+                  f"{100 * flops / med / 1e6 / rate:5.1f}% of the matmul rate")
+        for name in ("default", "old"):
+            set_env(VARIANTS[name])
+            kt = kernel_times(op)
+            print(f"  kernels, {name}: " + ", ".join(f"{k.split('(')[0][:40]} {v:.1f}" for k, v in
+                                                 sorted(kt.items(), key=lambda r: -r[1])))
+    set_env({})
+
+
+def ksweep():
+    T = 2048
+    print(f"T {T}, F {F}, E {E}, top-{K}, 256 rows an expert; gate_up / down kernel times (profiler), us")
+    idx = torch.arange(T, device=dev)
+    ids = torch.stack([idx % E, (idx + 1) % E], 1).to(torch.int32)
+    w = torch.full((T, K), 0.5, device=dev)
+    offsets, slots = ops.moe_permute(ids, E)
+    pts = []
+    for H in (2048, 4096, 8192):
+        torch.manual_seed(0)
+        wgu = (torch.randn(E, 2 * F, H, device=dev) * H ** -0.5).to(dt)
+        wd = (torch.randn(E, H, F, device=dev) * F ** -0.5).to(dt)
+        x = torch.randn(T, H, device=dev).to(dt)
+        kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
+        gu = sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k)
+        dn = sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k)
+        steps = H // 64
+        pts.append((steps, gu))
+        print(f"  H {H:5d}: gate_up {gu:8.1f} us ({steps} k steps a block, "
+              f"{2.0 * T * K * 2 * F * H / gu / 1e6:.0f} TFLOP/s), down {dn:8.1f} us "
+              f"({2.0 * T * K * F * H / dn / 1e6:.0f} TFLOP/s)")
+        wgu = wd = x = None
+        torch.cuda.empty_cache()
+    n = len(pts)
+    mx, my = sum(p[0] for p in pts) / n, sum(p[1] for p in pts) / n
+    b = sum((p[0] - mx) * (p[1] - my) for p in pts) / sum((p[0] - mx) ** 2 for p in pts)
+    a = my - b * mx
+    waves = 3584 / torch.cuda.get_device_properties(0).multi_processor_count
+    print(f"  fit: gate_up = {a:.1f} + {b:.2f} us a k step; per block (/{waves:.2f} waves): {a / waves:.2f} us "
+          f"+ {b / waves:.3f} us a k step -> at 64 k steps {100 * a / (a + 64 * b):.1f}% of the time is not k steps")
+
+
+if __name__ == "__main__":
+    mode = sys.argv[1] if len(sys.argv) > 1 else "ab"
+    if mode == "ab":
+        ab([int(t) for t in sys.argv[2:]] or [2048])
+    elif mode == "ksweep":
+        ksweep()
+    else:
+        sys.exit(f"unknown mode {mode} (ab, ksweep)")
