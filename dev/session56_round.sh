@@ -5,6 +5,9 @@
 #           wgmma_tiles / swap_cuda_graph, then dev/swap_sched_ab.py (ab at 1536 / 2048 / 2304 tokens, in turns
 #           against the schedule before; ksweep: gate_up's cost besides its k steps), then all of test_moe.py with
 #           the swap engine forced
+#   epi     the swap engine's epilogues with their roundings in pairs (sw_act2 / sw_scaled2): the swap tests, then
+#           dev/swap_sched_ab.py ab 2048 2304 (variants in turns, f2f = a conversion a value) and ksweep (the fit for
+#           both epilogues)
 #   second  the MoE and model CUDA tests by default, memcheck / racecheck of the MoE engines with swap forced,
 #           bench_moe at 2048 tokens
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session56_round.sh MODE   (output: $OUT/round.log)
@@ -38,6 +41,14 @@ first)
   step "all of test_moe.py's CUDA tests with JAMBA_EXT_MOE_SWAP=1"
   JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
     -p no:cacheprovider 2>&1 | tail -6 ;;
+epi)
+  step "CUDA tests: test_moe_swap_engine, test_moe_wgmma_tiles, test_moe_swap_cuda_graph"
+  timeout 200 python3 -m pytest -q -m cuda -x --timeout=150 --tb=short tests/test_moe.py \
+    -k "swap_engine or wgmma_tiles or swap_cuda_graph" -p no:cacheprovider 2>&1 | tail -4
+  step "dev/swap_sched_ab.py ab 2048 2304"
+  timeout 200 python3 dev/swap_sched_ab.py ab 2048 2304 2>&1 | grep -v Warning | tail -30
+  step "dev/swap_sched_ab.py ksweep"
+  timeout 150 python3 dev/swap_sched_ab.py ksweep 2>&1 | grep -v Warning | tail -12 ;;
 second)
   step "CUDA tests of the MoE and the model, default rule"
   timeout 200 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \
@@ -51,7 +62,7 @@ second)
   timeout 100 python3 benchmarks/bench_moe.py --tokens 2048 --only "ours,ours:wgmma noswap,dense mm" \
     --name bench_moe_s56 2>&1 | grep -v "Warning\|_warn_once\|speed-up" | tail -8
   cp benchmarks/results/bench_moe_s56.json "$OUT/" 2>/dev/null ;;
-*) echo "unknown mode $mode (first, second)"; exit 2 ;;
+*) echo "unknown mode $mode (first, epi, second)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

@@ -1,20 +1,22 @@
 """The swap engine's block order and its down GEMM's early start, measured (session 56; H200, Jamba-v0.1, bf16).
 
-    python3 dev/swap_sched_ab.py ab 1536 2048 2304   # the op in turns: default / no counters / expert order / both
+    python3 dev/swap_sched_ab.py ab 1536 2048 2304   # the op in turns: default and the variants below
     python3 dev/swap_sched_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at these sizes) on bench_moe's routing (router
 randn(E, H) * H^-0.5 * 4 on x randn), four variants set by env (read by the library at each call): "default" (chunk
 counters: the down GEMM's blocks wait for their chunk's gate_up blocks, not for gate_up's end; chunks longest
-first), "noflags" (JAMBA_EXT_MOE_SWAP_FLAGS=0), "index" (JAMBA_EXT_MOE_SWAP_ORDER=index: chunks expert by expert),
-"old" (both: the kernels' schedule before session 56). The four outputs must be bit-identical. ROUNDS rounds, each
+first; the epilogues' roundings in pairs), "noflags" (JAMBA_EXT_MOE_SWAP_FLAGS=0), "index"
+(JAMBA_EXT_MOE_SWAP_ORDER=index: chunks expert by expert), "f2f" (JAMBA_EXT_MOE_SWAP_EPI=f2f: a conversion a
+value), "old" (all three: the kernel before session 56). The outputs must be bit-identical. ROUNDS rounds, each
 timing every variant (benchmarks/common.time_ms, CUDA events, median of REPS calls); the table gives each variant's
 median over the rounds and its share of the dense bf16 matmul rate measured in the same process (8192^3). Then the
 kernels' times of "default" and "old" (torch.profiler; a kernel's time includes its wait for the one before).
 
 ksweep: gate_up and down alone by kernel time (profiler) with every expert at 256 rows (T 2048, top-2, uniform),
 F 14336, H 2048 / 4096 / 8192: gate_up's blocks are the same 3584 (224 W blocks x 16 experts), each with H / 64 k
-steps; the fit time = a + b * k steps says what a block costs besides its k steps (fill, epilogue, launch)."""
+steps; the fit time = a + b * k steps says what a block costs besides its k steps (fill, epilogue, launch); for
+the default and for JAMBA_EXT_MOE_SWAP_EPI=f2f, timed in turns."""
 import os
 import sys
 
@@ -29,13 +31,14 @@ import common  # noqa: E402
 F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "noflags": {"JAMBA_EXT_MOE_SWAP_FLAGS": "0"},
-            "index": {"JAMBA_EXT_MOE_SWAP_ORDER": "index"},
-            "old": {"JAMBA_EXT_MOE_SWAP_FLAGS": "0", "JAMBA_EXT_MOE_SWAP_ORDER": "index"}}
-ROUNDS, REPS = 5, 10
+            "index": {"JAMBA_EXT_MOE_SWAP_ORDER": "index"}, "f2f": {"JAMBA_EXT_MOE_SWAP_EPI": "f2f"},
+            "old": {"JAMBA_EXT_MOE_SWAP_FLAGS": "0", "JAMBA_EXT_MOE_SWAP_ORDER": "index",
+                    "JAMBA_EXT_MOE_SWAP_EPI": "f2f"}}
+ROUNDS, REPS = 7, 10
 
 
 def set_env(env):
-    for k in ("JAMBA_EXT_MOE_SWAP_FLAGS", "JAMBA_EXT_MOE_SWAP_ORDER"):
+    for k in ("JAMBA_EXT_MOE_SWAP_FLAGS", "JAMBA_EXT_MOE_SWAP_ORDER", "JAMBA_EXT_MOE_SWAP_EPI"):
         os.environ.pop(k, None)
     os.environ.update(env)
 
@@ -105,29 +108,38 @@ def ksweep():
     ids = torch.stack([idx % E, (idx + 1) % E], 1).to(torch.int32)
     w = torch.full((T, K), 0.5, device=dev)
     offsets, slots = ops.moe_permute(ids, E)
-    pts = []
+    pts = {"default": [], "f2f": []}
     for H in (2048, 4096, 8192):
         torch.manual_seed(0)
         wgu = (torch.randn(E, 2 * F, H, device=dev) * H ** -0.5).to(dt)
         wd = (torch.randn(E, H, F, device=dev) * F ** -0.5).to(dt)
         x = torch.randn(T, H, device=dev).to(dt)
-        kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
-        gu = sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k)
-        dn = sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k)
         steps = H // 64
-        pts.append((steps, gu))
-        print(f"  H {H:5d}: gate_up {gu:8.1f} us ({steps} k steps a block, "
-              f"{2.0 * T * K * 2 * F * H / gu / 1e6:.0f} TFLOP/s), down {dn:8.1f} us "
-              f"({2.0 * T * K * F * H / dn / 1e6:.0f} TFLOP/s)")
+        res = {n: [] for n in pts}
+        for _ in range(3):
+            for name in pts:
+                set_env({"JAMBA_EXT_MOE_SWAP_EPI": "f2f"} if name == "f2f" else {})
+                kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
+                res[name].append((sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k),
+                                  sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k)))
+        set_env({})
+        for name in pts:
+            gu, dn = sorted(r[0] for r in res[name])[1], sorted(r[1] for r in res[name])[1]
+            pts[name].append((steps, gu))
+            print(f"  H {H:5d} {name:7s}: gate_up {gu:8.1f} us ({steps} k steps a block, "
+                  f"{2.0 * T * K * 2 * F * H / gu / 1e6:.0f} TFLOP/s), down {dn:8.1f} us "
+                  f"({2.0 * T * K * F * H / dn / 1e6:.0f} TFLOP/s)")
         wgu = wd = x = None
         torch.cuda.empty_cache()
-    n = len(pts)
-    mx, my = sum(p[0] for p in pts) / n, sum(p[1] for p in pts) / n
-    b = sum((p[0] - mx) * (p[1] - my) for p in pts) / sum((p[0] - mx) ** 2 for p in pts)
-    a = my - b * mx
     waves = 3584 / torch.cuda.get_device_properties(0).multi_processor_count
-    print(f"  fit: gate_up = {a:.1f} + {b:.2f} us a k step; per block (/{waves:.2f} waves): {a / waves:.2f} us "
-          f"+ {b / waves:.3f} us a k step -> at 64 k steps {100 * a / (a + 64 * b):.1f}% of the time is not k steps")
+    for name, p in pts.items():
+        n = len(p)
+        mx, my = sum(q[0] for q in p) / n, sum(q[1] for q in p) / n
+        b = sum((q[0] - mx) * (q[1] - my) for q in p) / sum((q[0] - mx) ** 2 for q in p)
+        a = my - b * mx
+        print(f"  fit {name}: gate_up = {a:.1f} + {b:.2f} us a k step; per block (/{waves:.2f} waves): "
+              f"{a / waves:.2f} us + {b / waves:.3f} us a k step -> at 64 k steps {100 * a / (a + 64 * b):.1f}% of "
+              "the time is not k steps")
 
 
 if __name__ == "__main__":

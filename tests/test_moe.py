@@ -272,8 +272,8 @@ def test_moe_swap_engine(monkeypatch):
     experts of more than 320 rows (several chunks), an expert with every first choice and empty experts, f16 too,
     more than 32 experts (sw_chunk's one-lane walk); more tiles than SMs, one k tile a tile; two runs bit-identical,
     and bit-identical to the runs without the chunk counters (JAMBA_EXT_MOE_SWAP_FLAGS=0: the down GEMM waits for
-    gate_up's end) and with the chunks expert by expert (JAMBA_EXT_MOE_SWAP_ORDER=index); the profiler shows the
-    swap kernel ran."""
+    gate_up's end), with the chunks expert by expert (JAMBA_EXT_MOE_SWAP_ORDER=index) and with the epilogues'
+    roundings a value at a time (JAMBA_EXT_MOE_SWAP_EPI=f2f); the profiler shows the swap kernel ran."""
     if not hopper_code():
         pytest.skip("wgmma engines: Hopper only")
     dev = torch.device("cuda")
@@ -291,6 +291,7 @@ def test_moe_swap_engine(monkeypatch):
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, out), (T, H, F, E, K, dtype)
         for env in ({"JAMBA_EXT_MOE_SWAP_FLAGS": "0"}, {"JAMBA_EXT_MOE_SWAP_ORDER": "index"},
+                    {"JAMBA_EXT_MOE_SWAP_EPI": "f2f"},
                     {"JAMBA_EXT_MOE_SWAP_FLAGS": "0", "JAMBA_EXT_MOE_SWAP_ORDER": "index"}):
             for k, v in env.items():
                 monkeypatch.setenv(k, v)

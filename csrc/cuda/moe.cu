@@ -1077,6 +1077,8 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
             JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, sched,
                                       (int)(flags ? 2 + nchunk_bound : nsched < 2 ? nsched : 2), stream));
             g.swap_index_order = order_env != NULL && !strcmp(order_env, "index");
+            const char *epi_env = getenv("JAMBA_EXT_MOE_SWAP_EPI"); /* "f2f": sw_act2 / sw_scaled2 off (A/B) */
+            g.swap_epi_f2f = epi_env != NULL && !strcmp(epi_env, "f2f");
             g.A = p->slot_out.data, g.W = p->w_gate_up.data, g.C = p->act.data;
             g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1, g.sched = sched;
             g.chunk_done = flags ? sched + 2 : NULL;

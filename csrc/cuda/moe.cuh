@@ -62,6 +62,7 @@ struct moe_gemm_args {
                                * the plain PDL wait). gate_up's blocks add one when their outputs are stored; the down
                                * GEMM then does not wait for gate_up's end: each block waits for its chunk's count */
     int swap_index_order;     /* swap engine: 0 = chunks longest first (E <= 32), 1 = expert by expert (see sw_chunk) */
+    int swap_epi_f2f;         /* swap engine: 1 = the epilogues' roundings a value at a time (A/B; see sw_act2) */
 };
 
 /* rows of one chunk of the swap engine (an expert's rows split into near-equal chunks of at most this many); the

@@ -1060,6 +1060,35 @@ template <typename T> __device__ __forceinline__ uint32_t sw_pack(float lo, floa
     return u;
 }
 
+/* The epilogues' roundings two values at a time (session 56): one cvt.rn.{bf16x2,f16x2}.f32 (sw_pack) for a pair
+ * instead of an F2F each; the same bits as sw_pack of moe_act_fast / moe_scaled. The conversions, not the math, were
+ * most of gate_up's epilogue (4 F2F and 2 MUFU an output on the 16-a-cycle pipe: ~6K cycles a block of ~90K). */
+template <typename T> __device__ __forceinline__ void sw_unpack(uint32_t p, float &lo, float &hi) {
+    if (std::is_same<T, __half>::value) {
+        __half2 h;
+        memcpy(&h, &p, 4);
+        lo = __low2float(h);
+        hi = __high2float(h);
+    } else {
+        lo = __uint_as_float(p << 16);
+        hi = __uint_as_float(p & 0xffff0000u);
+    }
+}
+/* sw_pack(moe_act_fast(g0, u0), moe_act_fast(g1, u1)) */
+template <typename T> __device__ __forceinline__ uint32_t sw_act2(float g0, float g1, float u0, float u1) {
+    float a0, a1, b0, b1, s0, s1;
+    sw_unpack<T>(sw_pack<T>(g0, g1), a0, a1);
+    sw_unpack<T>(sw_pack<T>(u0, u1), b0, b1);
+    sw_unpack<T>(sw_pack<T>(__fdividef(a0, 1.f + __expf(-a0)), __fdividef(a1, 1.f + __expf(-a1))), s0, s1);
+    return sw_pack<T>(s0 * b0, s1 * b1);
+}
+/* sw_pack(moe_scaled(y0, w0), moe_scaled(y1, w1)) for w0, w1 already rounded to T */
+template <typename T> __device__ __forceinline__ uint32_t sw_scaled2(float y0, float y1, float w0, float w1) {
+    float a0, a1;
+    sw_unpack<T>(sw_pack<T>(y0, y1), a0, a1);
+    return sw_pack<T>(a0 * w0, a1 * w1);
+}
+
 /* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
  * wgmmas of a loop that may run no iteration, C7515), then the epilogue through the ring */
 template <typename T, bool GATE_UP, int NC>
@@ -1118,9 +1147,15 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
         const float *x = d + c * 16;
         if (GATE_UP) {          /* rows r / r + 8: one output's gate / up; 8 outputs a warp, 4 groups of 8 rows */
             uint32_t r[4];
+            if (a.swap_epi_f2f) {   /* (env JAMBA_EXT_MOE_SWAP_EPI=f2f: a conversion a value, A/B) */
 #pragma unroll
-            for (int j = 0; j < 4; j++)
-                r[j] = sw_pack<T>(moe_act_fast<T>(x[4 * j], x[4 * j + 2]), moe_act_fast<T>(x[4 * j + 1], x[4 * j + 3]));
+                for (int j = 0; j < 4; j++)
+                    r[j] = sw_pack<T>(moe_act_fast<T>(x[4 * j], x[4 * j + 2]),
+                                      moe_act_fast<T>(x[4 * j + 1], x[4 * j + 3]));
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; j++) r[j] = sw_act2<T>(x[4 * j], x[4 * j + 1], x[4 * j + 2], x[4 * j + 3]);
+            }
             asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
                          ::"r"(ring + (c * 32 + 8 * q + i) * PITCH + (32 * wg + 8 * warp) * 2), "r"(r[0]), "r"(r[1]),
                          "r"(r[2]), "r"(r[3]) : "memory");
@@ -1133,20 +1168,21 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
                     const int t = c * 32 + 8 * j + 2 * (lane & 3) + h;
                     w[2 * j + h] = t < len ? a.weights[a.sorted[row0 + t]] : 0.f;
                 }
+            const bool f2f = a.swap_epi_f2f;
+#pragma unroll
+            for (int j = 0; j < 4; j++)   /* round(w) once (moe_scaled rounds it again: the same value) */
+                sw_unpack<T>(sw_pack<T>(w[2 * j], w[2 * j + 1]), w[2 * j], w[2 * j + 1]);
+#define SW_SC(k, m) (f2f ? sw_pack<T>(moe_scaled<T>(x[k], w[m]), moe_scaled<T>(x[(k) + 1], w[(m) + 1])) \
+                         : sw_scaled2<T>(x[k], x[(k) + 1], w[m], w[(m) + 1]))
 #pragma unroll
             for (int j = 0; j < 4; j += 2)
                 asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
                              ::"r"(ring + (c * 32 + 8 * (j + (q >> 1)) + i) * PITCH + (64 * wg + 16 * warp +
                                                                                         8 * (q & 1)) * 2),
-                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j], w[2 * j]),
-                                            moe_scaled<T>(x[4 * j + 1], w[2 * j + 1]))),
-                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 2], w[2 * j]),
-                                            moe_scaled<T>(x[4 * j + 3], w[2 * j + 1]))),
-                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 4], w[2 * j + 2]),
-                                            moe_scaled<T>(x[4 * j + 5], w[2 * j + 3]))),
-                             "r"(sw_pack<T>(moe_scaled<T>(x[4 * j + 6], w[2 * j + 2]),
-                                            moe_scaled<T>(x[4 * j + 7], w[2 * j + 3])))
+                             "r"(SW_SC(4 * j, 2 * j)), "r"(SW_SC(4 * j + 2, 2 * j)), "r"(SW_SC(4 * j + 4, 2 * j + 2)),
+                             "r"(SW_SC(4 * j + 6, 2 * j + 2))
                              : "memory");
+#undef SW_SC
         }
     }
     asm volatile("bar.sync 1, 256;\n" ::: "memory");
