@@ -9,14 +9,16 @@ counters: the down GEMM's blocks wait for their chunk's gate_up blocks, not for 
 first; the epilogues' roundings in pairs), "noflags" (JAMBA_EXT_MOE_SWAP_FLAGS=0), "index"
 (JAMBA_EXT_MOE_SWAP_ORDER=index: chunks expert by expert), "f2f" (JAMBA_EXT_MOE_SWAP_EPI=f2f: a conversion a
 value), "old" (all three: the kernel before session 56). The outputs must be bit-identical. ROUNDS rounds, each
-timing every variant (benchmarks/common.time_ms, CUDA events, median of REPS calls); the table gives each variant's
+timing every variant (benchmarks/common.time_ms, CUDA events, median of REPS calls), round r starting at variant
+r mod 5 (the clock falls within a round); the table gives each variant's
 median over the rounds and its share of the dense bf16 matmul rate measured in the same process (8192^3). Then the
 kernels' times of "default" and "old" (torch.profiler; a kernel's time includes its wait for the one before).
 
 ksweep: gate_up and down alone by kernel time (profiler) with every expert at 256 rows (T 2048, top-2, uniform),
 F 14336, H 2048 / 4096 / 8192: gate_up's blocks are the same 3584 (224 W blocks x 16 experts), each with H / 64 k
 steps; the fit time = a + b * k steps says what a block costs besides its k steps (fill, epilogue, launch); for
-the default and for JAMBA_EXT_MOE_SWAP_EPI=f2f, timed in turns."""
+the default and for JAMBA_EXT_MOE_SWAP_EPI=f2f, four turns each, which runs first alternating (the mean of
+the middle two)."""
 import os
 import sys
 
@@ -81,9 +83,10 @@ def ab(tokens):
             outs[name] = op()
         same = all(torch.equal(outs["default"], o) for o in outs.values())
         times = {n: [] for n in VARIANTS}
-        for _ in range(ROUNDS):
-            for name, env in VARIANTS.items():
-                set_env(env)
+        names = list(VARIANTS)
+        for r in range(ROUNDS):  # each round starts at another variant (the clock falls within a round)
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                set_env(VARIANTS[name])
                 times[name].append(common.time_ms(op, dev, warmup=2, reps=REPS)["median_ms"] * 1e3)
         counts = torch.bincount(ops.moe_route(logits, K)[1].flatten().long(), minlength=E).tolist()
         flops = 2.0 * T * K * 3 * H * F
@@ -116,15 +119,16 @@ def ksweep():
         x = torch.randn(T, H, device=dev).to(dt)
         steps = H // 64
         res = {n: [] for n in pts}
-        for _ in range(3):
-            for name in pts:
+        for r in range(4):  # alternating which runs first
+            for name in (list(pts) if r % 2 == 0 else list(pts)[::-1]):
                 set_env({"JAMBA_EXT_MOE_SWAP_EPI": "f2f"} if name == "f2f" else {})
                 kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
                 res[name].append((sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k),
                                   sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k)))
         set_env({})
         for name in pts:
-            gu, dn = sorted(r[0] for r in res[name])[1], sorted(r[1] for r in res[name])[1]
+            gu, dn = sorted(r[0] for r in res[name])[1:3], sorted(r[1] for r in res[name])[1:3]
+            gu, dn = sum(gu) / 2, sum(dn) / 2  # the mean of the middle two of four
             pts[name].append((steps, gu))
             print(f"  H {H:5d} {name:7s}: gate_up {gu:8.1f} us ({steps} k steps a block, "
                   f"{2.0 * T * K * 2 * F * H / gu / 1e6:.0f} TFLOP/s), down {dn:8.1f} us "
