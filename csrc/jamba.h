@@ -301,8 +301,7 @@ jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p, jamba_lau
  *   w_gate_up (E, 2F, H) and w_down (E, H, F) contiguous, x's dtype (gate rows first: transformers 5.x);
  *   workspaces act (T*TOPK, F) and slot_out (T*TOPK, H), contiguous, x's dtype; optional workspace sched (>= 2,)
  *   int32, any contents (the tile counters of the persistent Hopper GEMMs, zeroed on the device before use;
- *   without it impl wgmma runs its non-persistent kernel; with 2 + E + ceil(T*TOPK / 320) elements or more the
- *   rest are chunk counters by which the swap-AB engine's down GEMM starts before its gate_up GEMM ends). */
+ *   without it impl wgmma runs its non-persistent kernel). */
 typedef enum {
     JAMBA_MOE_IMPL_AUTO = 0,      /* by size and dtype */
     JAMBA_MOE_IMPL_MMA = 1,       /* tensor-core grouped GEMM (bf16/f16, H and F multiples of 8) */

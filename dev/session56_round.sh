@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Session 56's device calls on one H200 (device tool), one script: build, then by MODE
-#   first   the swap engine's chunk counters (the down GEMM's blocks wait for their chunk's gate_up blocks, not for
-#           gate_up's end) and its longest-first block order: where ptxas spilled (SASS), test_moe_swap_engine /
-#           wgmma_tiles / swap_cuda_graph, then dev/swap_sched_ab.py (ab at 1536 / 2048 / 2304 tokens, in turns
-#           against the schedule before; ksweep: gate_up's cost besides its k steps), then all of test_moe.py with
-#           the swap engine forced
-#   epi     the swap engine's epilogues with their roundings in pairs (sw_act2 / sw_scaled2): the swap tests, then
-#           dev/swap_sched_ab.py ab 2048 2304 (variants in turns, f2f = a conversion a value) and ksweep (the fit for
-#           both epilogues)
-#   second  the MoE and model CUDA tests by default, memcheck / racecheck of the MoE engines with swap forced,
-#           bench_moe at 2048 tokens
+#   first   (ran at df6bcc7) chunk counters by which the swap engine's down GEMM started as its chunk's gate_up blocks
+#           ended, and the blocks longest chunk first: where ptxas spilled (SASS), test_moe_swap_engine / wgmma_tiles /
+#           swap_cuda_graph, dev/swap_sched_ab.py ab at 1536 / 2048 / 2304 tokens and ksweep, all of test_moe.py with
+#           the swap engine forced (both ideas within +-1.5%: removed after)
+#   epi     (ran at 48a6862 and f5db73f, the same kernels) the epilogues with their roundings in pairs (sw_act2 /
+#           sw_scaled2): the swap tests, dev/swap_sched_ab.py ab 2048 2304 (variants in turns; f2f = a conversion a
+#           value) and ksweep (the fit for both epilogues)
+#   second  the kernel as kept (the pairs, no counters): the MoE and model CUDA tests by default, all of test_moe.py
+#           with swap forced, memcheck / racecheck of the MoE engines with swap forced
+#   bench   bench_moe at 1536 / 2048 / 2304 tokens (ours, swap with the f2f epilogue, the 128 x 256 tiles, dense mm),
+#           then dev/swap_sched_ab.py ab 2048 and ksweep
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session56_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -53,16 +54,25 @@ second)
   step "CUDA tests of the MoE and the model, default rule"
   timeout 200 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \
     -p no:cacheprovider 2>&1 | tail -6
+  step "all of test_moe.py's CUDA tests with JAMBA_EXT_MOE_SWAP=1"
+  JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
+    -p no:cacheprovider 2>&1 | tail -4
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool of the MoE engines with JAMBA_EXT_MOE_SWAP=1 (bench_moe --sanitize)"
     JAMBA_EXT_MOE_SWAP=1 timeout 120 compute-sanitizer --tool $tool --print-limit 10 python3 \
       benchmarks/bench_moe.py --sanitize 2>&1 | tail -4
-  done
-  step "bench_moe at 2048 tokens"
-  timeout 100 python3 benchmarks/bench_moe.py --tokens 2048 --only "ours,ours:wgmma noswap,dense mm" \
-    --name bench_moe_s56 2>&1 | grep -v "Warning\|_warn_once\|speed-up" | tail -8
-  cp benchmarks/results/bench_moe_s56.json "$OUT/" 2>/dev/null ;;
-*) echo "unknown mode $mode (first, epi, second)"; exit 2 ;;
+  done ;;
+bench)
+  step "bench_moe at 1536 / 2048 / 2304 tokens"
+  timeout 200 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 \
+    --only "ours,ours:wgmma swap f2f,ours:wgmma noswap,dense mm" --name bench_moe_s56 \
+    2>&1 | grep -v "Warning\|_warn_once\|speed-up" | tail -24
+  cp benchmarks/results/bench_moe_s56.json "$OUT/" 2>/dev/null
+  step "dev/swap_sched_ab.py ab 2048"
+  timeout 100 python3 dev/swap_sched_ab.py ab 2048 2>&1 | grep -v Warning | tail -8
+  step "dev/swap_sched_ab.py ksweep"
+  timeout 150 python3 dev/swap_sched_ab.py ksweep 2>&1 | grep -v Warning | tail -12 ;;
+*) echo "unknown mode $mode (first, epi, second, bench)"; exit 2 ;;
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"

@@ -1011,9 +1011,7 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
     out = _alloc((T, H), x.dtype, x.device)
     slot_out = _alloc((T * K, H), x.dtype, x.device)
     act = _alloc((T * K, Fd), x.dtype, x.device)
-    # tile counters of the persistent Hopper GEMMs, then the swap engine's chunk counters (E + ceil(T*K / 320):
-    # moe.cuh MOE_SWAP_MAX_ROWS); zeroed on the device
-    sched = _alloc((2 + E + -(-T * K // 320),), torch.int32, x.device)
+    sched = _alloc((2,), torch.int32, x.device)  # tile counters of the persistent Hopper GEMMs (zeroed on device)
     _call(op, x.device, op, [("out", out), ("x", xc), ("weights", w32), ("expert_ids", ids),
                              ("expert_offsets", expert_offsets), ("sorted_slots", sorted_slots),
                              ("w_gate_up", w_gate_up), ("w_down", w_down), ("act", act),

@@ -115,15 +115,6 @@ __device__ __forceinline__ void jamba_pdl_begin() {
 #endif
 }
 
-/* Only the second half of jamba_pdl_begin(): lets the next kernel be scheduled, without waiting for the previous
- * one. For a kernel that orders itself after the previous one by flags in memory (moe_swap_kernel's down GEMM,
- * moe_gemm_args.chunk_done); it still starts with jamba_pdl_weights_first() and has a jamba_pdl_begin() path. */
-__device__ __forceinline__ void jamba_pdl_trigger() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
-}
-
 /* For a kernel that reads model weights before its jamba_pdl_begin(): its first statement instead (tests/test_build.py
  * then wants jamba_pdl_begin() later in the body). Before the wait the stream's previous kernel may still run (never
  * an earlier one: that completed before the previous kernel passed its own wait), so only memory that no kernel of

@@ -1066,27 +1066,13 @@ static jamba_status experts_launch(const jamba_moe_experts_params *p, int device
             /* x gathered into sorted order in slot_out (free until the down GEMM writes it), then both GEMMs
              * with TMA-loaded tiles (moe_wgmma.cu) */
             const int dt = std::is_same<T, __half>::value ? JAMBA_F16 : JAMBA_BF16;
-            /* sched: the tile counters of the persistent kernel (two), then with room for them the swap engine's
-             * chunk counters (moe_gemm_args.chunk_done; env JAMBA_EXT_MOE_SWAP_FLAGS=0: not used); zeroed by the
-             * gather. env JAMBA_EXT_MOE_SWAP_ORDER=index: the swap engine's chunks expert by expert (sw_chunk) */
-            int32_t *sched = (int32_t *)p->sched.data;
-            const int64_t nsched = sched != NULL ? p->sched.shape[0] : 0;
-            const int64_t nchunk_bound = E + jamba_ceil_div(slots, MOE_SWAP_MAX_ROWS);
-            const char *flags_env = getenv("JAMBA_EXT_MOE_SWAP_FLAGS"), *order_env = getenv("JAMBA_EXT_MOE_SWAP_ORDER");
-            const bool flags = nsched >= 2 + nchunk_bound && !(flags_env != NULL && !strcmp(flags_env, "0"));
-            JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, sched,
-                                      (int)(flags ? 2 + nchunk_bound : nsched < 2 ? nsched : 2), stream));
-            g.swap_index_order = order_env != NULL && !strcmp(order_env, "index");
-            const char *epi_env = getenv("JAMBA_EXT_MOE_SWAP_EPI"); /* "f2f": sw_act2 / sw_scaled2 off (A/B) */
-            g.swap_epi_f2f = epi_env != NULL && !strcmp(epi_env, "f2f");
+            int32_t *sched = (int32_t *)p->sched.data; /* tile counters (persistent kernel), zeroed by the gather */
+            JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, sched, stream));
             g.A = p->slot_out.data, g.W = p->w_gate_up.data, g.C = p->act.data;
             g.Kd = H, g.N = F, g.w_rows = 2 * F, g.gate_up = 1, g.sched = sched;
-            g.chunk_done = flags ? sched + 2 : NULL;
-            int swapped = 0;
-            JAMBA_TRY(moe_wgmma_gemm(dt, g, slots, device, stream, &swapped));
+            JAMBA_TRY(moe_wgmma_gemm(dt, g, slots, device, stream));
             g.A = p->act.data, g.W = p->w_down.data, g.C = p->slot_out.data;
             g.Kd = F, g.N = H, g.w_rows = H, g.gate_up = 0, g.sched = sched ? sched + 1 : NULL;
-            if (!swapped) g.chunk_done = NULL; /* (only the swap engine's gate_up counts chunks) */
             JAMBA_TRY(moe_wgmma_gemm(dt, g, slots, device, stream));
             return combine_launch<T>(p, device, stream);
         }
@@ -1165,7 +1151,7 @@ static jamba_status fp8_ring_launch(const jamba_moe_experts_fp8_params *p, int d
     wg = wg && moe_wgmma_available(device) && moe_wgmma_coords_fit(E, 2 * F, slots) &&
          moe_wgmma_coords_fit(E, H, slots);
     if (wg) { /* x gathered into sorted order in slot_out (free until the down GEMM writes it) */
-        JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, NULL, 0, stream));
+        JAMBA_TRY(moe_gather_rows(dt, p->slot_out.data, p->x.data, g.sorted, (int)K, slots, H, NULL, stream));
         g.A = p->slot_out.data;
     } else {
         g.A = p->x.data;

@@ -58,16 +58,8 @@ struct moe_gemm_args {
     int half_tiles;           /* persistent wgmma kernel: an expert's last <= 64 rows as a half tile (set by its launcher) */
     const float *wscale;      /* fp8 weights (moe_decode_kernel F8, moe_wgmma_gemm_f8): (E, w_rows) row scales */
     const float *ascale;      /* fp8 A rows (moe_wgmma_gemm_q8): (slots,) a scale per sorted row */
-    int32_t *chunk_done;      /* swap engine (moe_swap_kernel), both GEMMs: a counter per chunk, zero on entry (NULL:
-                               * the plain PDL wait). gate_up's blocks add one when their outputs are stored; the down
-                               * GEMM then does not wait for gate_up's end: each block waits for its chunk's count */
-    int swap_index_order;     /* swap engine: 0 = chunks longest first (E <= 32), 1 = expert by expert (see sw_chunk) */
-    int swap_epi_f2f;         /* swap engine: 1 = the epilogues' roundings a value at a time (A/B; see sw_act2) */
+    int swap_epi_f2f;         /* swap engine (set by its launcher): 1 = the epilogues round a value a conversion */
 };
-
-/* rows of one chunk of the swap engine (an expert's rows split into near-equal chunks of at most this many); the
- * chunk bound of a GEMM of `slots` rows over E experts is E + ceil(slots / MOE_SWAP_MAX_ROWS) */
-#define MOE_SWAP_MAX_ROWS 320
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */
 template <typename T> __device__ __forceinline__ float moe_act(float g, float u) {
@@ -95,10 +87,8 @@ template <> __device__ __forceinline__ void store2<__half>(__half *p, float a, f
 }
 
 /* engines defined in moe_wgmma.cu (sm_90a; UNSUPPORTED elsewhere). moe_wgmma_gemm: one GEMM with A rows in
- * sorted order (a.gate_up: the rows gathered by moe_gather_rows); *swapped (if given) = 1 when it ran the swap
- * engine, else 0 */
-jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream,
-                            int *swapped = NULL);
+ * sorted order (a.gate_up: the rows gathered by moe_gather_rows) */
+jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
 /* moe_wgmma_gemm on e4m3 weights (a.W bytes, a.wscale the (E, w_rows) row scales; moe_wgmma_f8ws_kernel): the fp32
  * sums times the row scales, then the same epilogues; bf16 / f16 A, Kd % 16 == 0 */
 jamba_status moe_wgmma_gemm_f8(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream);
@@ -112,10 +102,10 @@ jamba_status moe_wgmma_gemm_q8(int dtype, const moe_gemm_args &a, int64_t slots,
  * nearest even; amax 0: scale 1, q 0); K % 16 == 0, 16-byte aligned rows; sched[0..1] = 0 (if not NULL) */
 jamba_status moe_quant_rows_fp8(int dtype, uint8_t *q, float *scale, const void *x, const int32_t *idx, int topk,
                                 int64_t rows, int64_t K, int32_t *sched, cudaStream_t stream);
-/* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows; sched[0 .. nsched) = 0 (if not
- * NULL: the tile counters of the two GEMMs that follow, and the swap engine's chunk counters) */
+/* xs[p, :] = x[sorted[p] / topk, :], p < slots; H % 8 == 0, 16-byte aligned rows; sched[0..1] = 0 (if not NULL:
+ * the tile counters of the two GEMMs that follow) */
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
-                             int64_t H, int32_t *sched, int nsched, cudaStream_t stream);
+                             int64_t H, int32_t *sched, cudaStream_t stream);
 /* the experts of a few tokens by the weight-streaming GEMVs of moe_gemv.cu, fused combine included; *ran = 0
  * when the path does not apply (more tokens than it takes, dtype not bf16/f16, env JAMBA_EXT_MOE_GEMV=0): nothing
  * was launched */

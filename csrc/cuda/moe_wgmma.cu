@@ -209,10 +209,9 @@ template <int MODE> struct wt_cfg {
 
 template <typename T>
 __global__ void __launch_bounds__(256) moe_gather_rows_kernel(T *xs, const T *x, const int32_t *sorted, int topk,
-                                                               int64_t slots, int64_t H, int32_t *sched, int nsched) {
+                                                               int64_t slots, int64_t H, int32_t *sched) {
     jamba_pdl_begin();
-    if (sched != NULL && blockIdx.x == 0) /* the GEMMs' tile counters, the swap engine's chunk counters */
-        for (int i = threadIdx.x; i < nsched; i += 256) sched[i] = 0;
+    if (sched != NULL && blockIdx.x == 0 && threadIdx.x < 2) sched[threadIdx.x] = 0; /* the GEMMs' tile counters */
     const int64_t p = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
     if (p >= slots) return;
     const uint4 *src = reinterpret_cast<const uint4 *>(x + (int64_t)(sorted[p] / topk) * H);
@@ -953,7 +952,8 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
  *   tile, 128-byte swizzle, a ring of SW_STAGES stages of 56 KB with full / empty mbarriers).
  *   gate_up: each warp's 16 fragment rows are 8 gate rows and the same outputs' 8 up rows (ldmatrix's row choice),
  *   so a thread's accumulator rows r and r + 8 are one output's gate and up: act = moe_act_fast(g, u) in the thread.
- *   down: round(y) * round(w of the slot) (moe_scaled), to the slot's row. Epilogue: the values as T, transposed
+ *   down: round(y) * round(w of the slot) (moe_scaled), to the slot's row; both with two roundings a conversion
+ *   (sw_act2 / sw_scaled2). Epilogue: the values as T, transposed
  *   into the ring's shared memory by stmatrix.x4.trans (a row's outputs contiguous), then 16-byte stores.
  *   Rows of a box past the chunk, W rows past the expert or N, k past Kd: as moe_wgmma_kernel's (zero-filled or
  *   masked). ptxas: no spills but in the f16 gate_up instance (124 bytes). Labs (dev/cuda/swap_ab_lab.cu; the whole
@@ -963,7 +963,7 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
 #define SW_STAGES 4
 #define SW_A_BYTES (128 * WG_BK * 2)                     /* the W box: 128 rows */
 #define SW_STAGE_BYTES (SW_A_BYTES + SW_MAX_ROWS * WG_BK * 2)
-#define SW_SMEM (SW_STAGES * SW_STAGE_BYTES + 1024 + 2 * SW_STAGES * 8 + 16) /* + alignment room, barriers, chunk */
+#define SW_SMEM (SW_STAGES * SW_STAGE_BYTES + 1024 + 2 * SW_STAGES * 8)
 #define SW_THREADS 384
 static_assert(SW_MAX_ROWS * (128 * 2 + 16) <= SW_STAGES * SW_STAGE_BYTES, "moe_swap: the epilogue fits the ring");
 
@@ -992,60 +992,21 @@ template <bool GATE_UP> __device__ __forceinline__ void sw_load_a(uint32_t (&a)[
                  : "r"(sa + (r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4)));
 }
 
-/* block y -> chunk y: expert meta[0]'s sorted rows [meta[1], meta[1] + meta[2]); meta[2] = 0 past the last chunk.
- * Expert e's n rows are split into nch = ceil(n / SW_MAX_ROWS) near-equal chunks of csz = ceil(n / nch) rows (the
- * last may be shorter), an expert's chunks numbered together. Order of the experts: by decreasing csz (ties: the
- * lower expert first) when E <= 32 and not a.swap_index_order -- the longest blocks start first and the last wave
- * holds the shortest (longest processing time first: session 56) --, else expert by expert. Called by warp 0 (lane
- * e holds expert e; E > 32: lane 0 walks the experts). Both GEMMs of an op map y to the same rows (chunk_done). */
-__device__ __forceinline__ void sw_chunk(const moe_gemm_args &a, int y, int *meta) {
-    const int lane = threadIdx.x & 31;
-    if (a.E <= 32) {
-        int o = 0, n = 0, nch = 0, csz = 0;
-        if (lane < a.E) {
-            o = __ldcg(a.offsets + lane);
-            n = __ldcg(a.offsets + lane + 1) - o;
-            nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
-            csz = nch > 0 ? (n + nch - 1) / nch : 0;
-        }
-        const bool lpt = !a.swap_index_order;
-        int first = 0; /* chunks ordered before expert lane's */
-        for (int j = 0; j < a.E; j++) {
-            const int cj = __shfl_sync(~0u, csz, j), nj = __shfl_sync(~0u, nch, j);
-            if (lpt ? (cj > csz || (cj == csz && j < lane)) : j < lane) first += nj;
-        }
-        const bool mine = lane < a.E && y >= first && y < first + nch;
-        if (__ballot_sync(~0u, mine) == 0) {
-            if (lane == 0) meta[2] = 0;
-        } else if (mine) {
-            const int start = (y - first) * csz;
-            meta[0] = lane;
-            meta[1] = o + start;
-            meta[2] = n - start < csz ? n - start : csz;
-        }
-        return;
-    }
-    if (lane != 0) return;
-    meta[2] = 0;
-    int first = 0;
+/* block y -> expert e and the chunk's sorted rows [row0, row0 + len); false past the last chunk */
+__device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int *e_out, int64_t *row0, int *len) {
+    int64_t first = 0;
     for (int e = 0; e < a.E; e++) {
-        const int o = __ldcg(a.offsets + e), n = __ldcg(a.offsets + e + 1) - o;
-        const int nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
+        const int64_t o = a.offsets[e], n = a.offsets[e + 1] - o, nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
         if (y < first + nch) {
-            const int csz = (n + nch - 1) / nch, start = (y - first) * csz;
-            meta[0] = e;
-            meta[1] = o + start;
-            meta[2] = n - start < csz ? n - start : csz;
-            return;
+            const int64_t j = y - first, csz = (n + nch - 1) / nch, start = j * csz;
+            *e_out = e;
+            *row0 = o + start;
+            *len = (int)(n - start < csz ? n - start : csz);
+            return true;
         }
         first += nch;
     }
-}
-
-__device__ __forceinline__ int sw_ld_acquire(const int32_t *p) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
-    return v;
+    return false;
 }
 
 template <typename T> __device__ __forceinline__ uint32_t sw_pack(float lo, float hi) {
@@ -1061,8 +1022,9 @@ template <typename T> __device__ __forceinline__ uint32_t sw_pack(float lo, floa
 }
 
 /* The epilogues' roundings two values at a time (session 56): one cvt.rn.{bf16x2,f16x2}.f32 (sw_pack) for a pair
- * instead of an F2F each; the same bits as sw_pack of moe_act_fast / moe_scaled. The conversions, not the math, were
- * most of gate_up's epilogue (4 F2F and 2 MUFU an output on the 16-a-cycle pipe: ~6K cycles a block of ~90K). */
+ * instead of an F2F each; the same bits as sw_pack of moe_act_fast / moe_scaled (JAMBA_EXT_MOE_SWAP_EPI=f2f runs
+ * those, for A/B and the same-bits test). gate_up's epilogue had 4 F2F and 2 MUFU an output on the 16-a-cycle
+ * conversion / special-function pipe: ~6K cycles a block. Measured: docs/PERF_NOTES.md (MoE prefill, session 56). */
 template <typename T> __device__ __forceinline__ void sw_unpack(uint32_t p, float &lo, float &hi) {
     if (std::is_same<T, __half>::value) {
         __half2 h;
@@ -1093,7 +1055,8 @@ template <typename T> __device__ __forceinline__ uint32_t sw_scaled2(float y0, f
  * wgmmas of a loop that may run no iteration, C7515), then the epilogue through the ring */
 template <typename T, bool GATE_UP, int NC>
 __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring, unsigned char *ring_ptr,
-                                           uint32_t full, uint32_t empty, const int *meta, int KT) {
+                                           uint32_t full, uint32_t empty, int64_t row0, int len, int64_t col0,
+                                           int KT) {
     constexpr int NA = NC * 16;
     const int wg = threadIdx.x >> 7;
     float d[NA];
@@ -1136,9 +1099,6 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wg_pin(d);
     asm volatile("bar.sync 1, 256;\n" ::: "memory");   /* both warpgroups done with the ring: the epilogue's now */
-    /* the chunk's rows, read again here (not live through the k loop: registers) */
-    const int len = meta[2];
-    const int64_t row0 = meta[1], col0 = (GATE_UP ? 64 : 128) * (int64_t)blockIdx.x;
     /* row t of the chunk: its outputs (gate_up 64, down 128) at ring + t * PITCH, as T */
     constexpr int W_OUT = GATE_UP ? 64 : 128, PITCH = W_OUT * 2 + 16;
     const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, q = lane >> 3, i = lane & 7;
@@ -1147,7 +1107,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
         const float *x = d + c * 16;
         if (GATE_UP) {          /* rows r / r + 8: one output's gate / up; 8 outputs a warp, 4 groups of 8 rows */
             uint32_t r[4];
-            if (a.swap_epi_f2f) {   /* (env JAMBA_EXT_MOE_SWAP_EPI=f2f: a conversion a value, A/B) */
+            if (a.swap_epi_f2f) {
 #pragma unroll
                 for (int j = 0; j < 4; j++)
                     r[j] = sw_pack<T>(moe_act_fast<T>(x[4 * j], x[4 * j + 2]),
@@ -1197,33 +1157,22 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
         *reinterpret_cast<uint4 *>(C + row * a.N + n) =
             *reinterpret_cast<const uint4 *>(ring_ptr + t * PITCH + col * 16);
     }
-    if (GATE_UP && a.chunk_done != NULL) { /* this block's act rows are stored: count it for the down GEMM */
-        __threadfence();
-        asm volatile("fence.proxy.async.global;\n" ::: "memory"); /* (the down GEMM reads them by TMA) */
-        asm volatile("bar.sync 1, 256;\n" ::: "memory");
-        if (threadIdx.x == 0)
-            asm volatile("red.release.gpu.global.add.s32 [%0], 1;\n" ::"l"(a.chunk_done + blockIdx.y) : "memory");
-    }
 }
 
 template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                     moe_gemm_args a) {
-    jamba_pdl_weights_first();
-    /* the down GEMM with chunk counters does not wait for gate_up's end (moe_gemm_args.chunk_done): every kernel
-     * before gate_up completed before gate_up's blocks passed their wait, i.e. before this grid could start, and
-     * gate_up's act rows are waited for per chunk below (offsets, sorted and weights read with ld.cg) */
-    const bool flags = !GATE_UP && a.chunk_done != NULL;
-    if (flags) jamba_pdl_trigger();
-    else jamba_pdl_begin();
+    jamba_pdl_begin();
 #if MOE_HAS_WGMMA
+    int e, len;
+    int64_t row0;
+    if (!sw_chunk(a, blockIdx.y, &e, &row0, &len) || len <= 0) return;
+    const int NC = (len + 31) / 32, KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     extern __shared__ unsigned char sw_smem[];
     const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
     unsigned char *ring_ptr = sw_smem + (ring - smem_u32(sw_smem));
     const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES;
-    int *meta = reinterpret_cast<int *>(ring_ptr + SW_STAGES * SW_STAGE_BYTES + 16 * SW_STAGES); /* the chunk */
-    if (threadIdx.x < 32) sw_chunk(a, (int)blockIdx.y, meta);
     if (threadIdx.x == 0) {
         for (int st = 0; st < SW_STAGES; st++) {
             mbar_init(full + 8 * st, 1);
@@ -1232,36 +1181,18 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     __syncthreads();
-    const int e = meta[0], len = meta[2];
-    const int64_t row0 = meta[1];
-    if (len <= 0) return;
-    const int NC = (len + 31) / 32, KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     if (threadIdx.x >= 256) {                  /* the producer warpgroup; thread 256 issues */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (threadIdx.x == 256) {
             const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
                                      : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
-            /* with chunk counters: the first stages' W boxes (weights) go out before the wait for gate_up's
-             * blocks of this chunk (ceil(F / 64) of them), their A boxes after it */
-            const int pre = flags ? (KT < SW_STAGES ? KT : SW_STAGES) : 0;
-            for (int kt = 0; kt < pre; kt++) {
-                mbar_expect_tx(full + 8 * kt, SW_A_BYTES + NC * 32 * WG_BK * 2);
-                tma_load_2d(ring + kt * SW_STAGE_BYTES, &tmW, kt * WG_BK, wrow, full + 8 * kt);
-            }
-            if (flags) {
-                const int need = (int)((a.Kd + 63) / 64);
-                while (sw_ld_acquire(a.chunk_done + blockIdx.y) < need) __nanosleep(128);
-                asm volatile("fence.proxy.async.global;\n" ::: "memory");
-            }
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
+                if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
-                if (kt >= pre) {
-                    if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
-                    mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
-                    if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
-                    else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                }
+                mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
+                if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
+                else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
                 for (int c = 0; c < NC; c++)
                     tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
             }
@@ -1269,11 +1200,12 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
 #define SW_CASE(N)                                                                                                  \
-    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, meta, KT); break;
+    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     switch (NC) {
         SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
-    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, meta, KT); break;
+    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     }
 #undef SW_CASE
 #endif
@@ -1469,15 +1401,17 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
+    moe_gemm_args as = a;
+    const char *epi = getenv("JAMBA_EXT_MOE_SWAP_EPI"); /* "f2f": a conversion a value in the epilogues (A/B) */
+    as.swap_epi_f2f = epi != NULL && !strcmp(epi, "f2f");
     jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
-                        stream, tmA, tmW, a);
+                        stream, tmA, tmW, as);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
 
 template <typename T>
-static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream,
-                                 int *swapped) {
+static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, cudaStream_t stream) {
     if (!moe_wgmma_available(dev))
         return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs a Hopper GPU (sm_90), "
                                "a build with sm_90a code (JAMBA_EXT_ARCHS containing 90) and a driver with "
@@ -1488,10 +1422,8 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     CUtensorMap tmW;
     if (a.gate_up) JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, WG_WBOX, a.N));
     else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX));
-    if (moe_swap_on(a, slots, std::is_same<T, __nv_bfloat16>::value)) {
-        *swapped = 1;
+    if (moe_swap_on(a, slots, std::is_same<T, __nv_bfloat16>::value))
         return swap_launch<T>(dtype, a, slots, dev, tmW, stream);
-    }
     /* tile modes by size (see WT_TAIL): the tiles without the <= 64-row tails, then the tails as 64 x 512 tiles
      * (a second launch; disjoint outputs) while the average expert has at most 16 slots */
     const char *force = getenv("JAMBA_EXT_WGMMA_TILES");
@@ -1561,25 +1493,21 @@ jamba_status moe_wgmma_gemm_q8(int dtype, const moe_gemm_args &a, int64_t slots,
 }
 
 jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *sorted, int topk, int64_t slots,
-                             int64_t H, int32_t *sched, int nsched, cudaStream_t stream) {
+                             int64_t H, int32_t *sched, cudaStream_t stream) {
     if (slots == 0 || H == 0) return JAMBA_OK;
     if (dtype == JAMBA_BF16)
         jamba_kernel_launch(moe_gather_rows_kernel<__nv_bfloat16>, (unsigned)jamba_ceil_div(slots, 8), 256, 0, stream,
-            (__nv_bfloat16 *)xs, (const __nv_bfloat16 *)x, sorted, topk, slots, H, sched, nsched);
+            (__nv_bfloat16 *)xs, (const __nv_bfloat16 *)x, sorted, topk, slots, H, sched);
     else
         jamba_kernel_launch(moe_gather_rows_kernel<__half>, (unsigned)jamba_ceil_div(slots, 8), 256, 0, stream,
-            (__half *)xs, (const __half *)x, sorted, topk, slots, H, sched, nsched);
+            (__half *)xs, (const __half *)x, sorted, topk, slots, H, sched);
     JAMBA_LAUNCH_CHECK("moe_gather_rows_kernel", stream);
     return JAMBA_OK;
 }
 
-jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream,
-                            int *swapped) {
-    int sw = 0;
-    if (swapped == NULL) swapped = &sw;
-    *swapped = 0;
+jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
     if (slots == 0) return JAMBA_OK;
-    if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, a, slots, device, stream, swapped);
-    if (dtype == JAMBA_F16) return wgmma_launch<__half>(dtype, a, slots, device, stream, swapped);
+    if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, a, slots, device, stream);
+    if (dtype == JAMBA_F16) return wgmma_launch<__half>(dtype, a, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs bf16/f16");
 }
