@@ -254,9 +254,8 @@ def main():
         # forced on, and forced off
         variants += [("ours:wgmma swap", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="1")),
                      ("ours:wgmma noswap", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="0")),
-                     # the swap engine's epilogues a conversion a value (before session 56: sw_act2 / sw_scaled2)
-                     ("ours:wgmma swap f2f", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="1",
-                                                      JAMBA_EXT_MOE_SWAP_EPI="f2f"))]
+                     # the epilogues a conversion a value (before session 56: moe_act_fast2 / moe_scaled2)
+                     ("ours:wgmma f2f", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI_F2F="1"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
         if hasattr(torch, "float8_e4m3fn"):  # fp8 expert weights (a scale per row): half the weight bytes

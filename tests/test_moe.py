@@ -212,7 +212,9 @@ def test_moe_wgmma_tiles(monkeypatch):
     impl wgmma runs up to 16 slots per expert) and both 128 x 256 kernels (persistent, the default, with its
     64 x 256 half tiles for an expert's last <= 64 rows by size, forced on and off with JAMBA_EXT_WGMMA_HALF=1 / 0,
     with and without its epilogue warps, JAMBA_EXT_MOE_EPI=0, with merged tiles, JAMBA_EXT_MOE_MERGE=1, and not:
-    JAMBA_EXT_WGMMA_PERSIST=0) give the same bits; the cases include experts with 129-192 rows (merged tiles)."""
+    JAMBA_EXT_WGMMA_PERSIST=0) give the same bits; so do the epilogues that round a value a conversion
+    (JAMBA_EXT_MOE_EPI_F2F=1; the default rounds pairs, moe_act_fast2 / moe_scaled2), with the epilogue warps and
+    without; the cases include experts with 129-192 rows (merged tiles)."""
     if not hopper_code():
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
@@ -225,6 +227,14 @@ def test_moe_wgmma_tiles(monkeypatch):
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, base), (T, H, F, E, K, dtype)
         assert_close(base, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
+        monkeypatch.setenv("JAMBA_EXT_MOE_EPI_F2F", "1")
+        f2f = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.setenv("JAMBA_EXT_MOE_EPI", "0")
+        f2f_noepi = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.delenv("JAMBA_EXT_MOE_EPI")
+        monkeypatch.delenv("JAMBA_EXT_MOE_EPI_F2F")
+        assert torch.equal(f2f, base) and torch.equal(f2f_noepi, base), ("epilogue a value a conversion", T, H, F, E,
+                                                                          K, dtype)
         # every output at the same place of the same wgmma instruction in both tilings: the same bits
         monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "tail")
         tail = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
@@ -271,8 +281,8 @@ def test_moe_swap_engine(monkeypatch):
     reference and the default wgmma engine: partial W blocks (F, H not multiples of 64 / 128), k tails (Kd % 64 = 8),
     experts of more than 320 rows (several chunks), an expert with every first choice and empty experts, f16 too,
     more than 32 experts; more tiles than SMs, one k tile a tile; two runs bit-identical, and bit-identical to the
-    epilogues that round a value at a time (JAMBA_EXT_MOE_SWAP_EPI=f2f; the default rounds pairs, sw_act2 /
-    sw_scaled2); the profiler shows the swap kernel ran."""
+    epilogues that round a value a conversion (JAMBA_EXT_MOE_EPI_F2F=1; the default rounds pairs, moe_act_fast2 /
+    moe_scaled2); the profiler shows the swap kernel ran."""
     if not hopper_code():
         pytest.skip("wgmma engines: Hopper only")
     dev = torch.device("cuda")
@@ -289,9 +299,9 @@ def test_moe_swap_engine(monkeypatch):
         out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, out), (T, H, F, E, K, dtype)
-        monkeypatch.setenv("JAMBA_EXT_MOE_SWAP_EPI", "f2f")
+        monkeypatch.setenv("JAMBA_EXT_MOE_EPI_F2F", "1")
         f2f = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_MOE_SWAP_EPI")
+        monkeypatch.delenv("JAMBA_EXT_MOE_EPI_F2F")
         assert torch.equal(f2f, out), ("epilogue a value a conversion", T, H, F, E, K, dtype)
         ref = ref_experts(x, w, ids, w_gate_up, w_down)
         assert_close(out, ref, **MOE_TOL[dtype])

@@ -58,7 +58,8 @@ struct moe_gemm_args {
     int half_tiles;           /* persistent wgmma kernel: an expert's last <= 64 rows as a half tile (set by its launcher) */
     const float *wscale;      /* fp8 weights (moe_decode_kernel F8, moe_wgmma_gemm_f8): (E, w_rows) row scales */
     const float *ascale;      /* fp8 A rows (moe_wgmma_gemm_q8): (slots,) a scale per sorted row */
-    int swap_epi_f2f;         /* swap engine (set by its launcher): 1 = the epilogues round a value a conversion */
+    int epi_f2f;              /* wgmma engines (set by moe_wgmma_gemm): 1 = the epilogues round a value a conversion
+                               * (moe_act_fast / moe_scaled) instead of a pair (moe_act_fast2 / moe_scaled2); A/B */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */
@@ -74,6 +75,37 @@ template <typename T> __device__ __forceinline__ float moe_act_fast(float g, flo
 }
 template <typename T> __device__ __forceinline__ float moe_scaled(float y, float w) {
     return jamba_round<T>(jamba_round<T>(y) * jamba_round<T>(w));
+}
+
+/* Two outputs at a time (session 56): one packed conversion (cvt.rn.bf16x2.f32 / f16x2) rounds a pair, where the
+ * forms above round each value by itself (an F2F each, on the 16-a-cycle pipe that the exponential and the division
+ * use too). The same bits as moe_pack2 of moe_act_fast / moe_scaled; lo is the lower address. */
+template <typename T> __device__ __forceinline__ uint32_t moe_pack2(float lo, float hi) {
+    if constexpr (std::is_same<T, __half>::value) return jamba_f16x2_st(lo, hi);
+    else return jamba_bf16x2_st(lo, hi);
+}
+template <typename T> __device__ __forceinline__ void moe_unpack2(uint32_t p, float &lo, float &hi) {
+    if constexpr (std::is_same<T, __half>::value) {
+        lo = __half2float(__ushort_as_half((unsigned short)(p & 0xffffu)));
+        hi = __half2float(__ushort_as_half((unsigned short)(p >> 16)));
+    } else {
+        lo = __uint_as_float(p << 16);
+        hi = __uint_as_float(p & 0xffff0000u);
+    }
+}
+/* moe_pack2(moe_act_fast(g0, u0), moe_act_fast(g1, u1)) */
+template <typename T> __device__ __forceinline__ uint32_t moe_act_fast2(float g0, float g1, float u0, float u1) {
+    float a0, a1, b0, b1, s0, s1;
+    moe_unpack2<T>(moe_pack2<T>(g0, g1), a0, a1);
+    moe_unpack2<T>(moe_pack2<T>(u0, u1), b0, b1);
+    moe_unpack2<T>(moe_pack2<T>(__fdividef(a0, 1.f + __expf(-a0)), __fdividef(a1, 1.f + __expf(-a1))), s0, s1);
+    return moe_pack2<T>(s0 * b0, s1 * b1);
+}
+/* moe_pack2(moe_scaled(y0, w0), moe_scaled(y1, w1)) for w0, w1 already rounded to T */
+template <typename T> __device__ __forceinline__ uint32_t moe_scaled2(float y0, float y1, float w0, float w1) {
+    float a0, a1;
+    moe_unpack2<T>(moe_pack2<T>(y0, y1), a0, a1);
+    return moe_pack2<T>(a0 * w0, a1 * w1);
 }
 
 /* ---- stores (the async copies: common.cuh) ------------------------------------------------------------ */

@@ -145,18 +145,21 @@ __device__ __forceinline__ void wg_epilogue(const moe_gemm_args &a, const float 
                 if constexpr (SC) { /* SC (fp8 weights): the W rows' scales (gate rows f, up rows N + f) on the sums */
                     g0 *= sc[f], g1 *= sc[f + 1], u0 *= sc[a.N + f], u1 *= sc[a.N + f + 1];
                 }
-                store2<T>(C + p * a.N + f, moe_act_fast<T>(g0, u0), moe_act_fast<T>(g1, u1));
+                *reinterpret_cast<uint32_t *>(C + p * a.N + f) =
+                    a.epi_f2f ? moe_pack2<T>(moe_act_fast<T>(g0, u0), moe_act_fast<T>(g1, u1))
+                              : moe_act_fast2<T>(g0, g1, u0, u1);
             }
         } else {
             const int64_t slot = a.sorted[p];
-            const float w = a.weights[slot];
+            const float w = jamba_round<T>(a.weights[slot]); /* (moe_scaled rounds it again: the same value) */
 #pragma unroll
             for (int j = 0; j < NJ; j++) {
                 const int64_t col = n0 + cb + j * 8 + tq * 2;
                 if (col >= a.N) continue;
                 float y0 = acc[4 * j + 2 * h], y1 = acc[4 * j + 2 * h + 1];
                 if constexpr (SC) y0 *= sc[col], y1 *= sc[col + 1];
-                store2<T>(C + slot * a.N + col, moe_scaled<T>(y0, w), moe_scaled<T>(y1, w));
+                *reinterpret_cast<uint32_t *>(C + slot * a.N + col) =
+                    a.epi_f2f ? moe_pack2<T>(moe_scaled<T>(y0, w), moe_scaled<T>(y1, w)) : moe_scaled2<T>(y0, y1, w, w);
             }
         }
     }
@@ -513,10 +516,6 @@ struct wp_epi {
     uint32_t stage, sfull, sempty;
     volatile int64_t *meta;
 };
-template <typename T> __device__ __forceinline__ uint32_t wg_pack2(float lo, float hi) {
-    if constexpr (std::is_same<T, __half>::value) return jamba_f16x2_st(lo, hi);
-    else return jamba_bf16x2_st(lo, hi);
-}
 /* accumulator blocks JB .. JB + 15 (one W box: gate blocks JB .. JB + 7, up blocks JB + 8 ..) of the warpgroup's
  * 64 rows as a staged box at dst, rows rbase + .. */
 template <typename T, int NA, int JB, bool SC = false>
@@ -534,8 +533,8 @@ __device__ __forceinline__ void wp_put_box(uint32_t dst, const float (&acc)[NA],
                 const int64_t f = f0 + 8 * jj + 2 * tq; /* outputs past N: any finite value (their stores are skipped) */
                 if (f < N) s[0] = sc[f], s[1] = sc[f + 1], s[2] = sc[N + f], s[3] = sc[N + f + 1];
             }
-            const uint32_t w0 = wg_pack2<T>(acc[4 * j + 2 * h] * s[0], acc[4 * (j + 8) + 2 * h] * s[2]);
-            const uint32_t w1 = wg_pack2<T>(acc[4 * j + 2 * h + 1] * s[1], acc[4 * (j + 8) + 2 * h + 1] * s[3]);
+            const uint32_t w0 = moe_pack2<T>(acc[4 * j + 2 * h] * s[0], acc[4 * (j + 8) + 2 * h] * s[2]);
+            const uint32_t w1 = moe_pack2<T>(acc[4 * j + 2 * h + 1] * s[1], acc[4 * (j + 8) + 2 * h + 1] * s[3]);
             const uint32_t c = (uint32_t)((4 * jj + tq) ^ ((r & 3) << 2));
             asm volatile("st.shared.v2.b32 [%0], {%1, %2};\n" ::"r"(dst + (uint32_t)r * 256u + c * 8u), "r"(w0),
                          "r"(w1) : "memory");
@@ -564,10 +563,15 @@ __device__ __forceinline__ void wp_drain_box(const moe_gemm_args &a, uint32_t sr
         const uint32_t c = (uint32_t)((2 * pc) ^ ((r & 3) << 2));
         asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n" : "=r"(w[0]), "=r"(w[1]), "=r"(w[2]), "=r"(w[3])
                      : "r"(src + (uint32_t)r * 256u + c * 8u) : "memory");
-        float o[4];
+        uint32_t o[2]; /* (gate, up) pairs of outputs f + 2 q2, f + 2 q2 + 1 */
 #pragma unroll
-        for (int q = 0; q < 4; q++) o[q] = moe_act_fast<T>(P::f1(w[q] & 0xffffu), P::f1(w[q] >> 16));
-        *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(wg_pack2<T>(o[0], o[1]), wg_pack2<T>(o[2], o[3]));
+        for (int q2 = 0; q2 < 2; q2++) {
+            const float g0 = P::f1(w[2 * q2] & 0xffffu), u0 = P::f1(w[2 * q2] >> 16);
+            const float g1 = P::f1(w[2 * q2 + 1] & 0xffffu), u1 = P::f1(w[2 * q2 + 1] >> 16);
+            o[q2] = a.epi_f2f ? moe_pack2<T>(moe_act_fast<T>(g0, u0), moe_act_fast<T>(g1, u1))
+                              : moe_act_fast2<T>(g0, g1, u0, u1);
+        }
+        *reinterpret_cast<uint2 *>(Cp + p * a.N + f) = make_uint2(o[0], o[1]);
     }
 }
 template <typename T, int NA, bool EO, int MODE = WT_ALL, bool Q8 = false>
@@ -953,7 +957,7 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
  *   gate_up: each warp's 16 fragment rows are 8 gate rows and the same outputs' 8 up rows (ldmatrix's row choice),
  *   so a thread's accumulator rows r and r + 8 are one output's gate and up: act = moe_act_fast(g, u) in the thread.
  *   down: round(y) * round(w of the slot) (moe_scaled), to the slot's row; both with two roundings a conversion
- *   (sw_act2 / sw_scaled2). Epilogue: the values as T, transposed
+ *   (moe_act_fast2 / moe_scaled2). Epilogue: the values as T, transposed
  *   into the ring's shared memory by stmatrix.x4.trans (a row's outputs contiguous), then 16-byte stores.
  *   Rows of a box past the chunk, W rows past the expert or N, k past Kd: as moe_wgmma_kernel's (zero-filled or
  *   masked). ptxas: no spills but in the f16 gate_up instance (124 bytes). Labs (dev/cuda/swap_ab_lab.cu; the whole
@@ -1007,48 +1011,6 @@ __device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int 
         first += nch;
     }
     return false;
-}
-
-template <typename T> __device__ __forceinline__ uint32_t sw_pack(float lo, float hi) {
-    uint32_t u;
-    if (std::is_same<T, __half>::value) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        memcpy(&u, &v, 4);
-    } else {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        memcpy(&u, &v, 4);
-    }
-    return u;
-}
-
-/* The epilogues' roundings two values at a time (session 56): one cvt.rn.{bf16x2,f16x2}.f32 (sw_pack) for a pair
- * instead of an F2F each; the same bits as sw_pack of moe_act_fast / moe_scaled (JAMBA_EXT_MOE_SWAP_EPI=f2f runs
- * those, for A/B and the same-bits test). gate_up's epilogue had 4 F2F and 2 MUFU an output on the 16-a-cycle
- * conversion / special-function pipe: ~6K cycles a block. Measured: docs/PERF_NOTES.md (MoE prefill, session 56). */
-template <typename T> __device__ __forceinline__ void sw_unpack(uint32_t p, float &lo, float &hi) {
-    if (std::is_same<T, __half>::value) {
-        __half2 h;
-        memcpy(&h, &p, 4);
-        lo = __low2float(h);
-        hi = __high2float(h);
-    } else {
-        lo = __uint_as_float(p << 16);
-        hi = __uint_as_float(p & 0xffff0000u);
-    }
-}
-/* sw_pack(moe_act_fast(g0, u0), moe_act_fast(g1, u1)) */
-template <typename T> __device__ __forceinline__ uint32_t sw_act2(float g0, float g1, float u0, float u1) {
-    float a0, a1, b0, b1, s0, s1;
-    sw_unpack<T>(sw_pack<T>(g0, g1), a0, a1);
-    sw_unpack<T>(sw_pack<T>(u0, u1), b0, b1);
-    sw_unpack<T>(sw_pack<T>(__fdividef(a0, 1.f + __expf(-a0)), __fdividef(a1, 1.f + __expf(-a1))), s0, s1);
-    return sw_pack<T>(s0 * b0, s1 * b1);
-}
-/* sw_pack(moe_scaled(y0, w0), moe_scaled(y1, w1)) for w0, w1 already rounded to T */
-template <typename T> __device__ __forceinline__ uint32_t sw_scaled2(float y0, float y1, float w0, float w1) {
-    float a0, a1;
-    sw_unpack<T>(sw_pack<T>(y0, y1), a0, a1);
-    return sw_pack<T>(a0 * w0, a1 * w1);
 }
 
 /* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
@@ -1107,14 +1069,14 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
         const float *x = d + c * 16;
         if (GATE_UP) {          /* rows r / r + 8: one output's gate / up; 8 outputs a warp, 4 groups of 8 rows */
             uint32_t r[4];
-            if (a.swap_epi_f2f) {
+            if (a.epi_f2f) {
 #pragma unroll
                 for (int j = 0; j < 4; j++)
-                    r[j] = sw_pack<T>(moe_act_fast<T>(x[4 * j], x[4 * j + 2]),
+                    r[j] = moe_pack2<T>(moe_act_fast<T>(x[4 * j], x[4 * j + 2]),
                                       moe_act_fast<T>(x[4 * j + 1], x[4 * j + 3]));
             } else {
 #pragma unroll
-                for (int j = 0; j < 4; j++) r[j] = sw_act2<T>(x[4 * j], x[4 * j + 1], x[4 * j + 2], x[4 * j + 3]);
+                for (int j = 0; j < 4; j++) r[j] = moe_act_fast2<T>(x[4 * j], x[4 * j + 1], x[4 * j + 2], x[4 * j + 3]);
             }
             asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
                          ::"r"(ring + (c * 32 + 8 * q + i) * PITCH + (32 * wg + 8 * warp) * 2), "r"(r[0]), "r"(r[1]),
@@ -1128,12 +1090,12 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
                     const int t = c * 32 + 8 * j + 2 * (lane & 3) + h;
                     w[2 * j + h] = t < len ? a.weights[a.sorted[row0 + t]] : 0.f;
                 }
-            const bool f2f = a.swap_epi_f2f;
+            const bool f2f = a.epi_f2f;
 #pragma unroll
             for (int j = 0; j < 4; j++)   /* round(w) once (moe_scaled rounds it again: the same value) */
-                sw_unpack<T>(sw_pack<T>(w[2 * j], w[2 * j + 1]), w[2 * j], w[2 * j + 1]);
-#define SW_SC(k, m) (f2f ? sw_pack<T>(moe_scaled<T>(x[k], w[m]), moe_scaled<T>(x[(k) + 1], w[(m) + 1])) \
-                         : sw_scaled2<T>(x[k], x[(k) + 1], w[m], w[(m) + 1]))
+                moe_unpack2<T>(moe_pack2<T>(w[2 * j], w[2 * j + 1]), w[2 * j], w[2 * j + 1]);
+#define SW_SC(k, m) (f2f ? moe_pack2<T>(moe_scaled<T>(x[k], w[m]), moe_scaled<T>(x[(k) + 1], w[(m) + 1])) \
+                         : moe_scaled2<T>(x[k], x[(k) + 1], w[m], w[(m) + 1]))
 #pragma unroll
             for (int j = 0; j < 4; j += 2)
                 asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
@@ -1401,11 +1363,8 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
-    moe_gemm_args as = a;
-    const char *epi = getenv("JAMBA_EXT_MOE_SWAP_EPI"); /* "f2f": a conversion a value in the epilogues (A/B) */
-    as.swap_epi_f2f = epi != NULL && !strcmp(epi, "f2f");
     jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
-                        stream, tmA, tmW, as);
+                        stream, tmA, tmW, a);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
@@ -1507,7 +1466,10 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
 
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
     if (slots == 0) return JAMBA_OK;
-    if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, a, slots, device, stream);
-    if (dtype == JAMBA_F16) return wgmma_launch<__half>(dtype, a, slots, device, stream);
+    moe_gemm_args ae = a;
+    const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
+    ae.epi_f2f = epi != NULL && epi[0] == '1';
+    if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);
+    if (dtype == JAMBA_F16) return wgmma_launch<__half>(dtype, ae, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs bf16/f16");
 }

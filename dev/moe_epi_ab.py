@@ -1,12 +1,12 @@
-"""The swap engine's epilogue, measured (session 56; H200, Jamba-v0.1, bf16).
+"""The wgmma engines' epilogues, measured (session 56, dev/swap_sched_ab.py then; H200, Jamba-v0.1, bf16).
 
-    python3 dev/swap_sched_ab.py ab 1536 2048 2304   # the op in turns: default and the variants below
-    python3 dev/swap_sched_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
+    python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
+    python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
 
-ab: moe_route + moe_experts (impl auto: the swap engine at these sizes) on bench_moe's routing (router
-randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each call): "default" (the
-epilogues' roundings in pairs, sw_act2 / sw_scaled2) and "f2f" (JAMBA_EXT_MOE_SWAP_EPI=f2f: a conversion a value,
-the kernel before session 56). The outputs must be bit-identical. (Session 56 measured two more variants here, since
+ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
+bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
+call): "default" (the epilogues' roundings in pairs, moe_act_fast2 / moe_scaled2) and "f2f" (JAMBA_EXT_MOE_EPI_F2F=1:
+a conversion a value, the kernels before session 56). The outputs must be bit-identical. (Session 56 measured two more variants here, since
 removed: chunk counters that let the down GEMM's blocks start as their chunk's gate_up blocks ended, and the blocks
 longest chunk first; within +-1.5%: s56_first_df6bcc7.log, s56_epi_48a6862.log, s56_epi2_f5db73f.log.) ROUNDS
 rounds, each timing every variant (benchmarks/common.time_ms, CUDA events, median of REPS calls), round r starting
@@ -17,7 +17,7 @@ kernels' times of "default" and "f2f" (torch.profiler; a kernel's time includes 
 ksweep: gate_up and down alone by kernel time (profiler) with every expert at 256 rows (T 2048, top-2, uniform),
 F 14336, H 2048 / 4096 / 8192: gate_up's blocks are the same 3584 (224 W blocks x 16 experts), each with H / 64 k
 steps; the fit time = a + b * k steps says what a block costs besides its k steps (fill, epilogue, launch); for
-the default and for JAMBA_EXT_MOE_SWAP_EPI=f2f, four turns each, which runs first alternating (the mean of
+the default and for JAMBA_EXT_MOE_EPI_F2F=1, four turns each, which runs first alternating (the mean of
 the middle two)."""
 import os
 import sys
@@ -32,12 +32,12 @@ import common  # noqa: E402
 
 F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
-VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_SWAP_EPI": "f2f"}}
+VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 ROUNDS, REPS = 8, 10
 
 
 def set_env(env):
-    for k in ("JAMBA_EXT_MOE_SWAP_EPI",):
+    for k in ("JAMBA_EXT_MOE_EPI_F2F",):
         os.environ.pop(k, None)
     os.environ.update(env)
 
@@ -118,7 +118,7 @@ def ksweep():
         res = {n: [] for n in pts}
         for r in range(4):  # alternating which runs first
             for name in (list(pts) if r % 2 == 0 else list(pts)[::-1]):
-                set_env({"JAMBA_EXT_MOE_SWAP_EPI": "f2f"} if name == "f2f" else {})
+                set_env(VARIANTS[name])
                 kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
                 res[name].append((sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k),
                                   sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k)))
