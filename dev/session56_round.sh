@@ -12,6 +12,8 @@
 #           128 x 256 tiles, their epilogue warps, the fp8 kernels too): the MoE and model CUDA tests, test_moe.py
 #           with swap forced, memcheck / racecheck, bench_moe at 2048 / 4096 / 16384 tokens (ours, ours:wgmma f2f,
 #           dense mm), dev/moe_epi_ab.py ab 4096 16384
+#   again   the same kernels: bench_moe at 2048 / 4096 / 16384 three times (orders random, rotate, random), then
+#           dev/moe_epi_ab.py ab 16384 (more samples of the epilogue A/B)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session56_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -43,6 +45,15 @@ tiles)
   cp benchmarks/results/bench_moe_s56.json "$OUT/" 2>/dev/null
   step "dev/moe_epi_ab.py ab 4096 16384"
   timeout 120 python3 dev/moe_epi_ab.py ab 4096 16384 2>&1 | grep -v Warning | tail -12 ;;
+again)
+  for order in random rotate random; do
+    step "bench_moe at 2048 / 4096 / 16384 tokens, order $order"
+    timeout 150 python3 benchmarks/bench_moe.py --tokens 2048,4096,16384 --only "ours,ours:wgmma f2f,dense mm" \
+      --order $order --name bench_moe_s56_$order 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+  done
+  cp benchmarks/results/bench_moe_s56_*.json "$OUT/" 2>/dev/null
+  step "dev/moe_epi_ab.py ab 16384"
+  timeout 120 python3 dev/moe_epi_ab.py ab 16384 2>&1 | grep -v "Warning\|kernels" | tail -5 ;;
 *) echo "unknown mode $mode (tiles; the others ran at earlier commits)"; exit 2 ;;
 esac
 step done
