@@ -46,10 +46,12 @@ tiles)
   step "dev/moe_epi_ab.py ab 4096 16384"
   timeout 120 python3 dev/moe_epi_ab.py ab 4096 16384 2>&1 | grep -v Warning | tail -12 ;;
 again)
+  i=0
   for order in random rotate random; do
+    i=$((i + 1))
     step "bench_moe at 2048 / 4096 / 16384 tokens, order $order"
     timeout 150 python3 benchmarks/bench_moe.py --tokens 2048,4096,16384 --only "ours,ours:wgmma f2f,dense mm" \
-      --order $order --name bench_moe_s56_$order 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+      --order $order --name bench_moe_s56_again$i 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
   done
   cp benchmarks/results/bench_moe_s56_*.json "$OUT/" 2>/dev/null
   step "dev/moe_epi_ab.py ab 16384"
