@@ -6,12 +6,14 @@
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
 call): "default" (the epilogues' roundings in pairs, moe_act_fast2 / moe_scaled2) and "f2f" (JAMBA_EXT_MOE_EPI_F2F=1:
-a conversion a value, the kernels before session 56). The outputs must be bit-identical. (Session 56 measured two more variants here, since
-removed: chunk counters that let the down GEMM's blocks start as their chunk's gate_up blocks ended, and the blocks
-longest chunk first; within +-1.5%: s56_first_df6bcc7.log, s56_epi_48a6862.log, s56_epi2_f5db73f.log.) ROUNDS
-rounds, each timing every variant (benchmarks/common.time_ms, CUDA events, median of REPS calls), round r starting
-at variant r mod the variant count (the clock falls within a round); the table gives each variant's median over the
-rounds and its share of the dense bf16 matmul rate measured in the same process (8192^3). Then the
+a conversion a value, the kernels before session 56). The outputs must be bit-identical. (Session 56 measured
+two more variants here, since removed: chunk counters that let the down GEMM's blocks start as their chunk's
+gate_up blocks ended, and the blocks longest chunk first; within +-1.5%: s56_first_df6bcc7.log, s56_epi_*.log.)
+ROUNDS rounds, each timing every variant (benchmarks/common.time_ms, CUDA events, median of REPS calls), round r
+starting at variant r mod the variant count (the clock falls within a round); the table gives each variant's median
+over the rounds and its share of the dense bf16 matmul rate measured in the same process (8192^3). At 16384 tokens
+the rounds spread by 10% (the clock under long GEMMs) and this A/B read the other sign than bench_moe's four runs
+(s56_tiles_ee5fd42.log, s56_again_d32d153.log): read bench_moe there. Then the
 kernels' times of "default" and "f2f" (torch.profiler; a kernel's time includes its wait for the one before).
 
 ksweep: gate_up and down alone by kernel time (profiler) with every expert at 256 rows (T 2048, top-2, uniform),

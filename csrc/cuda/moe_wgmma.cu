@@ -960,7 +960,7 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
  *   (moe_act_fast2 / moe_scaled2). Epilogue: the values as T, transposed
  *   into the ring's shared memory by stmatrix.x4.trans (a row's outputs contiguous), then 16-byte stores.
  *   Rows of a box past the chunk, W rows past the expert or N, k past Kd: as moe_wgmma_kernel's (zero-filled or
- *   masked). ptxas: no spills but in the f16 gate_up instance (124 bytes). Labs (dev/cuda/swap_ab_lab.cu; the whole
+ *   masked). ptxas: no spills (session 56; the f16 gate_up instance spilled 124 bytes before). Labs (dev/cuda/swap_ab_lab.cu; the whole
  *   GEMM's, swap_ab_gemm_lab.cu, in git history at 5fb0249) and measurements: docs/PERF_NOTES.md (MoE prefill,
  *   session 54). */
 #define SW_MAX_ROWS 320                                  /* rows of a chunk: NC <= 10, 160 accumulators a thread */
@@ -1336,7 +1336,7 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
  * 70.6% of the matmul rate), 2489 / 2687; 2304 (288) 3115 / 3360; 2560 (320: some experts in two chunks, two W
  * passes) 3652 / 3369; 3072 (384) 4102 / 3677; 4096 5086 / 4822; 8192 10455 / 9362. It wins where an expert's rows
  * fit one chunk and the 128-row tiles would leave many idle: 192-288 slots an expert. By default in bf16 only (the
- * measured case; f16, forced, is tested, not timed: its gate_up instance spills 124 bytes). */
+ * measured case; f16, forced, is tested, not timed; its gate_up instance spilled until session 56). */
 #define MOE_SWAP_MIN_SLOTS_PER_EXPERT 176
 #define MOE_SWAP_MAX_SLOTS_PER_EXPERT 304
 static bool moe_swap_on(const moe_gemm_args &a, int64_t slots, bool bf16) {
