@@ -14,7 +14,8 @@ starting at variant r mod the variant count (the clock falls within a round); th
 over the rounds and its share of the dense bf16 matmul rate measured in the same process (8192^3). At 16384 tokens
 the rounds spread by 10% (the clock under long GEMMs) and this A/B read the other sign than bench_moe's four runs
 (s56_tiles_ee5fd42.log, s56_again_d32d153.log): read bench_moe there. Then the
-kernels' times of "default" and "f2f" (torch.profiler; a kernel's time includes its wait for the one before).
+kernels' times of "default" and "f2f" (bench_moe.kernel_breakdown: torch.profiler with PDL off; session 56's logs were
+made with the tool's own profiler loop, PDL on, where a kernel's time includes its wait for the one before).
 
 ksweep: gate_up and down alone by kernel time (profiler) with every expert at 256 rows (T 2048, top-2, uniform),
 F 14336, H 2048 / 4096 / 8192: gate_up's blocks are the same 3584 (224 W blocks x 16 experts), each with H / 64 k
@@ -25,12 +26,11 @@ import os
 import sys
 
 import torch
-from torch.profiler import ProfilerActivity, profile
-
 from jamba_ext import ops
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 import common  # noqa: E402
+from bench_moe import kernel_breakdown as kernel_times  # noqa: E402  (PDL off, us a call)
 
 F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
@@ -42,16 +42,6 @@ def set_env(env):
     for k in ("JAMBA_EXT_MOE_EPI_F2F",):
         os.environ.pop(k, None)
     os.environ.update(env)
-
-
-def kernel_times(op, reps=10):
-    op()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            op()
-        torch.cuda.synchronize()
-    return {e.key: e.device_time_total / reps for e in prof.key_averages() if e.device_time_total > 0}
 
 
 def matmul_tflops():
