@@ -2,6 +2,7 @@
 
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
+    python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -35,29 +36,32 @@ from bench_moe import kernel_breakdown as kernel_times  # noqa: E402  (PDL off, 
 F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
+SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
 ROUNDS, REPS = 8, 10
 
 
 def set_env(env):
-    for k in ("JAMBA_EXT_MOE_EPI_F2F",):
+    for k in ("JAMBA_EXT_MOE_EPI_F2F", "JAMBA_EXT_MOE_SWAP"):
         os.environ.pop(k, None)
     os.environ.update(env)
 
 
-def matmul_tflops():
+def matmul_tflops(dt):
     a = torch.randn(8192, 8192, device=dev, dtype=dt)
     ms = common.time_ms(lambda: a @ a, dev, warmup=3, reps=20)["median_ms"]
     return 2 * 8192 ** 3 / ms / 1e9
 
 
-def ab(tokens):
+def ab(tokens, variants=VARIANTS, dt=dt):
+    """variants: name -> env, the first the reference; outputs compared bit for bit (VARIANTS) or by their largest
+    difference relative to the reference's largest magnitude (other variants: other sums)"""
     H = 4096
     torch.manual_seed(0)
     wgu = (torch.randn(E, 2 * F, H, device=dev) * H ** -0.5).to(dt)
     wd = (torch.randn(E, H, F, device=dev) * F ** -0.5).to(dt)
     router = (torch.randn(E, H, device=dev) * H ** -0.5 * 4).to(dt)
-    rate = matmul_tflops()
-    print(f"dense bf16 matmul (8192^3): {rate:.1f} TFLOP/s")
+    rate = matmul_tflops(dt)
+    print(f"dense {dt} matmul (8192^3): {rate:.1f} TFLOP/s")
     for T in tokens:
         x = torch.randn(T, H, device=dev).to(dt)
         logits = torch.nn.functional.linear(x, router).float()
@@ -67,26 +71,31 @@ def ab(tokens):
             return ops.moe_experts(x, w, ids, wgu, wd, slots, offsets)
 
         outs = {}
-        for name, env in VARIANTS.items():
+        for name, env in variants.items():
             set_env(env)
             outs[name] = op()
-        same = all(torch.equal(outs["default"], o) for o in outs.values())
-        times = {n: [] for n in VARIANTS}
-        names = list(VARIANTS)
+        names = list(variants)
+        first = outs[names[0]].float()
+        if variants is VARIANTS:
+            same = f"outputs bit-identical: {all(torch.equal(outs[names[0]], o) for o in outs.values())}"
+        else:
+            same = "largest difference / largest output: " + ", ".join(
+                f"{(o.float() - first).abs().max().item() / first.abs().max().item():.2e}" for o in outs.values())
+        times = {n: [] for n in variants}
         for r in range(ROUNDS):  # each round starts at another variant (the clock falls within a round)
             for name in names[r % len(names):] + names[:r % len(names)]:
-                set_env(VARIANTS[name])
+                set_env(variants[name])
                 times[name].append(common.time_ms(op, dev, warmup=2, reps=REPS)["median_ms"] * 1e3)
         counts = torch.bincount(ops.moe_route(logits, K)[1].flatten().long(), minlength=E).tolist()
         flops = 2.0 * T * K * 3 * H * F
-        print(f"--- {T} tokens (rows an expert {min(counts)}-{max(counts)}); outputs bit-identical: {same}")
-        for name in VARIANTS:
+        print(f"--- {T} tokens (rows an expert {min(counts)}-{max(counts)}); {same}")
+        for name in variants:
             ts = sorted(times[name])
             med = ts[len(ts) // 2]
             print(f"  {name:8s} {med:8.1f} us  ({ts[0]:.1f}-{ts[-1]:.1f})  {flops / med / 1e6:6.1f} TFLOP/s  "
                   f"{100 * flops / med / 1e6 / rate:5.1f}% of the matmul rate")
-        for name in ("default", "f2f"):
-            set_env(VARIANTS[name])
+        for name in names:
+            set_env(variants[name])
             kt = kernel_times(op)
             print(f"  kernels, {name}: " + ", ".join(f"{k.split('(')[0][:40]} {v:.1f}" for k, v in
                                                  sorted(kt.items(), key=lambda r: -r[1])))
@@ -139,7 +148,9 @@ if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else "ab"
     if mode == "ab":
         ab([int(t) for t in sys.argv[2:]] or [2048])
+    elif mode == "swapf16":
+        ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS, torch.float16)
     elif mode == "ksweep":
         ksweep()
     else:
-        sys.exit(f"unknown mode {mode} (ab, ksweep)")
+        sys.exit(f"unknown mode {mode} (ab, swapf16, ksweep)")

@@ -14,6 +14,9 @@
 #           dense mm), dev/moe_epi_ab.py ab 4096 16384
 #   again   the same kernels: bench_moe at 2048 / 4096 / 16384 three times (orders random, rotate, random), then
 #           dev/moe_epi_ab.py ab 16384 (more samples of the epilogue A/B)
+#   f16     the swap engine in f16 (no spills since the paired roundings; off by default in f16): test_moe_swap_engine,
+#           dev/moe_epi_ab.py swapf16 at 1280-2560 tokens (swap forced against the 128 x 256 tiles), then
+#           dev/moe_epi_ab.py ab 2048 (its kernel times now from bench_moe.kernel_breakdown)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session56_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -56,6 +59,14 @@ again)
   cp benchmarks/results/bench_moe_s56_*.json "$OUT/" 2>/dev/null
   step "dev/moe_epi_ab.py ab 16384"
   timeout 120 python3 dev/moe_epi_ab.py ab 16384 2>&1 | grep -v "Warning\|kernels" | tail -5 ;;
+f16)
+  step "CUDA tests: test_moe_swap_engine"
+  timeout 150 python3 -m pytest -q -m cuda -x --timeout=120 --tb=short tests/test_moe.py -k swap_engine \
+    -p no:cacheprovider 2>&1 | tail -2
+  step "dev/moe_epi_ab.py swapf16 1280 1536 2048 2304 2560"
+  timeout 200 python3 dev/moe_epi_ab.py swapf16 1280 1536 2048 2304 2560 2>&1 | grep -v "Warning\|_warn" | tail -24
+  step "dev/moe_epi_ab.py ab 2048"
+  timeout 100 python3 dev/moe_epi_ab.py ab 2048 2>&1 | grep -v "Warning\|_warn" | tail -6 ;;
 *) echo "unknown mode $mode (tiles; the others ran at earlier commits)"; exit 2 ;;
 esac
 step done
