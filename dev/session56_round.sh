@@ -17,6 +17,7 @@
 #   f16     the swap engine in f16 (no spills since the paired roundings; off by default in f16): test_moe_swap_engine,
 #           dev/moe_epi_ab.py swapf16 at 1280-2560 tokens (swap forced against the 128 x 256 tiles), then
 #           dev/moe_epi_ab.py ab 2048 (its kernel times now from bench_moe.kernel_breakdown)
+#   final   the swap engine by default in f16 too: the MoE and model CUDA tests
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session56_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -27,7 +28,7 @@ echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 build_cuda
 case "$mode" in
-first|epi|second|bench)
+first|epi|second|bench|tiles|again|f16)
   echo "mode $mode ran at an earlier commit of session 56 (see the header); check that commit out to run it again"
   exit 2 ;;
 tiles)
@@ -67,6 +68,10 @@ f16)
   timeout 200 python3 dev/moe_epi_ab.py swapf16 1280 1536 2048 2304 2560 2>&1 | grep -v "Warning\|_warn" | tail -24
   step "dev/moe_epi_ab.py ab 2048"
   timeout 100 python3 dev/moe_epi_ab.py ab 2048 2>&1 | grep -v "Warning\|_warn" | tail -6 ;;
+final)
+  step "CUDA tests of the MoE and the model, default rule"
+  timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \
+    -p no:cacheprovider 2>&1 | tail -3 ;;
 *) echo "unknown mode $mode (tiles; the others ran at earlier commits)"; exit 2 ;;
 esac
 step done

@@ -1335,15 +1335,16 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
  * 1584, 1644 / 1554; 1280 (160) 1850 / 1741; 1536 (192) 1953 / 2152, 2087 / 2273; 2048 (256) 2349 / 2563 (77.1% /
  * 70.6% of the matmul rate), 2489 / 2687; 2304 (288) 3115 / 3360; 2560 (320: some experts in two chunks, two W
  * passes) 3652 / 3369; 3072 (384) 4102 / 3677; 4096 5086 / 4822; 8192 10455 / 9362. It wins where an expert's rows
- * fit one chunk and the 128-row tiles would leave many idle: 192-288 slots an expert. By default in bf16 only (the
- * measured case; f16, forced, is tested, not timed; its gate_up instance spilled until session 56). */
+ * fit one chunk and the 128-row tiles would leave many idle: 192-288 slots an expert. f16 too since session 56 (its
+ * gate_up instance spilled before): swap / tiles in turns (s56_f16_19e9b7b.log, dev/moe_epi_ab.py swapf16), 1280
+ * tokens 2082 / 1843, 1536 2284 / 2399, 2048 2828 / 2889, 2304 3224 / 3533, 2560 3840 / 3640 us: the same bounds. */
 #define MOE_SWAP_MIN_SLOTS_PER_EXPERT 176
 #define MOE_SWAP_MAX_SLOTS_PER_EXPERT 304
-static bool moe_swap_on(const moe_gemm_args &a, int64_t slots, bool bf16) {
+static bool moe_swap_on(const moe_gemm_args &a, int64_t slots) {
     if (a.E + jamba_ceil_div(slots, SW_MAX_ROWS) > 65535) return false;
     const char *env = getenv("JAMBA_EXT_MOE_SWAP");
     if (env != NULL && (env[0] == '0' || env[0] == '1') && env[1] == '\0') return env[0] == '1';
-    return bf16 && slots >= (int64_t)MOE_SWAP_MIN_SLOTS_PER_EXPERT * a.E &&
+    return slots >= (int64_t)MOE_SWAP_MIN_SLOTS_PER_EXPERT * a.E &&
            slots < (int64_t)MOE_SWAP_MAX_SLOTS_PER_EXPERT * a.E;
 }
 
@@ -1381,7 +1382,7 @@ static jamba_status wgmma_launch(int dtype, const moe_gemm_args &a, int64_t slot
     CUtensorMap tmW;
     if (a.gate_up) JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, WG_WBOX, a.N));
     else JAMBA_TRY(wt_map(&tmW, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, 2 * WG_WBOX));
-    if (moe_swap_on(a, slots, std::is_same<T, __nv_bfloat16>::value))
+    if (moe_swap_on(a, slots))
         return swap_launch<T>(dtype, a, slots, dev, tmW, stream);
     /* tile modes by size (see WT_TAIL): the tiles without the <= 64-row tails, then the tails as 64 x 512 tiles
      * (a second launch; disjoint outputs) while the average expert has at most 16 slots */
