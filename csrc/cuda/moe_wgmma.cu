@@ -960,9 +960,9 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
  *   (moe_act_fast2 / moe_scaled2). Epilogue: the values as T, transposed
  *   into the ring's shared memory by stmatrix.x4.trans (a row's outputs contiguous), then 16-byte stores.
  *   Rows of a box past the chunk, W rows past the expert or N, k past Kd: as moe_wgmma_kernel's (zero-filled or
- *   masked). ptxas: no spills (session 56; the f16 gate_up instance spilled 124 bytes before). Labs (dev/cuda/swap_ab_lab.cu; the whole
- *   GEMM's, swap_ab_gemm_lab.cu, in git history at 5fb0249) and measurements: docs/PERF_NOTES.md (MoE prefill,
- *   session 54). */
+ *   masked). ptxas: no spills (session 56; the f16 gate_up instance spilled 124 bytes before). Labs
+ *   (dev/cuda/swap_ab_lab.cu; the whole GEMM's, swap_ab_gemm_lab.cu, in git history at 5fb0249) and measurements:
+ *   docs/PERF_NOTES.md (MoE prefill, sessions 54-56). */
 #define SW_MAX_ROWS 320                                  /* rows of a chunk: NC <= 10, 160 accumulators a thread */
 #define SW_STAGES 4
 #define SW_A_BYTES (128 * WG_BK * 2)                     /* the W box: 128 rows */
