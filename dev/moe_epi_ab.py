@@ -3,7 +3,6 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py prefetch 2048       # EXPERIMENT JAMBA_EXT_MOE_SWAP_PREFETCH=1 against the default
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -38,12 +37,11 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-PREFETCH_VARIANTS = {"default": {}, "prefetch": {"JAMBA_EXT_MOE_SWAP_PREFETCH": "1"}}
 ROUNDS, REPS = 8, 10
 
 
 def set_env(env):
-    for k in ("JAMBA_EXT_MOE_EPI_F2F", "JAMBA_EXT_MOE_SWAP", "JAMBA_EXT_MOE_SWAP_PREFETCH"):
+    for k in ("JAMBA_EXT_MOE_EPI_F2F", "JAMBA_EXT_MOE_SWAP"):
         os.environ.pop(k, None)
     os.environ.update(env)
 
@@ -78,7 +76,7 @@ def ab(tokens, variants=VARIANTS, dt=dt):
             outs[name] = op()
         names = list(variants)
         first = outs[names[0]].float()
-        if variants is not SWAP_VARIANTS:
+        if variants is VARIANTS:
             same = f"outputs bit-identical: {all(torch.equal(outs[names[0]], o) for o in outs.values())}"
         else:
             same = "largest difference / largest output: " + ", ".join(
@@ -152,9 +150,7 @@ if __name__ == "__main__":
         ab([int(t) for t in sys.argv[2:]] or [2048])
     elif mode == "swapf16":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS, torch.float16)
-    elif mode == "prefetch":
-        ab([int(t) for t in sys.argv[2:]] or [2048], PREFETCH_VARIANTS)
     elif mode == "ksweep":
         ksweep()
     else:
-        sys.exit(f"unknown mode {mode} (ab, swapf16, prefetch, ksweep)")
+        sys.exit(f"unknown mode {mode} (ab, swapf16, ksweep)")

@@ -17,8 +17,9 @@
 #   f16     the swap engine in f16 (no spills since the paired roundings; off by default in f16): test_moe_swap_engine,
 #           dev/moe_epi_ab.py swapf16 at 1280-2560 tokens (swap forced against the 128 x 256 tiles), then
 #           dev/moe_epi_ab.py ab 2048 (its kernel times now from bench_moe.kernel_breakdown)
-#   final   the swap engine by default in f16 too: the MoE and model CUDA tests (refused: no device time left)
-#   prefetch (for the next session; written after the last call) EXPERIMENT JAMBA_EXT_MOE_SWAP_PREFETCH=1: the f16
+#   final   the swap engine by default in f16 too: the MoE and model CUDA tests (refused in session 56: no device
+#           time left; the prefetch call ran those tests at 83ee634)
+#   prefetch (ran at 83ee634 in session 57: no gain, removed after) EXPERIMENT JAMBA_EXT_MOE_SWAP_PREFETCH=1: the f16
 #           rule's and the fp8 epilogues' CUDA tests, test_moe_swap_engine, dev/moe_epi_ab.py prefetch 1536 2048
 #           2304, bench_moe at 2048 tokens with the prefetch row
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session56_round.sh MODE   (output: $OUT/round.log)
@@ -31,7 +32,7 @@ echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv,noheader
 build_cuda
 case "$mode" in
-first|epi|second|bench|tiles|again|f16)
+first|epi|second|bench|tiles|again|f16|prefetch|final)
   echo "mode $mode ran at an earlier commit of session 56 (see the header); check that commit out to run it again"
   exit 2 ;;
 tiles)
@@ -71,16 +72,6 @@ f16)
   timeout 200 python3 dev/moe_epi_ab.py swapf16 1280 1536 2048 2304 2560 2>&1 | grep -v "Warning\|_warn" | tail -24
   step "dev/moe_epi_ab.py ab 2048"
   timeout 100 python3 dev/moe_epi_ab.py ab 2048 2>&1 | grep -v "Warning\|_warn" | tail -6 ;;
-prefetch)
-  step "CUDA tests of the MoE, the model and fp8"
-  timeout 240 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \
-    tests/test_fp8.py tests/test_fp8_model.py -p no:cacheprovider 2>&1 | tail -3
-  step "dev/moe_epi_ab.py prefetch 1536 2048 2304"
-  timeout 150 python3 dev/moe_epi_ab.py prefetch 1536 2048 2304 2>&1 | grep -v "Warning\|_warn" | tail -16
-  step "bench_moe at 2048 tokens"
-  timeout 100 python3 benchmarks/bench_moe.py --tokens 2048 --only "ours,ours:wgmma swap prefetch,dense mm" \
-    --name bench_moe_prefetch 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
-  cp benchmarks/results/bench_moe_prefetch.json "$OUT/" 2>/dev/null ;;
 final)
   step "CUDA tests of the MoE and the model, default rule"
   timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py tests/test_model.py \

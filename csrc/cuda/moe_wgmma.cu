@@ -1013,29 +1013,6 @@ __device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int 
     return false;
 }
 
-/* EXPERIMENT (session 56, not yet measured; JAMBA_EXT_MOE_SWAP_PREFETCH=1, a.swap_prefetch = the SM count): the W rows
- * of the block about one wave later (linear block id + SM count, which starts roughly when this one ends) into L2,
- * its first SW_STAGES k tiles, issued by the producer after this block's last loads, so that the next block's fill
- * reads W from L2 instead of DRAM (ksweep: ~2.5 us a block is not k steps; the fill is part of it). A hint: the
- * results do not depend on it. */
-template <bool GATE_UP>
-__device__ __forceinline__ void sw_prefetch_next(const moe_gemm_args &a, const CUtensorMap *tmW, int KT) {
-    const int64_t L = (int64_t)blockIdx.y * gridDim.x + blockIdx.x + a.swap_prefetch;
-    const int64_t y = L / gridDim.x, x = L % gridDim.x;
-    int e, len;
-    int64_t row0;
-    if (y >= gridDim.y || !sw_chunk(a, y, &e, &row0, &len) || len <= 0) return;
-    const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * x) : (int)(e * a.w_rows + 128 * x);
-    for (int kt = 0; kt < KT && kt < SW_STAGES; kt++) {
-        if (GATE_UP)
-            asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n"
-                         ::"l"(reinterpret_cast<uint64_t>(tmW)), "r"(kt * WG_BK), "r"(wrow), "r"(0) : "memory");
-        else
-            asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n"
-                         ::"l"(reinterpret_cast<uint64_t>(tmW)), "r"(kt * WG_BK), "r"(wrow) : "memory");
-    }
-}
-
 /* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
  * wgmmas of a loop that may run no iteration, C7515), then the epilogue through the ring */
 template <typename T, bool GATE_UP, int NC>
@@ -1181,7 +1158,6 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
                 for (int c = 0; c < NC; c++)
                     tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
             }
-            if (a.swap_prefetch > 0) sw_prefetch_next<GATE_UP>(a, &tmW, KT);
         }
         return;
     }
@@ -1388,11 +1364,8 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
-    moe_gemm_args as = a;
-    const char *pf = getenv("JAMBA_EXT_MOE_SWAP_PREFETCH"); /* "1": EXPERIMENT sw_prefetch_next */
-    as.swap_prefetch = pf != NULL && pf[0] == '1' ? jamba_cuda_sm_count(dev) : 0;
     jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
-                        stream, tmA, tmW, as);
+                        stream, tmA, tmW, a);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
