@@ -11,12 +11,24 @@
  *   sw       rs<NC, 32> with NC chosen at run time from 6..10 by a switch at kernel start (each case its own loop):
  *            whether ptxas keeps that pipeline (look for C75xx serialisation warnings in -Xptxas -v) and its speed
  * Prints TFLOP/s (2 * 128 * N * 16 * STEPS * CTAs / time) for each, and the ratio to ss256.
+ *
+ * Mode `traffic` (session 57, argv[1]): is the swap kernel's k loop (~83% of the matmul rate in the op, full rate here)
+ * held back by the bytes its stages bring into shared memory? k_traffic<NC> runs rs<NC, 32>'s loop (as
+ * moe_swap_kernel's sw_consume: a full-barrier wait a 64-k tile, the previous tile's stage released at its first k16
+ * step) with a third warpgroup that brings BYTES into a 3-slot scratch ring each k tile, paced by those barriers as the
+ * op's producer is (the consumers' operands stay the fixed ones; the scratch is never read). Kinds of traffic:
+ *   bulk  thread 256 issues one cp.async.bulk of BYTES from an L2-resident 24 MB buffer (L2 -> shared memory, as TMA)
+ *   sts   the producer warpgroup's 128 threads store BYTES from registers (shared-memory writes, no L2)
+ *   ldg   the producer warpgroup's 128 threads load BYTES from the same buffer into registers (L2 -> SM, no shared
+ *         memory writes; the loads' sum kept), then thread 256 arrives
+ * The op moves 48 KB a k tile at 256 rows (16 KB of W, 32 KB of tokens); the rows print each kind at 0-48 KB.
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 
 #define STEPS 8192
 #define SMEM_BYTES (160 * 1024)
@@ -143,6 +155,131 @@ __global__ void __launch_bounds__(256, 1) k_sw(float *out, int nc) {
     }
 }
 
+/* ---- mode traffic ---- */
+#define TR_SLOTS 3
+#define TR_SLOT_BYTES (48 * 1024)
+#define TR_SRC_BYTES (24l << 20)
+#define TR_SMEM (64 * 1024 + TR_SLOTS * TR_SLOT_BYTES + 64)
+enum { TR_BULK, TR_STS, TR_LDG };
+
+__device__ __forceinline__ void bar_init(uint32_t b, uint32_t n) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(b), "r"(n) : "memory");
+}
+__device__ __forceinline__ void bar_arrive_tx(uint32_t b, uint32_t tx) {   /* an arrival expecting tx bytes */
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(b), "r"(tx) : "memory");
+}
+__device__ __forceinline__ void bar_wait(uint32_t b, uint32_t parity) {
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(b), "r"(parity) : "memory");
+}
+
+/* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
+template <int NC, bool AHEAD>
+__global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
+    const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < TR_SLOTS; s++) {
+            bar_init(full + 8 * s, 1);
+            bar_init(empty + 8 * s, 2);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (threadIdx.x >= 256) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        const int t = threadIdx.x - 256;
+        uint32_t sink = 0;
+        for (int kt = 0; kt < KT; kt++) {
+            const int s = kt % TR_SLOTS;
+            if (kt >= TR_SLOTS) bar_wait(empty + 8 * s, ((kt / TR_SLOTS) - 1) & 1);
+            const int64_t off = ((int64_t)(blockIdx.x * 37 + kt) * TR_SLOT_BYTES) % (TR_SRC_BYTES - TR_SLOT_BYTES);
+            if (kind == TR_BULK) {
+                if (t == 0) {
+                    bar_arrive_tx(full + 8 * s, bytes);
+                    if (bytes > 0)
+                        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], "
+                                     "%2, [%3];\n" ::"r"(scratch + s * TR_SLOT_BYTES),
+                                     "l"(reinterpret_cast<const unsigned char *>(src) + off), "r"(bytes),
+                                     "r"(full + 8 * s) : "memory");
+                }
+            } else {
+                const uint4 *g = src + off / 16;
+                for (int v = t; v < bytes / 16; v += 128) {
+                    if (kind == TR_STS) {
+                        const uint32_t a = scratch + s * TR_SLOT_BYTES + 16 * v;
+                        asm volatile("st.shared.v4.u32 [%0], {%1, %2, %3, %4};\n" ::"r"(a), "r"(v), "r"(kt), "r"(t),
+                                     "r"(s) : "memory");
+                    } else {
+                        const uint4 x = __ldcg(g + v);
+                        sink += x.x ^ x.w;
+                    }
+                }
+                asm volatile("bar.sync 2, 128;\n" ::: "memory");
+                if (t == 0) bar_arrive_tx(full + 8 * s, 0);
+            }
+        }
+        if (sink == 0x12345678u) out[0] = 1.f;   /* (keeps the ldg loads) */
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    const int wg = threadIdx.x >> 7;
+    const uint32_t sa = base + wg * 8192, sb = base + 16384;
+    constexpr int NA = NC * 16;
+    float d[NA];
+#pragma unroll
+    for (int i = 0; i < NA; i++) d[i] = 0.f;
+    uint32_t a[4][4];   /* AHEAD: step kk's fragment in a[kk], loaded during step kk - 1; else a[kk & 1] */
+    int kt = 0;
+    if (AHEAD) {
+        bar_wait(full, 0);
+        load_a(a[0], sa, 0);
+    }
+    do {
+        if (!AHEAD) bar_wait(full + 8 * (kt % TR_SLOTS), (kt / TR_SLOTS) & 1);
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            const int ab = AHEAD ? kk : kk & 1;
+            if (!AHEAD) load_a(a[ab], sa, kk);
+            fence();
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const uint64_t db = desc(sb + kk * 32 + c * 32 * 128);
+                switch (c) {
+                case 0: mma_rs32<0, NA>(d, a[ab], db); break;
+                case 1: mma_rs32<(1 < NC ? 16 : 0), NA>(d, a[ab], db); break;
+                case 2: mma_rs32<(2 < NC ? 32 : 0), NA>(d, a[ab], db); break;
+                case 3: mma_rs32<(3 < NC ? 48 : 0), NA>(d, a[ab], db); break;
+                case 4: mma_rs32<(4 < NC ? 64 : 0), NA>(d, a[ab], db); break;
+                case 5: mma_rs32<(5 < NC ? 80 : 0), NA>(d, a[ab], db); break;
+                case 6: mma_rs32<(6 < NC ? 96 : 0), NA>(d, a[ab], db); break;
+                case 7: mma_rs32<(7 < NC ? 112 : 0), NA>(d, a[ab], db); break;
+                case 8: mma_rs32<(8 < NC ? 128 : 0), NA>(d, a[ab], db); break;
+                case 9: mma_rs32<(9 < NC ? 144 : 0), NA>(d, a[ab], db); break;
+                }
+            }
+            commit();
+            if (AHEAD && kk < 3) load_a(a[kk + 1], sa, kk + 1);
+            if (AHEAD && kk == 3 && kt + 1 < KT) {
+                bar_wait(full + 8 * ((kt + 1) % TR_SLOTS), ((kt + 1) / TR_SLOTS) & 1);
+                load_a(a[0], sa, 0);
+            }
+            wait<1>();
+            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) {
+                const uint32_t e = empty + 8 * ((kt - 1) % TR_SLOTS);
+                asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(e) : "memory");
+            }
+        }
+    } while (++kt < KT);
+    wait<0>();
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < NA; i++) t += d[i];
+    out[blockIdx.x * 256 + threadIdx.x] = t;
+}
+
 template <typename F> static float time_ms(F launch) {
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
@@ -157,11 +294,56 @@ template <typename F> static float time_ms(F launch) {
     return ms / 5.f;
 }
 
-int main() {
+static int traffic_main(int sms, float *out) {
+    uint4 *src;
+    cudaMalloc(&src, TR_SRC_BYTES);
+    cudaMemset(src, 1, TR_SRC_BYTES);
+    cudaFuncSetAttribute((const void *)k_traffic<8, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM);
+    cudaFuncSetAttribute((const void *)k_traffic<8, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM);
+    cudaFuncSetAttribute((const void *)k_traffic<9, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM);
+    const int KT = STEPS / 4;
+    const char *kinds[3] = {"bulk", "sts", "ldg"};
+    const int kb[5] = {0, 16, 32, 40, 48};
+    auto tf = [&](int n, float ms) { return 2.0 * 128 * n * 16 * (double)STEPS * sms / (ms * 1e-3) / 1e12; };
+    printf("traffic: %d SMs, %d k tiles of 64 a CTA; TFLOP/s of the consumers, median of 5 rounds in turns\n", sms, KT);
+    /* variant 0: NC 8; 1: NC 8 with the A fragment loaded a k16 step ahead (four register sets); 2: NC 9 */
+    for (int var = 0; var < 3; var++) {
+        const int nc = var == 2 ? 9 : 8;
+        float t[3][5][5];
+        for (int r = 0; r < 5; r++)
+            for (int k = 0; k < 3; k++)
+                for (int b = 0; b < 5; b++)
+                    t[k][b][r] = time_ms([&] {
+                        if (var == 0) k_traffic<8, false><<<sms, 384, TR_SMEM>>>(out, src, k, kb[b] * 1024, KT);
+                        else if (var == 1) k_traffic<8, true><<<sms, 384, TR_SMEM>>>(out, src, k, kb[b] * 1024, KT);
+                        else k_traffic<9, false><<<sms, 384, TR_SMEM>>>(out, src, k, kb[b] * 1024, KT);
+                    });
+        for (int k = 0; k < 3; k++) {
+            printf("  NC %d%s %-5s", nc, var == 1 ? " ahead" : "      ", kinds[k]);
+            for (int b = 0; b < 5; b++) {
+                float *v = t[k][b];
+                for (int i = 0; i < 5; i++)
+                    for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+                        const float x = v[j];
+                        v[j] = v[j - 1];
+                        v[j - 1] = x;
+                    }
+                printf("  %2d KB %6.1f", kb[b], tf(32 * nc, v[2]));
+            }
+            printf("\n");
+        }
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
+int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
     float *out;
     cudaMalloc(&out, (size_t)sms * 256 * sizeof(float));
+    if (argc > 1 && !strcmp(argv[1], "traffic")) return traffic_main(sms, out);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Session 57's device calls on one H200 (device tool), one script, by MODE:
+#   lab     dev/cuda/swap_ab_lab.cu traffic (no extension build): the swap kernel's k loop with 0-48 KB a k tile of
+#           traffic into shared memory (bulk copies from L2, stores from registers, L2 loads into registers), and
+#           with its A fragment loaded a k16 step ahead; then the lab's default rows
+# Usage on the device: JAMBA_COMMIT=<sha> bash dev/session57_round.sh MODE   (output: $OUT/round.log)
+OUT=${OUT:-/tmp/jamba_round_out}
+. benchmarks/round_env.sh
+mode=${1:-lab}
+{
+echo "commit $JAMBA_COMMIT, mode $mode"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv,noheader
+case "$mode" in
+lab)
+  step "dev/cuda/swap_ab_lab.cu traffic"
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
+  timeout 120 /tmp/swap_ab traffic
+  step "dev/cuda/swap_ab_lab.cu (the default rows)"
+  timeout 60 /tmp/swap_ab ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
+step done
+} 2>&1 | tee "$OUT/round.log"
