@@ -3,6 +3,8 @@
 #   lab     dev/cuda/swap_ab_lab.cu traffic (no extension build): the swap kernel's k loop with 0-48 KB a k tile of
 #           traffic into shared memory (bulk copies from L2, stores from registers, L2 loads into registers), and
 #           with its A fragment loaded a k16 step ahead; then the lab's default rows
+#   bisect  dev/cuda/swap_ab_lab.cu bisect: which part of the k loop's barrier protocol costs (no traffic), against
+#           the plain k_rs loop, in turns; the lab's SASS into $OUT/lab_sass.txt
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session57_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -17,6 +19,11 @@ lab)
   timeout 120 /tmp/swap_ab traffic
   step "dev/cuda/swap_ab_lab.cu (the default rows)"
   timeout 60 /tmp/swap_ab ;;
+bisect)
+  step "dev/cuda/swap_ab_lab.cu bisect"
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
+  cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
+  timeout 120 /tmp/swap_ab bisect ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

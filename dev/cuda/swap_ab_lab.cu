@@ -176,7 +176,7 @@ __device__ __forceinline__ void bar_wait(uint32_t b, uint32_t parity) {
 }
 
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
-template <int NC, bool AHEAD>
+template <int NC, bool AHEAD, int PROTO = 0>
 __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
@@ -191,6 +191,9 @@ __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src
     if (threadIdx.x >= 256) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         const int t = threadIdx.x - 256;
+        if (PROTO == 3 && t == 0)
+            for (int s = 0; s < TR_SLOTS; s++) bar_arrive_tx(full + 8 * s, 0);
+        if (PROTO != 0) return;
         uint32_t sink = 0;
         for (int kt = 0; kt < KT; kt++) {
             const int s = kt % TR_SLOTS;
@@ -233,12 +236,13 @@ __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src
     for (int i = 0; i < NA; i++) d[i] = 0.f;
     uint32_t a[4][4];   /* AHEAD: step kk's fragment in a[kk], loaded during step kk - 1; else a[kk & 1] */
     int kt = 0;
-    if (AHEAD) {
+    constexpr bool WAITS = PROTO == 0 || PROTO == 3, ARRIVES = PROTO == 0 || PROTO == 2;
+    if (AHEAD && WAITS) {
         bar_wait(full, 0);
         load_a(a[0], sa, 0);
     }
     do {
-        if (!AHEAD) bar_wait(full + 8 * (kt % TR_SLOTS), (kt / TR_SLOTS) & 1);
+        if (!AHEAD && WAITS) bar_wait(full + 8 * (kt % TR_SLOTS), PROTO == 3 ? 0 : (kt / TR_SLOTS) & 1);
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             const int ab = AHEAD ? kk : kk & 1;
@@ -263,11 +267,11 @@ __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src
             commit();
             if (AHEAD && kk < 3) load_a(a[kk + 1], sa, kk + 1);
             if (AHEAD && kk == 3 && kt + 1 < KT) {
-                bar_wait(full + 8 * ((kt + 1) % TR_SLOTS), ((kt + 1) / TR_SLOTS) & 1);
+                if (WAITS) bar_wait(full + 8 * ((kt + 1) % TR_SLOTS), PROTO == 3 ? 0 : ((kt + 1) / TR_SLOTS) & 1);
                 load_a(a[0], sa, 0);
             }
             wait<1>();
-            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) {
+            if (ARRIVES && kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) {
                 const uint32_t e = empty + 8 * ((kt - 1) % TR_SLOTS);
                 asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(e) : "memory");
             }
@@ -338,12 +342,58 @@ static int traffic_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* mode bisect: which part of k_traffic's protocol costs, with no traffic (NC 8), in turns against k_rs<8, 32> */
+static int bisect_main(int sms, float *out) {
+    uint4 *src;
+    cudaMalloc(&src, TR_SRC_BYTES);
+    const int KT = STEPS / 4;
+#define BIS_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
+    BIS_SET(k_traffic<8, false, 0>); BIS_SET(k_traffic<8, false, 1>); BIS_SET(k_traffic<8, false, 2>);
+    BIS_SET(k_traffic<8, false, 3>); BIS_SET(k_traffic<8, true, 0>); BIS_SET(k_traffic<8, true, 1>);
+    BIS_SET(k_rs<8, 32>);
+#undef BIS_SET
+    const char *names[7] = {"k_rs<8, 32> (256 threads, no protocol)", "k_traffic PROTO 0 (full protocol, 0 KB)",
+                            "k_traffic PROTO 1 (384 threads, no waits, no arrivals)",
+                            "k_traffic PROTO 2 (arrivals only)", "k_traffic PROTO 3 (waits on a completed barrier)",
+                            "k_traffic AHEAD PROTO 0", "k_traffic AHEAD PROTO 1"};
+    float t[7][7];
+    for (int r = 0; r < 7; r++)
+        for (int v = 0; v < 7; v++)
+            t[v][r] = time_ms([&] {
+                switch (v) {
+                case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
+                case 1: k_traffic<8, false, 0><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
+                case 2: k_traffic<8, false, 1><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
+                case 3: k_traffic<8, false, 2><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
+                case 4: k_traffic<8, false, 3><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
+                case 5: k_traffic<8, true, 0><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
+                case 6: k_traffic<8, true, 1><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
+                }
+            });
+    printf("bisect: NC 8, no traffic, 7 rounds in turns, median\n");
+    for (int v = 0; v < 7; v++) {
+        float *x = t[v];
+        for (int i = 0; i < 7; i++)
+            for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+                const float y = x[j];
+                x[j] = x[j - 1];
+                x[j - 1] = y;
+            }
+        printf("  %-56s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
+               2.0 * 128 * 256 * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
     float *out;
     cudaMalloc(&out, (size_t)sms * 256 * sizeof(float));
     if (argc > 1 && !strcmp(argv[1], "traffic")) return traffic_main(sms, out);
+    if (argc > 1 && !strcmp(argv[1], "bisect")) return bisect_main(sms, out);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
