@@ -175,8 +175,16 @@ __device__ __forceinline__ void bar_wait(uint32_t b, uint32_t parity) {
                      : "=r"(done) : "r"(b), "r"(parity) : "memory");
 }
 
+template <bool RELAX> __device__ __forceinline__ void bar_wait_c(uint32_t b, uint32_t parity) {
+    if (!RELAX) return bar_wait(b, parity);
+    uint32_t done = 0;
+    while (!done)
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.relaxed.cta.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(b), "r"(parity) : "memory");
+}
+
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
-template <int NC, bool AHEAD, int PROTO = 0>
+template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false>
 __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
@@ -242,7 +250,7 @@ __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src
         load_a(a[0], sa, 0);
     }
     do {
-        if (!AHEAD && WAITS) bar_wait(full + 8 * (kt % TR_SLOTS), PROTO == 3 ? 0 : (kt / TR_SLOTS) & 1);
+        if (!AHEAD && WAITS) bar_wait_c<RELAX>(full + 8 * (kt % TR_SLOTS), PROTO == 3 ? 0 : (kt / TR_SLOTS) & 1);
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
             const int ab = AHEAD ? kk : kk & 1;
@@ -265,15 +273,18 @@ __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src
                 }
             }
             commit();
+            static_assert(!AHEAD || DEPTH <= 2, "AHEAD: four register sets hold DEPTH + 2 steps' fragments");
             if (AHEAD && kk < 3) load_a(a[kk + 1], sa, kk + 1);
             if (AHEAD && kk == 3 && kt + 1 < KT) {
-                if (WAITS) bar_wait(full + 8 * ((kt + 1) % TR_SLOTS), PROTO == 3 ? 0 : ((kt + 1) / TR_SLOTS) & 1);
+                if (WAITS)
+                    bar_wait_c<RELAX>(full + 8 * ((kt + 1) % TR_SLOTS), PROTO == 3 ? 0 : ((kt + 1) / TR_SLOTS) & 1);
                 load_a(a[0], sa, 0);
             }
-            wait<1>();
-            if (ARRIVES && kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) {
+            wait<DEPTH>();   /* DEPTH groups left in flight: the previous tile's last is done at kk == DEPTH - 1 */
+            if (ARRIVES && kk == DEPTH - 1 && kt > 0 && (threadIdx.x & 127) == 0) {
                 const uint32_t e = empty + 8 * ((kt - 1) % TR_SLOTS);
-                asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(e) : "memory");
+                if (RELAX) asm volatile("mbarrier.arrive.relaxed.cta.shared::cta.b64 _, [%0];\n" ::"r"(e) : "memory");
+                else asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(e) : "memory");
             }
         }
     } while (++kt < KT);
@@ -387,6 +398,55 @@ static int bisect_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* mode depth: the protocol's cost against the wgmma groups left in flight (DEPTH) and relaxed barrier operations,
+ * NC 8, bulk traffic of 0 and 48 KB a k tile, in turns against k_rs<8, 32> */
+static int depth_main(int sms, float *out) {
+    uint4 *src;
+    cudaMalloc(&src, TR_SRC_BYTES);
+    cudaMemset(src, 1, TR_SRC_BYTES);
+    const int KT = STEPS / 4;
+#define DP_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
+    DP_SET(k_rs<8, 32>); DP_SET(k_traffic<8, false, 0, 1>); DP_SET(k_traffic<8, false, 0, 2>);
+    DP_SET(k_traffic<8, false, 0, 3>); DP_SET(k_traffic<8, true, 0, 2>); DP_SET(k_traffic<8, false, 0, 1, true>);
+    DP_SET(k_traffic<8, false, 0, 2, true>); DP_SET(k_traffic<9, false, 0, 2>);
+#undef DP_SET
+    const char *names[8] = {"k_rs<8, 32> (no protocol)", "DEPTH 1 (today's loop)", "DEPTH 2", "DEPTH 3",
+                            "DEPTH 2, A a step ahead", "DEPTH 1, relaxed", "DEPTH 2, relaxed", "NC 9 DEPTH 2"};
+    for (int kb = 0; kb <= 48; kb += 48) {
+        float t[8][7];
+        const int by = kb * 1024;
+        for (int r = 0; r < 7; r++)
+            for (int v = 0; v < 8; v++)
+                t[v][r] = time_ms([&] {
+                    switch (v) {
+                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
+                    case 1: k_traffic<8, false, 0, 1><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 2: k_traffic<8, false, 0, 2><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 3: k_traffic<8, false, 0, 3><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 4: k_traffic<8, true, 0, 2><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 5: k_traffic<8, false, 0, 1, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 6: k_traffic<8, false, 0, 2, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 7: k_traffic<9, false, 0, 2><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    }
+                });
+        printf("depth: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
+        for (int v = 0; v < 8; v++) {
+            float *x = t[v];
+            for (int i = 0; i < 7; i++)
+                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+                    const float y = x[j];
+                    x[j] = x[j - 1];
+                    x[j - 1] = y;
+                }
+            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
+                   2.0 * 128 * (v == 7 ? 288 : 256) * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+        }
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -394,6 +454,7 @@ int main(int argc, char **argv) {
     cudaMalloc(&out, (size_t)sms * 256 * sizeof(float));
     if (argc > 1 && !strcmp(argv[1], "traffic")) return traffic_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "bisect")) return bisect_main(sms, out);
+    if (argc > 1 && !strcmp(argv[1], "depth")) return depth_main(sms, out);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
