@@ -7,6 +7,8 @@
 #           the plain k_rs loop, in turns; the lab's SASS into $OUT/lab_sass.txt
 #   depth   dev/cuda/swap_ab_lab.cu depth: that protocol with 1 / 2 / 3 wgmma groups left in flight, the A fragment a
 #           step ahead, relaxed barrier operations; bulk traffic 0 and 48 KB a k tile
+#   early   dev/cuda/swap_ab_lab.cu early: the barrier operations after a step's wgmmas are issued (EARLY), 0-48 KB;
+#           the lab's SASS into $OUT/lab_sass.txt
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session57_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -30,6 +32,11 @@ depth)
   step "dev/cuda/swap_ab_lab.cu depth"
   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
   timeout 120 /tmp/swap_ab depth ;;
+early)
+  step "dev/cuda/swap_ab_lab.cu early"
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
+  cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
+  timeout 120 /tmp/swap_ab early ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

@@ -184,7 +184,7 @@ template <bool RELAX> __device__ __forceinline__ void bar_wait_c(uint32_t b, uin
 }
 
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
-template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false>
+template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false>
 __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
@@ -274,6 +274,13 @@ __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src
             }
             commit();
             static_assert(!AHEAD || DEPTH <= 2, "AHEAD: four register sets hold DEPTH + 2 steps' fragments");
+            static_assert(!EARLY || (AHEAD && DEPTH == 1), "EARLY: with AHEAD, DEPTH 1");
+            /* EARLY: the previous tile's stage released at kk == 1 before the wgmma wait (its last group, two steps
+             * back, is done since kk == 0's wait), so that the arrival is not ahead of the next ldmatrix */
+            if (EARLY && ARRIVES && kk == 1 && kt > 0 && (threadIdx.x & 127) == 0) {
+                const uint32_t e = empty + 8 * ((kt - 1) % TR_SLOTS);
+                asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(e) : "memory");
+            }
             if (AHEAD && kk < 3) load_a(a[kk + 1], sa, kk + 1);
             if (AHEAD && kk == 3 && kt + 1 < KT) {
                 if (WAITS)
@@ -281,7 +288,7 @@ __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src
                 load_a(a[0], sa, 0);
             }
             wait<DEPTH>();   /* DEPTH groups left in flight: the previous tile's last is done at kk == DEPTH - 1 */
-            if (ARRIVES && kk == DEPTH - 1 && kt > 0 && (threadIdx.x & 127) == 0) {
+            if (!EARLY && ARRIVES && kk == DEPTH - 1 && kt > 0 && (threadIdx.x & 127) == 0) {
                 const uint32_t e = empty + 8 * ((kt - 1) % TR_SLOTS);
                 if (RELAX) asm volatile("mbarrier.arrive.relaxed.cta.shared::cta.b64 _, [%0];\n" ::"r"(e) : "memory");
                 else asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(e) : "memory");
@@ -447,6 +454,54 @@ static int depth_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* mode early: the barrier operations placed after a step's wgmmas are issued (EARLY), NC 8 / 9, 0 and 48 KB */
+static int early_main(int sms, float *out) {
+    uint4 *src;
+    cudaMalloc(&src, TR_SRC_BYTES);
+    cudaMemset(src, 1, TR_SRC_BYTES);
+    const int KT = STEPS / 4;
+#define EA_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
+    EA_SET(k_rs<8, 32>); EA_SET(k_traffic<8, false>); EA_SET(k_traffic<8, true>);
+    EA_SET(k_traffic<8, true, 0, 1, false, true>); EA_SET(k_traffic<9, false>);
+    EA_SET(k_traffic<9, true, 0, 1, false, true>);
+#undef EA_SET
+    const char *names[6] = {"k_rs<8, 32> (no protocol)", "NC 8 today's loop", "NC 8 A ahead", "NC 8 A ahead, EARLY",
+                            "NC 9 today's loop", "NC 9 A ahead, EARLY"};
+    for (int kb = 0; kb <= 48; kb += 16) {
+        float t[6][7];
+        const int by = kb * 1024;
+        for (int r = 0; r < 7; r++)
+            for (int v = 0; v < 6; v++)
+                t[v][r] = time_ms([&] {
+                    switch (v) {
+                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
+                    case 1: k_traffic<8, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 2: k_traffic<8, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 3: k_traffic<8, true, 0, 1, false, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT);
+                        break;
+                    case 4: k_traffic<9, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 5: k_traffic<9, true, 0, 1, false, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT);
+                        break;
+                    }
+                });
+        printf("early: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
+        for (int v = 0; v < 6; v++) {
+            float *x = t[v];
+            for (int i = 0; i < 7; i++)
+                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+                    const float y = x[j];
+                    x[j] = x[j - 1];
+                    x[j - 1] = y;
+                }
+            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
+                   2.0 * 128 * (v >= 4 ? 288 : 256) * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+        }
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -455,6 +510,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "traffic")) return traffic_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "bisect")) return bisect_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "depth")) return depth_main(sms, out);
+    if (argc > 1 && !strcmp(argv[1], "early")) return early_main(sms, out);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
