@@ -184,8 +184,8 @@ template <bool RELAX> __device__ __forceinline__ void bar_wait_c(uint32_t b, uin
 }
 
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
-template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false>
-__global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
+template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false, int THREADS = 384>
+__global__ void __launch_bounds__(THREADS, 1) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
     if (threadIdx.x == 0) {
@@ -197,7 +197,8 @@ __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src
     }
     __syncthreads();
     if (threadIdx.x >= 256) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        /* THREADS 288: one producer warp, every thread at the launch's 224 registers (no setmaxnreg) */
+        if (THREADS == 384) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         const int t = threadIdx.x - 256;
         if (PROTO == 3 && t == 0)
             for (int s = 0; s < TR_SLOTS; s++) bar_arrive_tx(full + 8 * s, 0);
@@ -228,14 +229,14 @@ __global__ void __launch_bounds__(384, 1) k_traffic(float *out, const uint4 *src
                         sink += x.x ^ x.w;
                     }
                 }
-                asm volatile("bar.sync 2, 128;\n" ::: "memory");
+                asm volatile("bar.sync 2, %0;\n" ::"n"(THREADS - 256) : "memory");
                 if (t == 0) bar_arrive_tx(full + 8 * s, 0);
             }
         }
         if (sink == 0x12345678u) out[0] = 1.f;   /* (keeps the ldg loads) */
         return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    if (THREADS == 384) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int wg = threadIdx.x >> 7;
     const uint32_t sa = base + wg * 8192, sb = base + 16384;
     constexpr int NA = NC * 16;
@@ -502,6 +503,63 @@ static int early_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* mode regs: today's loop at 384 threads (setmaxnreg; ptxas allocates within 65536 / 384 = 168 registers for all
+ * threads) against 288 threads (one producer warp, 224 registers a thread, no setmaxnreg), NC 8 / 9 / 10, bulk 0 and
+ * 48 KB a k tile, in turns */
+static int regs_main(int sms, float *out) {
+    uint4 *src;
+    cudaMalloc(&src, TR_SRC_BYTES);
+    cudaMemset(src, 1, TR_SRC_BYTES);
+    const int KT = STEPS / 4;
+#define RG_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
+    RG_SET(k_rs<8, 32>); RG_SET(k_traffic<8, false>); RG_SET(k_traffic<8, false, 0, 1, false, false, 288>);
+    RG_SET(k_traffic<9, false>); RG_SET(k_traffic<9, false, 0, 1, false, false, 288>);
+    RG_SET(k_traffic<10, false>); RG_SET(k_traffic<10, false, 0, 1, false, false, 288>);
+    RG_SET(k_traffic<8, true, 0, 1, false, false, 288>);
+#undef RG_SET
+    const char *names[8] = {"k_rs<8, 32> (no protocol)", "NC 8, 384 threads", "NC 8, 288 threads", "NC 9, 384 threads",
+                            "NC 9, 288 threads", "NC 10, 384 threads", "NC 10, 288 threads",
+                            "NC 8, 288 threads, A ahead"};
+    const int ns[8] = {256, 256, 256, 288, 288, 320, 320, 256};
+    for (int kb = 0; kb <= 48; kb += 48) {
+        float t[8][7];
+        const int by = kb * 1024;
+        for (int r = 0; r < 7; r++)
+            for (int v = 0; v < 8; v++)
+                t[v][r] = time_ms([&] {
+                    switch (v) {
+                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
+                    case 1: k_traffic<8, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 2: k_traffic<8, false, 0, 1, false, false, 288><<<sms, 288, TR_SMEM>>>(out, src, TR_BULK, by,
+                                                                                               KT); break;
+                    case 3: k_traffic<9, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 4: k_traffic<9, false, 0, 1, false, false, 288><<<sms, 288, TR_SMEM>>>(out, src, TR_BULK, by,
+                                                                                               KT); break;
+                    case 5: k_traffic<10, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 6: k_traffic<10, false, 0, 1, false, false, 288><<<sms, 288, TR_SMEM>>>(out, src, TR_BULK, by,
+                                                                                                KT); break;
+                    case 7: k_traffic<8, true, 0, 1, false, false, 288><<<sms, 288, TR_SMEM>>>(out, src, TR_BULK, by,
+                                                                                              KT); break;
+                    }
+                });
+        printf("regs: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
+        for (int v = 0; v < 8; v++) {
+            float *x = t[v];
+            for (int i = 0; i < 7; i++)
+                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+                    const float y = x[j];
+                    x[j] = x[j - 1];
+                    x[j - 1] = y;
+                }
+            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
+                   2.0 * 128 * ns[v] * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+        }
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -511,6 +569,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "bisect")) return bisect_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "depth")) return depth_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "early")) return early_main(sms, out);
+    if (argc > 1 && !strcmp(argv[1], "regs")) return regs_main(sms, out);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
