@@ -185,7 +185,7 @@ template <bool RELAX> __device__ __forceinline__ void bar_wait_c(uint32_t b, uin
 
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
 template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false, int THREADS = 384>
-__global__ void __launch_bounds__(THREADS, 1) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
+__global__ void __maxnreg__(THREADS == 288 ? 224 : 168) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
     if (threadIdx.x == 0) {
