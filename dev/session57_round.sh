@@ -11,6 +11,8 @@
 #           the lab's SASS into $OUT/lab_sass.txt
 #   regs    dev/cuda/swap_ab_lab.cu regs: the loop at 384 threads (168 registers a thread at compile time) against 288
 #           (one producer warp, 224 registers, no setmaxnreg), NC 8 / 9 / 10; SASS into $OUT/lab_sass.txt
+#   batch   dev/cuda/swap_ab_lab.cu batch: a k tile's wgmmas as one group (CUTLASS's mainloop shape) against a group a
+#           k16 step, NC 8 / 9 / 10; SASS into $OUT/lab_sass.txt
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session57_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -45,6 +47,12 @@ regs)
     | grep -A1 "k_traffic" | grep -o "Used [0-9]* registers" | sort | uniq -c
   cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
   timeout 120 /tmp/swap_ab regs ;;
+batch)
+  step "dev/cuda/swap_ab_lab.cu batch"
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab 2>&1 \
+    | grep -A1 "k_traffic.*Li384ELb1" | grep -o "Used [0-9]* registers\|C75[0-9]*" | sort | uniq -c
+  cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
+  timeout 120 /tmp/swap_ab batch ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

@@ -183,8 +183,49 @@ template <bool RELAX> __device__ __forceinline__ void bar_wait_c(uint32_t b, uin
                      "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(b), "r"(parity) : "memory");
 }
 
+/* chunk c of a k16 step: m64n32k16 into accumulators 16 c .. 16 c + 15 (the offset a template constant) */
+template <int NC>
+__device__ __forceinline__ void rs32_chunk(float (&d)[NC * 16], const uint32_t (&a)[4], uint64_t db, int c) {
+    constexpr int NA = NC * 16;
+    switch (c) {
+    case 0: mma_rs32<0, NA>(d, a, db); break;
+    case 1: mma_rs32<(1 < NC ? 16 : 0), NA>(d, a, db); break;
+    case 2: mma_rs32<(2 < NC ? 32 : 0), NA>(d, a, db); break;
+    case 3: mma_rs32<(3 < NC ? 48 : 0), NA>(d, a, db); break;
+    case 4: mma_rs32<(4 < NC ? 64 : 0), NA>(d, a, db); break;
+    case 5: mma_rs32<(5 < NC ? 80 : 0), NA>(d, a, db); break;
+    case 6: mma_rs32<(6 < NC ? 96 : 0), NA>(d, a, db); break;
+    case 7: mma_rs32<(7 < NC ? 112 : 0), NA>(d, a, db); break;
+    case 8: mma_rs32<(8 < NC ? 128 : 0), NA>(d, a, db); break;
+    case 9: mma_rs32<(9 < NC ? 144 : 0), NA>(d, a, db); break;
+    }
+}
+
+/* BATCH: k tile kt as one wgmma group (CUTLASS's mainloop shape): wait for its stage, its four A fragments into
+ * register set B, 4 x NC wgmmas, commit, wait for the previous tile's group, release that tile's stage. So the
+ * barrier operations run with a whole k tile of wgmmas queued, not one k16 step's */
+template <int NC, int B>
+__device__ __forceinline__ void bt_tile(float (&d)[NC * 16], uint32_t (&a)[2][4][4], uint32_t sa, uint32_t sb,
+                                        uint32_t full, uint32_t empty, int kt) {
+    bar_wait(full + 8 * (kt % TR_SLOTS), (kt / TR_SLOTS) & 1);
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) load_a(a[B][kk], sa, kk);
+    fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++)
+#pragma unroll
+        for (int c = 0; c < NC; c++) rs32_chunk<NC>(d, a[B][kk], desc(sb + kk * 32 + c * 32 * 128), c);
+    commit();
+    wait<1>();
+    if (kt > 0 && (threadIdx.x & 127) == 0) {
+        const uint32_t e = empty + 8 * ((kt - 1) % TR_SLOTS);
+        asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(e) : "memory");
+    }
+}
+
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
-template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false, int THREADS = 384>
+template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false, int THREADS = 384,
+          bool BATCH = false>
 __global__ void __maxnreg__(THREADS == 288 ? 224 : 168) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
@@ -243,6 +284,20 @@ __global__ void __maxnreg__(THREADS == 288 ? 224 : 168) k_traffic(float *out, co
     float d[NA];
 #pragma unroll
     for (int i = 0; i < NA; i++) d[i] = 0.f;
+    if (BATCH) {
+        static_assert(!BATCH || PROTO == 0, "BATCH: the full protocol");
+        uint32_t a2[2][4][4];
+        for (int kt = 0; kt < KT; kt += 2) {
+            bt_tile<NC, 0>(d, a2, sa, sb, full, empty, kt);
+            if (kt + 1 < KT) bt_tile<NC, 1>(d, a2, sa, sb, full, empty, kt + 1);
+        }
+        wait<0>();
+        float t = 0.f;
+#pragma unroll
+        for (int i = 0; i < NA; i++) t += d[i];
+        out[blockIdx.x * 256 + threadIdx.x] = t;
+        return;
+    }
     uint32_t a[4][4];   /* AHEAD: step kk's fragment in a[kk], loaded during step kk - 1; else a[kk & 1] */
     int kt = 0;
     constexpr bool WAITS = PROTO == 0 || PROTO == 3, ARRIVES = PROTO == 0 || PROTO == 2;
@@ -560,6 +615,58 @@ static int regs_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* mode batch: a k tile's wgmmas as one group (BATCH) against today's group a k16 step, NC 8 / 9 / 10, bulk 0 / 48 KB */
+static int batch_main(int sms, float *out) {
+    uint4 *src;
+    cudaMalloc(&src, TR_SRC_BYTES);
+    cudaMemset(src, 1, TR_SRC_BYTES);
+    const int KT = STEPS / 4;
+#define BT_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
+    BT_SET(k_rs<8, 32>); BT_SET(k_traffic<8, false>); BT_SET(k_traffic<8, false, 0, 1, false, false, 384, true>);
+    BT_SET(k_traffic<9, false>); BT_SET(k_traffic<9, false, 0, 1, false, false, 384, true>);
+    BT_SET(k_traffic<10, false>); BT_SET(k_traffic<10, false, 0, 1, false, false, 384, true>);
+#undef BT_SET
+    const char *names[7] = {"k_rs<8, 32> (no protocol)", "NC 8, a group a k16 step", "NC 8, a group a k tile",
+                            "NC 9, a group a k16 step", "NC 9, a group a k tile", "NC 10, a group a k16 step",
+                            "NC 10, a group a k tile"};
+    const int ns[7] = {256, 256, 256, 288, 288, 320, 320};
+    for (int kb = 0; kb <= 48; kb += 48) {
+        float t[7][7];
+        const int by = kb * 1024;
+        for (int r = 0; r < 7; r++)
+            for (int v = 0; v < 7; v++)
+                t[v][r] = time_ms([&] {
+                    switch (v) {
+                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
+                    case 1: k_traffic<8, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 2: k_traffic<8, false, 0, 1, false, false, 384, true><<<sms, 384, TR_SMEM>>>(out, src,
+                                                                                       TR_BULK, by, KT); break;
+                    case 3: k_traffic<9, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 4: k_traffic<9, false, 0, 1, false, false, 384, true><<<sms, 384, TR_SMEM>>>(out, src,
+                                                                                       TR_BULK, by, KT); break;
+                    case 5: k_traffic<10, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 6: k_traffic<10, false, 0, 1, false, false, 384, true><<<sms, 384, TR_SMEM>>>(out, src,
+                                                                                        TR_BULK, by, KT); break;
+                    }
+                });
+        printf("batch: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
+        for (int v = 0; v < 7; v++) {
+            float *x = t[v];
+            for (int i = 0; i < 7; i++)
+                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+                    const float y = x[j];
+                    x[j] = x[j - 1];
+                    x[j - 1] = y;
+                }
+            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
+                   2.0 * 128 * ns[v] * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+        }
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -570,6 +677,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "depth")) return depth_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "early")) return early_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "regs")) return regs_main(sms, out);
+    if (argc > 1 && !strcmp(argv[1], "batch")) return batch_main(sms, out);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
