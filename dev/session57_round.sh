@@ -13,6 +13,7 @@
 #           (one producer warp, 224 registers, no setmaxnreg), NC 8 / 9 / 10; SASS into $OUT/lab_sass.txt
 #   batch   dev/cuda/swap_ab_lab.cu batch: a k tile's wgmmas as one group (CUTLASS's mainloop shape) against a group a
 #           k16 step, NC 8 / 9 / 10; SASS into $OUT/lab_sass.txt
+#   copy    dev/cuda/swap_ab_lab.cu copy: the bulk-copy ring alone (2-4 slots of 16-48 KB): the L2 -> shared-memory rate
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session57_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -53,6 +54,10 @@ batch)
     | grep -A1 "k_traffic.*Li384ELb1" | grep -o "Used [0-9]* registers\|C75[0-9]*" | sort | uniq -c
   cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
   timeout 120 /tmp/swap_ab batch ;;
+copy)
+  step "dev/cuda/swap_ab_lab.cu copy"
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
+  timeout 120 /tmp/swap_ab copy ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

@@ -667,6 +667,75 @@ static int batch_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* mode copy: the ring alone (no wgmmas): warp 0's lane 0 brings BYTES a k tile by cp.async.bulk from the 24 MB
+ * L2-resident buffer into SLOTS slots, warp 1 waits for each and releases it at once. Prints the bytes all CTAs bring
+ * per second: the L2 -> shared-memory rate a TMA-fed GEMM can draw on */
+template <int SLOTS>
+__global__ void __launch_bounds__(64, 1) k_copy(const unsigned char *src, int bytes, int KT) {
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
+    const uint32_t full = base + SLOTS * bytes, empty = full + 8 * SLOTS;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < SLOTS; s++) {
+            bar_init(full + 8 * s, 1);
+            bar_init(empty + 8 * s, 1);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int kt = 0; kt < KT; kt++) {
+            const int s = kt % SLOTS;
+            if (kt >= SLOTS) bar_wait(empty + 8 * s, ((kt / SLOTS) - 1) & 1);
+            const int64_t off = ((int64_t)(blockIdx.x * 37 + kt) * TR_SLOT_BYTES) % (TR_SRC_BYTES - TR_SLOT_BYTES);
+            bar_arrive_tx(full + 8 * s, bytes);
+            asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                         ::"r"(base + s * bytes), "l"(src + off), "r"(bytes), "r"(full + 8 * s) : "memory");
+        }
+    } else if (threadIdx.x == 32) {
+        for (int kt = 0; kt < KT; kt++) {
+            const int s = kt % SLOTS;
+            bar_wait(full + 8 * s, (kt / SLOTS) & 1);
+            asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(empty + 8 * s) : "memory");
+        }
+    }
+}
+
+static int copy_main(int sms) {
+    unsigned char *src;
+    cudaMalloc(&src, TR_SRC_BYTES);
+    cudaMemset(src, 1, TR_SRC_BYTES);
+    const int KT = STEPS / 4;
+    cudaFuncSetAttribute((const void *)k_copy<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
+    cudaFuncSetAttribute((const void *)k_copy<3>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
+    cudaFuncSetAttribute((const void *)k_copy<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024);
+    printf("copy: %d CTAs of 64 threads, %d copies each, TB/s into shared memory (median of 5)\n", sms, KT);
+    const int kbs[3] = {16, 32, 48};
+    for (int slots = 2; slots <= 4; slots++) {
+        printf("  %d slots:", slots);
+        for (int i = 0; i < 3; i++) {
+            const int by = kbs[i] * 1024;
+            float v[5];
+            for (int r = 0; r < 5; r++)
+                v[r] = time_ms([&] {
+                    if (slots == 2) k_copy<2><<<sms, 64, 200 * 1024>>>(src, by, KT);
+                    else if (slots == 3) k_copy<3><<<sms, 64, 200 * 1024>>>(src, by, KT);
+                    else k_copy<4><<<sms, 64, 200 * 1024>>>(src, by, KT);
+                });
+            for (int a = 0; a < 5; a++)
+                for (int j = a; j > 0 && v[j] < v[j - 1]; j--) {
+                    const float y = v[j];
+                    v[j] = v[j - 1];
+                    v[j - 1] = y;
+                }
+            printf("  %2d KB %5.2f", kbs[i], (double)sms * KT * by / (v[2] * 1e-3) / 1e12);
+        }
+        printf("\n");
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -678,6 +747,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "early")) return early_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "regs")) return regs_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "batch")) return batch_main(sms, out);
+    if (argc > 1 && !strcmp(argv[1], "copy")) return copy_main(sms);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
