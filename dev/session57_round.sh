@@ -14,6 +14,8 @@
 #   batch   dev/cuda/swap_ab_lab.cu batch: a k tile's wgmmas as one group (CUTLASS's mainloop shape) against a group a
 #           k16 step, NC 8 / 9 / 10; SASS into $OUT/lab_sass.txt
 #   copy    dev/cuda/swap_ab_lab.cu copy: the bulk-copy ring alone (2-4 slots of 16-48 KB): the L2 -> shared-memory rate
+#   hoist   dev/cuda/swap_ab_lab.cu hoist: today's loop with its loop-invariant values pinned (asm volatile movs) and
+#           the slot / parity as counters; then the extension's build and moe_swap_kernel's SASS ($OUT/swap_sass.txt)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session57_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -58,6 +60,14 @@ copy)
   step "dev/cuda/swap_ab_lab.cu copy"
   nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
   timeout 120 /tmp/swap_ab copy ;;
+hoist)
+  step "dev/cuda/swap_ab_lab.cu hoist"
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
+  cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
+  timeout 120 /tmp/swap_ab hoist
+  build_cuda
+  cuobjdump -sass jamba_ext/_C.abi3.so 2>/dev/null | awk '/Function :/ {p = /moe_swap_kernel/} p' > "$OUT/swap_sass.txt"
+  grep -c "Function" "$OUT/swap_sass.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

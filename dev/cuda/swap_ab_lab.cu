@@ -58,13 +58,23 @@ __device__ __forceinline__ void mma_rs64(float (&d)[NA], const uint32_t (&a)[4],
                  : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]), "+f"(d[OFF + 16]), "+f"(d[OFF + 17]), "+f"(d[OFF + 18]), "+f"(d[OFF + 19]), "+f"(d[OFF + 20]), "+f"(d[OFF + 21]), "+f"(d[OFF + 22]), "+f"(d[OFF + 23]), "+f"(d[OFF + 24]), "+f"(d[OFF + 25]), "+f"(d[OFF + 26]), "+f"(d[OFF + 27]), "+f"(d[OFF + 28]), "+f"(d[OFF + 29]), "+f"(d[OFF + 30]), "+f"(d[OFF + 31]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
 }
 
-/* the warpgroup's A fragment of k16 step s (of a 64-k stage at sa) by ldmatrix.x4, swizzled addresses */
-__device__ __forceinline__ void load_a(uint32_t (&a)[4], uint32_t sa, int s) {
+/* the thread's ldmatrix address for k16 step s of a 64-k stage at sa (swizzled) */
+__device__ __forceinline__ uint32_t a_addr(uint32_t sa, int s) {
     const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3;
     const int r = warp * 16 + (lane & 15), kc = (s & 3) * 2 + (lane >> 4);
-    const uint32_t addr = sa + (r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4);
+    return sa + (r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4);
+}
+__device__ __forceinline__ void ldsm4(uint32_t (&a)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(addr));
+}
+/* the warpgroup's A fragment of k16 step s (of a 64-k stage at sa) by ldmatrix.x4 */
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], uint32_t sa, int s) { ldsm4(a, a_addr(sa, s)); }
+/* v in a register the compiler cannot recompute (asm volatile): keeps loop-invariant addresses out of loops */
+__device__ __forceinline__ uint32_t pinned(uint32_t v) {
+    uint32_t r;
+    asm volatile("mov.b32 %0, %1;\n" : "=r"(r) : "r"(v));
+    return r;
 }
 
 extern __shared__ __align__(1024) unsigned char smem[];
@@ -225,7 +235,7 @@ __device__ __forceinline__ void bt_tile(float (&d)[NC * 16], uint32_t (&a)[2][4]
 
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
 template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false, int THREADS = 384,
-          bool BATCH = false>
+          bool BATCH = false, bool HOIST = false>
 __global__ void __maxnreg__(THREADS == 288 ? 224 : 168) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
@@ -290,6 +300,36 @@ __global__ void __maxnreg__(THREADS == 288 ? 224 : 168) k_traffic(float *out, co
         for (int kt = 0; kt < KT; kt += 2) {
             bt_tile<NC, 0>(d, a2, sa, sb, full, empty, kt);
             if (kt + 1 < KT) bt_tile<NC, 1>(d, a2, sa, sb, full, empty, kt + 1);
+        }
+        wait<0>();
+        float t = 0.f;
+#pragma unroll
+        for (int i = 0; i < NA; i++) t += d[i];
+        out[blockIdx.x * 256 + threadIdx.x] = t;
+        return;
+    }
+    if (HOIST) {   /* today's loop with its addresses and the leader flag pinned, the slot and parity as counters */
+        static_assert(!HOIST || (PROTO == 0 && !BATCH && !AHEAD), "HOIST: today's loop");
+        uint32_t la[4];
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) la[kk] = pinned(a_addr(sa, kk));
+        const uint32_t leader = pinned((threadIdx.x & 127) == 0);
+        uint32_t a[2][4], slot = 0, par = 0, prev = full;   /* prev: the previous tile's empty barrier */
+        for (int kt = 0; kt < KT; kt++) {
+            bar_wait(full + 8 * slot, par);
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                ldsm4(a[kk & 1], la[kk]);
+                fence();
+#pragma unroll
+                for (int c = 0; c < NC; c++) rs32_chunk<NC>(d, a[kk & 1], desc(sb + kk * 32 + c * 32 * 128), c);
+                commit();
+                wait<1>();
+                if (kk == 0 && kt > 0 && leader)
+                    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(prev) : "memory");
+            }
+            prev = empty + 8 * slot;
+            if (++slot == TR_SLOTS) slot = 0, par ^= 1;
         }
         wait<0>();
         float t = 0.f;
@@ -736,6 +776,57 @@ static int copy_main(int sms) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* mode hoist: today's loop with its loop-invariant values pinned in registers (HOIST), NC 8 / 9 / 10, 0 / 48 KB */
+static int hoist_main(int sms, float *out) {
+    uint4 *src;
+    cudaMalloc(&src, TR_SRC_BYTES);
+    cudaMemset(src, 1, TR_SRC_BYTES);
+    const int KT = STEPS / 4;
+#define HO_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
+    HO_SET(k_rs<8, 32>); HO_SET(k_traffic<8, false>); HO_SET(k_traffic<8, false, 0, 1, false, false, 384, false, true>);
+    HO_SET(k_traffic<9, false>); HO_SET(k_traffic<9, false, 0, 1, false, false, 384, false, true>);
+    HO_SET(k_traffic<10, false>); HO_SET(k_traffic<10, false, 0, 1, false, false, 384, false, true>);
+#undef HO_SET
+    const char *names[7] = {"k_rs<8, 32> (no protocol)", "NC 8 today's loop", "NC 8 hoisted", "NC 9 today's loop",
+                            "NC 9 hoisted", "NC 10 today's loop", "NC 10 hoisted"};
+    const int ns[7] = {256, 256, 256, 288, 288, 320, 320};
+    for (int kb = 0; kb <= 48; kb += 48) {
+        float t[7][7];
+        const int by = kb * 1024;
+        for (int r = 0; r < 7; r++)
+            for (int v = 0; v < 7; v++)
+                t[v][r] = time_ms([&] {
+                    switch (v) {
+                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
+                    case 1: k_traffic<8, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 2: k_traffic<8, false, 0, 1, false, false, 384, false, true><<<sms, 384, TR_SMEM>>>(out, src,
+                                                                                         TR_BULK, by, KT); break;
+                    case 3: k_traffic<9, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 4: k_traffic<9, false, 0, 1, false, false, 384, false, true><<<sms, 384, TR_SMEM>>>(out, src,
+                                                                                         TR_BULK, by, KT); break;
+                    case 5: k_traffic<10, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
+                    case 6: k_traffic<10, false, 0, 1, false, false, 384, false, true><<<sms, 384, TR_SMEM>>>(out, src,
+                                                                                          TR_BULK, by, KT); break;
+                    }
+                });
+        printf("hoist: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
+        for (int v = 0; v < 7; v++) {
+            float *x = t[v];
+            for (int i = 0; i < 7; i++)
+                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+                    const float y = x[j];
+                    x[j] = x[j - 1];
+                    x[j - 1] = y;
+                }
+            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
+                   2.0 * 128 * ns[v] * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+        }
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -748,6 +839,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "regs")) return regs_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "batch")) return batch_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "copy")) return copy_main(sms);
+    if (argc > 1 && !strcmp(argv[1], "hoist")) return hoist_main(sms, out);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
