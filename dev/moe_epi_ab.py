@@ -3,8 +3,8 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py pin 1536 2048       # the swap engine's k loop: pinned invariants (default) / not
-    python3 dev/moe_epi_ab.py ksweep pin          # ksweep of those two (default: default / f2f)
+    python3 dev/moe_epi_ab.py wpf 1536 2048       # EXPERIMENT: the swap producer's W prefetch, distance 0 / 4 / 8
+    python3 dev/moe_epi_ab.py ksweep wpf          # ksweep of those (default: default / f2f)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -39,8 +39,8 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-# session 57: the swap engine's k loop with its invariants pinned in registers (default) against the loop before
-PIN_VARIANTS = {"default": {}, "nopin": {"JAMBA_EXT_MOE_SWAP_NOPIN": "1"}}
+# session 57, EXPERIMENT: the swap producer prefetches into L2 the W k tile d tiles ahead of its loads
+WPF_VARIANTS = {"default": {}, "wpf4": {"JAMBA_EXT_MOE_SWAP_WPF": "4"}, "wpf8": {"JAMBA_EXT_MOE_SWAP_WPF": "8"}}
 ROUNDS, REPS = 8, 10
 
 
@@ -57,7 +57,7 @@ def matmul_tflops(dt):
 
 
 def ab(tokens, variants=VARIANTS, dt=dt):
-    """variants: name -> env, the first the reference; outputs compared bit for bit (VARIANTS, PIN_VARIANTS) or by
+    """variants: name -> env, the first the reference; outputs compared bit for bit (VARIANTS, WPF_VARIANTS) or by
     their largest difference relative to the reference's largest magnitude (other variants: other sums)"""
     H = 4096
     torch.manual_seed(0)
@@ -80,7 +80,7 @@ def ab(tokens, variants=VARIANTS, dt=dt):
             outs[name] = op()
         names = list(variants)
         first = outs[names[0]].float()
-        if variants is VARIANTS or variants is PIN_VARIANTS:
+        if variants is VARIANTS or variants is WPF_VARIANTS:
             same = f"outputs bit-identical: {all(torch.equal(outs[names[0]], o) for o in outs.values())}"
         else:
             same = "largest difference / largest output: " + ", ".join(
@@ -154,9 +154,9 @@ if __name__ == "__main__":
         ab([int(t) for t in sys.argv[2:]] or [2048])
     elif mode == "swapf16":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS, torch.float16)
-    elif mode == "pin":
-        ab([int(t) for t in sys.argv[2:]] or [2048], PIN_VARIANTS)
+    elif mode == "wpf":
+        ab([int(t) for t in sys.argv[2:]] or [2048], WPF_VARIANTS)
     elif mode == "ksweep":
-        ksweep(PIN_VARIANTS if sys.argv[2:3] == ["pin"] else VARIANTS)
+        ksweep(WPF_VARIANTS if sys.argv[2:3] == ["wpf"] else VARIANTS)
     else:
-        sys.exit(f"unknown mode {mode} (ab, swapf16, pin, ksweep [pin])")
+        sys.exit(f"unknown mode {mode} (ab, swapf16, wpf, ksweep [wpf])")

@@ -983,28 +983,17 @@ __device__ __forceinline__ void sw_mma(float (&d)[NA], const uint32_t (&a)[4], u
 }
 #endif
 
-/* The thread's ldmatrix.x4 address for the A fragment of warpgroup wg, k16 step kk, relative to the stage's W box
- * (128-byte swizzle): fragment row fr of warp q reads box row 64 wg + 16 q + fr; GATE_UP: the gate row 32 wg + 8 q +
- * fr (fr < 8) or the same output's up row 64 + 32 wg + 8 q + fr - 8 */
-template <bool GATE_UP> __device__ __forceinline__ uint32_t sw_a_off(int kk) {
+/* A fragment of warpgroup wg (k16 step kk of the stage's W box at sa, 128-byte swizzle): fragment row fr of warp q
+ * reads box row 64 wg + 16 q + fr; GATE_UP: the gate row 32 wg + 8 q + fr (fr < 8) or the same output's up row
+ * 64 + 32 wg + 8 q + fr - 8 */
+template <bool GATE_UP> __device__ __forceinline__ void sw_load_a(uint32_t (&a)[4], uint32_t sa, int kk) {
     const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7, fr = lane & 15;
     const int r = GATE_UP ? (fr < 8 ? 32 * wg + 8 * warp + fr : 64 + 32 * wg + 8 * warp + fr - 8)
                           : 64 * wg + 16 * warp + fr;
     const int kc = kk * 2 + (lane >> 4);
-    return (uint32_t)((r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4));
-}
-__device__ __forceinline__ void sw_ldsm(uint32_t (&a)[4], uint32_t addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(addr));
-}
-/* v in a register that ptxas cannot recompute (an asm volatile mov). Without it ptxas rematerialised the k loop's
- * invariants (threadIdx, the ldmatrix offsets, the barrier slot) at every k tile, and the chain ahead of the tile's
- * first ldmatrix left the tensor pipe idle: 10-22% of the k loop's rate in dev/cuda/swap_ab_lab.cu hoist (session 57,
- * s57_hoist_f70ac01.log) */
-__device__ __forceinline__ uint32_t sw_pinned(uint32_t v) {
-    uint32_t r;
-    asm volatile("mov.b32 %0, %1;\n" : "=r"(r) : "r"(v));
-    return r;
+                 : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+                 : "r"(sa + (r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4)));
 }
 
 /* block y -> expert e and the chunk's sorted rows [row0, row0 + len); false past the last chunk */
@@ -1035,24 +1024,15 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     float d[NA];
 #pragma unroll
     for (int i = 0; i < NA; i++) d[i] = 0.f;
-    uint32_t ar[2][4], la[4];
-    if (a.swap_nopin) {
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) la[kk] = sw_a_off<GATE_UP>(kk);
-    } else {   /* the loop's invariants pinned (sw_pinned), the stage's slot and parity as counters */
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) la[kk] = sw_pinned(sw_a_off<GATE_UP>(kk));
-        ring = sw_pinned(ring);
-    }
-    const bool leader = a.swap_nopin ? (threadIdx.x & 127) == 0 : sw_pinned((threadIdx.x & 127) == 0) != 0;
-    uint32_t slot = 0, par = 0, prev_empty = empty;
+    uint32_t ar[2][4];
     int kt = 0;
     do {
-        mbar_wait(full + 8 * slot, par);
-        const uint32_t sa = ring + slot * SW_STAGE_BYTES, sb = sa + SW_A_BYTES;
+        const int s = kt % SW_STAGES;
+        mbar_wait(full + 8 * s, (kt / SW_STAGES) & 1);
+        const uint32_t sa = ring + s * SW_STAGE_BYTES, sb = sa + SW_A_BYTES;
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
-            sw_ldsm(ar[kk & 1], sa + la[kk]);
+            sw_load_a<GATE_UP>(ar[kk & 1], sa, kk);
             wg_pin(d);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
@@ -1075,10 +1055,8 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
             wg_pin(d);
             /* the group before is done: at kk == 0 the previous stage's last, so that stage is free */
-            if (kk == 0 && kt > 0 && leader) mbar_arrive(prev_empty);
+            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(empty + 8 * ((kt - 1) % SW_STAGES));
         }
-        prev_empty = empty + 8 * slot;
-        if (++slot == SW_STAGES) slot = 0, par ^= 1;
     } while (++kt < KT);
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wg_pin(d);
@@ -1179,6 +1157,18 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
                 else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
                 for (int c = 0; c < NC; c++)
                     tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
+                /* EXPERIMENT (session 57, JAMBA_EXT_MOE_SWAP_WPF=d): the W k tile d tiles further into L2, so that
+                 * the block's W stream (from DRAM: at ~256 rows an expert each W block is read by one CTA) has
+                 * SW_STAGES + d tiles in flight instead of SW_STAGES. A hint: the results do not depend on it */
+                if (a.swap_wpf > 0 && kt + a.swap_wpf < KT) {
+                    const int kp = (kt + a.swap_wpf) * WG_BK;
+                    if (GATE_UP)
+                        asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n"
+                                     ::"l"(reinterpret_cast<uint64_t>(&tmW)), "r"(kp), "r"(wrow), "r"(0) : "memory");
+                    else
+                        asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n"
+                                     ::"l"(reinterpret_cast<uint64_t>(&tmW)), "r"(kp), "r"(wrow) : "memory");
+                }
             }
         }
         return;
@@ -1492,8 +1482,9 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
     moe_gemm_args ae = a;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
     ae.epi_f2f = epi != NULL && epi[0] == '1';
-    const char *nopin = getenv("JAMBA_EXT_MOE_SWAP_NOPIN"); /* "1": the swap engine's k loop as before (A/B) */
-    ae.swap_nopin = nopin != NULL && nopin[0] == '1';
+    const char *wpf = getenv("JAMBA_EXT_MOE_SWAP_WPF"); /* EXPERIMENT: the swap producer's W prefetch distance */
+    ae.swap_wpf = wpf != NULL ? atoi(wpf) : 0;
+    if (ae.swap_wpf < 0 || ae.swap_wpf > 64) ae.swap_wpf = 0;
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);
     if (dtype == JAMBA_F16) return wgmma_launch<__half>(dtype, ae, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs bf16/f16");
