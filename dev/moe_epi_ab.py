@@ -3,8 +3,6 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py wpf 1536 2048       # EXPERIMENT: the swap producer's W prefetch, distance 0 / 4 / 8
-    python3 dev/moe_epi_ab.py ksweep wpf          # ksweep of those (default: default / f2f)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -39,8 +37,6 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-# session 57, EXPERIMENT: the swap producer prefetches into L2 the W k tile d tiles ahead of its loads
-WPF_VARIANTS = {"default": {}, "wpf4": {"JAMBA_EXT_MOE_SWAP_WPF": "4"}, "wpf8": {"JAMBA_EXT_MOE_SWAP_WPF": "8"}}
 ROUNDS, REPS = 8, 10
 
 
@@ -57,8 +53,8 @@ def matmul_tflops(dt):
 
 
 def ab(tokens, variants=VARIANTS, dt=dt):
-    """variants: name -> env, the first the reference; outputs compared bit for bit (VARIANTS, WPF_VARIANTS) or by
-    their largest difference relative to the reference's largest magnitude (other variants: other sums)"""
+    """variants: name -> env, the first the reference; outputs compared bit for bit (VARIANTS) or by their largest
+    difference relative to the reference's largest magnitude (other variants: other sums)"""
     H = 4096
     torch.manual_seed(0)
     wgu = (torch.randn(E, 2 * F, H, device=dev) * H ** -0.5).to(dt)
@@ -80,7 +76,7 @@ def ab(tokens, variants=VARIANTS, dt=dt):
             outs[name] = op()
         names = list(variants)
         first = outs[names[0]].float()
-        if variants is VARIANTS or variants is WPF_VARIANTS:
+        if variants is VARIANTS:
             same = f"outputs bit-identical: {all(torch.equal(outs[names[0]], o) for o in outs.values())}"
         else:
             same = "largest difference / largest output: " + ", ".join(
@@ -106,14 +102,14 @@ def ab(tokens, variants=VARIANTS, dt=dt):
     set_env({})
 
 
-def ksweep(variants=VARIANTS):
+def ksweep():
     T = 2048
     print(f"T {T}, F {F}, E {E}, top-{K}, 256 rows an expert; gate_up / down kernel times (profiler), us")
     idx = torch.arange(T, device=dev)
     ids = torch.stack([idx % E, (idx + 1) % E], 1).to(torch.int32)
     w = torch.full((T, K), 0.5, device=dev)
     offsets, slots = ops.moe_permute(ids, E)
-    pts = {name: [] for name in variants}
+    pts = {"default": [], "f2f": []}
     for H in (2048, 4096, 8192):
         torch.manual_seed(0)
         wgu = (torch.randn(E, 2 * F, H, device=dev) * H ** -0.5).to(dt)
@@ -123,7 +119,7 @@ def ksweep(variants=VARIANTS):
         res = {n: [] for n in pts}
         for r in range(4):  # alternating which runs first
             for name in (list(pts) if r % 2 == 0 else list(pts)[::-1]):
-                set_env(variants[name])
+                set_env(VARIANTS[name])
                 kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
                 res[name].append((sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k),
                                   sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k)))
@@ -154,9 +150,7 @@ if __name__ == "__main__":
         ab([int(t) for t in sys.argv[2:]] or [2048])
     elif mode == "swapf16":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS, torch.float16)
-    elif mode == "wpf":
-        ab([int(t) for t in sys.argv[2:]] or [2048], WPF_VARIANTS)
     elif mode == "ksweep":
-        ksweep(WPF_VARIANTS if sys.argv[2:3] == ["wpf"] else VARIANTS)
+        ksweep()
     else:
-        sys.exit(f"unknown mode {mode} (ab, swapf16, wpf, ksweep [wpf])")
+        sys.exit(f"unknown mode {mode} (ab, swapf16, ksweep)")

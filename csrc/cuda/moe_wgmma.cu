@@ -1157,18 +1157,6 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
                 else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
                 for (int c = 0; c < NC; c++)
                     tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
-                /* EXPERIMENT (session 57, JAMBA_EXT_MOE_SWAP_WPF=d): the W k tile d tiles further into L2, so that
-                 * the block's W stream (from DRAM: at ~256 rows an expert each W block is read by one CTA) has
-                 * SW_STAGES + d tiles in flight instead of SW_STAGES. A hint: the results do not depend on it */
-                if (a.swap_wpf > 0 && kt + a.swap_wpf < KT) {
-                    const int kp = (kt + a.swap_wpf) * WG_BK;
-                    if (GATE_UP)
-                        asm volatile("cp.async.bulk.prefetch.tensor.3d.L2.global.tile [%0, {%1, %2, %3}];\n"
-                                     ::"l"(reinterpret_cast<uint64_t>(&tmW)), "r"(kp), "r"(wrow), "r"(0) : "memory");
-                    else
-                        asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];\n"
-                                     ::"l"(reinterpret_cast<uint64_t>(&tmW)), "r"(kp), "r"(wrow) : "memory");
-                }
             }
         }
         return;
@@ -1482,9 +1470,6 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
     moe_gemm_args ae = a;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
     ae.epi_f2f = epi != NULL && epi[0] == '1';
-    const char *wpf = getenv("JAMBA_EXT_MOE_SWAP_WPF"); /* EXPERIMENT: the swap producer's W prefetch distance */
-    ae.swap_wpf = wpf != NULL ? atoi(wpf) : 0;
-    if (ae.swap_wpf < 0 || ae.swap_wpf > 64) ae.swap_wpf = 0;
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);
     if (dtype == JAMBA_F16) return wgmma_launch<__half>(dtype, ae, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs bf16/f16");

@@ -22,6 +22,13 @@
  *   ldg   the producer warpgroup's 128 threads load BYTES from the same buffer into registers (L2 -> SM, no shared
  *         memory writes; the loads' sum kept), then thread 256 arrives
  * The op moves 48 KB a k tile at 256 rows (16 KB of W, 32 KB of tokens); the rows print each kind at 0-48 KB.
+ * Modes bisect / depth / early / regs / batch / hoist time variants of k_traffic's loop in turns (its template flags:
+ * which barrier operations, wgmma groups left in flight, the A fragment a step ahead, 288 threads, a group a k tile,
+ * pinned invariants); mode copy times the bulk-copy ring alone (the L2 -> shared-memory rate). Findings (session 57,
+ * docs/PERF_NOTES.md): bulk traffic of up to 48 KB a k tile costs the loop nothing by itself; the ring alone moves
+ * 8.5-9.2 TB/s into shared memory (48 KB a 128 x 256 x 64 tile: ~795 TFLOP/s at most); the paced loop's SASS here
+ * re-read threadIdx and recomputed its addresses every k tile (unlike the op's, whose loop ptxas had already hoisted),
+ * so its "today's loop" rows understate the op's loop: the hoisted rows (HOIST) are the op's shape.
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -29,6 +36,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 
 #define STEPS 8192
 #define SMEM_BYTES (160 * 1024)
@@ -181,8 +189,8 @@ __device__ __forceinline__ void bar_arrive_tx(uint32_t b, uint32_t tx) {   /* an
 __device__ __forceinline__ void bar_wait(uint32_t b, uint32_t parity) {
     uint32_t done = 0;
     while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(b), "r"(parity) : "memory");
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(b), "r"(parity) : "memory");
 }
 
 template <bool RELAX> __device__ __forceinline__ void bar_wait_c(uint32_t b, uint32_t parity) {
@@ -236,7 +244,8 @@ __device__ __forceinline__ void bt_tile(float (&d)[NC * 16], uint32_t (&a)[2][4]
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
 template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false, int THREADS = 384,
           bool BATCH = false, bool HOIST = false>
-__global__ void __maxnreg__(THREADS == 288 ? 224 : 168) k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
+__global__ void __maxnreg__(THREADS == 288 ? 224 : 168)
+    k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
     if (threadIdx.x == 0) {
@@ -456,255 +465,178 @@ static int traffic_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
-/* mode bisect: which part of k_traffic's protocol costs, with no traffic (NC 8), in turns against k_rs<8, 32> */
-static int bisect_main(int sms, float *out) {
-    uint4 *src;
-    cudaMalloc(&src, TR_SRC_BYTES);
+/* The modes below time k_traffic variants in turns: 7 rounds, each running every variant once (time_ms), for each
+ * traffic size in kbs (KB a k tile, bulk copies); a variant's row is its median, TFLOP/s at N = ns[v] token rows.
+ * launch(v, bytes, src, KT) runs variant v. (Sessions 57's logs s57_{bisect,depth,early,regs,batch,hoist}_*.log came
+ * from these modes' first forms, one function each with the same loops, at the commits the logs name.) */
+static uint4 *tr_src() {
+    static uint4 *src = NULL;
+    if (!src) {
+        cudaMalloc(&src, TR_SRC_BYTES);
+        cudaMemset(src, 1, TR_SRC_BYTES);
+    }
+    return src;
+}
+template <typename L>
+static int turns(const char *mode, int sms, int nv, const char *const *names, const int *ns,
+                 std::initializer_list<int> kbs, L launch) {
+    uint4 *src = tr_src();
     const int KT = STEPS / 4;
-#define BIS_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
-    BIS_SET(k_traffic<8, false, 0>); BIS_SET(k_traffic<8, false, 1>); BIS_SET(k_traffic<8, false, 2>);
-    BIS_SET(k_traffic<8, false, 3>); BIS_SET(k_traffic<8, true, 0>); BIS_SET(k_traffic<8, true, 1>);
-    BIS_SET(k_rs<8, 32>);
-#undef BIS_SET
+    float t[8][7];
+    for (const int kb : kbs) {
+        for (int r = 0; r < 7; r++)
+            for (int v = 0; v < nv; v++) t[v][r] = time_ms([&] { launch(v, kb * 1024, src, KT); });
+        printf("%s: bulk %d KB a k tile, 7 rounds in turns, median\n", mode, kb);
+        for (int v = 0; v < nv; v++) {
+            float *x = t[v];
+            for (int i = 0; i < 7; i++)
+                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
+                    const float y = x[j];
+                    x[j] = x[j - 1];
+                    x[j - 1] = y;
+                }
+            printf("  %-56s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
+                   2.0 * 128 * ns[v] * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+        }
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+/* a k_traffic variant's shared-memory limit raised; one launch of it (384 threads, or THREADS in the list) */
+#define TR_SET(...) cudaFuncSetAttribute((const void *)k_traffic<__VA_ARGS__>, \
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
+#define TR_RUN(T, ...) k_traffic<__VA_ARGS__><<<sms, T, TR_SMEM>>>(out, src, TR_BULK, by, KT)
+#define RS_RUN k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out)
+#define RS_SET cudaFuncSetAttribute((const void *)k_rs<8, 32>, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
+
+/* mode bisect: which part of k_traffic's protocol costs, with no traffic (NC 8), against k_rs<8, 32> */
+static int bisect_main(int sms, float *out) {
+    RS_SET; TR_SET(8, false, 0); TR_SET(8, false, 1); TR_SET(8, false, 2); TR_SET(8, false, 3);
+    TR_SET(8, true, 0); TR_SET(8, true, 1);
     const char *names[7] = {"k_rs<8, 32> (256 threads, no protocol)", "k_traffic PROTO 0 (full protocol, 0 KB)",
                             "k_traffic PROTO 1 (384 threads, no waits, no arrivals)",
                             "k_traffic PROTO 2 (arrivals only)", "k_traffic PROTO 3 (waits on a completed barrier)",
                             "k_traffic AHEAD PROTO 0", "k_traffic AHEAD PROTO 1"};
-    float t[7][7];
-    for (int r = 0; r < 7; r++)
-        for (int v = 0; v < 7; v++)
-            t[v][r] = time_ms([&] {
-                switch (v) {
-                case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
-                case 1: k_traffic<8, false, 0><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
-                case 2: k_traffic<8, false, 1><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
-                case 3: k_traffic<8, false, 2><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
-                case 4: k_traffic<8, false, 3><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
-                case 5: k_traffic<8, true, 0><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
-                case 6: k_traffic<8, true, 1><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, 0, KT); break;
-                }
-            });
-    printf("bisect: NC 8, no traffic, 7 rounds in turns, median\n");
-    for (int v = 0; v < 7; v++) {
-        float *x = t[v];
-        for (int i = 0; i < 7; i++)
-            for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
-                const float y = x[j];
-                x[j] = x[j - 1];
-                x[j - 1] = y;
-            }
-        printf("  %-56s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
-               2.0 * 128 * 256 * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
-    }
-    const cudaError_t e = cudaDeviceSynchronize();
-    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
-    return e == cudaSuccess ? 0 : 1;
+    const int ns[7] = {256, 256, 256, 256, 256, 256, 256};
+    return turns("bisect", sms, 7, names, ns, {0}, [&](int v, int by, uint4 *src, int KT) {
+        switch (v) {
+        case 0: RS_RUN; break;
+        case 1: TR_RUN(384, 8, false, 0); break;
+        case 2: TR_RUN(384, 8, false, 1); break;
+        case 3: TR_RUN(384, 8, false, 2); break;
+        case 4: TR_RUN(384, 8, false, 3); break;
+        case 5: TR_RUN(384, 8, true, 0); break;
+        case 6: TR_RUN(384, 8, true, 1); break;
+        }
+    });
 }
 
-/* mode depth: the protocol's cost against the wgmma groups left in flight (DEPTH) and relaxed barrier operations,
- * NC 8, bulk traffic of 0 and 48 KB a k tile, in turns against k_rs<8, 32> */
+/* mode depth: the protocol against the wgmma groups left in flight (DEPTH) and relaxed barrier operations */
 static int depth_main(int sms, float *out) {
-    uint4 *src;
-    cudaMalloc(&src, TR_SRC_BYTES);
-    cudaMemset(src, 1, TR_SRC_BYTES);
-    const int KT = STEPS / 4;
-#define DP_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
-    DP_SET(k_rs<8, 32>); DP_SET(k_traffic<8, false, 0, 1>); DP_SET(k_traffic<8, false, 0, 2>);
-    DP_SET(k_traffic<8, false, 0, 3>); DP_SET(k_traffic<8, true, 0, 2>); DP_SET(k_traffic<8, false, 0, 1, true>);
-    DP_SET(k_traffic<8, false, 0, 2, true>); DP_SET(k_traffic<9, false, 0, 2>);
-#undef DP_SET
+    RS_SET; TR_SET(8, false, 0, 1); TR_SET(8, false, 0, 2); TR_SET(8, false, 0, 3); TR_SET(8, true, 0, 2);
+    TR_SET(8, false, 0, 1, true); TR_SET(8, false, 0, 2, true); TR_SET(9, false, 0, 2);
     const char *names[8] = {"k_rs<8, 32> (no protocol)", "DEPTH 1 (today's loop)", "DEPTH 2", "DEPTH 3",
                             "DEPTH 2, A a step ahead", "DEPTH 1, relaxed", "DEPTH 2, relaxed", "NC 9 DEPTH 2"};
-    for (int kb = 0; kb <= 48; kb += 48) {
-        float t[8][7];
-        const int by = kb * 1024;
-        for (int r = 0; r < 7; r++)
-            for (int v = 0; v < 8; v++)
-                t[v][r] = time_ms([&] {
-                    switch (v) {
-                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
-                    case 1: k_traffic<8, false, 0, 1><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 2: k_traffic<8, false, 0, 2><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 3: k_traffic<8, false, 0, 3><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 4: k_traffic<8, true, 0, 2><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 5: k_traffic<8, false, 0, 1, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 6: k_traffic<8, false, 0, 2, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 7: k_traffic<9, false, 0, 2><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    }
-                });
-        printf("depth: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
-        for (int v = 0; v < 8; v++) {
-            float *x = t[v];
-            for (int i = 0; i < 7; i++)
-                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
-                    const float y = x[j];
-                    x[j] = x[j - 1];
-                    x[j - 1] = y;
-                }
-            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
-                   2.0 * 128 * (v == 7 ? 288 : 256) * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+    const int ns[8] = {256, 256, 256, 256, 256, 256, 256, 288};
+    return turns("depth", sms, 8, names, ns, {0, 48}, [&](int v, int by, uint4 *src, int KT) {
+        switch (v) {
+        case 0: RS_RUN; break;
+        case 1: TR_RUN(384, 8, false, 0, 1); break;
+        case 2: TR_RUN(384, 8, false, 0, 2); break;
+        case 3: TR_RUN(384, 8, false, 0, 3); break;
+        case 4: TR_RUN(384, 8, true, 0, 2); break;
+        case 5: TR_RUN(384, 8, false, 0, 1, true); break;
+        case 6: TR_RUN(384, 8, false, 0, 2, true); break;
+        case 7: TR_RUN(384, 9, false, 0, 2); break;
         }
-    }
-    const cudaError_t e = cudaDeviceSynchronize();
-    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
-    return e == cudaSuccess ? 0 : 1;
+    });
 }
 
-/* mode early: the barrier operations placed after a step's wgmmas are issued (EARLY), NC 8 / 9, 0 and 48 KB */
+/* mode early: the barrier operations placed after a step's wgmmas are issued (EARLY), NC 8 / 9, 0-48 KB */
 static int early_main(int sms, float *out) {
-    uint4 *src;
-    cudaMalloc(&src, TR_SRC_BYTES);
-    cudaMemset(src, 1, TR_SRC_BYTES);
-    const int KT = STEPS / 4;
-#define EA_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
-    EA_SET(k_rs<8, 32>); EA_SET(k_traffic<8, false>); EA_SET(k_traffic<8, true>);
-    EA_SET(k_traffic<8, true, 0, 1, false, true>); EA_SET(k_traffic<9, false>);
-    EA_SET(k_traffic<9, true, 0, 1, false, true>);
-#undef EA_SET
+    RS_SET; TR_SET(8, false); TR_SET(8, true); TR_SET(8, true, 0, 1, false, true); TR_SET(9, false);
+    TR_SET(9, true, 0, 1, false, true);
     const char *names[6] = {"k_rs<8, 32> (no protocol)", "NC 8 today's loop", "NC 8 A ahead", "NC 8 A ahead, EARLY",
                             "NC 9 today's loop", "NC 9 A ahead, EARLY"};
-    for (int kb = 0; kb <= 48; kb += 16) {
-        float t[6][7];
-        const int by = kb * 1024;
-        for (int r = 0; r < 7; r++)
-            for (int v = 0; v < 6; v++)
-                t[v][r] = time_ms([&] {
-                    switch (v) {
-                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
-                    case 1: k_traffic<8, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 2: k_traffic<8, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 3: k_traffic<8, true, 0, 1, false, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT);
-                        break;
-                    case 4: k_traffic<9, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 5: k_traffic<9, true, 0, 1, false, true><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT);
-                        break;
-                    }
-                });
-        printf("early: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
-        for (int v = 0; v < 6; v++) {
-            float *x = t[v];
-            for (int i = 0; i < 7; i++)
-                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
-                    const float y = x[j];
-                    x[j] = x[j - 1];
-                    x[j - 1] = y;
-                }
-            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
-                   2.0 * 128 * (v >= 4 ? 288 : 256) * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+    const int ns[6] = {256, 256, 256, 256, 288, 288};
+    return turns("early", sms, 6, names, ns, {0, 16, 32, 48}, [&](int v, int by, uint4 *src, int KT) {
+        switch (v) {
+        case 0: RS_RUN; break;
+        case 1: TR_RUN(384, 8, false); break;
+        case 2: TR_RUN(384, 8, true); break;
+        case 3: TR_RUN(384, 8, true, 0, 1, false, true); break;
+        case 4: TR_RUN(384, 9, false); break;
+        case 5: TR_RUN(384, 9, true, 0, 1, false, true); break;
         }
-    }
-    const cudaError_t e = cudaDeviceSynchronize();
-    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
-    return e == cudaSuccess ? 0 : 1;
+    });
 }
 
-/* mode regs: today's loop at 384 threads (setmaxnreg; ptxas allocates within 65536 / 384 = 168 registers for all
- * threads) against 288 threads (one producer warp, 224 registers a thread, no setmaxnreg), NC 8 / 9 / 10, bulk 0 and
- * 48 KB a k tile, in turns */
+/* mode regs: today's loop at 384 threads against 288 (one producer warp, no setmaxnreg, __maxnreg__ 224: launches
+ * with more than 168 registers fail there, 9 warps put 3 on one SM sub-partition), NC 8 / 9 / 10 */
 static int regs_main(int sms, float *out) {
-    uint4 *src;
-    cudaMalloc(&src, TR_SRC_BYTES);
-    cudaMemset(src, 1, TR_SRC_BYTES);
-    const int KT = STEPS / 4;
-#define RG_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
-    RG_SET(k_rs<8, 32>); RG_SET(k_traffic<8, false>); RG_SET(k_traffic<8, false, 0, 1, false, false, 288>);
-    RG_SET(k_traffic<9, false>); RG_SET(k_traffic<9, false, 0, 1, false, false, 288>);
-    RG_SET(k_traffic<10, false>); RG_SET(k_traffic<10, false, 0, 1, false, false, 288>);
-    RG_SET(k_traffic<8, true, 0, 1, false, false, 288>);
-#undef RG_SET
+    RS_SET; TR_SET(8, false); TR_SET(8, false, 0, 1, false, false, 288); TR_SET(9, false);
+    TR_SET(9, false, 0, 1, false, false, 288); TR_SET(10, false); TR_SET(10, false, 0, 1, false, false, 288);
+    TR_SET(8, true, 0, 1, false, false, 288);
     const char *names[8] = {"k_rs<8, 32> (no protocol)", "NC 8, 384 threads", "NC 8, 288 threads", "NC 9, 384 threads",
                             "NC 9, 288 threads", "NC 10, 384 threads", "NC 10, 288 threads",
                             "NC 8, 288 threads, A ahead"};
     const int ns[8] = {256, 256, 256, 288, 288, 320, 320, 256};
-    for (int kb = 0; kb <= 48; kb += 48) {
-        float t[8][7];
-        const int by = kb * 1024;
-        for (int r = 0; r < 7; r++)
-            for (int v = 0; v < 8; v++)
-                t[v][r] = time_ms([&] {
-                    switch (v) {
-                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
-                    case 1: k_traffic<8, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 2: k_traffic<8, false, 0, 1, false, false, 288><<<sms, 288, TR_SMEM>>>(out, src, TR_BULK, by,
-                                                                                               KT); break;
-                    case 3: k_traffic<9, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 4: k_traffic<9, false, 0, 1, false, false, 288><<<sms, 288, TR_SMEM>>>(out, src, TR_BULK, by,
-                                                                                               KT); break;
-                    case 5: k_traffic<10, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 6: k_traffic<10, false, 0, 1, false, false, 288><<<sms, 288, TR_SMEM>>>(out, src, TR_BULK, by,
-                                                                                                KT); break;
-                    case 7: k_traffic<8, true, 0, 1, false, false, 288><<<sms, 288, TR_SMEM>>>(out, src, TR_BULK, by,
-                                                                                              KT); break;
-                    }
-                });
-        printf("regs: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
-        for (int v = 0; v < 8; v++) {
-            float *x = t[v];
-            for (int i = 0; i < 7; i++)
-                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
-                    const float y = x[j];
-                    x[j] = x[j - 1];
-                    x[j - 1] = y;
-                }
-            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
-                   2.0 * 128 * ns[v] * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+    return turns("regs", sms, 8, names, ns, {0, 48}, [&](int v, int by, uint4 *src, int KT) {
+        switch (v) {
+        case 0: RS_RUN; break;
+        case 1: TR_RUN(384, 8, false); break;
+        case 2: TR_RUN(288, 8, false, 0, 1, false, false, 288); break;
+        case 3: TR_RUN(384, 9, false); break;
+        case 4: TR_RUN(288, 9, false, 0, 1, false, false, 288); break;
+        case 5: TR_RUN(384, 10, false); break;
+        case 6: TR_RUN(288, 10, false, 0, 1, false, false, 288); break;
+        case 7: TR_RUN(288, 8, true, 0, 1, false, false, 288); break;
         }
-    }
-    const cudaError_t e = cudaDeviceSynchronize();
-    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
-    return e == cudaSuccess ? 0 : 1;
+    });
 }
 
-/* mode batch: a k tile's wgmmas as one group (BATCH) against today's group a k16 step, NC 8 / 9 / 10, bulk 0 / 48 KB */
+/* mode batch: a k tile's wgmmas as one group (BATCH) against a group a k16 step, NC 8 / 9 / 10 */
 static int batch_main(int sms, float *out) {
-    uint4 *src;
-    cudaMalloc(&src, TR_SRC_BYTES);
-    cudaMemset(src, 1, TR_SRC_BYTES);
-    const int KT = STEPS / 4;
-#define BT_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
-    BT_SET(k_rs<8, 32>); BT_SET(k_traffic<8, false>); BT_SET(k_traffic<8, false, 0, 1, false, false, 384, true>);
-    BT_SET(k_traffic<9, false>); BT_SET(k_traffic<9, false, 0, 1, false, false, 384, true>);
-    BT_SET(k_traffic<10, false>); BT_SET(k_traffic<10, false, 0, 1, false, false, 384, true>);
-#undef BT_SET
+    RS_SET; TR_SET(8, false); TR_SET(8, false, 0, 1, false, false, 384, true); TR_SET(9, false);
+    TR_SET(9, false, 0, 1, false, false, 384, true); TR_SET(10, false);
+    TR_SET(10, false, 0, 1, false, false, 384, true);
     const char *names[7] = {"k_rs<8, 32> (no protocol)", "NC 8, a group a k16 step", "NC 8, a group a k tile",
                             "NC 9, a group a k16 step", "NC 9, a group a k tile", "NC 10, a group a k16 step",
                             "NC 10, a group a k tile"};
     const int ns[7] = {256, 256, 256, 288, 288, 320, 320};
-    for (int kb = 0; kb <= 48; kb += 48) {
-        float t[7][7];
-        const int by = kb * 1024;
-        for (int r = 0; r < 7; r++)
-            for (int v = 0; v < 7; v++)
-                t[v][r] = time_ms([&] {
-                    switch (v) {
-                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
-                    case 1: k_traffic<8, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 2: k_traffic<8, false, 0, 1, false, false, 384, true><<<sms, 384, TR_SMEM>>>(out, src,
-                                                                                       TR_BULK, by, KT); break;
-                    case 3: k_traffic<9, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 4: k_traffic<9, false, 0, 1, false, false, 384, true><<<sms, 384, TR_SMEM>>>(out, src,
-                                                                                       TR_BULK, by, KT); break;
-                    case 5: k_traffic<10, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 6: k_traffic<10, false, 0, 1, false, false, 384, true><<<sms, 384, TR_SMEM>>>(out, src,
-                                                                                        TR_BULK, by, KT); break;
-                    }
-                });
-        printf("batch: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
-        for (int v = 0; v < 7; v++) {
-            float *x = t[v];
-            for (int i = 0; i < 7; i++)
-                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
-                    const float y = x[j];
-                    x[j] = x[j - 1];
-                    x[j - 1] = y;
-                }
-            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
-                   2.0 * 128 * ns[v] * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+    return turns("batch", sms, 7, names, ns, {0, 48}, [&](int v, int by, uint4 *src, int KT) {
+        switch (v) {
+        case 0: RS_RUN; break;
+        case 1: TR_RUN(384, 8, false); break;
+        case 2: TR_RUN(384, 8, false, 0, 1, false, false, 384, true); break;
+        case 3: TR_RUN(384, 9, false); break;
+        case 4: TR_RUN(384, 9, false, 0, 1, false, false, 384, true); break;
+        case 5: TR_RUN(384, 10, false); break;
+        case 6: TR_RUN(384, 10, false, 0, 1, false, false, 384, true); break;
         }
-    }
-    const cudaError_t e = cudaDeviceSynchronize();
-    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
-    return e == cudaSuccess ? 0 : 1;
+    });
+}
+
+/* mode hoist: today's loop with its loop-invariant values pinned in registers (HOIST), NC 8 / 9 / 10 */
+static int hoist_main(int sms, float *out) {
+    RS_SET; TR_SET(8, false); TR_SET(8, false, 0, 1, false, false, 384, false, true); TR_SET(9, false);
+    TR_SET(9, false, 0, 1, false, false, 384, false, true); TR_SET(10, false);
+    TR_SET(10, false, 0, 1, false, false, 384, false, true);
+    const char *names[7] = {"k_rs<8, 32> (no protocol)", "NC 8 today's loop", "NC 8 hoisted", "NC 9 today's loop",
+                            "NC 9 hoisted", "NC 10 today's loop", "NC 10 hoisted"};
+    const int ns[7] = {256, 256, 256, 288, 288, 320, 320};
+    return turns("hoist", sms, 7, names, ns, {0, 48}, [&](int v, int by, uint4 *src, int KT) {
+        switch (v) {
+        case 0: RS_RUN; break;
+        case 1: TR_RUN(384, 8, false); break;
+        case 2: TR_RUN(384, 8, false, 0, 1, false, false, 384, false, true); break;
+        case 3: TR_RUN(384, 9, false); break;
+        case 4: TR_RUN(384, 9, false, 0, 1, false, false, 384, false, true); break;
+        case 5: TR_RUN(384, 10, false); break;
+        case 6: TR_RUN(384, 10, false, 0, 1, false, false, 384, false, true); break;
+        }
+    });
 }
 
 /* mode copy: the ring alone (no wgmmas): warp 0's lane 0 brings BYTES a k tile by cp.async.bulk from the 24 MB
@@ -770,57 +702,6 @@ static int copy_main(int sms) {
             printf("  %2d KB %5.2f", kbs[i], (double)sms * KT * by / (v[2] * 1e-3) / 1e12);
         }
         printf("\n");
-    }
-    const cudaError_t e = cudaDeviceSynchronize();
-    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
-    return e == cudaSuccess ? 0 : 1;
-}
-
-/* mode hoist: today's loop with its loop-invariant values pinned in registers (HOIST), NC 8 / 9 / 10, 0 / 48 KB */
-static int hoist_main(int sms, float *out) {
-    uint4 *src;
-    cudaMalloc(&src, TR_SRC_BYTES);
-    cudaMemset(src, 1, TR_SRC_BYTES);
-    const int KT = STEPS / 4;
-#define HO_SET(...) cudaFuncSetAttribute((const void *)__VA_ARGS__, cudaFuncAttributeMaxDynamicSharedMemorySize, TR_SMEM)
-    HO_SET(k_rs<8, 32>); HO_SET(k_traffic<8, false>); HO_SET(k_traffic<8, false, 0, 1, false, false, 384, false, true>);
-    HO_SET(k_traffic<9, false>); HO_SET(k_traffic<9, false, 0, 1, false, false, 384, false, true>);
-    HO_SET(k_traffic<10, false>); HO_SET(k_traffic<10, false, 0, 1, false, false, 384, false, true>);
-#undef HO_SET
-    const char *names[7] = {"k_rs<8, 32> (no protocol)", "NC 8 today's loop", "NC 8 hoisted", "NC 9 today's loop",
-                            "NC 9 hoisted", "NC 10 today's loop", "NC 10 hoisted"};
-    const int ns[7] = {256, 256, 256, 288, 288, 320, 320};
-    for (int kb = 0; kb <= 48; kb += 48) {
-        float t[7][7];
-        const int by = kb * 1024;
-        for (int r = 0; r < 7; r++)
-            for (int v = 0; v < 7; v++)
-                t[v][r] = time_ms([&] {
-                    switch (v) {
-                    case 0: k_rs<8, 32><<<sms, 256, TR_SMEM>>>(out); break;
-                    case 1: k_traffic<8, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 2: k_traffic<8, false, 0, 1, false, false, 384, false, true><<<sms, 384, TR_SMEM>>>(out, src,
-                                                                                         TR_BULK, by, KT); break;
-                    case 3: k_traffic<9, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 4: k_traffic<9, false, 0, 1, false, false, 384, false, true><<<sms, 384, TR_SMEM>>>(out, src,
-                                                                                         TR_BULK, by, KT); break;
-                    case 5: k_traffic<10, false><<<sms, 384, TR_SMEM>>>(out, src, TR_BULK, by, KT); break;
-                    case 6: k_traffic<10, false, 0, 1, false, false, 384, false, true><<<sms, 384, TR_SMEM>>>(out, src,
-                                                                                          TR_BULK, by, KT); break;
-                    }
-                });
-        printf("hoist: bulk %d KB a k tile, 7 rounds in turns, median\n", kb);
-        for (int v = 0; v < 7; v++) {
-            float *x = t[v];
-            for (int i = 0; i < 7; i++)
-                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
-                    const float y = x[j];
-                    x[j] = x[j - 1];
-                    x[j - 1] = y;
-                }
-            printf("  %-40s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
-                   2.0 * 128 * ns[v] * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
-        }
     }
     const cudaError_t e = cudaDeviceSynchronize();
     printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
