@@ -26,51 +26,33 @@
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
 mode=${1:-lab}
+# lab_mode MODE [sass [KERNEL_RE]]: build the lab (KERNEL_RE: print those kernels' register counts from ptxas), its SASS
+# into $OUT/lab_sass.txt with sass, then run it in MODE
+lab_mode() {
+  step "dev/cuda/swap_ab_lab.cu $1"
+  if [ -n "${3:-}" ]; then
+    nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab 2>&1 \
+      | grep -A1 "$3" | grep -o "Used [0-9]* registers\|C75[0-9]*" | sort | uniq -c
+  else
+    nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
+  fi
+  [ "${2:-}" = sass ] && cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
+  timeout 120 /tmp/swap_ab "$1"
+}
 {
 echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv,noheader
 case "$mode" in
 lab)
-  step "dev/cuda/swap_ab_lab.cu traffic"
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
-  timeout 120 /tmp/swap_ab traffic
+  lab_mode traffic
   step "dev/cuda/swap_ab_lab.cu (the default rows)"
   timeout 60 /tmp/swap_ab ;;
-bisect)
-  step "dev/cuda/swap_ab_lab.cu bisect"
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
-  cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
-  timeout 120 /tmp/swap_ab bisect ;;
-depth)
-  step "dev/cuda/swap_ab_lab.cu depth"
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
-  timeout 120 /tmp/swap_ab depth ;;
-early)
-  step "dev/cuda/swap_ab_lab.cu early"
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
-  cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
-  timeout 120 /tmp/swap_ab early ;;
-regs)
-  step "dev/cuda/swap_ab_lab.cu regs"
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab 2>&1 \
-    | grep -A1 "k_traffic" | grep -o "Used [0-9]* registers" | sort | uniq -c
-  cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
-  timeout 120 /tmp/swap_ab regs ;;
-batch)
-  step "dev/cuda/swap_ab_lab.cu batch"
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a -Xptxas -v dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab 2>&1 \
-    | grep -A1 "k_traffic.*Li384ELb1" | grep -o "Used [0-9]* registers\|C75[0-9]*" | sort | uniq -c
-  cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
-  timeout 120 /tmp/swap_ab batch ;;
-copy)
-  step "dev/cuda/swap_ab_lab.cu copy"
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
-  timeout 120 /tmp/swap_ab copy ;;
+bisect|early) lab_mode "$mode" sass ;;
+depth|copy) lab_mode "$mode" ;;
+regs) lab_mode regs sass "k_traffic" ;;
+batch) lab_mode batch sass "k_traffic.*Li384ELb1" ;;
 hoist)
-  step "dev/cuda/swap_ab_lab.cu hoist"
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
-  cuobjdump -sass /tmp/swap_ab > "$OUT/lab_sass.txt" 2>&1
-  timeout 120 /tmp/swap_ab hoist
+  lab_mode hoist sass
   build_cuda
   cuobjdump -sass jamba_ext/_C.abi3.so 2>/dev/null | awk '/Function :/ {p = /moe_swap_kernel/} p' > "$OUT/swap_sass.txt"
   grep -c "Function" "$OUT/swap_sass.txt" ;;

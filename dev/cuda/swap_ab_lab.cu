@@ -193,6 +193,18 @@ __device__ __forceinline__ void bar_wait(uint32_t b, uint32_t parity) {
                      "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(b), "r"(parity) : "memory");
 }
 
+/* thread 0 inits n full barriers (one arrival each) and n empty ones (empty_count arrivals), then the block syncs */
+__device__ __forceinline__ void ring_init(uint32_t full, uint32_t empty, int n, uint32_t empty_count) {
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < n; s++) {
+            bar_init(full + 8 * s, 1);
+            bar_init(empty + 8 * s, empty_count);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+}
+
 template <bool RELAX> __device__ __forceinline__ void bar_wait_c(uint32_t b, uint32_t parity) {
     if (!RELAX) return bar_wait(b, parity);
     uint32_t done = 0;
@@ -241,6 +253,15 @@ __device__ __forceinline__ void bt_tile(float (&d)[NC * 16], uint32_t (&a)[2][4]
     }
 }
 
+/* the consumers' end: the last wgmma group done, the accumulators' sum stored (so that nothing is optimised away) */
+template <int NA> __device__ __forceinline__ void drain_out(float (&d)[NA], float *out) {
+    wait<0>();
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < NA; i++) t += d[i];
+    out[blockIdx.x * 256 + threadIdx.x] = t;
+}
+
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
 template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false, int THREADS = 384,
           bool BATCH = false, bool HOIST = false>
@@ -248,14 +269,7 @@ __global__ void __maxnreg__(THREADS == 288 ? 224 : 168)
     k_traffic(float *out, const uint4 *src, int kind, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t scratch = base + 65536, full = scratch + TR_SLOTS * TR_SLOT_BYTES, empty = full + 8 * TR_SLOTS;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < TR_SLOTS; s++) {
-            bar_init(full + 8 * s, 1);
-            bar_init(empty + 8 * s, 2);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    ring_init(full, empty, TR_SLOTS, 2);
     if (threadIdx.x >= 256) {
         /* THREADS 288: one producer warp, every thread at the launch's 224 registers (no setmaxnreg) */
         if (THREADS == 384) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
@@ -310,12 +324,7 @@ __global__ void __maxnreg__(THREADS == 288 ? 224 : 168)
             bt_tile<NC, 0>(d, a2, sa, sb, full, empty, kt);
             if (kt + 1 < KT) bt_tile<NC, 1>(d, a2, sa, sb, full, empty, kt + 1);
         }
-        wait<0>();
-        float t = 0.f;
-#pragma unroll
-        for (int i = 0; i < NA; i++) t += d[i];
-        out[blockIdx.x * 256 + threadIdx.x] = t;
-        return;
+        return drain_out(d, out);
     }
     if (HOIST) {   /* today's loop with its addresses and the leader flag pinned, the slot and parity as counters */
         static_assert(!HOIST || (PROTO == 0 && !BATCH && !AHEAD), "HOIST: today's loop");
@@ -340,12 +349,7 @@ __global__ void __maxnreg__(THREADS == 288 ? 224 : 168)
             prev = empty + 8 * slot;
             if (++slot == TR_SLOTS) slot = 0, par ^= 1;
         }
-        wait<0>();
-        float t = 0.f;
-#pragma unroll
-        for (int i = 0; i < NA; i++) t += d[i];
-        out[blockIdx.x * 256 + threadIdx.x] = t;
-        return;
+        return drain_out(d, out);
     }
     uint32_t a[4][4];   /* AHEAD: step kk's fragment in a[kk], loaded during step kk - 1; else a[kk & 1] */
     int kt = 0;
@@ -400,11 +404,7 @@ __global__ void __maxnreg__(THREADS == 288 ? 224 : 168)
             }
         }
     } while (++kt < KT);
-    wait<0>();
-    float t = 0.f;
-#pragma unroll
-    for (int i = 0; i < NA; i++) t += d[i];
-    out[blockIdx.x * 256 + threadIdx.x] = t;
+    drain_out(d, out);
 }
 
 template <typename F> static float time_ms(F launch) {
@@ -646,14 +646,7 @@ template <int SLOTS>
 __global__ void __launch_bounds__(64, 1) k_copy(const unsigned char *src, int bytes, int KT) {
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const uint32_t full = base + SLOTS * bytes, empty = full + 8 * SLOTS;
-    if (threadIdx.x == 0) {
-        for (int s = 0; s < SLOTS; s++) {
-            bar_init(full + 8 * s, 1);
-            bar_init(empty + 8 * s, 1);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    ring_init(full, empty, SLOTS, 1);
     if (threadIdx.x == 0) {
         for (int kt = 0; kt < KT; kt++) {
             const int s = kt % SLOTS;
