@@ -22,6 +22,9 @@
 #   wpf     (ran at b4d0ba5: no gain, removed after) EXPERIMENT JAMBA_EXT_MOE_SWAP_WPF=d (the swap producer
 #           prefetches the W k tile d tiles ahead into L2): the swap tests and test_moe.py with swap forced,
 #           dev/moe_epi_ab.py wpf 2048 2304, bench_moe at 1536 / 2048 / 2304 tokens (ours, wpf4, wpf8, dense mm)
+#   opring  (written after the session's last call: for the next session) dev/cuda/swap_ab_lab.cu opring: the hoisted
+#           loop on the op's ring (4 stages, a 16 KB W box + 8 token boxes a k tile by TMA), W from HBM or L2, 8 token
+#           boxes or one: which of those costs between the lab's 761 TFLOP/s and the op's ~670
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session57_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -48,7 +51,7 @@ lab)
   step "dev/cuda/swap_ab_lab.cu (the default rows)"
   timeout 60 /tmp/swap_ab ;;
 bisect|early) lab_mode "$mode" sass ;;
-depth|copy) lab_mode "$mode" ;;
+depth|copy|opring) lab_mode "$mode" ;;
 regs) lab_mode regs sass "k_traffic" ;;
 batch) lab_mode batch sass "k_traffic.*Li384ELb1" ;;
 hoist)

@@ -24,12 +24,14 @@
  * The op moves 48 KB a k tile at 256 rows (16 KB of W, 32 KB of tokens); the rows print each kind at 0-48 KB.
  * Modes bisect / depth / early / regs / batch / hoist time variants of k_traffic's loop in turns (its template flags:
  * which barrier operations, wgmma groups left in flight, the A fragment a step ahead, 288 threads, a group a k tile,
- * pinned invariants); mode copy times the bulk-copy ring alone (the L2 -> shared-memory rate). Findings (session 57,
+ * pinned invariants); mode copy times the bulk-copy ring alone (the L2 -> shared-memory rate); mode opring (not yet
+ * run) the hoisted loop on the op's own ring (TMA tensor boxes, W from HBM or L2). Findings (session 57,
  * docs/PERF_NOTES.md): bulk traffic of up to 48 KB a k tile costs the loop nothing by itself; the ring alone moves
  * 8.5-9.2 TB/s into shared memory (48 KB a 128 x 256 x 64 tile: ~795 TFLOP/s at most); the paced loop's SASS here
  * re-read threadIdx and recomputed its addresses every k tile (unlike the op's, whose loop ptxas had already hoisted),
  * so its "today's loop" rows understate the op's loop: the hoisted rows (HOIST) are the op's shape.
  */
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -262,6 +264,23 @@ template <int NA> __device__ __forceinline__ void drain_out(float (&d)[NA], floa
     out[blockIdx.x * 256 + threadIdx.x] = t;
 }
 
+/* one k tile of the hoisted loop (HOIST, mode opring): 4 k16 steps, A by ldmatrix at sa + la[kk], B (NC chunks of 32
+ * token rows) at sb; at the first step's wgmma wait the previous tile's stage is done: released (prev) if release */
+template <int NC>
+__device__ __forceinline__ void hoisted_tile(float (&d)[NC * 16], uint32_t (&a)[2][4], const uint32_t (&la)[4],
+                                             uint32_t sa, uint32_t sb, bool release, uint32_t prev) {
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        ldsm4(a[kk & 1], sa + la[kk]);
+        fence();
+#pragma unroll
+        for (int c = 0; c < NC; c++) rs32_chunk<NC>(d, a[kk & 1], desc(sb + kk * 32 + c * 32 * 128), c);
+        commit();
+        wait<1>();
+        if (kk == 0 && release) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(prev) : "memory");
+    }
+}
+
 /* KT k tiles of 4 k16 steps; threads 0-255 consume (rs<NC, 32>), 256-383 bring `bytes` a k tile of traffic `kind` */
 template <int NC, bool AHEAD, int PROTO = 0, int DEPTH = 1, bool RELAX = false, bool EARLY = false, int THREADS = 384,
           bool BATCH = false, bool HOIST = false>
@@ -335,17 +354,7 @@ __global__ void __maxnreg__(THREADS == 288 ? 224 : 168)
         uint32_t a[2][4], slot = 0, par = 0, prev = full;   /* prev: the previous tile's empty barrier */
         for (int kt = 0; kt < KT; kt++) {
             bar_wait(full + 8 * slot, par);
-#pragma unroll
-            for (int kk = 0; kk < 4; kk++) {
-                ldsm4(a[kk & 1], la[kk]);
-                fence();
-#pragma unroll
-                for (int c = 0; c < NC; c++) rs32_chunk<NC>(d, a[kk & 1], desc(sb + kk * 32 + c * 32 * 128), c);
-                commit();
-                wait<1>();
-                if (kk == 0 && kt > 0 && leader)
-                    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(prev) : "memory");
-            }
+            hoisted_tile<NC>(d, a, la, 0, sb, kt > 0 && leader, prev);
             prev = empty + 8 * slot;
             if (++slot == TR_SLOTS) slot = 0, par ^= 1;
         }
@@ -407,6 +416,17 @@ __global__ void __maxnreg__(THREADS == 288 ? 224 : 168)
     drain_out(d, out);
 }
 
+/* the median of v[0 .. n) (sorts v in place) */
+static float median(float *v, int n) {
+    for (int i = 0; i < n; i++)
+        for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
+            const float y = v[j];
+            v[j] = v[j - 1];
+            v[j - 1] = y;
+        }
+    return v[n / 2];
+}
+
 template <typename F> static float time_ms(F launch) {
     cudaEvent_t e0, e1;
     cudaEventCreate(&e0);
@@ -448,14 +468,7 @@ static int traffic_main(int sms, float *out) {
         for (int k = 0; k < 3; k++) {
             printf("  NC %d%s %-5s", nc, var == 1 ? " ahead" : "      ", kinds[k]);
             for (int b = 0; b < 5; b++) {
-                float *v = t[k][b];
-                for (int i = 0; i < 5; i++)
-                    for (int j = i; j > 0 && v[j] < v[j - 1]; j--) {
-                        const float x = v[j];
-                        v[j] = v[j - 1];
-                        v[j - 1] = x;
-                    }
-                printf("  %2d KB %6.1f", kb[b], tf(32 * nc, v[2]));
+                printf("  %2d KB %6.1f", kb[b], tf(32 * nc, median(t[k][b], 5)));
             }
             printf("\n");
         }
@@ -488,15 +501,9 @@ static int turns(const char *mode, int sms, int nv, const char *const *names, co
             for (int v = 0; v < nv; v++) t[v][r] = time_ms([&] { launch(v, kb * 1024, src, KT); });
         printf("%s: bulk %d KB a k tile, 7 rounds in turns, median\n", mode, kb);
         for (int v = 0; v < nv; v++) {
-            float *x = t[v];
-            for (int i = 0; i < 7; i++)
-                for (int j = i; j > 0 && x[j] < x[j - 1]; j--) {
-                    const float y = x[j];
-                    x[j] = x[j - 1];
-                    x[j - 1] = y;
-                }
-            printf("  %-56s %7.3f ms  %6.1f TFLOP/s\n", names[v], x[3],
-                   2.0 * 128 * ns[v] * 16 * (double)STEPS * sms / (x[3] * 1e-3) / 1e12);
+            const float m = median(t[v], 7);
+            printf("  %-56s %7.3f ms  %6.1f TFLOP/s\n", names[v], m,
+                   2.0 * 128 * ns[v] * 16 * (double)STEPS * sms / (m * 1e-3) / 1e12);
         }
     }
     const cudaError_t e = cudaDeviceSynchronize();
@@ -686,15 +693,128 @@ static int copy_main(int sms) {
                     else if (slots == 3) k_copy<3><<<sms, 64, 200 * 1024>>>(src, by, KT);
                     else k_copy<4><<<sms, 64, 200 * 1024>>>(src, by, KT);
                 });
-            for (int a = 0; a < 5; a++)
-                for (int j = a; j > 0 && v[j] < v[j - 1]; j--) {
-                    const float y = v[j];
-                    v[j] = v[j - 1];
-                    v[j - 1] = y;
-                }
-            printf("  %2d KB %5.2f", kbs[i], (double)sms * KT * by / (v[2] * 1e-3) / 1e12);
+            printf("  %2d KB %5.2f", kbs[i], (double)sms * KT * by / (median(v, 5) * 1e-3) / 1e12);
         }
         printf("\n");
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
+/* ---- mode opring (session 57; NOT YET RUN on a GPU when written) ----
+ * The op's ring, not the lab's: what costs between the hoisted loop with 48 KB bulk copies (761 TFLOP/s at NC 8,
+ * s57_hoist_f70ac01.log) and the op's gate_up k steps (~670)? k_opring<ONEBOX> runs the hoisted loop (NC 8) on a
+ * 4-stage ring of the op's stage shape (a 16 KB W box of 128 rows, then 256 token rows), filled by TMA tensor copies
+ * as moe_swap_kernel's producer does: one W box and 8 token boxes of 32 rows a k tile (ONEBOX: one 256-row token box).
+ * Each CTA streams OR_JOBS W blocks of K 4096 one after another (no epilogue, no fill between them), block
+ * blockIdx.x + j * gridDim.x: with w_blocks = 3584 (a 3.76 GB W, gate_up's size) every W byte comes from HBM once, as
+ * in the op at ~256 rows an expert; with w_blocks = 8 (8 MB) from L2. Tokens: 16 chunks of 256 rows (32 MB). The
+ * consumers read the stage as the op's do (values do not matter). */
+#define OR_STAGES 4
+#define OR_W_BYTES (128 * 128)
+#define OR_STAGE_BYTES (OR_W_BYTES + 256 * 128)
+#define OR_SMEM (OR_STAGES * OR_STAGE_BYTES + 1024 + 64)
+#define OR_JOBS 26
+#define OR_KT 64
+
+__device__ __forceinline__ void tma2d(uint32_t dst, const CUtensorMap *m, int c0, int c1, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+                 "[%4];\n" ::"r"(dst), "l"(reinterpret_cast<uint64_t>(m)), "r"(c0), "r"(c1), "r"(bar) : "memory");
+}
+
+template <bool ONEBOX>
+__global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_constant__ CUtensorMap tmW,
+                                                   const __grid_constant__ CUtensorMap tmA, int w_blocks) {
+    constexpr int NC = 8, NA = NC * 16, TOTAL = OR_JOBS * OR_KT;
+    const uint32_t ring = ((uint32_t)__cvta_generic_to_shared(smem) + 1023u) & ~1023u;
+    const uint32_t full = ring + OR_STAGES * OR_STAGE_BYTES, empty = full + 8 * OR_STAGES;
+    ring_init(full, empty, OR_STAGES, 2);
+    if (threadIdx.x >= 256) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (threadIdx.x == 256)
+            for (int t = 0; t < TOTAL; t++) {
+                const int s = t % OR_STAGES, kt = t % OR_KT, job = blockIdx.x + (t / OR_KT) * gridDim.x;
+                if (t >= OR_STAGES) bar_wait(empty + 8 * s, ((t / OR_STAGES) - 1) & 1);
+                const uint32_t sa = ring + s * OR_STAGE_BYTES, fb = full + 8 * s;
+                bar_arrive_tx(fb, OR_STAGE_BYTES);
+                tma2d(sa, &tmW, kt * 64, (job % w_blocks) * 128, fb);
+                const int arow = (job % 16) * 256;
+                if (ONEBOX) tma2d(sa + OR_W_BYTES, &tmA, kt * 64, arow, fb);
+                else
+                    for (int c = 0; c < NC; c++) tma2d(sa + OR_W_BYTES + c * 4096, &tmA, kt * 64, arow + 32 * c, fb);
+            }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    float d[NA];
+#pragma unroll
+    for (int i = 0; i < NA; i++) d[i] = 0.f;
+    uint32_t la[4];
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) la[kk] = pinned(a_addr((threadIdx.x >> 7) * 8192, kk));
+    const uint32_t leader = pinned((threadIdx.x & 127) == 0);
+    uint32_t a[2][4], slot = 0, par = 0, prev = full;
+    for (int t = 0; t < TOTAL; t++) {
+        bar_wait(full + 8 * slot, par);
+        const uint32_t sa = ring + slot * OR_STAGE_BYTES;
+        hoisted_tile<NC>(d, a, la, sa, sa + OR_W_BYTES, t > 0 && leader, prev);
+        prev = empty + 8 * slot;
+        if (++slot == OR_STAGES) slot = 0, par ^= 1;
+    }
+    drain_out(d, out);
+}
+
+typedef CUresult (*or_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
+                                 const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+/* a (rows, 4096) bf16 tensor in boxes of 64 columns x box_rows rows, 128-byte swizzle (the op's wt_map) */
+static bool or_map(CUtensorMap *m, void *p, uint64_t rows, uint32_t box_rows) {
+    void *f = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+        return false;
+    const cuuint64_t dims[2] = {4096, rows}, strides[1] = {4096 * 2};
+    const cuuint32_t box[2] = {64, box_rows}, es[2] = {1, 1};
+    return ((or_encode_fn)f)(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, p, dims, strides, box, es,
+                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+static int opring_main(int sms, float *out) {
+    const uint64_t w_rows = 16ull * 28672;   /* gate_up's W: 3584 blocks of 128 rows, K 4096 */
+    void *w, *x;
+    if (cudaMalloc(&w, w_rows * 4096 * 2) != cudaSuccess || cudaMalloc(&x, 4096ull * 4096 * 2) != cudaSuccess) {
+        printf("opring: allocation failed\n");
+        return 1;
+    }
+    cudaMemset(w, 0, w_rows * 4096 * 2);
+    cudaMemset(x, 0, 4096ull * 4096 * 2);
+    CUtensorMap tmW, tmA32, tmA256;
+    if (!or_map(&tmW, w, w_rows, 128) || !or_map(&tmA32, x, 4096, 32) || !or_map(&tmA256, x, 4096, 256)) {
+        printf("opring: cuTensorMapEncodeTiled failed\n");
+        return 1;
+    }
+    cudaFuncSetAttribute((const void *)k_opring<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
+    cudaFuncSetAttribute((const void *)k_opring<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
+    const char *names[4] = {"W from HBM (3584 blocks), 8 token boxes", "W from L2 (8 blocks), 8 token boxes",
+                            "W from HBM, one 256-row token box", "W from L2, one 256-row token box"};
+    float t[4][7];
+    for (int r = 0; r < 7; r++)
+        for (int v = 0; v < 4; v++)
+            t[v][r] = time_ms([&] {
+                const int wb = v % 2 == 0 ? 3584 : 8;
+                if (v < 2) k_opring<false><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
+                else k_opring<true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA256, wb);
+            });
+    printf("opring: %d CTAs x %d W blocks of K 4096 (NC 8), 4 stages of 48 KB, 7 rounds in turns, median\n", sms,
+           OR_JOBS);
+    for (int v = 0; v < 4; v++) {
+        const float m = median(t[v], 7);
+        const double flop = 2.0 * 128 * 256 * 64 * OR_KT * OR_JOBS * sms;
+        printf("  %-44s %7.3f ms  %6.1f TFLOP/s  %5.2f TB/s into shared memory\n", names[v], m,
+               flop / (m * 1e-3) / 1e12, (double)OR_STAGE_BYTES * OR_KT * OR_JOBS * sms / (m * 1e-3) / 1e12);
     }
     const cudaError_t e = cudaDeviceSynchronize();
     printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
@@ -714,6 +834,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "batch")) return batch_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "copy")) return copy_main(sms);
     if (argc > 1 && !strcmp(argv[1], "hoist")) return hoist_main(sms, out);
+    if (argc > 1 && !strcmp(argv[1], "opring")) return opring_main(sms, out);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
@@ -752,13 +873,8 @@ int main(int argc, char **argv) {
     }
     const int ns[5] = {256, 288, 288, 256, 256};
     for (int v = 0; v < 5; v++) {
-        for (int i = 0; i < 7; i++)   /* (insertion sort: the median is t[v][3]) */
-            for (int j = i; j > 0 && t[v][j] < t[v][j - 1]; j--) {
-                const float x = t[v][j];
-                t[v][j] = t[v][j - 1];
-                t[v][j - 1] = x;
-            }
-        printf("  %8.3f ms  %6.1f TFLOP/s\n", t[v][3], tf(ns[v], t[v][3]));
+        const float m = median(t[v], 7);
+        printf("  %8.3f ms  %6.1f TFLOP/s\n", m, tf(ns[v], m));
     }
     const cudaError_t e = cudaDeviceSynchronize();
     printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
