@@ -25,6 +25,9 @@
 #   opring  (written after the session's last call: for the next session) dev/cuda/swap_ab_lab.cu opring: the hoisted
 #           loop on the op's ring (4 stages, a 16 KB W box + 8 token boxes a k tile by TMA), W from HBM or L2, 8 token
 #           boxes or one: which of those costs between the lab's 761 TFLOP/s and the op's ~670
+#   next    (written after the session's last call: for the next session, one call) opring as above, then the
+#           extension's build, the swap tests (test_moe_swap_engine with the EXPERIMENT JAMBA_EXT_MOE_SWAP_BIGBOX=1
+#           same-bits case; test_moe.py with swap forced), bench_moe at 1536 / 2048 / 2304 tokens (ours, bigbox, dense)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session57_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -59,6 +62,18 @@ hoist)
   build_cuda
   cuobjdump -sass jamba_ext/_C.abi3.so 2>/dev/null | awk '/Function :/ {p = /moe_swap_kernel/} p' > "$OUT/swap_sass.txt"
   grep -c "Function" "$OUT/swap_sass.txt" ;;
+next)
+  lab_mode opring
+  build_cuda
+  step "CUDA tests: test_moe_swap_engine, then test_moe.py with JAMBA_EXT_MOE_SWAP=1"
+  timeout 150 python3 -m pytest -q -m cuda -x --timeout=120 --tb=short tests/test_moe.py -k "swap" \
+    -p no:cacheprovider 2>&1 | tail -2
+  JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
+    -p no:cacheprovider 2>&1 | tail -2
+  step "bench_moe at 1536 / 2048 / 2304 tokens"
+  timeout 150 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 --only "ours,ours:wgmma bigbox,dense mm" \
+    --name bench_moe_bigbox 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+  cp benchmarks/results/bench_moe_bigbox.json "$OUT/" 2>/dev/null ;;
 pin)
   echo "mode pin ran at d0fb081 (its kernel change is removed)"; exit 2 ;;
 wpf)

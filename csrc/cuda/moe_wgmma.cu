@@ -1124,7 +1124,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
 template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                    moe_gemm_args a) {
+                    const __grid_constant__ CUtensorMap tmA256, moe_gemm_args a) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     int e, len;
@@ -1155,7 +1155,14 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
                 mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
                 if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
                 else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                for (int c = 0; c < NC; c++)
+                int c = 0;
+                /* EXPERIMENT (session 57, a.swap_bigbox): the first 256 rows in one box of tmA256 (its rows land as
+                 * the 8 boxes of 32 would: 128-byte rows, the swizzle repeating every 8 rows; past the tensor zeros) */
+                if (a.swap_bigbox && NC >= 8) {
+                    tma_load_2d(sa + SW_A_BYTES, &tmA256, kt * WG_BK, (int)row0, fb);
+                    c = 8;
+                }
+                for (; c < NC; c++)
                     tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
             }
         }
@@ -1360,12 +1367,17 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
                                               SW_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
-    CUtensorMap tmA;
+    /* token rows in boxes of 32, and (EXPERIMENT swap_bigbox, from 256 slots on) of 256; else tmA256 = tmA, unused */
+    CUtensorMap tmA, tmA256;
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
+    moe_gemm_args as = a;
+    as.swap_bigbox = a.swap_bigbox && slots >= 256;
+    if (as.swap_bigbox) JAMBA_TRY(wt_map(&tmA256, dtype, a.A, slots, a.Kd, 256));
+    else tmA256 = tmA;
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
     jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
-                        stream, tmA, tmW, a);
+                        stream, tmA, tmW, tmA256, as);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
@@ -1470,6 +1482,8 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
     moe_gemm_args ae = a;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
     ae.epi_f2f = epi != NULL && epi[0] == '1';
+    const char *bigbox = getenv("JAMBA_EXT_MOE_SWAP_BIGBOX"); /* "1": EXPERIMENT, see moe_gemm_args.swap_bigbox */
+    ae.swap_bigbox = bigbox != NULL && bigbox[0] == '1';
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);
     if (dtype == JAMBA_F16) return wgmma_launch<__half>(dtype, ae, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs bf16/f16");
