@@ -3,6 +3,7 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
+    python3 dev/moe_epi_ab.py ksweep warpscan     # ksweep of another set (SETS: f2f, the default; warpscan; bigbox)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -37,6 +38,9 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
+# session 57's EXPERIMENTs (same bits): the swap engine's warp-parallel chunk scan, its 256-row token boxes
+SETS = {"f2f": VARIANTS, "warpscan": {"default": {}, "warpscan": {"JAMBA_EXT_MOE_SWAP_WARPSCAN": "1"}},
+        "bigbox": {"default": {}, "bigbox": {"JAMBA_EXT_MOE_SWAP_BIGBOX": "1"}}}
 ROUNDS, REPS = 8, 10
 
 
@@ -102,14 +106,14 @@ def ab(tokens, variants=VARIANTS, dt=dt):
     set_env({})
 
 
-def ksweep():
+def ksweep(variants=VARIANTS):
     T = 2048
     print(f"T {T}, F {F}, E {E}, top-{K}, 256 rows an expert; gate_up / down kernel times (profiler), us")
     idx = torch.arange(T, device=dev)
     ids = torch.stack([idx % E, (idx + 1) % E], 1).to(torch.int32)
     w = torch.full((T, K), 0.5, device=dev)
     offsets, slots = ops.moe_permute(ids, E)
-    pts = {"default": [], "f2f": []}
+    pts = {name: [] for name in variants}
     for H in (2048, 4096, 8192):
         torch.manual_seed(0)
         wgu = (torch.randn(E, 2 * F, H, device=dev) * H ** -0.5).to(dt)
@@ -119,7 +123,7 @@ def ksweep():
         res = {n: [] for n in pts}
         for r in range(4):  # alternating which runs first
             for name in (list(pts) if r % 2 == 0 else list(pts)[::-1]):
-                set_env(VARIANTS[name])
+                set_env(variants[name])
                 kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
                 res[name].append((sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k),
                                   sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k)))
@@ -151,6 +155,6 @@ if __name__ == "__main__":
     elif mode == "swapf16":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS, torch.float16)
     elif mode == "ksweep":
-        ksweep()
+        ksweep(SETS[sys.argv[2] if len(sys.argv) > 2 else "f2f"])
     else:
         sys.exit(f"unknown mode {mode} (ab, swapf16, ksweep)")

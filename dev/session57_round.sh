@@ -26,8 +26,9 @@
 #           loop on the op's ring (4 stages, a 16 KB W box + 8 token boxes a k tile by TMA), W from HBM or L2, 8 token
 #           boxes or one: which of those costs between the lab's 761 TFLOP/s and the op's ~670
 #   next    (written after the session's last call: for the next session, one call) opring as above, then the
-#           extension's build, the swap tests (test_moe_swap_engine with the EXPERIMENT JAMBA_EXT_MOE_SWAP_BIGBOX=1
-#           same-bits case; test_moe.py with swap forced), bench_moe at 1536 / 2048 / 2304 tokens (ours, bigbox, dense)
+#           extension's build, the swap tests (test_moe_swap_engine with the same-bits cases of the EXPERIMENTs
+#           JAMBA_EXT_MOE_SWAP_BIGBOX=1 and JAMBA_EXT_MOE_SWAP_WARPSCAN=1; test_moe.py with swap forced), bench_moe at
+#           1536 / 2048 / 2304 tokens (ours, bigbox, warpscan, dense mm), dev/moe_epi_ab.py ksweep warpscan
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session57_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -71,9 +72,12 @@ next)
   JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
     -p no:cacheprovider 2>&1 | tail -2
   step "bench_moe at 1536 / 2048 / 2304 tokens"
-  timeout 150 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 --only "ours,ours:wgmma bigbox,dense mm" \
-    --name bench_moe_bigbox 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
-  cp benchmarks/results/bench_moe_bigbox.json "$OUT/" 2>/dev/null ;;
+  timeout 180 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 \
+    --only "ours,ours:wgmma bigbox,ours:wgmma warpscan,dense mm" --name bench_moe_next 2>&1 \
+    | grep "^ours\|^dense\|^device" | cut -c1-150
+  cp benchmarks/results/bench_moe_next.json "$OUT/" 2>/dev/null
+  step "dev/moe_epi_ab.py ksweep warpscan"
+  timeout 150 python3 dev/moe_epi_ab.py ksweep warpscan 2>&1 | grep -v "Warning\|_warn" | tail -9 ;;
 pin)
   echo "mode pin ran at d0fb081 (its kernel change is removed)"; exit 2 ;;
 wpf)

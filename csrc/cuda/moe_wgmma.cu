@@ -996,8 +996,46 @@ template <bool GATE_UP> __device__ __forceinline__ void sw_load_a(uint32_t (&a)[
                  : "r"(sa + (r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4)));
 }
 
-/* block y -> expert e and the chunk's sorted rows [row0, row0 + len); false past the last chunk */
+/* block y -> expert e and the chunk's sorted rows [row0, row0 + len); false past the last chunk. Every lane of the
+ * calling warp must call it (the kernel's start: all its threads). The serial scan (the default) waits on one load
+ * and a 64-bit division an expert, y's expert index + 1 times (its SASS: ~25 dependent instructions behind each
+ * load; at 16 experts ~0.7 us of a block's start by arithmetic, not measured). EXPERIMENT (session 57, not yet run on
+ * a GPU; a.swap_warpscan, env JAMBA_EXT_MOE_SWAP_WARPSCAN=1): warp-parallel, lane i reads expert e0 + i's offsets, a
+ * prefix sum of the experts' chunk counts over the warp (shuffles) and a ballot find y's expert, one load's latency a
+ * 32 experts. The same chunks either way. */
 __device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int *e_out, int64_t *row0, int *len) {
+    if (a.swap_warpscan) {
+        const int lane = threadIdx.x & 31;
+        int64_t first = 0;   /* chunks of the experts before e0 */
+        for (int e0 = 0; e0 < a.E; e0 += 32) {
+            const int e = e0 + lane;
+            int o = 0, n = 0;   /* (slots < 2^31 - 128: moe_wgmma_coords_fit) */
+            if (e < a.E) {
+                o = a.offsets[e];
+                n = a.offsets[e + 1] - o;
+            }
+            const int nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
+            int incl = nch;   /* chunks of experts e0 .. e */
+#pragma unroll
+            for (int d = 1; d < 32; d <<= 1) {
+                const int t = __shfl_up_sync(0xffffffffu, incl, d);
+                if (lane >= d) incl += t;
+            }
+            const unsigned hit = __ballot_sync(0xffffffffu, e < a.E && y < first + incl);
+            if (hit) {   /* the first such lane: y >= first + its exclusive sum, so its nch >= 1 */
+                const int src = __ffs(hit) - 1;
+                const int so = __shfl_sync(0xffffffffu, o, src), sn = __shfl_sync(0xffffffffu, n, src);
+                const int snch = __shfl_sync(0xffffffffu, nch, src), sincl = __shfl_sync(0xffffffffu, incl, src);
+                const int j = (int)(y - (first + sincl - snch)), csz = (sn + snch - 1) / snch, start = j * csz;
+                *e_out = e0 + src;
+                *row0 = (int64_t)so + start;
+                *len = sn - start < csz ? sn - start : csz;
+                return true;
+            }
+            first += __shfl_sync(0xffffffffu, incl, 31);
+        }
+        return false;
+    }
     int64_t first = 0;
     for (int e = 0; e < a.E; e++) {
         const int64_t o = a.offsets[e], n = a.offsets[e + 1] - o, nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
@@ -1482,6 +1520,8 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
     moe_gemm_args ae = a;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
     ae.epi_f2f = epi != NULL && epi[0] == '1';
+    const char *wscan = getenv("JAMBA_EXT_MOE_SWAP_WARPSCAN"); /* "1": EXPERIMENT, sw_chunk's warp-parallel scan */
+    ae.swap_warpscan = wscan != NULL && wscan[0] == '1';
     const char *bigbox = getenv("JAMBA_EXT_MOE_SWAP_BIGBOX"); /* "1": EXPERIMENT, see moe_gemm_args.swap_bigbox */
     ae.swap_bigbox = bigbox != NULL && bigbox[0] == '1';
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);
