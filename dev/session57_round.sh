@@ -22,10 +22,11 @@
 #   wpf     (ran at b4d0ba5: no gain, removed after) EXPERIMENT JAMBA_EXT_MOE_SWAP_WPF=d (the swap producer
 #           prefetches the W k tile d tiles ahead into L2): the swap tests and test_moe.py with swap forced,
 #           dev/moe_epi_ab.py wpf 2048 2304, bench_moe at 1536 / 2048 / 2304 tokens (ours, wpf4, wpf8, dense mm)
-#   opring  (written after the session's last call: for the next session) dev/cuda/swap_ab_lab.cu opring: the hoisted
+#   opring  (ran in session 58 at 399bbdf, s58_next_399bbdf.log) dev/cuda/swap_ab_lab.cu opring: the hoisted
 #           loop on the op's ring (4 stages, a 16 KB W box + 8 token boxes a k tile by TMA), W from HBM or L2, 8 token
 #           boxes or one: which of those costs between the lab's 761 TFLOP/s and the op's ~670
-#   next    (written after the session's last call: for the next session, one call) opring as above, then the
+#   next    (ran in session 58 at 399bbdf, s58_next_399bbdf.log; BIGBOX removed, WARPSCAN made the default after)
+#           opring as above, then the
 #           extension's build, the swap tests (test_moe_swap_engine with the same-bits cases of the EXPERIMENTs
 #           JAMBA_EXT_MOE_SWAP_BIGBOX=1 and JAMBA_EXT_MOE_SWAP_WARPSCAN=1; test_moe.py with swap forced), bench_moe at
 #           1536 / 2048 / 2304 tokens (ours, bigbox, warpscan, dense mm), dev/moe_epi_ab.py ksweep warpscan
@@ -64,20 +65,7 @@ hoist)
   cuobjdump -sass jamba_ext/_C.abi3.so 2>/dev/null | awk '/Function :/ {p = /moe_swap_kernel/} p' > "$OUT/swap_sass.txt"
   grep -c "Function" "$OUT/swap_sass.txt" ;;
 next)
-  lab_mode opring
-  build_cuda
-  step "CUDA tests: test_moe_swap_engine, then test_moe.py with JAMBA_EXT_MOE_SWAP=1"
-  timeout 150 python3 -m pytest -q -m cuda -x --timeout=120 --tb=short tests/test_moe.py -k "swap" \
-    -p no:cacheprovider 2>&1 | tail -2
-  JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
-    -p no:cacheprovider 2>&1 | tail -2
-  step "bench_moe at 1536 / 2048 / 2304 tokens"
-  timeout 180 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 \
-    --only "ours,ours:wgmma bigbox,ours:wgmma warpscan,dense mm" --name bench_moe_next 2>&1 \
-    | grep "^ours\|^dense\|^device" | cut -c1-150
-  cp benchmarks/results/bench_moe_next.json "$OUT/" 2>/dev/null
-  step "dev/moe_epi_ab.py ksweep warpscan"
-  timeout 150 python3 dev/moe_epi_ab.py ksweep warpscan 2>&1 | grep -v "Warning\|_warn" | tail -9 ;;
+  echo "mode next ran at 399bbdf (BIGBOX removed after, WARPSCAN the default)"; exit 2 ;;
 pin)
   echo "mode pin ran at d0fb081 (its kernel change is removed)"; exit 2 ;;
 wpf)

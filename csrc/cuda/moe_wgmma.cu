@@ -249,10 +249,26 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
+/* the same with an L2 cache policy (a createpolicy value) */
+__device__ __forceinline__ void tma_load_2d_hint(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
+                                                 uint64_t pol) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, "
+                 "{%2, %3}], [%4], %5;\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "l"(pol) : "memory");
+}
 /* 3-d TMA load of the box at (c0 = k, c1 = row, 0) into dst (the W map of gate_up: see wt_map) */
 __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
     asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar) : "memory");
+}
+
+/* 3-d TMA load with an L2 cache policy */
+__device__ __forceinline__ void tma_load_3d_hint(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
+                                                 uint64_t pol) {
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, "
+                 "{%2, %3, %4}], [%5], %6;\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar), "l"(pol)
+                 : "memory");
 }
 
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
@@ -997,56 +1013,39 @@ template <bool GATE_UP> __device__ __forceinline__ void sw_load_a(uint32_t (&a)[
 }
 
 /* block y -> expert e and the chunk's sorted rows [row0, row0 + len); false past the last chunk. Every lane of the
- * calling warp must call it (the kernel's start: all its threads). The serial scan (the default) waits on one load
- * and a 64-bit division an expert, y's expert index + 1 times (its SASS: ~25 dependent instructions behind each
- * load; at 16 experts ~0.7 us of a block's start by arithmetic, not measured). EXPERIMENT (session 57, not yet run on
- * a GPU; a.swap_warpscan, env JAMBA_EXT_MOE_SWAP_WARPSCAN=1): warp-parallel, lane i reads expert e0 + i's offsets, a
- * prefix sum of the experts' chunk counts over the warp (shuffles) and a ballot find y's expert, one load's latency a
- * 32 experts. The same chunks either way. */
+ * calling warp must call it (the kernel's start: all its threads). Warp-parallel (session 57; before it a serial scan,
+ * a dependent load and a 64-bit division an expert): lane i reads expert e0 + i's offsets, a prefix sum of the
+ * experts' chunk counts over the warp (shuffles) and a ballot find y's expert, one load's latency a 32 experts.
+ * dev/sw_chunk_emu.py checks the index arithmetic against the serial scan's. */
 __device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int *e_out, int64_t *row0, int *len) {
-    if (a.swap_warpscan) {
-        const int lane = threadIdx.x & 31;
-        int64_t first = 0;   /* chunks of the experts before e0 */
-        for (int e0 = 0; e0 < a.E; e0 += 32) {
-            const int e = e0 + lane;
-            int o = 0, n = 0;   /* (slots < 2^31 - 128: moe_wgmma_coords_fit) */
-            if (e < a.E) {
-                o = a.offsets[e];
-                n = a.offsets[e + 1] - o;
-            }
-            const int nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
-            int incl = nch;   /* chunks of experts e0 .. e */
-#pragma unroll
-            for (int d = 1; d < 32; d <<= 1) {
-                const int t = __shfl_up_sync(0xffffffffu, incl, d);
-                if (lane >= d) incl += t;
-            }
-            const unsigned hit = __ballot_sync(0xffffffffu, e < a.E && y < first + incl);
-            if (hit) {   /* the first such lane: y >= first + its exclusive sum, so its nch >= 1 */
-                const int src = __ffs(hit) - 1;
-                const int so = __shfl_sync(0xffffffffu, o, src), sn = __shfl_sync(0xffffffffu, n, src);
-                const int snch = __shfl_sync(0xffffffffu, nch, src), sincl = __shfl_sync(0xffffffffu, incl, src);
-                const int j = (int)(y - (first + sincl - snch)), csz = (sn + snch - 1) / snch, start = j * csz;
-                *e_out = e0 + src;
-                *row0 = (int64_t)so + start;
-                *len = sn - start < csz ? sn - start : csz;
-                return true;
-            }
-            first += __shfl_sync(0xffffffffu, incl, 31);
+    const int lane = threadIdx.x & 31;
+    int64_t first = 0;   /* chunks of the experts before e0 */
+    for (int e0 = 0; e0 < a.E; e0 += 32) {
+        const int e = e0 + lane;
+        int o = 0, n = 0;   /* (slots < 2^31 - 128: moe_wgmma_coords_fit) */
+        if (e < a.E) {
+            o = a.offsets[e];
+            n = a.offsets[e + 1] - o;
         }
-        return false;
-    }
-    int64_t first = 0;
-    for (int e = 0; e < a.E; e++) {
-        const int64_t o = a.offsets[e], n = a.offsets[e + 1] - o, nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
-        if (y < first + nch) {
-            const int64_t j = y - first, csz = (n + nch - 1) / nch, start = j * csz;
-            *e_out = e;
-            *row0 = o + start;
-            *len = (int)(n - start < csz ? n - start : csz);
+        const int nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
+        int incl = nch;   /* chunks of experts e0 .. e */
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            const int t = __shfl_up_sync(0xffffffffu, incl, d);
+            if (lane >= d) incl += t;
+        }
+        const unsigned hit = __ballot_sync(0xffffffffu, e < a.E && y < first + incl);
+        if (hit) {   /* the first such lane: y >= first + its exclusive sum, so its nch >= 1 */
+            const int src = __ffs(hit) - 1;
+            const int so = __shfl_sync(0xffffffffu, o, src), sn = __shfl_sync(0xffffffffu, n, src);
+            const int snch = __shfl_sync(0xffffffffu, nch, src), sincl = __shfl_sync(0xffffffffu, incl, src);
+            const int j = (int)(y - (first + sincl - snch)), csz = (sn + snch - 1) / snch, start = j * csz;
+            *e_out = e0 + src;
+            *row0 = (int64_t)so + start;
+            *len = sn - start < csz ? sn - start : csz;
             return true;
         }
-        first += nch;
+        first += __shfl_sync(0xffffffffu, incl, 31);
     }
     return false;
 }
@@ -1162,7 +1161,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
 template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                    const __grid_constant__ CUtensorMap tmA256, moe_gemm_args a) {
+                    moe_gemm_args a) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     int e, len;
@@ -1186,22 +1185,30 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
         if (threadIdx.x == 256) {
             const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
                                      : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
+            /* L2 policies (a.swap_l2hint; session 58, dev/cuda/swap_ab_lab.cu opring: W streamed from HBM with the
+             * token rows 624 -> 708 TFLOP/s): a W block is read by one chunk at a time and mostly once (evict_first),
+             * the token rows by every W block of their chunk (evict_last) */
+            uint64_t pw = 0, pa = 0;
+            asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pw));
+            if (a.swap_l2hint >= 2) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pa));
+            else asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(pa));
+            const bool hint = a.swap_l2hint > 0;
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
                 mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
-                if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
-                else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                int c = 0;
-                /* EXPERIMENT (session 57, a.swap_bigbox): the first 256 rows in one box of tmA256 (its rows land as
-                 * the 8 boxes of 32 would: 128-byte rows, the swizzle repeating every 8 rows; past the tensor zeros) */
-                if (a.swap_bigbox && NC >= 8) {
-                    tma_load_2d(sa + SW_A_BYTES, &tmA256, kt * WG_BK, (int)row0, fb);
-                    c = 8;
+                if (!hint) {
+                    if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
+                    else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
+                    for (int c = 0; c < NC; c++)
+                        tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
+                    continue;
                 }
-                for (; c < NC; c++)
-                    tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
+                if (GATE_UP) tma_load_3d_hint(sa, &tmW, kt * WG_BK, wrow, fb, pw);
+                else tma_load_2d_hint(sa, &tmW, kt * WG_BK, wrow, fb, pw);
+                for (int c = 0; c < NC; c++)
+                    tma_load_2d_hint(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb, pa);
             }
         }
         return;
@@ -1405,17 +1412,12 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
                                               SW_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
-    /* token rows in boxes of 32, and (EXPERIMENT swap_bigbox, from 256 slots on) of 256; else tmA256 = tmA, unused */
-    CUtensorMap tmA, tmA256;
+    CUtensorMap tmA;   /* token rows in boxes of 32 */
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
-    moe_gemm_args as = a;
-    as.swap_bigbox = a.swap_bigbox && slots >= 256;
-    if (as.swap_bigbox) JAMBA_TRY(wt_map(&tmA256, dtype, a.A, slots, a.Kd, 256));
-    else tmA256 = tmA;
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
     jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
-                        stream, tmA, tmW, tmA256, as);
+                        stream, tmA, tmW, a);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
@@ -1520,10 +1522,8 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
     moe_gemm_args ae = a;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
     ae.epi_f2f = epi != NULL && epi[0] == '1';
-    const char *wscan = getenv("JAMBA_EXT_MOE_SWAP_WARPSCAN"); /* "1": EXPERIMENT, sw_chunk's warp-parallel scan */
-    ae.swap_warpscan = wscan != NULL && wscan[0] == '1';
-    const char *bigbox = getenv("JAMBA_EXT_MOE_SWAP_BIGBOX"); /* "1": EXPERIMENT, see moe_gemm_args.swap_bigbox */
-    ae.swap_bigbox = bigbox != NULL && bigbox[0] == '1';
+    const char *hint = getenv("JAMBA_EXT_MOE_L2HINT"); /* "0" / "1" / "2" (default): see moe_gemm_args.swap_l2hint */
+    ae.swap_l2hint = hint != NULL && (hint[0] == '0' || hint[0] == '1') ? hint[0] - '0' : 2;
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);
     if (dtype == JAMBA_F16) return wgmma_launch<__half>(dtype, ae, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs bf16/f16");

@@ -24,8 +24,9 @@
  * The op moves 48 KB a k tile at 256 rows (16 KB of W, 32 KB of tokens); the rows print each kind at 0-48 KB.
  * Modes bisect / depth / early / regs / batch / hoist time variants of k_traffic's loop in turns (its template flags:
  * which barrier operations, wgmma groups left in flight, the A fragment a step ahead, 288 threads, a group a k tile,
- * pinned invariants); mode copy times the bulk-copy ring alone (the L2 -> shared-memory rate); mode opring (not yet
- * run) the hoisted loop on the op's own ring (TMA tensor boxes, W from HBM or L2). Findings (session 57,
+ * pinned invariants); mode copy times the bulk-copy ring alone (the L2 -> shared-memory rate); mode opring (session
+ * 58) the hoisted loop on the op's own ring (TMA tensor boxes, W from HBM or L2; W streamed from HBM costs 19%, and L2
+ * policies on the loads win most of it back). Findings (session 57,
  * docs/PERF_NOTES.md): bulk traffic of up to 48 KB a k tile costs the loop nothing by itself; the ring alone moves
  * 8.5-9.2 TB/s into shared memory (48 KB a 128 x 256 x 64 tile: ~795 TFLOP/s at most); the paced loop's SASS here
  * re-read threadIdx and recomputed its addresses every k tile (unlike the op's, whose loop ptxas had already hoisted),
@@ -702,7 +703,7 @@ static int copy_main(int sms) {
     return e == cudaSuccess ? 0 : 1;
 }
 
-/* ---- mode opring (session 57; NOT YET RUN on a GPU when written) ----
+/* ---- mode opring (session 57; ran in session 58: s58_next_399bbdf.log, s58_opring_hints.log) ----
  * The op's ring, not the lab's: what costs between the hoisted loop with 48 KB bulk copies (761 TFLOP/s at NC 8,
  * s57_hoist_f70ac01.log) and the op's gate_up k steps (~670)? k_opring<ONEBOX> runs the hoisted loop (NC 8) on a
  * 4-stage ring of the op's stage shape (a 16 KB W box of 128 rows, then 256 token rows), filled by TMA tensor copies
@@ -710,7 +711,9 @@ static int copy_main(int sms) {
  * Each CTA streams OR_JOBS W blocks of K 4096 one after another (no epilogue, no fill between them), block
  * blockIdx.x + j * gridDim.x: with w_blocks = 3584 (a 3.76 GB W, gate_up's size) every W byte comes from HBM once, as
  * in the op at ~256 rows an expert; with w_blocks = 8 (8 MB) from L2. Tokens: 16 chunks of 256 rows (32 MB). The
- * consumers read the stage as the op's do (values do not matter). */
+ * consumers read the stage as the op's do (values do not matter). Session 58 added: TILED (W rearranged so that each
+ * 16 KB W box is contiguous), NOMATH (the ring alone: a stage released as soon as it is full), HINT (L2 policies:
+ * W evict_first, token rows evict_last). */
 #define OR_STAGES 4
 #define OR_W_BYTES (128 * 128)
 #define OR_STAGE_BYTES (OR_W_BYTES + 256 * 128)
@@ -723,7 +726,15 @@ __device__ __forceinline__ void tma2d(uint32_t dst, const CUtensorMap *m, int c0
                  "[%4];\n" ::"r"(dst), "l"(reinterpret_cast<uint64_t>(m)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
 
-template <bool ONEBOX>
+/* the same with an L2 cache-policy operand (createpolicy: evict_first for streamed W, evict_last for the tokens) */
+__device__ __forceinline__ void tma2d_hint(uint32_t dst, const CUtensorMap *m, int c0, int c1, uint32_t bar,
+                                           uint64_t pol) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, "
+                 "{%2, %3}], [%4], %5;\n" ::"r"(dst), "l"(reinterpret_cast<uint64_t>(m)), "r"(c0), "r"(c1), "r"(bar),
+                 "l"(pol) : "memory");
+}
+
+template <bool ONEBOX, bool TILED = false, bool NOMATH = false, bool HINT = false>
 __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_constant__ CUtensorMap tmW,
                                                    const __grid_constant__ CUtensorMap tmA, int w_blocks) {
     constexpr int NC = 8, NA = NC * 16, TOTAL = OR_JOBS * OR_KT;
@@ -732,17 +743,27 @@ __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_cons
     ring_init(full, empty, OR_STAGES, 2);
     if (threadIdx.x >= 256) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        uint64_t pw = 0, pa = 0;
+        if (HINT) {
+            asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pw));
+            asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pa));
+        }
         if (threadIdx.x == 256)
             for (int t = 0; t < TOTAL; t++) {
                 const int s = t % OR_STAGES, kt = t % OR_KT, job = blockIdx.x + (t / OR_KT) * gridDim.x;
                 if (t >= OR_STAGES) bar_wait(empty + 8 * s, ((t / OR_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * OR_STAGE_BYTES, fb = full + 8 * s;
                 bar_arrive_tx(fb, OR_STAGE_BYTES);
-                tma2d(sa, &tmW, kt * 64, (job % w_blocks) * 128, fb);
+                const int wr = TILED ? ((job % w_blocks) * OR_KT + kt) * 128 : (job % w_blocks) * 128;
+                if (HINT) tma2d_hint(sa, &tmW, TILED ? 0 : kt * 64, wr, fb, pw);
+                else tma2d(sa, &tmW, TILED ? 0 : kt * 64, wr, fb);
                 const int arow = (job % 16) * 256;
                 if (ONEBOX) tma2d(sa + OR_W_BYTES, &tmA, kt * 64, arow, fb);
                 else
-                    for (int c = 0; c < NC; c++) tma2d(sa + OR_W_BYTES + c * 4096, &tmA, kt * 64, arow + 32 * c, fb);
+                    for (int c = 0; c < NC; c++) {
+                        if (HINT) tma2d_hint(sa + OR_W_BYTES + c * 4096, &tmA, kt * 64, arow + 32 * c, fb, pa);
+                        else tma2d(sa + OR_W_BYTES + c * 4096, &tmA, kt * 64, arow + 32 * c, fb);
+                    }
             }
         return;
     }
@@ -758,6 +779,11 @@ __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_cons
     for (int t = 0; t < TOTAL; t++) {
         bar_wait(full + 8 * slot, par);
         const uint32_t sa = ring + slot * OR_STAGE_BYTES;
+        if (NOMATH) {   /* the ring alone: release the stage as soon as it is full */
+            if (leader) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(empty + 8 * slot) : "memory");
+            if (++slot == OR_STAGES) slot = 0, par ^= 1;
+            continue;
+        }
         hoisted_tile<NC>(d, a, la, sa, sa + OR_W_BYTES, t > 0 && leader, prev);
         prev = empty + 8 * slot;
         if (++slot == OR_STAGES) slot = 0, par ^= 1;
@@ -768,14 +794,14 @@ __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_cons
 typedef CUresult (*or_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
-/* a (rows, 4096) bf16 tensor in boxes of 64 columns x box_rows rows, 128-byte swizzle (the op's wt_map) */
-static bool or_map(CUtensorMap *m, void *p, uint64_t rows, uint32_t box_rows) {
+/* a (rows, cols) bf16 tensor in boxes of 64 columns x box_rows rows, 128-byte swizzle (the op's wt_map) */
+static bool or_map(CUtensorMap *m, void *p, uint64_t rows, uint32_t box_rows, uint64_t cols = 4096) {
     void *f = NULL;
     cudaDriverEntryPointQueryResult q;
     if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
         q != cudaDriverEntryPointSuccess)
         return false;
-    const cuuint64_t dims[2] = {4096, rows}, strides[1] = {4096 * 2};
+    const cuuint64_t dims[2] = {cols, rows}, strides[1] = {cols * 2};
     const cuuint32_t box[2] = {64, box_rows}, es[2] = {1, 1};
     return ((or_encode_fn)f)(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, p, dims, strides, box, es,
                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
@@ -791,30 +817,57 @@ static int opring_main(int sms, float *out) {
     }
     cudaMemset(w, 0, w_rows * 4096 * 2);
     cudaMemset(x, 0, 4096ull * 4096 * 2);
-    CUtensorMap tmW, tmA32, tmA256;
-    if (!or_map(&tmW, w, w_rows, 128) || !or_map(&tmA32, x, 4096, 32) || !or_map(&tmA256, x, 4096, 256)) {
+    /* tmWt: the same buffer as tile-contiguous W (session 58): block b's k tile kt is the 16 KB at rows
+     * (b * 64 + kt) * 128 of a 64-column tensor, so each W box is one contiguous 16 KB read */
+    CUtensorMap tmW, tmWt, tmA32, tmA256;
+    if (!or_map(&tmW, w, w_rows, 128) || !or_map(&tmWt, w, w_rows * 64, 128, 64) || !or_map(&tmA32, x, 4096, 32) ||
+        !or_map(&tmA256, x, 4096, 256)) {
         printf("opring: cuTensorMapEncodeTiled failed\n");
         return 1;
     }
     cudaFuncSetAttribute((const void *)k_opring<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
     cudaFuncSetAttribute((const void *)k_opring<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
-    const char *names[4] = {"W from HBM (3584 blocks), 8 token boxes", "W from L2 (8 blocks), 8 token boxes",
-                            "W from HBM, one 256-row token box", "W from L2, one 256-row token box"};
-    float t[4][7];
+    cudaFuncSetAttribute((const void *)k_opring<false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
+    cudaFuncSetAttribute((const void *)k_opring<false, false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         OR_SMEM);
+    cudaFuncSetAttribute((const void *)k_opring<false, true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         OR_SMEM);
+    cudaFuncSetAttribute((const void *)k_opring<false, false, false, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
+    cudaFuncSetAttribute((const void *)k_opring<false, false, true, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         OR_SMEM);
+    cudaFuncSetAttribute((const void *)k_opring<false, true, false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         OR_SMEM);
+    const int NV = 12;
+    const char *names[NV] = {"W from HBM (3584 blocks), 8 token boxes", "W from L2 (8 blocks), 8 token boxes",
+                             "W from HBM, one 256-row token box", "W from L2, one 256-row token box",
+                             "W from HBM tile-contiguous, 8 token boxes", "W from L2 tile-contiguous, 8 token boxes",
+                             "ring alone: W from HBM, 8 token boxes", "ring alone: W from HBM tile-contiguous",
+                             "ring alone: W from L2, 8 token boxes", "W from HBM evict_first, tokens evict_last",
+                             "ring alone: W HBM evict_first, tok evict_last", "W HBM tile-contiguous + the two hints"};
+    float t[NV][7];
     for (int r = 0; r < 7; r++)
-        for (int v = 0; v < 4; v++)
+        for (int v = 0; v < NV; v++)
             t[v][r] = time_ms([&] {
-                const int wb = v % 2 == 0 ? 3584 : 8;
+                const int wb = (v == 1 || v == 3 || v == 5 || v == 8) ? 8 : 3584;
                 if (v < 2) k_opring<false><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
-                else k_opring<true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA256, wb);
+                else if (v < 4) k_opring<true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA256, wb);
+                else if (v < 6) k_opring<false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
+                else if (v == 7) k_opring<false, true, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
+                else if (v < 9) k_opring<false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
+                else if (v == 9) k_opring<false, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
+                else if (v == 10) k_opring<false, false, true, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
+                else k_opring<false, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
             });
     printf("opring: %d CTAs x %d W blocks of K 4096 (NC 8), 4 stages of 48 KB, 7 rounds in turns, median\n", sms,
            OR_JOBS);
-    for (int v = 0; v < 4; v++) {
+    for (int v = 0; v < NV; v++) {
         const float m = median(t[v], 7);
         const double flop = 2.0 * 128 * 256 * 64 * OR_KT * OR_JOBS * sms;
-        printf("  %-44s %7.3f ms  %6.1f TFLOP/s  %5.2f TB/s into shared memory\n", names[v], m,
-               flop / (m * 1e-3) / 1e12, (double)OR_STAGE_BYTES * OR_KT * OR_JOBS * sms / (m * 1e-3) / 1e12);
+        const double wbytes = (double)OR_W_BYTES * OR_KT * OR_JOBS * sms;
+        printf("  %-44s %7.3f ms  %6.1f TFLOP/s  %5.2f TB/s into shared memory (W %4.2f TB/s)\n", names[v], m,
+               flop / (m * 1e-3) / 1e12, (double)OR_STAGE_BYTES * OR_KT * OR_JOBS * sms / (m * 1e-3) / 1e12,
+               wbytes / (m * 1e-3) / 1e12);
     }
     const cudaError_t e = cudaDeviceSynchronize();
     printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
