@@ -3,7 +3,7 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py ksweep l2hint       # ksweep of another set (SETS: f2f, the default; l2hint)
+    python3 dev/moe_epi_ab.py ksweep default      # ksweep of another set (SETS: f2f, the default; default alone)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -38,9 +38,8 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-# session 58 (same bits): the swap engine's TMA loads without L2 policies (0), with W's evict_first alone (1)
-SETS = {"f2f": VARIANTS,
-        "l2hint": {"default": {}, "l2hint0": {"JAMBA_EXT_MOE_L2HINT": "0"}, "l2hint1": {"JAMBA_EXT_MOE_L2HINT": "1"}}}
+# variant sets of ksweep (session 57's warpscan / bigbox and session 58's l2hint sets: removed with their switches)
+SETS = {"f2f": VARIANTS, "default": {"default": {}}}
 ROUNDS, REPS = 8, 10
 
 

@@ -60,8 +60,6 @@ struct moe_gemm_args {
     const float *ascale;      /* fp8 A rows (moe_wgmma_gemm_q8): (slots,) a scale per sorted row */
     int epi_f2f;              /* wgmma engines (set by moe_wgmma_gemm): 1 = the epilogues round a value a conversion
                                * (moe_act_fast / moe_scaled) instead of a pair (moe_act_fast2 / moe_scaled2); A/B */
-    int swap_l2hint;          /* swap-AB engine (set by moe_wgmma_gemm, env JAMBA_EXT_MOE_L2HINT): L2 policies on its TMA
-                               * loads: 0 none, 1 W evict_first, 2 (default) W evict_first and token rows evict_last */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */

@@ -249,26 +249,10 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
-/* the same with an L2 cache policy (a createpolicy value) */
-__device__ __forceinline__ void tma_load_2d_hint(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
-                                                 uint64_t pol) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, "
-                 "{%2, %3}], [%4], %5;\n"
-                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "l"(pol) : "memory");
-}
 /* 3-d TMA load of the box at (c0 = k, c1 = row, 0) into dst (the W map of gate_up: see wt_map) */
 __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
     asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar) : "memory");
-}
-
-/* 3-d TMA load with an L2 cache policy */
-__device__ __forceinline__ void tma_load_3d_hint(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
-                                                 uint64_t pol) {
-    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, "
-                 "{%2, %3, %4}], [%5], %6;\n"
-                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar), "l"(pol)
-                 : "memory");
 }
 
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
@@ -1185,30 +1169,15 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
         if (threadIdx.x == 256) {
             const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
                                      : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
-            /* L2 policies (a.swap_l2hint; session 58, dev/cuda/swap_ab_lab.cu opring: W streamed from HBM with the
-             * token rows 624 -> 708 TFLOP/s): a W block is read by one chunk at a time and mostly once (evict_first),
-             * the token rows by every W block of their chunk (evict_last) */
-            uint64_t pw = 0, pa = 0;
-            asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(pw));
-            if (a.swap_l2hint >= 2) asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;\n" : "=l"(pa));
-            else asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;\n" : "=l"(pa));
-            const bool hint = a.swap_l2hint > 0;
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
                 mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
-                if (!hint) {
-                    if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
-                    else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                    for (int c = 0; c < NC; c++)
-                        tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
-                    continue;
-                }
-                if (GATE_UP) tma_load_3d_hint(sa, &tmW, kt * WG_BK, wrow, fb, pw);
-                else tma_load_2d_hint(sa, &tmW, kt * WG_BK, wrow, fb, pw);
+                if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
+                else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
                 for (int c = 0; c < NC; c++)
-                    tma_load_2d_hint(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb, pa);
+                    tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
             }
         }
         return;
@@ -1522,8 +1491,6 @@ jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, in
     moe_gemm_args ae = a;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
     ae.epi_f2f = epi != NULL && epi[0] == '1';
-    const char *hint = getenv("JAMBA_EXT_MOE_L2HINT"); /* "0" / "1" / "2" (default): see moe_gemm_args.swap_l2hint */
-    ae.swap_l2hint = hint != NULL && (hint[0] == '0' || hint[0] == '1') ? hint[0] - '0' : 2;
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);
     if (dtype == JAMBA_F16) return wgmma_launch<__half>(dtype, ae, slots, device, stream);
     return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma needs bf16/f16");

@@ -713,7 +713,8 @@ static int copy_main(int sms) {
  * in the op at ~256 rows an expert; with w_blocks = 8 (8 MB) from L2. Tokens: 16 chunks of 256 rows (32 MB). The
  * consumers read the stage as the op's do (values do not matter). Session 58 added: TILED (W rearranged so that each
  * 16 KB W box is contiguous), NOMATH (the ring alone: a stage released as soon as it is full), HINT (L2 policies:
- * W evict_first, token rows evict_last). */
+ * W evict_first, token rows evict_last), TOKFIX (every job reads token chunk 0: an L2-resident 2 MB, as the op's
+ * blocks of one chunk do). */
 #define OR_STAGES 4
 #define OR_W_BYTES (128 * 128)
 #define OR_STAGE_BYTES (OR_W_BYTES + 256 * 128)
@@ -734,7 +735,7 @@ __device__ __forceinline__ void tma2d_hint(uint32_t dst, const CUtensorMap *m, i
                  "l"(pol) : "memory");
 }
 
-template <bool ONEBOX, bool TILED = false, bool NOMATH = false, bool HINT = false>
+template <bool ONEBOX, bool TILED = false, bool NOMATH = false, bool HINT = false, bool TOKFIX = false>
 __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_constant__ CUtensorMap tmW,
                                                    const __grid_constant__ CUtensorMap tmA, int w_blocks) {
     constexpr int NC = 8, NA = NC * 16, TOTAL = OR_JOBS * OR_KT;
@@ -757,7 +758,7 @@ __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_cons
                 const int wr = TILED ? ((job % w_blocks) * OR_KT + kt) * 128 : (job % w_blocks) * 128;
                 if (HINT) tma2d_hint(sa, &tmW, TILED ? 0 : kt * 64, wr, fb, pw);
                 else tma2d(sa, &tmW, TILED ? 0 : kt * 64, wr, fb);
-                const int arow = (job % 16) * 256;
+                const int arow = TOKFIX ? 0 : (job % 16) * 256;
                 if (ONEBOX) tma2d(sa + OR_W_BYTES, &tmA, kt * 64, arow, fb);
                 else
                     for (int c = 0; c < NC; c++) {
@@ -838,18 +839,29 @@ static int opring_main(int sms, float *out) {
                          OR_SMEM);
     cudaFuncSetAttribute((const void *)k_opring<false, true, false, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                          OR_SMEM);
-    const int NV = 12;
+    cudaFuncSetAttribute((const void *)k_opring<false, false, false, false, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
+    cudaFuncSetAttribute((const void *)k_opring<false, true, false, false, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
+    cudaFuncSetAttribute((const void *)k_opring<false, false, true, false, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
+    cudaFuncSetAttribute((const void *)k_opring<false, true, true, false, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
+    const int NV = 17;
     const char *names[NV] = {"W from HBM (3584 blocks), 8 token boxes", "W from L2 (8 blocks), 8 token boxes",
                              "W from HBM, one 256-row token box", "W from L2, one 256-row token box",
                              "W from HBM tile-contiguous, 8 token boxes", "W from L2 tile-contiguous, 8 token boxes",
                              "ring alone: W from HBM, 8 token boxes", "ring alone: W from HBM tile-contiguous",
                              "ring alone: W from L2, 8 token boxes", "W from HBM evict_first, tokens evict_last",
-                             "ring alone: W HBM evict_first, tok evict_last", "W HBM tile-contiguous + the two hints"};
+                             "ring alone: W HBM evict_first, tok evict_last", "W HBM tile-contiguous + the two hints",
+                             "W from HBM, one 2 MB token chunk (the op's)", "W HBM tile-contiguous, one token chunk",
+                             "ring alone: W HBM, one token chunk", "ring alone: W HBM tile-contig., one chunk",
+                             "W from L2, one token chunk"};
     float t[NV][7];
     for (int r = 0; r < 7; r++)
         for (int v = 0; v < NV; v++)
             t[v][r] = time_ms([&] {
-                const int wb = (v == 1 || v == 3 || v == 5 || v == 8) ? 8 : 3584;
+                const int wb = (v == 1 || v == 3 || v == 5 || v == 8 || v == 16) ? 8 : 3584;
                 if (v < 2) k_opring<false><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
                 else if (v < 4) k_opring<true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA256, wb);
                 else if (v < 6) k_opring<false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
@@ -857,7 +869,12 @@ static int opring_main(int sms, float *out) {
                 else if (v < 9) k_opring<false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
                 else if (v == 9) k_opring<false, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
                 else if (v == 10) k_opring<false, false, true, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
-                else k_opring<false, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
+                else if (v == 11) k_opring<false, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
+                else if (v == 12 || v == 16)
+                    k_opring<false, false, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
+                else if (v == 13) k_opring<false, true, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
+                else if (v == 14) k_opring<false, false, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
+                else k_opring<false, true, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
             });
     printf("opring: %d CTAs x %d W blocks of K 4096 (NC 8), 4 stages of 48 KB, 7 rounds in turns, median\n", sms,
            OR_JOBS);
