@@ -39,7 +39,9 @@ dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
 # variant sets of ksweep (session 57's warpscan / bigbox and session 58's l2hint sets: removed with their switches)
-SETS = {"f2f": VARIANTS, "default": {"default": {}}}
+SETS = {"f2f": VARIANTS, "default": {"default": {}},
+        # DIAGNOSTIC (session 58, wrong results): the swap engine without its epilogue, without its math
+        "diag": {"default": {}, "noepi": {"JAMBA_EXT_MOE_SWAP_DIAG": "1"}, "nomath": {"JAMBA_EXT_MOE_SWAP_DIAG": "2"}}}
 ROUNDS, REPS = 8, 10
 
 

@@ -2,11 +2,14 @@
 # Session 58's device calls on one H200 (device tool), one script, by MODE:
 #   opring  dev/cuda/swap_ab_lab.cu opring (no extension build): the hoisted loop on the op's ring, W from HBM or L2,
 #           tile-contiguous W boxes, the ring alone (no math), L2 cache policies on the TMA loads
-#   clocks  the SM clock and power through each phase (nvidia-smi every 50 ms): the lab's opring rows, the op's gate_up /
-#           down alone (dev/moe_epi_ab.py ksweep default), bench_moe at 2048 tokens (ours, dense mm); the swap tests first
-#   hint    (ran at 75a34df: no gain, removed after) the extension's build; the swap tests (test_moe_swap_engine with the same-bits cases JAMBA_EXT_MOE_L2HINT=0
-#           and 1; test_moe.py with swap forced); bench_moe at 1536 / 2048 / 2304 / 4096 tokens (ours, l2hint0, l2hint1,
-#           swap forced, dense mm); dev/moe_epi_ab.py ksweep l2hint
+#   clocks  the SM clock and power through each phase (nvidia-smi every 50 ms): the lab's opring rows, the op's
+#           gate_up / down alone (dev/moe_epi_ab.py ksweep default), bench_moe at 2048 tokens (ours, dense mm); the
+#           swap tests first
+#   diag    DIAGNOSTIC (its kernel switch removed after the call): ksweep with the swap engine's epilogue skipped
+#           (JAMBA_EXT_MOE_SWAP_DIAG=1) and its math skipped (2: the TMA ring alone), against the default
+#   hint    (ran at 75a34df: no gain, removed after) the extension's build; the swap tests (test_moe_swap_engine with
+#           the same-bits cases JAMBA_EXT_MOE_L2HINT=0 and 1; test_moe.py with swap forced); bench_moe at 1536 / 2048
+#           / 2304 / 4096 tokens (ours, l2hint0, l2hint1, swap forced, dense mm); dev/moe_epi_ab.py ksweep l2hint
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session58_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -38,6 +41,10 @@ clocks)
   mark end; sleep 1; kill $smi
   step "SM clock (MHz) and power (W) a phase: median, 10th-90th percentile of the samples above 100 W"
   python3 dev/smi_phases.py "$OUT/smi.csv" "$OUT/marks.txt" ;;
+diag)
+  build_cuda
+  step "dev/moe_epi_ab.py ksweep diag (DIAGNOSTIC: the swap engine without its epilogue / its math)"
+  timeout 150 python3 dev/moe_epi_ab.py ksweep diag 2>&1 | grep -v "Warning\|_warn" | tail -14 ;;
 hint)
   echo "mode hint ran at 75a34df (its kernel change is removed)"; exit 2
   build_cuda

@@ -1047,6 +1047,12 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     for (int i = 0; i < NA; i++) d[i] = 0.f;
     uint32_t ar[2][4];
     int kt = 0;
+    if (a.swap_diag == 2) {   /* DIAGNOSTIC: the ring alone, each stage released as soon as it is full */
+        for (; kt < KT; kt++) {
+            mbar_wait(full + 8 * (kt % SW_STAGES), (kt / SW_STAGES) & 1);
+            if ((threadIdx.x & 127) == 0) mbar_arrive(empty + 8 * (kt % SW_STAGES));
+        }
+    } else
     do {
         const int s = kt % SW_STAGES;
         mbar_wait(full + 8 * s, (kt / SW_STAGES) & 1);
@@ -1081,6 +1087,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     } while (++kt < KT);
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wg_pin(d);
+    if (a.swap_diag == 1) return;   /* DIAGNOSTIC: no epilogue */
     asm volatile("bar.sync 1, 256;\n" ::: "memory");   /* both warpgroups done with the ring: the epilogue's now */
     /* row t of the chunk: its outputs (gate_up 64, down 128) at ring + t * PITCH, as T */
     constexpr int W_OUT = GATE_UP ? 64 : 128, PITCH = W_OUT * 2 + 16;
@@ -1489,6 +1496,8 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
     if (slots == 0) return JAMBA_OK;
     moe_gemm_args ae = a;
+    const char *diag = getenv("JAMBA_EXT_MOE_SWAP_DIAG"); /* DIAGNOSTIC (wrong results): see moe_gemm_args.swap_diag */
+    ae.swap_diag = diag != NULL && (diag[0] == '1' || diag[0] == '2') ? diag[0] - '0' : 0;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
     ae.epi_f2f = epi != NULL && epi[0] == '1';
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);

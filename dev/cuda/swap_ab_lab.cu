@@ -714,7 +714,9 @@ static int copy_main(int sms) {
  * consumers read the stage as the op's do (values do not matter). Session 58 added: TILED (W rearranged so that each
  * 16 KB W box is contiguous), NOMATH (the ring alone: a stage released as soon as it is full), HINT (L2 policies:
  * W evict_first, token rows evict_last), TOKFIX (every job reads token chunk 0: an L2-resident 2 MB, as the op's
- * blocks of one chunk do). */
+ * blocks of one chunk do); pat (a kernel argument) 1: the CTAs of a round of jobs share token chunk round % 16, 2: each
+ * CTA's k tiles in a rotated order (not in lock-step with the other CTAs), 4: one job a CTA (a grid of every job,
+ * as the op's non-persistent blocks), 8: job j reads token chunk (j / 224) % 16 (the op's grid order at gate_up). */
 #define OR_STAGES 4
 #define OR_W_BYTES (128 * 128)
 #define OR_STAGE_BYTES (OR_W_BYTES + 256 * 128)
@@ -730,15 +732,16 @@ __device__ __forceinline__ void tma2d(uint32_t dst, const CUtensorMap *m, int c0
 /* the same with an L2 cache-policy operand (createpolicy: evict_first for streamed W, evict_last for the tokens) */
 __device__ __forceinline__ void tma2d_hint(uint32_t dst, const CUtensorMap *m, int c0, int c1, uint32_t bar,
                                            uint64_t pol) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, "
-                 "{%2, %3}], [%4], %5;\n" ::"r"(dst), "l"(reinterpret_cast<uint64_t>(m)), "r"(c0), "r"(c1), "r"(bar),
-                 "l"(pol) : "memory");
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
+                 "[%0], [%1, {%2, %3}], [%4], %5;\n"
+                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(m)), "r"(c0), "r"(c1), "r"(bar), "l"(pol) : "memory");
 }
 
 template <bool ONEBOX, bool TILED = false, bool NOMATH = false, bool HINT = false, bool TOKFIX = false>
 __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_constant__ CUtensorMap tmW,
-                                                   const __grid_constant__ CUtensorMap tmA, int w_blocks) {
-    constexpr int NC = 8, NA = NC * 16, TOTAL = OR_JOBS * OR_KT;
+                                                   const __grid_constant__ CUtensorMap tmA, int w_blocks, int pat) {
+    constexpr int NC = 8, NA = NC * 16;
+    const int TOTAL = (pat & 4) ? OR_KT : OR_JOBS * OR_KT;   /* pat 4: one job a CTA (grid: every job) */
     const uint32_t ring = ((uint32_t)__cvta_generic_to_shared(smem) + 1023u) & ~1023u;
     const uint32_t full = ring + OR_STAGES * OR_STAGE_BYTES, empty = full + 8 * OR_STAGES;
     ring_init(full, empty, OR_STAGES, 2);
@@ -751,14 +754,17 @@ __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_cons
         }
         if (threadIdx.x == 256)
             for (int t = 0; t < TOTAL; t++) {
-                const int s = t % OR_STAGES, kt = t % OR_KT, job = blockIdx.x + (t / OR_KT) * gridDim.x;
+                /* pat 1: a round's CTAs share token chunk round % 16; pat 2: each CTA's k order rotated */
+                const int s = t % OR_STAGES, job = blockIdx.x + (t / OR_KT) * gridDim.x;
+                const int kt = (pat & 2) ? (t + blockIdx.x * 5) % OR_KT : t % OR_KT;
                 if (t >= OR_STAGES) bar_wait(empty + 8 * s, ((t / OR_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * OR_STAGE_BYTES, fb = full + 8 * s;
                 bar_arrive_tx(fb, OR_STAGE_BYTES);
                 const int wr = TILED ? ((job % w_blocks) * OR_KT + kt) * 128 : (job % w_blocks) * 128;
                 if (HINT) tma2d_hint(sa, &tmW, TILED ? 0 : kt * 64, wr, fb, pw);
                 else tma2d(sa, &tmW, TILED ? 0 : kt * 64, wr, fb);
-                const int arow = TOKFIX ? 0 : (job % 16) * 256;
+                const int chunk = (pat & 8) ? (job / 224) % 16 : (pat & 1) ? (t / OR_KT) % 16 : job % 16;
+                const int arow = TOKFIX ? 0 : chunk * 256;   /* pat 8: the op's order, 224 W blocks a chunk */
                 if (ONEBOX) tma2d(sa + OR_W_BYTES, &tmA, kt * 64, arow, fb);
                 else
                     for (int c = 0; c < NC; c++) {
@@ -847,7 +853,10 @@ static int opring_main(int sms, float *out) {
                          cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
     cudaFuncSetAttribute((const void *)k_opring<false, true, true, false, true>,
                          cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
-    const int NV = 17;
+    float *out_all;   /* drain_out's sums for every CTA of the one-job-a-CTA grids */
+    if (cudaMalloc(&out_all, (size_t)sms * OR_JOBS * 256 * sizeof(float)) != cudaSuccess) return 1;
+    out = out_all;
+    const int NV = 22;
     const char *names[NV] = {"W from HBM (3584 blocks), 8 token boxes", "W from L2 (8 blocks), 8 token boxes",
                              "W from HBM, one 256-row token box", "W from L2, one 256-row token box",
                              "W from HBM tile-contiguous, 8 token boxes", "W from L2 tile-contiguous, 8 token boxes",
@@ -856,25 +865,33 @@ static int opring_main(int sms, float *out) {
                              "ring alone: W HBM evict_first, tok evict_last", "W HBM tile-contiguous + the two hints",
                              "W from HBM, one 2 MB token chunk (the op's)", "W HBM tile-contiguous, one token chunk",
                              "ring alone: W HBM, one token chunk", "ring alone: W HBM tile-contig., one chunk",
-                             "W from L2, one token chunk"};
+                             "W from L2, one token chunk", "W HBM, a round's CTAs share a token chunk",
+                             "W HBM, one token chunk, k order rotated", "W HBM, round-shared chunk, k rotated",
+                             "W HBM, chunk a 224 jobs (the op's order)", "as above, a CTA a job (3432 CTAs, the op's)"};
     float t[NV][7];
     for (int r = 0; r < 7; r++)
         for (int v = 0; v < NV; v++)
             t[v][r] = time_ms([&] {
                 const int wb = (v == 1 || v == 3 || v == 5 || v == 8 || v == 16) ? 8 : 3584;
-                if (v < 2) k_opring<false><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
-                else if (v < 4) k_opring<true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA256, wb);
-                else if (v < 6) k_opring<false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
-                else if (v == 7) k_opring<false, true, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
-                else if (v < 9) k_opring<false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
-                else if (v == 9) k_opring<false, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
-                else if (v == 10) k_opring<false, false, true, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
-                else if (v == 11) k_opring<false, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
-                else if (v == 12 || v == 16)
-                    k_opring<false, false, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
-                else if (v == 13) k_opring<false, true, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
-                else if (v == 14) k_opring<false, false, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb);
-                else k_opring<false, true, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb);
+                const int pat = v == 17 ? 1 : v == 18 ? 2 : v == 19 ? 3 : v == 20 ? 8 : v == 21 ? 12 : 0;
+                if (v < 2) k_opring<false><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb, pat);
+                else if (v < 4) k_opring<true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA256, wb, pat);
+                else if (v < 6) k_opring<false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb, pat);
+                else if (v == 7) k_opring<false, true, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb, pat);
+                else if (v < 9) k_opring<false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb, pat);
+                else if (v == 9) k_opring<false, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb, pat);
+                else if (v == 10) k_opring<false, false, true, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb, pat);
+                else if (v == 11) k_opring<false, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb, pat);
+                else if (v == 12 || v == 16 || v == 18)
+                    k_opring<false, false, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb, pat);
+                else if (v == 13)
+                    k_opring<false, true, false, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb, pat);
+                else if (v == 14)
+                    k_opring<false, false, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb, pat);
+                else if (v == 17 || v == 19 || v == 20)
+                    k_opring<false><<<sms, 384, OR_SMEM>>>(out, tmW, tmA32, wb, pat);
+                else if (v == 21) k_opring<false><<<sms * OR_JOBS, 384, OR_SMEM>>>(out, tmW, tmA32, wb, pat);
+                else k_opring<false, true, true, false, true><<<sms, 384, OR_SMEM>>>(out, tmWt, tmA32, wb, pat);
             });
     printf("opring: %d CTAs x %d W blocks of K 4096 (NC 8), 4 stages of 48 KB, 7 rounds in turns, median\n", sms,
            OR_JOBS);
