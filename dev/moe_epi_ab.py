@@ -3,7 +3,7 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py ksweep default      # ksweep of another set (SETS: f2f, the default; default alone)
+    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -38,15 +38,15 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-# variant sets of ksweep (session 57's warpscan / bigbox and session 58's l2hint sets: removed with their switches)
-SETS = {"f2f": VARIANTS, "default": {"default": {}},
-        # DIAGNOSTIC (session 58, wrong results): the swap engine without its epilogue, without its math
-        "diag": {"default": {}, "noepi": {"JAMBA_EXT_MOE_SWAP_DIAG": "1"}, "nomath": {"JAMBA_EXT_MOE_SWAP_DIAG": "2"}}}
+# variant sets of ksweep (session 57's warpscan / bigbox and session 58's l2hint / diag sets: removed with their
+# switches; diag, s58_diag_88195bd.log, found down's epilogue ~20% of its time)
+SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}}}
+ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
 
 def set_env(env):
-    for k in ("JAMBA_EXT_MOE_EPI_F2F", "JAMBA_EXT_MOE_SWAP"):
+    for k in ENV_KEYS:   # (session 58's diag set lost rows to a key this did not clear)
         os.environ.pop(k, None)
     os.environ.update(env)
 

@@ -967,7 +967,10 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
 #define SW_STAGES 4
 #define SW_A_BYTES (128 * WG_BK * 2)                     /* the W box: 128 rows */
 #define SW_STAGE_BYTES (SW_A_BYTES + SW_MAX_ROWS * WG_BK * 2)
-#define SW_SMEM (SW_STAGES * SW_STAGE_BYTES + 1024 + 2 * SW_STAGES * 8)
+#define SW_EPI_OFF (SW_STAGES * SW_STAGE_BYTES + 2 * SW_STAGES * 8) /* from the ring: down's preloaded rows (int32), */
+#define SW_EPI_BYTES (SW_MAX_ROWS * 6)                                /* then their router weights (T bits, u16) */
+#define SW_SMEM (SW_STAGES * SW_STAGE_BYTES + 1024 + 2 * SW_STAGES * 8 + SW_EPI_BYTES)
+static_assert(SW_SMEM <= 232448, "moe_swap_kernel: more shared memory than sm_90 gives a block (227 KB)");
 #define SW_THREADS 384
 static_assert(SW_MAX_ROWS * (128 * 2 + 16) <= SW_STAGES * SW_STAGE_BYTES, "moe_swap: the epilogue fits the ring");
 
@@ -1047,12 +1050,6 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     for (int i = 0; i < NA; i++) d[i] = 0.f;
     uint32_t ar[2][4];
     int kt = 0;
-    if (a.swap_diag == 2) {   /* DIAGNOSTIC: the ring alone, each stage released as soon as it is full */
-        for (; kt < KT; kt++) {
-            mbar_wait(full + 8 * (kt % SW_STAGES), (kt / SW_STAGES) & 1);
-            if ((threadIdx.x & 127) == 0) mbar_arrive(empty + 8 * (kt % SW_STAGES));
-        }
-    } else
     do {
         const int s = kt % SW_STAGES;
         mbar_wait(full + 8 * s, (kt / SW_STAGES) & 1);
@@ -1087,8 +1084,11 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     } while (++kt < KT);
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wg_pin(d);
-    if (a.swap_diag == 1) return;   /* DIAGNOSTIC: no epilogue */
     asm volatile("bar.sync 1, 256;\n" ::: "memory");   /* both warpgroups done with the ring: the epilogue's now */
+    /* down: the producer's warp 9 has written this chunk's rows and weights (swap_preload; it arrives either way) */
+    if (!GATE_UP) asm volatile("bar.sync 2, 288;\n" ::: "memory");
+    const int *pre_rows = reinterpret_cast<const int *>(ring_ptr + SW_EPI_OFF);
+    const uint32_t *pre_w2 = reinterpret_cast<const uint32_t *>(ring_ptr + SW_EPI_OFF + SW_MAX_ROWS * 4);
     /* row t of the chunk: its outputs (gate_up 64, down 128) at ring + t * PITCH, as T */
     constexpr int W_OUT = GATE_UP ? 64 : 128, PITCH = W_OUT * 2 + 16;
     const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, q = lane >> 3, i = lane & 7;
@@ -1111,13 +1111,19 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
                          "r"(r[2]), "r"(r[3]) : "memory");
         } else {                /* round(y) * round(w): the weight of the row's slot, for the thread's two rows */
             float w[8];
+            if (a.swap_preload) {   /* rows t, t + 1 (t even): one 32-bit pair of rounded weights, 0 past len */
 #pragma unroll
-            for (int j = 0; j < 4; j++)
+                for (int j = 0; j < 4; j++) moe_unpack2<T>(pre_w2[(c * 32 + 8 * j + 2 * (lane & 3)) >> 1], w[2 * j],
+                                                           w[2 * j + 1]);
+            } else {
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int t = c * 32 + 8 * j + 2 * (lane & 3) + h;
-                    w[2 * j + h] = t < len ? a.weights[a.sorted[row0 + t]] : 0.f;
-                }
+                for (int j = 0; j < 4; j++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int t = c * 32 + 8 * j + 2 * (lane & 3) + h;
+                        w[2 * j + h] = t < len ? a.weights[a.sorted[row0 + t]] : 0.f;
+                    }
+            }
             const bool f2f = a.epi_f2f;
 #pragma unroll
             for (int j = 0; j < 4; j++)   /* round(w) once (moe_scaled rounds it again: the same value) */
@@ -1143,7 +1149,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
         const int t = v / VR, col = v % VR;
         const int64_t n = col0 + col * 8;
         if (n >= a.N) continue;
-        const int64_t row = GATE_UP ? row0 + t : (int64_t)a.sorted[row0 + t];
+        const int64_t row = GATE_UP ? row0 + t : (int64_t)(a.swap_preload ? pre_rows[t] : a.sorted[row0 + t]);
         *reinterpret_cast<uint4 *>(C + row * a.N + n) =
             *reinterpret_cast<const uint4 *>(ring_ptr + t * PITCH + col * 16);
     }
@@ -1173,6 +1179,21 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
     __syncthreads();
     if (threadIdx.x >= 256) {                  /* the producer warpgroup; thread 256 issues */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (!GATE_UP && (threadIdx.x >> 5) == 9) {   /* warp 9: the chunk's rows and weights for down's epilogue */
+            int *rows = reinterpret_cast<int *>(ring_ptr + SW_EPI_OFF);
+            uint16_t *w16 = reinterpret_cast<uint16_t *>(ring_ptr + SW_EPI_OFF + SW_MAX_ROWS * 4);
+            for (int t = threadIdx.x & 31; t < NC * 32; t += 32) {
+                int r = 0;
+                float wv = 0.f;
+                if (t < len) {
+                    r = a.sorted[row0 + t];
+                    wv = a.weights[r];
+                }
+                rows[t] = r;
+                w16[t] = (uint16_t)(moe_pack2<T>(wv, 0.f) & 0xffffu);   /* round(w) as T, the lower half */
+            }
+            asm volatile("bar.arrive 2, 288;\n" ::: "memory");
+        }
         if (threadIdx.x == 256) {
             const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
                                      : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
@@ -1496,8 +1517,8 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
     if (slots == 0) return JAMBA_OK;
     moe_gemm_args ae = a;
-    const char *diag = getenv("JAMBA_EXT_MOE_SWAP_DIAG"); /* DIAGNOSTIC (wrong results): see moe_gemm_args.swap_diag */
-    ae.swap_diag = diag != NULL && (diag[0] == '1' || diag[0] == '2') ? diag[0] - '0' : 0;
+    const char *pre = getenv("JAMBA_EXT_MOE_SWAP_PRELOAD"); /* "0": see moe_gemm_args.swap_preload (A/B) */
+    ae.swap_preload = !(pre != NULL && pre[0] == '0');
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
     ae.epi_f2f = epi != NULL && epi[0] == '1';
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);
