@@ -1,8 +1,9 @@
 """Runs every CUDA op of jamba_ext once on small, odd shapes, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows | rest]
-(sample_rows: that op's cases only; rest: every other op's, without sample_rows' cluster kernels, which take
-racecheck ~110 s on an H200.) Exits non-zero if an op raises; the sanitizer reports memory errors and races
+    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows | swap | rest]
+(sample_rows: that op's cases only; swap: the MoE swap-AB engine's kernels only (Hopper), default, without the
+preload, persistent; rest: every other op's, without sample_rows' cluster kernels, which take racecheck ~110 s on an
+H200.) Exits non-zero if an op raises; the sanitizer reports memory errors and races
 itself.
 """
 
@@ -45,6 +46,22 @@ def sample_rows_cases(dev, rn):
     del os.environ["JAMBA_EXT_SAMPLE_ROWS_CLUSTER"]
 
 
+def swap_cases(dev, rn):
+    """moe_experts on the swap-AB engine (JAMBA_EXT_MOE_SWAP=1): moe_swap_kernel with and without down's preloaded
+    rows, and moe_swap_persist_kernel (gate_up: 32 W blocks x 8 chunks, more tiles than an H200's 132 CTAs; Kd 136
+    and 2048: KT 3 and 32)"""
+    T, H, F, E = 600, 136, 2048, 8
+    wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
+    x, wgu, wd = rn(T, H), rn(E, 2 * F, H), rn(E, H, F)
+    os.environ["JAMBA_EXT_MOE_SWAP"] = "1"
+    for env in ({}, {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}, {"JAMBA_EXT_MOE_SWAP_PERSIST": "1"}):
+        os.environ.update(env)
+        ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
+        for k in env:
+            del os.environ[k]
+    del os.environ["JAMBA_EXT_MOE_SWAP"]
+
+
 def main():
     if not torch.cuda.is_available() or not jamba_ext.has_cuda_kernels():
         sys.exit("sanitize_cases: needs a GPU and jamba_ext built with its CUDA kernels (JAMBA_EXT_CUDA=1)")
@@ -55,6 +72,12 @@ def main():
         sample_rows_cases(dev, rn)
         torch.cuda.synchronize()
         print("sanitize_cases: sample_rows ran")
+        return
+    if sys.argv[1:] == ["swap"]:
+        if torch.cuda.get_device_capability(dev)[0] == 9:
+            swap_cases(dev, rn)
+        torch.cuda.synchronize()
+        print("sanitize_cases: swap ran")
         return
     B, DI, L, N, K = 2, 72, 37, 16, 4
     x = rn(3, 130)

@@ -3,7 +3,7 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload)
+    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload; persist)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -40,7 +40,8 @@ VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
 # variant sets of ksweep (session 57's warpscan / bigbox and session 58's l2hint / diag sets: removed with their
 # switches; diag, s58_diag_88195bd.log, found down's epilogue ~20% of its time)
-SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}}}
+SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}},
+        "persist": {"default": {}, "persist": {"JAMBA_EXT_MOE_SWAP_PERSIST": "1"}}}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
@@ -126,8 +127,9 @@ def ksweep(variants=VARIANTS):
             for name in (list(pts) if r % 2 == 0 else list(pts)[::-1]):
                 set_env(variants[name])
                 kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
-                res[name].append((sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k),
-                                  sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k)))
+                # (moe_swap_kernel, or moe_swap_persist_kernel)
+                res[name].append((sum(v for k, v in kt.items() if "moe_swap_" in k and "true" in k),
+                                  sum(v for k, v in kt.items() if "moe_swap_" in k and "false" in k)))
         set_env({})
         for name in pts:
             gu, dn = sorted(r[0] for r in res[name])[1:3], sorted(r[1] for r in res[name])[1:3]

@@ -11,13 +11,18 @@
 #   hint    (ran at 75a34df: no gain, removed after) the extension's build; the swap tests (test_moe_swap_engine with
 #           the same-bits cases JAMBA_EXT_MOE_L2HINT=0 and 1; test_moe.py with swap forced); bench_moe at 1536 / 2048
 #           / 2304 / 4096 tokens (ours, l2hint0, l2hint1, swap forced, dense mm); dev/moe_epi_ab.py ksweep l2hint
-#   preload the swap engine's down epilogue reading sorted[] and the weights from shared memory
+#   next    (written after the session's last call: for session 59, one call) the EXPERIMENT persistent swap kernel
+#           (JAMBA_EXT_MOE_SWAP_PERSIST=1): build; the swap tests (same bits, the profiler sees it run);
+#           compute-sanitizer memcheck and racecheck on sanitize_cases.py swap; test_moe.py with swap and persist
+#           forced; bench_moe at 1536 / 2048 / 2304 (ours, persist, dense mm); dev/moe_epi_ab.py ksweep persist
+#   preload (ran at 991af43, s58_preload_991af43.log: kept as the default) the swap engine's down epilogue reading
+#           sorted[] and the weights from shared memory
 #           (JAMBA_EXT_MOE_SWAP_PRELOAD; 0 = before): build, swap tests, bench_moe at 1536 / 2048 / 2304 (ours,
 #           nopreload, dense mm), test_moe.py with swap forced, dev/moe_epi_ab.py ksweep preload
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session58_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
-mode=${1:-preload}
+mode=${1:-next}
 {
 echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv,noheader
@@ -30,35 +35,29 @@ clocks)
   echo "mode clocks ran at 0eb1add (its ksweep set is removed)"; exit 2 ;;
 diag)
   echo "mode diag ran at 88195bd (its kernel switch is removed)"; exit 2 ;;
-preload)
+next)
   build_cuda
-  step "CUDA tests: test_moe_swap_engine (same bits with JAMBA_EXT_MOE_SWAP_PRELOAD=0)"
-  timeout 100 python3 -m pytest -q -m cuda -x --timeout=90 --tb=short tests/test_moe.py -k "swap" \
-    -p no:cacheprovider 2>&1 | tail -2
+  step "CUDA tests: test_moe_swap_engine (same bits with JAMBA_EXT_MOE_SWAP_PERSIST=1)"
+  timeout 120 python3 -m pytest -q -m cuda -x --timeout=100 --tb=short tests/test_moe.py -k "swap" \
+    -p no:cacheprovider 2>&1 | tail -3
+  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py swap"
+  timeout 150 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -4
+  timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -4
   step "bench_moe at 1536 / 2048 / 2304 tokens"
-  timeout 120 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 --only "ours,ours:wgmma nopreload,dense mm" \
-    --name bench_moe_preload 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
-  cp benchmarks/results/bench_moe_preload.json "$OUT/" 2>/dev/null
-  step "CUDA tests: test_moe.py with JAMBA_EXT_MOE_SWAP=1"
-  JAMBA_EXT_MOE_SWAP=1 timeout 100 python3 -m pytest -q -m cuda --timeout=90 --tb=line tests/test_moe.py \
-    -p no:cacheprovider 2>&1 | tail -2
-  step "dev/moe_epi_ab.py ksweep preload"
-  timeout 100 python3 dev/moe_epi_ab.py ksweep preload 2>&1 | grep -v "Warning\|_warn" | tail -9 ;;
+  timeout 120 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 --only "ours,ours:wgmma persist,dense mm" \
+    --name bench_moe_persist 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+  cp benchmarks/results/bench_moe_persist.json "$OUT/" 2>/dev/null
+  step "CUDA tests: test_moe.py with JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_PERSIST=1"
+  JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_PERSIST=1 timeout 120 python3 -m pytest -q -m cuda --timeout=90 --tb=line \
+    tests/test_moe.py -p no:cacheprovider 2>&1 | tail -3
+  step "dev/moe_epi_ab.py ksweep persist"
+  timeout 100 python3 dev/moe_epi_ab.py ksweep persist 2>&1 | grep -v "Warning\|_warn" | tail -9 ;;
+preload)
+  echo "mode preload ran at 991af43 (kept as the default)"; exit 2 ;;
 hint)
-  echo "mode hint ran at 75a34df (its kernel change is removed)"; exit 2
-  build_cuda
-  step "CUDA tests: test_moe_swap_engine, then test_moe.py with JAMBA_EXT_MOE_SWAP=1"
-  timeout 150 python3 -m pytest -q -m cuda -x --timeout=120 --tb=short tests/test_moe.py -k "swap" \
-    -p no:cacheprovider 2>&1 | tail -2
-  JAMBA_EXT_MOE_SWAP=1 timeout 150 python3 -m pytest -q -m cuda --timeout=100 --tb=line tests/test_moe.py \
-    -p no:cacheprovider 2>&1 | tail -2
-  step "bench_moe at 1536 / 2048 / 2304 / 4096 tokens"
-  timeout 240 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304,4096 \
-    --only "ours,ours:wgmma l2hint0,ours:wgmma l2hint1,ours:wgmma swap,dense mm" --name bench_moe_hint 2>&1 \
-    | grep "^ours\|^dense\|^device" | cut -c1-150
-  cp benchmarks/results/bench_moe_hint.json "$OUT/" 2>/dev/null
-  step "dev/moe_epi_ab.py ksweep l2hint"
-  timeout 150 python3 dev/moe_epi_ab.py ksweep l2hint 2>&1 | grep -v "Warning\|_warn" | tail -13 ;;
+  echo "mode hint ran at 75a34df (its kernel change is removed)"; exit 2 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
