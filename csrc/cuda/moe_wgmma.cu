@@ -1200,6 +1200,65 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     }
 }
 
+/* the ring's barriers, by thread 0 (full: one arrival + the bytes; empty: one arrival a consumer warpgroup), then
+ * the block's barrier */
+__device__ __forceinline__ void sw_ring_init(uint32_t full, uint32_t empty) {
+    if (threadIdx.x == 0) {
+        for (int st = 0; st < SW_STAGES; st++) {
+            mbar_init(full + 8 * st, 1);
+            mbar_init(empty + 8 * st, 2);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
+}
+
+/* k tile kt of a tile into the stage at sa, completing on fb: the W box (rows from wrow), then NC 32-row boxes of
+ * the chunk's rows from row0 */
+template <bool GATE_UP>
+__device__ __forceinline__ void sw_issue(const CUtensorMap *tmA, const CUtensorMap *tmW, uint32_t sa, uint32_t fb,
+                                         int kt, int wrow, int64_t row0, int NC) {
+    mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
+    if (GATE_UP) tma_load_3d(sa, tmW, kt * WG_BK, wrow, fb);
+    else tma_load_2d(sa, tmW, kt * WG_BK, wrow, fb);
+    for (int c = 0; c < NC; c++) tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
+}
+
+/* down, warp 9: a chunk's rows (sorted[], int32) and router weights (rounded to T, u16 bits; 0 past len) into the
+ * area past the barriers, for the epilogue (swap_preload), then named barrier 2 */
+template <typename T>
+__device__ __forceinline__ void sw_preload(const moe_gemm_args &a, unsigned char *ring_ptr, int64_t row0, int len,
+                                           int NC) {
+    int *rows = reinterpret_cast<int *>(ring_ptr + SW_EPI_OFF);
+    uint16_t *w16 = reinterpret_cast<uint16_t *>(ring_ptr + SW_EPI_OFF + SW_MAX_ROWS * 4);
+    for (int t = threadIdx.x & 31; t < NC * 32; t += 32) {
+        int r = 0;
+        float wv = 0.f;
+        if (t < len) {
+            r = a.sorted[row0 + t];
+            wv = a.weights[r];
+        }
+        rows[t] = r;
+        w16[t] = (uint16_t)(moe_pack2<T>(wv, 0.f) & 0xffffu);   /* round(w) as T, the lower half */
+    }
+    asm volatile("bar.arrive 2, 288;\n" ::: "memory");
+}
+
+/* sw_consume by the tile's chunk count NC (every case its own k loop) */
+#define SW_SWITCH(PERSIST, ...)                                                                                     \
+    switch (NC) {                                                                                                   \
+    case 1: sw_consume<T, GATE_UP, 1, PERSIST>(__VA_ARGS__); break;                                                 \
+    case 2: sw_consume<T, GATE_UP, 2, PERSIST>(__VA_ARGS__); break;                                                 \
+    case 3: sw_consume<T, GATE_UP, 3, PERSIST>(__VA_ARGS__); break;                                                 \
+    case 4: sw_consume<T, GATE_UP, 4, PERSIST>(__VA_ARGS__); break;                                                 \
+    case 5: sw_consume<T, GATE_UP, 5, PERSIST>(__VA_ARGS__); break;                                                 \
+    case 6: sw_consume<T, GATE_UP, 6, PERSIST>(__VA_ARGS__); break;                                                 \
+    case 7: sw_consume<T, GATE_UP, 7, PERSIST>(__VA_ARGS__); break;                                                 \
+    case 8: sw_consume<T, GATE_UP, 8, PERSIST>(__VA_ARGS__); break;                                                 \
+    case 9: sw_consume<T, GATE_UP, 9, PERSIST>(__VA_ARGS__); break;                                                 \
+    default: sw_consume<T, GATE_UP, 10, PERSIST>(__VA_ARGS__); break;                                               \
+    }
+
 template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
@@ -1214,56 +1273,24 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
     const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
     unsigned char *ring_ptr = sw_smem + (ring - smem_u32(sw_smem));
     const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES;
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < SW_STAGES; st++) {
-            mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, 2);      /* (one arrival a consumer warpgroup) */
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    sw_ring_init(full, empty);
     if (threadIdx.x >= 256) {                  /* the producer warpgroup; thread 256 issues */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        if (!GATE_UP && (threadIdx.x >> 5) == 9) {   /* warp 9: the chunk's rows and weights for down's epilogue */
-            int *rows = reinterpret_cast<int *>(ring_ptr + SW_EPI_OFF);
-            uint16_t *w16 = reinterpret_cast<uint16_t *>(ring_ptr + SW_EPI_OFF + SW_MAX_ROWS * 4);
-            for (int t = threadIdx.x & 31; t < NC * 32; t += 32) {
-                int r = 0;
-                float wv = 0.f;
-                if (t < len) {
-                    r = a.sorted[row0 + t];
-                    wv = a.weights[r];
-                }
-                rows[t] = r;
-                w16[t] = (uint16_t)(moe_pack2<T>(wv, 0.f) & 0xffffu);   /* round(w) as T, the lower half */
-            }
-            asm volatile("bar.arrive 2, 288;\n" ::: "memory");
-        }
+        if (!GATE_UP && (threadIdx.x >> 5) == 9) sw_preload<T>(a, ring_ptr, row0, len, NC);
         if (threadIdx.x == 256) {
             const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
                                      : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
-                const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
-                mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
-                if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
-                else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                for (int c = 0; c < NC; c++)
-                    tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
+                sw_issue<GATE_UP>(&tmA, &tmW, ring + s * SW_STAGE_BYTES, full + 8 * s, kt, wrow, row0, NC);
             }
         }
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
-#define SW_CASE(N)                                                                                                  \
-    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
-    switch (NC) {
-        SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
-    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
-    }
-#undef SW_CASE
+    SW_SWITCH(false, a, ring, ring_ptr, full, empty, row0, len, col0, KT)
 #endif
 }
 
@@ -1289,14 +1316,7 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
     const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
     unsigned char *ring_ptr = sw_smem + (ring - smem_u32(sw_smem));
     const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES;
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < SW_STAGES; st++) {
-            mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, 2);      /* (one arrival a consumer warpgroup) */
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
+    sw_ring_init(full, empty);
     int e, len;
     int64_t row0;
     if (threadIdx.x >= 256) {
@@ -1312,32 +1332,14 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
                     for (int kt = 0; kt < KT; kt++, g++) {
                         const int s = g % SW_STAGES;
                         if (g >= SW_STAGES) mbar_wait(empty + 8 * s, ((g / SW_STAGES) - 1) & 1);
-                        const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
-                        mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
-                        if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
-                        else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                        for (int c = 0; c < NC; c++)
-                            tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
+                        sw_issue<GATE_UP>(&tmA, &tmW, ring + s * SW_STAGE_BYTES, full + 8 * s, kt, wrow, row0, NC);
                     }
             }
         } else if (!GATE_UP && warp == 9) {   /* each tile's rows and weights for down's epilogue */
-            int *rows = reinterpret_cast<int *>(ring_ptr + SW_EPI_OFF);
-            uint16_t *w16 = reinterpret_cast<uint16_t *>(ring_ptr + SW_EPI_OFF + SW_MAX_ROWS * 4);
             for (int i = blockIdx.x; i < tiles; i += gridDim.x) {
                 if (!sw_chunk(a, i / gx, &e, &row0, &len) || len <= 0) continue;
                 if (i != (int)blockIdx.x) asm volatile("bar.sync 3, 288;\n" ::: "memory");   /* the last tile's read */
-                const int NC = (len + 31) / 32;
-                for (int t = lane; t < NC * 32; t += 32) {
-                    int r = 0;
-                    float wv = 0.f;
-                    if (t < len) {
-                        r = a.sorted[row0 + t];
-                        wv = a.weights[r];
-                    }
-                    rows[t] = r;
-                    w16[t] = (uint16_t)(moe_pack2<T>(wv, 0.f) & 0xffffu);
-                }
-                asm volatile("bar.arrive 2, 288;\n" ::: "memory");
+                sw_preload<T>(a, ring_ptr, row0, len, (len + 31) / 32);
             }
         }
         return;
@@ -1350,17 +1352,11 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
         const int g = (i - (int)blockIdx.x) / (int)gridDim.x * KTi;   /* the CTA's k tiles so far */
         const int64_t col0 = (int64_t)WB * (i % gxi);
         const bool more = i + (int)gridDim.x < tiles;
-#define SW_CASE(N)                                                                                                  \
-    case N: sw_consume<T, GATE_UP, N, true>(a, ring, ring_ptr, full, empty, row0, len, col0, KTi, g, more); break;
-        switch (NC) {
-            SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
-        default: sw_consume<T, GATE_UP, 10, true>(a, ring, ring_ptr, full, empty, row0, len, col0, KTi, g, more);
-            break;
-        }
-#undef SW_CASE
+        SW_SWITCH(true, a, ring, ring_ptr, full, empty, row0, len, col0, KTi, g, more)
     }
 #endif
 }
+#undef SW_SWITCH
 
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
