@@ -1,6 +1,6 @@
-"""sw_chunk's two scans in Python (session 57): the serial scan of moe_swap_kernel (the default) and the EXPERIMENT
-warp-parallel one (JAMBA_EXT_MOE_SWAP_WARPSCAN=1: 32 lanes, an inclusive prefix sum of the experts' chunk counts, the
-first lane past y), written as csrc/cuda/moe_wgmma.cu's sw_chunk computes them (SW_MAX_ROWS = 320), compared on
+"""sw_chunk's two scans in Python (session 57): the serial scan moe_swap_kernel had until session 58 (the reference)
+and the warp-parallel one it has since (32 lanes, an inclusive prefix sum of the experts' chunk counts, the first
+lane past y; JAMBA_EXT_MOE_SWAP_WARPSCAN=1 when it was an EXPERIMENT), written as csrc/cuda/moe_wgmma.cu's sw_chunk computes them (SW_MAX_ROWS = 320), compared on
 random routings (E from 1 to 100, empty experts, experts of several chunks, y past the last chunk):
 
     python3 dev/sw_chunk_emu.py      # prints the mismatch count (0)
