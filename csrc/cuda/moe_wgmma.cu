@@ -1537,7 +1537,7 @@ static bool moe_swap_on(const moe_gemm_args &a, int64_t slots) {
 template <typename T>
 static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, const CUtensorMap &tmW,
                                 cudaStream_t stream) {
-    static int smem_set[64], sms[64]; /* dynamic shared-memory limit raised on this device; its SM count */
+    static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               SW_SMEM));
@@ -1547,19 +1547,17 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_persist_kernel<T, false>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-        if (dev >= 0 && dev < 64) {
-            JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(&sms[dev], cudaDevAttrMultiProcessorCount, dev));
-            smem_set[dev] = 1;
-        }
+        if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     CUtensorMap tmA;   /* token rows in boxes of 32 */
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
     const int64_t bound = (int64_t)grid.x * grid.y;   /* tiles at most (the chunk count is the device's to know) */
-    if (a.swap_persist && a.Kd > WG_BK && bound < INT32_MAX && dev >= 0 && dev < 64 && sms[dev] > 0) {
+    if (a.swap_persist && a.Kd > WG_BK && bound < INT32_MAX) {
         /* EXPERIMENT: at most one CTA an SM over the same tiles (int tile numbers) */
-        const unsigned ctas = (unsigned)(bound < sms[dev] ? bound : sms[dev]);
+        const int64_t sms = jamba_cuda_sm_count(dev);
+        const unsigned ctas = (unsigned)(bound < sms ? bound : sms);
         jamba_kernel_launch(a.gate_up ? moe_swap_persist_kernel<T, true> : moe_swap_persist_kernel<T, false>, ctas,
                             SW_THREADS, SW_SMEM, stream, tmA, tmW, a);
         JAMBA_LAUNCH_CHECK("moe_swap_persist_kernel", stream);
