@@ -3,7 +3,7 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload; persist)
+    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload; w2d)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -41,7 +41,7 @@ SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_S
 # variant sets of ksweep (session 57's warpscan / bigbox and session 58's l2hint / diag sets: removed with their
 # switches; diag, s58_diag_88195bd.log, found down's epilogue ~20% of its time)
 SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}},
-        "persist": {"default": {}, "persist": {"JAMBA_EXT_MOE_SWAP_PERSIST": "1"}}}
+        "w2d": {"default": {}, "w2d": {"JAMBA_EXT_MOE_SWAP_W2D": "1"}}}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
@@ -127,7 +127,6 @@ def ksweep(variants=VARIANTS):
             for name in (list(pts) if r % 2 == 0 else list(pts)[::-1]):
                 set_env(variants[name])
                 kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
-                # (moe_swap_kernel, or moe_swap_persist_kernel)
                 res[name].append((sum(v for k, v in kt.items() if "moe_swap_" in k and "true" in k),
                                   sum(v for k, v in kt.items() if "moe_swap_" in k and "false" in k)))
         set_env({})

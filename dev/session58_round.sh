@@ -11,7 +11,7 @@
 #   hint    (ran at 75a34df: no gain, removed after) the extension's build; the swap tests (test_moe_swap_engine with
 #           the same-bits cases JAMBA_EXT_MOE_L2HINT=0 and 1; test_moe.py with swap forced); bench_moe at 1536 / 2048
 #           / 2304 / 4096 tokens (ours, l2hint0, l2hint1, swap forced, dense mm); dev/moe_epi_ab.py ksweep l2hint
-#   next    (written after the session's last call: for session 59, one call) the EXPERIMENT persistent swap kernel
+#   next    (ran at f297029 in session 59, s59_persist_f297029.log: 30-45% slower, removed) the persistent swap kernel
 #           (JAMBA_EXT_MOE_SWAP_PERSIST=1): build; the swap tests (same bits, the profiler sees it run);
 #           compute-sanitizer memcheck and racecheck on sanitize_cases.py swap; test_moe.py with swap and persist
 #           forced; bench_moe at 1536 / 2048 / 2304 (ours, persist, dense mm); dev/moe_epi_ab.py ksweep persist
@@ -36,24 +36,7 @@ clocks)
 diag)
   echo "mode diag ran at 88195bd (its kernel switch is removed)"; exit 2 ;;
 next)
-  build_cuda
-  step "CUDA tests: test_moe_swap_engine (same bits with JAMBA_EXT_MOE_SWAP_PERSIST=1)"
-  timeout 120 python3 -m pytest -q -m cuda -x --timeout=100 --tb=short tests/test_moe.py -k "swap" \
-    -p no:cacheprovider 2>&1 | tail -3
-  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py swap"
-  timeout 150 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
-    | tail -4
-  timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
-    | tail -4
-  step "bench_moe at 1536 / 2048 / 2304 tokens"
-  timeout 120 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 --only "ours,ours:wgmma persist,dense mm" \
-    --name bench_moe_persist 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
-  cp benchmarks/results/bench_moe_persist.json "$OUT/" 2>/dev/null
-  step "CUDA tests: test_moe.py with JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_PERSIST=1"
-  JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_PERSIST=1 timeout 120 python3 -m pytest -q -m cuda --timeout=90 --tb=line \
-    tests/test_moe.py -p no:cacheprovider 2>&1 | tail -3
-  step "dev/moe_epi_ab.py ksweep persist"
-  timeout 100 python3 dev/moe_epi_ab.py ksweep persist 2>&1 | grep -v "Warning\|_warn" | tail -9 ;;
+  echo "mode next ran at f297029 in session 59 (s59_persist_f297029.log; the persistent kernel is removed)"; exit 2 ;;
 preload)
   echo "mode preload ran at 991af43 (kept as the default)"; exit 2 ;;
 hint)

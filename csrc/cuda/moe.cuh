@@ -56,10 +56,6 @@ struct moe_gemm_args {
     int E, topk, gate_up;
     int32_t *sched;           /* impl wgmma: this GEMM's tile counter, zero on entry (NULL: non-persistent kernel) */
     int half_tiles;           /* persistent wgmma kernel: an expert's last <= 64 rows as a half tile (set by its launcher) */
-    int swap_persist;         /* swap-AB engine, EXPERIMENT (session 58; set by moe_wgmma_gemm, env
-                               * JAMBA_EXT_MOE_SWAP_PERSIST=1): moe_swap_persist_kernel where Kd > 64. Here, in the
-                               * padding before wscale: a field at the struct's end changed moe_swap_kernel's down
-                               * code (1104 fewer instructions, not measured), this keeps the layout and the code */
     const float *wscale;      /* fp8 weights (moe_decode_kernel F8, moe_wgmma_gemm_f8): (E, w_rows) row scales */
     const float *ascale;      /* fp8 A rows (moe_wgmma_gemm_q8): (slots,) a scale per sorted row */
     int epi_f2f;              /* wgmma engines (set by moe_wgmma_gemm): 1 = the epilogues round a value a conversion

@@ -1037,32 +1037,12 @@ __device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int 
     return false;
 }
 
-/* the number of chunks (every lane of the calling warp: a warp sum of the experts' chunk counts) */
-__device__ __forceinline__ int sw_nchunks(const moe_gemm_args &a) {
-    const int lane = threadIdx.x & 31;
-    int total = 0;
-    for (int e0 = 0; e0 < a.E; e0 += 32) {
-        const int e = e0 + lane;
-        int nch = 0;
-        if (e < a.E) nch = (a.offsets[e + 1] - a.offsets[e] + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
-#pragma unroll
-        for (int d = 16; d > 0; d >>= 1) nch += __shfl_xor_sync(0xffffffffu, nch, d);
-        total += nch;
-    }
-    return total;
-}
-
 /* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
- * wgmmas of a loop that may run no iteration, C7515), then the epilogue through the ring. PERSIST (EXPERIMENT, the
- * persistent kernel; KT >= 2): the tile's k tiles are the CTA's g0 .. g0 + KT - 1 (ring slot g % SW_STAGES, parity
- * (g / SW_STAGES) & 1); the last two k tiles' slots are held through the epilogue, which stages rows 0-159 in the
- * first, rows 160-319 in the second (160 x 272 bytes fit a 56 KB slot), and released after it, while the producer
- * fills the other two with the next tile's first k tiles; more: the CTA has a tile after this one (down: then tell
- * the producer's warp 9 that the preloaded rows are read, named barrier 3). */
-template <typename T, bool GATE_UP, int NC, bool PERSIST = false>
+ * wgmmas of a loop that may run no iteration, C7515), then the epilogue through the ring */
+template <typename T, bool GATE_UP, int NC>
 __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring, unsigned char *ring_ptr,
                                            uint32_t full, uint32_t empty, int64_t row0, int len, int64_t col0,
-                                           int KT, int g0 = 0, bool more = false) {
+                                           int KT) {
     constexpr int NA = NC * 16;
     const int wg = threadIdx.x >> 7;
     float d[NA];
@@ -1071,9 +1051,8 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     uint32_t ar[2][4];
     int kt = 0;
     do {
-        const int g = PERSIST ? g0 + kt : kt;
-        const int s = g % SW_STAGES;
-        mbar_wait(full + 8 * s, (g / SW_STAGES) & 1);
+        const int s = kt % SW_STAGES;
+        mbar_wait(full + 8 * s, (kt / SW_STAGES) & 1);
         const uint32_t sa = ring + s * SW_STAGE_BYTES, sb = sa + SW_A_BYTES;
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
@@ -1099,10 +1078,8 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
             wg_pin(d);
-            /* the group before is done: at kk == 0 the previous stage's last, so that stage is free (PERSIST: but
-             * for the tile's second-last, held for the epilogue) */
-            if (kk == 0 && kt > 0 && (!PERSIST || kt < KT - 1) && (threadIdx.x & 127) == 0)
-                mbar_arrive(empty + 8 * ((g - 1) % SW_STAGES));
+            /* the group before is done: at kk == 0 the previous stage's last, so that stage is free */
+            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(empty + 8 * ((kt - 1) % SW_STAGES));
         }
     } while (++kt < KT);
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -1112,18 +1089,12 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     if (!GATE_UP) asm volatile("bar.sync 2, 288;\n" ::: "memory");
     const int *pre_rows = reinterpret_cast<const int *>(ring_ptr + SW_EPI_OFF);
     const uint32_t *pre_w2 = reinterpret_cast<const uint32_t *>(ring_ptr + SW_EPI_OFF + SW_MAX_ROWS * 4);
-    /* row t of the chunk: its outputs (gate_up 64, down 128) at ring + t * PITCH, as T (PERSIST: rows 0-159 from
-     * offA, 160-319 from offB: the held slots) */
+    /* row t of the chunk: its outputs (gate_up 64, down 128) at ring + t * PITCH, as T */
     constexpr int W_OUT = GATE_UP ? 64 : 128, PITCH = W_OUT * 2 + 16;
-    const uint32_t offA = PERSIST ? ((g0 + KT - 2) % SW_STAGES) * SW_STAGE_BYTES : 0;
-    const uint32_t offB = PERSIST ? ((g0 + KT - 1) % SW_STAGES) * SW_STAGE_BYTES : 160 * PITCH;
-    const int gA = g0 + KT - 2;   /* (PERSIST: the held slots' k tiles, released at the end) */
     const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, q = lane >> 3, i = lane & 7;
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const float *x = d + c * 16;
-        const uint32_t cb = PERSIST ? ring + (c < 5 ? offA + c * 32 * PITCH : offB + (c - 5) * 32 * PITCH)
-                                    : ring + c * 32 * PITCH;   /* chunk c's first staged row */
         if (GATE_UP) {          /* rows r / r + 8: one output's gate / up; 8 outputs a warp, 4 groups of 8 rows */
             uint32_t r[4];
             if (a.epi_f2f) {
@@ -1136,8 +1107,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
                 for (int j = 0; j < 4; j++) r[j] = moe_act_fast2<T>(x[4 * j], x[4 * j + 1], x[4 * j + 2], x[4 * j + 3]);
             }
             asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
-                         ::"r"((PERSIST ? cb + (8 * q + i) * PITCH : ring + (c * 32 + 8 * q + i) * PITCH) +
-                               (32 * wg + 8 * warp) * 2), "r"(r[0]), "r"(r[1]),
+                         ::"r"(ring + (c * 32 + 8 * q + i) * PITCH + (32 * wg + 8 * warp) * 2), "r"(r[0]), "r"(r[1]),
                          "r"(r[2]), "r"(r[3]) : "memory");
         } else {                /* round(y) * round(w): the weight of the row's slot, for the thread's two rows */
             float w[8];
@@ -1163,9 +1133,8 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
 #pragma unroll
             for (int j = 0; j < 4; j += 2)
                 asm volatile("stmatrix.sync.aligned.m8n8.x4.trans.shared.b16 [%0], {%1, %2, %3, %4};\n"
-                             ::"r"((PERSIST ? cb + (8 * (j + (q >> 1)) + i) * PITCH
-                                            : ring + (c * 32 + 8 * (j + (q >> 1)) + i) * PITCH) +
-                                   (64 * wg + 16 * warp + 8 * (q & 1)) * 2),
+                             ::"r"(ring + (c * 32 + 8 * (j + (q >> 1)) + i) * PITCH + (64 * wg + 16 * warp +
+                                                                                        8 * (q & 1)) * 2),
                              "r"(SW_SC(4 * j, 2 * j)), "r"(SW_SC(4 * j + 2, 2 * j)), "r"(SW_SC(4 * j + 4, 2 * j + 2)),
                              "r"(SW_SC(4 * j + 6, 2 * j + 2))
                              : "memory");
@@ -1181,85 +1150,18 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
         const int64_t n = col0 + col * 8;
         if (n >= a.N) continue;
         const int64_t row = GATE_UP ? row0 + t : (int64_t)(a.swap_preload ? pre_rows[t] : a.sorted[row0 + t]);
-        if (PERSIST) {
-            const uint32_t off = t < 160 ? offA + t * PITCH : offB + (t - 160) * PITCH;
-            *reinterpret_cast<uint4 *>(C + row * a.N + n) = *reinterpret_cast<const uint4 *>(ring_ptr + off + col * 16);
-        } else {
-            *reinterpret_cast<uint4 *>(C + row * a.N + n) =
-                *reinterpret_cast<const uint4 *>(ring_ptr + t * PITCH + col * 16);
-        }
-    }
-    if (PERSIST) {   /* the staging read (and written by the generic proxy): the held slots go back to the TMA */
-        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-        asm volatile("bar.sync 1, 256;\n" ::: "memory");
-        if ((threadIdx.x & 127) == 0) {
-            mbar_arrive(empty + 8 * (gA % SW_STAGES));
-            mbar_arrive(empty + 8 * ((gA + 1) % SW_STAGES));
-        }
-        if (!GATE_UP && more) asm volatile("bar.arrive 3, 288;\n" ::: "memory");
+        *reinterpret_cast<uint4 *>(C + row * a.N + n) =
+            *reinterpret_cast<const uint4 *>(ring_ptr + t * PITCH + col * 16);
     }
 }
 
-/* the ring's barriers, by thread 0 (full: one arrival + the bytes; empty: one arrival a consumer warpgroup), then
- * the block's barrier */
-__device__ __forceinline__ void sw_ring_init(uint32_t full, uint32_t empty) {
-    if (threadIdx.x == 0) {
-        for (int st = 0; st < SW_STAGES; st++) {
-            mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, 2);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-}
-
-/* k tile kt of a tile into the stage at sa, completing on fb: the W box (rows from wrow), then NC 32-row boxes of
- * the chunk's rows from row0 */
-template <bool GATE_UP>
-__device__ __forceinline__ void sw_issue(const CUtensorMap *tmA, const CUtensorMap *tmW, uint32_t sa, uint32_t fb,
-                                         int kt, int wrow, int64_t row0, int NC) {
-    mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
-    if (GATE_UP) tma_load_3d(sa, tmW, kt * WG_BK, wrow, fb);
-    else tma_load_2d(sa, tmW, kt * WG_BK, wrow, fb);
-    for (int c = 0; c < NC; c++) tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
-}
-
-/* down, warp 9: a chunk's rows (sorted[], int32) and router weights (rounded to T, u16 bits; 0 past len) into the
- * area past the barriers, for the epilogue (swap_preload), then named barrier 2 */
-template <typename T>
-__device__ __forceinline__ void sw_preload(const moe_gemm_args &a, unsigned char *ring_ptr, int64_t row0, int len,
-                                           int NC) {
-    int *rows = reinterpret_cast<int *>(ring_ptr + SW_EPI_OFF);
-    uint16_t *w16 = reinterpret_cast<uint16_t *>(ring_ptr + SW_EPI_OFF + SW_MAX_ROWS * 4);
-    for (int t = threadIdx.x & 31; t < NC * 32; t += 32) {
-        int r = 0;
-        float wv = 0.f;
-        if (t < len) {
-            r = a.sorted[row0 + t];
-            wv = a.weights[r];
-        }
-        rows[t] = r;
-        w16[t] = (uint16_t)(moe_pack2<T>(wv, 0.f) & 0xffffu);   /* round(w) as T, the lower half */
-    }
-    asm volatile("bar.arrive 2, 288;\n" ::: "memory");
-}
-
-/* sw_consume by the tile's chunk count NC (every case its own k loop) */
-#define SW_SWITCH(PERSIST, ...)                                                                                     \
-    switch (NC) {                                                                                                   \
-    case 1: sw_consume<T, GATE_UP, 1, PERSIST>(__VA_ARGS__); break;                                                 \
-    case 2: sw_consume<T, GATE_UP, 2, PERSIST>(__VA_ARGS__); break;                                                 \
-    case 3: sw_consume<T, GATE_UP, 3, PERSIST>(__VA_ARGS__); break;                                                 \
-    case 4: sw_consume<T, GATE_UP, 4, PERSIST>(__VA_ARGS__); break;                                                 \
-    case 5: sw_consume<T, GATE_UP, 5, PERSIST>(__VA_ARGS__); break;                                                 \
-    case 6: sw_consume<T, GATE_UP, 6, PERSIST>(__VA_ARGS__); break;                                                 \
-    case 7: sw_consume<T, GATE_UP, 7, PERSIST>(__VA_ARGS__); break;                                                 \
-    case 8: sw_consume<T, GATE_UP, 8, PERSIST>(__VA_ARGS__); break;                                                 \
-    case 9: sw_consume<T, GATE_UP, 9, PERSIST>(__VA_ARGS__); break;                                                 \
-    default: sw_consume<T, GATE_UP, 10, PERSIST>(__VA_ARGS__); break;                                               \
-    }
-
-template <typename T, bool GATE_UP>
+/* W2D (EXPERIMENT, session 59, gate_up only; env JAMBA_EXT_MOE_SWAP_W2D=1): tmW is a 2-d map of W's E * 2F rows in
+ * boxes of 64 rows, and each k tile's W comes as two boxes (the 64 gate rows, then the 64 up rows F further) instead
+ * of the 3-d pair box: the same bytes in the same shared-memory layout (each box a multiple of the 1024-byte swizzle
+ * atom), so the same results. Its rows past F in a partial last W block read other rows of W, not zeros: those
+ * outputs are never stored. Why: without epilogues (s58_diag_88195bd.log) gate_up's k loop ran 689-700 TFLOP/s and
+ * down's 834-852 with the same stage shape; the 3-d box is one of the two differences (the other: ldmatrix's rows). */
+template <typename T, bool GATE_UP, bool W2D = false>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                     moe_gemm_args a) {
@@ -1273,90 +1175,64 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
     const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
     unsigned char *ring_ptr = sw_smem + (ring - smem_u32(sw_smem));
     const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES;
-    sw_ring_init(full, empty);
+    if (threadIdx.x == 0) {
+        for (int st = 0; st < SW_STAGES; st++) {
+            mbar_init(full + 8 * st, 1);
+            mbar_init(empty + 8 * st, 2);      /* (one arrival a consumer warpgroup) */
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    __syncthreads();
     if (threadIdx.x >= 256) {                  /* the producer warpgroup; thread 256 issues */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        if (!GATE_UP && (threadIdx.x >> 5) == 9) sw_preload<T>(a, ring_ptr, row0, len, NC);
+        if (!GATE_UP && (threadIdx.x >> 5) == 9) {   /* warp 9: the chunk's rows and weights for down's epilogue */
+            int *rows = reinterpret_cast<int *>(ring_ptr + SW_EPI_OFF);
+            uint16_t *w16 = reinterpret_cast<uint16_t *>(ring_ptr + SW_EPI_OFF + SW_MAX_ROWS * 4);
+            for (int t = threadIdx.x & 31; t < NC * 32; t += 32) {
+                int r = 0;
+                float wv = 0.f;
+                if (t < len) {
+                    r = a.sorted[row0 + t];
+                    wv = a.weights[r];
+                }
+                rows[t] = r;
+                w16[t] = (uint16_t)(moe_pack2<T>(wv, 0.f) & 0xffffu);   /* round(w) as T, the lower half */
+            }
+            asm volatile("bar.arrive 2, 288;\n" ::: "memory");
+        }
         if (threadIdx.x == 256) {
             const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
                                      : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
-                sw_issue<GATE_UP>(&tmA, &tmW, ring + s * SW_STAGE_BYTES, full + 8 * s, kt, wrow, row0, NC);
+                const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
+                mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
+                if (GATE_UP && W2D) {   /* (a.N = F: the up rows) */
+                    tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
+                    tma_load_2d(sa + SW_A_BYTES / 2, &tmW, kt * WG_BK, wrow + (int)a.N, fb);
+                } else if (GATE_UP) {
+                    tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
+                } else {
+                    tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
+                }
+                for (int c = 0; c < NC; c++)
+                    tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
             }
         }
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
-    SW_SWITCH(false, a, ring, ring_ptr, full, empty, row0, len, col0, KT)
+#define SW_CASE(N)                                                                                                  \
+    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
+    switch (NC) {
+        SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
+    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
+    }
+#undef SW_CASE
 #endif
 }
-
-/* moe_swap_persist_kernel<T, GATE_UP> (EXPERIMENT, session 58, NOT YET RUN ON A GPU; a.swap_persist, env
- * JAMBA_EXT_MOE_SWAP_PERSIST=1, only where KT >= 2): moe_swap_kernel's tiles in the same order (W block x fastest,
- * then chunk y), but a 1-d grid of at most one CTA an SM, each taking tiles blockIdx.x, + gridDim.x, ... of the
- * W blocks x chunks (sw_nchunks: every tile has rows). The ring runs on across tiles (a k tile counter g a CTA), so
- * that the producer loads the next tile's first k tiles while the consumers run the epilogue in the two slots they
- * hold (sw_consume PERSIST). Why (dev/cuda/swap_ab_lab.cu opring, s58_opring_onejob.log): the op-shaped k loop ran
- * 847 TFLOP/s persistent, 800 as one CTA a tile. Warp 8 of the producer warpgroup walks the tiles (sw_chunk is a
- * warp's call) and its lane 0 issues the TMA; down: warp 9 preloads each tile's rows and weights (one buffer: it
- * waits on named barrier 3 until the consumers have read the previous tile's). Same results as moe_swap_kernel. */
-template <typename T, bool GATE_UP>
-__global__ void __launch_bounds__(SW_THREADS, 1)
-    moe_swap_persist_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                            moe_gemm_args a) {
-    jamba_pdl_begin();
-#if MOE_HAS_WGMMA
-    constexpr int WB = GATE_UP ? 64 : 128;   /* outputs (gate_up) or W rows (down) of a W block */
-    const int gx = (int)((a.N + WB - 1) / WB), KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
-    const int tiles = gx * sw_nchunks(a);   /* (< 2^31: moe_wgmma_coords_fit bounds the rows and slots) */
-    extern __shared__ unsigned char sw_smem[];
-    const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
-    unsigned char *ring_ptr = sw_smem + (ring - smem_u32(sw_smem));
-    const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES;
-    sw_ring_init(full, empty);
-    int e, len;
-    int64_t row0;
-    if (threadIdx.x >= 256) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-        if (warp == 8) {                       /* the tiles' TMA, lane 0 */
-            int g = 0;
-            for (int i = blockIdx.x; i < tiles; i += gridDim.x) {
-                const int x = i % gx;
-                if (!sw_chunk(a, i / gx, &e, &row0, &len) || len <= 0) continue;   /* (never: see sw_nchunks) */
-                const int NC = (len + 31) / 32, wrow = (int)(e * a.w_rows + (int64_t)WB * x);
-                if (lane == 0)
-                    for (int kt = 0; kt < KT; kt++, g++) {
-                        const int s = g % SW_STAGES;
-                        if (g >= SW_STAGES) mbar_wait(empty + 8 * s, ((g / SW_STAGES) - 1) & 1);
-                        sw_issue<GATE_UP>(&tmA, &tmW, ring + s * SW_STAGE_BYTES, full + 8 * s, kt, wrow, row0, NC);
-                    }
-            }
-        } else if (!GATE_UP && warp == 9) {   /* each tile's rows and weights for down's epilogue */
-            for (int i = blockIdx.x; i < tiles; i += gridDim.x) {
-                if (!sw_chunk(a, i / gx, &e, &row0, &len) || len <= 0) continue;
-                if (i != (int)blockIdx.x) asm volatile("bar.sync 3, 288;\n" ::: "memory");   /* the last tile's read */
-                sw_preload<T>(a, ring_ptr, row0, len, (len + 31) / 32);
-            }
-        }
-        return;
-    }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    for (int i = blockIdx.x; i < tiles; i += gridDim.x) {
-        const int gxi = (int)((a.N + WB - 1) / WB), KTi = (int)((a.Kd + WG_BK - 1) / WG_BK);   /* (not kept live) */
-        if (!sw_chunk(a, i / gxi, &e, &row0, &len) || len <= 0) continue;
-        const int NC = (len + 31) / 32;
-        const int g = (i - (int)blockIdx.x) / (int)gridDim.x * KTi;   /* the CTA's k tiles so far */
-        const int64_t col0 = (int64_t)WB * (i % gxi);
-        const bool more = i + (int)gridDim.x < tiles;
-        SW_SWITCH(true, a, ring, ring_ptr, full, empty, row0, len, col0, KTi, g, more)
-    }
-#endif
-}
-#undef SW_SWITCH
 
 typedef CUresult (*wt_encode_fn)(CUtensorMap *, CUtensorMapDataType, cuuint32_t, void *, const cuuint64_t *,
                                  const cuuint64_t *, const cuuint32_t *, const cuuint32_t *, CUtensorMapInterleave,
@@ -1543,24 +1419,23 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
                                               SW_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_persist_kernel<T, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_persist_kernel<T, false>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     CUtensorMap tmA;   /* token rows in boxes of 32 */
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
-    const int64_t bound = (int64_t)grid.x * grid.y;   /* tiles at most (the chunk count is the device's to know) */
-    if (a.swap_persist && a.Kd > WG_BK && bound < INT32_MAX) {
-        /* EXPERIMENT: at most one CTA an SM over the same tiles (int tile numbers) */
-        const int64_t sms = jamba_cuda_sm_count(dev);
-        const unsigned ctas = (unsigned)(bound < sms ? bound : sms);
-        jamba_kernel_launch(a.gate_up ? moe_swap_persist_kernel<T, true> : moe_swap_persist_kernel<T, false>, ctas,
-                            SW_THREADS, SW_SMEM, stream, tmA, tmW, a);
-        JAMBA_LAUNCH_CHECK("moe_swap_persist_kernel", stream);
+    const char *w2d = getenv("JAMBA_EXT_MOE_SWAP_W2D"); /* "1": EXPERIMENT, gate_up's W in two 2-d boxes (W2D) */
+    if (a.gate_up && w2d != NULL && w2d[0] == '1') {
+        if (dev < 0 || dev >= 64 || smem_set[dev] != 2) {   /* (2: this instance's limit raised too) */
+            JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true, true>,
+                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
+            if (dev >= 0 && dev < 64) smem_set[dev] = 2;
+        }
+        CUtensorMap tmW2;   /* W's E * 2F rows, boxes of 64 */
+        JAMBA_TRY(wt_map(&tmW2, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_WBOX));
+        jamba_kernel_launch(moe_swap_kernel<T, true, true>, grid, SW_THREADS, SW_SMEM, stream, tmA, tmW2, a);
+        JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
         return JAMBA_OK;
     }
     jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
@@ -1667,8 +1542,6 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
     if (slots == 0) return JAMBA_OK;
     moe_gemm_args ae = a;
-    const char *per = getenv("JAMBA_EXT_MOE_SWAP_PERSIST"); /* "1": EXPERIMENT, see moe_gemm_args.swap_persist */
-    ae.swap_persist = per != NULL && per[0] == '1';
     const char *pre = getenv("JAMBA_EXT_MOE_SWAP_PRELOAD"); /* "0": see moe_gemm_args.swap_preload (A/B) */
     ae.swap_preload = !(pre != NULL && pre[0] == '0');
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */

@@ -737,7 +737,12 @@ __device__ __forceinline__ void tma2d_hint(uint32_t dst, const CUtensorMap *m, i
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(m)), "r"(c0), "r"(c1), "r"(bar), "l"(pol) : "memory");
 }
 
-template <bool ONEBOX, bool TILED = false, bool NOMATH = false, bool HINT = false, bool TOKFIX = false>
+/* WMODE (session 59, mode gu): W as gate_up's (expert e = (job / 224) % 16, outputs 64 x .. 64 x + 63 with
+ * x = job % 224: their 64 gate rows at e * 28672 + 64 x, their 64 up rows 14336 further), 1: one 3-d pair box (the
+ * op's tmW), 2: two 2-d boxes of 64 rows (the op's W2D EXPERIMENT); 0: one 2-d box of 128 rows (job % w_blocks, as
+ * down's). GUROWS: ldmatrix reads gate_up's fragment rows (8 gate rows, then the same outputs' 8 up rows). */
+template <bool ONEBOX, bool TILED = false, bool NOMATH = false, bool HINT = false, bool TOKFIX = false, int WMODE = 0,
+          bool GUROWS = false>
 __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_constant__ CUtensorMap tmW,
                                                    const __grid_constant__ CUtensorMap tmA, int w_blocks, int pat) {
     constexpr int NC = 8, NA = NC * 16;
@@ -761,7 +766,15 @@ __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_cons
                 const uint32_t sa = ring + s * OR_STAGE_BYTES, fb = full + 8 * s;
                 bar_arrive_tx(fb, OR_STAGE_BYTES);
                 const int wr = TILED ? ((job % w_blocks) * OR_KT + kt) * 128 : (job % w_blocks) * 128;
-                if (HINT) tma2d_hint(sa, &tmW, TILED ? 0 : kt * 64, wr, fb, pw);
+                const int gr = ((job / 224) % 16) * 28672 + 64 * (job % 224);   /* (WMODE 1, 2: gate rows) */
+                if (WMODE == 1)
+                    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], "
+                                 "[%1, {%2, %3, %4}], [%5];\n" ::"r"(sa), "l"(reinterpret_cast<uint64_t>(&tmW)),
+                                 "r"(kt * 64), "r"(gr), "r"(0), "r"(fb) : "memory");
+                else if (WMODE == 2) {
+                    tma2d(sa, &tmW, kt * 64, gr, fb);
+                    tma2d(sa + OR_W_BYTES / 2, &tmW, kt * 64, gr + 14336, fb);
+                } else if (HINT) tma2d_hint(sa, &tmW, TILED ? 0 : kt * 64, wr, fb, pw);
                 else tma2d(sa, &tmW, TILED ? 0 : kt * 64, wr, fb);
                 const int chunk = (pat & 8) ? (job / 224) % 16 : (pat & 1) ? (t / OR_KT) % 16 : job % 16;
                 const int arow = TOKFIX ? 0 : chunk * 256;   /* pat 8: the op's order, 224 W blocks a chunk */
@@ -780,7 +793,15 @@ __global__ void __launch_bounds__(384, 1) k_opring(float *out, const __grid_cons
     for (int i = 0; i < NA; i++) d[i] = 0.f;
     uint32_t la[4];
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) la[kk] = pinned(a_addr((threadIdx.x >> 7) * 8192, kk));
+    for (int kk = 0; kk < 4; kk++) {
+        la[kk] = pinned(a_addr((threadIdx.x >> 7) * 8192, kk));
+        if (GUROWS) {   /* the op's sw_load_a<true> rows */
+            const int lane = threadIdx.x & 31, warp = (threadIdx.x >> 5) & 3, wg = threadIdx.x >> 7, fr = lane & 15;
+            const int r = fr < 8 ? 32 * wg + 8 * warp + fr : 64 + 32 * wg + 8 * warp + fr - 8;
+            const int kc = kk * 2 + (lane >> 4);
+            la[kk] = pinned((r >> 3) * 1024 + (r & 7) * 128 + ((kc ^ (r & 7)) << 4));
+        }
+    }
     const uint32_t leader = pinned((threadIdx.x & 127) == 0);
     uint32_t a[2][4], slot = 0, par = 0, prev = full;
     for (int t = 0; t < TOTAL; t++) {
@@ -908,6 +929,78 @@ static int opring_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* ---- mode gu (session 59): why gate_up's k loop (689-700 TFLOP/s without epilogues, s58_diag_88195bd.log) runs
+ * slower than down's (834-852) with the same stage shape. k_opring one job a CTA in the op's grid order (pat 12:
+ * 3432 CTAs, token chunk (job / 224) % 16), in turns: W as one 2-d 128-row box (as down) / gate_up's 3-d pair box /
+ * two 2-d 64-row boxes, each with down's and gate_up's ldmatrix rows; and the persistent form (pat 8) of the first
+ * two. */
+static int gu_main(int sms, float *out) {
+    const uint64_t w_rows = 16ull * 28672;
+    void *w, *x;
+    if (cudaMalloc(&w, w_rows * 4096 * 2) != cudaSuccess || cudaMalloc(&x, 4096ull * 4096 * 2) != cudaSuccess)
+        return 1;
+    cudaMemset(w, 0, w_rows * 4096 * 2);
+    cudaMemset(x, 0, 4096ull * 4096 * 2);
+    CUtensorMap tmW, tmW64, tmW3, tmA32;
+    void *f = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+        return 1;
+    const cuuint64_t dims3[3] = {4096, w_rows - 14336, 2}, strides3[2] = {8192, 14336ull * 8192};
+    const cuuint32_t box3[3] = {64, 64, 2}, es3[3] = {1, 1, 1};
+    if (!or_map(&tmW, w, w_rows, 128) || !or_map(&tmW64, w, w_rows, 64) || !or_map(&tmA32, x, 4096, 32) ||
+        ((or_encode_fn)f)(&tmW3, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, w, dims3, strides3, box3, es3,
+                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+        printf("gu: cuTensorMapEncodeTiled failed\n");
+        return 1;
+    }
+#define GU_ATTR(...) cudaFuncSetAttribute((const void *)k_opring<__VA_ARGS__>, \
+                                          cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM)
+    GU_ATTR(false, false, false, false, false, 0, false);
+    GU_ATTR(false, false, false, false, false, 0, true);
+    GU_ATTR(false, false, false, false, false, 1, false);
+    GU_ATTR(false, false, false, false, false, 1, true);
+    GU_ATTR(false, false, false, false, false, 2, false);
+    GU_ATTR(false, false, false, false, false, 2, true);
+#undef GU_ATTR
+    float *out_all;
+    if (cudaMalloc(&out_all, (size_t)sms * OR_JOBS * 256 * sizeof(float)) != cudaSuccess) return 1;
+    const int NV = 8;
+    const char *names[NV] = {"2-d 128-row W box, down's rows", "2-d 128-row W box, gate_up's rows",
+                             "3-d pair box, down's rows", "3-d pair box, gate_up's rows (the op's gate_up)",
+                             "two 64-row 2-d boxes, down's rows", "two 64-row 2-d boxes, gate_up's rows (W2D)",
+                             "persistent: 2-d 128-row box, down's rows", "persistent: 3-d pair box, gate_up's rows"};
+    float t[NV][7];
+    for (int r = 0; r < 7; r++)
+        for (int v = 0; v < NV; v++)
+            t[v][r] = time_ms([&] {
+                const dim3 g(v < 6 ? sms * OR_JOBS : sms);
+                const int pat = v < 6 ? 12 : 8;
+                float *o = out_all;
+#define GU_RUN(WM, GR, M) \
+    k_opring<false, false, false, false, false, WM, GR><<<g, 384, OR_SMEM>>>(o, M, tmA32, 3584, pat)
+                if (v == 0 || v == 6) GU_RUN(0, false, tmW);
+                else if (v == 1) GU_RUN(0, true, tmW);
+                else if (v == 2) GU_RUN(1, false, tmW3);
+                else if (v == 3 || v == 7) GU_RUN(1, true, tmW3);
+                else if (v == 4) GU_RUN(2, false, tmW64);
+                else GU_RUN(2, true, tmW64);
+#undef GU_RUN
+            });
+    printf("gu: %d jobs of 128 W rows x 256 token rows x K 4096 (NC 8), 4 stages of 48 KB, 7 rounds in turns, "
+           "median\n", sms * OR_JOBS);
+    for (int v = 0; v < NV; v++) {
+        const float m = median(t[v], 7);
+        const double flop = 2.0 * 128 * 256 * 64 * OR_KT * OR_JOBS * sms;
+        printf("  %-50s %7.3f ms  %6.1f TFLOP/s\n", names[v], m, flop / (m * 1e-3) / 1e12);
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -922,6 +1015,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "copy")) return copy_main(sms);
     if (argc > 1 && !strcmp(argv[1], "hoist")) return hoist_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "opring")) return opring_main(sms, out);
+    if (argc > 1 && !strcmp(argv[1], "gu")) return gu_main(sms, out);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
