@@ -3,7 +3,8 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload; w2d)
+    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload)
+    python3 dev/moe_epi_ab.py data                # the swap kernels and a dense mm on random operands and on zeros
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -38,10 +39,9 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-# variant sets of ksweep (session 57's warpscan / bigbox and session 58's l2hint / diag sets: removed with their
-# switches; diag, s58_diag_88195bd.log, found down's epilogue ~20% of its time)
-SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}},
-        "w2d": {"default": {}, "w2d": {"JAMBA_EXT_MOE_SWAP_W2D": "1"}}}
+# variant sets of ksweep (session 57's warpscan / bigbox, session 58's l2hint / diag and session 59's persist / w2d
+# sets: removed with their switches; diag, s58_diag_88195bd.log, found down's epilogue ~20% of its time)
+SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}}}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
@@ -150,12 +150,49 @@ def ksweep(variants=VARIANTS):
               "the time is not k steps")
 
 
+def data():
+    """Do the swap kernels (and a dense matmul of gate_up's work) run faster on zeros than on random operands? Every
+    lab of sessions 54-58 ran on zeros; the op runs on real values. T 2048, 256 rows an expert, H 4096: kernel
+    times (profiler) with random x and weights, and with zeros, in turns (4 rounds, the mean of the middle two)."""
+    T, H = 2048, 4096
+    idx = torch.arange(T, device=dev)
+    ids = torch.stack([idx % E, (idx + 1) % E], 1).to(torch.int32)
+    w = torch.full((T, K), 0.5, device=dev)
+    offsets, slots = ops.moe_permute(ids, E)
+    torch.manual_seed(0)
+    sets = {"random": ((torch.randn(E, 2 * F, H, device=dev) * H ** -0.5).to(dt),
+                       (torch.randn(E, H, F, device=dev) * F ** -0.5).to(dt), torch.randn(T, H, device=dev).to(dt)),
+            "zeros": (torch.zeros(E, 2 * F, H, device=dev, dtype=dt), torch.zeros(E, H, F, device=dev, dtype=dt),
+                      torch.zeros(T, H, device=dev, dtype=dt))}
+    a_mm = {"random": torch.randn(T * K, H, device=dev).to(dt), "zeros": torch.zeros(T * K, H, device=dev, dtype=dt)}
+    b_mm = {"random": (torch.randn(H, 2 * F, device=dev) * H ** -0.5).to(dt),
+            "zeros": torch.zeros(H, 2 * F, device=dev, dtype=dt)}
+    set_env({})
+    res = {n: [] for n in sets}
+    for r in range(4):
+        for name in (list(sets) if r % 2 == 0 else list(sets)[::-1]):
+            wgu, wd, x = sets[name]
+            kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
+            mm = kernel_times(lambda: torch.mm(a_mm[name], b_mm[name]))
+            res[name].append((sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k),
+                              sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k),
+                              sum(mm.values())))
+    fl = 2.0 * T * K * 2 * F * H
+    print(f"T {T}, H {H}, F {F}, E {E}, top-{K}, 256 rows an expert; kernel times (profiler), us")
+    for name in sets:
+        gu, dn, mm = (sum(sorted(r[i] for r in res[name])[1:3]) / 2 for i in range(3))
+        print(f"  {name:6s}: gate_up {gu:8.1f} us ({fl / gu / 1e6:.0f} TFLOP/s), down {dn:8.1f} us "
+              f"({fl / 2 / dn / 1e6:.0f}), dense mm of gate_up's work {mm:8.1f} us ({fl / mm / 1e6:.0f})")
+
+
 if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else "ab"
     if mode == "ab":
         ab([int(t) for t in sys.argv[2:]] or [2048])
     elif mode == "swapf16":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS, torch.float16)
+    elif mode == "data":
+        data()
     elif mode == "ksweep":
         ksweep(SETS[sys.argv[2] if len(sys.argv) > 2 else "f2f"])
     else:

@@ -1155,13 +1155,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     }
 }
 
-/* W2D (EXPERIMENT, session 59, gate_up only; env JAMBA_EXT_MOE_SWAP_W2D=1): tmW is a 2-d map of W's E * 2F rows in
- * boxes of 64 rows, and each k tile's W comes as two boxes (the 64 gate rows, then the 64 up rows F further) instead
- * of the 3-d pair box: the same bytes in the same shared-memory layout (each box a multiple of the 1024-byte swizzle
- * atom), so the same results. Its rows past F in a partial last W block read other rows of W, not zeros: those
- * outputs are never stored. Why: without epilogues (s58_diag_88195bd.log) gate_up's k loop ran 689-700 TFLOP/s and
- * down's 834-852 with the same stage shape; the 3-d box is one of the two differences (the other: ldmatrix's rows). */
-template <typename T, bool GATE_UP, bool W2D = false>
+template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                     moe_gemm_args a) {
@@ -1208,14 +1202,8 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
                 mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
-                if (GATE_UP && W2D) {   /* (a.N = F: the up rows) */
-                    tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                    tma_load_2d(sa + SW_A_BYTES / 2, &tmW, kt * WG_BK, wrow + (int)a.N, fb);
-                } else if (GATE_UP) {
-                    tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
-                } else {
-                    tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                }
+                if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
+                else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
                 for (int c = 0; c < NC; c++)
                     tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
             }
@@ -1425,19 +1413,6 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
-    const char *w2d = getenv("JAMBA_EXT_MOE_SWAP_W2D"); /* "1": EXPERIMENT, gate_up's W in two 2-d boxes (W2D) */
-    if (a.gate_up && w2d != NULL && w2d[0] == '1') {
-        if (dev < 0 || dev >= 64 || smem_set[dev] != 2) {   /* (2: this instance's limit raised too) */
-            JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true, true>,
-                                                  cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-            if (dev >= 0 && dev < 64) smem_set[dev] = 2;
-        }
-        CUtensorMap tmW2;   /* W's E * 2F rows, boxes of 64 */
-        JAMBA_TRY(wt_map(&tmW2, dtype, a.W, (int64_t)a.E * a.w_rows, a.Kd, WG_WBOX));
-        jamba_kernel_launch(moe_swap_kernel<T, true, true>, grid, SW_THREADS, SW_SMEM, stream, tmA, tmW2, a);
-        JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
-        return JAMBA_OK;
-    }
     jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
                         stream, tmA, tmW, a);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);

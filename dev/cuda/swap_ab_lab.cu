@@ -39,6 +39,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <initializer_list>
 
 #define STEPS 8192
@@ -1001,6 +1002,98 @@ static int gu_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* ---- mode gurand (session 59): does the k loop's speed depend on the operands' values? Every earlier mode ran on
+ * zeros (cudaMemset) or garbage; the op multiplies real weights and activations (random here: W ~ U(-1, 1) / 64,
+ * tokens ~ U(-1, 1), as bf16). k_opring in the op's gate_up shape (3-d pair box, gate_up's ldmatrix rows, the op's
+ * grid order; one job a CTA and persistent), on zeros and on random values: in turns (7 rounds, median), then each
+ * variant alone for ~1 s, its start written to argv[2] ("<unix seconds> <name>" lines, for dev/smi_phases.py). */
+__global__ void k_fill_rand(uint16_t *p, size_t n, uint32_t seed, float scale) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        const float v = ((h >> 8) * (1.f / 16777216.f) * 2.f - 1.f) * scale;
+        p[i] = __bfloat16_as_ushort(__float2bfloat16(v));
+    }
+}
+
+static int gurand_main(int sms, const char *marks) {
+    const uint64_t w_rows = 16ull * 28672, wn = w_rows * 4096, xn = 4096ull * 4096;
+    uint16_t *w[2], *x[2];
+    for (int i = 0; i < 2; i++)
+        if (cudaMalloc(&w[i], wn * 2) != cudaSuccess || cudaMalloc(&x[i], xn * 2) != cudaSuccess) return 1;
+    cudaMemset(w[0], 0, wn * 2);
+    cudaMemset(x[0], 0, xn * 2);
+    k_fill_rand<<<4096, 256>>>(w[1], wn, 1234u, 1.f / 64);
+    k_fill_rand<<<4096, 256>>>(x[1], xn, 99u, 1.f);
+    void *f = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+        return 1;
+    CUtensorMap tmW3[2], tmA32[2];
+    const cuuint64_t dims3[3] = {4096, w_rows - 14336, 2}, strides3[2] = {8192, 14336ull * 8192};
+    const cuuint32_t box3[3] = {64, 64, 2}, es3[3] = {1, 1, 1};
+    for (int i = 0; i < 2; i++)
+        if (!or_map(&tmA32[i], x[i], 4096, 32) ||
+            ((or_encode_fn)f)(&tmW3[i], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, w[i], dims3, strides3, box3, es3,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+            printf("gurand: cuTensorMapEncodeTiled failed\n");
+            return 1;
+        }
+    cudaFuncSetAttribute((const void *)k_opring<false, false, false, false, false, 1, true>,
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, OR_SMEM);
+    float *out_all;
+    if (cudaMalloc(&out_all, (size_t)sms * OR_JOBS * 256 * sizeof(float)) != cudaSuccess) return 1;
+    const int NV = 4;
+    const char *names[NV] = {"zeros, one job a CTA", "random, one job a CTA", "zeros, persistent",
+                             "random, persistent"};
+    auto run = [&](int v) {
+        const int d = v & 1, persist = v >> 1;
+        k_opring<false, false, false, false, false, 1, true><<<persist ? sms : sms * OR_JOBS, 384, OR_SMEM>>>(
+            out_all, tmW3[d], tmA32[d], 3584, persist ? 8 : 12);
+    };
+    float t[NV][7];
+    for (int r = 0; r < 7; r++)
+        for (int v = 0; v < NV; v++) t[v][r] = time_ms([&] { run(v); });
+    const double flop = 2.0 * 128 * 256 * 64 * OR_KT * OR_JOBS * sms;
+    printf("gurand: the op's gate_up shape (3-d pair box, gate_up's rows, %d jobs of K 4096, NC 8), in turns, "
+           "median of 7\n", sms * OR_JOBS);
+    for (int v = 0; v < NV; v++) {
+        const float m = median(t[v], 7);
+        printf("  %-30s %7.3f ms  %6.1f TFLOP/s\n", names[v], m, flop / (m * 1e-3) / 1e12);
+    }
+    FILE *mf = marks ? fopen(marks, "w") : NULL;
+    printf("each alone for ~1 s (800 launches), mean:\n");
+    for (int v = 0; v < NV; v++) {
+        cudaDeviceSynchronize();
+        timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        if (mf) fprintf(mf, "%ld.%09ld %s\n", (long)ts.tv_sec, ts.tv_nsec, names[v]);
+        cudaEvent_t a, b;
+        cudaEventCreate(&a);
+        cudaEventCreate(&b);
+        cudaEventRecord(a);
+        for (int i = 0; i < 800; i++) run(v);
+        cudaEventRecord(b);
+        cudaEventSynchronize(b);
+        float ms = 0.f;
+        cudaEventElapsedTime(&ms, a, b);
+        printf("  %-30s %7.3f ms  %6.1f TFLOP/s\n", names[v], ms / 800, flop / (ms / 800 * 1e-3) / 1e12);
+    }
+    if (mf) {
+        timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        fprintf(mf, "%ld.%09ld end\n", (long)ts.tv_sec, ts.tv_nsec);
+        fclose(mf);
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -1016,6 +1109,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "hoist")) return hoist_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "opring")) return opring_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "gu")) return gu_main(sms, out);
+    if (argc > 1 && !strcmp(argv[1], "gurand")) return gurand_main(sms, argc > 2 ? argv[2] : NULL);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
