@@ -10,6 +10,10 @@
 #        op's gate_up shape on zeros and on random values, in turns and each alone for ~1 s) and dev/moe_epi_ab.py
 #        data (the op's swap kernels and a dense mm on random operands and on zeros), with nvidia-smi's SM clock and
 #        power every 50 ms summarised by phase (dev/smi_phases.py)
+#        (ran at b86e48e, s59_data_b86e48e.log: on random values the lab's loop runs at the op's rate, ~690 TFLOP/s,
+#        against ~760-800 on zeros; alone for ~1 s it falls to ~600 at 1365 MHz and ~680 W: the power limit)
+#   rsrand the plain loops (no ring) on zeros and on random values: SS m64n256 (today's tiles), the op's RS n32 x 8,
+#        n64 x 4, RS n256 in one instruction (lab mode rsrand, with nvidia-smi by phase)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session59_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -34,6 +38,14 @@ data)
   echo "$(date +%s.%N) end" >> "$OUT/marks_op.txt"
   kill $smi
   python3 dev/smi_phases.py "$OUT/smi.csv" "$OUT/marks_op.txt" ;;
+rsrand)
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw --format=csv,noheader,nounits -lms 50 > "$OUT/smi.csv" &
+  smi=$!
+  step "dev/cuda/swap_ab_lab.cu rsrand"
+  timeout 200 /tmp/swap_ab rsrand "$OUT/marks_lab.txt"
+  kill $smi
+  python3 dev/smi_phases.py "$OUT/smi.csv" "$OUT/marks_lab.txt" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

@@ -59,6 +59,11 @@ __device__ __forceinline__ void mma_ss256(float (&d)[128], uint64_t da, uint64_t
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n" "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;" "\n}\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) : "l"(da), "l"(db), "r"(1));
 }
+/* RS m64n256k16 (mode rsrand): A from registers, all 256 token rows in one instruction */
+__device__ __forceinline__ void mma_rs256(float (&d)[128], const uint32_t (&a)[4], uint64_t db) {
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n" "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, 0;" "\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+}
 template <int OFF, int NA>
 __device__ __forceinline__ void mma_rs32(float (&d)[NA], const uint32_t (&a)[4], uint64_t db) {
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;" "\n}\n"
@@ -91,7 +96,24 @@ __device__ __forceinline__ uint32_t pinned(uint32_t v) {
 
 extern __shared__ __align__(1024) unsigned char smem[];
 
+/* mode rsrand: the kernels of the plain loops (k_ss256, k_rs, k_rs256) first fill their shared memory with zeros
+ * (g_rand 0) or random bf16 values in (-1, 1) (g_rand 1), so that the operands' values are known */
+__device__ int g_rand = -1;   /* -1: leave shared memory as it is (the modes before session 59) */
+__device__ __forceinline__ void lab_fill_smem() {
+    if (g_rand < 0) return;
+    uint16_t *p = reinterpret_cast<uint16_t *>(smem);
+    for (int i = threadIdx.x; i < SMEM_BYTES / 2; i += blockDim.x) {
+        uint32_t h = (uint32_t)(i + blockIdx.x * 77777) * 2654435761u;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        p[i] = g_rand ? __bfloat16_as_ushort(__float2bfloat16((h >> 8) * (2.f / 16777216.f) - 1.f)) : 0;
+    }
+    __syncthreads();
+}
+
 __global__ void __launch_bounds__(256, 1) k_ss256(float *out) {
+    lab_fill_smem();
     const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
     const int wg = threadIdx.x >> 7;
     const uint32_t sa = base + wg * 8192, sb = base + 16384;   /* A: 64 rows a warpgroup; B: 256 rows, 32 KB */
@@ -165,7 +187,37 @@ template <int NC, int W> __device__ __forceinline__ void rs_loop(float *out) {
     out[blockIdx.x * 256 + threadIdx.x] = t;
 }
 
-template <int NC, int W> __global__ void __launch_bounds__(256, 1) k_rs(float *out) { rs_loop<NC, W>(out); }
+template <int NC, int W> __global__ void __launch_bounds__(256, 1) k_rs(float *out) {
+    lab_fill_smem();
+    rs_loop<NC, W>(out);
+}
+
+/* rs_loop's shape with all 256 token rows in one m64n256k16 (A from registers) */
+__global__ void __launch_bounds__(256, 1) k_rs256(float *out) {
+    lab_fill_smem();
+    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
+    const int wg = threadIdx.x >> 7;
+    const uint32_t sa = base + wg * 8192, sb = base + 16384;
+    float d[128];
+#pragma unroll
+    for (int i = 0; i < 128; i++) d[i] = 0.f;
+    uint32_t a[2][4];
+    for (int s = 0; s < STEPS; s += 2) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            load_a(a[h], sa, s + h);
+            fence();
+            mma_rs256(d, a[h], desc(sb + ((s + h) & 3) * 32));
+            commit();
+            wait<1>();
+        }
+    }
+    wait<0>();
+    float t = 0.f;
+#pragma unroll
+    for (int i = 0; i < 128; i++) t += d[i];
+    out[blockIdx.x * 256 + threadIdx.x] = t;
+}
 
 __global__ void __launch_bounds__(256, 1) k_sw(float *out, int nc) {
     switch (nc) {
@@ -1094,6 +1146,68 @@ static int gurand_main(int sms, const char *marks) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* ---- mode rsrand (session 59): the plain loops (no ring) on zeros and on random operands: today's SS tile
+ * (k_ss256), the op's RS form (n32 x 8), n64 x 4 and one RS m64n256k16 (k_rs256), in turns (7 rounds, median), then
+ * each alone for ~1 s (its start written to argv[2] for dev/smi_phases.py). Does the instruction shape cost energy
+ * (the GPU runs at its power limit on real values: s59_data_b86e48e.log)? */
+static int rsrand_main(int sms, float *out, const char *marks) {
+    auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
+    attr((const void *)k_ss256);
+    attr((const void *)k_rs<8, 32>);
+    attr((const void *)k_rs<4, 64>);
+    attr((const void *)k_rs256);
+    const int NV = 8;
+    const char *names[NV] = {"zeros: ss256", "zeros: rs n32 x 8 (the op's)", "zeros: rs n64 x 4", "zeros: rs n256",
+                             "random: ss256", "random: rs n32 x 8 (the op's)", "random: rs n64 x 4",
+                             "random: rs n256"};
+    auto run = [&](int v) {
+        const int r = v >> 2;
+        cudaMemcpyToSymbol(g_rand, &r, sizeof r);
+        if ((v & 3) == 0) k_ss256<<<sms, 256, SMEM_BYTES>>>(out);
+        else if ((v & 3) == 1) k_rs<8, 32><<<sms, 256, SMEM_BYTES>>>(out);
+        else if ((v & 3) == 2) k_rs<4, 64><<<sms, 256, SMEM_BYTES>>>(out);
+        else k_rs256<<<sms, 256, SMEM_BYTES>>>(out);
+    };
+    const double flop = 2.0 * 128 * 256 * 16 * (double)STEPS * sms;
+    float t[NV][7];
+    for (int r = 0; r < 7; r++)
+        for (int v = 0; v < NV; v++) t[v][r] = time_ms([&] { run(v); });
+    printf("rsrand: %d CTAs x %d k16 steps of 128 x 256, operands in shared memory, in turns, median of 7\n", sms,
+           STEPS);
+    for (int v = 0; v < NV; v++) {
+        const float m = median(t[v], 7);
+        printf("  %-34s %7.3f ms  %6.1f TFLOP/s\n", names[v], m, flop / (m * 1e-3) / 1e12);
+    }
+    FILE *mf = marks ? fopen(marks, "w") : NULL;
+    printf("each alone for ~1 s (600 launches), mean:\n");
+    for (int v = 0; v < NV; v++) {
+        run(v);
+        cudaDeviceSynchronize();
+        timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        if (mf) fprintf(mf, "%ld.%09ld %s\n", (long)ts.tv_sec, ts.tv_nsec, names[v]);
+        cudaEvent_t a, b;
+        cudaEventCreate(&a);
+        cudaEventCreate(&b);
+        cudaEventRecord(a);
+        for (int i = 0; i < 600; i++) run(v);
+        cudaEventRecord(b);
+        cudaEventSynchronize(b);
+        float ms = 0.f;
+        cudaEventElapsedTime(&ms, a, b);
+        printf("  %-34s %7.3f ms  %6.1f TFLOP/s\n", names[v], ms / 600, flop / (ms / 600 * 1e-3) / 1e12);
+    }
+    if (mf) {
+        timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        fprintf(mf, "%ld.%09ld end\n", (long)ts.tv_sec, ts.tv_nsec);
+        fclose(mf);
+    }
+    const cudaError_t e = cudaDeviceSynchronize();
+    printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
+    return e == cudaSuccess ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     int sms = 0;
     cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
@@ -1110,6 +1224,7 @@ int main(int argc, char **argv) {
     if (argc > 1 && !strcmp(argv[1], "opring")) return opring_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "gu")) return gu_main(sms, out);
     if (argc > 1 && !strcmp(argv[1], "gurand")) return gurand_main(sms, argc > 2 ? argv[2] : NULL);
+    if (argc > 1 && !strcmp(argv[1], "rsrand")) return rsrand_main(sms, out, argc > 2 ? argv[2] : NULL);
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
