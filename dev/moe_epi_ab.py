@@ -3,7 +3,7 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload)
+    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload; wide)
     python3 dev/moe_epi_ab.py data                # the swap kernels and a dense mm on random operands and on zeros
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
@@ -26,6 +26,7 @@ steps; the fit time = a + b * k steps says what a block costs besides its k step
 the default and for JAMBA_EXT_MOE_EPI_F2F=1, four turns each, which runs first alternating (the mean of
 the middle two)."""
 import os
+import re
 import sys
 
 import torch
@@ -41,7 +42,8 @@ VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
 # variant sets of ksweep (session 57's warpscan / bigbox, session 58's l2hint / diag and session 59's persist / w2d
 # sets: removed with their switches; diag, s58_diag_88195bd.log, found down's epilogue ~20% of its time)
-SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}}}
+SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}},
+        "wide": {"default": {}, "wide": {"JAMBA_EXT_MOE_SWAP_WIDE": "1"}}}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
@@ -108,6 +110,13 @@ def ab(tokens, variants=VARIANTS, dt=dt):
     set_env({})
 
 
+def swap_times(kt):
+    """(gate_up, down) us of the swap kernels in a kernel_times dict: moe_swap_kernel<T, GATE_UP[, ...]>"""
+    gu = [re.search(r"moe_swap_kernel<[^,>]+, (true|false)", k) for k in kt]
+    return (sum(v for m, v in zip(gu, kt.values()) if m and m.group(1) == "true"),
+            sum(v for m, v in zip(gu, kt.values()) if m and m.group(1) == "false"))
+
+
 def ksweep(variants=VARIANTS):
     T = 2048
     print(f"T {T}, F {F}, E {E}, top-{K}, 256 rows an expert; gate_up / down kernel times (profiler), us")
@@ -127,8 +136,7 @@ def ksweep(variants=VARIANTS):
             for name in (list(pts) if r % 2 == 0 else list(pts)[::-1]):
                 set_env(variants[name])
                 kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
-                res[name].append((sum(v for k, v in kt.items() if "moe_swap_" in k and "true" in k),
-                                  sum(v for k, v in kt.items() if "moe_swap_" in k and "false" in k)))
+                res[name].append(swap_times(kt))
         set_env({})
         for name in pts:
             gu, dn = sorted(r[0] for r in res[name])[1:3], sorted(r[1] for r in res[name])[1:3]
@@ -174,9 +182,7 @@ def data():
             wgu, wd, x = sets[name]
             kt = kernel_times(lambda: ops.moe_experts(x, w, ids, wgu, wd, slots, offsets))
             mm = kernel_times(lambda: torch.mm(a_mm[name], b_mm[name]))
-            res[name].append((sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "true" in k),
-                              sum(v for k, v in kt.items() if "moe_swap_kernel" in k and "false" in k),
-                              sum(mm.values())))
+            res[name].append(swap_times(kt) + (sum(mm.values()),))
     fl = 2.0 * T * K * 2 * F * H
     print(f"T {T}, H {H}, F {F}, E {E}, top-{K}, 256 rows an expert; kernel times (profiler), us")
     for name in sets:

@@ -14,6 +14,10 @@
 #        against ~760-800 on zeros; alone for ~1 s it falls to ~600 at 1365 MHz and ~680 W: the power limit)
 #   rsrand the plain loops (no ring) on zeros and on random values: SS m64n256 (today's tiles), the op's RS n32 x 8,
 #        n64 x 4, RS n256 in one instruction (lab mode rsrand, with nvidia-smi by phase)
+#        (ran at 98ccdb6, s59_rsrand_98ccdb6.log: at the power limit RS n256 856, n64 x 4 843, n32 x 8 831 TFLOP/s)
+#   wide the EXPERIMENT JAMBA_EXT_MOE_SWAP_WIDE=1 (a k16 step as one wgmma for all of a tile's chunks): build, swap
+#        tests (same bits), sanitizers, test_moe.py with swap and wide forced, bench_moe 1536 / 2048 / 2304 (ours,
+#        wide, dense mm), ksweep wide
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session59_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -46,6 +50,25 @@ rsrand)
   timeout 200 /tmp/swap_ab rsrand "$OUT/marks_lab.txt"
   kill $smi
   python3 dev/smi_phases.py "$OUT/smi.csv" "$OUT/marks_lab.txt" ;;
+wide)
+  build_cuda
+  step "CUDA tests: test_moe_swap_engine (same bits with JAMBA_EXT_MOE_SWAP_WIDE=1)"
+  timeout 120 python3 -m pytest -q -m cuda -x --timeout=100 --tb=short tests/test_moe.py -k "swap" \
+    -p no:cacheprovider 2>&1 | tail -4
+  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py swap"
+  timeout 150 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -4
+  timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -4
+  step "bench_moe at 1536 / 2048 / 2304 tokens"
+  timeout 120 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 --only "ours,ours:wgmma wide,dense mm" \
+    --name bench_moe_wide 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+  cp benchmarks/results/bench_moe_wide.json "$OUT/" 2>/dev/null
+  step "CUDA tests: test_moe.py with JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_WIDE=1"
+  JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_WIDE=1 timeout 120 python3 -m pytest -q -m cuda --timeout=90 --tb=line \
+    tests/test_moe.py -p no:cacheprovider 2>&1 | tail -3
+  step "dev/moe_epi_ab.py ksweep wide"
+  timeout 100 python3 dev/moe_epi_ab.py ksweep wide 2>&1 | grep -v "Warning\|_warn" | tail -9 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
