@@ -17,11 +17,13 @@
 #        (ran at 98ccdb6, s59_rsrand_98ccdb6.log: at the power limit RS n256 856, n64 x 4 843, n32 x 8 831 TFLOP/s)
 #   wide the EXPERIMENT JAMBA_EXT_MOE_SWAP_WIDE=1 (a k16 step as one wgmma for all of a tile's chunks): build, swap
 #        tests (same bits), sanitizers, test_moe.py with swap and wide forced, bench_moe 1536 / 2048 / 2304 (ours,
-#        wide, dense mm), ksweep wide
+#        wide, dense mm), ksweep wide (ran at f77ce11, s59_wide_f77ce11.log: same bits, faster: made the default)
+#   final the session's last commit: build, every MoE CUDA test (tests/test_moe.py, default engines, then the swap
+#        engine forced), sanitizers on the swap cases, bench_moe 1536 / 2048 / 2304 / 4096 (ours, dense mm)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session59_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
-mode=${1:-data}
+mode=${1:-final}
 {
 echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv,noheader
@@ -51,24 +53,24 @@ rsrand)
   kill $smi
   python3 dev/smi_phases.py "$OUT/smi.csv" "$OUT/marks_lab.txt" ;;
 wide)
+  echo "mode wide ran at f77ce11 (s59_wide_f77ce11.log; now the default, the switch removed)"; exit 2 ;;
+final)
   build_cuda
-  step "CUDA tests: test_moe_swap_engine (same bits with JAMBA_EXT_MOE_SWAP_WIDE=1)"
-  timeout 120 python3 -m pytest -q -m cuda -x --timeout=100 --tb=short tests/test_moe.py -k "swap" \
-    -p no:cacheprovider 2>&1 | tail -4
+  step "CUDA tests: tests/test_moe.py (default engines)"
+  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
+    | tail -3
+  step "CUDA tests: tests/test_moe.py with JAMBA_EXT_MOE_SWAP=1"
+  JAMBA_EXT_MOE_SWAP=1 timeout 120 python3 -m pytest -q -m cuda --timeout=90 --tb=line tests/test_moe.py \
+    -p no:cacheprovider 2>&1 | tail -3
   step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py swap"
-  timeout 150 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
-    | tail -4
-  timeout 200 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
-    | tail -4
-  step "bench_moe at 1536 / 2048 / 2304 tokens"
-  timeout 120 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 --only "ours,ours:wgmma wide,dense mm" \
-    --name bench_moe_wide 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
-  cp benchmarks/results/bench_moe_wide.json "$OUT/" 2>/dev/null
-  step "CUDA tests: test_moe.py with JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_WIDE=1"
-  JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_WIDE=1 timeout 120 python3 -m pytest -q -m cuda --timeout=90 --tb=line \
-    tests/test_moe.py -p no:cacheprovider 2>&1 | tail -3
-  step "dev/moe_epi_ab.py ksweep wide"
-  timeout 100 python3 dev/moe_epi_ab.py ksweep wide 2>&1 | grep -v "Warning\|_warn" | tail -9 ;;
+  timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -3
+  timeout 100 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -3
+  step "bench_moe at 1536 / 2048 / 2304 / 4096 tokens"
+  timeout 120 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304,4096 --only "ours,dense mm" \
+    --name bench_moe_final 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+  cp benchmarks/results/bench_moe_final.json "$OUT/" 2>/dev/null ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

@@ -951,7 +951,9 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
  *   rows: expert e's n rows split into ceil(n / SW_MAX_ROWS) near-equal chunks, chunks numbered expert by expert
  *   (blocks past the last chunk return). 384 threads: warpgroups 0-1 consume (setmaxnreg 232; 64 W rows each, A = W
  *   by ldmatrix.x4 into registers, B = the chunk's rows in NC = ceil(rows / 32) chunks of 32 from shared memory,
- *   wgmma m64n32k16, NC by a switch at the tile's start: every case its own k loop, which ptxas keeps pipelined);
+ *   a k16 step one wgmma m64n(32 NC)k16, or m64n256k16 and m64n(32 NC - 256)k16 past 8 chunks (sw_mma_w; one
+ *   m64n32k16 a chunk until session 59), NC by a switch at the tile's start: every case its own k loop, which ptxas
+ *   keeps pipelined);
  *   warpgroup 2 produces (setmaxnreg 40; thread 256 issues TMA: the 16 KB W box and NC 32-row A boxes a 64-deep k
  *   tile, 128-byte swizzle, a ring of SW_STAGES stages of 56 KB with full / empty mbarriers).
  *   gate_up: each warp's 16 fragment rows are 8 gate rows and the same outputs' 8 up rows (ldmatrix's row choice),
@@ -974,23 +976,16 @@ static_assert(SW_SMEM <= 232448, "moe_swap_kernel: more shared memory than sm_90
 #define SW_THREADS 384
 static_assert(SW_MAX_ROWS * (128 * 2 + 16) <= SW_STAGES * SW_STAGE_BYTES, "moe_swap: the epilogue fits the ring");
 
-template <typename T, int OFF, int NA>
-__device__ __forceinline__ void sw_mma(float (&d)[NA], const uint32_t (&a)[4], uint64_t db);
 template <typename T, int OFF, int N, int NA>
 __device__ __forceinline__ void sw_mma_w(float (&d)[NA], const uint32_t (&a)[4], uint64_t db);
 #if MOE_HAS_WGMMA
-template <typename T, int OFF, int NA>
-__device__ __forceinline__ void sw_mma(float (&d)[NA], const uint32_t (&a)[4], uint64_t db) {
-    if (std::is_same<T, __half>::value)
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n" : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-    else
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n" "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, {%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n" : "+f"(d[OFF + 0]), "+f"(d[OFF + 1]), "+f"(d[OFF + 2]), "+f"(d[OFF + 3]), "+f"(d[OFF + 4]), "+f"(d[OFF + 5]), "+f"(d[OFF + 6]), "+f"(d[OFF + 7]), "+f"(d[OFF + 8]), "+f"(d[OFF + 9]), "+f"(d[OFF + 10]), "+f"(d[OFF + 11]), "+f"(d[OFF + 12]), "+f"(d[OFF + 13]), "+f"(d[OFF + 14]), "+f"(d[OFF + 15]) : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
-}
-/* sw_mma_w<T, OFF, N>: one wgmma m64nNk16 (N = 32 .. 256 in steps of 32; EXPERIMENT JAMBA_EXT_MOE_SWAP_WIDE, session
- * 59) for N / 32 of sw_mma's n32 chunks: the chunks' 8-row token groups are 1024 bytes apart in the stage, as one
- * N-row operand's are, and a thread's N / 2 accumulators are the chunks' 16 each in chunk order (n8 block j of the
- * instruction is block j % 4 of chunk j / 4), so d[OFF ..] holds the same values as the chunks'. Why: on random
- * operands at the power limit the lab's RS loop ran n256 856 against n32 x 8 831 TFLOP/s (s59_rsrand_98ccdb6.log). */
+/* sw_mma_w<T, OFF, N>: one wgmma m64nNk16 (N = 32 .. 256 in steps of 32; session 59) for N / 32 of a tile's 32-row
+ * chunks, d[OFF ..] += A (registers) x the N token rows at descriptor db: the chunks' 8-row token groups are 1024
+ * bytes apart in the stage, as one N-row operand's are, and a thread's N / 2 accumulators are the chunks' 16 each in
+ * chunk order (n8 block j of the instruction is block j % 4 of chunk j / 4). The same bits as one m64n32k16 a chunk
+ * (tested at f77ce11 against that form, the default then), faster: on random operands at the power limit the lab's RS
+ * loop ran n256 856 against n32 x 8 831 TFLOP/s (s59_rsrand_98ccdb6.log), the op's down kernel 8-9% and gate_up 3%
+ * (s59_wide_f77ce11.log). */
 #define SW_W(SHAPE, REGS, AREGS, DREG, PREG, ...)                                                                      \
     if (std::is_same<T, __half>::value)                                                                              \
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " PREG ", 0;\nwgmma.mma_async.sync.aligned." SHAPE          \
@@ -1246,9 +1241,9 @@ __device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int 
 }
 
 /* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
- * wgmmas of a loop that may run no iteration, C7515), then the epilogue through the ring. WIDE (EXPERIMENT, see
- * sw_mma_w): a k16 step's NC chunks as one m64n(32 NC)k16, or m64n256k16 and m64n(32 NC - 256)k16 past 8 chunks */
-template <typename T, bool GATE_UP, int NC, bool WIDE = false>
+ * wgmmas of a loop that may run no iteration, C7515; a k16 step's NC chunks as one m64n(32 NC)k16, or m64n256k16
+ * and m64n(32 NC - 256)k16 past 8 chunks: sw_mma_w), then the epilogue through the ring */
+template <typename T, bool GATE_UP, int NC>
 __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring, unsigned char *ring_ptr,
                                            uint32_t full, uint32_t empty, int64_t row0, int len, int64_t col0,
                                            int KT) {
@@ -1268,28 +1263,9 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
             sw_load_a<GATE_UP>(ar[kk & 1], sa, kk);
             wg_pin(d);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-            if constexpr (WIDE) {
-                constexpr int N0 = NC < 8 ? NC * 32 : 256;
-                sw_mma_w<T, 0, N0, NA>(d, ar[kk & 1], wg_desc(sb) + 2 * kk);
-                constexpr int N1 = NC > 8 ? NC * 32 - 256 : 32;   /* (NC > 8: the chunks past the eighth) */
-                if constexpr (NC > 8) sw_mma_w<T, 128, N1, NA>(d, ar[kk & 1], wg_desc(sb + 256 * 128) + 2 * kk);
-            }
-#pragma unroll
-            for (int c = 0; c < (WIDE ? 0 : NC); c++) {
-                const uint64_t db = wg_desc(sb + c * 32 * 128) + 2 * kk;
-                switch (c) {   /* (the accumulator offset a template constant) */
-                case 0: sw_mma<T, 0, NA>(d, ar[kk & 1], db); break;
-                case 1: sw_mma<T, (1 < NC ? 16 : 0), NA>(d, ar[kk & 1], db); break;
-                case 2: sw_mma<T, (2 < NC ? 32 : 0), NA>(d, ar[kk & 1], db); break;
-                case 3: sw_mma<T, (3 < NC ? 48 : 0), NA>(d, ar[kk & 1], db); break;
-                case 4: sw_mma<T, (4 < NC ? 64 : 0), NA>(d, ar[kk & 1], db); break;
-                case 5: sw_mma<T, (5 < NC ? 80 : 0), NA>(d, ar[kk & 1], db); break;
-                case 6: sw_mma<T, (6 < NC ? 96 : 0), NA>(d, ar[kk & 1], db); break;
-                case 7: sw_mma<T, (7 < NC ? 112 : 0), NA>(d, ar[kk & 1], db); break;
-                case 8: sw_mma<T, (8 < NC ? 128 : 0), NA>(d, ar[kk & 1], db); break;
-                case 9: sw_mma<T, (9 < NC ? 144 : 0), NA>(d, ar[kk & 1], db); break;
-                }
-            }
+            constexpr int N0 = NC < 8 ? NC * 32 : 256, N1 = NC > 8 ? NC * 32 - 256 : 32;   /* (N1: past 8 chunks) */
+            sw_mma_w<T, 0, N0, NA>(d, ar[kk & 1], wg_desc(sb) + 2 * kk);
+            if constexpr (NC > 8) sw_mma_w<T, 128, N1, NA>(d, ar[kk & 1], wg_desc(sb + 256 * 128) + 2 * kk);
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
             wg_pin(d);
@@ -1370,7 +1346,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     }
 }
 
-template <typename T, bool GATE_UP, bool WIDE = false>   /* WIDE: EXPERIMENT, see sw_mma_w */
+template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
                     moe_gemm_args a) {
@@ -1428,10 +1404,10 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
 #define SW_CASE(N)                                                                                                  \
-    case N: sw_consume<T, GATE_UP, N, WIDE>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
+    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     switch (NC) {
         SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
-    default: sw_consume<T, GATE_UP, 10, WIDE>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
+    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     }
 #undef SW_CASE
 #endif
@@ -1622,23 +1598,14 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
                                               SW_SMEM));
         JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                               SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     CUtensorMap tmA;   /* token rows in boxes of 32 */
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
-    const char *wide = getenv("JAMBA_EXT_MOE_SWAP_WIDE"); /* "1": EXPERIMENT (session 59), see sw_mma_w */
-    if (wide != NULL && wide[0] == '1')
-        jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true, true> : moe_swap_kernel<T, false, true>, grid,
-                            SW_THREADS, SW_SMEM, stream, tmA, tmW, a);
-    else
-        jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS,
-                            SW_SMEM, stream, tmA, tmW, a);
+    jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
+                        stream, tmA, tmW, a);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
