@@ -18,8 +18,8 @@
 #   wide the EXPERIMENT JAMBA_EXT_MOE_SWAP_WIDE=1 (a k16 step as one wgmma for all of a tile's chunks): build, swap
 #        tests (same bits), sanitizers, test_moe.py with swap and wide forced, bench_moe 1536 / 2048 / 2304 (ours,
 #        wide, dense mm), ksweep wide (ran at f77ce11, s59_wide_f77ce11.log: same bits, faster: made the default)
-#   final the session's last commit: build, every MoE CUDA test (tests/test_moe.py, default engines, then the swap
-#        engine forced), sanitizers on the swap cases, bench_moe 1536 / 2048 / 2304 / 4096 (ours, dense mm)
+#   final the session's last commit: build, every MoE CUDA test (tests/test_moe.py; test_moe_swap_engine forces the
+#        swap engine on its cases), sanitizers on the swap cases, bench_moe 1536 / 2048 / 2304 (ours, dense mm)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session59_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -59,16 +59,13 @@ final)
   step "CUDA tests: tests/test_moe.py (default engines)"
   timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
     | tail -3
-  step "CUDA tests: tests/test_moe.py with JAMBA_EXT_MOE_SWAP=1"
-  JAMBA_EXT_MOE_SWAP=1 timeout 120 python3 -m pytest -q -m cuda --timeout=90 --tb=line tests/test_moe.py \
-    -p no:cacheprovider 2>&1 | tail -3
   step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py swap"
   timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
     | tail -3
   timeout 100 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
     | tail -3
-  step "bench_moe at 1536 / 2048 / 2304 / 4096 tokens"
-  timeout 120 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304,4096 --only "ours,dense mm" \
+  step "bench_moe at 1536 / 2048 / 2304 tokens"
+  timeout 120 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 --only "ours,dense mm" \
     --name bench_moe_final 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
   cp benchmarks/results/bench_moe_final.json "$OUT/" 2>/dev/null ;;
 *) echo "unknown mode $mode"; exit 2 ;;
