@@ -1,5 +1,7 @@
 /* swap_ab_lab.cu -- session 54: the tensor-pipe side of a swap-AB MoE tile (docs/PERF_NOTES.md, MoE prefill, session
- * 54's note), a lab: no global loads, no epilogue, garbage operands (speed does not depend on the values).
+ * 54's note), a lab: no global loads, no epilogue, garbage or zero operands. Session 59 found that the values do
+ * matter: on random operands the GPU runs at its power limit and every loop here slows (modes gurand, rsrand; the
+ * rows of the earlier modes are upper bounds, not the op's rates).
  *
  *   nvcc -O3 -std=c++17 -arch=sm_90a -Xptxas -v dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab && /tmp/swap_ab
  *
