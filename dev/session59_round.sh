@@ -24,6 +24,11 @@
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
 mode=${1:-final}
+lab_smi() {   # build the lab, start nvidia-smi sampling (SM clock, power every 50 ms) into $OUT/smi.csv
+  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw --format=csv,noheader,nounits -lms 50 > "$OUT/smi.csv" &
+  smi=$!
+}
 {
 echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv,noheader
@@ -31,9 +36,7 @@ case "$mode" in
 w2d)
   echo "mode w2d ran at 300b0b2 (s59_w2d_300b0b2.log; the W2D switch is removed)"; exit 2 ;;
 data)
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
-  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw --format=csv,noheader,nounits -lms 50 > "$OUT/smi.csv" &
-  smi=$!
+  lab_smi
   step "dev/cuda/swap_ab_lab.cu gurand"
   timeout 150 /tmp/swap_ab gurand "$OUT/marks_lab.txt"
   python3 dev/smi_phases.py "$OUT/smi.csv" "$OUT/marks_lab.txt"
@@ -45,9 +48,7 @@ data)
   kill $smi
   python3 dev/smi_phases.py "$OUT/smi.csv" "$OUT/marks_op.txt" ;;
 rsrand)
-  nvcc -O3 -std=c++17 -gencode=arch=compute_90a,code=sm_90a dev/cuda/swap_ab_lab.cu -o /tmp/swap_ab || exit 1
-  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw --format=csv,noheader,nounits -lms 50 > "$OUT/smi.csv" &
-  smi=$!
+  lab_smi
   step "dev/cuda/swap_ab_lab.cu rsrand"
   timeout 200 /tmp/swap_ab rsrand "$OUT/marks_lab.txt"
   kill $smi

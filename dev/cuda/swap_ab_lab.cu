@@ -98,7 +98,7 @@ __device__ __forceinline__ uint32_t pinned(uint32_t v) {
 
 extern __shared__ __align__(1024) unsigned char smem[];
 
-/* mode rsrand: the kernels of the plain loops (k_ss256, k_rs, k_rs256) first fill their shared memory with zeros
+/* mode rsrand: the kernels of the plain loops (k_ss256, k_rs) first fill their shared memory with zeros
  * (g_rand 0) or random bf16 values in (-1, 1) (g_rand 1), so that the operands' values are known */
 __device__ int g_rand = -1;   /* -1: leave shared memory as it is (the modes before session 59) */
 __device__ __forceinline__ void lab_fill_smem() {
@@ -167,6 +167,8 @@ template <int NC, int W> __device__ __forceinline__ void rs_loop(float *out) {
                     case 8: mma_rs32<128, NA>(d, a[h], db); break;
                     case 9: mma_rs32<144, NA>(d, a[h], db); break;
                     }
+                } else if (W == 256) {   /* (mode rsrand: one m64n256k16, NC 1) */
+                    if constexpr (W == 256) mma_rs256(d, a[h], desc(sbk));
                 } else {
                     const uint64_t db = desc(sbk + c * 64 * 128);
                     switch (c) {
@@ -192,33 +194,6 @@ template <int NC, int W> __device__ __forceinline__ void rs_loop(float *out) {
 template <int NC, int W> __global__ void __launch_bounds__(256, 1) k_rs(float *out) {
     lab_fill_smem();
     rs_loop<NC, W>(out);
-}
-
-/* rs_loop's shape with all 256 token rows in one m64n256k16 (A from registers) */
-__global__ void __launch_bounds__(256, 1) k_rs256(float *out) {
-    lab_fill_smem();
-    const uint32_t base = (uint32_t)__cvta_generic_to_shared(smem);
-    const int wg = threadIdx.x >> 7;
-    const uint32_t sa = base + wg * 8192, sb = base + 16384;
-    float d[128];
-#pragma unroll
-    for (int i = 0; i < 128; i++) d[i] = 0.f;
-    uint32_t a[2][4];
-    for (int s = 0; s < STEPS; s += 2) {
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            load_a(a[h], sa, s + h);
-            fence();
-            mma_rs256(d, a[h], desc(sb + ((s + h) & 3) * 32));
-            commit();
-            wait<1>();
-        }
-    }
-    wait<0>();
-    float t = 0.f;
-#pragma unroll
-    for (int i = 0; i < 128; i++) t += d[i];
-    out[blockIdx.x * 256 + threadIdx.x] = t;
 }
 
 __global__ void __launch_bounds__(256, 1) k_sw(float *out, int nc) {
@@ -984,6 +959,61 @@ static int opring_main(int sms, float *out) {
     return e == cudaSuccess ? 0 : 1;
 }
 
+/* gate_up's W as the op's 3-d pair map (wt_map with pair = F = 14336): boxes of 64 k x 64 rows x (gate, up) */
+static bool gu_map3(CUtensorMap *m, void *w, uint64_t w_rows) {
+    void *f = NULL;
+    cudaDriverEntryPointQueryResult q;
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+        return false;
+    const cuuint64_t dims3[3] = {4096, w_rows - 14336, 2}, strides3[2] = {8192, 14336ull * 8192};
+    const cuuint32_t box3[3] = {64, 64, 2}, es3[3] = {1, 1, 1};
+    return ((or_encode_fn)f)(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, w, dims3, strides3, box3, es3,
+                             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                             CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/* the NV variants in turns, 7 rounds, and each one's median time and rate printed */
+template <typename F> static void in_turns(int NV, const char *const *names, F run, double flop) {
+    float t[16][7];
+    for (int r = 0; r < 7; r++)
+        for (int v = 0; v < NV && v < 16; v++) t[v][r] = time_ms([&] { run(v); });
+    for (int v = 0; v < NV && v < 16; v++) {
+        const float m = median(t[v], 7);
+        printf("  %-34s %7.3f ms  %6.1f TFLOP/s\n", names[v], m, flop / (m * 1e-3) / 1e12);
+    }
+}
+
+/* each of the NV variants alone, reps launches of run(v) back to back (mean time printed), its start written to
+ * marks ("<unix seconds> <name>" lines, then "end") for dev/smi_phases.py */
+template <typename F>
+static void alone_phases(int NV, const char *const *names, int reps, F run, double flop, const char *marks) {
+    FILE *mf = marks ? fopen(marks, "w") : NULL;
+    auto mark = [&](const char *name) {
+        timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        if (mf) fprintf(mf, "%ld.%09ld %s\n", (long)ts.tv_sec, ts.tv_nsec, name);
+    };
+    printf("each alone (%d launches), mean:\n", reps);
+    for (int v = 0; v < NV; v++) {
+        run(v);
+        cudaDeviceSynchronize();
+        mark(names[v]);
+        cudaEvent_t a, b;
+        cudaEventCreate(&a);
+        cudaEventCreate(&b);
+        cudaEventRecord(a);
+        for (int i = 0; i < reps; i++) run(v);
+        cudaEventRecord(b);
+        cudaEventSynchronize(b);
+        float ms = 0.f;
+        cudaEventElapsedTime(&ms, a, b);
+        printf("  %-34s %7.3f ms  %6.1f TFLOP/s\n", names[v], ms / reps, flop / (ms / reps * 1e-3) / 1e12);
+    }
+    mark("end");
+    if (mf) fclose(mf);
+}
+
 /* ---- mode gu (session 59): why gate_up's k loop (689-700 TFLOP/s without epilogues, s58_diag_88195bd.log) runs
  * slower than down's (834-852) with the same stage shape. k_opring one job a CTA in the op's grid order (pat 12:
  * 3432 CTAs, token chunk (job / 224) % 16), in turns: W as one 2-d 128-row box (as down) / gate_up's 3-d pair box /
@@ -997,17 +1027,8 @@ static int gu_main(int sms, float *out) {
     cudaMemset(w, 0, w_rows * 4096 * 2);
     cudaMemset(x, 0, 4096ull * 4096 * 2);
     CUtensorMap tmW, tmW64, tmW3, tmA32;
-    void *f = NULL;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-        return 1;
-    const cuuint64_t dims3[3] = {4096, w_rows - 14336, 2}, strides3[2] = {8192, 14336ull * 8192};
-    const cuuint32_t box3[3] = {64, 64, 2}, es3[3] = {1, 1, 1};
     if (!or_map(&tmW, w, w_rows, 128) || !or_map(&tmW64, w, w_rows, 64) || !or_map(&tmA32, x, 4096, 32) ||
-        ((or_encode_fn)f)(&tmW3, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, w, dims3, strides3, box3, es3,
-                          CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                          CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+        !gu_map3(&tmW3, w, w_rows)) {
         printf("gu: cuTensorMapEncodeTiled failed\n");
         return 1;
     }
@@ -1081,19 +1102,9 @@ static int gurand_main(int sms, const char *marks) {
     cudaMemset(x[0], 0, xn * 2);
     k_fill_rand<<<4096, 256>>>(w[1], wn, 1234u, 1.f / 64);
     k_fill_rand<<<4096, 256>>>(x[1], xn, 99u, 1.f);
-    void *f = NULL;
-    cudaDriverEntryPointQueryResult q;
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess)
-        return 1;
     CUtensorMap tmW3[2], tmA32[2];
-    const cuuint64_t dims3[3] = {4096, w_rows - 14336, 2}, strides3[2] = {8192, 14336ull * 8192};
-    const cuuint32_t box3[3] = {64, 64, 2}, es3[3] = {1, 1, 1};
     for (int i = 0; i < 2; i++)
-        if (!or_map(&tmA32[i], x[i], 4096, 32) ||
-            ((or_encode_fn)f)(&tmW3[i], CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, w[i], dims3, strides3, box3, es3,
-                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS) {
+        if (!or_map(&tmA32[i], x[i], 4096, 32) || !gu_map3(&tmW3[i], w[i], w_rows)) {
             printf("gurand: cuTensorMapEncodeTiled failed\n");
             return 1;
         }
@@ -1109,55 +1120,26 @@ static int gurand_main(int sms, const char *marks) {
         k_opring<false, false, false, false, false, 1, true><<<persist ? sms : sms * OR_JOBS, 384, OR_SMEM>>>(
             out_all, tmW3[d], tmA32[d], 3584, persist ? 8 : 12);
     };
-    float t[NV][7];
-    for (int r = 0; r < 7; r++)
-        for (int v = 0; v < NV; v++) t[v][r] = time_ms([&] { run(v); });
     const double flop = 2.0 * 128 * 256 * 64 * OR_KT * OR_JOBS * sms;
     printf("gurand: the op's gate_up shape (3-d pair box, gate_up's rows, %d jobs of K 4096, NC 8), in turns, "
            "median of 7\n", sms * OR_JOBS);
-    for (int v = 0; v < NV; v++) {
-        const float m = median(t[v], 7);
-        printf("  %-30s %7.3f ms  %6.1f TFLOP/s\n", names[v], m, flop / (m * 1e-3) / 1e12);
-    }
-    FILE *mf = marks ? fopen(marks, "w") : NULL;
-    printf("each alone for ~1 s (800 launches), mean:\n");
-    for (int v = 0; v < NV; v++) {
-        cudaDeviceSynchronize();
-        timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        if (mf) fprintf(mf, "%ld.%09ld %s\n", (long)ts.tv_sec, ts.tv_nsec, names[v]);
-        cudaEvent_t a, b;
-        cudaEventCreate(&a);
-        cudaEventCreate(&b);
-        cudaEventRecord(a);
-        for (int i = 0; i < 800; i++) run(v);
-        cudaEventRecord(b);
-        cudaEventSynchronize(b);
-        float ms = 0.f;
-        cudaEventElapsedTime(&ms, a, b);
-        printf("  %-30s %7.3f ms  %6.1f TFLOP/s\n", names[v], ms / 800, flop / (ms / 800 * 1e-3) / 1e12);
-    }
-    if (mf) {
-        timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        fprintf(mf, "%ld.%09ld end\n", (long)ts.tv_sec, ts.tv_nsec);
-        fclose(mf);
-    }
+    in_turns(NV, names, run, flop);
+    alone_phases(NV, names, 800, run, flop, marks);   /* ~1 s each */
     const cudaError_t e = cudaDeviceSynchronize();
     printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
     return e == cudaSuccess ? 0 : 1;
 }
 
 /* ---- mode rsrand (session 59): the plain loops (no ring) on zeros and on random operands: today's SS tile
- * (k_ss256), the op's RS form (n32 x 8), n64 x 4 and one RS m64n256k16 (k_rs256), in turns (7 rounds, median), then
- * each alone for ~1 s (its start written to argv[2] for dev/smi_phases.py). Does the instruction shape cost energy
- * (the GPU runs at its power limit on real values: s59_data_b86e48e.log)? */
+ * (k_ss256), the op's RS form (n32 x 8), n64 x 4 and one RS m64n256k16 (k_rs<1, 256>), in turns (7 rounds,
+ * median), then each alone for ~1 s (its start written to argv[2] for dev/smi_phases.py). Does the instruction
+ * shape cost energy (the GPU runs at its power limit on real values: s59_data_b86e48e.log)? */
 static int rsrand_main(int sms, float *out, const char *marks) {
     auto attr = [](const void *k) { cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, SMEM_BYTES); };
     attr((const void *)k_ss256);
     attr((const void *)k_rs<8, 32>);
     attr((const void *)k_rs<4, 64>);
-    attr((const void *)k_rs256);
+    attr((const void *)k_rs<1, 256>);
     const int NV = 8;
     const char *names[NV] = {"zeros: ss256", "zeros: rs n32 x 8 (the op's)", "zeros: rs n64 x 4", "zeros: rs n256",
                              "random: ss256", "random: rs n32 x 8 (the op's)", "random: rs n64 x 4",
@@ -1168,43 +1150,13 @@ static int rsrand_main(int sms, float *out, const char *marks) {
         if ((v & 3) == 0) k_ss256<<<sms, 256, SMEM_BYTES>>>(out);
         else if ((v & 3) == 1) k_rs<8, 32><<<sms, 256, SMEM_BYTES>>>(out);
         else if ((v & 3) == 2) k_rs<4, 64><<<sms, 256, SMEM_BYTES>>>(out);
-        else k_rs256<<<sms, 256, SMEM_BYTES>>>(out);
+        else k_rs<1, 256><<<sms, 256, SMEM_BYTES>>>(out);
     };
     const double flop = 2.0 * 128 * 256 * 16 * (double)STEPS * sms;
-    float t[NV][7];
-    for (int r = 0; r < 7; r++)
-        for (int v = 0; v < NV; v++) t[v][r] = time_ms([&] { run(v); });
     printf("rsrand: %d CTAs x %d k16 steps of 128 x 256, operands in shared memory, in turns, median of 7\n", sms,
            STEPS);
-    for (int v = 0; v < NV; v++) {
-        const float m = median(t[v], 7);
-        printf("  %-34s %7.3f ms  %6.1f TFLOP/s\n", names[v], m, flop / (m * 1e-3) / 1e12);
-    }
-    FILE *mf = marks ? fopen(marks, "w") : NULL;
-    printf("each alone for ~1 s (600 launches), mean:\n");
-    for (int v = 0; v < NV; v++) {
-        run(v);
-        cudaDeviceSynchronize();
-        timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        if (mf) fprintf(mf, "%ld.%09ld %s\n", (long)ts.tv_sec, ts.tv_nsec, names[v]);
-        cudaEvent_t a, b;
-        cudaEventCreate(&a);
-        cudaEventCreate(&b);
-        cudaEventRecord(a);
-        for (int i = 0; i < 600; i++) run(v);
-        cudaEventRecord(b);
-        cudaEventSynchronize(b);
-        float ms = 0.f;
-        cudaEventElapsedTime(&ms, a, b);
-        printf("  %-34s %7.3f ms  %6.1f TFLOP/s\n", names[v], ms / 600, flop / (ms / 600 * 1e-3) / 1e12);
-    }
-    if (mf) {
-        timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        fprintf(mf, "%ld.%09ld end\n", (long)ts.tv_sec, ts.tv_nsec);
-        fclose(mf);
-    }
+    in_turns(NV, names, run, flop);
+    alone_phases(NV, names, 600, run, flop, marks);   /* ~1 s each */
     const cudaError_t e = cudaDeviceSynchronize();
     printf("%s\n", e == cudaSuccess ? "ok" : cudaGetErrorString(e));
     return e == cudaSuccess ? 0 : 1;
