@@ -20,6 +20,9 @@
 #        wide, dense mm), ksweep wide (ran at f77ce11, s59_wide_f77ce11.log: same bits, faster: made the default)
 #   final the session's last commit: build, every MoE CUDA test (tests/test_moe.py; test_moe_swap_engine forces the
 #        swap engine on its cases), sanitizers on the swap cases, bench_moe 1536 / 2048 / 2304 (ours, dense mm)
+#   next (for session 60, not yet run) where the swap engine's size rule should sit now that it is faster (176-303
+#        slots an expert, MOE_SWAP_MIN / MAX_SLOTS_PER_EXPERT, were set in session 54 against the old kernel): build,
+#        bench_moe at 1024 / 1280 / 2560 / 3072 tokens (ours, swap forced, swap off, dense mm)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session59_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -69,6 +72,13 @@ final)
   timeout 120 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304 --only "ours,dense mm" \
     --name bench_moe_final 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
   cp benchmarks/results/bench_moe_final.json "$OUT/" 2>/dev/null ;;
+next)
+  build_cuda
+  step "bench_moe at 1024 / 1280 / 2560 / 3072 tokens: the swap engine's rule"
+  timeout 300 python3 benchmarks/bench_moe.py --tokens 1024,1280,2560,3072 \
+    --only "ours,ours:wgmma swap,ours:wgmma noswap,dense mm" --name bench_moe_rule 2>&1 \
+    | grep "^ours\|^dense\|^device" | cut -c1-150
+  cp benchmarks/results/bench_moe_rule.json "$OUT/" 2>/dev/null ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
