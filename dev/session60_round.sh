@@ -9,6 +9,11 @@
 #         build, tests/test_moe.py -k ttiles (against the reference and the default tiles; whether the bits match),
 #         every MoE CUDA test, memcheck / racecheck on sanitize_cases.py ttile, bench_moe twice at 2048 / 3072 /
 #         4096 / 8192 / 16384 tokens (ours, ttile, swap off + ttile, dense mm)
+#         (ran at 37ed298, s60_ttile_37ed298.log: same bits as the default tiles, tests and sanitizers clean, but
+#         4096 tokens 7-8% slower, 3072 10%, 2048 with the swap engine off 15%; 8192 / 16384 within +-1.5%)
+#   ttab  why: dev/moe_epi_ab.py ttile at 2048 / 4096 tokens (the op in turns, swap off: all tails, small / large tails
+#         only, gate_up / down only), then Nsight Compute (SpeedOfLight, MemoryWorkloadAnalysis: duration, DRAM
+#         bytes, L2 hit rate; clocks locked) of both GEMM launches at 4096 tokens without and with JAMBA_EXT_MOE_TTILE=1
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session60_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -53,6 +58,21 @@ ttile)
       --only "ours,ours:wgmma ttile,ours:wgmma noswap ttile,dense mm" --name bench_moe_ttile$r 2>&1 \
       | grep "^ours\|^dense\|^device" | cut -c1-150
     cp benchmarks/results/bench_moe_ttile$r.json "$OUT/" 2>/dev/null
+  done ;;
+ttab)
+  build_cuda
+  step "tests/test_moe.py -k ttiles"
+  timeout 120 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py -k ttiles \
+    -p no:cacheprovider 2>&1 | tail -3
+  step "dev/moe_epi_ab.py ttile 2048 4096"
+  timeout 200 python3 dev/moe_epi_ab.py ttile 2048 4096 2>&1 | grep -v "Warning\|_warn"
+  for tt in 0 1; do
+    step "ncu, 4096 tokens, JAMBA_EXT_MOE_TTILE=$tt (gate_up launch, then down)"
+    JAMBA_EXT_MOE_TTILE=$tt timeout 120 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      -k regex:moe_wgmma_persist -c 2 python3 dev/ncu_moe.py 4096 > "$OUT/ncu_tt$tt.txt" 2>&1
+    echo "ncu rc $?"
+    grep -i "duration\|dram throughput\|memory throughput\|l2 hit rate\|compute (sm) throughput\|l1/tex hit" \
+      "$OUT/ncu_tt$tt.txt" | head -20
   done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac

@@ -532,7 +532,13 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
 /* the tile rows row0 .. row_end - 1 come as a half tile's A (64 rows; the producer and the consumers must agree): a
  * half tile, or a transposed tail tile of <= 64 rows (wp_ttile) */
 __device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
-    return (a.half_tiles || a.ttiles) && row_end - row0 <= 64;
+    return (a.half_tiles || (a.ttiles & 1)) && row_end - row0 <= 64;
+}
+/* the tile rows row0 .. row_end - 1 run as a transposed tail tile (wp_ttile): an expert's last < 128 rows, where
+ * a.ttiles allows their count (bit 0: 1 .. 64 rows, bit 1: 65 .. 127) */
+__device__ __forceinline__ bool wp_is_ttile(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
+    const int64_t r = row_end - row0;
+    return r < WG_BM && (a.ttiles & (r <= 64 ? 1 : 2));
 }
 #define WP_EO_WARPS 2 /* epilogue warps of the EO kernel (warps 9, 10) */
 /* Epilogue warps (wp_tile / moe_wgmma_persist_kernel with EO = true, the default; env JAMBA_EXT_MOE_EPI=0 runs
@@ -893,7 +899,7 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
             }
         }
         if constexpr (!MG && !Q8) {
-            if (a.ttiles && row_end - row0 < WG_BM) { /* a transposed tail tile: N = the rows rounded up to 16 */
+            if (wp_is_ttile(a, row0, row_end)) { /* a transposed tail tile: N = the rows rounded up to 16 */
                 const int64_t n0 = nt * wn;
                 switch ((int)((row_end - row0 + 15) / 16)) {
                 case 1: wp_ttile<T, 16>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0); break;
@@ -1504,6 +1510,17 @@ static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t
     return JAMBA_OK;
 }
 
+/* moe_gemm_args.ttiles from env JAMBA_EXT_MOE_TTILE (EXPERIMENT, session 60): unset or "0", none; otherwise the
+ * letters s / l restrict them to tails of 1 .. 64 / 65 .. 127 rows (neither: both) and g / d to the gate_up / down
+ * GEMM (neither: both); "1": every tail of both GEMMs */
+static int moe_ttile_mode(const moe_gemm_args &a) {
+    const char *env = getenv("JAMBA_EXT_MOE_TTILE");
+    if (env == NULL || env[0] == '\0' || !strcmp(env, "0")) return 0;
+    if ((strchr(env, 'g') && !a.gate_up) || (strchr(env, 'd') && a.gate_up)) return 0;
+    const int rows = (strchr(env, 's') ? 1 : 0) | (strchr(env, 'l') ? 2 : 0);
+    return rows ? rows : 3;
+}
+
 /* one launch of moe_wgmma_persist_kernel<T, ..., Q8>: a CTA per SM, or fewer when the tile bound is smaller.
  * Q8 (moe_wgmma_gemm_q8): A and W hold e4m3 bytes, seen by the tensor maps and the kernel as 2-byte elements (a.Kd
  * of them a row: the caller's Kd / 2), so that a k tile is the bf16 kernel's 128 bytes; no merged tiles. */
@@ -1538,9 +1555,8 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
      * 3496, 16384: 11797 / 11642 (the default, on, read 11597 in the same run: noise) */
     ap.half_tiles = Q8 || slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    /* transposed tail tiles (wp_ttile; EXPERIMENT, off unless env JAMBA_EXT_MOE_TTILE=1; not in the W8A8 and
-     * merged-tile kernels) */
-    const char *ttile = getenv("JAMBA_EXT_MOE_TTILE");
+    /* transposed tail tiles (wp_ttile; EXPERIMENT, off unless env JAMBA_EXT_MOE_TTILE is set, see moe_ttile_mode;
+     * not in the W8A8 and merged-tile kernels) */
     ap.ttiles = 0;
     /* merged tiles (wp_tile, NA = 192; the MG kernel has no half tiles and no epilogue warps) by size, see
      * MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
@@ -1548,7 +1564,7 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     bool mg = slots >= (int64_t)MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT * a.E &&
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
     if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
-    if (!Q8 && !mg && ttile != NULL && ttile[0] == '1') ap.ttiles = 1;
+    if (!Q8 && !mg) ap.ttiles = moe_ttile_mode(a);
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
     if (mg && !Q8)
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
