@@ -260,6 +260,7 @@ def main():
                      ("ours:wgmma nopreload", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP_PRELOAD="0")),
                      # the persistent kernel's transposed tail tiles (session 60, EXPERIMENT), swap by size / off
                      ("ours:wgmma ttile", with_env(ours("wgmma"), JAMBA_EXT_MOE_TTILE="1")),
+                     ("ours:wgmma ttile s", with_env(ours("wgmma"), JAMBA_EXT_MOE_TTILE="s")),  # tails <= 64 rows
                      ("ours:wgmma noswap ttile", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="0",
                                                           JAMBA_EXT_MOE_TTILE="1"))]
         if has_grouped:

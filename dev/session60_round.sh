@@ -14,6 +14,10 @@
 #   ttab  why: dev/moe_epi_ab.py ttile at 2048 / 4096 tokens (the op in turns, swap off: all tails, small / large tails
 #         only, gate_up / down only), then Nsight Compute (SpeedOfLight, MemoryWorkloadAnalysis: duration, DRAM
 #         bytes, L2 hit rate; clocks locked) of both GEMM launches at 4096 tokens without and with JAMBA_EXT_MOE_TTILE=1
+#         (ran at c1b2fb4, s60_ttab_c1b2fb4.log: ttiles of 65-127 rows cost most, down more than gate_up; ncu at 4096:
+#         down's DRAM throughput 44 -> 64%, L2 hit rate 61 -> 47%, 1.57 -> 1.85 ms: the tails miss their W slab in L2)
+#   ttiles bench_moe twice at 3072 / 4096 / 6144 / 8192 / 16384 tokens: ours against JAMBA_EXT_MOE_TTILE=s (tails of
+#         <= 64 rows only, where half tiles run by default) and dense mm
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session60_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -73,6 +77,15 @@ ttab)
     echo "ncu rc $?"
     grep -i "duration\|dram throughput\|memory throughput\|l2 hit rate\|compute (sm) throughput\|l1/tex hit" \
       "$OUT/ncu_tt$tt.txt" | head -20
+  done ;;
+ttiles)
+  build_cuda
+  for r in 1 2; do
+    step "bench_moe run $r: 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours, ttile s, dense mm)"
+    timeout 200 python3 benchmarks/bench_moe.py --tokens 3072,4096,6144,8192,16384 \
+      --only "ours,ours:wgmma ttile s,dense mm" --name bench_moe_ttiles$r 2>&1 \
+      | grep "^ours\|^dense\|^device" | cut -c1-150
+    cp benchmarks/results/bench_moe_ttiles$r.json "$OUT/" 2>/dev/null
   done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
