@@ -257,12 +257,7 @@ def main():
                      # the epilogues a conversion a value (before session 56: moe_act_fast2 / moe_scaled2)
                      ("ours:wgmma f2f", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI_F2F="1")),
                      # the swap engine's down epilogue loading sorted[] and the weights itself (before session 58)
-                     ("ours:wgmma nopreload", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP_PRELOAD="0")),
-                     # the persistent kernel's transposed tail tiles (session 60, EXPERIMENT), swap by size / off
-                     ("ours:wgmma ttile", with_env(ours("wgmma"), JAMBA_EXT_MOE_TTILE="1")),
-                     ("ours:wgmma ttile s", with_env(ours("wgmma"), JAMBA_EXT_MOE_TTILE="s")),  # tails <= 64 rows
-                     ("ours:wgmma noswap ttile", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="0",
-                                                          JAMBA_EXT_MOE_TTILE="1"))]
+                     ("ours:wgmma nopreload", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP_PRELOAD="0"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
         if hasattr(torch, "float8_e4m3fn"):  # fp8 expert weights (a scale per row): half the weight bytes

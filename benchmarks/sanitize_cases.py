@@ -1,8 +1,8 @@
 """Runs every CUDA op of jamba_ext once on small, odd shapes, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows | swap | ttile | rest]
+    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows | swap | rest]
 (sample_rows: that op's cases only; swap: the MoE swap-AB engine's kernels only (Hopper), default and without the
-preload; ttile: the persistent wgmma kernel with its transposed tail tiles (Hopper); rest: every other op's, without sample_rows' cluster kernels, which take
+preload; rest: every other op's, without sample_rows' cluster kernels, which take
 racecheck ~110 s on an H200.) Exits non-zero if an op raises; the sanitizer reports memory errors and races itself.
 """
 
@@ -60,22 +60,6 @@ def swap_cases(dev, rn):
     del os.environ["JAMBA_EXT_MOE_SWAP"]
 
 
-def ttile_cases(dev, rn):
-    """moe_experts on the persistent wgmma kernel with transposed tail tiles (JAMBA_EXT_MOE_TTILE=1), with and without
-    its epilogue warps: ~150 rows an expert (tails of N 16 .. 128), F 264 (a partial W block), Kd 136 and 264"""
-    T, H, F, E = 600, 136, 264, 8
-    wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
-    x, wgu, wd = rn(T, H), rn(E, 2 * F, H), rn(E, H, F)
-    env = {"JAMBA_EXT_MOE_TTILE": "1", "JAMBA_EXT_MOE_SWAP": "0", "JAMBA_EXT_MOE_MERGE": "0",
-           "JAMBA_EXT_WGMMA_TILES": "all"}
-    os.environ.update(env)
-    for epi in ("1", "0"):
-        os.environ["JAMBA_EXT_MOE_EPI"] = epi
-        ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    for k in list(env) + ["JAMBA_EXT_MOE_EPI"]:
-        del os.environ[k]
-
-
 def main():
     if not torch.cuda.is_available() or not jamba_ext.has_cuda_kernels():
         sys.exit("sanitize_cases: needs a GPU and jamba_ext built with its CUDA kernels (JAMBA_EXT_CUDA=1)")
@@ -92,12 +76,6 @@ def main():
             swap_cases(dev, rn)
         torch.cuda.synchronize()
         print("sanitize_cases: swap ran")
-        return
-    if sys.argv[1:] == ["ttile"]:
-        if torch.cuda.get_device_capability(dev)[0] == 9:
-            ttile_cases(dev, rn)
-        torch.cuda.synchronize()
-        print("sanitize_cases: ttile ran")
         return
     B, DI, L, N, K = 2, 72, 37, 16, 4
     x = rn(3, 130)

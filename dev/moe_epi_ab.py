@@ -5,7 +5,6 @@
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
     python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload)
     python3 dev/moe_epi_ab.py data                # the swap kernels and a dense mm on random operands and on zeros
-    python3 dev/moe_epi_ab.py ttile 2048 4096     # the transposed tail tiles (all, small / large tails, one GEMM)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -41,15 +40,11 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-# session 60: the persistent kernel's transposed tail tiles (JAMBA_EXT_MOE_TTILE: s / l small / large tails only, g / d
-# gate_up / down only), the swap engine off
-TT_VARIANTS = {"tiles": {"JAMBA_EXT_MOE_SWAP": "0"}, **{
-    f"tt:{v}": {"JAMBA_EXT_MOE_SWAP": "0", "JAMBA_EXT_MOE_TTILE": v} for v in ("1", "s", "l", "g", "d")}}
 # variant sets of ksweep (session 57's warpscan / bigbox, session 58's l2hint / diag and session 59's persist / w2d /
 # wide sets: removed with their switches, wide as the default; diag, s58_diag_88195bd.log, found down's epilogue ~20%
 # of its time)
 SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}}}
-ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS, TT_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
+ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
 
@@ -202,11 +197,9 @@ if __name__ == "__main__":
         ab([int(t) for t in sys.argv[2:]] or [2048])
     elif mode == "swapf16":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS, torch.float16)
-    elif mode == "ttile":
-        ab([int(t) for t in sys.argv[2:]] or [2048], TT_VARIANTS)
     elif mode == "data":
         data()
     elif mode == "ksweep":
         ksweep(SETS[sys.argv[2] if len(sys.argv) > 2 else "f2f"])
     else:
-        sys.exit(f"unknown mode {mode} (ab, swapf16, ttile, data, ksweep)")
+        sys.exit(f"unknown mode {mode} (ab, swapf16, data, ksweep)")

@@ -276,58 +276,6 @@ def test_moe_wgmma_tiles(monkeypatch):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-def test_moe_ttiles(monkeypatch):
-    """The persistent wgmma kernel's transposed tail tiles (JAMBA_EXT_MOE_TTILE=1: an expert's last < 128 rows as one
-    m64nNk16 tile, N = the rows rounded up to 16) against the fp64 reference and the default tiles (the same bits),
-    with them only for small / large tails and only in gate_up / down (JAMBA_EXT_MOE_TTILE=sg / ld / s / l): experts
-    whose last tile has every N of 16 .. 128 (1, 15-17, 31-33, 47, 63-65, 80, 96, 100, 112, 127 rows), experts of fewer
-    than 128 rows (the tail is the whole expert), an empty expert, partial W blocks (H, F not multiples of 64 / 128),
-    k tiles wrapping the stage ring, f16 and bf16; with and without the epilogue warps and the epilogues that round
-    a value a conversion (the same bits); two runs bit-identical; the WGMMA_CASES routings too."""
-    if not hopper_code():
-        pytest.skip("wgmma engine: Hopper only")
-    dev = torch.device("cuda")
-    monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "0")
-    monkeypatch.setenv("JAMBA_EXT_MOE_MERGE", "0")
-    monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "all")
-    counts = [1, 15, 16 + 128, 17, 33 + 256, 31, 63 + 128, 64, 65 + 128, 80, 96 + 384, 100, 112 + 128, 127, 0, 47]
-    crafted = []
-    for H, F, dtype in [(200, 136, torch.bfloat16), (1096, 264, torch.float16), (512, 1040, torch.bfloat16)]:
-        ids = torch.cat([torch.full((c,), e, dtype=torch.int32) for e, c in enumerate(counts)])
-        ids = ids[torch.randperm(ids.numel())].to(dev).view(-1, 1)
-        w = torch.rand(ids.shape[0], 1, device=dev, dtype=torch.float32) + 0.25
-        offsets, slots = ops.moe_permute(ids, len(counts))
-        x = randn(ids.shape[0], H, device=dev, dtype=dtype)
-        crafted.append((x, *expert_weights(len(counts), H, F, dev, dtype), w, ids, offsets, slots))
-    cases = crafted + [_wgmma_case(dev, *c) for c in WGMMA_CASES]
-    for x, w_gate_up, w_down, w, ids, offsets, slots in cases:
-        what = (tuple(x.shape), w_down.shape[2], x.dtype)
-        monkeypatch.delenv("JAMBA_EXT_MOE_TTILE", raising=False)
-        base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.setenv("JAMBA_EXT_MOE_TTILE", "1")
-        out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        assert torch.equal(again, out), what
-        monkeypatch.setenv("JAMBA_EXT_MOE_EPI_F2F", "1")
-        f2f = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.setenv("JAMBA_EXT_MOE_EPI", "0")
-        f2f_noepi = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_MOE_EPI_F2F")
-        noepi = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_MOE_EPI")
-        assert torch.equal(f2f, out) and torch.equal(f2f_noepi, out) and torch.equal(noepi, out), what
-        for part in ("sg", "ld", "s", "l"):  # small / large tails only, gate_up / down only
-            monkeypatch.setenv("JAMBA_EXT_MOE_TTILE", part)
-            assert torch.equal(ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma"), out), part
-        monkeypatch.delenv("JAMBA_EXT_MOE_TTILE")
-        assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[x.dtype])
-        # every output's k16 products summed in the same order as by the default tiles: the same bits (seen on an H200
-        # in session 60, 37ed298)
-        assert torch.equal(out, base), what
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 def test_moe_swap_engine(monkeypatch):
     """The swap-AB engine (JAMBA_EXT_MOE_SWAP=1: moe_swap_kernel for both GEMMs of impl wgmma) against the fp64
     reference and the default wgmma engine: partial W blocks (F, H not multiples of 64 / 128), k tails (Kd % 64 = 8),

@@ -56,8 +56,6 @@ struct moe_gemm_args {
     int E, topk, gate_up;
     int32_t *sched;           /* impl wgmma: this GEMM's tile counter, zero on entry (NULL: non-persistent kernel) */
     int half_tiles;           /* persistent wgmma kernel: an expert's last <= 64 rows as a half tile (set by its launcher) */
-    int ttiles;               /* persistent wgmma kernel: an expert's last < 128 rows as a transposed tail tile (wp_ttile;
-                               * set by its launcher) */
     const float *wscale;      /* fp8 weights (moe_decode_kernel F8, moe_wgmma_gemm_f8): (E, w_rows) row scales */
     const float *ascale;      /* fp8 A rows (moe_wgmma_gemm_q8): (slots,) a scale per sorted row */
     int epi_f2f;              /* wgmma engines (set by moe_wgmma_gemm): 1 = the epilogues round a value a conversion

@@ -96,44 +96,6 @@ template <typename T> __device__ __forceinline__ void wgmma_k16(float (&d)[64], 
 WG_DEF_K16(__nv_bfloat16, "bf16")
 WG_DEF_K16(__half, "f16")
 #endif
-/* wgmma_kn<T, NA>: one wgmma.m64n(2 NA)k16 for NA = 8 .. 56 in steps of 8 (N = 16 .. 112; N = 128 and 256 are
- * wgmma_k16's), fp32 accumulators, both operands K-major from shared memory: the transposed tail tiles (wp_ttile),
- * whose N is an expert's last 1 .. 127 rows rounded up to 16. Operand lists in groups of 8 registers. */
-template <typename T, int NA> __device__ __forceinline__ void wgmma_kn(float (&d)[NA], uint64_t da, uint64_t db);
-#if MOE_HAS_WGMMA
-#define WK_RG0 "%0, %1, %2, %3, %4, %5, %6, %7"
-#define WK_RG1 ", %8, %9, %10, %11, %12, %13, %14, %15"
-#define WK_RG2 ", %16, %17, %18, %19, %20, %21, %22, %23"
-#define WK_RG3 ", %24, %25, %26, %27, %28, %29, %30, %31"
-#define WK_RG4 ", %32, %33, %34, %35, %36, %37, %38, %39"
-#define WK_RG5 ", %40, %41, %42, %43, %44, %45, %46, %47"
-#define WK_RG6 ", %48, %49, %50, %51, %52, %53, %54, %55"
-#define WK_ACC(o) "+f"(d[(o) + 0]), "+f"(d[(o) + 1]), "+f"(d[(o) + 2]), "+f"(d[(o) + 3]), \
-                  "+f"(d[(o) + 4]), "+f"(d[(o) + 5]), "+f"(d[(o) + 6]), "+f"(d[(o) + 7])
-#define WK_DEF(TT, TY, NA, N, REGS, IP, IA, IB, ...)                                                              \
-    template <> __device__ __forceinline__ void wgmma_kn<TT, NA>(float (&d)[NA], uint64_t da, uint64_t db) {      \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" IP ", 0;\nwgmma.mma_async.sync.aligned.m64n" N         \
-                     "k16.f32." TY "." TY " {" REGS "}, %" IA ", %" IB ", p, 1, 1, 0, 0;\n}\n"                    \
-                     : __VA_ARGS__ : "l"(da), "l"(db), "r"(1));                                                 \
-    }
-#define WK_DEF_ALL(TT, TY)                                                                                             \
-    WK_DEF(TT, TY, 8, "16", WK_RG0, "10", "8", "9",                                                                    \
-           WK_ACC(0))                                                                                                  \
-    WK_DEF(TT, TY, 16, "32", WK_RG0 WK_RG1, "18", "16", "17",                                                          \
-           WK_ACC(0), WK_ACC(8))                                                                                       \
-    WK_DEF(TT, TY, 24, "48", WK_RG0 WK_RG1 WK_RG2, "26", "24", "25",                                                   \
-           WK_ACC(0), WK_ACC(8), WK_ACC(16))                                                                           \
-    WK_DEF(TT, TY, 32, "64", WK_RG0 WK_RG1 WK_RG2 WK_RG3, "34", "32", "33",                                            \
-           WK_ACC(0), WK_ACC(8), WK_ACC(16), WK_ACC(24))                                                               \
-    WK_DEF(TT, TY, 40, "80", WK_RG0 WK_RG1 WK_RG2 WK_RG3 WK_RG4, "42", "40", "41",                                     \
-           WK_ACC(0), WK_ACC(8), WK_ACC(16), WK_ACC(24), WK_ACC(32))                                                   \
-    WK_DEF(TT, TY, 48, "96", WK_RG0 WK_RG1 WK_RG2 WK_RG3 WK_RG4 WK_RG5, "50", "48", "49",                              \
-           WK_ACC(0), WK_ACC(8), WK_ACC(16), WK_ACC(24), WK_ACC(32), WK_ACC(40))                                       \
-    WK_DEF(TT, TY, 56, "112", WK_RG0 WK_RG1 WK_RG2 WK_RG3 WK_RG4 WK_RG5 WK_RG6, "58", "56", "57",                      \
-           WK_ACC(0), WK_ACC(8), WK_ACC(16), WK_ACC(24), WK_ACC(32), WK_ACC(40), WK_ACC(48))
-WK_DEF_ALL(__nv_bfloat16, "bf16")
-WK_DEF_ALL(__half, "f16")
-#endif
 /* The operand tag of the W8A8 GEMM (moe_wgmma_gemm_q8): A and W e4m3 bytes. Its "k16" step is one
  * wgmma.m64nNk32.f32.e4m3.e4m3: 32 bytes of k, the same bytes and descriptor step as a bf16 k16 step, so the ring,
  * the TMA boxes (128 bytes of k a row) and the descriptors of the bf16 kernel carry over unchanged; the fp8 forms
@@ -351,13 +313,9 @@ template <typename T, int... NA> __device__ __forceinline__ void wg_ktile(wg_cha
     (wg_pin(c.acc), ...);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
     auto issue = [](auto &ch) {
-        constexpr int na = (int)std::extent<typename std::remove_reference<decltype(ch.acc)>::type>::value;
         const uint64_t da = wg_desc(ch.sa), db = wg_desc(ch.sb);
 #pragma unroll
-        for (int ks = 0; ks < WG_BK / 16; ks++) {
-            if constexpr (na == 64 || na == 128) wgmma_k16<T>(ch.acc, da + 2 * ks, db + 2 * ks);
-            else wgmma_kn<T, na>(ch.acc, da + 2 * ks, db + 2 * ks);
-        }
+        for (int ks = 0; ks < WG_BK / 16; ks++) wgmma_k16<T>(ch.acc, da + 2 * ks, db + 2 * ks);
     };
     (issue(c), ...);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
@@ -529,16 +487,9 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  * the expert's other m-tiles, which then miss the W slab in L2). So they run from
  * MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT slots per expert on average (3 tile rows). */
 #define MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT 384
-/* the tile rows row0 .. row_end - 1 come as a half tile's A (64 rows; the producer and the consumers must agree): a
- * half tile, or a transposed tail tile of <= 64 rows (wp_ttile) */
+/* the tile rows row0 .. row_end - 1 run as a half tile (the producer and the consumers must agree) */
 __device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
-    return (a.half_tiles || (a.ttiles & 1)) && row_end - row0 <= 64;
-}
-/* the tile rows row0 .. row_end - 1 run as a transposed tail tile (wp_ttile): an expert's last < 128 rows, where
- * a.ttiles allows their count (bit 0: 1 .. 64 rows, bit 1: 65 .. 127) */
-__device__ __forceinline__ bool wp_is_ttile(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
-    const int64_t r = row_end - row0;
-    return r < WG_BM && (a.ttiles & (r <= 64 ? 1 : 2));
+    return a.half_tiles && row_end - row0 <= 64;
 }
 #define WP_EO_WARPS 2 /* epilogue warps of the EO kernel (warps 9, 10) */
 /* Epilogue warps (wp_tile / moe_wgmma_persist_kernel with EO = true, the default; env JAMBA_EXT_MOE_EPI=0 runs
@@ -685,80 +636,6 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
     }
 }
 
-/* Transposed tail tiles (EXPERIMENT, session 60; a.ttiles, env JAMBA_EXT_MOE_TTILE=1): an expert's last partial tile
- * of r = row_end - row0 < 128 rows runs as D = W A^T, the W rows on the wgmma's M side and the tile's first NN A
- * rows (r rounded up to 16) on its N side, so its tensor-core work is NN / 128 of a full tile's where a half tile
- * does 64 rows' and a full one 128 (rows past r feed outputs that the epilogue skips). Why: at 4096 tokens (512 rows
- * an expert) the 64-row granularity of the other tiles computes ~32 idle rows an expert (6%), and on random operands
- * the GPU runs at its power limit, where idle rows cost energy and so time (session 59). The stage is a full or half
- * tile's (r <= 64: A in a 64-row box, wp_is_half); warpgroup wgi multiplies its W box (stage W rows 128 wgi .. +127:
- * gate_up the gate rows of outputs n0 + 64 wgi .. +63 then their up rows; down 128 consecutive W rows) by the A
- * rows as two m64nNNk16 chains, cg (box rows 0-63) and cu (64-127). Accumulator i = 4 j + q of a chain: box row
- * (warp % 4) 16 + lane / 4 + 8 (q >> 1) of its 64, A row (token) row0 + 8 j + 2 (lane % 4) + (q & 1). The
- * consumers run the whole epilogue (no staging for the epilogue warps); 2-byte stores, one output a store. */
-template <typename T, int NN>
-__device__ __forceinline__ void wp_ttile(const moe_gemm_args &a, const wt_ring &ring, uint32_t &it, int KT, int wgi,
-                                         int warp, int lane, int64_t row0, int64_t row_end, int64_t n0) {
-    constexpr int S = WG_STAGES, NA = NN / 2;
-    const uint32_t ow = (uint32_t)((WG_BM + wgi * 2 * WG_WBOX) * WG_BK * 2), ou = ow + WG_WBOX * WG_BK * 2;
-    float cg[NA], cu[NA];
-#pragma unroll
-    for (int i = 0; i < NA; i++) cg[i] = 0.f, cu[i] = 0.f;
-    auto release = [&](uint32_t q) {
-        __syncwarp();
-        if (lane == 0) mbar_arrive(ring.empty + 8 * (q % S));
-    };
-    for (int kt = 0; kt < KT; kt++, it++) {
-        const uint32_t st = it % S, sa = ring.base + st * wt_cfg<WT_ALL>::STAGE_BYTES;
-        mbar_wait(ring.full + 8 * st, (it / S) & 1);
-        __syncwarp(); /* the wgmma instructions are .sync.aligned: the warp converged */
-        wg_ktile<T>(wg_chain<NA>{cg, sa + ow, sa}, wg_chain<NA>{cu, sa + ou, sa}); /* group it - 1 has finished */
-        if (kt > 0) release(it - 1);
-    }
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    wg_pin(cg);
-    wg_pin(cu);
-    release(it - 1);
-    unsigned short *C = reinterpret_cast<unsigned short *>(a.C);
-    const int br = (warp & 3) * 16 + (lane >> 2); /* box row, + 8 h */
-#pragma unroll
-    for (int j = 0; j < NN / 8; j++) {
-        const int64_t p = row0 + 8 * j + 2 * (lane & 3); /* A rows p, p + 1 */
-        if (p >= row_end) continue;
-        const bool two = p + 1 < row_end;
-        [[maybe_unused]] int64_t s0 = 0, s1 = 0;
-        [[maybe_unused]] float w0 = 0.f, w1 = 0.f;
-        if (!a.gate_up) {
-            s0 = a.sorted[p], s1 = two ? a.sorted[p + 1] : s0;
-            w0 = jamba_round<T>(a.weights[s0]), w1 = jamba_round<T>(a.weights[s1]);
-        }
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int i = 4 * j + 2 * h, r = br + 8 * h;
-            if (a.gate_up) {
-                const int64_t f = n0 + WG_WBOX * wgi + r;
-                if (f >= a.N) continue;
-                const uint32_t o = a.epi_f2f ? moe_pack2<T>(moe_act_fast<T>(cg[i], cu[i]),
-                                                            moe_act_fast<T>(cg[i + 1], cu[i + 1]))
-                                             : moe_act_fast2<T>(cg[i], cg[i + 1], cu[i], cu[i + 1]);
-                C[p * a.N + f] = (unsigned short)(o & 0xffffu);
-                if (two) C[(p + 1) * a.N + f] = (unsigned short)(o >> 16);
-            } else {
-#pragma unroll
-                for (int m = 0; m < 2; m++) {
-                    const int64_t col = n0 + 2 * WG_WBOX * wgi + WG_WBOX * m + r;
-                    if (col >= a.N) continue;
-                    const float y0 = m ? cu[i] : cg[i], y1 = m ? cu[i + 1] : cg[i + 1];
-                    const uint32_t o = a.epi_f2f ? moe_pack2<T>(moe_scaled<T>(y0, w0), moe_scaled<T>(y1, w1))
-                                                 : moe_scaled2<T>(y0, y1, w0, w1);
-                    C[s0 * a.N + col] = (unsigned short)(o & 0xffffu);
-                    if (two) C[s1 * a.N + col] = (unsigned short)(o >> 16);
-                }
-            }
-        }
-    }
-}
-
 /* Merged tiles (the persistent kernel with MG = true, by size: MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env
  * JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on): an expert's last <= 64 rows join its previous full tile, one
  * tile of 128 + r rows (r <= 64) on one W slab instead of a full tile plus a tile of r rows (which reads the same
@@ -895,22 +772,6 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
         if constexpr (MG) {
             if (wp_is_merged(row0, row_end)) {
                 wp_tile<T, 192, false, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
-                continue;
-            }
-        }
-        if constexpr (!MG && !Q8) {
-            if (wp_is_ttile(a, row0, row_end)) { /* a transposed tail tile: N = the rows rounded up to 16 */
-                const int64_t n0 = nt * wn;
-                switch ((int)((row_end - row0 + 15) / 16)) {
-                case 1: wp_ttile<T, 16>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0); break;
-                case 2: wp_ttile<T, 32>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0); break;
-                case 3: wp_ttile<T, 48>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0); break;
-                case 4: wp_ttile<T, 64>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0); break;
-                case 5: wp_ttile<T, 80>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0); break;
-                case 6: wp_ttile<T, 96>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0); break;
-                case 7: wp_ttile<T, 112>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0); break;
-                default: wp_ttile<T, 128>(a, ring, it, KT, wgi, warp, lane, row0, row_end, n0); break;
-                }
                 continue;
             }
         }
@@ -1510,17 +1371,6 @@ static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t
     return JAMBA_OK;
 }
 
-/* moe_gemm_args.ttiles from env JAMBA_EXT_MOE_TTILE (EXPERIMENT, session 60): unset or "0", none; otherwise the
- * letters s / l restrict them to tails of 1 .. 64 / 65 .. 127 rows (neither: both) and g / d to the gate_up / down
- * GEMM (neither: both); "1": every tail of both GEMMs */
-static int moe_ttile_mode(const moe_gemm_args &a) {
-    const char *env = getenv("JAMBA_EXT_MOE_TTILE");
-    if (env == NULL || env[0] == '\0' || !strcmp(env, "0")) return 0;
-    if ((strchr(env, 'g') && !a.gate_up) || (strchr(env, 'd') && a.gate_up)) return 0;
-    const int rows = (strchr(env, 's') ? 1 : 0) | (strchr(env, 'l') ? 2 : 0);
-    return rows ? rows : 3;
-}
-
 /* one launch of moe_wgmma_persist_kernel<T, ..., Q8>: a CTA per SM, or fewer when the tile bound is smaller.
  * Q8 (moe_wgmma_gemm_q8): A and W hold e4m3 bytes, seen by the tensor maps and the kernel as 2-byte elements (a.Kd
  * of them a row: the caller's Kd / 2), so that a k tile is the bf16 kernel's 128 bytes; no merged tiles. */
@@ -1555,16 +1405,12 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
      * 3496, 16384: 11797 / 11642 (the default, on, read 11597 in the same run: noise) */
     ap.half_tiles = Q8 || slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    /* transposed tail tiles (wp_ttile; EXPERIMENT, off unless env JAMBA_EXT_MOE_TTILE is set, see moe_ttile_mode;
-     * not in the W8A8 and merged-tile kernels) */
-    ap.ttiles = 0;
     /* merged tiles (wp_tile, NA = 192; the MG kernel has no half tiles and no epilogue warps) by size, see
      * MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
     const char *merge = getenv("JAMBA_EXT_MOE_MERGE");
     bool mg = slots >= (int64_t)MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT * a.E &&
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
     if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
-    if (!Q8 && !mg) ap.ttiles = moe_ttile_mode(a);
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
     if (mg && !Q8)
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
