@@ -18,6 +18,9 @@
 #         down's DRAM throughput 44 -> 64%, L2 hit rate 61 -> 47%, 1.57 -> 1.85 ms: the tails miss their W slab in L2)
 #   ttiles bench_moe twice at 3072 / 4096 / 6144 / 8192 / 16384 tokens: ours against JAMBA_EXT_MOE_TTILE=s (tails of
 #         <= 64 rows only, where half tiles run by default) and dense mm
+#   halfg the EXPERIMENT JAMBA_EXT_WGMMA_HALF=g (half tiles in gate_up only): build, every MoE CUDA test, the wgmma tile
+#         tests with it, Nsight Compute of down at 4096 tokens with and without it (DRAM, L2 hit rate), bench_moe twice
+#         at 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours, half g, nohalf, dense mm)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session60_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -86,6 +89,27 @@ ttiles)
       --only "ours,ours:wgmma ttile s,dense mm" --name bench_moe_ttiles$r 2>&1 \
       | grep "^ours\|^dense\|^device" | cut -c1-150
     cp benchmarks/results/bench_moe_ttiles$r.json "$OUT/" 2>/dev/null
+  done ;;
+halfg)
+  build_cuda
+  step "CUDA tests: tests/test_moe.py (default engines), then test_moe_wgmma_tiles with JAMBA_EXT_WGMMA_HALF=g"
+  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
+    | tail -2
+  JAMBA_EXT_WGMMA_HALF=g timeout 100 python3 -m pytest -q -m cuda --timeout=90 --tb=short tests/test_moe.py \
+    -k "wgmma_tiles or moe_experts" -p no:cacheprovider 2>&1 | tail -2
+  for hv in 1 g; do
+    step "ncu, 4096 tokens, JAMBA_EXT_WGMMA_HALF=$hv (gate_up launch, then down)"
+    JAMBA_EXT_WGMMA_HALF=$hv timeout 100 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis \
+      -k regex:moe_wgmma_persist -c 2 python3 dev/ncu_moe.py 4096 > "$OUT/ncu_half$hv.txt" 2>&1
+    echo "ncu rc $?"
+    grep -i "duration\|dram throughput\|l2 hit rate" "$OUT/ncu_half$hv.txt" | head -8
+  done
+  for r in 1 2; do
+    step "bench_moe run $r: 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours, half g, nohalf, dense mm)"
+    timeout 200 python3 benchmarks/bench_moe.py --tokens 3072,4096,6144,8192,16384 \
+      --only "ours,ours:wgmma half g,ours:wgmma nohalf,dense mm" --name bench_moe_halfg$r 2>&1 \
+      | grep "^ours\|^dense\|^device" | cut -c1-150
+    cp benchmarks/results/bench_moe_halfg$r.json "$OUT/" 2>/dev/null
   done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
