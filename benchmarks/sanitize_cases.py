@@ -1,8 +1,7 @@
 """Runs every CUDA op of jamba_ext once on small, odd shapes, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows | swap | rest]
-(sample_rows: that op's cases only; swap: the MoE swap-AB engine's kernels only (Hopper), default and without the
-preload; rest: every other op's, without sample_rows' cluster kernels, which take
+(sample_rows: that op's cases only; swap: the MoE swap-AB engine's kernels only (Hopper); rest: every other op's, without sample_rows' cluster kernels, which take
 racecheck ~110 s on an H200.) Exits non-zero if an op raises; the sanitizer reports memory errors and races itself.
 """
 
@@ -46,17 +45,13 @@ def sample_rows_cases(dev, rn):
 
 
 def swap_cases(dev, rn):
-    """moe_experts on the swap-AB engine (JAMBA_EXT_MOE_SWAP=1): moe_swap_kernel with and without down's preloaded
-    rows (gate_up: 32 W blocks x 8 chunks; Kd 136 and 2048: KT 3 and 32)"""
+    """moe_experts on the swap-AB engine (JAMBA_EXT_MOE_SWAP=1): moe_swap_kernel, down's epilogue with its rows and
+    weights preloaded by the producer warpgroup (gate_up: 32 W blocks x 8 chunks; Kd 136 and 2048: KT 3 and 32)"""
     T, H, F, E = 600, 136, 2048, 8
     wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
     x, wgu, wd = rn(T, H), rn(E, 2 * F, H), rn(E, H, F)
     os.environ["JAMBA_EXT_MOE_SWAP"] = "1"
-    for env in ({}, {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}):
-        os.environ.update(env)
-        ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-        for k in env:
-            del os.environ[k]
+    ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
     del os.environ["JAMBA_EXT_MOE_SWAP"]
 
 

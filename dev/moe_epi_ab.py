@@ -3,7 +3,6 @@
     python3 dev/moe_epi_ab.py ab 1536 2048 4096   # the op in turns: default and the variants below
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py ksweep preload      # ksweep of another set (SETS: f2f, the default; preload)
     python3 dev/moe_epi_ab.py data                # the swap kernels and a dense mm on random operands and on zeros
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
@@ -40,10 +39,10 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-# variant sets of ksweep (session 57's warpscan / bigbox, session 58's l2hint / diag and session 59's persist / w2d /
-# wide sets: removed with their switches, wide as the default; diag, s58_diag_88195bd.log, found down's epilogue ~20%
-# of its time)
-SETS = {"f2f": VARIANTS, "preload": {"default": {}, "nopreload": {"JAMBA_EXT_MOE_SWAP_PRELOAD": "0"}}}
+# variant sets of ksweep (session 57's warpscan / bigbox, session 58's l2hint / diag / preload, session 59's persist /
+# w2d / wide sets: removed with their switches, wide and preload as the default; diag, s58_diag_88195bd.log, found
+# down's epilogue ~20% of its time)
+SETS = {"f2f": VARIANTS}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 

@@ -21,6 +21,11 @@
 #   halfg the EXPERIMENT JAMBA_EXT_WGMMA_HALF=g (half tiles in gate_up only): build, every MoE CUDA test, the wgmma tile
 #         tests with it, Nsight Compute of down at 4096 tokens with and without it (DRAM, L2 hit rate), bench_moe twice
 #         at 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours, half g, nohalf, dense mm)
+#         (ran at d45668e, s60_halfg_d45668e.log: without down's half tiles its DRAM traffic falls 45 -> 30%, but
+#         bench_moe gains 1-2% at 3072 / 6144 and loses 1-4% at 8192 / 16384: the switch removed)
+#   final the session's last commit (the swap kernel's down epilogue without the JAMBA_EXT_MOE_SWAP_PRELOAD=0 branch):
+#         build, every MoE CUDA test, memcheck / racecheck on the swap cases, bench_moe at 1536 / 2048 / 2304 / 4096
+#         tokens (ours, dense mm)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session60_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -111,6 +116,20 @@ halfg)
       | grep "^ours\|^dense\|^device" | cut -c1-150
     cp benchmarks/results/bench_moe_halfg$r.json "$OUT/" 2>/dev/null
   done ;;
+final)
+  build_cuda
+  step "CUDA tests: tests/test_moe.py (default engines; test_moe_swap_engine forces the swap engine)"
+  timeout 120 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
+    | tail -2
+  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py swap"
+  timeout 60 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -2
+  timeout 60 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -2
+  step "bench_moe at 1536 / 2048 / 2304 / 4096 tokens"
+  timeout 100 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304,4096 --only "ours,dense mm" \
+    --name bench_moe_final 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+  cp benchmarks/results/bench_moe_final.json "$OUT/" 2>/dev/null ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

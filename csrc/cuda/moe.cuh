@@ -60,10 +60,6 @@ struct moe_gemm_args {
     const float *ascale;      /* fp8 A rows (moe_wgmma_gemm_q8): (slots,) a scale per sorted row */
     int epi_f2f;              /* wgmma engines (set by moe_wgmma_gemm): 1 = the epilogues round a value a conversion
                                * (moe_act_fast / moe_scaled) instead of a pair (moe_act_fast2 / moe_scaled2); A/B */
-    int swap_preload;         /* swap-AB engine, down GEMM (set by moe_wgmma_gemm; env JAMBA_EXT_MOE_SWAP_PRELOAD=0 for
-                               * A/B): 1 (default) = the epilogue reads its rows' sorted[] entries and router weights
-                               * from shared memory (loaded by an idle producer warp during the k loop), 0 = from global
-                               * memory (two dependent loads a row, serialised by the epilogue's stmatrix asm) */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */

@@ -1134,7 +1134,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     wg_pin(d);
     asm volatile("bar.sync 1, 256;\n" ::: "memory");   /* both warpgroups done with the ring: the epilogue's now */
-    /* down: the producer's warp 9 has written this chunk's rows and weights (swap_preload; it arrives either way) */
+    /* down: the producer's warp 9 has written this chunk's rows and weights */
     if (!GATE_UP) asm volatile("bar.sync 2, 288;\n" ::: "memory");
     const int *pre_rows = reinterpret_cast<const int *>(ring_ptr + SW_EPI_OFF);
     const uint32_t *pre_w2 = reinterpret_cast<const uint32_t *>(ring_ptr + SW_EPI_OFF + SW_MAX_ROWS * 4);
@@ -1159,20 +1159,10 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
                          ::"r"(ring + (c * 32 + 8 * q + i) * PITCH + (32 * wg + 8 * warp) * 2), "r"(r[0]), "r"(r[1]),
                          "r"(r[2]), "r"(r[3]) : "memory");
         } else {                /* round(y) * round(w): the weight of the row's slot, for the thread's two rows */
-            float w[8];
-            if (a.swap_preload) {   /* rows t, t + 1 (t even): one 32-bit pair of rounded weights, 0 past len */
+            float w[8];   /* rows t, t + 1 (t even): one 32-bit pair of rounded weights, 0 past len */
 #pragma unroll
-                for (int j = 0; j < 4; j++) moe_unpack2<T>(pre_w2[(c * 32 + 8 * j + 2 * (lane & 3)) >> 1], w[2 * j],
-                                                           w[2 * j + 1]);
-            } else {
-#pragma unroll
-                for (int j = 0; j < 4; j++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const int t = c * 32 + 8 * j + 2 * (lane & 3) + h;
-                        w[2 * j + h] = t < len ? a.weights[a.sorted[row0 + t]] : 0.f;
-                    }
-            }
+            for (int j = 0; j < 4; j++)
+                moe_unpack2<T>(pre_w2[(c * 32 + 8 * j + 2 * (lane & 3)) >> 1], w[2 * j], w[2 * j + 1]);
             const bool f2f = a.epi_f2f;
 #pragma unroll
             for (int j = 0; j < 4; j++)   /* round(w) once (moe_scaled rounds it again: the same value) */
@@ -1198,7 +1188,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
         const int t = v / VR, col = v % VR;
         const int64_t n = col0 + col * 8;
         if (n >= a.N) continue;
-        const int64_t row = GATE_UP ? row0 + t : (int64_t)(a.swap_preload ? pre_rows[t] : a.sorted[row0 + t]);
+        const int64_t row = GATE_UP ? row0 + t : (int64_t)pre_rows[t];
         *reinterpret_cast<uint4 *>(C + row * a.N + n) =
             *reinterpret_cast<const uint4 *>(ring_ptr + t * PITCH + col * 16);
     }
@@ -1566,8 +1556,6 @@ jamba_status moe_gather_rows(int dtype, void *xs, const void *x, const int32_t *
 jamba_status moe_wgmma_gemm(int dtype, const moe_gemm_args &a, int64_t slots, int device, cudaStream_t stream) {
     if (slots == 0) return JAMBA_OK;
     moe_gemm_args ae = a;
-    const char *pre = getenv("JAMBA_EXT_MOE_SWAP_PRELOAD"); /* "0": see moe_gemm_args.swap_preload (A/B) */
-    ae.swap_preload = !(pre != NULL && pre[0] == '0');
     const char *epi = getenv("JAMBA_EXT_MOE_EPI_F2F"); /* "1": a conversion a value in the epilogues (A/B) */
     ae.epi_f2f = epi != NULL && epi[0] == '1';
     if (dtype == JAMBA_BF16) return wgmma_launch<__nv_bfloat16>(dtype, ae, slots, device, stream);
