@@ -26,6 +26,12 @@
 #   final the session's last commit (the swap kernel's down epilogue without the JAMBA_EXT_MOE_SWAP_PRELOAD=0 branch):
 #         build, every MoE CUDA test, memcheck / racecheck on the swap cases, bench_moe at 1536 / 2048 / 2304 / 4096
 #         tokens (ours, dense mm)
+#         (ran at 188cf0a, s60_final_188cf0a.log)
+#   uniform (for session 61, NOT YET RUN) the EXPERIMENT JAMBA_EXT_MOE_MERGE=u (experts of 513-576, 897-960, ... rows
+#         as 192-row merged tiles only, so that their tiles keep one pace): build, test_moe_uniform_tiles and every MoE
+#         CUDA test, memcheck / racecheck on sanitize_cases.py merge_u, Nsight Compute of both GEMMs at 4096 tokens
+#         without and with it (DRAM, L2 hit rate), bench_moe twice at 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours,
+#         merge u, dense mm)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session60_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -130,6 +136,33 @@ final)
   timeout 100 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304,4096 --only "ours,dense mm" \
     --name bench_moe_final 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
   cp benchmarks/results/bench_moe_final.json "$OUT/" 2>/dev/null ;;
+uniform)
+  build_cuda
+  step "tests/test_moe.py -k uniform_tiles, then every MoE CUDA test"
+  timeout 100 python3 -m pytest -q -m cuda --timeout=90 --tb=short tests/test_moe.py -k uniform_tiles \
+    -p no:cacheprovider 2>&1 | tail -3
+  timeout 120 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
+    | tail -2
+  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py merge_u"
+  timeout 60 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py merge_u 2>&1 \
+    | tail -2
+  timeout 60 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py merge_u 2>&1 \
+    | tail -2
+  for mv in default u; do
+    step "ncu, 4096 tokens, JAMBA_EXT_MOE_MERGE=$mv (gate_up launch, then down)"
+    env $([ $mv = u ] && echo JAMBA_EXT_MOE_MERGE=u) timeout 100 ncu --section SpeedOfLight \
+      --section MemoryWorkloadAnalysis -k regex:moe_wgmma_persist -c 2 python3 dev/ncu_moe.py 4096 \
+      > "$OUT/ncu_merge_$mv.txt" 2>&1
+    echo "ncu rc $?"
+    grep -i "duration\|dram throughput\|l2 hit rate" "$OUT/ncu_merge_$mv.txt" | head -8
+  done
+  for r in 1 2; do
+    step "bench_moe run $r: 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours, merge u, dense mm)"
+    timeout 200 python3 benchmarks/bench_moe.py --tokens 3072,4096,6144,8192,16384 \
+      --only "ours,ours:wgmma merge u,dense mm" --name bench_moe_uniform$r 2>&1 \
+      | grep "^ours\|^dense\|^device" | cut -c1-150
+    cp benchmarks/results/bench_moe_uniform$r.json "$OUT/" 2>/dev/null
+  done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
