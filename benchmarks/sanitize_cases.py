@@ -77,22 +77,14 @@ def main():
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
     rn = lambda *s, dt=torch.bfloat16: torch.randn(*s, generator=g, device=dev).to(dt)
-    if sys.argv[1:] == ["sample_rows"]:
-        sample_rows_cases(dev, rn)
+    # one family only: (its cases, Hopper only)
+    families = {"sample_rows": (sample_rows_cases, False), "swap": (swap_cases, True), "merge_u": (merge_u_cases, True)}
+    if len(sys.argv) == 2 and sys.argv[1] in families:
+        cases, hopper = families[sys.argv[1]]
+        if not hopper or torch.cuda.get_device_capability(dev)[0] == 9:
+            cases(dev, rn)
         torch.cuda.synchronize()
-        print("sanitize_cases: sample_rows ran")
-        return
-    if sys.argv[1:] == ["swap"]:
-        if torch.cuda.get_device_capability(dev)[0] == 9:
-            swap_cases(dev, rn)
-        torch.cuda.synchronize()
-        print("sanitize_cases: swap ran")
-        return
-    if sys.argv[1:] == ["merge_u"]:
-        if torch.cuda.get_device_capability(dev)[0] == 9:
-            merge_u_cases(dev, rn)
-        torch.cuda.synchronize()
-        print("sanitize_cases: merge_u ran")
+        print(f"sanitize_cases: {sys.argv[1]} ran")
         return
     B, DI, L, N, K = 2, 72, 37, 16, 4
     x = rn(3, 130)

@@ -18,6 +18,7 @@
 #         down's DRAM throughput 44 -> 64%, L2 hit rate 61 -> 47%, 1.57 -> 1.85 ms: the tails miss their W slab in L2)
 #   ttiles bench_moe twice at 3072 / 4096 / 6144 / 8192 / 16384 tokens: ours against JAMBA_EXT_MOE_TTILE=s (tails of
 #         <= 64 rows only, where half tiles run by default) and dense mm
+#         (ran at f89ed21, s60_ttiles_f89ed21.log: no gain; the transposed tail tiles were removed after it)
 #   halfg the EXPERIMENT JAMBA_EXT_WGMMA_HALF=g (half tiles in gate_up only): build, every MoE CUDA test, the wgmma tile
 #         tests with it, Nsight Compute of down at 4096 tokens with and without it (DRAM, L2 hit rate), bench_moe twice
 #         at 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours, half g, nohalf, dense mm)
@@ -33,136 +34,65 @@
 #         without and with it (DRAM, L2 hit rate), bench_moe twice at 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours,
 #         merge u, dense mm)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session60_round.sh MODE   (output: $OUT/round.log)
+# (The modes of removed switches, ttile / ttab / ttiles / halfg, are stubs now; their commands are in git history,
+# f89ed21 and d45668e.)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
 mode=${1:-check}
+moe_tests() {   # every MoE CUDA test (tests/test_moe.py; test_moe_swap_engine forces the swap engine)
+  step "CUDA tests: tests/test_moe.py (default engines)"
+  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
+    | tail -2
+}
+sanitize() {    # memcheck and racecheck on one family of benchmarks/sanitize_cases.py
+  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py $1"
+  for tool in memcheck racecheck; do
+    timeout 100 compute-sanitizer --tool $tool --print-limit 20 python3 benchmarks/sanitize_cases.py "$1" 2>&1 | tail -2
+  done
+}
+bench() {       # bench() NAME TOKENS VARIANTS RUNS: bench_moe RUNS times, JSON bench_moe_NAME<run> to $OUT
+  for r in $(seq 1 "$4"); do
+    step "bench_moe $1 run $r: $2 tokens ($3)"
+    timeout 200 python3 benchmarks/bench_moe.py --tokens "$2" --only "$3" --name "bench_moe_$1$r" 2>&1 \
+      | grep "^ours\|^dense\|^device" | cut -c1-150
+    cp "benchmarks/results/bench_moe_$1$r.json" "$OUT/" 2>/dev/null
+  done
+}
+ncu_ab() {      # ncu_ab VAR VALUE...: Nsight Compute of both GEMM launches at 4096 tokens with VAR unset / at VALUE
+  for v in default "${@:2}"; do
+    step "ncu, 4096 tokens, $1=$v (gate_up launch, then down)"
+    env $([ "$v" != default ] && echo "$1=$v") timeout 100 ncu --section SpeedOfLight \
+      --section MemoryWorkloadAnalysis -k regex:moe_wgmma_persist -c 2 python3 dev/ncu_moe.py 4096 \
+      > "$OUT/ncu_$v.txt" 2>&1
+    echo "ncu rc $?"
+    grep -i "duration\|dram throughput\|l2 hit rate" "$OUT/ncu_$v.txt" | head -8
+  done
+}
 {
 echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv,noheader
 case "$mode" in
 check)
   build_cuda
-  step "CUDA tests: tests/test_moe.py (default engines; test_moe_swap_engine forces the swap engine)"
-  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
-    | tail -3
-  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py swap"
-  timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
-    | tail -3
-  timeout 100 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
-    | tail -3
-  for r in 1 2; do
-    step "bench_moe run $r: 1024 / 1280 / 2048 / 2560 / 3072 / 4096 tokens (ours, swap forced, swap off, dense mm)"
-    timeout 200 python3 benchmarks/bench_moe.py --tokens 1024,1280,2048,2560,3072,4096 \
-      --only "ours,ours:wgmma swap,ours:wgmma noswap,dense mm" --name bench_moe_rule$r 2>&1 \
-      | grep "^ours\|^dense\|^device" | cut -c1-150
-    cp benchmarks/results/bench_moe_rule$r.json "$OUT/" 2>/dev/null
-  done ;;
-ttile)
-  build_cuda
-  step "tests/test_moe.py -k ttiles (JAMBA_EXT_MOE_TTILE=1 against the reference and the default tiles)"
-  timeout 120 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py -k ttiles \
-    -p no:cacheprovider 2>&1 | grep -i "transposed\|passed\|failed\|error\|assert" | tail -8
-  step "CUDA tests: tests/test_moe.py (default engines)"
-  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
-    | tail -3
-  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py ttile"
-  timeout 100 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py ttile 2>&1 \
-    | tail -3
-  timeout 100 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py ttile 2>&1 \
-    | tail -3
-  for r in 1 2; do
-    step "bench_moe run $r: 2048 / 3072 / 4096 / 8192 / 16384 tokens (ours, ttile, swap off + ttile, dense mm)"
-    timeout 200 python3 benchmarks/bench_moe.py --tokens 2048,3072,4096,8192,16384 \
-      --only "ours,ours:wgmma ttile,ours:wgmma noswap ttile,dense mm" --name bench_moe_ttile$r 2>&1 \
-      | grep "^ours\|^dense\|^device" | cut -c1-150
-    cp benchmarks/results/bench_moe_ttile$r.json "$OUT/" 2>/dev/null
-  done ;;
-ttab)
-  build_cuda
-  step "tests/test_moe.py -k ttiles"
-  timeout 120 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py -k ttiles \
-    -p no:cacheprovider 2>&1 | tail -3
-  step "dev/moe_epi_ab.py ttile 2048 4096"
-  timeout 200 python3 dev/moe_epi_ab.py ttile 2048 4096 2>&1 | grep -v "Warning\|_warn"
-  for tt in 0 1; do
-    step "ncu, 4096 tokens, JAMBA_EXT_MOE_TTILE=$tt (gate_up launch, then down)"
-    JAMBA_EXT_MOE_TTILE=$tt timeout 120 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis \
-      -k regex:moe_wgmma_persist -c 2 python3 dev/ncu_moe.py 4096 > "$OUT/ncu_tt$tt.txt" 2>&1
-    echo "ncu rc $?"
-    grep -i "duration\|dram throughput\|memory throughput\|l2 hit rate\|compute (sm) throughput\|l1/tex hit" \
-      "$OUT/ncu_tt$tt.txt" | head -20
-  done ;;
-ttiles)
-  build_cuda
-  for r in 1 2; do
-    step "bench_moe run $r: 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours, ttile s, dense mm)"
-    timeout 200 python3 benchmarks/bench_moe.py --tokens 3072,4096,6144,8192,16384 \
-      --only "ours,ours:wgmma ttile s,dense mm" --name bench_moe_ttiles$r 2>&1 \
-      | grep "^ours\|^dense\|^device" | cut -c1-150
-    cp benchmarks/results/bench_moe_ttiles$r.json "$OUT/" 2>/dev/null
-  done ;;
-halfg)
-  build_cuda
-  step "CUDA tests: tests/test_moe.py (default engines), then test_moe_wgmma_tiles with JAMBA_EXT_WGMMA_HALF=g"
-  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
-    | tail -2
-  JAMBA_EXT_WGMMA_HALF=g timeout 100 python3 -m pytest -q -m cuda --timeout=90 --tb=short tests/test_moe.py \
-    -k "wgmma_tiles or moe_experts" -p no:cacheprovider 2>&1 | tail -2
-  for hv in 1 g; do
-    step "ncu, 4096 tokens, JAMBA_EXT_WGMMA_HALF=$hv (gate_up launch, then down)"
-    JAMBA_EXT_WGMMA_HALF=$hv timeout 100 ncu --section SpeedOfLight --section MemoryWorkloadAnalysis \
-      -k regex:moe_wgmma_persist -c 2 python3 dev/ncu_moe.py 4096 > "$OUT/ncu_half$hv.txt" 2>&1
-    echo "ncu rc $?"
-    grep -i "duration\|dram throughput\|l2 hit rate" "$OUT/ncu_half$hv.txt" | head -8
-  done
-  for r in 1 2; do
-    step "bench_moe run $r: 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours, half g, nohalf, dense mm)"
-    timeout 200 python3 benchmarks/bench_moe.py --tokens 3072,4096,6144,8192,16384 \
-      --only "ours,ours:wgmma half g,ours:wgmma nohalf,dense mm" --name bench_moe_halfg$r 2>&1 \
-      | grep "^ours\|^dense\|^device" | cut -c1-150
-    cp benchmarks/results/bench_moe_halfg$r.json "$OUT/" 2>/dev/null
-  done ;;
+  moe_tests
+  sanitize swap
+  bench rule 1024,1280,2048,2560,3072,4096 "ours,ours:wgmma swap,ours:wgmma noswap,dense mm" 2 ;;
+ttile|ttab|ttiles|halfg)
+  echo "mode $mode ran at 37ed298 / c1b2fb4 / f89ed21 / d45668e (s60_*.log); its switch is removed"; exit 2 ;;
 final)
   build_cuda
-  step "CUDA tests: tests/test_moe.py (default engines; test_moe_swap_engine forces the swap engine)"
-  timeout 120 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
-    | tail -2
-  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py swap"
-  timeout 60 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
-    | tail -2
-  timeout 60 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
-    | tail -2
-  step "bench_moe at 1536 / 2048 / 2304 / 4096 tokens"
-  timeout 100 python3 benchmarks/bench_moe.py --tokens 1536,2048,2304,4096 --only "ours,dense mm" \
-    --name bench_moe_final 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
-  cp benchmarks/results/bench_moe_final.json "$OUT/" 2>/dev/null ;;
+  moe_tests
+  sanitize swap
+  bench final 1536,2048,2304,4096 "ours,dense mm" 1 ;;
 uniform)
   build_cuda
-  step "tests/test_moe.py -k uniform_tiles, then every MoE CUDA test"
+  step "tests/test_moe.py -k uniform_tiles"
   timeout 100 python3 -m pytest -q -m cuda --timeout=90 --tb=short tests/test_moe.py -k uniform_tiles \
     -p no:cacheprovider 2>&1 | tail -3
-  timeout 120 python3 -m pytest -q -m cuda --timeout=100 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 \
-    | tail -2
-  step "compute-sanitizer memcheck, racecheck: benchmarks/sanitize_cases.py merge_u"
-  timeout 60 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py merge_u 2>&1 \
-    | tail -2
-  timeout 60 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py merge_u 2>&1 \
-    | tail -2
-  for mv in default u; do
-    step "ncu, 4096 tokens, JAMBA_EXT_MOE_MERGE=$mv (gate_up launch, then down)"
-    env $([ $mv = u ] && echo JAMBA_EXT_MOE_MERGE=u) timeout 100 ncu --section SpeedOfLight \
-      --section MemoryWorkloadAnalysis -k regex:moe_wgmma_persist -c 2 python3 dev/ncu_moe.py 4096 \
-      > "$OUT/ncu_merge_$mv.txt" 2>&1
-    echo "ncu rc $?"
-    grep -i "duration\|dram throughput\|l2 hit rate" "$OUT/ncu_merge_$mv.txt" | head -8
-  done
-  for r in 1 2; do
-    step "bench_moe run $r: 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours, merge u, dense mm)"
-    timeout 200 python3 benchmarks/bench_moe.py --tokens 3072,4096,6144,8192,16384 \
-      --only "ours,ours:wgmma merge u,dense mm" --name bench_moe_uniform$r 2>&1 \
-      | grep "^ours\|^dense\|^device" | cut -c1-150
-    cp benchmarks/results/bench_moe_uniform$r.json "$OUT/" 2>/dev/null
-  done ;;
+  moe_tests
+  sanitize merge_u
+  ncu_ab JAMBA_EXT_MOE_MERGE u
+  bench uniform 3072,4096,6144,8192,16384 "ours,ours:wgmma merge u,dense mm" 2 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
