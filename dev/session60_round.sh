@@ -32,7 +32,7 @@
 #         as 192-row merged tiles only, so that their tiles keep one pace): build, test_moe_uniform_tiles and every MoE
 #         CUDA test, memcheck / racecheck on sanitize_cases.py merge_u, Nsight Compute of both GEMMs at 4096 tokens
 #         without and with it (DRAM, L2 hit rate), bench_moe twice at 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours,
-#         merge u, dense mm)
+#         merge u, merge ud: in down only, dense mm)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session60_round.sh MODE   (output: $OUT/round.log)
 # (The modes of removed switches, ttile / ttab / ttiles / halfg, are stubs now; their commands are in git history,
 # f89ed21 and d45668e.)
@@ -92,7 +92,7 @@ uniform)
   moe_tests
   sanitize merge_u
   ncu_ab JAMBA_EXT_MOE_MERGE u
-  bench uniform 3072,4096,6144,8192,16384 "ours,ours:wgmma merge u,dense mm" 2 ;;
+  bench uniform 3072,4096,6144,8192,16384 "ours,ours:wgmma merge u,ours:wgmma merge ud,dense mm" 2 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

@@ -286,8 +286,8 @@ def test_moe_uniform_tiles(monkeypatch):
     """EXPERIMENT JAMBA_EXT_MOE_MERGE=u (session 60): the merged-tile kernel with the experts whose 64-row blocks are an
     odd multiple of 3 (513-576, 897-960 rows) as 192-row tiles only, the others as that kernel runs them (a last <= 64
     rows merged, full tiles, one-tile experts, an empty one); the same bits as the default tiles and as the merged
-    kernel without it, two runs bit-identical, against the fp64 reference; partial W blocks, k tiles wrapping the
-    ring, bf16 and f16."""
+    kernel without it, in both GEMMs and in one (=ud / =ug), two runs bit-identical, against the fp64 reference;
+    partial W blocks, k tiles wrapping the ring, bf16 and f16."""
     if not hopper_code():
         pytest.skip("wgmma engine: Hopper only")
     dev = torch.device("cuda")
@@ -312,6 +312,9 @@ def test_moe_uniform_tiles(monkeypatch):
         assert torch.equal(again, out), (H, F, dtype)
         assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
         assert torch.equal(merged, base) and torch.equal(out, base), (H, F, dtype)
+        for part in ("ud", "ug"):  # in the down / gate_up GEMM only
+            monkeypatch.setenv("JAMBA_EXT_MOE_MERGE", part)
+            assert torch.equal(ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma"), base), part
 
 
 @pytest.mark.cuda

@@ -1414,7 +1414,9 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     bool mg = slots >= (int64_t)MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT * a.E &&
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
     if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
-    if (merge != NULL && merge[0] == 'u' && !Q8) mg = true, ap.merge_uniform = 1; /* EXPERIMENT: moe_uniform192 */
+    /* EXPERIMENT (moe_uniform192): "u" in both GEMMs, "ud" / "ug" in down / gate_up only (the other by the rules) */
+    if (merge != NULL && merge[0] == 'u' && !Q8 && !(merge[1] == 'd' && a.gate_up) && !(merge[1] == 'g' && !a.gate_up))
+        mg = true, ap.merge_uniform = 1;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
     if (mg && !Q8)
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
