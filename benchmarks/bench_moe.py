@@ -250,9 +250,6 @@ def main():
         variants += [("ours:wgmma nomerge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="0"))]
         # A/B (sizes where they are off): merged tiles forced on
         variants += [("ours:wgmma merge", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="1"))]
-        # EXPERIMENT (session 60): the merged-tile kernel with some experts as 192-row tiles only (moe_uniform192)
-        variants += [("ours:wgmma merge u", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="u")),
-                     ("ours:wgmma merge ud", with_env(ours("wgmma"), JAMBA_EXT_MOE_MERGE="ud"))]  # in down only
         # A/B: the swap-AB engine (W rows on the wgmma's M side, an expert's rows on N in chunks of 32; session 54)
         # forced on, and forced off
         variants += [("ours:wgmma swap", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="1")),

@@ -1,10 +1,9 @@
 """Runs every CUDA op of jamba_ext once on small, odd shapes, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows | swap | merge_u | rest]
-(sample_rows: that op's cases only; swap: the MoE swap-AB engine's kernels only (Hopper); merge_u: the merged-tile
-kernel with 192-row tiles, JAMBA_EXT_MOE_MERGE=u (Hopper); rest: every other op's, without sample_rows' cluster
-kernels, which take racecheck ~110 s on an H200.) Exits non-zero if an op raises; the sanitizer reports memory errors
-and races itself.
+    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows | swap | rest]
+(sample_rows: that op's cases only; swap: the MoE swap-AB engine's kernels only (Hopper); rest: every other op's,
+without sample_rows' cluster kernels, which take racecheck ~110 s on an H200.) Exits non-zero if an op raises; the
+sanitizer reports memory errors and races itself.
 """
 
 import os
@@ -57,20 +56,6 @@ def swap_cases(dev, rn):
     del os.environ["JAMBA_EXT_MOE_SWAP"]
 
 
-def merge_u_cases(dev, rn):
-    """moe_experts on the merged-tile kernel with JAMBA_EXT_MOE_MERGE=u: experts of 540 and 900 rows as 192-row tiles,
-    one of 150 rows (a merged last tile), one of 600 (full tiles); F 264 (a partial W block), Kd 136 and 264"""
-    counts, H, F = [540, 900, 150, 600], 136, 264
-    ids = torch.cat([torch.full((c,), e, dtype=torch.int32, device=dev) for e, c in enumerate(counts)]).view(-1, 1)
-    wr = torch.rand(ids.shape[0], 1, device=dev)
-    offs, slots = ops.moe_permute(ids, len(counts))
-    x, wgu, wd = rn(ids.shape[0], H), rn(len(counts), 2 * F, H), rn(len(counts), H, F)
-    os.environ.update({"JAMBA_EXT_MOE_MERGE": "u", "JAMBA_EXT_MOE_SWAP": "0", "JAMBA_EXT_WGMMA_TILES": "all"})
-    ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    for k in ("JAMBA_EXT_MOE_MERGE", "JAMBA_EXT_MOE_SWAP", "JAMBA_EXT_WGMMA_TILES"):
-        del os.environ[k]
-
-
 def main():
     if not torch.cuda.is_available() or not jamba_ext.has_cuda_kernels():
         sys.exit("sanitize_cases: needs a GPU and jamba_ext built with its CUDA kernels (JAMBA_EXT_CUDA=1)")
@@ -78,7 +63,7 @@ def main():
     g = torch.Generator(device=dev).manual_seed(0)
     rn = lambda *s, dt=torch.bfloat16: torch.randn(*s, generator=g, device=dev).to(dt)
     # one family only: (its cases, Hopper only)
-    families = {"sample_rows": (sample_rows_cases, False), "swap": (swap_cases, True), "merge_u": (merge_u_cases, True)}
+    families = {"sample_rows": (sample_rows_cases, False), "swap": (swap_cases, True)}
     if len(sys.argv) == 2 and sys.argv[1] in families:
         cases, hopper = families[sys.argv[1]]
         if not hopper or torch.cuda.get_device_capability(dev)[0] == 9:

@@ -28,14 +28,16 @@
 #         build, every MoE CUDA test, memcheck / racecheck on the swap cases, bench_moe at 1536 / 2048 / 2304 / 4096
 #         tokens (ours, dense mm)
 #         (ran at 188cf0a, s60_final_188cf0a.log)
-#   uniform (for session 61, NOT YET RUN) the EXPERIMENT JAMBA_EXT_MOE_MERGE=u (experts of 513-576, 897-960, ... rows
+#   uniform the EXPERIMENT JAMBA_EXT_MOE_MERGE=u (experts of 513-576, 897-960, ... rows
 #         as 192-row merged tiles only, so that their tiles keep one pace): build, test_moe_uniform_tiles and every MoE
 #         CUDA test, memcheck / racecheck on sanitize_cases.py merge_u, Nsight Compute of both GEMMs at 4096 tokens
 #         without and with it (DRAM, L2 hit rate), bench_moe twice at 3072 / 4096 / 6144 / 8192 / 16384 tokens (ours,
 #         merge u, merge ud: in down only, dense mm)
+#         (ran in session 61 at 24f2c1a, s61_uniform_24f2c1a.log: same bits, tests and sanitizers clean; `u` no faster
+#         anywhere, `ud` 1-2% faster at 4096 tokens and 1-3% slower at 8192 / 16384: the switch removed)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session60_round.sh MODE   (output: $OUT/round.log)
-# (The modes of removed switches, ttile / ttab / ttiles / halfg, are stubs now; their commands are in git history,
-# f89ed21 and d45668e.)
+# (The modes of removed switches, ttile / ttab / ttiles / halfg / uniform, are stubs now; their commands are in git
+# history, f89ed21, d45668e and 24f2c1a.)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
 mode=${1:-check}
@@ -77,22 +79,14 @@ check)
   moe_tests
   sanitize swap
   bench rule 1024,1280,2048,2560,3072,4096 "ours,ours:wgmma swap,ours:wgmma noswap,dense mm" 2 ;;
-ttile|ttab|ttiles|halfg)
-  echo "mode $mode ran at 37ed298 / c1b2fb4 / f89ed21 / d45668e (s60_*.log); its switch is removed"; exit 2 ;;
+ttile|ttab|ttiles|halfg|uniform)
+  echo "mode $mode ran at 37ed298 / c1b2fb4 / f89ed21 / d45668e / 24f2c1a (s60_*, s61_*.log); its switch is removed"
+  exit 2 ;;
 final)
   build_cuda
   moe_tests
   sanitize swap
   bench final 1536,2048,2304,4096 "ours,dense mm" 1 ;;
-uniform)
-  build_cuda
-  step "tests/test_moe.py -k uniform_tiles"
-  timeout 100 python3 -m pytest -q -m cuda --timeout=90 --tb=short tests/test_moe.py -k uniform_tiles \
-    -p no:cacheprovider 2>&1 | tail -3
-  moe_tests
-  sanitize merge_u
-  ncu_ab JAMBA_EXT_MOE_MERGE u
-  bench uniform 3072,4096,6144,8192,16384 "ours,ours:wgmma merge u,ours:wgmma merge ud,dense mm" 2 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

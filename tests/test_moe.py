@@ -274,49 +274,6 @@ def test_moe_wgmma_tiles(monkeypatch):
     assert n_merged >= 3, n_merged
 
 
-def _uniform192(rows):
-    """moe_wgmma.cu moe_uniform192: an expert of `rows` rows runs as 192-row merged tiles under JAMBA_EXT_MOE_MERGE=u"""
-    n = (rows + 63) // 64
-    return n > 3 and n % 2 == 1 and n % 3 == 0
-
-
-@pytest.mark.cuda
-@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-def test_moe_uniform_tiles(monkeypatch):
-    """EXPERIMENT JAMBA_EXT_MOE_MERGE=u (session 60): the merged-tile kernel with the experts whose 64-row blocks are an
-    odd multiple of 3 (513-576, 897-960 rows) as 192-row tiles only, the others as that kernel runs them (a last <= 64
-    rows merged, full tiles, one-tile experts, an empty one); the same bits as the default tiles and as the merged
-    kernel without it, in both GEMMs and in one (=ud / =ug), two runs bit-identical, against the fp64 reference;
-    partial W blocks, k tiles wrapping the ring, bf16 and f16."""
-    if not hopper_code():
-        pytest.skip("wgmma engine: Hopper only")
-    dev = torch.device("cuda")
-    monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "0")
-    monkeypatch.setenv("JAMBA_EXT_WGMMA_TILES", "all")
-    counts = [540, 576, 513, 900, 960, 150, 64, 0, 700, 520, 1, 129, 600, 200, 450, 577]
-    assert sum(map(_uniform192, counts)) == 6
-    for H, F, dtype in [(200, 136, torch.bfloat16), (1096, 264, torch.float16)]:
-        ids = torch.cat([torch.full((c,), e, dtype=torch.int32) for e, c in enumerate(counts)])
-        ids = ids[torch.randperm(ids.numel())].to(dev).view(-1, 1)
-        w = torch.rand(ids.shape[0], 1, device=dev, dtype=torch.float32) + 0.25
-        offsets, slots = ops.moe_permute(ids, len(counts))
-        x = randn(ids.shape[0], H, device=dev, dtype=dtype)
-        w_gate_up, w_down = expert_weights(len(counts), H, F, dev, dtype)
-        monkeypatch.delenv("JAMBA_EXT_MOE_MERGE", raising=False)
-        base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.setenv("JAMBA_EXT_MOE_MERGE", "1")
-        merged = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.setenv("JAMBA_EXT_MOE_MERGE", "u")
-        out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        assert torch.equal(again, out), (H, F, dtype)
-        assert_close(out, ref_experts(x, w, ids, w_gate_up, w_down), **MOE_TOL[dtype])
-        assert torch.equal(merged, base) and torch.equal(out, base), (H, F, dtype)
-        for part in ("ud", "ug"):  # in the down / gate_up GEMM only
-            monkeypatch.setenv("JAMBA_EXT_MOE_MERGE", part)
-            assert torch.equal(ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma"), base), part
-
-
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 def test_moe_swap_engine(monkeypatch):

@@ -56,7 +56,6 @@ struct moe_gemm_args {
     int E, topk, gate_up;
     int32_t *sched;           /* impl wgmma: this GEMM's tile counter, zero on entry (NULL: non-persistent kernel) */
     int half_tiles;           /* persistent wgmma kernel: an expert's last <= 64 rows as a half tile (set by its launcher) */
-    int merge_uniform;        /* persistent wgmma kernel, merged tiles: experts as 192-row tiles (moe_uniform192) */
     const float *wscale;      /* fp8 weights (moe_decode_kernel F8, moe_wgmma_gemm_f8): (E, w_rows) row scales */
     const float *ascale;      /* fp8 A rows (moe_wgmma_gemm_q8): (slots,) a scale per sorted row */
     int epi_f2f;              /* wgmma engines (set by moe_wgmma_gemm): 1 = the epilogues round a value a conversion

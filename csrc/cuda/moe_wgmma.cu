@@ -337,38 +337,21 @@ __device__ __forceinline__ void wt_mma_ktile(float (&acc)[128], uint32_t sa, int
  * across experts; moe_order_938b141.log, same bits, timed in turns, ms): 512 tokens 1.419 vs 1.450, 1024: 1.965
  * vs 2.019, 2048: 2.866 vs 2.885, 4096: 5.176 vs 5.172, 8192: 9.694 vs 9.724, 16384: 19.00 vs 19.29. False past
  * the last tile. */
-/* MG with a.merge_uniform (EXPERIMENT, session 60; env JAMBA_EXT_MOE_MERGE=u): an expert of r rows runs as tiles of
- * 192 rows, all merged ones, where its 64-row blocks n = ceil(r / 64) are an odd multiple of 3 above 3 (r = 513-576,
- * 897-960, ...: 4096 tokens of Jamba-v0.1 put about half the experts there). Why: the default tiles such an expert
- * as full tiles plus a half tile of its last <= 64 rows, and the half tile, with half the tensor work, runs ahead of
- * its siblings through the k loop, so the expert's W slab comes from DRAM more than once (down at 4096 tokens: DRAM
- * 45% with half tiles, 30% without: s60_halfg_d45668e.log); n / 3 tiles of 192 rows do the same tensor work at one
- * pace, and load each W stage n / 3 times instead of n / 2 + 1. Other experts as in the MG kernel. */
-__device__ __forceinline__ bool moe_uniform192(int64_t rows) {
-    const int64_t n = (rows + 63) / 64;
-    return n > 3 && n % 2 == 1 && n % 3 == 0;
-}
 struct wt_cursor { /* expert e's tiles start at block pid `first`; moves only forward */
     int e;
     int64_t first;
 };
-/* MG: *merged says whether the tile is a merged one (192 rows: see wp_tile) */
 template <bool MG = false>
 __device__ __forceinline__ bool wt_cursor_find(const moe_gemm_args &a, wt_cursor &c, int64_t pid, int64_t n_tiles,
-                                               int *e_out, int64_t *row0, int64_t *row_end, int64_t *nt,
-                                               bool *merged = nullptr) {
+                                               int *e_out, int64_t *row0, int64_t *row_end, int64_t *nt) {
     for (; c.e < a.E; c.e++) {
         const int64_t lo = a.offsets[c.e], hi = a.offsets[c.e + 1];
-        const bool uni = MG && a.merge_uniform && moe_uniform192(hi - lo);
-        const int64_t tb = uni ? WG_BM + 64 : WG_BM; /* tile rows */
-        int64_t mte = (hi - lo + tb - 1) / tb;
+        int64_t mte = (hi - lo + WG_BM - 1) / WG_BM;
         /* MG: a last partial tile of <= 64 rows joins the tile before it (rows row0 .. row0 + 128 + 64) */
-        const bool last_mg = MG && !uni && hi - lo > WG_BM && (hi - lo) % WG_BM != 0 && (hi - lo) % WG_BM <= 64;
-        if (last_mg) mte--;
+        if (MG && hi - lo > WG_BM && (hi - lo) % WG_BM != 0 && (hi - lo) % WG_BM <= 64) mte--;
         const int64_t nb = mte * n_tiles, q = pid - c.first;
         if (q < nb) {
-            *e_out = c.e, *row0 = lo + (q % mte) * tb, *row_end = hi, *nt = q / mte;
-            if (MG) *merged = uni || (last_mg && q % mte == mte - 1);
+            *e_out = c.e, *row0 = lo + (q % mte) * WG_BM, *row_end = hi, *nt = q / mte;
             return true;
         }
         c.first += nb;
@@ -666,6 +649,11 @@ __device__ __forceinline__ void wp_tile(const moe_gemm_args &a, const wt_ring &r
  * the consumers (setmaxnreg: 2 x 128 x 232 + 128 x 40 = 384 x 168), and has no epilogue warps (no room for their
  * 32 KB staging next to 4 stages of 56 KB; staged in the four 8 KB tail-row slots instead, which full tiles leave
  * empty, they were 0-1.5% slower at 1024-3072 tokens: 8c0becb, moe_mg_eo_8c0becb.log). */
+/* MG: the tile at row0 is a merged one (row_end is the expert's end: the rows left from row0 are one full tile plus
+ * 1 .. 64, which wt_cursor_find<true> makes the expert's last tile) */
+__device__ __forceinline__ bool wp_is_merged(int64_t row0, int64_t row_end) {
+    return row_end - row0 > WG_BM && row_end - row0 <= WG_BM + 64;
+}
 /* Merged tiles by size: from 128 to 192 slots per expert on average (1024-1535 tokens of Jamba-v0.1: there a
  * typical expert has 129-192 rows, one merged tile and one pass over its weights instead of two; the weights'
  * bandwidth binds at these sizes). Measured in turns against the default kernel (H200, Jamba-v0.1, bf16, whole op,
@@ -750,8 +738,7 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
         if (lane != 0) return;
         uint32_t q = 0;
         for (int64_t pid = blockIdx.x;;) {
-            bool merged = false; /* MG: a merged tile (the expert's last, or moe_uniform192) */
-            const bool found = wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt, &merged);
+            const bool found = wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt);
             const int64_t next = found ? gridDim.x + (int64_t)atomicAdd(a.sched, 1) : -1;
             const uint32_t s0 = q % S;
             if (q >= (uint32_t)S) mbar_wait(ring.empty + 8 * s0, (q / S - 1) & 1);
@@ -762,6 +749,7 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
             }
             const int wrow = (int)((int64_t)e * a.w_rows + nt * wn);
             const bool half = !MG && wp_is_half(a, row0, row_end);
+            const bool merged = MG && wp_is_merged(row0, row_end);
             for (int kt = 0; kt < KT; kt++, q++) {
                 const uint32_t st = q % S;
                 if (kt > 0 && q >= (uint32_t)S) mbar_wait(ring.empty + 8 * st, (q / S - 1) & 1);
@@ -780,10 +768,9 @@ __global__ void __launch_bounds__(MG ? WP_MG_THREADS : EO ? WP_EO_THREADS : WP_T
         /* read by lane 0, the warp's releasing thread (racecheck: other lanes' reads before its arrival were
          * reported as hazards against the producer's next write) */
         const int pid = __shfl_sync(0xffffffffu, lane == 0 ? slot[it % S] : 0, 0);
-        bool merged = false;
-        if (pid < 0 || !wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt, &merged)) break;
+        if (pid < 0 || !wt_cursor_find<MG>(a, cur, pid, n_tiles, &e, &row0, &row_end, &nt)) break;
         if constexpr (MG) {
-            if (merged) {
+            if (wp_is_merged(row0, row_end)) {
                 wp_tile<T, 192, false, RM>(a, ring, it, KT, wgi, warp, lane, row0, row_end, nt * wn, ep, eu);
                 continue;
             }
@@ -1414,9 +1401,6 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     bool mg = slots >= (int64_t)MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT * a.E &&
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
     if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
-    /* EXPERIMENT (moe_uniform192): "u" in both GEMMs, "ud" / "ug" in down / gate_up only (the other by the rules) */
-    if (merge != NULL && merge[0] == 'u' && !Q8 && !(merge[1] == 'd' && a.gate_up) && !(merge[1] == 'g' && !a.gate_up))
-        mg = true, ap.merge_uniform = 1;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
     if (mg && !Q8)
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
