@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Session 61's device calls on one H200 (device tool), by MODE:
+#   full  the whole CUDA suite at the session's commit (the last whole-suite run was session 54's, at 67a0b78; since
+#         then the MoE kernels changed and ran test_moe.py only): build, `jamba_ext check`, every test marked cuda,
+#         compute-sanitizer memcheck of every op's small cases, racecheck of every op's but sample_rows' (its cluster
+#         kernels take racecheck ~110 s; sample_rows.cu is unchanged since session 54's run) and of the swap engine's,
+#         then bench_moe at the issue's sizes (ours against the torch paths)
+# Usage on the device: JAMBA_COMMIT=<sha> bash dev/session61_round.sh MODE   (output: $OUT/round.log, bench JSON)
+OUT=${OUT:-/tmp/jamba_round_out}
+. benchmarks/round_env.sh
+mode=${1:-full}
+{
+echo "commit $JAMBA_COMMIT, mode $mode"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv,noheader
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+case "$mode" in
+full)
+  build_cuda
+  step "jamba_ext check (the installation self-check a user runs)"
+  timeout 60 python3 -m jamba_ext check 2>&1 | tail -3
+  step "every test marked cuda"
+  timeout 290 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -6
+  step "compute-sanitizer memcheck (small cases of every op)"
+  timeout 90 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -2
+  for fam in rest swap; do
+    step "compute-sanitizer racecheck: sanitize_cases.py $fam"
+    timeout 60 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py $fam 2>&1 \
+      | tail -2
+  done
+  step "bench_moe at the issue's sizes"
+  timeout 150 python3 benchmarks/bench_moe.py --name bench_moe_s61 --tokens 1,8,64,512,2048,4096,16384 \
+    --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
+  cp benchmarks/results/bench_moe_s61.json "$OUT/" 2>/dev/null ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
+step done
+} 2>&1 | tee "$OUT/round.log"
