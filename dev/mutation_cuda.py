@@ -110,8 +110,8 @@ MUTANTS = [
            "2x4096x8192, dt_proj 5x8192x256, odd 7x1000x4104, down 8x4096x14336 (+ 1 row each), vs the error model",
            ["tests/test_gemv.py"], "test_gemv_cuda_tensor_core_rows and default"),
     Mutant("moe_wgmma_epi_gate_up_swap", "moe_wgmma.cu",
-           "o[q] = moe_act_fast<T>(P::f1(w[q] & 0xffffu), P::f1(w[q] >> 16));",
-           "o[q] = moe_act_fast<T>(P::f1(w[q] >> 16), P::f1(w[q] & 0xffffu));",
+           "const float g0 = P::f1(w[2 * q2] & 0xffffu), u0 = P::f1(w[2 * q2] >> 16);",
+           "const float g0 = P::f1(w[2 * q2] >> 16), u0 = P::f1(w[2 * q2] & 0xffffu);",
            "persistent wgmma MoE kernel, its epilogue warps (wp_drain_box: gate_up outputs n0+64..n0+127 of each tile) "
            "swap the staged (gate, up) halves: SiLU(up)*gate. Reached above 16 slots per expert outside 128..191 "
            "(no merged tiles): test_moe_experts_gpu_impls[wgmma-*] at T 2048 E 16 k2 (256 / expert), T 300 E 4 k1 "
@@ -132,7 +132,7 @@ MUTANTS = [
            "33",
            ["tests/test_decode_attention.py"], "test_decode_attention_cuda_kernels and mma"),
     Mutant("ce_fwd_no_rescale", "cross_entropy.cu",
-           "s = s * jamba_cu_exp2(fmaf(m, JAMBA_LOG2E, -off)) + add;",
+           "s = s * jamba_cu_exp2((m - mm) * JAMBA_LOG2E) + add;",
            "s = s + add;",
            "cross_entropy forward: a thread's running sum is not rescaled when its running max grows between rounds "
            "(online softmax). Needs > 1 round per thread (V > 1024 vectors): test_cross_entropy_matches_fp64[cuda] "
@@ -259,8 +259,8 @@ MUTANTS = [
            "MERGE=1 (>= 3 merged experts) and compares with base's bits",
            ["tests/test_moe.py"], "test_moe_wgmma_tiles"),
     Mutant("wgmma_down_weight_sorted", "moe_wgmma.cu",
-           "const float w = a.weights[slot];",
-           "const float w = a.weights[p];",
+           "const float w = jamba_round<T>(a.weights[slot]);",
+           "const float w = jamba_round<T>(a.weights[p]);",
            "wgmma down GEMM epilogue (wg_epilogue, every tile form): the router weight indexed by the sorted row p "
            "instead of its slot. test_moe_experts_gpu_impls[wgmma]: 6 shapes, routing weights differ per slot",
            ["tests/test_moe.py"], "test_moe_experts_gpu_impls and wgmma"),

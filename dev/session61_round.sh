@@ -5,6 +5,10 @@
 #         compute-sanitizer memcheck of every op's small cases, racecheck of every op's but sample_rows' (its cluster
 #         kernels take racecheck ~110 s; sample_rows.cu is unchanged since session 54's run) and of the swap engine's,
 #         then bench_moe at the issue's sizes (ours against the torch paths)
+#         (ran at 25d0cf2, s61_full_25d0cf2.log: 2856 passed, 61 skipped; check 162/162; sanitizers clean)
+#   mutation  dev/mutation_cuda.py --run, all 34 CUDA-kernel mutants (three of them re-pointed at today's source in
+#         session 61: moe_wgmma_epi_gate_up_swap, wgmma_down_weight_sorted, ce_fwd_no_rescale; the last whole run was
+#         session 49's, at 9a238d9)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session61_round.sh MODE   (output: $OUT/round.log, bench JSON)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -31,6 +35,9 @@ full)
   timeout 150 python3 benchmarks/bench_moe.py --name bench_moe_s61 --tokens 1,8,64,512,2048,4096,16384 \
     --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
   cp benchmarks/results/bench_moe_s61.json "$OUT/" 2>/dev/null ;;
+mutation)
+  step "dev/mutation_cuda.py --run (every mutant: its file mutated in a copy, rebuilt, its CUDA tests run)"
+  timeout 540 python3 dev/mutation_cuda.py --run --budget 470 --out "$OUT/mutation_cuda.log" 2>&1 | tail -40 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
