@@ -54,6 +54,11 @@ POLL_S = 0.2                # how often a request waiting for its answer looks w
 MAX_BODY_BYTES = 32 << 20   # the largest request body read (413 beyond: 64 prompts of 4096 token ids are ~2 MB)
 # request fields answered only at these values
 UNSUPPORTED = {"suffix": None}
+# every field a request may give (others are refused: a misspelt setting must not change the answer silently);
+# "model" and "user" are taken and do not change it (one model is served; "user" is OpenAI's end-user label)
+_COMMON_FIELDS = {"model", "user", "stream", "stream_options", "n", "logprobs", "best_of", "echo", "seed",
+                  "logit_bias", "max_tokens", "max_completion_tokens", "stop", *UNSUPPORTED, *SAMPLING_FIELDS}
+FIELDS = {False: _COMMON_FIELDS | {"prompt"}, True: _COMMON_FIELDS | {"messages", "top_logprobs"}}
 
 
 class _Request(NamedTuple):
@@ -500,6 +505,14 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
 
         def _parse(self, body: dict, chat: bool) -> "_Request":
             """The request's prompts (token ids) and settings, or RequestError."""
+            unknown = sorted(set(body) - FIELDS[chat])
+            if unknown:
+                other = {"messages": " (chat messages: /v1/chat/completions)", "prompt": " (a prompt: /v1/completions)",
+                         "top_logprobs": ' (here: "logprobs": k)'}
+                raise RequestError(f'unknown field{"s" if len(unknown) > 1 else ""} '
+                                   f'{", ".join(json.dumps(k) for k in unknown)} on /v1/{"chat/" if chat else ""}'
+                                   f'completions{"".join(other.get(k, "") for k in unknown)}: refused rather than '
+                                   f'ignored (docs/SERVING.md lists the fields taken)')
             for k, ok in UNSUPPORTED.items():
                 if k in body and body[k] != ok:
                     raise RequestError(f'"{k}": only {json.dumps(ok)} is supported here')

@@ -443,7 +443,12 @@ def test_refused_requests():
                           ({"prompt": "x", "max_tokens": 0}, '"max_tokens": expected an int in [1, 8]'),
                           ({"prompt": [5, 999]}, "ids outside [0, 259)"),
                           ({"prompt": "x", "stop": [""]}, '"stop": expected'),
-                          ({"messages": [{"role": "user", "content": "hi"}]}, '"prompt": expected'),
+                          ({"messages": [{"role": "user", "content": "hi"}]},
+                           'unknown field "messages" on /v1/completions (chat messages: /v1/chat/completions)'),
+                          ({"prompt": "x", "temprature": 0.5, "topp": 1}, 'unknown fields "temprature", "topp" on /v1/completions: refused rather than ignored'),
+                          ({"prompt": "x", "top_logprobs": 2}, 'unknown field "top_logprobs" on /v1/completions'),
+                          ({"prompt": "x", "tools": []}, 'unknown field "tools"'),
+                          ({}, '"prompt": expected'),
                           ([1, 2], "a JSON object")):
             code, ans = srv.post("/v1/completions", body)
             assert code == 400 and msg in ans["error"]["message"], (body, ans)
@@ -490,8 +495,8 @@ def test_chat_endpoint(tmp_path):
                   max_new_tokens=8)
     try:
         msgs = [{"role": "system", "content": "a mat"}, {"role": "user", "content": "the cat"}]
-        code, ans = srv.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 4})
-        assert code == 200, ans
+        code, ans = srv.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 4, "model": "x", "user": "u"})
+        assert code == 200, ans   # ("model" and "user" taken; they do not change the answer)
         ids = tok.encode(tmpl.render(msgs, add_generation_prompt=True), add_bos=False)
         want, reason = _alone(model, ids, 4)
         assert ans["choices"][0]["message"] == {"role": "assistant", "content": tok.decode(want)}
@@ -499,6 +504,12 @@ def test_chat_endpoint(tmp_path):
         assert ans["object"] == "chat.completion" and ans["usage"]["prompt_tokens"] == len(ids)
         code, ans = srv.post("/v1/chat/completions", {"messages": [{"role": "user"}]})
         assert code == 400 and '"messages"' in ans["error"]["message"]
+        for body, msg in (({"messages": msgs, "prompt": "x"}, 'unknown field "prompt" on /v1/chat/completions (a '
+                                                              'prompt: /v1/completions)'),
+                          ({"messages": msgs, "response_format": {"type": "json_object"}},
+                           'unknown field "response_format"')):
+            code, ans = srv.post("/v1/chat/completions", body)
+            assert code == 400 and msg in ans["error"]["message"], (body, ans)
         ev = srv.events("/v1/chat/completions", {"messages": msgs, "max_tokens": 4})
         parts = [json.loads(e)["choices"][0] for e in ev[:-1]]
         assert ev[-1] == "[DONE]" and parts[0]["delta"] == {"role": "assistant", "content": ""}
