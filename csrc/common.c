@@ -42,11 +42,16 @@ const char *jamba_dtype_name(jamba_dtype d) {
     return "unknown";
 }
 
+/* "(2, 5, *)": a negative size (an expected shape's wildcard) prints as * */
 static void fmt_dims(char *buf, size_t n, const int64_t *d, int ndim) {
     size_t o = 0;
     o += (size_t)snprintf(buf + o, n - o, "(");
-    for (int i = 0; i < ndim && o < n; i++)
-        o += (size_t)snprintf(buf + o, n - o, i ? ", %lld" : "%lld", (long long)d[i]);
+    for (int i = 0; i < ndim && o < n; i++) {
+        if (d[i] < 0)
+            o += (size_t)snprintf(buf + o, n - o, i ? ", *" : "*");
+        else
+            o += (size_t)snprintf(buf + o, n - o, i ? ", %lld" : "%lld", (long long)d[i]);
+    }
     if (ndim == 1 && o < n) o += (size_t)snprintf(buf + o, n - o, ",");
     if (o < n) snprintf(buf + o, n - o, ")");
 }
@@ -91,7 +96,6 @@ jamba_status jamba_check_shape(const char *op, const char *name, const jamba_ten
             char e[128], g[128];
             fmt_dims(e, sizeof e, expected, t->ndim);
             fmt_dims(g, sizeof g, t->shape, t->ndim);
-            /* show wildcards as -1 */
             return jamba_set_error(JAMBA_ERR_SHAPE, "%s: %s must have shape %s, got %s", op, name, e, g);
         }
     }

@@ -375,7 +375,8 @@ def _stop_kwargs(stop, tok) -> dict:
         _fail("--stop: an empty string")
     from .tokenizer import HFTokenizer
     if not isinstance(tok, HFTokenizer):
-        _fail("--stop needs a checkpoint with a tokenizer.json (--model DIR)")
+        _fail("--stop needs a checkpoint whose tokenizer is a tokenizer.json (transformers' fast tokenizer); "
+              "this model's is the built-in byte tokenizer")
     try:
         from transformers import PreTrainedTokenizerFast
     except ImportError:
@@ -710,12 +711,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --experts-fp8: let the MoE quantize its activations to fp8 too (per row, W8A8; on "
                         "Hopper GPUs from 7 tokens a step: prefill's experts 1.6-2.3x faster, at ~6.6%% instead of "
                         "~4.7%% rms error per expert output)")
-    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--max-new-tokens", type=int, default=32, metavar="N",
+                   help="tokens to generate after the prompt (default 32; fewer at an end-of-text token or --stop)")
     g.add_argument("--min-new-tokens", type=int, default=0, help="no end-of-text token before this many new tokens")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and sampling")
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); > 0 samples")
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--top-k", type=int, default=0, help="when sampling, keep the K most likely tokens (0: all)")
+    g.add_argument("--top-p", type=float, default=1.0,
+                   help="when sampling, keep the most likely tokens up to this much probability (1.0: all)")
     g.add_argument("--min-p", type=float, default=None,
                    help="when sampling, drop tokens less likely than this times the most likely one (e.g. 0.05)")
     g.add_argument("--top-h", type=float, default=None, metavar="H",
@@ -789,10 +792,10 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and sampling")
     v.add_argument("--temperature", type=float, default=0.0,
                    help="0 = greedy (default); > 0 samples. These settings apply to requests that leave them out")
-    v.add_argument("--top-k", type=int, default=0)
-    v.add_argument("--top-p", type=float, default=1.0)
-    v.add_argument("--min-p", type=float, default=None)
-    v.add_argument("--repetition-penalty", type=float, default=1.0)
+    v.add_argument("--top-k", type=int, default=0, help="as generate's (0: all tokens)")
+    v.add_argument("--top-p", type=float, default=1.0, help="as generate's (1.0: all tokens)")
+    v.add_argument("--min-p", type=float, default=None, help="as generate's (default: off)")
+    v.add_argument("--repetition-penalty", type=float, default=1.0, help="as generate's (1.0: none)")
     v.add_argument("--prefill-ahead", type=int, default=None, metavar="N",
                    help="when a row needs a prompt, prefill the queued prompts after it too, up to N tokens in all, "
                         "in one pass over the weights; they wait, ready, for the next free rows (default 8192; 0: "

@@ -2418,6 +2418,12 @@ class JambaModel(_PreTrained):
                                           inputs_embeds.shape[-1] != self.config.hidden_size):
             raise ValueError(f"inputs_embeds: expected shape (batch, tokens, {self.config.hidden_size}), got "
                              f"{tuple(inputs_embeds.shape)}")
+        if input_ids is not None and input_ids.device.type == "cpu" and input_ids.numel() and not _compiling():
+            lo, hi = torch.aminmax(input_ids)          # (CPU tensors only: on a GPU this would sync every step)
+            V = self.embed_tokens.num_embeddings
+            if lo < 0 or hi >= V:
+                raise ValueError(f"input_ids: token ids must be in [0, {V}) (the embedding's rows), got "
+                                 f"{int(lo) if lo < 0 else int(hi)}")
         h = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds   # (B, L, H)
         Bsz, L = h.shape[:2]
         if use_cache and cache is None:

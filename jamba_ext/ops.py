@@ -1796,6 +1796,7 @@ def _fast_path(op_def):
         return impl(*args, **kwargs) if _eager_ok(args, kwargs) else op_def(*args, **kwargs)
 
     call.__name__, call.__qualname__, call.__doc__ = impl.__name__, impl.__qualname__, impl.__doc__
+    call.__wrapped__ = impl          # (inspect.signature / help() show the op's own arguments)
     call.custom_op = op_def          # the registered torch custom op (torch.ops.jamba.<name>)
     return call
 

@@ -427,8 +427,8 @@ def main(args) -> int:
     archs = ", ".join(f"sm_{a}" for a in ops.cuda_archs()) + (" (as PTX)" if ops.cuda_ptx() else "")
     why = "" if ops.has_cuda_kernels() else ops.cuda_build_note()  # why the build has no CUDA kernels
     print(f"jamba_ext {__import__('jamba_ext').__version__} | torch {torch.__version__} | "
-          f"CUDA kernels {'built for ' + archs if ops.has_cuda_kernels() else 'not built'} | "
-          f"{'(' + why + ') | ' if why else ''}"
+          f"CUDA kernels {'built for ' + archs if ops.has_cuda_kernels() else 'not built'}"
+          f"{' (' + why + ')' if why else ''} | "
           f"GPUs visible to torch: {torch.cuda.device_count() if torch.cuda.is_available() else 0}")
     for i in range(torch.cuda.device_count() if torch.cuda.is_available() and ops.has_cuda_kernels() else 0):
         cap = torch.cuda.get_device_capability(i)

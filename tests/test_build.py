@@ -29,6 +29,8 @@ def test_import_and_ops_registered():
     for name in OP_NAMES:
         assert hasattr(torch.ops.jamba, name), name
         assert callable(getattr(ops, name))
+    import inspect   # help() and IDEs see each op's own arguments through its eager fast path
+    assert "delta_softplus" in inspect.signature(ops.selective_scan).parameters
 
 
 def test_C_is_abi3_extension():
@@ -175,12 +177,12 @@ def test_cuda_archs_and_compatibility(monkeypatch):
 
 
 def test_every_env_switch_is_documented():
-    """Every JAMBA_EXT_* variable the build, the C/CUDA sources or the package read has a row in docs/SWITCHES.md,
-    and every switch the table lists is still read somewhere (no stale rows)."""
+    """Every JAMBA_EXT_* variable the build, the C/CUDA sources, the package or the benchmarks read has a row in
+    docs/SWITCHES.md, and every switch the table lists is still read somewhere (no stale rows)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     read = set()
     pat = re.compile(r'(?:getenv|environ\.get|environ\[)\(?\s*"(JAMBA_EXT_[A-Z0-9_]+)"')
-    for top in ("csrc", "jamba_ext", "setup.py"):
+    for top in ("csrc", "jamba_ext", "setup.py", "benchmarks"):
         path = os.path.join(root, top)
         files = [path] if os.path.isfile(path) else [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs
                                                       if f.endswith((".c", ".h", ".cu", ".cuh", ".py"))]

@@ -287,6 +287,28 @@ def test_cuda_tensor_without_cuda_kernels_names_the_device(monkeypatch):
         ops._call("rms_norm", torch.device("cuda", 1), "rms_norm", [])
 
 
+@pytest.mark.parametrize("op", ["selective_scan", "selective_state_update"])
+@pytest.mark.parametrize("arg", ["B", "C", "state"])
+def test_d_state_mismatch_names_A(device, op, arg):
+    """B, C and the states take their d_state from A: a mismatch says so (naming both), so that a wrong A does not
+    read as a wrong B (the message once asked for B of shape (1, 5, 5) when A had one column too many)."""
+    kw = valid(op, device)
+    name = {"state": "state" if op == "selective_state_update" else "initial_state"}.get(arg, arg)
+    t = kw[name]
+    kw[name] = torch.cat([t, t.narrow(-1 if name.endswith("state") else 1, 0, 1)],
+                         dim=-1 if name.endswith("state") else 1)
+    before = {k: v.clone() for k, v in kw.items() if isinstance(v, torch.Tensor)}
+    with pytest.raises(ValueError, match=rf"jamba\.{op}: {name} has d_state {N + 1} \(its dim \d\) but A has {N} "):
+        getattr(ops, op)(**kw)
+    assert all(torch.equal(kw[k], v) for k, v in before.items() if k != name)   # nothing written
+
+
+def test_shape_wildcards_print_as_star(device):
+    """An expected shape's free sizes print as *, not -1 (gemv's weight: (*, K))."""
+    with pytest.raises(ValueError, match=r"jamba\.gemv: weight must have shape \(\*, 8\), got \(3, 9\)"):
+        ops.gemv(randn(2, 8, device=device), randn(3, 9, device=device))
+
+
 def test_scalar_arguments_of_other_ops(device):
     """The scalar arguments of the ops outside CASES: a wrong type is a ValueError naming the op and the
     argument; numpy scalars of the right kind are accepted."""

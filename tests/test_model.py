@@ -1276,7 +1276,9 @@ def test_generate_and_forward_bad_inputs_clear_errors():
                      (dict(input_ids=[[1, 2]]), "got list"),
                      (dict(inputs_embeds=torch.randn(2, 6, 7)), r"inputs_embeds: expected shape \(batch, tokens, "),
                      (dict(input_ids=ids, logits_to_keep=-1), "logits_to_keep: expected an int >= 0"),
-                     (dict(input_ids=ids, logits_to_keep="a"), "logits_to_keep: expected an int >= 0")):
+                     (dict(input_ids=ids, logits_to_keep="a"), "logits_to_keep: expected an int >= 0"),
+                     (dict(input_ids=ids + V), rf"input_ids: token ids must be in \[0, {V}\) .*got \d+"),
+                     (dict(input_ids=ids - 100), rf"input_ids: token ids must be in \[0, {V}\) .*got -")):
         with pytest.raises(ValueError, match=msg):
             ours(**bad)
     with pytest.raises(ValueError, match=r"attention_mask: expected shape .* = \(2, 6\), got"):

@@ -60,6 +60,16 @@ static jamba_status check_A(const char *op, const jamba_tensor *A, int64_t DI) {
     return JAMBA_OK;
 }
 
+/* B, C, state: the shape check, where a d_state (dim nd) other than A's says so first (the expected d_state comes
+ * from A: a wrong A would otherwise read as a wrong B) */
+static jamba_status check_n_shape(const char *op, const char *name, const jamba_tensor *t, const int64_t *sh, int nd) {
+    if (t->shape[nd] != sh[nd])
+        return jamba_set_error(JAMBA_ERR_SHAPE, "%s: %s has d_state %lld (its dim %d) but A has %lld (A is (d_inner, "
+                               "d_state)): they must match", op, name, (long long)t->shape[nd], nd,
+                               (long long)sh[nd]);
+    return jamba_check_shape(op, name, t, sh);
+}
+
 jamba_status jamba_selective_scan_check(const jamba_selective_scan_params *p) {
     const char *op = "jamba.selective_scan";
     JAMBA_TRY(jamba_check_tensor(op, "u", &p->u, 3, JAMBA_FLOATS, 0));
@@ -73,9 +83,9 @@ jamba_status jamba_selective_scan_check(const jamba_selective_scan_params *p) {
     const int64_t N = p->A.shape[1];
     const int64_t bsh[3] = {B, N, L};
     JAMBA_TRY(jamba_check_tensor(op, "B", &p->Bm, 3, JAMBA_MASK(JAMBA_F32) | JAMBA_MASK(p->u.dtype), 0));
-    JAMBA_TRY(jamba_check_shape(op, "B", &p->Bm, bsh));
+    JAMBA_TRY(check_n_shape(op, "B", &p->Bm, bsh, 1));
     JAMBA_TRY(jamba_check_tensor(op, "C", &p->Cm, 3, JAMBA_MASK(JAMBA_F32) | JAMBA_MASK(p->u.dtype), 0));
-    JAMBA_TRY(jamba_check_shape(op, "C", &p->Cm, bsh));
+    JAMBA_TRY(check_n_shape(op, "C", &p->Cm, bsh, 1));
     JAMBA_TRY(check_param_vec(op, "D", &p->D, DI));
     JAMBA_TRY(check_param_vec(op, "delta_bias", &p->delta_bias, DI));
     JAMBA_TRY(jamba_check_tensor(op, "z", &p->z, 3, JAMBA_MASK(p->u.dtype), 1));
@@ -86,12 +96,12 @@ jamba_status jamba_selective_scan_check(const jamba_selective_scan_params *p) {
     const int64_t ssh[3] = {B, DI, N};
     JAMBA_TRY(jamba_check_tensor(op, "initial_state", &p->initial_state, 3, JAMBA_MASK(JAMBA_F32), 1));
     if (p->initial_state.data) {
-        JAMBA_TRY(jamba_check_shape(op, "initial_state", &p->initial_state, ssh));
+        JAMBA_TRY(check_n_shape(op, "initial_state", &p->initial_state, ssh, 2));
         JAMBA_TRY(jamba_check_unit_stride(op, "initial_state", &p->initial_state, 2));
     }
     JAMBA_TRY(jamba_check_tensor(op, "last_state", &p->last_state, 3, JAMBA_MASK(JAMBA_F32), 1));
     if (p->last_state.data) {
-        JAMBA_TRY(jamba_check_shape(op, "last_state", &p->last_state, ssh));
+        JAMBA_TRY(check_n_shape(op, "last_state", &p->last_state, ssh, 2));
         JAMBA_TRY(jamba_check_contiguous(op, "last_state", &p->last_state));
     }
     JAMBA_TRY(jamba_check_dense(op, "out", &p->out, 3, JAMBA_MASK(p->u.dtype), act));
@@ -183,15 +193,15 @@ jamba_status jamba_selective_state_update_check(const jamba_selective_state_upda
     const int64_t N = p->A.shape[1];
     JAMBA_TRY(jamba_check_tensor(op, "state", &p->state, 3, JAMBA_FLOATS, 0));
     const int64_t ssh[3] = {B, DI, N}, bsh[2] = {B, N};
-    JAMBA_TRY(jamba_check_shape(op, "state", &p->state, ssh));
+    JAMBA_TRY(check_n_shape(op, "state", &p->state, ssh, 2));
     JAMBA_TRY(jamba_check_unit_stride(op, "state", &p->state, 2));
     JAMBA_TRY(jamba_check_tensor(op, "dt", &p->dt, 2, JAMBA_MASK(p->x.dtype), 0));
     JAMBA_TRY(jamba_check_shape(op, "dt", &p->dt, act));
     JAMBA_TRY(jamba_check_unit_stride(op, "dt", &p->dt, 1));
     JAMBA_TRY(jamba_check_tensor(op, "B", &p->Bm, 2, JAMBA_MASK(JAMBA_F32) | JAMBA_MASK(p->x.dtype), 0));
-    JAMBA_TRY(jamba_check_shape(op, "B", &p->Bm, bsh));
+    JAMBA_TRY(check_n_shape(op, "B", &p->Bm, bsh, 1));
     JAMBA_TRY(jamba_check_tensor(op, "C", &p->Cm, 2, JAMBA_MASK(JAMBA_F32) | JAMBA_MASK(p->x.dtype), 0));
-    JAMBA_TRY(jamba_check_shape(op, "C", &p->Cm, bsh));
+    JAMBA_TRY(check_n_shape(op, "C", &p->Cm, bsh, 1));
     JAMBA_TRY(check_param_vec(op, "D", &p->D, DI));
     JAMBA_TRY(check_param_vec(op, "dt_bias", &p->dt_bias, DI));
     JAMBA_TRY(jamba_check_tensor(op, "z", &p->z, 2, JAMBA_MASK(p->x.dtype), 1));
