@@ -173,6 +173,10 @@ def _load(args):
         _fail(f"--model {args.model!r}: {e}")
     if not os.path.isfile(os.path.join(d, "config.json")):
         _fail(f"--model {d!r}: no config.json (expected a transformers Jamba checkpoint directory)")
+    try:                                  # (the config first: another model type is the news, not its tokenizer)
+        JambaConfig.from_json_file(os.path.join(d, "config.json"))
+    except (ValueError, OSError) as e:
+        _fail(f"--model {d!r}: {e}")
     try:
         tok = load_tokenizer(d)
     except ImportError as e:

@@ -125,6 +125,9 @@ def test_cli_bad_model_dirs(tmp_path, capsys):
     ck = tmp_path / "ck"
     _tiny_checkpoint(ck, with_tokenizer=False)
     fails(["--model", str(ck)], "no tokenizer.json")
+    cfg = json.loads((ck / "config.json").read_text())
+    (ck / "config.json").write_text(json.dumps({**cfg, "model_type": "llama"}))   # another model: said first
+    fails(["--model", str(ck)], "model_type: expected 'jamba', got 'llama'")
     _tiny_checkpoint(ck)
     os.remove(ck / "model.safetensors")
     fails(["--model", str(ck)], "no weights")
