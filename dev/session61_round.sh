@@ -9,6 +9,9 @@
 #   mutation  dev/mutation_cuda.py --run, all 34 CUDA-kernel mutants (three of them re-pointed at today's source in
 #         session 61: moe_wgmma_epi_gate_up_swap, wgmma_down_weight_sorted, ce_fwd_no_rescale; the last whole run was
 #         session 49's, at 9a238d9)
+#   verify  the session's last commit (C argument checks changed after the full call: csrc/common.c's shape message,
+#         selective_scan.c's d_state check; csrc/cuda unchanged since it): build, `jamba_ext check`, the tests marked
+#         cuda in the files those changes reach (errors, build, the scan and state-update ops, the fused decode step)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session61_round.sh MODE   (output: $OUT/round.log, bench JSON)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -38,6 +41,13 @@ full)
 mutation)
   step "dev/mutation_cuda.py --run (every mutant: its file mutated in a copy, rebuilt, its CUDA tests run)"
   timeout 540 python3 dev/mutation_cuda.py --run --budget 470 --out "$OUT/mutation_cuda.log" 2>&1 | tail -40 ;;
+verify)
+  build_cuda
+  step "jamba_ext check"
+  timeout 60 python3 -m jamba_ext check 2>&1 | tail -2
+  step "tests marked cuda: errors, build, selective_scan, state update / g4 scan, fused decode step"
+  timeout 240 python3 -m pytest -q -m cuda --timeout=120 tests/test_errors.py tests/test_build.py \
+    tests/test_selective_scan.py tests/test_cuda_extra.py tests/test_mamba_step.py -p no:cacheprovider 2>&1 | tail -4 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

@@ -363,7 +363,17 @@ def _logprobs_answer(tok, tokens: List[int], lps: list, chat: bool) -> dict:
         offsets.append(at)
         at += len(p)
     return {"tokens": pieces, "token_logprobs": [lp for lp, _ in lps],
-            "top_logprobs": [{tok.decode([i]): v for i, v in top} for _, top in lps], "text_offset": offsets}
+            "top_logprobs": [_by_text(tok, top) for _, top in lps], "text_offset": offsets}
+
+
+def _by_text(tok, top) -> dict:
+    """The legacy top_logprobs, {text: logprob}: tokens whose texts are the same (e.g. byte tokens of an unfinished
+    UTF-8 character, each decoding to U+FFFD) share one key, which keeps the most likely one's value (top comes most
+    likely first), so the picked token's own value is never overwritten by a less likely one's"""
+    d = {}
+    for i, v in top:
+        d.setdefault(tok.decode([i]), v)
+    return d
 
 
 def _cut_at_stop(text: str, stop) -> str:

@@ -260,6 +260,16 @@ def test_best_of():
         srv.stop()
 
 
+def test_legacy_top_logprobs_keep_the_most_likely_of_one_text():
+    """Completions' top_logprobs are keyed by text: alternatives of one text (byte tokens of an unfinished UTF-8
+    character all decode to U+FFFD) keep the most likely one's value, not the last one's."""
+    tok = ByteTokenizer()
+    a, b, c = (tok.encode(x, add_bos=False)[0] for x in ("\xc3", "\xc4", "a"))   # (two lone lead bytes, one letter)
+    assert tok.decode([a]) == tok.decode([b]) != tok.decode([c])
+    ans = server._logprobs_answer(tok, [a], [(-0.5, [(a, -0.5), (c, -1.0), (b, -2.0)])], chat=False)
+    assert ans["top_logprobs"] == [{tok.decode([a]): -0.5, "a": -1.0}] and ans["token_logprobs"] == [-0.5]
+
+
 def test_logprobs_answers():
     """"logprobs": k on /v1/completions: each token's log-probability under the model (a whole-sequence forward, its
     log_softmax) and its k most likely alternatives, text offsets from the completion's start; "top_logprobs" without
