@@ -135,6 +135,40 @@ int jamba_tensors_overlap(const jamba_tensor *a, const jamba_tensor *b) {
     return lo[0] < hi[1] && lo[1] < hi[0];
 }
 
+jamba_status jamba_check_no_self_overlap(const char *op, const char *name, const jamba_tensor *t) {
+    if (t->data == NULL) return JAMBA_OK;
+    int64_t st[JAMBA_MAX_DIMS], sz[JAMBA_MAX_DIMS];
+    int n = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] == 0) return JAMBA_OK;
+        if (t->shape[i] == 1) continue;
+        int64_t s = t->stride[i] < 0 ? -t->stride[i] : t->stride[i], z = t->shape[i];
+        int j = n++;
+        for (; j > 0 && st[j - 1] > s; j--) st[j] = st[j - 1], sz[j] = sz[j - 1]; /* insertion by stride */
+        st[j] = s, sz[j] = z;
+    }
+    int64_t span = 1; /* elements from the first to past the last of the dims so far */
+    for (int i = 0; i < n; i++) {
+        if (st[i] < span) {
+            char s[128];
+            fmt_dims(s, sizeof s, t->stride, t->ndim);
+            return jamba_set_error(JAMBA_ERR_ARG, "%s: %s is written in place, so its elements must not share memory "
+                                   "(an expanded or overlapping view: strides %s); pass a tensor of its own "
+                                   "(.clone())", op, name, s);
+        }
+        span += (sz[i] - 1) * st[i];
+    }
+    return JAMBA_OK;
+}
+
+jamba_status jamba_check_apart(const char *op, const char *name_a, const jamba_tensor *a, const char *name_b,
+                               const jamba_tensor *b) {
+    if (jamba_tensors_overlap(a, b))
+        return jamba_set_error(JAMBA_ERR_ARG, "%s: %s must not overlap %s in memory (%s is written in place)", op,
+                               name_a, name_b, name_b);
+    return JAMBA_OK;
+}
+
 jamba_status jamba_check_contiguous(const char *op, const char *name, const jamba_tensor *t) {
     for (int i = 0; i < t->ndim; i++)
         if (t->shape[i] == 0) return JAMBA_OK; /* an empty tensor is contiguous whatever its strides */

@@ -47,6 +47,13 @@ jamba_status jamba_check_workspace(const char *op, const jamba_tensor *ws, int64
 
 /* 1 if the byte ranges [first, last element] of a and b intersect (non-negative strides; absent or empty: 0) */
 int jamba_tensors_overlap(const jamba_tensor *a, const jamba_tensor *b);
+/* An operand written in place: no two of its elements at one address (a stride-0 or otherwise self-overlapping view,
+ * e.g. an expanded state, would have its rows overwrite each other). Conservative: dims sorted by stride, each stride
+ * must reach past the span of the smaller ones, which also refuses rare interleaved layouts. */
+jamba_status jamba_check_no_self_overlap(const char *op, const char *name, const jamba_tensor *t);
+/* name_a and name_b do not share memory (an input read while the other, written in place, changes) */
+jamba_status jamba_check_apart(const char *op, const char *name_a, const jamba_tensor *a, const char *name_b,
+                               const jamba_tensor *b);
 
 /* causal_conv1d_bwd's CUDA work split (csrc/cuda/causal_conv1d_bwd.cu): time steps per block, and f32 partial sums
  * per block (the K <= 4 taps of dweight, then dbias); jamba_causal_conv1d_bwd_ws_elems sizes the workspace by them */

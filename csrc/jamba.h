@@ -169,7 +169,8 @@ jamba_status jamba_causal_conv1d_bwd_cuda(const jamba_causal_conv1d_bwd_params *
 /* causal_conv1d_update (decode)
  *   x: (B, DI, L) with L >= 1 new tokens (usually 1), any strides; out: (B, DI, L) contiguous;
  *   x's dtype. weight, bias as for causal_conv1d.
- *   conv_state: (B, DI, S) in x's dtype, S >= K-1, unit stride along S, updated in place:
+ *   conv_state: (B, DI, S) in x's dtype, S >= K-1, unit stride along S, updated in place (so it overlaps neither
+ *     itself nor another operand):
  *     for each new token: h = concat(conv_state, x_t); out_t = act(bias + sum_j w[j]*h[S-K+1+j]);
  *     conv_state = last S entries of h.
  */
@@ -233,7 +234,8 @@ jamba_status jamba_selective_scan_bwd_cpu(const jamba_selective_scan_bwd_params 
 jamba_status jamba_selective_scan_bwd_cuda(const jamba_selective_scan_bwd_params *p, jamba_launch launch);
 
 /* selective_state_update (one decode step)
- *   state: (B, DI, N) f32|f16|bf16, unit stride along N, updated in place (math in fp32).
+ *   state: (B, DI, N) f32|f16|bf16, unit stride along N, updated in place (math in fp32; it overlaps neither itself
+ *     nor another operand).
  *   x, dt, z, out: (B, DI), unit stride along DI (batch stride free); out contiguous.
  *   A: (DI, N) f32.   Bm, Cm: (B, N), any strides, f32 or x's dtype.   D, dt_bias: (DI,) f32 or absent.
  *   Same math as one step of selective_scan, with dt_bias / dt_softplus for delta_bias / softplus.

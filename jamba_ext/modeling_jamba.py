@@ -2288,6 +2288,12 @@ class _PreTrained(nn.Module):
                              "that transformers reads; save the model before quantizing it (and quantize again after "
                              "loading)")
         os.makedirs(path, exist_ok=True)
+        # the weights' dtype into config.json, as transformers writes it, so that from_pretrained loads them as saved
+        # (without it a bf16 model came back as float32)
+        name = str(next(p.dtype for p in self.parameters() if p.is_floating_point())).replace("torch.", "")
+        self.config.torch_dtype = name
+        if getattr(self.config, "dtype", None) is not None:
+            self.config.dtype = name
         self.config.save_pretrained(path)
         sd = {k: v.detach() for k, v in self.state_dict().items()}
         if self.config.tie_word_embeddings:
@@ -2418,7 +2424,8 @@ class JambaModel(_PreTrained):
                                           inputs_embeds.shape[-1] != self.config.hidden_size):
             raise ValueError(f"inputs_embeds: expected shape (batch, tokens, {self.config.hidden_size}), got "
                              f"{tuple(inputs_embeds.shape)}")
-        if input_ids is not None and input_ids.device.type == "cpu" and input_ids.numel() and not _compiling():
+        if input_ids is not None and input_ids.device.type == "cpu" and input_ids.numel() and not _compiling() and \
+                (cache is None or input_ids.shape[1] > 1):   # (not a decode step's: they stay free of host reads)
             lo, hi = torch.aminmax(input_ids)          # (CPU tensors only: on a GPU this would sync every step)
             V = self.embed_tokens.num_embeddings
             if lo < 0 or hi >= V:

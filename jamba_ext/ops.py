@@ -773,7 +773,13 @@ def _is_sm90(x: Tensor) -> bool:
 def _moe_ids32(op: str, expert_ids: Tensor) -> Tensor:
     if expert_ids.dtype not in (torch.int32, torch.int64):
         _fail(op, f"expert_ids must have dtype int32 or int64, got {expert_ids.dtype}")
-    # int64 ids (torch.topk's) become int32, the kernels' index type; a small visible copy
+    # int64 ids (torch.topk's) become int32, the kernels' index type; a small visible copy. An id beyond int32 becomes
+    # -1 (outside [0, E) as it was: the wrap to int32 could land it on a real expert), with no host read
+    if expert_ids.dtype == torch.int64:
+        big = (expert_ids > 2 ** 31 - 1) | (expert_ids < -2 ** 31)
+        if op != "moe_permute" and expert_ids.device.type == "cpu" and not _compiling() and bool(big.any()):
+            _fail(op, f"expert_ids must be expert indices, got {int(expert_ids[big][0])}")  # (CPU: the id itself)
+        expert_ids = expert_ids.masked_fill(big, -1)
     return expert_ids.to(torch.int32).contiguous()
 
 

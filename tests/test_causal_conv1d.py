@@ -165,23 +165,20 @@ def test_causal_conv1d_update_x_inside_state(device):
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("x_mode", ["plain", "batch_strided", "in_state"])
+@pytest.mark.parametrize("x_mode", ["plain", "batch_strided"])
 @pytest.mark.parametrize("batch,d_inner", [(1, 5), (3, 37), (2, 1030)])
 def test_causal_conv1d_update_cpu_f32_fast_path(batch, d_inner, x_mode, bias):
     """On CPU, the decode step in the HF layout in f32 (one token, 4-entry state, width 4, contiguous taps) runs a
-    vectorised path over channels (update_fast_ok in csrc/cpu/causal_conv1d.c; x inside the state's memory takes
-    the general loop): output and new state equal the general loop's (taps as a strided view) bit for bit, and the
+    vectorised path over channels (update_fast_ok in csrc/cpu/causal_conv1d.c; an x inside the state's memory is
+    refused since session 61: test_errors.py test_in_place_states_must_not_overlap): output and new state equal the general loop's (taps as a strided view) bit for bit, and the
     float64 reference within tolerance; chunks of 1024 channels (d_inner 1030) and a lone batch row included."""
     gen = torch.Generator().manual_seed(batch * 1000 + d_inner)
     rn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     st, w, b = rn(batch, d_inner, 4), rn(d_inner, 4), (rn(d_inner) if bias else None)
-    x = {"plain": lambda: rn(batch, d_inner), "batch_strided": lambda: rn(batch, 2 * d_inner)[:, d_inner:],
-         "in_state": lambda: st[:, :, -1]}[x_mode]()
-    ref_st = st.double()
-    ref_out, ref_st = reference.causal_conv1d_update(ref_st[:, :, -1].clone() if x_mode == "in_state" else x.double(),
-                                                     ref_st, w.double(), b.double() if bias else None, True)
-    st_g = st.clone()
-    x_g = st_g[:, :, -1] if x_mode == "in_state" else x
+    x = {"plain": lambda: rn(batch, d_inner), "batch_strided": lambda: rn(batch, 2 * d_inner)[:, d_inner:]}[x_mode]()
+    ref_out, ref_st = reference.causal_conv1d_update(x.double(), st.double(), w.double(), b.double() if bias else None,
+                                                     True)
+    st_g, x_g = st.clone(), x
     w_strided = torch.zeros(d_inner, 8)
     w_strided[:, :4] = w
     out_g = ops.causal_conv1d_update(x_g, st_g, w_strided[:, :4], b, True)  # rows 8 apart: the general loop

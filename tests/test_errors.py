@@ -303,6 +303,34 @@ def test_d_state_mismatch_names_A(device, op, arg):
     assert all(torch.equal(kw[k], v) for k, v in before.items() if k != name)   # nothing written
 
 
+def test_in_place_states_must_not_overlap(device):
+    """A state written in place may not share memory with itself (an expanded or overlapping view: its rows would
+    overwrite each other, a silently wrong result before session 61) nor with another operand (an x inside the state,
+    once taken by the CPU loop, came out right only for the state's last column); the states are left untouched."""
+    dev = dict(device=device)
+    st, w, x = randn(B, DI, K - 1, **dev), randn(DI, K, **dev), randn(B, DI, **dev)
+    flat = randn(B, DI * (K - 1) + 1, **dev)
+    ssu = valid("selective_state_update", device)
+    cases = [
+        (lambda: ops.causal_conv1d_update(x, st[:1].expand(B, DI, K - 1), w), "conv_state is written in place, so"),
+        (lambda: ops.causal_conv1d_update(st[:, :, -1], st, w), "x must not overlap conv_state"),
+        (lambda: ops.causal_conv1d_update(flat[:, 1:DI + 1], flat[:, :-1].view(B, DI, K - 1), w),
+         "x must not overlap conv_state"),
+        (lambda: ops.causal_conv1d_update(x, st, st.view(-1)[:DI * K].view(DI, K)), "weight must not overlap conv_state"),
+        (lambda: ops.selective_state_update(**{**ssu, "state": ssu["state"][:1].expand(B, DI, N)}),
+         "state is written in place, so"),
+        (lambda: ops.selective_state_update(**{**ssu, "x": ssu["state"].view(B, -1)[:, :DI]}), "x must not overlap state"),
+        (lambda: ops.selective_state_update(**{**ssu, "B": ssu["state"][:, 0, :]}), "B must not overlap state"),
+    ]
+    before = [st.clone(), ssu["state"].clone()]
+    for call, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            call()
+    assert torch.equal(st, before[0]) and torch.equal(ssu["state"], before[1])
+    ops.causal_conv1d_update(x, st.clone(), w)                          # apart: runs
+    ops.selective_state_update(**{**ssu, "state": ssu["state"].clone()})
+
+
 def test_shape_wildcards_print_as_star(device):
     """An expected shape's free sizes print as *, not -1 (gemv's weight: (*, K))."""
     with pytest.raises(ValueError, match=r"jamba\.gemv: weight must have shape \(\*, 8\), got \(3, 9\)"):

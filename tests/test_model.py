@@ -768,6 +768,13 @@ def test_from_pretrained_sharded_and_dtype(tmp_path):
         assert torch.equal(v, ref[k]), k
     m = JambaModel.from_pretrained(str(tmp_path))                            # the base model reads it too
     assert torch.equal(m.embed_tokens.weight, hf.model.embed_tokens.weight)
+    # ours saved in bf16 loads back in bf16 (config.json's torch_dtype; it once came back as float32), the same logits;
+    # an explicit dtype still wins
+    ours.save_pretrained(str(tmp_path / "ours"))
+    back = JambaForCausalLM.from_pretrained(str(tmp_path / "ours"))
+    ids = torch.tensor([[3, 1, 4, 1, 5]])
+    assert back.dtype == torch.bfloat16 and torch.equal(back(ids).logits, ours(ids).logits)
+    assert JambaForCausalLM.from_pretrained(str(tmp_path / "ours"), dtype="float32").dtype == torch.float32
 
 
 def test_from_pretrained_progress(tmp_path, capsys):

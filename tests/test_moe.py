@@ -130,6 +130,12 @@ def test_moe_permute_matches_reference(device, T, K, E):
     offsets, slots = ops.moe_permute(ids, E)
     assert_perm(offsets, slots, ids, E)
     assert torch.equal(torch.sort(slots.cpu().long()).values, torch.arange(T * K))
+    # int64 ids beyond int32 stay outside [0, E) (the wrap to int32 once put 2^32 + 1 on expert 1)
+    big = ids.long()
+    if T > 0 and E > 1:
+        big[0, 0] = 2 ** 32 + 1
+        offsets, slots = ops.moe_permute(big, E)
+        assert_perm(offsets, slots, big.clamp(-1, E).int(), E)
 
 
 # ---- moe_experts ------------------------------------------------------------------------------------------
@@ -724,6 +730,9 @@ def test_moe_bad_inputs(device):
         run(expert_ids=ids.float())
     with pytest.raises(ValueError, match="expert_ids"):
         run(expert_ids=ids[:-1])
+    if device.type == "cpu":   # (an id beyond int32 is not wrapped onto an expert: on CPU the error names it)
+        with pytest.raises(ValueError, match="expert_ids must be expert indices, got 4294967297"):
+            run(expert_ids=torch.where(torch.arange(T * K).view(T, K) == 3, 2 ** 32 + 1, ids.long()))
     with pytest.raises(ValueError, match="x"):
         run(x=x.to(torch.int32))
     with pytest.raises(ValueError, match="sorted_slots"):

@@ -169,8 +169,11 @@ jamba_status jamba_causal_conv1d_update_check(const jamba_causal_conv1d_update_p
                                op, (long long)(K - 1), (long long)p->conv_state.shape[2]);
     JAMBA_TRY(jamba_check_unit_stride(op, "conv_state", &p->conv_state, 2));
     JAMBA_TRY(jamba_check_dense(op, "out", &p->out, 3, JAMBA_MASK(p->x.dtype), osh));
-    if (p->x.data && p->conv_state.data == p->x.data)
-        return jamba_set_error(JAMBA_ERR_ARG, "%s: conv_state must not alias x", op);
+    JAMBA_TRY(jamba_check_no_self_overlap(op, "conv_state", &p->conv_state));
+    JAMBA_TRY(jamba_check_apart(op, "x", &p->x, "conv_state", &p->conv_state));
+    JAMBA_TRY(jamba_check_apart(op, "weight", &p->weight, "conv_state", &p->conv_state));
+    JAMBA_TRY(jamba_check_apart(op, "bias", &p->bias, "conv_state", &p->conv_state));
+    JAMBA_TRY(jamba_check_apart(op, "out", &p->out, "conv_state", &p->conv_state));
     return JAMBA_OK;
 }
 

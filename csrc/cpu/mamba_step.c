@@ -140,6 +140,7 @@ jamba_status jamba_mamba_inner_step_check(const jamba_mamba_inner_step_params *p
     JAMBA_TRY(jamba_rms_norm_segments_check(&q.norm));
     JAMBA_TRY(jamba_gemv_check(&q.dtproj));
     JAMBA_TRY(jamba_selective_state_update_check(&q.ssu));
+    JAMBA_TRY(jamba_check_apart(op, "conv_state", &p->conv_state, "ssm_state", &p->ssm_state));
     return JAMBA_OK;
 }
 

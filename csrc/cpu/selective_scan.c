@@ -210,6 +210,10 @@ jamba_status jamba_selective_state_update_check(const jamba_selective_state_upda
         JAMBA_TRY(jamba_check_unit_stride(op, "z", &p->z, 1));
     }
     JAMBA_TRY(jamba_check_dense(op, "out", &p->out, 2, JAMBA_MASK(p->x.dtype), act));
+    JAMBA_TRY(jamba_check_no_self_overlap(op, "state", &p->state));
+    const char *names[] = {"x", "dt", "A", "B", "C", "D", "z", "dt_bias", "out"};
+    const jamba_tensor *ins[] = {&p->x, &p->dt, &p->A, &p->Bm, &p->Cm, &p->D, &p->z, &p->dt_bias, &p->out};
+    for (int i = 0; i < 9; i++) JAMBA_TRY(jamba_check_apart(op, names[i], ins[i], "state", &p->state));
     return JAMBA_OK;
 }
 
