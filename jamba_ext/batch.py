@@ -21,8 +21,8 @@ import torch
 
 def batches_by_length(lengths: Sequence[int], batch_size: int) -> List[List[int]]:
     """The prompts' indices in batches of batch_size, longest prompts first (equal lengths in index order)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
 

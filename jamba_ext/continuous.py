@@ -40,6 +40,7 @@ jamba_ext.row_sampling) and seed. Other generate() arguments raise ValueError (g
 takes them all).
 """
 import collections
+import numbers
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -357,6 +358,10 @@ class ContinuousBatcher:
         row, step or neighbours the prompt has (greedy prompts: no draws). logit_bias ({token id: a number in [-100,
         100]}, OpenAI's): added to the prompt's logits before its penalties, filters and pick (-100 bans a token in
         practice, +100 forces it); its logprobs stay the model's."""
+        prompt = prompt.tolist() if isinstance(prompt, torch.Tensor) else \
+            [t.item() if isinstance(t, torch.Tensor) else t for t in prompt]
+        if not all(isinstance(t, numbers.Integral) and not isinstance(t, bool) for t in prompt):
+            raise ValueError(f"prompt: expected token ids (ints), got {list(prompt)[:8]!r}")   # (5.7 was cut to 5)
         prompt = [int(t) for t in prompt]
         if not 1 <= len(prompt) <= self.max_prompt:
             raise ValueError(f"prompt: expected 1 to max_prompt_tokens = {self.max_prompt} tokens, got {len(prompt)}")

@@ -71,8 +71,8 @@ def add_lora(model: nn.Module, r: int = 16, alpha: float = 32.0, targets: Sequen
     (the only trainable parameters afterwards). Returns the wrapped modules' names. r >= 1."""
     if isinstance(r, bool) or not isinstance(r, int) or r < 1:
         raise ValueError(f"add_lora: r must be an int >= 1, got {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-        raise ValueError(f"add_lora: alpha must be a number > 0, got {alpha!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
+        raise ValueError(f"add_lora: alpha must be a finite number > 0, got {alpha!r}")
     if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
         raise ValueError(f"add_lora: targets must be a list of attribute names (e.g. ['q_proj', 'v_proj']), got "
                          f"{targets!r}")

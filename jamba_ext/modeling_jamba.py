@@ -1872,6 +1872,8 @@ class _PreTrained(nn.Module):
     def init_weights(self, seed: Optional[int] = None) -> None:
         g = None
         if seed is not None:
+            if not (_is_int(seed) and -2 ** 63 <= seed < 2 ** 64):
+                raise ValueError(f"seed: expected an int in [-2^63, 2^64) or None, got {seed!r}")
             g = torch.Generator(device=self.device)
             g.manual_seed(seed)
         _init_weights(self, self.config.initializer_range, g)
@@ -2828,8 +2830,9 @@ def _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, 
     _check_int("num_beams", num_beams, 1)
     if early_stopping not in (True, False, "never"):
         raise ValueError(f"early_stopping: expected True, False or 'never', got {early_stopping!r}")
-    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool):
-        raise ValueError(f"length_penalty: expected a number, got {length_penalty!r}")
+    if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool) or \
+            not math.isfinite(length_penalty):
+        raise ValueError(f"length_penalty: expected a finite number, got {length_penalty!r}")
     if num_beams == 1:
         return False
     if streamer is not None:
@@ -3089,8 +3092,8 @@ class JambaForCausalLM(_PreTrained):
         _check_int("top_k", top_k, 0, " (0: off)")
         _check_int("max_new_tokens" if max_length is None else "max_length", max_new_tokens if max_length is None
                    else max_length, 0)
-        if seed is not None and not _is_int(seed):
-            raise ValueError(f"seed: expected an int or None, got {seed!r}")
+        if seed is not None and not (_is_int(seed) and -2 ** 63 <= seed < 2 ** 64):
+            raise ValueError(f"seed: expected an int in [-2^63, 2^64) or None, got {seed!r}")
         for name, v in (("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)):
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
                 raise ValueError(f"{name}: expected a number, got {v!r}")
@@ -3155,18 +3158,18 @@ class JambaForCausalLM(_PreTrained):
                 attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
         if max_length is not None:
             max_new_tokens = max_length - input_ids.shape[1]
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens: expected >= 0, got {max_new_tokens}")
-        if do_sample and temperature <= 0:
+            if max_new_tokens < 0:
+                raise ValueError(f"max_length: {max_length} is shorter than the prompt ({input_ids.shape[1]} tokens); "
+                                 "max_length counts the prompt (max_new_tokens does not)")
+        if do_sample and not temperature > 0:     # (NaN too)
             raise ValueError(f"temperature: expected > 0 when sampling, got {temperature}")
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p: expected in (0, 1], got {top_p}")
         if min_p is not None and not 0 <= min_p <= 1:
             raise ValueError(f"min_p: expected in [0, 1] (or None), got {min_p}")
-        if not repetition_penalty > 0:
-            raise ValueError(f"repetition_penalty: expected > 0 (1.0: none), got {repetition_penalty}")
-        if min_new_tokens < 0:
-            raise ValueError(f"min_new_tokens: expected >= 0, got {min_new_tokens}")
+        if not 0 < repetition_penalty < float("inf"):
+            raise ValueError(f"repetition_penalty: expected a finite number > 0 (1.0: none), got {repetition_penalty}")
+        _check_int("min_new_tokens", min_new_tokens, 0)
         _check_int("no_repeat_ngram_size", no_repeat_ngram_size, 0, " (0: off)")
         if not 0 < typical_p <= 1:
             raise ValueError(f"typical_p: expected in (0, 1] (1: off), got {typical_p}")

@@ -13,8 +13,10 @@ def test_batches_by_length():
     assert batches_by_length([3, 9, 1, 9, 5], 2) == [[1, 3], [4, 0], [2]]
     assert batches_by_length([4, 4, 4], 8) == [[0, 1, 2]]
     assert batches_by_length([], 3) == []
-    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         batches_by_length([1], 0)
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 2.5"):
+        batches_by_length([1], 2.5)
 
 
 def test_completion_ends_and_reasons():

@@ -4,6 +4,7 @@ cache's keys moved left; EOS ids, per-prompt budgets and stop texts end completi
 repeats for a seed; bad arguments are refused by name. On CUDA: the decode graph gives the eager steps' tokens."""
 import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -326,6 +327,10 @@ def test_batcher_errors():
         bat.add([])
     with pytest.raises(ValueError, match=r"max_new_tokens: expected an int in \[1, 5\], got 6"):
         bat.add([1, 2], 6)
+    with pytest.raises(ValueError, match=r"prompt: expected token ids \(ints\), got \[5.7, 6\]"):
+        bat.add([5.7, 6])                                   # (was cut to 5, silently)
+    bat.add(torch.tensor([5, 6]))                           # a tensor of ids, and numpy / tensor elements, are taken
+    bat.add([np.int64(5), torch.tensor(6)])
     with pytest.raises(ValueError, match="max_prompt_tokens must be an int >= 1"):
         C.ContinuousBatcher(model, max_prompt_tokens=0)
     with pytest.raises(ValueError, match="not shared_prefix"):

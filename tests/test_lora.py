@@ -81,7 +81,8 @@ def test_lora_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="no nn.Linear"):
         add_lora(ours, targets=("nothing_here",))
     for kw, msg in ((dict(r=2.5), "r must be an int"), (dict(r="4"), "r must be an int"),
-                    (dict(alpha="x"), "alpha must be a number"),
+                    (dict(alpha="x"), "alpha must be a finite number"),
+                    (dict(alpha=float("inf")), "alpha must be a finite number"),   # (its first forward was all NaN)
                     (dict(targets="q_proj,v_proj"), "targets must be a list")):   # (a str matched by substring)
         with pytest.raises(ValueError, match=msg):
             add_lora(ours, **kw)
