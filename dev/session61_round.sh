@@ -9,9 +9,11 @@
 #   mutation  dev/mutation_cuda.py --run, all 34 CUDA-kernel mutants (three of them re-pointed at today's source in
 #         session 61: moe_wgmma_epi_gate_up_swap, wgmma_down_weight_sorted, ce_fwd_no_rescale; the last whole run was
 #         session 49's, at 9a238d9)
-#   verify  the session's last commit (C argument checks changed after the full call: csrc/common.c's shape message,
-#         selective_scan.c's d_state check; csrc/cuda unchanged since it): build, `jamba_ext check`, the tests marked
-#         cuda in the files those changes reach (errors, build, the scan and state-update ops, the fused decode step)
+#   verify  the session's last code (C argument checks changed after the full call: csrc/common.c's shape message and
+#         overlap checks, the d_state check of selective_scan.c, the in-place states' overlap checks of causal_conv1d.c /
+#         selective_scan.c / mamba_step.c; int64 expert ids past int32 in ops.py; csrc/cuda unchanged): build,
+#         `jamba_ext check`, the tests marked cuda that those changes reach (errors, conv, scan, state update, the fused
+#         decode step, MoE permutation and bad inputs)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session61_round.sh MODE   (output: $OUT/round.log, bench JSON)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -45,9 +47,12 @@ verify)
   build_cuda
   step "jamba_ext check"
   timeout 60 python3 -m jamba_ext check 2>&1 | tail -2
-  step "tests marked cuda: errors, build, selective_scan, state update / g4 scan, fused decode step"
-  timeout 240 python3 -m pytest -q -m cuda --timeout=120 tests/test_errors.py tests/test_build.py \
-    tests/test_selective_scan.py tests/test_cuda_extra.py tests/test_mamba_step.py -p no:cacheprovider 2>&1 | tail -4 ;;
+  step "tests marked cuda: errors, conv, scan, fused decode step"
+  timeout 200 python3 -m pytest -q -m cuda --timeout=120 tests/test_errors.py tests/test_causal_conv1d.py \
+    tests/test_selective_scan.py tests/test_mamba_step.py -p no:cacheprovider 2>&1 | tail -4
+  step "tests marked cuda: state update (test_cuda_extra -k state_update), MoE permutation and bad inputs"
+  timeout 120 python3 -m pytest -q -m cuda --timeout=100 tests/test_cuda_extra.py tests/test_moe.py \
+    -k "state_update or permute_matches or bad_inputs" -p no:cacheprovider 2>&1 | tail -4 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
