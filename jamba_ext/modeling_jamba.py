@@ -1687,11 +1687,12 @@ _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float
 
 
 def _as_dtype(d) -> Optional[torch.dtype]:
-    if d is None or isinstance(d, torch.dtype):
+    if d is None or (isinstance(d, torch.dtype) and d in _DTYPES.values()):
         return d
     if isinstance(d, str) and d in _DTYPES:
         return _DTYPES[d]
-    raise ValueError(f"dtype: expected one of {sorted(_DTYPES)} or a torch.dtype, got {d!r}")
+    raise ValueError(f"dtype: expected torch.float32, torch.bfloat16 or torch.float16 (or one of {sorted(_DTYPES)}), "
+                     f"got {d!r}")
 
 
 def resolve_checkpoint(path: str) -> str:

@@ -843,6 +843,9 @@ def test_from_pretrained_clear_errors(tmp_path):
     _save_hf(tmp_path, cfg)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         JambaForCausalLM.from_pretrained(str(tmp_path / "nope"))
+    for dt in (torch.int32, "int8"):                  # (torch.int32 raised a TypeError from nn.Module.to)
+        with pytest.raises(ValueError, match="dtype: expected torch.float32, torch.bfloat16 or torch.float16"):
+            JambaForCausalLM.from_pretrained(str(tmp_path), dtype=dt)
     # config that disagrees with the weights: the key, expected and found shapes are named
     bad = json.loads((tmp_path / "config.json").read_text())
     bad["intermediate_size"] = 96
