@@ -2922,6 +2922,13 @@ class JambaForCausalLM(_PreTrained):
             if labels.shape != logits.shape[:2] or labels.dtype not in (torch.int64, torch.int32):
                 raise ValueError(f"labels must be integer token ids of the logits' shape (batch, positions) = "
                                  f"{tuple(logits.shape[:2])}, got {labels.dtype} {tuple(labels.shape)}")
+            if labels.device.type == "cpu" and labels.numel() and not _compiling():   # (no host read on a GPU)
+                V = logits.shape[-1]
+                bad = ((labels < 0) & (labels != -100)) | (labels >= V)
+                if bool(bad.any()):
+                    b, t = (int(i) for i in bad.nonzero()[0])
+                    raise ValueError(f"labels[{b}, {t}] = {int(labels[b, t])}: expected a token id in [0, {V}) or "
+                                     "-100 (ignored)")
             shift = F.pad(labels.long(), (0, 1), value=-100)[:, 1:]
             loss = _lm_loss(logits.reshape(-1, logits.shape[-1]), shift.reshape(-1).to(logits.device),
                             num_items_in_batch)

@@ -1236,6 +1236,12 @@ def test_bad_labels_clear_error():
     """labels of another shape than the logits' (batch, positions) or not integer ids: a ValueError naming labels."""
     _, ours = make_pair(CONFIGS["attn1_moe_top2"])
     ids = prompt_ids(2, 11, CONFIGS["attn1_moe_top2"]["vocab_size"])
+    V = ours.get_output_embeddings().weight.shape[0]
+    for b, t, v in ((1, 7, V), (0, 2, -5)):   # a label outside the vocabulary, named where the caller put it (the
+        lab = ids.clone()                     # loss op named its place in the flattened, shifted labels)
+        lab[b, t] = v
+        with pytest.raises(ValueError, match=rf"labels\[{b}, {t}\] = {v}: expected a token id in \[0, {V}\)"):
+            ours(ids, labels=lab)
     for bad in (ids[:, :5], ids[:1], ids.float()):
         with pytest.raises(ValueError, match="labels must be integer token ids"):
             ours(ids, labels=bad)
