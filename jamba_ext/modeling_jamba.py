@@ -466,7 +466,9 @@ class JambaHybridCache:
             if kb is None:
                 kb, vb = self._alloc_static(layer_idx, k, v)
         elif kb is None or kb.shape[2] < need:
-            cap = max(need, self.max_length or 0, 2 * kb.shape[2] if kb is not None else 0)
+            # max_length reserved at once, up to 64K positions past what is needed (a huge max_new_tokens with an
+            # early EOS must not allocate them all: that asked for 25 GB once); beyond, the buffers double
+            cap = max(need, min(self.max_length or 0, need + 65536), 2 * kb.shape[2] if kb is not None else 0)
             nk = k.new_empty(k.shape[0], k.shape[1], cap, k.shape[3])
             nv = v.new_empty(v.shape[0], v.shape[1], cap, v.shape[3])
             if kb is not None and past:

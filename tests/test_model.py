@@ -19,7 +19,7 @@ import os
 import pytest
 import torch
 
-from conftest import import_transformers
+from conftest import builtin_model, import_transformers
 import jamba_ext
 from jamba_ext.modeling_jamba import (JambaConfig, JambaForCausalLM, JambaHybridCache, JambaModel,
                                       to_per_expert_state_dict)
@@ -1891,3 +1891,13 @@ def test_joint_projections_respect_global_hooks():
     assert mlp.gate_proj in seen and mlp.up_proj in seen
     with torch.no_grad():
         assert mj._joint_weight((mlp.gate_proj, mlp.up_proj)) is not None
+
+
+def test_huge_max_new_tokens_with_an_early_eos():
+    """The dynamic cache reserves at most 64K positions past what it holds and grows by doubling after that: a huge
+    max_new_tokens that an EOS cuts short runs (it once asked the allocator for all 10^8 positions, ~25 GB here)."""
+    model = builtin_model()
+    ids = torch.tensor([[5, 6, 7]])
+    first = int(model.generate(ids, max_new_tokens=1, eos_token_id=None)[0, -1])
+    out = model.generate(ids, max_new_tokens=10 ** 8, eos_token_id=first, static_cache=False)
+    assert out.tolist() == [[5, 6, 7, first]]
