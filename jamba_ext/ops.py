@@ -1745,12 +1745,33 @@ SAMPLE_PARAMS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                  "frequency_penalty")
 
 
+def _check_sample_params(op: str, params: Tensor, rng: Optional[Tensor]) -> None:
+    """sample_rows' settings on the CPU, as row_sampling.check takes them (NaN fails every rule): a bad value named
+    with its row, instead of the kernel's reading of it (a NaN or negative temperature, or top_p <= 0, ran greedy; a
+    repetition penalty of 0 divided by it)."""
+    if params.dim() != 2 or params.shape[1] != len(SAMPLE_PARAMS) or params.dtype != torch.float32:
+        return                                               # (the C check names the shape / dtype)
+    t, k, tp, mp, rp, pp, fp = params.double().unbind(1)
+    fin = torch.isfinite
+    rules = ((t >= 0) & fin(t), (k >= 0) & fin(k) & (k == k.floor()), (tp > 0) & (tp <= 1), (mp >= 0) & (mp <= 1),
+             (rp > 0) & fin(rp), fin(pp), fin(fp))
+    what = ("a number >= 0 (0: greedy)", "a whole number >= 0 (0: off)", "a number in (0, 1] (1: off)",
+            "a number in [0, 1] (0: off)", "a finite number > 0 (1: off)", "a finite number (0: off)",
+            "a finite number (0: off)")
+    for j, ok in enumerate(rules):
+        if not bool(ok.all()):
+            r = int((~ok).nonzero()[0, 0])
+            _fail(op, f"params[{r}, {j}] ({SAMPLE_PARAMS[j]}): expected {what[j]}, got {float(params[r, j])}")
+    if rng is not None and rng.dtype == torch.int64 and rng.numel() and bool((rng < 0).any()):
+        _fail(op, "rng: each row's key and counter must be >= 0 (as seed and offset)")
+
+
 @torch.library.custom_op("jamba::sample_rows", mutates_args=())
 def sample_rows(logits: Tensor, params: Tensor, seen: Optional[Tensor] = None, counts: Optional[Tensor] = None,
                 seed: int = 0, offset: int = 0, rng: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """One token per row of logits (R, V) f32/f16/bf16 (unit stride along V), each row with its own settings:
     params (R, 7) fp32, a row's SAMPLE_PARAMS (temperature 0: greedy; top_k 0, top_p 1, min_p 0, penalties 1 / 0 / 0:
-    off; jamba_ext.row_sampling.check validates them); seen (R, V) bool (repetition_penalty: the row's prompt and new
+    off; checked here on the CPU, not on a GPU, where jamba_ext.row_sampling.check is the way to validate them); seen (R, V) bool (repetition_penalty: the row's prompt and new
     tokens) and counts (R, V) int32 (presence / frequency penalties: the row's new tokens), each optional. seed,
     offset: the draws' Philox key and counter, ints in [0, 2^63) (a new offset a step: the same pair draws the same).
     rng (R, 2) int64, optional: each row's own key and counter instead (row r draws as row 0 of a call with seed
@@ -1767,6 +1788,8 @@ def sample_rows(logits: Tensor, params: Tensor, seen: Optional[Tensor] = None, c
     for name, v in (("seed", seed), ("offset", offset)):
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2 ** 63:
             _fail(op, f"{name} must be an int in [0, 2^63), got {v!r}")
+    if params.device.type == "cpu" and not _compiling():     # (on a GPU they stay unchecked: no host reads)
+        _check_sample_params(op, params, rng)
     R = logits.shape[0]
     tokens = _alloc((R,), torch.int64, logits.device)
     tau = _alloc((R,), torch.float32, logits.device)

@@ -81,6 +81,25 @@ def test_sample_rows_row_stride_and_empty(device):
     assert t.shape == (0,) and tau.shape == (0,)
 
 
+def test_bad_settings_named_on_cpu():
+    """On the CPU, a setting row_sampling.check would refuse is a ValueError naming its row and field (the kernel read
+    a NaN or negative temperature, or top_p <= 0, as greedy, and divided by a repetition penalty of 0); a negative
+    rng key too. Good settings still pick."""
+    logits = torch.randn(3, 50)
+    good = torch.tensor([[0.7, 5, 0.9, 0.05, 1.2, 0.5, 0.1]] * 3)
+    for j, v, what in ((0, float("nan"), "temperature"), (0, -1.0, "temperature"), (1, 2.5, "top_k"),
+                       (2, 0.0, "top_p"), (3, float("nan"), "min_p"), (4, 0.0, "repetition_penalty"),
+                       (5, float("inf"), "presence_penalty"), (6, float("nan"), "frequency_penalty")):
+        bad = good.clone()
+        bad[2, j] = v
+        with pytest.raises(ValueError, match=rf"params\[2, {j}\] \({what}\): expected"):
+            ops.sample_rows(logits, bad)
+    with pytest.raises(ValueError, match="rng: each row's key and counter must be >= 0"):
+        ops.sample_rows(logits, good, rng=torch.tensor([[1, 0], [-5, 0], [2, 0]]))
+    tokens, _ = ops.sample_rows(logits, good, rng=torch.tensor([[1, 0], [5, 0], [2, 0]]))
+    assert tokens.shape == (3,)
+
+
 def test_draws_follow_the_kept_softmax(device):
     """6000 rows of one set of 6 logits with temperature 0.7, top_k 5 and top_p 0.9: the columns the reference drops
     are never drawn, and each kept column's count is within 5 sigma of its renormalised probability."""
