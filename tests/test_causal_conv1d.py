@@ -170,8 +170,9 @@ def test_causal_conv1d_update_x_inside_state(device):
 def test_causal_conv1d_update_cpu_f32_fast_path(batch, d_inner, x_mode, bias):
     """On CPU, the decode step in the HF layout in f32 (one token, 4-entry state, width 4, contiguous taps) runs a
     vectorised path over channels (update_fast_ok in csrc/cpu/causal_conv1d.c; an x inside the state's memory is
-    refused since session 61: test_errors.py test_in_place_states_must_not_overlap): output and new state equal the general loop's (taps as a strided view) bit for bit, and the
-    float64 reference within tolerance; chunks of 1024 channels (d_inner 1030) and a lone batch row included."""
+    refused since session 61: test_errors.py test_in_place_states_must_not_overlap): output and new state equal the
+    general loop's (taps as a strided view) bit for bit, and the float64 reference within tolerance; chunks of 1024
+    channels (d_inner 1030) and a lone batch row included."""
     gen = torch.Generator().manual_seed(batch * 1000 + d_inner)
     rn = lambda *s: torch.randn(*s, generator=gen)  # noqa: E731
     st, w, b = rn(batch, d_inner, 4), rn(d_inner, 4), (rn(d_inner) if bias else None)

@@ -316,10 +316,12 @@ def test_in_place_states_must_not_overlap(device):
         (lambda: ops.causal_conv1d_update(st[:, :, -1], st, w), "x must not overlap conv_state"),
         (lambda: ops.causal_conv1d_update(flat[:, 1:DI + 1], flat[:, :-1].view(B, DI, K - 1), w),
          "x must not overlap conv_state"),
-        (lambda: ops.causal_conv1d_update(x, st, st.view(-1)[:DI * K].view(DI, K)), "weight must not overlap conv_state"),
+        (lambda: ops.causal_conv1d_update(x, st, st.view(-1)[:DI * K].view(DI, K)),
+         "weight must not overlap conv_state"),
         (lambda: ops.selective_state_update(**{**ssu, "state": ssu["state"][:1].expand(B, DI, N)}),
          "state is written in place, so"),
-        (lambda: ops.selective_state_update(**{**ssu, "x": ssu["state"].view(B, -1)[:, :DI]}), "x must not overlap state"),
+        (lambda: ops.selective_state_update(**{**ssu, "x": ssu["state"].view(B, -1)[:, :DI]}),
+         "x must not overlap state"),
         (lambda: ops.selective_state_update(**{**ssu, "B": ssu["state"][:, 0, :]}), "B must not overlap state"),
     ]
     before = [st.clone(), ssu["state"].clone()]
