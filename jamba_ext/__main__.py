@@ -34,6 +34,7 @@ tokens/s to stderr, and with --save writes a checkpoint that `generate --model` 
 import argparse
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -81,9 +82,9 @@ class _Bar:
             sys.stderr.flush()
 
 
-def _fail(msg: str) -> NoReturn:
+def _fail(msg: str, code: int = 2) -> NoReturn:
     sys.stderr.write(f"jamba-ext: error: {msg}\n")
-    sys.exit(2)
+    sys.exit(code)
 
 
 def _read_text(path: str, flag: str) -> str:
@@ -558,8 +559,8 @@ def cmd_train(args) -> int:
         _fail("--steps must be >= 1")
     if args.seq_len < 2 or args.batch < 1:
         _fail("--seq-len must be >= 2 and --batch >= 1")
-    if not args.lr > 0:
-        _fail("--lr must be > 0")
+    if not 0 < args.lr < float("inf"):
+        _fail("--lr must be a finite number > 0")
     text = _read_text(args.text_file, "--text-file")
     torch.manual_seed(args.seed)
     cuda = (_device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -616,6 +617,9 @@ def cmd_train(args) -> int:
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        if not math.isfinite(losses[-1]):   # (fp16 weights under AdamW did this, then saved NaN weights: exit 0)
+            _fail(f"the loss is {losses[-1]} at step {step}: training diverged (fp16 weights underflow AdamW's "
+                  "steps: use --dtype bfloat16 or float32; else a lower --lr); nothing saved", code=1)
         n_tok += batch.numel()
         if step % log_every == 0 or step == args.steps:
             dt = time.perf_counter() - t0

@@ -97,6 +97,21 @@ def _choice_key(seed: Optional[int], c: int) -> Optional[int]:
     return None if seed is None else prompt_key(seed, c)
 
 
+def _encode(tok, text: str, bos: bool, what: str) -> List[int]:
+    """A request's text as token ids, or RequestError (JSON can carry a lone surrogate, which UTF-8 cannot: a 500
+    before)"""
+    try:
+        return tok.encode(text, add_bos=bos)
+    except UnicodeEncodeError as e:
+        raise RequestError(f"{what}: not valid Unicode text ({e.reason} at character {e.start})") from None
+
+
+class _Server(ThreadingHTTPServer):
+    """A listen backlog for bursts of clients (http.server's default of 5 reset the 6th of 40 connections that came at
+    once: they never reached the engine)."""
+    request_queue_size = 256
+
+
 class RequestError(ValueError):
     """A request the server refuses (HTTP 400), with the reason."""
 
@@ -588,7 +603,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                     text = chat_template.render(msgs, add_generation_prompt=True)
                 except ValueError as e:
                     raise RequestError(f"chat template: {e}") from None
-                prompts = [tok.encode(text, add_bos=False)]
+                prompts = [_encode(tok, text, False, '"messages"')]
             else:
                 prompt = body.get("prompt")
                 ids_list = lambda v: isinstance(v, list) and v and all(  # noqa: E731
@@ -599,7 +614,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                         not all(isinstance(p, str) or ids_list(p) for p in prompt):
                     raise RequestError(f'"prompt": expected a string, a list of token ids, or a list of up to '
                                        f'{MAX_PROMPTS} of either')
-                prompts = [tok.encode(p, add_bos=True) if isinstance(p, str) else p for p in prompt]
+                prompts = [_encode(tok, p, True, '"prompt"') if isinstance(p, str) else p for p in prompt]
             V = engine.model.config.vocab_size
             for ids in prompts:
                 if not ids or min(ids) < 0 or max(ids) >= V:
@@ -741,7 +756,7 @@ def serve(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, model_nam
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise ValueError("api_key: expected a non-empty string (or None: no check)")
     engine = Engine(model, tokenizer, **engine_options)
-    httpd = ThreadingHTTPServer((host, port), make_handler(engine, model_name, chat_template, api_key=api_key))
+    httpd = _Server((host, port), make_handler(engine, model_name, chat_template, api_key=api_key))
     httpd.daemon_threads = True
     httpd.engine = engine                # (for ready(): its counters, e.g. the requests done and dropped)
     try:

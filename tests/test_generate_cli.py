@@ -261,7 +261,8 @@ def test_cli_train_errors(tmp_path, capsys):
     for argv, msg in ((["--text-file", str(short), "--seq-len", "8"], "encodes to 3 tokens"),
                       (["--text-file", str(short), "--steps", "0"], "--steps must be >= 1"),
                       (["--text-file", str(tmp_path / "missing.txt")], "--text-file"),
-                      (["--text-file", str(short), "--lr", "0"], "--lr must be > 0")):
+                      (["--text-file", str(short), "--lr", "0"], "--lr must be a finite number > 0"),
+                      (["--text-file", str(short), "--lr", "inf"], "--lr must be a finite number > 0")):
         with pytest.raises(SystemExit) as e:
             main(["train", "--device", "cpu", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err
@@ -273,6 +274,13 @@ def test_cli_train_errors(tmp_path, capsys):
               "--save", str(short / "sub")])                  # under a file
     err = capsys.readouterr().err
     assert e.value.code == 2 and "--save" in err and "step" not in err and "trained" not in err, err
+    # a diverged loss stops the run with exit 1 and saves nothing (fp16 weights under AdamW went NaN at step 2, then
+    # were saved, exit 0)
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--device", "cpu", "--text-file", str(text), "--steps", "3", "--seq-len", "16", "--batch", "2",
+              "--dtype", "float16", "--save", str(tmp_path / "nan")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "training diverged" in err and not (tmp_path / "nan" / "config.json").exists(), err
 
 
 def test_cli_train_lora(tmp_path, capsys):

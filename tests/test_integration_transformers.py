@@ -162,6 +162,12 @@ def test_adapters_match_reference():
     torch.testing.assert_close(state.double(), s_new, rtol=0, atol=0)
     with pytest.raises(ValueError, match="activation"):
         jt.causal_conv1d_fn(x, w, b, activation="gelu")
+    # initial states in causal-conv1d's channel-last layout (which it requires with a channel-last x) are taken
+    init = torch.randn(Bsz, K - 1, DI).transpose(1, 2)
+    out3, fin3 = jt.causal_conv1d_fn(x, w, b, initial_states=init, return_final_states=True, activation="silu")
+    ref3, fref3 = reference.causal_conv1d(x.double(), w.double(), b.double(), init.double(), True)
+    torch.testing.assert_close(out3.double(), ref3, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fin3.double(), fref3, rtol=0, atol=0)
 
     delta = torch.randn(Bsz, DI, L)
     A = -torch.rand(DI, N) * 3 - 0.5

@@ -465,6 +465,9 @@ def test_refused_requests():
             assert code == 400 and msg in ans["error"]["message"], (body, ans)
         code, ans = srv.post("/v1/completions", None, raw=b"{not json")
         assert code == 400 and "not JSON" in ans["error"]["message"]
+        assert srv.httpd.request_queue_size >= 128   # (http.server's 5 reset 1 of 40 clients that came at once)
+        code, ans = srv.post("/v1/completions", None, raw=b'{"prompt": "a\\ud800"}')   # (JSON's lone surrogate: a 500)
+        assert code == 400 and '"prompt": not valid Unicode text' in ans["error"]["message"], ans
         code, ans = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})
         assert code == 400 and "no chat template" in ans["error"]["message"]
         assert srv.post("/v1/other", {})[0] == 404 and srv.get("/v2")[0] == 404

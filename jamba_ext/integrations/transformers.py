@@ -93,7 +93,7 @@ def causal_conv1d_fn(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, s
     """x (B, DI, L), weight (DI, K) -> out (B, DI, L) [, final_states (B, DI, K-1)]."""
     _no_packing("causal_conv1d_fn", seq_idx=seq_idx, cu_seqlens=kwargs.get("cu_seqlens"))
     K = weight.shape[-1]
-    out, final = _ops.causal_conv1d(_unit_last(x), weight, bias, initial_states, _silu_flag(activation),
+    out, final = _ops.causal_conv1d(_unit_last(x), weight, bias, _unit_last(initial_states), _silu_flag(activation),
                                     K - 1 if return_final_states else 0)
     if not return_final_states:
         return out
