@@ -434,7 +434,8 @@ def _(x, weight, bias, initial_state, dout, silu=True):
 def causal_conv1d_update(x: Tensor, conv_state: Tensor, weight: Tensor, bias: Optional[Tensor] = None,
                          silu: bool = True) -> Tensor:
     """Decode step(s) of causal_conv1d (inference-only). x: (B, DI) or (B, DI, L); conv_state:
-    (B, DI, S >= K-1), updated in place to the last S inputs. Returns out shaped like x."""
+    (B, DI, S >= K-1), updated in place to the last S inputs (so it may share memory with no other argument, nor
+    with itself: an expanded view is refused). Returns out shaped like x."""
     op = "causal_conv1d_update"
     _check_args(op, "x", x, {"x": (2, 3), "conv_state": 3, "bias": 1},
                 conv_state=conv_state, weight=weight, bias=bias)
@@ -484,8 +485,9 @@ def _(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, 
 def selective_state_update(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
                            D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                            dt_bias: Optional[Tensor] = None, dt_softplus: bool = False) -> Tensor:
-    """One decode step of the scan (inference-only). state (B, DI, N) f32|bf16|f16, updated in place;
-    x, dt, z (B, DI) unit stride along DI; A (DI, N) f32; B, C (B, N); D, dt_bias (DI,) f32.
+    """One decode step of the scan (inference-only). state (B, DI, N) f32|bf16|f16, updated in place (sharing memory
+    with no other argument nor with itself); x, dt, z (B, DI) unit stride along DI; A (DI, N) f32; B, C (B, N); D,
+    dt_bias (DI,) f32.
     Returns out (B, DI) in x's dtype."""
     op = "selective_state_update"
     _check_args(op, "state", state, {"state": 3, "x": 2, "dt": 2, "A": 2, "B": 2, "C": 2, "D": 1, "z": 2,
