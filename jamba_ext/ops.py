@@ -1771,12 +1771,12 @@ def _check_sample_params(op: str, params: Tensor, rng: Optional[Tensor]) -> None
 @torch.library.custom_op("jamba::sample_rows", mutates_args=())
 def sample_rows(logits: Tensor, params: Tensor, seen: Optional[Tensor] = None, counts: Optional[Tensor] = None,
                 seed: int = 0, offset: int = 0, rng: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-    """One token per row of logits (R, V) f32/f16/bf16 (unit stride along V), each row with its own settings: params (R,
-    7) fp32, a row's SAMPLE_PARAMS (temperature 0: greedy; top_k 0, top_p 1, min_p 0, penalties 1 / 0 / 0: off;
-    checked here on the CPU, not on a GPU, where jamba_ext.row_sampling.check is the way to validate them); seen (R,
-    V) bool (repetition_penalty: the row's prompt and new tokens) and counts (R, V) int32 (presence / frequency
-    penalties: the row's new tokens), each optional. seed, offset: the draws' Philox key and counter, ints in [0,
-    2^63) (a new offset a step: the same pair draws the same). rng (R, 2) int64, optional: each row's own key and
+    """One token per row of logits (R, V) f32/f16/bf16 (unit stride along V), each row with its own settings: params
+    (R, 7) fp32, a row's SAMPLE_PARAMS (temperature 0: greedy; top_k 0, top_p 1, min_p 0, penalties 1 / 0 / 0: off;
+    checked here on the CPU, not on a GPU, where jamba_ext.row_sampling.check is the way to validate them); seen
+    (R, V) bool (repetition_penalty: the row's prompt and new tokens) and counts (R, V) int32 (presence / frequency
+    penalties: the row's new tokens), each optional. seed, offset: the draws' Philox key and counter, ints in
+    [0, 2^63) (a new offset a step: the same pair draws the same). rng (R, 2) int64, optional: each row's own key and
     counter instead (row r draws as row 0 of a call with seed rng[r, 0] and offset rng[r, 1]: its draws do not depend
     on its place in the batch -- a request's own seed). Returns (tokens (R,) int64, tau (R,) fp32: the smallest score
     kept, on the penalised logits / temperature scale; greedy rows: the argmax's penalised logit). One kernel, no
