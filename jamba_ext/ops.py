@@ -982,9 +982,9 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
     in x's dtype with HF's roundings (csrc/jamba.h). x: (T, H); weights: (T, TOPK) (fp32 from moe_route, or
     any float: cast to fp32, which is exact); expert_ids: (T, TOPK) int32/int64; w_gate_up: (E, 2F, H), gate
     rows first; w_down: (E, H, F); both contiguous, x's dtype. sorted_slots / expert_offsets: moe_route's
-    permutation of these expert_ids (computed here when absent); their shapes and dtypes are checked, their values
-    are not (that would read them on the host, a synchronisation on CUDA): a permutation of other ids gives a wrong
-    result. impl (CUDA): auto | mma | mma64 | mma256 | wgmma | gemv | simt | grouped_mm
+    permutation of these expert_ids (computed here when absent); their shapes and dtypes are checked, and on the CPU
+    their ranges; on CUDA their values are not (that would read them on the host, a synchronisation): a permutation
+    of other ids gives a wrong result. impl (CUDA): auto | mma | mma64 | mma256 | wgmma | gemv | simt | grouped_mm
     (csrc/jamba.h jamba_moe_impl; grouped_mm: torch._grouped_mm GEMMs inside our routing/combine)."""
     op = "moe_experts"
     _check_args(op, "x", x, {"x": 2, "weights": 2, "expert_ids": 2, "w_gate_up": 3, "w_down": 3,
@@ -1012,6 +1012,15 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
     if x.device.type == "cpu" or impl == "grouped_mm" or _moe_grouped_auto(x, T * K, impl):
         if x.device.type == "cpu" and ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= E):
             _fail(op, f"expert_ids must be in [0, {E}), got values in [{int(ids.min())}, {int(ids.max())}]")
+        if x.device.type == "cpu" and ids.numel():   # (a bad slot was torch's IndexError from inside the gather)
+            lo, hi = int(sorted_slots.min()), int(sorted_slots.max())
+            if lo < 0 or hi >= T * K:
+                _fail(op, f"sorted_slots must be slot indices in [0, {T * K}) (moe_route's permutation), got values "
+                          f"in [{lo}, {hi}]")
+            o = expert_offsets.tolist()
+            if o[0] != 0 or o[-1] > T * K or any(y < z for z, y in zip(o, o[1:])):
+                _fail(op, f"expert_offsets must rise from 0 to at most {T * K} (moe_route's), got {o[:8]}"
+                          f"{' ...' if len(o) > 8 else ''}")
         if T == 0:
             return _alloc((0, H), x.dtype, x.device)
         return _moe_experts_torch(xc, w32, ids, w_gate_up, w_down, sorted_slots, expert_offsets,

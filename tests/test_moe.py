@@ -737,6 +737,11 @@ def test_moe_bad_inputs(device):
         run(x=x.to(torch.int32))
     with pytest.raises(ValueError, match="sorted_slots"):
         run(sorted_slots=slots[:-1], expert_offsets=offsets)
+    if device.type == "cpu":   # values (CPU only: on CUDA a host read): a bad slot was torch's IndexError
+        with pytest.raises(ValueError, match=rf"sorted_slots must be slot indices in \[0, {T * K}\)"):
+            run(sorted_slots=torch.where(slots == 0, T * K + 3, slots).to(slots.dtype), expert_offsets=offsets)
+        with pytest.raises(ValueError, match="expert_offsets must rise from 0"):
+            run(sorted_slots=slots, expert_offsets=offsets.flip(0).contiguous())
     with pytest.raises(ValueError, match="impl"):
         run(impl="fast")
     with pytest.raises(ValueError, match="top_k"):
