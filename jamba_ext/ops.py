@@ -772,14 +772,15 @@ def _is_sm90(x: Tensor) -> bool:
     return _SM90[idx]
 
 
-def _moe_ids32(op: str, expert_ids: Tensor) -> Tensor:
+def _moe_ids32(op: str, expert_ids: Tensor, outside_ok: bool = False) -> Tensor:
+    """expert_ids as int32. outside_ok: ids outside [0, E) are data (moe_permute buckets them), not a caller's error"""
     if expert_ids.dtype not in (torch.int32, torch.int64):
         _fail(op, f"expert_ids must have dtype int32 or int64, got {expert_ids.dtype}")
     # int64 ids (torch.topk's) become int32, the kernels' index type; a small visible copy. An id beyond int32 becomes
     # -1 (outside [0, E) as it was: the wrap to int32 could land it on a real expert), with no host read
     if expert_ids.dtype == torch.int64:
         big = (expert_ids > 2 ** 31 - 1) | (expert_ids < -2 ** 31)
-        if op != "moe_permute" and expert_ids.device.type == "cpu" and not _compiling() and bool(big.any()):
+        if not outside_ok and expert_ids.device.type == "cpu" and not _compiling() and bool(big.any()):
             _fail(op, f"expert_ids must be expert indices, got {int(expert_ids[big][0])}")  # (CPU: the id itself)
         expert_ids = expert_ids.masked_fill(big, -1)
     return expert_ids.to(torch.int32).contiguous()
@@ -822,7 +823,7 @@ def moe_permute(expert_ids: Tensor, num_experts: int) -> Tuple[Tensor, Tensor]:
     sorted_slots (T*TOPK,) int32); ids outside [0, E) are placed after expert_offsets[E]."""
     op = "moe_permute"
     _check_args(op, "expert_ids", expert_ids, {"expert_ids": 2})
-    ids = _moe_ids32(op, expert_ids)
+    ids = _moe_ids32(op, expert_ids, outside_ok=True)
     num_experts = _int(op, "num_experts", num_experts)
     offsets = _alloc((max(num_experts, 0) + 1,), torch.int32, ids.device)
     slots = _alloc((ids.numel(),), torch.int32, ids.device)
