@@ -47,13 +47,17 @@ def sample_rows_cases(dev, rn):
 
 def swap_cases(dev, rn):
     """moe_experts on the swap-AB engine (JAMBA_EXT_MOE_SWAP=1): moe_swap_kernel, down's epilogue with its rows and
-    weights preloaded by the producer warpgroup (gate_up: 32 W blocks x 8 chunks; Kd 136 and 2048: KT 3 and 32)"""
+    weights preloaded by the producer warpgroup (gate_up: 32 W blocks x 8 chunks; Kd 136 and 2048: KT 3 and 32);
+    then in clusters with the A boxes multicast (JAMBA_EXT_MOE_SWAP_MC=2, 4)"""
     T, H, F, E = 600, 136, 2048, 8
     wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
     x, wgu, wd = rn(T, H), rn(E, 2 * F, H), rn(E, H, F)
     os.environ["JAMBA_EXT_MOE_SWAP"] = "1"
     ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    del os.environ["JAMBA_EXT_MOE_SWAP"]
+    for mc in ("2", "4"):   # the multicast clusters (down's 2 W blocks: clusters of 2, none of 4)
+        os.environ["JAMBA_EXT_MOE_SWAP_MC"] = mc
+        ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
+    del os.environ["JAMBA_EXT_MOE_SWAP"], os.environ["JAMBA_EXT_MOE_SWAP_MC"]
 
 
 def main():

@@ -4,6 +4,8 @@
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
     python3 dev/moe_epi_ab.py data                # the swap kernels and a dense mm on random operands and on zeros
+    python3 dev/moe_epi_ab.py mc 1536 2048 2304   # ab of the swap kernel's multicast clusters (session 62)
+    python3 dev/moe_epi_ab.py mcsweep             # ksweep of the same variants
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -39,10 +41,12 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
+# session 62's EXPERIMENT: the swap kernel in clusters of 2 / 4 W blocks, the A boxes multicast (the same sums)
+MC_VARIANTS = {"default": {}, "mc2": {"JAMBA_EXT_MOE_SWAP_MC": "2"}, "mc4": {"JAMBA_EXT_MOE_SWAP_MC": "4"}}
 # variant sets of ksweep (session 57's warpscan / bigbox, session 58's l2hint / diag / preload, session 59's persist /
 # w2d / wide sets: removed with their switches, wide and preload as the default; diag, s58_diag_88195bd.log, found
 # down's epilogue ~20% of its time)
-SETS = {"f2f": VARIANTS}
+SETS = {"f2f": VARIANTS, "mc": MC_VARIANTS}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
@@ -83,7 +87,7 @@ def ab(tokens, variants=VARIANTS, dt=dt):
             outs[name] = op()
         names = list(variants)
         first = outs[names[0]].float()
-        if variants is VARIANTS:
+        if variants is VARIANTS or variants is MC_VARIANTS:
             same = f"outputs bit-identical: {all(torch.equal(outs[names[0]], o) for o in outs.values())}"
         else:
             same = "largest difference / largest output: " + ", ".join(
@@ -198,6 +202,10 @@ if __name__ == "__main__":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS, torch.float16)
     elif mode == "data":
         data()
+    elif mode == "mc":
+        ab([int(t) for t in sys.argv[2:]] or [2048], MC_VARIANTS)
+    elif mode == "mcsweep":
+        ksweep(MC_VARIANTS)
     elif mode == "ksweep":
         ksweep(SETS[sys.argv[2] if len(sys.argv) > 2 else "f2f"])
     else:

@@ -306,6 +306,11 @@ def test_moe_swap_engine(monkeypatch):
         out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, out), (T, H, F, E, K, dtype)
+        for mc in ("2", "4"):   # clusters of W blocks sharing multicast A boxes: the same sums (none where W blocks
+            monkeypatch.setenv("JAMBA_EXT_MOE_SWAP_MC", mc)   # are not a multiple of the size)
+            clustered = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+            assert torch.equal(clustered, out), ("multicast", mc, T, H, F, E, K, dtype)
+        monkeypatch.delenv("JAMBA_EXT_MOE_SWAP_MC")
         monkeypatch.setenv("JAMBA_EXT_MOE_EPI_F2F", "1")
         f2f = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.delenv("JAMBA_EXT_MOE_EPI_F2F")
@@ -704,6 +709,11 @@ def test_moe_swap_cuda_graph(monkeypatch):
     lop = randn(T, H, device=dev, dtype=dtype)
     lop[:, :8] = 8.0  # most tokens on the same few experts: chunks of several sizes, empty experts
     news = [(randn(T, H, device=dev, dtype=dtype),), (lop,), (randn(T, H, device=dev, dtype=dtype),)]
+    runs = graph_replays(fn, (randn(T, H, device=dev, dtype=dtype),), news)
+    for (a,), (o,) in zip(news, runs):
+        assert torch.equal(o, fn(a))
+    monkeypatch.setenv("JAMBA_EXT_MOE_SWAP_MC", "2")   # the multicast clusters captured too (F 512: gate_up's 8 W
+    w_gate_up, w_down = expert_weights(E, H, 512, dev, dtype)   # blocks in clusters; down's 3 run unclustered)
     runs = graph_replays(fn, (randn(T, H, device=dev, dtype=dtype),), news)
     for (a,), (o,) in zip(news, runs):
         assert torch.equal(o, fn(a))
