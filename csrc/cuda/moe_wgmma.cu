@@ -257,8 +257,7 @@ __device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap *
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask) : "memory");
 }
 /* clusters (moe_swap_kernel's multicast form): this block's rank and the cluster's size; an arrival on the barrier
- * at bar's offset in CTA rank's shared memory; a wait that acquires at cluster scope (arrivals from other CTAs);
- * all threads of the cluster (every thread calls it once) */
+ * at bar's offset in CTA rank's shared memory; all threads of the cluster (every thread calls it once) */
 __device__ __forceinline__ uint32_t cluster_rank() {
     uint32_t r;
     asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
@@ -274,17 +273,14 @@ __device__ __forceinline__ uint32_t cluster_map(uint32_t addr, uint32_t rank) { 
     asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
     return r;
 }
+/* (the default .release.cta: with .release.cluster ptxas puts MEMBAR.ALL.GPU before each arrival, which cost the
+ * k loop 20-50% in session 62's first call; the arrival follows wgmma.wait_group, which already orders the stage's
+ * reads before it, as the CTA-local arrival always relied on) */
 __device__ __forceinline__ void mbar_arrive_remote(uint32_t cluster_bar) {   /* a cluster_map address */
-    asm volatile("mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
-}
-__device__ __forceinline__ void mbar_wait_cluster(uint32_t bar, uint32_t parity) {
-    uint32_t done = 0;
-    while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-                     "selp.u32 %0, 1, 0, p;\n}\n" : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
 }
 __device__ __forceinline__ void cluster_sync_all() {
-    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
+    asm volatile("barrier.cluster.arrive.relaxed;\nbarrier.cluster.wait;\n" ::: "memory");   /* (relaxed: no MEMBAR) */
 }
 /* 3-d TMA load of the box at (c0 = k, c1 = row, 0) into dst (the W map of gate_up: see wt_map) */
 __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
@@ -1282,10 +1278,7 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
             const uint16_t mask = (uint16_t)((1u << ncta) - 1u);
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
-                if (kt >= SW_STAGES) {
-                    if (ncta == 1) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
-                    else mbar_wait_cluster(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
-                }
+                if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
                 mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);   /* (in a cluster: every A box lands here) */
                 if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
