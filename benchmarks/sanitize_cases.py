@@ -54,10 +54,12 @@ def swap_cases(dev, rn):
     x, wgu, wd = rn(T, H), rn(E, 2 * F, H), rn(E, H, F)
     os.environ["JAMBA_EXT_MOE_SWAP"] = "1"
     ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    for mc in ("2", "4"):   # the multicast clusters (down's 2 W blocks: clusters of 2, none of 4)
-        os.environ["JAMBA_EXT_MOE_SWAP_MC"] = mc
+    for mc, abox in (("2", "32"), ("4", "32"), ("2", "64")):   # multicast clusters (down's 2 W blocks: clusters of
+        os.environ["JAMBA_EXT_MOE_SWAP_MC"] = mc                 # 2, none of 4), A boxes of 64 rows
+        os.environ["JAMBA_EXT_MOE_SWAP_ABOX"] = abox
         ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    del os.environ["JAMBA_EXT_MOE_SWAP"], os.environ["JAMBA_EXT_MOE_SWAP_MC"]
+    for k in ("JAMBA_EXT_MOE_SWAP", "JAMBA_EXT_MOE_SWAP_MC", "JAMBA_EXT_MOE_SWAP_ABOX"):
+        del os.environ[k]
 
 
 def main():

@@ -42,7 +42,11 @@ dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
 # session 62's EXPERIMENT: the swap kernel in clusters of 2 / 4 W blocks, the A boxes multicast (the same sums)
-MC_VARIANTS = {"default": {}, "mc2": {"JAMBA_EXT_MOE_SWAP_MC": "2"}, "mc4": {"JAMBA_EXT_MOE_SWAP_MC": "4"}}
+# (session 62's first calls: mc2 / mc4 ~2x slower, s62_mc_*.log); mc2s: the clusters without the multicast; g2: A
+# boxes of 64 rows (half the TMA loads)
+MC_VARIANTS = {"default": {}, "mc2": {"JAMBA_EXT_MOE_SWAP_MC": "2"}, "mc2s": {"JAMBA_EXT_MOE_SWAP_MC": "2s"},
+               "g2": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"},
+               "mc2g2": {"JAMBA_EXT_MOE_SWAP_MC": "2", "JAMBA_EXT_MOE_SWAP_ABOX": "64"}}
 # variant sets of ksweep (session 57's warpscan / bigbox, session 58's l2hint / diag / preload, session 59's persist /
 # w2d / wide sets: removed with their switches, wide and preload as the default; diag, s58_diag_88195bd.log, found
 # down's epilogue ~20% of its time)

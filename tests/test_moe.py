@@ -306,11 +306,15 @@ def test_moe_swap_engine(monkeypatch):
         out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(again, out), (T, H, F, E, K, dtype)
-        for mc in ("2", "4"):   # clusters of W blocks sharing multicast A boxes: the same sums (none where W blocks
-            monkeypatch.setenv("JAMBA_EXT_MOE_SWAP_MC", mc)   # are not a multiple of the size)
+        # clusters of W blocks sharing multicast A boxes (none where the W blocks are not a multiple of the size; 2s:
+        # clusters, no multicast), A boxes of 64 rows: the same sums
+        for mc, abox in (("2", "32"), ("4", "32"), ("2s", "32"), ("1", "64"), ("2", "64")):
+            monkeypatch.setenv("JAMBA_EXT_MOE_SWAP_MC", mc)
+            monkeypatch.setenv("JAMBA_EXT_MOE_SWAP_ABOX", abox)
             clustered = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-            assert torch.equal(clustered, out), ("multicast", mc, T, H, F, E, K, dtype)
+            assert torch.equal(clustered, out), ("multicast", mc, abox, T, H, F, E, K, dtype)
         monkeypatch.delenv("JAMBA_EXT_MOE_SWAP_MC")
+        monkeypatch.delenv("JAMBA_EXT_MOE_SWAP_ABOX")
         monkeypatch.setenv("JAMBA_EXT_MOE_EPI_F2F", "1")
         f2f = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.delenv("JAMBA_EXT_MOE_EPI_F2F")

@@ -1234,7 +1234,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
 template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
-                    moe_gemm_args a) {
+                    moe_gemm_args a, int abox) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
     int e, len;
@@ -1276,18 +1276,22 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
             const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
                                      : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
             const uint16_t mask = (uint16_t)((1u << ncta) - 1u);
+            /* EXPERIMENT (session 62): G chunks an A box (tmA's boxes of 32 G rows), nb boxes a stage; self: in a
+             * cluster, every CTA loads all its boxes itself (the cluster's coupling without the multicast) */
+            const int G = abox & 3, nb = (NC + G - 1) / G;
+            const bool self = (abox & 16) != 0;
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
-                mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);   /* (in a cluster: every A box lands here) */
+                mbar_expect_tx(fb, SW_A_BYTES + nb * G * 32 * WG_BK * 2);   /* (in a cluster: every A box lands here) */
                 if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
                 else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                for (int c = 0; c < NC; c++) {
-                    const uint32_t dst = sa + SW_A_BYTES + c * 32 * 128;
-                    if (ncta == 1) tma_load_2d(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb);
-                    else if (c % (int)ncta == (int)rank)
-                        tma_load_2d_mc(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * c), fb, mask);
+                for (int b = 0; b < nb; b++) {
+                    const uint32_t dst = sa + SW_A_BYTES + b * G * 32 * 128;
+                    if (ncta == 1 || self) tma_load_2d(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * G * b), fb);
+                    else if (b % (int)ncta == (int)rank)
+                        tma_load_2d_mc(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * G * b), fb, mask);
                 }
             }
         }
@@ -1494,18 +1498,25 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
                                               SW_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
-    CUtensorMap tmA;   /* token rows in boxes of 32 */
-    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
+    /* EXPERIMENT (session 62) JAMBA_EXT_MOE_SWAP_ABOX=64: A boxes of 64 rows (two chunks a TMA load) */
+    const char *ab_env = getenv("JAMBA_EXT_MOE_SWAP_ABOX");
+    const int G = (ab_env != NULL && !strcmp(ab_env, "64")) ? 2 : 1;
+    CUtensorMap tmA;   /* token rows in boxes of 32 (G 2: 64) */
+    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32 * G));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
     /* EXPERIMENT (session 62) JAMBA_EXT_MOE_SWAP_MC=2|4: clusters of 2 / 4 W blocks along x (one chunk's rows: the
      * same A boxes), each A box loaded once and multicast to the cluster (L2 reads a stage 16 KB W + NC x 4 KB A per
-     * block -> 16 + NC x 4 / size KB); where grid.x is not a multiple of the size, no clusters */
+     * block -> 16 + NC x 4 / size KB); where grid.x is not a multiple of the size, no clusters. "2s" / "4s": the
+     * clusters without the multicast (each block loads its own A boxes; a diagnostic) */
     const char *mc_env = getenv("JAMBA_EXT_MOE_SWAP_MC");
-    unsigned mc = (mc_env != NULL && (mc_env[0] == '2' || mc_env[0] == '4') && mc_env[1] == '\0') ? mc_env[0] - '0' : 1;
+    const bool mc_ok = mc_env != NULL && (mc_env[0] == '2' || mc_env[0] == '4') &&
+                       (mc_env[1] == '\0' || (mc_env[1] == 's' && mc_env[2] == '\0'));
+    unsigned mc = mc_ok ? mc_env[0] - '0' : 1;
     if (grid.x % mc != 0) mc = 1;
+    const int abox = G | (mc_ok && mc_env[1] == 's' ? 16 : 0);
     jamba_kernel_launch_cluster(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, mc, grid,
-                                SW_THREADS, SW_SMEM, stream, tmA, tmW, a);
+                                SW_THREADS, SW_SMEM, stream, tmA, tmW, a, abox);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
