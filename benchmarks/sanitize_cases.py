@@ -48,18 +48,16 @@ def sample_rows_cases(dev, rn):
 def swap_cases(dev, rn):
     """moe_experts on the swap-AB engine (JAMBA_EXT_MOE_SWAP=1): moe_swap_kernel, down's epilogue with its rows and
     weights preloaded by the producer warpgroup (gate_up: 32 W blocks x 8 chunks; Kd 136 and 2048: KT 3 and 32);
-    then in clusters with the A boxes multicast (JAMBA_EXT_MOE_SWAP_MC=2, 4)"""
+    then with A loads of up to 2 / 4 chunks (JAMBA_EXT_MOE_SWAP_ABOX=64, 128)"""
     T, H, F, E = 600, 136, 2048, 8
     wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
     x, wgu, wd = rn(T, H), rn(E, 2 * F, H), rn(E, H, F)
     os.environ["JAMBA_EXT_MOE_SWAP"] = "1"
     ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    for mc, abox in (("2", "32"), ("4", "32"), ("2", "64")):   # multicast clusters (down's 2 W blocks: clusters of
-        os.environ["JAMBA_EXT_MOE_SWAP_MC"] = mc                 # 2, none of 4), A boxes of 64 rows
+    for abox in ("64", "128"):   # A loads of up to 2 / 4 chunks
         os.environ["JAMBA_EXT_MOE_SWAP_ABOX"] = abox
         ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    for k in ("JAMBA_EXT_MOE_SWAP", "JAMBA_EXT_MOE_SWAP_MC", "JAMBA_EXT_MOE_SWAP_ABOX"):
-        del os.environ[k]
+    del os.environ["JAMBA_EXT_MOE_SWAP"], os.environ["JAMBA_EXT_MOE_SWAP_ABOX"]
 
 
 def main():

@@ -4,7 +4,7 @@
     python3 dev/moe_epi_ab.py ksweep              # gate_up's time against its k steps (H 2048 / 4096 / 8192)
     python3 dev/moe_epi_ab.py swapf16 1536 2048   # f16: the swap engine (forced) against the 128 x 256 tiles
     python3 dev/moe_epi_ab.py data                # the swap kernels and a dense mm on random operands and on zeros
-    python3 dev/moe_epi_ab.py mc 1536 2048 2304   # ab of the swap kernel's multicast clusters (session 62)
+    python3 dev/moe_epi_ab.py mc 1536 2048 2304   # ab of the swap kernel's A box sizes (session 62)
     python3 dev/moe_epi_ab.py mcsweep             # ksweep of the same variants
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
@@ -41,15 +41,9 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-# session 62's EXPERIMENT: the swap kernel in clusters of 2 / 4 W blocks, the A boxes multicast (the same sums)
-# (session 62's first calls: mc2 / mc4 ~2x slower, s62_mc_*.log); mc2s: the clusters without the multicast; g2: A
-# boxes of 64 rows (half the TMA loads)
-MC_VARIANTS = {"default": {}, "mc2": {"JAMBA_EXT_MOE_SWAP_MC": "2"}, "mc2s": {"JAMBA_EXT_MOE_SWAP_MC": "2s"},
-               "g2": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"},
-               "mc2g2": {"JAMBA_EXT_MOE_SWAP_MC": "2", "JAMBA_EXT_MOE_SWAP_ABOX": "64"}}
-# variant sets of ksweep (session 57's warpscan / bigbox, session 58's l2hint / diag / preload, session 59's persist /
-# w2d / wide sets: removed with their switches, wide and preload as the default; diag, s58_diag_88195bd.log, found
-# down's epilogue ~20% of its time)
+# session 62: the swap kernel's A loads of up to 2 / 4 chunks (JAMBA_EXT_MOE_SWAP_ABOX; the same sums). Its first calls
+# measured clusters of W blocks with the A boxes multicast: 1.3-2x slower (s62_mc_*.log), removed
+MC_VARIANTS = {"default": {}, "g2": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"}, "g4": {"JAMBA_EXT_MOE_SWAP_ABOX": "128"}}
 SETS = {"f2f": VARIANTS, "mc": MC_VARIANTS}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10

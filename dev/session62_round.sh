@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Session 62's device calls on one H200 (device tool), by MODE:
-#   mc    the EXPERIMENT JAMBA_EXT_MOE_SWAP_MC=2|4 (moe_swap_kernel in clusters of W blocks, the A boxes multicast):
-#         build, the swap engine's tests (same bits with and without clusters, graph capture), test_moe.py with the
-#         swap engine and clusters of 2 forced, memcheck / racecheck of the swap cases (clusters included), then the
-#         whole op in turns (dev/moe_epi_ab.py mc: its MC_VARIANTS at 1536 / 2048 / 2304 tokens) and the kernels
-#         alone (mcsweep: gate_up / down at H 2048 / 4096 / 8192, 256 rows an expert)
-#         (ran at 3cebd00, s62_mc_3cebd00.log: every k loop slow, MEMBAR.ALL.GPU before each arrival; at b99e235,
-#         s62_mc_b99e235.log: default 77.6% at 2048 tokens, mc2 / mc4 ~2x slower a k step; then JAMBA_EXT_MOE_SWAP_ABOX
-#         and the mc "2s" diagnostic added)
+#   mc    (the name of its first form) the swap kernel's EXPERIMENTS: build, the swap engine's tests (each against the
+#         default, bit for bit; graph capture), test_moe.py with the swap engine and the variant forced, memcheck /
+#         racecheck of the swap cases, then the whole op in turns (dev/moe_epi_ab.py mc: its MC_VARIANTS at 1536 / 2048
+#         / 2304 tokens) and the kernels alone (mcsweep: gate_up / down at H 2048 / 4096 / 8192, 256 rows an expert).
+#         Ran with JAMBA_EXT_MOE_SWAP_MC=2|4 (clusters of W blocks, the A boxes multicast) at 3cebd00
+#         (s62_mc_3cebd00.log: every k loop slow, MEMBAR.ALL.GPU before each arrival) and b99e235 (s62_mc_b99e235.log:
+#         default 77.6% at 2048 tokens, mc2 / mc4 ~2x slower a k step), then with the diagnostic "2s" (the clusters
+#         without the multicast: as fast as none) and JAMBA_EXT_MOE_SWAP_ABOX=64 (down 11% faster) at fed32ef
+#         (s62_mc_fed32ef.log); the multicast removed after, ABOX 64 / 128 (mixed boxes, the largest first) next
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session62_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -19,15 +20,15 @@ python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', 
 case "$mode" in
 mc)
   build_cuda
-  step "the swap engine's tests (clusters of 2 and 4 against none, bit for bit; graph capture)"
+  step "the swap engine's tests (each variant against the default, bit for bit; graph capture)"
   timeout 150 python3 -m pytest -q -m cuda --timeout=140 tests/test_moe.py -k "swap" -p no:cacheprovider 2>&1 | tail -4
-  step "test_moe.py with the swap engine, clusters of 2 and 64-row A boxes forced"
-  JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_MC=2 JAMBA_EXT_MOE_SWAP_ABOX=64 timeout 200 python3 -m pytest -q -m cuda --timeout=190 \
+  step "test_moe.py with the swap engine and A loads of up to 4 chunks forced (JAMBA_EXT_MOE_SWAP_ABOX=128)"
+  JAMBA_EXT_MOE_SWAP=1 JAMBA_EXT_MOE_SWAP_ABOX=128 timeout 200 python3 -m pytest -q -m cuda --timeout=190 \
     tests/test_moe.py -p no:cacheprovider 2>&1 | tail -4
-  step "compute-sanitizer memcheck / racecheck: sanitize_cases.py swap (clusters of 2 and 4 included)"
+  step "compute-sanitizer memcheck / racecheck: sanitize_cases.py swap (the variants included)"
   timeout 60 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -2
   timeout 80 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -2
-  step "the whole op in turns: default / mc2 / mc4"
+  step "the whole op in turns: dev/moe_epi_ab.py mc (MC_VARIANTS)"
   timeout 200 python3 dev/moe_epi_ab.py mc 1536 2048 2304 2>&1 | grep -v "warn" | tail -36
   step "the kernels alone: mcsweep"
   timeout 150 python3 dev/moe_epi_ab.py mcsweep 2>&1 | grep -v "warn" | tail -22

@@ -249,39 +249,6 @@ __device__ __forceinline__ void tma_load_2d(uint32_t dst, const CUtensorMap *map
     asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n"
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar) : "memory");
 }
-/* the same load multicast to the CTAs of this block's cluster in mask (each at dst's and bar's CTA-relative offsets) */
-__device__ __forceinline__ void tma_load_2d_mc(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar,
-                                               uint16_t mask) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-                 " [%0], [%1, {%2, %3}], [%4], %5;\n"
-                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(bar), "h"(mask) : "memory");
-}
-/* clusters (moe_swap_kernel's multicast form): this block's rank and the cluster's size; an arrival on the barrier
- * at bar's offset in CTA rank's shared memory; all threads of the cluster (every thread calls it once) */
-__device__ __forceinline__ uint32_t cluster_rank() {
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
-__device__ __forceinline__ uint32_t cluster_size() {
-    uint32_t n;
-    asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
-    return n;
-}
-__device__ __forceinline__ uint32_t cluster_map(uint32_t addr, uint32_t rank) {   /* addr in CTA rank's memory */
-    uint32_t r;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(addr), "r"(rank));
-    return r;
-}
-/* (the default .release.cta: with .release.cluster ptxas puts MEMBAR.ALL.GPU before each arrival, which cost the
- * k loop 20-50% in session 62's first call; the arrival follows wgmma.wait_group, which already orders the stage's
- * reads before it, as the CTA-local arrival always relied on) */
-__device__ __forceinline__ void mbar_arrive_remote(uint32_t cluster_bar) {   /* a cluster_map address */
-    asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];\n" ::"r"(cluster_bar) : "memory");
-}
-__device__ __forceinline__ void cluster_sync_all() {
-    asm volatile("barrier.cluster.arrive.relaxed;\nbarrier.cluster.wait;\n" ::: "memory");   /* (relaxed: no MEMBAR) */
-}
 /* 3-d TMA load of the box at (c0 = k, c1 = row, 0) into dst (the W map of gate_up: see wt_map) */
 __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map, int c0, int c1, uint32_t bar) {
     asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n"
@@ -1137,15 +1104,13 @@ __device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int 
 template <typename T, bool GATE_UP, int NC>
 __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring, unsigned char *ring_ptr,
                                            uint32_t full, uint32_t empty, int64_t row0, int len, int64_t col0,
-                                           int KT, uint32_t ncta) {
+                                           int KT) {
     constexpr int NA = NC * 16;
     const int wg = threadIdx.x >> 7;
     float d[NA];
 #pragma unroll
     for (int i = 0; i < NA; i++) d[i] = 0.f;
     uint32_t ar[2][4];
-    /* the empty barriers of CTA t of the cluster (thread t of each warpgroup arrives there; t = 0 alone without one) */
-    const uint32_t rempty = cluster_map(empty, (threadIdx.x & 127) < ncta ? threadIdx.x & 127 : 0);
     int kt = 0;
     do {
         const int s = kt % SW_STAGES;
@@ -1162,10 +1127,8 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
             wg_pin(d);
-            /* the group before is done: at kk == 0 the previous stage's last, so that stage is free (in a cluster:
-             * free in this CTA for every producer of the cluster, whose multicasts write it; lane r tells CTA r) */
-            if (kk == 0 && kt > 0 && (threadIdx.x & 127) < ncta)
-                mbar_arrive_remote(rempty + 8 * ((kt - 1) % SW_STAGES));
+            /* the group before is done: at kk == 0 the previous stage's last, so that stage is free */
+            if (kk == 0 && kt > 0 && (threadIdx.x & 127) == 0) mbar_arrive(empty + 8 * ((kt - 1) % SW_STAGES));
         }
     } while (++kt < KT);
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
@@ -1233,7 +1196,8 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
 
 template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
-    moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmW,
+    moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
+                    const __grid_constant__ CUtensorMap tmA128, const __grid_constant__ CUtensorMap tmW,
                     moe_gemm_args a, int abox) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
@@ -1245,16 +1209,14 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
     const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
     unsigned char *ring_ptr = sw_smem + (ring - smem_u32(sw_smem));
     const uint32_t full = ring + SW_STAGES * SW_STAGE_BYTES, empty = full + 8 * SW_STAGES;
-    const uint32_t ncta = cluster_size(), rank = cluster_rank();   /* 1 / 0 without clusters */
     if (threadIdx.x == 0) {
         for (int st = 0; st < SW_STAGES; st++) {
             mbar_init(full + 8 * st, 1);
-            mbar_init(empty + 8 * st, 2 * ncta);   /* (one arrival a consumer warpgroup of the cluster) */
+            mbar_init(empty + 8 * st, 2);      /* (one arrival a consumer warpgroup) */
         }
         asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
-    if (ncta > 1) cluster_sync_all();   /* every CTA's barriers set before any multicast or remote arrival */
-    else __syncthreads();
+    __syncthreads();
     if (threadIdx.x >= 256) {                  /* the producer warpgroup; thread 256 issues */
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
         if (!GATE_UP && (threadIdx.x >> 5) == 9) {   /* warp 9: the chunk's rows and weights for down's epilogue */
@@ -1275,39 +1237,34 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
         if (threadIdx.x == 256) {
             const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
                                      : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
-            const uint16_t mask = (uint16_t)((1u << ncta) - 1u);
-            /* EXPERIMENT (session 62): G chunks an A box (tmA's boxes of 32 G rows), nb boxes a stage; self: in a
-             * cluster, every CTA loads all its boxes itself (the cluster's coupling without the multicast) */
-            const int G = abox & 3, nb = (NC + G - 1) / G;
-            const bool self = (abox & 16) != 0;
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
-                mbar_expect_tx(fb, SW_A_BYTES + nb * G * 32 * WG_BK * 2);   /* (in a cluster: every A box lands here) */
+                mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
                 if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
                 else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                for (int b = 0; b < nb; b++) {
-                    const uint32_t dst = sa + SW_A_BYTES + b * G * 32 * 128;
-                    if (ncta == 1 || self) tma_load_2d(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * G * b), fb);
-                    else if (b % (int)ncta == (int)rank)
-                        tma_load_2d_mc(dst, &tmA, kt * WG_BK, (int)(row0 + 32 * G * b), fb, mask);
+                /* EXPERIMENT (session 62): the NC chunks in boxes of up to abox chunks (4: 128 rows, 2: 64, else 32),
+                 * the largest first: fewer TMA loads a stage, the same bytes */
+                for (int c = 0; c < NC;) {
+                    const int left = NC - c, g = (abox >= 4 && left >= 4) ? 4 : (abox >= 2 && left >= 2) ? 2 : 1;
+                    const CUtensorMap *m = g == 4 ? &tmA128 : g == 2 ? &tmA64 : &tmA;
+                    tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, m, kt * WG_BK, (int)(row0 + 32 * c), fb);
+                    c += g;
                 }
             }
         }
-        if (ncta > 1) cluster_sync_all();   /* no CTA leaves while a peer may still arrive on its barriers */
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
 #define SW_CASE(N)                                                                                                  \
-    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT, ncta); break;
+    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     switch (NC) {
         SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
-    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT, ncta); break;
+    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     }
 #undef SW_CASE
-    if (ncta > 1) cluster_sync_all();
 #endif
 }
 
@@ -1498,25 +1455,18 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
                                               SW_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
-    /* EXPERIMENT (session 62) JAMBA_EXT_MOE_SWAP_ABOX=64: A boxes of 64 rows (two chunks a TMA load) */
+    /* EXPERIMENT (session 62) JAMBA_EXT_MOE_SWAP_ABOX=32|64|128: the largest A box (token rows a TMA load) */
     const char *ab_env = getenv("JAMBA_EXT_MOE_SWAP_ABOX");
-    const int G = (ab_env != NULL && !strcmp(ab_env, "64")) ? 2 : 1;
-    CUtensorMap tmA;   /* token rows in boxes of 32 (G 2: 64) */
-    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32 * G));
+    const int abox = ab_env == NULL ? 1 : !strcmp(ab_env, "128") ? 4 : !strcmp(ab_env, "64") ? 2 : 1;
+    CUtensorMap tmA, tmA64, tmA128;   /* token rows in boxes of 32, 64, 128 (the maps a kernel does not use: copies) */
+    JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
+    tmA64 = tmA128 = tmA;
+    if (abox >= 2) JAMBA_TRY(wt_map(&tmA64, dtype, a.A, slots, a.Kd, 64));
+    if (abox >= 4) JAMBA_TRY(wt_map(&tmA128, dtype, a.A, slots, a.Kd, 128));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
-    /* EXPERIMENT (session 62) JAMBA_EXT_MOE_SWAP_MC=2|4: clusters of 2 / 4 W blocks along x (one chunk's rows: the
-     * same A boxes), each A box loaded once and multicast to the cluster (L2 reads a stage 16 KB W + NC x 4 KB A per
-     * block -> 16 + NC x 4 / size KB); where grid.x is not a multiple of the size, no clusters. "2s" / "4s": the
-     * clusters without the multicast (each block loads its own A boxes; a diagnostic) */
-    const char *mc_env = getenv("JAMBA_EXT_MOE_SWAP_MC");
-    const bool mc_ok = mc_env != NULL && (mc_env[0] == '2' || mc_env[0] == '4') &&
-                       (mc_env[1] == '\0' || (mc_env[1] == 's' && mc_env[2] == '\0'));
-    unsigned mc = mc_ok ? mc_env[0] - '0' : 1;
-    if (grid.x % mc != 0) mc = 1;
-    const int abox = G | (mc_ok && mc_env[1] == 's' ? 16 : 0);
-    jamba_kernel_launch_cluster(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, mc, grid,
-                                SW_THREADS, SW_SMEM, stream, tmA, tmW, a, abox);
+    jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
+                        stream, tmA, tmA64, tmA128, tmW, a, abox);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
