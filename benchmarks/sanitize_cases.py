@@ -48,13 +48,13 @@ def sample_rows_cases(dev, rn):
 def swap_cases(dev, rn):
     """moe_experts on the swap-AB engine (JAMBA_EXT_MOE_SWAP=1): moe_swap_kernel, down's epilogue with its rows and
     weights preloaded by the producer warpgroup (gate_up: 32 W blocks x 8 chunks; Kd 136 and 2048: KT 3 and 32);
-    then with A loads of up to 2 / 4 chunks (JAMBA_EXT_MOE_SWAP_ABOX=64, 128)"""
+    then with A loads of a chunk / up to 2 chunks (JAMBA_EXT_MOE_SWAP_ABOX=32, 64)"""
     T, H, F, E = 600, 136, 2048, 8
     wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
     x, wgu, wd = rn(T, H), rn(E, 2 * F, H), rn(E, H, F)
     os.environ["JAMBA_EXT_MOE_SWAP"] = "1"
     ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    for abox in ("64", "128"):   # A loads of up to 2 / 4 chunks
+    for abox in ("32", "64"):   # A loads of a chunk / up to 2 chunks (the default: up to 4)
         os.environ["JAMBA_EXT_MOE_SWAP_ABOX"] = abox
         ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
     del os.environ["JAMBA_EXT_MOE_SWAP"], os.environ["JAMBA_EXT_MOE_SWAP_ABOX"]

@@ -6,6 +6,7 @@
     python3 dev/moe_epi_ab.py data                # the swap kernels and a dense mm on random operands and on zeros
     python3 dev/moe_epi_ab.py mc 1536 2048 2304   # ab of the swap kernel's A box sizes (session 62)
     python3 dev/moe_epi_ab.py mcsweep             # ksweep of the same variants
+    python3 dev/moe_epi_ab.py swaprule 1024 2560  # bf16: the swap engine (forced) against the 128 x 256 tiles
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -41,9 +42,10 @@ F, E, K = 14336, 16, 2
 dev, dt = torch.device("cuda"), torch.bfloat16
 VARIANTS = {"default": {}, "f2f": {"JAMBA_EXT_MOE_EPI_F2F": "1"}}
 SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-# session 62: the swap kernel's A loads of up to 2 / 4 chunks (JAMBA_EXT_MOE_SWAP_ABOX; the same sums). Its first calls
-# measured clusters of W blocks with the A boxes multicast: 1.3-2x slower (s62_mc_*.log), removed
-MC_VARIANTS = {"default": {}, "g2": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"}, "g4": {"JAMBA_EXT_MOE_SWAP_ABOX": "128"}}
+# session 62: the swap kernel's A loads of up to 4 chunks (the default since), of up to 2 and of one chunk
+# (JAMBA_EXT_MOE_SWAP_ABOX; the same sums). Its first calls measured clusters of W blocks with the A boxes multicast:
+# 1.3-2x slower (s62_mc_*.log), removed
+MC_VARIANTS = {"default": {}, "a64": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"}, "a32": {"JAMBA_EXT_MOE_SWAP_ABOX": "32"}}
 SETS = {"f2f": VARIANTS, "mc": MC_VARIANTS}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
@@ -200,6 +202,8 @@ if __name__ == "__main__":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS, torch.float16)
     elif mode == "data":
         data()
+    elif mode == "swaprule":
+        ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS)
     elif mode == "mc":
         ab([int(t) for t in sys.argv[2:]] or [2048], MC_VARIANTS)
     elif mode == "mcsweep":

@@ -9,6 +9,10 @@
 #         default 77.6% at 2048 tokens, mc2 / mc4 ~2x slower a k step), then with the diagnostic "2s" (the clusters
 #         without the multicast: as fast as none) and JAMBA_EXT_MOE_SWAP_ABOX=64 (down 11% faster) at fed32ef
 #         (s62_mc_fed32ef.log); the multicast removed after, ABOX 64 / 128 (mixed boxes, the largest first) next
+#   final the session's code (the swap kernel's A loads of up to 128 rows the default): build, `jamba_ext check`, every
+#         test marked cuda, memcheck / racecheck of the swap cases, bench_moe at the sizes and at 1536 / 2048 /
+#         2304 tokens (the swap engine's), and the swap engine's size rule again (swap forced / off in turns at 1024 /
+#         1280 / 2560 / 3072 tokens: does the faster kernel move its bounds?)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session62_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -33,6 +37,21 @@ mc)
   step "the kernels alone: mcsweep"
   timeout 150 python3 dev/moe_epi_ab.py mcsweep 2>&1 | grep -v "warn" | tail -22
   nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader ;;
+final)
+  build_cuda
+  step "jamba_ext check"
+  timeout 60 python3 -m jamba_ext check 2>&1 | tail -2
+  step "every test marked cuda"
+  timeout 280 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -4
+  step "compute-sanitizer memcheck / racecheck: sanitize_cases.py swap"
+  timeout 50 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -1
+  timeout 50 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -1
+  step "bench_moe at the issue's sizes and the swap engine's"
+  timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s62 --tokens 1,8,64,512,1536,2048,2304,4096,16384 \
+    --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
+  cp benchmarks/results/bench_moe_s62.json "$OUT/" 2>/dev/null
+  step "the swap engine's size rule: swap forced / off in turns"
+  timeout 100 python3 dev/moe_epi_ab.py swaprule 1024 1280 2560 3072 2>&1 | grep -v "warn\|kernels," | tail -14 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

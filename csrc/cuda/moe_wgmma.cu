@@ -954,8 +954,11 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
  *   a k16 step one wgmma m64n(32 NC)k16, or m64n256k16 and m64n(32 NC - 256)k16 past 8 chunks (sw_mma_w; one
  *   m64n32k16 a chunk until session 59), NC by a switch at the tile's start: every case its own k loop, which ptxas
  *   keeps pipelined);
- *   warpgroup 2 produces (setmaxnreg 40; thread 256 issues TMA: the 16 KB W box and NC 32-row A boxes a 64-deep k
- *   tile, 128-byte swizzle, a ring of SW_STAGES stages of 56 KB with full / empty mbarriers).
+ *   warpgroup 2 produces (setmaxnreg 40; thread 256 issues TMA: the 16 KB W box and the NC chunks' rows a 64-deep k
+ *   tile, 128-byte swizzle, a ring of SW_STAGES stages of 56 KB with full / empty mbarriers). The chunks' rows come
+ *   in boxes of 128 rows (4 chunks) while 4 or more are left, then 64, then 32: at most 3 A loads a stage (session
+ *   62; a 32-row load a chunk before: gate_up 1-17% and down 11-27% slower by kernel time, 256 rows an expert,
+ *   s62_mc_fed32ef.log / s62_abox_e0d25fa.log; JAMBA_EXT_MOE_SWAP_ABOX=32 / 64 for the A/B).
  *   gate_up: each warp's 16 fragment rows are 8 gate rows and the same outputs' 8 up rows (ldmatrix's row choice),
  *   so a thread's accumulator rows r and r + 8 are one output's gate and up: act = moe_act_fast(g, u) in the thread.
  *   down: round(y) * round(w of the slot) (moe_scaled), to the slot's row; both with two roundings a conversion
@@ -1244,8 +1247,7 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
                 mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
                 if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
                 else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
-                /* EXPERIMENT (session 62): the NC chunks in boxes of up to abox chunks (4: 128 rows, 2: 64, else 32),
-                 * the largest first: fewer TMA loads a stage, the same bytes */
+                /* the NC chunks in boxes of up to abox chunks (4: 128 rows, 2: 64, else 32), the largest first */
                 for (int c = 0; c < NC;) {
                     const int left = NC - c, g = (abox >= 4 && left >= 4) ? 4 : (abox >= 2 && left >= 2) ? 2 : 1;
                     const CUtensorMap *m = g == 4 ? &tmA128 : g == 2 ? &tmA64 : &tmA;
@@ -1455,9 +1457,9 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
                                               SW_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
-    /* EXPERIMENT (session 62) JAMBA_EXT_MOE_SWAP_ABOX=32|64|128: the largest A box (token rows a TMA load) */
+    /* the largest A box in chunks (env JAMBA_EXT_MOE_SWAP_ABOX=32|64 for the A/B: rows a load; default 128) */
     const char *ab_env = getenv("JAMBA_EXT_MOE_SWAP_ABOX");
-    const int abox = ab_env == NULL ? 1 : !strcmp(ab_env, "128") ? 4 : !strcmp(ab_env, "64") ? 2 : 1;
+    const int abox = ab_env == NULL ? 4 : !strcmp(ab_env, "32") ? 1 : !strcmp(ab_env, "64") ? 2 : 4;
     CUtensorMap tmA, tmA64, tmA128;   /* token rows in boxes of 32, 64, 128 (the maps a kernel does not use: copies) */
     JAMBA_TRY(wt_map(&tmA, dtype, a.A, slots, a.Kd, 32));
     tmA64 = tmA128 = tmA;
