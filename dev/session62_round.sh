@@ -13,6 +13,9 @@
 #         test marked cuda, memcheck / racecheck of the swap cases, bench_moe at the issue's sizes and at 1536 / 2048 /
 #         2304 tokens (the swap engine's), and the swap engine's size rule again (swap forced / off in turns at 1024 /
 #         1280 / 2560 / 3072 tokens: does the faster kernel move its bounds?)
+#         (ran at ab259b9, s62_final_ab259b9.log: 27 failed, 2837 passed: every x_in_state case of
+#         test_causal_conv1d_update_vector_path, a test session 61's overlap refusal made stale, since dropped)
+#   verify  build, that test and test_errors' overlap refusals
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session62_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -52,6 +55,11 @@ final)
   cp benchmarks/results/bench_moe_s62.json "$OUT/" 2>/dev/null
   step "the swap engine's size rule: swap forced / off in turns"
   timeout 100 python3 dev/moe_epi_ab.py swaprule 1024 1280 2560 3072 2>&1 | grep -v "warn\|kernels," | tail -14 ;;
+verify)
+  build_cuda
+  step "test_cuda_extra -k vector_path, test_errors -k overlap (cuda)"
+  timeout 100 python3 -m pytest -q -m cuda --timeout=90 tests/test_cuda_extra.py tests/test_errors.py \
+    -k "vector_path or overlap" -p no:cacheprovider 2>&1 | tail -2 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
