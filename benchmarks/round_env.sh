@@ -1,7 +1,8 @@
 # Sourced (from the repo root) by the device round scripts (run_gpu_fp8.sh, run_gpu_train.sh, dev/*_round.sh,
 # dev/w8a8_final.sh): strict mode, the output folder $OUT (the device tool's, else /tmp/jamba_gpu_out), unbuffered
 # Python with the repo on its path, JAMBA_COMMIT for the logs (the device copy of .git may be stale), and step(), a
-# timestamped section header; build_cuda, the editable CUDA build; bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8,
+# timestamped section header; build_cuda, the editable CUDA build; check_and_suite, that build, `jamba_ext check` and
+# every test marked cuda; bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8,
 # no transformers), the step both fp8 rounds run.
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
@@ -13,6 +14,13 @@ build_cuda() {   # the editable build with every CUDA kernel, checked, and how l
   JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ \|WARNING: Running pip" | tail -2
   python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels(), 'built without CUDA'" || exit 1
   echo "build took $(( $(date +%s) - t0 )) s"
+}
+check_and_suite() {   # build_cuda, `jamba_ext check`, every test marked cuda (pytest's wall limit $1 s, default 290)
+  build_cuda
+  step "jamba_ext check (the installation self-check a user runs)"
+  timeout 60 python3 -m jamba_ext check 2>&1 | tail -3
+  step "every test marked cuda"
+  timeout "${1:-290}" python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -6
 }
 bench_model_fp8() {
   step "bench_model --experts-fp8 --act-fp8 (one block, 2K prompts, batch 1 / 8, no transformers)"

@@ -24,11 +24,7 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw --format=csv,noheade
 python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
 case "$mode" in
 full)
-  build_cuda
-  step "jamba_ext check (the installation self-check a user runs)"
-  timeout 60 python3 -m jamba_ext check 2>&1 | tail -3
-  step "every test marked cuda"
-  timeout 290 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -6
+  check_and_suite 290
   step "compute-sanitizer memcheck (small cases of every op)"
   timeout 90 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py 2>&1 | tail -2
   for fam in rest swap; do

@@ -41,11 +41,7 @@ mc)
   timeout 150 python3 dev/moe_epi_ab.py mcsweep 2>&1 | grep -v "warn" | tail -22
   nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader ;;
 final)
-  build_cuda
-  step "jamba_ext check"
-  timeout 60 python3 -m jamba_ext check 2>&1 | tail -2
-  step "every test marked cuda"
-  timeout 280 python3 -m pytest -q -m cuda --timeout=240 tests -p no:cacheprovider 2>&1 | tail -4
+  check_and_suite 280
   step "compute-sanitizer memcheck / racecheck: sanitize_cases.py swap"
   timeout 50 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -1
   timeout 50 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -1
