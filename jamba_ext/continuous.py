@@ -132,7 +132,7 @@ class _Rows:
         from .modeling_jamba import prefill_chunks
         for s, e in prefill_chunks(ids.shape[1], ids.shape[0], self.chunk):
             logits = self.model(ids[:, s:e], None if mask is None else mask[:, :e], cache=cache,
-                                logits_to_keep=1).logits[:, -1]
+                                logits_to_keep=1, output_router_logits=False).logits[:, -1]
         self.prefilled += ids.numel()
         return logits
 
@@ -451,7 +451,8 @@ class ContinuousBatcher:
         m, B = self.model, self.B
         pad = m._generation_ids("pad_token_id")
         cache = JambaHybridCache(m.config, B, max_length=self.max_prompt + 2 * self.max_new, static=True)
-        rows = _Rows(m, cache, 0 if pad is None else pad, self.chunk, self.prefix)
+        pad = 0 if pad is None else pad % m.config.vocab_size   # (a negative config id from the end, as generate)
+        rows = _Rows(m, cache, pad, self.chunk, self.prefix)
         dev = m.device
         V = m.get_output_embeddings().weight.shape[0] if m.get_output_embeddings() is not None else m.config.vocab_size
         self.seq: List[Optional[int]] = [None] * B   # the request each row runs (None: idle)
@@ -624,7 +625,7 @@ class ContinuousBatcher:
             if self.graph is not None:
                 self.logits = self.graph.step(nxt)
             else:
-                self.logits = self.model(nxt[:, None], cache=self.rows.cache).logits[:, -1]
+                self.logits = self.model(nxt[:, None], cache=self.rows.cache, output_router_logits=False).logits[:, -1]
             if ready is not None:
                 ready.synchronize()
             toks = self.host.tolist()

@@ -135,8 +135,9 @@ def _sdpa_backends(L: int, masked: bool):
     return None
 
 
-def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causal: bool, gqa: bool) -> Tensor:
-    kw = dict(attn_mask=attn_mask, is_causal=is_causal)
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causal: bool, gqa: bool,
+          dropout_p: float = 0.0) -> Tensor:
+    kw = dict(attn_mask=attn_mask, is_causal=is_causal, dropout_p=dropout_p)
     if gqa:
         kw["enable_gqa"] = True
     backends = _sdpa_backends(q.shape[-2], attn_mask is not None) if q.is_cuda else None
@@ -146,14 +147,15 @@ def _sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor], is_causa
     return F.scaled_dot_product_attention(q, k, v, **kw)
 
 
-def _sdpa_offset_causal(q: Tensor, k: Tensor, v: Tensor, gqa: bool) -> Tensor:
+def _sdpa_offset_causal(q: Tensor, k: Tensor, v: Tensor, gqa: bool, dropout_p: float = 0.0) -> Tensor:
     """Causal attention of L new queries against P + L keys (query i sees keys <= P + i), with no padding: a chunk of a
     chunked prefill. torch's lower-right causal bias runs flash attention (GQA included) without materialising the
     (L, P + L) mask, which at long contexts would take gigabytes (a 16K chunk after 240K tokens: 4 GB as bool); where
     flash does not apply, torch materialises it."""
     from torch.nn.attention.bias import causal_lower_right          # torch >= 2.3
     kw = {"enable_gqa": True} if gqa else {}
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]), **kw)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_lower_right(q.shape[-2], k.shape[-2]),
+                                          dropout_p=dropout_p, **kw)
 
 
 # ---- configuration -------------------------------------------------------------------------------------
@@ -260,6 +262,9 @@ class JambaConfig:
             bad("rms_norm_eps", "a positive float")
         if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
             bad("initializer_range", "a non-negative float")
+        if isinstance(self.attention_dropout, bool) or not isinstance(self.attention_dropout, (int, float)) \
+                or not 0 <= self.attention_dropout < 1:
+            bad("attention_dropout", "a float in [0, 1) (dropout on the attention weights in training)")
         for f in ("pad_token_id", "bos_token_id"):
             v = getattr(self, f)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
@@ -1317,6 +1322,7 @@ class JambaAttention(nn.Module):
         self.num_heads = config.num_attention_heads
         self.num_key_value_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
+        self.attention_dropout = float(config.attention_dropout)   # on the attention weights, in training only
         H, hd = config.hidden_size, self.head_dim
         self.q_proj = nn.Linear(H, self.num_heads * hd, bias=False)
         self.k_proj = nn.Linear(H, self.num_key_value_heads * hd, bias=False)
@@ -1340,7 +1346,8 @@ class JambaAttention(nn.Module):
         elif cache is not None:
             k, v = cache.update_kv(self.layer_idx, k, v)                                           # (B, nkv, P+L, hd)
         rep = self.num_heads // self.num_key_value_heads
-        if L == 1 and q.is_cuda and hd in (64, 128, 256) and rep <= 8 and Bsz * nkv <= 65535 and not (
+        drop = self.attention_dropout if self.training else 0.0
+        if L == 1 and q.is_cuda and hd in (64, 128, 256) and rep <= 8 and Bsz * nkv <= 65535 and not drop and not (
                 torch.is_grad_enabled() and (q.requires_grad or k.requires_grad)):
             # one new token on CUDA: jamba.decode_attention splits the keys over the SMs (SDPA runs one block per
             # (batch, KV head) here: ~190 us against a 4.5K-key cache, 19 MB of K / V). Query head h = kv * rep + r.
@@ -1355,16 +1362,16 @@ class JambaAttention(nn.Module):
             # one new token: the rep query heads of a KV head become rep query rows, (B, nkv, rep, hd) against
             # (B, nkv, S, hd): no K/V copy, no enable_gqa; the mask (B, 1, 1, S) broadcasts over the rows.
             # Query head h = kv * rep + r, as repeat_interleave / enable_gqa pair them.
-            o = _sdpa(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, step.attn_mask, False, False)
+            o = _sdpa(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, step.attn_mask, False, False, drop)
             return _linear(self.o_proj, o.reshape(Bsz, 1, self.num_heads * hd))
         gqa = rep > 1
         if gqa and (not _SDPA_HAS_GQA or step.attn_mask is not None):  # several rows under a mask: repeat K/V
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
             gqa = False
         if step.offset_causal:                                          # a chunk of a chunked prefill
-            o = _sdpa_offset_causal(q, k, v, gqa)
+            o = _sdpa_offset_causal(q, k, v, gqa, drop)
         else:
-            o = _sdpa(q, k, v, step.attn_mask, step.is_causal, gqa)
+            o = _sdpa(q, k, v, step.attn_mask, step.is_causal, gqa, drop)
         o = o.transpose(1, 2).reshape(Bsz, L, self.num_heads * hd)                                 # (B, L, nh*hd)
         if step.mamba_mask is not None:  # padded queries (which attended everywhere, see _step) give 0, as in
             o = o * step.mamba_mask[:, :, None].to(o.dtype)   # transformers: a left pad's logits predict the
@@ -1994,6 +2001,10 @@ class _PreTrained(nn.Module):
             n = -(-n // pad_to_multiple_of) * pad_to_multiple_of
         if n < 1:
             raise ValueError(f"resize_token_embeddings: new_num_tokens must be >= 1, got {n}")
+        pad = self.config.pad_token_id
+        if pad is not None and not -n <= pad < n:   # (else the saved config.json would not load: validate() refuses it)
+            raise ValueError(f"resize_token_embeddings: config.pad_token_id {pad} is not an id of the new vocabulary "
+                             f"of {n}; set config.pad_token_id to one (or None) first")
 
         def grown(w: Tensor) -> Tensor:
             new = w.new_empty(n, w.shape[1])
@@ -2410,14 +2421,17 @@ class JambaModel(_PreTrained):
 
     def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
                 cache: Optional[JambaHybridCache] = None, inputs_embeds: Optional[Tensor] = None,
-                use_cache: bool = False, output_router_logits: bool = False, past_key_values=None,
+                use_cache: bool = False, output_router_logits: Optional[bool] = None, past_key_values=None,
                 position_ids=None, hidden_states_out: Optional[list] = None):
         """input_ids (B, L) or inputs_embeds (B, L, H); attention_mask (B, P+L) or (B, L), 1 = token,
         0 = padding (left padding). past_key_values: alias of cache; position_ids: accepted and unused
-        (Jamba has no positional embeddings). Returns (hidden (B, L, H), cache or None, router logits).
-        hidden_states_out: a list that receives transformers' output_hidden_states tuple: the embeddings, the
-        residual stream after each layer but the last, and the final normed hidden state (num_layers + 1 tensors)."""
+        (Jamba has no positional embeddings). Returns (hidden (B, L, H), cache or None, router logits: collected when
+        output_router_logits, None meaning config.output_router_logits). hidden_states_out: a list that receives
+        transformers' output_hidden_states tuple: the embeddings, the residual stream after each layer but the last,
+        and the final normed hidden state (num_layers + 1 tensors)."""
         cache = cache if cache is not None else past_key_values
+        if output_router_logits is None:
+            output_router_logits = bool(self.config.output_router_logits)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
         if input_ids is not None and (not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or
@@ -2578,12 +2592,12 @@ class _DecodeGraph:
             side.wait_stream(torch.cuda.current_stream(tokens.device))
             with torch.cuda.stream(side):
                 for _ in range(cls.WARMUP):
-                    model(tokens, cache=cache)
+                    model(tokens, cache=cache, output_router_logits=False)
                     cache._restore(snap)
             torch.cuda.current_stream(tokens.device).wait_stream(side)
             g = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g, stream=_capture_stream(tokens.device)):
-                logits = model(tokens, cache=cache).logits[:, -1]               # (B, V), graph-owned
+                logits = model(tokens, cache=cache, output_router_logits=False).logits[:, -1]   # (B, V), graph-owned
             cache._restore(snap)            # capture ran no kernel, but the host-side seq_len moved on
             torch.cuda.synchronize(tokens.device)
         except Exception as e:  # noqa: BLE001 -- any failure: fall back to eager decoding
@@ -2890,13 +2904,14 @@ class JambaForCausalLM(_PreTrained):
 
     def forward(self, input_ids: Optional[Tensor] = None, attention_mask: Optional[Tensor] = None,
                 cache: Optional[JambaHybridCache] = None, inputs_embeds: Optional[Tensor] = None,
-                labels: Optional[Tensor] = None, use_cache: bool = False, output_router_logits: bool = False,
+                labels: Optional[Tensor] = None, use_cache: bool = False, output_router_logits: Optional[bool] = None,
                 logits_to_keep: Union[int, Tensor] = 0, past_key_values=None,
                 position_ids=None, num_items_in_batch=None, output_hidden_states: bool = False,
                 **hf_kwargs) -> CausalLMOutput:
         """logits_to_keep: n > 0 keeps the last n positions, 0 all, a 1-D tensor the given positions.
         labels (B, L): next-token cross-entropy (shifted inside, -100 ignored) + aux loss when
-        output_router_logits. num_items_in_batch (what the transformers Trainer passes under gradient accumulation):
+        output_router_logits (None: config.output_router_logits, as transformers). num_items_in_batch (what the
+        transformers Trainer passes under gradient accumulation):
         the loss sums over the kept targets and divides by it instead of taking their mean. output_hidden_states:
         the output's hidden_states as transformers' (the embeddings, the stream after each layer but the last, the
         final normed hidden state). transformers' other output flags are accepted at their no-op values
@@ -2908,6 +2923,8 @@ class JambaForCausalLM(_PreTrained):
             raise ValueError(f"logits_to_keep: expected an int >= 0 (0: every position) or a 1-D tensor of positions, "
                              f"got {logits_to_keep!r}")
         states = [] if output_hidden_states else None
+        if output_router_logits is None:
+            output_router_logits = bool(self.config.output_router_logits)
         h, cache, router_logits = self.model(input_ids, attention_mask, cache, inputs_embeds, use_cache,
                                              output_router_logits, past_key_values, hidden_states_out=states)
         if isinstance(logits_to_keep, int):
@@ -3130,7 +3147,8 @@ class JambaForCausalLM(_PreTrained):
             if pad_given is not None and len(pad_given) != 1:
                 raise ValueError(f"pad_token_id: expected one token id, got {pad_token_id!r}")
             pad_given = None if pad_given is None else pad_given[0]
-        pad = 0 if pad_given is None else pad_given
+        # (a negative config pad id counts from the end, as nn.Embedding's padding_idx: the id a finished row is fed)
+        pad = 0 if pad_given is None else pad_given % self.config.vocab_size
         eos = self._eos_ids() if _is_str(eos_token_id, "config") else (
             [] if eos_token_id is None else _token_ids("eos_token_id", eos_token_id, vocab))
         if not isinstance(input_ids, Tensor):
@@ -3237,7 +3255,8 @@ class JambaForCausalLM(_PreTrained):
         out = [input_ids]
         for s, e in chunks:                                      # the prompt, in chunks through the cache
             am = None if attention_mask is None else attention_mask[:, :e]           # past + new tokens
-            logits = self(input_ids[:, s:e], am, cache=cache, logits_to_keep=1).logits[:, -1].to(dev)  # (B, V)
+            logits = self(input_ids[:, s:e], am, cache=cache, logits_to_keep=1,
+                          output_router_logits=False).logits[:, -1].to(dev)  # (B, V)
             if prefill_progress is not None:
                 if dev.type == "cuda":
                     torch.cuda.current_stream(dev).synchronize()
@@ -3364,7 +3383,7 @@ class JambaForCausalLM(_PreTrained):
         """One decode step of generate(): tokens (B,) -> next logits (B, V), replayed from graph when given."""
         if graph is not None:
             return graph.step(tokens)
-        return self(tokens[:, None], cache=cache).logits[:, -1].to(tokens.device)
+        return self(tokens[:, None], cache=cache, output_router_logits=False).logits[:, -1].to(tokens.device)
 
     @staticmethod
     def _warp(logits: Tensor, do_sample: bool, temperature: float, top_k: int, top_p: float,

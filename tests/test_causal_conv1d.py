@@ -376,3 +376,29 @@ def test_causal_conv1d_large(device, dtype):
     assert_close(out, ref_out, **TOL[dtype])
     assert_close(final, ref_final, rtol=0, atol=0)
 
+
+
+def test_silu_of_huge_negative_preactivations(device):
+    """SiLU past the fast exponential's clamp (CPU: e^-v stops at 2^126, so v / (1 + e^-v) was -3.5 at v = -3e38
+    until session 62): the conv, its decode update and the scan's z gate give silu's -0 for finite v < -88 and NaN
+    at -inf, as the float64 reference."""
+    x = torch.tensor([[[-3e38, -1e35, -1e33, -100.0, -87.0, float("-inf")]]], device=device)
+    w = torch.tensor([[0.0, 0.0, 0.0, 1.0]], device=device)
+    out, _ = ops.causal_conv1d(x, w, None, None, True)
+    ref, _ = reference.causal_conv1d(up(x), up(w), None, None, True)
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[0, 0, -1])
+    assert_close(out[..., :-1], ref[..., :-1], rtol=0, atol=1e-30)
+    st = torch.zeros(1, 1, 3, device=device)
+    upd = ops.causal_conv1d_update(x[:, :, 0], st, w, None, True)
+    assert upd.abs().max().item() == 0.0
+    B, DI, N, L = 1, 2, 4, 3
+    u, delta = randn(B, DI, L, device=device), randn(B, DI, L, device=device)
+    A = -torch.rand(DI, N, device=device) - 0.5
+    Bm, Cm = randn(B, N, L, device=device), randn(B, N, L, device=device)
+    z = torch.full((B, DI, L), -3e38, device=device)
+    y = ops.selective_scan(u, delta, A, Bm, Cm, None, z)[0]
+    assert y.abs().max().item() == 0.0
+    state = torch.zeros(B, DI, N, device=device)
+    ys = ops.selective_state_update(state, u[..., 0].contiguous(), delta[..., 0].contiguous(), A,
+                                    Bm[..., 0].contiguous(), Cm[..., 0].contiguous(), None, z[..., 0].contiguous())
+    assert ys.abs().max().item() == 0.0

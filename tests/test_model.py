@@ -1901,3 +1901,68 @@ def test_huge_max_new_tokens_with_an_early_eos():
     first = int(model.generate(ids, max_new_tokens=1, eos_token_id=None)[0, -1])
     out = model.generate(ids, max_new_tokens=10 ** 8, eos_token_id=first, static_cache=False)
     assert out.tolist() == [[5, 6, 7, first]]
+
+
+# ---- config fields the model used to ignore or mishandle (session 62's audit) ------------------------------------
+def test_config_output_router_logits_is_the_default():
+    """config.output_router_logits=True puts the load-balancing term into the loss when forward's argument is left
+    out (transformers' default: None -> the config's); an explicit False still leaves it out. Decoding is unchanged."""
+    cfg = dict(CONFIGS["attn1_moe_top2"], output_router_logits=True, router_aux_loss_coef=0.1)
+    m = JambaForCausalLM.from_config(JambaConfig(**cfg), seed=0)
+    ids = torch.randint(3, cfg["vocab_size"], (2, 9))
+    default = m(ids, labels=ids)
+    explicit = m(ids, labels=ids, output_router_logits=True)
+    plain = m(ids, labels=ids, output_router_logits=False)
+    assert default.aux_loss is not None and torch.equal(default.loss, explicit.loss)
+    assert plain.aux_loss is None and not torch.equal(default.loss, plain.loss)
+    assert torch.allclose(default.loss, plain.loss + 0.1 * default.aux_loss)
+    m.config.output_router_logits = False
+    assert torch.equal(m(ids, labels=ids).loss, plain.loss)
+    m.config.output_router_logits = True
+    assert torch.equal(m.generate(ids[:1], max_new_tokens=4), m.generate(ids[:1], max_new_tokens=4))
+
+
+def test_config_attention_dropout():
+    """attention_dropout drops attention weights in training only (it was accepted and ignored until session 62);
+    in eval the logits equal a model without it; out-of-range values are refused naming the field."""
+    cfg = dict(CONFIGS["attn1_moe_top2"], attention_dropout=0.5)
+    m = JambaForCausalLM.from_config(JambaConfig(**cfg), seed=0)
+    ref = JambaForCausalLM.from_config(JambaConfig(**CONFIGS["attn1_moe_top2"]), seed=0)
+    ids = torch.randint(3, cfg["vocab_size"], (2, 9))
+    m.eval(), ref.eval()
+    with torch.no_grad():
+        assert torch.equal(m(ids).logits, ref(ids).logits)
+        m.train()
+        torch.manual_seed(1)
+        a = m(ids).logits
+        torch.manual_seed(2)
+        b = m(ids).logits
+    assert not torch.equal(a, b)
+    for bad in (1.0, -0.1, True, "0.1"):
+        with pytest.raises(ValueError, match="attention_dropout"):
+            JambaConfig(**dict(CONFIGS["attn1_moe_top2"], attention_dropout=bad))
+
+
+def test_negative_pad_token_id_counts_from_the_end():
+    """A negative config pad id (validate() takes -vocab_size <= id < 0, as nn.Embedding's padding_idx) is the id
+    vocab_size + id when generate() feeds it to a finished row (the literal -1 reached the embedding before)."""
+    cfg = dict(CONFIGS["attn1_moe_top2"], pad_token_id=-1)
+    m = JambaForCausalLM.from_config(JambaConfig(**cfg), seed=0)
+    ids = torch.randint(3, cfg["vocab_size"], (2, 5))
+    first = m.generate(ids, max_new_tokens=1, eos_token_id=None)[:, -1]
+    out = m.generate(ids, max_new_tokens=4, eos_token_id=int(first[0]))   # row 0 ends at once, row 1 may not
+    assert out.shape[0] == 2 and int(out[0, 5]) == int(first[0])
+    assert (out[0, 6:] == cfg["vocab_size"] - 1).all()
+
+
+def test_resize_below_the_pad_id_is_refused():
+    """Shrinking the vocabulary below config.pad_token_id would save a config.json that does not load: refused with
+    an error naming pad_token_id; allowed once the pad id is moved."""
+    m = JambaForCausalLM.from_config(JambaConfig(**dict(CONFIGS["attn1_moe_top2"], vocab_size=7, pad_token_id=6)),
+                                     seed=0)
+    with pytest.raises(ValueError, match="pad_token_id"):
+        m.resize_token_embeddings(5)
+    assert m.config.vocab_size == 7
+    m.config.pad_token_id = 0
+    m.resize_token_embeddings(5)
+    assert m.config.vocab_size == 5

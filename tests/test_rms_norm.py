@@ -420,3 +420,16 @@ def test_rms_norm_bwd_opcheck(device):
     x, w, dy = randn(5, 40, device=device), norm_weight(40, device, torch.float32), randn(5, 40, device=device)
     torch.library.opcheck(torch.ops.jamba.rms_norm_bwd.default, (x, w, dy, [8, 24], 1e-6))
     torch.library.opcheck(torch.ops.jamba.rms_norm_bwd.default, (x, w, dy, [], 1e-5))
+
+
+def test_rms_norm_zero_width_rows_backward(device):
+    """Rows of width 0: the forward takes them (an empty result), so the backward must too (it stopped at the segment
+    check, "1 to 4 segments, got 0", until session 62)."""
+    x = torch.randn(3, 0, device=device, requires_grad=True)
+    w = torch.randn(0, device=device, requires_grad=True)
+    ops.rms_norm(x, w).sum().backward()
+    assert x.grad.shape == (3, 0) and w.grad.shape == (0,)
+    r = torch.randn(3, 0, device=device, requires_grad=True)
+    out, s = ops.add_rms_norm(x, r, w)
+    (out.sum() + s.sum()).backward()
+    assert r.grad.shape == (3, 0)
