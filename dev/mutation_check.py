@@ -342,9 +342,9 @@ PY_MUTANTS = [
            "GQA under a mask: KV heads tiled (h -> h % nkv) instead of repeated in place (h -> h // rep)",
            [T_MODEL, "-k", "padded_batch"]),
     Mutant("py_gqa_decode_rows_order", MJ,
-           "o = _sdpa(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, step.attn_mask, False, False)",
+           "o = _sdpa(q.reshape(Bsz, self.num_key_value_heads, rep, hd), k, v, step.attn_mask, False, False, drop)",
            "o = _sdpa(q.reshape(Bsz, rep, self.num_key_value_heads, hd).transpose(1, 2), k, v, step.attn_mask, "
-           "False, False)",
+           "False, False, drop)",
            "GQA one-token decode: query heads grouped as h = r * nkv + kv instead of kv * rep + r",
            [T_MODEL, "-k", "prefill_decode_generate"]),
     Mutant("py_causal_mask_strict", MJ,
