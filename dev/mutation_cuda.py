@@ -268,8 +268,8 @@ MUTANTS = [
            "tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, m, kt * WG_BK, (int)(row0 + 32 * c), fb);",
            "tma_load_2d(sa + SW_A_BYTES + c * 32 * 128, m, kt * WG_BK, (int)(row0 + 32 * c + (g == 4 ? 32 : 0)), fb);",
            "swap-AB MoE kernel's producer (session 62's mixed A boxes): a 128-row box (4 chunks) reads its rows 32 "
-           "further on. test_moe_swap_engine: every chunk count 1-10 (4 and more: 128-row boxes), against the 128 x 256 "
-           "tiles and the fp64 reference",
+           "further on. test_moe_swap_engine: every chunk count 1-10 (4 and more: 128-row boxes), against the "
+           "128 x 256 tiles and the fp64 reference",
            ["tests/test_moe.py"], "test_moe_swap_engine"),
     Mutant("sum_mid_unrolled", "sum_mid.cu",
            "a3 += src[(k + 24) * J];",

@@ -23,7 +23,8 @@ mode=${1:-mc}
 {
 echo "commit $JAMBA_COMMIT, mode $mode"
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,power.limit --format=csv,noheader
-python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda)"
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', \
+  torch.version.cuda)"
 case "$mode" in
 mc)
   build_cuda
@@ -34,7 +35,8 @@ mc)
     tests/test_moe.py -p no:cacheprovider 2>&1 | tail -4
   step "compute-sanitizer memcheck / racecheck: sanitize_cases.py swap (the variants included)"
   timeout 60 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -2
-  timeout 80 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -2
+  timeout 80 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -2
   step "the whole op in turns: dev/moe_epi_ab.py mc (MC_VARIANTS)"
   timeout 200 python3 dev/moe_epi_ab.py mc 1536 2048 2304 2>&1 | grep -v "warn" | tail -36
   step "the kernels alone: mcsweep"
@@ -44,7 +46,8 @@ final)
   check_and_suite 280
   step "compute-sanitizer memcheck / racecheck: sanitize_cases.py swap"
   timeout 50 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -1
-  timeout 50 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -1
+  timeout 50 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
+    | tail -1
   step "bench_moe at the issue's sizes and the swap engine's"
   timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s62 --tokens 1,8,64,512,1536,2048,2304,4096,16384 \
     --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45

@@ -327,7 +327,7 @@ def rms_norm_bwd(x: Tensor, weight: Tensor, dy: Tensor, splits: List[int], eps: 
         _fail(op, f"dy must have the shape of x {tuple(x.shape)}, got {tuple(dy.shape)}")
     if dy.dtype != x.dtype:
         _fail(op, f"dy must have x's dtype {x.dtype}, got {dy.dtype}")
-    if x.shape[-1] == 0 and not splits:   # rms_norm of zero-width rows (the forward takes them): nothing to differentiate
+    if x.shape[-1] == 0 and not splits:   # zero-width rows (rms_norm's forward takes them): nothing to differentiate
         return torch.zeros_like(x), torch.zeros(0, dtype=torch.float32, device=x.device)
     ends = _segment_ends(op, splits, x.shape[-1])
     x2 = _rows(op, "x", x)
