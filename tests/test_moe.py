@@ -289,7 +289,8 @@ def test_moe_swap_engine(monkeypatch):
     more than 32 experts; more tiles than SMs, one k tile a tile; two runs bit-identical, and bit-identical to the
     epilogues that round a value a conversion (JAMBA_EXT_MOE_EPI_F2F=1; the default rounds pairs, moe_act_fast2 /
     moe_scaled2); every chunk count 1-10 among the cases (a k16 step's wgmma is m64n(32 x chunks)k16, two past 8
-    chunks); E = 40 takes the chunk scan's two rounds of 32 experts; the profiler shows the swap kernel ran."""
+    chunks); E = 40 takes the chunk scan's two rounds of 32 experts; the token rows loaded a chunk a TMA load or up to
+    2 (JAMBA_EXT_MOE_SWAP_ABOX=32 / 64) bit-identical to the default's up to 4; the profiler shows the swap kernel ran."""
     if not hopper_code():
         pytest.skip("wgmma engines: Hopper only")
     dev = torch.device("cuda")
