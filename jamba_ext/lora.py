@@ -13,6 +13,8 @@ not nn.Linears), the router and the embeddings are not adapted. Why not PEFT: it
 checkpoint written after merge_lora is a plain Jamba checkpoint that transformers and `jamba-ext generate` read.
 """
 import math
+import warnings
+from collections import Counter
 from typing import List, Sequence
 
 import torch
@@ -93,11 +95,24 @@ def add_lora(model: nn.Module, r: int = 16, alpha: float = 32.0, targets: Sequen
 
 def merge_lora(model: nn.Module) -> int:
     """Folds every LoRALinear of model into its base weight and puts the plain nn.Linear back. Returns the count. The
-    base parameters stay frozen (requires_grad False) until the caller says otherwise."""
+    base parameters stay frozen (requires_grad False) until the caller says otherwise. A base weight shared with
+    another module (lm_head tied to the input embedding) gets its own copy first, with a warning, and
+    config.tie_word_embeddings becomes False: the update belongs to that layer only (merging in place changed the
+    embedding too)."""
+    uses = Counter(id(p) for m in model.modules() for p in m._parameters.values() if p is not None)
     n = 0
-    for mod in list(model.modules()):
+    for name, mod in list(model.named_modules()):
         for attr, child in list(mod.named_children()):
             if isinstance(child, LoRALinear):
+                w = child.base.weight
+                if uses[id(w)] > 1:
+                    child.base.weight = nn.Parameter(w.detach().clone(), requires_grad=w.requires_grad)
+                    cfg = getattr(model, "config", None)
+                    if getattr(cfg, "tie_word_embeddings", False):
+                        cfg.tie_word_embeddings = False
+                    where = f"{name}.{attr}" if name else attr
+                    warnings.warn(f"merge_lora: {where}'s weight was shared with another module (tied embeddings); "
+                                  f"{where} now has its own merged copy and config.tie_word_embeddings is False")
                 setattr(mod, attr, child.merged())
                 n += 1
     return n

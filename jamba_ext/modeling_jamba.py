@@ -1728,6 +1728,19 @@ def resolve_checkpoint(path: str) -> str:
     return local
 
 
+def _as_jamba_config(config) -> "JambaConfig":
+    """from_config's / from_pretrained's config: a JambaConfig, a dict of its fields, or a transformers JambaConfig
+    (converted through its to_dict(): it lacks the derived fields the layers read, such as mamba_d_inner)."""
+    if isinstance(config, JambaConfig):
+        return config
+    if isinstance(config, dict):
+        return JambaConfig.from_dict(config)
+    if callable(getattr(config, "to_dict", None)) and getattr(config, "model_type", None) == "jamba":
+        return JambaConfig.from_dict(config.to_dict())
+    raise ValueError(f"config: expected a JambaConfig (or a dict of its fields, or a transformers JambaConfig), got "
+                     f"{type(config).__name__}")
+
+
 def _checkpoint_files(path: str) -> List[str]:
     """The weight files of a local checkpoint directory, honouring a sharded index."""
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
@@ -1892,10 +1905,7 @@ class _PreTrained(nn.Module):
     def from_config(cls, config: JambaConfig, dtype=None, device=None, seed: Optional[int] = None):
         """A randomly initialised model (transformers' init; seed for reproducibility), built directly on
         `device` in `dtype` (no fp32 CPU copy first). config: a JambaConfig (or a dict of its fields)."""
-        if isinstance(config, dict):
-            config = JambaConfig(**config)
-        if not hasattr(config, "hidden_size"):              # (a transformers JambaConfig passes too)
-            raise ValueError(f"config: expected a JambaConfig (or a dict of its fields), got {type(config).__name__}")
+        config = _as_jamba_config(config)
         with torch.device("meta"):
             model = cls(config)
         if dtype is not None:
@@ -2129,9 +2139,9 @@ class _PreTrained(nn.Module):
         model.safetensors.index.json; pytorch_model.bin also read), from a local directory or, given a Hugging Face
         Hub id ("ai21labs/Jamba-v0.1"), downloaded first (resolve_checkpoint; needs huggingface_hub; the only network
         access). Per-expert and fused expert keys both load. dtype: None keeps the config's dtype
-        ("dtype"/"torch_dtype") or float32. transformers' spellings work too: torch_dtype= for dtype ("auto": the
-        config's), device_map= one device ("cpu", "cuda", "cuda:1") or the model's layers over several devices:
-        "auto" (one GPU when the weights fit it, else as "balanced"), "balanced" (every visible GPU, about equal bytes
+        ("dtype"/"torch_dtype") or float32. transformers' spellings work too: torch_dtype= for dtype, "auto" (the
+        config's) as either, device_map= one device ("cpu", "cuda", "cuda:1") or the model's layers over several
+        devices: "auto" (one GPU when the weights fit it, else as "balanced"), "balanced" (every visible GPU, about equal bytes
         each), a list of devices, or a dict {unit or prefix: device} such as transformers' hf_device_map
         (jamba_ext.placement; each weight is loaded straight onto its device); max_memory= {device: size} budgets
         with "auto" / "balanced", as transformers takes them (e.g. {0: "40GiB", 1: "80GiB"}).
@@ -2147,10 +2157,12 @@ class _PreTrained(nn.Module):
             if dtype is not None:
                 raise ValueError("from_pretrained: give dtype or torch_dtype, not both")
             dtype = None if torch_dtype == "auto" else torch_dtype
+        elif isinstance(dtype, str) and dtype == "auto":          # (transformers 5's spelling: dtype="auto")
+            dtype = None
         if device_map is not None and device is not None:
             raise ValueError("from_pretrained: give device or device_map, not both")
         path = resolve_checkpoint(path)
-        config = config or JambaConfig.from_pretrained(path)
+        config = JambaConfig.from_pretrained(path) if config is None else _as_jamba_config(config)
         files = _checkpoint_files(path)
         if dtype is None:
             dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
@@ -2209,11 +2221,15 @@ class _PreTrained(nn.Module):
         per_expert: Dict[str, Dict[Tuple[int, str], Tensor]] = {}
         dtype = self.dtype
 
-        def fp8_value(key: str, value: Tensor, fpath: str) -> bool:
+        def fp8_value(key: str, value: Tensor, fpath: str) -> bool:   # (or another tensor a weight cannot take)
             if _FP8 is not None and value.dtype == _FP8:
                 errors.append(f"{key}: a float8 tensor in {os.path.basename(fpath)}; jamba_ext reads unquantized "
                               "checkpoints (from_pretrained(..., experts_dtype='fp8') quantizes the experts as it "
                               "loads them)")
+                return True
+            if not value.dtype.is_floating_point:                  # (an int, bool or complex tensor: not a weight)
+                errors.append(f"{key}: a {value.dtype} tensor in {os.path.basename(fpath)}; expected a floating-point "
+                              "weight")
                 return True
             return False
 
@@ -2241,8 +2257,11 @@ class _PreTrained(nn.Module):
                 if key == "lm_head.weight":
                     continue
                 key = key[len("model."):] if key.startswith("model.") else key
-            if prefix == "model." and key not in params and ("model." + key) in params:
-                key = "model." + key                               # a JambaModel checkpoint (no "model." prefix)
+            if prefix == "model." and key not in params:           # a JambaModel checkpoint (no "model." prefix),
+                mk = "model." + key                                 # its experts per expert too
+                me = re.match(r"^(.*\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", mk)
+                if mk in params or (me and (me.group(1) + "gate_up_proj") in params):
+                    key = mk
             m = re.match(r"^(.*\.experts\.)(\d+)\.(gate_proj|up_proj|down_proj)\.weight$", key)
             if m and (m.group(1) + "gate_up_proj") in params:
                 base, e, name = m.group(1), int(m.group(2)), m.group(3)
@@ -2293,7 +2312,9 @@ class _PreTrained(nn.Module):
 
     def save_pretrained(self, path: str, per_expert: bool = True) -> None:
         """config.json + model.safetensors. per_expert=True writes the on-disk Hub layout (loads in
-        transformers 4.x and 5.x); a tied lm_head.weight is left out, as transformers does."""
+        transformers 4.x and 5.x); a tied lm_head.weight is left out, as transformers does. A sharded safetensors
+        checkpoint already in path (model.safetensors.index.json and the shards it lists) is removed after the new
+        file is written: from_pretrained reads an index first, so it would load the old weights."""
         from safetensors.torch import save_file
         if any(type(m).__name__ == "LoRALinear" for m in self.modules()):
             raise ValueError("save_pretrained: the model carries jamba_ext.lora adapters; fold them into the weights "
@@ -2318,6 +2339,18 @@ class _PreTrained(nn.Module):
             sd = to_per_expert_state_dict(sd)
         save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(path, "model.safetensors"),
                   metadata={"format": "pt"})
+        index = os.path.join(path, "model.safetensors.index.json")
+        if os.path.isfile(index):                               # an older sharded save here would shadow this one
+            try:
+                with open(index) as f:
+                    shards = set(json.load(f).get("weight_map", {}).values())
+            except (OSError, ValueError, AttributeError):
+                shards = set()
+            for sh in shards:
+                fp = os.path.join(path, os.path.basename(str(sh)))
+                if os.path.basename(fp) != "model.safetensors" and os.path.isfile(fp):
+                    os.remove(fp)
+            os.remove(index)
         gc = self.__dict__.get("_generation_config")           # (one loaded from the checkpoint, or set: kept)
         if gc is not None and not self.__dict__.get("_generation_config_derived"):
             if hasattr(gc, "save_pretrained"):

@@ -1966,3 +1966,92 @@ def test_resize_below_the_pad_id_is_refused():
     m.config.pad_token_id = 0
     m.resize_token_embeddings(5)
     assert m.config.vocab_size == 5
+
+
+# ---- checkpoints (session 62's audit) ---------------------------------------------------------------------------
+def _ckpt_model(**kw):
+    return JambaForCausalLM.from_config(JambaConfig(**dict(CONFIGS["attn1_moe_top2"], **kw)), seed=0)
+
+
+def test_jamba_model_checkpoint_per_expert_into_causal_lm(tmp_path):
+    """A JambaModel checkpoint (no "model." prefix) with per-expert keys (JambaModel.save_pretrained's default, and
+    transformers') loads into JambaForCausalLM (its experts were reported missing and unexpected)."""
+    src = _ckpt_model(tie_word_embeddings=True)
+    src.model.save_pretrained(str(tmp_path))
+    m = JambaForCausalLM.from_pretrained(str(tmp_path))
+    ids = torch.randint(3, 101, (1, 7))
+    assert torch.equal(m(ids).logits, src(ids).logits)
+
+
+def test_save_over_a_sharded_checkpoint(tmp_path):
+    """save_pretrained into a directory holding a sharded safetensors checkpoint removes its index and shards (the
+    index, read first, loaded the old weights back)."""
+    old = _ckpt_model()
+    sd = {k: v.contiguous() for k, v in old.state_dict().items()}
+    from safetensors.torch import save_file
+    keys = sorted(sd)
+    half = len(keys) // 2
+    shards = {"model-00001-of-00002.safetensors": keys[:half], "model-00002-of-00002.safetensors": keys[half:]}
+    for f, ks in shards.items():
+        save_file({k: sd[k] for k in ks}, str(tmp_path / f), metadata={"format": "pt"})
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}))
+    old.config.save_pretrained(str(tmp_path))
+    m = JambaForCausalLM.from_pretrained(str(tmp_path))
+    with torch.no_grad():
+        m.model.final_layernorm.weight.mul_(2)
+    m.save_pretrained(str(tmp_path))
+    assert not (tmp_path / "model.safetensors.index.json").exists()
+    assert not any((tmp_path / f).exists() for f in shards)
+    ids = torch.randint(3, 101, (1, 7))
+    assert torch.equal(JambaForCausalLM.from_pretrained(str(tmp_path))(ids).logits, m(ids).logits)
+
+
+def test_merge_lora_on_a_tied_lm_head():
+    """LoRA on lm_head with tied embeddings: merging gives lm_head its own weight (a warning; config untied), so the
+    merged model equals the adapted one and the input embedding is unchanged (it took the update too before)."""
+    from jamba_ext.lora import add_lora, merge_lora
+    m = _ckpt_model(tie_word_embeddings=True)
+    emb = m.model.embed_tokens.weight.detach().clone()
+    add_lora(m, r=4, alpha=8, targets=["lm_head"])
+    with torch.no_grad():
+        m.lm_head.lora_b.normal_(0, 0.1)
+    ids = torch.randint(3, 101, (1, 7))
+    adapted = m(ids).logits
+    with pytest.warns(UserWarning, match="tie_word_embeddings"):
+        merge_lora(m)
+    assert torch.equal(m.model.embed_tokens.weight, emb) and not m.config.tie_word_embeddings
+    assert (m(ids).logits - adapted).abs().max().item() < 1e-4
+
+
+def test_transformers_config_object_accepted():
+    """A transformers JambaConfig given to from_config / from_pretrained(config=) is converted (it crashed with an
+    AttributeError on a derived field); another kind of object is refused naming the argument."""
+    if transformers is None:
+        pytest.skip("transformers not installed")
+    c = JambaConfig(**CONFIGS["attn1_moe_top2"])
+    ids = torch.randint(3, 101, (1, 7))
+    a = JambaForCausalLM.from_config(c.to_transformers(), seed=0)
+    assert torch.equal(a(ids).logits, JambaForCausalLM.from_config(c, seed=0)(ids).logits)
+    with pytest.raises(ValueError, match="config: expected a JambaConfig"):
+        JambaForCausalLM.from_config(object())
+
+
+def test_integer_tensor_in_checkpoint_refused(tmp_path):
+    """An int / bool tensor where a weight belongs is an error naming the key (it was cast silently)."""
+    m = _ckpt_model()
+    m.save_pretrained(str(tmp_path))
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(tmp_path / "model.safetensors"))
+    sd["model.final_layernorm.weight"] = torch.full_like(sd["model.final_layernorm.weight"], 3, dtype=torch.int32)
+    save_file(sd, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="final_layernorm.weight: a torch.int32 tensor"):
+        JambaForCausalLM.from_pretrained(str(tmp_path))
+
+
+def test_from_pretrained_dtype_auto(tmp_path):
+    """dtype="auto" (transformers 5's spelling) keeps the checkpoint's dtype, as torch_dtype="auto" does."""
+    m = JambaForCausalLM.from_config(JambaConfig(**CONFIGS["attn1_moe_top2"]), dtype=torch.bfloat16, seed=0)
+    m.save_pretrained(str(tmp_path))
+    assert JambaForCausalLM.from_pretrained(str(tmp_path), dtype="auto").dtype == torch.bfloat16
+    assert JambaForCausalLM.from_pretrained(str(tmp_path), torch_dtype="auto").dtype == torch.bfloat16
