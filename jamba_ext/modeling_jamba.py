@@ -2141,8 +2141,8 @@ class _PreTrained(nn.Module):
         access). Per-expert and fused expert keys both load. dtype: None keeps the config's dtype
         ("dtype"/"torch_dtype") or float32. transformers' spellings work too: torch_dtype= for dtype, "auto" (the
         config's) as either, device_map= one device ("cpu", "cuda", "cuda:1") or the model's layers over several
-        devices: "auto" (one GPU when the weights fit it, else as "balanced"), "balanced" (every visible GPU, about equal bytes
-        each), a list of devices, or a dict {unit or prefix: device} such as transformers' hf_device_map
+        devices: "auto" (one GPU when the weights fit it, else as "balanced"), "balanced" (every visible GPU, about
+        equal bytes each), a list of devices, or a dict {unit or prefix: device} such as transformers' hf_device_map
         (jamba_ext.placement; each weight is loaded straight onto its device); max_memory= {device: size} budgets
         with "auto" / "balanced", as transformers takes them (e.g. {0: "40GiB", 1: "80GiB"}).
         progress: a line per weight file on stderr (its size, GB/s, time so far); None: on when the files
