@@ -296,7 +296,8 @@ def _read_prompts(path: str) -> list:
     text = _read_text(path, "--prompts-file")
     jsonl = path.lower().endswith(".jsonl")
     items = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(text.split("\n"), 1):    # (not splitlines: U+2028, \x0c, ... are text inside a prompt)
+        line = line[:-1] if line.endswith("\r") else line
         if not line.strip():
             continue
         budget = None
@@ -390,7 +391,12 @@ def _stop_kwargs(stop, tok) -> dict:
 
 
 def _encode(tok, text: str, model, add_bos: bool, what: str) -> list:
-    """The prompt's token ids; exit 2 when it encodes to none or to ids the model does not have."""
+    """The prompt's token ids; exit 2 when it encodes to none or to ids the model does not have, or is not valid
+    Unicode (a --prompt argument's undecodable bytes arrive as lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        _fail(f"{what} is not valid UTF-8 text ({e.reason} at character {e.start})")
     ids = tok.encode(text, add_bos=add_bos)
     if not ids:
         _fail(f"{what} encodes to no tokens")

@@ -106,6 +106,12 @@ def prompt_key(seed: int, rid: int) -> int:
     return (z ^ (z >> 31)) >> 1
 
 
+def stop_window(stop) -> int:
+    """How many of a row's last tokens may just hold one of its stop texts: the longest one's UTF-8 bytes (a token is at
+    least a byte of text; a byte tokenizer spends 3 on a CJK character, so characters were too few) and a margin."""
+    return max((len(x.encode("utf-8")) for x in stop), default=0) + 8
+
+
 class _Rows:
     """The static cache's rows and their shared write position; moves prompts' states in and keys left. With a shared
     prefix (token ids every prompt starts with), the prefix runs once, on a cache of one row (`pre`), and each prompt
@@ -642,7 +648,7 @@ class ContinuousBatcher:
             row, t, stop = self.new[r], toks[r], self.row_stop[r]
             row.append(t)
             self.stepped.append((self.seq[r], t))
-            window = max((len(x) for x in stop), default=0) + 8      # tokens whose text may just hold a stop text
+            window = stop_window(stop)
             if t in self.eos or len(row) >= self.budget[r] or \
                     (stop and any(x in self.decode(row[-window:]) for x in stop)):
                 ended.append((self.seq[r], *completion(row, self.eos, stop, self.decode)))

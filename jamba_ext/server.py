@@ -101,6 +101,7 @@ def _encode(tok, text: str, bos: bool, what: str) -> List[int]:
     """A request's text as token ids, or RequestError (JSON can carry a lone surrogate, which UTF-8 cannot: a 500
     before)"""
     try:
+        text.encode("utf-8")          # (checked first: an HF tokenizer raises a TypeError of its own on a surrogate)
         return tok.encode(text, add_bos=bos)
     except UnicodeEncodeError as e:
         raise RequestError(f"{what}: not valid Unicode text ({e.reason} at character {e.start})") from None
@@ -408,7 +409,7 @@ def _safe_prefix(text: str, stop) -> str:
     """The part of a growing text that a stream may send now: not its last len(stop text) - 1 characters (they could
     begin a stop text that the next tokens complete) nor a trailing U+FFFD (an unfinished UTF-8 character)."""
     hold = max((len(x) for x in stop), default=1) - 1 if stop else 0
-    return text[:len(text) - hold].rstrip("\ufffd")
+    return text[:max(0, len(text) - hold)].rstrip("\ufffd")   # (a text shorter than hold: nothing yet)
 
 
 def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_default: int = 16,

@@ -748,3 +748,25 @@ def test_cli_prompts_file_batching_and_sampling(tmp_path, capsys, monkeypatch):
     assert main(argv) == 0
     assert _jsonl(capsys.readouterr().out) == first
     assert len({r["completion"] for r in first}) > 1, first
+
+
+def test_cli_prompt_not_utf8():
+    """A --prompt argument with bytes that are not UTF-8 (they reach Python as lone surrogates) is exit 2 with a
+    message, not a traceback (--prompt-file's were already)."""
+    r = subprocess.run([sys.executable, "-m", "jamba_ext", "generate", "--prompt", b"ab\xffcd", "--max-new-tokens",
+                        "2", "--device", "cpu"], capture_output=True, text=True, env=package_env(), timeout=300,
+                       cwd=PACKAGE_PARENT)
+    assert r.returncode == 2 and "not valid UTF-8" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_prompts_file_splits_on_newlines_only(tmp_path):
+    """--prompts-file: a prompt a line, lines ended by \\n (\\r\\n too); U+2028, form feeds and the like are text inside
+    a prompt (str.splitlines split there), in plain files and in .jsonl lines written with ensure_ascii=False."""
+    from jamba_ext.__main__ import _read_prompts
+    p = tmp_path / "p.txt"
+    p.write_bytes("first line\u2028still first\r\nsecond\x0cpage\n".encode("utf-8"))
+    assert [t for _, t, _ in _read_prompts(str(p))] == ["first line\u2028still first", "second\x0cpage"]
+    q = tmp_path / "p.jsonl"
+    q.write_text(json.dumps({"prompt": "a\u2028b"}, ensure_ascii=False) + "\n" + json.dumps("c\x85d") + "\n",
+                 encoding="utf-8")
+    assert [t for _, t, _ in _read_prompts(str(q))] == ["a\u2028b", "c\x85d"]

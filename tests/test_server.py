@@ -814,3 +814,25 @@ def test_body_length_checked():
         assert srv.post("/v1/completions", {"prompt": "hi", "max_tokens": 2})[0] == 200
     finally:
         srv.stop()
+
+
+def test_safe_prefix_shorter_than_the_hold():
+    """A streamed text shorter than the longest stop text less one: nothing may be sent yet (a negative slice end sent
+    its start, which the final answer could then cut as part of the stop text)."""
+    assert server._safe_prefix("XY", ["XYZW"]) == ""
+    assert server._safe_prefix("abcXY", ["XYZW"]) == "ab"
+    assert server._safe_prefix("abc", None) == "abc"
+
+
+def test_lone_surrogate_with_a_tokenizer_that_raises_its_own_error():
+    """A prompt with a lone surrogate is a RequestError (a 400) whatever the tokenizer raises on it (an HF tokenizer's
+    TypeError was a 500)."""
+    class Strict:
+        def encode(self, text, add_bos=True):
+            if any(0xD800 <= ord(ch) < 0xE000 for ch in text):
+                raise TypeError("TextInputSequence must be str")
+            return [1, 2]
+
+    with pytest.raises(server.RequestError, match="not valid Unicode"):
+        server._encode(Strict(), "a\ud800b", True, "prompt")
+    assert server._encode(Strict(), "ab", True, "prompt") == [1, 2]
