@@ -327,6 +327,7 @@ def _batch_generate(args, model, tok, tmpl, items) -> int:
     "prompt_tokens", "completion_tokens", "finish_reason"}, in the file's order to stdout or --output (each line as
     soon as those before it are done); a progress bar counts the prompts on stderr, and a summary line gives the
     throughput."""
+    from .tokenizer import decode_after
     from .batch import generate_many
     system = [{"role": "system", "content": args.system}] if args.system is not None else []
     enc = [_encode(tok, _render(tmpl, system + [{"role": "user", "content": p}]) if args.chat else p, model,
@@ -354,7 +355,7 @@ def _batch_generate(args, model, tok, tmpl, items) -> int:
                 **({} if args.continuous else dict(num_beams=args.num_beams, top_h=args.top_h,
                                                    no_repeat_ngram_size=args.no_repeat_ngram_size))):
             n_new += len(new)
-            out_f.write(json.dumps(dict(index=i, prompt=items[i][1], completion=tok.decode(new),
+            out_f.write(json.dumps(dict(index=i, prompt=items[i][1], completion=decode_after(tok, enc[i], new),
                                         prompt_tokens=len(enc[i]), completion_tokens=len(new),
                                         finish_reason=reason), ensure_ascii=False) + "\n")
             out_f.flush()
@@ -447,7 +448,7 @@ def _generate_once(args, model, tok, ids, prompt) -> list:
     EOS."""
     import torch
     from .modeling_jamba import prefill_chunks
-    from .tokenizer import StreamDecoder
+    from .tokenizer import StreamDecoder, decode_after
     show_bar = args.progress if args.progress is not None else args.max_new_tokens >= PROGRESS_MIN_TOKENS
     # a prompt of more than one prefill chunk gets its own bar (a 256K-token prompt is ~17 s of prefill on an H200)
     n_chunks = len(prefill_chunks(len(ids), 1, args.prefill_chunk))
@@ -472,7 +473,7 @@ def _generate_once(args, model, tok, ids, prompt) -> list:
     # a bar and streamed text on one terminal would overwrite each other: then print the text at the end
     stream = not (show_bar and sys.stdout.isatty() and sys.stderr.isatty())
     bar = _Bar(args.max_new_tokens, show_bar)
-    dec = StreamDecoder(tok)
+    dec = StreamDecoder(tok, ids)
     times = {}
     n_new = [0]
 
@@ -510,7 +511,7 @@ def _generate_once(args, model, tok, ids, prompt) -> list:
     echo()                                          # (no prefill ran: --max-new-tokens 0)
     bar.close()
     rest = dec.flush()
-    sys.stdout.write((rest if stream else dec.tok.decode(dec.ids)) + "\n")
+    sys.stdout.write((rest if stream else dec.text()) + "\n")
     sys.stdout.flush()
     n = n_new[0]
     t_first = times.get("first", t1)
@@ -551,7 +552,8 @@ def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) 
     new, eos = out[0, len(ids):].tolist(), set(model._eos_ids())
     end = next((i for i, t in enumerate(new) if t in eos or t < 0), len(new))   # (what follows an EOS is fill)
     new = new[:end]
-    sys.stdout.write(tok.decode(new) + "\n")
+    from .tokenizer import decode_after
+    sys.stdout.write(decode_after(tok, ids, new) + "\n")
     sys.stdout.flush()
     graph = (getattr(model, "_decode_graph_info", None) or {}).get("captured")
     sys.stderr.write(f"beam search: {args.num_beams} beams, {len(new)} new tokens in {t1 - t0:.2f} s (prefill "

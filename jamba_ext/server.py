@@ -41,12 +41,13 @@ import threading
 import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Sequence
 
 import torch
 
 from .continuous import MAX_LOGPROBS, ContinuousBatcher
 from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
+from .tokenizer import decode_after
 
 MAX_N = 16                  # the most completions one request may ask for ("n")
 MAX_PROMPTS = 64            # the most prompts one /v1/completions request may give (a list of them)
@@ -399,9 +400,10 @@ def _cut_at_stop(text: str, stop) -> str:
     return text[:min(cuts)] if cuts else text
 
 
-def _answer_text(tok, tokens: List[int], reason: str, stop) -> str:
-    """A finished completion's text, as the answer gives it: cut before its stop text when one ended it."""
-    text = tok.decode(tokens)
+def _answer_text(tok, tokens: List[int], reason: str, stop, prompt: Sequence[int] = ()) -> str:
+    """A finished completion's text, as the answer gives it (as it reads after its prompt: decode_after), cut before
+    its stop text when one ended it."""
+    text = decode_after(tok, prompt, tokens)
     return _cut_at_stop(text, stop) if reason == "stop" else text
 
 
@@ -649,7 +651,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                     order = sorted(order, key=lambda j: -mean[j])
                 for j in range(n):
                     tokens, reason = got[order[j]]
-                    text = _answer_text(tok, tokens, reason, req.stop)
+                    text = _answer_text(tok, tokens, reason, req.stop, ids)
                     lps = None
                     if req.lp is not None:
                         mine = jobs[pi][order[j]].logprobs if req.max_tokens else []
@@ -722,13 +724,13 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                             continue
                         tokens, reason = job.result
                         done += len(tokens)
-                        final = _answer_text(tok, tokens, reason, stop)
+                        final = _answer_text(tok, tokens, reason, stop, job.ids)
                         if len(final) > len(sent[c]) and final.startswith(sent[c]):
                             event(c, final[len(sent[c]):])
                         event(c, None, reason)
                         continue
                     toks[c].append(t)
-                    text = tok.decode(toks[c])
+                    text = decode_after(tok, jobs[c].ids, toks[c])
                     if stop and any(x in text for x in stop):
                         continue                     # (the row ends with this token: the end comes next)
                     safe = _safe_prefix(text, stop)

@@ -3,6 +3,7 @@
     ByteTokenizer        ids 0/1/2 = pad/bos/eos, byte b -> b + 3 (vocab 259); decodes UTF-8 with replacement
     load_tokenizer(dir)  tokenizer.json of a checkpoint through the `tokenizers` package, a ByteTokenizer where the
                          directory holds ByteTokenizer.MARKER (a byte-level model saved by `jamba-ext train`), or None
+    decode_after         a completion's text as it reads after its prompt (a "▁" decoder strips a leading space)
     StreamDecoder        turns a growing id list into printable text increments (no half UTF-8 characters)
     load_chat_template   a checkpoint's chat template (chat_template.jinja or tokenizer_config.json), a ChatTemplate
 """
@@ -52,23 +53,47 @@ def load_tokenizer(model_dir: str):
     return HFTokenizer(path)
 
 
+CONTEXT_TOKENS = 4   # the prompt's last ids decode_after decodes a completion behind
+
+
+def decode_after(tok, context: Sequence[int], ids: Sequence[int]) -> str:
+    """ids' text as it reads after context (a prompt; its last CONTEXT_TOKENS ids): decode(context + ids) less
+    decode(context). A tokenizer.json whose decoder strips the first space of a text (Llama-style "▁" tokens, as
+    Jamba's) dropped a completion's leading space when it was decoded alone. decode(ids) where the context's text is
+    not a prefix of the whole (an unfinished UTF-8 character at its end) or there is none; a ByteTokenizer reads
+    the same either way."""
+    ctx = list(context)[-CONTEXT_TOKENS:]
+    if not ctx:
+        return tok.decode(ids)
+    head, full = tok.decode(ctx), tok.decode(ctx + list(ids))
+    if head.endswith("\ufffd") or not full.startswith(head):
+        return tok.decode(ids)
+    return full[len(head):]
+
+
 class StreamDecoder:
     """Feed token ids one at a time; returns the new text since the last call. Text ending in an
-    incomplete character (U+FFFD from a partial UTF-8 sequence) is held back until it completes."""
+    incomplete character (U+FFFD from a partial UTF-8 sequence) is held back until it completes. context: the
+    prompt's ids, so that the text reads as it does after them (decode_after)."""
 
-    def __init__(self, tokenizer):
+    def __init__(self, tokenizer, context: Sequence[int] = ()):
         self.tok, self.ids, self.printed = tokenizer, [], 0
+        self.context = list(context)[-CONTEXT_TOKENS:]
+
+    def text(self) -> str:
+        """All the text so far"""
+        return decode_after(self.tok, self.context, self.ids)
 
     def push(self, token_id: int) -> str:
         self.ids.append(token_id)
-        text = self.tok.decode(self.ids)
+        text = self.text()
         if text.endswith("\ufffd"):
             return ""
         new, self.printed = text[self.printed:], len(text)
         return new
 
     def flush(self) -> str:
-        text = self.tok.decode(self.ids)
+        text = self.text()
         new, self.printed = text[self.printed:], len(text)
         return new
 

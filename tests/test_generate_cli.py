@@ -770,3 +770,26 @@ def test_prompts_file_splits_on_newlines_only(tmp_path):
     q.write_text(json.dumps({"prompt": "a\u2028b"}, ensure_ascii=False) + "\n" + json.dumps("c\x85d") + "\n",
                  encoding="utf-8")
     assert [t for _, t, _ in _read_prompts(str(q))] == ["a\u2028b", "c\x85d"]
+
+
+def test_completion_keeps_its_leading_space_with_a_metaspace_tokenizer(tmp_path):
+    """A tokenizer.json whose decoder strips the first space (Llama-style "▁" tokens, as Jamba's): a completion
+    decoded alone lost its leading space ("Hello" + "world"); decode_after, the stream decoder and the server's answer
+    text read it after the prompt. A ByteTokenizer reads the same either way."""
+    tokenizers = pytest.importorskip("tokenizers")
+    from jamba_ext import server
+    from jamba_ext.tokenizer import decode_after, load_tokenizer
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, "▁Hello": 3, "▁world": 4, "▁is": 5, "▁here": 6}
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tk.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tk.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(str(tmp_path))
+    prompt, new = tok.encode("Hello", add_bos=False), tok.encode("world is here", add_bos=False)
+    assert tok.decode(prompt + new) == "Hello world is here" and tok.decode(new) == "world is here"
+    assert decode_after(tok, prompt, new) == " world is here"
+    dec = StreamDecoder(tok, prompt)
+    assert "".join(dec.push(t) for t in new) + dec.flush() == " world is here" == dec.text()
+    assert server._answer_text(tok, new, "length", None, prompt) == " world is here"
+    b = ByteTokenizer()
+    assert decode_after(b, b.encode("héllo"), b.encode(" wörld", add_bos=False)) == " wörld"
