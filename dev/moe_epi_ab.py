@@ -45,8 +45,8 @@ SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_S
 # session 62: the swap kernel's A loads of up to 4 chunks (the default since), of up to 2 and of one chunk
 # (JAMBA_EXT_MOE_SWAP_ABOX; the same sums). Its first calls measured clusters of W blocks with the A boxes multicast:
 # 1.3-2x slower (s62_mc_*.log), removed
-MC_VARIANTS = {"default": {}, "a64": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"}, "a32": {"JAMBA_EXT_MOE_SWAP_ABOX": "32"}}
-SETS = {"f2f": VARIANTS, "mc": MC_VARIANTS}
+ABOX_VARIANTS = {"default": {}, "a64": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"}, "a32": {"JAMBA_EXT_MOE_SWAP_ABOX": "32"}}
+SETS = {"f2f": VARIANTS, "abox": ABOX_VARIANTS}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
@@ -87,7 +87,7 @@ def ab(tokens, variants=VARIANTS, dt=dt):
             outs[name] = op()
         names = list(variants)
         first = outs[names[0]].float()
-        if variants is VARIANTS or variants is MC_VARIANTS:
+        if variants is VARIANTS or variants is ABOX_VARIANTS:
             same = f"outputs bit-identical: {all(torch.equal(outs[names[0]], o) for o in outs.values())}"
         else:
             same = "largest difference / largest output: " + ", ".join(
@@ -205,9 +205,9 @@ if __name__ == "__main__":
     elif mode == "swaprule":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS)
     elif mode == "mc":
-        ab([int(t) for t in sys.argv[2:]] or [2048], MC_VARIANTS)
+        ab([int(t) for t in sys.argv[2:]] or [2048], ABOX_VARIANTS)
     elif mode == "mcsweep":
-        ksweep(MC_VARIANTS)
+        ksweep(ABOX_VARIANTS)
     elif mode == "ksweep":
         ksweep(SETS[sys.argv[2] if len(sys.argv) > 2 else "f2f"])
     else:

@@ -2,8 +2,9 @@
 # Session 62's device calls on one H200 (device tool), by MODE:
 #   mc    (the name of its first form) the swap kernel's EXPERIMENTS: build, the swap engine's tests (each against the
 #         default, bit for bit; graph capture), test_moe.py with the swap engine and the variant forced, memcheck /
-#         racecheck of the swap cases, then the whole op in turns (dev/moe_epi_ab.py mc: its MC_VARIANTS at 1536 / 2048
-#         / 2304 tokens) and the kernels alone (mcsweep: gate_up / down at H 2048 / 4096 / 8192, 256 rows an expert).
+#         racecheck of the swap cases, then the whole op in turns (dev/moe_epi_ab.py mc: its ABOX_VARIANTS, MC_VARIANTS
+#         when these calls ran, at 1536 / 2048 / 2304 tokens) and the kernels alone (mcsweep: gate_up / down at H
+#         2048 / 4096 / 8192, 256 rows an expert).
 #         Ran with JAMBA_EXT_MOE_SWAP_MC=2|4 (clusters of W blocks, the A boxes multicast) at 3cebd00
 #         (s62_mc_3cebd00.log: every k loop slow, MEMBAR.ALL.GPU before each arrival) and b99e235 (s62_mc_b99e235.log:
 #         default 77.6% at 2048 tokens, mc2 / mc4 ~2x slower a k step), then with the diagnostic "2s" (the clusters
@@ -37,7 +38,7 @@ mc)
   timeout 60 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 | tail -2
   timeout 80 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py swap 2>&1 \
     | tail -2
-  step "the whole op in turns: dev/moe_epi_ab.py mc (MC_VARIANTS)"
+  step "the whole op in turns: dev/moe_epi_ab.py mc (ABOX_VARIANTS)"
   timeout 200 python3 dev/moe_epi_ab.py mc 1536 2048 2304 2>&1 | grep -v "warn" | tail -36
   step "the kernels alone: mcsweep"
   timeout 150 python3 dev/moe_epi_ab.py mcsweep 2>&1 | grep -v "warn" | tail -22

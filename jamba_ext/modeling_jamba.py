@@ -2221,7 +2221,7 @@ class _PreTrained(nn.Module):
         per_expert: Dict[str, Dict[Tuple[int, str], Tensor]] = {}
         dtype = self.dtype
 
-        def fp8_value(key: str, value: Tensor, fpath: str) -> bool:   # (or another tensor a weight cannot take)
+        def bad_value(key: str, value: Tensor, fpath: str) -> bool:   # float8, int, bool: not a weight here
             if _FP8 is not None and value.dtype == _FP8:
                 errors.append(f"{key}: a float8 tensor in {os.path.basename(fpath)}; jamba_ext reads unquantized "
                               "checkpoints (from_pretrained(..., experts_dtype='fp8') quantizes the experts as it "
@@ -2242,7 +2242,7 @@ class _PreTrained(nn.Module):
                 errors.append(f"{key}: expected shape {tuple(p.shape)} (from config.json), found "
                               f"{tuple(value.shape)} in {os.path.basename(fpath)}")
                 return
-            if fp8_value(key, value, fpath):
+            if bad_value(key, value, fpath):
                 return
             with torch.no_grad():
                 if p.dtype == _FP8 and (key + "_scale") in params:   # fused fp8 experts: quantized per expert
@@ -2276,7 +2276,7 @@ class _PreTrained(nn.Module):
                     errors.append(f"{key}: expected shape {want} (from config.json), found "
                                   f"{tuple(value.shape)} in {os.path.basename(fpath)}")
                     continue
-                if fp8_value(key, value, fpath):
+                if bad_value(key, value, fpath):
                     continue
                 rows = {"gate_proj": slice(0, I), "up_proj": slice(I, 2 * I), "down_proj": slice(None)}[name]
                 dst = (gu if name != "down_proj" else down)
