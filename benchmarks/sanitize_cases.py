@@ -1,7 +1,8 @@
 """Runs every CUDA op of jamba_ext once on small, odd shapes, for compute-sanitizer (memcheck, racecheck).
 
-    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows | swap | rest]
-(sample_rows: that op's cases only; swap: the MoE swap-AB engine's kernels only (Hopper); rest: every other op's,
+    compute-sanitizer --tool memcheck python3 benchmarks/sanitize_cases.py [sample_rows | swap | tiles | rest]
+(sample_rows: that op's cases only; swap: the MoE swap-AB engine's kernels only (Hopper); tiles: the MoE 128 x 256
+tiles' persistent kernel only (Hopper); rest: every other op's,
 without sample_rows' cluster kernels, which take racecheck ~110 s on an H200.) Exits non-zero if an op raises; the
 sanitizer reports memory errors and races itself.
 """
@@ -60,6 +61,17 @@ def swap_cases(dev, rn):
     del os.environ["JAMBA_EXT_MOE_SWAP"], os.environ["JAMBA_EXT_MOE_SWAP_ABOX"]
 
 
+def tiles_cases(dev, rn):
+    """moe_experts on the persistent wgmma kernel (the 128 x 256 tiles, JAMBA_EXT_MOE_SWAP=0) with a tile's W in one
+    TMA box a k tile (session 63; gate_up's 4-d box where F % 64 == 0): F 2048, and F 192 (the last expert's last
+    tile's box partly past the map's groups: TMA's zero fill)"""
+    os.environ["JAMBA_EXT_MOE_SWAP"] = "0"
+    for T, H, F, E in ((600, 136, 2048, 4), (900, 200, 192, 4)):
+        wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
+        ops.moe_experts(rn(T, H), wr, ids, rn(E, 2 * F, H), rn(E, H, F), slots, offs, "wgmma")
+    del os.environ["JAMBA_EXT_MOE_SWAP"]
+
+
 def main():
     if not torch.cuda.is_available() or not jamba_ext.has_cuda_kernels():
         sys.exit("sanitize_cases: needs a GPU and jamba_ext built with its CUDA kernels (JAMBA_EXT_CUDA=1)")
@@ -67,7 +79,7 @@ def main():
     g = torch.Generator(device=dev).manual_seed(0)
     rn = lambda *s, dt=torch.bfloat16: torch.randn(*s, generator=g, device=dev).to(dt)
     # one family only: (its cases, Hopper only)
-    families = {"sample_rows": (sample_rows_cases, False), "swap": (swap_cases, True)}
+    families = {"sample_rows": (sample_rows_cases, False), "swap": (swap_cases, True), "tiles": (tiles_cases, True)}
     if len(sys.argv) == 2 and sys.argv[1] in families:
         cases, hopper = families[sys.argv[1]]
         if not hopper or torch.cuda.get_device_capability(dev)[0] == 9:

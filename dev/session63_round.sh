@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Session 63's device calls on one H200 (device tool), by MODE:
+#   wbox  the 128 x 256 tiles' W in one 32 KB TMA box a k tile (the default since session 63; JAMBA_EXT_MOE_WBOX=2
+#         the two 16 KB boxes before): build, test_moe's wgmma tiles / swap engine / graph tests (the two forms bit
+#         for bit), memcheck / racecheck of the tiles cases, the op in turns (dev/moe_epi_ab.py wbox) at 3072 - 16384
+#         tokens, bench_moe's swap engine forced / off at 2560 - 4096 tokens twice (its upper bound), and session 62's
+#         CUDA cases never run (SiLU of huge negative pre-activations, rms_norm's zero-width backward)
+#   final the session's code: build, `jamba_ext check`, every test marked cuda, memcheck / racecheck of the tiles and
+#         swap cases, bench_moe at the issue's sizes and the swap engine's
+# Usage on the device: JAMBA_COMMIT=<sha> bash dev/session63_round.sh MODE   (output: $OUT/round.log)
+OUT=${OUT:-/tmp/jamba_round_out}
+. benchmarks/round_env.sh
+mode=${1:-wbox}
+sanitize() {   # memcheck / racecheck of sanitize_cases.py families
+  for fam in "$@"; do
+    step "compute-sanitizer memcheck / racecheck: sanitize_cases.py $fam"
+    timeout 60 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+    timeout 80 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+  done
+}
+{
+echo "commit $JAMBA_COMMIT, mode $mode"
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,power.limit --format=csv,noheader
+python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', \
+  torch.version.cuda)"
+case "$mode" in
+wbox)
+  build_cuda
+  step "test_moe: wgmma tiles (one W box / two, bit for bit), swap engine, graphs; session 62's unrun CUDA cases"
+  timeout 200 python3 -m pytest -q -m cuda --timeout=190 tests/test_moe.py -k "wgmma or swap or graph" \
+    -p no:cacheprovider 2>&1 | tail -4
+  timeout 60 python3 -m pytest -q --timeout=50 tests/test_causal_conv1d.py tests/test_rms_norm.py \
+    -k "huge_negative or zero_width_rows_backward" -p no:cacheprovider 2>&1 | tail -2
+  sanitize tiles
+  step "the op in turns: dev/moe_epi_ab.py wbox (one W box / two)"
+  timeout 170 python3 dev/moe_epi_ab.py wbox 3072 4096 8192 16384 2>&1 | grep -v "warn" | tail -30
+  for r in 1 2; do
+    step "bench_moe: the swap engine forced / off (run $r)"
+    timeout 90 python3 benchmarks/bench_moe.py --name bench_moe_s63_swap$r --tokens 2560,3072,3584,4096 \
+      --only "ours,ours:wgmma swap,ours:wgmma noswap,dense mm" 2>&1 | grep -v "^ " | cut -c1-140 | tail -24
+    cp benchmarks/results/bench_moe_s63_swap$r.json "$OUT/" 2>/dev/null
+  done
+  nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader ;;
+final)
+  check_and_suite 280
+  sanitize tiles swap
+  step "bench_moe at the issue's sizes and the swap engine's"
+  timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s63 --tokens 1,8,64,512,1536,2048,2304,4096,16384 \
+    --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
+  cp benchmarks/results/bench_moe_s63.json "$OUT/" 2>/dev/null ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
+step done
+} 2>&1 | tee "$OUT/round.log"
