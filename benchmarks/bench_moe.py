@@ -255,9 +255,7 @@ def main():
         variants += [("ours:wgmma swap", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="1")),
                      ("ours:wgmma noswap", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="0")),
                      # the epilogues a conversion a value (before session 56: moe_act_fast2 / moe_scaled2)
-                     ("ours:wgmma f2f", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI_F2F="1")),
-                     # the persistent kernel's W in two 16 KB boxes a k tile (before session 63: one 32 KB box)
-                     ("ours:wgmma wbox2", with_env(ours("wgmma"), JAMBA_EXT_MOE_WBOX="2"))]
+                     ("ours:wgmma f2f", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI_F2F="1"))]
         if has_grouped:
             variants += [("ours+grouped_mm", ours("grouped_mm"))]
         if hasattr(torch, "float8_e4m3fn"):  # fp8 expert weights (a scale per row): half the weight bytes

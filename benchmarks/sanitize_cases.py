@@ -62,9 +62,8 @@ def swap_cases(dev, rn):
 
 
 def tiles_cases(dev, rn):
-    """moe_experts on the persistent wgmma kernel (the 128 x 256 tiles, JAMBA_EXT_MOE_SWAP=0) with a tile's W in one
-    TMA box a k tile (session 63; gate_up's 4-d box where F % 64 == 0): F 2048, and F 192 (the last expert's last
-    tile's box partly past the map's groups: TMA's zero fill)"""
+    """moe_experts on the persistent wgmma kernel (the 128 x 256 tiles, JAMBA_EXT_MOE_SWAP=0): F 2048, and F 192
+    (the last expert's last tile's W boxes partly past the tensor: TMA's zero fill)"""
     os.environ["JAMBA_EXT_MOE_SWAP"] = "0"
     for T, H, F, E in ((600, 136, 2048, 4), (900, 200, 192, 4)):
         wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)

@@ -7,7 +7,6 @@
     python3 dev/moe_epi_ab.py mc 1536 2048 2304   # ab of the swap kernel's A box sizes (session 62)
     python3 dev/moe_epi_ab.py mcsweep             # ksweep of the same variants
     python3 dev/moe_epi_ab.py swaprule 1024 2560  # bf16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py wbox 3072 4096      # ab of the 128 x 256 tiles' W in one box a k tile or two (s63)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -47,10 +46,9 @@ SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_S
 # (JAMBA_EXT_MOE_SWAP_ABOX; the same sums). Its first calls measured clusters of W blocks with the A boxes multicast:
 # 1.3-2x slower (s62_mc_*.log), removed
 ABOX_VARIANTS = {"default": {}, "a64": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"}, "a32": {"JAMBA_EXT_MOE_SWAP_ABOX": "32"}}
-# session 63: the persistent kernel's 256 W rows a k tile in one 32 KB TMA box (the default since) or in two 16 KB
-# boxes (JAMBA_EXT_MOE_WBOX=2; the same sums)
-WBOX_VARIANTS = {"default": {}, "wbox2": {"JAMBA_EXT_MOE_WBOX": "2"}}
-SETS = {"f2f": VARIANTS, "abox": ABOX_VARIANTS, "wbox": WBOX_VARIANTS}
+# session 63 measured (mode wbox, since removed) the persistent kernel's 256 W rows a k tile in one 32 KB TMA box
+# against two 16 KB boxes (JAMBA_EXT_MOE_WBOX=2 in 10c2aee): within the noise (s63_wbox_10c2aee.log)
+SETS = {"f2f": VARIANTS, "abox": ABOX_VARIANTS}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
@@ -91,7 +89,7 @@ def ab(tokens, variants=VARIANTS, dt=dt):
             outs[name] = op()
         names = list(variants)
         first = outs[names[0]].float()
-        if variants in (VARIANTS, ABOX_VARIANTS, WBOX_VARIANTS):
+        if variants in (VARIANTS, ABOX_VARIANTS):
             same = f"outputs bit-identical: {all(torch.equal(outs[names[0]], o) for o in outs.values())}"
         else:
             same = "largest difference / largest output: " + ", ".join(
@@ -210,8 +208,6 @@ if __name__ == "__main__":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS)
     elif mode == "mc":
         ab([int(t) for t in sys.argv[2:]] or [2048], ABOX_VARIANTS)
-    elif mode == "wbox":
-        ab([int(t) for t in sys.argv[2:]] or [4096], WBOX_VARIANTS)
     elif mode == "mcsweep":
         ksweep(ABOX_VARIANTS)
     elif mode == "ksweep":

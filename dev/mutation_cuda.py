@@ -271,13 +271,6 @@ MUTANTS = [
            "further on. test_moe_swap_engine: every chunk count 1-10 (4 and more: 128-row boxes), against the "
            "128 x 256 tiles and the fp64 reference",
            ["tests/test_moe.py"], "test_moe_swap_engine"),
-    Mutant("moe_wbox_one_group", "moe_wgmma.cu",
-           "if (a.gate_up) tma_load_4d(sb, tmW, kt * WG_BK, wrow / WG_WBOX, fb);",
-           "if (a.gate_up) tma_load_4d(sb, tmW, kt * WG_BK, wrow / WG_WBOX + 1, fb);",
-           "persistent wgmma kernel's producer (session 63's one W box a k tile): gate_up's 4-d box starts one 64-output "
-           "group late. test_moe_wgmma_tiles: F 2048 and 192 cases (F % 64 == 0) against the fp64 reference and the two "
-           "16 KB boxes (JAMBA_EXT_MOE_WBOX=2)",
-           ["tests/test_moe.py"], "test_moe_wgmma_tiles"),
     Mutant("sum_mid_unrolled", "sum_mid.cu",
            "a3 += src[(k + 24) * J];",
            "a3 += src[(k + 16) * J];",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 63's device calls on one H200 (device tool), by MODE:
-#   wbox  the 128 x 256 tiles' W in one 32 KB TMA box a k tile (the default since session 63; JAMBA_EXT_MOE_WBOX=2
-#         the two 16 KB boxes before): build, test_moe's wgmma tiles / swap engine / graph tests (the two forms bit
+#   wbox  (ran at 10c2aee, s63_wbox_10c2aee.log; the experiment since removed, so this mode's moe_epi_ab step no
+#         longer runs) the 128 x 256 tiles' W in one 32 KB TMA box a k tile against the two 16 KB boxes
+#         (JAMBA_EXT_MOE_WBOX=2 then): build, test_moe's wgmma tiles / swap engine / graph tests (the two forms bit
 #         for bit), memcheck / racecheck of the tiles cases, the op in turns (dev/moe_epi_ab.py wbox) at 3072 - 16384
 #         tokens, bench_moe's swap engine forced / off at 2560 - 4096 tokens twice (its upper bound), and session 62's
 #         CUDA cases never run (SiLU of huge negative pre-activations, rms_norm's zero-width backward)

@@ -218,8 +218,7 @@ def test_moe_wgmma_tiles(monkeypatch):
     impl wgmma runs up to 16 slots per expert) and both 128 x 256 kernels (persistent, the default, with its
     64 x 256 half tiles for an expert's last <= 64 rows by size, forced on and off with JAMBA_EXT_WGMMA_HALF=1 / 0,
     with and without its epilogue warps, JAMBA_EXT_MOE_EPI=0, with merged tiles, JAMBA_EXT_MOE_MERGE=1, and not:
-    JAMBA_EXT_WGMMA_PERSIST=0; a tile's W in one TMA box a k tile, the default where F % 64 == 0, and in two,
-    JAMBA_EXT_MOE_WBOX=2) give the same bits; so do the epilogues that round a value a conversion
+    JAMBA_EXT_WGMMA_PERSIST=0) give the same bits (the swap engine off, also where it runs by size); so do the epilogues that round a value a conversion
     (JAMBA_EXT_MOE_EPI_F2F=1; the default rounds pairs, moe_act_fast2 / moe_scaled2), with the epilogue warps and
     without; the cases include experts with 129-192 rows (merged tiles)."""
     if not hopper_code():
@@ -251,10 +250,6 @@ def test_moe_wgmma_tiles(monkeypatch):
         monkeypatch.setenv("JAMBA_EXT_WGMMA_PERSIST", "0")
         persist = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         monkeypatch.delenv("JAMBA_EXT_WGMMA_PERSIST")
-        monkeypatch.setenv("JAMBA_EXT_MOE_WBOX", "2")  # W in two 16 KB boxes a k tile (base: one where F % 64 == 0)
-        wbox2 = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        monkeypatch.delenv("JAMBA_EXT_MOE_WBOX")
-        assert torch.equal(wbox2, base), ("W boxes", T, H, F, E, K, dtype)
         # the persistent kernel with and without its half tiles (an expert's last <= 64 rows as 64 x 256)
         monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "0")
         nohalf = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")

@@ -60,8 +60,6 @@ struct moe_gemm_args {
     const float *ascale;      /* fp8 A rows (moe_wgmma_gemm_q8): (slots,) a scale per sorted row */
     int epi_f2f;              /* wgmma engines (set by moe_wgmma_gemm): 1 = the epilogues round a value a conversion
                                * (moe_act_fast / moe_scaled) instead of a pair (moe_act_fast2 / moe_scaled2); A/B */
-    int w_one_box;            /* persistent wgmma kernel: a tile's 256 W rows in one TMA box a k tile (tmW from
-                               * wt_map_tile); set by its launcher */
 };
 
 /* gate_up: value of act from the fp32 dot products; down: value of slot_out */

@@ -255,19 +255,12 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar) : "memory");
 }
 
-/* 4-d TMA load of the box at (c0 = k, 0, 0, c3 = 64-row group) into dst (gate_up's one-box W map: wt_map_tile) */
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap *map, int c0, int c3, uint32_t bar) {
-    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
-                 " [%0], [%1, {%2, %3, %4, %5}], [%6];\n" ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(0), "r"(0), "r"(c3), "r"(bar) : "memory");
-}
-
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
  * completing on full-barrier fb (which expects the bytes): A BM x 64 (half: a half tile of the persistent
  * kernel, 64 rows through a tmA with 64-row boxes; the stage's A rows 64 .. 127 are not written), then the W
  * rows in 16 KB boxes: gate_up, a 3-d box per 64 outputs (wt_map with pair = F): their 64 gate rows, then their
  * 64 up rows, so that a gate row and its up row sit 64 columns apart in any 128-column half of the stage
- * (wg_epilogue; the half tiles need it); down, 128 consecutive rows per box. a.w_one_box (the persistent kernel's
- * 256-row tiles): the same bytes in one 32 KB box (wt_map_tile: gate_up a 4-d box of two such 64-output groups). */
+ * (wg_epilogue; the half tiles need it); down, 128 consecutive rows per box. */
 template <int MODE>
 __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorMap *tmA, const CUtensorMap *tmW,
                                          uint32_t sa, uint32_t fb, int kt, int arow, int wrow, bool half = false,
@@ -277,11 +270,6 @@ __device__ __forceinline__ void wt_issue(const moe_gemm_args &a, const CUtensorM
     mbar_expect_tx(fb, (C::BM + C::WR) * WG_BK * 2 - (half ? 64 * WG_BK * 2 : 0) + (tmT ? 64 * WG_BK * 2 : 0));
     tma_load_2d(sa, tmA, kt * WG_BK, arow, fb);
     if (tmT) tma_load_2d(sb + C::WR * WG_BK * 2, tmT, kt * WG_BK, trow, fb); /* WT_MG: a merged tile's 64 tail rows */
-    if (C::WR == WG_BN && a.w_one_box) { /* the same bytes in one box (tmW from wt_map_tile) */
-        if (a.gate_up) tma_load_4d(sb, tmW, kt * WG_BK, wrow / WG_WBOX, fb);
-        else tma_load_2d(sb, tmW, kt * WG_BK, wrow, fb);
-        return;
-    }
 #pragma unroll
     for (int bi = 0; bi < C::WR / (2 * WG_WBOX); bi++) {
         const uint32_t dst = sb + (uint32_t)(bi * 2 * WG_WBOX * WG_BK * 2);
@@ -1356,27 +1344,6 @@ static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t r
     return JAMBA_OK;
 }
 
-/* W of the persistent kernel's 256-row tiles in one 32 KB box a k tile (a.w_one_box), the bytes and stage layout of
- * wt_map's boxes: down, a 2-d map of 256-row boxes; gate_up (F a multiple of 64: every tile's first W row then is),
- * a 4-d view (cols, 64 rows, gate / up F rows apart, 64-row groups) whose box {64, 64, 2, 2} brings two groups'
- * gate and up rows in wt_issue's order; the groups stop where a group's up rows would pass the tensor's end.
- * Returns false (the caller keeps wt_map's boxes) where that does not apply. */
-static bool wt_map_tile(CUtensorMap *m, int dtype, const moe_gemm_args &a) {
-    wt_encode_fn enc = wt_encoder();
-    if (!enc || (a.gate_up && a.N % WG_WBOX != 0)) return false;
-    const int64_t rows = (int64_t)a.E * a.w_rows;
-    const cuuint64_t row_bytes = (cuuint64_t)a.Kd * 2;
-    const cuuint64_t dims[4] = {(cuuint64_t)a.Kd, a.gate_up ? (cuuint64_t)WG_WBOX : (cuuint64_t)rows, 2,
-                                (cuuint64_t)((rows - a.N) / WG_WBOX)};
-    const cuuint64_t strides[3] = {row_bytes, (cuuint64_t)a.N * row_bytes, (cuuint64_t)WG_WBOX * row_bytes};
-    const cuuint32_t box[4] = {WG_BK, a.gate_up ? (cuuint32_t)WG_WBOX : (cuuint32_t)WG_BN, 2, 2}, es[4] = {1, 1, 1, 1};
-    const CUresult r = enc(m, dtype == JAMBA_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                           a.gate_up ? 4 : 2, const_cast<void *>(a.W), dims, strides, box, es,
-                           CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    return r == CUDA_SUCCESS;
-}
-
 /* one launch of moe_wgmma_kernel<T, MODE>: tile rows (m_tiles) enough for every tile of the mode */
 template <typename T, int MODE>
 static jamba_status wgmma_launch_mode(int dtype, const moe_gemm_args &a, int64_t slots, int dev,
@@ -1443,22 +1410,16 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     bool mg = slots >= (int64_t)MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT * a.E &&
               slots < (int64_t)MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT * a.E;
     if (merge != NULL && (merge[0] == '0' || merge[0] == '1')) mg = merge[0] == '1';
-    /* one W box a k tile (wt_map_tile) where it applies; env JAMBA_EXT_MOE_WBOX=2: wt_map's two boxes (A/B) */
-    const char *wbox = getenv("JAMBA_EXT_MOE_WBOX");
-    CUtensorMap tmW1;
-    const bool one = !Q8 && !(wbox != NULL && wbox[0] == '2') && wt_map_tile(&tmW1, dtype, a);
-    ap.w_one_box = one;
-    const CUtensorMap &tmWk = one ? tmW1 : tmW;
     const char *epi = getenv("JAMBA_EXT_MOE_EPI"); /* "0": no epilogue warps (A/B; wp_epi) */
     if (mg && !Q8)
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, true>, (unsigned)grid, WP_MG_THREADS, WP_MG_SMEM, stream,
-            tmA, tmA64, tmWk, ap, n_tiles);
+            tmA, tmA64, tmW, ap, n_tiles);
     else if (epi != NULL && epi[0] == '0')
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, false, false, Q8>, (unsigned)grid, WP_THREADS, WP_SMEM, stream,
-            tmA, tmA64, tmWk, ap, n_tiles);
+            tmA, tmA64, tmW, ap, n_tiles);
     else
         jamba_kernel_launch(moe_wgmma_persist_kernel<T, true, false, Q8>, (unsigned)grid, WP_EO_THREADS, WP_EO_SMEM,
-            stream, tmA, tmA64, tmWk, ap, n_tiles);
+            stream, tmA, tmA64, tmW, ap, n_tiles);
     JAMBA_LAUNCH_CHECK("moe_wgmma_persist_kernel", stream);
     return JAMBA_OK;
 }
