@@ -1,14 +1,20 @@
 # Sourced (from the repo root) by the device round scripts (run_gpu_fp8.sh, run_gpu_train.sh, dev/*_round.sh,
 # dev/w8a8_final.sh): strict mode, the output folder $OUT (the device tool's, else /tmp/jamba_gpu_out), unbuffered
 # Python with the repo on its path, JAMBA_COMMIT for the logs (the device copy of .git may be stale), and step(), a
-# timestamped section header; build_cuda, the editable CUDA build; check_and_suite, that build, `jamba_ext check` and
-# every test marked cuda; bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8,
+# timestamped section header; round_header, a round log's first lines; build_cuda, the editable CUDA build;
+# check_and_suite, that build, `jamba_ext check` and every test marked cuda; bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8,
 # no transformers), the step both fp8 rounds run.
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} JAMBA_COMMIT=${JAMBA_COMMIT:-unknown}
 step() { echo; echo "=== $* ($(date +%T))"; }
+round_header() {   # what ran where: the commit and mode ($1), the GPU's clocks and power, python / torch / CUDA
+  echo "commit $JAMBA_COMMIT, mode $1"
+  nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,power.limit --format=csv,noheader
+  python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', \
+    torch.version.cuda)"
+}
 build_cuda() {   # the editable build with every CUDA kernel, checked, and how long it took (exit 1 without CUDA)
   local t0; t0=$(date +%s)
   JAMBA_EXT_CUDA=1 pip install --no-build-isolation --no-deps -e . 2>&1 | grep -v "^ \|WARNING: Running pip" | tail -2

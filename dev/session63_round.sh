@@ -22,10 +22,7 @@ sanitize() {   # memcheck / racecheck of sanitize_cases.py families
   done
 }
 {
-echo "commit $JAMBA_COMMIT, mode $mode"
-nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,power.draw,power.limit --format=csv,noheader
-python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', \
-  torch.version.cuda)"
+round_header "$mode"
 case "$mode" in
 wbox)
   build_cuda
