@@ -15,7 +15,7 @@ checkpoint written after merge_lora is a plain Jamba checkpoint that transformer
 import math
 import warnings
 from collections import Counter
-from typing import List, Sequence
+from typing import Iterable, List, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -25,10 +25,18 @@ DEFAULT_TARGETS = ("in_proj", "x_proj", "out_proj", "q_proj", "k_proj", "v_proj"
                    "down_proj")
 
 
+def _check_rank(r, alpha, who: str) -> None:
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise ValueError(f"{who}: r must be an int >= 1, got {r!r}")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
+        raise ValueError(f"{who}: alpha must be a finite number > 0, got {alpha!r}")
+
+
 class LoRALinear(nn.Module):
     """base (a frozen nn.Linear) plus a rank-r update scaled by alpha / r."""
 
     def __init__(self, base: nn.Linear, r: int, alpha: float):
+        _check_rank(r, alpha, "LoRALinear")
         super().__init__()
         self.base, self.r, self.scale = base, r, alpha / r
         dev = base.weight.device
@@ -56,40 +64,47 @@ class LoRALinear(nn.Module):
         return self.base.out_features
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self.base(x)
-        low = (x.to(torch.float32) @ self.lora_a.t()) @ self.lora_b.t()
+        y = self.base(x)      # (A and B fp32, or the dtype a later model.to(dtype) gave them: x runs in theirs)
+        low = (x.to(self.lora_a.dtype) @ self.lora_a.t()) @ self.lora_b.t()
         return y + (low * self.scale).to(y.dtype)
 
     def merged(self) -> nn.Linear:
         """The base nn.Linear with the update added to its weight (in place; rounded once to its dtype)."""
         with torch.no_grad():
             w = self.base.weight
-            w.copy_((w.float() + self.scale * (self.lora_b @ self.lora_a)).to(w.dtype))
+            w.copy_((w.float() + self.scale * (self.lora_b.float() @ self.lora_a.float())).to(w.dtype))
         return self.base
 
 
 def add_lora(model: nn.Module, r: int = 16, alpha: float = 32.0, targets: Sequence[str] = DEFAULT_TARGETS) -> List[str]:
     """Freezes every parameter of model and wraps each nn.Linear whose attribute name is in targets in a LoRALinear
-    (the only trainable parameters afterwards). Returns the wrapped modules' names. r >= 1."""
-    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
-        raise ValueError(f"add_lora: r must be an int >= 1, got {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < float("inf"):
-        raise ValueError(f"add_lora: alpha must be a finite number > 0, got {alpha!r}")
-    if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
+    (the only trainable parameters afterwards). Returns the wrapped modules' names. r >= 1. A target other than
+    DEFAULT_TARGETS' names (which a model may lack: no attention layer, no dense MLP) must name an nn.Linear of the
+    model (ValueError otherwise). A refused call leaves the model as it was."""
+    _check_rank(r, alpha, "add_lora")
+    if isinstance(targets, str) or not isinstance(targets, Iterable):
         raise ValueError(f"add_lora: targets must be a list of attribute names (e.g. ['q_proj', 'v_proj']), got "
                          f"{targets!r}")
+    targets = tuple(targets)          # (a generator: read once)
+    if not all(isinstance(t, str) for t in targets):
+        raise ValueError(f"add_lora: targets must be a list of attribute names (e.g. ['q_proj', 'v_proj']), got "
+                         f"{list(targets)!r}")
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("add_lora: the model has LoRA adapters already (merge_lora folds them into the weights)")
+    found = [(mod, name, attr, child) for name, mod in model.named_modules()
+             for attr, child in mod.named_children() if attr in targets and type(child) is nn.Linear]
+    if not found:
+        raise ValueError(f"add_lora: no nn.Linear named one of {list(targets)} in the model")
+    unknown = sorted(set(targets) - set(DEFAULT_TARGETS) - {attr for _, _, attr, _ in found})
+    if unknown:
+        raise ValueError(f"add_lora: targets {unknown} name no nn.Linear of the model (its projections: "
+                         f"{list(DEFAULT_TARGETS)}; also e.g. 'lm_head', 'dt_proj')")
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = []
-    for name, mod in list(model.named_modules()):
-        for attr, child in list(mod.named_children()):
-            if attr in targets and type(child) is nn.Linear:
-                setattr(mod, attr, LoRALinear(child, r, alpha))
-                wrapped.append(f"{name}.{attr}" if name else attr)
-    if not wrapped:
-        raise ValueError(f"add_lora: no nn.Linear named one of {list(targets)} in the model")
+    for mod, name, attr, child in found:
+        setattr(mod, attr, LoRALinear(child, r, alpha))
+        wrapped.append(f"{name}.{attr}" if name else attr)
     return wrapped
 
 

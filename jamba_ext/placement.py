@@ -14,10 +14,11 @@ Device maps taken (resolve_device_map):
 - "auto": one GPU when the model's bytes fit in AUTO_FIT of the first GPU's free memory (or only one GPU is
   visible; the CPU without GPUs), else "balanced";
 - "balanced": contiguous runs of units over every visible GPU, each holding about the same bytes;
-- a list of devices: "balanced" over those;
+- a list of devices (each once): "balanced" over those, in the list's order;
 - a dict {unit name or a prefix of one ("model.layers", "model", ""): device}, as transformers' hf_device_map or
-  accelerate's infer_auto_device_map write it; the longest matching prefix wins; every unit must be covered.
-A tied LM head (config.tie_word_embeddings) stays with the embeddings.
+  accelerate's infer_auto_device_map write it; the longest matching prefix wins; every unit must be covered (a key
+  inside a unit, such as "model.layers.0.mamba", is refused: a unit is placed whole).
+A tied LM head (config.tie_word_embeddings) stays with the embeddings (and counts 0 bytes in the splits).
 max_memory ({device: bytes, or a size such as "70GiB" / "500MB"}, as transformers' from_pretrained takes it) with
 "auto" / "balanced": the devices used are its keys (GPUs by index, then the CPU), each taking a share of the weights
 in proportion to its budget (then, if rounding to whole units overfills one, each filled in turn up to its budget);
@@ -56,12 +57,23 @@ def module_bytes(mod: nn.Module) -> int:
 def _device(d) -> torch.device:
     if isinstance(d, bool):
         raise ValueError(f"device_map: {d!r} is not a device")
-    if isinstance(d, int):
-        return torch.device("cuda", d)
     try:
-        return torch.device(d)
+        return torch.device("cuda", d) if isinstance(d, int) else torch.device(d)
     except (RuntimeError, TypeError) as e:
         raise ValueError(f"device_map: {d!r} is not a device ({e})") from None
+
+
+def _sizes(model: nn.Module, us: List[Tuple[str, nn.Module]]) -> List[int]:
+    """module_bytes of each unit; a tied LM head 0 (its tensor is the embeddings', and it stays with them)."""
+    cfg = getattr(model, "config", None)
+    tied = getattr(cfg, "tie_word_embeddings", False)
+    return [0 if tied and n == "lm_head" else module_bytes(m) for n, m in us]
+
+
+def _no_repeats(devs: Sequence[torch.device], what: str) -> None:
+    twice = sorted({str(d) for i, d in enumerate(devs) if d in devs[:i]})
+    if twice:
+        raise ValueError(f"{what}: {', '.join(twice)} given more than once (each device takes one share)")
 
 
 def balanced(sizes: Sequence[int], devices: Sequence[torch.device],
@@ -114,7 +126,9 @@ def parse_size(v) -> int:
 def _budgeted(sizes: Sequence[int], max_memory: dict) -> Tuple[List[torch.device], List[int], List[torch.device]]:
     """(the devices of max_memory in order: GPUs by index, then the rest; their budgets; the units' devices, by budget
     share)."""
-    budgets = {_device(k): parse_size(v) for k, v in max_memory.items()}
+    keys = [_device(k) for k in max_memory]
+    _no_repeats(keys, "max_memory")
+    budgets = {d: parse_size(v) for d, v in zip(keys, max_memory.values())}
     devs = sorted(budgets, key=lambda d: (d.type != "cuda", d.type, d.index or 0))
     devs = [d for d in devs if budgets[d] > 0]
     if not devs:
@@ -145,7 +159,7 @@ def resolve_device_map(model: nn.Module, device_map, max_memory: Optional[dict] 
             raise ValueError(f"max_memory goes with device_map='auto' or 'balanced', got device_map={device_map!r}")
         if not isinstance(max_memory, dict) or not max_memory:
             raise ValueError(f"max_memory: expected a dict {{device: size}}, got {max_memory!r}")
-        sizes = [module_bytes(m) for _, m in us]
+        sizes = _sizes(model, us)
         devs, budgets, placed = _budgeted(sizes, max_memory)
         one = device_map == "auto" and sum(sizes) <= budgets[0]
         out = {n: devs[0] for n in names} if one else dict(zip(names, placed))
@@ -153,13 +167,19 @@ def resolve_device_map(model: nn.Module, device_map, max_memory: Optional[dict] 
         if not device_map:
             raise ValueError("device_map: an empty dict")
         keys = {str(k): _device(v) for k, v in device_map.items()}
+        inside = [(k, n) for k in keys for n in names if k.startswith(n + ".")]
+        if inside:
+            k, n = inside[0]
+            raise ValueError(f"device_map: {k!r} lies inside the unit {n!r}; a unit is placed whole (name it or a "
+                             f"prefix of it)")
         out = {}
+        pre = names[0][:-len("embed_tokens")]                      # "model." or ""
         for n in names:
             hits = [k for k in keys if k == "" or n == k or n.startswith(k + ".")]
             if not hits:
-                raise ValueError(f"device_map: no entry covers {n!r} (units: model.embed_tokens, model.layers.N, "
-                                 f"model.final_layernorm, lm_head; a prefix such as 'model.layers' or '' covers "
-                                 f"several)")
+                tail = ", ".join(names[-2:] if pre else names[-1:])    # (final_layernorm[, lm_head])
+                raise ValueError(f"device_map: no entry covers {n!r} (units: {names[0]}, {pre}layers.N, {tail}; a "
+                                 f"prefix such as '{pre}layers' or '' covers several)")
             out[n] = keys[max(hits, key=len)]
         unknown = [k for k in keys if k and not any(n == k or n.startswith(k + ".") for n in names)]
         if unknown:
@@ -169,7 +189,8 @@ def resolve_device_map(model: nn.Module, device_map, max_memory: Optional[dict] 
         if not device_map:
             raise ValueError("device_map: an empty list of devices")
         devs = [_device(d) for d in device_map]
-        out = dict(zip(names, balanced([module_bytes(m) for _, m in us], devs)))
+        _no_repeats(devs, "device_map")
+        out = dict(zip(names, balanced(_sizes(model, us), devs)))
     elif device_map in ("auto", "balanced"):
         gpus = _gpus()
         if not gpus:
@@ -177,7 +198,7 @@ def resolve_device_map(model: nn.Module, device_map, max_memory: Optional[dict] 
         elif len(gpus) == 1:
             out = {n: gpus[0] for n in names}
         else:
-            sizes = [module_bytes(m) for _, m in us]
+            sizes = _sizes(model, us)
             fits = device_map == "auto" and sum(sizes) <= AUTO_FIT * torch.cuda.mem_get_info(gpus[0])[0]
             out = {n: gpus[0] for n in names} if fits else dict(zip(names, balanced(sizes, gpus)))
     else:

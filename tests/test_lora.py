@@ -127,3 +127,62 @@ def test_peft_lora_on_the_model():
         assert rel_err(merged(ids).logits, adapted) <= 1e-5
         assert merged.generate(ids, max_new_tokens=3).shape == (2, 14)
 
+
+
+def test_add_lora_error_leaves_the_model_as_it_was():
+    """A refused add_lora (no target found, a misspelt one, a bad rank) neither freezes the model's parameters nor
+    wraps any projection (it froze every parameter before looking for the targets)."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    n = len(list(ours.parameters()))
+    for kw in (dict(targets=("qproj",)), dict(targets=("q_proj", "vproj")), dict(r=0)):
+        with pytest.raises(ValueError):
+            add_lora(ours, **kw)
+        assert sum(p.requires_grad for p in ours.parameters()) == n, kw
+        assert not any(isinstance(m, LoRALinear) for m in ours.modules()), kw
+
+
+def test_add_lora_refuses_unknown_target_names():
+    """A target that names no nn.Linear of the model is refused, not skipped while other targets match (a typo left
+    v_proj unadapted in silence); Jamba's own projection names are exempt (a model may lack attention or a dense
+    MLP); a generator of names works (it was used up by the type check: 'no nn.Linear named one of []')."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    for targets, msg in ((("q_proj", "vproj"), r"\['vproj'\]"), (("q_proj", "router"), r"\['router'\]")):
+        with pytest.raises(ValueError, match=msg):
+            add_lora(ours, targets=targets)
+    _, mamba = make_pair(CONFIGS["mamba_dense"])                                 # no attention layers: q_proj absent
+    assert all(n.endswith(("in_proj", "q_proj")) for n in add_lora(mamba, targets=["in_proj", "q_proj"]))
+    names = add_lora(ours, targets=(t for t in ["q_proj", "lm_head"]))
+    assert names and all(n.endswith(("q_proj", "lm_head")) for n in names) and "lm_head" in names
+
+
+def test_lora_linear_refuses_bad_rank_and_alpha():
+    """LoRALinear itself checks r and alpha (r=0 raised ZeroDivisionError, alpha=0 gave a silent zero update)."""
+    for r, alpha, msg in ((0, 1.0, "r must be"), (-2, 1.0, "r must be"), (2.0, 1.0, "r must be"),
+                          (2, 0.0, "alpha must be"), (2, float("nan"), "alpha must be")):
+        with pytest.raises(ValueError, match=msg):
+            LoRALinear(torch.nn.Linear(4, 3), r, alpha)
+
+
+def test_lora_after_the_model_changes_dtype():
+    """model.to(torch.bfloat16) after add_lora (as with PEFT) turns the adapters bf16 too: the forward ran x in fp32
+    against bf16 A ('expected m1 and m2 to have the same dtype'); now it runs in the adapters' dtype, a training step
+    reaches them, and merge_lora gives the adapted logits."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(2, 9, CONFIGS["attn1_moe_top2"]["vocab_size"])
+    names = add_lora(ours, r=4, alpha=8)
+    ours.to(torch.bfloat16)
+    lin = ours.get_submodule(names[0])
+    assert lin.lora_a.dtype == lin.lora_b.dtype == torch.bfloat16
+    ours.train()
+    ours(ids, labels=ids).loss.backward()
+    assert lin.lora_b.grad is not None and lin.base.weight.grad is None
+    ours.eval()
+    with torch.no_grad():
+        base = ours(ids).logits.float()
+        for n in names:
+            ours.get_submodule(n).lora_b.normal_(0, 0.1)
+        adapted = ours(ids).logits
+        assert adapted.dtype == torch.bfloat16
+        moved = rel_err(adapted.float(), base)
+        merge_lora(ours)
+        assert moved > 0.3 and rel_err(ours(ids).logits.float(), adapted.float()) <= 0.1 * moved   # (bf16 rounding)

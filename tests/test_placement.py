@@ -301,3 +301,53 @@ def test_cuda_graph_decode_on_the_second_gpu_after_the_first():
         assert m1._decode_graph_info["captured"] and torch.cuda.current_device() == 0
         e = m1.generate(ids.to(d1), max_new_tokens=20, eos_token_id=None, cuda_graph=False, static_cache=True)
         assert b.device == d1 and b.tolist() == e.tolist() == a.tolist()
+
+
+def test_device_map_bad_devices_and_lists():
+    """A negative GPU index is refused as a ValueError (it escaped as torch's RuntimeError); a list naming a device
+    twice is refused (["cpu:0", "cpu:1", "cpu:0"] put the first and last layers on cpu:0 and the middle on cpu:1: not
+    contiguous runs, one per device); so is a max_memory naming one device twice (the later budget won in silence)."""
+    m = _model()
+    for bad in (-1, [-1, 0], {"": -1}):
+        with pytest.raises(ValueError, match="is not a device"):
+            placement.resolve_device_map(m, bad)
+    for bad in (["cpu:0", "cpu:1", "cpu:0"], ["cpu", "cpu"], [torch.device("cpu", 1), "cpu:1"]):
+        with pytest.raises(ValueError, match="more than once"):
+            placement.resolve_device_map(m, bad)
+    total = placement.module_bytes(m)
+    with pytest.raises(ValueError, match="more than once"):
+        placement.resolve_device_map(m, "balanced", {"cpu:1": total, torch.device("cpu", 1): total // 2})
+    d = placement.resolve_device_map(m, ["cpu:1", "cpu:0"])                      # (the list's order: kept)
+    assert d["model.embed_tokens"] == torch.device("cpu", 1) and d["lm_head"] == torch.device("cpu", 0)
+
+
+def test_device_map_keys_inside_a_unit_or_of_another_model():
+    """A key inside a unit ('model.layers.0.mamba': a unit is placed whole) is told as such (it read 'name no part of
+    this model'); the hint for a JambaModel names its own units (it named model.embed_tokens and lm_head)."""
+    m = _model()
+    with pytest.raises(ValueError, match=r"'model.layers.0.mamba' lies inside the unit 'model.layers.0'"):
+        placement.resolve_device_map(m, {"": "cpu", "model.layers.0.mamba": "cpu:1"})
+    with pytest.raises(ValueError, match=r"no entry covers 'embed_tokens' \(units: embed_tokens, layers.N, "
+                                         r"final_layernorm; a prefix such as 'layers' or ''"):
+        placement.resolve_device_map(m.model, {"model": "cpu"})
+
+
+def test_tied_head_counts_once_in_the_split():
+    """A tied LM head shares the embeddings' tensor and device: its bytes are not planned for the last device (the
+    split was ~2.8 : 1 for this model, the embeddings' device holding the most) nor counted twice against
+    max_memory (a budget holding the whole model was refused: 'budgets hold')."""
+    m = _model(tie_word_embeddings=True, vocab_size=4000)
+    assert m.lm_head.weight is m.model.embed_tokens.weight
+    two = [torch.device("cpu", 0), torch.device("cpu", 1)]
+    d = placement.resolve_device_map(m, two)
+    held = {dev: 0 for dev in two}
+    seen = set()
+    for n, mod in placement.units(m):
+        for p in mod.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                held[d[n]] += p.numel() * p.element_size()
+    assert max(held.values()) <= 1.5 * min(held.values()), held
+    total = placement.module_bytes(m)
+    d = placement.resolve_device_map(m, "balanced", {"cpu:0": total})
+    assert set(d.values()) == {two[0]}
