@@ -26,6 +26,7 @@ and the new tokens, as transformers' input_ids). Filtered entries become -inf.
   rows take the allowed tokens at score 0 (transformers' PrefixConstrainedLogitsProcessor). The one host-side filter:
   fn runs in Python on each row every step.
 """
+import numbers
 from typing import Optional
 
 import torch
@@ -118,7 +119,12 @@ def prefix_constrain(scores: Tensor, seqs: Tensor, fn, group: int) -> Tensor:
     mask = torch.full((R, V), _NEG_INF)                 # built on the host: one copy to the device
     for r in range(R):
         allowed = fn(r // group, seqs[r])
-        if allowed is None or len(allowed) == 0:
+        try:
+            n = len(allowed)
+        except TypeError:                              # (an int, a 0-d tensor, ...: not a list)
+            raise ValueError(f"prefix_allowed_tokens_fn returned {allowed!r:.40} for batch id {r // group} (row {r}): "
+                             "expected a list of token ids") from None
+        if n == 0:
             raise ValueError(f"prefix_allowed_tokens_fn returned no token for batch id {r // group} (row {r}): the "
                              "constraint cannot be met; it must return a non-empty list of token ids")
         allowed = torch.as_tensor(allowed, dtype=torch.long).reshape(-1).cpu()
@@ -133,18 +139,31 @@ def prefix_constrain(scores: Tensor, seqs: Tensor, fn, group: int) -> Tensor:
 
 def _bias_table(spec, V: int, device, what: str):
     """A sequence_bias spec ({tuple(ids): bias} or [[ids, bias], ...]) -> (length-1 bias (V,) fp32, [(prefixes (G, L-1),
-    last ids (G,), biases (G,)) per prefix length L-1])."""
-    items = list(spec.items()) if isinstance(spec, dict) else [tuple(x) for x in spec]
+    last ids (G,), biases (G,)) per prefix length L-1]). A sequence named twice takes its last bias (transformers makes
+    a dict of the list)."""
+    if isinstance(spec, dict):
+        items = list(spec.items())
+    elif isinstance(spec, (list, tuple)):
+        items = [tuple(x) if isinstance(x, (list, tuple)) else (x,) for x in spec]
+    else:
+        raise ValueError(f"{what}: expected a dict {{tuple of token ids: bias}} or a list of [token ids, bias] pairs, "
+                         f"got {spec!r:.80}")
+    table = {}
+    for item in items:
+        ids, b = item if len(item) == 2 else (list(item), None)
+        if not isinstance(ids, (list, tuple)) or len(item) != 2 or not ids or not all(_is_id(t, V) for t in ids):
+            shape = " (each entry: [token ids, bias])" if what == "sequence_bias" else ""
+            raise ValueError(f"{what}: {ids!r:.80} is not a non-empty list of token ids in [0, {V}){shape}")
+        if isinstance(b, bool) or not isinstance(b, numbers.Real):
+            raise ValueError(f"{what}: the bias of {list(ids)!r:.80} is not a number: {b!r:.40}")
+        table[tuple(int(t) for t in ids)] = float(b)
     one = torch.zeros(V, dtype=torch.float32, device=device)
     groups = {}
-    for ids, b in items:
-        ids = list(ids)
-        if not ids or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < V for t in ids):
-            raise ValueError(f"{what}: {ids!r} is not a non-empty list of token ids in [0, {V})")
+    for ids, b in table.items():
         if len(ids) == 1:
-            one[ids[0]] = float(b)
+            one[ids[0]] = b
         else:
-            groups.setdefault(len(ids) - 1, []).append((ids, float(b)))
+            groups.setdefault(len(ids) - 1, []).append((list(ids), b))
     multi = [(torch.tensor([i[:-1] for i, _ in g], device=device), torch.tensor([i[-1] for i, _ in g], device=device),
               torch.tensor([b for _, b in g], dtype=torch.float32, device=device)) for g in groups.values()]
     return one, multi
@@ -255,9 +274,15 @@ class StepFilters:
         return scores
 
 
+def _is_id(t, V: int) -> bool:
+    """t is a token id in [0, V): a Python or numpy integer, not a bool."""
+    return isinstance(t, numbers.Integral) and not isinstance(t, bool) and 0 <= t < V
+
+
 def _ids(x, V: int, what: str) -> list:
     """An int or a list of ints, each a token id in [0, V) -> list; else a ValueError naming `what`."""
-    xs = [x] if isinstance(x, int) and not isinstance(x, bool) else list(x) if isinstance(x, (list, tuple)) else None
-    if xs is None or any(not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < V for t in xs):
+    one = isinstance(x, numbers.Integral) and not isinstance(x, bool)
+    xs = [x] if one else list(x) if isinstance(x, (list, tuple)) else None
+    if xs is None or not all(_is_id(t, V) for t in xs):
         raise ValueError(f"{what}: expected a token id or a list of them in [0, {V}), got {x!r}")
-    return xs
+    return [int(t) for t in xs]

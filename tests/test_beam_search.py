@@ -325,3 +325,29 @@ def test_cuda_beam_sampling_graph_equals_eager():
         eager = ours.generate(ids, seed=5, cuda_graph=False, static_cache=True, **kw)
         other = ours.generate(ids, seed=6, cuda_graph=True, **kw)
     assert graph.tolist() == eager.tolist() and graph.tolist() != other.tolist()
+
+
+def test_beam_search_early_stopping_must_be_a_bool_or_never():
+    """early_stopping=1 (or 1.0, 0) passes generate()'s `in (True, False, "never")` check by equality, yet the search
+    tests `is True`: 1 would silently act as False. Anything but True, False or "never" is refused, naming it."""
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    ids = prompt_ids(1, 5, 101)
+    for v in (1, 1.0, 0):
+        with pytest.raises(ValueError, match="early_stopping"):
+            with torch.no_grad():
+                ours.generate(ids, max_new_tokens=3, num_beams=2, early_stopping=v)
+
+
+def test_beam_search_refuses_more_return_sequences_than_beams():
+    """beam_search() itself (not only generate()) refuses num_return_sequences outside [1, num_beams] with a ValueError
+    naming it (it failed in a reshape / an empty max() at the end of the search, after all the steps)."""
+    from jamba_ext.beam_search import beam_search
+    from jamba_ext.logits_filters import StepFilters
+    ids, logits = prompt_ids(2, 4, 101), torch.randn(2, 101)
+    filt = StepFilters(101, torch.device("cpu"), 4, 5, [])
+    args = (None, logits, None, None, ids, 2, 1, [], None, 1.0, False)
+    with torch.no_grad():
+        assert beam_search(*args, 2, filt, None, False, False, False).shape == (4, 5)      # (the search ran)
+        for r in (3, 0):
+            with pytest.raises(ValueError, match="num_return_sequences"):
+                beam_search(*args, r, filt, None, False, False, False)

@@ -484,3 +484,39 @@ def test_generate_prefix_allowed_tokens_fn_left_padded_matches_transformers():
                 assert torch.equal(torch.isinf(x), torch.isinf(y))
                 assert torch.allclose(x[torch.isfinite(x)], y[torch.isfinite(y)], rtol=FP32_REL, atol=1e-5)
     assert max(lens) >= 3                                   # (the padded row's pads were passed)
+
+
+def test_sequence_bias_repeated_sequence_last_wins_as_transformers():
+    """sequence_bias as a list naming one sequence twice: the last bias counts, for a multi-token sequence as for a
+    single token (transformers turns the list into a dict), not the sum of the two."""
+    g = torch.Generator().manual_seed(9)
+    s = torch.randn(3, 10, generator=g)
+    seqs = torch.tensor([[1, 5, 2], [4, 1, 2], [4, 2, 1]])
+    spec = [[[2, 3], 1.0], [[3], -2.0], [[2, 3], 4.0], [[3], 0.5], [[1, 2, 4], 2.0], [[1, 2, 4], -1.5]]
+    got = F.StepFilters(10, "cpu", 3, 8, [], sequence_bias=spec)(s.clone(), seqs, 0)
+    want = lp.SequenceBiasLogitsProcessor(spec)(seqs, s.clone())
+    assert _same(got, want)
+    assert got[0, 3] == s[0, 3] + 4.0 + 0.5 and got[1, 4] == s[1, 4] - 1.5
+
+
+def test_sequence_bias_bad_words_and_prefix_fn_errors_name_the_argument():
+    """A malformed sequence_bias (an entry that is not [token ids, bias], a dict key that is not a tuple of ids, a bias
+    that is not a number) or a prefix_allowed_tokens_fn that returns a bare id raises a ValueError naming the argument
+    (not a TypeError from inside); numpy integer ids are taken, as transformers takes them."""
+    import numpy as np
+    for bad in ([[5, -1.0]], [[[5], "x"]], [[[5], 1.0, 2.0]], {(5,): None}, [[5]], 3, "ab", {5: 1.0}, [[[5], True]]):
+        with pytest.raises(ValueError, match="sequence_bias"):
+            F.StepFilters(10, "cpu", 3, 8, [], sequence_bias=bad)
+    s, seqs = torch.randn(2, 10), torch.tensor([[1, 2, 3], [3, 5, 1]])
+    for ret in (5, torch.tensor(5), object()):
+        with pytest.raises(ValueError, match="prefix_allowed_tokens_fn"):
+            F.prefix_constrain(s, seqs, lambda b, x, ret=ret: ret, 1)
+    i64 = np.int64
+    plain = F.StepFilters(10, "cpu", 3, 8, [], sequence_bias={(1, 3): 2.0, (4,): -1.0}, bad_words_ids=[[5], [3, 6]],
+                          suppress_tokens=[7])
+    numpy = F.StepFilters(10, "cpu", 3, 8, [], sequence_bias={(i64(1), i64(3)): 2.0, (i64(4),): -1.0},
+                          bad_words_ids=[[i64(5)], [i64(3), i64(6)]], suppress_tokens=[i64(7)])
+    assert _same(plain(s.clone(), seqs, 0), numpy(s.clone(), seqs, 0))
+    _, ours = make_pair(CONFIGS["attn1_moe_top2"])
+    with pytest.raises(ValueError, match="sequence_bias"):
+        ours.generate(prompt_ids(1, 5, 101), max_new_tokens=2, sequence_bias=[[5, -1.0]])
