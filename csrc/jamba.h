@@ -569,7 +569,8 @@ jamba_status jamba_cross_entropy_bwd_cuda(const jamba_cross_entropy_bwd_params *
  *   contiguous or absent; counts (R, V) i32 contiguous or absent; tokens (R,) i64 and tau (R,) f32 contiguous,
  *   overlapping no input. R >= 0, V >= 1. seed, offset: the draws' Philox key and counter (a new offset a step).
  *   Per row r and column v: x = logit; seen[r, v]: x = x < 0 ? x * rep : x / rep; counts c = counts[r, v]:
- *   x = x - freq * c - (c > 0 ? pres : 0).
+ *   x = x - freq * c - (c > 0 ? pres : 0). A NaN x counts as -inf (never the argmax, never kept while the row has a
+ *   finite x); a row whose x are all -inf / NaN gives tokens[r] = 0 and tau[r] = -inf, greedy or not.
  *   temperature <= 0 (greedy): tokens[r] = the first argmax of x, tau[r] = its x.
  *   else s = x / temperature, m = max s, e = expf(s - m), key(s) = the order-preserving u32 of s, and kept:
  *     key >= K_k: top_k in [1, V): K_k is the top_k-th largest key (ties at it kept); else every column;

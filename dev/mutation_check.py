@@ -231,6 +231,15 @@ MUTANTS = [
            "#pragma omp simd reduction(max : m)\n    for (int64_t v = 0; v < V; v++) m = row[v] > m ? row[v] : m;",
            "m = 0.f; /* no max subtraction */",
            "cross_entropy: log-sum-exp without subtracting the row max", [T_CE]),
+    Mutant("ce_nan_row_lse_neg_inf", CPU + "cross_entropy.c",
+           "const float l = m == -INFINITY && s == 0.0 ? -INFINITY : m + (float)log(s);",
+           "const float l = m == -INFINITY ? -INFINITY : m + (float)log(s);",
+           "cross_entropy: a row of NaN logits gets lse -inf (the max skips NaNs) instead of NaN", [T_CE, "-k", "nan"]),
+    Mutant("ce_bwd_nan_row_neg_inf_zero", CPU + "cross_entropy.c",
+           "row[v] = z == -INFINITY ? 0.f * d : e;",
+           "row[v] = row[v] == -INFINITY ? 0.f * d : e;",
+           "cross_entropy_bwd: a -inf logit gets gradient 0 in a row whose lse is NaN or -inf (exp(-inf - lse) is NaN "
+           "there)", [T_CE, "-k", "nan"]),
     # ---- sample_rows.c (session 51) -----------------------------------------------------------------------------
     Mutant("sr_select_boundary", CPU + "sample_rows.c",
            "h[by_mass ? j : 255 - j] <= target; j++)", "h[by_mass ? j : 255 - j] < target; j++)",
@@ -252,6 +261,10 @@ MUTANTS = [
     Mutant("sr_greedy_last_tie", CPU + "sample_rows.c",
            "if (x > s[best]) best = v;", "if (x >= s[best]) best = v;",
            "sample_rows: greedy rows take the last of tied maxima (torch.argmax: the first)", [T_SR]),
+    Mutant("sr_nan_not_neg_inf", CPU + "sample_rows.c",
+           "x = x == x ? x : -INFINITY;", "(void)x;",
+           "sample_rows: a NaN logit not read as -inf (at column 0 it is the greedy argmax; its key is the largest, "
+           "so top_k keeps it)", [T_SR, "-k", "nan"]),
     Mutant("sr_rng_row_word", CPU + "sample_rows.c",
            "rw = rng ? 0u : (uint32_t)r;", "rw = (uint32_t)r;",
            "sample_rows: a row with its own key still puts its row index in the counter (its draws depend on its "
@@ -278,6 +291,12 @@ MUTANTS = [
            "const float e = expf(s[j] - m);",
            "const float e = expf(s[j]);",
            "decode_attention: softmax without subtracting the max score (exp overflows for scores > 88)", [T_ATTN]),
+    Mutant("attn_nan_score_skipped", CPU + "decode_attention.c",
+           "m = (s[j] > m || s[j] != s[j]) ? s[j] : m;",
+           "m = s[j] > m ? s[j] : m;",
+           "decode_attention: the max skips NaN scores, so a row whose scores are all NaN (a NaN in q) gives 0, not "
+           "NaN",
+           [T_ATTN, "-k", "nan"]),
     # ---- fp8.c --------------------------------------------------------------------------------------------------
     Mutant("fp8_subnormal_exponent", CPU + "fp8.c",
            "v = ldexpf((float)m, -9);",

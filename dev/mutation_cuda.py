@@ -336,6 +336,28 @@ MUTANTS = [
            "(H / 8 vectors never a multiple of 128: the last vector is always in the tail loop): NaN outputs "
            "(~8/H of the dot products wrong without the poison; the same selection as wgmma_down_weight_sorted)",
            ["tests/test_moe.py"], "test_moe_experts_gpu_impls and wgmma"),
+    # ---- NaN semantics (each fails only its new NaN test) ----
+    Mutant("attn_combine_nan_max", "decode_attention.cu",
+           "for (int64_t p = 0; p < a.P; p++) M = jamba_max_nan(M, ml[(p * a.R + r) * 2]);",
+           "for (int64_t p = 0; p < a.P; p++) M = fmaxf(M, ml[(p * a.R + r) * 2]);",
+           "attn_combine_kernel (after both split kernels) takes the splits' maximum with fmaxf, which skips NaN: a "
+           "row whose every split is NaN (a NaN in q) gets M = -inf and the no-key 0. "
+           "test_decode_attention_nan_propagates[cuda]: S 40 / 300 (3 / 19 splits), f32 (simt), bf16 / f16 (both)",
+           ["tests/test_decode_attention.py"], "test_decode_attention_nan_propagates and cuda"),
+    Mutant("ce_fwd_nan_max", "cross_entropy.cu",
+           "for (int q = 0; q < VN; q++) vm = jamba_max_nan(vm, f[u][q]);",
+           "for (int q = 0; q < VN; q++) vm = fmaxf(vm, f[u][q]);",
+           "cross_entropy forward: a round's max skips NaN, so a thread that reads only NaN / -inf in it skips the "
+           "round: a row of NaNs gets lse -inf, a NaN beside -inf only vanishes. test_cross_entropy_nan_rows[cuda]: "
+           "V 1000 / 8200 (vector path), 1001 (element path)",
+           ["tests/test_cross_entropy.py"], "test_cross_entropy_nan_rows and cuda"),
+    Mutant("sr_pass1_nan_kept", "sample_rows.cu",
+           "const float xp = sr_pen(xr[j], q, v), xv = xp == xp ? xp : -INFINITY;",
+           "const float xp = sr_pen(xr[j], q, v), xv = xp;",
+           "sample_rows pass 1 (both kernels) keeps a NaN penalised logit: a NaN first in a thread's fold sticks as "
+           "its max (the greedy token), and a NaN's key is the largest (top_k keeps it). "
+           "test_nan_logits_never_picked[cuda]: V 300 / 5000, greedy and sampled rows, NaN at column 0 and elsewhere",
+           ["tests/test_sample_rows.py"], "test_nan_logits_never_picked and cuda"),
 ]
 
 

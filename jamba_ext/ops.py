@@ -840,14 +840,28 @@ def _(expert_ids, num_experts):
             expert_ids.new_empty((expert_ids.numel(),), dtype=torch.int32))
 
 
+def _rows_apart(t: Tensor) -> Tensor:
+    """t (rows, n), copied to a contiguous tensor where it is an expanded view (stride 0 along an axis of size > 1,
+    e.g. x.expand(5, n) of one row: read-only, as torch's own ops take it) or its rows overlap (row stride < n): the
+    kernels read rows that lie apart. Other layouts go to the kernel as they are (its check names a non-unit stride
+    along n)."""
+    if t.dim() != 2 or t.numel() == 0:
+        return t
+    if any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape)) or (
+            t.shape[0] > 1 and t.stride(1) == 1 and t.stride(0) < t.shape[1]):
+        return t.contiguous()
+    return t
+
+
 @torch.library.custom_op("jamba::silu_mul", mutates_args=())
 def silu_mul(gate_up: Tensor) -> Tensor:
     """SwiGLU activation of a fused gate/up projection, in its dtype with HF's roundings:
     out[..., f] = round(round(silu(g)) * u), g = gate_up[..., f], u = gate_up[..., F + f] (fp32 math).
-    gate_up: (..., 2F) f32/f16/bf16, unit stride along the last axis. Returns (..., F)."""
+    gate_up: (..., 2F) f32/f16/bf16, unit stride along the last axis (an expanded view, e.g. one row
+    .expand(rows, 2F), is copied first). Returns (..., F)."""
     op = "silu_mul"
     _check_args(op, "gate_up", gate_up, {})
-    g2 = _rows(op, "gate_up", gate_up)
+    g2 = _rows_apart(_rows(op, "gate_up", gate_up))
     if g2.shape[-1] % 2:
         _fail(op, f"gate_up must have an even last size (gate then up), got shape {tuple(gate_up.shape)}")
     out = _alloc((g2.shape[0], g2.shape[1] // 2), gate_up.dtype, gate_up.device)
@@ -865,16 +879,16 @@ def silu_mul_bwd(gate_up: Tensor, dout: Tensor) -> Tensor:
     """Gradient of silu_mul (training), one pass: with g, u the gate and up halves of gate_up and s = sigmoid(g),
     returns (..., 2F) = [dout * u * s * (1 + g (1 - s)), dout * g * s] rounded once to gate_up's dtype (fp32 math;
     the forward's roundings passed straight through). gate_up: (..., 2F), dout: (..., F) of its dtype, both with
-    unit stride along the last axis."""
+    unit stride along the last axis (expanded views copied first, as in silu_mul)."""
     op = "silu_mul_bwd"
     _check_args(op, "gate_up", gate_up, {}, dout=dout)
-    g2 = _rows(op, "gate_up", gate_up)
+    g2 = _rows_apart(_rows(op, "gate_up", gate_up))
     if g2.shape[-1] % 2:
         _fail(op, f"gate_up must have an even last size (gate then up), got shape {tuple(gate_up.shape)}")
     if tuple(dout.shape) != (*gate_up.shape[:-1], gate_up.shape[-1] // 2):
         _fail(op, f"dout must have shape {(*gate_up.shape[:-1], gate_up.shape[-1] // 2)} (gate_up's with half its "
                   f"last size), got {tuple(dout.shape)}")
-    d2 = _rows(op, "dout", dout)
+    d2 = _rows_apart(_rows(op, "dout", dout))
     out = _alloc(tuple(g2.shape), gate_up.dtype, gate_up.device)
     _call(op, gate_up.device, op, [("dgate_up", out), ("gate_up", g2), ("dout", d2)])
     return out.view(gate_up.shape)
@@ -1632,7 +1646,9 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor]
     key_mask (B, S) bool, True where the key takes part (SDPA's boolean mask), None: every key; scale: default
     D^-0.5. fp32 math; a row with no key taking part gives 0. Returns (B, HKV, R, D). CUDA: the keys are split over
     the SMs ("flash decoding"); D in {64, 128, 256} and R <= 8 there (else RuntimeError); rows that do not start
-    at 16-byte boundaries are copied first."""
+    at 16-byte boundaries are copied first. NaN, as reference.decode_attention: a NaN in a query row, or in the K row
+    of a key taking part, makes the row's output NaN; a NaN in element d of such a key's V row makes column d NaN; a
+    masked key's K and V rows are never read, and a row with no key taking part gives 0 whatever q holds."""
     op = "decode_attention"
     _check_args(op, "q", q, {"k": 4, "v": 4, "key_mask": 2}, k=k, v=v, key_mask=key_mask)
     if q.dim() != 4:
@@ -1677,10 +1693,14 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100) -> T
     along V, target (N,) int64/int32. Returns (loss, lse), both (N,) fp32: lse[n] = log(sum_v exp(logits[n, v])),
     loss[n] = lse[n] - logits[n, target[n]], 0 where target[n] == ignore_index. fp32 math, one read of the logits.
     A target outside [0, V) that is not ignore_index raises on the CPU and gives a NaN loss on CUDA (no host sync).
-    Differentiable in logits: the backward (cross_entropy_bwd) reads the logits once more and writes their gradient
-    in their dtype; nothing but lse is kept beside the logits (F.cross_entropy(logits.float()) keeps an fp32 copy)."""
+    A NaN logit makes its row's lse and loss NaN (a row of NaNs too); a row of -inf has lse -inf and loss NaN (both
+    as torch); an ignored row's loss is 0 whatever its logits. Logits whose rows are one row expanded (stride 0) are
+    copied first. Differentiable in logits: the backward (cross_entropy_bwd) reads the logits once more and writes
+    their gradient in their dtype; nothing but lse is kept beside the logits (F.cross_entropy(logits.float()) keeps
+    an fp32 copy)."""
     op = "cross_entropy"
     _ce_check(op, logits, target)
+    logits = _rows_apart(logits)
     N = logits.shape[0]
     loss = _alloc((N,), torch.float32, logits.device)
     lse = _alloc((N,), torch.float32, logits.device)
@@ -1700,9 +1720,12 @@ def _(logits, target, ignore_index=-100):
 def cross_entropy_bwd(logits: Tensor, target: Tensor, lse: Tensor, dloss: Tensor, ignore_index: int = -100) -> Tensor:
     """Gradient of cross_entropy's loss: (exp(logits - lse) - onehot(target)) * dloss per row, rounded once to the
     logits' dtype; 0 on the rows whose target is ignore_index. lse: cross_entropy's second output; dloss (N,) fp32.
-    Returns (N, V) in the logits' dtype. A target outside [0, V) raises on the CPU, gives a NaN row on CUDA."""
+    Returns (N, V) in the logits' dtype. A target outside [0, V) raises on the CPU, gives a NaN row on CUDA. A row
+    whose lse is NaN or -inf (a NaN loss) gets NaN everywhere, -inf logits included, as torch's; an ignored row 0
+    whatever its logits hold (torch: NaN where they hold a NaN)."""
     op = "cross_entropy_bwd"
     _ce_check(op, logits, target)
+    logits = _rows_apart(logits)
     _check_args(op, "logits", logits, {"lse": 1, "dloss": 1}, lse=lse, dloss=dloss)
     out = _alloc(tuple(logits.shape), logits.dtype, logits.device)
     _call(op, logits.device, op, [("dlogits", out), ("logits", logits), ("target", target.contiguous()),
@@ -1793,7 +1816,9 @@ def sample_rows(logits: Tensor, params: Tensor, seen: Optional[Tensor] = None, c
     on its place in the batch -- a request's own seed). Returns (tokens (R,) int64, tau (R,) fp32: the smallest score
     kept, on the penalised logits / temperature scale; greedy rows: the argmax's penalised logit). One kernel, no
     host synchronisation; exact semantics in csrc/jamba.h (transformers' repetition penalty, top_k, top_p and min_p
-    in its order; OpenAI's presence and frequency penalties; a Gumbel-max draw from the softmax of the kept scores)."""
+    in its order; OpenAI's presence and frequency penalties; a Gumbel-max draw from the softmax of the kept scores).
+    NaN: a NaN logit (or penalised logit) counts as -inf, greedy or sampled: never the argmax, never drawn while the
+    row has a finite one. A row whose logits are all NaN / -inf gives token 0 and tau -inf in either mode."""
     op = "sample_rows"
     _check_args(op, "logits", logits, {"logits": 2, "params": 2, "seen": 2, "counts": 2, "rng": 2}, params=params,
                 seen=seen, counts=counts, rng=rng)

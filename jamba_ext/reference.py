@@ -234,15 +234,20 @@ def gemv(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
 def decode_attention(q: Tensor, k: Tensor, v: Tensor, key_mask: Optional[Tensor] = None,
                      scale: Optional[float] = None) -> Tensor:
     """Softmax attention of q (B, HKV, R, D) over k, v (B, HKV, S, D) under key_mask (B, S) bool (True: the key takes
-    part); scale defaults to D^-0.5. A row with no key taking part gives 0. Compute dtype, cast to q's dtype."""
+    part); scale defaults to D^-0.5. A row with no key taking part gives 0. Compute dtype, cast to q's dtype.
+    NaN: a NaN in q, or in the K row of a key taking part, makes the row's scores, so its softmax and output, NaN; a
+    NaN in element d of such a key's V row makes column d NaN. A masked key's K and V rows are not read (a cache's
+    unwritten slots may hold anything): its V row is zeroed, else its weight 0 times a NaN there would be NaN."""
     cd = _compute_dtype(q)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     s = (q.to(cd) @ k.to(cd).transpose(-1, -2)) * scale                        # (B, HKV, R, S)
+    vc = v.to(cd)
     if key_mask is not None:
         s = s.masked_fill(~key_mask.bool()[:, None, None, :], float("-inf"))
+        vc = vc.masked_fill(~key_mask.bool()[:, None, :, None], 0.0)
     p = torch.softmax(s, dim=-1)
     p = torch.where(torch.isinf(s).all(dim=-1, keepdim=True), torch.zeros_like(p), p)   # no key: 0, not NaN
-    return (p @ v.to(cd)).to(q.dtype)
+    return (p @ vc).to(q.dtype)
 
 
 def swiglu_mlp(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> Tensor:
@@ -358,13 +363,16 @@ def cross_entropy(logits: Tensor, target: Tensor, ignore_index: int = -100) -> T
 
 def cross_entropy_bwd(logits: Tensor, target: Tensor, lse: Tensor, dloss: Tensor, ignore_index: int = -100) -> Tensor:
     """Gradient of cross_entropy's loss: (softmax(logits) - onehot(target)) * dloss per row, 0 on the ignored rows,
-    in the compute dtype, cast to logits' dtype (lse: cross_entropy's second output)."""
+    in the compute dtype, cast to logits' dtype (lse: cross_entropy's second output). A row whose lse is NaN (a NaN
+    logit) or -inf (every logit -inf: a NaN loss) gets a NaN gradient everywhere, -inf logits included, as torch's;
+    an ignored row gets 0 whatever its logits (the op does not read them; torch's is NaN there when they hold a
+    NaN: 0 * NaN, which the former p * 0 here gave too, against this docstring)."""
     cd = torch.float64 if logits.dtype == torch.float64 else torch.float32
     ign = target == ignore_index
     t = torch.where(ign, torch.zeros_like(target), target).long()
     p = torch.exp(logits.to(cd) - lse.to(cd)[:, None])
     p = p - torch.nn.functional.one_hot(t, logits.shape[1]).to(cd)
-    g = p * torch.where(ign, torch.zeros_like(dloss), dloss).to(cd)[:, None]
+    g = torch.where(ign[:, None], torch.zeros_like(p), p * dloss.to(cd)[:, None])
     return g.to(logits.dtype)
 
 
@@ -373,7 +381,10 @@ def sample_rows_kept(logits: Tensor, params: Tensor, seen: Optional[Tensor] = No
     """float64 reference of ops.sample_rows but the draw: (greedy (R,) int64, the first argmax of the penalised
     logits; scores (R, V): the penalised logits / temperature (greedy rows: the penalised logits); kept (R, V) bool:
     the columns a sampled row may draw (greedy rows: its argmax)), with transformers' sort-based top_k, top_p
-    (ascending cumulative probability <= 1 - top_p dropped, the most likely kept) and min_p, in that order."""
+    (ascending cumulative probability <= 1 - top_p dropped, the most likely kept) and min_p, in that order.
+    NaN: a NaN penalised logit counts as -inf (never the argmax, never drawn while a column is finite; torch.argmax
+    would take it). A row whose penalised logits are all -inf / NaN: greedy 0 (the first column), and a sampled row
+    keeps every column (tau -inf: the op draws column 0)."""
     x = logits.double()
     R, V = x.shape
     pr = params.double()
@@ -383,6 +394,7 @@ def sample_rows_kept(logits: Tensor, params: Tensor, seen: Optional[Tensor] = No
     if counts is not None:
         c = counts.double()
         x = x - freq * c - pres * (c > 0).double()
+    x = torch.where(torch.isnan(x), float("-inf"), x)
     greedy = x.argmax(-1)
     temp = pr[:, 0]
     scores = torch.where((temp > 0)[:, None], x / torch.where(temp > 0, temp, 1.0)[:, None], x)
@@ -393,6 +405,9 @@ def sample_rows_kept(logits: Tensor, params: Tensor, seen: Optional[Tensor] = No
             continue
         s = scores[r]
         keep = torch.ones(V, dtype=torch.bool, device=x.device)
+        if s.max() == float("-inf"):                          # every column -inf / NaN: nothing to filter
+            kept[r] = keep
+            continue
         k = int(pr[r, 1])
         if 1 <= k < V:
             keep &= s >= torch.topk(s, k).values[-1]

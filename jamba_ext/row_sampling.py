@@ -15,6 +15,8 @@ A row's pick, in this order (transformers' for the first five, as JambaForCausal
   min_p               tokens below min_p x the most likely one's probability are dropped (0: off);
                       the most likely token always stays; then one draw from the softmax of the scores kept
                       (a Gumbel-max draw; csrc/jamba.h has the exact rules).
+A NaN logit counts as -inf in every row (never picked while the row has a finite logit); a row of NaN / -inf logits
+only picks token 0 (ops.sample_rows).
 """
 from typing import List, NamedTuple, Optional, Sequence
 

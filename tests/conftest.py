@@ -105,6 +105,18 @@ def _poison_outputs():
     ops.set_poison(False)
 
 
+@pytest.fixture
+def sentinel_outputs(monkeypatch):
+    """Op outputs pre-filled with 7777 instead of the tests' NaN poison, so a NaN in them is the kernel's own."""
+    real = ops._alloc
+
+    def alloc(shape, dtype, device):
+        out = real(shape, dtype, device)
+        return out.fill_(7777.0) if dtype.is_floating_point else out
+
+    monkeypatch.setattr(ops, "_alloc", alloc)
+
+
 @pytest.fixture(autouse=True)
 def _seed(request):
     """Fresh random inputs per test, reproducible from the test id."""

@@ -165,6 +165,88 @@ def test_cross_entropy_special_values(device):
     assert g[0, 10] == 0 and torch.isfinite(g[0]).all() and torch.isnan(g[1]).all()
 
 
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("V", [1000, 1001, 8200])
+def test_cross_entropy_nan_rows(device, dtype, V, sentinel_outputs):
+    """NaN as the float64 reference and torch.nn.functional.cross_entropy: a row of NaN logits has lse NaN (not -inf)
+    and loss NaN; a row with one NaN likewise, also when the NaN is the only non-(-inf) value that a CUDA thread reads
+    in a round (row 1: column 0 NaN, columns 1-7 and 41+ -inf: thread 0's first element or 16-byte vector; V 1001:
+    the element path, 1000 / 8200 the vector one, 8200 with two rounds a thread); a row of -inf has lse -inf and loss
+    NaN. The gradient of each of those rows is NaN everywhere (-inf logits included: exp(-inf - NaN)), an ignored
+    row's 0 whatever its logits (not read; torch's is NaN there); the other rows are unchanged."""
+    nan, ninf = float("nan"), float("-inf")
+    x, _ = make(7, V, device, dtype)
+    t = torch.randint(0, V, (7,), device=device)
+    x[0] = nan
+    x[1, 0], x[1, 1:8], x[1, 41:] = nan, ninf, ninf
+    t[1] = 20
+    x[2, 5], x[2, 6] = nan, ninf
+    x[3], t[3] = nan, -100
+    x[4] = ninf
+    loss, lse = ops.cross_entropy(x, t)
+    rl, rs = reference.cross_entropy(up(x), t)
+    assert torch.isnan(lse[:4]).all() and lse[4] == ninf and torch.isfinite(lse[5:]).all(), lse
+    assert torch.equal(torch.isnan(lse), torch.isnan(rs))
+    want = torch.tensor([True, True, True, False, True, False, False], device=device)
+    assert torch.equal(torch.isnan(loss), want) and torch.equal(torch.isnan(rl), want) and loss[3] == 0, loss
+    check_fwd(loss[5:], lse[5:], x[5:], t[5:])
+    d = randn(7, device=device, scale=0.3)
+    g = ops.cross_entropy_bwd(x, t, lse, d)
+    ref = reference.cross_entropy_bwd(up(x), t, up(lse), up(d))
+    assert torch.isnan(g[want]).all() and not torch.isnan(g[~want]).any()
+    assert torch.equal(torch.isnan(ref), torch.isnan(g)) and not g[3].any()
+    check_bwd(g[5:], x[5:], t[5:], lse[5:], d[5:])
+    xr = up(x).requires_grad_()                                         # torch's, float64
+    tl = torch.nn.functional.cross_entropy(xr, t, reduction="none")
+    tl.backward(up(d))
+    assert torch.equal(torch.isnan(tl), want)
+    kept = t != -100
+    assert torch.equal(torch.isnan(xr.grad[kept]), torch.isnan(g[kept]))
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+def test_cross_entropy_row_expanded_logits(device, dtype):
+    """Logits whose rows are one row expanded (row stride 0, read-only: torch takes them) are taken as well (copied
+    first), forward, backward op and autograd, against the float64 reference and float64 autograd."""
+    base = randn(1, 300, device=device, dtype=dtype, scale=3.0)
+    x = base.expand(6, 300)
+    t = torch.tensor([3, 299, -100, 0, 3, 150], device=device)
+    loss, lse = ops.cross_entropy(x, t)
+    check_fwd(loss, lse, x, t)
+    d = randn(6, device=device, scale=0.3)
+    check_bwd(ops.cross_entropy_bwd(x, t, lse, d), x, t, lse, d)
+    a = base.clone().requires_grad_()
+    (ops.cross_entropy(a.expand(6, 300), t)[0] * d).sum().backward()
+    r = up(base).requires_grad_()
+    (reference.cross_entropy(r.expand(6, 300), t)[0] * up(d)).sum().backward()
+    err = (a.grad.double() - r.grad).abs()                              # (6 rows' gradients summed in dtype)
+    assert (err <= 6 * ROUND[dtype] * r.grad.abs().max() + 1e-5).all(), err.max().item()
+
+
+# (silu_mul's tests are in tests/test_moe.py; this one is here with the same fix of cross_entropy: move it there)
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("shape", [(1, 64), (1, 1, 26)], ids=["2d", "3d"])
+def test_silu_mul_row_expanded_input(device, dtype, shape):
+    """silu_mul / silu_mul_bwd take gate_up (and dout) whose rows are one row expanded (row stride 0, read-only: torch
+    takes them; copied first): forward, backward op and autograd against the float64 reference."""
+    from conftest import TOL, assert_close
+    big = (5, *shape[1:]) if len(shape) == 2 else (2, 3, shape[-1])
+    base = randn(*shape, device=device, dtype=dtype, scale=4.0)
+    gu = base.expand(*big)
+    out = ops.silu_mul(gu)
+    assert out.shape == (*big[:-1], big[-1] // 2)
+    assert_close(out, reference.silu_mul(up(gu)), **TOL[dtype])
+    dbase = randn(*shape[:-1], shape[-1] // 2, device=device, dtype=dtype)
+    dout = dbase.expand(*big[:-1], big[-1] // 2)
+    assert_close(ops.silu_mul_bwd(gu, dout), reference.silu_mul_bwd(up(gu), up(dout)), **TOL[dtype])
+    a = base.clone().requires_grad_()
+    ops.silu_mul(a.expand(*big)).backward(dout)
+    r = up(base).requires_grad_()
+    reference.silu_mul(r.expand(*big)).backward(up(dout))
+    rows = math.prod(big[:-1])                                          # (the gradient sums the rows' in dtype)
+    assert_close(a.grad, r.grad, rtol=TOL[dtype]["rtol"], atol=TOL[dtype]["atol"] * rows)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
 @pytest.mark.parametrize("dtype", dtype_params())

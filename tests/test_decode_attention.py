@@ -77,6 +77,39 @@ def test_decode_attention_no_key_gives_zero(device):
 
 
 @pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("S", [40, 300])
+def test_decode_attention_nan_propagates(device, dtype, S, monkeypatch, sentinel_outputs):
+    """NaN in, NaN out, as the float64 reference (a softmax over scores with a NaN is NaN): a NaN in a query row makes
+    that row NaN; a NaN in an attended key row makes every row of its (batch, head) NaN; a NaN in element d of an
+    attended value row makes column d of those rows NaN. A masked key's K / V rows are never read (NaN there changes
+    nothing), and a row with no key taking part stays 0 whatever q holds. S 300: up to 19 splits on CUDA, the NaN in
+    one of them (the merge of the warps and of the splits must carry it); both CUDA kernels (mma: bf16 / f16)."""
+    nan = float("nan")
+    B, H, R, D = 3, 3, 4, 64
+    q, k, v, mask = make(B, H, R, D, S, device, dtype, "random")
+    mask[2] = False                                                  # batch 2: no key at all
+    att0, att1 = int(mask[0].nonzero()[S // 3 % int(mask[0].sum())]), int(mask[1].nonzero()[0])
+    hid1 = int((~mask[1]).nonzero()[-1])
+    q[0, 0, 1, 5] = nan                                              # one query row
+    k[0, 1, att0, 7] = nan                                           # an attended key: the whole head
+    v[1, 2, att1, 9] = nan                                           # an attended value element: one column
+    k[1, 0, hid1], v[1, 0, hid1] = nan, nan                          # a masked key's rows: nothing
+    q[2, 1, 0, 0] = nan                                              # no key: 0 all the same
+    want_nan = torch.zeros(B, H, R, D, dtype=torch.bool)
+    want_nan[0, 0, 1], want_nan[0, 1], want_nan[1, 2, :, 9] = True, True, True
+    ref = reference.decode_attention(up(q), up(k), up(v), mask)
+    assert torch.equal(torch.isnan(ref).cpu(), want_nan)
+    for mma in (["1", "0"] if device.type == "cuda" and dtype != torch.float32 else [None]):
+        if mma is not None:
+            monkeypatch.setenv("JAMBA_EXT_ATTN_MMA", mma)
+        out = ops.decode_attention(q, k, v, mask)
+        assert torch.equal(torch.isnan(out).cpu(), want_nan), (mma, torch.isnan(out).nonzero()[:8].tolist())
+        assert torch.equal(out[2], torch.zeros_like(out[2]))
+        fin = ~want_nan.to(out.device)
+        assert_close(out[fin], ref[fin], **ATTN_TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
 def test_decode_attention_large_scores(device, dtype):
     """Every score near 100 (the first coordinate of q and of each key holds a constant; the rest is random, so the
     softmax is not one-hot): exp(score) overflows fp32 above 88, so the softmax must subtract the maximum first.

@@ -31,6 +31,22 @@ def test_pick_follows_each_rows_distribution(device):
     assert not torch.equal(rs.pick(x, None, None, rng + torch.tensor([0, 1], device=device)).cpu(), got)
 
 
+def test_pick_never_takes_a_nan_logit(device):
+    """A NaN logit counts as -inf (ops.sample_rows' rule): greedy, top_k = 1 and sampled rows pick among the finite
+    logits wherever the NaN stands (at column 0 it was the greedy argmax; top_k = 1 kept a NaN alone), and a row of
+    NaN only gives token 0."""
+    nan = float("nan")
+    rows = [[nan, 1.0, 3.0, 2.0], [0.5, nan, 3.0, nan], [nan, nan, nan, 1.0], [nan, nan, nan, nan]]
+    settings = [Sampling(0.0), Sampling(0.9, 1), Sampling(1.0), Sampling(0.7, 0, 0.9, 0.05)]
+    x = torch.tensor([r for r in rows for _ in settings], device=device)
+    rs = RowSampler([s for _ in rows for s in settings], device)
+    rng = torch.stack([torch.arange(len(x)) * 7919 + 1, torch.zeros(len(x), dtype=torch.long)], 1).to(device)
+    got = rs.pick(x, None, None, rng).cpu().view(len(rows), len(settings))
+    assert got[0, :2].tolist() == [2, 2] and got[1, :2].tolist() == [2, 2], got
+    assert (got[2] == 3).all() and (got[3] == 0).all(), got
+    assert not torch.isnan(x.cpu().view(len(rows), len(settings), 4)[:3].gather(2, got[:3, :, None])).any(), got
+
+
 def _alone(model, prompt, n, **kw):
     with torch.inference_mode():
         return model.generate([prompt], max_new_tokens=n, eos_token_id=None, **kw)[0, len(prompt):].tolist()

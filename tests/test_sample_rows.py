@@ -134,6 +134,64 @@ def test_exact_boundaries(device):
     assert ops.sample_rows(tied, params)[0].tolist() == [3, 3, 3]
 
 
+# greedy (with penalties), temperature only, top_k 1 / 3, top_p, min_p, a mix
+NAN_SETTINGS = [(0.0, 0, 1.0, 0.0, 1.3, 0.5, 0.2), (1.0, 0, 1.0, 0.0, 1.0, 0.0, 0.0), (0.8, 1, 1.0, 0.0, 1.0, 0.0, 0.0),
+                (0.7, 3, 1.0, 0.0, 1.0, 0.0, 0.0), (1.0, 0, 0.8, 0.0, 1.0, 0.0, 0.0), (1.0, 0, 1.0, 0.2, 1.0, 0.0, 0.0),
+                (0.9, 5, 0.9, 0.05, 1.2, 0.3, 0.1)]
+
+
+@pytest.mark.parametrize("dtype", dtype_params())
+@pytest.mark.parametrize("V", [300, 5000])
+def test_nan_logits_never_picked(device, dtype, V, monkeypatch):
+    """The rule (ops.sample_rows' docstring): a NaN logit counts as -inf, in greedy and sampled rows alike, wherever
+    it stands -- it was the argmax at column 0 (no comparison with it holds) and the largest key elsewhere (top_k 1
+    kept it alone). A row of NaN / -inf logits only gives token 0 and tau -inf, as a row of -inf did. Every setting on
+    rows with NaN at column 0, NaN at the three largest columns, NaN everywhere but one column, all NaN, all -inf,
+    NaN and -inf mixed; against the reference (which reads NaN as -inf), and on CUDA from both kernels (one block,
+    and clusters of 8 CTAs a row on sm_90: JAMBA_EXT_SAMPLE_ROWS_CLUSTER 0 / 1), the same bits from both."""
+    nan, ninf = float("nan"), float("-inf")
+    g = torch.Generator().manual_seed(V)
+    kinds = 6
+    R = kinds * len(NAN_SETTINGS)
+    x = torch.randn(R, V, generator=g, dtype=torch.float64) * 2
+    for r in range(R):
+        kind = r % kinds
+        if kind == 0:
+            x[r, 0] = nan
+        elif kind == 1:
+            x[r, x[r].topk(3).indices] = nan
+        elif kind == 2:
+            one = int(torch.randint(1, V, (1,), generator=g))
+            x[r, :one], x[r, one + 1:] = nan, nan
+        elif kind == 3:
+            x[r] = nan
+        elif kind == 4:
+            x[r] = ninf
+        else:
+            x[r] = torch.where(torch.rand(V, generator=g) < 0.5, nan, ninf)
+    params = torch.tensor([NAN_SETTINGS[r // kinds] for r in range(R)], dtype=torch.float32)
+    seen = torch.rand(R, V, generator=g) < 0.2
+    counts = torch.randint(0, 3, (R, V), generator=g, dtype=torch.int32)
+    logits = x.to(dtype)
+    empty = torch.tensor([r % kinds >= 3 for r in range(R)])
+    envs = ["0", "1"] if device.type == "cuda" else [None]
+    for pen in (False, True):
+        s, c = (seen, counts) if pen else (None, None)
+        got = []
+        for env in envs:
+            if env is not None:
+                monkeypatch.setenv("JAMBA_EXT_SAMPLE_ROWS_CLUSTER", env)
+            args = [None if t is None else t.to(device) for t in (logits, params, s, c)]
+            tokens, tau = (t.cpu() for t in ops.sample_rows(*args, seed=3, offset=V))
+            picked = logits[torch.arange(R), tokens]
+            assert not torch.isnan(picked[~empty]).any(), (env, pen, torch.isnan(picked).nonzero().flatten())
+            assert torch.isfinite(picked[~empty]).all()
+            assert (tokens[empty] == 0).all() and (tau[empty] == ninf).all(), (env, pen, tokens[empty], tau[empty])
+            check_against_reference(logits, params, s, c, tokens, tau)
+            got.append((tokens, tau.view(torch.int32)))
+        assert all(torch.equal(a, b) for a, b in zip(got[0], got[-1]))
+
+
 def test_deterministic_for_seed_and_offset(device):
     logits, params, seen, counts = make(64, 2000, device, torch.float32, seed=2)
     params[:, 0] = 1.0                                                   # (every row samples)
@@ -394,9 +452,10 @@ def test_sample_rows_cluster_default_choice(monkeypatch, dtype, R):
 @pytest.mark.parametrize("V", [37, 4099, 65536])
 def test_sample_rows_cluster_ties_nan_inf(monkeypatch, dtype, V):
     """Logits rounded to a few values (ties everywhere: the first column wins the max, -0 beside +0), rows with NaNs
-    (a NaN first in some thread's columns sticks in sr_better's fold: the cluster kernel's exact path), +inf and -inf:
-    the same bits from the one-block kernel and from the cluster kernel at each size (8, 4, 2 CTAs a row: the exact
-    path composes a thread's fold from 8, 4 or 2 slices)."""
+    (pass 1 folds them as -inf), +inf and -inf: the same bits from the one-block kernel and from the cluster kernel at
+    each size (8, 4, 2 CTAs a row). Last, NaN scores that reach the folds: an infinite temperature (unchecked on a
+    GPU) over +inf logits (inf / inf), so that a NaN first in some thread's columns sticks in sr_better's fold of the
+    draw: the cluster kernel's exact path, which composes a thread's fold from 8, 4 or 2 slices."""
     sizes = ("1", "4", "2")
     R = 2 * len(CLUSTER_SETTINGS)
     g = torch.Generator().manual_seed(V)
@@ -416,10 +475,16 @@ def test_sample_rows_cluster_ties_nan_inf(monkeypatch, dtype, V):
         P = cluster_params(R, shift)
         both_kernels(monkeypatch, logits, P, seed=3, offset=shift, sizes=sizes)
         both_kernels(monkeypatch, logits, P, seen, counts, seed=4, offset=shift, sizes=sizes)
-    # a NaN at column 0 of every row, and columns in every thread of the first CTA: every pass 1 takes the exact path
+    # a NaN at column 0 of every row, and columns in every thread of the first CTA (folded as -inf)
     nanfirst = logits.clone()
     nanfirst[:, : min(V, 1024):7] = float("nan")
     both_kernels(monkeypatch, nanfirst, cluster_params(R, 0), seed=5, offset=0, sizes=sizes)
+    # NaN scores: +inf logits there and an infinite temperature (inf / inf): every draw takes the exact path
+    infs = logits.clone()
+    infs[:, : min(V, 1024):7] = float("inf")
+    hot = cluster_params(R, 0)
+    hot[:, 0] = float("inf")
+    both_kernels(monkeypatch, infs, hot, seed=5, offset=0, sizes=sizes)
 
 
 @pytest.mark.cuda

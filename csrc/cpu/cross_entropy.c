@@ -8,6 +8,10 @@
  * fp32 over 4096-term blocks and the blocks in double; loss = lse - x[target] (0 when the target is ignore_index);
  * dlogits = round_x((exp(x - lse) - onehot) * dloss). A row is converted to fp32 once into a
  * per-thread buffer; rows are independent (OpenMP over rows).
+ * NaN and -inf (as jamba_ext/reference.py and torch): a row with a NaN logit has lse and loss NaN (all NaN included:
+ * the max skips NaNs, the sum does not); a row of -inf only has lse -inf and loss NaN; the gradient of either is NaN
+ * everywhere (exp(x - lse) is NaN for every x there, -inf included). Ignored rows: loss and gradient 0 whatever they
+ * hold.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -125,19 +129,21 @@ static void fwd_row(const void *ctx, int64_t n, float *row) {
     float m;
     double s;
     row_max_sumexp(row, V, &m, &s);
-    const float l = m == -INFINITY ? -INFINITY : m + (float)log(s);  /* m = +inf: NaN, as torch */
+    /* (s NaN: NaN, also where m is -inf: a row of NaNs; m = +inf: NaN) */
+    const float l = m == -INFINITY && s == 0.0 ? -INFINITY : m + (float)log(s);
     ((float *)p->lse.data)[n] = l;
     const int64_t t = target_at(&p->target, n);
     ((float *)p->loss.data)[n] = t == p->ignore_index ? 0.f : l - row[t];
 }
 
-/* row[v] = exp(row[v] - l) * d (vectorised; a -inf logit gives exactly 0) */
+/* row[v] = exp(row[v] - l) * d (vectorised; row[v] - l = -inf, a -inf logit under a finite or +inf lse, gives exactly
+ * 0; NaN where it is NaN: an lse that is NaN, or -inf with the logit) */
 JAMBA_CPU_CLONES
 static void row_softmax_scaled(float *restrict row, int64_t V, float l, float d) {
 #pragma omp simd
     for (int64_t v = 0; v < V; v++) {
-        const float e = jamba_exp2f((row[v] - l) * JAMBA_LOG2E) * d;
-        row[v] = row[v] == -INFINITY ? 0.f * d : e;
+        const float z = row[v] - l, e = jamba_exp2f(z * JAMBA_LOG2E) * d;
+        row[v] = z == -INFINITY ? 0.f * d : e;
     }
 }
 

@@ -6,6 +6,9 @@
  * Math, per (b, h, r), in fp32: s_j = scale * dot(q, k_j) for the keys that take part, m = max s_j,
  * out = round_x( sum_j exp(s_j - m) v_j / sum_j exp(s_j - m) ), 0 when no key takes part. Two passes over the keys
  * (scores, then the weighted sum); one (b, h) per OpenMP iteration, its R rows together.
+ * NaN (as jamba_ext/reference.py): m is NaN when a score is (a NaN in q or in an attended key's K row), and then every
+ * exp(s_j - m), so the whole output row, is NaN; a NaN in an attended V row reaches its column through e * v. A masked
+ * key's K and V rows are never read.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -64,11 +67,11 @@ static void attn_head(const jamba_decode_attention_params *p, int64_t b, int64_t
             float d = 0.f;
             for (int64_t i = 0; i < D; i++) d += qr[i] * row[i];
             s[j] = d * scale;
-            m = s[j] > m ? s[j] : m;
+            m = (s[j] > m || s[j] != s[j]) ? s[j] : m;  /* a NaN score sticks (no comparison with m = NaN holds) */
         }
         for (int64_t i = 0; i < D; i++) acc[i] = 0.f;
         float l = 0.f;
-        if (m > -INFINITY) {
+        if (m != -INFINITY) {  /* (NaN m passes: a NaN row) */
             for (int64_t j = 0; j < S; j++) {
                 if (mask && !mask[j * ms]) continue;
                 const float e = expf(s[j] - m);
@@ -77,7 +80,7 @@ static void attn_head(const jamba_decode_attention_params *p, int64_t b, int64_t
                 for (int64_t i = 0; i < D; i++) acc[i] += e * row[i];
             }
         }
-        const float inv = l > 0.f ? 1.f / l : 0.f;
+        const float inv = l == 0.f ? 0.f : 1.f / l;  /* (l NaN: NaN) */
         for (int64_t i = 0; i < D; i++) acc[i] *= inv;
         jamba_store_row(o0 + r * p->out.stride[2] * es, dt, acc, D, 1);
     }

@@ -9,6 +9,9 @@
  * result does not depend on the order of summation) for top_p; then one pass draws the token (Gumbel-max with
  * Philox uniforms). The same selections as the CUDA kernel, so both keep the same columns up to expf's ulps.
  * Rows are independent (OpenMP over rows).
+ * NaN: a NaN penalised logit counts as -inf (never the argmax, never drawn while a column is finite; it had been the
+ * argmax at column 0 and the largest key elsewhere); a row whose scores are all -inf (NaN / -inf logits only) gives
+ * the first argmax, column 0 of such a row, and tau -inf, greedy or sampled (what a row of -inf gave before).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -101,6 +104,7 @@ static void sample_row(const jamba_sample_rows_params *p, int64_t r, float *s) {
             x = x - freq * (float)c;
             x = x - (c > 0 ? pres : 0.0f);
         }
+        x = x == x ? x : -INFINITY;                         /* a NaN counts as -inf */
         s[v] = x;
         if (x > s[best]) best = v;
     }
@@ -113,6 +117,11 @@ static void sample_row(const jamba_sample_rows_params *p, int64_t r, float *s) {
     }
     for (int64_t v = 0; v < V; v++) s[v] = s[v] / temp;
     const float m = s[best];
+    if (m == -INFINITY) {                                   /* every score -inf: nothing to weigh (exp(s - m) NaN) */
+        tokens[r] = best;
+        tau[r] = -INFINITY;
+        return;
+    }
     const uint32_t kk = k ? radix_select(s, V, m, 0u, 0, (uint64_t)(k - 1)) : 0u;
     uint32_t kp = 0u;
     if (top_p < 1.0f) {
@@ -138,7 +147,7 @@ static void sample_row(const jamba_sample_rows_params *p, int64_t r, float *s) {
         }
         smin = s[v] < smin ? s[v] : smin;
     }
-    tokens[r] = tok < 0 ? best : tok;                        /* (tok < 0: a NaN row, nothing kept) */
+    tokens[r] = tok < 0 ? best : tok;                        /* (tok < 0: nothing kept; a guard) */
     tau[r] = tok < 0 ? m : smin;
 }
 

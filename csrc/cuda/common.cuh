@@ -12,6 +12,7 @@
  *   jamba_ld<T> / jamba_st<T>  scalar dtype conversion (float, __half, __nv_bfloat16) <-> fp32
  *   jamba_ld_any               load of a runtime-dtype scalar (weights, B/C: f32 or the activation dtype)
  *   jamba_warp_sum             butterfly sum over a warp (every lane gets the total)
+ *   jamba_max_nan              max that keeps a NaN (max.NaN), for running maxima that must propagate NaN
  *   jamba_w16<T>               16 bytes (uint4) <-> 16/sizeof(T) floats on 32-bit words, no unions
  *   JAMBA_DISPATCH_FLOAT       switch from a jamba_dtype to a C++ type T (f32, f16, bf16)
  *   mma16816<T>                one m16n8k16 tensor-core product (bf16 / f16 in, fp32 accumulate)
@@ -226,6 +227,17 @@ __device__ __forceinline__ float jamba_cu_exp2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
     return y;
+}
+/* max(a, b), NaN when either is (fmaxf returns the other operand, so a NaN would vanish from a running max):
+ * max.NaN, one FMNMX.NAN, the cost of fmaxf (below sm_80 a compare and fmaxf) */
+__device__ __forceinline__ float jamba_max_nan(float a, float b) {
+#if __CUDA_ARCH__ >= 800
+    float r;
+    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
+    return r;
+#else
+    return (a != a || b != b) ? __int_as_float(0x7fffffff) : fmaxf(a, b);
+#endif
 }
 /* softplus with torch's threshold 20 (beta 1) */
 __device__ __forceinline__ float jamba_cu_softplus(float v) { return v <= 20.f ? log1pf(__expf(v)) : v; }

@@ -18,6 +18,11 @@
  * of every probability (dlogits 2.3e-5 from the float64 reference in fp32, found by tests/test_fuzz_ops.py on the
  * H200 at 918f458; the CPU's exp(x - lse) gave < 2e-5). No atomics, no host synchronisation: the results do not
  * depend on the launch (fixed reduction order per row).
+ * NaN (as the CPU op): the running maxima are NaN-propagating (jamba_max_nan: max.NaN, the cost of fmaxf, which would
+ * skip a NaN), so a NaN logit makes m and s NaN in its thread whatever else the thread reads (with fmaxf a thread
+ * whose round held only NaN and -inf skipped it: a row of NaNs got lse -inf, and one NaN could vanish), and the
+ * merges carry it: lse and loss NaN; the backward's exp(x - lse) is then NaN for every x (-inf included). A row of
+ * -inf only: lse -inf (m stays -inf: the "empty" guards test m == -inf, which a NaN does not pass).
  */
 #include "common.cuh"
 
@@ -45,9 +50,9 @@ __device__ __forceinline__ void ce_store(T *row, int64_t i, const float *f) {
     else row[i] = jamba_st<T>(f[0]);
 }
 
-/* (m, s) += (m2, s2): the running max and the sum of exp(x - max) of two sets of elements merged */
+/* (m, s) += (m2, s2): the running max and the sum of exp(x - max) of two sets of elements merged (NaN sticks) */
 __device__ __forceinline__ void ce_merge(float &m, float &s, float m2, float s2) {
-    const float mm = fmaxf(m, m2);
+    const float mm = jamba_max_nan(m, m2);
     if (mm == -INFINITY) return;  /* both empty (or all -inf) */
     s = s * jamba_cu_exp2((m - mm) * JAMBA_LOG2E) + s2 * jamba_cu_exp2((m2 - mm) * JAMBA_LOG2E);
     m = mm;
@@ -78,10 +83,10 @@ __global__ void __launch_bounds__(CE_THREADS) ce_fwd_kernel(float *loss, float *
 #pragma unroll
             for (int u = 0; u < CE_UNROLL; u++)
 #pragma unroll
-                for (int q = 0; q < VN; q++) vm = fmaxf(vm, f[u][q]);
-            const float mm = fmaxf(m, vm);
+                for (int q = 0; q < VN; q++) vm = jamba_max_nan(vm, f[u][q]);
+            const float mm = jamba_max_nan(m, vm);
             if (mm == -INFINITY) continue;
-            float add = 0.f;  /* NaN logits: fmaxf skips them, the exp below makes s NaN */
+            float add = 0.f;  /* NaN logits: mm NaN, so add, s and m NaN from here on */
 #pragma unroll
             for (int u = 0; u < CE_UNROLL; u++)
 #pragma unroll

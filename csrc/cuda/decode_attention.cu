@@ -16,6 +16,11 @@
  *     query rows as M, k-permuted 16-byte loads, movmatrix for v). Layout at the kernel.
  *   attn_combine_kernel<T>: one block of D threads per (b, h, r): M = max_p m_p, out = sum_p 2^(m_p - M) o_p /
  *     sum_p 2^(m_p - M) l_p over the splits in order (0 where no key takes part).
+ * NaN (as the CPU op and jamba_ext/reference.py): every running max is NaN-propagating (jamba_max_nan: max.NaN, the
+ *   same cost as fmaxf, which would skip a NaN score), so a NaN score (a NaN in q or in an attended K row) makes m,
+ *   then every rescale factor 2^(m - m'), l and o NaN through the warp merge and the split combine; a NaN in an
+ *   attended V row reaches its column through p v. The "no key" guards test m == -inf (a NaN passes them) and l == 0.
+ *   A masked key's K and V rows are never loaded.
  * Why: SDPA (torch 2.11, H200) runs one query token against the KV cache in a kernel parallel over (batch, heads,
  * query blocks) only: 8 blocks for Jamba's 8 KV heads at batch 1, ~190 us per attention layer against a 4.5K-key
  * cache whose K and V are 19 MB (4.4 us at copy bandwidth); dev/gemv_decode_ab.py's kernel totals,
@@ -84,9 +89,9 @@ __device__ __forceinline__ void attn_merge_warps(const attn_args &a, const float
         const int r = i / D, d = i % D;
         float M = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < ATTN_WARPS; w++) M = fmaxf(M, sh_ml[w][r][0]);
+        for (int w = 0; w < ATTN_WARPS; w++) M = jamba_max_nan(M, sh_ml[w][r][0]);
         float L = 0.f, O = 0.f;
-        if (M > -INFINITY) {
+        if (M != -INFINITY) { /* (NaN M passes: a NaN row) */
 #pragma unroll
             for (int w = 0; w < ATTN_WARPS; w++) {
                 const float c = jamba_cu_exp2(sh_ml[w][r][0] - M);
@@ -153,7 +158,7 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32) attn_split_kernel(attn_args a
 #pragma unroll
                 for (int e = 0; e < EPL; e++) s = fmaf(q[r][e], kf[e], s);
                 s = jamba_warp_sum(s);
-                const float mn = fmaxf(m[r], s), c = jamba_cu_exp2(m[r] - mn), w = jamba_cu_exp2(s - mn);
+                const float mn = jamba_max_nan(m[r], s), c = jamba_cu_exp2(m[r] - mn), w = jamba_cu_exp2(s - mn);
                 l[r] = l[r] * c + w;
 #pragma unroll
                 for (int e = 0; e < EPL; e++) o[r][e] = fmaf(o[r][e], c, w * vf[e]);
@@ -281,11 +286,11 @@ __global__ void __launch_bounds__(ATTN_WARPS * 32, 3) attn_mma_kernel(attn_args 
             const int64_t j = base + 2 * tq + e;
             const bool okc = j < j1 && (mb == nullptr || mb[j * a.sm1]);
             sc[e] = okc ? sc[e] * a.scale_log2 : -INFINITY;
-            mt = fmaxf(mt, sc[e]);
+            mt = jamba_max_nan(mt, sc[e]);
         }
-        mt = fmaxf(mt, __shfl_xor_sync(JAMBA_FULL_MASK, mt, 1));
-        mt = fmaxf(mt, __shfl_xor_sync(JAMBA_FULL_MASK, mt, 2));
-        const float mn = fmaxf(m, mt), mu = mn == -INFINITY ? 0.f : mn, c = jamba_cu_exp2(m - mu);
+        mt = jamba_max_nan(mt, __shfl_xor_sync(JAMBA_FULL_MASK, mt, 1));
+        mt = jamba_max_nan(mt, __shfl_xor_sync(JAMBA_FULL_MASK, mt, 2));
+        const float mn = jamba_max_nan(m, mt), mu = mn == -INFINITY ? 0.f : mn, c = jamba_cu_exp2(m - mu);
         const float p0 = jamba_cu_exp2(sc[0] - mu), p1 = jamba_cu_exp2(sc[1] - mu);
         l = l * c + (p0 + p1);
         m = mn;
@@ -321,16 +326,16 @@ __global__ void attn_combine_kernel(attn_args a) {
     const float *ml = a.part_ml + bh * a.P * a.R * 2;
     const float *po = a.part_o + bh * a.P * a.R * a.D;
     float M = -INFINITY;
-    for (int64_t p = 0; p < a.P; p++) M = fmaxf(M, ml[(p * a.R + r) * 2]);
+    for (int64_t p = 0; p < a.P; p++) M = jamba_max_nan(M, ml[(p * a.R + r) * 2]);
     float L = 0.f, O = 0.f;
-    if (M > -INFINITY) {
+    if (M != -INFINITY) { /* (NaN M passes: a NaN row) */
         for (int64_t p = 0; p < a.P; p++) {
             const float c = jamba_cu_exp2(ml[(p * a.R + r) * 2] - M);
             L = fmaf(ml[(p * a.R + r) * 2 + 1], c, L);
             O = fmaf(po[(p * a.R + r) * a.D + d], c, O);
         }
     }
-    ((T *)a.out)[b * a.so0 + h * a.so1 + r * a.so2 + d] = jamba_st<T>(L > 0.f ? O / L : 0.f);
+    ((T *)a.out)[b * a.so0 + h * a.so1 + r * a.so2 + d] = jamba_st<T>(L == 0.f ? 0.f : O / L); /* (L NaN: NaN) */
 }
 
 template <typename T, int EPL, int RM>

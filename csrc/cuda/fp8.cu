@@ -199,16 +199,11 @@ extern "C" jamba_status jamba_dequant_fp8_cuda(const jamba_dequant_fp8_params *p
  * Why a block per row: the first form (a warp per row, both passes from memory) read each row twice: 702 us of a
  * 11.6 ms W8A8 op at 16384 tokens (w8a8_ab_79b13cf.log), ~1.5x its bytes' time. */
 #define FQ_NV 8
-__device__ __forceinline__ float fq_max_nan(float a, float b) {
-    float r;
-    asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-    return r;
-}
 template <typename T> __device__ __forceinline__ float fq_amax16(const uint4 &u, float m) {
     float f[8];
     jamba_w16<T>::ld(u, f);
 #pragma unroll
-    for (int i = 0; i < 8; i++) m = fq_max_nan(m, fabsf(f[i]));
+    for (int i = 0; i < 8; i++) m = jamba_max_nan(m, fabsf(f[i]));
     return m;
 }
 template <typename T> __device__ __forceinline__ uint2 fq_cvt16(const uint4 &u, float inv) {
@@ -242,11 +237,11 @@ __global__ void __launch_bounds__(256) fp8_quant_rows_kernel(uint8_t *q, float *
         if (t + 256 * i < nv) m = fq_amax16<T>(v[i], m);
     for (int64_t j = t + 256 * FQ_NV; j < nv; j += 256) m = fq_amax16<T>(src[j], m); /* rows past the registers */
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) m = fq_max_nan(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int o = 16; o > 0; o >>= 1) m = jamba_max_nan(m, __shfl_xor_sync(0xffffffffu, m, o));
     if (lane == 0) wmax[t >> 5] = m;
     __syncthreads();
 #pragma unroll
-    for (int w = 0; w < 8; w++) m = fq_max_nan(m, wmax[w]);
+    for (int w = 0; w < 8; w++) m = jamba_max_nan(m, wmax[w]);
     const float inv = m > 0.f ? __fdiv_rn(448.f, m) : 1.f;
     if (t == 0) scale[r] = m > 0.f ? __fdiv_rn(m, 448.f) : 1.f;
     uint2 *dst = reinterpret_cast<uint2 *>(q + r * K);

@@ -25,7 +25,7 @@
  *   sr_cluster_kernel<T, C> (sm_90+, C = 8, 4 or 2): a cluster of C CTAs of SR_THREADS threads per row (a stride
  *     loop over rows past SR_MAX_CLUSTERS clusters). CTA c owns the columns [c w, (c + 1) w) clipped to V,
  *     w = ceil(V / C) rounded up to a multiple of SR_THREADS (small V: the last CTAs own nothing), and its thread t
- *     takes the columns of the one-block kernel's thread t that lie there (so that even a row with NaNs, whose max
+ *     takes the columns of the one-block kernel's thread t that lie there (so that even a fold with NaNs, whose max
  *     depends on which thread held which column, gives sr_kernel's bits: sr_cluster_argmax). Each pass builds the
  *     CTA's result over its slice as sr_kernel does over the row, then the cluster combines them through distributed
  *     shared memory (sr_part; see sr_cluster_kernel): every CTA reads all C partials in rank order and reduces them
@@ -42,6 +42,11 @@
  *   cost a whole row's time; and sr_kernel where even C = 2 needs two waves. Session 54's kernels, the default ->
  *   (one-block) at R = 1 / 16 / 64: top_p 0.95 40 / 61 / 102 us (171 / 173 / 175), top_k 50 25.5 / 30 / 44 us
  *   (67 / 67 / 68), greedy 6.3 / 8.2 / 11.9 us (docs/PERF_NOTES.md; s54_full_67a0b78.log, sr3_round_a20d592.log).
+ * NaN (as the CPU op): pass 1 folds a NaN penalised logit as -inf (one select a column), so it is never the argmax
+ *   nor drawn while a column is finite (before, a NaN at a thread's first column stuck as its max, and a NaN's key
+ *   was the largest: top_k kept it); a row whose scores are all -inf (NaN / -inf logits only) gives bi, column 0
+ *   there, and tau -inf, greedy or sampled. The NaN paths of the folds below (sr_better, sr_cluster_argmax's exact
+ *   path) stay for NaN scores that settings unchecked on a GPU can still make (x / temperature with an infinite one).
  */
 #include "common.cuh"
 
@@ -343,7 +348,7 @@ __device__ __forceinline__ void sr_pass1(const T *row, const sr_row &q, int64_t 
             if (!COUNT && v >= hi) break;
             unsigned digit = 256u;
             if (v < hi) {
-                const float xv = sr_pen(xr[j], q, v);
+                const float xp = sr_pen(xr[j], q, v), xv = xp == xp ? xp : -INFINITY;   /* NaN counts as -inf */
                 sr_better(bv, bi, xv, v);
                 if (NANFREE && xv == xv) sr_better(nv, ni, xv, v);
                 if (sampled) {
@@ -427,6 +432,14 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
             continue;
         }
         const float m = __fdiv_rn(bv, temp);
+        if (m == -INFINITY) {                         /* every score -inf: bi (column 0 of a NaN / -inf row) */
+            if (threadIdx.x == 0) {
+                tokens[r] = bi < 0 ? 0 : bi;
+                tau[r] = -INFINITY;
+            }
+            __syncthreads();
+            continue;
+        }
         /* top_k: the key of the k-th largest score (4 radix passes, counts) */
         auto merge = [&]() {                          /* (the copies summed into hist) */
             __syncthreads();
@@ -451,7 +464,7 @@ __global__ void __launch_bounds__(SR_THREADS) sr_kernel(int64_t *tokens, float *
         sr_argmax(gv, gi, sv, si);
         smin = sr_min(smin, sv);
         if (threadIdx.x == 0) {
-            tokens[r] = gi < 0 ? (bi < 0 ? 0 : bi) : gi;   /* (gi < 0: a NaN row, nothing kept) */
+            tokens[r] = gi < 0 ? (bi < 0 ? 0 : bi) : gi;   /* (gi < 0: nothing kept; a guard) */
             tau[r] = gi < 0 ? m : smin;
         }
         __syncthreads();
@@ -680,6 +693,13 @@ __global__ void __launch_bounds__(SR_THREADS)
             continue;
         }
         const float m = __fdiv_rn(bv, temp);
+        if (m == -INFINITY) {                         /* every score -inf: bi (column 0 of a NaN / -inf row); bv is */
+            if (rank == 0 && threadIdx.x == 0) {      /* the row's in every CTA, so all leave here, as greedy rows */
+                tokens[r] = bi < 0 ? 0 : bi;          /* do (pass 1's top_k counts in part: never read) */
+                tau[r] = -INFINITY;
+            }
+            continue;
+        }
         /* top_k: the key of the k-th largest score (4 radix passes, counts) */
         auto merge = [&]() { sr_cluster_hist<C>(copies, &part[ev++ & 1u], hist); };   /* (one event a pass) */
         if (countk) sr_cluster_gather<C>(copies, &part[(ev - 1u) & 1u], hist);   /* (pass 1's counts) */
@@ -699,7 +719,7 @@ __global__ void __launch_bounds__(SR_THREADS)
         sr_draw<true>(wkey, v0, v1, kmin, min_p, m, lfloor, rng, r, seed, offset, gv, gi, ng, ngi, smin);
         sr_cluster_argmax<C>(gv, gi, ng, ngi, smin, true, &part[ev++ & 1u], &scratch.slots, sv, si);
         if (rank == 0 && threadIdx.x == 0) {
-            tokens[r] = gi < 0 ? (bi < 0 ? 0 : bi) : gi;   /* (gi < 0: a NaN row, nothing kept) */
+            tokens[r] = gi < 0 ? (bi < 0 ? 0 : bi) : gi;   /* (gi < 0: nothing kept; a guard) */
             tau[r] = gi < 0 ? m : smin;
         }
     }
