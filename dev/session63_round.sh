@@ -6,6 +6,8 @@
 #         for bit), memcheck / racecheck of the tiles cases, the op in turns (dev/moe_epi_ab.py wbox) at 3072 - 16384
 #         tokens, bench_moe's swap engine forced / off at 2560 - 4096 tokens twice (its upper bound), and session 62's
 #         CUDA cases never run (SiLU of huge negative pre-activations, rms_norm's zero-width backward)
+#   nan   build, the cuda cases of the NaN rules' tests (decode_attention, cross_entropy, sample_rows; row-expanded
+#         silu_mul / cross_entropy inputs; fp8.cu's max now jamba_max_nan), and their three CUDA mutants
 #   final the session's code: build, `jamba_ext check`, every test marked cuda, memcheck / racecheck of the tiles and
 #         swap cases, bench_moe at the issue's sizes and the swap engine's
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session63_round.sh MODE   (output: $OUT/round.log)
@@ -41,6 +43,15 @@ wbox)
     cp benchmarks/results/bench_moe_s63_swap$r.json "$OUT/" 2>/dev/null
   done
   nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader ;;
+nan)
+  build_cuda
+  step "NaN as the reference (decode_attention, cross_entropy, sample_rows) and row-expanded inputs, cuda cases"
+  timeout 200 python3 -m pytest -q -m cuda --timeout=190 tests/test_decode_attention.py tests/test_cross_entropy.py \
+    tests/test_sample_rows.py tests/test_row_sampling.py tests/test_fp8.py tests/test_moe.py -k "not wgmma and not \
+    swap" -p no:cacheprovider 2>&1 | tail -6
+  step "the new CUDA mutants"
+  timeout 280 python3 dev/mutation_cuda.py --run --budget 240 --out "$OUT/mutation_cuda.log" \
+    --only attn_combine_nan_max,ce_fwd_nan_max,sr_pass1_nan_kept 2>&1 | tail -8 ;;
 final)
   check_and_suite 280
   sanitize tiles swap
