@@ -2800,8 +2800,22 @@ def _run_criteria(criteria, input_ids: Tensor, scores: Tensor) -> Tensor:
     return stop
 
 
+class _NewTokensStop:
+    """A stopping criterion shown the new tokens only (the columns after the prompt's prompt_len, set by generate()):
+    a stop string then matches inside the generated text, never across the prompt's end, as the batch, continuous
+    and server paths (and OpenAI's and vLLM's stop) match them; transformers' StopStringCriteria looks at the last
+    tokens of the whole sequence, the prompt's too. A stop string spread over several new tokens still matches."""
+
+    def __init__(self, criterion):
+        self.criterion, self.prompt_len = criterion, 0
+
+    def __call__(self, input_ids, scores, **kwargs):
+        return self.criterion(input_ids[:, self.prompt_len:], scores, **kwargs)
+
+
 def _with_stop_strings(criteria, stop_strings, tokenizer) -> list:
-    """generate(stop_strings=..., tokenizer=...): transformers' StopStringCriteria after the criteria given."""
+    """generate(stop_strings=..., tokenizer=...): transformers' StopStringCriteria, shown the new tokens only
+    (_NewTokensStop: its prompt_len is set once the prompt is known), after the criteria given."""
     if tokenizer is None:
         raise ValueError("stop_strings: pass the model's tokenizer too (generate(..., stop_strings=..., "
                          "tokenizer=tok)): the stop strings are matched against its token strings")
@@ -2816,7 +2830,7 @@ def _with_stop_strings(criteria, stop_strings, tokenizer) -> list:
         from transformers.generation.stopping_criteria import StopStringCriteria
     except ImportError:
         raise ValueError("stop_strings: needs transformers (its StopStringCriteria matches them)") from None
-    crit = StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings))
+    crit = _NewTokensStop(StopStringCriteria(tokenizer=tokenizer, stop_strings=list(stop_strings)))
     if criteria is None:
         return [crit]
     return (list(criteria) if isinstance(criteria, (list, tuple)) else [criteria]) + [crit]
@@ -3110,8 +3124,10 @@ class JambaForCausalLM(_PreTrained):
         criteria's verdict reaches the host with the step's token (no extra wait). generation_config= (a
         transformers GenerationConfig: its non-default fields as arguments, explicit arguments winning) and inputs=
         (the prompt) are taken too (_with_generation_config). stop_strings (a string or a list) with tokenizer (the
-        model's transformers tokenizer): a sequence stops once its text holds one of them ending in its last token, as
-        transformers' StopStringCriteria decides (which runs here, after any stopping_criteria given).
+        model's transformers tokenizer): a sequence stops once its new text holds one of them ending in its last token,
+        as transformers' StopStringCriteria decides (which runs here, after any stopping_criteria given), shown only
+        the new tokens: the prompt's text never takes part in a match (transformers' also matches a stop string that
+        begins in the prompt; the batch, continuous and server paths, OpenAI's and vLLM's do not).
 
         num_beams=n > 1: beam search (jamba_ext.beam_search: transformers' algorithm, the same sequences and scores),
         with length_penalty (a finished hypothesis scores its log-probability sum / new tokens ** length_penalty) and
@@ -3241,6 +3257,8 @@ class JambaForCausalLM(_PreTrained):
             if not 0 <= v < 1:
                 raise ValueError(f"{name}: expected in [0, 1) (0: off), got {v}")
         Bsz, T = input_ids.shape
+        if stop_strings is not None:                   # (matched in the new tokens only: _NewTokensStop)
+            stopping_criteria[-1].prompt_len = T
         chunks = prefill_chunks(T, Bsz, prefill_chunk)
         # each row's left padding, which repetition_penalty skips (transformers 5.24 on; None: no mask, none skipped)
         lead = None if attention_mask is None or attention_mask.dim() != 2 else \

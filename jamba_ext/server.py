@@ -18,7 +18,14 @@ decode steps: jamba_ext.row_sampling); those it leaves out are the server's, set
 each chunk naming its choice). Log-probabilities of the completion's tokens under the model (its log_softmax, before
 the request's penalties and filters): "logprobs": k on /v1/completions (OpenAI's legacy form: tokens,
 token_logprobs, top_logprobs, text_offset), "logprobs": true with "top_logprobs": k on /v1/chat/completions; k <=
-20, not with "stream". "echo": true on /v1/completions puts the prompt before the completion, and with "logprobs"
+20, not with "stream". A token's string there (completions' "tokens" and top_logprobs keys, chat's "token") is the
+text it adds where it stands, as a stream prints it (jamba_ext.tokenizer.StreamDecoder; the partial-decoding
+convention, not OpenAI's "bytes:\\xNN" strings): a token that is only the start of a UTF-8 character adds "" and the
+one that completes the character adds all of it (a character left incomplete at the end, U+FFFD, goes to the last
+token), so the tokens' strings add up to the text and "text_offset" is each one's start in the returned text
+(non-decreasing; clamped to the text's length for the tokens of a stop text cut off). Chat's "bytes" are each
+token's own raw bytes (a byte token's one byte), which add up to the completion's raw bytes.
+"echo": true on /v1/completions puts the prompt before the completion, and with "logprobs"
 each prompt token's log-probability given the tokens before it ("max_tokens": 0: the prompt scored alone; what
 evaluation harnesses ask of a completions server). "prompt" may be a list of prompts (choices: prompt x n + j).
 "seed" (an int) makes a sampled request repeat: choice c draws with a key made from the seed and c, whatever the
@@ -47,7 +54,7 @@ import torch
 
 from .continuous import MAX_LOGPROBS, ContinuousBatcher
 from .row_sampling import FIELDS as SAMPLING_FIELDS, check as check_sampling
-from .tokenizer import decode_after
+from .tokenizer import StreamDecoder, decode_after, token_bytes
 
 MAX_N = 16                  # the most completions one request may ask for ("n")
 MAX_PROMPTS = 64            # the most prompts one /v1/completions request may give (a list of them)
@@ -366,30 +373,43 @@ def _logprobs_asked(body: dict, chat: bool) -> Optional[int]:
     return k
 
 
-def _logprobs_answer(tok, tokens: List[int], lps: list, chat: bool) -> dict:
+def _logprobs_answer(tok, tokens: List[int], lps: list, chat: bool, prompt: Sequence[int] = (), echo: bool = False,
+                     length: Optional[int] = None) -> dict:
     """A choice's "logprobs", OpenAI's form: for chat, content [{token, logprob, bytes, top_logprobs}]; for
-    completions, the legacy tokens / token_logprobs / top_logprobs / text_offset (offsets from the completion's
-    start). lps: ContinuousBatcher.logprobs' list for these tokens."""
-    pieces = [tok.decode([t]) for t in tokens]
+    completions, the legacy tokens / token_logprobs / top_logprobs / text_offset. tokens: the completion's ids, read
+    after prompt; echo: the prompt's ids come first, read from the start (lps then covers both). lps:
+    ContinuousBatcher.logprobs' list for these tokens (Engine.score's before it for the prompt's). Each token's (and
+    alternative's) string is the text it adds there as a StreamDecoder prints it (the module's text), so the strings
+    add up to the answer's text; text_offset: their starts in it (from the completion's start, or the prompt's with
+    echo), clamped to length (the text's, cut before a stop text) when given; bytes: token_bytes, the token's own."""
+    segments = [((), list(prompt)), (list(prompt), list(tokens))] if echo else [(list(prompt), list(tokens))]
+    ids, strings, alts = [], [], []
+    for context, part in segments:
+        dec = StreamDecoder(tok, context)
+        for j, t in enumerate(part):
+            last = j == len(part) - 1               # (the last token takes what flush() prints: an unfinished end)
+            alts.append([(dec.peek(a, last), a, v) for a, v in lps[len(ids)][1]])
+            strings.append(dec.push(t) + (dec.flush() if last else ""))
+            ids.append(t)
     if chat:
-        return {"content": [{"token": p, "logprob": lp, "bytes": list(p.encode()), "top_logprobs": [
-            {"token": tok.decode([i]), "logprob": v, "bytes": list(tok.decode([i]).encode())} for i, v in top]}
-            for p, (lp, top) in zip(pieces, lps)]}
+        return {"content": [{"token": p, "logprob": lp, "bytes": list(token_bytes(tok, t)), "top_logprobs": [
+            {"token": a_text, "logprob": v, "bytes": list(token_bytes(tok, a))} for a_text, a, v in alt]}
+            for p, t, (lp, _), alt in zip(strings, ids, lps, alts)]}
     offsets, at = [], 0
-    for p in pieces:
-        offsets.append(at)
+    for p in strings:
+        offsets.append(at if length is None else min(at, length))
         at += len(p)
-    return {"tokens": pieces, "token_logprobs": [lp for lp, _ in lps],
-            "top_logprobs": [_by_text(tok, top) for _, top in lps], "text_offset": offsets}
+    return {"tokens": strings, "token_logprobs": [lp for lp, _ in lps],
+            "top_logprobs": [_by_text(alt) for alt in alts], "text_offset": offsets}
 
 
-def _by_text(tok, top) -> dict:
-    """The legacy top_logprobs, {text: logprob}: tokens whose texts are the same (e.g. byte tokens of an unfinished
-    UTF-8 character, each decoding to U+FFFD) share one key, which keeps the most likely one's value (top comes most
-    likely first), so the picked token's own value is never overwritten by a less likely one's"""
+def _by_text(alts) -> dict:
+    """The legacy top_logprobs, {text: logprob} from [(text, id, logprob)]: tokens whose texts are the same (e.g.
+    byte tokens that each begin a UTF-8 character, each adding "") share one key, which keeps the most likely one's
+    value (alts come most likely first), so the picked token's own value is never overwritten by a less likely one's"""
     d = {}
-    for i, v in top:
-        d.setdefault(tok.decode([i]), v)
+    for text, _, v in alts:
+        d.setdefault(text, v)
     return d
 
 
@@ -652,14 +672,14 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 for j in range(n):
                     tokens, reason = got[order[j]]
                     text = _answer_text(tok, tokens, reason, req.stop, ids)
+                    if req.echo:                         # (the prompt's text as its echoed tokens add up to it)
+                        text = decode_after(tok, (), ids) + text
                     lps = None
                     if req.lp is not None:
                         mine = jobs[pi][order[j]].logprobs if req.max_tokens else []
-                        lps = _logprobs_answer(tok, (ids if req.echo else []) + tokens, (scores or []) + mine, chat)
+                        lps = _logprobs_answer(tok, tokens, (scores or []) + mine, chat, ids, req.echo, len(text))
                         if req.echo:
                             lps["top_logprobs"][0] = None    # (OpenAI's: the first token has nothing before it)
-                    if req.echo:
-                        text = tok.decode(ids) + text
                     choice = {"index": pi * n + j, "finish_reason": reason, "logprobs": lps}
                     choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
                     choices.append(choice)
@@ -705,8 +725,8 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 if chat:
                     for c in range(len(jobs)):
                         event(c, None, first=True)
-                toks: List[List[int]] = [[] for _ in jobs]
-                sent = [""] * len(jobs)
+                decs = [StreamDecoder(tok, job.ids) for job in jobs]   # (each choice's text as a stream prints it)
+                printed, sent = [""] * len(jobs), [""] * len(jobs)
                 running, failed, done = set(range(len(jobs))), False, 0
                 while running:
                     try:
@@ -729,11 +749,10 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                             event(c, final[len(sent[c]):])
                         event(c, None, reason)
                         continue
-                    toks[c].append(t)
-                    text = decode_after(tok, jobs[c].ids, toks[c])
-                    if stop and any(x in text for x in stop):
+                    printed[c] += decs[c].push(t)    # (text never taken back: the final text starts with it)
+                    if stop and any(x in decs[c].text() for x in stop):
                         continue                     # (the row ends with this token: the end comes next)
-                    safe = _safe_prefix(text, stop)
+                    safe = _safe_prefix(printed[c], stop)
                     if len(safe) > len(sent[c]) and safe.startswith(sent[c]):
                         event(c, safe[len(sent[c]):])
                         sent[c] = safe

@@ -14,7 +14,7 @@ import torch
 from conftest import HAS_GPU, builtin_model
 from jamba_ext import server
 from jamba_ext.batch import completion
-from jamba_ext.tokenizer import ByteTokenizer
+from jamba_ext.tokenizer import ByteTokenizer, StreamDecoder
 
 
 class Running:
@@ -270,10 +270,22 @@ def test_legacy_top_logprobs_keep_the_most_likely_of_one_text():
     assert ans["top_logprobs"] == [{tok.decode([a]): -0.5, "a": -1.0}] and ans["token_logprobs"] == [-0.5]
 
 
+def _strings(tok, context, tokens, alts):
+    """The strings an answer's logprobs name its tokens and their alternatives (alts[j]: ids) by: the text each adds
+    where it stands, as a StreamDecoder prints it (the last token's with flush(): an unfinished character's end)."""
+    dec, out, keys = StreamDecoder(tok, context), [], []
+    for j, t in enumerate(tokens):
+        last = j == len(tokens) - 1
+        keys.append([dec.peek(i, last) for i in alts[j]])
+        out.append(dec.push(t) + (dec.flush() if last else ""))
+    return out, keys
+
+
 def test_logprobs_answers():
     """"logprobs": k on /v1/completions: each token's log-probability under the model (a whole-sequence forward, its
-    log_softmax) and its k most likely alternatives, text offsets from the completion's start; "top_logprobs" without
-    "logprobs": true on the chat endpoint is refused."""
+    log_softmax) and its k most likely alternatives, each token named by the text it adds (they add up to the
+    answer's text), text offsets from the completion's start; "top_logprobs" without "logprobs": true on the chat
+    endpoint is refused."""
     model, tok = builtin_model(), ByteTokenizer()
     srv = Running(model, tok, batch_size=2, max_prompt_tokens=64, max_new_tokens=16)
     try:
@@ -284,16 +296,18 @@ def test_logprobs_answers():
         lp = ans["choices"][0]["logprobs"]
         with torch.inference_mode():
             ref = torch.log_softmax(model(torch.tensor([ids + tokens])).logits[0].double(), -1)
-        assert lp["tokens"] == [tok.decode([t]) for t in tokens] and len(lp["token_logprobs"]) == len(tokens)
+        tops = [torch.topk(ref[len(ids) - 1 + j], 2) for j in range(len(tokens))]
+        strings, keys = _strings(tok, ids, tokens, [w.indices.tolist() for w in tops])
+        assert lp["tokens"] == strings and len(lp["token_logprobs"]) == len(tokens)
+        assert "".join(strings) == ans["choices"][0]["text"]
         for j, t in enumerate(tokens):
             row = ref[len(ids) - 1 + j]
             assert abs(lp["token_logprobs"][j] - row[t].item()) < 1e-4
-            want = torch.topk(row, 2)       # (the legacy form keys alternatives by text: byte tokens may share one)
-            keys = [tok.decode([i]) for i in want.indices.tolist()]
-            assert list(lp["top_logprobs"][j]) == list(dict.fromkeys(keys))
+            # (the legacy form keys alternatives by text: byte tokens may share one)
+            assert list(lp["top_logprobs"][j]) == list(dict.fromkeys(keys[j]))
             for key, v in lp["top_logprobs"][j].items():
-                assert any(k == key and abs(v - w) < 1e-4 for k, w in zip(keys, want.values.tolist()))
-        assert lp["text_offset"][0] == 0 and lp["text_offset"][1] == len(lp["tokens"][0])
+                assert any(k == key and abs(v - w) < 1e-4 for k, w in zip(keys[j], tops[j].values.tolist()))
+        assert lp["text_offset"] == [sum(map(len, strings[:j])) for j in range(len(strings))]
         assert srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 2})[1]["choices"][0]["logprobs"] is None
         code, ans = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                                       "top_logprobs": 2})
@@ -322,9 +336,11 @@ def test_echo_scores_the_prompt():
         lp = choice["logprobs"]
         assert choice["text"] == tok.decode(ids) and ans["usage"]["completion_tokens"] == 0
         assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None and len(lp["tokens"]) == len(ids)
+        strings, keys = _strings(tok, (), ids, [[]] + [[int(ref[i - 1].argmax())] for i in range(1, len(ids))])
+        assert lp["tokens"] == strings and "".join(strings) == text
         for i in range(1, len(ids)):
             assert abs(lp["token_logprobs"][i] - ref[i - 1, ids[i]].item()) < 1e-4, i
-            assert list(lp["top_logprobs"][i]) == [tok.decode([int(ref[i - 1].argmax())])]
+            assert list(lp["top_logprobs"][i]) == keys[i]
         # lm-evaluation-harness's loglikelihood request: echo, 1 new token, logprobs 1, a seed, temperature 0; it sums
         # token_logprobs[ctxlen:-1] (the prompt's continuation, without the new token)
         code, ans = srv.post("/v1/completions", {"prompt": [ids], "max_tokens": 1, "echo": True, "logprobs": 1,
@@ -498,7 +514,8 @@ def test_failed_step_answers_500_and_the_server_goes_on(monkeypatch):
 
 def test_chat_endpoint(tmp_path):
     """/v1/chat/completions renders the messages with the checkpoint's chat template; the reply is the completion of
-    that text alone (whole, streamed, and with logprobs: greedy, each token is its own top alternative)."""
+    that text alone (whole, streamed, and with logprobs: greedy, each token is its own top alternative; the tokens'
+    strings add up to the reply, bytes are each token's own)."""
     from test_generate_cli import _chat_checkpoint
     from jamba_ext.modeling_jamba import JambaForCausalLM
     from jamba_ext.tokenizer import load_chat_template, load_tokenizer
@@ -532,9 +549,11 @@ def test_chat_endpoint(tmp_path):
         code, ans = srv.post("/v1/chat/completions", {"messages": msgs, "max_tokens": 4, "logprobs": True,
                                                       "top_logprobs": 1})
         content = ans["choices"][0]["logprobs"]["content"]
-        assert code == 200 and [c["token"] for c in content] == [tok.decode([t]) for t in want]
-        assert all(c["bytes"] == list(c["token"].encode()) and len(c["top_logprobs"]) == 1 and
-                   c["top_logprobs"][0]["logprob"] >= c["logprob"] - 1e-6 for c in content)
+        from jamba_ext.tokenizer import token_bytes
+        assert code == 200 and [c["token"] for c in content] == _strings(tok, ids, want, [[]] * len(want))[0]
+        assert "".join(c["token"] for c in content) == ans["choices"][0]["message"]["content"]
+        assert all(c["bytes"] == list(token_bytes(tok, t)) and len(c["top_logprobs"]) == 1 and
+                   c["top_logprobs"][0]["logprob"] >= c["logprob"] - 1e-6 for c, t in zip(content, want))
         assert all(c["top_logprobs"][0]["token"] == c["token"] for c in content)   # (greedy: the top one)
     finally:
         srv.stop()
