@@ -8,8 +8,8 @@
 #         CUDA cases never run (SiLU of huge negative pre-activations, rms_norm's zero-width backward)
 #   nan   build, the cuda cases of the NaN rules' tests (decode_attention, cross_entropy, sample_rows; row-expanded
 #         silu_mul / cross_entropy inputs; fp8.cu's max now jamba_max_nan), and their three CUDA mutants
-#   final the session's code: build, `jamba_ext check`, every test marked cuda, memcheck / racecheck of the tiles and
-#         swap cases, bench_moe at the issue's sizes and the swap engine's
+#   final the session's code: build, `jamba_ext check`, every test marked cuda, memcheck of every op's cases and
+#         racecheck of all but sample_rows' (its cluster kernels take racecheck ~110 s), bench_moe at the issue's sizes
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session63_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -54,11 +54,17 @@ nan)
     --only attn_combine_nan_max,ce_fwd_nan_max,sr_pass1_nan_kept 2>&1 | tail -8 ;;
 final)
   check_and_suite 280
-  sanitize tiles swap
-  step "bench_moe at the issue's sizes and the swap engine's"
+  step "bench_moe at the issue's sizes and the swap engine's (before the sanitizers: they may meet the call's limit)"
   timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s63 --tokens 1,8,64,512,1536,2048,2304,4096,16384 \
     --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
-  cp benchmarks/results/bench_moe_s63.json "$OUT/" 2>/dev/null ;;
+  cp benchmarks/results/bench_moe_s63.json "$OUT/" 2>/dev/null
+  step "compute-sanitizer: memcheck of every op (rest, sample_rows, tiles: the NaN rules' kernels changed), racecheck rest"
+  for fam in rest sample_rows tiles; do
+    timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+  done
+  timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py rest 2>&1 \
+    | tail -2 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
