@@ -14,9 +14,12 @@ with ordered=False, batch by batch as they finish. Batch k samples with seed + k
 two batches draw the same numbers. max_new_tokens may give each prompt its own budget. continuous=True runs continuous
 batching instead (jamba_ext.continuous: a row whose completion ends takes the next prompt at once).
 """
+import types
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
+
+from .tokenizer import StreamDecoder
 
 
 def batches_by_length(lengths: Sequence[int], batch_size: int) -> List[List[int]]:
@@ -27,25 +30,41 @@ def batches_by_length(lengths: Sequence[int], batch_size: int) -> List[List[int]
     return [order[b:b + batch_size] for b in range(0, len(order), batch_size)]
 
 
+def stop_decoder(decode: Callable[[Sequence[int]], str], context: Sequence[int] = ()) -> StreamDecoder:
+    """A StreamDecoder (push a completion's ids one at a time; text()) for a decode function (token ids -> text),
+    reading the completion as it follows context, its prompt: a "▁" decoder (Jamba's) strips the leading space of a
+    text decoded alone, so a stop text beginning with a space missed the first new token (generate()'s stop_strings
+    and the server's text keep it)."""
+    return StreamDecoder(types.SimpleNamespace(decode=decode), context)
+
+
+def push_stop(dec: StreamDecoder, token: int, stop_strings: Sequence[str]) -> bool:
+    """Pushes a completion's next token into dec (stop_decoder's); True when its text now holds one of stop_strings,
+    which it did not before (looked for where the text can have changed: after the text printed before, less a stop
+    text's length)."""
+    before = len(dec.shown)         # (printed text is never taken back: the text's part that held no stop text)
+    dec.push(token)
+    text = dec.text()
+    return any(s in text[max(0, before - len(s) + 1):] for s in stop_strings)
+
+
 def completion(new: Sequence[int], eos: set, stop_strings: Sequence[str] = (),
-               decode: Optional[Callable[[Sequence[int]], str]] = None) -> Tuple[List[int], str]:
+               decode: Optional[Callable[[Sequence[int]], str]] = None,
+               context: Sequence[int] = ()) -> Tuple[List[int], str]:
     """One row's new tokens as generate() returned them -> (the completion's tokens, finish reason). The completion
     ends before the first EOS id or fill (negative ids: a finished beam), or with the token that completed one of
-    stop_strings (texts by `decode`; generate() fills a row its stop strings stopped with pad_token_id): reason
-    "stop"; otherwise it is the whole row: "length"."""
+    stop_strings (texts by `decode`, of the new tokens as they read after context, the prompt's ids: stop_decoder;
+    generate() fills a row its stop strings stopped with pad_token_id): reason "stop"; otherwise it is the whole row:
+    "length"."""
     new = list(new)
     end = next((i for i, t in enumerate(new) if t in eos or t < 0), None)
     if end is not None:
         return new[:end], "stop"
-    if stop_strings and any(s in decode(new) for s in stop_strings):
-        lo, hi = 1, len(new)        # the shortest prefix whose text holds a stop text (holding one is monotone)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if any(s in decode(new[:mid]) for s in stop_strings):
-                hi = mid
-            else:
-                lo = mid + 1
-        return new[:lo], "stop"
+    if stop_strings:
+        dec = stop_decoder(decode, context)
+        for k, t in enumerate(new):
+            if push_stop(dec, t, stop_strings):
+                return new[:k + 1], "stop"
     return new, "length"
 
 
@@ -117,6 +136,7 @@ def _static(model, prompts, batch_size, seed, decode, on_batch, generate_kwargs)
         width = max(len(prompts[i]) for i in idx)           # the batch is left-padded to its longest prompt
         rows = out[:, width:].tolist()
         for r, i in enumerate(idx):
-            yield (i, *completion(rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]], eos, stop, decode))
+            row = rows[r] if isinstance(budgets, int) else rows[r][:budgets[i]]
+            yield (i, *completion(row, eos, stop, decode, prompts[i]))      # (the text as it reads after its prompt)
         if on_batch is not None:
             on_batch(len(idx))

@@ -69,8 +69,8 @@ def beam_search(model, logits: Tensor, cache, graph, input_ids: Tensor, num_beam
     filters (temperature, top_k, ... on the log-probabilities) or None; gen: the generator that samples candidates
     (beam sampling)."""
     n, dev = num_beams, logits.device
-    # (generate() checks early_stopping with `in (True, False, "never")`, which 1, 1.0 and 0 pass by equality; the
-    # search tests `is True`, so early_stopping=1 would silently act as False)
+    # (the search tests `is True`, so early_stopping=1, which equals True, would silently act as False: checked here
+    # for direct calls; generate() checks it the same way before its prefill)
     if not (isinstance(early_stopping, bool) or (isinstance(early_stopping, str) and early_stopping == "never")):
         raise ValueError(f"early_stopping: expected True, False or 'never', got {early_stopping!r}")
     if not 1 <= num_return_sequences <= n:

@@ -45,9 +45,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import torch
 
-from .batch import completion
+from .batch import completion, push_stop, stop_decoder
 from .logits_filters import penalize
 from .row_sampling import RowSampler, Sampling, check as check_sampling, rows_differ
+from .tokenizer import StreamDecoder
 
 OPTIONS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "min_new_tokens",
            "eos_token_id", "stop_strings", "cuda_graph", "prefill_chunk", "shared_prefix", "prefill_ahead")
@@ -104,12 +105,6 @@ def prompt_key(seed: int, rid: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & (2 ** 64 - 1)
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & (2 ** 64 - 1)
     return (z ^ (z >> 31)) >> 1
-
-
-def stop_window(stop) -> int:
-    """How many of a row's last tokens may just hold one of its stop texts: the longest one's UTF-8 bytes (a token is at
-    least a byte of text; a byte tokenizer spends 3 on a CJK character, so characters were too few) and a margin."""
-    return max((len(x.encode("utf-8")) for x in stop), default=0) + 8
 
 
 class _Rows:
@@ -451,6 +446,7 @@ class ContinuousBatcher:
         """Row r idles from the next step (its prompt ended or was dropped); the prompt it takes next resets the
         rest."""
         self.seq[r], self.new[r], self.samp[r], self.want_lp[r], self.lps[r] = None, [], None, None, []
+        self.row_text[r] = None
 
     def _start(self) -> None:
         from .modeling_jamba import JambaHybridCache
@@ -464,6 +460,7 @@ class ContinuousBatcher:
         self.seq: List[Optional[int]] = [None] * B   # the request each row runs (None: idle)
         self.budget = [0] * B
         self.row_stop: List[tuple] = [()] * B        # each row's stop texts
+        self.row_text: List[Optional[StreamDecoder]] = [None] * B    # (with stop texts) the completion's text
         self.new: List[List[int]] = [[] for _ in range(B)]
         self.prompt: List[List[int]] = [[] for _ in range(B)]
         self.samp: List[Optional[Sampling]] = [None] * B    # each running row's settings
@@ -522,6 +519,7 @@ class ContinuousBatcher:
         got = rows.place([r for r, _ in take], [e[1] for _, (e, _) in take], [st for _, (_, st) in take])
         for j, (r, ((rid, q, b, stop, (samp, lp, key, bias)), _)) in enumerate(take):
             self.seq[r], self.budget[r], self.new[r], self.row_stop[r] = rid, b, [], stop
+            self.row_text[r] = stop_decoder(self.decode, q) if stop else None   # (a " world" stop: "▁world" first)
             self.prompt[r], self.samp[r], self.want_lp[r], self.lps[r], self.key[r] = q, samp, lp, [], key
             self.pending[r] = got[j:j + 1]
             if self.seen is not None:
@@ -648,10 +646,12 @@ class ContinuousBatcher:
             row, t, stop = self.new[r], toks[r], self.row_stop[r]
             row.append(t)
             self.stepped.append((self.seq[r], t))
-            window = stop_window(stop)
-            if t in self.eos or len(row) >= self.budget[r] or \
-                    (stop and any(x in self.decode(row[-window:]) for x in stop)):
-                ended.append((self.seq[r], *completion(row, self.eos, stop, self.decode)))
+            # (the stop texts in the completion's text as it reads after the prompt, as generate() and the server
+            # read it: decoded alone, a "▁" tokenizer's first new token lost its leading space)
+            hit = bool(stop) and push_stop(self.row_text[r], t, stop)
+            if t in self.eos or len(row) >= self.budget[r] or hit:
+                new, reason = completion(row, self.eos)          # (before an EOS id: "stop")
+                ended.append((self.seq[r], new, "stop" if hit else reason))
                 if self.want_lp[r] is not None:      # (cut as the completion is: before an EOS id, at a stop text)
                     self.logprobs[self.seq[r]] = self.lps[r][:len(ended[-1][1])]
                 self._free(r)

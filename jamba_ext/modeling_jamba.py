@@ -2892,7 +2892,7 @@ def _check_prompt_lists(input_ids) -> list:
 def _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, length_penalty) -> bool:
     """generate()'s beam-search arguments checked; True when num_beams asks for beam search."""
     _check_int("num_beams", num_beams, 1)
-    if early_stopping not in (True, False, "never"):
+    if not (isinstance(early_stopping, bool) or _is_str(early_stopping, "never")):   # (not 1 / 0 / 1.0: == True)
         raise ValueError(f"early_stopping: expected True, False or 'never', got {early_stopping!r}")
     if not isinstance(length_penalty, (int, float)) or isinstance(length_penalty, bool) or \
             not math.isfinite(length_penalty):
@@ -3170,9 +3170,11 @@ class JambaForCausalLM(_PreTrained):
                    else max_length, 0)
         if seed is not None and not (_is_int(seed) and -2 ** 63 <= seed < 2 ** 64):
             raise ValueError(f"seed: expected an int in [-2^63, 2^64) or None, got {seed!r}")
-        for name, v in (("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty)):
+        for name, v in (("temperature", temperature), ("top_p", top_p), ("repetition_penalty", repetition_penalty),
+                        ("typical_p", typical_p), ("epsilon_cutoff", epsilon_cutoff), ("eta_cutoff", eta_cutoff),
+                        ("min_p", 0.0 if min_p is None else min_p)):     # (min_p: None is off, as transformers')
             if isinstance(v, bool) or not isinstance(v, numbers.Real):
-                raise ValueError(f"{name}: expected a number, got {v!r}")
+                raise ValueError(f"{name}: expected a number{' (or None: off)' if name == 'min_p' else ''}, got {v!r}")
         if streamer is not None and not (callable(streamer) or hasattr(streamer, "put")):
             raise ValueError("streamer: expected a callable (called with each step's new tokens) or an object with "
                              f"put() / end() such as transformers' TextStreamer, got {type(streamer).__name__}")
@@ -3444,9 +3446,18 @@ class JambaForCausalLM(_PreTrained):
         logits / temperature, then top_h, top_k, top_p (nucleus), min_p, typical_p, epsilon_cutoff and eta_cutoff
         filtering (-inf where filtered), in transformers' order. keep: the most likely tokens no filter drops (1;
         beam sampling: the EOS ids + 1, transformers' min_tokens_to_keep; top_h, which transformers gives no such
-        floor, keeps its own: at least the most likely token)."""
+        floor, keeps its own: at least the most likely token). A temperature so small that a row's finite logits
+        overflow fp32 once divided (every one -inf, or the largest +inf: nothing to sample from) is a ValueError
+        naming it; checked below 2^-64 only (a host read a step: none at usual temperatures, where only logits beyond
+        FLT_MAX * 2^-64 ~ 1.8e19, which no model gives, could overflow)."""
         if not do_sample:
             return logits
+        if temperature < 2.0 ** -64:   # (the check waits for the logits: only where an overflow is plausible)
+            top = logits.amax(dim=-1).float()        # (each row's largest score is top / temperature: x / t is monotone)
+            if bool((top.isfinite() & ~(top / temperature).isfinite()).any()):
+                raise ValueError(f"temperature: {temperature} is too small for these logits: logits / temperature "
+                                 "overflows fp32 (inf), leaving nothing to sample from; use a larger temperature, or "
+                                 "do_sample=False for the most likely token")
         scores = logits.float() / temperature
         V = scores.shape[-1]
         if top_h is not None:

@@ -77,3 +77,34 @@ def test_generate_many_errors():
     with pytest.raises(ValueError, match="stop_strings needs decode"):
         list(generate_many(model, [[1, 5]], stop_strings=["x"]))
     assert list(generate_many(model, [])) == []
+
+
+def test_completion_reads_the_stop_text_after_the_prompt():
+    """completion(..., context=prompt) looks for stop texts in the completion's text as it reads after its prompt
+    (tokenizer.decode_after), token by token: with a "▁" tokenizer (Jamba's) the first new token "▁world" decoded alone
+    lost its leading space, so the stop text " world" never matched there (the static batch path returned that row
+    "length"). Property: for random byte rows, prompts and stop texts, the completion ends at the shortest prefix
+    whose decode_after text holds a stop text (checked a prefix at a time: the incremental look must agree)."""
+    import random
+    tokenizers = pytest.importorskip("tokenizers")
+    from jamba_ext.tokenizer import decode_after
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, "▁Hello": 3, "▁world": 4, "▁is": 5}
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme="always")
+
+    def decode(ids):
+        return tk.decode(list(ids))
+    assert completion([4, 5, 4], set(), [" world"], decode, [3]) == ([4], "stop")
+    assert completion([4, 5, 4], set(), [" is"], decode, [3]) == ([4, 5], "stop")
+    assert completion([4, 5, 4], set(), ["o world"], decode, [3]) == ([4, 5, 4], "length")   # (not the prompt's)
+    tok, rng = ByteTokenizer(), random.Random(0)
+    pool = tok.encode("ab é€", add_bos=False) + [0xE2 + tok.offset, 0xF0 + tok.offset]
+    for _ in range(300):
+        row = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
+        prompt = [rng.choice(pool) for _ in range(rng.randint(1, 4))]
+        stop = [tok.decode(row)[a:a + rng.randint(1, 3)] for a in (rng.randint(0, 6), rng.randint(0, 9))]
+        stop = [s for s in stop if s] or ["zz"]
+        k = next((k for k in range(1, len(row) + 1) if any(s in decode_after(tok, prompt, row[:k]) for s in stop)),
+                 None)
+        want = (row, "length") if k is None else (row[:k], "stop")
+        assert completion(row, set(), stop, tok.decode, prompt) == want, (row, prompt, stop)

@@ -568,13 +568,3 @@ def test_cuda_continuous_shared_prefix(penalty):
             want.append(model.generate([p], max_new_tokens=b, eos_token_id=None,
                                        repetition_penalty=penalty)[0, len(p):].tolist())
     assert [t for _, t, _ in got] == want
-
-
-def test_stop_window_counts_tokens_not_characters():
-    """The continuous path looks for a row's stop texts in its last stop_window(stop) tokens: enough for a text
-    whose every byte is a token (a byte tokenizer, byte-fallback tokens: 3 tokens a CJK character). Counted in
-    characters, a stop text of 5 or more such characters never fitted and the row ran to its budget."""
-    stop = ["日本語の文章です", "ab"]
-    tok = ByteTokenizer()
-    assert C.stop_window(stop) >= max(len(tok.encode(s, add_bos=False)) for s in stop)
-    assert C.stop_window([]) == 8

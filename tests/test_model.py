@@ -2055,3 +2055,55 @@ def test_from_pretrained_dtype_auto(tmp_path):
     m.save_pretrained(str(tmp_path))
     assert JambaForCausalLM.from_pretrained(str(tmp_path), dtype="auto").dtype == torch.bfloat16
     assert JambaForCausalLM.from_pretrained(str(tmp_path), torch_dtype="auto").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+@pytest.mark.parametrize("bad", [1, 0, 1.0, 0.0, "yes", None])
+def test_generate_early_stopping_refused_before_the_prefill(bad, num_beams):
+    """early_stopping is a bool or "never" (transformers' types): 1 / 0 / 1.0 compare equal to True / False and were
+    taken (num_beams=1), or refused by the beam search only after the prompt's prefill; refused now up front, for
+    every num_beams (prefill_progress never called)."""
+    model, chunks = builtin_model(), []
+    with pytest.raises(ValueError, match="early_stopping"):
+        model.generate([[1, 100, 101]], max_new_tokens=2, num_beams=num_beams, early_stopping=bad,
+                       prefill_progress=lambda done, total: chunks.append(done))
+    assert chunks == []
+    for ok in (True, False, "never"):
+        model.generate([[1, 100, 101]], max_new_tokens=2, num_beams=num_beams, early_stopping=ok,
+                       prefill_progress=lambda done, total: chunks.append(done))
+    assert chunks == [3, 3, 3]
+
+
+@pytest.mark.parametrize("name", ["min_p", "typical_p", "epsilon_cutoff", "eta_cutoff"])
+@pytest.mark.parametrize("bad", [None, "0.5", True, False, [0.5], torch.tensor(0.5)])
+def test_generate_sample_filter_arguments_must_be_numbers(name, bad):
+    """min_p, typical_p, epsilon_cutoff and eta_cutoff are numbers, checked as temperature and top_p are: a string,
+    a bool or None (min_p: None is off, its default as transformers') was a TypeError that named nothing, or taken
+    (min_p=True as 1.0); a ValueError naming the argument now, before any work."""
+    model, chunks = builtin_model(), []
+    if bad is None and name == "min_p":
+        model.generate([[1, 100, 101]], max_new_tokens=2, do_sample=True, min_p=None, seed=0)
+        return
+    with pytest.raises(ValueError, match=f"^{name}: expected a number"):
+        model.generate([[1, 100, 101]], max_new_tokens=2, do_sample=True, seed=0, **{name: bad},
+                       prefill_progress=lambda done, total: chunks.append(done))
+    assert chunks == []
+
+
+@pytest.mark.parametrize("num_beams", [1, 2])
+def test_generate_sample_temperature_that_overflows_is_named(num_beams):
+    """do_sample with a temperature so small that logits / temperature overflow fp32 (1e-45: every finite logit is
+    +-inf then): torch.multinomial's "probability tensor contains either inf, nan or element < 0" before, a ValueError
+    naming temperature now. Small temperatures that do not overflow sample as before (scores unchanged: not shifted by
+    the row's max), and greedy decoding ignores temperature."""
+    model = builtin_model()
+    p = [[1, 100, 101, 102]]
+    with pytest.raises(ValueError, match="^temperature: 1e-45 is too small"):
+        model.generate(p, max_new_tokens=3, do_sample=True, temperature=1e-45, num_beams=num_beams, seed=0)
+    greedy = model.generate(p, max_new_tokens=3, num_beams=num_beams)
+    assert torch.equal(model.generate(p, max_new_tokens=3, temperature=1e-45, num_beams=num_beams), greedy)
+    out = model.generate(p, max_new_tokens=3, do_sample=True, temperature=1e-6, num_beams=num_beams, seed=0,
+                         return_dict_in_generate=True, output_scores=True, output_logits=True)
+    assert out.sequences.shape == greedy.shape and all(bool(s.amax(dim=-1).isfinite().all()) for s in out.scores)
+    if num_beams == 1:                               # (a tiny temperature that does not overflow: the top token)
+        assert torch.equal(out.sequences, greedy) and torch.equal(out.scores[0], out.logits[0].float() / 1e-6)

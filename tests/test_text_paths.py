@@ -291,3 +291,68 @@ def test_chat_template_with_generation_tags(tmp_path):
         assert ChatTemplate(t).render(msgs) == hf.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     with pytest.raises(ValueError, match="chat template"):
         ChatTemplate("{% generation %}unclosed")
+
+
+# ---- 5. a stop text with a leading space, "▁" tokens ------------------------------------------------------------
+@pytest.mark.parametrize("stop,n_new", [([" world"], 1), (["world"], 1), (["world world"], 2), (["d w"], 2),
+                                        (["o world"], N), ([" is"], N)])
+def test_stop_text_with_a_leading_space_after_the_prompt_in_every_path(tmp_path, stop, n_new):
+    """A "▁" tokenizer (Metaspace pre-tokenizer and decoder, as Jamba's: a text decoded alone loses its first
+    space), the prompt "Hello", the first new token "▁world" (forced at every step) and a stop text " world":
+    generate(stop_strings) stopped there and the server's text kept the space, but the static batch path and the
+    continuous path (and so the server's token count) decoded the new tokens without the prompt before them
+    ("world"): no stop (the batch path: "length" with one token), or a stop one token late (" world world"). Now
+    every path reads the completion after its prompt (tokenizer.StreamDecoder) and stops at the same token with the
+    same text; a stop text across the prompt's end ("o world") still does not match (the text is the completion's
+    only), and one that the text never holds runs to the budget."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    from jamba_ext.tokenizer import load_tokenizer
+    # ("▁abcdef": transformers' StopStringCriteria reads each token's text behind the text "abcdef")
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, "▁Hello": 3, "▁world": 4, "▁is": 5, "▁here": 6, "▁abcdef": 7}
+    tk = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = tokenizers.pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tk.decoder = tokenizers.decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tk.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(str(tmp_path))
+    hf = transformers.PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="[UNK]", bos_token="<s>",
+                                              eos_token="</s>")
+    model, world = builtin_model(), vocab["▁world"]
+    prompt = tok.encode("Hello", add_bos=False)
+    assert prompt == [vocab["▁Hello"]] and tok.decode([world]) == "world" and tok.decode(prompt + [world]) == \
+        "Hello world"
+    reason = "stop" if n_new < N else "length"
+    want_ids, want_text = [world] * n_new, "".join([" world"] * n_new)
+    if reason == "stop":
+        want_text = want_text[:min(want_text.find(s) for s in stop if s in want_text)]
+    got = {}
+    with torch.inference_mode():
+        row = model.generate([prompt], max_new_tokens=N, sequence_bias={(world,): 1e4}, stop_strings=stop,
+                             tokenizer=hf)[0, len(prompt):].tolist()
+    got["generate"] = row                  # (one prompt: it ends where its stop criterion stopped it)
+    ((_, new, why),) = generate_many(model, [prompt], max_new_tokens=N, sequence_bias={(world,): 1e4},
+                                     stop_strings=stop, tokenizer=hf, decode=tok.decode)
+    got["generate_many"] = (new, why)
+    ((_, new, why),) = generate_many(model, [prompt], max_new_tokens=N, sequence_bias={(world,): 1e4},
+                                     stop_strings=stop, tokenizer=hf, decode=tok.decode, eos_token_id=None)
+    got["generate_many, no EOS ids"] = (new, why)
+    bat = C.ContinuousBatcher(model, batch_size=2, max_prompt_tokens=8, max_new_tokens=N, decode=tok.decode)
+    bat.add(prompt, stop_strings=stop, logit_bias={world: 100})
+    while not bat.done:
+        for _, new, why in bat.step():
+            got["continuous"] = (new, why)
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=8, max_new_tokens=N)
+    try:
+        body = {"prompt": [prompt], "max_tokens": N, "stop": stop, "logit_bias": {str(world): 100}}
+        code, ans = srv.post("/v1/completions", body)
+        assert code == 200, ans
+        got["server"] = (ans["choices"][0]["text"], ans["choices"][0]["finish_reason"],
+                         ans["usage"]["completion_tokens"])
+        parts = [json.loads(e)["choices"][0] for e in srv.events("/v1/completions", body)[:-1]]
+        got["server stream"] = ("".join(p["text"] for p in parts), parts[-1]["finish_reason"])
+    finally:
+        srv.stop()
+    want = {"generate": want_ids, "generate_many": (want_ids, reason),
+            "generate_many, no EOS ids": (want_ids, reason), "continuous": (want_ids, reason),
+            "server": (want_text, reason, n_new), "server stream": (want_text, reason)}
+    assert got == want
