@@ -433,3 +433,76 @@ def test_transformers_trainer_trains_the_model(tmp_path, checkpointing):
     assert any(not torch.equal(p, before[k]) for k, p in ours.named_parameters())
     assert torch.isfinite(torch.tensor(trainer.evaluate()["eval_loss"]))
     assert ours.is_gradient_checkpointing == checkpointing          # the Trainer's checkpointing call reached it
+
+
+# ---- from the session-64 audit of the integration (each failed on the code before its fix) ---------------------------
+def test_patch_kernel_functions_twice_restores_originals_in_any_order():
+    """Two patch_kernel_functions() handles alive at once: the functions stay ours while either is alive and the
+    originals come back once both are restored, whichever is restored first (before: restoring the first handle first
+    left transformers' module bound to our adapters for good, the second handle having saved them as 'originals')."""
+    import types
+    fake = types.ModuleType("fake_modeling_jamba")
+    originals = {"causal_conv1d_fn": object(), "mamba_selective_scan": object(), "is_fast_path_available": False}
+    for order in ((0, 1), (1, 0)):
+        for k, v in originals.items():
+            setattr(fake, k, v)
+        handles = [jt.patch_kernel_functions(fake), jt.patch_kernel_functions(fake)]
+        assert fake.causal_conv1d_fn is jt.causal_conv1d_fn and fake.is_fast_path_available is True
+        handles[order[0]].restore()
+        assert fake.causal_conv1d_fn is jt.causal_conv1d_fn and fake.mamba_selective_scan is jt.selective_scan_fn
+        handles[order[1]].restore()
+        handles[order[0]].restore()                      # a second restore of a handle is a no-op
+        assert all(getattr(fake, k) is v for k, v in originals.items()), order
+    import transformers.models.jamba.modeling_jamba as hfm
+    before = {n: getattr(hfm, n) for n in jt._PATCH_NAMES if hasattr(hfm, n)}
+    a = jt.patch_kernel_functions()
+    with jt.patch_kernel_functions():
+        a.restore()
+        assert all(getattr(hfm, n) is jt._PATCH_NAMES[n] for n in before)
+    assert all(getattr(hfm, n) is f for n, f in before.items())
+
+
+def test_swap_modules_and_patch_name_a_wrong_argument():
+    """swap_modules on a model with no Jamba modules raises TypeError naming its class, and leaves it untouched (before:
+    it returned zero counts and still replaced a LlamaForCausalLM's loss_function); a non-module raises TypeError.
+    patch_kernel_functions given a model instead of a Python module raises TypeError saying so (before: AttributeError
+    on `__name__`)."""
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2))
+    with pytest.raises(TypeError, match="LlamaForCausalLM"):
+        jt.swap_modules(llama)
+    assert getattr(llama, "_loss_function", None) is not jt.causal_lm_loss
+    with pytest.raises(TypeError, match="str"):
+        jt.swap_modules("model")
+    hf = make_hf(CONFIGS["attn1_moe_top2"])
+    with pytest.raises(TypeError, match="JambaForCausalLM"):
+        jt.patch_kernel_functions(hf)
+    jt.swap_modules(hf)
+    assert jt.swap_modules(hf) == {"mixers": 0, "moe": 0, "norms": 0, "loss": 0}   # swapped already: no error
+
+
+@pytest.mark.parametrize("prompt_len", [2, 8])
+def test_swapped_mixer_records_past_like_transformers(prompt_len):
+    """A DynamicCache recording its past (activate_past_recording: kept for a later crop) holds every pre-conv input of
+    a Mamba layer, as transformers' mixer leaves it, and the logits match (before: the swapped mixer appended its whole
+    K-wide conv window each call, K copies of each input for a crop to cut wrong)."""
+    if not hasattr(transformers.DynamicCache, "activate_past_recording"):
+        pytest.skip(f"transformers {transformers.__version__} has no past recording")
+    cfg = CONFIGS["attn1_moe_top2"]
+    ref, sw = make_hf(cfg), make_hf(cfg)
+    jt.swap_modules(sw)
+    ids = prompt_ids(2, prompt_len + 4, cfg["vocab_size"])
+    runs = []
+    for m in (ref, sw):
+        cache = transformers.DynamicCache(config=m.config)
+        cache.activate_past_recording()
+        with torch.no_grad():
+            outs = [m(ids[:, :prompt_len], cache=cache, use_cache=True).logits]
+            outs += [m(ids[:, t:t + 1], cache=cache, use_cache=True).logits for t in range(prompt_len, ids.shape[1])]
+        convs = [cache.get_conv_state(i) for i in range(len(cache.layers)) if hasattr(cache.layers[i], "conv_states")]
+        runs.append((torch.cat(outs, 1), convs))
+    (a, ca), (b, cb) = runs
+    assert rel_err(b, a) <= FP32_REL
+    assert [c.shape for c in cb] == [c.shape for c in ca] == [(2, 128, ids.shape[1])] * 3
+    assert all(rel_err(y, x) <= 1e-5 for x, y in zip(ca, cb))

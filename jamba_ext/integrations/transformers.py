@@ -55,6 +55,7 @@ Inputs with a non-unit stride along time (transformers passes transposed views) 
 here, because the kernels need unit stride there.
 """
 import sys
+import types
 from typing import Optional
 
 import torch
@@ -159,13 +160,21 @@ _PATCH_NAMES = {
 
 
 class _Patch:
-    def __init__(self, module, saved):
-        self.module, self.saved, self.names = module, saved, sorted(saved)
+    """A patch_kernel_functions() handle. Handles of one module share its originals (_PATCHED): the functions stay ours
+    while any handle is alive and the originals come back when the last one is restored, in whatever order."""
+
+    def __init__(self, module, names):
+        self.module, self.names = module, sorted(names)
 
     def restore(self) -> None:
-        for k, v in self.saved.items():
-            setattr(self.module, k, v)
-        self.saved = {}
+        entry = _PATCHED.get(id(self.module))
+        if entry is None or self not in entry[2]:
+            return                                        # restored already
+        entry[2].remove(self)
+        if not entry[2]:
+            for k, v in entry[1].items():
+                setattr(self.module, k, v)
+            del _PATCHED[id(self.module)]
 
     def __enter__(self):
         return self
@@ -174,24 +183,36 @@ class _Patch:
         self.restore()
 
 
+_PATCHED = {}   # id(module) -> (module, {name: original}, [live handles])
+
+
 def patch_kernel_functions(module=None) -> _Patch:
     """Rebinds transformers' Jamba kernel globals to jamba_ext (see the module docstring). module: the
     transformers modeling module (default transformers.models.jamba.modeling_jamba). Returns a handle
-    with .names (what was patched) and .restore()."""
+    with .names (what was patched) and .restore(); nested or overlapping handles restore the originals once the
+    last of them is restored."""
     if module is None:
         import transformers.models.jamba.modeling_jamba as module
-    saved = {}
+    if not isinstance(module, types.ModuleType):
+        raise TypeError("patch_kernel_functions(module): module is the transformers modeling module (default "
+                        f"transformers.models.jamba.modeling_jamba), not a {type(module).__name__}; "
+                        "to run a model on jamba_ext modules use swap_modules(model)")
+    entry = _PATCHED.get(id(module)) or (module, {}, [])
+    saved = entry[1]                                      # the originals: what the first live handle found
     for name, fn in _PATCH_NAMES.items():
         if hasattr(module, name):
-            saved[name] = getattr(module, name)
+            saved.setdefault(name, getattr(module, name))
             setattr(module, name, fn)
     if hasattr(module, "is_fast_path_available"):
-        saved["is_fast_path_available"] = module.is_fast_path_available
+        saved.setdefault("is_fast_path_available", module.is_fast_path_available)
         module.is_fast_path_available = True
     if not saved:
         raise RuntimeError(f"{module.__name__} has none of the kernel names {sorted(_PATCH_NAMES)}; this "
                            "transformers version resolves its Mamba kernels differently: use swap_modules()")
-    return _Patch(module, saved)
+    handle = _Patch(module, saved)
+    entry[2].append(handle)
+    _PATCHED[id(module)] = entry
+    return handle
 
 
 # ---- module swap ---------------------------------------------------------------------------------------
@@ -237,12 +258,14 @@ class _HFCache:
             return bool(getattr(self.c.layers[self.i], "record_past", False))
         return False
 
-    def store(self, conv_final: Tensor, ssm_final: Tensor) -> None:
+    def store(self, conv_final: Tensor, ssm_final: Tensor, new_inputs: Optional[Tensor] = None) -> None:
         """conv_final (B, DI, K): the last K (masked) pre-conv inputs, already continued from any previous
-        state, so handing it to update_conv_state as the "new inputs" leaves exactly it in the cache."""
+        state, so handing it to update_conv_state as the "new inputs" leaves exactly it in the cache. While the
+        cache records its past (it then appends the inputs handed to it), new_inputs (B, DI, L): this call's."""
         c, i = self.c, self.i
         if self.new_api:
-            c.update_conv_state(conv_final, i, conv_kernel_size=conv_final.shape[-1])
+            c.update_conv_state(conv_final if new_inputs is None else new_inputs, i,
+                                conv_kernel_size=conv_final.shape[-1])
             c.update_recurrent_state(ssm_final, i)
         else:
             c.conv_states[i].copy_(conv_final)
@@ -277,13 +300,19 @@ class HFJambaMambaMixer(_mj.JambaMambaMixer):
         L = hidden_states.shape[1]
         hc = _HFCache(cache, self.layer_idx) if cache is not None else None
         conv, ssm = hc.states() if hc is not None else (None, None)
-        if conv is not None and L == 1 and conv.shape[0] == hidden_states.shape[0] and not hc.recording():
+        recording = hc is not None and hc.recording()
+        if conv is not None and L == 1 and conv.shape[0] == hidden_states.shape[0] and not recording:
             return self.step(hidden_states, conv, ssm)
         mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 and L > 1 else None
         if hc is None:
             return self.prefill(hidden_states, mask, keep_state=False)[0]
+        new_inputs = None
+        if recording:   # the cache keeps every pre-conv input (for a crop): continue from the last K, add this call's
+            conv = None if conv is None else _mj._last_steps(conv, None, self.conv_kernel_size)
+            h = hidden_states if mask is None else hidden_states * mask[:, :, None].to(hidden_states.dtype)
+            new_inputs = self.in_proj(h)[..., :self.intermediate_size].transpose(1, 2)
         out, conv_final, ssm_final = self.prefill(hidden_states, mask, conv, ssm, keep_state=True)
-        hc.store(conv_final, ssm_final)
+        hc.store(conv_final, ssm_final, new_inputs)
         return out
 
 
@@ -421,7 +450,15 @@ def swap_modules(hf_model: nn.Module, mixers: bool = True, moe: bool = True, nor
     """Replaces transformers' JambaMambaMixer / JambaSparseMoeBlock / JambaRMSNorm modules of hf_model in
     place by jamba_ext modules sharing their parameters, and (loss, on a JambaForCausalLM of transformers >= 4.46)
     its loss_function by causal_lm_loss. Returns counts {'mixers': n, 'moe': n, 'norms': n, 'loss': 0 or 1}.
-    Idempotent (already swapped modules are left alone)."""
+    Idempotent (already swapped modules are left alone). A model without Jamba modules raises TypeError."""
+    if not isinstance(hf_model, nn.Module):
+        raise TypeError(f"swap_modules expects a transformers Jamba model (an nn.Module), "
+                        f"got {type(hf_model).__name__}")
+    if not any(isinstance(m, (_mj.JambaMambaMixer, _mj.JambaSparseMoeBlock, _mj.JambaRMSNorm))
+               or type(m).__name__ in ("JambaMambaMixer", "JambaSparseMoeBlock", "JambaRMSNorm")
+               for m in hf_model.modules()):
+        raise TypeError(f"swap_modules expects a transformers Jamba model (JambaForCausalLM, JambaModel, ...): "
+                        f"{type(hf_model).__name__} has no JambaMambaMixer / JambaSparseMoeBlock / JambaRMSNorm module")
     counts = {"mixers": 0, "moe": 0, "norms": 0, "loss": _swap_loss(hf_model) if loss else 0}
     targets = []
     for name, mod in hf_model.named_modules():
