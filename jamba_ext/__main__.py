@@ -223,9 +223,9 @@ def cmd_generate(args) -> int:
         _fail("--max-new-tokens must be >= 0")
     if args.min_new_tokens < 0:
         _fail("--min-new-tokens must be >= 0")
-    if not args.repetition_penalty > 0:
-        _fail("--repetition-penalty must be > 0 (1.0: none)")
-    if args.temperature < 0:
+    if not 0 < args.repetition_penalty < float("inf"):
+        _fail("--repetition-penalty must be a finite number > 0 (1.0: none)")
+    if not args.temperature >= 0:                   # (NaN too: it decoded greedily in silence)
         _fail("--temperature must be >= 0 (0: greedy)")
     if args.top_k < 0:
         _fail("--top-k must be >= 0 (0: off)")
@@ -239,6 +239,11 @@ def cmd_generate(args) -> int:
         _fail("--no-repeat-ngram-size must be >= 0 (0: off)")
     if args.top_h is not None and not 0 < args.top_h <= 1:
         _fail("--top-h must be in (0, 1]")
+    if not args.temperature > 0:                    # (greedy, beam search too: the filters would be ignored)
+        for flag, on in (("--top-k", args.top_k != 0), ("--top-p", args.top_p != 1),
+                         ("--min-p", args.min_p not in (None, 0)), ("--top-h", args.top_h is not None)):
+            if on:
+                _fail(f"{flag} applies when sampling: add --temperature T > 0 (the default, 0, decodes greedily)")
     from .modeling_jamba import prefill_chunks
     try:
         prefill_chunks(1, 1, args.prefill_chunk)
@@ -266,8 +271,13 @@ def cmd_generate(args) -> int:
         _fail(f"{'--interactive' if args.interactive else '--chat'} formats the prompt with a checkpoint's chat "
               "template: give --model (the built-in model has none)")
     items = _read_prompts(args.prompts_file) if args.prompts_file is not None else None
+    if items is not None and args.max_new_tokens == 0 and len({b is None for _, _, b in items}) == 2:
+        _fail(f"--max-new-tokens 0 (the budget of the prompts without their own \"max_new_tokens\") cannot go with "
+              f"the per-prompt budgets of {args.prompts_file!r}: give --max-new-tokens >= 1")
     prompt = None if args.interactive or items is not None else \
         args.prompt if args.prompt_file is None else _read_text(args.prompt_file, "--prompt-file")
+    if prompt == "" and args.prompt_file is not None:
+        _fail(f"--prompt-file {args.prompt_file!r} is empty (--prompt \"\": generate from the BOS token alone)")
     torch.manual_seed(args.seed)
     model, tok, what = _load(args)
     tmpl = _chat_template(what) if args.chat else None
@@ -388,7 +398,13 @@ def _stop_kwargs(stop, tok) -> dict:
         from transformers import PreTrainedTokenizerFast
     except ImportError:
         _fail("--stop needs transformers (pip install transformers)")
-    return dict(stop_strings=list(stop), tokenizer=PreTrainedTokenizerFast(tokenizer_object=tok.tok))
+    hf = PreTrainedTokenizerFast(tokenizer_object=tok.tok)
+    try:                                  # (what generate() builds: a tokenizer it cannot read fails here, named)
+        from transformers import StopStringCriteria
+        StopStringCriteria(tokenizer=hf, stop_strings=list(stop))
+    except ValueError as e:
+        _fail(f"--stop: transformers' stop-string check cannot read this checkpoint's tokenizer ({e})")
+    return dict(stop_strings=list(stop), tokenizer=hf)
 
 
 def _encode(tok, text: str, model, add_bos: bool, what: str) -> list:
@@ -575,6 +591,12 @@ def cmd_train(args) -> int:
             ).type == "cuda"
     if args.lora < 0:
         _fail("--lora must be >= 1 (the adapters' rank), or 0 for no adapters")
+    if args.log_every < 0:
+        _fail("--log-every must be >= 0 (0: 20 lines)")
+    if not 0 <= args.lora_alpha < float("inf"):
+        _fail("--lora-alpha must be a finite number > 0 (0: the default, 2R)")
+    if args.lora_alpha and not args.lora:
+        _fail("--lora-alpha goes with --lora R (it scales the adapters)")
     if args.experts_fp8 and not args.lora:
         _fail("--experts-fp8 freezes the MoE experts (fp8 weights take no gradient): train adapters with --lora R")
     if args.experts_fp8 and args.save:
@@ -844,8 +866,12 @@ def cmd_serve(args) -> int:
         _fail("--stats-every must be >= 0 (0: no progress lines)")
     if args.prefill_ahead is not None and args.prefill_ahead < 0:
         _fail("--prefill-ahead must be >= 0 (tokens; 0: off)")
-    if args.temperature < 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or args.repetition_penalty <= 0:
-        _fail("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0 and --repetition-penalty > 0")
+    if not args.temperature >= 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or \
+            not 0 < args.repetition_penalty < float("inf"):
+        _fail("--temperature must be >= 0, --top-p in (0, 1], --top-k >= 0 and --repetition-penalty a finite "
+              "number > 0")
+    if args.min_p is not None and not 0 <= args.min_p <= 1:
+        _fail("--min-p must be in [0, 1]")
     key = args.api_key if args.api_key is not None else os.environ.get("JAMBA_EXT_API_KEY") or None
     if key is not None and not key.strip():
         _fail("--api-key must not be empty")
@@ -902,6 +928,8 @@ def main(argv=None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra:                 # argparse would print the top-level usage; the command's own is the useful one
         parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    if not -2 ** 63 <= getattr(args, "seed", 0) < 2 ** 64:   # (torch's and generate()'s range: a traceback before)
+        _fail("--seed must be an int in [-2^63, 2^64)")
     try:
         return args.func(args)
     except BrokenPipeError:  # the reader went away (e.g. `| head`): stop quietly, as other command-line tools do

@@ -793,3 +793,101 @@ def test_completion_keeps_its_leading_space_with_a_metaspace_tokenizer(tmp_path)
     assert server._answer_text(tok, new, "length", None, prompt) == " world is here"
     b = ByteTokenizer()
     assert decode_after(b, b.encode("héllo"), b.encode(" wörld", add_bos=False)) == " wörld"
+
+
+def _exit2(capsys, argv, msg):
+    """main(argv) ends with exit status 2 and a one-line error holding msg (no traceback)."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_cli_generate_nonfinite_sampling_values(capsys):
+    """--temperature nan ran greedily in silence (nan < 0 is False, nan > 0 too); --repetition-penalty inf passed
+    the CLI's check and raised a traceback from generate()."""
+    base = ["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "2"]
+    _exit2(capsys, base + ["--temperature", "nan"], "--temperature must be >= 0")
+    _exit2(capsys, base + ["--repetition-penalty", "inf"], "--repetition-penalty must be")
+
+
+def test_cli_sampling_flags_need_sampling(capsys):
+    """--top-k / --top-p / --min-p / --top-h without --temperature > 0 were accepted and ignored (greedy decoding):
+    refused, naming the flag; with --temperature they sample (and the defaults pass)."""
+    base = ["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "2"]
+    for flag, v in (("--top-k", "5"), ("--top-p", "0.5"), ("--min-p", "0.1"), ("--top-h", "0.5")):
+        _exit2(capsys, base + [flag, v], f"{flag} applies when sampling")
+        _exit2(capsys, base + ["--num-beams", "2", flag, v], f"{flag} applies when sampling")
+        assert main(base + [flag, v, "--temperature", "0.7"]) == 0
+        capsys.readouterr()
+    assert main(base + ["--top-k", "0", "--top-p", "1"]) == 0          # the defaults, spelled out: off
+    capsys.readouterr()
+
+
+def test_cli_seed_out_of_range(tmp_path, capsys):
+    """--seed outside [-2^63, 2^64) raised torch's 'Overflow when unpacking long long' (generate, train, serve) or
+    failed every op of `check` (exit 1): a one-line error, exit 2, before any work."""
+    text = tmp_path / "t.txt"
+    text.write_text("some text to train on " * 20, encoding="utf-8")
+    for cmd in (["generate", "--device", "cpu", "--prompt", "ab", "--max-new-tokens", "2"],
+                ["train", "--device", "cpu", "--text-file", str(text), "--steps", "1", "--seq-len", "8"],
+                ["serve", "--device", "cpu", "--port", "0"], ["check", "--device", "cpu", "--dtype", "float32"]):
+        for seed in (str(2 ** 64), str(-2 ** 63 - 1)):
+            _exit2(capsys, cmd + ["--seed", seed], "--seed must be an int in [-2^63, 2^64)")
+
+
+def test_cli_prompts_file_budgets_with_max_new_tokens_0(tmp_path, capsys):
+    """A .jsonl whose prompts have their own "max_new_tokens" beside prompts without one, with --max-new-tokens 0,
+    raised a traceback from jamba_ext.continuous (budgets must be >= 1)."""
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "a", "max_new_tokens": 2}\n"bb"\n', encoding="utf-8")
+    _exit2(capsys, ["generate", "--device", "cpu", "--prompts-file", str(f), "--max-new-tokens", "0"],
+           "--max-new-tokens 0")
+    f.write_text('{"prompt": "a", "max_new_tokens": 2}\n{"prompt": "bb", "max_new_tokens": 1}\n', encoding="utf-8")
+    assert main(["generate", "--device", "cpu", "--prompts-file", str(f), "--max-new-tokens", "0"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["completion_tokens"] for r in rows] == [2, 1]
+
+
+def test_cli_empty_prompt_file(tmp_path, capsys):
+    """An empty --prompt-file generated from the BOS token in silence (as --prompt "" does on purpose): refused."""
+    f = tmp_path / "empty.txt"
+    f.write_text("", encoding="utf-8")
+    _exit2(capsys, ["generate", "--device", "cpu", "--prompt-file", str(f), "--max-new-tokens", "2"], "is empty")
+
+
+def test_cli_train_bad_log_every_and_lora_alpha(tmp_path, capsys):
+    """train --log-every -1 raised ZeroDivisionError after the first step; --lora-alpha -1 a ValueError traceback
+    from add_lora; --lora-alpha without --lora was ignored."""
+    text = tmp_path / "t.txt"
+    text.write_text("some text to train on " * 20, encoding="utf-8")
+    base = ["train", "--device", "cpu", "--text-file", str(text), "--steps", "2", "--seq-len", "8"]
+    _exit2(capsys, base + ["--log-every", "-1"], "--log-every must be >= 0")
+    _exit2(capsys, base + ["--lora", "2", "--lora-alpha", "-1"], "--lora-alpha must be")
+    _exit2(capsys, base + ["--lora", "2", "--lora-alpha", "nan"], "--lora-alpha must be")
+    _exit2(capsys, base + ["--lora-alpha", "4"], "--lora-alpha goes with --lora")
+
+
+def test_cli_serve_bad_sampling_defaults(capsys, monkeypatch):
+    """serve --temperature nan and --min-p 2 / nan raised tracebacks from the batcher after the model loaded;
+    --repetition-penalty inf was taken (generate refuses it). All refused before the model loads, exit 2."""
+    from jamba_ext import server
+
+    def no_serve(*a, **k):
+        raise AssertionError("the server was started")
+    monkeypatch.setattr(server, "serve", no_serve)
+    for flag, v in (("--temperature", "nan"), ("--min-p", "2"), ("--min-p", "nan"), ("--repetition-penalty", "inf"),
+                    ("--top-p", "nan")):
+        _exit2(capsys, ["serve", "--device", "cpu", "--port", "0", flag, v], flag)
+
+
+def test_cli_stop_tokenizer_transformers_cannot_read(tmp_path, capsys):
+    """--stop with a tokenizer.json whose vocabulary transformers' StopStringCriteria cannot clean (a WordLevel
+    tokenizer with no decoder) raised ValueError('substring not found') from inside transformers: a one-line error
+    naming --stop, exit 2."""
+    import_transformers()
+    _tiny_checkpoint(tmp_path)
+    capsys.readouterr()                             # (transformers' lines while the checkpoint is written)
+    _exit2(capsys, ["generate", "--model", str(tmp_path), "--device", "cpu", "--prompt", "the cat", "--stop", "the",
+                    "--max-new-tokens", "4"], "--stop")
