@@ -73,18 +73,30 @@ def _every_path(prompt, stop):
     ((_, new, reason),) = generate_many(model, [prompt], max_new_tokens=N, sequence_bias={(FORCED,): 1e4},
                                         stop_strings=stop, tokenizer=hf, decode=tok.decode)
     got["generate_many"] = (new, reason)
-    bat = C.ContinuousBatcher(model, batch_size=2, max_prompt_tokens=32, max_new_tokens=N, decode=tok.decode)
-    rid = bat.add(prompt, stop_strings=stop, logit_bias={FORCED: 100})
+    got.update(_continuous_and_server(model, tok, prompt, stop, FORCED, 32))
+    got["server"] = got["server"][:2]
+    return got
+
+
+def _continuous_and_server(model, tok, prompt, stop, forced, max_prompt_tokens) -> dict:
+    """{"continuous": (completion ids, finish reason), "server": (text, finish reason, completion tokens),
+    "server stream": (text, finish reason)} of prompt with stop texts `stop`, the token `forced` at every step (N
+    at most)."""
+    got = {}
+    bat = C.ContinuousBatcher(model, batch_size=2, max_prompt_tokens=max_prompt_tokens, max_new_tokens=N,
+                              decode=tok.decode)
+    rid = bat.add(prompt, stop_strings=stop, logit_bias={forced: 100})
     while not bat.done:
         for r, new, reason in bat.step():
             assert r == rid
             got["continuous"] = (new, reason)
-    srv = Running(model, tok, batch_size=2, max_prompt_tokens=32, max_new_tokens=N)
+    srv = Running(model, tok, batch_size=2, max_prompt_tokens=max_prompt_tokens, max_new_tokens=N)
     try:
-        body = {"prompt": [prompt], "max_tokens": N, "stop": stop, "logit_bias": {str(FORCED): 100}}
+        body = {"prompt": [prompt], "max_tokens": N, "stop": stop, "logit_bias": {str(forced): 100}}
         code, ans = srv.post("/v1/completions", body)
         assert code == 200, ans
-        got["server"] = (ans["choices"][0]["text"], ans["choices"][0]["finish_reason"])
+        got["server"] = (ans["choices"][0]["text"], ans["choices"][0]["finish_reason"],
+                         ans["usage"]["completion_tokens"])
         parts = [json.loads(e)["choices"][0] for e in srv.events("/v1/completions", body)[:-1]]
         got["server stream"] = ("".join(p["text"] for p in parts), parts[-1]["finish_reason"])
     finally:
@@ -336,22 +348,7 @@ def test_stop_text_with_a_leading_space_after_the_prompt_in_every_path(tmp_path,
     ((_, new, why),) = generate_many(model, [prompt], max_new_tokens=N, sequence_bias={(world,): 1e4},
                                      stop_strings=stop, tokenizer=hf, decode=tok.decode, eos_token_id=None)
     got["generate_many, no EOS ids"] = (new, why)
-    bat = C.ContinuousBatcher(model, batch_size=2, max_prompt_tokens=8, max_new_tokens=N, decode=tok.decode)
-    bat.add(prompt, stop_strings=stop, logit_bias={world: 100})
-    while not bat.done:
-        for _, new, why in bat.step():
-            got["continuous"] = (new, why)
-    srv = Running(model, tok, batch_size=2, max_prompt_tokens=8, max_new_tokens=N)
-    try:
-        body = {"prompt": [prompt], "max_tokens": N, "stop": stop, "logit_bias": {str(world): 100}}
-        code, ans = srv.post("/v1/completions", body)
-        assert code == 200, ans
-        got["server"] = (ans["choices"][0]["text"], ans["choices"][0]["finish_reason"],
-                         ans["usage"]["completion_tokens"])
-        parts = [json.loads(e)["choices"][0] for e in srv.events("/v1/completions", body)[:-1]]
-        got["server stream"] = ("".join(p["text"] for p in parts), parts[-1]["finish_reason"])
-    finally:
-        srv.stop()
+    got.update(_continuous_and_server(model, tok, prompt, stop, world, 8))
     want = {"generate": want_ids, "generate_many": (want_ids, reason),
             "generate_many, no EOS ids": (want_ids, reason), "continuous": (want_ids, reason),
             "server": (want_text, reason, n_new), "server stream": (want_text, reason)}
