@@ -936,6 +936,18 @@ def main(argv=None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so that the interpreter's final flush does not raise again
         return 1
+    except (MemoryError, RuntimeError) as e:   # (torch.OutOfMemoryError is a RuntimeError; the CPU's allocator too)
+        if not _out_of_memory(e):
+            raise
+        _fail(f"out of memory: {str(e).strip().splitlines()[-1][:300]} (a smaller --max-new-tokens, --batch-size or "
+              "prompt may fit)", 1)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed: torch's OutOfMemoryError (CUDA), the CPU allocator's error, a MemoryError"""
+    import torch
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, MemoryError) or (oom != () and isinstance(e, oom)) or "can't allocate memory" in str(e)
 
 
 if __name__ == "__main__":

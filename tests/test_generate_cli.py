@@ -891,3 +891,15 @@ def test_cli_stop_tokenizer_transformers_cannot_read(tmp_path, capsys):
     capsys.readouterr()                             # (transformers' lines while the checkpoint is written)
     _exit2(capsys, ["generate", "--model", str(tmp_path), "--device", "cpu", "--prompt", "the cat", "--stop", "the",
                     "--max-new-tokens", "4"], "--stop")
+
+
+def test_cli_out_of_memory_is_one_line(capsys):
+    """A budget whose buffers cannot be allocated (--max-new-tokens 10^14: the host token buffer alone is 800 TB, past
+    a 47-bit address space, so no overcommit setting lets it through) ends with exit status 1 and one line naming the
+    allocation and what to shrink, not the allocator's traceback."""
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--prompt", "x", "--max-new-tokens", str(10 ** 14)])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("jamba-ext: error: out of memory: ") and "--max-new-tokens" in last, err
