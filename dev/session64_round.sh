@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Session 64's device calls on one H200 (device tool), by MODE:
+#   ss    the swap kernel's W as the wgmma's A operand from shared memory (SS, gate_up through a 4-d TMA view that
+#         interleaves 8 gate rows and their up rows) against W by ldmatrix into registers (RS, JAMBA_EXT_MOE_SWAP_SS=0):
+#         build, test_moe's swap / wgmma / graph tests (the two forms bit for bit), memcheck / racecheck of the swap
+#         cases, the op in turns (dev/moe_epi_ab.py ss) at 1536 - 2304 tokens, ksweep of both, bench_moe at the swap
+#         engine's sizes
+#   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_moe at the issue's sizes, memcheck
+#         of every op's cases, racecheck of rest and swap
+# Usage on the device: JAMBA_COMMIT=<sha> bash dev/session64_round.sh MODE   (output: $OUT/round.log)
+OUT=${OUT:-/tmp/jamba_round_out}
+. benchmarks/round_env.sh
+mode=${1:-ss}
+sanitize() {   # memcheck / racecheck of sanitize_cases.py families
+  for fam in "$@"; do
+    step "compute-sanitizer memcheck / racecheck: sanitize_cases.py $fam"
+    timeout 60 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+    timeout 80 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+  done
+}
+{
+round_header "$mode"
+case "$mode" in
+ss)
+  build_cuda
+  step "test_moe: swap engine (SS / RS bit for bit), wgmma tiles, graphs"
+  timeout 200 python3 -m pytest -q -m cuda --timeout=190 tests/test_moe.py -k "wgmma or swap or graph" \
+    -p no:cacheprovider 2>&1 | tail -4
+  sanitize swap
+  step "the op in turns: dev/moe_epi_ab.py ss (W from shared memory / by ldmatrix)"
+  timeout 150 python3 dev/moe_epi_ab.py ss 1536 2048 2304 2>&1 | grep -v "warn" | tail -24
+  step "ksweep ss"
+  timeout 120 python3 dev/moe_epi_ab.py ksweep ss 2>&1 | grep -v "warn" | tail -12
+  step "bench_moe at the swap engine's sizes"
+  timeout 90 python3 benchmarks/bench_moe.py --name bench_moe_s64_ss --tokens 1536,2048,2304,4096 \
+    --only "ours,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-150 | tail -20
+  cp benchmarks/results/bench_moe_s64_ss.json "$OUT/" 2>/dev/null
+  nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader ;;
+final)
+  check_and_suite 280
+  step "bench_moe at the issue's sizes and the swap engine's (before the sanitizers: they may meet the call's limit)"
+  timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s64 --tokens 1,8,64,512,1536,2048,2304,4096,16384 \
+    --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
+  cp benchmarks/results/bench_moe_s64.json "$OUT/" 2>/dev/null
+  step "compute-sanitizer: memcheck of every op (rest, sample_rows, swap), racecheck rest and swap"
+  for fam in rest sample_rows swap; do
+    timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+  done
+  for fam in rest swap; do
+    timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+  done ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
+step done
+} 2>&1 | tee "$OUT/round.log"
