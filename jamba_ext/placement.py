@@ -18,6 +18,12 @@ Device maps taken (resolve_device_map):
 - a dict {unit name or a prefix of one ("model.layers", "model", ""): device}, as transformers' hf_device_map or
   accelerate's infer_auto_device_map write it; the longest matching prefix wins; every unit must be covered (a key
   inside a unit, such as "model.layers.0.mamba", is refused: a unit is placed whole).
+Devices are compared in one spelling (canonical_device): an int is a GPU index, "cuda" (or torch.device("cuda")) the
+current GPU, torch.cuda.current_device(), as torch reads it, so "cuda", "cuda:0", torch.device("cuda", 0) and 0 name
+one device while GPU 0 is current (one device in a dict: no moves, no hf_device_map; twice in a list or max_memory: a
+repeat). CPU indices are kept as written ("cpu:0" and "cpu:1" stand for two devices on a machine without GPUs, as the
+tests use them). Only cpu and cuda devices are taken (the kernels run there); a GPU index past
+torch.cuda.device_count() is refused.
 A tied LM head (config.tie_word_embeddings) stays with the embeddings (and counts 0 bytes in the splits).
 max_memory ({device: bytes, or a size such as "70GiB" / "500MB"}, as transformers' from_pretrained takes it) with
 "auto" / "balanced": the devices used are its keys (GPUs by index, then the CPU), each taking a share of the weights
@@ -54,13 +60,35 @@ def module_bytes(mod: nn.Module) -> int:
     return n
 
 
-def _device(d) -> torch.device:
+def _cuda_index(d: torch.device) -> int:
+    """d's GPU index; "cuda" without one: the current GPU (0 where torch sees none, for a map only described)."""
+    if d.index is not None:
+        return d.index
+    return torch.cuda.current_device() if torch.cuda.is_available() else 0
+
+
+def canonical_device(d, what: str = "device_map") -> torch.device:
+    """The torch.device that d (a str, a torch.device, an int GPU index) names, in the spelling every comparison here
+    uses: a GPU always with its index ("cuda": the current one), so that equal devices compare equal. ValueError for
+    what is not a device, a device other than cpu / cuda, and a GPU index past torch.cuda.device_count()."""
     if isinstance(d, bool):
-        raise ValueError(f"device_map: {d!r} is not a device")
+        raise ValueError(f"{what}: {d!r} is not a device")
+    if isinstance(d, str) and d.strip().lower() == "disk":
+        raise ValueError(f"{what}: 'disk' (accelerate's offload of weights to disk) is not supported: every part needs "
+                         f"a cpu or cuda device")
     try:
-        return torch.device("cuda", d) if isinstance(d, int) else torch.device(d)
+        dev = torch.device("cuda", d) if isinstance(d, int) else torch.device(d)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"device_map: {d!r} is not a device ({e})") from None
+        raise ValueError(f"{what}: {d!r} is not a device ({e})") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"{what}: {d!r} is a {dev.type} device; jamba_ext's kernels run on cpu and cuda devices only")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (dev.index is not None and dev.index >= n):
+            seen = f"{n} visible: cuda:0 .. cuda:{n - 1}" if n else "torch sees no GPU"
+            raise ValueError(f"{what}: {d!r} is not a visible GPU ({seen})")
+        dev = torch.device("cuda", _cuda_index(dev))
+    return dev
 
 
 def _sizes(model: nn.Module, us: List[Tuple[str, nn.Module]]) -> List[int]:
@@ -96,7 +124,8 @@ def balanced(sizes: Sequence[int], devices: Sequence[torch.device],
     return out
 
 
-def _fill(sizes: Sequence[int], devices: Sequence[torch.device], budgets: Sequence[int]) -> Optional[List[torch.device]]:
+def _fill(sizes: Sequence[int], devices: Sequence[torch.device],
+          budgets: Sequence[int]) -> Optional[List[torch.device]]:
     """Each device filled in turn up to its budget (contiguous runs); None when the units do not fit."""
     out, i, used = [], 0, 0
     for s in sizes:
@@ -126,7 +155,7 @@ def parse_size(v) -> int:
 def _budgeted(sizes: Sequence[int], max_memory: dict) -> Tuple[List[torch.device], List[int], List[torch.device]]:
     """(the devices of max_memory in order: GPUs by index, then the rest; their budgets; the units' devices, by budget
     share)."""
-    keys = [_device(k) for k in max_memory]
+    keys = [canonical_device(k, "max_memory") for k in max_memory]
     _no_repeats(keys, "max_memory")
     budgets = {d: parse_size(v) for d, v in zip(keys, max_memory.values())}
     devs = sorted(budgets, key=lambda d: (d.type != "cuda", d.type, d.index or 0))
@@ -166,7 +195,7 @@ def resolve_device_map(model: nn.Module, device_map, max_memory: Optional[dict] 
     elif isinstance(device_map, dict):
         if not device_map:
             raise ValueError("device_map: an empty dict")
-        keys = {str(k): _device(v) for k, v in device_map.items()}
+        keys = {str(k): canonical_device(v) for k, v in device_map.items()}
         inside = [(k, n) for k in keys for n in names if k.startswith(n + ".")]
         if inside:
             k, n = inside[0]
@@ -188,7 +217,7 @@ def resolve_device_map(model: nn.Module, device_map, max_memory: Optional[dict] 
     elif isinstance(device_map, (list, tuple)):
         if not device_map:
             raise ValueError("device_map: an empty list of devices")
-        devs = [_device(d) for d in device_map]
+        devs = [canonical_device(d) for d in device_map]
         _no_repeats(devs, "device_map")
         out = dict(zip(names, balanced(_sizes(model, us), devs)))
     elif device_map in ("auto", "balanced"):
@@ -202,14 +231,11 @@ def resolve_device_map(model: nn.Module, device_map, max_memory: Optional[dict] 
             fits = device_map == "auto" and sum(sizes) <= AUTO_FIT * torch.cuda.mem_get_info(gpus[0])[0]
             out = {n: gpus[0] for n in names} if fits else dict(zip(names, balanced(sizes, gpus)))
     else:
-        d = _device(device_map)
+        d = canonical_device(device_map)
         out = {n: d for n in names}
     cfg = getattr(model, "config", None)
     if "lm_head" in out and cfg is not None and getattr(cfg, "tie_word_embeddings", False):
         out["lm_head"] = out["model.embed_tokens"]                 # (one tensor: it stays with the embeddings)
-    for d in set(out.values()):
-        if d.type == "cuda" and (not torch.cuda.is_available() or (d.index or 0) >= torch.cuda.device_count()):
-            raise ValueError(f"device_map: {d} is not a visible GPU ({torch.cuda.device_count()} visible)")
     return out
 
 
@@ -224,4 +250,4 @@ def place(model: nn.Module, device_map: Dict[str, torch.device], empty: bool = F
 
 def hf_device_map(device_map: Dict[str, torch.device]) -> Dict[str, Union[int, str]]:
     """transformers' model.hf_device_map form: GPU indices as ints, other devices by name."""
-    return {n: (d.index or 0) if d.type == "cuda" else str(d) for n, d in device_map.items()}
+    return {n: _cuda_index(d) if d.type == "cuda" else str(d) for n, d in device_map.items()}
