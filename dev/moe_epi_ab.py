@@ -7,8 +7,6 @@
     python3 dev/moe_epi_ab.py mc 1536 2048 2304   # ab of the swap kernel's A box sizes (session 62)
     python3 dev/moe_epi_ab.py mcsweep             # ksweep of the same variants
     python3 dev/moe_epi_ab.py swaprule 1024 2560  # bf16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py ss 1536 2048 2304   # the swap kernel's W from shared memory / registers (session 64)
-    python3 dev/moe_epi_ab.py ksweep ss           # ksweep of the same
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -50,10 +48,10 @@ SWAP_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"}, "tiles": {"JAMBA_EXT_MOE_S
 ABOX_VARIANTS = {"default": {}, "a64": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"}, "a32": {"JAMBA_EXT_MOE_SWAP_ABOX": "32"}}
 # session 63 measured (mode wbox, since removed) the persistent kernel's 256 W rows a k tile in one 32 KB TMA box
 # against two 16 KB boxes (JAMBA_EXT_MOE_WBOX=2 in 10c2aee): within the noise (s63_wbox_10c2aee.log)
-# session 64: W as the swap kernel's wgmma A operand from shared memory (the default) or by ldmatrix into registers
-# (JAMBA_EXT_MOE_SWAP_SS=0, the kernel before; the same sums)
-SS_VARIANTS = {"default": {}, "rs": {"JAMBA_EXT_MOE_SWAP_SS": "0"}}
-SETS = {"f2f": VARIANTS, "abox": ABOX_VARIANTS, "ss": SS_VARIANTS}
+# session 64 measured (mode ss, since removed) the swap kernel's W as the wgmma's A operand from shared memory (SS;
+# gate_up through a 4-d TMA view of 8 gate rows and their 8 up rows) against ldmatrix into registers: no faster at
+# <= 8 chunks, slower past 8 (two wgmmas a k16 step each read A again): s64_ss_c1ff08f.log
+SETS = {"f2f": VARIANTS, "abox": ABOX_VARIANTS}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
@@ -213,8 +211,6 @@ if __name__ == "__main__":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS)
     elif mode == "mc":
         ab([int(t) for t in sys.argv[2:]] or [2048], ABOX_VARIANTS)
-    elif mode == "ss":
-        ab([int(t) for t in sys.argv[2:]] or [2048], SS_VARIANTS)
     elif mode == "mcsweep":
         ksweep(ABOX_VARIANTS)
     elif mode == "ksweep":

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Session 64's device calls on one H200 (device tool), by MODE:
-#   ss    the swap kernel's W as the wgmma's A operand from shared memory (SS, gate_up through a 4-d TMA view that
+#   ss    (ran at c1ff08f, s64_ss_c1ff08f.log; the experiment since removed, so this mode's test / moe_epi_ab steps no
+#         longer run) the swap kernel's W as the wgmma's A operand from shared memory (SS, gate_up through a 4-d TMA view that
 #         interleaves 8 gate rows and their up rows) against W by ldmatrix into registers (RS, JAMBA_EXT_MOE_SWAP_SS=0):
 #         build, test_moe's swap / wgmma / graph tests (the two forms bit for bit), memcheck / racecheck of the swap
 #         cases, the op in turns (dev/moe_epi_ab.py ss) at 1536 - 2304 tokens, ksweep of both, bench_moe at the swap

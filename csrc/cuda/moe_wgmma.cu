@@ -255,12 +255,6 @@ __device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap *map
                  ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(0), "r"(bar) : "memory");
 }
 
-/* 4-d TMA load of the box at (c0 = k, 0, 0, c3) into dst (the swap engine's gate_up W map: see wt_map_pairs8) */
-__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap *map, int c0, int c3, uint32_t bar) {
-    asm volatile("cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];\n"
-                 ::"r"(dst), "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(0), "r"(0), "r"(c3), "r"(bar) : "memory");
-}
-
 /* TMA loads of k tile kt of an output tile (A rows from arow, W rows from wrow) into the stage at sa,
  * completing on full-barrier fb (which expects the bytes): A BM x 64 (half: a half tile of the persistent
  * kernel, 64 rows through a tmA with 64-row boxes; the stage's A rows 64 .. 127 are not written), then the W
@@ -987,8 +981,6 @@ static_assert(SW_MAX_ROWS * (128 * 2 + 16) <= SW_STAGES * SW_STAGE_BYTES, "moe_s
 
 template <typename T, int OFF, int N, int NA>
 __device__ __forceinline__ void sw_mma_w(float (&d)[NA], const uint32_t (&a)[4], uint64_t db);
-template <typename T, int OFF, int N, int NA>
-__device__ __forceinline__ void sw_mma_s(float (&d)[NA], uint64_t da, uint64_t db);
 #if MOE_HAS_WGMMA
 /* sw_mma_w<T, OFF, N>: one wgmma m64nNk16 (N = 32 .. 256 in steps of 32; session 59) for N / 32 of a tile's 32-row
  * chunks, d[OFF ..] += A (registers) x the N token rows at descriptor db: the chunks' 8-row token groups are 1024
@@ -1006,16 +998,6 @@ __device__ __forceinline__ void sw_mma_s(float (&d)[NA], uint64_t da, uint64_t d
         asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " PREG ", 0;\nwgmma.mma_async.sync.aligned." SHAPE          \
                      ".f32.bf16.bf16 {" REGS "}, {" AREGS "}, " DREG ", p, 1, 1, 0;\n}\n"                            \
                      : __VA_ARGS__ : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1))
-/* SW_S: sw_mma_s's form, A from shared memory (descriptor da) */
-#define SW_S(SHAPE, REGS, ADESC, BDESC, PREG, ...)                                                                     \
-    if (std::is_same<T, __half>::value)                                                                              \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " PREG ", 0;\nwgmma.mma_async.sync.aligned." SHAPE          \
-                     ".f32.f16.f16 {" REGS "}, " ADESC ", " BDESC ", p, 1, 1, 0, 0;\n}\n"                          \
-                     : __VA_ARGS__ : "l"(da), "l"(db), "r"(1));                                                     \
-    else                                                                                                             \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, " PREG ", 0;\nwgmma.mma_async.sync.aligned." SHAPE          \
-                     ".f32.bf16.bf16 {" REGS "}, " ADESC ", " BDESC ", p, 1, 1, 0, 0;\n}\n"                        \
-                     : __VA_ARGS__ : "l"(da), "l"(db), "r"(1))
 /* operand lists of sw_mma_w: accumulator registers %0 .. in groups of 16, and 16 accumulators from d[OFF + o] */
 #define SW_RG0 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15"
 #define SW_RG1 ", %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31"
@@ -1056,35 +1038,6 @@ __device__ __forceinline__ void sw_mma_w(float (&d)[NA], const uint32_t (&a)[4],
              SW_ACC(0), SW_ACC(16), SW_ACC(32), SW_ACC(48), SW_ACC(64), SW_ACC(80), SW_ACC(96), SW_ACC(112));
     }
 }
-/* sw_mma_s<T, OFF, N>: sw_mma_w with A = the warpgroup's 64 W rows read by the wgmma from shared memory (session 64:
- * no ldmatrix, no A registers, the fence no longer waits on a load) */
-template <typename T, int OFF, int N, int NA>
-__device__ __forceinline__ void sw_mma_s(float (&d)[NA], uint64_t da, uint64_t db) {
-    static_assert(N % 32 == 0 && N >= 32 && N <= 256 && OFF + N / 2 <= NA, "sw_mma_s: N 32 .. 256, inside d");
-    if constexpr (N == 32) {
-        SW_S("m64n32k16", SW_RG0, "%16", "%17", "%18", SW_ACC(0));
-    } else if constexpr (N == 64) {
-        SW_S("m64n64k16", SW_RG0 SW_RG1, "%32", "%33", "%34", SW_ACC(0), SW_ACC(16));
-    } else if constexpr (N == 96) {
-        SW_S("m64n96k16", SW_RG0 SW_RG1 SW_RG2, "%48", "%49", "%50", SW_ACC(0), SW_ACC(16), SW_ACC(32));
-    } else if constexpr (N == 128) {
-        SW_S("m64n128k16", SW_RG0 SW_RG1 SW_RG2 SW_RG3, "%64", "%65", "%66",
-             SW_ACC(0), SW_ACC(16), SW_ACC(32), SW_ACC(48));
-    } else if constexpr (N == 160) {
-        SW_S("m64n160k16", SW_RG0 SW_RG1 SW_RG2 SW_RG3 SW_RG4, "%80", "%81", "%82",
-             SW_ACC(0), SW_ACC(16), SW_ACC(32), SW_ACC(48), SW_ACC(64));
-    } else if constexpr (N == 192) {
-        SW_S("m64n192k16", SW_RG0 SW_RG1 SW_RG2 SW_RG3 SW_RG4 SW_RG5, "%96", "%97", "%98",
-             SW_ACC(0), SW_ACC(16), SW_ACC(32), SW_ACC(48), SW_ACC(64), SW_ACC(80));
-    } else if constexpr (N == 224) {
-        SW_S("m64n224k16", SW_RG0 SW_RG1 SW_RG2 SW_RG3 SW_RG4 SW_RG5 SW_RG6, "%112", "%113", "%114",
-             SW_ACC(0), SW_ACC(16), SW_ACC(32), SW_ACC(48), SW_ACC(64), SW_ACC(80), SW_ACC(96));
-    } else if constexpr (N == 256) {
-        SW_S("m64n256k16", SW_RG0 SW_RG1 SW_RG2 SW_RG3 SW_RG4 SW_RG5 SW_RG6 SW_RG7, "%128", "%129", "%130",
-             SW_ACC(0), SW_ACC(16), SW_ACC(32), SW_ACC(48), SW_ACC(64), SW_ACC(80), SW_ACC(96), SW_ACC(112));
-    }
-}
-#undef SW_S
 #undef SW_W
 #undef SW_ACC
 #undef SW_RG0
@@ -1151,7 +1104,7 @@ __device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int 
 /* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
  * wgmmas of a loop that may run no iteration, C7515; a k16 step's NC chunks as one m64n(32 NC)k16, or m64n256k16
  * and m64n(32 NC - 256)k16 past 8 chunks: sw_mma_w), then the epilogue through the ring */
-template <typename T, bool GATE_UP, bool SS, int NC>
+template <typename T, bool GATE_UP, int NC>
 __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring, unsigned char *ring_ptr,
                                            uint32_t full, uint32_t empty, int64_t row0, int len, int64_t col0,
                                            int KT) {
@@ -1160,7 +1113,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     float d[NA];
 #pragma unroll
     for (int i = 0; i < NA; i++) d[i] = 0.f;
-    [[maybe_unused]] uint32_t ar[2][4];   /* (RS: A fragments, two register sets) */
+    uint32_t ar[2][4];
     int kt = 0;
     do {
         const int s = kt % SW_STAGES;
@@ -1168,18 +1121,12 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
         const uint32_t sa = ring + s * SW_STAGE_BYTES, sb = sa + SW_A_BYTES;
 #pragma unroll
         for (int kk = 0; kk < 4; kk++) {
-            if constexpr (!SS) sw_load_a<GATE_UP>(ar[kk & 1], sa, kk);
+            sw_load_a<GATE_UP>(ar[kk & 1], sa, kk);
             wg_pin(d);
             asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
             constexpr int N0 = NC < 8 ? NC * 32 : 256, N1 = NC > 8 ? NC * 32 - 256 : 32;   /* (N1: past 8 chunks) */
-            if constexpr (SS) {   /* the warpgroup's 64 W rows: 8 KB into the box (gate_up: pairs8 order) */
-                const uint64_t da = wg_desc(sa + wg * 64 * 128) + 2 * kk;
-                sw_mma_s<T, 0, N0, NA>(d, da, wg_desc(sb) + 2 * kk);
-                if constexpr (NC > 8) sw_mma_s<T, 128, N1, NA>(d, da, wg_desc(sb + 256 * 128) + 2 * kk);
-            } else {
-                sw_mma_w<T, 0, N0, NA>(d, ar[kk & 1], wg_desc(sb) + 2 * kk);
-                if constexpr (NC > 8) sw_mma_w<T, 128, N1, NA>(d, ar[kk & 1], wg_desc(sb + 256 * 128) + 2 * kk);
-            }
+            sw_mma_w<T, 0, N0, NA>(d, ar[kk & 1], wg_desc(sb) + 2 * kk);
+            if constexpr (NC > 8) sw_mma_w<T, 128, N1, NA>(d, ar[kk & 1], wg_desc(sb + 256 * 128) + 2 * kk);
             asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
             asm volatile("wgmma.wait_group.sync.aligned 1;\n" ::: "memory");
             wg_pin(d);
@@ -1250,7 +1197,7 @@ __device__ __forceinline__ void sw_consume(const moe_gemm_args &a, uint32_t ring
     }
 }
 
-template <typename T, bool GATE_UP, bool SS>
+template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                     const __grid_constant__ CUtensorMap tmA128, const __grid_constant__ CUtensorMap tmW,
@@ -1298,8 +1245,7 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
                 const uint32_t sa = ring + s * SW_STAGE_BYTES, fb = full + 8 * s;
                 mbar_expect_tx(fb, SW_A_BYTES + NC * 32 * WG_BK * 2);
-                if (GATE_UP && SS) tma_load_4d(sa, &tmW, kt * WG_BK, wrow / 8, fb);
-                else if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
+                if (GATE_UP) tma_load_3d(sa, &tmW, kt * WG_BK, wrow, fb);
                 else tma_load_2d(sa, &tmW, kt * WG_BK, wrow, fb);
                 /* the NC chunks in boxes of up to abox chunks (4: 128 rows, 2: 64, else 32), the largest first */
                 for (int c = 0; c < NC;) {
@@ -1315,10 +1261,10 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
     const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
 #define SW_CASE(N)                                                                                                  \
-    case N: sw_consume<T, GATE_UP, SS, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
+    case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     switch (NC) {
         SW_CASE(1) SW_CASE(2) SW_CASE(3) SW_CASE(4) SW_CASE(5) SW_CASE(6) SW_CASE(7) SW_CASE(8) SW_CASE(9)
-    default: sw_consume<T, GATE_UP, SS, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
+    default: sw_consume<T, GATE_UP, 10>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     }
 #undef SW_CASE
 #endif
@@ -1395,29 +1341,6 @@ static jamba_status wt_map(CUtensorMap *m, int dtype, const void *ptr, int64_t r
     if (r != CUDA_SUCCESS)
         return jamba_set_error(JAMBA_ERR_CUDA, "jamba.moe_experts: cuTensorMapEncodeTiled failed (%d) for a (%lld, %lld) "
                                "tensor", (int)r, (long long)rows, (long long)cols);
-    return JAMBA_OK;
-}
-
-/* the swap engine's gate_up W map for A from shared memory (session 64): a 4-d view (k, i < 8, h < 2, g) of the
- * (E * 2F - F, cols) gate rows, row 8 g + i, h = 1 adding F rows (the up rows), box {64, 8, 2, 8}: 64 outputs land as
- * 8 gate rows, the same outputs' 8 up rows, the next 8 outputs' gate rows, ..., so that a wgmma's 16-row slice of a
- * warp is one 8-output group's gate and up rows and a thread's accumulator rows r / r + 8 are one output's (as
- * sw_load_a's row choice gives the RS form). F % 8 == 0 (rows 8 g). */
-static jamba_status wt_map_pairs8(CUtensorMap *m, int dtype, const void *ptr, int64_t rows, int64_t cols,
-                                  int64_t pair) {
-    wt_encode_fn enc = wt_encoder();
-    if (!enc) return jamba_set_error(JAMBA_ERR_UNSUPPORTED, "jamba.moe_experts: impl wgmma: cuTensorMapEncodeTiled "
-                                     "is not available from this driver");
-    const cuuint64_t dims[4] = {(cuuint64_t)cols, 8, 2, (cuuint64_t)(rows / 8)};
-    const cuuint64_t strides[3] = {(cuuint64_t)cols * 2, (cuuint64_t)(pair * cols * 2), (cuuint64_t)(8 * cols * 2)};
-    const cuuint32_t box[4] = {WG_BK, 8, 2, 8}, es[4] = {1, 1, 1, 1};
-    const CUresult r = enc(m, dtype == JAMBA_F16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                           4, const_cast<void *>(ptr), dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                           CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                           CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    if (r != CUDA_SUCCESS)
-        return jamba_set_error(JAMBA_ERR_CUDA, "jamba.moe_experts: cuTensorMapEncodeTiled failed (%d) for the "
-                               "(%lld, %lld) gate_up weights' pairs view", (int)r, (long long)rows, (long long)cols);
     return JAMBA_OK;
 }
 
@@ -1528,23 +1451,12 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
                                 cudaStream_t stream) {
     static int smem_set[64]; /* dynamic shared-memory limit raised on this device */
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false, true>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true, false>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false, false>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, SW_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              SW_SMEM));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_swap_kernel<T, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              SW_SMEM));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
-    /* A = W from shared memory (SS, session 64; gate_up through the pairs8 map, F % 8 == 0) or by ldmatrix into
-     * registers (RS; env JAMBA_EXT_MOE_SWAP_SS=0 for the A/B) */
-    const char *ss_env = getenv("JAMBA_EXT_MOE_SWAP_SS");
-    const bool ss = !(ss_env != NULL && !strcmp(ss_env, "0")) && (!a.gate_up || a.N % 8 == 0);
-    CUtensorMap tmW8;
-    if (ss && a.gate_up) JAMBA_TRY(wt_map_pairs8(&tmW8, dtype, a.W, (int64_t)a.E * a.w_rows - a.N, a.Kd, a.N));
-    const CUtensorMap &tmWk = ss && a.gate_up ? tmW8 : tmW;
     /* the largest A box in chunks (env JAMBA_EXT_MOE_SWAP_ABOX=32|64 for the A/B: rows a load; default 128) */
     const char *ab_env = getenv("JAMBA_EXT_MOE_SWAP_ABOX");
     const int abox = ab_env == NULL ? 4 : !strcmp(ab_env, "32") ? 1 : !strcmp(ab_env, "64") ? 2 : 4;
@@ -1555,9 +1467,8 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
     if (abox >= 4) JAMBA_TRY(wt_map(&tmA128, dtype, a.A, slots, a.Kd, 128));
     const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
                     (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
-    jamba_kernel_launch(a.gate_up ? (ss ? moe_swap_kernel<T, true, true> : moe_swap_kernel<T, true, false>)
-                                  : (ss ? moe_swap_kernel<T, false, true> : moe_swap_kernel<T, false, false>),
-                        grid, SW_THREADS, SW_SMEM, stream, tmA, tmA64, tmA128, tmWk, a, abox);
+    jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
+                        stream, tmA, tmA64, tmA128, tmW, a, abox);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
