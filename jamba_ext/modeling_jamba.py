@@ -31,6 +31,7 @@ import json
 import math
 import numbers
 import os
+import pickle
 import re
 import sys
 import time
@@ -179,6 +180,12 @@ _BOOLS = ("tie_word_embeddings", "use_cache", "output_router_logits", "use_mamba
 _DERIVED = ("layers_block_type", "layers_num_experts", "layer_types", "head_dim", "mamba_d_inner", "eos_token_ids")
 
 
+def _local_path(path) -> str:
+    """A str or pathlib.Path location as a str, "~" expanded as a shell would: unexpanded, "~/ckpt" was reported
+    missing, and save_pretrained("~/ckpt") wrote into a directory named "~" under the working directory."""
+    return os.path.expanduser(os.fspath(path))
+
+
 def _typo_warning(keys: Iterable[str], values: dict) -> None:
     """A warning for each unknown key that is one typo away from a field (hiden_size would otherwise be kept as an
     attribute while hidden_size silently stays 4096); keys of other libraries' configs have no close field."""
@@ -249,7 +256,8 @@ class JambaConfig:
             bad("num_attention_heads", f"a divisor of hidden_size ({self.hidden_size})")
         if self.num_attention_heads % self.num_key_value_heads:
             bad("num_key_value_heads", f"a divisor of num_attention_heads ({self.num_attention_heads})")
-        if self.num_experts_per_tok > self.num_experts:
+        # (only where a layer is MoE: transformers' dense configs, num_experts=1, keep the default top-k 2)
+        if self.num_experts_per_tok > self.num_experts and max(self.layers_num_experts) > 1:
             bad("num_experts_per_tok", f"at most num_experts ({self.num_experts})")
         if not 2 <= self.mamba_d_conv <= 4:
             bad("mamba_d_conv", "2, 3 or 4 (the conv kernels keep the taps in registers)")
@@ -260,8 +268,12 @@ class JambaConfig:
         if not isinstance(self.rms_norm_eps, (int, float)) or isinstance(self.rms_norm_eps, bool) \
                 or not self.rms_norm_eps > 0:
             bad("rms_norm_eps", "a positive float")
-        if not isinstance(self.initializer_range, (int, float)) or self.initializer_range < 0:
+        if isinstance(self.initializer_range, bool) or not isinstance(self.initializer_range, (int, float)) \
+                or not 0 <= self.initializer_range < math.inf:             # (NaN: NaN weights from from_config)
             bad("initializer_range", "a non-negative float")
+        if isinstance(self.router_aux_loss_coef, bool) or not isinstance(self.router_aux_loss_coef, (int, float)) \
+                or not math.isfinite(self.router_aux_loss_coef):
+            bad("router_aux_loss_coef", "a finite float")
         if isinstance(self.attention_dropout, bool) or not isinstance(self.attention_dropout, (int, float)) \
                 or not 0 <= self.attention_dropout < 1:
             bad("attention_dropout", "a float in [0, 1) (dropout on the attention weights in training)")
@@ -320,7 +332,10 @@ class JambaConfig:
 
     # -- (de)serialisation
     def to_dict(self) -> dict:
-        d = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        # (a torch.dtype, JambaConfig(torch_dtype=torch.bfloat16) as transformers takes it, by its name as transformers
+        # writes it: json cannot hold the object)
+        d = {k: str(v).replace("torch.", "") if isinstance(v, torch.dtype) else v
+             for k, v in vars(self).items() if not k.startswith("_")}
         d["model_type"] = "jamba"
         return d
 
@@ -342,12 +357,14 @@ class JambaConfig:
 
     @classmethod
     def from_pretrained(cls, path: str) -> "JambaConfig":
+        path = _local_path(path)
         p = os.path.join(path, "config.json") if os.path.isdir(path) else path
         if not os.path.isfile(p):
             raise FileNotFoundError(f"no config.json in {path!r}")
         return cls.from_json_file(p)
 
     def save_pretrained(self, path: str) -> None:
+        path = _local_path(path)
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "config.json"), "w") as f:
             f.write(self.to_json_string())
@@ -1709,6 +1726,7 @@ def resolve_checkpoint(path: str) -> str:
     path) downloaded through huggingface_hub (its cache; config, tokenizer and chat-template files and the safetensors
     weights, the .bin weights only where the repository has no safetensors). FileNotFoundError otherwise, saying
     which."""
+    path = _local_path(path)
     if os.path.isdir(path):
         return path
     if os.path.exists(path):
@@ -1722,9 +1740,13 @@ def resolve_checkpoint(path: str) -> str:
         raise FileNotFoundError(f"{path!r} is not a local directory; to download it from the Hugging Face Hub, install "
                                 "huggingface_hub (pip install huggingface_hub)") from None
     meta = ["*.json", "tokenizer*", "*.model", "*.txt", "*.jinja"]
-    local = snapshot_download(path, allow_patterns=meta + ["*.safetensors"])
-    if not any(f.endswith(".safetensors") for f in os.listdir(local)):
-        local = snapshot_download(path, allow_patterns=meta + ["*.bin"])
+    try:
+        local = snapshot_download(path, allow_patterns=meta + ["*.safetensors"])
+        if not any(f.endswith(".safetensors") for f in os.listdir(local)):
+            local = snapshot_download(path, allow_patterns=meta + ["*.bin"])
+    except Exception as e:    # (the Hub's error alone, "check your internet connection", hid a mistyped local path)
+        raise FileNotFoundError(f"{path!r} is not a local directory, and as a Hugging Face Hub id it could not be "
+                                f"downloaded ({type(e).__name__}: {e})") from e
     return local
 
 
@@ -1747,10 +1769,11 @@ def _checkpoint_files(path: str) -> List[str]:
                                ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         index = os.path.join(path, index_name)
         if os.path.isfile(index):
-            with open(index) as f:
-                weight_map = json.load(f).get("weight_map")
+            weight_map = read_json_object(index).get("weight_map")      # (a ValueError naming the file, not json's)
             if not isinstance(weight_map, dict) or not weight_map:
                 raise ValueError(f"{index}: no weight_map")
+            if not all(isinstance(s, str) for s in weight_map.values()):
+                raise ValueError(f"{index}: weight_map's values must be shard file names")
             files = sorted(set(weight_map.values()))
             missing = [s for s in files if not os.path.isfile(os.path.join(path, s))]
             if missing:
@@ -1809,8 +1832,11 @@ def _iter_file(fpath: str) -> Iterable[Tuple[str, Tensor, str]]:
     else:
         try:
             sd = torch.load(fpath, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError, EOFError) as e:
+        # (UnpicklingError: not a pickle at all, or one of objects other than tensors, such as a whole pickled model)
+        except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
             raise ValueError(f"{fpath}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
+        if not isinstance(sd, dict):
+            raise ValueError(f"{fpath}: expected a state dict (a dict of tensors), found a {type(sd).__name__}")
         for k, v in sd.items():
             yield k, v, fpath
 
@@ -2164,9 +2190,9 @@ class _PreTrained(nn.Module):
         path = resolve_checkpoint(path)
         config = JambaConfig.from_pretrained(path) if config is None else _as_jamba_config(config)
         files = _checkpoint_files(path)
-        if dtype is None:
+        if dtype is None:                                          # (a torch.dtype there by its name too)
             dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-            dtype = _DTYPES.get(dtype, torch.float32) if isinstance(dtype, str) else torch.float32
+            dtype = _DTYPES.get(str(dtype).replace("torch.", ""), torch.float32) if dtype else torch.float32
         dtype = _as_dtype(dtype)
         with torch.device("meta"):
             model = cls(config)
@@ -2324,6 +2350,7 @@ class _PreTrained(nn.Module):
                              "from_pretrained(experts_dtype='fp8')), and a Jamba checkpoint holds unquantized weights "
                              "that transformers reads; save the model before quantizing it (and quantize again after "
                              "loading)")
+        path = _local_path(path)
         os.makedirs(path, exist_ok=True)
         # the weights' dtype into config.json, as transformers writes it, so that from_pretrained loads them as saved
         # (without it a bf16 model came back as float32)
