@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Session 64's device calls on one H200 (device tool), by MODE:
-#   ss    (ran at c1ff08f, s64_ss_c1ff08f.log; the experiment since removed, so this mode's test / moe_epi_ab steps no
-#         longer run) the swap kernel's W as the wgmma's A operand from shared memory (SS, gate_up through a 4-d TMA view that
-#         interleaves 8 gate rows and their up rows) against W by ldmatrix into registers (RS, JAMBA_EXT_MOE_SWAP_SS=0):
+#   ss    (ran at c1ff08f, s64_ss_c1ff08f.log; the experiment since removed, so this mode's test / moe_epi_ab steps
+#         no longer run) the swap kernel's W as the wgmma's A operand from shared memory (SS, gate_up through a 4-d TMA
+#         view that interleaves 8 gate rows and their up rows) against W by ldmatrix into registers (RS, JAMBA_EXT_MOE_SWAP_SS=0):
 #         build, test_moe's swap / wgmma / graph tests (the two forms bit for bit), memcheck / racecheck of the swap
 #         cases, the op in turns (dev/moe_epi_ab.py ss) at 1536 - 2304 tokens, ksweep of both, bench_moe at the swap
 #         engine's sizes
-#   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_moe at the issue's sizes, memcheck
-#         of every op's cases, racecheck of rest and swap
+#   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes) and
+#         bench_moe at the issue's sizes
+#   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
+#         when the machine holds no CUDA build: a warm machine keeps final's)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session64_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -41,12 +43,17 @@ ss)
   nvidia-smi --query-gpu=clocks.sm,power.draw,temperature.gpu --format=csv,noheader ;;
 final)
   check_and_suite 280
-  step "bench_moe at the issue's sizes and the swap engine's (before the sanitizers: they may meet the call's limit)"
+  step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"
+  timeout 150 python3 benchmarks/bench_kernels.py 2>&1 | grep -v "^ \|warn" | tail -60
+  cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_s64.json" 2>/dev/null
+  step "bench_moe at the issue's sizes and the swap engine's"
   timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s64 --tokens 1,8,64,512,1536,2048,2304,4096,16384 \
     --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
-  cp benchmarks/results/bench_moe_s64.json "$OUT/" 2>/dev/null
-  step "compute-sanitizer: memcheck of every op (rest, sample_rows, swap), racecheck rest and swap"
-  for fam in rest sample_rows swap; do
+  cp benchmarks/results/bench_moe_s64.json "$OUT/" 2>/dev/null ;;
+sanit)
+  python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" 2>/dev/null || build_cuda
+  step "compute-sanitizer: memcheck of every op (rest, sample_rows, swap, tiles), racecheck rest and swap"
+  for fam in rest sample_rows swap tiles; do
     timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
       | tail -2
   done
