@@ -2,7 +2,8 @@
 # Session 64's device calls on one H200 (device tool), by MODE:
 #   ss    (ran at c1ff08f, s64_ss_c1ff08f.log; the experiment since removed, so this mode's test / moe_epi_ab steps
 #         no longer run) the swap kernel's W as the wgmma's A operand from shared memory (SS, gate_up through a 4-d TMA
-#         view that interleaves 8 gate rows and their up rows) against W by ldmatrix into registers (RS, JAMBA_EXT_MOE_SWAP_SS=0):
+#         view that interleaves 8 gate rows and their up rows) against W by ldmatrix into registers (RS,
+#         JAMBA_EXT_MOE_SWAP_SS=0):
 #         build, test_moe's swap / wgmma / graph tests (the two forms bit for bit), memcheck / racecheck of the swap
 #         cases, the op in turns (dev/moe_epi_ab.py ss) at 1536 - 2304 tokens, ksweep of both, bench_moe at the swap
 #         engine's sizes
@@ -44,7 +45,7 @@ ss)
 final)
   check_and_suite 280
   step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"
-  timeout 150 python3 benchmarks/bench_kernels.py 2>&1 | grep -v "^ \|warn" | tail -60
+  timeout 150 python3 benchmarks/bench_kernels.py 2>&1 | grep -v "^ \|warn" | tail -90
   cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_s64.json" 2>/dev/null
   step "bench_moe at the issue's sizes and the swap engine's"
   timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s64 --tokens 1,8,64,512,1536,2048,2304,4096,16384 \
