@@ -36,16 +36,20 @@ prompt and answers the n with the highest log-probability per token. Not support
 it were). A request whose client closes the connection before its answer is dropped (Engine.cancel: its rows take
 the next prompts): a streamed one at its next write or within POLL_S while it waits for a token, another within
 POLL_S. With an api_key (serve's; the CLI's --api-key or env JAMBA_EXT_API_KEY) the /v1 endpoints need
-"Authorization: Bearer <key>" (401 otherwise), as OpenAI's clients send it; /health and /metrics stay open.
+"Authorization: Bearer <key>" (401 otherwise), as OpenAI's clients send it; /health and /metrics stay open. Every
+refusal is OpenAI's JSON error (400 for a request's fields, a null one meaning its default; 404 / 405 an unknown path
+/ another method; 408 a body that stops coming; 411 one without a Content-Length; 413 one over MAX_BODY_BYTES).
 """
 import hmac
 import json
+import math
 import queue
 import select
 import socket
 import sys
 import threading
 import time
+import urllib.parse
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import List, NamedTuple, Optional, Sequence
@@ -60,6 +64,12 @@ MAX_N = 16                  # the most completions one request may ask for ("n")
 MAX_PROMPTS = 64            # the most prompts one /v1/completions request may give (a list of them)
 POLL_S = 0.2                # how often a request waiting for its answer looks whether its client is still there
 MAX_BODY_BYTES = 32 << 20   # the largest request body read (413 beyond: 64 prompts of 4096 token ids are ~2 MB)
+BODY_TIMEOUT_S = 60.0       # the longest wait for a body's next bytes (408 then: a Content-Length past the bytes sent
+                            # held the connection and its thread until the client gave up)
+DRAIN_S = 5.0               # how long a body left unread (a refusal that closes) is read and dropped: a client that
+                            # sends its whole body before it reads (http.client, requests) met a reset, not the answer
+ROUTES = {"/health": "GET", "/metrics": "GET", "/v1/models": "GET", "/v1/completions": "POST",
+          "/v1/chat/completions": "POST"}   # (another method on these: 405)
 # request fields answered only at these values
 UNSUPPORTED = {"suffix": None}
 # every field a request may give (others are refused: a misspelt setting must not change the answer silently);
@@ -91,12 +101,45 @@ def _logit_bias(value, engine) -> Optional[dict]:
         return None
     if not isinstance(value, dict):
         raise RequestError('"logit_bias": expected an object {"token id": bias}')
-    out = {(int(t) if t.strip().isdigit() else t): v for t, v in value.items()}   # (JSON keys are strings)
+    # (JSON keys are strings; isdecimal, not isdigit: int() refuses '²', which isdigit takes -- a 500 before)
+    out = {(int(t) if t.strip().isdecimal() else t): v for t, v in value.items()}
     try:
         engine.bat.check_logit_bias(out)
     except ValueError as e:
         raise RequestError(str(e).replace("logit_bias:", '"logit_bias":', 1)) from None
     return out
+
+
+def _check_fp32(sampling: dict, base) -> None:
+    """RequestError unless each of a request's sampling settings (checked already as Python numbers) is still in
+    range as the sampling kernel reads it, in float32: temperature 1e39 passed the check, became inf in the kernel's
+    params and failed the decode step -- a 500 for every request in flight, not only its own; top_p or
+    repetition_penalty 1e-46 became 0; an int past 1e308 could not be converted at all."""
+    for k, v in sampling.items():
+        try:
+            x = torch.tensor(float(v), dtype=torch.float32).item()
+        except OverflowError:
+            x = float("inf")
+        if k == "top_k" and math.isfinite(x):
+            x = v                   # (any finite top_k is taken: past the vocabulary it keeps every token)
+        try:
+            check_sampling({k: x}, base)
+        except ValueError:
+            raise RequestError(f'"{k}": {v!r} is out of the range the sampler takes (in float32 it is {x!r})') from None
+
+
+def _text_parts(m, i: int):
+    """A chat message whose content is OpenAI's list of content parts ([{"type": "text", "text": ...}, ...]) with
+    their texts joined by newlines (as vLLM joins them; a 400 before), or RequestError naming a part that is not text
+    (an image, audio: not read by this model); any other message as it is."""
+    if not isinstance(m, dict) or not isinstance(m.get("content"), list):
+        return m
+    for j, part in enumerate(m["content"]):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            kind = part.get("type") if isinstance(part, dict) else None
+            raise RequestError(f'"messages[{i}].content[{j}]": expected {{"type": "text", "text": ...}} (text parts '
+                               f'only here){f", got type {kind!r}" if kind is not None else ""}')
+    return dict(m, content="\n".join(part["text"] for part in m["content"]))
 
 
 def _choice_key(seed: Optional[int], c: int) -> Optional[int]:
@@ -442,78 +485,168 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
         def _authorized(self) -> bool:
             """With an api_key, the /v1 endpoints need "Authorization: Bearer <api_key>" (401 otherwise, and the
             connection closes: the body is not read); /health and /metrics stay open (load balancers, scrapers)."""
-            if api_key is None or not self.path.startswith("/v1"):
-                return True
+            if api_key is None or not self._path().startswith("/v1"):   # (the path as routed: one with a query or
+                return True                                           # an absolute URL must not pass by)
             given = self.headers.get("Authorization") or ""
             if given.startswith("Bearer ") and hmac.compare_digest(given[len("Bearer "):].encode(), api_key.encode()):
                 return True
-            self.close_connection = True
-            data = json.dumps({"error": {"message": "a valid API key is needed: \"Authorization: Bearer <key>\"",
-                                         "type": "invalid_request_error", "code": 401}}).encode()
-            self.send_response(401)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("WWW-Authenticate", "Bearer")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
+            self._refuse_unread(401, "a valid API key is needed: \"Authorization: Bearer <key>\"", self._length(),
+                                [("WWW-Authenticate", "Bearer")])
             return False
 
         def log_message(self, fmt, *args):         # (no line per request on stderr)
             pass
 
-        def _send(self, code: int, body: dict) -> None:
+        def _path(self) -> str:
+            """The request's path without its query (OpenAI's clients may add one, e.g. Azure's api-version: a 404
+            before) -- also read from an absolute URL, as proxies send it."""
+            return urllib.parse.urlsplit(self.path).path
+
+        def _send(self, code: int, body: dict, headers: Sequence = ()) -> None:
             data = json.dumps(body, ensure_ascii=False).encode()
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for k, v in headers:
+                self.send_header(k, v)
+            if self.close_connection:            # (said: else a keep-alive client sent its next request into a socket
+                self.send_header("Connection", "close")   # closed after this answer, and got a broken pipe)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":           # (an answer to HEAD has no body)
+                self.wfile.write(data)
 
-        def _error(self, code: int, msg: str) -> None:
+        def _error(self, code: int, msg: str, headers: Sequence = ()) -> None:
             kind = "invalid_request_error" if code < 500 else "server_error"
-            self._send(code, {"error": {"message": msg, "type": kind, "code": code}})
+            self._send(code, {"error": {"message": msg, "type": kind, "code": code}}, headers)
+
+        def send_error(self, code, message=None, explain=None):
+            """http.server's own refusals (a request line or headers it cannot read, a method with no do_ handler) in
+            the OpenAI error form, as every other answer (its HTML page before); the connection closes, as there."""
+            self.close_connection = True
+            self._error(code, message or self.responses.get(code, ("error",))[0])
+
+        def _length(self) -> Optional[int]:
+            """The bytes of the request's body: its Content-Length; 0 without one (HTTP's rule); None: unknown (a
+            Transfer-Encoding, or a Content-Length that is not an int >= 0)."""
+            length = self.headers.get("Content-Length")
+            if length is None:
+                return None if self.headers.get("Transfer-Encoding") is not None else 0
+            try:
+                n = int(length)
+            except ValueError:
+                return None
+            return n if n >= 0 else None
+
+        def _refuse_unread(self, code: int, msg: str, length: Optional[int], headers: Sequence = ()) -> None:
+            """An error answer to a request whose body is not read: the connection closes after it, but first the body
+            (length bytes; None: whatever the client sends) is read and dropped, for up to DRAIN_S seconds -- closing
+            a socket with unread bytes resets it, and a client that sends its whole body before it reads the answer
+            (http.client, requests) met the reset (a broken pipe), not the answer (e.g. 413)."""
+            self.close_connection = True
+            try:
+                self._error(code, msg, headers)
+                self.wfile.flush()
+                self.connection.shutdown(socket.SHUT_WR)    # (the answer is whole: a client may close once it has it)
+                self.connection.settimeout(DRAIN_S)
+                end, left = time.monotonic() + DRAIN_S, float("inf") if length is None else length
+                while left > 0 and time.monotonic() < end:
+                    got = self.rfile.read1(int(min(left, 1 << 16)))
+                    if not got:
+                        break
+                    left -= len(got)
+            except OSError:                                 # (the client reset it, or sent nothing more in time)
+                pass
+
+        def _wrong_method(self, path: str) -> None:
+            """A path this server has but not for this method (405, naming the one it takes), or one it lacks (404);
+            a body is not read."""
+            allowed = ROUTES.get(path)
+            if allowed is None:
+                msg, code, headers = f"no such endpoint: {self.command} {path}", 404, ()
+            else:
+                msg, code, headers = f"{self.command} {path}: not allowed (use {allowed})", 405, [("Allow", allowed)]
+            if self.command in ("GET", "HEAD"):              # (no body to read: the connection goes on)
+                self._error(code, msg, headers)
+            else:
+                self._refuse_unread(code, msg, self._length(), headers)
+
+        def _other_method(self):
+            """PUT, DELETE, ...: 405 / 404 in the OpenAI error form (http.server's 501 HTML page before)."""
+            if self._authorized():
+                self._wrong_method(self._path())
+
+        do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other_method
 
         def do_GET(self):
             if not self._authorized():
                 return
-            if self.path == "/health":
+            path = self._path()
+            if path == "/health":
                 self._send(200, {"status": "ok"})
-            elif self.path == "/metrics":
+            elif path == "/metrics":
                 data = engine.metrics().encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
-                self.wfile.write(data)
-            elif self.path == "/v1/models":
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+            elif path == "/v1/models":
                 self._send(200, {"object": "list", "data": [{"id": model_name, "object": "model",
                                                              "owned_by": "jamba_ext"}]})
             else:
-                self._error(404, f"no such endpoint: GET {self.path}")
+                self._wrong_method(path)
+
+        # HEAD: GET's answer without its body (load balancers' health checks); _send writes no body for it
+        do_HEAD = do_GET
 
         def do_POST(self):
             if not self._authorized():
                 return
-            if self.path not in ("/v1/completions", "/v1/chat/completions"):
-                self.close_connection = True             # (its body is not read)
-                self._error(404, f"no such endpoint: POST {self.path}")
+            path = self._path()
+            if ROUTES.get(path) != "POST":
+                self._wrong_method(path)
                 return
+            # a chunked body, or one sent without a Content-Length, was left unread and then read as the next request
+            # on the connection (an HTML 400 after a misleading "the body must be a JSON object")
             length = self.headers.get("Content-Length")
+            if self.headers.get("Transfer-Encoding") is not None or length is None:
+                self._refuse_unread(411, "Content-Length: needed (the body's bytes; a Transfer-Encoding such as "
+                                         "chunked is not taken here)", None)
+                return
             try:
-                n = int(length) if length is not None else 0
+                n = int(length)
             except ValueError:
                 n = -1
             if n < 0 or n > MAX_BODY_BYTES:              # (not read: a negative length would wait for the client's end)
+                self._refuse_unread(400 if n < 0 else 413, f"Content-Length: expected an int in [0, {MAX_BODY_BYTES}] "
+                                                           f"(the body's bytes), got {length!r}", n if n > 0 else None)
+                return
+            timeout = self.connection.gettimeout()
+            try:
+                self.connection.settimeout(BODY_TIMEOUT_S)
+                data = self.rfile.read(n)
+            except TimeoutError:                         # (a Content-Length past the bytes sent: waited for for ever)
                 self.close_connection = True
-                self._error(400 if n < 0 else 413, f"Content-Length: expected an int in [0, {MAX_BODY_BYTES}] (the "
-                                                   f"body's bytes), got {length!r}")
+                self._error(408, f"the body did not come: {n} bytes (its Content-Length) were not there within "
+                                 f"{BODY_TIMEOUT_S:g} s")
+                return
+            finally:
+                self.connection.settimeout(timeout)
+            if len(data) < n:                            # (the client closed before its whole body)
+                self.close_connection = True
                 return
             try:
-                body = json.loads(self.rfile.read(n) or b"null")
+                body = json.loads(data or b"null")
+            except (ValueError, RecursionError) as e:
+                # (a JSONDecodeError, and also bytes that are not UTF-8, a number past int's digit limit and nesting
+                # past the recursion limit: each a 500 before)
+                self._error(400, f"the body is not JSON: {getattr(e, 'msg', e)}")
+                return
+            try:
                 if not isinstance(body, dict):
                     raise RequestError("the body must be a JSON object")
-                chat = self.path.endswith("chat/completions")
+                chat = path.endswith("chat/completions")
                 req = self._parse(body, chat)
                 if req.stream:
                     self._stream(req, chat)
@@ -522,8 +655,8 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             except ClientGone:                       # (nobody to answer: its jobs were dropped)
                 self.close_connection = True
                 return
-            except (RequestError, json.JSONDecodeError) as e:
-                self._error(400, str(e) if isinstance(e, RequestError) else f"the body is not JSON: {e.msg}")
+            except RequestError as e:
+                self._error(400, str(e))
                 return
             except Exception as e:  # noqa: BLE001
                 self._error(500, str(e))
@@ -564,6 +697,12 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             for k, ok in UNSUPPORTED.items():
                 if k in body and body[k] != ok:
                     raise RequestError(f'"{k}": only {json.dumps(ok)} is supported here')
+            for k in ("model", "user"):                  # (taken, unused: still of OpenAI's type)
+                if body.get(k) is not None and not isinstance(body[k], str):
+                    raise RequestError(f'"{k}": expected a string, got {body[k]!r}')
+            # OpenAI's optional fields are nullable: null is the default, as if left out (a 400 before, for these)
+            body = {k: v for k, v in body.items() if v is not None or k not in (
+                "stream", "n", "echo", "max_tokens", "max_completion_tokens")}
             stream = body.get("stream", False)
             if not isinstance(stream, bool):
                 raise RequestError(f'"stream": expected true or false, got {stream!r}')
@@ -587,19 +726,23 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 settings = check_sampling(sampling, engine.bat.base)
             except ValueError as e:
                 raise RequestError(str(e)) from None
+            _check_fp32(sampling, engine.bat.base)
             seed = body.get("seed")
             if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
                 raise RequestError(f'"seed": expected an int, got {seed!r}')
             seed = None if seed is None or settings.temperature == 0 else seed % 2 ** 64   # (greedy: no draws)
             bias = _logit_bias(body.get("logit_bias"), engine)
-            max_tokens = body.get("max_tokens", body.get("max_completion_tokens",
-                                                         min(max_new_default, engine.bat.max_new)))
             lo = 0 if echo else 1
-            if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or \
-                    not lo <= max_tokens <= engine.bat.max_new:
-                raise RequestError(f'"max_tokens": expected an int in [{lo}, {engine.bat.max_new}] (this server\'s '
-                                   f'--max-new-tokens{"; 0 with echo: the prompt scored alone" if echo else ""}), '
-                                   f'got {max_tokens!r}')
+            budgets = {k: body[k] for k in ("max_tokens", "max_completion_tokens") if k in body}
+            for k, v in budgets.items():                 # (each checked: one beside max_tokens was ignored unread)
+                if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= engine.bat.max_new:
+                    raise RequestError(f'"{k}": expected an int in [{lo}, {engine.bat.max_new}] (this server\'s '
+                                       f'--max-new-tokens{"; 0 with echo: the prompt scored alone" if echo else ""}), '
+                                       f'got {v!r}')
+            if len(set(budgets.values())) > 1:
+                raise RequestError(f'"max_tokens" {budgets["max_tokens"]} and "max_completion_tokens" '
+                                   f'{budgets["max_completion_tokens"]} differ: give one')
+            max_tokens = next(iter(budgets.values()), min(max_new_default, engine.bat.max_new))
             stop = _stop_list(body.get("stop"))
             so = body.get("stream_options")
             if so is not None and (not stream or not isinstance(so, dict) or set(so) - {"include_usage"} or
@@ -618,6 +761,8 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                 msgs = body.get("messages")
                 if chat_template is None:
                     raise RequestError("this model has no chat template: use /v1/completions")
+                if isinstance(msgs, list):
+                    msgs = [_text_parts(m, i) for i, m in enumerate(msgs)]
                 if not isinstance(msgs, list) or not msgs or not all(
                         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
                         for m in msgs):
