@@ -18,6 +18,7 @@ A row's pick, in this order (transformers' for the first five, as JambaForCausal
 A NaN logit counts as -inf in every row (never picked while the row has a finite logit); a row of NaN / -inf logits
 only picks token 0 (ops.sample_rows).
 """
+import math
 from typing import List, NamedTuple, Optional, Sequence
 
 import torch
@@ -41,27 +42,55 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _f32(v) -> float:
+    """v as the sampling kernel reads it (its params are float32): inf past float32's range, 0 below its least."""
+    try:
+        return torch.tensor(float(v), dtype=torch.float32).item()
+    except OverflowError:                      # (an int past float64's range)
+        return float("inf")
+
+
+def _show(v) -> str:
+    """v for a message: a huge int by its size (its repr is long, and past 4300 digits Python refuses to make it)"""
+    return f"an int of ~{int(abs(v).bit_length() * 0.30103) + 1} digits" \
+        if isinstance(v, int) and abs(v) >= 10 ** 20 else repr(v)
+
+
 def check(values: dict, base: Sampling = Sampling()) -> Sampling:
     """The settings `values` gives (FIELDS; a None value or a missing one: base's) -> Sampling, or ValueError naming
-    the field and what it takes."""
+    the field and what it takes -- also as the sampling kernel reads it, in float32 (temperature 1e39 is inf there,
+    top_p 1e-46 is 0: taken as Python numbers, such a value failed the decode step of every row then running)."""
     bad = sorted(set(values) - set(FIELDS))
     if bad:
         raise ValueError(f"sampling settings: {', '.join(FIELDS)}; not {', '.join(bad)}")
     s = base._replace(**{k: v for k, v in values.items() if v is not None})
+    _check_ranges(s)
+    f32 = {k: _f32(v) for k, v in s._asdict().items()}
+    if math.isfinite(f32["top_k"]):
+        f32["top_k"] = s.top_k                 # (any finite top_k is taken: past the vocabulary it keeps every token)
+    try:
+        _check_ranges(Sampling(**f32))
+    except ValueError as e:
+        k = e.args[0].split(":")[0]
+        raise ValueError(f"{e} (read as float32 by the sampler: {k} = {_show(getattr(s, k))} is out of its range "
+                         "there)") from None
+    return s
+
+
+def _check_ranges(s: Sampling) -> None:
     if not _number(s.temperature) or not 0 <= s.temperature < float("inf"):
-        raise ValueError(f"temperature: expected a number >= 0 (0: greedy), got {s.temperature!r}")
+        raise ValueError(f"temperature: expected a number >= 0 (0: greedy), got {_show(s.temperature)}")
     if isinstance(s.top_k, bool) or not isinstance(s.top_k, int) or s.top_k < 0:
-        raise ValueError(f"top_k: expected an int >= 0 (0: off), got {s.top_k!r}")
+        raise ValueError(f"top_k: expected an int >= 0 (0: off), got {_show(s.top_k)}")
     if not _number(s.top_p) or not 0 < s.top_p <= 1:
-        raise ValueError(f"top_p: expected a number in (0, 1] (1: off), got {s.top_p!r}")
+        raise ValueError(f"top_p: expected a number in (0, 1] (1: off), got {_show(s.top_p)}")
     if not _number(s.min_p) or not 0 <= s.min_p <= 1:
-        raise ValueError(f"min_p: expected a number in [0, 1] (0: off), got {s.min_p!r}")
+        raise ValueError(f"min_p: expected a number in [0, 1] (0: off), got {_show(s.min_p)}")
     if not _number(s.repetition_penalty) or not 0 < s.repetition_penalty < float("inf"):
-        raise ValueError(f"repetition_penalty: expected a number > 0 (1: off), got {s.repetition_penalty!r}")
+        raise ValueError(f"repetition_penalty: expected a number > 0 (1: off), got {_show(s.repetition_penalty)}")
     for k in ("presence_penalty", "frequency_penalty"):
         if not _number(getattr(s, k)) or not -2 <= getattr(s, k) <= 2:
-            raise ValueError(f"{k}: expected a number in [-2, 2] (0: off; OpenAI's range), got {getattr(s, k)!r}")
-    return s
+            raise ValueError(f"{k}: expected a number in [-2, 2] (0: off; OpenAI's range), got {_show(getattr(s, k))}")
 
 
 class RowSampler:

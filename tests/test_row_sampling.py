@@ -123,6 +123,16 @@ def test_settings_refused_by_name():
     with pytest.raises(ValueError, match="top_p: expected a number in"):
         bat.add([5, 6], sampling={"top_p": 2})
     assert bat.done
+    # in range as Python numbers, out of it in the kernel's float32 params (inf / 0 there: the decode step of every
+    # running row failed); still-finite large values are taken
+    for bad in ({"temperature": 1e39}, {"temperature": 10 ** 5000}, {"top_p": 1e-46}, {"repetition_penalty": 1e-46},
+                {"repetition_penalty": 1e39}, {"top_k": 10 ** 39}):
+        with pytest.raises(ValueError, match=f"^{next(iter(bad))}: .*read as float32 by the sampler"):
+            check(bad)
+        with pytest.raises(ValueError, match="float32"):
+            bat.add([5, 6], sampling=bad)
+    assert bat.done
+    assert check({"temperature": 3e38, "top_k": 10 ** 30}) == Sampling(3e38, 10 ** 30)
 
 
 def test_logprobs_of_each_completion(device):
