@@ -8,7 +8,8 @@
 #         cases, the op in turns (dev/moe_epi_ab.py ss) at 1536 - 2304 tokens, ksweep of both, bench_moe at the swap
 #         engine's sizes
 #   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes) and
-#         bench_moe at the issue's sizes
+#         bench_moe at the issue's sizes; the op and the same-work dense mm sustained under nvidia-smi sampling
+#         (dev/moe_power.py: SM clock and power of each); the CLI's out-of-memory line on a GPU
 #   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
 #         when the machine holds no CUDA build: a warm machine keeps final's)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session64_round.sh MODE   (output: $OUT/round.log)
@@ -50,7 +51,16 @@ final)
   step "bench_moe at the issue's sizes and the swap engine's"
   timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s64 --tokens 1,8,64,512,1536,2048,2304,4096,16384 \
     --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
-  cp benchmarks/results/bench_moe_s64.json "$OUT/" 2>/dev/null ;;
+  cp benchmarks/results/bench_moe_s64.json "$OUT/" 2>/dev/null
+  step "the op and the same-work dense mm sustained, SM clock and power (dev/moe_power.py, nvidia-smi every 50 ms)"
+  nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw --format=csv,noheader,nounits -lms 50 > /tmp/smi.csv &
+  smi=$!
+  timeout 90 python3 dev/moe_power.py /tmp/marks.txt 2048 4096 2>&1 | grep -v warn
+  kill $smi
+  python3 dev/smi_phases.py /tmp/smi.csv /tmp/marks.txt
+  step "the CLI's out-of-memory line on a GPU (session 63's test, not marked cuda: the CLI's default device)"
+  timeout 60 python3 -m pytest -q tests/test_generate_cli.py -k out_of_memory -p no:cacheprovider 2>&1 | tail -2
+  python3 -m jamba_ext generate --prompt x --max-new-tokens 100000000000000 2>&1 | tail -1; echo "exit ${PIPESTATUS[0]}" ;;
 sanit)
   python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" 2>/dev/null || build_cuda
   step "compute-sanitizer: memcheck of every op (rest, sample_rows, swap, tiles), racecheck rest and swap"
