@@ -1055,6 +1055,9 @@ def moe_experts(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: Tenso
 
 @moe_experts.register_fake
 def _(x, weights, expert_ids, w_gate_up, w_down, sorted_slots=None, expert_offsets=None, impl="auto"):
+    # a meta argument among CPU tensors lands here: refuse it (it returned uninitialised memory as the result)
+    _fake_devices("moe_experts", x=x, weights=weights, expert_ids=expert_ids, w_gate_up=w_gate_up, w_down=w_down,
+                  sorted_slots=sorted_slots, expert_offsets=expert_offsets)
     return x.new_empty(x.shape)
 
 
@@ -1334,8 +1337,9 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 # ---- fp8 expert weights (weight-only quantisation; section owned by the fp8 family) -------------------------
 # JAMBA_FP8_OPS_BEGIN
 #   quantize_fp8(w (..., K)) -> (q (..., K) float8_e4m3fn, scale (...) f32): per row over the last dim,
-#       scale = max|w_row| / 448 (1 for an all-zero row), q = round_to_e4m3(w / scale). Plain torch (a one-time
-#       conversion), chunked over rows so the fp32 temporaries stay small.
+#       scale = max|w_row| / 448 (1 for an all-zero row; at least 2^-149, fp32's smallest subnormal, where the
+#       division underflows: rows below ~6.3e-43), q = round_to_e4m3(w / scale). inf / NaN refused. Plain torch (a
+#       one-time conversion), chunked over rows so the fp32 temporaries stay small.
 #   dequant_fp8(q (..., K) fp8, scale (...) f32, dtype, group_offsets?) -> q's shape in dtype:
 #       out[r, k] = round_dtype(float(q[r, k]) * scale[r]) (rows r over q's leading dims). group_offsets (G+1,)
 #       int32 (moe_route's expert offsets): the rows form G equal groups and a group with no rows routed to it is
@@ -1389,6 +1393,9 @@ FP8_SM90_MAX_TOKENS = 3584
 FP8_W8A8_MIN_TOKENS = 7
 
 
+_F32_TRUE_MIN = 2.0 ** -149  # fp32's smallest positive (subnormal) value
+
+
 def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]:
     """(q float8_e4m3fn, scale f32) of w, one scale per row over the last dim (see the section's comment)."""
     if not isinstance(w, Tensor) or not w.dtype.is_floating_point or w.dim() < 1:
@@ -1396,16 +1403,23 @@ def quantize_fp8(w: Tensor, rows_per_chunk: int = 4096) -> Tuple[Tensor, Tensor]
                          f"{type(w).__name__ if not isinstance(w, Tensor) else (w.dtype, tuple(w.shape))}")
     if not hasattr(torch, "float8_e4m3fn"):
         raise RuntimeError("quantize_fp8: this torch has no float8_e4m3fn dtype (torch >= 2.1 has it)")
+    if isinstance(rows_per_chunk, bool) or not isinstance(rows_per_chunk, int) or rows_per_chunk < 1:
+        raise ValueError(f"quantize_fp8: rows_per_chunk must be a positive int, got {rows_per_chunk!r}")
     K = w.shape[-1]
-    w2 = w.detach().reshape(-1, K)
+    w2 = w.detach().reshape(w.shape[:-1].numel(), K)  # (not -1: with an empty last dim -1 is ambiguous)
     q = torch.empty(w2.shape, dtype=torch.float8_e4m3fn, device=w.device)
     scale = torch.empty(w2.shape[0], dtype=torch.float32, device=w.device)
     for r0 in range(0, w2.shape[0], rows_per_chunk):
         c = w2[r0:r0 + rows_per_chunk].to(torch.float32)
         amax = c.abs().amax(dim=1) if K else torch.zeros(c.shape[0], device=c.device)
         if not bool(torch.isfinite(amax).all()):
+            if w.dtype == torch.float64 and bool(torch.isfinite(w2[r0:r0 + rows_per_chunk]).all()):
+                raise ValueError("quantize_fp8: w holds float64 values beyond float32's range (~3.4e38), which the "
+                                 "fp32 scales cannot represent")
             raise ValueError("quantize_fp8: w holds inf or NaN")
-        s = torch.where(amax > 0, amax / FP8_MAX, torch.ones_like(amax))
+        # at least fp32's smallest subnormal: max / 448 underflows to 0 for rows below ~6.3e-43, and a zero scale
+        # turned the row's zeros into 0 / 0 = NaN (and its weights into NaN * 0 when dequantized)
+        s = torch.where(amax > 0, (amax / FP8_MAX).clamp_min(_F32_TRUE_MIN), torch.ones_like(amax))
         scale[r0:r0 + rows_per_chunk] = s
         q[r0:r0 + rows_per_chunk] = (c / s[:, None]).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return q.view(w.shape), scale.view(w.shape[:-1])
@@ -1460,6 +1474,7 @@ def dequant_fp8(q: Tensor, scale: Tensor, dtype: torch.dtype = torch.bfloat16,
 
 @dequant_fp8.register_fake
 def _(q, scale, dtype=torch.bfloat16, group_offsets=None):
+    _fake_devices("dequant_fp8", q=q, scale=scale, group_offsets=group_offsets)  # (else: uninitialised CPU memory)
     return torch.empty(q.shape, dtype=dtype, device=q.device)
 
 
@@ -1482,6 +1497,14 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
     _fp8_check(op, "w_down", w_down, s_down, (E, H, Fd))
     if (sorted_slots is None) != (expert_offsets is None):
         _fail(op, "sorted_slots and expert_offsets are given together (moe_route's outputs) or not at all")
+    if sorted_slots is not None:  # checked here, by their own names: the CPU decode kernel does not read them, and
+        #                           the dequantizing path reported them as dequant_fp8's group_offsets
+        if tuple(sorted_slots.shape) != (expert_ids.numel(),) or sorted_slots.dtype != torch.int32:
+            _fail(op, f"sorted_slots must be int32 of shape ({expert_ids.numel()},) (moe_route's), got "
+                      f"{sorted_slots.dtype} {tuple(sorted_slots.shape)}")
+        if tuple(expert_offsets.shape) != (E + 1,) or expert_offsets.dtype != torch.int32:
+            _fail(op, f"expert_offsets must be int32 of shape ({E + 1},) (moe_route's), got {expert_offsets.dtype} "
+                      f"{tuple(expert_offsets.shape)}")
     ids = _moe_ids32(op, expert_ids)
     if not weights.dtype.is_floating_point or weights.shape != ids.shape:
         _fail(op, f"weights must be a float tensor of expert_ids' shape {tuple(ids.shape)}, got {weights.dtype} "
@@ -1568,6 +1591,10 @@ def _fp8_gemv_ok(x: Tensor, H: int, Fd: int) -> bool:
 @moe_experts_fp8.register_fake
 def _(x, weights, expert_ids, w_gate_up, s_gate_up, w_down, s_down, sorted_slots=None, expert_offsets=None,
       act_fp8=False):
+    # a meta argument among CPU tensors lands here: refuse it (it returned uninitialised memory as the result)
+    _fake_devices("moe_experts_fp8", x=x, weights=weights, expert_ids=expert_ids, w_gate_up=w_gate_up,
+                  s_gate_up=s_gate_up, w_down=w_down, s_down=s_down, sorted_slots=sorted_slots,
+                  expert_offsets=expert_offsets)
     return x.new_empty(x.shape)
 
 
@@ -1581,6 +1608,9 @@ def _fp8_moe_backward(ctx, go):
     nx, nw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
     if ctx.needs_input_grad[4] or ctx.needs_input_grad[6]:
         _fail("moe_experts_fp8", "the fp8 weights' scales are frozen (no gradient); detach them")
+    if ctx.needs_input_grad[3] or ctx.needs_input_grad[5]:  # (was a silent None: the weights seemed to train)
+        _fail("moe_experts_fp8", "the fp8 weights are frozen (no gradient; train LoRA adapters or the unquantized "
+                                 "model); detach them or set requires_grad=False")
     if not (nx or nw) or not ids.numel():
         return (None,) * 10
     ids32 = _moe_ids32("moe_experts_fp8", ids)

@@ -755,6 +755,9 @@ def test_moe_bad_inputs(device):
             run(sorted_slots=slots, expert_offsets=offsets.flip(0).contiguous())
     with pytest.raises(ValueError, match="impl"):
         run(impl="fast")
+    for name in ("w_down", "weights"):        # one argument on meta among the others: uninitialised memory before
+        with pytest.raises(ValueError, match="meta"):
+            run(**{name: dict(w_down=w_down, weights=w)[name].to("meta")})
     with pytest.raises(ValueError, match="top_k"):
         ops.moe_route(randn(T, E, device=device), E + 1)
     with pytest.raises(ValueError, match="top_k"):
