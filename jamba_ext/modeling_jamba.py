@@ -353,7 +353,8 @@ class JambaConfig:
 
     @classmethod
     def from_json_file(cls, path: str) -> "JambaConfig":
-        return cls.from_dict(read_json_object(path))
+        """A config.json file (a str or pathlib.Path; "~" expanded, as from_pretrained does: it was a missing file)."""
+        return cls.from_dict(read_json_object(_local_path(path)))
 
     @classmethod
     def from_pretrained(cls, path: str) -> "JambaConfig":
@@ -1440,17 +1441,40 @@ def _as_experts_dtype(d, where: str) -> Optional[torch.dtype]:
     return dt
 
 
-def _quantize_into(q: Tensor, s: Tensor, w: Tensor, dtype: Optional[torch.dtype] = None) -> None:
+def _quantize_into(q: Tensor, s: Tensor, w: Tensor, dtype: Optional[torch.dtype] = None,
+                   name: str = "the expert weights") -> None:
     """q (..., R, K) fp8 and s (..., R) f32 <- ops.quantize_fp8(w), w of q's shape in any float dtype on any device:
     one (R, K) matrix at a time, moved to q's device and rounded to dtype first (when given), so the temporaries
-    (fp32 inside quantize_fp8) stay one matrix's, never a whole expert tensor's."""
+    (fp32 inside quantize_fp8) stay one matrix's, never a whole expert tensor's. name: what w is (a state-dict key,
+    a checkpoint file), in the error a weight quantize_fp8 refuses (inf / NaN) raises: it named neither."""
     if w.dim() > 2:
         for e in range(w.shape[0]):
-            _quantize_into(q[e], s[e], w[e], dtype)
+            _quantize_into(q[e], s[e], w[e], dtype, f"{name}, expert {e}")
         return
-    qe, se = _ops.quantize_fp8(w.detach().to(device=q.device, dtype=dtype or w.dtype))
+    try:
+        qe, se = _ops.quantize_fp8(w.detach().to(device=q.device, dtype=dtype or w.dtype))
+    except ValueError as err:
+        raise ValueError(f"{name}: {err} (fp8 quantization needs finite weights)") from None
     q.copy_(qe)
     s.copy_(se)
+
+
+def _check_finite_experts(model: nn.Module, where: str) -> None:
+    """Every unquantized JambaExperts weight of model is finite, else a ValueError naming the weight and expert:
+    quantize_experts checks all of them before it changes any, so a NaN in the last MoE layer leaves the model as it
+    was (it left the layers before quantized and that layer half: an fp8 gate_up_proj beside a float down_proj, whose
+    forward then failed in moe_experts). One expert at a time (the bool temporaries stay one matrix's)."""
+    for path, m in model.named_modules():
+        if not isinstance(m, JambaExperts) or m.is_fp8:
+            continue
+        for wname in _EXPERT_WEIGHTS:
+            w = getattr(m, wname)
+            if w.is_meta:
+                continue
+            for e in range(w.shape[0]):
+                if not bool(torch.isfinite(w[e]).all()):
+                    raise ValueError(f"{where}: {path + '.' if path else ''}{wname}, expert {e}, holds inf or NaN; "
+                                     "fp8 quantization needs finite weights (nothing was quantized)")
 
 
 class JambaExperts(nn.Module):
@@ -1483,14 +1507,17 @@ class JambaExperts(nn.Module):
             return self
         if _FP8 is None:
             raise RuntimeError("quantize_fp8_: this torch has no float8_e4m3fn dtype (torch >= 2.1 has it)")
-        for name in _EXPERT_WEIGHTS:
-            w = getattr(self, name)
+        done = {}
+        for name in _EXPERT_WEIGHTS:             # both quantized before either is replaced: an error (inf / NaN)
+            w = getattr(self, name)              # leaves the module as it was, not half fp8
             q = torch.empty(w.shape, dtype=_FP8, device=w.device)
             s = torch.empty(w.shape[:-1], dtype=torch.float32, device=w.device)
             if not w.is_meta:
-                _quantize_into(q, s, w)
-            delattr(self, name)                  # the Parameter goes; then its storage with the last reference
+                _quantize_into(q, s, w, name=name)
+            done[name] = (q, s)
             del w
+        for name, (q, s) in done.items():
+            delattr(self, name)                  # the Parameter goes; then its storage with the last reference
             self.register_buffer(name, q)
             self.register_buffer(name + "_scale", s)
         return self
@@ -1519,7 +1546,7 @@ class JambaExperts(nn.Module):
             if self.is_fp8 and v.dtype != _FP8 and v.dtype.is_floating_point:
                 q, sc = torch.empty_like(mine), torch.empty(mine.shape[:-1], dtype=torch.float32, device=mine.device)
                 with torch.no_grad():
-                    _quantize_into(q, sc, v)
+                    _quantize_into(q, sc, v, name=key)
                 state_dict[key], state_dict[skey] = q, sc
             elif not self.is_fp8 and v.dtype == _FP8:
                 sc = state_dict.pop(skey, None)
@@ -1721,6 +1748,23 @@ def _as_dtype(d) -> Optional[torch.dtype]:
                      f"got {d!r}")
 
 
+def _config_dtype(config) -> torch.dtype:
+    """The weights' dtype a config names ("dtype", transformers 5's field, else "torch_dtype"; a torch.dtype there by
+    its name too), float32 when it names none. A name that is not one of _DTYPES is a ValueError naming the field: it
+    loaded as float32 without a word (transformers loads "float64" as float64; the kernels here run float32, bfloat16
+    and float16 only, as from_config(dtype=) says, and a typo raised AttributeError in transformers)."""
+    for field in ("dtype", "torch_dtype"):
+        v = getattr(config, field, None)
+        if v is None or v == "":
+            continue
+        name = str(v).replace("torch.", "")
+        if name not in _DTYPES:
+            raise ValueError(f"config.{field}: {v!r} is not a dtype jamba_ext runs; expected one of "
+                             f"{sorted(_DTYPES)} (or pass dtype= to from_pretrained to load the weights in one)")
+        return _DTYPES[name]
+    return torch.float32
+
+
 def resolve_checkpoint(path: str) -> str:
     """A checkpoint location as a local directory: a directory as is; a Hugging Face Hub id ("org/name", not a local
     path) downloaded through huggingface_hub (its cache; config, tokenizer and chat-template files and the safetensors
@@ -1765,6 +1809,12 @@ def _as_jamba_config(config) -> "JambaConfig":
 
 def _checkpoint_files(path: str) -> List[str]:
     """The weight files of a local checkpoint directory, honouring a sharded index."""
+    return _checkpoint_layout(path)[0]
+
+
+def _checkpoint_layout(path: str) -> Tuple[List[str], Optional[Tuple[str, Dict[str, str]]]]:
+    """(the weight files of a local checkpoint directory, honouring a sharded index; (the index file, its weight_map
+    with each shard as a path under `path`) when there is an index, else None)."""
     for index_name, single in (("model.safetensors.index.json", "model.safetensors"),
                                ("pytorch_model.bin.index.json", "pytorch_model.bin")):
         index = os.path.join(path, index_name)
@@ -1778,11 +1828,64 @@ def _checkpoint_files(path: str) -> List[str]:
             missing = [s for s in files if not os.path.isfile(os.path.join(path, s))]
             if missing:
                 raise FileNotFoundError(f"{index} lists shards that are not in {path!r}: {missing[:5]}")
-            return [os.path.join(path, s) for s in files]
+            return [os.path.join(path, s) for s in files], (index, {k: os.path.join(path, s)
+                                                                     for k, s in weight_map.items()})
         if os.path.isfile(os.path.join(path, single)):
-            return [os.path.join(path, single)]
+            return [os.path.join(path, single)], None
     raise FileNotFoundError(f"no weights in {path!r}: expected model.safetensors, model.safetensors.index.json, "
                             "pytorch_model.bin or pytorch_model.bin.index.json")
+
+
+def _shard_limit(max_shard_size) -> int:
+    """save_pretrained's max_shard_size in bytes: an int, or a size string as transformers 5 takes it ("5GB", "500MB",
+    "1.5GB": decimal units, any case) and the binary units of its max_memory ("2GiB", "512MiB")."""
+    if isinstance(max_shard_size, numbers.Integral) and not isinstance(max_shard_size, bool):
+        max_shard_size = int(max_shard_size)
+    try:
+        n = _placement.parse_size(max_shard_size)
+    except ValueError:
+        n = 0
+    if n <= 0:
+        raise ValueError(f"save_pretrained: max_shard_size {max_shard_size!r} is not a positive size: bytes as an "
+                         "int, or a number and a unit, e.g. '5GB', '500MB', '2GiB'")
+    return n
+
+
+def _shard_plan(sd: Dict[str, Tensor], limit: int) -> Dict[str, List[str]]:
+    """{file name: its keys}: huggingface_hub's split (transformers 5's save_pretrained), so the files are named and
+    filled as transformers would: keys in order into the current shard until the next one would pass `limit`; a tensor
+    larger than `limit` gets a shard of its own. One shard is model.safetensors."""
+    shards: List[List[str]] = []
+    current: List[str] = []
+    size = 0
+    for k, v in sd.items():
+        n = v.numel() * v.element_size()
+        if n > limit:
+            shards.append([k])
+            continue
+        if size + n > limit:
+            shards.append(current)
+            current, size = [], 0
+        current.append(k)
+        size += n
+    if current or not shards:
+        shards.append(current)
+    if len(shards) == 1:
+        return {"model.safetensors": shards[0]}
+    return {f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors": keys for i, keys in enumerate(shards)}
+
+
+def _earlier_weight_files(path: str) -> set:
+    """The safetensors weight files of an earlier save in path: model.safetensors and the shards its index lists
+    (plain *.safetensors names: an index naming other files, or files elsewhere, does not get them removed)."""
+    out = {"model.safetensors"} if os.path.isfile(os.path.join(path, "model.safetensors")) else set()
+    try:
+        with open(os.path.join(path, "model.safetensors.index.json"), encoding="utf-8") as f:
+            names = list(json.load(f).get("weight_map", {}).values())
+    except (OSError, ValueError, AttributeError, TypeError):     # (none, or malformed: it is replaced all the same)
+        names = []
+    out.update(n for n in names if isinstance(n, str) and n.endswith(".safetensors") and os.path.basename(n) == n)
+    return out
 
 
 PROGRESS_MIN_BYTES = 1 << 30       # from_pretrained(progress=None) reports files that hold more than this
@@ -1838,6 +1941,9 @@ def _iter_file(fpath: str) -> Iterable[Tuple[str, Tensor, str]]:
         if not isinstance(sd, dict):
             raise ValueError(f"{fpath}: expected a state dict (a dict of tensors), found a {type(sd).__name__}")
         for k, v in sd.items():
+            if not isinstance(v, Tensor):     # (a list, a number, a nested dict: an AttributeError further on)
+                raise ValueError(f"{fpath}: {k!r} holds a {type(v).__name__}, not a tensor; a checkpoint's "
+                                 "state dict maps each weight name to a tensor")
             yield k, v, fpath
 
 
@@ -2009,11 +2115,18 @@ class _PreTrained(nn.Module):
         Returns self. The expert weights become frozen buffers (LoRA and the router still train); save_pretrained refuses the result, so save before
         quantizing. Jamba-v0.1: ~58 GB instead of ~104 GB in bf16; to never hold the bf16 experts at all, load with
         from_pretrained(..., experts_dtype="fp8")."""
+        if dtype is None:  # (_as_experts_dtype's None means "unquantized": it quantized to fp8 all the same)
+            raise ValueError("quantize_experts: dtype must be \"fp8\", \"float8_e4m3fn\" or torch.float8_e4m3fn, got "
+                             "None (the experts cannot be dequantized in place: load the model again without "
+                             "experts_dtype)")
         _as_experts_dtype(dtype, "quantize_experts")
+        if not isinstance(act_fp8, bool):  # bool(act_fp8) made act_fp8="no" (or "False") a yes
+            raise ValueError(f"quantize_experts: act_fp8 must be True or False, got {act_fp8!r}")
+        _check_finite_experts(self, "quantize_experts")
         for m in self.modules():
             if isinstance(m, JambaExperts):
                 m.quantize_fp8_()
-                m.act_fp8 = bool(act_fp8)
+                m.act_fp8 = act_fp8
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
         return self
@@ -2177,7 +2290,10 @@ class _PreTrained(nn.Module):
         a time on `device`, so the unquantized experts of the whole model are never in memory (Jamba-v0.1 in bf16:
         ~58 GB instead of ~104 GB, one 80 GB GPU); the result equals from_pretrained(...).quantize_experts("fp8") bit
         for bit. Raises FileNotFoundError for a missing file and ValueError naming every missing, unexpected or
-        mis-shaped key."""
+        mis-shaped key, a weight stored twice (in two shards, in a shard the index does not map it to, experts both
+        fused and per expert: _load_checkpoint) and a config dtype other than float32 / bfloat16 / float16 (where
+        dtype= does not override it). Tied embeddings with a stored lm_head.weight unlike the embedding load untied,
+        as transformers 5 loads them (a warning; config.tie_word_embeddings becomes False)."""
         experts_dtype = _as_experts_dtype(experts_dtype, "from_pretrained")
         if torch_dtype is not None:
             if dtype is not None:
@@ -2189,11 +2305,8 @@ class _PreTrained(nn.Module):
             raise ValueError("from_pretrained: give device or device_map, not both")
         path = resolve_checkpoint(path)
         config = JambaConfig.from_pretrained(path) if config is None else _as_jamba_config(config)
-        files = _checkpoint_files(path)
-        if dtype is None:                                          # (a torch.dtype there by its name too)
-            dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
-            dtype = _DTYPES.get(str(dtype).replace("torch.", ""), torch.float32) if dtype else torch.float32
-        dtype = _as_dtype(dtype)
+        files, index = _checkpoint_layout(path)
+        dtype = _as_dtype(_config_dtype(config) if dtype is None else dtype)
         with torch.device("meta"):
             model = cls(config)
         model = model.to(dtype)
@@ -2211,7 +2324,7 @@ class _PreTrained(nn.Module):
             model.fuse_projections()                           # before loading: the weights are copied into views
         if progress is None:
             progress = sum(os.path.getsize(f) for f in files) > PROGRESS_MIN_BYTES
-        model._load_checkpoint(files, progress)
+        model._load_checkpoint(files, progress, index)
         model._read_generation_config(path)
         return model.eval()
 
@@ -2236,16 +2349,46 @@ class _PreTrained(nn.Module):
             gc = types.SimpleNamespace(**{k: d.get(k) for k in ("eos_token_id", "pad_token_id", "bos_token_id")})
         self.generation_config = gc
 
-    def _load_checkpoint(self, files: Sequence[str], progress: bool = False) -> None:
+    def _load_checkpoint(self, files: Sequence[str], progress: bool = False,
+                         index: Optional[Tuple[str, Dict[str, str]]] = None) -> None:
         """Copies the checkpoint's tensors into the model one at a time. fp8 experts (quantize_experts on meta before
         to_empty) quantize each piece as it is read (_quantize_into: rounded to the model's dtype first, as
         from_pretrained without experts_dtype would hold it), so the result equals quantizing after the load; their
-        *_scale buffers, not in checkpoints, count as loaded with their weights."""
+        *_scale buffers, not in checkpoints, count as loaded with their weights.
+
+        A weight stored twice (one key in two shards; "layers.0..." and "model.layers.0..."; a layer's experts both
+        fused and per expert) and, with an index (index file, {key: shard path}), a key found in a shard other than
+        the one the index maps it to are ValueErrors naming the keys and files (the last one read won, silently; a
+        key the index does not list loads, as before). Tied
+        embeddings with a stored lm_head.weight that differs from embed_tokens.weight are untied, as transformers 5
+        loads them: lm_head keeps the stored weight, config.tie_word_embeddings becomes False, with a warning."""
         params = dict(self.state_dict(keep_vars=True))
         prefix = "model." if isinstance(self, JambaForCausalLM) else ""
         loaded, unexpected, errors = set(), [], []
         per_expert: Dict[str, Dict[Tuple[int, str], Tensor]] = {}
         dtype = self.dtype
+        # what each stored key filled -> (that key, its file): a second key filling it again is an error. Expert
+        # pieces are (layer prefix, expert, name), so that a fused tensor claims every piece it holds
+        origin: Dict[object, Tuple[str, str]] = {}
+        tied_head = bool(prefix) and self.config.tie_word_embeddings
+        head = None                                                # (tied) the stored lm_head.weight and its file
+        first_file: Dict[str, str] = {}                            # stored key -> the file it was read from
+
+        def claim(targets, stored: str, fpath: str) -> None:
+            for t in targets:
+                prev = origin.get(t)
+                if prev is None:
+                    continue
+                pkey, pfile = prev
+                fused = [k for k in (pkey, stored) if k.endswith(("experts.gate_up_proj", "experts.down_proj"))]
+                if len(fused) == 1:
+                    raise ValueError(f"checkpoint: {t[0][:-1]} is stored both fused and per expert: {pkey!r} in "
+                                     f"{pfile} and {stored!r} in {fpath} (which of the two is meant cannot be told)")
+                what = repr(stored) if pkey == stored else f"one weight, as {pkey!r} and {stored!r},"
+                raise ValueError(f"checkpoint: {what} is stored twice: in {pfile} and in {fpath} (which of the two "
+                                 "is meant cannot be told)")
+            for t in targets:
+                origin[t] = (stored, fpath)
 
         def bad_value(key: str, value: Tensor, fpath: str) -> bool:   # float8, int, bool: not a weight here
             if _FP8 is not None and value.dtype == _FP8:
@@ -2259,26 +2402,36 @@ class _PreTrained(nn.Module):
                 return True
             return False
 
-        def put(key: str, value: Tensor, fpath: str):
-            p = params.get(key)
-            if p is None:
-                unexpected.append(key)
-                return
+        def usable(key: str, p: Tensor, value: Tensor, fpath: str) -> bool:
             if tuple(p.shape) != tuple(value.shape):
                 errors.append(f"{key}: expected shape {tuple(p.shape)} (from config.json), found "
                               f"{tuple(value.shape)} in {os.path.basename(fpath)}")
-                return
-            if bad_value(key, value, fpath):
+                return False
+            return not bad_value(key, value, fpath)
+
+        def put(key: str, value: Tensor, fpath: str):
+            p = params[key]
+            if not usable(key, p, value, fpath):
                 return
             with torch.no_grad():
                 if p.dtype == _FP8 and (key + "_scale") in params:   # fused fp8 experts: quantized per expert
-                    _quantize_into(p, params[key + "_scale"], value, dtype)
+                    _quantize_into(p, params[key + "_scale"], value, dtype, f"{key} in {os.path.basename(fpath)}")
                     loaded.add(key + "_scale")
                 else:
                     p.copy_(value)
             loaded.add(key)
 
         for key, value, fpath in _iter_checkpoint(files, _LoadProgress(files) if progress else None):
+            stored = key
+            if stored in first_file:                               # (before the index's verdict: the plainer error)
+                raise ValueError(f"checkpoint: {stored!r} is stored twice: in {first_file[stored]} and in {fpath} "
+                                 "(which of the two is meant cannot be told)")
+            first_file[stored] = fpath
+            if index is not None:
+                want = index[1].get(stored)
+                if want is not None and os.path.normpath(want) != os.path.normpath(fpath):
+                    raise ValueError(f"checkpoint: {stored!r} is in {fpath}, but {index[0]} maps it to {want} (the "
+                                     "index and the shards disagree: which is meant cannot be told)")
             if not prefix:                                         # a JambaForCausalLM checkpoint into JambaModel
                 if key == "lm_head.weight":
                     continue
@@ -2298,6 +2451,7 @@ class _PreTrained(nn.Module):
                     errors.append(f"{key}: expert index {e} out of range (num_experts={E}) in "
                                   f"{os.path.basename(fpath)}")
                     continue
+                claim([(base, e, name)], stored, fpath)
                 if tuple(value.shape) != want:
                     errors.append(f"{key}: expected shape {want} (from config.json), found "
                                   f"{tuple(value.shape)} in {os.path.basename(fpath)}")
@@ -2309,10 +2463,23 @@ class _PreTrained(nn.Module):
                 with torch.no_grad():                              # write straight into the fused slices
                     if dst.dtype == _FP8:                          # per-row scales: the slice's rows quantized alone
                         sname = "gate_up_proj_scale" if name != "down_proj" else "down_proj_scale"
-                        _quantize_into(dst[e, rows], params[base + sname][e, rows], value, dtype)
+                        _quantize_into(dst[e, rows], params[base + sname][e, rows], value, dtype,
+                                       f"{key} in {os.path.basename(fpath)}")
                     else:
                         dst[e, rows].copy_(value)
                 per_expert.setdefault(base, {})[(e, name)] = True
+                continue
+            if key not in params:
+                unexpected.append(key)
+                continue
+            fm = re.match(r"^(.*\.experts\.)(gate_up_proj|down_proj)$", key)
+            if fm:
+                pieces = ("gate_proj", "up_proj") if fm.group(2) == "gate_up_proj" else ("down_proj",)
+                claim([(fm.group(1), e, n) for e in range(params[key].shape[0]) for n in pieces], stored, fpath)
+            else:
+                claim([key], stored, fpath)
+            if tied_head and key == "lm_head.weight":              # (one tensor with the embedding: decided below)
+                head = (value, fpath)
                 continue
             put(key, value, fpath)
         for base, got in per_expert.items():
@@ -2324,6 +2491,24 @@ class _PreTrained(nn.Module):
             else:
                 loaded.update({base + "gate_up_proj", base + "down_proj"})
                 loaded.update(k for k in (base + "gate_up_proj_scale", base + "down_proj_scale") if k in params)
+        if head is not None:
+            value, fpath = head
+            emb = params["model.embed_tokens.weight"]
+            if "model.embed_tokens.weight" not in loaded:          # lm_head alone: it fills the tied tensor
+                put("lm_head.weight", value, fpath)
+            elif usable("lm_head.weight", emb, value, fpath):
+                with torch.no_grad():
+                    value = value.to(emb.device, emb.dtype)
+                    if not torch.equal(value, emb):
+                        # transformers 5 keeps both as stored (4.x used the embedding); untied here the same way,
+                        # and the config says so, or the next _retie (dispatch, resize) would tie them again
+                        self.lm_head.weight = nn.Parameter(value, requires_grad=emb.requires_grad)
+                        self.config.tie_word_embeddings = False
+                        warnings.warn(f"config.tie_word_embeddings is true, but the checkpoint's lm_head.weight "
+                                      f"({fpath}) differs from model.embed_tokens.weight: loaded untied, each as "
+                                      "stored, as transformers does; config.tie_word_embeddings is now False",
+                                      stacklevel=3)
+                loaded.add("lm_head.weight")
         tied = {"lm_head.weight", prefix + "embed_tokens.weight"}
         if self.config.tie_word_embeddings and loaded & tied:
             loaded |= tied                                         # one tensor under two names
@@ -2336,55 +2521,128 @@ class _PreTrained(nn.Module):
         if errors:
             raise ValueError("checkpoint does not match the model config:\n  " + "\n  ".join(errors))
 
-    def save_pretrained(self, path: str, per_expert: bool = True) -> None:
-        """config.json + model.safetensors. per_expert=True writes the on-disk Hub layout (loads in
-        transformers 4.x and 5.x); a tied lm_head.weight is left out, as transformers does. A sharded safetensors
-        checkpoint already in path (model.safetensors.index.json and the shards it lists) is removed after the new
-        file is written: from_pretrained reads an index first, so it would load the old weights."""
-        from safetensors.torch import save_file
-        if any(type(m).__name__ == "LoRALinear" for m in self.modules()):
-            raise ValueError("save_pretrained: the model carries jamba_ext.lora adapters; fold them into the weights "
-                             "first (jamba_ext.merge_lora(model)), so that the checkpoint is a plain Jamba one")
-        if self.experts_fp8:
-            raise ValueError("save_pretrained: the MoE experts are quantized to fp8 (quantize_experts / "
-                             "from_pretrained(experts_dtype='fp8')), and a Jamba checkpoint holds unquantized weights "
-                             "that transformers reads; save the model before quantizing it (and quantize again after "
-                             "loading)")
+    def save_pretrained(self, path: str, per_expert: Optional[bool] = None, max_shard_size: Union[int, str] = "50GB",
+                        safe_serialization: bool = True, is_main_process: bool = True,
+                        state_dict: Optional[Dict[str, Tensor]] = None, push_to_hub: bool = False,
+                        save_original_format: Optional[bool] = None, **kwargs) -> None:
+        """config.json + the weights as transformers 5 writes them: model.safetensors, or past max_shard_size
+        (bytes, or a size such as "5GB", "500MB", "2GiB"; transformers' default "50GB", the Hub's per-file limit)
+        shards model-00001-of-0000N.safetensors in state-dict order with model.safetensors.index.json ({"metadata":
+        {"total_size", "total_parameters"}, "weight_map": {key: shard}}); a tensor larger than max_shard_size gets a
+        shard of its own. per_expert=True (default; transformers' name: save_original_format) writes the on-disk Hub
+        layout (loads in transformers 4.x and 5.x), per_expert=False the fused experts; a tied lm_head.weight is left
+        out, as transformers does. A JambaForCausalLM writes generation_config.json when it has a generation config
+        of its own (loaded from the checkpoint, or set). The config gets the weights' dtype (torch_dtype, and dtype
+        where it has that field), in place, as transformers' save_pretrained sets it.
+
+        The weight files of an earlier save in `path` that this one does not overwrite are removed after it is
+        written: a model.safetensors, the shards its model.safetensors.index.json lists (plain *.safetensors names
+        only) and that index; so is a generation_config.json when a JambaForCausalLM has no generation config of its
+        own (from_pretrained reads all of them first, so they would load old weights or stop tokens, or mix with the
+        new shards). pytorch_model*.bin files are left: from_pretrained reads them only where there are no
+        safetensors weights.
+
+        transformers' other arguments: safe_serialization=False is a ValueError (safetensors only; transformers 5 has
+        no .bin writer either), as are push_to_hub=True (upload the directory with huggingface_hub), a variant and
+        distributed_checkpoint=True; is_main_process=False checks the arguments and writes nothing (the other ranks
+        of a distributed job); state_dict= {name: tensor} (this model's names, experts fused or per expert) is saved
+        in place of the model's; token and save_peft_format change nothing here. Any other keyword is a ValueError
+        naming it."""
+        try:
+            from safetensors.torch import save_file
+        except ImportError:
+            raise ImportError("save_pretrained writes .safetensors files, which needs the `safetensors` package "
+                              "(pip install safetensors)") from None
+        if not safe_serialization:
+            raise ValueError("save_pretrained: safe_serialization=False (pytorch_model.bin) is not supported: "
+                             "jamba_ext writes safetensors only, which transformers and jamba_ext both read")
+        if push_to_hub:
+            raise ValueError("save_pretrained: push_to_hub=True is not supported (jamba_ext does not upload); save, "
+                             "then upload the directory, e.g. huggingface_hub.HfApi().upload_folder(folder_path=path, "
+                             "repo_id=...)")
+        if kwargs.get("variant") is not None:
+            raise ValueError(f"save_pretrained: variant={kwargs['variant']!r} is not supported (from_pretrained reads "
+                             "model.safetensors / its shards, not model.<variant>.safetensors)")
+        if kwargs.get("distributed_checkpoint"):
+            raise ValueError("save_pretrained: distributed_checkpoint=True is not supported (a jamba_ext model is not "
+                             "FSDP / tensor-parallel sharded: its whole state dict is written)")
+        rest = sorted(k for k in kwargs if k not in ("variant", "distributed_checkpoint", "token", "save_peft_format"))
+        if rest:
+            raise ValueError(f"save_pretrained: unexpected keyword arguments {rest}: it takes per_expert, "
+                             "max_shard_size, safe_serialization, is_main_process, state_dict and save_original_format "
+                             "(and transformers' push_to_hub=False, variant=None, token, save_peft_format and "
+                             "distributed_checkpoint=False, which change nothing here)")
+        if save_original_format is not None:
+            if per_expert is not None and bool(per_expert) != bool(save_original_format):
+                raise ValueError("save_pretrained: per_expert and save_original_format disagree (one setting: "
+                                 "save_original_format is transformers' name for per_expert)")
+            per_expert = save_original_format
+        per_expert = True if per_expert is None else per_expert
+        limit = _shard_limit(max_shard_size)
+        if state_dict is None:
+            if any(type(m).__name__ == "LoRALinear" for m in self.modules()):
+                raise ValueError("save_pretrained: the model carries jamba_ext.lora adapters; fold them into the "
+                                 "weights first (jamba_ext.merge_lora(model)), so that the checkpoint is a plain Jamba "
+                                 "one")
+            if self.experts_fp8:
+                raise ValueError("save_pretrained: the MoE experts are quantized to fp8 (quantize_experts / "
+                                 "from_pretrained(experts_dtype='fp8')), and a Jamba checkpoint holds unquantized "
+                                 "weights that transformers reads; save the model before quantizing it (and quantize "
+                                 "again after loading)")
+        else:
+            if not isinstance(state_dict, dict):
+                raise ValueError(f"save_pretrained: state_dict: expected a dict of tensors, got "
+                                 f"{type(state_dict).__name__}")
+            for k, v in state_dict.items():
+                if not isinstance(k, str) or not isinstance(v, Tensor):
+                    raise ValueError(f"save_pretrained: state_dict[{k!r}] is a {type(v).__name__}; expected a tensor "
+                                     "under a str name")
+                if _FP8 is not None and v.dtype == _FP8:
+                    raise ValueError(f"save_pretrained: state_dict[{k!r}] is float8; a Jamba checkpoint holds "
+                                     "unquantized weights that transformers reads")
+        if not is_main_process:
+            return
         path = _local_path(path)
         os.makedirs(path, exist_ok=True)
         # the weights' dtype into config.json, as transformers writes it, so that from_pretrained loads them as saved
-        # (without it a bf16 model came back as float32)
+        # (without it a bf16 model came back as float32); on the live config, as transformers' save_pretrained does
         name = str(next(p.dtype for p in self.parameters() if p.is_floating_point())).replace("torch.", "")
         self.config.torch_dtype = name
         if getattr(self.config, "dtype", None) is not None:
             self.config.dtype = name
         self.config.save_pretrained(path)
-        sd = {k: v.detach() for k, v in self.state_dict().items()}
+        sd = {k: v.detach() for k, v in (self.state_dict() if state_dict is None else state_dict).items()}
         if self.config.tie_word_embeddings:
             sd.pop("lm_head.weight", None)
         if per_expert:
             sd = to_per_expert_state_dict(sd)
-        save_file({k: v.contiguous() for k, v in sd.items()}, os.path.join(path, "model.safetensors"),
-                  metadata={"format": "pt"})
+        shards = _shard_plan(sd, limit)
+        earlier = _earlier_weight_files(path)         # (read before this save overwrites the index)
+        for fname, keys in shards.items():
+            save_file({k: sd[k].contiguous() for k in keys}, os.path.join(path, fname), metadata={"format": "pt"})
         index = os.path.join(path, "model.safetensors.index.json")
-        if os.path.isfile(index):                               # an older sharded save here would shadow this one
-            try:
-                with open(index) as f:
-                    shards = set(json.load(f).get("weight_map", {}).values())
-            except (OSError, ValueError, AttributeError):
-                shards = set()
-            for sh in shards:
-                fp = os.path.join(path, os.path.basename(str(sh)))
-                if os.path.basename(fp) != "model.safetensors" and os.path.isfile(fp):
-                    os.remove(fp)
+        if len(shards) > 1:
+            meta = {"total_size": sum(v.numel() * v.element_size() for v in sd.values()),
+                    "total_parameters": sum(v.numel() for v in sd.values())}
+            with open(index, "w", encoding="utf-8") as f:
+                f.write(json.dumps({"metadata": meta, "weight_map": {k: fname for fname, keys in shards.items()
+                                                                      for k in keys}}, indent=2, sort_keys=True) + "\n")
+        elif os.path.isfile(index):                   # (read first, it would load the earlier shards)
             os.remove(index)
+        for fname in sorted(earlier - set(shards)):   # then the earlier files it listed, and a single file
+            fp = os.path.join(path, fname)
+            if os.path.isfile(fp):
+                os.remove(fp)
         gc = self.__dict__.get("_generation_config")           # (one loaded from the checkpoint, or set: kept)
+        gfile = os.path.join(path, "generation_config.json")
         if gc is not None and not self.__dict__.get("_generation_config_derived"):
             if hasattr(gc, "save_pretrained"):
                 gc.save_pretrained(path)
             else:
-                with open(os.path.join(path, "generation_config.json"), "w") as f:
+                with open(gfile, "w") as f:
                     json.dump({k: v for k, v in vars(gc).items() if v is not None}, f, indent=2)
+        elif isinstance(self, JambaForCausalLM) and os.path.isfile(gfile):
+            os.remove(gfile)         # an earlier save's stop tokens: the model's are config.json's (JambaModel: left)
 
 
 class JambaModel(_PreTrained):
