@@ -28,8 +28,10 @@ the checkpoint loads: from_pretrained(experts_dtype="fp8"); the built-in model i
 --act-fp8 adds fp8 activations (W8A8: x and the SiLU product quantized per row; used on Hopper GPUs from 7 tokens).
 `train` fine-tunes every weight (or, with --lora R, rank-R adapters) of the built-in model (or of --model) on random
 windows of a UTF-8 text file
-(next-token loss, AdamW, gradients clipped at norm 1; on a GPU fp32 weights under bf16 autocast), logs the loss and
-tokens/s to stderr, and with --save writes a checkpoint that `generate --model` reads.
+(next-token loss, AdamW, gradients clipped at norm 1; on a GPU fp32 weights under bf16 autocast), logs the loss,
+tokens/s and an ETA to stderr, and with --save writes a checkpoint that `generate --model` reads. Its text and --save
+are checked before the weights load; Ctrl-C stops after the step in progress (with --save: saving the steps done),
+exit status 130.
 """
 import argparse
 import itertools
@@ -137,7 +139,10 @@ def _device(spec: str, flag: str = "--device"):
     return dev
 
 
-def _load(args):
+def _load(args, before_weights=None):
+    """(model, tokenizer, what): the built-in model or --model's checkpoint. before_weights(tokenizer, config), when
+    given, runs once both are known and before the weights are built or read (train checks its text there: a
+    checkpoint of 100 GB takes minutes to load)."""
     import torch
     from .modeling_jamba import JambaConfig, JambaForCausalLM
     from .tokenizer import ByteTokenizer, load_tokenizer
@@ -158,6 +163,8 @@ def _load(args):
         _fail("--act-fp8 quantizes the MoE activations of fp8 experts: add --experts-fp8")
     if args.model is None:
         cfg = JambaConfig(**DEFAULT_CONFIG)
+        if before_weights is not None:
+            before_weights(ByteTokenizer(), cfg)
         model = JambaForCausalLM.from_config(cfg, dtype=dtype, device=device, seed=args.seed)
         if dmap is not None:
             try:
@@ -175,7 +182,7 @@ def _load(args):
     if not os.path.isfile(os.path.join(d, "config.json")):
         _fail(f"--model {d!r}: no config.json (expected a transformers Jamba checkpoint directory)")
     try:                                  # (the config first: another model type is the news, not its tokenizer)
-        JambaConfig.from_json_file(os.path.join(d, "config.json"))
+        cfg = JambaConfig.from_json_file(os.path.join(d, "config.json"))
     except (ValueError, OSError) as e:
         _fail(f"--model {d!r}: {e}")
     try:
@@ -183,7 +190,9 @@ def _load(args):
     except ImportError as e:
         _fail(str(e))
     if tok is None:
-        _fail(f"--model {d!r}: no tokenizer.json, so the prompt cannot be encoded")
+        _fail(f"--model {d!r}: no tokenizer.json, so no text can be encoded")
+    if before_weights is not None:
+        before_weights(tok, cfg)
     try:
         place = dict(device=device) if dmap is None else dict(device_map=dmap, max_memory=mm)
         model = JambaForCausalLM.from_pretrained(d, dtype=dtype, progress=args.progress,
@@ -577,18 +586,37 @@ def _beam_generate(args, model, tok, ids, use_graph, on_prefill, echo, t0, bar) 
     return new
 
 
+def _duration(s: float) -> str:
+    """Seconds as a short duration for the log: 42 s, 3m05s, 2h07m."""
+    s = max(0, int(round(s)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def cmd_train(args) -> int:
+    """train: fine-tune on a text file. Ctrl-C (or SIGTERM) stops after the step in progress and, with --save, saves
+    the weights trained so far; exit status 128 + the signal's number (130 for Ctrl-C) either way, so that a script
+    sees the run did not finish. A second one stops at once: nothing saved."""
+    try:
+        return _train(args)
+    except KeyboardInterrupt:   # (before the training loop, a second Ctrl-C within it, or off the main thread)
+        sys.stderr.write("\njamba-ext: interrupted: nothing saved\n")
+        return 130
+
+
+def _train(args) -> int:
     import torch
     if args.steps < 1:
         _fail("--steps must be >= 1")
-    if args.seq_len < 2 or args.batch < 1:
-        _fail("--seq-len must be >= 2 and --batch >= 1")
+    if args.seq_len < 2:
+        _fail("--seq-len must be >= 2 (a token and the next one to predict)")
+    if args.batch < 1:
+        _fail("--batch must be >= 1")
     if not 0 < args.lr < float("inf"):
         _fail("--lr must be a finite number > 0")
-    text = _read_text(args.text_file, "--text-file")
-    torch.manual_seed(args.seed)
-    cuda = (_device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            ).type == "cuda"
     if args.lora < 0:
         _fail("--lora must be >= 1 (the adapters' rank), or 0 for no adapters")
     if args.log_every < 0:
@@ -599,25 +627,61 @@ def cmd_train(args) -> int:
         _fail("--lora-alpha goes with --lora R (it scales the adapters)")
     if args.experts_fp8 and not args.lora:
         _fail("--experts-fp8 freezes the MoE experts (fp8 weights take no gradient): train adapters with --lora R")
+    if args.save is not None:
+        if not args.save.strip():   # (--save "$DIR" with DIR unset trained, then saved nothing, exit 0)
+            _fail("--save: empty path (give the directory to write the checkpoint to)")
+        # "~" as a shell would (--save=~/ck is not expanded by the shell): save_pretrained expanded it and the byte
+        # tokenizer's marker went to a directory named "~" under the working directory, so the checkpoint had none
+        args.save = os.path.expanduser(args.save)
     if args.experts_fp8 and args.save:
         _fail("--save with --experts-fp8: a checkpoint holds unquantized expert weights, which the fp8 model no longer "
               "has; train without --experts-fp8 to save")
+    path = os.path.expanduser(args.text_file)
+    text = _read_text(path, "--text-file")
+    if not text:
+        _fail(f"--text-file {args.text_file!r} is empty")
+    if "\0" in text:                # (valid UTF-8, but no text: a binary file, or UTF-16 without its byte-order mark)
+        _fail(f"--text-file {args.text_file!r} holds NUL characters (the first at character {text.index(chr(0))}): "
+              "a binary file, or text in UTF-16 / UTF-32; give UTF-8 text")
+    torch.manual_seed(args.seed)
+    cuda = (_device(args.device) if args.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            ).type == "cuda"
     if args.dtype is None:  # fp32 weights (and optimizer state), bf16 autocast on a GPU; frozen weights under
         args.dtype = "bfloat16" if cuda and args.lora else "float32"   # adapters: bf16 on a GPU
-    model, tok, what = _load(args)
-    ids = torch.tensor(tok.encode(text, add_bos=False), dtype=torch.long)
-    if ids.numel() < args.seq_len + 1:
-        _fail(f"--text-file {args.text_file!r} encodes to {ids.numel()} tokens; --seq-len {args.seq_len} needs at "
-              f"least {args.seq_len + 1}")
-    if int(ids.max()) >= model.config.vocab_size:
-        _fail(f"the tokenizer produced id {int(ids.max())} >= the model's vocab_size {model.config.vocab_size}")
-    if args.save:           # an unusable --save path fails now, not after the training (made after the other checks)
-        try:
-            os.makedirs(args.save, exist_ok=True)
-        except OSError as e:
-            _fail(f"--save {args.save!r}: {e}")
-        if not os.access(args.save, os.W_OK):
-            _fail(f"--save {args.save!r}: not writable")
+    got = []
+
+    def check_text(tok, cfg):       # before the weights load (minutes for a large checkpoint), after the tokenizer
+        from .tokenizer import ByteTokenizer
+        ids = torch.tensor(tok.encode(text, add_bos=False), dtype=torch.long)
+        if ids.numel() < args.seq_len + 1:
+            _fail(f"--text-file {args.text_file!r} encodes to {ids.numel()} tokens; --seq-len {args.seq_len} needs at "
+                  f"least {args.seq_len + 1}")
+        if int(ids.max()) >= cfg.vocab_size:
+            _fail(f"the tokenizer produced id {int(ids.max())} >= the model's vocab_size {cfg.vocab_size}")
+        if args.save:       # an unusable --save path fails now, not after the training (made after the other checks)
+            if isinstance(tok, ByteTokenizer) and os.path.isfile(os.path.join(args.save, "tokenizer.json")):
+                # (generate --model reads a tokenizer.json before the byte-level marker: the text would be garbled)
+                _fail(f"--save {args.save!r} holds a tokenizer.json (another model's checkpoint?), which would be read "
+                      "instead of this byte-level model's tokenizer: give another directory, or remove it")
+            try:
+                os.makedirs(args.save, exist_ok=True)
+            except OSError as e:
+                _fail(f"--save {args.save!r}: {e}")
+            if not os.access(args.save, os.W_OK):
+                _fail(f"--save {args.save!r}: not writable")
+        got.append(ids)
+
+    model, tok, what = _load(args, before_weights=check_text)
+    ids = got[0]
+    if args.lora:
+        from .lora import DEFAULT_TARGETS
+        # a rank above every adapted projection's min(in, out) adds nothing but memory (10^8 ended as an
+        # out-of-memory error naming generate's flags)
+        top = max((min(m.in_features, m.out_features) for n, m in model.named_modules()
+                   if type(m) is torch.nn.Linear and n.rpartition(".")[2] in DEFAULT_TARGETS), default=0)
+        if args.lora > top:
+            _fail(f"--lora {args.lora}: larger than any adapted projection's rank (at most {top}, the smaller of its "
+                  f"input and output sizes): give R <= {top} (typically 8 to 64)")
     amp = cuda and model.dtype == torch.float32 and not args.no_autocast
     sys.stderr.write(f"model: {what} | {model.num_parameters() / 1e6:.1f}M params"
                      f"{' (experts float8_e4m3fn)' if model.experts_fp8 else ''} | "
@@ -636,31 +700,56 @@ def cmd_train(args) -> int:
     gen = torch.Generator().manual_seed(args.seed)
     starts_max = ids.numel() - args.seq_len
     log_every = args.log_every or max(1, args.steps // 20)
-    losses, t0, n_tok = [], time.perf_counter(), 0
-    for step in range(1, args.steps + 1):
-        starts = torch.randint(0, starts_max + 1, (args.batch,), generator=gen)
-        batch = torch.stack([ids[s:s + args.seq_len] for s in starts.tolist()]).to(model.device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss = model(batch, labels=batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if not math.isfinite(losses[-1]):   # (fp16 weights under AdamW did this, then saved NaN weights: exit 0)
-            _fail(f"the loss is {losses[-1]} at step {step}: training diverged (fp16 weights underflow AdamW's "
-                  "steps: use --dtype bfloat16 or float32; else a lower --lr); nothing saved", code=1)
-        n_tok += batch.numel()
-        if step % log_every == 0 or step == args.steps:
-            dt = time.perf_counter() - t0
-            recent = losses[-log_every:]
-            sys.stderr.write(f"step {step:6d}/{args.steps} | loss {sum(recent) / len(recent):.4f} | "
-                             f"{n_tok / max(dt, 1e-9):9.1f} tok/s | {dt:7.1f} s\n")
+    losses, t0, n_tok, step, stop = [], time.perf_counter(), 0, 0, []
+    import signal
+    import threading
+
+    def on_signal(signum, frame):   # (a step is never cut in half: an optimizer step half applied is no checkpoint)
+        if stop:
+            raise KeyboardInterrupt
+        stop.append(signum)
+        try:
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after step {step}"
+                             f"{', then saving' if args.save else ''} (again: stop at once, nothing saved)\n")
             sys.stderr.flush()
-    k = max(1, min(10, args.steps // 4))
+        except RuntimeError:        # (the signal came while the loop wrote a line: a reentrant write is refused)
+            pass
+    main_thread = threading.current_thread() is threading.main_thread()    # (signal.signal works there only)
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if main_thread else {}
+    try:
+        for step in range(1, args.steps + 1):
+            starts = torch.randint(0, starts_max + 1, (args.batch,), generator=gen)
+            batch = torch.stack([ids[s:s + args.seq_len] for s in starts.tolist()]).to(model.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+                loss = model(batch, labels=batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):   # (fp16 weights under AdamW did this, then saved NaN weights: exit 0)
+                why = ("fp16 weights underflow AdamW's steps: use --dtype bfloat16 or float32; else a lower --lr"
+                       if model.dtype == torch.float16 else f"a lower --lr than {args.lr:g} may train")
+                _fail(f"the loss is {losses[-1]} at step {step}: training diverged ({why}); nothing saved", code=1)
+            n_tok += batch.numel()
+            if step % log_every == 0 or step == args.steps or stop:
+                dt = time.perf_counter() - t0
+                recent = losses[-log_every:]
+                sys.stderr.write(f"step {step:6d}/{args.steps} | loss {sum(recent) / len(recent):.4f} | "
+                                 f"{n_tok / max(dt, 1e-9):9.1f} tok/s | {_duration(dt):>7} | "
+                                 f"{'stopped' if stop else 'ETA ' + _duration(dt / step * (args.steps - step))}\n")
+                sys.stderr.flush()
+            if stop:
+                break
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    done = len(losses)
+    k = max(1, min(10, done // 4))
     first, last = sum(losses[:k]) / k, sum(losses[-k:]) / k
-    sys.stderr.write(f"trained {args.steps} steps of {args.batch} x {args.seq_len} tokens in "
-                     f"{time.perf_counter() - t0:.1f} s: loss {first:.4f} (first {k} steps) -> {last:.4f} (last {k})\n")
+    sys.stderr.write(f"trained {done}{'' if done == args.steps else f' of {args.steps}'} steps of {args.batch} x "
+                     f"{args.seq_len} tokens in {time.perf_counter() - t0:.1f} s: loss {first:.4f} (first {k} steps) "
+                     f"-> {last:.4f} (last {k})\n")
     if args.save:
         model.gradient_checkpointing_disable()
         if args.lora:
@@ -676,12 +765,18 @@ def cmd_train(args) -> int:
                 import shutil
                 for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                              "chat_template.jinja"):
-                    if os.path.isfile(os.path.join(what, name)):
-                        shutil.copy(os.path.join(what, name), args.save)
+                    src, dst = os.path.join(what, name), os.path.join(args.save, name)
+                    # (--save into --model's own directory: the files are there already; copying a file onto
+                    # itself raised SameFileError, exit 2 after the weights were written)
+                    if os.path.isfile(src) and not (os.path.exists(dst) and os.path.samefile(src, dst)):
+                        shutil.copy(src, dst)
         except OSError as e:                        # (a full disk, a directory removed meanwhile)
             _fail(f"--save {args.save!r}: {e}")
-        sys.stderr.write(f"saved to {args.save} (python3 -m jamba_ext generate --model {args.save} --prompt ...)\n")
-    return 0
+        except KeyboardInterrupt:
+            _fail(f"interrupted while saving: {args.save!r} holds an incomplete checkpoint", 130)
+        sys.stderr.write(f"saved{'' if not stop else f' (after step {done} of {args.steps})'} to {args.save} "
+                         f"(python3 -m jamba_ext generate --model {args.save} --prompt ...)\n")
+    return 128 + stop[0] if stop else 0
 
 
 class _Parser(argparse.ArgumentParser):
@@ -785,13 +880,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--text-file", required=True, metavar="PATH", help="UTF-8 training text")
     t.add_argument("--model", default=None, metavar="DIR",
                    help="transformers Jamba checkpoint: a local directory or a Hugging Face Hub id such as "
-                        "ai21labs/Jamba-v0.1 (downloaded; needs huggingface_hub) (default: built-in small random model)")
+                        "ai21labs/Jamba-v0.1 (downloaded; needs huggingface_hub) (default: built-in small random "
+                        "model)")
     t.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     t.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="weights' dtype (default float32, the step under bf16 autocast on a GPU; with --lora on a "
                         "GPU, bfloat16)")
     t.add_argument("--no-autocast", action="store_true", help="no bf16 autocast on a GPU")
-    t.add_argument("--steps", type=int, default=100)
+    t.add_argument("--steps", type=int, default=100, help="optimizer steps (default 100)")
     t.add_argument("--batch", type=int, default=4, help="sequences per step")
     t.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3: the small model)")
@@ -803,8 +899,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="MoE expert weights in fp8 (float8_e4m3fn, one scale per row), frozen; with --lora (the "
                         "adapters and the router train): Jamba-v0.1's weights in ~58 GB instead of ~104 GB")
     t.add_argument("--checkpointing", action="store_true", help="gradient checkpointing (less activation memory)")
-    t.add_argument("--log-every", type=int, default=0, metavar="N", help="a loss line every N steps (default: 20 lines)")
-    t.add_argument("--save", default=None, metavar="DIR", help="write the trained checkpoint here")
+    t.add_argument("--log-every", type=int, default=0, metavar="N",
+                   help="a line every N steps: the mean loss since the last, tokens/s, time so far, ETA (default: 20 "
+                        "lines)")
+    t.add_argument("--save", default=None, metavar="DIR",
+                   help="write the trained checkpoint here (Ctrl-C: the steps done so far; exit status 130)")
     t.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and the batches")
     t.set_defaults(func=cmd_train, progress=None)
     v = sub.add_parser("serve", help="an HTTP server with OpenAI-style completion endpoints (continuous batching)")
@@ -939,8 +1038,9 @@ def main(argv=None) -> int:
     except (MemoryError, RuntimeError) as e:   # (torch.OutOfMemoryError is a RuntimeError; the CPU's allocator too)
         if not _out_of_memory(e):
             raise
-        _fail(f"out of memory: {str(e).strip().splitlines()[-1][:300]} (a smaller --max-new-tokens, --batch-size or "
-              "prompt may fit)", 1)
+        hint = {"train": "a smaller --batch or --seq-len, --checkpointing, or --lora R may fit"}.get(  # (train's
+            args.command, "a smaller --max-new-tokens, --batch-size or prompt may fit")     # flags, not generate's)
+        _fail(f"out of memory: {str(e).strip().splitlines()[-1][:300]} ({hint})", 1)
 
 
 def _out_of_memory(e: BaseException) -> bool:
