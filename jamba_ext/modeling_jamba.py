@@ -3194,8 +3194,17 @@ def _check_beam_args(num_beams, num_return_sequences, streamer, early_stopping, 
 
 
 def _brief(v) -> str:
-    """An argument's value for an error message (a tensor as its shape and dtype, not its contents)."""
-    return f"<tensor {tuple(v.shape)} {v.dtype}>" if isinstance(v, Tensor) else repr(v)
+    """An argument's value for an error message: a tensor as its shape and dtype, a module as its class (its repr
+    printed the whole model: 78 lines for a tiny one, assistant_model=model), any other repr cut at 200 characters."""
+    if isinstance(v, Tensor):
+        return f"<tensor {tuple(v.shape)} {v.dtype}>"
+    if isinstance(v, nn.Module):
+        return f"<{type(v).__name__} module>"
+    try:
+        r = repr(v)
+    except Exception:   # noqa: BLE001  (a repr that fails: an int past 4300 digits, a broken object)
+        return f"<{type(v).__name__}>"
+    return r if len(r) <= 200 else r[:197] + "..."
 
 
 def _check_hf_kwargs(where: str, kwargs: dict, noop: Dict[str, tuple], hints: Dict[str, str]) -> None:

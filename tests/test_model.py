@@ -572,6 +572,10 @@ def test_generate_num_return_sequences_and_hf_arguments():
                         (dict(guidance_scale=2.0), "guidance_scale"), (dict(num_return_sequences=0), "num_return")):
             with pytest.raises(ValueError, match=msg):
                 ours.generate(ids, max_new_tokens=2, **kw)
+        # a module as the value (speculative decoding's assistant_model): named by its class, not its whole repr
+        with pytest.raises(ValueError, match="assistant_model") as e:
+            ours.generate(ids, max_new_tokens=2, assistant_model=ours)
+        assert "<JambaForCausalLM module>" in str(e.value) and len(str(e.value)) < 1000, str(e.value)
 
 
 @pytest.mark.parametrize("tied", [False, True])
