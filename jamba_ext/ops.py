@@ -977,12 +977,17 @@ def _moe_check_shapes(op, x, ids, w_gate_up, w_down, sorted_slots, expert_offset
     if ids.shape[0] != T or ids.shape[1] < 1:
         _fail(op, f"expert_ids must have shape (T, TOPK) = ({T}, >=1), got {tuple(ids.shape)}")
     if sorted_slots is not None:
-        if tuple(sorted_slots.shape) != (ids.numel(),) or sorted_slots.dtype != torch.int32:
-            _fail(op, f"sorted_slots must be int32 of shape ({ids.numel()},), got {sorted_slots.dtype} "
-                      f"{tuple(sorted_slots.shape)}")
-        if tuple(expert_offsets.shape) != (E + 1,) or expert_offsets.dtype != torch.int32:
-            _fail(op, f"expert_offsets must be int32 of shape ({E + 1},), got {expert_offsets.dtype} "
-                      f"{tuple(expert_offsets.shape)}")
+        _check_perm(op, sorted_slots, expert_offsets, ids.numel(), E)
+
+
+def _check_perm(op: str, sorted_slots: Tensor, expert_offsets: Tensor, slots: int, E: int) -> None:
+    """moe_route's permutation as an op takes it: sorted_slots int32 (slots,), expert_offsets int32 (E + 1,)."""
+    if tuple(sorted_slots.shape) != (slots,) or sorted_slots.dtype != torch.int32:
+        _fail(op, f"sorted_slots must be int32 of shape ({slots},) (moe_route's), got {sorted_slots.dtype} "
+                  f"{tuple(sorted_slots.shape)}")
+    if tuple(expert_offsets.shape) != (E + 1,) or expert_offsets.dtype != torch.int32:
+        _fail(op, f"expert_offsets must be int32 of shape ({E + 1},) (moe_route's), got {expert_offsets.dtype} "
+                  f"{tuple(expert_offsets.shape)}")
 
 
 # torch 2.4 infers no schema for a str or dtype default (it takes int / float / bool / None): the two ops with one
@@ -1499,12 +1504,7 @@ def moe_experts_fp8(x: Tensor, weights: Tensor, expert_ids: Tensor, w_gate_up: T
         _fail(op, "sorted_slots and expert_offsets are given together (moe_route's outputs) or not at all")
     if sorted_slots is not None:  # checked here, by their own names: the CPU decode kernel does not read them, and
         #                           the dequantizing path reported them as dequant_fp8's group_offsets
-        if tuple(sorted_slots.shape) != (expert_ids.numel(),) or sorted_slots.dtype != torch.int32:
-            _fail(op, f"sorted_slots must be int32 of shape ({expert_ids.numel()},) (moe_route's), got "
-                      f"{sorted_slots.dtype} {tuple(sorted_slots.shape)}")
-        if tuple(expert_offsets.shape) != (E + 1,) or expert_offsets.dtype != torch.int32:
-            _fail(op, f"expert_offsets must be int32 of shape ({E + 1},) (moe_route's), got {expert_offsets.dtype} "
-                      f"{tuple(expert_offsets.shape)}")
+        _check_perm(op, sorted_slots, expert_offsets, expert_ids.numel(), E)
     ids = _moe_ids32(op, expert_ids)
     if not weights.dtype.is_floating_point or weights.shape != ids.shape:
         _fail(op, f"weights must be a float tensor of expert_ids' shape {tuple(ids.shape)}, got {weights.dtype} "
