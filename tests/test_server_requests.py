@@ -141,8 +141,9 @@ def test_chat_content_as_a_list_of_text_parts(srv):
 
 def test_methods_paths_and_http_errors_answer_json(srv):
     """A known path with the wrong method is a 405 naming the method it takes (GET /v1/completions was a 404, PUT /
-    DELETE / HEAD http.server's 501 HTML page; HEAD of a GET endpoint is its answer without the body); http.server's own refusals (a request line it cannot read, an
-    unknown method) are OpenAI's JSON error too; a query string does not hide a path (a 404 before)."""
+    DELETE / HEAD http.server's 501 HTML page; HEAD of a GET endpoint is its answer without the body); http.server's
+    own refusals (a request line it cannot read, an unknown method) are OpenAI's JSON error too; a query string does
+    not hide a path (a 404 before)."""
     for method, path, allow in (("GET", "/v1/completions", "POST"), ("PUT", "/v1/chat/completions", "POST"),
                                 ("DELETE", "/v1/models", "GET"), ("POST", "/health", "GET")):
         raw = _exchange(srv, f"{method} {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
