@@ -51,6 +51,11 @@ def test_device_map_forms_on_cpu():
     # prefixes: the longest matching one wins; ints are GPU indices
     d = placement.resolve_device_map(m, {"model": "cpu", "model.layers.3": "cpu", "lm_head": "cpu"})
     assert set(d) == set(UNITS)
+    # (two stand-in devices, so that the longest prefix's device shows: every dict value is now checked up front, so
+    # a missing GPU under an overridden key no longer tells the two apart)
+    d = placement.resolve_device_map(m, {"model": "cpu:0", "model.layers.3": "cpu:1", "": "cpu:1"})
+    assert d["model.layers.3"] == torch.device("cpu", 1) and d["lm_head"] == torch.device("cpu", 1)
+    assert all(d[u] == torch.device("cpu", 0) for u in UNITS if u.startswith("model.") and u != "model.layers.3")
     two = [torch.device("cpu", 0), torch.device("cpu", 1)]
     d = placement.resolve_device_map(m, two)
     assert [d[u] for u in UNITS] == sorted([d[u] for u in UNITS], key=lambda x: x.index)   # in order
