@@ -49,8 +49,7 @@ def sample_rows_cases(dev, rn):
 def swap_cases(dev, rn):
     """moe_experts on the swap-AB engine (JAMBA_EXT_MOE_SWAP=1): moe_swap_kernel, down's epilogue with its rows and
     weights preloaded by the producer warpgroup (gate_up: 32 W blocks x 8 chunks; Kd 136 and 2048: KT 3 and 32);
-    then with A loads of a chunk / up to 2 chunks (JAMBA_EXT_MOE_SWAP_ABOX=32, 64); experts of 3 chunks in both block
-    orders (JAMBA_EXT_MOE_SWAP_ORDER)"""
+    then with A loads of a chunk / up to 2 chunks (JAMBA_EXT_MOE_SWAP_ABOX=32, 64); experts of 3 chunks"""
     T, H, F, E = 600, 136, 2048, 8
     wr, ids, offs, slots = ops.moe_route(rn(T, E), 2)
     x, wgu, wd = rn(T, H), rn(E, 2 * F, H), rn(E, H, F)
@@ -60,13 +59,9 @@ def swap_cases(dev, rn):
         os.environ["JAMBA_EXT_MOE_SWAP_ABOX"] = abox
         ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
     del os.environ["JAMBA_EXT_MOE_SWAP_ABOX"]
-    # experts of 3 chunks (~900 rows each): the expert-major block order, then the chunk-major one
-    wr, ids, offs, slots = ops.moe_route(rn(T + 300, 2), 2)
-    x, wgu, wd = rn(T + 300, H), rn(2, 2 * F, H), rn(2, H, F)
-    ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    os.environ["JAMBA_EXT_MOE_SWAP_ORDER"] = "chunk"
-    ops.moe_experts(x, wr, ids, wgu, wd, slots, offs, "wgmma")
-    del os.environ["JAMBA_EXT_MOE_SWAP"], os.environ["JAMBA_EXT_MOE_SWAP_ORDER"]
+    wr, ids, offs, slots = ops.moe_route(rn(T + 300, 2), 2)   # experts of 3 chunks (~900 rows each)
+    ops.moe_experts(rn(T + 300, H), wr, ids, rn(2, 2 * F, H), rn(2, H, F), slots, offs, "wgmma")
+    del os.environ["JAMBA_EXT_MOE_SWAP"]
 
 
 def tiles_cases(dev, rn):

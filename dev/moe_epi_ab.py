@@ -7,7 +7,6 @@
     python3 dev/moe_epi_ab.py mc 1536 2048 2304   # ab of the swap kernel's A box sizes (session 62)
     python3 dev/moe_epi_ab.py mcsweep             # ksweep of the same variants
     python3 dev/moe_epi_ab.py swaprule 1024 2560  # bf16: the swap engine (forced) against the 128 x 256 tiles
-    python3 dev/moe_epi_ab.py order 2560 3072     # the swap kernel's block orders (forced) and the tiles (session 64)
 
 ab: moe_route + moe_experts (impl auto: the swap engine at 176-303 slots an expert, else the 128 x 256 tiles) on
 bench_moe's routing (router randn(E, H) * H^-0.5 * 4 on x randn), variants set by env (read by the library at each
@@ -52,13 +51,10 @@ ABOX_VARIANTS = {"default": {}, "a64": {"JAMBA_EXT_MOE_SWAP_ABOX": "64"}, "a32":
 # session 64 measured (mode ss, since removed) the swap kernel's W as the wgmma's A operand from shared memory (SS;
 # gate_up through a 4-d TMA view of 8 gate rows and their 8 up rows) against ldmatrix into registers: no faster at
 # <= 8 chunks, slower past 8 (two wgmmas a k16 step each read A again): s64_ss_c1ff08f.log
-# session 64: the swap kernel's blocks expert-major (an expert's chunks of one W block adjacent: W from HBM once an
-# expert; the default) against chunk-major (JAMBA_EXT_MOE_SWAP_ORDER=chunk, the order before), the swap engine forced,
-# and the 128 x 256 tiles: where experts have several chunks (from 321 slots an expert)
-ORDER_VARIANTS = {"swap": {"JAMBA_EXT_MOE_SWAP": "1"},
-                  "swap chunk": {"JAMBA_EXT_MOE_SWAP": "1", "JAMBA_EXT_MOE_SWAP_ORDER": "chunk"},
-                  "tiles": {"JAMBA_EXT_MOE_SWAP": "0"}}
-SETS = {"f2f": VARIANTS, "abox": ABOX_VARIANTS, "order": ORDER_VARIANTS}
+# session 64 also measured (mode order, since removed) the swap kernel's blocks expert-major (an expert's chunks of
+# one W block adjacent) against chunk-major, swap forced: -3.5 to +1.8% at 2304-4096 tokens, no gain
+# (s64_order_f0c89df.log)
+SETS = {"f2f": VARIANTS, "abox": ABOX_VARIANTS}
 ENV_KEYS = {k for vs in [VARIANTS, SWAP_VARIANTS] + list(SETS.values()) for v in vs.values() for k in v}
 ROUNDS, REPS = 8, 10
 
@@ -218,8 +214,6 @@ if __name__ == "__main__":
         ab([int(t) for t in sys.argv[2:]] or [2048], SWAP_VARIANTS)
     elif mode == "mc":
         ab([int(t) for t in sys.argv[2:]] or [2048], ABOX_VARIANTS)
-    elif mode == "order":
-        ab([int(t) for t in sys.argv[2:]] or [3072], ORDER_VARIANTS)
     elif mode == "mcsweep":
         ksweep(ABOX_VARIANTS)
     elif mode == "ksweep":

@@ -5,10 +5,6 @@ random routings (E from 1 to 100, empty experts, experts of several chunks, y pa
 
     python3 dev/sw_chunk_emu.py      # prints the mismatch count (0)
 
-Session 64: also sw_block, the expert-major block order (id = the expert's first block + W block * nch + chunk j),
-checked to number every (expert, W block, chunk) exactly once, as sw_chunk's chunk-major order does, and to keep an
-expert's chunks of one W block adjacent.
-
 It checks the index arithmetic only; the kernel's same-bits test (test_moe_swap_engine) checks the CUDA code."""
 import random
 R = 320
@@ -38,25 +34,6 @@ def warp(off, E, y):
             return (e0+src, o[src] + start, min(n[src]-start, csz))
         first += incl[31]
     return None
-def block(off, E, WB, i):
-    """sw_block as the kernel computes it: (e, wb, row0, len) or None"""
-    first = 0
-    for e0 in range(0, E, 32):
-        o = [0]*32; n = [0]*32
-        for l in range(32):
-            e = e0 + l
-            if e < E: o[l] = off[e]; n[l] = off[e+1]-off[e]
-        nch = [(x + R - 1)//R for x in n]
-        incl = []; s = 0
-        for l in range(32): s += nch[l]*WB; incl.append(s)
-        hit = [(e0+l) < E and i < first + incl[l] for l in range(32)]
-        if any(hit):
-            src = hit.index(True)
-            local = i - (first + incl[src] - nch[src]*WB)
-            j = local % nch[src]; csz = (n[src] + nch[src] - 1)//nch[src]; start = j*csz
-            return (e0+src, local // nch[src], o[src] + start, min(n[src]-start, csz))
-        first += incl[31]
-    return None
 random.seed(1)
 bad = 0
 for it in range(20000):
@@ -68,27 +45,3 @@ for it in range(20000):
     for y in range(0, total + E + 2):
         if serial(off, E, y) != warp(off, E, y): bad += 1
 print("mismatches", bad)
-bad = 0
-for it in range(400):
-    E = random.choice([1, 2, 4, 8, 16, 31, 32, 33, 40, 64, 65, 100])
-    WB = random.choice([1, 2, 3, 7, 32])
-    cnt = [random.choice([0, 0, 1, 5, 100, 250, 319, 320, 321, 640, 700, 2048]) for _ in range(E)]
-    off = [0]
-    for c in cnt: off.append(off[-1] + c)
-    total = sum((c + R - 1)//R for c in cnt)
-    want = sorted((y, wb) for y in range(total) for wb in range(WB))   # every (chunk, W block) once
-    chunk_of = {serial(off, E, y)[:2]: y for y in range(total)}            # (expert, row0) -> chunk y
-    got = []
-    for i in range(WB * (E + (off[-1] + R - 1)//R)):   # the launch's bound
-        b = block(off, E, WB, i)
-        if b is None:
-            continue
-        e, wb, row0, ln = b
-        y = chunk_of[(e, row0)]
-        if serial(off, E, y)[2] != ln: bad += 1
-        got.append((y, wb))
-        if i > 0:   # an expert's chunks of one W block adjacent: the block before is the same W block's previous chunk
-            p = block(off, E, WB, i - 1)
-            if p is not None and p[0] == e and row0 != off[e] and (p[1] != wb or p[2] >= row0): bad += 1
-    if sorted(got) != want: bad += 1
-print("sw_block mismatches", bad)

@@ -946,11 +946,10 @@ __global__ void __launch_bounds__(WS_THREADS, 1)
 /* ---- the swap-AB engine (session 54; env JAMBA_EXT_MOE_SWAP, see moe_swap_on) ------------------------------------
  * moe_swap_kernel<T, GATE_UP>: the same GEMMs with the roles swapped: W rows on the wgmma's M side, an expert's sorted
  *   rows (its slots) on N, so that an expert's rows are padded to 32, not to 128 (the 128 x 256 tiles' idle rows).
- *   a 1-d grid, a block a (W block x, chunk): W block x -- gate_up: outputs 64 x .. 64 x + 63 (their gate rows, then
- *   their up rows: the 3-d pair box of tmW), down: W rows 128 x .. 128 x + 127 -- times a chunk of an expert's
- *   rows: expert e's n rows split into ceil(n / SW_MAX_ROWS) near-equal chunks; blocks in the expert-major order
- *   (sw_block: an expert's blocks W block by W block, its chunks of one W block adjacent; session 64) or, with
- *   JAMBA_EXT_MOE_SWAP_ORDER=chunk, chunk by chunk (sw_chunk); blocks past the last return. 384 threads: warpgroups 0-1 consume (setmaxnreg 232; 64 W rows each, A = W
+ *   grid (W blocks, chunks); block (x, y): W block x -- gate_up: outputs 64 x .. 64 x + 63 (their gate rows, then
+ *   their up rows: the 3-d pair box of tmW), down: W rows 128 x .. 128 x + 127 -- times chunk y of the experts'
+ *   rows: expert e's n rows split into ceil(n / SW_MAX_ROWS) near-equal chunks, chunks numbered expert by expert
+ *   (blocks past the last chunk return). 384 threads: warpgroups 0-1 consume (setmaxnreg 232; 64 W rows each, A = W
  *   by ldmatrix.x4 into registers, B = the chunk's rows in NC = ceil(rows / 32) chunks of 32 from shared memory,
  *   a k16 step one wgmma m64n(32 NC)k16, or m64n256k16 and m64n(32 NC - 256)k16 past 8 chunks (sw_mma_w; one
  *   m64n32k16 a chunk until session 59), NC by a switch at the tile's start: every case its own k loop, which ptxas
@@ -1102,48 +1101,6 @@ __device__ __forceinline__ bool sw_chunk(const moe_gemm_args &a, int64_t y, int 
     return false;
 }
 
-/* block id -> (expert e, W block wb, the chunk's rows [row0, row0 + len)) in the expert-major order (session 64): an
- * expert's blocks numbered W block by W block, its nch chunks of one W block adjacent (id = first_e + wb * nch + j),
- * so that an expert of several chunks reads each W block from HBM once (its chunks run together and share the block
- * in L2; in the chunk-major order the chunks of one W block were WB blocks apart, ~1.7 waves at WB 224, and W came
- * from HBM once a chunk). false past the last block. Warp-parallel as sw_chunk (every lane of the warp calls it). */
-__device__ __forceinline__ bool sw_block(const moe_gemm_args &a, int64_t id, int WB, int *e_out, int *wb,
-                                         int64_t *row0, int *len) {
-    const int lane = threadIdx.x & 31;
-    int64_t first = 0;   /* blocks of the experts before e0 */
-    for (int e0 = 0; e0 < a.E; e0 += 32) {
-        const int e = e0 + lane;
-        int o = 0, n = 0;
-        if (e < a.E) {
-            o = a.offsets[e];
-            n = a.offsets[e + 1] - o;
-        }
-        const int nch = (n + SW_MAX_ROWS - 1) / SW_MAX_ROWS;
-        int64_t incl = (int64_t)nch * WB;   /* blocks of experts e0 .. e */
-#pragma unroll
-        for (int d = 1; d < 32; d <<= 1) {
-            const int64_t t = __shfl_up_sync(0xffffffffu, incl, d);
-            if (lane >= d) incl += t;
-        }
-        const unsigned hit = __ballot_sync(0xffffffffu, e < a.E && id < first + incl);
-        if (hit) {
-            const int src = __ffs(hit) - 1;
-            const int so = __shfl_sync(0xffffffffu, o, src), sn = __shfl_sync(0xffffffffu, n, src);
-            const int snch = __shfl_sync(0xffffffffu, nch, src);
-            const int64_t sincl = __shfl_sync(0xffffffffu, incl, src);
-            const int64_t local = id - (first + sincl - (int64_t)snch * WB);
-            const int j = (int)(local % snch), csz = (sn + snch - 1) / snch, start = j * csz;
-            *e_out = e0 + src;
-            *wb = (int)(local / snch);
-            *row0 = (int64_t)so + start;
-            *len = sn - start < csz ? sn - start : csz;
-            return true;
-        }
-        first += __shfl_sync(0xffffffffu, incl, 31);
-    }
-    return false;
-}
-
 /* the consumers' tile with NC 32-row chunks (all 256 consumer threads): the k loop (a do loop: ptxas serialises the
  * wgmmas of a loop that may run no iteration, C7515; a k16 step's NC chunks as one m64n(32 NC)k16, or m64n256k16
  * and m64n(32 NC - 256)k16 past 8 chunks: sw_mma_w), then the epilogue through the ring */
@@ -1244,18 +1201,12 @@ template <typename T, bool GATE_UP>
 __global__ void __launch_bounds__(SW_THREADS, 1)
     moe_swap_kernel(const __grid_constant__ CUtensorMap tmA, const __grid_constant__ CUtensorMap tmA64,
                     const __grid_constant__ CUtensorMap tmA128, const __grid_constant__ CUtensorMap tmW,
-                    moe_gemm_args a, int abox, int chunk_major) {
+                    moe_gemm_args a, int abox) {
     jamba_pdl_begin();
 #if MOE_HAS_WGMMA
-    int e, len, wb;
+    int e, len;
     int64_t row0;
-    const int WB = (int)((a.N + (GATE_UP ? 63 : 127)) / (GATE_UP ? 64 : 128));   /* W blocks an expert */
-    if (chunk_major) {   /* (JAMBA_EXT_MOE_SWAP_ORDER=chunk: block id = chunk * WB + W block, the order before) */
-        wb = (int)(blockIdx.x % WB);
-        if (!sw_chunk(a, blockIdx.x / WB, &e, &row0, &len) || len <= 0) return;
-    } else if (!sw_block(a, blockIdx.x, WB, &e, &wb, &row0, &len) || len <= 0) {
-        return;
-    }
+    if (!sw_chunk(a, blockIdx.y, &e, &row0, &len) || len <= 0) return;
     const int NC = (len + 31) / 32, KT = (int)((a.Kd + WG_BK - 1) / WG_BK);
     extern __shared__ unsigned char sw_smem[];
     const uint32_t ring = (smem_u32(sw_smem) + 1023u) & ~1023u;
@@ -1287,7 +1238,8 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
             asm volatile("bar.arrive 2, 288;\n" ::: "memory");
         }
         if (threadIdx.x == 256) {
-            const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)wb) : (int)(e * a.w_rows + 128 * (int64_t)wb);
+            const int wrow = GATE_UP ? (int)(e * a.w_rows + 64 * (int64_t)blockIdx.x)
+                                     : (int)(e * a.w_rows + 128 * (int64_t)blockIdx.x);
             for (int kt = 0; kt < KT; kt++) {
                 const int s = kt % SW_STAGES;
                 if (kt >= SW_STAGES) mbar_wait(empty + 8 * s, ((kt / SW_STAGES) - 1) & 1);
@@ -1307,7 +1259,7 @@ __global__ void __launch_bounds__(SW_THREADS, 1)
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    const int64_t col0 = GATE_UP ? 64 * (int64_t)wb : 128 * (int64_t)wb;
+    const int64_t col0 = GATE_UP ? 64 * (int64_t)blockIdx.x : 128 * (int64_t)blockIdx.x;
 #define SW_CASE(N)                                                                                                  \
     case N: sw_consume<T, GATE_UP, N>(a, ring, ring_ptr, full, empty, row0, len, col0, KT); break;
     switch (NC) {
@@ -1493,7 +1445,7 @@ static bool moe_swap_on(const moe_gemm_args &a, int64_t slots) {
            slots < (int64_t)MOE_SWAP_MAX_SLOTS_PER_EXPERT * a.E;
 }
 
-/* one launch of moe_swap_kernel: a 1-d grid of (W blocks) x (the chunk bound E + ceil(slots / SW_MAX_ROWS)) */
+/* one launch of moe_swap_kernel: grid (W blocks, the chunk bound E + ceil(slots / SW_MAX_ROWS)) */
 template <typename T>
 static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots, int dev, const CUtensorMap &tmW,
                                 cudaStream_t stream) {
@@ -1513,13 +1465,10 @@ static jamba_status swap_launch(int dtype, const moe_gemm_args &a, int64_t slots
     tmA64 = tmA128 = tmA;
     if (abox >= 2) JAMBA_TRY(wt_map(&tmA64, dtype, a.A, slots, a.Kd, 64));
     if (abox >= 4) JAMBA_TRY(wt_map(&tmA128, dtype, a.A, slots, a.Kd, 128));
-    /* one block a (W block, chunk): the chunk bound E + ceil(slots / SW_MAX_ROWS) times the W blocks, in the
-     * expert-major order (sw_block; env JAMBA_EXT_MOE_SWAP_ORDER=chunk: the chunk-major order before, for the A/B) */
-    const char *ord_env = getenv("JAMBA_EXT_MOE_SWAP_ORDER");
-    const int chunk_major = ord_env != NULL && !strcmp(ord_env, "chunk");
-    const dim3 grid((unsigned)(jamba_ceil_div(a.N, a.gate_up ? 64 : 128) * (a.E + jamba_ceil_div(slots, SW_MAX_ROWS))));
+    const dim3 grid((unsigned)jamba_ceil_div(a.N, a.gate_up ? 64 : 128),
+                    (unsigned)(a.E + jamba_ceil_div(slots, SW_MAX_ROWS)));
     jamba_kernel_launch(a.gate_up ? moe_swap_kernel<T, true> : moe_swap_kernel<T, false>, grid, SW_THREADS, SW_SMEM,
-                        stream, tmA, tmA64, tmA128, tmW, a, abox, chunk_major);
+                        stream, tmA, tmA64, tmA128, tmW, a, abox);
     JAMBA_LAUNCH_CHECK("moe_swap_kernel", stream);
     return JAMBA_OK;
 }
