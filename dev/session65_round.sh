@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Session 65's device calls on one H200 (device tool), by MODE:
+#   ks    the ring kernels' gate_up k split over 4 warps (JAMBA_EXT_MOE_DEC_KS=4) against 2: build, the ring tests of
+#         test_moe / test_fp8 (both splits), memcheck of the rest family with the split at 4, dev/moe_dec_ks_ab.py
+#         (bf16 5-8 tokens, fp8 8-128, graph-timed in turns), bench_moe at 8 tokens with each split
+#   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes) and
+#         bench_moe at the issue's sizes
+#   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
+#         when the machine holds no CUDA build: a warm machine keeps final's)
+# Usage on the device: JAMBA_COMMIT=<sha> bash dev/session65_round.sh MODE   (output: $OUT/round.log)
+OUT=${OUT:-/tmp/jamba_round_out}
+. benchmarks/round_env.sh
+mode=${1:-final}
+{
+round_header "$mode"
+case "$mode" in
+ks)
+  build_cuda
+  step "the ring tests (test_moe decode engine with ks4, test_fp8 ring with ks 2 / 4)"
+  timeout 200 python3 -m pytest -q -m cuda tests/test_moe.py tests/test_fp8.py -k "decode_engine or decode_repeated \
+or fp8_ring" -p no:cacheprovider 2>&1 | tail -4
+  step "memcheck of the rest family with JAMBA_EXT_MOE_DEC_KS=4"
+  JAMBA_EXT_MOE_DEC_KS=4 timeout 150 compute-sanitizer --tool memcheck --print-limit 20 \
+    python3 benchmarks/sanitize_cases.py rest 2>&1 | tail -2
+  step "dev/moe_dec_ks_ab.py (graph-timed in turns)"
+  timeout 200 python3 dev/moe_dec_ks_ab.py 2>&1 | grep -v warn
+  for ks in 2 4; do
+    step "bench_moe at 8 tokens, JAMBA_EXT_MOE_DEC_KS=$ks"
+    JAMBA_EXT_MOE_DEC_KS=$ks timeout 60 python3 benchmarks/bench_moe.py --name bench_moe_s65_ks$ks --tokens 5,8 \
+      --only "ours,(b) sorted_mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -8
+  done ;;
+final)
+  check_and_suite 280
+  step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"
+  timeout 150 python3 benchmarks/bench_kernels.py 2>&1 | grep -v "^ \|warn" | tail -90
+  cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_s65.json" 2>/dev/null
+  step "bench_moe at the issue's sizes"
+  timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s65 --tokens 1,8,64,512,2048,3072,4096,16384 \
+    --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
+  cp benchmarks/results/bench_moe_s65.json "$OUT/" 2>/dev/null ;;
+sanit)
+  python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" 2>/dev/null || build_cuda
+  step "compute-sanitizer: memcheck of every op (rest, sample_rows, swap, tiles), racecheck rest and swap"
+  for fam in rest sample_rows swap tiles; do
+    timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+  done
+  for fam in rest swap; do
+    timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+  done ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
+step done
+} 2>&1 | tee "$OUT/round.log"
+cp benchmarks/results/bench_moe_s65*.json "$OUT/" 2>/dev/null
+exit 0
