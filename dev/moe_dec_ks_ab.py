@@ -1,4 +1,5 @@
-"""Session 65 A/B: the ring kernels' gate_up k split (csrc/cuda/moe.cu moe_decode_kernel; JAMBA_EXT_MOE_DEC_KS=4:
+"""(Ran at 8493417, s65_ks_8493417.log; the JAMBA_EXT_MOE_DEC_KS switch is removed, so both rows now run the default.)
+Session 65 A/B: the ring kernels' gate_up k split (csrc/cuda/moe.cu moe_decode_kernel; JAMBA_EXT_MOE_DEC_KS=4:
 the block's 4 warps split k, 16 outputs a block; default 2 warps x 2 row groups, 32 outputs). Jamba-v0.1 sizes:
 bf16 moe_experts (impl gemv: the ring from 5 tokens) and moe_experts_fp8 (the ring from 7 tokens). Per token count 16
 routings from random logits cycled (the touched weights not in L2 from the call before), CUDA graphs of the 16 calls

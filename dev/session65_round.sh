@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Session 65's device calls on one H200 (device tool), by MODE:
-#   ks    the ring kernels' gate_up k split over 4 warps (JAMBA_EXT_MOE_DEC_KS=4) against 2: build, the ring tests of
+#   ks    (ran at 8493417, s65_ks_8493417.log; the switch and this mode since removed) the ring kernels' gate_up k
+#         split over 4 warps (JAMBA_EXT_MOE_DEC_KS=4) against 2: build, the ring tests of
 #         test_moe / test_fp8 (both splits), memcheck of the rest family with the split at 4, dev/moe_dec_ks_ab.py
 #         (bf16 5-8 tokens, fp8 8-128, graph-timed in turns), bench_moe at 8 tokens with each split
 #   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes) and
@@ -15,20 +16,7 @@ mode=${1:-final}
 round_header "$mode"
 case "$mode" in
 ks)
-  build_cuda
-  step "the ring tests (test_moe decode engine with ks4, test_fp8 ring with ks 2 / 4)"
-  timeout 200 python3 -m pytest -q -m cuda tests/test_moe.py tests/test_fp8.py -k "decode_engine or decode_repeated \
-or fp8_ring" -p no:cacheprovider 2>&1 | tail -4
-  step "memcheck of the rest family with JAMBA_EXT_MOE_DEC_KS=4"
-  JAMBA_EXT_MOE_DEC_KS=4 timeout 150 compute-sanitizer --tool memcheck --print-limit 20 \
-    python3 benchmarks/sanitize_cases.py rest 2>&1 | tail -2
-  step "dev/moe_dec_ks_ab.py (graph-timed in turns)"
-  timeout 200 python3 dev/moe_dec_ks_ab.py 2>&1 | grep -v warn
-  for ks in 2 4; do
-    step "bench_moe at 8 tokens, JAMBA_EXT_MOE_DEC_KS=$ks"
-    JAMBA_EXT_MOE_DEC_KS=$ks timeout 60 python3 benchmarks/bench_moe.py --name bench_moe_s65_ks$ks --tokens 5,8 \
-      --only "ours,(b) sorted_mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -8
-  done ;;
+  echo "mode ks ran at 8493417 (s65_ks_8493417.log; the JAMBA_EXT_MOE_DEC_KS switch is removed)"; exit 2 ;;
 final)
   check_and_suite 280
   step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"

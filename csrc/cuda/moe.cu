@@ -401,7 +401,7 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
  * host, no sync); block b works on the (b / tiles)-th expert with a nonzero count (found on the device from
  * expert_offsets, moe_nth_expert) and on its output tile b % tiles of DEC_OUTS outputs. Blocks past the
  * touched experts are the last ones in the grid and exit at once.
- * Block: 4 warps = 4 / KS row groups x KS k-splits (gate_up 2 x 2, down 1 x 4; KS = DEC_KS). A warp owns DEC_MT = 2
+ * Block: 4 warps = DEC_WR row groups x DEC_KS k-splits (gate_up 2 x 2, down 1 x 4). A warp owns DEC_MT = 2
  * m16 tiles of W rows (gate_up: rows 0-7 of a tile are the gate rows of 8 outputs, rows 8-15 their up rows,
  * so SiLU(gate)*up is formed in registers; down: 16 output rows) and a 1/KS range of k, streamed in steps of
  * 64 k: per step and lane 2 x 16 B of each of its 4 W rows (rows g, g+8 of each tile, k + tq*8 and
@@ -425,8 +425,9 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
  * (DEC_STAGES: the same 96 KB per block). Requires Kd % 16 == 0. */
 #define DEC_WARPS 4
 #define DEC_MT 2
-#define DEC_KS(GU) ((GU) ? 2 : 4) /* k-split warps (template KS of the kernel; gate_up 4 by JAMBA_EXT_MOE_DEC_KS) */
-#define DEC_OUTS(GU, KS) ((DEC_WARPS / (KS)) * DEC_MT * ((GU) ? 8 : 16)) /* outputs per block: 32 (16: KS 4) */
+#define DEC_KS(GU) ((GU) ? 2 : 4)
+#define DEC_WR(GU) (DEC_WARPS / DEC_KS(GU))
+#define DEC_OUTS(GU) (DEC_WR(GU) * DEC_MT * ((GU) ? 8 : 16)) /* outputs per block: 32 */
 #define DEC_WPIECES(F8) ((F8) ? 2 * DEC_MT : 4 * DEC_MT)    /* W pieces per lane and step */
 #define DEC_PIECES(NT, F8) (DEC_WPIECES(F8) + 2 * (NT))     /* 16-byte pieces per lane and step */
 #define DEC_STAGES(NT, F8) ((F8) ? ((NT) == 1 ? 8 : (NT) == 2 ? 6 : 4) : ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3))
@@ -612,11 +613,11 @@ __device__ __forceinline__ void dec_store(const moe_gemm_args &a, T *C, const fl
     }
 }
 
-template <typename T, bool GATE_UP, int NT, bool F8, int KS>
+template <typename T, bool GATE_UP, int NT, bool F8>
 __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_args a, int tiles) {
     jamba_pdl_begin();
     using WT = typename std::conditional<F8, uint8_t, T>::type; /* weight element */
-    constexpr int MT = DEC_MT, WR = DEC_WARPS / KS, P = DEC_PIECES(NT, F8);
+    constexpr int MT = DEC_MT, KS = DEC_KS(GATE_UP), WR = DEC_WR(GATE_UP), P = DEC_PIECES(NT, F8);
     constexpr int S = DEC_STAGES(NT, F8);
     constexpr int WP = DEC_WPIECES(F8); /* W pieces per lane and step; x pieces follow */
     constexpr int LOFS = F8 ? 16 : 8;   /* k offset of lane tq: tq * LOFS */
@@ -628,7 +629,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
     int64_t off = 0, cnt = 0;
     const int e = moe_nth_expert(a.offsets, a.E, (int)(blockIdx.x / (unsigned)tiles), &off, &cnt);
     if (e < 0) return; /* whole block: no such expert */
-    const int64_t ob = (int64_t)(blockIdx.x % (unsigned)tiles) * DEC_OUTS(GATE_UP, KS) + wr * MT * (GATE_UP ? 8 : 16);
+    const int64_t ob = (int64_t)(blockIdx.x % (unsigned)tiles) * DEC_OUTS(GATE_UP) + wr * MT * (GATE_UP ? 8 : 16);
     const T *A = reinterpret_cast<const T *>(a.A);
     const WT *W = reinterpret_cast<const WT *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
     T *C = reinterpret_cast<T *>(a.C);
@@ -896,24 +897,24 @@ extern "C" jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p
 }
 
 /* one launch of moe_decode_kernel; raises the shared-memory limit once per device (see mma_launch) */
-template <typename T, bool GATE_UP, int NT, bool F8, int KS = DEC_KS(GATE_UP)>
+template <typename T, bool GATE_UP, int NT, bool F8>
 static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     static int smem_set[64];
     int dev = 0;
     JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8, KS>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8>,
                                               cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM(NT, F8)));
         /* two blocks per SM need the largest shared-memory carveout */
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8, KS>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8>,
                                               cudaFuncAttributePreferredSharedMemoryCarveout,
                                               cudaSharedmemCarveoutMaxShared));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     const int64_t ub = slots < a.E ? slots : a.E; /* experts that can have tokens */
-    const int64_t tiles = jamba_ceil_div(a.N, DEC_OUTS(GATE_UP, KS));
+    const int64_t tiles = jamba_ceil_div(a.N, DEC_OUTS(GATE_UP));
     if (ub <= 0 || tiles <= 0) return JAMBA_OK;
-    jamba_kernel_launch(moe_decode_kernel<T, GATE_UP, NT, F8, KS>, (unsigned)(ub * tiles), DEC_WARPS * 32,
+    jamba_kernel_launch(moe_decode_kernel<T, GATE_UP, NT, F8>, (unsigned)(ub * tiles), DEC_WARPS * 32,
         DEC_SMEM(NT, F8), stream, a, (int)tiles);
     JAMBA_LAUNCH_CHECK("moe_decode_kernel", stream);
     return JAMBA_OK;
@@ -932,13 +933,6 @@ static jamba_status decode_smem_optin(int *optin) {
     JAMBA_CUDA_CHECK(cudaDeviceGetAttribute(optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
     if (dev >= 0 && dev < 64) cache[dev] = *optin;
     return JAMBA_OK;
-}
-
-/* JAMBA_EXT_MOE_DEC_KS=4 (EXPERIMENT): gate_up's ring kernel with its k split over the block's 4 warps (16 outputs a
- * block; each W row read as 512 contiguous bytes by the 4 warps at about the same time, against 256 with 2) */
-static bool dec_ks4() {
-    const char *s = getenv("JAMBA_EXT_MOE_DEC_KS");
-    return s && !strcmp(s, "4");
 }
 
 /* The ring kernels' grid, from the token count T = slots / TOPK (known on the host; no sync); up to 4 tokens
@@ -968,11 +962,6 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
         const char *s = getenv("JAMBA_EXT_FP8_RING_NT");
         const int v = s ? atoi(s) : 0;
         if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8))) nt = v;
-    }
-    if (a.gate_up && dec_ks4()) { /* EXPERIMENT (docs/SWITCHES.md): gate_up's k split over 4 warps */
-        if (nt == 1) return decode_launch_nt<T, true, 1, F8, 4>(a, slots, stream);
-        if (nt == 2) return decode_launch_nt<T, true, 2, F8, 4>(a, slots, stream);
-        return decode_launch_nt<T, true, 4, F8, 4>(a, slots, stream);
     }
     if (a.gate_up) {
         if (nt == 1) return decode_launch_nt<T, true, 1, F8>(a, slots, stream);
