@@ -4,6 +4,9 @@
 #         split over 4 warps (JAMBA_EXT_MOE_DEC_KS=4) against 2: build, the ring tests of
 #         test_moe / test_fp8 (both splits), memcheck of the rest family with the split at 4, dev/moe_dec_ks_ab.py
 #         (bf16 5-8 tokens, fp8 8-128, graph-timed in turns), bench_moe at 8 tokens with each split
+#   mt    the ring kernels with one m16 tile a warp (JAMBA_EXT_MOE_DEC_MT=down / all) against 2: build, the ring tests
+#         (test_moe decode engine with mt1, test_fp8 ring with MT 2 / all), memcheck of the rest family with MT all,
+#         dev/moe_ring_waves.py (kernel times against touched experts 3-16), dev/moe_ring_ab.py, bench_moe at 5 / 8
 #   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes) and
 #         bench_moe at the issue's sizes
 #   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
@@ -17,6 +20,23 @@ round_header "$mode"
 case "$mode" in
 ks)
   echo "mode ks ran at 8493417 (s65_ks_8493417.log; the JAMBA_EXT_MOE_DEC_KS switch is removed)"; exit 2 ;;
+mt)
+  build_cuda
+  step "the ring tests (test_moe decode engine with mt1, test_fp8 ring with MT 2 / all)"
+  timeout 200 python3 -m pytest -q -m cuda tests/test_moe.py tests/test_fp8.py -k "decode_engine or decode_repeated \
+or fp8_ring" -p no:cacheprovider 2>&1 | tail -4
+  step "memcheck of the rest family with JAMBA_EXT_MOE_DEC_MT=all"
+  JAMBA_EXT_MOE_DEC_MT=all timeout 150 compute-sanitizer --tool memcheck --print-limit 20 \
+    python3 benchmarks/sanitize_cases.py rest 2>&1 | tail -2
+  step "dev/moe_ring_waves.py (ring kernel times against the touched experts, MT 2 / 1)"
+  timeout 150 python3 dev/moe_ring_waves.py 2>&1 | grep -v -i warn
+  step "dev/moe_ring_ab.py (graph-timed in turns: default, mt1down, mt1all)"
+  timeout 200 python3 dev/moe_ring_ab.py 2>&1 | grep -v -i warn
+  for mt in 2 down all; do
+    step "bench_moe at 5 / 8 tokens, JAMBA_EXT_MOE_DEC_MT=$mt"
+    JAMBA_EXT_MOE_DEC_MT=$mt timeout 60 python3 benchmarks/bench_moe.py --name bench_moe_s65_mt$mt --tokens 5,8 \
+      --only "ours,(b) sorted_mm" 2>&1 | grep -v "^ \|Warn" | cut -c1-160 | tail -6
+  done ;;
 final)
   check_and_suite 280
   step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"

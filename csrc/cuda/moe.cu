@@ -427,12 +427,15 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
 #define DEC_MT 2
 #define DEC_KS(GU) ((GU) ? 2 : 4)
 #define DEC_WR(GU) (DEC_WARPS / DEC_KS(GU))
-#define DEC_OUTS(GU) (DEC_WR(GU) * DEC_MT * ((GU) ? 8 : 16)) /* outputs per block: 32 */
-#define DEC_WPIECES(F8) ((F8) ? 2 * DEC_MT : 4 * DEC_MT)    /* W pieces per lane and step */
-#define DEC_PIECES(NT, F8) (DEC_WPIECES(F8) + 2 * (NT))     /* 16-byte pieces per lane and step */
-#define DEC_STAGES(NT, F8) ((F8) ? ((NT) == 1 ? 8 : (NT) == 2 ? 6 : 4) : ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3))
+/* MT: m16 tiles a warp (DEC_MT; 1 by the EXPERIMENT JAMBA_EXT_MOE_DEC_MT: half the outputs a block, 2x the blocks) */
+#define DEC_OUTS(GU, MT) (DEC_WR(GU) * (MT) * ((GU) ? 8 : 16)) /* outputs per block: 32 (MT 1: 16) */
+#define DEC_WPIECES(F8, MT) ((F8) ? 2 * (MT) : 4 * (MT))       /* W pieces per lane and step */
+#define DEC_PIECES(NT, F8, MT) (DEC_WPIECES(F8, MT) + 2 * (NT)) /* 16-byte pieces per lane and step */
+/* MT 1: as many steps as fit 96 KB (at most 12) */
+#define DEC_STAGES(NT, F8, MT) ((MT) == 1 ? (48 / DEC_PIECES(NT, F8, 1) < 12 ? 48 / DEC_PIECES(NT, F8, 1) : 12) \
+    : (F8) ? ((NT) == 1 ? 8 : (NT) == 2 ? 6 : 4) : ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3))
 /* T weights: 100 KB, 96 KB, 96 KB at NT 1 / 2 / 4; F8: 96 KB each */
-#define DEC_SMEM(NT, F8) (DEC_WARPS * DEC_STAGES(NT, F8) * DEC_PIECES(NT, F8) * 512)
+#define DEC_SMEM(NT, F8, MT) (DEC_WARPS * DEC_STAGES(NT, F8, MT) * DEC_PIECES(NT, F8, MT) * 512)
 
 /* the u-th expert (ascending id) with tokens, or -1, with its first sorted row and token count; every lane of
  * the warp gets them (call with full warps) */
@@ -613,13 +616,13 @@ __device__ __forceinline__ void dec_store(const moe_gemm_args &a, T *C, const fl
     }
 }
 
-template <typename T, bool GATE_UP, int NT, bool F8>
+template <typename T, bool GATE_UP, int NT, bool F8, int MT>
 __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_args a, int tiles) {
     jamba_pdl_begin();
     using WT = typename std::conditional<F8, uint8_t, T>::type; /* weight element */
-    constexpr int MT = DEC_MT, KS = DEC_KS(GATE_UP), WR = DEC_WR(GATE_UP), P = DEC_PIECES(NT, F8);
-    constexpr int S = DEC_STAGES(NT, F8);
-    constexpr int WP = DEC_WPIECES(F8); /* W pieces per lane and step; x pieces follow */
+    constexpr int KS = DEC_KS(GATE_UP), WR = DEC_WR(GATE_UP), P = DEC_PIECES(NT, F8, MT);
+    constexpr int S = DEC_STAGES(NT, F8, MT);
+    constexpr int WP = DEC_WPIECES(F8, MT); /* W pieces per lane and step; x pieces follow */
     constexpr int LOFS = F8 ? 16 : 8;   /* k offset of lane tq: tq * LOFS */
     constexpr int V = MT * NT * 4;      /* accumulators per lane */
     constexpr int STAGE = P * 512;      /* bytes of one ring slot of a warp */
@@ -629,7 +632,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32, 2) moe_decode_kernel(moe_gemm_
     int64_t off = 0, cnt = 0;
     const int e = moe_nth_expert(a.offsets, a.E, (int)(blockIdx.x / (unsigned)tiles), &off, &cnt);
     if (e < 0) return; /* whole block: no such expert */
-    const int64_t ob = (int64_t)(blockIdx.x % (unsigned)tiles) * DEC_OUTS(GATE_UP) + wr * MT * (GATE_UP ? 8 : 16);
+    const int64_t ob = (int64_t)(blockIdx.x % (unsigned)tiles) * DEC_OUTS(GATE_UP, MT) + wr * MT * (GATE_UP ? 8 : 16);
     const T *A = reinterpret_cast<const T *>(a.A);
     const WT *W = reinterpret_cast<const WT *>(a.W) + (int64_t)e * a.w_rows * a.Kd;
     T *C = reinterpret_cast<T *>(a.C);
@@ -897,25 +900,25 @@ extern "C" jamba_status jamba_moe_permute_cuda(const jamba_moe_permute_params *p
 }
 
 /* one launch of moe_decode_kernel; raises the shared-memory limit once per device (see mma_launch) */
-template <typename T, bool GATE_UP, int NT, bool F8>
+template <typename T, bool GATE_UP, int NT, bool F8, int MT = DEC_MT>
 static jamba_status decode_launch_nt(const moe_gemm_args &a, int64_t slots, cudaStream_t stream) {
     static int smem_set[64];
     int dev = 0;
     JAMBA_CUDA_CHECK(cudaGetDevice(&dev));
     if (dev < 0 || dev >= 64 || !smem_set[dev]) {
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8>,
-                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM(NT, F8)));
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8, MT>,
+                                              cudaFuncAttributeMaxDynamicSharedMemorySize, DEC_SMEM(NT, F8, MT)));
         /* two blocks per SM need the largest shared-memory carveout */
-        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8>,
+        JAMBA_CUDA_CHECK(cudaFuncSetAttribute(moe_decode_kernel<T, GATE_UP, NT, F8, MT>,
                                               cudaFuncAttributePreferredSharedMemoryCarveout,
                                               cudaSharedmemCarveoutMaxShared));
         if (dev >= 0 && dev < 64) smem_set[dev] = 1;
     }
     const int64_t ub = slots < a.E ? slots : a.E; /* experts that can have tokens */
-    const int64_t tiles = jamba_ceil_div(a.N, DEC_OUTS(GATE_UP));
+    const int64_t tiles = jamba_ceil_div(a.N, DEC_OUTS(GATE_UP, MT));
     if (ub <= 0 || tiles <= 0) return JAMBA_OK;
-    jamba_kernel_launch(moe_decode_kernel<T, GATE_UP, NT, F8>, (unsigned)(ub * tiles), DEC_WARPS * 32,
-        DEC_SMEM(NT, F8), stream, a, (int)tiles);
+    jamba_kernel_launch(moe_decode_kernel<T, GATE_UP, NT, F8, MT>, (unsigned)(ub * tiles), DEC_WARPS * 32,
+        DEC_SMEM(NT, F8, MT), stream, a, (int)tiles);
     JAMBA_LAUNCH_CHECK("moe_decode_kernel", stream);
     return JAMBA_OK;
 }
@@ -935,6 +938,13 @@ static jamba_status decode_smem_optin(int *optin) {
     return JAMBA_OK;
 }
 
+/* JAMBA_EXT_MOE_DEC_MT=down / all (EXPERIMENT, session 65): the ring kernels with one m16 tile a warp instead of 2
+ * (half the outputs a block, twice the blocks: a smaller last wave) for down / for both GEMMs; returns 1 / 2, else 0 */
+static int dec_mt1() {
+    const char *s = getenv("JAMBA_EXT_MOE_DEC_MT");
+    return !s ? 0 : !strcmp(s, "down") ? 1 : !strcmp(s, "all") ? 2 : 0;
+}
+
 /* The ring kernels' grid, from the token count T = slots / TOPK (known on the host; no sync); up to 4 tokens
  * experts_launch runs moe_gemv.cu's kernels instead unless JAMBA_EXT_MOE_GEMV=0.
  * (A one-token variant of the ring kernel over a one-wave persistent grid, moe_decode_persist_kernel, ran 1 token
@@ -949,7 +959,7 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
     const int64_t tokens = slots / a.topk;
     int optin = 0;
     JAMBA_TRY(decode_smem_optin(&optin));
-    int nt = tokens <= 8 && optin >= DEC_SMEM(1, F8) ? 1 : tokens <= 16 ? 2 : 4;
+    int nt = tokens <= 8 && optin >= DEC_SMEM(1, F8, DEC_MT) ? 1 : tokens <= 16 ? 2 : 4;
     if (F8) {
         /* by the average slots per expert: an expert with more takes more passes, but fewer n-tiles leave room for
          * more ring steps (8 / 6 / 4 at NT 1 / 2 / 4), which the fp8 weights' smaller pieces need to keep enough
@@ -957,11 +967,22 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
          * per expert) 687 / 766 / 934, 32 (4) 792 / 893 / 1099, 48 (6) 977 / 932 / 1124, 96 (12) 1502 / 1090 / 1210,
          * 128 (16) 1780 / 1317 / 1259, 256 (32) 3306 / 2391 / 1977 */
         const int64_t avg = slots / a.E;
-        nt = avg <= 4 && optin >= DEC_SMEM(1, F8) ? 1 : avg <= 12 ? 2 : 4;
+        nt = avg <= 4 && optin >= DEC_SMEM(1, F8, DEC_MT) ? 1 : avg <= 12 ? 2 : 4;
         /* EXPERIMENT (docs/SWITCHES.md): the n-tiles per pass forced */
         const char *s = getenv("JAMBA_EXT_FP8_RING_NT");
         const int v = s ? atoi(s) : 0;
-        if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8))) nt = v;
+        if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8, DEC_MT))) nt = v;
+    }
+    const int mt1 = dec_mt1(); /* EXPERIMENT: 1 down, 2 both GEMMs on MT 1 */
+    if (mt1 == 2 && a.gate_up) {
+        if (nt == 1) return decode_launch_nt<T, true, 1, F8, 1>(a, slots, stream);
+        if (nt == 2) return decode_launch_nt<T, true, 2, F8, 1>(a, slots, stream);
+        return decode_launch_nt<T, true, 4, F8, 1>(a, slots, stream);
+    }
+    if (mt1 && !a.gate_up) {
+        if (nt == 1) return decode_launch_nt<T, false, 1, F8, 1>(a, slots, stream);
+        if (nt == 2) return decode_launch_nt<T, false, 2, F8, 1>(a, slots, stream);
+        return decode_launch_nt<T, false, 4, F8, 1>(a, slots, stream);
     }
     if (a.gate_up) {
         if (nt == 1) return decode_launch_nt<T, true, 1, F8>(a, slots, stream);

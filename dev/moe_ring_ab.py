@@ -1,12 +1,13 @@
-"""(Ran at 8493417, s65_ks_8493417.log; the JAMBA_EXT_MOE_DEC_KS switch is removed, so both rows now run the default.)
-Session 65 A/B: the ring kernels' gate_up k split (csrc/cuda/moe.cu moe_decode_kernel; JAMBA_EXT_MOE_DEC_KS=4:
-the block's 4 warps split k, 16 outputs a block; default 2 warps x 2 row groups, 32 outputs). Jamba-v0.1 sizes:
-bf16 moe_experts (impl gemv: the ring from 5 tokens) and moe_experts_fp8 (the ring from 7 tokens). Per token count 16
-routings from random logits cycled (the touched weights not in L2 from the call before), CUDA graphs of the 16 calls
-replayed in turns (benchmarks/common.time_interleaved), us per call and % of the touched weights' bytes at the
-measured copy bandwidth; then each variant's kernel times (torch.profiler, PDL off) and the outputs' agreement.
+"""A/B of the MoE ring kernels' variants (csrc/cuda/moe.cu moe_decode_kernel; EXPERIMENT switches) at Jamba-v0.1
+sizes: bf16 moe_experts (impl gemv: the ring from 5 tokens) and moe_experts_fp8 (the ring from 7 tokens). Per token
+count 16 routings from random logits cycled (the touched weights not in L2 from the call before), CUDA graphs of the 16
+calls replayed in turns (benchmarks/common.time_interleaved), us per call and % of the touched weights' bytes at the
+measured copy bandwidth; then each variant's kernel times (torch.profiler, PDL off) and its outputs' distance from the
+first variant's. Session 65 ran it as dev/moe_dec_ks_ab.py at 8493417 (ks2 / ks4: JAMBA_EXT_MOE_DEC_KS, since removed;
+s65_ks_8493417.log).
 
-    python3 dev/moe_dec_ks_ab.py [--bf16 5,6,7,8] [--fp8 8,16,32,64,128] [--rounds 7]
+    python3 dev/moe_ring_ab.py [--bf16 5,6,7,8] [--fp8 8,16,32,64,128] [--rounds 7]
+        [--variants default,mt1down=JAMBA_EXT_MOE_DEC_MT:down,mt1all=JAMBA_EXT_MOE_DEC_MT:all]
 """
 import argparse
 import os
@@ -20,7 +21,16 @@ import common  # noqa: E402
 import bench_moe  # noqa: E402
 from jamba_ext import ops  # noqa: E402
 
-VARIANTS = {"ks2": {"JAMBA_EXT_MOE_DEC_KS": None}, "ks4": {"JAMBA_EXT_MOE_DEC_KS": "4"}}
+
+
+def parse_variants(spec):
+    """"name" (no switch) or "name=VAR:value" (one environment variable set for that variant), comma-separated"""
+    out = {}
+    for item in spec.split(","):
+        name, _, env = item.partition("=")
+        var, _, val = env.partition(":")
+        out[name] = {var: val} if var else {}
+    return out
 
 
 def main():
@@ -28,7 +38,10 @@ def main():
     ap.add_argument("--bf16", default="5,6,7,8")
     ap.add_argument("--fp8", default="8,16,32,64,128")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--variants", default="default,mt1down=JAMBA_EXT_MOE_DEC_MT:down,mt1all=JAMBA_EXT_MOE_DEC_MT:all")
     args = ap.parse_args()
+    variants = parse_variants(args.variants)
+    first = next(iter(variants))
     dev = torch.device("cuda")
     torch.manual_seed(0)
     H, Fd, E, K = 4096, 14336, 16, 2
@@ -50,16 +63,17 @@ def main():
             floor += int((offsets[1:] > offsets[:-1]).sum()) * 3 * H * Fd * wbytes / (bw * 1e9) * 1e6 / 16
 
         def one(v, c):
-            with common.env(**VARIANTS[v]):
+            with common.env(**variants[v]):
                 if kind == "bf16":
                     return ops.moe_experts(c[0], c[1], c[2], w_gate_up, w_down, c[3], c[4], "gemv")
                 return ops.moe_experts_fp8(c[0], c[1], c[2], q_gu, s_gu, q_d, s_d, c[3], c[4])
-        outs = {v: [one(v, c) for c in calls] for v in VARIANTS}
-        err = max(bench_moe.rel_err(a, b.float()) for a, b in zip(outs["ks4"], outs["ks2"]))
-        print(f"--- {kind} T = {T}: weight floor {floor:.1f} us (mean over the routings); ks4 vs ks2 max rel "
-              f"diff {err:.2e}", flush=True)
+        outs = {v: [one(v, c) for c in calls] for v in variants}
+        errs = ", ".join(f"{v} {max(bench_moe.rel_err(a, b) for a, b in zip(outs[v], outs[first])):.1e}"
+                         for v in variants if v != first)
+        print(f"--- {kind} T = {T}: weight floor {floor:.1f} us (mean over the routings); max rel diff from "
+              f"{first}: {errs}", flush=True)
         graphs = {}
-        for v in VARIANTS:
+        for v in variants:
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
@@ -67,18 +81,18 @@ def main():
                     one(v, c)
             torch.cuda.current_stream().wait_stream(s)
             g = torch.cuda.CUDAGraph()
-            with common.env(**VARIANTS[v]), torch.cuda.graph(g):
+            with common.env(**variants[v]), torch.cuda.graph(g):
                 for c in calls:
                     one(v, c)
             graphs[v] = g
-        tg = common.time_interleaved({v: graphs[v].replay for v in VARIANTS}, dev, rounds=args.rounds, reps=2,
+        tg = common.time_interleaved({v: graphs[v].replay for v in variants}, dev, rounds=args.rounds, reps=2,
                                      warmup=1)
-        for v in VARIANTS:
+        for v in variants:
             mg = tg[v]["median_ms"] * 1e3 / 16
-            print(f"  {v}  graph {mg:7.1f} us per call ({tg[v]['p10_ms'] * 1e3 / 16:6.1f}-"
+            print(f"  {v:<8}  graph {mg:7.1f} us per call ({tg[v]['p10_ms'] * 1e3 / 16:6.1f}-"
                   f"{tg[v]['p90_ms'] * 1e3 / 16:6.1f})  {100 * floor / mg:5.1f}% of the floor", flush=True)
         state = {"i": 0}
-        for v in VARIANTS:
+        for v in variants:
             def run(v=v):
                 state["i"] += 1
                 return one(v, calls[state["i"] % 16])
