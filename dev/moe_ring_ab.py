@@ -7,7 +7,9 @@ first variant's. Session 65 ran it as dev/moe_dec_ks_ab.py at 8493417 (ks2 / ks4
 s65_ks_8493417.log).
 
     python3 dev/moe_ring_ab.py [--bf16 5,6,7,8] [--fp8 8,16,32,64,128] [--rounds 7]
-        [--variants default,mt1down=JAMBA_EXT_MOE_DEC_MT:down,mt1all=JAMBA_EXT_MOE_DEC_MT:all]
+        [--variants default,mt2=JAMBA_EXT_MOE_DEC_MT:2]
+(At 15e322f it ran default,mt1down=JAMBA_EXT_MOE_DEC_MT:down,mt1all=JAMBA_EXT_MOE_DEC_MT:all, s65_mt_15e322f.log: the
+switch's values then; down on one m16 tile a warp is the default since.)
 """
 import argparse
 import os
@@ -38,7 +40,7 @@ def main():
     ap.add_argument("--bf16", default="5,6,7,8")
     ap.add_argument("--fp8", default="8,16,32,64,128")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--variants", default="default,mt1down=JAMBA_EXT_MOE_DEC_MT:down,mt1all=JAMBA_EXT_MOE_DEC_MT:all")
+    ap.add_argument("--variants", default="default,mt2=JAMBA_EXT_MOE_DEC_MT:2")
     args = ap.parse_args()
     variants = parse_variants(args.variants)
     first = next(iter(variants))

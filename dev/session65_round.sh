@@ -4,11 +4,12 @@
 #         split over 4 warps (JAMBA_EXT_MOE_DEC_KS=4) against 2: build, the ring tests of
 #         test_moe / test_fp8 (both splits), memcheck of the rest family with the split at 4, dev/moe_dec_ks_ab.py
 #         (bf16 5-8 tokens, fp8 8-128, graph-timed in turns), bench_moe at 8 tokens with each split
-#   mt    the ring kernels with one m16 tile a warp (JAMBA_EXT_MOE_DEC_MT=down / all) against 2: build, the ring tests
-#         (test_moe decode engine with mt1, test_fp8 ring with MT 2 / all), memcheck of the rest family with MT all,
+#   mt    (ran at 15e322f, s65_mt_15e322f.log) the ring kernels with one m16 tile a warp (JAMBA_EXT_MOE_DEC_MT=down
+#         / all then) against 2: build, the ring tests (test_moe decode engine with mt1, test_fp8 ring with MT 2 /
+#         all), memcheck of the rest family with MT all,
 #         dev/moe_ring_waves.py (kernel times against touched experts 3-16), dev/moe_ring_ab.py, bench_moe at 5 / 8
-#   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes) and
-#         bench_moe at the issue's sizes
+#   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
+#         bench_moe at the issue's sizes, dev/moe_ring_waves.py and dev/moe_ring_ab.py (down on MT 1 / 2)
 #   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
 #         when the machine holds no CUDA build: a warm machine keeps final's)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session65_round.sh MODE   (output: $OUT/round.log)
@@ -21,22 +22,7 @@ case "$mode" in
 ks)
   echo "mode ks ran at 8493417 (s65_ks_8493417.log; the JAMBA_EXT_MOE_DEC_KS switch is removed)"; exit 2 ;;
 mt)
-  build_cuda
-  step "the ring tests (test_moe decode engine with mt1, test_fp8 ring with MT 2 / all)"
-  timeout 200 python3 -m pytest -q -m cuda tests/test_moe.py tests/test_fp8.py -k "decode_engine or decode_repeated \
-or fp8_ring" -p no:cacheprovider 2>&1 | tail -4
-  step "memcheck of the rest family with JAMBA_EXT_MOE_DEC_MT=all"
-  JAMBA_EXT_MOE_DEC_MT=all timeout 150 compute-sanitizer --tool memcheck --print-limit 20 \
-    python3 benchmarks/sanitize_cases.py rest 2>&1 | tail -2
-  step "dev/moe_ring_waves.py (ring kernel times against the touched experts, MT 2 / 1)"
-  timeout 150 python3 dev/moe_ring_waves.py 2>&1 | grep -v -i warn
-  step "dev/moe_ring_ab.py (graph-timed in turns: default, mt1down, mt1all)"
-  timeout 200 python3 dev/moe_ring_ab.py 2>&1 | grep -v -i warn
-  for mt in 2 down all; do
-    step "bench_moe at 5 / 8 tokens, JAMBA_EXT_MOE_DEC_MT=$mt"
-    JAMBA_EXT_MOE_DEC_MT=$mt timeout 60 python3 benchmarks/bench_moe.py --name bench_moe_s65_mt$mt --tokens 5,8 \
-      --only "ours,(b) sorted_mm" 2>&1 | grep -v "^ \|Warn" | cut -c1-160 | tail -6
-  done ;;
+  echo "mode mt ran at 15e322f (s65_mt_15e322f.log; down on one m16 tile a warp is the default since)"; exit 2 ;;
 final)
   check_and_suite 280
   step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"
@@ -45,7 +31,11 @@ final)
   step "bench_moe at the issue's sizes"
   timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s65 --tokens 1,8,64,512,2048,3072,4096,16384 \
     --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
-  cp benchmarks/results/bench_moe_s65.json "$OUT/" 2>/dev/null ;;
+  cp benchmarks/results/bench_moe_s65.json "$OUT/" 2>/dev/null
+  step "dev/moe_ring_waves.py (ring kernel times against the touched experts, down on MT 2 / 1)"
+  timeout 120 python3 dev/moe_ring_waves.py 2>&1 | grep -v -i warn
+  step "dev/moe_ring_ab.py (graph-timed in turns: default, mt2)"
+  timeout 150 python3 dev/moe_ring_ab.py --fp8 8,64 2>&1 | grep -v -i warn ;;
 sanit)
   python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" 2>/dev/null || build_cuda
   step "compute-sanitizer: memcheck of every op (rest, sample_rows, swap, tiles), racecheck rest and swap"

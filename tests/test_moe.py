@@ -421,18 +421,18 @@ DECODE_CASES = [(1, 200, 136, 16, 2), (1, 24, 16, 16, 2), (3, 264, 200, 4, 3), (
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
-@pytest.mark.parametrize("t1", ["default", "ring", "mt1"])
+@pytest.mark.parametrize("t1", ["default", "ring", "mt2"])
 @pytest.mark.parametrize("dtype", LOW_DTYPES, ids=["bf16", "f16"])
 @pytest.mark.parametrize("T,H,F,E,K", DECODE_CASES, ids=[f"T{c[0]}H{c[1]}F{c[2]}E{c[3]}k{c[4]}" for c in DECODE_CASES])
 def test_moe_decode_engine(monkeypatch, t1, dtype, T, H, F, E, K):
     """impl gemv: up to 4 tokens the GEMV kernels of moe_gemv.cu, with JAMBA_EXT_MOE_GEMV=0 (t1 "ring") and from
     5 tokens the ring kernels of moe.cu at every n-tile count, tail tiles, idle k-splits; E = 1 / 8 / 16,
-    top-1/2: deterministic, and matches the fp64 reference. "mt1": the ring kernels at every token count with one
-    m16 tile a warp in both GEMMs (JAMBA_EXT_MOE_DEC_MT=all, an experiment)."""
-    if t1 in ("ring", "mt1"):
+    top-1/2: deterministic, and matches the fp64 reference. "mt2": the ring kernels at every token count with the
+    down GEMM on 2 m16 tiles a warp (JAMBA_EXT_MOE_DEC_MT=2, the A/B of the default 1)."""
+    if t1 in ("ring", "mt2"):
         monkeypatch.setenv("JAMBA_EXT_MOE_GEMV", "0")
-    if t1 == "mt1":
-        monkeypatch.setenv("JAMBA_EXT_MOE_DEC_MT", "all")
+    if t1 == "mt2":
+        monkeypatch.setenv("JAMBA_EXT_MOE_DEC_MT", "2")
     dev = torch.device("cuda")
     x = randn(T, H, device=dev, dtype=dtype)
     w_gate_up, w_down = expert_weights(E, H, F, dev, dtype)

@@ -401,10 +401,11 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
  * host, no sync); block b works on the (b / tiles)-th expert with a nonzero count (found on the device from
  * expert_offsets, moe_nth_expert) and on its output tile b % tiles of DEC_OUTS outputs. Blocks past the
  * touched experts are the last ones in the grid and exit at once.
- * Block: 4 warps = DEC_WR row groups x DEC_KS k-splits (gate_up 2 x 2, down 1 x 4). A warp owns DEC_MT = 2
- * m16 tiles of W rows (gate_up: rows 0-7 of a tile are the gate rows of 8 outputs, rows 8-15 their up rows,
- * so SiLU(gate)*up is formed in registers; down: 16 output rows) and a 1/KS range of k, streamed in steps of
- * 64 k: per step and lane 2 x 16 B of each of its 4 W rows (rows g, g+8 of each tile, k + tq*8 and
+ * Block: 4 warps = DEC_WR row groups x DEC_KS k-splits (gate_up 2 x 2, down 1 x 4). A warp owns MT m16 tiles
+ * of W rows (DEC_MT = 2; 1 for the down GEMM of bf16 / f16 weights, see DEC_OUTS) (gate_up: rows 0-7 of a tile
+ * are the gate rows of 8 outputs, rows 8-15 their up rows, so SiLU(gate)*up is formed in registers; down: 16
+ * output rows) and a 1/KS range of k, streamed in steps of
+ * 64 k: per step and lane 2 x 16 B of each of its 2 MT W rows (rows g, g+8 of each tile, k + tq*8 and
  * k + 32 + tq*8: the warp reads whole 128-byte lines), and the same 16 B of its token g of each active
  * n-tile (up to NT n-tiles of 8 tokens per pass). Each lane copies those pieces with cp.async into its own
  * slots of a ring of DEC_STAGES(NT) steps in shared memory and reads back only what it copied itself, so a
@@ -427,14 +428,21 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
 #define DEC_MT 2
 #define DEC_KS(GU) ((GU) ? 2 : 4)
 #define DEC_WR(GU) (DEC_WARPS / DEC_KS(GU))
-/* MT: m16 tiles a warp (DEC_MT; 1 by the EXPERIMENT JAMBA_EXT_MOE_DEC_MT: half the outputs a block, 2x the blocks) */
+/* MT: m16 tiles a warp: DEC_MT, or 1 for the down GEMM of T weights (16 outputs a block: twice the blocks, a smaller
+ * last wave; up to 12 steps in the same 96 KB). Session 65 (s65_mt_15e322f.log, dev/moe_ring_waves.py): with 2,
+ * down's time per touched expert rose 3-9% wherever its blocks (128 an expert, 264 resident) spilled just past whole
+ * waves (3 / 5 / 7 / 9 / 11 experts: 34.4 / 33.3 / 32.9 / 32.7 / 32.2 us) and fell back as the wave filled (4 / 6 / 8
+ * / 10 / 12: 32.6 / 31.9 / 31.6 / 31.4 / 31.5); with 1, 29.1-32.3, falling evenly. Whole op, bf16, 5 / 6 / 7 / 8
+ * tokens, graph-timed in turns (dev/moe_ring_ab.py), us, MT 1 / 2 for down: 671.1 / 683.4, 786.0 / 804.4, 884.2 /
+ * 904.9, 893.3 / 916.8 (91-92% of the touched weights' floor against 89%; the same bits). gate_up on MT 1 lost 0-1%
+ * and fp8's down 30-35% (its x pieces then weigh as much as its e4m3 W pieces): those stay at 2. */
 #define DEC_OUTS(GU, MT) (DEC_WR(GU) * (MT) * ((GU) ? 8 : 16)) /* outputs per block: 32 (MT 1: 16) */
 #define DEC_WPIECES(F8, MT) ((F8) ? 2 * (MT) : 4 * (MT))       /* W pieces per lane and step */
 #define DEC_PIECES(NT, F8, MT) (DEC_WPIECES(F8, MT) + 2 * (NT)) /* 16-byte pieces per lane and step */
-/* MT 1: as many steps as fit 96 KB (at most 12) */
+/* MT 1: as many steps as fit 96 KB, at most 12 (T weights: 8 / 6 / 4 at NT 1 / 2 / 4) */
 #define DEC_STAGES(NT, F8, MT) ((MT) == 1 ? (48 / DEC_PIECES(NT, F8, 1) < 12 ? 48 / DEC_PIECES(NT, F8, 1) : 12) \
     : (F8) ? ((NT) == 1 ? 8 : (NT) == 2 ? 6 : 4) : ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3))
-/* T weights: 100 KB, 96 KB, 96 KB at NT 1 / 2 / 4; F8: 96 KB each */
+/* MT 2: T weights 100 KB, 96 KB, 96 KB at NT 1 / 2 / 4, F8 96 KB each; MT 1 (T weights) 96 KB each */
 #define DEC_SMEM(NT, F8, MT) (DEC_WARPS * DEC_STAGES(NT, F8, MT) * DEC_PIECES(NT, F8, MT) * 512)
 
 /* the u-th expert (ascending id) with tokens, or -1, with its first sorted row and token count; every lane of
@@ -938,11 +946,11 @@ static jamba_status decode_smem_optin(int *optin) {
     return JAMBA_OK;
 }
 
-/* JAMBA_EXT_MOE_DEC_MT=down / all (EXPERIMENT, session 65): the ring kernels with one m16 tile a warp instead of 2
- * (half the outputs a block, twice the blocks: a smaller last wave) for down / for both GEMMs; returns 1 / 2, else 0 */
-static int dec_mt1() {
+/* JAMBA_EXT_MOE_DEC_MT=2 (A/B): the down GEMM of T weights on the ring kernel's 2 m16 tiles a warp, as before
+ * session 65 (the default 1: see DEC_OUTS) */
+static bool dec_down_mt2() {
     const char *s = getenv("JAMBA_EXT_MOE_DEC_MT");
-    return !s ? 0 : !strcmp(s, "down") ? 1 : !strcmp(s, "all") ? 2 : 0;
+    return s && !strcmp(s, "2");
 }
 
 /* The ring kernels' grid, from the token count T = slots / TOPK (known on the host; no sync); up to 4 tokens
@@ -973,16 +981,12 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
         const int v = s ? atoi(s) : 0;
         if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8, DEC_MT))) nt = v;
     }
-    const int mt1 = dec_mt1(); /* EXPERIMENT: 1 down, 2 both GEMMs on MT 1 */
-    if (mt1 == 2 && a.gate_up) {
-        if (nt == 1) return decode_launch_nt<T, true, 1, F8, 1>(a, slots, stream);
-        if (nt == 2) return decode_launch_nt<T, true, 2, F8, 1>(a, slots, stream);
-        return decode_launch_nt<T, true, 4, F8, 1>(a, slots, stream);
-    }
-    if (mt1 && !a.gate_up) {
-        if (nt == 1) return decode_launch_nt<T, false, 1, F8, 1>(a, slots, stream);
-        if (nt == 2) return decode_launch_nt<T, false, 2, F8, 1>(a, slots, stream);
-        return decode_launch_nt<T, false, 4, F8, 1>(a, slots, stream);
+    if constexpr (!F8) {
+        if (!a.gate_up && !dec_down_mt2()) { /* down on one m16 tile a warp (DEC_OUTS) */
+            if (nt == 1) return decode_launch_nt<T, false, 1, false, 1>(a, slots, stream);
+            if (nt == 2) return decode_launch_nt<T, false, 2, false, 1>(a, slots, stream);
+            return decode_launch_nt<T, false, 4, false, 1>(a, slots, stream);
+        }
     }
     if (a.gate_up) {
         if (nt == 1) return decode_launch_nt<T, true, 1, F8>(a, slots, stream);
