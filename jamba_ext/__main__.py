@@ -940,6 +940,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--stats-every", type=float, default=10.0, metavar="S",
                    help="a progress line on stderr every S seconds while requests run (requests done, new tokens/s, "
                         "rows running, queued), and one when it falls idle (default 10; 0: none)")
+    v.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
+                   help="close a connection that sends no request for S seconds, new or kept alive after an answer "
+                        "(default 60; 0: no limit). A running request, streamed or not, is never cut by it")
     v.set_defaults(func=cmd_serve, progress=None)
     c = sub.add_parser("check", help="self-check: every op on this machine's devices against the float64 reference")
     c.add_argument("--device", default="all", help="cpu, cuda[:N] or all (default: CPU and every visible GPU)")
@@ -963,6 +966,8 @@ def cmd_serve(args) -> int:
         _fail("--port must be in [0, 65535]")
     if not args.stats_every >= 0:
         _fail("--stats-every must be >= 0 (0: no progress lines)")
+    if not 0 <= args.idle_timeout < float("inf"):
+        _fail("--idle-timeout must be >= 0 seconds (0: no limit)")
     if args.prefill_ahead is not None and args.prefill_ahead < 0:
         _fail("--prefill-ahead must be >= 0 (tokens; 0: off)")
     if not args.temperature >= 0 or not 0 < args.top_p <= 1 or args.top_k < 0 or \
@@ -1006,6 +1011,7 @@ def cmd_serve(args) -> int:
                      max_new_tokens=args.max_new_tokens, seed=args.seed, do_sample=args.temperature > 0,
                      temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
                      repetition_penalty=args.repetition_penalty, stats_every=args.stats_every,
+                     idle_timeout=args.idle_timeout,
                      **({} if args.prefill_ahead is None else dict(prefill_ahead=args.prefill_ahead)))
     except OSError as e:
         _fail(f"serve: cannot listen on {args.host}:{args.port}: {e}")

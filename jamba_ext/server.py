@@ -7,7 +7,8 @@ Endpoints: POST /v1/completions ({"prompt": text or token ids, "max_tokens", "st
 ({"messages": [...], "max_tokens", "stop"}; the checkpoint's chat template), GET /v1/models, GET /health, GET
 /metrics (Prometheus' text format: Engine.METRICS, e.g. jamba_ext_generation_tokens_total). Answers as OpenAI's
 (choices[0].text or .message, finish_reason "stop" / "length", usage; the text ends before a stop text, and usage
-counts the tokens up to the one that completed it). One thread owns the model: it runs a
+counts the tokens up to the one that completed it; an end-of-text token that ended a completion is counted, not in the
+text: usage counts every token a row made, vLLM's len(token_ids)). One thread owns the model: it runs a
 jamba_ext.continuous.ContinuousBatcher, taking requests from the HTTP threads as rows free up (first come, first
 served), so concurrent requests share the decode steps. "stream": true answers with server-sent events (OpenAI's
 chunks, then "data: [DONE]"; "stream_options": {"include_usage": true} adds OpenAI's last chunk with the usage and
@@ -39,6 +40,9 @@ POLL_S. With an api_key (serve's; the CLI's --api-key or env JAMBA_EXT_API_KEY) 
 "Authorization: Bearer <key>" (401 otherwise), as OpenAI's clients send it; /health and /metrics stay open. Every
 refusal is OpenAI's JSON error (400 for a request's fields, a null one meaning its default; 404 / 405 an unknown path
 / another method; 408 a body that stops coming; 411 one without a Content-Length; 413 one over MAX_BODY_BYTES).
+A connection that sends no request line (and headers) for idle_timeout seconds (serve's; the CLI's --idle-timeout,
+default IDLE_TIMEOUT_S), new or kept alive after an answer, is closed, and its thread freed; the limit is off once a
+request's headers are in (its body has BODY_TIMEOUT_S; a long generation, streamed or not, is never cut by it).
 """
 import hmac
 import json
@@ -65,6 +69,8 @@ POLL_S = 0.2                # how often a request waiting for its answer looks w
 MAX_BODY_BYTES = 32 << 20   # the largest request body read (413 beyond: 64 prompts of 4096 token ids are ~2 MB)
 BODY_TIMEOUT_S = 60.0       # the longest wait for a body's next bytes (408 then: a Content-Length past the bytes sent
                             # held the connection and its thread until the client gave up)
+IDLE_TIMEOUT_S = 60.0       # the longest wait for a connection's next request (line and headers): then it is closed
+                            # (an idle client, or a kept-alive connection, held its thread for ever)
 DRAIN_S = 5.0               # how long a body left unread (a refusal that closes) is read and dropped: a client that
                             # sends its whole body before it reads (http.client, requests) met a reset, not the answer
 ROUTES = {"/health": "GET", "/metrics": "GET", "/v1/models": "GET", "/v1/completions": "POST",
@@ -170,6 +176,7 @@ class _Job:
         self.logprobs = None             # (when asked: the batcher's list, set before done)
         self.done = threading.Event()
         self.result = self.error = None
+        self.made = 0                    # (tokens its row made: the completion's and an end-of-text that ended it)
         self.tokens: Optional["queue.Queue"] = (sink if sink is not None else queue.Queue()) if stream else None
         self.tag = tag
 
@@ -304,8 +311,10 @@ class Engine:
                 continue
             for rid, t in self.bat.stepped:
                 j = self.jobs.get(rid)
-                if j is not None and j.tokens is not None:
-                    j.tokens.put((j.tag, t))
+                if j is not None:
+                    j.made += 1                  # (usage's count: an end-of-text too, which the result leaves out)
+                    if j.tokens is not None:
+                        j.tokens.put((j.tag, t))
             for rid, tokens, reason in ended:
                 job = self.jobs.pop(rid)
                 job.logprobs = self.bat.logprobs.pop(rid, None)
@@ -459,9 +468,23 @@ def _safe_prefix(text: str, stop) -> str:
 
 
 def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_default: int = 16,
-                 api_key: Optional[str] = None):
+                 api_key: Optional[str] = None, idle_timeout: Optional[float] = IDLE_TIMEOUT_S):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def handle_one_request(self):
+            """http.server's, with idle_timeout (None: none) on the wait for the request line and headers: a client
+            that sends none in time has its connection closed (http.server's TimeoutError path: no answer) and its
+            thread freed (it waited for ever before)."""
+            self.connection.settimeout(idle_timeout)
+            super().handle_one_request()
+
+        def parse_request(self):
+            """http.server's; then no socket timeout for the rest of the request (do_POST sets its body's own):
+            a stream's writes and the waits for the engine run as long as the generation does."""
+            ok = super().parse_request()
+            self.connection.settimeout(None)
+            return ok
 
         def _authorized(self) -> bool:
             """With an api_key, the /v1 endpoints need "Authorization: Bearer <api_key>" (401 otherwise, and the
@@ -788,7 +811,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
             for pi, ids in enumerate(req.prompts):
                 scores = engine.score(ids, req.lp) if req.echo and req.lp is not None else None
                 got = [self._wait(jobs[pi][j], every) if req.max_tokens else ([], "length") for j in range(k)]
-                done += sum(len(t) for t, _ in got)
+                done += sum(job.made for job in jobs[pi])   # (every token made: an end-of-text too, as vLLM's)
                 order = list(range(k))
                 if k > n and req.max_tokens:         # (the n most likely per token, in that order)
                     mean = [sum(lp for lp, _ in jobs[pi][j].logprobs) / len(jobs[pi][j].logprobs)
@@ -868,7 +891,7 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
                             send({"error": {"message": str(job.error), "type": "server_error", "code": 500}})
                             continue
                         tokens, reason = job.result
-                        done += len(tokens)
+                        done += job.made             # (as _complete's usage: an end-of-text counted)
                         final = _answer_text(tok, tokens, reason, stop, job.ids)
                         if len(final) > len(sent[c]) and final.startswith(sent[c]):
                             event(c, final[len(sent[c]):])
@@ -896,14 +919,20 @@ def make_handler(engine: Engine, model_name: str, chat_template=None, max_new_de
 
 
 def serve(model, tokenizer, host: str = "127.0.0.1", port: int = 8000, model_name: str = "jamba", chat_template=None,
-          ready=None, api_key: Optional[str] = None, **engine_options) -> None:
+          ready=None, api_key: Optional[str] = None, idle_timeout: Optional[float] = IDLE_TIMEOUT_S,
+          **engine_options) -> None:
     """Serves until interrupted (Ctrl-C) or, with ready (a callable), until the server it is given is shut down:
     ready(server) is called once it listens (tests, and callers that run it in a thread). api_key: the /v1 endpoints
-    answer only requests with "Authorization: Bearer <api_key>" (None: no check)."""
+    answer only requests with "Authorization: Bearer <api_key>" (None: no check). idle_timeout: seconds a connection
+    may wait to send its next request (line and headers) before it is closed (None or 0: no limit)."""
     if api_key is not None and (not isinstance(api_key, str) or not api_key):
         raise ValueError("api_key: expected a non-empty string (or None: no check)")
+    if idle_timeout is not None and (isinstance(idle_timeout, bool) or not isinstance(idle_timeout, (int, float)) or
+                                     not 0 <= idle_timeout < float("inf")):
+        raise ValueError(f"idle_timeout: expected seconds >= 0 (0 or None: no limit), got {idle_timeout!r}")
     engine = Engine(model, tokenizer, **engine_options)
-    httpd = _Server((host, port), make_handler(engine, model_name, chat_template, api_key=api_key))
+    httpd = _Server((host, port), make_handler(engine, model_name, chat_template, api_key=api_key,
+                                               idle_timeout=idle_timeout or None))
     httpd.daemon_threads = True
     httpd.engine = engine                # (for ready(): its counters, e.g. the requests done and dropped)
     try:

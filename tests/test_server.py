@@ -71,6 +71,16 @@ def _alone(model, ids, n, stop=(), decode=None):
     return completion(row, set(model._eos_ids()), stop, decode)
 
 
+def _made(model, ids, n, stop=(), decode=None):
+    """The tokens the prompt's row makes alone, as usage counts them (vLLM's len(token_ids)): up to the first
+    end-of-text, which counts (the text leaves it out), or the token that completes a stop text, or n."""
+    with torch.inference_mode():
+        row = model.generate([ids], max_new_tokens=n)[0, len(ids):].tolist()
+    e = next((i + 1 for i, t in enumerate(row) if t in set(model._eos_ids())), len(row))
+    cut, reason = completion(row[:e], set(), stop, decode)
+    return len(cut) if reason == "stop" else e
+
+
 def test_concurrent_completions_equal_each_prompt_alone():
     """Eight requests at once over three rows (prompts of 1-40 tokens, max_tokens 1-12, two with stop texts, one as
     token ids): each answer's text, finish_reason and usage as the prompt alone gives them."""
@@ -99,8 +109,9 @@ def test_concurrent_completions_equal_each_prompt_alone():
                 assert any(x in text for x in s)
                 text = text[:min(text.find(x) for x in s if x in text)]
             assert choice["text"] == text and choice["finish_reason"] == reason, (t, ans)
-            assert ans["usage"] == {"prompt_tokens": len(ids), "completion_tokens": len(want),
-                                    "total_tokens": len(ids) + len(want)}
+            made = _made(model, ids, b, s or (), tok.decode)
+            assert ans["usage"] == {"prompt_tokens": len(ids), "completion_tokens": made,
+                                    "total_tokens": len(ids) + made}
             assert ans["object"] == "text_completion" and ans["id"].startswith("cmpl-")
         assert {a["choices"][0]["finish_reason"] for _, a in answers} == {"stop", "length"}
         assert sum(any(x in a["choices"][0]["text"] for x in s) for s, (_, a) in zip(stops, answers) if s) == 0
@@ -108,6 +119,38 @@ def test_concurrent_completions_equal_each_prompt_alone():
         assert srv.get("/health") == (200, {"status": "ok"})
         code, models = srv.get("/v1/models")
         assert code == 200 and models["data"][0]["id"] == "jamba"
+    finally:
+        srv.stop()
+
+
+def test_usage_counts_the_end_of_text_token():
+    """usage.completion_tokens counts every token a row made, the end-of-text that ended it too (vLLM's
+    len(output.token_ids); the text leaves it out), streamed (include_usage) or not; a stop text's completion counts
+    its tokens up to the one that completed it. Before, an end-of-text was not counted (usage one short: 0 for a
+    completion that was only an end-of-text), and /metrics' generation_tokens disagreed with usage."""
+    model, tok = builtin_model(), ByteTokenizer()
+    srv = Running(model, tok, batch_size=3, max_prompt_tokens=64, max_new_tokens=16)
+    eos = str(model._eos_ids()[0])
+    try:
+        ids = tok.encode("another")
+        want, reason = _alone(model, ids, 16)
+        assert reason == "stop" and 0 < len(want) < 15      # (this prompt's row ends with an end-of-text)
+        cases = [({"prompt": "another", "max_tokens": 16}, tok.decode(want), len(want) + 1),
+                 ({"prompt": "another", "max_tokens": 16, "n": 2}, tok.decode(want), 2 * (len(want) + 1)),
+                 ({"prompt": "hello", "max_tokens": 5, "logit_bias": {eos: 100}}, "", 1)]   # (only an end-of-text)
+        free = tok.decode(_alone(model, tok.encode("hello"), 16)[0])
+        cut = _made(model, tok.encode("hello"), 16, [free[3:5]], tok.decode)
+        assert reason == "stop" and 0 < cut < 16
+        cases.append(({"prompt": "hello", "max_tokens": 16, "stop": [free[3:5]]}, free[:3], cut))
+        before = _metrics(srv)["jamba_ext_generation_tokens_total"]
+        for body, text, made in cases:
+            code, ans = srv.post("/v1/completions", body)
+            assert code == 200 and all(c["text"] == text and c["finish_reason"] == "stop" for c in ans["choices"])
+            p = ans["usage"]["prompt_tokens"]
+            assert ans["usage"] == {"prompt_tokens": p, "completion_tokens": made, "total_tokens": p + made}, body
+            ev = srv.events("/v1/completions", dict(body, stream_options={"include_usage": True}))
+            assert json.loads(ev[-2])["usage"] == ans["usage"], (body, ev[-2])
+        assert _metrics(srv)["jamba_ext_generation_tokens_total"] - before == 2 * sum(m for _, _, m in cases)
     finally:
         srv.stop()
 
@@ -160,7 +203,7 @@ def test_n_completions_of_one_prompt():
         code, ans = srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 8, "n": 4})
         assert code == 200 and [c["index"] for c in ans["choices"]] == [0, 1, 2, 3], ans
         assert all(c["text"] == want for c in ans["choices"])
-        assert ans["usage"]["completion_tokens"] == 4 * len(_alone(model, tok.encode("hello"), 8)[0])
+        assert ans["usage"]["completion_tokens"] == 4 * _made(model, tok.encode("hello"), 8)
         code, ans = srv.post("/v1/completions", {"prompt": "hello", "max_tokens": 8, "n": 5, "temperature": 1.5})
         texts = [c["text"] for c in ans["choices"]]
         assert code == 200 and len(texts) == 5 and len(set(texts)) > 1, texts
@@ -597,9 +640,12 @@ def test_cli_serve_passes_its_settings(monkeypatch, capsys):
     assert seen["do_sample"] and seen["temperature"] == 0.5 and seen["top_p"] == 0.9
     assert seen["repetition_penalty"] == 1.2 and seen["chat_template"] is None and seen["host"] == "127.0.0.1"
     assert seen["stats_every"] == 10.0 and "prefill_ahead" not in seen     # (the batcher's default)
+    assert seen["idle_timeout"] == server.IDLE_TIMEOUT_S
     assert "serving jamba-ext-builtin on http://127.0.0.1:4321" in capsys.readouterr().err
     assert main(["serve", "--device", "cpu", "--port", "0", "--prefill-ahead", "0"]) == 0
     assert seen["prefill_ahead"] == 0 and seen["api_key"] is None
+    assert main(["serve", "--device", "cpu", "--port", "0", "--idle-timeout", "2.5"]) == 0
+    assert seen["idle_timeout"] == 2.5
     monkeypatch.setenv("JAMBA_EXT_API_KEY", "from-env")                 # (the key: the flag, else the environment)
     assert main(["serve", "--device", "cpu", "--port", "0"]) == 0 and seen["api_key"] == "from-env"
     assert "API key required" in capsys.readouterr().err
@@ -619,7 +665,8 @@ def test_cli_serve_argument_errors(capsys):
     for argv, msg in ((["--batch-size", "0"], "--batch-size must be >= 1"), (["--port", "70000"], "--port must be"),
                       (["--temperature", "-1"], "--temperature must be >= 0"),
                       (["--prefill-ahead", "-1"], "--prefill-ahead must be >= 0"),
-                      (["--api-key", " "], "--api-key must not be empty")):
+                      (["--api-key", " "], "--api-key must not be empty"),
+                      (["--idle-timeout", "-1"], "--idle-timeout must be >= 0")):
         with pytest.raises(SystemExit) as e:
             main(["serve", "--device", "cpu", *argv])
         assert e.value.code == 2 and msg in capsys.readouterr().err

@@ -221,3 +221,83 @@ def test_a_body_that_never_comes_is_a_408(srv, monkeypatch):
     raw = _exchange(srv, b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"prompt\": 1")
     assert "did not come" in _json_error(raw, 408)
     assert srv.post("/v1/completions", {"prompt": "x", "max_tokens": 1})[0] == 200
+
+
+def test_an_idle_connection_is_closed_and_long_requests_are_not(monkeypatch):
+    """idle_timeout: a connection that sends nothing, or nothing more after an answer (kept alive), is closed by the
+    server once that long has passed (it held a thread for ever before), and the server goes on; the limit is on the
+    wait for a request only: a body that comes later than it (within BODY_TIMEOUT_S) is read; a generation that runs
+    for several times it, streamed or not, comes back whole; so does a stream whose client reads nothing for 4 times
+    it (small socket buffers: the server's writes wait that long -- with the timeout left on the socket, a write timed
+    out and the stream was cut)."""
+    orig = server.ContinuousBatcher.step
+
+    def slow(self):                                    # (12 tokens: ~1.8 s, 3.6 x the idle timeout)
+        time.sleep(0.15)
+        return orig(self)
+    model = builtin_model()
+    s = Running(model, ByteTokenizer(), batch_size=2, max_prompt_tokens=64, max_new_tokens=256, stats_every=0,
+                idle_timeout=0.5)
+    ban = {str(e): -100 for e in model._eos_ids()}     # (no end-of-text: every token asked for)
+
+    def until_closed(c) -> bytes:
+        raw = b""
+        while True:
+            part = c.recv(65536)
+            if not part:
+                break
+            raw += part
+        c.close()
+        return raw
+    try:
+        quiet = socket.create_connection(s.httpd.server_address, timeout=10)
+        kept = socket.create_connection(s.httpd.server_address, timeout=10)
+        t0 = time.monotonic()
+        kept.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+        got = b""
+        while not got.endswith(b'{"status": "ok"}'):   # (the answer, and the connection kept alive)
+            got += kept.recv(4096)
+        assert got.startswith(b"HTTP/1.1 200") and b"Connection: close" not in got, got
+        for c in (quiet, kept):
+            try:
+                assert c.recv(1) == b""                # (closed by the server, not by our 10 s timeout)
+            except socket.timeout:
+                pytest.fail("an idle connection was kept open")
+            finally:
+                c.close()
+        assert time.monotonic() - t0 < 5
+        assert s.get("/health") == (200, {"status": "ok"})
+        late = socket.create_connection(s.httpd.server_address, timeout=10)
+        late.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 32\r\nConnection: close\r\n\r\n")
+        time.sleep(1.0)                                # (the body after the idle timeout: BODY_TIMEOUT_S applies)
+        late.sendall(b'{"prompt": "x", "max_tokens": 2} ')
+        raw = until_closed(late)
+        assert raw.startswith(b"HTTP/1.1 200"), raw
+        s.httpd.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)   # (the accepted sockets' too)
+        slow_reader = socket.socket()
+        slow_reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        slow_reader.settimeout(60)
+        slow_reader.connect(s.httpd.server_address)
+        data = json.dumps({"prompt": "hi", "max_tokens": 256, "logit_bias": ban, "stream": True}).encode()
+        slow_reader.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (
+            len(data), data))
+        time.sleep(2.0)                                # (~30 kB of events: past the buffers, the writes wait)
+        raw = until_closed(slow_reader)
+        assert raw.startswith(b"HTTP/1.1 200") and raw.endswith(b"data: [DONE]\n\n"), raw[-300:]
+        assert raw.count(b'"finish_reason": "length"') == 1
+        monkeypatch.setattr(server.ContinuousBatcher, "step", slow)
+        body = {"prompt": "hello", "max_tokens": 12, "logit_bias": ban}
+        out = {}
+        t0 = time.monotonic()
+        streamed = threading.Thread(target=lambda: out.update(ev=s.events("/v1/completions", dict(
+            body, stream_options={"include_usage": True}))))
+        streamed.start()
+        code, whole = s.post("/v1/completions", body)
+        streamed.join(60)
+        assert time.monotonic() - t0 > 1.0             # (each ran past the idle timeout)
+        assert code == 200 and whole["usage"]["completion_tokens"] == 12, whole
+        ev = out["ev"]
+        assert ev[-1] == "[DONE]" and json.loads(ev[-2])["usage"] == whole["usage"], ev
+        assert "".join(json.loads(e)["choices"][0]["text"] for e in ev[:-2]) == whole["choices"][0]["text"]
+    finally:
+        s.stop()
