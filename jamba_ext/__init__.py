@@ -18,7 +18,7 @@ def has_cuda_kernels() -> bool:
 
 _LAZY = {"JambaForCausalLM": "modeling_jamba", "JambaModel": "modeling_jamba", "JambaConfig": "modeling_jamba",
          "add_lora": "lora", "merge_lora": "lora", "remove_lora": "lora", "lora_state_dict": "lora",
-         "load_lora_state_dict": "lora"}
+         "load_lora_state_dict": "lora", "save_lora": "lora", "load_lora": "lora"}
 
 
 def __getattr__(name: str):
