@@ -440,7 +440,7 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
 #define DEC_WPIECES(F8, MT) ((F8) ? 2 * (MT) : 4 * (MT))       /* W pieces per lane and step */
 #define DEC_PIECES(NT, F8, MT) (DEC_WPIECES(F8, MT) + 2 * (NT)) /* 16-byte pieces per lane and step */
 /* MT 1: as many steps as fit 96 KB, at most 12 (T weights: 8 / 6 / 4 at NT 1 / 2 / 4) */
-#define DEC_STAGES(NT, F8, MT) ((MT) == 1 ? (48 / DEC_PIECES(NT, F8, 1) < 12 ? 48 / DEC_PIECES(NT, F8, 1) : 12) \
+#define DEC_STAGES(NT, F8, MT) ((MT) != 2 ? (48 / DEC_PIECES(NT, F8, MT) < 12 ? 48 / DEC_PIECES(NT, F8, MT) : 12) \
     : (F8) ? ((NT) == 1 ? 8 : (NT) == 2 ? 6 : 4) : ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3))
 /* MT 2: T weights 100 KB, 96 KB, 96 KB at NT 1 / 2 / 4, F8 96 KB each; MT 1 (T weights) 96 KB each */
 #define DEC_SMEM(NT, F8, MT) (DEC_WARPS * DEC_STAGES(NT, F8, MT) * DEC_PIECES(NT, F8, MT) * 512)
@@ -948,6 +948,12 @@ static jamba_status decode_smem_optin(int *optin) {
 
 /* JAMBA_EXT_MOE_DEC_MT=2 (A/B): the down GEMM of T weights on the ring kernel's 2 m16 tiles a warp, as before
  * session 65 (the default 1: see DEC_OUTS) */
+/* JAMBA_EXT_MOE_F8_MT4=1 (EXPERIMENT, session 65): the fp8 ring kernels at NT 4 with 4 m16 tiles a warp (W pieces
+ * as many as x's in a step: 64 KB of weights in flight an SM instead of 48) */
+static bool dec_f8_mt4() {
+    const char *s = getenv("JAMBA_EXT_MOE_F8_MT4");
+    return s && !strcmp(s, "1");
+}
 static bool dec_down_mt2() {
     const char *s = getenv("JAMBA_EXT_MOE_DEC_MT");
     return s && !strcmp(s, "2");
@@ -980,6 +986,12 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
         const char *s = getenv("JAMBA_EXT_FP8_RING_NT");
         const int v = s ? atoi(s) : 0;
         if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8, DEC_MT))) nt = v;
+    }
+    if constexpr (F8) {
+        if (nt == 4 && dec_f8_mt4()) { /* EXPERIMENT: 4 m16 tiles a warp at NT 4 */
+            if (a.gate_up) return decode_launch_nt<T, true, 4, true, 4>(a, slots, stream);
+            return decode_launch_nt<T, false, 4, true, 4>(a, slots, stream);
+        }
     }
     if constexpr (!F8) {
         if (!a.gate_up && !dec_down_mt2()) { /* down on one m16 tile a warp (DEC_OUTS) */
