@@ -26,12 +26,12 @@ from jamba_ext import ops  # noqa: E402
 
 
 def parse_variants(spec):
-    """"name" (no switch) or "name=VAR:value" (one environment variable set for that variant), comma-separated"""
+    """"name" (no switch) or "name=VAR:value[+VAR2:value2...]" (environment variables set for that variant),
+    comma-separated"""
     out = {}
     for item in spec.split(","):
         name, _, env = item.partition("=")
-        var, _, val = env.partition(":")
-        out[name] = {var: val} if var else {}
+        out[name] = dict(pair.split(":", 1) for pair in env.split("+")) if env else {}
     return out
 
 

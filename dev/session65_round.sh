@@ -8,8 +8,11 @@
 #         / all then) against 2: build, the ring tests (test_moe decode engine with mt1, test_fp8 ring with MT 2 /
 #         all), memcheck of the rest family with MT all,
 #         dev/moe_ring_waves.py (kernel times against touched experts 3-16), dev/moe_ring_ab.py, bench_moe at 5 / 8
-#   f8mt4 the fp8 ring kernels at NT 4 with 4 m16 tiles a warp (JAMBA_EXT_MOE_F8_MT4=1) against 2: build, test_fp8's
-#         ring tests (both), memcheck of the rest family with it, dev/moe_ring_ab.py at fp8 64-512 tokens (64: NT 2, a control)
+#   f8mt4 (ran at 2dc1f7f, s65_f8mt4_2dc1f7f.log) the fp8 ring kernels at NT 4 with 4 m16 tiles a warp
+#         (JAMBA_EXT_MOE_F8_MT4=1 then) against 2: build, test_fp8's ring tests (both), memcheck of the rest family
+#         with it, dev/moe_ring_ab.py at fp8 64-512 tokens (64: NT 2, a control)
+#   f8cross where the fp8 ring (now MT 4 at NT 4) and the wgmma kernel cross: build, test_fp8 ring / wgmma tests,
+#         dev/moe_ring_ab.py at 96-320 tokens with each engine forced
 #   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
 #         bench_moe at the issue's sizes, dev/moe_ring_waves.py and dev/moe_ring_ab.py (down on MT 1 / 2)
 #   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
@@ -26,15 +29,15 @@ ks)
 mt)
   echo "mode mt ran at 15e322f (s65_mt_15e322f.log; down on one m16 tile a warp is the default since)"; exit 2 ;;
 f8mt4)
+  echo "mode f8mt4 ran at 2dc1f7f (s65_f8mt4_2dc1f7f.log; MT 4 at NT 4 is the fp8 ring's default since)"; exit 2 ;;
+f8cross)
   build_cuda
-  step "test_fp8's ring tests (MT4 0 / 1)"
-  timeout 200 python3 -m pytest -q -m cuda tests/test_fp8.py -k "fp8_ring" -p no:cacheprovider 2>&1 | tail -3
-  step "memcheck of the rest family with JAMBA_EXT_MOE_F8_MT4=1"
-  JAMBA_EXT_MOE_F8_MT4=1 timeout 150 compute-sanitizer --tool memcheck --print-limit 20 \
-    python3 benchmarks/sanitize_cases.py rest 2>&1 | tail -2
-  step "dev/moe_ring_ab.py at fp8 64-512 tokens (64: NT 2, a control) (graph-timed in turns: default, f8mt4)"
-  timeout 200 python3 dev/moe_ring_ab.py --bf16 "" --fp8 64,128,256,512 \
-    --variants default,f8mt4=JAMBA_EXT_MOE_F8_MT4:1 2>&1 | grep -v -i warn ;;
+  step "test_fp8's ring, wgmma and engine tests"
+  timeout 200 python3 -m pytest -q -m cuda tests/test_fp8.py -k "ring or wgmma or engine" -p no:cacheprovider 2>&1 \
+    | tail -3
+  step "dev/moe_ring_ab.py, fp8 96-320 tokens: the default, the ring forced (MT 4), the wgmma kernel forced"
+  timeout 200 python3 dev/moe_ring_ab.py --bf16 "" --fp8 96,128,160,192,256,320 \
+    --variants default,ring=JAMBA_EXT_FP8_WGMMA:0,wgmma=JAMBA_EXT_FP8_WGMMA:1 2>&1 | grep -v -i "warn\|kernels" ;;
 final)
   check_and_suite 280
   step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"

@@ -948,11 +948,14 @@ static jamba_status decode_smem_optin(int *optin) {
 
 /* JAMBA_EXT_MOE_DEC_MT=2 (A/B): the down GEMM of T weights on the ring kernel's 2 m16 tiles a warp, as before
  * session 65 (the default 1: see DEC_OUTS) */
-/* JAMBA_EXT_MOE_F8_MT4=1 (EXPERIMENT, session 65): the fp8 ring kernels at NT 4 with 4 m16 tiles a warp (W pieces
- * as many as x's in a step: 64 KB of weights in flight an SM instead of 48) */
+/* The fp8 ring kernels at NT 4 with 4 m16 tiles a warp (64 outputs a block): at MT 2 a step held 4 W pieces and 8 x
+ * pieces a lane, so the ring's 96 KB kept only 48 KB of weights in flight an SM; at MT 4, 8 and 8 (3 steps, 64 KB;
+ * 223 registers, still 2 blocks an SM). Session 65 (s65_f8mt4_2dc1f7f.log, dev/moe_ring_ab.py, graph-timed in turns,
+ * Jamba-v0.1, bf16 x): 128 tokens 1013.3 against 1285.1 us (gate_up 742 / 1051, down 376 / 520), the same bits.
+ * JAMBA_EXT_MOE_F8_MT4=0: MT 2 (the A/B). */
 static bool dec_f8_mt4() {
     const char *s = getenv("JAMBA_EXT_MOE_F8_MT4");
-    return s && !strcmp(s, "1");
+    return !(s && !strcmp(s, "0"));
 }
 static bool dec_down_mt2() {
     const char *s = getenv("JAMBA_EXT_MOE_DEC_MT");
@@ -988,7 +991,7 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
         if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8, DEC_MT))) nt = v;
     }
     if constexpr (F8) {
-        if (nt == 4 && dec_f8_mt4()) { /* EXPERIMENT: 4 m16 tiles a warp at NT 4 */
+        if (nt == 4 && dec_f8_mt4()) { /* 4 m16 tiles a warp at NT 4 (dec_f8_mt4) */
             if (a.gate_up) return decode_launch_nt<T, true, 4, true, 4>(a, slots, stream);
             return decode_launch_nt<T, false, 4, true, 4>(a, slots, stream);
         }
