@@ -1355,7 +1355,7 @@ torch.library.register_autograd("jamba::moe_experts", _moe_backward, setup_conte
 #       bytes directly (CUDA: csrc/cuda/moe_gemv.cu; CPU: csrc/cpu/fp8.c), sums in fp32 with the row's scale
 #       applied to the sum; on CUDA above that the C op reads them too: the ring kernels of moe_experts' decode
 #       engine (csrc/cuda/moe.cu, F8: each weight row once per pass over 8-32 of its expert's tokens, converted to
-#       bf16 / f16 in registers for mma.sync) and, on Hopper from 20 slots per expert on average, a wgmma kernel
+#       bf16 / f16 in registers for mma.sync) and, on Hopper from 28 slots per expert on average, a wgmma kernel
 #       (csrc/cuda/moe_wgmma.cu moe_wgmma_f8ws_kernel: each weight row once per 128 of its expert's rows, converted
 #       in shared memory by converter warps); the C op picks between those two. Above FP8_SM90_MAX_TOKENS on Hopper,
 #       above FP8_RING_MAX_TOKENS on other GPUs and above FP8_GEMV_MAX_TOKENS on the CPU the touched experts are

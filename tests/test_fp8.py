@@ -3,7 +3,7 @@ dequant_fp8 = e4m3(q) * scale exactly, moe_experts_fp8 = moe_experts on those we
 
 moe_experts_fp8 runs four engines: the weight-streaming kernels that read the fp8 bytes (csrc/cpu/fp8.c up to
 ops.FP8_GEMV_MAX_TOKENS = 32 tokens, csrc/cuda/moe_gemv.cu up to ops.FP8_CUDA_GEMV_MAX_TOKENS = 6); on CUDA the ring
-kernels that read them too (csrc/cuda/moe.cu, F8) and on Hopper from 16 slots per expert a wgmma kernel
+kernels that read them too (csrc/cuda/moe.cu, F8) and on Hopper from 28 slots per expert a wgmma kernel
 (csrc/cuda/moe_wgmma.cu moe_wgmma_f8ws_kernel); without it above ops.FP8_RING_MAX_TOKENS (and on the CPU above 32 tokens)
 dequant_fp8 of the touched experts and moe_experts. Each is tested at token counts that select it (the ring and wgmma
 tests force their engine at every token count: thresholds moved, env JAMBA_EXT_FP8_WGMMA), with H and F multiples of

@@ -1163,10 +1163,12 @@ extern "C" jamba_status jamba_moe_experts_cuda(const jamba_moe_experts_params *p
  * moe_wgmma_f8ws_kernel: each W row read once per 128 of its expert's rows, converted in shared memory), gate_up into
  * act (sorted order), down into slot_out (slot order), then the combine, as moe_experts' engines. Checked by
  * the caller: bf16 / f16, H and F multiples of 16, 16-byte aligned data, the permutation present. */
-/* from 20 slots per expert on average (160 tokens at top-2 of 16 experts). Jamba-v0.1 sizes, bf16 x, H200, us, ring /
+/* from 28 slots per expert on average (224 tokens at top-2 of 16 experts). Jamba-v0.1 sizes, bf16 x, H200, us, ring /
  * wgmma kernel in the same runs (fp8_wgmma_cd4ca89.log, fp8_wgmma_66e7baa.log): 64 tokens 964 / 1399, 128: 1267 / 1367,
- * 1282 / 1383, 256: 1894 / 1391, 1925 / 1408, 512: 3495 / 1422 (crossover ~150 tokens) */
-#define FP8_WGMMA_MIN_SLOTS_PER_EXPERT 20
+ * 1282 / 1383, 256: 1894 / 1391, 1925 / 1408, 512: 3495 / 1422 (crossover ~150 tokens: 20 until session 65). With the
+ * ring's 4 m16 tiles a warp at NT 4 (dec_f8_mt4; s65_f8cross_0799188.log, graph-timed in turns): 96 tokens 1099 /
+ * 1445, 128: 1014 / 1465, 160: 1139 / 1491, 192: 1212 / 1505, 256: 1629 / 1528, 320: 2069 / 1578 (crossover ~235) */
+#define FP8_WGMMA_MIN_SLOTS_PER_EXPERT 28
 /* the GEMM arguments both fp8 paths share: the permutation, the routing weights, E and TOPK (the rest zero) */
 static moe_gemm_args fp8_perm_args(const jamba_moe_experts_fp8_params *p) {
     moe_gemm_args g;
