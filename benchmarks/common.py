@@ -113,9 +113,9 @@ def time_ms(fn, device: torch.device = torch.device("cpu"), warmup: int = 5, rep
     return {"median_ms": statistics.median(times), "p10_ms": q(0.1), "p90_ms": q(0.9), "reps": reps}
 
 
-def graph_us(fn, calls: int = 10, reps: int = 20) -> float:
-    """Median time of one fn() in us as CUDA-graph replays (calls fn()s captured in one graph after an eager warm-up
-    on a side stream; reps timed replays): host launch costs left out, for kernels shorter than their launch."""
+def capture(fn) -> "torch.cuda.CUDAGraph":
+    """fn() run once eagerly on a side stream (warm-up: lazy allocations, one-time attributes), then captured into a
+    CUDA graph, which is returned (replay() runs fn's kernels again on their captured buffers)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -123,8 +123,17 @@ def graph_us(fn, calls: int = 10, reps: int = 20) -> float:
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
+        fn()
+    return g
+
+
+def graph_us(fn, calls: int = 10, reps: int = 20) -> float:
+    """Median time of one fn() in us as CUDA-graph replays (calls fn()s captured in one graph after an eager warm-up
+    on a side stream; reps timed replays): host launch costs left out, for kernels shorter than their launch."""
+    def many():
         for _ in range(calls):
             fn()
+    g = capture(many)
     g.replay()
     torch.cuda.synchronize()
     out = []

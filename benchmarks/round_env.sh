@@ -2,8 +2,10 @@
 # dev/w8a8_final.sh): strict mode, the output folder $OUT (the device tool's, else /tmp/jamba_gpu_out), unbuffered
 # Python with the repo on its path, JAMBA_COMMIT for the logs (the device copy of .git may be stale), and step(), a
 # timestamped section header; round_header, a round log's first lines; build_cuda, the editable CUDA build;
-# check_and_suite, that build, `jamba_ext check` and every test marked cuda; bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8,
-# no transformers), the step both fp8 rounds run.
+# check_and_suite, that build, `jamba_ext check` and every test marked cuda; sanitize_all, memcheck of every op's
+# sanitize_cases family and racecheck of rest / swap (building first where the machine holds no CUDA build);
+# bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8, no transformers), the
+# step both fp8 rounds run.
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
@@ -32,4 +34,16 @@ bench_model_fp8() {
   step "bench_model --experts-fp8 --act-fp8 (one block, 2K prompts, batch 1 / 8, no transformers)"
   timeout 150 python3 benchmarks/bench_model.py --no-hf --batches 1,8 --prompts 2048 --decode-steps 32 --experts-fp8 \
     --act-fp8 --budget-s 60 2>&1 | grep -E "^check|^impl|^jamba_ext" | tail -14
+}
+sanitize_all() {   # compute-sanitizer: memcheck of every op (rest, sample_rows, swap, tiles), racecheck of rest and swap
+  python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" 2>/dev/null || build_cuda
+  step "compute-sanitizer: memcheck of every op (rest, sample_rows, swap, tiles), racecheck rest and swap"
+  for fam in rest sample_rows swap tiles; do
+    timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+  done
+  for fam in rest swap; do
+    timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
+      | tail -2
+  done
 }

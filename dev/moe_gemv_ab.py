@@ -73,19 +73,7 @@ def main():
                 return one(v, calls[state["i"] % 16])
             return run
         t = common.time_interleaved({v: make(v) for v in variants}, dev, rounds=args.rounds, reps=4, warmup=2)
-        graphs = {}
-        for v in variants:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for c in calls:
-                    one(v, c)
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(g):
-                for c in calls:
-                    one(v, c)
-            graphs[v] = g
+        graphs = {v: common.capture(lambda v=v: [one(v, c) for c in calls]) for v in variants}
         tg = common.time_interleaved({v: graphs[v].replay for v in variants}, dev, rounds=args.rounds, reps=2,
                                      warmup=1)
         print("  variant   eager us (p10-p90)        graph us per call (p10-p90)  graph % of floor")

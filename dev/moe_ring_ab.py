@@ -74,19 +74,7 @@ def main():
                          for v in variants if v != first)
         print(f"--- {kind} T = {T}: weight floor {floor:.1f} us (mean over the routings); max rel diff from "
               f"{first}: {errs}", flush=True)
-        graphs = {}
-        for v in variants:
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for c in calls:
-                    one(v, c)
-            torch.cuda.current_stream().wait_stream(s)
-            g = torch.cuda.CUDAGraph()
-            with common.env(**variants[v]), torch.cuda.graph(g):
-                for c in calls:
-                    one(v, c)
-            graphs[v] = g
+        graphs = {v: common.capture(lambda v=v: [one(v, c) for c in calls]) for v in variants}
         tg = common.time_interleaved({v: graphs[v].replay for v in variants}, dev, rounds=args.rounds, reps=2,
                                      warmup=1)
         for v in variants:

@@ -44,16 +44,7 @@ final)
   python3 -m jamba_ext generate --prompt x --max-new-tokens 100000000000000 2>&1 | tail -1
   echo "exit ${PIPESTATUS[0]}" ;;
 sanit)
-  python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" 2>/dev/null || build_cuda
-  step "compute-sanitizer: memcheck of every op (rest, sample_rows, swap, tiles), racecheck rest and swap"
-  for fam in rest sample_rows swap tiles; do
-    timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
-      | tail -2
-  done
-  for fam in rest swap; do
-    timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
-      | tail -2
-  done ;;
+  sanitize_all ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

@@ -52,16 +52,7 @@ final)
   step "dev/moe_ring_ab.py (graph-timed in turns: default, mt2)"
   timeout 150 python3 dev/moe_ring_ab.py --fp8 8,64 2>&1 | grep -v -i warn ;;
 sanit)
-  python3 -c "import jamba_ext; assert jamba_ext.has_cuda_kernels()" 2>/dev/null || build_cuda
-  step "compute-sanitizer: memcheck of every op (rest, sample_rows, swap, tiles), racecheck rest and swap"
-  for fam in rest sample_rows swap tiles; do
-    timeout 120 compute-sanitizer --tool memcheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
-      | tail -2
-  done
-  for fam in rest swap; do
-    timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
-      | tail -2
-  done ;;
+  sanitize_all ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
