@@ -402,10 +402,9 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
  * expert_offsets, moe_nth_expert) and on its output tile b % tiles of DEC_OUTS outputs. Blocks past the
  * touched experts are the last ones in the grid and exit at once.
  * Block: 4 warps = DEC_WR row groups x DEC_KS k-splits (gate_up 2 x 2, down 1 x 4). A warp owns MT m16 tiles
- * of W rows (DEC_MT = 2; 1 for the down GEMM of bf16 / f16 weights, see DEC_OUTS) (gate_up: rows 0-7 of a tile
- * are the gate rows of 8 outputs, rows 8-15 their up rows, so SiLU(gate)*up is formed in registers; down: 16
- * output rows) and a 1/KS range of k, streamed in steps of
- * 64 k: per step and lane 2 x 16 B of each of its 2 MT W rows (rows g, g+8 of each tile, k + tq*8 and
+ * of W rows (DEC_MT = 2; 1 for bf16 / f16 down, see DEC_OUTS; 4 for fp8 at NT 4, dec_f8_mt4) (gate_up: rows 0-7 of
+ * a tile are the gate rows of 8 outputs, rows 8-15 their up rows, so SiLU(gate)*up is formed in registers; down:
+ * 16 output rows) and a 1/KS range of k, streamed in steps of 64 k: per step and lane 2 x 16 B of each of its 2 MT W rows (rows g, g+8 of each tile, k + tq*8 and
  * k + 32 + tq*8: the warp reads whole 128-byte lines), and the same 16 B of its token g of each active
  * n-tile (up to NT n-tiles of 8 tokens per pass). Each lane copies those pieces with cp.async into its own
  * slots of a ring of DEC_STAGES(NT) steps in shared memory and reads back only what it copied itself, so a
@@ -439,10 +438,10 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
 #define DEC_OUTS(GU, MT) (DEC_WR(GU) * (MT) * ((GU) ? 8 : 16)) /* outputs per block: 32 (MT 1: 16) */
 #define DEC_WPIECES(F8, MT) ((F8) ? 2 * (MT) : 4 * (MT))       /* W pieces per lane and step */
 #define DEC_PIECES(NT, F8, MT) (DEC_WPIECES(F8, MT) + 2 * (NT)) /* 16-byte pieces per lane and step */
-/* MT 1: as many steps as fit 96 KB, at most 12 (T weights: 8 / 6 / 4 at NT 1 / 2 / 4) */
+/* MT 1 / 4: as many steps as fit 96 KB, at most 12 (MT 1, T weights: 8 / 6 / 4 at NT 1 / 2 / 4; MT 4, F8 at NT 4: 3) */
 #define DEC_STAGES(NT, F8, MT) ((MT) != 2 ? (48 / DEC_PIECES(NT, F8, MT) < 12 ? 48 / DEC_PIECES(NT, F8, MT) : 12) \
     : (F8) ? ((NT) == 1 ? 8 : (NT) == 2 ? 6 : 4) : ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3))
-/* MT 2: T weights 100 KB, 96 KB, 96 KB at NT 1 / 2 / 4, F8 96 KB each; MT 1 (T weights) 96 KB each */
+/* MT 2: T weights 100 KB, 96 KB, 96 KB at NT 1 / 2 / 4, F8 96 KB each; MT 1 (T weights) and MT 4 (F8) 96 KB */
 #define DEC_SMEM(NT, F8, MT) (DEC_WARPS * DEC_STAGES(NT, F8, MT) * DEC_PIECES(NT, F8, MT) * 512)
 
 /* the u-th expert (ascending id) with tokens, or -1, with its first sorted row and token count; every lane of
@@ -946,8 +945,6 @@ static jamba_status decode_smem_optin(int *optin) {
     return JAMBA_OK;
 }
 
-/* JAMBA_EXT_MOE_DEC_MT=2 (A/B): the down GEMM of T weights on the ring kernel's 2 m16 tiles a warp, as before
- * session 65 (the default 1: see DEC_OUTS) */
 /* The fp8 ring kernels at NT 4 with 4 m16 tiles a warp (64 outputs a block): at MT 2 a step held 4 W pieces and 8 x
  * pieces a lane, so the ring's 96 KB kept only 48 KB of weights in flight an SM; at MT 4, 8 and 8 (3 steps, 64 KB;
  * 223 registers, still 2 blocks an SM). Session 65 (s65_f8mt4_2dc1f7f.log, dev/moe_ring_ab.py, graph-timed in turns,
@@ -957,6 +954,8 @@ static bool dec_f8_mt4() {
     const char *s = getenv("JAMBA_EXT_MOE_F8_MT4");
     return !(s && !strcmp(s, "0"));
 }
+/* JAMBA_EXT_MOE_DEC_MT=2 (A/B): the down GEMM of T weights on the ring kernel's 2 m16 tiles a warp, as before
+ * session 65 (the default 1: see DEC_OUTS) */
 static bool dec_down_mt2() {
     const char *s = getenv("JAMBA_EXT_MOE_DEC_MT");
     return s && !strcmp(s, "2");
