@@ -406,9 +406,9 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
  * a tile are the gate rows of 8 outputs, rows 8-15 their up rows, so SiLU(gate)*up is formed in registers; down:
  * 16 output rows) and a 1/KS range of k, streamed in steps of 64 k: per step and lane 2 x 16 B of each of its
  * 2 MT W rows (rows g, g+8 of each tile, k + tq*8 and k + 32 + tq*8: the warp reads whole 128-byte lines), and
- * the same 16 B of its token g of each active n-tile (up to NT n-tiles of 8 tokens per pass). Each lane copies those pieces with cp.async into its own
- * slots of a ring of DEC_STAGES(NT) steps in shared memory and reads back only what it copied itself, so a
- * warp's stream needs no barrier: DEC_STAGES - 1 steps (12-16 KB of weights per warp, 96-128 KB per SM at
+ * the same 16 B of its token g of each active n-tile (up to NT n-tiles of 8 tokens per pass). Each lane copies
+ * those pieces with cp.async into its own slots of a ring of DEC_STAGES(NT) steps in shared memory and reads back
+ * only what it copied itself, so a warp's stream needs no barrier: DEC_STAGES - 1 steps (12-16 KB of weights per warp, 96-128 KB per SM at
  * 2 blocks of 4 warps) stay in flight while it multiplies the oldest one (mma m16n8k16, the k order
  * permuted identically for W and x, so no shuffle is needed). After the pass the KS partial sums are added in
  * shared memory in k-split order (deterministic, no atomics) and the first k-split's warps write the outputs.
