@@ -401,17 +401,17 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
  * host, no sync); block b works on the (b / tiles)-th expert with a nonzero count (found on the device from
  * expert_offsets, moe_nth_expert) and on its output tile b % tiles of DEC_OUTS outputs. Blocks past the
  * touched experts are the last ones in the grid and exit at once.
- * Block: 4 warps = DEC_WR row groups x DEC_KS k-splits (gate_up 2 x 2, down 1 x 4). A warp owns MT m16 tiles
- * of W rows (DEC_MT = 2; 1 for bf16 / f16 down, see DEC_OUTS; 4 for fp8 at NT 4, dec_f8_mt4) (gate_up: rows 0-7 of
- * a tile are the gate rows of 8 outputs, rows 8-15 their up rows, so SiLU(gate)*up is formed in registers; down:
- * 16 output rows) and a 1/KS range of k, streamed in steps of 64 k: per step and lane 2 x 16 B of each of its
- * 2 MT W rows (rows g, g+8 of each tile, k + tq*8 and k + 32 + tq*8: the warp reads whole 128-byte lines), and
- * the same 16 B of its token g of each active n-tile (up to NT n-tiles of 8 tokens per pass). Each lane copies
- * those pieces with cp.async into its own slots of a ring of DEC_STAGES(NT) steps in shared memory and reads back
- * only what it copied itself, so a warp's stream needs no barrier: DEC_STAGES - 1 steps (12-16 KB of weights per warp, 96-128 KB per SM at
- * 2 blocks of 4 warps) stay in flight while it multiplies the oldest one (mma m16n8k16, the k order
- * permuted identically for W and x, so no shuffle is needed). After the pass the KS partial sums are added in
- * shared memory in k-split order (deterministic, no atomics) and the first k-split's warps write the outputs.
+ * Block: 4 warps = DEC_WR row groups x DEC_KS k-splits (gate_up 2 x 2, down 1 x 4). A warp owns MT m16 tiles of W rows
+ * (DEC_MT = 2; 1 for bf16 / f16 down, see DEC_OUTS; 4 for fp8 at NT 4, dec_f8_mt4) (gate_up: rows 0-7 of a tile are the
+ * gate rows of 8 outputs, rows 8-15 their up rows, so SiLU(gate)*up is formed in registers; down: 16 output rows) and a
+ * 1/KS range of k, streamed in steps of 64 k: per step and lane 2 x 16 B of each of its 2 MT W rows (rows g, g+8 of
+ * each tile, k + tq*8 and k + 32 + tq*8: the warp reads whole 128-byte lines), and the same 16 B of its token g of each
+ * active n-tile (up to NT n-tiles of 8 tokens per pass). Each lane copies those pieces with cp.async into its own slots
+ * of a ring of DEC_STAGES(NT) steps in shared memory and reads back only what it copied itself, so a warp's stream
+ * needs no barrier: DEC_STAGES - 1 steps (12-16 KB of weights per warp, 96-128 KB per SM at 2 blocks of 4 warps) stay
+ * in flight while it multiplies the oldest one (mma m16n8k16, the k order permuted identically for W and x, so no
+ * shuffle is needed). After the pass the KS partial sums are added in shared memory in k-split order (deterministic, no
+ * atomics) and the first k-split's warps write the outputs.
  * Tokens of an expert beyond NT*8 take further passes (W re-read per pass).
  * Shapes: gate_up: x (T, H) rows gathered through sorted_slots, w_gate_up (E, 2F, H) -> act (slots, F) in
  * sorted order; down: act (slots, F), w_down (E, H, F) -> slot_out (slots, H) in slot order.
