@@ -941,8 +941,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a progress line on stderr every S seconds while requests run (requests done, new tokens/s, "
                         "rows running, queued), and one when it falls idle (default 10; 0: none)")
     v.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
-                   help="close a connection that sends no request for S seconds, new or kept alive after an answer "
-                        "(default 60; 0: no limit). A running request, streamed or not, is never cut by it")
+                   help="close a connection silent for S seconds while the server waits for its request (line and "
+                        "headers), new or kept alive after an answer (default 60; 0: no limit). A running request, "
+                        "streamed or not, is never cut by it")
     v.set_defaults(func=cmd_serve, progress=None)
     c = sub.add_parser("check", help="self-check: every op on this machine's devices against the float64 reference")
     c.add_argument("--device", default="all", help="cpu, cuda[:N] or all (default: CPU and every visible GPU)")

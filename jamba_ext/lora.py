@@ -245,9 +245,12 @@ def load_lora_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> 
     shaped = [k for k, p in want.items() if tuple(state_dict[k].shape) != tuple(p.shape)]
     if shaped:
         k = shaped[0]
+        # (the rank hint only where the rank is what differs: same ranks, other sizes: another base model's adapters)
         ranks = sorted({state_dict[a].shape[0] for a in shaped if a.endswith("lora_A.weight")
-                        and state_dict[a].ndim == 2})
+                        and state_dict[a].ndim == 2 and state_dict[a].shape[0] != want[a].shape[0]})
         hint = f"; the adapters have rank {ranks[0]}: add_lora(model, r={ranks[0]}, ...)" if len(ranks) == 1 else ""
+        if not ranks and all(state_dict[a].ndim == 2 for a in shaped):
+            hint = "; the ranks agree but the projections' sizes do not: adapters trained on another base model?"
         raise ValueError(f"load_lora_state_dict: {len(shaped)} keys mis-shaped, e.g. {k}: given "
                          f"{tuple(state_dict[k].shape)}, the model's {tuple(want[k].shape)}{hint}")
     with torch.no_grad():

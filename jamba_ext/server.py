@@ -40,9 +40,11 @@ POLL_S. With an api_key (serve's; the CLI's --api-key or env JAMBA_EXT_API_KEY) 
 "Authorization: Bearer <key>" (401 otherwise), as OpenAI's clients send it; /health and /metrics stay open. Every
 refusal is OpenAI's JSON error (400 for a request's fields, a null one meaning its default; 404 / 405 an unknown path
 / another method; 408 a body that stops coming; 411 one without a Content-Length; 413 one over MAX_BODY_BYTES).
-A connection that sends no request line (and headers) for idle_timeout seconds (serve's; the CLI's --idle-timeout,
-default IDLE_TIMEOUT_S), new or kept alive after an answer, is closed, and its thread freed; the limit is off once a
-request's headers are in (its body has BODY_TIMEOUT_S; a long generation, streamed or not, is never cut by it).
+A connection that sends nothing for idle_timeout seconds (serve's; the CLI's --idle-timeout, default
+IDLE_TIMEOUT_S) while the server waits for its request line and headers, new or kept alive after an answer, is closed,
+and its thread freed (a limit on each silence, a socket timeout: a client that trickles bytes is not cut); the limit
+is off once a request's headers are in (its body has BODY_TIMEOUT_S; a long generation, streamed or not, is never
+cut by it).
 """
 import hmac
 import json
@@ -147,8 +149,14 @@ def _encode(tok, text: str, bos: bool, what: str) -> List[int]:
 
 class _Server(ThreadingHTTPServer):
     """A listen backlog for bursts of clients (http.server's default of 5 reset the 6th of 40 connections that came at
-    once: they never reached the engine)."""
+    once: they never reached the engine). A client that resets or closes its connection (while the server waits for
+    its next request, or as an answer goes out) is no server error: no traceback on stderr for it."""
     request_queue_size = 256
+
+    def handle_error(self, request, client_address):
+        if isinstance(sys.exc_info()[1], ConnectionError):   # (reset, broken pipe: socketserver printed 20 lines each)
+            return
+        super().handle_error(request, client_address)
 
 
 class RequestError(ValueError):

@@ -291,6 +291,19 @@ def test_load_lora_errors_name_the_problem_and_leave_the_model(tmp_path, change,
     assert not any(isinstance(x, LoRALinear) for x in m.modules())
 
 
+def test_load_lora_into_a_model_of_other_sizes_names_the_base_model_not_the_rank(tmp_path):
+    """Adapters of the right rank from a model of other sizes (hidden_size 32 here, 64 there): the error says the
+    sizes differ (another base model), not "the adapters have rank 4: add_lora(model, r=4)", which the model's
+    adapters already were."""
+    save_lora(_adapted(), tmp_path)
+    m = _model(hidden_size=64)
+    state = _state(m)
+    with pytest.raises(ValueError, match=r"mis-shaped, .*; the ranks agree but the projections' sizes do not") as e:
+        load_lora(m, tmp_path)
+    assert "add_lora(model, r=" not in str(e.value)
+    assert _same_state(m, state)
+
+
 def test_load_lora_into_a_model_with_other_adapters_is_refused(tmp_path):
     """Adapters there already must be the directory's (same projections, r and alpha): another r, another alpha or
     other targets are refused, the adapters untouched."""

@@ -4,6 +4,7 @@ an HTML page, or a failed request of another client. Each test failed on the ser
 import http.client
 import json
 import socket
+import struct
 import threading
 import time
 
@@ -221,6 +222,28 @@ def test_a_body_that_never_comes_is_a_408(srv, monkeypatch):
     raw = _exchange(srv, b"POST /v1/completions HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n{\"prompt\": 1")
     assert "did not come" in _json_error(raw, 408)
     assert srv.post("/v1/completions", {"prompt": "x", "max_tokens": 1})[0] == 200
+
+
+def test_a_client_that_resets_its_connection_prints_no_traceback(srv, capsys):
+    """A client that resets its connection (SO_LINGER 0: a killed client, a proxy) while the server waits for its
+    request, new or kept alive after an answer, is no server error: nothing on stderr, and the server goes on (each
+    printed socketserver's 20-line ConnectionResetError traceback before)."""
+    def reset(c):
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))   # (closes with a reset)
+        c.close()
+    kept = socket.create_connection(srv.httpd.server_address, timeout=10)
+    kept.sendall(b"GET /health HTTP/1.1\r\nHost: t\r\n\r\n")
+    got = b""
+    while not got.endswith(b'{"status": "ok"}'):
+        got += kept.recv(4096)
+    fresh = socket.create_connection(srv.httpd.server_address, timeout=10)
+    time.sleep(0.2)                                    # (both wait for a request line now)
+    reset(kept)
+    reset(fresh)
+    time.sleep(0.5)
+    assert srv.get("/health") == (200, {"status": "ok"})
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ConnectionResetError" not in err, err
 
 
 def test_an_idle_connection_is_closed_and_long_requests_are_not(monkeypatch):
