@@ -340,9 +340,10 @@ def ring_everywhere(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("T,H,F", RING_SHAPES, ids=[f"T{t}H{h}F{f}" for t, h, f in RING_SHAPES])
 @pytest.mark.parametrize("E,K", [(1, 1), (8, 2), (16, 2)])
-@pytest.mark.parametrize("mt4", ["0", "1"])
+@pytest.mark.parametrize("mt4", ["0", "4", "24"])
 def test_moe_experts_fp8_ring_matches_fp64(ring_everywhere, monkeypatch, mt4, dtype, T, H, F, E, K):
-    monkeypatch.setenv("JAMBA_EXT_MOE_F8_MT4", mt4)  # at NT 4: "1" 4 m16 tiles a warp (the default), "0" 2 (A/B)
+    # the NT values whose ring runs 4 m16 tiles a warp: "4" (the default), "24" (NT 2 too), "0" none (2 tiles: A/B)
+    monkeypatch.setenv("JAMBA_EXT_MOE_F8_MT4", mt4)
     dev = torch.device("cuda")
     out, (x, w, ids, q_gu, s_gu, q_d, s_d), (slots, offsets) = fp8_case(dev, dtype, T, H, F, E, K)
     # the permutation made inside; deterministic (bit-identical); x a view at an 8-byte offset (copied to 16-byte

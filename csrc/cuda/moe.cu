@@ -438,7 +438,8 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
 #define DEC_OUTS(GU, MT) (DEC_WR(GU) * (MT) * ((GU) ? 8 : 16)) /* outputs per block: 32 (MT 1: 16) */
 #define DEC_WPIECES(F8, MT) ((F8) ? 2 * (MT) : 4 * (MT))       /* W pieces per lane and step */
 #define DEC_PIECES(NT, F8, MT) (DEC_WPIECES(F8, MT) + 2 * (NT)) /* 16-byte pieces per lane and step */
-/* MT 1 / 4: as many steps as fit 96 KB, at most 12 (MT 1, T weights: 8 / 6 / 4 at NT 1 / 2 / 4; MT 4, F8 at NT 4: 3) */
+/* MT 1 / 4: as many steps as fit 96 KB, at most 12 (MT 1, T weights: 8 / 6 / 4 at NT 1 / 2 / 4; MT 4, F8: 4 / 3 at
+ * NT 2 / 4) */
 #define DEC_STAGES(NT, F8, MT) ((MT) != 2 ? (48 / DEC_PIECES(NT, F8, MT) < 12 ? 48 / DEC_PIECES(NT, F8, MT) : 12) \
     : (F8) ? ((NT) == 1 ? 8 : (NT) == 2 ? 6 : 4) : ((NT) == 1 ? 5 : (NT) == 2 ? 4 : 3))
 /* MT 2: T weights 100 KB, 96 KB, 96 KB at NT 1 / 2 / 4, F8 96 KB each; MT 1 (T weights) and MT 4 (F8) 96 KB */
@@ -949,10 +950,13 @@ static jamba_status decode_smem_optin(int *optin) {
  * pieces a lane, so the ring's 96 KB kept only 48 KB of weights in flight an SM; at MT 4, 8 and 8 (3 steps, 64 KB;
  * 223 registers, still 2 blocks an SM). Session 65 (s65_f8mt4_2dc1f7f.log, dev/moe_ring_ab.py, graph-timed in turns,
  * Jamba-v0.1, bf16 x): 128 tokens 1013.3 against 1285.1 us (gate_up 742 / 1051, down 376 / 520), the same bits.
- * JAMBA_EXT_MOE_F8_MT4=0: MT 2 (the A/B). */
-static bool dec_f8_mt4() {
+ * JAMBA_EXT_MOE_F8_MT4 names the NT values that run MT 4, as digits: "4" (the default), "24" (NT 2 too: 8 W and 4 x
+ * pieces a step, 4 steps, 64 KB of weights in flight against 48 at MT 2; EXPERIMENT, session 66), "0" (MT 2 at every
+ * NT: the A/B). */
+static bool dec_f8_mt4(int nt) {
     const char *s = getenv("JAMBA_EXT_MOE_F8_MT4");
-    return !(s && !strcmp(s, "0"));
+    if (!s || !*s) s = "4";
+    return strchr(s, '0' + nt) != NULL;
 }
 /* JAMBA_EXT_MOE_DEC_MT=2 (A/B): the down GEMM of T weights on the ring kernel's 2 m16 tiles a warp, as before
  * session 65 (the default 1: see DEC_OUTS) */
@@ -990,9 +994,13 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
         if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8, DEC_MT))) nt = v;
     }
     if constexpr (F8) {
-        if (nt == 4 && dec_f8_mt4()) { /* 4 m16 tiles a warp at NT 4 (dec_f8_mt4) */
+        if (nt == 4 && dec_f8_mt4(4)) { /* 4 m16 tiles a warp (dec_f8_mt4) */
             if (a.gate_up) return decode_launch_nt<T, true, 4, true, 4>(a, slots, stream);
             return decode_launch_nt<T, false, 4, true, 4>(a, slots, stream);
+        }
+        if (nt == 2 && dec_f8_mt4(2)) {
+            if (a.gate_up) return decode_launch_nt<T, true, 2, true, 4>(a, slots, stream);
+            return decode_launch_nt<T, false, 2, true, 4>(a, slots, stream);
         }
     }
     if constexpr (!F8) {

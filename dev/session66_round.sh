@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Session 66's device calls on one H200 (device tool), by MODE:
+#   f8nt2 the fp8 ring kernels at NT 2 (33-103 tokens at top-2 of 16 experts) with 4 m16 tiles a warp
+#         (JAMBA_EXT_MOE_F8_MT4=24) against 2 (the default "4": MT 4 at NT 4 only): build, test_fp8's ring and engine
+#         tests (every MT4 value), memcheck of the rest family with "24", dev/moe_ring_ab.py at fp8 24-128 tokens
+#         (default; MT 4 at NT 2; NT 2 forced with MT 4; NT 4 forced)
+#   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
+#         bench_moe at the issue's sizes, dev/moe_ring_ab.py (fp8 40-128 tokens: default / "0")
+#   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
+#         when the machine holds no CUDA build: a warm machine keeps final's)
+# Usage on the device: JAMBA_COMMIT=<sha> bash dev/session66_round.sh MODE   (output: $OUT/round.log)
+OUT=${OUT:-/tmp/jamba_round_out}
+. benchmarks/round_env.sh
+mode=${1:-final}
+{
+round_header "$mode"
+case "$mode" in
+f8nt2)
+  build_cuda
+  step "test_fp8's ring and engine tests (JAMBA_EXT_MOE_F8_MT4 0 / 4 / 24)"
+  timeout 240 python3 -m pytest -q -m cuda tests/test_fp8.py -k "ring or engine or wgmma" -p no:cacheprovider 2>&1 \
+    | tail -3
+  step "memcheck of the rest family with JAMBA_EXT_MOE_F8_MT4=24"
+  JAMBA_EXT_MOE_F8_MT4=24 timeout 120 compute-sanitizer --tool memcheck --print-limit 20 \
+    python3 benchmarks/sanitize_cases.py rest 2>&1 | tail -2
+  step "dev/moe_ring_ab.py, fp8 24-128 tokens"
+  v=default,mt4nt2=JAMBA_EXT_MOE_F8_MT4:24,nt2=JAMBA_EXT_FP8_RING_NT:2+JAMBA_EXT_MOE_F8_MT4:24
+  timeout 320 python3 dev/moe_ring_ab.py --bf16 "" --fp8 24,32,40,48,64,80,96,128 \
+    --variants "$v,nt4=JAMBA_EXT_FP8_RING_NT:4" 2>&1 | grep -v -i "warn" ;;
+final)
+  check_and_suite 280
+  step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"
+  timeout 150 python3 benchmarks/bench_kernels.py 2>&1 | grep -v "^ \|warn" | tail -90
+  cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_s66.json" 2>/dev/null
+  step "bench_moe at the issue's sizes"
+  timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s66 --tokens 1,8,64,512,2048,3072,4096,16384 \
+    --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
+  cp benchmarks/results/bench_moe_s66.json "$OUT/" 2>/dev/null
+  step "dev/moe_ring_ab.py (fp8, graph-timed in turns: default, MT 2 everywhere)"
+  timeout 150 python3 dev/moe_ring_ab.py --bf16 "" --fp8 40,64,96,128 --variants default,mt2=JAMBA_EXT_MOE_F8_MT4:0 \
+    2>&1 | grep -v -i warn ;;
+sanit)
+  sanitize_all ;;
+*) echo "unknown mode $mode"; exit 2 ;;
+esac
+step done
+} 2>&1 | tee "$OUT/round.log"
+cp benchmarks/results/bench_moe_s66*.json "$OUT/" 2>/dev/null
+exit 0
