@@ -1375,7 +1375,7 @@ FP8_MAX = 448.0
 # FP8_CUDA_GEMV_MAX_TOKENS (6 tokens: 425 against the ring's 456; 8: 564 against 492), the ring kernels up to
 # FP8_RING_MAX_TOKENS (512 tokens: 3545 against the dequantizing path's 4124; 768: 5379 against 4154; with the
 # faster dequant_fp8 of 1f4075d 3538 against 3718 at 512, fp8_final_1f4075d.log), then the dequantizing path; on
-# Hopper the C op up to FP8_SM90_MAX_TOKENS, whose wgmma kernel (from ~150 tokens) beats the dequantizing path there
+# Hopper the C op up to FP8_SM90_MAX_TOKENS, whose wgmma kernel (from ~224 tokens) beats the dequantizing path there
 # (512 / 2048 tokens 1422 / 3473 against 3733 / 4911 us, fp8_wgmma_cd4ca89.log) but runs at ~2/3 of the bf16 GEMM's
 # rate per tile, so from ~3900 tokens one conversion of the experts (2.25 ms) plus the bf16 op costs less (measured
 # in turns, fp8_large_98cef0e.log: 2048 tokens 3512 against 4987, 4096: 7073 against 6956, 8192: 13771 against 11476;

@@ -402,14 +402,14 @@ static jamba_status mma_launch(const moe_gemm_args &a, int64_t slots, cudaStream
  * expert_offsets, moe_nth_expert) and on its output tile b % tiles of DEC_OUTS outputs. Blocks past the
  * touched experts are the last ones in the grid and exit at once.
  * Block: 4 warps = DEC_WR row groups x DEC_KS k-splits (gate_up 2 x 2, down 1 x 4). A warp owns MT m16 tiles of W rows
- * (DEC_MT = 2; 1 for bf16 / f16 down, see DEC_OUTS; 4 for fp8 at NT 4, dec_f8_mt4) (gate_up: rows 0-7 of a tile are the
- * gate rows of 8 outputs, rows 8-15 their up rows, so SiLU(gate)*up is formed in registers; down: 16 output rows) and a
- * 1/KS range of k, streamed in steps of 64 k: per step and lane 2 x 16 B of each of its 2 MT W rows (rows g, g+8 of
- * each tile, k + tq*8 and k + 32 + tq*8: the warp reads whole 128-byte lines), and the same 16 B of its token g of each
- * active n-tile (up to NT n-tiles of 8 tokens per pass). Each lane copies those pieces with cp.async into its own slots
- * of a ring of DEC_STAGES(NT) steps in shared memory and reads back only what it copied itself, so a warp's stream
- * needs no barrier: DEC_STAGES - 1 steps (12-16 KB of weights per warp, 96-128 KB per SM at 2 blocks of 4 warps) stay
- * in flight while it multiplies the oldest one (mma m16n8k16, the k order permuted identically for W and x, so no
+ * (DEC_MT = 2; 1 for bf16 / f16 down, see DEC_OUTS; 4 for fp8 at NT 2 / 4, dec_f8_mt4) (gate_up: rows 0-7 of a tile are
+ * the gate rows of 8 outputs, rows 8-15 their up rows, so SiLU(gate)*up is formed in registers; down: 16 output rows)
+ * and a 1/KS range of k, streamed in steps of 64 k: per step and lane 2 x 16 B of each of its 2 MT W rows (rows g, g+8
+ * of each tile, k + tq*8 and k + 32 + tq*8: the warp reads whole 128-byte lines), and the same 16 B of its token g of
+ * each active n-tile (up to NT n-tiles of 8 tokens per pass). Each lane copies those pieces with cp.async into its own
+ * slots of a ring of DEC_STAGES(NT) steps in shared memory and reads back only what it copied itself, so a warp's
+ * stream needs no barrier: DEC_STAGES - 1 steps (12-16 KB of weights per warp, 96-128 KB per SM at 2 blocks of 4 warps)
+ * stay in flight while it multiplies the oldest one (mma m16n8k16, the k order permuted identically for W and x, so no
  * shuffle is needed). After the pass the KS partial sums are added in shared memory in k-split order (deterministic, no
  * atomics) and the first k-split's warps write the outputs.
  * Tokens of an expert beyond NT*8 take further passes (W re-read per pass).
@@ -946,16 +946,18 @@ static jamba_status decode_smem_optin(int *optin) {
     return JAMBA_OK;
 }
 
-/* The fp8 ring kernels at NT 4 with 4 m16 tiles a warp (64 outputs a block): at MT 2 a step held 4 W pieces and 8 x
- * pieces a lane, so the ring's 96 KB kept only 48 KB of weights in flight an SM; at MT 4, 8 and 8 (3 steps, 64 KB;
- * 223 registers, still 2 blocks an SM). Session 65 (s65_f8mt4_2dc1f7f.log, dev/moe_ring_ab.py, graph-timed in turns,
- * Jamba-v0.1, bf16 x): 128 tokens 1013.3 against 1285.1 us (gate_up 742 / 1051, down 376 / 520), the same bits.
- * JAMBA_EXT_MOE_F8_MT4 names the NT values that run MT 4, as digits: "4" (the default), "24" (NT 2 too: 8 W and 4 x
- * pieces a step, 4 steps, 64 KB of weights in flight against 48 at MT 2; EXPERIMENT, session 66), "0" (MT 2 at every
- * NT: the A/B). */
+/* The fp8 ring kernels at NT 2 and 4 with 4 m16 tiles a warp (64 outputs a block): at MT 2 a step held 4 W pieces and
+ * 2 NT x pieces a lane, so the ring's 96 KB kept only 32-48 KB of weights in flight a block; at MT 4, 8 W pieces and
+ * 4 / 8 x pieces (4 / 3 steps: 64 / 48 KB; 182 / 223 registers at NT 2 / 4, still 2 blocks an SM). The same bits.
+ * Session 65 (s65_f8mt4_2dc1f7f.log, dev/moe_ring_ab.py, graph-timed in turns, Jamba-v0.1, bf16 x), NT 4: 128 tokens
+ * 1013.3 against 1285.1 us (gate_up 742 / 1051, down 376 / 520). Session 66 (s66_f8nt2_c4c2e09.log), NT 2, us, MT 4
+ * / 2: 40 tokens 821.7 / 939.6, 48 812.3 / 950.0, 64 843.3 / 994.5, 80 903.6 / 1059.1, 96 967.7 / 1131.0 (70% ->
+ * 80% of the touched weights' floor at 40-48 tokens; at 96 still ahead of NT 4, 1001.4; at 24-32 tokens NT 2 on MT 4
+ * lost to NT 1 on MT 2 by 1-2%). JAMBA_EXT_MOE_F8_MT4 names the NT values that run MT 4, as digits: "24" (the
+ * default), "4", "0" (MT 2 at every NT: the A/B). */
 static bool dec_f8_mt4(int nt) {
     const char *s = getenv("JAMBA_EXT_MOE_F8_MT4");
-    if (!s || !*s) s = "4";
+    if (!s || !*s) s = "24";
     return strchr(s, '0' + nt) != NULL;
 }
 /* JAMBA_EXT_MOE_DEC_MT=2 (A/B): the down GEMM of T weights on the ring kernel's 2 m16 tiles a warp, as before
@@ -994,7 +996,7 @@ static jamba_status decode_launch(const moe_gemm_args &a, int64_t slots, cudaStr
         if (v == 2 || v == 4 || (v == 1 && optin >= DEC_SMEM(1, F8, DEC_MT))) nt = v;
     }
     if constexpr (F8) {
-        if (nt == 4 && dec_f8_mt4(4)) { /* 4 m16 tiles a warp (dec_f8_mt4) */
+        if (nt == 4 && dec_f8_mt4(4)) { /* 4 m16 tiles a warp (dec_f8_mt4) at NT 4 and 2 */
             if (a.gate_up) return decode_launch_nt<T, true, 4, true, 4>(a, slots, stream);
             return decode_launch_nt<T, false, 4, true, 4>(a, slots, stream);
         }
