@@ -5,7 +5,7 @@
 # check_and_suite, that build, `jamba_ext check` and every test marked cuda; sanitize_all, memcheck of every op's
 # sanitize_cases family and racecheck of rest / swap (building first where the machine holds no CUDA build);
 # bench_model_fp8, one Jamba block with fp8 experts and activations (2K prompts, batch 1 / 8, no transformers), the
-# step both fp8 rounds run.
+# step both fp8 rounds run; bench_issues, bench_kernels (issue 3) and bench_moe (issue 4) at the issues' sizes.
 set -uo pipefail
 OUT=${OUT:-/tmp/jamba_gpu_out}
 mkdir -p "$OUT"
@@ -46,4 +46,13 @@ sanitize_all() {   # compute-sanitizer: memcheck of every op (rest, sample_rows,
     timeout 150 compute-sanitizer --tool racecheck --print-limit 20 python3 benchmarks/sanitize_cases.py "$fam" 2>&1 \
       | tail -2
   done
+}
+bench_issues() {   # $1 (e.g. s66): bench_kernels and bench_moe at issues 3 / 4's sizes, their JSON into $OUT
+  step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"
+  timeout 150 python3 benchmarks/bench_kernels.py 2>&1 | grep -v "^ \|warn" | tail -90
+  cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_$1.json" 2>/dev/null
+  step "bench_moe at the issue's sizes"
+  timeout 100 python3 benchmarks/bench_moe.py --name "bench_moe_$1" --tokens 1,8,64,512,2048,3072,4096,16384 \
+    --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
+  cp "benchmarks/results/bench_moe_$1.json" "$OUT/" 2>/dev/null
 }

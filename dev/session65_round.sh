@@ -40,13 +40,7 @@ f8cross)
     --variants default,ring=JAMBA_EXT_FP8_WGMMA:0,wgmma=JAMBA_EXT_FP8_WGMMA:1 2>&1 | grep -v -i "warn\|kernels" ;;
 final)
   check_and_suite 280
-  step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"
-  timeout 150 python3 benchmarks/bench_kernels.py 2>&1 | grep -v "^ \|warn" | tail -90
-  cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_s65.json" 2>/dev/null
-  step "bench_moe at the issue's sizes"
-  timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s65 --tokens 1,8,64,512,2048,3072,4096,16384 \
-    --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
-  cp benchmarks/results/bench_moe_s65.json "$OUT/" 2>/dev/null
+  bench_issues s65
   step "dev/moe_ring_waves.py (ring kernel times against the touched experts, down on MT 2 / 1)"
   timeout 120 python3 dev/moe_ring_waves.py 2>&1 | grep -v -i warn
   step "dev/moe_ring_ab.py (graph-timed in turns: default, mt2)"

@@ -29,13 +29,7 @@ f8nt2)
     --variants "$v,nt4=JAMBA_EXT_FP8_RING_NT:4" 2>&1 | grep -v -i "warn" ;;
 final)
   check_and_suite 280
-  step "bench_kernels (issue 3: Jamba-v0.1 shapes, bf16)"
-  timeout 150 python3 benchmarks/bench_kernels.py 2>&1 | grep -v "^ \|warn" | tail -90
-  cp benchmarks/results/bench_kernels.json "$OUT/bench_kernels_s66.json" 2>/dev/null
-  step "bench_moe at the issue's sizes"
-  timeout 100 python3 benchmarks/bench_moe.py --name bench_moe_s66 --tokens 1,8,64,512,2048,3072,4096,16384 \
-    --only "ours,(a) hf_loop,(b) sorted_mm,(c) grouped_mm,dense mm" 2>&1 | grep -v "^ " | cut -c1-160 | tail -45
-  cp benchmarks/results/bench_moe_s66.json "$OUT/" 2>/dev/null
+  bench_issues s66
   step "dev/moe_ring_ab.py (fp8, graph-timed in turns: default, MT 2 everywhere)"
   timeout 150 python3 dev/moe_ring_ab.py --bf16 "" --fp8 40,64,96,128 --variants default,mt2=JAMBA_EXT_MOE_F8_MT4:0 \
     2>&1 | grep -v -i warn ;;
