@@ -4,6 +4,8 @@
 #         (JAMBA_EXT_MOE_F8_MT4=24) against 2 (the default "4": MT 4 at NT 4 only): build, test_fp8's ring and engine
 #         tests (every MT4 value), memcheck of the rest family with "24", dev/moe_ring_ab.py at fp8 24-128 tokens
 #         (default; MT 4 at NT 2; NT 2 forced with MT 4; NT 4 forced)
+#   halfg the EXPERIMENT JAMBA_EXT_WGMMA_HALF=g (half tiles in gate_up only; down's m-tiles keep one pace): build, the
+#         MoE tests with it, bench_moe twice at 2560-6144 tokens (ours, half g, nohalf, swap, dense mm)
 #   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
 #         bench_moe at the issue's sizes, dev/moe_ring_ab.py (fp8 40-128 tokens: default / "0")
 #   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
@@ -27,6 +29,17 @@ f8nt2)
   v=default,mt4nt2=JAMBA_EXT_MOE_F8_MT4:24,nt2=JAMBA_EXT_FP8_RING_NT:2+JAMBA_EXT_MOE_F8_MT4:24
   timeout 320 python3 dev/moe_ring_ab.py --bf16 "" --fp8 24,32,40,48,64,80,96,128 \
     --variants "$v,nt4=JAMBA_EXT_FP8_RING_NT:4" 2>&1 | grep -v -i "warn" ;;
+halfg)
+  build_cuda
+  step "test_moe.py with JAMBA_EXT_WGMMA_HALF=g"
+  JAMBA_EXT_WGMMA_HALF=g timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py \
+    -p no:cacheprovider 2>&1 | tail -2
+  for r in 1 2; do
+    step "bench_moe run $r: 2560-6144 tokens (ours, half g, nohalf, swap, dense mm)"
+    timeout 200 python3 benchmarks/bench_moe.py --tokens 2560,3072,3584,4096,5120,6144 --name bench_moe_s66_halfg$r \
+      --only "ours,ours:wgmma half g,ours:wgmma nohalf,ours:wgmma swap,dense mm" 2>&1 \
+      | grep "^ours\|^dense\|^device\|matmul" | cut -c1-150
+  done ;;
 final)
   check_and_suite 280
   bench_issues s66

@@ -1404,6 +1404,11 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
      * 3496, 16384: 11797 / 11642 (the default, on, read 11597 in the same run: noise) */
     ap.half_tiles = Q8 || slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
+    /* EXPERIMENT (session 66, as session 60's d45668e): "g" / "d", half tiles by size in the gate_up / down GEMM only
+     * (down's half tiles run ahead of their expert's other m-tiles through 224 k tiles, which may then miss the W slab
+     * in L2; session 60 read 3072 tokens 1.5-2% faster with "g", 8192-16384 0-4% slower) */
+    if (half != NULL && (half[0] == 'g' || half[0] == 'd'))
+        ap.half_tiles = ap.half_tiles && (half[0] == 'g') == (a.gate_up != 0);
     /* merged tiles (wp_tile, NA = 192; the MG kernel has no half tiles and no epilogue warps) by size, see
      * MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
     const char *merge = getenv("JAMBA_EXT_MOE_MERGE");
