@@ -243,8 +243,10 @@ def main():
         # A/B: the persistent kernel without half tiles (an expert's last <= 64 rows as a full 128-row tile)
         variants += [("ours:wgmma nohalf", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
                                                     JAMBA_EXT_WGMMA_HALF="0"))]
-        # A/B (sessions 60, 66): half tiles by size in gate_up only (none in down, whose m-tiles then keep one pace)
-        variants += [("ours:wgmma half g", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_HALF="g"))]
+        # A/B (sessions 60, 66): half tiles by size in both GEMMs from 384 slots an expert (the rule before session 66;
+        # by default down's run from 1024, see moe_wgmma.cu), and in gate_up only (down's m-tiles then keep one pace)
+        variants += [("ours:wgmma half both", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_HALF="b")),
+                     ("ours:wgmma half g", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_HALF="g"))]
         # A/B: the persistent kernel without its epilogue warps (the consumers run all of gate_up's epilogue)
         variants += [("ours:wgmma noepiw", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI="0"))]
         # A/B: the persistent kernel without its merged tiles (by default from 128 to 192 slots per expert, an

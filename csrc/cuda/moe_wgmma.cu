@@ -487,6 +487,15 @@ __global__ void __launch_bounds__(WG_THREADS, 1)
  * the expert's other m-tiles, which then miss the W slab in L2). So they run from
  * MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT slots per expert on average (3 tile rows). */
 #define MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT 384
+/* In the down GEMM only from 1024 slots per expert (8192 tokens at Jamba-v0.1's top-2 of 16): down's half tile runs
+ * ahead of its expert's other m-tiles through 224 k tiles (gate_up: 64), and they may then miss the W slab in L2
+ * (session 60, Nsight Compute at 4096 tokens: without down's half tiles its DRAM throughput fell from 45 to 30% of
+ * peak). bench_moe, whole op, us, half tiles in both GEMMs / in gate_up only, four runs on two machines
+ * (s60_halfg_d45668e.log, s66_halfg_cd9b6bf.log): 3072 tokens 3768 / 3688, 3770 / 3714, 3852 / 3745, 3774 / 3744;
+ * 3584 4350 / 4299, 4385 / 4296; 4096 4781 / 4764, 4770 / 4773, 4925 / 4919, 4799 / 4864; 5120 6145 / 6022, 5991 /
+ * 5888; 6144 7019 / 6863, 6924 / 6869, 7067 / 7068, 6999 / 7055; 8192 9184 / 9196, 8937 / 9289; 16384 17794 / 18195,
+ * 18148 / 18287. */
+#define MOE_WGMMA_HALF_DOWN_MIN_SLOTS_PER_EXPERT 1024
 /* the tile rows row0 .. row_end - 1 run as a half tile (the producer and the consumers must agree) */
 __device__ __forceinline__ bool wp_is_half(const moe_gemm_args &a, int64_t row0, int64_t row_end) {
     return a.half_tiles && row_end - row0 <= 64;
@@ -1403,12 +1412,12 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
      * (w8a8_ab_79b13cf.log): 64 tokens 756 / 870, 256: 792 / 870, 1024: 1115 / 1160, 2048: 1741 / 1782, 4096: 3217 /
      * 3496, 16384: 11797 / 11642 (the default, on, read 11597 in the same run: noise) */
     ap.half_tiles = Q8 || slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
+    /* down: from MOE_WGMMA_HALF_DOWN_MIN_SLOTS_PER_EXPERT; env "b": in both GEMMs from 384 (the rule before session
+     * 66), "g": in gate_up only (A/B) */
+    const bool both = half != NULL && half[0] == 'b', gonly = half != NULL && half[0] == 'g';
+    if (!Q8 && !a.gate_up && !both && (gonly || slots < (int64_t)MOE_WGMMA_HALF_DOWN_MIN_SLOTS_PER_EXPERT * a.E))
+        ap.half_tiles = false;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
-    /* EXPERIMENT (session 66, as session 60's d45668e): "g" / "d", half tiles by size in the gate_up / down GEMM only
-     * (down's half tiles run ahead of their expert's other m-tiles through 224 k tiles, which may then miss the W slab
-     * in L2; session 60 read 3072 tokens 1.5-2% faster with "g", 8192-16384 0-4% slower) */
-    if (half != NULL && (half[0] == 'g' || half[0] == 'd'))
-        ap.half_tiles = ap.half_tiles && (half[0] == 'g') == (a.gate_up != 0);
     /* merged tiles (wp_tile, NA = 192; the MG kernel has no half tiles and no epilogue warps) by size, see
      * MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT; env JAMBA_EXT_MOE_MERGE=0 / 1 forces them off / on */
     const char *merge = getenv("JAMBA_EXT_MOE_MERGE");
