@@ -11,6 +11,8 @@
     python -m jamba_ext check                                     # self-check of every op on this machine
     python -m jamba_ext train --text-file notes.txt --steps 200 --save ./tiny   # fine-tune on a text file
     python -m jamba_ext generate --model ./tiny --prompt "Hello"  # ... and generate with the result
+    python -m jamba_ext train --text-file notes.txt --lora 8 --save-lora ./adapter   # LoRA adapters alone (PEFT dir)
+    python -m jamba_ext generate --adapter ./adapter --prompt "Hello"   # ... loaded onto the model, merged
     jamba-ext generate --prompt "Hello" --max-new-tokens 200 --temperature 0.8 --top-p 0.9
 
 The built-in model is a small random-weight Jamba (fixed seed, see DEFAULT_CONFIG): it exercises every
@@ -29,9 +31,10 @@ the checkpoint loads: from_pretrained(experts_dtype="fp8"); the built-in model i
 `train` fine-tunes every weight (or, with --lora R, rank-R adapters) of the built-in model (or of --model) on random
 windows of a UTF-8 text file
 (next-token loss, AdamW, gradients clipped at norm 1; on a GPU fp32 weights under bf16 autocast), logs the loss,
-tokens/s and an ETA to stderr, and with --save writes a checkpoint that `generate --model` reads. Its text and --save
-are checked before the weights load; Ctrl-C stops after the step in progress (with --save: saving the steps done),
-exit status 130.
+tokens/s and an ETA to stderr, and with --save writes a checkpoint that `generate --model` reads (with --lora,
+--save-lora DIR writes the adapters alone, a PEFT adapter directory that `generate --adapter DIR` and `serve --adapter
+DIR` load and merge). Its text, --save and --save-lora are checked before the weights load; Ctrl-C stops after the
+step in progress (with --save / --save-lora: saving the steps done), exit status 130.
 """
 import argparse
 import itertools
@@ -140,9 +143,59 @@ def _device(spec: str, flag: str = "--device"):
 
 
 def _load(args, before_weights=None):
-    """(model, tokenizer, what): the built-in model or --model's checkpoint. before_weights(tokenizer, config), when
-    given, runs once both are known and before the weights are built or read (train checks its text there: a
-    checkpoint of 100 GB takes minutes to load)."""
+    """(model, tokenizer, what): the built-in model or --model's checkpoint, with --adapter's LoRA adapters (generate,
+    serve) merged into its weights. before_weights(tokenizer, config), when given, runs once both are known and
+    before the weights are built or read (train checks its text there: a checkpoint of 100 GB takes minutes to
+    load)."""
+    adapter = getattr(args, "adapter", None)
+    if adapter is not None:
+        adapter = args.adapter = _check_adapter(adapter)      # (before the weights: minutes for a large checkpoint)
+    model, tok, what = _load_base(args, before_weights)
+    if adapter is not None:
+        _attach_adapter(model, adapter)
+    return model, tok, what
+
+
+def _check_adapter(path: str) -> str:
+    """--adapter's directory, "~" expanded, once it holds a LoRA adapter config that load_lora takes and a weights
+    file (exit 2 naming the flag and the path otherwise)."""
+    if not path.strip():
+        _fail("--adapter: empty path (give a LoRA adapter directory, as train --save-lora writes)")
+    path = os.path.expanduser(path)
+    from .lora import read_adapter_config
+    try:
+        read_adapter_config(path)
+    except (ValueError, OSError) as e:
+        _fail(f"--adapter {path!r}: {_adapter_error(e, path)}")
+    return path
+
+
+def _adapter_error(e: BaseException, path: str) -> str:
+    """load_lora's message without its "load_lora: " and path prefixes (the CLI's line names the flag and path)."""
+    msg = str(e)
+    msg = msg[len("load_lora: "):] if msg.startswith("load_lora: ") else msg
+    return msg[len(path) + 2:] if msg.startswith(path + ": ") else msg
+
+
+def _attach_adapter(model, path: str) -> None:
+    """--adapter: load_lora, then merge_lora. Merged, the projections are plain nn.Linears again, so the fast paths
+    that only take those apply (the Mamba layers' own projection layouts and fused decode step, the joint q/k/v and
+    gate/up products; with adapters attached every adapted projection runs as its module, the adapter's product
+    besides); the CUDA-graph decode would replay either. The cost: the update is rounded once into the weights'
+    dtype (bf16 on a GPU), as train --save's merged checkpoint is."""
+    from .lora import LoRALinear, load_lora, merge_lora
+    try:
+        n = load_lora(model, path)
+    except (ValueError, OSError, ImportError) as e:
+        _fail(f"--adapter {path!r}: {_adapter_error(e, path)}")
+    mod = next(m for m in model.modules() if isinstance(m, LoRALinear))
+    merge_lora(model)
+    sys.stderr.write(f"adapter: {path} (LoRA rank {mod.r}, alpha {mod.alpha:g}, on {n} projections; merged into "
+                     f"the weights)\n")
+
+
+def _load_base(args, before_weights=None):
+    """_load without the adapter: the model, its tokenizer and what it is."""
     import torch
     from .modeling_jamba import JambaConfig, JambaForCausalLM
     from .tokenizer import ByteTokenizer, load_tokenizer
@@ -201,6 +254,10 @@ def _load(args, before_weights=None):
         _fail(f"--model {d!r}: {e}")
     if act8:
         model.quantize_experts("fp8", act_fp8=True)  # experts fp8 already: sets the permission only
+    # the checkpoint as the user named it (a Hub id, not the cache directory d; a local one absolute): what
+    # train --save-lora writes as the adapters' base_model_name_or_path
+    name = os.path.expanduser(args.model)
+    model.config._name_or_path = model.name_or_path = os.path.abspath(name) if os.path.isdir(name) else name
     return model, tok, d
 
 
@@ -596,10 +653,22 @@ def _duration(s: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+def _make_out_dir(flag: str, path: str) -> None:
+    """train's --save / --save-lora directory made (with its parents) and writable, else exit 2 naming flag and path."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        _fail(f"{flag} {path!r}: a file is there, not a directory")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        _fail(f"{flag} {path!r}: {e}")
+    if not os.access(path, os.W_OK):
+        _fail(f"{flag} {path!r}: not writable")
+
+
 def cmd_train(args) -> int:
-    """train: fine-tune on a text file. Ctrl-C (or SIGTERM) stops after the step in progress and, with --save, saves
-    the weights trained so far; exit status 128 + the signal's number (130 for Ctrl-C) either way, so that a script
-    sees the run did not finish. A second one stops at once: nothing saved."""
+    """train: fine-tune on a text file. Ctrl-C (or SIGTERM) stops after the step in progress and, with --save (and
+    --save-lora: the adapters), saves the weights trained so far; exit status 128 + the signal's number (130 for
+    Ctrl-C) either way, so that a script sees the run did not finish. A second one stops at once: nothing saved."""
     try:
         return _train(args)
     except KeyboardInterrupt:   # (before the training loop, a second Ctrl-C within it, or off the main thread)
@@ -633,9 +702,20 @@ def _train(args) -> int:
         # "~" as a shell would (--save=~/ck is not expanded by the shell): save_pretrained expanded it and the byte
         # tokenizer's marker went to a directory named "~" under the working directory, so the checkpoint had none
         args.save = os.path.expanduser(args.save)
+    if args.save_lora is not None:
+        if not args.lora:
+            _fail("--save-lora writes the LoRA adapters of --lora R: add --lora R (or give --save for the whole model)")
+        if not args.save_lora.strip():
+            _fail("--save-lora: empty path (give the directory to write the adapters to)")
+        args.save_lora = os.path.expanduser(args.save_lora)          # ("~" as --save's: no shell expands --x=~/d)
+        if args.save is not None and os.path.realpath(args.save_lora) == os.path.realpath(args.save):
+            # transformers' from_pretrained (with peft installed) reads a directory holding adapter_config.json as an
+            # adapter: it would load the adapter's base model and ignore the merged weights beside it
+            _fail(f"--save-lora {args.save_lora!r} is --save's directory too: the adapter files would make "
+                  "transformers read the merged checkpoint as an adapter; give two directories")
     if args.experts_fp8 and args.save:
         _fail("--save with --experts-fp8: a checkpoint holds unquantized expert weights, which the fp8 model no longer "
-              "has; train without --experts-fp8 to save")
+              "has; train without --experts-fp8 to save (--save-lora writes the adapters alone)")
     path = os.path.expanduser(args.text_file)
     text = _read_text(path, "--text-file")
     if not text:
@@ -663,12 +743,13 @@ def _train(args) -> int:
                 # (generate --model reads a tokenizer.json before the byte-level marker: the text would be garbled)
                 _fail(f"--save {args.save!r} holds a tokenizer.json (another model's checkpoint?), which would be read "
                       "instead of this byte-level model's tokenizer: give another directory, or remove it")
-            try:
-                os.makedirs(args.save, exist_ok=True)
-            except OSError as e:
-                _fail(f"--save {args.save!r}: {e}")
-            if not os.access(args.save, os.W_OK):
-                _fail(f"--save {args.save!r}: not writable")
+            _make_out_dir("--save", args.save)
+        if args.save_lora:
+            if os.path.isfile(os.path.join(args.save_lora, "config.json")):
+                # (a model's checkpoint: transformers would load it with the adapter applied; generate --model without)
+                _fail(f"--save-lora {args.save_lora!r} holds a config.json (a model checkpoint): give the adapters a "
+                      "directory of their own")
+            _make_out_dir("--save-lora", args.save_lora)
         got.append(ids)
 
     model, tok, what = _load(args, before_weights=check_text)
@@ -690,8 +771,10 @@ def _train(args) -> int:
         from .lora import add_lora
         names = add_lora(model, r=args.lora, alpha=args.lora_alpha or 2.0 * args.lora)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        saved = "; merged into the weights by --save" if args.save else ""
+        saved += "; written as a PEFT adapter directory by --save-lora" if args.save_lora else ""
         sys.stderr.write(f"LoRA: rank {args.lora} adapters on {len(names)} projections, {n_train / 1e6:.2f}M trainable "
-                         f"parameters (every model weight frozen; merged into the weights by --save)\n")
+                         f"parameters (every model weight frozen{saved})\n")
     model.train()
     if args.checkpointing:
         model.gradient_checkpointing_enable()
@@ -709,8 +792,9 @@ def _train(args) -> int:
             raise KeyboardInterrupt
         stop.append(signum)
         try:
-            sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after step {step}"
-                             f"{', then saving' if args.save else ''} (again: stop at once, nothing saved)\n")
+            then = ", then saving" if args.save or args.save_lora else ""
+            sys.stderr.write(f"\n{signal.Signals(signum).name}: stopping after step {step}{then} (again: stop at "
+                             "once, nothing saved)\n")
             sys.stderr.flush()
         except RuntimeError:        # (the signal came while the loop wrote a line: a reentrant write is refused)
             pass
@@ -750,6 +834,19 @@ def _train(args) -> int:
     sys.stderr.write(f"trained {done}{'' if done == args.steps else f' of {args.steps}'} steps of {args.batch} x "
                      f"{args.seq_len} tokens in {time.perf_counter() - t0:.1f} s: loss {first:.4f} (first {k} steps) "
                      f"-> {last:.4f} (last {k})\n")
+    after = '' if not stop else f' (after step {done} of {args.steps})'
+    if args.save_lora:                              # (before --save's merge, which folds the adapters away)
+        from .lora import save_lora
+        try:
+            save_lora(model, args.save_lora)        # (base_model_name_or_path: --model as named, _load; built-in: null)
+        except OSError as e:                        # (a full disk, a directory removed meanwhile)
+            _fail(f"--save-lora {args.save_lora!r}: {e}")
+        except KeyboardInterrupt:
+            _fail(f"interrupted while saving: {args.save_lora!r} holds incomplete adapters", 130)
+        import shlex
+        model_flag = f" --model {shlex.quote(args.model)}" if args.model else ""
+        sys.stderr.write(f"saved the LoRA adapters{after} to {args.save_lora} (python3 -m jamba_ext generate"
+                         f"{model_flag} --adapter {shlex.quote(args.save_lora)} --prompt ...)\n")
     if args.save:
         model.gradient_checkpointing_disable()
         if args.lora:
@@ -774,7 +871,7 @@ def _train(args) -> int:
             _fail(f"--save {args.save!r}: {e}")
         except KeyboardInterrupt:
             _fail(f"interrupted while saving: {args.save!r} holds an incomplete checkpoint", 130)
-        sys.stderr.write(f"saved{'' if not stop else f' (after step {done} of {args.steps})'} to {args.save} "
+        sys.stderr.write(f"saved{after} to {args.save} "
                          f"(python3 -m jamba_ext generate --model {args.save} --prompt ...)\n")
     return 128 + stop[0] if stop else 0
 
@@ -785,6 +882,10 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (options: {self.prog} --help)\n")
+
+
+ADAPTER_HELP = ("a LoRA adapter directory (train --save-lora's, or PEFT's for a Jamba with these projection names) "
+                "loaded onto the model and merged into its weights (jamba_ext.lora.load_lora, merge_lora)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -837,6 +938,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "0=40GiB,1=80GiB (the layers are shared out in proportion)")
     g.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
+    g.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
     g.add_argument("--experts-fp8", action="store_true",
                    help="store the MoE expert weights in fp8 (float8_e4m3fn, one scale per row; quantized while the "
                         "checkpoint loads): Jamba-v0.1 needs ~58 GB instead of ~104 GB, one 80 GB GPU")
@@ -893,7 +995,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3: the small model)")
     t.add_argument("--lora", type=int, default=0, metavar="R",
                    help="train rank-R adapters on the Mamba, attention and MLP projections instead of every weight "
-                        "(the weights frozen, bf16 on a GPU: how a large checkpoint fits one GPU); --save merges them")
+                        "(the weights frozen, bf16 on a GPU: how a large checkpoint fits one GPU); --save merges them, "
+                        "--save-lora writes them alone")
     t.add_argument("--lora-alpha", type=float, default=0.0, help="the adapters' scale alpha / R (default alpha: 2R)")
     t.add_argument("--experts-fp8", action="store_true",
                    help="MoE expert weights in fp8 (float8_e4m3fn, one scale per row), frozen; with --lora (the "
@@ -904,6 +1007,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "lines)")
     t.add_argument("--save", default=None, metavar="DIR",
                    help="write the trained checkpoint here (Ctrl-C: the steps done so far; exit status 130)")
+    t.add_argument("--save-lora", default=None, metavar="DIR",
+                   help="with --lora: write the trained adapters, not merged, here as a PEFT adapter directory "
+                        "(adapter_config.json + adapter_model.safetensors; generate --adapter and PEFT read it; works "
+                        "with --experts-fp8; Ctrl-C: the steps done so far)")
     t.add_argument("--seed", type=int, default=DEFAULT_SEED, help="weights of the built-in model and the batches")
     t.set_defaults(func=cmd_train, progress=None)
     v = sub.add_parser("serve", help="an HTTP server with OpenAI-style completion endpoints (continuous batching)")
@@ -913,6 +1020,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda when available)")
     v.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="default: bfloat16 on cuda, float32 on cpu")
+    v.add_argument("--adapter", default=None, metavar="DIR", help=ADAPTER_HELP)
     v.add_argument("--experts-fp8", action="store_true", help="MoE expert weights in fp8 (as generate's)")
     v.add_argument("--act-fp8", action="store_true", help="with --experts-fp8: fp8 activations too (as generate's)")
     v.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")

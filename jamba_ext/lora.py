@@ -308,7 +308,9 @@ def save_lora(model: nn.Module, directory, base_model_name_or_path: Optional[str
     target_modules are the adapted projections' attribute names (["in_proj", "q_proj", ...]), or their full module
     names when those names would also select projections that have no adapter. Every adapter must have the same r
     and alpha (add_lora's do). Returns the number of adapters written. ValueError without adapters; ImportError
-    without safetensors. A warning for dt_proj adapters, which PEFT on transformers 5's Jamba does not apply."""
+    without safetensors; NotADirectoryError when directory is a file; an OSError naming directory when it cannot be
+    made or written. The files get the mode open() gives (0644 under umask 022). A warning for dt_proj adapters,
+    which PEFT on transformers 5's Jamba does not apply."""
     ads = _adapters(model)
     if not ads:
         raise ValueError("save_lora: the model has no LoRA adapters (add_lora adds them)")
@@ -318,7 +320,7 @@ def save_lora(model: nn.Module, directory, base_model_name_or_path: Optional[str
         raise ValueError(f"save_lora: the adapters have different ranks {ranks} or alphas {alphas}: PEFT's "
                          f"adapter_config.json holds one r and one lora_alpha")
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError:
         raise ImportError("save_lora: writing adapter_model.safetensors needs safetensors: pip install safetensors") \
             from None
@@ -342,11 +344,30 @@ def save_lora(model: nn.Module, directory, base_model_name_or_path: Optional[str
               "use_rslora": False, "use_dora": False, "init_lora_weights": True, "modules_to_save": None,
               "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {}}
     path = os.path.expanduser(os.fspath(directory))
-    os.makedirs(path, exist_ok=True)
-    save_file({k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()},
-              os.path.join(path, ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    with open(os.path.join(path, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
-        f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    if os.path.exists(path) and not os.path.isdir(path):       # (makedirs said only "[Errno 17] File exists")
+        raise NotADirectoryError(f"save_lora: {path!r} is a file, not a directory (give the adapter directory to "
+                                 f"write; it is created with its parents)")
+    # safetensors' save_file writes a temporary file of mode 0600 and renames it (others could not read the adapters)
+    # and raises its own SafetensorError for an I/O failure: the bytes are written here instead, through open(), so
+    # the files get the umask's mode like any other file, an unwritable place is an OSError naming the path, and the
+    # weights still replace an older file in one rename (an interrupted save leaves the old file whole)
+    blob = save({k: v.to("cpu").contiguous() for k, v in lora_state_dict(model).items()}, metadata={"format": "pt"})
+    weights = os.path.join(path, ADAPTER_WEIGHTS)
+    tmp = os.path.join(path, f".{ADAPTER_WEIGHTS}.{os.getpid()}.tmp")
+    try:
+        os.makedirs(path, exist_ok=True)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+            os.replace(tmp, weights)
+        finally:
+            if os.path.lexists(tmp):
+                os.remove(tmp)
+        with open(os.path.join(path, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
+            f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    except OSError as e:
+        raise type(e)(f"save_lora: cannot write the adapter directory {path!r}: {e.strerror or e}"
+                      f"{f' ({e.filename})' if e.filename and e.filename != path else ''}") from e
     return len(ads)
 
 
@@ -388,10 +409,38 @@ def _read_adapter_weights(path: str) -> Mapping[str, Tensor]:
             from safetensors.torch import load_file
         except ImportError:
             raise ImportError(f"load_lora: reading {st} needs safetensors: pip install safetensors") from None
-        return load_file(st)
+        from safetensors import SafetensorError
+        try:
+            return load_file(st)
+        except SafetensorError as e:        # (a truncated or foreign file: the error named no file)
+            raise ValueError(f"load_lora: {st}: not a readable safetensors file ({e})") from None
     if os.path.isfile(bin_):
-        return torch.load(bin_, map_location="cpu", weights_only=True)
+        import pickle
+        try:
+            return torch.load(bin_, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+            raise ValueError(f"load_lora: {bin_}: not a readable torch.save file of tensors ({e})") from None
     raise FileNotFoundError(f"load_lora: no {ADAPTER_WEIGHTS} or {ADAPTER_WEIGHTS_BIN} in {path!r}")
+
+
+def read_adapter_config(directory) -> dict:
+    """The adapter_config.json of a PEFT adapter directory, checked as load_lora checks it, once the directory is
+    known to hold a weights file too: all that load_lora refuses without a model (so that a bad directory fails
+    before a large base model loads: the CLI's --adapter). directory: str or Path, "~" expanded. Raises
+    FileNotFoundError (no such directory, or a file there; no config or weights file in it) and ValueError (the
+    config: see load_lora)."""
+    path = os.path.expanduser(os.fspath(directory))
+    if not os.path.isdir(path):
+        what = f"{path!r} is a file, not a directory" if os.path.exists(path) else f"no directory {path!r}"
+        raise FileNotFoundError(f"load_lora: {what} (a PEFT adapter directory: {ADAPTER_CONFIG} and "
+                                f"{ADAPTER_WEIGHTS})")
+    cfg_path = os.path.join(path, ADAPTER_CONFIG)
+    if not os.path.isfile(cfg_path):
+        raise FileNotFoundError(f"load_lora: no {ADAPTER_CONFIG} in {path!r}")
+    cfg = _read_adapter_config(cfg_path)
+    if not any(os.path.isfile(os.path.join(path, f)) for f in (ADAPTER_WEIGHTS, ADAPTER_WEIGHTS_BIN)):
+        raise FileNotFoundError(f"load_lora: no {ADAPTER_WEIGHTS} or {ADAPTER_WEIGHTS_BIN} in {path!r}")
+    return cfg
 
 
 def load_lora(model: nn.Module, directory) -> int:
@@ -404,19 +453,15 @@ def load_lora(model: nn.Module, directory) -> int:
     are overwritten). directory: str or Path, "~" expanded; a local directory only. Returns the number of adapters.
     lora_dropout and inference_mode are not used (LoRALinear has no dropout).
     Raises FileNotFoundError for a missing directory or file, ImportError for a .safetensors file without
-    safetensors, and ValueError naming the problem: peft_type not "LORA"; a bad r or lora_alpha; settings LoRALinear
-    does not implement (use_rslora, use_dora, bias other than "none", modules_to_save, rank_pattern, ...: the
-    field is named); a target naming no module of the model or a module that is not an nn.Linear; tensors whose rank
-    is not r, or that are not the selected projections' adapters (missing, unexpected or mis-shaped keys). A refused
-    load leaves the model as it was."""
+    safetensors, and ValueError naming the problem: a weights file that does not parse; peft_type not "LORA"; a bad
+    r or lora_alpha; settings LoRALinear does not implement (use_rslora, use_dora, bias other than "none",
+    modules_to_save, rank_pattern, ...: the field is named); a target naming no module of the model or a module that
+    is not an nn.Linear; tensors whose rank is not r, or that are not the selected projections' adapters (missing,
+    unexpected or mis-shaped keys). A refused load leaves the model as it was. read_adapter_config(directory) makes
+    the checks that need no model."""
     path = os.path.expanduser(os.fspath(directory))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"load_lora: no directory {path!r} (a PEFT adapter directory: {ADAPTER_CONFIG} and "
-                                f"{ADAPTER_WEIGHTS})")
+    cfg = read_adapter_config(path)
     cfg_path = os.path.join(path, ADAPTER_CONFIG)
-    if not os.path.isfile(cfg_path):
-        raise FileNotFoundError(f"load_lora: no {ADAPTER_CONFIG} in {path!r}")
-    cfg = _read_adapter_config(cfg_path)
     r, alpha, spec, exclude = cfg["r"], cfg["lora_alpha"], cfg["target_modules"], cfg.get("exclude_modules")
     sd = _read_adapter_weights(path)
     if not isinstance(sd, Mapping):

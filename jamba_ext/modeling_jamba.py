@@ -2293,7 +2293,9 @@ class _PreTrained(nn.Module):
         mis-shaped key, a weight stored twice (in two shards, in a shard the index does not map it to, experts both
         fused and per expert: _load_checkpoint) and a config dtype other than float32 / bfloat16 / float16 (where
         dtype= does not override it). Tied embeddings with a stored lm_head.weight unlike the embedding load untied,
-        as transformers 5 loads them (a warning; config.tie_word_embeddings becomes False)."""
+        as transformers 5 loads them (a warning; config.tie_word_embeddings becomes False). config._name_or_path and
+        model.name_or_path hold path as given ("~" expanded; a Hub id, not its download directory), as transformers
+        sets them (save_lora's default base_model_name_or_path)."""
         experts_dtype = _as_experts_dtype(experts_dtype, "from_pretrained")
         if torch_dtype is not None:
             if dtype is not None:
@@ -2303,6 +2305,7 @@ class _PreTrained(nn.Module):
             dtype = None
         if device_map is not None and device is not None:
             raise ValueError("from_pretrained: give device or device_map, not both")
+        name = _local_path(path)                 # (a Hub id as given, not the cache directory it downloads to)
         path = resolve_checkpoint(path)
         config = JambaConfig.from_pretrained(path) if config is None else _as_jamba_config(config)
         files, index = _checkpoint_layout(path)
@@ -2326,6 +2329,9 @@ class _PreTrained(nn.Module):
             progress = sum(os.path.getsize(f) for f in files) > PROGRESS_MIN_BYTES
         model._load_checkpoint(files, progress, index)
         model._read_generation_config(path)
+        # where the weights came from, as transformers records it (config._name_or_path, model.name_or_path, whatever
+        # a config.json said): PEFT's adapters and save_lora write it as their base_model_name_or_path
+        model.config._name_or_path = model.name_or_path = name
         return model.eval()
 
     def _read_generation_config(self, path: str) -> None:
@@ -2618,8 +2624,13 @@ class _PreTrained(nn.Module):
             sd = to_per_expert_state_dict(sd)
         shards = _shard_plan(sd, limit)
         earlier = _earlier_weight_files(path)         # (read before this save overwrites the index)
+        mask = os.umask(0)
+        os.umask(mask)
         for fname, keys in shards.items():
             save_file({k: sd[k].contiguous() for k in keys}, os.path.join(path, fname), metadata={"format": "pt"})
+            # safetensors (0.8) writes a temporary file of mode 0600 and renames it: other users could not read the
+            # checkpoint; the mode open() would give (0644 under umask 022), as for config.json beside it
+            os.chmod(os.path.join(path, fname), 0o666 & ~mask)
         index = os.path.join(path, "model.safetensors.index.json")
         if len(shards) > 1:
             meta = {"total_size": sum(v.numel() * v.element_size() for v in sd.values()),

@@ -396,3 +396,22 @@ def test_no_stale_generation_config_from_an_earlier_save(tmp_path):
     plain.save_pretrained(tmp_path)
     assert not (tmp_path / "generation_config.json").exists()
     assert JambaForCausalLM.from_pretrained(tmp_path)._eos_ids() == plain.config.eos_token_ids
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o027], ids=["umask022", "umask027"])
+def test_save_pretrained_weight_files_get_the_umask_mode(tmp_path, mask):
+    """safetensors' save_file (0.8) writes a temporary file of mode 0600 and renames it, so a checkpoint's weights
+    were unreadable to other users while its config.json was not: every shard now gets what open() gives, 0o666
+    minus the umask (one file and two shards)."""
+    import os
+    import stat
+    old = os.umask(mask)
+    try:
+        _model().save_pretrained(tmp_path / "one")
+        _model().save_pretrained(tmp_path / "two", max_shard_size="20KB")
+    finally:
+        os.umask(old)
+    shards = sorted(p for p in (tmp_path / "two").iterdir() if p.suffix == ".safetensors")
+    assert len(shards) >= 2
+    for p in [tmp_path / "one" / "model.safetensors", tmp_path / "one" / "config.json"] + shards:
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o666 & ~mask, p
