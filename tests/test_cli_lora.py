@@ -414,3 +414,19 @@ def test_train_model_save_lora_names_the_base(tmp_path, text, capsys, monkeypatc
     got = _cli_tokens(monkeypatch, capsys, _generate("--model", "ck", "--adapter", "ad"))
     assert got == _cli_tokens(monkeypatch, capsys, _generate("--adapter", "ad"))      # (ck: the built-in weights)
     assert got != _cli_tokens(monkeypatch, capsys, _generate("--model", "ck"))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU")
+def test_generate_adapter_on_cuda_graph_decode(tmp_path, text, capsys, monkeypatch, small):
+    """generate --adapter on a GPU (the CUDA-graph decode by default; fp32, as in
+    test_cli_cuda_graph_decode_matches_eager): the merged adapters change the greedy tokens, and the graph replay gives
+    the eager decode's tokens."""
+    out = tmp_path / "adapter"
+    assert main(_train(text, "--save-lora", str(out))) == 0
+    capsys.readouterr()
+    cuda = ["--device", "cuda", "--dtype", "float32"]      # (the last --device wins over _generate's cpu)
+    graph = _cli_tokens(monkeypatch, capsys, _generate("--adapter", str(out)) + cuda)
+    eager = _cli_tokens(monkeypatch, capsys, _generate("--adapter", str(out), "--no-cuda-graph") + cuda)
+    base = _cli_tokens(monkeypatch, capsys, _generate() + cuda)
+    assert graph == eager and graph != base, (graph, eager, base)
