@@ -7,10 +7,11 @@
 #   halfg the EXPERIMENT JAMBA_EXT_WGMMA_HALF=g (half tiles in gate_up only; down's m-tiles keep one pace): build, the
 #         MoE tests with it, bench_moe twice at 2560-6144 tokens (ours, half g, nohalf, swap, dense mm)
 #   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
-#         bench_moe at the issue's sizes, bench_moe at 3072-8192 tokens against half tiles in both GEMMs by the old rule
-#         (JAMBA_EXT_WGMMA_HALF=b), dev/moe_ring_ab.py (fp8 40-128 tokens: default / "0")
+#         bench_moe at the issue's sizes
 #   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
-#         when the machine holds no CUDA build: a warm machine keeps final's)
+#         when the machine holds no CUDA build: a warm machine keeps final's); then bench_moe at 3072-8192 tokens
+#         against half tiles in both GEMMs by the old rule (JAMBA_EXT_WGMMA_HALF=b), dev/moe_ring_ab.py (fp8 40-128
+#         tokens: default / "0")
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session66_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -43,15 +44,15 @@ halfg)
   done ;;
 final)
   check_and_suite 280
-  bench_issues s66
+  bench_issues s66 ;;
+sanit)
+  sanitize_all
   step "bench_moe at 3072-8192 tokens: ours (down's half tiles from 1024 slots an expert) / both from 384 (before)"
   timeout 150 python3 benchmarks/bench_moe.py --tokens 3072,3584,4096,5120,6144,8192 --name bench_moe_s66_halfb \
     --only "ours,ours:wgmma half both,dense mm" 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
   step "dev/moe_ring_ab.py (fp8, graph-timed in turns: default, MT 2 everywhere)"
   timeout 150 python3 dev/moe_ring_ab.py --bf16 "" --fp8 40,64,96,128 --variants default,mt2=JAMBA_EXT_MOE_F8_MT4:0 \
     2>&1 | grep -v -i warn ;;
-sanit)
-  sanitize_all ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
