@@ -6,6 +6,8 @@
 #         (default; MT 4 at NT 2; NT 2 forced with MT 4; NT 4 forced)
 #   halfg the EXPERIMENT JAMBA_EXT_WGMMA_HALF=g (half tiles in gate_up only; down's m-tiles keep one pace): build, the
 #         MoE tests with it, bench_moe twice at 2560-6144 tokens (ours, half g, nohalf, swap, dense mm)
+#   f8model one Jamba-v0.1 block with fp8 experts, decode at batch 48 / 64 after 512-token prompts (the fp8 ring at NT 2),
+#         the default against JAMBA_EXT_MOE_F8_MT4=4 (MT 2 at NT 2, session 65's), no transformers
 #   final the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
 #         bench_moe at the issue's sizes
 #   sanit memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first only
@@ -41,6 +43,13 @@ halfg)
     timeout 200 python3 benchmarks/bench_moe.py --tokens 2560,3072,3584,4096,5120,6144 --name bench_moe_s66_halfg$r \
       --only "ours,ours:wgmma half g,ours:wgmma nohalf,ours:wgmma swap,dense mm" 2>&1 \
       | grep "^ours\|^dense\|^device\|matmul" | cut -c1-150
+  done ;;
+f8model)
+  build_cuda
+  for mt in 24 4; do
+    step "bench_model --experts-fp8, batch 48 / 64, 512-token prompts, JAMBA_EXT_MOE_F8_MT4=$mt"
+    JAMBA_EXT_MOE_F8_MT4=$mt timeout 120 python3 benchmarks/bench_model.py --no-hf --batches 48,64 --prompts 512 \
+      --decode-steps 16 --experts-fp8 --budget-s 60 2>&1 | grep -E "^check|^impl|^jamba_ext" | tail -12
   done ;;
 final)
   check_and_suite 280
