@@ -265,3 +265,20 @@ def builtin_model(device="cpu"):
     from jamba_ext.__main__ import DEFAULT_CONFIG
     from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM
     return JambaForCausalLM.from_config(JambaConfig(**DEFAULT_CONFIG), dtype="float32", device=device, seed=0)
+
+
+def refuse_weights(monkeypatch):
+    """From here on, building or reading a model's weights (JambaForCausalLM.from_config / from_pretrained) fails the
+    test: for the CLI checks that must come before the weights load."""
+    from jamba_ext.modeling_jamba import JambaForCausalLM
+
+    def refuse(*a, **k):
+        raise AssertionError("the weights were loaded before the check")
+    monkeypatch.setattr(JambaForCausalLM, "from_config", refuse)
+    monkeypatch.setattr(JambaForCausalLM, "from_pretrained", refuse)
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Building or reading the weights fails the test: the check under test must come first (refuse_weights)."""
+    refuse_weights(monkeypatch)

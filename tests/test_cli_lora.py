@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import jamba_ext.__main__ as cli
+from conftest import refuse_weights
 from jamba_ext import modeling_jamba
 from jamba_ext.__main__ import main
 from jamba_ext.lora import LoRALinear, add_lora, load_lora, merge_lora, save_lora
@@ -43,15 +44,6 @@ def text(tmp_path):
     f = tmp_path / "t.txt"
     f.write_text(TEXT, encoding="utf-8")
     return str(f)
-
-
-@pytest.fixture
-def no_weights(monkeypatch):
-    """Building or reading the weights fails the test: the check under test must come first."""
-    def refuse(*a, **k):
-        raise AssertionError("the weights were loaded before the check")
-    monkeypatch.setattr(JambaForCausalLM, "from_config", refuse)
-    monkeypatch.setattr(JambaForCausalLM, "from_pretrained", refuse)
 
 
 def _train(text, *extra):
@@ -277,9 +269,7 @@ def test_generate_adapter_bad_dirs_fail_before_the_weights(tmp_path, capsys, mon
     save_lora(m, good)
     bad = _adapter_dirs(tmp_path, good)
 
-    def refuse(*a, **k):
-        raise AssertionError("the weights were loaded before the check")
-    monkeypatch.setattr(JambaForCausalLM, "from_config", refuse)
+    refuse_weights(monkeypatch)
     for path, msg in bad.values():
         _exit(capsys, _generate("--adapter", path), [f"--adapter {path!r}", msg])
     _exit(capsys, _generate("--adapter", ""), ["--adapter: empty path"])

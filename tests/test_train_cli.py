@@ -62,15 +62,6 @@ def _losses(err):
     return [float(x) for x in re.findall(r"^step +\d+/\d+ \| loss ([0-9.]+) ", err, re.M)]
 
 
-@pytest.fixture
-def no_weights(monkeypatch):
-    """Building or reading the weights fails the test: the check under test must come first."""
-    def refuse(*a, **k):
-        raise AssertionError("the weights were loaded before the check")
-    monkeypatch.setattr(JambaForCausalLM, "from_config", refuse)
-    monkeypatch.setattr(JambaForCausalLM, "from_pretrained", refuse)
-
-
 def test_train_argument_errors(tmp_path, text, capsys, small):
     """Every bad value is one line and exit status 2, before any training step (a guard: these held before)."""
     bad = tmp_path / "latin1.txt"
