@@ -258,6 +258,9 @@ def main():
         # forced on, and forced off
         variants += [("ours:wgmma swap", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="1")),
                      ("ours:wgmma noswap", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="0")),
+                     # (session 67) the swap engine in one GEMM, the 128 x 256 tiles in the other
+                     ("ours:wgmma swap g", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="g")),
+                     ("ours:wgmma swap d", with_env(ours("wgmma"), JAMBA_EXT_MOE_SWAP="d")),
                      # the epilogues a conversion a value (before session 56: moe_act_fast2 / moe_scaled2)
                      ("ours:wgmma f2f", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI_F2F="1"))]
         if has_grouped:

@@ -334,6 +334,40 @@ def test_moe_swap_engine(monkeypatch):
 
 
 @pytest.mark.cuda
+@pytest.mark.skipif(not HAS_GPU, reason="no CUDA GPU")
+@pytest.mark.parametrize("mode", ["g", "d"])
+def test_moe_swap_one_gemm(monkeypatch, mode):
+    """JAMBA_EXT_MOE_SWAP=g / d (A/B, session 67): the swap-AB engine in gate_up / down only and the persistent
+    128 x 256 tiles in the other GEMM, against the fp64 reference and the default engines; two runs bit-identical;
+    the profiler shows the swap kernel of that GEMM only (moe_swap_kernel<T, true> is gate_up's) and the persistent
+    kernel beside it."""
+    if not hopper_code():
+        pytest.skip("wgmma engines: Hopper only")
+    dev = torch.device("cuda")
+    cases = [(1400, 2048, 1024, 8, 2, torch.bfloat16), (1200, 264, 520, 16, 2, torch.bfloat16),
+             (600, 1096, 1040, 8, 2, torch.float16), (900, 200, 192, 4, 2, torch.bfloat16)]
+    for T, H, F, E, K, dtype in cases:
+        x, w_gate_up, w_down, w, ids, offsets, slots = _wgmma_case(dev, T, H, F, E, K, dtype)
+        monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "0")
+        base = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", mode)
+        out = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            again = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+            torch.cuda.synchronize()
+        assert torch.equal(again, out), (mode, T, H, F, E, K, dtype)
+        ref = ref_experts(x, w, ids, w_gate_up, w_down)
+        assert_close(out, ref, **MOE_TOL[dtype])
+        err, err_base = (out.double() - ref).abs().max().item(), (base.double() - ref).abs().max().item()
+        assert err <= 2 * err_base + 1e-3, (mode, T, H, F, E, K, dtype, err, err_base)
+        names = {e.name for e in prof.events()}
+        swapped = {n for n in names if n.startswith("moe_swap_kernel")}
+        want = "true>" if mode == "g" else "false>"
+        assert len(swapped) == 1 and next(iter(swapped)).endswith(want), (mode, sorted(names))
+        assert any(n.startswith("moe_wgmma_persist_kernel") for n in names), (mode, sorted(names))
+
+
+@pytest.mark.cuda
 @pytest.mark.skipif(not HAS_GPU or torch.cuda.device_count() < 2, reason="needs 2 GPUs")
 @pytest.mark.parametrize("T", [1, 64, 300, 2100])
 def test_moe_on_second_gpu(T):

@@ -1440,7 +1440,7 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
 
 /* The swap-AB engine (moe_swap_kernel) for this GEMM? Env JAMBA_EXT_MOE_SWAP, read at each call: "1" yes, "0" no;
  * unset (or any other value): from MOE_SWAP_MIN_SLOTS_PER_EXPERT to below MOE_SWAP_MAX_SLOTS_PER_EXPERT slots per
- * expert on average. Never where its chunk grid would pass 65535 rows. Measured on H200s (whole op, Jamba-v0.1,
+ * expert on average; "g" / "d" in gate_up / down only. Never where its chunk grid would pass 65535 rows. Measured on H200s (whole op, Jamba-v0.1,
  * bf16, bench_moe's routing, in turns; swap / the 128 x 256 tiles, median us; s54_swap_3fd9460.log, then
  * s54_swaprule_6f4cb27.log on a slower machine): 512 tokens (32 slots an expert) 1467 / 1387; 1024 (128) 1641 /
  * 1584, 1644 / 1554; 1280 (160) 1850 / 1741; 1536 (192) 1953 / 2152, 2087 / 2273; 2048 (256) 2349 / 2563 (77.1% /
@@ -1455,6 +1455,8 @@ static bool moe_swap_on(const moe_gemm_args &a, int64_t slots) {
     if (a.E + jamba_ceil_div(slots, SW_MAX_ROWS) > 65535) return false;
     const char *env = getenv("JAMBA_EXT_MOE_SWAP");
     if (env != NULL && (env[0] == '0' || env[0] == '1') && env[1] == '\0') return env[0] == '1';
+    /* A/B (session 67): "g" / "d" the swap engine in gate_up / in down only, the 128 x 256 tiles in the other */
+    if (env != NULL && (env[0] == 'g' || env[0] == 'd') && env[1] == '\0') return (env[0] == 'g') == (a.gate_up != 0);
     return slots >= (int64_t)MOE_SWAP_MIN_SLOTS_PER_EXPERT * a.E &&
            slots < (int64_t)MOE_SWAP_MAX_SLOTS_PER_EXPERT * a.E;
 }
