@@ -3,6 +3,7 @@
 #   swapmix the swap-AB engine in one GEMM only (JAMBA_EXT_MOE_SWAP=g: gate_up, d: down; the persistent 128 x 256
 #           tiles in the other): build, test_moe_swap_one_gemm and test_moe_swap_engine, bench_moe twice at
 #           2560-5120 tokens (ours, swap, swap g, swap d, dense mm)
+#   swapd   the same tests, then bench_moe four times at 2816-5120 tokens (ours, swap d, swap, dense mm)
 #   final   the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
 #           bench_moe at the issue's sizes
 #   sanit   memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first
@@ -24,6 +25,16 @@ swapmix)
     timeout 170 python3 benchmarks/bench_moe.py --tokens 2560,3072,3584,4096,5120 --name bench_moe_s67_swapmix$r \
       --only "ours,ours:wgmma swap,ours:wgmma swap g,ours:wgmma swap d,dense mm" 2>&1 \
       | grep "^ours\|^dense\|^device\|matmul" | cut -c1-150
+  done ;;
+swapd)
+  build_cuda
+  step "test_moe_swap_one_gemm, test_moe_swap_engine"
+  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -k "swap_one_gemm or swap_engine" \
+    -p no:cacheprovider 2>&1 | tail -3
+  for r in 1 2 3 4; do
+    step "bench_moe run $r: 2816-5120 tokens (ours, swap d, swap, dense mm)"
+    timeout 100 python3 benchmarks/bench_moe.py --tokens 2816,3072,3584,4096,4608,5120 --name bench_moe_s67_swapd$r \
+      --only "ours,ours:wgmma swap d,ours:wgmma swap,dense mm" 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
   done ;;
 final)
   check_and_suite 280
