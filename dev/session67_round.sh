@@ -4,6 +4,8 @@
 #           tiles in the other): build, test_moe_swap_one_gemm and test_moe_swap_engine, bench_moe twice at
 #           2560-5120 tokens (ours, swap, swap g, swap d, dense mm)
 #   swapd   the same tests, then bench_moe four times at 2816-5120 tokens (ours, swap d, swap, dense mm)
+#   rule    the down GEMM on the swap engine by default from 368 to 607 slots an expert: build, test_moe.py's CUDA
+#           tests, bench_moe twice at 2048-4864 tokens (ours, noswap, swap g, swap d, dense mm)
 #   final   the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
 #           bench_moe at the issue's sizes
 #   sanit   memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first
@@ -35,6 +37,16 @@ swapd)
     step "bench_moe run $r: 2816-5120 tokens (ours, swap d, swap, dense mm)"
     timeout 100 python3 benchmarks/bench_moe.py --tokens 2816,3072,3584,4096,4608,5120 --name bench_moe_s67_swapd$r \
       --only "ours,ours:wgmma swap d,ours:wgmma swap,dense mm" 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+  done ;;
+rule)
+  build_cuda
+  step "test_moe.py's CUDA tests (the down GEMM on the swap engine by default from 368 slots an expert)"
+  timeout 200 python3 -m pytest -q -m cuda --timeout=150 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 | tail -3
+  for r in 1 2; do
+    step "bench_moe run $r: 2048-4096 tokens (ours, noswap, swap g, swap d, dense mm)"
+    timeout 100 python3 benchmarks/bench_moe.py --tokens 2048,2304,2944,3072,4096,4864 --name bench_moe_s67_rule$r \
+      --only "ours,ours:wgmma noswap,ours:wgmma swap g,ours:wgmma swap d,dense mm" 2>&1 \
+      | grep "^ours\|^dense\|^device" | cut -c1-150
   done ;;
 final)
   check_and_suite 280

@@ -342,12 +342,14 @@ def test_moe_swap_one_gemm(monkeypatch, mode):
     """JAMBA_EXT_MOE_SWAP=g / d (A/B, session 67): the swap-AB engine in gate_up / down only and the persistent
     128 x 256 tiles in the other GEMM, against the fp64 reference and the default engines; two runs bit-identical;
     the profiler shows the swap kernel of that GEMM only (moe_swap_kernel<T, true> is gate_up's) and the persistent
-    kernel beside it."""
+    kernel beside it. The default rule: down alone on the swap engine from 368 to 607 slots an expert on average (the
+    same bits as "d"), both GEMMs on the tiles outside that band and the 176-303 one (the same bits as "0")."""
     if not hopper_code():
         pytest.skip("wgmma engines: Hopper only")
     dev = torch.device("cuda")
     cases = [(1400, 2048, 1024, 8, 2, torch.bfloat16), (1200, 264, 520, 16, 2, torch.bfloat16),
-             (600, 1096, 1040, 8, 2, torch.float16), (900, 200, 192, 4, 2, torch.bfloat16)]
+             (600, 1096, 1040, 8, 2, torch.float16), (900, 200, 192, 4, 2, torch.bfloat16),
+             (3000, 264, 520, 16, 2, torch.bfloat16)]
     for T, H, F, E, K, dtype in cases:
         x, w_gate_up, w_down, w, ids, offsets, slots = _wgmma_case(dev, T, H, F, E, K, dtype)
         monkeypatch.setenv("JAMBA_EXT_MOE_SWAP", "0")
@@ -366,6 +368,13 @@ def test_moe_swap_one_gemm(monkeypatch, mode):
         swapped = {m.group(1) for n in names for m in [re.search(r"moe_swap_kernel<[^,<>]+, (true|false)>", n)] if m}
         assert swapped == {"true" if mode == "g" else "false"}, (mode, sorted(names))
         assert any("moe_wgmma_persist_kernel" in n for n in names), (mode, sorted(names))
+        monkeypatch.delenv("JAMBA_EXT_MOE_SWAP")
+        dflt = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        if 368 * E <= T * K < 608 * E:
+            if mode == "d":
+                assert torch.equal(dflt, out), ("default in the down band", T, H, F, E, K, dtype)
+        elif not 176 * E <= T * K < 304 * E:
+            assert torch.equal(dflt, base), ("default outside the bands", T, H, F, E, K, dtype)
 
 
 @pytest.mark.cuda

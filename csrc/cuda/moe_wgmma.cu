@@ -44,7 +44,7 @@
  * in a second launch (WT_FULL + WT_TAIL, below); above, every tile is 128 x 256 (WT_ALL, persistent by default);
  * from MOE_SWAP_MIN to below MOE_SWAP_MAX_SLOTS_PER_EXPERT (176-303 on average: 1408-2431 tokens at E 16, top-2;
  * bf16) both GEMMs run on moe_swap_kernel instead (session 54: W rows on the wgmma's M side, an expert's rows on N in
- * chunks of 32; see its comment and moe_swap_on).
+ * chunks of 32; see its comment and moe_swap_on), and from 368 to 607 (2944-4863 tokens) the down GEMM (session 67).
  */
 #include "moe.cuh"
 #include "gemv.cuh" /* jamba_e4m3x2_to16 (the fp8 kernel) */
@@ -1440,7 +1440,8 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
 
 /* The swap-AB engine (moe_swap_kernel) for this GEMM? Env JAMBA_EXT_MOE_SWAP, read at each call: "1" yes, "0" no;
  * unset (or any other value): from MOE_SWAP_MIN_SLOTS_PER_EXPERT to below MOE_SWAP_MAX_SLOTS_PER_EXPERT slots per
- * expert on average; "g" / "d" in gate_up / down only. Never where its chunk grid would pass 65535 rows. Measured on H200s (whole op, Jamba-v0.1,
+ * expert on average, and in down also from MOE_SWAP_DOWN_MIN_SLOTS_PER_EXPERT to below
+ * MOE_SWAP_DOWN_MAX_SLOTS_PER_EXPERT; "g" / "d" in gate_up / down only. Never where its chunk grid would pass 65535 rows. Measured on H200s (whole op, Jamba-v0.1,
  * bf16, bench_moe's routing, in turns; swap / the 128 x 256 tiles, median us; s54_swap_3fd9460.log, then
  * s54_swaprule_6f4cb27.log on a slower machine): 512 tokens (32 slots an expert) 1467 / 1387; 1024 (128) 1641 /
  * 1584, 1644 / 1554; 1280 (160) 1850 / 1741; 1536 (192) 1953 / 2152, 2087 / 2273; 2048 (256) 2349 / 2563 (77.1% /
@@ -1451,12 +1452,25 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
  * tokens 2082 / 1843, 1536 2284 / 2399, 2048 2828 / 2889, 2304 3224 / 3533, 2560 3840 / 3640 us: the same bounds. */
 #define MOE_SWAP_MIN_SLOTS_PER_EXPERT 176
 #define MOE_SWAP_MAX_SLOTS_PER_EXPERT 304
+/* The down GEMM also from MOE_SWAP_DOWN_MIN to below MOE_SWAP_DOWN_MAX_SLOTS_PER_EXPERT (368-607 on average: 2944-4863
+ * tokens at E 16, top-2; session 67), gate_up there on the 128 x 256 tiles. There down's tiles have no half tiles
+ * (MOE_WGMMA_HALF_DOWN_MIN_SLOTS_PER_EXPERT), so an expert's last tile runs mostly idle rows, while the swap engine
+ * pads an expert's rows to 32 at the price of a second W pass (two chunks). bench_moe, whole op, in turns, one H200
+ * (the same-work dense mm at 85% of the 8192^3 rate), us, tiles in both GEMMs / the swap engine in down
+ * (s67_swapmix_ddeffef.log, s67_swapd_a50598c.log; six runs at 3072-4096 and 5120, four at 2816 and 4608, two at
+ * 2560), medians: 2560 tokens 3176 / 3189, 2816 3117 / 3186, 3072 3666 / 3571, 3584 4246 / 4200, 4096 4831 / 4742,
+ * 4608 5317 / 5194, 5120 5806 / 5824; gate_up on the swap engine lost 1-5% at every size from 3072. */
+#define MOE_SWAP_DOWN_MIN_SLOTS_PER_EXPERT 368
+#define MOE_SWAP_DOWN_MAX_SLOTS_PER_EXPERT 608
 static bool moe_swap_on(const moe_gemm_args &a, int64_t slots) {
     if (a.E + jamba_ceil_div(slots, SW_MAX_ROWS) > 65535) return false;
     const char *env = getenv("JAMBA_EXT_MOE_SWAP");
     if (env != NULL && (env[0] == '0' || env[0] == '1') && env[1] == '\0') return env[0] == '1';
     /* A/B (session 67): "g" / "d" the swap engine in gate_up / in down only, the 128 x 256 tiles in the other */
     if (env != NULL && (env[0] == 'g' || env[0] == 'd') && env[1] == '\0') return (env[0] == 'g') == (a.gate_up != 0);
+    if (!a.gate_up && slots >= (int64_t)MOE_SWAP_DOWN_MIN_SLOTS_PER_EXPERT * a.E &&
+        slots < (int64_t)MOE_SWAP_DOWN_MAX_SLOTS_PER_EXPERT * a.E)
+        return true;
     return slots >= (int64_t)MOE_SWAP_MIN_SLOTS_PER_EXPERT * a.E &&
            slots < (int64_t)MOE_SWAP_MAX_SLOTS_PER_EXPERT * a.E;
 }
