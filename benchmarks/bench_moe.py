@@ -243,6 +243,9 @@ def main():
         # A/B: the persistent kernel without half tiles (an expert's last <= 64 rows as a full 128-row tile)
         variants += [("ours:wgmma nohalf", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
                                                     JAMBA_EXT_WGMMA_HALF="0"))]
+        # A/B: half tiles forced on in both GEMMs' 128 x 256 tiles (by default from 384 slots an expert in gate_up)
+        variants += [("ours:wgmma half", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_TILES="all",
+                                                  JAMBA_EXT_WGMMA_HALF="1"))]
         # A/B (sessions 60, 66): half tiles by size in both GEMMs from 384 slots an expert (the rule before session 66;
         # by default down's run from 1024, see moe_wgmma.cu), and in gate_up only (down's m-tiles then keep one pace)
         variants += [("ours:wgmma half both", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_HALF="b")),

@@ -9,7 +9,8 @@
 #   final   the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
 #           bench_moe at the issue's sizes
 #   sanit   memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first
-#           only when the machine holds no CUDA build)
+#           only when the machine holds no CUDA build), then bench_moe twice at 2560-3072 tokens with half tiles
+#           forced on (JAMBA_EXT_WGMMA_HALF=1; by default gate_up's from 384 slots an expert) and off
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session67_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -52,7 +53,12 @@ final)
   check_and_suite 280
   bench_issues s67 ;;
 sanit)
-  sanitize_all ;;
+  sanitize_all
+  for r in 1 2; do
+    step "bench_moe run $r: 2560-3072 tokens (ours, half tiles forced on, off, dense mm)"
+    timeout 100 python3 benchmarks/bench_moe.py --tokens 2560,2816,2944,3072 --name bench_moe_s67_half$r \
+      --only "ours,ours:wgmma half,ours:wgmma nohalf,dense mm" 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+  done ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
