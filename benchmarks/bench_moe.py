@@ -128,12 +128,29 @@ def with_env(fn, **env):
     return run
 
 
+def kernel_times(launches, iters):
+    """us per call by kernel name from `launches`, (start, name, us) of each kernel run in `iters` calls of one
+    function. A name launched c > 1 times in every call becomes 'name #1' .. 'name #c' by its place in the call (the
+    MoE's two GEMMs may run one kernel instance: moe_wgmma_persist_kernel's gate_up, then its down); a name whose
+    count is not a multiple of iters keeps one row. Sorted by time, longest first."""
+    names = [n for _, n, _ in sorted(launches, key=lambda t: t[0])]
+    per_call = {n: names.count(n) // iters if names.count(n) % iters == 0 else 1 for n in set(names)}
+    seen, out = {}, {}
+    for _, n, us in sorted(launches, key=lambda t: t[0]):
+        k = seen.get(n, 0)
+        seen[n] = k + 1
+        key = f"{n} #{k % per_call[n] + 1}" if per_call[n] > 1 else n
+        out[key] = out.get(key, 0.0) + us / iters
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def kernel_breakdown(fn, iters=3):
-    """GPU time per kernel name (us per call) from torch.profiler; {} when the profiler is unavailable.
+    """GPU time per kernel name (us per call) from torch.profiler (kernel_times); {} when the profiler is unavailable.
     Run with programmatic dependent launch off (JAMBA_EXT_PDL=0): with it, a kernel's blocks may start while
     the previous kernel runs and wait there, and the profiler counts that wait as the kernel's time (session 6:
     the combine after the wgmma GEMM read 160 us instead of 15)."""
     try:
+        from torch.autograd import DeviceType
         from torch.profiler import ProfilerActivity, profile
         with common.env(JAMBA_EXT_PDL="0"):
             fn()
@@ -142,13 +159,9 @@ def kernel_breakdown(fn, iters=3):
                 for _ in range(iters):
                     fn()
                 torch.cuda.synchronize()
-        out = {}
-        for ev in prof.key_averages():
-            t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0)
-            if t > 0:
-                name = ev.key.split("(")[0].replace("void ", "")[:48]
-                out[name] = out.get(name, 0.0) + t / iters
-        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+        launches = [(ev.time_range.start, ev.name.split("(")[0].replace("void ", "")[:48], ev.device_time_total)
+                    for ev in prof.events() if ev.device_type != DeviceType.CPU and ev.device_time_total > 0]
+        return kernel_times(launches, iters)
     except Exception as e:  # noqa: BLE001 -- a breakdown is optional
         return {"unavailable": str(e)[:80]}
 

@@ -10,7 +10,8 @@
 #           bench_moe at the sizes
 #   sanit   memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first
 #           only when the machine holds no CUDA build), then bench_moe twice at 2560-3072 tokens with half tiles
-#           forced on (JAMBA_EXT_WGMMA_HALF=1; by default gate_up's from 384 slots an expert) and off
+#           forced on (JAMBA_EXT_WGMMA_HALF=1; by default gate_up's from 384 slots an expert) and off, and at
+#           6144 / 8192 tokens with down on the swap engine (swap d)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session67_round.sh MODE   (output: $OUT/round.log)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
@@ -57,8 +58,12 @@ sanit)
   for r in 1 2; do
     step "bench_moe run $r: 2560-3072 tokens (ours, half tiles forced on, off, dense mm)"
     timeout 100 python3 benchmarks/bench_moe.py --tokens 2560,2816,2944,3072 --name bench_moe_s67_half$r \
-      --only "ours,ours:wgmma half,ours:wgmma nohalf,dense mm" 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
-  done ;;
+      --only "ours,ours:wgmma half,ours:wgmma nohalf,dense mm" 2>&1 | grep "^ours\|^dense\|^device\|kernels" \
+      | cut -c1-250
+  done
+  step "bench_moe at 6144 / 8192 tokens: ours / down on the swap engine (swap d)"
+  timeout 100 python3 benchmarks/bench_moe.py --tokens 6144,8192 --name bench_moe_s67_big \
+    --only "ours,ours:wgmma swap d,dense mm" 2>&1 | grep "^ours\|^dense\|^device\|kernels" | cut -c1-250 ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done

@@ -97,3 +97,18 @@ def test_bench_model_prefill_work_matches_parameter_shapes(config, monkeypatch):
         want = B * (L * per_tok + n_attn * 2 * H * L * (L + 1) + 2 * H * cfg.vocab_size)
         assert flops == want, (B, L, flops, want)
         assert exps == B * n_mamba * L * cfg.mamba_d_inner * cfg.mamba_d_state
+
+
+def test_bench_moe_kernel_times_tells_repeated_kernels_apart(monkeypatch):
+    """bench_moe.kernel_times: a kernel name launched twice a call (the MoE's gate_up and down on one persistent
+    kernel instance) gives two rows, '#1' the first launch of each call and '#2' the second; names run once a call
+    keep their name; a name whose count is not a multiple of the calls keeps one row; us are per call."""
+    monkeypatch.syspath_prepend(os.path.join(ROOT, "benchmarks"))
+    monkeypatch.setattr(sys, "argv", ["bench_moe.py"])
+    import bench_moe
+    calls = [[("route", 3.0), ("gemm", 200.0 + c), ("gemm", 90.0 - c), ("combine", 5.0)] for c in range(3)]
+    launches = [(10 * i + j, n, us) for i, call in enumerate(calls) for j, (n, us) in enumerate(call)]
+    launches.append((1000, "odd", 6.0))
+    out = bench_moe.kernel_times(launches[::-1], 3)   # any order in: sorted by start
+    assert out == {"gemm #1": 201.0, "gemm #2": 89.0, "combine": 5.0, "route": 3.0, "odd": 2.0}, out
+    assert list(out)[0] == "gemm #1"
