@@ -16,6 +16,7 @@
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
 mode=${1:-final}
+stamp=$(mktemp)   # this call's JSON: the files newer than it
 {
 round_header "$mode"
 case "$mode" in
@@ -68,5 +69,6 @@ sanit)
 esac
 step done
 } 2>&1 | tee "$OUT/round.log"
-cp benchmarks/results/bench_moe_s67*.json "$OUT/" 2>/dev/null
+# only this call's JSON (all of session 67's committed ones passed the device tool's file count in the sanit call)
+find benchmarks/results -name "bench_moe_s67*.json" -newer "$stamp" -exec cp {} "$OUT/" \; 2>/dev/null
 exit 0
