@@ -23,7 +23,8 @@ case "$mode" in
 swapmix)
   build_cuda
   step "test_moe_swap_one_gemm, test_moe_swap_engine"
-  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -k "swap_one_gemm or swap_engine" \
+  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py \
+    -k "swap_one_gemm or swap_engine" \
     -p no:cacheprovider 2>&1 | tail -3
   for r in 1 2; do
     step "bench_moe run $r: 2560-5120 tokens (ours, swap, swap g, swap d, dense mm)"
@@ -34,7 +35,8 @@ swapmix)
 swapd)
   build_cuda
   step "test_moe_swap_one_gemm, test_moe_swap_engine"
-  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py -k "swap_one_gemm or swap_engine" \
+  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py \
+    -k "swap_one_gemm or swap_engine" \
     -p no:cacheprovider 2>&1 | tail -3
   for r in 1 2 3 4; do
     step "bench_moe run $r: 2816-5120 tokens (ours, swap d, swap, dense mm)"

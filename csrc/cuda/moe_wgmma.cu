@@ -1438,18 +1438,18 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     return JAMBA_OK;
 }
 
-/* The swap-AB engine (moe_swap_kernel) for this GEMM? Env JAMBA_EXT_MOE_SWAP, read at each call: "1" yes, "0" no;
- * unset (or any other value): from MOE_SWAP_MIN_SLOTS_PER_EXPERT to below MOE_SWAP_MAX_SLOTS_PER_EXPERT slots per
- * expert on average, and in down also from MOE_SWAP_DOWN_MIN_SLOTS_PER_EXPERT to below
- * MOE_SWAP_DOWN_MAX_SLOTS_PER_EXPERT; "g" / "d" in gate_up / down only. Never where its chunk grid would pass 65535 rows. Measured on H200s (whole op, Jamba-v0.1,
- * bf16, bench_moe's routing, in turns; swap / the 128 x 256 tiles, median us; s54_swap_3fd9460.log, then
- * s54_swaprule_6f4cb27.log on a slower machine): 512 tokens (32 slots an expert) 1467 / 1387; 1024 (128) 1641 /
- * 1584, 1644 / 1554; 1280 (160) 1850 / 1741; 1536 (192) 1953 / 2152, 2087 / 2273; 2048 (256) 2349 / 2563 (77.1% /
- * 70.6% of the matmul rate), 2489 / 2687; 2304 (288) 3115 / 3360; 2560 (320: some experts in two chunks, two W
- * passes) 3652 / 3369; 3072 (384) 4102 / 3677; 4096 5086 / 4822; 8192 10455 / 9362. It wins where an expert's rows
- * fit one chunk and the 128-row tiles would leave many idle: 192-288 slots an expert. f16 too since session 56 (its
- * gate_up instance spilled before): swap / tiles in turns (s56_f16_19e9b7b.log, dev/moe_epi_ab.py swapf16), 1280
- * tokens 2082 / 1843, 1536 2284 / 2399, 2048 2828 / 2889, 2304 3224 / 3533, 2560 3840 / 3640 us: the same bounds. */
+/* The swap-AB engine (moe_swap_kernel) for this GEMM? Env JAMBA_EXT_MOE_SWAP, read at each call: "1" yes, "0" no; unset
+ * (or any other value): from MOE_SWAP_MIN_SLOTS_PER_EXPERT to below MOE_SWAP_MAX_SLOTS_PER_EXPERT slots per expert on
+ * average, and in down also from MOE_SWAP_DOWN_MIN_SLOTS_PER_EXPERT to below MOE_SWAP_DOWN_MAX_SLOTS_PER_EXPERT; "g" /
+ * "d" in gate_up / down only. Never where its chunk grid would pass 65535 rows. Measured on H200s (whole op,
+ * Jamba-v0.1, bf16, bench_moe's routing, in turns; swap / the 128 x 256 tiles, median us; s54_swap_3fd9460.log, then
+ * s54_swaprule_6f4cb27.log on a slower machine): 512 tokens (32 slots an expert) 1467 / 1387; 1024 (128) 1641 / 1584,
+ * 1644 / 1554; 1280 (160) 1850 / 1741; 1536 (192) 1953 / 2152, 2087 / 2273; 2048 (256) 2349 / 2563 (77.1% / 70.6% of
+ * the matmul rate), 2489 / 2687; 2304 (288) 3115 / 3360; 2560 (320: some experts in two chunks, two W passes) 3652 /
+ * 3369; 3072 (384) 4102 / 3677; 4096 5086 / 4822; 8192 10455 / 9362. It wins where an expert's rows fit one chunk and
+ * the 128-row tiles would leave many idle: 192-288 slots an expert. f16 too since session 56 (its gate_up instance
+ * spilled before): swap / tiles in turns (s56_f16_19e9b7b.log, dev/moe_epi_ab.py swapf16), 1280 tokens 2082 / 1843,
+ * 1536 2284 / 2399, 2048 2828 / 2889, 2304 3224 / 3533, 2560 3840 / 3640 us: the same bounds. */
 #define MOE_SWAP_MIN_SLOTS_PER_EXPERT 176
 #define MOE_SWAP_MAX_SLOTS_PER_EXPERT 304
 /* The down GEMM also from MOE_SWAP_DOWN_MIN to below MOE_SWAP_DOWN_MAX_SLOTS_PER_EXPERT (368-607 on average: 2944-4863
