@@ -6,6 +6,8 @@
 #   swapd   the same tests, then bench_moe four times at 2816-5120 tokens (ours, swap d, swap, dense mm)
 #   rule    the down GEMM on the swap engine by default from 368 to 607 slots an expert: build, test_moe.py's CUDA
 #           tests, bench_moe twice at 2048-4864 tokens (ours, noswap, swap g, swap d, dense mm)
+#   band    bench_moe twice at 2304-2816 tokens (288-352 slots an expert), every engine variant (merged tiles, swap in
+#           both / gate_up / down, half tiles forced on)
 #   final   the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
 #           bench_moe at the issue's sizes
 #   sanit   memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first
@@ -52,6 +54,14 @@ rule)
     timeout 100 python3 benchmarks/bench_moe.py --tokens 2048,2304,2944,3072,4096,4864 --name bench_moe_s67_rule$r \
       --only "ours,ours:wgmma noswap,ours:wgmma swap g,ours:wgmma swap d,dense mm" 2>&1 \
       | grep "^ours\|^dense\|^device" | cut -c1-150
+  done ;;
+band)
+  build_cuda
+  for r in 1 2; do
+    step "bench_moe run $r: 2304-2816 tokens (ours, merge, swap, swap g, swap d, half, dense mm)"
+    timeout 100 python3 benchmarks/bench_moe.py --tokens 2304,2560,2816 --name bench_moe_s67_band$r \
+      --only "ours,ours:wgmma merge,ours:wgmma swap,ours:wgmma swap g,ours:wgmma swap d,ours:wgmma half,dense mm" \
+      2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
   done ;;
 final)
   check_and_suite 280
