@@ -358,6 +358,19 @@ MUTANTS = [
            "its max (the greedy token), and a NaN's key is the largest (top_k keeps it). "
            "test_nan_logits_never_picked[cuda]: V 300 / 5000, greedy and sampled rows, NaN at column 0 and elsewhere",
            ["tests/test_sample_rows.py"], "test_nan_logits_never_picked and cuda"),
+    # session 67 (host code of moe_wgmma.cu: --check-local reports the same cubin; the selection is what decides)
+    Mutant("moe_swap_band_gate_up", "moe_wgmma.cu",
+           "    if (!a.gate_up && slots >= (int64_t)MOE_SWAP_DOWN_MIN_SLOTS_PER_EXPERT * a.E &&",
+           "    if (a.gate_up && slots >= (int64_t)MOE_SWAP_DOWN_MIN_SLOTS_PER_EXPERT * a.E &&",
+           "moe_swap_on's 368-607 band puts gate_up, not down, on the swap engine. test_moe_swap_one_gemm[d]: the "
+           "default's bits inside the band (E 4 at 450, E 16 at 375 slots an expert) against JAMBA_EXT_MOE_SWAP=d's",
+           ["tests/test_moe.py"], "test_moe_swap_one_gemm"),
+    Mutant("moe_swap_env_g_d_crossed", "moe_wgmma.cu",
+           "return (env[0] == 'g') == (a.gate_up != 0);",
+           "return (env[0] == 'd') == (a.gate_up != 0);",
+           "JAMBA_EXT_MOE_SWAP=g / d run the swap engine in the other GEMM. test_moe_swap_one_gemm: the profiler's "
+           "swap kernel instance (moe_swap_kernel<T, true> is gate_up's) for each mode",
+           ["tests/test_moe.py"], "test_moe_swap_one_gemm"),
 ]
 
 
