@@ -365,16 +365,25 @@ def test_moe_swap_one_gemm(monkeypatch, mode):
         err, err_base = (out.double() - ref).abs().max().item(), (base.double() - ref).abs().max().item()
         assert err <= 2 * err_base + 1e-3, (mode, T, H, F, E, K, dtype, err, err_base)
         names = {e.name for e in prof.events()}
-        swapped = {m.group(1) for n in names for m in [re.search(r"moe_swap_kernel<[^,<>]+, (true|false)>", n)] if m}
-        assert swapped == {"true" if mode == "g" else "false"}, (mode, sorted(names))
+        assert _swap_gemms(names) == {"true" if mode == "g" else "false"}, (mode, sorted(names))
         assert any("moe_wgmma_persist_kernel" in n for n in names), (mode, sorted(names))
         monkeypatch.delenv("JAMBA_EXT_MOE_SWAP")
-        dflt = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
-        if 368 * E <= T * K < 608 * E:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            dflt = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+            torch.cuda.synchronize()
+        names = {e.name for e in prof.events()}
+        if 368 * E <= T * K < 608 * E:   # the default engines: down alone on the swap engine
+            assert _swap_gemms(names) == {"false"}, ("default in the down band", T, E, K, sorted(names))
             if mode == "d":
                 assert torch.equal(dflt, out), ("default in the down band", T, H, F, E, K, dtype)
-        elif not 176 * E <= T * K < 304 * E:
+        elif not 176 * E <= T * K < 304 * E:   # the tiles in both GEMMs
+            assert _swap_gemms(names) == set(), ("default outside the bands", T, E, K, sorted(names))
             assert torch.equal(dflt, base), ("default outside the bands", T, H, F, E, K, dtype)
+
+
+def _swap_gemms(names):
+    """Which GEMMs a profile's moe_swap_kernel launches ran: "true" gate_up, "false" down (its GATE_UP parameter)."""
+    return {m.group(1) for n in names for m in [re.search(r"moe_swap_kernel<[^,<>]+, (true|false)>", n)] if m}
 
 
 @pytest.mark.cuda
