@@ -263,6 +263,11 @@ def main():
         # by default down's run from 1024, see moe_wgmma.cu), and in gate_up only (down's m-tiles then keep one pace)
         variants += [("ours:wgmma half both", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_HALF="b")),
                      ("ours:wgmma half g", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_HALF="g"))]
+        # A/B (session 67, for 2304-2943 tokens): gate_up's half tiles at any size (down's by the rule), alone and with
+        # down on the swap engine (dev/moe_tiles.py: ~0.91 of the tensor work useful at 2560 tokens against 0.83)
+        variants += [("ours:wgmma half G", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_HALF="G")),
+                     ("ours:wgmma half G swap d", with_env(ours("wgmma"), JAMBA_EXT_WGMMA_HALF="G",
+                                                           JAMBA_EXT_MOE_SWAP="d"))]
         # A/B: the persistent kernel without its epilogue warps (the consumers run all of gate_up's epilogue)
         variants += [("ours:wgmma noepiw", with_env(ours("wgmma"), JAMBA_EXT_MOE_EPI="0"))]
         # A/B: the persistent kernel without its merged tiles (by default from 128 to 192 slots per expert, an

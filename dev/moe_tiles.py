@@ -51,6 +51,7 @@ def tile_table():
         print(f"{T:>7} {ideal:>9.1f} {t_all:>7} {ideal / t_all:>5.2f} {t_split:>10.1f} {ideal / t_split:>5.2f} "
               f"{t_192:>8.1f} {ideal / t_192:>5.2f} {t_mg:>7.1f} {p_mg:>4} / {t_all:<3}")
     swap_ab_table()
+    default_engine_table()
 
 
 def swap_ab_rows(counts, step, chunk=256):
@@ -75,6 +76,45 @@ def swap_ab_table():
             r, p = swap_ab_rows(c, step)
             cells.append(f"{2 * T / r:.3f} ({p})")
         print(f"{T:>7} {2 * T / rows128:>16.3f} {sum(-(-n // BM) for n in c):>9} | " + " / ".join(cells))
+
+
+def default_engine_rows(counts, gate_up, E=16):
+    """(engine, rows of tensor work, W passes) of one GEMM under the default rules of moe_wgmma.cu (bf16, session 67):
+    the swap engine (chunks of <= 320 rows split near-equal, each padded to 32) at 176-303 slots an expert in both
+    GEMMs and at 368-607 in down; else merged tiles at 128-191, else the 128 x 256 tiles with half tiles (an expert's
+    last <= 64 rows as 64) from 384 slots an expert in gate_up and from 1024 in down. Mirror of moe_swap_on /
+    wgmma_launch_persist's size rules: change it with them."""
+    slots = sum(counts)
+    avg = slots / E
+    if 176 <= avg < 304 or (not gate_up and 368 <= avg < 608):
+        rows = passes = 0
+        for n in counts:
+            k = -(-n // 320)
+            passes += k
+            rows += sum(-(-(n // k + (1 if i < n % k else 0)) // 32) * 32 for i in range(k))
+        return "swap", rows, passes
+    if 128 <= avg < 192:
+        rows = sum((n // BM) * BM + (64 if n > BM and 0 < n % BM <= 64 else -(-(n % BM) // BM) * BM) for n in counts)
+        return "merged", rows, sum(-(-n // BM) - (1 if n > BM and 0 < n % BM <= 64 else 0) for n in counts)
+    half = avg >= (384 if gate_up else 1024)
+    rows = sum((n // BM) * BM + (64 if half and 0 < n % BM <= 64 else -(-(n % BM) // BM) * BM) for n in counts)
+    return "tiles+half" if half else "tiles", rows, sum(-(-n // BM) for n in counts)
+
+
+def default_engine_table():
+    """The default engines by size and the share of their tensor work that is real rows (gate_up 2/3 of the FLOPs,
+    down 1/3), on bench_moe's routing: where the padding goes since session 67's per-GEMM rule."""
+    print(f"\n{'tokens':>7} {'gate_up: engine':>16} {'useful':>7} {'W passes':>9} | {'down: engine':>13} {'useful':>7} "
+          f"{'W passes':>9} | op useful")
+    for T in (1024, 1536, 2048, 2560, 2816, 3072, 3584, 4096, 4608, 5120, 6144, 8192, 16384):
+        c = bench_counts(T)
+        cells, share = [], 0.0
+        for gate_up, weight in ((True, 2 / 3), (False, 1 / 3)):
+            eng, rows, passes = default_engine_rows(c, gate_up)
+            cells.append((eng, 2 * T / rows, passes))
+            share += weight * rows / (2 * T)
+        (ge, gu, gp), (de, du, dp) = cells
+        print(f"{T:>7} {ge:>16} {gu:>7.3f} {gp:>9} | {de:>13} {du:>7.3f} {dp:>9} | {1 / share:.3f}")
 
 
 def written(offs, N, gate_up, mode):

@@ -8,6 +8,8 @@
 #           tests, bench_moe twice at 2048-4864 tokens (ours, noswap, swap g, swap d, dense mm)
 #   band    bench_moe twice at 2304-2816 tokens (288-352 slots an expert), every engine variant (merged tiles, swap in
 #           both / gate_up / down, half tiles forced on)
+#   gband   (written for the next session, not run in 67) gate_up's half tiles at any size (JAMBA_EXT_WGMMA_HALF=G),
+#           alone and with down on the swap engine, at 2304-2944 tokens: tests, then bench_moe three times
 #   final   the session's code: build, `jamba_ext check`, every test marked cuda, bench_kernels (issue 3's shapes),
 #           bench_moe at the issue's sizes
 #   sanit   memcheck of every op's cases (rest, sample_rows, swap, tiles), racecheck of rest and swap (builds first
@@ -62,6 +64,17 @@ band)
     timeout 100 python3 benchmarks/bench_moe.py --tokens 2304,2560,2816 --name bench_moe_s67_band$r \
       --only "ours,ours:wgmma merge,ours:wgmma swap,ours:wgmma swap g,ours:wgmma swap d,ours:wgmma half,dense mm" \
       2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
+  done ;;
+gband)
+  build_cuda
+  step "test_moe_wgmma_tiles (JAMBA_EXT_WGMMA_HALF=G among its variants), test_moe_swap_one_gemm"
+  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py \
+    -k "wgmma_tiles or swap_one_gemm" -p no:cacheprovider 2>&1 | tail -3
+  for r in 1 2 3; do
+    step "bench_moe run $r: 2304-2944 tokens (ours, half G, half G swap d, swap d, swap, dense mm)"
+    timeout 100 python3 benchmarks/bench_moe.py --tokens 2304,2560,2816,2944 --name bench_moe_s67_gband$r \
+      --only "ours,ours:wgmma half G,ours:wgmma half G swap d,ours:wgmma swap d,ours:wgmma swap,dense mm" 2>&1 \
+      | grep "^ours\|^dense\|^device\|kernels" | cut -c1-250
   done ;;
 final)
   check_and_suite 280

@@ -219,7 +219,8 @@ def test_moe_wgmma_tiles(monkeypatch):
     tilings (JAMBA_EXT_WGMMA_TILES=all: 128 x 256 tiles only; =tail: the <= 64-row tails as 64 x 512 tiles, as
     impl wgmma runs up to 16 slots per expert) and both 128 x 256 kernels (persistent, the default, with its
     64 x 256 half tiles for an expert's last <= 64 rows by size (down's from more slots an expert than gate_up's; both
-    from the same size with JAMBA_EXT_WGMMA_HALF=b), forced on and off with JAMBA_EXT_WGMMA_HALF=1 / 0,
+    from the same size with JAMBA_EXT_WGMMA_HALF=b; gate_up's at every size with =G), forced on and off with
+    JAMBA_EXT_WGMMA_HALF=1 / 0,
     with and without its epilogue warps, JAMBA_EXT_MOE_EPI=0, with merged tiles, JAMBA_EXT_MOE_MERGE=1, and not:
     JAMBA_EXT_WGMMA_PERSIST=0) give the same bits (the swap engine off, also where it runs by size); so do the epilogues that round a value a conversion
     (JAMBA_EXT_MOE_EPI_F2F=1; the default rounds pairs, moe_act_fast2 / moe_scaled2), with the epilogue warps and
@@ -261,6 +262,9 @@ def test_moe_wgmma_tiles(monkeypatch):
         # by size in both GEMMs from 384 slots an expert (the rule before session 66; by default down's from 1024)
         monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "b")
         half_both = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
+        # gate_up's at every size, down's by size (session 67's A/B)
+        monkeypatch.setenv("JAMBA_EXT_WGMMA_HALF", "G")
+        half_g_all = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         # the persistent kernel without its epilogue warps (JAMBA_EXT_MOE_EPI=0: the consumers run all of gate_up's
         # epilogue), half tiles on and off; base ran with them
         monkeypatch.setenv("JAMBA_EXT_MOE_EPI", "0")
@@ -283,8 +287,8 @@ def test_moe_wgmma_tiles(monkeypatch):
         auto = ops.moe_experts(x, w, ids, w_gate_up, w_down, slots, offsets, "wgmma")
         assert torch.equal(tail, base) and torch.equal(auto, base), ("tilings", T, H, F, E, K, dtype)
         assert torch.equal(persist, base), ("non-persistent", T, H, F, E, K, dtype)
-        assert torch.equal(nohalf, base) and torch.equal(half, base) and torch.equal(half_both, base), (
-            "half tiles", T, H, F, E, K, dtype)
+        assert torch.equal(nohalf, base) and torch.equal(half, base) and torch.equal(half_both, base) \
+            and torch.equal(half_g_all, base), ("half tiles", T, H, F, E, K, dtype)
     assert n_merged >= 3, n_merged
 
 

@@ -1411,10 +1411,11 @@ static jamba_status wgmma_launch_persist(int dtype, const moe_gemm_args &a, int6
     /* Q8 (W8A8): at every size; against the bf16 rule (from 384 slots per expert), Jamba-v0.1, whole op, us, on / off
      * (w8a8_ab_79b13cf.log): 64 tokens 756 / 870, 256: 792 / 870, 1024: 1115 / 1160, 2048: 1741 / 1782, 4096: 3217 /
      * 3496, 16384: 11797 / 11642 (the default, on, read 11597 in the same run: noise) */
-    ap.half_tiles = Q8 || slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     /* down: from MOE_WGMMA_HALF_DOWN_MIN_SLOTS_PER_EXPERT; env "b": in both GEMMs from 384 (the rule before session
-     * 66), "g": in gate_up only (A/B) */
+     * 66), "g": in gate_up only (A/B), "G": gate_up's at every size, down's by its rule (A/B, session 67) */
     const bool both = half != NULL && half[0] == 'b', gonly = half != NULL && half[0] == 'g';
+    const bool gforce = half != NULL && half[0] == 'G' && a.gate_up;
+    ap.half_tiles = Q8 || gforce || slots >= (int64_t)MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT * a.E;
     if (!Q8 && !a.gate_up && !both && (gonly || slots < (int64_t)MOE_WGMMA_HALF_DOWN_MIN_SLOTS_PER_EXPERT * a.E))
         ap.half_tiles = false;
     if (half != NULL && (half[0] == '0' || half[0] == '1')) ap.half_tiles = half[0] == '1';
