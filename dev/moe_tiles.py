@@ -14,6 +14,9 @@
    Column "merged": tile units with merged tiles (session 18: an expert's last <= 64 rows in its previous tile, 1.5
    units), and the W passes (m-tiles per GEMM) with them / without: where the weights' bandwidth binds (1024-1280
    tokens) the passes predict the gain, at 2048 neither column did (the merged kernel lacks the epilogue warps).
+   Then the default engines by size (default_engine_table: the swap engine, merged tiles, the 128 x 256 tiles with
+   or without half tiles, per GEMM, by moe_wgmma.cu's size rules as of session 67) and the share of each GEMM's
+   tensor work that is real rows, with its W passes.
 2. Coverage check. A Python mirror of the kernel's tile mapping (wt_find_tile, the n tiles, the rows and
    outputs each warpgroup's epilogue writes) over random expert counts: WT_ALL and WT_FULL + WT_TAIL must each
    write every (row, output) exactly once, and WT_ALL's expert-major block order (wt_expert_tile) must visit each
