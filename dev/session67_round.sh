@@ -17,79 +17,55 @@
 #           forced on (JAMBA_EXT_WGMMA_HALF=1; by default gate_up's from 384 slots an expert) and off, and at
 #           6144 / 8192 tokens with down on the swap engine (swap d)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session67_round.sh MODE   (output: $OUT/round.log)
+# (swapmix .. band ran before moe_tests / moe_runs took their steps over: the same commands, a wider output filter.)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
 mode=${1:-final}
 stamp=$(mktemp)   # this call's JSON: the files newer than it
+moe_tests() {   # $1: pytest -k expression over tests/test_moe.py's CUDA tests
+  step "test_moe.py's CUDA tests: ${1:-all}"
+  timeout 200 python3 -m pytest -q -m cuda --timeout=150 --tb=short tests/test_moe.py ${1:+-k "$1"} \
+    -p no:cacheprovider 2>&1 | tail -3
+}
+moe_runs() {   # $1 name, $2 runs, $3 tokens, $4 bench_moe variants: bench_moe $2 times, JSON bench_moe_s67_$1<run>
+  local r
+  for r in $(seq 1 "$2"); do
+    step "bench_moe run $r: $3 tokens ($4)"
+    timeout 170 python3 benchmarks/bench_moe.py --tokens "$3" --name "bench_moe_s67_$1$r" --only "$4" 2>&1 \
+      | grep "^ours\|^dense\|^device\|kernels" | cut -c1-250
+  done
+}
 {
 round_header "$mode"
 case "$mode" in
 swapmix)
   build_cuda
-  step "test_moe_swap_one_gemm, test_moe_swap_engine"
-  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py \
-    -k "swap_one_gemm or swap_engine" \
-    -p no:cacheprovider 2>&1 | tail -3
-  for r in 1 2; do
-    step "bench_moe run $r: 2560-5120 tokens (ours, swap, swap g, swap d, dense mm)"
-    timeout 170 python3 benchmarks/bench_moe.py --tokens 2560,3072,3584,4096,5120 --name bench_moe_s67_swapmix$r \
-      --only "ours,ours:wgmma swap,ours:wgmma swap g,ours:wgmma swap d,dense mm" 2>&1 \
-      | grep "^ours\|^dense\|^device\|matmul" | cut -c1-150
-  done ;;
+  moe_tests "swap_one_gemm or swap_engine"
+  moe_runs swapmix 2 2560,3072,3584,4096,5120 "ours,ours:wgmma swap,ours:wgmma swap g,ours:wgmma swap d,dense mm" ;;
 swapd)
   build_cuda
-  step "test_moe_swap_one_gemm, test_moe_swap_engine"
-  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py \
-    -k "swap_one_gemm or swap_engine" \
-    -p no:cacheprovider 2>&1 | tail -3
-  for r in 1 2 3 4; do
-    step "bench_moe run $r: 2816-5120 tokens (ours, swap d, swap, dense mm)"
-    timeout 100 python3 benchmarks/bench_moe.py --tokens 2816,3072,3584,4096,4608,5120 --name bench_moe_s67_swapd$r \
-      --only "ours,ours:wgmma swap d,ours:wgmma swap,dense mm" 2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
-  done ;;
+  moe_tests "swap_one_gemm or swap_engine"
+  moe_runs swapd 4 2816,3072,3584,4096,4608,5120 "ours,ours:wgmma swap d,ours:wgmma swap,dense mm" ;;
 rule)
   build_cuda
-  step "test_moe.py's CUDA tests (the down GEMM on the swap engine by default from 368 slots an expert)"
-  timeout 200 python3 -m pytest -q -m cuda --timeout=150 --tb=short tests/test_moe.py -p no:cacheprovider 2>&1 | tail -3
-  for r in 1 2; do
-    step "bench_moe run $r: 2048-4096 tokens (ours, noswap, swap g, swap d, dense mm)"
-    timeout 100 python3 benchmarks/bench_moe.py --tokens 2048,2304,2944,3072,4096,4864 --name bench_moe_s67_rule$r \
-      --only "ours,ours:wgmma noswap,ours:wgmma swap g,ours:wgmma swap d,dense mm" 2>&1 \
-      | grep "^ours\|^dense\|^device" | cut -c1-150
-  done ;;
+  moe_tests ""
+  moe_runs rule 2 2048,2304,2944,3072,4096,4864 "ours,ours:wgmma noswap,ours:wgmma swap g,ours:wgmma swap d,dense mm" ;;
 band)
   build_cuda
-  for r in 1 2; do
-    step "bench_moe run $r: 2304-2816 tokens (ours, merge, swap, swap g, swap d, half, dense mm)"
-    timeout 100 python3 benchmarks/bench_moe.py --tokens 2304,2560,2816 --name bench_moe_s67_band$r \
-      --only "ours,ours:wgmma merge,ours:wgmma swap,ours:wgmma swap g,ours:wgmma swap d,ours:wgmma half,dense mm" \
-      2>&1 | grep "^ours\|^dense\|^device" | cut -c1-150
-  done ;;
+  moe_runs band 2 2304,2560,2816 \
+    "ours,ours:wgmma merge,ours:wgmma swap,ours:wgmma swap g,ours:wgmma swap d,ours:wgmma half,dense mm" ;;
 gband)
   build_cuda
-  step "test_moe_wgmma_tiles (JAMBA_EXT_WGMMA_HALF=G among its variants), test_moe_swap_one_gemm"
-  timeout 150 python3 -m pytest -q -m cuda --timeout=120 --tb=short tests/test_moe.py \
-    -k "wgmma_tiles or swap_one_gemm" -p no:cacheprovider 2>&1 | tail -3
-  for r in 1 2 3; do
-    step "bench_moe run $r: 2304-2944 tokens (ours, half G, half G swap d, swap d, swap, dense mm)"
-    timeout 100 python3 benchmarks/bench_moe.py --tokens 2304,2560,2816,2944 --name bench_moe_s67_gband$r \
-      --only "ours,ours:wgmma half G,ours:wgmma half G swap d,ours:wgmma swap d,ours:wgmma swap,dense mm" 2>&1 \
-      | grep "^ours\|^dense\|^device\|kernels" | cut -c1-250
-  done ;;
+  moe_tests "wgmma_tiles or swap_one_gemm"
+  moe_runs gband 3 2304,2560,2816,2944 \
+    "ours,ours:wgmma half G,ours:wgmma half G swap d,ours:wgmma swap d,ours:wgmma swap,dense mm" ;;
 final)
   check_and_suite 280
   bench_issues s67 ;;
 sanit)
   sanitize_all
-  for r in 1 2; do
-    step "bench_moe run $r: 2560-3072 tokens (ours, half tiles forced on, off, dense mm)"
-    timeout 100 python3 benchmarks/bench_moe.py --tokens 2560,2816,2944,3072 --name bench_moe_s67_half$r \
-      --only "ours,ours:wgmma half,ours:wgmma nohalf,dense mm" 2>&1 | grep "^ours\|^dense\|^device\|kernels" \
-      | cut -c1-250
-  done
-  step "bench_moe at 6144 / 8192 tokens: ours / down on the swap engine (swap d)"
-  timeout 100 python3 benchmarks/bench_moe.py --tokens 6144,8192 --name bench_moe_s67_big \
-    --only "ours,ours:wgmma swap d,dense mm" 2>&1 | grep "^ours\|^dense\|^device\|kernels" | cut -c1-250 ;;
+  moe_runs half 2 2560,2816,2944,3072 "ours,ours:wgmma half,ours:wgmma nohalf,dense mm"
+  moe_runs big 1 6144,8192 "ours,ours:wgmma swap d,dense mm" ;;
 *) echo "unknown mode $mode"; exit 2 ;;
 esac
 step done
