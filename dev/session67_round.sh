@@ -17,7 +17,8 @@
 #           forced on (JAMBA_EXT_WGMMA_HALF=1; by default gate_up's from 384 slots an expert) and off, and at
 #           6144 / 8192 tokens with down on the swap engine (swap d)
 # Usage on the device: JAMBA_COMMIT=<sha> bash dev/session67_round.sh MODE   (output: $OUT/round.log)
-# (swapmix .. band ran before moe_tests / moe_runs took their steps over: the same commands, a wider output filter.)
+# (swapmix .. band ran before moe_tests / moe_runs took their steps over: the same tests and runs; the time limits
+# and the output filter differ a little.)
 OUT=${OUT:-/tmp/jamba_round_out}
 . benchmarks/round_env.sh
 mode=${1:-final}
