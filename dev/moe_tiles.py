@@ -22,7 +22,9 @@
    write every (row, output) exactly once, and WT_ALL's expert-major block order (wt_expert_tile) must visit each
    of its tiles exactly once within the launch's grid. Change it with the kernel.
 """
+import os
 import random
+import re
 
 import torch
 
@@ -81,25 +83,40 @@ def swap_ab_table():
         print(f"{T:>7} {2 * T / rows128:>16.3f} {sum(-(-n // BM) for n in c):>9} | " + " / ".join(cells))
 
 
+def cu_rules():
+    """The size rules' constants as csrc/cuda/moe_wgmma.cu defines them (read from the source, so that this mirror
+    cannot drift from it)."""
+    src = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "csrc", "cuda", "moe_wgmma.cu")).read()
+    names = ("MOE_SWAP_MIN_SLOTS_PER_EXPERT", "MOE_SWAP_MAX_SLOTS_PER_EXPERT", "MOE_SWAP_DOWN_MIN_SLOTS_PER_EXPERT",
+             "MOE_SWAP_DOWN_MAX_SLOTS_PER_EXPERT", "MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT",
+             "MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT", "MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT",
+             "MOE_WGMMA_HALF_DOWN_MIN_SLOTS_PER_EXPERT", "SW_MAX_ROWS")
+    return {n: int(re.search(rf"#define {n} (\d+)", src).group(1)) for n in names}
+
+
 def default_engine_rows(counts, gate_up, E=16):
-    """(engine, rows of tensor work, W passes) of one GEMM under the default rules of moe_wgmma.cu (bf16, session 67):
-    the swap engine (chunks of <= 320 rows split near-equal, each padded to 32) at 176-303 slots an expert in both
-    GEMMs and at 368-607 in down; else merged tiles at 128-191, else the 128 x 256 tiles with half tiles (an expert's
-    last <= 64 rows as 64) from 384 slots an expert in gate_up and from 1024 in down. Mirror of moe_swap_on /
-    wgmma_launch_persist's size rules: change it with them."""
+    """(engine, rows of tensor work, W passes) of one GEMM under the default rules of moe_wgmma.cu (bf16; constants
+    from cu_rules, as of session 67: 176-303 / 368-607 / 128-191 / 384 / 1024 / 320): the swap engine (chunks of <=
+    SW_MAX_ROWS rows split near-equal, each padded to 32) at 176-303 slots an expert in both GEMMs and at 368-607 in
+    down; else merged tiles at 128-191; else the 128 x 256 tiles, with half tiles (an expert's last <= 64 rows as 64)
+    from 384 slots an expert in gate_up and from 1024 in down. Mirror of moe_swap_on / wgmma_launch_persist's size
+    rules: change it with their logic."""
+    c = cu_rules()
     slots = sum(counts)
     avg = slots / E
-    if 176 <= avg < 304 or (not gate_up and 368 <= avg < 608):
+    swap = c["MOE_SWAP_MIN_SLOTS_PER_EXPERT"] <= avg < c["MOE_SWAP_MAX_SLOTS_PER_EXPERT"]
+    swap_down = c["MOE_SWAP_DOWN_MIN_SLOTS_PER_EXPERT"] <= avg < c["MOE_SWAP_DOWN_MAX_SLOTS_PER_EXPERT"]
+    if swap or (not gate_up and swap_down):
         rows = passes = 0
         for n in counts:
-            k = -(-n // 320)
+            k = -(-n // c["SW_MAX_ROWS"])
             passes += k
             rows += sum(-(-(n // k + (1 if i < n % k else 0)) // 32) * 32 for i in range(k))
         return "swap", rows, passes
-    if 128 <= avg < 192:
+    if c["MOE_WGMMA_MERGE_MIN_SLOTS_PER_EXPERT"] <= avg < c["MOE_WGMMA_MERGE_MAX_SLOTS_PER_EXPERT"]:
         rows = sum((n // BM) * BM + (64 if n > BM and 0 < n % BM <= 64 else -(-(n % BM) // BM) * BM) for n in counts)
         return "merged", rows, sum(-(-n // BM) - (1 if n > BM and 0 < n % BM <= 64 else 0) for n in counts)
-    half = avg >= (384 if gate_up else 1024)
+    half = avg >= c["MOE_WGMMA_HALF_MIN_SLOTS_PER_EXPERT" if gate_up else "MOE_WGMMA_HALF_DOWN_MIN_SLOTS_PER_EXPERT"]
     rows = sum((n // BM) * BM + (64 if half and 0 < n % BM <= 64 else -(-(n % BM) // BM) * BM) for n in counts)
     return "tiles+half" if half else "tiles", rows, sum(-(-n // BM) for n in counts)
 
