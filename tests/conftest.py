@@ -267,6 +267,17 @@ def builtin_model(device="cpu"):
     return JambaForCausalLM.from_config(JambaConfig(**DEFAULT_CONFIG), dtype="float32", device=device, seed=0)
 
 
+TRAIN_TEXT = "the quick brown fox jumps over the lazy dog. " * 20   # the CLI training tests' text file
+
+
+@pytest.fixture
+def text(tmp_path):
+    """A UTF-8 text file holding TRAIN_TEXT, for `train --text-file` (test_train_cli, test_cli_lora)."""
+    f = tmp_path / "t.txt"
+    f.write_text(TRAIN_TEXT, encoding="utf-8")
+    return str(f)
+
+
 def refuse_weights(monkeypatch):
     """From here on, building or reading a model's weights (JambaForCausalLM.from_config / from_pretrained) fails the
     test: for the CLI checks that must come before the weights load."""

@@ -25,7 +25,6 @@ st = pytest.importorskip("safetensors.torch")
 SMALL = dict(cli.DEFAULT_CONFIG, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=1, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
              expert_layer_offset=1, num_experts=4)
-TEXT = "the quick brown fox jumps over the lazy dog. " * 20
 PROMPT = "the quick"
 NEW = 12
 
@@ -37,13 +36,6 @@ def small(monkeypatch):
     monkeypatch.setattr(cli, "DEFAULT_CONFIG", SMALL)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def text(tmp_path):
-    f = tmp_path / "t.txt"
-    f.write_text(TEXT, encoding="utf-8")
-    return str(f)
 
 
 def _train(text, *extra):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import jamba_ext.__main__ as cli
+from conftest import TRAIN_TEXT as TEXT
 from jamba_ext.__main__ import main
 from jamba_ext.modeling_jamba import JambaConfig, JambaForCausalLM
 from jamba_ext.tokenizer import ByteTokenizer
@@ -18,7 +19,6 @@ from jamba_ext.tokenizer import ByteTokenizer
 SMALL = dict(cli.DEFAULT_CONFIG, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=1, attn_layer_period=2, attn_layer_offset=1, expert_layer_period=2,
              expert_layer_offset=1, num_experts=4)
-TEXT = "the quick brown fox jumps over the lazy dog. " * 20
 
 
 @pytest.fixture
@@ -34,13 +34,6 @@ def one_thread():
 @pytest.fixture
 def small(monkeypatch, one_thread):
     monkeypatch.setattr(cli, "DEFAULT_CONFIG", SMALL)
-
-
-@pytest.fixture
-def text(tmp_path):
-    f = tmp_path / "t.txt"
-    f.write_text(TEXT, encoding="utf-8")
-    return str(f)
 
 
 def _argv(text, *extra):
