@@ -27,6 +27,7 @@ the same token count (the column "of dense same-work"); for <= 64 tokens, bytes 
 (distinct experts * 3*H*F*2) against the measured copy bandwidth (floor = bytes / bandwidth).
 """
 import argparse
+import collections
 import os
 import sys
 
@@ -133,10 +134,11 @@ def kernel_times(launches, iters):
     function. A name launched c > 1 times in every call becomes 'name #1' .. 'name #c' by its place in the call (the
     MoE's two GEMMs may run one kernel instance: moe_wgmma_persist_kernel's gate_up, then its down); a name whose
     count is not a multiple of iters keeps one row. Sorted by time, longest first."""
-    names = [n for _, n, _ in sorted(launches, key=lambda t: t[0])]
-    per_call = {n: names.count(n) // iters if names.count(n) % iters == 0 else 1 for n in set(names)}
+    launches = sorted(launches, key=lambda t: t[0])
+    count = collections.Counter(n for _, n, _ in launches)
+    per_call = {n: c // iters if c % iters == 0 else 1 for n, c in count.items()}
     seen, out = {}, {}
-    for _, n, us in sorted(launches, key=lambda t: t[0]):
+    for _, n, us in launches:
         k = seen.get(n, 0)
         seen[n] = k + 1
         key = f"{n} #{k % per_call[n] + 1}" if per_call[n] > 1 else n
